@@ -1,0 +1,285 @@
+"""The ``pyro-vae`` command: fit, evaluate and sample from run folders.
+
+pyro-vae fit --data digits --out runs/digits
+pyro-vae fit --resume runs/digits --epochs 300
+pyro-vae evaluate runs/digits --ll-samples 5000
+pyro-vae sample runs/digits --num 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from pyro_vae import estimators
+from pyro_vae.checkpoint import RunFolder, RunFolderError
+from pyro_vae.data import BINARIZATIONS, DatasetNotFoundError
+from pyro_vae.experiment import DEFAULT_MODEL, build, load, test_metrics, write_figures
+from pyro_vae.idx import IDXFormatError
+from pyro_vae.likelihoods import LIKELIHOODS
+from pyro_vae.plots import plot_samples
+from pyro_vae.train import TrainConfig, TrainingDiverged, fit
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    try:
+        return key.replace("-", "_"), json.loads(raw)
+    except json.JSONDecodeError:
+        return key.replace("-", "_"), raw
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pyro-vae", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    f = sub.add_parser("fit", help="train a model/guide pair by SVI and write a run folder")
+    target = f.add_mutually_exclusive_group(required=True)
+    target.add_argument("--out", type=Path, help="new run folder to write")
+    target.add_argument("--resume", type=Path, metavar="RUN", help="continue this run folder")
+    f.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="import spec 'module:attr' or 'file.py:attr' (default %(default)s)",
+    )
+    f.add_argument(
+        "--guide", default=None, help="import spec of the guide (default: the model's make_guide())"
+    )
+    f.add_argument(
+        "--data", default="digits", help="digits, fashion-mnist or idx:PATH (default %(default)s)"
+    )
+    f.add_argument("--likelihood", choices=LIKELIHOODS, default="bernoulli")
+    f.add_argument(
+        "--binarize",
+        choices=BINARIZATIONS,
+        default="static",
+        help="for bernoulli: threshold once, or draw afresh each batch",
+    )
+    f.add_argument("--threshold", type=float, default=0.5)
+    f.add_argument(
+        "--levels",
+        type=int,
+        default=None,
+        help="pixel levels for categorical (default: 17 for digits, 8 for 8-bit)",
+    )
+    f.add_argument("--latent-dim", type=int, default=20)
+    f.add_argument(
+        "--hidden",
+        type=int,
+        nargs="+",
+        default=[400],
+        help="decoder hidden widths; the encoder uses them reversed",
+    )
+    f.add_argument("--activation", default="softplus")
+    f.add_argument(
+        "--model-opt",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="another model constructor argument (JSON value)",
+    )
+    f.add_argument("--estimator", default="trace", choices=estimators.names())
+    f.add_argument(
+        "--estimator-opt",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="estimator option, e.g. num_particles=8",
+    )
+    f.add_argument("--epochs", type=int, default=None, help="default 200")
+    f.add_argument("--batch-size", type=int, default=128)
+    f.add_argument("--lr", type=float, default=1e-3)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument(
+        "--patience",
+        type=int,
+        default=20,
+        help="epochs without validation improvement before stopping (0: never)",
+    )
+    f.add_argument("--kl-warmup", type=float, default=0.0, metavar="EPOCHS")
+    f.add_argument("--val-fraction", type=float, default=0.1)
+    f.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.1,
+        help="held out when the dataset has no official test split",
+    )
+    f.add_argument(
+        "--ll-samples",
+        type=int,
+        default=1000,
+        help="K for the importance-weighted log-likelihood (0: skip)",
+    )
+    f.add_argument(
+        "--ll-points", type=int, default=1000, help="test images it is estimated on (0: all)"
+    )
+    f.add_argument("--no-progress", action="store_true")
+
+    e = sub.add_parser("evaluate", help="test metrics of a run folder")
+    e.add_argument("run", type=Path)
+    e.add_argument("--ll-samples", type=int, default=None, help="default: the run's setting")
+    e.add_argument("--ll-points", type=int, default=None, help="default: the run's setting")
+
+    s = sub.add_parser("sample", help="images from the prior of a run's model")
+    s.add_argument("run", type=Path)
+    s.add_argument("--num", type=int, default=64)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", type=Path, default=None, help="PNG path (default RUN/samples.png)")
+    return parser
+
+
+def _config_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    train = TrainConfig(
+        epochs=args.epochs or 200,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        patience=args.patience or None,
+        kl_warmup_epochs=args.kl_warmup,
+        progress=not args.no_progress,
+    )
+    return {
+        "model": args.model,
+        "model_options": {
+            "latent_dim": args.latent_dim,
+            "hidden_dims": args.hidden,
+            "activation": args.activation,
+            **dict(args.model_opt),
+        },
+        "guide": args.guide,
+        "data": {
+            "name": args.data,
+            "likelihood": args.likelihood,
+            "binarize": args.binarize,
+            "threshold": args.threshold,
+            "levels": args.levels,
+            "val_fraction": args.val_fraction,
+            "test_fraction": args.test_fraction,
+            "split_seed": 0,
+        },
+        "estimator": {"name": args.estimator, "options": dict(args.estimator_opt)},
+        "train": asdict(train),
+        "evaluation": {"ll_samples": args.ll_samples, "ll_points": args.ll_points or None},
+    }
+
+
+def _print_test(test: dict[str, Any]) -> None:
+    for key, value in test.items():
+        if key == "elbo":
+            print(f"test ELBO                 {value:10.3f} nats per image")
+        elif key == "reconstruction_log_likelihood":
+            print(f"test log Pr(x | z)        {value:10.3f} nats per image (autoencoder)")
+        elif key == "log_likelihood":
+            print(
+                f"test log p(x) (IWAE)      {value:10.3f} nats per image "
+                f"(K={test['log_likelihood_samples']}, {test['log_likelihood_points']} images)"
+            )
+        elif key == "reconstruction_mse":
+            print(f"reconstruction MSE        {value:10.4f} per pixel, [0, 1] scale")
+        elif key == "active_units":
+            print(f"active latent units       {value:>5} of {test['latent_dim']}")
+
+
+def _fit(args: argparse.Namespace) -> int:
+    if args.resume:
+        run = RunFolder(args.resume)
+        config = run.read_config()
+        run.load_checkpoint()
+        if args.epochs:
+            config["train"]["epochs"] = args.epochs
+        config["train"]["progress"] = not args.no_progress
+    else:
+        run = RunFolder(args.out)
+        if run.has_checkpoint or run.file("config.json").exists():
+            raise RunFolderError(
+                f"out: {run.path} already holds a run; continue it with `pyro-vae fit --resume "
+                f"{run.path}` or choose another --out (nothing was overwritten)"
+            )
+        config = _config_from_args(args)
+    exp = build(config)
+    train_config = TrainConfig(**config["train"])
+    run.write_config(config)
+    run.update_metrics(data=exp.data.info, estimator=config["estimator"])
+    print(
+        f"{config['model']} on {exp.data.info['dataset']} ({exp.data.info['num_train']} train, "
+        f"{exp.data.info['num_val']} validation, {exp.data.info['num_test']} test images), "
+        f"{config['estimator']['name']} estimator -> {run.path}"
+    )
+    try:
+        result = fit(
+            exp.model, exp.guide, exp.data, exp.elbo, train_config, run, resume=bool(args.resume)
+        )
+    except TrainingDiverged as err:
+        run.update_metrics(stop_reason="diverged")
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(
+        f"stopped: {result.stop_reason.replace('_', ' ')}; kept the weights of epoch "
+        f"{result.best_epoch or len(result.history)}"
+    )
+    ev = config["evaluation"]
+    test = test_metrics(exp, ev["ll_samples"], ev["ll_points"])
+    run.update_metrics(stop_reason=result.stop_reason, best_epoch=result.best_epoch, test=test)
+    _print_test(test)
+    figures = write_figures(exp, run, result.history, test)
+    print("figures: " + ", ".join(str(p) for p in figures))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    run = RunFolder(args.run)
+    exp = load(run)
+    ev = exp.config["evaluation"]
+    samples = ev["ll_samples"] if args.ll_samples is None else args.ll_samples
+    points = ev["ll_points"] if args.ll_points is None else (args.ll_points or None)
+    test = test_metrics(exp, samples, points)
+    run.update_metrics(test=test)
+    _print_test(test)
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    import pyro
+    import torch
+
+    run = RunFolder(args.run)
+    exp = load(run)
+    if args.num < 1:
+        raise ValueError(f"num: {args.num} is not a positive number of images")
+    if not exp.generative or not hasattr(exp.model, "generate"):
+        raise ValueError(
+            f"run: {exp.config['model']} has no prior to sample from "
+            "(it is not a generative model with generate(num))"
+        )
+    pyro.set_rng_seed(args.seed)
+    with torch.no_grad():
+        images = exp.model.generate(args.num)
+    path = plot_samples(
+        images, exp.data.image_shape, exp.data.pixel_max, args.out or run.file("samples.png")
+    )
+    print(f"wrote {args.num} samples to {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler = {"fit": _fit, "evaluate": _evaluate, "sample": _sample}[args.command]
+    try:
+        return handler(args)
+    except (ValueError, RunFolderError, DatasetNotFoundError, IDXFormatError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

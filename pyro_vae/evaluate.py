@@ -1,0 +1,191 @@
+"""Evaluate a fitted model/guide pair per datapoint.
+
+All estimates rest on the importance weights of the guide for the model,
+
+    log w_k(x_n) = log p(x_n, z_k) − log q(z_k | x_n),    z_k ~ q(· | x_n),
+
+computed for K particles at once (a vectorized ``pyro.plate`` outside the model's own
+plates) and summed within each datapoint of the ``"data"`` plate:
+
+- the ELBO, E_q[log w] ≤ log p(x_n) (Jordan et al. 1999; the lecture's eq. 18.3);
+- the importance-weighted bound log (1/K) Σ_k w_k (Burda, Grosse & Salakhutdinov 2015),
+  which is ≥ the ELBO in expectation, increases with K, and tends to log p(x_n); it is
+  computed in chunks of particles with a running log-sum-exp, so memory is bounded by
+  ``max_elements`` whatever K is;
+- reconstruction error of E[x | z = E_q z] and the active latent units
+  (Burda et al. 2015, §5.2: Cov_x(E_q[z_u | x]) > 0.01).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from pyro.poutine.util import prune_subsample_sites
+
+from pyro_vae.plates import DATA_PLATE
+
+_PARTICLES = "_eval_particles"
+
+
+@contextlib.contextmanager
+def eval_mode(*modules: object) -> Iterator[None]:
+    """Put torch modules in eval mode (no corruption noise, no dropout), then restore them."""
+    saved = [(m, m.training) for m in modules if isinstance(m, torch.nn.Module)]
+    for m, _ in saved:
+        m.train(False)
+    try:
+        yield
+    finally:
+        for m, mode in saved:
+            m.train(mode)
+
+
+def _check_num(arg: str, value: int) -> None:
+    if int(value) != value or value < 1:
+        raise ValueError(f"{arg}: {value} is not a positive integer")
+
+
+def max_plate_nesting(model, guide, x: torch.Tensor) -> int:
+    """How many batch dimensions the model and guide use, read from one trace of each."""
+    with poutine.block(), torch.no_grad():
+        guide_tr = poutine.trace(guide).get_trace(x)
+        model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(x)
+    nesting = 0
+    for tr in (prune_subsample_sites(guide_tr), prune_subsample_sites(model_tr)):
+        for site in tr.nodes.values():
+            if site["type"] == "sample":
+                dims = [-f.dim for f in site["cond_indep_stack"] if f.vectorized]
+                nesting = max([nesting, *dims])
+    return nesting
+
+
+def _per_datapoint(trace: poutine.Trace, num_particles: int, batch: int, rank: int) -> torch.Tensor:
+    """Sum each sample site's log-density within datapoints: ``[num_particles, batch]``."""
+    total = torch.zeros(num_particles, batch)
+    for name, site in prune_subsample_sites(trace).nodes.items():
+        if site["type"] != "sample":
+            continue
+        frames = [f for f in site["cond_indep_stack"] if f.name == DATA_PLATE]
+        if not frames:
+            raise ValueError(
+                f"site {name!r} is outside the {DATA_PLATE!r} plate, so it has no per-datapoint "
+                f"log-density; per-datapoint evaluation needs every sample site inside "
+                f"pyro_vae.plates.data_plate(x)"
+            )
+        log_p = site["fn"].log_prob(site["value"])
+        if site["mask"] is not None:
+            log_p = log_p * site["mask"]
+        log_p = log_p.reshape((1,) * (rank - log_p.dim()) + tuple(log_p.shape))
+        keep = {0, rank + frames[0].dim}
+        summed = [d for d in range(1, rank) if d not in keep]
+        if summed:
+            log_p = log_p.sum(summed, keepdim=True)
+        total = total + log_p.reshape(log_p.shape[0], -1)
+    return total
+
+
+def log_importance_weights(
+    model, guide, x: torch.Tensor, num_samples: int, nesting: int | None = None
+) -> torch.Tensor:
+    """log p(x_n, z_k) − log q(z_k | x_n) for K = ``num_samples`` draws: ``[K, N]``."""
+    _check_num("num_samples", num_samples)
+    if nesting is None:
+        nesting = max_plate_nesting(model, guide, x[:1])
+    rank = nesting + 1
+    with poutine.block(), pyro.plate(_PARTICLES, num_samples, dim=-rank):
+        guide_tr = poutine.trace(guide).get_trace(x)
+        model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(x)
+    batch = x.shape[0]
+    return _per_datapoint(model_tr, num_samples, batch, rank) - _per_datapoint(
+        guide_tr, num_samples, batch, rank
+    )
+
+
+def _batches(x: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+    _check_num("batch_size", batch_size)
+    for start in range(0, x.shape[0], batch_size):
+        yield x[start : start + batch_size]
+
+
+@torch.no_grad()
+def elbo_per_datapoint(
+    model, guide, x: torch.Tensor, num_samples: int = 1, batch_size: int = 1000
+) -> torch.Tensor:
+    """Monte Carlo ELBO of each row of ``x`` (nats), averaged over ``num_samples`` draws."""
+    with eval_mode(model, guide):
+        nesting = max_plate_nesting(model, guide, x[:1])
+        return torch.cat(
+            [
+                log_importance_weights(model, guide, xb, num_samples, nesting).mean(0)
+                for xb in _batches(x, batch_size)
+            ]
+        )
+
+
+@torch.no_grad()
+def iwae_log_likelihood(
+    model,
+    guide,
+    x: torch.Tensor,
+    num_samples: int = 5000,
+    batch_size: int = 100,
+    max_elements: int = 2**23,
+) -> torch.Tensor:
+    """Importance-weighted estimate of log p(x_n) for each row of ``x`` (nats).
+
+    log p(x_n) ≈ log (1/K) Σ_k exp(log w_k(x_n)), K = ``num_samples`` (Burda et al. 2015
+    use K = 5000). Particles are drawn in chunks of at most ``max_elements / (batch · D)``
+    and merged by log-sum-exp, so peak memory does not grow with K.
+    """
+    _check_num("num_samples", num_samples)
+    _check_num("max_elements", max_elements)
+    out = []
+    with eval_mode(model, guide):
+        nesting = max_plate_nesting(model, guide, x[:1])
+        for xb in _batches(x, batch_size):
+            chunk = max(1, min(num_samples, max_elements // max(1, xb.numel())))
+            acc = torch.full((xb.shape[0],), -math.inf)
+            for start in range(0, num_samples, chunk):
+                k = min(chunk, num_samples - start)
+                lw = log_importance_weights(model, guide, xb, k, nesting)
+                acc = torch.logaddexp(acc, torch.logsumexp(lw, dim=0))
+            out.append(acc - math.log(num_samples))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def latent_means(model, guide, x: torch.Tensor) -> torch.Tensor:
+    """E_q[z | x] from an amortized guide's ``encode``, or the code of a model's ``encode``."""
+    with eval_mode(model, guide):
+        if hasattr(guide, "encode"):
+            return guide.encode(x).mean
+        if hasattr(model, "encode"):
+            return model.encode(x)
+    raise TypeError(
+        f"guide: {type(guide).__name__} has no encode(x), and neither has model "
+        f"{type(model).__name__}; latent codes need an amortized guide or an autoencoder"
+    )
+
+
+@torch.no_grad()
+def reconstruction_error(model, guide, x: torch.Tensor, pixel_max: float = 1.0) -> torch.Tensor:
+    """Mean squared error per pixel between x and E[x | z = E_q z], in [0, 1] intensity units."""
+    with eval_mode(model, guide):
+        x_hat = model.decode(latent_means(model, guide, x))
+    return ((x_hat - x) / pixel_max).pow(2).mean(dim=1)
+
+
+@torch.no_grad()
+def active_units(
+    model, guide, x: torch.Tensor, threshold: float = 0.01
+) -> tuple[int, torch.Tensor]:
+    """Number of latent units u with Cov_x(E_q[z_u | x]) > ``threshold``, and those variances."""
+    if x.shape[0] < 2:
+        raise ValueError(f"x: {x.shape[0]} datapoint(s); active units need at least 2")
+    variances = latent_means(model, guide, x).var(dim=0)
+    return int((variances > threshold).sum()), variances

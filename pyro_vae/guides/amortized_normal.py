@@ -1,0 +1,59 @@
+"""The amortized diagonal-Normal guide of the variational autoencoder.
+
+    q_λ(z | x) = N(z; w¹ φ(x; λ), diag(exp(w² φ(x; λ)))²)
+
+A shared encoder trunk φ (an MLP) feeds two linear heads: w¹ gives the mean and w² the
+log standard deviation. This is the lecture's q_λ(z) = N(w¹φ₁(x;λ), w²φ₂(x;λ)) with
+φ₁ = φ₂ sharing their hidden layers (Kingma & Welling 2013, "Auto-Encoding Variational
+Bayes", appendix C.2). Samples are reparameterized, z = μ + σ ⊙ ε with ε ~ N(0, I), so
+``Trace_ELBO`` gives pathwise gradients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.nn import PyroModule
+from torch import nn
+
+from pyro_vae.nn import mlp
+from pyro_vae.plates import data_plate
+
+
+class AmortizedNormal(PyroModule):
+    """q_λ(z | x) = N(μ_λ(x), diag σ_λ(x)²) for the latent site ``site``.
+
+    Args:
+        x_dim: number of input features D.
+        latent_dim: size of z.
+        hidden_dims: widths of the encoder trunk φ.
+        activation: nonlinearity of the trunk.
+        site: name of the latent sample site in the model.
+    """
+
+    def __init__(
+        self,
+        x_dim: int,
+        latent_dim: int,
+        hidden_dims: Sequence[int] = (400,),
+        activation: str = "softplus",
+        site: str = "z",
+    ) -> None:
+        super().__init__(name="guide")
+        self.x_dim, self.latent_dim, self.site = x_dim, latent_dim, site
+        self.trunk = mlp(x_dim, hidden_dims, activation=activation)
+        width = hidden_dims[-1] if len(hidden_dims) else x_dim
+        self.loc_head = nn.Linear(width, latent_dim)
+        self.log_scale_head = nn.Linear(width, latent_dim)
+
+    def encode(self, x: torch.Tensor) -> dist.Normal:
+        """q_λ(z | x) for each row of ``x``: a Normal with batch shape ``[N, latent_dim]``."""
+        h = self.trunk(x)
+        return dist.Normal(self.loc_head(h), torch.exp(self.log_scale_head(h)))
+
+    def forward(self, x: torch.Tensor, num_data: int | None = None) -> torch.Tensor:
+        with data_plate(x, num_data):
+            return pyro.sample(self.site, self.encode(x).to_event(1))

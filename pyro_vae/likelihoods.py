@@ -1,0 +1,159 @@
+"""Observation models p(x | z) for images, parameterized by a decoder network's output.
+
+Each likelihood maps the decoder output ``h`` (``[..., out_features]``) to a distribution
+over a flattened image ``x`` (``[..., D]``, event dimension 1):
+
+- ``bernoulli``: x_d ~ Bernoulli(sigmoid(h_d)), for binarized pixels.
+- ``gaussian``: x_d ~ N(sigmoid(h_d), s_d^2), for intensities in [0, 1]; the per-pixel
+  scale s_d = s_min + softplus(h_{D+d}) is decoded too, floored at ``s_min`` so the density
+  stays bounded on pixels that are always 0.
+- ``categorical``: x_d ~ Categorical(softmax(h_{d,1..L})) over L quantized pixel levels:
+  the lecture's softmax likelihood Pr(x | z) = softmax(w φ(z)) (Rush, CS281 lecture 18).
+"""
+
+from __future__ import annotations
+
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+
+LIKELIHOODS = ("bernoulli", "gaussian", "categorical")
+
+
+class Likelihood:
+    """A family p(x | h) over flattened images with D pixels."""
+
+    name: str
+
+    def __init__(self, x_dim: int) -> None:
+        self.x_dim = x_dim
+
+    @property
+    def out_features(self) -> int:
+        """Width of the decoder output this likelihood reads."""
+        return self.x_dim
+
+    def distribution(self, h: torch.Tensor) -> dist.TorchDistribution:
+        """p(x | h), with event shape ``[D]``."""
+        raise NotImplementedError
+
+    def mean(self, h: torch.Tensor) -> torch.Tensor:
+        """E[x | h], in the units of x."""
+        raise NotImplementedError
+
+    def check_data(self, x: torch.Tensor, arg: str = "x") -> None:
+        """Raise ``ValueError`` naming ``arg`` unless ``x`` is ``[N, D]`` data in the support."""
+        if x.dim() != 2 or x.shape[1] != self.x_dim:
+            raise ValueError(
+                f"{arg}: shape {tuple(x.shape)} does not match the model; expected "
+                f"[N, {self.x_dim}] flattened images"
+            )
+        if not torch.isfinite(x).all():
+            bad = int((~torch.isfinite(x)).sum())
+            raise ValueError(f"{arg}: {bad} entries are NaN or infinite; expected finite pixels")
+
+
+class Bernoulli(Likelihood):
+    name = "bernoulli"
+
+    def distribution(self, h: torch.Tensor) -> dist.TorchDistribution:
+        return dist.Bernoulli(logits=h).to_event(1)
+
+    def mean(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(h)
+
+    def check_data(self, x: torch.Tensor, arg: str = "x") -> None:
+        super().check_data(x, arg)
+        if not ((x == 0) | (x == 1)).all():
+            values = torch.unique(x)[:5].tolist()
+            raise ValueError(
+                f"{arg}: Bernoulli likelihood needs binary pixels in {{0, 1}}, got values such "
+                f"as {values}; binarize the data (static or dynamic) or use --likelihood gaussian"
+            )
+
+
+class Gaussian(Likelihood):
+    name = "gaussian"
+
+    def __init__(self, x_dim: int, min_scale: float = 0.05) -> None:
+        super().__init__(x_dim)
+        self.min_scale = min_scale
+
+    @property
+    def out_features(self) -> int:
+        return 2 * self.x_dim
+
+    def distribution(self, h: torch.Tensor) -> dist.TorchDistribution:
+        loc_h, scale_h = h.split(self.x_dim, dim=-1)
+        scale = self.min_scale + F.softplus(scale_h)
+        return dist.Normal(torch.sigmoid(loc_h), scale).to_event(1)
+
+    def mean(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(h[..., : self.x_dim])
+
+
+class Categorical(Likelihood):
+    name = "categorical"
+
+    def __init__(self, x_dim: int, levels: int) -> None:
+        super().__init__(x_dim)
+        if levels < 2:
+            raise ValueError(f"levels: {levels} is fewer than the 2 a categorical needs")
+        self.levels = levels
+
+    @property
+    def out_features(self) -> int:
+        return self.x_dim * self.levels
+
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+        return h.reshape(*h.shape[:-1], self.x_dim, self.levels)
+
+    def distribution(self, h: torch.Tensor) -> dist.TorchDistribution:
+        return _LevelCategorical(logits=self._logits(h)).to_event(1)
+
+    def mean(self, h: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(self._logits(h), dim=-1)
+        return probs @ torch.arange(self.levels, dtype=probs.dtype)
+
+    def check_data(self, x: torch.Tensor, arg: str = "x") -> None:
+        super().check_data(x, arg)
+        if not ((x == x.round()) & (x >= 0) & (x < self.levels)).all():
+            raise ValueError(
+                f"{arg}: categorical likelihood needs integer levels 0..{self.levels - 1}, got "
+                f"values from {x.min().item()} to {x.max().item()}"
+            )
+
+
+class _LevelCategorical(dist.Categorical):
+    """A Categorical that scores float-typed integer levels, so x can stay one float tensor."""
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return super().log_prob(value.long())
+
+
+def make_likelihood(name: str, x_dim: int, levels: int | None = None) -> Likelihood:
+    """The likelihood called ``name`` over ``x_dim`` pixels (``levels`` for categorical)."""
+    if name == "bernoulli":
+        return Bernoulli(x_dim)
+    if name == "gaussian":
+        return Gaussian(x_dim)
+    if name == "categorical":
+        if levels is None:
+            raise ValueError("levels: categorical likelihood needs the number of pixel levels")
+        return Categorical(x_dim, levels)
+    raise ValueError(f"likelihood: {name!r} is not one of {', '.join(LIKELIHOODS)}")
+
+
+def check_observations(model, x: torch.Tensor, arg: str = "x") -> None:
+    """Raise ``ValueError`` naming ``arg`` if ``x`` cannot be observed by ``model``.
+
+    Uses the model's ``likelihood`` when it has one of this module's; otherwise checks
+    only that ``x`` is a finite ``[N, ...]`` tensor.
+    """
+    if not isinstance(x, torch.Tensor) or x.dim() < 1:
+        raise ValueError(f"{arg}: expected a tensor with a leading data dimension, got {x!r:.80}")
+    likelihood = getattr(model, "likelihood", None)
+    if isinstance(likelihood, Likelihood):
+        likelihood.check_data(x, arg)
+    elif not torch.isfinite(x).all():
+        raise ValueError(f"{arg}: holds NaN or infinite entries; expected finite data")

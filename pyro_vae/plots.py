@@ -1,0 +1,128 @@
+"""Figures of a fitted image model, written as PNG files."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+def _as_images(x: torch.Tensor, image_shape: Sequence[int], pixel_max: float) -> np.ndarray:
+    return (x.detach().cpu().reshape(-1, *image_shape) / pixel_max).clamp(0, 1).numpy()
+
+
+def _save(fig, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_reconstructions(
+    x: torch.Tensor,
+    x_hat: torch.Tensor,
+    image_shape: Sequence[int],
+    pixel_max: float,
+    path: Path,
+    title: str = "",
+) -> Path:
+    """Originals (top row of each pair) above their reconstructions E[x | z = E_q z]."""
+    originals, recons = (
+        _as_images(x, image_shape, pixel_max),
+        _as_images(x_hat, image_shape, pixel_max),
+    )
+    cols = min(len(originals), 12)
+    pairs = math.ceil(len(originals) / cols)
+    fig, axes = plt.subplots(2 * pairs, cols, figsize=(cols * 0.9, 2 * pairs * 0.95), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i in range(len(originals)):
+        r, c = divmod(i, cols)
+        axes[2 * r, c].imshow(originals[i], cmap="gray", vmin=0, vmax=1)
+        axes[2 * r + 1, c].imshow(recons[i], cmap="gray", vmin=0, vmax=1)
+    for r in range(pairs):
+        axes[2 * r, 0].set_title("data", fontsize=7, loc="left")
+        axes[2 * r + 1, 0].set_title("reconstruction", fontsize=7, loc="left")
+    fig.suptitle(title or "test images and their reconstructions", fontsize=9)
+    return _save(fig, path)
+
+
+def plot_samples(
+    x: torch.Tensor, image_shape: Sequence[int], pixel_max: float, path: Path, title: str = ""
+) -> Path:
+    """A grid of images, e.g. E[x | z] for z drawn from the prior."""
+    images = _as_images(x, image_shape, pixel_max)
+    cols = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.8, rows * 0.8), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, img in zip(axes.flat, images, strict=False):
+        ax.imshow(img, cmap="gray", vmin=0, vmax=1)
+    fig.suptitle(title or "samples: E[x | z], z ~ p(z)", fontsize=9)
+    return _save(fig, path)
+
+
+def plot_elbo_curves(
+    history: Sequence[dict[str, Any]],
+    path: Path,
+    test: dict[str, float] | None = None,
+    ylabel: str = "ELBO per datapoint (nats)",
+) -> Path:
+    """Train and validation ELBO per epoch, with the test ELBO / log-likelihood as lines."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    epochs = [r["epoch"] for r in history]
+    ax.plot(epochs, [r["train_elbo"] for r in history], label="train (running mean)")
+    if history and "val_elbo" in history[0]:
+        ax.plot(epochs, [r["val_elbo"] for r in history], label="validation")
+    for key, value in (test or {}).items():
+        ax.axhline(value, ls="--", lw=1, color="gray" if "elbo" in key else "black", label=key)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    finite = [r[k] for r in history for k in ("train_elbo", "val_elbo") if k in r]
+    if len(finite) > 4:
+        lo, hi = np.percentile(finite, [5, 100])
+        pad = 0.1 * (hi - lo) + 1e-3
+        extra = list((test or {}).values())
+        ax.set_ylim(min([lo, *extra]) - pad, max([hi, *extra]) + pad)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_latent(z: torch.Tensor, labels: torch.Tensor, path: Path, title: str = "") -> Path:
+    """E_q[z | x] of test points coloured by label (first two principal axes if dim > 2)."""
+    z_np = z.detach().cpu().numpy()
+    axis = "z"
+    if z_np.shape[1] > 2:
+        from sklearn.decomposition import PCA
+
+        z_np = PCA(n_components=2).fit_transform(z_np)
+        axis = "principal axis"
+    elif z_np.shape[1] == 1:
+        z_np = np.column_stack([z_np[:, 0], np.zeros(len(z_np))])
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    points = ax.scatter(
+        z_np[:, 0],
+        z_np[:, 1],
+        c=labels.cpu().numpy(),
+        cmap="tab10",
+        s=6,
+        alpha=0.8,
+        vmin=-0.5,
+        vmax=9.5,
+    )
+    fig.colorbar(points, ax=ax, ticks=range(10), label="label")
+    ax.set_xlabel(f"{axis} 1")
+    ax.set_ylabel(f"{axis} 2")
+    ax.set_title(title or "latent means E_q[z | x] of test images", fontsize=9)
+    return _save(fig, path)

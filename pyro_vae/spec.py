@@ -1,0 +1,60 @@
+"""Import specs: ``package.module:attr`` or ``path/to/file.py:attr``.
+
+Models and guides are named this way on the command line and in run folders, so a
+user's own model is as first-class as the zoo's (``models.vae:VAE``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def load_object(spec: str, arg: str = "spec") -> Any:
+    """The object an import spec names; errors name ``arg`` and say what was expected."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(
+            f"{arg}: {spec!r} is not an import spec; expected 'package.module:attr' or "
+            "'path/to/file.py:attr'"
+        )
+    if module_name.endswith(".py"):
+        path = Path(module_name).expanduser().resolve()
+        if not path.is_file():
+            raise ValueError(f"{arg}: {spec!r} names the file {path}, which does not exist")
+        name = f"_pyro_vae_user_{path.stem}_{abs(hash(str(path)))}"
+        if name not in sys.modules:
+            loader_spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(loader_spec)
+            sys.modules[name] = module
+            loader_spec.loader.exec_module(module)
+        module = sys.modules[name]
+    else:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as err:
+            raise ValueError(f"{arg}: cannot import {module_name!r} from {spec!r} ({err})") from err
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"{arg}: {module_name!r} has no attribute {attr!r} (from {spec!r})")
+        obj = getattr(obj, part)
+    return obj
+
+
+def call_with_supported(factory: Any, standard: dict[str, Any], extra: dict[str, Any]) -> Any:
+    """Call ``factory`` with those ``standard`` kwargs it accepts, plus all of ``extra``.
+
+    Standard options (sizes, likelihood) are offered to every model; a model that takes
+    fewer simply does not receive them. ``extra`` holds what the user asked for by name,
+    so an unknown one is an error rather than silently ignored.
+    """
+    params = inspect.signature(factory).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    kwargs = {k: v for k, v in standard.items() if takes_any or k in params}
+    kwargs.update(extra)
+    return factory(**kwargs)

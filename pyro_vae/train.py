@@ -1,0 +1,223 @@
+"""The SVI fit loop: any model, any guide, any ``pyro.infer.ELBO``.
+
+Each step draws a minibatch B of a training set of N points and takes an Adam step on
+the minibatch estimate of the negative ELBO (the data plate scales it by N/|B|, so it is
+unbiased for the full-data objective; Hoffman et al. 2013). Each epoch then
+
+- computes the validation ELBO per datapoint (nats) and keeps the best weights;
+- writes the run folder's checkpoint atomically (weights, Adam state, RNG state, history),
+  so ``fit(..., resume=True)`` continues a killed run exactly where it stopped;
+- stops early after ``patience`` epochs without a better validation ELBO.
+
+A non-finite loss stops training at once with :class:`TrainingDiverged`, after putting
+back the weights of the last completed epoch (the checkpoint on disk is never
+overwritten by a diverged state).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pyro
+import pyro.optim
+import torch
+from pyro.infer import ELBO, SVI
+from tqdm.auto import tqdm
+
+from pyro_vae.annealing import ScaleLatents, linear_warmup
+from pyro_vae.checkpoint import RunFolder, capture_rng_state, restore_rng_state
+from pyro_vae.data import DataSplits
+from pyro_vae.evaluate import elbo_per_datapoint
+from pyro_vae.likelihoods import check_observations
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class TrainConfig:
+    """Settings of the fit loop.
+
+    Attributes:
+        epochs: passes over the training set (an upper bound under early stopping).
+        batch_size: minibatch size.
+        lr: Adam learning rate.
+        seed: seeds Pyro/torch/numpy/random at the start, and the per-epoch shuffling.
+        patience: stop after this many epochs without a better validation ELBO
+            (``None``: never stop early).
+        kl_warmup_epochs: epochs over which β rises linearly to 1 (0: no warm-up).
+        val_samples: particles per validation datapoint for the validation ELBO.
+        progress: show a progress bar per epoch.
+    """
+
+    epochs: int = 100
+    batch_size: int = 128
+    lr: float = 1e-3
+    seed: int = 0
+    patience: int | None = 10
+    kl_warmup_epochs: float = 0.0
+    val_samples: int = 1
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "val_samples"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: {value!r} is not a positive integer")
+        if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr: {self.lr!r} is not a positive learning rate")
+        if self.patience is not None and (not isinstance(self.patience, int) or self.patience < 1):
+            raise ValueError(f"patience: {self.patience!r} is not a positive integer or None")
+        if not self.kl_warmup_epochs >= 0:
+            raise ValueError(f"kl_warmup_epochs: {self.kl_warmup_epochs!r} is negative")
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` did: per-epoch records, the epoch whose weights were kept, and why."""
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int | None = None
+    stop_reason: str = ""
+
+
+def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def fit(
+    model,
+    guide,
+    data: DataSplits,
+    elbo: ELBO,
+    config: TrainConfig | None = None,
+    run: RunFolder | None = None,
+    resume: bool = False,
+) -> FitResult:
+    """Train ``model`` and ``guide`` on ``data.train_x`` by SVI with ``elbo``.
+
+    ``model`` and ``guide`` are called as ``f(x, num_data=N)`` on minibatches ``x``. With a
+    ``run`` folder, a checkpoint and metrics.json are written after every epoch, and
+    ``resume=True`` continues from that folder's checkpoint (weights, Adam moments, RNG
+    state and history), reproducing the batches an uninterrupted run would have seen.
+    Clears Pyro's global parameter store first.
+
+    Returns:
+        the per-epoch history; ``model`` and ``guide`` hold the best validation weights
+        (or the last, without a validation set).
+    """
+    config = config or TrainConfig()
+    if resume and run is None:
+        raise ValueError("resume: True needs a run folder to resume from")
+    num_data = data.train_x.shape[0]
+    first_batch, _ = next(iter(data.train_batches(config.batch_size, 0, config.seed)))
+    check_observations(model, first_batch, "training data")
+    if data.val_x.shape[0]:
+        check_observations(model, data.val_x, "validation data")
+
+    pyro.clear_param_store()
+    optim = pyro.optim.Adam({"lr": config.lr})
+    annealer = ScaleLatents()
+    svi = SVI(annealer(model), annealer(guide), optim, loss=elbo)
+    result = FitResult()
+    start_epoch, step, best = 0, 0, None
+    if resume:
+        state = run.load_checkpoint()
+        model.load_state_dict(state["model"])
+        guide.load_state_dict(state["guide"])
+        optim.set_state(state["optim"])
+        restore_rng_state(state["rng"])
+        start_epoch, step, best = state["epoch"], state["step"], state["best"]
+        result.history = list(state["history"])
+    else:
+        pyro.set_rng_seed(config.seed)
+
+    steps_per_epoch = math.ceil(num_data / config.batch_size)
+    warmup_steps = round(config.kl_warmup_epochs * steps_per_epoch)
+    last_good = (_snapshot(model), _snapshot(guide))
+    log_every = max(1, config.epochs // 20)
+    result.stop_reason = "max_epochs"
+    for epoch in range(start_epoch, config.epochs):
+        if best is not None and config.patience and epoch - best["epoch"] >= config.patience:
+            result.stop_reason = "early_stopping"
+            break
+        model.train()
+        guide.train()
+        started = time.perf_counter()
+        total, batches = 0.0, 0
+        bar = tqdm(
+            data.train_batches(config.batch_size, epoch, config.seed),
+            total=steps_per_epoch,
+            desc=f"epoch {epoch + 1}/{config.epochs}",
+            unit="batch",
+            disable=not config.progress,
+            leave=False,
+            dynamic_ncols=True,
+        )
+        for x, _ in bar:
+            annealer.beta = linear_warmup(step, warmup_steps)
+            loss = svi.step(x, num_data=num_data)
+            if not math.isfinite(loss):
+                model.load_state_dict(last_good[0])
+                guide.load_state_dict(last_good[1])
+                raise TrainingDiverged(
+                    f"the training loss became {loss} at epoch {epoch + 1}, step "
+                    f"{batches + 1}; the weights are back to the end of epoch {epoch}"
+                    f"{' (saved in ' + str(run.path) + ')' if run else ''}. Try a smaller "
+                    "learning rate or KL warm-up."
+                )
+            step += 1
+            batches += 1
+            total += loss / num_data
+            if batches % 10 == 0 or batches == steps_per_epoch:
+                bar.set_postfix(elbo=f"{-total / batches:.3f}", refresh=False)
+        record = {
+            "epoch": epoch + 1,
+            "train_elbo": -total / batches,
+            "seconds": time.perf_counter() - started,
+            "beta": annealer.beta,
+        }
+        if data.val_x.shape[0]:
+            val_elbo = (
+                elbo_per_datapoint(model, guide, data.val_x, config.val_samples).mean().item()
+            )
+            record["val_elbo"] = val_elbo
+            if best is None or val_elbo > best["val_elbo"]:
+                best = {
+                    "epoch": epoch + 1,
+                    "val_elbo": val_elbo,
+                    "model": _snapshot(model),
+                    "guide": _snapshot(guide),
+                }
+        result.history.append(record)
+        last_good = (_snapshot(model), _snapshot(guide))
+        if config.progress and ((epoch + 1) % log_every == 0 or epoch + 1 == config.epochs):
+            val = f"  val ELBO {record['val_elbo']:.3f}" if "val_elbo" in record else ""
+            tqdm.write(
+                f"epoch {epoch + 1:>3}/{config.epochs}  train ELBO "
+                f"{record['train_elbo']:.3f}{val}  ({record['seconds']:.1f} s)"
+            )
+        if run is not None:
+            run.save_checkpoint(
+                {
+                    "epoch": epoch + 1,
+                    "step": step,
+                    "model": last_good[0],
+                    "guide": last_good[1],
+                    "best": best,
+                    "optim": optim.get_state(),
+                    "rng": capture_rng_state(),
+                    "history": result.history,
+                    "config": asdict(config),
+                }
+            )
+            run.update_metrics(epochs=result.history, best_epoch=best["epoch"] if best else None)
+    if best is not None:
+        model.load_state_dict(best["model"])
+        guide.load_state_dict(best["guide"])
+        result.best_epoch = best["epoch"]
+    return result
