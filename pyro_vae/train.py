@@ -89,6 +89,10 @@ def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
+def _finite(*modules: torch.nn.Module) -> bool:
+    return all(torch.isfinite(p).all() for m in modules for p in m.parameters())
+
+
 def fit(
     model,
     guide,
@@ -100,7 +104,8 @@ def fit(
 ) -> FitResult:
     """Train ``model`` and ``guide`` on ``data.train_x`` by SVI with ``elbo``.
 
-    ``model`` and ``guide`` are called as ``f(x, num_data=N)`` on minibatches ``x``. With a
+    ``model`` and ``guide`` are ``torch.nn.Module``s (typically ``PyroModule``s) called as
+    ``f(x, num_data=N)`` on minibatches ``x``. With a
     ``run`` folder, a checkpoint and metrics.json are written after every epoch, and
     ``resume=True`` continues from that folder's checkpoint (weights, Adam moments, RNG
     state and history), reproducing the batches an uninterrupted run would have seen.
@@ -111,6 +116,12 @@ def fit(
         (or the last, without a validation set).
     """
     config = config or TrainConfig()
+    for arg, module in (("model", model), ("guide", guide)):
+        if not isinstance(module, torch.nn.Module):
+            raise TypeError(
+                f"{arg}: fit needs a torch.nn.Module (e.g. a pyro.nn.PyroModule) so its weights "
+                f"can be checkpointed; got {type(module).__name__}"
+            )
     if resume and run is None:
         raise ValueError("resume: True needs a run folder to resume from")
     num_data = data.train_x.shape[0]
@@ -160,16 +171,25 @@ def fit(
         )
         for x, _ in bar:
             annealer.beta = linear_warmup(step, warmup_steps)
-            loss = svi.step(x, num_data=num_data)
+            cause = None
+            try:
+                loss = svi.step(x, num_data=num_data)
+            except ValueError as err:
+                # With Pyro's validation on, NaN weights surface as a distribution whose
+                # parameters "found invalid values" rather than as a NaN loss.
+                if "invalid values" not in str(err) and _finite(model, guide):
+                    raise
+                loss, cause = math.nan, err
             if not math.isfinite(loss):
                 model.load_state_dict(last_good[0])
                 guide.load_state_dict(last_good[1])
+                kept = f"the end of epoch {epoch}" if epoch else "their initial values"
+                saved = f" (saved in {run.path})" if run is not None and epoch else ""
                 raise TrainingDiverged(
                     f"the training loss became {loss} at epoch {epoch + 1}, step "
-                    f"{batches + 1}; the weights are back to the end of epoch {epoch}"
-                    f"{' (saved in ' + str(run.path) + ')' if run else ''}. Try a smaller "
+                    f"{batches + 1}; the weights are back to {kept}{saved}. Try a smaller "
                     "learning rate or KL warm-up."
-                )
+                ) from cause
             step += 1
             batches += 1
             total += loss / num_data

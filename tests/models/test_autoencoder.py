@@ -1,0 +1,32 @@
+import pyro.poutine as poutine
+import pytest
+import torch
+from pyro.infer import Trace_ELBO
+
+from models.autoencoder import Autoencoder
+
+
+def test_loss_is_the_negative_reconstruction_log_likelihood():
+    model = Autoencoder(10, latent_dim=2, hidden_dims=(8,), noise_std=0.0)
+    x = torch.bernoulli(torch.full((5, 10), 0.5))
+    loss = Trace_ELBO().loss(model, model.make_guide(), x)
+    h = model.decoder(model.encode(x))
+    expected = -model.likelihood.distribution(h).log_prob(x).sum()
+    assert loss == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_code_is_corrupted_only_while_training():
+    model = Autoencoder(10, latent_dim=2, hidden_dims=(8,), noise_std=1.0)
+    x = torch.bernoulli(torch.full((5, 10), 0.5))
+
+    def logits(m):
+        return poutine.trace(m).get_trace(x).nodes["x"]["fn"].base_dist.logits
+
+    assert not torch.allclose(logits(model), logits(model))
+    model.eval()
+    torch.testing.assert_close(logits(model), logits(model))
+
+
+def test_negative_noise_is_rejected():
+    with pytest.raises(ValueError, match="noise_std: -0.1"):
+        Autoencoder(10, noise_std=-0.1)

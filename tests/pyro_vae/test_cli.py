@@ -1,0 +1,161 @@
+"""The pyro-vae command end to end, on small settings of the README's examples."""
+
+import json
+
+import pytest
+
+from pyro_vae.checkpoint import RunFolder
+from pyro_vae.cli import main
+
+FAST = ["--latent-dim", "4", "--hidden", "32", "--no-progress", "--ll-samples", "20"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "digits"
+    assert main(["fit", "--data", "digits", "--epochs", "3", "--out", str(run), *FAST]) == 0
+    return run
+
+
+def test_fit_writes_a_complete_run_folder(trained, capsys):
+    names = {p.name for p in trained.iterdir()}
+    assert {
+        "config.json",
+        "metrics.json",
+        "checkpoint.pt",
+        "reconstructions.png",
+        "samples.png",
+        "elbo.png",
+        "latent.png",
+    } <= names
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert [r["epoch"] for r in metrics["epochs"]] == [1, 2, 3]
+    assert metrics["data"]["binarization"] == "static" and metrics["data"]["dataset"] == "digits"
+    test = metrics["test"]
+    assert test["log_likelihood"] >= test["elbo"] - 1.0  # IWAE (K=20) vs ELBO, same test set
+    assert test["log_likelihood_samples"] == 20 and test["log_likelihood_points"] == 180
+    assert 0 <= test["active_units"] <= 4 and test["reconstruction_mse"] < 0.25
+    assert all(r["seconds"] > 0 for r in metrics["epochs"])
+
+
+def test_evaluate_and_sample_work_from_the_folder_alone(trained, capsys, tmp_path):
+    assert main(["evaluate", str(trained), "--ll-samples", "50", "--ll-points", "30"]) == 0
+    out = capsys.readouterr().out
+    assert "test ELBO" in out and "K=50, 30 images" in out
+    assert json.loads((trained / "metrics.json").read_text())["test"]["log_likelihood_points"] == 30
+    assert main(["sample", str(trained), "--num", "9", "--out", str(tmp_path / "s.png")]) == 0
+    assert (tmp_path / "s.png").stat().st_size > 1000
+
+
+def test_resume_extends_a_run(tmp_path):
+    run = tmp_path / "run"
+    assert main(["fit", "--epochs", "2", "--out", str(run), *FAST]) == 0
+    assert main(["fit", "--resume", str(run), "--epochs", "4", "--no-progress"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert [r["epoch"] for r in metrics["epochs"]] == [1, 2, 3, 4]
+    assert RunFolder(run).read_config()["train"]["epochs"] == 4
+
+
+def test_an_existing_run_is_never_overwritten(trained, capsys):
+    before = (trained / "checkpoint.pt").read_bytes()
+    assert main(["fit", "--out", str(trained), *FAST]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (trained / "checkpoint.pt").read_bytes() == before
+
+
+def test_autoencoder_and_categorical_vae_through_the_same_command(tmp_path, capsys):
+    ae = tmp_path / "ae"
+    assert (
+        main(
+            [
+                "fit",
+                "--model",
+                "models.autoencoder:Autoencoder",
+                "--epochs",
+                "2",
+                "--model-opt",
+                "noise_std=0.2",
+                "--out",
+                str(ae),
+                *FAST,
+            ]
+        )
+        == 0
+    )
+    test = json.loads((ae / "metrics.json").read_text())["test"]
+    assert "log_likelihood" not in test and "reconstruction_log_likelihood" in test
+    assert not (ae / "samples.png").exists()
+    assert main(["sample", str(ae)]) == 2
+    assert "no prior to sample from" in capsys.readouterr().err
+
+    cat = tmp_path / "cat"
+    assert (
+        main(["fit", "--likelihood", "categorical", "--epochs", "2", "--out", str(cat), *FAST]) == 0
+    )
+    assert json.loads((cat / "metrics.json").read_text())["data"]["levels"] == 17
+
+
+def test_a_users_model_file_is_first_class(tmp_path):
+    (tmp_path / "my_model.py").write_text(
+        "from models.vae import VAE\n\n"
+        "class Tiny(VAE):\n"
+        "    def __init__(self, x_dim, likelihood, levels, width=16):\n"
+        "        super().__init__(x_dim, 2, (width,), likelihood, levels)\n"
+    )
+    run = tmp_path / "mine"
+    spec = f"{tmp_path / 'my_model.py'}:Tiny"
+    assert (
+        main(
+            [
+                "fit",
+                "--model",
+                spec,
+                "--model-opt",
+                "width=8",
+                "--epochs",
+                "1",
+                "--out",
+                str(run),
+                "--no-progress",
+                "--ll-samples",
+                "5",
+            ]
+        )
+        == 0
+    )
+    assert RunFolder(run).load_checkpoint()["model"]["decoder.0.weight"].shape == (8, 2)
+    assert main(["evaluate", str(run)]) == 0
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["fit", "--data", "mnist"], "unknown dataset 'mnist'"),
+        (["fit", "--model", "models.vae:Nope"], "has no attribute 'Nope'"),
+        (["fit", "--model-opt", "depth=3"], "rejected its options"),
+        (["fit", "--epochs", "-1"], "epochs: -1"),
+        (["fit", "--estimator-opt", "bogus=1"], "not valid for 'trace'"),
+    ],
+)
+def test_bad_arguments_exit_2_with_a_message(tmp_path, capsys, argv, message):
+    assert main([*argv, "--out", str(tmp_path / "r"), "--no-progress"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_or_corrupt_run_folders(tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path / "absent")]) == 2
+    assert "not a directory" in capsys.readouterr().err
+    (tmp_path / "config.json").write_text("{}")
+    assert main(["evaluate", str(tmp_path)]) == 2
+    assert "format None" in capsys.readouterr().err
+    assert main(["fit", "--resume", str(tmp_path / "absent")]) == 2
+
+
+def test_diverged_training_exits_1_and_says_why(tmp_path, capsys):
+    run = tmp_path / "hot"
+    assert main(["fit", "--lr", "1e6", "--epochs", "3", "--out", str(run), *FAST]) == 1
+    err = capsys.readouterr().err
+    assert "epoch 1, step 2; the weights are back to their initial values" in err
+    assert "Try a smaller learning rate" in err
+    assert json.loads((run / "metrics.json").read_text())["stop_reason"] == "diverged"
+    assert not (run / "checkpoint.pt").exists()  # no epoch completed, so nothing to keep

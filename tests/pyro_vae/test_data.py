@@ -1,0 +1,135 @@
+import numpy as np
+import pytest
+import torch
+
+from pyro_vae.data import (
+    FASHION_MNIST_DIR,
+    DatasetNotFoundError,
+    Preprocessing,
+    load_data,
+    load_raw,
+)
+from pyro_vae.idx import write_idx
+
+
+def _write_idx_dataset(directory, n_train=30, n_test=10, side=6, gz=True):
+    rng = np.random.default_rng(1)
+    suffix = ".gz" if gz else ""
+    directory.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(
+            directory / f"{prefix}-images-idx3-ubyte{suffix}",
+            rng.integers(0, 256, (n, side, side), dtype=np.uint8),
+        )
+        write_idx(
+            directory / f"{prefix}-labels-idx1-ubyte{suffix}",
+            rng.integers(0, 10, n, dtype=np.uint8),
+        )
+    return directory
+
+
+def test_digits_splits_are_disjoint_fixed_and_complete():
+    a = load_data("digits", val_fraction=0.1, test_fraction=0.1)
+    b = load_data("digits", val_fraction=0.1, test_fraction=0.1)
+    assert (a.info["num_train"], a.info["num_val"], a.info["num_test"]) == (1455, 162, 180)
+    assert a.x_dim == 64 and a.image_shape == (8, 8)
+    torch.testing.assert_close(a.test_x, b.test_x)
+    torch.testing.assert_close(a.train_y, b.train_y)
+    assert a.train_x.shape[0] + a.val_x.shape[0] + a.test_x.shape[0] == 1797
+
+
+def test_static_binarization_thresholds_intensity():
+    data = load_data("digits", Preprocessing("bernoulli", "static", threshold=0.5))
+    raw = load_raw("digits")
+    assert set(torch.unique(data.train_x).tolist()) == {0.0, 1.0}
+    assert data.info["binarization"] == "static"
+    # The share of "on" pixels equals the share of raw pixels above 8/16.
+    expected = (raw.train_x > 8).mean()
+    everything = torch.cat([data.train_x, data.val_x, data.test_x])
+    assert everything.mean().item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_dynamic_binarization_redraws_each_epoch_reproducibly():
+    data = load_data("digits", Preprocessing("bernoulli", "dynamic"))
+    assert data.dynamic and 0 < data.train_x.max() <= 1
+    assert set(torch.unique(data.test_x).tolist()) == {0.0, 1.0}
+    first = [x for x, _ in data.train_batches(64, epoch=0, seed=3)]
+    again = [x for x, _ in data.train_batches(64, epoch=0, seed=3)]
+    other = [x for x, _ in data.train_batches(64, epoch=1, seed=3)]
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not torch.equal(first[0], other[0])
+    assert set(torch.unique(first[0]).tolist()) == {0.0, 1.0}
+
+
+def test_batches_cover_the_training_set_once_per_epoch():
+    data = load_data("digits", Preprocessing("gaussian"))
+    labels = torch.cat([y for _, y in data.train_batches(100, epoch=0, seed=0)])
+    assert labels.shape[0] == data.train_x.shape[0]
+    assert torch.equal(torch.sort(labels).values, torch.sort(data.train_y).values)
+
+
+def test_gaussian_and_categorical_representations():
+    gauss = load_data("digits", Preprocessing("gaussian"))
+    assert 0.0 <= gauss.train_x.min() and gauss.train_x.max() == 1.0
+    cat = load_data("digits", Preprocessing("categorical"))
+    assert cat.info["levels"] == 17 and cat.pixel_max == 16.0
+    # digits' pixels are already integers 0..16: quantization keeps them exactly.
+    torch.testing.assert_close(cat.train_x, gauss.train_x * 16)
+
+
+def test_idx_directory_and_categorical_levels(tmp_path):
+    directory = _write_idx_dataset(tmp_path / "mini", gz=False)
+    data = load_data(f"idx:{directory}", Preprocessing("categorical", levels=4), val_fraction=0.2)
+    assert data.info["num_test"] == 10 and data.info["num_train"] + data.info["num_val"] == 30
+    assert data.x_dim == 36 and set(torch.unique(data.test_x).tolist()) <= {0.0, 1.0, 2.0, 3.0}
+
+
+def test_missing_and_unknown_datasets_say_what_to_do(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="unknown dataset 'mnist'.*digits, fashion-mnist"):
+        load_data("mnist")
+    with pytest.raises(DatasetNotFoundError, match="not a directory"):
+        load_data(f"idx:{tmp_path / 'nowhere'}")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetNotFoundError, match="train-images-idx3-ubyte"):
+        load_data(f"idx:{tmp_path / 'empty'}")
+    monkeypatch.setattr("pyro_vae.data.FASHION_MNIST_DIR", tmp_path / "absent")
+    with pytest.raises(DatasetNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        load_data("fashion-mnist")
+
+
+def test_wrong_image_shapes_are_rejected(tmp_path):
+    directory = _write_idx_dataset(tmp_path / "flat")
+    write_idx(directory / "train-images-idx3-ubyte.gz", np.zeros((30, 36), np.uint8))
+    with pytest.raises(ValueError, match=r"shape \(30, 36\); expected \[N, H, W\]"):
+        load_data(f"idx:{directory}")
+    directory = _write_idx_dataset(tmp_path / "labels")
+    write_idx(directory / "train-labels-idx1-ubyte.gz", np.zeros(29, np.uint8))
+    with pytest.raises(ValueError, match="labels have shape"):
+        load_data(f"idx:{directory}")
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"likelihood": "poisson"}, "likelihood: 'poisson'"),
+        ({"binarize": "random"}, "binarize"),
+        ({"threshold": 1.0}, "threshold: 1.0"),
+        ({"likelihood": "categorical", "levels": 1}, "levels"),
+    ],
+)
+def test_bad_preprocessing_is_rejected(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Preprocessing(**kwargs)
+
+
+@pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="apt-get install dataset-fashion-mnist")
+def test_fashion_mnist_from_debian_package():
+    raw = load_raw("fashion-mnist")
+    assert raw.train_x.shape == (60000, 28, 28) and raw.test_x.shape == (10000, 28, 28)
+    assert raw.max_value == 255 and set(np.unique(raw.test_y)) == set(range(10))
+    data = load_data("fashion-mnist", val_fraction=0.1)
+    assert (data.info["num_train"], data.info["num_val"], data.info["num_test"]) == (
+        54000,
+        6000,
+        10000,
+    )

@@ -1,0 +1,168 @@
+"""The evaluator against a linear-Gaussian model where everything is known in closed form.
+
+    z ~ N(0, I_2),  x | z ~ N(W z + b, σ² I_3)   ⇒   x ~ N(b, W Wᵀ + σ² I)
+
+W has orthogonal columns, so the posterior N(μ(x), Σ) has diagonal Σ = (I + WᵀW/σ²)⁻¹ and
+an amortized diagonal Normal guide can equal it exactly. For any guide
+q(z|x) = N(A(x − b), diag s²): ELBO(x) = log p(x) − KL(q ‖ p(z|x)), in closed form.
+"""
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+from pyro_vae.evaluate import (
+    active_units,
+    elbo_per_datapoint,
+    iwae_log_likelihood,
+    log_importance_weights,
+    max_plate_nesting,
+)
+from pyro_vae.plates import data_plate
+
+SIGMA = 0.5
+W = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 0.0]])
+B = torch.tensor([0.5, -1.0, 0.2])
+POST_VAR = 1.0 / (1.0 + (W * W).sum(0) / SIGMA**2)
+POST_GAIN = POST_VAR[:, None] * W.T / SIGMA**2  # μ(x) = POST_GAIN (x − b)
+
+
+def model(x, num_data=None):
+    with data_plate(x, num_data):
+        z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).expand([x.shape[0], 2]).to_event(1))
+        pyro.sample("x", dist.Normal(z @ W.T + B, SIGMA).to_event(1), obs=x)
+
+
+def make_guide(gain_factor=1.0, scale_factor=1.0):
+    def guide(x, num_data=None):
+        loc = (x - B) @ (gain_factor * POST_GAIN).T
+        scale = scale_factor * POST_VAR.sqrt().expand_as(loc)
+        with data_plate(x, num_data):
+            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    return guide
+
+
+def exact_log_likelihood(x):
+    cov = W @ W.T + SIGMA**2 * torch.eye(3)
+    return dist.MultivariateNormal(B, cov).log_prob(x)
+
+
+def exact_elbo(x, gain_factor, scale_factor):
+    mu = (x - B) @ POST_GAIN.T
+    q = dist.Normal(gain_factor * mu, scale_factor * POST_VAR.sqrt())
+    post = dist.Normal(mu, POST_VAR.sqrt())
+    return exact_log_likelihood(x) - torch.distributions.kl_divergence(q, post).sum(-1)
+
+
+@pytest.fixture
+def x():
+    return dist.MultivariateNormal(B, W @ W.T + SIGMA**2 * torch.eye(3)).sample((20,))
+
+
+def test_weights_have_particle_by_datapoint_shape(x):
+    assert max_plate_nesting(model, make_guide(), x) == 1
+    assert log_importance_weights(model, make_guide(), x, 7).shape == (7, 20)
+
+
+def test_exact_guide_gives_log_likelihood_with_zero_variance(x):
+    lw = log_importance_weights(model, make_guide(), x, 50)
+    torch.testing.assert_close(lw, exact_log_likelihood(x).expand(50, -1), atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        iwae_log_likelihood(model, make_guide(), x, 100), exact_log_likelihood(x), atol=1e-4, rtol=0
+    )
+
+
+def test_elbo_matches_closed_form_within_monte_carlo_error(x):
+    guide = make_guide(0.5, 0.6)
+    lw = log_importance_weights(model, guide, x, 4000)
+    estimate, se = lw.mean(0), lw.std(0) / math.sqrt(lw.shape[0])
+    truth = exact_elbo(x, 0.5, 0.6)
+    # 4 standard errors per datapoint: a false alarm somewhere in 20 points has p < 2e-3.
+    assert ((estimate - truth).abs() < 4 * se + 1e-4).all()
+    assert (truth < exact_log_likelihood(x) - 0.1).all()  # the gap is real
+
+
+def test_iwae_increases_with_k_towards_log_likelihood(x):
+    # An overdispersed guide (scale 1.5x the posterior's) keeps the weights bounded, so the
+    # K-sample bound's gap shrinks like Var(w)/(2K) and is resolvable at small K.
+    guide = make_guide(0.8, 1.5)
+    repeats = x.repeat(300, 1)  # 6,000 independent estimates per K
+    truth = exact_log_likelihood(repeats)
+    means, ses = [], []
+    for k in (1, 3, 10, 30):
+        residual = iwae_log_likelihood(model, guide, repeats, k) - truth
+        means.append(residual.mean().item())
+        ses.append(residual.std().item() / math.sqrt(residual.numel()))
+    elbo_gap = (exact_elbo(x, 0.8, 1.5) - exact_log_likelihood(x)).mean().item()
+    assert means[0] == pytest.approx(elbo_gap, abs=4 * ses[0])  # K = 1 is the ELBO
+    for i in range(3):  # each step up in K is better by more than 4 standard errors
+        assert means[i + 1] - means[i] > 4 * math.hypot(ses[i], ses[i + 1])
+    assert means[-1] < 4 * ses[-1]  # still a lower bound
+    residual = iwae_log_likelihood(model, guide, x, 5000) - exact_log_likelihood(x)
+    se = residual.std().item() / math.sqrt(residual.numel())
+    assert residual.mean().item() < 4 * se
+    assert abs(residual.mean().item()) < 0.02 * abs(elbo_gap)  # K = 5000 closes the gap
+
+
+def test_iwae_is_bounded_by_log_likelihood_for_an_underdispersed_guide(x):
+    guide = make_guide(0.5, 0.6)
+    log_p = exact_log_likelihood(x)
+    bounds = iwae_log_likelihood(model, guide, x, 1000)
+    assert (bounds.mean() < log_p.mean()).item()
+    assert (bounds.mean() > exact_elbo(x, 0.5, 0.6).mean()).item()
+
+
+def test_chunked_log_sum_exp_is_exact(x):
+    # With the exact guide every weight equals p(x), so any chunking must return log p(x).
+    chunked = iwae_log_likelihood(model, make_guide(), x, 37, batch_size=7, max_elements=10)
+    torch.testing.assert_close(chunked, exact_log_likelihood(x), atol=1e-4, rtol=0)
+
+
+def test_chunking_does_not_change_the_estimand(x):
+    guide = make_guide(0.8, 1.5)
+    repeats = x.repeat(50, 1)
+    whole = iwae_log_likelihood(model, guide, repeats, 64, max_elements=10**9)
+    chunked = iwae_log_likelihood(model, guide, repeats, 64, batch_size=20, max_elements=1)
+    # Independent draws of the same K=64 estimator on the same points: paired differences
+    # have mean zero; 4 standard errors of their mean.
+    diff = whole - chunked
+    assert abs(diff.mean().item()) < 4 * diff.std().item() / math.sqrt(diff.numel())
+
+
+def test_elbo_per_datapoint_averages_particles(x):
+    estimates = elbo_per_datapoint(model, make_guide(0.5, 0.6), x, num_samples=2000)
+    assert estimates.shape == (20,)
+    assert (estimates - exact_elbo(x, 0.5, 0.6)).abs().max() < 0.2
+
+
+def test_sites_outside_the_data_plate_are_refused(x):
+    def global_model(x, num_data=None):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with data_plate(x, num_data):
+            pyro.sample("x", dist.Normal(mu, 1.0).expand([x.shape[0], 3]).to_event(1), obs=x)
+
+    def global_guide(x, num_data=None):
+        pyro.sample("mu", dist.Normal(0.0, 1.0))
+
+    with pytest.raises(ValueError, match="site 'mu' is outside the 'data' plate"):
+        elbo_per_datapoint(global_model, global_guide, x)
+
+
+def test_bad_counts_are_rejected(x):
+    with pytest.raises(ValueError, match="num_samples: 0"):
+        iwae_log_likelihood(model, make_guide(), x, 0)
+    with pytest.raises(ValueError, match="batch_size: -1"):
+        elbo_per_datapoint(model, make_guide(), x, batch_size=-1)
+
+
+def test_active_units_counts_latent_variance():
+    class Encoder:
+        def encode(self, x):
+            return dist.Normal(torch.stack([x[:, 0], 0.01 * x[:, 0]], -1), 1.0)
+
+    n_active, variances = active_units(object(), Encoder(), torch.randn(500, 1))
+    assert n_active == 1 and variances[0] > 0.5 and variances[1] < 0.01

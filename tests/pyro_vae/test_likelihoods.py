@@ -1,0 +1,64 @@
+import pytest
+import torch
+
+from pyro_vae.likelihoods import check_observations, make_likelihood
+
+
+@pytest.mark.parametrize(
+    "name, levels", [("bernoulli", None), ("gaussian", None), ("categorical", 5)]
+)
+def test_distribution_shapes_and_mean_in_range(name, levels):
+    lik = make_likelihood(name, 6, levels)
+    h = torch.randn(3, 4, lik.out_features)
+    d = lik.distribution(h)
+    assert d.batch_shape == (3, 4) and d.event_shape == (6,)
+    mean = lik.mean(h)
+    assert mean.shape == (3, 4, 6)
+    top = 1 if levels is None else levels - 1
+    assert (mean >= 0).all() and (mean <= top).all()
+
+
+def test_categorical_is_the_softmax_over_levels():
+    lik = make_likelihood("categorical", 2, levels=3)
+    h = torch.tensor([[0.0, 1.0, 2.0, 2.0, 0.0, -1.0]])
+    x = torch.tensor([[2.0, 0.0]])
+    expected = torch.log_softmax(h[0, :3], 0)[2] + torch.log_softmax(h[0, 3:], 0)[0]
+    torch.testing.assert_close(lik.distribution(h).log_prob(x), expected.unsqueeze(0))
+    probs = torch.softmax(h[0, :3], 0)
+    torch.testing.assert_close(lik.mean(h)[0, 0], (probs * torch.arange(3.0)).sum())
+
+
+def test_gaussian_scale_is_floored():
+    lik = make_likelihood("gaussian", 3)
+    d = lik.distribution(torch.full((1, 6), -50.0))
+    assert (d.base_dist.scale >= lik.min_scale).all()
+
+
+@pytest.mark.parametrize(
+    "name, x, message",
+    [
+        ("bernoulli", torch.tensor([[0.0, 0.5, 1.0]]), "binary pixels"),
+        ("bernoulli", torch.tensor([[0.0, float("nan"), 1.0]]), "NaN or infinite"),
+        ("gaussian", torch.zeros(2, 4), r"shape \(2, 4\).*\[N, 3\]"),
+        ("categorical", torch.tensor([[0.0, 3.0, 1.0]]), "levels 0..2"),
+        ("categorical", torch.tensor([[0.0, 1.5, 1.0]]), "integer levels"),
+    ],
+)
+def test_bad_data_is_named_and_explained(name, x, message):
+    lik = make_likelihood(name, 3, levels=3)
+    with pytest.raises(ValueError, match=message) as info:
+        lik.check_data(x, "training data")
+    assert str(info.value).startswith("training data:")
+
+
+def test_check_observations_without_a_likelihood():
+    with pytest.raises(ValueError, match="NaN"):
+        check_observations(object(), torch.tensor([1.0, float("inf")]), "x")
+    check_observations(object(), torch.zeros(3, 2))
+
+
+def test_unknown_likelihood():
+    with pytest.raises(ValueError, match="not one of bernoulli, gaussian, categorical"):
+        make_likelihood("poisson", 3)
+    with pytest.raises(ValueError, match="levels"):
+        make_likelihood("categorical", 3)

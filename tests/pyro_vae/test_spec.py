@@ -1,0 +1,39 @@
+import pytest
+
+from pyro_vae.spec import call_with_supported, load_object
+
+
+def test_module_and_file_specs(tmp_path):
+    from models.vae import VAE
+
+    assert load_object("models.vae:VAE") is VAE
+    (tmp_path / "mine.py").write_text("class Model:\n    class Inner:\n        answer = 42\n")
+    assert load_object(f"{tmp_path / 'mine.py'}:Model.Inner").answer == 42
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("models.vae", "not an import spec"),
+        ("no_such_pkg.mod:X", "cannot import 'no_such_pkg"),
+        ("models.vae:Nope", "has no attribute 'Nope'"),
+        ("/nowhere/m.py:X", "does not exist"),
+    ],
+)
+def test_bad_specs_are_explained(spec, message):
+    with pytest.raises(ValueError, match=message) as info:
+        load_object(spec, "model")
+    assert str(info.value).startswith("model:")
+
+
+def test_standard_options_go_only_where_accepted():
+    def narrow(x_dim):
+        return ("narrow", x_dim)
+
+    def wide(**kwargs):
+        return kwargs
+
+    assert call_with_supported(narrow, {"x_dim": 3, "latent_dim": 2}, {}) == ("narrow", 3)
+    assert call_with_supported(wide, {"x_dim": 3}, {"k": 1}) == {"x_dim": 3, "k": 1}
+    with pytest.raises(TypeError):
+        call_with_supported(narrow, {"x_dim": 3}, {"typo": 1})

@@ -1,0 +1,151 @@
+import pyro
+import pytest
+import torch
+from pyro.infer import Trace_ELBO
+
+from models.autoencoder import Autoencoder
+from models.vae import VAE
+from pyro_vae.checkpoint import RunFolder
+from pyro_vae.data import Preprocessing, load_data
+from pyro_vae.train import TrainConfig, TrainingDiverged, fit
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_data("digits", Preprocessing("bernoulli"))
+
+
+def small_vae(data, seed=0):
+    pyro.set_rng_seed(seed)
+    model = VAE(data.x_dim, latent_dim=4, hidden_dims=(32,))
+    return model, model.make_guide()
+
+
+def quiet(**kwargs):
+    return TrainConfig(progress=False, **kwargs)
+
+
+def test_training_improves_the_validation_elbo(digits):
+    model, guide = small_vae(digits)
+    result = fit(model, guide, digits, Trace_ELBO(), quiet(epochs=8, batch_size=64, lr=3e-3))
+    history = result.history
+    assert [r["epoch"] for r in history] == list(range(1, 9))
+    assert history[-1]["val_elbo"] > history[0]["val_elbo"] + 3
+    assert result.best_epoch == max(history, key=lambda r: r["val_elbo"])["epoch"]
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(digits, tmp_path):
+    config = dict(batch_size=64, lr=3e-3, seed=7, kl_warmup_epochs=1.5)
+    straight_model, straight_guide = small_vae(digits)
+    fit(
+        straight_model,
+        straight_guide,
+        digits,
+        Trace_ELBO(),
+        quiet(epochs=4, **config),
+        RunFolder(tmp_path / "a"),
+    )
+
+    run = RunFolder(tmp_path / "b")
+    model, guide = small_vae(digits)
+    fit(model, guide, digits, Trace_ELBO(), quiet(epochs=2, **config), run)
+    assert run.load_checkpoint()["epoch"] == 2
+    model, guide = small_vae(digits, seed=123)  # fresh process: weights come from the folder
+    fit(model, guide, digits, Trace_ELBO(), quiet(epochs=4, **config), run, resume=True)
+
+    a, b = RunFolder(tmp_path / "a").load_checkpoint(), run.load_checkpoint()
+    assert a["history"] == b["history"] or all(
+        ra["train_elbo"] == rb["train_elbo"] and ra["val_elbo"] == rb["val_elbo"]
+        for ra, rb in zip(a["history"], b["history"], strict=True)
+    )
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert [r["beta"] for r in b["history"]][:2] == [pytest.approx(2 / 3, abs=0.05), 1.0]
+
+
+class ExplodesAfter(torch.nn.Module):
+    """Wraps a model; after ``steps`` calls its log-density becomes NaN."""
+
+    def __init__(self, inner, steps):
+        super().__init__()
+        self.inner, self.steps, self.calls = inner, steps, 0
+
+    def forward(self, x, num_data=None):
+        self.calls += 1
+        if self.calls > self.steps:
+            pyro.factor("boom", torch.tensor(float("nan")))
+        return self.inner(x, num_data)
+
+
+@pytest.mark.filterwarnings("ignore:Encountered NaN")
+@pytest.mark.parametrize("validation", [True, False])
+def test_a_non_finite_loss_stops_and_keeps_the_last_good_weights(digits, tmp_path, validation):
+    # With validation, Pyro raises on the NaN factor; without, the loss itself is NaN.
+    pyro.enable_validation(validation)
+    inner, guide = small_vae(digits)
+    steps_per_epoch = -(-digits.train_x.shape[0] // 64)
+    model = ExplodesAfter(inner, steps_per_epoch + 3)  # into epoch 2 (validation calls it too)
+    run = RunFolder(tmp_path / "run")
+    with pytest.raises(
+        TrainingDiverged, match=r"at epoch 2, step \d+; the weights are back to the end of epoch 1"
+    ):
+        fit(model, guide, digits, Trace_ELBO(), quiet(epochs=5, batch_size=64), run)
+    saved = run.load_checkpoint()
+    assert saved["epoch"] == 1
+    for key, value in model.state_dict().items():
+        assert torch.isfinite(value).all()
+        assert torch.equal(value, saved["model"][key]), key
+    pyro.enable_validation(True)
+
+
+def test_model_and_guide_must_be_modules(digits):
+    model, guide = small_vae(digits)
+    with pytest.raises(TypeError, match="model: fit needs a torch.nn.Module"):
+        fit(
+            lambda x, num_data=None: model(x, num_data),
+            guide,
+            digits,
+            Trace_ELBO(),
+            quiet(epochs=1),
+        )
+
+
+def test_early_stopping_when_validation_stops_improving(digits):
+    pyro.set_rng_seed(0)
+    model = Autoencoder(digits.x_dim, latent_dim=3, hidden_dims=(16,), noise_std=0.0)
+    # Adam steps of 1e-30 leave float32 weights unchanged, so the deterministic validation
+    # objective never improves after epoch 1.
+    result = fit(
+        model, model.make_guide(), digits, Trace_ELBO(), quiet(epochs=10, lr=1e-30, patience=2)
+    )
+    assert result.stop_reason == "early_stopping"
+    assert len(result.history) == 3 and result.best_epoch == 1
+
+
+def test_bad_data_is_rejected_before_training(digits):
+    model, guide = small_vae(digits)
+    gaussian = load_data("digits", Preprocessing("gaussian"))
+    with pytest.raises(ValueError, match="training data: Bernoulli likelihood needs binary"):
+        fit(model, guide, gaussian, Trace_ELBO(), quiet(epochs=1))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"epochs": 0}, "epochs: 0"),
+        ({"batch_size": 2.5}, "batch_size: 2.5"),
+        ({"lr": -1.0}, "lr: -1.0"),
+        ({"lr": float("nan")}, "lr: nan"),
+        ({"patience": 0}, "patience: 0"),
+        ({"kl_warmup_epochs": -1}, "kl_warmup_epochs: -1"),
+    ],
+)
+def test_bad_config_is_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**kwargs)
+
+
+def test_resume_needs_a_run_folder(digits):
+    model, guide = small_vae(digits)
+    with pytest.raises(ValueError, match="resume"):
+        fit(model, guide, digits, Trace_ELBO(), quiet(epochs=1), resume=True)
