@@ -18,7 +18,7 @@ from typing import Any
 from pyro_vae import estimators
 from pyro_vae.checkpoint import RunFolder, RunFolderError
 from pyro_vae.data import BINARIZATIONS, DatasetNotFoundError
-from pyro_vae.experiment import DEFAULT_MODEL, build, load, test_metrics, write_figures
+from pyro_vae.experiment import DEFAULT_MODEL, build, evaluate_test_set, load, write_figures
 from pyro_vae.idx import IDXFormatError
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.plots import plot_samples
@@ -194,11 +194,16 @@ def _fit(args: argparse.Namespace) -> int:
     if args.resume:
         run = RunFolder(args.resume)
         config = run.read_config()
-        run.load_checkpoint()
+        # A run killed before its first epoch ended has a config but no checkpoint yet:
+        # resuming it starts that first epoch again.
+        resume = run.has_checkpoint
+        if resume:
+            run.load_checkpoint()
         if args.epochs:
             config["train"]["epochs"] = args.epochs
         config["train"]["progress"] = not args.no_progress
     else:
+        resume = False
         run = RunFolder(args.out)
         if run.has_checkpoint or run.file("config.json").exists():
             raise RunFolderError(
@@ -216,9 +221,7 @@ def _fit(args: argparse.Namespace) -> int:
         f"{config['estimator']['name']} estimator -> {run.path}"
     )
     try:
-        result = fit(
-            exp.model, exp.guide, exp.data, exp.elbo, train_config, run, resume=bool(args.resume)
-        )
+        result = fit(exp.model, exp.guide, exp.data, exp.elbo, train_config, run, resume=resume)
     except TrainingDiverged as err:
         run.update_metrics(stop_reason="diverged")
         print(f"error: {err}", file=sys.stderr)
@@ -228,7 +231,7 @@ def _fit(args: argparse.Namespace) -> int:
         f"{result.best_epoch or len(result.history)}"
     )
     ev = config["evaluation"]
-    test = test_metrics(exp, ev["ll_samples"], ev["ll_points"])
+    test = evaluate_test_set(exp, ev["ll_samples"], ev["ll_points"], progress=train_config.progress)
     run.update_metrics(stop_reason=result.stop_reason, best_epoch=result.best_epoch, test=test)
     _print_test(test)
     figures = write_figures(exp, run, result.history, test)
@@ -242,7 +245,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     ev = exp.config["evaluation"]
     samples = ev["ll_samples"] if args.ll_samples is None else args.ll_samples
     points = ev["ll_points"] if args.ll_points is None else (args.ll_points or None)
-    test = test_metrics(exp, samples, points)
+    test = evaluate_test_set(exp, samples, points, progress=True)
     run.update_metrics(test=test)
     _print_test(test)
     return 0

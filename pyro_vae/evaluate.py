@@ -26,6 +26,7 @@ import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.poutine.util import prune_subsample_sites
+from tqdm.auto import tqdm
 
 from pyro_vae.plates import DATA_PLATE
 
@@ -135,19 +136,30 @@ def iwae_log_likelihood(
     num_samples: int = 5000,
     batch_size: int = 100,
     max_elements: int = 2**23,
+    progress: bool = False,
 ) -> torch.Tensor:
     """Importance-weighted estimate of log p(x_n) for each row of ``x`` (nats).
 
     log p(x_n) ≈ log (1/K) Σ_k exp(log w_k(x_n)), K = ``num_samples`` (Burda et al. 2015
     use K = 5000). Particles are drawn in chunks of at most ``max_elements / (batch · D)``
-    and merged by log-sum-exp, so peak memory does not grow with K.
+    and merged by log-sum-exp, so peak memory does not grow with K. ``progress`` shows a
+    progress bar over datapoints.
     """
     _check_num("num_samples", num_samples)
     _check_num("max_elements", max_elements)
     out = []
     with eval_mode(model, guide):
         nesting = max_plate_nesting(model, guide, x[:1])
+        bar = tqdm(
+            total=x.shape[0],
+            desc=f"log p(x), K={num_samples}",
+            unit="image",
+            disable=not progress,
+            leave=False,
+            dynamic_ncols=True,
+        )
         for xb in _batches(x, batch_size):
+            bar.update(xb.shape[0])
             chunk = max(1, min(num_samples, max_elements // max(1, xb.numel())))
             acc = torch.full((xb.shape[0],), -math.inf)
             for start in range(0, num_samples, chunk):
@@ -155,6 +167,7 @@ def iwae_log_likelihood(
                 lw = log_importance_weights(model, guide, xb, k, nesting)
                 acc = torch.logaddexp(acc, torch.logsumexp(lw, dim=0))
             out.append(acc - math.log(num_samples))
+        bar.close()
     return torch.cat(out)
 
 

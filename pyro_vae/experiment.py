@@ -105,8 +105,12 @@ def load(run: RunFolder) -> Experiment:
     return experiment
 
 
-def test_metrics(
-    exp: Experiment, ll_samples: int, ll_points: int | None, elbo_samples: int = 10
+def evaluate_test_set(
+    exp: Experiment,
+    ll_samples: int,
+    ll_points: int | None,
+    elbo_samples: int = 10,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Test-set ELBO, importance-weighted log-likelihood, reconstruction, active units.
 
@@ -121,7 +125,9 @@ def test_metrics(
     if exp.generative and ll_samples > 0:
         x_ll = x if ll_points is None else x[:ll_points]
         metrics["log_likelihood"] = (
-            iwae_log_likelihood(exp.model, exp.guide, x_ll, ll_samples).mean().item()
+            iwae_log_likelihood(exp.model, exp.guide, x_ll, ll_samples, progress=progress)
+            .mean()
+            .item()
         )
         metrics["log_likelihood_samples"] = ll_samples
         metrics["log_likelihood_points"] = int(x_ll.shape[0])

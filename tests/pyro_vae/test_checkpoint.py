@@ -38,6 +38,7 @@ def test_checkpoint_round_trip_without_pickle(tmp_path):
     assert loaded["epoch"] == 3 and torch.equal(loaded["model"]["w"], torch.ones(2))
     restore_rng_state(loaded["rng"])
     assert [p.name for p in run.path.iterdir()] == ["checkpoint.pt"]
+    assert run.file("checkpoint.pt").stat().st_mode & 0o044  # readable like any other file
 
 
 def test_a_write_killed_midway_leaves_the_previous_checkpoint(tmp_path, monkeypatch):

@@ -159,3 +159,45 @@ def test_diverged_training_exits_1_and_says_why(tmp_path, capsys):
     assert "Try a smaller learning rate" in err
     assert json.loads((run / "metrics.json").read_text())["stop_reason"] == "diverged"
     assert not (run / "checkpoint.pt").exists()  # no epoch completed, so nothing to keep
+
+
+def test_a_run_killed_at_any_moment_can_be_evaluated_and_resumed(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "killed"
+    args = [
+        sys.executable,
+        "-m",
+        "pyro_vae.cli",
+        "fit",
+        "--epochs",
+        "500",
+        "--out",
+        str(run),
+        *FAST,
+    ]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "checkpoint.pt").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # somewhere in a later epoch, possibly mid-write
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    epoch = RunFolder(run).load_checkpoint()["epoch"]
+    assert 1 <= epoch < 500
+    assert main(["evaluate", str(run), "--ll-samples", "5"]) == 0
+    assert main(["fit", "--resume", str(run), "--epochs", str(epoch + 2), "--no-progress"]) == 0
+    assert RunFolder(run).load_checkpoint()["epoch"] == epoch + 2
+
+
+def test_a_run_killed_before_its_first_checkpoint_restarts_on_resume(tmp_path):
+    run = tmp_path / "early"
+    assert main(["fit", "--epochs", "1", "--out", str(run), *FAST]) == 0
+    (run / "checkpoint.pt").unlink()  # as if killed during epoch 1
+    assert main(["fit", "--resume", str(run), "--no-progress"]) == 0
+    assert RunFolder(run).load_checkpoint()["epoch"] == 1
