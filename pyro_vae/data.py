@@ -299,9 +299,10 @@ def load_data(
     val_x, val_y = train_x[order[:n_val]], train_y[order[:n_val]]
     train_x, train_y = train_x[order[n_val:]], train_y[order[n_val:]]
 
+    pixels = int(np.prod(raw.train_x.shape[1:]))
     intensity = {
         split: torch.as_tensor(
-            images.reshape(images.shape[0], -1) / raw.max_value, dtype=torch.float32
+            images.reshape(images.shape[0], pixels) / raw.max_value, dtype=torch.float32
         )
         for split, images in (("train", train_x), ("val", val_x), ("test", test_x))
     }

@@ -34,6 +34,14 @@ def test_training_improves_the_validation_elbo(digits):
     assert result.best_epoch == max(history, key=lambda r: r["val_elbo"])["epoch"]
 
 
+def test_without_a_validation_set_the_last_weights_are_kept():
+    data = load_data("digits", Preprocessing("bernoulli"), val_fraction=0.0)
+    assert data.val_x.shape == (0, 64) and data.info["num_train"] == 1617
+    model, guide = small_vae(data)
+    result = fit(model, guide, data, Trace_ELBO(), quiet(epochs=2))
+    assert result.best_epoch is None and "val_elbo" not in result.history[-1]
+
+
 def test_resume_continues_exactly_like_an_uninterrupted_run(digits, tmp_path):
     config = dict(batch_size=64, lr=3e-3, seed=7, kl_warmup_epochs=1.5)
     straight_model, straight_guide = small_vae(digits)
