@@ -28,7 +28,7 @@ import torch
 from pyro.poutine.util import prune_subsample_sites
 from tqdm.auto import tqdm
 
-from pyro_vae.plates import DATA_PLATE
+from pyro_vae.pointwise import per_datapoint_log_density
 
 _PARTICLES = "_eval_particles"
 
@@ -65,31 +65,6 @@ def max_plate_nesting(model, guide, x: torch.Tensor) -> int:
     return nesting
 
 
-def _per_datapoint(trace: poutine.Trace, num_particles: int, batch: int, rank: int) -> torch.Tensor:
-    """Sum each sample site's log-density within datapoints: ``[num_particles, batch]``."""
-    total = torch.zeros(num_particles, batch)
-    for name, site in prune_subsample_sites(trace).nodes.items():
-        if site["type"] != "sample":
-            continue
-        frames = [f for f in site["cond_indep_stack"] if f.name == DATA_PLATE]
-        if not frames:
-            raise ValueError(
-                f"site {name!r} is outside the {DATA_PLATE!r} plate, so it has no per-datapoint "
-                f"log-density; per-datapoint evaluation needs every sample site inside "
-                f"pyro_vae.plates.data_plate(x)"
-            )
-        log_p = site["fn"].log_prob(site["value"])
-        if site["mask"] is not None:
-            log_p = log_p * site["mask"]
-        log_p = log_p.reshape((1,) * (rank - log_p.dim()) + tuple(log_p.shape))
-        keep = {0, rank + frames[0].dim}
-        summed = [d for d in range(1, rank) if d not in keep]
-        if summed:
-            log_p = log_p.sum(summed, keepdim=True)
-        total = total + log_p.reshape(log_p.shape[0], -1)
-    return total
-
-
 def log_importance_weights(
     model, guide, x: torch.Tensor, num_samples: int, nesting: int | None = None
 ) -> torch.Tensor:
@@ -102,9 +77,9 @@ def log_importance_weights(
         guide_tr = poutine.trace(guide).get_trace(x)
         model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(x)
     batch = x.shape[0]
-    return _per_datapoint(model_tr, num_samples, batch, rank) - _per_datapoint(
-        guide_tr, num_samples, batch, rank
-    )
+    return per_datapoint_log_density(
+        model_tr, num_samples, batch, rank
+    ) - per_datapoint_log_density(guide_tr, num_samples, batch, rank)
 
 
 def _batches(x: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:

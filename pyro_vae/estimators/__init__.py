@@ -7,6 +7,13 @@
   allows them (Kingma & Welling 2013), score-function gradients elsewhere.
 - ``analytic-kl``: Pyro's ``TraceMeanField_ELBO``, the same with KL(q ‖ p) in closed form
   where both are known (the lecture's −KL + E_q log p(x | θ), eq. 18.4).
+- ``iwae``: :class:`IWAELBO`, the K-sample importance-weighted bound per datapoint
+  (Burda et al. 2015); ``num_particles`` is K.
+- ``tracegraph``: Pyro's ``TraceGraph_ELBO``, score-function gradients for
+  non-reparameterizable sites with downstream-cost Rao-Blackwellization and the baselines
+  a site requests in ``infer={"baseline": ...}`` (Schulman et al. 2015).
+- ``score``: :class:`ScoreFunctionELBO`, REINFORCE for every guide site with a control
+  variate: ``none``, ``ema``, ``leave-one-out`` or ``neural`` (NVIL).
 """
 
 from __future__ import annotations
@@ -14,11 +21,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import ELBO, Trace_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
+
+from pyro_vae.estimators.iwae import IWAELBO
+from pyro_vae.estimators.score_function import CONTROL_VARIATES, ScoreFunctionELBO
 
 _REGISTRY: dict[str, Callable[..., ELBO]] = {
     "trace": Trace_ELBO,
     "analytic-kl": TraceMeanField_ELBO,
+    "iwae": IWAELBO,
+    "tracegraph": TraceGraph_ELBO,
+    "score": ScoreFunctionELBO,
 }
 
 
@@ -37,4 +50,4 @@ def get(name: str, **options: Any) -> ELBO:
         raise ValueError(f"estimator options {options} are not valid for {name!r}: {err}") from err
 
 
-__all__ = ["get", "names"]
+__all__ = ["CONTROL_VARIATES", "IWAELBO", "ScoreFunctionELBO", "get", "names"]
