@@ -58,3 +58,13 @@ def per_datapoint_log_density(
             log_p = log_p.sum(summed, keepdim=True)
         total = total + log_p.reshape(log_p.shape[0], -1)
     return total
+
+
+def particle_rank(max_plate_nesting: int, num_particles: int) -> int:
+    """Batch rank of a vectorized ELBO's traces, counting the particle dim at ``-rank``.
+
+    Pyro's ELBOs add the ``num_particles_vectorized`` plate (and count it in
+    ``max_plate_nesting``) only when ``num_particles > 1``; with one particle the rank
+    still gets a leading slot of size 1, so shapes are the same either way.
+    """
+    return max_plate_nesting if num_particles > 1 else max_plate_nesting + 1

@@ -21,7 +21,7 @@ from pyro.infer import ELBO
 from pyro.infer.enum import get_importance_trace
 
 from pyro_vae.plates import DATA_PLATE
-from pyro_vae.pointwise import data_plate_scale, per_datapoint_log_density
+from pyro_vae.pointwise import data_plate_scale, particle_rank, per_datapoint_log_density
 
 
 class IWAELBO(ELBO):
@@ -50,11 +50,11 @@ class IWAELBO(ELBO):
         for name, site in guide_trace.nodes.items():
             if site["type"] == "sample" and not site["fn"].has_rsample:
                 raise ValueError(
-                    f"guide site {name!r} ({type(site['fn']).__name__}) is not reparameterizable; "
+                    f"guide site {name!r} ({_base_name(site['fn'])}) is not reparameterizable; "
                     "the iwae estimator needs pathwise gradients. Use the score estimator for "
                     "discrete latents."
                 )
-        rank = self.max_plate_nesting + 1
+        rank = particle_rank(self.max_plate_nesting, self.num_particles)
         batch = _data_plate_size(model_trace)
         if batch is None:
             log_w = _joint_log_density(model_trace, rank) - _joint_log_density(guide_trace, rank)
@@ -76,6 +76,12 @@ class IWAELBO(ELBO):
         if loss.requires_grad:
             loss.backward()
         return loss.item()
+
+
+def _base_name(fn) -> str:
+    while hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    return type(fn).__name__
 
 
 def _data_plate_size(trace) -> int | None:

@@ -47,6 +47,7 @@ from pyro.poutine.util import prune_subsample_sites
 from torch import nn
 
 from pyro_vae.plates import DATA_PLATE
+from pyro_vae.pointwise import particle_rank
 
 CONTROL_VARIATES = ("none", "ema", "leave-one-out", "neural")
 
@@ -147,7 +148,7 @@ class ScoreFunctionELBO(ELBO):
         is subtracted back out, so the returned number is still −ELBO).
         """
         model_trace, guide_trace = self._traces(model, guide, args, kwargs)
-        rank = self.max_plate_nesting + 1
+        rank = particle_rank(self.max_plate_nesting, self.num_particles)
         costs = [(s, s["log_prob"]) for s in model_trace.nodes.values() if s["type"] == "sample"]
         costs += [(s, -s["log_prob"]) for s in guide_trace.nodes.values() if s["type"] == "sample"]
         elbo = sum(c.sum() for _, c in costs)

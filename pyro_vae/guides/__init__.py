@@ -1,6 +1,7 @@
 """Guide families, each a ``PyroModule`` called as ``guide(x, num_data=None)``."""
 
+from pyro_vae.guides.amortized_discrete import AmortizedBernoulli, AmortizedCategorical
 from pyro_vae.guides.amortized_normal import AmortizedNormal
 from pyro_vae.guides.empty import EmptyGuide
 
-__all__ = ["AmortizedNormal", "EmptyGuide"]
+__all__ = ["AmortizedBernoulli", "AmortizedCategorical", "AmortizedNormal", "EmptyGuide"]

@@ -1,0 +1,107 @@
+import math
+
+import pyro
+import pytest
+import torch
+from pyro.infer import SVI
+
+from models.sbn import SBN
+from pyro_vae import estimators
+from pyro_vae.estimators import ScoreFunctionELBO
+
+
+@pytest.fixture(scope="module")
+def binary_batch():
+    torch.manual_seed(0)
+    return torch.bernoulli(torch.rand(32, 20))
+
+
+def guide_gradients(estimator, model, guide, x, draws):
+    out = []
+    for _ in range(draws):
+        loss = estimator.differentiable_loss(model, guide, x, num_data=320)
+        grads = torch.autograd.grad(loss, list(guide.parameters()))
+        out.append(torch.cat([g.flatten() for g in grads]))
+    return torch.stack(out)
+
+
+def test_leave_one_out_lowers_the_variance_of_the_same_draws(binary_batch):
+    model = SBN(20, latent_dim=8)
+    guide = model.make_guide()
+    variances = {}
+    for cv in ("none", "leave-one-out"):
+        pyro.set_rng_seed(5)  # the same samples for both
+        grads = guide_gradients(ScoreFunctionELBO(4, cv), model, guide, binary_batch, 100)
+        variances[cv] = grads.var(0).sum().item()
+    assert variances["leave-one-out"] < 0.2 * variances["none"]
+
+
+def test_neural_baseline_learns_the_signal_and_cuts_variance(binary_batch):
+    pyro.set_rng_seed(0)
+    model = SBN(20, latent_dim=8)
+    guide = model.make_guide()
+    estimator = ScoreFunctionELBO(1, "neural", normalize_variance=False)
+    estimator.differentiable_loss(model, guide, binary_batch, num_data=320)
+    network = estimator._networks["z"]
+    optimizer = torch.optim.Adam(network.parameters(), lr=1e-2)
+    for _ in range(300):  # train only the baseline, model and guide fixed
+        optimizer.zero_grad()
+        loss = estimator.differentiable_loss(model, guide, binary_batch, num_data=320)
+        loss.backward()
+        optimizer.step()
+    pyro.set_rng_seed(5)
+    neural = guide_gradients(estimator, model, guide, binary_batch, 100).var(0).sum()
+    pyro.set_rng_seed(5)
+    plain = guide_gradients(ScoreFunctionELBO(1, "none"), model, guide, binary_batch, 100)
+    assert neural < 0.2 * plain.var(0).sum()
+
+
+def test_loss_is_the_negative_elbo_whatever_the_control_variate(binary_batch):
+    model = SBN(20, latent_dim=8)
+    guide = model.make_guide()
+    values = []
+    for cv in ("none", "ema", "leave-one-out", "neural"):
+        pyro.set_rng_seed(2)
+        estimator = ScoreFunctionELBO(3, cv)
+        estimator.loss(model, guide, binary_batch)  # guesses plate nesting, drawing once
+        pyro.set_rng_seed(2)
+        values.append(estimator.differentiable_loss(model, guide, binary_batch).item())
+        pyro.set_rng_seed(2)
+        assert estimator.loss(model, guide, binary_batch) == pytest.approx(values[-1], rel=1e-5)
+    assert max(values) - min(values) < 1e-3 * abs(values[0])
+
+
+def test_svi_trains_the_baseline_network_with_the_model(binary_batch):
+    pyro.clear_param_store()
+    model = SBN(20, latent_dim=8)
+    guide = model.make_guide()
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-2}), ScoreFunctionELBO(2, "neural"))
+    svi.step(binary_batch)
+    name = next(k for k in pyro.get_param_store().keys() if k.startswith("score_function"))
+    before = pyro.param(name).detach().clone()
+    svi.step(binary_batch)
+    assert not torch.equal(before, pyro.param(name).detach())
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"control_variate": "vimco2"}, "control_variate: 'vimco2' is not one of"),
+        ({"control_variate": "leave-one-out", "num_particles": 1}, "num_particles: 1 is too few"),
+        ({"num_particles": 0}, "num_particles: 0"),
+        ({"decay": 1.0}, "decay: 1.0"),
+    ],
+)
+def test_bad_options_are_explained(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ScoreFunctionELBO(**kwargs)
+    with pytest.raises(ValueError, match=message):
+        estimators.get("score", **kwargs)
+
+
+def test_registry():
+    assert estimators.names() == ["analytic-kl", "iwae", "score", "trace", "tracegraph"]
+    assert isinstance(estimators.get("score", control_variate="ema"), ScoreFunctionELBO)
+    with pytest.raises(ValueError, match="estimator: 'reinforce' is not one of analytic-kl"):
+        estimators.get("reinforce")
+    assert math.isfinite(estimators.get("iwae", num_particles=3).num_particles)
