@@ -21,7 +21,7 @@ from pyro_vae.data import BINARIZATIONS, DatasetNotFoundError
 from pyro_vae.experiment import DEFAULT_MODEL, build, evaluate_test_set, load, write_figures
 from pyro_vae.idx import IDXFormatError
 from pyro_vae.likelihoods import LIKELIHOODS
-from pyro_vae.plots import plot_samples
+from pyro_vae.plots import plot_gradient_variance, plot_samples
 from pyro_vae.train import TrainConfig, TrainingDiverged, fit
 
 
@@ -74,9 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument(
         "--hidden",
         type=int,
-        nargs="+",
+        nargs="*",
         default=[400],
-        help="decoder hidden widths; the encoder uses them reversed",
+        help="decoder hidden widths, the encoder's reversed (none: linear, as a classic SBN)",
     )
     f.add_argument("--activation", default="softplus")
     f.add_argument(
@@ -135,6 +135,22 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--num", type=int, default=64)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", type=Path, default=None, help="PNG path (default RUN/samples.png)")
+    v = sub.add_parser(
+        "grad-variance", help="compare estimators' gradient variance at a run's fitted weights"
+    )
+    v.add_argument("run", type=Path)
+    v.add_argument(
+        "--estimators",
+        default="score,trace,tracegraph",
+        help="comma-separated NAME[:key=value...], e.g. "
+        "score:control_variate=leave-one-out:num_particles=4",
+    )
+    v.add_argument("--num-draws", type=int, default=100)
+    v.add_argument("--batch-size", type=int, default=128)
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument(
+        "--out", type=Path, default=None, help="PNG path (default RUN/gradient_variance.png)"
+    )
     return parser
 
 
@@ -274,9 +290,67 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _grad_variance(args: argparse.Namespace) -> int:
+    import pyro
+
+    run = RunFolder(args.run)
+    exp = load(run)
+    specs = [estimators.parse(s) for s in args.estimators.split(",") if s]
+    for name, options in specs:
+        estimators.get(name, **options)  # reject bad names and options before any work
+    x, _ = next(iter(exp.data.train_batches(args.batch_size, 0, args.seed)))
+    num_data = exp.data.train_x.shape[0]
+    print(
+        f"{args.num_draws} gradient draws at the weights of {run.path}, one batch of "
+        f"{x.shape[0]} of {num_data} training images"
+    )
+    print(f"{'estimator':<48} {'group':<8} {'variance':>11} {'SNR':>9} {'ms/draw':>8}")
+    rows = []
+    for (name, options), spec in zip(specs, args.estimators.split(","), strict=True):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(args.seed)
+        try:
+            stats = estimators.gradient_variance(
+                exp.model,
+                exp.guide,
+                estimators.get(name, **options),
+                x,
+                num_data=num_data,
+                num_draws=args.num_draws,
+            )
+        except (ValueError, NotImplementedError) as err:
+            print(f"{spec:<48} cannot run here: {err}")
+            continue
+        for group, st in stats.items():
+            rows.append(
+                {
+                    "estimator": spec,
+                    "group": group,
+                    "variance": st.variance,
+                    "snr": st.snr,
+                    "seconds_per_draw": st.seconds_per_draw,
+                }
+            )
+            print(
+                f"{spec:<48} {group:<8} {st.variance:11.4g} {st.snr:9.4g} "
+                f"{1000 * st.seconds_per_draw:8.2f}"
+            )
+    if not rows:
+        raise ValueError("estimators: none of them could run on this model and guide")
+    path = plot_gradient_variance(rows, args.out or run.file("gradient_variance.png"))
+    run.update_metrics(gradient_variance=rows)
+    print(f"wrote {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handler = {"fit": _fit, "evaluate": _evaluate, "sample": _sample}[args.command]
+    handler = {
+        "fit": _fit,
+        "evaluate": _evaluate,
+        "sample": _sample,
+        "grad-variance": _grad_variance,
+    }[args.command]
     try:
         return handler(args)
     except (ValueError, RunFolderError, DatasetNotFoundError, IDXFormatError) as err:

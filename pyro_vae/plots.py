@@ -126,3 +126,24 @@ def plot_latent(z: torch.Tensor, labels: torch.Tensor, path: Path, title: str = 
     ax.set_ylabel(f"{axis} 2")
     ax.set_title(title or "latent means E_q[z | x] of test images", fontsize=9)
     return _save(fig, path)
+
+
+def plot_gradient_variance(
+    rows: Sequence[dict[str, Any]], path: Path, group: str = "guide"
+) -> Path:
+    """Bar charts of one parameter group's gradient variance and SNR per estimator."""
+    rows = [r for r in rows if r["group"] == group]
+    labels = [r["estimator"] for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 0.45 * len(rows) + 1.6))
+    left.barh(labels, [r["variance"] for r in rows], color="tab:red")
+    left.set_xscale("log")
+    left.set_xlabel(f"variance of the {group} gradient (trace of covariance)")
+    right.barh(labels, [r["snr"] for r in rows], color="tab:blue")
+    right.set_xscale("log")
+    right.set_xlabel("signal-to-noise ratio ‖E g‖ / √variance")
+    right.set_yticks(range(len(labels)), [""] * len(labels))
+    for ax in (left, right):
+        ax.invert_yaxis()
+        ax.grid(alpha=0.3, axis="x")
+    fig.suptitle("gradient estimators at fixed parameters", fontsize=10)
+    return _save(fig, path)

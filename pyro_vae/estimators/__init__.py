@@ -25,6 +25,7 @@ from pyro.infer import ELBO, Trace_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
 
 from pyro_vae.estimators.iwae import IWAELBO
 from pyro_vae.estimators.score_function import CONTROL_VARIATES, ScoreFunctionELBO
+from pyro_vae.estimators.variance import GradientStats, gradient_variance
 
 _REGISTRY: dict[str, Callable[..., ELBO]] = {
     "trace": Trace_ELBO,
@@ -50,4 +51,33 @@ def get(name: str, **options: Any) -> ELBO:
         raise ValueError(f"estimator options {options} are not valid for {name!r}: {err}") from err
 
 
-__all__ = ["CONTROL_VARIATES", "IWAELBO", "ScoreFunctionELBO", "get", "names"]
+def parse(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"name:key=value:key=value"`` -> (name, options); values are read as JSON if they can be.
+
+    For example ``"score:control_variate=leave-one-out:num_particles=8"``.
+    """
+    import json
+
+    name, *pairs = spec.split(":")
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"estimator: {pair!r} in {spec!r} is not key=value")
+        try:
+            options[key.replace("-", "_")] = json.loads(raw)
+        except json.JSONDecodeError:
+            options[key.replace("-", "_")] = raw
+    return name, options
+
+
+__all__ = [
+    "CONTROL_VARIATES",
+    "IWAELBO",
+    "GradientStats",
+    "ScoreFunctionELBO",
+    "get",
+    "gradient_variance",
+    "names",
+    "parse",
+]
