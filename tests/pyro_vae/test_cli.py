@@ -201,3 +201,59 @@ def test_a_run_killed_before_its_first_checkpoint_restarts_on_resume(tmp_path):
     (run / "checkpoint.pt").unlink()  # as if killed during epoch 1
     assert main(["fit", "--resume", str(run), "--no-progress"]) == 0
     assert RunFolder(run).load_checkpoint()["epoch"] == 1
+
+
+def test_sbn_with_score_and_grad_variance(tmp_path, capsys):
+    run = tmp_path / "sbn"
+    assert (
+        main(
+            [
+                "fit",
+                "--model",
+                "models.sbn:SBN",
+                "--latent-dim",
+                "8",
+                "--hidden",
+                "--estimator",
+                "score",
+                "--estimator-opt",
+                "control_variate=leave-one-out",
+                "--estimator-opt",
+                "num_particles=3",
+                "--epochs",
+                "2",
+                "--out",
+                str(run),
+                "--no-progress",
+                "--ll-samples",
+                "10",
+            ]
+        )
+        == 0
+    )
+    config = RunFolder(run).read_config()
+    assert config["estimator"] == {
+        "name": "score",
+        "options": {"control_variate": "leave-one-out", "num_particles": 3},
+    }
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "grad-variance",
+                str(run),
+                "--num-draws",
+                "5",
+                "--estimators",
+                "score:num_particles=3,score:control_variate=leave-one-out:num_particles=3,"
+                "iwae:num_particles=2",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "cannot run here: guide site 'z' (Bernoulli)" in out
+    assert (run / "gradient_variance.png").stat().st_size > 1000
+    rows = json.loads((run / "metrics.json").read_text())["gradient_variance"]
+    assert {r["group"] for r in rows} == {"guide", "model"}
+    assert main(["grad-variance", str(run), "--estimators", "reinforce"]) == 2
