@@ -14,6 +14,8 @@
   a site requests in ``infer={"baseline": ...}`` (Schulman et al. 2015).
 - ``score``: :class:`ScoreFunctionELBO`, REINFORCE for every guide site with a control
   variate: ``none``, ``ema``, ``leave-one-out`` or ``neural`` (NVIL).
+- ``vimco``: :class:`VIMCO`, the K-sample bound of ``iwae`` with score-function gradients
+  and per-sample leave-one-out baselines (Mnih & Rezende 2016), for discrete latents.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pyro.infer import ELBO, Trace_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
 from pyro_vae.estimators.iwae import IWAELBO
 from pyro_vae.estimators.score_function import CONTROL_VARIATES, ScoreFunctionELBO
 from pyro_vae.estimators.variance import GradientStats, gradient_variance
+from pyro_vae.estimators.vimco import VIMCO
 
 _REGISTRY: dict[str, Callable[..., ELBO]] = {
     "trace": Trace_ELBO,
@@ -33,6 +36,7 @@ _REGISTRY: dict[str, Callable[..., ELBO]] = {
     "iwae": IWAELBO,
     "tracegraph": TraceGraph_ELBO,
     "score": ScoreFunctionELBO,
+    "vimco": VIMCO,
 }
 
 
@@ -76,6 +80,7 @@ __all__ = [
     "IWAELBO",
     "GradientStats",
     "ScoreFunctionELBO",
+    "VIMCO",
     "get",
     "gradient_variance",
     "names",
