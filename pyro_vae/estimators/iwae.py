@@ -17,14 +17,14 @@ from __future__ import annotations
 import math
 
 import torch
-from pyro.infer import ELBO
 from pyro.infer.enum import get_importance_trace
 
+from pyro_vae.estimators.base import SurrogateELBO
 from pyro_vae.plates import DATA_PLATE
 from pyro_vae.pointwise import data_plate_scale, particle_rank, per_datapoint_log_density
 
 
-class IWAELBO(ELBO):
+class IWAELBO(SurrogateELBO):
     """−Σ_n L_K(x_n), the negative importance-weighted bound with K = ``num_particles``."""
 
     def __init__(
@@ -66,16 +66,6 @@ class IWAELBO(ELBO):
             )
         bound = torch.logsumexp(log_w, dim=0) - math.log(self.num_particles)
         return -data_plate_scale(model_trace) * bound.sum()
-
-    def loss(self, model, guide, *args, **kwargs) -> float:
-        with torch.no_grad():
-            return self.differentiable_loss(model, guide, *args, **kwargs).item()
-
-    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        loss = self.differentiable_loss(model, guide, *args, **kwargs)
-        if loss.requires_grad:
-            loss.backward()
-        return loss.item()
 
 
 def _base_name(fn) -> str:

@@ -40,12 +40,12 @@ from collections.abc import Sequence
 
 import pyro
 import torch
-from pyro.infer import ELBO
 from pyro.infer.enum import get_importance_trace
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import prune_subsample_sites
 from torch import nn
 
+from pyro_vae.estimators.base import SurrogateELBO
 from pyro_vae.plates import DATA_PLATE
 from pyro_vae.pointwise import particle_rank
 
@@ -73,7 +73,7 @@ def _sum_outside(value: torch.Tensor, keep: set[int], rank: int) -> torch.Tensor
     return value.sum(dims, keepdim=True) if dims else value
 
 
-class ScoreFunctionELBO(ELBO):
+class ScoreFunctionELBO(SurrogateELBO):
     """The ELBO with REINFORCE gradients for all guide sites and a choice of control variate.
 
     Args:
@@ -171,13 +171,6 @@ class ScoreFunctionELBO(ELBO):
         surrogate = surrogate / self.num_particles
         loss = -surrogate - baseline_loss.detach() + baseline_loss
         return loss + (-elbo / self.num_particles - loss).detach()
-
-    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        """−ELBO; accumulates the score-function gradient into the parameters' ``.grad``."""
-        loss = self.differentiable_loss(model, guide, *args, **kwargs)
-        if loss.requires_grad:
-            loss.backward()
-        return loss.item()
 
     def _centre(self, name, site, signal, args, rank):
         """Signal minus this site's baseline, and the baseline's own training loss."""

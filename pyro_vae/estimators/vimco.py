@@ -19,15 +19,15 @@ from __future__ import annotations
 import math
 
 import torch
-from pyro.infer import ELBO
 from pyro.infer.enum import get_importance_trace
 
+from pyro_vae.estimators.base import SurrogateELBO
 from pyro_vae.estimators.iwae import _data_plate_size
 from pyro_vae.estimators.score_function import _DetachSamples
 from pyro_vae.pointwise import data_plate_scale, particle_rank, per_datapoint_log_density
 
 
-class VIMCO(ELBO):
+class VIMCO(SurrogateELBO):
     """−Σ_n L̂_K(x_n) with VIMCO's leave-one-out score-function gradient; K ≥ 2."""
 
     def __init__(
@@ -77,13 +77,3 @@ class VIMCO(ELBO):
         scale = data_plate_scale(model_trace)
         value = -scale * bound.sum()
         return -scale * surrogate + (value + scale * surrogate).detach()
-
-    def loss(self, model, guide, *args, **kwargs) -> float:
-        with torch.no_grad():
-            return self.differentiable_loss(model, guide, *args, **kwargs).item()
-
-    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        loss = self.differentiable_loss(model, guide, *args, **kwargs)
-        if loss.requires_grad:
-            loss.backward()
-        return loss.item()

@@ -23,7 +23,22 @@ from pyro_vae.nn import mlp
 from pyro_vae.plates import data_plate
 
 
-class AmortizedBernoulli(PyroModule):
+class _AmortizedDiscrete(PyroModule):
+    """Samples ``site`` from ``encode(x)`` in the data plate, with optional baseline options."""
+
+    def encode(self, x: torch.Tensor) -> dist.TorchDistribution:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, num_data: int | None = None) -> torch.Tensor:
+        with data_plate(x, num_data):
+            return pyro.sample(
+                self.site,
+                self.encode(x).to_event(1),
+                infer={"baseline": self.baseline} if self.baseline else {},
+            )
+
+
+class AmortizedBernoulli(_AmortizedDiscrete):
     """q_λ(z | x) over J binary latents (site ``site``)."""
 
     def __init__(
@@ -44,16 +59,8 @@ class AmortizedBernoulli(PyroModule):
         """q_λ(z | x): independent Bernoullis with batch shape ``[N, J]``."""
         return dist.Bernoulli(logits=self.net(x))
 
-    def forward(self, x: torch.Tensor, num_data: int | None = None) -> torch.Tensor:
-        with data_plate(x, num_data):
-            return pyro.sample(
-                self.site,
-                self.encode(x).to_event(1),
-                infer={"baseline": self.baseline} if self.baseline else {},
-            )
 
-
-class AmortizedCategorical(PyroModule):
+class AmortizedCategorical(_AmortizedDiscrete):
     """q_λ(z | x) over J categorical latents with C classes each (site ``site``)."""
 
     def __init__(
@@ -78,11 +85,3 @@ class AmortizedCategorical(PyroModule):
         """q_λ(z | x): independent Categoricals with batch shape ``[N, J]``."""
         logits = self.net(x).reshape(*x.shape[:-1], self.latent_dim, self.num_categories)
         return dist.Categorical(logits=logits)
-
-    def forward(self, x: torch.Tensor, num_data: int | None = None) -> torch.Tensor:
-        with data_plate(x, num_data):
-            return pyro.sample(
-                self.site,
-                self.encode(x).to_event(1),
-                infer={"baseline": self.baseline} if self.baseline else {},
-            )

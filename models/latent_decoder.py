@@ -1,0 +1,59 @@
+"""What the VAE and the sigmoid belief network share: a prior over codes and a decoder.
+
+    z_n ~ p(z),   x_n | z_n ~ p_θ(x | decoder(z_n))   for each datapoint of the data plate.
+
+Subclasses say what p(z) is (:meth:`prior`) and which guide fits it (``make_guide``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.nn import PyroModule
+
+from pyro_vae.likelihoods import make_likelihood
+from pyro_vae.nn import mlp
+from pyro_vae.plates import data_plate
+
+
+class LatentDecoderModel(PyroModule):
+    """p(z) p_θ(x | z) with an MLP decoder ``latent_dim -> hidden_dims -> likelihood``."""
+
+    generative = True
+
+    def __init__(
+        self,
+        x_dim: int,
+        latent_dim: int,
+        hidden_dims: Sequence[int],
+        likelihood: str,
+        levels: int | None,
+        activation: str,
+    ) -> None:
+        super().__init__(name="model")
+        if latent_dim < 1:
+            raise ValueError(f"latent_dim: {latent_dim} is not a positive integer")
+        self.x_dim, self.latent_dim = x_dim, latent_dim
+        self.hidden_dims, self.activation = tuple(int(h) for h in hidden_dims), activation
+        self.likelihood = make_likelihood(likelihood, x_dim, levels)
+        self.decoder = mlp(latent_dim, self.hidden_dims, self.likelihood.out_features, activation)
+
+    def prior(self, batch_shape: tuple[int, ...] = ()) -> dist.TorchDistribution:
+        """p(z), with event shape ``[latent_dim]``."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, num_data: int | None = None) -> None:
+        with data_plate(x, num_data):
+            z = pyro.sample("z", self.prior((x.shape[0],)))
+            pyro.sample("x", self.likelihood.distribution(self.decoder(z)), obs=x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """E[x | z]: the decoder's mean image for each code (data units)."""
+        return self.likelihood.mean(self.decoder(z))
+
+    def generate(self, num: int) -> torch.Tensor:
+        """Mean images E[x | z] of ``num`` codes drawn from the prior."""
+        return self.decode(self.prior((num,)).sample())

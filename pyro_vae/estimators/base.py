@@ -1,0 +1,25 @@
+"""Plumbing shared by the estimators defined through a surrogate loss."""
+
+from __future__ import annotations
+
+import torch
+from pyro.infer import ELBO
+
+
+class SurrogateELBO(ELBO):
+    """An ELBO given by ``differentiable_loss``: ``loss`` is its value and ``loss_and_grads``
+    back-propagates it, as Pyro's ELBOs do."""
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        raise NotImplementedError
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        with torch.no_grad():
+            return self.differentiable_loss(model, guide, *args, **kwargs).item()
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        """The loss; accumulates its gradient into the parameters' ``.grad``."""
+        loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        if loss.requires_grad:
+            loss.backward()
+        return loss.item()
