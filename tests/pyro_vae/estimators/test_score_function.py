@@ -125,3 +125,36 @@ def test_without_a_control_variate_it_equals_pyros_tracegraph_at_the_same_draws(
         model.zero_grad()
     for ours, pyros in zip(*grads, strict=True):
         torch.testing.assert_close(ours, pyros, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("handler", ["scale", "mask"])
+def test_scale_and_mask_act_as_in_pyros_tracegraph(binary_batch, handler):
+    import pyro.poutine as poutine
+
+    model = SBN(20, latent_dim=8)
+    guide = model.make_guide()
+    keep = torch.arange(32) % 3 != 0
+
+    def wrap(fn):
+        if handler == "scale":
+            return poutine.scale(fn, scale=0.25)
+        return poutine.mask(fn, mask=keep)
+
+    grads, losses = [], []
+    for estimator in (
+        ScoreFunctionELBO(2, "none"),
+        estimators.get("tracegraph", num_particles=2, vectorize_particles=True),
+    ):
+        estimator.loss(wrap(model), wrap(guide), binary_batch)  # plate-nesting guess
+        pyro.clear_param_store()
+        pyro.set_rng_seed(4)
+        losses.append(estimator.loss_and_grads(wrap(model), wrap(guide), binary_batch))
+        grads.append([p.grad.clone() for p in [*guide.parameters(), *model.parameters()]])
+        guide.zero_grad()
+        model.zero_grad()
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    for ours, pyros in zip(*grads, strict=True):
+        torch.testing.assert_close(ours, pyros, rtol=1e-4, atol=1e-3)
+    pyro.set_rng_seed(4)
+    plain = ScoreFunctionELBO(2, "none").loss(model, guide, binary_batch)
+    assert abs(plain - losses[0]) > 0.1 * abs(plain)  # the handler really acted
