@@ -5,7 +5,8 @@ the minibatch estimate of the negative ELBO (the data plate scales it by N/|B|, 
 unbiased for the full-data objective; Hoffman et al. 2013). Each epoch then
 
 - computes the validation ELBO per datapoint (nats) and keeps the best weights;
-- writes the run folder's checkpoint atomically (weights, Adam state, RNG state, history),
+- writes the run folder's checkpoint atomically (weights, Adam state, RNG state, history,
+  and the estimator's own state when it has a ``state_dict``, e.g. control variates),
   so ``fit(..., resume=True)`` continues a killed run exactly where it stopped;
 - stops early after ``patience`` epochs without a better validation ELBO.
 
@@ -131,6 +132,12 @@ def fit(
         check_observations(model, data.val_x, "validation data")
 
     pyro.clear_param_store()
+    if getattr(elbo, "vectorize_particles", False) and elbo.max_plate_nesting == math.inf:
+        # Pyro's vectorized ELBOs guess their plate nesting from one run of model and guide
+        # at their first call; do it here, outside the random stream, so a resumed run
+        # draws exactly what an uninterrupted one would.
+        with torch.random.fork_rng(devices=[]):
+            elbo._guess_max_plate_nesting(model, guide, (first_batch,), {"num_data": num_data})
     optim = pyro.optim.Adam({"lr": config.lr})
     annealer = ScaleLatents()
     svi = SVI(annealer(model), annealer(guide), optim, loss=elbo)
@@ -141,6 +148,8 @@ def fit(
         model.load_state_dict(state["model"])
         guide.load_state_dict(state["guide"])
         optim.set_state(state["optim"])
+        if state.get("estimator") is not None and hasattr(elbo, "load_state_dict"):
+            elbo.load_state_dict(state["estimator"])
         restore_rng_state(state["rng"])
         start_epoch, step, best = state["epoch"], state["step"], state["best"]
         result.history = list(state["history"])
@@ -230,6 +239,7 @@ def fit(
                     "guide": last_good[1],
                     "best": best,
                     "optim": optim.get_state(),
+                    "estimator": elbo.state_dict() if hasattr(elbo, "state_dict") else None,
                     "rng": capture_rng_state(),
                     "history": result.history,
                     "config": asdict(config),

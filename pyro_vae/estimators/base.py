@@ -10,6 +10,12 @@ class SurrogateELBO(ELBO):
     """An ELBO given by ``differentiable_loss``: ``loss`` is its value and ``loss_and_grads``
     back-propagates it, as Pyro's ELBOs do."""
 
+    def _guess_max_plate_nesting(self, model, guide, args, kwargs):
+        # Guessing runs model and guide once; that draw must not shift the random stream,
+        # or two runs that guess at different moments (a resumed one) would diverge.
+        with torch.random.fork_rng(devices=[]):
+            super()._guess_max_plate_nesting(model, guide, args, kwargs)
+
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         raise NotImplementedError
 

@@ -124,6 +124,23 @@ class ScoreFunctionELBO(SurrogateELBO):
         self._averages: dict[str, float] = {}
         self._moments: dict[str, tuple[float, float]] = {}
         self._networks: dict[str, nn.Module] = {}
+        self._pending_networks: dict[str, dict[str, torch.Tensor]] = {}
+
+    def state_dict(self) -> dict:
+        """The control variates' running state (baselines, moments, baseline networks), as
+        tensors and plain values, so a checkpointed run resumes with them."""
+        return {
+            "averages": dict(self._averages),
+            "moments": {k: list(v) for k, v in self._moments.items()},
+            "networks": {k: net.state_dict() for k, net in self._networks.items()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Inverse of :meth:`state_dict`; networks are rebuilt at their first use."""
+        self._averages = dict(state["averages"])
+        self._moments = {k: (float(v[0]), float(v[1])) for k, v in state["moments"].items()}
+        self._networks = {}
+        self._pending_networks = dict(state["networks"])
 
     def _get_trace(self, model, guide, args, kwargs):
         return get_importance_trace(
@@ -198,13 +215,19 @@ class ScoreFunctionELBO(SurrogateELBO):
         features = x.detach().reshape(x.shape[0], -1).float()
         network = self._networks.get(name)
         if network is None:
-            layers: list[nn.Module] = []
-            width = features.shape[1]
-            for h in self.baseline_hidden:
-                layers += [nn.Linear(width, h), nn.Tanh()]
-                width = h
-            layers.append(nn.Linear(width, 1))
-            network = self._networks[name] = nn.Sequential(*layers)
+            # Built at first use from a fixed seed of its own, outside the sampling stream,
+            # so creating it (or re-creating it on resume) does not shift later draws.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                layers: list[nn.Module] = []
+                width = features.shape[1]
+                for h in self.baseline_hidden:
+                    layers += [nn.Linear(width, h), nn.Tanh()]
+                    width = h
+                layers.append(nn.Linear(width, 1))
+                network = self._networks[name] = nn.Sequential(*layers)
+            if name in self._pending_networks:
+                network.load_state_dict(self._pending_networks.pop(name))
         network = pyro.module(f"score_function_baseline${name}", network)
         shape = [1] * rank
         shape[data_dim] = features.shape[0]

@@ -157,3 +157,33 @@ def test_resume_needs_a_run_folder(digits):
     model, guide = small_vae(digits)
     with pytest.raises(ValueError, match="resume"):
         fit(model, guide, digits, Trace_ELBO(), quiet(epochs=1), resume=True)
+
+
+@pytest.mark.parametrize("control_variate", ["ema", "neural"])
+def test_resume_keeps_the_score_estimators_control_variate_state(digits, tmp_path, control_variate):
+    from models.sbn import SBN
+    from pyro_vae.estimators import ScoreFunctionELBO
+
+    def run(epochs, folder, resume=False, seed=0):
+        pyro.set_rng_seed(seed)
+        model = SBN(digits.x_dim, latent_dim=6)
+        guide = model.make_guide()
+        estimator = ScoreFunctionELBO(2, control_variate)
+        fit(
+            model,
+            guide,
+            digits,
+            estimator,
+            quiet(epochs=epochs, batch_size=256, seed=3),
+            RunFolder(folder),
+            resume=resume,
+        )
+        return model, estimator
+
+    straight, straight_est = run(3, tmp_path / "a")
+    run(2, tmp_path / "b")
+    resumed, resumed_est = run(3, tmp_path / "b", resume=True, seed=99)
+    for key, value in straight.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+    assert straight_est.state_dict()["averages"] == resumed_est.state_dict()["averages"]
+    assert straight_est.state_dict()["moments"] == resumed_est.state_dict()["moments"]
