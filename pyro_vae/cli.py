@@ -317,6 +317,7 @@ def _grad_variance(args: argparse.Namespace) -> int:
                 x,
                 num_data=num_data,
                 num_draws=args.num_draws,
+                progress=True,
             )
         except (ValueError, NotImplementedError) as err:
             print(f"{spec:<48} cannot run here: {err}")

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import pyro
 import torch
 from pyro.infer import ELBO
+from tqdm.auto import tqdm
 
 
 @dataclass
@@ -44,13 +45,14 @@ def _group(name: str) -> str:
 
 
 def gradient_variance(
-    model, guide, estimator: ELBO, *args, num_draws: int = 100, **kwargs
+    model, guide, estimator: ELBO, *args, num_draws: int = 100, progress: bool = False, **kwargs
 ) -> dict[str, GradientStats]:
     """Draw ``estimator``'s gradient ``num_draws`` times at fixed parameters; stats per group.
 
     Runs ``estimator.loss_and_grads(model, guide, *args, **kwargs)`` once first (to
     register parameters and let estimators guess plate nesting) and does not step any
-    optimizer. Parameters whose gradient is always absent are left out.
+    optimizer. Parameters whose gradient is always absent are left out. ``progress`` shows
+    a progress bar over the draws.
     """
     if not isinstance(num_draws, int) or num_draws < 2:
         raise ValueError(f"num_draws: {num_draws!r} is too few; a variance needs at least 2")
@@ -59,7 +61,7 @@ def gradient_variance(
     params = dict(store.named_parameters())
     draws: dict[str, list[torch.Tensor]] = {}
     elapsed = 0.0
-    for _ in range(num_draws):
+    for _ in tqdm(range(num_draws), desc="gradient draws", disable=not progress, leave=False):
         for p in params.values():
             p.grad = None
         started = time.perf_counter()
