@@ -1,0 +1,7 @@
+"""Closed-form coordinate-ascent variational inference (CAVI), scikit-learn style:
+``fit`` returns self; fitted state ends in ``_`` (``lower_bound_``, ``lower_bounds_``,
+``n_iter_``, ``converged_``)."""
+
+from pyro_vae.cavi.ising import IsingMeanField, grid_couplings, ising_log_partition_exact
+
+__all__ = ["IsingMeanField", "grid_couplings", "ising_log_partition_exact"]
