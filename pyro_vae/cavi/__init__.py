@@ -3,5 +3,11 @@
 ``n_iter_``, ``converged_``)."""
 
 from pyro_vae.cavi.ising import IsingMeanField, grid_couplings, ising_log_partition_exact
+from pyro_vae.cavi.regression import BayesianLinearRegression
 
-__all__ = ["IsingMeanField", "grid_couplings", "ising_log_partition_exact"]
+__all__ = [
+    "BayesianLinearRegression",
+    "IsingMeanField",
+    "grid_couplings",
+    "ising_log_partition_exact",
+]
