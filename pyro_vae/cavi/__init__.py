@@ -2,10 +2,12 @@
 ``fit`` returns self; fitted state ends in ``_`` (``lower_bound_``, ``lower_bounds_``,
 ``n_iter_``, ``converged_``)."""
 
+from pyro_vae.cavi.gaussian_mixture import BayesianGaussianMixture
 from pyro_vae.cavi.ising import IsingMeanField, grid_couplings, ising_log_partition_exact
 from pyro_vae.cavi.regression import BayesianLinearRegression
 
 __all__ = [
+    "BayesianGaussianMixture",
     "BayesianLinearRegression",
     "IsingMeanField",
     "grid_couplings",
