@@ -162,12 +162,18 @@ class BayesianGaussianMixture:
             dist2 = torch.cdist(X, centers).min(1).values ** 2
             pick = torch.multinomial(dist2 / dist2.sum(), 1, generator=gen)
             centers = torch.cat([centers, X[pick]])
-        for _ in range(20):  # Lloyd steps
-            labels = torch.cdist(X, centers).argmin(1)
-            one_hot = torch.nn.functional.one_hot(labels, k).to(X.dtype)
-            counts = one_hot.sum(0).clamp(min=1)
-            centers = (one_hot.T @ X) / counts[:, None]
-        return torch.nn.functional.one_hot(torch.cdist(X, centers).argmin(1), k).to(X.dtype)
+        labels = None
+        for _ in range(100):  # Lloyd steps, until no point changes cluster
+            new_labels = torch.cdist(X, centers).argmin(1)
+            if labels is not None and torch.equal(new_labels, labels):
+                break
+            labels = new_labels
+            counts = torch.bincount(labels, minlength=k).clamp(min=1).to(X.dtype)
+            sums = torch.zeros(k, X.shape[1], dtype=X.dtype).index_add_(0, labels, X)
+            centers = sums / counts[:, None]
+        resp = torch.zeros(n, k, dtype=X.dtype)
+        resp[torch.arange(n), labels] = 1.0
+        return resp
 
     # -- CAVI ----------------------------------------------------------------------------
     @staticmethod
@@ -179,9 +185,11 @@ class BayesianGaussianMixture:
         sk = torch.einsum("nk,kni,knj->kij", resp, diff, diff) / nk[:, None, None]
         return nk, xk, sk
 
-    def _m_step(self, X: torch.Tensor, resp: torch.Tensor) -> None:
+    def _m_step(self, X: torch.Tensor, resp: torch.Tensor):
+        """Update q(π) and q(μ, Λ) for q(Z) = resp; return resp's statistics."""
         d = X.shape[1]
-        nk, xk, sk = self._statistics(X, resp)
+        stats = self._statistics(X, resp)
+        nk, xk, sk = stats
         sk = sk + self.reg_covar * torch.eye(d, dtype=X.dtype)
         beta0, m0 = self.mean_precision_prior_, self.mean_prior_
         self.weight_concentration_ = self.weight_concentration_prior_ + nk
@@ -195,6 +203,7 @@ class BayesianGaussianMixture:
             + (beta0 * nk / self.mean_precision_)[:, None, None] * dm[:, :, None] * dm[:, None, :]
         )
         self._w_inv = w_inv
+        return stats
 
     def _expectations(self, d: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """E ln π_k, E ln|Λ_k|, and ln|W_k|."""
@@ -218,8 +227,10 @@ class BayesianGaussianMixture:
             - 0.5 * (d / self.mean_precision_ + self.degrees_of_freedom_ * maha)
         )
 
-    def _elbo(self, X: torch.Tensor, resp: torch.Tensor) -> float:
-        """L(q(Z) = resp, current q(π, μ, Λ)): Bishop eqs. 10.70-10.77 with every constant."""
+    def _elbo(self, X: torch.Tensor, resp: torch.Tensor, stats=None) -> float:
+        """L(q(Z) = resp, current q(π, μ, Λ)): Bishop eqs. 10.70-10.77 with every constant.
+
+        ``stats`` may pass resp's (N_k, x̄_k, S_k) when they are already computed."""
         d = X.shape[1]
         alpha0, beta0 = self.weight_concentration_prior_, self.mean_precision_prior_
         nu0, m0 = self.degrees_of_freedom_prior_, self.mean_prior_
@@ -230,7 +241,7 @@ class BayesianGaussianMixture:
             self.means_,
             self.degrees_of_freedom_,
         )
-        nk, xk, sk = self._statistics(X, resp)
+        nk, xk, sk = self._statistics(X, resp) if stats is None else stats
         w = torch.linalg.inv(self._w_inv)
         e_log_pi, e_logdet, logdet_w = self._expectations(d)
         k = self.n_components
@@ -301,8 +312,8 @@ class BayesianGaussianMixture:
             for iteration in range(self.max_iter):
                 if iteration:
                     resp = torch.softmax(self._log_rho(X), dim=1)  # E-step
-                self._m_step(X, resp)  # M-step: q(π), q(μ, Λ) given q(Z) = resp
-                bounds.append(self._elbo(X, resp))
+                stats = self._m_step(X, resp)  # M-step: q(π), q(μ, Λ) given q(Z) = resp
+                bounds.append(self._elbo(X, resp, stats))
                 if len(bounds) > 1 and abs(bounds[-1] - bounds[-2]) < self.tol:
                     converged = True
                     break
