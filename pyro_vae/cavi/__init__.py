@@ -3,13 +3,23 @@
 ``n_iter_``, ``converged_``)."""
 
 from pyro_vae.cavi.gaussian_mixture import BayesianGaussianMixture
+from pyro_vae.cavi.hmm import (
+    FactorialHMM,
+    NaiveMeanField,
+    StructuredMeanField,
+    forward_backward,
+)
 from pyro_vae.cavi.ising import IsingMeanField, grid_couplings, ising_log_partition_exact
 from pyro_vae.cavi.regression import BayesianLinearRegression
 
 __all__ = [
     "BayesianGaussianMixture",
     "BayesianLinearRegression",
+    "FactorialHMM",
     "IsingMeanField",
+    "NaiveMeanField",
+    "StructuredMeanField",
+    "forward_backward",
     "grid_couplings",
     "ising_log_partition_exact",
 ]
