@@ -135,6 +135,17 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--num", type=int, default=64)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", type=Path, default=None, help="PNG path (default RUN/samples.png)")
+    a = sub.add_parser(
+        "amortization-gap",
+        help="ELBO of per-datapoint guides vs the encoder's, on test images (Cremer et al. 2018)",
+    )
+    a.add_argument("run", type=Path)
+    a.add_argument("--points", type=int, default=100, help="first test images to use")
+    a.add_argument("--steps", type=int, default=500)
+    a.add_argument("--lr", type=float, default=1e-2)
+    a.add_argument("--iwae-samples", type=int, default=1000)
+    a.add_argument("--seed", type=int, default=0)
+
     v = sub.add_parser(
         "grad-variance", help="compare estimators' gradient variance at a run's fitted weights"
     )
@@ -344,6 +355,38 @@ def _grad_variance(args: argparse.Namespace) -> int:
     return 0
 
 
+def _amortization_gap(args: argparse.Namespace) -> int:
+    import pyro
+
+    from pyro_vae.amortization import amortization_gap
+
+    run = RunFolder(args.run)
+    exp = load(run)
+    if not exp.generative:
+        raise ValueError(f"run: {exp.config['model']} has no latent variables to fit guides to")
+    if args.points < 1:
+        raise ValueError(f"points: {args.points} is not a positive number of test images")
+    pyro.set_rng_seed(args.seed)
+    x = exp.data.test_x[: args.points]
+    result = amortization_gap(
+        exp.model,
+        exp.guide,
+        x,
+        steps=args.steps,
+        lr=args.lr,
+        iwae_samples=args.iwae_samples,
+        progress=True,
+    )
+    run.update_metrics(amortization_gap=result)
+    print(f"on {result['num_points']} test images (nats per image):")
+    print(f"  log p(x), IWAE K={args.iwae_samples}    {result['log_likelihood']:10.3f}")
+    print(f"  ELBO, local guides            {result['elbo_local']:10.3f}")
+    print(f"  ELBO, amortized encoder       {result['elbo_amortized']:10.3f}")
+    print(f"  approximation gap             {result['approximation_gap']:10.3f}")
+    print(f"  amortization gap              {result['amortization_gap']:10.3f}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handler = {
@@ -351,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         "evaluate": _evaluate,
         "sample": _sample,
         "grad-variance": _grad_variance,
+        "amortization-gap": _amortization_gap,
     }[args.command]
     try:
         return handler(args)

@@ -71,7 +71,7 @@ def log_importance_weights(
     """log p(x_n, z_k) − log q(z_k | x_n) for K = ``num_samples`` draws: ``[K, N]``."""
     _check_num("num_samples", num_samples)
     if nesting is None:
-        nesting = max_plate_nesting(model, guide, x[:1])
+        nesting = max_plate_nesting(model, guide, x)
     rank = nesting + 1
     with poutine.block(), pyro.plate(_PARTICLES, num_samples, dim=-rank):
         guide_tr = poutine.trace(guide).get_trace(x)
@@ -94,7 +94,7 @@ def elbo_per_datapoint(
 ) -> torch.Tensor:
     """Monte Carlo ELBO of each row of ``x`` (nats), averaged over ``num_samples`` draws."""
     with eval_mode(model, guide):
-        nesting = max_plate_nesting(model, guide, x[:1])
+        nesting = max_plate_nesting(model, guide, x[:batch_size])
         return torch.cat(
             [
                 log_importance_weights(model, guide, xb, num_samples, nesting).mean(0)
@@ -124,7 +124,7 @@ def iwae_log_likelihood(
     _check_num("max_elements", max_elements)
     out = []
     with eval_mode(model, guide):
-        nesting = max_plate_nesting(model, guide, x[:1])
+        nesting = max_plate_nesting(model, guide, x[:batch_size])
         bar = tqdm(
             total=x.shape[0],
             desc=f"log p(x), K={num_samples}",

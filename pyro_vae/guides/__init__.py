@@ -3,5 +3,12 @@
 from pyro_vae.guides.amortized_discrete import AmortizedBernoulli, AmortizedCategorical
 from pyro_vae.guides.amortized_normal import AmortizedNormal
 from pyro_vae.guides.empty import EmptyGuide
+from pyro_vae.guides.local_normal import LocalNormal
 
-__all__ = ["AmortizedBernoulli", "AmortizedCategorical", "AmortizedNormal", "EmptyGuide"]
+__all__ = [
+    "AmortizedBernoulli",
+    "AmortizedCategorical",
+    "AmortizedNormal",
+    "EmptyGuide",
+    "LocalNormal",
+]

@@ -257,3 +257,26 @@ def test_sbn_with_score_and_grad_variance(tmp_path, capsys):
     rows = json.loads((run / "metrics.json").read_text())["gradient_variance"]
     assert {r["group"] for r in rows} == {"guide", "model"}
     assert main(["grad-variance", str(run), "--estimators", "reinforce"]) == 2
+
+
+def test_amortization_gap_from_a_run_folder(trained, capsys):
+    assert (
+        main(
+            [
+                "amortization-gap",
+                str(trained),
+                "--points",
+                "6",
+                "--steps",
+                "5",
+                "--iwae-samples",
+                "10",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "amortization gap" in out and "approximation gap" in out
+    result = json.loads((trained / "metrics.json").read_text())["amortization_gap"]
+    assert result["num_points"] == 6 and result["steps"] == 5
+    assert main(["amortization-gap", str(trained), "--points", "0"]) == 2
