@@ -127,7 +127,39 @@ class FactorialHMM:
         return (y - others) @ c_inv @ w - 0.5 * torch.einsum("dk,de,ek->k", w, c_inv, w)
 
 
-class StructuredMeanField:
+class _FactorialMeanField:
+    """Settings, initialization and fitted attributes shared by the two families."""
+
+    def __init__(
+        self,
+        model: FactorialHMM,
+        tol: float = 1e-8,
+        max_iter: int = 500,
+        random_state: int | None = None,
+    ) -> None:
+        self.model = model
+        self.tol = tol
+        self.max_iter = max_iter
+        self.random_state = random_state
+
+    def _start(self, y) -> tuple[torch.Tensor, torch.Tensor]:
+        """The checked data and random initial expectations ``[T, M, K]``."""
+        y = self.model._check(y)
+        m, k, _ = self.model.sizes
+        gen = torch.Generator().manual_seed(0 if self.random_state is None else self.random_state)
+        return y, torch.softmax(
+            torch.randn(y.shape[0], m, k, generator=gen, dtype=torch.float64), -1
+        )
+
+    def _done(self, bounds: list[float]) -> bool:
+        return len(bounds) > 1 and abs(bounds[-1] - bounds[-2]) < self.tol
+
+    def _store(self, mu: torch.Tensor, bounds: list[float], converged: bool) -> None:
+        self.expectations_, self.lower_bound_, self.lower_bounds_ = mu, bounds[-1], bounds
+        self.n_iter_, self.converged_ = len(bounds), converged
+
+
+class StructuredMeanField(_FactorialMeanField):
     """Structured mean field for a factorial HMM (Ghahramani & Jordan 1997), scikit-learn style.
 
     Args:
@@ -139,24 +171,10 @@ class StructuredMeanField:
     ``lower_bound_``, ``lower_bounds_``, ``n_iter_``, ``converged_``.
     """
 
-    def __init__(
-        self,
-        model: FactorialHMM,
-        tol: float = 1e-8,
-        max_iter: int = 200,
-        random_state: int | None = None,
-    ) -> None:
-        self.model = model
-        self.tol = tol
-        self.max_iter = max_iter
-        self.random_state = random_state
-
     def fit(self, y) -> StructuredMeanField:
         model = self.model
-        y = model._check(y)
+        y, mu = self._start(y)
         m, k, _ = model.sizes
-        gen = torch.Generator().manual_seed(0 if self.random_state is None else self.random_state)
-        mu = torch.softmax(torch.randn(y.shape[0], m, k, generator=gen, dtype=torch.float64), -1)
         log_zs = torch.zeros(m, dtype=torch.float64)
         log_hs = torch.zeros(m, y.shape[0], k, dtype=torch.float64)
         bounds, converged = [], False
@@ -174,31 +192,18 @@ class StructuredMeanField:
                 - torch.einsum("tmk,mtk->", mu, log_hs)
             )
             bounds.append(bound)
-            if len(bounds) > 1 and abs(bounds[-1] - bounds[-2]) < self.tol:
+            if self._done(bounds):
                 converged = True
                 break
-        self.expectations_, self.lower_bound_, self.lower_bounds_ = mu, bounds[-1], bounds
-        self.n_iter_, self.converged_ = len(bounds), converged
+        self._store(mu, bounds, converged)
         return self
 
 
-class NaiveMeanField:
+class NaiveMeanField(_FactorialMeanField):
     """Fully factorized q(S) = Π_m Π_t q(s_t⁽ᵐ⁾) for a factorial HMM, by coordinate ascent.
 
     Same arguments and attributes as :class:`StructuredMeanField`.
     """
-
-    def __init__(
-        self,
-        model: FactorialHMM,
-        tol: float = 1e-8,
-        max_iter: int = 500,
-        random_state: int | None = None,
-    ) -> None:
-        self.model = model
-        self.tol = tol
-        self.max_iter = max_iter
-        self.random_state = random_state
 
     def _bound(self, y, mu) -> float:
         model = self.model
@@ -210,11 +215,9 @@ class NaiveMeanField:
 
     def fit(self, y) -> NaiveMeanField:
         model = self.model
-        y = model._check(y)
-        m, k, _ = model.sizes
+        y, mu = self._start(y)
+        m = model.sizes[0]
         t_len = y.shape[0]
-        gen = torch.Generator().manual_seed(0 if self.random_state is None else self.random_state)
-        mu = torch.softmax(torch.randn(t_len, m, k, generator=gen, dtype=torch.float64), -1)
         bounds, converged = [], False
         for _ in range(self.max_iter):
             for c in range(m):
@@ -226,9 +229,8 @@ class NaiveMeanField:
                         logits += model.log_A[c] @ mu[t + 1, c]
                     mu[t, c] = torch.softmax(logits, 0)
             bounds.append(self._bound(y, mu))
-            if len(bounds) > 1 and abs(bounds[-1] - bounds[-2]) < self.tol:
+            if self._done(bounds):
                 converged = True
                 break
-        self.expectations_, self.lower_bound_, self.lower_bounds_ = mu, bounds[-1], bounds
-        self.n_iter_, self.converged_ = len(bounds), converged
+        self._store(mu, bounds, converged)
         return self
