@@ -33,14 +33,7 @@ class IWAELBO(SurrogateELBO):
         max_plate_nesting: float = float("inf"),
         strict_enumeration_warning: bool = True,
     ) -> None:
-        if not isinstance(num_particles, int) or num_particles < 1:
-            raise ValueError(f"num_particles: {num_particles!r} is not a positive integer")
-        super().__init__(
-            num_particles=num_particles,
-            max_plate_nesting=max_plate_nesting,
-            vectorize_particles=True,
-            strict_enumeration_warning=strict_enumeration_warning,
-        )
+        super().__init__(num_particles, max_plate_nesting, strict_enumeration_warning)
 
     def _get_trace(self, model, guide, args, kwargs):
         return get_importance_trace("flat", self.max_plate_nesting, model, guide, args, kwargs)

@@ -102,21 +102,19 @@ class ScoreFunctionELBO(SurrogateELBO):
             raise ValueError(
                 f"control_variate: {control_variate!r} is not one of {', '.join(CONTROL_VARIATES)}"
             )
-        if not isinstance(num_particles, int) or num_particles < 1:
-            raise ValueError(f"num_particles: {num_particles!r} is not a positive integer")
-        if control_variate == "leave-one-out" and num_particles < 2:
-            raise ValueError(
-                f"num_particles: {num_particles} is too few for the leave-one-out control "
-                "variate, which needs at least 2 samples per step"
-            )
+        leave_one_out = control_variate == "leave-one-out"
+        super().__init__(
+            num_particles,
+            max_plate_nesting,
+            strict_enumeration_warning,
+            min_particles=2 if leave_one_out else 1,
+            too_few="is too few for the leave-one-out control variate, which needs at least "
+            "2 samples per step"
+            if leave_one_out
+            else "is not a positive integer",
+        )
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"decay: {decay} is not in [0, 1)")
-        super().__init__(
-            num_particles=num_particles,
-            max_plate_nesting=max_plate_nesting,
-            vectorize_particles=True,
-            strict_enumeration_warning=strict_enumeration_warning,
-        )
         self.control_variate = control_variate
         self.decay = decay
         self.baseline_hidden = tuple(int(h) for h in baseline_hidden)

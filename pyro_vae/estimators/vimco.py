@@ -36,16 +36,12 @@ class VIMCO(SurrogateELBO):
         max_plate_nesting: float = float("inf"),
         strict_enumeration_warning: bool = True,
     ) -> None:
-        if not isinstance(num_particles, int) or num_particles < 2:
-            raise ValueError(
-                f"num_particles: {num_particles!r} is too few; VIMCO's "
-                "leave-one-out baseline needs at least 2 samples"
-            )
         super().__init__(
-            num_particles=num_particles,
-            max_plate_nesting=max_plate_nesting,
-            vectorize_particles=True,
-            strict_enumeration_warning=strict_enumeration_warning,
+            num_particles,
+            max_plate_nesting,
+            strict_enumeration_warning,
+            min_particles=2,
+            too_few="is too few; VIMCO's leave-one-out baseline needs at least 2 samples",
         )
 
     def _get_trace(self, model, guide, args, kwargs):
