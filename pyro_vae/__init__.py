@@ -9,12 +9,14 @@ from pyro_vae.checkpoint import RunFolder, RunFolderError
 from pyro_vae.data import DatasetNotFoundError, DataSplits, Preprocessing, load_data
 from pyro_vae.evaluate import (
     active_units,
+    elbo_estimate,
     elbo_per_datapoint,
     iwae_log_likelihood,
     latent_means,
     reconstruction_error,
 )
 from pyro_vae.plates import data_plate
+from pyro_vae.tensor_data import TensorData
 from pyro_vae.train import FitResult, TrainConfig, TrainingDiverged, fit
 
 __version__ = "0.1.0"
@@ -26,10 +28,12 @@ __all__ = [
     "Preprocessing",
     "RunFolder",
     "RunFolderError",
+    "TensorData",
     "TrainConfig",
     "TrainingDiverged",
     "active_units",
     "data_plate",
+    "elbo_estimate",
     "elbo_per_datapoint",
     "fit",
     "iwae_log_likelihood",

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 import pyro
 import pyro.poutine as poutine
 import torch
+from pyro.infer import TraceEnum_ELBO
 from pyro.poutine.util import prune_subsample_sites
 from tqdm.auto import tqdm
 
@@ -51,11 +52,11 @@ def _check_num(arg: str, value: int) -> None:
         raise ValueError(f"{arg}: {value} is not a positive integer")
 
 
-def max_plate_nesting(model, guide, x: torch.Tensor) -> int:
+def max_plate_nesting(model, guide, *args, **kwargs) -> int:
     """How many batch dimensions the model and guide use, read from one trace of each."""
     with poutine.block(), torch.no_grad():
-        guide_tr = poutine.trace(guide).get_trace(x)
-        model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(x)
+        guide_tr = poutine.trace(guide).get_trace(*args, **kwargs)
+        model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*args, **kwargs)
     nesting = 0
     for tr in (prune_subsample_sites(guide_tr), prune_subsample_sites(model_tr)):
         for site in tr.nodes.values():
@@ -177,3 +178,44 @@ def active_units(
         raise ValueError(f"x: {x.shape[0]} datapoint(s); active units need at least 2")
     variances = latent_means(model, guide, x).var(dim=0)
     return int((variances > threshold).sum()), variances
+
+
+@torch.no_grad()
+def elbo_estimate(
+    model, guide, *args, num_samples: int = 100, num_chunks: int = 10, **kwargs
+) -> tuple[float, float]:
+    """The whole-data ELBO of a model with global latents, and its Monte Carlo error (nats).
+
+        ELBO = E_q[log p(X, θ) − log q(θ)] ≤ log p(X)       (Blei et al. 2017, eq. 13)
+
+    estimated from ``num_samples`` draws of the guide. Discrete latents the guide does not
+    sample and the model marks for enumeration (``infer={"enumerate": "parallel"}``) are
+    summed out exactly, as :class:`pyro.infer.TraceEnum_ELBO` does; that is the ELBO of
+    the guide's family with those latents at their exact conditional. Draws are taken in
+    ``num_chunks`` vectorized chunks; the standard error is the batch-means one,
+    sd(chunk means) / √chunks (nan with a single chunk).
+
+    Returns:
+        ``(elbo, standard_error)``.
+    """
+    _check_num("num_samples", num_samples)
+    _check_num("num_chunks", num_chunks)
+    chunks = min(num_samples, num_chunks)
+    sizes = [num_samples // chunks + (i < num_samples % chunks) for i in range(chunks)]
+    means = []
+    with eval_mode(model, guide), poutine.block():
+        with torch.random.fork_rng(devices=[]):
+            nesting = max_plate_nesting(model, guide, *args, **kwargs)
+        for size in sizes:
+            estimator = TraceEnum_ELBO(
+                num_particles=size,
+                vectorize_particles=size > 1,
+                max_plate_nesting=nesting,
+                strict_enumeration_warning=False,
+            )
+            means.append(-estimator.loss(model, guide, *args, **kwargs))
+    means_t = torch.tensor(means, dtype=torch.float64)
+    weights = torch.tensor(sizes, dtype=torch.float64) / num_samples
+    elbo = float((weights * means_t).sum())
+    stderr = float(means_t.std() / math.sqrt(chunks)) if chunks > 1 else math.nan
+    return elbo, stderr

@@ -10,6 +10,12 @@ unbiased for the full-data objective; Hoffman et al. 2013). Each epoch then
   so ``fit(..., resume=True)`` continues a killed run exactly where it stopped;
 - stops early after ``patience`` epochs without a better validation ELBO.
 
+``data`` is either image :class:`~pyro_vae.data.DataSplits` (the model is called on
+minibatches ``x``; validation is the held-out ELBO per datapoint) or a
+:class:`~pyro_vae.tensor_data.TensorData` for models with global latents (the model is
+called as ``model(*tensors, num_data=N)``; "validation" is the whole-data ELBO estimated
+with ``val_samples`` draws, a total in nats, since it does not split into datapoints).
+
 A non-finite loss stops training at once with :class:`TrainingDiverged`, after putting
 back the weights of the last completed epoch (the checkpoint on disk is never
 overwritten by a diverged state).
@@ -24,6 +30,7 @@ from typing import Any
 
 import pyro
 import pyro.optim
+import pyro.poutine as poutine
 import torch
 from pyro.infer import ELBO, SVI
 from tqdm.auto import tqdm
@@ -31,8 +38,9 @@ from tqdm.auto import tqdm
 from pyro_vae.annealing import ScaleLatents, linear_warmup
 from pyro_vae.checkpoint import RunFolder, capture_rng_state, restore_rng_state
 from pyro_vae.data import DataSplits
-from pyro_vae.evaluate import elbo_per_datapoint
+from pyro_vae.evaluate import elbo_estimate, elbo_per_datapoint
 from pyro_vae.likelihoods import check_observations
+from pyro_vae.tensor_data import TensorData
 
 
 class TrainingDiverged(RuntimeError):
@@ -51,7 +59,9 @@ class TrainConfig:
         patience: stop after this many epochs without a better validation ELBO
             (``None``: never stop early).
         kl_warmup_epochs: epochs over which β rises linearly to 1 (0: no warm-up).
-        val_samples: particles per validation datapoint for the validation ELBO.
+        val_samples: particles per validation datapoint for the validation ELBO (for
+            ``TensorData``: draws for the whole-data ELBO).
+        validate_every: validate (and checkpoint) every this many epochs, and after the last.
         progress: show a progress bar per epoch.
     """
 
@@ -62,10 +72,11 @@ class TrainConfig:
     patience: int | None = 10
     kl_warmup_epochs: float = 0.0
     val_samples: int = 1
+    validate_every: int = 1
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "val_samples"):
+        for name in ("epochs", "batch_size", "val_samples", "validate_every"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: {value!r} is not a positive integer")
@@ -79,7 +90,13 @@ class TrainConfig:
 
 @dataclass
 class FitResult:
-    """What :func:`fit` did: per-epoch records, the epoch whose weights were kept, and why."""
+    """What :func:`fit` did: per-epoch records, the epoch whose weights were kept, and why.
+
+    Each record has ``epoch``, ``train_elbo`` (the running average of the training
+    estimates), ``seconds`` and ``beta``, and on validation epochs ``val_elbo``. With
+    ``DataSplits`` both ELBOs are nats per datapoint; with ``TensorData`` they are
+    whole-data totals.
+    """
 
     history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int | None = None
@@ -97,17 +114,18 @@ def _finite(*modules: torch.nn.Module) -> bool:
 def fit(
     model,
     guide,
-    data: DataSplits,
+    data: DataSplits | TensorData,
     elbo: ELBO,
     config: TrainConfig | None = None,
     run: RunFolder | None = None,
     resume: bool = False,
 ) -> FitResult:
-    """Train ``model`` and ``guide`` on ``data.train_x`` by SVI with ``elbo``.
+    """Train ``model`` and ``guide`` on ``data``'s training set by SVI with ``elbo``.
 
-    ``model`` and ``guide`` are ``torch.nn.Module``s (typically ``PyroModule``s) called as
-    ``f(x, num_data=N)`` on minibatches ``x``. With a
-    ``run`` folder, a checkpoint and metrics.json are written after every epoch, and
+    ``model`` and ``guide`` are ``torch.nn.Module``s (typically ``PyroModule``s, Pyro's
+    autoguides included) called as ``f(x, num_data=N)`` on minibatches ``x`` of
+    ``DataSplits``, or ``f(*tensors, num_data=N)`` on batches of ``TensorData``. With a
+    ``run`` folder, a checkpoint and metrics.json are written after every validation, and
     ``resume=True`` continues from that folder's checkpoint (weights, Adam moments, RNG
     state and history), reproducing the batches an uninterrupted run would have seen.
     Clears Pyro's global parameter store first.
@@ -125,19 +143,23 @@ def fit(
             )
     if resume and run is None:
         raise ValueError("resume: True needs a run folder to resume from")
-    num_data = data.train_x.shape[0]
-    first_batch, _ = next(iter(data.train_batches(config.batch_size, 0, config.seed)))
-    check_observations(model, first_batch, "training data")
-    if data.val_x.shape[0]:
-        check_observations(model, data.val_x, "validation data")
+    source = _Source(data, model, guide, config)
 
     pyro.clear_param_store()
+    with torch.random.fork_rng(devices=[]):
+        # Run the guide once so lazily built guides (Pyro's autoguides) own their parameters
+        # before the first snapshot; seeded, and outside the stream the steps draw from.
+        pyro.set_rng_seed(config.seed)
+        with poutine.block():
+            guide(*source.first_batch, num_data=source.num_data)
     if getattr(elbo, "vectorize_particles", False) and elbo.max_plate_nesting == math.inf:
         # Pyro's vectorized ELBOs guess their plate nesting from one run of model and guide
         # at their first call; do it here, outside the random stream, so a resumed run
         # draws exactly what an uninterrupted one would.
         with torch.random.fork_rng(devices=[]):
-            elbo._guess_max_plate_nesting(model, guide, (first_batch,), {"num_data": num_data})
+            elbo._guess_max_plate_nesting(
+                model, guide, source.first_batch, {"num_data": source.num_data}
+            )
     optim = pyro.optim.Adam({"lr": config.lr})
     annealer = ScaleLatents()
     svi = SVI(annealer(model), annealer(guide), optim, loss=elbo)
@@ -156,7 +178,7 @@ def fit(
     else:
         pyro.set_rng_seed(config.seed)
 
-    steps_per_epoch = math.ceil(num_data / config.batch_size)
+    num_data, steps_per_epoch = source.num_data, source.steps_per_epoch
     warmup_steps = round(config.kl_warmup_epochs * steps_per_epoch)
     last_good = (_snapshot(model), _snapshot(guide))
     log_every = max(1, config.epochs // 20)
@@ -170,19 +192,19 @@ def fit(
         started = time.perf_counter()
         total, batches = 0.0, 0
         bar = tqdm(
-            data.train_batches(config.batch_size, epoch, config.seed),
+            source.batches(epoch),
             total=steps_per_epoch,
             desc=f"epoch {epoch + 1}/{config.epochs}",
             unit="batch",
-            disable=not config.progress,
+            disable=not config.progress or steps_per_epoch == 1,
             leave=False,
             dynamic_ncols=True,
         )
-        for x, _ in bar:
+        for batch in bar:
             annealer.beta = linear_warmup(step, warmup_steps)
             cause = None
             try:
-                loss = svi.step(x, num_data=num_data)
+                loss = svi.step(*batch, num_data=num_data)
             except ValueError as err:
                 # With Pyro's validation on, NaN weights surface as a distribution whose
                 # parameters "found invalid values" rather than as a NaN loss.
@@ -201,7 +223,7 @@ def fit(
                 ) from cause
             step += 1
             batches += 1
-            total += loss / num_data
+            total += loss / source.divisor
             if batches % 10 == 0 or batches == steps_per_epoch:
                 bar.set_postfix(elbo=f"{-total / batches:.3f}", refresh=False)
         record = {
@@ -210,10 +232,9 @@ def fit(
             "seconds": time.perf_counter() - started,
             "beta": annealer.beta,
         }
-        if data.val_x.shape[0]:
-            val_elbo = (
-                elbo_per_datapoint(model, guide, data.val_x, config.val_samples).mean().item()
-            )
+        due = (epoch + 1) % config.validate_every == 0 or epoch + 1 == config.epochs
+        if due and source.validate is not None:
+            val_elbo = source.validate()
             record["val_elbo"] = val_elbo
             if best is None or val_elbo > best["val_elbo"]:
                 best = {
@@ -230,7 +251,7 @@ def fit(
                 f"epoch {epoch + 1:>3}/{config.epochs}  train ELBO "
                 f"{record['train_elbo']:.3f}{val}  ({record['seconds']:.1f} s)"
             )
-        if run is not None:
+        if run is not None and due:
             run.save_checkpoint(
                 {
                     "epoch": epoch + 1,
@@ -251,3 +272,40 @@ def fit(
         guide.load_state_dict(best["guide"])
         result.best_epoch = best["epoch"]
     return result
+
+
+class _Source:
+    """What :func:`fit` needs from either kind of data: batches of model arguments, their
+    count, the divisor that turns a loss into the reported ELBO, and the validation."""
+
+    def __init__(self, data, model, guide, config: TrainConfig) -> None:
+        self.batch_size, self.seed = config.batch_size, config.seed
+        if isinstance(data, TensorData):
+            self.num_data = data.num_data
+            self.steps_per_epoch = data.steps_per_epoch(config.batch_size)
+            self.divisor = 1.0
+            self._batches = data.batches
+            self.validate = lambda: elbo_estimate(
+                model, guide, *data.tensors, num_samples=config.val_samples, num_data=self.num_data
+            )[0]
+        elif isinstance(data, DataSplits):
+            self.num_data = int(data.train_x.shape[0])
+            self.steps_per_epoch = math.ceil(self.num_data / config.batch_size)
+            self.divisor = float(self.num_data)
+            self._batches = lambda *a: ((x,) for x, _ in data.train_batches(*a))
+            self.validate = None
+            check_observations(model, next(iter(self.batches(0)))[0], "training data")
+            if data.val_x.shape[0]:
+                check_observations(model, data.val_x, "validation data")
+                self.validate = lambda: (
+                    elbo_per_datapoint(model, guide, data.val_x, config.val_samples).mean().item()
+                )
+        else:
+            raise TypeError(
+                f"data: expected pyro_vae.DataSplits or pyro_vae.TensorData, got "
+                f"{type(data).__name__}"
+            )
+        self.first_batch = next(iter(self.batches(0)))
+
+    def batches(self, epoch: int):
+        return self._batches(self.batch_size, epoch, self.seed)

@@ -166,3 +166,34 @@ def test_active_units_counts_latent_variance():
 
     n_active, variances = active_units(object(), Encoder(), torch.randn(500, 1))
     assert n_active == 1 and variances[0] > 0.5 and variances[1] < 0.01
+
+
+def test_elbo_estimate_sums_out_enumerated_sites_and_reports_its_error():
+    import pyro.distributions as dist
+
+    from pyro_vae.evaluate import elbo_estimate
+    from pyro_vae.guides import EmptyGuide
+
+    # x | z ~ N(2z, 1), z ~ Bernoulli(0.3) enumerated: the "ELBO" of an empty guide is the
+    # exact log p(x) = log Σ_z p(z) N(x; 2z, 1), with no Monte Carlo error.
+    x = torch.tensor([0.5, 1.7, -0.2])
+
+    def model(x, num_data=None):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Bernoulli(0.3), infer={"enumerate": "parallel"})
+            pyro.sample("x", dist.Normal(2 * z, 1.0), obs=x)
+
+    exact = torch.logsumexp(
+        torch.stack(
+            [
+                math.log(0.7) + dist.Normal(0.0, 1.0).log_prob(x),
+                math.log(0.3) + dist.Normal(2.0, 1.0).log_prob(x),
+            ]
+        ),
+        0,
+    ).sum()
+    elbo, stderr = elbo_estimate(model, EmptyGuide(), x, num_samples=20)
+    assert elbo == pytest.approx(float(exact), abs=1e-5)
+    assert stderr == pytest.approx(0.0, abs=1e-5)
+    with pytest.raises(ValueError, match="num_samples: 0"):
+        elbo_estimate(model, EmptyGuide(), x, num_samples=0)

@@ -7,6 +7,7 @@ from models.autoencoder import Autoencoder
 from models.vae import VAE
 from pyro_vae.checkpoint import RunFolder
 from pyro_vae.data import Preprocessing, load_data
+from pyro_vae.tensor_data import TensorData
 from pyro_vae.train import TrainConfig, TrainingDiverged, fit
 
 
@@ -187,3 +188,51 @@ def test_resume_keeps_the_score_estimators_control_variate_state(digits, tmp_pat
         assert torch.equal(value, resumed.state_dict()[key]), key
     assert straight_est.state_dict()["averages"] == resumed_est.state_dict()["averages"]
     assert straight_est.state_dict()["moments"] == resumed_est.state_dict()["moments"]
+
+
+def regression_problem():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(60, 2, generator=g)
+    y = X @ torch.tensor([1.0, -1.0]) + 0.3 * torch.randn(60, generator=g)
+    return TensorData(X, y)
+
+
+def test_global_latent_models_fit_on_tensor_data_and_resume_exactly(tmp_path):
+    from pyro.infer.autoguide import AutoNormal
+
+    from models.regression import BayesianRegression
+
+    data = regression_problem()
+    config = dict(batch_size=20, lr=0.05, seed=3, val_samples=50, validate_every=3, patience=None)
+
+    def run(epochs, folder, resume=False):
+        model = BayesianRegression()
+        guide = AutoNormal(model)
+        result = fit(
+            model,
+            guide,
+            data,
+            Trace_ELBO(),
+            quiet(epochs=epochs, **config),
+            RunFolder(folder),
+            resume=resume,
+        )
+        return result, guide
+
+    straight, straight_guide = run(9, tmp_path / "a")
+    # Three minibatches an epoch; validation (a whole-data total) every third epoch and last.
+    assert [r["epoch"] for r in straight.history if "val_elbo" in r] == [3, 6, 9]
+    assert straight.history[-1]["val_elbo"] > straight.history[2]["val_elbo"]
+    run(6, tmp_path / "b")
+    resumed, resumed_guide = run(9, tmp_path / "b", resume=True)
+    assert [r["train_elbo"] for r in resumed.history] == [r["train_elbo"] for r in straight.history]
+    for key, value in straight_guide.state_dict().items():
+        assert torch.equal(value, resumed_guide.state_dict()[key]), key
+
+
+def test_data_of_another_kind_is_refused():
+    model, guide = small_vae(load_data("digits", Preprocessing("bernoulli"), val_fraction=0.0))
+    with pytest.raises(
+        TypeError, match="data: expected pyro_vae.DataSplits or pyro_vae.TensorData"
+    ):
+        fit(model, guide, torch.zeros(3, 64), Trace_ELBO(), quiet(epochs=1))

@@ -1,0 +1,72 @@
+"""Datasets of aligned tensors, for models with global latents fitted by :func:`pyro_vae.fit`.
+
+A :class:`TensorData` holds tensors whose first dimension indexes datapoints (``X`` and
+``y`` of a regression, the points of a mixture) and hands them to the model and guide as
+``model(*tensors, num_data=N)``. There is no held-out split: with global latents θ the
+objective is the ELBO of the whole dataset,
+
+    ELBO(q) = E_q[log p(X, θ) − log q(θ)] ≤ log p(X),
+
+which does not split into per-datapoint terms, so :func:`pyro_vae.fit` reports it as a
+total (nats) rather than per datapoint. Minibatches of rows (``batch_size < N``) give the
+unbiased subsampled estimate of it when the model's data plate is scaled by N/|B|
+(Hoffman et al. 2013). A ``TensorData()`` with no tensors is a model without data (the
+Ising model's log-partition bound): each epoch is one step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+
+class TensorData:
+    """Rows of aligned tensors, shuffled into minibatches per epoch.
+
+    Args:
+        *tensors: tensors sharing their first dimension N (the datapoints).
+    """
+
+    def __init__(self, *tensors: torch.Tensor) -> None:
+        for i, t in enumerate(tensors):
+            if not isinstance(t, torch.Tensor) or t.dim() < 1:
+                raise ValueError(
+                    f"tensors[{i}]: expected a tensor with a leading data dimension, "
+                    f"got {type(t).__name__}"
+                )
+            if t.shape[0] != tensors[0].shape[0]:
+                raise ValueError(
+                    f"tensors[{i}]: {t.shape[0]} rows, but tensors[0] has "
+                    f"{tensors[0].shape[0]}; expected one row per datapoint in every tensor"
+                )
+            if t.is_floating_point() and not torch.isfinite(t).all():
+                raise ValueError(f"tensors[{i}]: holds NaN or infinite entries")
+        self.tensors = tuple(tensors)
+
+    @property
+    def num_data(self) -> int:
+        """N, the number of rows (1 for a dataset without tensors: one step per epoch)."""
+        return int(self.tensors[0].shape[0]) if self.tensors else 1
+
+    def batches(self, batch_size: int, epoch: int, seed: int) -> Iterator[tuple[torch.Tensor, ...]]:
+        """Shuffled minibatches of rows for one epoch, as tuples of tensors.
+
+        With ``batch_size ≥ N`` the one batch is the tensors themselves, unshuffled.
+        Shuffling draws from a generator seeded by ``(seed, epoch)``, so a resumed run sees
+        the batches an uninterrupted one would.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size: {batch_size} is not a positive integer")
+        n = self.num_data
+        if not self.tensors or batch_size >= n:
+            yield self.tensors
+            return
+        generator = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n, batch_size):
+            rows = order[start : start + batch_size]
+            yield tuple(t[rows] for t in self.tensors)
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return -(-self.num_data // batch_size) if self.tensors else 1
