@@ -9,6 +9,9 @@
   where both are known (the lecture's −KL + E_q log p(x | θ), eq. 18.4).
 - ``iwae``: :class:`IWAELBO`, the K-sample importance-weighted bound per datapoint
   (Burda et al. 2015); ``num_particles`` is K.
+- ``enum``: Pyro's ``TraceEnum_ELBO``: model sites marked ``infer={"enumerate":
+  "parallel"}`` that the guide does not sample are summed out exactly (mixture
+  assignments, HMM states), the rest as ``trace``.
 - ``tracegraph``: Pyro's ``TraceGraph_ELBO``, score-function gradients for
   non-reparameterizable sites with downstream-cost Rao-Blackwellization and the baselines
   a site requests in ``infer={"baseline": ...}`` (Schulman et al. 2015).
@@ -23,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from pyro.infer import ELBO, Trace_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
+from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
 
 from pyro_vae.estimators.iwae import IWAELBO
 from pyro_vae.estimators.score_function import CONTROL_VARIATES, ScoreFunctionELBO
@@ -33,6 +36,7 @@ from pyro_vae.estimators.vimco import VIMCO
 _REGISTRY: dict[str, Callable[..., ELBO]] = {
     "trace": Trace_ELBO,
     "analytic-kl": TraceMeanField_ELBO,
+    "enum": TraceEnum_ELBO,
     "iwae": IWAELBO,
     "tracegraph": TraceGraph_ELBO,
     "score": ScoreFunctionELBO,
