@@ -27,7 +27,8 @@ import torch
 MAX_EXACT_SPINS = 25
 
 
-def _check_model(J, h) -> tuple[torch.Tensor, torch.Tensor]:
+def check_couplings(J, h=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``J`` and ``h`` as float64 tensors, or ``ValueError`` naming what is wrong with them."""
     J = torch.as_tensor(J, dtype=torch.float64)
     if J.dim() != 2 or J.shape[0] != J.shape[1]:
         raise ValueError(f"J: shape {tuple(J.shape)} is not a square coupling matrix")
@@ -75,7 +76,7 @@ def ising_log_partition_exact(J, h=None, beta: float = 1.0) -> float:
     log-sum-exp of a matrix product, so the 2ⁿ terms are computed in blocks of dense
     algebra rather than one by one.
     """
-    J, h = _check_model(J, h)
+    J, h = check_couplings(J, h)
     n = J.shape[0]
     if n > MAX_EXACT_SPINS:
         raise ValueError(
@@ -165,7 +166,7 @@ class IsingMeanField:
     def fit(self, J, h=None) -> IsingMeanField:
         """Fit the magnetizations for couplings ``J`` (n x n) and fields ``h`` (n,)."""
         self._validate()
-        J, h = _check_model(J, h)
+        J, h = check_couplings(J, h)
         rng = np.random.default_rng(self.random_state)
         best = None
         for _ in range(self.n_init):

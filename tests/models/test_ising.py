@@ -1,0 +1,70 @@
+"""The Pyro Ising model bounds log Z, and mean-field SVI reaches CAVI's bound."""
+
+import pytest
+import torch
+
+from models.ising import IsingModel
+from pyro_vae import TensorData, TrainConfig, fit
+from pyro_vae.cavi import IsingMeanField, grid_couplings, ising_log_partition_exact
+from pyro_vae.estimators import get
+from pyro_vae.evaluate import elbo_estimate
+from pyro_vae.guides import AutoDiscreteMeanField
+
+
+def mean_field_bound(m, J, h, beta):
+    """L(m) = β (½ mᵀJm + hᵀm) + Σ_i H_b((1 + m_i)/2), in float64."""
+    m, J, h = m.double(), J.double(), h.double()
+    p, q = (1 + m) / 2, (1 - m) / 2
+    entropy = -(p * p.log() + q * q.log()).sum()
+    return float(beta * (0.5 * m @ J @ m + h @ m) + entropy)
+
+
+def fit_svi(model, steps=1500):
+    guide = AutoDiscreteMeanField(model)
+    estimator = get("score", control_variate="leave-one-out", num_particles=16)
+    config = TrainConfig(epochs=steps, lr=0.05, patience=None, progress=False, validate_every=steps)
+    fit(model, guide, TensorData(), estimator, config)
+    return guide
+
+
+def test_elbo_of_a_mean_field_guide_is_the_analytic_bound():
+    # The model's ELBO under q(b) = Π Bernoulli must be L(m) with m = 2 q(b = 1) − 1: this
+    # checks the uniform base measure and the n log 2 in the energy factor.
+    J, h = grid_couplings(2, 3, coupling=0.7), torch.linspace(-0.5, 0.5, 6)
+    model = IsingModel(J, h, beta=0.8)
+    guide = AutoDiscreteMeanField(model, init_scale=1.0)
+    guide()
+    m = 2 * guide.probabilities()["spins"].detach() - 1
+    elbo, stderr = elbo_estimate(model, guide, num_samples=20000)
+    assert 0 < stderr < 0.02
+    assert elbo == pytest.approx(mean_field_bound(m, J, h, 0.8), abs=4 * stderr)
+
+
+def test_svi_matches_cavi_below_the_exact_log_partition():
+    J, h, beta = grid_couplings(3, 3), torch.full((9,), 0.1), 0.4
+    model = IsingModel(J, h, beta)
+    guide = fit_svi(model)
+    elbo, stderr = elbo_estimate(model, guide, num_samples=20000)
+    cavi = IsingMeanField(beta=beta, n_init=5, random_state=0).fit(J, h)
+    exact = ising_log_partition_exact(J, h, beta)
+    assert elbo <= exact + 4 * stderr
+    # Both optimize the same family; SVI's stochastic optimum lands within a few
+    # hundredths of CAVI's fixed point (measured 0.016 nats below it).
+    assert elbo == pytest.approx(cavi.lower_bound_, abs=0.1)
+
+
+def test_svi_is_exact_without_couplings():
+    h = torch.tensor([0.3, -1.0, 0.0, 2.0])
+    model = IsingModel(torch.zeros(4, 4), h, beta=1.0)
+    guide = fit_svi(model)
+    elbo, stderr = elbo_estimate(model, guide, num_samples=20000)
+    exact = ising_log_partition_exact(torch.zeros(4, 4), h, 1.0)
+    assert elbo <= exact + 4 * stderr
+    assert elbo == pytest.approx(exact, abs=0.05)
+
+
+def test_bad_couplings_are_named():
+    with pytest.raises(ValueError, match="J: the coupling matrix is not symmetric"):
+        IsingModel(torch.tensor([[0.0, 1.0], [0.0, 0.0]]))
+    with pytest.raises(ValueError, match="beta: -1.0 is not a finite non-negative"):
+        IsingModel(torch.zeros(2, 2), beta=-1.0)
