@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pyro.distributions as dist
 import torch
 
 
@@ -143,6 +144,29 @@ class BayesianLinearRegression:
             q_shape - math.log(q_rate) + math.lgamma(q_shape) + (1 - q_shape) * _digamma(q_shape)
         )
         return float(e_log_lik_and_prior + e_log_p_tau + entropy_w + entropy_tau)
+
+    def variational_distributions(
+        self, weights: str = "w", precision: str = "tau"
+    ) -> dict[str, dist.Distribution]:
+        """The fitted mean-field factors, keyed by the model's site names:
+        q(w) = N(``coef_``, ``coef_covariance_``) and q(τ) = Gamma(shape, rate).
+
+        :func:`pyro_vae.diagnostics.to_inference_data` draws from these when given the
+        fitted estimator as the guide of a Pyro model with sites ``weights`` and ``precision``.
+        """
+        if not hasattr(self, "coef_"):
+            raise ValueError(
+                "BayesianLinearRegression: not fitted yet; call fit(X, y) before "
+                "variational_distributions()"
+            )
+        shape, rate = (
+            torch.tensor(v, dtype=torch.float64)
+            for v in (self.precision_shape_, self.precision_rate_)
+        )
+        return {
+            weights: dist.MultivariateNormal(self.coef_, covariance_matrix=self.coef_covariance_),
+            precision: dist.Gamma(shape, rate),
+        }
 
     def predict(self, X, return_std: bool = False):
         """E[y | X] under q; with ``return_std`` also the predictive sd of the noisy y."""
