@@ -4,6 +4,7 @@ pyro-vae fit --data digits --out runs/digits
 pyro-vae fit --resume runs/digits --epochs 300
 pyro-vae evaluate runs/digits --ll-samples 5000
 pyro-vae sample runs/digits --num 64
+pyro-vae diagnose runs/digits
 """
 
 from __future__ import annotations
@@ -145,6 +146,20 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--lr", type=float, default=1e-2)
     a.add_argument("--iwae-samples", type=int, default=1000)
     a.add_argument("--seed", type=int, default=0)
+
+    g = sub.add_parser(
+        "diagnose",
+        help="ArviZ diagnostics on test images: PSIS k̂ per image, InferenceData, summaries, plots",
+    )
+    g.add_argument("run", type=Path)
+    g.add_argument("--points", type=int, default=1000, help="first test images for k̂ (0: all)")
+    g.add_argument("--samples", type=int, default=1000, help="draws from the guide per image for k̂")
+    g.add_argument(
+        "--idata-points", type=int, default=100, help="first test images in diagnostics.nc"
+    )
+    g.add_argument("--idata-samples", type=int, default=200, help="draws in diagnostics.nc")
+    g.add_argument("--worst", type=int, default=12, help="highest-k̂ images to show")
+    g.add_argument("--seed", type=int, default=0)
 
     v = sub.add_parser(
         "grad-variance", help="compare estimators' gradient variance at a run's fitted weights"
@@ -387,6 +402,40 @@ def _amortization_gap(args: argparse.Namespace) -> int:
     return 0
 
 
+def _diagnose(args: argparse.Namespace) -> int:
+    import pyro
+
+    from pyro_vae.diagnostics import write_report
+
+    run = RunFolder(args.run)
+    exp = load(run)
+    if not exp.generative:
+        raise ValueError(f"run: {exp.config['model']} has no latent variables to diagnose")
+    if args.points < 0:
+        raise ValueError(f"points: {args.points} is negative; expected a number of test images")
+    x = exp.data.test_x if args.points == 0 else exp.data.test_x[: args.points]
+    pyro.set_rng_seed(args.seed)
+    result = write_report(
+        exp.model,
+        exp.guide,
+        x,
+        run.path,
+        num_samples=args.samples,
+        idata_points=args.idata_points,
+        idata_samples=args.idata_samples,
+        num_worst=args.worst,
+        image_shape=exp.data.image_shape,
+        pixel_max=exp.data.pixel_max,
+    )
+    run.update_metrics(diagnostics={k: v for k, v in result.items() if k != "files"})
+    print(f"PSIS k̂ on {result['num_points']} test images, {result['num_samples']} draws each:")
+    print(f"  share above 0.5             {100 * result['share_above_0.5']:6.1f}%")
+    print(f"  share above 0.7             {100 * result['share_above_0.7']:6.1f}%")
+    print(f"  median k̂, max k̂             {result['khat_median']:6.2f}, {result['khat_max']:.2f}")
+    print("wrote " + ", ".join(result["files"]))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handler = {
@@ -395,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         "sample": _sample,
         "grad-variance": _grad_variance,
         "amortization-gap": _amortization_gap,
+        "diagnose": _diagnose,
     }[args.command]
     try:
         return handler(args)

@@ -427,7 +427,12 @@ def _ppc_statistic(idata):
 def write_summaries(idata, out_dir: str | os.PathLike, max_panels: int = 4) -> list[Path]:
     """summary.csv (``az.summary`` of the global latents, or of the local ones for the
     first datapoint when there are none), posterior.png and ppc.png."""
-    out = Path(out_dir)
+    with warnings.catch_warnings():  # ArviZ 0.23's plots against Matplotlib ≥ 3.11
+        warnings.filterwarnings("ignore", message="Passing a dict or None as alias_mapping")
+        return _write_summaries(idata, Path(out_dir), max_panels)
+
+
+def _write_summaries(idata, out: Path, max_panels: int) -> list[Path]:
     post = idata.posterior
     global_vars = [n for n, v in post.data_vars.items() if DATA_PLATE not in v.dims]
     names = global_vars or list(post.data_vars)

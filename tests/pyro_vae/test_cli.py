@@ -280,3 +280,45 @@ def test_amortization_gap_from_a_run_folder(trained, capsys):
     result = json.loads((trained / "metrics.json").read_text())["amortization_gap"]
     assert result["num_points"] == 6 and result["steps"] == 5
     assert main(["amortization-gap", str(trained), "--points", "0"]) == 2
+
+
+def test_diagnose_writes_figures_tables_and_netcdf_that_arviz_reopens(trained, capsys):
+    import arviz as az
+
+    argv = ["diagnose", str(trained), "--points", "40", "--samples", "100"]
+    argv += ["--idata-points", "8", "--idata-samples", "20", "--worst", "4"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "PSIS k̂ on 40 test images, 100 draws each" in out and "share above 0.7" in out
+    for name in ("khat.png", "khat_worst.png", "posterior.png", "ppc.png"):
+        assert (trained / name).stat().st_size > 1000
+    assert len((trained / "khat.csv").read_text().splitlines()) == 41
+    assert (trained / "summary.csv").read_text().startswith(",mean,sd,hdi_3%,hdi_97%")
+    idata = az.from_netcdf(trained / "diagnostics.nc")
+    assert set(idata.groups()) == {
+        "posterior",
+        "posterior_predictive",
+        "log_likelihood",
+        "observed_data",
+        "sample_stats",
+    }
+    assert idata.posterior["z"].dims == ("chain", "draw", "data", "z_dim_0")
+    assert idata.posterior["z"].shape == (1, 20, 8, 4)
+    assert idata.posterior_predictive["x"].shape == (1, 20, 8, 64)
+    assert idata.log_likelihood["x"].shape == (1, 20, 8)
+    diagnostics = json.loads((trained / "metrics.json").read_text())["diagnostics"]
+    assert diagnostics["num_points"] == 40 and len(diagnostics["worst"]) == 4
+    assert 0.0 <= diagnostics["share_above_0.7"] <= diagnostics["share_above_0.5"] <= 1.0
+
+
+def test_diagnose_refuses_bad_counts_and_other_versions(trained, tmp_path, capsys):
+    assert main(["diagnose", str(trained), "--points", "5", "--samples", "1"]) == 2
+    assert "num_samples: 1 is not an integer ≥ 21" in capsys.readouterr().err
+    assert main(["diagnose", str(trained), "--points", "-1"]) == 2
+    assert "points: -1 is negative" in capsys.readouterr().err
+    old = tmp_path / "old"
+    old.mkdir()
+    config = json.loads((trained / "config.json").read_text())
+    (old / "config.json").write_text(json.dumps({**config, "format": "pyro_vae.run/0"}))
+    assert main(["diagnose", str(old)]) == 2
+    assert "format 'pyro_vae.run/0'; this version of pyro_vae reads" in capsys.readouterr().err
