@@ -5,6 +5,7 @@ sites live in :func:`pyro_vae.plates.data_plate`; training is ``pyro.infer.SVI``
 ``pyro.infer.ELBO``; evaluation and run folders work for any such pair.
 """
 
+from pyro_vae.calibration import VSBCResult, vsbc, vsbc_with
 from pyro_vae.checkpoint import RunFolder, RunFolderError
 from pyro_vae.data import DatasetNotFoundError, DataSplits, Preprocessing, load_data
 from pyro_vae.evaluate import (
@@ -21,16 +22,39 @@ from pyro_vae.train import FitResult, TrainConfig, TrainingDiverged, fit
 
 __version__ = "0.1.0"
 
+# pyro_vae.diagnostics imports ArviZ (seconds, and a notice about its 1.0 refactor), so
+# its names load on first use rather than with every `pyro-vae` command.
+_DIAGNOSTICS = (
+    "PointwiseKhat",
+    "load_inference_data",
+    "psis_khat",
+    "psis_khat_per_datapoint",
+    "save_inference_data",
+    "to_inference_data",
+    "variational_guide",
+)
+
+
+def __getattr__(name: str):
+    if name in _DIAGNOSTICS:
+        from pyro_vae import diagnostics
+
+        return getattr(diagnostics, name)
+    raise AttributeError(f"module 'pyro_vae' has no attribute {name!r}")
+
+
 __all__ = [
     "DataSplits",
     "DatasetNotFoundError",
     "FitResult",
+    "PointwiseKhat",
     "Preprocessing",
     "RunFolder",
     "RunFolderError",
     "TensorData",
     "TrainConfig",
     "TrainingDiverged",
+    "VSBCResult",
     "active_units",
     "data_plate",
     "elbo_estimate",
@@ -39,5 +63,13 @@ __all__ = [
     "iwae_log_likelihood",
     "latent_means",
     "load_data",
+    "load_inference_data",
+    "psis_khat",
+    "psis_khat_per_datapoint",
     "reconstruction_error",
+    "save_inference_data",
+    "to_inference_data",
+    "variational_guide",
+    "vsbc",
+    "vsbc_with",
 ]

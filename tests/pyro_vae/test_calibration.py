@@ -146,7 +146,7 @@ def test_mean_field_guide_with_known_underdispersion_is_asymmetric_as_predicted(
     assert expected_mean == pytest.approx(0.387, abs=1e-3)
     tau = rows["tau"]
     assert abs(tau["mean_p"] - expected_mean) < 4 * tau["se_mean_p"]
-    assert tau["ks_pvalue"] < 1e-6  # asymmetric, in the predicted direction:
+    assert tau["ks_pvalue"] < 1e-4  # asymmetric, in the predicted direction:
     assert tau["mean_p"] < 0.5 - 4 * tau["se_mean_p"]
     p = result.quantiles["tau"]
     for u in (0.05, 0.5, 0.95):  # U-shaped as predicted; 4 binomial standard errors
