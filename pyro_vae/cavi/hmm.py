@@ -74,6 +74,23 @@ class FactorialHMM:
                 f"agree; expected [M, K], [M, K, K], [M, D, K], [D, D]"
             )
 
+    def sample(self, t_len: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw states ``[T, M]`` and observations ``[T, D]`` from the model."""
+        g = torch.Generator().manual_seed(seed)
+        m, _, d = self.sizes
+        states = torch.empty(t_len, m, dtype=torch.long)
+        for c in range(m):
+            states[0, c] = torch.multinomial(self.log_pi[c].exp(), 1, generator=g)
+            for t in range(1, t_len):
+                states[t, c] = torch.multinomial(
+                    self.log_A[c, states[t - 1, c]].exp(), 1, generator=g
+                )
+        means = sum(self.W[c][:, states[:, c]].T for c in range(m))
+        noise = (
+            torch.randn(t_len, d, generator=g, dtype=self.C.dtype) @ torch.linalg.cholesky(self.C).T
+        )
+        return states, means + noise
+
     @property
     def sizes(self) -> tuple[int, int, int]:
         m, k = self.log_pi.shape

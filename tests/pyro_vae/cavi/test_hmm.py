@@ -16,18 +16,7 @@ def random_fhmm(m, k, d, seed, spread=2.0, stay=0.8):
 
 
 def sample(model, t_len, seed):
-    g = torch.Generator().manual_seed(seed)
-    m, k, d = model.sizes
-    states = torch.empty(t_len, m, dtype=torch.long)
-    for c in range(m):
-        states[0, c] = torch.multinomial(model.log_pi[c].exp(), 1, generator=g)
-        for t in range(1, t_len):
-            states[t, c] = torch.multinomial(model.log_A[c, states[t - 1, c]].exp(), 1, generator=g)
-    means = sum(model.W[c][:, states[:, c]].T for c in range(m))
-    noise = (
-        torch.randn(t_len, d, generator=g, dtype=torch.float64) @ torch.linalg.cholesky(model.C).T
-    )
-    return means + noise
+    return model.sample(t_len, seed)[1]
 
 
 def test_forward_backward_matches_enumeration():
