@@ -123,6 +123,8 @@ CASES = {
 ESTIMATORS = [
     ("trace", {}, 500, 40),
     ("analytic-kl", {}, 500, 40),
+    # No enumerated sites here (so no warning about it): enum must reduce to trace.
+    ("enum", {"strict_enumeration_warning": False}, 500, 40),
     ("iwae", {"num_particles": 1}, 1, 400),  # K = 1: the IWAE bound is the ELBO
     ("tracegraph", {}, 500, 40),
     ("score", {"control_variate": "none"}, 500, 40),
@@ -136,7 +138,7 @@ ESTIMATORS = [
 
 
 def _make(name, options, particles):
-    if name in ("trace", "analytic-kl", "tracegraph"):
+    if name in ("trace", "analytic-kl", "tracegraph", "enum"):
         options = {"num_particles": particles, "vectorize_particles": True, **options}
     elif name == "score":
         options = {"num_particles": particles, **options}

@@ -100,7 +100,15 @@ def test_bad_options_are_explained(kwargs, message):
 
 
 def test_registry():
-    assert estimators.names() == ["analytic-kl", "iwae", "score", "trace", "tracegraph", "vimco"]
+    assert estimators.names() == [
+        "analytic-kl",
+        "enum",
+        "iwae",
+        "score",
+        "trace",
+        "tracegraph",
+        "vimco",
+    ]
     assert isinstance(estimators.get("score", control_variate="ema"), ScoreFunctionELBO)
     with pytest.raises(ValueError, match="estimator: 'reinforce' is not one of analytic-kl"):
         estimators.get("reinforce")
