@@ -61,6 +61,8 @@ def select(names: list[str], directory: Path = HERE) -> list[Path]:
 def read_source(path: Path) -> nbformat.NotebookNode:
     """The notebook a percent-format script describes, set up for the ``python3`` kernel."""
     nb = jupytext.read(path, fmt="py:percent")
+    for index, cell in enumerate(nb.cells):
+        cell.id = f"cell-{index}"  # stable ids keep reruns' diffs to what changed
     nb.metadata["kernelspec"] = {"name": KERNEL, "display_name": "Python 3", "language": "python"}
     nb.metadata.setdefault("jupytext", {})["formats"] = FORMATS
     return nb
