@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from pyro_vae.idx import read_idx
 from pyro_vae.likelihoods import LIKELIHOODS
@@ -206,19 +205,14 @@ class DataSplits:
     def dynamic(self) -> bool:
         return self.info.get("binarization") == "dynamic"
 
-    def train_batches(self, batch_size: int, epoch: int, seed: int) -> DataLoader:
+    def train_batches(self, batch_size: int, epoch: int, seed: int) -> ShuffledBatches:
         """Shuffled training minibatches ``(x, y)`` for one epoch.
 
         Shuffling and dynamic binarization draw from a generator seeded by
         ``(seed, epoch)``, so a resumed run sees exactly the batches an uninterrupted one would.
         """
-        return _loader(
-            self.train_x,
-            self.train_y,
-            batch_size,
-            shuffle=True,
-            generator=_epoch_generator(seed, epoch),
-            binarize=self.dynamic,
+        return ShuffledBatches(
+            self.train_x, self.train_y, batch_size, _epoch_generator(seed, epoch), self.dynamic
         )
 
     def eval_batches(self, x: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
@@ -231,39 +225,47 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
 
 
-class _IndexedBatches(Dataset):
-    """A dataset indexed by a list of positions, so one fetch returns a whole batch."""
+class ShuffledBatches:
+    """One epoch of shuffled minibatches ``(x, y)``, gathered by index slices of one permutation.
+
+    The random stream is exactly that of ``DataLoader(sampler=BatchSampler(RandomSampler(
+    generator=g), batch_size))``: one ``randperm`` for the order, a second one that
+    ``RandomSampler`` draws when it runs out (before a last partial batch, after a last full
+    one), and under dynamic binarization a Bernoulli draw per batch. Without the loader's
+    per-batch machinery (index lists, collation) a batch costs one ``index_select``.
+    """
 
     def __init__(
-        self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None, binarize: bool
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batch_size: int,
+        generator: torch.Generator,
+        binarize: bool,
     ) -> None:
-        self.x, self.y, self.generator, self.binarize = x, y, generator, binarize
+        if batch_size < 1:
+            raise ValueError(f"batch_size: {batch_size} is not a positive integer")
+        self.x, self.y, self.batch_size = x, y, batch_size
+        self.generator, self.binarize = generator, binarize
 
     def __len__(self) -> int:
-        return self.x.shape[0]
+        return math.ceil(self.x.shape[0] / self.batch_size)
 
-    def __getitem__(self, index: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        index_t = torch.as_tensor(index)
-        x = self.x[index_t]
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n, size = self.x.shape[0], self.batch_size
+        order = torch.randperm(n, generator=self.generator)
+        full = n - n % size
+        for start in range(0, full, size):
+            yield self._batch(order[start : start + size])
+        torch.randperm(n, generator=self.generator)
+        if full < n:
+            yield self._batch(order[full:])
+
+    def _batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.x.index_select(0, index)
         if self.binarize:
             x = torch.bernoulli(x, generator=self.generator)
-        return x, self.y[index_t]
-
-
-def _loader(
-    x: torch.Tensor,
-    y: torch.Tensor,
-    batch_size: int,
-    shuffle: bool,
-    generator: torch.Generator,
-    binarize: bool,
-) -> DataLoader:
-    if batch_size < 1:
-        raise ValueError(f"batch_size: {batch_size} is not a positive integer")
-    dataset = _IndexedBatches(x, y, generator, binarize)
-    base = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
-    sampler = BatchSampler(base, batch_size=batch_size, drop_last=False)
-    return DataLoader(dataset, sampler=sampler, batch_size=None)
+        return x, self.y.index_select(0, index)
 
 
 def load_data(

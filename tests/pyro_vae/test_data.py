@@ -133,3 +133,38 @@ def test_fashion_mnist_from_debian_package():
         6000,
         10000,
     )
+
+
+def _loader_reference(x, y, batch_size, generator, binarize):
+    """The torch DataLoader pipeline train_batches used to be, for a stream comparison."""
+    from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
+
+    class Indexed(Dataset):
+        def __len__(self):
+            return x.shape[0]
+
+        def __getitem__(self, index):
+            index_t = torch.as_tensor(index)
+            xb = x[index_t]
+            if binarize:
+                xb = torch.bernoulli(xb, generator=generator)
+            return xb, y[index_t]
+
+    sampler = BatchSampler(RandomSampler(Indexed(), generator=generator), batch_size, False)
+    return DataLoader(Indexed(), sampler=sampler, batch_size=None)
+
+
+@pytest.mark.parametrize("batch_size", [64, 50])
+def test_train_batches_draw_exactly_what_a_torch_dataloader_draws(batch_size):
+    from pyro_vae.data import _epoch_generator
+
+    data = load_data("digits", Preprocessing("bernoulli", "dynamic"), val_fraction=0.0)
+    data.train_x, data.train_y = data.train_x[:1400], data.train_y[:1400]  # 1400 % 50 == 0
+    ours = data.train_batches(batch_size, epoch=2, seed=5)
+    reference_gen = _epoch_generator(5, 2)
+    reference = _loader_reference(data.train_x, data.train_y, batch_size, reference_gen, True)
+    got, want = list(ours), list(reference)
+    assert len(got) == len(want) == len(ours)
+    for (xa, ya), (xb, yb) in zip(got, want, strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert torch.equal(ours.generator.get_state(), reference_gen.get_state())
