@@ -29,10 +29,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pyro
-import pyro.optim
 import pyro.poutine as poutine
 import torch
-from pyro.infer import ELBO, SVI
+from pyro.infer import ELBO
 from tqdm.auto import tqdm
 
 from pyro_vae.annealing import ScaleLatents, linear_warmup
@@ -40,6 +39,7 @@ from pyro_vae.checkpoint import RunFolder, capture_rng_state, restore_rng_state
 from pyro_vae.data import DataSplits
 from pyro_vae.evaluate import elbo_estimate, elbo_per_datapoint
 from pyro_vae.likelihoods import check_observations
+from pyro_vae.svi_step import GroupedAdam, SVIStep
 from pyro_vae.tensor_data import TensorData
 
 
@@ -107,6 +107,15 @@ def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
+def make_svi(model, guide, elbo: ELBO, lr: float, annealer: ScaleLatents | None = None) -> SVIStep:
+    """The SVI step :func:`fit` takes: Adam at ``lr`` on ``elbo``'s loss, with the latent
+    sites scaled by ``annealer`` when KL warm-up is on (without warm-up β is 1 throughout,
+    so the handler is left out rather than run as a no-op on every site)."""
+    if annealer is not None:
+        model, guide = annealer(model), annealer(guide)
+    return SVIStep(model, guide, GroupedAdam({"lr": lr}), elbo)
+
+
 def _finite(*modules: torch.nn.Module) -> bool:
     return all(torch.isfinite(p).all() for m in modules for p in m.parameters())
 
@@ -160,9 +169,11 @@ def fit(
             elbo._guess_max_plate_nesting(
                 model, guide, source.first_batch, {"num_data": source.num_data}
             )
-    optim = pyro.optim.Adam({"lr": config.lr})
+    num_data, steps_per_epoch = source.num_data, source.steps_per_epoch
+    warmup_steps = round(config.kl_warmup_epochs * steps_per_epoch)
     annealer = ScaleLatents()
-    svi = SVI(annealer(model), annealer(guide), optim, loss=elbo)
+    svi = make_svi(model, guide, elbo, config.lr, annealer if warmup_steps > 0 else None)
+    optim = svi.optim
     result = FitResult()
     start_epoch, step, best = 0, 0, None
     if resume:
@@ -178,8 +189,6 @@ def fit(
     else:
         pyro.set_rng_seed(config.seed)
 
-    num_data, steps_per_epoch = source.num_data, source.steps_per_epoch
-    warmup_steps = round(config.kl_warmup_epochs * steps_per_epoch)
     last_good = (_snapshot(model), _snapshot(guide))
     log_every = max(1, config.epochs // 20)
     result.stop_reason = "max_epochs"
