@@ -1,0 +1,160 @@
+"""Step overhead: one training step of pyro_vae, per estimator, over a hand-written PyTorch step.
+
+All contenders train the same networks (identical initial weights) on the same
+minibatches with Adam at the same learning rate, interleaved in one process: each
+repetition runs every contender for ``steps`` steps, in a rotated order, and the ratio of
+a contender to the hand-written step is taken within the repetition; the table gives the
+median over repetitions (ratios from adjacent blocks are steadier than ratios of medians
+on a shared machine). pyro_vae's step is :func:`pyro_vae.train.make_svi`, the very step
+``fit`` takes. Estimators with K particles are also compared with ``trace`` at K particles
+(vectorized), the cost the issue's targets are stated against.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import pyro
+import pyro.optim
+import torch
+from perf_common import (
+    LR,
+    PlainPyroVAE,
+    build_networks,
+    build_pyro_vae,
+    hand_loss,
+    hand_loss_particles,
+)
+from pyro.infer import SVI, Trace_ELBO
+
+from pyro_vae import estimators
+from pyro_vae.train import make_svi
+
+HAND = "hand-written PyTorch (analytic KL)"
+
+
+def _hand_step(x_dim: int, seed: int, particles: int = 1) -> Callable[[torch.Tensor], float]:
+    encoder, decoder = build_networks(x_dim, seed)
+    optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=LR)
+
+    def step(x: torch.Tensor) -> float:
+        if particles == 1:
+            loss = hand_loss(encoder, decoder, x)
+        else:
+            loss = hand_loss_particles(encoder, decoder, x, particles)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    return step
+
+
+def _plain_pyro_step(x_dim: int, seed: int) -> Callable[[torch.Tensor], float]:
+    vae = PlainPyroVAE(*build_networks(x_dim, seed))
+    svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": LR}), loss=Trace_ELBO())
+    return svi.step
+
+
+def estimator_specs(k: int) -> dict[str, tuple[str, dict]]:
+    """Label -> (registry name, options) for every estimator in the registry."""
+    vectorized = {"num_particles": k, "vectorize_particles": True, "max_plate_nesting": 1}
+    specs = {
+        "trace": ("trace", {}),
+        "analytic-kl": ("analytic-kl", {}),
+        "enum": ("enum", {"max_plate_nesting": 1, "strict_enumeration_warning": False}),
+        "tracegraph": ("tracegraph", {}),
+        "score (ema)": ("score", {"control_variate": "ema", "max_plate_nesting": 1}),
+        f"trace, K={k}": ("trace", vectorized),
+        f"iwae, K={k}": ("iwae", {"num_particles": k, "max_plate_nesting": 1}),
+        f"score (leave-one-out), K={k}": (
+            "score",
+            {"num_particles": k, "control_variate": "leave-one-out", "max_plate_nesting": 1},
+        ),
+        f"vimco, K={k}": ("vimco", {"num_particles": k, "max_plate_nesting": 1}),
+    }
+    missing = set(estimators.names()) - {name for name, _ in specs.values()}
+    if missing:
+        raise RuntimeError(f"estimators {sorted(missing)} have no step-overhead contender")
+    return specs
+
+
+def measure(
+    x_dim: int,
+    batches: list[torch.Tensor],
+    num_data: int,
+    reps: int,
+    steps: int,
+    k: int = 8,
+    seed: int = 0,
+) -> list[dict]:
+    """Rows ``{contender, ms, ratio, ratio_to_trace_k}`` for one model size."""
+    pyro.clear_param_store()
+    model, guide = build_pyro_vae(x_dim, seed)
+    steps_by_name: dict[str, Callable[[torch.Tensor], float]] = {
+        HAND: _hand_step(x_dim, seed),
+        f"hand-written PyTorch, K={k}": _hand_step(x_dim, seed, k),
+        "plain Pyro script (Trace_ELBO)": _plain_pyro_step(x_dim, seed),
+    }
+    for label, (name, options) in estimator_specs(k).items():
+        svi = make_svi(model, guide, estimators.get(name, **options), LR)
+        steps_by_name[f"pyro_vae {label}"] = lambda x, svi=svi: svi.step(x, num_data=num_data)
+
+    names = list(steps_by_name)
+    cursor = 0
+
+    def run(name: str, count: int) -> float:
+        nonlocal cursor
+        started = time.perf_counter()
+        for _ in range(count):
+            steps_by_name[name](batches[cursor % len(batches)])
+            cursor += 1
+        return (time.perf_counter() - started) / count
+
+    for name in names:  # warm-up: lazy parameter registration, allocator, caches
+        run(name, 3)
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    for rep in range(reps):
+        order = names[rep % len(names) :] + names[: rep % len(names)]
+        for name in order:
+            seconds[name].append(run(name, steps))
+    trace_k = f"pyro_vae trace, K={k}"
+    rows = []
+    for name in names:
+        ratios = [a / b for a, b in zip(seconds[name], seconds[HAND], strict=True)]
+        row = {
+            "contender": name,
+            "ms": 1000 * statistics.median(seconds[name]),
+            "ratio": statistics.median(ratios),
+            "ratio_to_trace_k": None,
+        }
+        if f"K={k}" in name and name != trace_k:
+            row["ratio_to_trace_k"] = statistics.median(
+                a / b for a, b in zip(seconds[name], seconds[trace_k], strict=True)
+            )
+        rows.append(row)
+    return rows
+
+
+def markdown(results: dict[str, list[dict]]) -> list[str]:
+    """One table, a column pair per model size."""
+    sizes = list(results)
+    head = "| contender | " + " | ".join(f"{s}: ms/step | {s}: ratio" for s in sizes)
+    lines = [
+        head + " | vs trace at the same K |",
+        "|---|" + "---:|---:|" * len(sizes) + "---:|",
+    ]
+    for i, row in enumerate(results[sizes[0]]):
+        cells = []
+        for s in sizes:
+            r = results[s][i]
+            cells.append(f"{r['ms']:.2f} | {r['ratio']:.2f}x")
+        vs_k = " / ".join(
+            f"{results[s][i]['ratio_to_trace_k']:.2f}x"
+            for s in sizes
+            if results[s][i]["ratio_to_trace_k"] is not None
+        )
+        lines.append(f"| {row['contender']} | " + " | ".join(cells) + f" | {vs_k} |")
+    return lines
