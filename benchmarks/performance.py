@@ -298,7 +298,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.epoch_repeats = 2 if full else 1
     args.eval_images = 200 if full else 20
     args.iwae_samples = 5000 if full else 50
-    args.step_repeats, args.steps, args.k = (9, 20, 8) if full else (1, 1, 2)
+    args.step_repeats, args.steps, args.k = (7, 10, 8) if full else (1, 1, 2)
     args.eval_k, args.eval_n = (5000, 50) if full else (20, 10)
     args.scaling_sizes = [1_000, 3_000, 10_000, 30_000, 60_000] if full else [100, 200]
     args.scaling_epochs = 3 if full else 1
