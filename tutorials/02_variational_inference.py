@@ -285,9 +285,9 @@ plt.show()
 # %% [markdown]
 # ## Which is faster, and why
 #
-# On this model CAVI wins by orders of magnitude: it reaches its optimum in a few dozen
-# iterations, each a few milliseconds, while SVI needs hundreds of Adam steps to get to
-# the same level. The reasons:
+# On this model CAVI wins by more than an order of magnitude: it reaches its optimum in a
+# few dozen iterations, each a few milliseconds, while SVI needs tens of Adam steps, and
+# seconds, to reach the same level, and then hovers around its own optimum. The reasons:
 #
 # - each CAVI update jumps straight to the best value of one factor given the others, the
 #   exact maximizer of the bound along that coordinate, with no step size to tune. In a
@@ -297,8 +297,9 @@ plt.show()
 #   average out, so many steps are needed, and each is an automatic-differentiation pass
 #   through the whole model.
 #
-# CAVI and scikit-learn agree to round-off, since they are the same algorithm from the
-# same start. SVI lands on the same clusters. Its bound ends slightly *above* CAVI's,
+# CAVI and scikit-learn agree to the printed digits, since they are the same algorithm
+# from the same start (the small differences come from where each one stops). SVI lands
+# on the same clusters. Its bound ends slightly *above* CAVI's,
 # because its family is different: it sums $z$ out exactly instead of factorizing
 # $q(z)$ from the rest, but factorizes $\pi$, $\mu$ and $\Lambda$ further, into
 # independent Normals in unconstrained coordinates. Both are lower bounds on the same
