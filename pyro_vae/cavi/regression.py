@@ -146,13 +146,14 @@ class BayesianLinearRegression:
         return float(e_log_lik_and_prior + e_log_p_tau + entropy_w + entropy_tau)
 
     def variational_distributions(
-        self, weights: str = "w", precision: str = "tau"
+        self, weights: str = "weights", precision: str = "precision"
     ) -> dict[str, dist.Distribution]:
         """The fitted mean-field factors, keyed by the model's site names:
         q(w) = N(``coef_``, ``coef_covariance_``) and q(τ) = Gamma(shape, rate).
 
         :func:`pyro_vae.diagnostics.to_inference_data` draws from these when given the
-        fitted estimator as the guide of a Pyro model with sites ``weights`` and ``precision``.
+        fitted estimator as the guide of a Pyro model with sites ``weights`` and ``precision``
+        (the defaults, the sites of ``models.regression.BayesianRegression``).
         """
         if not hasattr(self, "coef_"):
             raise ValueError(

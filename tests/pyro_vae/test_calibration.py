@@ -116,7 +116,7 @@ def test_mean_field_guide_with_known_underdispersion_is_asymmetric_as_predicted(
         )
 
     y = torch.randn(n, dtype=torch.float64)
-    cavi = BayesianLinearRegression(a0, a0, 1.0).fit(X, y).variational_distributions()
+    cavi = BayesianLinearRegression(a0, a0, 1.0).fit(X, y).variational_distributions("w", "tau")
     closed_form = mean_field_optimum({"y": y}).distributions
     for site in ("tau", "w"):  # CAVI stops where its ELBO, quadratic at the optimum,
         # changes by < 1e-12: parameters within ~1e-6 relative of the fixed point.

@@ -51,9 +51,11 @@ def _one_thread():
 
 def regression(X, y):
     a0, b0 = (torch.tensor(v, dtype=X.dtype) for v in (A0, B0))
-    tau = pyro.sample("tau", dist.Gamma(a0, b0))
+    tau = pyro.sample("precision", dist.Gamma(a0, b0))
     scale = (tau * LAM0).rsqrt()[..., None]
-    w = pyro.sample("w", dist.Normal(torch.zeros(X.shape[1], dtype=X.dtype), scale).to_event(1))
+    w = pyro.sample(
+        "weights", dist.Normal(torch.zeros(X.shape[1], dtype=X.dtype), scale).to_event(1)
+    )
     with data_plate(X):
         pyro.sample("y", dist.Normal((X * w).sum(-1), tau.rsqrt()), obs=y)
 
@@ -73,9 +75,11 @@ def exact_posterior_guide(fit):
     )
 
     def guide(X, y):
-        tau = pyro.sample("tau", dist.Gamma(shape, rate))
+        tau = pyro.sample("precision", dist.Gamma(shape, rate))
         precision = tau[..., None, None] * fit.posterior_precision_matrix_
-        pyro.sample("w", dist.MultivariateNormal(fit.posterior_mean_, precision_matrix=precision))
+        pyro.sample(
+            "weights", dist.MultivariateNormal(fit.posterior_mean_, precision_matrix=precision)
+        )
 
     return guide
 
@@ -93,8 +97,8 @@ def test_regression_round_trip_with_documented_groups_dims_and_shapes(data, tmp_
     idata = to_inference_data(regression, fit, X, y, num_samples=4000)
     expected = {
         "posterior": {
-            "tau": (("chain", "draw"), (1, 4000)),
-            "w": (("chain", "draw", "w_dim_0"), (1, 4000, D)),
+            "precision": (("chain", "draw"), (1, 4000)),
+            "weights": (("chain", "draw", "weights_dim_0"), (1, 4000, D)),
         },
         "posterior_predictive": {"y": (("chain", "draw", "data"), (1, 4000, N))},
         "log_likelihood": {"y": (("chain", "draw", "data"), (1, 4000, N))},
@@ -107,10 +111,12 @@ def test_regression_round_trip_with_documented_groups_dims_and_shapes(data, tmp_
     assert _shapes(idata) == expected
     back = load_inference_data(save_inference_data(idata, tmp_path / "diagnostics.nc"))
     assert _shapes(back) == expected and back.attrs["pyro_vae_format"] == FORMAT
-    np.testing.assert_array_equal(back.posterior["w"].values, idata.posterior["w"].values)
+    np.testing.assert_array_equal(
+        back.posterior["weights"].values, idata.posterior["weights"].values
+    )
     np.testing.assert_array_equal(back.observed_data["y"].values, y.numpy())
 
-    summary = az.summary(back, var_names=["w", "tau"], kind="stats")
+    summary = az.summary(back, var_names=["weights", "precision"], kind="stats")
     # q(w) = N(coef_, coef_covariance_): 4000 independent draws, 4 standard errors.
     se = fit.coef_covariance_.diagonal().sqrt().numpy() / math.sqrt(4000)
     assert (np.abs(summary["mean"].values[:D] - fit.coef_.numpy()) < 4 * se).all()
@@ -129,8 +135,8 @@ def test_exact_posterior_guide_gives_constant_ratios_equal_to_the_evidence(data)
     log_w = (idata.sample_stats["lp"] - idata.sample_stats["log_q"]).values.ravel()
     np.testing.assert_allclose(log_w, fit.log_evidence_, rtol=0, atol=1e-8)
     # lp = Σ_n log p(y_n | w, τ) + log p(w | τ) + log p(τ), from the stored groups alone.
-    tau = torch.as_tensor(idata.posterior["tau"].values[0])
-    w = torch.as_tensor(idata.posterior["w"].values[0])
+    tau = torch.as_tensor(idata.posterior["precision"].values[0])
+    w = torch.as_tensor(idata.posterior["weights"].values[0])
     log_prior = dist.Gamma(A0, B0).log_prob(tau).double() + dist.Normal(
         0.0, (tau * LAM0).rsqrt()[:, None]
     ).log_prob(w).sum(1)
@@ -150,8 +156,8 @@ def test_autoguides_keep_site_names_and_their_log_q_matches_pyros_elbo(data):
         for _ in range(50):  # any guide will do; a few steps move it off its initial values
             svi.step(X, y)
         idata = to_inference_data(regression, guide, X, y, num_samples=2000)
-        assert set(idata.posterior.data_vars) == {"w", "tau"}  # no auxiliary latent
-        assert idata.posterior["w"].dims == ("chain", "draw", "w_dim_0")
+        assert set(idata.posterior.data_vars) == {"weights", "precision"}  # no auxiliary latent
+        assert idata.posterior["weights"].dims == ("chain", "draw", "weights_dim_0")
         log_w = (idata.sample_stats["lp"] - idata.sample_stats["log_q"]).values.ravel()
         elbo = Trace_ELBO(num_particles=2000, vectorize_particles=True, max_plate_nesting=1)
         pyro_elbo = -elbo.loss(regression, guide, X, y)
@@ -263,9 +269,9 @@ def test_bad_input_is_refused_with_the_argument_named(data, gaussian_x, tmp_path
     X, y = data
 
     def guide_without_tau(X, y):
-        pyro.sample("w", dist.Normal(torch.zeros(D), 1.0).to_event(1))
+        pyro.sample("weights", dist.Normal(torch.zeros(D), 1.0).to_event(1))
 
-    with pytest.raises(ValueError, match=r"latent site\(s\) \['tau'\]"):
+    with pytest.raises(ValueError, match=r"latent site\(s\) \['precision'\]"):
         to_inference_data(regression, guide_without_tau, X, y, num_samples=10)
     with pytest.raises(ValueError, match="num_samples: 1 is not an integer ≥ 2"):
         to_inference_data(model, make_guide(), gaussian_x, num_samples=1)
