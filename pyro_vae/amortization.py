@@ -18,7 +18,7 @@ import torch
 from pyro.infer import Trace_ELBO
 from tqdm.auto import tqdm
 
-from pyro_vae.evaluate import elbo_per_datapoint, eval_mode, iwae_log_likelihood
+from pyro_vae.evaluate import elbo_per_datapoint, eval_mode, iwae_log_likelihood, max_plate_nesting
 from pyro_vae.guides.local_normal import LocalNormal
 
 
@@ -65,7 +65,11 @@ def amortization_gap(
     for p in frozen:
         p.requires_grad_(False)
     try:
-        elbo = Trace_ELBO(num_particles=num_particles, vectorize_particles=True)
+        with torch.random.fork_rng(devices=[]):
+            nesting = max_plate_nesting(model, local, x)  # Pyro would guess it, and log that
+        elbo = Trace_ELBO(
+            num_particles=num_particles, vectorize_particles=True, max_plate_nesting=nesting
+        )
         optimizer = torch.optim.Adam(local.parameters(), lr=lr)
         # The pathwise gradient stays noisy at the optimum (the score term of log q), so a
         # constant step size would leave q* jittering around it: anneal the step to zero.
