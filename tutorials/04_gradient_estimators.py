@@ -49,10 +49,10 @@ from pyro_vae.estimators import get, gradient_variance
 from pyro_vae.image_grid import image_grid
 
 FAST = os.environ.get("PYRO_VAE_TUTORIAL_FAST", "") not in ("", "0")
-EPOCHS = 2 if FAST else 100
-SBN_EPOCHS = 2 if FAST else 100
-DRAWS = 10 if FAST else 200
-NVIL_WARMUP = 20 if FAST else 500
+EPOCHS = 1 if FAST else 100
+SBN_EPOCHS = 1 if FAST else 100
+DRAWS = 4 if FAST else 200
+NVIL_WARMUP = 2 if FAST else 500
 K = 4  # samples per step for every estimator, so each step costs the same model evaluations
 logging.getLogger("pyro").setLevel(logging.WARNING)  # Pyro's INFO lines on plate nesting
 plt.rcParams.update({"figure.dpi": 80, "savefig.dpi": 80})
@@ -157,7 +157,7 @@ def variance_table(model, guide, labels, fixed_weights):
 
 
 model, guide = new_vae()
-config = TrainConfig(epochs=2 if FAST else 5, lr=3e-3, progress=False)
+config = TrainConfig(epochs=1 if FAST else 5, lr=3e-3, progress=False)
 fit(model, guide, data, make("reparameterization"), config)
 vae_weights = (
     {k: v.clone() for k, v in model.state_dict().items()},
