@@ -24,7 +24,7 @@
 # $\nabla_\lambda E_{q_\lambda} \log p(x \mid z) \approx \frac{1}{N}\sum_{n=1}^N
 # \nabla_\lambda \log p(x \mid f_\lambda(s_n))$. In Pyro that is `Trace_ELBO`.
 #
-# Set `PYRO_VAE_TUTORIAL_FAST=1` to train on a few thousand images for one epoch (CI does
+# Set `PYRO_VAE_TUTORIAL_FAST=1` to train on a thousand images for one epoch (CI does
 # this). The numbers below come from a full run.
 
 # %%
@@ -53,10 +53,10 @@ from pyro_vae.image_grid import image_grid
 FAST = os.environ.get("PYRO_VAE_TUTORIAL_FAST", "") not in ("", "0")
 EPOCHS = 1 if FAST else 10
 SWAP_EPOCHS = 1 if FAST else 10
-SIZES = (2000, 500, 500) if FAST else (None, None, None)  # train, validation, test images
-SWAP_SIZES = (1000, 200, 200) if FAST else (10000, 1000, 500)
-IWAE_K, IWAE_POINTS = (50, 100) if FAST else (1000, 1000)
-SWAP_IWAE_K = 50 if FAST else 200
+SIZES = (1000, 200, 200) if FAST else (None, None, None)  # train, validation, test images
+SWAP_SIZES = (500, 100, 100) if FAST else (10000, 1000, 500)
+IWAE_K, IWAE_POINTS = (20, 50) if FAST else (1000, 1000)
+SWAP_IWAE_K = 20 if FAST else 200
 CLASSES = (
     "T-shirt",
     "trouser",
