@@ -158,20 +158,6 @@ def random_factorial_hmm(seed: int, chains: int = 3, states: int = 2, dim: int =
     return FactorialHMM(log_pi, A.log(), W, 0.8 * torch.eye(dim, dtype=torch.float64))
 
 
-def simulate(model: FactorialHMM, length: int, seed: int):
-    """Draw the hidden states [T, M] and observations y [T, D] by ancestral sampling."""
-    g = torch.Generator().manual_seed(seed)
-    chains, _, dim = model.sizes
-    s = torch.empty(length, chains, dtype=torch.long)
-    for c in range(chains):
-        s[0, c] = torch.multinomial(model.log_pi[c].exp(), 1, generator=g)
-        for t in range(1, length):
-            s[t, c] = torch.multinomial(model.log_A[c, s[t - 1, c]].exp(), 1, generator=g)
-    means = sum(model.W[c][:, s[:, c]].T for c in range(chains))
-    noise = torch.randn(length, dim, generator=g, dtype=torch.float64)
-    return s, means + noise @ torch.linalg.cholesky(model.C).T
-
-
 def best_of(family, model, y):
     """The fit with the highest bound over RESTARTS random initializations."""
     fits = [family(model, random_state=r).fit(y) for r in range(RESTARTS)]
@@ -184,7 +170,7 @@ def best_of(family, model, y):
 
 # %%
 one_chain = random_factorial_hmm(seed=100, chains=1)
-_, y1 = simulate(one_chain, T, seed=101)
+_, y1 = one_chain.sample(T, seed=101)
 single = StructuredMeanField(one_chain).fit(y1)
 print(
     f"one chain: exact log p(y) {one_chain.log_likelihood_exact(y1):.6f}, "
@@ -195,7 +181,7 @@ print(
 rows = []
 for seed in range(NUM_MODELS):
     model = random_factorial_hmm(seed)
-    states, y = simulate(model, T, seed=seed + 1000)
+    states, y = model.sample(T, seed=seed + 1000)
     exact_ll = model.log_likelihood_exact(y)
     structured, naive = best_of(StructuredMeanField, model, y), best_of(NaiveMeanField, model, y)
     rows.append((exact_ll, structured.lower_bound_, naive.lower_bound_))
