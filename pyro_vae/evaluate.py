@@ -140,7 +140,11 @@ def iwae_log_likelihood(
             acc = torch.full((xb.shape[0],), -math.inf)
             for start in range(0, num_samples, chunk):
                 k = min(chunk, num_samples - start)
-                lw = log_importance_weights(model, guide, xb, k, nesting)
+                # Every chunk scores the same xb; Pyro's argument and support checks have
+                # seen it in the first, and repeating them costs ~10% of the evaluation.
+                checked = contextlib.nullcontext() if start == 0 else pyro.validation_enabled(False)
+                with checked:
+                    lw = log_importance_weights(model, guide, xb, k, nesting)
                 acc = torch.logaddexp(acc, torch.logsumexp(lw, dim=0))
             out.append(acc - math.log(num_samples))
         bar.close()
