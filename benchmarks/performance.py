@@ -119,6 +119,7 @@ def epoch_rows(runs: dict[str, list[dict]]) -> list[dict]:
         return run["seconds"][1:] if len(run["seconds"]) > 1 else run["seconds"]
 
     base = statistics.median(s for run in runs["pytorch"] for s in epochs(run))
+    base_fastest = min(s for run in runs["pytorch"] for s in epochs(run))
     rows = []
     for contender, reps in runs.items():
         seconds = statistics.median(s for run in reps for s in epochs(run))
@@ -128,6 +129,8 @@ def epoch_rows(runs: dict[str, list[dict]]) -> list[dict]:
                 "contender": contender,
                 "seconds": seconds,
                 "ratio": seconds / base,
+                "fastest": min(s for run in reps for s in epochs(run)),
+                "ratio_fastest": min(s for run in reps for s in epochs(run)) / base_fastest,
                 "all_seconds": [round(s, 3) for run in reps for s in run["seconds"]],
                 "peak_training_mb": max(r["peak_rss_training_mb"] for r in reps),
                 "working_mb": max(
@@ -144,14 +147,16 @@ def epoch_rows(runs: dict[str, list[dict]]) -> list[dict]:
 
 def epoch_markdown(rows: list[dict], args) -> list[str]:
     lines = [
-        "| contender | s/epoch (median) | ratio to hand-written PyTorch | peak RSS while "
+        "| contender | s/epoch (median) | ratio to hand-written PyTorch | fastest epoch s "
+        "(ratio) | peak RSS while "
         "training MB | training working set MB | test ELBO (nats) "
         f"| log p(x), K={args.iwae_samples} (nats) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {LABELS[r['contender']]} | {r['seconds']:.3f} | {r['ratio']:.2f}x "
+            f"| {r['fastest']:.3f} ({r['ratio_fastest']:.2f}x) "
             f"| {r['peak_training_mb']:.0f} | {r['working_mb']:.0f} | {r['test_elbo']:.2f} "
             f"| {r['log_px']:.2f} |"
         )
@@ -249,7 +254,12 @@ def targets(step: dict, epoch_rows_: list[dict], eval_result: dict, k: int) -> l
             1.5,
         )
     by = {r["contender"]: r for r in epoch_rows_}
-    add("epoch time / hand-written PyTorch (≤ 1.05x)", by["pyro_vae"]["ratio"], 1.05)
+    add("epoch time / hand-written PyTorch, medians (≤ 1.05x)", by["pyro_vae"]["ratio"], 1.05)
+    add(
+        "epoch time / hand-written PyTorch, fastest epochs (≤ 1.05x)",
+        by["pyro_vae"]["ratio_fastest"],
+        1.05,
+    )
     add(
         "peak RSS while training / hand-written PyTorch's (≤ 1.00x)",
         by["pyro_vae"]["peak_training_mb"] / by["pytorch"]["peak_training_mb"],
