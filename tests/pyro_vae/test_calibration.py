@@ -26,15 +26,7 @@ from pyro_vae.cavi import BayesianLinearRegression
 from pyro_vae.diagnostics import variational_guide
 from pyro_vae.plates import data_plate
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # M replications of a few scalars: tiny tensors, for which two threads on a busy
-    # 2-core machine were 3x slower than one.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def normal_mean(x):

@@ -39,14 +39,7 @@ A0, B0, LAM0 = 2.0, 2.0, 1.0
 N, D = 40, 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These tensors are tiny: with two threads on a busy 2-core machine the hand-offs
-    # cost more than the work (10x slower measured), so run this module single-threaded.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def regression(X, y):
