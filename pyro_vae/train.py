@@ -308,13 +308,15 @@ class _Source:
             self.validate = lambda: elbo_estimate(
                 model, guide, *data.tensors, num_samples=config.val_samples, num_data=self.num_data
             )[0]
+            self.first_batch = next(iter(self.batches(0)))
         elif isinstance(data, DataSplits):
             self.num_data = int(data.train_x.shape[0])
             self.steps_per_epoch = math.ceil(self.num_data / config.batch_size)
             self.divisor = float(self.num_data)
             self._batches = lambda *a: ((x,) for x, _ in data.train_batches(*a))
+            self.first_batch = next(iter(self.batches(0)))
+            check_observations(model, self.first_batch[0], "training data")
             self.validate = None
-            check_observations(model, next(iter(self.batches(0)))[0], "training data")
             if data.val_x.shape[0]:
                 check_observations(model, data.val_x, "validation data")
                 self.validate = lambda: (
@@ -325,7 +327,6 @@ class _Source:
                 f"data: expected pyro_vae.DataSplits or pyro_vae.TensorData, got "
                 f"{type(data).__name__}"
             )
-        self.first_batch = next(iter(self.batches(0)))
 
     def batches(self, epoch: int):
         return self._batches(self.batch_size, epoch, self.seed)
