@@ -19,7 +19,9 @@ with ``val_samples`` draws, a total in nats, since it does not split into datapo
 With Pyro's validation on (its default), the first step of each epoch runs Pyro's
 checks (distribution arguments, sample supports, model/guide match) and the other steps
 run without them, as ``pyro.enable_validation(False)`` would: they cost 5-10% of a step
-and see batches of the same shapes from the same data.
+and see batches of the same shapes from the same data. With ``TrainConfig(compile=True)``
+the checks run on the step that records each batch shape, and the replays after it skip
+them.
 
 A non-finite loss stops training at once with :class:`TrainingDiverged`, after putting
 back the weights of the last completed epoch (the checkpoint on disk is never
@@ -42,6 +44,7 @@ from tqdm.auto import tqdm
 
 from pyro_vae.annealing import ScaleLatents, linear_warmup
 from pyro_vae.checkpoint import RunFolder, capture_rng_state, restore_rng_state
+from pyro_vae.compiled import CompiledELBO
 from pyro_vae.data import DataSplits
 from pyro_vae.evaluate import elbo_estimate, elbo_per_datapoint
 from pyro_vae.likelihoods import check_observations
@@ -69,6 +72,10 @@ class TrainConfig:
             ``TensorData``: draws for the whole-data ELBO).
         validate_every: validate (and checkpoint) every this many epochs, and after the last.
         progress: show a progress bar per epoch.
+        compile: record the step once per batch shape and replay it
+            (:class:`pyro_vae.compiled.CompiledELBO`): the same losses and weights, less
+            Python per step; needs an estimator without state between steps and no KL
+            warm-up.
     """
 
     epochs: int = 100
@@ -80,6 +87,7 @@ class TrainConfig:
     val_samples: int = 1
     validate_every: int = 1
     progress: bool = True
+    compile: bool = False
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "val_samples", "validate_every"):
@@ -92,6 +100,12 @@ class TrainConfig:
             raise ValueError(f"patience: {self.patience!r} is not a positive integer or None")
         if not self.kl_warmup_epochs >= 0:
             raise ValueError(f"kl_warmup_epochs: {self.kl_warmup_epochs!r} is negative")
+        if self.compile and self.kl_warmup_epochs > 0:
+            raise ValueError(
+                f"compile: True with kl_warmup_epochs={self.kl_warmup_epochs!r}; warm-up "
+                "changes β on every step and a recorded step would keep its first β. Turn "
+                "one of them off."
+            )
 
 
 @dataclass
@@ -159,6 +173,8 @@ def fit(
     if resume and run is None:
         raise ValueError("resume: True needs a run folder to resume from")
     source = _Source(data, model, guide, config)
+    if config.compile:
+        elbo = CompiledELBO(elbo)
 
     pyro.clear_param_store()
     with torch.random.fork_rng(devices=[]):

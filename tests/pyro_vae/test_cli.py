@@ -5,7 +5,7 @@ import json
 import pytest
 
 from pyro_vae.checkpoint import RunFolder
-from pyro_vae.cli import main
+from pyro_vae.cli import _config_from_args, _parser, main
 
 FAST = ["--latent-dim", "4", "--hidden", "32", "--no-progress", "--ll-samples", "20"]
 
@@ -322,3 +322,21 @@ def test_diagnose_refuses_bad_counts_and_other_versions(trained, tmp_path, capsy
     (old / "config.json").write_text(json.dumps({**config, "format": "pyro_vae.run/0"}))
     assert main(["diagnose", str(old)]) == 2
     assert "format 'pyro_vae.run/0'; this version of pyro_vae reads" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        ([], True),
+        (["--estimator", "score", "--estimator-opt", "num_particles=4"], True),
+        (["--estimator", "score", "--estimator-opt", "control_variate=ema"], False),
+        (["--estimator", "tracegraph"], False),
+        (["--kl-warmup", "2"], False),
+        (["--compile", "off"], False),
+        (["--model", "my_model.py:Model"], False),
+        (["--model", "my_model.py:Model", "--compile", "on"], True),
+    ],
+)
+def test_compile_is_automatic_for_shipped_models_and_stateless_estimators(argv, expected):
+    args = _parser().parse_args(["fit", "--out", "runs/x", *argv])
+    assert _config_from_args(args)["train"]["compile"] is expected

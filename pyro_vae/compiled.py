@@ -1,0 +1,248 @@
+"""A recorded SVI loss: Pyro's ELBOs without re-running Pyro's Python on every step.
+
+Every SVI step on a fixed model repeats the same Python: the poutine messenger stack, a
+``pyro.param`` statement for each weight a ``PyroModule`` touches, ``Trace`` bookkeeping,
+distribution objects and the ELBO's per-site sums, several thousand interpreter calls for
+a two-layer VAE against a few hundred for the same step written by hand (see
+``benchmarks/RESULTS.md``). When the model's structure is fixed by its arguments' shapes,
+the tensor operations those calls issue are the same on every step. :class:`CompiledELBO`
+records them once per call signature with ``torch.fx``'s ``make_fx`` (one flat list of ATen
+operations, the parameters read in place) and replays that list on later calls under
+ordinary autograd. It plays the part of Pyro's ``JitTrace_ELBO``, which records with
+TorchScript, for any estimator here that keeps no state between steps.
+
+What stays as in Pyro:
+
+- the arithmetic: the recorded operations are the ones Pyro's ELBO ran, so losses and
+  gradients equal the uncompiled estimator's (bit for bit with one particle or vectorized
+  particles; tested), and the first call for each signature runs the wrapped ELBO itself,
+  with Pyro's validation checks when they are on;
+- the random stream: random draws are recorded as random operations and draw afresh on
+  each replay, in the order the uncompiled step draws them (the recording itself runs on a
+  forked generator), so a compiled run reproduces an uncompiled one;
+- parameters: a replay issues one ``pyro.param`` statement per recorded parameter, so
+  ``SVI`` and :class:`pyro_vae.svi_step.SVIStep` still find what to optimize, and a
+  parameter that was replaced by a new tensor triggers a new recording.
+
+What it needs (as ``JitTrace_ELBO`` does): model and guide whose sites, shapes and
+control flow depend only on the arguments' shapes and non-tensor values (the cache key).
+Reading a value out of a tensor (``.item()``, ``if tensor:``) cannot be recorded and
+raises :class:`CaptureError` on the first call. Python state that changes between steps is
+frozen at its recorded value, so estimators with such state are refused: ``score`` with
+an ``ema`` or ``neural`` control variate, ``tracegraph`` (baselines), ``enum``, and KL
+warm-up's rising β (``fit`` refuses ``compile`` with warm-up).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+import pyro
+import pyro.infer.trace_elbo
+import pyro.infer.trace_mean_field_elbo
+import pyro.poutine as poutine
+import torch
+from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
+from torch.fx.experimental.proxy_tensor import make_fx
+from torch.utils import _pytree as pytree
+
+from pyro_vae.estimators.base import SurrogateELBO
+from pyro_vae.estimators.score_function import ScoreFunctionELBO
+
+_STATELESS_CONTROL_VARIATES = ("none", "leave-one-out")
+COMPILABLE = (
+    "trace (Trace_ELBO), analytic-kl (TraceMeanField_ELBO), iwae, vimco, and score with "
+    f"control_variate in {_STATELESS_CONTROL_VARIATES}"
+)
+
+
+class CaptureError(RuntimeError):
+    """One step of model and guide could not be recorded as a fixed list of operations."""
+
+
+@dataclass
+class _Recording:
+    graph: torch.fx.GraphModule
+    params: list[tuple[str, torch.Tensor]]  # (param-store name, unconstrained tensor)
+
+
+def compilable(elbo: ELBO) -> str | None:
+    """``None`` if :class:`CompiledELBO` can wrap ``elbo``, else the reason it cannot."""
+    if type(elbo) in (Trace_ELBO, TraceMeanField_ELBO):
+        return None
+    if isinstance(elbo, ScoreFunctionELBO):
+        if elbo.control_variate in _STATELESS_CONTROL_VARIATES:
+            return None
+        return (
+            f"its {elbo.control_variate!r} control variate updates a baseline between steps, "
+            "which a recording would freeze"
+        )
+    if isinstance(elbo, SurrogateELBO) and not isinstance(elbo, ScoreFunctionELBO):
+        return None
+    return f"{type(elbo).__name__} is not one of the estimators that keep no state between steps"
+
+
+class CompiledELBO(ELBO):
+    """``elbo`` recorded once per call signature and replayed (see the module docstring).
+
+    A ``pyro.infer.ELBO``: use it wherever ``elbo`` was used (``SVI``, ``fit``). Calls
+    are keyed by the identity of model and guide, each tensor argument's shape, dtype and
+    device, and every other argument's value (which must be hashable).
+
+    Raises:
+        ValueError: ``elbo`` keeps state between steps (see :func:`compilable`).
+    """
+
+    def __init__(self, elbo: ELBO) -> None:
+        reason = compilable(elbo)
+        if reason is not None:
+            raise ValueError(
+                f"elbo: {type(elbo).__name__} cannot be compiled: {reason}; compilable "
+                f"estimators are {COMPILABLE}"
+            )
+        self.elbo = elbo
+        self._recordings: dict[Hashable, _Recording] = {}
+
+    def _get_trace(self, model, guide, args, kwargs):
+        return self.elbo._get_trace(model, guide, args, kwargs)
+
+    def _guess_max_plate_nesting(self, model, guide, args, kwargs) -> None:
+        self.elbo._guess_max_plate_nesting(model, guide, args, kwargs)
+
+    def __getattr__(self, name: str):
+        # num_particles, max_plate_nesting, vectorize_particles, ... of the wrapped ELBO.
+        if name == "elbo":
+            raise AttributeError(name)
+        return getattr(self.elbo, name)
+
+    @property
+    def num_recordings(self) -> int:
+        """How many call signatures have been recorded so far."""
+        return len(self._recordings)
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        with torch.no_grad():
+            return self.differentiable_loss(model, guide, *args, **kwargs).item()
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        """The loss; accumulates the estimator's gradient into the parameters' ``.grad``."""
+        loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        if loss.requires_grad:
+            loss.backward()
+        return loss.item()
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        """A scalar whose value is the loss and whose gradient is the estimator's."""
+        leaves, spec = pytree.tree_flatten((args, kwargs))
+        key = _signature(model, guide, leaves, spec)
+        recording = self._recordings.get(key)
+        if recording is not None and _params_unchanged(recording):
+            return recording.graph(*[x for x in leaves if torch.is_tensor(x)])
+        # First call with this signature: record on a forked random stream, then run the
+        # estimator itself (with Pyro's checks when validation is on), drawing what a replay
+        # would have drawn.
+        self._recordings[key] = self._record(model, guide, leaves, spec)
+        return _loss_with_gradient(self.elbo, model, guide, args, kwargs)
+
+    def _record(self, model, guide, leaves, spec) -> _Recording:
+        positions = [i for i, x in enumerate(leaves) if torch.is_tensor(x)]
+
+        def one_step(*tensors: torch.Tensor) -> torch.Tensor:
+            filled = list(leaves)
+            for i, tensor in zip(positions, tensors, strict=True):
+                filled[i] = tensor
+            args, kwargs = pytree.tree_unflatten(filled, spec)
+            with _items_as_tensors():
+                return _loss_with_gradient(self.elbo, model, guide, args, kwargs)
+
+        tensors = [leaves[i] for i in positions]
+        with (
+            torch.random.fork_rng(devices=[]),
+            pyro.validation_enabled(False),
+            poutine.trace(param_only=True) as params,
+        ):
+            try:
+                graph = make_fx(one_step)(*tensors)
+            except RuntimeError as err:
+                raise CaptureError(
+                    f"could not record one step of {_name(model)} and {_name(guide)} as a "
+                    f"fixed list of tensor operations: {err}\nThe model or guide reads a value "
+                    "out of a tensor (.item(), float(t), `if t:`), so its structure may change "
+                    "from step to step; train it uncompiled (fit: TrainConfig(compile=False), "
+                    "CLI: without --compile)."
+                ) from err
+        graph.graph.eliminate_dead_code()  # random draws count as impure and stay
+        graph.recompile()
+        store = pyro.get_param_store()
+        recorded = [
+            (name, site["value"].unconstrained())
+            for name, site in params.trace.nodes.items()
+            if name in store
+        ]
+        return _Recording(graph, recorded)
+
+
+def _loss_with_gradient(elbo: ELBO, model, guide, args, kwargs) -> torch.Tensor:
+    """``elbo``'s loss as one tensor whose gradient is ``elbo``'s gradient estimate."""
+    if isinstance(elbo, SurrogateELBO):
+        return elbo.differentiable_loss(model, guide, *args, **kwargs)
+    loss, surrogate = 0.0, 0.0
+    for model_trace, guide_trace in elbo._get_traces(model, guide, args, kwargs):
+        loss_particle, surrogate_particle = elbo._differentiable_loss_particle(
+            model_trace, guide_trace
+        )
+        loss = loss + loss_particle / elbo.num_particles
+        surrogate = surrogate + surrogate_particle / elbo.num_particles
+    loss = torch.as_tensor(loss)
+    if not torch.is_tensor(surrogate) or not surrogate.requires_grad:
+        return loss
+    return loss + (surrogate - surrogate.detach())
+
+
+@contextlib.contextmanager
+def _items_as_tensors():
+    """Pyro's Trace_ELBO and TraceMeanField_ELBO take the loss's value with ``.item()``,
+    which a recording cannot hold (it would freeze the number); while recording, those
+    modules' ``torch_item`` returns the detached tensor instead."""
+    modules = (pyro.infer.trace_elbo, pyro.infer.trace_mean_field_elbo)
+    saved = [module.torch_item for module in modules]
+    for module in modules:
+        module.torch_item = lambda x: x.detach() if torch.is_tensor(x) else x
+    try:
+        yield
+    finally:
+        for module, original in zip(modules, saved, strict=True):
+            module.torch_item = original
+
+
+def _signature(model, guide, leaves, spec) -> Hashable:
+    parts = []
+    for leaf in leaves:
+        if torch.is_tensor(leaf):
+            parts.append(("tensor", tuple(leaf.shape), leaf.dtype, leaf.device, leaf.requires_grad))
+        else:
+            try:
+                hash(leaf)
+            except TypeError as err:
+                raise ValueError(
+                    f"arguments: {leaf!r} ({type(leaf).__name__}) is not hashable; a compiled "
+                    "ELBO keys its recordings on non-tensor arguments, so they must be"
+                ) from err
+            parts.append(leaf)
+    return id(model), id(guide), spec, tuple(parts)
+
+
+def _params_unchanged(recording: _Recording) -> bool:
+    """Issue the recorded ``pyro.param`` statements (so SVI sees the parameters) and check
+    that each still names the tensor the recording reads."""
+    store = pyro.get_param_store()
+    for name, unconstrained in recording.params:
+        if name not in store or pyro.param(name).unconstrained() is not unconstrained:
+            return False
+    return True
+
+
+def _name(fn) -> str:
+    return getattr(fn, "__name__", None) or type(fn).__name__

@@ -1,0 +1,153 @@
+"""A recorded ELBO takes exactly the steps of the estimator it records."""
+
+import pyro
+import pyro.distributions as dist
+import pyro.optim
+import pytest
+import torch
+from pyro.infer import SVI, Trace_ELBO
+from pyro.infer.autoguide import AutoNormal
+
+from models.regression import BayesianRegression
+from models.vae import VAE
+from pyro_vae import TensorData, TrainConfig, fit
+from pyro_vae.compiled import CaptureError, CompiledELBO, compilable
+from pyro_vae.estimators import get
+from pyro_vae.svi_step import GroupedAdam, SVIStep
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+VECTORIZED = {"num_particles": 3, "vectorize_particles": True, "max_plate_nesting": 1}
+K3 = {"num_particles": 3, "max_plate_nesting": 1}
+COMPILABLE = [
+    ("trace", {}),
+    ("trace", VECTORIZED),
+    ("analytic-kl", {}),
+    ("iwae", K3),
+    ("score", {**K3, "control_variate": "leave-one-out"}),
+    ("score", {**K3, "control_variate": "none"}),
+    ("vimco", K3),
+]
+
+
+def _batches():
+    g = torch.Generator().manual_seed(1)
+    full = [(torch.rand(20, 16, generator=g) > 0.5).float() for _ in range(3)]
+    return full + [(torch.rand(7, 16, generator=g) > 0.5).float()]  # a short last batch
+
+
+def _train(name, options, compiled, steps=2):
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    model = VAE(16, latent_dim=3, hidden_dims=(8,))
+    guide = model.make_guide()
+    elbo = get(name, **options)
+    if compiled:
+        elbo = CompiledELBO(elbo)
+    svi = SVIStep(model, guide, GroupedAdam({"lr": 0.01}), elbo)
+    losses = [svi.step(x, num_data=100) for _ in range(steps) for x in _batches()]
+    return losses, {**model.state_dict(), **guide.state_dict()}, elbo
+
+
+@pytest.mark.parametrize(("name", "options"), COMPILABLE)
+def test_replayed_steps_equal_the_estimators_bit_for_bit(name, options):
+    # Same operations on the same random draws: the recording forks the generator, so the
+    # replayed run consumes the stream exactly as the uncompiled run does.
+    losses, weights, _ = _train(name, options, compiled=False)
+    ours, our_weights, elbo = _train(name, options, compiled=True)
+    for key, value in weights.items():
+        assert torch.equal(our_weights[key], value), key
+    # Pyro sums Trace_ELBO's reported loss in Python floats, the recording in float32.
+    assert ours == pytest.approx(losses, rel=1e-6)
+    assert elbo.num_recordings == 2  # batches of 20 and of 7
+
+
+def test_it_is_a_pyro_elbo_that_svi_accepts():
+    def run(elbo):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        model = VAE(16, latent_dim=3, hidden_dims=(8,))
+        svi = SVI(model, model.make_guide(), pyro.optim.Adam({"lr": 0.01}), elbo)
+        return [svi.step(x, num_data=100) for x in _batches() * 2]
+
+    assert run(CompiledELBO(Trace_ELBO())) == pytest.approx(run(Trace_ELBO()), rel=1e-6)
+
+
+def test_fit_with_compile_reproduces_fit_without_on_an_autoguide():
+    # Global latents, constrained parameters (AutoNormal's scales) and a lazily built guide.
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(60, 3, generator=g)
+    y = X @ torch.tensor([1.0, -2.0, 0.5]) + 0.5 * torch.randn(60, generator=g)
+
+    def run(compile):
+        model = BayesianRegression()
+        guide = AutoNormal(model)
+        config = TrainConfig(epochs=6, batch_size=16, lr=0.05, progress=False, compile=compile)
+        history = fit(model, guide, TensorData(X, y), get("trace"), config).history
+        return history, {k: v.detach().clone() for k, v in guide.state_dict().items()}
+
+    history, weights = run(False)
+    ours, our_weights = run(True)
+    for key, value in weights.items():
+        assert torch.equal(our_weights[key], value), key
+    for a, b in zip(ours, history, strict=True):
+        assert a["train_elbo"] == pytest.approx(b["train_elbo"], rel=1e-6)
+        assert a["val_elbo"] == b["val_elbo"]  # validation runs uncompiled either way
+
+
+def test_a_cleared_param_store_is_recorded_again():
+    model = VAE(16, latent_dim=3, hidden_dims=(8,))
+    guide = model.make_guide()
+    elbo = CompiledELBO(Trace_ELBO())
+    svi = SVIStep(model, guide, GroupedAdam({"lr": 0.01}), elbo)
+    x = _batches()[0]
+    svi.step(x, num_data=100)
+    svi.step(x, num_data=100)
+    assert elbo.num_recordings == 1
+    pyro.clear_param_store()
+    before = guide.loc_head.weight.detach().clone()
+    svi.step(x, num_data=100)
+    assert not torch.equal(guide.loc_head.weight, before)  # SVI still found the parameters
+    svi.step(x, num_data=100)
+    assert elbo.num_recordings == 1  # re-recorded under the same signature
+
+
+def test_a_model_that_reads_a_tensor_value_cannot_be_recorded():
+    def model(x, num_data=None):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        if z.item() > 0:  # structure decided by a sampled value
+            pyro.sample("x", dist.Normal(z, 1.0).expand(x.shape).to_event(1), obs=x)
+
+    def guide(x, num_data=None):
+        loc = pyro.param("loc", torch.tensor(0.0))
+        pyro.sample("z", dist.Normal(loc, 1.0))
+
+    with pytest.raises(CaptureError, match=r"reads a value\s+out of a tensor"):
+        CompiledELBO(Trace_ELBO()).loss_and_grads(model, guide, torch.zeros(3))
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "reason"),
+    [
+        ("score", {"control_variate": "ema"}, "updates a baseline"),
+        ("score", {"control_variate": "neural"}, "updates a baseline"),
+        ("tracegraph", {}, "TraceGraph_ELBO is not one of"),
+        ("enum", {}, "TraceEnum_ELBO is not one of"),
+    ],
+)
+def test_estimators_with_state_between_steps_are_refused(name, options, reason):
+    elbo = get(name, **options)
+    assert reason in compilable(elbo)
+    with pytest.raises(ValueError, match=f"elbo: .* cannot be compiled: .*{reason}"):
+        CompiledELBO(elbo)
+
+
+def test_compile_with_kl_warmup_is_refused():
+    with pytest.raises(ValueError, match=r"compile: True with kl_warmup_epochs=2"):
+        TrainConfig(compile=True, kl_warmup_epochs=2)
+
+
+def test_unhashable_arguments_are_named():
+    model = VAE(16, latent_dim=3, hidden_dims=(8,))
+    with pytest.raises(ValueError, match=r"arguments: \{1\} \(set\) is not hashable"):
+        CompiledELBO(Trace_ELBO()).loss(model, model.make_guide(), _batches()[0], num_data={1})
