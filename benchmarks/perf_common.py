@@ -85,14 +85,17 @@ def hand_loss_particles(
 
 
 class PlainPyroVAE(nn.Module):
-    """Model and guide in the style of Pyro's examples/vae/vae.py (no subsample scaling)."""
+    """Model and guide in the style of Pyro's examples/vae/vae.py (no subsample scaling).
 
-    def __init__(self, encoder: Encoder, decoder: Decoder) -> None:
+    ``prefix`` keeps the parameter-store names of two instances in one process apart.
+    """
+
+    def __init__(self, encoder: Encoder, decoder: Decoder, prefix: str = "") -> None:
         super().__init__()
-        self.encoder, self.decoder = encoder, decoder
+        self.encoder, self.decoder, self.prefix = encoder, decoder, prefix
 
     def model(self, x: torch.Tensor) -> None:
-        pyro.module("decoder", self.decoder)
+        pyro.module(f"{self.prefix}decoder", self.decoder)
         with pyro.plate("data", x.shape[0]):
             z_loc = x.new_zeros(torch.Size((x.shape[0], LATENT)))
             z_scale = x.new_ones(torch.Size((x.shape[0], LATENT)))
@@ -100,7 +103,7 @@ class PlainPyroVAE(nn.Module):
             pyro.sample("obs", dist.Bernoulli(logits=self.decoder(z)).to_event(1), obs=x)
 
     def guide(self, x: torch.Tensor) -> None:
-        pyro.module("encoder", self.encoder)
+        pyro.module(f"{self.prefix}encoder", self.encoder)
         with pyro.plate("data", x.shape[0]):
             z_loc, z_scale = self.encoder(x)
             pyro.sample("latent", dist.Normal(z_loc, z_scale).to_event(1))

@@ -2,7 +2,9 @@
 
 ``python benchmarks/perf_epoch.py --contender NAME --json OUT ...`` trains one of
 
-- ``pyro_vae``: ``fit`` with the ``trace`` estimator (Pyro's ``Trace_ELBO``);
+- ``pyro_vae``: ``fit`` with the ``trace`` estimator (Pyro's ``Trace_ELBO``), recorded
+  (``compile=True``, as the CLI trains by default);
+- ``pyro_vae-uncompiled``: the same with ``compile=False``;
 - ``plain-pyro``: a script in the style of Pyro's ``examples/vae/vae.py`` (``SVI``,
   ``Trace_ELBO``, ``pyro.optim.Adam``, ``DataLoader(TensorDataset)``);
 - ``pytorch``: the hand-written VAE (closed-form KL, ``torch.optim.Adam``, same loader);
@@ -50,7 +52,7 @@ from pyro_vae.estimators import get
 from pyro_vae.evaluate import elbo_per_datapoint, iwae_log_likelihood
 from pyro_vae.train import TrainConfig, fit
 
-CONTENDERS = ("pyro_vae", "plain-pyro", "pytorch", "pythae")
+CONTENDERS = ("pyro_vae", "pyro_vae-uncompiled", "plain-pyro", "pytorch", "pythae")
 
 
 def _loader(train_x: torch.Tensor, seed: int) -> DataLoader:
@@ -60,10 +62,16 @@ def _loader(train_x: torch.Tensor, seed: int) -> DataLoader:
     )
 
 
-def train_pyro_vae(data, epochs: int, seed: int):
+def train_pyro_vae(data, epochs: int, seed: int, compile: bool = True):
     model, guide = build_pyro_vae(data.x_dim, seed)
     config = TrainConfig(
-        epochs=epochs, batch_size=BATCH_SIZE, lr=LR, seed=seed, patience=None, progress=False
+        epochs=epochs,
+        batch_size=BATCH_SIZE,
+        lr=LR,
+        seed=seed,
+        patience=None,
+        progress=False,
+        compile=compile,
     )
     history = fit(model, guide, data, get("trace"), config).history
     return [h["seconds"] for h in history], (model, guide)
@@ -166,6 +174,7 @@ def train_pythae(data, epochs: int, seed: int):
 
 TRAINERS = {
     "pyro_vae": train_pyro_vae,
+    "pyro_vae-uncompiled": lambda data, epochs, seed: train_pyro_vae(data, epochs, seed, False),
     "plain-pyro": train_plain_pyro,
     "pytorch": train_pytorch,
     "pythae": train_pythae,

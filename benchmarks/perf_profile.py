@@ -1,6 +1,7 @@
-"""Where a training step's time goes: cProfile of pyro_vae's ``trace`` step and a hand-written one.
+"""Where a training step's time goes: cProfile of pyro_vae's ``trace`` step, uncompiled and
+recorded (:class:`pyro_vae.compiled.CompiledELBO`), and of a hand-written one.
 
-Both run ``steps`` steps on the same batch after a warm-up. The table lists, per
+All run ``steps`` steps on the same batch after a warm-up. The table lists, per
 contender, the Python function calls per step and the functions with the most time of
 their own (ms per step, under the profiler, which inflates Python-heavy code more than
 kernels), so the difference between the two columns is the overhead to remove.
@@ -16,6 +17,7 @@ import torch
 from perf_common import LR, build_networks, build_pyro_vae, hand_loss
 from pyro.infer import Trace_ELBO
 
+from pyro_vae.compiled import CompiledELBO
 from pyro_vae.train import make_svi
 
 
@@ -42,6 +44,7 @@ def measure(x: torch.Tensor, num_data: int, steps: int = 50, top: int = 12) -> d
     pyro.clear_param_store()
     model, guide = build_pyro_vae(x.shape[1], 0)
     svi = make_svi(model, guide, Trace_ELBO(), LR)
+    compiled = make_svi(model, guide, CompiledELBO(Trace_ELBO()), LR)
     encoder, decoder = build_networks(x.shape[1], 0)
     optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=LR)
 
@@ -55,9 +58,11 @@ def measure(x: torch.Tensor, num_data: int, steps: int = 50, top: int = 12) -> d
     result = {}
     for name, step in (
         ("pyro_vae trace", lambda: svi.step(x, num_data=num_data)),
+        ("pyro_vae trace, compiled", lambda: compiled.step(x, num_data=num_data)),
         ("hand-written PyTorch", hand),
     ):
-        ms, calls, rows = _profile(step, steps)
+        with pyro.validation_enabled(False):  # as fit runs all but an epoch's first step
+            ms, calls, rows = _profile(step, steps)
         result[name] = {"ms": ms, "calls": calls, "top": rows[:top]}
     return result
 

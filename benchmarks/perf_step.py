@@ -9,14 +9,19 @@ on a shared machine). pyro_vae's step is :func:`pyro_vae.train.make_svi`, the ve
 ``fit`` takes, run as ``fit`` runs all but the first step of an epoch (Pyro's validation
 checks off); the plain Pyro script keeps Pyro's default (checks on), and a row rebuilds
 the step ``fit`` took before issue 7 (``SVI`` with ``pyro.optim.Adam``, the KL warm-up
-handler at β = 1, checks on every step). Estimators with K particles are also compared
-with ``trace`` at K particles (vectorized), the cost the issue's targets are stated against.
+handler at β = 1, checks on every step). Every estimator that keeps no state between
+steps runs a second time recorded (``compiled``: :class:`pyro_vae.compiled.CompiledELBO`,
+what ``fit`` runs with ``compile=True`` and the CLI by default), beside Pyro's own
+recorded path, ``JitTrace_ELBO`` (TorchScript), on the plain Pyro script. Estimators with
+K particles are also compared with ``trace`` at K particles (vectorized) in the same mode,
+the cost the issue's targets are stated against.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
+import warnings
 from collections.abc import Callable
 
 import pyro
@@ -30,10 +35,11 @@ from perf_common import (
     hand_loss,
     hand_loss_particles,
 )
-from pyro.infer import SVI, Trace_ELBO
+from pyro.infer import SVI, JitTrace_ELBO, Trace_ELBO
 
 from pyro_vae import estimators
 from pyro_vae.annealing import ScaleLatents
+from pyro_vae.compiled import CompiledELBO, compilable
 from pyro_vae.train import make_svi
 
 HAND = "hand-written PyTorch (analytic KL)"
@@ -63,10 +69,21 @@ def _hand_step(x_dim: int, seed: int, particles: int = 1) -> Callable[[torch.Ten
     return step
 
 
-def _plain_pyro_step(x_dim: int, seed: int) -> Callable[[torch.Tensor], float]:
-    vae = PlainPyroVAE(*build_networks(x_dim, seed))
-    svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": LR}), loss=Trace_ELBO())
-    return svi.step
+def _plain_pyro_step(x_dim: int, seed: int, jit: bool = False) -> Callable[[torch.Tensor], float]:
+    vae = PlainPyroVAE(*build_networks(x_dim, seed), prefix="jit_" if jit else "")
+    elbo = JitTrace_ELBO(ignore_jit_warnings=True) if jit else Trace_ELBO()
+    svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": LR}), loss=elbo)
+    if not jit:
+        return svi.step
+
+    def step(x: torch.Tensor) -> float:
+        # Pyro's advice for its JIT: validation off. TorchScript's tracer warns that it is
+        # deprecated (torch 2.13) on every new recording.
+        with pyro.validation_enabled(False), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return svi.step(x)
+
+    return step
 
 
 def estimator_specs(k: int) -> dict[str, tuple[str, dict]]:
@@ -108,6 +125,7 @@ def measure(
         HAND: _hand_step(x_dim, seed),
         f"hand-written PyTorch, K={k}": _hand_step(x_dim, seed, k),
         "plain Pyro script (Trace_ELBO)": _plain_pyro_step(x_dim, seed),
+        "plain Pyro script (JitTrace_ELBO)": _plain_pyro_step(x_dim, seed, jit=True),
     }
     annealer = ScaleLatents()
     before = SVI(annealer(model), annealer(guide), pyro.optim.Adam({"lr": LR}), Trace_ELBO())
@@ -115,6 +133,13 @@ def measure(
     for label, (name, options) in estimator_specs(k).items():
         svi = make_svi(model, guide, estimators.get(name, **options), LR)
         steps_by_name[f"pyro_vae {label}"] = lambda x, svi=svi: _unchecked(svi, x, num_data)
+    for label, (name, options) in estimator_specs(k).items():
+        elbo = estimators.get(name, **options)
+        if compilable(elbo) is None:
+            svi = make_svi(model, guide, CompiledELBO(elbo), LR)
+            steps_by_name[f"pyro_vae {label}, compiled"] = lambda x, svi=svi: _unchecked(
+                svi, x, num_data
+            )
 
     names = list(steps_by_name)
     cursor = 0
@@ -144,9 +169,10 @@ def measure(
             "ratio": statistics.median(ratios),
             "ratio_to_trace_k": None,
         }
-        if f"K={k}" in name and name != trace_k:
+        reference = f"{trace_k}, compiled" if name.endswith(", compiled") else trace_k
+        if f"K={k}" in name and name != reference:
             row["ratio_to_trace_k"] = statistics.median(
-                a / b for a, b in zip(seconds[name], seconds[trace_k], strict=True)
+                a / b for a, b in zip(seconds[name], seconds[reference], strict=True)
             )
         rows.append(row)
     return rows
