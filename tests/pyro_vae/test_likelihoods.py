@@ -1,7 +1,9 @@
+import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 
-from pyro_vae.likelihoods import check_observations, make_likelihood
+from pyro_vae.likelihoods import BernoulliImage, check_observations, make_likelihood
 
 
 @pytest.mark.parametrize(
@@ -62,3 +64,34 @@ def test_unknown_likelihood():
         make_likelihood("poisson", 3)
     with pytest.raises(ValueError, match="levels"):
         make_likelihood("categorical", 3)
+
+
+@pytest.mark.parametrize(
+    ("logits_shape", "x_shape"),
+    [((7, 11), (7, 11)), ((5, 7, 11), (7, 11)), ((3, 1, 11), (7, 11)), ((7, 11), (11,))],
+)
+def test_bernoulli_image_is_torchs_bernoulli_summed_over_pixels(logits_shape, x_shape):
+    # Particles in front of a batch, broadcasting, one image: the same log-density and
+    # gradient as dist.Bernoulli(logits).to_event(1), to float32 rounding of ~10 terms of
+    # size ≤ 10 (softplus(ℓ) − ℓ·x instead of a log-sigmoid).
+    g = torch.Generator().manual_seed(0)
+    logits = (3 * torch.randn(logits_shape, generator=g)).requires_grad_()
+    x = (torch.rand(x_shape, generator=g) < 0.4).float()
+    ours = BernoulliImage(dist.Bernoulli(logits=logits), 1).log_prob(x)
+    torchs = dist.Bernoulli(logits=logits).to_event(1).log_prob(x)
+    torch.testing.assert_close(ours, torchs, rtol=0, atol=1e-5)
+    (g_ours,) = torch.autograd.grad(ours.sum(), logits)
+    (g_torch,) = torch.autograd.grad(torchs.sum(), logits)
+    torch.testing.assert_close(g_ours, g_torch, rtol=0, atol=1e-6)
+
+
+def test_bernoulli_image_keeps_its_class_and_support_when_expanded():
+    d = make_likelihood("bernoulli", 6).distribution(torch.zeros(4, 6))
+    assert isinstance(d, BernoulliImage)
+    wide = d.expand((3, 4))
+    assert isinstance(wide, BernoulliImage) and wide.batch_shape == (3, 4)
+    assert wide.sample().shape == (3, 4, 6)
+    with pyro.validation_enabled(True), pytest.raises(ValueError, match="support"):
+        BernoulliImage(dist.Bernoulli(logits=torch.zeros(4, 6)), 1).log_prob(
+            torch.full((4, 6), 0.5)
+        )
