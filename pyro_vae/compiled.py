@@ -173,6 +173,7 @@ class CompiledELBO(ELBO):
                     "from step to step; train it uncompiled (fit: TrainConfig(compile=False), "
                     "CLI: without --compile)."
                 ) from err
+        _drop_no_ops(graph.graph)
         graph.graph.eliminate_dead_code()  # random draws count as impure and stay
         graph.recompile()
         store = pyro.get_param_store()
@@ -182,6 +183,55 @@ class CompiledELBO(ELBO):
             if name in store
         ]
         return _Recording(graph, recorded)
+
+
+_VIEWS = {
+    torch.ops.aten.expand.default,
+    torch.ops.aten.view.default,
+    torch.ops.aten._unsafe_view.default,
+    torch.ops.aten.reshape.default,
+    torch.ops.aten.permute.default,
+    torch.ops.aten.alias.default,
+}
+_IDENTITY_OPERAND = {
+    torch.ops.aten.mul.Tensor: 1,
+    torch.ops.aten.div.Tensor: 1,
+    torch.ops.aten.add.Tensor: 0,
+    torch.ops.aten.sub.Tensor: 0,
+}
+
+
+def _drop_no_ops(graph: torch.fx.Graph) -> None:
+    """Bypass recorded operations that return their input unchanged: views to the same
+    shape and strides (Pyro's broadcasts of already broadcast tensors, einsum's identity
+    permutations) and x·1, x/1, x+0, x−0 (the ELBO's division by one particle, sums
+    started at 0). Each still costs an operator call, and an autograd node, per step."""
+    for node in list(graph.nodes):
+        if (
+            node.op != "call_function"
+            or not node.args
+            or not isinstance(node.args[0], torch.fx.Node)
+        ):
+            continue
+        source = node.args[0]
+        if node.target in _VIEWS:
+            pass
+        elif node.target in _IDENTITY_OPERAND and len(node.args) == 2 and not node.kwargs:
+            if node.args[1] != _IDENTITY_OPERAND[node.target] or isinstance(node.args[1], bool):
+                continue
+        else:
+            continue
+        out, given = node.meta.get("val"), source.meta.get("val")
+        if not (torch.is_tensor(out) and torch.is_tensor(given)):
+            continue
+        same = (out.shape, out.stride(), out.dtype) == (given.shape, given.stride(), given.dtype)
+        if same and not any(_mutates(user) for user in node.users):
+            node.replace_all_uses_with(source)
+
+
+def _mutates(node: torch.fx.Node) -> bool:
+    schema = getattr(node.target, "_schema", None)
+    return schema is not None and schema.is_mutable
 
 
 def _loss_with_gradient(elbo: ELBO, model, guide, args, kwargs) -> torch.Tensor:

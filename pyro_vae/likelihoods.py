@@ -98,8 +98,9 @@ class BernoulliImage(dist.Independent):
 
 def _sum_of_products(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Σ_d ℓ_d x_d over the last dimension, broadcasting; one contraction when ``x`` is a
-    batch of images ``[B, D]`` and ``logits`` is ``[..., B, D]`` (particles in front)."""
-    if x.dim() == 2 and logits.dim() >= 2 and logits.shape[-2:] == x.shape:
+    batch of images ``[B, D]`` and ``logits`` is ``[K, ..., B, D]`` (particles in front),
+    a product and a sum (two small kernels) otherwise."""
+    if x.dim() == 2 and logits.dim() > 2 and logits.shape[-2:] == x.shape:
         flat = logits.reshape(-1, *x.shape)
         return torch.einsum("kbd,bd->kb", flat, x.to(logits.dtype)).reshape(logits.shape[:-1])
     return (logits * x).sum(-1)

@@ -151,3 +151,26 @@ def test_unhashable_arguments_are_named():
     model = VAE(16, latent_dim=3, hidden_dims=(8,))
     with pytest.raises(ValueError, match=r"arguments: \{1\} \(set\) is not hashable"):
         CompiledELBO(Trace_ELBO()).loss(model, model.make_guide(), _batches()[0], num_data={1})
+
+
+def test_operations_that_return_their_input_are_bypassed():
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from pyro_vae.compiled import _drop_no_ops
+
+    def f(x):
+        y = (x.expand(4, 3).view(4, 3) / 1 + 0) * 2  # three no-ops, then a real product
+        z = torch.empty(4, 3).view(4, 3)
+        z.normal_()  # a view that is written to stays
+        return y.view(12), z  # a view that changes the shape stays
+
+    graph = make_fx(f)(torch.ones(4, 3))
+    _drop_no_ops(graph.graph)
+    graph.graph.eliminate_dead_code()
+    graph.recompile()
+    targets = [str(n.target) for n in graph.graph.nodes if n.op == "call_function"]
+    assert targets.count("aten.view.default") == 2
+    assert not any(t.startswith(("aten.expand", "aten.div", "aten.add")) for t in targets)
+    assert "aten.normal_.default" in targets and "aten.mul.Tensor" in targets
+    y, z = graph(torch.full((4, 3), 3.0))
+    assert torch.equal(y, torch.full((12,), 6.0)) and z.std() > 0
