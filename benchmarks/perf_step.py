@@ -19,10 +19,13 @@ the cost the issue's targets are stated against.
 
 from __future__ import annotations
 
+import argparse
+import json
 import statistics
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from pathlib import Path
 
 import pyro
 import pyro.optim
@@ -32,8 +35,11 @@ from perf_common import (
     PlainPyroVAE,
     build_networks,
     build_pyro_vae,
+    fashion_available,
     hand_loss,
     hand_loss_particles,
+    load,
+    set_threads,
 )
 from pyro.infer import SVI, JitTrace_ELBO, Trace_ELBO
 
@@ -117,8 +123,10 @@ def measure(
     steps: int,
     k: int = 8,
     seed: int = 0,
+    only: Collection[str] | None = None,
 ) -> list[dict]:
-    """Rows ``{contender, ms, ratio, ratio_to_trace_k}`` for one model size."""
+    """Rows ``{contender, ms, ratio, ratio_to_trace_k}`` for one model size (the contenders
+    named in ``only`` and the hand-written step, when ``only`` is given)."""
     pyro.clear_param_store()
     model, guide = build_pyro_vae(x_dim, seed)
     steps_by_name: dict[str, Callable[[torch.Tensor], float]] = {
@@ -141,6 +149,11 @@ def measure(
                 svi, x, num_data
             )
 
+    if only is not None:
+        unknown = set(only) - set(steps_by_name)
+        if unknown:
+            raise ValueError(f"only: {sorted(unknown)} are not contenders")
+        steps_by_name = {n: f for n, f in steps_by_name.items() if n == HAND or n in only}
     names = list(steps_by_name)
     cursor = 0
 
@@ -170,7 +183,7 @@ def measure(
             "ratio_to_trace_k": None,
         }
         reference = f"{trace_k}, compiled" if name.endswith(", compiled") else trace_k
-        if f"K={k}" in name and name != reference:
+        if f"K={k}" in name and name != reference and reference in seconds:
             row["ratio_to_trace_k"] = statistics.median(
                 a / b for a, b in zip(seconds[name], seconds[reference], strict=True)
             )
@@ -198,3 +211,43 @@ def markdown(results: dict[str, list[dict]]) -> list[str]:
         )
         lines.append(f"| {row['contender']} | " + " | ".join(cells) + f" | {vs_k} |")
     return lines
+
+
+def step_batches(size: str, data: str | None) -> tuple[list[torch.Tensor], int]:
+    """Up to 16 full batches of 128 images of ``data`` (random binary images of the size's
+    width when ``data`` is None), and the training-set size the steps scale to."""
+    if data is None:
+        x_dim = int(size.split("-")[0])
+        g = torch.Generator().manual_seed(0)
+        train_x = (torch.rand(4 * 128, x_dim, generator=g) < 0.3).float()
+        num_data = 60_000
+    else:
+        splits = load(data)
+        train_x, num_data = splits.train_x, int(splits.train_x.shape[0])
+    batches = [train_x[i : i + 128] for i in range(0, min(len(train_x), 16 * 128), 128)]
+    return [b for b in batches if b.shape[0] == 128], num_data
+
+
+def main(argv: list[str] | None = None) -> None:
+    """A worker for ``performance.py``: some contenders of one size in a fresh process (so
+    its environment, e.g. the allocator's settings, can differ), rows to ``--json``."""
+    parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=("784-400-20", "64-400-20"), required=True)
+    parser.add_argument("--random-images", action="store_true")
+    parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--only", action="append", default=None)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path, required=True)
+    args = parser.parse_args(argv)
+    set_threads(args.threads)
+    data = {"784-400-20": "fashion-mnist", "64-400-20": "digits"}[args.size]
+    if args.random_images or (data == "fashion-mnist" and not fashion_available()):
+        data = None
+    batches, num_data = step_batches(args.size, data)
+    rows = measure(batches[0].shape[1], batches, num_data, args.reps, args.steps, only=args.only)
+    args.json.write_text(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -63,16 +63,21 @@ def pythae_status() -> str | None:
 IN_PROCESS = False
 
 
-def worker(script: str, args: list[str], threads: int) -> dict:
+def worker(script: str, args: list[str], threads: int, env: dict | None = None):
     """Run a benchmark worker in a fresh process (in this one under ``--in-process``, which
-    mixes memory peaks: for smoke tests only); its JSON result."""
+    mixes memory peaks and ignores ``env``: for smoke tests only); its JSON result."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         if IN_PROCESS:
-            module = {"perf_epoch.py": perf_epoch, "perf_scaling.py": perf_scaling}[script]
+            module = {
+                "perf_epoch.py": perf_epoch,
+                "perf_scaling.py": perf_scaling,
+                "perf_step.py": perf_step,
+            }[script]
             module.main([*args, "--json", str(out)])
             return json.loads(out.read_text())
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
+        env = dict(os.environ, **(env or {}), OMP_NUM_THREADS=str(threads))
+        env["PYTHONWARNINGS"] = "ignore"
         proc = subprocess.run(
             [sys.executable, str(HERE / script), *args, "--json", str(out)],
             cwd=ROOT,
@@ -183,16 +188,8 @@ def step_section(args) -> tuple[list[str], dict, list[str]]:
     for label, name in sizes:
         if args.quick and label.startswith("784"):
             name = None
-        if name is None:
-            x_dim = int(label.split("-")[0])
-            g = torch.Generator().manual_seed(0)
-            train_x = (torch.rand(4 * 128, x_dim, generator=g) < 0.3).float()
-            num_data = 60_000
-        else:
-            data = load(name)
-            train_x, num_data = data.train_x, int(data.train_x.shape[0])
-        batches = [train_x[i : i + 128] for i in range(0, min(len(train_x), 16 * 128), 128)]
-        batches = [b for b in batches if b.shape[0] == 128]
+        batches, num_data = perf_step.step_batches(label, name)
+        train_x = batches[0]
         print(f"  step overhead: {label} ({name or 'random binary images'})", flush=True)
         results[label] = perf_step.measure(
             train_x.shape[1], batches, num_data, args.step_repeats, args.steps, k=args.k
@@ -200,6 +197,49 @@ def step_section(args) -> tuple[list[str], dict, list[str]]:
         if label.startswith("784"):
             profile = profile_section(args, batches[0], num_data)
     return perf_step.markdown(results), results, profile
+
+
+# glibc returns freed memory at the top of the heap to the kernel once it exceeds the trim
+# threshold, and serves large blocks with mmap; the next allocation of that size then
+# page-faults fresh zeroed pages. Raising both keeps freed blocks for reuse, which is
+# what a caching allocator (jemalloc, tcmalloc) does.
+TUNED_MALLOC = {
+    "MALLOC_TRIM_THRESHOLD_": str(256 * 2**20),
+    "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20),
+    "MALLOC_TOP_PAD_": str(64 * 2**20),
+}
+ALLOCATOR_CONTENDERS = [
+    "plain Pyro script (Trace_ELBO)",
+    "pyro_vae trace",
+    "pyro_vae trace, compiled",
+    "pyro_vae analytic-kl, compiled",
+]
+
+
+def allocator_section(args) -> list[str]:
+    """The main step contenders in fresh processes, with glibc's malloc as it comes and
+    with its trim and mmap thresholds raised (:data:`TUNED_MALLOC`), side by side."""
+    lines = [
+        "| contender | " + " | ".join(
+            f"{size}, {how}: ratio" for size in ("784-400-20", "64-400-20")
+            for how in ("default malloc", "thresholds raised")
+        ) + " |",
+        "|---|" + "---:|" * 4,
+    ]  # fmt: skip
+    columns = []
+    for size in ("784-400-20", "64-400-20"):
+        for env in ({}, TUNED_MALLOC):
+            print(f"  allocator: {size}, {'tuned' if env else 'default'} malloc", flush=True)
+            options = ["--size", size, "--reps", str(args.step_repeats)]
+            options += ["--steps", str(args.steps), "--threads", str(args.threads)]
+            options += [f"--only={name}" for name in ALLOCATOR_CONTENDERS]
+            if args.quick:
+                options.append("--random-images")
+            rows = worker("perf_step.py", options, args.threads, env)
+            columns.append({r["contender"]: r["ratio"] for r in rows})
+    for name in [perf_step.HAND, *ALLOCATOR_CONTENDERS]:
+        lines.append(f"| {name} | " + " | ".join(f"{c[name]:.2f}x" for c in columns) + " |")
+    return lines
 
 
 def scaling_section(args) -> tuple[list[str], list[str]]:
@@ -331,6 +371,7 @@ def main(argv: list[str] | None = None) -> None:
 
     print("step overhead ...", flush=True)
     step_lines, step, profile_lines = step_section(args)
+    allocator_lines = allocator_section(args)
     print("epochs and quality ...", flush=True)
     rows = epoch_rows(run_epochs(args, contenders))
     print("evaluation throughput ...", flush=True)
@@ -382,6 +423,16 @@ def main(argv: list[str] | None = None) -> None:
         "## Step overhead (ratio to the hand-written PyTorch step, median over repetitions)",
         "",
         *step_lines,
+        "",
+        "## Step overhead and the memory allocator",
+        "",
+        "The same steps in fresh processes, once with glibc's malloc as it comes and once "
+        "with `" + " ".join(f"{k}={v}" for k, v in TUNED_MALLOC.items()) + "`, which keep "
+        "freed blocks for reuse instead of handing them back to the kernel and faulting "
+        "fresh pages in on the next step (ratios to the hand-written step in the same "
+        "process; medians over repetitions).",
+        "",
+        *allocator_lines,
         "",
         "## Profile of one training step (cProfile; where the overhead is)",
         "",

@@ -33,6 +33,7 @@ def test_quick_suite_writes_every_section(performance, tmp_path):
     for heading in (
         "## Targets",
         "## Step overhead",
+        "## Step overhead and the memory allocator",
         "## Epochs and quality",
         "## Evaluation throughput",
         "## Scaling: `fit`",
