@@ -76,7 +76,8 @@ def measure(x: torch.Tensor, k: int, repeats: int = 3, seed: int = 0) -> dict:
     pyro.set_rng_seed(seed)
     seconds = _best_seconds(lambda: iwae_log_likelihood(model, guide, x, num_samples=k), repeats)
     flops = useful_flops(x.shape[0], k, x.shape[1])
-    chunk = max(1, 2**23 // (100 * x.shape[1]))  # iwae_log_likelihood's default chunking
+    # iwae_log_likelihood's default chunking: 2^23 elements per chunk of a batch of ≤ 100
+    chunk = max(1, 2**23 // (min(100, x.shape[0]) * x.shape[1]))
     fused = _best_seconds(lambda: fused_log_weights(model, guide, x, k, chunk), repeats)
     return {
         "fused_gflops": flops / fused / 1e9,
