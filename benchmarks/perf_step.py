@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import time
 import warnings
@@ -157,16 +158,22 @@ def measure(
     names = list(steps_by_name)
     cursor = 0
 
+    faults: dict[str, int] = dict.fromkeys(names, 0)
+
     def run(name: str, count: int) -> float:
         nonlocal cursor
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         started = time.perf_counter()
         for _ in range(count):
             steps_by_name[name](batches[cursor % len(batches)])
             cursor += 1
-        return (time.perf_counter() - started) / count
+        seconds = (time.perf_counter() - started) / count
+        faults[name] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+        return seconds
 
     for name in names:  # warm-up: lazy parameter registration, allocator, caches
         run(name, 3)
+    faults = dict.fromkeys(names, 0)
     seconds: dict[str, list[float]] = {name: [] for name in names}
     for rep in range(reps):
         order = names[rep % len(names) :] + names[: rep % len(names)]
@@ -181,6 +188,8 @@ def measure(
             "ms": 1000 * statistics.median(seconds[name]),
             "ratio": statistics.median(ratios),
             "ratio_to_trace_k": None,
+            # page faults: memory the allocator handed back to the kernel and took again
+            "faults_per_step": faults[name] / (reps * steps),
         }
         reference = f"{trace_k}, compiled" if name.endswith(", compiled") else trace_k
         if f"K={k}" in name and name != reference and reference in seconds:

@@ -221,7 +221,7 @@ def allocator_section(args) -> list[str]:
     with its trim and mmap thresholds raised (:data:`TUNED_MALLOC`), side by side."""
     lines = [
         "| contender | " + " | ".join(
-            f"{size}, {how}: ratio" for size in ("784-400-20", "64-400-20")
+            f"{size}, {how}: ratio (page faults/step)" for size in ("784-400-20", "64-400-20")
             for how in ("default malloc", "thresholds raised")
         ) + " |",
         "|---|" + "---:|" * 4,
@@ -236,9 +236,10 @@ def allocator_section(args) -> list[str]:
             if args.quick:
                 options.append("--random-images")
             rows = worker("perf_step.py", options, args.threads, env)
-            columns.append({r["contender"]: r["ratio"] for r in rows})
+            columns.append({r["contender"]: r for r in rows})
     for name in [perf_step.HAND, *ALLOCATOR_CONTENDERS]:
-        lines.append(f"| {name} | " + " | ".join(f"{c[name]:.2f}x" for c in columns) + " |")
+        cells = [f"{c[name]['ratio']:.2f}x ({c[name]['faults_per_step']:.0f})" for c in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
 
