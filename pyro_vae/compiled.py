@@ -45,6 +45,7 @@ import pyro.infer.trace_mean_field_elbo
 import pyro.poutine as poutine
 import torch
 from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.poutine.runtime import _PYRO_STACK
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils import _pytree as pytree
 
@@ -133,16 +134,38 @@ class CompiledELBO(ELBO):
             loss.backward()
         return loss.item()
 
+    def loss_and_grads_and_params(
+        self, model, guide, *args, **kwargs
+    ) -> tuple[float, list[torch.Tensor]]:
+        """:meth:`loss_and_grads` and the unconstrained parameters the step read: what an
+        optimizer needs, without capturing ``pyro.param`` statements in a trace on replays
+        (the step :class:`pyro_vae.svi_step.SVIStep` takes)."""
+        leaves, spec = pytree.tree_flatten((args, kwargs))
+        key = _signature(model, guide, leaves, spec)
+        recording = self._recordings.get(key)
+        if recording is not None and _params_unchanged(recording, announce=False):
+            loss = recording.graph(*[x for x in leaves if torch.is_tensor(x)])
+            params = [p for _, p in recording.params]
+        else:
+            with poutine.trace(param_only=True) as capture:
+                loss = self._first_call(key, model, guide, leaves, spec, args, kwargs)
+            params = [site["value"].unconstrained() for site in capture.trace.nodes.values()]
+        if loss.requires_grad:
+            loss.backward()
+        return loss.item(), params
+
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         """A scalar whose value is the loss and whose gradient is the estimator's."""
         leaves, spec = pytree.tree_flatten((args, kwargs))
         key = _signature(model, guide, leaves, spec)
         recording = self._recordings.get(key)
-        if recording is not None and _params_unchanged(recording):
+        if recording is not None and _params_unchanged(recording, announce=True):
             return recording.graph(*[x for x in leaves if torch.is_tensor(x)])
-        # First call with this signature: record on a forked random stream, then run the
-        # estimator itself (with Pyro's checks when validation is on), drawing what a replay
-        # would have drawn.
+        return self._first_call(key, model, guide, leaves, spec, args, kwargs)
+
+    def _first_call(self, key, model, guide, leaves, spec, args, kwargs) -> torch.Tensor:
+        """Record on a forked random stream, then run the estimator itself (with Pyro's
+        checks when validation is on), drawing what a replay would have drawn."""
         self._recordings[key] = self._record(model, guide, leaves, spec)
         return _loss_with_gradient(self.elbo, model, guide, args, kwargs)
 
@@ -284,12 +307,14 @@ def _signature(model, guide, leaves, spec) -> Hashable:
     return id(model), id(guide), spec, tuple(parts)
 
 
-def _params_unchanged(recording: _Recording) -> bool:
-    """Issue the recorded ``pyro.param`` statements (so SVI sees the parameters) and check
-    that each still names the tensor the recording reads."""
+def _params_unchanged(recording: _Recording, announce: bool) -> bool:
+    """Check that each recorded parameter name still holds the tensor the recording reads;
+    with ``announce``, as ``pyro.param`` statements that handlers on the stack (SVI's
+    parameter capture) see."""
     store = pyro.get_param_store()
+    lookup = pyro.param if announce and _PYRO_STACK else store.get_param
     for name, unconstrained in recording.params:
-        if name not in store or pyro.param(name).unconstrained() is not unconstrained:
+        if name not in store or lookup(name).unconstrained() is not unconstrained:
             return False
     return True
 

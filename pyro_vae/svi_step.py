@@ -26,6 +26,8 @@ from pyro.infer import ELBO
 from pyro.infer.util import torch_item
 from pyro.optim import PyroOptim
 
+from pyro_vae.compiled import CompiledELBO
+
 
 class GroupedAdam(PyroOptim):
     """Adam over every parameter Pyro hands it, in one ``torch.optim.Adam``.
@@ -95,9 +97,14 @@ class SVIStep:
         self.model, self.guide, self.optim, self.elbo = model, guide, optim, elbo
 
     def step(self, *args, **kwargs) -> float:
-        with poutine.trace(param_only=True) as capture:
-            loss = self.elbo.loss_and_grads(self.model, self.guide, *args, **kwargs)
-        params = [site["value"].unconstrained() for site in capture.trace.nodes.values()]
+        if isinstance(self.elbo, CompiledELBO):  # it knows the parameters it replays
+            loss, params = self.elbo.loss_and_grads_and_params(
+                self.model, self.guide, *args, **kwargs
+            )
+        else:
+            with poutine.trace(param_only=True) as capture:
+                loss = self.elbo.loss_and_grads(self.model, self.guide, *args, **kwargs)
+            params = [site["value"].unconstrained() for site in capture.trace.nodes.values()]
         self.optim(params)
         for p in params:
             p.grad = None
