@@ -71,6 +71,8 @@ class _Recording:
 
 def compilable(elbo: ELBO) -> str | None:
     """``None`` if :class:`CompiledELBO` can wrap ``elbo``, else the reason it cannot."""
+    if isinstance(elbo, CompiledELBO):
+        return "it is compiled already"
     if type(elbo) in (Trace_ELBO, TraceMeanField_ELBO):
         return None
     if isinstance(elbo, ScoreFunctionELBO):
@@ -85,10 +87,12 @@ def compilable(elbo: ELBO) -> str | None:
     return f"{type(elbo).__name__} is not one of the estimators that keep no state between steps"
 
 
-class CompiledELBO(ELBO):
+class CompiledELBO(SurrogateELBO):
     """``elbo`` recorded once per call signature and replayed (see the module docstring).
 
-    A ``pyro.infer.ELBO``: use it wherever ``elbo`` was used (``SVI``, ``fit``). Calls
+    A ``pyro.infer.ELBO`` defined by its :meth:`differentiable_loss` (``loss`` and
+    ``loss_and_grads`` come from :class:`~pyro_vae.estimators.base.SurrogateELBO`): use it
+    wherever ``elbo`` was used (``SVI``, ``fit``). Calls
     are keyed by the identity of model and guide, each tensor argument's shape, dtype and
     device, and every other argument's value (which must be hashable).
 
@@ -122,17 +126,6 @@ class CompiledELBO(ELBO):
     def num_recordings(self) -> int:
         """How many call signatures have been recorded so far."""
         return len(self._recordings)
-
-    def loss(self, model, guide, *args, **kwargs) -> float:
-        with torch.no_grad():
-            return self.differentiable_loss(model, guide, *args, **kwargs).item()
-
-    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        """The loss; accumulates the estimator's gradient into the parameters' ``.grad``."""
-        loss = self.differentiable_loss(model, guide, *args, **kwargs)
-        if loss.requires_grad:
-            loss.backward()
-        return loss.item()
 
     def loss_and_grads_and_params(
         self, model, guide, *args, **kwargs

@@ -174,3 +174,8 @@ def test_operations_that_return_their_input_are_bypassed():
     assert "aten.normal_.default" in targets and "aten.mul.Tensor" in targets
     y, z = graph(torch.full((4, 3), 3.0))
     assert torch.equal(y, torch.full((12,), 6.0)) and z.std() > 0
+
+
+def test_a_compiled_elbo_is_not_compiled_twice():
+    with pytest.raises(ValueError, match="cannot be compiled: it is compiled already"):
+        CompiledELBO(CompiledELBO(Trace_ELBO()))
