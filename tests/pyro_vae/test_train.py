@@ -72,6 +72,25 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(digits, tmp_path):
     assert [r["beta"] for r in b["history"]][:2] == [pytest.approx(2 / 3, abs=0.05), 1.0]
 
 
+def test_a_compiled_run_resumed_equals_an_uncompiled_run_straight_through(digits, tmp_path):
+    config = dict(batch_size=64, lr=3e-3, seed=7)
+    straight = RunFolder(tmp_path / "straight")
+    model, guide = small_vae(digits)
+    fit(model, guide, digits, Trace_ELBO(), quiet(epochs=3, **config), straight)
+
+    run = RunFolder(tmp_path / "compiled")
+    model, guide = small_vae(digits)
+    fit(model, guide, digits, Trace_ELBO(), quiet(epochs=1, compile=True, **config), run)
+    model, guide = small_vae(digits, seed=123)  # fresh process: weights come from the folder
+    fit(model, guide, digits, Trace_ELBO(), quiet(epochs=3, compile=True, **config), run, True)
+
+    # The checkpoints hold the last epoch's weights (the best are only kept in memory).
+    last, reference = run.load_checkpoint(), straight.load_checkpoint()
+    for part in ("model", "guide"):
+        for key, value in reference[part].items():
+            assert torch.equal(last[part][key], value), (part, key)
+
+
 class ExplodesAfter(torch.nn.Module):
     """Wraps a model; after ``steps`` calls its log-density becomes NaN."""
 
