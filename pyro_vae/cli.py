@@ -279,6 +279,11 @@ def _fit(args: argparse.Namespace) -> int:
         config = _config_from_args(args)
     exp = build(config)
     train_config = TrainConfig(**config["train"])
+    if train_config.compile and compilable(exp.elbo) is not None:
+        raise ValueError(
+            f"--compile on: the {config['estimator']['name']} estimator cannot be compiled "
+            f"({compilable(exp.elbo)}); use --compile auto or off (nothing was written)"
+        )
     run.write_config(config)
     run.update_metrics(data=exp.data.info, estimator=config["estimator"])
     print(

@@ -135,11 +135,14 @@ def test_a_users_model_file_is_first_class(tmp_path):
         (["fit", "--model-opt", "depth=3"], "rejected its options"),
         (["fit", "--epochs", "-1"], "epochs: -1"),
         (["fit", "--estimator-opt", "bogus=1"], "not valid for 'trace'"),
+        (["fit", "--estimator", "tracegraph", "--compile", "on"], "cannot be compiled"),
+        (["fit", "--kl-warmup", "2", "--compile", "on"], "compile: True with kl_warmup"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_message(tmp_path, capsys, argv, message):
     assert main([*argv, "--out", str(tmp_path / "r"), "--no-progress"]) == 2
     assert message in capsys.readouterr().err
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
 
 
 def test_missing_or_corrupt_run_folders(tmp_path, capsys):
