@@ -111,11 +111,13 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--kl-warmup", type=float, default=0.0, metavar="EPOCHS")
     f.add_argument(
         "--compile",
-        choices=("auto", "on", "off"),
+        choices=("auto", "on", "off", "inductor"),
         default="auto",
         help="record the training step once per batch shape and replay it (same results, "
         "less Python per step); auto: for the models and guides shipped here, when the "
-        "estimator keeps no state and there is no KL warm-up",
+        "estimator keeps no state and there is no KL warm-up; inductor: on, and fuse the "
+        "recording with torch.compile (needs a C++ compiler; ~30 s per batch shape; "
+        "pays on long runs)",
     )
     f.add_argument("--val-fraction", type=float, default=0.1)
     f.add_argument(
@@ -191,7 +193,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _compile(args: argparse.Namespace) -> bool:
     if args.compile != "auto":
-        return args.compile == "on"
+        return args.compile in ("on", "inductor")
     # A recording assumes the structure is fixed by the batch shape: known of the models
     # shipped here, not of a user's file, which may branch on a value (--compile on to opt in).
     shipped = args.model.startswith("models.") and (
@@ -213,6 +215,7 @@ def _config_from_args(args: argparse.Namespace) -> dict[str, Any]:
         kl_warmup_epochs=args.kl_warmup,
         progress=not args.no_progress,
         compile=_compile(args),
+        compile_backend="inductor" if args.compile == "inductor" else None,
     )
     return {
         "model": args.model,

@@ -24,6 +24,13 @@ What stays as in Pyro:
   ``SVI`` and :class:`pyro_vae.svi_step.SVIStep` still find what to optimize, and a
   parameter that was replaced by a new tensor triggers a new recording.
 
+With ``backend="inductor"`` the recording is also compiled by ``torch.compile``, which
+fuses the operations Pyro's general arithmetic adds (per-site scales, log-densities, the
+surrogate's detach-and-add) into a few kernels. It needs a C++ compiler, takes tens of
+seconds per call signature on its first replay, and its fused kernels round differently,
+so losses are close to, not bit for bit, the uncompiled ones (the random draws stay
+torch's); it pays on long runs only (``benchmarks/RESULTS.md``).
+
 What it needs (as ``JitTrace_ELBO`` does): model and guide whose sites, shapes and
 control flow depend only on the arguments' shapes and non-tensor values (the cache key).
 Reading a value out of a tensor (``.item()``, ``if tensor:``) cannot be recorded and
@@ -36,7 +43,7 @@ warm-up's rising β (``fit`` refuses ``compile`` with warm-up).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 import pyro
@@ -65,7 +72,7 @@ class CaptureError(RuntimeError):
 
 @dataclass
 class _Recording:
-    graph: torch.fx.GraphModule
+    graph: Callable[..., torch.Tensor]  # the GraphModule, or torch.compile of it
     params: list[tuple[str, torch.Tensor]]  # (param-store name, unconstrained tensor)
 
 
@@ -100,14 +107,22 @@ class CompiledELBO(SurrogateELBO):
         ValueError: ``elbo`` keeps state between steps (see :func:`compilable`).
     """
 
-    def __init__(self, elbo: ELBO) -> None:
+    def __init__(self, elbo: ELBO, backend: str | None = None) -> None:
         reason = compilable(elbo)
         if reason is not None:
             raise ValueError(
                 f"elbo: {type(elbo).__name__} cannot be compiled: {reason}; compilable "
                 f"estimators are {COMPILABLE}"
             )
-        self.elbo = elbo
+        if backend is not None:
+            import torch._dynamo  # only with a backend: it is slow to import
+
+        if backend is not None and backend not in torch._dynamo.list_backends(exclude_tags=()):
+            raise ValueError(
+                f"backend: {backend!r} is not a torch.compile backend; expected None (replay "
+                f"the recording as it is) or one of {torch._dynamo.list_backends(exclude_tags=())}"
+            )
+        self.elbo, self.backend = elbo, backend
         self._recordings: dict[Hashable, _Recording] = {}
 
     def _get_trace(self, model, guide, args, kwargs):
@@ -192,6 +207,14 @@ class CompiledELBO(SurrogateELBO):
         _drop_no_ops(graph.graph)
         graph.graph.eliminate_dead_code()  # random draws count as impure and stay
         graph.recompile()
+        if self.backend is not None:
+            # Fused kernels round differently: close to the uncompiled losses, no longer bit
+            # for bit. fallback_random keeps torch's generator, so the draws stay those of
+            # the uncompiled step. Compiles on the first replay.
+            options = {"fallback_random": True} if self.backend == "inductor" else None
+            graph = torch.compile(
+                graph, backend=self.backend, dynamic=False, fullgraph=True, options=options
+            )
         store = pyro.get_param_store()
         recorded = [
             (name, site["value"].unconstrained())

@@ -338,8 +338,11 @@ def test_diagnose_refuses_bad_counts_and_other_versions(trained, tmp_path, capsy
         (["--compile", "off"], False),
         (["--model", "my_model.py:Model"], False),
         (["--model", "my_model.py:Model", "--compile", "on"], True),
+        (["--compile", "inductor"], True),
     ],
 )
 def test_compile_is_automatic_for_shipped_models_and_stateless_estimators(argv, expected):
     args = _parser().parse_args(["fit", "--out", "runs/x", *argv])
-    assert _config_from_args(args)["train"]["compile"] is expected
+    train = _config_from_args(args)["train"]
+    assert train["compile"] is expected
+    assert train["compile_backend"] == ("inductor" if "inductor" in argv else None)

@@ -166,6 +166,7 @@ def test_bad_data_is_rejected_before_training(digits):
         ({"lr": float("nan")}, "lr: nan"),
         ({"patience": 0}, "patience: 0"),
         ({"kl_warmup_epochs": -1}, "kl_warmup_epochs: -1"),
+        ({"compile_backend": "inductor"}, "compile_backend: 'inductor' needs compile=True"),
     ],
 )
 def test_bad_config_is_named(kwargs, message):
