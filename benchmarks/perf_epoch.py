@@ -5,6 +5,8 @@
 - ``pyro_vae``: ``fit`` with the ``trace`` estimator (Pyro's ``Trace_ELBO``), recorded
   (``compile=True``, as the CLI trains by default);
 - ``pyro_vae-uncompiled``: the same with ``compile=False``;
+- ``pyro_vae-inductor``: the same with ``compile_backend="inductor"`` (its first epoch
+  includes the compilation, tens of seconds per batch shape);
 - ``plain-pyro``: a script in the style of Pyro's ``examples/vae/vae.py`` (``SVI``,
   ``Trace_ELBO``, ``pyro.optim.Adam``, ``DataLoader(TensorDataset)``);
 - ``pytorch``: the hand-written VAE (closed-form KL, ``torch.optim.Adam``, same loader);
@@ -52,7 +54,14 @@ from pyro_vae.estimators import get
 from pyro_vae.evaluate import elbo_per_datapoint, iwae_log_likelihood
 from pyro_vae.train import TrainConfig, fit
 
-CONTENDERS = ("pyro_vae", "pyro_vae-uncompiled", "plain-pyro", "pytorch", "pythae")
+CONTENDERS = (
+    "pyro_vae",
+    "pyro_vae-uncompiled",
+    "pyro_vae-inductor",
+    "plain-pyro",
+    "pytorch",
+    "pythae",
+)
 
 
 def _loader(train_x: torch.Tensor, seed: int) -> DataLoader:
@@ -62,7 +71,7 @@ def _loader(train_x: torch.Tensor, seed: int) -> DataLoader:
     )
 
 
-def train_pyro_vae(data, epochs: int, seed: int, compile: bool = True):
+def train_pyro_vae(data, epochs: int, seed: int, compile: bool = True, backend=None):
     model, guide = build_pyro_vae(data.x_dim, seed)
     config = TrainConfig(
         epochs=epochs,
@@ -72,6 +81,7 @@ def train_pyro_vae(data, epochs: int, seed: int, compile: bool = True):
         patience=None,
         progress=False,
         compile=compile,
+        compile_backend=backend,
     )
     history = fit(model, guide, data, get("trace"), config).history
     return [h["seconds"] for h in history], (model, guide)
@@ -175,6 +185,9 @@ def train_pythae(data, epochs: int, seed: int):
 TRAINERS = {
     "pyro_vae": train_pyro_vae,
     "pyro_vae-uncompiled": lambda data, epochs, seed: train_pyro_vae(data, epochs, seed, False),
+    "pyro_vae-inductor": lambda data, epochs, seed: train_pyro_vae(
+        data, epochs, seed, True, "inductor"
+    ),
     "plain-pyro": train_plain_pyro,
     "pytorch": train_pytorch,
     "pythae": train_pythae,
