@@ -140,23 +140,22 @@ def measure(
     annealer = ScaleLatents()
     before = SVI(annealer(model), annealer(guide), pyro.optim.Adam({"lr": LR}), Trace_ELBO())
     steps_by_name[BEFORE] = lambda x: before.step(x, num_data=num_data)
-    for label, (name, options) in estimator_specs(k).items():
-        svi = make_svi(model, guide, estimators.get(name, **options), LR)
-        steps_by_name[f"pyro_vae {label}"] = lambda x, svi=svi: _unchecked(svi, x, num_data)
-    for label, (name, options) in estimator_specs(k).items():
+    specs = estimator_specs(k)
+
+    def add(label: str, elbo) -> None:
+        svi = make_svi(model, guide, elbo, LR)
+        steps_by_name[f"pyro_vae {label}"] = lambda x: _unchecked(svi, x, num_data)
+
+    for label, (name, options) in specs.items():
+        add(label, estimators.get(name, **options))
+    for label, (name, options) in specs.items():
         elbo = estimators.get(name, **options)
         if compilable(elbo) is None:
-            svi = make_svi(model, guide, CompiledELBO(elbo), LR)
-            steps_by_name[f"pyro_vae {label}, compiled"] = lambda x, svi=svi: _unchecked(
-                svi, x, num_data
-            )
+            add(f"{label}, compiled", CompiledELBO(elbo))
     for label in ("trace", "analytic-kl") if inductor else ():
-        name, options = estimator_specs(k)[label]
+        name, options = specs[label]
         elbo = CompiledELBO(estimators.get(name, **options), backend="inductor")
-        svi = make_svi(model, guide, elbo, LR)
-        steps_by_name[f"pyro_vae {label}, compiled + inductor"] = lambda x, svi=svi: _unchecked(
-            svi, x, num_data
-        )
+        add(f"{label}, compiled + inductor", elbo)
 
     if only is not None:
         unknown = set(only) - set(steps_by_name)

@@ -190,10 +190,9 @@ def step_section(args) -> tuple[list[str], dict, list[str]]:
         if args.quick and label.startswith("784"):
             name = None
         batches, num_data = perf_step.step_batches(label, name)
-        train_x = batches[0]
         print(f"  step overhead: {label} ({name or 'random binary images'})", flush=True)
         results[label] = perf_step.measure(
-            train_x.shape[1],
+            batches[0].shape[1],
             batches,
             num_data,
             args.step_repeats,

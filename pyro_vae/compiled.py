@@ -148,15 +148,13 @@ class CompiledELBO(SurrogateELBO):
         """:meth:`loss_and_grads` and the unconstrained parameters the step read: what an
         optimizer needs, without capturing ``pyro.param`` statements in a trace on replays
         (the step :class:`pyro_vae.svi_step.SVIStep` takes)."""
-        leaves, spec = pytree.tree_flatten((args, kwargs))
-        key = _signature(model, guide, leaves, spec)
-        recording = self._recordings.get(key)
-        if recording is not None and _params_unchanged(recording, announce=False):
-            loss = recording.graph(*[x for x in leaves if torch.is_tensor(x)])
+        run, recording = self._prepare(model, guide, args, kwargs, announce=False)
+        if recording is not None:
+            loss = run()
             params = [p for _, p in recording.params]
         else:
             with poutine.trace(param_only=True) as capture:
-                loss = self._first_call(key, model, guide, leaves, spec, args, kwargs)
+                loss = run()
             params = [site["value"].unconstrained() for site in capture.trace.nodes.values()]
         if loss.requires_grad:
             loss.backward()
@@ -164,12 +162,20 @@ class CompiledELBO(SurrogateELBO):
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         """A scalar whose value is the loss and whose gradient is the estimator's."""
+        run, _ = self._prepare(model, guide, args, kwargs, announce=True)
+        return run()
+
+    def _prepare(self, model, guide, args, kwargs, announce: bool):
+        """``(run, recording)``: ``run()`` returns the loss. With a current recording of
+        this call's signature it replays it; otherwise ``recording`` is None and ``run()``
+        records the step and runs the ELBO itself."""
         leaves, spec = pytree.tree_flatten((args, kwargs))
         key = _signature(model, guide, leaves, spec)
         recording = self._recordings.get(key)
-        if recording is not None and _params_unchanged(recording, announce=True):
-            return recording.graph(*[x for x in leaves if torch.is_tensor(x)])
-        return self._first_call(key, model, guide, leaves, spec, args, kwargs)
+        if recording is not None and _params_unchanged(recording, announce):
+            tensors = [x for x in leaves if torch.is_tensor(x)]
+            return lambda: recording.graph(*tensors), recording
+        return lambda: self._first_call(key, model, guide, leaves, spec, args, kwargs), None
 
     def _first_call(self, key, model, guide, leaves, spec, args, kwargs) -> torch.Tensor:
         """Record on a forked random stream, then run the estimator itself (with Pyro's
