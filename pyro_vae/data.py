@@ -252,6 +252,11 @@ class ShuffledBatches:
         return math.ceil(self.x.shape[0] / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for _, x, y in self.indexed():
+            yield x, y
+
+    def indexed(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """The same batches with their rows of the training set: ``(rows, x, y)``."""
         n, size = self.x.shape[0], self.batch_size
         order = torch.randperm(n, generator=self.generator)
         full = n - n % size
@@ -261,11 +266,11 @@ class ShuffledBatches:
         if full < n:
             yield self._batch(order[full:])
 
-    def _batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = self.x.index_select(0, index)
         if self.binarize:
             x = torch.bernoulli(x, generator=self.generator)
-        return x, self.y.index_select(0, index)
+        return index, x, self.y.index_select(0, index)
 
 
 def load_data(

@@ -5,15 +5,23 @@ All estimates rest on the importance weights of the guide for the model,
     log w_k(x_n) = log p(x_n, z_k) − log q(z_k | x_n),    z_k ~ q(· | x_n),
 
 computed for K particles at once (a vectorized ``pyro.plate`` outside the model's own
-plates) and summed within each datapoint of the ``"data"`` plate:
+plates, or a loop over particles for models that cannot broadcast; see
+:mod:`pyro_vae.traces`) and summed within each datapoint of the model's per-datapoint
+plate (:func:`pyro_vae.plates.find_data_plate`):
 
 - the ELBO, E_q[log w] ≤ log p(x_n) (Jordan et al. 1999; the lecture's eq. 18.3);
 - the importance-weighted bound log (1/K) Σ_k w_k (Burda, Grosse & Salakhutdinov 2015),
   which is ≥ the ELBO in expectation, increases with K, and tends to log p(x_n); it is
   computed in chunks of particles with a running log-sum-exp, so memory is bounded by
   ``max_elements`` whatever K is;
-- reconstruction error of E[x | z = E_q z] and the active latent units
-  (Burda et al. 2015, §5.2: Cov_x(E_q[z_u | x]) > 0.01).
+- the active latent units (Burda et al. 2015, §5.2: Cov_x(E_q[z_u | x]) > 0.01).
+
+``x`` is the model's data: one tensor, or a tuple of tensors (``(x, y)`` for a model
+called as ``model(x, y)``) sharing their leading, per-datapoint dim. Rows are evaluated in
+chunks; the per-datapoint plate gets the chunk's row indices in 0..N−1 and the full size N
+(:mod:`pyro_vae.minibatch`), so a guide with free per-datapoint parameters scores the
+rows it was fitted to. A model site that is neither observed nor drawn by the guide (a
+data argument left out, say) is refused rather than scored as a latent.
 """
 
 from __future__ import annotations
@@ -21,23 +29,24 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.infer import TraceEnum_ELBO
-from pyro.poutine.util import prune_subsample_sites
 from tqdm.auto import tqdm
 
+from pyro_vae.minibatch import Minibatched, align_autoguide
+from pyro_vae.plates import batch_rows, find_data_plate, frames_in, require_data_plate
 from pyro_vae.pointwise import per_datapoint_log_density
-
-_PARTICLES = "_eval_particles"
+from pyro_vae.traces import particle_traces, plate_nesting, run_pair, sample_sites
 
 
 @contextlib.contextmanager
 def eval_mode(*modules: object) -> Iterator[None]:
     """Put torch modules in eval mode (no corruption noise, no dropout), then restore them."""
-    saved = [(m, m.training) for m in modules if isinstance(m, torch.nn.Module)]
+    saved = [(m, m.training) for m in _modules(modules) if isinstance(m, torch.nn.Module)]
     for m, _ in saved:
         m.train(False)
     try:
@@ -47,59 +56,218 @@ def eval_mode(*modules: object) -> Iterator[None]:
             m.train(mode)
 
 
+def _modules(objects) -> list:
+    """The torch modules behind models and guides: themselves, or a bound method's owner."""
+    out = []
+    for obj in objects:
+        obj = getattr(obj, "fn", obj)  # a Minibatched wrapper
+        out.append(getattr(obj, "__self__", obj))
+    return out
+
+
 def _check_num(arg: str, value: int) -> None:
-    if int(value) != value or value < 1:
-        raise ValueError(f"{arg}: {value} is not a positive integer")
+    if isinstance(value, bool) or int(value) != value or value < 1:
+        raise ValueError(f"{arg}: {value!r} is not a positive integer")
+
+
+def data_arguments(x) -> tuple[torch.Tensor, ...]:
+    """``x`` as the tuple of the model's data arguments, checked to share their rows."""
+    args = tuple(x) if isinstance(x, tuple | list) else (x,)
+    if not args or not all(torch.is_tensor(a) and a.dim() >= 1 for a in args):
+        raise ValueError(
+            f"x: expected a tensor or a tuple of tensors with a leading datapoint dim, got "
+            f"{type(x).__name__}"
+        )
+    rows = {int(a.shape[0]) for a in args}
+    if len(rows) != 1:
+        raise ValueError(
+            f"x: the data arguments have {sorted(rows)} rows; expected one row per datapoint "
+            "in each"
+        )
+    return args
+
+
+def _chunk(args: tuple, start: int, stop: int) -> tuple:
+    return tuple(a[start:stop] for a in args)
 
 
 def max_plate_nesting(model, guide, *args, **kwargs) -> int:
     """How many batch dimensions the model and guide use, read from one trace of each."""
-    with poutine.block(), torch.no_grad():
-        guide_tr = poutine.trace(guide).get_trace(*args, **kwargs)
-        model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*args, **kwargs)
-    nesting = 0
-    for tr in (prune_subsample_sites(guide_tr), prune_subsample_sites(model_tr)):
-        for site in tr.nodes.values():
-            if site["type"] == "sample":
-                dims = [-f.dim for f in site["cond_indep_stack"] if f.vectorized]
-                nesting = max([nesting, *dims])
-    return nesting
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        model_tr, guide_tr = run_pair(model, guide, args, kwargs)
+    return plate_nesting(model_tr, guide_tr)
+
+
+@dataclass
+class PerDatapoint:
+    """A model/guide pair ready to score the rows of ``data`` (see :func:`prepare`).
+
+    ``model`` and ``guide`` are wrapped to receive the per-datapoint plate's full size and
+    each chunk's row indices; ``plate`` is that plate's name, ``nesting`` the batch dims
+    the pair uses, ``vectorize`` the particle mode (``None``: vectorized unless that fails).
+    """
+
+    model: Minibatched
+    guide: Minibatched
+    plate: str
+    nesting: int
+    num_data: int
+    vectorize: bool | None = None
+
+    def log_weights(self, args: tuple, start: int, num_samples: int) -> torch.Tensor:
+        """log p(x_n, z_k) − log q(z_k | x_n) for the rows ``start..`` in ``args``: ``[K, B]``."""
+        rows = int(args[0].shape[0])
+        subsample = torch.arange(start, start + rows, device=args[0].device)
+        model_tr, guide_tr, vectorized = particle_traces(
+            self.model,
+            self.guide,
+            args,
+            {"subsample": subsample},
+            num_samples,
+            self.nesting,
+            self.vectorize,
+        )
+        self.vectorize = vectorized
+        rank = self.nesting + 1
+        return per_datapoint_log_density(
+            model_tr, num_samples, rows, rank, self.plate
+        ) - per_datapoint_log_density(guide_tr, num_samples, rows, rank, self.plate)
+
+
+def prepare(
+    model,
+    guide,
+    data: tuple[torch.Tensor, ...],
+    what: str,
+    data_plate: str | None = None,
+    vectorize_particles: bool | None = None,
+    probe_rows: int = 100,
+) -> PerDatapoint:
+    """Find the per-datapoint plate and check the pair before any per-datapoint work.
+
+    The plate is found on a run of the model alone, outside the random stream; the pair
+    is then run once on the first ``probe_rows`` rows to read its plate nesting and check
+    that the guide covers the model's latent sites. That run draws from the global stream,
+    as one guide-and-model run per evaluation always has, so seeded results stay as they were.
+
+    Raises:
+        pyro_vae.plates.DataPlateError: the model has no per-datapoint plate.
+        ValueError: a model site is neither observed nor in the guide.
+    """
+    num_data = int(data[0].shape[0])
+    probe = _chunk(data, 0, min(num_data, probe_rows))
+    rows = batch_rows(probe)
+    with torch.no_grad(), eval_mode(model, guide):
+        with torch.random.fork_rng(devices=[]), poutine.block():
+            prior_tr = poutine.trace(model).get_trace(*probe)
+        plate = require_data_plate(find_data_plate(prior_tr, rows, data_plate), rows, what)
+        dim = next(f.dim for s in sample_sites(prior_tr).values() for f in frames_in(s, plate))
+        align_autoguide(guide, plate, dim)
+        pair = PerDatapoint(
+            Minibatched(model, plate, num_data),
+            Minibatched(guide, plate, num_data),
+            plate,
+            0,
+            num_data,
+            vectorize_particles,
+        )
+        subsample = torch.arange(rows, device=probe[0].device)
+        model_tr, guide_tr = run_pair(pair.model, pair.guide, probe, {"subsample": subsample})
+    check_guide_covers_model(model_tr, guide_tr)
+    pair.nesting = plate_nesting(model_tr, guide_tr)
+    return pair
+
+
+def check_guide_covers_model(model_trace, guide_trace) -> None:
+    """Refuse a model latent site that the guide does not draw (or the model enumerate).
+
+    Such a site would be drawn from the prior inside the model and scored as if it were
+    part of the data, which is how a model called without one of its data arguments
+    (``model(x)`` for ``model(x, y)``) gets a meaningless ELBO.
+
+    Raises:
+        ValueError: naming the sites.
+    """
+    guide_sites = sample_sites(guide_trace)
+    missing = [
+        n
+        for n, s in sample_sites(model_trace).items()
+        if not s["is_observed"] and n not in guide_sites and not s["infer"].get("enumerate")
+    ]
+    if missing:
+        raise ValueError(
+            f"model: the sites {missing} are neither observed nor drawn by the guide (which "
+            f"draws {sorted(guide_sites)}); if they are data, pass every data argument of "
+            "the model (x=(x, y) for model(x, y)); if they are latent, the guide must draw them"
+        )
 
 
 def log_importance_weights(
-    model, guide, x: torch.Tensor, num_samples: int, nesting: int | None = None
+    model,
+    guide,
+    x,
+    num_samples: int,
+    nesting: int | None = None,
+    data_plate: str | None = None,
+    vectorize_particles: bool | None = None,
 ) -> torch.Tensor:
-    """log p(x_n, z_k) − log q(z_k | x_n) for K = ``num_samples`` draws: ``[K, N]``."""
+    """log p(x_n, z_k) − log q(z_k | x_n) for K = ``num_samples`` draws: ``[K, N]``.
+
+    ``nesting`` is accepted for compatibility and read from the model when ``None``.
+    """
     _check_num("num_samples", num_samples)
-    if nesting is None:
-        nesting = max_plate_nesting(model, guide, x)
-    rank = nesting + 1
-    with poutine.block(), pyro.plate(_PARTICLES, num_samples, dim=-rank):
-        guide_tr = poutine.trace(guide).get_trace(x)
-        model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(x)
-    batch = x.shape[0]
-    return per_datapoint_log_density(
-        model_tr, num_samples, batch, rank
-    ) - per_datapoint_log_density(guide_tr, num_samples, batch, rank)
+    data = data_arguments(x)
+    pair = prepare(
+        model, guide, data, "log_importance_weights", data_plate, vectorize_particles, len(data[0])
+    )
+    if nesting is not None:
+        pair.nesting = max(pair.nesting, int(nesting))
+    return pair.log_weights(data, 0, num_samples)
 
 
-def _batches(x: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+def _batches(data: tuple, batch_size: int) -> Iterator[tuple[int, tuple]]:
     _check_num("batch_size", batch_size)
-    for start in range(0, x.shape[0], batch_size):
-        yield x[start : start + batch_size]
+    for start in range(0, data[0].shape[0], batch_size):
+        yield start, _chunk(data, start, start + batch_size)
 
 
 @torch.no_grad()
 def elbo_per_datapoint(
-    model, guide, x: torch.Tensor, num_samples: int = 1, batch_size: int = 1000
+    model,
+    guide,
+    x,
+    num_samples: int = 1,
+    batch_size: int = 1000,
+    data_plate: str | None = None,
+    vectorize_particles: bool | None = None,
 ) -> torch.Tensor:
-    """Monte Carlo ELBO of each row of ``x`` (nats), averaged over ``num_samples`` draws."""
+    """Monte Carlo ELBO of each row of ``x`` (nats), averaged over ``num_samples`` draws.
+
+    Args:
+        x: the data: ``[N, ...]`` or a tuple of such tensors (all the model's data arguments).
+        num_samples: draws from the guide per datapoint.
+        batch_size: rows per chunk.
+        data_plate: the per-datapoint plate's name (found by the rule of
+            :func:`pyro_vae.plates.find_data_plate` when ``None``).
+        vectorize_particles: ``True``, ``False`` (a loop over draws) or ``None`` (auto).
+
+    Returns:
+        ``[N]``, nats per datapoint.
+
+    Raises:
+        pyro_vae.plates.DataPlateError: no per-datapoint plate, or a site outside it.
+        ValueError: bad counts, or a model site neither observed nor in the guide.
+    """
+    _check_num("num_samples", num_samples)
+    data = data_arguments(x)
     with eval_mode(model, guide):
-        nesting = max_plate_nesting(model, guide, x[:batch_size])
+        pair = prepare(
+            model, guide, data, "a per-datapoint ELBO", data_plate, vectorize_particles, batch_size
+        )
         return torch.cat(
             [
-                log_importance_weights(model, guide, xb, num_samples, nesting).mean(0)
-                for xb in _batches(x, batch_size)
+                pair.log_weights(chunk, start, num_samples).mean(0)
+                for start, chunk in _batches(data, batch_size)
             ]
         )
 
@@ -108,69 +276,134 @@ def elbo_per_datapoint(
 def iwae_log_likelihood(
     model,
     guide,
-    x: torch.Tensor,
+    x,
     num_samples: int = 5000,
     batch_size: int = 100,
     max_elements: int = 2**23,
     progress: bool = False,
+    data_plate: str | None = None,
+    vectorize_particles: bool | None = None,
 ) -> torch.Tensor:
     """Importance-weighted estimate of log p(x_n) for each row of ``x`` (nats).
 
     log p(x_n) ≈ log (1/K) Σ_k exp(log w_k(x_n)), K = ``num_samples`` (Burda et al. 2015
     use K = 5000). Particles are drawn in chunks of at most ``max_elements / (batch · D)``
     and merged by log-sum-exp, so peak memory does not grow with K. ``progress`` shows a
-    progress bar over datapoints.
+    progress bar over datapoints. ``x``, ``data_plate`` and ``vectorize_particles`` as in
+    :func:`elbo_per_datapoint`.
+
+    Returns:
+        ``[N]``, nats per datapoint.
     """
     _check_num("num_samples", num_samples)
     _check_num("max_elements", max_elements)
+    data = data_arguments(x)
     out = []
     with eval_mode(model, guide):
-        nesting = max_plate_nesting(model, guide, x[:batch_size])
+        pair = prepare(
+            model,
+            guide,
+            data,
+            "an importance-weighted log p(x_n)",
+            data_plate,
+            vectorize_particles,
+            batch_size,
+        )
         bar = tqdm(
-            total=x.shape[0],
+            total=data[0].shape[0],
             desc=f"log p(x), K={num_samples}",
             unit="image",
             disable=not progress,
             leave=False,
             dynamic_ncols=True,
         )
-        for xb in _batches(x, batch_size):
-            bar.update(xb.shape[0])
-            chunk = max(1, min(num_samples, max_elements // max(1, xb.numel())))
-            acc = torch.full((xb.shape[0],), -math.inf)
-            for start in range(0, num_samples, chunk):
-                k = min(chunk, num_samples - start)
-                # Every chunk scores the same xb; Pyro's argument and support checks have
-                # seen it in the first, and repeating them costs ~10% of the evaluation.
-                checked = contextlib.nullcontext() if start == 0 else pyro.validation_enabled(False)
+        for start, chunk_args in _batches(data, batch_size):
+            rows = chunk_args[0].shape[0]
+            bar.update(rows)
+            chunk = max(1, min(num_samples, max_elements // max(1, chunk_args[0].numel())))
+            acc = None
+            for first in range(0, num_samples, chunk):
+                k = min(chunk, num_samples - first)
+                # Every chunk scores the same rows; Pyro's argument and support checks have
+                # seen them in the first, and repeating them costs ~10% of the evaluation.
+                checked = contextlib.nullcontext() if first == 0 else pyro.validation_enabled(False)
                 with checked:
-                    lw = log_importance_weights(model, guide, xb, k, nesting)
-                acc = torch.logaddexp(acc, torch.logsumexp(lw, dim=0))
+                    lw = torch.logsumexp(pair.log_weights(chunk_args, start, k), dim=0)
+                acc = lw if acc is None else torch.logaddexp(acc, lw)
             out.append(acc - math.log(num_samples))
         bar.close()
     return torch.cat(out)
 
 
 @torch.no_grad()
-def latent_means(model, guide, x: torch.Tensor) -> torch.Tensor:
-    """E_q[z | x] from an amortized guide's ``encode``, or the code of a model's ``encode``."""
+def latent_means(model, guide, x: torch.Tensor, num_samples: int = 100) -> torch.Tensor:
+    """E_q[z | x] for each row of ``x``, ``[N, latent size]``.
+
+    From the guide's ``encode(x)`` when it has one (its ``mean``, or the mean of
+    ``num_samples`` draws for a family without a closed-form mean), from the code of a
+    model's ``encode(x)`` (a deterministic autoencoder), and otherwise a Monte Carlo mean
+    of ``num_samples`` draws of the guide's one latent site in the per-datapoint plate.
+
+    Raises:
+        ValueError: no ``encode`` and not exactly one latent site per datapoint.
+    """
     with eval_mode(model, guide):
         if hasattr(guide, "encode"):
-            return guide.encode(x).mean
+            q = guide.encode(x)
+            try:
+                mean = q.mean
+            except NotImplementedError:
+                mean = q.sample((num_samples,)).mean(0)
+            return mean.reshape(x.shape[0], -1)
         if hasattr(model, "encode"):
             return model.encode(x)
-    raise TypeError(
-        f"guide: {type(guide).__name__} has no encode(x), and neither has model "
-        f"{type(model).__name__}; latent codes need an amortized guide or an autoencoder"
-    )
+        site, draws = latent_draws(model, guide, x, num_samples)
+        return draws.mean(0).reshape(x.shape[0], -1)
+
+
+def latent_draws(model, guide, x, num_samples: int) -> tuple[str, torch.Tensor]:
+    """The guide's one per-datapoint latent site, and ``num_samples`` draws of it per row
+    (``[S, N, ...]``): what a figure or metric needs of a guide without ``encode``."""
+    _check_num("num_samples", num_samples)
+    data = data_arguments(x)
+    pair = prepare(model, guide, data, "latent codes per datapoint")
+    subsample = torch.arange(pair.num_data, device=data[0].device)
+    with torch.no_grad():
+        model_tr, guide_tr, _ = particle_traces(
+            pair.model, pair.guide, data, {"subsample": subsample}, num_samples, pair.nesting
+        )
+    latent = [
+        n
+        for n, s in sample_sites(guide_tr).items()
+        if frames_in(s, pair.plate) and not s["is_observed"]
+    ]
+    if len(latent) != 1:
+        raise ValueError(
+            f"guide: {type(guide).__name__} has no encode(x) and draws {len(latent)} latent "
+            f"sites per datapoint ({latent}); latent codes need encode(x) or exactly one such site"
+        )
+    site = guide_tr.nodes[latent[0]]
+    value = site["value"]
+    rank = pair.nesting + 1
+    batch = value.dim() - site["fn"].event_dim
+    value = value.reshape((1,) * (rank - batch) + tuple(value.shape))
+    data_dim = frames_in(site, pair.plate)[0].dim
+    value = value.movedim(data_dim - site["fn"].event_dim, 1)
+    value = value.expand(num_samples, *value.shape[1:])
+    return latent[0], value.reshape(num_samples, pair.num_data, -1)
 
 
 @torch.no_grad()
 def reconstruction_error(model, guide, x: torch.Tensor, pixel_max: float = 1.0) -> torch.Tensor:
-    """Mean squared error per pixel between x and E[x | z = E_q z], in [0, 1] intensity units."""
-    with eval_mode(model, guide):
-        x_hat = model.decode(latent_means(model, guide, x))
-    return ((x_hat - x) / pixel_max).pow(2).mean(dim=1)
+    """Mean squared error per pixel between x and E[x | z = E_q z], in [0, 1] intensity units.
+
+    E[x | z] comes from the model's ``decode(z)`` when it has one, and otherwise from the
+    mean of the model's observation at z (:func:`pyro_vae.predictive.reconstruct`).
+    """
+    from pyro_vae.predictive import reconstruct
+
+    x_hat = reconstruct(model, guide, x)
+    return ((x_hat - x) / pixel_max).pow(2).reshape(x.shape[0], -1).mean(dim=1)
 
 
 @torch.no_grad()

@@ -1,20 +1,42 @@
-"""The data plate: the one convention models and guides share with the evaluator.
+"""The per-datapoint plate: which of a model's plates indexes the rows of its data.
 
-Every model and guide in this package draws its per-datapoint sites inside
-``data_plate(x, num_data)``: a ``pyro.plate`` named ``"data"`` at ``dim=-1`` over the rows
-of ``x``. When ``x`` is a minibatch of a dataset of ``num_data`` points, the plate scales
-each log-density by ``num_data / len(x)``, so the minibatch ELBO is an unbiased estimate
-of the full-data ELBO (Hoffman et al. 2013, stochastic variational inference).
-The evaluator finds per-datapoint terms by this plate's name.
+Minibatch scaling, per-datapoint bounds (IWAE, VIMCO), per-datapoint evaluation, PSIS k̂
+per datapoint and NVIL's input-dependent baseline all need to know which plate runs over
+the datapoints. Every one of them finds it with :func:`find_data_plate`, by one rule:
+
+    For a model run on a batch of R rows (the leading dim of its first tensor argument),
+    the per-datapoint plate is
+      1. the plate named by the ``data_plate`` option, when one is given; otherwise
+      2. the vectorized plate that encloses an observed site and has R elements in the
+         run (particle plates left out): the only such plate, or the one named
+         ``"data"`` when there are several;
+      3. none, when no plate qualifies: the model has no per-datapoint plate, and
+         whatever needs one refuses with :class:`DataPlateError`.
+
+Plates are identified by name within a run, as Pyro identifies them (two ``pyro.plate``
+statements with one name are one plate); the name is found by the rule, never assumed.
+
+:func:`data_plate` is a convenience for writing models and guides: a ``pyro.plate``
+named ``"data"`` at ``dim=-1`` over the rows of ``x``, scaled by ``num_data / len(x)`` when
+``x`` is a minibatch. Plain ``pyro.plate("data", len(x))`` works as well: the fit loop gives
+the per-datapoint plate its full size and the batch's row indices itself
+(:mod:`pyro_vae.minibatch`).
 """
 
 from __future__ import annotations
 
 import pyro
 import torch
+from pyro.poutine import Trace
+
+from pyro_vae.traces import PARTICLE_PLATES, sample_sites
 
 DATA_PLATE = "data"
 DATA_DIM = -1
+
+
+class DataPlateError(ValueError):
+    """The per-datapoint plate a computation needs is missing or ambiguous."""
 
 
 def data_plate(x: torch.Tensor, num_data: int | None = None) -> pyro.plate:
@@ -27,4 +49,83 @@ def data_plate(x: torch.Tensor, num_data: int | None = None) -> pyro.plate:
             f"num_data: {num_data} is smaller than the minibatch of {batch} rows; expected the "
             "size of the whole dataset the minibatch was drawn from"
         )
-    return pyro.plate(DATA_PLATE, size=num_data, subsample=torch.arange(batch), dim=DATA_DIM)
+    return pyro.plate(
+        DATA_PLATE, size=num_data, subsample=torch.arange(batch, device=x.device), dim=DATA_DIM
+    )
+
+
+def batch_rows(args: tuple, kwargs: dict | None = None) -> int | None:
+    """R, the leading dim of the first tensor among the model's arguments (None if none)."""
+    for value in (*args, *(kwargs or {}).values()):
+        if torch.is_tensor(value) and value.dim() >= 1:
+            return int(value.shape[0])
+    return None
+
+
+def find_data_plate(model_trace: Trace, rows: int | None, name: str | None = None) -> str | None:
+    """The name of the model's per-datapoint plate, by the rule in the module docstring.
+
+    Args:
+        model_trace: a trace of the model on the batch.
+        rows: R, the batch's number of rows (:func:`batch_rows`); ``None`` means no data.
+        name: the ``data_plate`` option: the plate to use, by name.
+
+    Raises:
+        DataPlateError: ``name`` is not one of the model's plates, or several plates
+            qualify and none is named ``"data"``.
+    """
+    sites = sample_sites(model_trace)
+    plates = {
+        f.name: f
+        for s in sites.values()
+        for f in s["cond_indep_stack"]
+        if f.vectorized and f.name not in PARTICLE_PLATES
+    }
+    if name is not None:
+        if name not in plates:
+            raise DataPlateError(
+                f"data_plate: {name!r} is not a plate of the model; its plates are "
+                f"{sorted(plates) or 'none'}"
+            )
+        return name
+    if rows is None:
+        return None
+    candidates = sorted(
+        {
+            f.name
+            for s in sites.values()
+            if s["is_observed"]
+            for f in s["cond_indep_stack"]
+            if f.vectorized and f.size == rows and f.name not in PARTICLE_PLATES
+        }
+    )
+    if len(candidates) == 1:
+        return candidates[0]
+    if DATA_PLATE in candidates:
+        return DATA_PLATE
+    if candidates:
+        raise DataPlateError(
+            f"data_plate: the plates {candidates} all enclose observed sites and have the "
+            f"batch's {rows} rows, so which one runs over datapoints is ambiguous; name it "
+            "with the data_plate option (TrainConfig(data_plate=...), --data-plate, or the "
+            "evaluator's data_plate=)"
+        )
+    return None
+
+
+def require_data_plate(plate: str | None, rows: int | None, what: str) -> str:
+    """``plate``, or a :class:`DataPlateError` saying that ``what`` needs one."""
+    if plate is None:
+        found = f"batch of {rows} rows" if rows is not None else "call without a data tensor"
+        raise DataPlateError(
+            f"model: {what} needs a per-datapoint plate, and the model has none for this "
+            f"{found} (no plate with that many elements encloses an observed site); put "
+            "the per-datapoint sites in pyro.plate(..., len(x)) or name the plate with "
+            "the data_plate option"
+        )
+    return plate
+
+
+def frames_in(site: dict, plate: str) -> list:
+    """The frames of ``site`` that belong to ``plate`` (one or none)."""
+    return [f for f in site["cond_indep_stack"] if f.vectorized and f.name == plate]

@@ -56,17 +56,24 @@ class TensorData:
         Shuffling draws from a generator seeded by ``(seed, epoch)``, so a resumed run sees
         the batches an uninterrupted one would.
         """
+        for _, batch in self.indexed_batches(batch_size, epoch, seed):
+            yield batch
+
+    def indexed_batches(
+        self, batch_size: int, epoch: int, seed: int
+    ) -> Iterator[tuple[torch.Tensor, tuple[torch.Tensor, ...]]]:
+        """:meth:`batches` with each batch's rows in 0..N−1: ``(rows, tensors)``."""
         if batch_size < 1:
             raise ValueError(f"batch_size: {batch_size} is not a positive integer")
         n = self.num_data
         if not self.tensors or batch_size >= n:
-            yield self.tensors
+            yield torch.arange(n), self.tensors
             return
         generator = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
         order = torch.randperm(n, generator=generator)
         for start in range(0, n, batch_size):
             rows = order[start : start + batch_size]
-            yield tuple(t[rows] for t in self.tensors)
+            yield rows, tuple(t[rows] for t in self.tensors)
 
     def steps_per_epoch(self, batch_size: int) -> int:
         return -(-self.num_data // batch_size) if self.tensors else 1

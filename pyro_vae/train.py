@@ -37,7 +37,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pyro
-import pyro.poutine as poutine
 import torch
 from pyro.infer import ELBO
 from tqdm.auto import tqdm
@@ -46,10 +45,9 @@ from pyro_vae.annealing import ScaleLatents, linear_warmup
 from pyro_vae.checkpoint import RunFolder, capture_rng_state, restore_rng_state
 from pyro_vae.compiled import CompiledELBO
 from pyro_vae.data import DataSplits
-from pyro_vae.evaluate import elbo_estimate, elbo_per_datapoint
-from pyro_vae.likelihoods import check_observations
 from pyro_vae.svi_step import GroupedAdam, SVIStep
 from pyro_vae.tensor_data import TensorData
+from pyro_vae.training_pair import TrainingPair
 
 
 class TrainingDiverged(RuntimeError):
@@ -79,6 +77,11 @@ class TrainConfig:
         compile_backend: with ``compile``, also ``torch.compile`` the recording with this
             backend (``"inductor"``: fused kernels after a compile of tens of seconds per
             batch shape; results close to, not bit for bit, the uncompiled ones).
+        data_plate: the name of the model's per-datapoint plate, when the rule of
+            :func:`pyro_vae.plates.find_data_plate` cannot tell.
+        vectorize_particles: how validation draws its particles: ``True`` under one
+            particle plate, ``False`` in a loop (models that cannot broadcast), ``None``
+            vectorized unless that fails (the estimator has its own option).
     """
 
     epochs: int = 100
@@ -92,6 +95,8 @@ class TrainConfig:
     progress: bool = True
     compile: bool = False
     compile_backend: str | None = None
+    data_plate: str | None = None
+    vectorize_particles: bool | None = None
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "val_samples", "validate_every"):
@@ -108,6 +113,12 @@ class TrainConfig:
             raise ValueError(
                 f"compile_backend: {self.compile_backend!r} needs compile=True (the backend "
                 "compiles the recorded step)"
+            )
+        if self.data_plate is not None and not isinstance(self.data_plate, str):
+            raise ValueError(f"data_plate: {self.data_plate!r} is not a plate name")
+        if self.vectorize_particles not in (True, False, None):
+            raise ValueError(
+                f"vectorize_particles: {self.vectorize_particles!r} is not True, False or None"
             )
         if self.compile and self.kl_warmup_epochs > 0:
             raise ValueError(
@@ -130,10 +141,18 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int | None = None
     stop_reason: str = ""
+    data_plate: str | None = None
+    validation: str | None = None
+    vectorized_particles: bool | None = None
 
-
-def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+    def info(self) -> dict[str, Any]:
+        """How the fit went about it, for metrics.json: the per-datapoint plate, what
+        validation measured, and whether validation particles were vectorized."""
+        return {
+            "data_plate": self.data_plate,
+            "validation": self.validation,
+            "vectorized_particles": self.vectorized_particles,
+        }
 
 
 def make_svi(model, guide, elbo: ELBO, lr: float, annealer: ScaleLatents | None = None) -> SVIStep:
@@ -143,10 +162,6 @@ def make_svi(model, guide, elbo: ELBO, lr: float, annealer: ScaleLatents | None 
     if annealer is not None:
         model, guide = annealer(model), annealer(guide)
     return SVIStep(model, guide, GroupedAdam({"lr": lr}), elbo)
-
-
-def _finite(*modules: torch.nn.Module) -> bool:
-    return all(torch.isfinite(p).all() for m in modules for p in m.parameters())
 
 
 def fit(
@@ -160,58 +175,67 @@ def fit(
 ) -> FitResult:
     """Train ``model`` and ``guide`` on ``data``'s training set by SVI with ``elbo``.
 
-    ``model`` and ``guide`` are ``torch.nn.Module``s (typically ``PyroModule``s, Pyro's
-    autoguides included) called as ``f(x, num_data=N)`` on minibatches ``x`` of
-    ``DataSplits``, or ``f(*tensors, num_data=N)`` on batches of ``TensorData``. With a
-    ``run`` folder, a checkpoint and metrics.json are written after every validation, and
-    ``resume=True`` continues from that folder's checkpoint (weights, Adam moments, RNG
-    state and history), reproducing the batches an uninterrupted run would have seen.
-    Clears Pyro's global parameter store first.
+    ``model`` and ``guide`` are any Pyro model/guide callables, as ``pyro.infer.SVI``
+    takes them: functions, bound methods (``vae.model``), ``PyroModule``s, autoguides.
+    They are called on minibatches, ``f(x)`` for the images of ``DataSplits`` and
+    ``f(*tensors)`` for ``TensorData``, plus ``num_data=N`` when they accept it. The model
+    need not scale anything: the fit loop gives its per-datapoint plate
+    (:func:`pyro_vae.plates.find_data_plate`) the full size N and the batch's row indices
+    (:mod:`pyro_vae.minibatch`), so per-datapoint sites are scaled by N/|B|, global ones
+    are not, and autoguides line up with their rows. Their weights are the parameters
+    they read from Pyro's param store (:class:`pyro_vae.weights.PairWeights`), all of
+    which go into checkpoints. With a ``run`` folder, a checkpoint and metrics.json are
+    written after every validation, and ``resume=True`` continues from that folder's
+    checkpoint (weights, Adam moments, RNG state and history), reproducing the batches an
+    uninterrupted run would have seen. Clears Pyro's global parameter store first.
+
+    Validation: the held-out ELBO per datapoint for an amortized guide; the training
+    set's ELBO per datapoint for a guide with free per-datapoint parameters (it has none
+    for held-out rows; ``FitResult.validation`` says which); the whole-data ELBO for
+    ``TensorData``.
 
     Returns:
         the per-epoch history; ``model`` and ``guide`` hold the best validation weights
         (or the last, without a validation set).
+
+    Raises:
+        TypeError: ``model`` or ``guide`` is not callable, or ``data`` of another kind.
+        ValueError: bad settings or data (named), before anything is trained.
+        pyro_vae.plates.DataPlateError: minibatches of a model without a per-datapoint plate.
+        TrainingDiverged: the loss became NaN or infinite.
     """
     config = config or TrainConfig()
-    for arg, module in (("model", model), ("guide", guide)):
-        if not isinstance(module, torch.nn.Module):
-            raise TypeError(
-                f"{arg}: fit needs a torch.nn.Module (e.g. a pyro.nn.PyroModule) so its weights "
-                f"can be checkpointed; got {type(module).__name__}"
-            )
+    for arg, fn in (("model", model), ("guide", guide)):
+        if not callable(fn):
+            raise TypeError(f"{arg}: expected a Pyro model/guide callable, got {type(fn).__name__}")
     if resume and run is None:
         raise ValueError("resume: True needs a run folder to resume from")
-    source = _Source(data, model, guide, config)
+    source = _Source(data, config)
+    pyro.clear_param_store()
+    pair = TrainingPair.set_up(model, guide, source, config)
     if config.compile:
         elbo = CompiledELBO(elbo, config.compile_backend)
-
-    pyro.clear_param_store()
-    with torch.random.fork_rng(devices=[]):
-        # Run the guide once so lazily built guides (Pyro's autoguides) own their parameters
-        # before the first snapshot; seeded, and outside the stream the steps draw from.
-        pyro.set_rng_seed(config.seed)
-        with poutine.block():
-            guide(*source.first_batch, num_data=source.num_data)
     if getattr(elbo, "vectorize_particles", False) and elbo.max_plate_nesting == math.inf:
         # Pyro's vectorized ELBOs guess their plate nesting from one run of model and guide
         # at their first call; do it here, outside the random stream, so a resumed run
         # draws exactly what an uninterrupted one would.
         with torch.random.fork_rng(devices=[]):
             elbo._guess_max_plate_nesting(
-                model, guide, source.first_batch, {"num_data": source.num_data}
+                pair.model, pair.guide, source.first_batch, {"subsample": source.first_rows}
             )
-    num_data, steps_per_epoch = source.num_data, source.steps_per_epoch
-    warmup_steps = round(config.kl_warmup_epochs * steps_per_epoch)
+    warmup_steps = round(config.kl_warmup_epochs * source.steps_per_epoch)
     annealer = ScaleLatents()
-    svi = make_svi(model, guide, elbo, config.lr, annealer if warmup_steps > 0 else None)
-    optim = svi.optim
-    result = FitResult()
+    svi = make_svi(pair.model, pair.guide, elbo, config.lr, annealer if warmup_steps else None)
+    result = FitResult(
+        data_plate=pair.plate,
+        validation=pair.validation_kind,
+        vectorized_particles=pair.vectorize,
+    )
     start_epoch, step, best = 0, 0, None
     if resume:
         state = run.load_checkpoint()
-        model.load_state_dict(state["model"])
-        guide.load_state_dict(state["guide"])
-        optim.set_state(state["optim"])
+        pair.weights.restore(state)
+        svi.optim.set_state(state["optim"])
         if state.get("estimator") is not None and hasattr(elbo, "load_state_dict"):
             elbo.load_state_dict(state["estimator"])
         restore_rng_state(state["rng"])
@@ -220,27 +244,26 @@ def fit(
     else:
         pyro.set_rng_seed(config.seed)
 
-    last_good = (_snapshot(model), _snapshot(guide))
+    last_good = pair.weights.snapshot()
     log_every = max(1, config.epochs // 20)
     result.stop_reason = "max_epochs"
     for epoch in range(start_epoch, config.epochs):
         if best is not None and config.patience and epoch - best["epoch"] >= config.patience:
             result.stop_reason = "early_stopping"
             break
-        model.train()
-        guide.train()
+        pair.train_mode(True)
         started = time.perf_counter()
         total, batches = 0.0, 0
         bar = tqdm(
             source.batches(epoch),
-            total=steps_per_epoch,
+            total=source.steps_per_epoch,
             desc=f"epoch {epoch + 1}/{config.epochs}",
             unit="batch",
-            disable=not config.progress or steps_per_epoch == 1,
+            disable=not config.progress or source.steps_per_epoch == 1,
             leave=False,
             dynamic_ncols=True,
         )
-        for batch in bar:
+        for rows, batch in bar:
             annealer.beta = linear_warmup(step, warmup_steps)
             cause = None
             try:
@@ -249,16 +272,15 @@ def fit(
                 # and rechecking each costs 5-10% of a step. (A NaN weight still stops
                 # training: it makes the loss NaN.)
                 with contextlib.nullcontext() if batches == 0 else pyro.validation_enabled(False):
-                    loss = svi.step(*batch, num_data=num_data)
+                    loss = svi.step(*batch, subsample=rows)
             except ValueError as err:
                 # With Pyro's validation on, NaN weights surface as a distribution whose
                 # parameters "found invalid values" rather than as a NaN loss.
-                if "invalid values" not in str(err) and _finite(model, guide):
+                if "invalid values" not in str(err) and pair.weights.finite():
                     raise
                 loss, cause = math.nan, err
             if not math.isfinite(loss):
-                model.load_state_dict(last_good[0])
-                guide.load_state_dict(last_good[1])
+                pair.weights.restore(last_good)
                 kept = f"the end of epoch {epoch}" if epoch else "their initial values"
                 saved = f" (saved in {run.path})" if run is not None and epoch else ""
                 raise TrainingDiverged(
@@ -269,7 +291,7 @@ def fit(
             step += 1
             batches += 1
             total += loss / source.divisor
-            if batches % 10 == 0 or batches == steps_per_epoch:
+            if batches % 10 == 0 or batches == source.steps_per_epoch:
                 bar.set_postfix(elbo=f"{-total / batches:.3f}", refresh=False)
         record = {
             "epoch": epoch + 1,
@@ -278,18 +300,13 @@ def fit(
             "beta": annealer.beta,
         }
         due = (epoch + 1) % config.validate_every == 0 or epoch + 1 == config.epochs
-        if due and source.validate is not None:
-            val_elbo = source.validate()
+        if due and pair.validate is not None:
+            val_elbo = pair.validate()
             record["val_elbo"] = val_elbo
             if best is None or val_elbo > best["val_elbo"]:
-                best = {
-                    "epoch": epoch + 1,
-                    "val_elbo": val_elbo,
-                    "model": _snapshot(model),
-                    "guide": _snapshot(guide),
-                }
+                best = {"epoch": epoch + 1, "val_elbo": val_elbo, **pair.weights.snapshot()}
         result.history.append(record)
-        last_good = (_snapshot(model), _snapshot(guide))
+        last_good = pair.weights.snapshot()
         if config.progress and ((epoch + 1) % log_every == 0 or epoch + 1 == config.epochs):
             val = f"  val ELBO {record['val_elbo']:.3f}" if "val_elbo" in record else ""
             tqdm.write(
@@ -301,57 +318,52 @@ def fit(
                 {
                     "epoch": epoch + 1,
                     "step": step,
-                    "model": last_good[0],
-                    "guide": last_good[1],
+                    **last_good,
                     "best": best,
-                    "optim": optim.get_state(),
+                    "optim": svi.optim.get_state(),
                     "estimator": elbo.state_dict() if hasattr(elbo, "state_dict") else None,
                     "rng": capture_rng_state(),
                     "history": result.history,
                     "config": asdict(config),
                 }
             )
-            run.update_metrics(epochs=result.history, best_epoch=best["epoch"] if best else None)
+            run.update_metrics(
+                epochs=result.history, best_epoch=best["epoch"] if best else None, **result.info()
+            )
     if best is not None:
-        model.load_state_dict(best["model"])
-        guide.load_state_dict(best["guide"])
+        pair.weights.restore(best)
         result.best_epoch = best["epoch"]
+    result.vectorized_particles = pair.vectorize
     return result
 
 
 class _Source:
-    """What :func:`fit` needs from either kind of data: batches of model arguments, their
-    count, the divisor that turns a loss into the reported ELBO, and the validation."""
+    """What :func:`fit` needs from either kind of data: batches of model arguments with
+    their row indices, their count, the divisor that turns a loss into the reported ELBO,
+    and the data to validate on."""
 
-    def __init__(self, data, model, guide, config: TrainConfig) -> None:
-        self.batch_size, self.seed = config.batch_size, config.seed
+    def __init__(self, data, config: TrainConfig) -> None:
+        self.data, self.batch_size, self.seed = data, config.batch_size, config.seed
         if isinstance(data, TensorData):
             self.num_data = data.num_data
             self.steps_per_epoch = data.steps_per_epoch(config.batch_size)
             self.divisor = 1.0
-            self._batches = data.batches
-            self.validate = lambda: elbo_estimate(
-                model, guide, *data.tensors, num_samples=config.val_samples, num_data=self.num_data
-            )[0]
-            self.first_batch = next(iter(self.batches(0)))
+            self._batches = data.indexed_batches
         elif isinstance(data, DataSplits):
             self.num_data = int(data.train_x.shape[0])
+            if self.num_data < 1:
+                raise ValueError("data: the training split is empty; expected at least 1 image")
             self.steps_per_epoch = math.ceil(self.num_data / config.batch_size)
             self.divisor = float(self.num_data)
-            self._batches = lambda *a: ((x,) for x, _ in data.train_batches(*a))
-            self.first_batch = next(iter(self.batches(0)))
-            check_observations(model, self.first_batch[0], "training data")
-            self.validate = None
-            if data.val_x.shape[0]:
-                check_observations(model, data.val_x, "validation data")
-                self.validate = lambda: (
-                    elbo_per_datapoint(model, guide, data.val_x, config.val_samples).mean().item()
-                )
+            self._batches = lambda *a: (
+                (rows, (x,)) for rows, x, _ in data.train_batches(*a).indexed()
+            )
         else:
             raise TypeError(
                 f"data: expected pyro_vae.DataSplits or pyro_vae.TensorData, got "
                 f"{type(data).__name__}"
             )
+        self.first_rows, self.first_batch = next(iter(self.batches(0)))
 
     def batches(self, epoch: int):
         return self._batches(self.batch_size, epoch, self.seed)

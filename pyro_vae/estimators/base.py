@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from pyro.infer import ELBO
+from pyro.infer.util import is_validation_enabled
+from pyro.util import check_if_enumerated
+
+from pyro_vae.plates import batch_rows, find_data_plate
+from pyro_vae.pointwise import particle_rank
+from pyro_vae.traces import VectorizationWarning, stack_particles
 
 
 class SurrogateELBO(ELBO):
     """An ELBO given by ``differentiable_loss``: ``loss`` is its value and ``loss_and_grads``
-    back-propagates it, as Pyro's ELBOs do. Particles are always vectorized.
+    back-propagates it, as Pyro's ELBOs do.
 
-    ``min_particles`` and ``too_few`` let a subclass demand more than one particle and say
-    why in the error.
+    Particles are vectorized by default (one run under an outer ``pyro.plate``).
+    ``vectorize_particles=False`` draws them one run at a time and stacks the traces into
+    the same layout (:func:`pyro_vae.traces.stack_particles`), for models that cannot
+    broadcast (boolean-mask indexing, say). ``None`` vectorizes unless that fails on a
+    model that the looped way runs, and then keeps the looped way with a
+    :class:`~pyro_vae.traces.VectorizationWarning`.
+
+    ``data_plate`` names the model's per-datapoint plate; by default it is found by the
+    rule of :func:`pyro_vae.plates.find_data_plate`. ``min_particles`` and ``too_few`` let a
+    subclass demand more than one particle and say why in the error.
     """
 
     def __init__(
@@ -21,21 +37,86 @@ class SurrogateELBO(ELBO):
         strict_enumeration_warning: bool = True,
         min_particles: int = 1,
         too_few: str = "is not a positive integer",
+        vectorize_particles: bool | None = True,
+        data_plate: str | None = None,
     ) -> None:
-        if not isinstance(num_particles, int) or num_particles < min_particles:
+        if (
+            isinstance(num_particles, bool)
+            or not isinstance(num_particles, int)
+            or num_particles < min_particles
+        ):
             raise ValueError(f"num_particles: {num_particles!r} {too_few}")
+        if vectorize_particles not in (True, False, None):
+            raise ValueError(
+                f"vectorize_particles: {vectorize_particles!r} is not True, False or None (auto)"
+            )
+        if data_plate is not None and not isinstance(data_plate, str):
+            raise ValueError(f"data_plate: {data_plate!r} is not a plate name")
         super().__init__(
             num_particles=num_particles,
             max_plate_nesting=max_plate_nesting,
-            vectorize_particles=True,
+            vectorize_particles=vectorize_particles is not False,
             strict_enumeration_warning=strict_enumeration_warning,
         )
+        self._auto_vectorize = vectorize_particles is None
+        self.data_plate = data_plate
 
     def _guess_max_plate_nesting(self, model, guide, args, kwargs):
         # Guessing runs model and guide once; that draw must not shift the random stream,
         # or two runs that guess at different moments (a resumed one) would diverge.
         with torch.random.fork_rng(devices=[]):
             super()._guess_max_plate_nesting(model, guide, args, kwargs)
+
+    def particle_traces(self, model, guide, args, kwargs):
+        """Model and guide traces of all K particles in one layout, and its batch rank R.
+
+        Particles sit at dim −R: one vectorized run, or K runs stacked. Warns, as Pyro's
+        ``Trace_ELBO`` does, when a guide site is marked for enumeration.
+        """
+        if self.vectorize_particles:
+            try:
+                model_tr, guide_tr = next(self._get_traces(model, guide, args, kwargs))
+                rank = particle_rank(self.max_plate_nesting, self.num_particles)
+            except Exception as err:
+                if not self._auto_vectorize:
+                    raise
+                model_tr, guide_tr, rank = self._looped_traces(model, guide, args, kwargs)
+                self._fall_back(err)
+        else:
+            model_tr, guide_tr, rank = self._looped_traces(model, guide, args, kwargs)
+        if is_validation_enabled():
+            check_if_enumerated(guide_tr)
+        return model_tr, guide_tr, rank
+
+    def _looped_traces(self, model, guide, args, kwargs):
+        nesting = self.max_plate_nesting
+        if nesting == float("inf"):
+            with torch.random.fork_rng(devices=[]):
+                ELBO._guess_max_plate_nesting(self, model, guide, args, kwargs)
+            nesting = self.max_plate_nesting
+        if self.vectorize_particles and self.num_particles > 1:
+            nesting -= 1  # Pyro counted the particle plate in it
+        pairs = [self._get_trace(model, guide, args, kwargs) for _ in range(self.num_particles)]
+        rank = int(nesting) + 1
+        return (*stack_particles(pairs, rank), rank)
+
+    def _fall_back(self, err: Exception) -> None:
+        warnings.warn(
+            f"{type(self).__name__}: the model and guide could not run under vectorized "
+            f"particles ({type(err).__name__}: {err}); drawing the {self.num_particles} "
+            "particles one at a time from now on (vectorize_particles=False), which gives "
+            "the same estimates more slowly",
+            VectorizationWarning,
+            stacklevel=3,
+        )
+        if self.num_particles > 1 and self.max_plate_nesting != float("inf"):
+            self.max_plate_nesting -= 1
+        self.vectorize_particles = False
+        self._auto_vectorize = False
+
+    def per_datapoint_plate(self, model_trace, args, kwargs) -> str | None:
+        """The model's per-datapoint plate in this call (:func:`find_data_plate`)."""
+        return find_data_plate(model_trace, batch_rows(args, kwargs), self.data_plate)
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         raise NotImplementedError

@@ -12,9 +12,12 @@ ordinary pathwise gradients. The estimate is the surrogate
     Σ_s Σ_i log q(z_{s,i}) · (ℓ_{s,i} − b_{s,i})  +  log p(x, z)        (detached ℓ, b)
 
 where ℓ_{s,i}, the learning signal of element i of site s, is Rao-Blackwellized along
-plates: inside a plate only the log-density terms of the same plate element count (a
-datapoint's z is scored by that datapoint's own log p − log q), outside it terms are
-summed. Terms that do not depend on z_{s,i} only add variance, never bias.
+plates: for a plate that encloses both site s and a term, only the term's elements of
+the same plate element count (a datapoint's z is scored by that datapoint's own
+log p − log q); a term in any other plate is summed over it, also when Pyro placed that
+plate at the same dim (plates are compared by identity, as Pyro's ``TraceGraph_ELBO``
+compares them, never by dim). Terms that do not depend on z_{s,i} only add variance,
+never bias.
 
 Control variates b (``control_variate=``):
 
@@ -23,14 +26,17 @@ Control variates b (``control_variate=``):
 - ``"leave-one-out"``: with K = ``num_particles`` ≥ 2 samples, particle k's baseline is
   the mean signal of the other K − 1 (Kool et al. 2019; Mnih & Rezende 2016 use the same
   idea in VIMCO). Unbiased, with no parameters.
-- ``"neural"``: NVIL (Mnih & Gregor 2014). For sites in the ``"data"`` plate, an MLP
-  b_ψ(x_n) of the model's first argument, trained to minimize (ℓ − b_ψ(x) − c)², plus
-  running estimates c and v of the centred signal's mean and variance, which normalize it:
-  (ℓ − b_ψ(x) − c) / max(1, √v). Sites outside the data plate use the moving average.
+- ``"neural"``: NVIL (Mnih & Gregor 2014). For sites in the per-datapoint plate
+  (:func:`pyro_vae.plates.find_data_plate`), an MLP b_ψ(x_n) of the data argument that
+  plate runs over, trained to minimize (ℓ − b_ψ(x) − c)², plus running estimates c and v
+  of the centred signal's mean and variance, which normalize it:
+  (ℓ − b_ψ(x) − c) / max(1, √v). Sites outside that plate (global latents) use the moving
+  average; a model with no per-datapoint plate at all is refused.
 
 Subsampling scales and ``poutine.scale``/``mask`` act as in Pyro's ELBOs: costs are
-scaled, the score log q is not (as in ``TraceGraph_ELBO``). Particles are always
-vectorized (an outer ``pyro.plate``), so the model and guide must broadcast.
+scaled, the score log q is not (as in ``TraceGraph_ELBO``). Particles are vectorized (an
+outer ``pyro.plate``) unless ``vectorize_particles=False``, which draws them in a loop for
+models that cannot broadcast.
 """
 
 from __future__ import annotations
@@ -42,12 +48,11 @@ import pyro
 import torch
 from pyro.infer.enum import get_importance_trace
 from pyro.poutine.messenger import Messenger
-from pyro.poutine.util import prune_subsample_sites
 from torch import nn
 
 from pyro_vae.estimators.base import SurrogateELBO
-from pyro_vae.plates import DATA_PLATE
-from pyro_vae.pointwise import particle_rank
+from pyro_vae.plates import batch_rows, frames_in, require_data_plate
+from pyro_vae.traces import full_rank
 
 CONTROL_VARIATES = ("none", "ema", "leave-one-out", "neural")
 
@@ -60,17 +65,25 @@ class _DetachSamples(Messenger):
             msg["value"] = msg["fn"](*msg["args"], **msg["kwargs"]).detach()
 
 
-def _full_rank(value: torch.Tensor, rank: int) -> torch.Tensor:
-    if not torch.is_tensor(value):
-        value = torch.as_tensor(value)
-    return value.reshape((1,) * (rank - value.dim()) + tuple(value.shape))
+def _rao_blackwellized_signal(site: dict, costs: list, rank: int) -> torch.Tensor:
+    """Σ of the costs that can depend on each element of ``site``, on ``site``'s batch grid.
 
-
-def _sum_outside(value: torch.Tensor, keep: set[int], rank: int) -> torch.Tensor:
-    """Sum a full-rank batch tensor over every dim (negative index) not in ``keep``."""
-    value = _full_rank(value, rank)
-    dims = [d for d in range(-rank, 0) if d not in keep and value.shape[d] != 1]
-    return value.sum(dims, keepdim=True) if dims else value
+    A cost keeps the dims of the plates it shares with ``site`` (element i of a plate is
+    scored by the terms of element i only) and is summed over the dims of every other plate,
+    even one that Pyro placed at the same dim: plates are compared as Pyro's frames, by
+    name, dim, size and counter, never by dim alone (two sibling plates at dim −1 are
+    independent of each other, not aligned element by element).
+    """
+    own = {f for f in site["cond_indep_stack"] if f.vectorized}
+    total = None
+    for cost_site, cost in costs:
+        cost = full_rank(cost, rank)
+        foreign = {f.dim for f in cost_site["cond_indep_stack"] if f.vectorized and f not in own}
+        dims = sorted(d for d in foreign if cost.shape[d] != 1)
+        if dims:
+            cost = cost.sum(dims, keepdim=True)
+        total = cost if total is None else total + cost
+    return total if total is not None else torch.zeros((1,) * rank)
 
 
 class ScoreFunctionELBO(SurrogateELBO):
@@ -86,6 +99,15 @@ class ScoreFunctionELBO(SurrogateELBO):
             its direction stays unbiased but its length does not.
         max_plate_nesting: as in Pyro's ELBOs; guessed from one run when left infinite.
         strict_enumeration_warning: as in Pyro's ELBOs.
+        vectorize_particles: ``True`` (one run under a particle plate), ``False`` (K runs,
+            for models that cannot broadcast) or ``None`` (vectorized unless that fails);
+            see :class:`~pyro_vae.estimators.base.SurrogateELBO`.
+        data_plate: the per-datapoint plate's name, which the ``neural`` baseline reads
+            x along; found by :func:`pyro_vae.plates.find_data_plate` when ``None``.
+
+    Raises:
+        ValueError: a bad option (named in the message).
+        pyro_vae.plates.DataPlateError: ``neural`` on a model without a per-datapoint plate.
     """
 
     def __init__(
@@ -97,6 +119,8 @@ class ScoreFunctionELBO(SurrogateELBO):
         normalize_variance: bool = True,
         max_plate_nesting: float = float("inf"),
         strict_enumeration_warning: bool = True,
+        vectorize_particles: bool | None = True,
+        data_plate: str | None = None,
     ) -> None:
         if control_variate not in CONTROL_VARIATES:
             raise ValueError(
@@ -112,8 +136,10 @@ class ScoreFunctionELBO(SurrogateELBO):
             "2 samples per step"
             if leave_one_out
             else "is not a positive integer",
+            vectorize_particles=vectorize_particles,
+            data_plate=data_plate,
         )
-        if not 0.0 <= decay < 1.0:
+        if not (isinstance(decay, int | float) and 0.0 <= decay < 1.0):
             raise ValueError(f"decay: {decay} is not in [0, 1)")
         self.control_variate = control_variate
         self.decay = decay
@@ -145,15 +171,11 @@ class ScoreFunctionELBO(SurrogateELBO):
             "flat", self.max_plate_nesting, model, _DetachSamples()(guide), args, kwargs
         )
 
-    def _traces(self, model, guide, args, kwargs):
-        model_trace, guide_trace = next(self._get_traces(model, guide, args, kwargs))
-        return prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
-
     def loss(self, model, guide, *args, **kwargs) -> float:
         """−ELBO, estimated with ``num_particles`` samples."""
         with torch.no_grad():
-            model_trace, guide_trace = self._traces(model, guide, args, kwargs)
-            elbo = model_trace.log_prob_sum() - guide_trace.log_prob_sum()
+            model_trace, guide_trace, _ = self.particle_traces(model, guide, args, kwargs)
+            elbo = torch.as_tensor(model_trace.log_prob_sum() - guide_trace.log_prob_sum())
         return -elbo.item() / self.num_particles
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
@@ -162,43 +184,51 @@ class ScoreFunctionELBO(SurrogateELBO):
         The neural baseline's own regression loss is included in the gradient (its value
         is subtracted back out, so the returned number is still −ELBO).
         """
-        model_trace, guide_trace = self._traces(model, guide, args, kwargs)
-        rank = particle_rank(self.max_plate_nesting, self.num_particles)
+        model_trace, guide_trace, rank = self.particle_traces(model, guide, args, kwargs)
         costs = [(s, s["log_prob"]) for s in model_trace.nodes.values() if s["type"] == "sample"]
         costs += [(s, -s["log_prob"]) for s in guide_trace.nodes.values() if s["type"] == "sample"]
-        elbo = sum(c.sum() for _, c in costs)
-        surrogate = model_trace.log_prob_sum()
-        baseline_loss = torch.zeros(())
+        elbo = torch.as_tensor(sum(c.sum() for _, c in costs))
+        surrogate = torch.as_tensor(model_trace.log_prob_sum())
+        baseline_loss = torch.zeros((), dtype=elbo.dtype, device=elbo.device)
+        plate = self.per_datapoint_plate(model_trace, args, kwargs)
         for name, site in guide_trace.nodes.items():
             if site["type"] != "sample":
                 continue
-            keep = {f.dim for f in site["cond_indep_stack"] if f.vectorized}
-            signal = sum(_sum_outside(c, keep, rank) for _, c in costs).detach()
-            advantage, extra_loss = self._centre(name, site, signal, args, rank)
+            signal = _rao_blackwellized_signal(site, costs, rank).detach()
+            advantage, extra_loss = self._centre(name, site, signal, args, kwargs, rank, plate)
             baseline_loss = baseline_loss + extra_loss
             # Pyro's score_parts zero the score of reparameterizable sites; here every site
             # is scored: log q at the detached sample, masked but not scaled.
             score = site["unscaled_log_prob"]
             if site["mask"] is not None:
                 score = score * site["mask"]
-            score = _full_rank(score, rank)
+            score = full_rank(score, rank)
             surrogate = surrogate + (score * advantage.detach()).sum()
         surrogate = surrogate / self.num_particles
         loss = -surrogate - baseline_loss.detach() + baseline_loss
         return loss + (-elbo / self.num_particles - loss).detach()
 
-    def _centre(self, name, site, signal, args, rank):
+    def _centre(self, name, site, signal, args, kwargs, rank, plate):
         """Signal minus this site's baseline, and the baseline's own training loss."""
-        zero = torch.zeros(())
+        zero = torch.zeros((), dtype=signal.dtype, device=signal.device)
         if self.control_variate == "none":
             return signal, zero
         if self.control_variate == "leave-one-out":
             particles = -rank
             total = signal.sum(particles, keepdim=True)
             return signal - (total - signal) / (self.num_particles - 1), zero
-        data_dims = [f.dim for f in site["cond_indep_stack"] if f.name == DATA_PLATE]
-        if self.control_variate == "neural" and data_dims and args:
-            return self._nvil(name, signal, args[0], data_dims[0], rank)
+        if self.control_variate == "neural":
+            plate = require_data_plate(
+                plate, batch_rows(args, kwargs), "the neural control variate (a baseline b(x_n))"
+            )
+            frames = frames_in(site, plate)
+            if frames:
+                x = next(
+                    v
+                    for v in (*args, *kwargs.values())
+                    if torch.is_tensor(v) and v.dim() >= 1 and v.shape[0] == frames[0].size
+                )
+                return self._nvil(name, signal, x, frames[0].dim, rank)
         previous = self._averages.get(name, 0.0)
         self._averages[name] = self.decay * previous + (1 - self.decay) * signal.mean().item()
         return signal - previous, zero
@@ -210,7 +240,9 @@ class ScoreFunctionELBO(SurrogateELBO):
                 "control_variate: 'neural' needs the model's first argument to be the batch "
                 f"tensor x (one row per datapoint); got {type(x).__name__}"
             )
-        features = x.detach().reshape(x.shape[0], -1).float()
+        # The baseline follows the signal's dtype and device (float64 under Pyro's own test
+        # settings, a GPU when the model is on one).
+        features = x.detach().reshape(x.shape[0], -1).to(signal.dtype)
         network = self._networks.get(name)
         if network is None:
             # Built at first use from a fixed seed of its own, outside the sampling stream,
@@ -223,9 +255,13 @@ class ScoreFunctionELBO(SurrogateELBO):
                     layers += [nn.Linear(width, h), nn.Tanh()]
                     width = h
                 layers.append(nn.Linear(width, 1))
-                network = self._networks[name] = nn.Sequential(*layers)
+                network = self._networks[name] = nn.Sequential(*layers).to(
+                    dtype=features.dtype, device=features.device
+                )
             if name in self._pending_networks:
                 network.load_state_dict(self._pending_networks.pop(name))
+        elif network[0].weight.dtype != features.dtype:
+            network.to(dtype=features.dtype)
         network = pyro.module(f"score_function_baseline${name}", network)
         shape = [1] * rank
         shape[data_dim] = features.shape[0]

@@ -11,7 +11,9 @@ with w̃_k = exp(l_k) / Σ_j exp(l_j) held fixed, ∇ l_k taken with h_k fixed, 
 per-sample baseline L̂_{−k}: L̂ with l_k replaced by the mean of the other K − 1
 log-weights (their geometric mean in weight space). It needs no reparameterization, so it
 trains discrete latents on the same objective ``iwae`` trains continuous ones on. Each
-datapoint of the ``"data"`` plate is its own bound; the minibatch sum is scaled by N/|batch|.
+datapoint of the per-datapoint plate (:func:`pyro_vae.plates.find_data_plate`) is its own
+bound when every site lies in that plate, and the minibatch sum is scaled by N/|batch|;
+otherwise the whole batch is one bound, as for ``iwae``.
 """
 
 from __future__ import annotations
@@ -22,19 +24,26 @@ import torch
 from pyro.infer.enum import get_importance_trace
 
 from pyro_vae.estimators.base import SurrogateELBO
-from pyro_vae.estimators.iwae import _data_plate_size
 from pyro_vae.estimators.score_function import _DetachSamples
-from pyro_vae.pointwise import data_plate_scale, particle_rank, per_datapoint_log_density
+from pyro_vae.plates import batch_rows
+from pyro_vae.pointwise import importance_log_densities
 
 
 class VIMCO(SurrogateELBO):
-    """−Σ_n L̂_K(x_n) with VIMCO's leave-one-out score-function gradient; K ≥ 2."""
+    """−Σ_n L̂_K(x_n) with VIMCO's leave-one-out score-function gradient; K ≥ 2.
+
+    Args: as :class:`~pyro_vae.estimators.iwae.IWAELBO`. Each datapoint of the
+    per-datapoint plate is its own bound when every site lies in that plate; otherwise the
+    batch is one bound (refused when subsampled).
+    """
 
     def __init__(
         self,
         num_particles: int = 5,
         max_plate_nesting: float = float("inf"),
         strict_enumeration_warning: bool = True,
+        vectorize_particles: bool | None = True,
+        data_plate: str | None = None,
     ) -> None:
         super().__init__(
             num_particles,
@@ -42,6 +51,8 @@ class VIMCO(SurrogateELBO):
             strict_enumeration_warning,
             min_particles=2,
             too_few="is too few; VIMCO's leave-one-out baseline needs at least 2 samples",
+            vectorize_particles=vectorize_particles,
+            data_plate=data_plate,
         )
 
     def _get_trace(self, model, guide, args, kwargs):
@@ -51,25 +62,37 @@ class VIMCO(SurrogateELBO):
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         """A surrogate whose value is −Σ_n L̂(x_n) and whose gradient is VIMCO's estimate."""
-        model_trace, guide_trace = next(self._get_traces(model, guide, args, kwargs))
-        batch = _data_plate_size(model_trace)
-        if batch is None:
-            raise ValueError(
-                "the model has no 'data' plate; VIMCO bounds log p(x_n) per "
-                "datapoint of pyro_vae.plates.data_plate(x)"
-            )
-        k, rank = self.num_particles, particle_rank(self.max_plate_nesting, self.num_particles)
-        log_q = per_datapoint_log_density(guide_trace, k, batch, rank, relative_scale=True)
-        log_w = per_datapoint_log_density(model_trace, k, batch, rank, relative_scale=True) - log_q
+        model_trace, guide_trace, rank = self.particle_traces(model, guide, args, kwargs)
+        plate = self.per_datapoint_plate(model_trace, args, kwargs)
+        k = self.num_particles
+        log_p, log_q, scale = importance_log_densities(
+            model_trace, guide_trace, k, rank, plate, batch_rows(args, kwargs)
+        )
+        log_w = log_p - log_q
         lw = log_w.detach()
         bound = torch.logsumexp(lw, 0) - math.log(k)
-        others_mean = (lw.sum(0, keepdim=True) - lw) / (k - 1)
-        # replaced[i, j] = l_j, except l_i -> mean of the others; log-sum-exp over j.
-        eye = torch.eye(k, dtype=torch.bool).unsqueeze(-1)
-        replaced = torch.where(eye, others_mean.unsqueeze(1), lw.unsqueeze(0))
-        leave_one_out = torch.logsumexp(replaced, dim=1) - math.log(k)
+        leave_one_out = _leave_one_out_bounds(lw)
         weights = torch.softmax(lw, 0)
         surrogate = ((bound - leave_one_out) * log_q + weights * log_w).sum()
-        scale = data_plate_scale(model_trace)
         value = -scale * bound.sum()
         return -scale * surrogate + (value + scale * surrogate).detach()
+
+
+def _leave_one_out_bounds(lw: torch.Tensor) -> torch.Tensor:
+    """L̂_{−k} for each particle k of ``lw`` (``[K, N]``): the bound with l_k replaced by
+    m_k, the mean of the other K − 1 log-weights.
+
+    L̂_{−k} = log(Σ_{j≠k} exp(l_j) + exp(m_k)) − log K. The sum without l_k is
+    log(exp(L) − exp(l_k)) = L + log1p(−exp(l_k − L)), L = log Σ_j exp(l_j), which is
+    well-conditioned for every k but the largest (exp(l_k − L) ≤ 1/2 there); for the
+    largest it is a log-sum-exp with that one entry left out. Memory is O(K·N), not the
+    O(K²·N) of building the K replaced copies.
+    """
+    k = lw.shape[0]
+    others_mean = (lw.sum(0, keepdim=True) - lw) / (k - 1)
+    total = torch.logsumexp(lw, 0, keepdim=True)
+    largest = torch.zeros_like(lw, dtype=torch.bool).scatter_(0, lw.argmax(0, keepdim=True), True)
+    without_largest = torch.logsumexp(lw.masked_fill(largest, -math.inf), 0, keepdim=True)
+    share = torch.exp(lw - total).masked_fill(largest, 0.0)
+    without = torch.where(largest, without_largest, total + torch.log1p(-share))
+    return torch.logaddexp(without, others_mean) - math.log(k)

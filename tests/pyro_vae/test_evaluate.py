@@ -148,7 +148,7 @@ def test_sites_outside_the_data_plate_are_refused(x):
     def global_guide(x, num_data=None):
         pyro.sample("mu", dist.Normal(0.0, 1.0))
 
-    with pytest.raises(ValueError, match="site 'mu' is outside the 'data' plate"):
+    with pytest.raises(ValueError, match="site 'mu' is outside the per-datapoint plate 'data'"):
         elbo_per_datapoint(global_model, global_guide, x)
 
 

@@ -70,11 +70,48 @@ def test_bad_use_is_explained():
     with pytest.raises(ValueError, match="num_particles: 1 is too few"):
         VIMCO(num_particles=1)
 
-    def no_plate_model(x):
+
+def test_a_model_with_a_global_latent_gets_the_joint_bound():
+    # z ~ N(0, 1), x_i ~ N(z, 1), q = N(0, 1): no per-datapoint factorization, so the bound
+    # is on log p(X) jointly; at q = prior its K-sample value equals IWAE's at equal draws.
+    def model(x):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        with pyro.plate("obs", len(x)):
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x):
         pyro.sample("z", dist.Normal(0.0, 1.0))
 
-    def no_plate_guide(x):
-        pyro.sample("z", dist.Normal(0.0, 1.0))
+    x = torch.tensor([0.3, -0.2, 1.1])
+    pyro.set_rng_seed(0)
+    vimco = VIMCO(8).loss(model, guide, x)
+    pyro.set_rng_seed(0)
+    iwae = IWAELBO(8).loss(model, guide, x)
+    assert vimco == pytest.approx(iwae, rel=1e-6)
+    subsampled = dist.Normal(0.0, 1.0)
 
-    with pytest.raises(ValueError, match="no 'data' plate"):
-        VIMCO(2).loss(no_plate_model, no_plate_guide, X)
+    def subsampled_model(x):
+        z = pyro.sample("z", subsampled)
+        with pyro.plate("obs", 6, subsample=torch.arange(len(x))):
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    with pytest.raises(ValueError, match="outside the subsampled per-datapoint plate 'obs'"):
+        VIMCO(2).loss(subsampled_model, guide, x)
+
+
+@pytest.mark.parametrize("spread", [0.1, 5.0, 60.0])
+def test_leave_one_out_bounds_match_the_k_replaced_copies(spread):
+    # The O(K·N) formula against the definition: K copies of the log-weights, copy k with
+    # l_k replaced by the mean of the others, each log-sum-exp'd. Float64, so the only
+    # difference is rounding; spread 60 puts the largest weight e^60 above the rest.
+    from pyro_vae.estimators.vimco import _leave_one_out_bounds
+
+    generator = torch.Generator().manual_seed(0)
+    lw = spread * torch.randn(7, 5, generator=generator, dtype=torch.float64)
+    lw[:, 0] = lw[0, 0]  # a column of ties
+    k = lw.shape[0]
+    others_mean = (lw.sum(0, keepdim=True) - lw) / (k - 1)
+    eye = torch.eye(k, dtype=torch.bool).unsqueeze(-1)
+    replaced = torch.where(eye, others_mean.unsqueeze(1), lw.unsqueeze(0))
+    direct = torch.logsumexp(replaced, dim=1) - math.log(k)
+    assert torch.allclose(_leave_one_out_bounds(lw), direct, rtol=1e-12, atol=1e-12)

@@ -1,0 +1,151 @@
+"""Minibatches without the model's help: full size and true row indices for the data plate.
+
+Stochastic variational inference on a minibatch B of N datapoints needs each
+per-datapoint log-density scaled by N/|B|, so the minibatch ELBO is unbiased for the
+full-data one (Hoffman et al. 2013), and guides with free per-datapoint parameters
+(Pyro's ``AutoNormal`` over local latents) need the batch's true row indices to pick
+their rows. Pyro does both when a model declares ``pyro.plate(name, N, subsample=idx)``.
+:class:`DataPlateSubsample` does it for a model that declares only
+``pyro.plate(name, len(x))``, as Pyro's own examples do:
+
+- every ``pyro.plate`` of the per-datapoint plate's name draws the given indices
+  (``idx`` into 0..N−1) as its subsample, so plates an autoguide creates, with full size
+  N, select the batch's rows of their parameters;
+- a site in that plate declared with the batch's size (``len(x)`` rather than N) has its
+  log-density scale multiplied by N/|B| and its plate frame told its full size N; a
+  plate already declared with size N (``pyro_vae.data_plate(x, num_data)``, autoguides) was
+  scaled by Pyro and is left alone, so nothing is scaled twice;
+- sites outside the plate (global latents, their priors) are never scaled.
+
+:class:`Minibatched` wraps a model or guide so that the fit loop and the evaluators call
+it as ``f(*data, subsample=idx)``; ``num_data`` is passed on only to callables that take it.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import pyro
+import torch
+from pyro.infer.autoguide import AutoGuide
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
+
+_ACTIVE: list[DataPlateSubsample] = []
+
+
+class DataPlateSizeError(ValueError):
+    """The per-datapoint plate was declared with neither the batch's size nor N."""
+
+
+class DataPlateSubsample(Messenger):
+    """Give the plate ``plate`` its full size ``num_data`` and the rows ``indices``.
+
+    Args:
+        plate: the per-datapoint plate's name (:func:`pyro_vae.plates.find_data_plate`).
+        num_data: N, the size of the dataset the batch comes from.
+        indices: the batch's rows in 0..N−1 (``[B]``), or ``None`` to keep the plate's own.
+    """
+
+    def __init__(self, plate: str, num_data: int, indices: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.plate, self.num_data, self.indices = plate, int(num_data), indices
+
+    def __enter__(self):
+        _ACTIVE.append(self)
+        return super().__enter__()
+
+    def __exit__(self, *exc) -> None:
+        _ACTIVE.remove(self)
+        return super().__exit__(*exc)
+
+    def _process_message(self, msg) -> None:
+        if msg["type"] != "sample" or msg["name"] is None:
+            return
+        if site_is_subsample(msg):
+            if msg["name"] == self.plate and self.indices is not None:
+                msg["value"] = self.indices
+            return
+        for i, frame in enumerate(msg["cond_indep_stack"]):
+            if frame.name != self.plate or not frame.vectorized:
+                continue
+            declared = frame.full_size or frame.size
+            if declared == self.num_data:
+                return
+            if declared != frame.size:
+                raise DataPlateSizeError(
+                    f"site {msg['name']!r}: plate {self.plate!r} was declared with size "
+                    f"{declared} and subsamples {frame.size} rows, but the data has "
+                    f"{self.num_data} rows; declare it as pyro.plate({self.plate!r}, len(x)) "
+                    "or with the full size of the data"
+                )
+            msg["scale"] = msg["scale"] * (self.num_data / frame.size)
+            stack = list(msg["cond_indep_stack"])
+            stack[i] = frame._replace(full_size=self.num_data)
+            msg["cond_indep_stack"] = tuple(stack)
+            return
+
+
+class _AutoguidePlates:
+    """``create_plates`` for a Pyro autoguide: the active :class:`DataPlateSubsample`'s
+    plate, with its full size and rows, at the model's dim; no plate outside one."""
+
+    def __init__(self, plate: str, dim: int) -> None:
+        self.plate, self.dim = plate, dim
+
+    def __call__(self, *args, **kwargs) -> list:
+        active = [h for h in _ACTIVE if h.plate == self.plate and h.indices is not None]
+        if not active:
+            return []
+        h = active[-1]
+        return [pyro.plate(self.plate, h.num_data, subsample=h.indices, dim=self.dim)]
+
+
+def align_autoguide(guide, plate: str | None, dim: int | None) -> None:
+    """Let a Pyro autoguide follow the batch's rows in the per-datapoint plate.
+
+    An ``AutoGuide`` sizes its plates from the batch it first saw: its subsample size
+    stays that batch's, so a last partial batch or an evaluation chunk of another size
+    fails, and its local parameters are indexed by rows it draws itself. Pyro's answer
+    is the autoguide's ``create_plates`` argument; this installs one (when the guide has
+    none) that hands it the rows :class:`DataPlateSubsample` carries. Other guides are
+    left as they are.
+    """
+    if plate is None or not isinstance(guide, AutoGuide) or getattr(guide, "master", None):
+        return
+    if guide.create_plates is None or isinstance(guide.create_plates, _AutoguidePlates):
+        guide.create_plates = _AutoguidePlates(plate, dim if dim is not None else -1)
+
+
+def accepts_keyword(fn, name: str) -> bool:
+    """Whether ``fn`` can be called with the keyword argument ``name``."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+class Minibatched:
+    """``fn`` called on a minibatch of a dataset of ``num_data`` rows.
+
+    ``Minibatched(fn, plate, N)(*data, subsample=idx)`` runs ``fn(*data)`` (plus
+    ``num_data=N`` when ``fn`` takes it) under :class:`DataPlateSubsample`. With
+    ``plate=None`` (a model without a per-datapoint plate) it only forwards the call.
+    The wrapper keeps ``fn``'s torch modules visible (``modules``) for train/eval modes.
+    """
+
+    def __init__(self, fn, plate: str | None, num_data: int) -> None:
+        self.fn, self.plate, self.num_data = fn, plate, int(num_data)
+        self.passes_num_data = accepts_keyword(fn, "num_data")
+
+    def __call__(self, *args, subsample: torch.Tensor | None = None, **kwargs):
+        if self.passes_num_data and "num_data" not in kwargs:
+            kwargs["num_data"] = self.num_data
+        if self.plate is None:
+            return self.fn(*args, **kwargs)
+        with DataPlateSubsample(self.plate, self.num_data, subsample):
+            return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"Minibatched({self.fn!r}, plate={self.plate!r}, num_data={self.num_data})"

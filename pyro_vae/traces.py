@@ -1,0 +1,186 @@
+"""Traces of a model/guide pair with K particles, and the plate bookkeeping around them.
+
+Estimators, evaluators and diagnostics all need the same thing: K draws z_k ~ q, each
+replayed through the model, with every site's log-density laid out on one batch grid of
+rank R whose leftmost dim (−R) indexes particles. Two ways to get there:
+
+- **vectorized** (the fast default): one run of guide and model inside an outer
+  ``pyro.plate`` of size K at dim −R, so every tensor carries the particle dim; the model
+  must broadcast (no boolean-mask indexing, no ``.item()`` on a latent);
+- **looped** (``vectorize_particles=False``, as Pyro's ELBOs offer): K separate runs,
+  whose sites are then stacked along a new leftmost dim, giving the same layout. Slower,
+  but any model that runs once runs this way.
+
+:func:`particle_traces` tries the vectorized way and, when tracing under the particle
+plate fails and the looped way succeeds, keeps the looped way with a warning that says
+why, so a model that cannot broadcast still gets an answer rather than a traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Callable
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from pyro.poutine import Trace
+from pyro.poutine.indep_messenger import CondIndepStackFrame
+from pyro.poutine.util import prune_subsample_sites
+
+PARTICLES = "_particles"
+# Plates that index particles, not data: ours, and the one Pyro's vectorized ELBOs add.
+PARTICLE_PLATES = frozenset({PARTICLES, "num_particles_vectorized"})
+
+
+class VectorizationWarning(UserWarning):
+    """Vectorized particles failed for this model; particles are drawn one at a time."""
+
+
+def sample_sites(trace: Trace) -> dict[str, dict]:
+    """The trace's sample sites (subsample sites left out), by name."""
+    return {n: s for n, s in prune_subsample_sites(trace).nodes.items() if s["type"] == "sample"}
+
+
+def plate_nesting(*traces: Trace) -> int:
+    """How many batch dims the traces' vectorized plates use (Pyro's ``max_plate_nesting``)."""
+    nesting = 0
+    for trace in traces:
+        for site in sample_sites(trace).values():
+            nesting = max([nesting, *(-f.dim for f in site["cond_indep_stack"] if f.vectorized)])
+    return nesting
+
+
+def full_rank(value, rank: int) -> torch.Tensor:
+    """``value`` with singleton dims prepended up to ``rank`` dims (a batch-shape tensor)."""
+    if not torch.is_tensor(value):
+        value = torch.as_tensor(value)
+    return value.reshape((1,) * (rank - value.dim()) + tuple(value.shape))
+
+
+def run_pair(
+    model, guide, args: tuple, kwargs: dict, particles: tuple[int, int] | None = None
+) -> tuple[Trace, Trace]:
+    """One draw from the guide and the model replayed on it (blocked, so nothing escapes).
+
+    ``particles=(K, dim)`` runs both inside a particle plate of size K at ``dim``.
+    """
+    with poutine.block(), contextlib.ExitStack() as stack:
+        if particles is not None:
+            stack.enter_context(pyro.plate(PARTICLES, particles[0], dim=particles[1]))
+        guide_tr = poutine.trace(guide).get_trace(*args, **kwargs)
+        model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*args, **kwargs)
+    return model_tr, guide_tr
+
+
+def stack_particles(pairs: list[tuple[Trace, Trace]], rank: int) -> tuple[Trace, Trace]:
+    """K looped (model, guide) trace pairs as one pair laid out like a vectorized run.
+
+    Each sample site's ``value``, ``log_prob``, ``unscaled_log_prob`` and tensor ``mask``
+    are brought to the full batch rank R − 1 and stacked along a new leftmost dim (−R), and
+    a particle frame is added to its ``cond_indep_stack``; ``fn`` is the first particle's.
+    Log-densities must have been computed (``compute_log_prob``).
+
+    Raises:
+        ValueError: the particles visited different sites (the model's structure depends
+            on the draw), so they cannot share one layout.
+    """
+    frame = CondIndepStackFrame(PARTICLES, -rank, len(pairs), 0, len(pairs))
+    return tuple(_stack_traces([pair[i] for pair in pairs], rank, frame) for i in (0, 1))
+
+
+def _stack_traces(traces: list[Trace], rank: int, frame: CondIndepStackFrame) -> Trace:
+    first = traces[0]
+    names = list(sample_sites(first))
+    for trace in traces[1:]:
+        if list(sample_sites(trace)) != names:
+            raise ValueError(
+                f"particles visited different sample sites ({names} and "
+                f"{list(sample_sites(trace))}); the model's structure depends on the draw, so "
+                "particles cannot be stacked"
+            )
+    stacked = Trace()
+    for name, site in first.nodes.items():
+        if site["type"] != "sample" or name not in names:
+            stacked.add_node(name, **site)
+            continue
+        sites = [trace.nodes[name] for trace in traces]
+        new = dict(site)
+        event_dim = site["fn"].event_dim
+        new["value"] = _stack([s["value"] for s in sites], rank - 1, event_dim)
+        for key in ("log_prob", "unscaled_log_prob"):
+            if key in site:
+                new[key] = _stack([s[key] for s in sites], rank - 1, 0)
+        if torch.is_tensor(site["mask"]):
+            new["mask"] = _stack([s["mask"] for s in sites], rank - 1, 0)
+        new["cond_indep_stack"] = (*site["cond_indep_stack"], frame)
+        stacked.add_node(name, **new)
+    return stacked
+
+
+def _stack(values: list, batch_rank: int, event_dim: int) -> torch.Tensor:
+    shaped = []
+    for v in values:
+        v = torch.as_tensor(v)
+        batch = v.dim() - event_dim
+        shaped.append(v.reshape((1,) * (batch_rank - batch) + tuple(v.shape)))
+    return torch.stack(torch.broadcast_tensors(*shaped))
+
+
+def particle_traces(
+    model,
+    guide,
+    args: tuple,
+    kwargs: dict,
+    num_particles: int,
+    nesting: int,
+    vectorize: bool | None = None,
+    on_fallback: Callable[[Exception], None] | None = None,
+) -> tuple[Trace, Trace, bool]:
+    """Model and guide traces of K = ``num_particles`` draws, particles at dim −(nesting+1).
+
+    Log-densities are computed and subsample sites pruned. ``vectorize``: ``True`` one run
+    under a particle plate, ``False`` K runs stacked (:func:`stack_particles`), ``None``
+    vectorized unless that fails and the looped way works, in which case a
+    :class:`VectorizationWarning` says why (and ``on_fallback`` is told).
+
+    Returns:
+        ``(model_trace, guide_trace, vectorized)``.
+    """
+    rank = nesting + 1
+    if vectorize is not False:
+        try:
+            model_tr, guide_tr = run_pair(model, guide, args, kwargs, (num_particles, -rank))
+            return _finished(model_tr), _finished(guide_tr), True
+        except Exception as err:
+            if vectorize:
+                raise
+            vectorized_error = err
+        pairs = _looped(model, guide, args, kwargs, num_particles, rank)
+        warnings.warn(
+            f"the model and guide could not run under vectorized particles "
+            f"({type(vectorized_error).__name__}: {vectorized_error}); drawing the "
+            f"{num_particles} particles one at a time instead (vectorize_particles=False), "
+            "which gives the same estimates more slowly",
+            VectorizationWarning,
+            stacklevel=2,
+        )
+        if on_fallback is not None:
+            on_fallback(vectorized_error)
+        return (*pairs, False)
+    return (*_looped(model, guide, args, kwargs, num_particles, rank), False)
+
+
+def _looped(model, guide, args, kwargs, num_particles: int, rank: int) -> tuple[Trace, Trace]:
+    pairs = []
+    for _ in range(num_particles):
+        model_tr, guide_tr = run_pair(model, guide, args, kwargs)
+        pairs.append((_finished(model_tr), _finished(guide_tr)))
+    return stack_particles(pairs, rank)
+
+
+def _finished(trace: Trace) -> Trace:
+    trace = prune_subsample_sites(trace)
+    trace.compute_log_prob()
+    return trace

@@ -1,0 +1,248 @@
+"""A model/guide pair made ready for the fit loop, whatever Pyro code it is.
+
+:meth:`TrainingPair.set_up` does, once and before any training step, what makes plain
+Pyro code train correctly on minibatches:
+
+1. checks that the data's dtype matches the networks' (a float64 array into float32
+   weights fails inside a matmul otherwise, naming nothing);
+2. finds the per-datapoint plate (:func:`pyro_vae.plates.find_data_plate`) on a run of the
+   model, and refuses minibatches of a model that has none;
+3. wraps model and guide (:class:`pyro_vae.minibatch.Minibatched`) so that plate gets the
+   full size N and each batch's row indices, and lets Pyro autoguides follow them;
+4. runs the pair once so every parameter exists, and collects them
+   (:class:`pyro_vae.weights.PairWeights`);
+5. tells whether the guide has free per-datapoint parameters (a "local" guide, such as
+   ``AutoNormal`` over per-datapoint latents): those have nothing to say about held-out
+   rows, so such a fit is validated on the training set's ELBO instead;
+6. warns when a site's log-density scale is not the N/|B| (inside the plate) or 1
+   (outside) that makes the minibatch loss the ELBO that validation reports.
+
+Every one of these runs draws outside the global random stream, so setting up does not
+change what training draws.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pyro.poutine as poutine
+import torch
+
+from pyro_vae.data import DataSplits
+from pyro_vae.evaluate import eval_mode
+from pyro_vae.likelihoods import check_observations
+from pyro_vae.minibatch import Minibatched, align_autoguide
+from pyro_vae.plates import DataPlateError, batch_rows, find_data_plate, frames_in
+from pyro_vae.tensor_data import TensorData
+from pyro_vae.traces import VectorizationWarning, run_pair, sample_sites
+from pyro_vae.weights import PairWeights, module_of
+
+HELD_OUT = "held-out ELBO per datapoint (nats)"
+TRAINING_SET = (
+    "training-set ELBO per datapoint (nats): the guide has free per-datapoint parameters, "
+    "so it has no posterior for held-out rows"
+)
+WHOLE_DATA = "whole-data ELBO (total nats)"
+
+
+class MinibatchScaleWarning(UserWarning):
+    """A site's log-density scale makes the minibatch loss something other than the ELBO."""
+
+
+@dataclass
+class TrainingPair:
+    """The wrapped pair, its per-datapoint plate, its weights and how to validate it."""
+
+    model: Minibatched
+    guide: Minibatched
+    plate: str | None
+    weights: PairWeights
+    local: bool
+    validate: Callable[[], float] | None = None
+    validation_kind: str | None = None
+    vectorize: bool | None = None
+
+    @classmethod
+    def set_up(cls, model, guide, source, config) -> TrainingPair:
+        """Steps 1-6 of the module docstring on ``source``'s first batch.
+
+        Raises:
+            ValueError: mismatched dtypes, or data the model's likelihood cannot observe.
+            pyro_vae.plates.DataPlateError: minibatches of a model without a
+                per-datapoint plate, or an ambiguous one.
+        """
+        args, rows, n = source.first_batch, source.first_rows, source.num_data
+        check_dtypes(args, model, guide)
+        if isinstance(source.data, DataSplits):
+            check_observations(module_of(model) or model, args[0], "training data")
+        plate, dim = _per_datapoint_plate(model, args, config.data_plate)
+        if plate is None and source.batch_size < n:
+            raise DataPlateError(
+                f"batch_size: {source.batch_size} of {n} rows needs the model's per-datapoint "
+                f"plate to scale the minibatch by N/|B|, and the model has none (no plate of "
+                f"{batch_rows(args)} elements encloses an observed site); use batch_size >= "
+                f"{n}, or put the per-datapoint sites in pyro.plate(..., len(x))"
+            )
+        align_autoguide(guide, plate, dim)
+        wrapped_model, wrapped_guide = Minibatched(model, plate, n), Minibatched(guide, plate, n)
+        kwargs = {"subsample": rows} if plate is not None else {}
+        weights = PairWeights(wrapped_model, wrapped_guide, args, kwargs, seed=config.seed)
+        local = plate is not None and has_per_datapoint_parameters(
+            wrapped_guide, weights, args, rows, n
+        )
+        if plate is not None:
+            warn_on_scales(wrapped_model, wrapped_guide, args, rows, plate, n)
+        pair = cls(wrapped_model, wrapped_guide, plate, weights, local)
+        pair.vectorize = config.vectorize_particles
+        pair._set_validation(model, guide, source.data, config)
+        return pair
+
+    def train_mode(self, mode: bool) -> None:
+        """Put the torch modules behind model and guide in training (or eval) mode."""
+        for fn in (self.model, self.guide):
+            module = module_of(fn)
+            if module is not None:
+                module.train(mode)
+
+    def _set_validation(self, model, guide, data, config) -> None:
+        from pyro_vae.evaluate import elbo_estimate
+
+        if isinstance(data, TensorData):
+            every_row = torch.arange(data.num_data)
+            kwargs = {"subsample": every_row} if self.plate is not None else {}
+            self.validation_kind = WHOLE_DATA
+            self.validate = lambda: elbo_estimate(
+                self.model, self.guide, *data.tensors, num_samples=config.val_samples, **kwargs
+            )[0]
+            return
+        if self.local:
+            x = data.train_x
+            if data.dynamic:  # validate on one fixed binarization of the training images
+                x = torch.bernoulli(x, generator=torch.Generator().manual_seed(1))
+            self.validation_kind = TRAINING_SET
+        elif data.val_x.shape[0]:
+            check_observations(module_of(model) or model, data.val_x, "validation data")
+            x = data.val_x
+            self.validation_kind = HELD_OUT
+        else:
+            return
+        self.validate = lambda: self._per_datapoint_elbo(model, guide, x, config.val_samples)
+
+    def _per_datapoint_elbo(self, model, guide, x, num_samples: int) -> float:
+        from pyro_vae.evaluate import elbo_per_datapoint
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", VectorizationWarning)
+            value = elbo_per_datapoint(
+                model,
+                guide,
+                x,
+                num_samples,
+                data_plate=self.plate,
+                vectorize_particles=self.vectorize,
+            )
+        for w in caught:
+            if issubclass(w.category, VectorizationWarning):
+                self.vectorize = False
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        return value.mean().item()
+
+
+def check_dtypes(args: tuple, model, guide) -> None:
+    """Refuse floating data whose dtype differs from the networks' weights.
+
+    Raises:
+        ValueError: naming the data's dtype and the weights'.
+    """
+    weights = [
+        p
+        for fn in (model, guide)
+        if (m := module_of(fn)) is not None
+        for p in m.parameters()
+        if p.is_floating_point()
+    ]
+    if not weights:
+        return
+    expected = weights[0].dtype
+    for i, a in enumerate(args):
+        if torch.is_tensor(a) and a.is_floating_point() and a.dtype != expected:
+            raise ValueError(
+                f"data: argument {i} is {a.dtype} and the model's weights are {expected}; "
+                f"expected data of the weights' dtype (convert it with .to({expected}), or "
+                "the model and guide with .to(dtype))"
+            )
+
+
+def _per_datapoint_plate(model, args: tuple, name: str | None) -> tuple[str | None, int | None]:
+    with torch.random.fork_rng(devices=[]), torch.no_grad(), poutine.block():
+        trace = poutine.trace(model).get_trace(*args)
+    plate = find_data_plate(trace, batch_rows(args), name)
+    if plate is None:
+        return None, None
+    dims = [f.dim for s in sample_sites(trace).values() for f in frames_in(s, plate)]
+    return plate, dims[0] if dims else None
+
+
+def has_per_datapoint_parameters(guide, weights: PairWeights, args, rows, num_data) -> bool:
+    """Whether one datapoint's draw from the guide reads parameters kept per datapoint.
+
+    Runs the guide on the batch's first row and differentiates its log-density and
+    reparameterized values with respect to every parameter: a parameter with a dim of
+    size N whose gradient is zero everywhere but at that row's index belongs to single
+    datapoints (``AutoNormal``'s locations over local latents), which an amortized guide's
+    weights never do.
+    """
+    if num_data < 2:
+        return False
+    params = [p for p in weights.parameters() if p.requires_grad]
+    if not params:
+        return False
+    row = int(rows[0])
+    with torch.random.fork_rng(devices=[]), poutine.block(), eval_mode(guide):
+        trace = poutine.trace(guide).get_trace(*(a[:1] for a in args), subsample=rows[:1])
+        trace.compute_log_prob()
+        terms = []
+        for site in sample_sites(trace).values():
+            terms.append(site["log_prob"].sum())
+            if torch.is_tensor(site["value"]) and site["value"].requires_grad:
+                terms.append(site["value"].sum())
+        terms = [t for t in terms if t.requires_grad]
+        if not terms:
+            return False
+        grads = torch.autograd.grad(sum(terms), params, allow_unused=True)
+    for p, g in zip(params, grads, strict=True):
+        if g is None:
+            continue
+        for d, size in enumerate(p.shape):
+            if size != num_data:
+                continue
+            touched = g.abs().movedim(d, 0).reshape(size, -1).sum(1) != 0
+            if touched[row] and touched.sum() == 1:
+                return True
+    return False
+
+
+def warn_on_scales(model, guide, args, rows, plate: str, num_data: int) -> None:
+    """Warn about sites whose log-density scale is not N/|B| inside ``plate``, 1 outside."""
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        model_tr, guide_tr = run_pair(model, guide, args, {"subsample": rows})
+    factor = num_data / len(rows)
+    odd = []
+    for kind, trace in (("model", model_tr), ("guide", guide_tr)):
+        for name, site in sample_sites(trace).items():
+            expected = factor if frames_in(site, plate) else 1.0
+            scale = float(torch.as_tensor(site["scale"]).mean())
+            if abs(scale - expected) > 1e-6 * expected:
+                odd.append(f"{kind} site {name!r} has scale {scale:g}, expected {expected:g}")
+    if odd:
+        warnings.warn(
+            "the minibatch loss is not an unbiased estimate of the ELBO that validation "
+            f"reports ({num_data} rows, batches of {len(rows)}, per-datapoint plate {plate!r}): "
+            + "; ".join(odd)
+            + ". The model or guide scales these sites itself (poutine.scale, or a plate "
+            "declared with another size).",
+            MinibatchScaleWarning,
+            stacklevel=3,
+        )
