@@ -18,8 +18,15 @@ import torch
 from pyro.infer import Trace_ELBO
 from tqdm.auto import tqdm
 
-from pyro_vae.evaluate import elbo_per_datapoint, eval_mode, iwae_log_likelihood, max_plate_nesting
+from pyro_vae.evaluate import (
+    elbo_per_datapoint,
+    eval_mode,
+    iwae_log_likelihood,
+    latent_draws,
+    max_plate_nesting,
+)
 from pyro_vae.guides.local_normal import LocalNormal
+from pyro_vae.weights import module_of
 
 
 def amortization_gap(
@@ -47,20 +54,17 @@ def amortization_gap(
     ):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{arg}: {value!r} is not a positive integer")
+    site = "z"
     with eval_mode(model, guide), torch.no_grad():
-        if hasattr(guide, "encode"):
-            q = guide.encode(x)
+        q = guide.encode(x) if hasattr(guide, "encode") else None
+        if q is not None and hasattr(q, "loc") and hasattr(q, "scale"):
             loc, scale = q.loc, q.scale
-        else:
-            latent = getattr(model, "latent_dim", None)
-            if latent is None:
-                raise TypeError(
-                    "guide: no encode(x) to start from, and the model has no "
-                    "latent_dim to start a standard Normal from"
-                )
-            loc, scale = torch.zeros(x.shape[0], latent), torch.ones(x.shape[0], latent)
-    local = LocalNormal(loc, scale)
-    parameters = model.parameters() if isinstance(model, torch.nn.Module) else []
+        else:  # start from the moments of the guide's draws
+            site, draws = latent_draws(model, guide, x, 100)
+            loc, scale = draws.mean(0), draws.std(0)
+    local = LocalNormal(loc, scale, site)
+    owner = module_of(model)
+    parameters = owner.parameters() if owner is not None else []
     frozen = [p for p in parameters if p.requires_grad]
     for p in frozen:
         p.requires_grad_(False)

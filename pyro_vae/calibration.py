@@ -36,7 +36,7 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import ClippedAdam
 from pyro.poutine.util import prune_subsample_sites
 
-from pyro_vae.plates import DATA_PLATE
+from pyro_vae.plates import batch_rows, find_data_plate, frames_in
 
 _REPLICATIONS = "_vsbc_replications"
 _DRAWS = "_vsbc_draws"
@@ -142,9 +142,8 @@ def _simulate(
     observed = [n for n, s in sample.items() if s["is_observed"]]
     latent = [n for n, s in sample.items() if not s["is_observed"]]
     if sites is None:
-        sites = [
-            n for n in latent if all(f.name != DATA_PLATE for f in sample[n]["cond_indep_stack"])
-        ]
+        plate = find_data_plate(trace, batch_rows(args, kwargs))
+        sites = [n for n in latent if plate is None or not frames_in(sample[n], plate)]
     unknown = [s for s in sites if s not in latent]
     if not sites or unknown or not observed:
         raise ValueError(
@@ -213,7 +212,7 @@ def vsbc(
     conditioned model, e.g. ``make_guide=AutoNormal``. Each fit is ``num_steps`` of Adam
     with ``num_particles`` ELBO particles and a learning rate decaying geometrically from
     ``lr`` to ``final_lr`` (default ``lr/10``); q is then represented by ``num_draws``
-    draws. ``sites`` defaults to the model's latent sites outside the ``"data"`` plate
+    draws. ``sites`` defaults to the model's latent sites outside its per-datapoint plate
     (the global parameters). VSBC judges the whole procedure: an optimization stopped
     short of the optimum skews p as a biased family does.
     """

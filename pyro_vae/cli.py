@@ -24,6 +24,7 @@ from pyro_vae.experiment import DEFAULT_MODEL, build, evaluate_test_set, load, w
 from pyro_vae.idx import IDXFormatError
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.plots import plot_gradient_variance, plot_samples
+from pyro_vae.predictive import prior_mean_images
 from pyro_vae.train import TrainConfig, TrainingDiverged, fit
 
 
@@ -72,15 +73,16 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="pixel levels for categorical (default: 17 for digits, 8 for 8-bit)",
     )
-    f.add_argument("--latent-dim", type=int, default=20)
+    f.add_argument("--latent-dim", type=int, default=None, help="default 20")
     f.add_argument(
         "--hidden",
         type=int,
         nargs="*",
-        default=[400],
-        help="decoder hidden widths, the encoder's reversed (none: linear, as a classic SBN)",
+        default=None,
+        help="decoder hidden widths, the encoder's reversed (none: linear, as a classic SBN; "
+        "default 400)",
     )
-    f.add_argument("--activation", default="softplus")
+    f.add_argument("--activation", default=None, help="default softplus")
     f.add_argument(
         "--model-opt",
         type=_key_value,
@@ -134,6 +136,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     f.add_argument(
         "--ll-points", type=int, default=1000, help="test images it is estimated on (0: all)"
+    )
+    f.add_argument(
+        "--data-plate",
+        default=None,
+        metavar="NAME",
+        help="the model's per-datapoint plate, when more than one plate of the batch's size "
+        "encloses observed sites (default: found from the model)",
+    )
+    f.add_argument(
+        "--vectorize-particles",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="draw validation particles under one plate (on), in a loop for models that cannot "
+        "broadcast (off), or on unless that fails (auto)",
     )
     f.add_argument("--no-progress", action="store_true")
 
@@ -216,13 +232,13 @@ def _config_from_args(args: argparse.Namespace) -> dict[str, Any]:
         progress=not args.no_progress,
         compile=_compile(args),
         compile_backend="inductor" if args.compile == "inductor" else None,
+        data_plate=args.data_plate,
+        vectorize_particles={"auto": None, "on": True, "off": False}[args.vectorize_particles],
     )
     return {
         "model": args.model,
         "model_options": {
-            "latent_dim": args.latent_dim,
-            "hidden_dims": args.hidden,
-            "activation": args.activation,
+            **{key: _default(args, key) for key in ("latent_dim", "hidden_dims", "activation")},
             **dict(args.model_opt),
         },
         "guide": args.guide,
@@ -242,7 +258,35 @@ def _config_from_args(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+_MODEL_DEFAULTS = {"latent_dim": 20, "hidden_dims": [400], "activation": "softplus"}
+_MODEL_FLAGS = {"latent_dim": "latent_dim", "hidden_dims": "hidden", "activation": "activation"}
+
+
+def _default(args: argparse.Namespace, key: str) -> Any:
+    value = getattr(args, _MODEL_FLAGS[key])
+    return _MODEL_DEFAULTS[key] if value is None else value
+
+
+def _note_unaccepted(args: argparse.Namespace, exp, config: dict[str, Any]) -> None:
+    """Drop standard options the model does not take from the config (it records what the
+    model received), and say so for those the user set."""
+    for key in exp.not_accepted:
+        config["model_options"].pop(key, None)
+        flag = "--" + _MODEL_FLAGS[key].replace("_", "-")
+        if getattr(args, _MODEL_FLAGS[key], None) is not None:
+            print(
+                f"note: {flag} was not passed to {config['model']}, whose constructor has no "
+                f"{key!r} argument; pass its own with --model-opt NAME=VALUE "
+                f"(it received {sorted(exp.model_arguments)})"
+            )
+
+
 def _print_test(test: dict[str, Any]) -> None:
+    if test.get("evaluated_on") == "training set":
+        print(
+            "note: the guide has free per-datapoint parameters, so it has no posterior for "
+            "test images; these are the training images' metrics"
+        )
     for key, value in test.items():
         if key == "elbo":
             print(f"test ELBO                 {value:10.3f} nats per image")
@@ -257,6 +301,9 @@ def _print_test(test: dict[str, Any]) -> None:
             print(f"reconstruction MSE        {value:10.4f} per pixel, [0, 1] scale")
         elif key == "active_units":
             print(f"active latent units       {value:>5} of {test['latent_dim']}")
+        elif key == "skipped":
+            for metric, why in value.items():
+                print(f"skipped {metric}: {why}")
 
 
 def _fit(args: argparse.Namespace) -> int:
@@ -281,6 +328,8 @@ def _fit(args: argparse.Namespace) -> int:
             )
         config = _config_from_args(args)
     exp = build(config)
+    if not args.resume:
+        _note_unaccepted(args, exp, config)
     train_config = TrainConfig(**config["train"])
     if train_config.compile and compilable(exp.elbo) is not None:
         raise ValueError(
@@ -304,13 +353,26 @@ def _fit(args: argparse.Namespace) -> int:
         f"stopped: {result.stop_reason.replace('_', ' ')}; kept the weights of epoch "
         f"{result.best_epoch or len(result.history)}"
     )
+    exp.local_guide = result.local_guide
     ev = config["evaluation"]
     test = evaluate_test_set(exp, ev["ll_samples"], ev["ll_points"], progress=train_config.progress)
-    run.update_metrics(stop_reason=result.stop_reason, best_epoch=result.best_epoch, test=test)
+    run.update_metrics(
+        stop_reason=result.stop_reason,
+        best_epoch=result.best_epoch,
+        test=test,
+        model_arguments=_jsonable(exp.model_arguments),
+        **result.info(),
+    )
     _print_test(test)
-    figures = write_figures(exp, run, result.history, test)
+    figures, skipped = write_figures(exp, run, result.history, test)
     print("figures: " + ", ".join(str(p) for p in figures))
+    for name, why in skipped.items():
+        print(f"skipped {name}: {why}")
     return 0
+
+
+def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -333,14 +395,13 @@ def _sample(args: argparse.Namespace) -> int:
     exp = load(run)
     if args.num < 1:
         raise ValueError(f"num: {args.num} is not a positive number of images")
-    if not exp.generative or not hasattr(exp.model, "generate"):
+    if not exp.generative:
         raise ValueError(
-            f"run: {exp.config['model']} has no prior to sample from "
-            "(it is not a generative model with generate(num))"
+            f"run: {exp.config['model']} has no prior to sample from (it is not a generative model)"
         )
     pyro.set_rng_seed(args.seed)
     with torch.no_grad():
-        images = exp.model.generate(args.num)
+        images = prior_mean_images(exp.model, exp.data.test_x, args.num)
     path = plot_samples(
         images, exp.data.image_shape, exp.data.pixel_max, args.out or run.file("samples.png")
     )

@@ -41,9 +41,11 @@ import pyro.poutine as poutine
 import torch
 from pyro.poutine.util import prune_subsample_sites
 
-from pyro_vae.evaluate import eval_mode, latent_means, log_importance_weights
-from pyro_vae.plates import DATA_PLATE
+from pyro_vae.evaluate import data_arguments, eval_mode, prepare
+from pyro_vae.plates import batch_rows, find_data_plate, frames_in, require_data_plate
 from pyro_vae.plots import plot_reconstructions
+from pyro_vae.predictive import reconstruct
+from pyro_vae.traces import PARTICLES
 
 with warnings.catch_warnings():  # ArviZ's once-a-day notice about its 1.0 refactor
     warnings.filterwarnings("ignore", message=r"\s*ArviZ is undergoing", category=FutureWarning)
@@ -51,7 +53,7 @@ with warnings.catch_warnings():  # ArviZ's once-a-day notice about its 1.0 refac
 
 FORMAT = "pyro_vae.diagnostics/1"
 PSIS_MIN_SAMPLES = 21  # az.psislw fits the top ceil(min(S/5, 3√S)) ratios and needs ≥ 5
-_DRAWS = "_diagnostic_draws"
+_DRAWS = PARTICLES  # a particle plate, so no rule mistakes it for the data's plate
 
 
 def _check_count(arg: str, value: int, minimum: int, why: str) -> None:
@@ -87,12 +89,19 @@ def _plate_nesting(model, guide, args: tuple, kwargs: dict, local: bool = False)
             f"model: sample sites {sorted(model_sites)} with latent {latent}; diagnostics "
             "need at least one latent and one observed site"
         )
-    for n in latent if local else ():
-        if all(f.name != DATA_PLATE for f in model_sites[n]["cond_indep_stack"]):
-            raise ValueError(
-                f"site {n!r} is outside the {DATA_PLATE!r} plate, so it has no per-datapoint "
-                "importance ratio; use psis_khat for the joint k̂ of a model with global latents"
-            )
+    if local:
+        plate = require_data_plate(
+            find_data_plate(model_tr, batch_rows(args, kwargs)),
+            batch_rows(args, kwargs),
+            "k̂ per datapoint",
+        )
+        for n in latent:
+            if not frames_in(model_sites[n], plate):
+                raise ValueError(
+                    f"site {n!r} is outside the per-datapoint plate {plate!r}, so it has no "
+                    "per-datapoint importance ratio; use psis_khat for the joint k̂ of a "
+                    "model with global latents"
+                )
     nesting = 0
     for site in (*guide_sites.values(), *model_sites.values()):
         dims = [-f.dim for f in site["cond_indep_stack"] if f.vectorized]
@@ -197,7 +206,8 @@ def to_inference_data(model, guide, *args: Any, num_samples: int = 1000, **kwarg
     if hasattr(guide, "variational_distributions"):
         guide = variational_guide(guide.variational_distributions())
     guide_tr, model_tr, rank = _draw(model, guide, args, kwargs, num_samples)
-    attrs = {"pyro_vae_format": FORMAT, "num_samples": num_samples}
+    plate = find_data_plate(model_tr, batch_rows(args, kwargs)) or ""
+    attrs = {"pyro_vae_format": FORMAT, "num_samples": num_samples, "data_plate": plate}
     groups: dict[str, dict] = {k: {} for k in ("posterior", "predictive", "loglik", "observed")}
     for name, site in _sample_sites(model_tr).items():
         fn = site["fn"]
@@ -338,25 +348,26 @@ def psis_khat_per_datapoint(
 ) -> PointwiseKhat:
     """k̂ for each row x_n from S = ``num_samples`` ratios p(x_n, z_s) / q(z_s | x_n).
 
-    Needs every latent site inside the ``"data"`` plate (an amortized or local guide).
+    Needs every latent site inside the per-datapoint plate (an amortized or local guide;
+    :func:`pyro_vae.plates.find_data_plate`).
     Datapoints and draws are taken in chunks of at most ``max_elements`` values of x.
     """
     _check_count("num_samples", num_samples, PSIS_MIN_SAMPLES, "PSIS needs ≥ 5 tail draws")
     _check_count("max_elements", max_elements, 1, "expected a positive chunk size")
-    nesting = _plate_nesting(model, guide, (x[:1],), {}, local=True)
+    _plate_nesting(model, guide, (x[:1],), {}, local=True)
     row = max(1, x[0].numel())
     batch = max(1, min(x.shape[0], max_elements // (num_samples * row)))
     chunk = max(1, min(num_samples, max_elements // (batch * row)))
     columns = []
     with eval_mode(model, guide):
+        data = data_arguments(x)
+        pair = prepare(model, guide, data, "k̂ per datapoint", probe_rows=batch)
         for start in range(0, x.shape[0], batch):
-            xb = x[start : start + batch]
+            xb = (x[start : start + batch],)
             columns.append(
                 torch.cat(
                     [
-                        log_importance_weights(
-                            model, guide, xb, min(chunk, num_samples - s), nesting
-                        )
+                        pair.log_weights(xb, start, min(chunk, num_samples - s))
                         for s in range(0, num_samples, chunk)
                     ]
                 )
@@ -398,26 +409,26 @@ def plot_khat(khat: PointwiseKhat, path: str | os.PathLike, title: str = "") -> 
     return _save_figure(fig, Path(path))
 
 
-def _first_elements(data, max_panels: int):
+def _first_elements(data, max_panels: int, plate: str):
     """The first datapoint and first elements of each variable, for a readable plot."""
     out = {}
     for name, var in data.data_vars.items():
         extra = [d for d in var.dims if d not in ("chain", "draw")]
-        var = var.isel({d: 0 for d in extra if d == DATA_PLATE})
-        extra = [d for d in extra if d != DATA_PLATE]
+        var = var.isel({d: 0 for d in extra if d == plate})
+        extra = [d for d in extra if d != plate]
         picks = {d: slice(0, max_panels) if i == 0 else 0 for i, d in enumerate(extra)}
         out[name] = var.isel(picks)
     return type(data)(out)
 
 
-def _ppc_statistic(idata):
+def _ppc_statistic(idata, plate: str):
     """Per-datapoint mean of each observed variable over its non-data dims."""
     groups = {}
     for group in ("posterior_predictive", "observed_data"):
         ds = idata[group]
         groups[group] = type(ds)(
             {
-                name: var.mean([d for d in var.dims if d not in ("chain", "draw", DATA_PLATE)])
+                name: var.mean([d for d in var.dims if d not in ("chain", "draw", plate)])
                 for name, var in ds.data_vars.items()
             }
         )
@@ -434,15 +445,18 @@ def write_summaries(idata, out_dir: str | os.PathLike, max_panels: int = 4) -> l
 
 def _write_summaries(idata, out: Path, max_panels: int) -> list[Path]:
     post = idata.posterior
-    global_vars = [n for n, v in post.data_vars.items() if DATA_PLATE not in v.dims]
+    plate = idata.attrs.get("data_plate", "data") or "data"
+    global_vars = [n for n, v in post.data_vars.items() if plate not in v.dims]
     names = global_vars or list(post.data_vars)
-    summary = az.summary(_first_elements(post[names], 10**6 if global_vars else 10), kind="stats")
+    summary = az.summary(
+        _first_elements(post[names], 10**6 if global_vars else 10, plate), kind="stats"
+    )
     summary.to_csv(out / "summary.csv")
-    axes = az.plot_posterior(_first_elements(post[names], max_panels), textsize=9)
+    axes = az.plot_posterior(_first_elements(post[names], max_panels, plate), textsize=9)
     if not global_vars:
         np.ravel(axes)[0].figure.suptitle("q(z | x) of the first datapoint", fontsize=10)
     posterior_png = _save_figure(np.ravel(axes)[0].figure, out / "posterior.png")
-    axes = az.plot_ppc(_ppc_statistic(idata), num_pp_samples=min(100, post.sizes["draw"]))
+    axes = az.plot_ppc(_ppc_statistic(idata, plate), num_pp_samples=min(100, post.sizes["draw"]))
     for ax in np.ravel(axes):
         ax.set_xlabel(f"per-datapoint mean of {ax.get_xlabel()}")
     ppc_png = _save_figure(np.ravel(axes)[0].figure, out / "ppc.png")
@@ -479,11 +493,16 @@ def write_report(
         writer.writerow(["index", "khat"])
         writer.writerows((i, f"{k:.6g}") for i, k in enumerate(khat.khat))
     files = [out / "khat.csv", plot_khat(khat, out / "khat.png")]
+    skipped: dict[str, str] = {}
     worst = khat.worst(num_worst)
-    if image_shape is not None and hasattr(model, "decode"):
-        with torch.no_grad(), eval_mode(model, guide):
-            x_worst = x[torch.as_tensor(worst)]
-            x_hat = model.decode(latent_means(model, guide, x_worst))
+    x_hat = None
+    if image_shape is not None:
+        x_worst = x[torch.as_tensor(worst)]
+        try:
+            x_hat = reconstruct(model, guide, x_worst)
+        except ValueError as err:
+            skipped["khat_worst.png"] = str(err)
+    if x_hat is not None:
         k = khat.khat[worst]
         title = (
             f"the {len(worst)} inputs with the highest k̂ ({k.max():.2f} to {k.min():.2f}) "
@@ -497,4 +516,7 @@ def write_report(
     idata = to_inference_data(model, guide, x[:idata_points], num_samples=idata_samples)
     files.append(save_inference_data(idata, out / "diagnostics.nc"))
     files += write_summaries(idata, out)
-    return {**khat.summary(num_worst), "files": [str(f) for f in files]}
+    result = {**khat.summary(num_worst), "files": [str(f) for f in files]}
+    if skipped:
+        result["skipped"] = skipped
+    return result

@@ -162,7 +162,7 @@ def prepare(
             prior_tr = poutine.trace(model).get_trace(*probe)
         plate = require_data_plate(find_data_plate(prior_tr, rows, data_plate), rows, what)
         dim = next(f.dim for s in sample_sites(prior_tr).values() for f in frames_in(s, plate))
-        align_autoguide(guide, plate, dim)
+        align_autoguide(guide, plate, dim, num_data)
         pair = PerDatapoint(
             Minibatched(model, plate, num_data),
             Minibatched(guide, plate, num_data),

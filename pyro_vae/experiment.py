@@ -11,8 +11,9 @@ exactly what ``pyro-vae fit`` trained, from the folder alone::
 
 from __future__ import annotations
 
+import inspect
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import torch
 from pyro.infer import ELBO
 
 from pyro_vae import estimators
-from pyro_vae.checkpoint import RunFolder
+from pyro_vae.checkpoint import RunFolder, RunFolderError
 from pyro_vae.data import DataSplits, Preprocessing, load_data
 from pyro_vae.evaluate import (
     active_units,
@@ -32,7 +33,8 @@ from pyro_vae.evaluate import (
     reconstruction_error,
 )
 from pyro_vae.plots import plot_elbo_curves, plot_latent, plot_reconstructions, plot_samples
-from pyro_vae.spec import call_with_supported, load_object
+from pyro_vae.predictive import prior_mean_images, reconstruct
+from pyro_vae.spec import call_with_supported, load_object, supported_options
 
 DEFAULT_MODEL = "models.vae:VAE"
 STANDARD_MODEL_OPTIONS = ("latent_dim", "hidden_dims", "activation")
@@ -40,24 +42,44 @@ STANDARD_MODEL_OPTIONS = ("latent_dim", "hidden_dims", "activation")
 
 @dataclass
 class Experiment:
-    """Everything a config describes, built and ready to train or evaluate."""
+    """Everything a config describes, built and ready to train or evaluate.
+
+    ``model`` and ``guide`` are Pyro callables: modules, functions, or the ``model`` and
+    ``guide`` methods of one object (the shape of Pyro's examples). ``model_arguments``
+    holds the constructor arguments the model actually received; ``not_accepted`` the
+    standard options it does not take (so they were not passed).
+    """
 
     config: dict[str, Any]
     data: DataSplits
-    model: torch.nn.Module
-    guide: torch.nn.Module
+    model: Any
+    guide: Any
     elbo: ELBO
+    model_arguments: dict[str, Any] = field(default_factory=dict)
+    not_accepted: list[str] = field(default_factory=list)
+    local_guide: bool = False
 
     @property
     def generative(self) -> bool:
         """Whether the model defines p(x) (a VAE does; the deterministic autoencoder does not)."""
-        return bool(getattr(self.model, "generative", True))
+        owner = getattr(self.model, "__self__", self.model)
+        return bool(getattr(owner, "generative", True))
 
 
 def build(config: dict[str, Any]) -> Experiment:
     """Load the data and construct model, guide and estimator as ``config`` says.
 
+    ``config["model"]`` names a class (constructed with the standard options it accepts,
+    ``x_dim``, ``latent_dim``, ``hidden_dims``, ``likelihood``, ``levels``, ``activation``, plus
+    ``model_options``), or a model function used as it is. A constructed object that has
+    ``model`` and ``guide`` methods and no ``forward`` of its own (Pyro's examples) gives
+    both. ``config["guide"]`` likewise names a class (offered the same options and, if it
+    takes one, the ``model``, as Pyro's autoguides do) or a guide function; without one
+    the guide is the model's ``make_guide()`` or its object's ``guide`` method.
     Seeds Pyro with ``config["train"]["seed"]`` first, so initial weights are reproducible.
+
+    Raises:
+        ValueError: naming the spec and what was expected of it.
     """
     pyro.set_rng_seed(config["train"]["seed"])
     d = config["data"]
@@ -68,40 +90,104 @@ def build(config: dict[str, Any]) -> Experiment:
         test_fraction=d["test_fraction"],
         split_seed=d["split_seed"],
     )
-    standard = {
-        k: config["model_options"][k]
-        for k in STANDARD_MODEL_OPTIONS
-        if k in config["model_options"]
-    }
+    options = config["model_options"]
+    standard = {k: options[k] for k in STANDARD_MODEL_OPTIONS if k in options}
     standard.update(x_dim=data.x_dim, likelihood=d["likelihood"], levels=data.info.get("levels"))
-    extra = {k: v for k, v in config["model_options"].items() if k not in STANDARD_MODEL_OPTIONS}
-    factory = load_object(config["model"], "model")
-    try:
-        model = call_with_supported(factory, standard, extra)
-    except TypeError as err:
-        raise ValueError(f"model: {config['model']} rejected its options {extra}: {err}") from err
-    if config.get("guide"):
-        guide_factory = load_object(config["guide"], "guide")
-        guide_standard = {**standard, "hidden_dims": tuple(standard.get("hidden_dims", ()))[::-1]}
-        guide = call_with_supported(guide_factory, guide_standard, {})
-    elif hasattr(model, "make_guide"):
-        guide = model.make_guide()
-    else:
-        raise ValueError(
-            f"guide: none given and model {config['model']} has no make_guide(); pass --guide "
-            "SPEC, e.g. pyro_vae.guides:AmortizedNormal"
-        )
+    extra = {k: v for k, v in options.items() if k not in STANDARD_MODEL_OPTIONS}
+    made, received = _construct(config["model"], "model", standard, extra)
+    not_accepted = [k for k in STANDARD_MODEL_OPTIONS if k in options and k not in received]
+    model, paired_guide = _model_and_guide(made)
+    guide = _guide(config, model, paired_guide, standard)
     est = config["estimator"]
-    return Experiment(config, data, model, guide, estimators.get(est["name"], **est["options"]))
+    return Experiment(
+        config,
+        data,
+        model,
+        guide,
+        estimators.get(est["name"], **est["options"]),
+        received,
+        not_accepted,
+    )
+
+
+def _construct(spec: str, arg: str, standard: dict, extra: dict) -> tuple[Any, dict]:
+    """The object ``spec`` names: a class constructed with its options, or as it is."""
+    obj = load_object(spec, arg)
+    if not inspect.isclass(obj):
+        if extra:
+            raise ValueError(
+                f"{arg}_options: {sorted(extra)} were given, but {spec} is not a class, so "
+                "nothing takes them; a function is used as the model or guide as it is"
+            )
+        return obj, {}
+    received = {**supported_options(obj, standard), **extra}
+    try:
+        return obj(**received), received
+    except TypeError as err:
+        raise ValueError(f"{arg}: {spec} rejected its options {received}: {err}") from err
+
+
+def _model_and_guide(made: Any) -> tuple[Any, Any]:
+    """The model callable of a constructed object, and the guide it pairs with, if any."""
+    own_forward = isinstance(made, torch.nn.Module) and (
+        type(made).forward is not torch.nn.Module.forward
+    )
+    methods = callable(getattr(made, "model", None)) and callable(getattr(made, "guide", None))
+    if methods and not own_forward:
+        return made.model, made.guide
+    if not callable(made):
+        raise ValueError(
+            f"model: {type(made).__name__} is neither callable as a Pyro model nor has "
+            "model and guide methods"
+        )
+    return made, None
+
+
+def _guide(config: dict, model, paired_guide, standard: dict) -> Any:
+    if config.get("guide"):
+        spec = config["guide"]
+        obj = load_object(spec, "guide")
+        if not inspect.isclass(obj):
+            return obj
+        offered = {**standard, "hidden_dims": tuple(standard.get("hidden_dims", ()))[::-1]}
+        offered["model"] = model
+        try:
+            return call_with_supported(obj, offered, {})
+        except TypeError as err:
+            raise ValueError(f"guide: {spec} could not be constructed: {err}") from err
+    if paired_guide is not None:
+        return paired_guide
+    if hasattr(model, "make_guide"):
+        return model.make_guide()
+    raise ValueError(
+        f"guide: none given and model {config['model']} has no make_guide() or guide method; "
+        "name one with the guide option (CLI: --guide SPEC), e.g. pyro_vae.guides:AmortizedNormal"
+    )
 
 
 def load(run: RunFolder) -> Experiment:
-    """Rebuild a run's experiment and load its kept (best-validation) weights."""
+    """Rebuild a run's experiment and load its kept (best-validation) weights.
+
+    The pair is set up as :func:`pyro_vae.fit` sets it up (so parameters that only Pyro's
+    param store holds, and autoguides' per-datapoint ones, exist at their trained shapes)
+    before the weights are copied in.
+
+    Raises:
+        RunFolderError: the folder is incomplete, or its weights do not fit the model.
+    """
+    from pyro_vae.train import TrainConfig, prepare_pair
+    from pyro_vae.weights import WeightsMismatchError
+
     experiment = build(run.read_config())
     state = run.load_checkpoint()
-    weights = state["best"] or state
-    experiment.model.load_state_dict(weights["model"])
-    experiment.guide.load_state_dict(weights["guide"])
+    pyro.clear_param_store()
+    train = TrainConfig(**{**experiment.config["train"], "progress": False})
+    pair = prepare_pair(experiment.model, experiment.guide, experiment.data, train)
+    try:
+        pair.weights.restore(state["best"] or state)
+    except WeightsMismatchError as err:
+        raise RunFolderError(f"run: {run.path}: {err}") from err
+    experiment.local_guide = pair.local
     return experiment
 
 
@@ -115,10 +201,18 @@ def evaluate_test_set(
     """Test-set ELBO, importance-weighted log-likelihood, reconstruction, active units.
 
     The log-likelihood estimate uses K = ``ll_samples`` on the first ``ll_points`` test
-    images (all when ``None``); both are recorded beside the number.
+    images (all when ``None``); both are recorded beside the number. A guide with free
+    per-datapoint parameters has no posterior for test images: its metrics are those of
+    the training images, and ``evaluated_on`` says so. Metrics that need what the model
+    does not offer (a mean image, a latent code) are left out, with the reason under
+    ``skipped``.
     """
-    x = exp.data.test_x
-    metrics: dict[str, Any] = {"num_test": int(x.shape[0])}
+    local = exp.local_guide
+    x = exp.data.train_x if local else exp.data.test_x
+    if local and exp.data.dynamic:
+        x = torch.bernoulli(x, generator=torch.Generator().manual_seed(1))
+    metrics: dict[str, Any] = {"evaluated_on": "training set" if local else "test set"}
+    metrics["num_train" if local else "num_test"] = int(x.shape[0])
     started = time.perf_counter()
     key = "elbo" if exp.generative else "reconstruction_log_likelihood"
     metrics[key] = elbo_per_datapoint(exp.model, exp.guide, x, elbo_samples).mean().item()
@@ -131,13 +225,21 @@ def evaluate_test_set(
         )
         metrics["log_likelihood_samples"] = ll_samples
         metrics["log_likelihood_points"] = int(x_ll.shape[0])
-    metrics["reconstruction_mse"] = (
-        reconstruction_error(exp.model, exp.guide, x, exp.data.pixel_max).mean().item()
-    )
-    if hasattr(exp.guide, "encode") or hasattr(exp.model, "encode"):
-        units, _ = active_units(exp.model, exp.guide, x)
+    skipped = {}
+    try:
+        metrics["reconstruction_mse"] = (
+            reconstruction_error(exp.model, exp.guide, x, exp.data.pixel_max).mean().item()
+        )
+    except ValueError as err:
+        skipped["reconstruction_mse"] = str(err)
+    try:
+        units, variances = active_units(exp.model, exp.guide, x)
         metrics["active_units"] = units
-        metrics["latent_dim"] = int(latent_means(exp.model, exp.guide, x[:1]).shape[1])
+        metrics["latent_dim"] = int(variances.shape[0])
+    except ValueError as err:
+        skipped["active_units"] = str(err)
+    if skipped:
+        metrics["skipped"] = skipped
     metrics["seconds"] = time.perf_counter() - started
     return metrics
 
@@ -149,32 +251,44 @@ def write_figures(
     history: list[dict[str, Any]],
     test: dict[str, Any],
     num_samples: int = 64,
-) -> list[Path]:
-    """reconstructions.png, samples.png (generative models), elbo.png and latent.png."""
+) -> tuple[list[Path], dict[str, str]]:
+    """reconstructions.png, samples.png (generative models), elbo.png and latent.png.
+
+    Returns the paths written and, for each figure left out, why: a figure that needs
+    what the model cannot give (a mean image, one latent code per image) is skipped, never
+    the run.
+    """
     data, model, guide = exp.data, exp.model, exp.guide
-    x = data.test_x[:24]
-    paths = []
-    with eval_mode(model, guide):
-        x_hat = model.decode(latent_means(model, guide, x))
-        paths.append(
-            plot_reconstructions(
-                x, x_hat, data.image_shape, data.pixel_max, run.file("reconstructions.png")
-            )
-        )
-        if exp.generative and hasattr(model, "generate"):
-            paths.append(
-                plot_samples(
-                    model.generate(num_samples),
-                    data.image_shape,
-                    data.pixel_max,
-                    run.file("samples.png"),
-                )
-            )
-        z = latent_means(model, guide, data.test_x)
+    x = data.train_x[:24] if exp.local_guide else data.test_x[:24]
+    paths, skipped = [], {}
+    ylabel = "ELBO per datapoint (nats)" if exp.generative else "log Pr(x | z') per datapoint"
     lines = {
         f"test {k.replace('_', ' ')}": test[k] for k in ("elbo", "log_likelihood") if k in test
     }
-    ylabel = "ELBO per datapoint (nats)" if exp.generative else "log Pr(x | z') per datapoint"
-    paths.append(plot_elbo_curves(history, run.file("elbo.png"), lines, ylabel))
-    paths.append(plot_latent(z, data.test_y, run.file("latent.png")))
-    return paths
+    figures = {
+        "reconstructions.png": lambda path: plot_reconstructions(
+            x, reconstruct(model, guide, x), data.image_shape, data.pixel_max, path
+        ),
+        "samples.png": lambda path: plot_samples(
+            prior_mean_images(model, data.test_x, num_samples),
+            data.image_shape,
+            data.pixel_max,
+            path,
+        ),
+        "elbo.png": lambda path: plot_elbo_curves(history, path, lines, ylabel),
+        "latent.png": lambda path: plot_latent(
+            latent_means(model, guide, data.test_x), data.test_y, path
+        ),
+    }
+    if not exp.generative:
+        figures.pop("samples.png")
+    if exp.local_guide:
+        figures.pop("latent.png")
+        skipped["latent.png"] = "the guide has no posterior for test images"
+    with eval_mode(model, guide):
+        for name, draw in figures.items():
+            try:
+                paths.append(draw(run.file(name)))
+            except ValueError as err:
+                skipped[name] = str(err)
+    return paths, skipped

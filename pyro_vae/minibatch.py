@@ -31,6 +31,8 @@ from pyro.infer.autoguide import AutoGuide
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
+from pyro_vae.plates import batch_rows
+
 _ACTIVE: list[DataPlateSubsample] = []
 
 
@@ -88,42 +90,81 @@ class DataPlateSubsample(Messenger):
 
 class _AutoguidePlates:
     """``create_plates`` for a Pyro autoguide: the active :class:`DataPlateSubsample`'s
-    plate, with its full size and rows, at the model's dim; no plate outside one."""
+    plate, with its full size and rows, at the model's dim. Outside one, a call on all
+    ``num_data`` rows (Pyro's own tools after a fit: ``Predictive``, ``Trace_ELBO``) gets
+    every row in order; any other call gets the autoguide's own plates."""
 
-    def __init__(self, plate: str, dim: int) -> None:
-        self.plate, self.dim = plate, dim
+    def __init__(self, plate: str, dim: int, num_data: int) -> None:
+        self.plate, self.dim, self.num_data = plate, dim, num_data
 
     def __call__(self, *args, **kwargs) -> list:
         active = [h for h in _ACTIVE if h.plate == self.plate and h.indices is not None]
-        if not active:
-            return []
-        h = active[-1]
-        return [pyro.plate(self.plate, h.num_data, subsample=h.indices, dim=self.dim)]
+        if active:
+            h = active[-1]
+            return [pyro.plate(self.plate, h.num_data, subsample=h.indices, dim=self.dim)]
+        if batch_rows(args, kwargs) == self.num_data:
+            return [pyro.plate(self.plate, self.num_data, dim=self.dim)]
+        return []
 
 
-def align_autoguide(guide, plate: str | None, dim: int | None) -> None:
+class _UnderActiveHandler:
+    """A model that runs under the innermost active :class:`DataPlateSubsample` again.
+
+    An autoguide runs its model once to lay out its parameters, inside ``poutine.block``,
+    which hides that run from handlers outside it; re-entering the handler inside lets
+    the layout see the plate's full size N, so per-datapoint parameters get N rows."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def __call__(self, *args, **kwargs):
+        if not _ACTIVE:
+            return self.model(*args, **kwargs)
+        h = _ACTIVE[-1]
+        with DataPlateSubsample(h.plate, h.num_data, h.indices):
+            return self.model(*args, **kwargs)
+
+
+def align_autoguide(guide, plate: str | None, dim: int | None, num_data: int) -> None:
     """Let a Pyro autoguide follow the batch's rows in the per-datapoint plate.
 
-    An ``AutoGuide`` sizes its plates from the batch it first saw: its subsample size
-    stays that batch's, so a last partial batch or an evaluation chunk of another size
-    fails, and its local parameters are indexed by rows it draws itself. Pyro's answer
-    is the autoguide's ``create_plates`` argument; this installs one (when the guide has
-    none) that hands it the rows :class:`DataPlateSubsample` carries. Other guides are
-    left as they are.
+    An ``AutoGuide`` lays out its parameters from a run of its model on the batch it
+    first sees, and sizes its plates from it: per-datapoint parameters get that batch's
+    rows rather than N, a last partial batch or an evaluation chunk of another size
+    fails, and it indexes its parameters by rows it draws itself. This (a) installs a
+    ``create_plates`` (Pyro's hook for user-supplied plates, when the guide has none)
+    that hands it the rows :class:`DataPlateSubsample` carries, and (b) makes its model
+    run under that handler when it lays out its parameters. Parts of an ``AutoGuideList``
+    are treated alike; other guides are left as they are.
     """
-    if plate is None or not isinstance(guide, AutoGuide) or getattr(guide, "master", None):
+    if plate is None or not isinstance(guide, AutoGuide):
         return
-    if guide.create_plates is None or isinstance(guide.create_plates, _AutoguidePlates):
-        guide.create_plates = _AutoguidePlates(plate, dim if dim is not None else -1)
+    for part in guide.modules():
+        if isinstance(part, AutoGuide) and not isinstance(part.model, _UnderActiveHandler):
+            # AutoGuide keeps its model in the private tuple _model (read through the
+            # public ``model`` property); Pyro offers no hook for what is done here.
+            part._model = (_UnderActiveHandler(part.model),)
+    if getattr(guide, "master", None) is not None:
+        return
+    if guide.create_plates is None:
+        guide.create_plates = _AutoguidePlates(plate, dim if dim is not None else -1, num_data)
 
 
 def accepts_keyword(fn, name: str) -> bool:
-    """Whether ``fn`` can be called with the keyword argument ``name``."""
+    """Whether ``fn`` names the keyword argument ``name`` in its signature.
+
+    A catch-all ``**kwargs`` does not count: an autoguide's ``forward(*args, **kwargs)``
+    hands its arguments to the model, so it takes ``name`` when its model does.
+    """
+    if isinstance(fn, AutoGuide):
+        return accepts_keyword(fn.model, name)
+    if isinstance(fn, _UnderActiveHandler):
+        return accepts_keyword(fn.model, name)
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return False
-    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return name in params
 
 
 class Minibatched:

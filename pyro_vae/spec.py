@@ -28,10 +28,7 @@ def load_object(spec: str, arg: str = "spec") -> Any:
             raise ValueError(f"{arg}: {spec!r} names the file {path}, which does not exist")
         name = f"_pyro_vae_user_{path.stem}_{abs(hash(str(path)))}"
         if name not in sys.modules:
-            loader_spec = importlib.util.spec_from_file_location(name, path)
-            module = importlib.util.module_from_spec(loader_spec)
-            sys.modules[name] = module
-            loader_spec.loader.exec_module(module)
+            sys.modules[name] = _exec_file(name, path, spec, arg)
         module = sys.modules[name]
     else:
         try:
@@ -46,15 +43,37 @@ def load_object(spec: str, arg: str = "spec") -> Any:
     return obj
 
 
+def _exec_file(name: str, path: Path, spec: str, arg: str):
+    """Execute a user's model file as module ``name``, with its folder on the import path
+    while it runs, so it can import the modules beside it (``from my_layers import …``)."""
+    loader_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(loader_spec)
+    folder = str(path.parent)
+    sys.path.insert(0, folder)
+    try:
+        loader_spec.loader.exec_module(module)
+    except SyntaxError as err:
+        raise ValueError(f"{arg}: {path} from {spec!r} has a syntax error: {err}") from err
+    finally:
+        sys.path.remove(folder)
+    return module
+
+
+def supported_options(factory: Any, standard: dict[str, Any]) -> dict[str, Any]:
+    """The ``standard`` kwargs that ``factory`` accepts (all of them with ``**kwargs``)."""
+    params = inspect.signature(factory).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return {k: v for k, v in standard.items() if takes_any or k in params}
+
+
 def call_with_supported(factory: Any, standard: dict[str, Any], extra: dict[str, Any]) -> Any:
     """Call ``factory`` with those ``standard`` kwargs it accepts, plus all of ``extra``.
 
     Standard options (sizes, likelihood) are offered to every model; a model that takes
-    fewer simply does not receive them. ``extra`` holds what the user asked for by name,
-    so an unknown one is an error rather than silently ignored.
+    fewer simply does not receive them (:func:`supported_options` says which it takes).
+    ``extra`` holds what the user asked for by name, so an unknown one is an error rather
+    than silently ignored.
     """
-    params = inspect.signature(factory).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    kwargs = {k: v for k, v in standard.items() if takes_any or k in params}
+    kwargs = supported_options(factory, standard)
     kwargs.update(extra)
     return factory(**kwargs)

@@ -54,7 +54,8 @@ class GroupedAdam(PyroOptim):
         hidden = [(p, p.grad) for p in self._params if p not in stepped and p.grad is not None]
         for p, _ in hidden:
             p.grad = None
-        self._optimizer.step(*args, **kwargs)
+        if self._optimizer is not None:  # None until a step has had a parameter
+            self._optimizer.step(*args, **kwargs)
         for p, grad in hidden:
             p.grad = grad
 

@@ -132,10 +132,11 @@ class TrainConfig:
 class FitResult:
     """What :func:`fit` did: per-epoch records, the epoch whose weights were kept, and why.
 
-    Each record has ``epoch``, ``train_elbo`` (the running average of the training
-    estimates), ``seconds`` and ``beta``, and on validation epochs ``val_elbo``. With
-    ``DataSplits`` both ELBOs are nats per datapoint; with ``TensorData`` they are
-    whole-data totals.
+    ``data_plate``, ``validation``, ``vectorized_particles`` and ``local_guide`` say how
+    the pair was treated (:meth:`info`). Each record has ``epoch``, ``train_elbo`` (the
+    running average of the training estimates), ``seconds`` and ``beta``, and on
+    validation epochs ``val_elbo``. With ``DataSplits`` both ELBOs are nats per
+    datapoint; with ``TensorData`` they are whole-data totals.
     """
 
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -144,6 +145,7 @@ class FitResult:
     data_plate: str | None = None
     validation: str | None = None
     vectorized_particles: bool | None = None
+    local_guide: bool = False
 
     def info(self) -> dict[str, Any]:
         """How the fit went about it, for metrics.json: the per-datapoint plate, what
@@ -152,6 +154,7 @@ class FitResult:
             "data_plate": self.data_plate,
             "validation": self.validation,
             "vectorized_particles": self.vectorized_particles,
+            "local_guide": self.local_guide,
         }
 
 
@@ -230,6 +233,7 @@ def fit(
         data_plate=pair.plate,
         validation=pair.validation_kind,
         vectorized_particles=pair.vectorize,
+        local_guide=pair.local,
     )
     start_epoch, step, best = 0, 0, None
     if resume:
@@ -335,6 +339,13 @@ def fit(
         result.best_epoch = best["epoch"]
     result.vectorized_particles = pair.vectorize
     return result
+
+
+def prepare_pair(model, guide, data: DataSplits | TensorData, config: TrainConfig) -> TrainingPair:
+    """The pair as :func:`fit` sets it up (:meth:`TrainingPair.set_up`): wrapped for the
+    per-datapoint plate, every parameter created at its trained shape. What loading saved
+    weights into a rebuilt model and guide needs first."""
+    return TrainingPair.set_up(model, guide, _Source(data, config), config)
 
 
 class _Source:

@@ -85,7 +85,7 @@ class TrainingPair:
                 f"{batch_rows(args)} elements encloses an observed site); use batch_size >= "
                 f"{n}, or put the per-datapoint sites in pyro.plate(..., len(x))"
             )
-        align_autoguide(guide, plate, dim)
+        align_autoguide(guide, plate, dim, n)
         wrapped_model, wrapped_guide = Minibatched(model, plate, n), Minibatched(guide, plate, n)
         kwargs = {"subsample": rows} if plate is not None else {}
         weights = PairWeights(wrapped_model, wrapped_guide, args, kwargs, seed=config.seed)

@@ -276,7 +276,7 @@ def test_bad_input_is_refused_with_the_argument_named(data, gaussian_x, tmp_path
         with data_plate(x):
             pyro.sample("x", dist.Normal(mu, 1.0).expand([x.shape[0], 3]).to_event(1), obs=x)
 
-    with pytest.raises(ValueError, match="site 'mu' is outside the 'data' plate"):
+    with pytest.raises(ValueError, match="site 'mu' is outside the per-datapoint plate 'data'"):
         psis_khat_per_datapoint(global_mean, AutoNormal(global_mean), gaussian_x, num_samples=100)
     with pytest.raises(ValueError, match="not fitted"):
         to_inference_data(regression, BayesianLinearRegression(), X, y)

@@ -4,7 +4,13 @@ import pyro.poutine as poutine
 import pytest
 import torch
 
-from pyro_vae.plates import data_plate
+from pyro_vae.plates import (
+    DataPlateError,
+    batch_rows,
+    data_plate,
+    find_data_plate,
+    require_data_plate,
+)
 
 
 def test_minibatch_scale_is_num_data_over_batch():
@@ -23,3 +29,67 @@ def test_minibatch_scale_is_num_data_over_batch():
 def test_num_data_smaller_than_the_batch_is_rejected():
     with pytest.raises(ValueError, match="num_data: 3 is smaller than the minibatch of 5"):
         data_plate(torch.zeros(5), 3)
+
+
+def _trace(model, *args):
+    return poutine.trace(model).get_trace(*args)
+
+
+def vae_like(plate_name):
+    def model(x):
+        with pyro.plate(plate_name, len(x)):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    return model
+
+
+@pytest.mark.parametrize("name", ["data", "batch", "N"])
+def test_the_per_datapoint_plate_is_found_whatever_its_name(name):
+    x = torch.zeros(5)
+    assert find_data_plate(_trace(vae_like(name), x), batch_rows((x,))) == name
+
+
+def test_sibling_plates_of_the_same_size_are_told_apart_by_the_observed_site():
+    # "lat" holds only latents, "obs" the observations: "obs" runs over the data.
+    def model(y):
+        with pyro.plate("lat", 3):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        with pyro.plate("obs", 3):
+            pyro.sample("y", dist.Normal(z.sum(-1, keepdim=True), 1.0), obs=y)
+
+    y = torch.zeros(3)
+    assert find_data_plate(_trace(model, y), batch_rows((y,))) == "obs"
+
+
+def test_ambiguity_prefers_data_and_otherwise_asks_for_a_name():
+    def model(x, name):
+        with pyro.plate(name, 4, dim=-2), pyro.plate("pixels", 4, dim=-1):
+            pyro.sample("x", dist.Normal(0.0, 1.0), obs=x)
+
+    x = torch.zeros(4, 4)
+    assert find_data_plate(_trace(model, x, "data"), 4) == "data"
+    with pytest.raises(DataPlateError, match=r"\['images', 'pixels'\] all enclose"):
+        find_data_plate(_trace(model, x, "images"), 4)
+    assert find_data_plate(_trace(model, x, "images"), 4, name="images") == "images"
+    with pytest.raises(DataPlateError, match="'rows' is not a plate of the model"):
+        find_data_plate(_trace(model, x, "images"), 4, name="rows")
+
+
+def test_no_plate_of_the_batch_size_means_none_and_refusals_say_why():
+    def model(x):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Normal(mu, 1.0).expand([3]).to_event(1), obs=x)
+
+    x = torch.zeros(3)
+    assert find_data_plate(_trace(model, x), 3) is None
+    assert find_data_plate(_trace(model, x), None) is None
+    with pytest.raises(DataPlateError, match="k̂ per datapoint needs a per-datapoint plate"):
+        require_data_plate(None, 3, "k̂ per datapoint")
+
+
+def test_particle_plates_are_never_the_data_plate():
+    x = torch.zeros(4)
+    with pyro.plate("num_particles_vectorized", 4, dim=-2):
+        trace = _trace(vae_like("data"), x)
+    assert find_data_plate(trace, 4) == "data"
