@@ -79,7 +79,8 @@ def stack_particles(pairs: list[tuple[Trace, Trace]], rank: int) -> tuple[Trace,
 
     Each sample site's ``value``, ``log_prob``, ``unscaled_log_prob`` and tensor ``mask``
     are brought to the full batch rank R − 1 and stacked along a new leftmost dim (−R), and
-    a particle frame is added to its ``cond_indep_stack``; ``fn`` is the first particle's.
+    a particle frame is added to its ``cond_indep_stack``; ``log_prob_sum`` is recomputed,
+    ``score_parts`` dropped, and ``fn`` is the first particle's.
     Log-densities must have been computed (``compute_log_prob``).
 
     Raises:
@@ -112,6 +113,10 @@ def _stack_traces(traces: list[Trace], rank: int, frame: CondIndepStackFrame) ->
         for key in ("log_prob", "unscaled_log_prob"):
             if key in site:
                 new[key] = _stack([s[key] for s in sites], rank - 1, 0)
+        # per-particle caches would stand for the whole stack: recompute or drop them
+        new.pop("score_parts", None)
+        if "log_prob_sum" in site:
+            new["log_prob_sum"] = new["log_prob"].sum()
         if torch.is_tensor(site["mask"]):
             new["mask"] = _stack([s["mask"] for s in sites], rank - 1, 0)
         new["cond_indep_stack"] = (*site["cond_indep_stack"], frame)

@@ -91,8 +91,7 @@ class SurrogateELBO(ELBO):
     def _looped_traces(self, model, guide, args, kwargs):
         nesting = self.max_plate_nesting
         if nesting == float("inf"):
-            with torch.random.fork_rng(devices=[]):
-                ELBO._guess_max_plate_nesting(self, model, guide, args, kwargs)
+            self._guess_max_plate_nesting(model, guide, args, kwargs)
             nesting = self.max_plate_nesting
         if self.vectorize_particles and self.num_particles > 1:
             nesting -= 1  # Pyro counted the particle plate in it

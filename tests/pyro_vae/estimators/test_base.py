@@ -1,0 +1,181 @@
+"""What every estimator of ours shares (SurrogateELBO): the per-datapoint plate found by
+rule whatever its name, a loop over particles for models that cannot broadcast, empty
+pairs, the data's dtype, and Pyro's warnings."""
+
+import math
+import warnings
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer import Trace_ELBO
+
+from pyro_vae import estimators
+from pyro_vae.plates import DataPlateError
+from pyro_vae.traces import VectorizationWarning
+from tests.pyro_vae.test_evaluate import POST_GAIN, POST_VAR, SIGMA, B, W, exact_log_likelihood
+
+X = torch.tensor([[0.5, -1.0, 0.2], [1.5, 0.3, 1.1], [-0.7, -2.0, 0.0], [0.1, 1.0, 0.4]])
+
+
+def linear_gaussian(plate):
+    """The linear-Gaussian model of test_evaluate with its plate under another name."""
+
+    def model(x):
+        with pyro.plate(plate, len(x)):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ W.T + B, SIGMA).to_event(1), obs=x)
+
+    def guide(x, gain=0.7):
+        loc = (x - B) @ (gain * POST_GAIN).T
+        with pyro.plate(plate, len(x)):
+            pyro.sample("z", dist.Normal(loc, POST_VAR.sqrt().expand_as(loc)).to_event(1))
+
+    return model, guide
+
+
+@pytest.mark.parametrize("name", ["iwae", "vimco"])
+def test_multi_sample_bounds_are_per_datapoint_whatever_the_plates_name(name):
+    # With a mismatched guide the per-datapoint bound Σ_n L_K(x_n) and one joint bound
+    # over the batch differ; the plate named "batch" must give what "data" gives.
+    values = {}
+    for plate in ("data", "batch"):
+        model, guide = linear_gaussian(plate)
+        pyro.set_rng_seed(3)
+        values[plate] = estimators.get(name, num_particles=8).loss(model, guide, X)
+    assert values["batch"] == pytest.approx(values["data"], rel=1e-6)
+    # and with the exact guide, any K gives −Σ log p(x_n) (closed form)
+    model, guide = linear_gaussian("batch")
+    loss = estimators.get(name, num_particles=8).loss(model, lambda x: guide(x, 1.0), X)
+    assert loss == pytest.approx(-exact_log_likelihood(X).sum().item(), abs=1e-3)
+
+
+def test_nvil_keys_its_baseline_on_the_per_datapoint_plate_whatever_its_name():
+    model, guide = linear_gaussian("batch")
+    estimator = estimators.get("score", num_particles=2, control_variate="neural")
+    estimator.loss_and_grads(model, guide, X)
+    assert "z" in estimator._networks and "z" not in estimator._averages
+
+
+def test_nvil_refuses_a_model_without_a_per_datapoint_plate():
+    def model():
+        pyro.sample("z", dist.Normal(0.0, 1.0))
+
+    def guide():
+        pyro.sample("z", dist.Normal(pyro.param("m", torch.tensor(0.0)), 1.0))
+
+    estimator = estimators.get("score", control_variate="neural")
+    with pytest.raises(DataPlateError, match="the neural control variate .* needs a per-datapoint"):
+        estimator.loss_and_grads(model, guide)
+
+
+@pytest.mark.parametrize(
+    "name, options",
+    [("score", {}), ("iwae", {}), ("vimco", {}), ("score", {"control_variate": "neural"})],
+)
+def test_an_empty_model_and_guide_give_zero_as_pyros_elbos_do(name, options):
+    def empty(*args):
+        pass
+
+    expected = Trace_ELBO().loss(empty, empty)
+    k = 2 if name == "vimco" else 1
+    estimator = estimators.get(name, num_particles=k, **options)
+    assert estimator.loss(empty, empty) == expected == 0.0
+    assert estimator.loss_and_grads(empty, empty) == 0.0
+
+
+def masked_model(x):
+    """Observes x only where it is not missing (−1), with boolean-mask indexing as Pyro's
+    CVAE example does (the same number of observed entries in every row, so
+    ``view(len(x), -1)`` keeps one row per datapoint); the mask cannot broadcast against a
+    particle dim, so vectorized particles fail."""
+    mask = x != -1
+    with pyro.plate("data", len(x)):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        loc = z.unsqueeze(-1).expand(x.shape)
+        observed = x[mask].view(len(x), -1)
+        pyro.sample("x", dist.Normal(loc[mask].view(len(x), -1), 1.0).to_event(1), obs=observed)
+
+
+def masked_guide(x):
+    # The exact posterior: z_n | x_n ~ N(Σ_obs x / (1 + m_n), 1 / (1 + m_n))
+    mask = x != -1
+    m = mask.sum(-1)
+    with pyro.plate("data", len(x)):
+        pyro.sample("z", dist.Normal((x * mask).sum(-1) / (1 + m), (1.0 / (1 + m)).sqrt()))
+
+
+X_MISSING = torch.tensor([[0.3, -1.0, 1.2], [-1.0, 2.5, 0.5], [2.0, 0.1, -1.0]])
+
+
+def exact_masked_evidence():
+    """log p(x_obs) = Σ_n log N(x_obs,n; 0, I + 11ᵀ), by hand."""
+    total = 0.0
+    for row in X_MISSING:
+        obs = row[row != -1]
+        cov = torch.eye(len(obs)) + torch.ones(len(obs), len(obs))
+        total += dist.MultivariateNormal(torch.zeros(len(obs)), cov).log_prob(obs).item()
+    return total
+
+
+def test_a_model_that_cannot_broadcast_runs_with_particles_in_a_loop():
+    with pytest.raises(Exception):  # noqa: B017 - whatever torch raises for the mask
+        estimators.get("iwae", num_particles=4).loss(masked_model, masked_guide, X_MISSING)
+    # exact guide: every weight is p(x_obs), so the bound is exact for any K
+    loop = estimators.get("iwae", num_particles=4, vectorize_particles=False)
+    assert loop.loss(masked_model, masked_guide, X_MISSING) == pytest.approx(
+        -exact_masked_evidence(), abs=1e-4
+    )
+    auto = estimators.get("iwae", num_particles=4, vectorize_particles=None)
+    with pytest.warns(VectorizationWarning, match="drawing the 4 particles one at a time"):
+        value = auto.loss(masked_model, masked_guide, X_MISSING)
+    assert value == pytest.approx(-exact_masked_evidence(), abs=1e-4)
+    assert auto.vectorize_particles is False  # it stays in a loop, without warning again
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VectorizationWarning)
+        auto.loss(masked_model, masked_guide, X_MISSING)
+
+
+def test_looped_score_draws_what_pyros_looped_trace_elbo_draws():
+    model, guide = linear_gaussian("data")
+    pyro.set_rng_seed(1)
+    ours = estimators.get("score", num_particles=5, vectorize_particles=False).loss(model, guide, X)
+    pyro.set_rng_seed(1)
+    pyros = Trace_ELBO(num_particles=5, vectorize_particles=False).loss(model, guide, X)
+    assert ours == pytest.approx(pyros, rel=1e-6)
+
+
+def test_nvil_follows_float64_as_pyros_test_suite_runs_it():
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+
+        def model(x):
+            with pyro.plate("data", len(x)):
+                z = pyro.sample("z", dist.Normal(0.0, 1.0))
+                pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+        def guide(x):
+            with pyro.plate("data", len(x)):
+                pyro.sample("z", dist.Normal(x / 2, 0.7))
+
+        x = torch.tensor([0.3, -1.2, 0.8])
+        estimator = estimators.get("score", num_particles=2, control_variate="neural")
+        loss = estimator.loss_and_grads(model, guide, x)
+        assert math.isfinite(loss)
+        assert estimator._networks["z"][0].weight.dtype == torch.float64
+    finally:
+        torch.set_default_dtype(default)
+
+
+@pytest.mark.parametrize("name", ["score", "iwae", "vimco"])
+def test_a_guide_site_marked_for_enumeration_is_warned_about_as_pyro_does(name):
+    def model():
+        pyro.sample("z", dist.Normal(0.0, 1.0))
+
+    def guide():
+        pyro.sample("z", dist.Normal(0.0, 1.0), infer={"enumerate": "parallel"})
+
+    with pytest.warns(UserWarning, match="you need to use TraceEnum_ELBO"):
+        estimators.get(name, num_particles=2).loss(model, guide)
