@@ -45,7 +45,7 @@ from pyro_vae.evaluate import data_arguments, eval_mode, prepare
 from pyro_vae.plates import batch_rows, find_data_plate, frames_in, require_data_plate
 from pyro_vae.plots import plot_reconstructions
 from pyro_vae.predictive import reconstruct
-from pyro_vae.traces import PARTICLES
+from pyro_vae.traces import PARTICLES, particle_traces, stack_values
 
 with warnings.catch_warnings():  # ArviZ's once-a-day notice about its 1.0 refactor
     warnings.filterwarnings("ignore", message=r"\s*ArviZ is undergoing", category=FutureWarning)
@@ -111,18 +111,21 @@ def _plate_nesting(model, guide, args: tuple, kwargs: dict, local: bool = False)
 
 @torch.no_grad()
 def _draw(model, guide, args: tuple, kwargs: dict, num_samples: int):
-    """Guide and replayed model traces of S draws, vectorized by a plate at dim −rank."""
-    rank = _plate_nesting(model, guide, args, kwargs) + 1
-    with poutine.block(), torch.no_grad(), eval_mode(model, guide):
-        with pyro.plate(_DRAWS, num_samples, dim=-rank):
-            guide_tr = poutine.trace(guide).get_trace(*args, **kwargs)
-            model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(
-                *args, **kwargs
-            )
-    guide_tr, model_tr = prune_subsample_sites(guide_tr), prune_subsample_sites(model_tr)
-    guide_tr.compute_log_prob()
-    model_tr.compute_log_prob()
-    return guide_tr, model_tr, rank
+    """Guide and replayed model traces of S draws, the draws at dim −rank: vectorized by a
+    plate, or drawn in a loop when the model cannot broadcast (:mod:`pyro_vae.traces`)."""
+    nesting = _plate_nesting(model, guide, args, kwargs)
+    with torch.no_grad(), eval_mode(model, guide):
+        model_tr, guide_tr, _ = particle_traces(model, guide, args, kwargs, num_samples, nesting)
+    return guide_tr, model_tr, nesting + 1
+
+
+def _predictive(site: dict, rank: int) -> torch.Tensor:
+    """x̃_s ~ p(x | z_s) for each draw s of an observed site (each draw's own likelihood
+    when the draws were taken in a loop)."""
+    fns = site.get("fns")
+    if fns is None:
+        return site["fn"].sample()
+    return stack_values([fn.sample() for fn in fns], rank - 1, site["fn"].event_dim)
 
 
 def _per_draw(trace, rank: int, num_samples: int) -> torch.Tensor:
@@ -218,9 +221,9 @@ def to_inference_data(model, guide, *args: Any, num_samples: int = 1000, **kwarg
             continue
         groups["observed"][name] = _named(name, site, site["value"], fn.event_dim, rank, None)
         groups["predictive"][name] = _named(
-            name, site, fn.sample(), fn.event_dim, rank, num_samples
+            name, site, _predictive(site, rank), fn.event_dim, rank, num_samples
         )
-        log_p = fn.log_prob(site["value"])
+        log_p = site["unscaled_log_prob"]
         if site["mask"] is not None:
             log_p = log_p * site["mask"]
         groups["loglik"][name] = _named(name, site, log_p, 0, rank, num_samples)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -40,7 +41,14 @@ from tqdm.auto import tqdm
 from pyro_vae.minibatch import Minibatched, align_autoguide
 from pyro_vae.plates import batch_rows, find_data_plate, frames_in, require_data_plate
 from pyro_vae.pointwise import per_datapoint_log_density
-from pyro_vae.traces import particle_traces, plate_nesting, run_pair, sample_sites
+from pyro_vae.traces import (
+    VectorizationWarning,
+    particle_traces,
+    plate_nesting,
+    run_pair,
+    sample_sites,
+)
+from pyro_vae.weights import check_dtypes
 
 
 @contextlib.contextmanager
@@ -157,6 +165,7 @@ def prepare(
     num_data = int(data[0].shape[0])
     probe = _chunk(data, 0, min(num_data, probe_rows))
     rows = batch_rows(probe)
+    check_dtypes(probe, model, guide)
     with torch.no_grad(), eval_mode(model, guide):
         with torch.random.fork_rng(devices=[]), poutine.block():
             prior_tr = poutine.trace(model).get_trace(*probe)
@@ -419,7 +428,13 @@ def active_units(
 
 @torch.no_grad()
 def elbo_estimate(
-    model, guide, *args, num_samples: int = 100, num_chunks: int = 10, **kwargs
+    model,
+    guide,
+    *args,
+    num_samples: int = 100,
+    num_chunks: int = 10,
+    vectorize_particles: bool | None = None,
+    **kwargs,
 ) -> tuple[float, float]:
     """The whole-data ELBO of a model with global latents, and its Monte Carlo error (nats).
 
@@ -429,8 +444,10 @@ def elbo_estimate(
     sample and the model marks for enumeration (``infer={"enumerate": "parallel"}``) are
     summed out exactly, as :class:`pyro.infer.TraceEnum_ELBO` does; that is the ELBO of
     the guide's family with those latents at their exact conditional. Draws are taken in
-    ``num_chunks`` vectorized chunks; the standard error is the batch-means one,
-    sd(chunk means) / √chunks (nan with a single chunk).
+    ``num_chunks`` chunks, each vectorized (``vectorize_particles=True``), drawn in a loop
+    (``False``), or vectorized unless that fails (``None``, with a
+    :class:`~pyro_vae.traces.VectorizationWarning`); the standard error is the
+    batch-means one, sd(chunk means) / √chunks (nan with a single chunk).
 
     Returns:
         ``(elbo, standard_error)``.
@@ -443,16 +460,34 @@ def elbo_estimate(
     with eval_mode(model, guide), poutine.block():
         with torch.random.fork_rng(devices=[]):
             nesting = max_plate_nesting(model, guide, *args, **kwargs)
+        vectorize = vectorize_particles
         for size in sizes:
-            estimator = TraceEnum_ELBO(
-                num_particles=size,
-                vectorize_particles=size > 1,
-                max_plate_nesting=nesting,
-                strict_enumeration_warning=False,
-            )
-            means.append(-estimator.loss(model, guide, *args, **kwargs))
+            try:
+                means.append(_enum_elbo(model, guide, args, kwargs, size, nesting, vectorize))
+            except Exception as err:
+                if vectorize is not None or size == 1:
+                    raise
+                vectorize = False
+                means.append(_enum_elbo(model, guide, args, kwargs, size, nesting, vectorize))
+                warnings.warn(
+                    f"the model and guide could not run under vectorized particles "
+                    f"({type(err).__name__}: {err}); drawing them one at a time instead "
+                    "(vectorize_particles=False)",
+                    VectorizationWarning,
+                    stacklevel=2,
+                )
     means_t = torch.tensor(means, dtype=torch.float64)
     weights = torch.tensor(sizes, dtype=torch.float64) / num_samples
     elbo = float((weights * means_t).sum())
     stderr = float(means_t.std() / math.sqrt(chunks)) if chunks > 1 else math.nan
     return elbo, stderr
+
+
+def _enum_elbo(model, guide, args, kwargs, size: int, nesting: int, vectorize) -> float:
+    estimator = TraceEnum_ELBO(
+        num_particles=size,
+        vectorize_particles=size > 1 and vectorize is not False,
+        max_plate_nesting=nesting,
+        strict_enumeration_warning=False,
+    )
+    return -estimator.loss(model, guide, *args, **kwargs)

@@ -80,7 +80,7 @@ def stack_particles(pairs: list[tuple[Trace, Trace]], rank: int) -> tuple[Trace,
     Each sample site's ``value``, ``log_prob``, ``unscaled_log_prob`` and tensor ``mask``
     are brought to the full batch rank R − 1 and stacked along a new leftmost dim (−R), and
     a particle frame is added to its ``cond_indep_stack``; ``log_prob_sum`` is recomputed,
-    ``score_parts`` dropped, and ``fn`` is the first particle's.
+    ``score_parts`` dropped; ``fn`` is the first particle's and ``fns`` lists them all.
     Log-densities must have been computed (``compute_log_prob``).
 
     Raises:
@@ -109,22 +109,25 @@ def _stack_traces(traces: list[Trace], rank: int, frame: CondIndepStackFrame) ->
         sites = [trace.nodes[name] for trace in traces]
         new = dict(site)
         event_dim = site["fn"].event_dim
-        new["value"] = _stack([s["value"] for s in sites], rank - 1, event_dim)
+        new["value"] = stack_values([s["value"] for s in sites], rank - 1, event_dim)
+        new["fns"] = [s["fn"] for s in sites]
         for key in ("log_prob", "unscaled_log_prob"):
             if key in site:
-                new[key] = _stack([s[key] for s in sites], rank - 1, 0)
+                new[key] = stack_values([s[key] for s in sites], rank - 1, 0)
         # per-particle caches would stand for the whole stack: recompute or drop them
         new.pop("score_parts", None)
         if "log_prob_sum" in site:
             new["log_prob_sum"] = new["log_prob"].sum()
         if torch.is_tensor(site["mask"]):
-            new["mask"] = _stack([s["mask"] for s in sites], rank - 1, 0)
+            new["mask"] = stack_values([s["mask"] for s in sites], rank - 1, 0)
         new["cond_indep_stack"] = (*site["cond_indep_stack"], frame)
         stacked.add_node(name, **new)
     return stacked
 
 
-def _stack(values: list, batch_rank: int, event_dim: int) -> torch.Tensor:
+def stack_values(values: list, batch_rank: int, event_dim: int) -> torch.Tensor:
+    """Per-particle tensors (batch dims then ``event_dim`` event dims) stacked along a new
+    leftmost dim, their batch dims first brought to ``batch_rank``."""
     shaped = []
     for v in values:
         v = torch.as_tensor(v)

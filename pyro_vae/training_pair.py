@@ -37,7 +37,7 @@ from pyro_vae.minibatch import Minibatched, align_autoguide
 from pyro_vae.plates import DataPlateError, batch_rows, find_data_plate, frames_in
 from pyro_vae.tensor_data import TensorData
 from pyro_vae.traces import VectorizationWarning, run_pair, sample_sites
-from pyro_vae.weights import PairWeights, module_of
+from pyro_vae.weights import PairWeights, check_dtypes, module_of
 
 HELD_OUT = "held-out ELBO per datapoint (nats)"
 TRAINING_SET = (
@@ -114,7 +114,12 @@ class TrainingPair:
             kwargs = {"subsample": every_row} if self.plate is not None else {}
             self.validation_kind = WHOLE_DATA
             self.validate = lambda: elbo_estimate(
-                self.model, self.guide, *data.tensors, num_samples=config.val_samples, **kwargs
+                self.model,
+                self.guide,
+                *data.tensors,
+                num_samples=config.val_samples,
+                vectorize_particles=self.vectorize,
+                **kwargs,
             )[0]
             return
         if self.local:
@@ -148,31 +153,6 @@ class TrainingPair:
                 self.vectorize = False
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         return value.mean().item()
-
-
-def check_dtypes(args: tuple, model, guide) -> None:
-    """Refuse floating data whose dtype differs from the networks' weights.
-
-    Raises:
-        ValueError: naming the data's dtype and the weights'.
-    """
-    weights = [
-        p
-        for fn in (model, guide)
-        if (m := module_of(fn)) is not None
-        for p in m.parameters()
-        if p.is_floating_point()
-    ]
-    if not weights:
-        return
-    expected = weights[0].dtype
-    for i, a in enumerate(args):
-        if torch.is_tensor(a) and a.is_floating_point() and a.dtype != expected:
-            raise ValueError(
-                f"data: argument {i} is {a.dtype} and the model's weights are {expected}; "
-                f"expected data of the weights' dtype (convert it with .to({expected}), or "
-                "the model and guide with .to(dtype))"
-            )
 
 
 def _per_datapoint_plate(model, args: tuple, name: str | None) -> tuple[str | None, int | None]:

@@ -111,3 +111,28 @@ class PairWeights:
 
 def _copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in state.items()}
+
+
+def check_dtypes(args: tuple, model, guide) -> None:
+    """Refuse floating data whose dtype differs from the networks' weights.
+
+    Raises:
+        ValueError: naming the data's dtype and the weights'.
+    """
+    weights = [
+        p
+        for fn in (model, guide)
+        if (m := module_of(fn)) is not None
+        for p in m.parameters()
+        if p.is_floating_point()
+    ]
+    if not weights:
+        return
+    expected = weights[0].dtype
+    for i, a in enumerate(args):
+        if torch.is_tensor(a) and a.is_floating_point() and a.dtype != expected:
+            raise ValueError(
+                f"data: argument {i} is {a.dtype} and the model's weights are {expected}; "
+                f"expected data of the weights' dtype (convert it with .to({expected}), or "
+                "the model and guide with .to(dtype))"
+            )

@@ -292,3 +292,19 @@ def test_bad_input_is_refused_with_the_argument_named(data, gaussian_x, tmp_path
         load_inference_data(tmp_path / "corrupt.nc")
     with pytest.raises(ValueError, match="is not a file"):
         load_inference_data(tmp_path / "absent.nc")
+
+
+def test_a_model_that_cannot_broadcast_is_drawn_in_a_loop():
+    from pyro_vae.traces import VectorizationWarning
+    from tests.pyro_vae.estimators.test_base import X_MISSING, masked_guide, masked_model
+
+    with pytest.warns(VectorizationWarning):
+        idata = to_inference_data(masked_model, masked_guide, X_MISSING, num_samples=30)
+    z = idata.posterior["z"].values
+    assert z.shape == (1, 30, 3) and z.std() > 0.1
+    predictive = idata.posterior_predictive["x"].values
+    # each draw's own likelihood N(z_s, 1): the predictive spread exceeds one draw's noise
+    assert predictive.shape[:2] == (1, 30) and predictive.std(axis=1).min() > 0.5
+    # the exact guide makes every importance ratio p(x_obs): k̂ = −inf (constant ratios)
+    lp, log_q = idata.sample_stats["lp"].values, idata.sample_stats["log_q"].values
+    assert np.ptp(lp - log_q) < 1e-4

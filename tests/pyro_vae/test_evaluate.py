@@ -197,3 +197,60 @@ def test_elbo_estimate_sums_out_enumerated_sites_and_reports_its_error():
     assert stderr == pytest.approx(0.0, abs=1e-5)
     with pytest.raises(ValueError, match="num_samples: 0"):
         elbo_estimate(model, EmptyGuide(), x, num_samples=0)
+
+
+def two_view_model(x, y=None):
+    """z_n ~ N(0, 1); x_n, y_n ~ N(z_n, 1): two data arguments."""
+    with pyro.plate("data", len(x)):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+        pyro.sample("y", dist.Normal(z, 1.0), obs=y)
+
+
+def two_view_guide(x, y=None):
+    # the exact posterior N((x + y) / 3, 1/3) when y is given
+    y = x if y is None else y
+    with pyro.plate("data", len(x)):
+        pyro.sample("z", dist.Normal((x + y) / 3, 3**-0.5))
+
+
+def test_a_model_with_two_data_arguments_gets_both_or_a_refusal():
+    x, y = torch.tensor([0.3, -1.0, 2.0]), torch.tensor([1.1, 0.2, 1.5])
+    # exact guide: every weight is p(x_n, y_n) = N([x, y]; 0, [[2, 1], [1, 2]])
+    cov = torch.tensor([[2.0, 1.0], [1.0, 2.0]])
+    exact = dist.MultivariateNormal(torch.zeros(2), cov).log_prob(torch.stack([x, y], -1))
+    torch.testing.assert_close(elbo_per_datapoint(two_view_model, two_view_guide, (x, y), 5), exact)
+    torch.testing.assert_close(
+        iwae_log_likelihood(two_view_model, two_view_guide, (x, y), 5), exact
+    )
+    # y left out: it would be drawn from the prior and scored as a latent (ELBO of 0.0)
+    with pytest.raises(ValueError, match=r"the sites \['y'\] are neither observed nor drawn"):
+        elbo_per_datapoint(two_view_model, two_view_guide, x)
+
+
+def test_evaluators_loop_over_particles_when_the_model_cannot_broadcast():
+    from pyro_vae.traces import VectorizationWarning
+    from tests.pyro_vae.estimators.test_base import X_MISSING, masked_guide, masked_model
+
+    rows = []
+    for row in X_MISSING:
+        obs = row[row != -1]
+        cov = torch.eye(len(obs)) + torch.ones(len(obs), len(obs))
+        rows.append(dist.MultivariateNormal(torch.zeros(len(obs)), cov).log_prob(obs))
+    exact = torch.stack(rows)
+    with pytest.warns(VectorizationWarning):
+        elbo = elbo_per_datapoint(masked_model, masked_guide, X_MISSING, 4)
+    torch.testing.assert_close(elbo, exact)
+    ll = iwae_log_likelihood(masked_model, masked_guide, X_MISSING, 8, vectorize_particles=False)
+    torch.testing.assert_close(ll, exact)
+
+
+def test_latent_means_of_a_guide_without_encode_are_a_monte_carlo_mean(x):
+    from pyro_vae.evaluate import latent_means
+
+    guide = make_guide(0.8, 1.0)
+    loc = (x - B) @ (0.8 * POST_GAIN).T
+    mean = latent_means(model, guide, x, num_samples=400)
+    # 400 draws of sd √POST_VAR: a standard error of √(POST_VAR / 400) per entry
+    se = (POST_VAR / 400).sqrt()
+    assert ((mean - loc).abs() <= 4 * se).all()
