@@ -1,8 +1,10 @@
 """pyro_vae: amortized variational inference on Pyro.
 
-Models and guides are ordinary Pyro callables ``f(x, num_data=None)`` whose per-datapoint
-sites live in :func:`pyro_vae.plates.data_plate`; training is ``pyro.infer.SVI`` with any
-``pyro.infer.ELBO``; evaluation and run folders work for any such pair.
+Models and guides are ordinary Pyro callables (functions, bound methods, ``PyroModule``s,
+autoguides); their per-datapoint plate is found by one rule
+(:func:`pyro_vae.plates.find_data_plate`) and given its full size and row indices by the
+fit loop. Training is ``pyro.infer.SVI`` with any ``pyro.infer.ELBO``; evaluation and run
+folders work for any such pair.
 """
 
 from pyro_vae.calibration import VSBCResult, vsbc, vsbc_with
@@ -16,9 +18,11 @@ from pyro_vae.evaluate import (
     latent_means,
     reconstruction_error,
 )
-from pyro_vae.plates import data_plate
+from pyro_vae.plates import DataPlateError, data_plate, find_data_plate
 from pyro_vae.tensor_data import TensorData
+from pyro_vae.traces import VectorizationWarning
 from pyro_vae.train import FitResult, TrainConfig, TrainingDiverged, fit
+from pyro_vae.training_pair import MinibatchScaleWarning
 
 __version__ = "0.1.0"
 
@@ -44,9 +48,11 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "DataPlateError",
     "DataSplits",
     "DatasetNotFoundError",
     "FitResult",
+    "MinibatchScaleWarning",
     "PointwiseKhat",
     "Preprocessing",
     "RunFolder",
@@ -55,10 +61,12 @@ __all__ = [
     "TrainConfig",
     "TrainingDiverged",
     "VSBCResult",
+    "VectorizationWarning",
     "active_units",
     "data_plate",
     "elbo_estimate",
     "elbo_per_datapoint",
+    "find_data_plate",
     "fit",
     "iwae_log_likelihood",
     "latent_means",

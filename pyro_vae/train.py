@@ -307,6 +307,7 @@ def fit(
         if due and pair.validate is not None:
             val_elbo = pair.validate()
             record["val_elbo"] = val_elbo
+            result.vectorized_particles = pair.vectorize
             if best is None or val_elbo > best["val_elbo"]:
                 best = {"epoch": epoch + 1, "val_elbo": val_elbo, **pair.weights.snapshot()}
         result.history.append(record)
@@ -337,7 +338,6 @@ def fit(
     if best is not None:
         pair.weights.restore(best)
         result.best_epoch = best["epoch"]
-    result.vectorized_particles = pair.vectorize
     return result
 
 

@@ -113,14 +113,16 @@ class TrainingPair:
             every_row = torch.arange(data.num_data)
             kwargs = {"subsample": every_row} if self.plate is not None else {}
             self.validation_kind = WHOLE_DATA
-            self.validate = lambda: elbo_estimate(
-                self.model,
-                self.guide,
-                *data.tensors,
-                num_samples=config.val_samples,
-                vectorize_particles=self.vectorize,
-                **kwargs,
-            )[0]
+            self.validate = lambda: self._tracking_fallback(
+                lambda: elbo_estimate(
+                    self.model,
+                    self.guide,
+                    *data.tensors,
+                    num_samples=config.val_samples,
+                    vectorize_particles=self.vectorize,
+                    **kwargs,
+                )[0]
+            )
             return
         if self.local:
             x = data.train_x
@@ -133,14 +135,15 @@ class TrainingPair:
             self.validation_kind = HELD_OUT
         else:
             return
-        self.validate = lambda: self._per_datapoint_elbo(model, guide, x, config.val_samples)
+        self.validate = lambda: self._tracking_fallback(
+            lambda: self._per_datapoint_elbo(model, guide, x, config.val_samples)
+        )
 
     def _per_datapoint_elbo(self, model, guide, x, num_samples: int) -> float:
         from pyro_vae.evaluate import elbo_per_datapoint
 
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", VectorizationWarning)
-            value = elbo_per_datapoint(
+        return (
+            elbo_per_datapoint(
                 model,
                 guide,
                 x,
@@ -148,11 +151,21 @@ class TrainingPair:
                 data_plate=self.plate,
                 vectorize_particles=self.vectorize,
             )
+            .mean()
+            .item()
+        )
+
+    def _tracking_fallback(self, validate: Callable[[], float]) -> float:
+        """Run ``validate``; when it had to draw its particles in a loop, keep doing so
+        (and record it) rather than failing over again at every validation."""
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", VectorizationWarning)
+            value = validate()
         for w in caught:
             if issubclass(w.category, VectorizationWarning):
                 self.vectorize = False
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        return value.mean().item()
+        return value
 
 
 def _per_datapoint_plate(model, args: tuple, name: str | None) -> tuple[str | None, int | None]:

@@ -18,12 +18,13 @@ class SurrogateELBO(ELBO):
     """An ELBO given by ``differentiable_loss``: ``loss`` is its value and ``loss_and_grads``
     back-propagates it, as Pyro's ELBOs do.
 
-    Particles are vectorized by default (one run under an outer ``pyro.plate``).
-    ``vectorize_particles=False`` draws them one run at a time and stacks the traces into
-    the same layout (:func:`pyro_vae.traces.stack_particles`), for models that cannot
-    broadcast (boolean-mask indexing, say). ``None`` vectorizes unless that fails on a
-    model that the looped way runs, and then keeps the looped way with a
-    :class:`~pyro_vae.traces.VectorizationWarning`.
+    Particles are vectorized when the model allows it: ``vectorize_particles=None`` (the
+    default) runs them under one outer ``pyro.plate``, and if the model cannot run that
+    way (boolean-mask indexing, shapes checked by hand, a ``pyro.param`` with its own batch
+    dims) but runs once per particle, keeps to a loop from then on, with a
+    :class:`~pyro_vae.traces.VectorizationWarning` that says why. ``True`` insists on the
+    plate; ``False`` always loops (K runs stacked into the same layout,
+    :func:`pyro_vae.traces.stack_particles`), as Pyro's ELBOs do by default.
 
     ``data_plate`` names the model's per-datapoint plate; by default it is found by the
     rule of :func:`pyro_vae.plates.find_data_plate`. ``min_particles`` and ``too_few`` let a
@@ -37,7 +38,7 @@ class SurrogateELBO(ELBO):
         strict_enumeration_warning: bool = True,
         min_particles: int = 1,
         too_few: str = "is not a positive integer",
-        vectorize_particles: bool | None = True,
+        vectorize_particles: bool | None = None,
         data_plate: str | None = None,
     ) -> None:
         if (

@@ -101,7 +101,7 @@ class ScoreFunctionELBO(SurrogateELBO):
         strict_enumeration_warning: as in Pyro's ELBOs.
         vectorize_particles: ``True`` (one run under a particle plate), ``False`` (K runs,
             for models that cannot broadcast) or ``None`` (vectorized unless that fails);
-            see :class:`~pyro_vae.estimators.base.SurrogateELBO`.
+            see :class:`~pyro_vae.estimators.base.SurrogateELBO` (default ``None``).
         data_plate: the per-datapoint plate's name, which the ``neural`` baseline reads
             x along; found by :func:`pyro_vae.plates.find_data_plate` when ``None``.
 
@@ -119,7 +119,7 @@ class ScoreFunctionELBO(SurrogateELBO):
         normalize_variance: bool = True,
         max_plate_nesting: float = float("inf"),
         strict_enumeration_warning: bool = True,
-        vectorize_particles: bool | None = True,
+        vectorize_particles: bool | None = None,
         data_plate: str | None = None,
     ) -> None:
         if control_variate not in CONTROL_VARIATES:

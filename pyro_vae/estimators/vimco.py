@@ -42,7 +42,7 @@ class VIMCO(SurrogateELBO):
         num_particles: int = 5,
         max_plate_nesting: float = float("inf"),
         strict_enumeration_warning: bool = True,
-        vectorize_particles: bool | None = True,
+        vectorize_particles: bool | None = None,
         data_plate: str | None = None,
     ) -> None:
         super().__init__(

@@ -91,3 +91,17 @@ def test_data_of_another_dtype_than_the_weights_is_named():
     x = torch.rand(6, 3, dtype=torch.float64)
     with pytest.raises(ValueError, match="data: argument 0 is torch.float64 and the model's"):
         fit(model, model.make_guide(), TensorData(x), get("trace"), quiet())
+
+
+def test_a_model_that_cannot_broadcast_trains_and_the_choice_is_recorded(tmp_path):
+    from pyro_vae.checkpoint import RunFolder
+    from pyro_vae.traces import VectorizationWarning
+    from tests.pyro_vae.estimators.test_base import X_MISSING, masked_guide, masked_model
+
+    run = RunFolder(tmp_path / "run")
+    config = quiet(epochs=2, val_samples=40)
+    estimator = get("score", num_particles=3, vectorize_particles=None)
+    with pytest.warns(VectorizationWarning):
+        result = fit(masked_model, masked_guide, TensorData(X_MISSING), estimator, config, run)
+    assert result.vectorized_particles is False and estimator.vectorize_particles is False
+    assert run.read_metrics()["vectorized_particles"] is False
