@@ -37,9 +37,10 @@ def test_local_sites_are_scaled_by_n_over_b_and_global_ones_are_not():
     trace.compute_log_prob()
     mu, z = trace.nodes["mu"]["value"], trace.nodes["z"]["value"]
     # log p(mu) + (N / B) Σ_n [log p(z_n | mu) + log p(x_n | z_n)], computed by hand
-    expected = dist.Normal(0.0, 1.0).log_prob(mu) + N / len(ROWS) * (
-        dist.Normal(mu, 1.0).log_prob(z) + dist.Normal(z, 1.0).log_prob(x)
-    ).sum()
+    expected = (
+        dist.Normal(0.0, 1.0).log_prob(mu)
+        + N / len(ROWS) * (dist.Normal(mu, 1.0).log_prob(z) + dist.Normal(z, 1.0).log_prob(x)).sum()
+    )
     torch.testing.assert_close(trace.log_prob_sum(), expected)
 
 
