@@ -7,8 +7,9 @@ model's own observation site already holds p(x | z), so
 - :func:`reconstruct` conditions the model on z = E_q[z | x] (``poutine.condition``) and
   reads the mean of the site that observes x;
 - :func:`prior_mean_images` runs the model with its observations released
-  (``poutine.uncondition``: z drawn from the prior, as Pyro's ``Predictive`` does without
-  posterior samples) and reads the same mean.
+  (``poutine.uncondition``: z drawn from the prior, the prior predictive; Pyro's
+  ``Predictive`` would hand back an ``obs=x`` observation unchanged) and reads the same
+  mean.
 
 "The site that observes x" is the observed sample site whose value is the data (the
 same numbers, any shape). A likelihood without a closed-form ``mean`` gives none.
