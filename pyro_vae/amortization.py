@@ -14,6 +14,8 @@ is the tighter of the two.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from pyro.infer import Trace_ELBO
 from tqdm.auto import tqdm
@@ -68,29 +70,20 @@ def amortization_gap(
     frozen = [p for p in parameters if p.requires_grad]
     for p in frozen:
         p.requires_grad_(False)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            nesting = max_plate_nesting(model, local, x)  # Pyro would guess it, and log that
-        elbo = Trace_ELBO(
-            num_particles=num_particles, vectorize_particles=True, max_plate_nesting=nesting
-        )
-        optimizer = torch.optim.Adam(local.parameters(), lr=lr)
-        # The pathwise gradient stays noisy at the optimum (the score term of log q), so a
-        # constant step size would leave q* jittering around it: anneal the step to zero.
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-        with eval_mode(model):
-            for _ in tqdm(range(steps), desc="local guides", disable=not progress, leave=False):
-                optimizer.zero_grad()
-                elbo.differentiable_loss(model, local, x).backward()
-                optimizer.step()
-                schedule.step()
-        whole = x.shape[0]  # the local guide only scores the batch it was fitted to
-        amortized = elbo_per_datapoint(model, guide, x, elbo_samples).mean().item()
-        fitted = elbo_per_datapoint(model, local, x, elbo_samples, batch_size=whole).mean().item()
-        log_p = iwae_log_likelihood(model, local, x, iwae_samples, batch_size=whole).mean().item()
-    finally:
-        for p in frozen:
-            p.requires_grad_(True)
+    # pyro.module says, for every frozen weight, that it is not registered as a param: that
+    # is the point here, so the notice is kept out of the user's output.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*was not registered in the param store")
+        try:
+            _fit_local(model, local, x, steps, lr, num_particles, progress)
+            whole = x.shape[0]  # the local guide only scores the batch it was fitted to
+            amortized = elbo_per_datapoint(model, guide, x, elbo_samples).mean().item()
+            fitted = elbo_per_datapoint(model, local, x, elbo_samples, batch_size=whole)
+            log_p = iwae_log_likelihood(model, local, x, iwae_samples, batch_size=whole)
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+    fitted, log_p = fitted.mean().item(), log_p.mean().item()
     return {
         "elbo_amortized": amortized,
         "elbo_local": fitted,
@@ -101,3 +94,22 @@ def amortization_gap(
         "steps": steps,
         "iwae_samples": iwae_samples,
     }
+
+
+def _fit_local(model, local, x, steps: int, lr: float, num_particles: int, progress: bool) -> None:
+    """Adam on the pathwise ELBO of ``local`` with the model frozen, step size annealed."""
+    with torch.random.fork_rng(devices=[]):
+        nesting = max_plate_nesting(model, local, x)  # Pyro would guess it, and log that
+    elbo = Trace_ELBO(
+        num_particles=num_particles, vectorize_particles=True, max_plate_nesting=nesting
+    )
+    optimizer = torch.optim.Adam(local.parameters(), lr=lr)
+    # The pathwise gradient stays noisy at the optimum (the score term of log q), so a
+    # constant step size would leave q* jittering around it: anneal the step to zero.
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    with eval_mode(model):
+        for _ in tqdm(range(steps), desc="local guides", disable=not progress, leave=False):
+            optimizer.zero_grad()
+            elbo.differentiable_loss(model, local, x).backward()
+            optimizer.step()
+            schedule.step()

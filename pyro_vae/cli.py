@@ -236,12 +236,12 @@ def _config_from_args(args: argparse.Namespace) -> dict[str, Any]:
         vectorize_particles={"auto": None, "on": True, "off": False}[args.vectorize_particles],
     )
     return {
-        "model": args.model,
+        "model": _resolved(args.model),
         "model_options": {
             **{key: _default(args, key) for key in ("latent_dim", "hidden_dims", "activation")},
             **dict(args.model_opt),
         },
-        "guide": args.guide,
+        "guide": _resolved(args.guide),
         "data": {
             "name": args.data,
             "likelihood": args.likelihood,
@@ -472,6 +472,11 @@ def _amortization_gap(args: argparse.Namespace) -> int:
     exp = load(run)
     if not exp.generative:
         raise ValueError(f"run: {exp.config['model']} has no latent variables to fit guides to")
+    _refuse_local_guide(
+        exp,
+        "the amortization gap compares an amortized encoder with "
+        "per-datapoint guides, and this guide is already per-datapoint",
+    )
     if args.points < 1:
         raise ValueError(f"points: {args.points} is not a positive number of test images")
     pyro.set_rng_seed(args.seed)
@@ -504,6 +509,7 @@ def _diagnose(args: argparse.Namespace) -> int:
     exp = load(run)
     if not exp.generative:
         raise ValueError(f"run: {exp.config['model']} has no latent variables to diagnose")
+    _refuse_local_guide(exp, "k̂ per test image needs a posterior for test images")
     if args.points < 0:
         raise ValueError(f"points: {args.points} is negative; expected a number of test images")
     x = exp.data.test_x if args.points == 0 else exp.data.test_x[: args.points]
@@ -527,6 +533,26 @@ def _diagnose(args: argparse.Namespace) -> int:
     print(f"  median k̂, max k̂             {result['khat_median']:6.2f}, {result['khat_max']:.2f}")
     print("wrote " + ", ".join(result["files"]))
     return 0
+
+
+def _refuse_local_guide(exp, why: str) -> None:
+    if exp.local_guide:
+        raise ValueError(
+            f"run: its guide has free per-datapoint parameters (one q per training image, "
+            f"none for others); {why}. From Python, pyro_vae.psis_khat_per_datapoint and "
+            "to_inference_data take the training images the guide was fitted to"
+        )
+
+
+def _resolved(spec: str | None) -> str | None:
+    """A ``file.py:attr`` spec with the file's absolute path, so the run folder rebuilds
+    the model from anywhere; module specs are left as they are."""
+    if spec is None:
+        return None
+    path, sep, attr = spec.partition(":")
+    if sep and path.endswith(".py"):
+        return f"{Path(path).expanduser().resolve()}:{attr}"
+    return spec
 
 
 def main(argv: list[str] | None = None) -> int:

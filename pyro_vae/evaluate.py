@@ -38,7 +38,7 @@ import torch
 from pyro.infer import TraceEnum_ELBO
 from tqdm.auto import tqdm
 
-from pyro_vae.minibatch import Minibatched, align_autoguide
+from pyro_vae.minibatch import Minibatched, align_autoguide, fitted_rows
 from pyro_vae.plates import batch_rows, find_data_plate, frames_in, require_data_plate
 from pyro_vae.pointwise import per_datapoint_log_density
 from pyro_vae.traces import (
@@ -111,8 +111,9 @@ class PerDatapoint:
     """A model/guide pair ready to score the rows of ``data`` (see :func:`prepare`).
 
     ``model`` and ``guide`` are wrapped to receive the per-datapoint plate's full size and
-    each chunk's row indices; ``plate`` is that plate's name, ``nesting`` the batch dims
-    the pair uses, ``vectorize`` the particle mode (``None``: vectorized unless that fails).
+    each chunk's row indices (``rows``, the data's rows among ``num_data``); ``plate`` is that
+    plate's name, ``nesting`` the batch dims the pair uses, ``vectorize`` the particle mode
+    (``None``: vectorized unless that fails).
     """
 
     model: Minibatched
@@ -120,12 +121,17 @@ class PerDatapoint:
     plate: str
     nesting: int
     num_data: int
+    rows: torch.Tensor
     vectorize: bool | None = None
+
+    def subsample(self, start: int, count: int) -> torch.Tensor:
+        """The row indices of the data's rows ``start .. start + count``."""
+        return self.rows[start : start + count]
 
     def log_weights(self, args: tuple, start: int, num_samples: int) -> torch.Tensor:
         """log p(x_n, z_k) − log q(z_k | x_n) for the rows ``start..`` in ``args``: ``[K, B]``."""
         rows = int(args[0].shape[0])
-        subsample = torch.arange(start, start + rows, device=args[0].device)
+        subsample = self.subsample(start, rows).to(args[0].device)
         model_tr, guide_tr, vectorized = particle_traces(
             self.model,
             self.guide,
@@ -150,6 +156,7 @@ def prepare(
     data_plate: str | None = None,
     vectorize_particles: bool | None = None,
     probe_rows: int = 100,
+    rows: torch.Tensor | None = None,
 ) -> PerDatapoint:
     """Find the per-datapoint plate and check the pair before any per-datapoint work.
 
@@ -158,18 +165,27 @@ def prepare(
     that the guide covers the model's latent sites. That run draws from the global stream,
     as one guide-and-model run per evaluation always has, so seeded results stay as they were.
 
+    ``rows``: for a guide with free per-datapoint parameters (an autoguide ``fit`` trained
+    over local latents), which rows of the data it was fitted to ``data`` holds; the first
+    ``len(data)`` when ``None``. Such a guide has nothing to say about other data.
+
     Raises:
         pyro_vae.plates.DataPlateError: the model has no per-datapoint plate.
-        ValueError: a model site is neither observed nor in the guide.
+        ValueError: a model site is neither observed nor in the guide; ``rows`` of the
+            wrong length or beyond the rows a local autoguide was fitted to.
     """
-    num_data = int(data[0].shape[0])
-    probe = _chunk(data, 0, min(num_data, probe_rows))
-    rows = batch_rows(probe)
+    count = int(data[0].shape[0])
+    probe = _chunk(data, 0, min(count, probe_rows))
+    num_rows = batch_rows(probe)
     check_dtypes(probe, model, guide)
+    num_data, rows = _rows_of(guide, count, rows)
     with torch.no_grad(), eval_mode(model, guide):
         with torch.random.fork_rng(devices=[]), poutine.block():
             prior_tr = poutine.trace(model).get_trace(*probe)
-        plate = require_data_plate(find_data_plate(prior_tr, rows, data_plate), rows, what)
+        plate = find_data_plate(prior_tr, num_rows, data_plate)
+        if plate is None:
+            refuse_uncovered_sites(model, guide, probe)
+        plate = require_data_plate(plate, num_rows, what)
         dim = next(f.dim for s in sample_sites(prior_tr).values() for f in frames_in(s, plate))
         align_autoguide(guide, plate, dim, num_data)
         pair = PerDatapoint(
@@ -178,13 +194,43 @@ def prepare(
             plate,
             0,
             num_data,
+            rows,
             vectorize_particles,
         )
-        subsample = torch.arange(rows, device=probe[0].device)
+        subsample = pair.subsample(0, num_rows).to(probe[0].device)
         model_tr, guide_tr = run_pair(pair.model, pair.guide, probe, {"subsample": subsample})
     check_guide_covers_model(model_tr, guide_tr)
     pair.nesting = plate_nesting(model_tr, guide_tr)
     return pair
+
+
+def _rows_of(guide, count: int, rows: torch.Tensor | None) -> tuple[int, torch.Tensor]:
+    """N and the data's rows among them: a local autoguide's own N, else the data's count."""
+    fitted = fitted_rows(guide)
+    num_data = fitted if fitted is not None else count
+    if rows is None:
+        rows = torch.arange(count)
+    rows = torch.as_tensor(rows, dtype=torch.long)
+    if rows.shape != (count,):
+        raise ValueError(f"rows: shape {tuple(rows.shape)}; expected one index per row ({count},)")
+    if count and (int(rows.min()) < 0 or int(rows.max()) >= num_data):
+        raise ValueError(
+            f"rows: indices {int(rows.min())}..{int(rows.max())}, but the guide holds "
+            f"per-datapoint parameters for {num_data} rows; evaluate it on rows of the data it "
+            "was fitted to (rows= says which)"
+        )
+    return num_data, rows
+
+
+def refuse_uncovered_sites(model, guide, probe: tuple) -> None:
+    """Before refusing a model for having no per-datapoint plate, check whether the real
+    cause is a data argument left out (its site then is neither observed nor drawn)."""
+    try:
+        with torch.random.fork_rng(devices=[]):
+            model_tr, guide_tr = run_pair(model, guide, probe, {})
+    except Exception:
+        return
+    check_guide_covers_model(model_tr, guide_tr)
 
 
 def check_guide_covers_model(model_trace, guide_trace) -> None:
@@ -249,6 +295,7 @@ def elbo_per_datapoint(
     batch_size: int = 1000,
     data_plate: str | None = None,
     vectorize_particles: bool | None = None,
+    rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Monte Carlo ELBO of each row of ``x`` (nats), averaged over ``num_samples`` draws.
 
@@ -259,6 +306,8 @@ def elbo_per_datapoint(
         data_plate: the per-datapoint plate's name (found by the rule of
             :func:`pyro_vae.plates.find_data_plate` when ``None``).
         vectorize_particles: ``True``, ``False`` (a loop over draws) or ``None`` (auto).
+        rows: for a guide with free per-datapoint parameters, the rows of the data it was
+            fitted to that ``x`` holds (default: the first ``len(x)``); see :func:`prepare`.
 
     Returns:
         ``[N]``, nats per datapoint.
@@ -271,7 +320,14 @@ def elbo_per_datapoint(
     data = data_arguments(x)
     with eval_mode(model, guide):
         pair = prepare(
-            model, guide, data, "a per-datapoint ELBO", data_plate, vectorize_particles, batch_size
+            model,
+            guide,
+            data,
+            "a per-datapoint ELBO",
+            data_plate,
+            vectorize_particles,
+            batch_size,
+            rows,
         )
         return torch.cat(
             [
@@ -292,14 +348,15 @@ def iwae_log_likelihood(
     progress: bool = False,
     data_plate: str | None = None,
     vectorize_particles: bool | None = None,
+    rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Importance-weighted estimate of log p(x_n) for each row of ``x`` (nats).
 
     log p(x_n) ≈ log (1/K) Σ_k exp(log w_k(x_n)), K = ``num_samples`` (Burda et al. 2015
     use K = 5000). Particles are drawn in chunks of at most ``max_elements / (batch · D)``
     and merged by log-sum-exp, so peak memory does not grow with K. ``progress`` shows a
-    progress bar over datapoints. ``x``, ``data_plate`` and ``vectorize_particles`` as in
-    :func:`elbo_per_datapoint`.
+    progress bar over datapoints. ``x``, ``data_plate``, ``vectorize_particles`` and ``rows``
+    as in :func:`elbo_per_datapoint`.
 
     Returns:
         ``[N]``, nats per datapoint.
@@ -317,6 +374,7 @@ def iwae_log_likelihood(
             data_plate,
             vectorize_particles,
             batch_size,
+            rows,
         )
         bar = tqdm(
             total=data[0].shape[0],
@@ -370,21 +428,28 @@ def latent_means(model, guide, x: torch.Tensor, num_samples: int = 100) -> torch
         return draws.mean(0).reshape(x.shape[0], -1)
 
 
-def latent_draws(model, guide, x, num_samples: int) -> tuple[str, torch.Tensor]:
+def latent_draws(
+    model, guide, x, num_samples: int, rows: torch.Tensor | None = None
+) -> tuple[str, torch.Tensor]:
     """The guide's one per-datapoint latent site, and ``num_samples`` draws of it per row
-    (``[S, N, ...]``): what a figure or metric needs of a guide without ``encode``."""
+    (``[S, N, ...]``): what a figure or metric needs of a guide without ``encode``.
+
+    The draws come from a generator of their own (seed 0), so the same weights give the
+    same draws, and the global random stream is left as it was."""
     _check_num("num_samples", num_samples)
     data = data_arguments(x)
-    pair = prepare(model, guide, data, "latent codes per datapoint")
-    subsample = torch.arange(pair.num_data, device=data[0].device)
-    with torch.no_grad():
-        model_tr, guide_tr, _ = particle_traces(
-            pair.model, pair.guide, data, {"subsample": subsample}, num_samples, pair.nesting
-        )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        pair = prepare(model, guide, data, "latent codes per datapoint", rows=rows)
+        subsample = pair.subsample(0, len(data[0])).to(data[0].device)
+        with torch.no_grad():
+            model_tr, guide_tr, _ = particle_traces(
+                pair.model, pair.guide, data, {"subsample": subsample}, num_samples, pair.nesting
+            )
     latent = [
         n
         for n, s in sample_sites(guide_tr).items()
-        if frames_in(s, pair.plate) and not s["is_observed"]
+        if frames_in(s, pair.plate) and not s["is_observed"] and not s["infer"].get("is_auxiliary")
     ]
     if len(latent) != 1:
         raise ValueError(
@@ -399,7 +464,7 @@ def latent_draws(model, guide, x, num_samples: int) -> tuple[str, torch.Tensor]:
     data_dim = frames_in(site, pair.plate)[0].dim
     value = value.movedim(data_dim - site["fn"].event_dim, 1)
     value = value.expand(num_samples, *value.shape[1:])
-    return latent[0], value.reshape(num_samples, pair.num_data, -1)
+    return latent[0], value.reshape(num_samples, len(data[0]), -1)
 
 
 @torch.no_grad()

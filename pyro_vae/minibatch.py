@@ -150,6 +150,14 @@ def align_autoguide(guide, plate: str | None, dim: int | None, num_data: int) ->
         guide.create_plates = _AutoguidePlates(plate, dim if dim is not None else -1, num_data)
 
 
+def fitted_rows(guide) -> int | None:
+    """N, the rows a Pyro autoguide aligned by :func:`align_autoguide` was set up for
+    (its per-datapoint parameters have that many), or ``None`` for any other guide."""
+    if isinstance(guide, AutoGuide) and isinstance(guide.create_plates, _AutoguidePlates):
+        return guide.create_plates.num_data
+    return None
+
+
 def accepts_keyword(fn, name: str) -> bool:
     """Whether ``fn`` names the keyword argument ``name`` in its signature.
 

@@ -113,6 +113,23 @@ def find_data_plate(model_trace: Trace, rows: int | None, name: str | None = Non
     return None
 
 
+def describe_plates(model_trace: Trace) -> str:
+    """The plates around the model's observed sites, with what keeps each from being the
+    per-datapoint plate of the rule: for error messages."""
+    seen: dict[str, str] = {}
+    for site in sample_sites(model_trace).values():
+        if not site["is_observed"]:
+            continue
+        for f in site["cond_indep_stack"]:
+            if f.name in PARTICLE_PLATES:
+                continue
+            if not f.vectorized:
+                seen[f.name] = f"{f.name} (sequential: a Python loop, not vectorized)"
+            else:
+                seen[f.name] = f"{f.name} ({f.size} elements)"
+    return ", ".join(seen.values()) or "none"
+
+
 def require_data_plate(plate: str | None, rows: int | None, what: str) -> str:
     """``plate``, or a :class:`DataPlateError` saying that ``what`` needs one."""
     if plate is None:

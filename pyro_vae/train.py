@@ -11,10 +11,12 @@ unbiased for the full-data objective; Hoffman et al. 2013). Each epoch then
 - stops early after ``patience`` epochs without a better validation ELBO.
 
 ``data`` is either image :class:`~pyro_vae.data.DataSplits` (the model is called on
-minibatches ``x``; validation is the held-out ELBO per datapoint) or a
+minibatches ``x``; validation is the held-out ELBO per datapoint, or the training set's
+for a guide with free per-datapoint parameters) or a
 :class:`~pyro_vae.tensor_data.TensorData` for models with global latents (the model is
-called as ``model(*tensors, num_data=N)``; "validation" is the whole-data ELBO estimated
-with ``val_samples`` draws, a total in nats, since it does not split into datapoints).
+called as ``model(*tensors)``; "validation" is the whole-data ELBO, a total in nats, since
+it does not split into datapoints, estimated with ``val_samples`` draws, 100 by default,
+that are the same at every validation). ``num_data=N`` is passed to models that take it.
 
 With Pyro's validation on (its default), the first step of each epoch runs Pyro's
 checks (distribution arguments, sample supports, model/guide match) and the other steps
@@ -66,8 +68,10 @@ class TrainConfig:
         patience: stop after this many epochs without a better validation ELBO
             (``None``: never stop early).
         kl_warmup_epochs: epochs over which β rises linearly to 1 (0: no warm-up).
-        val_samples: particles per validation datapoint for the validation ELBO (for
-            ``TensorData``: draws for the whole-data ELBO).
+        val_samples: particles per validation datapoint for the validation ELBO; for
+            ``TensorData``, draws for the whole-data ELBO. ``None``: 1 per datapoint (the
+            mean over many datapoints is already steady), 100 for a whole-data ELBO (one
+            draw of a global latent moves it by nats, and the best epoch is chosen on it).
         validate_every: validate (and checkpoint) every this many epochs, and after the last.
         progress: show a progress bar per epoch.
         compile: record the step once per batch shape and replay it
@@ -90,7 +94,7 @@ class TrainConfig:
     seed: int = 0
     patience: int | None = 10
     kl_warmup_epochs: float = 0.0
-    val_samples: int = 1
+    val_samples: int | None = None
     validate_every: int = 1
     progress: bool = True
     compile: bool = False
@@ -101,7 +105,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "val_samples", "validate_every"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if name == "val_samples" and value is None:
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}: {value!r} is not a positive integer")
         if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr: {self.lr!r} is not a positive learning rate")

@@ -15,7 +15,12 @@ Pyro code train correctly on minibatches:
    ``AutoNormal`` over per-datapoint latents): those have nothing to say about held-out
    rows, so such a fit is validated on the training set's ELBO instead;
 6. warns when a site's log-density scale is not the N/|B| (inside the plate) or 1
-   (outside) that makes the minibatch loss the ELBO that validation reports.
+   (outside) that makes the minibatch loss the ELBO that validation reports;
+7. refuses a model site that is neither observed nor drawn by the guide (nor marked for
+   enumeration): a data argument left out would otherwise be drawn from its prior and
+   trained on;
+8. chooses the validation: held-out ELBO per datapoint, the training set's for a local
+   guide, or the whole-data ELBO on common random numbers for ``TensorData``.
 
 Every one of these runs draws outside the global random stream, so setting up does not
 change what training draws.
@@ -31,10 +36,16 @@ import pyro.poutine as poutine
 import torch
 
 from pyro_vae.data import DataSplits
-from pyro_vae.evaluate import eval_mode
+from pyro_vae.evaluate import eval_mode, refuse_uncovered_sites
 from pyro_vae.likelihoods import check_observations
 from pyro_vae.minibatch import Minibatched, align_autoguide
-from pyro_vae.plates import DataPlateError, batch_rows, find_data_plate, frames_in
+from pyro_vae.plates import (
+    DataPlateError,
+    batch_rows,
+    describe_plates,
+    find_data_plate,
+    frames_in,
+)
 from pyro_vae.tensor_data import TensorData
 from pyro_vae.traces import VectorizationWarning, run_pair, sample_sites
 from pyro_vae.weights import PairWeights, check_dtypes, module_of
@@ -45,6 +56,16 @@ TRAINING_SET = (
     "so it has no posterior for held-out rows"
 )
 WHOLE_DATA = "whole-data ELBO (total nats)"
+WHOLE_DATA_DRAWS = 100
+
+
+def _common_draws(seed: int, estimate: Callable[[], float]) -> float:
+    """``estimate()`` on draws from a generator of its own, seeded the same at every
+    validation: epochs are then compared on common random numbers, so the best epoch is
+    the best weights rather than the luckiest draw, and training's stream is untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return estimate()
 
 
 class MinibatchScaleWarning(UserWarning):
@@ -77,13 +98,15 @@ class TrainingPair:
         check_dtypes(args, model, guide)
         if isinstance(source.data, DataSplits):
             check_observations(module_of(model) or model, args[0], "training data")
-        plate, dim = _per_datapoint_plate(model, args, config.data_plate)
+        plate, dim, plates = _per_datapoint_plate(model, args, config.data_plate)
         if plate is None and source.batch_size < n:
+            refuse_uncovered_sites(model, guide, args)
             raise DataPlateError(
                 f"batch_size: {source.batch_size} of {n} rows needs the model's per-datapoint "
-                f"plate to scale the minibatch by N/|B|, and the model has none (no plate of "
-                f"{batch_rows(args)} elements encloses an observed site); use batch_size >= "
-                f"{n}, or put the per-datapoint sites in pyro.plate(..., len(x))"
+                f"plate to scale the minibatch by N/|B|, and the model has none: no vectorized "
+                f"plate of {batch_rows(args)} elements encloses an observed site (plates around "
+                f"its observations: {plates}); use batch_size >= {n}, or put the per-datapoint "
+                "sites in pyro.plate(..., len(x))"
             )
         align_autoguide(guide, plate, dim, n)
         wrapped_model, wrapped_guide = Minibatched(model, plate, n), Minibatched(guide, plate, n)
@@ -92,6 +115,7 @@ class TrainingPair:
         local = plate is not None and has_per_datapoint_parameters(
             wrapped_guide, weights, args, rows, n
         )
+        check_covered(wrapped_model, wrapped_guide, args, kwargs)
         if plate is not None:
             warn_on_scales(wrapped_model, wrapped_guide, args, rows, plate, n)
         pair = cls(wrapped_model, wrapped_guide, plate, weights, local)
@@ -112,16 +136,20 @@ class TrainingPair:
         if isinstance(data, TensorData):
             every_row = torch.arange(data.num_data)
             kwargs = {"subsample": every_row} if self.plate is not None else {}
+            draws = config.val_samples or WHOLE_DATA_DRAWS
             self.validation_kind = WHOLE_DATA
             self.validate = lambda: self._tracking_fallback(
-                lambda: elbo_estimate(
-                    self.model,
-                    self.guide,
-                    *data.tensors,
-                    num_samples=config.val_samples,
-                    vectorize_particles=self.vectorize,
-                    **kwargs,
-                )[0]
+                lambda: _common_draws(
+                    config.seed,
+                    lambda: elbo_estimate(
+                        self.model,
+                        self.guide,
+                        *data.tensors,
+                        num_samples=draws,
+                        vectorize_particles=self.vectorize,
+                        **kwargs,
+                    )[0],
+                )
             )
             return
         if self.local:
@@ -136,7 +164,7 @@ class TrainingPair:
         else:
             return
         self.validate = lambda: self._tracking_fallback(
-            lambda: self._per_datapoint_elbo(model, guide, x, config.val_samples)
+            lambda: self._per_datapoint_elbo(model, guide, x, config.val_samples or 1)
         )
 
     def _per_datapoint_elbo(self, model, guide, x, num_samples: int) -> float:
@@ -168,14 +196,16 @@ class TrainingPair:
         return value
 
 
-def _per_datapoint_plate(model, args: tuple, name: str | None) -> tuple[str | None, int | None]:
+def _per_datapoint_plate(
+    model, args: tuple, name: str | None
+) -> tuple[str | None, int | None, str]:
     with torch.random.fork_rng(devices=[]), torch.no_grad(), poutine.block():
         trace = poutine.trace(model).get_trace(*args)
     plate = find_data_plate(trace, batch_rows(args), name)
     if plate is None:
-        return None, None
+        return None, None, describe_plates(trace)
     dims = [f.dim for s in sample_sites(trace).values() for f in frames_in(s, plate)]
-    return plate, dims[0] if dims else None
+    return plate, dims[0] if dims else None, ""
 
 
 def has_per_datapoint_parameters(guide, weights: PairWeights, args, rows, num_data) -> bool:
@@ -185,26 +215,19 @@ def has_per_datapoint_parameters(guide, weights: PairWeights, args, rows, num_da
     reparameterized values with respect to every parameter: a parameter with a dim of
     size N whose gradient is zero everywhere but at that row's index belongs to single
     datapoints (``AutoNormal``'s locations over local latents), which an amortized guide's
-    weights never do.
+    weights never do. A guide that cannot run on one row is judged by its parameters'
+    shapes instead: one with a dim of size N counts as per-datapoint.
     """
     if num_data < 2:
         return False
     params = [p for p in weights.parameters() if p.requires_grad]
     if not params:
         return False
+    try:
+        grads = _one_row_gradients(guide, params, args, rows)
+    except Exception:
+        return any(num_data in p.shape for p in params)
     row = int(rows[0])
-    with torch.random.fork_rng(devices=[]), poutine.block(), eval_mode(guide):
-        trace = poutine.trace(guide).get_trace(*(a[:1] for a in args), subsample=rows[:1])
-        trace.compute_log_prob()
-        terms = []
-        for site in sample_sites(trace).values():
-            terms.append(site["log_prob"].sum())
-            if torch.is_tensor(site["value"]) and site["value"].requires_grad:
-                terms.append(site["value"].sum())
-        terms = [t for t in terms if t.requires_grad]
-        if not terms:
-            return False
-        grads = torch.autograd.grad(sum(terms), params, allow_unused=True)
     for p, g in zip(params, grads, strict=True):
         if g is None:
             continue
@@ -215,6 +238,31 @@ def has_per_datapoint_parameters(guide, weights: PairWeights, args, rows, num_da
             if touched[row] and touched.sum() == 1:
                 return True
     return False
+
+
+def _one_row_gradients(guide, params, args, rows) -> list:
+    with torch.random.fork_rng(devices=[]), poutine.block(), eval_mode(guide):
+        trace = poutine.trace(guide).get_trace(*(a[:1] for a in args), subsample=rows[:1])
+        trace.compute_log_prob()
+        terms = []
+        for site in sample_sites(trace).values():
+            terms.append(site["log_prob"].sum())
+            if torch.is_tensor(site["value"]) and site["value"].requires_grad:
+                terms.append(site["value"].sum())
+        terms = [t for t in terms if t.requires_grad]
+        if not terms:
+            return [None] * len(params)
+        return list(torch.autograd.grad(sum(terms), params, allow_unused=True))
+
+
+def check_covered(model, guide, args: tuple, kwargs: dict) -> None:
+    """Refuse latent model sites the guide does not draw (see
+    :func:`pyro_vae.evaluate.check_guide_covers_model`)."""
+    from pyro_vae.evaluate import check_guide_covers_model
+
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        model_tr, guide_tr = run_pair(model, guide, args, kwargs)
+    check_guide_covers_model(model_tr, guide_tr)
 
 
 def warn_on_scales(model, guide, args, rows, plate: str, num_data: int) -> None:

@@ -7,6 +7,7 @@ import warnings
 import torch
 from pyro.infer import ELBO
 from pyro.infer.util import is_validation_enabled
+from pyro.poutine.util import site_is_subsample
 from pyro.util import check_if_enumerated
 
 from pyro_vae.plates import batch_rows, find_data_plate
@@ -87,6 +88,7 @@ class SurrogateELBO(ELBO):
             model_tr, guide_tr, rank = self._looped_traces(model, guide, args, kwargs)
         if is_validation_enabled():
             check_if_enumerated(guide_tr)
+        _refuse_undrawn_latents(type(self).__name__, model_tr, guide_tr)
         return model_tr, guide_tr, rank
 
     def _looped_traces(self, model, guide, args, kwargs):
@@ -131,3 +133,41 @@ class SurrogateELBO(ELBO):
         if loss.requires_grad:
             loss.backward()
         return loss.item()
+
+
+def _refuse_undrawn_latents(estimator: str, model_trace, guide_trace) -> None:
+    """A latent model site the guide does not draw would be drawn from its prior inside
+    the model and scored as data: not the ELBO these estimators report. Pyro's ELBOs warn
+    ("Found vars in model but not guide"); a site marked for enumeration would be summed
+    out by ``TraceEnum_ELBO`` but is sampled here.
+
+    Raises:
+        ValueError: naming the sites and what to do instead.
+    """
+    guide_sites = {n for n, s in guide_trace.nodes.items() if s["type"] == "sample"}
+    missing = [
+        (n, bool(s["infer"].get("enumerate")))
+        for n, s in model_trace.nodes.items()
+        if s["type"] == "sample"
+        and not s["is_observed"]
+        and n not in guide_sites
+        and not site_is_subsample(s)
+    ]
+    if not missing:
+        return
+    names = [n for n, _ in missing]
+    if any(enumerated for _, enumerated in missing):
+        hint = (
+            "sites marked for enumeration are summed out only by the enum estimator "
+            "(TraceEnum_ELBO); with this estimator give the guide a factor for them "
+            "(e.g. pyro_vae.guides.AutoDiscreteMeanField) and drop the enumerate mark"
+        )
+    else:
+        hint = (
+            "if they are data, pass every data argument of the model; if latent, the guide "
+            "must draw them"
+        )
+    raise ValueError(
+        f"{estimator}: the model's latent sites {names} are not drawn by the guide, so they "
+        f"would be drawn from their prior and scored as if observed; {hint}"
+    )

@@ -164,3 +164,26 @@ def test_the_command_line_takes_plain_functions(tmp_path):
     saved = RunFolder(run).load_checkpoint()
     assert "decoder$$$fc1.weight" in saved["params"] and "encoder$$$fc1.weight" in saved["params"]
     assert main(["evaluate", str(run), "--ll-samples", "20"]) == 0
+
+
+def test_an_autoguide_from_the_command_line_is_evaluated_on_its_own_rows(
+    tmp_path, capsys, monkeypatch
+):
+    # AutoNormal over the per-image latents: one q per training image and none for test
+    # images, so metrics are the training images' (on the first --ll-points of them) and
+    # k̂ per test image is refused with the reason.
+    monkeypatch.chdir(FILE.parent)
+    run = tmp_path / "auto"
+    args = ["--model", f"{FILE.name}:model", "--guide", "pyro.infer.autoguide:AutoNormal"]
+    assert main(["fit", *args, *FAST, "--ll-points", "100", "--out", str(run)]) == 0
+    assert "these are the training images' metrics" in capsys.readouterr().out
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["local_guide"] and metrics["test"]["evaluated_on"] == "training set"
+    assert metrics["test"]["log_likelihood_points"] == 100
+    assert "active_units" in metrics["test"]  # AutoNormal's auxiliary site is no latent
+    # the spec was stored with the file's absolute path: it evaluates from anywhere
+    assert json.loads((run / "config.json").read_text())["model"] == f"{FILE}:model"
+    monkeypatch.chdir(tmp_path)
+    assert main(["evaluate", str(run), "--ll-samples", "20", "--ll-points", "50"]) == 0
+    assert main(["diagnose", str(run), "--points", "20", "--samples", "30"]) == 2
+    assert "free per-datapoint parameters" in capsys.readouterr().err
