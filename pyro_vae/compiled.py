@@ -250,7 +250,9 @@ def _drop_no_ops(graph: torch.fx.Graph) -> None:
     """Bypass recorded operations that return their input unchanged: views to the same
     shape and strides (Pyro's broadcasts of already broadcast tensors, einsum's identity
     permutations) and x·1, x/1, x+0, x−0 (the ELBO's division by one particle, sums
-    started at 0). Each still costs an operator call, and an autograd node, per step."""
+    started at 0). Each still costs an operator call, and an autograd node, per step.
+    Only a no-op that is its input's one user goes, so the gradients autograd sums into
+    each tensor are summed in the same grouping as without the pass, bit for bit."""
     for node in list(graph.nodes):
         if (
             node.op != "call_function"
@@ -270,8 +272,13 @@ def _drop_no_ops(graph: torch.fx.Graph) -> None:
         if not (torch.is_tensor(out) and torch.is_tensor(given)):
             continue
         same = (out.shape, out.stride(), out.dtype) == (given.shape, given.stride(), given.dtype)
-        if same and not any(_mutates(user) for user in node.users):
+        # Only when the no-op is its input's one user: otherwise the gradients of the
+        # no-op's users and of the input's other users would be summed in another grouping,
+        # and float32 sums are not associative (the weights drifted by an ulp per step).
+        sole = len(source.users) == 1
+        if same and sole and not any(_mutates(user) for user in node.users):
             node.replace_all_uses_with(source)
+            graph.erase_node(node)  # so its input's users are counted without it
 
 
 def _mutates(node: torch.fx.Node) -> bool:
