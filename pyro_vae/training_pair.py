@@ -146,6 +146,7 @@ class TrainingPair:
                         self.guide,
                         *data.tensors,
                         num_samples=draws,
+                        num_chunks=1,  # one vectorized batch of draws: no error bar needed
                         vectorize_particles=self.vectorize,
                         **kwargs,
                     )[0],

@@ -90,7 +90,7 @@ def test_minibatches_of_a_model_without_a_per_datapoint_plate_are_refused():
 
     with pytest.raises(DataPlateError, match="batch_size: 4 of 8 rows needs the model's per-data"):
         fit(model, guide, TensorData(torch.zeros(8)), get("trace"), quiet(batch_size=4))
-    fit(model, guide, TensorData(torch.zeros(8)), get("trace"), quiet(batch_size=8))
+    fit(model, guide, TensorData(torch.zeros(8)), get("trace"), quiet(batch_size=8, epochs=2))
 
 
 def test_data_of_another_dtype_than_the_weights_is_named():
