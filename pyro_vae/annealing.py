@@ -6,7 +6,9 @@
 KL term pulls q onto the prior (Bowman et al. 2016; Sønderby et al. 2016). The handler
 multiplies the log-density scale of every *unobserved* sample site, in the model and the
 guide alike, so it works for any model/guide pair and any ``pyro.infer.ELBO`` without the
-model knowing about it.
+model knowing about it. Sites the model marks for enumeration are left alone: they are
+summed out exactly (``TraceEnum_ELBO``), part of the likelihood term, not of a KL, and
+``TraceEnum_ELBO`` needs all of them to share one scale.
 """
 
 from __future__ import annotations
@@ -22,7 +24,12 @@ class ScaleLatents(Messenger):
         self.beta = beta
 
     def _process_message(self, msg) -> None:
-        if msg["type"] == "sample" and not msg["is_observed"] and self.beta != 1.0:
+        if (
+            msg["type"] == "sample"
+            and not msg["is_observed"]
+            and not msg["infer"].get("enumerate")
+            and self.beta != 1.0
+        ):
             msg["scale"] = self.beta * msg["scale"]
 
 

@@ -15,10 +15,14 @@ weights_only=True)``: only tensors and plain containers, never arbitrary pickled
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
 import os
 import random
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,19 +37,56 @@ class RunFolderError(ValueError):
     """A run folder is missing, incomplete, corrupt, or from another version."""
 
 
-def _atomic_write(path: Path, write) -> None:
+class RunInUseError(RunFolderError):
+    """Another live process holds the run folder."""
+
+
+class DiskFullError(RunFolderError):
+    """A write ran out of disk space; the file's previous version is intact."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, lock: bool = True) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; on success it replaces ``path``.
+
+    The temporary file is ``.{name}.{random}.tmp`` and holds an ``flock`` while it is
+    written, so :meth:`RunFolder.remove_stale_temporaries` can tell a live writer's file
+    from one a killed process left (``lock=False`` for writers that lock the file
+    themselves, as HDF5 does). On any failure it is removed and ``path`` keeps its
+    previous version; running out of space raises :class:`DiskFullError` saying so.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        if lock:
+            fcntl.flock(fd, fcntl.LOCK_EX)
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
+        yield Path(tmp)
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        if err.errno == errno.ENOSPC:
+            raise DiskFullError(
+                f"writing {path}: the disk is full (no space left on device); the previous "
+                f"{path.name}, if there was one, is intact. Free some space and run again"
+            ) from err
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """``write(f)`` into a binary file object, then put it in place of ``path`` atomically
+    (:func:`atomic_path`)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        write(f)
+        f.flush()
 
 
 def _umask() -> int:
@@ -57,7 +98,7 @@ def _umask() -> int:
 def write_json(path: Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     text = json.dumps(obj, indent=2, sort_keys=False) + "\n"
-    _atomic_write(Path(path), lambda f: f.write(text.encode()))
+    atomic_write(Path(path), lambda f: f.write(text.encode()))
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -139,14 +180,57 @@ class RunFolder:
         return self._read_json(METRICS) if self.file(METRICS).is_file() else {}
 
     def update_metrics(self, **fields: Any) -> dict[str, Any]:
-        """Merge ``fields`` into metrics.json (atomically) and return the whole."""
-        metrics = self.read_metrics()
-        metrics.update(fields)
-        write_json(self.file(METRICS), metrics)
+        """Merge ``fields`` into metrics.json and return the whole.
+
+        The read-merge-write holds ``.metrics.lock``, so an ``evaluate`` or ``diagnose``
+        while a ``fit`` writes its epochs loses neither's fields; the write is atomic.
+        """
+        with _flocked(self.file(".metrics.lock")):
+            metrics = self.read_metrics()
+            metrics.update(fields)
+            write_json(self.file(METRICS), metrics)
         return metrics
 
+    def clear_unfinished(self) -> None:
+        """Remove what a fit that never finished an epoch left (config, metrics, figures), so
+        it can start over; refuses a folder with a checkpoint, which is never cleared.
+
+        Raises:
+            RunFolderError: the folder holds a checkpoint.
+        """
+        if self.has_checkpoint:
+            raise RunFolderError(f"run: {self.path} holds a checkpoint; it is never cleared")
+        for pattern in (CONFIG, METRICS, "*.png", "*.csv", "*.nc"):
+            for path in self.path.glob(pattern):
+                path.unlink(missing_ok=True)
+
+    def claim(self) -> RunLock:
+        """Hold the folder for this process (see :class:`RunLock`)."""
+        return RunLock(self).acquire()
+
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Delete the ``.*.tmp`` files that killed writers left (a live writer's file is
+        locked and stays); returns what was removed."""
+        removed = []
+        if not self.path.is_dir():
+            return removed
+        for tmp in self.path.glob(".*.tmp"):
+            try:
+                fd = os.open(tmp, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            finally:
+                os.close(fd)
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+        return removed
+
     def save_checkpoint(self, state: dict[str, Any]) -> None:
-        _atomic_write(self.file(CHECKPOINT), lambda f: torch.save({"format": FORMAT, **state}, f))
+        atomic_write(self.file(CHECKPOINT), lambda f: torch.save({"format": FORMAT, **state}, f))
 
     def load_checkpoint(self) -> dict[str, Any]:
         path = self._require(CHECKPOINT)
@@ -162,3 +246,71 @@ class RunFolder:
                 f"run: {path} has format {found!r}; this version of pyro_vae reads {FORMAT!r}"
             )
         return state
+
+
+@contextlib.contextmanager
+def _flocked(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+class RunLock:
+    """An exclusive claim on a run folder for as long as this process works on it.
+
+    ``fit`` takes it before any other work: an ``flock`` on ``RUN/.lock``, which the
+    operating system releases when the process ends, however it ends. A second process
+    asking for a held folder is refused at once with :class:`RunInUseError`, naming the
+    holder's pid; a folder whose holder died (``kill -9``) is free again.
+    """
+
+    def __init__(self, run: RunFolder) -> None:
+        self.run, self._fd, self._created = run, None, False
+
+    def acquire(self) -> RunLock:
+        path = self.run.path
+        if path.exists() and not path.is_dir():
+            raise RunFolderError(f"run: {path} is a file; expected a run folder (a directory)")
+        self._created = not path.exists()
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        except OSError as err:
+            raise RunFolderError(f"run: cannot create or write to {path} ({err.strerror})") from err
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RunInUseError(
+                f"run: {path} is in use by another pyro-vae process (pid {holder}); wait for it "
+                "to finish or stop it, or choose another folder (nothing was written)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Let the folder go; a folder this claim created and nothing was written to (a
+        command refused after claiming it) is removed again."""
+        if self._fd is None:
+            return
+        path = self.run.path
+        if self._created and {p.name for p in path.iterdir()} <= {".lock", ".metrics.lock"}:
+            for name in (".lock", ".metrics.lock"):
+                (path / name).unlink(missing_ok=True)
+            path.rmdir()
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()

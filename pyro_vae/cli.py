@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import signal
 import sys
+import threading
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -40,14 +43,25 @@ def _key_value(text: str) -> tuple[str, Any]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="pyro-vae", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="pyro-vae",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    f = sub.add_parser("fit", help="train a model/guide pair by SVI and write a run folder")
+    f = sub.add_parser(
+        "fit", help="train a model/guide pair by SVI and write a run folder", allow_abbrev=False
+    )
     target = f.add_mutually_exclusive_group(required=True)
     target.add_argument("--out", type=Path, help="new run folder to write")
     target.add_argument("--resume", type=Path, metavar="RUN", help="continue this run folder")
+    f.add_argument(
+        "--restart",
+        action="store_true",
+        help="with --out: start over in a folder whose earlier fit failed or was killed before "
+        "its first epoch ended (a folder with a checkpoint is never overwritten)",
+    )
     f.add_argument(
         "--model",
         default=DEFAULT_MODEL,
@@ -153,18 +167,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     f.add_argument("--no-progress", action="store_true")
 
-    e = sub.add_parser("evaluate", help="test metrics of a run folder")
+    e = sub.add_parser("evaluate", help="test metrics of a run folder", allow_abbrev=False)
     e.add_argument("run", type=Path)
     e.add_argument("--ll-samples", type=int, default=None, help="default: the run's setting")
     e.add_argument("--ll-points", type=int, default=None, help="default: the run's setting")
 
-    s = sub.add_parser("sample", help="images from the prior of a run's model")
+    s = sub.add_parser("sample", help="images from the prior of a run's model", allow_abbrev=False)
     s.add_argument("run", type=Path)
     s.add_argument("--num", type=int, default=64)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", type=Path, default=None, help="PNG path (default RUN/samples.png)")
     a = sub.add_parser(
         "amortization-gap",
+        allow_abbrev=False,
         help="ELBO of per-datapoint guides vs the encoder's, on test images (Cremer et al. 2018)",
     )
     a.add_argument("run", type=Path)
@@ -176,6 +191,7 @@ def _parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser(
         "diagnose",
+        allow_abbrev=False,
         help="ArviZ diagnostics on test images: PSIS k̂ per image, InferenceData, summaries, plots",
     )
     g.add_argument("run", type=Path)
@@ -189,7 +205,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
 
     v = sub.add_parser(
-        "grad-variance", help="compare estimators' gradient variance at a run's fitted weights"
+        "grad-variance",
+        allow_abbrev=False,
+        help="compare estimators' gradient variance at a run's fitted weights",
     )
     v.add_argument("run", type=Path)
     v.add_argument(
@@ -223,7 +241,7 @@ def _compile(args: argparse.Namespace) -> bool:
 
 def _config_from_args(args: argparse.Namespace) -> dict[str, Any]:
     train = TrainConfig(
-        epochs=args.epochs or 200,
+        epochs=200 if args.epochs is None else args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
         seed=args.seed,
@@ -243,7 +261,7 @@ def _config_from_args(args: argparse.Namespace) -> dict[str, Any]:
         },
         "guide": _resolved(args.guide),
         "data": {
-            "name": args.data,
+            "name": _resolved_data(args.data),
             "likelihood": args.likelihood,
             "binarize": args.binarize,
             "threshold": args.threshold,
@@ -306,27 +324,89 @@ def _print_test(test: dict[str, Any]) -> None:
                 print(f"skipped {metric}: {why}")
 
 
-def _fit(args: argparse.Namespace) -> int:
-    if args.resume:
-        run = RunFolder(args.resume)
-        config = run.read_config()
-        # A run killed before its first epoch ended has a config but no checkpoint yet:
-        # resuming it starts that first epoch again.
-        resume = run.has_checkpoint
-        if resume:
-            run.load_checkpoint()
-        if args.epochs:
-            config["train"]["epochs"] = args.epochs
-        config["train"]["progress"] = not args.no_progress
+# The flags that can go with --resume: everything else is the run's own, in its config.json.
+_RESUMABLE = {"--resume", "--epochs", "--no-progress"}
+
+
+def _fit(args: argparse.Namespace, given: set[str]) -> int:
+    if args.restart and args.resume:
+        raise ValueError(
+            "restart: --restart starts a run over in --out; it does not go with --resume"
+        )
+    config = None if args.resume else _config_from_args(args)  # bad flags: refused before any work
+    run = RunFolder(args.resume or args.out)
+    with run.claim():
+        run.remove_stale_temporaries()
+        if args.resume:
+            config, resume = _resume_config(run, args, given)
+        else:
+            _check_new_folder(run, args.restart)
+            resume = False
+        return _train_and_report(run, config, resume, args)
+
+
+def _check_new_folder(run: RunFolder, restart: bool) -> None:
+    """A folder with a checkpoint is never overwritten; one whose fit failed or was killed
+    before its first epoch ended (config.json, no checkpoint) is started over only when
+    asked to (``--restart``); a folder of other files is not written into."""
+    if run.has_checkpoint:
+        raise RunFolderError(
+            f"out: {run.path} already holds a run; continue it with `pyro-vae fit --resume "
+            f"{run.path}` or choose another --out (nothing was overwritten)"
+        )
+    ours = [run.file(n) for n in ("config.json", "metrics.json") if run.file(n).exists()]
+    if ours and not restart:
+        raise RunFolderError(
+            f"out: {run.path} holds a run that failed or was stopped before its first epoch "
+            f"ended (a config.json, no checkpoint); start it over with `--restart`, continue it "
+            f"with `pyro-vae fit --resume {run.path}`, or choose another --out (nothing was "
+            "overwritten)"
+        )
+    if ours:
+        run.clear_unfinished()
+    others = [p.name for p in run.path.iterdir() if not p.name.startswith(".")]
+    if others:
+        raise RunFolderError(
+            f"out: {run.path} already holds other files ({', '.join(sorted(others)[:3])}...); "
+            "expected a new or empty folder for the run (nothing was written)"
+        )
+
+
+def _resume_config(run: RunFolder, args: argparse.Namespace, given: set[str]):
+    """The run's own config, with only what --resume may change, and whether there is a
+    checkpoint to continue from."""
+    fixed = sorted(given - _RESUMABLE)
+    if fixed:
+        raise ValueError(
+            f"resume: {', '.join(fixed)} cannot change a run being resumed, which continues with "
+            "the settings in its config.json; only --epochs and --no-progress go with --resume. "
+            "To change them, start a new run with --out (nothing was changed)"
+        )
+    config = run.read_config()
+    if run.has_checkpoint:
+        done, resume = int(run.load_checkpoint()["epoch"]), True
     else:
-        resume = False
-        run = RunFolder(args.out)
-        if run.has_checkpoint or run.file("config.json").exists():
+        metrics = run.read_metrics()
+        done, resume = len(metrics.get("epochs", [])), False
+        if done or "test" in metrics:
             raise RunFolderError(
-                f"out: {run.path} already holds a run; continue it with `pyro-vae fit --resume "
-                f"{run.path}` or choose another --out (nothing was overwritten)"
+                f"resume: {run.file('checkpoint.pt')} is missing, but metrics.json records {done} "
+                "finished epochs; resuming would train again from scratch over them. Nothing "
+                "was changed; start a new run with --out"
             )
-        config = _config_from_args(args)
+        # a run stopped before its first epoch ended: resuming starts that epoch again
+    if args.epochs is not None:
+        if args.epochs < done:
+            raise ValueError(
+                f"epochs: {args.epochs} is fewer than the {done} epochs the run has done; expected "
+                f"at least {done} (the total to train to, not how many more)"
+            )
+        config["train"]["epochs"] = args.epochs
+    config["train"]["progress"] = not args.no_progress
+    return config, resume
+
+
+def _train_and_report(run: RunFolder, config: dict[str, Any], resume: bool, args) -> int:
     exp = build(config)
     if not args.resume:
         _note_unaccepted(args, exp, config)
@@ -382,6 +462,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     samples = ev["ll_samples"] if args.ll_samples is None else args.ll_samples
     points = ev["ll_points"] if args.ll_points is None else (args.ll_points or None)
     test = evaluate_test_set(exp, samples, points, progress=True)
+    if samples == 0:  # skipped this time: keep the estimate saved before, with its K
+        previous = run.read_metrics().get("test", {})
+        test.update({k: v for k, v in previous.items() if k.startswith("log_likelihood")})
     run.update_metrics(test=test)
     _print_test(test)
     return 0
@@ -391,10 +474,11 @@ def _sample(args: argparse.Namespace) -> int:
     import pyro
     import torch
 
+    out = args.out or RunFolder(args.run).file("samples.png")
+    if out.is_dir() or out.suffix.lower() != ".png":
+        raise ValueError(f"--out: {out} is not a .png file path; expected where to write the PNG")
     run = RunFolder(args.run)
     exp = load(run)
-    if args.num < 1:
-        raise ValueError(f"num: {args.num} is not a positive number of images")
     if not exp.generative:
         raise ValueError(
             f"run: {exp.config['model']} has no prior to sample from (it is not a generative model)"
@@ -402,9 +486,7 @@ def _sample(args: argparse.Namespace) -> int:
     pyro.set_rng_seed(args.seed)
     with torch.no_grad():
         images = prior_mean_images(exp.model, exp.data.test_x, args.num)
-    path = plot_samples(
-        images, exp.data.image_shape, exp.data.pixel_max, args.out or run.file("samples.png")
-    )
+    path = plot_samples(images, exp.data.image_shape, exp.data.pixel_max, out)
     print(f"wrote {args.num} samples to {path}")
     return 0
 
@@ -544,32 +626,137 @@ def _refuse_local_guide(exp, why: str) -> None:
         )
 
 
+def _resolved_data(name: str) -> str:
+    """``idx:PATH`` with PATH made absolute, so the run evaluates from any folder."""
+    if name.startswith("idx:"):
+        return "idx:" + str(Path(name[4:]).expanduser().resolve())
+    return name
+
+
 def _resolved(spec: str | None) -> str | None:
     """A ``file.py:attr`` spec with the file's absolute path, so the run folder rebuilds
     the model from anywhere; module specs are left as they are."""
     if spec is None:
         return None
-    path, sep, attr = spec.partition(":")
+    path, sep, attr = spec.rpartition(":")
     if sep and path.endswith(".py"):
         return f"{Path(path).expanduser().resolve()}:{attr}"
     return spec
 
 
+# The counts each command takes, and the smallest value each may have (0 where 0 means
+# "skip" or "all"), checked before any work.
+_COUNTS = {
+    "fit": {
+        "epochs": 1,
+        "batch_size": 1,
+        "latent_dim": 1,
+        "patience": 0,
+        "ll_samples": 0,
+        "ll_points": 0,
+        "seed": 0,
+        "levels": 2,
+    },
+    "evaluate": {"ll_samples": 0, "ll_points": 0},
+    "sample": {"num": 1, "seed": 0},
+    "amortization-gap": {"points": 1, "steps": 1, "iwae_samples": 1, "seed": 0},
+    "diagnose": {
+        "points": 0,
+        "samples": 21,
+        "idata_points": 1,
+        "idata_samples": 2,
+        "worst": 0,
+        "seed": 0,
+    },
+    "grad-variance": {"num_draws": 2, "batch_size": 1, "seed": 0},
+}
+_MEANING = {0: {"ll_samples": " (0 skips it)", "ll_points": " (0: all)", "points": " (0: all)"}}
+_MAX_LEVELS = 256  # an 8-bit image has 256 values; a categorical over more is all empty classes
+
+
+def _check_counts(args: argparse.Namespace) -> None:
+    """Refuse a count below its minimum (or levels above 256), naming the flag."""
+    for dest, minimum in _COUNTS.get(args.command, {}).items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        if value < minimum:
+            flag = "--" + dest.replace("_", "-")
+            meaning = _MEANING.get(minimum, {}).get(dest, "")
+            raise ValueError(f"{flag}: {value} is not an integer ≥ {minimum}{meaning}")
+    for value in getattr(args, "hidden", None) or []:
+        if value < 1:
+            raise ValueError(f"--hidden: {value} is not a positive layer width")
+    if getattr(args, "levels", None) is not None and args.levels > _MAX_LEVELS:
+        raise ValueError(
+            f"--levels: {args.levels} pixel levels; expected at most {_MAX_LEVELS} (an 8-bit "
+            "image has 256 values, and the decoder's output grows with the levels)"
+        )
+    for dest in ("lr",):
+        value = getattr(args, dest, None)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ValueError(f"--{dest}: {value} is not a positive learning rate")
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived; raised in the main thread so the command can say where it stopped."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise _Terminated
+
+
+def _where_it_stopped(args: argparse.Namespace) -> str:
+    if args.command != "fit":
+        return "its run folder is as it was: files are only ever replaced whole"
+    run = RunFolder(args.resume or args.out)
+    if run.has_checkpoint:
+        try:
+            epoch = run.load_checkpoint()["epoch"]
+        except RunFolderError:
+            epoch = "?"
+        return (
+            f"{run.path} holds the checkpoint of epoch {epoch}; continue with "
+            f"`pyro-vae fit --resume {run.path}`"
+        )
+    return (
+        f"no epoch of {run.path} had finished, so there is no checkpoint; start it over with "
+        f"`pyro-vae fit --restart --out {run.path} ...`"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``pyro-vae`` command. Returns the exit status: 0 done, 1 training diverged,
+    2 refused (the message says why; nothing was overwritten), 130 interrupted (Ctrl-C),
+    143 terminated (SIGTERM)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
+    given = {token.split("=", 1)[0] for token in argv[1:] if token.startswith("--")}
     handler = {
-        "fit": _fit,
+        "fit": lambda a: _fit(a, given),
         "evaluate": _evaluate,
         "sample": _sample,
         "grad-variance": _grad_variance,
         "amortization-gap": _amortization_gap,
         "diagnose": _diagnose,
     }[args.command]
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:
+        _check_counts(args)
         return handler(args)
     except (ValueError, RunFolderError, DatasetNotFoundError, IDXFormatError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted (Ctrl-C); {_where_it_stopped(args)}", file=sys.stderr)
+        return 130
+    except _Terminated:
+        print(f"terminated (SIGTERM); {_where_it_stopped(args)}", file=sys.stderr)
+        return 143
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

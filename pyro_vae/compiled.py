@@ -179,9 +179,13 @@ class CompiledELBO(SurrogateELBO):
 
     def _first_call(self, key, model, guide, leaves, spec, args, kwargs) -> torch.Tensor:
         """Record on a forked random stream, then run the estimator itself (with Pyro's
-        checks when validation is on), drawing what a replay would have drawn."""
+        checks when validation is on), drawing what a replay would have drawn. Its loss is
+        summed as the recording sums it (tensors, not Python floats), so a run's reported
+        losses do not depend on which steps happened to record (a resumed run's history
+        equals an uninterrupted one's to the last bit)."""
         self._recordings[key] = self._record(model, guide, leaves, spec)
-        return _loss_with_gradient(self.elbo, model, guide, args, kwargs)
+        with _items_as_tensors():
+            return _loss_with_gradient(self.elbo, model, guide, args, kwargs)
 
     def _record(self, model, guide, leaves, spec) -> _Recording:
         positions = [i for i, x in enumerate(leaves) if torch.is_tensor(x)]

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pyro_vae.idx import read_idx
+from pyro_vae.idx import IDXFormatError, read_idx
 from pyro_vae.likelihoods import LIKELIHOODS
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -105,6 +105,14 @@ def _find_idx(directory: Path, stem: str) -> Path:
 
 def _load_idx_directory(name: str, directory: Path) -> RawImages:
     arrays = {key: read_idx(_find_idx(directory, stem)) for key, stem in _IDX_FILES.items()}
+    for key in ("train_images", "test_images"):
+        kind = arrays[key].dtype
+        if kind.kind == "f" or (kind.kind == "i" and (arrays[key] < 0).any()):
+            what = "floating-point" if kind.kind == "f" else "negative"
+            raise IDXFormatError(
+                f"data: {_find_idx(directory, _IDX_FILES[key])} holds {what} pixels ({kind}); "
+                "expected unsigned integer intensities (MNIST's 0..255 unsigned bytes)"
+            )
     max_value = (
         255 if arrays["train_images"].dtype == np.uint8 else int(arrays["train_images"].max())
     )
@@ -205,14 +213,22 @@ class DataSplits:
     def dynamic(self) -> bool:
         return self.info.get("binarization") == "dynamic"
 
-    def train_batches(self, batch_size: int, epoch: int, seed: int) -> ShuffledBatches:
-        """Shuffled training minibatches ``(x, y)`` for one epoch.
+    def train_batches(
+        self, batch_size: int, epoch: int, seed: int, drop_last: bool = False
+    ) -> ShuffledBatches:
+        """Shuffled training minibatches ``(x, y)`` for one epoch (without a last partial
+        batch when ``drop_last``).
 
         Shuffling and dynamic binarization draw from a generator seeded by
         ``(seed, epoch)``, so a resumed run sees exactly the batches an uninterrupted one would.
         """
         return ShuffledBatches(
-            self.train_x, self.train_y, batch_size, _epoch_generator(seed, epoch), self.dynamic
+            self.train_x,
+            self.train_y,
+            batch_size,
+            _epoch_generator(seed, epoch),
+            self.dynamic,
+            drop_last,
         )
 
     def eval_batches(self, x: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
@@ -242,14 +258,16 @@ class ShuffledBatches:
         batch_size: int,
         generator: torch.Generator,
         binarize: bool,
+        drop_last: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size: {batch_size} is not a positive integer")
         self.x, self.y, self.batch_size = x, y, batch_size
-        self.generator, self.binarize = generator, binarize
+        self.generator, self.binarize, self.drop_last = generator, binarize, drop_last
 
     def __len__(self) -> int:
-        return math.ceil(self.x.shape[0] / self.batch_size)
+        n = self.x.shape[0]
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for _, x, y in self.indexed():
@@ -263,7 +281,7 @@ class ShuffledBatches:
         for start in range(0, full, size):
             yield self._batch(order[start : start + size])
         torch.randperm(n, generator=self.generator)
-        if full < n:
+        if full < n and not self.drop_last:
             yield self._batch(order[full:])
 
     def _batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -292,6 +310,11 @@ def load_data(
         if not 0.0 <= value < 1.0:
             raise ValueError(f"{arg}: {value} is not in [0, 1)")
     raw = load_raw(name)
+    if raw.test_x is None and test_fraction == 0:
+        raise ValueError(
+            f"test_fraction: 0 leaves {name!r} without test images (it has no official test "
+            "split); expected a fraction in (0, 1)"
+        )
     rng = np.random.default_rng(split_seed)
     train_x, train_y = raw.train_x, raw.train_y
     if raw.test_x is None:
@@ -305,6 +328,12 @@ def load_data(
     n_val = math.ceil(val_fraction * len(order))
     val_x, val_y = train_x[order[:n_val]], train_y[order[:n_val]]
     train_x, train_y = train_x[order[n_val:]], train_y[order[n_val:]]
+    if train_x.shape[0] < 2:
+        raise ValueError(
+            f"data: {name!r} leaves {train_x.shape[0]} training images after the test and "
+            f"validation splits (test_fraction={test_fraction}, val_fraction={val_fraction}); "
+            "expected at least 2"
+        )
 
     pixels = int(np.prod(raw.train_x.shape[1:]))
     intensity = {

@@ -92,6 +92,10 @@ def data_arguments(x) -> tuple[torch.Tensor, ...]:
             f"x: the data arguments have {sorted(rows)} rows; expected one row per datapoint "
             "in each"
         )
+    for i, a in enumerate(args):
+        if a.is_floating_point() and not torch.isfinite(a).all():
+            bad = int((~torch.isfinite(a)).sum())
+            raise ValueError(f"x: data argument {i} has {bad} NaN or infinite entries")
     return args
 
 
@@ -234,19 +238,22 @@ def refuse_uncovered_sites(model, guide, probe: tuple) -> None:
 
 
 def check_guide_covers_model(model_trace, guide_trace) -> None:
-    """Refuse a model latent site that the guide does not draw (or the model enumerate).
+    """Refuse a model latent site that the guide does not draw (or the model enumerate),
+    or that the guide draws from a family of another kind (discrete for continuous).
 
-    Such a site would be drawn from the prior inside the model and scored as if it were
-    part of the data, which is how a model called without one of its data arguments
-    (``model(x)`` for ``model(x, y)``) gets a meaningless ELBO.
+    An uncovered site would be drawn from the prior inside the model and scored as if it
+    were part of the data, which is how a model called without one of its data arguments
+    (``model(x)`` for ``model(x, y)``) gets a meaningless ELBO. A Bernoulli guide for a
+    Gaussian latent trains and reports numbers, but q puts its mass on {0, 1}.
 
     Raises:
         ValueError: naming the sites.
     """
     guide_sites = sample_sites(guide_trace)
+    model_sites = sample_sites(model_trace)
     missing = [
         n
-        for n, s in sample_sites(model_trace).items()
+        for n, s in model_sites.items()
         if not s["is_observed"] and n not in guide_sites and not s["infer"].get("enumerate")
     ]
     if missing:
@@ -255,6 +262,27 @@ def check_guide_covers_model(model_trace, guide_trace) -> None:
             f"draws {sorted(guide_sites)}); if they are data, pass every data argument of "
             "the model (x=(x, y) for model(x, y)); if they are latent, the guide must draw them"
         )
+    for name, site in guide_sites.items():
+        model_site = model_sites.get(name)
+        if model_site is None or model_site["is_observed"]:
+            continue
+        kinds = [_kind(s["fn"]) for s in (model_site, site)]
+        if kinds[0] != kinds[1]:
+            raise ValueError(
+                f"guide: site {name!r} is {kinds[1]} in the guide ({_family(site['fn'])}) but "
+                f"{kinds[0]} in the model ({_family(model_site['fn'])}); expected a guide "
+                "family of the same kind as the model's latent"
+            )
+
+
+def _kind(fn) -> str:
+    return "discrete" if fn.support.is_discrete else "continuous"
+
+
+def _family(fn) -> str:
+    while hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    return type(fn).__name__
 
 
 def log_importance_weights(

@@ -37,6 +37,22 @@ from pyro_vae.predictive import prior_mean_images, reconstruct
 from pyro_vae.spec import call_with_supported, load_object, supported_options
 
 DEFAULT_MODEL = "models.vae:VAE"
+# What config.json holds: sections and their keys (train's are TrainConfig's fields).
+_SECTIONS = {
+    "data": {
+        "name",
+        "likelihood",
+        "binarize",
+        "threshold",
+        "levels",
+        "val_fraction",
+        "test_fraction",
+        "split_seed",
+    },
+    "estimator": {"name", "options"},
+    "evaluation": {"ll_samples", "ll_points"},
+}
+_TOP = {"format", "model", "model_options", "guide", "train", *_SECTIONS}
 STANDARD_MODEL_OPTIONS = ("latent_dim", "hidden_dims", "activation")
 
 
@@ -81,6 +97,7 @@ def build(config: dict[str, Any]) -> Experiment:
     Raises:
         ValueError: naming the spec and what was expected of it.
     """
+    check_config(config)
     pyro.set_rng_seed(config["train"]["seed"])
     d = config["data"]
     data = load_data(
@@ -108,6 +125,42 @@ def build(config: dict[str, Any]) -> Experiment:
         received,
         not_accepted,
     )
+
+
+def check_config(config: dict[str, Any]) -> None:
+    """Refuse a config with a section or key missing, misspelled, or of the wrong kind, so
+    a hand-edited config.json fails with its key named rather than being half ignored.
+
+    Raises:
+        RunFolderError: naming the key and what was expected.
+    """
+    from dataclasses import fields
+
+    from pyro_vae.train import TrainConfig
+
+    unknown = sorted(set(config) - _TOP)
+    missing = sorted(_TOP - {"format"} - set(config))
+    if unknown or missing:
+        raise RunFolderError(
+            f"config: unknown keys {unknown} and missing keys {missing}; expected the keys "
+            f"{sorted(_TOP)}"
+        )
+    sections = {**_SECTIONS, "train": {f.name for f in fields(TrainConfig)}}
+    for name, keys in sections.items():
+        section = config[name]
+        if not isinstance(section, dict):
+            raise RunFolderError(
+                f"config: {name!r} is a {type(section).__name__}; expected an object"
+            )
+        unknown = sorted(set(section) - keys)
+        missing = sorted(keys - set(section)) if name != "train" else []
+        if unknown or missing:
+            raise RunFolderError(
+                f"config: {name!r} has unknown keys {unknown} and lacks {missing}; expected "
+                f"{sorted(keys)}"
+            )
+    if not isinstance(config["model_options"], dict) or not isinstance(config["model"], str):
+        raise RunFolderError("config: 'model' must be an import spec and 'model_options' an object")
 
 
 def _construct(spec: str, arg: str, standard: dict, extra: dict) -> tuple[Any, dict]:
@@ -187,6 +240,11 @@ def load(run: RunFolder) -> Experiment:
         pair.weights.restore(state["best"] or state)
     except WeightsMismatchError as err:
         raise RunFolderError(f"run: {run.path}: {err}") from err
+    if not pair.weights.finite():
+        raise RunFolderError(
+            f"run: {run.path} holds weights with NaN or infinite entries; there is nothing "
+            "sensible to evaluate or sample (was the checkpoint written by a diverged run?)"
+        )
     experiment.local_guide = pair.local
     return experiment
 

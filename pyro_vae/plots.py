@@ -14,16 +14,21 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from pyro_vae.checkpoint import atomic_path  # noqa: E402
+
 
 def _as_images(x: torch.Tensor, image_shape: Sequence[int], pixel_max: float) -> np.ndarray:
     return (x.detach().cpu().reshape(-1, *image_shape) / pixel_max).clamp(0, 1).numpy()
 
 
 def _save(fig, path: Path) -> Path:
+    """Write ``fig`` as PNG atomically (a killed write leaves the previous file) and close it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return path
 
 

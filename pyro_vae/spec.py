@@ -16,7 +16,8 @@ from typing import Any
 
 def load_object(spec: str, arg: str = "spec") -> Any:
     """The object an import spec names; errors name ``arg`` and say what was expected."""
-    module_name, sep, attr = spec.partition(":")
+    # A file path may itself hold a ':'; the attribute is after the last one.
+    module_name, sep, attr = spec.rpartition(":")
     if not sep or not module_name or not attr:
         raise ValueError(
             f"{arg}: {spec!r} is not an import spec; expected 'package.module:attr' or "

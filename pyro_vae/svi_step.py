@@ -106,6 +106,10 @@ class SVIStep:
             with poutine.trace(param_only=True) as capture:
                 loss = self.elbo.loss_and_grads(self.model, self.guide, *args, **kwargs)
             params = [site["value"].unconstrained() for site in capture.trace.nodes.values()]
+        # A parameter the loss does not differentiate (TraceGraph_ELBO's decaying-average
+        # baseline, replaced by a new tensor every step) has nothing for Adam to do, and
+        # handing it over would grow the optimizer by one tensor per step.
+        params = [p for p in params if p.grad is not None]
         self.optim(params)
         for p in params:
             p.grad = None

@@ -60,9 +60,10 @@ class TensorData:
             yield batch
 
     def indexed_batches(
-        self, batch_size: int, epoch: int, seed: int
+        self, batch_size: int, epoch: int, seed: int, drop_last: bool = False
     ) -> Iterator[tuple[torch.Tensor, tuple[torch.Tensor, ...]]]:
-        """:meth:`batches` with each batch's rows in 0..N−1: ``(rows, tensors)``."""
+        """:meth:`batches` with each batch's rows in 0..N−1: ``(rows, tensors)``; without a
+        last partial batch when ``drop_last``."""
         if batch_size < 1:
             raise ValueError(f"batch_size: {batch_size} is not a positive integer")
         n = self.num_data
@@ -73,7 +74,11 @@ class TensorData:
         order = torch.randperm(n, generator=generator)
         for start in range(0, n, batch_size):
             rows = order[start : start + batch_size]
+            if drop_last and len(rows) < batch_size:
+                return
             yield rows, tuple(t[rows] for t in self.tensors)
 
-    def steps_per_epoch(self, batch_size: int) -> int:
-        return -(-self.num_data // batch_size) if self.tensors else 1
+    def steps_per_epoch(self, batch_size: int, drop_last: bool = False) -> int:
+        if not self.tensors or batch_size >= self.num_data:
+            return 1
+        return self.num_data // batch_size if drop_last else -(-self.num_data // batch_size)

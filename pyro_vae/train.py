@@ -39,8 +39,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pyro
+import pyro.poutine as poutine
 import torch
-from pyro.infer import ELBO
+from pyro.infer import ELBO, TraceGraph_ELBO
 from tqdm.auto import tqdm
 
 from pyro_vae.annealing import ScaleLatents, linear_warmup
@@ -86,6 +87,8 @@ class TrainConfig:
         vectorize_particles: how validation draws its particles: ``True`` under one
             particle plate, ``False`` in a loop (models that cannot broadcast), ``None``
             vectorized unless that fails (the estimator has its own option).
+        drop_last: leave out each epoch's last partial batch (for state that has one
+            value per batch row, such as ``TraceGraph_ELBO``'s decaying-average baseline).
     """
 
     epochs: int = 100
@@ -101,6 +104,7 @@ class TrainConfig:
     compile_backend: str | None = None
     data_plate: str | None = None
     vectorize_particles: bool | None = None
+    drop_last: bool = False
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "val_samples", "validate_every"):
@@ -222,6 +226,7 @@ def fit(
     source = _Source(data, config)
     pyro.clear_param_store()
     pair = TrainingPair.set_up(model, guide, source, config)
+    _refuse_per_row_baselines_with_a_partial_batch(elbo, pair, source, config)
     if config.compile:
         elbo = CompiledELBO(elbo, config.compile_backend)
     if getattr(elbo, "vectorize_particles", False) and elbo.max_plate_nesting == math.inf:
@@ -248,6 +253,8 @@ def fit(
         svi.optim.set_state(state["optim"])
         if state.get("estimator") is not None and hasattr(elbo, "load_state_dict"):
             elbo.load_state_dict(state["estimator"])
+        for name, value in state.get("estimator_params", {}).items():
+            pyro.get_param_store()[name] = value
         restore_rng_state(state["rng"])
         start_epoch, step, best = state["epoch"], state["step"], state["best"]
         result.history = list(state["history"])
@@ -285,8 +292,9 @@ def fit(
                     loss = svi.step(*batch, subsample=rows)
             except ValueError as err:
                 # With Pyro's validation on, NaN weights surface as a distribution whose
-                # parameters "found invalid values" rather than as a NaN loss.
-                if "invalid values" not in str(err) and pair.weights.finite():
+                # *parameters* "found invalid values" rather than as a NaN loss; a value out
+                # of its support ("Expected value argument") is bad data, not divergence.
+                if "Expected parameter" not in str(err) and pair.weights.finite():
                     raise
                 loss, cause = math.nan, err
             if not math.isfinite(loss):
@@ -333,6 +341,7 @@ def fit(
                     "best": best,
                     "optim": svi.optim.get_state(),
                     "estimator": elbo.state_dict() if hasattr(elbo, "state_dict") else None,
+                    "estimator_params": _estimator_params(pair, elbo),
                     "rng": capture_rng_state(),
                     "history": result.history,
                     "config": asdict(config),
@@ -345,6 +354,41 @@ def fit(
         pair.weights.restore(best)
         result.best_epoch = best["epoch"]
     return result
+
+
+def _estimator_params(pair: TrainingPair, elbo) -> dict[str, torch.Tensor]:
+    """The param store's entries an estimator keeps there and does not save itself (Pyro's
+    ``TraceGraph_ELBO`` baselines), for the checkpoint."""
+    own = getattr(elbo, "param_store_prefix", None)
+    return {n: v for n, v in pair.weights.others().items() if not (own and n.startswith(own))}
+
+
+def _refuse_per_row_baselines_with_a_partial_batch(elbo, pair, source, config) -> None:
+    """``TraceGraph_ELBO``'s decaying-average baseline keeps one value per row of the batch
+    it first saw, in Pyro's param store; a last partial batch of another size then fails
+    inside Pyro ("47 vs 128"). Refuse that combination before training, naming the way out.
+    """
+    inner = getattr(elbo, "elbo", elbo)
+    remainder = source.num_data % source.batch_size
+    if not isinstance(inner, TraceGraph_ELBO) or config.drop_last or remainder == 0:
+        return
+    with torch.random.fork_rng(devices=[]), torch.no_grad(), poutine.block():
+        trace = poutine.trace(pair.guide).get_trace(
+            *source.first_batch, subsample=source.first_rows
+        )
+    sites = [
+        name
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample"
+        and (site["infer"].get("baseline") or {}).get("use_decaying_avg_baseline")
+    ]
+    if sites:
+        raise ValueError(
+            f"drop_last: the decaying-average baseline of guide sites {sites} "
+            f"(TraceGraph_ELBO) keeps one value per batch row and cannot follow the last batch "
+            f"of {remainder} rows ({source.num_data} rows in batches of {source.batch_size}); "
+            "set drop_last=True (CLI: --drop-last) or a batch size that divides the data"
+        )
 
 
 def prepare_pair(model, guide, data: DataSplits | TensorData, config: TrainConfig) -> TrainingPair:
@@ -361,16 +405,25 @@ class _Source:
 
     def __init__(self, data, config: TrainConfig) -> None:
         self.data, self.batch_size, self.seed = data, config.batch_size, config.seed
+        self.drop_last = config.drop_last
         if isinstance(data, TensorData):
             self.num_data = data.num_data
-            self.steps_per_epoch = data.steps_per_epoch(config.batch_size)
+            self.steps_per_epoch = data.steps_per_epoch(config.batch_size, config.drop_last)
             self.divisor = 1.0
             self._batches = data.indexed_batches
         elif isinstance(data, DataSplits):
             self.num_data = int(data.train_x.shape[0])
             if self.num_data < 1:
                 raise ValueError("data: the training split is empty; expected at least 1 image")
-            self.steps_per_epoch = math.ceil(self.num_data / config.batch_size)
+            if config.drop_last:
+                if config.batch_size > self.num_data:
+                    raise ValueError(
+                        f"drop_last: with batch_size {config.batch_size} larger than the "
+                        f"{self.num_data} training rows, every batch would be dropped"
+                    )
+                self.steps_per_epoch = self.num_data // config.batch_size
+            else:
+                self.steps_per_epoch = math.ceil(self.num_data / config.batch_size)
             self.divisor = float(self.num_data)
             self._batches = lambda *a: (
                 (rows, (x,)) for rows, x, _ in data.train_batches(*a).indexed()
@@ -383,4 +436,4 @@ class _Source:
         self.first_rows, self.first_batch = next(iter(self.batches(0)))
 
     def batches(self, epoch: int):
-        return self._batches(self.batch_size, epoch, self.seed)
+        return self._batches(self.batch_size, epoch, self.seed, self.drop_last)

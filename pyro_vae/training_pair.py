@@ -97,7 +97,7 @@ class TrainingPair:
         args, rows, n = source.first_batch, source.first_rows, source.num_data
         check_dtypes(args, model, guide)
         if isinstance(source.data, DataSplits):
-            check_observations(module_of(model) or model, args[0], "training data")
+            check_training_images(source.data, module_of(model) or model)
         plate, dim, plates = _per_datapoint_plate(model, args, config.data_plate)
         if plate is None and source.batch_size < n:
             refuse_uncovered_sites(model, guide, args)
@@ -138,18 +138,20 @@ class TrainingPair:
             kwargs = {"subsample": every_row} if self.plate is not None else {}
             draws = config.val_samples or WHOLE_DATA_DRAWS
             self.validation_kind = WHOLE_DATA
-            self.validate = lambda: self._tracking_fallback(
-                lambda: _common_draws(
-                    config.seed,
-                    lambda: elbo_estimate(
-                        self.model,
-                        self.guide,
-                        *data.tensors,
-                        num_samples=draws,
-                        num_chunks=1,  # one vectorized batch of draws: no error bar needed
-                        vectorize_particles=self.vectorize,
-                        **kwargs,
-                    )[0],
+            self.validate = (
+                lambda: self._tracking_fallback(
+                    lambda: _common_draws(
+                        config.seed,
+                        lambda: elbo_estimate(
+                            self.model,
+                            self.guide,
+                            *data.tensors,
+                            num_samples=draws,
+                            num_chunks=1,  # one vectorized batch of draws: no error bar needed
+                            vectorize_particles=self.vectorize,
+                            **kwargs,
+                        )[0],
+                    )
                 )
             )
             return
@@ -254,6 +256,29 @@ def _one_row_gradients(guide, params, args, rows) -> list:
         if not terms:
             return [None] * len(params)
         return list(torch.autograd.grad(sum(terms), params, allow_unused=True))
+
+
+def check_training_images(data: DataSplits, model, chunk: int = 10_000) -> None:
+    """Check every training image, in chunks of ``chunk`` rows, before the first step:
+    a bad row in a late batch would otherwise surface mid-run as a NaN loss or a support
+    error. Under dynamic binarization the stored rows are intensities, checked to be
+    finite and in [0, 1] (each batch is a Bernoulli draw from them).
+
+    Raises:
+        ValueError: naming the first bad row range and what was expected.
+    """
+    x = data.train_x
+    for start in range(0, x.shape[0], chunk):
+        rows = x[start : start + chunk]
+        what = f"training data (rows {start}..{start + rows.shape[0] - 1})"
+        if data.dynamic:
+            if not torch.isfinite(rows).all() or (rows < 0).any() or (rows > 1).any():
+                raise ValueError(
+                    f"{what}: intensities outside [0, 1] or not finite; dynamic binarization "
+                    "draws each pixel from Bernoulli(intensity)"
+                )
+        else:
+            check_observations(model, rows, what)
 
 
 def check_covered(model, guide, args: tuple, kwargs: dict) -> None:

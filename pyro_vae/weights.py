@@ -104,6 +104,17 @@ class PairWeights:
             with torch.no_grad():
                 store[name].copy_(saved[name])
 
+    def others(self) -> dict[str, torch.Tensor]:
+        """Copies of the param store's entries that are not the pair's weights: the state
+        estimators keep there (``TraceGraph_ELBO``'s decaying-average baselines, a neural
+        control variate's network), saved beside the weights so a resumed run has it."""
+        mine = {id(p) for p in self.parameters()}
+        return {
+            name: p.detach().clone()
+            for name, p in pyro.get_param_store().named_parameters()
+            if id(p) not in mine
+        }
+
     def finite(self) -> bool:
         """Whether every parameter is finite."""
         return all(torch.isfinite(p).all() for p in self.parameters())

@@ -53,6 +53,10 @@ def get(name: str, **options: Any) -> ELBO:
     """A new estimator called ``name``, constructed with ``options``."""
     if name not in _REGISTRY:
         raise ValueError(f"estimator: {name!r} is not one of {', '.join(names())}")
+    particles = options.get("num_particles", 1)
+    if isinstance(particles, bool) or not isinstance(particles, int) or particles < 1:
+        # Pyro's own ELBOs accept these and fail later, inside a step
+        raise ValueError(f"num_particles: {particles!r} is not a positive integer")
     try:
         return _REGISTRY[name](**options)
     except TypeError as err:

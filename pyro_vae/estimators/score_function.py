@@ -89,6 +89,10 @@ def _rao_blackwellized_signal(site: dict, costs: list, rank: int) -> torch.Tenso
 class ScoreFunctionELBO(SurrogateELBO):
     """The ELBO with REINFORCE gradients for all guide sites and a choice of control variate.
 
+    The ``neural`` baselines' weights enter Pyro's param store under names starting with
+    ``param_store_prefix`` (so ``SVI`` trains them); :meth:`state_dict` holds them, and a
+    run folder restores them through :meth:`load_state_dict`, not the param store.
+
     Args:
         num_particles: samples K per step (vectorized).
         control_variate: ``"none"``, ``"ema"``, ``"leave-one-out"`` or ``"neural"``.
@@ -149,6 +153,8 @@ class ScoreFunctionELBO(SurrogateELBO):
         self._moments: dict[str, tuple[float, float]] = {}
         self._networks: dict[str, nn.Module] = {}
         self._pending_networks: dict[str, dict[str, torch.Tensor]] = {}
+
+    param_store_prefix = "score_function_baseline$"
 
     def state_dict(self) -> dict:
         """The control variates' running state (baselines, moments, baseline networks), as
@@ -262,7 +268,7 @@ class ScoreFunctionELBO(SurrogateELBO):
                 network.load_state_dict(self._pending_networks.pop(name))
         elif network[0].weight.dtype != features.dtype:
             network.to(dtype=features.dtype)
-        network = pyro.module(f"score_function_baseline${name}", network)
+        network = pyro.module(f"{self.param_store_prefix}{name}", network)
         shape = [1] * rank
         shape[data_dim] = features.shape[0]
         baseline = network(features).reshape(shape)

@@ -198,12 +198,46 @@ def test_a_run_killed_at_any_moment_can_be_evaluated_and_resumed(tmp_path):
     assert RunFolder(run).load_checkpoint()["epoch"] == epoch + 2
 
 
+def _killed_during_epoch_1(run):
+    """A folder as a fit killed before its first epoch ended leaves it."""
+    assert main(["fit", "--epochs", "1", "--out", str(run), *FAST]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    (run / "checkpoint.pt").unlink()
+    for png in run.glob("*.png"):
+        png.unlink()
+    (run / "metrics.json").write_text(
+        json.dumps({k: metrics[k] for k in ("data", "estimator")})
+    )
+
+
 def test_a_run_killed_before_its_first_checkpoint_restarts_on_resume(tmp_path):
     run = tmp_path / "early"
-    assert main(["fit", "--epochs", "1", "--out", str(run), *FAST]) == 0
-    (run / "checkpoint.pt").unlink()  # as if killed during epoch 1
+    _killed_during_epoch_1(run)
     assert main(["fit", "--resume", str(run), "--no-progress"]) == 0
     assert RunFolder(run).load_checkpoint()["epoch"] == 1
+
+
+def test_a_failed_run_is_started_over_only_when_asked(tmp_path, capsys):
+    run = tmp_path / "failed"
+    _killed_during_epoch_1(run)
+    assert main(["fit", "--epochs", "1", "--out", str(run), *FAST]) == 2
+    assert "start it over with `--restart`" in capsys.readouterr().err
+    assert main(["fit", "--epochs", "1", "--restart", "--out", str(run), *FAST]) == 0
+    assert RunFolder(run).load_checkpoint()["epoch"] == 1
+    before = (run / "checkpoint.pt").read_bytes()
+    assert main(["fit", "--epochs", "1", "--restart", "--out", str(run), *FAST]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (run / "checkpoint.pt").read_bytes() == before  # a checkpoint is never cleared
+
+
+def test_resume_refuses_to_retrain_over_recorded_epochs(tmp_path, capsys):
+    run = tmp_path / "lost"
+    assert main(["fit", "--epochs", "2", "--out", str(run), *FAST]) == 0
+    (run / "checkpoint.pt").unlink()
+    metrics = (run / "metrics.json").read_text()
+    assert main(["fit", "--resume", str(run), "--no-progress"]) == 2
+    assert "metrics.json records 2 finished epochs" in capsys.readouterr().err
+    assert (run / "metrics.json").read_text() == metrics
 
 
 def test_sbn_with_score_and_grad_variance(tmp_path, capsys):
@@ -316,9 +350,9 @@ def test_diagnose_writes_figures_tables_and_netcdf_that_arviz_reopens(trained, c
 
 def test_diagnose_refuses_bad_counts_and_other_versions(trained, tmp_path, capsys):
     assert main(["diagnose", str(trained), "--points", "5", "--samples", "1"]) == 2
-    assert "num_samples: 1 is not an integer ≥ 21" in capsys.readouterr().err
+    assert "--samples: 1 is not an integer ≥ 21" in capsys.readouterr().err
     assert main(["diagnose", str(trained), "--points", "-1"]) == 2
-    assert "points: -1 is negative" in capsys.readouterr().err
+    assert "--points: -1 is not an integer ≥ 0 (0: all)" in capsys.readouterr().err
     old = tmp_path / "old"
     old.mkdir()
     config = json.loads((trained / "config.json").read_text())

@@ -7,6 +7,7 @@ from models.autoencoder import Autoencoder
 from models.vae import VAE
 from pyro_vae.checkpoint import RunFolder
 from pyro_vae.data import Preprocessing, load_data
+from pyro_vae.estimators import get as get_estimator
 from pyro_vae.tensor_data import TensorData
 from pyro_vae.train import TrainConfig, TrainingDiverged, fit
 
@@ -148,7 +149,9 @@ def test_early_stopping_when_validation_stops_improving(digits):
 def test_bad_data_is_rejected_before_training(digits):
     model, guide = small_vae(digits)
     gaussian = load_data("digits", Preprocessing("gaussian"))
-    with pytest.raises(ValueError, match="training data: Bernoulli likelihood needs binary"):
+    with pytest.raises(
+        ValueError, match=r"training data \(rows 0..1454\): Bernoulli likelihood needs binary"
+    ):
         fit(model, guide, gaussian, Trace_ELBO(), quiet(epochs=1))
 
 
@@ -251,3 +254,84 @@ def test_data_of_another_kind_is_refused():
         TypeError, match="data: expected pyro_vae.DataSplits or pyro_vae.TensorData"
     ):
         fit(model, guide, torch.zeros(3, 64), Trace_ELBO(), quiet(epochs=1))
+
+
+def coin_flips(n=30):
+    """z_n ~ Bernoulli(0.5), x_n ~ N(2 z_n − 1, 1); q(z_n) = Bernoulli(sigmoid(a x_n + b)),
+    scored by TraceGraph_ELBO with its decaying-average baseline (kept in Pyro's param
+    store, one value per batch row)."""
+    x = torch.linspace(-2.0, 2.0, n)
+
+    def model(x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", pyro.distributions.Bernoulli(0.5))
+            pyro.sample("x", pyro.distributions.Normal(2 * z - 1, 1.0), obs=x)
+
+    def guide(x):
+        a, b = pyro.param("a", torch.tensor(0.1)), pyro.param("b", torch.tensor(0.0))
+        with pyro.plate("data", len(x)):
+            pyro.sample(
+                "z",
+                pyro.distributions.Bernoulli(logits=a * x + b),
+                infer={"baseline": {"use_decaying_avg_baseline": True}},
+            )
+
+    return model, guide, TensorData(x)
+
+
+def test_pyros_baselines_in_the_param_store_resume_exactly(tmp_path):
+    from pyro.infer import TraceGraph_ELBO
+
+    model, guide, data = coin_flips()
+    config = dict(batch_size=10, lr=0.05, seed=1, patience=None)
+    fit(model, guide, data, TraceGraph_ELBO(), quiet(epochs=4, **config), RunFolder(tmp_path / "a"))
+    run = RunFolder(tmp_path / "b")
+    fit(model, guide, data, TraceGraph_ELBO(), quiet(epochs=2, **config), run)
+    assert any(k.startswith("__baseline_avg") for k in run.load_checkpoint()["estimator_params"])
+    fit(model, guide, data, TraceGraph_ELBO(), quiet(epochs=4, **config), run, resume=True)
+    a, b = RunFolder(tmp_path / "a").load_checkpoint(), run.load_checkpoint()
+    for name in ("a", "b"):
+        assert torch.equal(a["params"][name], b["params"][name]), name
+    assert [r["train_elbo"] for r in a["history"]] == [r["train_elbo"] for r in b["history"]]
+
+
+def test_a_per_row_baseline_with_a_partial_last_batch_is_refused_or_dropped():
+    from pyro.infer import TraceGraph_ELBO
+
+    model, guide, data = coin_flips(n=25)  # batches of 10: a last batch of 5
+    with pytest.raises(ValueError, match="drop_last: the decaying-average baseline of guide"):
+        fit(model, guide, data, TraceGraph_ELBO(), quiet(epochs=1, batch_size=10))
+    result = fit(
+        model, guide, data, TraceGraph_ELBO(), quiet(epochs=2, batch_size=10, drop_last=True)
+    )
+    assert len(result.history) == 2
+
+
+def test_kl_warmup_leaves_enumerated_sites_to_enumeration():
+    # TraceEnum_ELBO needs every enumerated site at one scale; warm-up scaled them as
+    # latents and Pyro refused ("share a common poutine.scale").
+    from pyro.infer.autoguide import AutoNormal
+
+    from models.gmm import GaussianMixtureModel
+
+    x = torch.cat([torch.randn(10, 2) + 3, torch.randn(10, 2) - 3])
+    model = GaussianMixtureModel.from_data(x, 2)
+    guide = AutoNormal(pyro.poutine.block(model, hide=["assignment"]))
+    config = quiet(epochs=3, batch_size=20, kl_warmup_epochs=2)
+    result = fit(model, guide, TensorData(x), get_estimator("enum"), config)
+    assert [r["beta"] for r in result.history] == [0.5, 1.0, 1.0]
+
+
+def test_a_compiled_run_resumed_has_the_history_of_one_straight_through(digits, tmp_path):
+    # The step that records a batch shape used to sum its loss in float64 and the replays
+    # in float32: a resumed run, which records again, differed in the 8th digit.
+    config = dict(batch_size=64, lr=3e-3, seed=7, compile=True)
+    model, guide = small_vae(digits)
+    fit(model, guide, digits, Trace_ELBO(), quiet(epochs=3, **config), RunFolder(tmp_path / "a"))
+    run = RunFolder(tmp_path / "b")
+    model, guide = small_vae(digits)
+    fit(model, guide, digits, Trace_ELBO(), quiet(epochs=2, **config), run)
+    model, guide = small_vae(digits, seed=5)
+    fit(model, guide, digits, Trace_ELBO(), quiet(epochs=3, **config), run, resume=True)
+    a, b = RunFolder(tmp_path / "a").load_checkpoint(), run.load_checkpoint()
+    assert [r["train_elbo"] for r in a["history"]] == [r["train_elbo"] for r in b["history"]]
