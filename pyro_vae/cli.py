@@ -152,6 +152,12 @@ def _parser() -> argparse.ArgumentParser:
         "--ll-points", type=int, default=1000, help="test images it is estimated on (0: all)"
     )
     f.add_argument(
+        "--drop-last",
+        action="store_true",
+        help="leave out each epoch's last partial batch (needed by TraceGraph's "
+        "decaying-average baseline when the batch size does not divide the data)",
+    )
+    f.add_argument(
         "--data-plate",
         default=None,
         metavar="NAME",
@@ -251,6 +257,7 @@ def _config_from_args(args: argparse.Namespace) -> dict[str, Any]:
         compile=_compile(args),
         compile_backend="inductor" if args.compile == "inductor" else None,
         data_plate=args.data_plate,
+        drop_last=args.drop_last,
         vectorize_particles={"auto": None, "on": True, "off": False}[args.vectorize_particles],
     )
     return {

@@ -1,4 +1,5 @@
 import json
+import os
 import random
 
 import numpy as np
@@ -91,3 +92,99 @@ def test_metrics_are_merged(tmp_path):
     run.update_metrics(a=1)
     run.update_metrics(b={"c": 2})
     assert run.read_metrics() == {"a": 1, "b": {"c": 2}}
+
+
+def test_a_claimed_folder_is_refused_to_a_second_claimant_and_freed_by_death(tmp_path):
+    import subprocess
+    import sys
+
+    from pyro_vae.checkpoint import RunInUseError
+
+    run = RunFolder(tmp_path / "run")
+    with run.claim():
+        with pytest.raises(
+            RunInUseError, match=f"in use by another pyro-vae process \\(pid {os.getpid()}\\)"
+        ):
+            run.claim()
+    run.claim().release()  # released: free again
+    # a holder killed with SIGKILL frees the folder: the kernel drops its flock
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pyro_vae.checkpoint import RunFolder; "
+            f"RunFolder({str(run.path)!r}).claim(); print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunInUseError, match=f"pid {holder.pid}"):
+            run.claim()
+    finally:
+        holder.kill()
+        holder.wait()
+    run.claim().release()
+
+
+def test_a_refused_claim_on_a_new_path_leaves_nothing_behind(tmp_path):
+    run = RunFolder(tmp_path / "new")
+    run.claim().release()
+    assert not run.path.exists()
+    file = tmp_path / "file"
+    file.write_text("x")
+    with pytest.raises(RunFolderError, match="is a file; expected a run folder"):
+        RunFolder(file).claim()
+
+
+def test_stale_temporaries_are_removed_and_live_ones_kept(tmp_path):
+    from pyro_vae.checkpoint import atomic_path
+
+    run = RunFolder(tmp_path)
+    stale = tmp_path / ".metrics.json.abc123.tmp"
+    stale.write_text("{half")
+    with atomic_path(tmp_path / "figure.png") as live:
+        live.write_bytes(b"being written")
+        removed = run.remove_stale_temporaries()
+        assert removed == [stale] and live.exists()
+    assert (tmp_path / "figure.png").read_bytes() == b"being written"
+    assert not stale.exists()
+
+
+def test_a_full_disk_says_so_and_keeps_the_previous_file(tmp_path, monkeypatch):
+    import errno
+
+    from pyro_vae.checkpoint import DiskFullError
+
+    run = RunFolder(tmp_path)
+    run.save_checkpoint({"epoch": 1})
+
+    def no_space(obj, f):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", no_space)
+    with pytest.raises(DiskFullError, match="the disk is full .* the previous checkpoint.pt"):
+        run.save_checkpoint({"epoch": 2})
+    monkeypatch.undo()
+    assert run.load_checkpoint()["epoch"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+
+
+def test_concurrent_metrics_updates_lose_nothing(tmp_path):
+    # Two processes merging 40 keys each into one metrics.json: with a read-modify-write
+    # and no lock, one process's key is lost whenever the other wrote in between.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from pyro_vae.checkpoint import RunFolder\n"
+        "run = RunFolder(sys.argv[1])\n"
+        "for i in range(40): run.update_metrics(**{f'{sys.argv[2]}{i}': i})\n"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(tmp_path), prefix])
+        for prefix in ("a", "b")
+    ]
+    assert [p.wait() for p in procs] == [0, 0]
+    assert len(RunFolder(tmp_path).read_metrics()) == 80

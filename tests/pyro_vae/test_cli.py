@@ -205,9 +205,7 @@ def _killed_during_epoch_1(run):
     (run / "checkpoint.pt").unlink()
     for png in run.glob("*.png"):
         png.unlink()
-    (run / "metrics.json").write_text(
-        json.dumps({k: metrics[k] for k in ("data", "estimator")})
-    )
+    (run / "metrics.json").write_text(json.dumps({k: metrics[k] for k in ("data", "estimator")}))
 
 
 def test_a_run_killed_before_its_first_checkpoint_restarts_on_resume(tmp_path):
@@ -380,3 +378,52 @@ def test_compile_is_automatic_for_shipped_models_and_stateless_estimators(argv, 
     train = _config_from_args(args)["train"]
     assert train["compile"] is expected
     assert train["compile_backend"] == ("inductor" if "inductor" in argv else None)
+
+
+def _cli(*args):
+    import subprocess
+    import sys
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "pyro_vae.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_two_fits_into_one_folder_one_runs_the_other_is_refused(tmp_path):
+    run = tmp_path / "same"
+    args = ["fit", "--epochs", "3", "--out", str(run), *FAST]
+    procs = [_cli(*args), _cli(*args)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    refused = next(err for code, err in results if code == 2)
+    assert "in use by another pyro-vae process" in refused or "already holds a run" in refused
+    assert RunFolder(run).load_checkpoint()["epoch"] == 3
+    assert len(json.loads((run / "metrics.json").read_text())["epochs"]) == 3
+
+
+@pytest.mark.parametrize(
+    ("signal_name", "code", "word"),
+    [("SIGTERM", 143, "terminated"), ("SIGINT", 130, "interrupted")],
+)
+def test_a_stopped_fit_says_where_it_stands_and_resumes(tmp_path, signal_name, code, word):
+    import signal
+    import time
+
+    run = tmp_path / "stopped"
+    proc = _cli("fit", "--epochs", "500", "--out", str(run), *FAST)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "checkpoint.pt").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(getattr(signal, signal_name))
+    assert proc.wait(timeout=60) == code
+    err = proc.stderr.read()
+    assert f"{word} (" in err and "holds the checkpoint of epoch" in err
+    assert "Traceback" not in err
+    epoch = RunFolder(run).load_checkpoint()["epoch"]
+    assert main(["fit", "--resume", str(run), "--epochs", str(epoch + 1), "--no-progress"]) == 0
