@@ -23,12 +23,19 @@ from pyro_vae import estimators
 from pyro_vae.checkpoint import RunFolder, RunFolderError
 from pyro_vae.compiled import compilable
 from pyro_vae.data import BINARIZATIONS, DatasetNotFoundError
-from pyro_vae.experiment import DEFAULT_MODEL, build, evaluate_test_set, load, write_figures
+from pyro_vae.experiment import (
+    DEFAULT_MODEL,
+    build,
+    check_config,
+    evaluate_test_set,
+    load,
+    write_figures,
+)
 from pyro_vae.idx import IDXFormatError
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.plots import plot_gradient_variance, plot_samples
 from pyro_vae.predictive import prior_mean_images
-from pyro_vae.train import TrainConfig, TrainingDiverged, fit
+from pyro_vae.train import TrainConfig, TrainingDiverged, fit, preflight
 
 
 def _key_value(text: str) -> tuple[str, Any]:
@@ -39,6 +46,12 @@ def _key_value(text: str) -> tuple[str, Any]:
         return key.replace("-", "_"), json.loads(raw)
     except json.JSONDecodeError:
         return key.replace("-", "_"), raw
+
+
+def _folder(text: str) -> Path:
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a folder path")
+    return Path(text)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,8 +67,8 @@ def _parser() -> argparse.ArgumentParser:
         "fit", help="train a model/guide pair by SVI and write a run folder", allow_abbrev=False
     )
     target = f.add_mutually_exclusive_group(required=True)
-    target.add_argument("--out", type=Path, help="new run folder to write")
-    target.add_argument("--resume", type=Path, metavar="RUN", help="continue this run folder")
+    target.add_argument("--out", type=_folder, help="new run folder to write")
+    target.add_argument("--resume", type=_folder, metavar="RUN", help="continue this run folder")
     f.add_argument(
         "--restart",
         action="store_true",
@@ -342,6 +355,11 @@ def _fit(args: argparse.Namespace, given: set[str]) -> int:
         )
     config = None if args.resume else _config_from_args(args)  # bad flags: refused before any work
     run = RunFolder(args.resume or args.out)
+    if args.resume and not run.path.is_dir():
+        raise RunFolderError(
+            f"resume: {run.path} is not a directory; expected a run folder written by "
+            "`pyro-vae fit --out RUN`"
+        )
     with run.claim():
         run.remove_stale_temporaries()
         if args.resume:
@@ -390,6 +408,7 @@ def _resume_config(run: RunFolder, args: argparse.Namespace, given: set[str]):
             "To change them, start a new run with --out (nothing was changed)"
         )
     config = run.read_config()
+    check_config(config)
     if run.has_checkpoint:
         done, resume = int(run.load_checkpoint()["epoch"]), True
     else:
@@ -423,6 +442,8 @@ def _train_and_report(run: RunFolder, config: dict[str, Any], resume: bool, args
             f"--compile on: the {config['estimator']['name']} estimator cannot be compiled "
             f"({compilable(exp.elbo)}); use --compile auto or off (nothing was written)"
         )
+    # What fit checks before its first step, checked before anything is written.
+    preflight(exp.model, exp.guide, exp.data, exp.elbo, train_config, run, resume)
     run.write_config(config)
     run.update_metrics(data=exp.data.info, estimator=config["estimator"])
     print(
@@ -616,12 +637,33 @@ def _diagnose(args: argparse.Namespace) -> int:
         pixel_max=exp.data.pixel_max,
     )
     run.update_metrics(diagnostics={k: v for k, v in result.items() if k != "files"})
+    _print_khat(result)
+    print("wrote " + ", ".join(result["files"]))
+    for name, why in result.get("skipped", {}).items():
+        print(f"skipped {name}: {why}")
+    return 0
+
+
+def _print_khat(result: dict[str, Any]) -> None:
+    if "num_states" in result:  # a discrete guide small enough to enumerate
+        print(
+            f"q(z | x) has {result['num_states']} states per test image, enumerated on "
+            f"{result['num_points']} images: k̂ does not apply (no Pareto tail); exactly:"
+        )
+        print(f"  median KL(q ‖ p(z | x))     {result['kl_median']:10.4f} nats")
+        print(
+            f"  median, max χ²(p ‖ q)       {result['chi2_median']:10.4g}, {result['chi2_max']:.4g}"
+        )
+        return
     print(f"PSIS k̂ on {result['num_points']} test images, {result['num_samples']} draws each:")
     print(f"  share above 0.5             {100 * result['share_above_0.5']:6.1f}%")
     print(f"  share above 0.7             {100 * result['share_above_0.7']:6.1f}%")
     print(f"  median k̂, max k̂             {result['khat_median']:6.2f}, {result['khat_max']:.2f}")
-    print("wrote " + ", ".join(result["files"]))
-    return 0
+    if result.get("khat_not_applicable"):
+        print(
+            f"  k̂ not applicable            {result['khat_not_applicable']} images (few "
+            "distinct ratios: a discrete q)"
+        )
 
 
 def _refuse_local_guide(exp, why: str) -> None:

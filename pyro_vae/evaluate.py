@@ -78,6 +78,14 @@ def _check_num(arg: str, value: int) -> None:
         raise ValueError(f"{arg}: {value!r} is not a positive integer")
 
 
+def check_finite(args: tuple, arg: str = "x") -> None:
+    """Refuse NaN or infinite entries in any floating tensor among ``args``, naming them."""
+    for i, a in enumerate(args):
+        if torch.is_tensor(a) and a.is_floating_point() and not torch.isfinite(a).all():
+            bad = int((~torch.isfinite(a)).sum())
+            raise ValueError(f"{arg}: data argument {i} has {bad} NaN or infinite entries")
+
+
 def data_arguments(x) -> tuple[torch.Tensor, ...]:
     """``x`` as the tuple of the model's data arguments, checked to share their rows."""
     args = tuple(x) if isinstance(x, tuple | list) else (x,)
@@ -92,10 +100,7 @@ def data_arguments(x) -> tuple[torch.Tensor, ...]:
             f"x: the data arguments have {sorted(rows)} rows; expected one row per datapoint "
             "in each"
         )
-    for i, a in enumerate(args):
-        if a.is_floating_point() and not torch.isfinite(a).all():
-            bad = int((~torch.isfinite(a)).sum())
-            raise ValueError(f"x: data argument {i} has {bad} NaN or infinite entries")
+    check_finite(args)
     return args
 
 
@@ -345,6 +350,7 @@ def elbo_per_datapoint(
         ValueError: bad counts, or a model site neither observed nor in the guide.
     """
     _check_num("num_samples", num_samples)
+    _check_num("batch_size", batch_size)
     data = data_arguments(x)
     with eval_mode(model, guide):
         pair = prepare(
@@ -390,7 +396,14 @@ def iwae_log_likelihood(
         ``[N]``, nats per datapoint.
     """
     _check_num("num_samples", num_samples)
+    _check_num("batch_size", batch_size)
     _check_num("max_elements", max_elements)
+    owner = getattr(model, "__self__", model)
+    if getattr(owner, "generative", True) is False:
+        raise ValueError(
+            f"model: {type(owner).__name__} is not a generative model (it puts no prior on its "
+            "code), so log p(x) is not defined for it"
+        )
     data = data_arguments(x)
     out = []
     with eval_mode(model, guide):

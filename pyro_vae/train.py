@@ -391,6 +391,37 @@ def _refuse_per_row_baselines_with_a_partial_batch(elbo, pair, source, config) -
         )
 
 
+def preflight(
+    model,
+    guide,
+    data: DataSplits | TensorData,
+    elbo: ELBO,
+    config: TrainConfig,
+    run: RunFolder | None = None,
+    resume: bool = False,
+) -> None:
+    """Every check :func:`fit` makes before its first step, made without training, so a
+    command can refuse before it writes anything: the pair's set-up (plate, rows, data,
+    dtypes, latent sites, guide families), the estimator's own refusals on the first batch
+    (one loss evaluated on a forked random stream, so nothing later draws differently),
+    and, when resuming, that the checkpoint's weights fit the model and guide.
+
+    Raises:
+        ValueError: as :func:`fit` would (the subclasses of its set-up and estimators).
+    """
+    pyro.clear_param_store()
+    source = _Source(data, config)
+    pair = TrainingPair.set_up(model, guide, source, config)
+    _refuse_per_row_baselines_with_a_partial_batch(elbo, pair, source, config)
+    if resume:
+        pair.weights.restore(run.load_checkpoint())
+    inner = getattr(elbo, "elbo", elbo)  # a CompiledELBO's estimator, unrecorded
+    kwargs = {"subsample": source.first_rows}
+    with torch.random.fork_rng(devices=[]), poutine.block():
+        inner.loss(pair.model, pair.guide, *source.first_batch, **kwargs)
+    pyro.clear_param_store()
+
+
 def prepare_pair(model, guide, data: DataSplits | TensorData, config: TrainConfig) -> TrainingPair:
     """The pair as :func:`fit` sets it up (:meth:`TrainingPair.set_up`): wrapped for the
     per-datapoint plate, every parameter created at its trained shape. What loading saved
