@@ -25,9 +25,13 @@ not. Everything is vectorized in torch over points and components.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
+from sklearn.exceptions import ConvergenceWarning
+
+from pyro_vae.cavi._checks import as_float64, finite, non_negative, positive, positive_int
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -54,7 +58,7 @@ class BayesianGaussianMixture:
 
     Args (names and defaults as in scikit-learn):
         n_components: K.
-        tol: stop when the ELBO improves by less than this.
+        tol: stop when an iteration changes the ELBO by less than this (nats).
         reg_covar: added to the diagonal of each S_k, as scikit-learn does.
         max_iter: most iterations per initialization.
         n_init: initializations; the best ELBO is kept.
@@ -68,8 +72,20 @@ class BayesianGaussianMixture:
 
     Attributes (after ``fit``): ``weights_``, ``means_``, ``covariances_`` (W_k⁻¹/ν_k, as
     in scikit-learn), ``precisions_``, ``weight_concentration_``, ``mean_precision_``,
-    ``degrees_of_freedom_``, ``lower_bound_``, ``lower_bounds_``, ``n_iter_``,
-    ``converged_``.
+    ``degrees_of_freedom_``, ``lower_bound_``, ``lower_bounds_``, ``n_iter_``, and
+    ``converged_``: whether the kept initialization reached a fixed point of its update
+    within ``tol`` in ``max_iter`` iterations (the meaning shared by every
+    ``pyro_vae.cavi`` estimator). An iteration (E-step, then M-step) is coordinate ascent,
+    which raises the ELBO by the KL divergences between the old and new factors, so an
+    iteration that changes it by less than ``tol`` — scikit-learn's test — ends at a fixed
+    point within ``tol`` nats (with ``reg_covar`` = 0; ``reg_covar`` perturbs the M-step by
+    that much).
+
+    Degenerate data fit as in scikit-learn: with fewer distinct points than components,
+    k-means leaves components empty and warns (``ConvergenceWarning``, scikit-learn's
+    message); a constant feature makes the default ``covariance_prior`` (the data
+    covariance) singular, and its eigenvalues are raised to ``reg_covar`` so that the prior
+    is proper and ``lower_bound_`` finite.
     """
 
     def __init__(
@@ -103,53 +119,95 @@ class BayesianGaussianMixture:
 
     # -- checks and priors -------------------------------------------------------------
     def _check(self, X) -> torch.Tensor:
-        X = torch.as_tensor(np.asarray(X), dtype=torch.float64)
-        if X.dim() != 2:
-            raise ValueError(f"X: shape {tuple(X.shape)} is not [n_samples, n_features]")
+        for name in ("n_components", "max_iter", "n_init"):
+            positive_int(name, getattr(self, name))
+        non_negative("tol", self.tol)
+        non_negative("reg_covar", self.reg_covar)
+        if self.init_params not in ("kmeans", "random"):
+            raise ValueError(f"init_params: {self.init_params!r} is not 'kmeans' or 'random'")
+        X = as_float64("X", X)
+        if X.dim() != 2 or X.shape[1] == 0:
+            raise ValueError(
+                f"X: shape {tuple(X.shape)} is not [n_samples, n_features] with n_features ≥ 1"
+            )
         if X.shape[0] < self.n_components:
             raise ValueError(
                 f"X: {X.shape[0]} samples are fewer than n_components={self.n_components}"
             )
-        if not torch.isfinite(X).all():
-            raise ValueError("X: holds NaN or infinite entries")
-        for name in ("n_components", "max_iter", "n_init"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and value >= 1):
-                raise ValueError(f"{name}: {value!r} is not a positive integer")
-        if self.init_params not in ("kmeans", "random"):
-            raise ValueError(f"init_params: {self.init_params!r} is not 'kmeans' or 'random'")
-        return X
+        if X.shape[0] < 2:  # as scikit-learn: the default priors need a data covariance
+            raise ValueError(f"X: {X.shape[0]} sample; expected at least 2")
+        return finite("X", X)
 
     def _priors(self, X: torch.Tensor) -> None:
         n, d = X.shape
         alpha0 = self.weight_concentration_prior
-        self.weight_concentration_prior_ = 1.0 / self.n_components if alpha0 is None else alpha0
+        self.weight_concentration_prior_ = (
+            1.0 / self.n_components
+            if alpha0 is None
+            else positive("weight_concentration_prior", alpha0)
+        )
         self.mean_precision_prior_ = (
-            1.0 if self.mean_precision_prior is None else self.mean_precision_prior
+            1.0
+            if self.mean_precision_prior is None
+            else positive("mean_precision_prior", self.mean_precision_prior)
         )
         self.mean_prior_ = (
             X.mean(0)
             if self.mean_prior is None
-            else torch.as_tensor(self.mean_prior, dtype=torch.float64)
+            else finite("mean_prior", as_float64("mean_prior", self.mean_prior))
         )
+        nu0 = self.degrees_of_freedom_prior
         self.degrees_of_freedom_prior_ = (
-            float(d) if self.degrees_of_freedom_prior is None else self.degrees_of_freedom_prior
+            float(d) if nu0 is None else positive("degrees_of_freedom_prior", nu0)
         )
         if self.degrees_of_freedom_prior_ <= d - 1:
             raise ValueError(
                 f"degrees_of_freedom_prior: {self.degrees_of_freedom_prior_} "
                 f"must exceed n_features - 1 = {d - 1}"
             )
-        self.covariance_prior_ = (
-            torch.atleast_2d(torch.cov(X.T))
-            if self.covariance_prior is None
-            else torch.as_tensor(self.covariance_prior, dtype=torch.float64)
-        )
-        if self.mean_prior_.shape != (d,) or self.covariance_prior_.shape != (d, d):
+        if self.mean_prior_.shape != (d,):
             raise ValueError(
-                f"mean_prior, covariance_prior: expected shapes ({d},) and "
-                f"({d}, {d}) for {d} features"
+                f"mean_prior: shape {tuple(self.mean_prior_.shape)} does not match "
+                f"{d} features; expected ({d},)"
             )
+        if self.covariance_prior is None:
+            self.covariance_prior_ = self._data_covariance(X)
+            return
+        cov = finite("covariance_prior", as_float64("covariance_prior", self.covariance_prior))
+        if cov.shape != (d, d):
+            raise ValueError(
+                f"covariance_prior: shape {tuple(cov.shape)} does not match {d} features; "
+                f"expected ({d}, {d})"
+            )
+        if not torch.allclose(cov, cov.T) or torch.linalg.cholesky_ex(cov).info != 0:
+            raise ValueError(
+                "covariance_prior: is not symmetric positive definite; expected W₀⁻¹ of a "
+                "proper Wishart prior"
+            )
+        self.covariance_prior_ = cov
+
+    def _data_covariance(self, X: torch.Tensor) -> torch.Tensor:
+        """The default W₀⁻¹: the data covariance, as in scikit-learn, with its eigenvalues
+        raised to at least ``reg_covar``. It is returned unchanged when none is below.
+
+        A constant feature (or collinear ones) makes the data covariance singular, the
+        Wishart prior improper and E_q log p(Λ) = −∞ (scikit-learn drops that term, so it
+        does not see it). Raising its eigenvalues to ``reg_covar``, the floor scikit-learn
+        puts under each S_k, keeps the prior proper and the bound finite, and is continuous
+        in the data: a feature constant up to rounding gets the same prior as an exactly
+        constant one.
+        """
+        cov = torch.atleast_2d(torch.cov(X.T))
+        eigenvalues, vectors = torch.linalg.eigh(cov)
+        if eigenvalues.min() >= self.reg_covar and torch.linalg.cholesky_ex(cov).info == 0:
+            return cov
+        if self.reg_covar == 0:
+            raise ValueError(
+                "reg_covar: 0, but X's covariance is singular (a constant feature, or "
+                "collinear ones); expected reg_covar > 0 or a positive definite covariance_prior"
+            )
+        floored = eigenvalues.clamp(min=self.reg_covar)
+        return (vectors * floored) @ vectors.T
 
     # -- initialization ------------------------------------------------------------------
     def _initial_resp(self, X: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -160,7 +218,10 @@ class BayesianGaussianMixture:
         centers = X[torch.randint(n, (1,), generator=gen)]
         for _ in range(1, k):  # k-means++ seeding
             dist2 = torch.cdist(X, centers).min(1).values ** 2
-            pick = torch.multinomial(dist2 / dist2.sum(), 1, generator=gen)
+            if dist2.sum() > 0:
+                pick = torch.multinomial(dist2 / dist2.sum(), 1, generator=gen)
+            else:  # every point is already a center: fewer distinct points than K
+                pick = torch.randint(n, (1,), generator=gen)
             centers = torch.cat([centers, X[pick]])
         labels = None
         for _ in range(100):  # Lloyd steps, until no point changes cluster
@@ -168,9 +229,18 @@ class BayesianGaussianMixture:
             if labels is not None and torch.equal(new_labels, labels):
                 break
             labels = new_labels
-            counts = torch.bincount(labels, minlength=k).clamp(min=1).to(X.dtype)
+            counts = torch.bincount(labels, minlength=k).to(X.dtype)
             sums = torch.zeros(k, X.shape[1], dtype=X.dtype).index_add_(0, labels, X)
-            centers = sums / counts[:, None]
+            # An empty cluster keeps its center (it would otherwise jump to the origin).
+            centers = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], centers)
+        distinct = int(labels.unique().numel())
+        if distinct < k:  # scikit-learn's KMeans warns the same way
+            warnings.warn(
+                f"Number of distinct clusters ({distinct}) found smaller than "
+                f"n_clusters ({k}). Possibly due to duplicate points in X.",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
         resp = torch.zeros(n, k, dtype=X.dtype)
         resp[torch.arange(n), labels] = 1.0
         return resp
@@ -330,8 +400,15 @@ class BayesianGaussianMixture:
 
     def predict_proba(self, X) -> torch.Tensor:
         """q(z_n = k) for new points: the E-step responsibilities."""
-        X = torch.as_tensor(np.asarray(X), dtype=torch.float64)
-        return torch.softmax(self._log_rho(X), dim=1)
+        if not hasattr(self, "_w_inv"):
+            raise ValueError(
+                "BayesianGaussianMixture: not fitted yet; call fit(X) before predicting"
+            )
+        d = self.means_.shape[1]
+        X = as_float64("X", X)
+        if X.dim() != 2 or X.shape[1] != d:
+            raise ValueError(f"X: shape {tuple(X.shape)} is not [n_samples, {d}]")
+        return torch.softmax(self._log_rho(finite("X", X)), dim=1)
 
     def predict(self, X) -> torch.Tensor:
         """The most responsible component of each point."""

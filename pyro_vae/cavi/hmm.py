@@ -23,6 +23,14 @@ from dataclasses import dataclass
 
 import torch
 
+from pyro_vae.cavi._checks import (
+    as_float64,
+    finite,
+    log_probabilities,
+    non_negative,
+    positive_int,
+)
+
 
 def forward_backward(log_pi: torch.Tensor, log_A: torch.Tensor, log_lik: torch.Tensor):
     """Exact HMM smoothing in log space.
@@ -35,7 +43,16 @@ def forward_backward(log_pi: torch.Tensor, log_A: torch.Tensor, log_lik: torch.T
         log Z = log Σ_S p(S) Π_t exp(log_lik), marginals ``[T, K]`` and pairwise marginals
         ``[T−1, K, K]`` of the posterior.
     """
+    if log_lik.dim() != 2 or log_lik.shape[0] == 0:
+        raise ValueError(f"log_lik: shape {tuple(log_lik.shape)} is not [T, K] with T ≥ 1")
     T, K = log_lik.shape
+    if log_pi.shape != (K,) or log_A.shape != (K, K):
+        raise ValueError(
+            f"log_pi, log_A: shapes {tuple(log_pi.shape)}, {tuple(log_A.shape)} do not match "
+            f"log_lik's {K} states; expected ({K},) and ({K}, {K})"
+        )
+    for name, value in (("log_pi", log_pi), ("log_A", log_A), ("log_lik", log_lik)):
+        log_probabilities(name, value)
     alpha = torch.empty(T, K, dtype=log_lik.dtype)
     alpha[0] = log_pi + log_lik[0]
     for t in range(1, T):
@@ -65,17 +82,38 @@ class FactorialHMM:
     C: torch.Tensor
 
     def __post_init__(self) -> None:
-        m, k = self.log_pi.shape
-        d = self.C.shape[0]
-        if self.log_A.shape != (m, k, k) or self.W.shape != (m, d, k) or self.C.shape != (d, d):
+        for name in ("log_pi", "log_A", "W", "C"):  # float64, like every CAVI computation
+            setattr(self, name, as_float64(name, getattr(self, name)))
+        shapes = [tuple(getattr(self, n).shape) for n in ("log_pi", "log_A", "W", "C")]
+        ok = self.log_pi.dim() == 2 and self.C.dim() == 2 and min(self.log_pi.shape) >= 1
+        if ok:
+            m, k = self.log_pi.shape
+            d = self.C.shape[0]
+            ok = d >= 1 and shapes[1:] == [(m, k, k), (m, d, k), (d, d)]
+        if not ok:
             raise ValueError(
-                f"log_pi, log_A, W, C: shapes {tuple(self.log_pi.shape)}, "
-                f"{tuple(self.log_A.shape)}, {tuple(self.W.shape)}, {tuple(self.C.shape)} do not "
-                f"agree; expected [M, K], [M, K, K], [M, D, K], [D, D]"
+                f"log_pi, log_A, W, C: shapes {shapes[0]}, {shapes[1]}, {shapes[2]}, "
+                f"{shapes[3]} do not agree; expected [M, K], [M, K, K], [M, D, K], [D, D] "
+                "with M, K, D ≥ 1"
             )
+        for name in ("log_pi", "log_A"):
+            value = log_probabilities(name, getattr(self, name))
+            total = torch.logsumexp(value, -1)
+            worst = float((total.abs()).max()) if bool(torch.isfinite(total).all()) else math.inf
+            # 1e-5 leaves room for parameters normalized in float32 (about K·6e-8 off).
+            if worst > 1e-5:
+                raise ValueError(
+                    f"{name}: rows do not sum to 1 as probabilities (log-sum-exp off 0 by "
+                    f"{worst:.3g}); expected log-probabilities normalized over the last axis"
+                )
+        finite("W", self.W)
+        finite("C", self.C)
+        if not torch.allclose(self.C, self.C.T) or torch.linalg.cholesky_ex(self.C).info != 0:
+            raise ValueError("C: is not symmetric positive definite; expected a noise covariance")
 
     def sample(self, t_len: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw states ``[T, M]`` and observations ``[T, D]`` from the model."""
+        t_len = positive_int("t_len", t_len)
         g = torch.Generator().manual_seed(seed)
         m, _, d = self.sizes
         states = torch.empty(t_len, m, dtype=torch.long)
@@ -96,12 +134,14 @@ class FactorialHMM:
         m, k = self.log_pi.shape
         return m, k, self.C.shape[0]
 
-    def _check(self, y: torch.Tensor) -> torch.Tensor:
-        y = torch.as_tensor(y, dtype=torch.float64)
+    def _check(self, y) -> torch.Tensor:
+        y = as_float64("y", y)
         d = self.sizes[2]
         if y.dim() != 2 or y.shape[1] != d:
             raise ValueError(f"y: shape {tuple(y.shape)} is not [T, {d}]")
-        return y
+        if y.shape[0] == 0:
+            raise ValueError(f"y: shape {tuple(y.shape)} has no time steps; expected T ≥ 1")
+        return finite("y", y)
 
     def log_likelihood_exact(self, y) -> float:
         """log p(Y) by forward on the K^M joint states (small models only)."""
@@ -152,45 +192,80 @@ class _FactorialMeanField:
         model: FactorialHMM,
         tol: float = 1e-8,
         max_iter: int = 500,
+        n_init: int = 1,
         random_state: int | None = None,
     ) -> None:
         self.model = model
         self.tol = tol
         self.max_iter = max_iter
+        self.n_init = n_init
         self.random_state = random_state
 
-    def _start(self, y) -> tuple[torch.Tensor, torch.Tensor]:
-        """The checked data and random initial expectations ``[T, M, K]``."""
+    def fit(self, y):
+        """Fit q(S) to the observations ``y`` ``[T, D]`` from ``n_init`` random starts and
+        keep the one with the highest bound."""
+        if not isinstance(self.model, FactorialHMM):
+            raise ValueError(
+                f"model: {type(self.model).__name__} is not a FactorialHMM; expected the "
+                "model's parameters as a FactorialHMM"
+            )
+        non_negative("tol", self.tol)
+        positive_int("max_iter", self.max_iter)
+        positive_int("n_init", self.n_init)
+        self._check_model()
         y = self.model._check(y)
         m, k, _ = self.model.sizes
+        # One stream for all starts, so the first is the same whatever n_init is.
         gen = torch.Generator().manual_seed(0 if self.random_state is None else self.random_state)
-        return y, torch.softmax(
-            torch.randn(y.shape[0], m, k, generator=gen, dtype=torch.float64), -1
-        )
+        best = None
+        for _ in range(self.n_init):
+            start = torch.softmax(
+                torch.randn(y.shape[0], m, k, generator=gen, dtype=torch.float64), -1
+            )
+            mu, bounds, converged = self._ascend(y, start)
+            if best is None or bounds[-1] > best[1][-1]:
+                best = (mu, bounds, converged)
+        mu, bounds, converged = best
+        self.expectations_, self.lower_bound_, self.lower_bounds_ = mu, bounds[-1], bounds
+        self.n_iter_, self.converged_ = len(bounds), converged
+        return self
+
+    def _check_model(self) -> None:
+        pass
 
     def _done(self, bounds: list[float]) -> bool:
         return len(bounds) > 1 and abs(bounds[-1] - bounds[-2]) < self.tol
 
-    def _store(self, mu: torch.Tensor, bounds: list[float], converged: bool) -> None:
-        self.expectations_, self.lower_bound_, self.lower_bounds_ = mu, bounds[-1], bounds
-        self.n_iter_, self.converged_ = len(bounds), converged
+
+_SHARED_DOC = """
+    Args:
+        model: the :class:`FactorialHMM`.
+        tol: stop when a sweep changes the bound by less than this (nats).
+        max_iter: most sweeps per start.
+        n_init: random starts (as in scikit-learn); the highest bound is kept. The bound has
+            local maxima, and one start can stop several nats below the best.
+        random_state: seed of the initial expectations (``None`` is seed 0).
+
+    Attributes (after ``fit(y)``): ``expectations_`` ⟨s_t⁽ᵐ⁾⟩ ``[T, M, K]``,
+    ``lower_bound_``, ``lower_bounds_`` (per sweep of the kept start), ``n_iter_``, and
+    ``converged_``: whether the kept start reached a fixed point of its update within
+    ``tol`` in ``max_iter`` sweeps (the meaning shared by every ``pyro_vae.cavi``
+    estimator). A sweep is coordinate ascent, which raises the bound by the KL divergences
+    between each old factor and its update, so a sweep that raises it by less than ``tol``
+    ends at a fixed point within ``tol`` nats.
+"""
 
 
 class StructuredMeanField(_FactorialMeanField):
-    """Structured mean field for a factorial HMM (Ghahramani & Jordan 1997), scikit-learn style.
+    __doc__ = (
+        """Structured mean field for a factorial HMM (Ghahramani & Jordan 1997), scikit-learn
+    style: q(S) = Π_m q_m(S⁽ᵐ⁾), each chain an HMM updated by one forward-backward pass.
+"""
+        + _SHARED_DOC
+    )
 
-    Args:
-        model: the :class:`FactorialHMM`.
-        tol, max_iter: stop when the bound improves by less than ``tol`` in a sweep.
-        random_state: seed of the initial expectations.
-
-    Attributes (after ``fit(y)``): ``expectations_`` ⟨s_t⁽ᵐ⁾⟩ ``[T, M, K]``,
-    ``lower_bound_``, ``lower_bounds_``, ``n_iter_``, ``converged_``.
-    """
-
-    def fit(self, y) -> StructuredMeanField:
+    def _ascend(self, y, mu) -> tuple[torch.Tensor, list[float], bool]:
         model = self.model
-        y, mu = self._start(y)
         m, k, _ = model.sizes
         log_zs = torch.zeros(m, dtype=torch.float64)
         log_hs = torch.zeros(m, y.shape[0], k, dtype=torch.float64)
@@ -212,15 +287,27 @@ class StructuredMeanField(_FactorialMeanField):
             if self._done(bounds):
                 converged = True
                 break
-        self._store(mu, bounds, converged)
-        return self
+        return mu, bounds, converged
 
 
 class NaiveMeanField(_FactorialMeanField):
-    """Fully factorized q(S) = Π_m Π_t q(s_t⁽ᵐ⁾) for a factorial HMM, by coordinate ascent.
+    __doc__ = (
+        """Fully factorized q(S) = Π_m Π_t q(s_t⁽ᵐ⁾) for a factorial HMM, by coordinate ascent
+    (scikit-learn style): each q(s_t⁽ᵐ⁾) is updated given its Markov blanket.
+"""
+        + _SHARED_DOC
+    )
 
-    Same arguments and attributes as :class:`StructuredMeanField`.
-    """
+    def _check_model(self) -> None:
+        for name in ("log_pi", "log_A"):
+            zeros = int((getattr(self.model, name) == -math.inf).sum())
+            if zeros:
+                raise ValueError(
+                    f"model: {name} has {zeros} zero probabilities (−inf); naive mean field "
+                    "averages log-probabilities over independent factors, so its bound is −∞ "
+                    "unless every one is positive; expected all finite (StructuredMeanField "
+                    "handles zeros)"
+                )
 
     def _bound(self, y, mu) -> float:
         model = self.model
@@ -230,9 +317,8 @@ class NaiveMeanField(_FactorialMeanField):
         entropy = -torch.special.xlogy(mu, mu).sum()
         return float(model._expected_log_emission(y, mu) + prior + entropy)
 
-    def fit(self, y) -> NaiveMeanField:
+    def _ascend(self, y, mu) -> tuple[torch.Tensor, list[float], bool]:
         model = self.model
-        y, mu = self._start(y)
         m = model.sizes[0]
         t_len = y.shape[0]
         bounds, converged = [], False
@@ -249,5 +335,4 @@ class NaiveMeanField(_FactorialMeanField):
             if self._done(bounds):
                 converged = True
                 break
-        self._store(mu, bounds, converged)
-        return self
+        return mu, bounds, converged

@@ -24,24 +24,26 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pyro.distributions as dist
 import torch
 
+from pyro_vae.cavi._checks import as_float64, finite, non_negative, positive, positive_int
+
 
 def _as_data(X, y) -> tuple[torch.Tensor, torch.Tensor]:
-    X = torch.as_tensor(np.asarray(X), dtype=torch.float64)
-    y = torch.as_tensor(np.asarray(y), dtype=torch.float64)
+    X, y = as_float64("X", X), as_float64("y", y)
     if X.dim() != 2:
         raise ValueError(f"X: shape {tuple(X.shape)} is not [N, D]")
+    if X.shape[0] == 0:
+        raise ValueError(f"X: shape {tuple(X.shape)} has no rows; expected N ≥ 1 observations")
+    if X.shape[1] == 0:
+        raise ValueError(f"X: shape {tuple(X.shape)} has no columns; expected D ≥ 1 features")
     if y.shape != (X.shape[0],):
         raise ValueError(
             f"y: shape {tuple(y.shape)} does not match X's {X.shape[0]} rows; "
             f"expected ({X.shape[0]},)"
         )
-    if not (torch.isfinite(X).all() and torch.isfinite(y).all()):
-        raise ValueError("X, y: hold NaN or infinite entries")
-    return X, y
+    return finite("X", X), finite("y", y)
 
 
 class BayesianLinearRegression:
@@ -50,14 +52,20 @@ class BayesianLinearRegression:
     Args:
         a0, b0: Gamma prior shape and rate of the noise precision τ.
         lambda0: prior precision of the weights, relative to τ.
-        tol: stop when the ELBO improves by less than this.
+        tol: stop when an iteration changes the ELBO by less than this (nats).
         max_iter: most CAVI iterations.
 
     Attributes (after ``fit``):
         coef_: E_q[w] (equal to the exact posterior mean).
         coef_covariance_: Cov_q(w) = (E_q[τ] Λ)⁻¹.
         precision_shape_, precision_rate_: q(τ) = Gamma(shape, rate).
-        lower_bound_, lower_bounds_, n_iter_, converged_: the ELBO and its history.
+        lower_bound_, lower_bounds_, n_iter_: the ELBO and its history.
+        converged_: whether CAVI reached a fixed point of its update within ``tol`` in
+            ``max_iter`` iterations (the meaning shared by every ``pyro_vae.cavi``
+            estimator). An iteration is coordinate ascent, which raises the ELBO by the KL
+            divergences between the old and new factors, so one that raises it by less than
+            ``tol`` ends at a fixed point within ``tol`` nats. (The fixed point has a closed
+            form, E_q[τ] = (a₀ + N/2) / (b₀ + ½(‖y − Xm‖² + λ₀‖m‖²)).)
         log_evidence_: exact log p(y).
         posterior_mean_, posterior_shape_, posterior_rate_, posterior_precision_matrix_:
             the exact Normal-Gamma posterior (m, a, b, Λ).
@@ -77,19 +85,17 @@ class BayesianLinearRegression:
         self.tol = tol
         self.max_iter = max_iter
 
-    def _validate(self) -> None:
-        for name in ("a0", "b0", "lambda0"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name}: {value} is not a positive number")
-        if not (isinstance(self.max_iter, int) and self.max_iter >= 1):
-            raise ValueError(f"max_iter: {self.max_iter!r} is not a positive integer")
+    def _validate(self) -> tuple[float, float, float]:
+        """Check the settings; return (a₀, b₀, λ₀) as floats."""
+        non_negative("tol", self.tol)
+        positive_int("max_iter", self.max_iter)
+        return tuple(positive(name, getattr(self, name)) for name in ("a0", "b0", "lambda0"))
 
     def fit(self, X, y) -> BayesianLinearRegression:
-        self._validate()
+        priors = self._validate()
         X, y = _as_data(X, y)
         n, d = X.shape
-        a0, b0, lam0 = self.a0, self.b0, self.lambda0
+        a0, b0, lam0 = priors
         precision = lam0 * torch.eye(d, dtype=torch.float64) + X.T @ X
         mean = torch.linalg.solve(precision, X.T @ y)
         _, logdet = torch.linalg.slogdet(precision)
@@ -114,7 +120,7 @@ class BayesianLinearRegression:
         for _ in range(self.max_iter):
             q_rate = b0 + 0.5 * (residual + d / e_tau)
             e_tau = q_shape / q_rate
-            bounds.append(self._elbo(n, d, logdet, residual, q_shape, q_rate))
+            bounds.append(self._elbo(priors, n, d, logdet, residual, q_shape, q_rate))
             if len(bounds) > 1 and abs(bounds[-1] - bounds[-2]) < self.tol:
                 converged = True
                 break
@@ -125,10 +131,10 @@ class BayesianLinearRegression:
         self.n_iter_, self.converged_ = len(bounds), converged
         return self
 
-    def _elbo(self, n, d, logdet, residual, q_shape, q_rate) -> float:
+    def _elbo(self, priors, n, d, logdet, residual, q_shape, q_rate) -> float:
         """E_q[log p(y, w, τ)] − E_q[log q(w) q(τ)], all constants kept, with q(w) at its
         CAVI optimum for the current q(τ)."""
-        a0, b0, lam0 = self.a0, self.b0, self.lambda0
+        a0, b0, lam0 = priors
         e_tau = q_shape / q_rate
         e_log_tau = _digamma(q_shape) - math.log(q_rate)
         # E_q[‖y − Xw‖² + λ₀‖w‖²] = residual + tr(Λ Cov_q w) = residual + D / E[τ]
@@ -171,7 +177,13 @@ class BayesianLinearRegression:
 
     def predict(self, X, return_std: bool = False):
         """E[y | X] under q; with ``return_std`` also the predictive sd of the noisy y."""
-        X = torch.as_tensor(np.asarray(X), dtype=torch.float64)
+        if not hasattr(self, "coef_"):
+            raise ValueError("BayesianLinearRegression: not fitted yet; call fit(X, y) first")
+        d = self.coef_.shape[0]
+        X = as_float64("X", X)
+        if X.dim() != 2 or X.shape[1] != d:
+            raise ValueError(f"X: shape {tuple(X.shape)} is not [N, {d}]")
+        X = finite("X", X)
         mean = X @ self.coef_
         if not return_std:
             return mean

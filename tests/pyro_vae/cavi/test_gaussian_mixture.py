@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import BayesianGaussianMixture as SklearnBGM
 from torch.distributions import Dirichlet, MultivariateNormal, Wishart
 
@@ -120,6 +121,81 @@ def _monte_carlo_elbo(fit, X, resp, s=20000):
     return e_z + prior - q
 
 
+def test_converged_means_one_more_iteration_moves_nothing(separated):
+    kwargs = dict(n_components=3, random_state=0, reg_covar=0.0)
+    fit = BayesianGaussianMixture(tol=1e-8, max_iter=1000, **kwargs).fit(separated)
+    assert fit.converged_
+    # tol=0 never stops early, so these run exactly n_iter_ and n_iter_ + 1 iterations
+    # from the same k-means start.
+    same = BayesianGaussianMixture(tol=0.0, max_iter=fit.n_iter_, **kwargs).fit(separated)
+    more = BayesianGaussianMixture(tol=0.0, max_iter=fit.n_iter_ + 1, **kwargs).fit(separated)
+    assert not same.converged_ and same.lower_bound_ == fit.lower_bound_
+    # The last iteration raised the ELBO by < tol, and that rise is Σ KL(old ‖ new) ≥
+    # 2 TV² ≥ 2 max |Δr_nk|² (Pinsker), so it moved no responsibility by more than
+    # sqrt(tol / 2) = 7e-5. Near a fixed point the next iteration moves them less; we allow
+    # twice that bound, sqrt(2 tol). (Measured: 1.2e-6.)
+    moved = (more.predict_proba(separated) - same.predict_proba(separated)).abs().max()
+    assert moved <= math.sqrt(2 * 1e-8)
+
+
+def _sorted(means, weights, column=0):
+    order = np.argsort(np.asarray(means)[:, column], kind="stable")
+    return np.asarray(means)[order], np.asarray(weights)[order]
+
+
+def test_fewer_distinct_points_than_components_fit_as_in_scikit_learn():
+    # 3 distinct points for 5 components: k-means++ runs out of new centers, and scikit-
+    # learn's KMeans warns and leaves two components empty. Ours crashed in seeding.
+    points = np.array([[0.0, 0.0], [5.0, 0.0], [0.0, 5.0]])
+    counts = np.array([10, 7, 4])
+    X = np.repeat(points, counts, axis=0)
+    kwargs = dict(n_components=5, tol=1e-8, max_iter=1000, random_state=0)
+    message = r"Number of distinct clusters \(3\) found smaller than n_clusters \(5\)"
+    with pytest.warns(ConvergenceWarning, match=message):
+        sk = SklearnBGM(weight_concentration_prior_type="dirichlet_distribution", **kwargs).fit(X)
+    with pytest.warns(ConvergenceWarning, match=message):
+        ours = BayesianGaussianMixture(**kwargs).fit(X)
+    assert ours.converged_ and math.isfinite(ours.lower_bound_)
+    # Sorted on x + 10 y, the empty components (at the prior mean) tie and are equal.
+    key = np.array([[1.0], [10.0]])
+    (ours_means, ours_weights), (sk_means, sk_weights) = (
+        _sorted(np.column_stack([m, m @ key]), w, column=2)
+        for m, w in ((ours.means_.numpy(), ours.weights_.numpy()), (sk.means_, sk.weights_))
+    )
+    np.testing.assert_allclose(ours_means, sk_means, atol=1e-6)
+    np.testing.assert_allclose(ours_weights, sk_weights, atol=1e-6)
+
+
+def test_a_constant_feature_fits_as_in_scikit_learn():
+    # The default covariance prior is the data covariance; a constant feature makes it
+    # singular, the Wishart prior improper and our bound −∞ (it never converged).
+    rng = np.random.default_rng(2)
+    X = np.concatenate([rng.normal(0, 1, (40, 2)), rng.normal([12, 0], 1, (30, 2))])
+    X = np.column_stack([X, np.full(len(X), 3.0)])
+    kwargs = dict(n_components=2, tol=1e-8, max_iter=1000, random_state=0)
+    sk = SklearnBGM(weight_concentration_prior_type="dirichlet_distribution", **kwargs).fit(X)
+    ours = BayesianGaussianMixture(**kwargs).fit(X)
+    assert sk.converged_ and ours.converged_ and math.isfinite(ours.lower_bound_)
+    # Our prior's eigenvalue in the constant direction is raised to reg_covar (scikit-
+    # learn's is 0, with the prior's normalizer dropped from its bound). With clusters 12
+    # standard deviations apart no responsibility is in doubt, so that prior shifts nothing
+    # visible: 1e-6 is far above what it moves and far below any other fit.
+    (ours_means, ours_weights), (sk_means, sk_weights) = (
+        _sorted(m, w)
+        for m, w in ((ours.means_.numpy(), ours.weights_.numpy()), (sk.means_, sk.weights_))
+    )
+    np.testing.assert_allclose(ours_means, sk_means, atol=1e-6)
+    np.testing.assert_allclose(ours_weights, sk_weights, atol=1e-6)
+    # The model with default priors is translation-equivariant, so shifting the data
+    # leaves the ELBO unchanged. This shift makes the constant column's variance round to
+    # 2e-34 instead of 0, which must get the same prior (to float rounding of a bound of
+    # magnitude ~1e2; left as the data covariance, that prior put the bound 189 nats lower).
+    shifted = BayesianGaussianMixture(**kwargs).fit(X + np.array([0.0, 0.0, -2.9]))
+    assert shifted.lower_bound_ == pytest.approx(ours.lower_bound_, abs=1e-8)
+    with pytest.raises(ValueError, match="reg_covar: 0, but X's covariance is singular"):
+        BayesianGaussianMixture(2, reg_covar=0.0).fit(X)
+
+
 @pytest.mark.parametrize(
     "X, kwargs, message",
     [
@@ -132,8 +208,37 @@ def _monte_carlo_elbo(fit, X, resp, s=20000):
             {"degrees_of_freedom_prior": 1.0},
             "must exceed n_features - 1 = 2",
         ),
+        (np.zeros((1, 2)), {}, "X: 1 sample; expected at least 2"),
+        (np.zeros((4, 0)), {}, "n_features ≥ 1"),
+        (
+            np.array([[0.0, np.inf], [1.0, np.nan], [2.0, 1.0]]),
+            {},
+            "X: 1 of its 6 entries is NaN and 1 infinite",
+        ),
+        (np.eye(3), {"n_components": 2.0}, "n_components: 2.0 is not a positive integer"),
+        (np.eye(3), {"tol": -1.0}, "tol: -1.0 is not a finite non-negative number"),
+        (np.eye(3), {"reg_covar": -1e-6}, "reg_covar: -1e-06"),
+        (np.eye(3), {"weight_concentration_prior": 0.0}, "weight_concentration_prior: 0.0"),
+        (np.eye(3), {"mean_precision_prior": -1.0}, "mean_precision_prior: -1.0"),
+        (np.eye(3), {"mean_prior": [0.0, 0.0]}, r"mean_prior: shape \(2,\) does not match 3"),
+        (
+            np.eye(3),
+            {"covariance_prior": -np.eye(3)},
+            "covariance_prior: is not symmetric positive",
+        ),
+        (np.eye(3), {"covariance_prior": np.eye(2)}, r"covariance_prior: shape \(2, 2\)"),
     ],
 )
 def test_bad_input_is_named(X, kwargs, message):
     with pytest.raises(ValueError, match=message):
         BayesianGaussianMixture(**kwargs).fit(X)
+
+
+def test_predicting_needs_a_fit_and_matching_points(separated):
+    with pytest.raises(ValueError, match="not fitted yet"):
+        BayesianGaussianMixture(2).predict(separated)
+    fit = BayesianGaussianMixture(2, random_state=0).fit(separated)
+    with pytest.raises(ValueError, match=r"X: shape \(4, 3\) is not \[n_samples, 2\]"):
+        fit.predict_proba(np.zeros((4, 3)))
+    with pytest.raises(ValueError, match="X: 1 of its 2 entries is NaN"):
+        fit.predict(np.array([[np.nan, 0.0]]))

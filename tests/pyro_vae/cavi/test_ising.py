@@ -1,10 +1,12 @@
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from pyro_vae.cavi import IsingMeanField, grid_couplings, ising_log_partition_exact
+from pyro_vae.cavi.ising import fixed_point_residual
 
 
 def brute_force_log_z(J, h, beta):
@@ -70,6 +72,63 @@ def test_parallel_damped_updates_reach_the_same_fixed_point():
     torch.testing.assert_close(seq.magnetization_, par.magnetization_, atol=1e-4, rtol=0)
 
 
+def mean_field_step(m, J, h, beta):
+    """The mean-field equations' right-hand side, tanh(β (h + J m)), written out here."""
+    return torch.tanh(beta * (h + J @ m))
+
+
+@pytest.mark.parametrize(
+    "update, damping, side, beta, field",
+    [
+        ("sequential", 0.5, 5, 0.44, 0.0),
+        ("sequential", 0.5, 5, 0.7, 0.1),
+        ("parallel", 0.5, 5, 0.7, 0.0),
+        ("parallel", 0.5, 3, 0.8, 0.1),
+        ("parallel", 1.0, 4, 1.0, 0.0),  # undamped, and no cycle from this start
+    ],
+)
+def test_converged_means_a_fixed_point_of_the_mean_field_equations(
+    update, damping, side, beta, field
+):
+    J = grid_couplings(side, side)
+    h = torch.full((side * side,), field, dtype=torch.float64)
+    tol = 1e-10
+    fit = IsingMeanField(beta, update, damping, tol=tol, random_state=0).fit(J, h)
+    assert fit.converged_ and fit.n_iter_ < fit.max_iter
+    m = fit.magnetization_
+    residual = (mean_field_step(m, J, h, beta) - m).abs().max().item()
+    # Pinsker: KL(q_i ‖ q_i') ≥ ½ (m_i − m_i')², so a state whose summed KL residual is
+    # below tol has |tanh(β(h + Jm)) − m| ≤ sqrt(2 tol) at every spin. A sequential sweep
+    # that gained < tol moved each spin by ≤ sqrt(2 tol); each spin's input has since moved
+    # by at most (its degree ≤ 4) x sqrt(2 tol), and tanh(β ·) is β-Lipschitz.
+    allowed = math.sqrt(2 * tol) * (1 if update == "parallel" else 4 * beta)
+    assert residual <= allowed
+    if update == "parallel":
+        assert fixed_point_residual(m, J, h, beta) < tol
+
+
+@pytest.mark.parametrize("beta", [0.44, 0.7])
+def test_undamped_parallel_updates_that_cycle_do_not_converge(beta):
+    # On a bipartite grid with no field, all-at-once updates from a small random start
+    # overshoot into a 2-cycle between the two checkerboard (antiferromagnetic) patterns:
+    # the bound is the same at both, so "the bound stopped changing" is not a fixed point.
+    J = grid_couplings(5, 5)
+    h = torch.zeros(25, dtype=torch.float64)
+    par = IsingMeanField(beta, "parallel", damping=1.0, random_state=0).fit(J, h)
+    seq = IsingMeanField(beta, random_state=0).fit(J, h)
+    m = par.magnetization_
+    once = mean_field_step(m, J, h, beta)
+    assert not par.converged_ and par.n_iter_ == par.max_iter
+    assert (once - m).abs().max() > 1.0  # one update flips the spins: no fixed point
+    # ... and a second flips them back: a 2-cycle (equal up to float rounding).
+    torch.testing.assert_close(mean_field_step(once, J, h, beta), m, rtol=0, atol=1e-12)
+    signs = torch.sign(m).view(5, 5)
+    checkerboard = torch.tensor([[(-1.0) ** (r + c) for c in range(5)] for r in range(5)])
+    assert torch.equal(signs, checkerboard.to(signs)) or torch.equal(signs, -checkerboard.to(signs))
+    # The cycle's bound is far below the sequential fixed point's (23.5 and 52.4 nats).
+    assert seq.converged_ and par.lower_bound_ < seq.lower_bound_ - 20
+
+
 @pytest.mark.parametrize(
     "J, h, message",
     [
@@ -77,6 +136,10 @@ def test_parallel_damped_updates_reach_the_same_fixed_point():
         (torch.tensor([[0.0, 1.0], [2.0, 0.0]]), None, "not symmetric"),
         (torch.eye(2), None, "diagonal is not zero"),
         (torch.zeros(2, 2), torch.zeros(3), "h: shape"),
+        (torch.tensor([[0.0, float("nan")], [1.0, 0.0]]), None, "J: 1 of its 4 entries is NaN"),
+        (torch.zeros(2, 2), torch.tensor([0.0, float("inf")]), "h: 1 of its 2 .* infinite"),
+        (torch.zeros(0, 0), None, "no spins"),
+        ([["a", "b"], ["c", "d"]], None, "J: dtype <U1 is not real"),
     ],
 )
 def test_bad_models_are_named(J, h, message):
@@ -91,3 +154,25 @@ def test_bad_settings_and_too_many_spins():
         IsingMeanField(damping=0).fit(torch.zeros(2, 2))
     with pytest.raises(ValueError, match="26 spins is too many"):
         ising_log_partition_exact(torch.zeros(26, 26))
+    with pytest.raises(ValueError, match="rows: 0 is not a positive integer"):
+        grid_couplings(0, 3)
+    with pytest.raises(ValueError, match="coupling: nan"):
+        grid_couplings(2, 2, coupling=float("nan"))
+    with pytest.raises(ValueError, match="beta: nan"):
+        ising_log_partition_exact(torch.zeros(2, 2), beta=float("nan"))
+    for name, value, message in [
+        ("tol", -1e-3, "tol: -0.001 is not a finite non-negative number"),
+        ("tol", float("nan"), "tol: nan"),
+        ("max_iter", 2.5, "max_iter: 2.5 is not a positive integer"),
+        ("n_init", 0, "n_init: 0 is not a positive integer"),
+        ("n_init", True, "n_init: True is not a positive integer"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            IsingMeanField(**{name: value}).fit(torch.zeros(2, 2))
+
+
+def test_numpy_integer_settings_are_accepted():
+    J = grid_couplings(2, 2)
+    with_numpy = IsingMeanField(n_init=np.int64(2), max_iter=np.int32(50), random_state=0).fit(J)
+    plain = IsingMeanField(n_init=2, max_iter=50, random_state=0).fit(J)
+    assert with_numpy.lower_bound_ == plain.lower_bound_

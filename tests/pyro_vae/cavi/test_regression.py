@@ -79,6 +79,28 @@ def test_mean_field_gap_is_positive_and_the_bound_only_rises(data):
     torch.testing.assert_close(fit.coef_, fit.posterior_mean_)
 
 
+def test_converged_means_the_closed_form_fixed_point(data):
+    X, y = data
+    a0, b0, lam0 = 2.0, 0.5, 0.3
+    fit = BayesianLinearRegression(a0=a0, b0=b0, lambda0=lam0, tol=1e-12).fit(X, y)
+    assert fit.converged_
+    # The CAVI fixed point solves E[τ] = (a₀ + (N+D)/2) / (b₀ + ½(R + D/E[τ])) with
+    # R = ‖y − Xm‖² + λ₀‖m‖², i.e. E[τ] = (a₀ + N/2) / (b₀ + R/2), from the exact m.
+    n, d = X.shape
+    m = torch.linalg.solve(lam0 * torch.eye(d, dtype=X.dtype) + X.T @ X, X.T @ y)
+    r = float(((y - X @ m) ** 2).sum() + lam0 * m @ m)
+    e_tau = (a0 + n / 2) / (b0 + r / 2)
+    # The last iteration scaled q(τ)'s rate and q(w)'s covariance by 1 + δ, which raised
+    # the bound by KL = (a' + D/2)(δ − log(1 + δ)) ≈ ½ (a' + D/2) δ² (a' = q(τ)'s shape)
+    # < tol; the update contracts errors in E[τ] by ρ ≈ D / (2a') = 0.08, so E[τ] is
+    # within ρ/(1 − ρ)·δ < δ ≤ sqrt(2 tol / (a' + D/2)) = 3.2e-7 of the fixed point, relatively.
+    # (Measured: 1.0e-8.)
+    shape = fit.precision_shape_
+    assert shape / fit.precision_rate_ == pytest.approx(
+        e_tau, rel=math.sqrt(2 * 1e-12 / (shape + d / 2))
+    )
+
+
 def test_predict(data):
     X, y = data
     fit = BayesianLinearRegression().fit(X, y)
@@ -99,3 +121,26 @@ def test_bad_input_is_named(data):
     bad[0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         BayesianLinearRegression().fit(bad, y)
+    with pytest.raises(ValueError, match=r"X: shape \(0, 3\) has no rows; expected N ≥ 1"):
+        BayesianLinearRegression().fit(torch.zeros(0, 3), torch.zeros(0))
+    with pytest.raises(ValueError, match=r"X: shape \(30, 0\) has no columns"):
+        BayesianLinearRegression().fit(X[:, :0], y)
+    with pytest.raises(ValueError, match="y: 1 of its 30 entries is infinite"):
+        BayesianLinearRegression().fit(X, torch.where(torch.arange(30) == 4, float("inf"), y))
+    with pytest.raises(ValueError, match="tol: -1.0"):
+        BayesianLinearRegression(tol=-1.0).fit(X, y)
+    with pytest.raises(ValueError, match="max_iter: True is not a positive integer"):
+        BayesianLinearRegression(max_iter=True).fit(X, y)
+    with pytest.raises(ValueError, match="lambda0: nan is not a positive number"):
+        BayesianLinearRegression(lambda0=float("nan")).fit(X, y)
+
+
+def test_predicting_needs_a_fit_and_matching_rows(data):
+    X, y = data
+    with pytest.raises(ValueError, match="not fitted yet"):
+        BayesianLinearRegression().predict(X)
+    fit = BayesianLinearRegression().fit(X, y)
+    with pytest.raises(ValueError, match=r"X: shape \(5, 2\) is not \[N, 3\]"):
+        fit.predict(X[:5, :2])
+    with pytest.raises(ValueError, match="X: 3 of its 3 entries are NaN"):
+        fit.predict(torch.full((1, 3), float("nan")))

@@ -1,0 +1,79 @@
+"""Argument checks shared by the CAVI estimators: each error names the argument, the value
+and what was expected."""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+import torch
+
+
+def positive_int(name: str, value) -> int:
+    """``value`` as an int if it is an integer ≥ 1 (Python or NumPy; not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name}: {value!r} is not a positive integer")
+    return int(value)
+
+
+def non_negative(name: str, value) -> float:
+    """``value`` as a float if it is a finite real number ≥ 0."""
+    number = real(value)
+    if number is None or not (math.isfinite(number) and number >= 0):
+        raise ValueError(f"{name}: {value!r} is not a finite non-negative number")
+    return number
+
+
+def positive(name: str, value) -> float:
+    """``value`` as a float if it is a finite real number > 0."""
+    number = real(value)
+    if number is None or not (math.isfinite(number) and number > 0):
+        raise ValueError(f"{name}: {value!r} is not a positive number")
+    return number
+
+
+def real(value) -> float | None:
+    """A real scalar (Python, NumPy or 0-d tensor; not a bool) as a float, else None."""
+    if isinstance(value, torch.Tensor) and value.dim() == 0:
+        if value.is_complex() or value.dtype == torch.bool:
+            return None
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    return float(value)
+
+
+def finite(name: str, tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` if every entry is finite; otherwise say how many are NaN and infinite."""
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        nan = int(torch.isnan(tensor).sum())
+        inf = int(torch.isinf(tensor).sum())
+        first, kind = (nan, "NaN") if nan else (inf, "infinite")
+        what = f"{first} of its {tensor.numel()} entries {'is' if first == 1 else 'are'} {kind}"
+        if nan and inf:
+            what += f" and {inf} infinite"
+        raise ValueError(f"{name}: {what}; expected finite values")
+    return tensor
+
+
+def log_probabilities(name: str, tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` if it holds no NaN and no +inf (−inf, a zero probability, is allowed)."""
+    finite(name, torch.where(tensor == -math.inf, 0.0, tensor))
+    return tensor
+
+
+def as_float64(name: str, value) -> torch.Tensor:
+    """``value`` (a tensor or anything NumPy reads as an array) as a float64 tensor, or
+    ``ValueError`` naming it if its entries are not real numbers."""
+    if isinstance(value, torch.Tensor):
+        if value.is_complex():
+            raise ValueError(f"{name}: dtype {value.dtype} is not real")
+        return value.to(torch.float64)
+    try:
+        array = np.asarray(value)
+    except ValueError as error:  # a ragged nested list
+        raise ValueError(f"{name}: {error}") from error
+    if array.dtype.kind not in "biuf":
+        raise ValueError(f"{name}: dtype {array.dtype} is not real numbers")
+    return torch.as_tensor(array.astype(np.float64))
