@@ -119,6 +119,7 @@ EDITS = {
 # (id, setup: None | (made name, edit name or None), argv, words in the message)
 # Placeholders in argv: {run} the copied folder, {new} a path that does not exist yet,
 # {tmp} the test's folder, and the names of `made`.
+# fmt: off
 CLI = [
     # --- fit: counts and numbers, refused before any work --------------------------------
     *[
@@ -605,6 +606,7 @@ CLI = [
     ("no-command", None, [], ["required"]),
     ("bad-command", None, ["train"], ["invalid choice"]),
 ]
+# fmt: on
 
 
 class BaselineGuide(AmortizedBernoulli):
@@ -766,6 +768,7 @@ def _cavi(kind, *args, **kwargs):
 
 
 NAN_X = torch.full((3, 64), float("nan"))
+# fmt: off
 PY = [
     # TrainConfig
     *[
@@ -833,6 +836,7 @@ PY = [
     ("mixture-components", lambda: _cavi("BayesianGaussianMixture", torch.zeros(5, 2), n_components=0), ValueError, ["n_components"]),
     ("ising-update", lambda: _cavi("IsingMeanField", torch.zeros(4, 4), update="random"), ValueError, ["update"]),
 ]
+# fmt: on
 
 
 @pytest.mark.parametrize(("call", "error", "words"), [c[1:] for c in PY], ids=[c[0] for c in PY])
