@@ -1,9 +1,22 @@
 """Shared fixtures: every test starts from a seeded RNG and an empty parameter store;
-``one_thread`` runs a module single-threaded."""
+``one_thread`` runs a module single-threaded.
+
+The suite runs in two pytest-xdist workers (``-n 2`` in pyproject.toml), one per core;
+each worker then keeps torch to one thread, since two workers of two threads each on two
+cores spend their time handing work back and forth.
+"""
+
+import os
 
 import pyro
 import pytest
 import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+    # and so do the processes the tests start (tutorial kernels, the CLI in a subprocess)
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[variable] = "1"
 
 
 @pytest.fixture(autouse=True)

@@ -59,7 +59,11 @@ def test_svi_is_exact_without_couplings():
     guide = fit_svi(model)
     elbo, stderr = elbo_estimate(model, guide, num_samples=20000)
     exact = ising_log_partition_exact(torch.zeros(4, 4), h, 1.0)
-    assert elbo <= exact + 4 * stderr
+    # q is nearly the exact posterior here, so the Monte Carlo error is ~1e-7 and below the
+    # float32 rounding of each draw's ELBO: five terms (four spins and the energy factor,
+    # each under 10 nats) summed in float32 round by at most 5 · 10 · ε32 ≈ 6e-6, which
+    # 1e-5 covers (it once measured 4e-6 above the exact value, with 4 stderr = 5e-7).
+    assert elbo <= exact + 4 * stderr + 1e-5
     assert elbo == pytest.approx(exact, abs=0.05)
 
 
