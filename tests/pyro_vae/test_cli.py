@@ -427,3 +427,38 @@ def test_a_stopped_fit_says_where_it_stands_and_resumes(tmp_path, signal_name, c
     assert "Traceback" not in err
     epoch = RunFolder(run).load_checkpoint()["epoch"]
     assert main(["fit", "--resume", str(run), "--epochs", str(epoch + 1), "--no-progress"]) == 0
+
+
+def test_evaluate_with_ll_samples_0_keeps_the_saved_log_likelihood(trained, tmp_path):
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(trained, run)
+    saved = json.loads((run / "metrics.json").read_text())["test"]
+    assert main(["evaluate", str(run), "--ll-samples", "0"]) == 0
+    test = json.loads((run / "metrics.json").read_text())["test"]
+    for key in ("log_likelihood", "log_likelihood_samples", "log_likelihood_points"):
+        assert test[key] == saved[key], key
+
+
+def test_idx_paths_are_stored_absolute(tmp_path, monkeypatch):
+    import numpy as np
+
+    from pyro_vae.idx import write_idx
+
+    data = tmp_path / "mnistish"
+    data.mkdir()
+    images = np.random.default_rng(0).integers(0, 256, size=(30, 4, 4)).astype(np.uint8)
+    for stem, array in {
+        "train-images-idx3-ubyte": images,
+        "t10k-images-idx3-ubyte": images[:10],
+        "train-labels-idx1-ubyte": np.zeros(30, np.uint8),
+        "t10k-labels-idx1-ubyte": np.zeros(10, np.uint8),
+    }.items():
+        write_idx(data / stem, array)
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", "--data", "idx:mnistish", "--epochs", "1", "--out", "run", *FAST]) == 0
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["data"]["name"] == f"idx:{data}"
+    monkeypatch.chdir("/")
+    assert main(["evaluate", str(tmp_path / "run"), "--ll-samples", "5"]) == 0

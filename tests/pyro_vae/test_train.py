@@ -335,3 +335,14 @@ def test_a_compiled_run_resumed_has_the_history_of_one_straight_through(digits, 
     fit(model, guide, digits, Trace_ELBO(), quiet(epochs=3, **config), run, resume=True)
     a, b = RunFolder(tmp_path / "a").load_checkpoint(), run.load_checkpoint()
     assert [r["train_elbo"] for r in a["history"]] == [r["train_elbo"] for r in b["history"]]
+
+
+def test_a_bad_row_in_a_late_batch_is_refused_before_the_first_step(digits):
+    import dataclasses
+
+    train_x = digits.train_x.clone()
+    train_x[-1, 0] = 0.5  # a non-binary pixel in the last row: the first batch misses it
+    data = dataclasses.replace(digits, train_x=train_x)
+    model, guide = small_vae(data)
+    with pytest.raises(ValueError, match=r"rows 0..1454\): Bernoulli likelihood needs binary"):
+        fit(model, guide, data, Trace_ELBO(), quiet(epochs=1, batch_size=64))
