@@ -346,3 +346,18 @@ def test_a_bad_row_in_a_late_batch_is_refused_before_the_first_step(digits):
     model, guide = small_vae(data)
     with pytest.raises(ValueError, match=r"rows 0..1454\): Bernoulli likelihood needs binary"):
         fit(model, guide, data, Trace_ELBO(), quiet(epochs=1, batch_size=64))
+
+
+def test_data_outside_the_support_is_reported_as_such_not_as_divergence():
+    # Pyro says a value "found invalid values" both for NaN parameters (divergence) and
+    # for data outside a distribution's support; the second is bad data.
+    def model(x):
+        p = pyro.param(
+            "p", torch.tensor(0.3), constraint=pyro.distributions.constraints.unit_interval
+        )
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", pyro.distributions.Bernoulli(p), obs=x)
+
+    data = TensorData(torch.tensor([0.0, 1.0, 0.5, 1.0]))
+    with pytest.raises(ValueError, match="Expected value argument"):
+        fit(model, lambda x: None, data, Trace_ELBO(), quiet(epochs=1))
