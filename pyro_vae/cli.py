@@ -35,7 +35,7 @@ from pyro_vae.idx import IDXFormatError
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.plots import plot_gradient_variance, plot_samples
 from pyro_vae.predictive import prior_mean_images
-from pyro_vae.train import TrainConfig, TrainingDiverged, fit, preflight
+from pyro_vae.train import TrainConfig, TrainingDiverged, fit
 
 
 def _key_value(text: str) -> tuple[str, Any]:
@@ -442,17 +442,21 @@ def _train_and_report(run: RunFolder, config: dict[str, Any], resume: bool, args
             f"--compile on: the {config['estimator']['name']} estimator cannot be compiled "
             f"({compilable(exp.elbo)}); use --compile auto or off (nothing was written)"
         )
-    # What fit checks before its first step, checked before anything is written.
-    preflight(exp.model, exp.guide, exp.data, exp.elbo, train_config, run, resume)
-    run.write_config(config)
-    run.update_metrics(data=exp.data.info, estimator=config["estimator"])
-    print(
-        f"{config['model']} on {exp.data.info['dataset']} ({exp.data.info['num_train']} train, "
-        f"{exp.data.info['num_val']} validation, {exp.data.info['num_test']} test images), "
-        f"{config['estimator']['name']} estimator -> {run.path}"
-    )
+
+    def ready() -> None:  # fit's checks have all passed: now the folder is written
+        run.write_config(config)
+        run.update_metrics(data=exp.data.info, estimator=config["estimator"])
+        print(
+            f"{config['model']} on {exp.data.info['dataset']} "
+            f"({exp.data.info['num_train']} train, {exp.data.info['num_val']} validation, "
+            f"{exp.data.info['num_test']} test images), {config['estimator']['name']} "
+            f"estimator -> {run.path}"
+        )
+
     try:
-        result = fit(exp.model, exp.guide, exp.data, exp.elbo, train_config, run, resume=resume)
+        result = fit(
+            exp.model, exp.guide, exp.data, exp.elbo, train_config, run, resume, on_ready=ready
+        )
     except TrainingDiverged as err:
         run.update_metrics(stop_reason="diverged")
         print(f"error: {err}", file=sys.stderr)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -42,19 +41,19 @@ from pyro_vae.minibatch import Minibatched, align_autoguide, fitted_rows
 from pyro_vae.plates import batch_rows, find_data_plate, frames_in, require_data_plate
 from pyro_vae.pointwise import per_datapoint_log_density
 from pyro_vae.traces import (
-    VectorizationWarning,
     particle_traces,
     plate_nesting,
     run_pair,
     sample_sites,
+    vectorized_or_looped,
 )
-from pyro_vae.weights import check_dtypes
+from pyro_vae.weights import check_dtypes, module_of
 
 
 @contextlib.contextmanager
 def eval_mode(*modules: object) -> Iterator[None]:
     """Put torch modules in eval mode (no corruption noise, no dropout), then restore them."""
-    saved = [(m, m.training) for m in _modules(modules) if isinstance(m, torch.nn.Module)]
+    saved = [(m, m.training) for m in map(module_of, modules) if m is not None]
     for m, _ in saved:
         m.train(False)
     try:
@@ -62,15 +61,6 @@ def eval_mode(*modules: object) -> Iterator[None]:
     finally:
         for m, mode in saved:
             m.train(mode)
-
-
-def _modules(objects) -> list:
-    """The torch modules behind models and guides: themselves, or a bound method's owner."""
-    out = []
-    for obj in objects:
-        obj = getattr(obj, "fn", obj)  # a Minibatched wrapper
-        out.append(getattr(obj, "__self__", obj))
-    return out
 
 
 def _check_num(arg: str, value: int) -> None:
@@ -231,14 +221,20 @@ def _rows_of(guide, count: int, rows: torch.Tensor | None) -> tuple[int, torch.T
     return num_data, rows
 
 
-def refuse_uncovered_sites(model, guide, probe: tuple) -> None:
-    """Before refusing a model for having no per-datapoint plate, check whether the real
-    cause is a data argument left out (its site then is neither observed nor drawn)."""
+def refuse_uncovered_sites(
+    model, guide, args: tuple, kwargs: dict | None = None, tolerant: bool = True
+) -> None:
+    """Run the pair once (outside the random stream) and apply
+    :func:`check_guide_covers_model`. ``tolerant``: a pair that does not run here is let
+    through (a caller about to refuse for another reason checks first whether the real
+    cause is a data argument left out, whose site is then neither observed nor drawn)."""
     try:
-        with torch.random.fork_rng(devices=[]):
-            model_tr, guide_tr = run_pair(model, guide, probe, {})
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            model_tr, guide_tr = run_pair(model, guide, args, kwargs or {})
     except Exception:
-        return
+        if tolerant:
+            return
+        raise
     check_guide_covers_model(model_tr, guide_tr)
 
 
@@ -477,8 +473,16 @@ def latent_draws(
 
     The draws come from a generator of their own (seed 0), so the same weights give the
     same draws, and the global random stream is left as it was."""
+    _, site, draws = latent_draws_of(model, guide, data_arguments(x), num_samples, rows)
+    return site, draws
+
+
+def latent_draws_of(
+    model, guide, data: tuple, num_samples: int, rows: torch.Tensor | None = None
+) -> tuple[PerDatapoint, str, torch.Tensor]:
+    """:func:`latent_draws`, with the :class:`PerDatapoint` pair it prepared, for callers
+    that go on to run that pair."""
     _check_num("num_samples", num_samples)
-    data = data_arguments(x)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         pair = prepare(model, guide, data, "latent codes per datapoint", rows=rows)
@@ -505,7 +509,7 @@ def latent_draws(
     data_dim = frames_in(site, pair.plate)[0].dim
     value = value.movedim(data_dim - site["fn"].event_dim, 1)
     value = value.expand(num_samples, *value.shape[1:])
-    return latent[0], value.reshape(num_samples, len(data[0]), -1)
+    return pair, latent[0], value.reshape(num_samples, len(data[0]), -1)
 
 
 @torch.no_grad()
@@ -568,20 +572,15 @@ def elbo_estimate(
             nesting = max_plate_nesting(model, guide, *args, **kwargs)
         vectorize = vectorize_particles
         for size in sizes:
-            try:
-                means.append(_enum_elbo(model, guide, args, kwargs, size, nesting, vectorize))
-            except Exception as err:
-                if vectorize is not None or size == 1:
-                    raise
-                vectorize = False
-                means.append(_enum_elbo(model, guide, args, kwargs, size, nesting, vectorize))
-                warnings.warn(
-                    f"the model and guide could not run under vectorized particles "
-                    f"({type(err).__name__}: {err}); drawing them one at a time instead "
-                    "(vectorize_particles=False)",
-                    VectorizationWarning,
-                    stacklevel=2,
-                )
+            mean, vectorized = vectorized_or_looped(
+                vectorize if size > 1 else False,
+                lambda s=size: _enum_elbo(model, guide, args, kwargs, s, nesting, True),
+                lambda s=size: _enum_elbo(model, guide, args, kwargs, s, nesting, False),
+                "elbo_estimate",
+                size,
+            )
+            means.append(mean)
+            vectorize = vectorize if vectorized or size == 1 else False
     means_t = torch.tensor(means, dtype=torch.float64)
     weights = torch.tensor(sizes, dtype=torch.float64) / num_samples
     elbo = float((weights * means_t).sum())
@@ -592,7 +591,7 @@ def elbo_estimate(
 def _enum_elbo(model, guide, args, kwargs, size: int, nesting: int, vectorize) -> float:
     estimator = TraceEnum_ELBO(
         num_particles=size,
-        vectorize_particles=size > 1 and vectorize is not False,
+        vectorize_particles=size > 1 and vectorize,
         max_plate_nesting=nesting,
         strict_enumeration_warning=False,
     )

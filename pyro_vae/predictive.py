@@ -20,7 +20,7 @@ from __future__ import annotations
 import pyro.poutine as poutine
 import torch
 
-from pyro_vae.evaluate import data_arguments, eval_mode, latent_draws, latent_means, prepare
+from pyro_vae.evaluate import data_arguments, eval_mode, latent_draws_of, latent_means
 from pyro_vae.traces import sample_sites
 
 
@@ -72,9 +72,8 @@ def reconstruct(model, guide, x: torch.Tensor) -> torch.Tensor:
     with eval_mode(model, guide):
         if hasattr(model, "decode"):
             return model.decode(latent_means(model, guide, x)).reshape(x.shape[0], -1)
-        site, draws = latent_draws(model, guide, x, 100)
-        pair = prepare(model, guide, data_arguments(x), "reconstructions")
-        subsample = torch.arange(x.shape[0], device=x.device)
+        pair, site, draws = latent_draws_of(model, guide, data_arguments(x), 100)
+        subsample = pair.subsample(0, x.shape[0]).to(x.device)
         with poutine.block():
             guide_tr = poutine.trace(pair.guide).get_trace(x, subsample=subsample)
         shape = guide_tr.nodes[site]["value"].shape

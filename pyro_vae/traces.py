@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import pyro
 import pyro.poutine as poutine
@@ -136,6 +137,37 @@ def stack_values(values: list, batch_rank: int, event_dim: int) -> torch.Tensor:
     return torch.stack(torch.broadcast_tensors(*shaped))
 
 
+def vectorized_or_looped(
+    vectorize: bool | None, vectorized: Callable, looped: Callable, what: str, particles: int
+) -> tuple[Any, bool]:
+    """``vectorized()``, or ``looped()``: the one fallback rule for particles.
+
+    ``vectorize=True`` runs only ``vectorized()``, ``False`` only ``looped()``; ``None``
+    runs ``vectorized()`` and, when it raises and ``looped()`` then works, keeps the looped
+    result with a :class:`VectorizationWarning` naming ``what`` and the error (if the loop
+    fails too, its error is the one raised: it is the model's own).
+
+    Returns:
+        ``(result, whether it was vectorized)``.
+    """
+    if vectorize is False:
+        return looped(), False
+    try:
+        return vectorized(), True
+    except Exception as err:
+        if vectorize:
+            raise
+        result = looped()
+        warnings.warn(
+            f"{what}: the model and guide could not run under vectorized particles "
+            f"({type(err).__name__}: {err}); drawing the {particles} particles one at a time "
+            "instead (vectorize_particles=False), which gives the same estimates more slowly",
+            VectorizationWarning,
+            stacklevel=3,
+        )
+        return result, False
+
+
 def particle_traces(
     model,
     guide,
@@ -144,40 +176,30 @@ def particle_traces(
     num_particles: int,
     nesting: int,
     vectorize: bool | None = None,
-    on_fallback: Callable[[Exception], None] | None = None,
 ) -> tuple[Trace, Trace, bool]:
     """Model and guide traces of K = ``num_particles`` draws, particles at dim −(nesting+1).
 
     Log-densities are computed and subsample sites pruned. ``vectorize``: ``True`` one run
     under a particle plate, ``False`` K runs stacked (:func:`stack_particles`), ``None``
-    vectorized unless that fails and the looped way works, in which case a
-    :class:`VectorizationWarning` says why (and ``on_fallback`` is told).
+    vectorized unless that fails and the looped way works (:func:`vectorized_or_looped`).
 
     Returns:
         ``(model_trace, guide_trace, vectorized)``.
     """
     rank = nesting + 1
-    if vectorize is not False:
-        try:
-            model_tr, guide_tr = run_pair(model, guide, args, kwargs, (num_particles, -rank))
-            return _finished(model_tr), _finished(guide_tr), True
-        except Exception as err:
-            if vectorize:
-                raise
-            vectorized_error = err
-        pairs = _looped(model, guide, args, kwargs, num_particles, rank)
-        warnings.warn(
-            f"the model and guide could not run under vectorized particles "
-            f"({type(vectorized_error).__name__}: {vectorized_error}); drawing the "
-            f"{num_particles} particles one at a time instead (vectorize_particles=False), "
-            "which gives the same estimates more slowly",
-            VectorizationWarning,
-            stacklevel=2,
-        )
-        if on_fallback is not None:
-            on_fallback(vectorized_error)
-        return (*pairs, False)
-    return (*_looped(model, guide, args, kwargs, num_particles, rank), False)
+
+    def vectorized() -> tuple[Trace, Trace]:
+        model_tr, guide_tr = run_pair(model, guide, args, kwargs, (num_particles, -rank))
+        return _finished(model_tr), _finished(guide_tr)
+
+    (model_tr, guide_tr), was_vectorized = vectorized_or_looped(
+        vectorize,
+        vectorized,
+        lambda: _looped(model, guide, args, kwargs, num_particles, rank),
+        "particle traces",
+        num_particles,
+    )
+    return model_tr, guide_tr, was_vectorized
 
 
 def _looped(model, guide, args, kwargs, num_particles: int, rank: int) -> tuple[Trace, Trace]:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -185,6 +186,7 @@ def fit(
     config: TrainConfig | None = None,
     run: RunFolder | None = None,
     resume: bool = False,
+    on_ready: Callable[[], None] | None = None,
 ) -> FitResult:
     """Train ``model`` and ``guide`` on ``data``'s training set by SVI with ``elbo``.
 
@@ -201,6 +203,13 @@ def fit(
     written after every validation, and ``resume=True`` continues from that folder's
     checkpoint (weights, Adam moments, RNG state and history), reproducing the batches an
     uninterrupted run would have seen. Clears Pyro's global parameter store first.
+
+    Every check is made before the first step: the pair's set-up (plate, rows, data,
+    dtypes, latent sites, guide families), the estimator's own refusals on the first batch
+    (one loss on a forked random stream, so nothing later draws differently) and, when
+    resuming, that the checkpoint fits. ``on_ready()`` is called once they have all passed,
+    just before training starts (the command line writes config.json there, so a refused
+    command writes nothing).
 
     Validation: the held-out ELBO per datapoint for an amortized guide; the training
     set's ELBO per datapoint for a guide with free per-datapoint parameters (it has none
@@ -227,6 +236,7 @@ def fit(
     pyro.clear_param_store()
     pair = TrainingPair.set_up(model, guide, source, config)
     _refuse_per_row_baselines_with_a_partial_batch(elbo, pair, source, config)
+    _dry_loss(elbo, pair, source)
     if config.compile:
         elbo = CompiledELBO(elbo, config.compile_backend)
     if getattr(elbo, "vectorize_particles", False) and elbo.max_plate_nesting == math.inf:
@@ -260,6 +270,8 @@ def fit(
         result.history = list(state["history"])
     else:
         pyro.set_rng_seed(config.seed)
+    if on_ready is not None:
+        on_ready()
 
     last_good = pair.weights.snapshot()
     log_every = max(1, config.epochs // 20)
@@ -356,6 +368,13 @@ def fit(
     return result
 
 
+def _dry_loss(elbo: ELBO, pair: TrainingPair, source: _Source) -> None:
+    """One loss of ``elbo`` on the first batch, on a forked random stream: the estimator's
+    own refusals (a non-reparameterizable site for ``iwae``, ...) before the first step."""
+    with torch.random.fork_rng(devices=[]), torch.no_grad(), poutine.block():
+        elbo.loss(pair.model, pair.guide, *source.first_batch, subsample=source.first_rows)
+
+
 def _estimator_params(pair: TrainingPair, elbo) -> dict[str, torch.Tensor]:
     """The param store's entries an estimator keeps there and does not save itself (Pyro's
     ``TraceGraph_ELBO`` baselines), for the checkpoint."""
@@ -389,37 +408,6 @@ def _refuse_per_row_baselines_with_a_partial_batch(elbo, pair, source, config) -
             f"of {remainder} rows ({source.num_data} rows in batches of {source.batch_size}); "
             "set drop_last=True (CLI: --drop-last) or a batch size that divides the data"
         )
-
-
-def preflight(
-    model,
-    guide,
-    data: DataSplits | TensorData,
-    elbo: ELBO,
-    config: TrainConfig,
-    run: RunFolder | None = None,
-    resume: bool = False,
-) -> None:
-    """Every check :func:`fit` makes before its first step, made without training, so a
-    command can refuse before it writes anything: the pair's set-up (plate, rows, data,
-    dtypes, latent sites, guide families), the estimator's own refusals on the first batch
-    (one loss evaluated on a forked random stream, so nothing later draws differently),
-    and, when resuming, that the checkpoint's weights fit the model and guide.
-
-    Raises:
-        ValueError: as :func:`fit` would (the subclasses of its set-up and estimators).
-    """
-    pyro.clear_param_store()
-    source = _Source(data, config)
-    pair = TrainingPair.set_up(model, guide, source, config)
-    _refuse_per_row_baselines_with_a_partial_batch(elbo, pair, source, config)
-    if resume:
-        pair.weights.restore(run.load_checkpoint())
-    inner = getattr(elbo, "elbo", elbo)  # a CompiledELBO's estimator, unrecorded
-    kwargs = {"subsample": source.first_rows}
-    with torch.random.fork_rng(devices=[]), poutine.block():
-        inner.loss(pair.model, pair.guide, *source.first_batch, **kwargs)
-    pyro.clear_param_store()
 
 
 def prepare_pair(model, guide, data: DataSplits | TensorData, config: TrainConfig) -> TrainingPair:

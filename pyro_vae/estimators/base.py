@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 from pyro.infer import ELBO
 from pyro.infer.util import is_validation_enabled
@@ -12,7 +10,7 @@ from pyro.util import check_if_enumerated
 
 from pyro_vae.plates import batch_rows, find_data_plate
 from pyro_vae.pointwise import particle_rank
-from pyro_vae.traces import VectorizationWarning, stack_particles
+from pyro_vae.traces import stack_particles, vectorized_or_looped
 
 
 class SurrogateELBO(ELBO):
@@ -75,17 +73,19 @@ class SurrogateELBO(ELBO):
         Particles sit at dim −R: one vectorized run, or K runs stacked. Warns, as Pyro's
         ``Trace_ELBO`` does, when a guide site is marked for enumeration.
         """
-        if self.vectorize_particles:
-            try:
-                model_tr, guide_tr = next(self._get_traces(model, guide, args, kwargs))
-                rank = particle_rank(self.max_plate_nesting, self.num_particles)
-            except Exception as err:
-                if not self._auto_vectorize:
-                    raise
-                model_tr, guide_tr, rank = self._looped_traces(model, guide, args, kwargs)
-                self._fall_back(err)
-        else:
-            model_tr, guide_tr, rank = self._looped_traces(model, guide, args, kwargs)
+        vectorize = None if self._auto_vectorize else self.vectorize_particles
+        (model_tr, guide_tr, rank), vectorized = vectorized_or_looped(
+            vectorize,
+            lambda: (
+                *next(self._get_traces(model, guide, args, kwargs)),
+                particle_rank(self.max_plate_nesting, self.num_particles),
+            ),
+            lambda: self._looped_traces(model, guide, args, kwargs),
+            type(self).__name__,
+            self.num_particles,
+        )
+        if self.vectorize_particles and not vectorized:
+            self._keep_looping()
         if is_validation_enabled():
             check_if_enumerated(guide_tr)
         _refuse_undrawn_latents(type(self).__name__, model_tr, guide_tr)
@@ -102,15 +102,8 @@ class SurrogateELBO(ELBO):
         rank = int(nesting) + 1
         return (*stack_particles(pairs, rank), rank)
 
-    def _fall_back(self, err: Exception) -> None:
-        warnings.warn(
-            f"{type(self).__name__}: the model and guide could not run under vectorized "
-            f"particles ({type(err).__name__}: {err}); drawing the {self.num_particles} "
-            "particles one at a time from now on (vectorize_particles=False), which gives "
-            "the same estimates more slowly",
-            VectorizationWarning,
-            stacklevel=3,
-        )
+    def _keep_looping(self) -> None:
+        """After a fallback, loop from now on rather than failing over at every step."""
         if self.num_particles > 1 and self.max_plate_nesting != float("inf"):
             self.max_plate_nesting -= 1
         self.vectorize_particles = False
