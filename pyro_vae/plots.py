@@ -1,34 +1,35 @@
-"""Figures of a fitted image model, written as PNG files."""
+"""Figures of a fitted model, written as PNG files into a run folder.
+
+Each figure is a ``matplotlib.figure.Figure`` of its own, drawn and saved without pyplot:
+importing this module changes no backend and no figure is left open (a PNG needs none).
+(:mod:`pyro_vae.image_grid` returns a figure to show instead.)
+"""
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from pyro_vae.checkpoint import atomic_path  # noqa: E402
+from pyro_vae.checkpoint import atomic_path
 
 
 def _as_images(x: torch.Tensor, image_shape: Sequence[int], pixel_max: float) -> np.ndarray:
     return (x.detach().cpu().reshape(-1, *image_shape) / pixel_max).clamp(0, 1).numpy()
 
 
-def _save(fig, path: Path) -> Path:
-    """Write ``fig`` as PNG atomically (a killed write leaves the previous file) and close it."""
+def save_png(fig: Figure, path: str | os.PathLike) -> Path:
+    """Write ``fig`` as a PNG (100 dpi, tight box) atomically: a killed write leaves the
+    previous file. Returns ``path``."""
     path = Path(path)
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-    finally:
-        plt.close(fig)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
     return path
 
 
@@ -47,7 +48,8 @@ def plot_reconstructions(
     )
     cols = min(len(originals), 12)
     pairs = math.ceil(len(originals) / cols)
-    fig, axes = plt.subplots(2 * pairs, cols, figsize=(cols * 0.9, 2 * pairs * 0.95), squeeze=False)
+    fig = Figure(figsize=(cols * 0.9, 2 * pairs * 0.95))
+    axes = fig.subplots(2 * pairs, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for i in range(len(originals)):
@@ -58,7 +60,7 @@ def plot_reconstructions(
         axes[2 * r, 0].set_title("data", fontsize=7, loc="left")
         axes[2 * r + 1, 0].set_title("reconstruction", fontsize=7, loc="left")
     fig.suptitle(title or "test images and their reconstructions", fontsize=9)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_samples(
@@ -68,13 +70,14 @@ def plot_samples(
     images = _as_images(x, image_shape, pixel_max)
     cols = math.ceil(math.sqrt(len(images)))
     rows = math.ceil(len(images) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.8, rows * 0.8), squeeze=False)
+    fig = Figure(figsize=(cols * 0.8, rows * 0.8))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, img in zip(axes.flat, images, strict=False):
         ax.imshow(img, cmap="gray", vmin=0, vmax=1)
     fig.suptitle(title or "samples: E[x | z], z ~ p(z)", fontsize=9)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_elbo_curves(
@@ -84,7 +87,8 @@ def plot_elbo_curves(
     ylabel: str = "ELBO per datapoint (nats)",
 ) -> Path:
     """Train and validation ELBO per epoch, with the test ELBO / log-likelihood as lines."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     epochs = [r["epoch"] for r in history]
     ax.plot(epochs, [r["train_elbo"] for r in history], label="train (running mean)")
     if history and "val_elbo" in history[0]:
@@ -101,7 +105,7 @@ def plot_elbo_curves(
         ax.set_ylim(min([lo, *extra]) - pad, max([hi, *extra]) + pad)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_latent(z: torch.Tensor, labels: torch.Tensor, path: Path, title: str = "") -> Path:
@@ -115,7 +119,8 @@ def plot_latent(z: torch.Tensor, labels: torch.Tensor, path: Path, title: str = 
         axis = "principal axis"
     elif z_np.shape[1] == 1:
         z_np = np.column_stack([z_np[:, 0], np.zeros(len(z_np))])
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig = Figure(figsize=(5.5, 5))
+    ax = fig.subplots()
     points = ax.scatter(
         z_np[:, 0],
         z_np[:, 1],
@@ -130,7 +135,7 @@ def plot_latent(z: torch.Tensor, labels: torch.Tensor, path: Path, title: str = 
     ax.set_xlabel(f"{axis} 1")
     ax.set_ylabel(f"{axis} 2")
     ax.set_title(title or "latent means E_q[z | x] of test images", fontsize=9)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_gradient_variance(
@@ -139,7 +144,8 @@ def plot_gradient_variance(
     """Bar charts of one parameter group's gradient variance and SNR per estimator."""
     rows = [r for r in rows if r["group"] == group]
     labels = [r["estimator"] for r in rows]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 0.45 * len(rows) + 1.6))
+    fig = Figure(figsize=(10, 0.45 * len(rows) + 1.6))
+    left, right = fig.subplots(1, 2)
     left.barh(labels, [r["variance"] for r in rows], color="tab:red")
     left.set_xscale("log")
     left.set_xlabel(f"variance of the {group} gradient (trace of covariance)")
@@ -151,4 +157,4 @@ def plot_gradient_variance(
         ax.invert_yaxis()
         ax.grid(alpha=0.3, axis="x")
     fig.suptitle("gradient estimators at fixed parameters", fontsize=10)
-    return _save(fig, path)
+    return save_png(fig, path)

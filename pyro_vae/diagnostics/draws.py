@@ -1,0 +1,131 @@
+"""S draws z_s ~ q(z | x) from a guide, each replayed through the model.
+
+The diagnostics of :mod:`pyro_vae.diagnostics` all start here: the guide is run once to
+check it against the model (:func:`probe`), then S times, vectorized under a particle
+plate at dim −R or in a loop when the model cannot broadcast (:func:`draw`, by
+:func:`pyro_vae.traces.particle_traces`). A fitted :mod:`pyro_vae.cavi` estimator stands
+in for a guide through :func:`variational_guide`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import pyro
+import torch
+from pyro.poutine import Trace
+
+from pyro_vae.evaluate import eval_mode
+from pyro_vae.plates import batch_rows, find_data_plate, frames_in, require_data_plate
+from pyro_vae.traces import full_rank, particle_traces, plate_nesting, run_pair, sample_sites
+
+
+def variational_guide(distributions: Mapping[str, Any]) -> Callable[..., None]:
+    """The guide q(z) = Π_site q_site(z_site) that draws each named site from a fixed
+    distribution, e.g. a CAVI fit's ``variational_distributions()``; they stay readable
+    as ``guide.distributions``.
+
+    Raises:
+        ValueError: ``distributions`` is empty.
+    """
+    if not distributions:
+        raise ValueError("distributions: empty; expected {site name: pyro distribution}")
+    items = dict(distributions)
+
+    def guide(*args: Any, **kwargs: Any) -> None:
+        for site, distribution in items.items():
+            pyro.sample(site, distribution)
+
+    guide.__name__ = f"variational_guide({', '.join(items)})"
+    guide.distributions = items  # type: ignore[attr-defined]
+    return guide
+
+
+def as_guide(guide):
+    """``guide``, or for a fitted estimator with ``variational_distributions()`` (a
+    :mod:`pyro_vae.cavi` fit) the :func:`variational_guide` of its distributions."""
+    if hasattr(guide, "variational_distributions"):
+        return variational_guide(guide.variational_distributions())
+    return guide
+
+
+def probe(
+    model, guide, args: tuple, kwargs: dict, local: bool = False
+) -> tuple[int, Trace, str | None]:
+    """Run the guide once and the model replayed on it; check the pair for diagnostics.
+
+    Returns:
+        ``(nesting, guide_trace, plate)``: the batch dims the model and guide use, the
+        guide's trace of this probe run, and (with ``local``) the data plate's name.
+
+    Raises:
+        ValueError: the guide misses a latent site of the model or samples an observed
+            one; the model has no latent or no observed site; with ``local``, a latent
+            site lies outside the per-datapoint plate (or there is none).
+    """
+    with torch.no_grad(), eval_mode(model, guide):
+        model_tr, guide_tr = run_pair(model, guide, args, kwargs)
+    guide_sites, model_sites = sample_sites(guide_tr), sample_sites(model_tr)
+    latent = [n for n, s in model_sites.items() if not s["is_observed"]]
+    name = getattr(guide, "__name__", type(guide).__name__)
+    missing = [n for n in latent if n not in guide_sites]
+    if missing:
+        raise ValueError(
+            f"guide: {name} has no sample site for the model's latent site(s) {missing} (it "
+            f"samples {sorted(guide_sites)}); expected a guide over every latent site "
+            f"{latent}, e.g. pyro.infer.autoguide.AutoNormal(model)"
+        )
+    clash = [n for n, s in model_sites.items() if s["is_observed"] and n in guide_sites]
+    if clash:
+        raise ValueError(f"guide: {name} samples {clash}, which the model observes")
+    if not latent or len(latent) == len(model_sites):
+        raise ValueError(
+            f"model: sample sites {sorted(model_sites)} with latent {latent}; diagnostics "
+            "need at least one latent and one observed site"
+        )
+    plate = _local_plate(model_tr, model_sites, latent, args, kwargs) if local else None
+    return plate_nesting(guide_tr, model_tr), guide_tr, plate
+
+
+def _local_plate(model_tr: Trace, sites: dict, latent: list[str], args, kwargs) -> str:
+    """The per-datapoint plate, which every latent site must lie in."""
+    rows = batch_rows(args, kwargs)
+    plate = require_data_plate(find_data_plate(model_tr, rows), rows, "k̂ per datapoint")
+    for n in latent:
+        if not frames_in(sites[n], plate):
+            raise ValueError(
+                f"site {n!r} is outside the per-datapoint plate {plate!r}, so it has no "
+                "per-datapoint importance ratio; use psis_khat for the joint k̂ of a "
+                "model with global latents"
+            )
+    return plate
+
+
+@torch.no_grad()
+def draw(model, guide, args: tuple, kwargs: dict, num_samples: int):
+    """Guide and replayed model traces of S draws, the draws at dim −rank: vectorized by a
+    plate, or drawn in a loop when the model cannot broadcast (:mod:`pyro_vae.traces`).
+
+    Returns:
+        ``(guide_trace, model_trace, rank, probe_trace)``: ``probe_trace`` is the guide's
+        trace of one probe run (one draw, no particle dim; :func:`probe`).
+    """
+    nesting, probe_tr, _ = probe(model, guide, args, kwargs)
+    with torch.no_grad(), eval_mode(model, guide):
+        model_tr, guide_tr, _ = particle_traces(model, guide, args, kwargs, num_samples, nesting)
+    return guide_tr, model_tr, nesting + 1, probe_tr
+
+
+def log_density_per_draw(trace: Trace, rank: int, num_samples: int) -> torch.Tensor:
+    """Σ over sample sites of the (scaled, masked) log-density, for each draw: ``[S]``.
+
+    Each site is summed in its own dtype and the sites' totals are added in float64 (unlike
+    :func:`pyro_vae.pointwise.per_draw_log_density`, which adds them in the sites' dtype),
+    so a large constant site does not swamp the others' differences between draws.
+    """
+    total = torch.zeros(num_samples, dtype=torch.float64)
+    for site in sample_sites(trace).values():
+        lp = full_rank(site["log_prob"], rank)
+        total = total + lp.reshape(lp.shape[0], -1).sum(1).double()
+    return total

@@ -1,0 +1,165 @@
+"""ArviZ ``InferenceData`` of a variational fit, from any guide, and its netCDF file.
+
+S draws z_s ~ q(z | x) from the guide, each replayed through the model
+(:mod:`pyro_vae.diagnostics.draws`), give the ``posterior`` group (one chain, ``draw`` = s;
+the draws are from q, not from the exact posterior), ``posterior_predictive``
+x̃_s ~ p(x | z_s), the pointwise ``log_likelihood`` log p(x_n | z_s) that ``az.loo`` reads,
+``observed_data``, and in ``sample_stats`` the log joint ``lp`` = log p(x, z_s) (ArviZ's
+name) and ``log_q`` = log q(z_s | x). Dimensions are named after the model's plates
+(``data`` for :func:`pyro_vae.plates.data_plate`) and ``{site}_dim_{i}`` for event
+dimensions.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyro
+import torch
+
+from pyro_vae.checkpoint import atomic_path
+from pyro_vae.diagnostics.arviz_compat import az
+from pyro_vae.diagnostics.checks import check_count
+from pyro_vae.diagnostics.draws import as_guide, draw, log_density_per_draw
+from pyro_vae.evaluate import check_finite
+from pyro_vae.plates import batch_rows, find_data_plate
+from pyro_vae.traces import PARTICLES, full_rank, sample_sites, stack_values
+
+FORMAT = "pyro_vae.diagnostics/1"
+_DRAWS = PARTICLES  # a particle plate, so no rule mistakes it for the data's plate
+
+
+def _predictive(site: dict, rank: int) -> torch.Tensor:
+    """x̃_s ~ p(x | z_s) for each draw s of an observed site (each draw's own likelihood
+    when the draws were taken in a loop)."""
+    fns = site.get("fns")
+    if fns is None:
+        return site["fn"].sample()
+    return stack_values([fn.sample() for fn in fns], rank - 1, site["fn"].event_dim)
+
+
+def _named(
+    name: str, site: dict, value: torch.Tensor, event_dim: int, rank: int, draws: int | None
+) -> tuple[np.ndarray, list[str]]:
+    """``value`` as a numpy array with plate-named dims; ``[chain=1, draw, ...]`` for draws."""
+    batch_rank = rank if draws else rank - 1
+    plates = {f.dim: f.name for f in site["cond_indep_stack"] if f.vectorized and f.name != _DRAWS}
+    v = full_rank(value.detach(), batch_rank + event_dim)
+    keep, dims = list(range(1 if draws else 0)), []
+    for i in range(len(keep), batch_rank):
+        dim = i - batch_rank
+        if dim in plates:
+            dims.append(plates[dim])
+        elif v.shape[i] != 1:
+            dims.append(f"{name}_batch_dim_{-dim}")
+        else:
+            continue
+        keep.append(i)
+    keep += list(range(batch_rank, v.dim()))
+    v = v.reshape([v.shape[i] for i in keep])
+    dims += [f"{name}_dim_{j}" for j in range(event_dim)]
+    if draws:
+        v = v.expand(draws, *v.shape[1:])[None]
+    array = v.cpu().numpy()
+    return (array.astype(np.int64) if array.dtype == np.bool_ else array), dims
+
+
+def _dataset(variables: dict[str, tuple[np.ndarray, list[str]]], attrs: dict, draws: bool):
+    return az.dict_to_dataset(
+        {k: a for k, (a, _) in variables.items()},
+        dims={k: d for k, (_, d) in variables.items()},
+        default_dims=None if draws else [],
+        attrs=attrs,
+        library=pyro,
+    )
+
+
+def _groups(model_tr, rank: int, num_samples: int) -> dict[str, dict]:
+    """The posterior, posterior_predictive, log_likelihood and observed_data variables."""
+    groups: dict[str, dict] = {k: {} for k in ("posterior", "predictive", "loglik", "observed")}
+    for name, site in sample_sites(model_tr).items():
+        fn = site["fn"]
+        if not site["is_observed"]:
+            groups["posterior"][name] = _named(
+                name, site, site["value"], fn.event_dim, rank, num_samples
+            )
+            continue
+        groups["observed"][name] = _named(name, site, site["value"], fn.event_dim, rank, None)
+        groups["predictive"][name] = _named(
+            name, site, _predictive(site, rank), fn.event_dim, rank, num_samples
+        )
+        log_p = site["unscaled_log_prob"]
+        if site["mask"] is not None:
+            log_p = log_p * site["mask"]
+        groups["loglik"][name] = _named(name, site, log_p, 0, rank, num_samples)
+    return groups
+
+
+@torch.no_grad()
+def to_inference_data(model, guide, *args: Any, num_samples: int = 1000, **kwargs: Any):
+    """ArviZ ``InferenceData`` of ``num_samples`` draws z_s ~ q(z | x) replayed in the model.
+
+    ``model(*args, **kwargs)`` and ``guide(*args, **kwargs)`` are a Pyro pair (any
+    autoguide, an amortized guide, or a fitted :mod:`pyro_vae.cavi` estimator, whose
+    ``variational_distributions()`` become the guide). The model must broadcast under an
+    outer plate, as ``pyro.infer.Predictive(parallel=True)`` requires. Groups:
+    ``posterior`` (latent sites), ``posterior_predictive`` and ``log_likelihood``
+    (pointwise log p(x | z_s), unscaled) of each observed site, ``observed_data``, and
+    ``sample_stats`` with ``lp`` = log p(x, z_s) and ``log_q`` = log q(z_s | x).
+
+    Raises:
+        ValueError: ``num_samples`` < 2; non-finite data; a guide that does not cover the
+            model's latent sites (:func:`pyro_vae.diagnostics.draws.probe`).
+    """
+    check_count("num_samples", num_samples, 2, "expected at least 2 draws from the guide")
+    check_finite((*args, *kwargs.values()), "args")
+    guide = as_guide(guide)
+    guide_tr, model_tr, rank, _ = draw(model, guide, args, kwargs, num_samples)
+    plate = find_data_plate(model_tr, batch_rows(args, kwargs)) or ""
+    attrs = {"pyro_vae_format": FORMAT, "num_samples": num_samples, "data_plate": plate}
+    groups = _groups(model_tr, rank, num_samples)
+    stats = {
+        "lp": log_density_per_draw(model_tr, rank, num_samples).numpy()[None],
+        "log_q": log_density_per_draw(guide_tr, rank, num_samples).numpy()[None],
+    }
+    return az.InferenceData(
+        attrs=attrs,
+        posterior=_dataset(groups["posterior"], attrs, True),
+        posterior_predictive=_dataset(groups["predictive"], attrs, True),
+        log_likelihood=_dataset(groups["loglik"], attrs, True),
+        observed_data=_dataset(groups["observed"], attrs, False),
+        sample_stats=az.dict_to_dataset(stats, attrs=attrs, library=pyro),
+    )
+
+
+def save_inference_data(idata, path: str | os.PathLike) -> Path:
+    """Write ``idata`` as ArviZ netCDF (h5netcdf), atomically: a temporary file, renamed."""
+    path = Path(path)
+    with atomic_path(path, lock=False) as tmp:  # HDF5 locks the file itself
+        idata.to_netcdf(tmp)
+    return path
+
+
+def load_inference_data(path: str | os.PathLike):
+    """Read a file written by :func:`save_inference_data`, refusing other versions' files.
+
+    Raises:
+        ValueError: ``path`` is not a file, not ArviZ netCDF, or of another format version.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"path: {path} is not a file; expected RUN/diagnostics.nc")
+    try:
+        idata = az.from_netcdf(path)
+    except Exception as err:
+        raise ValueError(f"path: {path} could not be read as ArviZ netCDF ({err})") from err
+    found = idata.attrs.get("pyro_vae_format")
+    if found != FORMAT:
+        raise ValueError(
+            f"path: {path} has format {found!r}; this version of pyro_vae reads {FORMAT!r}. "
+            "Re-run `pyro-vae diagnose RUN` with this version."
+        )
+    return idata

@@ -1,0 +1,399 @@
+"""PSIS k̂: can S draws from q be trusted as importance proposals for p(z | x)?
+
+Yao, Vehtari, Simpson & Gelman 2018, "Yes, but did it work?: Evaluating variational
+inference", ICML; Vehtari, Simpson, Gelman, Yao & Gabry 2024, "Pareto smoothed importance
+sampling", JMLR 25(72). The importance ratios r_s = p(x, z_s) / q(z_s | x), z_s ~ q, have
+a right tail that a generalized Pareto distribution fits; its shape k says that r has
+finite moments of order < 1/k. Yao et al.: k̂ < 0.5, q is close to the posterior;
+0.5 ≤ k̂ ≤ 0.7, usable with care; k̂ > 0.7, q is unreliable. For an amortized guide the
+ratios factor over datapoints, r_s(x_n) = p(x_n, z_s) / q(z_s | x_n), z_s ~ q(· | x_n),
+so each datapoint gets its own k̂: the inputs where the encoder fails. k̂ comes from
+``az.psislw`` and does not change when a constant is added to log p (r → e^c r). When
+all S log-ratios agree to within the float rounding of the log-densities that produced
+them, the ratios are bounded and PSIS has no tail to fit (``az.psislw`` would return
++inf); k̂ is then reported as −inf. When q is discrete its ratios take finitely many
+values and have no generalized Pareto tail: k̂ is NaN (not applicable), and where q(z | x_n)
+has at most S states they are enumerated, giving the exact log p(x_n),
+KL(q ‖ p(z | x_n)) and χ²(p(z | x_n) ‖ q) instead (:func:`psis_khat_per_datapoint`,
+:mod:`pyro_vae.diagnostics.enumeration`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from pyro.poutine import Trace
+
+from pyro_vae.diagnostics.arviz_compat import az
+from pyro_vae.diagnostics.checks import check_count
+from pyro_vae.diagnostics.draws import as_guide, draw, log_density_per_draw, probe
+from pyro_vae.diagnostics.enumeration import (
+    DiscreteSupport,
+    StateGuide,
+    discrete_support,
+    exact_answers,
+    state_values,
+)
+from pyro_vae.evaluate import PerDatapoint, data_arguments, eval_mode, prepare
+from pyro_vae.pointwise import per_datapoint_log_density
+from pyro_vae.traces import full_rank, particle_traces, sample_sites, vectorized_or_looped
+
+PSIS_MIN_SAMPLES = 21  # az.psislw fits the top ceil(min(S/5, 3√S)) ratios and needs ≥ 5
+
+CONSTANT_NATS = 1e-3  # ratios within 0.1% of one another count as constant whatever the floats
+# A float sum of log-density terms is within about 2 ε Σ|terms| of exact: the log-weights
+# of exact guides in float32 (constant ratios; 20 to 20,000 datapoints, S = 1000, 5 seeds
+# each) spread over 1.1 to 1.9 ε Σ|terms|, so each draw is within ~1 ε Σ|terms|; 2 gives
+# a margin of 2.
+ROUND_OFF_ULPS = 2.0
+
+
+def _magnitude(lp: torch.Tensor) -> torch.Tensor:
+    """ROUND_OFF_ULPS ε |lp| elementwise (ε: lp's machine epsilon), 0 for non-finite terms."""
+    eps = torch.finfo(lp.dtype).eps if lp.is_floating_point() else 0.0
+    return torch.where(torch.isfinite(lp), ROUND_OFF_ULPS * eps * lp.abs(), 0.0)
+
+
+def _per_draw_round_off(trace, rank: int, num_samples: int) -> torch.Tensor:
+    """A bound on the float rounding error of each draw's
+    :func:`pyro_vae.diagnostics.draws.log_density_per_draw` sum: ``[S]``.
+
+    Each site's terms are summed in the site's dtype, so its total is within about
+    2 ε Σ|terms| of exact; the sites' totals are then added in float64. A site whose total
+    is the same in every draw (a ``pyro.factor`` constant, a likelihood no latent reaches)
+    shifts every log-weight by the same float64 number, so it adds no spread, however
+    large it is, and is left out.
+    """
+    bound = torch.zeros(num_samples, dtype=torch.float64)
+    for site in sample_sites(trace).values():
+        lp = full_rank(site["log_prob"], rank)
+        lp = lp.reshape(lp.shape[0], -1)
+        totals = lp.sum(1)
+        if bool((totals == totals[0]).all()):
+            continue
+        bound = bound + _magnitude(lp).sum(1).double()
+    return bound
+
+
+def _per_datapoint(
+    trace: Trace, num: int, rows: int, rank: int, plate: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Σ over sample sites of each one's :func:`per_datapoint_log_density`, added in
+    float64, ``[K, B]``, and a bound on its rounding error.
+
+    Each site's terms are summed in the site's dtype, within about 2 ε Σ|terms| of exact.
+    A site whose total for a datapoint is the same in every draw (a per-datapoint
+    ``pyro.factor`` constant) shifts that datapoint's log-weights alike, so it adds no
+    spread, however large it is, and is left out of that datapoint's bound.
+    """
+    total = bound = torch.zeros((), dtype=torch.float64)
+    for name, site in sample_sites(trace).items():
+        lp = site.get("unscaled_log_prob")
+        if lp is None:
+            lp = site["fn"].log_prob(site["value"])
+        if site["mask"] is not None:
+            lp = lp * site["mask"]
+        densities = []
+        for value in (lp, _magnitude(lp)):
+            single = Trace()
+            single.add_node(name, **{**site, "unscaled_log_prob": value, "mask": None})
+            densities.append(per_datapoint_log_density(single, num, rows, rank, plate))
+        log_p, magnitude = densities
+        total = total + log_p.double()
+        varies = (log_p != log_p[:1]).any(0)
+        bound = bound + torch.where(varies, magnitude.double(), 0.0)
+    return total.expand(num, rows), bound.expand(num, rows)
+
+
+def _log_densities(
+    pair: PerDatapoint, args: tuple, start: int, num: int, states: dict | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """log p(x_n, z_k), log q(z_k | x_n) and a bound on the rounding error of their
+    difference, for the rows ``start..`` in ``args``: ``[K, B]`` each, float64
+    (:func:`_per_datapoint`). The z_k are ``num`` draws from the guide, taken as
+    :meth:`PerDatapoint.log_weights` takes them, or the given ``states`` of a discrete
+    guide."""
+    rows = int(args[0].shape[0])
+    kwargs = {"subsample": pair.subsample(start, rows).to(args[0].device)}
+    nesting = pair.nesting
+    if states is None:
+        model_tr, guide_tr, pair.vectorize = particle_traces(
+            pair.model, pair.guide, args, kwargs, num, nesting, pair.vectorize
+        )
+    else:
+
+        def vectorized():
+            guide = StateGuide(pair.guide, states, looped=False)
+            return particle_traces(pair.model, guide, args, kwargs, num, nesting, True)[:2]
+
+        def looped():
+            guide = StateGuide(pair.guide, states, looped=True)
+            return particle_traces(pair.model, guide, args, kwargs, num, nesting, False)[:2]
+
+        what = f"k̂ per datapoint over the guide's {num} enumerated states"
+        (model_tr, guide_tr), pair.vectorize = vectorized_or_looped(
+            pair.vectorize, vectorized, looped, what, num
+        )
+    log_p, model_round_off = _per_datapoint(model_tr, num, rows, nesting + 1, pair.plate)
+    log_q, guide_round_off = _per_datapoint(guide_tr, num, rows, nesting + 1, pair.plate)
+    return log_p, log_q, model_round_off + guide_round_off
+
+
+def _tail_length(samples: int) -> int:
+    """M = ⌈min(S/5, 3√S)⌉: how many of the largest ratios ``az.psislw`` fits (r_eff = 1)."""
+    return int(np.ceil(min(samples / 5.0, 3 * samples**0.5)))
+
+
+def pareto_khat(
+    log_weights: np.ndarray | torch.Tensor,
+    round_off: float | np.ndarray = 0.0,
+    discrete: bool = False,
+) -> np.ndarray:
+    """k̂ of the generalized Pareto fit to each row's importance ratios (``az.psislw``).
+
+    ``log_weights``: ``[..., S]`` log-ratios log r_s = log p(x, z_s) − log q(z_s). PSIS
+    (Vehtari et al. 2024) fits a generalized Pareto distribution to the excesses of the
+    M = ⌈min(S/5, 3√S)⌉ largest ratios over the (M+1)-th; ``az.psislw`` subtracts each
+    row's maximum first, so k̂ does not change when a constant c is added to a row
+    (r → e^c r), up to the rounding of log r + c (1e-10 nats at c = 1e6 in float64).
+    Rows where that fit has no meaning get no fit:
+
+    - **−inf, constant ratios** (bounded: q matches p up to a constant). A row is constant
+      when its spread max − min log r is at most 1e-3 + 2δ, δ a bound on each log-ratio's
+      rounding error: ``round_off`` (scalar or one per row; the rounding of the
+      log-densities that produced the ratios, which :func:`psis_khat` and
+      :func:`psis_khat_per_datapoint` pass as 2 ε Σ|log-density terms|, ε = 1.2e-7 in
+      float32) plus half an ulp of the row's largest |log r| in ``log_weights``' own
+      dtype (its values can be no more precise than that: 0.03 nats at 1e6 in float32,
+      1e-10 in float64). Two draws' rounding errors can have opposite signs, hence 2δ.
+      The floor, 1e-3 nats, holds whatever the floats: ratios within 0.1% of one another
+      give importance-sampling estimates exact to 0.1%. A spread is thus compared with
+      the precision of the numbers behind it, never with the size of a constant shared
+      by every draw.
+    - **NaN, not applicable: an atom in the tail.** The generalized Pareto is continuous;
+      the ratios of a discrete q take finitely many values. With ``discrete`` (the
+      ratios come from a q whose latent sites are all discrete), a row whose M + 1 largest
+      log-ratios repeat a value (weights below e^−708 of the largest aside) has drawn one
+      of q's states more than once in its tail, and the fit to it means nothing.
+      Whatever ``discrete``, a row whose tail holds fewer than 5 distinct values above
+      the cutoff is NaN too: ``az.psislw`` needs 5, and would return +inf, as though the
+      tail were infinitely heavy, or fit a few repeated values (M ≥ 5 draws of a
+      continuous q are distinct). A tail of fewer than 5 draws because the rest are
+      below e^−708 of the largest stays +inf: that one is infinitely heavy for any S.
+    """
+    raw = np.asarray(log_weights)
+    lw = raw.astype(np.float64)
+    samples = lw.shape[-1]
+    check_count("num_samples", samples, PSIS_MIN_SAMPLES, "PSIS needs ≥ 5 draws in the tail")
+    if np.isnan(lw).any() or np.isposinf(lw).any():
+        raise ValueError("log_weights: NaN or +inf log importance ratios; is q(z) = 0 somewhere?")
+    rows = lw.reshape(-1, samples)
+    if np.isneginf(rows.max(1)).any():
+        raise ValueError("log_weights: every draw has p(x, z) = 0 for some rows")
+    bound = np.asarray(round_off, dtype=np.float64)
+    if not (np.isfinite(bound) & (bound >= 0)).all():
+        raise ValueError(f"round_off: {round_off!r}; expected finite rounding errors ≥ 0")
+    try:
+        bound = np.broadcast_to(bound, lw.shape[:-1]).reshape(-1)
+    except ValueError:
+        raise ValueError(
+            f"round_off: shape {bound.shape} does not broadcast to the rows of log_weights, "
+            f"{lw.shape[:-1]}; expected a scalar or one value per row"
+        ) from None
+    finite = np.where(np.isfinite(rows), rows, np.nan)
+    spread = np.nanmax(finite, 1) - np.nanmin(finite, 1)
+    spread[np.isneginf(rows.min(1))] = np.inf
+    eps = np.finfo(raw.dtype).eps if np.issubdtype(raw.dtype, np.floating) else 0.0
+    precision = eps / 2 * np.nanmax(np.abs(finite), 1)
+    constant = spread <= CONSTANT_NATS + 2 * (bound + precision)
+    top = np.sort(rows, 1)[:, -(_tail_length(samples) + 1) :]  # the cutoff, then the tail
+    tail = top[:, 1:] > top[:, :1]
+    distinct = (tail & (top[:, 1:] > top[:, :-1])).sum(1)
+    atom = (top[:, 0] - top[:, -1] > np.log(np.finfo(float).tiny)) & (distinct < 5)
+    if discrete:  # a repeat among the cutoff and tail, weights below e^−708 aside
+        relevant = top[:, 1:] - top[:, -1:] > np.log(np.finfo(float).tiny)
+        atom |= (relevant & (np.diff(top, axis=1) == 0)).any(1)
+    khat = np.full(rows.shape[0], -np.inf)
+    khat[~constant & atom] = np.nan
+    fit = ~constant & ~atom
+    if fit.any():
+        khat[fit] = np.atleast_1d(az.psislw(rows[fit], reff=1.0)[1])
+    return khat.reshape(lw.shape[:-1])
+
+
+@torch.no_grad()
+def psis_khat(model, guide, *args: Any, num_samples: int = 1000, **kwargs: Any) -> float:
+    """k̂ of the joint importance ratios p(x, z_s) / q(z_s | x), z_s ~ q: one number for
+    the whole fit (Yao et al. 2018, §3; Pyro's ``psis_diagnostic`` computes the same).
+
+    A constant added to log p (a ``pyro.factor``, a large dataset's log-likelihood) leaves
+    k̂ as it is: a site whose log-density is the same in every draw shifts every log-ratio
+    alike, and the constant-ratio test of :func:`pareto_khat` is against each draw's
+    rounding error, 2 ε Σ|log-density terms| over the sites that vary between draws, not
+    against the size of the log-ratios. −inf: constant ratios (q exact). NaN: q is
+    discrete and k̂ does not apply, because its support has at most ``num_samples`` joint
+    states (the ratios are a few atoms, bounded, with no tail; enumerate the states
+    instead, as :func:`psis_khat_per_datapoint` does for local latents) or because the
+    draws repeat a ratio in the fitted tail.
+    """
+    check_count("num_samples", num_samples, PSIS_MIN_SAMPLES, "PSIS needs ≥ 5 tail draws")
+    guide = as_guide(guide)
+    guide_tr, model_tr, rank, probe_tr = draw(model, guide, args, kwargs, num_samples)
+    support = discrete_support(probe_tr)
+    if support is not None and support.count <= num_samples:
+        return math.nan
+    log_w = log_density_per_draw(model_tr, rank, num_samples) - log_density_per_draw(
+        guide_tr, rank, num_samples
+    )
+    round_off = _per_draw_round_off(model_tr, rank, num_samples) + _per_draw_round_off(
+        guide_tr, rank, num_samples
+    )
+    return float(pareto_khat(log_w.numpy(), float(round_off.max()), discrete=support is not None))
+
+
+@dataclass(frozen=True)
+class PointwiseKhat:
+    """k̂ of each datapoint's importance ratios p(x_n, z) / q(z | x_n).
+
+    ``khat`` is −inf where the ratios are constant (q exact) and NaN where k̂ does not
+    apply (a discrete q; :func:`pareto_khat`). When q(z | x_n) has ``num_states`` ≤ S
+    states they were enumerated instead of drawn (``khat`` is then NaN throughout), and
+    the exact answers replace it, one per datapoint: ``log_evidence`` = log p(x_n),
+    ``kl`` = KL(q(z | x_n) ‖ p(z | x_n)) = log p(x_n) − ELBO(x_n), and ``chi2`` =
+    χ²(p(z | x_n) ‖ q(z | x_n)) = Var_q(r) / p(x_n)², so that S draws from q estimate
+    p(x_n) with relative sd √(χ²/S), as well as S/(1 + χ²) exact draws would.
+    """
+
+    khat: np.ndarray
+    num_samples: int
+    num_states: int = 0
+    log_evidence: np.ndarray | None = None
+    kl: np.ndarray | None = None
+    chi2: np.ndarray | None = None
+
+    def share_above(self, threshold: float) -> float:
+        """Share of the datapoints with a k̂ (not NaN) whose k̂ exceeds ``threshold``; NaN
+        when no datapoint has one."""
+        defined = self.khat[~np.isnan(self.khat)]
+        return float((defined > threshold).mean()) if defined.size else math.nan
+
+    def worst(self, num: int = 10) -> np.ndarray:
+        """Indices of the ``num`` datapoints with the highest k̂, highest first (NaN last);
+        for enumerated states, the highest χ²."""
+        key = self.chi2 if self.num_states else self.khat
+        return np.argsort(-key, kind="stable")[:num]
+
+    def summary(self, num_worst: int = 10) -> dict[str, Any]:
+        worst = self.worst(num_worst)
+        defined = self.khat[~np.isnan(self.khat)]
+        out = {
+            "num_points": int(self.khat.size),
+            "num_samples": self.num_samples,
+            "share_above_0.5": self.share_above(0.5),
+            "share_above_0.7": self.share_above(0.7),
+            "khat_median": float(np.median(defined)) if defined.size else math.nan,
+            "khat_max": float(defined.max()) if defined.size else math.nan,
+            "khat_not_applicable": int(self.khat.size - defined.size),
+            "worst": [{"index": int(i), "khat": float(self.khat[i])} for i in worst],
+        }
+        if self.num_states:
+            out |= {
+                "num_states": self.num_states,
+                "kl_median": float(np.median(self.kl)),
+                "chi2_median": float(np.median(self.chi2)),
+                "chi2_max": float(self.chi2.max()),
+            }
+            for entry in out["worst"]:
+                i = entry["index"]
+                entry |= {"chi2": float(self.chi2[i]), "kl": float(self.kl[i])}
+        return out
+
+
+@torch.no_grad()
+def psis_khat_per_datapoint(
+    model,
+    guide,
+    x: torch.Tensor,
+    num_samples: int = 1000,
+    max_elements: int = 2**23,
+) -> PointwiseKhat:
+    """k̂ for each row x_n from S = ``num_samples`` ratios p(x_n, z_s) / q(z_s | x_n).
+
+    Needs every latent site inside the per-datapoint plate (an amortized or local guide;
+    :func:`pyro_vae.plates.find_data_plate`).
+    Datapoints and draws are taken in chunks of at most ``max_elements`` values of x.
+    Each site's per-datapoint log-density is added to the others in float64, so a
+    per-datapoint constant in log p leaves k̂ as it is, and the constant-ratio test
+    (k̂ = −inf) is against each datapoint's rounding error, 2 ε Σ|log-density terms| over
+    the sites that vary between draws (:func:`pareto_khat`).
+
+    **Discrete guides.** When every latent site of q is discrete (a sigmoid belief net's
+    binary z), the ratios r(z) = p(x_n, z) / q(z | x_n) take at most K values, K the
+    number of states of q(z | x_n): they are bounded, every moment is finite, and the top
+    of their distribution is an atom, not a generalized Pareto tail (the limit of one
+    would be the degenerate k = −∞, for a good q and a bad one alike). k̂ therefore says
+    nothing there and is NaN. Its question, can S draws from q be trusted, has an exact
+    answer when K ≤ S: the K states are enumerated, which costs no more than the S draws
+    would, and :class:`PointwiseKhat` holds, for every datapoint, the exact log p(x_n),
+    KL(q ‖ p(z | x_n)) and χ²(p(z | x_n) ‖ q). For K > S the ratios are drawn as usual,
+    and a datapoint whose draws repeat a ratio in the fitted tail gets NaN.
+    """
+    check_count("num_samples", num_samples, PSIS_MIN_SAMPLES, "PSIS needs ≥ 5 tail draws")
+    check_count("max_elements", max_elements, 1, "expected a positive chunk size")
+    _, probe_tr, plate = probe(model, guide, (x[:1],), {}, local=True)
+    support = discrete_support(probe_tr, plate)
+    enumerated = support is not None and support.count <= num_samples
+    draws = int(support.count) if enumerated else num_samples
+    row = max(1, x[0].numel())
+    batch = max(1, min(x.shape[0], max_elements // (draws * row)))
+    chunk = max(1, min(draws, max_elements // (batch * row)))
+    # per batch: log w (or, enumerated, log p and log q) [K, B]; the rounding bound [B]
+    log_w: list[torch.Tensor] = []
+    log_q: list[torch.Tensor] = []
+    round_off: list[torch.Tensor] = []
+    with eval_mode(model, guide):
+        pair = prepare(model, guide, data_arguments(x), "k̂ per datapoint", probe_rows=batch)
+        for start in range(0, x.shape[0], batch):
+            xb = (x[start : start + batch],)
+            lp, lq, bound = _batch_log_densities(
+                pair, xb, start, draws, chunk, support if enumerated else None
+            )
+            log_w.append(lp if enumerated else lp - lq)
+            if enumerated:
+                log_q.append(lq)
+            round_off.append(bound.max(0).values)
+    if enumerated:
+        answers = exact_answers(torch.cat(log_w, 1), torch.cat(log_q, 1))
+        nan = np.full(answers.log_evidence.shape[0], math.nan)
+        return PointwiseKhat(nan, num_samples, int(support.count), *answers)
+    khat = pareto_khat(
+        torch.cat(log_w, 1).T.numpy(),
+        torch.cat(round_off).numpy(),
+        discrete=support is not None,
+    )
+    return PointwiseKhat(khat, num_samples)
+
+
+def _batch_log_densities(
+    pair: PerDatapoint,
+    xb: tuple[torch.Tensor],
+    start: int,
+    draws: int,
+    chunk: int,
+    support: DiscreteSupport | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`_log_densities` of ``draws`` draws (or, with ``support``, enumerated states)
+    for one batch of rows, ``chunk`` at a time, joined: ``[K, B]`` each, on the CPU."""
+    parts = []
+    for s in range(0, draws, chunk):
+        num = min(chunk, draws - s)
+        states = None
+        if support is not None:
+            states = state_values(support, xb[0].shape[0], s, num, pair.nesting)
+        parts.append(_log_densities(pair, xb, start, num, states))
+    lp, lq, bound = (torch.cat(chunks).cpu() for chunks in zip(*parts, strict=True))
+    return lp, lq, bound

@@ -1,0 +1,216 @@
+"""ArviZ conversion against models whose posterior is known in closed form.
+
+- Normal-Gamma Bayesian linear regression (global latents w, τ): the exact posterior and
+  log p(y) come from :class:`pyro_vae.cavi.BayesianLinearRegression`, so with the exact
+  posterior as the guide every draw has lp − log_q = log p(y), and the CAVI fit's
+  mean(lp − log_q) is its closed-form ELBO.
+- A VAE: lp and log_q recomputed from the stored groups and the encoder.
+- A model that cannot broadcast: drawn in a loop.
+"""
+
+import math
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer import SVI, Trace_ELBO
+from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
+
+from models.vae import VAE
+from pyro_vae.cavi import BayesianLinearRegression
+from pyro_vae.diagnostics.arviz_compat import az
+from pyro_vae.diagnostics.inference_data import (
+    FORMAT,
+    load_inference_data,
+    save_inference_data,
+    to_inference_data,
+)
+from pyro_vae.diagnostics.psis import psis_khat
+from pyro_vae.plates import data_plate
+from tests.pyro_vae.test_evaluate import make_guide, model
+
+A0, B0, LAM0 = 2.0, 2.0, 1.0
+N, D = 40, 3  # the rows and columns of the `data` fixture (conftest.py)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def regression(X, y):
+    a0, b0 = (torch.tensor(v, dtype=X.dtype) for v in (A0, B0))
+    tau = pyro.sample("precision", dist.Gamma(a0, b0))
+    scale = (tau * LAM0).rsqrt()[..., None]
+    w = pyro.sample(
+        "weights", dist.Normal(torch.zeros(X.shape[1], dtype=X.dtype), scale).to_event(1)
+    )
+    with data_plate(X):
+        pyro.sample("y", dist.Normal((X * w).sum(-1), tau.rsqrt()), obs=y)
+
+
+def exact_posterior_guide(fit):
+    """q = p(w, τ | y): τ ~ Gamma(a, b), w | τ ~ N(m, (τ Λ)⁻¹)."""
+
+    shape, rate = (
+        torch.tensor(v, dtype=torch.float64) for v in (fit.posterior_shape_, fit.posterior_rate_)
+    )
+
+    def guide(X, y):
+        tau = pyro.sample("precision", dist.Gamma(shape, rate))
+        precision = tau[..., None, None] * fit.posterior_precision_matrix_
+        pyro.sample(
+            "weights", dist.MultivariateNormal(fit.posterior_mean_, precision_matrix=precision)
+        )
+
+    return guide
+
+
+def _shapes(idata):
+    return {
+        group: {k: (v.dims, v.shape) for k, v in idata[group].data_vars.items()}
+        for group in idata.groups()
+    }
+
+
+def test_regression_round_trip_with_documented_groups_dims_and_shapes(data, tmp_path):
+    X, y = data
+    fit = BayesianLinearRegression(A0, B0, LAM0).fit(X, y)
+    idata = to_inference_data(regression, fit, X, y, num_samples=4000)
+    expected = {
+        "posterior": {
+            "precision": (("chain", "draw"), (1, 4000)),
+            "weights": (("chain", "draw", "weights_dim_0"), (1, 4000, D)),
+        },
+        "posterior_predictive": {"y": (("chain", "draw", "data"), (1, 4000, N))},
+        "log_likelihood": {"y": (("chain", "draw", "data"), (1, 4000, N))},
+        "sample_stats": {
+            "lp": (("chain", "draw"), (1, 4000)),
+            "log_q": (("chain", "draw"), (1, 4000)),
+        },
+        "observed_data": {"y": (("data",), (N,))},
+    }
+    assert _shapes(idata) == expected
+    back = load_inference_data(save_inference_data(idata, tmp_path / "diagnostics.nc"))
+    assert _shapes(back) == expected and back.attrs["pyro_vae_format"] == FORMAT
+    np.testing.assert_array_equal(
+        back.posterior["weights"].values, idata.posterior["weights"].values
+    )
+    np.testing.assert_array_equal(back.observed_data["y"].values, y.numpy())
+
+    summary = az.summary(back, var_names=["weights", "precision"], kind="stats")
+    # q(w) = N(coef_, coef_covariance_): 4000 independent draws, 4 standard errors.
+    se = fit.coef_covariance_.diagonal().sqrt().numpy() / math.sqrt(4000)
+    assert (np.abs(summary["mean"].values[:D] - fit.coef_.numpy()) < 4 * se).all()
+    loo = az.loo(back, pointwise=True)
+    assert loo.pareto_k.shape == (N,) and np.isfinite(loo.elpd_loo)
+    # E_q[log p(y, w, τ) − log q(w, τ)] is CAVI's closed-form ELBO; 4 standard errors.
+    log_w = (back.sample_stats["lp"] - back.sample_stats["log_q"]).values.ravel()
+    assert abs(log_w.mean() - fit.lower_bound_) < 4 * log_w.std() / math.sqrt(log_w.size)
+
+
+def test_exact_posterior_guide_gives_constant_ratios_equal_to_the_evidence(data):
+    X, y = data
+    fit = BayesianLinearRegression(A0, B0, LAM0).fit(X, y)
+    guide = exact_posterior_guide(fit)
+    idata = to_inference_data(regression, guide, X, y, num_samples=50)
+    log_w = (idata.sample_stats["lp"] - idata.sample_stats["log_q"]).values.ravel()
+    np.testing.assert_allclose(log_w, fit.log_evidence_, rtol=0, atol=1e-8)
+    # lp = Σ_n log p(y_n | w, τ) + log p(w | τ) + log p(τ), from the stored groups alone.
+    tau = torch.as_tensor(idata.posterior["precision"].values[0])
+    w = torch.as_tensor(idata.posterior["weights"].values[0])
+    log_prior = dist.Gamma(A0, B0).log_prob(tau).double() + dist.Normal(
+        0.0, (tau * LAM0).rsqrt()[:, None]
+    ).log_prob(w).sum(1)
+    log_lik = torch.as_tensor(idata.log_likelihood["y"].sum("data").values[0])
+    lp = torch.as_tensor(idata.sample_stats["lp"].values[0])
+    torch.testing.assert_close(lp, log_lik + log_prior, rtol=0, atol=1e-5)
+    assert psis_khat(regression, guide, X, y, num_samples=200) == -math.inf
+
+
+def test_autoguides_keep_site_names_and_their_log_q_matches_pyros_elbo(data):
+    X, y = data
+    X, y = X.float(), y.float()
+    for make in (AutoNormal, AutoMultivariateNormal):
+        pyro.clear_param_store()
+        guide = make(regression)
+        svi = SVI(regression, guide, pyro.optim.Adam({"lr": 0.05}), Trace_ELBO())
+        for _ in range(50):  # any guide will do; a few steps move it off its initial values
+            svi.step(X, y)
+        idata = to_inference_data(regression, guide, X, y, num_samples=2000)
+        assert set(idata.posterior.data_vars) == {"weights", "precision"}  # no auxiliary latent
+        assert idata.posterior["weights"].dims == ("chain", "draw", "weights_dim_0")
+        log_w = (idata.sample_stats["lp"] - idata.sample_stats["log_q"]).values.ravel()
+        elbo = Trace_ELBO(num_particles=2000, vectorize_particles=True, max_plate_nesting=1)
+        pyro_elbo = -elbo.loss(regression, guide, X, y)
+        # Two independent 2000-draw estimates of the same ELBO: 4 standard errors of the
+        # difference. log q includes the multivariate guide's latent and Jacobian.
+        se = math.sqrt(2) * log_w.std() / math.sqrt(log_w.size)
+        assert abs(log_w.mean() - pyro_elbo) < 4 * se, make.__name__
+
+
+def test_vae_round_trip_and_consistent_groups(tmp_path):
+    vae = VAE(x_dim=16, latent_dim=3, hidden_dims=(8,))
+    guide = vae.make_guide()
+    x = torch.bernoulli(torch.full((12, 16), 0.3))
+    idata = to_inference_data(vae, guide, x, num_samples=30)
+    back = load_inference_data(save_inference_data(idata, tmp_path / "vae.nc"))
+    assert _shapes(back) == {
+        "posterior": {"z": (("chain", "draw", "data", "z_dim_0"), (1, 30, 12, 3))},
+        "posterior_predictive": {"x": (("chain", "draw", "data", "x_dim_0"), (1, 30, 12, 16))},
+        "log_likelihood": {"x": (("chain", "draw", "data"), (1, 30, 12))},
+        "sample_stats": {"lp": (("chain", "draw"), (1, 30)), "log_q": (("chain", "draw"), (1, 30))},
+        "observed_data": {"x": (("data", "x_dim_0"), (12, 16))},
+    }
+    assert set(np.unique(back.posterior_predictive["x"].values)) <= {0.0, 1.0}
+    # lp = Σ_n log p(x_n | z_n) + log N(z_n; 0, I) and log_q = Σ_n log q(z_n | x_n), exactly.
+    z = torch.as_tensor(back.posterior["z"].values[0])
+    log_prior = dist.Normal(0.0, 1.0).log_prob(z).sum((1, 2))
+    log_lik = torch.as_tensor(back.log_likelihood["x"].values[0]).sum(1)
+    with torch.no_grad():
+        log_q = guide.encode(x).log_prob(z).sum((1, 2))
+    for name, expected in (("lp", log_lik + log_prior), ("log_q", log_q)):
+        # float32 sums of about 250 terms of size ~1 in a different order: 1e-6 relative.
+        actual = torch.as_tensor(back.sample_stats[name].values[0])
+        torch.testing.assert_close(actual, expected.double(), rtol=1e-6, atol=1e-5)
+    assert az.summary(back, var_names=["z"], coords={"data": [0]}, kind="stats").shape == (3, 4)
+    assert az.loo(back).elpd_loo < 0
+
+
+def test_bad_input_is_refused_with_the_argument_named(data, gaussian_x, tmp_path):
+    X, y = data
+
+    def guide_without_tau(X, y):
+        pyro.sample("weights", dist.Normal(torch.zeros(D), 1.0).to_event(1))
+
+    with pytest.raises(ValueError, match=r"latent site\(s\) \['precision'\]"):
+        to_inference_data(regression, guide_without_tau, X, y, num_samples=10)
+    with pytest.raises(ValueError, match="num_samples: 1 is not an integer ≥ 2"):
+        to_inference_data(model, make_guide(), gaussian_x, num_samples=1)
+    with pytest.raises(ValueError, match="not fitted"):
+        to_inference_data(regression, BayesianLinearRegression(), X, y)
+
+    foreign = tmp_path / "foreign.nc"
+    az.from_dict(posterior={"a": np.zeros((1, 5))}).to_netcdf(foreign)
+    with pytest.raises(ValueError, match="format None; this version of pyro_vae reads"):
+        load_inference_data(foreign)
+    (tmp_path / "corrupt.nc").write_text("not netcdf")
+    with pytest.raises(ValueError, match="could not be read as ArviZ netCDF"):
+        load_inference_data(tmp_path / "corrupt.nc")
+    with pytest.raises(ValueError, match="is not a file"):
+        load_inference_data(tmp_path / "absent.nc")
+
+
+def test_a_model_that_cannot_broadcast_is_drawn_in_a_loop():
+    from pyro_vae.traces import VectorizationWarning
+    from tests.pyro_vae.estimators.test_base import X_MISSING, masked_guide, masked_model
+
+    with pytest.warns(VectorizationWarning):
+        idata = to_inference_data(masked_model, masked_guide, X_MISSING, num_samples=30)
+    z = idata.posterior["z"].values
+    assert z.shape == (1, 30, 3) and z.std() > 0.1
+    predictive = idata.posterior_predictive["x"].values
+    # each draw's own likelihood N(z_s, 1): the predictive spread exceeds one draw's noise
+    assert predictive.shape[:2] == (1, 30) and predictive.std(axis=1).min() > 0.5
+    # the exact guide makes every importance ratio p(x_obs): k̂ = −inf (constant ratios)
+    lp, log_q = idata.sample_stats["lp"].values, idata.sample_stats["log_q"].values
+    assert np.ptp(lp - log_q) < 1e-4
