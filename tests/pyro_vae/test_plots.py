@@ -1,0 +1,90 @@
+"""The run folder's figures: PNGs drawn on figures of their own, with no backend switch."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from pyro_vae.plots import (
+    plot_elbo_curves,
+    plot_gradient_variance,
+    plot_latent,
+    plot_reconstructions,
+    plot_samples,
+    save_png,
+)
+
+
+def _size(path):
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        return image.size
+
+
+def test_each_figure_is_written_as_a_png(tmp_path):
+    x = torch.rand(14, 16)
+    assert plot_reconstructions(x, 1 - x, (4, 4), 1.0, tmp_path / "r.png") == tmp_path / "r.png"
+    width, height = _size(tmp_path / "r.png")
+    assert width > height  # 12 columns, two rows of pairs
+    plot_samples(255 * x, (4, 4), 255.0, tmp_path / "s.png", title="samples")
+    history = [{"epoch": i, "train_elbo": -30.0 + i, "val_elbo": -31.0 + i} for i in range(8)]
+    plot_elbo_curves(history, tmp_path / "e.png", {"test_elbo": -24.0, "log_px": -23.0})
+    plot_elbo_curves([{"epoch": 1, "train_elbo": -3.0}], tmp_path / "e1.png")  # no validation
+    for dim in (1, 2, 3):  # one latent, a plane, principal axes
+        plot_latent(torch.randn(50, dim), torch.randint(0, 10, (50,)), tmp_path / f"l{dim}.png")
+    rows = [
+        {"group": "guide", "estimator": "trace", "variance": 1.0, "snr": 2.0},
+        {"group": "guide", "estimator": "score", "variance": 50.0, "snr": 0.1},
+        {"group": "model", "estimator": "trace", "variance": 3.0, "snr": 1.0},
+    ]
+    plot_gradient_variance(rows, tmp_path / "g.png")
+    for name in ("s", "e", "e1", "l1", "l2", "l3", "g"):
+        assert min(_size(tmp_path / f"{name}.png")) > 100, name
+
+
+def test_save_png_replaces_a_file_atomically(tmp_path):
+    from matplotlib.figure import Figure
+
+    path = tmp_path / "f.png"
+    path.write_text("an older file")
+    fig = Figure(figsize=(2, 1))
+    fig.subplots().plot([0, 1])
+    assert save_png(fig, path) == path and min(_size(path)) > 50  # a tight box, 100 dpi
+    assert [p.name for p in tmp_path.iterdir()] == ["f.png"]  # no temporary left behind
+
+
+@pytest.mark.parametrize(
+    "modules",
+    [
+        ["pyro_vae"],
+        ["pyro_vae.plots", "pyro_vae.image_grid"],
+        ["pyro_vae.diagnostics", "pyro_vae.amortization", "pyro_vae.estimators"],
+    ],
+)
+def test_importing_the_library_keeps_the_backend_and_loads_no_pyplot(modules):
+    # A notebook's backend is its own: the library must not switch it on import, nor
+    # import pyplot, which would pick one. (ArviZ imports pyplot itself, so the ArviZ
+    # modules of pyro_vae.diagnostics load on first use, not with the package.)
+    code = (
+        "import sys, matplotlib\n"
+        f"import {', '.join(modules)}\n"
+        "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'\n"
+        "assert matplotlib.get_backend() == 'svg', matplotlib.get_backend()\n"
+    )
+    env = {**os.environ, "MPLBACKEND": "svg"}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+def test_the_report_leaves_no_pyplot_figure_open(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from pyro_vae.diagnostics.psis import PointwiseKhat
+    from pyro_vae.diagnostics.report import plot_khat
+
+    before = plt.get_fignums()
+    plot_khat(PointwiseKhat(torch.linspace(-1, 1, 50).numpy(), 100), tmp_path / "k.png")
+    plot_reconstructions(torch.rand(3, 4), torch.rand(3, 4), (2, 2), 1.0, tmp_path / "r.png")
+    assert plt.get_fignums() == before
