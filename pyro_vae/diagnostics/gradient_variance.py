@@ -9,7 +9,8 @@ For an estimator ĝ of ∇_θ ELBO, drawn ``num_draws`` times at the same parame
 
 Parameter groups are the first component of Pyro's parameter names (``model``, ``guide``,
 and e.g. a score-function baseline network), so the guide's gradient, where REINFORCE's
-variance lives, is reported on its own.
+variance lives, is reported on its own. (Formerly ``pyro_vae.estimators.variance``, which
+still re-exports it: a diagnostic of estimators, not one of them.)
 """
 
 from __future__ import annotations
@@ -27,7 +28,12 @@ from tqdm.auto import tqdm
 
 @dataclass
 class GradientStats:
-    """Moments of one parameter group's gradient over repeated draws."""
+    """Moments of one parameter group's gradient over repeated draws.
+
+    ``mean`` is E[ĝ], flattened over the group's parameters ``[P]``; ``variance`` the
+    trace of its covariance; ``snr`` ‖E ĝ‖ / √variance (inf at zero variance);
+    ``seconds_per_draw`` the mean wall time of one ``loss_and_grads``.
+    """
 
     mean: torch.Tensor
     variance: float
