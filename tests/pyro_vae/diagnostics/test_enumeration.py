@@ -76,3 +76,27 @@ def test_a_discrete_guide_with_few_states_is_enumerated_exactly(tmp_path):
     assert rows[0] == "index,khat,log_evidence,kl,chi2" and len(rows) == 31
     assert float(rows[1].split(",")[2]) == pytest.approx(float(log_evidence[0]), abs=1e-4)
     assert (tmp_path / "khat_worst.png").stat().st_size > 1000
+
+
+def test_states_of_a_model_that_cannot_broadcast_are_enumerated_in_a_loop():
+    from pyro_vae.plates import data_plate
+    from pyro_vae.traces import VectorizationWarning
+
+    def model(x):
+        with data_plate(x):
+            z = pyro.sample("z", dist.Bernoulli(torch.full((len(x),), 0.3)))
+            assert z.dim() == 1, "this model handles one draw at a time"
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x):
+        with data_plate(x):
+            pyro.sample("z", dist.Bernoulli(logits=x))
+
+    x = torch.tensor([-1.0, 0.2, 1.5, 3.0])
+    with pytest.warns(VectorizationWarning, match="2 enumerated states"):
+        result = psis_khat_per_datapoint(model, guide, x, num_samples=30)
+    assert result.num_states == 2 and np.isnan(result.khat).all()
+    states = torch.tensor([0.0, 1.0])[:, None]
+    log_joint = dist.Bernoulli(0.3).log_prob(states) + dist.Normal(states, 1.0).log_prob(x)
+    expected = torch.logsumexp(log_joint.double(), 0)
+    np.testing.assert_allclose(result.log_evidence, expected.numpy(), rtol=0, atol=1e-5)
