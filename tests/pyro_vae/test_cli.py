@@ -5,7 +5,7 @@ import json
 import pytest
 
 from pyro_vae.checkpoint import RunFolder
-from pyro_vae.cli import _config_from_args, _parser, main
+from pyro_vae.cli import _parser, _run_config_from_args, _should_compile, main
 
 FAST = ["--latent-dim", "4", "--hidden", "32", "--no-progress", "--ll-samples", "20"]
 
@@ -375,9 +375,9 @@ def test_diagnose_refuses_bad_counts_and_other_versions(trained, tmp_path, capsy
 )
 def test_compile_is_automatic_for_shipped_models_and_stateless_estimators(argv, expected):
     args = _parser().parse_args(["fit", "--out", "runs/x", *argv])
-    train = _config_from_args(args)["train"]
-    assert train["compile"] is expected
-    assert train["compile_backend"] == ("inductor" if "inductor" in argv else None)
+    config = _run_config_from_args(args)
+    assert _should_compile(args, config.estimator.build(), None, None) is expected
+    assert config.training.compile_backend == ("inductor" if "inductor" in argv else None)
 
 
 def _cli(*args):
