@@ -152,8 +152,8 @@ class ModelConfig:
     """The model: an import spec (``"package.module:attr"`` or ``"file.py:attr"``) and the
     constructor options it is offered (:func:`pyro_vae.experiment.build`).
 
-    The standard options, when present, are checked: ``latent_dim`` a positive integer,
-    ``hidden_dims`` a list of positive widths, ``activation`` a name.
+    The options' values are the model's to check: its constructor receives them as they
+    are (a user's model may take any kind of value under a standard name).
     """
 
     spec: str
@@ -162,12 +162,6 @@ class ModelConfig:
     def __post_init__(self) -> None:
         _check_spec("model", self.spec)
         _check_options("model_options", self.options)
-        if "latent_dim" in self.options:
-            check_count("latent_dim", self.options["latent_dim"], 1)
-        if "hidden_dims" in self.options:
-            check_widths("hidden_dims", self.options["hidden_dims"])
-        if not isinstance(self.options.get("activation", ""), str):
-            raise ValueError(f"activation: {self.options['activation']!r} is not a name")
 
 
 @dataclass
