@@ -132,6 +132,7 @@ class RunFolder:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
+        self._config: dict[str, Any] | None = None
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -174,7 +175,10 @@ class RunFolder:
         return config
 
     def write_config(self, config: dict[str, Any]) -> None:
+        """Write config.json (``config`` is ``RunConfig.to_json()``); the checkpoints this
+        object saves from then on record the same dict."""
         write_json(self.file(CONFIG), {"format": FORMAT, **config})
+        self._config = dict(config)
 
     def read_metrics(self) -> dict[str, Any]:
         return self._read_json(METRICS) if self.file(METRICS).is_file() else {}
@@ -230,6 +234,11 @@ class RunFolder:
         return removed
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
+        """Write checkpoint.pt atomically. Once :meth:`write_config` has written the run's
+        config, the checkpoint's ``"config"`` is that same dict (config.json's, less its
+        ``format``), whatever ``state`` held there."""
+        if self._config is not None:
+            state = {**state, "config": self._config}
         atomic_write(self.file(CHECKPOINT), lambda f: torch.save({"format": FORMAT, **state}, f))
 
     def load_checkpoint(self) -> dict[str, Any]:

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import signal
 import sys
 import threading
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +22,33 @@ from pyro_vae import estimators
 from pyro_vae.checkpoint import RunFolder, RunFolderError
 from pyro_vae.compiled import compilable
 from pyro_vae.data import BINARIZATIONS, DatasetNotFoundError
-from pyro_vae.experiment import (
-    DEFAULT_MODEL,
-    build,
-    check_config,
-    evaluate_test_set,
-    load,
-    write_figures,
-)
+from pyro_vae.experiment import Experiment, build, evaluate_test_set, load, write_figures
 from pyro_vae.idx import IDXFormatError
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.plots import plot_gradient_variance, plot_samples
 from pyro_vae.predictive import prior_mean_images
-from pyro_vae.train import TrainConfig, TrainingDiverged, fit
+from pyro_vae.run_config import (
+    DataConfig,
+    EstimatorConfig,
+    EvaluationConfig,
+    GuideConfig,
+    ModelConfig,
+    RunConfig,
+    TrainingConfig,
+    check_count,
+    check_learning_rate,
+    check_levels,
+    check_widths,
+)
+from pyro_vae.train import TrainingDiverged, fit
+
+# `fit` parses its flags into one RunConfig, whose dataclasses hold the defaults, builds the
+# experiment from it once and writes it to config.json. The application names the model it
+# fits by default; the library names none.
+DEFAULT_MODEL = "models.vae:VAE"
+_MODEL_DEFAULTS = {"latent_dim": 20, "hidden_dims": [400], "activation": "softplus"}
+_MODEL_FLAGS = {"latent_dim": "latent_dim", "hidden_dims": "hidden", "activation": "activation"}
+_TRAINING, _DATA, _EVALUATION = TrainingConfig(), DataConfig(), EvaluationConfig()
 
 
 def _key_value(text: str) -> tuple[str, Any]:
@@ -62,10 +75,23 @@ def _parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     sub = parser.add_subparsers(dest="command", required=True)
-
     f = sub.add_parser(
         "fit", help="train a model/guide pair by SVI and write a run folder", allow_abbrev=False
     )
+    _add_fit_target(f)
+    _add_fit_model(f)
+    _add_fit_data(f)
+    _add_fit_training(f)
+    _add_fit_evaluation(f)
+    _add_evaluate(sub)
+    _add_sample(sub)
+    _add_amortization_gap(sub)
+    _add_diagnose(sub)
+    _add_grad_variance(sub)
+    return parser
+
+
+def _add_fit_target(f: argparse.ArgumentParser) -> None:
     target = f.add_mutually_exclusive_group(required=True)
     target.add_argument("--out", type=_folder, help="new run folder to write")
     target.add_argument("--resume", type=_folder, metavar="RUN", help="continue this run folder")
@@ -75,6 +101,9 @@ def _parser() -> argparse.ArgumentParser:
         help="with --out: start over in a folder whose earlier fit failed or was killed before "
         "its first epoch ended (a folder with a checkpoint is never overwritten)",
     )
+
+
+def _add_fit_model(f: argparse.ArgumentParser) -> None:
     f.add_argument(
         "--model",
         default=DEFAULT_MODEL,
@@ -82,23 +111,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     f.add_argument(
         "--guide", default=None, help="import spec of the guide (default: the model's make_guide())"
-    )
-    f.add_argument(
-        "--data", default="digits", help="digits, fashion-mnist or idx:PATH (default %(default)s)"
-    )
-    f.add_argument("--likelihood", choices=LIKELIHOODS, default="bernoulli")
-    f.add_argument(
-        "--binarize",
-        choices=BINARIZATIONS,
-        default="static",
-        help="for bernoulli: threshold once, or draw afresh each batch",
-    )
-    f.add_argument("--threshold", type=float, default=0.5)
-    f.add_argument(
-        "--levels",
-        type=int,
-        default=None,
-        help="pixel levels for categorical (default: 17 for digits, 8 for 8-bit)",
     )
     f.add_argument("--latent-dim", type=int, default=None, help="default 20")
     f.add_argument(
@@ -118,7 +130,37 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="another model constructor argument (JSON value)",
     )
-    f.add_argument("--estimator", default="trace", choices=estimators.names())
+
+
+def _add_fit_data(f: argparse.ArgumentParser) -> None:
+    f.add_argument(
+        "--data", default=_DATA.name, help="digits, fashion-mnist or idx:PATH (default %(default)s)"
+    )
+    f.add_argument("--likelihood", choices=LIKELIHOODS, default=_DATA.likelihood)
+    f.add_argument(
+        "--binarize",
+        choices=BINARIZATIONS,
+        default=_DATA.binarize,
+        help="for bernoulli: threshold once, or draw afresh each batch",
+    )
+    f.add_argument("--threshold", type=float, default=_DATA.threshold)
+    f.add_argument(
+        "--levels",
+        type=int,
+        default=_DATA.levels,
+        help="pixel levels for categorical (default: 17 for digits, 8 for 8-bit)",
+    )
+    f.add_argument("--val-fraction", type=float, default=_DATA.val_fraction)
+    f.add_argument(
+        "--test-fraction",
+        type=float,
+        default=_DATA.test_fraction,
+        help="held out when the dataset has no official test split",
+    )
+
+
+def _add_fit_training(f: argparse.ArgumentParser) -> None:
+    f.add_argument("--estimator", default=EstimatorConfig().name, choices=estimators.names())
     f.add_argument(
         "--estimator-opt",
         type=_key_value,
@@ -127,17 +169,17 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="estimator option, e.g. num_particles=8",
     )
-    f.add_argument("--epochs", type=int, default=None, help="default 200")
-    f.add_argument("--batch-size", type=int, default=128)
-    f.add_argument("--lr", type=float, default=1e-3)
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--epochs", type=int, default=None, help=f"default {_TRAINING.epochs}")
+    f.add_argument("--batch-size", type=int, default=_TRAINING.batch_size)
+    f.add_argument("--lr", type=float, default=_TRAINING.lr)
+    f.add_argument("--seed", type=int, default=_TRAINING.seed)
     f.add_argument(
         "--patience",
         type=int,
-        default=20,
+        default=_TRAINING.patience,
         help="epochs without validation improvement before stopping (0: never)",
     )
-    f.add_argument("--kl-warmup", type=float, default=0.0, metavar="EPOCHS")
+    f.add_argument("--kl-warmup", type=float, default=_TRAINING.kl_warmup_epochs, metavar="EPOCHS")
     f.add_argument(
         "--compile",
         choices=("auto", "on", "off", "inductor"),
@@ -147,22 +189,6 @@ def _parser() -> argparse.ArgumentParser:
         "estimator keeps no state and there is no KL warm-up; inductor: on, and fuse the "
         "recording with torch.compile (needs a C++ compiler; ~30 s per batch shape; "
         "pays on long runs)",
-    )
-    f.add_argument("--val-fraction", type=float, default=0.1)
-    f.add_argument(
-        "--test-fraction",
-        type=float,
-        default=0.1,
-        help="held out when the dataset has no official test split",
-    )
-    f.add_argument(
-        "--ll-samples",
-        type=int,
-        default=1000,
-        help="K for the importance-weighted log-likelihood (0: skip)",
-    )
-    f.add_argument(
-        "--ll-points", type=int, default=1000, help="test images it is estimated on (0: all)"
     )
     f.add_argument(
         "--drop-last",
@@ -186,16 +212,38 @@ def _parser() -> argparse.ArgumentParser:
     )
     f.add_argument("--no-progress", action="store_true")
 
+
+def _add_fit_evaluation(f: argparse.ArgumentParser) -> None:
+    f.add_argument(
+        "--ll-samples",
+        type=int,
+        default=_EVALUATION.ll_samples,
+        help="K for the importance-weighted log-likelihood (0: skip)",
+    )
+    f.add_argument(
+        "--ll-points",
+        type=int,
+        default=_EVALUATION.ll_points,
+        help="test images it is estimated on (0: all)",
+    )
+
+
+def _add_evaluate(sub) -> None:
     e = sub.add_parser("evaluate", help="test metrics of a run folder", allow_abbrev=False)
     e.add_argument("run", type=Path)
     e.add_argument("--ll-samples", type=int, default=None, help="default: the run's setting")
     e.add_argument("--ll-points", type=int, default=None, help="default: the run's setting")
 
+
+def _add_sample(sub) -> None:
     s = sub.add_parser("sample", help="images from the prior of a run's model", allow_abbrev=False)
     s.add_argument("run", type=Path)
     s.add_argument("--num", type=int, default=64)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", type=Path, default=None, help="PNG path (default RUN/samples.png)")
+
+
+def _add_amortization_gap(sub) -> None:
     a = sub.add_parser(
         "amortization-gap",
         allow_abbrev=False,
@@ -208,6 +256,8 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--iwae-samples", type=int, default=1000)
     a.add_argument("--seed", type=int, default=0)
 
+
+def _add_diagnose(sub) -> None:
     g = sub.add_parser(
         "diagnose",
         allow_abbrev=False,
@@ -223,6 +273,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--worst", type=int, default=12, help="highest-k̂ images to show")
     g.add_argument("--seed", type=int, default=0)
 
+
+def _add_grad_variance(sub) -> None:
     v = sub.add_parser(
         "grad-variance",
         allow_abbrev=False,
@@ -241,63 +293,60 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument(
         "--out", type=Path, default=None, help="PNG path (default RUN/gradient_variance.png)"
     )
-    return parser
 
 
-def _compile(args: argparse.Namespace) -> bool:
-    if args.compile != "auto":
-        return args.compile in ("on", "inductor")
-    # A recording assumes the structure is fixed by the batch shape: known of the models
-    # shipped here, not of a user's file, which may branch on a value (--compile on to opt in).
-    shipped = args.model.startswith("models.") and (
-        args.guide is None or args.guide.startswith(("models.", "pyro_vae."))
-    )
-    if not shipped:
-        return False
-    elbo = estimators.get(args.estimator, **dict(args.estimator_opt))
-    return compilable(elbo) is None and args.kl_warmup == 0
-
-
-def _config_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    train = TrainConfig(
-        epochs=200 if args.epochs is None else args.epochs,
+def _run_config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The run ``fit`` flags describe. With ``--compile auto`` the step is not recorded
+    here; :func:`_should_compile` decides once the experiment is built."""
+    training = TrainingConfig(
+        epochs=_TRAINING.epochs if args.epochs is None else args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
         seed=args.seed,
         patience=args.patience or None,
         kl_warmup_epochs=args.kl_warmup,
         progress=not args.no_progress,
-        compile=_compile(args),
+        compile=args.compile in ("on", "inductor"),
         compile_backend="inductor" if args.compile == "inductor" else None,
         data_plate=args.data_plate,
         drop_last=args.drop_last,
         vectorize_particles={"auto": None, "on": True, "off": False}[args.vectorize_particles],
     )
-    return {
-        "model": _resolved(args.model),
-        "model_options": {
-            **{key: _default(args, key) for key in ("latent_dim", "hidden_dims", "activation")},
-            **dict(args.model_opt),
-        },
-        "guide": _resolved(args.guide),
-        "data": {
-            "name": _resolved_data(args.data),
-            "likelihood": args.likelihood,
-            "binarize": args.binarize,
-            "threshold": args.threshold,
-            "levels": args.levels,
-            "val_fraction": args.val_fraction,
-            "test_fraction": args.test_fraction,
-            "split_seed": 0,
-        },
-        "estimator": {"name": args.estimator, "options": dict(args.estimator_opt)},
-        "train": asdict(train),
-        "evaluation": {"ll_samples": args.ll_samples, "ll_points": args.ll_points or None},
-    }
+    data = DataConfig(
+        name=_resolved_data(args.data),
+        likelihood=args.likelihood,
+        binarize=args.binarize,
+        threshold=args.threshold,
+        levels=args.levels,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+    )
+    options = {key: _default(args, key) for key in _MODEL_FLAGS}
+    return RunConfig(
+        model=ModelConfig(_resolved(args.model), {**options, **dict(args.model_opt)}),
+        data=data,
+        guide=GuideConfig(_resolved(args.guide)),
+        estimator=EstimatorConfig(args.estimator, dict(args.estimator_opt)),
+        training=training,
+        evaluation=EvaluationConfig(args.ll_samples, args.ll_points or None),
+    )
 
 
-_MODEL_DEFAULTS = {"latent_dim": 20, "hidden_dims": [400], "activation": "softplus"}
-_MODEL_FLAGS = {"latent_dim": "latent_dim", "hidden_dims": "hidden", "activation": "activation"}
+def _should_compile(args: argparse.Namespace, elbo, model, guide) -> bool:
+    """Whether ``fit`` records its training step: the one place it is decided.
+
+    ``--compile on``/``inductor``/``off`` decide; ``auto`` records when the estimator can
+    be recorded (:func:`pyro_vae.compiled.compilable`), there is no KL warm-up, and model
+    and guide are the ones shipped here: a recording assumes the structure is fixed by
+    the batch shape, which is known of them, not of a user's file, which may branch on a
+    value (``--compile on`` to opt in). ``model`` and ``guide`` are the built objects.
+    """
+    if args.compile != "auto":
+        return args.compile in ("on", "inductor")
+    shipped = args.model.startswith("models.") and (
+        args.guide is None or args.guide.startswith(("models.", "pyro_vae."))
+    )
+    return shipped and compilable(elbo) is None and args.kl_warmup == 0
 
 
 def _default(args: argparse.Namespace, key: str) -> Any:
@@ -305,18 +354,19 @@ def _default(args: argparse.Namespace, key: str) -> Any:
     return _MODEL_DEFAULTS[key] if value is None else value
 
 
-def _note_unaccepted(args: argparse.Namespace, exp, config: dict[str, Any]) -> None:
-    """Drop standard options the model does not take from the config (it records what the
-    model received), and say so for those the user set."""
+def _note_unaccepted(args: argparse.Namespace, exp: Experiment, config: RunConfig) -> RunConfig:
+    """``config`` without the standard options the model does not take (it records what
+    the model received), saying so for those the user set."""
     for key in exp.not_accepted:
-        config["model_options"].pop(key, None)
         flag = "--" + _MODEL_FLAGS[key].replace("_", "-")
         if getattr(args, _MODEL_FLAGS[key], None) is not None:
             print(
-                f"note: {flag} was not passed to {config['model']}, whose constructor has no "
+                f"note: {flag} was not passed to {config.model.spec}, whose constructor has no "
                 f"{key!r} argument; pass its own with --model-opt NAME=VALUE "
                 f"(it received {sorted(exp.model_arguments)})"
             )
+    options = {k: v for k, v in config.model.options.items() if k not in exp.not_accepted}
+    return replace(config, model=replace(config.model, options=options))
 
 
 def _print_test(test: dict[str, Any]) -> None:
@@ -353,7 +403,8 @@ def _fit(args: argparse.Namespace, given: set[str]) -> int:
         raise ValueError(
             "restart: --restart starts a run over in --out; it does not go with --resume"
         )
-    config = None if args.resume else _config_from_args(args)  # bad flags: refused before any work
+    # bad flags: refused before any work
+    config = None if args.resume else _run_config_from_args(args)
     run = RunFolder(args.resume or args.out)
     if args.resume and not run.path.is_dir():
         raise RunFolderError(
@@ -363,11 +414,11 @@ def _fit(args: argparse.Namespace, given: set[str]) -> int:
     with run.claim():
         run.remove_stale_temporaries()
         if args.resume:
-            config, resume = _resume_config(run, args, given)
+            config, state = _resume_config(run, args, given)
         else:
             _check_new_folder(run, args.restart)
-            resume = False
-        return _train_and_report(run, config, resume, args)
+            state = None
+        return _train_and_report(run, config, state, args)
 
 
 def _check_new_folder(run: RunFolder, restart: bool) -> None:
@@ -397,9 +448,11 @@ def _check_new_folder(run: RunFolder, restart: bool) -> None:
         )
 
 
-def _resume_config(run: RunFolder, args: argparse.Namespace, given: set[str]):
-    """The run's own config, with only what --resume may change, and whether there is a
-    checkpoint to continue from."""
+def _resume_config(
+    run: RunFolder, args: argparse.Namespace, given: set[str]
+) -> tuple[RunConfig, dict[str, Any] | None]:
+    """The run's own config, with only what --resume may change, and its checkpoint (read
+    here, once; ``None`` for a run stopped before its first epoch ended)."""
     fixed = sorted(given - _RESUMABLE)
     if fixed:
         raise ValueError(
@@ -407,13 +460,13 @@ def _resume_config(run: RunFolder, args: argparse.Namespace, given: set[str]):
             "the settings in its config.json; only --epochs and --no-progress go with --resume. "
             "To change them, start a new run with --out (nothing was changed)"
         )
-    config = run.read_config()
-    check_config(config)
-    if run.has_checkpoint:
-        done, resume = int(run.load_checkpoint()["epoch"]), True
+    config = RunConfig.from_json(run.read_config())
+    state = run.load_checkpoint() if run.has_checkpoint else None
+    if state is not None:
+        done = int(state["epoch"])
     else:
         metrics = run.read_metrics()
-        done, resume = len(metrics.get("epochs", [])), False
+        done = len(metrics.get("epochs", []))
         if done or "test" in metrics:
             raise RunFolderError(
                 f"resume: {run.file('checkpoint.pt')} is missing, but metrics.json records {done} "
@@ -421,41 +474,53 @@ def _resume_config(run: RunFolder, args: argparse.Namespace, given: set[str]):
                 "was changed; start a new run with --out"
             )
         # a run stopped before its first epoch ended: resuming starts that epoch again
+    epochs = config.training.epochs
     if args.epochs is not None:
         if args.epochs < done:
             raise ValueError(
                 f"epochs: {args.epochs} is fewer than the {done} epochs the run has done; expected "
                 f"at least {done} (the total to train to, not how many more)"
             )
-        config["train"]["epochs"] = args.epochs
-    config["train"]["progress"] = not args.no_progress
-    return config, resume
+        epochs = args.epochs
+    training = replace(config.training, epochs=epochs, progress=not args.no_progress)
+    return replace(config, training=training), state
 
 
-def _train_and_report(run: RunFolder, config: dict[str, Any], resume: bool, args) -> int:
+def _train_and_report(
+    run: RunFolder, config: RunConfig, state: dict[str, Any] | None, args: argparse.Namespace
+) -> int:
     exp = build(config)
     if not args.resume:
-        _note_unaccepted(args, exp, config)
-    train_config = TrainConfig(**config["train"])
-    if train_config.compile and compilable(exp.elbo) is not None:
+        config = _note_unaccepted(args, exp, config)
+        compile_step = _should_compile(args, exp.elbo, exp.model, exp.guide)
+        config = replace(config, training=replace(config.training, compile=compile_step))
+        exp.config = config
+    if config.training.compile and compilable(exp.elbo) is not None:
         raise ValueError(
-            f"--compile on: the {config['estimator']['name']} estimator cannot be compiled "
+            f"--compile on: the {config.estimator.name} estimator cannot be compiled "
             f"({compilable(exp.elbo)}); use --compile auto or off (nothing was written)"
         )
 
     def ready() -> None:  # fit's checks have all passed: now the folder is written
-        run.write_config(config)
-        run.update_metrics(data=exp.data.info, estimator=config["estimator"])
+        run.write_config(config.to_json())
+        run.update_metrics(data=exp.data.info, estimator=config.to_json()["estimator"])
         print(
-            f"{config['model']} on {exp.data.info['dataset']} "
+            f"{config.model.spec} on {exp.data.info['dataset']} "
             f"({exp.data.info['num_train']} train, {exp.data.info['num_val']} validation, "
-            f"{exp.data.info['num_test']} test images), {config['estimator']['name']} "
+            f"{exp.data.info['num_test']} test images), {config.estimator.name} "
             f"estimator -> {run.path}"
         )
 
     try:
         result = fit(
-            exp.model, exp.guide, exp.data, exp.elbo, train_config, run, resume, on_ready=ready
+            exp.model,
+            exp.guide,
+            exp.data,
+            exp.elbo,
+            config.training,
+            run,
+            resume=state is not None,
+            on_ready=ready,
         )
     except TrainingDiverged as err:
         run.update_metrics(stop_reason="diverged")
@@ -466,8 +531,14 @@ def _train_and_report(run: RunFolder, config: dict[str, Any], resume: bool, args
         f"{result.best_epoch or len(result.history)}"
     )
     exp.local_guide = result.local_guide
-    ev = config["evaluation"]
-    test = evaluate_test_set(exp, ev["ll_samples"], ev["ll_points"], progress=train_config.progress)
+    _report(run, exp, result, config.training.progress)
+    return 0
+
+
+def _report(run: RunFolder, exp: Experiment, result, progress: bool) -> None:
+    """Evaluate on the test set, record it in metrics.json, print it, draw the figures."""
+    ev = exp.config.evaluation
+    test = evaluate_test_set(exp, ev.ll_samples, ev.ll_points, progress=progress)
     run.update_metrics(
         stop_reason=result.stop_reason,
         best_epoch=result.best_epoch,
@@ -480,7 +551,6 @@ def _train_and_report(run: RunFolder, config: dict[str, Any], resume: bool, args
     print("figures: " + ", ".join(str(p) for p in figures))
     for name, why in skipped.items():
         print(f"skipped {name}: {why}")
-    return 0
 
 
 def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
@@ -490,9 +560,9 @@ def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
 def _evaluate(args: argparse.Namespace) -> int:
     run = RunFolder(args.run)
     exp = load(run)
-    ev = exp.config["evaluation"]
-    samples = ev["ll_samples"] if args.ll_samples is None else args.ll_samples
-    points = ev["ll_points"] if args.ll_points is None else (args.ll_points or None)
+    ev = exp.config.evaluation
+    samples = ev.ll_samples if args.ll_samples is None else args.ll_samples
+    points = ev.ll_points if args.ll_points is None else (args.ll_points or None)
     test = evaluate_test_set(exp, samples, points, progress=True)
     if samples == 0:  # skipped this time: keep the estimate saved before, with its K
         previous = run.read_metrics().get("test", {})
@@ -513,7 +583,8 @@ def _sample(args: argparse.Namespace) -> int:
     exp = load(run)
     if not exp.generative:
         raise ValueError(
-            f"run: {exp.config['model']} has no prior to sample from (it is not a generative model)"
+            f"run: {exp.config.model.spec} has no prior to sample from (it is not a generative "
+            "model)"
         )
     pyro.set_rng_seed(args.seed)
     with torch.no_grad():
@@ -585,7 +656,7 @@ def _amortization_gap(args: argparse.Namespace) -> int:
     run = RunFolder(args.run)
     exp = load(run)
     if not exp.generative:
-        raise ValueError(f"run: {exp.config['model']} has no latent variables to fit guides to")
+        raise ValueError(f"run: {exp.config.model.spec} has no latent variables to fit guides to")
     _refuse_local_guide(
         exp,
         "the amortization gap compares an amortized encoder with "
@@ -622,7 +693,7 @@ def _diagnose(args: argparse.Namespace) -> int:
     run = RunFolder(args.run)
     exp = load(run)
     if not exp.generative:
-        raise ValueError(f"run: {exp.config['model']} has no latent variables to diagnose")
+        raise ValueError(f"run: {exp.config.model.spec} has no latent variables to diagnose")
     _refuse_local_guide(exp, "k̂ per test image needs a posterior for test images")
     if args.points < 0:
         raise ValueError(f"points: {args.points} is negative; expected a number of test images")
@@ -708,7 +779,6 @@ _COUNTS = {
         "ll_samples": 0,
         "ll_points": 0,
         "seed": 0,
-        "levels": 2,
     },
     "evaluate": {"ll_samples": 0, "ll_points": 0},
     "sample": {"num": 1, "seed": 0},
@@ -724,31 +794,21 @@ _COUNTS = {
     "grad-variance": {"num_draws": 2, "batch_size": 1, "seed": 0},
 }
 _MEANING = {0: {"ll_samples": " (0 skips it)", "ll_points": " (0: all)", "points": " (0: all)"}}
-_MAX_LEVELS = 256  # an 8-bit image has 256 values; a categorical over more is all empty classes
 
 
 def _check_counts(args: argparse.Namespace) -> None:
-    """Refuse a count below its minimum (or levels above 256), naming the flag."""
+    """Refuse a count below its minimum (or levels outside 2..256), naming the flag, with
+    the run configuration's own checks."""
     for dest, minimum in _COUNTS.get(args.command, {}).items():
         value = getattr(args, dest, None)
-        if value is None:
-            continue
-        if value < minimum:
-            flag = "--" + dest.replace("_", "-")
+        if value is not None:
             meaning = _MEANING.get(minimum, {}).get(dest, "")
-            raise ValueError(f"{flag}: {value} is not an integer ≥ {minimum}{meaning}")
-    for value in getattr(args, "hidden", None) or []:
-        if value < 1:
-            raise ValueError(f"--hidden: {value} is not a positive layer width")
-    if getattr(args, "levels", None) is not None and args.levels > _MAX_LEVELS:
-        raise ValueError(
-            f"--levels: {args.levels} pixel levels; expected at most {_MAX_LEVELS} (an 8-bit "
-            "image has 256 values, and the decoder's output grows with the levels)"
-        )
-    for dest in ("lr",):
-        value = getattr(args, dest, None)
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise ValueError(f"--{dest}: {value} is not a positive learning rate")
+            check_count("--" + dest.replace("_", "-"), value, minimum, meaning)
+    if args.command == "fit":
+        check_levels("--levels", args.levels)
+        check_widths("--hidden", args.hidden or [])
+    if getattr(args, "lr", None) is not None:
+        check_learning_rate("--lr", args.lr)
 
 
 class _Terminated(BaseException):

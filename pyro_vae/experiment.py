@@ -1,19 +1,16 @@
-"""An experiment: data, model, guide and estimator rebuilt from a run folder's config.
+"""An experiment: data, model, guide and estimator built from a :class:`RunConfig`.
 
-The config is plain JSON, so ``pyro-vae evaluate RUN`` and ``pyro-vae sample RUN`` rebuild
-exactly what ``pyro-vae fit`` trained, from the folder alone::
-
-    {"model": "models.vae:VAE", "model_options": {...}, "guide": null,
-     "data": {"name": "digits", "likelihood": "bernoulli", ...},
-     "estimator": {"name": "trace", "options": {}},
-     "train": {...TrainConfig...}, "evaluation": {"ll_samples": 1000, "ll_points": 1000}}
+``pyro-vae evaluate RUN`` and ``pyro-vae sample RUN`` rebuild exactly what ``pyro-vae fit``
+trained from the folder alone: :func:`load` reads its config.json
+(:meth:`RunConfig.from_json`), :func:`build` constructs what it describes, and the kept
+weights are loaded from its checkpoint.
 """
 
 from __future__ import annotations
 
 import inspect
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +18,8 @@ import pyro
 import torch
 from pyro.infer import ELBO
 
-from pyro_vae import estimators
 from pyro_vae.checkpoint import RunFolder, RunFolderError
-from pyro_vae.data import DataSplits, Preprocessing, load_data
+from pyro_vae.data import DataSplits, load_data
 from pyro_vae.evaluate import (
     active_units,
     elbo_per_datapoint,
@@ -34,26 +30,8 @@ from pyro_vae.evaluate import (
 )
 from pyro_vae.plots import plot_elbo_curves, plot_latent, plot_reconstructions, plot_samples
 from pyro_vae.predictive import prior_mean_images, reconstruct
+from pyro_vae.run_config import STANDARD_MODEL_OPTIONS, RunConfig
 from pyro_vae.spec import call_with_supported, load_object, supported_options
-
-DEFAULT_MODEL = "models.vae:VAE"
-# What config.json holds: sections and their keys (train's are TrainConfig's fields).
-_SECTIONS = {
-    "data": {
-        "name",
-        "likelihood",
-        "binarize",
-        "threshold",
-        "levels",
-        "val_fraction",
-        "test_fraction",
-        "split_seed",
-    },
-    "estimator": {"name", "options"},
-    "evaluation": {"ll_samples", "ll_points"},
-}
-_TOP = {"format", "model", "model_options", "guide", "train", *_SECTIONS}
-STANDARD_MODEL_OPTIONS = ("latent_dim", "hidden_dims", "activation")
 
 
 @dataclass
@@ -66,7 +44,7 @@ class Experiment:
     standard options it does not take (so they were not passed).
     """
 
-    config: dict[str, Any]
+    config: RunConfig
     data: DataSplits
     model: Any
     guide: Any
@@ -82,85 +60,43 @@ class Experiment:
         return bool(getattr(owner, "generative", True))
 
 
-def build(config: dict[str, Any]) -> Experiment:
+def build(config: RunConfig) -> Experiment:
     """Load the data and construct model, guide and estimator as ``config`` says.
 
-    ``config["model"]`` names a class (constructed with the standard options it accepts,
+    ``config.model.spec`` names a class (constructed with the standard options it accepts,
     ``x_dim``, ``latent_dim``, ``hidden_dims``, ``likelihood``, ``levels``, ``activation``, plus
-    ``model_options``), or a model function used as it is. A constructed object that has
-    ``model`` and ``guide`` methods and no ``forward`` of its own (Pyro's examples) gives
-    both. ``config["guide"]`` likewise names a class (offered the same options and, if it
-    takes one, the ``model``, as Pyro's autoguides do) or a guide function; without one
-    the guide is the model's ``make_guide()`` or its object's ``guide`` method.
-    Seeds Pyro with ``config["train"]["seed"]`` first, so initial weights are reproducible.
+    the other ``config.model.options``), or a model function used as it is. A constructed
+    object that has ``model`` and ``guide`` methods and no ``forward`` of its own (Pyro's
+    examples) gives both. ``config.guide.spec`` likewise names a class (offered the same
+    options and, if it takes one, the ``model``, as Pyro's autoguides do) or a guide
+    function; without one the guide is the model's ``make_guide()`` or its object's
+    ``guide`` method. The estimator is built here, once. Seeds Pyro with
+    ``config.training.seed`` first, so initial weights are reproducible.
 
     Raises:
+        TypeError: ``config`` is not a :class:`~pyro_vae.run_config.RunConfig`.
         ValueError: naming the spec and what was expected of it.
     """
-    check_config(config)
-    pyro.set_rng_seed(config["train"]["seed"])
-    d = config["data"]
+    if not isinstance(config, RunConfig):
+        raise TypeError(f"config: {type(config).__name__}; expected a pyro_vae.RunConfig")
+    pyro.set_rng_seed(config.training.seed)
+    d = config.data
     data = load_data(
-        d["name"],
-        Preprocessing(d["likelihood"], d["binarize"], d["threshold"], d["levels"]),
-        val_fraction=d["val_fraction"],
-        test_fraction=d["test_fraction"],
-        split_seed=d["split_seed"],
+        d.name,
+        d.preprocessing(),
+        val_fraction=d.val_fraction,
+        test_fraction=d.test_fraction,
+        split_seed=d.split_seed,
     )
-    options = config["model_options"]
+    options = config.model.options
     standard = {k: options[k] for k in STANDARD_MODEL_OPTIONS if k in options}
-    standard.update(x_dim=data.x_dim, likelihood=d["likelihood"], levels=data.info.get("levels"))
+    standard.update(x_dim=data.x_dim, likelihood=d.likelihood, levels=data.info.get("levels"))
     extra = {k: v for k, v in options.items() if k not in STANDARD_MODEL_OPTIONS}
-    made, received = _construct(config["model"], "model", standard, extra)
+    made, received = _construct(config.model.spec, "model", standard, extra)
     not_accepted = [k for k in STANDARD_MODEL_OPTIONS if k in options and k not in received]
     model, paired_guide = _model_and_guide(made)
     guide = _guide(config, model, paired_guide, standard)
-    est = config["estimator"]
-    return Experiment(
-        config,
-        data,
-        model,
-        guide,
-        estimators.get(est["name"], **est["options"]),
-        received,
-        not_accepted,
-    )
-
-
-def check_config(config: dict[str, Any]) -> None:
-    """Refuse a config with a section or key missing, misspelled, or of the wrong kind, so
-    a hand-edited config.json fails with its key named rather than being half ignored.
-
-    Raises:
-        RunFolderError: naming the key and what was expected.
-    """
-    from dataclasses import fields
-
-    from pyro_vae.train import TrainConfig
-
-    unknown = sorted(set(config) - _TOP)
-    missing = sorted(_TOP - {"format"} - set(config))
-    if unknown or missing:
-        raise RunFolderError(
-            f"config: unknown keys {unknown} and missing keys {missing}; expected the keys "
-            f"{sorted(_TOP)}"
-        )
-    sections = {**_SECTIONS, "train": {f.name for f in fields(TrainConfig)}}
-    for name, keys in sections.items():
-        section = config[name]
-        if not isinstance(section, dict):
-            raise RunFolderError(
-                f"config: {name!r} is a {type(section).__name__}; expected an object"
-            )
-        unknown = sorted(set(section) - keys)
-        missing = sorted(keys - set(section)) if name != "train" else []
-        if unknown or missing:
-            raise RunFolderError(
-                f"config: {name!r} has unknown keys {unknown} and lacks {missing}; expected "
-                f"{sorted(keys)}"
-            )
-    if not isinstance(config["model_options"], dict) or not isinstance(config["model"], str):
-        raise RunFolderError("config: 'model' must be an import spec and 'model_options' an object")
+    return Experiment(config, data, model, guide, config.estimator.build(), received, not_accepted)
 
 
 def _construct(spec: str, arg: str, standard: dict, extra: dict) -> tuple[Any, dict]:
@@ -196,9 +132,9 @@ def _model_and_guide(made: Any) -> tuple[Any, Any]:
     return made, None
 
 
-def _guide(config: dict, model, paired_guide, standard: dict) -> Any:
-    if config.get("guide"):
-        spec = config["guide"]
+def _guide(config: RunConfig, model, paired_guide, standard: dict) -> Any:
+    if config.guide.spec:
+        spec = config.guide.spec
         obj = load_object(spec, "guide")
         if not inspect.isclass(obj):
             return obj
@@ -213,8 +149,9 @@ def _guide(config: dict, model, paired_guide, standard: dict) -> Any:
     if hasattr(model, "make_guide"):
         return model.make_guide()
     raise ValueError(
-        f"guide: none given and model {config['model']} has no make_guide() or guide method; "
-        "name one with the guide option (CLI: --guide SPEC), e.g. pyro_vae.guides:AmortizedNormal"
+        f"guide: none given and model {config.model.spec} has no make_guide() or guide method; "
+        "name one in the run configuration (GuideConfig(spec=...)), e.g. "
+        "pyro_vae.guides:AmortizedNormal"
     )
 
 
@@ -228,13 +165,13 @@ def load(run: RunFolder) -> Experiment:
     Raises:
         RunFolderError: the folder is incomplete, or its weights do not fit the model.
     """
-    from pyro_vae.train import TrainConfig, prepare_pair
+    from pyro_vae.train import prepare_pair
     from pyro_vae.weights import WeightsMismatchError
 
-    experiment = build(run.read_config())
+    experiment = build(RunConfig.from_json(run.read_config()))
     state = run.load_checkpoint()
     pyro.clear_param_store()
-    train = TrainConfig(**{**experiment.config["train"], "progress": False})
+    train = replace(experiment.config.training, progress=False)
     pair = prepare_pair(experiment.model, experiment.guide, experiment.data, train)
     try:
         pair.weights.restore(state["best"] or state)

@@ -1,11 +1,13 @@
 """The pyro-vae command end to end, on small settings of the README's examples."""
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
 from pyro_vae.checkpoint import RunFolder
-from pyro_vae.cli import _config_from_args, _parser, main
+from pyro_vae.cli import _parser, _run_config_from_args, _should_compile, main
 
 FAST = ["--latent-dim", "4", "--hidden", "32", "--no-progress", "--ll-samples", "20"]
 
@@ -375,9 +377,9 @@ def test_diagnose_refuses_bad_counts_and_other_versions(trained, tmp_path, capsy
 )
 def test_compile_is_automatic_for_shipped_models_and_stateless_estimators(argv, expected):
     args = _parser().parse_args(["fit", "--out", "runs/x", *argv])
-    train = _config_from_args(args)["train"]
-    assert train["compile"] is expected
-    assert train["compile_backend"] == ("inductor" if "inductor" in argv else None)
+    config = _run_config_from_args(args)
+    assert _should_compile(args, config.estimator.build(), None, None) is expected
+    assert config.training.compile_backend == ("inductor" if "inductor" in argv else None)
 
 
 def _cli(*args):
@@ -462,3 +464,41 @@ def test_idx_paths_are_stored_absolute(tmp_path, monkeypatch):
     assert config["data"]["name"] == f"idx:{data}"
     monkeypatch.chdir("/")
     assert main(["evaluate", str(tmp_path / "run"), "--ll-samples", "5"]) == 0
+
+
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+
+
+def _fixture_copy(name, tmp_path):
+    return shutil.copytree(FIXTURES / name, tmp_path / name)
+
+
+def test_a_run_folder_of_version_1_evaluates(tmp_path, capsys):
+    run = _fixture_copy("run_v1", tmp_path)
+    assert main(["evaluate", str(run), "--ll-points", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "test ELBO" in out and "K=10, 5 images" in out  # K: the run's own setting
+    assert json.loads((run / "metrics.json").read_text())["test"]["log_likelihood_points"] == 5
+    assert "schema_version" not in json.loads((run / "config.json").read_text())
+
+
+@pytest.mark.parametrize(("name", "done"), [("run_v1", 2), ("run_v1_stopped", 1)])
+def test_a_run_folder_of_version_1_resumes(tmp_path, name, done):
+    run = _fixture_copy(name, tmp_path)
+    assert main(["fit", "--resume", str(run), "--epochs", str(done + 1), "--no-progress"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert [r["epoch"] for r in metrics["epochs"]] == list(range(1, done + 2))
+    config = RunFolder(run).read_config()
+    assert config["schema_version"] == 2 and config["train"]["epochs"] == done + 1
+    state = RunFolder(run).load_checkpoint()
+    assert state["epoch"] == done + 1
+    assert state["config"] == {k: v for k, v in config.items() if k != "format"}
+
+
+def test_config_json_and_the_checkpoint_hold_the_same_run_config(trained):
+    from pyro_vae.run_config import RunConfig
+
+    config = RunFolder(trained).read_config()
+    state = RunFolder(trained).load_checkpoint()
+    assert state["config"] == {k: v for k, v in config.items() if k != "format"}
+    assert RunConfig.from_json(config).to_json() == state["config"]

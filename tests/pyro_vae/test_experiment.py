@@ -1,0 +1,101 @@
+"""Building an experiment from a RunConfig, loading a run folder, test metrics, figures."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from pyro.infer import Trace_ELBO
+
+import pyro_vae.experiment as experiment
+from pyro_vae.checkpoint import RunFolder, RunFolderError
+from pyro_vae.experiment import build, evaluate_test_set, load, write_figures
+from pyro_vae.run_config import EstimatorConfig, GuideConfig, ModelConfig, RunConfig
+
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+SMALL = {"latent_dim": 2, "hidden_dims": [8]}
+
+
+def no_guide_model(x):
+    pass
+
+
+def test_build_constructs_what_the_config_names_and_builds_the_estimator_once():
+    config = RunConfig(ModelConfig("models.vae:VAE", SMALL), estimator=EstimatorConfig("trace"))
+    exp = build(config)
+    assert exp.config is config and isinstance(exp.elbo, Trace_ELBO)
+    assert exp.model_arguments["latent_dim"] == 2 and exp.model_arguments["x_dim"] == 64
+    assert exp.not_accepted == [] and exp.generative
+    assert exp.data.info["dataset"] == "digits"
+    assert callable(exp.guide)
+
+
+def test_build_reports_standard_options_a_model_does_not_take():
+    config = RunConfig(ModelConfig("pyro.infer.autoguide:AutoNormal", {"latent_dim": 2}))
+    with pytest.raises(ValueError, match="model: pyro.infer.autoguide:AutoNormal rejected"):
+        build(config)
+
+
+def test_build_takes_a_run_config_only():
+    with pytest.raises(TypeError, match="config: dict; expected a pyro_vae.RunConfig"):
+        build({"model": "models.vae:VAE"})
+
+
+def test_a_missing_guide_names_the_python_argument_not_a_flag():
+    spec = f"{__name__}:no_guide_model"
+    with pytest.raises(ValueError) as info:
+        build(RunConfig(ModelConfig(spec), guide=GuideConfig(None)))
+    message = str(info.value)
+    assert "guide: none given" in message and "GuideConfig(spec=...)" in message
+    assert "--" not in message and "CLI" not in message
+
+
+def test_the_library_names_no_model_zoo():
+    assert not hasattr(experiment, "DEFAULT_MODEL")
+    assert not hasattr(experiment, "check_config")
+
+
+@pytest.fixture
+def fixture_run(tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURES / "run_v1", run)
+    return RunFolder(run)
+
+
+def test_a_run_folder_of_version_1_loads_with_its_kept_weights(fixture_run):
+    exp = load(fixture_run)
+    assert exp.config.training.epochs == 2 and exp.config.model.options["latent_dim"] == 2
+    state = fixture_run.load_checkpoint()
+    decoder = dict(exp.model.named_parameters())
+    for name, value in state["best"]["model"].items():
+        if name in decoder:
+            assert torch.equal(decoder[name].detach(), value)
+    assert not exp.local_guide
+
+
+def test_evaluate_test_set_and_figures_from_a_loaded_run(fixture_run):
+    exp = load(fixture_run)
+    test = evaluate_test_set(exp, ll_samples=5, ll_points=7)
+    assert test["evaluated_on"] == "test set" and test["num_test"] == 180
+    assert test["log_likelihood_samples"] == 5 and test["log_likelihood_points"] == 7
+    assert test["elbo"] < 0 and test["latent_dim"] == 2
+    history = fixture_run.read_metrics()["epochs"]
+    paths, skipped = write_figures(exp, fixture_run, history, test, num_samples=4)
+    assert {p.name for p in paths} == {
+        "reconstructions.png",
+        "samples.png",
+        "elbo.png",
+        "latent.png",
+    }
+    assert skipped == {}
+
+
+def test_load_refuses_weights_of_another_shape(fixture_run):
+    import json
+
+    path = fixture_run.file("config.json")
+    config = json.loads(path.read_text())
+    config["model_options"]["latent_dim"] = 5
+    path.write_text(json.dumps(config))
+    with pytest.raises(RunFolderError, match="does not fit"):
+        load(fixture_run)

@@ -1,0 +1,220 @@
+"""The typed run configuration: defaults, validation, JSON round trip, schema migrations,
+and the run folders an earlier version wrote."""
+
+import json
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import pytest
+
+from pyro_vae.checkpoint import RunFolder, RunFolderError
+from pyro_vae.run_config import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    DataConfig,
+    EstimatorConfig,
+    EvaluationConfig,
+    GuideConfig,
+    ModelConfig,
+    RunConfig,
+    TrainingConfig,
+    check_count,
+    check_widths,
+    migrate,
+    migrate_v1_to_v2,
+)
+from pyro_vae.train import TrainConfig
+
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+
+
+def small() -> RunConfig:
+    return RunConfig(
+        model=ModelConfig("models.vae:VAE", {"latent_dim": 2, "hidden_dims": [16]}),
+        data=DataConfig(likelihood="categorical", levels=5),
+        guide=GuideConfig("pyro_vae.guides:AmortizedNormal"),
+        estimator=EstimatorConfig("iwae", {"num_particles": 4}),
+        training=TrainingConfig(epochs=3, patience=None, compile=True),
+        evaluation=EvaluationConfig(ll_samples=0, ll_points=None),
+    )
+
+
+def test_one_set_of_defaults_the_commands():
+    assert TrainConfig is TrainingConfig
+    training = TrainingConfig()
+    assert (training.epochs, training.patience, training.batch_size, training.lr) == (
+        200,
+        20,
+        128,
+        1e-3,
+    )
+    assert (EvaluationConfig().ll_samples, EvaluationConfig().ll_points) == (1000, 1000)
+    assert DataConfig().name == "digits" and EstimatorConfig().name == "trace"
+    assert GuideConfig().spec is None
+
+
+@pytest.mark.parametrize(
+    ("make", "words"),
+    [
+        (lambda: TrainingConfig(epochs=0), ["epochs: 0", "≥ 1"]),
+        (lambda: TrainingConfig(epochs=2.5), ["epochs: 2.5"]),
+        (lambda: TrainingConfig(batch_size=True), ["batch_size: True"]),
+        (lambda: TrainingConfig(seed=-1), ["seed: -1", "≥ 0"]),
+        (lambda: TrainingConfig(patience=0), ["patience: 0", "None: never stop early"]),
+        (lambda: TrainingConfig(lr=float("inf")), ["lr: inf", "positive learning rate"]),
+        (lambda: TrainingConfig(val_samples=0), ["val_samples: 0"]),
+        (lambda: TrainingConfig(compile=True, kl_warmup_epochs=1.0), ["warm-up"]),
+        (lambda: DataConfig(levels=1), ["levels: 1", "≥ 2"]),
+        (lambda: DataConfig(levels=300), ["levels: 300", "at most 256"]),
+        (lambda: DataConfig(threshold=1.5), ["threshold: 1.5"]),
+        (lambda: DataConfig(likelihood="poisson"), ["likelihood", "poisson"]),
+        (lambda: DataConfig(split_seed=-2), ["split_seed: -2"]),
+        (lambda: DataConfig(val_fraction="0.1"), ["val_fraction: '0.1'", "fraction"]),
+        (lambda: DataConfig(name=""), ["name: ''"]),
+        (lambda: ModelConfig(""), ["model: ''", "import spec"]),
+        (lambda: ModelConfig("m:M", [1]), ["model_options: [1]"]),
+        (lambda: GuideConfig(3), ["guide: 3", "import spec"]),
+        (lambda: EstimatorConfig("elbo"), ["estimator: 'elbo' is not one of", "trace"]),
+        (lambda: EstimatorConfig("trace", None), ["estimator options: None"]),
+        (lambda: EvaluationConfig(ll_samples=-1), ["ll_samples: -1", "0 skips it"]),
+        (lambda: EvaluationConfig(ll_points=0), ["ll_points: 0", "None: all"]),
+    ],
+)
+def test_each_part_refuses_a_bad_value_naming_field_value_and_expectation(make, words):
+    with pytest.raises(ValueError) as info:
+        make()
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_model_options_are_the_model_s_to_check():
+    assert ModelConfig("m:M", {"latent_dim": "abc"}).options == {"latent_dim": "abc"}
+
+
+def test_check_widths_names_the_first_bad_width():
+    check_widths("--hidden", [])
+    with pytest.raises(ValueError, match="--hidden: 0 is not a positive layer width"):
+        check_widths("--hidden", [400, 0])
+    with pytest.raises(ValueError, match="hidden_dims: 8 is not a list"):
+        check_widths("hidden_dims", 8)
+
+
+def test_a_run_config_takes_only_its_parts():
+    with pytest.raises(TypeError, match="training: dict; expected a TrainingConfig"):
+        RunConfig(ModelConfig("m:M"), training={"epochs": 3})
+
+
+def test_check_count_is_the_one_count_check():
+    check_count("n", 3, 1)
+    check_count("n", None, 1, allow_none=True)
+    with pytest.raises(ValueError, match=r"--num: 0 is not an integer ≥ 1 \(why\)"):
+        check_count("--num", 0, 1, " (why)")
+    with pytest.raises(ValueError, match="n: None"):
+        check_count("n", None, 1)
+
+
+def test_json_round_trip_is_exact():
+    config = small()
+    text = json.dumps(config.to_json())
+    again = RunConfig.from_json(json.loads(text))
+    assert again == config
+    assert again.to_json() == config.to_json()
+    assert config.to_json()["schema_version"] == SCHEMA_VERSION == 2
+    assert config.to_json()["train"] == asdict(config.training)
+
+
+def test_json_layout_is_config_json_s():
+    keys = set(small().to_json())
+    assert keys == {
+        "schema_version",
+        "model",
+        "model_options",
+        "guide",
+        "data",
+        "estimator",
+        "train",
+        "evaluation",
+    }
+
+
+def test_from_json_accepts_the_format_key_and_a_train_section_with_keys_left_out():
+    config = small().to_json()
+    config["format"] = "pyro_vae.run/1"
+    config["train"] = {"epochs": 7}
+    read = RunConfig.from_json(config)
+    assert read.training == TrainingConfig(epochs=7)
+
+
+@pytest.mark.parametrize(
+    ("edit", "words"),
+    [
+        (lambda c: c.pop("evaluation"), ["missing keys ['evaluation']"]),
+        (lambda c: c.update(extra=1), ["unknown keys ['extra']"]),
+        (lambda c: c.update(train=[1, 2]), ["'train' is a list", "expected an object"]),
+        (lambda c: c["train"].update(epocs=3), ["'train' has unknown keys ['epocs']"]),
+        (lambda c: c["data"].pop("threshold"), ["'data'", "lacks ['threshold']"]),
+        (lambda c: c.update(model_options=[]), ["'model_options' an object"]),
+        (lambda c: c.update(schema_version=99), ["schema_version 99 is newer", "up to 2"]),
+        (lambda c: c.update(schema_version="2"), ["schema_version '2' is not a positive"]),
+        (lambda c: c.update(schema_version=0), ["schema_version 0"]),
+    ],
+)
+def test_from_json_refuses_a_bad_config_naming_the_key(edit, words):
+    config = small().to_json()
+    edit(config)
+    with pytest.raises(RunFolderError) as info:
+        RunConfig.from_json(config)
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_from_json_refuses_what_is_not_an_object():
+    with pytest.raises(RunFolderError, match="a list; expected an object"):
+        RunConfig.from_json([1, 2])
+
+
+def test_a_bad_value_in_a_config_is_named():
+    config = small().to_json()
+    config["train"]["epochs"] = 0
+    with pytest.raises(ValueError, match="epochs: 0"):
+        RunConfig.from_json(config)
+
+
+def v1(**train) -> dict:
+    """A config.json as version 1 wrote it: no schema_version."""
+    config = small().to_json()
+    del config["schema_version"]
+    config["format"] = "pyro_vae.run/1"
+    config["train"] = train
+    return config
+
+
+def test_migrate_v1_to_v2_keeps_version_1_s_meaning_of_a_left_out_default():
+    old = v1(lr=0.01)
+    new = migrate_v1_to_v2(old)
+    assert new["schema_version"] == 2
+    assert new["train"] == {"epochs": 100, "patience": 10, "lr": 0.01}
+    assert "schema_version" not in old and old["train"] == {"lr": 0.01}  # not changed
+    assert migrate_v1_to_v2(v1(epochs=5, patience=None))["train"] == {"epochs": 5, "patience": None}
+    assert RunConfig.from_json(old).training == TrainingConfig(epochs=100, patience=10, lr=0.01)
+
+
+def test_every_version_step_has_its_migration():
+    assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION))
+    current = small().to_json()
+    assert migrate(current) == current
+    assert migrate(v1(epochs=3))["schema_version"] == SCHEMA_VERSION
+
+
+@pytest.mark.parametrize("name", ["run_v1", "run_v1_stopped"])
+def test_a_run_folder_of_version_1_loads(name):
+    raw = RunFolder(FIXTURES / name).read_config()
+    assert "schema_version" not in raw
+    config = RunConfig.from_json(raw)
+    assert config.model == ModelConfig(
+        "models.vae:VAE", {"latent_dim": 2, "hidden_dims": [16], "activation": "softplus"}
+    )
+    assert config.training.epochs == (2 if name == "run_v1" else 50)
+    assert config.training.compile is True and config.training.patience == 20
+    assert config.evaluation == EvaluationConfig(ll_samples=10, ll_points=20)
+    assert {f.name for f in fields(TrainingConfig)} == set(raw["train"])
