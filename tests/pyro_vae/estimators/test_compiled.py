@@ -12,7 +12,7 @@ from pyro.infer.autoguide import AutoNormal
 from models.regression import BayesianRegression
 from models.vae import VAE
 from pyro_vae import TensorData, TrainConfig, fit
-from pyro_vae.compiled import CaptureError, CompiledELBO, compilable
+from pyro_vae.estimators.compiled import CaptureError, CompiledELBO, compilable
 from pyro_vae.estimators import get
 from pyro_vae.svi_step import GroupedAdam, SVIStep
 
@@ -157,7 +157,7 @@ def test_unhashable_arguments_are_named():
 def test_operations_that_return_their_input_are_bypassed():
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    from pyro_vae.compiled import _drop_no_ops
+    from pyro_vae.estimators.compiled import _drop_no_ops
 
     def f(x):
         y = (x.expand(4, 3).view(4, 3) / 1 + 0) * 2  # three no-ops, then a real product
