@@ -1,5 +1,7 @@
 """A recorded ELBO takes exactly the steps of the estimator it records."""
 
+import importlib
+
 import pyro
 import pyro.distributions as dist
 import pyro.optim
@@ -9,11 +11,12 @@ import torch
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
 
+import pyro_vae.guides
 from models.regression import BayesianRegression
 from models.vae import VAE
 from pyro_vae import TensorData, TrainConfig, fit
-from pyro_vae.estimators.compiled import CaptureError, CompiledELBO, compilable
 from pyro_vae.estimators import get
+from pyro_vae.estimators.compiled import CaptureError, CompiledELBO, compilable, should_record
 from pyro_vae.svi_step import GroupedAdam, SVIStep
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -248,3 +251,95 @@ def test_replayed_gradients_equal_eager_ones_step_after_step():
     ):
         for name, grad in eager.items():
             assert torch.equal(grad, replayed[name]), name
+
+
+def _old_cli_rule(model_spec, guide_spec):
+    """What `--compile auto` recorded before models declared it (cli._compile's prefix rule)."""
+    return model_spec.startswith("models.") and (
+        guide_spec is None or guide_spec.startswith(("models.", "pyro_vae."))
+    )
+
+
+def _shipped_model_specs():
+    import inspect
+    import pkgutil
+
+    import models
+
+    specs = []
+    for info in pkgutil.iter_modules(models.__path__):
+        module = importlib.import_module(f"models.{info.name}")
+        for name, obj in vars(module).items():
+            if inspect.isclass(obj) and obj.__module__ == module.__name__:
+                specs.append(f"models.{info.name}:{name}")
+    return sorted(specs)
+
+
+GUIDE_SPECS = [
+    None,
+    *(f"pyro_vae.guides:{name}" for name in pyro_vae.guides.__all__),
+    "pyro.infer.autoguide:AutoNormal",
+    "pyro.infer.autoguide:AutoDelta",
+]
+
+
+@pytest.mark.parametrize("guide_spec", GUIDE_SPECS)
+@pytest.mark.parametrize("model_spec", _shipped_model_specs())
+def test_should_record_keeps_what_the_prefix_rule_recorded(model_spec, guide_spec):
+    from pyro_vae.spec import load_object
+
+    model = load_object(model_spec, "model")
+    guide = None if guide_spec is None else load_object(guide_spec, "guide")
+    expected = _old_cli_rule(model_spec, guide_spec)
+    assert (should_record(get("trace"), model, guide) is None) is expected
+
+
+def test_should_record_reads_the_estimator_and_warm_up():
+    model = VAE(16, latent_dim=3, hidden_dims=(8,))
+    assert should_record(get("trace"), model) is None
+    assert should_record(get("trace"), model, model.make_guide()) is None
+    assert "updates a baseline" in should_record(get("score", control_variate="ema"), model)
+    assert "TraceGraph_ELBO is not one of" in should_record(get("tracegraph"), model)
+    assert should_record(get("trace"), model, kl_warmup_epochs=2).startswith("kl_warmup_epochs: 2")
+
+
+def test_a_model_is_recorded_only_on_its_own_declaration():
+    class MyVAE(VAE):  # may branch on a value where VAE does not
+        pass
+
+    class Declared(MyVAE):
+        recordable = True
+
+    class Pair:  # Pyro's examples: an object with model and guide methods
+        recordable = True
+
+        def model(self, x):
+            pass
+
+        def guide(self, x):
+            pass
+
+    def function_model(x):
+        pass
+
+    trace = get("trace")
+    assert should_record(trace, MyVAE).startswith("model: MyVAE does not declare recordable")
+    assert should_record(trace, MyVAE(16, latent_dim=2, hidden_dims=(4,))) is not None
+    assert should_record(trace, Declared) is None
+    assert should_record(trace, Pair().model, Pair().guide) is None
+    assert should_record(trace, function_model).startswith("model: function_model does not")
+    function_model.recordable = True
+    assert should_record(trace, function_model) is None
+    assert should_record(trace, VAE, AutoNormal).startswith("guide: AutoNormal does not")
+
+
+def test_an_estimator_that_declares_nothing_is_not_recorded():
+    from pyro_vae.estimators import IWAELBO
+
+    class Stateful(IWAELBO):  # inherits no declaration: it may keep a moving average
+        pass
+
+    assert "declares no capabilities" in compilable(Stateful())
+    with pytest.raises(ValueError, match="cannot be compiled: .*declares no capabilities"):
+        CompiledELBO(Stateful())
+    assert should_record(Stateful(), VAE).startswith("elbo: Stateful cannot be recorded")
