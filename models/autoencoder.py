@@ -37,6 +37,10 @@ class Autoencoder(PyroModule):
         activation: hidden nonlinearity.
     """
 
+    #: May be recorded without being asked (``pyro_vae.estimators.compiled.should_record``):
+    #: no Python branching on tensor values; trace structure fixed by batch shape.
+    recordable = True
+
     generative = False
 
     def __init__(

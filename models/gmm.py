@@ -57,6 +57,10 @@ class GaussianMixtureModel(PyroModule):
         covariance_prior: W₀⁻¹, ``[D, D]`` symmetric positive definite.
     """
 
+    #: May be recorded without being asked (``pyro_vae.estimators.compiled.should_record``):
+    #: no Python branching on tensor values; trace structure fixed by batch shape.
+    recordable = True
+
     def __init__(
         self,
         n_components: int,

@@ -36,6 +36,10 @@ class FactorialHMMModel(PyroModule):
             ``TraceEnum_ELBO``).
     """
 
+    #: May be recorded without being asked (``pyro_vae.estimators.compiled.should_record``):
+    #: no Python branching on tensor values; trace structure fixed by batch shape.
+    recordable = True
+
     def __init__(self, params: FactorialHMM, enumerate: bool = False) -> None:
         super().__init__(name="model")
         self.register_buffer("log_pi", params.log_pi.float())

@@ -35,6 +35,10 @@ class IsingModel(PyroModule):
         beta: inverse temperature β ≥ 0.
     """
 
+    #: May be recorded without being asked (``pyro_vae.estimators.compiled.should_record``):
+    #: no Python branching on tensor values; trace structure fixed by batch shape.
+    recordable = True
+
     def __init__(self, J, h=None, beta: float = 1.0) -> None:
         super().__init__(name="model")
         J, h = check_couplings(J, h)

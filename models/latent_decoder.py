@@ -23,6 +23,10 @@ class LatentDecoderModel(PyroModule):
     """p(z) p_θ(x | z) with an MLP decoder ``latent_dim -> hidden_dims -> likelihood``."""
 
     generative = True
+    #: May be recorded without being asked (``pyro_vae.estimators.compiled.should_record``):
+    #: no Python branching on tensor values; trace structure fixed by batch shape. Not
+    #: inherited: each subclass declares its own.
+    recordable = True
 
     def __init__(
         self,

@@ -32,6 +32,10 @@ class BayesianRegression(PyroModule):
         lambda0: prior precision of the weights, relative to τ.
     """
 
+    #: May be recorded without being asked (``pyro_vae.estimators.compiled.should_record``):
+    #: no Python branching on tensor values; trace structure fixed by batch shape.
+    recordable = True
+
     def __init__(self, a0: float = 1.0, b0: float = 1.0, lambda0: float = 1.0) -> None:
         super().__init__(name="model")
         for name, value in (("a0", a0), ("b0", b0), ("lambda0", lambda0)):

@@ -33,6 +33,10 @@ class SBN(LatentDecoderModel):
         guide_baseline: ``infer["baseline"]`` options for the guide's site (TraceGraph_ELBO).
     """
 
+    #: May be recorded without being asked (``pyro_vae.estimators.compiled.should_record``):
+    #: no Python branching on tensor values; trace structure fixed by batch shape.
+    recordable = True
+
     def __init__(
         self,
         x_dim: int,

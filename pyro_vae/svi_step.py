@@ -26,8 +26,6 @@ from pyro.infer import ELBO
 from pyro.infer.util import torch_item
 from pyro.optim import PyroOptim
 
-from pyro_vae.compiled import CompiledELBO
-
 
 class GroupedAdam(PyroOptim):
     """Adam over every parameter Pyro hands it, in one ``torch.optim.Adam``.
@@ -91,17 +89,20 @@ class GroupedAdam(PyroOptim):
 class SVIStep:
     """``step(*args, **kwargs)``: one gradient step on ``elbo``'s loss; returns the loss.
 
-    The same contract as ``pyro.infer.SVI(model, guide, optim, elbo).step``.
+    The same contract as ``pyro.infer.SVI(model, guide, optim, elbo).step``. An ``elbo``
+    with a ``loss_and_grads_and_params(model, guide, *args, **kwargs)`` method, returning
+    the loss and the unconstrained parameters it read (as
+    :class:`pyro_vae.estimators.compiled.CompiledELBO` does, which knows the parameters it
+    replays), is asked for them instead of having its ``pyro.param`` statements traced.
     """
 
     def __init__(self, model, guide, optim: PyroOptim, elbo: ELBO) -> None:
         self.model, self.guide, self.optim, self.elbo = model, guide, optim, elbo
 
     def step(self, *args, **kwargs) -> float:
-        if isinstance(self.elbo, CompiledELBO):  # it knows the parameters it replays
-            loss, params = self.elbo.loss_and_grads_and_params(
-                self.model, self.guide, *args, **kwargs
-            )
+        own_params = getattr(self.elbo, "loss_and_grads_and_params", None)
+        if own_params is not None:
+            loss, params = own_params(self.model, self.guide, *args, **kwargs)
         else:
             with poutine.trace(param_only=True) as capture:
                 loss = self.elbo.loss_and_grads(self.model, self.guide, *args, **kwargs)

@@ -19,26 +19,47 @@
   variate: ``none``, ``ema``, ``leave-one-out`` or ``neural`` (NVIL).
 - ``vimco``: :class:`VIMCO`, the K-sample bound of ``iwae`` with score-function gradients
   and per-sample leave-one-out baselines (Mnih & Rezende 2016), for discrete latents.
+
+Each estimator declares what it can do (:class:`Capabilities`: keeps state between steps,
+needs reparameterized sites, per-datapoint bound, recordable); :func:`capabilities_of`
+reads it. A new estimator is its module, its class's ``capabilities`` and one line below.
 """
 
 from __future__ import annotations
 
+import importlib
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
 
+from pyro_vae.estimators.capabilities import Capabilities, capabilities_of, declare
 from pyro_vae.estimators.iwae import IWAELBO
 from pyro_vae.estimators.score_function import CONTROL_VARIATES, ScoreFunctionELBO
-from pyro_vae.estimators.variance import GradientStats, gradient_variance
 from pyro_vae.estimators.vimco import VIMCO
 
+# Pyro's ELBOs cannot carry a declaration: their registry lines make it. None is a
+# per-datapoint K-sample bound (they average K single-sample ELBOs).
+_PYRO_PATHWISE = Capabilities(  # Trace_ELBO: pathwise where a site allows, else REINFORCE
+    keeps_state=False, needs_reparameterized=False, per_datapoint=False, recordable=True
+)
+_PYRO_MEAN_FIELD = Capabilities(  # TraceMeanField_ELBO: raises for non-reparameterized sites
+    keeps_state=False, needs_reparameterized=True, per_datapoint=False, recordable=True
+)
+_PYRO_ENUM = Capabilities(  # TraceEnum_ELBO: never checked to replay exactly, so not recorded
+    keeps_state=False, needs_reparameterized=False, per_datapoint=False, recordable=False
+)
+_PYRO_TRACEGRAPH = Capabilities(  # TraceGraph_ELBO: decaying-average baselines in the store
+    keeps_state=True, needs_reparameterized=False, per_datapoint=False, recordable=False
+)
+
 _REGISTRY: dict[str, Callable[..., ELBO]] = {
-    "trace": Trace_ELBO,
-    "analytic-kl": TraceMeanField_ELBO,
-    "enum": TraceEnum_ELBO,
+    "trace": declare(Trace_ELBO, _PYRO_PATHWISE),
+    "analytic-kl": declare(TraceMeanField_ELBO, _PYRO_MEAN_FIELD),
+    "enum": declare(TraceEnum_ELBO, _PYRO_ENUM),
     "iwae": IWAELBO,
-    "tracegraph": TraceGraph_ELBO,
+    "tracegraph": declare(TraceGraph_ELBO, _PYRO_TRACEGRAPH),
     "score": ScoreFunctionELBO,
     "vimco": VIMCO,
 }
@@ -83,12 +104,37 @@ def parse(spec: str) -> tuple[str, dict[str, Any]]:
     return name, options
 
 
+# Moved to pyro_vae.diagnostics.gradient_variance; resolved on first use, with a warning.
+_MOVED = {"GradientStats", "gradient_variance"}
+_WARNED: set[str] = set()
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MOVED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    new = "pyro_vae.diagnostics.gradient_variance"
+    if name not in _WARNED:
+        _WARNED.add(name)
+        warnings.warn(
+            f"pyro_vae.estimators.{name} has moved to {new}.{name}; import it from there",
+            FutureWarning,
+            stacklevel=2,
+        )
+    try:
+        module = importlib.import_module(new)
+    except ImportError:  # until the move lands, the module beside the estimators
+        module = importlib.import_module("pyro_vae.estimators.variance")
+    return getattr(module, name)
+
+
 __all__ = [
     "CONTROL_VARIATES",
+    "Capabilities",
     "IWAELBO",
     "GradientStats",
     "ScoreFunctionELBO",
     "VIMCO",
+    "capabilities_of",
     "get",
     "gradient_variance",
     "names",

@@ -22,6 +22,7 @@ import torch
 from pyro.infer.enum import get_importance_trace
 
 from pyro_vae.estimators.base import SurrogateELBO
+from pyro_vae.estimators.capabilities import Capabilities
 from pyro_vae.plates import batch_rows
 from pyro_vae.pointwise import importance_log_densities
 from pyro_vae.traces import sample_sites
@@ -43,6 +44,10 @@ class IWAELBO(SurrogateELBO):
         pyro_vae.plates.DataPlateError: global latents in a subsampled model, where the
             K-sample bound has no unbiased minibatch estimate.
     """
+
+    capabilities = Capabilities(
+        keeps_state=False, needs_reparameterized=True, per_datapoint=True, recordable=True
+    )
 
     def __init__(
         self,

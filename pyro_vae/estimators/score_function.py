@@ -51,10 +51,12 @@ from pyro.poutine.messenger import Messenger
 from torch import nn
 
 from pyro_vae.estimators.base import SurrogateELBO
+from pyro_vae.estimators.capabilities import Capabilities
 from pyro_vae.plates import batch_rows, frames_in, require_data_plate
 from pyro_vae.traces import full_rank
 
 CONTROL_VARIATES = ("none", "ema", "leave-one-out", "neural")
+_STATEFUL_CONTROL_VARIATES = ("ema", "neural")  # a moving average; NVIL's network and moments
 
 
 class _DetachSamples(Messenger):
@@ -155,6 +157,22 @@ class ScoreFunctionELBO(SurrogateELBO):
         self._pending_networks: dict[str, dict[str, torch.Tensor]] = {}
 
     param_store_prefix = "score_function_baseline$"
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """Its :class:`~pyro_vae.estimators.capabilities.Capabilities`: the ``ema`` and
+        ``neural`` control variates keep state between steps (so they are not recordable);
+        ``none`` and ``leave-one-out`` keep none."""
+        stateful = self.control_variate in _STATEFUL_CONTROL_VARIATES
+        return Capabilities(
+            keeps_state=stateful,
+            needs_reparameterized=False,
+            per_datapoint=False,
+            recordable=not stateful,
+            state=f"its {self.control_variate!r} control variate updates a baseline between steps"
+            if stateful
+            else "",
+        )
 
     def state_dict(self) -> dict:
         """The control variates' running state (baselines, moments, baseline networks), as

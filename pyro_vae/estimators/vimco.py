@@ -24,6 +24,7 @@ import torch
 from pyro.infer.enum import get_importance_trace
 
 from pyro_vae.estimators.base import SurrogateELBO
+from pyro_vae.estimators.capabilities import Capabilities
 from pyro_vae.estimators.score_function import _DetachSamples
 from pyro_vae.plates import batch_rows
 from pyro_vae.pointwise import importance_log_densities
@@ -36,6 +37,10 @@ class VIMCO(SurrogateELBO):
     per-datapoint plate is its own bound when every site lies in that plate; otherwise the
     batch is one bound (refused when subsampled).
     """
+
+    capabilities = Capabilities(
+        keeps_state=False, needs_reparameterized=False, per_datapoint=True, recordable=True
+    )
 
     def __init__(
         self,

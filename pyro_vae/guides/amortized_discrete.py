@@ -41,6 +41,10 @@ class _AmortizedDiscrete(PyroModule):
 class AmortizedBernoulli(_AmortizedDiscrete):
     """q_λ(z | x) over J binary latents (site ``site``)."""
 
+    #: May be recorded without being asked (``pyro_vae.estimators.compiled.should_record``):
+    #: no Python branching on tensor values; trace structure fixed by batch shape.
+    recordable = True
+
     def __init__(
         self,
         x_dim: int,
@@ -62,6 +66,10 @@ class AmortizedBernoulli(_AmortizedDiscrete):
 
 class AmortizedCategorical(_AmortizedDiscrete):
     """q_λ(z | x) over J categorical latents with C classes each (site ``site``)."""
+
+    #: May be recorded without being asked (``pyro_vae.estimators.compiled.should_record``):
+    #: no Python branching on tensor values; trace structure fixed by batch shape.
+    recordable = True
 
     def __init__(
         self,

@@ -34,6 +34,10 @@ class AmortizedNormal(PyroModule):
         site: name of the latent sample site in the model.
     """
 
+    #: May be recorded without being asked (``pyro_vae.estimators.compiled.should_record``):
+    #: no Python branching on tensor values; trace structure fixed by batch shape.
+    recordable = True
+
     def __init__(
         self,
         x_dim: int,

@@ -44,6 +44,10 @@ class AutoDiscreteMeanField(AutoGuide):
             stationary point of the ELBO.
     """
 
+    #: May be recorded without being asked (``pyro_vae.estimators.compiled.should_record``):
+    #: no Python branching on tensor values; trace structure fixed by batch shape.
+    recordable = True
+
     def __init__(self, model, init_scale: float = 0.1) -> None:
         if not init_scale >= 0:
             raise ValueError(f"init_scale: {init_scale!r} is not a non-negative number")

@@ -13,6 +13,10 @@ class EmptyGuide(PyroModule):
     deterministic autoencoder (lecture §18.1) trains through the same SVI loop as a VAE.
     """
 
+    #: May be recorded without being asked (``pyro_vae.estimators.compiled.should_record``):
+    #: no Python branching on tensor values; trace structure fixed by batch shape.
+    recordable = True
+
     def __init__(self) -> None:
         super().__init__(name="guide")
 

@@ -25,6 +25,10 @@ class LocalNormal(PyroModule):
         loc: ``[N, latent_dim]`` initial means; scale: ``[N, latent_dim]`` initial sds.
     """
 
+    #: May be recorded without being asked (``pyro_vae.estimators.compiled.should_record``):
+    #: no Python branching on tensor values; trace structure fixed by batch shape.
+    recordable = True
+
     def __init__(self, loc: torch.Tensor, scale: torch.Tensor, site: str = "z") -> None:
         super().__init__(name="local_guide")
         if loc.shape != scale.shape or loc.dim() != 2:

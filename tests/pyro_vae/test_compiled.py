@@ -1,250 +1,32 @@
-"""A recorded ELBO takes exactly the steps of the estimator it records."""
+"""pyro_vae.compiled: the old home of the recorded ELBO, a re-export that warns once."""
 
-import pyro
-import pyro.distributions as dist
-import pyro.optim
-import pyro.poutine as poutine
+import importlib
+import importlib.util
+import warnings
+
 import pytest
-import torch
-from pyro.infer import SVI, Trace_ELBO
-from pyro.infer.autoguide import AutoNormal
 
-from models.regression import BayesianRegression
-from models.vae import VAE
-from pyro_vae import TensorData, TrainConfig, fit
-from pyro_vae.compiled import CaptureError, CompiledELBO, compilable
-from pyro_vae.estimators import get
-from pyro_vae.svi_step import GroupedAdam, SVIStep
-
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-VECTORIZED = {"num_particles": 3, "vectorize_particles": True, "max_plate_nesting": 1}
-K3 = {"num_particles": 3, "max_plate_nesting": 1}
-COMPILABLE = [
-    ("trace", {}),
-    ("trace", VECTORIZED),
-    ("analytic-kl", {}),
-    ("iwae", K3),
-    ("score", {**K3, "control_variate": "leave-one-out"}),
-    ("score", {**K3, "control_variate": "none"}),
-    ("vimco", K3),
-]
+import pyro_vae.compiled as old
+import pyro_vae.estimators.compiled as new
 
 
-def _batches():
-    g = torch.Generator().manual_seed(1)
-    full = [(torch.rand(20, 16, generator=g) > 0.5).float() for _ in range(3)]
-    return full + [(torch.rand(7, 16, generator=g) > 0.5).float()]  # a short last batch
+@pytest.mark.parametrize("name", ["COMPILABLE", "CaptureError", "CompiledELBO", "compilable"])
+def test_each_name_resolves_to_its_new_home_with_one_warning(monkeypatch, name):
+    monkeypatch.setattr(old, "_WARNED", set())
+    with pytest.warns(FutureWarning, match=f"moved to pyro_vae.estimators.compiled.{name}"):
+        assert getattr(old, name) is getattr(new, name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert getattr(old, name) is getattr(new, name)
 
 
-def _train(name, options, compiled, steps=2):
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    model = VAE(16, latent_dim=3, hidden_dims=(8,))
-    guide = model.make_guide()
-    elbo = get(name, **options)
-    if compiled:
-        elbo = CompiledELBO(elbo)
-    svi = SVIStep(model, guide, GroupedAdam({"lr": 0.01}), elbo)
-    losses = [svi.step(x, num_data=100) for _ in range(steps) for x in _batches()]
-    return losses, {**model.state_dict(), **guide.state_dict()}, elbo
+def test_importing_the_module_does_not_warn():
+    spec = importlib.util.spec_from_file_location("fresh_compiled", old.__file__)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
 
 
-@pytest.mark.parametrize(("name", "options"), COMPILABLE)
-def test_replayed_steps_equal_the_estimators_bit_for_bit(name, options):
-    # Same operations on the same random draws: the recording forks the generator, so the
-    # replayed run consumes the stream exactly as the uncompiled run does.
-    losses, weights, _ = _train(name, options, compiled=False)
-    ours, our_weights, elbo = _train(name, options, compiled=True)
-    for key, value in weights.items():
-        assert torch.equal(our_weights[key], value), key
-    # Pyro sums Trace_ELBO's reported loss in Python floats, the recording in float32.
-    assert ours == pytest.approx(losses, rel=1e-6)
-    assert elbo.num_recordings == 2  # batches of 20 and of 7
-
-
-def test_it_is_a_pyro_elbo_that_svi_accepts():
-    def run(elbo):
-        pyro.clear_param_store()
-        pyro.set_rng_seed(0)
-        model = VAE(16, latent_dim=3, hidden_dims=(8,))
-        svi = SVI(model, model.make_guide(), pyro.optim.Adam({"lr": 0.01}), elbo)
-        return [svi.step(x, num_data=100) for x in _batches() * 2]
-
-    assert run(CompiledELBO(Trace_ELBO())) == pytest.approx(run(Trace_ELBO()), rel=1e-6)
-
-
-def test_fit_with_compile_reproduces_fit_without_on_an_autoguide():
-    # Global latents, constrained parameters (AutoNormal's scales) and a lazily built guide.
-    g = torch.Generator().manual_seed(0)
-    X = torch.randn(60, 3, generator=g)
-    y = X @ torch.tensor([1.0, -2.0, 0.5]) + 0.5 * torch.randn(60, generator=g)
-
-    def run(compile):
-        model = BayesianRegression()
-        guide = AutoNormal(model)
-        config = TrainConfig(epochs=6, batch_size=16, lr=0.05, progress=False, compile=compile)
-        history = fit(model, guide, TensorData(X, y), get("trace"), config).history
-        return history, {k: v.detach().clone() for k, v in guide.state_dict().items()}
-
-    history, weights = run(False)
-    ours, our_weights = run(True)
-    for key, value in weights.items():
-        assert torch.equal(our_weights[key], value), key
-    for a, b in zip(ours, history, strict=True):
-        assert a["train_elbo"] == pytest.approx(b["train_elbo"], rel=1e-6)
-        assert a["val_elbo"] == b["val_elbo"]  # validation runs uncompiled either way
-
-
-def test_a_cleared_param_store_is_recorded_again():
-    model = VAE(16, latent_dim=3, hidden_dims=(8,))
-    guide = model.make_guide()
-    elbo = CompiledELBO(Trace_ELBO())
-    svi = SVIStep(model, guide, GroupedAdam({"lr": 0.01}), elbo)
-    x = _batches()[0]
-    svi.step(x, num_data=100)
-    svi.step(x, num_data=100)
-    assert elbo.num_recordings == 1
-    pyro.clear_param_store()
-    before = guide.loc_head.weight.detach().clone()
-    svi.step(x, num_data=100)
-    assert not torch.equal(guide.loc_head.weight, before)  # SVI still found the parameters
-    svi.step(x, num_data=100)
-    assert elbo.num_recordings == 1  # re-recorded under the same signature
-
-
-def test_a_model_that_reads_a_tensor_value_cannot_be_recorded():
-    def model(x, num_data=None):
-        z = pyro.sample("z", dist.Normal(0.0, 1.0))
-        if z.item() > 0:  # structure decided by a sampled value
-            pyro.sample("x", dist.Normal(z, 1.0).expand(x.shape).to_event(1), obs=x)
-
-    def guide(x, num_data=None):
-        loc = pyro.param("loc", torch.tensor(0.0))
-        pyro.sample("z", dist.Normal(loc, 1.0))
-
-    with pytest.raises(CaptureError, match=r"reads a value\s+out of a tensor"):
-        CompiledELBO(Trace_ELBO()).loss_and_grads(model, guide, torch.zeros(3))
-
-
-@pytest.mark.parametrize(
-    ("name", "options", "reason"),
-    [
-        ("score", {"control_variate": "ema"}, "updates a baseline"),
-        ("score", {"control_variate": "neural"}, "updates a baseline"),
-        ("tracegraph", {}, "TraceGraph_ELBO is not one of"),
-        ("enum", {}, "TraceEnum_ELBO is not one of"),
-    ],
-)
-def test_estimators_with_state_between_steps_are_refused(name, options, reason):
-    elbo = get(name, **options)
-    assert reason in compilable(elbo)
-    with pytest.raises(ValueError, match=f"elbo: .* cannot be compiled: .*{reason}"):
-        CompiledELBO(elbo)
-
-
-def test_compile_with_kl_warmup_is_refused():
-    with pytest.raises(ValueError, match=r"compile: True with kl_warmup_epochs=2"):
-        TrainConfig(compile=True, kl_warmup_epochs=2)
-
-
-def test_unhashable_arguments_are_named():
-    model = VAE(16, latent_dim=3, hidden_dims=(8,))
-    with pytest.raises(ValueError, match=r"arguments: \{1\} \(set\) is not hashable"):
-        CompiledELBO(Trace_ELBO()).loss(model, model.make_guide(), _batches()[0], num_data={1})
-
-
-def test_operations_that_return_their_input_are_bypassed():
-    from torch.fx.experimental.proxy_tensor import make_fx
-
-    from pyro_vae.compiled import _drop_no_ops
-
-    def f(x):
-        y = (x.expand(4, 3).view(4, 3) / 1 + 0) * 2  # three no-ops, then a real product
-        z = torch.empty(4, 3).view(4, 3)
-        z.normal_()  # a view that is written to stays
-        return y.view(12), z  # a view that changes the shape stays
-
-    graph = make_fx(f)(torch.ones(4, 3))
-    _drop_no_ops(graph.graph)
-    graph.graph.eliminate_dead_code()
-    graph.recompile()
-    targets = [str(n.target) for n in graph.graph.nodes if n.op == "call_function"]
-    assert targets.count("aten.view.default") == 2
-    assert not any(t.startswith(("aten.expand", "aten.div", "aten.add")) for t in targets)
-    assert "aten.normal_.default" in targets and "aten.mul.Tensor" in targets
-    y, z = graph(torch.full((4, 3), 3.0))
-    assert torch.equal(y, torch.full((12,), 6.0)) and z.std() > 0
-
-
-def test_a_compiled_elbo_is_not_compiled_twice():
-    with pytest.raises(ValueError, match="cannot be compiled: it is compiled already"):
-        CompiledELBO(CompiledELBO(Trace_ELBO()))
-
-
-def _inductor_works() -> str | None:
-    try:
-        torch.compile(lambda t: t + 1, backend="inductor")(torch.ones(2))
-    except Exception as err:  # noqa: BLE001 - any failure means no working C++ toolchain
-        return f"{type(err).__name__}: {err}"[:200]
-    return None
-
-
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit, imported by dynamo
-@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
-def test_a_backend_compiles_the_recording_and_trains_the_same(backend):
-    if backend == "inductor" and (reason := _inductor_works()) is not None:
-        pytest.skip(f"inductor cannot compile here: {reason}")
-
-    def run(elbo):
-        pyro.clear_param_store()
-        pyro.set_rng_seed(0)
-        model = VAE(16, latent_dim=3, hidden_dims=(8,))
-        guide = model.make_guide()
-        svi = SVIStep(model, guide, GroupedAdam({"lr": 0.01}), elbo)
-        losses = [svi.step(x, num_data=100) for x in _batches()[:3] * 2]
-        return losses, {**model.state_dict(), **guide.state_dict()}
-
-    losses, weights = run(Trace_ELBO())
-    ours, our_weights = run(CompiledELBO(Trace_ELBO(), backend=backend))
-    # Same draws (torch's generator), fused arithmetic: float32 rounding apart, 6 steps.
-    assert ours == pytest.approx(losses, rel=1e-5)
-    for key, value in weights.items():
-        torch.testing.assert_close(our_weights[key], value, rtol=1e-4, atol=1e-5)
-
-
-def test_an_unknown_backend_is_named():
-    with pytest.raises(ValueError, match=r"backend: 'fast' is not a torch.compile backend"):
-        CompiledELBO(Trace_ELBO(), backend="fast")
-
-
-def test_replayed_gradients_equal_eager_ones_step_after_step():
-    # Bypassing a no-op whose input had other users regrouped the float32 sums of their
-    # gradients: AutoNormal's locations then differed by an ulp from step 2 on, and fitted
-    # weights drifted apart after a dozen epochs. Thirty steps, each with its own seed.
-    g = torch.Generator().manual_seed(0)
-    X = torch.randn(16, 3, generator=g)
-    y = X @ torch.tensor([1.0, -2.0, 0.5]) + 0.5 * torch.randn(16, generator=g)
-
-    def gradients(elbo):
-        pyro.clear_param_store()
-        pyro.set_rng_seed(0)
-        model = BayesianRegression()
-        guide = AutoNormal(model)
-        guide(X, y)
-        out = []
-        for step in range(30):
-            pyro.set_rng_seed(100 + step)
-            with poutine.trace(param_only=True) as capture:
-                elbo.loss_and_grads(model, guide, X, y)
-            params = {n: s["value"].unconstrained() for n, s in capture.trace.nodes.items()}
-            out.append({n: p.grad.clone() for n, p in params.items()})
-            for p in params.values():
-                p.grad = None
-        return out
-
-    for eager, replayed in zip(
-        gradients(Trace_ELBO()), gradients(CompiledELBO(Trace_ELBO())), strict=True
-    ):
-        for name, grad in eager.items():
-            assert torch.equal(grad, replayed[name]), name
+def test_other_names_are_attribute_errors():
+    with pytest.raises(AttributeError, match="has no attribute '_drop_no_ops'"):
+        importlib.import_module("pyro_vae.compiled")._drop_no_ops  # noqa: B018

@@ -66,3 +66,29 @@ def test_parameters_left_out_of_a_step_are_not_moved():
     optim([a])
     assert torch.equal(b.detach(), before)
     assert torch.equal(b.grad, torch.ones(3))
+
+
+def test_an_elbo_that_names_its_parameters_is_asked_for_them():
+    # CompiledELBO's replays issue no pyro.param statements a trace could capture.
+    class Named(Trace_ELBO):
+        calls = 0
+
+        def loss_and_grads_and_params(self, model, guide, *args, **kwargs):
+            Named.calls += 1
+            loss = self.loss_and_grads(model, guide, *args, **kwargs)
+            return loss, [p.unconstrained() for p in pyro.get_param_store().values()]
+
+    def run(elbo):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        model = VAE(16, latent_dim=3, hidden_dims=(8,))
+        guide = model.make_guide()
+        x = (torch.rand(20, 16) > 0.5).float()
+        svi = SVIStep(model, guide, GroupedAdam({"lr": 0.01}), elbo)
+        return [svi.step(x, num_data=100) for _ in range(3)], guide.state_dict()
+
+    losses, weights = run(Trace_ELBO())
+    ours, our_weights = run(Named())
+    assert Named.calls == 3 and ours == losses
+    for key, value in weights.items():
+        assert torch.equal(our_weights[key], value), key

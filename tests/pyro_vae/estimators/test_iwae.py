@@ -4,6 +4,7 @@ import math
 
 import pyro
 import pyro.distributions as dist
+import pyro.poutine as poutine
 import pytest
 import torch
 
@@ -80,4 +81,21 @@ def test_non_reparameterizable_guides_and_bad_k_are_refused(x):
         IWAELBO(num_particles=2).loss(model, discrete_guide, x)
     with pytest.raises(ValueError, match="num_particles: 0"):
         IWAELBO(num_particles=0)
-    assert math.isfinite(IWAELBO(num_particles=3).loss(model, make_guide(0.5, 0.6), x))
+    guide = make_guide(0.5, 0.6)
+    pyro.set_rng_seed(3)
+    loss = IWAELBO(num_particles=3, vectorize_particles=False).loss(model, guide, x)
+    # The same draws, weighed by hand: log w_{n,k} = log p(x_n, z_nk) − log q(z_nk | x_n).
+    pyro.set_rng_seed(3)
+    log_w = []
+    for _ in range(3):
+        guide_trace = poutine.trace(guide).get_trace(x)
+        model_trace = poutine.trace(poutine.replay(model, guide_trace)).get_trace(x)
+        log_p = sum(
+            s["fn"].log_prob(s["value"])
+            for s in model_trace.nodes.values()
+            if s["type"] == "sample"
+        )
+        log_q = guide_trace.nodes["z"]["fn"].log_prob(guide_trace.nodes["z"]["value"])
+        log_w.append(log_p - log_q)
+    by_hand = -(torch.logsumexp(torch.stack(log_w), 0) - math.log(3)).sum().item()
+    assert loss == pytest.approx(by_hand, rel=1e-6)

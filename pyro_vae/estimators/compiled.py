@@ -1,0 +1,407 @@
+"""A recorded SVI loss: Pyro's ELBOs without re-running Pyro's Python on every step.
+
+Every SVI step on a fixed model repeats the same Python: the poutine messenger stack, a
+``pyro.param`` statement for each weight a ``PyroModule`` touches, ``Trace`` bookkeeping,
+distribution objects and the ELBO's per-site sums, several thousand interpreter calls for
+a two-layer VAE against a few hundred for the same step written by hand (see
+``benchmarks/RESULTS.md``). When the model's structure is fixed by its arguments' shapes,
+the tensor operations those calls issue are the same on every step. :class:`CompiledELBO`
+records them once per call signature with ``torch.fx``'s ``make_fx`` (one flat list of ATen
+operations, the parameters read in place) and replays that list on later calls under
+ordinary autograd. It plays the part of Pyro's ``JitTrace_ELBO``, which records with
+TorchScript, for any estimator here that keeps no state between steps.
+
+What stays as in Pyro:
+
+- the arithmetic: the recorded operations are the ones Pyro's ELBO ran, so losses and
+  gradients equal the uncompiled estimator's (bit for bit with one particle or vectorized
+  particles; tested), and the first call for each signature runs the wrapped ELBO itself,
+  with Pyro's validation checks when they are on;
+- the random stream: random draws are recorded as random operations and draw afresh on
+  each replay, in the order the uncompiled step draws them (the recording itself runs on a
+  forked generator), so a compiled run reproduces an uncompiled one;
+- parameters: a replay issues one ``pyro.param`` statement per recorded parameter, so
+  ``SVI`` and :class:`pyro_vae.svi_step.SVIStep` still find what to optimize, and a
+  parameter that was replaced by a new tensor triggers a new recording.
+
+With ``backend="inductor"`` the recording is also compiled by ``torch.compile``, which
+fuses the operations Pyro's general arithmetic adds (per-site scales, log-densities, the
+surrogate's detach-and-add) into a few kernels. It needs a C++ compiler, takes tens of
+seconds per call signature on its first replay, and its fused kernels round differently,
+so losses are close to, not bit for bit, the uncompiled ones (the random draws stay
+torch's); it pays on long runs only (``benchmarks/RESULTS.md``).
+
+What it needs (as ``JitTrace_ELBO`` does): model and guide whose sites, shapes and
+control flow depend only on the arguments' shapes and non-tensor values (the cache key).
+Reading a value out of a tensor (``.item()``, ``if tensor:``) cannot be recorded and
+raises :class:`CaptureError` on the first call. Python state that changes between steps is
+frozen at its recorded value, so only estimators whose capabilities
+(:func:`pyro_vae.estimators.capabilities_of`) say ``recordable`` are wrapped: not ``score``
+with an ``ema`` or ``neural`` control variate, ``tracegraph`` (baselines), ``enum``, nor
+an estimator that declares nothing; nor KL warm-up's rising β (``fit`` refuses ``compile``
+with warm-up). Which models and guides may be recorded without being asked is their own
+declaration, ``recordable = True`` (:func:`should_record`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+
+import pyro
+import pyro.infer.trace_elbo
+import pyro.infer.trace_mean_field_elbo
+import pyro.poutine as poutine
+import torch
+from pyro.infer import ELBO
+from pyro.poutine.runtime import _PYRO_STACK
+from torch.fx.experimental.proxy_tensor import make_fx
+from torch.utils import _pytree as pytree
+
+from pyro_vae.estimators.base import SurrogateELBO
+from pyro_vae.estimators.capabilities import Capabilities, capabilities_of
+
+COMPILABLE = (
+    "trace (Trace_ELBO), analytic-kl (TraceMeanField_ELBO), iwae, vimco, and score with "
+    "control_variate in ('none', 'leave-one-out')"
+)
+
+
+class CaptureError(RuntimeError):
+    """One step of model and guide could not be recorded as a fixed list of operations."""
+
+
+@dataclass
+class _Recording:
+    graph: Callable[..., torch.Tensor]  # the GraphModule, or torch.compile of it
+    params: list[tuple[str, torch.Tensor]]  # (param-store name, unconstrained tensor)
+
+
+def compilable(elbo: ELBO) -> str | None:
+    """``None`` if :class:`CompiledELBO` can wrap ``elbo``, else the reason it cannot.
+
+    Reads the capabilities ``elbo``'s class declares (:func:`capabilities_of`): it must
+    declare ``recordable``; one that declares nothing may keep state and is refused.
+    """
+    if isinstance(elbo, CompiledELBO):
+        return "it is compiled already"
+    capabilities = capabilities_of(elbo)
+    if capabilities is not None and capabilities.recordable:
+        return None
+    if capabilities is not None and capabilities.state:
+        return f"{capabilities.state}, which a recording would freeze"
+    reason = f"{type(elbo).__name__} is not one of the estimators that keep no state between steps"
+    if capabilities is None:
+        reason += " (it declares no capabilities: pyro_vae.estimators.Capabilities)"
+    return reason
+
+
+def should_record(elbo: ELBO, model, guide=None, kl_warmup_epochs: float = 0) -> str | None:
+    """``None`` if a run may record its steps without being asked to, else the reason not.
+
+    A recording is exact only when nothing changes between steps but the tensors (see the
+    module docstring), so all of these must hold:
+
+    - ``model`` declares ``recordable = True`` in its own class (a subclass inherits no
+      declaration: it may add a branch its parent lacked). ``model`` may be the class, an
+      instance, a bound method of one (an object's ``model`` method), or a function that
+      carries the attribute;
+    - ``guide`` declares it likewise; ``None`` means the guide the model makes itself
+      (``make_guide()`` or its object's ``guide`` method), which the model's declaration
+      covers;
+    - ``elbo`` is recordable (:func:`compilable`);
+    - ``kl_warmup_epochs`` is 0: warm-up changes β between steps.
+
+    Asking for a recording (``TrainConfig(compile=True)``) needs none of the declarations.
+    """
+    for arg, fn in (("model", model), ("guide", guide)):
+        if fn is not None and not _declares_recordable(fn):
+            return (
+                f"{arg}: {_name(fn)} does not declare recordable = True (no Python branching "
+                "on tensor values, trace structure fixed by the batch shape)"
+            )
+    reason = compilable(elbo)
+    if reason is not None:
+        return f"elbo: {type(elbo).__name__} cannot be recorded: {reason}"
+    if kl_warmup_epochs != 0:
+        return f"kl_warmup_epochs: {kl_warmup_epochs!r}; warm-up changes β between steps"
+    return None
+
+
+def _declares_recordable(fn) -> bool:
+    """Whether ``fn``'s own class (or ``fn`` itself, a function) sets ``recordable = True``."""
+    owner = getattr(fn, "__self__", fn)  # a bound method: the object it belongs to
+    if inspect.isfunction(owner):
+        return getattr(owner, "recordable", False) is True
+    cls = owner if inspect.isclass(owner) else type(owner)
+    return vars(cls).get("recordable", False) is True
+
+
+class CompiledELBO(SurrogateELBO):
+    """``elbo`` recorded once per call signature and replayed (see the module docstring).
+
+    A ``pyro.infer.ELBO`` defined by its :meth:`differentiable_loss` (``loss`` and
+    ``loss_and_grads`` come from :class:`~pyro_vae.estimators.base.SurrogateELBO`): use it
+    wherever ``elbo`` was used (``SVI``, ``fit``). Calls
+    are keyed by the identity of model and guide, each tensor argument's shape, dtype and
+    device, and every other argument's value (which must be hashable).
+
+    Raises:
+        ValueError: ``elbo`` keeps state between steps (see :func:`compilable`).
+    """
+
+    def __init__(self, elbo: ELBO, backend: str | None = None) -> None:
+        reason = compilable(elbo)
+        if reason is not None:
+            raise ValueError(
+                f"elbo: {type(elbo).__name__} cannot be compiled: {reason}; compilable "
+                f"estimators are {COMPILABLE}"
+            )
+        if backend is not None:
+            import torch._dynamo  # only with a backend: it is slow to import
+
+        if backend is not None and backend not in torch._dynamo.list_backends(exclude_tags=()):
+            raise ValueError(
+                f"backend: {backend!r} is not a torch.compile backend; expected None (replay "
+                f"the recording as it is) or one of {torch._dynamo.list_backends(exclude_tags=())}"
+            )
+        self.elbo, self.backend = elbo, backend
+        self._recordings: dict[Hashable, _Recording] = {}
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """The wrapped estimator's, except that it is not recorded a second time."""
+        return dataclasses.replace(capabilities_of(self.elbo), recordable=False)
+
+    def _get_trace(self, model, guide, args, kwargs):
+        return self.elbo._get_trace(model, guide, args, kwargs)
+
+    def _guess_max_plate_nesting(self, model, guide, args, kwargs) -> None:
+        self.elbo._guess_max_plate_nesting(model, guide, args, kwargs)
+
+    def __getattr__(self, name: str):
+        # num_particles, max_plate_nesting, vectorize_particles, ... of the wrapped ELBO.
+        if name == "elbo":
+            raise AttributeError(name)
+        return getattr(self.elbo, name)
+
+    @property
+    def num_recordings(self) -> int:
+        """How many call signatures have been recorded so far."""
+        return len(self._recordings)
+
+    def loss_and_grads_and_params(
+        self, model, guide, *args, **kwargs
+    ) -> tuple[float, list[torch.Tensor]]:
+        """:meth:`loss_and_grads` and the unconstrained parameters the step read: what an
+        optimizer needs, without capturing ``pyro.param`` statements in a trace on replays
+        (the step :class:`pyro_vae.svi_step.SVIStep` takes)."""
+        run, recording = self._prepare(model, guide, args, kwargs, announce=False)
+        if recording is not None:
+            loss = run()
+            params = [p for _, p in recording.params]
+        else:
+            with poutine.trace(param_only=True) as capture:
+                loss = run()
+            params = [site["value"].unconstrained() for site in capture.trace.nodes.values()]
+        if loss.requires_grad:
+            loss.backward()
+        return loss.item(), params
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        """A scalar whose value is the loss and whose gradient is the estimator's."""
+        run, _ = self._prepare(model, guide, args, kwargs, announce=True)
+        return run()
+
+    def _prepare(self, model, guide, args, kwargs, announce: bool):
+        """``(run, recording)``: ``run()`` returns the loss. With a current recording of
+        this call's signature it replays it; otherwise ``recording`` is None and ``run()``
+        records the step and runs the ELBO itself."""
+        leaves, spec = pytree.tree_flatten((args, kwargs))
+        key = _signature(model, guide, leaves, spec)
+        recording = self._recordings.get(key)
+        if recording is not None and _params_unchanged(recording, announce):
+            tensors = [x for x in leaves if torch.is_tensor(x)]
+            return lambda: recording.graph(*tensors), recording
+        return lambda: self._first_call(key, model, guide, leaves, spec, args, kwargs), None
+
+    def _first_call(self, key, model, guide, leaves, spec, args, kwargs) -> torch.Tensor:
+        """Record on a forked random stream, then run the estimator itself (with Pyro's
+        checks when validation is on), drawing what a replay would have drawn. Its loss is
+        summed as the recording sums it (tensors, not Python floats), so a run's reported
+        losses do not depend on which steps happened to record (a resumed run's history
+        equals an uninterrupted one's to the last bit)."""
+        self._recordings[key] = self._record(model, guide, leaves, spec)
+        with _items_as_tensors():
+            return _loss_with_gradient(self.elbo, model, guide, args, kwargs)
+
+    def _record(self, model, guide, leaves, spec) -> _Recording:
+        positions = [i for i, x in enumerate(leaves) if torch.is_tensor(x)]
+
+        def one_step(*tensors: torch.Tensor) -> torch.Tensor:
+            filled = list(leaves)
+            for i, tensor in zip(positions, tensors, strict=True):
+                filled[i] = tensor
+            args, kwargs = pytree.tree_unflatten(filled, spec)
+            with _items_as_tensors():
+                return _loss_with_gradient(self.elbo, model, guide, args, kwargs)
+
+        tensors = [leaves[i] for i in positions]
+        with (
+            torch.random.fork_rng(devices=[]),
+            pyro.validation_enabled(False),
+            poutine.trace(param_only=True) as params,
+        ):
+            try:
+                graph = make_fx(one_step)(*tensors)
+            except RuntimeError as err:
+                raise CaptureError(
+                    f"could not record one step of {_name(model)} and {_name(guide)} as a "
+                    f"fixed list of tensor operations: {err}\nThe model or guide reads a value "
+                    "out of a tensor (.item(), float(t), `if t:`), so its structure may change "
+                    "from step to step; train it uncompiled (fit: TrainConfig(compile=False)) "
+                    "and do not declare it recordable."
+                ) from err
+        _drop_no_ops(graph.graph)
+        graph.graph.eliminate_dead_code()  # random draws count as impure and stay
+        graph.recompile()
+        if self.backend is not None:
+            # Fused kernels round differently: close to the uncompiled losses, no longer bit
+            # for bit. fallback_random keeps torch's generator, so the draws stay those of
+            # the uncompiled step. Compiles on the first replay.
+            options = {"fallback_random": True} if self.backend == "inductor" else None
+            graph = torch.compile(
+                graph, backend=self.backend, dynamic=False, fullgraph=True, options=options
+            )
+        store = pyro.get_param_store()
+        recorded = [
+            (name, site["value"].unconstrained())
+            for name, site in params.trace.nodes.items()
+            if name in store
+        ]
+        return _Recording(graph, recorded)
+
+
+_VIEWS = {
+    torch.ops.aten.expand.default,
+    torch.ops.aten.view.default,
+    torch.ops.aten._unsafe_view.default,
+    torch.ops.aten.reshape.default,
+    torch.ops.aten.permute.default,
+    torch.ops.aten.alias.default,
+}
+_IDENTITY_OPERAND = {
+    torch.ops.aten.mul.Tensor: 1,
+    torch.ops.aten.div.Tensor: 1,
+    torch.ops.aten.add.Tensor: 0,
+    torch.ops.aten.sub.Tensor: 0,
+}
+
+
+def _drop_no_ops(graph: torch.fx.Graph) -> None:
+    """Bypass recorded operations that return their input unchanged: views to the same
+    shape and strides (Pyro's broadcasts of already broadcast tensors, einsum's identity
+    permutations) and x·1, x/1, x+0, x−0 (the ELBO's division by one particle, sums
+    started at 0). Each still costs an operator call, and an autograd node, per step.
+    Only a no-op that is its input's one user goes, so the gradients autograd sums into
+    each tensor are summed in the same grouping as without the pass, bit for bit."""
+    for node in list(graph.nodes):
+        if (
+            node.op != "call_function"
+            or not node.args
+            or not isinstance(node.args[0], torch.fx.Node)
+        ):
+            continue
+        source = node.args[0]
+        if node.target in _VIEWS:
+            pass
+        elif node.target in _IDENTITY_OPERAND and len(node.args) == 2 and not node.kwargs:
+            if node.args[1] != _IDENTITY_OPERAND[node.target] or isinstance(node.args[1], bool):
+                continue
+        else:
+            continue
+        out, given = node.meta.get("val"), source.meta.get("val")
+        if not (torch.is_tensor(out) and torch.is_tensor(given)):
+            continue
+        same = (out.shape, out.stride(), out.dtype) == (given.shape, given.stride(), given.dtype)
+        # Only when the no-op is its input's one user: otherwise the gradients of the
+        # no-op's users and of the input's other users would be summed in another grouping,
+        # and float32 sums are not associative (the weights drifted by an ulp per step).
+        sole = len(source.users) == 1
+        if same and sole and not any(_mutates(user) for user in node.users):
+            node.replace_all_uses_with(source)
+            graph.erase_node(node)  # so its input's users are counted without it
+
+
+def _mutates(node: torch.fx.Node) -> bool:
+    schema = getattr(node.target, "_schema", None)
+    return schema is not None and schema.is_mutable
+
+
+def _loss_with_gradient(elbo: ELBO, model, guide, args, kwargs) -> torch.Tensor:
+    """``elbo``'s loss as one tensor whose gradient is ``elbo``'s gradient estimate."""
+    if isinstance(elbo, SurrogateELBO):
+        return elbo.differentiable_loss(model, guide, *args, **kwargs)
+    loss, surrogate = 0.0, 0.0
+    for model_trace, guide_trace in elbo._get_traces(model, guide, args, kwargs):
+        loss_particle, surrogate_particle = elbo._differentiable_loss_particle(
+            model_trace, guide_trace
+        )
+        loss = loss + loss_particle / elbo.num_particles
+        surrogate = surrogate + surrogate_particle / elbo.num_particles
+    loss = torch.as_tensor(loss)
+    if not torch.is_tensor(surrogate) or not surrogate.requires_grad:
+        return loss
+    return loss + (surrogate - surrogate.detach())
+
+
+@contextlib.contextmanager
+def _items_as_tensors():
+    """Pyro's Trace_ELBO and TraceMeanField_ELBO take the loss's value with ``.item()``,
+    which a recording cannot hold (it would freeze the number); while recording, those
+    modules' ``torch_item`` returns the detached tensor instead."""
+    modules = (pyro.infer.trace_elbo, pyro.infer.trace_mean_field_elbo)
+    saved = [module.torch_item for module in modules]
+    for module in modules:
+        module.torch_item = lambda x: x.detach() if torch.is_tensor(x) else x
+    try:
+        yield
+    finally:
+        for module, original in zip(modules, saved, strict=True):
+            module.torch_item = original
+
+
+def _signature(model, guide, leaves, spec) -> Hashable:
+    parts = []
+    for leaf in leaves:
+        if torch.is_tensor(leaf):
+            parts.append(("tensor", tuple(leaf.shape), leaf.dtype, leaf.device, leaf.requires_grad))
+        else:
+            try:
+                hash(leaf)
+            except TypeError as err:
+                raise ValueError(
+                    f"arguments: {leaf!r} ({type(leaf).__name__}) is not hashable; a compiled "
+                    "ELBO keys its recordings on non-tensor arguments, so they must be"
+                ) from err
+            parts.append(leaf)
+    return id(model), id(guide), spec, tuple(parts)
+
+
+def _params_unchanged(recording: _Recording, announce: bool) -> bool:
+    """Check that each recorded parameter name still holds the tensor the recording reads;
+    with ``announce``, as ``pyro.param`` statements that handlers on the stack (SVI's
+    parameter capture) see."""
+    store = pyro.get_param_store()
+    lookup = pyro.param if announce and _PYRO_STACK else store.get_param
+    for name, unconstrained in recording.params:
+        if name not in store or lookup(name).unconstrained() is not unconstrained:
+            return False
+    return True
+
+
+def _name(fn) -> str:
+    return getattr(fn, "__name__", None) or type(fn).__name__

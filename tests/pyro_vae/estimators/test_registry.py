@@ -1,0 +1,72 @@
+"""The registry: every estimator by name, each with the capabilities it declares."""
+
+import warnings
+
+import pytest
+
+from pyro_vae import estimators
+from pyro_vae.estimators import CONTROL_VARIATES, capabilities_of
+from pyro_vae.estimators.compiled import CompiledELBO, compilable
+
+# name, options -> keeps_state, needs_reparameterized, per_datapoint, recordable
+EXPECTED = {
+    ("trace", ()): (False, False, False, True),
+    ("analytic-kl", ()): (False, True, False, True),
+    ("enum", ()): (False, False, False, False),
+    ("iwae", ()): (False, True, True, True),
+    ("tracegraph", ()): (True, False, False, False),
+    ("score", (("control_variate", "none"),)): (False, False, False, True),
+    ("score", (("control_variate", "ema"),)): (True, False, False, False),
+    ("score", (("control_variate", "leave-one-out"), ("num_particles", 2))): (
+        False,
+        False,
+        False,
+        True,
+    ),
+    ("score", (("control_variate", "neural"),)): (True, False, False, False),
+    ("vimco", ()): (False, False, True, True),
+}
+
+
+def test_the_table_covers_the_registry_and_every_control_variate():
+    assert {name for name, _ in EXPECTED} == set(estimators.names())
+    assert {dict(o)["control_variate"] for n, o in EXPECTED if n == "score"} == set(
+        CONTROL_VARIATES
+    )
+
+
+@pytest.mark.parametrize(("name", "options"), list(EXPECTED))
+def test_every_registered_estimator_declares_its_capabilities(name, options):
+    elbo = estimators.get(name, **dict(options))
+    capabilities = capabilities_of(elbo)
+    assert capabilities is not None
+    flags = (
+        capabilities.keeps_state,
+        capabilities.needs_reparameterized,
+        capabilities.per_datapoint,
+        capabilities.recordable,
+    )
+    assert flags == EXPECTED[name, options]
+    assert (compilable(elbo) is None) is capabilities.recordable
+    if capabilities.recordable:
+        compiled = CompiledELBO(elbo)
+        assert capabilities_of(compiled) == capabilities.__class__(
+            **{**capabilities.__dict__, "recordable": False}
+        )
+        assert compilable(compiled) == "it is compiled already"
+
+
+@pytest.mark.parametrize("name", ["GradientStats", "gradient_variance"])
+def test_moved_names_resolve_with_one_warning(monkeypatch, name):
+    monkeypatch.setattr(estimators, "_WARNED", set())
+    with pytest.warns(FutureWarning, match=f"pyro_vae.diagnostics.gradient_variance.{name}"):
+        first = getattr(estimators, name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert getattr(estimators, name) is first
+    assert first.__name__ == name
+
+
+def test_an_unknown_attribute_is_an_attribute_error():
+    with pytest.raises(AttributeError, match="has no attribute 'nothing'"):
+        estimators.nothing  # noqa: B018
