@@ -17,7 +17,7 @@ import torch
 from perf_common import LR, build_networks, build_pyro_vae, hand_loss
 from pyro.infer import Trace_ELBO
 
-from pyro_vae.compiled import CompiledELBO
+from pyro_vae.estimators.compiled import CompiledELBO
 from pyro_vae.train import make_svi
 
 

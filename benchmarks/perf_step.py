@@ -46,7 +46,7 @@ from pyro.infer import SVI, JitTrace_ELBO, Trace_ELBO
 
 from pyro_vae import estimators
 from pyro_vae.annealing import ScaleLatents
-from pyro_vae.compiled import CompiledELBO, compilable
+from pyro_vae.estimators.compiled import CompiledELBO, compilable
 from pyro_vae.train import make_svi
 
 HAND = "hand-written PyTorch (analytic KL)"

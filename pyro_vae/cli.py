@@ -20,7 +20,7 @@ from typing import Any
 
 from pyro_vae import estimators
 from pyro_vae.checkpoint import RunFolder, RunFolderError
-from pyro_vae.compiled import compilable
+from pyro_vae.estimators.compiled import compilable, should_record
 from pyro_vae.data import BINARIZATIONS, DatasetNotFoundError
 from pyro_vae.experiment import Experiment, build, evaluate_test_set, load, write_figures
 from pyro_vae.idx import IDXFormatError
@@ -335,18 +335,18 @@ def _run_config_from_args(args: argparse.Namespace) -> RunConfig:
 def _should_compile(args: argparse.Namespace, elbo, model, guide) -> bool:
     """Whether ``fit`` records its training step: the one place it is decided.
 
-    ``--compile on``/``inductor``/``off`` decide; ``auto`` records when the estimator can
-    be recorded (:func:`pyro_vae.compiled.compilable`), there is no KL warm-up, and model
-    and guide are the ones shipped here: a recording assumes the structure is fixed by
-    the batch shape, which is known of them, not of a user's file, which may branch on a
-    value (``--compile on`` to opt in). ``model`` and ``guide`` are the built objects.
+    ``--compile on``/``inductor``/``off`` decide; ``auto`` records when
+    :func:`pyro_vae.estimators.compiled.should_record` finds nothing against it: the
+    estimator declares it can be recorded, there is no KL warm-up, and model and guide
+    declare ``recordable = True`` (no branching on tensor values; the shipped ones do, a
+    user's file opts in with the declaration or with ``--compile on``). ``model`` and
+    ``guide`` are the built objects; the guide a model makes itself is covered by the
+    model's declaration.
     """
     if args.compile != "auto":
         return args.compile in ("on", "inductor")
-    shipped = args.model.startswith("models.") and (
-        args.guide is None or args.guide.startswith(("models.", "pyro_vae."))
-    )
-    return shipped and compilable(elbo) is None and args.kl_warmup == 0
+    made = None if args.guide is None else guide
+    return should_record(elbo, model, made, kl_warmup_epochs=args.kl_warmup) is None
 
 
 def _default(args: argparse.Namespace, key: str) -> Any:

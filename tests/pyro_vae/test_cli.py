@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from models.vae import VAE
 from pyro_vae.checkpoint import RunFolder
 from pyro_vae.cli import _parser, _run_config_from_args, _should_compile, main
 
@@ -376,9 +377,14 @@ def test_diagnose_refuses_bad_counts_and_other_versions(trained, tmp_path, capsy
     ],
 )
 def test_compile_is_automatic_for_shipped_models_and_stateless_estimators(argv, expected):
+    class Model:  # a user's model: declares nothing
+        def model(self, x):
+            pass
+
     args = _parser().parse_args(["fit", "--out", "runs/x", *argv])
     config = _run_config_from_args(args)
-    assert _should_compile(args, config.estimator.build(), None, None) is expected
+    model = VAE if args.model == "models.vae:VAE" else Model().model
+    assert _should_compile(args, config.estimator.build(), model, None) is expected
     assert config.training.compile_backend == ("inductor" if "inductor" in argv else None)
 
 
