@@ -156,12 +156,12 @@ def _loader_reference(x, y, batch_size, generator, binarize):
 
 @pytest.mark.parametrize("batch_size", [64, 50])
 def test_train_batches_draw_exactly_what_a_torch_dataloader_draws(batch_size):
-    from pyro_vae.data import _epoch_generator
+    from pyro_vae.data_source import epoch_generator
 
     data = load_data("digits", Preprocessing("bernoulli", "dynamic"), val_fraction=0.0)
     data.train_x, data.train_y = data.train_x[:1400], data.train_y[:1400]  # 1400 % 50 == 0
     ours = data.train_batches(batch_size, epoch=2, seed=5)
-    reference_gen = _epoch_generator(5, 2)
+    reference_gen = epoch_generator(5, 2)
     reference = _loader_reference(data.train_x, data.train_y, batch_size, reference_gen, True)
     got, want = list(ours), list(reference)
     assert len(got) == len(want) == len(ours)
