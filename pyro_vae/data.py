@@ -386,6 +386,44 @@ def load_data(
             f"test_fraction: 0 leaves {name!r} without test images (it has no official test "
             "split); expected a fraction in (0, 1)"
         )
+    images, labels = _split(raw, val_fraction, test_fraction, split_seed)
+    if images["train"].shape[0] < 2:
+        raise ValueError(
+            f"data: {name!r} leaves {images['train'].shape[0]} training images after the test "
+            f"and validation splits (test_fraction={test_fraction}, val_fraction={val_fraction}); "
+            "expected at least 2"
+        )
+    pixels = int(np.prod(raw.train_x.shape[1:]))
+    intensity = {
+        split: torch.as_tensor(x.reshape(x.shape[0], pixels) / raw.max_value, dtype=torch.float32)
+        for split, x in images.items()
+    }
+    info: dict[str, Any] = {
+        "dataset": name,
+        "likelihood": preprocessing.likelihood,
+        **{f"num_{split}": int(x.shape[0]) for split, x in images.items()},
+        "split_seed": split_seed,
+    }
+    obs, pixel_max = _observations(intensity, preprocessing, raw.max_value, split_seed, info)
+    return DataSplits(
+        train_x=obs["train"],
+        train_y=torch.as_tensor(labels["train"]),
+        val_x=obs["val"],
+        val_y=torch.as_tensor(labels["val"]),
+        test_x=obs["test"],
+        test_y=torch.as_tensor(labels["test"]),
+        image_shape=tuple(int(s) for s in raw.train_x.shape[1:]),
+        pixel_max=pixel_max,
+        info=info,
+    )
+
+
+def _split(
+    raw: RawImages, val_fraction: float, test_fraction: float, split_seed: int
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Images and labels by split (``train``, ``val``, ``test``, in that order): the
+    official test split or ``test_fraction`` of the images, then ``val_fraction`` of the
+    rest, drawn by permutations of one generator seeded with ``split_seed``."""
     rng = np.random.default_rng(split_seed)
     train_x, train_y = raw.train_x, raw.train_y
     if raw.test_x is None:
@@ -399,59 +437,35 @@ def load_data(
     n_val = math.ceil(val_fraction * len(order))
     val_x, val_y = train_x[order[:n_val]], train_y[order[:n_val]]
     train_x, train_y = train_x[order[n_val:]], train_y[order[n_val:]]
-    if train_x.shape[0] < 2:
-        raise ValueError(
-            f"data: {name!r} leaves {train_x.shape[0]} training images after the test and "
-            f"validation splits (test_fraction={test_fraction}, val_fraction={val_fraction}); "
-            "expected at least 2"
-        )
+    images = {"train": train_x, "val": val_x, "test": test_x}
+    return images, {"train": train_y, "val": val_y, "test": test_y}
 
-    pixels = int(np.prod(raw.train_x.shape[1:]))
-    intensity = {
-        split: torch.as_tensor(
-            images.reshape(images.shape[0], pixels) / raw.max_value, dtype=torch.float32
-        )
-        for split, images in (("train", train_x), ("val", val_x), ("test", test_x))
-    }
-    info: dict[str, Any] = {
-        "dataset": name,
-        "likelihood": preprocessing.likelihood,
-        "num_train": int(train_x.shape[0]),
-        "num_val": int(val_x.shape[0]),
-        "num_test": int(test_x.shape[0]),
-        "split_seed": split_seed,
-    }
-    pixel_max = 1.0
-    if preprocessing.likelihood == "bernoulli":
-        info["binarization"] = preprocessing.binarize
-        if preprocessing.binarize == "static":
-            info["threshold"] = preprocessing.threshold
-            obs = {k: (v > preprocessing.threshold).float() for k, v in intensity.items()}
-        else:
-            fixed = torch.Generator().manual_seed(split_seed + 1)
-            obs = {
-                "train": intensity["train"],
-                "val": torch.bernoulli(intensity["val"], generator=fixed),
-                "test": torch.bernoulli(intensity["test"], generator=fixed),
-            }
-    elif preprocessing.likelihood == "gaussian":
-        obs = intensity
-    else:
-        levels = preprocessing.resolved_levels(raw.max_value)
+
+def _observations(
+    intensity: dict[str, torch.Tensor],
+    preprocessing: Preprocessing,
+    max_value: int,
+    split_seed: int,
+    info: dict[str, Any],
+) -> tuple[dict[str, torch.Tensor], float]:
+    """The observations of each split from its intensities in [0, 1] (module docstring),
+    and the largest pixel value; what was done is added to ``info``."""
+    if preprocessing.likelihood == "gaussian":
+        return intensity, 1.0
+    if preprocessing.likelihood == "categorical":
+        levels = preprocessing.resolved_levels(max_value)
         info["levels"] = levels
-        pixel_max = float(levels - 1)
         obs = {
             k: torch.clamp(torch.floor(v * levels), max=levels - 1) for k, v in intensity.items()
         }
-
-    return DataSplits(
-        train_x=obs["train"],
-        train_y=torch.as_tensor(train_y),
-        val_x=obs["val"],
-        val_y=torch.as_tensor(val_y),
-        test_x=obs["test"],
-        test_y=torch.as_tensor(test_y),
-        image_shape=tuple(int(s) for s in raw.train_x.shape[1:]),
-        pixel_max=pixel_max,
-        info=info,
-    )
+        return obs, float(levels - 1)
+    info["binarization"] = preprocessing.binarize
+    if preprocessing.binarize == "static":
+        info["threshold"] = preprocessing.threshold
+        return {k: (v > preprocessing.threshold).float() for k, v in intensity.items()}, 1.0
+    fixed = torch.Generator().manual_seed(split_seed + 1)
+    return {
+        "train": intensity["train"],
+        "val": torch.bernoulli(intensity["val"], generator=fixed),
+        "test": torch.bernoulli(intensity["test"], generator=fixed),
+    }, 1.0
