@@ -38,3 +38,29 @@ def linear_warmup(step: int, warmup_steps: int) -> float:
     if warmup_steps <= 0:
         return 1.0
     return min(1.0, (step + 1) / warmup_steps)
+
+
+class KLWarmup:
+    """β for each optimizer step of a fit: linear over ``epochs`` epochs of
+    ``steps_per_epoch`` steps (:func:`linear_warmup`), applied by one :class:`ScaleLatents`.
+
+    Attributes:
+        steps: round(epochs · steps_per_epoch), the steps β takes to reach 1 (0: no warm-up).
+        handler: the :class:`ScaleLatents` to wrap model and guide in, or ``None`` without
+            warm-up (β is 1 throughout, so no handler runs as a no-op on every site).
+        beta: the current β.
+    """
+
+    def __init__(self, epochs: float, steps_per_epoch: int) -> None:
+        self.steps = round(epochs * steps_per_epoch)
+        self._scale = ScaleLatents()
+        self.handler = self._scale if self.steps else None
+
+    @property
+    def beta(self) -> float:
+        return self._scale.beta
+
+    def at_step(self, step: int) -> float:
+        """Set β for optimizer step ``step`` (counted from 0 over the whole fit); return it."""
+        self._scale.beta = linear_warmup(step, self.steps)
+        return self._scale.beta

@@ -520,6 +520,7 @@ def _train_and_report(
             config.training,
             run,
             resume=state is not None,
+            resume_state=state,
             on_ready=ready,
         )
     except TrainingDiverged as err:

@@ -25,11 +25,18 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
+from pyro_vae.data_source import (
+    HELD_OUT,
+    TRAINING_SET,
+    ObservationCheck,
+    ValidationSet,
+    epoch_generator,
+)
 from pyro_vae.idx import IDXFormatError, read_idx
 from pyro_vae.likelihoods import LIKELIHOODS
 
@@ -192,8 +199,12 @@ class DataSplits:
     """Train, validation and test observations, ready for a model.
 
     ``train_x`` holds intensities in [0, 1] under dynamic binarization (each batch is drawn
-    from them); every other tensor holds the observations themselves.
+    from them); every other tensor holds the observations themselves. A data source for
+    :func:`pyro_vae.fit` (:mod:`pyro_vae.data_source`): the model is called on batches of
+    images ``x`` and ELBOs are reported per datapoint.
     """
+
+    per_datapoint: ClassVar[bool] = True
 
     train_x: torch.Tensor
     train_y: torch.Tensor
@@ -213,6 +224,29 @@ class DataSplits:
     def dynamic(self) -> bool:
         return self.info.get("binarization") == "dynamic"
 
+    @property
+    def num_train(self) -> int:
+        """N, the training images."""
+        return int(self.train_x.shape[0])
+
+    def steps_per_epoch(self, batch_size: int, drop_last: bool = False) -> int:
+        """Minibatches per epoch: ⌈N / batch_size⌉, or ⌊N / batch_size⌋ with ``drop_last``.
+
+        Raises:
+            ValueError: no training images, or ``drop_last`` with a batch larger than N.
+        """
+        n = self.num_train
+        if n < 1:
+            raise ValueError("data: the training split is empty; expected at least 1 image")
+        if not drop_last:
+            return math.ceil(n / batch_size)
+        if batch_size > n:
+            raise ValueError(
+                f"drop_last: with batch_size {batch_size} larger than the {n} training rows, "
+                "every batch would be dropped"
+            )
+        return n // batch_size
+
     def train_batches(
         self, batch_size: int, epoch: int, seed: int, drop_last: bool = False
     ) -> ShuffledBatches:
@@ -226,19 +260,56 @@ class DataSplits:
             self.train_x,
             self.train_y,
             batch_size,
-            _epoch_generator(seed, epoch),
+            epoch_generator(seed, epoch),
             self.dynamic,
             drop_last,
         )
 
-    def eval_batches(self, x: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
-        """Consecutive slices of ``x`` (no shuffling, no copies)."""
-        for start in range(0, x.shape[0], batch_size):
-            yield x[start : start + batch_size]
+    def indexed_batches(
+        self, batch_size: int, epoch: int, seed: int, drop_last: bool = False
+    ) -> Iterator[tuple[torch.Tensor, tuple[torch.Tensor]]]:
+        """:meth:`train_batches` as the model sees them: ``(rows, (x,))``, ``rows`` the
+        batch's training rows (``[B]``), ``x`` its observations (``[B, D]``)."""
+        for rows, x, _ in self.train_batches(batch_size, epoch, seed, drop_last).indexed():
+            yield rows, (x,)
 
+    def check_training_data(self, check: ObservationCheck, chunk: int = 10_000) -> None:
+        """Check every training image, in chunks of ``chunk`` rows, before the first step:
+        a bad row in a late batch would otherwise surface mid-run as a NaN loss or a
+        support error. Static observations go to ``check`` (the likelihood's test, which
+        names the rows); under dynamic binarization the stored rows are intensities,
+        checked here to be finite and in [0, 1] (each batch is a Bernoulli draw from them).
 
-def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
+        Raises:
+            ValueError: naming the first bad row range and what was expected.
+        """
+        x = self.train_x
+        for start in range(0, x.shape[0], chunk):
+            rows = x[start : start + chunk]
+            what = f"training data (rows {start}..{start + rows.shape[0] - 1})"
+            if not self.dynamic:
+                check(rows, what)
+            elif not torch.isfinite(rows).all() or (rows < 0).any() or (rows > 1).any():
+                raise ValueError(
+                    f"{what}: intensities outside [0, 1] or not finite; dynamic binarization "
+                    "draws each pixel from Bernoulli(intensity)"
+                )
+
+    def validation_set(self, local_guide: bool, check: ObservationCheck) -> ValidationSet | None:
+        """The held-out ELBO per datapoint on ``val_x`` (checked by ``check`` first), or
+        ``None`` without validation images. For a guide with free per-datapoint parameters
+        (``local_guide``), which has no posterior for held-out rows, the training set's
+        ELBO per datapoint instead, on one fixed binarization under dynamic binarization.
+        """
+        if local_guide:
+            x = self.train_x
+            if self.dynamic:
+                x = torch.bernoulli(x, generator=torch.Generator().manual_seed(1))
+            return ValidationSet(TRAINING_SET, (x,), whole_data=False, draws=1)
+        if not self.val_x.shape[0]:
+            return None
+        check(self.val_x, "validation data")
+        return ValidationSet(HELD_OUT, (self.val_x,), whole_data=False, draws=1)
 
 
 class ShuffledBatches:
@@ -315,6 +386,44 @@ def load_data(
             f"test_fraction: 0 leaves {name!r} without test images (it has no official test "
             "split); expected a fraction in (0, 1)"
         )
+    images, labels = _split(raw, val_fraction, test_fraction, split_seed)
+    if images["train"].shape[0] < 2:
+        raise ValueError(
+            f"data: {name!r} leaves {images['train'].shape[0]} training images after the test "
+            f"and validation splits (test_fraction={test_fraction}, val_fraction={val_fraction}); "
+            "expected at least 2"
+        )
+    pixels = int(np.prod(raw.train_x.shape[1:]))
+    intensity = {
+        split: torch.as_tensor(x.reshape(x.shape[0], pixels) / raw.max_value, dtype=torch.float32)
+        for split, x in images.items()
+    }
+    info: dict[str, Any] = {
+        "dataset": name,
+        "likelihood": preprocessing.likelihood,
+        **{f"num_{split}": int(x.shape[0]) for split, x in images.items()},
+        "split_seed": split_seed,
+    }
+    obs, pixel_max = _observations(intensity, preprocessing, raw.max_value, split_seed, info)
+    return DataSplits(
+        train_x=obs["train"],
+        train_y=torch.as_tensor(labels["train"]),
+        val_x=obs["val"],
+        val_y=torch.as_tensor(labels["val"]),
+        test_x=obs["test"],
+        test_y=torch.as_tensor(labels["test"]),
+        image_shape=tuple(int(s) for s in raw.train_x.shape[1:]),
+        pixel_max=pixel_max,
+        info=info,
+    )
+
+
+def _split(
+    raw: RawImages, val_fraction: float, test_fraction: float, split_seed: int
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Images and labels by split (``train``, ``val``, ``test``, in that order): the
+    official test split or ``test_fraction`` of the images, then ``val_fraction`` of the
+    rest, drawn by permutations of one generator seeded with ``split_seed``."""
     rng = np.random.default_rng(split_seed)
     train_x, train_y = raw.train_x, raw.train_y
     if raw.test_x is None:
@@ -328,59 +437,35 @@ def load_data(
     n_val = math.ceil(val_fraction * len(order))
     val_x, val_y = train_x[order[:n_val]], train_y[order[:n_val]]
     train_x, train_y = train_x[order[n_val:]], train_y[order[n_val:]]
-    if train_x.shape[0] < 2:
-        raise ValueError(
-            f"data: {name!r} leaves {train_x.shape[0]} training images after the test and "
-            f"validation splits (test_fraction={test_fraction}, val_fraction={val_fraction}); "
-            "expected at least 2"
-        )
+    images = {"train": train_x, "val": val_x, "test": test_x}
+    return images, {"train": train_y, "val": val_y, "test": test_y}
 
-    pixels = int(np.prod(raw.train_x.shape[1:]))
-    intensity = {
-        split: torch.as_tensor(
-            images.reshape(images.shape[0], pixels) / raw.max_value, dtype=torch.float32
-        )
-        for split, images in (("train", train_x), ("val", val_x), ("test", test_x))
-    }
-    info: dict[str, Any] = {
-        "dataset": name,
-        "likelihood": preprocessing.likelihood,
-        "num_train": int(train_x.shape[0]),
-        "num_val": int(val_x.shape[0]),
-        "num_test": int(test_x.shape[0]),
-        "split_seed": split_seed,
-    }
-    pixel_max = 1.0
-    if preprocessing.likelihood == "bernoulli":
-        info["binarization"] = preprocessing.binarize
-        if preprocessing.binarize == "static":
-            info["threshold"] = preprocessing.threshold
-            obs = {k: (v > preprocessing.threshold).float() for k, v in intensity.items()}
-        else:
-            fixed = torch.Generator().manual_seed(split_seed + 1)
-            obs = {
-                "train": intensity["train"],
-                "val": torch.bernoulli(intensity["val"], generator=fixed),
-                "test": torch.bernoulli(intensity["test"], generator=fixed),
-            }
-    elif preprocessing.likelihood == "gaussian":
-        obs = intensity
-    else:
-        levels = preprocessing.resolved_levels(raw.max_value)
+
+def _observations(
+    intensity: dict[str, torch.Tensor],
+    preprocessing: Preprocessing,
+    max_value: int,
+    split_seed: int,
+    info: dict[str, Any],
+) -> tuple[dict[str, torch.Tensor], float]:
+    """The observations of each split from its intensities in [0, 1] (module docstring),
+    and the largest pixel value; what was done is added to ``info``."""
+    if preprocessing.likelihood == "gaussian":
+        return intensity, 1.0
+    if preprocessing.likelihood == "categorical":
+        levels = preprocessing.resolved_levels(max_value)
         info["levels"] = levels
-        pixel_max = float(levels - 1)
         obs = {
             k: torch.clamp(torch.floor(v * levels), max=levels - 1) for k, v in intensity.items()
         }
-
-    return DataSplits(
-        train_x=obs["train"],
-        train_y=torch.as_tensor(train_y),
-        val_x=obs["val"],
-        val_y=torch.as_tensor(val_y),
-        test_x=obs["test"],
-        test_y=torch.as_tensor(test_y),
-        image_shape=tuple(int(s) for s in raw.train_x.shape[1:]),
-        pixel_max=pixel_max,
-        info=info,
-    )
+        return obs, float(levels - 1)
+    info["binarization"] = preprocessing.binarize
+    if preprocessing.binarize == "static":
+        info["threshold"] = preprocessing.threshold
+        return {k: (v > preprocessing.threshold).float() for k, v in intensity.items()}, 1.0
+    fixed = torch.Generator().manual_seed(split_seed + 1)
+    return {
+        "train": intensity["train"],
+        "val": torch.bernoulli(intensity["val"], generator=fixed),
+        "test": torch.bernoulli(intensity["test"], generator=fixed),
+    }, 1.0

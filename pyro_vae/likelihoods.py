@@ -68,7 +68,7 @@ class Bernoulli(Likelihood):
             values = torch.unique(x)[:5].tolist()
             raise ValueError(
                 f"{arg}: Bernoulli likelihood needs binary pixels in {{0, 1}}, got values such "
-                f"as {values}; binarize the data (static or dynamic) or use --likelihood gaussian"
+                f"as {values}; binarize the data (static or dynamic) or use the gaussian likelihood"
             )
 
 

@@ -20,13 +20,22 @@ from collections.abc import Iterator
 
 import torch
 
+from pyro_vae.data_source import WHOLE_DATA, ObservationCheck, ValidationSet, epoch_generator
+
+WHOLE_DATA_DRAWS = 100
+
 
 class TensorData:
     """Rows of aligned tensors, shuffled into minibatches per epoch.
 
+    A data source for :func:`pyro_vae.fit` (:mod:`pyro_vae.data_source`): the model is
+    called as ``model(*tensors)`` and ELBOs are whole-data totals.
+
     Args:
         *tensors: tensors sharing their first dimension N (the datapoints).
     """
+
+    per_datapoint = False
 
     def __init__(self, *tensors: torch.Tensor) -> None:
         for i, t in enumerate(tensors):
@@ -49,6 +58,11 @@ class TensorData:
         """N, the number of rows (1 for a dataset without tensors: one step per epoch)."""
         return int(self.tensors[0].shape[0]) if self.tensors else 1
 
+    @property
+    def num_train(self) -> int:
+        """N: training sees every row (:attr:`num_data`)."""
+        return self.num_data
+
     def batches(self, batch_size: int, epoch: int, seed: int) -> Iterator[tuple[torch.Tensor, ...]]:
         """Shuffled minibatches of rows for one epoch, as tuples of tensors.
 
@@ -70,8 +84,7 @@ class TensorData:
         if not self.tensors or batch_size >= n:
             yield torch.arange(n), self.tensors
             return
-        generator = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
-        order = torch.randperm(n, generator=generator)
+        order = torch.randperm(n, generator=epoch_generator(seed, epoch))
         for start in range(0, n, batch_size):
             rows = order[start : start + batch_size]
             if drop_last and len(rows) < batch_size:
@@ -79,6 +92,18 @@ class TensorData:
             yield rows, tuple(t[rows] for t in self.tensors)
 
     def steps_per_epoch(self, batch_size: int, drop_last: bool = False) -> int:
+        """Minibatches per epoch: 1 for a batch of every row, else ⌈N / batch_size⌉
+        (⌊N / batch_size⌋ with ``drop_last``)."""
         if not self.tensors or batch_size >= self.num_data:
             return 1
         return self.num_data // batch_size if drop_last else -(-self.num_data // batch_size)
+
+    def check_training_data(self, check: ObservationCheck) -> None:
+        """Nothing beyond the constructor's finiteness check: the tensors are the model's
+        arguments, not observations of one likelihood ``check`` could test."""
+
+    def validation_set(self, local_guide: bool, check: ObservationCheck) -> ValidationSet:
+        """The whole-data ELBO on every row (common random numbers, 100 draws unless the
+        fit says otherwise), for a local guide as for any other: there is no held-out
+        split, since with global latents the ELBO does not split into datapoints."""
+        return ValidationSet(WHOLE_DATA, self.tensors, whole_data=True, draws=WHOLE_DATA_DRAWS)

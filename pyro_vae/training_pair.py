@@ -4,7 +4,9 @@
 Pyro code train correctly on minibatches:
 
 1. checks that the data's dtype matches the networks' (a float64 array into float32
-   weights fails inside a matmul otherwise, naming nothing);
+   weights fails inside a matmul otherwise, naming nothing), and has the data source
+   check its training rows with the model's likelihood
+   (:func:`pyro_vae.likelihoods.check_observations`);
 2. finds the per-datapoint plate (:func:`pyro_vae.plates.find_data_plate`) on a run of the
    model, and refuses minibatches of a model that has none;
 3. wraps model and guide (:class:`pyro_vae.minibatch.Minibatched`) so that plate gets the
@@ -19,8 +21,9 @@ Pyro code train correctly on minibatches:
 7. refuses a model site that is neither observed nor drawn by the guide (nor marked for
    enumeration): a data argument left out would otherwise be drawn from its prior and
    trained on;
-8. chooses the validation: held-out ELBO per datapoint, the training set's for a local
-   guide, or the whole-data ELBO on common random numbers for ``TensorData``.
+8. validates as the data source says (:meth:`~pyro_vae.data_source.DataSource.
+   validation_set`): held-out ELBO per datapoint, the training set's for a local guide,
+   or the whole-data ELBO on common random numbers for ``TensorData``.
 
 Every one of these runs draws outside the global random stream, so setting up does not
 change what training draws.
@@ -31,11 +34,12 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import pyro.poutine as poutine
 import torch
 
-from pyro_vae.data import DataSplits
+from pyro_vae.data_source import TrainingBatches, ValidationSet
 from pyro_vae.evaluate import eval_mode, refuse_uncovered_sites
 from pyro_vae.likelihoods import check_observations
 from pyro_vae.minibatch import Minibatched, align_autoguide
@@ -46,17 +50,8 @@ from pyro_vae.plates import (
     find_data_plate,
     frames_in,
 )
-from pyro_vae.tensor_data import TensorData
 from pyro_vae.traces import VectorizationWarning, run_pair, sample_sites
 from pyro_vae.weights import PairWeights, check_dtypes, module_of
-
-HELD_OUT = "held-out ELBO per datapoint (nats)"
-TRAINING_SET = (
-    "training-set ELBO per datapoint (nats): the guide has free per-datapoint parameters, "
-    "so it has no posterior for held-out rows"
-)
-WHOLE_DATA = "whole-data ELBO (total nats)"
-WHOLE_DATA_DRAWS = 100
 
 
 def _common_draws(seed: int, estimate: Callable[[], float]) -> float:
@@ -86,8 +81,8 @@ class TrainingPair:
     vectorize: bool | None = None
 
     @classmethod
-    def set_up(cls, model, guide, source, config) -> TrainingPair:
-        """Steps 1-6 of the module docstring on ``source``'s first batch.
+    def set_up(cls, model, guide, source: TrainingBatches, config) -> TrainingPair:
+        """Steps 1-8 of the module docstring on ``source``'s first batch.
 
         Raises:
             ValueError: mismatched dtypes, or data the model's likelihood cannot observe.
@@ -96,8 +91,8 @@ class TrainingPair:
         """
         args, rows, n = source.first_batch, source.first_rows, source.num_data
         check_dtypes(args, model, guide)
-        if isinstance(source.data, DataSplits):
-            check_training_images(source.data, module_of(model) or model)
+        observable = partial(check_observations, module_of(model) or model)
+        source.data.check_training_data(observable)
         plate, dim, plates = _per_datapoint_plate(model, args, config.data_plate)
         if plate is None and source.batch_size < n:
             refuse_uncovered_sites(model, guide, args)
@@ -120,7 +115,7 @@ class TrainingPair:
             warn_on_scales(wrapped_model, wrapped_guide, args, rows, plate, n)
         pair = cls(wrapped_model, wrapped_guide, plate, weights, local)
         pair.vectorize = config.vectorize_particles
-        pair._set_validation(model, guide, source.data, config)
+        pair._set_validation(model, guide, source.data.validation_set(local, observable), config)
         return pair
 
     def train_mode(self, mode: bool) -> None:
@@ -130,45 +125,36 @@ class TrainingPair:
             if module is not None:
                 module.train(mode)
 
-    def _set_validation(self, model, guide, data, config) -> None:
+    def _set_validation(self, model, guide, plan: ValidationSet | None, config) -> None:
+        """Validate by the data's ``plan``: the mean per-datapoint ELBO of its rows (on
+        ``model`` and ``guide`` as given), or the whole-data ELBO on common random numbers
+        (on the wrapped pair, all rows at once)."""
+        if plan is None:
+            return
+        self.validation_kind = plan.kind
+        draws = config.val_samples or plan.draws
+
+        def estimate() -> float:
+            if plan.whole_data:
+                return _common_draws(config.seed, lambda: self._whole_data_elbo(plan.args, draws))
+            return self._per_datapoint_elbo(model, guide, plan.args[0], draws)
+
+        self.validate = lambda: self._tracking_fallback(estimate)
+
+    def _whole_data_elbo(self, args: tuple, draws: int) -> float:
         from pyro_vae.evaluate import elbo_estimate
 
-        if isinstance(data, TensorData):
-            every_row = torch.arange(data.num_data)
-            kwargs = {"subsample": every_row} if self.plate is not None else {}
-            draws = config.val_samples or WHOLE_DATA_DRAWS
-            self.validation_kind = WHOLE_DATA
-            self.validate = (
-                lambda: self._tracking_fallback(
-                    lambda: _common_draws(
-                        config.seed,
-                        lambda: elbo_estimate(
-                            self.model,
-                            self.guide,
-                            *data.tensors,
-                            num_samples=draws,
-                            num_chunks=1,  # one vectorized batch of draws: no error bar needed
-                            vectorize_particles=self.vectorize,
-                            **kwargs,
-                        )[0],
-                    )
-                )
-            )
-            return
-        if self.local:
-            x = data.train_x
-            if data.dynamic:  # validate on one fixed binarization of the training images
-                x = torch.bernoulli(x, generator=torch.Generator().manual_seed(1))
-            self.validation_kind = TRAINING_SET
-        elif data.val_x.shape[0]:
-            check_observations(module_of(model) or model, data.val_x, "validation data")
-            x = data.val_x
-            self.validation_kind = HELD_OUT
-        else:
-            return
-        self.validate = lambda: self._tracking_fallback(
-            lambda: self._per_datapoint_elbo(model, guide, x, config.val_samples or 1)
-        )
+        every_row = torch.arange(self.model.num_data)
+        kwargs = {"subsample": every_row} if self.plate is not None else {}
+        return elbo_estimate(
+            self.model,
+            self.guide,
+            *args,
+            num_samples=draws,
+            num_chunks=1,  # one vectorized batch of draws: no error bar needed
+            vectorize_particles=self.vectorize,
+            **kwargs,
+        )[0]
 
     def _per_datapoint_elbo(self, model, guide, x, num_samples: int) -> float:
         from pyro_vae.evaluate import elbo_per_datapoint
@@ -256,29 +242,6 @@ def _one_row_gradients(guide, params, args, rows) -> list:
         if not terms:
             return [None] * len(params)
         return list(torch.autograd.grad(sum(terms), params, allow_unused=True))
-
-
-def check_training_images(data: DataSplits, model, chunk: int = 10_000) -> None:
-    """Check every training image, in chunks of ``chunk`` rows, before the first step:
-    a bad row in a late batch would otherwise surface mid-run as a NaN loss or a support
-    error. Under dynamic binarization the stored rows are intensities, checked to be
-    finite and in [0, 1] (each batch is a Bernoulli draw from them).
-
-    Raises:
-        ValueError: naming the first bad row range and what was expected.
-    """
-    x = data.train_x
-    for start in range(0, x.shape[0], chunk):
-        rows = x[start : start + chunk]
-        what = f"training data (rows {start}..{start + rows.shape[0] - 1})"
-        if data.dynamic:
-            if not torch.isfinite(rows).all() or (rows < 0).any() or (rows > 1).any():
-                raise ValueError(
-                    f"{what}: intensities outside [0, 1] or not finite; dynamic binarization "
-                    "draws each pixel from Bernoulli(intensity)"
-                )
-        else:
-            check_observations(model, rows, what)
 
 
 def warn_on_scales(model, guide, args, rows, plate: str, num_data: int) -> None:

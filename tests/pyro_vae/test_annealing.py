@@ -43,3 +43,20 @@ def test_annealed_elbo_is_likelihood_plus_beta_times_kl_term():
 def test_linear_warmup_schedule():
     assert [linear_warmup(s, 4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
     assert linear_warmup(0, 0) == 1.0
+
+
+def test_kl_warmup_rises_over_its_epochs_of_steps():
+    from pyro_vae.annealing import KLWarmup
+
+    warmup = KLWarmup(epochs=1.5, steps_per_epoch=4)
+    assert warmup.steps == 6 and isinstance(warmup.handler, ScaleLatents)
+    betas = [warmup.at_step(s) for s in range(8)]
+    assert betas == [linear_warmup(s, 6) for s in range(8)] and betas[-3:] == [1.0] * 3
+    assert warmup.beta == 1.0 and warmup.handler.beta == 1.0
+
+
+def test_without_warmup_beta_is_one_and_no_handler_runs():
+    from pyro_vae.annealing import KLWarmup
+
+    warmup = KLWarmup(epochs=0, steps_per_epoch=10)
+    assert warmup.handler is None and warmup.at_step(0) == 1.0 and warmup.beta == 1.0

@@ -156,15 +156,94 @@ def _loader_reference(x, y, batch_size, generator, binarize):
 
 @pytest.mark.parametrize("batch_size", [64, 50])
 def test_train_batches_draw_exactly_what_a_torch_dataloader_draws(batch_size):
-    from pyro_vae.data import _epoch_generator
+    from pyro_vae.data_source import epoch_generator
 
     data = load_data("digits", Preprocessing("bernoulli", "dynamic"), val_fraction=0.0)
     data.train_x, data.train_y = data.train_x[:1400], data.train_y[:1400]  # 1400 % 50 == 0
     ours = data.train_batches(batch_size, epoch=2, seed=5)
-    reference_gen = _epoch_generator(5, 2)
+    reference_gen = epoch_generator(5, 2)
     reference = _loader_reference(data.train_x, data.train_y, batch_size, reference_gen, True)
     got, want = list(ours), list(reference)
     assert len(got) == len(want) == len(ours)
     for (xa, ya), (xb, yb) in zip(got, want, strict=True):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
     assert torch.equal(ours.generator.get_state(), reference_gen.get_state())
+
+
+def test_image_splits_supply_batches_of_model_arguments_with_their_rows():
+    from pyro_vae.data_source import DataSource
+
+    data = load_data("digits", Preprocessing("bernoulli"))
+    assert isinstance(data, DataSource) and data.per_datapoint and data.num_train == 1455
+    assert data.steps_per_epoch(64) == 23 and data.steps_per_epoch(64, drop_last=True) == 22
+    indexed = list(data.indexed_batches(64, epoch=1, seed=2, drop_last=True))
+    plain = list(data.train_batches(64, epoch=1, seed=2, drop_last=True))
+    assert len(indexed) == 22
+    for (rows, (x,)), (x_plain, _) in zip(indexed, plain, strict=True):
+        assert torch.equal(x, data.train_x[rows]) and torch.equal(x, x_plain)
+
+
+def test_an_empty_split_and_a_batch_that_drops_everything_are_refused():
+    import dataclasses
+
+    data = load_data("digits", Preprocessing("bernoulli"))
+    with pytest.raises(ValueError, match="drop_last: with batch_size 2000 larger than the 1455"):
+        data.steps_per_epoch(2000, drop_last=True)
+    assert data.steps_per_epoch(2000) == 1
+    empty = dataclasses.replace(data, train_x=data.train_x[:0], train_y=data.train_y[:0])
+    with pytest.raises(ValueError, match="data: the training split is empty"):
+        empty.steps_per_epoch(64)
+
+
+def test_training_rows_go_to_the_likelihoods_check_in_named_chunks():
+    data = load_data("digits", Preprocessing("bernoulli"))
+    seen = []
+    data.check_training_data(lambda x, what: seen.append((x.shape[0], what)), chunk=600)
+    assert seen == [
+        (600, "training data (rows 0..599)"),
+        (600, "training data (rows 600..1199)"),
+        (255, "training data (rows 1200..1454)"),
+    ]
+
+
+def test_dynamic_intensities_are_checked_by_the_data_itself():
+    data = load_data("digits", Preprocessing("bernoulli", "dynamic"))
+
+    def never(x, what):
+        raise AssertionError("intensities are not observations")
+
+    data.check_training_data(never)
+    data.train_x[700, 3] = 1.5
+    with pytest.raises(ValueError, match=r"rows 0..1454\): intensities outside \[0, 1\]"):
+        data.check_training_data(never)
+
+
+def test_the_validation_protocol_of_image_splits():
+    from pyro_vae.data_source import HELD_OUT, TRAINING_SET
+
+    data = load_data("digits", Preprocessing("bernoulli"))
+    checked = []
+    held_out = data.validation_set(False, lambda x, what: checked.append(what))
+    assert held_out.kind == HELD_OUT and held_out.args[0] is data.val_x
+    assert not held_out.whole_data and held_out.draws == 1 and checked == ["validation data"]
+    local = data.validation_set(True, lambda x, what: checked.append(what))
+    assert local.kind == TRAINING_SET and local.args[0] is data.train_x and len(checked) == 1
+    none = load_data("digits", Preprocessing("bernoulli"), val_fraction=0.0)
+    assert none.validation_set(False, lambda x, what: None) is None
+
+
+def test_a_local_guide_under_dynamic_binarization_validates_on_one_fixed_draw():
+    data = load_data("digits", Preprocessing("bernoulli", "dynamic"))
+    first = data.validation_set(True, lambda x, what: None).args[0]
+    again = data.validation_set(True, lambda x, what: None).args[0]
+    assert set(torch.unique(first).tolist()) == {0.0, 1.0} and torch.equal(first, again)
+
+
+def test_a_bad_validation_image_is_refused_by_the_check():
+    data = load_data("digits", Preprocessing("bernoulli"))
+
+    def check(x, what):
+        raise ValueError(f"{what}: refused")
+
+    with pytest.raises(ValueError, match="validation data: refused"):
+        data.validation_set(False, check)

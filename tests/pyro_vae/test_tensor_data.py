@@ -36,3 +36,24 @@ def test_bad_tensors_are_named():
         TensorData([1.0, 2.0])
     with pytest.raises(ValueError, match="batch_size: 0"):
         next(TensorData(torch.zeros(3)).batches(0, 0, 0))
+
+
+def test_tensor_data_is_a_data_source_validated_on_the_whole_data():
+    from pyro_vae.data_source import WHOLE_DATA, DataSource
+
+    X, y = torch.randn(10, 2), torch.randn(10)
+    data = TensorData(X, y)
+    assert isinstance(data, DataSource) and not data.per_datapoint and data.num_train == 10
+    plan = data.validation_set(local_guide=True, check=None)
+    assert plan.kind == WHOLE_DATA and plan.whole_data and plan.draws == 100
+    assert plan.args[0] is X and plan.args[1] is y
+    data.check_training_data(check=None)  # the tensors were checked when built
+
+
+def test_indexed_batches_give_each_batch_its_rows_and_can_drop_the_last():
+    X = torch.arange(10.0)
+    data = TensorData(X)
+    batches = list(data.indexed_batches(4, epoch=0, seed=0))
+    assert all(torch.equal(rows.float(), x) for rows, (x,) in batches)
+    assert [len(rows) for rows, _ in data.indexed_batches(4, 0, 0, drop_last=True)] == [4, 4]
+    assert data.steps_per_epoch(4, drop_last=True) == 2

@@ -361,3 +361,126 @@ def test_data_outside_the_support_is_reported_as_such_not_as_divergence():
     data = TensorData(torch.tensor([0.0, 1.0, 0.5, 1.0]))
     with pytest.raises(ValueError, match="Expected value argument"):
         fit(model, lambda x: None, data, Trace_ELBO(), quiet(epochs=1))
+
+
+def test_resume_from_a_checkpoint_already_read(digits, tmp_path):
+    config = dict(batch_size=128, lr=3e-3, seed=7)
+    source = RunFolder(tmp_path / "source")
+    model, guide = small_vae(digits)
+    fit(model, guide, digits, Trace_ELBO(), quiet(epochs=1, **config), source)
+    model, guide = small_vae(digits, seed=5)
+    fit(model, guide, digits, Trace_ELBO(), quiet(epochs=2, **config), source, resume=True)
+    from_folder = source.load_checkpoint()
+
+    # resumed into a folder without a checkpoint: only the state handed over can be used
+    first = RunFolder(tmp_path / "first")
+    model, guide = small_vae(digits)
+    fit(model, guide, digits, Trace_ELBO(), quiet(epochs=1, **config), first)
+    state = first.load_checkpoint()
+    elsewhere = RunFolder(tmp_path / "elsewhere")
+    model, guide = small_vae(digits, seed=5)
+    result = fit(
+        model,
+        guide,
+        digits,
+        Trace_ELBO(),
+        quiet(epochs=2, **config),
+        elsewhere,
+        resume=True,
+        resume_state=state,
+    )
+    assert [r["epoch"] for r in result.history] == [1, 2]
+    resumed = elsewhere.load_checkpoint()
+    assert [r["train_elbo"] for r in resumed["history"]] == [
+        r["train_elbo"] for r in from_folder["history"]
+    ]
+    for key, value in from_folder["model"].items():
+        assert torch.equal(resumed["model"][key], value), key
+
+
+def test_a_checkpoint_state_without_resume_is_refused(digits, tmp_path):
+    model, guide = small_vae(digits)
+    with pytest.raises(ValueError, match="resume_state: a checkpoint was given with resume=False"):
+        fit(
+            model,
+            guide,
+            digits,
+            Trace_ELBO(),
+            quiet(epochs=1),
+            RunFolder(tmp_path),
+            resume_state={},
+        )
+
+
+class RecordingSVI:
+    """Stands in for the SVI step: records β, Pyro's validation and the rows it saw."""
+
+    def __init__(self, warmup, losses):
+        self.warmup, self.losses, self.calls = warmup, list(losses), []
+
+    def step(self, x, subsample):
+        from pyro.infer.util import is_validation_enabled
+
+        self.calls.append((self.warmup.beta, is_validation_enabled(), subsample.tolist()))
+        return self.losses.pop(0)
+
+
+def test_a_train_step_sets_beta_checks_the_first_batch_only_and_counts():
+    from pyro_vae.annealing import KLWarmup
+    from pyro_vae.divergence import DivergenceGuard
+    from pyro_vae.train import TrainStep
+
+    class Weights:
+        def snapshot(self):
+            return {}
+
+        def restore(self, state):
+            pass
+
+    warmup = KLWarmup(epochs=1, steps_per_epoch=4)
+    svi = RecordingSVI(warmup, [3.0, 2.0, 1.0, float("nan")])
+    step = TrainStep(svi, warmup, DivergenceGuard(Weights()), count=1)
+    x = torch.zeros(2, 3)
+    assert [step(0, b, torch.tensor([b]), (x,)) for b in range(3)] == [3.0, 2.0, 1.0]
+    assert svi.calls == [(0.5, True, [0]), (0.75, False, [1]), (1.0, False, [2])]
+    assert step.count == 4
+    with pytest.raises(TrainingDiverged, match="at epoch 1, step 4"):
+        step(0, 3, torch.tensor([3]), (x,))
+    assert step.count == 4  # a diverged step is not counted
+
+
+@pytest.mark.parametrize(
+    "every, epochs, due",
+    [(1, 3, [1, 2, 3]), (2, 5, [2, 4, 5]), (3, 9, [3, 6, 9]), (10, 4, [4])],
+)
+def test_validation_is_due_every_so_many_epochs_and_after_the_last(every, epochs, due):
+    from pyro_vae.train import _validation_due
+
+    config = quiet(epochs=epochs, validate_every=every)
+    assert [e + 1 for e in range(epochs) if _validation_due(e, config)] == due
+
+
+def test_about_twenty_epochs_of_a_run_are_logged(capsys):
+    from pyro_vae.train import _log_epoch
+
+    config = TrainConfig(epochs=100, progress=True)
+    for epoch in range(1, 101):
+        record = {"epoch": epoch, "train_elbo": -1.0, "seconds": 0.25}
+        if epoch == 100:
+            record["val_elbo"] = -2.0
+        _log_epoch(record, config)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 20 and lines[0].startswith("epoch   5/100  train ELBO -1.000")
+    assert lines[-1] == "epoch 100/100  train ELBO -1.000  val ELBO -2.000  (0.2 s)"
+    _log_epoch({"epoch": 100, "train_elbo": -1.0, "seconds": 0.0}, quiet(epochs=100))
+    assert capsys.readouterr().out == ""
+
+
+def test_only_per_row_baseline_estimators_are_checked_against_a_partial_batch():
+    from pyro.infer import TraceGraph_ELBO
+
+    from pyro_vae.train import _keeps_one_baseline_per_batch_row
+
+    assert _keeps_one_baseline_per_batch_row(TraceGraph_ELBO())
+    assert not _keeps_one_baseline_per_batch_row(Trace_ELBO())
+    assert not _keeps_one_baseline_per_batch_row(get_estimator("score"))

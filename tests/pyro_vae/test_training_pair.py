@@ -18,9 +18,10 @@ from pyro_vae import (
     iwae_log_likelihood,
 )
 from pyro_vae.data import Preprocessing, load_data
+from pyro_vae.data_source import TRAINING_SET, WHOLE_DATA
 from pyro_vae.estimators import get
 from pyro_vae.plates import DataPlateError
-from pyro_vae.training_pair import TRAINING_SET, WHOLE_DATA, MinibatchScaleWarning
+from pyro_vae.training_pair import MinibatchScaleWarning
 
 
 def local_model(x):

@@ -1,0 +1,102 @@
+"""A fit's checkpoint: everything a killed run needs to continue exactly where it stopped.
+
+After each validation the fit writes, atomically (:meth:`pyro_vae.checkpoint.RunFolder.
+save_checkpoint`), the epochs and optimizer steps done, the weights of the last completed
+epoch and of the best one, Adam's moments, the estimator's own state (its ``state_dict``,
+e.g. control variates, and the entries it keeps in Pyro's param store, e.g.
+``TraceGraph_ELBO``'s baselines), the torch/numpy/Python RNG states, the history and the
+training settings; then metrics.json. A resumed fit puts all of it back, so it draws the
+batches and particles an uninterrupted run would have drawn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import pyro
+import torch
+
+from pyro_vae.checkpoint import RunFolder, capture_rng_state, restore_rng_state
+from pyro_vae.svi_step import SVIStep
+from pyro_vae.weights import PairWeights
+
+
+@dataclass
+class Resumed:
+    """Where a checkpoint left the fit: ``epoch`` epochs and ``step`` optimizer steps done,
+    the ``best`` validation record (or ``None``) and the per-epoch ``history``."""
+
+    epoch: int
+    step: int
+    best: dict[str, Any] | None
+    history: list[dict[str, Any]]
+
+
+class FitCheckpoint:
+    """Writes and reads back the checkpoint of one fit.
+
+    Args:
+        run: the run folder (``None``: nothing is written).
+        weights: the pair's weights; ``svi``: the step whose optimizer state is kept;
+        elbo: the estimator, whose state is kept when it has a ``state_dict``.
+        settings: the training settings, stored as ``"config"`` (a dataclass).
+    """
+
+    def __init__(self, run: RunFolder | None, weights: PairWeights, svi: SVIStep, elbo, settings):
+        self.run, self.weights, self.svi, self.elbo = run, weights, svi, elbo
+        self.settings = settings
+
+    def save(
+        self,
+        epoch: int,
+        step: int,
+        last: dict[str, Any],
+        best: dict[str, Any] | None,
+        history: list[dict[str, Any]],
+        info: dict[str, Any],
+    ) -> None:
+        """Write the checkpoint after ``epoch`` epochs (counted from 1) and ``step`` steps,
+        with weights ``last`` (a :meth:`PairWeights.snapshot`), then metrics.json (the
+        history, the best epoch and ``info``). Nothing without a run folder."""
+        if self.run is None:
+            return
+        self.run.save_checkpoint(
+            {
+                "epoch": epoch,
+                "step": step,
+                **last,
+                "best": best,
+                "optim": self.svi.optim.get_state(),
+                "estimator": self.elbo.state_dict() if hasattr(self.elbo, "state_dict") else None,
+                "estimator_params": estimator_params(self.weights, self.elbo),
+                "rng": capture_rng_state(),
+                "history": history,
+                "config": asdict(self.settings),
+            }
+        )
+        self.run.update_metrics(epochs=history, best_epoch=best["epoch"] if best else None, **info)
+
+    def restore(self, state: dict[str, Any]) -> Resumed:
+        """Put a checkpoint ``state`` (:meth:`RunFolder.load_checkpoint`) back: weights,
+        Adam's moments, the estimator's state and param-store entries, the RNG states.
+
+        Raises:
+            pyro_vae.weights.WeightsMismatchError: the saved weights do not fit the pair.
+        """
+        self.weights.restore(state)
+        self.svi.optim.set_state(state["optim"])
+        if state.get("estimator") is not None and hasattr(self.elbo, "load_state_dict"):
+            self.elbo.load_state_dict(state["estimator"])
+        for name, value in state.get("estimator_params", {}).items():
+            pyro.get_param_store()[name] = value
+        restore_rng_state(state["rng"])
+        return Resumed(state["epoch"], state["step"], state["best"], list(state["history"]))
+
+
+def estimator_params(weights: PairWeights, elbo) -> dict[str, torch.Tensor]:
+    """The param store's entries an estimator keeps there and does not save itself (Pyro's
+    ``TraceGraph_ELBO`` baselines), for the checkpoint: every entry that is not one of the
+    pair's ``weights`` nor under the estimator's own ``param_store_prefix``."""
+    own = getattr(elbo, "param_store_prefix", None)
+    return {n: v for n, v in weights.others().items() if not (own and n.startswith(own))}

@@ -1,0 +1,104 @@
+import pyro
+import pytest
+import torch
+
+from pyro_vae.checkpoint import RunFolder
+from pyro_vae.fit_checkpoint import FitCheckpoint, Resumed, estimator_params
+from pyro_vae.train import TrainConfig
+
+
+class Weights:
+    def __init__(self, names=("w",)):
+        self.names, self.restored = names, None
+
+    def restore(self, state):
+        self.restored = state["model"]
+
+    def others(self):
+        store = dict(pyro.get_param_store().named_parameters())
+        return {n: p.detach().clone() for n, p in store.items() if n not in self.names}
+
+
+class Optim:
+    def __init__(self):
+        self.state = {"adam": 1}
+
+    def get_state(self):
+        return self.state
+
+    def set_state(self, state):
+        self.state = state
+
+
+class SVI:
+    def __init__(self):
+        self.optim = Optim()
+
+
+class Estimator:
+    param_store_prefix = "cv$"
+
+    def __init__(self):
+        self.averages = [1.0]
+
+    def state_dict(self):
+        return {"averages": list(self.averages)}
+
+    def load_state_dict(self, state):
+        self.averages = state["averages"]
+
+
+def test_the_estimators_own_param_store_entries_are_kept_apart_from_the_weights():
+    pyro.param("w", torch.zeros(2))
+    pyro.param("__baseline_avg_z", torch.ones(3))
+    pyro.param("cv$net", torch.ones(1))
+    kept = estimator_params(Weights(), Estimator())
+    assert list(kept) == ["__baseline_avg_z"]
+    assert set(estimator_params(Weights(), object())) == {"__baseline_avg_z", "cv$net"}
+
+
+def test_a_saved_checkpoint_restores_everything_a_resumed_fit_needs(tmp_path):
+    pyro.param("w", torch.zeros(2))
+    pyro.param("__baseline_avg_z", torch.ones(3))
+    run = RunFolder(tmp_path / "run")
+    config = TrainConfig(epochs=7, progress=False)
+    writer = FitCheckpoint(run, Weights(), SVI(), Estimator(), config)
+    last = {"model": {"a": torch.ones(1)}, "guide": {}, "params": {}}
+    best = {"epoch": 2, "val_elbo": -1.0, **last}
+    history = [{"epoch": 1, "train_elbo": -2.0}, {"epoch": 2, "train_elbo": -1.5}]
+    writer.save(3, 30, last, best, history, {"validation": "held-out"})
+    expected_draw = torch.rand(3)
+
+    assert run.read_metrics()["best_epoch"] == 2 and run.read_metrics()["validation"] == "held-out"
+    state = run.load_checkpoint()
+    assert state["config"]["epochs"] == 7 and state["estimator"] == {"averages": [1.0]}
+    pyro.clear_param_store()
+    weights, svi, estimator = Weights(), SVI(), Estimator()
+    svi.optim.state, estimator.averages = None, None
+    torch.rand(5)  # the stream moves on; restoring puts it back where the save left it
+    resumed = FitCheckpoint(run, weights, svi, estimator, config).restore(state)
+    assert resumed == Resumed(epoch=3, step=30, best=best, history=history)
+    assert torch.equal(weights.restored["a"], torch.ones(1))
+    assert svi.optim.state == {"adam": 1} and estimator.averages == [1.0]
+    assert torch.equal(pyro.param("__baseline_avg_z"), torch.ones(3))
+    assert torch.equal(torch.rand(3), expected_draw)
+
+
+def test_without_a_run_folder_nothing_is_written():
+    writer = FitCheckpoint(None, Weights(), SVI(), Estimator(), TrainConfig())
+    writer.save(1, 1, {}, None, [], {})  # no error, nothing to write to
+
+
+def test_an_estimator_without_state_saves_none(tmp_path):
+    run = RunFolder(tmp_path / "run")
+    FitCheckpoint(run, Weights(), SVI(), object(), TrainConfig()).save(1, 4, {}, None, [], {})
+    state = run.load_checkpoint()
+    assert state["estimator"] is None and state["best"] is None
+    assert run.read_metrics()["best_epoch"] is None
+
+
+@pytest.fixture(autouse=True)
+def _restore_rng():
+    state = torch.get_rng_state()
+    yield
+    torch.set_rng_state(state)
