@@ -7,9 +7,9 @@ fit loop. Training is ``pyro.infer.SVI`` with any ``pyro.infer.ELBO``; evaluatio
 folders work for any such pair.
 """
 
-from pyro_vae.diagnostics.calibration import VSBCResult, vsbc, vsbc_with
 from pyro_vae.checkpoint import RunFolder, RunFolderError
 from pyro_vae.data import DatasetNotFoundError, DataSplits, Preprocessing, load_data
+from pyro_vae.diagnostics.calibration import VSBCResult, vsbc, vsbc_with
 from pyro_vae.evaluate import (
     active_units,
     elbo_estimate,

@@ -20,8 +20,8 @@ from typing import Any
 
 from pyro_vae import estimators
 from pyro_vae.checkpoint import RunFolder, RunFolderError
-from pyro_vae.estimators.compiled import compilable, should_record
 from pyro_vae.data import BINARIZATIONS, DatasetNotFoundError
+from pyro_vae.estimators.compiled import compilable, should_record
 from pyro_vae.experiment import Experiment, build, evaluate_test_set, load, write_figures
 from pyro_vae.idx import IDXFormatError
 from pyro_vae.likelihoods import LIKELIHOODS
