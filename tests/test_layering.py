@@ -1,0 +1,234 @@
+"""The package's shape, checked: layers import only downwards, `pyro_vae` never imports
+`models`, Pyro's private names appear only in `pyro_vae/pyro_compat.py`, no function runs
+over 80 lines, and `tests/` mirrors `pyro_vae/` and `models/` file for file.
+
+The layers, bottom up (README, "Where things go"): a module may import its own layer and
+the ones below it, never one above. Imports inside functions count too. `cavi` is a
+branch of its own: it imports only utilities, and nothing but the layers above the
+estimators imports it.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "pyro_vae"
+
+# Bottom up. A key names a module or a package (every module under it).
+LAYERS: dict[str, int] = {
+    # 0: utilities: run-folder I/O, the run configuration's types, specs, figures, Pyro compat
+    "pyro_vae.checkpoint": 0,
+    "pyro_vae.spec": 0,
+    "pyro_vae.plots": 0,
+    "pyro_vae.image_grid": 0,
+    "pyro_vae.pyro_compat": 0,
+    "pyro_vae.run_config": 0,
+    "pyro_vae.nn": 0,
+    # 1: data
+    "pyro_vae.idx": 1,
+    "pyro_vae.data": 1,
+    "pyro_vae.tensor_data": 1,
+    "pyro_vae.data_source": 1,
+    # 2: likelihoods, guides, model protocol
+    "pyro_vae.likelihoods": 2,
+    "pyro_vae.guides": 2,
+    "pyro_vae.protocol": 2,
+    # 3: the trace toolkit
+    "pyro_vae.plates": 3,
+    "pyro_vae.minibatch": 3,
+    "pyro_vae.traces": 3,
+    "pyro_vae.pointwise": 3,
+    "pyro_vae.weights": 3,
+    "pyro_vae.annealing": 3,
+    # 4: estimators; cavi (its own branch, see CAVI below)
+    "pyro_vae.estimators": 4,
+    "pyro_vae.cavi": 4,
+    # 5: evaluate
+    "pyro_vae.evaluate": 5,
+    "pyro_vae.predictive": 5,
+    # 6: train (validates through evaluate)
+    "pyro_vae.svi_step": 6,
+    "pyro_vae.training_pair": 6,
+    "pyro_vae.train": 6,
+    # 7: diagnostics, calibration, amortization
+    "pyro_vae.diagnostics": 7,
+    "pyro_vae.amortization": 7,
+    # 8: experiment / run configuration
+    "pyro_vae.experiment": 8,
+    # 9: the command line
+    "pyro_vae.cli": 9,
+    "pyro_vae.__main__": 9,
+    "pyro_vae": 9,  # the package's __init__ re-exports the public API
+}
+CAVI = "pyro_vae.cavi"
+# Thin re-exports left at an old import path (they warn once, then hand over): they point
+# upwards on purpose, and go when the old path does.
+COMPATIBILITY_SHIMS = {
+    "pyro_vae.compiled",
+    "pyro_vae.calibration",
+    "pyro_vae.estimators.variance",
+    "pyro_vae.estimators",  # resolves the names variance.py used to export, lazily
+}
+PYRO_COMPAT = PACKAGE / "pyro_compat.py"
+MAX_FUNCTION_LINES = 80
+
+
+def _modules(root: Path, package: str) -> dict[str, Path]:
+    found = {}
+    for path in sorted(root.rglob("*.py")):
+        parts = path.relative_to(root).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        found[".".join((package, *parts))] = path
+    return found
+
+
+MODULES = _modules(PACKAGE, "pyro_vae")
+
+
+def _layer(module: str) -> int | None:
+    while module:
+        if module in LAYERS:
+            return LAYERS[module]
+        module = module.rpartition(".")[0]
+    return None
+
+
+@cache
+def _tree(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(), filename=str(path))
+
+
+def _imports(module: str, path: Path) -> set[str]:
+    """Every module ``module`` imports, at the top or inside a function, absolute."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    names: set[str] = set()
+    for node in ast.walk(_tree(path)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            names.add(base)
+            # `from pyro_vae import estimators` imports a module, not just the package
+            names.update(f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in MODULES)
+    return names
+
+
+def test_every_module_has_a_layer():
+    unplaced = [m for m in MODULES if _layer(m) is None]
+    assert not unplaced, f"add these to LAYERS (and the README's layer list): {unplaced}"
+
+
+def test_pyro_vae_never_imports_models():
+    offenders = {
+        m: sorted(i for i in _imports(m, p) if i == "models" or i.startswith("models."))
+        for m, p in MODULES.items()
+    }
+    assert not {m: i for m, i in offenders.items() if i}
+
+
+def test_no_layer_imports_one_above_it():
+    upward = {}
+    for module, path in MODULES.items():
+        if module in COMPATIBILITY_SHIMS:
+            continue
+        mine = _layer(module)
+        for name in _imports(module, path):
+            if not name.startswith("pyro_vae"):
+                continue
+            theirs = _layer(name)
+            if theirs is not None and theirs > mine:
+                upward.setdefault(module, []).append(f"{name} (layer {theirs} > {mine})")
+    assert not upward, upward
+
+
+def test_cavi_is_a_branch_of_its_own():
+    leaks = {}
+    for module, path in MODULES.items():
+        imported = {i for i in _imports(module, path) if i.startswith("pyro_vae.")}
+        if module.startswith(CAVI):
+            bad = {i for i in imported if not i.startswith(CAVI) and _layer(i) != 0}
+        else:
+            bad = {i for i in imported if i.startswith(CAVI)} if _layer(module) <= 4 else set()
+        if bad:
+            leaks[module] = sorted(bad)
+    assert not leaks, leaks
+
+
+def _pyro_private_names() -> set[str]:
+    """Underscore names Pyro defines (functions, methods, classes, attributes), from its source."""
+    root = Path(importlib.util.find_spec("pyro").origin).parent
+    names: set[str] = set()
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            name = None
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                name = node.name
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                name = node.attr
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                name = node.id
+            if name and name.startswith("_") and not name.startswith("__"):
+                names.add(name)
+    return names
+
+
+def _own_names() -> set[str]:
+    """Underscore names ``pyro_vae`` defines itself (ours to use anywhere)."""
+    names: set[str] = set()
+    for path in MODULES.values():
+        for node in ast.walk(_tree(path)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                names.add(node.attr)
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                names.add(node.id)
+    return names
+
+
+def test_pyro_private_names_only_in_the_compatibility_module():
+    private = _pyro_private_names() - _own_names()
+    uses = []
+    for module, path in MODULES.items():
+        if path == PYRO_COMPAT:
+            continue
+        for node in ast.walk(_tree(path)):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "pyro":
+                uses += [f"{module}:{node.lineno} {a.name}" for a in node.names if a.name[0] == "_"]
+            elif isinstance(node, ast.Attribute) and node.attr in private:
+                uses.append(f"{module}:{node.lineno} .{node.attr}")
+    assert not uses, f"move these into pyro_vae/pyro_compat.py: {uses}"
+
+
+def test_no_function_is_longer_than_80_lines():
+    long = []
+    for module, path in MODULES.items():
+        for node in ast.walk(_tree(path)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{module}.{node.name}: {lines} lines")
+    assert not long, long
+
+
+@pytest.mark.parametrize("package", ["pyro_vae", "models"])
+def test_tests_mirror_the_package_file_for_file(package):
+    missing = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        if path.name == "__init__.py":
+            continue
+        relative = path.relative_to(ROOT)
+        test = ROOT / "tests" / relative.parent / f"test_{path.name}"
+        if not test.exists():
+            missing.append(str(test.relative_to(ROOT)))
+    assert not missing, missing
