@@ -16,7 +16,8 @@ the datapoints. Every one of them finds it with :func:`find_data_plate`, by one 
 Plates are identified by name within a run, as Pyro identifies them (two ``pyro.plate``
 statements with one name are one plate); the name is found by the rule, never assumed.
 
-:func:`data_plate` is a convenience for writing models and guides: a ``pyro.plate``
+:func:`data_plate` (defined in :mod:`pyro_vae.plate_declaration`, below the guides that
+use it) is a convenience for writing models and guides: a ``pyro.plate``
 named ``"data"`` at ``dim=-1`` over the rows of ``x``, scaled by ``num_data / len(x)`` when
 ``x`` is a minibatch. Plain ``pyro.plate("data", len(x))`` works as well: the fit loop gives
 the per-datapoint plate its full size and the batch's row indices itself
@@ -25,33 +26,15 @@ the per-datapoint plate its full size and the batch's row indices itself
 
 from __future__ import annotations
 
-import pyro
 import torch
 from pyro.poutine import Trace
 
+from pyro_vae.plate_declaration import DATA_DIM, DATA_PLATE, data_plate  # noqa: F401 (public here too)
 from pyro_vae.traces import PARTICLE_PLATES, sample_sites
-
-DATA_PLATE = "data"
-DATA_DIM = -1
 
 
 class DataPlateError(ValueError):
     """The per-datapoint plate a computation needs is missing or ambiguous."""
-
-
-def data_plate(x: torch.Tensor, num_data: int | None = None) -> pyro.plate:
-    """A ``pyro.plate`` over the rows of ``x``, scaled up to ``num_data`` rows in all."""
-    batch = x.shape[0]
-    if num_data is None:
-        num_data = batch
-    elif num_data < batch:
-        raise ValueError(
-            f"num_data: {num_data} is smaller than the minibatch of {batch} rows; expected the "
-            "size of the whole dataset the minibatch was drawn from"
-        )
-    return pyro.plate(
-        DATA_PLATE, size=num_data, subsample=torch.arange(batch, device=x.device), dim=DATA_DIM
-    )
 
 
 def batch_rows(args: tuple, kwargs: dict | None = None) -> int | None:

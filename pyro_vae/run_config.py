@@ -21,73 +21,23 @@ that a later version adds does not break the run folders written before it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from pyro_vae import estimators
 from pyro_vae.checkpoint import RunFolderError
+from pyro_vae.checks import (  # noqa: F401 (re-exported: the run configuration's checks)
+    MAX_LEVELS,
+    check_count,
+    check_learning_rate,
+    check_levels,
+    check_widths,
+)
 from pyro_vae.data import Preprocessing
+from pyro_vae.training_config import TrainingConfig
 
 SCHEMA_VERSION = 2
-MAX_LEVELS = 256  # an 8-bit image has 256 values; a categorical over more is all empty classes
-
-
-def check_count(
-    name: str, value: Any, minimum: int, meaning: str = "", allow_none: bool = False
-) -> None:
-    """Refuse ``value`` unless it is an integer ≥ ``minimum`` (or ``None`` when allowed).
-
-    The one count check of the package: run configurations call it with field names, the
-    command line with flag names. ``meaning`` says what a special value means, e.g.
-    ``" (0 skips it)"``. ``bool`` is not a count.
-
-    Raises:
-        ValueError: ``"{name}: {value} is not an integer ≥ {minimum}{meaning}"``.
-    """
-    if value is None and allow_none:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name}: {value!r} is not an integer ≥ {minimum}{meaning}")
-
-
-def check_learning_rate(name: str, value: Any) -> None:
-    """Refuse a learning rate that is not a finite number > 0.
-
-    Raises:
-        ValueError: naming ``name`` and the value.
-    """
-    number = isinstance(value, int | float) and not isinstance(value, bool)
-    if not (number and math.isfinite(value) and value > 0):
-        raise ValueError(f"{name}: {value!r} is not a positive learning rate")
-
-
-def check_levels(name: str, value: Any) -> None:
-    """Refuse a number of categorical pixel levels outside 2..256 (``None``: the default).
-
-    Raises:
-        ValueError: naming ``name`` and the value.
-    """
-    check_count(name, value, 2, allow_none=True)
-    if value is not None and value > MAX_LEVELS:
-        raise ValueError(
-            f"{name}: {value} pixel levels; expected at most {MAX_LEVELS} (an 8-bit image has "
-            "256 values, and the decoder's output grows with the levels)"
-        )
-
-
-def check_widths(name: str, value: Any) -> None:
-    """Refuse hidden-layer widths that are not a list of positive integers.
-
-    Raises:
-        ValueError: naming ``name`` and the first bad width.
-    """
-    if not isinstance(value, list | tuple):
-        raise ValueError(f"{name}: {value!r} is not a list of layer widths")
-    for width in value:
-        if not isinstance(width, int) or isinstance(width, bool) or width < 1:
-            raise ValueError(f"{name}: {width!r} is not a positive layer width")
 
 
 def _check_spec(name: str, value: Any, optional: bool = False) -> None:
@@ -195,83 +145,6 @@ class EstimatorConfig:
             ValueError: an option the estimator does not take, or a bad value.
         """
         return estimators.get(self.name, **self.options)
-
-
-@dataclass
-class TrainingConfig:
-    """Settings of the fit loop (:func:`pyro_vae.fit`).
-
-    Attributes:
-        epochs: passes over the training set (an upper bound under early stopping).
-        batch_size: minibatch size.
-        lr: Adam learning rate.
-        seed: seeds Pyro/torch/numpy/random at the start, and the per-epoch shuffling.
-        patience: stop after this many epochs without a better validation ELBO
-            (``None``: never stop early).
-        kl_warmup_epochs: epochs over which β rises linearly to 1 (0: no warm-up).
-        val_samples: particles per validation datapoint for the validation ELBO; for
-            ``TensorData``, draws for the whole-data ELBO. ``None``: 1 per datapoint (the
-            mean over many datapoints is already steady), 100 for a whole-data ELBO (one
-            draw of a global latent moves it by nats, and the best epoch is chosen on it).
-        validate_every: validate (and checkpoint) every this many epochs, and after the last.
-        progress: show a progress bar per epoch.
-        compile: record the step once per batch shape and replay it
-            (:class:`pyro_vae.compiled.CompiledELBO`): the same losses and weights, less
-            Python per step; needs an estimator without state between steps and no KL
-            warm-up.
-        compile_backend: with ``compile``, also ``torch.compile`` the recording with this
-            backend (``"inductor"``: fused kernels after a compile of tens of seconds per
-            batch shape; results close to, not bit for bit, the uncompiled ones).
-        data_plate: the name of the model's per-datapoint plate, when the rule of
-            :func:`pyro_vae.plates.find_data_plate` cannot tell.
-        vectorize_particles: how validation draws its particles: ``True`` under one
-            particle plate, ``False`` in a loop (models that cannot broadcast), ``None``
-            vectorized unless that fails (the estimator has its own option).
-        drop_last: leave out each epoch's last partial batch (for state that has one
-            value per batch row, such as ``TraceGraph_ELBO``'s decaying-average baseline).
-    """
-
-    epochs: int = 200
-    batch_size: int = 128
-    lr: float = 1e-3
-    seed: int = 0
-    patience: int | None = 20
-    kl_warmup_epochs: float = 0.0
-    val_samples: int | None = None
-    validate_every: int = 1
-    progress: bool = True
-    compile: bool = False
-    compile_backend: str | None = None
-    data_plate: str | None = None
-    vectorize_particles: bool | None = None
-    drop_last: bool = False
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "validate_every"):
-            check_count(name, getattr(self, name), 1)
-        check_count("val_samples", self.val_samples, 1, allow_none=True)
-        check_count("seed", self.seed, 0)
-        check_count("patience", self.patience, 1, " (None: never stop early)", allow_none=True)
-        check_learning_rate("lr", self.lr)
-        if not self.kl_warmup_epochs >= 0:
-            raise ValueError(f"kl_warmup_epochs: {self.kl_warmup_epochs!r} is negative")
-        if self.compile_backend is not None and not self.compile:
-            raise ValueError(
-                f"compile_backend: {self.compile_backend!r} needs compile=True (the backend "
-                "compiles the recorded step)"
-            )
-        if self.data_plate is not None and not isinstance(self.data_plate, str):
-            raise ValueError(f"data_plate: {self.data_plate!r} is not a plate name")
-        if self.vectorize_particles not in (True, False, None):
-            raise ValueError(
-                f"vectorize_particles: {self.vectorize_particles!r} is not True, False or None"
-            )
-        if self.compile and self.kl_warmup_epochs > 0:
-            raise ValueError(
-                f"compile: True with kl_warmup_epochs={self.kl_warmup_epochs!r}; warm-up "
-                "changes β on every step and a recorded step would keep its first β. Turn "
-                "one of them off."
-            )
 
 
 @dataclass

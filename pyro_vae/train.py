@@ -66,8 +66,8 @@ from pyro_vae.divergence import DivergenceGuard, TrainingDiverged
 from pyro_vae.early_stopping import EarlyStopping
 from pyro_vae.estimators.compiled import CompiledELBO
 from pyro_vae.fit_checkpoint import FitCheckpoint, Resumed
-from pyro_vae.run_config import TrainingConfig as TrainConfig
 from pyro_vae.svi_step import GroupedAdam, SVIStep
+from pyro_vae.training_config import TrainingConfig as TrainConfig
 from pyro_vae.training_pair import TrainingPair
 
 __all__ = ["FitResult", "TrainConfig", "TrainStep", "TrainingDiverged", "fit", "make_svi"]

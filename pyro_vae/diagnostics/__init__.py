@@ -19,7 +19,7 @@ One job per module:
   that the others start from, and :func:`variational_guide`.
 
 Every ArviZ import of the package is in :mod:`~pyro_vae.diagnostics.arviz_compat`, and
-:func:`~pyro_vae.diagnostics.checks.check_count` refuses every bad count alike. ArviZ takes
+:func:`~pyro_vae.checks.check_count` refuses every bad count alike. ArviZ takes
 seconds to import, so the names below load on first use: importing this package imports
 none of its modules.
 """

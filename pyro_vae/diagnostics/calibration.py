@@ -35,7 +35,7 @@ import torch
 from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import ClippedAdam
 
-from pyro_vae.diagnostics.checks import check_count
+from pyro_vae.checks import check_count
 from pyro_vae.plates import batch_rows, find_data_plate, frames_in
 from pyro_vae.traces import full_rank, plate_nesting, sample_sites
 

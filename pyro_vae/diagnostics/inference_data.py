@@ -21,8 +21,8 @@ import pyro
 import torch
 
 from pyro_vae.checkpoint import atomic_path
+from pyro_vae.checks import check_count
 from pyro_vae.diagnostics.arviz_compat import az
-from pyro_vae.diagnostics.checks import check_count
 from pyro_vae.diagnostics.draws import as_guide, draw, log_density_per_draw
 from pyro_vae.evaluate import check_finite
 from pyro_vae.plates import batch_rows, find_data_plate
@@ -114,7 +114,7 @@ def to_inference_data(model, guide, *args: Any, num_samples: int = 1000, **kwarg
         ValueError: ``num_samples`` < 2; non-finite data; a guide that does not cover the
             model's latent sites (:func:`pyro_vae.diagnostics.draws.probe`).
     """
-    check_count("num_samples", num_samples, 2, "expected at least 2 draws from the guide")
+    check_count("num_samples", num_samples, 2, "; expected at least 2 draws from the guide")
     check_finite((*args, *kwargs.values()), "args")
     guide = as_guide(guide)
     guide_tr, model_tr, rank, _ = draw(model, guide, args, kwargs, num_samples)

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from pyro.poutine import Trace
 
+from pyro_vae.checks import check_count
 from pyro_vae.diagnostics.arviz_compat import az
-from pyro_vae.diagnostics.checks import check_count
 from pyro_vae.diagnostics.draws import as_guide, draw, log_density_per_draw, probe
 from pyro_vae.diagnostics.enumeration import (
     DiscreteSupport,
@@ -188,7 +188,7 @@ def pareto_khat(
     raw = np.asarray(log_weights)
     lw = raw.astype(np.float64)
     samples = lw.shape[-1]
-    check_count("num_samples", samples, PSIS_MIN_SAMPLES, "PSIS needs ≥ 5 draws in the tail")
+    check_count("num_samples", samples, PSIS_MIN_SAMPLES, "; PSIS needs ≥ 5 draws in the tail")
     if np.isnan(lw).any() or np.isposinf(lw).any():
         raise ValueError("log_weights: NaN or +inf log importance ratios; is q(z) = 0 somewhere?")
     rows = lw.reshape(-1, samples)
@@ -240,7 +240,7 @@ def psis_khat(model, guide, *args: Any, num_samples: int = 1000, **kwargs: Any) 
     instead, as :func:`psis_khat_per_datapoint` does for local latents) or because the
     draws repeat a ratio in the fitted tail.
     """
-    check_count("num_samples", num_samples, PSIS_MIN_SAMPLES, "PSIS needs ≥ 5 tail draws")
+    check_count("num_samples", num_samples, PSIS_MIN_SAMPLES, "; PSIS needs ≥ 5 tail draws")
     guide = as_guide(guide)
     guide_tr, model_tr, rank, probe_tr = draw(model, guide, args, kwargs, num_samples)
     support = discrete_support(probe_tr)
@@ -342,8 +342,8 @@ def psis_khat_per_datapoint(
     KL(q ‖ p(z | x_n)) and χ²(p(z | x_n) ‖ q). For K > S the ratios are drawn as usual,
     and a datapoint whose draws repeat a ratio in the fitted tail gets NaN.
     """
-    check_count("num_samples", num_samples, PSIS_MIN_SAMPLES, "PSIS needs ≥ 5 tail draws")
-    check_count("max_elements", max_elements, 1, "expected a positive chunk size")
+    check_count("num_samples", num_samples, PSIS_MIN_SAMPLES, "; PSIS needs ≥ 5 tail draws")
+    check_count("max_elements", max_elements, 1, "; expected a positive chunk size")
     _, probe_tr, plate = probe(model, guide, (x[:1],), {}, local=True)
     support = discrete_support(probe_tr, plate)
     enumerated = support is not None and support.count <= num_samples

@@ -21,8 +21,8 @@ import torch
 from matplotlib.figure import Figure
 
 from pyro_vae.checkpoint import atomic_path
+from pyro_vae.checks import check_count
 from pyro_vae.diagnostics.arviz_compat import az, default_grid
-from pyro_vae.diagnostics.checks import check_count
 from pyro_vae.diagnostics.inference_data import save_inference_data, to_inference_data
 from pyro_vae.diagnostics.psis import PointwiseKhat, psis_khat_per_datapoint
 from pyro_vae.plots import plot_reconstructions, save_png
@@ -250,7 +250,7 @@ def write_report(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    check_count("idata_points", idata_points, 1, "expected a positive number of datapoints")
+    check_count("idata_points", idata_points, 1, "; expected a positive number of datapoints")
     khat = psis_khat_per_datapoint(model, guide, x, num_samples)
     files = [_write_khat_csv(khat, out / "khat.csv"), plot_khat(khat, out / "khat.png")]
     skipped: dict[str, str] = {}

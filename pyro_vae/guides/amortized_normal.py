@@ -20,7 +20,7 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from pyro_vae.nn import mlp
-from pyro_vae.plates import data_plate
+from pyro_vae.plate_declaration import data_plate
 
 
 class AmortizedNormal(PyroModule):

@@ -15,7 +15,7 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
-from pyro_vae.plates import data_plate
+from pyro_vae.plate_declaration import data_plate
 
 
 class LocalNormal(PyroModule):

@@ -7,28 +7,9 @@ import torch
 from pyro_vae.plates import (
     DataPlateError,
     batch_rows,
-    data_plate,
     find_data_plate,
     require_data_plate,
 )
-
-
-def test_minibatch_scale_is_num_data_over_batch():
-    def model(x, num_data=None):
-        with data_plate(x, num_data):
-            pyro.sample("x", dist.Normal(0.0, 1.0), obs=x)
-
-    trace = poutine.trace(model).get_trace(torch.zeros(5), num_data=20)
-    assert trace.nodes["x"]["scale"] == 4.0
-    trace.compute_log_prob()
-    full = dist.Normal(0.0, 1.0).log_prob(torch.zeros(5)).sum() * 4
-    torch.testing.assert_close(trace.log_prob_sum(), full)
-    assert poutine.trace(model).get_trace(torch.zeros(5)).nodes["x"]["scale"] == 1.0
-
-
-def test_num_data_smaller_than_the_batch_is_rejected():
-    with pytest.raises(ValueError, match="num_data: 3 is smaller than the minibatch of 5"):
-        data_plate(torch.zeros(5), 3)
 
 
 def _trace(model, *args):

@@ -1,0 +1,72 @@
+"""Argument checks shared by the run configuration, the command line and the diagnostics:
+each error names the argument, the value and what was expected, the same way everywhere.
+
+``check_count`` is the package's one count check (the CAVI branch keeps its own
+conversions in :mod:`pyro_vae.cavi._checks`, which also return the converted value).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+MAX_LEVELS = 256  # an 8-bit image has 256 values; a categorical over more is all empty classes
+
+
+def check_count(
+    name: str, value: Any, minimum: int, meaning: str = "", allow_none: bool = False
+) -> None:
+    """Refuse ``value`` unless it is an integer ≥ ``minimum`` (or ``None`` when allowed).
+
+    The one count check of the package: run configurations call it with field names, the
+    command line with flag names, the diagnostics with argument names. ``meaning`` says
+    what a special value means or why the minimum, e.g. ``" (0 skips it)"`` or
+    ``"; PSIS needs ≥ 5 tail draws"``. Python and NumPy integers are counts; ``bool`` and
+    floats (even integral ones) are not.
+
+    Raises:
+        ValueError: ``"{name}: {value} is not an integer ≥ {minimum}{meaning}"``.
+    """
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name}: {value!r} is not an integer ≥ {minimum}{meaning}")
+
+
+def check_learning_rate(name: str, value: Any) -> None:
+    """Refuse a learning rate that is not a finite number > 0.
+
+    Raises:
+        ValueError: naming ``name`` and the value.
+    """
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not (number and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name}: {value!r} is not a positive learning rate")
+
+
+def check_levels(name: str, value: Any) -> None:
+    """Refuse a number of categorical pixel levels outside 2..256 (``None``: the default).
+
+    Raises:
+        ValueError: naming ``name`` and the value.
+    """
+    check_count(name, value, 2, allow_none=True)
+    if value is not None and value > MAX_LEVELS:
+        raise ValueError(
+            f"{name}: {value} pixel levels; expected at most {MAX_LEVELS} (an 8-bit image has "
+            "256 values, and the decoder's output grows with the levels)"
+        )
+
+
+def check_widths(name: str, value: Any) -> None:
+    """Refuse hidden-layer widths that are not a list of positive integers.
+
+    Raises:
+        ValueError: naming ``name`` and the first bad width.
+    """
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"{name}: {value!r} is not a list of layer widths")
+    for width in value:
+        if not isinstance(width, int) or isinstance(width, bool) or width < 1:
+            raise ValueError(f"{name}: {width!r} is not a positive layer width")

@@ -1,0 +1,29 @@
+"""The per-datapoint plate as a model or guide declares it: :func:`data_plate`.
+
+A ``pyro.plate`` named ``"data"`` at ``dim=-1`` over the rows of ``x``, scaled by
+``num_data / len(x)`` when ``x`` is a minibatch. It sits below the guides and models that
+declare it; finding the plate in a trace is :mod:`pyro_vae.plates`' job.
+"""
+
+from __future__ import annotations
+
+import pyro
+import torch
+
+DATA_PLATE = "data"
+DATA_DIM = -1
+
+
+def data_plate(x: torch.Tensor, num_data: int | None = None) -> pyro.plate:
+    """A ``pyro.plate`` over the rows of ``x``, scaled up to ``num_data`` rows in all."""
+    batch = x.shape[0]
+    if num_data is None:
+        num_data = batch
+    elif num_data < batch:
+        raise ValueError(
+            f"num_data: {num_data} is smaller than the minibatch of {batch} rows; expected the "
+            "size of the whole dataset the minibatch was drawn from"
+        )
+    return pyro.plate(
+        DATA_PLATE, size=num_data, subsample=torch.arange(batch, device=x.device), dim=DATA_DIM
+    )

@@ -1,0 +1,38 @@
+"""The package's one count check and the run configuration's value checks."""
+
+import numpy as np
+import pytest
+
+from pyro_vae.checks import MAX_LEVELS, check_count, check_learning_rate, check_levels
+
+
+def test_counts_are_refused_with_the_argument_the_value_and_the_reason():
+    check_count("num_samples", 21, 21)
+    check_count("num_samples", np.int64(21), 21)  # a NumPy integer is a count
+    with pytest.raises(ValueError, match=r"^num_samples: 20 is not an integer ≥ 21; PSIS$"):
+        check_count("num_samples", 20, 21, "; PSIS")
+    with pytest.raises(ValueError, match=r"^num_draws: 2.5 is not an integer ≥ 2$"):
+        check_count("num_draws", 2.5, 2)
+    with pytest.raises(ValueError, match=r"^num_draws: 21.0 is not an integer ≥ 2$"):
+        check_count("num_draws", 21.0, 2)  # a float is not a count, even an integral one
+    with pytest.raises(ValueError, match="num_steps: True is not an integer ≥ 1"):
+        check_count("num_steps", True, 1)
+    with pytest.raises(ValueError, match="patience: None is not an integer ≥ 1"):
+        check_count("patience", None, 1)
+    check_count("patience", None, 1, allow_none=True)
+
+
+@pytest.mark.parametrize("lr", [0, -1e-3, float("nan"), float("inf"), True, "0.1"])
+def test_a_learning_rate_must_be_a_finite_positive_number(lr):
+    with pytest.raises(ValueError, match="lr: .* is not a positive learning rate"):
+        check_learning_rate("lr", lr)
+
+
+def test_pixel_levels_lie_between_two_and_the_values_of_an_8_bit_image():
+    check_levels("levels", None)
+    check_levels("levels", 2)
+    check_levels("levels", MAX_LEVELS)
+    with pytest.raises(ValueError, match="levels: 1 is not an integer ≥ 2"):
+        check_levels("levels", 1)
+    with pytest.raises(ValueError, match="levels: 257 pixel levels; expected at most 256"):
+        check_levels("levels", 257)

@@ -1,0 +1,37 @@
+"""The fit loop's settings: the command line's defaults, and bad values refused by name."""
+
+import pytest
+
+from pyro_vae import TrainConfig
+from pyro_vae.training_config import TrainingConfig
+
+
+def test_the_defaults_are_the_command_line_s():
+    assert TrainConfig is TrainingConfig
+    training = TrainingConfig()
+    assert (training.epochs, training.patience, training.batch_size, training.lr) == (
+        200,
+        20,
+        128,
+        1e-3,
+    )
+
+
+@pytest.mark.parametrize(
+    ("make", "words"),
+    [
+        (lambda: TrainingConfig(epochs=0), ["epochs: 0", "≥ 1"]),
+        (lambda: TrainingConfig(epochs=2.5), ["epochs: 2.5"]),
+        (lambda: TrainingConfig(batch_size=True), ["batch_size: True"]),
+        (lambda: TrainingConfig(seed=-1), ["seed: -1", "≥ 0"]),
+        (lambda: TrainingConfig(patience=0), ["patience: 0", "None: never stop early"]),
+        (lambda: TrainingConfig(lr=float("inf")), ["lr: inf", "positive learning rate"]),
+        (lambda: TrainingConfig(val_samples=0), ["val_samples: 0"]),
+        (lambda: TrainingConfig(compile=True, kl_warmup_epochs=1.0), ["warm-up"]),
+    ],
+)
+def test_a_bad_value_is_refused_naming_field_value_and_expectation(make, words):
+    with pytest.raises(ValueError) as info:
+        make()
+    for word in words:
+        assert word in str(info.value)
