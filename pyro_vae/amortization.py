@@ -28,6 +28,7 @@ from pyro_vae.evaluate import (
     max_plate_nesting,
 )
 from pyro_vae.guides.local_normal import LocalNormal
+from pyro_vae.model_protocol import offered
 from pyro_vae.weights import module_of
 
 
@@ -58,7 +59,8 @@ def amortization_gap(
             raise ValueError(f"{arg}: {value!r} is not a positive integer")
     site = "z"
     with eval_mode(model, guide), torch.no_grad():
-        q = guide.encode(x) if hasattr(guide, "encode") else None
+        encode = offered(guide, "encode")
+        q = encode(x) if encode is not None else None
         if q is not None and hasattr(q, "loc") and hasattr(q, "scale"):
             loc, scale = q.loc, q.scale
         else:  # start from the moments of the guide's draws

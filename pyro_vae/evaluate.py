@@ -38,6 +38,7 @@ from pyro.infer import TraceEnum_ELBO
 from tqdm.auto import tqdm
 
 from pyro_vae.minibatch import Minibatched, align_autoguide, fitted_rows
+from pyro_vae.model_protocol import offered
 from pyro_vae.plates import batch_rows, find_data_plate, frames_in, require_data_plate
 from pyro_vae.pointwise import per_datapoint_log_density
 from pyro_vae.traces import (
@@ -452,15 +453,17 @@ def latent_means(model, guide, x: torch.Tensor, num_samples: int = 100) -> torch
         ValueError: no ``encode`` and not exactly one latent site per datapoint.
     """
     with eval_mode(model, guide):
-        if hasattr(guide, "encode"):
-            q = guide.encode(x)
+        encode = offered(guide, "encode")
+        if encode is not None:
+            q = encode(x)
             try:
                 mean = q.mean
             except NotImplementedError:
                 mean = q.sample((num_samples,)).mean(0)
             return mean.reshape(x.shape[0], -1)
-        if hasattr(model, "encode"):
-            return model.encode(x)
+        code = offered(model, "encode")
+        if code is not None:
+            return code(x)
         site, draws = latent_draws(model, guide, x, num_samples)
         return draws.mean(0).reshape(x.shape[0], -1)
 

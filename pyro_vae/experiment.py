@@ -28,6 +28,7 @@ from pyro_vae.evaluate import (
     latent_means,
     reconstruction_error,
 )
+from pyro_vae.model_protocol import offered
 from pyro_vae.plots import plot_elbo_curves, plot_latent, plot_reconstructions, plot_samples
 from pyro_vae.predictive import prior_mean_images, reconstruct
 from pyro_vae.run_config import STANDARD_MODEL_OPTIONS, RunConfig
@@ -138,16 +139,17 @@ def _guide(config: RunConfig, model, paired_guide, standard: dict) -> Any:
         obj = load_object(spec, "guide")
         if not inspect.isclass(obj):
             return obj
-        offered = {**standard, "hidden_dims": tuple(standard.get("hidden_dims", ()))[::-1]}
-        offered["model"] = model
+        options = {**standard, "hidden_dims": tuple(standard.get("hidden_dims", ()))[::-1]}
+        options["model"] = model
         try:
-            return call_with_supported(obj, offered, {})
+            return call_with_supported(obj, options, {})
         except TypeError as err:
             raise ValueError(f"guide: {spec} could not be constructed: {err}") from err
     if paired_guide is not None:
         return paired_guide
-    if hasattr(model, "make_guide"):
-        return model.make_guide()
+    make_guide = offered(model, "make_guide")
+    if make_guide is not None:
+        return make_guide()
     raise ValueError(
         f"guide: none given and model {config.model.spec} has no make_guide() or guide method; "
         "name one in the run configuration (GuideConfig(spec=...)), e.g. "

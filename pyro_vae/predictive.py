@@ -21,6 +21,7 @@ import pyro.poutine as poutine
 import torch
 
 from pyro_vae.evaluate import data_arguments, eval_mode, latent_draws_of, latent_means
+from pyro_vae.model_protocol import offered
 from pyro_vae.traces import sample_sites
 
 
@@ -70,8 +71,9 @@ def reconstruct(model, guide, x: torch.Tensor) -> torch.Tensor:
         ValueError: no ``encode`` and not one latent site per datapoint to centre on.
     """
     with eval_mode(model, guide):
-        if hasattr(model, "decode"):
-            return model.decode(latent_means(model, guide, x)).reshape(x.shape[0], -1)
+        decode = offered(model, "decode")
+        if decode is not None:
+            return decode(latent_means(model, guide, x)).reshape(x.shape[0], -1)
         pair, site, draws = latent_draws_of(model, guide, data_arguments(x), 100)
         subsample = pair.subsample(0, x.shape[0]).to(x.device)
         with poutine.block():
@@ -96,9 +98,10 @@ def prior_mean_images(model, x_like: torch.Tensor, num: int) -> torch.Tensor:
     Raises:
         NoMeanImageError: no ``generate`` and no observation of x with a mean.
     """
-    if hasattr(model, "generate"):
+    generate = offered(model, "generate")
+    if generate is not None:
         with eval_mode(model):
-            return model.generate(num).reshape(num, -1)
+            return generate(num).reshape(num, -1)
     rows = x_like[torch.arange(num, device=x_like.device) % x_like.shape[0]]
     with eval_mode(model), poutine.block():
         conditioned = poutine.trace(model).get_trace(rows)

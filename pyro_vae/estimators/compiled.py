@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import inspect
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
@@ -63,6 +62,7 @@ from torch.utils import _pytree as pytree
 
 from pyro_vae.estimators.base import SurrogateELBO
 from pyro_vae.estimators.capabilities import Capabilities, capabilities_of
+from pyro_vae.model_protocol import declares_recordable
 
 COMPILABLE = (
     "trace (Trace_ELBO), analytic-kl (TraceMeanField_ELBO), iwae, vimco, and score with "
@@ -118,7 +118,7 @@ def should_record(elbo: ELBO, model, guide=None, kl_warmup_epochs: float = 0) ->
     Asking for a recording (``TrainConfig(compile=True)``) needs none of the declarations.
     """
     for arg, fn in (("model", model), ("guide", guide)):
-        if fn is not None and not _declares_recordable(fn):
+        if fn is not None and not declares_recordable(fn):
             return (
                 f"{arg}: {_name(fn)} does not declare recordable = True (no Python branching "
                 "on tensor values, trace structure fixed by the batch shape)"
@@ -129,15 +129,6 @@ def should_record(elbo: ELBO, model, guide=None, kl_warmup_epochs: float = 0) ->
     if kl_warmup_epochs != 0:
         return f"kl_warmup_epochs: {kl_warmup_epochs!r}; warm-up changes β between steps"
     return None
-
-
-def _declares_recordable(fn) -> bool:
-    """Whether ``fn``'s own class (or ``fn`` itself, a function) sets ``recordable = True``."""
-    owner = getattr(fn, "__self__", fn)  # a bound method: the object it belongs to
-    if inspect.isfunction(owner):
-        return getattr(owner, "recordable", False) is True
-    cls = owner if inspect.isclass(owner) else type(owner)
-    return vars(cls).get("recordable", False) is True
 
 
 class CompiledELBO(SurrogateELBO):

@@ -1,0 +1,106 @@
+"""What a model (or its guide) may offer beyond Pyro syntax, and what each offer enables.
+
+Nothing here is required: any Pyro model — a function, a bound method, a ``PyroModule``
+— trains, evaluates and is diagnosed as it is. A model that offers more gets more:
+
+========================  =================================================================
+``decode(z)``             reconstructions: E[x | z] at z = E_q z, ``[N, D]`` in data units
+                          (without it: the mean of the model's own observation of x,
+                          :func:`pyro_vae.predictive.reconstruct`)
+``encode(x)``             latent means and the latent-space figure. On a guide: a
+                          distribution over z with ``sample`` (and ``mean`` where the family
+                          has one; otherwise a Monte Carlo mean is used). On a model without
+                          latents (an autoencoder): the code, ``[N, latent_dim]``
+``generate(num)``         prior samples: E[x | z] for ``num`` draws of z, ``[num, D]``
+                          (without it: the model run with its observations released)
+``make_guide()``          the guide used when none is named (``GuideConfig(spec=None)``)
+``recordable = True``     a class attribute: the model has no Python branching on tensor
+                          values, so its trace structure is fixed by the batch shape and a
+                          run may record its step (:mod:`pyro_vae.estimators.compiled`);
+                          a subclass inherits no declaration (it may add such a branch)
+========================  =================================================================
+
+:func:`offered` and :func:`declares_recordable` are the one place the package asks; the
+protocol classes state the signatures for type checkers and readers.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import torch
+
+__all__ = [
+    "OPTIONAL_METHODS",
+    "Decodes",
+    "Encodes",
+    "Generates",
+    "MakesGuide",
+    "ModelProtocol",
+    "declares_recordable",
+    "offered",
+]
+
+OPTIONAL_METHODS = {
+    "decode": "reconstructions E[x | z] at z = E_q z",
+    "encode": "latent means and the latent-space figure",
+    "generate": "prior samples E[x | z], z from the prior",
+    "make_guide": "the guide used when none is named",
+}
+
+
+@runtime_checkable
+class Decodes(Protocol):
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """E[x | z] for codes ``z`` of shape ``[N, latent_dim]``: ``[N, D]``, data units."""
+
+
+@runtime_checkable
+class Encodes(Protocol):
+    def encode(self, x: torch.Tensor) -> Any:
+        """q(z | x) for a batch ``[N, ...]`` (a guide), or the code ``[N, latent_dim]``."""
+
+
+@runtime_checkable
+class Generates(Protocol):
+    def generate(self, num: int) -> torch.Tensor:
+        """E[x | z] for ``num`` draws of z from the prior: ``[num, D]``, data units."""
+
+
+@runtime_checkable
+class MakesGuide(Protocol):
+    def make_guide(self) -> Callable:
+        """A guide for this model (a callable taking the model's arguments)."""
+
+
+class ModelProtocol(Decodes, Encodes, Generates, MakesGuide, Protocol):
+    """Everything a model may offer (each part optional; see the module docstring)."""
+
+    recordable: ClassVar[bool]
+
+
+def offered(obj: Any, method: str) -> Callable | None:
+    """``obj``'s optional ``method`` (one of :data:`OPTIONAL_METHODS`), or ``None``.
+
+    Raises:
+        ValueError: ``method`` is not one of the protocol's optional methods.
+    """
+    if method not in OPTIONAL_METHODS:
+        raise ValueError(f"method: {method!r} is not one of {', '.join(OPTIONAL_METHODS)}")
+    fn = getattr(obj, method, None)
+    return fn if callable(fn) else None
+
+
+def declares_recordable(fn: Any) -> bool:
+    """Whether ``fn`` declares ``recordable = True`` in its own class (or on itself).
+
+    ``fn`` may be a class, an instance, a bound method (its object is asked) or a function
+    carrying the attribute. A subclass inherits no declaration.
+    """
+    owner = getattr(fn, "__self__", fn)
+    if inspect.isfunction(owner):
+        return getattr(owner, "recordable", False) is True
+    cls = owner if inspect.isclass(owner) else type(owner)
+    return vars(cls).get("recordable", False) is True

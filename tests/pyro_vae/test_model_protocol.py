@@ -1,0 +1,92 @@
+"""The model protocol: what a model may offer, asked in one place."""
+
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.autoencoder import Autoencoder
+from models.vae import VAE
+from pyro_vae.guides import AmortizedNormal
+from pyro_vae.model_protocol import (
+    OPTIONAL_METHODS,
+    Decodes,
+    Encodes,
+    Generates,
+    MakesGuide,
+    declares_recordable,
+    offered,
+)
+
+PACKAGE = Path(__file__).resolve().parents[2] / "pyro_vae"
+
+
+def test_offered_returns_the_bound_method_or_none():
+    vae = VAE(x_dim=4, latent_dim=2, hidden_dims=(3,))
+    decode = offered(vae, "decode")
+    assert decode is not None and decode.__self__ is vae
+    assert decode(torch.zeros(5, 2)).shape == (5, 4)
+    assert offered(vae, "encode") is None  # a VAE's encoder is its guide's
+    assert offered(lambda x: None, "generate") is None
+
+
+def test_an_attribute_that_is_not_callable_is_not_an_offer():
+    class Model:
+        decode = 3
+
+    assert offered(Model(), "decode") is None
+
+
+def test_only_the_protocol_s_methods_can_be_asked_for():
+    with pytest.raises(ValueError, match="method: 'forward' is not one of decode, encode"):
+        offered(object(), "forward")
+
+
+def test_the_shipped_models_satisfy_the_parts_they_offer():
+    vae = VAE(x_dim=4, latent_dim=2, hidden_dims=(3,))
+    assert isinstance(vae, Decodes) and isinstance(vae, Generates) and isinstance(vae, MakesGuide)
+    assert not isinstance(vae, Encodes)
+    assert isinstance(vae.make_guide(), Encodes)
+    autoencoder = Autoencoder(x_dim=4, latent_dim=2, hidden_dims=(3,))
+    assert isinstance(autoencoder, Encodes) and isinstance(autoencoder, Decodes)
+
+
+def test_a_recordable_declaration_belongs_to_the_class_that_makes_it():
+    class UserVAE(VAE):  # may add a branch on a value: must declare again
+        pass
+
+    def function_model(x):
+        pass
+
+    vae = VAE(x_dim=4, latent_dim=2, hidden_dims=(3,))
+    assert declares_recordable(VAE) and declares_recordable(vae)
+    assert declares_recordable(AmortizedNormal)
+    assert not declares_recordable(UserVAE) and not declares_recordable(function_model)
+    function_model.recordable = True
+    assert declares_recordable(function_model)
+
+    class Pair:
+        recordable = True
+
+        def model(self, x):
+            pass
+
+    assert declares_recordable(Pair().model)  # a bound method: its object's class decides
+
+
+def test_no_other_module_asks_whether_a_model_offers_a_method():
+    asked = []
+    for path in PACKAGE.rglob("*.py"):
+        if path.name == "model_protocol.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "id", None) in ("hasattr", "getattr")
+                and len(node.args) >= 2
+                and isinstance(node.args[1], ast.Constant)
+                and node.args[1].value in (*OPTIONAL_METHODS, "recordable")
+            ):
+                asked.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
+    assert not asked, f"ask through pyro_vae.model_protocol.offered: {asked}"
