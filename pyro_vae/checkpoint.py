@@ -145,7 +145,7 @@ class RunFolder:
         if not self.path.is_dir():
             raise RunFolderError(
                 f"run: {self.path} is not a directory; expected a run folder "
-                "written by `pyro-vae fit --out RUN`"
+                "(config.json, metrics.json and weights, as fit writes one)"
             )
         path = self.file(name)
         if not path.is_file():

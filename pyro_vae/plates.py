@@ -90,7 +90,7 @@ def find_data_plate(model_trace: Trace, rows: int | None, name: str | None = Non
         raise DataPlateError(
             f"data_plate: the plates {candidates} all enclose observed sites and have the "
             f"batch's {rows} rows, so which one runs over datapoints is ambiguous; name it "
-            "with the data_plate option (TrainConfig(data_plate=...), --data-plate, or the "
+            "with the data_plate option (TrainingConfig(data_plate=...) for fit, or the "
             "evaluator's data_plate=)"
         )
     return None

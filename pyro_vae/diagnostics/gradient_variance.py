@@ -41,10 +41,6 @@ class GradientStats:
     seconds_per_draw: float
     num_draws: int
 
-    @property
-    def mean_norm(self) -> float:
-        return float(self.mean.norm())
-
 
 def _group(name: str) -> str:
     return re.split(r"[.$]", name, maxsplit=1)[0]
