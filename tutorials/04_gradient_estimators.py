@@ -45,7 +45,8 @@ import torch
 from models.sbn import SBN
 from models.vae import VAE
 from pyro_vae import Preprocessing, TrainConfig, elbo_per_datapoint, fit, load_data
-from pyro_vae.estimators import get, gradient_variance
+from pyro_vae.diagnostics.gradient_variance import gradient_variance
+from pyro_vae.estimators import get
 from pyro_vae.image_grid import image_grid
 
 FAST = os.environ.get("PYRO_VAE_TUTORIAL_FAST", "") not in ("", "0")

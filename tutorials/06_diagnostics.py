@@ -8,7 +8,7 @@
 # and the gap is $\mathrm{KL}(q(\theta) \,\|\, p(\theta \mid x))$. The optimizer always
 # returns *some* $q$; the bound alone does not say whether that $q$ is close enough to the
 # posterior to trust its means, spreads and tails. This tutorial shows four checks that
-# `pyro_vae.diagnostics` and `pyro_vae.calibration` provide, with ArviZ for the
+# `pyro_vae.diagnostics` and `pyro_vae.diagnostics.calibration` provide, with ArviZ for the
 # bookkeeping:
 #
 # 1. **summaries**: draws of $q$ as an ArviZ `InferenceData`, `az.summary` and
