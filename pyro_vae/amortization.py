@@ -20,6 +20,7 @@ import torch
 from pyro.infer import Trace_ELBO
 from tqdm.auto import tqdm
 
+from pyro_vae.checks import check_count
 from pyro_vae.evaluate import (
     elbo_per_datapoint,
     eval_mode,
@@ -55,8 +56,7 @@ def amortization_gap(
         ("elbo_samples", elbo_samples),
         ("iwae_samples", iwae_samples),
     ):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{arg}: {value!r} is not a positive integer")
+        check_count(arg, value, 1)
     site = "z"
     with eval_mode(model, guide), torch.no_grad():
         encode = offered(guide, "encode")

@@ -26,12 +26,21 @@ def check_count(
     floats (even integral ones) are not.
 
     Raises:
-        ValueError: ``"{name}: {value} is not an integer ≥ {minimum}{meaning}"``.
+        ValueError: ``"{name}: {value} is not a positive integer{meaning}"`` (minimum 1;
+            ``a non-negative integer`` for 0, ``an integer ≥ {minimum}`` otherwise).
     """
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name}: {value!r} is not an integer ≥ {minimum}{meaning}")
+        raise ValueError(f"{name}: {value!r} is not {_a_count_from(minimum)}{meaning}")
+
+
+def _a_count_from(minimum: int) -> str:
+    if minimum == 1:
+        return "a positive integer"
+    if minimum == 0:
+        return "a non-negative integer"
+    return f"an integer ≥ {minimum}"
 
 
 def check_learning_rate(name: str, value: Any) -> None:

@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from pyro_vae.checks import check_count
 from pyro_vae.data_source import (
     HELD_OUT,
     TRAINING_SET,
@@ -331,8 +332,7 @@ class ShuffledBatches:
         binarize: bool,
         drop_last: bool = False,
     ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size: {batch_size} is not a positive integer")
+        check_count("batch_size", batch_size, 1)
         self.x, self.y, self.batch_size = x, y, batch_size
         self.generator, self.binarize, self.drop_last = generator, binarize, drop_last
 

@@ -37,6 +37,7 @@ import torch
 from pyro.infer import TraceEnum_ELBO
 from tqdm.auto import tqdm
 
+from pyro_vae.checks import check_count
 from pyro_vae.minibatch import Minibatched, align_autoguide, fitted_rows
 from pyro_vae.model_protocol import offered
 from pyro_vae.plates import batch_rows, find_data_plate, frames_in, require_data_plate
@@ -65,8 +66,7 @@ def eval_mode(*modules: object) -> Iterator[None]:
 
 
 def _check_num(arg: str, value: int) -> None:
-    if isinstance(value, bool) or int(value) != value or value < 1:
-        raise ValueError(f"{arg}: {value!r} is not a positive integer")
+    check_count(arg, value, 1)
 
 
 def check_finite(args: tuple, arg: str = "x") -> None:

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 
 import torch
 
+from pyro_vae.checks import check_count
 from pyro_vae.data_source import WHOLE_DATA, ObservationCheck, ValidationSet, epoch_generator
 
 WHOLE_DATA_DRAWS = 100
@@ -78,8 +79,7 @@ class TensorData:
     ) -> Iterator[tuple[torch.Tensor, tuple[torch.Tensor, ...]]]:
         """:meth:`batches` with each batch's rows in 0..N−1: ``(rows, tensors)``; without a
         last partial batch when ``drop_last``."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size: {batch_size} is not a positive integer")
+        check_count("batch_size", batch_size, 1)
         n = self.num_data
         if not self.tensors or batch_size >= n:
             yield torch.arange(n), self.tensors

@@ -34,6 +34,7 @@ from typing import Any
 
 from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
 
+from pyro_vae.checks import check_count
 from pyro_vae.estimators.capabilities import Capabilities, capabilities_of, declare
 from pyro_vae.estimators.iwae import IWAELBO
 from pyro_vae.estimators.score_function import CONTROL_VARIATES, ScoreFunctionELBO
@@ -75,9 +76,7 @@ def get(name: str, **options: Any) -> ELBO:
     if name not in _REGISTRY:
         raise ValueError(f"estimator: {name!r} is not one of {', '.join(names())}")
     particles = options.get("num_particles", 1)
-    if isinstance(particles, bool) or not isinstance(particles, int) or particles < 1:
-        # Pyro's own ELBOs accept these and fail later, inside a step
-        raise ValueError(f"num_particles: {particles!r} is not a positive integer")
+    check_count("num_particles", particles, 1)  # Pyro's own ELBOs fail later, in a step
     try:
         return _REGISTRY[name](**options)
     except TypeError as err:

@@ -15,9 +15,9 @@ def test_counts_are_refused_with_the_argument_the_value_and_the_reason():
         check_count("num_draws", 2.5, 2)
     with pytest.raises(ValueError, match=r"^num_draws: 21.0 is not an integer ≥ 2$"):
         check_count("num_draws", 21.0, 2)  # a float is not a count, even an integral one
-    with pytest.raises(ValueError, match="num_steps: True is not an integer ≥ 1"):
+    with pytest.raises(ValueError, match="num_steps: True is not a positive integer"):
         check_count("num_steps", True, 1)
-    with pytest.raises(ValueError, match="patience: None is not an integer ≥ 1"):
+    with pytest.raises(ValueError, match="patience: None is not a positive integer"):
         check_count("patience", None, 1)
     check_count("patience", None, 1, allow_none=True)
 

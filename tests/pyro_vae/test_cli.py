@@ -353,7 +353,7 @@ def test_diagnose_refuses_bad_counts_and_other_versions(trained, tmp_path, capsy
     assert main(["diagnose", str(trained), "--points", "5", "--samples", "1"]) == 2
     assert "--samples: 1 is not an integer ≥ 21" in capsys.readouterr().err
     assert main(["diagnose", str(trained), "--points", "-1"]) == 2
-    assert "--points: -1 is not an integer ≥ 0 (0: all)" in capsys.readouterr().err
+    assert "--points: -1 is not a non-negative integer (0: all)" in capsys.readouterr().err
     old = tmp_path / "old"
     old.mkdir()
     config = json.loads((trained / "config.json").read_text())

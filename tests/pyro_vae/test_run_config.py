@@ -92,7 +92,7 @@ def test_a_run_config_takes_only_its_parts():
 def test_check_count_is_the_one_count_check():
     check_count("n", 3, 1)
     check_count("n", None, 1, allow_none=True)
-    with pytest.raises(ValueError, match=r"--num: 0 is not an integer ≥ 1 \(why\)"):
+    with pytest.raises(ValueError, match=r"--num: 0 is not a positive integer \(why\)"):
         check_count("--num", 0, 1, " (why)")
     with pytest.raises(ValueError, match="n: None"):
         check_count("n", None, 1)
