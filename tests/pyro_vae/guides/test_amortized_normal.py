@@ -1,7 +1,7 @@
 import pyro.poutine as poutine
 import torch
 
-from pyro_vae.guides import AmortizedNormal, EmptyGuide
+from pyro_vae.guides import AmortizedNormal
 
 
 def test_encode_is_a_diagonal_normal_per_row():
@@ -19,8 +19,3 @@ def test_samples_are_reparameterized_and_scaled_by_the_data_plate():
     assert site["scale"] == 10.0
     site["value"].sum().backward()
     assert guide.loc_head.weight.grad is not None and guide.log_scale_head.weight.grad is not None
-
-
-def test_empty_guide_samples_nothing():
-    trace = poutine.trace(EmptyGuide()).get_trace(torch.rand(2, 3))
-    assert not [n for n, s in trace.nodes.items() if s["type"] == "sample"]

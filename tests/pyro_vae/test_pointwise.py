@@ -1,0 +1,186 @@
+"""Per-datapoint and per-draw log-densities of particle traces, against the same sums taken
+by hand from the traced values, for vectorized and looped particles.
+
+The local model has a plate inside the per-datapoint plate, so a site's density must be
+summed over it within each datapoint:
+    z_n ~ N(0, 1);  x_nd ~ N(z_n, 0.5²)  (d in a "pixels" plate at dim −2);  q(z_n) = N(x̄_n, 0.7²).
+The global model adds μ outside the plate:  μ ~ N(0, 1), z_n ~ N(μ, 1).
+"""
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pyro.poutine as poutine
+import pytest
+import torch
+
+from pyro_vae.plates import DataPlateError, data_plate
+from pyro_vae.pointwise import (
+    data_plate_scale,
+    importance_log_densities,
+    outside_plate,
+    particle_rank,
+    per_datapoint_log_density,
+    per_draw_log_density,
+)
+from pyro_vae.traces import particle_traces
+
+X = torch.tensor([[0.2, -0.4], [1.5, 1.1], [-0.7, 0.0]])  # B = 3 rows, D = 2 pixels
+K = 4
+NESTING, RANK = 2, 3  # data at −1, pixels at −2; particles at −3
+
+
+def local_model(x, num_data=None, z_scale=1.0, mask=True):
+    with data_plate(x, num_data):
+        with poutine.scale(scale=z_scale):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        with pyro.plate("pixels", x.shape[1], dim=-2), poutine.mask(mask=mask):
+            pyro.sample("x", dist.Normal(z, 0.5), obs=x.T)
+
+
+def local_guide(x, num_data=None, **_):
+    with data_plate(x, num_data):
+        pyro.sample("z", dist.Normal(x.mean(-1), 0.7))
+
+
+def global_model(x, num_data=None):
+    mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+    with data_plate(x, num_data):
+        pyro.sample("z", dist.Normal(mu, 1.0))
+
+
+def global_guide(x, num_data=None):
+    pyro.sample("mu", dist.Normal(0.3, 0.8))
+    with data_plate(x, num_data):
+        pyro.sample("z", dist.Normal(x.mean(-1), 0.7))
+
+
+def normal_log_pdf(value, loc, scale):
+    return -0.5 * ((value - loc) / scale) ** 2 - math.log(scale) - 0.5 * math.log(2 * math.pi)
+
+
+def traces(model, guide, vectorize, **kwargs):
+    model_tr, guide_tr, _ = particle_traces(model, guide, (X,), kwargs, K, NESTING, vectorize)
+    return model_tr, guide_tr
+
+
+def local_by_hand(guide_tr, mask=None):
+    """log p(z_n) + Σ_d log p(x_nd | z_n) and log q(z_n), each [K, B]."""
+    z = guide_tr.nodes["z"]["value"].reshape(K, 3)
+    log_x = normal_log_pdf(X, z.unsqueeze(-1), 0.5)  # [K, B, D]
+    if mask is not None:
+        log_x = log_x * mask.T
+    return normal_log_pdf(z, 0.0, 1.0), log_x.sum(-1), normal_log_pdf(z, X.mean(-1), 0.7)
+
+
+@pytest.mark.parametrize("vectorize", [True, False])
+def test_per_datapoint_sums_each_datapoints_sites_and_nothing_else(vectorize):
+    model_tr, guide_tr = traces(local_model, local_guide, vectorize)
+    log_z, log_x, log_q = local_by_hand(guide_tr)
+    log_p = per_datapoint_log_density(model_tr, K, 3, RANK, "data")
+    torch.testing.assert_close(log_p, log_z + log_x)
+    torch.testing.assert_close(per_datapoint_log_density(guide_tr, K, 3, RANK, "data"), log_q)
+
+
+@pytest.mark.parametrize("vectorize", [True, False])
+def test_per_datapoint_ignores_subsampling_unless_asked_for_relative_scale(vectorize):
+    # N = 12 rows of which these are 3: every site carries scale 4; the z site also ½
+    model_tr, guide_tr = traces(local_model, local_guide, vectorize, num_data=12, z_scale=0.5)
+    log_z, log_x, _ = local_by_hand(guide_tr)
+    assert model_tr.nodes["z"]["scale"] == 2.0 and model_tr.nodes["x"]["scale"] == 4.0
+    unscaled = per_datapoint_log_density(model_tr, K, 3, RANK, "data")
+    torch.testing.assert_close(unscaled, log_z + log_x)
+    relative = per_datapoint_log_density(model_tr, K, 3, RANK, "data", relative_scale=True)
+    torch.testing.assert_close(relative, 0.5 * log_z + log_x)
+
+
+@pytest.mark.parametrize("vectorize", [True, False])
+def test_masked_entries_leave_the_per_datapoint_and_per_draw_sums(vectorize):
+    mask = torch.tensor([[True, False, True], [False, False, True]])  # [D, B]
+    model_tr, guide_tr = traces(local_model, local_guide, vectorize, mask=mask)
+    log_z, log_x, _ = local_by_hand(guide_tr, mask)
+    torch.testing.assert_close(
+        per_datapoint_log_density(model_tr, K, 3, RANK, "data"), log_z + log_x
+    )
+    torch.testing.assert_close(
+        per_draw_log_density(model_tr, K, RANK), (log_z + log_x).sum(-1, keepdim=True)
+    )
+
+
+def test_a_trace_without_computed_densities_is_scored_from_its_values():
+    guide_tr = poutine.trace(local_guide).get_trace(X)
+    z = guide_tr.nodes["z"]["value"]
+    out = per_datapoint_log_density(guide_tr, 1, 3, 2, "data")
+    torch.testing.assert_close(out, normal_log_pdf(z, X.mean(-1), 0.7).reshape(1, 3))
+
+
+@pytest.mark.parametrize("vectorize", [True, False])
+def test_per_draw_is_the_scaled_joint_of_each_particle(vectorize):
+    model_tr, guide_tr = traces(global_model, global_guide, vectorize, num_data=12)
+    mu = guide_tr.nodes["mu"]["value"].reshape(K, 1)
+    z = guide_tr.nodes["z"]["value"].reshape(K, 3)
+    # the plate's sites count 12 / 3 = 4 times: Pyro's minibatch estimate of the joint
+    log_p = normal_log_pdf(mu, 0.0, 1.0) + 4 * normal_log_pdf(z, mu, 1.0).sum(-1, keepdim=True)
+    log_q = normal_log_pdf(mu, 0.3, 0.8) + 4 * normal_log_pdf(z, X.mean(-1), 0.7).sum(
+        -1, keepdim=True
+    )
+    torch.testing.assert_close(per_draw_log_density(model_tr, K, RANK), log_p)
+    torch.testing.assert_close(per_draw_log_density(guide_tr, K, RANK), log_q)
+
+
+def test_a_site_outside_the_plate_has_no_per_datapoint_density():
+    model_tr, guide_tr = traces(global_model, global_guide, True)
+    assert outside_plate(model_tr, "data") == ["mu"] == outside_plate(guide_tr, "data")
+    assert outside_plate(traces(local_model, local_guide, True)[0], "data") == []
+    with pytest.raises(DataPlateError, match=r"^site 'mu' is outside the per-datapoint plate"):
+        per_datapoint_log_density(model_tr, K, 3, RANK, "data")
+
+
+def test_no_sample_sites_give_zeros_of_the_asked_shape():
+    empty = poutine.trace(lambda: None).get_trace()
+    assert torch.equal(per_datapoint_log_density(empty, 5, 3, 2, "data"), torch.zeros(5, 3))
+    assert torch.equal(per_draw_log_density(empty, 5, 2), torch.zeros(5, 1))
+
+
+def test_data_plate_scale_is_n_over_the_batch_of_that_plate():
+    model_tr, _ = traces(local_model, local_guide, True, num_data=12)
+    assert data_plate_scale(model_tr, "data") == 4.0
+    assert data_plate_scale(model_tr, "pixels") == 1.0  # not subsampled
+    assert data_plate_scale(model_tr, "elsewhere") == 1.0
+    assert data_plate_scale(model_tr, None) == 1.0
+
+
+@pytest.mark.parametrize("vectorize", [True, False])
+def test_importance_densities_factor_over_datapoints_when_every_site_is_inside(vectorize):
+    model_tr, guide_tr = traces(local_model, local_guide, vectorize, num_data=12)
+    log_z, log_x, log_q = local_by_hand(guide_tr)
+    log_p_out, log_q_out, scale = importance_log_densities(model_tr, guide_tr, K, RANK, "data", 3)
+    torch.testing.assert_close(log_p_out, log_z + log_x)
+    torch.testing.assert_close(log_q_out, log_q)
+    assert scale == 4.0
+
+
+def test_importance_densities_are_joint_with_global_latents_or_no_plate():
+    for model, guide, plate in (
+        (global_model, global_guide, "data"),
+        (local_model, local_guide, None),
+    ):
+        model_tr, guide_tr = traces(model, guide, True)
+        log_p, log_q, scale = importance_log_densities(model_tr, guide_tr, K, RANK, plate, None)
+        torch.testing.assert_close(log_p, per_draw_log_density(model_tr, K, RANK))
+        torch.testing.assert_close(log_q, per_draw_log_density(guide_tr, K, RANK))
+        assert log_p.shape == (K, 1) and scale == 1.0
+
+
+def test_global_latents_in_a_minibatch_have_no_importance_estimate():
+    model_tr, guide_tr = traces(global_model, global_guide, True, num_data=12)
+    with pytest.raises(
+        DataPlateError, match=r"^sites \['mu'\] lie outside the subsampled .* \(scale 4\)"
+    ):
+        importance_log_densities(model_tr, guide_tr, K, RANK, "data", 3)
+
+
+@pytest.mark.parametrize("nesting, particles, rank", [(2, 5, 2), (2, 1, 3), (0, 1, 1)])
+def test_particle_rank_keeps_a_slot_for_a_single_particle(nesting, particles, rank):
+    assert particle_rank(nesting, particles) == rank

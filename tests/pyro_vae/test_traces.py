@@ -1,0 +1,282 @@
+"""The trace toolkit: particle traces (vectorized and looped lay out the same densities),
+plate nesting, the full-rank reshape, the fallback rule and its warning, and run_pair.
+
+The model has a global latent and a per-datapoint one, so particles meet sites of two batch
+ranks:  μ ~ N(0, 1);  z_n ~ N(μ, 1);  x_nd ~ N(z_n, 0.5²)  (n = 1..3 in the plate, d = 1, 2).
+"""
+
+import math
+import warnings
+
+import pyro
+import pyro.distributions as dist
+import pyro.poutine as poutine
+import pytest
+import torch
+
+from pyro_vae.traces import (
+    PARTICLES,
+    VectorizationWarning,
+    full_rank,
+    particle_traces,
+    plate_nesting,
+    run_pair,
+    sample_sites,
+    stack_particles,
+    stack_values,
+    vectorized_or_looped,
+)
+
+X = torch.tensor([[0.2, -0.4], [1.5, 1.1], [-0.7, 0.0]])
+
+
+def model(x):
+    mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+    with pyro.plate("data", x.shape[0], dim=-1):
+        z = pyro.sample("z", dist.Normal(mu, 1.0))
+        pyro.sample("x", dist.Normal(z.unsqueeze(-1), 0.5).to_event(1), obs=x)
+
+
+def guide(x):
+    pyro.sample("mu", dist.Normal(0.3, 0.8))
+    with pyro.plate("data", x.shape[0], dim=-1):
+        pyro.sample("z", dist.Normal(x.mean(-1), 0.7))
+
+
+def normal_log_pdf(value, loc, scale):
+    return -0.5 * ((value - loc) / scale) ** 2 - math.log(scale) - 0.5 * math.log(2 * math.pi)
+
+
+def by_hand(model_tr, guide_tr):
+    """Every site's log-density [K, ...] from the traced values, by the formula."""
+    mu, z = guide_tr.nodes["mu"]["value"], guide_tr.nodes["z"]["value"]  # [K, 1], [K, 3]
+    x_loc = z.unsqueeze(-1)
+    return {
+        "model": {
+            "mu": normal_log_pdf(mu, 0.0, 1.0),
+            "z": normal_log_pdf(z, mu, 1.0),
+            "x": normal_log_pdf(X, x_loc, 0.5).sum(-1),
+        },
+        "guide": {"mu": normal_log_pdf(mu, 0.3, 0.8), "z": normal_log_pdf(z, X.mean(-1), 0.7)},
+    }
+
+
+@pytest.mark.parametrize("vectorize", [True, False])
+def test_particle_traces_lay_out_every_density_at_the_particle_dim(vectorize):
+    model_tr, guide_tr, vectorized = particle_traces(model, guide, (X,), {}, 4, 1, vectorize)
+    assert vectorized is vectorize
+    assert guide_tr.nodes["mu"]["value"].shape == (4, 1)
+    assert guide_tr.nodes["z"]["value"].shape == (4, 3)
+    assert torch.equal(model_tr.nodes["z"]["value"], guide_tr.nodes["z"]["value"])
+    expected = by_hand(model_tr, guide_tr)
+    for which, trace in (("model", model_tr), ("guide", guide_tr)):
+        assert list(sample_sites(trace)) == list(expected[which])
+        for name, log_p in expected[which].items():
+            site = trace.nodes[name]
+            torch.testing.assert_close(site["log_prob"], log_p.expand(site["log_prob"].shape))
+            particle = [f for f in site["cond_indep_stack"] if f.name == PARTICLES]
+            assert [(f.dim, f.size) for f in particle] == [(-2, 4)]
+    shapes = {n: s["log_prob"].shape for n, s in sample_sites(model_tr).items()}
+    assert shapes == {"mu": (4, 1), "z": (4, 3), "x": (4, 3)}
+
+
+def test_one_particle_draws_the_same_numbers_either_way():
+    pyro.set_rng_seed(11)
+    vec_model, vec_guide, _ = particle_traces(model, guide, (X,), {}, 1, 1, vectorize=True)
+    pyro.set_rng_seed(11)
+    loop_model, loop_guide, _ = particle_traces(model, guide, (X,), {}, 1, 1, vectorize=False)
+    for vec, loop in ((vec_model, loop_model), (vec_guide, loop_guide)):
+        for name, site in sample_sites(vec).items():
+            torch.testing.assert_close(loop.nodes[name]["log_prob"], site["log_prob"])
+            torch.testing.assert_close(loop.nodes[name]["log_prob_sum"], site["log_prob_sum"])
+
+
+def test_vectorized_and_looped_estimate_the_same_elbo():
+    # ELBO = E_q[log p − log q]; two independent 400-particle estimates agree within 5 SE
+    estimates = []
+    for vectorize in (True, False):
+        model_tr, guide_tr, _ = particle_traces(model, guide, (X,), {}, 400, 1, vectorize)
+        log_w = sum(s["log_prob"].reshape(400, -1).sum(-1) for s in sample_sites(model_tr).values())
+        log_w = log_w - sum(
+            s["log_prob"].reshape(400, -1).sum(-1) for s in sample_sites(guide_tr).values()
+        )
+        estimates.append((log_w.mean(), log_w.var() / 400))
+    (a, var_a), (b, var_b) = estimates
+    assert abs(float(a - b)) < 5 * float((var_a + var_b).sqrt())
+
+
+def cannot_broadcast(x):
+    # .item() on a latent works once per run, not under a particle plate
+    mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+    with pyro.plate("data", x.shape[0], dim=-1):
+        pyro.sample("x", dist.Normal(mu.item() + torch.zeros_like(x), 1.0).to_event(1), obs=x)
+
+
+def mu_guide(x):
+    pyro.sample("mu", dist.Normal(0.3, 0.8))
+
+
+def test_a_model_that_cannot_broadcast_falls_back_to_the_loop_and_says_why():
+    with pytest.warns(VectorizationWarning) as record:
+        model_tr, _, vectorized = particle_traces(cannot_broadcast, mu_guide, (X,), {}, 5, 1)
+    assert not vectorized and model_tr.nodes["x"]["log_prob"].shape == (5, 3)
+    message = str(record[0].message)
+    assert message.startswith("particle traces: the model and guide could not run under")
+    assert "(RuntimeError: " in message and "drawing the 5 particles one at a time" in message
+    assert record[0].filename == __file__  # stacklevel: the caller of particle_traces
+    with pytest.raises(RuntimeError):
+        particle_traces(cannot_broadcast, mu_guide, (X,), {}, 5, 1, vectorize=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, _, vectorized = particle_traces(
+            cannot_broadcast, mu_guide, (X,), {}, 5, 1, vectorize=False
+        )
+    assert vectorized is False
+
+
+def test_vectorized_or_looped_runs_only_what_it_is_asked_for():
+    calls = []
+
+    def vectorized():
+        calls.append("vectorized")
+        raise ValueError("no broadcasting")
+
+    def looped():
+        calls.append("looped")
+        return "looped result"
+
+    assert vectorized_or_looped(False, vectorized, looped, "w", 3) == ("looped result", False)
+    assert calls == ["looped"]
+    assert vectorized_or_looped(True, lambda: "v", looped, "w", 3) == ("v", True)
+    with pytest.raises(ValueError, match="no broadcasting"):
+        vectorized_or_looped(True, vectorized, looped, "w", 3)
+    calls.clear()
+    with pytest.warns(VectorizationWarning, match=r"^w: .*\(ValueError: no broadcasting\)"):
+        assert vectorized_or_looped(None, vectorized, looped, "w", 3) == ("looped result", False)
+    assert calls == ["vectorized", "looped"]
+
+
+def test_when_the_loop_fails_too_its_own_error_is_raised_without_a_warning():
+    def looped():
+        raise KeyError("the model's own error")
+
+    def vectorized():
+        raise ValueError("broadcast")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(KeyError, match="the model's own error"):
+            vectorized_or_looped(None, vectorized, looped, "w", 3)
+
+
+def test_particles_that_visit_different_sites_cannot_be_stacked():
+    def branching(x):
+        if pyro.sample("b", dist.Bernoulli(0.5)).item():
+            pyro.sample("extra", dist.Normal(0.0, 1.0))
+
+    def branching_guide(x):
+        pyro.sample("b", dist.Bernoulli(0.5))
+        # no "extra": it is drawn from the prior when the branch is taken
+
+    pairs = []
+    for _ in range(20):
+        pairs.append(run_pair(branching, branching_guide, (X,), {}))
+        for tr in pairs[-1]:
+            tr.compute_log_prob()
+    assert {len(sample_sites(m)) for m, _ in pairs} == {1, 2}  # seeded: both branches occur
+    with pytest.raises(ValueError, match=r"particles visited different sample sites \(\['b'"):
+        stack_particles(pairs, 1)
+
+
+def test_stacked_sites_recompute_their_sums_and_keep_every_particle():
+    def masked(x):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", 3), poutine.mask(mask=torch.tensor([True, False, True])):
+            pyro.sample("z", dist.Normal(mu, 1.0))
+
+    pairs = []
+    for _ in range(3):
+        model_tr, guide_tr = run_pair(masked, guide, (X,), {})
+        model_tr.compute_log_prob()
+        guide_tr.compute_log_prob()
+        pairs.append((model_tr, guide_tr))
+    model_tr, guide_tr = stack_particles(pairs, 2)
+    z = model_tr.nodes["z"]
+    assert z["value"].shape == (3, 3) and len(z["fns"]) == 3 and z["fn"] is z["fns"][0]
+    assert "score_parts" not in z
+    torch.testing.assert_close(z["log_prob_sum"], z["log_prob"].sum())
+    torch.testing.assert_close(
+        z["log_prob"], torch.stack([p[0].nodes["z"]["log_prob"] for p in pairs])
+    )
+    assert z["mask"].shape == (3, 3) and z["mask"][:, 1].eq(False).all()
+    assert model_tr.nodes["mu"]["value"].shape == (3, 1)
+    assert z["cond_indep_stack"][-1].name == PARTICLES and z["cond_indep_stack"][-1].dim == -2
+
+
+def test_stack_values_brings_batch_dims_to_one_rank_and_broadcasts():
+    out = stack_values([torch.tensor([1.0, 2.0, 3.0]), 4.0], 1, 0)
+    torch.testing.assert_close(out, torch.tensor([[1.0, 2.0, 3.0], [4.0, 4.0, 4.0]]))
+    events = stack_values([torch.ones(2), torch.zeros(3, 2)], 2, 1)  # event dim of size 2
+    assert events.shape == (2, 1, 3, 2) and events[0].eq(1).all() and events[1].eq(0).all()
+
+
+def test_run_pair_replays_the_model_on_the_guide_and_lets_nothing_escape():
+    with poutine.trace() as outer:
+        model_tr, guide_tr = run_pair(model, guide, (X,), {}, particles=(6, -2))
+    assert not outer.trace.nodes
+    for name in ("mu", "z"):
+        assert model_tr.nodes[name]["value"] is guide_tr.nodes[name]["value"]
+    assert guide_tr.nodes["mu"]["value"].shape == (6, 1)
+    assert model_tr.nodes["x"]["is_observed"] and torch.equal(model_tr.nodes["x"]["value"], X)
+    model_tr, guide_tr = run_pair(model, guide, (X,), {})
+    assert guide_tr.nodes["z"]["value"].shape == (3,)
+
+
+def test_sample_sites_leave_out_params_and_subsample_sites():
+    def with_param(x):
+        loc = pyro.param("loc", torch.tensor(0.0))
+        with pyro.plate("data", 10, subsample_size=3):
+            pyro.sample("z", dist.Normal(loc, 1.0))
+
+    trace = poutine.trace(with_param).get_trace(X)
+    assert {s["type"] for s in trace.nodes.values()} >= {"param", "sample"}
+    assert "data" in trace.nodes and list(sample_sites(trace)) == ["z"]
+
+
+def test_plate_nesting_counts_vectorized_plates_only():
+    def nested(x):
+        pyro.sample("g", dist.Normal(0.0, 1.0))
+        with pyro.plate("a", 2, dim=-1), pyro.plate("b", 3, dim=-3):
+            pyro.sample("w", dist.Normal(0.0, 1.0))
+        for i in pyro.plate("sequential", 2):
+            pyro.sample(f"s{i}", dist.Normal(0.0, 1.0))
+
+    def flat(x):
+        with pyro.plate("c", 4, dim=-2):
+            pyro.sample("v", dist.Normal(0.0, 1.0))
+
+    def no_plates(x):
+        pyro.sample("g", dist.Normal(0.0, 1.0))
+
+    traces = {f.__name__: poutine.trace(f).get_trace(X) for f in (nested, flat, no_plates)}
+    assert plate_nesting(traces["nested"]) == 3
+    assert plate_nesting(traces["flat"]) == 2
+    assert plate_nesting(traces["no_plates"]) == 0
+    assert plate_nesting(traces["no_plates"], traces["flat"]) == 2
+    assert plate_nesting() == 0
+
+
+@pytest.mark.parametrize(
+    "value, rank, shape",
+    [
+        (torch.tensor(2.0), 3, (1, 1, 1)),
+        (torch.ones(4, 5), 3, (1, 4, 5)),
+        (torch.ones(4, 5), 2, (4, 5)),
+        (1.5, 2, (1, 1)),
+        ([1.0, 2.0], 2, (1, 2)),
+    ],
+)
+def test_full_rank_prepends_singleton_dims(value, rank, shape):
+    out = full_rank(value, rank)
+    assert out.shape == shape
+    torch.testing.assert_close(out.reshape(-1), torch.as_tensor(value).reshape(-1))
