@@ -66,6 +66,10 @@ def _site_mean(site: dict, rows: int) -> torch.Tensor:
 def reconstruct(model, guide, x: torch.Tensor) -> torch.Tensor:
     """E[x | z = E_q z] for each row of ``x``, flattened to ``[N, D]`` (data units).
 
+    E_q z is the mean of the guide's ``encode(x)`` when it offers one
+    (:func:`pyro_vae.evaluate.latent_means`), otherwise the mean of 100 draws of the guide's
+    one latent site per datapoint.
+
     Raises:
         NoMeanImageError: no ``decode`` and no observation of x with a mean.
         ValueError: no ``encode`` and not one latent site per datapoint to centre on.
@@ -79,7 +83,9 @@ def reconstruct(model, guide, x: torch.Tensor) -> torch.Tensor:
         with poutine.block():
             guide_tr = poutine.trace(pair.guide).get_trace(x, subsample=subsample)
         shape = guide_tr.nodes[site]["value"].shape
-        centre = draws.mean(0).reshape(shape)
+        # E_q z: the guide's own mean when it offers encode(x), else a Monte Carlo mean
+        exact = offered(guide, "encode") is not None
+        centre = (latent_means(model, guide, x) if exact else draws.mean(0)).reshape(shape)
         with poutine.block():
             trace = poutine.trace(poutine.condition(pair.model, {site: centre})).get_trace(
                 x, subsample=subsample
