@@ -17,6 +17,8 @@ import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 
+from pyro_vae.pyro_compat import validate_sample, validates_args
+
 LIKELIHOODS = ("bernoulli", "gaussian", "categorical")
 
 
@@ -90,8 +92,8 @@ class BernoulliImage(dist.Independent):
                 f"reinterpreted_batch_ndims: {self.reinterpreted_batch_ndims}; BernoulliImage "
                 "sums exactly one pixel dimension"
             )
-        if self._validate_args:
-            self.base_dist._validate_sample(value)
+        if validates_args(self):
+            validate_sample(self.base_dist, value)
         logits = self.base_dist.logits
         return _sum_of_products(logits, value) - F.softplus(logits).sum(-1)
 

@@ -32,6 +32,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
 from pyro_vae.plates import batch_rows
+from pyro_vae.pyro_compat import frame_with_full_size, set_autoguide_model
 
 _ACTIVE: list[DataPlateSubsample] = []
 
@@ -83,7 +84,7 @@ class DataPlateSubsample(Messenger):
                 )
             msg["scale"] = msg["scale"] * (self.num_data / frame.size)
             stack = list(msg["cond_indep_stack"])
-            stack[i] = frame._replace(full_size=self.num_data)
+            stack[i] = frame_with_full_size(frame, self.num_data)
             msg["cond_indep_stack"] = tuple(stack)
             return
 
@@ -141,9 +142,7 @@ def align_autoguide(guide, plate: str | None, dim: int | None, num_data: int) ->
         return
     for part in guide.modules():
         if isinstance(part, AutoGuide) and not isinstance(part.model, _UnderActiveHandler):
-            # AutoGuide keeps its model in the private tuple _model (read through the
-            # public ``model`` property); Pyro offers no hook for what is done here.
-            part._model = (_UnderActiveHandler(part.model),)
+            set_autoguide_model(part, _UnderActiveHandler(part.model))
     if getattr(guide, "master", None) is not None:
         return
     if guide.create_plates is None:

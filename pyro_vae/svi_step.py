@@ -26,6 +26,8 @@ from pyro.infer import ELBO
 from pyro.infer.util import torch_item
 from pyro.optim import PyroOptim
 
+from pyro_vae.pyro_compat import pop_waiting_optim_state
+
 
 class GroupedAdam(PyroOptim):
     """Adam over every parameter Pyro hands it, in one ``torch.optim.Adam``.
@@ -64,7 +66,7 @@ class GroupedAdam(PyroOptim):
             self._optimizer.param_groups[0]["params"].append(p)
         self._params.append(p)
         self._known.add(p)
-        state = self._state_waiting_to_be_consumed.pop(pyro.get_param_store().param_name(p), None)
+        state = pop_waiting_optim_state(self, pyro.get_param_store().param_name(p))
         if state is not None:
             saved = state["state"].get(0)
             if saved is not None:

@@ -66,6 +66,7 @@ from pyro_vae.divergence import DivergenceGuard, TrainingDiverged
 from pyro_vae.early_stopping import EarlyStopping
 from pyro_vae.estimators.compiled import CompiledELBO
 from pyro_vae.fit_checkpoint import FitCheckpoint, Resumed
+from pyro_vae.pyro_compat import guess_max_plate_nesting
 from pyro_vae.svi_step import GroupedAdam, SVIStep
 from pyro_vae.training_config import TrainingConfig as TrainConfig
 from pyro_vae.training_pair import TrainingPair
@@ -306,8 +307,8 @@ def _estimator_ready_to_train(
         # at their first call; do it here, outside the random stream, so a resumed run
         # draws exactly what an uninterrupted one would.
         with torch.random.fork_rng(devices=[]):
-            elbo._guess_max_plate_nesting(
-                pair.model, pair.guide, batches.first_batch, {"subsample": batches.first_rows}
+            guess_max_plate_nesting(
+                elbo, pair.model, pair.guide, batches.first_batch, {"subsample": batches.first_rows}
             )
     return elbo
 

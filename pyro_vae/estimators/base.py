@@ -10,6 +10,7 @@ from pyro.util import check_if_enumerated
 
 from pyro_vae.plates import batch_rows, find_data_plate
 from pyro_vae.pointwise import particle_rank
+from pyro_vae.pyro_compat import elbo_traces
 from pyro_vae.traces import stack_particles, vectorized_or_looped
 
 
@@ -77,7 +78,7 @@ class SurrogateELBO(ELBO):
         (model_tr, guide_tr, rank), vectorized = vectorized_or_looped(
             vectorize,
             lambda: (
-                *next(self._get_traces(model, guide, args, kwargs)),
+                *next(elbo_traces(self, model, guide, args, kwargs)),
                 particle_rank(self.max_plate_nesting, self.num_particles),
             ),
             lambda: self._looped_traces(model, guide, args, kwargs),

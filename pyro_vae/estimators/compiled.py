@@ -56,13 +56,19 @@ import pyro.infer.trace_mean_field_elbo
 import pyro.poutine as poutine
 import torch
 from pyro.infer import ELBO
-from pyro.poutine.runtime import _PYRO_STACK
+from pyro.poutine.runtime import am_i_wrapped
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils import _pytree as pytree
 
 from pyro_vae.estimators.base import SurrogateELBO
 from pyro_vae.estimators.capabilities import Capabilities, capabilities_of
 from pyro_vae.model_protocol import declares_recordable
+from pyro_vae.pyro_compat import (
+    elbo_loss_particle,
+    elbo_trace,
+    elbo_traces,
+    guess_max_plate_nesting,
+)
 
 COMPILABLE = (
     "trace (Trace_ELBO), analytic-kl (TraceMeanField_ELBO), iwae, vimco, and score with "
@@ -168,10 +174,10 @@ class CompiledELBO(SurrogateELBO):
         return dataclasses.replace(capabilities_of(self.elbo), recordable=False)
 
     def _get_trace(self, model, guide, args, kwargs):
-        return self.elbo._get_trace(model, guide, args, kwargs)
+        return elbo_trace(self.elbo, model, guide, args, kwargs)
 
     def _guess_max_plate_nesting(self, model, guide, args, kwargs) -> None:
-        self.elbo._guess_max_plate_nesting(model, guide, args, kwargs)
+        guess_max_plate_nesting(self.elbo, model, guide, args, kwargs)
 
     def __getattr__(self, name: str):
         # num_particles, max_plate_nesting, vectorize_particles, ... of the wrapped ELBO.
@@ -337,10 +343,8 @@ def _loss_with_gradient(elbo: ELBO, model, guide, args, kwargs) -> torch.Tensor:
     if isinstance(elbo, SurrogateELBO):
         return elbo.differentiable_loss(model, guide, *args, **kwargs)
     loss, surrogate = 0.0, 0.0
-    for model_trace, guide_trace in elbo._get_traces(model, guide, args, kwargs):
-        loss_particle, surrogate_particle = elbo._differentiable_loss_particle(
-            model_trace, guide_trace
-        )
+    for model_trace, guide_trace in elbo_traces(elbo, model, guide, args, kwargs):
+        loss_particle, surrogate_particle = elbo_loss_particle(elbo, model_trace, guide_trace)
         loss = loss + loss_particle / elbo.num_particles
         surrogate = surrogate + surrogate_particle / elbo.num_particles
     loss = torch.as_tensor(loss)
@@ -387,7 +391,7 @@ def _params_unchanged(recording: _Recording, announce: bool) -> bool:
     with ``announce``, as ``pyro.param`` statements that handlers on the stack (SVI's
     parameter capture) see."""
     store = pyro.get_param_store()
-    lookup = pyro.param if announce and _PYRO_STACK else store.get_param
+    lookup = pyro.param if announce and am_i_wrapped() else store.get_param
     for name, unconstrained in recording.params:
         if name not in store or lookup(name).unconstrained() is not unconstrained:
             return False

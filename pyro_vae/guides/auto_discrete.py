@@ -26,6 +26,8 @@ from pyro.distributions import constraints
 from pyro.infer.autoguide import AutoGuide
 from pyro.nn import PyroModule, PyroParam
 
+from pyro_vae.pyro_compat import autoguide_plates
+
 
 def _base_support(fn) -> constraints.Constraint:
     support = fn.support
@@ -101,7 +103,7 @@ class AutoDiscreteMeanField(AutoGuide):
         """Draw every discrete latent site from its factor; returns ``{site: value}``."""
         if self.prototype_trace is None:
             self._setup_prototype(*args, **kwargs)
-        plates = self._create_plates(*args, **kwargs)
+        plates = autoguide_plates(self, *args, **kwargs)
         result = {}
         for name, fn in self.factors().items():
             frames = self.prototype_trace.nodes[name]["cond_indep_stack"]
