@@ -79,7 +79,9 @@ def build(config: RunConfig) -> Experiment:
         ValueError: naming the spec and what was expected of it.
     """
     if not isinstance(config, RunConfig):
-        raise TypeError(f"config: {type(config).__name__}; expected a pyro_vae.RunConfig")
+        raise TypeError(
+            f"config: {type(config).__name__}; expected a pyro_vae.run_config.RunConfig"
+        )
     pyro.set_rng_seed(config.training.seed)
     d = config.data
     data = load_data(

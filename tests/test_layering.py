@@ -2,7 +2,7 @@
 `models`, Pyro's private names appear only in `pyro_vae/pyro_compat.py`, no function runs
 over 80 lines, and `tests/` mirrors `pyro_vae/` and `models/` file for file.
 
-The layers, bottom up (README, "Where things go"): a module may import its own layer and
+The layers, bottom up (README, "Layout"): a module may import its own layer and
 the ones below it, never one above. Imports inside functions count too. `cavi` is a
 branch of its own: it imports only utilities, and nothing but the layers above the
 estimators imports it.

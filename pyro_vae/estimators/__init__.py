@@ -119,23 +119,17 @@ def __getattr__(name: str) -> Any:
             FutureWarning,
             stacklevel=2,
         )
-    try:
-        module = importlib.import_module(new)
-    except ImportError:  # until the move lands, the module beside the estimators
-        module = importlib.import_module("pyro_vae.estimators.variance")
-    return getattr(module, name)
+    return getattr(importlib.import_module(new), name)
 
 
 __all__ = [
     "CONTROL_VARIATES",
     "Capabilities",
     "IWAELBO",
-    "GradientStats",
     "ScoreFunctionELBO",
     "VIMCO",
     "capabilities_of",
     "get",
-    "gradient_variance",
     "names",
     "parse",
 ]
