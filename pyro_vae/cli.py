@@ -186,9 +186,9 @@ def _add_fit_training(f: argparse.ArgumentParser) -> None:
         default="auto",
         help="record the training step once per batch shape and replay it (same results, "
         "less Python per step); auto: when model and guide declare recordable = True (the "
-        "shipped ones do) and the estimator can be recorded, with no KL warm-up; inductor: on, and fuse the "
-        "recording with torch.compile (needs a C++ compiler; ~30 s per batch shape; "
-        "pays on long runs)",
+        "shipped ones do) and the estimator can be recorded, with no KL warm-up; inductor: "
+        "on, and fuse the recording with torch.compile (needs a C++ compiler; ~30 s per "
+        "batch shape; pays on long runs)",
     )
     f.add_argument(
         "--drop-last",
