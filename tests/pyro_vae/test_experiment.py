@@ -37,7 +37,7 @@ def test_build_reports_standard_options_a_model_does_not_take():
 
 
 def test_build_takes_a_run_config_only():
-    with pytest.raises(TypeError, match="config: dict; expected a pyro_vae.RunConfig"):
+    with pytest.raises(TypeError, match="config: dict; expected a pyro_vae.run_config.RunConfig"):
         build({"model": "models.vae:VAE"})
 
 
