@@ -21,6 +21,7 @@ import fcntl
 import json
 import os
 import random
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -247,7 +248,8 @@ class RunFolder:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:
             raise RunFolderError(
-                f"run: {path} could not be read as a pickle-free checkpoint ({err})"
+                f"run: {path} could not be read as a pickle-free checkpoint "
+                f"({_why_unreadable(err)})"
             ) from err
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             found = state.get("format") if isinstance(state, dict) else type(state).__name__
@@ -255,6 +257,15 @@ class RunFolder:
                 f"run: {path} has format {found!r}; this version of pyro_vae reads {FORMAT!r}"
             )
         return state
+
+
+def _why_unreadable(err: Exception) -> str:
+    """The reason in torch.load's refusal, without its advice to unpickle untrusted files."""
+    found = re.search(r"WeightsUnpickler error: *([^\n]*(?:\n\n[^\n]+)?)", str(err))
+    if found is None:
+        return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    reason = " ".join(found.group(1).split()).split(". Please")[0]
+    return reason or "unsupported content"
 
 
 @contextlib.contextmanager

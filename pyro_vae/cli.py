@@ -16,7 +16,7 @@ import sys
 import threading
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from pyro_vae import estimators
 from pyro_vae.checkpoint import RunFolder, RunFolderError
@@ -67,8 +67,16 @@ def _folder(text: str) -> Path:
     return Path(text)
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, refusing a bad command line in one line on stderr (argparse's own refusal
+    prints the whole usage text first); subcommands inherit it."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="pyro-vae",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -525,7 +533,7 @@ def _train_and_report(
         )
     except TrainingDiverged as err:
         run.update_metrics(stop_reason="diverged")
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         return 1
     print(
         f"stopped: {result.stop_reason.replace('_', ' ')}; kept the weights of epoch "
@@ -812,6 +820,12 @@ def _check_counts(args: argparse.Namespace) -> None:
         check_learning_rate("--lr", args.lr)
 
 
+def _one_line(err: BaseException) -> str:
+    """``err``'s message on one line: a refusal is one line on stderr, even when it quotes
+    a multi-line message of torch's (a state-dict mismatch lists one line per tensor)."""
+    return "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+
+
 class _Terminated(BaseException):
     """SIGTERM arrived; raised in the main thread so the command can say where it stopped."""
 
@@ -860,7 +874,7 @@ def main(argv: list[str] | None = None) -> int:
         _check_counts(args)
         return handler(args)
     except (ValueError, RunFolderError, DatasetNotFoundError, IDXFormatError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"\ninterrupted (Ctrl-C); {_where_it_stopped(args)}", file=sys.stderr)

@@ -658,6 +658,7 @@ def test_a_bad_command_line_is_refused_clearly_and_loses_nothing(
     err = capsys.readouterr().err
     assert code == 2, err
     assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, f"not one line: {err!r}"
     for word in words:
         assert word in err, f"{word!r} not in {err!r}"
     assert _snapshot(run) == before

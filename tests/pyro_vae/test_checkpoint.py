@@ -188,3 +188,17 @@ def test_concurrent_metrics_updates_lose_nothing(tmp_path):
     ]
     assert [p.wait() for p in procs] == [0, 0]
     assert len(RunFolder(tmp_path).read_metrics()) == 80
+
+
+def test_an_unreadable_checkpoint_is_refused_in_one_line_without_torch_s_advice(tmp_path):
+    import pickle
+    import warnings
+
+    (tmp_path / "checkpoint.pt").write_bytes(pickle.dumps(object))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's note about the pickle protocol
+        with pytest.raises(RunFolderError) as info:
+            RunFolder(tmp_path).load_checkpoint()
+    message = str(info.value)
+    assert "could not be read as a pickle-free checkpoint (" in message
+    assert "\n" not in message and "weights_only" not in message and "trust" not in message
