@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 from pyro_vae import estimators
 from pyro_vae.checkpoint import RunFolder, RunFolderError
 from pyro_vae.data import BINARIZATIONS, DatasetNotFoundError
+from pyro_vae.diagnostics.gradient_variance import gradient_variance
 from pyro_vae.estimators.compiled import compilable, should_record
 from pyro_vae.experiment import Experiment, build, evaluate_test_set, load, write_figures
 from pyro_vae.idx import IDXFormatError
@@ -623,7 +624,7 @@ def _grad_variance(args: argparse.Namespace) -> int:
         pyro.clear_param_store()
         pyro.set_rng_seed(args.seed)
         try:
-            stats = estimators.gradient_variance(
+            stats = gradient_variance(
                 exp.model,
                 exp.guide,
                 estimators.get(name, **options),

@@ -296,8 +296,8 @@ def _estimator_ready_to_train(
     elbo: ELBO, pair: TrainingPair, batches: TrainingBatches, config
 ) -> ELBO:
     """``elbo`` as training runs it, once its refusals have passed: recorded
-    (:class:`~pyro_vae.compiled.CompiledELBO`) with ``config.compile``, and with its plate
-    nesting found before the first step."""
+    (:class:`~pyro_vae.estimators.compiled.CompiledELBO`) with ``config.compile``, and with
+    its plate nesting found before the first step."""
     _refuse_per_row_baselines_with_a_partial_batch(elbo, pair, batches, config)
     _dry_loss(elbo, pair, batches)
     if config.compile:

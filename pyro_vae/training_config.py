@@ -33,7 +33,7 @@ class TrainingConfig:
         validate_every: validate (and checkpoint) every this many epochs, and after the last.
         progress: show a progress bar per epoch.
         compile: record the step once per batch shape and replay it
-            (:class:`pyro_vae.compiled.CompiledELBO`): the same losses and weights, less
+            (:class:`pyro_vae.estimators.compiled.CompiledELBO`): the same losses and weights, less
             Python per step; needs an estimator without state between steps and no KL
             warm-up.
         compile_backend: with ``compile``, also ``torch.compile`` the recording with this
