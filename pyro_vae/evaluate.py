@@ -143,9 +143,10 @@ class PerDatapoint:
         )
         self.vectorize = vectorized
         rank = self.nesting + 1
+        device = args[0].device
         return per_datapoint_log_density(
-            model_tr, num_samples, rows, rank, self.plate
-        ) - per_datapoint_log_density(guide_tr, num_samples, rows, rank, self.plate)
+            model_tr, num_samples, rows, rank, self.plate, device=device
+        ) - per_datapoint_log_density(guide_tr, num_samples, rows, rank, self.plate, device=device)
 
 
 def prepare(
@@ -178,7 +179,7 @@ def prepare(
     probe = _chunk(data, 0, min(count, probe_rows))
     num_rows = batch_rows(probe)
     check_dtypes(probe, model, guide)
-    num_data, rows = _rows_of(guide, count, rows)
+    num_data, rows = _rows_of(guide, count, rows, data[0].device)
     with torch.no_grad(), eval_mode(model, guide):
         with torch.random.fork_rng(devices=[]), poutine.block():
             prior_tr = poutine.trace(model).get_trace(*probe)
@@ -204,13 +205,16 @@ def prepare(
     return pair
 
 
-def _rows_of(guide, count: int, rows: torch.Tensor | None) -> tuple[int, torch.Tensor]:
-    """N and the data's rows among them: a local autoguide's own N, else the data's count."""
+def _rows_of(
+    guide, count: int, rows: torch.Tensor | None, device: torch.device
+) -> tuple[int, torch.Tensor]:
+    """N and the data's rows among them (on the data's ``device``): a local autoguide's own
+    N, else the data's count."""
     fitted = fitted_rows(guide)
     num_data = fitted if fitted is not None else count
     if rows is None:
-        rows = torch.arange(count)
-    rows = torch.as_tensor(rows, dtype=torch.long)
+        rows = torch.arange(count, device=device)
+    rows = torch.as_tensor(rows, dtype=torch.long, device=device)
     if rows.shape != (count,):
         raise ValueError(f"rows: shape {tuple(rows.shape)}; expected one index per row ({count},)")
     if count and (int(rows.min()) < 0 or int(rows.max()) >= num_data):
@@ -584,8 +588,8 @@ def elbo_estimate(
             )
             means.append(mean)
             vectorize = vectorize if vectorized or size == 1 else False
-    means_t = torch.tensor(means, dtype=torch.float64)
-    weights = torch.tensor(sizes, dtype=torch.float64) / num_samples
+    means_t = torch.tensor(means, dtype=torch.float64, device="cpu")  # Python floats
+    weights = torch.tensor(sizes, dtype=torch.float64, device="cpu") / num_samples
     elbo = float((weights * means_t).sum())
     stderr = float(means_t.std() / math.sqrt(chunks)) if chunks > 1 else math.nan
     return elbo, stderr
