@@ -182,7 +182,9 @@ def test_migrate_v1_to_v2_keeps_version_1_s_meaning_of_a_left_out_default():
     assert new["train"] == {"epochs": 100, "patience": 10, "lr": 0.01}
     assert "schema_version" not in old and old["train"] == {"lr": 0.01}  # not changed
     assert migrate_v1_to_v2(v1(epochs=5, patience=None))["train"] == {"epochs": 5, "patience": None}
-    assert RunConfig.from_json(old).training == TrainingConfig(epochs=100, patience=10, lr=0.01)
+    assert RunConfig.from_json(old).training == TrainingConfig(
+        epochs=100, patience=10, lr=0.01, device="cpu"
+    )
 
 
 def test_migrate_v2_to_v3_records_that_old_runs_trained_on_the_cpu():
