@@ -193,7 +193,7 @@ def _run(model, guide, data, elbo, **config):
 def _gmm():
     x = torch.cat([torch.randn(5, 2) - 2, torch.randn(5, 2) + 2])
     model = GaussianMixtureModel(2, 1.0, 1.0, torch.zeros(2), 3.0, torch.eye(2))
-    return model, model.make_guide(), TensorData(x), "trace"
+    return model, model.make_guide(), TensorData(x), "enum"
 
 
 def _hmm():
