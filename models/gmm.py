@@ -37,7 +37,7 @@ from pyro_vae.plates import data_plate
 def bartlett_factor(diagonal: torch.Tensor, lower: torch.Tensor) -> torch.Tensor:
     """A with A_ii = √diagonal_i and ``lower`` filling the strict lower triangle (row-major)."""
     d = diagonal.shape[-1]
-    rows, cols = torch.tril_indices(d, d, offset=-1)
+    rows, cols = torch.tril_indices(d, d, offset=-1, device=diagonal.device)
     batch = torch.broadcast_shapes(diagonal.shape[:-1], lower.shape[:-1])
     strict = diagonal.new_zeros(batch + (d, d))
     strict[..., rows, cols] = lower.expand(batch + lower.shape[-1:])
@@ -137,9 +137,14 @@ class GaussianMixtureModel(PyroModule):
             values["bartlett_diagonal"], values["bartlett_lower"] = self.bartlett_coordinates(
                 torch.linalg.inv(covariances)
             )
+        init = init_to_value(values=values, fallback=init_to_sample)
+
+        def init_on_the_model_s_device(site):
+            # Read when the guide first runs, after fit has moved the model to its device.
+            return init(site).to(self.mean_prior.device)
+
         return AutoNormal(
-            pyro.poutine.block(self, hide=["assignment"]),
-            init_loc_fn=init_to_value(values=values, fallback=init_to_sample),
+            pyro.poutine.block(self, hide=["assignment"]), init_loc_fn=init_on_the_model_s_device
         )
 
     @staticmethod
@@ -154,7 +159,7 @@ class GaussianMixtureModel(PyroModule):
         A = torch.linalg.solve_triangular(
             self.prior_precision_tril, torch.linalg.cholesky(precision), upper=False
         )
-        rows, cols = torch.tril_indices(self.dim, self.dim, offset=-1)
+        rows, cols = torch.tril_indices(self.dim, self.dim, offset=-1, device=A.device)
         return torch.diagonal(A, dim1=-2, dim2=-1).pow(2), A[..., rows, cols]
 
     def precisions_tril(self, diagonal: torch.Tensor, lower: torch.Tensor) -> torch.Tensor:
@@ -168,7 +173,7 @@ class GaussianMixtureModel(PyroModule):
         weights = pyro.sample(
             "weights", dist.Dirichlet(x.new_full((k,), self.weight_concentration_prior))
         )
-        df = self.degrees_of_freedom_prior - torch.arange(d, dtype=x.dtype)
+        df = self.degrees_of_freedom_prior - torch.arange(d, dtype=x.dtype, device=x.device)
         with pyro.plate("components", k, dim=-1):
             diagonal = pyro.sample("bartlett_diagonal", dist.Chi2(df).to_event(1))
             lower = pyro.sample(

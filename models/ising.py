@@ -55,7 +55,7 @@ class IsingModel(PyroModule):
     def forward(self, num_data: int | None = None) -> torch.Tensor:
         """Draws the spins (``num_data`` is accepted and ignored: there is no data)."""
         n = self.h.shape[0]
-        bits = pyro.sample("spins", dist.Bernoulli(probs=torch.full((n,), 0.5)).to_event(1))
+        bits = pyro.sample("spins", dist.Bernoulli(probs=self.h.new_full((n,), 0.5)).to_event(1))
         spins = 2 * bits - 1
         pyro.factor("energy", self.log_potential(spins) + n * math.log(2.0))
         return spins

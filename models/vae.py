@@ -48,10 +48,13 @@ class VAE(LatentDecoderModel):
         activation: str = "softplus",
     ) -> None:
         super().__init__(x_dim, latent_dim, hidden_dims, likelihood, levels, activation)
+        # The prior's mean: a buffer, so the prior lives on the model's device (moved by
+        # .to()); not persistent, so checkpoints hold the same tensors as before.
+        self.register_buffer("prior_loc", torch.zeros(latent_dim), persistent=False)
 
     def prior(self, batch_shape: tuple[int, ...] = ()) -> dist.TorchDistribution:
         """p(z) = N(0, I), with event shape ``[latent_dim]``."""
-        zeros = torch.zeros(*batch_shape, self.latent_dim)
+        zeros = self.prior_loc.new_zeros(*batch_shape, self.latent_dim)
         return dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
 
     def make_guide(self) -> AmortizedNormal:

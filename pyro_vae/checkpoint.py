@@ -103,7 +103,8 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def capture_rng_state() -> dict[str, Any]:
-    """The torch, numpy and Python RNG states, as tensors and plain values only."""
+    """The torch (CPU, and every CUDA device's when CUDA is available), numpy and Python
+    RNG states, as tensors and plain values only."""
     # Pyro and user code draw from numpy's global RNG, so that is the state to keep.
     kind, keys, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002
     return {
@@ -116,14 +117,21 @@ def capture_rng_state() -> dict[str, Any]:
             float(cached),
         ),
         "python": random.getstate(),
+        **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {}),
     }
 
 
 def restore_rng_state(state: dict[str, Any]) -> None:
-    """Inverse of :func:`capture_rng_state`."""
-    torch.set_rng_state(state["torch"])
+    """Inverse of :func:`capture_rng_state`. The CUDA states are put back on the devices
+    this machine has (those of a checkpoint written with more GPUs are left unused, and a
+    machine without CUDA ignores them: its random streams differ anyway)."""
+    torch.set_rng_state(state["torch"].cpu())
+    cuda = state.get("cuda")
+    if cuda and torch.cuda.is_available():
+        count = min(len(cuda), torch.cuda.device_count())
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda[:count]])
     kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))  # noqa: NPY002
+    np.random.set_state((kind, keys.cpu().numpy().astype(np.uint32), pos, has_gauss, cached))  # noqa: NPY002
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
 
@@ -242,10 +250,17 @@ class RunFolder:
             state = {**state, "config": self._config}
         atomic_write(self.file(CHECKPOINT), lambda f: torch.save({"format": FORMAT, **state}, f))
 
-    def load_checkpoint(self) -> dict[str, Any]:
+    def load_checkpoint(self, map_location: Any = "cpu") -> dict[str, Any]:
+        """checkpoint.pt's state, its tensors put on ``map_location`` (``torch.load``'s:
+        a device, or a function), whatever device wrote them; the RNG states stay usable
+        from any device (:func:`restore_rng_state` takes them back to the CPU).
+
+        Raises:
+            RunFolderError: no checkpoint, one that does not read, or of another format.
+        """
         path = self._require(CHECKPOINT)
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(path, map_location=map_location, weights_only=True)
         except Exception as err:
             raise RunFolderError(
                 f"run: {path} could not be read as a pickle-free checkpoint "

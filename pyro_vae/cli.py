@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 from pyro_vae import estimators
 from pyro_vae.checkpoint import RunFolder, RunFolderError
 from pyro_vae.data import BINARIZATIONS, DatasetNotFoundError
+from pyro_vae.devices import resolve_device, to_device
 from pyro_vae.diagnostics.gradient_variance import gradient_variance
 from pyro_vae.estimators.compiled import compilable, should_record
 from pyro_vae.experiment import Experiment, build, evaluate_test_set, load, write_figures
@@ -220,6 +221,17 @@ def _add_fit_training(f: argparse.ArgumentParser) -> None:
         "broadcast (off), or on unless that fails (auto)",
     )
     f.add_argument("--no-progress", action="store_true")
+    _add_device(f, "default: auto; with --resume, the run's own")
+
+
+def _add_device(parser: argparse.ArgumentParser, default: str = "default: auto") -> None:
+    parser.add_argument(
+        "--device",
+        default=None,
+        metavar="DEVICE",
+        help="auto (a GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps "
+        f"(untested); {default}",
+    )
 
 
 def _add_fit_evaluation(f: argparse.ArgumentParser) -> None:
@@ -242,6 +254,7 @@ def _add_evaluate(sub) -> None:
     e.add_argument("run", type=Path)
     e.add_argument("--ll-samples", type=int, default=None, help="default: the run's setting")
     e.add_argument("--ll-points", type=int, default=None, help="default: the run's setting")
+    _add_device(e)
 
 
 def _add_sample(sub) -> None:
@@ -250,6 +263,7 @@ def _add_sample(sub) -> None:
     s.add_argument("--num", type=int, default=64)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", type=Path, default=None, help="PNG path (default RUN/samples.png)")
+    _add_device(s)
 
 
 def _add_amortization_gap(sub) -> None:
@@ -264,6 +278,7 @@ def _add_amortization_gap(sub) -> None:
     a.add_argument("--lr", type=float, default=1e-2)
     a.add_argument("--iwae-samples", type=int, default=1000)
     a.add_argument("--seed", type=int, default=0)
+    _add_device(a)
 
 
 def _add_diagnose(sub) -> None:
@@ -281,6 +296,7 @@ def _add_diagnose(sub) -> None:
     g.add_argument("--idata-samples", type=int, default=200, help="draws in diagnostics.nc")
     g.add_argument("--worst", type=int, default=12, help="highest-k̂ images to show")
     g.add_argument("--seed", type=int, default=0)
+    _add_device(g)
 
 
 def _add_grad_variance(sub) -> None:
@@ -302,6 +318,7 @@ def _add_grad_variance(sub) -> None:
     v.add_argument(
         "--out", type=Path, default=None, help="PNG path (default RUN/gradient_variance.png)"
     )
+    _add_device(v)
 
 
 def _run_config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -320,6 +337,7 @@ def _run_config_from_args(args: argparse.Namespace) -> RunConfig:
         data_plate=args.data_plate,
         drop_last=args.drop_last,
         vectorize_particles={"auto": None, "on": True, "off": False}[args.vectorize_particles],
+        device=args.device or _TRAINING.device,
     )
     data = DataConfig(
         name=_resolved_data(args.data),
@@ -404,7 +422,7 @@ def _print_test(test: dict[str, Any]) -> None:
 
 
 # The flags that can go with --resume: everything else is the run's own, in its config.json.
-_RESUMABLE = {"--resume", "--epochs", "--no-progress"}
+_RESUMABLE = {"--resume", "--epochs", "--no-progress", "--device"}
 
 
 def _fit(args: argparse.Namespace, given: set[str]) -> int:
@@ -466,7 +484,8 @@ def _resume_config(
     if fixed:
         raise ValueError(
             f"resume: {', '.join(fixed)} cannot change a run being resumed, which continues with "
-            "the settings in its config.json; only --epochs and --no-progress go with --resume. "
+            "the settings in its config.json; only --epochs, --no-progress and --device go with "
+            "--resume. "
             "To change them, start a new run with --out (nothing was changed)"
         )
     config = RunConfig.from_json(run.read_config())
@@ -492,6 +511,8 @@ def _resume_config(
             )
         epochs = args.epochs
     training = replace(config.training, epochs=epochs, progress=not args.no_progress)
+    if args.device is not None:  # run folders are device-independent
+        training = replace(training, device=args.device)
     return replace(config, training=training), state
 
 
@@ -569,7 +590,7 @@ def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
 
 def _evaluate(args: argparse.Namespace) -> int:
     run = RunFolder(args.run)
-    exp = load(run)
+    exp = load(run, args.device or "auto")
     ev = exp.config.evaluation
     samples = ev.ll_samples if args.ll_samples is None else args.ll_samples
     points = ev.ll_points if args.ll_points is None else (args.ll_points or None)
@@ -590,7 +611,7 @@ def _sample(args: argparse.Namespace) -> int:
     if out.is_dir() or out.suffix.lower() != ".png":
         raise ValueError(f"--out: {out} is not a .png file path; expected where to write the PNG")
     run = RunFolder(args.run)
-    exp = load(run)
+    exp = load(run, args.device or "auto")
     if not exp.generative:
         raise ValueError(
             f"run: {exp.config.model.spec} has no prior to sample from (it is not a generative "
@@ -598,7 +619,8 @@ def _sample(args: argparse.Namespace) -> int:
         )
     pyro.set_rng_seed(args.seed)
     with torch.no_grad():
-        images = prior_mean_images(exp.model, exp.data.test_x, args.num)
+        like = to_device(exp.data.test_x[: args.num], exp.device)
+        images = prior_mean_images(exp.model, like, args.num).cpu()
     path = plot_samples(images, exp.data.image_shape, exp.data.pixel_max, out)
     print(f"wrote {args.num} samples to {path}")
     return 0
@@ -608,11 +630,12 @@ def _grad_variance(args: argparse.Namespace) -> int:
     import pyro
 
     run = RunFolder(args.run)
-    exp = load(run)
+    exp = load(run, args.device or "auto")
     specs = [estimators.parse(s) for s in args.estimators.split(",") if s]
     for name, options in specs:
         estimators.get(name, **options)  # reject bad names and options before any work
     x, _ = next(iter(exp.data.train_batches(args.batch_size, 0, args.seed)))
+    x = to_device(x, exp.device)
     num_data = exp.data.train_x.shape[0]
     print(
         f"{args.num_draws} gradient draws at the weights of {run.path}, one batch of "
@@ -664,7 +687,7 @@ def _amortization_gap(args: argparse.Namespace) -> int:
     from pyro_vae.amortization import amortization_gap
 
     run = RunFolder(args.run)
-    exp = load(run)
+    exp = load(run, args.device or "auto")
     if not exp.generative:
         raise ValueError(f"run: {exp.config.model.spec} has no latent variables to fit guides to")
     _refuse_local_guide(
@@ -675,7 +698,7 @@ def _amortization_gap(args: argparse.Namespace) -> int:
     if args.points < 1:
         raise ValueError(f"points: {args.points} is not a positive number of test images")
     pyro.set_rng_seed(args.seed)
-    x = exp.data.test_x[: args.points]
+    x = to_device(exp.data.test_x[: args.points], exp.device)
     result = amortization_gap(
         exp.model,
         exp.guide,
@@ -701,13 +724,14 @@ def _diagnose(args: argparse.Namespace) -> int:
     from pyro_vae.diagnostics import write_report
 
     run = RunFolder(args.run)
-    exp = load(run)
+    exp = load(run, args.device or "auto")
     if not exp.generative:
         raise ValueError(f"run: {exp.config.model.spec} has no latent variables to diagnose")
     _refuse_local_guide(exp, "k̂ per test image needs a posterior for test images")
     if args.points < 0:
         raise ValueError(f"points: {args.points} is negative; expected a number of test images")
     x = exp.data.test_x if args.points == 0 else exp.data.test_x[: args.points]
+    x = to_device(x, exp.device)
     pyro.set_rng_seed(args.seed)
     result = write_report(
         exp.model,
@@ -819,6 +843,8 @@ def _check_counts(args: argparse.Namespace) -> None:
         check_widths("--hidden", args.hidden or [])
     if getattr(args, "lr", None) is not None:
         check_learning_rate("--lr", args.lr)
+    if getattr(args, "device", None) is not None:
+        resolve_device(args.device, "--device")  # a device this machine lacks: before any work
 
 
 def _one_line(err: BaseException) -> str:

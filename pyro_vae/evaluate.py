@@ -38,6 +38,7 @@ from pyro.infer import TraceEnum_ELBO
 from tqdm.auto import tqdm
 
 from pyro_vae.checks import check_count
+from pyro_vae.devices import to_device
 from pyro_vae.minibatch import Minibatched, align_autoguide, fitted_rows
 from pyro_vae.model_protocol import offered
 from pyro_vae.plates import batch_rows, find_data_plate, frames_in, require_data_plate
@@ -143,9 +144,10 @@ class PerDatapoint:
         )
         self.vectorize = vectorized
         rank = self.nesting + 1
+        device = args[0].device
         return per_datapoint_log_density(
-            model_tr, num_samples, rows, rank, self.plate
-        ) - per_datapoint_log_density(guide_tr, num_samples, rows, rank, self.plate)
+            model_tr, num_samples, rows, rank, self.plate, device=device
+        ) - per_datapoint_log_density(guide_tr, num_samples, rows, rank, self.plate, device=device)
 
 
 def prepare(
@@ -157,6 +159,7 @@ def prepare(
     vectorize_particles: bool | None = None,
     probe_rows: int = 100,
     rows: torch.Tensor | None = None,
+    device: torch.device | str | None = None,
 ) -> PerDatapoint:
     """Find the per-datapoint plate and check the pair before any per-datapoint work.
 
@@ -168,6 +171,8 @@ def prepare(
     ``rows``: for a guide with free per-datapoint parameters (an autoguide ``fit`` trained
     over local latents), which rows of the data it was fitted to ``data`` holds; the first
     ``len(data)`` when ``None``. Such a guide has nothing to say about other data.
+    ``device``: where the pair computes; the probe rows and ``rows`` are put there
+    (``None``: where ``data`` is).
 
     Raises:
         pyro_vae.plates.DataPlateError: the model has no per-datapoint plate.
@@ -175,10 +180,11 @@ def prepare(
             wrong length or beyond the rows a local autoguide was fitted to.
     """
     count = int(data[0].shape[0])
-    probe = _chunk(data, 0, min(count, probe_rows))
+    device = data[0].device if device is None else torch.device(device)
+    probe = to_device(_chunk(data, 0, min(count, probe_rows)), device)
     num_rows = batch_rows(probe)
     check_dtypes(probe, model, guide)
-    num_data, rows = _rows_of(guide, count, rows)
+    num_data, rows = _rows_of(guide, count, rows, device)
     with torch.no_grad(), eval_mode(model, guide):
         with torch.random.fork_rng(devices=[]), poutine.block():
             prior_tr = poutine.trace(model).get_trace(*probe)
@@ -204,13 +210,16 @@ def prepare(
     return pair
 
 
-def _rows_of(guide, count: int, rows: torch.Tensor | None) -> tuple[int, torch.Tensor]:
-    """N and the data's rows among them: a local autoguide's own N, else the data's count."""
+def _rows_of(
+    guide, count: int, rows: torch.Tensor | None, device: torch.device
+) -> tuple[int, torch.Tensor]:
+    """N and the data's rows among them (on the data's ``device``): a local autoguide's own
+    N, else the data's count."""
     fitted = fitted_rows(guide)
     num_data = fitted if fitted is not None else count
     if rows is None:
-        rows = torch.arange(count)
-    rows = torch.as_tensor(rows, dtype=torch.long)
+        rows = torch.arange(count, device=device)
+    rows = torch.as_tensor(rows, dtype=torch.long, device=device)
     if rows.shape != (count,):
         raise ValueError(f"rows: shape {tuple(rows.shape)}; expected one index per row ({count},)")
     if count and (int(rows.min()) < 0 or int(rows.max()) >= num_data):
@@ -310,10 +319,15 @@ def log_importance_weights(
     return pair.log_weights(data, 0, num_samples)
 
 
-def _batches(data: tuple, batch_size: int) -> Iterator[tuple[int, tuple]]:
+def _batches(
+    data: tuple, batch_size: int, device: torch.device | None = None
+) -> Iterator[tuple[int, tuple]]:
+    """The rows of ``data`` in chunks of ``batch_size``, each put on ``device`` as it is
+    drawn (``None``: left where it is)."""
     _check_num("batch_size", batch_size)
     for start in range(0, data[0].shape[0], batch_size):
-        yield start, _chunk(data, start, start + batch_size)
+        chunk = _chunk(data, start, start + batch_size)
+        yield start, chunk if device is None else to_device(chunk, torch.device(device))
 
 
 @torch.no_grad()
@@ -326,6 +340,7 @@ def elbo_per_datapoint(
     data_plate: str | None = None,
     vectorize_particles: bool | None = None,
     rows: torch.Tensor | None = None,
+    device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """Monte Carlo ELBO of each row of ``x`` (nats), averaged over ``num_samples`` draws.
 
@@ -338,9 +353,11 @@ def elbo_per_datapoint(
         vectorize_particles: ``True``, ``False`` (a loop over draws) or ``None`` (auto).
         rows: for a guide with free per-datapoint parameters, the rows of the data it was
             fitted to that ``x`` holds (default: the first ``len(x)``); see :func:`prepare`.
+        device: where the pair computes (its modules' device): each chunk of ``x`` is put
+            there as it is scored, so ``x`` may stay on the CPU (``None``: where ``x`` is).
 
     Returns:
-        ``[N]``, nats per datapoint.
+        ``[N]``, nats per datapoint, on ``device``.
 
     Raises:
         pyro_vae.plates.DataPlateError: no per-datapoint plate, or a site outside it.
@@ -359,11 +376,12 @@ def elbo_per_datapoint(
             vectorize_particles,
             batch_size,
             rows,
+            device,
         )
         return torch.cat(
             [
                 pair.log_weights(chunk, start, num_samples).mean(0)
-                for start, chunk in _batches(data, batch_size)
+                for start, chunk in _batches(data, batch_size, device)
             ]
         )
 
@@ -380,17 +398,18 @@ def iwae_log_likelihood(
     data_plate: str | None = None,
     vectorize_particles: bool | None = None,
     rows: torch.Tensor | None = None,
+    device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """Importance-weighted estimate of log p(x_n) for each row of ``x`` (nats).
 
     log p(x_n) ≈ log (1/K) Σ_k exp(log w_k(x_n)), K = ``num_samples`` (Burda et al. 2015
     use K = 5000). Particles are drawn in chunks of at most ``max_elements / (batch · D)``
     and merged by log-sum-exp, so peak memory does not grow with K. ``progress`` shows a
-    progress bar over datapoints. ``x``, ``data_plate``, ``vectorize_particles`` and ``rows``
-    as in :func:`elbo_per_datapoint`.
+    progress bar over datapoints. ``x``, ``data_plate``, ``vectorize_particles``, ``rows``
+    and ``device`` (chunks of ``x`` streamed there) as in :func:`elbo_per_datapoint`.
 
     Returns:
-        ``[N]``, nats per datapoint.
+        ``[N]``, nats per datapoint, on ``device``.
     """
     _check_num("num_samples", num_samples)
     _check_num("batch_size", batch_size)
@@ -413,6 +432,7 @@ def iwae_log_likelihood(
             vectorize_particles,
             batch_size,
             rows,
+            device,
         )
         bar = tqdm(
             total=data[0].shape[0],
@@ -422,7 +442,7 @@ def iwae_log_likelihood(
             leave=False,
             dynamic_ncols=True,
         )
-        for start, chunk_args in _batches(data, batch_size):
+        for start, chunk_args in _batches(data, batch_size, device):
             rows = chunk_args[0].shape[0]
             bar.update(rows)
             chunk = max(1, min(num_samples, max_elements // max(1, chunk_args[0].numel())))
@@ -584,8 +604,8 @@ def elbo_estimate(
             )
             means.append(mean)
             vectorize = vectorize if vectorized or size == 1 else False
-    means_t = torch.tensor(means, dtype=torch.float64)
-    weights = torch.tensor(sizes, dtype=torch.float64) / num_samples
+    means_t = torch.tensor(means, dtype=torch.float64, device="cpu")  # Python floats
+    weights = torch.tensor(sizes, dtype=torch.float64, device="cpu") / num_samples
     elbo = float((weights * means_t).sum())
     stderr = float(means_t.std() / math.sqrt(chunks)) if chunks > 1 else math.nan
     return elbo, stderr

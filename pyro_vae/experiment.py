@@ -20,6 +20,7 @@ from pyro.infer import ELBO
 
 from pyro_vae.checkpoint import RunFolder, RunFolderError
 from pyro_vae.data import DataSplits, load_data
+from pyro_vae.devices import resolve_device, to_device
 from pyro_vae.evaluate import (
     active_units,
     elbo_per_datapoint,
@@ -42,7 +43,10 @@ class Experiment:
     ``model`` and ``guide`` are Pyro callables: modules, functions, or the ``model`` and
     ``guide`` methods of one object (the shape of Pyro's examples). ``model_arguments``
     holds the constructor arguments the model actually received; ``not_accepted`` the
-    standard options it does not take (so they were not passed).
+    standard options it does not take (so they were not passed). ``device``: where the
+    model and guide compute (:func:`pyro_vae.devices.resolve_device` of the training
+    config's, or what :func:`load` was asked for); the data stay on the CPU and are put
+    there chunk by chunk.
     """
 
     config: RunConfig
@@ -53,6 +57,7 @@ class Experiment:
     model_arguments: dict[str, Any] = field(default_factory=dict)
     not_accepted: list[str] = field(default_factory=list)
     local_guide: bool = False
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
     def generative(self) -> bool:
@@ -76,12 +81,14 @@ def build(config: RunConfig) -> Experiment:
 
     Raises:
         TypeError: ``config`` is not a :class:`~pyro_vae.run_config.RunConfig`.
-        ValueError: naming the spec and what was expected of it.
+        ValueError: naming the spec and what was expected of it; a device this machine
+            does not have (before any data is loaded).
     """
     if not isinstance(config, RunConfig):
         raise TypeError(
             f"config: {type(config).__name__}; expected a pyro_vae.run_config.RunConfig"
         )
+    device = resolve_device(config.training.device, "device")
     pyro.set_rng_seed(config.training.seed)
     d = config.data
     data = load_data(
@@ -99,7 +106,8 @@ def build(config: RunConfig) -> Experiment:
     not_accepted = [k for k in STANDARD_MODEL_OPTIONS if k in options and k not in received]
     model, paired_guide = _model_and_guide(made)
     guide = _guide(config, model, paired_guide, standard)
-    return Experiment(config, data, model, guide, config.estimator.build(), received, not_accepted)
+    elbo = config.estimator.build()
+    return Experiment(config, data, model, guide, elbo, received, not_accepted, device=device)
 
 
 def _construct(spec: str, arg: str, standard: dict, extra: dict) -> tuple[Any, dict]:
@@ -159,8 +167,9 @@ def _guide(config: RunConfig, model, paired_guide, standard: dict) -> Any:
     )
 
 
-def load(run: RunFolder) -> Experiment:
-    """Rebuild a run's experiment and load its kept (best-validation) weights.
+def load(run: RunFolder, device: str = "auto") -> Experiment:
+    """Rebuild a run's experiment and load its kept (best-validation) weights, on
+    ``device`` (:func:`pyro_vae.devices.resolve_device`; whichever device trained it).
 
     The pair is set up as :func:`pyro_vae.fit` sets it up (so parameters that only Pyro's
     param store holds, and autoguides' per-datapoint ones, exist at their trained shapes)
@@ -168,12 +177,16 @@ def load(run: RunFolder) -> Experiment:
 
     Raises:
         RunFolderError: the folder is incomplete, or its weights do not fit the model.
+        ValueError: ``device`` is not a device this machine has.
     """
     from pyro_vae.train import prepare_pair
     from pyro_vae.weights import WeightsMismatchError
 
-    experiment = build(RunConfig.from_json(run.read_config()))
-    state = run.load_checkpoint()
+    resolved = resolve_device(device, "device")
+    config = RunConfig.from_json(run.read_config())
+    config = replace(config, training=replace(config.training, device=str(resolved)))
+    experiment = build(config)
+    state = run.load_checkpoint(map_location=resolved)
     pyro.clear_param_store()
     train = replace(experiment.config.training, progress=False)
     pair = prepare_pair(experiment.model, experiment.guide, experiment.data, train)
@@ -206,7 +219,7 @@ def evaluate_test_set(
     does not offer (a mean image, a latent code) are left out, with the reason under
     ``skipped``.
     """
-    local = exp.local_guide
+    local, device = exp.local_guide, exp.device
     x = exp.data.train_x if local else exp.data.test_x
     if local and exp.data.dynamic:
         x = torch.bernoulli(x, generator=torch.Generator().manual_seed(1))
@@ -214,17 +227,24 @@ def evaluate_test_set(
     metrics["num_train" if local else "num_test"] = int(x.shape[0])
     started = time.perf_counter()
     key = "elbo" if exp.generative else "reconstruction_log_likelihood"
-    metrics[key] = elbo_per_datapoint(exp.model, exp.guide, x, elbo_samples).mean().item()
+    metrics[key] = (
+        elbo_per_datapoint(exp.model, exp.guide, x, elbo_samples, device=_streamed(device))
+        .mean()
+        .item()
+    )
     if exp.generative and ll_samples > 0:
         x_ll = x if ll_points is None else x[:ll_points]
         metrics["log_likelihood"] = (
-            iwae_log_likelihood(exp.model, exp.guide, x_ll, ll_samples, progress=progress)
+            iwae_log_likelihood(
+                exp.model, exp.guide, x_ll, ll_samples, progress=progress, device=_streamed(device)
+            )
             .mean()
             .item()
         )
         metrics["log_likelihood_samples"] = ll_samples
         metrics["log_likelihood_points"] = int(x_ll.shape[0])
     skipped = {}
+    x = to_device(x, device)
     try:
         metrics["reconstruction_mse"] = (
             reconstruction_error(exp.model, exp.guide, x, exp.data.pixel_max).mean().item()
@@ -243,6 +263,12 @@ def evaluate_test_set(
     return metrics
 
 
+def _streamed(device: torch.device) -> torch.device | None:
+    """The ``device`` argument of the streaming evaluators: ``None`` on the CPU, so that
+    path is the one it has always been."""
+    return None if device.type == "cpu" else device
+
+
 @torch.no_grad()
 def write_figures(
     exp: Experiment,
@@ -259,6 +285,7 @@ def write_figures(
     """
     data, model, guide = exp.data, exp.model, exp.guide
     x = data.train_x[:24] if exp.local_guide else data.test_x[:24]
+    x_on, test_x = to_device(x, exp.device), to_device(data.test_x, exp.device)
     paths, skipped = [], {}
     ylabel = "ELBO per datapoint (nats)" if exp.generative else "log Pr(x | z') per datapoint"
     lines = {
@@ -266,17 +293,17 @@ def write_figures(
     }
     figures = {
         "reconstructions.png": lambda path: plot_reconstructions(
-            x, reconstruct(model, guide, x), data.image_shape, data.pixel_max, path
+            x, reconstruct(model, guide, x_on).cpu(), data.image_shape, data.pixel_max, path
         ),
         "samples.png": lambda path: plot_samples(
-            prior_mean_images(model, data.test_x, num_samples),
+            prior_mean_images(model, test_x, num_samples).cpu(),
             data.image_shape,
             data.pixel_max,
             path,
         ),
         "elbo.png": lambda path: plot_elbo_curves(history, path, lines, ylabel),
         "latent.png": lambda path: plot_latent(
-            latent_means(model, guide, data.test_x), data.test_y, path
+            latent_means(model, guide, test_x).cpu(), data.test_y, path
         ),
     }
     if not exp.generative:

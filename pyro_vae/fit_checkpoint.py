@@ -18,6 +18,7 @@ import pyro
 import torch
 
 from pyro_vae.checkpoint import RunFolder, capture_rng_state, restore_rng_state
+from pyro_vae.devices import resolve_device, to_device
 from pyro_vae.svi_step import SVIStep
 from pyro_vae.weights import PairWeights
 
@@ -40,12 +41,14 @@ class FitCheckpoint:
         run: the run folder (``None``: nothing is written).
         weights: the pair's weights; ``svi``: the step whose optimizer state is kept;
         elbo: the estimator, whose state is kept when it has a ``state_dict``.
-        settings: the training settings, stored as ``"config"`` (a dataclass).
+        settings: the training settings, stored as ``"config"`` (a dataclass); its
+            ``device`` (CPU when it has none) is where a restored state is put.
     """
 
     def __init__(self, run: RunFolder | None, weights: PairWeights, svi: SVIStep, elbo, settings):
         self.run, self.weights, self.svi, self.elbo = run, weights, svi, elbo
         self.settings = settings
+        self.device = resolve_device(getattr(settings, "device", "cpu"))
 
     def save(
         self,
@@ -79,7 +82,9 @@ class FitCheckpoint:
 
     def restore(self, state: dict[str, Any]) -> Resumed:
         """Put a checkpoint ``state`` (:meth:`RunFolder.load_checkpoint`) back: weights,
-        Adam's moments, the estimator's state and param-store entries, the RNG states.
+        Adam's moments, the estimator's state and param-store entries, the RNG states;
+        tensors saved on another device are put on :attr:`device` (weights and Adam's
+        moments are copied into tensors already there).
 
         Raises:
             pyro_vae.weights.WeightsMismatchError: the saved weights do not fit the pair.
@@ -87,9 +92,9 @@ class FitCheckpoint:
         self.weights.restore(state)
         self.svi.optim.set_state(state["optim"])
         if state.get("estimator") is not None and hasattr(self.elbo, "load_state_dict"):
-            self.elbo.load_state_dict(state["estimator"])
+            self.elbo.load_state_dict(to_device(state["estimator"], self.device))
         for name, value in state.get("estimator_params", {}).items():
-            pyro.get_param_store()[name] = value
+            pyro.get_param_store()[name] = to_device(value, self.device)
         restore_rng_state(state["rng"])
         return Resumed(state["epoch"], state["step"], state["best"], list(state["history"]))
 

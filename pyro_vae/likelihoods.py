@@ -149,7 +149,7 @@ class Categorical(Likelihood):
 
     def mean(self, h: torch.Tensor) -> torch.Tensor:
         probs = torch.softmax(self._logits(h), dim=-1)
-        return probs @ torch.arange(self.levels, dtype=probs.dtype)
+        return probs @ torch.arange(self.levels, dtype=probs.dtype, device=probs.device)
 
     def check_data(self, x: torch.Tensor, arg: str = "x") -> None:
         super().check_data(x, arg)

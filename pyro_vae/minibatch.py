@@ -104,8 +104,18 @@ class _AutoguidePlates:
             h = active[-1]
             return [pyro.plate(self.plate, h.num_data, subsample=h.indices, dim=self.dim)]
         if batch_rows(args, kwargs) == self.num_data:
-            return [pyro.plate(self.plate, self.num_data, dim=self.dim)]
+            device = _device_of(args, kwargs)
+            return [pyro.plate(self.plate, self.num_data, dim=self.dim, device=device)]
         return []
+
+
+def _device_of(args: tuple, kwargs: dict) -> torch.device | None:
+    """The device of the first tensor among the model's arguments (``None``: none, Pyro's
+    default), where the plate's row indices belong."""
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, torch.Tensor):
+            return value.device
+    return None
 
 
 class _UnderActiveHandler:

@@ -46,6 +46,7 @@ def per_datapoint_log_density(
     rank: int,
     plate: str,
     relative_scale: bool = False,
+    device: torch.device | None = None,
 ) -> torch.Tensor:
     """Σ over sample sites of log-density, summed within each datapoint of ``plate``: ``[K, B]``.
 
@@ -77,12 +78,15 @@ def per_datapoint_log_density(
         log_p = log_p.reshape(log_p.shape[0], -1).expand(num_particles, batch)
         total = log_p if total is None else total + log_p
     if total is None:
-        return torch.zeros(num_particles, batch)
+        return torch.zeros(num_particles, batch, device=device)
     return total
 
 
-def per_draw_log_density(trace: Trace, num_particles: int, rank: int) -> torch.Tensor:
-    """Σ of every sample site's (scaled, masked) log-density for each particle: ``[K, 1]``."""
+def per_draw_log_density(
+    trace: Trace, num_particles: int, rank: int, device: torch.device | None = None
+) -> torch.Tensor:
+    """Σ of every sample site's (scaled, masked) log-density for each particle: ``[K, 1]``;
+    zeros on ``device`` for a trace without sample sites."""
     total = None
     for site in sample_sites(trace).values():
         log_p = full_rank(site["log_prob"], rank)
@@ -90,7 +94,7 @@ def per_draw_log_density(trace: Trace, num_particles: int, rank: int) -> torch.T
         log_p = log_p.expand(num_particles, 1)
         total = log_p if total is None else total + log_p
     if total is None:
-        return torch.zeros(num_particles, 1)
+        return torch.zeros(num_particles, 1, device=device)
     return total
 
 
@@ -121,15 +125,13 @@ def importance_log_densities(
         else outside_plate(model_trace, plate) + outside_plate(guide_trace, plate)
     )
     if plate is not None and not outside:
-        return (
-            per_datapoint_log_density(
-                model_trace, num_particles, batch, rank, plate, relative_scale=True
-            ),
-            per_datapoint_log_density(
-                guide_trace, num_particles, batch, rank, plate, relative_scale=True
-            ),
-            scale,
+        log_p = per_datapoint_log_density(
+            model_trace, num_particles, batch, rank, plate, relative_scale=True
         )
+        log_q = per_datapoint_log_density(
+            guide_trace, num_particles, batch, rank, plate, True, log_p.device
+        )
+        return log_p, log_q, scale
     if scale != 1.0:
         raise DataPlateError(
             f"sites {sorted(set(outside))} lie outside the subsampled per-datapoint plate "
@@ -137,11 +139,8 @@ def importance_log_densities(
             "factor over datapoints, so a minibatch cannot estimate it. Use the whole data "
             "in each step, or a single-sample ELBO (trace, score)"
         )
-    return (
-        per_draw_log_density(model_trace, num_particles, rank),
-        per_draw_log_density(guide_trace, num_particles, rank),
-        1.0,
-    )
+    log_p = per_draw_log_density(model_trace, num_particles, rank)
+    return log_p, per_draw_log_density(guide_trace, num_particles, rank, log_p.device), 1.0
 
 
 def _unscaled(site: dict) -> torch.Tensor:

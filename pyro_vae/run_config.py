@@ -10,7 +10,7 @@ command-line run and a Python ``fit()`` mean the same by an unset field.
 
 On disk (``RunConfig.to_json()``)::
 
-    {"schema_version": 2, "model": "pkg.module:Class", "model_options": {...},
+    {"schema_version": 3, "model": "pkg.module:Class", "model_options": {...},
      "guide": null, "data": {...}, "estimator": {"name": "trace", "options": {}},
      "train": {...}, "evaluation": {"ll_samples": 1000, "ll_points": 1000}}
 
@@ -37,7 +37,7 @@ from pyro_vae.checks import (  # noqa: F401 (re-exported: the run configuration'
 from pyro_vae.data import Preprocessing
 from pyro_vae.training_config import TrainingConfig
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def _check_spec(name: str, value: Any, optional: bool = False) -> None:
@@ -285,8 +285,21 @@ def migrate_v1_to_v2(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def migrate_v2_to_v3(config: dict[str, Any]) -> dict[str, Any]:
+    """Schema 2 to 3: the train section gained ``device`` (default ``"auto"``). Every run
+    folder written before it trained on the CPU, so it gets ``"cpu"`` written in, unless it
+    already names one."""
+    out = {**config, "schema_version": 3}
+    if isinstance(config.get("train"), dict):
+        out["train"] = {"device": "cpu", **config["train"]}
+    return out
+
+
 # MIGRATIONS[v] takes a schema-v dict to schema v + 1.
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: migrate_v1_to_v2}
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    1: migrate_v1_to_v2,
+    2: migrate_v2_to_v3,
+}
 
 
 def migrate(config: dict[str, Any]) -> dict[str, Any]:

@@ -82,7 +82,8 @@ class TensorData:
         check_count("batch_size", batch_size, 1)
         n = self.num_data
         if not self.tensors or batch_size >= n:
-            yield torch.arange(n), self.tensors
+            device = self.tensors[0].device if self.tensors else None
+            yield torch.arange(n, device=device), self.tensors
             return
         order = torch.randperm(n, generator=epoch_generator(seed, epoch))
         for start in range(0, n, batch_size):

@@ -62,6 +62,7 @@ from tqdm.auto import tqdm
 from pyro_vae.annealing import KLWarmup, ScaleLatents
 from pyro_vae.checkpoint import RunFolder
 from pyro_vae.data_source import DataSource, TrainingBatches
+from pyro_vae.devices import move_modules, on_device, resolve_device
 from pyro_vae.divergence import DivergenceGuard, TrainingDiverged
 from pyro_vae.early_stopping import EarlyStopping
 from pyro_vae.estimators.compiled import CompiledELBO
@@ -133,7 +134,10 @@ def fit(
     Every check is made before the first step, then ``on_ready()`` is called. With a
     ``run`` folder a checkpoint is written after every validation; ``resume=True``
     continues from it (or from ``resume_state``, the checkpoint already read) exactly as
-    an uninterrupted run would have gone on. Clears Pyro's param store first.
+    an uninterrupted run would have gone on. Clears Pyro's param store first. It computes
+    on ``config.device`` (:func:`pyro_vae.devices.resolve_device`): the model's and guide's
+    modules are moved there, and each batch as it is drawn; a checkpoint written on any
+    device resumes on it.
 
     Returns:
         the per-epoch history; ``model`` and ``guide`` hold the best validation weights
@@ -147,7 +151,11 @@ def fit(
     """
     config = config or TrainConfig()
     _refuse_bad_arguments(model, guide, run, resume, resume_state)
-    batches = TrainingBatches(data, config.batch_size, config.seed, config.drop_last)
+    device = resolve_device(config.device)
+    move_modules(device, model, guide)
+    batches = TrainingBatches(
+        on_device(data, device), config.batch_size, config.seed, config.drop_last
+    )
     pyro.clear_param_store()
     pair = TrainingPair.set_up(model, guide, batches, config)
     elbo = _estimator_ready_to_train(elbo, pair, batches, config)
@@ -211,7 +219,9 @@ def _start(checkpoint: FitCheckpoint, seed: int, resume: bool, state: dict | Non
     if not resume:
         pyro.set_rng_seed(seed)
         return Resumed(epoch=0, step=0, best=None, history=[])
-    return checkpoint.restore(state if state is not None else checkpoint.run.load_checkpoint())
+    if state is None:
+        state = checkpoint.run.load_checkpoint(map_location=checkpoint.device)
+    return checkpoint.restore(state)
 
 
 class TrainStep:
@@ -359,5 +369,9 @@ def prepare_pair(model, guide, data: DataSource, config: TrainConfig) -> Trainin
     """The pair as :func:`fit` sets it up (:meth:`TrainingPair.set_up`): wrapped for the
     per-datapoint plate, every parameter created at its trained shape. What loading saved
     weights into a rebuilt model and guide needs first."""
-    batches = TrainingBatches(data, config.batch_size, config.seed, config.drop_last)
+    device = resolve_device(config.device)
+    move_modules(device, model, guide)
+    batches = TrainingBatches(
+        on_device(data, device), config.batch_size, config.seed, config.drop_last
+    )
     return TrainingPair.set_up(model, guide, batches, config)

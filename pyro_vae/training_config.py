@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pyro_vae.checks import check_count, check_learning_rate
+from pyro_vae.devices import check_device_name
 
 
 @dataclass
@@ -46,6 +47,10 @@ class TrainingConfig:
             vectorized unless that fails (the estimator has its own option).
         drop_last: leave out each epoch's last partial batch (for state that has one
             value per batch row, such as ``TraceGraph_ELBO``'s decaying-average baseline).
+        device: where the run computes: ``"auto"`` (CUDA when there is a GPU, else the
+            CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"`` (untested);
+            :func:`pyro_vae.devices.resolve_device`. Checked for spelling here, for
+            availability when the run starts.
     """
 
     epochs: int = 200
@@ -62,6 +67,7 @@ class TrainingConfig:
     data_plate: str | None = None
     vectorize_particles: bool | None = None
     drop_last: bool = False
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "validate_every"):
@@ -70,6 +76,7 @@ class TrainingConfig:
         check_count("seed", self.seed, 0)
         check_count("patience", self.patience, 1, " (None: never stop early)", allow_none=True)
         check_learning_rate("lr", self.lr)
+        check_device_name(self.device, "device")
         if not self.kl_warmup_epochs >= 0:
             raise ValueError(f"kl_warmup_epochs: {self.kl_warmup_epochs!r} is negative")
         if self.compile_backend is not None and not self.compile:

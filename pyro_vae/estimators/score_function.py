@@ -85,7 +85,13 @@ def _rao_blackwellized_signal(site: dict, costs: list, rank: int) -> torch.Tenso
         if dims:
             cost = cost.sum(dims, keepdim=True)
         total = cost if total is None else total + cost
-    return total if total is not None else torch.zeros((1,) * rank)
+    return total if total is not None else torch.zeros((1,) * rank, device=site["value"].device)
+
+
+def _tensor(value, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``value`` as it is when it is a tensor (``torch.as_tensor`` would move it to the
+    default device); a number (the sum over no sites) as a tensor on ``device``."""
+    return value if isinstance(value, torch.Tensor) else torch.as_tensor(value, device=device)
 
 
 class ScoreFunctionELBO(SurrogateELBO):
@@ -199,7 +205,7 @@ class ScoreFunctionELBO(SurrogateELBO):
         """−ELBO, estimated with ``num_particles`` samples."""
         with torch.no_grad():
             model_trace, guide_trace, _ = self.particle_traces(model, guide, args, kwargs)
-            elbo = torch.as_tensor(model_trace.log_prob_sum() - guide_trace.log_prob_sum())
+            elbo = _tensor(model_trace.log_prob_sum() - guide_trace.log_prob_sum())
         return -elbo.item() / self.num_particles
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
@@ -211,8 +217,8 @@ class ScoreFunctionELBO(SurrogateELBO):
         model_trace, guide_trace, rank = self.particle_traces(model, guide, args, kwargs)
         costs = [(s, s["log_prob"]) for s in model_trace.nodes.values() if s["type"] == "sample"]
         costs += [(s, -s["log_prob"]) for s in guide_trace.nodes.values() if s["type"] == "sample"]
-        elbo = torch.as_tensor(sum(c.sum() for _, c in costs))
-        surrogate = torch.as_tensor(model_trace.log_prob_sum())
+        elbo = _tensor(sum(c.sum() for _, c in costs))
+        surrogate = _tensor(model_trace.log_prob_sum(), elbo.device)
         baseline_loss = torch.zeros((), dtype=elbo.dtype, device=elbo.device)
         plate = self.per_datapoint_plate(model_trace, args, kwargs)
         for name, site in guide_trace.nodes.items():
@@ -270,15 +276,17 @@ class ScoreFunctionELBO(SurrogateELBO):
         network = self._networks.get(name)
         if network is None:
             # Built at first use from a fixed seed of its own, outside the sampling stream,
-            # so creating it (or re-creating it on resume) does not shift later draws.
+            # so creating it (or re-creating it on resume) does not shift later draws: drawn
+            # on the CPU (the same weights on every device; no GPU stream is touched), then
+            # moved to the features' device.
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0)
+                torch.random.default_generator.manual_seed(0)
                 layers: list[nn.Module] = []
                 width = features.shape[1]
                 for h in self.baseline_hidden:
-                    layers += [nn.Linear(width, h), nn.Tanh()]
+                    layers += [nn.Linear(width, h, device="cpu"), nn.Tanh()]
                     width = h
-                layers.append(nn.Linear(width, 1))
+                layers.append(nn.Linear(width, 1, device="cpu"))
                 network = self._networks[name] = nn.Sequential(*layers).to(
                     dtype=features.dtype, device=features.device
                 )

@@ -82,7 +82,13 @@ class AutoDiscreteMeanField(AutoGuide):
                     "covers Bernoulli {0, 1} and Categorical {0..C-1} sites (put continuous "
                     "ones in an AutoNormal within an AutoGuideList)"
                 )
-            init = self.init_scale * torch.randn(shape) if self.init_scale else torch.zeros(shape)
+            # Drawn on the CPU (the same start on every device), put on the site's device.
+            cpu = torch.device("cpu")
+            init = (
+                self.init_scale * torch.randn(shape, device=cpu)
+                if self.init_scale
+                else torch.zeros(shape, device=cpu)
+            ).to(value.device)
             setattr(self.logits, name, PyroParam(init))
             self._sites[name] = (kind, site["fn"].event_dim)
 

@@ -202,3 +202,62 @@ def test_an_unreadable_checkpoint_is_refused_in_one_line_without_torch_s_advice(
     message = str(info.value)
     assert "could not be read as a pickle-free checkpoint (" in message
     assert "\n" not in message and "weights_only" not in message and "trust" not in message
+
+
+def saved_as_if_on(device: str, monkeypatch):
+    """Make ``torch.save`` record every tensor as living on ``device`` (a GPU's checkpoint,
+    written on this CPU machine): the location tag is what ``torch.load`` restores to."""
+    monkeypatch.setattr(torch.serialization, "location_tag", lambda storage: device)
+
+
+def test_a_checkpoint_written_on_a_gpu_loads_on_the_cpu(tmp_path, monkeypatch):
+    run = RunFolder(tmp_path / "run")
+    with monkeypatch.context() as m:
+        saved_as_if_on("cuda:0", m)
+        run.save_checkpoint({"epoch": 1, "model": {"w": torch.ones(2)}, "rng": capture_rng_state()})
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA"):  # what map_location is there for
+            torch.load(run.file("checkpoint.pt"), weights_only=True)
+    loaded = run.load_checkpoint()
+    assert loaded["model"]["w"].device.type == "cpu" and torch.equal(
+        loaded["model"]["w"], torch.ones(2)
+    )
+    restore_rng_state(loaded["rng"])
+    on_meta = run.load_checkpoint(map_location="meta")  # any device asked for
+    assert on_meta["model"]["w"].is_meta
+
+
+class FakeCuda:
+    """``torch.cuda``'s RNG calls on a machine with ``count`` GPUs, recorded."""
+
+    def __init__(self, count):
+        self.count, self.states, self.set = (
+            count,
+            [torch.full((4,), i, dtype=torch.uint8) for i in range(count)],
+            None,
+        )
+
+    def install(self, monkeypatch):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: self.count)
+        monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: list(self.states))
+        monkeypatch.setattr(
+            torch.cuda, "set_rng_state_all", lambda states: setattr(self, "set", states)
+        )
+
+
+def test_every_cuda_device_s_rng_state_is_saved_and_restored(monkeypatch):
+    assert ("cuda" in capture_rng_state()) == torch.cuda.is_available()
+    with monkeypatch.context() as m:
+        FakeCuda(2).install(m)
+        state = capture_rng_state()
+    assert [s.tolist() for s in state["cuda"]] == [[0] * 4, [1] * 4]
+    with monkeypatch.context() as m:  # restored on a machine with one GPU: the first state
+        one = FakeCuda(1)
+        one.install(m)
+        restore_rng_state(state)
+    assert [s.tolist() for s in one.set] == [[0] * 4]
+    with monkeypatch.context() as m:  # and on a machine without one: the CPU's alone
+        m.setattr(torch.cuda, "is_available", lambda: False)
+        m.setattr(torch.cuda, "set_rng_state_all", lambda states: pytest.fail("no CUDA here"))
+        restore_rng_state(state)

@@ -495,7 +495,8 @@ def test_a_run_folder_of_version_1_resumes(tmp_path, name, done):
     metrics = json.loads((run / "metrics.json").read_text())
     assert [r["epoch"] for r in metrics["epochs"]] == list(range(1, done + 2))
     config = RunFolder(run).read_config()
-    assert config["schema_version"] == 2 and config["train"]["epochs"] == done + 1
+    assert config["schema_version"] == 3 and config["train"]["epochs"] == done + 1
+    assert config["train"]["device"] == "cpu"
     state = RunFolder(run).load_checkpoint()
     assert state["epoch"] == done + 1
     assert state["config"] == {k: v for k, v in config.items() if k != "format"}
@@ -508,3 +509,65 @@ def test_config_json_and_the_checkpoint_hold_the_same_run_config(trained):
     state = RunFolder(trained).load_checkpoint()
     assert state["config"] == {k: v for k, v in config.items() if k != "format"}
     assert RunConfig.from_json(config).to_json() == state["config"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["fit", "--epochs", "1", "--device", "cuda", "--out", "{out}", *FAST],
+        ["fit", "--epochs", "1", "--device", "gpu", "--out", "{out}", *FAST],
+        ["evaluate", "{run}", "--device", "cuda:1"],
+        ["sample", "{run}", "--device", "cuda"],
+        ["diagnose", "{run}", "--device", "cuda"],
+        ["amortization-gap", "{run}", "--device", "cuda"],
+        ["grad-variance", "{run}", "--device", "cuda"],
+    ],
+)
+def test_a_device_this_machine_lacks_is_refused_before_any_work(
+    trained, tmp_path, capsys, monkeypatch, argv
+):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    out = tmp_path / "new"
+    before = {p.name: p.stat().st_mtime_ns for p in trained.iterdir()}
+    argv = [a.format(out=out, run=trained) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    value = argv[argv.index("--device") + 1]
+    assert f"--device: {value!r} is not" in err
+    assert ("it has cpu" in err) or ("expected one of 'auto', 'cpu'" in err)
+    assert not out.exists()
+    assert {p.name: p.stat().st_mtime_ns for p in trained.iterdir()} == before
+
+
+def _as_if_trained_on_a_gpu(run: Path, monkeypatch) -> None:
+    """Rewrite a run folder as a GPU machine would have written it: config.json names
+    ``cuda`` and every tensor of checkpoint.pt is recorded as living on ``cuda:0``."""
+    folder = RunFolder(run)
+    config = folder.read_config()
+    config["train"]["device"] = "cuda"
+    (run / "config.json").write_text(json.dumps(config))
+    state = folder.load_checkpoint()
+    with monkeypatch.context() as m:
+        m.setattr("torch.serialization.location_tag", lambda storage: "cuda:0")
+        folder.save_checkpoint({k: v for k, v in state.items() if k != "format"})
+
+
+def test_a_run_written_on_a_gpu_evaluates_and_resumes_on_the_cpu(trained, tmp_path, monkeypatch):
+    import torch
+
+    here, gpu = tmp_path / "here", tmp_path / "gpu"
+    shutil.copytree(trained, here)
+    shutil.copytree(trained, gpu)
+    _as_if_trained_on_a_gpu(gpu, monkeypatch)
+    assert main(["evaluate", str(gpu), "--ll-samples", "5", "--ll-points", "5"]) == 0  # auto
+    assert main(["evaluate", str(here), "--ll-samples", "5", "--ll-points", "5"]) == 0
+    tests = [json.loads((r / "metrics.json").read_text())["test"] for r in (here, gpu)]
+    assert tests[0]["elbo"] == tests[1]["elbo"]
+    resume = ["--epochs", "4", "--no-progress", "--device", "cpu"]
+    for run in (here, gpu):
+        assert main(["fit", "--resume", str(run), *resume]) == 0
+    states = [RunFolder(r).load_checkpoint() for r in (here, gpu)]
+    for key in ("model", "guide"):
+        for name, value in states[0][key].items():
+            assert torch.equal(value, states[1][key][name]), name
+    assert RunFolder(gpu).read_config()["train"]["device"] == "cpu"  # where it went on

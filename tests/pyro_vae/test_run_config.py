@@ -22,6 +22,7 @@ from pyro_vae.run_config import (
     check_widths,
     migrate,
     migrate_v1_to_v2,
+    migrate_v2_to_v3,
 )
 from pyro_vae.train import TrainConfig
 
@@ -104,7 +105,7 @@ def test_json_round_trip_is_exact():
     again = RunConfig.from_json(json.loads(text))
     assert again == config
     assert again.to_json() == config.to_json()
-    assert config.to_json()["schema_version"] == SCHEMA_VERSION == 2
+    assert config.to_json()["schema_version"] == SCHEMA_VERSION == 3
     assert config.to_json()["train"] == asdict(config.training)
 
 
@@ -139,7 +140,7 @@ def test_from_json_accepts_the_format_key_and_a_train_section_with_keys_left_out
         (lambda c: c["train"].update(epocs=3), ["'train' has unknown keys ['epocs']"]),
         (lambda c: c["data"].pop("threshold"), ["'data'", "lacks ['threshold']"]),
         (lambda c: c.update(model_options=[]), ["'model_options' an object"]),
-        (lambda c: c.update(schema_version=99), ["schema_version 99 is newer", "up to 2"]),
+        (lambda c: c.update(schema_version=99), ["schema_version 99 is newer", "up to 3"]),
         (lambda c: c.update(schema_version="2"), ["schema_version '2' is not a positive"]),
         (lambda c: c.update(schema_version=0), ["schema_version 0"]),
     ],
@@ -181,7 +182,27 @@ def test_migrate_v1_to_v2_keeps_version_1_s_meaning_of_a_left_out_default():
     assert new["train"] == {"epochs": 100, "patience": 10, "lr": 0.01}
     assert "schema_version" not in old and old["train"] == {"lr": 0.01}  # not changed
     assert migrate_v1_to_v2(v1(epochs=5, patience=None))["train"] == {"epochs": 5, "patience": None}
-    assert RunConfig.from_json(old).training == TrainingConfig(epochs=100, patience=10, lr=0.01)
+    assert RunConfig.from_json(old).training == TrainingConfig(
+        epochs=100, patience=10, lr=0.01, device="cpu"
+    )
+
+
+def test_migrate_v2_to_v3_records_that_old_runs_trained_on_the_cpu():
+    old = {**small().to_json(), "schema_version": 2}
+    del old["train"]["device"]
+    new = migrate_v2_to_v3(old)
+    assert new["schema_version"] == 3 and new["train"]["device"] == "cpu"
+    assert "device" not in old["train"]  # not changed
+    assert RunConfig.from_json(old).training.device == "cpu"
+    assert migrate_v2_to_v3({**old, "train": {"device": "cuda:1"}})["train"] == {"device": "cuda:1"}
+
+
+def test_device_is_checked_when_the_config_is_made():
+    assert TrainingConfig().device == "auto"
+    for name in ("cpu", "cuda", "cuda:3", "mps", "auto"):
+        assert TrainingConfig(device=name).device == name
+    with pytest.raises(ValueError, match=r"device: 'gpu' is not a device; expected one of 'auto'"):
+        TrainingConfig(device="gpu")
 
 
 def test_every_version_step_has_its_migration():
@@ -202,4 +223,5 @@ def test_a_run_folder_of_version_1_loads(name):
     assert config.training.epochs == (2 if name == "run_v1" else 50)
     assert config.training.compile is True and config.training.patience == 20
     assert config.evaluation == EvaluationConfig(ll_samples=10, ll_points=20)
-    assert {f.name for f in fields(TrainingConfig)} == set(raw["train"])
+    assert {f.name for f in fields(TrainingConfig)} == set(raw["train"]) | {"device"}
+    assert config.training.device == "cpu"  # version 1 and 2 folders trained on the CPU

@@ -1,0 +1,331 @@
+"""Devices: the names a run accepts, and that every shipped model, guide, estimator and
+evaluator creates its tensors on the device of its inputs or parameters.
+
+CI has no GPU, so the second is checked on the CPU with ``torch.set_default_device("meta")``:
+data and parameters are made on the CPU first, then the step runs with meta as the default
+device, so a tensor created without an explicit device lands on meta and the step fails
+loudly (mixing meta and CPU tensors raises). Running everything on meta would not work:
+Pyro's ELBOs call ``.item()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import pyro
+import pyro.distributions.unit
+import pytest
+import torch
+from pyro.infer.autoguide import AutoNormal
+
+from models.autoencoder import Autoencoder
+from models.gmm import GaussianMixtureModel
+from models.hmm import FactorialHMMModel
+from models.ising import IsingModel
+from models.regression import BayesianRegression
+from models.sbn import SBN
+from models.vae import VAE
+from pyro_vae import TensorData, TrainConfig, estimators
+from pyro_vae.cavi import grid_couplings
+from pyro_vae.data import DataSplits
+from pyro_vae.devices import (
+    DataOnDevice,
+    available_devices,
+    check_device_name,
+    on_device,
+    resolve_device,
+    to_device,
+)
+from pyro_vae.evaluate import (
+    elbo_estimate,
+    elbo_per_datapoint,
+    iwae_log_likelihood,
+    latent_means,
+    reconstruction_error,
+)
+from pyro_vae.guides import AmortizedCategorical, AutoDiscreteMeanField, EmptyGuide, LocalNormal
+from pyro_vae.train import prepare_pair
+from tests.pyro_vae.cavi.test_hmm import random_fhmm, sample
+
+# --- names -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["auto", "cpu", "cuda", "cuda:0", "cuda:12", "mps"])
+def test_device_names_are_accepted(name):
+    assert check_device_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["gpu", "CUDA", "cuda:", "cuda:x", "", None, 0, "cpu:0"])
+def test_a_bad_device_name_is_refused_naming_argument_value_and_choices(name):
+    with pytest.raises(ValueError) as info:
+        check_device_name(name, "train.device")
+    message = str(info.value)
+    assert message.startswith(f"train.device: {name!r} is not a device")
+    assert "'auto', 'cpu', 'cuda', 'cuda:N', 'mps'" in message
+
+
+def test_auto_and_cpu_resolve_to_the_cpu_without_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+
+
+def test_auto_picks_cuda_when_torch_sees_a_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda")
+
+
+@pytest.mark.parametrize("name", ["cuda", "cuda:1"])
+def test_cuda_on_a_machine_without_one_is_a_clear_error(monkeypatch, name):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError) as info:
+        resolve_device(name)
+    assert str(info.value).startswith(f"device: {name!r} is not available on this machine")
+    assert "it has cpu" in str(info.value)
+
+
+def test_a_gpu_index_beyond_the_machine_s_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(ValueError, match="'cuda:2' is not available.*cpu, cuda:0, cuda:1"):
+        resolve_device("cuda:2")
+
+
+def test_available_devices_start_with_the_cpu():
+    assert available_devices()[0] == "cpu"
+
+
+def test_to_device_moves_nested_tensors_and_leaves_the_rest():
+    x = torch.ones(2)
+    moved = to_device({"a": (x, [x, 3]), "b": "text"}, torch.device("meta"))
+    assert moved["a"][0].is_meta and moved["a"][1][0].is_meta
+    assert moved["a"][1][1] == 3 and moved["b"] == "text"
+    assert to_device(x, torch.device("cpu")) is x
+
+
+def test_data_on_the_cpu_is_left_as_it_is_and_moved_otherwise():
+    data = TensorData(torch.arange(6.0))
+    assert on_device(data, torch.device("cpu")) is data
+    moved = on_device(data, torch.device("meta"))
+    assert isinstance(moved, DataOnDevice) and moved.num_train == 6
+    rows, args = next(moved.indexed_batches(4, 0, 0))
+    assert rows.is_meta and args[0].is_meta and args[0].shape == (4,)
+    assert moved.validation_set(False, None).args[0].is_meta
+    assert moved.steps_per_epoch(4) == 2 and moved.num_data == 6  # the source's own
+
+
+# --- every tensor on the device of its inputs --------------------------------------------
+
+
+class _TorchKeepingTensors:
+    """``torch`` as Pyro's ``Unit`` distribution (``pyro.factor``) sees it in these tests:
+    its ``torch.as_tensor(log_factor)`` on a tensor would move the tensor to the default
+    device (meta here), which only a test that sets a default device meets; a tensor is
+    kept where it is, as without a default device."""
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def as_tensor(value, *args, **kwargs):
+        if isinstance(value, torch.Tensor) and not args and not kwargs:
+            return value
+        return torch.as_tensor(value, *args, **kwargs)
+
+
+@pytest.fixture(autouse=True)
+def _pyro_factor_keeps_its_tensor(monkeypatch):
+    monkeypatch.setattr(pyro.distributions.unit, "torch", _TorchKeepingTensors())
+
+
+@contextlib.contextmanager
+def meta_default():
+    """Meta as the default device for the block; the previous default put back, whatever
+    happens inside."""
+    previous = torch.get_default_device()
+    torch.set_default_device("meta")
+    try:
+        yield
+    finally:
+        torch.set_default_device(previous)
+
+
+def test_meta_default_is_restored_after_a_failure():
+    with pytest.raises(RuntimeError), meta_default():
+        raise RuntimeError("inside")
+    assert torch.empty(1).device.type == "cpu"
+
+
+def images(n=6, d=8, levels=None):
+    g = torch.Generator().manual_seed(0)
+    if levels is None:
+        x = (torch.rand(n, d, generator=g) > 0.5).float()
+    else:
+        x = torch.randint(0, levels, (n, d), generator=g).float()
+    return x
+
+
+def splits(x):
+    y = torch.zeros(len(x), dtype=torch.long)
+    return DataSplits(x, y, x[:3], y[:3], x[:3], y[:3], (2, 4), 1.0)
+
+
+def _step(elbo, pair, batches_args, rows):
+    """One loss with gradients and one validation, under meta as the default device."""
+    with meta_default():
+        loss = elbo.loss_and_grads(pair.model, pair.guide, *batches_args, subsample=rows)
+        if pair.validate is not None:
+            pair.validate()
+    return loss
+
+
+def _run(model, guide, data, elbo, **config):
+    pyro.clear_param_store()
+    config = TrainConfig(batch_size=4, progress=False, device="cpu", val_samples=2, **config)
+    pair = prepare_pair(model, guide, data, config)
+    rows, args = next(iter(data.indexed_batches(config.batch_size, 0, 0)))
+    loss = _step(elbo, pair, args, rows)
+    assert torch.isfinite(torch.as_tensor(loss))
+
+
+def _gmm():
+    x = torch.cat([torch.randn(5, 2) - 2, torch.randn(5, 2) + 2])
+    model = GaussianMixtureModel(2, 1.0, 1.0, torch.zeros(2), 3.0, torch.eye(2))
+    return model, model.make_guide(), TensorData(x), "enum"
+
+
+def _hmm():
+    y = sample(random_fhmm(m=2, k=2, d=2, seed=3), t_len=4, seed=4).float()
+    model = FactorialHMMModel(random_fhmm(m=2, k=2, d=2, seed=3))
+    return model, AutoDiscreteMeanField(model), TensorData(y), "score"
+
+
+def _hmm_enumerated():
+    y = sample(random_fhmm(m=2, k=2, d=2, seed=3), t_len=4, seed=4).float()
+    model = FactorialHMMModel(random_fhmm(m=2, k=2, d=2, seed=3), enumerate=True)
+    return model, EmptyGuide(), TensorData(y), "enum"
+
+
+def _ising():
+    model = IsingModel(grid_couplings(2, 2, coupling=0.5), torch.linspace(-0.5, 0.5, 4))
+    return model, AutoDiscreteMeanField(model), TensorData(), "score"
+
+
+def _regression():
+    X = torch.randn(8, 3)
+    model = BayesianRegression()
+    return model, AutoNormal(model), TensorData(X, X.sum(1)), "trace"
+
+
+def _vae():
+    model = VAE(8, latent_dim=2, hidden_dims=(4,))
+    return model, model.make_guide(), splits(images()), "trace"
+
+
+def _vae_categorical():
+    model = VAE(8, latent_dim=2, hidden_dims=(4,), likelihood="categorical", levels=5)
+    guide = model.make_guide()
+    return model, guide, splits(images(levels=5)), "trace"
+
+
+class CategoricalCodes(torch.nn.Module):
+    """z_n ~ Categorical(uniform) in each of 3 positions, x_n ~ Bernoulli(table[z_n]): a
+    model for the Categorical guide, its tensors made from its data's."""
+
+    def __init__(self):
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.zeros(3, 2, 8))
+
+    def forward(self, x, num_data=None):
+        pyro.module("codes", self)
+        with pyro.plate("data", num_data or len(x), subsample_size=len(x)):
+            probs = x.new_ones(len(x), 3, 2) / 2
+            z = pyro.sample("z", pyro.distributions.Categorical(probs).to_event(1))
+            logits = self.table[torch.arange(3, device=x.device), z].sum(-2)
+            pyro.sample("x", pyro.distributions.Bernoulli(logits=logits).to_event(1), obs=x)
+
+
+def _amortized_categorical_guide():
+    guide = AmortizedCategorical(8, 3, 2, hidden_dims=(4,))
+    return CategoricalCodes(), guide, splits(images()), "score"
+
+
+def _sbn():
+    model = SBN(8, latent_dim=3, hidden_dims=(4,))
+    return model, model.make_guide(), splits(images()), "score"
+
+
+def _autoencoder():
+    model = Autoencoder(8, latent_dim=2, hidden_dims=(4,))
+    return model, model.make_guide(), splits(images()), "trace"
+
+
+def _local_normal():
+    model = VAE(8, latent_dim=2, hidden_dims=(4,))
+    return model, LocalNormal(torch.zeros(4, 2), torch.ones(4, 2)), splits(images(4)), "trace"
+
+
+CASES = {
+    "vae": _vae,
+    "vae-categorical": _vae_categorical,
+    "sbn": _sbn,
+    "categorical-guide": _amortized_categorical_guide,
+    "autoencoder": _autoencoder,
+    "local-normal-guide": _local_normal,
+    "gmm": _gmm,
+    "hmm": _hmm,
+    "hmm-enumerated": _hmm_enumerated,
+    "ising": _ising,
+    "regression": _regression,
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_every_shipped_model_and_guide_creates_tensors_on_its_inputs_device(case):
+    pyro.set_rng_seed(0)
+    model, guide, data, name = CASES[case]()
+    _run(model, guide, data, estimators.get(name, num_particles=2))
+
+
+def _estimator(name):
+    per_datapoint = estimators.capabilities_of(estimators.get(name)).per_datapoint
+    return estimators.get(name, num_particles=2) if per_datapoint else estimators.get(name)
+
+
+@pytest.mark.parametrize("name", estimators.names())
+def test_every_registered_estimator_creates_tensors_on_its_inputs_device(name):
+    pyro.set_rng_seed(0)
+    model, guide, data, _ = _vae()
+    _run(model, guide, data, _estimator(name))
+
+
+@pytest.mark.parametrize("control_variate", estimators.CONTROL_VARIATES)
+def test_every_control_variate_creates_tensors_on_its_inputs_device(control_variate):
+    pyro.set_rng_seed(0)
+    model, guide, data, _ = _sbn()
+    elbo = estimators.get("score", control_variate=control_variate, num_particles=2)
+    _run(model, guide, data, elbo)
+
+
+def test_the_evaluators_create_tensors_on_their_inputs_device():
+    pyro.set_rng_seed(0)
+    model, guide, data, _ = _vae()
+    pair = prepare_pair(model, guide, data, TrainConfig(progress=False, device="cpu"))
+    x = data.test_x
+    with meta_default():
+        assert elbo_per_datapoint(model, guide, x, 2, batch_size=2).device.type == "cpu"
+        assert iwae_log_likelihood(model, guide, x, 4, batch_size=2).device.type == "cpu"
+        assert latent_means(model, guide, x, 2).device.type == "cpu"
+        assert reconstruction_error(model, guide, x).device.type == "cpu"
+    assert pair.weights.finite()
+
+
+def test_the_whole_data_elbo_creates_tensors_on_its_inputs_device():
+    pyro.set_rng_seed(0)
+    model, guide, data, _ = _regression()
+    guide(*data.tensors)
+    with meta_default():
+        elbo, _ = elbo_estimate(model, guide, *data.tensors, num_samples=4)
+    assert elbo == elbo
