@@ -131,7 +131,7 @@ def stack_values(values: list, batch_rank: int, event_dim: int) -> torch.Tensor:
     leftmost dim, their batch dims first brought to ``batch_rank``."""
     shaped = []
     for v in values:
-        v = torch.as_tensor(v)
+        v = v if torch.is_tensor(v) else torch.as_tensor(v)
         batch = v.dim() - event_dim
         shaped.append(v.reshape((1,) * (batch_rank - batch) + tuple(v.shape)))
     return torch.stack(torch.broadcast_tensors(*shaped))

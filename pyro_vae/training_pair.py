@@ -144,7 +144,8 @@ class TrainingPair:
     def _whole_data_elbo(self, args: tuple, draws: int) -> float:
         from pyro_vae.evaluate import elbo_estimate
 
-        every_row = torch.arange(self.model.num_data)
+        on = next((a.device for a in args if torch.is_tensor(a)), None)  # the data's device
+        every_row = torch.arange(self.model.num_data, device=on)
         kwargs = {"subsample": every_row} if self.plate is not None else {}
         return elbo_estimate(
             self.model,

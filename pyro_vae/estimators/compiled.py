@@ -347,7 +347,7 @@ def _loss_with_gradient(elbo: ELBO, model, guide, args, kwargs) -> torch.Tensor:
         loss_particle, surrogate_particle = elbo_loss_particle(elbo, model_trace, guide_trace)
         loss = loss + loss_particle / elbo.num_particles
         surrogate = surrogate + surrogate_particle / elbo.num_particles
-    loss = torch.as_tensor(loss)
+    loss = loss if torch.is_tensor(loss) else torch.as_tensor(loss)
     if not torch.is_tensor(surrogate) or not surrogate.requires_grad:
         return loss
     return loss + (surrogate - surrogate.detach())
