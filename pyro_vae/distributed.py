@@ -38,6 +38,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -117,16 +118,18 @@ class Group:
                 f"stopping ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
             ) from err
 
-    def _who_is_gone(self) -> str:
+    def _who_is_gone(self, wait: float = 2.0) -> str:
+        """The ranks whose processes on this host have ended, waiting up to ``wait``
+        seconds for one to end (a killed process closes its sockets before it is gone)."""
         host = socket.gethostname()
-        gone, unknown = [], []
-        for rank, (peer_host, pid) in enumerate(self.peers):
-            if rank == self.rank:
-                continue
-            if peer_host != host:
-                unknown.append(rank)
-            elif not _alive(pid):
-                gone.append(rank)
+        others = [(r, peer) for r, peer in enumerate(self.peers) if r != self.rank]
+        unknown = [r for r, (peer_host, _) in others if peer_host != host]
+        deadline = time.monotonic() + wait
+        while True:
+            gone = [r for r, (peer_host, pid) in others if peer_host == host and not _alive(pid)]
+            if gone or unknown or time.monotonic() > deadline or len(others) == 0:
+                break
+            time.sleep(0.05)
         if gone:
             return f"rank {', '.join(map(str, gone))} stopped (its process is gone)"
         if unknown:

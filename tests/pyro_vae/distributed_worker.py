@@ -1,0 +1,114 @@
+"""One rank of the data-parallel equivalence test (tests/pyro_vae/test_distributed.py).
+
+Run as ``python -m tests.pyro_vae.distributed_worker OUT`` with torchrun's variables
+(``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``) set: it fits the tiny VAE below
+with every estimator of :data:`CASES` and saves each fit's weights to ``OUT/rank{RANK}.pt``.
+The test fits the same in one process with the global batch and compares.
+
+Each rank draws its own noise, so the difference between the two would be Monte Carlo
+error, not rounding. :func:`aligned_noise` removes it for the test: every ``Normal`` draw
+of a ``[..., rows, latent]`` sample takes the global batch's noise (``world`` times the
+local rows) from one generator seeded alike in every process, and keeps its rank's slice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from pyro_vae import estimators
+from pyro_vae.distributed import current, session
+from pyro_vae.tensor_data import TensorData
+from pyro_vae.train import TrainConfig, fit
+
+CASES = {
+    "trace": {},
+    "analytic-kl": {},
+    "iwae": {"num_particles": 3},
+    "score": {"control_variate": "leave-one-out", "num_particles": 3},
+}
+ROWS, FEATURES, LATENT, BATCH = 32, 5, 2, 8
+
+
+@contextlib.contextmanager
+def aligned_noise(rank: int, world: int, seed: int = 0):
+    """``Normal`` draws of shape ``[..., b, d]`` as rank ``rank``'s slice of a
+    ``[..., world·b, d]`` draw, the i-th draw of a process from a generator seeded by
+    ``(seed, i)`` (set-up draws of other sizes leave the later ones aligned)."""
+    generator, calls = torch.Generator(), [0]
+    rsample, sample = dist.Normal.rsample, dist.Normal.sample
+
+    def aligned(self, sample_shape=()):
+        shape = self._extended_shape(torch.Size(sample_shape))
+        rows = shape[-2]
+        generator.manual_seed(seed * 1_000_003 + calls[0])
+        calls[0] += 1
+        whole = torch.randn((*shape[:-2], rows * world, shape[-1]), generator=generator)
+        return self.loc.expand(shape) + whole.narrow(-2, rank * rows, rows) * self.scale.expand(
+            shape
+        )
+
+    def aligned_sample(self, sample_shape=()):
+        with torch.no_grad():
+            return aligned(self, sample_shape)
+
+    dist.Normal.rsample, dist.Normal.sample = aligned, aligned_sample
+    try:
+        yield
+    finally:
+        dist.Normal.rsample, dist.Normal.sample = rsample, sample
+
+
+class TinyVAE(nn.Module):
+    """A linear-Gaussian VAE, 5 features, 2 latent dims."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.Linear(FEATURES, 2 * LATENT)
+        self.decoder = nn.Linear(LATENT, FEATURES)
+
+    def model(self, x):
+        pyro.module("decoder", self.decoder)
+        with pyro.plate("data", len(x)):
+            prior = dist.Normal(x.new_zeros(len(x), LATENT), 1.0).to_event(1)
+            z = pyro.sample("z", prior)
+            pyro.sample("x", dist.Normal(self.decoder(z), 1.0).to_event(1), obs=x)
+
+    def guide(self, x):
+        pyro.module("encoder", self.encoder)
+        h = self.encoder(x)
+        loc, scale = h[:, :LATENT], nn.functional.softplus(h[:, LATENT:]) + 1e-3
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+
+def train(name: str, rank: int, world: int) -> dict[str, torch.Tensor]:
+    """The weights after 2 epochs of 4 steps (global batch 8 of 32 rows) with estimator
+    ``name``, noise aligned as for rank ``rank`` of ``world``."""
+    torch.manual_seed(0)
+    x = torch.randn(ROWS, FEATURES, generator=torch.Generator().manual_seed(1))
+    vae = TinyVAE()
+    config = TrainConfig(
+        epochs=2, batch_size=BATCH, lr=0.05, progress=False, val_samples=2, validate_every=2
+    )
+    with aligned_noise(rank, world):
+        fit(vae.model, vae.guide, TensorData(x), estimators.get(name, **CASES[name]), config)
+    return {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+
+
+def main(out: Path) -> None:
+    torch.set_num_threads(1)
+    with session() as group:
+        assert current().world == group.world > 1
+        weights = {name: train(name, group.rank, group.world) for name in CASES}
+    torch.save(weights, out / f"rank{group.rank}.pt")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
