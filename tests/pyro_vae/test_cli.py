@@ -508,3 +508,22 @@ def test_config_json_and_the_checkpoint_hold_the_same_run_config(trained):
     state = RunFolder(trained).load_checkpoint()
     assert state["config"] == {k: v for k, v in config.items() if k != "format"}
     assert RunConfig.from_json(config).to_json() == state["config"]
+
+
+def test_fit_nproc_launches_torchrun_with_the_same_arguments(monkeypatch, tmp_path):
+    launched = []
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr("pyro_vae.cli.launch", lambda argv, n: launched.append((argv, n)) or 0)
+    out = str(tmp_path / "r")
+    assert main(["fit", "--nproc", "2", "--out", out, "--epochs", "3", "--nproc=2"]) == 0
+    assert launched == [(["fit", "--out", out, "--epochs", "3"], 2)]
+    assert not (tmp_path / "r").exists()
+
+
+def test_fit_nproc_is_refused_under_torchrun_and_below_1(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["fit", "--nproc", "2", "--out", str(tmp_path / "r")]) == 2
+    assert "--nproc: 2 under torchrun" in capsys.readouterr().err
+    monkeypatch.delenv("WORLD_SIZE")
+    assert main(["fit", "--nproc", "0", "--out", str(tmp_path / "r")]) == 2
+    assert "--nproc" in capsys.readouterr().err

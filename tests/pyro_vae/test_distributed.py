@@ -67,7 +67,7 @@ def test_two_ranks_take_the_single_process_steps_on_the_global_batch(tmp_path, o
 def test_a_killed_rank_stops_the_other_and_the_folder_evaluates_and_resumes(tmp_path):
     run = tmp_path / "run"
     fit = ["-m", "pyro_vae", "fit", "--data", "digits", "--out", str(run), "--epochs", "60"]
-    fit += ["--batch-size", "16", "--latent-dim", "2", "--hidden", "8", "--no-progress"]
+    fit += ["--batch-size", "64", "--latent-dim", "2", "--hidden", "8", "--no-progress"]
     fit += ["--ll-samples", "2", "--ll-points", "10"]
     ranks = _ranks(fit, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
