@@ -232,7 +232,11 @@ _GROUP = Group()
 
 
 def current() -> Group:
-    """The group this process trains in: one process unless :func:`session` joined one."""
+    """The group this process trains in: the one :func:`session` joined, or the default
+    process group the caller initialized itself (without the peers' pids, so a lost rank
+    is not named), or one process."""
+    if _GROUP.world == 1 and dist.is_available() and dist.is_initialized():
+        return Group(dist.get_rank(), dist.get_world_size())
     return _GROUP
 
 
@@ -247,7 +251,7 @@ def session() -> Iterator[Group]:
     global _GROUP
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1 or dist.is_initialized():
-        yield _GROUP
+        yield current()
         return
     dist.init_process_group(_backend(), timeout=datetime.timedelta(seconds=_timeout()))
     try:
