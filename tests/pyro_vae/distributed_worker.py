@@ -3,7 +3,8 @@
 Run as ``python -m tests.pyro_vae.distributed_worker OUT`` with torchrun's variables
 (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``) set: it fits the tiny VAE below
 with every estimator of :data:`CASES` and saves each fit's weights to ``OUT/rank{RANK}.pt``.
-The test fits the same in one process with the global batch and compares.
+The test fits the same in one process with the global batch and compares. Then it trains
+3 epochs straight and 2 + a resume to 3 in run folders under ``OUT``, which must agree.
 
 Each rank draws its own noise, so the difference between the two would be Monte Carlo
 error, not rounding. :func:`aligned_noise` removes it for the test: every ``Normal`` draw
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 from pyro_vae import estimators
+from pyro_vae.checkpoint import RunFolder
 from pyro_vae.distributed import current, session
 from pyro_vae.tensor_data import TensorData
 from pyro_vae.train import TrainConfig, fit
@@ -102,11 +104,31 @@ def train(name: str, rank: int, world: int) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
 
 
+def train_run(run: Path, epochs: int, resume: bool = False) -> dict[str, torch.Tensor]:
+    """The weights after ``epochs`` epochs of ``trace`` with the ranks' own noise, written
+    to (or resumed from) the run folder ``run``. A resumed fit starts from other initial
+    weights, which only its checkpoint can overwrite."""
+    torch.manual_seed(5 if resume else 0)
+    x = torch.randn(ROWS, FEATURES, generator=torch.Generator().manual_seed(1))
+    vae = TinyVAE()
+    config = TrainConfig(epochs=epochs, batch_size=BATCH, lr=0.05, progress=False, val_samples=2)
+    elbo = estimators.get("trace")
+    fit(vae.model, vae.guide, TensorData(x), elbo, config, RunFolder(run), resume=resume)
+    torch.distributed.barrier()  # rank 0 has written its checkpoint
+    return {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+
+
 def main(out: Path) -> None:
     torch.set_num_threads(1)
     with session() as group:
         assert current().world == group.world > 1
         weights = {name: train(name, group.rank, group.world) for name in CASES}
+        if group.rank == 0:
+            (out / "straight").mkdir(), (out / "resumed").mkdir()
+        torch.distributed.barrier()
+        weights["straight"] = train_run(out / "straight", epochs=3)
+        train_run(out / "resumed", epochs=2)
+        weights["resumed"] = train_run(out / "resumed", epochs=3, resume=True)
     torch.save(weights, out / f"rank{group.rank}.pt")
 
 

@@ -49,7 +49,7 @@ def _ranks(command: list[str], world: int = 2, **popen) -> list[subprocess.Popen
     ]
 
 
-def test_two_ranks_take_the_single_process_steps_on_the_global_batch(tmp_path, one_thread):
+def test_two_ranks_take_the_single_process_steps_and_resume_exactly(tmp_path, one_thread):
     ranks = _ranks(["-m", "tests.pyro_vae.distributed_worker", str(tmp_path)])
     expected = {name: train(name, rank=0, world=1) for name in CASES}  # meanwhile, here
     assert [p.wait(timeout=120) for p in ranks] == [0, 0]
@@ -59,6 +59,8 @@ def test_two_ranks_take_the_single_process_steps_on_the_global_batch(tmp_path, o
             assert got[name].keys() == expected[name].keys()
             for key, value in expected[name].items():
                 torch.testing.assert_close(got[name][key], value, rtol=1e-5, atol=1e-6)
+        for key, value in got["straight"].items():  # every rank resumes exactly
+            assert torch.equal(got["resumed"][key], value), key
     torch.manual_seed(0)
     initial = TinyVAE().decoder.weight.detach()  # the weights did move: the test can fail
     assert (initial - got["trace"]["decoder$$$weight"]).abs().min() > 1e-3
