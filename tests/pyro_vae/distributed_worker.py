@@ -25,7 +25,9 @@ from torch import nn
 
 from pyro_vae import estimators
 from pyro_vae.checkpoint import RunFolder
-from pyro_vae.distributed import current, session
+from pyro_vae.data_source import shard_of
+from pyro_vae.distributed import SynchronizedELBO, current, session
+from pyro_vae.minibatch import Minibatched
 from pyro_vae.tensor_data import TensorData
 from pyro_vae.train import TrainConfig, fit
 
@@ -104,6 +106,25 @@ def train(name: str, rank: int, world: int) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
 
 
+def gradients(rank: int, world: int) -> dict[str, torch.Tensor]:
+    """One :class:`SynchronizedELBO` loss and gradient of ``trace`` on a batch of 8 of the
+    32 rows, rank ``rank``'s half of it (all of it for ``world`` 1), noise aligned. Adam's
+    step does not see a gradient's scale, so this checks the N / |B| bookkeeping directly."""
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    vae = TinyVAE()
+    x = torch.randn(8, FEATURES, generator=torch.Generator().manual_seed(2))
+    part = shard_of(8, rank, world)
+    model, guide = (Minibatched(f, "data", ROWS) for f in (vae.model, vae.guide))
+    elbo = SynchronizedELBO(estimators.get("trace"), current())
+    with aligned_noise(rank, world):
+        loss, params = elbo.loss_and_grads_and_params(
+            model, guide, x[part], subsample=torch.arange(8)[part]
+        )
+    store = pyro.get_param_store()
+    return {"loss": torch.tensor(loss), **{store.param_name(p): p.grad for p in params}}
+
+
 def train_run(run: Path, epochs: int, resume: bool = False) -> dict[str, torch.Tensor]:
     """The weights after ``epochs`` epochs of ``trace`` with the ranks' own noise, written
     to (or resumed from) the run folder ``run``. A resumed fit starts from other initial
@@ -123,6 +144,7 @@ def main(out: Path) -> None:
     with session() as group:
         assert current().world == group.world > 1
         weights = {name: train(name, group.rank, group.world) for name in CASES}
+        weights["gradients"] = gradients(group.rank, group.world)
         if group.rank == 0:
             (out / "straight").mkdir(), (out / "resumed").mkdir()
         torch.distributed.barrier()

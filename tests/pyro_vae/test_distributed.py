@@ -16,7 +16,7 @@ from pyro_vae import estimators
 from pyro_vae.checkpoint import RunFolder
 from pyro_vae.cli import main
 from pyro_vae.distributed import Group, RankLost, SynchronizedELBO, _timeout, current, session
-from tests.pyro_vae.distributed_worker import CASES, TinyVAE, train
+from tests.pyro_vae.distributed_worker import CASES, TinyVAE, gradients, train
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,10 +52,11 @@ def _ranks(command: list[str], world: int = 2, **popen) -> list[subprocess.Popen
 def test_two_ranks_take_the_single_process_steps_and_resume_exactly(tmp_path, one_thread):
     ranks = _ranks(["-m", "tests.pyro_vae.distributed_worker", str(tmp_path)])
     expected = {name: train(name, rank=0, world=1) for name in CASES}  # meanwhile, here
+    expected["gradients"] = gradients(rank=0, world=1)
     assert [p.wait(timeout=120) for p in ranks] == [0, 0]
     for rank in range(2):
         got = torch.load(tmp_path / f"rank{rank}.pt")
-        for name in CASES:
+        for name in [*CASES, "gradients"]:
             assert got[name].keys() == expected[name].keys()
             for key, value in expected[name].items():
                 torch.testing.assert_close(got[name][key], value, rtol=1e-5, atol=1e-6)
