@@ -833,8 +833,12 @@ def _check_counts(args: argparse.Namespace) -> None:
         check_learning_rate("--lr", args.lr)
 
 
-def _launch(argv: list[str], nproc: int) -> int:
-    """``fit --nproc N``: the same command in N processes through torchrun's agent."""
+def _launch(argv: list[str], args: argparse.Namespace) -> int:
+    """``fit --nproc N``: the same command in N processes through torchrun's agent, once
+    the flags have passed their checks here (a refusal exits 2 before any process starts)."""
+    nproc = args.nproc
+    if not args.resume:
+        _run_config_from_args(args)
     if "WORLD_SIZE" in os.environ:
         raise ValueError(
             f"--nproc: {nproc} under torchrun, which has started the processes already; "
@@ -896,7 +900,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _check_counts(args)
         if getattr(args, "nproc", 1) > 1:
-            return _launch(argv, args.nproc)
+            return _launch(argv, args)
         with session():
             return handler(args)
     except (ValueError, RunFolderError, DatasetNotFoundError, IDXFormatError) as err:

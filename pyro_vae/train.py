@@ -134,7 +134,10 @@ def fit(
     Every check is made before the first step, then ``on_ready()`` is called. With a
     ``run`` folder a checkpoint is written after every validation; ``resume=True``
     continues from it (or from ``resume_state``, the checkpoint already read) exactly as
-    an uninterrupted run would have gone on. Clears Pyro's param store first.
+    an uninterrupted run would have gone on. Clears Pyro's param store first. In a
+    ``torch.distributed`` group (:mod:`pyro_vae.distributed`) each rank trains on its part
+    of every global batch of ``config.batch_size`` rows, takes the single-process step on
+    the whole batch, and only rank 0 writes to ``run``.
 
     Returns:
         the per-epoch history; ``model`` and ``guide`` hold the best validation weights

@@ -527,3 +527,11 @@ def test_fit_nproc_is_refused_under_torchrun_and_below_1(monkeypatch, tmp_path, 
     monkeypatch.delenv("WORLD_SIZE")
     assert main(["fit", "--nproc", "0", "--out", str(tmp_path / "r")]) == 2
     assert "--nproc" in capsys.readouterr().err
+
+
+def test_fit_nproc_refuses_bad_flags_before_starting_processes(monkeypatch, tmp_path, capsys):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr("pyro_vae.cli.launch", lambda argv, n: pytest.fail("launched"))
+    out = str(tmp_path / "r")
+    assert main(["fit", "--nproc", "2", "--val-fraction", "1.5", "--out", out]) == 2
+    assert "val_fraction: 1.5 is not in [0, 1)" in capsys.readouterr().err
