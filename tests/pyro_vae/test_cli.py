@@ -533,5 +533,5 @@ def test_fit_nproc_refuses_bad_flags_before_starting_processes(monkeypatch, tmp_
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.setattr("pyro_vae.cli.launch", lambda argv, n: pytest.fail("launched"))
     out = str(tmp_path / "r")
-    assert main(["fit", "--nproc", "2", "--val-fraction", "1.5", "--out", out]) == 2
-    assert "val_fraction: 1.5 is not in [0, 1)" in capsys.readouterr().err
+    assert main(["fit", "--nproc", "2", "--kl-warmup", "-1", "--out", out]) == 2
+    assert "kl_warmup_epochs: -1.0 is negative" in capsys.readouterr().err
