@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -23,6 +24,7 @@ from pyro_vae.checkpoint import RunFolder, RunFolderError
 from pyro_vae.data import BINARIZATIONS, DatasetNotFoundError
 from pyro_vae.devices import resolve_device, to_device
 from pyro_vae.diagnostics.gradient_variance import gradient_variance
+from pyro_vae.distributed import RankLost, current, launch, session
 from pyro_vae.estimators.compiled import compilable, should_record
 from pyro_vae.experiment import Experiment, build, evaluate_test_set, load, write_figures
 from pyro_vae.idx import IDXFormatError
@@ -93,6 +95,12 @@ def _parser() -> argparse.ArgumentParser:
     _add_fit_data(f)
     _add_fit_training(f)
     _add_fit_evaluation(f)
+    f.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="train data-parallel in this many processes on this machine (torchrun's agent)",
+    )
     _add_evaluate(sub)
     _add_sample(sub)
     _add_amortization_gap(sub)
@@ -422,7 +430,7 @@ def _print_test(test: dict[str, Any]) -> None:
 
 
 # The flags that can go with --resume: everything else is the run's own, in its config.json.
-_RESUMABLE = {"--resume", "--epochs", "--no-progress", "--device"}
+_RESUMABLE = {"--resume", "--epochs", "--no-progress", "--device", "--nproc"}
 
 
 def _fit(args: argparse.Namespace, given: set[str]) -> int:
@@ -438,6 +446,11 @@ def _fit(args: argparse.Namespace, given: set[str]) -> int:
             f"resume: {run.path} is not a directory; expected a run folder written by "
             "`pyro-vae fit --out RUN`"
         )
+    if not current().is_writer:  # ranks after 0 of a torchrun group only read the folder
+        state = None
+        if args.resume:
+            config, state = _resume_config(run, args, given)
+        return _train_and_report(run, config, state, args)
     with run.claim():
         run.remove_stale_temporaries()
         if args.resume:
@@ -531,6 +544,10 @@ def _train_and_report(
             f"({compilable(exp.elbo)}); use --compile auto or off (nothing was written)"
         )
 
+    writer = current().is_writer
+    if not writer:  # one progress bar, from rank 0
+        config = replace(config, training=replace(config.training, progress=False))
+
     def ready() -> None:  # fit's checks have all passed: now the folder is written
         run.write_config(config.to_json())
         run.update_metrics(data=exp.data.info, estimator=config.to_json()["estimator"])
@@ -551,12 +568,15 @@ def _train_and_report(
             run,
             resume=state is not None,
             resume_state=state,
-            on_ready=ready,
+            on_ready=ready if writer else None,
         )
     except TrainingDiverged as err:
-        run.update_metrics(stop_reason="diverged")
+        if writer:
+            run.update_metrics(stop_reason="diverged")
         print(f"error: {_one_line(err)}", file=sys.stderr)
         return 1
+    if not writer:  # rank 0 evaluates the test set and writes the figures
+        return 0
     print(
         f"stopped: {result.stop_reason.replace('_', ' ')}; kept the weights of epoch "
         f"{result.best_epoch or len(result.history)}"
@@ -813,6 +833,7 @@ _COUNTS = {
         "ll_samples": 0,
         "ll_points": 0,
         "seed": 0,
+        "nproc": 1,
     },
     "evaluate": {"ll_samples": 0, "ll_points": 0},
     "sample": {"num": 1, "seed": 0},
@@ -851,6 +872,26 @@ def _one_line(err: BaseException) -> str:
     """``err``'s message on one line: a refusal is one line on stderr, even when it quotes
     a multi-line message of torch's (a state-dict mismatch lists one line per tensor)."""
     return "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+
+
+def _launch(argv: list[str], args: argparse.Namespace) -> int:
+    """``fit --nproc N``: the same command in N processes through torchrun's agent, once
+    the flags have passed their checks here (a refusal exits 2 before any process starts)."""
+    nproc = args.nproc
+    if not args.resume:
+        _run_config_from_args(args)
+    if "WORLD_SIZE" in os.environ:
+        raise ValueError(
+            f"--nproc: {nproc} under torchrun, which has started the processes already; "
+            "expected --nproc only outside torchrun"
+        )
+    rest, skip = [], False
+    for token in argv:
+        if skip or token == "--nproc" or token.startswith("--nproc="):
+            skip = token == "--nproc"
+            continue
+        rest.append(token)
+    return launch(rest, nproc)
 
 
 class _Terminated(BaseException):
@@ -899,10 +940,16 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:
         _check_counts(args)
-        return handler(args)
+        if getattr(args, "nproc", 1) > 1:
+            return _launch(argv, args)
+        with session():
+            return handler(args)
     except (ValueError, RunFolderError, DatasetNotFoundError, IDXFormatError) as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
+    except RankLost as err:
+        print(f"error: {err}; {_where_it_stopped(args)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"\ninterrupted (Ctrl-C); {_where_it_stopped(args)}", file=sys.stderr)
         return 130

@@ -121,3 +121,84 @@ class TrainingBatches:
     def of_epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, tuple[torch.Tensor, ...]]]:
         """Epoch ``epoch``'s batches, ``(rows, args)``."""
         return self.data.indexed_batches(self.batch_size, epoch, self.seed, self.drop_last)
+
+
+def shard_of(count: int, rank: int, world: int) -> slice:
+    """Rank ``rank``'s contiguous part of ``count`` rows split ``world`` ways, as
+    ``torch.tensor_split`` splits them: the first ``count % world`` parts have one row more."""
+    size, extra = divmod(count, world)
+    start = rank * size + min(rank, extra)
+    return slice(start, start + size + (rank < extra))
+
+
+class ShardedSource:
+    """One rank's view of a data source under data-parallel training: every rank draws
+    the same seeded epoch of global batches (:func:`epoch_generator`) and keeps its
+    contiguous part of each (:func:`shard_of`); held-out validation rows are split alike.
+
+    A global batch of B rows gives rank r b_r ≈ B / world of them; the data plate then
+    scales rank r's loss by N / b_r, which :mod:`pyro_vae.distributed` undoes when it
+    reduces the ranks' gradients. ``num_train``, ``per_datapoint`` and the number of
+    steps are the wrapped source's, so every rank takes the same steps. Validation on the
+    training set (a guide with free per-datapoint parameters, whose rows must stay
+    aligned) and whole-data validation are not split: every rank computes all of it.
+
+    Attributes:
+        validation_rows: the validation rows this rank computes (after
+            :meth:`validation_set`), the weight of its validation ELBO in the mean over
+            ranks; ``None`` for a validation that is not split.
+
+    Raises:
+        ValueError: ``rank`` outside 0..world−1.
+    """
+
+    def __init__(self, data: DataSource, rank: int, world: int) -> None:
+        if not 0 <= rank < world:
+            raise ValueError(f"rank: {rank} is not in 0..{world - 1}; expected a rank of the group")
+        self.data, self.rank, self.world = data, rank, world
+        self.per_datapoint = data.per_datapoint
+        self.validation_rows: int | None = None
+
+    @property
+    def num_train(self) -> int:
+        return self.data.num_train
+
+    def steps_per_epoch(self, batch_size: int, drop_last: bool = False) -> int:
+        return self.data.steps_per_epoch(batch_size, drop_last)
+
+    def indexed_batches(
+        self, batch_size: int, epoch: int, seed: int, drop_last: bool = False
+    ) -> Iterator[tuple[torch.Tensor, tuple[torch.Tensor, ...]]]:
+        """This rank's part of each global batch: ``(rows, args)`` sliced alike, arguments
+        whose first dim is not the batch's rows passed whole."""
+        for rows, args in self.data.indexed_batches(batch_size, epoch, seed, drop_last):
+            part = shard_of(len(rows), self.rank, self.world)
+            yield rows[part], tuple(_rows_of(a, len(rows), part) for a in args)
+
+    def check_training_data(self, check: ObservationCheck) -> None:
+        self.data.check_training_data(check)
+
+    def validation_set(self, local_guide: bool, check: ObservationCheck) -> ValidationSet | None:
+        plan = self.data.validation_set(local_guide, check)
+        if plan is None or plan.whole_data or plan.kind != HELD_OUT:
+            return plan
+        n = plan.args[0].shape[0]
+        if n < self.world:
+            raise ValueError(
+                f"validation: {n} held-out rows cannot be split over {self.world} ranks; "
+                f"expected at least one row per rank"
+            )
+        part = shard_of(n, self.rank, self.world)
+        self.validation_rows = part.stop - part.start
+        return ValidationSet(
+            plan.kind,
+            tuple(_rows_of(a, n, part) for a in plan.args),
+            whole_data=False,
+            draws=plan.draws,
+        )
+
+
+def _rows_of(arg, rows: int, part: slice):
+    if isinstance(arg, torch.Tensor) and arg.dim() and arg.shape[0] == rows:
+        return arg[part]
+    return arg

@@ -61,8 +61,9 @@ from tqdm.auto import tqdm
 
 from pyro_vae.annealing import KLWarmup, ScaleLatents
 from pyro_vae.checkpoint import RunFolder
-from pyro_vae.data_source import DataSource, TrainingBatches
+from pyro_vae.data_source import DataSource, ShardedSource, TrainingBatches
 from pyro_vae.devices import move_modules, on_device, resolve_device
+from pyro_vae.distributed import SynchronizedELBO, current
 from pyro_vae.divergence import DivergenceGuard, TrainingDiverged
 from pyro_vae.early_stopping import EarlyStopping
 from pyro_vae.estimators.compiled import CompiledELBO
@@ -137,7 +138,9 @@ def fit(
     an uninterrupted run would have gone on. Clears Pyro's param store first. It computes
     on ``config.device`` (:func:`pyro_vae.devices.resolve_device`): the model's and guide's
     modules are moved there, and each batch as it is drawn; a checkpoint written on any
-    device resumes on it.
+    device resumes on it. In a ``torch.distributed`` group (:mod:`pyro_vae.distributed`)
+    each rank trains on its part of every global batch of ``config.batch_size`` rows, takes
+    the single-process step on the whole batch, and only rank 0 writes to ``run``.
 
     Returns:
         the per-epoch history; ``model`` and ``guide`` hold the best validation weights
@@ -153,16 +156,24 @@ def fit(
     _refuse_bad_arguments(model, guide, run, resume, resume_state)
     device = resolve_device(config.device)
     move_modules(device, model, guide)
+    group = current()  # several processes under torchrun: pyro_vae.distributed
+    if group.world > 1:
+        data = ShardedSource(data, group.rank, group.world)
+        if resume and resume_state is None:  # every rank restores the same checkpoint
+            resume_state = run.load_checkpoint()
     batches = TrainingBatches(
         on_device(data, device), config.batch_size, config.seed, config.drop_last
     )
     pyro.clear_param_store()
     pair = TrainingPair.set_up(model, guide, batches, config)
+    group.refuse_unsupported(elbo, pair.plate, config.batch_size, batches.num_data)
     elbo = _estimator_ready_to_train(elbo, pair, batches, config)
     warmup = KLWarmup(config.kl_warmup_epochs, batches.steps_per_epoch)
-    svi = make_svi(pair.model, pair.guide, elbo, config.lr, warmup.handler)
-    checkpoint = FitCheckpoint(run, pair.weights, svi, elbo, config)
+    step_elbo = SynchronizedELBO(elbo, group) if group.world > 1 else elbo
+    svi = make_svi(pair.model, pair.guide, step_elbo, config.lr, warmup.handler)
+    checkpoint = FitCheckpoint(run if group.is_writer else None, pair.weights, svi, elbo, config)
     start = _start(checkpoint, config.seed, resume, resume_state)
+    group.broadcast_params()
     if on_ready is not None:
         on_ready()
     result = _new_result(pair, start.history)
@@ -172,10 +183,11 @@ def fit(
         if stopping.out_of_patience(epoch):
             result.stop_reason = "early_stopping"
             break
+        group.seed_epoch(config.seed, epoch)
         record = _train_epoch(epoch, batches, step, pair, config)
         due = _validation_due(epoch, config)
         if due and pair.validate is not None:
-            record["val_elbo"] = pair.validate()
+            record["val_elbo"] = group.mean(pair.validate(), getattr(data, "validation_rows", 1))
             result.vectorized_particles = pair.vectorize
             stopping.offer(epoch + 1, record["val_elbo"], pair.weights)
         result.history.append(record)

@@ -62,6 +62,7 @@ LAYERS: dict[str, int] = {
     "pyro_vae.early_stopping": 6,
     "pyro_vae.fit_checkpoint": 6,
     "pyro_vae.train": 6,
+    "pyro_vae.distributed": 6,
     # 7: diagnostics (inference data, PSIS, calibration, gradient variance, the run report),
     # amortization
     "pyro_vae.diagnostics": 7,
@@ -71,10 +72,10 @@ LAYERS: dict[str, int] = {
     "pyro_vae.experiment": 8,
     # 9: the command line
     "pyro_vae.cli": 9,
+    "pyro_vae.__main__": 9,
     # old import paths, kept as lazy re-exports (they warn once): the layer they point to
     "pyro_vae.compiled": 4,
     "pyro_vae.calibration": 7,
-    "pyro_vae.__main__": 9,
 }
 PACKAGE_INIT = 9  # pyro_vae/__init__.py re-exports the public API
 CAVI = "pyro_vae.cavi"

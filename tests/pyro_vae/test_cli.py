@@ -571,3 +571,30 @@ def test_a_run_written_on_a_gpu_evaluates_and_resumes_on_the_cpu(trained, tmp_pa
         for name, value in states[0][key].items():
             assert torch.equal(value, states[1][key][name]), name
     assert RunFolder(gpu).read_config()["train"]["device"] == "cpu"  # where it went on
+
+
+def test_fit_nproc_launches_torchrun_with_the_same_arguments(monkeypatch, tmp_path):
+    launched = []
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr("pyro_vae.cli.launch", lambda argv, n: launched.append((argv, n)) or 0)
+    out = str(tmp_path / "r")
+    assert main(["fit", "--nproc", "2", "--out", out, "--epochs", "3", "--nproc=2"]) == 0
+    assert launched == [(["fit", "--out", out, "--epochs", "3"], 2)]
+    assert not (tmp_path / "r").exists()
+
+
+def test_fit_nproc_is_refused_under_torchrun_and_below_1(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["fit", "--nproc", "2", "--out", str(tmp_path / "r")]) == 2
+    assert "--nproc: 2 under torchrun" in capsys.readouterr().err
+    monkeypatch.delenv("WORLD_SIZE")
+    assert main(["fit", "--nproc", "0", "--out", str(tmp_path / "r")]) == 2
+    assert "--nproc" in capsys.readouterr().err
+
+
+def test_fit_nproc_refuses_bad_flags_before_starting_processes(monkeypatch, tmp_path, capsys):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr("pyro_vae.cli.launch", lambda argv, n: pytest.fail("launched"))
+    out = str(tmp_path / "r")
+    assert main(["fit", "--nproc", "2", "--kl-warmup", "-1", "--out", out]) == 2
+    assert "kl_warmup_epochs: -1.0 is negative" in capsys.readouterr().err

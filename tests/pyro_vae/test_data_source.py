@@ -6,11 +6,15 @@ from pyro.infer import Trace_ELBO
 
 from pyro_vae.data import Preprocessing, load_data
 from pyro_vae.data_source import (
+    HELD_OUT,
+    TRAINING_SET,
     WHOLE_DATA,
     DataSource,
+    ShardedSource,
     TrainingBatches,
     ValidationSet,
     epoch_generator,
+    shard_of,
 )
 from pyro_vae.tensor_data import TensorData
 from pyro_vae.train import TrainConfig, fit
@@ -95,3 +99,40 @@ def test_fit_trains_on_any_data_source():
     assert result.validation == WHOLE_DATA and result.data_plate == "data"
     mean = (pyro.param("a") / (pyro.param("a") + pyro.param("b"))).item()
     assert abs(mean - 31 / 42) < 0.08  # from the prior's 0.5
+
+
+def test_shards_split_rows_as_tensor_split_does():
+    for count, world in [(8, 2), (10, 3), (3, 3), (7, 4)]:
+        parts = torch.tensor_split(torch.arange(count), world)
+        for rank in range(world):
+            assert torch.equal(torch.arange(count)[shard_of(count, rank, world)], parts[rank])
+
+
+def test_sharded_batches_are_the_ranks_slices_of_the_same_global_batches():
+    x, y = torch.randn(10, 3), torch.arange(10.0)
+    whole = list(TensorData(x, y).indexed_batches(4, epoch=2, seed=1))
+    shards = [ShardedSource(TensorData(x, y), rank, 2) for rank in range(2)]
+    assert all(s.num_train == 10 and s.steps_per_epoch(4) == 3 for s in shards)
+    parts = [list(s.indexed_batches(4, epoch=2, seed=1)) for s in shards]
+    for step, (rows, (bx, by)) in enumerate(whole):
+        got = [p[step] for p in parts]
+        assert torch.equal(torch.cat([r for r, _ in got]), rows)
+        assert torch.equal(torch.cat([a[0] for _, a in got]), bx)
+        assert torch.equal(torch.cat([a[1] for _, a in got]), by)
+    assert [len(p[-1][0]) for p in parts] == [1, 1]  # the last batch of 2 rows
+    with pytest.raises(ValueError, match="rank: 2 is not in 0..1"):
+        ShardedSource(TensorData(x), 2, 2)
+
+
+def test_held_out_validation_is_split_and_the_others_are_not():
+    data = load_data("digits", Preprocessing("bernoulli"))
+    shards = [ShardedSource(data, rank, 2) for rank in range(2)]
+    plans = [s.validation_set(False, lambda x, what: None) for s in shards]
+    assert all(p.kind == HELD_OUT for p in plans)
+    assert torch.equal(torch.cat([p.args[0] for p in plans]), data.val_x)
+    assert [s.validation_rows for s in shards] == [81, 81]
+    local = shards[1].validation_set(True, lambda x, what: None)
+    assert local.kind == TRAINING_SET and local.args[0].shape[0] == data.num_train
+    tensors = ShardedSource(TensorData(torch.randn(5, 2)), 1, 2)
+    assert tensors.validation_set(False, None).kind == WHOLE_DATA
+    assert tensors.validation_rows is None

@@ -1,0 +1,298 @@
+"""Data-parallel training on ``torch.distributed``: one process per rank, as torchrun starts them.
+
+``torchrun --nproc_per_node N -m pyro_vae fit ...`` starts N processes with ``RANK``,
+``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` set; :func:`session`
+joins them into one process group (``gloo`` for CPU tensors, with ``nccl`` for CUDA tensors
+when a GPU is present) and :func:`launch` is ``pyro-vae fit --nproc N``, torchrun's agent
+on this machine. Without those variables there is one process and nothing here changes
+what :func:`pyro_vae.train.fit` does.
+
+One step on ranks r = 1..R, each with b_r of the global batch's B rows
+(:class:`pyro_vae.data_source.ShardedSource`): rank r's loss scales its per-datapoint
+terms by N / b_r (the data plate), L_r = (N / b_r) Σ_{i∈r} ℓ_i + G_r, with G the terms
+outside the plate (global latents). The single-process loss on the global batch is
+L = (N / B) Σ_i ℓ_i + G = Σ_r (b_r / B) L_r (when every G_r = G), so the update equals
+the single-process one when every rank adds b_r ∇L_r, sums over ranks, and divides by
+Σ_r b_r = B: one summing all-reduce of [b_r ∇L_r, b_r L_r, b_r] (:class:`SynchronizedELBO`).
+With equal shards this is the mean over ranks of ∇L_r, what ``DistributedDataParallel``
+computes. It runs after ``loss_and_grads``, so the recorded step
+(:class:`~pyro_vae.estimators.compiled.CompiledELBO`) and Pyro's are reduced alike.
+
+Every rank then takes the same Adam step on the same reduced gradient and loss, so the
+weights stay equal, and the NaN guard and early stopping (on the reduced validation ELBO)
+decide alike on every rank. Initial weights are broadcast from rank 0. Each rank draws its
+own noise from a stream seeded by (seed, epoch, rank) at the start of each epoch, so a run
+resumed from an epoch's checkpoint draws exactly what the uninterrupted one would have.
+
+A rank that stops (killed, out of memory) makes the next collective fail on the others:
+they raise :class:`RankLost`, naming the ranks whose processes are gone (ranks on this
+host) or the ones that could not be checked. A rank that hangs is given up on after
+``PYRO_VAE_DIST_TIMEOUT`` seconds (600 by default).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pyro
+import torch
+import torch.distributed as dist
+from pyro.infer import ELBO
+
+from pyro_vae.estimators.capabilities import capabilities_of
+
+__all__ = ["Group", "RankLost", "SynchronizedELBO", "current", "launch", "session"]
+
+TIMEOUT_VARIABLE = "PYRO_VAE_DIST_TIMEOUT"
+
+
+class RankLost(RuntimeError):
+    """Another rank stopped: a collective operation failed or timed out."""
+
+
+@dataclass
+class Group:
+    """This process's place in the training group.
+
+    Attributes:
+        rank: this process's rank, 0..world−1; ``world``: the number of processes.
+        peers: ``(host, pid)`` of every rank, by rank (empty for one process).
+    """
+
+    rank: int = 0
+    world: int = 1
+    peers: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def is_writer(self) -> bool:
+        """Whether this rank writes the run folder: rank 0 alone."""
+        return self.rank == 0
+
+    def all_reduce(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` summed over ranks, in place; :class:`RankLost` when a rank is gone."""
+        if self.world > 1:
+            with self._watching("all-reduce"):
+                dist.all_reduce(values)
+        return values
+
+    def mean(self, value: float, weight: float | None) -> float:
+        """The ``weight``-weighted mean of every rank's ``value`` (equal weights for
+        ``None``): a validation ELBO per datapoint over ranks' shares of the rows."""
+        if self.world == 1:
+            return value
+        w = 1.0 if weight is None else float(weight)
+        total = self.all_reduce(torch.tensor([w * value, w], dtype=torch.float64))
+        return (total[0] / total[1]).item()
+
+    def broadcast_params(self) -> None:
+        """Every entry of Pyro's param store set to rank 0's values (sorted by name)."""
+        if self.world == 1:
+            return
+        store = pyro.get_param_store()
+        with self._watching("broadcast of the initial weights"), torch.no_grad():
+            for name in sorted(store.keys()):
+                dist.broadcast(store[name].unconstrained().data, src=0)
+
+    def seed_epoch(self, seed: int, epoch: int) -> None:
+        """Seed this rank's random streams for epoch ``epoch`` (from 0) from ``(seed,
+        epoch, rank)``: ranks draw different noise, and a resumed epoch draws what an
+        uninterrupted run drew."""
+        if self.world > 1:
+            pyro.set_rng_seed((int(seed) * 1_000_003 + int(epoch)) * 4099 + self.rank)
+
+    @contextlib.contextmanager
+    def _watching(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except (RuntimeError, dist.DistBackendError) as err:
+            raise RankLost(
+                f"rank {self.rank} of {self.world}: the {what} failed, {self._who_is_gone()}; "
+                f"stopping ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
+            ) from err
+
+    def _who_is_gone(self, wait: float = 2.0) -> str:
+        """The ranks whose processes on this host have ended, waiting up to ``wait``
+        seconds for one to end (a killed process closes its sockets before it is gone)."""
+        host = socket.gethostname()
+        others = [(r, peer) for r, peer in enumerate(self.peers) if r != self.rank]
+        unknown = [r for r, (peer_host, _) in others if peer_host != host]
+        deadline = time.monotonic() + wait
+        while True:
+            gone = [r for r, (peer_host, pid) in others if peer_host == host and not _alive(pid)]
+            if gone or unknown or time.monotonic() > deadline or len(others) == 0:
+                break
+            time.sleep(0.05)
+        if gone:
+            return f"rank {', '.join(map(str, gone))} stopped (its process is gone)"
+        if unknown:
+            return f"a rank on another host stopped or hung (ranks {unknown} not checked)"
+        return "another rank stopped or hung"
+
+    def refuse_unsupported(self, elbo: ELBO, plate: str | None, batch_size: int, rows: int):
+        """Refuse, before the first step, what data-parallel training cannot reproduce:
+        an estimator that keeps state between steps (each rank would update its own copy),
+        a model without a per-datapoint plate (its loss cannot be split by rows), and a
+        global batch with fewer rows than ranks.
+
+        Raises:
+            ValueError: naming the setting and what was expected.
+        """
+        if self.world == 1:
+            return
+        caps = capabilities_of(getattr(elbo, "elbo", elbo))
+        if caps is None or caps.keeps_state:
+            state = caps.state if caps is not None and caps.state else "it may keep state"
+            raise ValueError(
+                f"estimator: {type(elbo).__name__} keeps state between steps ({state}), "
+                f"which {self.world} ranks would each update on their own; expected an "
+                "estimator without state (trace, analytic-kl, iwae, vimco, score with "
+                "control_variate 'none' or 'leave-one-out') or one process"
+            )
+        if plate is None:
+            raise ValueError(
+                f"model: no per-datapoint plate, so its loss cannot be split over {self.world} "
+                "ranks by rows; expected a model with pyro.plate(..., len(x)) or one process"
+            )
+        last = rows % batch_size
+        for size in {min(batch_size, rows), last} - {0}:
+            if size < self.world:
+                raise ValueError(
+                    f"batch_size: a batch of {size} rows cannot be split over {self.world} "
+                    f"ranks; expected at least one row per rank (drop_last=True drops a short "
+                    "last batch)"
+                )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed child its parent has not reaped yet
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+class SynchronizedELBO:
+    """``elbo`` whose gradients and loss are reduced over the group after each
+    ``loss_and_grads`` (the module docstring's [b_r ∇L_r, b_r L_r, b_r] sum), for
+    :class:`pyro_vae.svi_step.SVIStep`, which asks it for the parameters it read."""
+
+    def __init__(self, elbo: ELBO, group: Group) -> None:
+        self.elbo, self.group = elbo, group
+
+    def loss_and_grads_and_params(self, model, guide, *args, **kwargs):
+        own = getattr(self.elbo, "loss_and_grads_and_params", None)
+        if own is not None:
+            loss, params = own(model, guide, *args, **kwargs)
+        else:
+            with pyro.poutine.trace(param_only=True) as capture:
+                loss = self.elbo.loss_and_grads(model, guide, *args, **kwargs)
+            params = [site["value"].unconstrained() for site in capture.trace.nodes.values()]
+        rows = float(len(kwargs["subsample"]))
+        return self._reduce(float(loss), params, rows), params
+
+    def _reduce(self, loss: float, params: list[torch.Tensor], rows: float) -> float:
+        """Replace each gradient by Σ_r b_r ∇L_r / Σ_r b_r and return Σ_r b_r L_r / Σ_r b_r.
+        A parameter without a gradient on every rank keeps none."""
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        dtype = torch.float32
+        for g in grads:
+            dtype = torch.promote_types(dtype, g.dtype)
+        device = grads[0].device if grads else torch.device("cpu")
+        flat = torch.cat(
+            [g.reshape(-1).to(dtype) * rows for g in grads]
+            + [torch.tensor([p.grad is not None for p in params], dtype=dtype, device=device)]
+            + [torch.tensor([loss * rows, rows], dtype=dtype, device=device)]
+        )
+        self.group.all_reduce(flat)
+        total_rows, start = flat[-1], 0
+        has_grad = flat[-2 - len(params) : -2]
+        for p, g, seen in zip(params, grads, has_grad.tolist(), strict=True):
+            n = g.numel()
+            if seen:
+                p.grad = (flat[start : start + n] / total_rows).reshape(g.shape).to(g.dtype)
+            start += n
+        return (flat[-2] / total_rows).item()
+
+
+_GROUP = Group()
+
+
+def current() -> Group:
+    """The group this process trains in: the one :func:`session` joined, or the default
+    process group the caller initialized itself (without the peers' pids, so a lost rank
+    is not named), or one process."""
+    if _GROUP.world == 1 and dist.is_available() and dist.is_initialized():
+        return Group(dist.get_rank(), dist.get_world_size())
+    return _GROUP
+
+
+@contextlib.contextmanager
+def session() -> Iterator[Group]:
+    """Join the process group torchrun's environment describes (``WORLD_SIZE`` > 1), for
+    the duration of the block; without it, one process and nothing to join.
+
+    Raises:
+        ValueError: ``PYRO_VAE_DIST_TIMEOUT`` is not a positive number of seconds.
+    """
+    global _GROUP
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1 or dist.is_initialized():
+        yield current()
+        return
+    dist.init_process_group(_backend(), timeout=datetime.timedelta(seconds=_timeout()))
+    try:
+        peers = [None] * world
+        dist.all_gather_object(peers, (socket.gethostname(), os.getpid()))
+        _GROUP = Group(dist.get_rank(), world, tuple(tuple(p) for p in peers))
+        yield _GROUP
+    finally:
+        _GROUP = Group()
+        with contextlib.suppress(RuntimeError):
+            dist.destroy_process_group()
+
+
+def _backend() -> str:
+    """``gloo`` for CPU tensors, with ``nccl`` for CUDA tensors when torch sees a GPU (each
+    rank on GPU ``LOCAL_RANK``). Untested here: this machine has no GPU."""
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        return "cpu:gloo,cuda:nccl"
+    return "gloo"
+
+
+def _timeout() -> float:
+    text = os.environ.get(TIMEOUT_VARIABLE, "600")
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise ValueError(
+            f"{TIMEOUT_VARIABLE}: {text!r} is not a positive number of seconds; expected how "
+            "long a rank waits for the others before giving up"
+        )
+    return seconds
+
+
+def launch(argv: list[str], nproc: int) -> int:
+    """Run ``pyro-vae`` with ``argv`` in ``nproc`` processes on this machine through
+    torchrun's agent (``python -m torch.distributed.run --standalone``), one thread each;
+    returns the agent's exit status (non-zero, naming the failed rank, when one fails)."""
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += [f"--nproc_per_node={nproc}", "-m", "pyro_vae", *argv]
+    return subprocess.call(command, env=env)

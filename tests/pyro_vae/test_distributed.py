@@ -1,0 +1,152 @@
+"""Data-parallel training on gloo over loopback: two ranks update as one process on the
+global batch; a killed rank stops the other with a message naming it; what is refused."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pyro_vae import estimators
+from pyro_vae.checkpoint import RunFolder
+from pyro_vae.cli import main
+from pyro_vae.distributed import Group, RankLost, SynchronizedELBO, _timeout, current, session
+from tests.pyro_vae.distributed_worker import CASES, TinyVAE, gradients, train
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ranks(command: list[str], world: int = 2, **popen) -> list[subprocess.Popen]:
+    """``command`` in ``world`` processes with torchrun's variables, on loopback."""
+    port = _free_port()
+    return [
+        subprocess.Popen(
+            [sys.executable, *command],
+            cwd=ROOT,
+            env={
+                **os.environ,
+                "RANK": str(rank),
+                "LOCAL_RANK": str(rank),
+                "WORLD_SIZE": str(world),
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(port),
+                "OMP_NUM_THREADS": "1",
+            },
+            **popen,
+        )
+        for rank in range(world)
+    ]
+
+
+def test_two_ranks_take_the_single_process_steps_and_resume_exactly(tmp_path, one_thread):
+    ranks = _ranks(["-m", "tests.pyro_vae.distributed_worker", str(tmp_path)])
+    expected = {name: train(name, rank=0, world=1) for name in CASES}  # meanwhile, here
+    expected["gradients"] = gradients(rank=0, world=1)
+    assert [p.wait(timeout=120) for p in ranks] == [0, 0]
+    for rank in range(2):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        for name in [*CASES, "gradients"]:
+            assert got[name].keys() == expected[name].keys()
+            for key, value in expected[name].items():
+                torch.testing.assert_close(got[name][key], value, rtol=1e-5, atol=1e-6)
+        for key, value in got["straight"].items():  # every rank resumes exactly
+            assert torch.equal(got["resumed"][key], value), key
+    torch.manual_seed(0)
+    initial = TinyVAE().decoder.weight.detach()  # the weights did move: the test can fail
+    assert (initial - got["trace"]["decoder$$$weight"]).abs().min() > 1e-3
+
+
+def test_a_killed_rank_stops_the_other_and_the_folder_evaluates_and_resumes(tmp_path):
+    run = tmp_path / "run"
+    fit = ["-m", "pyro_vae", "fit", "--data", "digits", "--out", str(run), "--epochs", "60"]
+    fit += ["--batch-size", "64", "--latent-dim", "2", "--hidden", "8", "--no-progress"]
+    fit += ["--ll-samples", "2", "--ll-points", "10"]
+    ranks = _ranks(fit, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (run / "checkpoint.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.1)
+    ranks[1].send_signal(signal.SIGKILL)
+    _, err = ranks[0].communicate(timeout=60)
+    ranks[1].wait(timeout=10)
+    assert ranks[0].returncode == 1, err
+    assert "rank 1 stopped (its process is gone)" in err and "--resume" in err, err
+    done = RunFolder(run).load_checkpoint()["epoch"]
+    assert 1 <= done < 60
+    assert main(["evaluate", str(run), "--ll-samples", "2", "--ll-points", "10"]) == 0
+    assert main(["fit", "--resume", str(run), "--epochs", str(done + 1), "--no-progress"]) == 0
+    assert len(RunFolder(run).read_metrics()["epochs"]) == done + 1
+
+
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("score", {"control_variate": "ema"}),
+        ("score", {"control_variate": "neural"}),
+        ("tracegraph", {}),
+    ],
+)
+def test_estimators_that_keep_state_are_refused_on_several_ranks(name, options):
+    elbo = estimators.get(name, **options)
+    with pytest.raises(ValueError, match="keeps state between steps.*or one process"):
+        Group(0, 2).refuse_unsupported(elbo, "data", 8, 32)
+    Group().refuse_unsupported(elbo, "data", 8, 32)  # one process: anything goes
+
+
+def test_a_model_without_data_plate_or_a_batch_smaller_than_the_group_is_refused():
+    elbo, group = estimators.get("trace"), Group(1, 4)
+    with pytest.raises(ValueError, match="model: no per-datapoint plate"):
+        group.refuse_unsupported(elbo, None, 8, 32)
+    with pytest.raises(ValueError, match="batch_size: a batch of 2 rows cannot be split over 4"):
+        group.refuse_unsupported(elbo, "data", 8, 34)
+    with pytest.raises(ValueError, match="batch_size: a batch of 3 rows"):
+        group.refuse_unsupported(elbo, "data", 3, 30)
+    loo = estimators.get("score", control_variate="leave-one-out", num_particles=2)
+    group.refuse_unsupported(loo, "data", 8, 36)
+
+
+def test_one_process_is_a_group_of_one_that_changes_nothing(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with session() as group:
+        assert group is current() and (group.rank, group.world, group.is_writer) == (0, 1, True)
+    assert group.mean(-3.5, 10) == -3.5
+    values = torch.tensor([1.0, 2.0])
+    assert group.all_reduce(values) is values and values.tolist() == [1.0, 2.0]
+
+
+def test_the_reduced_gradient_is_the_rows_weighted_one():
+    p = torch.zeros(2, requires_grad=True)
+    p.grad = torch.tensor([3.0, -1.0])
+    loss = SynchronizedELBO(None, Group())._reduce(2.5, [p], rows=4.0)
+    assert loss == 2.5 and p.grad.tolist() == [3.0, -1.0]
+
+
+def test_a_lost_rank_is_named_when_its_process_is_gone():
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    group = Group(0, 3, ((host, os.getpid()), (host, os.getpid()), (host, dead.pid)))
+    with pytest.raises(RankLost, match=r"rank 0 of 3: the all-reduce failed, rank 2 stopped"):
+        with group._watching("all-reduce"):
+            raise RuntimeError("Connection closed by peer")
+    group = Group(0, 2, ((host, os.getpid()), ("elsewhere", 1)))
+    assert "ranks [1] not checked" in group._who_is_gone()
+
+
+def test_a_bad_timeout_is_refused(monkeypatch):
+    monkeypatch.setenv("PYRO_VAE_DIST_TIMEOUT", "soon")
+    with pytest.raises(ValueError, match="PYRO_VAE_DIST_TIMEOUT: 'soon' is not a positive"):
+        _timeout()
+    monkeypatch.setenv("PYRO_VAE_DIST_TIMEOUT", "5")
+    assert _timeout() == 5.0
