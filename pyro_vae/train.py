@@ -154,16 +154,8 @@ def fit(
     """
     config = config or TrainConfig()
     _refuse_bad_arguments(model, guide, run, resume, resume_state)
-    device = resolve_device(config.device)
-    move_modules(device, model, guide)
-    group = current()  # several processes under torchrun: pyro_vae.distributed
-    if group.world > 1:
-        data = ShardedSource(data, group.rank, group.world)
-        if resume and resume_state is None:  # every rank restores the same checkpoint
-            resume_state = run.load_checkpoint()
-    batches = TrainingBatches(
-        on_device(data, device), config.batch_size, config.seed, config.drop_last
-    )
+    data, group, resume_state = _placed(data, model, guide, config, run, resume, resume_state)
+    batches = TrainingBatches(data, config.batch_size, config.seed, config.drop_last)
     pyro.clear_param_store()
     pair = TrainingPair.set_up(model, guide, batches, config)
     group.refuse_unsupported(elbo, pair.plate, config.batch_size, batches.num_data)
@@ -199,6 +191,21 @@ def fit(
             )
     result.best_epoch = stopping.restore_best(pair.weights)
     return result
+
+
+def _placed(data, model, guide, config, run, resume: bool, resume_state):
+    """Where this process trains: ``data`` on ``config.device`` (the model's and guide's
+    modules moved there) and, in a ``torch.distributed`` group, this rank's shard of it;
+    every rank of a resumed group reads the checkpoint itself. Returns ``(data, group,
+    resume_state)``."""
+    device = resolve_device(config.device)
+    move_modules(device, model, guide)
+    group = current()  # several processes under torchrun: pyro_vae.distributed
+    if group.world > 1:
+        data = ShardedSource(data, group.rank, group.world)
+        if resume and resume_state is None:  # every rank restores the same checkpoint
+            resume_state = run.load_checkpoint()
+    return on_device(data, device), group, resume_state
 
 
 def _refuse_bad_arguments(model, guide, run, resume: bool, resume_state) -> None:
