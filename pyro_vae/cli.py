@@ -24,7 +24,7 @@ from pyro_vae.checkpoint import RunFolder, RunFolderError
 from pyro_vae.data import BINARIZATIONS, DatasetNotFoundError
 from pyro_vae.devices import resolve_device, to_device
 from pyro_vae.diagnostics.gradient_variance import gradient_variance
-from pyro_vae.distributed import RankLost, current, launch, session
+from pyro_vae.distributed import RankLost, current, launch, refuse_before_launch, session
 from pyro_vae.estimators.compiled import compilable, should_record
 from pyro_vae.experiment import Experiment, build, evaluate_test_set, load, write_figures
 from pyro_vae.idx import IDXFormatError
@@ -878,8 +878,11 @@ def _launch(argv: list[str], args: argparse.Namespace) -> int:
     """``fit --nproc N``: the same command in N processes through torchrun's agent, once
     the flags have passed their checks here (a refusal exits 2 before any process starts)."""
     nproc = args.nproc
-    if not args.resume:
-        _run_config_from_args(args)
+    if args.resume:
+        config = RunConfig.from_json(RunFolder(args.resume).read_config())
+    else:
+        config = _run_config_from_args(args)
+    refuse_before_launch(config.estimator.build(), config.training.batch_size, nproc)
     if "WORLD_SIZE" in os.environ:
         raise ValueError(
             f"--nproc: {nproc} under torchrun, which has started the processes already; "

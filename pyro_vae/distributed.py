@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -147,15 +148,7 @@ class Group:
         """
         if self.world == 1:
             return
-        caps = capabilities_of(getattr(elbo, "elbo", elbo))
-        if caps is None or caps.keeps_state:
-            state = caps.state if caps is not None and caps.state else "it may keep state"
-            raise ValueError(
-                f"estimator: {type(elbo).__name__} keeps state between steps ({state}), "
-                f"which {self.world} ranks would each update on their own; expected an "
-                "estimator without state (trace, analytic-kl, iwae, vimco, score with "
-                "control_variate 'none' or 'leave-one-out') or one process"
-            )
+        refuse_stateful(elbo, self.world)
         if plate is None:
             raise ValueError(
                 f"model: no per-datapoint plate, so its loss cannot be split over {self.world} "
@@ -169,6 +162,42 @@ class Group:
                     f"ranks; expected at least one row per rank (drop_last=True drops a short "
                     "last batch)"
                 )
+
+
+def refuse_stateful(elbo: ELBO, world: int) -> None:
+    """Refuse an estimator that keeps state between steps (or declares nothing) on
+    ``world`` > 1 ranks: each rank would update its own copy.
+
+    Raises:
+        ValueError: naming the estimator and what was expected.
+    """
+    caps = capabilities_of(getattr(elbo, "elbo", elbo))
+    if world == 1 or (caps is not None and not caps.keeps_state):
+        return
+    if caps is None:
+        why = "it declares no capabilities, so it may keep state between steps"
+    else:
+        why = "it keeps state between steps" + (f" ({caps.state})" if caps.state else "")
+    raise ValueError(
+        f"estimator: {type(elbo).__name__}: {why}, which {world} ranks would each update on "
+        "their own; expected an estimator without state (trace, analytic-kl, iwae, vimco, "
+        "score with control_variate 'none' or 'leave-one-out') or one process"
+    )
+
+
+def refuse_before_launch(elbo: ELBO, batch_size: int, world: int) -> None:
+    """What can be refused before ``world`` processes start: a stateful estimator
+    (:func:`refuse_stateful`) and a global batch with fewer rows than ranks.
+
+    Raises:
+        ValueError: naming the setting and what was expected.
+    """
+    refuse_stateful(elbo, world)
+    if batch_size < world:
+        raise ValueError(
+            f"batch_size: {batch_size} rows cannot be split over {world} ranks; expected at "
+            "least one row per rank"
+        )
 
 
 def _alive(pid: int) -> bool:
@@ -295,4 +324,13 @@ def launch(argv: list[str], nproc: int) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     command += [f"--nproc_per_node={nproc}", "-m", "pyro_vae", *argv]
-    return subprocess.call(command, env=env)
+    agent = subprocess.Popen(command, env=env)
+    try:
+        return agent.wait()
+    except BaseException:  # Ctrl-C or SIGTERM here: the agent stops its ranks, none orphaned
+        agent.send_signal(signal.SIGTERM)
+        try:
+            agent.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            agent.kill()
+        raise

@@ -38,7 +38,7 @@ from pyro.infer import TraceEnum_ELBO
 from tqdm.auto import tqdm
 
 from pyro_vae.checks import check_count
-from pyro_vae.devices import to_device
+from pyro_vae.devices import resolve_device, to_device
 from pyro_vae.minibatch import Minibatched, align_autoguide, fitted_rows
 from pyro_vae.model_protocol import offered
 from pyro_vae.plates import batch_rows, find_data_plate, frames_in, require_data_plate
@@ -180,7 +180,7 @@ def prepare(
             wrong length or beyond the rows a local autoguide was fitted to.
     """
     count = int(data[0].shape[0])
-    device = data[0].device if device is None else torch.device(device)
+    device = data[0].device if device is None else resolve_device(device, "device")
     probe = to_device(_chunk(data, 0, min(count, probe_rows)), device)
     num_rows = batch_rows(probe)
     check_dtypes(probe, model, guide)

@@ -167,7 +167,7 @@ def _guide(config: RunConfig, model, paired_guide, standard: dict) -> Any:
     )
 
 
-def load(run: RunFolder, device: str = "auto") -> Experiment:
+def load(run: RunFolder | str | Path, device: str = "auto") -> Experiment:
     """Rebuild a run's experiment and load its kept (best-validation) weights, on
     ``device`` (:func:`pyro_vae.devices.resolve_device`; whichever device trained it).
 
@@ -182,6 +182,7 @@ def load(run: RunFolder, device: str = "auto") -> Experiment:
     from pyro_vae.train import prepare_pair
     from pyro_vae.weights import WeightsMismatchError
 
+    run = run if isinstance(run, RunFolder) else RunFolder(run)
     resolved = resolve_device(device, "device")
     config = RunConfig.from_json(run.read_config())
     config = replace(config, training=replace(config.training, device=str(resolved)))

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from pyro_vae.checks import check_count, check_learning_rate
 from pyro_vae.devices import check_device_name
 
@@ -76,6 +78,8 @@ class TrainingConfig:
         check_count("seed", self.seed, 0)
         check_count("patience", self.patience, 1, " (None: never stop early)", allow_none=True)
         check_learning_rate("lr", self.lr)
+        if isinstance(self.device, torch.device):
+            self.device = str(self.device)
         check_device_name(self.device, "device")
         if not self.kl_warmup_epochs >= 0:
             raise ValueError(f"kl_warmup_epochs: {self.kl_warmup_epochs!r} is negative")

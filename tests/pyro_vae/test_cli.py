@@ -598,3 +598,23 @@ def test_fit_nproc_refuses_bad_flags_before_starting_processes(monkeypatch, tmp_
     out = str(tmp_path / "r")
     assert main(["fit", "--nproc", "2", "--kl-warmup", "-1", "--out", out]) == 2
     assert "kl_warmup_epochs: -1.0 is negative" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (["--estimator", "score", "--estimator-opt", "control_variate=ema"], "keeps state"),
+        (["--estimator", "tracegraph"], "TraceGraph_ELBO: it keeps state between steps,"),
+        (["--batch-size", "1"], "batch_size: 1 rows cannot be split over 2 ranks"),
+    ],
+)
+def test_what_ranks_cannot_train_is_refused_before_any_process_starts(
+    monkeypatch, tmp_path, capsys, flags, words
+):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr("pyro_vae.cli.launch", lambda argv, n: pytest.fail("launched"))
+    out = tmp_path / "r"
+    assert main(["fit", "--nproc", "2", *flags, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert words in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()

@@ -150,3 +150,31 @@ def test_a_bad_timeout_is_refused(monkeypatch):
         _timeout()
     monkeypatch.setenv("PYRO_VAE_DIST_TIMEOUT", "5")
     assert _timeout() == 5.0
+
+
+def test_the_launcher_stops_its_agent_when_it_is_stopped(monkeypatch):
+    import subprocess
+
+    from pyro_vae import distributed
+
+    class Agent:
+        signals, waits = [], 0
+
+        def __init__(self, command, env):
+            self.command = command
+
+        def wait(self, timeout=None):
+            Agent.waits += 1
+            if Agent.waits == 1:
+                raise KeyboardInterrupt  # Ctrl-C while the ranks train
+            return -15
+
+        def send_signal(self, sig):
+            Agent.signals.append(sig)
+
+    monkeypatch.setattr(subprocess, "Popen", Agent)
+    with pytest.raises(KeyboardInterrupt):
+        distributed.launch(["fit", "--out", "x"], 2)
+    import signal
+
+    assert Agent.signals == [signal.SIGTERM]  # torchrun's agent stops its ranks on SIGTERM

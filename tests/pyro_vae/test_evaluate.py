@@ -254,3 +254,13 @@ def test_latent_means_of_a_guide_without_encode_are_a_monte_carlo_mean(x):
     # 400 draws of sd √POST_VAR: a standard error of √(POST_VAR / 400) per entry
     se = (POST_VAR / 400).sqrt()
     assert ((mean - loc).abs() <= 4 * se).all()
+
+
+def test_an_evaluator_refuses_a_device_this_machine_lacks_by_name(monkeypatch):
+    from models.vae import VAE
+    from pyro_vae.evaluate import elbo_per_datapoint
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    model = VAE(4, latent_dim=2, hidden_dims=(3,))
+    with pytest.raises(ValueError, match="device: 'cuda' is not available on this machine"):
+        elbo_per_datapoint(model, model.make_guide(), torch.zeros(3, 4), device="cuda")

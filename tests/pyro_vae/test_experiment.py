@@ -99,3 +99,10 @@ def test_load_refuses_weights_of_another_shape(fixture_run):
     path.write_text(json.dumps(config))
     with pytest.raises(RunFolderError, match="does not fit"):
         load(fixture_run)
+
+
+def test_load_takes_a_path_as_well_as_a_run_folder(tmp_path):
+    from pyro_vae.experiment import load
+
+    with pytest.raises(RunFolderError, match="is not a directory"):
+        load(str(tmp_path / "absent"))

@@ -35,3 +35,9 @@ def test_a_bad_value_is_refused_naming_field_value_and_expectation(make, words):
         make()
     for word in words:
         assert word in str(info.value)
+
+
+def test_a_torch_device_is_taken_by_its_name():
+    import torch
+
+    assert TrainingConfig(device=torch.device("cpu")).device == "cpu"
