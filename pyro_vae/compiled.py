@@ -4,9 +4,9 @@ one ``FutureWarning`` the first time it is read here."""
 
 from __future__ import annotations
 
-import importlib
-import warnings
 from typing import Any
+
+from pyro_vae.moved import hand_over
 
 _NEW = "pyro_vae.estimators.compiled"
 _MOVED = {"COMPILABLE", "CaptureError", "CompiledELBO", "compilable"}
@@ -14,13 +14,4 @@ _WARNED: set[str] = set()
 
 
 def __getattr__(name: str) -> Any:
-    if name not in _MOVED:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    if name not in _WARNED:
-        _WARNED.add(name)
-        warnings.warn(
-            f"pyro_vae.compiled.{name} has moved to {_NEW}.{name}; import it from there",
-            FutureWarning,
-            stacklevel=2,
-        )
-    return getattr(importlib.import_module(_NEW), name)
+    return hand_over(__name__, _NEW, _MOVED, name, _WARNED)

@@ -29,6 +29,7 @@ LAYERS: dict[str, int] = {
     "pyro_vae.plots": 0,
     "pyro_vae.image_grid": 0,
     "pyro_vae.pyro_compat": 0,
+    "pyro_vae.moved": 0,
     "pyro_vae.nn": 0,
     "pyro_vae.devices": 0,
     # 1: data and likelihoods (the pixel checks live where the data meets its likelihood)

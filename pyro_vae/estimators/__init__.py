@@ -27,8 +27,6 @@ reads it. A new estimator is its module, its class's ``capabilities`` and one li
 
 from __future__ import annotations
 
-import importlib
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +37,7 @@ from pyro_vae.estimators.capabilities import Capabilities, capabilities_of, decl
 from pyro_vae.estimators.iwae import IWAELBO
 from pyro_vae.estimators.score_function import CONTROL_VARIATES, ScoreFunctionELBO
 from pyro_vae.estimators.vimco import VIMCO
+from pyro_vae.moved import hand_over
 
 # Pyro's ELBOs cannot carry a declaration: their registry lines make it. None is a
 # per-datapoint K-sample bound (they average K single-sample ELBOs).
@@ -109,17 +108,7 @@ _WARNED: set[str] = set()
 
 
 def __getattr__(name: str) -> Any:
-    if name not in _MOVED:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    new = "pyro_vae.diagnostics.gradient_variance"
-    if name not in _WARNED:
-        _WARNED.add(name)
-        warnings.warn(
-            f"pyro_vae.estimators.{name} has moved to {new}.{name}; import it from there",
-            FutureWarning,
-            stacklevel=2,
-        )
-    return getattr(importlib.import_module(new), name)
+    return hand_over(__name__, "pyro_vae.diagnostics.gradient_variance", _MOVED, name, _WARNED)
 
 
 __all__ = [

@@ -6,27 +6,17 @@ importing this module alone does not warn.
 
 from __future__ import annotations
 
-import importlib
-import warnings
 from typing import Any
+
+from pyro_vae.moved import hand_over
 
 _NEW = "pyro_vae.diagnostics.gradient_variance"
 _NAMES = ("GradientStats", "gradient_variance")
-_warned = False
+_WARNED: set[str] = set()
 
 
 def __getattr__(name: str) -> Any:
-    global _warned
-    if name not in _NAMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    if not _warned:
-        _warned = True
-        warnings.warn(
-            f"{__name__} has moved to {_NEW}; import {name} from {_NEW}",
-            FutureWarning,
-            stacklevel=2,
-        )
-    return getattr(importlib.import_module(_NEW), name)
+    return hand_over(__name__, _NEW, _NAMES, name, _WARNED, key=__name__)
 
 
 def __dir__() -> list[str]:
