@@ -36,6 +36,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]  # perf_common, models and pyro_vae beside it
 
+import perf_epoch  # noqa: E402
 import pyro  # noqa: E402
 import pyro.optim  # noqa: E402
 import torch  # noqa: E402
@@ -44,14 +45,11 @@ from perf_common import (  # noqa: E402
     LR,
     PlainPyroVAE,
     build_networks,
-    build_pyro_vae,
     hand_loss,
 )
 from pyro.infer import SVI, Trace_ELBO  # noqa: E402
 
 from pyro_vae.data import FASHION_MNIST_DIR, Preprocessing, load_data  # noqa: E402
-from pyro_vae.estimators import get  # noqa: E402
-from pyro_vae.train import TrainConfig, fit  # noqa: E402
 
 CUDA_GRAPH_NOTE = "not built: the recorded step is not yet replayed through a CUDA graph"
 
@@ -102,18 +100,7 @@ def train_plain_pyro(x, epochs, seed, device):
 
 
 def train_pyro_vae(data, epochs, seed, device, compile):
-    model, guide = build_pyro_vae(data.x_dim, seed)
-    config = TrainConfig(
-        epochs=epochs,
-        batch_size=BATCH_SIZE,
-        lr=LR,
-        seed=seed,
-        patience=None,
-        progress=False,
-        compile=compile,
-        device=str(device),
-    )
-    return [h["seconds"] for h in fit(model, guide, data, get("trace"), config).history]
+    return perf_epoch.train_pyro_vae(data, epochs, seed, compile=compile, device=str(device))[0]
 
 
 def _measure(name, run, device):

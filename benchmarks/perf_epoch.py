@@ -71,7 +71,9 @@ def _loader(train_x: torch.Tensor, seed: int) -> DataLoader:
     )
 
 
-def train_pyro_vae(data, epochs: int, seed: int, compile: bool = True, backend=None):
+def train_pyro_vae(
+    data, epochs: int, seed: int, compile: bool = True, backend=None, device: str = "cpu"
+):
     model, guide = build_pyro_vae(data.x_dim, seed)
     config = TrainConfig(
         epochs=epochs,
@@ -82,6 +84,7 @@ def train_pyro_vae(data, epochs: int, seed: int, compile: bool = True, backend=N
         progress=False,
         compile=compile,
         compile_backend=backend,
+        device=device,
     )
     history = fit(model, guide, data, get("trace"), config).history
     return [h["seconds"] for h in history], (model, guide)
