@@ -538,10 +538,11 @@ def _train_and_report(
         compile_step = _should_compile(args, exp.elbo, exp.model, exp.guide)
         config = replace(config, training=replace(config.training, compile=compile_step))
         exp.config = config
-    if config.training.compile and compilable(exp.elbo) is not None:
+    reason = compilable(exp.elbo) if config.training.compile else None
+    if reason is not None:
         raise ValueError(
             f"--compile on: the {config.estimator.name} estimator cannot be compiled "
-            f"({compilable(exp.elbo)}); use --compile auto or off (nothing was written)"
+            f"({reason}); use --compile auto or off (nothing was written)"
         )
 
     writer = current().is_writer
