@@ -36,6 +36,7 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import ClippedAdam
 
 from pyro_vae.checks import check_count
+from pyro_vae.diagnostics.draws import to_given_device
 from pyro_vae.plates import batch_rows, find_data_plate, frames_in
 from pyro_vae.traces import full_rank, plate_nesting, sample_sites
 
@@ -173,7 +174,7 @@ def _quantiles(sim: _Simulation, below: dict[str, torch.Tensor]) -> dict[str, np
     quantiles = {}
     for name, b in below.items():
         shape = [d for d in b.shape[1 : sim.rank] if d != 1] + list(b.shape[sim.rank :])
-        per_rep = b.reshape(b.shape[0], -1).numpy()
+        per_rep = b.reshape(b.shape[0], -1).cpu().numpy()
         for j, label in enumerate(_component_names(name, shape)):
             quantiles[label] = per_rep[:, j]
     return quantiles
@@ -195,6 +196,7 @@ def vsbc(
     num_particles: int = 1,
     num_draws: int = 1000,
     sites: Sequence[str] | None = None,
+    device: Any = None,
     **kwargs: Any,
 ) -> VSBCResult:
     """VSBC for ``model(*args, **kwargs)`` with guides ``make_guide(model)`` fitted by SVI.
@@ -206,7 +208,13 @@ def vsbc(
     ``lr`` to ``final_lr`` (default ``lr/10``); q is then represented by ``num_draws``
     draws. ``sites`` defaults to the model's latent sites outside its per-datapoint plate
     (the global parameters). VSBC judges the whole procedure: an optimization stopped
-    short of the optimum skews p as a biased family does.
+    short of the optimum skews p as a biased family does. ``device`` (``None``: where the
+    tensors in ``args`` are): the tensors in ``args`` and ``kwargs`` are put there, where
+    the model's modules must be; the quantiles come back as NumPy arrays.
+
+    Raises:
+        ValueError: a count below its minimum; unknown ``sites``; a non-finite final loss;
+            a ``device`` this machine does not have.
     """
     for arg, value, minimum in (
         ("num_steps", num_steps, 1),
@@ -214,6 +222,7 @@ def vsbc(
         ("num_draws", num_draws, 2),
     ):
         check_count(arg, value, minimum)
+    args, kwargs = to_given_device(args, kwargs, device)
     sim = _simulate(model, args, kwargs, num_replications, sites)
     rank = sim.rank  # replications at dim −rank, posterior draws at −(rank + 1)
     conditioned = _replicated(poutine.condition(model, data=sim.data), num_replications, -rank)
@@ -247,15 +256,17 @@ def vsbc_with(
     num_replications: int = 200,
     num_draws: int = 1000,
     sites: Sequence[str] | None = None,
+    device: Any = None,
     **kwargs: Any,
 ) -> VSBCResult:
     """VSBC with any fitting procedure, one replication at a time.
 
     ``fit(data)`` gets one replication's simulated observations, ``{site: value}``, and
     returns a guide (e.g. a closed-form CAVI fit's ``variational_guide``), which is drawn
-    from as ``guide(*args, **kwargs)``. Otherwise as :func:`vsbc`.
+    from as ``guide(*args, **kwargs)``. Otherwise (``device`` too) as :func:`vsbc`.
     """
     check_count("num_draws", num_draws, 2)
+    args, kwargs = to_given_device(args, kwargs, device)
     sim = _simulate(model, args, kwargs, num_replications, sites)
     below: dict[str, list[torch.Tensor]] = {n: [] for n in sim.truth}
     for m in range(num_replications):

@@ -16,6 +16,7 @@ import pyro
 import torch
 from pyro.poutine import Trace
 
+from pyro_vae.devices import resolve_device, to_device
 from pyro_vae.evaluate import eval_mode
 from pyro_vae.plates import batch_rows, find_data_plate, frames_in, require_data_plate
 from pyro_vae.traces import full_rank, particle_traces, plate_nesting, run_pair, sample_sites
@@ -124,8 +125,32 @@ def log_density_per_draw(trace: Trace, rank: int, num_samples: int) -> torch.Ten
     :func:`pyro_vae.pointwise.per_draw_log_density`, which adds them in the sites' dtype),
     so a large constant site does not swamp the others' differences between draws.
     """
-    total = torch.zeros(num_samples, dtype=torch.float64)
-    for site in sample_sites(trace).values():
+    sites = sample_sites(trace).values()
+    total = torch.zeros(num_samples, dtype=torch.float64, device=trace_device(trace))
+    for site in sites:
         lp = full_rank(site["log_prob"], rank)
         total = total + lp.reshape(lp.shape[0], -1).sum(1).double()
     return total
+
+
+def to_given_device(args: tuple, kwargs: dict, device: Any) -> tuple[tuple, dict]:
+    """``args`` and ``kwargs`` with every tensor in them on ``device`` (a name or a
+    ``torch.device``: :func:`pyro_vae.devices.resolve_device`), or as they are for
+    ``None``. The model's and guide's modules are not moved: as for the evaluators,
+    ``device`` is where the pair already computes.
+
+    Raises:
+        ValueError: ``device`` is not a device name, or one this machine does not have.
+    """
+    if device is None:
+        return args, kwargs
+    device = resolve_device(device, "device")
+    return to_device(args, device), to_device(kwargs, device)
+
+
+def trace_device(trace: Trace) -> torch.device:
+    """The device of a trace's values: its first sample site's (the CPU for none), where
+    sums over its sites are accumulated."""
+    for site in sample_sites(trace).values():
+        return site["value"].device if torch.is_tensor(site["value"]) else torch.device("cpu")
+    return torch.device("cpu")

@@ -164,4 +164,4 @@ def exact_answers(log_p: torch.Tensor, log_q: torch.Tensor) -> ExactAnswers:
     chi2 = torch.logsumexp(
         torch.where(log_post > -math.inf, 2 * log_post - lq, -math.inf), 0
     ).expm1()
-    return ExactAnswers(log_evidence.numpy(), kl.numpy(), chi2.numpy())
+    return ExactAnswers(*(t.cpu().numpy() for t in (log_evidence, kl, chi2)))

@@ -19,11 +19,14 @@ import math
 import re
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import pyro
 import torch
 from pyro.infer import ELBO
 from tqdm.auto import tqdm
+
+from pyro_vae.diagnostics.draws import to_given_device
 
 
 @dataclass
@@ -47,17 +50,30 @@ def _group(name: str) -> str:
 
 
 def gradient_variance(
-    model, guide, estimator: ELBO, *args, num_draws: int = 100, progress: bool = False, **kwargs
+    model,
+    guide,
+    estimator: ELBO,
+    *args,
+    num_draws: int = 100,
+    progress: bool = False,
+    device: Any = None,
+    **kwargs,
 ) -> dict[str, GradientStats]:
     """Draw ``estimator``'s gradient ``num_draws`` times at fixed parameters; stats per group.
 
     Runs ``estimator.loss_and_grads(model, guide, *args, **kwargs)`` once first (to
     register parameters and let estimators guess plate nesting) and does not step any
     optimizer. Parameters whose gradient is always absent are left out. ``progress`` shows
-    a progress bar over the draws.
+    a progress bar over the draws. ``device`` (``None``: where the tensors in ``args``
+    are): the tensors in ``args`` and ``kwargs`` are put there, where the pair's modules
+    must be; the statistics' ``mean`` stays there.
+
+    Raises:
+        ValueError: ``num_draws`` < 2; a ``device`` this machine does not have.
     """
     if not isinstance(num_draws, int) or num_draws < 2:
         raise ValueError(f"num_draws: {num_draws!r} is too few; a variance needs at least 2")
+    args, kwargs = to_given_device(args, kwargs, device)
     store = pyro.get_param_store()
     estimator.loss_and_grads(model, guide, *args, **kwargs)
     params = dict(store.named_parameters())

@@ -23,7 +23,7 @@ import torch
 from pyro_vae.checkpoint import atomic_path
 from pyro_vae.checks import check_count
 from pyro_vae.diagnostics.arviz_compat import az
-from pyro_vae.diagnostics.draws import as_guide, draw, log_density_per_draw
+from pyro_vae.diagnostics.draws import as_guide, draw, log_density_per_draw, to_given_device
 from pyro_vae.evaluate import check_finite
 from pyro_vae.plates import batch_rows, find_data_plate
 from pyro_vae.traces import PARTICLES, full_rank, sample_sites, stack_values
@@ -99,7 +99,9 @@ def _groups(model_tr, rank: int, num_samples: int) -> dict[str, dict]:
 
 
 @torch.no_grad()
-def to_inference_data(model, guide, *args: Any, num_samples: int = 1000, **kwargs: Any):
+def to_inference_data(
+    model, guide, *args: Any, num_samples: int = 1000, device: Any = None, **kwargs: Any
+):
     """ArviZ ``InferenceData`` of ``num_samples`` draws z_s ~ q(z | x) replayed in the model.
 
     ``model(*args, **kwargs)`` and ``guide(*args, **kwargs)`` are a Pyro pair (any
@@ -109,21 +111,27 @@ def to_inference_data(model, guide, *args: Any, num_samples: int = 1000, **kwarg
     ``posterior`` (latent sites), ``posterior_predictive`` and ``log_likelihood``
     (pointwise log p(x | z_s), unscaled) of each observed site, ``observed_data``, and
     ``sample_stats`` with ``lp`` = log p(x, z_s) and ``log_q`` = log q(z_s | x).
+    ``device`` (``None``: where the tensors in ``args`` are): the tensors in ``args`` and
+    ``kwargs`` are put there, where the pair's modules must be; the arrays are copied to
+    the CPU (NumPy) at the end. A model keyword argument named ``device`` is therefore
+    taken by this function, not passed on.
 
     Raises:
-        ValueError: ``num_samples`` < 2; non-finite data; a guide that does not cover the
+        ValueError: ``num_samples`` < 2; non-finite data; a ``device`` this machine does
+            not have; a guide that does not cover the
             model's latent sites (:func:`pyro_vae.diagnostics.draws.probe`).
     """
     check_count("num_samples", num_samples, 2, "; expected at least 2 draws from the guide")
     check_finite((*args, *kwargs.values()), "args")
+    args, kwargs = to_given_device(args, kwargs, device)
     guide = as_guide(guide)
     guide_tr, model_tr, rank, _ = draw(model, guide, args, kwargs, num_samples)
     plate = find_data_plate(model_tr, batch_rows(args, kwargs)) or ""
     attrs = {"pyro_vae_format": FORMAT, "num_samples": num_samples, "data_plate": plate}
     groups = _groups(model_tr, rank, num_samples)
     stats = {
-        "lp": log_density_per_draw(model_tr, rank, num_samples).numpy()[None],
-        "log_q": log_density_per_draw(guide_tr, rank, num_samples).numpy()[None],
+        "lp": log_density_per_draw(model_tr, rank, num_samples).cpu().numpy()[None],
+        "log_q": log_density_per_draw(guide_tr, rank, num_samples).cpu().numpy()[None],
     }
     return az.InferenceData(
         attrs=attrs,

@@ -29,8 +29,16 @@ import torch
 from pyro.poutine import Trace
 
 from pyro_vae.checks import check_count
+from pyro_vae.devices import resolve_device
 from pyro_vae.diagnostics.arviz_compat import az
-from pyro_vae.diagnostics.draws import as_guide, draw, log_density_per_draw, probe
+from pyro_vae.diagnostics.draws import (
+    as_guide,
+    draw,
+    log_density_per_draw,
+    probe,
+    to_given_device,
+    trace_device,
+)
 from pyro_vae.diagnostics.enumeration import (
     DiscreteSupport,
     StateGuide,
@@ -68,7 +76,7 @@ def _per_draw_round_off(trace, rank: int, num_samples: int) -> torch.Tensor:
     shifts every log-weight by the same float64 number, so it adds no spread, however
     large it is, and is left out.
     """
-    bound = torch.zeros(num_samples, dtype=torch.float64)
+    bound = torch.zeros(num_samples, dtype=torch.float64, device=trace_device(trace))
     for site in sample_sites(trace).values():
         lp = full_rank(site["log_prob"], rank)
         lp = lp.reshape(lp.shape[0], -1)
@@ -90,7 +98,7 @@ def _per_datapoint(
     ``pyro.factor`` constant) shifts that datapoint's log-weights alike, so it adds no
     spread, however large it is, and is left out of that datapoint's bound.
     """
-    total = bound = torch.zeros((), dtype=torch.float64)
+    total = bound = torch.zeros((), dtype=torch.float64, device=trace_device(trace))
     for name, site in sample_sites(trace).items():
         lp = site.get("unscaled_log_prob")
         if lp is None:
@@ -226,7 +234,9 @@ def pareto_khat(
 
 
 @torch.no_grad()
-def psis_khat(model, guide, *args: Any, num_samples: int = 1000, **kwargs: Any) -> float:
+def psis_khat(
+    model, guide, *args: Any, num_samples: int = 1000, device: Any = None, **kwargs: Any
+) -> float:
     """k̂ of the joint importance ratios p(x, z_s) / q(z_s | x), z_s ~ q: one number for
     the whole fit (Yao et al. 2018, §3; Pyro's ``psis_diagnostic`` computes the same).
 
@@ -238,9 +248,16 @@ def psis_khat(model, guide, *args: Any, num_samples: int = 1000, **kwargs: Any) 
     discrete and k̂ does not apply, because its support has at most ``num_samples`` joint
     states (the ratios are a few atoms, bounded, with no tail; enumerate the states
     instead, as :func:`psis_khat_per_datapoint` does for local latents) or because the
-    draws repeat a ratio in the fitted tail.
+    draws repeat a ratio in the fitted tail. ``device`` (``None``: where the tensors in
+    ``args`` are): the tensors in ``args`` and ``kwargs`` are put there, where the pair's
+    modules must be (:func:`pyro_vae.diagnostics.draws.to_given_device`).
+
+    Raises:
+        ValueError: ``num_samples`` < 21 (``PSIS_MIN_SAMPLES``); a ``device`` this machine
+            does not have.
     """
     check_count("num_samples", num_samples, PSIS_MIN_SAMPLES, "; PSIS needs ≥ 5 tail draws")
+    args, kwargs = to_given_device(args, kwargs, device)
     guide = as_guide(guide)
     guide_tr, model_tr, rank, probe_tr = draw(model, guide, args, kwargs, num_samples)
     support = discrete_support(probe_tr)
@@ -252,7 +269,8 @@ def psis_khat(model, guide, *args: Any, num_samples: int = 1000, **kwargs: Any) 
     round_off = _per_draw_round_off(model_tr, rank, num_samples) + _per_draw_round_off(
         guide_tr, rank, num_samples
     )
-    return float(pareto_khat(log_w.numpy(), float(round_off.max()), discrete=support is not None))
+    log_w = log_w.cpu().numpy()
+    return float(pareto_khat(log_w, float(round_off.max()), discrete=support is not None))
 
 
 @dataclass(frozen=True)
@@ -320,6 +338,7 @@ def psis_khat_per_datapoint(
     x: torch.Tensor,
     num_samples: int = 1000,
     max_elements: int = 2**23,
+    device: Any = None,
 ) -> PointwiseKhat:
     """k̂ for each row x_n from S = ``num_samples`` ratios p(x_n, z_s) / q(z_s | x_n).
 
@@ -341,10 +360,19 @@ def psis_khat_per_datapoint(
     would, and :class:`PointwiseKhat` holds, for every datapoint, the exact log p(x_n),
     KL(q ‖ p(z | x_n)) and χ²(p(z | x_n) ‖ q). For K > S the ratios are drawn as usual,
     and a datapoint whose draws repeat a ratio in the fitted tail gets NaN.
+
+    ``device`` (``None``: ``x``'s): where the pair computes; each chunk of ``x`` is put
+    there, and the log-ratios come back to the CPU chunk by chunk.
+
+    Raises:
+        ValueError: ``num_samples`` < 21 (``PSIS_MIN_SAMPLES``); ``max_elements`` < 1; a
+            ``device`` this machine does not have; a latent site outside the per-datapoint
+            plate.
     """
     check_count("num_samples", num_samples, PSIS_MIN_SAMPLES, "; PSIS needs ≥ 5 tail draws")
     check_count("max_elements", max_elements, 1, "; expected a positive chunk size")
-    _, probe_tr, plate = probe(model, guide, (x[:1],), {}, local=True)
+    device = x.device if device is None else resolve_device(device, "device")
+    _, probe_tr, plate = probe(model, guide, (x[:1].to(device),), {}, local=True)
     support = discrete_support(probe_tr, plate)
     enumerated = support is not None and support.count <= num_samples
     draws = int(support.count) if enumerated else num_samples
@@ -356,9 +384,11 @@ def psis_khat_per_datapoint(
     log_q: list[torch.Tensor] = []
     round_off: list[torch.Tensor] = []
     with eval_mode(model, guide):
-        pair = prepare(model, guide, data_arguments(x), "k̂ per datapoint", probe_rows=batch)
+        pair = prepare(
+            model, guide, data_arguments(x), "k̂ per datapoint", probe_rows=batch, device=device
+        )
         for start in range(0, x.shape[0], batch):
-            xb = (x[start : start + batch],)
+            xb = (x[start : start + batch].to(device),)
             lp, lq, bound = _batch_log_densities(
                 pair, xb, start, draws, chunk, support if enumerated else None
             )

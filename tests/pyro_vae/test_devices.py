@@ -26,6 +26,7 @@ from models.regression import BayesianRegression
 from models.sbn import SBN
 from models.vae import VAE
 from pyro_vae import TensorData, TrainConfig, estimators
+from pyro_vae.amortization import amortization_gap
 from pyro_vae.cavi import grid_couplings
 from pyro_vae.data import DataSplits
 from pyro_vae.devices import (
@@ -36,6 +37,14 @@ from pyro_vae.devices import (
     resolve_device,
     to_device,
 )
+from pyro_vae.diagnostics import (
+    psis_khat,
+    psis_khat_per_datapoint,
+    to_inference_data,
+    vsbc,
+)
+from pyro_vae.diagnostics.gradient_variance import gradient_variance
+from pyro_vae.diagnostics.psis import PSIS_MIN_SAMPLES
 from pyro_vae.evaluate import (
     elbo_estimate,
     elbo_per_datapoint,
@@ -329,3 +338,61 @@ def test_the_whole_data_elbo_creates_tensors_on_its_inputs_device():
     with meta_default():
         elbo, _ = elbo_estimate(model, guide, *data.tensors, num_samples=4)
     assert elbo == elbo
+
+
+# --- diagnostics --------------------------------------------------------------------------
+
+
+def _fitted_regression():
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    model, guide, data, _ = _regression()
+    guide(*data.tensors)
+    return model, guide, data.tensors
+
+
+def test_inference_data_and_joint_khat_create_tensors_on_their_inputs_device():
+    model, guide, args = _fitted_regression()
+    with meta_default():
+        idata = to_inference_data(model, guide, *args, num_samples=4, device="cpu")
+        khat = psis_khat(model, guide, *args, num_samples=PSIS_MIN_SAMPLES, device="cpu")
+    assert idata.sample_stats["lp"].shape == (1, 4) and khat == khat
+
+
+def test_khat_per_datapoint_creates_tensors_on_its_inputs_device():
+    pyro.set_rng_seed(0)
+    model, guide, data, _ = _vae()
+    guide(data.test_x)
+    with meta_default():
+        result = psis_khat_per_datapoint(
+            model, guide, data.test_x, num_samples=PSIS_MIN_SAMPLES, device="cpu"
+        )
+    assert result.khat.shape == (3,)
+
+
+def test_vsbc_and_gradient_variance_create_tensors_on_their_inputs_device():
+    model, guide, args = _fitted_regression()
+    with meta_default():
+        result = vsbc(
+            model, AutoNormal, *args, num_replications=3, num_steps=2, num_draws=4, device="cpu"
+        )
+        stats = gradient_variance(
+            model, guide, estimators.get("trace"), *args, num_draws=2, device="cpu"
+        )
+    assert len(result.quantiles) > 0 and all(s.mean.device.type == "cpu" for s in stats.values())
+
+
+def test_diagnostics_refuse_a_device_the_machine_does_not_have(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    model, guide, args = _fitted_regression()
+    with pytest.raises(ValueError, match=r"device: 'cuda' is not available on this machine"):
+        to_inference_data(model, guide, *args, num_samples=4, device="cuda")
+
+
+def test_the_amortization_gap_creates_tensors_on_its_inputs_device():
+    pyro.set_rng_seed(0)
+    model, guide, data, _ = _vae()
+    guide(data.test_x)
+    with meta_default():
+        result = amortization_gap(model, guide, data.test_x, steps=2, iwae_samples=4)
+    assert result["num_points"] == 3
