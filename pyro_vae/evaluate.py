@@ -30,6 +30,7 @@ import contextlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import pyro
 import pyro.poutine as poutine
@@ -131,6 +132,26 @@ class PerDatapoint:
 
     def log_weights(self, args: tuple, start: int, num_samples: int) -> torch.Tensor:
         """log p(x_n, z_k) − log q(z_k | x_n) for the rows ``start..`` in ``args``: ``[K, B]``."""
+        model_tr, guide_tr = self._traces(args, start, num_samples)
+        return self._density(model_tr, args, num_samples) - self._density(
+            guide_tr, args, num_samples
+        )
+
+    def log_weight_terms(
+        self, args: tuple, start: int, num_samples: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """log p(x_n | z_k) (the model's observed sites), log p(z_k) (its latent sites) and
+        log q(z_k | x_n) for the rows ``start..`` in ``args``, from the same draws:
+        ``[K, B]`` each; ``first + second − third`` is :meth:`log_weights`."""
+        model_tr, guide_tr = self._traces(args, start, num_samples)
+        observed, latent = (_sample_sites_only(model_tr, obs) for obs in (True, False))
+        return (
+            self._density(observed, args, num_samples),
+            self._density(latent, args, num_samples),
+            self._density(guide_tr, args, num_samples),
+        )
+
+    def _traces(self, args: tuple, start: int, num_samples: int):
         rows = int(args[0].shape[0])
         subsample = self.subsample(start, rows).to(args[0].device)
         model_tr, guide_tr, vectorized = particle_traces(
@@ -143,11 +164,22 @@ class PerDatapoint:
             self.vectorize,
         )
         self.vectorize = vectorized
-        rank = self.nesting + 1
-        device = args[0].device
+        return model_tr, guide_tr
+
+    def _density(self, trace, args: tuple, num_samples: int) -> torch.Tensor:
+        rows, rank = int(args[0].shape[0]), self.nesting + 1
         return per_datapoint_log_density(
-            model_tr, num_samples, rows, rank, self.plate, device=device
-        ) - per_datapoint_log_density(guide_tr, num_samples, rows, rank, self.plate, device=device)
+            trace, num_samples, rows, rank, self.plate, device=args[0].device
+        )
+
+
+def _sample_sites_only(trace: poutine.Trace, observed: bool) -> poutine.Trace:
+    """A trace of ``trace``'s observed (or latent) sample sites alone."""
+    out = poutine.Trace()
+    for name, site in sample_sites(trace).items():
+        if site["is_observed"] == observed:
+            out.add_node(name, **site)
+    return out
 
 
 def prepare(
@@ -384,6 +416,58 @@ def elbo_per_datapoint(
                 for start, chunk in _batches(data, batch_size, device)
             ]
         )
+
+
+class ElboTerms(NamedTuple):
+    """The two terms of each datapoint's ELBO = ``log_likelihood`` − ``kl`` (nats, ``[N]``).
+
+    ``log_likelihood``: E_q[log p(x_n | z)], the expected log-likelihood (the negative
+    distortion of Alemi et al. 2018); ``kl``: E_q[log q(z | x_n) − log p(z)], the KL
+    divergence from the prior to the guide (the rate), both Monte Carlo averages over the
+    same draws. ``kl`` ≥ 0 in expectation, not in every draw.
+    """
+
+    log_likelihood: torch.Tensor
+    kl: torch.Tensor
+
+
+@torch.no_grad()
+def elbo_terms_per_datapoint(
+    model,
+    guide,
+    x,
+    num_samples: int = 1,
+    batch_size: int = 1000,
+    data_plate: str | None = None,
+    device: torch.device | str | None = None,
+) -> ElboTerms:
+    """Each row's ELBO split into expected log-likelihood and KL (:class:`ElboTerms`).
+
+    Arguments as :func:`elbo_per_datapoint`, which gives their difference (for the same
+    draws: the same seed gives ``log_likelihood − kl`` equal to it to float32 rounding).
+    The model's observed sites make the likelihood, its latent sites the prior; a
+    hierarchical model's KL is that of the joint over all its latent sites.
+
+    Returns:
+        :class:`ElboTerms` of ``[N]`` tensors, nats per datapoint, on ``device``.
+
+    Raises:
+        pyro_vae.plates.DataPlateError: no per-datapoint plate, or a site outside it.
+        ValueError: bad counts, or a model site neither observed nor in the guide.
+    """
+    _check_num("num_samples", num_samples)
+    _check_num("batch_size", batch_size)
+    data = data_arguments(x)
+    likelihood, kl = [], []
+    with eval_mode(model, guide):
+        pair = prepare(
+            model, guide, data, "a per-datapoint ELBO", data_plate, None, batch_size, None, device
+        )
+        for start, chunk in _batches(data, batch_size, device):
+            log_lik, log_prior, log_q = pair.log_weight_terms(chunk, start, num_samples)
+            likelihood.append(log_lik.mean(0))
+            kl.append((log_q - log_prior).mean(0))
+    return ElboTerms(torch.cat(likelihood), torch.cat(kl))
 
 
 @torch.no_grad()
