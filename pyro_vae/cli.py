@@ -106,6 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_amortization_gap(sub)
     _add_diagnose(sub)
     _add_grad_variance(sub)
+    _add_compare(sub)
     return parser
 
 
@@ -327,6 +328,21 @@ def _add_grad_variance(sub) -> None:
         "--out", type=Path, default=None, help="PNG path (default RUN/gradient_variance.png)"
     )
     _add_device(v)
+
+
+def _add_compare(sub) -> None:
+    c = sub.add_parser(
+        "compare",
+        allow_abbrev=False,
+        help="runs side by side: one table of test metrics and one figure of validation curves",
+    )
+    c.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run folders")
+    c.add_argument(
+        "--out",
+        type=Path,
+        default=Path("comparison"),
+        help="folder for comparison.csv and comparison.png (default: ./comparison)",
+    )
 
 
 def _run_config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -739,6 +755,19 @@ def _amortization_gap(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from pyro_vae.compare import compare_runs, format_table, write_comparison
+
+    comparison = compare_runs(args.runs)
+    csv, png = write_comparison(comparison, args.out)
+    print("nats per datapoint; K: draws of the log p(x) estimate; s_per_epoch: median")
+    print(format_table(comparison))
+    for note in comparison.notes:
+        print(f"note: {note}")
+    print(f"wrote {csv} and {png}")
+    return 0
+
+
 def _diagnose(args: argparse.Namespace) -> int:
     import pyro
 
@@ -939,6 +968,7 @@ def main(argv: list[str] | None = None) -> int:
         "grad-variance": _grad_variance,
         "amortization-gap": _amortization_gap,
         "diagnose": _diagnose,
+        "compare": _compare,
     }[args.command]
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None

@@ -1,0 +1,243 @@
+"""Training runs side by side: one table and one figure of validation curves.
+
+``pyro-vae compare RUN [RUN ...]`` reads each run folder's config.json and metrics.json
+(nothing is recomputed, no checkpoint is loaded) and writes ``comparison.csv`` and
+``comparison.png``. The table is a ``pandas.DataFrame`` (pandas, not a table writer of our
+own); the figure is drawn on its own ``matplotlib.figure.Figure``, without pyplot.
+
+Columns, in nats per datapoint where they are densities:
+
+- ``test_elbo``: the test ELBO; ``log_px``: the importance-weighted log p(x) with its
+  ``K`` draws (Burda et al. 2015), on the first ``log_px_points`` test rows;
+- ``kl``: the mean KL(q(z | x) ‖ p(z)) on the test set (the rate), for runs whose
+  evaluation recorded it (empty for older runs: ``pyro-vae evaluate RUN`` records it);
+- ``active_units``: of ``latent_dim`` (Burda et al. 2015, §5.2);
+- ``s_per_epoch``: the median wall-clock seconds of an epoch (the median, because the
+  first epoch also records the compiled step);
+- ``model``, ``guide`` (``model's own`` when the run used the model's ``make_guide``),
+  ``estimator`` with its options, ``data``, ``epochs`` run and ``best_epoch``.
+
+Runs on different data (another dataset, split, binarization or likelihood) have ELBOs
+that cannot be compared; :func:`compare_runs` says so in :attr:`Comparison.notes`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from pyro_vae.checkpoint import RunFolder, RunFolderError, atomic_path
+from pyro_vae.plots import save_png
+from pyro_vae.run_config import migrate
+
+__all__ = ["Comparison", "compare_runs", "plot_validation_curves", "write_comparison"]
+
+COLUMNS = (
+    "run",
+    "test_elbo",
+    "log_px",
+    "K",
+    "log_px_points",
+    "kl",
+    "active_units",
+    "latent_dim",
+    "s_per_epoch",
+    "epochs",
+    "best_epoch",
+    "estimator",
+    "guide",
+    "model",
+    "data",
+)
+
+
+@dataclass
+class Comparison:
+    """What :func:`compare_runs` read.
+
+    Attributes:
+        table: one row per run, :data:`COLUMNS` (NaN where a run has no such number).
+        curves: per run (by its ``run`` label), ``(epochs, validation ELBO)`` lists.
+        validation: what the curves are (metrics.json's ``validation``, e.g. "held-out
+            ELBO per datapoint (nats)"), or "validation ELBO" when runs differ.
+        notes: warnings for the reader (runs on different data, runs not evaluated).
+    """
+
+    table: pd.DataFrame
+    curves: dict[str, tuple[list[int], list[float]]]
+    validation: str
+    notes: list[str]
+
+
+def _options(options: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(options.items()))
+
+
+def _estimator(config: dict[str, Any]) -> str:
+    estimator = config.get("estimator") or {}
+    options = _options(estimator.get("options") or {})
+    return f"{estimator.get('name', '?')}({options})" if options else estimator.get("name", "?")
+
+
+def _model(config: dict[str, Any]) -> str:
+    name = str(config.get("model", "?")).rsplit(":", 1)[-1]
+    options = _options(config.get("model_options") or {})
+    return f"{name}({options})" if options else name
+
+
+def _data(config: dict[str, Any]) -> str:
+    data = config.get("data") or {}
+    keys = ("likelihood", "binarize", "levels", "val_fraction", "test_fraction", "split_seed")
+    details = [f"{k}={data[k]}" for k in keys if data.get(k) is not None]
+    return f"{data.get('name', '?')}({', '.join(details)})"
+
+
+_COUNTS = ("K", "log_px_points", "active_units", "latent_dim", "epochs", "best_epoch")
+
+
+def _number(section: dict[str, Any], key: str) -> float | None:
+    value = section.get(key)
+    if key in _COUNTS or key in ("log_likelihood_samples", "log_likelihood_points"):
+        return int(value) if isinstance(value, int) else None
+    return float(value) if isinstance(value, (int, float)) else math.nan
+
+
+def _labels(paths: Sequence[Path]) -> list[str]:
+    """Each run's folder name, or its path where two runs share a name."""
+    names = [p.name or str(p) for p in paths]
+    return [str(p) if names.count(n) > 1 else n for p, n in zip(paths, names, strict=True)]
+
+
+def _row(label: str, config: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+    test = metrics.get("test") or {}
+    epochs = metrics.get("epochs") or []
+    seconds = [e["seconds"] for e in epochs if isinstance(e.get("seconds"), (int, float))]
+    return {
+        "run": label,
+        "test_elbo": _number(test, "elbo"),
+        "log_px": _number(test, "log_likelihood"),
+        "K": _number(test, "log_likelihood_samples"),
+        "log_px_points": _number(test, "log_likelihood_points"),
+        "kl": _number(test, "kl"),
+        "active_units": _number(test, "active_units"),
+        "latent_dim": _number(test, "latent_dim"),
+        "s_per_epoch": statistics.median(seconds) if seconds else math.nan,
+        "epochs": len(epochs),
+        "best_epoch": _number(metrics, "best_epoch"),
+        "estimator": _estimator(config),
+        "guide": config.get("guide") or "model's own",
+        "model": _model(config),
+        "data": _data(config),
+    }
+
+
+def compare_runs(runs: Sequence[str | os.PathLike]) -> Comparison:
+    """Read the run folders ``runs`` into one :class:`Comparison` (nothing recomputed).
+
+    Every folder is read before anything is returned, so one bad path fails the whole
+    comparison up front.
+
+    Raises:
+        ValueError: ``runs`` is empty.
+        pyro_vae.checkpoint.RunFolderError: a path that is not a run folder (no
+            config.json, unreadable JSON, another format), naming the path.
+    """
+    if not runs:
+        raise ValueError("runs: none given; expected one or more run folders")
+    paths = [Path(r) for r in runs]
+    table, curves, validations, notes = [], {}, set(), []
+    for label, path in zip(_labels(paths), paths, strict=True):
+        folder = RunFolder(path)
+        config, metrics = migrate(folder.read_config()), folder.read_metrics()
+        table.append(_row(label, config, metrics))
+        points = [
+            (e["epoch"], e["val_elbo"])
+            for e in metrics.get("epochs") or []
+            if isinstance(e.get("val_elbo"), (int, float))
+        ]
+        curves[label] = ([p[0] for p in points], [p[1] for p in points])
+        if metrics.get("validation"):
+            validations.add(metrics["validation"])
+        if not metrics.get("test"):
+            notes.append(f"{label}: not evaluated on the test set (a stopped or unfinished run)")
+    frame = pd.DataFrame(table, columns=list(COLUMNS)).astype({c: "Int64" for c in _COUNTS})
+    if frame["data"].nunique() > 1:
+        notes.insert(
+            0,
+            "the runs use different data ("
+            + "; ".join(sorted(frame["data"].unique()))
+            + "), so their ELBOs and log p(x) are not comparable",
+        )
+    validation = validations.pop() if len(validations) == 1 else "validation ELBO"
+    return Comparison(frame, curves, validation, notes)
+
+
+def plot_validation_curves(comparison: Comparison, path: str | os.PathLike) -> Path:
+    """One line per run: validation ELBO against epoch, its highest point marked; a PNG at
+    ``path`` (written atomically). Returns ``path``."""
+    fig = Figure(figsize=(7, 4.2))
+    ax = fig.subplots()
+    for label, (epochs, values) in comparison.curves.items():
+        if not epochs:
+            continue
+        (line,) = ax.plot(epochs, values, marker="." if len(epochs) < 30 else None, label=label)
+        best = max(range(len(values)), key=values.__getitem__)
+        ax.plot(epochs[best], values[best], "o", color=line.get_color(), markersize=6)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(comparison.validation)
+    ax.grid(alpha=0.3)
+    title = "validation curves (circle: best epoch)"
+    if any("not comparable" in n for n in comparison.notes):
+        title += "\nruns on different data: not comparable"
+    ax.set_title(title, fontsize=9)
+    if comparison.curves:
+        ax.legend(fontsize=7, loc="lower right")
+    return save_png(fig, path)
+
+
+def write_comparison(comparison: Comparison, out: str | os.PathLike) -> tuple[Path, Path]:
+    """``comparison.csv`` (the table) and ``comparison.png`` (the curves) in ``out``,
+    created if missing; each written atomically. Returns both paths.
+
+    Raises:
+        pyro_vae.checkpoint.RunFolderError: ``out`` exists and is not a directory.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(f"out: {out} is a file; expected a directory for the comparison")
+    out.mkdir(parents=True, exist_ok=True)
+    csv = out / "comparison.csv"
+    with atomic_path(csv) as tmp:
+        comparison.table.to_csv(tmp, index=False, float_format="%.6g")
+    return csv, plot_validation_curves(comparison, out / "comparison.png")
+
+
+def format_table(comparison: Comparison) -> str:
+    """The table as text for a terminal: the numbers first, one run per line."""
+    table = comparison.table
+    shown = table.drop(columns=["log_px_points", "latent_dim", "model", "data"])
+    shown["active_units"] = [
+        "—" if pd.isna(a) else f"{a}/{d}" if not pd.isna(d) else str(a)
+        for a, d in zip(table["active_units"], table["latent_dim"], strict=True)
+    ]
+    for column in shown.columns:
+        shown[column] = [_cell(v) for v in shown[column]]
+    return shown.to_string(index=False)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if pd.isna(value):
+        return "—"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)

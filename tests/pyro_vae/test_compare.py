@@ -1,0 +1,127 @@
+"""pyro-vae compare: the table holds each run's own numbers, the figure its curves."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from pyro_vae.checkpoint import FORMAT, RunFolderError
+from pyro_vae.cli import main
+from pyro_vae.compare import compare_runs, format_table, write_comparison
+from pyro_vae.run_config import DataConfig, EstimatorConfig, ModelConfig, RunConfig
+
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+
+
+def _run(path: Path, seconds, val, test=None, data_name="digits", estimator=None) -> Path:
+    config = RunConfig(
+        ModelConfig("models.vae:VAE", {"latent_dim": 20}),
+        DataConfig(name=data_name),
+        estimator=EstimatorConfig(**(estimator or {"name": "trace"})),
+    ).to_json()
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps({"format": FORMAT, **config}))
+    epochs = [
+        {"epoch": i + 1, "train_elbo": v - 1, "seconds": s, "val_elbo": v}
+        for i, (s, v) in enumerate(zip(seconds, val, strict=True))
+    ]
+    metrics = {"epochs": epochs, "best_epoch": int(np.argmax(val)) + 1}
+    if test is not None:
+        metrics["test"] = test
+        metrics["validation"] = "held-out ELBO per datapoint (nats)"
+    (path / "metrics.json").write_text(json.dumps(metrics))
+    return path
+
+
+TEST = {
+    "elbo": -90.5,
+    "log_likelihood": -86.25,
+    "log_likelihood_samples": 1000,
+    "log_likelihood_points": 500,
+    "kl": 24.75,
+    "active_units": 11,
+    "latent_dim": 20,
+}
+
+
+def test_the_table_holds_each_run_s_own_numbers(tmp_path):
+    a = _run(tmp_path / "a", [9.0, 2.0, 3.0], [-100.0, -95.0, -96.0], TEST)
+    iwae = {"name": "iwae", "options": {"num_particles": 8}}
+    b = _run(tmp_path / "b", [4.0, 5.0], [-99.0, -94.0], estimator=iwae)
+    comparison = compare_runs([a, b])
+    row_a, row_b = comparison.table.to_dict("records")
+    assert row_a["test_elbo"] == -90.5 and row_a["log_px"] == -86.25 and row_a["K"] == 1000
+    assert row_a["kl"] == 24.75 and row_a["active_units"] == 11 and row_a["latent_dim"] == 20
+    assert row_a["s_per_epoch"] == 3.0  # the median: the first epoch's 9 s records the step
+    assert row_a["epochs"] == 3 and row_a["best_epoch"] == 2 and row_a["estimator"] == "trace"
+    assert row_b["estimator"] == "iwae(num_particles=8)" and row_b["s_per_epoch"] == 4.5
+    assert math.isnan(row_b["test_elbo"]) and pd.isna(row_b["K"])
+    assert comparison.curves == {
+        "a": ([1, 2, 3], [-100.0, -95.0, -96.0]),
+        "b": ([1, 2], [-99.0, -94.0]),
+    }
+    assert comparison.notes == ["b: not evaluated on the test set (a stopped or unfinished run)"]
+    text = format_table(comparison)
+    assert "11/20" in text and "-86.250" in text and "—" in text
+
+
+def test_runs_on_different_data_are_flagged_as_not_comparable(tmp_path):
+    a = _run(tmp_path / "a", [1.0], [-100.0], TEST)
+    b = _run(tmp_path / "b", [1.0], [-200.0], TEST, data_name="fashion-mnist")
+    notes = compare_runs([a, b]).notes
+    assert len(notes) == 1 and "not comparable" in notes[0] and "fashion-mnist" in notes[0]
+
+
+def test_files_are_written_and_read_back(tmp_path):
+    a = _run(tmp_path / "a", [1.0, 1.0], [-100.0, -95.0], TEST)
+    b = _run(tmp_path / "b", [1.0, 1.0, 1.0], [-101.0, -97.0, -93.0], TEST)
+    csv, png = write_comparison(compare_runs([a, b]), tmp_path / "out")
+    back = pd.read_csv(csv)
+    assert list(back["run"]) == ["a", "b"] and list(back["log_px"]) == [-86.25, -86.25]
+    pixels = np.asarray(Image.open(png).convert("L"))
+    assert pixels.shape[0] > 200 and pixels.std() > 10  # drawn, not blank
+
+
+def test_two_runs_with_one_folder_name_are_told_apart_by_path(tmp_path):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "y").mkdir()
+    a = _run(tmp_path / "x" / "run", [1.0], [-1.0], TEST)
+    b = _run(tmp_path / "y" / "run", [1.0], [-2.0], TEST)
+    assert list(compare_runs([a, b]).table["run"]) == [str(a), str(b)]
+
+
+def test_old_run_folders_are_read_through_the_schema_migrations():
+    comparison = compare_runs([FIXTURES / "run_v1", FIXTURES / "run_v1_stopped"])
+    finished, stopped = comparison.table.to_dict("records")
+    metrics = json.loads((FIXTURES / "run_v1" / "metrics.json").read_text())
+    assert finished["test_elbo"] == metrics["test"]["elbo"]
+    assert finished["K"] == metrics["test"]["log_likelihood_samples"]
+    assert math.isnan(stopped["test_elbo"])
+
+
+def test_a_path_that_is_not_a_run_folder_is_refused_before_anything_is_written(tmp_path):
+    a = _run(tmp_path / "a", [1.0], [-1.0], TEST)
+    with pytest.raises(RunFolderError, match=r"run: .*missing is not a directory"):
+        compare_runs([a, tmp_path / "missing"])
+    with pytest.raises(ValueError, match="runs: none given"):
+        compare_runs([])
+
+
+def test_the_command_prints_the_table_and_refuses_in_one_line(tmp_path, capsys):
+    a = _run(tmp_path / "a", [1.0], [-1.0], TEST)
+    b = shutil.copytree(FIXTURES / "run_v1", tmp_path / "b")
+    out = tmp_path / "cmp"
+    assert main(["compare", str(a), str(b), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "-86.250" in printed and "comparison.png" in printed
+    assert (out / "comparison.csv").is_file() and (out / "comparison.png").is_file()
+    assert main(["compare", str(a), str(tmp_path / "nope"), "--out", str(tmp_path / "o2")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nope" in err and not (tmp_path / "o2").exists()
