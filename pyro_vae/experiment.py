@@ -30,8 +30,19 @@ from pyro_vae.evaluate import (
     reconstruction_error,
 )
 from pyro_vae.model_protocol import offered
-from pyro_vae.plots import plot_elbo_curves, plot_latent, plot_reconstructions, plot_samples
-from pyro_vae.predictive import prior_mean_images, reconstruct
+from pyro_vae.plots import (
+    plot_elbo_curves,
+    plot_image_rows,
+    plot_latent,
+    plot_reconstructions,
+    plot_samples,
+)
+from pyro_vae.predictive import (
+    latent_interpolation,
+    latent_traversal,
+    prior_mean_images,
+    reconstruct,
+)
 from pyro_vae.run_config import STANDARD_MODEL_OPTIONS, RunConfig
 from pyro_vae.spec import call_with_supported, load_object, supported_options
 
@@ -278,7 +289,8 @@ def write_figures(
     test: dict[str, Any],
     num_samples: int = 64,
 ) -> tuple[list[Path], dict[str, str]]:
-    """reconstructions.png, samples.png (generative models), elbo.png and latent.png.
+    """reconstructions.png, samples.png (generative models), elbo.png, latent.png, and
+    traversal.png and interpolation.png (generative models with ``decode(z)``).
 
     Returns the paths written and, for each figure left out, why: a figure that needs
     what the model cannot give (a mean image, one latent code per image) is skipped, never
@@ -306,12 +318,16 @@ def write_figures(
         "latent.png": lambda path: plot_latent(
             latent_means(model, guide, test_x).cpu(), data.test_y, path
         ),
+        "traversal.png": lambda path: _traversal_figure(exp, test_x, path),
+        "interpolation.png": lambda path: _interpolation_figure(exp, test_x, path),
     }
     if not exp.generative:
-        figures.pop("samples.png")
+        for name in ("samples.png", "traversal.png", "interpolation.png"):
+            figures.pop(name)
     if exp.local_guide:
-        figures.pop("latent.png")
-        skipped["latent.png"] = "the guide has no posterior for test images"
+        for name in ("latent.png", "traversal.png", "interpolation.png"):
+            figures.pop(name)
+            skipped[name] = "the guide has no posterior for test images"
     with eval_mode(model, guide):
         for name, draw in figures.items():
             try:
@@ -319,3 +335,49 @@ def write_figures(
             except ValueError as err:
                 skipped[name] = str(err)
     return paths, skipped
+
+
+def _traversal_figure(exp: Experiment, test_x: torch.Tensor, path: Path) -> Path:
+    """The 8 most active latent coordinates of the first test image's code, each swept
+    over its 5th-95th percentile across the test set
+    (:func:`pyro_vae.predictive.latent_traversal`)."""
+    images, dims, values = latent_traversal(exp.model, exp.guide, test_x)
+    labels = [
+        f"z[{int(d)}]\n{float(v[0]):.1f}..{float(v[-1]):.1f}"
+        for d, v in zip(dims, values, strict=True)
+    ]
+    title = "latent traversal: one coordinate of the first test image's E_q[z | x] at a time"
+    return plot_image_rows(
+        images.cpu(), exp.data.image_shape, exp.data.pixel_max, path, labels, title
+    )
+
+
+def interpolation_pairs(labels: torch.Tensor, num: int = 6) -> list[tuple[int, int]]:
+    """Up to ``num`` pairs of test rows to interpolate between: the first image of each
+    label with the first of the next label (rows 0-1, 2-3, ... when all labels agree)."""
+    labels = labels.reshape(-1).tolist()
+    first: dict[Any, int] = {}
+    for i, label in enumerate(labels):
+        first.setdefault(label, i)
+    starts = list(first.values())
+    if len(starts) >= 2:
+        return list(zip(starts, starts[1:] + starts[:1], strict=True))[:num]
+    return [(i, i + 1) for i in range(0, min(2 * num, len(labels)) - 1, 2)]
+
+
+def _interpolation_figure(exp: Experiment, test_x: torch.Tensor, path: Path) -> Path:
+    """Straight lines in latent space between pairs of test images of different labels
+    (:func:`pyro_vae.predictive.latent_interpolation`), the originals at either end."""
+    pairs = interpolation_pairs(exp.data.test_y)
+    if not pairs:
+        raise ValueError("x: fewer than two test images; nothing to interpolate between")
+    start, end = (torch.tensor(ix, device=test_x.device) for ix in zip(*pairs, strict=True))
+    path_images = latent_interpolation(exp.model, exp.guide, test_x[start], test_x[end])
+    flat = test_x.reshape(test_x.shape[0], -1)
+    rows = torch.cat([flat[start, None], path_images, flat[end, None]], 1)
+    y = exp.data.test_y.reshape(-1).tolist()
+    labels = [f"#{i} ({y[i]}) → #{j} ({y[j]})" for i, j in pairs]
+    title = "interpolation E[x | z], z from E_q[z | x_a] to E_q[z | x_b] (originals at the ends)"
+    return plot_image_rows(
+        rows.cpu(), exp.data.image_shape, exp.data.pixel_max, path, labels, title
+    )

@@ -80,6 +80,32 @@ def plot_samples(
     return save_png(fig, path)
 
 
+def plot_image_rows(
+    images: torch.Tensor,
+    image_shape: Sequence[int],
+    pixel_max: float,
+    path: Path,
+    row_labels: Sequence[str] = (),
+    title: str = "",
+) -> Path:
+    """Rows of images, ``[R, C, D]`` (a latent traversal or interpolation), each row with
+    its label on the left."""
+    rows, cols = images.shape[:2]
+    pictures = _as_images(images.reshape(rows * cols, -1), image_shape, pixel_max)
+    fig = Figure(figsize=(cols * 0.75 + 1.0, rows * 0.78 + 0.4))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax, img in zip(axes.flat, pictures, strict=True):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+        ax.imshow(img, cmap="gray", vmin=0, vmax=1)
+    for r, label in enumerate(row_labels):
+        axes[r, 0].set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
+    fig.suptitle(title, fontsize=9)
+    return save_png(fig, path)
+
+
 def plot_elbo_curves(
     history: Sequence[dict[str, Any]],
     path: Path,

@@ -114,3 +114,80 @@ def prior_mean_images(model, x_like: torch.Tensor, num: int) -> torch.Tensor:
         name = observation_site(conditioned, rows)
         trace = poutine.trace(poutine.uncondition(model)).get_trace(rows)
     return _site_mean(trace.nodes[name], num)
+
+
+def _decoder(model):
+    decode = offered(model, "decode")
+    if decode is None:
+        raise NoMeanImageError(
+            f"model: {type(model).__name__} offers no decode(z), so images at chosen codes "
+            "z cannot be drawn; give the model decode(z)"
+        )
+    return decode
+
+
+@torch.no_grad()
+def latent_traversal(
+    model, guide, x: torch.Tensor, num_dims: int = 8, steps: int = 9, row: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Images E[x | z] as one latent coordinate at a time moves and the others stay.
+
+    The codes are the latent means E_q[z | x_n] of the rows of ``x``
+    (:func:`pyro_vae.evaluate.latent_means`). The ``num_dims`` coordinates whose means
+    vary most across ``x`` (the most active units, Burda et al. 2015, §5.2) are each swept
+    over ``steps`` evenly spaced values between their 5th and 95th percentile across ``x``,
+    starting from row ``row``'s code, through the model's ``decode(z)``.
+
+    Returns:
+        ``(images [num_dims, steps, D], dims [num_dims], values [num_dims, steps])``,
+        images in data units, on ``x``'s device; ``dims`` most varied first.
+
+    Raises:
+        NoMeanImageError: the model offers no ``decode``.
+        ValueError: fewer than two rows in ``x``, or a latent code that is not one vector
+            per row (:func:`pyro_vae.evaluate.latent_means`).
+    """
+    decode = _decoder(model)
+    if x.shape[0] < 2:
+        raise ValueError(f"x: {x.shape[0]} rows; a traversal's range needs at least 2")
+    with eval_mode(model, guide):
+        codes = latent_means(model, guide, x)
+        spread = codes.var(0)
+        dims = spread.argsort(descending=True)[: min(num_dims, codes.shape[1])]
+        low, high = codes.quantile(torch.tensor([0.05, 0.95], device=codes.device), dim=0)
+        fractions = torch.linspace(0, 1, steps, device=codes.device)
+        values = low[dims, None] + fractions * (high - low)[dims, None]
+        z = codes[row].expand(len(dims), steps, -1).clone()
+        z[torch.arange(len(dims), device=z.device), :, dims] = values
+        images = decode(z.reshape(-1, codes.shape[1])).reshape(len(dims), steps, -1)
+    return images, dims, values
+
+
+@torch.no_grad()
+def latent_interpolation(
+    model, guide, x_start: torch.Tensor, x_end: torch.Tensor, steps: int = 9
+) -> torch.Tensor:
+    """Images E[x | z] along the straight line from E_q[z | x_start] to E_q[z | x_end].
+
+    One line per pair of rows of ``x_start`` and ``x_end`` (``[P, ...]`` each); z_t =
+    (1 − t) z_start + t z_end at ``steps`` evenly spaced t in [0, 1], through the model's
+    ``decode(z)``. (A straight line, not the great circle some use for a Gaussian prior in
+    many dimensions, White 2016: the endpoints are the two reconstructions either way.)
+
+    Returns:
+        ``[P, steps, D]``, data units, on the inputs' device.
+
+    Raises:
+        NoMeanImageError: the model offers no ``decode``.
+        ValueError: ``x_start`` and ``x_end`` hold different numbers of rows.
+    """
+    decode = _decoder(model)
+    if x_start.shape[0] != x_end.shape[0]:
+        raise ValueError(
+            f"x_end: {x_end.shape[0]} rows; expected as many as x_start's {x_start.shape[0]}"
+        )
+    with eval_mode(model, guide):
+        start, end = latent_means(model, guide, x_start), latent_means(model, guide, x_end)
+        t = torch.linspace(0, 1, steps, device=start.device)[None, :, None]
+        z = (1 - t) * start[:, None] + t * end[:, None]
+        return decode(z.reshape(-1, start.shape[1])).reshape(start.shape[0], steps, -1)

@@ -9,7 +9,13 @@ from pyro.infer import Trace_ELBO
 
 import pyro_vae.experiment as experiment
 from pyro_vae.checkpoint import RunFolder, RunFolderError
-from pyro_vae.experiment import build, evaluate_test_set, load, write_figures
+from pyro_vae.experiment import (
+    build,
+    evaluate_test_set,
+    interpolation_pairs,
+    load,
+    write_figures,
+)
 from pyro_vae.run_config import EstimatorConfig, GuideConfig, ModelConfig, RunConfig
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
@@ -86,8 +92,16 @@ def test_evaluate_test_set_and_figures_from_a_loaded_run(fixture_run):
         "samples.png",
         "elbo.png",
         "latent.png",
+        "traversal.png",
+        "interpolation.png",
     }
     assert skipped == {}
+
+
+def test_interpolation_pairs_join_the_first_images_of_successive_labels():
+    assert interpolation_pairs(torch.tensor([3, 3, 1, 1, 2])) == [(0, 2), (2, 4), (4, 0)]
+    assert interpolation_pairs(torch.zeros(5), num=6) == [(0, 1), (2, 3)]
+    assert interpolation_pairs(torch.arange(10), num=2) == [(0, 1), (1, 2)]
 
 
 def test_load_refuses_weights_of_another_shape(fixture_run):

@@ -5,6 +5,7 @@ The model throughout is linear-Gaussian, so every mean is known in closed form:
     z_n ~ N(0, I₂);  x_n | z_n ~ N(W z_n + b, I₃),   E[x | z] = W z + b.
 """
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -14,6 +15,8 @@ from torch import nn
 from pyro_vae.plates import data_plate
 from pyro_vae.predictive import (
     NoMeanImageError,
+    latent_interpolation,
+    latent_traversal,
     observation_site,
     prior_mean_images,
     reconstruct,
@@ -164,3 +167,36 @@ def test_without_generate_a_model_that_does_not_observe_x_is_refused():
 
     with pytest.raises(NoMeanImageError, match=r"none of its observed sites \['x'\] holds"):
         prior_mean_images(observes_something_else, X, 2)
+
+
+def test_a_traversal_moves_the_most_varied_coordinate_over_its_percentile_range():
+    decoding = DecodingModel()
+    images, dims, values = latent_traversal(decoding, EncoderGuide(), X, num_dims=2, steps=5)
+    codes = X[:, :2].numpy()  # EncoderGuide's E_q[z | x]
+    assert dims.tolist() == list(np.argsort(-codes.var(0, ddof=1), kind="stable"))
+    for r, d in enumerate(dims.tolist()):
+        low, high = np.percentile(codes[:, d], [5, 95])
+        # float32 arithmetic on values of order 1: within a few ulps (1e-7 each)
+        np.testing.assert_allclose(values[r].numpy(), np.linspace(low, high, 5), atol=1e-6)
+        for c in range(5):
+            z = X[0, :2].clone()
+            z[d] = values[r, c]
+            torch.testing.assert_close(images[r, c], mean_of(z))
+    assert images.shape == (2, 5, 3) and decoding.modes == [False]
+
+
+def test_an_interpolation_runs_from_one_reconstruction_to_the_other():
+    decoding, guide = DecodingModel(), EncoderGuide()
+    images = latent_interpolation(decoding, guide, X[:2], X[2:], steps=3)
+    torch.testing.assert_close(images[:, 0], reconstruct(decoding, guide, X[:2]))
+    torch.testing.assert_close(images[:, -1], reconstruct(decoding, guide, X[2:]))
+    torch.testing.assert_close(images[:, 1], mean_of((X[:2, :2] + X[2:, :2]) / 2))
+
+
+def test_traversal_and_interpolation_need_decode_and_matching_rows():
+    with pytest.raises(NoMeanImageError, match=r"offers no decode\(z\)"):
+        latent_traversal(model, EncoderGuide(), X)
+    with pytest.raises(ValueError, match="x_end: 1 rows; expected as many as x_start's 2"):
+        latent_interpolation(DecodingModel(), EncoderGuide(), X[:2], X[:1])
+    with pytest.raises(ValueError, match="x: 1 rows"):
+        latent_traversal(DecodingModel(), EncoderGuide(), X[:1])
