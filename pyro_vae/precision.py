@@ -18,10 +18,12 @@ the ELBO its sums, in it. Here the boundary is every module call: while :func:`n
 is active, global module hooks (``torch.nn.modules.module.register_module_forward_pre_hook``
 and ``register_module_forward_hook``) turn autocast on when the outermost module call starts
 and off when it returns, and cast each module's bfloat16/float16 outputs (tensors in
-tuples, lists and dicts too) to float32. Nothing has to be registered: this covers modules
-held by a ``PyroModule``, registered with ``pyro.module``, or kept in a closure, so any
-model and guide work unchanged. Code outside module forwards (Pyro's distributions and
-ELBO sums, ``pyro.param`` arithmetic in a model function) runs in float32 as before.
+tuples, lists and dicts too) to float32 (except the layers inside an ``nn.Sequential``,
+whose outputs only feed the next layer: the Sequential's own output is cast). Nothing has
+to be registered: this covers modules held by a ``PyroModule``, registered with
+``pyro.module``, or kept in a closure, so any model and guide work unchanged. Code
+outside module forwards (Pyro's distributions and ELBO sums, ``pyro.param`` arithmetic in
+a model function) runs in float32 as before.
 Weights and optimizer state stay float32: autocast casts copies for each product.
 
 Limits, which follow from that rule:
@@ -36,7 +38,11 @@ Limits, which follow from that rule:
   parameters are;
 - a forward that returns a distribution object, not tensors, is not cast;
 - the hooks are process-wide while active: run one training step at a time per process
-  (:class:`Precision` is entered around each step, not around a whole program).
+  (:class:`Precision` is entered around each step, not around a whole program);
+- under ``"16-mixed"`` the loss is scaled where a backward pass starts
+  (:func:`scaled_backward`): an estimator that sets gradients from ``torch.autograd.grad``
+  instead would have them divided by the scale. Every estimator here and in Pyro calls
+  ``backward``.
 
 Validation and evaluation run in float32 on the float32 weights.
 """
@@ -91,10 +97,12 @@ class _NetworkAutocast:
         self.depth, self.paused = 0, 0
         self.context: torch.autocast | None = None
         self.counted: list[bool] = []
+        self.calls: list[torch.nn.Module] = []
 
     def before(self, module, args) -> None:
         counted = not self.paused
         self.counted.append(counted)
+        self.calls.append(module)
         if counted:
             self.depth += 1
             if self.depth == 1:
@@ -102,12 +110,16 @@ class _NetworkAutocast:
                 self.context.__enter__()
 
     def after(self, module, args, output):
+        if self.calls:
+            self.calls.pop()
         if self.counted and self.counted.pop():
             self.depth -= 1
             if self.depth == 0:
                 self.close()
-        if output is None:
-            return None
+        if output is None or (self.calls and isinstance(self.calls[-1], torch.nn.Sequential)):
+            # A Sequential only passes each output to the next layer: cast its own output,
+            # not each layer's, and save a cast kernel and its way back per layer.
+            return output
         return pytree.tree_map(_to_float32, output)
 
     def close(self) -> None:

@@ -160,8 +160,7 @@ def fit(
 
     Raises:
         TypeError: ``model`` or ``guide`` is not callable, or ``data`` of another kind.
-        ValueError: bad settings or data (named), before anything is trained; among them
-            ``precision="16-mixed"`` on the CPU.
+        ValueError: bad settings or data (named), before anything is trained (16-mixed on a CPU).
         pyro_vae.plates.DataPlateError: minibatches of a model without a per-datapoint plate.
         TrainingDiverged: the loss became NaN or infinite.
     """

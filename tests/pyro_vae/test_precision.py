@@ -156,6 +156,16 @@ def test_a_model_written_as_pyros_examples_write_one_needs_no_change():
     assert not torch.is_autocast_enabled("cpu")
 
 
+def test_layers_inside_a_sequential_pass_bf16_on_and_the_sequential_returns_float32():
+    seq = nn.Sequential(nn.Linear(3, 3), nn.Softplus(), nn.Linear(3, 3))
+    seen = []
+    seq[0].register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    with networks_in(torch.bfloat16, "cpu"):
+        assert seq(torch.ones(2, 3)).dtype == torch.float32
+        assert seq[2](torch.ones(2, 3)).dtype == torch.float32  # called on its own: cast
+    assert seen == [torch.bfloat16]
+
+
 def test_a_forward_that_raises_leaves_no_autocast_behind():
     class Fails(nn.Module):
         def forward(self, x):
