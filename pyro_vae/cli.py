@@ -30,6 +30,7 @@ from pyro_vae.experiment import Experiment, build, evaluate_test_set, load, writ
 from pyro_vae.idx import IDXFormatError
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.plots import plot_gradient_variance, plot_samples
+from pyro_vae.precision import PRECISIONS, refuse_on_device
 from pyro_vae.predictive import prior_mean_images
 from pyro_vae.run_config import (
     DataConfig,
@@ -231,6 +232,14 @@ def _add_fit_training(f: argparse.ArgumentParser) -> None:
     )
     f.add_argument("--no-progress", action="store_true")
     _add_device(f, "default: auto; with --resume, the run's own")
+    f.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=_TRAINING.precision,
+        help="what training steps compute in: 32 (float32), bf16 (networks under bfloat16 "
+        "autocast, densities and the ELBO in float32; CPU or GPU), 16-mixed (float16 autocast "
+        "with gradient scaling; GPU only); weights stay float32",
+    )
 
 
 def _add_device(parser: argparse.ArgumentParser, default: str = "default: auto") -> None:
@@ -362,6 +371,7 @@ def _run_config_from_args(args: argparse.Namespace) -> RunConfig:
         drop_last=args.drop_last,
         vectorize_particles={"auto": None, "on": True, "off": False}[args.vectorize_particles],
         device=args.device or _TRAINING.device,
+        precision=args.precision,
     )
     data = DataConfig(
         name=_resolved_data(args.data),
@@ -548,6 +558,7 @@ def _resume_config(
 def _train_and_report(
     run: RunFolder, config: RunConfig, state: dict[str, Any] | None, args: argparse.Namespace
 ) -> int:
+    _refuse_precision(config)  # 16-mixed on the CPU: before the data are loaded
     exp = build(config)
     if not args.resume:
         config = _note_unaccepted(args, exp, config)
@@ -904,6 +915,12 @@ def _one_line(err: BaseException) -> str:
     return "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
 
 
+def _refuse_precision(config: RunConfig) -> None:
+    """``--precision 16-mixed`` on a run that computes on the CPU, refused by name."""
+    device = resolve_device(config.training.device, "--device")
+    refuse_on_device(config.training.precision, device, "--precision")
+
+
 def _launch(argv: list[str], args: argparse.Namespace) -> int:
     """``fit --nproc N``: the same command in N processes through torchrun's agent, once
     the flags have passed their checks here (a refusal exits 2 before any process starts)."""
@@ -912,6 +929,7 @@ def _launch(argv: list[str], args: argparse.Namespace) -> int:
         config = RunConfig.from_json(RunFolder(args.resume).read_config())
     else:
         config = _run_config_from_args(args)
+    _refuse_precision(config)
     refuse_before_launch(config.estimator.build(), config.training.batch_size, nproc)
     if "WORLD_SIZE" in os.environ:
         raise ValueError(

@@ -5,6 +5,12 @@ by a non-finite gradient. :class:`DivergenceGuard` keeps a copy of the weights a
 of each completed epoch, and on a non-finite loss puts them back and raises
 :class:`TrainingDiverged` naming the epoch and step, so the model in memory (and the
 checkpoint on disk, which is never written from a diverged state) holds usable weights.
+
+Under ``precision="16-mixed"`` (:mod:`pyro_vae.precision`) the loss the guard sees is the
+unscaled one: the scale enters only the backward pass. A step whose *scaled* gradients
+overflowed has been skipped by the gradient scaler (the weights are unchanged, the scale is
+halved) and its loss is finite, so it is not divergence; a non-finite *loss*, a float16
+overflow in the forward pass included, is.
 """
 
 from __future__ import annotations

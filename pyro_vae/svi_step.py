@@ -26,6 +26,7 @@ from pyro.infer import ELBO
 from pyro.infer.util import torch_item
 from pyro.optim import PyroOptim
 
+from pyro_vae.precision import Precision
 from pyro_vae.pyro_compat import pop_waiting_optim_state
 
 
@@ -96,24 +97,35 @@ class SVIStep:
     the loss and the unconstrained parameters it read (as
     :class:`pyro_vae.estimators.compiled.CompiledELBO` does, which knows the parameters it
     replays), is asked for them instead of having its ``pyro.param`` statements traced.
+
+    ``precision`` (:class:`pyro_vae.precision.Precision`, default float32 throughout) is the
+    context the loss and gradients are computed in (networks under autocast, densities in
+    float32) and, under ``"16-mixed"``, scales the loss for backward and unscales the
+    gradients before the step, skipping a step whose gradients overflowed.
     """
 
-    def __init__(self, model, guide, optim: PyroOptim, elbo: ELBO) -> None:
+    def __init__(
+        self, model, guide, optim: PyroOptim, elbo: ELBO, precision: Precision | None = None
+    ) -> None:
         self.model, self.guide, self.optim, self.elbo = model, guide, optim, elbo
+        self.precision = precision or Precision()
 
     def step(self, *args, **kwargs) -> float:
-        own_params = getattr(self.elbo, "loss_and_grads_and_params", None)
-        if own_params is not None:
-            loss, params = own_params(self.model, self.guide, *args, **kwargs)
-        else:
-            with poutine.trace(param_only=True) as capture:
-                loss = self.elbo.loss_and_grads(self.model, self.guide, *args, **kwargs)
-            params = [site["value"].unconstrained() for site in capture.trace.nodes.values()]
+        with self.precision.step_context():
+            loss, params = self._loss_and_grads(*args, **kwargs)
         # A parameter the loss does not differentiate (TraceGraph_ELBO's decaying-average
         # baseline, replaced by a new tensor every step) has nothing for Adam to do, and
         # handing it over would grow the optimizer by one tensor per step.
         params = [p for p in params if p.grad is not None]
-        self.optim(params)
+        self.precision.step(self.optim, params)
         for p in params:
             p.grad = None
         return torch_item(loss)
+
+    def _loss_and_grads(self, *args, **kwargs) -> tuple[torch.Tensor | float, list[torch.Tensor]]:
+        own_params = getattr(self.elbo, "loss_and_grads_and_params", None)
+        if own_params is not None:
+            return own_params(self.model, self.guide, *args, **kwargs)
+        with poutine.trace(param_only=True) as capture:
+            loss = self.elbo.loss_and_grads(self.model, self.guide, *args, **kwargs)
+        return loss, [site["value"].unconstrained() for site in capture.trace.nodes.values()]

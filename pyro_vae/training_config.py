@@ -15,6 +15,7 @@ import torch
 
 from pyro_vae.checks import check_count, check_learning_rate
 from pyro_vae.devices import check_device_name
+from pyro_vae.precision import check_precision
 
 
 @dataclass
@@ -53,6 +54,12 @@ class TrainingConfig:
             CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"`` (untested);
             :func:`pyro_vae.devices.resolve_device`. Checked for spelling here, for
             availability when the run starts.
+        precision: what the training steps compute in (:mod:`pyro_vae.precision`):
+            ``"32"`` (float32), ``"bf16"`` (networks under bfloat16 autocast, log-densities
+            and the ELBO in float32; also on the CPU) or ``"16-mixed"`` (float16 autocast
+            with gradient scaling; GPUs only, refused when the run starts on the CPU).
+            Weights and optimizer state are float32 in every case. Run folders written
+            before the field existed mean ``"32"``.
     """
 
     epochs: int = 200
@@ -70,6 +77,7 @@ class TrainingConfig:
     vectorize_particles: bool | None = None
     drop_last: bool = False
     device: str = "auto"
+    precision: str = "32"
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "validate_every"):
@@ -81,6 +89,7 @@ class TrainingConfig:
         if isinstance(self.device, torch.device):
             self.device = str(self.device)
         check_device_name(self.device, "device")
+        self.precision = check_precision(self.precision, "precision")
         if not self.kl_warmup_epochs >= 0:
             raise ValueError(f"kl_warmup_epochs: {self.kl_warmup_epochs!r} is negative")
         if self.compile_backend is not None and not self.compile:

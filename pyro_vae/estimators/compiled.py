@@ -41,6 +41,13 @@ with an ``ema`` or ``neural`` control variate, ``tracegraph`` (baselines), ``enu
 an estimator that declares nothing; nor KL warm-up's rising β (``fit`` refuses ``compile``
 with warm-up). Which models and guides may be recorded without being asked is their own
 declaration, ``recordable = True`` (:func:`should_record`).
+
+Mixed precision (:mod:`pyro_vae.precision`): a step taken inside
+:func:`pyro_vae.precision.networks_in` (``fit`` with ``precision="bf16"`` or
+``"16-mixed"``) is recorded with autocast's casts in it, so the recording computes the
+networks in the low precision and everything else in float32, as the uncompiled step does;
+it is replayed as recorded (the module hooks are suspended), and the precision is part of
+the cache key. Under bf16 the replayed step equals the uncompiled one (tested).
 """
 
 from __future__ import annotations
@@ -60,6 +67,7 @@ from pyro.poutine.runtime import am_i_wrapped
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils import _pytree as pytree
 
+from pyro_vae import precision
 from pyro_vae.estimators.base import SurrogateELBO
 from pyro_vae.estimators.capabilities import Capabilities, capabilities_of
 from pyro_vae.model_protocol import declares_recordable
@@ -144,7 +152,8 @@ class CompiledELBO(SurrogateELBO):
     ``loss_and_grads`` come from :class:`~pyro_vae.estimators.base.SurrogateELBO`): use it
     wherever ``elbo`` was used (``SVI``, ``fit``). Calls
     are keyed by the identity of model and guide, each tensor argument's shape, dtype and
-    device, and every other argument's value (which must be hashable).
+    device, every other argument's value (which must be hashable), and the mixed precision
+    in force (:func:`pyro_vae.precision.active`).
 
     Raises:
         ValueError: ``elbo`` keeps state between steps (see :func:`compilable`).
@@ -222,7 +231,7 @@ class CompiledELBO(SurrogateELBO):
         recording = self._recordings.get(key)
         if recording is not None and _params_unchanged(recording, announce):
             tensors = [x for x in leaves if torch.is_tensor(x)]
-            return lambda: recording.graph(*tensors), recording
+            return lambda: _replay(recording, tensors), recording
         return lambda: self._first_call(key, model, guide, leaves, spec, args, kwargs), None
 
     def _first_call(self, key, model, guide, leaves, spec, args, kwargs) -> torch.Tensor:
@@ -296,6 +305,14 @@ _IDENTITY_OPERAND = {
     torch.ops.aten.add.Tensor: 0,
     torch.ops.aten.sub.Tensor: 0,
 }
+
+
+def _replay(recording: _Recording, tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The recorded step on ``tensors``. Under mixed precision the recording already holds
+    the casts autocast made while it was recorded; replaying it as it is keeps the
+    operations outside the networks (log-densities, the ELBO's sums) in float32."""
+    with precision.suspended():
+        return recording.graph(*tensors)
 
 
 def _drop_no_ops(graph: torch.fx.Graph) -> None:
@@ -383,7 +400,7 @@ def _signature(model, guide, leaves, spec) -> Hashable:
                     "ELBO keys its recordings on non-tensor arguments, so they must be"
                 ) from err
             parts.append(leaf)
-    return id(model), id(guide), spec, tuple(parts)
+    return id(model), id(guide), spec, tuple(parts), precision.active()
 
 
 def _params_unchanged(recording: _Recording, announce: bool) -> bool:

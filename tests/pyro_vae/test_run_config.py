@@ -223,5 +223,6 @@ def test_a_run_folder_of_version_1_loads(name):
     assert config.training.epochs == (2 if name == "run_v1" else 50)
     assert config.training.compile is True and config.training.patience == 20
     assert config.evaluation == EvaluationConfig(ll_samples=10, ll_points=20)
-    assert {f.name for f in fields(TrainingConfig)} == set(raw["train"]) | {"device"}
+    assert {f.name for f in fields(TrainingConfig)} == set(raw["train"]) | {"device", "precision"}
     assert config.training.device == "cpu"  # version 1 and 2 folders trained on the CPU
+    assert config.training.precision == "32"  # written before the field: float32
