@@ -50,6 +50,11 @@ class FitCheckpoint:
         self.settings = settings
         self.device = resolve_device(getattr(settings, "device", "cpu"))
 
+    @property
+    def _scaler(self):
+        """The step's ``torch.amp.GradScaler`` (``16-mixed``), or ``None``."""
+        return getattr(getattr(self.svi, "precision", None), "scaler", None)
+
     def save(
         self,
         epoch: int,
@@ -74,6 +79,7 @@ class FitCheckpoint:
                 "estimator": self.elbo.state_dict() if hasattr(self.elbo, "state_dict") else None,
                 "estimator_params": estimator_params(self.weights, self.elbo),
                 "rng": capture_rng_state(),
+                "grad_scaler": None if self._scaler is None else self._scaler.state_dict(),
                 "history": history,
                 "config": asdict(self.settings),
             }
@@ -82,7 +88,9 @@ class FitCheckpoint:
 
     def restore(self, state: dict[str, Any]) -> Resumed:
         """Put a checkpoint ``state`` (:meth:`RunFolder.load_checkpoint`) back: weights,
-        Adam's moments, the estimator's state and param-store entries, the RNG states;
+        Adam's moments, the estimator's state and param-store entries, the RNG states, the
+        gradient scaler's scale and growth count (``16-mixed``; a checkpoint without one
+        leaves the scaler at its initial scale);
         tensors saved on another device are put on :attr:`device` (weights and Adam's
         moments are copied into tensors already there).
 
@@ -95,6 +103,8 @@ class FitCheckpoint:
             self.elbo.load_state_dict(to_device(state["estimator"], self.device))
         for name, value in state.get("estimator_params", {}).items():
             pyro.get_param_store()[name] = to_device(value, self.device)
+        if state.get("grad_scaler") is not None and self._scaler is not None:
+            self._scaler.load_state_dict(state["grad_scaler"])
         restore_rng_state(state["rng"])
         return Resumed(state["epoch"], state["step"], state["best"], list(state["history"]))
 

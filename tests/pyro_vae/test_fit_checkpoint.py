@@ -97,6 +97,40 @@ def test_an_estimator_without_state_saves_none(tmp_path):
     assert run.read_metrics()["best_epoch"] is None
 
 
+class ScaledSVI(SVI):
+    """A 16-mixed step's ``precision.scaler`` (a real ``torch.amp.GradScaler``)."""
+
+    def __init__(self, init_scale):
+        super().__init__()
+        self.precision = type("P", (), {})()
+        self.precision.scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
+
+
+def test_the_gradient_scaler_s_scale_is_saved_and_restored(tmp_path):
+    run = RunFolder(tmp_path / "run")
+    svi = ScaledSVI(init_scale=2.0**16)
+    svi.precision.scaler.scale(torch.ones(()))  # the scale exists from the first step on
+    svi.precision.scaler.update(new_scale=2.0**9)  # as after a few overflowing steps
+    FitCheckpoint(run, Weights(), svi, object(), TrainConfig()).save(1, 4, {}, None, [], {})
+    resumed_svi = ScaledSVI(init_scale=2.0**16)
+    FitCheckpoint(run, Weights(), resumed_svi, object(), TrainConfig()).restore(
+        {**run.load_checkpoint(), "model": {}}
+    )
+    assert resumed_svi.precision.scaler.get_scale() == 2.0**9
+    assert run.load_checkpoint()["grad_scaler"]["scale"] == 2.0**9
+
+
+def test_a_checkpoint_without_a_scaler_leaves_the_scaler_at_its_initial_scale(tmp_path):
+    run = RunFolder(tmp_path / "run")
+    FitCheckpoint(run, Weights(), SVI(), object(), TrainConfig()).save(1, 4, {}, None, [], {})
+    assert run.load_checkpoint()["grad_scaler"] is None
+    svi = ScaledSVI(init_scale=128.0)
+    FitCheckpoint(run, Weights(), svi, object(), TrainConfig()).restore(
+        {**run.load_checkpoint(), "model": {}}
+    )
+    assert svi.precision.scaler.get_scale() == 128.0
+
+
 @pytest.fixture(autouse=True)
 def _restore_rng():
     state = torch.get_rng_state()
