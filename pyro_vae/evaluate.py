@@ -36,7 +36,6 @@ import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.infer import TraceEnum_ELBO
-from tqdm.auto import tqdm
 
 from pyro_vae.checks import check_count
 from pyro_vae.devices import resolve_device, to_device
@@ -44,6 +43,7 @@ from pyro_vae.minibatch import Minibatched, align_autoguide, fitted_rows
 from pyro_vae.model_protocol import offered
 from pyro_vae.plates import batch_rows, find_data_plate, frames_in, require_data_plate
 from pyro_vae.pointwise import per_datapoint_log_density
+from pyro_vae.progress import bar as progress_bar
 from pyro_vae.traces import (
     particle_traces,
     plate_nesting,
@@ -518,11 +518,12 @@ def iwae_log_likelihood(
             rows,
             device,
         )
-        bar = tqdm(
+        bar = progress_bar(
+            None,
+            progress,
             total=data[0].shape[0],
             desc=f"log p(x), K={num_samples}",
             unit="image",
-            disable=not progress,
             leave=False,
             dynamic_ncols=True,
         )

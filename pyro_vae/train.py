@@ -69,6 +69,8 @@ from pyro_vae.early_stopping import EarlyStopping
 from pyro_vae.estimators.compiled import CompiledELBO
 from pyro_vae.fit_checkpoint import FitCheckpoint, Resumed
 from pyro_vae.precision import Precision, refuse_on_device
+from pyro_vae.progress import bar as progress_bar
+from pyro_vae.progress import interactive
 from pyro_vae.pyro_compat import guess_max_plate_nesting
 from pyro_vae.svi_step import GroupedAdam, SVIStep
 from pyro_vae.training_config import TrainingConfig as TrainConfig
@@ -296,12 +298,12 @@ def _train_epoch(
     pair.train_mode(True)
     started = time.perf_counter()
     total, done = 0.0, 0
-    bar = tqdm(
+    bar = progress_bar(
         batches.of_epoch(epoch),
+        config.progress and batches.steps_per_epoch > 1,
         total=batches.steps_per_epoch,
         desc=f"epoch {epoch + 1}/{config.epochs}",
         unit="batch",
-        disable=not config.progress or batches.steps_per_epoch == 1,
         leave=False,
         dynamic_ncols=True,
     )
@@ -325,8 +327,10 @@ def _validation_due(epoch: int, config) -> bool:
 
 
 def _log_epoch(record: dict[str, Any], config) -> None:
-    """One line per epoch for about 20 epochs of a run, and the last, with progress on."""
-    epoch, log_every = record["epoch"], max(1, config.epochs // 20)
+    """With progress on, one line for about 20 epochs of a run and the last on a terminal
+    (between progress bars), and for every epoch when stderr is a file (no bars there)."""
+    epoch = record["epoch"]
+    log_every = max(1, config.epochs // 20) if interactive() else 1
     if config.progress and (epoch % log_every == 0 or epoch == config.epochs):
         val = f"  val ELBO {record['val_elbo']:.3f}" if "val_elbo" in record else ""
         tqdm.write(

@@ -24,9 +24,9 @@ from typing import Any
 import pyro
 import torch
 from pyro.infer import ELBO
-from tqdm.auto import tqdm
 
 from pyro_vae.diagnostics.draws import to_given_device
+from pyro_vae.progress import bar as progress_bar
 
 
 @dataclass
@@ -79,7 +79,7 @@ def gradient_variance(
     params = dict(store.named_parameters())
     draws: dict[str, list[torch.Tensor]] = {}
     elapsed = 0.0
-    for _ in tqdm(range(num_draws), desc="gradient draws", disable=not progress, leave=False):
+    for _ in progress_bar(range(num_draws), progress, desc="gradient draws", leave=False):
         for p in params.values():
             p.grad = None
         started = time.perf_counter()

@@ -460,8 +460,10 @@ def test_validation_is_due_every_so_many_epochs_and_after_the_last(every, epochs
     assert [e + 1 for e in range(epochs) if _validation_due(e, config)] == due
 
 
-def test_about_twenty_epochs_of_a_run_are_logged(capsys):
+def test_about_twenty_epochs_of_a_run_are_logged_on_a_terminal(capsys, monkeypatch):
     from pyro_vae.train import _log_epoch
+
+    monkeypatch.setattr("pyro_vae.train.interactive", lambda: True)
 
     config = TrainConfig(epochs=100, progress=True)
     for epoch in range(1, 101):
@@ -474,6 +476,17 @@ def test_about_twenty_epochs_of_a_run_are_logged(capsys):
     assert lines[-1] == "epoch 100/100  train ELBO -1.000  val ELBO -2.000  (0.2 s)"
     _log_epoch({"epoch": 100, "train_elbo": -1.0, "seconds": 0.0}, quiet(epochs=100))
     assert capsys.readouterr().out == ""
+
+
+def test_into_a_log_file_every_epoch_is_a_line_and_no_bar_is_drawn(digits, capsys):
+    # pytest captures stderr into a file, as a cluster job's log would: not a terminal
+    model, guide = small_vae(digits)
+    config = TrainConfig(epochs=3, batch_size=64, progress=True)
+    fit(model, guide, digits, Trace_ELBO(), config)
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert [line.split()[1] for line in lines] == ["1/3", "2/3", "3/3"]
+    assert "\r" not in captured.err and "\r" not in captured.out
 
 
 def test_only_per_row_baseline_estimators_are_checked_against_a_partial_batch():
