@@ -189,6 +189,14 @@ def _add_fit_training(f: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="estimator option, e.g. num_particles=8",
     )
+    f.add_argument(
+        "--gradient",
+        choices=sorted(estimators.GRADIENTS),
+        default=None,
+        help="the estimator's gradient option: iwae takes reparam (default), dreg (doubly "
+        "reparameterized, Tucker et al. 2018) or stl; trace takes reparam or stl (sticking the "
+        "landing, Roeder et al. 2017)",
+    )
     f.add_argument("--epochs", type=int, default=None, help=f"default {_TRAINING.epochs}")
     f.add_argument("--batch-size", type=int, default=_TRAINING.batch_size)
     f.add_argument("--lr", type=float, default=_TRAINING.lr)
@@ -387,10 +395,24 @@ def _run_config_from_args(args: argparse.Namespace) -> RunConfig:
         model=ModelConfig(_resolved(args.model), {**options, **dict(args.model_opt)}),
         data=data,
         guide=GuideConfig(_resolved(args.guide)),
-        estimator=EstimatorConfig(args.estimator, dict(args.estimator_opt)),
+        estimator=EstimatorConfig(args.estimator, _estimator_options(args)),
         training=training,
         evaluation=EvaluationConfig(args.ll_samples, args.ll_points or None),
     )
+
+
+def _estimator_options(args: argparse.Namespace) -> dict[str, Any]:
+    """--estimator-opt pairs, with --gradient as the option ``gradient`` when given (a run
+    without it keeps the estimator's default, and its config.json is as before)."""
+    options = dict(args.estimator_opt)
+    if args.gradient is not None:
+        given = options.setdefault("gradient", args.gradient)
+        if given != args.gradient:
+            raise ValueError(
+                f"--gradient: {args.gradient!r} disagrees with --estimator-opt "
+                f"gradient={given!r}; give the gradient once"
+            )
+    return options
 
 
 def _should_compile(args: argparse.Namespace, elbo, model, guide) -> bool:

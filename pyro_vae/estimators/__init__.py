@@ -3,12 +3,14 @@
 ``get(name, **options)`` returns a fresh estimator; ``options`` go to its constructor
 (for example ``num_particles=8``).
 
-- ``trace``: Pyro's ``Trace_ELBO``, pathwise (reparameterization) gradients where a site
-  allows them (Kingma & Welling 2013), score-function gradients elsewhere.
+- ``trace``: :class:`TraceELBO`, Pyro's ``Trace_ELBO``: pathwise (reparameterization)
+  gradients where a site allows them (Kingma & Welling 2013), score-function gradients
+  elsewhere; ``gradient="stl"`` keeps only the path term (Roeder et al. 2017).
 - ``analytic-kl``: Pyro's ``TraceMeanField_ELBO``, the same with KL(q ‖ p) in closed form
   where both are known (the lecture's −KL + E_q log p(x | θ), eq. 18.4).
 - ``iwae``: :class:`IWAELBO`, the K-sample importance-weighted bound per datapoint
-  (Burda et al. 2015); ``num_particles`` is K.
+  (Burda et al. 2015); ``num_particles`` is K; ``gradient="dreg"`` doubly reparameterized
+  (Tucker et al. 2018) or ``"stl"``.
 - ``enum``: Pyro's ``TraceEnum_ELBO``: model sites marked ``infer={"enumerate":
   "parallel"}`` that the guide does not sample are summed out exactly (mixture
   assignments, HMM states), the rest as ``trace``.
@@ -35,15 +37,19 @@ from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, TraceM
 from pyro_vae.checks import check_count
 from pyro_vae.estimators.capabilities import Capabilities, capabilities_of, declare
 from pyro_vae.estimators.iwae import IWAELBO
+from pyro_vae.estimators.path_gradients import GRADIENTS
 from pyro_vae.estimators.score_function import CONTROL_VARIATES, ScoreFunctionELBO
+from pyro_vae.estimators.trace_elbo import TraceELBO
 from pyro_vae.estimators.vimco import VIMCO
 from pyro_vae.moved import hand_over
 
-# Pyro's ELBOs cannot carry a declaration: their registry lines make it. None is a
+# Pyro's ELBOs cannot carry a declaration: their registry lines make it (Trace_ELBO's here,
+# for a Trace_ELBO passed to fit directly; the registry's trace is TraceELBO). None is a
 # per-datapoint K-sample bound (they average K single-sample ELBOs).
 _PYRO_PATHWISE = Capabilities(  # Trace_ELBO: pathwise where a site allows, else REINFORCE
     keeps_state=False, needs_reparameterized=False, per_datapoint=False, recordable=True
 )
+declare(Trace_ELBO, _PYRO_PATHWISE)
 _PYRO_MEAN_FIELD = Capabilities(  # TraceMeanField_ELBO: raises for non-reparameterized sites
     keeps_state=False, needs_reparameterized=True, per_datapoint=False, recordable=True
 )
@@ -55,7 +61,7 @@ _PYRO_TRACEGRAPH = Capabilities(  # TraceGraph_ELBO: decaying-average baselines 
 )
 
 _REGISTRY: dict[str, Callable[..., ELBO]] = {
-    "trace": declare(Trace_ELBO, _PYRO_PATHWISE),
+    "trace": TraceELBO,
     "analytic-kl": declare(TraceMeanField_ELBO, _PYRO_MEAN_FIELD),
     "enum": declare(TraceEnum_ELBO, _PYRO_ENUM),
     "iwae": IWAELBO,
@@ -114,8 +120,10 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "CONTROL_VARIATES",
     "Capabilities",
+    "GRADIENTS",
     "IWAELBO",
     "ScoreFunctionELBO",
+    "TraceELBO",
     "VIMCO",
     "capabilities_of",
     "get",

@@ -12,6 +12,25 @@ minibatch cannot estimate, so that case is refused when the plate is subsampled.
 ``RenyiELBO(alpha=0)`` instead takes one log-sum-exp over the whole batch's weight, a much
 looser bound on log p(X) once the batch is larger than one.) Gradients are pathwise, so
 every guide site must be reparameterizable.
+
+With log w_k = log p(x, z_k) − log q(z_k | x), normalized weights w̃_k = w_k / Σ_j w_j and
+z_k = g(ε_k; φ), ``gradient`` chooses the estimate (model parameters θ always get
+Σ_k w̃_k ∇_θ log w_k, the IWAE gradient):
+
+- ``"reparam"``: autograd of L_K itself, Σ_k w̃_k ∇ log w_k (Burda et al. 2015). Its
+  encoder signal-to-noise ratio falls like K^(-1/2) (Rainforth et al. 2018).
+- ``"dreg"``: doubly reparameterized (Tucker, Lawson, Gu & Maddison 2018, eq. 8): the guide
+  gets Σ_k w̃_k² ∂log w_k/∂z_k · dz_k/dφ with log q's parameters detached. Unbiased for the
+  same gradient, and zero at q = p(z | x).
+- ``"stl"``: sticking the landing (Roeder, Wu & Duvenaud 2017) with the weights w̃_k: the
+  guide gets Σ_k w̃_k ∂log w_k/∂z_k · dz_k/dφ. Zero at q = p(z | x), but for K > 1 biased
+  for the IWAE gradient (Tucker et al. 2018, section 3); unbiased at K = 1.
+
+Both "dreg" and "stl" hold log q's parameters still as
+:mod:`pyro_vae.estimators.path_gradients` does, for any guide whose sites do not depend on
+each other's draws. "dreg" routes the extra weight through the draws, so the gradient
+reaching a parameter through z_k gets w̃_k² and one reaching it directly (a model
+parameter) w̃_k; it needs vectorized particles.
 """
 
 from __future__ import annotations
@@ -20,11 +39,23 @@ import math
 
 import torch
 from pyro.infer.enum import get_importance_trace
+from pyro.poutine import Trace
 
 from pyro_vae.estimators.base import SurrogateELBO
 from pyro_vae.estimators.capabilities import Capabilities
+from pyro_vae.estimators.path_gradients import (
+    base_name,
+    check_gradient,
+    refuse_dependent_sites,
+    stopped_guide_trace,
+)
 from pyro_vae.plates import batch_rows
-from pyro_vae.pointwise import importance_log_densities
+from pyro_vae.pointwise import (
+    importance_log_densities,
+    outside_plate,
+    per_datapoint_log_density,
+    per_draw_log_density,
+)
 from pyro_vae.traces import sample_sites
 
 
@@ -38,9 +69,13 @@ class IWAELBO(SurrogateELBO):
             see :class:`~pyro_vae.estimators.base.SurrogateELBO`.
         data_plate: the per-datapoint plate's name (found by
             :func:`pyro_vae.plates.find_data_plate` when ``None``).
+        gradient: ``"reparam"`` (the default), ``"dreg"`` or ``"stl"`` (module docstring).
 
     Raises:
-        ValueError: a guide site is not reparameterizable.
+        ValueError: a guide site is not reparameterizable; ``gradient`` is not one of the
+            three; ``"dreg"`` with ``vectorize_particles=False`` or particles that had to be
+            drawn in a loop; ``"dreg"``/``"stl"`` with a guide site drawn from a
+            distribution that depends on another guide site's draw.
         pyro_vae.plates.DataPlateError: global latents in a subsampled model, where the
             K-sample bound has no unbiased minibatch estimate.
     """
@@ -56,6 +91,7 @@ class IWAELBO(SurrogateELBO):
         strict_enumeration_warning: bool = True,
         vectorize_particles: bool | None = None,
         data_plate: str | None = None,
+        gradient: str = "reparam",
     ) -> None:
         super().__init__(
             num_particles,
@@ -64,6 +100,13 @@ class IWAELBO(SurrogateELBO):
             vectorize_particles=vectorize_particles,
             data_plate=data_plate,
         )
+        self.gradient = check_gradient(gradient, ("reparam", "dreg", "stl"), "iwae")
+        if gradient == "dreg" and vectorize_particles is False:
+            raise ValueError(
+                "vectorize_particles: False with gradient='dreg'; DReG differentiates each "
+                "particle's weight with respect to its own draw, which needs the particles "
+                "drawn under one plate (True or None)"
+            )
 
     def _get_trace(self, model, guide, args, kwargs):
         return get_importance_trace("flat", self.max_plate_nesting, model, guide, args, kwargs)
@@ -73,7 +116,7 @@ class IWAELBO(SurrogateELBO):
         for name, site in sample_sites(guide_trace).items():
             if not site["fn"].has_rsample:
                 raise ValueError(
-                    f"guide site {name!r} ({_base_name(site['fn'])}) is not reparameterizable; "
+                    f"guide site {name!r} ({base_name(site['fn'])}) is not reparameterizable; "
                     "the iwae estimator needs pathwise gradients. Use the score estimator for "
                     "discrete latents."
                 )
@@ -83,10 +126,64 @@ class IWAELBO(SurrogateELBO):
             model_trace, guide_trace, self.num_particles, rank, plate, batch
         )
         bound = torch.logsumexp(log_p - log_q, dim=0) - math.log(self.num_particles)
-        return -scale * bound.sum()
+        if self.gradient == "reparam" or not torch.is_grad_enabled():
+            return -scale * bound.sum()
+        surrogate = self._path_surrogate(model_trace, guide_trace, log_p, rank, plate, batch)
+        return -scale * (bound.sum().detach() + (surrogate - surrogate.detach()))
+
+    def _path_surrogate(self, model_trace, guide_trace, log_p, rank, plate, batch):
+        """Σ_n Σ_k w̃_k log w_k with log q's parameters detached (STL's surrogate), plus for
+        DReG the term that makes the weight on the path through z_k w̃_k²."""
+        refuse_dependent_sites(guide_trace, "iwae", self.gradient)
+        stopped = stopped_guide_trace(guide_trace)
+        _, log_q_stopped, _ = importance_log_densities(
+            model_trace, stopped, self.num_particles, rank, plate, batch
+        )
+        log_w = log_p - log_q_stopped  # the values of log w, φ held still inside log q
+        weights = torch.softmax(log_w.detach(), dim=0)
+        surrogate = (weights * log_w).sum()
+        if self.gradient == "stl":
+            return surrogate
+        if not self.vectorize_particles:
+            raise ValueError(
+                "gradient: 'dreg' needs vectorized particles, but this model's particles "
+                "had to be drawn one at a time (vectorize_particles=False); use "
+                "gradient='reparam' or make the model broadcast over a particle plate"
+            )
+        per_datapoint = plate is not None and not (
+            outside_plate(model_trace, plate) + outside_plate(guide_trace, plate)
+        )
+        paths = _reweighted_paths(log_w, weights, stopped, rank, plate if per_datapoint else None)
+        return surrogate + paths
 
 
-def _base_name(fn) -> str:
-    while hasattr(fn, "base_dist"):
-        fn = fn.base_dist
-    return type(fn).__name__
+def _reweighted_paths(log_w, weights, stopped, rank, plate) -> torch.Tensor:
+    """A term of value 0 whose gradient through the draws is Σ_k w̃_k (w̃_k − 1) ∂log w_k/∂z_k
+    · dz_k/dφ, turning the w̃_k of STL's surrogate into DReG's w̃_k² on the path through z_k
+    and leaving the gradient that reaches a parameter directly (the model's) as it was.
+
+    ∂log w_k/∂z_k is taken elementwise from ∂(Σ_k log w_k)/∂z: in a vectorized trace each
+    particle's and datapoint's weight depends on its own draw only. The products
+    ∂log w/∂z · z are then summed as ``log_w`` was (per datapoint of ``plate``, or per
+    particle when ``plate`` is ``None``). Draws that carry no gradient are left out.
+    """
+    sites = {n: s for n, s in sample_sites(stopped).items() if s["value"].requires_grad}
+    slopes = torch.autograd.grad(
+        log_w.sum(), [s["value"] for s in sites.values()], retain_graph=True, allow_unused=True
+    )
+    paths = Trace()
+    for (name, site), slope in zip(sites.items(), slopes, strict=True):
+        if slope is not None:
+            inner = slope.detach() * site["value"]
+            if site["fn"].event_dim:
+                inner = inner.sum(list(range(-site["fn"].event_dim, 0)))
+            paths.add_node(name, **dict(site, unscaled_log_prob=inner, log_prob=inner, mask=None))
+    if not paths.nodes:
+        return log_w.new_zeros(())
+    k, b = log_w.shape
+    if plate is None:
+        path_sum = per_draw_log_density(paths, k, rank)
+    else:
+        path_sum = per_datapoint_log_density(paths, k, b, rank, plate)
+    term = (weights * (weights - 1) * path_sum).sum()
+    return term - term.detach()

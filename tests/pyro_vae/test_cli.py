@@ -618,3 +618,38 @@ def test_what_ranks_cannot_train_is_refused_before_any_process_starts(
     err = capsys.readouterr().err
     assert words in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "options"),
+    [
+        (["--estimator", "iwae", "--gradient", "dreg", "--compile", "on"], {"gradient": "dreg"}),
+        (["--gradient", "stl", "--compile", "on"], {"gradient": "stl"}),
+        (["--estimator", "iwae"], {}),  # no --gradient: config.json as before, today's gradient
+    ],
+)
+def test_fit_gradient_goes_into_the_estimator_options(tmp_path, flags, options):
+    run = tmp_path / "r"
+    argv = ["fit", "--data", "digits", "--epochs", "1", "--out", str(run), *FAST, *flags]
+    assert main(argv) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["estimator"]["options"] == options
+    assert main(["evaluate", str(run)]) == 0
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--gradient", "drag"], "argument --gradient: invalid choice: 'drag'"),
+        (["--gradient", "dreg"], "gradient: 'dreg' is not one of trace's gradients"),
+        (["--gradient", "stl", "--estimator-opt", "gradient=dreg"], "--gradient: 'stl' disagrees"),
+        (["--estimator", "score", "--gradient", "stl"], "not valid for 'score'"),
+    ],
+)
+def test_fit_refuses_a_gradient_its_estimator_does_not_take(tmp_path, capsys, flags, message):
+    try:
+        code = main(["fit", *flags, "--out", str(tmp_path / "r"), "--no-progress"])
+    except SystemExit as refused:  # argparse's own refusal of a choice
+        code = refused.code
+    assert code == 2
+    assert message in capsys.readouterr().err

@@ -9,9 +9,13 @@ sites are marked non-reparameterizable.
 
 The estimators are the registry's (``ESTIMATORS`` is built from ``estimators.names()``), and
 what applies to each is read from its capabilities: one that needs reparameterized sites
-must refuse the others; a per-datapoint K-sample bound with K > 1 (``vimco``) is held to
-the gradient of E[L_K], estimated independently by ``iwae``'s pathwise gradient of the same
-bound; a recordable one must replay its own step exactly when recorded.
+must refuse the others; a per-datapoint K-sample bound with K > 1 (``vimco``, ``iwae``
+with DReG) is held to the gradient of E[L_K], estimated independently by ``iwae``'s
+pathwise gradient of the same bound; a recordable one must replay its own step exactly when
+recorded. The path-only gradients (``gradient="stl"``/``"dreg"``) must also give a guide
+gradient of exactly zero, draw by draw, when the guide is the exact posterior (Roeder et
+al. 2017), and DReG's mean gradient must equal IWAE's for model and guide parameters alike
+(Tucker et al. 2018).
 """
 
 import functools
@@ -168,11 +172,15 @@ CASES = {
 # runs R); P is K for a per-datapoint K-sample bound. A name without an entry is held to
 # its capabilities' default below.
 SETTINGS = {
-    "trace": [({}, 500, 40)],
+    "trace": [({}, 500, 40), ({"gradient": "stl"}, 500, 40)],
     "analytic-kl": [({}, 500, 40)],
     # No enumerated sites here (so no warning about it): enum must reduce to trace.
     "enum": [({"strict_enumeration_warning": False}, 500, 40)],
-    "iwae": [({}, 1, 400)],  # K = 1: the IWAE bound is the ELBO
+    "iwae": [
+        ({}, 1, 400),  # K = 1: the IWAE bound is the ELBO
+        ({"gradient": "stl"}, 1, 400),  # for K > 1 STL is biased (Tucker et al. 2018)
+        ({"gradient": "dreg"}, 4, 400),  # unbiased for the gradient of E[L_4]: iwae's
+    ],
     "tracegraph": [({}, 500, 40)],
     "score": [
         ({"control_variate": "none"}, 500, 40),
@@ -207,6 +215,11 @@ def _make(name, options, particles):
     if not isinstance(elbo, SurrogateELBO):  # Pyro's own: particles vectorized on request
         elbo = estimators.get(name, num_particles=particles, vectorize_particles=True, **options)
     return elbo
+
+
+def _id(name, options):
+    shown = [str(options[k]) for k in ("control_variate", "gradient") if k in options]
+    return "-".join([name, *shown])
 
 
 def test_the_suite_holds_every_registered_estimator():
@@ -265,7 +278,7 @@ def test_score_scores_each_latent_against_every_sibling_observation():
 @pytest.mark.parametrize(
     "name, options, particles, runs",
     ESTIMATORS,
-    ids=[f"{n}-{o.get('control_variate', '')}".rstrip("-") for n, o, _, _ in ESTIMATORS],
+    ids=[_id(n, o) for n, o, _, _ in ESTIMATORS],
 )
 def test_mean_gradient_matches_the_analytic_elbo_gradient(
     name, options, particles, runs, case, reparam
@@ -324,7 +337,7 @@ def k_sample_reference(case, k):
 @pytest.mark.parametrize(
     "name, options, particles",
     [(n, o, p) for n, o, p, _ in ESTIMATORS],
-    ids=[f"{n}-{o.get('control_variate', '')}".rstrip("-") for n, o, _, _ in ESTIMATORS],
+    ids=[_id(n, o) for n, o, _, _ in ESTIMATORS],
 )
 def test_a_recordable_estimator_replays_its_own_step(name, options, particles):
     model, make_guide, _, x = CASES["local-subsampled"]
@@ -355,3 +368,88 @@ def test_a_recordable_estimator_replays_its_own_step(name, options, particles):
     assert replayed_loss == pytest.approx(loss, rel=1e-6)
     for key, grad in grads.items():
         assert torch.equal(replayed[key], grad), key
+
+
+# --- Path-only gradients (gradient="stl" / "dreg") ------------------------------------
+PATH_ONLY = [(n, o, p) for n, o, p, _ in ESTIMATORS if o.get("gradient") in ("stl", "dreg")]
+
+
+def test_the_path_only_gradients_of_trace_and_iwae_are_held_to_the_suite():
+    held = {(n, o["gradient"]) for n, o, _ in PATH_ONLY}
+    assert held == {("trace", "stl"), ("iwae", "stl"), ("iwae", "dreg")}
+
+
+def exact_posterior_case():
+    """The linear-Gaussian model of tests/pyro_vae/test_evaluate.py and an amortized guide
+    q(z | x) = N(A (x − b), diag exp(2 t)) whose parameters start at the exact posterior."""
+    from tests.pyro_vae.test_evaluate import POST_GAIN, POST_VAR, B, model
+
+    def guide(x, num_data=None):
+        gain = pyro.param("gain", POST_GAIN.clone())
+        log_scale = pyro.param("log_scale", POST_VAR.sqrt().log())
+        loc = (x - B) @ gain.T
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(loc, log_scale.exp().expand_as(loc)).to_event(1))
+
+    x = torch.tensor([[0.5, -1.0, 0.2], [1.5, 0.3, 1.1], [-0.7, -2.0, 0.0], [0.1, 1.0, 0.4]])
+    return model, guide, x
+
+
+def draws_of_the_guide_gradient(estimator, runs):
+    model, guide, x = exact_posterior_case()
+    draws = []
+    for _ in range(runs):
+        loss = estimator.differentiable_loss(model, guide, x)
+        store = pyro.get_param_store()
+        grads = torch.autograd.grad(loss, [store["gain"], store["log_scale"]])
+        draws.append(torch.cat([g.reshape(-1) for g in grads]))
+    return torch.stack(draws)
+
+
+@pytest.mark.parametrize(
+    "name, options, particles", PATH_ONLY, ids=[f"{_id(n, o)}-{p}" for n, o, p in PATH_ONLY]
+)
+def test_the_guide_gradient_is_zero_for_every_draw_at_the_exact_posterior(name, options, particles):
+    # At q = p(z | x), log p(x, z) − log q(z | x) = log p(x) for every z: the path term is
+    # zero and only the score term, dropped here, varies (Roeder et al. 2017).
+    k = max(particles, 4)  # trace: 4 particles averaged; iwae: the bound L_4
+    draws = draws_of_the_guide_gradient(_make(name, options, k), 20)
+    assert draws.abs().max() < 1e-5, draws.abs().max()
+    full = draws_of_the_guide_gradient(_make(name, {}, k), 20)
+    assert full.std(0).max() > 0.1  # the full pathwise gradient does vary there
+
+
+def linear_gaussian_with_parameters():
+    """z_n ~ N(0, 1), x_n ~ N(a z_n + c, exp(2 s)); q(z_n | x_n) = N(g x_n + h, exp(2 t)):
+    model parameters (a, c, s) and guide parameters (g, h, t), none at the optimum."""
+
+    def model(x):
+        a, c = pyro.param("a", torch.tensor(1.3)), pyro.param("c", torch.tensor(0.2))
+        s = pyro.param("s", torch.tensor(-0.3))
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(a * z + c, s.exp()), obs=x)
+
+    def guide(x):
+        g, h = pyro.param("g", torch.tensor(0.2)), pyro.param("h", torch.tensor(-0.4))
+        t = pyro.param("t", torch.tensor(-0.5))
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(g * x + h, t.exp()))
+
+    return model, guide, torch.tensor([0.8, -1.2, 2.1, 0.3, -0.4, 1.5])
+
+
+def test_dreg_mean_gradient_equals_iwaes_for_model_and_guide_parameters():
+    # Tucker et al. (2018): DReG is unbiased for ∇ E[L_K]. Both sides are estimated from
+    # 600 seeded draws of K = 8; each parameter's difference is held to 5 standard errors.
+    model, guide, x = linear_gaussian_with_parameters()
+    means = {}
+    for gradient in ("reparam", "dreg"):
+        pyro.clear_param_store()
+        estimator = estimators.get("iwae", num_particles=8, gradient=gradient)
+        means[gradient] = estimated_gradient(estimator, model, guide, x, 600)
+    assert set(means["dreg"]) == {"a", "c", "s", "g", "h", "t"}
+    for key, (mean, se) in means["dreg"].items():
+        truth, truth_se = means["reparam"][key]
+        se_both = (se**2 + truth_se**2).sqrt()
+        assert (mean - truth).abs() <= 5 * se_both, (key, mean, truth, se_both)

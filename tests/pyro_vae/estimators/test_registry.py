@@ -11,9 +11,12 @@ from pyro_vae.estimators.compiled import CompiledELBO, compilable
 # name, options -> keeps_state, needs_reparameterized, per_datapoint, recordable
 EXPECTED = {
     ("trace", ()): (False, False, False, True),
+    ("trace", (("gradient", "stl"),)): (False, True, False, True),
     ("analytic-kl", ()): (False, True, False, True),
     ("enum", ()): (False, False, False, False),
     ("iwae", ()): (False, True, True, True),
+    ("iwae", (("gradient", "dreg"),)): (False, True, True, True),
+    ("iwae", (("gradient", "stl"),)): (False, True, True, True),
     ("tracegraph", ()): (True, False, False, False),
     ("score", (("control_variate", "none"),)): (False, False, False, True),
     ("score", (("control_variate", "ema"),)): (True, False, False, False),

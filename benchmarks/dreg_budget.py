@@ -1,0 +1,155 @@
+"""Test log p(x) after a fixed training budget: VAE, IWAE and IWAE with DReG.
+
+Tucker et al. (2018) report that training the IWAE bound with doubly reparameterized
+gradients (DReG) reaches a better log-likelihood than training it with the plain pathwise
+gradient, whose encoder signal-to-noise ratio decays with K (``gradient_snr.py``). This
+script trains, for each of ``--seeds`` seeds, the same VAE (``models.vae.VAE``: latent
+dimension 20, one hidden layer of 200 softplus units, Bernoulli likelihood,
+``AmortizedNormal`` encoder) on Fashion-MNIST statically binarized at 0.5, with the same
+K = ``--k`` model evaluations per image and step:
+
+- ``VAE (trace)``: ``trace`` with K vectorized particles (the average of K ELBO estimates);
+- ``IWAE``: ``iwae`` with K = ``--k``, ``gradient="reparam"``;
+- ``IWAE-DReG``: ``iwae`` with K = ``--k``, ``gradient="dreg"``;
+
+each ``--epochs`` epochs on the first ``--train-images`` training images (all 60,000 by
+default), batch 128, Adam at 1e-3, no early stopping. Each run is then scored by
+``pyro_vae.evaluate.iwae_log_likelihood`` with ``--ll-samples`` importance samples on the
+first ``--ll-points`` test images (nats per image). The table gives the mean over seeds ±
+its standard error (sample standard deviation / √seeds). An IAF-guide column is left for
+when the flow guides land (issue 17, section 1).
+
+The full budget of the issue (K = 16, 20 epochs, 3 seeds) is the default and takes hours
+on a CPU; ``--epochs`` and ``--seeds`` (and ``--train-images``) give a smaller one, and the
+table says which budget ran. Run from the repository root::
+
+    .venv/bin/python benchmarks/dreg_budget.py                     # the full budget
+    .venv/bin/python benchmarks/dreg_budget.py --epochs 2 --seeds 2 --train-images 10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import time
+from pathlib import Path
+
+import pyro
+import torch
+
+from models.vae import VAE
+from pyro_vae import TrainConfig, fit, iwae_log_likelihood, load_data
+from pyro_vae.estimators import get
+
+HERE = Path(__file__).parent
+
+
+def contenders(k: int) -> dict[str, dict]:
+    """Registry name and options of each column."""
+    return {
+        "VAE (trace)": {"name": "trace", "num_particles": k, "vectorize_particles": True},
+        "IWAE": {"name": "iwae", "num_particles": k},
+        "IWAE-DReG": {"name": "iwae", "num_particles": k, "gradient": "dreg"},
+    }
+
+
+def one_run(data, options: dict, seed: int, args) -> tuple[float, float]:
+    """(test log p(x), training seconds) of one contender and seed."""
+    options = dict(options)
+    name = options.pop("name")
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    model = VAE(data.x_dim, latent_dim=20, hidden_dims=(200,))
+    guide = model.make_guide()
+    config = TrainConfig(epochs=args.epochs, lr=1e-3, seed=seed, patience=None, progress=False)
+    started = time.perf_counter()
+    fit(model, guide, data, get(name, **options), config)
+    seconds = time.perf_counter() - started
+    pyro.set_rng_seed(10_000 + seed)
+    x = data.test_x[: args.ll_points]
+    ll = iwae_log_likelihood(model, guide, x, args.ll_samples).mean().item()
+    return ll, seconds
+
+
+def mean_and_se(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, math.nan
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return mean, math.sqrt(var / len(values))
+
+
+def table(results: dict[str, list[tuple[float, float]]], args, load, seconds) -> str:
+    names = list(results)
+    cells = []
+    for name in names:
+        mean, se = mean_and_se([ll for ll, _ in results[name]])
+        cells.append(f"{mean:.2f} ± {se:.2f}")
+    per_seed = [
+        f"| {name} | " + " | ".join(f"{ll:.2f}" for ll, _ in runs) + " | "
+        f"{sum(s for _, s in runs) / len(runs):.0f} |"
+        for name, runs in results.items()
+    ]
+    full = (args.k, args.epochs, args.seeds, args.train_images) == (16, 20, 3, 60000)
+    budget = "the full budget of issue 17" if full else "a SMALLER budget than issue 17's"
+    return "\n".join(
+        [
+            "# Test log p(x) after a fixed budget: VAE, IWAE, IWAE-DReG",
+            "",
+            f"Written by `benchmarks/dreg_budget.py`: {budget} (K = {args.k}, "
+            f"{args.epochs} epochs on {args.train_images} Fashion-MNIST training images, "
+            f"{args.seeds} seed(s)); log p(x) by `iwae_log_likelihood` with K = "
+            f"{args.ll_samples} on the first {args.ll_points} test images, nats per image, "
+            "mean over seeds ± standard error.",
+            "",
+            "| " + " | ".join(names) + " | IAF guide |",
+            "|" + "---:|" * (len(names) + 1),
+            "| " + " | ".join(cells) + " | (later) |",
+            "",
+            "Per seed (log p(x)) and mean training seconds per run:",
+            "",
+            "| contender | " + " | ".join(f"seed {s}" for s in range(args.seeds)) + " | s |",
+            "|---|" + "---:|" * (args.seeds + 1),
+            *per_seed,
+            "",
+            f"Load average at the start: {load[0]}; at the end: {load[1]}. Whole run "
+            f"{seconds:.0f} s on {platform.processor() or platform.machine()}, "
+            f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+            f"pyro {pyro.__version__}.",
+            "",
+        ]
+    )
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--k", type=int, default=16)
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--train-images", type=int, default=60000)
+    parser.add_argument("--ll-samples", type=int, default=1000)
+    parser.add_argument("--ll-points", type=int, default=1000)
+    parser.add_argument("--output", type=Path, default=HERE / "dreg_budget.md")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    load_start = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    print(f"load average {load_start}", flush=True)
+    data = load_data("fashion-mnist", val_fraction=0.0)
+    data.train_x = data.train_x[: args.train_images]
+    args.train_images = int(data.train_x.shape[0])
+    results: dict[str, list[tuple[float, float]]] = {}
+    for name, options in contenders(args.k).items():
+        for seed in range(args.seeds):
+            ll, seconds = one_run(data, options, seed, args)
+            results.setdefault(name, []).append((ll, seconds))
+            print(f"{name:<12} seed {seed}: log p(x) {ll:.2f} ({seconds:.0f} s)", flush=True)
+    load_end = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    text = table(results, args, (load_start, load_end), time.perf_counter() - started)
+    args.output.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""Pathwise gradients with the guide's parameters held still inside log q.
+
+A reparameterized draw z = g(ε; φ) makes log q(z; φ) depend on φ twice: through the draw
+(the path) and directly (the score, ∂/∂φ log q(z; φ) at fixed z). The score term has mean
+zero, so it can be dropped without bias from the ELBO's gradient (Roeder, Wu & Duvenaud
+2017, "sticking the landing", STL), and when q equals the posterior the remaining path term
+is exactly zero for every draw. Tucker, Lawson, Gu & Maddison (2018, "Doubly
+reparameterized gradient estimators for Monte Carlo objectives", eq. 6-8) write it as
+log q(z; stop_gradient(φ)): the density's parameters detached, the draw z not.
+
+:func:`stopped_log_prob` evaluates exactly that for any Pyro guide site: the site's
+distribution is copied with every tensor inside it detached (Pyro's public
+``pyro.distributions.util.detach``; flows' transforms included) and scored at the site's
+own value, which keeps its graph back to φ. A distribution whose ``log_prob`` needs the
+inverse of its transform (a flow) computes it there, since the detached copy has no cache.
+
+Detaching each site's parameters is the paper's stop-gradient only when no guide site's
+distribution depends on another latent's draw (amortized encoders, flows, mean-field
+guides): for q(z₁) q(z₂ | z₁) it would also cut the path from z₁ through q(z₂ | z₁)'s
+parameters and bias the gradient, so such guides are refused
+(:func:`refuse_dependent_sites`).
+"""
+
+from __future__ import annotations
+
+import torch
+from pyro.distributions.util import detach, scale_and_mask
+from pyro.poutine import Trace
+
+from pyro_vae.traces import sample_sites, stack_values
+
+# The choices of ``gradient``: what the pathwise gradient of log q keeps.
+GRADIENTS = {
+    "reparam": "the full pathwise gradient (Kingma & Welling 2013; Burda et al. 2015)",
+    "stl": "its path part only, sticking the landing (Roeder et al. 2017)",
+    "dreg": "doubly reparameterized (Tucker et al. 2018)",
+}
+
+
+def check_gradient(gradient: object, allowed: tuple[str, ...], estimator: str) -> str:
+    """``gradient`` if it is one of ``allowed``; else a ``ValueError`` naming the choices.
+
+    Raises:
+        ValueError: ``gradient`` is not a string in ``allowed``.
+    """
+    if isinstance(gradient, str) and gradient in allowed:
+        return gradient
+    choices = "; ".join(f"{g!r}: {GRADIENTS[g]}" for g in allowed)
+    extra = ""
+    if gradient == "dreg":
+        extra = " (DReG reweights a multi-sample bound's particles: use the iwae estimator)"
+    raise ValueError(
+        f"gradient: {gradient!r} is not one of {estimator}'s gradients{extra}; expected {choices}"
+    )
+
+
+def base_name(fn) -> str:
+    """The class name of ``fn`` under its wrappers (``Independent``, ``MaskedDistribution``)."""
+    while hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    return type(fn).__name__
+
+
+def refuse_unreparameterized(guide_trace: Trace, estimator: str, gradient: str) -> None:
+    """Raise unless every latent site of the guide is reparameterizable.
+
+    Raises:
+        ValueError: naming the first site that is not and its distribution.
+    """
+    for name, site in sample_sites(guide_trace).items():
+        if not site["fn"].has_rsample:
+            raise ValueError(
+                f"guide site {name!r} ({base_name(site['fn'])}) is not reparameterizable; "
+                f"{estimator} with gradient={gradient!r} keeps only the pathwise part of the "
+                "gradient, which this site has not. Use gradient='reparam' (score-function "
+                "terms where a site needs them) or the score estimator for discrete latents."
+            )
+
+
+def refuse_dependent_sites(guide_trace: Trace, estimator: str, gradient: str) -> None:
+    """Raise when a guide site's draw depends on another guide site's draw.
+
+    Detaching each site's distribution parameters would then also cut the path from the
+    earlier draw through the later site's parameters: a biased gradient, not the paper's
+    stop-gradient on φ alone (see the module docstring). Only guides with two or more
+    latent sites that carry gradients are checked: one backward pass over the guide's
+    sampling graph, never through the model.
+
+    Raises:
+        ValueError: naming both sites.
+    """
+    sites = [(n, s["value"]) for n, s in sample_sites(guide_trace).items()]
+    sites = [(n, v) for n, v in sites if torch.is_tensor(v) and v.requires_grad]
+    for j in range(1, len(sites)):
+        later, value = sites[j]
+        earlier = [v for _, v in sites[:j]]
+        found = torch.autograd.grad(value.sum(), earlier, allow_unused=True, retain_graph=True)
+        for (name, _), grad in zip(sites[:j], found, strict=True):
+            if grad is not None:
+                raise ValueError(
+                    f"guide site {later!r} is drawn from a distribution that depends on guide "
+                    f"site {name!r}; {estimator} with gradient={gradient!r} detaches each "
+                    "site's distribution parameters, which would also cut that dependence and "
+                    "bias the gradient. Use gradient='reparam' for hierarchical guides."
+                )
+
+
+def stopped_log_prob(site: dict) -> torch.Tensor:
+    """log q(z; stop_gradient(φ)) of one guide site, unscaled and unmasked: the site's
+    distribution with its tensors detached, scored at its value (whose graph is kept).
+
+    A site stacked from looped particles (:func:`pyro_vae.traces.stack_particles`) is
+    scored with each particle's own distribution (``site["fns"]``) and stacked likewise.
+
+    Returns:
+        The site's batch-shaped log-density (particles first when stacked).
+    """
+    value = site["value"]
+    if "fns" not in site:
+        return detach(site["fn"]).log_prob(value)
+    event_dim = site["fn"].event_dim
+    batch_rank = value.dim() - event_dim - 1
+    per_particle = [detach(fn).log_prob(value[k]) for k, fn in enumerate(site["fns"])]
+    return stack_values(per_particle, batch_rank, 0)
+
+
+def stopped_guide_trace(guide_trace: Trace) -> Trace:
+    """A copy of ``guide_trace`` whose sample sites hold log q with the guide's parameters
+    detached (:func:`stopped_log_prob`): ``unscaled_log_prob`` and ``log_prob`` (scaled and
+    masked as Pyro scales them), ``log_prob_sum`` recomputed, ``score_parts`` dropped.
+    Other sites and the original trace are left as they were."""
+    copy = Trace()
+    names = set(sample_sites(guide_trace))
+    for name, site in guide_trace.nodes.items():
+        if name not in names:
+            copy.add_node(name, **site)
+            continue
+        unscaled = stopped_log_prob(site)
+        new = dict(site, unscaled_log_prob=unscaled)
+        new["log_prob"] = scale_and_mask(unscaled, site["scale"], site["mask"])
+        new["log_prob_sum"] = new["log_prob"].sum()
+        new.pop("score_parts", None)
+        copy.add_node(name, **new)
+    return copy
