@@ -15,8 +15,11 @@ L = (N / B) Σ_i ℓ_i + G = Σ_r (b_r / B) L_r (when every G_r = G), so the upd
 the single-process one when every rank adds b_r ∇L_r, sums over ranks, and divides by
 Σ_r b_r = B: one summing all-reduce of [b_r ∇L_r, b_r L_r, b_r] (:class:`SynchronizedELBO`).
 With equal shards this is the mean over ranks of ∇L_r, what ``DistributedDataParallel``
-computes. It runs after ``loss_and_grads``, so the recorded step
-(:class:`~pyro_vae.estimators.compiled.CompiledELBO`) and Pyro's are reduced alike.
+computes. As there, the gradients' part is reduced in buckets during the backward pass,
+each as soon as its gradients are accumulated (post-accumulate-grad hooks on the
+parameters), which the recorded step's (:class:`~pyro_vae.estimators.compiled.CompiledELBO`)
+replayed backward fires as Pyro's does; the first step, and every step of an estimator
+that runs backward more than once, is reduced after ``loss_and_grads``.
 
 Every rank then takes the same Adam step on the same reduced gradient and loss, so the
 weights stay equal, and the NaN guard and early stopping (on the reduced validation ELBO)
@@ -25,9 +28,11 @@ own noise from a stream seeded by (seed, epoch, rank) at the start of each epoch
 resumed from an epoch's checkpoint draws exactly what the uninterrupted one would have.
 
 A rank that stops (killed, out of memory) makes the next collective fail on the others:
-they raise :class:`RankLost`, naming the ranks whose processes are gone (ranks on this
-host) or the ones that could not be checked. A rank that hangs is given up on after
-``PYRO_VAE_DIST_TIMEOUT`` seconds (600 by default).
+they raise :class:`RankLost`, naming the ranks that said they stopped (a rank leaving
+:func:`session` on an error writes it to the rendezvous store before it closes its
+connections) and those whose processes are gone (ranks on this host), or the ones that
+could not be checked. A rank that hangs is given up on after ``PYRO_VAE_DIST_TIMEOUT``
+seconds (600 by default).
 """
 
 from __future__ import annotations
@@ -496,6 +501,7 @@ class _Buckets:
                 if has_grad[i]:
                     p.grad = (flat[start : start + n] / total_rows).reshape(p.shape).to(p.dtype)
                 start += n
+        self.flats = []  # not held between steps: they are as large as the gradients
 
     def remove(self) -> None:
         """Take the gradient hooks off the parameters."""
