@@ -7,13 +7,9 @@ process, gloo over loopback, started with torchrun's variables as ``python -m py
 would be. Each run is 4 epochs of 100 steps; a rate is the rows of one epoch over its
 seconds (rank 0's history, validation excluded), the median of epochs 2-4 (epoch 1
 records the step). Both sizes run side by side in one invocation, for the uncompiled step
-and the recorded one (``compile=True``), two ranks once with the gradient all-reduce
-after the backward pass (``SynchronizedELBO(overlap=False)``) and once overlapped with it
-(the default). A second table times the two ways in turn within one pair of processes
-(:func:`paired_worker`), which cancels the load of other processes on a shared machine.
-The tables end with how much arithmetic the machine's CPUs do at once (two single-thread
-matrix-product processes against one): the ceiling for the 784-pixel VAE, whose step is
-mostly matrix products.
+and the recorded one (``compile=True``). The table ends with how much arithmetic the
+machine's CPUs do at once (two single-thread matrix-product processes against one): the
+ceiling for the 784-pixel VAE, whose step is mostly matrix products.
 
     python benchmarks/distributed_scaling.py          # writes benchmarks/distributed_scaling.md
 
@@ -23,7 +19,6 @@ Target (issue 15): 2 ranks >= 1.6x one rank on a 2-core CPU.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import platform
@@ -43,21 +38,16 @@ PER_RANK_BATCH, STEPS, EPOCHS = 128, 100, 4
 SIZES = (784, 64)  # Fashion-MNIST's pixels and the digits'; 400 hidden, 20 latent
 
 
-def worker(out: Path, compile_step: bool, pixels: int, overlap: bool = True) -> None:
-    """One rank: fit and write rank 0's per-epoch seconds to ``out``. ``overlap=False``
-    reduces the gradients after the backward pass instead of during it."""
+def worker(out: Path, compile_step: bool, pixels: int) -> None:
+    """One rank: fit and write rank 0's per-epoch seconds to ``out``."""
     torch.set_num_threads(1)
     sys.path[:0] = [str(HERE), str(ROOT)]
     from perf_common import build_pyro_vae
 
-    import pyro_vae.train
     from pyro_vae import estimators
-    from pyro_vae.distributed import SynchronizedELBO, session
+    from pyro_vae.distributed import session
     from pyro_vae.tensor_data import TensorData
     from pyro_vae.train import TrainConfig, fit
-
-    if not overlap:
-        pyro_vae.train.SynchronizedELBO = functools.partial(SynchronizedELBO, overlap=False)
 
     with session() as group:
         rows = PER_RANK_BATCH * STEPS * group.world
@@ -79,61 +69,7 @@ def worker(out: Path, compile_step: bool, pixels: int, overlap: bool = True) -> 
             out.write_text(json.dumps({"world": group.world, "rows": rows, "seconds": seconds}))
 
 
-def paired_worker(out: Path, compile_step: bool, pixels: int, blocks: int = 10) -> None:
-    """One of two ranks: ``blocks`` pairs of 20-step blocks, the gradient reduce
-    overlapped with the backward pass and after it in turn, on the same weights and
-    optimizer; rank 0 writes, per way, the median step and the median wait from the end
-    of ``loss_and_grads`` to reduced gradients (ms), the first pair of blocks left out.
-    Alternating in one pair of processes cancels the load other processes add."""
-    torch.set_num_threads(1)
-    sys.path[:0] = [str(HERE), str(ROOT)]
-    from perf_common import build_pyro_vae
-
-    from pyro_vae import estimators
-    from pyro_vae.distributed import SynchronizedELBO, session
-    from pyro_vae.estimators.compiled import CompiledELBO
-    from pyro_vae.minibatch import Minibatched
-    from pyro_vae.svi_step import GroupedAdam, SVIStep
-
-    class Timed(SynchronizedELBO):
-        def _loss_and_grads(self, *args):
-            result = super()._loss_and_grads(*args)
-            self.backward_done = time.perf_counter()
-            return result
-
-        def loss_and_grads_and_params(self, *args, **kwargs):
-            result = super().loss_and_grads_and_params(*args, **kwargs)
-            self.waits.append(time.perf_counter() - self.backward_done)
-            return result
-
-    with session() as group:
-        model, guide = build_pyro_vae(pixels, seed=0)
-        x = torch.bernoulli(torch.full((PER_RANK_BATCH * 20, pixels), 0.3))
-        pair = [Minibatched(f, "data", PER_RANK_BATCH * group.world * 20) for f in (model, guide)]
-        elbo = estimators.get("trace")
-        elbo = CompiledELBO(elbo) if compile_step else elbo
-        optim, steps, result = GroupedAdam({"lr": 1e-3}), {}, {}
-        for overlap in (True, False):
-            timed = Timed(elbo, group, overlap=overlap)
-            timed.waits = []
-            steps[overlap] = (SVIStep(*pair, optim, timed), timed, [])
-        own = torch.arange(PER_RANK_BATCH) + group.rank * PER_RANK_BATCH
-        for block in range(2 * blocks):
-            svi, timed, seconds = steps[block % 2 == 0]
-            for i in range(20):
-                start = time.perf_counter()
-                svi.step(x[i * PER_RANK_BATCH : (i + 1) * PER_RANK_BATCH], subsample=own)
-                seconds.append(time.perf_counter() - start)
-        for overlap, (_, timed, seconds) in steps.items():
-            result["overlapped" if overlap else "after"] = {
-                "step": 1000 * statistics.median(seconds[20:]),
-                "wait": 1000 * statistics.median(timed.waits[20:]),
-            }
-        if group.rank == 0:
-            out.write_text(json.dumps(result))
-
-
-def run(world: int, compile_step: bool, pixels: int, overlap: bool = True, paired=False) -> dict:
+def run(world: int, compile_step: bool, pixels: int) -> dict:
     """``world`` worker processes on loopback; their rank 0's record."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -142,8 +78,6 @@ def run(world: int, compile_step: bool, pixels: int, overlap: bool = True, paire
         out = Path(tmp) / "result.json"
         command = [sys.executable, __file__, "--worker", str(out), "--pixels", str(pixels)]
         command += ["--compile"] if compile_step else []
-        command += [] if overlap else ["--no-overlap"]
-        command += ["--paired"] if paired else []
         procs = [
             subprocess.Popen(
                 command,
@@ -162,8 +96,6 @@ def run(world: int, compile_step: bool, pixels: int, overlap: bool = True, paire
         if any(p.wait() for p in procs):
             raise RuntimeError(f"a rank of {world} failed")
         record = json.loads(out.read_text())
-    if paired:
-        return record
     record["rate"] = record["rows"] / statistics.median(record["seconds"][1:])
     return record
 
@@ -197,28 +129,18 @@ def main() -> None:
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--pixels", type=int, default=784, help=argparse.SUPPRESS)
-    parser.add_argument("--no-overlap", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--paired", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=HERE / "distributed_scaling.md")
     args = parser.parse_args()
-    if args.worker is not None and args.paired:
-        paired_worker(args.worker, args.compile, args.pixels)
-        return
     if args.worker is not None:
-        worker(args.worker, args.compile, args.pixels, overlap=not args.no_overlap)
+        worker(args.worker, args.compile, args.pixels)
         return
     load_before = os.getloadavg()
     rows = []
     for pixels in SIZES:
         for compile_step in (False, True):
-            one = run(1, compile_step, pixels)["rate"]
-            after = run(2, compile_step, pixels, overlap=False)["rate"]
-            during = run(2, compile_step, pixels)["rate"]
-            rows.append((pixels, compile_step, one, after, during))
-            print(
-                f"{pixels} px, compile={compile_step}: {one:.0f}/s, {after:.0f}/s, {during:.0f}/s"
-            )
-    paired = {(p, c): run(2, c, p, paired=True) for p in SIZES for c in (False, True)}
+            one, two = run(1, compile_step, pixels), run(2, compile_step, pixels)
+            rows.append((pixels, compile_step, one["rate"], two["rate"]))
+            print(f"{pixels} px, compile={compile_step}: {one['rate']:.0f}/s, {two['rate']:.0f}/s")
     matmul = matmul_concurrency()
     load_after = os.getloadavg()
     lines = [
@@ -230,40 +152,17 @@ def main() -> None:
         f"Load average (1, 5, 15 min) before: {', '.join(f'{v:.2f}' for v in load_before)}; "
         f"after: {', '.join(f'{v:.2f}' for v in load_after)}.",
         "",
-        "Examples per second; 2 ranks with the gradient all-reduce after the backward pass",
-        "(`SynchronizedELBO(overlap=False)`) and overlapped with it (the default), in that order.",
-        "",
-        "| D (pixels) | step | 1 rank | 2 ranks, reduce after | speed-up | 2 ranks, overlapped "
-        "| speed-up |",
-        "|---:|---|---:|---:|---:|---:|---:|",
+        "| D (pixels) | step | 1 rank (examples/s) | 2 ranks (examples/s) | speed-up |",
+        "|---:|---|---:|---:|---:|",
     ]
-    for pixels, compile_step, one, after, during in rows:
+    for pixels, compile_step, one, two in rows:
         name = "recorded (compile=True)" if compile_step else "uncompiled"
-        lines.append(
-            f"| {pixels} | {name} | {one:.0f} | {after:.0f} | {after / one:.2f}x | {during:.0f} "
-            f"| {during / one:.2f}x |"
-        )
+        lines.append(f"| {pixels} | {name} | {one:.0f} | {two:.0f} | {two / one:.2f}x |")
     lines += [
         "",
         f"The machine itself: two single-thread processes doing 128x784 @ 784x400 matrix "
         f"products at once get {matmul:.2f}x the products per second of one alone.",
     ]
-    lines += [
-        "",
-        "Paired, in one pair of processes (blocks of 20 steps, the two ways in turn, on the "
-        "same weights): median milliseconds per step, and from the end of the backward pass "
-        "to reduced gradients (the part of the reduce the backward pass did not hide).",
-        "",
-        "| D (pixels) | step | after: step | after: wait | overlapped: step | overlapped: wait |",
-        "|---:|---|---:|---:|---:|---:|",
-    ]
-    for (pixels, compile_step), r in paired.items():
-        name = "recorded (compile=True)" if compile_step else "uncompiled"
-        a, o = r["after"], r["overlapped"]
-        lines.append(
-            f"| {pixels} | {name} | {a['step']:.2f} | {a['wait']:.2f} | {o['step']:.2f} "
-            f"| {o['wait']:.2f} |"
-        )
     lines += ["", "Target: 2 ranks >= 1.6x one rank."]
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -15,11 +15,8 @@ L = (N / B) Σ_i ℓ_i + G = Σ_r (b_r / B) L_r (when every G_r = G), so the upd
 the single-process one when every rank adds b_r ∇L_r, sums over ranks, and divides by
 Σ_r b_r = B: one summing all-reduce of [b_r ∇L_r, b_r L_r, b_r] (:class:`SynchronizedELBO`).
 With equal shards this is the mean over ranks of ∇L_r, what ``DistributedDataParallel``
-computes. As there, the gradients' part is reduced in buckets during the backward pass,
-each as soon as its gradients are accumulated (post-accumulate-grad hooks on the
-parameters), which the recorded step's (:class:`~pyro_vae.estimators.compiled.CompiledELBO`)
-replayed backward fires as Pyro's does; the first step, and every step of an estimator
-that runs backward more than once, is reduced after ``loss_and_grads``.
+computes. It runs after ``loss_and_grads``, so the recorded step
+(:class:`~pyro_vae.estimators.compiled.CompiledELBO`) and Pyro's are reduced alike.
 
 Every rank then takes the same Adam step on the same reduced gradient and loss, so the
 weights stay equal, and the NaN guard and early stopping (on the reduced validation ELBO)
@@ -39,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import functools
 import os
 import signal
 import socket
@@ -91,13 +87,6 @@ class Group:
             with self._watching("all-reduce"):
                 dist.all_reduce(values)
         return values
-
-    def start_all_reduce(self, values: torch.Tensor):
-        """Start summing ``values`` over ranks, in place; returns the work to ``wait()``
-        on (which raises when a rank is gone: call it under :meth:`_watching`)."""
-        if self.world == 1:
-            return _Done()
-        return dist.all_reduce(values, async_op=True)
 
     def mean(self, value: float, weight: float | None) -> float:
         """The ``weight``-weighted mean of every rank's ``value`` (equal weights for
@@ -203,13 +192,6 @@ class Group:
                 )
 
 
-class _Done:
-    """The reduce of one process: nothing to wait for."""
-
-    def wait(self) -> bool:
-        return True
-
-
 def refuse_stateful(elbo: ELBO, world: int) -> None:
     """Refuse an estimator that keeps state between steps (or declares nothing) on
     ``world`` > 1 ranks: each rank would update its own copy.
@@ -276,75 +258,15 @@ def _alive(pid: int) -> bool:
         return True
 
 
-FIRST_BUCKET_BYTES = 1 << 20  # as DistributedDataParallel's: a small first bucket starts early
-BUCKET_BYTES = 25 << 20  # DistributedDataParallel's bucket_cap_mb=25
-
-
 class SynchronizedELBO:
-    """``elbo`` whose gradients and loss are reduced over the group in each
+    """``elbo`` whose gradients and loss are reduced over the group after each
     ``loss_and_grads`` (the module docstring's [b_r ∇L_r, b_r L_r, b_r] sum), for
-    :class:`pyro_vae.svi_step.SVIStep`, which asks it for the parameters it read.
+    :class:`pyro_vae.svi_step.SVIStep`, which asks it for the parameters it read."""
 
-    As in ``DistributedDataParallel``, the gradients' all-reduce overlaps the backward
-    pass. From the second step on the parameters lie in buckets, in the reverse of the
-    order the step read them (the order backward reaches them, the same on every rank):
-    the first of ``first_bucket_bytes``, the others of ``bucket_bytes``. A bucket's
-    reduce starts, asynchronously, once a gradient hook has seen every parameter in it,
-    and buckets start in order, so every rank issues the same collectives. The first step
-    reduces after ``loss_and_grads`` (Pyro creates its parameters during it), and so does a
-    step whose estimator accumulates a gradient more than once (Pyro's ``Trace_ELBO`` runs
-    one backward pass per particle unless its particles are vectorized): a bucket went
-    out half summed, so the step is reduced again after ``loss_and_grads`` and the
-    overlap is turned off for the rest of the run. A step that read other parameters
-    than the buckets hold is reduced afterwards too, and the buckets are made anew.
-    ``overlap=False`` reduces every step after ``loss_and_grads`` (the same numbers).
-
-    Attributes:
-        launched_in_backward: how many buckets of the last step started their reduce
-            during the backward pass (0 when the step was reduced afterwards).
-
-    Raises:
-        ValueError: ``bucket_bytes`` or ``first_bucket_bytes`` is not a positive integer.
-    """
-
-    def __init__(
-        self,
-        elbo: ELBO,
-        group: Group,
-        bucket_bytes: int = BUCKET_BYTES,
-        first_bucket_bytes: int = FIRST_BUCKET_BYTES,
-        overlap: bool = True,
-    ) -> None:
-        for arg, value in (
-            ("bucket_bytes", bucket_bytes),
-            ("first_bucket_bytes", first_bucket_bytes),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{arg}: {value!r}; expected a positive number of bytes")
+    def __init__(self, elbo: ELBO, group: Group) -> None:
         self.elbo, self.group = elbo, group
-        self.bucket_bytes, self.first_bucket_bytes = bucket_bytes, first_bucket_bytes
-        self._buckets: _Buckets | None = None
-        self._overlap = bool(overlap)
-        self.launched_in_backward = 0
 
     def loss_and_grads_and_params(self, model, guide, *args, **kwargs):
-        rows = float(len(kwargs["subsample"]))
-        buckets = self._buckets
-        if buckets is None:
-            loss, params = self._loss_and_grads(model, guide, args, kwargs)
-            self.launched_in_backward = 0
-            loss = self._reduce(loss, params, rows)
-            if self._overlap and params:
-                self._buckets = _Buckets(params, self)
-            return loss, params
-        buckets.arm(rows)
-        try:
-            loss, params = self._loss_and_grads(model, guide, args, kwargs)
-        finally:
-            buckets.armed = False
-        return self._finish(buckets, loss, params, rows), params
-
-    def _loss_and_grads(self, model, guide, args, kwargs) -> tuple[float, list[torch.Tensor]]:
         own = getattr(self.elbo, "loss_and_grads_and_params", None)
         if own is not None:
             loss, params = own(model, guide, *args, **kwargs)
@@ -352,38 +274,8 @@ class SynchronizedELBO:
             with pyro.poutine.trace(param_only=True) as capture:
                 loss = self.elbo.loss_and_grads(model, guide, *args, **kwargs)
             params = [site["value"].unconstrained() for site in capture.trace.nodes.values()]
-        return float(loss), params
-
-    def _finish(self, buckets: _Buckets, loss: float, params: list, rows: float) -> float:
-        """After an overlapped ``loss_and_grads``: start the buckets backward left
-        unstarted (a parameter without a gradient on this rank), sum the loss, the rows,
-        which parameters have a gradient and whether any rank saw a gradient accumulated
-        twice or other parameters, wait for the buckets, and write the mean gradients."""
-        self.launched_in_backward = buckets.started
-        with self.group._watching("all-reduce"):
-            buckets.start_rest()
-        ps = buckets.params
-        stale = len(params) != len(ps) or any(p is not q for p, q in zip(params, ps, strict=False))
-        small = torch.tensor(
-            [p.grad is not None for p in ps] + [loss * rows, rows, buckets.late, stale],
-            dtype=buckets.dtype,
-            device=buckets.device,
-        )
-        self.group.all_reduce(small)
-        with self.group._watching("all-reduce"):
-            buckets.wait()
-        late, stale = small[-2].item() > 0, small[-1].item() > 0
-        if late or stale:
-            buckets.remove()
-            self._buckets, self._overlap = None, not late
-            self.launched_in_backward = 0
-            loss = self._reduce(loss, params, rows)
-            if self._overlap and params:
-                self._buckets = _Buckets(params, self)
-            return loss
-        total_rows = small[-3]
-        buckets.write_gradients(small[: len(ps)].tolist(), total_rows)
-        return (small[-4] / total_rows).item()
+        rows = float(len(kwargs["subsample"]))
+        return self._reduce(float(loss), params, rows), params
 
     def _reduce(self, loss: float, params: list[torch.Tensor], rows: float) -> float:
         """Replace each gradient by Σ_r b_r ∇L_r / Σ_r b_r and return Σ_r b_r L_r / Σ_r b_r.
@@ -407,106 +299,6 @@ class SynchronizedELBO:
                 p.grad = (flat[start : start + n] / total_rows).reshape(g.shape).to(g.dtype)
             start += n
         return (flat[-2] / total_rows).item()
-
-
-class _Buckets:
-    """A step's parameters in buckets, each summed over the group by an asynchronous
-    all-reduce as soon as the backward pass has accumulated all of their gradients
-    (:class:`SynchronizedELBO`). ``params`` in the order the step read them."""
-
-    def __init__(self, params: list[torch.Tensor], owner: SynchronizedELBO) -> None:
-        self.params, self.group = list(params), owner.group
-        self.dtype = torch.float32
-        for p in self.params:
-            self.dtype = torch.promote_types(self.dtype, p.dtype)
-        self.device = self.params[0].device
-        itemsize = torch.empty((), dtype=self.dtype).element_size()
-        self.members: list[list[int]] = [[]]
-        cap, size = owner.first_bucket_bytes, 0
-        for i in reversed(range(len(self.params))):  # backward meets the last read first
-            if size >= cap:
-                self.members.append([])
-                cap, size = owner.bucket_bytes, 0
-            self.members[-1].append(i)
-            size += self.params[i].numel() * itemsize
-        self.bucket_of = [0] * len(self.params)
-        for b, members in enumerate(self.members):
-            for i in members:
-                self.bucket_of[i] = b
-        self.handles = [
-            p.register_post_accumulate_grad_hook(functools.partial(self._accumulated, i))
-            for i, p in enumerate(self.params)
-        ]
-        self.arm(1.0)
-        self.armed = False
-
-    def arm(self, rows: float) -> None:
-        """Get ready for a step on ``rows`` rows of this rank: hooks now start reduces."""
-        self.rows, self.armed, self.late, self.error = rows, True, False, None
-        self.pending = [len(m) for m in self.members]
-        self.seen = [False] * len(self.params)
-        self.flats: list[torch.Tensor] = []
-        self.works: list = []
-        self.started = 0
-
-    def _accumulated(self, i: int, _param: torch.Tensor) -> None:
-        if not self.armed:
-            return
-        if self.seen[i]:  # a second backward pass: its bucket may have gone out half summed
-            self.late = True
-            return
-        self.seen[i] = True
-        self.pending[self.bucket_of[i]] -= 1
-        try:
-            while (
-                not self.late
-                and self.error is None
-                and self.started < len(self.members)
-                and self.pending[self.started] == 0
-            ):
-                self._start()
-        except (RuntimeError, dist.DistBackendError) as err:  # raised after backward
-            self.error = err
-
-    def _start(self) -> None:
-        """Start bucket ``self.started``'s reduce of b_r ∇L_r (zeros for a parameter
-        without a gradient)."""
-        ps = [self.params[i] for i in self.members[self.started]]
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in ps]
-        flat = torch.cat([g.reshape(-1).to(self.dtype) for g in grads]).mul_(self.rows)
-        self.works.append(self.group.start_all_reduce(flat))
-        self.flats.append(flat)
-        self.started += 1
-
-    def start_rest(self) -> None:
-        """Start every bucket the backward pass left unstarted, in order."""
-        if self.error is not None:
-            raise self.error
-        while self.started < len(self.members):
-            self._start()
-
-    def wait(self) -> None:
-        """Wait for every bucket's reduce."""
-        for work in self.works:
-            work.wait()
-
-    def write_gradients(self, has_grad: list[float], total_rows: torch.Tensor) -> None:
-        """Replace each gradient by its bucket's Σ_r b_r ∇L_r / Σ_r b_r; a parameter
-        without a gradient on every rank (``has_grad`` 0) keeps none."""
-        for members, flat in zip(self.members, self.flats, strict=True):
-            start = 0
-            for i in members:
-                p = self.params[i]
-                n = p.numel()
-                if has_grad[i]:
-                    p.grad = (flat[start : start + n] / total_rows).reshape(p.shape).to(p.dtype)
-                start += n
-        self.flats = []  # not held between steps: they are as large as the gradients
-
-    def remove(self) -> None:
-        """Take the gradient hooks off the parameters."""
-        for handle in self.handles:
-            handle.remove()
 
 
 _GROUP = Group()

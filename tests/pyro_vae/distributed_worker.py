@@ -27,7 +27,6 @@ from pyro_vae import estimators
 from pyro_vae.checkpoint import RunFolder
 from pyro_vae.data_source import shard_of
 from pyro_vae.distributed import SynchronizedELBO, current, session
-from pyro_vae.estimators.compiled import CompiledELBO
 from pyro_vae.minibatch import Minibatched
 from pyro_vae.tensor_data import TensorData
 from pyro_vae.train import TrainConfig, fit
@@ -37,12 +36,6 @@ CASES = {
     "analytic-kl": {},
     "iwae": {"num_particles": 3},
     "score": {"control_variate": "leave-one-out", "num_particles": 3},
-}
-OVERLAP_CASES = {  # name: (estimator, options, recorded); buckets reduced during backward
-    "overlap/trace": ("trace", {}, False),
-    "overlap/recorded": ("trace", {}, True),
-    "overlap/iwae": ("iwae", {"num_particles": 3}, False),
-    "overlap/two-backward-passes": ("trace", {"num_particles": 2}, False),
 }
 ROWS, FEATURES, LATENT, BATCH = 32, 5, 2, 8
 
@@ -132,35 +125,6 @@ def gradients(rank: int, world: int) -> dict[str, torch.Tensor]:
     return {"loss": torch.tensor(loss), **{store.param_name(p): p.grad for p in params}}
 
 
-def overlapped(case: str, rank: int, world: int, steps: int = 3) -> dict[str, torch.Tensor]:
-    """The losses and gradients of ``steps`` :class:`SynchronizedELBO` steps of
-    :data:`OVERLAP_CASES` ``case`` on batches of 8 rows (rank ``rank``'s part of each),
-    every parameter in a bucket of its own, noise aligned; and ``launched``, how many
-    buckets each step reduced during its backward pass."""
-    name, options, recorded = OVERLAP_CASES[case]
-    pyro.clear_param_store()
-    torch.manual_seed(0)
-    vae = TinyVAE()
-    model, guide = (Minibatched(f, "data", ROWS) for f in (vae.model, vae.guide))
-    elbo = estimators.get(name, **options)
-    elbo = SynchronizedELBO(
-        CompiledELBO(elbo) if recorded else elbo, current(), bucket_bytes=1, first_bucket_bytes=1
-    )
-    part, result, launched = shard_of(8, rank, world), {}, []
-    with aligned_noise(rank, world):
-        for step in range(steps):
-            x = torch.randn(8, FEATURES, generator=torch.Generator().manual_seed(2 + step))
-            loss, params = elbo.loss_and_grads_and_params(
-                model, guide, x[part], subsample=torch.arange(8)[part]
-            )
-            launched.append(elbo.launched_in_backward)
-            result[f"loss{step}"] = torch.tensor(loss)
-            for p in params:
-                result[f"{pyro.get_param_store().param_name(p)}{step}"] = p.grad
-                p.grad = None
-    return {**result, "launched": torch.tensor(launched)}
-
-
 def train_run(run: Path, epochs: int, resume: bool = False) -> dict[str, torch.Tensor]:
     """The weights after ``epochs`` epochs of ``trace`` with the ranks' own noise, written
     to (or resumed from) the run folder ``run``. A resumed fit starts from other initial
@@ -181,8 +145,6 @@ def main(out: Path) -> None:
         assert current().world == group.world > 1
         weights = {name: train(name, group.rank, group.world) for name in CASES}
         weights["gradients"] = gradients(group.rank, group.world)
-        for case in OVERLAP_CASES:
-            weights[case] = overlapped(case, group.rank, group.world)
         if group.rank == 0:
             (out / "straight").mkdir(), (out / "resumed").mkdir()
         torch.distributed.barrier()
