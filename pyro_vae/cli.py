@@ -625,21 +625,22 @@ def _train_and_report(
             run.update_metrics(stop_reason="diverged")
         print(f"error: {_one_line(err)}", file=sys.stderr)
         return 1
-    if not writer:  # rank 0 evaluates the test set and writes the figures
-        return 0
-    print(
-        f"stopped: {result.stop_reason.replace('_', ' ')}; kept the weights of epoch "
-        f"{result.best_epoch or len(result.history)}"
-    )
+    if writer:
+        print(
+            f"stopped: {result.stop_reason.replace('_', ' ')}; kept the weights of epoch "
+            f"{result.best_epoch or len(result.history)}"
+        )
     exp.local_guide = result.local_guide
-    _report(run, exp, result, config.training.progress)
+    ev = exp.config.evaluation
+    progress = config.training.progress
+    test = evaluate_test_set(exp, ev.ll_samples, ev.ll_points, progress=progress, group=current())
+    if writer:  # every rank scores its part of the test set; rank 0 writes
+        _report(run, exp, result, test)
     return 0
 
 
-def _report(run: RunFolder, exp: Experiment, result, progress: bool) -> None:
-    """Evaluate on the test set, record it in metrics.json, print it, draw the figures."""
-    ev = exp.config.evaluation
-    test = evaluate_test_set(exp, ev.ll_samples, ev.ll_points, progress=progress)
+def _report(run: RunFolder, exp: Experiment, result, test: dict) -> None:
+    """Record the test-set evaluation in metrics.json, print it, draw the figures."""
     run.update_metrics(
         stop_reason=result.stop_reason,
         best_epoch=result.best_epoch,

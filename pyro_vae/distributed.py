@@ -25,9 +25,11 @@ own noise from a stream seeded by (seed, epoch, rank) at the start of each epoch
 resumed from an epoch's checkpoint draws exactly what the uninterrupted one would have.
 
 A rank that stops (killed, out of memory) makes the next collective fail on the others:
-they raise :class:`RankLost`, naming the ranks whose processes are gone (ranks on this
-host) or the ones that could not be checked. A rank that hangs is given up on after
-``PYRO_VAE_DIST_TIMEOUT`` seconds (600 by default).
+they raise :class:`RankLost`, naming the ranks that said they stopped (a rank leaving
+:func:`session` on an error writes it to the rendezvous store before it closes its
+connections) and those whose processes are gone (ranks on this host), or the ones that
+could not be checked. A rank that hangs is given up on after ``PYRO_VAE_DIST_TIMEOUT``
+seconds (600 by default).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyro
 import torch
@@ -66,11 +68,13 @@ class Group:
     Attributes:
         rank: this process's rank, 0..world−1; ``world``: the number of processes.
         peers: ``(host, pid)`` of every rank, by rank (empty for one process).
+        store: the rendezvous store, where a rank stopping on an error says so.
     """
 
     rank: int = 0
     world: int = 1
     peers: tuple[tuple[str, int], ...] = ()
+    store: dist.Store | None = field(default=None, repr=False, compare=False)
 
     @property
     def is_writer(self) -> bool:
@@ -120,22 +124,46 @@ class Group:
             ) from err
 
     def _who_is_gone(self, wait: float = 2.0) -> str:
-        """The ranks whose processes on this host have ended, waiting up to ``wait``
-        seconds for one to end (a killed process closes its sockets before it is gone)."""
+        """The ranks that said they were stopping (:meth:`announce_leaving`) or whose
+        processes on this host have ended, waiting up to ``wait`` seconds for one (a
+        killed process closes its sockets before it is gone; a rank stopping on an error
+        says so before it closes them)."""
         host = socket.gethostname()
         others = [(r, peer) for r, peer in enumerate(self.peers) if r != self.rank]
         unknown = [r for r, (peer_host, _) in others if peer_host != host]
         deadline = time.monotonic() + wait
+        store = self.store
         while True:
-            gone = [r for r, (peer_host, pid) in others if peer_host == host and not _alive(pid)]
-            if gone or unknown or time.monotonic() > deadline or len(others) == 0:
+            left, store = _announced(store, [r for r, _ in others])
+            gone = [
+                r
+                for r, (peer_host, pid) in others
+                if peer_host == host and r not in left and not _alive(pid)
+            ]
+            if left or gone or time.monotonic() > deadline or len(others) == 0:
+                break
+            if unknown and store is None:  # nothing more to learn about them by waiting
                 break
             time.sleep(0.05)
+        named = [f"rank {r} stopped ({why})" for r, why in sorted(left.items())]
         if gone:
-            return f"rank {', '.join(map(str, gone))} stopped (its process is gone)"
+            named.append(f"rank {', '.join(map(str, gone))} stopped (its process is gone)")
+        if named:
+            return "; ".join(named)
         if unknown:
             return f"a rank on another host stopped or hung (ranks {unknown} not checked)"
         return "another rank stopped or hung"
+
+    def announce_leaving(self, err: BaseException) -> None:
+        """Tell the other ranks, through the rendezvous store, that this rank stops on
+        ``err``: they name it even while its process is still ending (or on another
+        host). Best effort, at most a few seconds: the store's host may be gone too."""
+        if self.store is None:
+            return
+        why = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        with contextlib.suppress(Exception):
+            self.store.set_timeout(datetime.timedelta(seconds=2))
+            self.store.set(f"left/{self.rank}", why[:200].rstrip(": "))
 
     def refuse_unsupported(self, elbo: ELBO, plate: str | None, batch_size: int, rows: int):
         """Refuse, before the first step, what data-parallel training cannot reproduce:
@@ -198,6 +226,22 @@ def refuse_before_launch(elbo: ELBO, batch_size: int, world: int) -> None:
             f"batch_size: {batch_size} rows cannot be split over {world} ranks; expected at "
             "least one row per rank"
         )
+
+
+def _announced(store, ranks: list[int]) -> tuple[dict[int, str], object]:
+    """``{rank: why}`` for those of ``ranks`` that announced they stop, and the store to
+    ask next time (``None`` once it cannot be reached)."""
+    if store is None:
+        return {}, None
+    found = {}
+    try:
+        store.set_timeout(datetime.timedelta(seconds=2))
+        for r in ranks:
+            if store.check([f"left/{r}"]):
+                found[r] = store.get(f"left/{r}").decode(errors="replace")
+    except Exception:  # noqa: BLE001  the store's host stopped too: the pids will tell
+        return found, None
+    return found, store
 
 
 def _alive(pid: int) -> bool:
@@ -282,12 +326,20 @@ def session() -> Iterator[Group]:
     if world == 1 or dist.is_initialized():
         yield current()
         return
-    dist.init_process_group(_backend(), timeout=datetime.timedelta(seconds=_timeout()))
+    timeout = datetime.timedelta(seconds=_timeout())
+    store, rank, world = next(dist.rendezvous("env://", timeout=timeout))
+    store.set_timeout(timeout)
+    dist.init_process_group(_backend(), store=store, rank=rank, world_size=world, timeout=timeout)
     try:
         peers = [None] * world
         dist.all_gather_object(peers, (socket.gethostname(), os.getpid()))
-        _GROUP = Group(dist.get_rank(), world, tuple(tuple(p) for p in peers))
+        announcements = dist.PrefixStore("pyro_vae", store)
+        _GROUP = Group(dist.get_rank(), world, tuple(tuple(p) for p in peers), announcements)
         yield _GROUP
+    except BaseException as err:
+        if not isinstance(err, RankLost):  # a rank that lost another only follows it
+            _GROUP.announce_leaving(err)
+        raise
     finally:
         _GROUP = Group()
         with contextlib.suppress(RuntimeError):

@@ -20,7 +20,9 @@ from pyro.infer import ELBO
 
 from pyro_vae.checkpoint import RunFolder, RunFolderError
 from pyro_vae.data import DataSplits, load_data
+from pyro_vae.data_source import shard_of
 from pyro_vae.devices import resolve_device, to_device
+from pyro_vae.distributed import Group
 from pyro_vae.evaluate import (
     active_units,
     elbo_per_datapoint,
@@ -221,6 +223,7 @@ def evaluate_test_set(
     ll_points: int | None,
     elbo_samples: int = 10,
     progress: bool = False,
+    group: Group | None = None,
 ) -> dict[str, Any]:
     """Test-set ELBO, importance-weighted log-likelihood, reconstruction, active units.
 
@@ -230,49 +233,84 @@ def evaluate_test_set(
     the training images, and ``evaluated_on`` says so. Metrics that need what the model
     does not offer (a mean image, a latent code) are left out, with the reason under
     ``skipped``.
+
+    ``group``: the ``torch.distributed`` group of a data-parallel fit
+    (:func:`pyro_vae.distributed.current`), every rank of which must call this. Each rank
+    then scores its contiguous part of the rows (:func:`pyro_vae.data_source.shard_of`)
+    with its own random stream, and the ELBO, log-likelihood and reconstruction error are
+    means over all the rows (sums and counts all-reduced), the single-process numbers up
+    to Monte Carlo error; active units (a variance over all the rows) are counted by rank
+    0 alone, and a guide with free per-datapoint parameters is evaluated by rank 0 alone
+    (the other ranks return ``{}``). ``None``: one process.
+
+    Raises:
+        pyro_vae.distributed.RankLost: another rank of ``group`` stopped.
     """
     local, device = exp.local_guide, exp.device
+    together = group is not None and group.world > 1
+    if together and local and not group.is_writer:
+        return {}
+    split = group if together and not local else None
     x = exp.data.train_x if local else exp.data.test_x
     if local and exp.data.dynamic:
         x = torch.bernoulli(x, generator=torch.Generator().manual_seed(1))
     metrics: dict[str, Any] = {"evaluated_on": "training set" if local else "test set"}
     metrics["num_train" if local else "num_test"] = int(x.shape[0])
     started = time.perf_counter()
+    model, guide, streamed = exp.model, exp.guide, _streamed(device)
     key = "elbo" if exp.generative else "reconstruction_log_likelihood"
-    metrics[key] = (
-        elbo_per_datapoint(exp.model, exp.guide, x, elbo_samples, device=_streamed(device))
-        .mean()
-        .item()
+    metrics[key] = _row_mean(
+        lambda rows: elbo_per_datapoint(model, guide, rows, elbo_samples, device=streamed),
+        x,
+        split,
     )
     if exp.generative and ll_samples > 0:
         x_ll = x if ll_points is None else x[:ll_points]
-        metrics["log_likelihood"] = (
-            iwae_log_likelihood(
-                exp.model, exp.guide, x_ll, ll_samples, progress=progress, device=_streamed(device)
-            )
-            .mean()
-            .item()
+        metrics["log_likelihood"] = _row_mean(
+            lambda rows: iwae_log_likelihood(
+                model, guide, rows, ll_samples, progress=progress, device=streamed
+            ),
+            x_ll,
+            split,
         )
         metrics["log_likelihood_samples"] = ll_samples
         metrics["log_likelihood_points"] = int(x_ll.shape[0])
     skipped = {}
     x = to_device(x, device)
     try:
-        metrics["reconstruction_mse"] = (
-            reconstruction_error(exp.model, exp.guide, x, exp.data.pixel_max).mean().item()
+        metrics["reconstruction_mse"] = _row_mean(
+            lambda rows: reconstruction_error(model, guide, rows, exp.data.pixel_max), x, split
         )
     except ValueError as err:
         skipped["reconstruction_mse"] = str(err)
-    try:
-        units, variances = active_units(exp.model, exp.guide, x)
-        metrics["active_units"] = units
-        metrics["latent_dim"] = int(variances.shape[0])
-    except ValueError as err:
-        skipped["active_units"] = str(err)
+    if split is None or split.is_writer:
+        try:
+            units, variances = active_units(model, guide, x)
+            metrics["active_units"] = units
+            metrics["latent_dim"] = int(variances.shape[0])
+        except ValueError as err:
+            skipped["active_units"] = str(err)
     if skipped:
         metrics["skipped"] = skipped
     metrics["seconds"] = time.perf_counter() - started
     return metrics
+
+
+def _row_mean(per_row, x: torch.Tensor, group: Group | None) -> float:
+    """The mean over the rows of ``x`` of ``per_row(x)`` (``[N]`` values); in ``group``,
+    each rank scores its part of the rows and the sums and counts are all-reduced. A rank
+    without rows scores the first row for nothing, so that what one rank refuses (a
+    ``ValueError``) every rank refuses, before any rank waits for the others."""
+    if group is None:
+        return per_row(x).mean().item()
+    part = shard_of(int(x.shape[0]), group.rank, group.world)
+    count = part.stop - part.start
+    values = per_row(x[part] if count else x[:1])
+    total = torch.tensor(
+        [values.double().sum().item() if count else 0.0, count], dtype=torch.float64
+    )
+    group.all_reduce(total)
+    return (total[0] / total[1]).item()
 
 
 def _streamed(device: torch.device) -> torch.device | None:
