@@ -468,6 +468,8 @@ def _print_test(test: dict[str, Any]) -> None:
                 f"test log p(x) (IWAE)      {value:10.3f} nats per image "
                 f"(K={test['log_likelihood_samples']}, {test['log_likelihood_points']} images)"
             )
+        elif key == "kl":
+            print(f"test KL(q(z | x) ‖ p(z))  {value:10.3f} nats per image")
         elif key == "reconstruction_mse":
             print(f"reconstruction MSE        {value:10.4f} per pixel, [0, 1] scale")
         elif key == "active_units":

@@ -26,6 +26,7 @@ from pyro_vae.distributed import Group
 from pyro_vae.evaluate import (
     active_units,
     elbo_per_datapoint,
+    elbo_terms_per_datapoint,
     eval_mode,
     iwae_log_likelihood,
     latent_means,
@@ -225,7 +226,9 @@ def evaluate_test_set(
     progress: bool = False,
     group: Group | None = None,
 ) -> dict[str, Any]:
-    """Test-set ELBO, importance-weighted log-likelihood, reconstruction, active units.
+    """Test-set ELBO, importance-weighted log-likelihood, reconstruction, active units and
+    the mean KL(q(z | x) ‖ p(z)) (``kl``, nats per datapoint, Monte Carlo over
+    ``elbo_samples`` draws: :func:`pyro_vae.evaluate.elbo_terms_per_datapoint`).
 
     The log-likelihood estimate uses K = ``ll_samples`` on the first ``ll_points`` test
     images (all when ``None``); both are recorded beside the number. A guide with free
@@ -290,6 +293,17 @@ def evaluate_test_set(
             metrics["latent_dim"] = int(variances.shape[0])
         except ValueError as err:
             skipped["active_units"] = str(err)
+    if exp.generative:  # last, so that the metrics above draw what they always drew
+        try:
+            metrics["kl"] = _row_mean(
+                lambda rows: (
+                    elbo_terms_per_datapoint(model, guide, rows, elbo_samples, device=streamed).kl
+                ),
+                x,
+                split,
+            )
+        except ValueError as err:
+            skipped["kl"] = str(err)
     if skipped:
         metrics["skipped"] = skipped
     metrics["seconds"] = time.perf_counter() - started
