@@ -6,8 +6,8 @@ With ``TrainConfig(tensorboard=True)`` :func:`pyro_vae.fit` writes, through
 
 - every :data:`LOG_EVERY` optimizer steps, and on the last step of each epoch:
   ``step/loss``, the step's minibatch estimate of the negative ELBO per datapoint (nats;
-  the quantity whose running mean is ``train_elbo``, with its sign flipped), or a total
-  for data whose ELBO does not split into datapoints; ``step/grad_norm``, the global
+  the quantity whose running mean is ``train_elbo``, with its sign flipped, KL warm-up's
+  β in it), or a total for data whose ELBO does not split into datapoints; ``step/grad_norm``, the global
   gradient norm ‖∇‖₂ over every parameter the step updates, after backward and before the
   optimizer step (unscaled under ``"16-mixed"``); ``step/beta``, KL warm-up's β;
 - after each epoch: ``epoch/train_elbo``, ``epoch/val_elbo`` (on validation epochs),
@@ -243,8 +243,8 @@ class TensorBoardLog:
             self._guarded("write", lambda: action(writer))
 
     def _guarded(self, what: str, action: Callable[[], Any], on_fail: str = "writer") -> Any:
-        """``action()``, or, when it raises, a warning (once per fit) and ``None``, with
-        attribute ``on_fail`` set to ``None`` so that part of the logging stops."""
+        """``action()``, or, when it raises, ``None`` and a warning (once per part of the
+        logging), with attribute ``on_fail`` set to ``None`` so that part stops."""
         try:
             return action()
         except Exception as err:  # nothing TensorBoard does may stop the fit it records

@@ -156,7 +156,8 @@ def fit(
     float32 weights); validation runs in float32. In a ``torch.distributed`` group
     (:mod:`pyro_vae.distributed`) each rank trains on its part of every global batch of
     ``config.batch_size`` rows, takes the single-process step on the whole batch, and only
-    rank 0 writes to ``run``.
+    rank 0 writes to ``run``. With ``config.tensorboard`` it also writes TensorBoard event
+    files into ``run``'s ``tensorboard/`` (:mod:`pyro_vae.tensorboard_log`).
 
     Returns:
         the per-epoch history; ``model`` and ``guide`` hold the best validation weights
@@ -164,7 +165,10 @@ def fit(
 
     Raises:
         TypeError: ``model`` or ``guide`` is not callable, or ``data`` of another kind.
-        ValueError: bad settings or data (named), before anything is trained (16-mixed on a CPU).
+        ValueError: bad settings or data (named), before anything is trained (16-mixed on a CPU,
+            ``config.tensorboard`` without a ``run`` folder).
+        pyro_vae.tensorboard_log.TensorBoardMissing: ``config.tensorboard`` without the
+            ``tensorboard`` package (an ``ImportError``), before anything is trained.
         pyro_vae.plates.DataPlateError: minibatches of a model without a per-datapoint plate.
         TrainingDiverged: the loss became NaN or infinite.
     """
@@ -323,7 +327,9 @@ class TrainStep:
         loss = self.guard.step(lambda: self._step(rows, args, checked=batch == 0), epoch, batch)
         self.count += 1
         if recorded:
-            self.board.step(self.count, loss, self.svi.grad_norm, self.warmup.beta)
+            self.board.step(
+                self.count, loss, getattr(self.svi, "grad_norm", None), self.warmup.beta
+            )
         return loss
 
     def _step(self, rows: torch.Tensor, args: tuple, checked: bool) -> float:
