@@ -45,6 +45,7 @@ from pyro_vae.run_config import (
     check_levels,
     check_widths,
 )
+from pyro_vae.tensorboard_log import require_tensorboard
 from pyro_vae.train import TrainingDiverged, fit
 
 # `fit` parses its flags into one RunConfig, whose dataclasses hold the defaults, builds the
@@ -248,6 +249,13 @@ def _add_fit_training(f: argparse.ArgumentParser) -> None:
         "autocast, densities and the ELBO in float32; CPU or GPU), 16-mixed (float16 autocast "
         "with gradient scaling; GPU only); weights stay float32",
     )
+    f.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also write TensorBoard event files into RUN/tensorboard/ (losses, gradient "
+        "norms, the ELBO's terms, reconstructions; watch with tensorboard --logdir); needs "
+        "pip install 'pyro_vae[tensorboard]'; with --resume, turns it on for the rest of the run",
+    )
 
 
 def _add_device(parser: argparse.ArgumentParser, default: str = "default: auto") -> None:
@@ -380,6 +388,7 @@ def _run_config_from_args(args: argparse.Namespace) -> RunConfig:
         vectorize_particles={"auto": None, "on": True, "off": False}[args.vectorize_particles],
         device=args.device or _TRAINING.device,
         precision=args.precision,
+        tensorboard=args.tensorboard,
     )
     data = DataConfig(
         name=_resolved_data(args.data),
@@ -480,7 +489,7 @@ def _print_test(test: dict[str, Any]) -> None:
 
 
 # The flags that can go with --resume: everything else is the run's own, in its config.json.
-_RESUMABLE = {"--resume", "--epochs", "--no-progress", "--device", "--nproc"}
+_RESUMABLE = {"--resume", "--epochs", "--no-progress", "--device", "--nproc", "--tensorboard"}
 
 
 def _fit(args: argparse.Namespace, given: set[str]) -> int:
@@ -547,7 +556,8 @@ def _resume_config(
     if fixed:
         raise ValueError(
             f"resume: {', '.join(fixed)} cannot change a run being resumed, which continues with "
-            "the settings in its config.json; only --epochs, --no-progress and --device go with "
+            "the settings in its config.json; only --epochs, --no-progress, --device and "
+            "--tensorboard go with "
             "--resume. "
             "To change them, start a new run with --out (nothing was changed)"
         )
@@ -573,7 +583,12 @@ def _resume_config(
                 f"at least {done} (the total to train to, not how many more)"
             )
         epochs = args.epochs
-    training = replace(config.training, epochs=epochs, progress=not args.no_progress)
+    training = replace(
+        config.training,
+        epochs=epochs,
+        progress=not args.no_progress,
+        tensorboard=config.training.tensorboard or args.tensorboard,
+    )
     if args.device is not None:  # run folders are device-independent
         training = replace(training, device=args.device)
     return replace(config, training=training), state
@@ -932,6 +947,8 @@ def _check_counts(args: argparse.Namespace) -> None:
         check_learning_rate("--lr", args.lr)
     if getattr(args, "device", None) is not None:
         resolve_device(args.device, "--device")  # a device this machine lacks: before any work
+    if getattr(args, "tensorboard", False):
+        require_tensorboard("--tensorboard")  # the package missing: before any work
 
 
 def _one_line(err: BaseException) -> str:

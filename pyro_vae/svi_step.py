@@ -102,6 +102,13 @@ class SVIStep:
     context the loss and gradients are computed in (networks under autocast, densities in
     float32) and, under ``"16-mixed"``, scales the loss for backward and unscales the
     gradients before the step, skipping a step whose gradients overflowed.
+
+    Attributes:
+        measure_grad_norm: set it before a step to have that step measure
+            :attr:`grad_norm` (it costs a device synchronization, so only when wanted).
+        grad_norm: the last measured step's global gradient norm ‖∇‖₂ over every
+            parameter it updates (:func:`gradient_norm`), after backward and before the
+            optimizer step, unscaled under ``"16-mixed"``; ``None`` for a step not measured.
     """
 
     def __init__(
@@ -109,6 +116,8 @@ class SVIStep:
     ) -> None:
         self.model, self.guide, self.optim, self.elbo = model, guide, optim, elbo
         self.precision = precision or Precision()
+        self.measure_grad_norm = False
+        self.grad_norm: float | None = None
 
     def step(self, *args, **kwargs) -> float:
         with self.precision.step_context():
@@ -117,6 +126,10 @@ class SVIStep:
         # baseline, replaced by a new tensor every step) has nothing for Adam to do, and
         # handing it over would grow the optimizer by one tensor per step.
         params = [p for p in params if p.grad is not None]
+        self.grad_norm = None
+        if self.measure_grad_norm:
+            scaler = self.precision.scaler  # 16-mixed: the gradients are still scaled here
+            self.grad_norm = gradient_norm(params) / (scaler.get_scale() if scaler else 1.0)
         self.precision.step(self.optim, params)
         for p in params:
             p.grad = None
@@ -129,3 +142,13 @@ class SVIStep:
         with poutine.trace(param_only=True) as capture:
             loss = self.elbo.loss_and_grads(self.model, self.guide, *args, **kwargs)
         return loss, [site["value"].unconstrained() for site in capture.trace.nodes.values()]
+
+
+def gradient_norm(params: list[torch.Tensor]) -> float:
+    """‖∇‖₂ = (Σ_p ‖∇_p‖₂²)^½ over the gradients of ``params`` (0 without any), the global
+    norm that ``torch.nn.utils.clip_grad_norm_`` clips."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    norms = torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])
+    return torch.linalg.vector_norm(norms).item()

@@ -10,7 +10,8 @@
 3. each epoch: one pass of steps (:class:`TrainStep`: KL warm-up's β, an Adam step on the
    minibatch estimate of the negative ELBO, the NaN guard of :mod:`pyro_vae.divergence`),
    then validation, early stopping (:class:`~pyro_vae.early_stopping.EarlyStopping`,
-   which keeps the best weights) and the checkpoint.
+   which keeps the best weights) and the checkpoint; with ``TrainConfig(tensorboard=True)``
+   TensorBoard's event files on the way (:class:`~pyro_vae.tensorboard_log.TensorBoardLog`).
 
 Each step draws a minibatch B of a training set of N points; the data plate scales its
 loss by N/|B|, so it is unbiased for the full-data objective (Hoffman et al. 2013). The
@@ -73,6 +74,7 @@ from pyro_vae.progress import bar as progress_bar
 from pyro_vae.progress import interactive
 from pyro_vae.pyro_compat import guess_max_plate_nesting
 from pyro_vae.svi_step import GroupedAdam, SVIStep
+from pyro_vae.tensorboard_log import TensorBoardLog, require_tensorboard
 from pyro_vae.training_config import TrainingConfig as TrainConfig
 from pyro_vae.training_pair import TrainingPair
 
@@ -154,7 +156,8 @@ def fit(
     float32 weights); validation runs in float32. In a ``torch.distributed`` group
     (:mod:`pyro_vae.distributed`) each rank trains on its part of every global batch of
     ``config.batch_size`` rows, takes the single-process step on the whole batch, and only
-    rank 0 writes to ``run``.
+    rank 0 writes to ``run``. With ``config.tensorboard`` it also writes TensorBoard event
+    files into ``run``'s ``tensorboard/`` (:mod:`pyro_vae.tensorboard_log`).
 
     Returns:
         the per-epoch history; ``model`` and ``guide`` hold the best validation weights
@@ -162,12 +165,15 @@ def fit(
 
     Raises:
         TypeError: ``model`` or ``guide`` is not callable, or ``data`` of another kind.
-        ValueError: bad settings or data (named), before anything is trained (16-mixed on a CPU).
+        ValueError: bad settings or data (named), before anything is trained (16-mixed on a CPU,
+            ``config.tensorboard`` without a ``run`` folder).
+        pyro_vae.tensorboard_log.TensorBoardMissing: ``config.tensorboard`` without the
+            ``tensorboard`` package (an ``ImportError``), before anything is trained.
         pyro_vae.plates.DataPlateError: minibatches of a model without a per-datapoint plate.
         TrainingDiverged: the loss became NaN or infinite.
     """
     config = config or TrainConfig()
-    _refuse_bad_arguments(model, guide, run, resume, resume_state)
+    _refuse_bad_arguments(model, guide, run, resume, resume_state, config)
     data, group, resume_state = _placed(data, model, guide, config, run, resume, resume_state)
     batches = TrainingBatches(data, config.batch_size, config.seed, config.drop_last)
     pyro.clear_param_store()
@@ -183,9 +189,29 @@ def fit(
     group.broadcast_params()
     if on_ready is not None:
         on_ready()
+    board = None  # TensorBoard's event files (pyro_vae.tensorboard_log), from rank 0
+    if config.tensorboard and group.is_writer:
+        board = TensorBoardLog.for_fit(run, model, guide, data, pair, batches, start.step)
+    step = TrainStep(svi, warmup, DivergenceGuard(pair.weights, run), start.step, board)
+    with board or contextlib.nullcontext():  # closed however the fit ends
+        return _train_epochs(step, batches, pair, data, group, checkpoint, start, config)
+
+
+def _train_epochs(
+    step: TrainStep,
+    batches: TrainingBatches,
+    pair: TrainingPair,
+    data: DataSource,
+    group,
+    checkpoint: FitCheckpoint,
+    start: Resumed,
+    config: TrainConfig,
+) -> FitResult:
+    """Step 3 of the module docstring, from where ``start`` left off to ``config.epochs``
+    or early stopping: each epoch's steps, validation (averaged over the ``group`` of
+    ranks), the record of the epoch and the checkpoint; then the best weights put back."""
     result = _new_result(pair, start.history)
-    guard, stopping = DivergenceGuard(pair.weights, run), EarlyStopping(config.patience, start.best)
-    step = TrainStep(svi, warmup, guard, start.step)
+    guard, stopping = step.guard, EarlyStopping(config.patience, start.best)
     for epoch in range(start.epoch, config.epochs):
         if stopping.out_of_patience(epoch):
             result.stop_reason = "early_stopping"
@@ -200,6 +226,8 @@ def fit(
         result.history.append(record)
         guard.epoch_completed()
         _log_epoch(record, config)
+        if step.board is not None:
+            step.board.epoch(step.count, record, due)
         if due:
             checkpoint.save(
                 epoch + 1, step.count, guard.last_good, stopping.best, result.history, result.info()
@@ -224,10 +252,17 @@ def _placed(data, model, guide, config, run, resume: bool, resume_state):
     return on_device(data, device), group, resume_state
 
 
-def _refuse_bad_arguments(model, guide, run, resume: bool, resume_state) -> None:
+def _refuse_bad_arguments(model, guide, run, resume: bool, resume_state, config) -> None:
     for arg, fn in (("model", model), ("guide", guide)):
         if not callable(fn):
             raise TypeError(f"{arg}: expected a Pyro model/guide callable, got {type(fn).__name__}")
+    if config.tensorboard:
+        if run is None:
+            raise ValueError(
+                "tensorboard: True needs a run folder to write its event files into; "
+                "expected run=RunFolder(...) too, or tensorboard=False"
+            )
+        require_tensorboard("tensorboard")
     if resume and run is None:
         raise ValueError("resume: True needs a run folder to resume from")
     if resume_state is not None and not resume:
@@ -262,22 +297,39 @@ def _start(checkpoint: FitCheckpoint, seed: int, resume: bool, state: dict | Non
 class TrainStep:
     """One optimizer step on a minibatch: β for this step (:class:`~pyro_vae.annealing.
     KLWarmup`), an SVI step with Pyro's checks on an epoch's first step only, and the NaN
-    guard (:class:`~pyro_vae.divergence.DivergenceGuard`).
+    guard (:class:`~pyro_vae.divergence.DivergenceGuard`); with a ``board``
+    (:class:`~pyro_vae.tensorboard_log.TensorBoardLog`), the steps it wants recorded there
+    with their loss, gradient norm and β.
 
     Attributes:
         count: optimizer steps taken over the whole fit (a resumed fit starts from the
             checkpoint's), which β follows.
     """
 
-    def __init__(self, svi: SVIStep, warmup: KLWarmup, guard: DivergenceGuard, count: int = 0):
+    def __init__(
+        self,
+        svi: SVIStep,
+        warmup: KLWarmup,
+        guard: DivergenceGuard,
+        count: int = 0,
+        board: TensorBoardLog | None = None,
+    ):
         self.svi, self.warmup, self.guard, self.count = svi, warmup, guard, count
+        self.board = board
 
     def __call__(self, epoch: int, batch: int, rows: torch.Tensor, args: tuple) -> float:
         """The loss of the step on batch ``batch`` (from 0) of epoch ``epoch`` (from 0):
         ``args``, the model's arguments, at training rows ``rows``."""
+        recorded = self.board is not None and self.board.wants_step(batch)
+        if self.board is not None:
+            self.svi.measure_grad_norm = recorded  # only then: it synchronizes the device
         self.warmup.at_step(self.count)
         loss = self.guard.step(lambda: self._step(rows, args, checked=batch == 0), epoch, batch)
         self.count += 1
+        if recorded:
+            self.board.step(
+                self.count, loss, getattr(self.svi, "grad_norm", None), self.warmup.beta
+            )
         return loss
 
     def _step(self, rows: torch.Tensor, args: tuple, checked: bool) -> float:

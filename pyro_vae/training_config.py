@@ -60,6 +60,12 @@ class TrainingConfig:
             with gradient scaling; GPUs only, refused when the run starts on the CPU).
             Weights and optimizer state are float32 in every case. Run folders written
             before the field existed mean ``"32"``.
+        tensorboard: also write TensorBoard event files into the run folder's
+            ``tensorboard/`` (:mod:`pyro_vae.tensorboard_log`: losses, gradient norms,
+            the ELBO's terms, reconstructions); needs a run folder and the
+            ``tensorboard`` package (``pip install 'pyro_vae[tensorboard]'``), both
+            checked when the fit starts. Run folders written before the field existed
+            mean ``False``.
     """
 
     epochs: int = 200
@@ -78,6 +84,7 @@ class TrainingConfig:
     drop_last: bool = False
     device: str = "auto"
     precision: str = "32"
+    tensorboard: bool = False
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "validate_every"):
@@ -90,6 +97,8 @@ class TrainingConfig:
             self.device = str(self.device)
         check_device_name(self.device, "device")
         self.precision = check_precision(self.precision, "precision")
+        if not isinstance(self.tensorboard, bool):
+            raise ValueError(f"tensorboard: {self.tensorboard!r} is not True or False")
         if not self.kl_warmup_epochs >= 0:
             raise ValueError(f"kl_warmup_epochs: {self.kl_warmup_epochs!r} is negative")
         if self.compile_backend is not None and not self.compile:

@@ -780,7 +780,7 @@ PY = [
             ("lr", float("nan")), ("lr", -1e-3), ("patience", 0), ("kl_warmup_epochs", -1.0),
             ("val_samples", 0), ("validate_every", 0), ("data_plate", 3),
             ("vectorize_particles", "yes"), ("compile_backend", "inductor"),
-            ("precision", "fp16"),
+            ("precision", "fp16"), ("tensorboard", "yes"),
         ]
     ],
     ("config-compile-warmup", lambda: _config(compile=True, kl_warmup_epochs=2.0), ValueError, ["warm-up"]),

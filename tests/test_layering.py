@@ -66,6 +66,7 @@ LAYERS: dict[str, int] = {
     "pyro_vae.fit_checkpoint": 6,
     "pyro_vae.train": 6,
     "pyro_vae.distributed": 6,
+    "pyro_vae.tensorboard_log": 6,
     # 7: diagnostics (inference data, PSIS, calibration, gradient variance, the run report),
     # amortization
     "pyro_vae.diagnostics": 7,

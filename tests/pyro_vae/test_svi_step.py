@@ -4,11 +4,12 @@ import copy
 
 import pyro
 import pyro.optim
+import pytest
 import torch
 from pyro.infer import SVI, Trace_ELBO
 
 from models.vae import VAE
-from pyro_vae.svi_step import GroupedAdam, SVIStep
+from pyro_vae.svi_step import GroupedAdam, SVIStep, gradient_norm
 
 
 def _run(make_optim, lean: bool, steps: int = 12, state=None):
@@ -92,3 +93,67 @@ def test_an_elbo_that_names_its_parameters_is_asked_for_them():
     assert Named.calls == 3 and ours == losses
     for key, value in weights.items():
         assert torch.equal(our_weights[key], value), key
+
+
+class NormSeen(GroupedAdam):
+    """Adam that notes the global gradient norm its step is given (unscaled, under
+    16-mixed: GradScaler unscales before calling it)."""
+
+    seen: list[float]
+
+    def __call__(self, params, *args, **kwargs):
+        params = list(params)
+        grads = [p.grad for p in params if p.grad is not None]
+        self.seen.append(torch.nn.utils.get_total_norm(grads).item())
+        super().__call__(params, *args, **kwargs)
+
+
+def _measured_steps(precision=None, steps=3):
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+
+    def model(x):
+        loc = pyro.param("m", torch.zeros(2))
+        scale = pyro.param("s", torch.ones(2), constraint=torch.distributions.constraints.positive)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", pyro.distributions.Normal(loc, scale).to_event(1), obs=x)
+
+    def guide(x):
+        pass
+
+    optim = NormSeen({"lr": 0.1})
+    optim.seen = []
+    svi = SVIStep(model, guide, optim, Trace_ELBO(), precision)
+    x = torch.arange(8.0).reshape(4, 2)
+    norms = []
+    for i in range(steps):
+        svi.measure_grad_norm = i != 1  # the middle step is not measured
+        svi.step(x)
+        norms.append(svi.grad_norm)
+    return norms, optim.seen
+
+
+def test_the_gradient_norm_is_measured_when_asked_before_the_step():
+    norms, seen = _measured_steps()
+    assert norms[1] is None
+    assert norms[0] == pytest.approx(seen[0], rel=1e-6) and norms[2] == pytest.approx(seen[2])
+    assert norms[0] > 0
+
+
+def test_under_16_mixed_the_gradient_norm_is_the_unscaled_one(monkeypatch):
+    from pyro_vae import precision as precision_module
+    from pyro_vae.precision import Precision
+
+    monkeypatch.setattr(precision_module, "refuse_on_device", lambda *args: None)
+    mixed = Precision("16-mixed", "cpu", torch.amp.GradScaler("cpu", init_scale=2.0**10))
+    norms, seen = _measured_steps(mixed)
+    assert mixed.skipped_steps == 0
+    assert norms[0] == pytest.approx(seen[0], rel=1e-6) and norms[2] == pytest.approx(seen[2])
+    float32 = _measured_steps()[0]
+    assert [norms[0], norms[2]] == pytest.approx([float32[0], float32[2]], rel=1e-6)
+
+
+def test_gradient_norm_is_the_global_two_norm():
+    a, b = torch.zeros(2, requires_grad=True), torch.zeros(1, requires_grad=True)
+    a.grad, b.grad = torch.tensor([3.0, 0.0]), torch.tensor([4.0])
+    assert gradient_norm([a, b]) == 5.0 and gradient_norm([]) == 0.0

@@ -15,6 +15,7 @@ def test_the_defaults_are_the_command_line_s():
         128,
         1e-3,
     )
+    assert training.tensorboard is False
 
 
 @pytest.mark.parametrize(
@@ -28,6 +29,7 @@ def test_the_defaults_are_the_command_line_s():
         (lambda: TrainingConfig(lr=float("inf")), ["lr: inf", "positive learning rate"]),
         (lambda: TrainingConfig(val_samples=0), ["val_samples: 0"]),
         (lambda: TrainingConfig(compile=True, kl_warmup_epochs=1.0), ["warm-up"]),
+        (lambda: TrainingConfig(tensorboard=1), ["tensorboard: 1", "True or False"]),
     ],
 )
 def test_a_bad_value_is_refused_naming_field_value_and_expectation(make, words):

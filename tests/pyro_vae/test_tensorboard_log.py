@@ -1,0 +1,281 @@
+"""TensorBoard's event files of a fit, read back as TensorBoard reads them."""
+
+import json
+import math
+import sys
+import warnings
+
+import pyro
+import pytest
+import torch
+from pyro.infer import Trace_ELBO
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import pyro_vae.tensorboard_log as tensorboard_log
+from models.vae import VAE
+from pyro_vae.checkpoint import RunFolder
+from pyro_vae.cli import main
+from pyro_vae.data import Preprocessing, load_data
+from pyro_vae.distributed import Group
+from pyro_vae.predictive import NoMeanImageError
+from pyro_vae.tensorboard_log import (
+    LOG_EVERY,
+    TensorBoardLog,
+    TensorBoardMissing,
+    TensorBoardWarning,
+)
+from pyro_vae.train import TrainConfig, fit
+
+STEP_TAGS = {"step/loss", "step/grad_norm", "step/beta"}
+EPOCH_TAGS = {
+    "epoch/train_elbo",
+    "epoch/val_elbo",
+    "epoch/seconds",
+    "epoch/log_likelihood",
+    "epoch/kl",
+}
+SETTINGS = dict(batch_size=64, lr=3e-3, seed=5, kl_warmup_epochs=1.5, progress=False)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_data("digits", Preprocessing("bernoulli"))
+
+
+def _fit(data, folder, epochs=2, resume=False, **settings):
+    pyro.set_rng_seed(0)
+    model = VAE(data.x_dim, latent_dim=4, hidden_dims=(32,))
+    config = TrainConfig(epochs=epochs, **{**SETTINGS, **settings})
+    run = None if folder is None else RunFolder(folder)
+    return fit(model, model.make_guide(), data, Trace_ELBO(), config, run, resume=resume)
+
+
+def _events(folder) -> EventAccumulator:
+    events = EventAccumulator(str(folder / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    return events
+
+
+def _steps_logged(steps_per_epoch: int, epochs: int) -> list[int]:
+    """The global steps (counted from 1) :data:`LOG_EVERY` apart and each epoch's last."""
+    steps = []
+    for epoch in range(epochs):
+        in_epoch = [b for b in range(1, steps_per_epoch + 1) if b % LOG_EVERY == 0]
+        steps += [epoch * steps_per_epoch + b for b in {*in_epoch, steps_per_epoch}]
+    return sorted(steps)
+
+
+@pytest.fixture(scope="module")
+def logged(digits, tmp_path_factory):
+    """A 2-epoch fit with TensorBoard on: its result, folder and events."""
+    folder = tmp_path_factory.mktemp("runs") / "tb"
+    result = _fit(digits, folder, tensorboard=True)
+    return result, folder, _events(folder)
+
+
+def test_every_scalar_is_logged_per_step_or_per_epoch(logged, digits):
+    result, _, events = logged
+    steps_per_epoch = math.ceil(digits.num_train / SETTINGS["batch_size"])
+    assert set(events.Tags()["scalars"]) == STEP_TAGS | EPOCH_TAGS
+    for tag in STEP_TAGS:
+        assert [e.step for e in events.Scalars(tag)] == _steps_logged(steps_per_epoch, 2), tag
+    for tag in EPOCH_TAGS:
+        assert [e.step for e in events.Scalars(tag)] == [steps_per_epoch, 2 * steps_per_epoch]
+    train_elbo = [e.value for e in events.Scalars("epoch/train_elbo")]
+    assert train_elbo == pytest.approx([r["train_elbo"] for r in result.history], rel=1e-6)
+
+
+def test_the_values_are_those_of_the_run(logged):
+    _, folder, events = logged
+    metrics = json.loads((folder / "metrics.json").read_text())
+    val_elbo = [e.value for e in events.Scalars("epoch/val_elbo")]
+    assert val_elbo == pytest.approx([r["val_elbo"] for r in metrics["epochs"]], rel=1e-6)
+    kl = [e.value for e in events.Scalars("epoch/kl")]
+    log_likelihood = [e.value for e in events.Scalars("epoch/log_likelihood")]
+    assert sum(kl) / len(kl) >= 0
+    # the terms of 256 of the validation rows: their difference is near the validation ELBO
+    for ll, k, elbo in zip(log_likelihood, kl, val_elbo, strict=True):
+        assert ll - k == pytest.approx(elbo, abs=3.0)
+    loss = [e.value for e in events.Scalars("step/loss")]
+    assert all(math.isfinite(v) for v in loss) and loss[-1] < loss[0]
+    assert -loss[-1] == pytest.approx(metrics["epochs"][-1]["train_elbo"], abs=5.0)
+    assert all(e.value > 0 and math.isfinite(e.value) for e in events.Scalars("step/grad_norm"))
+    beta = [e.value for e in events.Scalars("step/beta")]
+    assert 0 < beta[0] < beta[-1] == 1.0  # warm-up over 1.5 epochs
+
+
+def test_reconstructions_of_8_validation_images_every_validation(logged, digits):
+    _, _, events = logged
+    images = events.Images("reconstructions")
+    assert len(images) == 2
+    height, width = digits.image_shape
+    assert (images[0].width, images[0].height) == (8 * width, 2 * height)  # images over means
+
+
+def test_logging_changes_nothing_the_fit_draws(logged, digits):
+    result, _, _ = logged
+    plain = _fit(digits, None)
+    assert [(r["train_elbo"], r["val_elbo"]) for r in plain.history] == [
+        (r["train_elbo"], r["val_elbo"]) for r in result.history
+    ]
+
+
+def test_a_resumed_run_appends_and_drops_what_a_killed_run_wrote_after_its_checkpoint(
+    digits, tmp_path
+):
+    from torch.utils.tensorboard import SummaryWriter
+
+    folder = tmp_path / "run"
+    _fit(digits, folder, epochs=1, tensorboard=True)
+    steps_per_epoch = RunFolder(folder).load_checkpoint()["step"]
+    killed = SummaryWriter(str(folder / "tensorboard"))  # steps of epoch 2, never checkpointed
+    for step in (steps_per_epoch + LOG_EVERY, steps_per_epoch + 2 * LOG_EVERY):
+        killed.add_scalar("step/loss", 1e6, step)
+    killed.close()
+    _fit(digits, folder, epochs=2, resume=True, tensorboard=True)
+    events = _events(folder)
+    loss = events.Scalars("step/loss")
+    assert [e.step for e in loss] == _steps_logged(steps_per_epoch, 2)
+    assert max(e.value for e in loss) < 1e6
+    assert [e.step for e in events.Scalars("epoch/val_elbo")] == [
+        steps_per_epoch,
+        2 * steps_per_epoch,
+    ]
+
+
+def test_without_the_package_tensorboard_is_refused_before_any_work(
+    digits, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    with pytest.raises(TensorBoardMissing) as refused:
+        _fit(digits, tmp_path / "py", tensorboard=True)
+    message = str(refused.value)
+    assert message.startswith("tensorboard: ") and "pip install 'pyro_vae[tensorboard]'" in message
+    assert "\n" not in message and not (tmp_path / "py").exists()
+    assert isinstance(refused.value, ImportError)
+    run = tmp_path / "cli"
+    assert main(["fit", "--out", str(run), "--tensorboard", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --tensorboard: ") and "pip install 'pyro_vae[tensorboard]'" in err
+    assert len(err.splitlines()) == 1 and not run.exists()
+
+
+def test_tensorboard_needs_a_run_folder(digits):
+    with pytest.raises(ValueError, match=r"tensorboard: True needs a run folder"):
+        _fit(digits, None, tensorboard=True)
+    with pytest.raises(ValueError, match=r"tensorboard: 'yes' is not True or False"):
+        TrainConfig(tensorboard="yes")
+
+
+def test_a_failing_writer_warns_once_and_training_finishes(digits, tmp_path, monkeypatch):
+    from torch.utils.tensorboard import SummaryWriter
+
+    def full(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(SummaryWriter, "add_scalar", full)
+    with pytest.warns(TensorBoardWarning, match="No space left on device") as caught:
+        result = _fit(digits, tmp_path / "run", epochs=1, tensorboard=True)
+    assert len([w for w in caught if w.category is TensorBoardWarning]) == 1
+    assert len(result.history) == 1 and RunFolder(tmp_path / "run").has_checkpoint
+
+
+def test_only_rank_0_writes(digits, tmp_path, monkeypatch):
+    class OtherRank(Group):
+        is_writer = property(lambda self: False)
+
+    monkeypatch.setattr("pyro_vae.train.current", OtherRank)
+    _fit(digits, tmp_path / "run", epochs=1, tensorboard=True)
+    assert not (tmp_path / "run" / "tensorboard").exists()
+
+
+def test_the_cli_flag_goes_into_config_json_and_resume_turns_it_on(tmp_path, monkeypatch):
+    monkeypatch.setattr("pyro_vae.cli.write_figures", lambda *args: ([], {}))
+    fast = ["--latent-dim", "2", "--hidden", "16", "--no-progress", "--ll-samples", "5"]
+    run = tmp_path / "run"
+    assert main(["fit", "--epochs", "1", "--batch-size", "512", "--out", str(run), *fast]) == 0
+    assert json.loads((run / "config.json").read_text())["train"]["tensorboard"] is False
+    assert not (run / "tensorboard").exists()
+    argv = ["fit", "--resume", str(run), "--epochs", "2", "--tensorboard", "--no-progress"]
+    assert main(argv) == 0
+    assert json.loads((run / "config.json").read_text())["train"]["tensorboard"] is True
+    assert [e.step for e in _events(run).Scalars("epoch/train_elbo")] == [6]  # 3 steps an epoch
+
+
+# ---- the log's parts, with a writer that records ----------------------------------------
+
+
+class Recorder:
+    def __init__(self):
+        self.scalars, self.images, self.flushes, self.closed = {}, {}, 0, False
+
+    def add_scalar(self, tag, value, step):
+        self.scalars.setdefault(tag, []).append((step, value))
+
+    def add_images(self, tag, images, step):
+        self.images.setdefault(tag, []).append((step, images))
+
+    def flush(self):
+        self.flushes += 1
+
+    def close(self):
+        self.closed = True
+
+
+def _board(rows=None, plate="data", image_shape=None, writer=None, steps_per_epoch=25):
+    model = VAE(4, latent_dim=2, hidden_dims=(8,))
+    return TensorBoardLog(
+        "unused",
+        model,
+        model.make_guide(),
+        rows,
+        plate,
+        divisor=100.0,
+        steps_per_epoch=steps_per_epoch,
+        image_shape=image_shape,
+        writer=writer or Recorder(),
+    )
+
+
+def test_steps_every_log_every_and_the_last_of_an_epoch():
+    board = _board()
+    assert [b for b in range(25) if board.wants_step(b)] == [9, 19, 24]
+    board.step(10, 250.0, 3.0, 0.5)
+    assert board.writer.scalars == {
+        "step/loss": [(10, 2.5)],  # per datapoint: the loss over N = 100
+        "step/beta": [(10, 0.5)],
+        "step/grad_norm": [(10, 3.0)],
+    }
+    board.close()
+    assert not board.wants_step(9)
+
+
+def test_data_without_rows_to_validate_on_log_no_terms_and_no_images():
+    board = _board(rows=None, image_shape=(2, 2))
+    board.epoch(25, {"epoch": 1, "train_elbo": -3.0, "seconds": 0.1}, validated=True)
+    assert set(board.writer.scalars) == {"epoch/train_elbo", "epoch/seconds"}
+    assert board.writer.images == {} and board.writer.flushes == 1
+
+
+def test_a_model_without_a_mean_image_is_skipped_silently(monkeypatch):
+    def no_mean(*args):
+        raise NoMeanImageError("no observation of x with a mean")
+
+    monkeypatch.setattr(tensorboard_log, "reconstruct", no_mean)
+    board = _board(rows=torch.rand(10, 4).round(), image_shape=(2, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        board.epoch(25, {"train_elbo": -3.0, "val_elbo": -3.1, "seconds": 0.1}, validated=True)
+    assert board.writer.images == {} and "epoch/kl" in board.writer.scalars
+
+
+def test_a_folder_that_cannot_be_written_warns_and_logs_nothing(tmp_path):
+    (tmp_path / "tensorboard").write_text("a file where the folder should be")
+    model = VAE(4, latent_dim=2, hidden_dims=(8,))
+    with pytest.warns(TensorBoardWarning, match="open failed"):
+        board = TensorBoardLog(
+            tmp_path / "tensorboard", model, model.make_guide(), None, None, 1.0, 5
+        )
+    assert board.writer is None and not board.wants_step(4)
+    board.epoch(5, {"train_elbo": -1.0}, validated=True)
+    board.close()
