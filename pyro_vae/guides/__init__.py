@@ -8,6 +8,8 @@ from pyro_vae.guides.amortized_normal import AmortizedNormal
 from pyro_vae.guides.amortized_spline import AmortizedSplineFlow
 from pyro_vae.guides.auto_discrete import AutoDiscreteMeanField
 from pyro_vae.guides.empty import EmptyGuide
+from pyro_vae.guides.local_flow import LocalFlow
+from pyro_vae.guides.local_low_rank import LocalLowRankNormal
 from pyro_vae.guides.local_normal import LocalNormal
 
 __all__ = [
@@ -20,5 +22,7 @@ __all__ = [
     "AmortizedSplineFlow",
     "AutoDiscreteMeanField",
     "EmptyGuide",
+    "LocalFlow",
+    "LocalLowRankNormal",
     "LocalNormal",
 ]
