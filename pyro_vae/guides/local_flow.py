@@ -40,10 +40,6 @@ class LocalFlow(PyroModule):
             ``loc`` and ``scale`` alike.
     """
 
-    #: May be recorded without being asked (``pyro_vae.estimators.compiled.should_record``):
-    #: no Python branching on tensor values; trace structure fixed by batch shape.
-    recordable = True
-
     def __init__(
         self,
         loc: torch.Tensor,
