@@ -53,6 +53,13 @@ class AmortizedFlow(PyroModule):
             ``flow_hidden_dims`` is not a positive integer ≥ ``latent_dim``.
     """
 
+    #: May be recorded without being asked (``pyro_vae.estimators.compiled.should_record``):
+    #: no Python branching on tensor values in the base and the encoder; a subclass
+    #: declares it again for its own steps (a declaration is not inherited), as
+    #: :class:`~pyro_vae.guides.AmortizedIAF` and :class:`~pyro_vae.guides.AmortizedSplineFlow`
+    #: do, each tested.
+    recordable = True
+
     def __init__(
         self,
         x_dim: int,

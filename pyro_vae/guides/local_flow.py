@@ -40,6 +40,11 @@ class LocalFlow(PyroModule):
             ``loc`` and ``scale`` alike.
     """
 
+    #: May be recorded without being asked (``pyro_vae.estimators.compiled.should_record``):
+    #: no Python branching on tensor values; trace structure fixed by batch shape (the
+    #: recorded step is tested to equal the eager one).
+    recordable = True
+
     def __init__(
         self,
         loc: torch.Tensor,

@@ -31,6 +31,11 @@ class LocalLowRankNormal(PyroModule):
         ValueError: the shapes do not agree as above.
     """
 
+    #: May be recorded without being asked (``pyro_vae.estimators.compiled.should_record``):
+    #: no Python branching on tensor values; trace structure fixed by batch shape (the
+    #: recorded step is tested to equal the eager one).
+    recordable = True
+
     def __init__(
         self, loc: torch.Tensor, scale: torch.Tensor, cov_factor: torch.Tensor, site: str = "z"
     ) -> None:

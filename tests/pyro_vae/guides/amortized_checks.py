@@ -75,16 +75,23 @@ def check_the_recorded_step_equals_the_eager_one(guide_class, **options) -> None
     """``CompiledELBO`` (``--compile``) takes exactly the uncompiled steps: the same
     weights bit for bit, the same losses up to float32 summation (as
     tests/pyro_vae/estimators/test_compiled.py holds the shipped guides to)."""
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.rand(n, 16, generator=g) > 0.5).float() for n in (20, 20, 7)]
+    check_recorded_steps(lambda: guide_class(16, 3, (8,), **options), batches, recordings=2)
+
+
+def check_recorded_steps(make_guide, batches, recordings: int) -> None:
+    """Two passes of SVI steps over ``batches`` (``[N, 16]`` each) with a 3-latent VAE and
+    ``make_guide()``, recorded and not: same weights bit for bit, same losses up to float32
+    summation, one recording per batch shape."""
 
     def train(compiled: bool):
         pyro.clear_param_store()
         pyro.set_rng_seed(0)
-        model, guide = VAE(16, latent_dim=3, hidden_dims=(8,)), guide_class(16, 3, (8,))
+        model, guide = VAE(16, latent_dim=3, hidden_dims=(8,)), make_guide()
         elbo = estimators.get("trace")
         elbo = CompiledELBO(elbo) if compiled else elbo
         svi = SVIStep(model, guide, GroupedAdam({"lr": 0.01}), elbo)
-        g = torch.Generator().manual_seed(1)
-        batches = [(torch.rand(n, 16, generator=g) > 0.5).float() for n in (20, 20, 7)]
         losses = [svi.step(x, num_data=100) for _ in range(2) for x in batches]
         return losses, {**model.state_dict(), **guide.state_dict()}, elbo
 
@@ -93,7 +100,7 @@ def check_the_recorded_step_equals_the_eager_one(guide_class, **options) -> None
     for key, value in weights.items():
         assert torch.equal(our_weights[key], value), key
     assert ours == pytest.approx(losses, rel=1e-6)
-    assert elbo.num_recordings == 2
+    assert elbo.num_recordings == recordings
 
 
 def check_tensors_stay_on_the_inputs_device(guide_class, **options) -> None:

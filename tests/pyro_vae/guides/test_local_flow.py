@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from pyro_vae.guides import AmortizedIAF, AmortizedSplineFlow, LocalFlow
+from tests.pyro_vae.guides import amortized_checks as checks
 
 
 def _local(encoder, x):
@@ -49,3 +50,15 @@ def test_it_holds_only_its_own_batch():
     local = _local(encoder, torch.rand(4, 6))
     with pytest.raises(ValueError, match="x: 2 rows.*holds 4 datapoints"):
         local(torch.rand(2, 6))
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_the_recorded_step_equals_the_eager_one():
+    assert LocalFlow.recordable is True
+    x = (torch.rand(6, 16, generator=torch.Generator().manual_seed(1)) > 0.5).float()
+
+    def make():
+        torch.manual_seed(3)
+        return _local(AmortizedIAF(16, 3, (8,)), x)
+
+    checks.check_recorded_steps(make, [x], 1)

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from pyro_vae.guides import LocalLowRankNormal
+from tests.pyro_vae.guides import amortized_checks as checks
 
 LOC = torch.tensor([[0.5, -1.0, 0.0], [2.0, 0.0, 1.0]])
 SCALE = torch.tensor([[1.0, 0.5, 2.0], [0.2, 3.0, 1.0]])
@@ -46,3 +47,12 @@ def test_shapes_that_do_not_agree_are_refused():
 def test_it_holds_only_its_own_batch():
     with pytest.raises(ValueError, match="x: 3 rows.*holds 2 datapoints"):
         LocalLowRankNormal(LOC, SCALE, FACTOR)(torch.zeros(3, 4))
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_the_recorded_step_equals_the_eager_one():
+    assert LocalLowRankNormal.recordable is True
+    x = (torch.rand(6, 16, generator=torch.Generator().manual_seed(1)) > 0.5).float()
+    g = torch.Generator().manual_seed(2)
+    loc, scale, factor = torch.randn(6, 3, generator=g), torch.ones(6, 3), torch.zeros(6, 3, 2)
+    checks.check_recorded_steps(lambda: LocalLowRankNormal(loc, scale, factor), [x], 1)
