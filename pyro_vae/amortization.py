@@ -5,17 +5,32 @@ For data x and a fixed decoder,
     log p(x) − ELBO(q_amortized) =  [log p(x) − ELBO(q*)]     approximation gap
                                  +  [ELBO(q*) − ELBO(q_amortized)]   amortization gap
 
-where q* is the best guide of the same family fitted to each datapoint separately
-(:class:`pyro_vae.guides.LocalNormal`, started from the encoder's output and optimized by
-Adam, its step size annealed to zero, on the pathwise ELBO with the model's weights
-frozen). log p(x) is estimated by the importance-weighted bound with q* as proposal, which
-is the tighter of the two.
+where q* is the best guide of a family fitted to each datapoint separately, started from
+the encoder's output and optimized by Adam, its step size annealed to zero, on the
+pathwise ELBO with the model's (and the encoder's) weights frozen. log p(x) is estimated
+by the importance-weighted bound with q* as proposal, which is the tighter of the two.
+
+The local family (``family=``) is the encoder's own, so that the approximation gap is that
+family's and the amortization gap what the encoder loses by sharing its weights:
+
+- ``"normal"`` (the default): one diagonal Normal per datapoint
+  (:class:`~pyro_vae.guides.LocalNormal`), started from the encoder's ``loc`` and ``scale``
+  or, for a guide without them, from the moments of its draws;
+- ``"lowrank"``: one low-rank multivariate Normal per datapoint, of the encoder's rank
+  (:class:`~pyro_vae.guides.LocalLowRankNormal`), for an encoder whose ``encode(x)`` is a
+  ``LowRankMultivariateNormal`` (:class:`~pyro_vae.guides.AmortizedLowRankNormal`);
+- ``"flow"``: the encoder's own flow steps, their weights frozen, with a free base mean,
+  scale and context per datapoint (:class:`~pyro_vae.guides.LocalFlow`), for an
+  :class:`~pyro_vae.guides.AmortizedFlow` encoder (:class:`~pyro_vae.guides.AmortizedIAF`,
+  :class:`~pyro_vae.guides.AmortizedSplineFlow`). This is the family the encoder itself
+  chooses from, (μ, σ, h) = (μ(x), σ(x), h(x)).
 """
 
 from __future__ import annotations
 
 import warnings
 
+import pyro.distributions as dist
 import torch
 from pyro.infer import Trace_ELBO
 from tqdm.auto import tqdm
@@ -28,9 +43,14 @@ from pyro_vae.evaluate import (
     latent_draws,
     max_plate_nesting,
 )
+from pyro_vae.guides.amortized_flow import AmortizedFlow
+from pyro_vae.guides.local_flow import LocalFlow
+from pyro_vae.guides.local_low_rank import LocalLowRankNormal
 from pyro_vae.guides.local_normal import LocalNormal
 from pyro_vae.model_protocol import offered
 from pyro_vae.weights import module_of
+
+FAMILIES = ("normal", "lowrank", "flow")
 
 
 def amortization_gap(
@@ -43,12 +63,19 @@ def amortization_gap(
     elbo_samples: int = 100,
     iwae_samples: int = 1000,
     progress: bool = False,
+    family: str = "normal",
 ) -> dict[str, float]:
-    """Fit per-datapoint Normals to ``x`` with ``model`` frozen and compare with ``guide``.
+    """Fit per-datapoint guides of ``family`` to ``x`` with ``model`` frozen and compare
+    with ``guide`` (the families: this module's docstring).
 
     Returns per-datapoint means (nats): ``elbo_amortized``, ``elbo_local``,
     ``log_likelihood`` (IWAE with the local guide, K = ``iwae_samples``),
-    ``amortization_gap`` and ``approximation_gap``, plus the settings used.
+    ``amortization_gap`` and ``approximation_gap``, plus the settings used (``family``
+    among them).
+
+    Raises:
+        ValueError: a count is not a positive integer; ``family`` is not one of
+            :data:`FAMILIES`, or not the family of ``guide``.
     """
     for arg, value in (
         ("steps", steps),
@@ -57,19 +84,11 @@ def amortization_gap(
         ("iwae_samples", iwae_samples),
     ):
         check_count(arg, value, 1)
-    site = "z"
-    with eval_mode(model, guide), torch.no_grad():
-        encode = offered(guide, "encode")
-        q = encode(x) if encode is not None else None
-        if q is not None and hasattr(q, "loc") and hasattr(q, "scale"):
-            loc, scale = q.loc, q.scale
-        else:  # start from the moments of the guide's draws
-            site, draws = latent_draws(model, guide, x, 100)
-            loc, scale = draws.mean(0), draws.std(0)
-    local = LocalNormal(loc, scale, site)
-    owner = module_of(model)
-    parameters = owner.parameters() if owner is not None else []
-    frozen = [p for p in parameters if p.requires_grad]
+    if family not in FAMILIES:
+        raise ValueError(f"family: {family!r} is not one of {', '.join(map(repr, FAMILIES))}")
+    local = local_guide(model, guide, x, family)
+    owners = [m for m in (module_of(model), module_of(guide)) if m is not None]
+    frozen = [p for m in owners for p in m.parameters() if p.requires_grad]
     for p in frozen:
         p.requires_grad_(False)
     # pyro.module says, for every frozen weight, that it is not registered as a param: that
@@ -95,7 +114,44 @@ def amortization_gap(
         "num_points": int(x.shape[0]),
         "steps": steps,
         "iwae_samples": iwae_samples,
+        "family": family,
     }
+
+
+def local_guide(model, guide, x: torch.Tensor, family: str = "normal"):
+    """The per-datapoint guide of ``family`` for the rows of ``x``, started from the
+    amortized ``guide``'s q(z | x) (the families: this module's docstring).
+
+    Raises:
+        ValueError: ``guide`` is not of ``family`` (``"lowrank"``, ``"flow"``).
+    """
+    with eval_mode(model, guide), torch.no_grad():
+        encode = offered(guide, "encode")
+        q = encode(x) if encode is not None else None
+        if family == "lowrank":
+            if not isinstance(q, dist.LowRankMultivariateNormal):
+                raise ValueError(
+                    f"family: 'lowrank' needs an encoder whose encode(x) is a "
+                    f"LowRankMultivariateNormal (AmortizedLowRankNormal); "
+                    f"{type(guide).__name__} gives {type(q).__name__}"
+                )
+            return LocalLowRankNormal(q.loc, q.cov_diag.sqrt(), q.cov_factor, guide.site)
+        if family == "flow":
+            if not isinstance(guide, AmortizedFlow):
+                raise ValueError(
+                    f"family: 'flow' needs an AmortizedFlow encoder (AmortizedIAF, "
+                    f"AmortizedSplineFlow); got {type(guide).__name__}"
+                )
+            h = guide.trunk(x)
+            loc, scale = guide.loc_head(h), torch.exp(guide.log_scale_head(h))
+            return LocalFlow(loc, scale, h, guide.flows, guide.site)
+        site = "z"
+        if q is not None and hasattr(q, "loc") and hasattr(q, "scale"):
+            loc, scale = q.loc, q.scale
+        else:  # start from the moments of the guide's draws
+            site, draws = latent_draws(model, guide, x, 100)
+            loc, scale = draws.mean(0), draws.std(0)
+        return LocalNormal(loc, scale, site)
 
 
 def _fit_local(model, local, x, steps: int, lr: float, num_particles: int, progress: bool) -> None:

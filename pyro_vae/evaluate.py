@@ -550,8 +550,10 @@ def latent_means(model, guide, x: torch.Tensor, num_samples: int = 100) -> torch
     """E_q[z | x] for each row of ``x``, ``[N, latent size]``.
 
     From the guide's ``encode(x)`` when it has one (its ``mean``, or the mean of
-    ``num_samples`` draws for a family without a closed-form mean), from the code of a
-    model's ``encode(x)`` (a deterministic autoencoder), and otherwise a Monte Carlo mean
+    ``num_samples`` draws for a family without a closed-form mean, such as a flow, drawn
+    from a generator of their own, seed 0, as :func:`latent_draws` draws them: the same
+    weights give the same means, and the global random stream is left as it was), from the
+    code of a model's ``encode(x)`` (a deterministic autoencoder), and otherwise a Monte Carlo mean
     of ``num_samples`` draws of the guide's one latent site in the per-datapoint plate.
 
     Raises:
@@ -564,7 +566,9 @@ def latent_means(model, guide, x: torch.Tensor, num_samples: int = 100) -> torch
             try:
                 mean = q.mean
             except NotImplementedError:
-                mean = q.sample((num_samples,)).mean(0)
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(0)
+                    mean = q.sample((num_samples,)).mean(0)
             return mean.reshape(x.shape[0], -1)
         code = offered(model, "encode")
         if code is not None:
@@ -635,12 +639,18 @@ def reconstruction_error(model, guide, x: torch.Tensor, pixel_max: float = 1.0) 
 
 @torch.no_grad()
 def active_units(
-    model, guide, x: torch.Tensor, threshold: float = 0.01
+    model, guide, x: torch.Tensor, threshold: float = 0.01, num_samples: int = 1000
 ) -> tuple[int, torch.Tensor]:
-    """Number of latent units u with Cov_x(E_q[z_u | x]) > ``threshold``, and those variances."""
+    """Number of latent units u with Cov_x(E_q[z_u | x]) > ``threshold``, and those variances.
+
+    Where E_q[z | x] is a Monte Carlo mean of ``num_samples`` draws (:func:`latent_means`),
+    its error adds about Var_q(z_u | x) / ``num_samples`` to each variance: 1000 draws keep
+    that a tenth of the threshold for a unit that stays at the prior's N(0, 1) (100 would
+    put it at the threshold, and count such units at random).
+    """
     if x.shape[0] < 2:
         raise ValueError(f"x: {x.shape[0]} datapoint(s); active units need at least 2")
-    variances = latent_means(model, guide, x).var(dim=0)
+    variances = latent_means(model, guide, x, num_samples).var(dim=0)
     return int((variances > threshold).sum()), variances
 
 

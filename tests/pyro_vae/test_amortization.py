@@ -7,7 +7,8 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from pyro_vae.amortization import amortization_gap
+from pyro_vae.amortization import amortization_gap, local_guide
+from pyro_vae.guides import AmortizedIAF, LocalFlow, LocalNormal
 from pyro_vae.plates import data_plate
 from tests.pyro_vae.test_evaluate import (
     POST_GAIN,
@@ -17,6 +18,8 @@ from tests.pyro_vae.test_evaluate import (
     exact_log_likelihood,
     model,
 )
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class ShrunkEncoder(torch.nn.Module):
@@ -49,3 +52,85 @@ def test_gaps_match_the_closed_form():
 def test_zero_steps_are_refused():
     with pytest.raises(ValueError, match="steps: 0"):
         amortization_gap(model, ShrunkEncoder(), torch.zeros(4, 3), steps=0)
+
+
+# --- the local family (family=) -------------------------------------------------------------
+
+
+class ShrunkLowRankEncoder(ShrunkEncoder):
+    """The same wrong encoder, as a low-rank Normal with a zero factor (rank 1)."""
+
+    site = "z"
+
+    def encode(self, x):
+        q = super().encode(x)
+        return dist.LowRankMultivariateNormal(q.loc, torch.zeros(x.shape[0], 2, 1), q.scale**2)
+
+    def forward(self, x, num_data=None):
+        with data_plate(x, num_data):
+            pyro.sample("z", self.encode(x))
+
+
+def test_low_rank_local_guides_give_the_same_closed_form_gaps():
+    # the exact posterior is diagonal, so the low-rank family holds it too (V = 0)
+    pyro.set_rng_seed(0)
+    x = dist.MultivariateNormal(B, torch.eye(3) * 2).sample((10,))
+    result = amortization_gap(
+        model,
+        ShrunkLowRankEncoder(),
+        x,
+        steps=150,
+        lr=0.05,
+        elbo_samples=200,
+        iwae_samples=1000,
+        family="lowrank",
+    )
+    log_p = exact_log_likelihood(x).mean().item()
+    true_gap = log_p - exact_elbo(x, 0.5, 0.6).mean().item()
+    assert result["family"] == "lowrank"
+    assert result["elbo_local"] == pytest.approx(log_p, abs=0.03)
+    assert result["amortization_gap"] == pytest.approx(true_gap, abs=0.1)
+    assert abs(result["approximation_gap"]) < 0.04
+
+
+def test_flow_local_guides_start_from_the_encoder_and_narrow_its_gap():
+    pyro.set_rng_seed(0)
+    x = dist.MultivariateNormal(B, torch.eye(3) * 2).sample((10,))
+    encoder = AmortizedIAF(3, 2, (8,))
+    local = local_guide(model, encoder, x, "flow")
+    assert isinstance(local, LocalFlow)
+    z = encoder.encode(x).sample()
+    torch.testing.assert_close(local.encode(x).log_prob(z), encoder.encode(x).log_prob(z))
+    before = [p.clone() for p in encoder.parameters()]
+    result = amortization_gap(
+        model, encoder, x, steps=100, lr=0.05, elbo_samples=200, iwae_samples=500, family="flow"
+    )
+    log_p = exact_log_likelihood(x).mean().item()
+    assert result["family"] == "flow" and result["amortization_gap"] > 0.5
+    assert result["log_likelihood"] == pytest.approx(log_p, abs=0.03)
+    # the family is the encoder's flow steps as they are (here untrained, so not the exact
+    # posterior's Normal): its best is below log p(x), and well above the encoder's
+    assert result["elbo_amortized"] + 0.5 < result["elbo_local"] < log_p + 0.03
+    assert all(torch.equal(a, b) for a, b in zip(before, encoder.parameters(), strict=True))
+    assert all(p.requires_grad for p in encoder.parameters())
+
+
+def test_the_normal_family_is_the_default_and_starts_from_the_encoder():
+    x = torch.randn(4, 3)
+    local = local_guide(model, ShrunkEncoder(), x)
+    assert isinstance(local, LocalNormal)
+    torch.testing.assert_close(local.encode(x).loc, ShrunkEncoder().encode(x).loc)
+
+
+@pytest.mark.parametrize(
+    "family, encoder, message",
+    [
+        ("gaussian", ShrunkEncoder, "family: 'gaussian' is not one of 'normal', 'lowrank', 'flow'"),
+        ("lowrank", ShrunkEncoder, "family: 'lowrank' needs an encoder whose encode(x) is a "),
+        ("flow", ShrunkLowRankEncoder, "family: 'flow' needs an AmortizedFlow encoder"),
+    ],
+)
+def test_a_family_that_is_not_the_encoders_is_refused(family, encoder, message):
+    with pytest.raises(ValueError) as info:
+        amortization_gap(model, encoder(), torch.zeros(4, 3), steps=1, family=family)
+    assert str(info.value).startswith(message)

@@ -1,0 +1,110 @@
+"""Amortized normalizing-flow guides: a diagonal Gaussian pushed through conditional flows.
+
+    z₀ = μ_λ(x) + σ_λ(x) ⊙ ε,  ε ~ N(0, I)
+    z_t = f_t(z_{t−1}; h_λ(x)),  t = 1..T
+    log q_λ(z_T | x) = log N(z₀; μ_λ(x), diag σ_λ(x)²) − Σ_t log |det ∂f_t / ∂z_{t−1}|
+
+The encoder trunk φ(x; λ) gives μ, log σ through linear heads and the context
+h_λ(x) = φ(x; λ) on which every flow step is conditioned (Rezende & Mohamed 2015 for
+flows in variational inference; Kingma et al. 2016 for the encoder's context). The flow
+steps are Pyro's conditional transforms (``pyro.distributions.transforms``), made by a
+subclass's :meth:`AmortizedFlow.make_transform`; consecutive steps reverse the order of the
+autoregressive conditioning, as Kingma et al. do. Samples are reparameterized, and the
+density of a sample the guide drew is read from the transforms' cache, so no flow is
+inverted during training.
+
+A flow has no closed-form mean: ``encode(x).mean`` raises ``NotImplementedError``, and
+figures and metrics that need E_q[z | x] use a Monte Carlo mean of the guide's draws
+(:func:`pyro_vae.evaluate.latent_means`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.nn import PyroModule
+from torch import nn
+
+from pyro_vae.checks import check_count, check_widths
+from pyro_vae.nn import mlp
+from pyro_vae.plate_declaration import data_plate
+
+
+class AmortizedFlow(PyroModule):
+    """q_λ(z | x): an amortized diagonal Normal followed by ``num_flows`` conditional flow
+    steps, each given the encoder's context h_λ(x). Subclasses say which step
+    (:meth:`make_transform`).
+
+    Args:
+        x_dim: number of input features D.
+        latent_dim: size of z.
+        hidden_dims: widths of the encoder trunk φ; its last width is the context size.
+        activation: nonlinearity of the trunk.
+        site: name of the latent sample site in the model.
+        num_flows: number of flow steps T (default 2).
+        flow_hidden_dims: widths of each step's autoregressive network (default
+            ``(10 * latent_dim,)``, Pyro's own default); each at least ``latent_dim``.
+
+    Raises:
+        ValueError: ``num_flows`` is not a positive integer, or a width of
+            ``flow_hidden_dims`` is not a positive integer ≥ ``latent_dim``.
+    """
+
+    #: May be recorded without being asked (``pyro_vae.estimators.compiled.should_record``):
+    #: no Python branching on tensor values in the base and the encoder; a subclass
+    #: declares it again for its own steps (a declaration is not inherited), as
+    #: :class:`~pyro_vae.guides.AmortizedIAF` and :class:`~pyro_vae.guides.AmortizedSplineFlow`
+    #: do, each tested.
+    recordable = True
+
+    def __init__(
+        self,
+        x_dim: int,
+        latent_dim: int,
+        hidden_dims: Sequence[int] = (400,),
+        activation: str = "softplus",
+        site: str = "z",
+        num_flows: int = 2,
+        flow_hidden_dims: Sequence[int] | None = None,
+    ) -> None:
+        check_count("num_flows", num_flows, 1, "; AmortizedNormal is the guide without flows")
+        flow_hidden_dims = (10 * latent_dim,) if flow_hidden_dims is None else flow_hidden_dims
+        check_widths("flow_hidden_dims", flow_hidden_dims)
+        if not flow_hidden_dims or min(flow_hidden_dims) < latent_dim:
+            raise ValueError(
+                f"flow_hidden_dims: {tuple(flow_hidden_dims)}; expected at least one width, each ≥ "
+                f"latent_dim = {latent_dim} (an autoregressive network needs it)"
+            )
+        super().__init__(name="guide")
+        self.x_dim, self.latent_dim, self.site = x_dim, latent_dim, site
+        self.num_flows, self.flow_hidden_dims = num_flows, tuple(flow_hidden_dims)
+        self.trunk = mlp(x_dim, hidden_dims, activation=activation)
+        width = hidden_dims[-1] if len(hidden_dims) else x_dim
+        self.loc_head = nn.Linear(width, latent_dim)
+        self.log_scale_head = nn.Linear(width, latent_dim)
+        self.flows = nn.ModuleList(self.make_transform(width, t) for t in range(num_flows))
+
+    def make_transform(self, context_dim: int, index: int) -> dist.ConditionalTransformModule:
+        """Flow step ``index`` (0-based): a Pyro conditional transform of ``latent_dim``
+        coordinates given a context of ``context_dim``."""
+        raise NotImplementedError(f"{type(self).__name__} does not say which flow step to use")
+
+    def order(self, index: int) -> torch.Tensor:
+        """The autoregressive order of step ``index``: 0..latent_dim−1, reversed on every
+        other step, so each coordinate is conditioned on every other one within two steps."""
+        order = torch.arange(self.latent_dim)
+        return order if index % 2 == 0 else order.flip(0)
+
+    def encode(self, x: torch.Tensor) -> dist.TransformedDistribution:
+        """q_λ(z | x) for each row of ``x``: batch shape ``[N]``, event shape
+        ``[latent_dim]``, with ``rsample`` and ``log_prob``; no closed-form ``mean``."""
+        h = self.trunk(x)
+        base = dist.Normal(self.loc_head(h), torch.exp(self.log_scale_head(h))).to_event(1)
+        return dist.TransformedDistribution(base, [flow.condition(h) for flow in self.flows])
+
+    def forward(self, x: torch.Tensor, num_data: int | None = None) -> torch.Tensor:
+        with data_plate(x, num_data):
+            return pyro.sample(self.site, self.encode(x))

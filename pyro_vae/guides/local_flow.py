@@ -1,0 +1,86 @@
+"""A non-amortized flow guide: an amortized flow's steps with free per-datapoint inputs.
+
+    z₀ = μ_n + σ_n ⊙ ε,   z = f_T ∘ … ∘ f_1(z₀; h_n),   n = 1..N,
+
+where the flow steps f_t are those of a trained :class:`~pyro_vae.guides.AmortizedFlow`,
+their network weights frozen, and μ_n, σ_n and the context h_n are free for each
+datapoint. The encoder can only ever choose a member of this family, (μ, σ, h) =
+(μ(x), σ(x), h(x)); the local optimum over it is the best that family holds for each
+datapoint, which the amortization gap of Cremer, Li & Duvenaud (2018) compares with.
+Freezing the step weights keeps the datapoints separate (no parameter is shared), so
+fitting all N at once is fitting each on its own.
+"""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.nn import PyroModule
+from torch import nn
+
+from pyro_vae.plate_declaration import data_plate
+
+
+class LocalFlow(PyroModule):
+    """q(z_n): N(μ_n, diag σ_n²) pushed through ``flows`` conditioned on h_n, for the N rows
+    of one fixed batch.
+
+    Args:
+        loc: ``[N, latent_dim]`` initial base means μ.
+        scale: ``[N, latent_dim]`` initial base standard deviations σ.
+        context: ``[N, context_dim]`` initial contexts h.
+        flows: the conditional transforms (``pyro.distributions.ConditionalTransformModule``),
+            e.g. an :class:`~pyro_vae.guides.AmortizedFlow`'s ``flows``; kept by reference
+            and never trained here (their parameters are left out of this module's).
+        site: name of the latent sample site in the model.
+
+    Raises:
+        ValueError: ``loc``, ``scale`` and ``context`` are not ``[N, ·]`` matrices with
+            ``loc`` and ``scale`` alike.
+    """
+
+    #: May be recorded without being asked (``pyro_vae.estimators.compiled.should_record``):
+    #: no Python branching on tensor values; trace structure fixed by batch shape (the
+    #: recorded step is tested to equal the eager one).
+    recordable = True
+
+    def __init__(
+        self,
+        loc: torch.Tensor,
+        scale: torch.Tensor,
+        context: torch.Tensor,
+        flows,
+        site: str = "z",
+    ) -> None:
+        super().__init__(name="local_guide")
+        if loc.dim() != 2 or scale.shape != loc.shape or context.shape[:1] != loc.shape[:1]:
+            raise ValueError(
+                f"loc, scale, context: shapes {tuple(loc.shape)}, {tuple(scale.shape)} and "
+                f"{tuple(context.shape)}; expected [N, latent_dim], [N, latent_dim] and "
+                "[N, context_dim]"
+            )
+        self.site = site
+        self.loc = nn.Parameter(loc.detach().clone())
+        self.log_scale = nn.Parameter(scale.detach().clamp(min=1e-6).log().clone())
+        self.context = nn.Parameter(context.detach().clone())
+        # A plain list: the steps stay out of this module's parameters and state.
+        self._flows = list(flows)
+
+    def encode(self, x: torch.Tensor) -> dist.TransformedDistribution:
+        """The N flows: batch shape ``[N]``, event shape ``[latent_dim]``; no closed-form mean.
+
+        Raises:
+            ValueError: ``x`` does not have the N rows this guide was made for.
+        """
+        if x.shape[0] != self.loc.shape[0]:
+            raise ValueError(
+                f"x: {x.shape[0]} rows, but this local guide holds {self.loc.shape[0]} "
+                "datapoints; it only fits the batch it was made for"
+            )
+        base = dist.Normal(self.loc, self.log_scale.exp()).to_event(1)
+        return dist.TransformedDistribution(base, [f.condition(self.context) for f in self._flows])
+
+    def forward(self, x: torch.Tensor, num_data: int | None = None) -> torch.Tensor:
+        with data_plate(x, num_data):
+            return pyro.sample(self.site, self.encode(x))
