@@ -286,6 +286,18 @@ def evaluate_test_set(
         )
     except ValueError as err:
         skipped["reconstruction_mse"] = str(err)
+    _latent_metrics(exp, x, split, elbo_samples, streamed, metrics, skipped)
+    if skipped:
+        metrics["skipped"] = skipped
+    metrics["seconds"] = time.perf_counter() - started
+    return metrics
+
+
+def _latent_metrics(exp: Experiment, x, split, elbo_samples, streamed, metrics, skipped) -> None:
+    """Active units (by rank 0 alone in a group) and the mean KL(q(z | x) ‖ p(z)) into
+    ``metrics``, or why not into ``skipped``. The KL is drawn last, so the metrics before
+    it draw what they drew before it was added."""
+    model, guide = exp.model, exp.guide
     if split is None or split.is_writer:
         try:
             units, variances = active_units(model, guide, x)
@@ -293,7 +305,7 @@ def evaluate_test_set(
             metrics["latent_dim"] = int(variances.shape[0])
         except ValueError as err:
             skipped["active_units"] = str(err)
-    if exp.generative:  # last, so that the metrics above draw what they always drew
+    if exp.generative:
         try:
             metrics["kl"] = _row_mean(
                 lambda rows: (
@@ -304,10 +316,6 @@ def evaluate_test_set(
             )
         except ValueError as err:
             skipped["kl"] = str(err)
-    if skipped:
-        metrics["skipped"] = skipped
-    metrics["seconds"] = time.perf_counter() - started
-    return metrics
 
 
 def _row_mean(per_row, x: torch.Tensor, group: Group | None) -> float:

@@ -7,9 +7,10 @@ With ``TrainConfig(tensorboard=True)`` :func:`pyro_vae.fit` writes, through
 - every :data:`LOG_EVERY` optimizer steps, and on the last step of each epoch:
   ``step/loss``, the step's minibatch estimate of the negative ELBO per datapoint (nats;
   the quantity whose running mean is ``train_elbo``, with its sign flipped, KL warm-up's
-  β in it), or a total for data whose ELBO does not split into datapoints; ``step/grad_norm``, the global
-  gradient norm ‖∇‖₂ over every parameter the step updates, after backward and before the
-  optimizer step (unscaled under ``"16-mixed"``); ``step/beta``, KL warm-up's β;
+  β in it), or a total for data whose ELBO does not split into datapoints;
+  ``step/grad_norm``, the global gradient norm ‖∇‖₂ over every parameter the step
+  updates, after backward and before the optimizer step (unscaled under ``"16-mixed"``);
+  ``step/beta``, KL warm-up's β;
 - after each epoch: ``epoch/train_elbo``, ``epoch/val_elbo`` (on validation epochs),
   ``epoch/seconds`` and, on the first :data:`TERM_ROWS` rows that validation uses, the
   ELBO's two terms ``epoch/log_likelihood`` = E_q[log p(x | z)] and ``epoch/kl`` =
