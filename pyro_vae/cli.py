@@ -311,6 +311,12 @@ def _add_amortization_gap(sub) -> None:
     a.add_argument("--steps", type=int, default=500)
     a.add_argument("--lr", type=float, default=1e-2)
     a.add_argument("--iwae-samples", type=int, default=1000)
+    a.add_argument(
+        "--family",
+        choices=("normal", "lowrank", "flow"),
+        default="normal",
+        help="the per-image guides' family, the encoder's own (default: normal)",
+    )
     a.add_argument("--seed", type=int, default=0)
     _add_device(a)
 
@@ -794,6 +800,7 @@ def _amortization_gap(args: argparse.Namespace) -> int:
         steps=args.steps,
         lr=args.lr,
         iwae_samples=args.iwae_samples,
+        family=args.family,
         progress=True,
     )
     run.update_metrics(amortization_gap=result)

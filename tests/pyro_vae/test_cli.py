@@ -316,8 +316,12 @@ def test_amortization_gap_from_a_run_folder(trained, capsys):
     out = capsys.readouterr().out
     assert "amortization gap" in out and "approximation gap" in out
     result = json.loads((trained / "metrics.json").read_text())["amortization_gap"]
-    assert result["num_points"] == 6 and result["steps"] == 5
+    assert result["num_points"] == 6 and result["steps"] == 5 and result["family"] == "normal"
     assert main(["amortization-gap", str(trained), "--points", "0"]) == 2
+    # the trained run's encoder is a diagonal Normal: another family is refused by name
+    capsys.readouterr()
+    assert main(["amortization-gap", str(trained), "--points", "2", "--family", "flow"]) == 2
+    assert "family" in capsys.readouterr().err
 
 
 def test_diagnose_writes_figures_tables_and_netcdf_that_arviz_reopens(trained, capsys):
