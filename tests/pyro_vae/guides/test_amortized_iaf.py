@@ -50,4 +50,6 @@ def test_the_cli_round_trip(tmp_path):
     # the case: a flow has no closed-form mean, and the figures, the test metrics,
     # evaluate and load all go through (Monte Carlo means where a centre is needed)
     # (recorded, as `pyro-vae fit` records a guide that declares recordable = True)
-    checks.check_the_cli_round_trip("pyro_vae.guides:AmortizedIAF", tmp_path, compile="auto")
+    checks.check_the_cli_round_trip(
+        "pyro_vae.guides:AmortizedIAF", tmp_path, compile="auto", fresh_process=True
+    )
