@@ -34,12 +34,13 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-PER_RANK_BATCH, STEPS, EPOCHS = 128, 100, 4
+PER_RANK_BATCH, LARGE_BATCH, STEPS, EPOCHS = 128, 1024, 100, 4
 SIZES = (784, 64)  # Fashion-MNIST's pixels and the digits'; 400 hidden, 20 latent
 
 
-def worker(out: Path, compile_step: bool, pixels: int) -> None:
-    """One rank: fit and write rank 0's per-epoch seconds to ``out``."""
+def worker(out: Path, compile_step: bool, pixels: int, batch: int = PER_RANK_BATCH) -> None:
+    """One rank: fit and write rank 0's per-epoch seconds to ``out``, and the milliseconds
+    of one gloo all-reduce of a gradient-sized tensor alone (50 of them, the median)."""
     torch.set_num_threads(1)
     sys.path[:0] = [str(HERE), str(ROOT)]
     from perf_common import build_pyro_vae
@@ -50,26 +51,44 @@ def worker(out: Path, compile_step: bool, pixels: int) -> None:
     from pyro_vae.train import TrainConfig, fit
 
     with session() as group:
-        rows = PER_RANK_BATCH * STEPS * group.world
+        rows = batch * STEPS * group.world
         x = torch.bernoulli(
             torch.full((rows, pixels), 0.3), generator=torch.Generator().manual_seed(0)
         )
         model, guide = build_pyro_vae(pixels, seed=0)
         config = TrainConfig(
             epochs=EPOCHS,
-            batch_size=PER_RANK_BATCH * group.world,
+            batch_size=batch * group.world,
             progress=False,
             val_samples=1,
             validate_every=EPOCHS,
             compile=compile_step,
         )
         result = fit(model, guide, TensorData(x), estimators.get("trace"), config)
+        size = sum(p.numel() for module in (model, guide) for p in module.parameters())
+        reduce_ms = _all_reduce_ms(group, size)
         if group.rank == 0:
             seconds = [r["seconds"] for r in result.history]
-            out.write_text(json.dumps({"world": group.world, "rows": rows, "seconds": seconds}))
+            record = {"world": group.world, "rows": rows, "seconds": seconds}
+            out.write_text(json.dumps({**record, "reduce_ms": reduce_ms}))
 
 
-def run(world: int, compile_step: bool, pixels: int) -> dict:
+def _all_reduce_ms(group, size: int) -> float:
+    """Median milliseconds of a lone ``all_reduce`` of ``size`` float32 values (0: one rank)."""
+    if group.world == 1:
+        return 0.0
+    import torch.distributed as dist
+
+    flat, times = torch.zeros(size), []
+    dist.barrier()
+    for _ in range(50):
+        started = time.perf_counter()
+        dist.all_reduce(flat)
+        times.append(1000 * (time.perf_counter() - started))
+    return statistics.median(times)
+
+
+def run(world: int, compile_step: bool, pixels: int, batch: int = PER_RANK_BATCH) -> dict:
     """``world`` worker processes on loopback; their rank 0's record."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -77,6 +96,7 @@ def run(world: int, compile_step: bool, pixels: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         command = [sys.executable, __file__, "--worker", str(out), "--pixels", str(pixels)]
+        command += ["--batch", str(batch)]
         command += ["--compile"] if compile_step else []
         procs = [
             subprocess.Popen(
@@ -129,35 +149,45 @@ def main() -> None:
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--pixels", type=int, default=784, help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, default=PER_RANK_BATCH, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=HERE / "distributed_scaling.md")
     args = parser.parse_args()
     if args.worker is not None:
-        worker(args.worker, args.compile, args.pixels)
+        worker(args.worker, args.compile, args.pixels, args.batch)
         return
     load_before = os.getloadavg()
     rows = []
-    for pixels in SIZES:
-        for compile_step in (False, True):
-            one, two = run(1, compile_step, pixels), run(2, compile_step, pixels)
-            rows.append((pixels, compile_step, one["rate"], two["rate"]))
-            print(f"{pixels} px, compile={compile_step}: {one['rate']:.0f}/s, {two['rate']:.0f}/s")
+    cases = [(p, c, PER_RANK_BATCH) for p in SIZES for c in (False, True)]
+    cases += [(784, False, LARGE_BATCH)]  # where a step's arithmetic outweighs the reduce
+    for pixels, compile_step, batch in cases:
+        one, two = run(1, compile_step, pixels, batch), run(2, compile_step, pixels, batch)
+        step_ms = 1000 * batch / one["rate"]
+        rows.append((pixels, batch, compile_step, one["rate"], two["rate"], step_ms, two))
+        print(
+            f"{pixels} px, {batch} rows, compile={compile_step}: {one['rate']:.0f}/s, "
+            f"{two['rate']:.0f}/s"
+        )
     matmul = matmul_concurrency()
     load_after = os.getloadavg()
     lines = [
         "# Data-parallel weak scaling (`benchmarks/distributed_scaling.py`)",
         "",
-        f"D-400-20 VAE, `trace`, {PER_RANK_BATCH} rows per rank per step, {STEPS} steps per "
+        f"D-400-20 VAE, `trace`, a fixed number of rows per rank per step, {STEPS} steps per "
         f"epoch, one thread per rank, gloo on loopback; {os.cpu_count()} CPUs "
         f"({platform.processor() or platform.machine()}), torch {torch.__version__}.",
         f"Load average (1, 5, 15 min) before: {', '.join(f'{v:.2f}' for v in load_before)}; "
         f"after: {', '.join(f'{v:.2f}' for v in load_after)}.",
         "",
-        "| D (pixels) | step | 1 rank (examples/s) | 2 ranks (examples/s) | speed-up |",
-        "|---:|---|---:|---:|---:|",
+        "| D (pixels) | rows per rank | step | 1 rank (examples/s) | 2 ranks (examples/s) "
+        "| speed-up | 1-rank step (ms) | all-reduce alone (ms) |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
-    for pixels, compile_step, one, two in rows:
+    for pixels, batch, compile_step, one, two, step_ms, record in rows:
         name = "recorded (compile=True)" if compile_step else "uncompiled"
-        lines.append(f"| {pixels} | {name} | {one:.0f} | {two:.0f} | {two / one:.2f}x |")
+        lines.append(
+            f"| {pixels} | {batch} | {name} | {one:.0f} | {two:.0f} | {two / one:.2f}x "
+            f"| {step_ms:.1f} | {record['reduce_ms']:.2f} |"
+        )
     lines += [
         "",
         f"The machine itself: two single-thread processes doing 128x784 @ 784x400 matrix "
