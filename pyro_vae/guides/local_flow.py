@@ -19,6 +19,7 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
+from pyro_vae.guides.local_low_rank import check_rows
 from pyro_vae.plate_declaration import data_plate
 
 
@@ -73,11 +74,7 @@ class LocalFlow(PyroModule):
         Raises:
             ValueError: ``x`` does not have the N rows this guide was made for.
         """
-        if x.shape[0] != self.loc.shape[0]:
-            raise ValueError(
-                f"x: {x.shape[0]} rows, but this local guide holds {self.loc.shape[0]} "
-                "datapoints; it only fits the batch it was made for"
-            )
+        check_rows(x, self.loc.shape[0])
         base = dist.Normal(self.loc, self.log_scale.exp()).to_event(1)
         return dist.TransformedDistribution(base, [f.condition(self.context) for f in self._flows])
 

@@ -18,6 +18,19 @@ from torch import nn
 from pyro_vae.plate_declaration import data_plate
 
 
+def check_rows(x: torch.Tensor, held: int) -> None:
+    """Refuse ``x`` unless it has the ``held`` rows a per-datapoint guide was made for.
+
+    Raises:
+        ValueError: naming ``x``'s rows and ``held``.
+    """
+    if x.shape[0] != held:
+        raise ValueError(
+            f"x: {x.shape[0]} rows, but this local guide holds {held} datapoints; it only "
+            "fits the batch it was made for"
+        )
+
+
 class LocalLowRankNormal(PyroModule):
     """q(z_n) = N(μ_n, diag σ_n² + V_n V_nᵀ) for the N rows of one fixed batch.
 
@@ -57,11 +70,7 @@ class LocalLowRankNormal(PyroModule):
         Raises:
             ValueError: ``x`` does not have the N rows this guide was made for.
         """
-        if x.shape[0] != self.loc.shape[0]:
-            raise ValueError(
-                f"x: {x.shape[0]} rows, but this local guide holds {self.loc.shape[0]} "
-                "datapoints; it only fits the batch it was made for"
-            )
+        check_rows(x, self.loc.shape[0])
         return dist.LowRankMultivariateNormal(
             self.loc, self.cov_factor, torch.exp(2 * self.log_scale)
         )
