@@ -25,7 +25,7 @@ from pyro_vae.data import BINARIZATIONS, DatasetNotFoundError
 from pyro_vae.devices import resolve_device, to_device
 from pyro_vae.diagnostics.gradient_variance import gradient_variance
 from pyro_vae.distributed import RankLost, current, launch, refuse_before_launch, session
-from pyro_vae.estimators.compiled import compilable, should_record
+from pyro_vae.estimators.compiled import CaptureError, compilable, should_record
 from pyro_vae.experiment import Experiment, build, evaluate_test_set, load, write_figures
 from pyro_vae.idx import IDXFormatError
 from pyro_vae.likelihoods import LIKELIHOODS
@@ -1050,6 +1050,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except RankLost as err:
         print(f"error: {err}; {_where_it_stopped(args)}", file=sys.stderr)
+        return 1
+    except CaptureError as err:  # --compile on for a step that cannot be recorded
+        print(
+            f"error: {_one_line(err)} On the command line: --compile off. "
+            f"{_where_it_stopped(args)}",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         print(f"\ninterrupted (Ctrl-C); {_where_it_stopped(args)}", file=sys.stderr)

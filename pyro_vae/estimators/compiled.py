@@ -127,7 +127,11 @@ def should_record(elbo: ELBO, model, guide=None, kl_warmup_epochs: float = 0) ->
       (``make_guide()`` or its object's ``guide`` method), which the model's declaration
       covers;
     - ``elbo`` is recordable (:func:`compilable`);
-    - ``kl_warmup_epochs`` is 0: warm-up changes β between steps.
+    - ``kl_warmup_epochs`` is 0: warm-up changes β between steps;
+    - a path gradient (``gradient="stl"`` or ``"dreg"``) is not paired with a guide that
+      declares ``path_gradients_recordable = False``: scoring a flow's draw under its
+      detached parameters runs the flow's inverse, which reads values out of tensors
+      (:class:`pyro_vae.guides.AmortizedFlow` declares it).
 
     Asking for a recording (``TrainConfig(compile=True)``) needs none of the declarations.
     """
@@ -142,6 +146,12 @@ def should_record(elbo: ELBO, model, guide=None, kl_warmup_epochs: float = 0) ->
         return f"elbo: {type(elbo).__name__} cannot be recorded: {reason}"
     if kl_warmup_epochs != 0:
         return f"kl_warmup_epochs: {kl_warmup_epochs!r}; warm-up changes β between steps"
+    gradient = getattr(getattr(elbo, "elbo", elbo), "gradient", "reparam")
+    if gradient != "reparam" and getattr(guide, "path_gradients_recordable", True) is False:
+        return (
+            f"guide: {_name(guide)} with gradient={gradient!r}: scoring its draws under "
+            "detached parameters runs its flow's inverse, which cannot be recorded"
+        )
     return None
 
 

@@ -60,6 +60,11 @@ class AmortizedFlow(PyroModule):
     #: do, each tested.
     recordable = True
 
+    #: With ``gradient="stl"`` or ``"dreg"`` a draw is scored under detached parameters,
+    #: which runs the flow's inverse; Pyro's reads values out of tensors, so such a step
+    #: is not recorded by ``--compile auto`` (:func:`~pyro_vae.estimators.compiled.should_record`).
+    path_gradients_recordable = False
+
     def __init__(
         self,
         x_dim: int,

@@ -667,3 +667,17 @@ def test_fit_refuses_a_gradient_its_estimator_does_not_take(tmp_path, capsys, fl
         code = refused.code
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_step_that_cannot_be_recorded_is_one_line_naming_compile_off(
+    monkeypatch, capsys, tmp_path
+):
+    from pyro_vae.estimators.compiled import CaptureError
+
+    def refuse(args, given):
+        raise CaptureError("could not record one step of M and G\nreads a value")
+
+    monkeypatch.setattr("pyro_vae.cli._fit", refuse)
+    assert main(["fit", "--out", str(tmp_path / "r"), "--compile", "on"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--compile off" in err and "could not record" in err

@@ -343,3 +343,17 @@ def test_an_estimator_that_declares_nothing_is_not_recorded():
     with pytest.raises(ValueError, match="cannot be compiled: .*declares no capabilities"):
         CompiledELBO(Stateful())
     assert should_record(Stateful(), VAE).startswith("elbo: Stateful cannot be recorded")
+
+
+@pytest.mark.parametrize(
+    ("name", "gradient"), [("trace", "stl"), ("iwae", "stl"), ("iwae", "dreg")]
+)
+def test_auto_does_not_record_a_path_gradient_through_a_flow_guide(name, gradient):
+    # the user's case: --guide AmortizedIAF --gradient dreg failed to record at step one
+    model = VAE(16, latent_dim=3, hidden_dims=(8,))
+    iaf = pyro_vae.guides.AmortizedIAF(16, 3, (8,))
+    low_rank = pyro_vae.guides.AmortizedLowRankNormal(16, 3, (8,))
+    reason = should_record(get(name, gradient=gradient), model, iaf)
+    assert reason is not None and "AmortizedIAF" in reason and gradient in reason
+    assert should_record(get(name), model, iaf) is None
+    assert should_record(get(name, gradient=gradient), model, low_rank) is None
