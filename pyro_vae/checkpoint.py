@@ -22,6 +22,7 @@ import json
 import os
 import random
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +33,8 @@ import torch
 
 FORMAT = "pyro_vae.run/1"
 CONFIG, METRICS, CHECKPOINT = "config.json", "metrics.json", "checkpoint.pt"
+# What a fit writes before its first checkpoint (RunFolder.clear_unfinished removes it).
+UNFINISHED = (CONFIG, METRICS, "*.png", "*.csv", "*.nc", "tensorboard")
 
 
 class RunFolderError(ValueError):
@@ -213,9 +216,18 @@ class RunFolder:
         """
         if self.has_checkpoint:
             raise RunFolderError(f"run: {self.path} holds a checkpoint; it is never cleared")
-        for pattern in (CONFIG, METRICS, "*.png", "*.csv", "*.nc"):
-            for path in self.path.glob(pattern):
+        for path in self.unfinished_outputs():
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
                 path.unlink(missing_ok=True)
+
+    def unfinished_outputs(self) -> list[Path]:
+        """What a fit writes before its first checkpoint, and :meth:`clear_unfinished`
+        removes: config.json, metrics.json, figures, tables, netCDF files and the
+        TensorBoard folder."""
+        found = [p for pattern in UNFINISHED for p in self.path.glob(pattern)]
+        return sorted(set(found))
 
     def claim(self) -> RunLock:
         """Hold the folder for this process (see :class:`RunLock`)."""

@@ -543,14 +543,15 @@ def _check_new_folder(run: RunFolder, restart: bool) -> None:
             f"with `pyro-vae fit --resume {run.path}`, or choose another --out (nothing was "
             "overwritten)"
         )
-    if ours:
-        run.clear_unfinished()
-    others = [p.name for p in run.path.iterdir() if not p.name.startswith(".")]
-    if others:
+    own = set(run.unfinished_outputs()) if ours else set()
+    others = [p.name for p in run.path.iterdir() if not p.name.startswith(".") and p not in own]
+    if others:  # refused before anything is cleared
         raise RunFolderError(
             f"out: {run.path} already holds other files ({', '.join(sorted(others)[:3])}...); "
-            "expected a new or empty folder for the run (nothing was written)"
+            "expected a new or empty folder for the run (nothing was written or removed)"
         )
+    if ours:
+        run.clear_unfinished()
 
 
 def _resume_config(

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from models.vae import VAE
-from pyro_vae.checkpoint import RunFolder
+from pyro_vae.checkpoint import RunFolder, RunFolderError
 from pyro_vae.cli import _parser, _run_config_from_args, _should_compile, main
 
 FAST = ["--latent-dim", "4", "--hidden", "32", "--no-progress", "--ll-samples", "20"]
@@ -681,3 +681,23 @@ def test_a_step_that_cannot_be_recorded_is_one_line_naming_compile_off(
     assert main(["fit", "--out", str(tmp_path / "r"), "--compile", "on"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--compile off" in err and "could not record" in err
+
+
+def test_restart_clears_a_failed_run_s_own_files_and_refuses_before_removing_any(tmp_path):
+    # the user's case: a --tensorboard fit killed before its first epoch; --restart removed
+    # config.json and metrics.json, then refused over the tensorboard/ folder it had left
+    from pyro_vae.cli import _check_new_folder
+
+    run = RunFolder(tmp_path / "r")
+    run.path.mkdir()
+    for name in ("config.json", "metrics.json", "elbo.png"):
+        (run.path / name).write_text("{}")
+    (run.path / "tensorboard").mkdir()
+    (run.path / "tensorboard" / "events.out").write_text("x")
+    (run.path / "notes.txt").write_text("mine")
+    with pytest.raises(RunFolderError, match=r"other files \(notes.txt\.\.\.\).*nothing was"):
+        _check_new_folder(run, restart=True)
+    assert (run.path / "config.json").exists() and (run.path / "tensorboard").is_dir()
+    (run.path / "notes.txt").unlink()
+    _check_new_folder(run, restart=True)
+    assert [p.name for p in run.path.iterdir() if not p.name.startswith(".")] == []
