@@ -83,6 +83,8 @@ def _options(options: dict[str, Any]) -> str:
 
 
 def _estimator(config: dict[str, Any]) -> str:
+    if not config:
+        return "?"
     estimator = config.get("estimator") or {}
     options = _options(estimator.get("options") or {})
     return f"{estimator.get('name', '?')}({options})" if options else estimator.get("name", "?")
@@ -95,6 +97,8 @@ def _model(config: dict[str, Any]) -> str:
 
 
 def _data(config: dict[str, Any]) -> str:
+    if not config:
+        return "?"
     data = config.get("data") or {}
     keys = ("likelihood", "binarize", "levels", "val_fraction", "test_fraction", "split_seed")
     details = [f"{k}={data[k]}" for k in keys if data.get(k) is not None]
@@ -134,10 +138,23 @@ def _row(label: str, config: dict[str, Any], metrics: dict[str, Any]) -> dict[st
         "epochs": len(epochs),
         "best_epoch": _number(metrics, "best_epoch"),
         "estimator": _estimator(config),
-        "guide": config.get("guide") or "model's own",
+        "guide": (config.get("guide") or "model's own") if config else "?",
         "model": _model(config),
         "data": _data(config),
     }
+
+
+def _read(folder: RunFolder) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The folder's config (migrated) and metrics. A folder written by
+    :func:`pyro_vae.train.fit` from Python has metrics.json but no config.json: its
+    config is ``{}``.
+
+    Raises:
+        pyro_vae.checkpoint.RunFolderError: neither file, or one that does not read.
+    """
+    if not folder.file("config.json").is_file() and folder.file("metrics.json").is_file():
+        return {}, folder.read_metrics()
+    return migrate(folder.read_config()), folder.read_metrics()
 
 
 def compare_runs(runs: Sequence[str | os.PathLike]) -> Comparison:
@@ -157,7 +174,11 @@ def compare_runs(runs: Sequence[str | os.PathLike]) -> Comparison:
     table, curves, validations, notes = [], {}, set(), []
     for label, path in zip(_labels(paths), paths, strict=True):
         folder = RunFolder(path)
-        config, metrics = migrate(folder.read_config()), folder.read_metrics()
+        config, metrics = _read(folder)
+        if not config:
+            notes.append(
+                f"{label}: no config.json (fit from Python): model, guide and estimator unknown"
+            )
         table.append(_row(label, config, metrics))
         points = [
             (e["epoch"], e["val_elbo"])
@@ -170,12 +191,13 @@ def compare_runs(runs: Sequence[str | os.PathLike]) -> Comparison:
         if not metrics.get("test"):
             notes.append(f"{label}: not evaluated on the test set (a stopped or unfinished run)")
     frame = pd.DataFrame(table, columns=list(COLUMNS)).astype({c: "Int64" for c in _COUNTS})
-    if frame["data"].nunique() > 1:
+    known = frame[frame["data"] != "?"]
+    if known["data"].nunique() > 1:
+        which = "; ".join(f"{r.run}: {r.data}" for r in known.itertuples())
         notes.insert(
             0,
-            "the runs use different data ("
-            + "; ".join(sorted(frame["data"].unique()))
-            + "), so their ELBOs and log p(x) are not comparable",
+            f"the runs use different data ({which}), so their ELBOs and log p(x) "
+            "are not comparable",
         )
     validation = validations.pop() if len(validations) == 1 else "validation ELBO"
     return Comparison(frame, curves, validation, notes)

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -134,7 +135,7 @@ def fit(
     data: DataSource,
     elbo: ELBO,
     config: TrainConfig | None = None,
-    run: RunFolder | None = None,
+    run: RunFolder | str | os.PathLike | None = None,
     resume: bool = False,
     on_ready: Callable[[], None] | None = None,
     *,
@@ -146,7 +147,10 @@ def fit(
     takes them, called on minibatches (plus ``num_data=N`` when they accept it); their
     per-datapoint plate gets the full size N and the batch's rows (:mod:`pyro_vae.minibatch`).
     Every check is made before the first step, then ``on_ready()`` is called. With a
-    ``run`` folder a checkpoint is written after every validation; ``resume=True``
+    ``run`` folder (a :class:`~pyro_vae.checkpoint.RunFolder` or a path) a checkpoint and
+    metrics.json are written after every validation (config.json, which says how to
+    rebuild the model, only by ``pyro-vae fit``: :func:`pyro_vae.compare.compare_runs`
+    reads such a folder, ``pyro-vae evaluate`` cannot); ``resume=True``
     continues from it (or from ``resume_state``, the checkpoint already read) exactly as
     an uninterrupted run would have gone on. Clears Pyro's param store first. It computes
     on ``config.device`` (:func:`pyro_vae.devices.resolve_device`): the model's and guide's
@@ -173,6 +177,7 @@ def fit(
         TrainingDiverged: the loss became NaN or infinite.
     """
     config = config or TrainConfig()
+    run = RunFolder(run) if isinstance(run, (str, os.PathLike)) else run
     _refuse_bad_arguments(model, guide, run, resume, resume_state, config)
     data, group, resume_state = _placed(data, model, guide, config, run, resume, resume_state)
     batches = TrainingBatches(data, config.batch_size, config.seed, config.drop_last)

@@ -125,3 +125,17 @@ def test_the_command_prints_the_table_and_refuses_in_one_line(tmp_path, capsys):
     assert main(["compare", str(a), str(tmp_path / "nope"), "--out", str(tmp_path / "o2")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "nope" in err and not (tmp_path / "o2").exists()
+
+
+def test_a_folder_fit_from_python_is_compared_with_what_it_has(tmp_path):
+    a = _run(tmp_path / "a", [1.0], [-1.0], TEST)
+    python_fit = tmp_path / "py"
+    python_fit.mkdir()
+    metrics = {"epochs": [{"epoch": 1, "seconds": 2.0, "val_elbo": -3.0}], "test": TEST}
+    (python_fit / "metrics.json").write_text(json.dumps(metrics))
+    comparison = compare_runs([a, python_fit])
+    row = comparison.table.to_dict("records")[1]
+    assert row["test_elbo"] == -90.5 and row["estimator"] == "?" and row["data"] == "?"
+    assert comparison.notes == [
+        "py: no config.json (fit from Python): model, guide and estimator unknown"
+    ]

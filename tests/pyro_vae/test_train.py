@@ -497,3 +497,10 @@ def test_only_per_row_baseline_estimators_are_checked_against_a_partial_batch():
     assert _keeps_one_baseline_per_batch_row(TraceGraph_ELBO())
     assert not _keeps_one_baseline_per_batch_row(Trace_ELBO())
     assert not _keeps_one_baseline_per_batch_row(get_estimator("score"))
+
+
+def test_a_run_folder_may_be_given_as_a_path(digits, tmp_path):
+    # the user's case: run="runs/x" failed with an AttributeError after a whole epoch
+    model, guide = small_vae(digits)
+    fit(model, guide, digits, Trace_ELBO(), quiet(epochs=1), run=str(tmp_path / "x"))
+    assert RunFolder(tmp_path / "x").load_checkpoint()["epoch"] == 1
