@@ -33,7 +33,6 @@ import warnings
 import pyro.distributions as dist
 import torch
 from pyro.infer import Trace_ELBO
-from tqdm.auto import tqdm
 
 from pyro_vae.checks import check_count
 from pyro_vae.evaluate import (
@@ -48,6 +47,7 @@ from pyro_vae.guides.local_flow import LocalFlow
 from pyro_vae.guides.local_low_rank import LocalLowRankNormal
 from pyro_vae.guides.local_normal import LocalNormal
 from pyro_vae.model_protocol import offered
+from pyro_vae.progress import bar as progress_bar
 from pyro_vae.weights import module_of
 
 FAMILIES = ("normal", "lowrank", "flow")
@@ -166,7 +166,7 @@ def _fit_local(model, local, x, steps: int, lr: float, num_particles: int, progr
     # constant step size would leave q* jittering around it: anneal the step to zero.
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     with eval_mode(model):
-        for _ in tqdm(range(steps), desc="local guides", disable=not progress, leave=False):
+        for _ in progress_bar(range(steps), progress, desc="local guides", leave=False):
             optimizer.zero_grad()
             elbo.differentiable_loss(model, local, x).backward()
             optimizer.step()

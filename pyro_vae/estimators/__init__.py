@@ -82,6 +82,11 @@ def get(name: str, **options: Any) -> ELBO:
         raise ValueError(f"estimator: {name!r} is not one of {', '.join(names())}")
     particles = options.get("num_particles", 1)
     check_count("num_particles", particles, 1)  # Pyro's own ELBOs fail later, in a step
+    if "gradient" in options and name not in ("trace", "iwae"):
+        raise ValueError(
+            f"gradient: {options['gradient']!r} is not an option of {name!r}; expected it with "
+            "trace (reparam, stl) or iwae (reparam, dreg, stl), the pathwise estimators"
+        )
     try:
         return _REGISTRY[name](**options)
     except TypeError as err:

@@ -657,7 +657,10 @@ def test_fit_gradient_goes_into_the_estimator_options(tmp_path, flags, options):
         (["--gradient", "drag"], "argument --gradient: invalid choice: 'drag'"),
         (["--gradient", "dreg"], "gradient: 'dreg' is not one of trace's gradients"),
         (["--gradient", "stl", "--estimator-opt", "gradient=dreg"], "--gradient: 'stl' disagrees"),
-        (["--estimator", "score", "--gradient", "stl"], "not valid for 'score'"),
+        (
+            ["--estimator", "score", "--gradient", "stl"],
+            "gradient: 'stl' is not an option of 'score'",
+        ),
     ],
 )
 def test_fit_refuses_a_gradient_its_estimator_does_not_take(tmp_path, capsys, flags, message):
