@@ -780,6 +780,7 @@ def _amortization_gap(args: argparse.Namespace) -> int:
     import pyro
 
     from pyro_vae.amortization import amortization_gap
+    from pyro_vae.guides import AmortizedFlow
 
     run = RunFolder(args.run)
     exp = load(run, args.device or "auto")
@@ -805,6 +806,11 @@ def _amortization_gap(args: argparse.Namespace) -> int:
         progress=True,
     )
     run.update_metrics(amortization_gap=result)
+    if args.family == "normal" and isinstance(exp.guide, AmortizedFlow):
+        print(
+            "note: the encoder is a flow and the per-image guides are Normal (--family "
+            "normal), so the gaps compare two families; --family flow compares like with like"
+        )
     print(f"on {result['num_points']} test images (nats per image):")
     print(f"  log p(x), IWAE K={args.iwae_samples}    {result['log_likelihood']:10.3f}")
     print(f"  ELBO, local guides            {result['elbo_local']:10.3f}")

@@ -15,7 +15,9 @@ Columns, in nats per datapoint where they are densities:
 - ``s_per_epoch``: the median wall-clock seconds of an epoch (the median, because the
   first epoch also records the compiled step);
 - ``model``, ``guide`` (``model's own`` when the run used the model's ``make_guide``),
-  ``estimator`` with its options, ``data``, ``epochs`` run and ``best_epoch``.
+  ``estimator`` with its options, ``precision`` (``--precision``), ``data``, ``epochs``
+  run and ``best_epoch``. The printed table (:func:`format_table`) leaves out the long
+  ``model`` and ``data`` columns and ``log_px_points``; the CSV has them all.
 
 Runs on different data (another dataset, split, binarization or likelihood) have ELBOs
 that cannot be compared; :func:`compare_runs` says so in :attr:`Comparison.notes`.
@@ -55,6 +57,7 @@ COLUMNS = (
     "best_epoch",
     "estimator",
     "guide",
+    "precision",
     "model",
     "data",
 )
@@ -139,6 +142,7 @@ def _row(label: str, config: dict[str, Any], metrics: dict[str, Any]) -> dict[st
         "best_epoch": _number(metrics, "best_epoch"),
         "estimator": _estimator(config),
         "guide": (config.get("guide") or "model's own") if config else "?",
+        "precision": (config.get("train") or {}).get("precision", "32") if config else "?",
         "model": _model(config),
         "data": _data(config),
     }

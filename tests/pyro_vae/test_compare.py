@@ -61,6 +61,7 @@ def test_the_table_holds_each_run_s_own_numbers(tmp_path):
     assert row_a["kl"] == 24.75 and row_a["active_units"] == 11 and row_a["latent_dim"] == 20
     assert row_a["s_per_epoch"] == 3.0  # the median: the first epoch's 9 s records the step
     assert row_a["epochs"] == 3 and row_a["best_epoch"] == 2 and row_a["estimator"] == "trace"
+    assert row_a["precision"] == "32"
     assert row_b["estimator"] == "iwae(num_particles=8)" and row_b["s_per_epoch"] == 4.5
     assert math.isnan(row_b["test_elbo"]) and pd.isna(row_b["K"])
     assert comparison.curves == {
