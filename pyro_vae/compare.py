@@ -111,11 +111,14 @@ def _data(config: dict[str, Any]) -> str:
 _COUNTS = ("K", "log_px_points", "active_units", "latent_dim", "epochs", "best_epoch")
 
 
-def _number(section: dict[str, Any], key: str) -> float | None:
+def _number(section: dict[str, Any], key: str) -> float:
     value = section.get(key)
-    if key in _COUNTS or key in ("log_likelihood_samples", "log_likelihood_points"):
-        return int(value) if isinstance(value, int) else None
     return float(value) if isinstance(value, (int, float)) else math.nan
+
+
+def _count(section: dict[str, Any], key: str) -> int | None:
+    value = section.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _labels(paths: Sequence[Path]) -> list[str]:
@@ -132,14 +135,14 @@ def _row(label: str, config: dict[str, Any], metrics: dict[str, Any]) -> dict[st
         "run": label,
         "test_elbo": _number(test, "elbo"),
         "log_px": _number(test, "log_likelihood"),
-        "K": _number(test, "log_likelihood_samples"),
-        "log_px_points": _number(test, "log_likelihood_points"),
+        "K": _count(test, "log_likelihood_samples"),
+        "log_px_points": _count(test, "log_likelihood_points"),
         "kl": _number(test, "kl"),
-        "active_units": _number(test, "active_units"),
-        "latent_dim": _number(test, "latent_dim"),
+        "active_units": _count(test, "active_units"),
+        "latent_dim": _count(test, "latent_dim"),
         "s_per_epoch": statistics.median(seconds) if seconds else math.nan,
         "epochs": len(epochs),
-        "best_epoch": _number(metrics, "best_epoch"),
+        "best_epoch": _count(metrics, "best_epoch"),
         "estimator": _estimator(config),
         "guide": (config.get("guide") or "model's own") if config else "?",
         "precision": (config.get("train") or {}).get("precision", "32") if config else "?",

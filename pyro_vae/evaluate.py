@@ -395,6 +395,22 @@ def elbo_per_datapoint(
         pyro_vae.plates.DataPlateError: no per-datapoint plate, or a site outside it.
         ValueError: bad counts, or a model site neither observed nor in the guide.
     """
+    return torch.cat(
+        _scored_chunks(
+            model,
+            guide,
+            x,
+            (num_samples, batch_size, data_plate, vectorize_particles, rows, device),
+            lambda pair, chunk, start: pair.log_weights(chunk, start, num_samples).mean(0),
+        )
+    )
+
+
+def _scored_chunks(model, guide, x, settings: tuple, score) -> list:
+    """``score(pair, chunk, start)`` for each chunk of ``x``'s rows, the pair prepared once
+    (:func:`prepare`); ``settings`` are ``(num_samples, batch_size, data_plate,
+    vectorize_particles, rows, device)`` as :func:`elbo_per_datapoint` takes them."""
+    num_samples, batch_size, data_plate, vectorize_particles, rows, device = settings
     _check_num("num_samples", num_samples)
     _check_num("batch_size", batch_size)
     data = data_arguments(x)
@@ -410,12 +426,7 @@ def elbo_per_datapoint(
             rows,
             device,
         )
-        return torch.cat(
-            [
-                pair.log_weights(chunk, start, num_samples).mean(0)
-                for start, chunk in _batches(data, batch_size, device)
-            ]
-        )
+        return [score(pair, chunk, start) for start, chunk in _batches(data, batch_size, device)]
 
 
 class ElboTerms(NamedTuple):
@@ -455,18 +466,13 @@ def elbo_terms_per_datapoint(
         pyro_vae.plates.DataPlateError: no per-datapoint plate, or a site outside it.
         ValueError: bad counts, or a model site neither observed nor in the guide.
     """
-    _check_num("num_samples", num_samples)
-    _check_num("batch_size", batch_size)
-    data = data_arguments(x)
-    likelihood, kl = [], []
-    with eval_mode(model, guide):
-        pair = prepare(
-            model, guide, data, "a per-datapoint ELBO", data_plate, None, batch_size, None, device
-        )
-        for start, chunk in _batches(data, batch_size, device):
-            log_lik, log_prior, log_q = pair.log_weight_terms(chunk, start, num_samples)
-            likelihood.append(log_lik.mean(0))
-            kl.append((log_q - log_prior).mean(0))
+
+    def terms(pair, chunk, start):
+        log_lik, log_prior, log_q = pair.log_weight_terms(chunk, start, num_samples)
+        return log_lik.mean(0), (log_q - log_prior).mean(0)
+
+    settings = (num_samples, batch_size, data_plate, None, None, device)
+    likelihood, kl = zip(*_scored_chunks(model, guide, x, settings, terms), strict=True)
     return ElboTerms(torch.cat(likelihood), torch.cat(kl))
 
 
