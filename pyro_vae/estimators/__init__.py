@@ -6,13 +6,13 @@
 - ``trace``: :class:`TraceELBO`, Pyro's ``Trace_ELBO``: pathwise (reparameterization)
   gradients where a site allows them (Kingma & Welling 2013), score-function gradients
   elsewhere; ``gradient="stl"`` keeps only the path term (Roeder et al. 2017).
-- ``analytic-kl``: :class:`MeanFieldELBO`, Pyro's ``TraceMeanField_ELBO``, the same with KL(q ‖ p) in closed form
-  where both are known (the lecture's −KL + E_q log p(x | θ), eq. 18.4).
+- ``analytic-kl``: :class:`MeanFieldELBO`, Pyro's ``TraceMeanField_ELBO``, the same with
+  KL(q ‖ p) in closed form where both are known (the lecture's −KL + E_q log p(x | θ), eq. 18.4).
 - ``iwae``: :class:`IWAELBO`, the K-sample importance-weighted bound per datapoint
   (Burda et al. 2015); ``num_particles`` is K; ``gradient="dreg"`` doubly reparameterized
   (Tucker et al. 2018) or ``"stl"``.
-- ``enum``: :class:`TraceEnumELBO`, Pyro's ``TraceEnum_ELBO``: model sites marked ``infer={"enumerate":
-  "parallel"}`` that the guide does not sample are summed out exactly (mixture
+- ``enum``: :class:`TraceEnumELBO`, Pyro's ``TraceEnum_ELBO``: model sites marked
+  ``infer={"enumerate": "parallel"}`` that the guide does not sample are summed out exactly (mixture
   assignments, HMM states), the rest as ``trace``.
 - ``tracegraph``: Pyro's ``TraceGraph_ELBO``, score-function gradients for
   non-reparameterizable sites with downstream-cost Rao-Blackwellization and the baselines
