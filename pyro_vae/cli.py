@@ -180,6 +180,25 @@ def _add_fit_data(f: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_fit_objective(f: argparse.ArgumentParser) -> None:
+    """--beta (a training setting) and --free-bits (the estimator option free_bits)."""
+    f.add_argument(
+        "--beta",
+        type=float,
+        default=_TRAINING.beta,
+        help="β of the β-VAE objective E[log p(x|z)] - β KL (Higgins et al. 2017), every "
+        "estimator; with --kl-warmup it rises to β; reported ELBOs stay β = 1 (default 1)",
+    )
+    f.add_argument(
+        "--free-bits",
+        type=float,
+        default=None,
+        metavar="NATS",
+        help="free bits (Kingma et al. 2016): each latent site's minibatch-mean KL counts as "
+        "max(NATS, KL); the estimator option free_bits of trace, analytic-kl, score, enum",
+    )
+
+
 def _add_fit_training(f: argparse.ArgumentParser) -> None:
     f.add_argument("--estimator", default=EstimatorConfig().name, choices=estimators.names())
     f.add_argument(
@@ -209,21 +228,7 @@ def _add_fit_training(f: argparse.ArgumentParser) -> None:
         help="epochs without validation improvement before stopping (0: never)",
     )
     f.add_argument("--kl-warmup", type=float, default=_TRAINING.kl_warmup_epochs, metavar="EPOCHS")
-    f.add_argument(
-        "--beta",
-        type=float,
-        default=_TRAINING.beta,
-        help="β of the β-VAE objective E[log p(x|z)] - β KL (Higgins et al. 2017), every "
-        "estimator; with --kl-warmup it rises to β; reported ELBOs stay β = 1 (default 1)",
-    )
-    f.add_argument(
-        "--free-bits",
-        type=float,
-        default=None,
-        metavar="NATS",
-        help="free bits (Kingma et al. 2016): each latent site's minibatch-mean KL counts as "
-        "max(NATS, KL); the estimator option free_bits of trace, analytic-kl, score, enum",
-    )
+    _add_fit_objective(f)
     f.add_argument(
         "--compile",
         choices=("auto", "on", "off", "inductor"),
