@@ -180,6 +180,25 @@ def _add_fit_data(f: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_fit_objective(f: argparse.ArgumentParser) -> None:
+    """--beta (a training setting) and --free-bits (the estimator option free_bits)."""
+    f.add_argument(
+        "--beta",
+        type=float,
+        default=_TRAINING.beta,
+        help="β of the β-VAE objective E[log p(x|z)] - β KL (Higgins et al. 2017), every "
+        "estimator; with --kl-warmup it rises to β; reported ELBOs stay β = 1 (default 1)",
+    )
+    f.add_argument(
+        "--free-bits",
+        type=float,
+        default=None,
+        metavar="NATS",
+        help="free bits (Kingma et al. 2016): each latent site's minibatch-mean KL counts as "
+        "max(NATS, KL); the estimator option free_bits of trace, analytic-kl, score, enum",
+    )
+
+
 def _add_fit_training(f: argparse.ArgumentParser) -> None:
     f.add_argument("--estimator", default=EstimatorConfig().name, choices=estimators.names())
     f.add_argument(
@@ -209,6 +228,7 @@ def _add_fit_training(f: argparse.ArgumentParser) -> None:
         help="epochs without validation improvement before stopping (0: never)",
     )
     f.add_argument("--kl-warmup", type=float, default=_TRAINING.kl_warmup_epochs, metavar="EPOCHS")
+    _add_fit_objective(f)
     f.add_argument(
         "--compile",
         choices=("auto", "on", "off", "inductor"),
@@ -386,6 +406,7 @@ def _run_config_from_args(args: argparse.Namespace) -> RunConfig:
         seed=args.seed,
         patience=args.patience or None,
         kl_warmup_epochs=args.kl_warmup,
+        beta=args.beta,
         progress=not args.no_progress,
         compile=args.compile in ("on", "inductor"),
         compile_backend="inductor" if args.compile == "inductor" else None,
@@ -420,6 +441,13 @@ def _estimator_options(args: argparse.Namespace) -> dict[str, Any]:
     """--estimator-opt pairs, with --gradient as the option ``gradient`` when given (a run
     without it keeps the estimator's default, and its config.json is as before)."""
     options = dict(args.estimator_opt)
+    if args.free_bits is not None:
+        given = options.setdefault("free_bits", args.free_bits)
+        if given != args.free_bits:
+            raise ValueError(
+                f"--free-bits: {args.free_bits!r} disagrees with --estimator-opt "
+                f"free_bits={given!r}; give free bits once"
+            )
     if args.gradient is not None:
         given = options.setdefault("gradient", args.gradient)
         if given != args.gradient:

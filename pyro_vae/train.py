@@ -48,6 +48,7 @@ overwritten by a diverged state).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import time
@@ -61,7 +62,7 @@ import torch
 from pyro.infer import ELBO, TraceGraph_ELBO
 from tqdm.auto import tqdm
 
-from pyro_vae.annealing import KLWarmup, ScaleLatents
+from pyro_vae.annealing import KLWarmup, ScaleLatents, unwrap
 from pyro_vae.checkpoint import RunFolder
 from pyro_vae.data_source import DataSource, ShardedSource, TrainingBatches
 from pyro_vae.devices import move_modules, on_device, resolve_device
@@ -100,15 +101,19 @@ class FitResult:
     validation: str | None = None
     vectorized_particles: bool | None = None
     local_guide: bool = False
+    objective: dict[str, Any] = field(default_factory=dict)
 
     def info(self) -> dict[str, Any]:
         """How the fit went about it, for metrics.json: the per-datapoint plate, what
-        validation measured, and whether validation particles were vectorized."""
+        validation measured, whether validation particles were vectorized, and the
+        training objective (``objective``: β, free bits, and what ``train_elbo`` and
+        ``val_elbo`` measure)."""
         return {
             "data_plate": self.data_plate,
             "validation": self.validation,
             "vectorized_particles": self.vectorized_particles,
             "local_guide": self.local_guide,
+            "objective": self.objective,
         }
 
 
@@ -121,11 +126,12 @@ def make_svi(
     precision: Precision | None = None,
 ) -> SVIStep:
     """The SVI step :func:`fit` takes: Adam at ``lr`` on ``elbo``'s loss, with the latent
-    sites scaled by ``annealer`` when KL warm-up is on (without warm-up β is 1 throughout,
-    so the handler is left out rather than run as a no-op on every site), at ``precision``
+    sites scaled by ``annealer`` (the model's, and its :meth:`~pyro_vae.annealing.
+    ScaleLatents.for_guide` on the guide) when β ≠ 1 or KL warm-up is on (otherwise the
+    handler is left out rather than run as a no-op on every site), at ``precision``
     (:class:`pyro_vae.precision.Precision`; default float32)."""
     if annealer is not None:
-        model, guide = annealer(model), annealer(guide)
+        model, guide = annealer(model), annealer.for_guide()(guide)
     return SVIStep(model, guide, GroupedAdam({"lr": lr}), elbo, precision)
 
 
@@ -177,6 +183,7 @@ def fit(
         TrainingDiverged: the loss became NaN or infinite.
     """
     config = config or TrainConfig()
+    model, guide, config = _beta_from_handlers(model, guide, config)
     run = RunFolder(run) if isinstance(run, (str, os.PathLike)) else run
     _refuse_bad_arguments(model, guide, run, resume, resume_state, config)
     data, group, resume_state = _placed(data, model, guide, config, run, resume, resume_state)
@@ -185,7 +192,7 @@ def fit(
     pair = TrainingPair.set_up(model, guide, batches, config)
     group.refuse_unsupported(elbo, pair.plate, config.batch_size, batches.num_data)
     elbo = _estimator_ready_to_train(elbo, pair, batches, config)
-    warmup = KLWarmup(config.kl_warmup_epochs, batches.steps_per_epoch)
+    warmup = KLWarmup(config.kl_warmup_epochs, batches.steps_per_epoch, config.beta)
     step_elbo = SynchronizedELBO(elbo, group) if group.world > 1 else elbo
     precision = Precision(config.precision, resolve_device(config.device))
     svi = make_svi(pair.model, pair.guide, step_elbo, config.lr, warmup.handler, precision)
@@ -216,6 +223,7 @@ def _train_epochs(
     or early stopping: each epoch's steps, validation (averaged over the ``group`` of
     ranks), the record of the epoch and the checkpoint; then the best weights put back."""
     result = _new_result(pair, start.history)
+    result.objective = _objective(config, _free_bits_of(getattr(step.svi, "elbo", None)))
     guard, stopping = step.guard, EarlyStopping(config.patience, start.best)
     for epoch in range(start.epoch, config.epochs):
         if stopping.out_of_patience(epoch):
@@ -239,6 +247,35 @@ def _train_epochs(
             )
     result.best_epoch = stopping.restore_best(pair.weights)
     return result
+
+
+def _beta_from_handlers(model, guide, config: TrainConfig):
+    """A pair wrapped in :class:`~pyro_vae.annealing.ScaleLatents` (β-VAE as plain
+    ``SVI`` takes it) unwrapped, its β moved into ``config.beta``: the training objective
+    is the same, and validation, which runs the pair as given, reports the ELBO rather than
+    the β-objective.
+
+    Raises:
+        ValueError: only one of the pair is wrapped, their β differ, or ``config.beta``
+            gives another β as well.
+    """
+    inner_model, model_handler = unwrap(model)
+    inner_guide, guide_handler = unwrap(guide)
+    if model_handler is None and guide_handler is None:
+        return model, guide, config
+    betas = [h.beta if h is not None else None for h in (model_handler, guide_handler)]
+    if None in betas or betas[0] != betas[1] or model_handler.guide:
+        raise ValueError(
+            f"model, guide: wrapped in ScaleLatents with β {betas[0]} (model) and {betas[1]} "
+            "(guide); expected ScaleLatents(b)(model) with ScaleLatents(b, guide=True)(guide), "
+            "or better, the pair unwrapped and TrainConfig(beta=b)"
+        )
+    if config.beta not in (1.0, betas[0]):
+        raise ValueError(
+            f"beta: {config.beta!r} in the config and {betas[0]!r} in the ScaleLatents "
+            "around model and guide; give β once (TrainConfig(beta=...))"
+        )
+    return inner_model, inner_guide, dataclasses.replace(config, beta=betas[0])
 
 
 def _placed(data, model, guide, config, run, resume: bool, resume_state):
@@ -286,6 +323,31 @@ def _new_result(pair: TrainingPair, history: list[dict[str, Any]]) -> FitResult:
         vectorized_particles=pair.vectorize,
         local_guide=pair.local,
     )
+
+
+def _free_bits_of(elbo) -> float | None:
+    """The ``free_bits`` of the estimator a step runs, under its wrappers (a recording,
+    the distributed all-reduce)."""
+    while elbo is not None:
+        free_bits = getattr(elbo, "free_bits", None)
+        if free_bits is not None:
+            return free_bits
+        elbo = getattr(elbo, "elbo", None)
+    return None
+
+
+def _objective(config: TrainConfig, free_bits: float | None) -> dict[str, Any]:
+    """What training optimized, for metrics.json, and what the ELBOs reported measure."""
+    plain = config.beta == 1.0 and not config.kl_warmup_epochs and free_bits is None
+    return {
+        "beta": config.beta,
+        "kl_warmup_epochs": config.kl_warmup_epochs,
+        "free_bits": free_bits,
+        "train_elbo": "the ELBO"
+        if plain
+        else "the training objective (beta, warm-up, free bits), not the ELBO",
+        "val_elbo": "the ELBO (beta = 1, no free bits)",
+    }
 
 
 def _start(checkpoint: FitCheckpoint, seed: int, resume: bool, state: dict | None) -> Resumed:

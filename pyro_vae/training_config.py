@@ -15,6 +15,7 @@ import torch
 
 from pyro_vae.checks import check_count, check_learning_rate
 from pyro_vae.devices import check_device_name
+from pyro_vae.objectives import check_beta
 from pyro_vae.precision import check_precision
 
 
@@ -29,7 +30,13 @@ class TrainingConfig:
         seed: seeds Pyro/torch/numpy/random at the start, and the per-epoch shuffling.
         patience: stop after this many epochs without a better validation ELBO
             (``None``: never stop early).
-        kl_warmup_epochs: epochs over which β rises linearly to 1 (0: no warm-up).
+        kl_warmup_epochs: epochs over which β rises linearly to ``beta`` (0: no warm-up).
+        beta: the β of the β-VAE objective E_q[log p(x | z)] − β KL(q ‖ p) (Higgins et al.
+            2017; :mod:`pyro_vae.annealing`) that training optimizes; 1 is the ELBO. With
+            warm-up the β of a step is ``beta`` · warm-up(step). Validation and test
+            report the ELBO (β = 1) whatever it is. Free bits are an estimator option
+            (``estimators.get(name, free_bits=λ)``). Run folders written before the
+            field existed mean 1.
         val_samples: particles per validation datapoint for the validation ELBO; for
             ``TensorData``, draws for the whole-data ELBO. ``None``: 1 per datapoint (the
             mean over many datapoints is already steady), 100 for a whole-data ELBO (one
@@ -74,6 +81,7 @@ class TrainingConfig:
     seed: int = 0
     patience: int | None = 20
     kl_warmup_epochs: float = 0.0
+    beta: float = 1.0
     val_samples: int | None = None
     validate_every: int = 1
     progress: bool = True
@@ -99,6 +107,7 @@ class TrainingConfig:
         self.precision = check_precision(self.precision, "precision")
         if not isinstance(self.tensorboard, bool):
             raise ValueError(f"tensorboard: {self.tensorboard!r} is not True or False")
+        self.beta = check_beta(self.beta, "beta")
         if not self.kl_warmup_epochs >= 0:
             raise ValueError(f"kl_warmup_epochs: {self.kl_warmup_epochs!r} is negative")
         if self.compile_backend is not None and not self.compile:

@@ -6,13 +6,13 @@
 - ``trace``: :class:`TraceELBO`, Pyro's ``Trace_ELBO``: pathwise (reparameterization)
   gradients where a site allows them (Kingma & Welling 2013), score-function gradients
   elsewhere; ``gradient="stl"`` keeps only the path term (Roeder et al. 2017).
-- ``analytic-kl``: Pyro's ``TraceMeanField_ELBO``, the same with KL(q ‖ p) in closed form
-  where both are known (the lecture's −KL + E_q log p(x | θ), eq. 18.4).
+- ``analytic-kl``: :class:`MeanFieldELBO`, Pyro's ``TraceMeanField_ELBO``, the same with
+  KL(q ‖ p) in closed form where both are known (the lecture's −KL + E_q log p(x | θ), eq. 18.4).
 - ``iwae``: :class:`IWAELBO`, the K-sample importance-weighted bound per datapoint
   (Burda et al. 2015); ``num_particles`` is K; ``gradient="dreg"`` doubly reparameterized
   (Tucker et al. 2018) or ``"stl"``.
-- ``enum``: Pyro's ``TraceEnum_ELBO``: model sites marked ``infer={"enumerate":
-  "parallel"}`` that the guide does not sample are summed out exactly (mixture
+- ``enum``: :class:`TraceEnumELBO`, Pyro's ``TraceEnum_ELBO``: model sites marked
+  ``infer={"enumerate": "parallel"}`` that the guide does not sample are summed out exactly (mixture
   assignments, HMM states), the rest as ``trace``.
 - ``tracegraph``: Pyro's ``TraceGraph_ELBO``, score-function gradients for
   non-reparameterizable sites with downstream-cost Rao-Blackwellization and the baselines
@@ -21,6 +21,12 @@
   variate: ``none``, ``ema``, ``leave-one-out`` or ``neural`` (NVIL).
 - ``vimco``: :class:`VIMCO`, the K-sample bound of ``iwae`` with score-function gradients
   and per-sample leave-one-out baselines (Mnih & Rezende 2016), for discrete latents.
+
+``free_bits=λ`` (nats per latent site; Kingma et al. 2016, :mod:`pyro_vae.objectives`) is
+an option of ``trace``, ``analytic-kl``, ``score`` and ``enum`` (:data:`FREE_BITS`); ``iwae``,
+``vimco`` and ``tracegraph`` refuse it. β (β-VAE) is not an estimator option: it scales the
+latent sites of model and guide (:class:`pyro_vae.annealing.ScaleLatents`,
+``TrainConfig(beta=...)``), so it works with every estimator.
 
 Each estimator declares what it can do (:class:`Capabilities`: keeps state between steps,
 needs reparameterized sites, per-datapoint bound, recordable); :func:`capabilities_of`
@@ -36,7 +42,9 @@ from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, TraceM
 
 from pyro_vae.checks import check_count
 from pyro_vae.estimators.capabilities import Capabilities, capabilities_of, declare
+from pyro_vae.estimators.enum_elbo import TraceEnumELBO
 from pyro_vae.estimators.iwae import IWAELBO
+from pyro_vae.estimators.mean_field import MeanFieldELBO
 from pyro_vae.estimators.path_gradients import GRADIENTS
 from pyro_vae.estimators.score_function import CONTROL_VARIATES, ScoreFunctionELBO
 from pyro_vae.estimators.trace_elbo import TraceELBO
@@ -50,24 +58,32 @@ _PYRO_PATHWISE = Capabilities(  # Trace_ELBO: pathwise where a site allows, else
     keeps_state=False, needs_reparameterized=False, per_datapoint=False, recordable=True
 )
 declare(Trace_ELBO, _PYRO_PATHWISE)
-_PYRO_MEAN_FIELD = Capabilities(  # TraceMeanField_ELBO: raises for non-reparameterized sites
-    keeps_state=False, needs_reparameterized=True, per_datapoint=False, recordable=True
-)
-_PYRO_ENUM = Capabilities(  # TraceEnum_ELBO: never checked to replay exactly, so not recorded
-    keeps_state=False, needs_reparameterized=False, per_datapoint=False, recordable=False
-)
+# Pyro's own classes, passed to fit directly, declare what the registry's subclasses do.
+declare(TraceMeanField_ELBO, MeanFieldELBO.capabilities)
+declare(TraceEnum_ELBO, TraceEnumELBO.capabilities)
 _PYRO_TRACEGRAPH = Capabilities(  # TraceGraph_ELBO: decaying-average baselines in the store
     keeps_state=True, needs_reparameterized=False, per_datapoint=False, recordable=False
 )
 
 _REGISTRY: dict[str, Callable[..., ELBO]] = {
     "trace": TraceELBO,
-    "analytic-kl": declare(TraceMeanField_ELBO, _PYRO_MEAN_FIELD),
-    "enum": declare(TraceEnum_ELBO, _PYRO_ENUM),
+    "analytic-kl": MeanFieldELBO,
+    "enum": TraceEnumELBO,
     "iwae": IWAELBO,
     "tracegraph": declare(TraceGraph_ELBO, _PYRO_TRACEGRAPH),
     "score": ScoreFunctionELBO,
     "vimco": VIMCO,
+}
+
+
+# Free bits need a KL term per latent group (pyro_vae.objectives).
+FREE_BITS = ("trace", "analytic-kl", "score", "enum")
+_NO_FREE_BITS = {
+    "iwae": "the importance-weighted bound log (1/K) Σ_k p(x, z_k)/q(z_k | x) has no KL term "
+    "per latent group to hold at λ",
+    "vimco": "its K-sample bound has no KL term per latent group to hold at λ",
+    "tracegraph": "Pyro's TraceGraph_ELBO builds its downstream costs internally; use score, "
+    "whose control_variate='none' gives TraceGraph_ELBO's gradient and takes free_bits",
 }
 
 
@@ -86,6 +102,11 @@ def get(name: str, **options: Any) -> ELBO:
         raise ValueError(
             f"gradient: {options['gradient']!r} is not an option of {name!r}; expected it with "
             "trace (reparam, stl) or iwae (reparam, dreg, stl), the pathwise estimators"
+        )
+    if "free_bits" in options and name in _NO_FREE_BITS:
+        raise ValueError(
+            f"free_bits: {options['free_bits']!r} is not an option of {name!r}: "
+            f"{_NO_FREE_BITS[name]}; free bits are options of {', '.join(FREE_BITS)}"
         )
     try:
         return _REGISTRY[name](**options)
@@ -125,10 +146,13 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "CONTROL_VARIATES",
     "Capabilities",
+    "FREE_BITS",
     "GRADIENTS",
     "IWAELBO",
+    "MeanFieldELBO",
     "ScoreFunctionELBO",
     "TraceELBO",
+    "TraceEnumELBO",
     "VIMCO",
     "capabilities_of",
     "get",

@@ -33,6 +33,12 @@ Control variates b (``control_variate=``):
   (ℓ − b_ψ(x) − c) / max(1, √v). Sites outside that plate (global latents) use the moving
   average; a model with no per-datapoint plate at all is refused.
 
+``free_bits=λ`` (Kingma et al. 2016; :mod:`pyro_vae.objectives`): a guide site whose
+Monte Carlo KL term, averaged over the minibatch, is below λ (per particle) has its
+log p − log q terms dropped from every learning signal and from the model's pathwise
+terms, and contributes the constant λ instead; its draw keeps its score, which carries
+the likelihood's and the other sites' signals.
+
 Subsampling scales and ``poutine.scale``/``mask`` act as in Pyro's ELBOs: costs are
 scaled, the score log q is not (as in ``TraceGraph_ELBO``). Particles are vectorized (an
 outer ``pyro.plate``) unless ``vectorize_particles=False``, which draws them in a loop for
@@ -52,6 +58,7 @@ from torch import nn
 
 from pyro_vae.estimators.base import SurrogateELBO
 from pyro_vae.estimators.capabilities import Capabilities
+from pyro_vae.objectives import check_free_bits, free_bits_traces
 from pyro_vae.plates import batch_rows, frames_in, require_data_plate
 from pyro_vae.traces import full_rank
 
@@ -116,6 +123,7 @@ class ScoreFunctionELBO(SurrogateELBO):
             see :class:`~pyro_vae.estimators.base.SurrogateELBO` (default ``None``).
         data_plate: the per-datapoint plate's name, which the ``neural`` baseline reads
             x along; found by :func:`pyro_vae.plates.find_data_plate` when ``None``.
+        free_bits: λ nats per latent site (module docstring), or ``None`` (the ELBO).
 
     Raises:
         ValueError: a bad option (named in the message).
@@ -133,7 +141,9 @@ class ScoreFunctionELBO(SurrogateELBO):
         strict_enumeration_warning: bool = True,
         vectorize_particles: bool | None = None,
         data_plate: str | None = None,
+        free_bits: float | None = None,
     ) -> None:
+        self.free_bits = check_free_bits(free_bits)
         if control_variate not in CONTROL_VARIATES:
             raise ValueError(
                 f"control_variate: {control_variate!r} is not one of {', '.join(CONTROL_VARIATES)}"
@@ -204,9 +214,19 @@ class ScoreFunctionELBO(SurrogateELBO):
     def loss(self, model, guide, *args, **kwargs) -> float:
         """−ELBO, estimated with ``num_particles`` samples."""
         with torch.no_grad():
-            model_trace, guide_trace, _ = self.particle_traces(model, guide, args, kwargs)
-            elbo = _tensor(model_trace.log_prob_sum() - guide_trace.log_prob_sum())
+            model_trace, guide_trace, _, floor = self._scored_traces(model, guide, args, kwargs)
+            elbo = _tensor(model_trace.log_prob_sum() - guide_trace.log_prob_sum()) - floor
         return -elbo.item() / self.num_particles
+
+    def _scored_traces(self, model, guide, args, kwargs):
+        """The particles' traces, with free bits' frozen sites taken out, and their floor."""
+        model_trace, guide_trace, rank = self.particle_traces(model, guide, args, kwargs)
+        if self.free_bits is None:
+            return model_trace, guide_trace, rank, 0.0
+        model_trace, guide_trace, floor, _ = free_bits_traces(
+            model_trace, guide_trace, self.free_bits
+        )
+        return model_trace, guide_trace, rank, floor
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         """A surrogate whose value is −ELBO and whose gradient is the score-function estimate.
@@ -214,10 +234,10 @@ class ScoreFunctionELBO(SurrogateELBO):
         The neural baseline's own regression loss is included in the gradient (its value
         is subtracted back out, so the returned number is still −ELBO).
         """
-        model_trace, guide_trace, rank = self.particle_traces(model, guide, args, kwargs)
+        model_trace, guide_trace, rank, floor = self._scored_traces(model, guide, args, kwargs)
         costs = [(s, s["log_prob"]) for s in model_trace.nodes.values() if s["type"] == "sample"]
         costs += [(s, -s["log_prob"]) for s in guide_trace.nodes.values() if s["type"] == "sample"]
-        elbo = _tensor(sum(c.sum() for _, c in costs))
+        elbo = _tensor(sum(c.sum() for _, c in costs)) - floor
         surrogate = _tensor(model_trace.log_prob_sum(), elbo.device)
         baseline_loss = torch.zeros((), dtype=elbo.dtype, device=elbo.device)
         plate = self.per_datapoint_plate(model_trace, args, kwargs)

@@ -15,12 +15,17 @@ The score term is dropped by scoring each guide site with its distribution's par
 detached (:mod:`pyro_vae.estimators.path_gradients`), inside the per-particle surrogate
 that Pyro's ``loss_and_grads`` and ``differentiable_loss`` (and a recording,
 :class:`~pyro_vae.estimators.compiled.CompiledELBO`) all go through.
+
+``free_bits=λ`` trains on the free-bits objective (Kingma et al. 2016;
+:mod:`pyro_vae.objectives`): each latent site's Monte Carlo KL term log q − log p,
+averaged over the minibatch, counts as max(λ, ·), decided per particle.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
 from pyro.infer import Trace_ELBO
 
 from pyro_vae.estimators.capabilities import Capabilities
@@ -30,22 +35,34 @@ from pyro_vae.estimators.path_gradients import (
     refuse_unreparameterized,
     stopped_guide_trace,
 )
+from pyro_vae.objectives import check_free_bits, free_bits_traces
 from pyro_vae.traces import sample_sites
 
 
 class TraceELBO(Trace_ELBO):
     """Pyro's ``Trace_ELBO`` (the same arguments) with ``gradient``: ``"reparam"`` (Pyro's
-    estimate, bit for bit) or ``"stl"`` (sticking the landing; see the module docstring).
+    estimate, bit for bit) or ``"stl"`` (sticking the landing; see the module docstring),
+    and ``free_bits``: λ nats per latent site, or ``None`` (the ELBO).
 
     Raises:
-        ValueError: ``gradient`` is neither; with ``"stl"``, a guide site that is not
-            reparameterizable, or one drawn from a distribution that depends on another
-            guide site's draw (at the first loss).
+        ValueError: ``gradient`` is neither, or ``free_bits`` is not a λ >= 0; with
+            ``"stl"``, a guide site that is not reparameterizable, or one drawn from a
+            distribution that depends on another guide site's draw (at the first loss).
     """
 
-    def __init__(self, *args: Any, gradient: str = "reparam", **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, gradient: str = "reparam", free_bits: float | None = None, **kwargs: Any
+    ) -> None:
         self.gradient = check_gradient(gradient, ("reparam", "stl"), "trace")
+        self.free_bits = check_free_bits(free_bits)
         super().__init__(*args, **kwargs)
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        """−ELBO (with ``free_bits``, −the free-bits objective), as Pyro's ``loss``."""
+        if self.free_bits is None:
+            return super().loss(model, guide, *args, **kwargs)
+        with torch.no_grad():
+            return float(self.differentiable_loss(model, guide, *args, **kwargs))
 
     @property
     def capabilities(self) -> Capabilities:
@@ -59,12 +76,18 @@ class TraceELBO(Trace_ELBO):
 
     def _differentiable_loss_particle(self, model_trace, guide_trace):
         # Pyro's hook for one particle's (loss, surrogate loss); the loss is Pyro's own.
-        loss, surrogate = super()._differentiable_loss_particle(model_trace, guide_trace)
+        floor = 0.0
+        scored = (model_trace, guide_trace)
+        if self.free_bits is not None:
+            *scored, floor, _ = free_bits_traces(model_trace, guide_trace, self.free_bits)
+        loss, surrogate = super()._differentiable_loss_particle(*scored)
         if self.gradient == "reparam":
-            return loss, surrogate
+            return loss + floor, surrogate + floor
         refuse_unreparameterized(guide_trace, "trace", self.gradient)
         refuse_dependent_sites(guide_trace, "trace", self.gradient)
-        log_p = sum(s["log_prob_sum"] for s in model_trace.nodes.values() if s["type"] == "sample")
         stopped = stopped_guide_trace(guide_trace)
+        if self.free_bits is not None:  # decided on the same values as the loss was
+            model_trace, stopped, _, _ = free_bits_traces(model_trace, stopped, self.free_bits)
+        log_p = sum(s["log_prob_sum"] for s in model_trace.nodes.values() if s["type"] == "sample")
         log_q = sum(site["log_prob_sum"] for site in sample_sites(stopped).values())
-        return loss, -(log_p - log_q)
+        return loss + floor, -(log_p - log_q) + floor

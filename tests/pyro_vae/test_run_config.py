@@ -223,11 +223,12 @@ def test_a_run_folder_of_version_1_loads(name):
     assert config.training.epochs == (2 if name == "run_v1" else 50)
     assert config.training.compile is True and config.training.patience == 20
     assert config.evaluation == EvaluationConfig(ll_samples=10, ll_points=20)
-    added = {"device", "precision", "tensorboard"}  # fields newer than version 1
+    added = {"device", "precision", "tensorboard", "beta"}  # fields newer than version 1
     assert {f.name for f in fields(TrainingConfig)} == set(raw["train"]) | added
     assert config.training.device == "cpu"  # version 1 and 2 folders trained on the CPU
     assert config.training.precision == "32"  # written before the field: float32
     assert config.training.tensorboard is False  # written before the field: no event files
+    assert config.training.beta == 1.0  # written before the field: the ELBO
 
 
 def test_a_config_json_without_tensorboard_loads_without_it():

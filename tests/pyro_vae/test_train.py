@@ -504,3 +504,37 @@ def test_a_run_folder_may_be_given_as_a_path(digits, tmp_path):
     model, guide = small_vae(digits)
     fit(model, guide, digits, Trace_ELBO(), quiet(epochs=1), run=str(tmp_path / "x"))
     assert RunFolder(tmp_path / "x").load_checkpoint()["epoch"] == 1
+
+
+def test_beta_and_warmup_compose_and_the_fit_records_its_objective(digits):
+    model, guide = small_vae(digits)
+    config = quiet(epochs=2, batch_size=512, kl_warmup_epochs=1, beta=4.0, patience=None)
+    result = fit(model, guide, digits, Trace_ELBO(), config)
+    assert [r["beta"] for r in result.history] == [4.0, 4.0]  # 3 steps: 4/3, 8/3, 4, then 4
+    objective = result.info()["objective"]
+    assert objective["beta"] == 4.0 and objective["free_bits"] is None
+    assert "not the ELBO" in objective["train_elbo"] and "beta = 1" in objective["val_elbo"]
+
+
+def test_a_pair_wrapped_in_scale_latents_trains_as_beta_and_validates_the_elbo(digits):
+    from pyro_vae.annealing import ScaleLatents
+
+    config = dict(epochs=1, batch_size=256, seed=3)
+    model, guide = small_vae(digits)
+    wrapped = fit(
+        ScaleLatents(4.0)(model), ScaleLatents(4.0)(guide), digits, Trace_ELBO(), quiet(**config)
+    )
+    model, guide = small_vae(digits)
+    given = fit(model, guide, digits, Trace_ELBO(), quiet(beta=4.0, **config))
+    assert wrapped.history[0]["val_elbo"] == given.history[0]["val_elbo"]
+    assert wrapped.history[0]["beta"] == 4.0
+    with pytest.raises(ValueError, match=r"beta: 2.0 in the config and 4.0 in the ScaleLatents"):
+        fit(
+            ScaleLatents(4.0)(model),
+            ScaleLatents(4.0)(guide),
+            digits,
+            Trace_ELBO(),
+            quiet(beta=2.0, **config),
+        )
+    with pytest.raises(ValueError, match=r"model, guide: wrapped in ScaleLatents with β 4.0"):
+        fit(ScaleLatents(4.0)(model), guide, digits, Trace_ELBO(), quiet(**config))

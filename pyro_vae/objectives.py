@@ -1,0 +1,184 @@
+"""Training objectives other than the ELBO: a fixed β (β-VAE) and free bits.
+
+With z the latents the guide draws (or sums, when the guide enumerates them) and x the
+observations,
+
+- **β-VAE** (Higgins et al. 2017): ELBO_β = E_q[log p(x | z)] − β · KL(q(z | x) ‖ p(z)),
+  written per sample as log p(x | z) + β (log p(z) − log q(z | x)). It is applied by
+  :class:`pyro_vae.annealing.ScaleLatents`, which multiplies the log-density scale of every
+  latent site in model and guide by β; KL warm-up multiplies the same scale, so the two
+  compose (β · warm-up(step)).
+- **free bits** (Kingma et al. 2016, "Improved variational inference with inverse
+  autoregressive flow", appendix C): the latents are split into groups j and the KL term
+  of each contributes max(λ, E_{x∈M}[KL_j(x)]) instead of its KL, where the mean is over
+  the minibatch M. Here a **group is a sample site** (all of its event dims): its KL per
+  element of its plates (per datapoint, for a site in the per-datapoint plate), averaged
+  over the minibatch's elements. While that average is below λ the group's KL adds the
+  constant λ to the loss, so its gradient is exactly zero; above λ it is the usual KL.
+
+:func:`free_bits_traces` does the second on a pair of traces that an estimator is about
+to score: it decides, for each particle, which groups sit below λ, and returns copies of
+the traces in which those groups' log-densities (log p(z_j | ·) in the model, log q(z_j |
+·) in the guide) are multiplied by 0, together with the constant λ they contribute
+instead. Score-function terms (the guide's ``score_parts.score_function`` and its
+``unscaled_log_prob``) are kept: a frozen group's draw still carries the gradient of the
+likelihood and of the other groups' terms that depend on it; only its own KL is dropped.
+With K particles each particle's draw is decided on its own (the K-particle objective is
+the mean of K single-draw free-bits objectives, as the ELBO estimate is of single-draw
+ELBOs). The KL estimate is the one the estimator uses: log q − log p at the draw
+(Monte Carlo), or the closed form where ``analytic=True`` and
+``torch.distributions.kl_divergence`` knows the pair (``analytic-kl``). With β the
+site's scale carries β, so the floor is β·λ, as in β · max(λ, KL).
+
+The reported ELBO (validation, test) is never this objective: only training changes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from pyro.distributions.score_parts import ScoreParts
+from pyro.distributions.util import is_identically_zero, scale_and_mask
+from pyro.poutine import Trace
+from torch.distributions import kl_divergence
+
+from pyro_vae.traces import PARTICLE_PLATES, sample_sites
+
+__all__ = ["check_beta", "check_free_bits", "free_bits_traces", "latent_groups"]
+
+
+def check_beta(beta: object, name: str = "beta") -> float:
+    """``beta`` as a float if it is a finite number > 0.
+
+    Raises:
+        ValueError: naming ``name``, the value and what was expected.
+    """
+    if isinstance(beta, bool) or not isinstance(beta, int | float):
+        raise ValueError(f"{name}: {beta!r} is not a number; expected a finite β > 0")
+    if not (math.isfinite(beta) and beta > 0):
+        raise ValueError(f"{name}: {beta!r} is not a finite β > 0 (1: the ELBO)")
+    return float(beta)
+
+
+def check_free_bits(free_bits: object, name: str = "free_bits") -> float | None:
+    """``free_bits`` as a float (nats per group, ≥ 0), or ``None`` (off).
+
+    Raises:
+        ValueError: naming ``name``, the value and what was expected.
+    """
+    if free_bits is None:
+        return None
+    if isinstance(free_bits, bool) or not isinstance(free_bits, int | float):
+        raise ValueError(f"{name}: {free_bits!r} is not a number of nats; expected λ >= 0 or None")
+    if not (math.isfinite(free_bits) and free_bits >= 0):
+        raise ValueError(f"{name}: {free_bits!r} is not a finite λ >= 0 (nats per latent group)")
+    return float(free_bits)
+
+
+def latent_groups(model_trace: Trace, guide_trace: Trace) -> list[str]:
+    """The free-bits groups: the guide's sample sites that the model samples as latents
+    (sites the model enumerates itself are summed into the likelihood, not a group)."""
+    model_sites = sample_sites(model_trace)
+    return [
+        name
+        for name in sample_sites(guide_trace)
+        if name in model_sites and not model_sites[name]["is_observed"]
+    ]
+
+
+def _particle_dim(site: dict) -> int | None:
+    for frame in site["cond_indep_stack"]:
+        if frame.name in PARTICLE_PLATES and frame.vectorized:
+            return frame.dim
+    return None
+
+
+def _per_particle(value: torch.Tensor, dim: int | None) -> torch.Tensor:
+    """Σ of ``value`` over every dim but the particle ``dim``: ``[K]``, or ``[1]``."""
+    value = torch.as_tensor(value)
+    if dim is None or value.dim() < -dim or value.shape[dim] == 1:
+        return value.sum().reshape(1)
+    return value.movedim(dim, 0).reshape(value.shape[dim], -1).sum(1)
+
+
+def _group_kl(model_site: dict, guide_site: dict, analytic: bool) -> torch.Tensor:
+    """The group's scaled and masked KL term per element (what the estimator subtracts)."""
+    if analytic:
+        try:
+            kl = kl_divergence(guide_site["fn"], model_site["fn"])
+        except NotImplementedError:
+            pass
+        else:
+            kl = scale_and_mask(kl, guide_site["scale"], guide_site["mask"])
+            return kl.expand(guide_site["fn"].batch_shape) if torch.is_tensor(kl) else kl
+    difference = guide_site["log_prob"] - model_site["log_prob"]
+    if guide_site["infer"].get("_enumerate_dim") is not None:
+        # summed exactly over the site's values (enum): Σ_z q(z) (log q(z) − log p(z))
+        return guide_site["unscaled_log_prob"].detach().exp() * difference
+    return difference
+
+
+def free_bits_traces(
+    model_trace: Trace, guide_trace: Trace, free_bits: float, analytic: bool = False
+) -> tuple[Trace, Trace, torch.Tensor, dict[str, torch.Tensor]]:
+    """Copies of the traces with each group below ``free_bits`` nats taken out (see the
+    module docstring), the floor they contribute instead, and each group's closed-form
+    or Monte Carlo KL term (for an estimator that subtracts KLs itself).
+
+    Log-densities must have been computed (``compute_log_prob``; guide score parts where
+    the estimator uses them).
+
+    Returns:
+        ``(model_trace, guide_trace, floor, kept_kl)``: ``floor`` is Σ over particles and
+        frozen groups of λ · m_j (m_j: the sum of the group's scales over its elements,
+        N for a per-datapoint site of a minibatch, times β), a detached tensor to subtract
+        from the particles' summed ELBO; ``kept_kl[name]`` the group's KL term per element,
+        zero where frozen.
+    """
+    model_out, guide_out = _copy(model_trace), _copy(guide_trace)
+    floor = None
+    kept: dict[str, torch.Tensor] = {}
+    for name in latent_groups(model_trace, guide_trace):
+        model_site, guide_site = model_trace.nodes[name], guide_trace.nodes[name]
+        dim = _particle_dim(guide_site)
+        kl = _group_kl(model_site, guide_site, analytic)
+        ones = torch.ones(guide_site["fn"].batch_shape, device=guide_site["value"].device)
+        weight = _per_particle(scale_and_mask(ones, guide_site["scale"], guide_site["mask"]), dim)
+        total = _per_particle(kl, dim)
+        frozen = (total < free_bits * weight).detach()
+        keep = (~frozen).to(total.dtype)
+        if dim is not None and keep.numel() > 1:
+            keep = keep.reshape((-1,) + (1,) * (-dim - 1))
+        else:
+            keep = keep.reshape(())
+        term = (frozen.to(total.dtype) * free_bits * weight).sum()
+        floor = term if floor is None else floor + term
+        kept[name] = kl * keep
+        _scale_site(model_out.nodes[name], keep)
+        _scale_site(guide_out.nodes[name], keep)
+    if floor is None:
+        floor = torch.zeros(())
+    return model_out, guide_out, floor.detach(), kept
+
+
+def _copy(trace: Trace) -> Trace:
+    out = Trace(graph_type=trace.graph_type)
+    for name, site in trace.nodes.items():
+        out.add_node(name, **{k: v for k, v in site.items() if k != "packed"})
+    for attribute in ("plate_to_symbol", "symbol_to_dim"):
+        if hasattr(trace, attribute):
+            setattr(out, attribute, getattr(trace, attribute))
+    return out
+
+
+def _scale_site(site: dict, keep: torch.Tensor) -> None:
+    """Multiply a site's log-density terms (not its score function) by ``keep``."""
+    site["log_prob"] = site["log_prob"] * keep
+    site["log_prob_sum"] = site["log_prob"].sum()
+    parts = site.get("score_parts")
+    if parts is not None:
+        entropy = parts.entropy_term
+        if not is_identically_zero(entropy):
+            entropy = entropy * keep
+        site["score_parts"] = ScoreParts(parts.log_prob * keep, parts.score_function, entropy)

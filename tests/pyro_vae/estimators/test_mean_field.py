@@ -1,0 +1,43 @@
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.infer import TraceMeanField_ELBO
+
+from pyro_vae.estimators import MeanFieldELBO
+
+
+def pair():
+    m = torch.tensor([0.3, -1.0, 2.0], requires_grad=True)
+
+    def model(x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(m, 0.5))
+
+    return model, guide, m
+
+
+def test_without_free_bits_it_is_pyro_s_estimate_bit_for_bit():
+    model, guide, m = pair()
+    x = torch.tensor([0.0, 1.0, 2.0])
+    losses = []
+    for elbo in (TraceMeanField_ELBO(), MeanFieldELBO()):
+        pyro.set_rng_seed(0)
+        loss = elbo.differentiable_loss(model, guide, x)
+        losses.append((loss, torch.autograd.grad(loss, m)[0]))
+    assert torch.equal(losses[0][0], losses[1][0]) and torch.equal(losses[0][1], losses[1][1])
+
+
+def test_free_bits_zero_changes_nothing_since_a_closed_form_kl_is_never_negative():
+    model, guide, m = pair()
+    x = torch.tensor([0.0, 1.0, 2.0])
+    pyro.set_rng_seed(0)
+    plain = MeanFieldELBO().differentiable_loss(model, guide, x)
+    pyro.set_rng_seed(0)
+    freed = MeanFieldELBO(free_bits=0.0).differentiable_loss(model, guide, x)
+    torch.testing.assert_close(freed, plain)
+    torch.testing.assert_close(torch.autograd.grad(freed, m)[0], torch.autograd.grad(plain, m)[0])

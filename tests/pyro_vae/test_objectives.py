@@ -1,0 +1,272 @@
+"""β and free bits against closed forms: a Gaussian model with a fixed Gaussian guide
+(E_q[log p(x | z)] − β KL in closed form), a Delta guide (the K-sample bounds exactly),
+and a categorical model whose guide is enumerated (every value exact)."""
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer import config_enumerate
+
+from pyro_vae import estimators
+from pyro_vae.annealing import ScaleLatents
+from pyro_vae.objectives import check_beta, check_free_bits
+
+N, D = 2000, 2
+
+
+def gaussian_pair(m, s, x):
+    """z_n ~ N(0, I_D), x_n ~ N(z_n, I_D); q(z_n) = N(m_n, diag s_n²)."""
+
+    def model(x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(torch.zeros(D), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(m, s).to_event(1))
+
+    return model, guide
+
+
+def closed_form(m, s, x, beta):
+    """Σ_n E_q[log p(x_n | z_n)] − β KL(q(z_n) ‖ p(z_n)), and the per-datapoint KL."""
+    likelihood = (-0.5 * math.log(2 * math.pi) - 0.5 * ((x - m) ** 2 + s**2)).sum()
+    kl = (0.5 * (m**2 + s**2 - 1) - s.log()).sum(-1)
+    return likelihood - beta * kl.sum(), kl
+
+
+def single_draw_sd(m, s, x, beta, draws=20):
+    """The standard deviation of one datapoint's single-draw β-objective, measured."""
+    z = dist.Normal(m, s).sample((draws,))
+    value = dist.Normal(z, 1.0).log_prob(x).sum(-1) + beta * (
+        dist.Normal(0.0, 1.0).log_prob(z) - dist.Normal(m, s).log_prob(z)
+    ).sum(-1)
+    return value.std().item()
+
+
+def data(seed=0):
+    torch.manual_seed(seed)
+    x = torch.randn(N, D) * 1.5
+    m = 0.5 * x + 0.1 * torch.randn(N, D)
+    s = torch.full((N, D), 0.6)
+    return m, s, x
+
+
+def wrapped(model, guide, beta):
+    return ScaleLatents(beta)(model), ScaleLatents(beta, guide=True)(guide)
+
+
+@pytest.mark.parametrize("name", ["trace", "analytic-kl", "tracegraph", "score", "enum"])
+@pytest.mark.parametrize("beta", [0.25, 4.0])
+def test_the_beta_objective_of_each_estimator_is_its_closed_form(name, beta):
+    m, s, x = data()
+    model, guide = wrapped(*gaussian_pair(m, s, x), beta)
+    options = {"strict_enumeration_warning": False} if name == "enum" else {}
+    pyro.set_rng_seed(1)
+    value = -estimators.get(name, **options).loss(model, guide, x)
+    exact, _ = closed_form(m, s, x, beta)
+    # N single draws: the sum's standard error is √N times one datapoint's sd.
+    tolerance = 4 * math.sqrt(N) * single_draw_sd(m, s, x, beta)
+    assert abs(value - exact.item()) < tolerance, (value, exact.item(), tolerance)
+    assert abs(value - closed_form(m, s, x, 1.0)[0].item()) > tolerance  # β mattered
+
+
+@pytest.mark.parametrize("name", ["iwae", "vimco"])
+def test_iwae_and_vimco_weight_log_p_x_given_z_plus_beta_times_log_p_z_minus_log_q(name):
+    # A Delta guide draws z = m with log q = c, so every weight is the same and the
+    # β-weighted bound log (1/K) Σ_k exp(log p(x|z) + β(log p(z) − log q(z))) is exact.
+    torch.manual_seed(0)
+    x, m = torch.randn(5, D), torch.randn(5, D)
+    c = torch.full((5,), -0.7)
+    model, _ = gaussian_pair(m, None, x)
+
+    def guide(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Delta(m, log_density=c, event_dim=1))
+
+    beta = 3.0
+    value = -estimators.get(name, num_particles=4).loss(*wrapped(model, guide, beta), x)
+    exact = (
+        dist.Normal(m, 1.0).log_prob(x).sum(-1)
+        + beta * (dist.Normal(0.0, 1.0).log_prob(m).sum(-1) - c)
+    ).sum()
+    assert value == pytest.approx(exact.item(), rel=1e-5)
+
+
+K = 3
+MU = torch.tensor([-2.0, 0.0, 2.0])
+PRIOR = torch.tensor([0.2, 0.3, 0.5])
+
+
+def categorical_pair(logits, groups=1):
+    """``groups`` sites z_g,n ~ Categorical(PRIOR), x_n ~ N(Σ_g MU[z_g,n], 1); q(z_g,n) =
+    Categorical(logits[g, n]), enumerated in the guide."""
+
+    def model(x):
+        with pyro.plate("data", len(x)):
+            mean = 0.0
+            for g in range(groups):
+                mean = mean + MU[pyro.sample(f"z{g}", dist.Categorical(PRIOR))]
+            pyro.sample("x", dist.Normal(mean, 1.0), obs=x)
+
+    @config_enumerate
+    def guide(x):
+        with pyro.plate("data", len(x)):
+            for g in range(groups):
+                pyro.sample(f"z{g}", dist.Categorical(logits=logits[g]))
+
+    return model, guide
+
+
+def categorical_closed_form(logits, x, beta, free_bits=None):
+    """E_q[log p(x | z)] − β Σ_g N·max(λ, mean_n KL_g,n), summed over all values."""
+    q = logits.softmax(-1)  # [G, N, K]
+    if logits.shape[0] == 1:
+        likelihood = (q[0] * dist.Normal(MU, 1.0).log_prob(x[:, None])).sum()
+    else:  # two groups: the joint of the pair
+        joint = q[0][:, :, None] * q[1][:, None, :]
+        lik = dist.Normal(MU[:, None] + MU[None, :], 1.0).log_prob(x[:, None, None])
+        likelihood = (joint * lik).sum()
+    kl = (q * (q.log() - PRIOR.log())).sum(-1)  # [G, N]
+    mean = kl.mean(1)
+    held = mean if free_bits is None else torch.clamp(mean, min=free_bits)
+    return likelihood - beta * len(x) * held.sum(), mean
+
+
+def test_beta_with_an_enumerated_guide_is_the_enumerated_beta_objective():
+    # ScaleLatents left the guide's enumerated sites unscaled while the model's copy was
+    # scaled: enum trained log p(x|z) + β log p(z) − log q(z) (-5.59 here, not -7.22).
+    torch.manual_seed(0)
+    logits, x = torch.randn(1, 3, K), torch.tensor([0.3, -1.0, 2.0])
+    model, guide = categorical_pair(logits)
+    value = -estimators.get("enum", max_plate_nesting=1).loss(*wrapped(model, guide, 0.25), x)
+    exact, _ = categorical_closed_form(logits, x, 0.25)
+    assert value == pytest.approx(exact.item(), abs=1e-5)
+
+
+def test_free_bits_on_enum_take_the_max_of_each_group_s_minibatch_mean_kl():
+    torch.manual_seed(0)
+    x = torch.tensor([0.3, -1.0, 2.0, 0.5])
+    logits = torch.stack([torch.zeros(4, K), 3 * torch.randn(4, K)]).requires_grad_()
+    model, guide = categorical_pair(logits, groups=2)
+    _, mean = categorical_closed_form(logits, x, 1.0)
+    lam = (mean.min() + mean.max()).item() / 2  # group 0 below λ, group 1 above
+    assert mean[0] < lam < mean[1]
+    elbo = estimators.get("enum", max_plate_nesting=1, free_bits=lam)
+    for beta in (1.0, 2.0):
+        loss = elbo.differentiable_loss(*wrapped(model, guide, beta), x)
+        exact, _ = categorical_closed_form(logits, x, beta, lam)
+        assert -loss.item() == pytest.approx(exact.item(), abs=1e-4)
+        (grad,) = torch.autograd.grad(loss, logits)
+        (expected,) = torch.autograd.grad(-exact, logits)
+        torch.testing.assert_close(grad, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_free_bits_use_the_minibatch_mean_not_each_datapoint():
+    # KL per datapoint 0 and 1.61: the mean, 0.80, is below λ = 1 though one datapoint is above.
+    x = torch.tensor([0.0, 0.0])
+    logits = torch.stack([PRIOR.log(), torch.tensor([5.0, -5.0, -5.0])])[None].requires_grad_()
+    model, guide = categorical_pair(logits)
+    _, mean = categorical_closed_form(logits, x, 1.0)
+    assert mean.item() < 1.0
+    loss = estimators.get("enum", max_plate_nesting=1, free_bits=1.0).differentiable_loss(
+        model, guide, x
+    )
+    exact, _ = categorical_closed_form(logits, x, 1.0, 1.0)
+    plain, _ = categorical_closed_form(logits, x, 1.0)
+    assert exact.item() == pytest.approx((plain - 2 * (1.0 - mean)).item())
+    assert -loss.item() == pytest.approx(exact.item(), abs=1e-5)
+
+
+def two_site_pair(params):
+    """z1 ~ N(0, 1) (q near the prior: KL below λ, no likelihood reads it), z2 ~ N(0, 1)
+    (q far from it), x_n ~ N(z2_n, 1)."""
+    m1, s1, m2, s2 = params
+
+    def model(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("z1", dist.Normal(0.0, 1.0))
+            z2 = pyro.sample("z2", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z2, 1.0), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("z1", dist.Normal(m1, s1))
+            pyro.sample("z2", dist.Normal(m2, s2))
+
+    return model, guide
+
+
+@pytest.mark.parametrize("name", ["trace", "analytic-kl", "enum"])
+def test_a_group_below_free_bits_gets_no_gradient_and_one_above_its_usual_gradient(name):
+    x = torch.tensor([2.0, 2.5, 3.0])
+    params = [
+        torch.full((3,), 0.05, requires_grad=True),
+        torch.full((3,), 0.95, requires_grad=True),
+        torch.full((3,), 2.0, requires_grad=True),
+        torch.full((3,), 0.3, requires_grad=True),
+    ]
+    options = {"strict_enumeration_warning": False} if name == "enum" else {}
+    grads, values = [], []
+    for free_bits in (None, 0.5):
+        elbo = estimators.get(name, free_bits=free_bits, **options)
+        pyro.set_rng_seed(3)
+        loss = elbo.differentiable_loss(*two_site_pair(params), x)
+        values.append(loss.item())
+        grads.append(torch.autograd.grad(loss, params))
+    plain, freed = grads
+    assert all(g.abs().sum() > 0 for g in plain[:2])  # z1's KL has a gradient without them
+    assert all(torch.equal(g, torch.zeros_like(g)) for g in freed[:2])  # and exactly none with
+    for usual, kept in zip(plain[2:], freed[2:], strict=True):
+        torch.testing.assert_close(kept, usual)
+    # The value: z1's KL (closed form here, 3 · KL ≈ 0.006 nats) is replaced by 3 · λ.
+    kl1 = 3 * (0.5 * (0.05**2 + 0.95**2 - 1) - math.log(0.95))
+    shift = 3 * 0.5 - kl1
+    if name == "analytic-kl":  # the KL itself in closed form: exactly λ·N more
+        assert values[1] - values[0] == pytest.approx(shift, abs=1e-5)
+    else:  # the single draw's log q − log p of z1 instead of its KL: within ±0.5 nats
+        assert abs(values[1] - values[0] - shift) < 0.5
+
+
+def test_with_score_a_group_below_free_bits_has_zero_mean_gradient():
+    # REINFORCE scores z1's draw with the other terms of its datapoint, so one draw's
+    # gradient is noise; its mean is 0 with free bits and ∂KL/∂m1 = m1 = 0.5 without.
+    x = torch.tensor([2.0, 2.5, 3.0])
+    params = [torch.full((3,), v, requires_grad=True) for v in (0.5, 0.8, 2.0, 0.3)]
+    for free_bits, expected in ((None, 0.5), (0.5, 0.0)):
+        elbo = estimators.get("score", num_particles=500, free_bits=free_bits)
+        pyro.set_rng_seed(4)
+        draws = torch.stack(
+            [
+                torch.autograd.grad(elbo.differentiable_loss(*two_site_pair(params), x), params[0])[
+                    0
+                ]
+                for _ in range(8)
+            ]
+        )  # 8 means of 500 draws each, per datapoint
+        error = draws.std(0) / math.sqrt(8)
+        assert ((draws.mean(0) - expected).abs() < 4 * error).all(), (draws.mean(0), error)
+
+
+@pytest.mark.parametrize("name", ["iwae", "vimco", "tracegraph"])
+def test_estimators_without_a_kl_per_group_refuse_free_bits(name):
+    with pytest.raises(ValueError, match=rf"free_bits: 0.5 is not an option of '{name}'"):
+        estimators.get(name, free_bits=0.5)
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), "2", True])
+def test_beta_must_be_a_finite_positive_number(bad):
+    with pytest.raises(ValueError, match=r"beta: "):
+        check_beta(bad)
+
+
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), "1", False])
+def test_free_bits_must_be_a_finite_non_negative_number(bad):
+    with pytest.raises(ValueError, match=r"free_bits: "):
+        check_free_bits(bad)
+    with pytest.raises(ValueError, match=r"free_bits: "):
+        estimators.get("trace", free_bits=bad)
