@@ -90,13 +90,17 @@ def build(config: RunConfig) -> Experiment:
     examples) gives both. ``config.guide.spec`` likewise names a class (offered the same
     options and, if it takes one, the ``model``, as Pyro's autoguides do) or a guide
     function; without one the guide is the model's ``make_guide()`` or its object's
-    ``guide`` method. The estimator is built here, once. Seeds Pyro with
+    ``guide`` method. A model whose prior is made of its own guide's encoder (a
+    ``tied_guide``, :func:`pyro_vae.model_protocol.tied_guide`: the VAE's VampPrior) is
+    paired with that guide, also when ``config.guide.spec`` names its class; another guide
+    is refused. The estimator is built here, once. Seeds Pyro with
     ``config.training.seed`` first, so initial weights are reproducible.
 
     Raises:
         TypeError: ``config`` is not a :class:`~pyro_vae.run_config.RunConfig`.
-        ValueError: naming the spec and what was expected of it; a device this machine
-            does not have (before any data is loaded).
+        ValueError: naming the spec and what was expected of it; a guide other than the
+            model's tied guide; a device this machine does not have (before any data is
+            loaded).
     """
     if not isinstance(config, RunConfig):
         raise TypeError(
