@@ -2,13 +2,17 @@
 
 Generative model, for each datapoint n of a dataset of N:
 
-    z_n ~ N(0, I)                      (latent code, ``latent_dim``)
+    z_n ~ p(z)                         (latent code, ``latent_dim``: N(0, I) by default,
+                                        or a learned mixture, :mod:`models.priors`)
     x_n | z_n ~ p_θ(x | z_n)           (likelihood decoded by an MLP: Bernoulli, Gaussian,
                                         or the lecture's softmax over pixel levels)
 
 The amortized guide q_λ(z | x) = N(μ_λ(x), σ_λ(x)) is a separate object
 (:class:`pyro_vae.guides.AmortizedNormal`, from :meth:`VAE.make_guide`), so guides and
-estimators can be swapped without touching the model.
+estimators can be swapped without touching the model. The exception is the VampPrior
+(``prior="vamp"``), whose p(z) is made of the guide's own encoder: that model builds its
+guide first and holds it, ``make_guide()`` returns that one guide, and a different guide
+leaves the prior a mixture of the held encoder's posteriors, no longer of q's.
 """
 
 from __future__ import annotations
@@ -19,11 +23,12 @@ import pyro.distributions as dist
 import torch
 
 from models.latent_decoder import LatentDecoderModel
+from models.priors import PRIORS, GaussianMixturePrior, VampPrior
 from pyro_vae.guides import AmortizedNormal
 
 
 class VAE(LatentDecoderModel):
-    """p(z) p_θ(x | z) with a standard Normal prior and an MLP decoder.
+    """p(z) p_θ(x | z) with a standard Normal (or learned mixture) prior and an MLP decoder.
 
     Args:
         x_dim: number of pixels D.
@@ -32,6 +37,15 @@ class VAE(LatentDecoderModel):
         likelihood: ``bernoulli``, ``gaussian`` or ``categorical``.
         levels: pixel levels L for ``categorical``.
         activation: hidden nonlinearity.
+        prior: ``"normal"`` (N(0, I)), ``"mog"`` (:class:`models.priors.GaussianMixturePrior`)
+            or ``"vamp"`` (:class:`models.priors.VampPrior` on this model's own guide,
+            :attr:`tied_guide`).
+        prior_components: mixture components K (``None``: 10 for ``"mog"``, 50 for
+            ``"vamp"``; refused for ``"normal"``).
+
+    Raises:
+        ValueError: an unknown ``prior``, or a ``prior_components`` that is not a positive
+            integer or is given for the Normal prior.
     """
 
     #: May be recorded without being asked (``pyro_vae.estimators.compiled.should_record``):
@@ -46,17 +60,48 @@ class VAE(LatentDecoderModel):
         likelihood: str = "bernoulli",
         levels: int | None = None,
         activation: str = "softplus",
+        prior: str = "normal",
+        prior_components: int | None = None,
     ) -> None:
+        if prior not in PRIORS:
+            raise ValueError(f"prior: {prior!r} is not one of {', '.join(map(repr, PRIORS))}")
+        if prior == "normal" and prior_components is not None:
+            raise ValueError(
+                f"prior_components: {prior_components!r} given, but prior='normal' has none"
+            )
         super().__init__(x_dim, latent_dim, hidden_dims, likelihood, levels, activation)
         # The prior's mean: a buffer, so the prior lives on the model's device (moved by
         # .to()); not persistent, so checkpoints hold the same tensors as before.
         self.register_buffer("prior_loc", torch.zeros(latent_dim), persistent=False)
+        self.prior_name, self._tied = prior, ()
+        if prior == "mog":
+            self.learned_prior = GaussianMixturePrior(latent_dim, _or(prior_components, 10))
+        elif prior == "vamp":
+            self._tied = (self.make_guide(),)  # a tuple: the guide's weights stay its own
+            data_max = 1.0 if levels is None or likelihood != "categorical" else levels - 1.0
+            k = _or(prior_components, 50)
+            self.learned_prior = VampPrior(self._tied[0], x_dim, k, data_max)
+
+    @property
+    def tied_guide(self) -> AmortizedNormal | None:
+        """The guide whose encoder the prior uses (``prior="vamp"``), else ``None``: the
+        guide this model must be trained with for its prior to be the VampPrior."""
+        return self._tied[0] if self._tied else None
 
     def prior(self, batch_shape: tuple[int, ...] = ()) -> dist.TorchDistribution:
-        """p(z) = N(0, I), with event shape ``[latent_dim]``."""
+        """p(z): N(0, I), or the learned mixture, with event shape ``[latent_dim]``."""
+        if self.prior_name != "normal":
+            return self.learned_prior(batch_shape)
         zeros = self.prior_loc.new_zeros(*batch_shape, self.latent_dim)
         return dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
 
     def make_guide(self) -> AmortizedNormal:
-        """The amortized Normal guide with the decoder's hidden widths reversed."""
+        """The amortized Normal guide with the decoder's hidden widths reversed; with
+        ``prior="vamp"``, always the one guide the prior uses (:attr:`tied_guide`)."""
+        if self._tied:
+            return self._tied[0]
         return AmortizedNormal(self.x_dim, self.latent_dim, self.hidden_dims[::-1], self.activation)
+
+
+def _or(value: int | None, default: int) -> int:
+    return default if value is None else value

@@ -32,7 +32,7 @@ from pyro_vae.evaluate import (
     latent_means,
     reconstruction_error,
 )
-from pyro_vae.model_protocol import offered
+from pyro_vae.model_protocol import offered, tied_guide
 from pyro_vae.plots import (
     plot_elbo_curves,
     plot_image_rows,
@@ -90,13 +90,17 @@ def build(config: RunConfig) -> Experiment:
     examples) gives both. ``config.guide.spec`` likewise names a class (offered the same
     options and, if it takes one, the ``model``, as Pyro's autoguides do) or a guide
     function; without one the guide is the model's ``make_guide()`` or its object's
-    ``guide`` method. The estimator is built here, once. Seeds Pyro with
+    ``guide`` method. A model whose prior is made of its own guide's encoder (a
+    ``tied_guide``, :func:`pyro_vae.model_protocol.tied_guide`: the VAE's VampPrior) is
+    paired with that guide, also when ``config.guide.spec`` names its class; another guide
+    is refused. The estimator is built here, once. Seeds Pyro with
     ``config.training.seed`` first, so initial weights are reproducible.
 
     Raises:
         TypeError: ``config`` is not a :class:`~pyro_vae.run_config.RunConfig`.
-        ValueError: naming the spec and what was expected of it; a device this machine
-            does not have (before any data is loaded).
+        ValueError: naming the spec and what was expected of it; a guide other than the
+            model's tied guide; a device this machine does not have (before any data is
+            loaded).
     """
     if not isinstance(config, RunConfig):
         raise TypeError(
@@ -158,6 +162,9 @@ def _model_and_guide(made: Any) -> tuple[Any, Any]:
 
 
 def _guide(config: RunConfig, model, paired_guide, standard: dict) -> Any:
+    tied = tied_guide(model)
+    if tied is not None:
+        return _tied(config, tied)
     if config.guide.spec:
         spec = config.guide.spec
         obj = load_object(spec, "guide")
@@ -179,6 +186,21 @@ def _guide(config: RunConfig, model, paired_guide, standard: dict) -> Any:
         "name one in the run configuration (GuideConfig(spec=...)), e.g. "
         "pyro_vae.guides:AmortizedNormal"
     )
+
+
+def _tied(config: RunConfig, tied) -> Any:
+    """The guide a model's prior is made of (a VampPrior's encoder): the run's guide, also
+    when ``--guide`` names its class; another guide would leave the prior a mixture of an
+    encoder that is not q's."""
+    spec = config.guide.spec
+    if spec and load_object(spec, "guide") is not type(tied):
+        cls = type(tied)
+        raise ValueError(
+            f"guide: {spec}, but model {config.model.spec} makes its prior from its own "
+            f"guide's encoder ({cls.__module__}:{cls.__name__}; e.g. prior='vamp'), so a "
+            "different guide would change the prior; leave the guide out or name that class"
+        )
+    return tied
 
 
 def load(run: RunFolder | str | Path, device: str = "auto") -> Experiment:

@@ -14,14 +14,17 @@ Nothing here is required: any Pyro model — a function, a bound method, a ``Pyr
 ``generate(num)``         prior samples: E[x | z] for ``num`` draws of z, ``[num, D]``
                           (without it: the model run with its observations released)
 ``make_guide()``          the guide used when none is named (``GuideConfig(spec=None)``)
+``tied_guide``            an attribute: the guide the model's own prior is made of (a
+                          VampPrior's encoder), which the run must use (``--guide`` may
+                          only name its class); ``None`` or absent: any guide
 ``recordable = True``     a class attribute: the model has no Python branching on tensor
                           values, so its trace structure is fixed by the batch shape and a
                           run may record its step (:mod:`pyro_vae.estimators.compiled`);
                           a subclass inherits no declaration (it may add such a branch)
 ========================  =================================================================
 
-:func:`offered` and :func:`declares_recordable` are the one place the package asks; the
-protocol classes state the signatures for type checkers and readers.
+:func:`offered`, :func:`tied_guide` and :func:`declares_recordable` are the one place
+the package asks; the protocol classes state the signatures for type checkers and readers.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ __all__ = [
     "ModelProtocol",
     "declares_recordable",
     "offered",
+    "tied_guide",
 ]
 
 OPTIONAL_METHODS = {
@@ -91,6 +95,12 @@ def offered(obj: Any, method: str) -> Callable | None:
         raise ValueError(f"method: {method!r} is not one of {', '.join(OPTIONAL_METHODS)}")
     fn = getattr(obj, method, None)
     return fn if callable(fn) else None
+
+
+def tied_guide(model: Any) -> Any:
+    """The guide ``model``'s prior is made of (its ``tied_guide``; a bound method's object
+    is asked), or ``None`` when any guide may be paired with it."""
+    return getattr(getattr(model, "__self__", model), "tied_guide", None)
 
 
 def declares_recordable(fn: Any) -> bool:

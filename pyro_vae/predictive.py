@@ -136,7 +136,9 @@ def latent_traversal(
     (:func:`pyro_vae.evaluate.latent_means`). The ``num_dims`` coordinates whose means
     vary most across ``x`` (the most active units, Burda et al. 2015, §5.2) are each swept
     over ``steps`` evenly spaced values between their 5th and 95th percentile across ``x``,
-    starting from row ``row``'s code, through the model's ``decode(z)``.
+    starting from row ``row``'s code, through the model's ``decode(z)``. Centre and range
+    come from the data's codes, not from the prior, so the traversal means the same under
+    any prior (a mixture has no single centre to sweep around).
 
     Returns:
         ``(images [num_dims, steps, D], dims [num_dims], values [num_dims, steps])``,

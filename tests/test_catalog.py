@@ -291,6 +291,24 @@ CLI = [
     ),
     ("fit-model-opt-unknown", None, ["fit", "--out", "{new}", "--model-opt", "widht=3"], ["widht"]),
     (
+        "fit-prior-unknown",
+        None,
+        ["fit", "--out", "{new}", "--model-opt", "prior=laplace"],
+        ["prior: 'laplace' is not one of"],
+    ),
+    (
+        "fit-prior-components-normal",
+        None,
+        ["fit", "--out", "{new}", "--model-opt", "prior_components=3"],
+        ["prior_components: 3 given, but prior='normal'"],
+    ),
+    (
+        "fit-vamp-other-guide",
+        None,
+        ["fit", "--out", "{new}", "--model-opt", "prior=vamp", "--guide", "pyro_vae.guides:AmortizedIAF"],
+        ["guide: pyro_vae.guides:AmortizedIAF, but model", "change the prior"],
+    ),
+    (
         "fit-no-guide",
         None,
         ["fit", "--out", "{new}", "--model", "{plain}:model"],

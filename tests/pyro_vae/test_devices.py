@@ -233,6 +233,11 @@ def _vae():
     return model, model.make_guide(), splits(images()), "trace"
 
 
+def _vae_prior(prior):
+    model = VAE(8, latent_dim=2, hidden_dims=(4,), prior=prior, prior_components=3)
+    return model, model.make_guide(), splits(images()), "trace"
+
+
 def _vae_categorical():
     model = VAE(8, latent_dim=2, hidden_dims=(4,), likelihood="categorical", levels=5)
     guide = model.make_guide()
@@ -279,6 +284,8 @@ def _local_normal():
 CASES = {
     "vae": _vae,
     "vae-categorical": _vae_categorical,
+    "vae-mog-prior": lambda: _vae_prior("mog"),
+    "vae-vamp-prior": lambda: _vae_prior("vamp"),
     "sbn": _sbn,
     "categorical-guide": _amortized_categorical_guide,
     "autoencoder": _autoencoder,

@@ -127,3 +127,72 @@ def test_load_takes_a_path_as_well_as_a_run_folder(tmp_path):
 
     with pytest.raises(RunFolderError, match="is not a directory"):
         load(str(tmp_path / "absent"))
+
+
+# --- learned priors: the VAE's prior="mog" / "vamp" through build, fit, load and the CLI ---
+
+PRIOR_OPTIONS = {"mog": {"prior": "mog", "prior_components": 3}, "vamp": {"prior": "vamp"}}
+
+
+@pytest.mark.parametrize("prior", ["mog", "vamp"])
+def test_a_learned_prior_survives_a_checkpoint_round_trip(prior, tmp_path):
+    import pyro
+
+    from pyro_vae.train import fit
+    from pyro_vae.training_config import TrainingConfig
+
+    training = TrainingConfig(epochs=1, progress=False, batch_size=256)
+    model = ModelConfig("models.vae:VAE", {**SMALL, **PRIOR_OPTIONS[prior]})
+    config = RunConfig(model, training=training)
+    exp = build(config)
+    run = RunFolder(tmp_path / "run")
+    fit(exp.model, exp.guide, exp.data, exp.elbo, training, run,
+        on_ready=lambda: run.write_config(config.to_json()))  # fmt: skip
+    pyro.set_rng_seed(7)
+    before = evaluate_test_set(exp, ll_samples=10, ll_points=20, elbo_samples=2)
+    loaded = load(run)
+    pyro.set_rng_seed(7)
+    after = evaluate_test_set(loaded, ll_samples=10, ll_points=20, elbo_samples=2)
+    for key in ("elbo", "log_likelihood", "kl", "active_units"):
+        assert after[key] == before[key], key
+    prior_weights = exp.model.learned_prior.state_dict()
+    assert prior_weights  # the pseudo-inputs, or the mixture's locations, scales and logits
+    for name, value in loaded.model.learned_prior.state_dict().items():
+        assert torch.equal(value, prior_weights[name]), name
+    if prior == "vamp":
+        assert loaded.guide is loaded.model.tied_guide
+
+
+def test_a_vamp_model_refuses_another_guide_and_takes_its_own_class():
+    options = {**SMALL, "prior": "vamp", "prior_components": 3}
+    other = GuideConfig("pyro_vae.guides:AmortizedIAF")
+    with pytest.raises(ValueError) as info:
+        build(RunConfig(ModelConfig("models.vae:VAE", options), guide=other))
+    message = str(info.value)
+    assert message.startswith("guide: pyro_vae.guides:AmortizedIAF, but model models.vae:VAE")
+    assert "AmortizedNormal" in message and "change the prior" in message
+    same = GuideConfig("pyro_vae.guides:AmortizedNormal")
+    exp = build(RunConfig(ModelConfig("models.vae:VAE", options), guide=same))
+    assert exp.guide is exp.model.tied_guide
+
+
+@pytest.mark.parametrize("prior, components", [("mog", 4), ("vamp", 6)])
+def test_the_command_line_fits_each_prior(prior, components, tmp_path):
+    import json
+
+    from pyro_vae.cli import main
+
+    # ~3 s each, most of it the six figures; the recorded step is tested in test_vae.py
+    run = tmp_path / prior
+    argv = ["fit", "--epochs", "1", "--latent-dim", "3", "--hidden", "16", "--no-progress"]
+    argv += ["--ll-samples", "10", "--compile", "off", "--out", str(run)]
+    argv += ["--model-opt", f"prior={prior}", "--model-opt", f"prior_components={components}"]
+    assert main(argv) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["model_arguments"]["prior"] == prior
+    assert metrics["model_arguments"]["prior_components"] == components
+    test = metrics["test"]
+    assert test["kl"] > -0.5 and test["log_likelihood"] > test["elbo"] - 1.0
+    assert "skipped" not in test
+    figures = {"reconstructions.png", "samples.png", "elbo.png", "latent.png", "traversal.png"}
+    assert figures | {"interpolation.png"} <= {p.name for p in run.iterdir()}

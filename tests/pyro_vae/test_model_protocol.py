@@ -17,6 +17,7 @@ from pyro_vae.model_protocol import (
     MakesGuide,
     declares_recordable,
     offered,
+    tied_guide,
 )
 
 PACKAGE = Path(__file__).resolve().parents[2] / "pyro_vae"
@@ -90,3 +91,10 @@ def test_no_other_module_asks_whether_a_model_offers_a_method():
             ):
                 asked.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
     assert not asked, f"ask through pyro_vae.model_protocol.offered: {asked}"
+
+
+def test_a_tied_guide_is_read_from_the_model_or_its_bound_method_s_object():
+    vamp = VAE(x_dim=4, latent_dim=2, hidden_dims=(3,), prior="vamp", prior_components=2)
+    assert tied_guide(vamp) is vamp.make_guide() is tied_guide(vamp.forward)
+    assert tied_guide(VAE(x_dim=4, latent_dim=2, hidden_dims=(3,))) is None
+    assert tied_guide(lambda x: None) is None
