@@ -980,6 +980,7 @@ def _check_counts(args: argparse.Namespace) -> None:
     if args.command == "fit":
         check_levels("--levels", args.levels)
         check_widths("--hidden", args.hidden or [])
+        check_widths("--channels", args.channels or [])
     if getattr(args, "lr", None) is not None:
         check_learning_rate("--lr", args.lr)
     if getattr(args, "device", None) is not None:

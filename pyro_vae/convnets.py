@@ -215,9 +215,9 @@ class ConvDecoder(nn.Module):
         return per_pixel.reshape(*leading, c * h * w * k)
 
 
-def check_architecture(arch: str, x_dim: int, image_shape, channels=None) -> None:
-    """Refuse an unknown ``arch``, ``"conv"`` without an image shape of ``x_dim`` pixels,
-    or ``channels`` given to ``"mlp"`` (which has no convolutions to size).
+def check_architecture(arch: str, x_dim: int | None, image_shape, channels=None) -> None:
+    """Refuse an unknown ``arch``, ``"conv"`` without an image shape of ``x_dim`` pixels
+    (``None``: any number), or ``channels`` given to ``"mlp"`` (which has no convolutions).
 
     Raises:
         ValueError: naming ``arch``, ``image_shape`` or ``channels``, the value and what was
@@ -237,7 +237,7 @@ def check_architecture(arch: str, x_dim: int, image_shape, channels=None) -> Non
             "image_shape: None; arch='conv' needs the images' (H, W) or (C, H, W) "
             "(pyro_vae.data.DataSplits.image_shape)"
         )
-    if math.prod(image_chw(image_shape)) != x_dim:
+    if x_dim is not None and math.prod(image_chw(image_shape)) != x_dim:
         raise ValueError(
             f"image_shape: {tuple(image_shape)} has {math.prod(image_chw(image_shape))} pixels, "
             f"but x_dim is {x_dim}; expected C·H·W = x_dim"
@@ -288,8 +288,8 @@ def decoder_network(
         ValueError: :func:`check_architecture`'s; ``out_features`` not a multiple of the
             image's pixels; the networks' own.
     """
+    check_architecture(arch, None, image_shape, channels)
     if arch != "conv":
-        check_architecture(arch, out_features, image_shape, channels)
         return mlp(latent_dim, hidden_dims, out_features, activation)
     pixels = math.prod(image_chw(image_shape))
     if out_features % pixels:
@@ -297,7 +297,6 @@ def decoder_network(
             f"out_features: {out_features} is not a whole number of parameters per pixel of "
             f"{tuple(image_shape)} images ({pixels} pixels)"
         )
-    check_architecture(arch, pixels, image_shape)
     channels = DEFAULT_CHANNELS if channels is None else channels
     return ConvDecoder(
         latent_dim,
