@@ -104,7 +104,7 @@ def test_iwae_is_above_the_elbo_and_increases_with_k_on_a_trained_vae(trained_di
     assert up_10 > 4 * se_10 and up_100 > 4 * se_100  # measured: about 14 and 7 SE
 
 
-def _conv_vae(likelihood="bernoulli", image_shape=(8, 8), levels=None, **kwargs):
+def _conv_vae(likelihood="bernoulli", image_shape=(8, 8), levels=None):
     """A conv VAE small enough for a test: widths 2 and 4, one hidden layer of 8."""
     d = math.prod(image_shape)
     return VAE(
@@ -116,7 +116,6 @@ def _conv_vae(likelihood="bernoulli", image_shape=(8, 8), levels=None, **kwargs)
         arch="conv",
         image_shape=image_shape,
         channels=(2, 4),
-        **kwargs,
     )
 
 
@@ -142,6 +141,28 @@ def test_a_conv_vae_scores_each_likelihood_on_grey_and_colour_images(likelihood,
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
     assert model.decode(torch.zeros(3, 4)).shape == (3, d)
     assert torch.isfinite(iwae_log_likelihood(model, guide, x, 4)).all()
+
+
+def test_a_conv_decoders_planes_are_each_pixels_own_parameters():
+    """log p(x | z) from the flattened decoder output equals, pixel by pixel, the density
+    read off the transposed convolution's output planes at that pixel: the categorical's L
+    logits of channel c at (h, w), the Gaussian's mean and scale planes."""
+    torch.manual_seed(0)
+    z = torch.randn(2, 4)
+    categorical = _conv_vae("categorical", (3, 8, 8), levels=5)
+    x = torch.randint(0, 5, (2, 3, 8, 8))
+    planes = categorical.decoder.net(z).reshape(2, 3, 5, 8, 8)  # [B, C, L, H, W]
+    by_pixel = torch.log_softmax(planes, 2).gather(2, x[:, :, None]).sum((1, 2, 3, 4))
+    h = categorical.decoder(z)
+    ours = categorical.likelihood.distribution(h).log_prob(x.reshape(2, -1).float())
+    torch.testing.assert_close(ours, by_pixel)
+    gaussian = _conv_vae("gaussian", (3, 8, 8))
+    x = torch.rand(2, 3, 8, 8)
+    planes = gaussian.decoder.net(z).reshape(2, 2, 3, 8, 8)  # [B, (mean, scale), C, H, W]
+    scale = gaussian.likelihood.min_scale + torch.nn.functional.softplus(planes[:, 1])
+    normal = torch.distributions.Normal(torch.sigmoid(planes[:, 0]), scale)
+    ours = gaussian.likelihood.distribution(gaussian.decoder(z)).log_prob(x.reshape(2, -1))
+    torch.testing.assert_close(ours, normal.log_prob(x).sum((1, 2, 3)))
 
 
 def test_a_conv_vaes_vectorized_iwae_equals_its_loop_over_the_same_draws():
