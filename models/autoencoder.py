@@ -17,7 +17,9 @@ from collections.abc import Sequence
 import pyro
 import torch
 from pyro.nn import PyroModule
+from torch import nn
 
+from pyro_vae.convnets import decoder_network, encoder_trunk
 from pyro_vae.guides import EmptyGuide
 from pyro_vae.likelihoods import make_likelihood
 from pyro_vae.nn import mlp
@@ -35,6 +37,11 @@ class Autoencoder(PyroModule):
         levels: pixel levels L for ``categorical``.
         noise_std: standard deviation s of the corruption z' = z + ε in training mode.
         activation: hidden nonlinearity.
+        arch: ``"mlp"``, or ``"conv"`` for a convolutional encoder and decoder
+            (:mod:`pyro_vae.convnets`; ``hidden_dims`` is then the MLP between the
+            convolutions and z).
+        image_shape: the images' ``(H, W)`` or ``(C, H, W)``; needed by ``arch="conv"``.
+        channels: the convolutions' widths (default ``(32, 64, 128)``), ``arch="conv"`` only.
     """
 
     #: May be recorded without being asked (``pyro_vae.estimators.compiled.should_record``):
@@ -52,6 +59,9 @@ class Autoencoder(PyroModule):
         levels: int | None = None,
         noise_std: float = 0.1,
         activation: str = "softplus",
+        arch: str = "mlp",
+        image_shape: tuple[int, ...] | None = None,
+        channels: Sequence[int] | None = None,
     ) -> None:
         super().__init__(name="model")
         if noise_std < 0:
@@ -59,8 +69,19 @@ class Autoencoder(PyroModule):
         self.x_dim, self.latent_dim, self.noise_std = x_dim, latent_dim, noise_std
         hidden_dims = tuple(int(h) for h in hidden_dims)
         self.likelihood = make_likelihood(likelihood, x_dim, levels)
-        self.encoder = mlp(x_dim, hidden_dims[::-1], latent_dim, activation)
-        self.decoder = mlp(latent_dim, hidden_dims, self.likelihood.out_features, activation)
+        self.arch = arch
+        if arch == "mlp":
+            self.encoder = mlp(x_dim, hidden_dims[::-1], latent_dim, activation)
+        else:
+            trunk, width = encoder_trunk(
+                x_dim, hidden_dims[::-1], activation, arch, image_shape, channels
+            )
+            self.encoder = nn.Sequential(trunk, nn.Linear(width, latent_dim))
+        axis = "last" if self.likelihood.name == "categorical" else "first"
+        out = self.likelihood.out_features
+        self.decoder = decoder_network(
+            latent_dim, hidden_dims, out, activation, arch, image_shape, channels, axis
+        )
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """z = Enc(x)."""

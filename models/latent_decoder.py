@@ -14,13 +14,17 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 
+from pyro_vae.convnets import decoder_network
 from pyro_vae.likelihoods import make_likelihood
-from pyro_vae.nn import mlp
 from pyro_vae.plates import data_plate
 
 
 class LatentDecoderModel(PyroModule):
-    """p(z) p_θ(x | z) with an MLP decoder ``latent_dim -> hidden_dims -> likelihood``."""
+    """p(z) p_θ(x | z) with an MLP decoder ``latent_dim -> hidden_dims -> likelihood``, or
+    with ``arch="conv"`` a convolutional one (:class:`pyro_vae.convnets.ConvDecoder`: the
+    ``hidden_dims`` MLP, then transposed convolutions of widths ``channels`` reversed, to
+    the likelihood's parameters of each pixel of ``image_shape``).
+    """
 
     generative = True
     #: May be recorded without being asked (``pyro_vae.estimators.compiled.should_record``):
@@ -36,6 +40,9 @@ class LatentDecoderModel(PyroModule):
         likelihood: str,
         levels: int | None,
         activation: str,
+        arch: str = "mlp",
+        image_shape: tuple[int, ...] | None = None,
+        channels: Sequence[int] | None = None,
     ) -> None:
         super().__init__(name="model")
         if latent_dim < 1:
@@ -43,7 +50,27 @@ class LatentDecoderModel(PyroModule):
         self.x_dim, self.latent_dim = x_dim, latent_dim
         self.hidden_dims, self.activation = tuple(int(h) for h in hidden_dims), activation
         self.likelihood = make_likelihood(likelihood, x_dim, levels)
-        self.decoder = mlp(latent_dim, self.hidden_dims, self.likelihood.out_features, activation)
+        self.arch, self.image_shape = arch, None if image_shape is None else tuple(image_shape)
+        self.channels = None if channels is None else tuple(int(c) for c in channels)
+        self.decoder = decoder_network(
+            latent_dim,
+            self.hidden_dims,
+            self.likelihood.out_features,
+            activation,
+            arch,
+            self.image_shape,
+            self.channels,
+            # a categorical reads L consecutive logits per pixel; the others blocks of D
+            "last" if self.likelihood.name == "categorical" else "first",
+        )
+
+    @property
+    def network_options(self) -> dict:
+        """``arch``, ``image_shape`` and ``channels``: what a guide's encoder needs to be
+        built like this decoder (the MLP's: just ``arch``)."""
+        if self.arch == "mlp":
+            return {"arch": "mlp"}
+        return {"arch": self.arch, "image_shape": self.image_shape, "channels": self.channels}
 
     def prior(self, batch_shape: tuple[int, ...] = ()) -> dist.TorchDistribution:
         """p(z), with event shape ``[latent_dim]``."""

@@ -37,6 +37,12 @@ class VAE(LatentDecoderModel):
         likelihood: ``bernoulli``, ``gaussian`` or ``categorical``.
         levels: pixel levels L for ``categorical``.
         activation: hidden nonlinearity.
+        arch: ``"mlp"``, or ``"conv"`` for convolutional decoder and guide encoder
+            (:mod:`pyro_vae.convnets`; ``hidden_dims`` is then the MLP between the
+            convolutions and z).
+        image_shape: the images' ``(H, W)`` or ``(C, H, W)``, with C·H·W = ``x_dim``; needed
+            by ``arch="conv"`` (``pyro-vae fit`` passes the data's).
+        channels: the convolutions' widths (default ``(32, 64, 128)``), ``arch="conv"`` only.
         prior: ``"normal"`` (N(0, I)), ``"mog"`` (:class:`models.priors.GaussianMixturePrior`)
             or ``"vamp"`` (:class:`models.priors.VampPrior` on this model's own guide,
             :attr:`tied_guide`).
@@ -60,6 +66,9 @@ class VAE(LatentDecoderModel):
         likelihood: str = "bernoulli",
         levels: int | None = None,
         activation: str = "softplus",
+        arch: str = "mlp",
+        image_shape: tuple[int, ...] | None = None,
+        channels: Sequence[int] | None = None,
         prior: str = "normal",
         prior_components: int | None = None,
     ) -> None:
@@ -69,7 +78,17 @@ class VAE(LatentDecoderModel):
             raise ValueError(
                 f"prior_components: {prior_components!r} given, but prior='normal' has none"
             )
-        super().__init__(x_dim, latent_dim, hidden_dims, likelihood, levels, activation)
+        super().__init__(
+            x_dim,
+            latent_dim,
+            hidden_dims,
+            likelihood,
+            levels,
+            activation,
+            arch,
+            image_shape,
+            channels,
+        )
         # The prior's mean: a buffer, so the prior lives on the model's device (moved by
         # .to()); not persistent, so checkpoints hold the same tensors as before.
         self.register_buffer("prior_loc", torch.zeros(latent_dim), persistent=False)
@@ -96,11 +115,18 @@ class VAE(LatentDecoderModel):
         return dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
 
     def make_guide(self) -> AmortizedNormal:
-        """The amortized Normal guide with the decoder's hidden widths reversed; with
-        ``prior="vamp"``, always the one guide the prior uses (:attr:`tied_guide`)."""
+        """The amortized Normal guide with the decoder's hidden widths reversed (and its
+        convolutions, with ``arch="conv"``); with ``prior="vamp"``, always the one guide the
+        prior uses (:attr:`tied_guide`)."""
         if self._tied:
             return self._tied[0]
-        return AmortizedNormal(self.x_dim, self.latent_dim, self.hidden_dims[::-1], self.activation)
+        return AmortizedNormal(
+            self.x_dim,
+            self.latent_dim,
+            self.hidden_dims[::-1],
+            self.activation,
+            **self.network_options,
+        )
 
 
 def _or(value: int | None, default: int) -> int:

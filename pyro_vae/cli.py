@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 
 from pyro_vae import estimators
 from pyro_vae.checkpoint import RunFolder, RunFolderError
+from pyro_vae.convnets import ARCHITECTURES, DEFAULT_CHANNELS
 from pyro_vae.data import BINARIZATIONS, DatasetNotFoundError
 from pyro_vae.devices import resolve_device, to_device
 from pyro_vae.diagnostics.gradient_variance import gradient_variance
@@ -53,7 +54,13 @@ from pyro_vae.train import TrainingDiverged, fit
 # fits by default; the library names none.
 DEFAULT_MODEL = "models.vae:VAE"
 _MODEL_DEFAULTS = {"latent_dim": 20, "hidden_dims": [400], "activation": "softplus"}
-_MODEL_FLAGS = {"latent_dim": "latent_dim", "hidden_dims": "hidden", "activation": "activation"}
+_MODEL_FLAGS = {
+    "latent_dim": "latent_dim",
+    "hidden_dims": "hidden",
+    "activation": "activation",
+    "arch": "arch",
+    "channels": "channels",
+}
 _TRAINING, _DATA, _EVALUATION = TrainingConfig(), DataConfig(), EvaluationConfig()
 
 
@@ -143,6 +150,21 @@ def _add_fit_model(f: argparse.ArgumentParser) -> None:
         "default 400)",
     )
     f.add_argument("--activation", default=None, help="default softplus")
+    f.add_argument(
+        "--arch",
+        choices=ARCHITECTURES,
+        default=None,
+        help="decoder and encoder networks: mlp (default) or conv (stride-2 convolutions on "
+        "the images, then the --hidden layers; pyro_vae.convnets)",
+    )
+    f.add_argument(
+        "--channels",
+        type=int,
+        nargs="+",
+        default=None,
+        help="with --arch conv: the convolutions' widths, each halving the image "
+        f"(default {' '.join(map(str, DEFAULT_CHANNELS))})",
+    )
     f.add_argument(
         "--model-opt",
         type=_key_value,
@@ -427,6 +449,7 @@ def _run_config_from_args(args: argparse.Namespace) -> RunConfig:
         test_fraction=args.test_fraction,
     )
     options = {key: _default(args, key) for key in _MODEL_FLAGS}
+    options = {key: value for key, value in options.items() if value is not None}
     return RunConfig(
         model=ModelConfig(_resolved(args.model), {**options, **dict(args.model_opt)}),
         data=data,
@@ -477,7 +500,7 @@ def _should_compile(args: argparse.Namespace, elbo, model, guide) -> bool:
 
 def _default(args: argparse.Namespace, key: str) -> Any:
     value = getattr(args, _MODEL_FLAGS[key])
-    return _MODEL_DEFAULTS[key] if value is None else value
+    return _MODEL_DEFAULTS.get(key) if value is None else value
 
 
 def _note_unaccepted(args: argparse.Namespace, exp: Experiment, config: RunConfig) -> RunConfig:
@@ -985,6 +1008,7 @@ def _check_counts(args: argparse.Namespace) -> None:
     if args.command == "fit":
         check_levels("--levels", args.levels)
         check_widths("--hidden", args.hidden or [])
+        check_widths("--channels", args.channels or [])
     if getattr(args, "lr", None) is not None:
         check_learning_rate("--lr", args.lr)
     if getattr(args, "device", None) is not None:

@@ -84,8 +84,9 @@ def build(config: RunConfig) -> Experiment:
     """Load the data and construct model, guide and estimator as ``config`` says.
 
     ``config.model.spec`` names a class (constructed with the standard options it accepts,
-    ``x_dim``, ``latent_dim``, ``hidden_dims``, ``likelihood``, ``levels``, ``activation``, plus
-    the other ``config.model.options``), or a model function used as it is. A constructed
+    ``x_dim``, ``latent_dim``, ``hidden_dims``, ``likelihood``, ``levels``, ``activation``,
+    ``arch``, ``channels`` and the data's ``image_shape``, plus the other
+    ``config.model.options``), or a model function used as it is. A constructed
     object that has ``model`` and ``guide`` methods and no ``forward`` of its own (Pyro's
     examples) gives both. ``config.guide.spec`` likewise names a class (offered the same
     options and, if it takes one, the ``model``, as Pyro's autoguides do) or a guide
@@ -119,6 +120,8 @@ def build(config: RunConfig) -> Experiment:
     options = config.model.options
     standard = {k: options[k] for k in STANDARD_MODEL_OPTIONS if k in options}
     standard.update(x_dim=data.x_dim, likelihood=d.likelihood, levels=data.info.get("levels"))
+    shape = getattr(data, "image_shape", None)
+    standard.update(image_shape=None if shape is None else tuple(shape))
     extra = {k: v for k, v in options.items() if k not in STANDARD_MODEL_OPTIONS}
     made, received = _construct(config.model.spec, "model", standard, extra)
     not_accepted = [k for k in STANDARD_MODEL_OPTIONS if k in options and k not in received]

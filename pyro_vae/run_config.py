@@ -94,7 +94,10 @@ class DataConfig:
         return Preprocessing(self.likelihood, self.binarize, self.threshold, self.levels)
 
 
-STANDARD_MODEL_OPTIONS = ("latent_dim", "hidden_dims", "activation")
+# Offered to a model (and a guide class) only when its constructor takes them; ``arch``
+# (``"mlp"`` or ``"conv"``) and ``channels`` (the convolutions' widths) are kept in
+# config.json only when set, so an MLP run's config is as before.
+STANDARD_MODEL_OPTIONS = ("latent_dim", "hidden_dims", "activation", "arch", "channels")
 
 
 @dataclass

@@ -138,6 +138,15 @@ CLI = [
     ],
     ("fit-hidden-0", None, ["fit", "--out", "{new}", "--hidden", "400", "0"], ["--hidden", "0"]),
     ("fit-hidden-neg", None, ["fit", "--out", "{new}", "--hidden", "-4"], ["--hidden", "-4"]),
+    ("fit-arch", None, ["fit", "--out", "{new}", "--arch", "resnet"], ["--arch", "resnet"]),
+    ("fit-channels-0", None, ["fit", "--out", "{new}", "--channels", "8", "0"], ["--channels", "0"]),
+    ("fit-channels-mlp", None, ["fit", "--out", "{new}", "--channels", "8"], ["channels", "conv"]),
+    (
+        "fit-channels-too-many",
+        None,
+        ["fit", "--out", "{new}", "--arch", "conv", "--channels", "8", "16", "32", "64"],
+        ["channels", "4 convolutions", "8x8", "at most 3"],
+    ),
     *[
         (f"fit-lr-{v}", None, ["fit", "--out", "{new}", "--lr", v], ["--lr", v.lstrip("-")])
         for v in ["0", "-0.1", "nan", "inf"]

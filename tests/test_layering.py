@@ -31,6 +31,7 @@ LAYERS: dict[str, int] = {
     "pyro_vae.pyro_compat": 0,
     "pyro_vae.moved": 0,
     "pyro_vae.nn": 0,
+    "pyro_vae.convnets": 0,
     "pyro_vae.devices": 0,
     "pyro_vae.progress": 0,
     "pyro_vae.precision": 0,

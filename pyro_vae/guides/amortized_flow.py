@@ -29,7 +29,7 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from pyro_vae.checks import check_count, check_widths
-from pyro_vae.nn import mlp
+from pyro_vae.convnets import encoder_trunk
 from pyro_vae.plate_declaration import data_plate
 
 
@@ -47,6 +47,11 @@ class AmortizedFlow(PyroModule):
         num_flows: number of flow steps T (default 2).
         flow_hidden_dims: widths of each step's autoregressive network (default
             ``(10 * latent_dim,)``, Pyro's own default); each at least ``latent_dim``.
+        arch: ``"mlp"`` (the trunk above) or ``"conv"``: stride-2 convolutions of widths
+            ``channels`` on the ``image_shape`` images, then the ``hidden_dims`` MLP
+            (:func:`pyro_vae.convnets.encoder_trunk`).
+        image_shape: the images' ``(H, W)`` or ``(C, H, W)``; needed by ``arch="conv"``.
+        channels: the convolutions' widths (default ``(32, 64, 128)``).
 
     Raises:
         ValueError: ``num_flows`` is not a positive integer, or a width of
@@ -74,6 +79,9 @@ class AmortizedFlow(PyroModule):
         site: str = "z",
         num_flows: int = 2,
         flow_hidden_dims: Sequence[int] | None = None,
+        arch: str = "mlp",
+        image_shape: tuple[int, ...] | None = None,
+        channels: Sequence[int] | None = None,
     ) -> None:
         check_count("num_flows", num_flows, 1, "; AmortizedNormal is the guide without flows")
         flow_hidden_dims = (10 * latent_dim,) if flow_hidden_dims is None else flow_hidden_dims
@@ -86,8 +94,9 @@ class AmortizedFlow(PyroModule):
         super().__init__(name="guide")
         self.x_dim, self.latent_dim, self.site = x_dim, latent_dim, site
         self.num_flows, self.flow_hidden_dims = num_flows, tuple(flow_hidden_dims)
-        self.trunk = mlp(x_dim, hidden_dims, activation=activation)
-        width = hidden_dims[-1] if len(hidden_dims) else x_dim
+        self.trunk, width = encoder_trunk(
+            x_dim, hidden_dims, activation, arch, image_shape, channels
+        )
         self.loc_head = nn.Linear(width, latent_dim)
         self.log_scale_head = nn.Linear(width, latent_dim)
         self.flows = nn.ModuleList(self.make_transform(width, t) for t in range(num_flows))

@@ -29,7 +29,7 @@ class AmortizedIAF(AmortizedFlow):
 
     Takes :class:`~pyro_vae.guides.amortized_flow.AmortizedFlow`'s arguments (``x_dim``,
     ``latent_dim``, ``hidden_dims``, ``activation``, ``site``, ``num_flows``,
-    ``flow_hidden_dims``) and raises its errors.
+    ``flow_hidden_dims``, ``arch``, ``image_shape``, ``channels``) and raises its errors.
     """
 
     #: May be recorded without being asked (``pyro_vae.estimators.compiled.should_record``):

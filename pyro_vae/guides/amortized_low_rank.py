@@ -22,7 +22,7 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from pyro_vae.checks import check_count
-from pyro_vae.nn import mlp
+from pyro_vae.convnets import encoder_trunk
 from pyro_vae.plate_declaration import data_plate
 
 
@@ -37,6 +37,11 @@ class AmortizedLowRankNormal(PyroModule):
         site: name of the latent sample site in the model.
         rank: columns of the factor V (default 2); a rank above ``latent_dim`` is clipped to
             ``latent_dim``, which already spans every covariance.
+        arch: ``"mlp"`` (the trunk above) or ``"conv"``: stride-2 convolutions of widths
+            ``channels`` on the ``image_shape`` images, then the ``hidden_dims`` MLP
+            (:func:`pyro_vae.convnets.encoder_trunk`).
+        image_shape: the images' ``(H, W)`` or ``(C, H, W)``; needed by ``arch="conv"``.
+        channels: the convolutions' widths (default ``(32, 64, 128)``).
 
     Raises:
         ValueError: ``rank`` is not a positive integer.
@@ -54,13 +59,17 @@ class AmortizedLowRankNormal(PyroModule):
         activation: str = "softplus",
         site: str = "z",
         rank: int = 2,
+        arch: str = "mlp",
+        image_shape: tuple[int, ...] | None = None,
+        channels: Sequence[int] | None = None,
     ) -> None:
         check_count("rank", rank, 1, "; expected the number of columns of the factor V")
         super().__init__(name="guide")
         self.x_dim, self.latent_dim, self.site = x_dim, latent_dim, site
         self.rank = min(int(rank), latent_dim)
-        self.trunk = mlp(x_dim, hidden_dims, activation=activation)
-        width = hidden_dims[-1] if len(hidden_dims) else x_dim
+        self.trunk, width = encoder_trunk(
+            x_dim, hidden_dims, activation, arch, image_shape, channels
+        )
         self.loc_head = nn.Linear(width, latent_dim)
         self.log_scale_head = nn.Linear(width, latent_dim)
         self.factor_head = nn.Linear(width, latent_dim * self.rank)

@@ -19,7 +19,7 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
-from pyro_vae.nn import mlp
+from pyro_vae.convnets import encoder_trunk
 from pyro_vae.plate_declaration import data_plate
 
 
@@ -32,6 +32,16 @@ class AmortizedNormal(PyroModule):
         hidden_dims: widths of the encoder trunk φ.
         activation: nonlinearity of the trunk.
         site: name of the latent sample site in the model.
+        arch: ``"mlp"`` (the trunk above) or ``"conv"``: stride-2 convolutions of widths
+            ``channels`` on the ``image_shape`` images, then the ``hidden_dims`` MLP
+            (:func:`pyro_vae.convnets.encoder_trunk`).
+        image_shape: the images' ``(H, W)`` or ``(C, H, W)``; needed by ``arch="conv"``.
+        channels: the convolutions' widths (default ``(32, 64, 128)``).
+
+    Raises:
+        ValueError: an unknown ``arch``; with ``"conv"``, a missing or wrong
+            ``image_shape`` or more convolutions than the images take
+            (:mod:`pyro_vae.convnets`).
     """
 
     #: May be recorded without being asked (``pyro_vae.estimators.compiled.should_record``):
@@ -45,11 +55,15 @@ class AmortizedNormal(PyroModule):
         hidden_dims: Sequence[int] = (400,),
         activation: str = "softplus",
         site: str = "z",
+        arch: str = "mlp",
+        image_shape: tuple[int, ...] | None = None,
+        channels: Sequence[int] | None = None,
     ) -> None:
         super().__init__(name="guide")
         self.x_dim, self.latent_dim, self.site = x_dim, latent_dim, site
-        self.trunk = mlp(x_dim, hidden_dims, activation=activation)
-        width = hidden_dims[-1] if len(hidden_dims) else x_dim
+        self.trunk, width = encoder_trunk(
+            x_dim, hidden_dims, activation, arch, image_shape, channels
+        )
         self.loc_head = nn.Linear(width, latent_dim)
         self.log_scale_head = nn.Linear(width, latent_dim)
 

@@ -38,7 +38,8 @@ class AmortizedSplineFlow(AmortizedFlow):
 
     Takes :class:`~pyro_vae.guides.amortized_flow.AmortizedFlow`'s arguments (``x_dim``,
     ``latent_dim``, ``hidden_dims``, ``activation``, ``site``, ``num_flows``,
-    ``flow_hidden_dims``) and raises its errors, and:
+    ``flow_hidden_dims``, ``arch``, ``image_shape``, ``channels``) and raises its errors,
+    and:
 
     Args:
         count_bins: spline segments per coordinate (default 8).
@@ -66,13 +67,25 @@ class AmortizedSplineFlow(AmortizedFlow):
         flow_hidden_dims: Sequence[int] | None = None,
         count_bins: int = 8,
         bound: float = 3.0,
+        arch: str = "mlp",
+        image_shape: tuple[int, ...] | None = None,
+        channels: Sequence[int] | None = None,
     ) -> None:
         check_count("count_bins", count_bins, 2, "; a spline needs at least two segments")
         if isinstance(bound, bool) or not isinstance(bound, int | float) or not bound > 0:
             raise ValueError(f"bound: {bound!r} is not a positive number")
         self.count_bins, self.bound = count_bins, float(bound)
         super().__init__(
-            x_dim, latent_dim, hidden_dims, activation, site, num_flows, flow_hidden_dims
+            x_dim,
+            latent_dim,
+            hidden_dims,
+            activation,
+            site,
+            num_flows,
+            flow_hidden_dims,
+            arch,
+            image_shape,
+            channels,
         )
 
     def make_transform(self, context_dim: int, index: int) -> dist.ConditionalTransformModule:

@@ -30,3 +30,17 @@ def test_code_is_corrupted_only_while_training():
 def test_negative_noise_is_rejected():
     with pytest.raises(ValueError, match="noise_std: -0.1"):
         Autoencoder(10, noise_std=-0.1)
+
+
+def test_a_conv_autoencoder_encodes_and_decodes_images():
+    torch.manual_seed(0)
+    model = Autoencoder(
+        64, 3, (8,), noise_std=0.0, arch="conv", image_shape=(8, 8), channels=(2, 4)
+    )
+    x = torch.bernoulli(torch.full((5, 64), 0.5))
+    assert model.encode(x).shape == (5, 3) and model.decode(model.encode(x)).shape == (5, 64)
+    loss = Trace_ELBO().loss(model, model.make_guide(), x)
+    expected = -model.likelihood.distribution(model.decoder(model.encode(x))).log_prob(x).sum()
+    assert loss == pytest.approx(expected.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="image_shape: None; arch='conv' needs"):
+        Autoencoder(64, arch="conv")

@@ -1,14 +1,18 @@
 import math
 
 import pyro
+import pyro.poutine as poutine
 import pytest
 import torch
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 from models.vae import VAE
+from pyro_vae import estimators
 from pyro_vae.data import Preprocessing, load_data
 from pyro_vae.estimators import get
-from pyro_vae.evaluate import elbo_per_datapoint, iwae_log_likelihood
+from pyro_vae.estimators.compiled import CompiledELBO, should_record
+from pyro_vae.evaluate import elbo_per_datapoint, iwae_log_likelihood, log_importance_weights
+from pyro_vae.svi_step import GroupedAdam, SVIStep
 
 
 @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian", "categorical"])
@@ -229,3 +233,142 @@ def test_a_mixture_prior_is_recorded_and_replayed_bit_for_bit(prior, name):
 def test_bad_prior_options_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         VAE(10, **kwargs)
+
+
+def _conv_vae(likelihood="bernoulli", image_shape=(8, 8), levels=None):
+    """A conv VAE small enough for a test: widths 2 and 4, one hidden layer of 8."""
+    d = math.prod(image_shape)
+    return VAE(
+        d,
+        4,
+        (8,),
+        likelihood,
+        levels,
+        arch="conv",
+        image_shape=image_shape,
+        channels=(2, 4),
+    )
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian", "categorical"])
+@pytest.mark.parametrize("image_shape", [(8, 8), (3, 8, 8)])
+def test_a_conv_vae_scores_each_likelihood_on_grey_and_colour_images(likelihood, image_shape):
+    pyro.set_rng_seed(0)
+    d = math.prod(image_shape)
+    levels = 5 if likelihood == "categorical" else None
+    model = _conv_vae(likelihood, image_shape, levels)
+    guide = model.make_guide()
+    assert guide.trunk.out_features == 8
+    x = {
+        "bernoulli": torch.bernoulli(torch.full((6, d), 0.5)),
+        "gaussian": torch.rand(6, d),
+        "categorical": torch.randint(0, 5, (6, d)).float(),
+    }[likelihood]
+    trace = poutine.trace(poutine.replay(model, poutine.trace(guide).get_trace(x))).get_trace(x)
+    assert trace.nodes["x"]["fn"].event_shape == (d,) and trace.nodes["x"]["fn"].batch_shape == (6,)
+    loss = Trace_ELBO().differentiable_loss(model, guide, x)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert model.decode(torch.zeros(3, 4)).shape == (3, d)
+    assert torch.isfinite(iwae_log_likelihood(model, guide, x, 4)).all()
+
+
+def test_a_conv_decoders_planes_are_each_pixels_own_parameters():
+    """log p(x | z) from the flattened decoder output equals, pixel by pixel, the density
+    read off the transposed convolution's output planes at that pixel: the categorical's L
+    logits of channel c at (h, w), the Gaussian's mean and scale planes."""
+    torch.manual_seed(0)
+    z = torch.randn(2, 4)
+    categorical = _conv_vae("categorical", (3, 8, 8), levels=5)
+    x = torch.randint(0, 5, (2, 3, 8, 8))
+    planes = categorical.decoder.net(z).reshape(2, 3, 5, 8, 8)  # [B, C, L, H, W]
+    by_pixel = torch.log_softmax(planes, 2).gather(2, x[:, :, None]).sum((1, 2, 3, 4))
+    h = categorical.decoder(z)
+    ours = categorical.likelihood.distribution(h).log_prob(x.reshape(2, -1).float())
+    torch.testing.assert_close(ours, by_pixel)
+    gaussian = _conv_vae("gaussian", (3, 8, 8))
+    x = torch.rand(2, 3, 8, 8)
+    planes = gaussian.decoder.net(z).reshape(2, 2, 3, 8, 8)  # [B, (mean, scale), C, H, W]
+    scale = gaussian.likelihood.min_scale + torch.nn.functional.softplus(planes[:, 1])
+    normal = torch.distributions.Normal(torch.sigmoid(planes[:, 0]), scale)
+    ours = gaussian.likelihood.distribution(gaussian.decoder(z)).log_prob(x.reshape(2, -1))
+    torch.testing.assert_close(ours, normal.log_prob(x).sum((1, 2, 3)))
+
+
+def test_a_conv_vaes_vectorized_iwae_equals_its_loop_over_the_same_draws():
+    """The decoder sees z of [K, B, latent_dim] when particles are vectorized and [B,
+    latent_dim] in a loop; folding the leading dims must give the same log-weights. Torch's
+    CPU normal sampler fills blocks of 16 from one uniform stream, so with B·latent_dim a
+    multiple of 16 the loop draws the vectorized draws, one particle after another."""
+    model = _conv_vae()
+    guide = model.make_guide()
+    x = torch.bernoulli(torch.rand(4, 64, generator=torch.Generator().manual_seed(0)))
+    pyro.set_rng_seed(1)
+    vectorized = log_importance_weights(model, guide, x, 6, vectorize_particles=True)
+    pyro.set_rng_seed(1)
+    looped = log_importance_weights(model, guide, x, 6, vectorize_particles=False)
+    assert vectorized.shape == (6, 4)
+    torch.testing.assert_close(vectorized, looped, rtol=1e-5, atol=1e-4)
+    pyro.set_rng_seed(1)
+    together = iwae_log_likelihood(model, guide, x, 6, vectorize_particles=True)
+    pyro.set_rng_seed(1)
+    apart = iwae_log_likelihood(model, guide, x, 6, vectorize_particles=False)
+    torch.testing.assert_close(together, apart, rtol=1e-5, atol=1e-4)
+    by_hand = torch.logsumexp(vectorized, 0) - math.log(6)
+    torch.testing.assert_close(together, by_hand, rtol=1e-5, atol=1e-4)
+
+
+def test_a_conv_vaes_recorded_step_equals_the_eager_one():
+    """``--compile`` records conv nets too: two passes over three batches, the same weights
+    bit for bit and losses up to float32 summation, one recording per batch shape."""
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.rand(n, 64, generator=g) > 0.5).float() for n in (5, 5, 3)]
+
+    def train(compiled: bool):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        model = _conv_vae()
+        guide = model.make_guide()
+        assert should_record(estimators.get("trace"), model, guide) is None
+        elbo = CompiledELBO(estimators.get("trace")) if compiled else estimators.get("trace")
+        svi = SVIStep(model, guide, GroupedAdam({"lr": 0.01}), elbo)
+        losses = [svi.step(x, num_data=50) for _ in range(2) for x in batches]
+        return losses, {**model.state_dict(), **guide.state_dict()}, elbo
+
+    losses, weights, _ = train(False)
+    ours, our_weights, elbo = train(True)
+    for key, value in weights.items():
+        assert torch.equal(our_weights[key], value), key
+    assert ours == pytest.approx(losses, rel=1e-6)
+    assert elbo.num_recordings == 2
+
+
+def test_conv_options_are_checked_before_anything_is_built():
+    with pytest.raises(ValueError, match=r"image_shape: None; arch='conv' needs"):
+        VAE(64, arch="conv")
+    with pytest.raises(ValueError, match=r"channels: \(8, 16, 32, 64\) asks for 4 convolutions"):
+        VAE(64, arch="conv", image_shape=(8, 8), channels=(8, 16, 32, 64))
+    with pytest.raises(ValueError, match="arch: 'cnn' is not one of mlp, conv"):
+        VAE(64, arch="cnn")
+    with pytest.raises(ValueError, match=r"channels: \(4,\) sizes convolutions, but arch is"):
+        VAE(64, channels=(4,))
+
+
+def test_the_mlp_vae_is_unchanged_by_the_conv_option():
+    model = VAE(10, 2, (8,))
+    assert model.network_options == {"arch": "mlp"}
+    assert sorted(model.state_dict()) == [
+        "decoder.0.bias",
+        "decoder.0.weight",
+        "decoder.2.bias",
+        "decoder.2.weight",
+    ]
+    assert sorted(model.make_guide().state_dict()) == [
+        "loc_head.bias",
+        "loc_head.weight",
+        "log_scale_head.bias",
+        "log_scale_head.weight",
+        "trunk.0.bias",
+        "trunk.0.weight",
+    ]

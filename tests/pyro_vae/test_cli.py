@@ -704,3 +704,31 @@ def test_restart_clears_a_failed_run_s_own_files_and_refuses_before_removing_any
     (run.path / "notes.txt").unlink()
     _check_new_folder(run, restart=True)
     assert [p.name for p in run.path.iterdir() if not p.name.startswith(".")] == []
+
+
+def test_a_conv_vae_fits_evaluates_samples_and_resumes_as_a_conv_vae(tmp_path, capsys):
+    run = tmp_path / "conv"
+    conv = ["--arch", "conv", "--channels", "2", "4", "--hidden", "8", "--latent-dim", "3"]
+    fast = ["--no-progress", "--ll-samples", "5", "--epochs", "1", "--out", str(run)]
+    assert main(["fit", "--data", "digits", *conv, *fast]) == 0
+    config = RunFolder(run).read_config()
+    assert config["model_options"]["arch"] == "conv"
+    assert config["model_options"]["channels"] == [2, 4]
+    assert config["train"]["compile"] is True  # --compile auto recorded the conv step
+    weights = RunFolder(run).load_checkpoint()["model"]
+    assert weights["decoder.net.net.3.weight"].shape == (4, 2, 4, 4)  # ConvTranspose2d 4 -> 2
+    assert main(["evaluate", str(run), "--ll-samples", "5"]) == 0
+    assert main(["sample", str(run), "--num", "4", "--out", str(tmp_path / "s.png")]) == 0
+    assert main(["fit", "--resume", str(run), "--epochs", "2", "--no-progress"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert [r["epoch"] for r in metrics["epochs"]] == [1, 2]
+    assert metrics["model_arguments"]["image_shape"] == [8, 8]
+    assert RunFolder(run).read_config()["model_options"]["arch"] == "conv"
+    capsys.readouterr()
+    assert main(["fit", "--resume", str(run), "--epochs", "3", "--arch", "mlp"]) == 2
+    assert "--arch cannot change a run being resumed" in capsys.readouterr().err
+
+
+def test_an_mlp_run_keeps_no_arch_in_its_config(trained):
+    options = RunFolder(trained).read_config()["model_options"]
+    assert options == {"latent_dim": 4, "hidden_dims": [32], "activation": "softplus"}

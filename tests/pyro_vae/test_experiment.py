@@ -36,6 +36,34 @@ def test_build_constructs_what_the_config_names_and_builds_the_estimator_once():
     assert callable(exp.guide)
 
 
+class _NoImages:
+    """A model class whose constructor takes neither image_shape nor arch."""
+
+    def __init__(self, x_dim, latent_dim=2):
+        self.x_dim = x_dim
+
+    def __call__(self, x):
+        pass
+
+
+def test_the_image_shape_goes_only_to_models_that_take_it_with_arch_and_channels():
+    conv = {**SMALL, "arch": "conv", "channels": [2, 4]}
+    exp = build(RunConfig(ModelConfig("models.vae:VAE", conv), guide=GuideConfig(None)))
+    assert exp.model_arguments["image_shape"] == (8, 8) and exp.not_accepted == []
+    assert exp.model.arch == "conv" and exp.guide.trunk.out_features == 8
+    iaf = GuideConfig("pyro_vae.guides:AmortizedIAF")
+    exp = build(RunConfig(ModelConfig("models.vae:VAE", conv), guide=iaf))
+    convs = [m for m in exp.guide.trunk.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [2, 4]
+    assert exp.guide.trunk.out_features == 8
+    spec = f"{__name__}:_NoImages"
+    plain = build(
+        RunConfig(ModelConfig(spec, conv), guide=GuideConfig(f"{__name__}:no_guide_model"))
+    )
+    assert plain.model_arguments == {"x_dim": 64, "latent_dim": 2}
+    assert plain.not_accepted == ["hidden_dims", "arch", "channels"]
+
+
 def test_build_reports_standard_options_a_model_does_not_take():
     config = RunConfig(ModelConfig("pyro.infer.autoguide:AutoNormal", {"latent_dim": 2}))
     with pytest.raises(ValueError, match="model: pyro.infer.autoguide:AutoNormal rejected"):

@@ -53,3 +53,7 @@ def test_the_cli_round_trip(tmp_path):
     checks.check_the_cli_round_trip(
         "pyro_vae.guides:AmortizedIAF", tmp_path, compile="auto", fresh_process=True
     )
+
+
+def test_a_conv_encoder_gives_the_same_heads_and_records():
+    checks.check_a_conv_encoder(AmortizedIAF)

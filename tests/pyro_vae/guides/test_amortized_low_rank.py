@@ -67,3 +67,7 @@ def test_tensors_stay_on_the_inputs_device():
 
 def test_the_cli_round_trip(tmp_path):
     checks.check_the_cli_round_trip("pyro_vae.guides:AmortizedLowRankNormal", tmp_path)
+
+
+def test_a_conv_encoder_gives_the_same_heads_and_records():
+    checks.check_a_conv_encoder(AmortizedLowRankNormal, rank=2)

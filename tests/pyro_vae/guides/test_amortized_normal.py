@@ -19,3 +19,13 @@ def test_samples_are_reparameterized_and_scaled_by_the_data_plate():
     assert site["scale"] == 10.0
     site["value"].sum().backward()
     assert guide.loc_head.weight.grad is not None and guide.log_scale_head.weight.grad is not None
+
+
+def test_a_conv_encoder_is_a_convolutional_trunk_then_the_same_heads():
+    guide = AmortizedNormal(64, 3, (8,), arch="conv", image_shape=(8, 8), channels=(2, 4))
+    x = torch.rand(5, 64)
+    q = guide.encode(x)
+    assert q.batch_shape == (5, 3) and guide.loc_head.in_features == 8
+    convs = [m for m in guide.trunk.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [2, 4]
+    torch.testing.assert_close(q.loc, guide.loc_head(guide.trunk(x.reshape(5, 1, 8, 8))))

@@ -63,3 +63,11 @@ def test_tensors_stay_on_the_inputs_device():
 # The command line's round trip (fit, evaluate, load) is tested on AmortizedIAF, which
 # shares this guide's base class (AmortizedFlow: encode, forward, its Monte Carlo mean);
 # the command line builds every guide from its spec alike.
+
+
+def test_a_conv_encoder_gives_the_same_heads_and_records():
+    # bound=100: every draw inside the spline's box. Pyro's spline picks the coordinates
+    # inside [-bound, bound] with a boolean mask, so a recording made when k draws fell
+    # outside fails to replay (a shape error) on a step where a different number do; the
+    # conv encoder's larger first draws here meet that, the MLP's happen not to.
+    checks.check_a_conv_encoder(AmortizedSplineFlow, bound=100.0)
