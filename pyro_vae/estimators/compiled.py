@@ -281,6 +281,7 @@ class CompiledELBO(SurrogateELBO):
                     "from step to step; train it uncompiled (fit: TrainConfig(compile=False)) "
                     "and do not declare it recordable."
                 ) from err
+        _refuse_value_dependent_shapes(graph.graph, model, guide)
         _drop_no_ops(graph.graph)
         graph.graph.eliminate_dead_code()  # random draws count as impure and stay
         graph.recompile()
@@ -323,6 +324,45 @@ def _replay(recording: _Recording, tensors: list[torch.Tensor]) -> torch.Tensor:
     operations outside the networks (log-densities, the ELBO's sums) in float32."""
     with precision.suspended():
         return recording.graph(*tensors)
+
+
+# Operations whose output's shape depends on the values of their input: a recording fixes
+# the shape the first step had, and every size computed from it after (a view, an expand),
+# so a step where the count differs fails to replay, or replays the wrong computation.
+_VALUE_DEPENDENT_SHAPES = {
+    "aten.nonzero.default",
+    "aten.argwhere.default",
+    "aten.masked_select.default",
+    "aten._unique.default",
+    "aten._unique2.default",
+    "aten.unique_dim.default",
+    "aten.unique_consecutive.default",
+    "aten.repeat_interleave.Tensor",
+}
+
+
+def _refuse_value_dependent_shapes(graph: torch.fx.Graph, model, guide) -> None:
+    """Raise :class:`CaptureError` if a recorded operation's output shape depends on
+    tensor values: one of :data:`_VALUE_DEPENDENT_SHAPES`, or indexing with a boolean mask
+    (``x[x > 0]``; Pyro's spline transforms pick the coordinates inside their box so)."""
+    for node in graph.nodes:
+        if node.op != "call_function":
+            continue
+        name = str(node.target)
+        masked = name.startswith(("aten.index.", "aten.index_put")) and any(
+            getattr(getattr(i, "meta", {}).get("val"), "dtype", None) == torch.bool
+            for i in (node.args[1] if len(node.args) > 1 else ())
+            if i is not None
+        )
+        if masked or name in _VALUE_DEPENDENT_SHAPES:
+            what = "indexing with a boolean mask" if masked else name
+            raise CaptureError(
+                f"could not record one step of {_name(model)} and {_name(guide)}: it uses "
+                f"{what}, whose result's shape depends on tensor values, so a recording "
+                "made on one step would not replay on a step where the count differs. Train "
+                "it uncompiled (fit: TrainConfig(compile=False)) and do not declare it "
+                "recordable."
+            )
 
 
 def _drop_no_ops(graph: torch.fx.Graph) -> None:

@@ -51,10 +51,11 @@ class AmortizedSplineFlow(AmortizedFlow):
             number.
     """
 
-    #: May be recorded without being asked (``pyro_vae.estimators.compiled.should_record``):
-    #: no Python branching on tensor values; trace structure fixed by batch shape (the
-    #: recorded step is tested to equal the eager one).
-    recordable = True
+    #: Not recorded (``pyro_vae.estimators.compiled``): Pyro's spline picks the coordinates
+    #: inside [−bound, bound] with a boolean mask, so the shapes of a step's tensors depend
+    #: on how many draws fall inside, and a recording fails on a step where that count
+    #: differs (``CompiledELBO`` refuses it with a ``CaptureError``).
+    recordable = False
 
     def __init__(
         self,

@@ -290,7 +290,10 @@ def test_should_record_keeps_what_the_prefix_rule_recorded(model_spec, guide_spe
 
     model = load_object(model_spec, "model")
     guide = None if guide_spec is None else load_object(guide_spec, "guide")
-    expected = _old_cli_rule(model_spec, guide_spec)
+    # The one exception: the spline flow's shapes depend on its draws (boolean-mask
+    # indexing), which the prefix rule recorded and which failed on replay.
+    spline = guide_spec == "pyro_vae.guides:AmortizedSplineFlow"
+    expected = _old_cli_rule(model_spec, guide_spec) and not spline
     assert (should_record(get("trace"), model, guide) is None) is expected
 
 
@@ -390,3 +393,29 @@ def test_free_bits_and_beta_are_recorded_and_replayed_exactly():
         assert a.item() == b.item()
         assert torch.equal(torch.autograd.grad(a, m)[0], torch.autograd.grad(b, m)[0])
     assert compiled.num_recordings == 1
+
+
+@pytest.mark.parametrize(
+    "select, what",
+    [
+        (lambda z: z[z > 0].sum(), "indexing with a boolean mask"),
+        (lambda z: z.nonzero().float().sum(), "aten.nonzero.default"),
+        (lambda z: torch.masked_select(z, z > 0).sum(), "aten.masked_select.default"),
+    ],
+)
+def test_a_step_whose_shapes_depend_on_values_is_refused(select, what):
+    # A recording fixes the shape the first step's values gave: refused at capture, not
+    # left to fail (or replay another computation) on a later step where the count differs.
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros_like(x), 1.0).to_event(1))
+        pyro.factor("selected", select(z))
+
+    def guide(x):
+        loc = pyro.param("loc", torch.zeros_like(x))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(loc, 1.0).to_event(1))
+
+    pyro.clear_param_store()
+    with pytest.raises(CaptureError, match=what.replace(".", r"\.")):
+        CompiledELBO(Trace_ELBO()).loss_and_grads(model, guide, torch.zeros(3, 2))

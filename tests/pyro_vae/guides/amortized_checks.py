@@ -173,15 +173,17 @@ def check_the_cli_round_trip(
     torch.testing.assert_close(q.log_prob(z), torch.tensor(fresh["log_q"]), rtol=1e-4, atol=1e-4)
 
 
-def check_a_conv_encoder(guide_class, **options) -> None:
+def check_a_conv_encoder(guide_class, recorded: bool = True, **options) -> None:
     """``arch="conv"``: the trunk is convolutional (widths ``channels``) and feeds the same
-    heads and context, and the recorded step still equals the eager one."""
+    heads and context, and (``recorded``) the recorded step still equals the eager one."""
     conv = {"arch": "conv", "image_shape": (4, 4), "channels": (2, 4)}
     guide = guide_class(16, 3, (8,), **conv, **options)
     widths = [m.out_channels for m in guide.trunk.modules() if isinstance(m, torch.nn.Conv2d)]
     assert widths == [2, 4] and guide.loc_head.in_features == 8
     q = guide.encode(torch.rand(5, 16))
     assert q.batch_shape[:1] == (5,) and q.rsample().shape == (5, 3)
+    if not recorded:
+        return
     g = torch.Generator().manual_seed(1)
     batches = [(torch.rand(n, 16, generator=g) > 0.5).float() for n in (6, 6, 3)]
     check_recorded_steps(lambda: guide_class(16, 3, (8,), **conv, **options), batches, 2)
