@@ -550,15 +550,7 @@ def load_data(
     for arg, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0.0 <= value < 1.0:
             raise ValueError(f"{arg}: {value} is not in [0, 1)")
-    if isinstance(name, str):
-        if labels is not None:
-            raise TypeError(
-                f"labels: given with the dataset {name!r}, which brings its own; labels go "
-                "with a numpy array"
-            )
-        raw = load_raw(name)
-    else:
-        raw = raw_from_python(name, labels)
+    raw = _raw(name, labels)
     if raw.test_x is None and test_fraction == 0:
         raise ValueError(
             f"test_fraction: 0 leaves {raw.name!r} without test images (it has no official test "
@@ -596,6 +588,17 @@ def load_data(
         pixel_max=pixel_max,
         info=info,
     )
+
+
+def _raw(name: Any, labels: Any) -> RawImages:
+    if not isinstance(name, str):
+        return raw_from_python(name, labels)
+    if labels is not None:
+        raise TypeError(
+            f"labels: given with the dataset {name!r}, which brings its own; labels go with a "
+            "numpy array"
+        )
+    return load_raw(name)
 
 
 Split = tuple[np.ndarray, np.ndarray, np.ndarray]
