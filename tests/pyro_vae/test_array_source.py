@@ -70,7 +70,9 @@ def test_bad_labels_and_bad_python_objects_are_refused():
 def test_a_torch_dataset_of_pairs_or_images_becomes_arrays():
     pairs = torch.utils.data.TensorDataset(torch.as_tensor(IMAGES), torch.arange(30) % 2)
     arrays = from_dataset(pairs)
-    assert np.array_equal(arrays.x, IMAGES) and arrays.labelled and arrays.y[:3].tolist() == [0, 1, 0]
+    assert (
+        np.array_equal(arrays.x, IMAGES) and arrays.labelled and arrays.y[:3].tolist() == [0, 1, 0]
+    )
     data = load_data(pairs, Preprocessing("gaussian"))
     assert data.info["dataset"] == "dataset TensorDataset" and data.x_dim == 16
     ragged = [torch.zeros(4), torch.zeros(5)]

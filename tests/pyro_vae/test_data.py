@@ -300,9 +300,9 @@ def test_memory_mapped_splits_are_index_sets_into_the_map_not_copies(npy):
 
 
 def test_a_float_array_of_intensities_trains_from_python(tmp_path):
-    from models.vae import VAE
     from pyro.infer import Trace_ELBO
 
+    from models.vae import VAE
     from pyro_vae import TrainConfig, fit
 
     x = np.random.default_rng(4).random((40, 6), dtype=np.float32)

@@ -32,9 +32,7 @@ def test_a_changed_checksum_is_refused_unless_allowed():
 FAST = ["--latent-dim", "2", "--hidden", "8", "--no-progress", "--ll-samples", "2"]
 
 
-def test_evaluate_refuses_a_run_whose_array_changed_and_the_flag_lets_it_through(
-    tmp_path, capsys
-):
+def test_evaluate_refuses_a_run_whose_array_changed_and_the_flag_lets_it_through(tmp_path, capsys):
     data = tmp_path / "x.npy"
     np.save(data, np.random.default_rng(0).integers(0, 256, (30, 4, 4), dtype=np.uint8))
     run = tmp_path / "run"
