@@ -113,6 +113,7 @@ class FirstBatches:
 
 def child(path: str, mode: str, batch_size: int, max_batches: int | None) -> dict:
     """One epoch in this process: load (mapped or in memory), fit, report the peak."""
+    import pyro
     import torch
     from pyro.infer import Trace_ELBO
 
@@ -127,6 +128,7 @@ def child(path: str, mode: str, batch_size: int, max_batches: int | None) -> dic
         source = path if mode == "mapped" else np.load(path)
         data = load_data(source, Preprocessing("gaussian"), val_fraction=0.01, test_fraction=0.01)
         loaded = time.perf_counter() - started
+        pyro.set_rng_seed(0)  # the same initial weights in every run
         model = VAE(data.x_dim, latent_dim=16, hidden_dims=(256,), likelihood="gaussian")
         config = TrainConfig(epochs=1, batch_size=batch_size, progress=False, seed=0)
         result = fit(
