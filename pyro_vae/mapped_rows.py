@@ -39,13 +39,25 @@ class MappedRows:
     """
 
     dtype = torch.float32
-    device = torch.device("cpu")
 
-    def __init__(self, array: np.ndarray, index: np.ndarray, observe: Observe, width: int):
+    def __init__(
+        self,
+        array: np.ndarray,
+        index: np.ndarray,
+        observe: Observe,
+        width: int,
+        device: torch.device | None = None,
+    ):
         self.array = array
         self.index = np.asarray(index, dtype=np.int64)
         self.observe = observe
         self.width = int(width)
+        self.device = torch.device("cpu") if device is None else device
+
+    def to_device(self, device: torch.device) -> MappedRows:
+        """The same rows, each gather put on ``device`` (the map stays where it is):
+        what :func:`pyro_vae.devices.to_device` does with them."""
+        return MappedRows(self.array, self.index, self.observe, self.width, device)
 
     @property
     def shape(self) -> torch.Size:
@@ -73,7 +85,8 @@ class MappedRows:
         order = np.argsort(positions, kind="stable")
         stored = np.empty((len(positions), *self.array.shape[1:]), dtype=self.array.dtype)
         stored[order] = self.array[positions[order]]
-        return self.observe(stored)
+        x = self.observe(stored)
+        return x if self.device.type == "cpu" else x.to(self.device)
 
     def index_select(self, dim: int, index: torch.Tensor) -> torch.Tensor:
         if dim != 0:
@@ -91,7 +104,7 @@ class MappedRows:
 
     def subset(self, key) -> MappedRows:
         """These rows' ``key`` (a slice or index array) as a :class:`MappedRows`: no read."""
-        return MappedRows(self.array, self.index[key], self.observe, self.width)
+        return MappedRows(self.array, self.index[key], self.observe, self.width, self.device)
 
     def chunks(self, size: int = CHUNK_ROWS) -> Iterator[torch.Tensor]:
         """The observations in order, ``size`` rows at a time."""

@@ -74,6 +74,8 @@ def check_unchanged(
         f"data: {recorded.get('path', '?')} changed since the run was trained: its files' "
         f"names and sizes give {now} (shape {current.get('shape')}, {current.get('dtype')}), "
         f"but config.json recorded {recorded['checksum']} (shape {recorded.get('shape')}, "
-        f"{recorded.get('dtype')}); results would not be comparable. To use the data as they "
-        f"are now, pass {ALLOW_FLAG} (from Python: allow_changed_data=True)"
+        f"{recorded.get('dtype')}); results would not be comparable. To evaluate on the data "
+        f"as they are now, pass {ALLOW_FLAG} to evaluate, sample, diagnose, amortization-gap "
+        "or grad-variance (from Python: allow_changed_data=True); a fit is not resumed on "
+        "other data"
     )

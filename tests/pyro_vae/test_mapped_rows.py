@@ -42,3 +42,12 @@ def test_a_subset_is_an_index_set_into_the_same_map(rows):
     assert torch.equal(in_memory(x, 4), x[:4])
     tensor = torch.zeros(3, 6)
     assert in_memory(tensor) is tensor
+
+
+def test_rows_sent_to_a_device_are_gathered_there(rows):
+    from pyro_vae.devices import to_device
+
+    _, _, x = rows
+    meta = to_device(x, torch.device("meta"))
+    assert isinstance(meta, MappedRows) and meta.device.type == "meta" and x.device.type == "cpu"
+    assert meta[:3].device.type == "meta" and meta.subset(slice(2)).device.type == "meta"
