@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 from pyro_vae import estimators
 from pyro_vae.checkpoint import RunFolder, RunFolderError
 from pyro_vae.convnets import ARCHITECTURES, DEFAULT_CHANNELS
-from pyro_vae.data import BINARIZATIONS, DatasetNotFoundError
+from pyro_vae.data import BINARIZATIONS, DatasetNotFoundError, resolved_name
 from pyro_vae.devices import resolve_device, to_device
 from pyro_vae.diagnostics.gradient_variance import gradient_variance
 from pyro_vae.distributed import RankLost, current, launch, refuse_before_launch, session
@@ -33,6 +33,7 @@ from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.plots import plot_gradient_variance, plot_samples
 from pyro_vae.precision import PRECISIONS, refuse_on_device
 from pyro_vae.predictive import prior_mean_images
+from pyro_vae.provenance import ALLOW_FLAG
 from pyro_vae.run_config import (
     DataConfig,
     EstimatorConfig,
@@ -177,7 +178,10 @@ def _add_fit_model(f: argparse.ArgumentParser) -> None:
 
 def _add_fit_data(f: argparse.ArgumentParser) -> None:
     f.add_argument(
-        "--data", default=_DATA.name, help="digits, fashion-mnist or idx:PATH (default %(default)s)"
+        "--data",
+        default=_DATA.name,
+        help="digits, fashion-mnist, idx:PATH, PATH.npy (memory-mapped; labels from "
+        "PATH.labels.npy) or PATH.npz (x, y; read into memory) (default %(default)s)",
     )
     f.add_argument("--likelihood", choices=LIKELIHOODS, default=_DATA.likelihood)
     f.add_argument(
@@ -300,6 +304,15 @@ def _add_fit_training(f: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_allow_changed_data(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        ALLOW_FLAG,
+        action="store_true",
+        help="go on when the data's checksum (file names and sizes) differs from the one "
+        "the run recorded in config.json",
+    )
+
+
 def _add_device(parser: argparse.ArgumentParser, default: str = "default: auto") -> None:
     parser.add_argument(
         "--device",
@@ -330,6 +343,7 @@ def _add_evaluate(sub) -> None:
     e.add_argument("run", type=Path)
     e.add_argument("--ll-samples", type=int, default=None, help="default: the run's setting")
     e.add_argument("--ll-points", type=int, default=None, help="default: the run's setting")
+    _add_allow_changed_data(e)
     _add_device(e)
 
 
@@ -339,6 +353,7 @@ def _add_sample(sub) -> None:
     s.add_argument("--num", type=int, default=64)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", type=Path, default=None, help="PNG path (default RUN/samples.png)")
+    _add_allow_changed_data(s)
     _add_device(s)
 
 
@@ -360,6 +375,7 @@ def _add_amortization_gap(sub) -> None:
         help="the per-image guides' family, the encoder's own (default: normal)",
     )
     a.add_argument("--seed", type=int, default=0)
+    _add_allow_changed_data(a)
     _add_device(a)
 
 
@@ -378,6 +394,7 @@ def _add_diagnose(sub) -> None:
     g.add_argument("--idata-samples", type=int, default=200, help="draws in diagnostics.nc")
     g.add_argument("--worst", type=int, default=12, help="highest-k̂ images to show")
     g.add_argument("--seed", type=int, default=0)
+    _add_allow_changed_data(g)
     _add_device(g)
 
 
@@ -400,6 +417,7 @@ def _add_grad_variance(sub) -> None:
     v.add_argument(
         "--out", type=Path, default=None, help="PNG path (default RUN/gradient_variance.png)"
     )
+    _add_allow_changed_data(v)
     _add_device(v)
 
 
@@ -658,6 +676,7 @@ def _train_and_report(
     _refuse_precision(config)  # 16-mixed on the CPU: before the data are loaded
     exp = build(config)
     if not args.resume:
+        config = replace(config, data=exp.config.data)  # with the data's provenance
         config = _note_unaccepted(args, exp, config)
         compile_step = _should_compile(args, exp.elbo, exp.model, exp.guide)
         config = replace(config, training=replace(config.training, compile=compile_step))
@@ -736,7 +755,7 @@ def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
 
 def _evaluate(args: argparse.Namespace) -> int:
     run = RunFolder(args.run)
-    exp = load(run, args.device or "auto")
+    exp = load(run, args.device or "auto", args.allow_changed_data)
     ev = exp.config.evaluation
     samples = ev.ll_samples if args.ll_samples is None else args.ll_samples
     points = ev.ll_points if args.ll_points is None else (args.ll_points or None)
@@ -757,7 +776,7 @@ def _sample(args: argparse.Namespace) -> int:
     if out.is_dir() or out.suffix.lower() != ".png":
         raise ValueError(f"--out: {out} is not a .png file path; expected where to write the PNG")
     run = RunFolder(args.run)
-    exp = load(run, args.device or "auto")
+    exp = load(run, args.device or "auto", args.allow_changed_data)
     if not exp.generative:
         raise ValueError(
             f"run: {exp.config.model.spec} has no prior to sample from (it is not a generative "
@@ -776,7 +795,7 @@ def _grad_variance(args: argparse.Namespace) -> int:
     import pyro
 
     run = RunFolder(args.run)
-    exp = load(run, args.device or "auto")
+    exp = load(run, args.device or "auto", args.allow_changed_data)
     specs = [estimators.parse(s) for s in args.estimators.split(",") if s]
     for name, options in specs:
         estimators.get(name, **options)  # reject bad names and options before any work
@@ -834,7 +853,7 @@ def _amortization_gap(args: argparse.Namespace) -> int:
     from pyro_vae.guides import AmortizedFlow
 
     run = RunFolder(args.run)
-    exp = load(run, args.device or "auto")
+    exp = load(run, args.device or "auto", args.allow_changed_data)
     if not exp.generative:
         raise ValueError(f"run: {exp.config.model.spec} has no latent variables to fit guides to")
     _refuse_local_guide(
@@ -890,13 +909,13 @@ def _diagnose(args: argparse.Namespace) -> int:
     from pyro_vae.diagnostics import write_report
 
     run = RunFolder(args.run)
-    exp = load(run, args.device or "auto")
+    exp = load(run, args.device or "auto", args.allow_changed_data)
     if not exp.generative:
         raise ValueError(f"run: {exp.config.model.spec} has no latent variables to diagnose")
     _refuse_local_guide(exp, "k̂ per test image needs a posterior for test images")
     if args.points < 0:
         raise ValueError(f"points: {args.points} is negative; expected a number of test images")
-    x = exp.data.test_x if args.points == 0 else exp.data.test_x[: args.points]
+    x = exp.data.test_x[: args.points or None]  # 0: all (gathered, when memory-mapped)
     x = to_device(x, exp.device)
     pyro.set_rng_seed(args.seed)
     result = write_report(
@@ -951,10 +970,9 @@ def _refuse_local_guide(exp, why: str) -> None:
 
 
 def _resolved_data(name: str) -> str:
-    """``idx:PATH`` with PATH made absolute, so the run evaluates from any folder."""
-    if name.startswith("idx:"):
-        return "idx:" + str(Path(name[4:]).expanduser().resolve())
-    return name
+    """Paths in ``--data`` made absolute (``idx:PATH``, ``PATH.npy``), so the run
+    evaluates from any folder (:func:`pyro_vae.data.resolved_name`)."""
+    return resolved_name(name)
 
 
 def _resolved(spec: str | None) -> str | None:

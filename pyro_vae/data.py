@@ -7,6 +7,13 @@ Datasets (all offline):
   (IDX files under ``/usr/share/datasets/fashion-mnist/``).
 - ``idx:PATH``: any directory holding MNIST-format IDX files
   (``train-images-idx3-ubyte[.gz]`` and friends), e.g. real MNIST or KMNIST.
+- ``PATH.npy``: an array opened memory-mapped, so data larger than memory train; its
+  splits are index sets into the map and every batch, check and evaluation chunk is
+  gathered from it when used (:mod:`pyro_vae.array_source` says what it may hold and
+  where its labels go). ``PATH.npz`` (``x``, optional ``y``) is read into memory whole.
+- From Python, also a numpy array or a ``torch.utils.data.Dataset`` (in memory).
+
+Which loader a ``--data`` string goes to is decided in one place, :data:`SOURCES`.
 
 How pixels are represented follows the likelihood that will model them:
 
@@ -22,7 +29,7 @@ How pixels are represented follows the likelihood that will model them:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -30,6 +37,13 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from pyro_vae.array_source import (
+    ArrayImages,
+    from_array,
+    from_dataset,
+    is_array_path,
+    read_array_file,
+)
 from pyro_vae.checks import check_count
 from pyro_vae.data_source import (
     HELD_OUT,
@@ -40,9 +54,10 @@ from pyro_vae.data_source import (
 )
 from pyro_vae.idx import IDXFormatError, read_idx
 from pyro_vae.likelihoods import LIKELIHOODS
+from pyro_vae.mapped_rows import CHUNK_ROWS, MappedRows
+from pyro_vae.provenance import file_provenance
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-DATASET_NAMES = ("digits", "fashion-mnist", "idx:PATH")
 BINARIZATIONS = ("static", "dynamic")
 _IDX_FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -58,13 +73,20 @@ class DatasetNotFoundError(FileNotFoundError):
 
 @dataclass(frozen=True)
 class RawImages:
-    """Integer pixel images as stored on disk, before any preprocessing.
+    """Pixel images as stored, before any preprocessing.
 
     Attributes:
         name: the dataset's name.
-        train_x: ``[N, H, W]`` integer pixels; ``train_y``: ``[N]`` labels.
+        train_x: ``[N, H, W]`` integer pixels (an array source: also ``[N, D]`` or
+            ``[N, C, H, W]``, or float intensities in [0, 1]; a ``np.memmap`` for ``.npy``);
+            ``train_y``: ``[N]`` labels.
         test_x, test_y: the official test split, or ``None`` when the dataset has none.
-        max_value: the largest possible pixel value (16 for digits, 255 for 8-bit images).
+        max_value: the stored value of full intensity (16 for digits, 255 for 8-bit
+            images, 1 for float intensities).
+        integer: whether pixels are integers (else float intensities).
+        labelled: whether the labels came with the data (else all 0).
+        provenance: the files' provenance (:mod:`pyro_vae.provenance`); ``None`` for data
+            without files of their own (digits, arrays from Python).
     """
 
     name: str
@@ -73,32 +95,143 @@ class RawImages:
     test_x: np.ndarray | None
     test_y: np.ndarray | None
     max_value: int
+    integer: bool = True
+    labelled: bool = True
+    provenance: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class DatasetKind:
+    """One kind of ``--data`` string: how users write it, whether a string is one, how it
+    loads, and its canonical form for config.json (absolute paths, so a run folder
+    rebuilds its data from any working directory)."""
+
+    pattern: str
+    matches: Callable[[str], bool]
+    load: Callable[[str], RawImages]
+    resolve: Callable[[str], str] = staticmethod(lambda name: name)
+
+
+def _digits(name: str) -> RawImages:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = bunch.images.astype(np.int64)
+    return _checked(RawImages(name, images, bunch.target.astype(np.int64), None, None, 16))
+
+
+def _fashion_mnist(name: str) -> RawImages:
+    if not FASHION_MNIST_DIR.is_dir():
+        raise DatasetNotFoundError(
+            f"data: 'fashion-mnist' is not installed (no directory {FASHION_MNIST_DIR}); "
+            "install it with `sudo apt-get install dataset-fashion-mnist`, or point "
+            "`idx:PATH` at a directory of MNIST-format IDX files"
+        )
+    return _load_idx_directory(name, FASHION_MNIST_DIR)
+
+
+def _idx(name: str) -> RawImages:
+    directory = Path(name[4:]).expanduser()
+    if not directory.is_dir():
+        raise DatasetNotFoundError(f"data: {name!r} names {directory}, which is not a directory")
+    return _load_idx_directory(name, directory)
+
+
+def _array_file(name: str) -> RawImages:
+    try:
+        arrays = read_array_file(name)
+    except FileNotFoundError as err:
+        raise DatasetNotFoundError(str(err)) from err
+    return _from_arrays(name, arrays, file_provenance(Path(name), arrays.files, *_kind(arrays)))
+
+
+def _kind(arrays: ArrayImages) -> tuple[tuple[int, ...], np.dtype]:
+    return tuple(arrays.x.shape), arrays.x.dtype
+
+
+def _absolute(prefix: str = "") -> Callable[[str], str]:
+    def resolve(name: str) -> str:
+        return prefix + str(Path(name[len(prefix) :]).expanduser().resolve())
+
+    return resolve
+
+
+SOURCES: list[DatasetKind] = [
+    DatasetKind("digits", lambda n: n == "digits", _digits),
+    DatasetKind("fashion-mnist", lambda n: n == "fashion-mnist", _fashion_mnist),
+    DatasetKind("idx:PATH", lambda n: n.startswith("idx:"), _idx, _absolute("idx:")),
+    DatasetKind(
+        "PATH.npy",
+        lambda n: is_array_path(n) and n.lower().endswith(".npy"),
+        _array_file,
+        _absolute(),
+    ),
+    DatasetKind(
+        "PATH.npz",
+        lambda n: is_array_path(n) and n.lower().endswith(".npz"),
+        _array_file,
+        _absolute(),
+    ),
+]
+"""The ``--data`` strings, tried in order: the one place a new kind of source is added."""
+
+DATASET_NAMES = tuple(kind.pattern for kind in SOURCES)
+
+
+def _source_of(name: str) -> DatasetKind:
+    for kind in SOURCES:
+        if isinstance(name, str) and kind.matches(name):
+            return kind
+    raise ValueError(f"data: unknown dataset {name!r}; expected one of {', '.join(DATASET_NAMES)}")
+
+
+def resolved_name(name: str) -> str:
+    """``name`` as config.json records it: paths made absolute, names as they are.
+
+    Raises:
+        ValueError: not a dataset name or path of a known kind.
+    """
+    return _source_of(name).resolve(name)
 
 
 def load_raw(name: str) -> RawImages:
-    """Load a dataset by name: ``digits``, ``fashion-mnist`` or ``idx:PATH``."""
-    if name == "digits":
-        from sklearn.datasets import load_digits
+    """Load a dataset by its ``--data`` string (:data:`SOURCES`): ``digits``,
+    ``fashion-mnist``, ``idx:PATH``, ``PATH.npy`` (memory-mapped) or ``PATH.npz``.
 
-        bunch = load_digits()
-        images = bunch.images.astype(np.int64)
-        return _checked(RawImages(name, images, bunch.target.astype(np.int64), None, None, 16))
-    if name == "fashion-mnist":
-        if not FASHION_MNIST_DIR.is_dir():
-            raise DatasetNotFoundError(
-                f"data: 'fashion-mnist' is not installed (no directory {FASHION_MNIST_DIR}); "
-                "install it with `sudo apt-get install dataset-fashion-mnist`, or point "
-                "`idx:PATH` at a directory of MNIST-format IDX files"
-            )
-        return _load_idx_directory(name, FASHION_MNIST_DIR)
-    if name.startswith("idx:"):
-        directory = Path(name[4:]).expanduser()
-        if not directory.is_dir():
-            raise DatasetNotFoundError(
-                f"data: {name!r} names {directory}, which is not a directory"
-            )
-        return _load_idx_directory(name, directory)
-    raise ValueError(f"data: unknown dataset {name!r}; expected one of {', '.join(DATASET_NAMES)}")
+    Raises:
+        ValueError: an unknown name, or data its loader refuses (named).
+        DatasetNotFoundError: a dataset or file that is not there.
+    """
+    return _source_of(name).load(name)
+
+
+def raw_from_python(data: Any, labels: Any = None) -> RawImages:
+    """A numpy array (with optional ``labels``) or a map-style ``torch.utils.data.Dataset``
+    (items ``x`` or ``(x, y)``) as :class:`RawImages`, checked (:mod:`pyro_vae.array_source`).
+
+    Raises:
+        TypeError: neither an array nor a dataset, or ``labels`` with a dataset.
+        ValueError: what :func:`pyro_vae.array_source.check_images` refuses.
+    """
+    if isinstance(data, np.ndarray):
+        return _from_arrays("array", from_array(data, labels, "data", labels_arg="labels"))
+    if isinstance(data, torch.Tensor):
+        raise TypeError(
+            "data: a torch.Tensor; expected a numpy array (data.numpy()) or a "
+            "torch.utils.data.Dataset"
+        )
+    if hasattr(data, "__getitem__") and hasattr(data, "__len__") and not isinstance(data, str):
+        if labels is not None:
+            raise TypeError("labels: given with a Dataset, whose items carry their own (x, y)")
+        return _from_arrays(f"dataset {type(data).__name__}", from_dataset(data, "data"))
+    raise TypeError(
+        f"data: a {type(data).__name__}; expected a dataset name or path "
+        f"({', '.join(DATASET_NAMES)}), a numpy array or a torch.utils.data.Dataset"
+    )
+
+
+def _from_arrays(name: str, a: ArrayImages, provenance: dict | None = None) -> RawImages:
+    return RawImages(name, a.x, a.y, None, None, a.max_value, a.integer, a.labelled, provenance)
 
 
 def _find_idx(directory: Path, stem: str) -> Path:
@@ -112,7 +245,8 @@ def _find_idx(directory: Path, stem: str) -> Path:
 
 
 def _load_idx_directory(name: str, directory: Path) -> RawImages:
-    arrays = {key: read_idx(_find_idx(directory, stem)) for key, stem in _IDX_FILES.items()}
+    files = {key: _find_idx(directory, stem) for key, stem in _IDX_FILES.items()}
+    arrays = {key: read_idx(path) for key, path in files.items()}
     for key in ("train_images", "test_images"):
         kind = arrays[key].dtype
         if kind.kind == "f" or (kind.kind == "i" and (arrays[key] < 0).any()):
@@ -132,6 +266,12 @@ def _load_idx_directory(name: str, directory: Path) -> RawImages:
             arrays["test_images"].astype(np.int64),
             arrays["test_labels"].astype(np.int64),
             max_value,
+            provenance=file_provenance(
+                directory,
+                list(files.values()),
+                arrays["train_images"].shape,
+                arrays["train_images"].dtype,
+            ),
         )
     )
 
@@ -202,16 +342,18 @@ class DataSplits:
     ``train_x`` holds intensities in [0, 1] under dynamic binarization (each batch is drawn
     from them); every other tensor holds the observations themselves. A data source for
     :func:`pyro_vae.fit` (:mod:`pyro_vae.data_source`): the model is called on batches of
-    images ``x`` and ELBOs are reported per datapoint.
+    images ``x`` and ELBOs are reported per datapoint. From a memory-mapped ``.npy`` the
+    ``x`` splits are :class:`~pyro_vae.mapped_rows.MappedRows` (index sets into the map,
+    read a batch or chunk at a time) rather than tensors.
     """
 
     per_datapoint: ClassVar[bool] = True
 
-    train_x: torch.Tensor
+    train_x: torch.Tensor | MappedRows
     train_y: torch.Tensor
-    val_x: torch.Tensor
+    val_x: torch.Tensor | MappedRows
     val_y: torch.Tensor
-    test_x: torch.Tensor
+    test_x: torch.Tensor | MappedRows
     test_y: torch.Tensor
     image_shape: tuple[int, ...]
     pixel_max: float
@@ -274,7 +416,7 @@ class DataSplits:
         for rows, x, _ in self.train_batches(batch_size, epoch, seed, drop_last).indexed():
             yield rows, (x,)
 
-    def check_training_data(self, check: ObservationCheck, chunk: int = 10_000) -> None:
+    def check_training_data(self, check: ObservationCheck, chunk: int = CHUNK_ROWS) -> None:
         """Check every training image, in chunks of ``chunk`` rows, before the first step:
         a bad row in a late batch would otherwise surface mid-run as a NaN loss or a
         support error. Static observations go to ``check`` (the likelihood's test, which
@@ -305,12 +447,23 @@ class DataSplits:
         if local_guide:
             x = self.train_x
             if self.dynamic:
-                x = torch.bernoulli(x, generator=torch.Generator().manual_seed(1))
+                fixed = torch.Generator().manual_seed(1)
+                x = torch.cat([torch.bernoulli(rows, generator=fixed) for rows in _chunks(x)])
             return ValidationSet(TRAINING_SET, (x,), whole_data=False, draws=1)
         if not self.val_x.shape[0]:
             return None
-        check(self.val_x, "validation data")
+        if isinstance(self.val_x, MappedRows):
+            for start in range(0, len(self.val_x), CHUNK_ROWS):
+                rows = self.val_x[start : start + CHUNK_ROWS]
+                check(rows, f"validation data (rows {start}..{start + rows.shape[0] - 1})")
+        else:
+            check(self.val_x, "validation data")
         return ValidationSet(HELD_OUT, (self.val_x,), whole_data=False, draws=1)
+
+
+def _chunks(x: torch.Tensor | MappedRows) -> list[torch.Tensor]:
+    """``x`` whole (a tensor) or in chunks of rows (a :class:`MappedRows`)."""
+    return list(x.chunks()) if isinstance(x, MappedRows) else [x]
 
 
 class ShuffledBatches:
@@ -363,109 +516,162 @@ class ShuffledBatches:
 
 
 def load_data(
-    name: str = "digits",
+    name: Any = "digits",
     preprocessing: Preprocessing | None = None,
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
     split_seed: int = 0,
+    labels: Any = None,
 ) -> DataSplits:
     """Load ``name`` and split it into train / validation / test observations.
 
-    A dataset with an official test split keeps it; otherwise ``test_fraction`` of the
-    images are held out. ``val_fraction`` of the remaining training images form the
+    ``name``: a ``--data`` string (:data:`SOURCES`: ``digits``, ``fashion-mnist``,
+    ``idx:PATH``, ``PATH.npy``, ``PATH.npz``), or from Python a numpy array (``labels``:
+    its ``[N]`` integer labels, optional) or a map-style ``torch.utils.data.Dataset``
+    whose items are ``x`` or ``(x, y)`` (:mod:`pyro_vae.array_source` says what an array
+    may hold). A dataset with an official test split keeps it; otherwise ``test_fraction``
+    of the images are held out. ``val_fraction`` of the remaining training images form the
     validation set (0 for none). Splits are drawn with ``split_seed``, independent of the
     training seed, so runs with different seeds are evaluated on the same test images.
+
+    The splits are index sets into the stored array. A memory-mapped ``.npy`` keeps them
+    so: ``train_x``, ``val_x`` and ``test_x`` are :class:`~pyro_vae.mapped_rows.MappedRows`
+    that gather each batch or chunk from the map when used (the validation and test draws
+    of dynamic binarization are made once, chunk by chunk, and held in memory). Every
+    other source is gathered into tensors here; both give the same rows bit for bit.
+
+    Raises:
+        ValueError: a fraction outside [0, 1), no test images, fewer than 2 training
+            images, or data its source refuses (named).
+        TypeError: ``name`` of a kind that is not data, or ``labels`` without an array.
+        DatasetNotFoundError: a named dataset or file that is not there.
     """
     preprocessing = preprocessing or Preprocessing()
     for arg, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0.0 <= value < 1.0:
             raise ValueError(f"{arg}: {value} is not in [0, 1)")
-    raw = load_raw(name)
+    raw = _raw(name, labels)
     if raw.test_x is None and test_fraction == 0:
         raise ValueError(
-            f"test_fraction: 0 leaves {name!r} without test images (it has no official test "
+            f"test_fraction: 0 leaves {raw.name!r} without test images (it has no official test "
             "split); expected a fraction in (0, 1)"
         )
-    images, labels = _split(raw, val_fraction, test_fraction, split_seed)
-    if images["train"].shape[0] < 2:
+    rows = _split_rows(raw, val_fraction, test_fraction, split_seed)
+    if rows["train"][2].shape[0] < 2:
         raise ValueError(
-            f"data: {name!r} leaves {images['train'].shape[0]} training images after the test "
-            f"and validation splits (test_fraction={test_fraction}, val_fraction={val_fraction}); "
-            "expected at least 2"
+            f"data: {raw.name!r} leaves {rows['train'][2].shape[0]} training images after the "
+            f"test and validation splits (test_fraction={test_fraction}, "
+            f"val_fraction={val_fraction}); expected at least 2"
         )
-    pixels = int(np.prod(raw.train_x.shape[1:]))
-    intensity = {
-        split: torch.as_tensor(x.reshape(x.shape[0], pixels) / raw.max_value, dtype=torch.float32)
-        for split, x in images.items()
-    }
     info: dict[str, Any] = {
-        "dataset": name,
+        "dataset": raw.name,
         "likelihood": preprocessing.likelihood,
-        **{f"num_{split}": int(x.shape[0]) for split, x in images.items()},
+        **{f"num_{split}": int(index.shape[0]) for split, (_, _, index) in rows.items()},
         "split_seed": split_seed,
     }
-    obs, pixel_max = _observations(intensity, preprocessing, raw.max_value, split_seed, info)
+    mapped = isinstance(raw.train_x, np.memmap)
+    if mapped:
+        info["memory_mapped"] = True
+    if not raw.labelled:
+        info["labelled"] = False
+    if raw.provenance is not None:
+        info["provenance"] = raw.provenance
+    obs, pixel_max = _observations(raw, rows, preprocessing, split_seed, info, mapped)
     return DataSplits(
         train_x=obs["train"],
-        train_y=torch.as_tensor(labels["train"]),
+        train_y=torch.as_tensor(rows["train"][1][rows["train"][2]]),
         val_x=obs["val"],
-        val_y=torch.as_tensor(labels["val"]),
+        val_y=torch.as_tensor(rows["val"][1][rows["val"][2]]),
         test_x=obs["test"],
-        test_y=torch.as_tensor(labels["test"]),
+        test_y=torch.as_tensor(rows["test"][1][rows["test"][2]]),
         image_shape=tuple(int(s) for s in raw.train_x.shape[1:]),
         pixel_max=pixel_max,
         info=info,
     )
 
 
-def _split(
+def _raw(name: Any, labels: Any) -> RawImages:
+    if not isinstance(name, str):
+        return raw_from_python(name, labels)
+    if labels is not None:
+        raise TypeError(
+            f"labels: given with the dataset {name!r}, which brings its own; labels go with a "
+            "numpy array"
+        )
+    return load_raw(name)
+
+
+Split = tuple[np.ndarray, np.ndarray, np.ndarray]
+"""A split as an index set: the stored images, their labels, and the split's rows of them."""
+
+
+def _split_rows(
     raw: RawImages, val_fraction: float, test_fraction: float, split_seed: int
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Images and labels by split (``train``, ``val``, ``test``, in that order): the
-    official test split or ``test_fraction`` of the images, then ``val_fraction`` of the
-    rest, drawn by permutations of one generator seeded with ``split_seed``."""
+) -> dict[str, Split]:
+    """The rows of each split (``train``, ``val``, ``test``, in that order): the official
+    test split or ``test_fraction`` of the images, then ``val_fraction`` of the rest,
+    drawn by permutations of one generator seeded with ``split_seed``. No image is read."""
     rng = np.random.default_rng(split_seed)
-    train_x, train_y = raw.train_x, raw.train_y
+    train = np.arange(raw.train_x.shape[0])
     if raw.test_x is None:
-        order = rng.permutation(train_x.shape[0])
+        order = rng.permutation(train.shape[0])
         n_test = math.ceil(test_fraction * len(order))
-        test_x, test_y = train_x[order[:n_test]], train_y[order[:n_test]]
-        train_x, train_y = train_x[order[n_test:]], train_y[order[n_test:]]
+        test = (raw.train_x, raw.train_y, order[:n_test])
+        train = order[n_test:]
     else:
-        test_x, test_y = raw.test_x, raw.test_y
-    order = rng.permutation(train_x.shape[0])
+        test = (raw.test_x, raw.test_y, np.arange(raw.test_x.shape[0]))
+    order = rng.permutation(train.shape[0])
     n_val = math.ceil(val_fraction * len(order))
-    val_x, val_y = train_x[order[:n_val]], train_y[order[:n_val]]
-    train_x, train_y = train_x[order[n_val:]], train_y[order[n_val:]]
-    images = {"train": train_x, "val": val_x, "test": test_x}
-    return images, {"train": train_y, "val": val_y, "test": test_y}
+    return {
+        "train": (raw.train_x, raw.train_y, train[order[n_val:]]),
+        "val": (raw.train_x, raw.train_y, train[order[:n_val]]),
+        "test": test,
+    }
 
 
 def _observations(
-    intensity: dict[str, torch.Tensor],
+    raw: RawImages,
+    rows: dict[str, Split],
     preprocessing: Preprocessing,
-    max_value: int,
     split_seed: int,
     info: dict[str, Any],
-) -> tuple[dict[str, torch.Tensor], float]:
-    """The observations of each split from its intensities in [0, 1] (module docstring),
-    and the largest pixel value; what was done is added to ``info``."""
-    if preprocessing.likelihood == "gaussian":
-        return intensity, 1.0
+    mapped: bool,
+) -> tuple[dict[str, torch.Tensor | MappedRows], float]:
+    """The observations of each split (module docstring), as :class:`MappedRows` when
+    ``mapped`` (else gathered into tensors), and the largest pixel value; what was done is
+    added to ``info``."""
+    pixels = int(np.prod(raw.train_x.shape[1:]))
+    max_value = raw.max_value
+
+    def intensity(stored: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(
+            stored.reshape(stored.shape[0], pixels) / max_value, dtype=torch.float32
+        )
+
+    observe, pixel_max = intensity, 1.0
     if preprocessing.likelihood == "categorical":
-        levels = preprocessing.resolved_levels(max_value)
+        levels = preprocessing.resolved_levels(max_value if raw.integer else 255)
         info["levels"] = levels
-        obs = {
-            k: torch.clamp(torch.floor(v * levels), max=levels - 1) for k, v in intensity.items()
-        }
-        return obs, float(levels - 1)
-    info["binarization"] = preprocessing.binarize
-    if preprocessing.binarize == "static":
-        info["threshold"] = preprocessing.threshold
-        return {k: (v > preprocessing.threshold).float() for k, v in intensity.items()}, 1.0
-    fixed = torch.Generator().manual_seed(split_seed + 1)
-    return {
-        "train": intensity["train"],
-        "val": torch.bernoulli(intensity["val"], generator=fixed),
-        "test": torch.bernoulli(intensity["test"], generator=fixed),
-    }, 1.0
+        pixel_max = float(levels - 1)
+
+        def observe(stored: np.ndarray) -> torch.Tensor:
+            return torch.clamp(torch.floor(intensity(stored) * levels), max=levels - 1)
+
+    elif preprocessing.likelihood == "bernoulli":
+        info["binarization"] = preprocessing.binarize
+        if preprocessing.binarize == "static":
+            info["threshold"] = threshold = preprocessing.threshold
+
+            def observe(stored: np.ndarray) -> torch.Tensor:
+                return (intensity(stored) > threshold).float()
+
+    split = {
+        key: MappedRows(array, index, observe, pixels) for key, (array, _, index) in rows.items()
+    }
+    obs = {key: x if mapped else x.to_tensor() for key, x in split.items()}
+    if preprocessing.likelihood == "bernoulli" and preprocessing.binarize == "dynamic":
+        fixed = torch.Generator().manual_seed(split_seed + 1)
+        for key in ("val", "test"):  # drawn once, in this order, chunk by chunk
+            drawn = [torch.bernoulli(chunk, generator=fixed) for chunk in split[key].chunks()]
+            obs[key] = torch.cat(drawn) if drawn else split[key].to_tensor()
+    return obs, pixel_max

@@ -29,6 +29,8 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from pyro_vae.mapped_rows import MappedRows
+
 ObservationCheck = Callable[[torch.Tensor, str], None]
 """``check(x, what)`` raises ``ValueError`` naming ``what`` unless the model can observe ``x``."""
 
@@ -199,6 +201,10 @@ class ShardedSource:
 
 
 def _rows_of(arg, rows: int, part: slice):
+    """``arg``'s rows ``part`` when its first dim is the rows; memory-mapped rows stay an
+    index set into the map (:meth:`~pyro_vae.mapped_rows.MappedRows.subset`), not a copy."""
+    if isinstance(arg, MappedRows) and arg.shape[0] == rows:
+        return arg.subset(part)
     if isinstance(arg, torch.Tensor) and arg.dim() and arg.shape[0] == rows:
         return arg[part]
     return arg

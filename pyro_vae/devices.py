@@ -99,6 +99,8 @@ def to_device(value: Any, device: torch.device, non_blocking: bool = False) -> A
         return [to_device(v, device, non_blocking) for v in value]
     if isinstance(value, dict):
         return {k: to_device(v, device, non_blocking) for k, v in value.items()}
+    if hasattr(value, "to_device"):  # rows gathered lazily (pyro_vae.mapped_rows.MappedRows)
+        return value.to_device(device)
     return value
 
 

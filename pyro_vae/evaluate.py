@@ -43,6 +43,7 @@ from pyro.infer import TraceEnum_ELBO
 
 from pyro_vae.checks import check_count
 from pyro_vae.devices import resolve_device, to_device
+from pyro_vae.mapped_rows import MappedRows
 from pyro_vae.minibatch import Minibatched, align_autoguide, fitted_rows
 from pyro_vae.model_protocol import offered
 from pyro_vae.plates import batch_rows, find_data_plate, frames_in, require_data_plate
@@ -84,9 +85,12 @@ def check_finite(args: tuple, arg: str = "x") -> None:
 
 
 def data_arguments(x) -> tuple[torch.Tensor, ...]:
-    """``x`` as the tuple of the model's data arguments, checked to share their rows."""
+    """``x`` as the tuple of the model's data arguments, checked to share their rows.
+    Memory-mapped rows (:class:`pyro_vae.mapped_rows.MappedRows`, checked when loaded)
+    pass as they are: the evaluators slice them a chunk at a time."""
     args = tuple(x) if isinstance(x, tuple | list) else (x,)
-    if not args or not all(torch.is_tensor(a) and a.dim() >= 1 for a in args):
+    rows_like = (torch.Tensor, MappedRows)
+    if not args or not all(isinstance(a, rows_like) and a.dim() >= 1 for a in args):
         raise ValueError(
             f"x: expected a tensor or a tuple of tensors with a leading datapoint dim, got "
             f"{type(x).__name__}"

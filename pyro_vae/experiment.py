@@ -32,6 +32,7 @@ from pyro_vae.evaluate import (
     latent_means,
     reconstruction_error,
 )
+from pyro_vae.mapped_rows import MappedRows, in_memory
 from pyro_vae.model_protocol import offered, tied_guide
 from pyro_vae.plots import (
     plot_elbo_curves,
@@ -46,6 +47,7 @@ from pyro_vae.predictive import (
     prior_mean_images,
     reconstruct,
 )
+from pyro_vae.provenance import check_unchanged
 from pyro_vae.run_config import STANDARD_MODEL_OPTIONS, RunConfig
 from pyro_vae.spec import call_with_supported, load_object, supported_options
 
@@ -80,7 +82,7 @@ class Experiment:
         return bool(getattr(owner, "generative", True))
 
 
-def build(config: RunConfig) -> Experiment:
+def build(config: RunConfig, allow_changed_data: bool = False) -> Experiment:
     """Load the data and construct model, guide and estimator as ``config`` says.
 
     ``config.model.spec`` names a class (constructed with the standard options it accepts,
@@ -97,11 +99,16 @@ def build(config: RunConfig) -> Experiment:
     is refused. The estimator is built here, once. Seeds Pyro with
     ``config.training.seed`` first, so initial weights are reproducible.
 
+    The data's provenance (:mod:`pyro_vae.provenance`) goes into the experiment's config
+    when ``config`` has none (a new run); when it has one (a run rebuilt), the data as they
+    are now must have the same checksum, unless ``allow_changed_data``.
+
     Raises:
         TypeError: ``config`` is not a :class:`~pyro_vae.run_config.RunConfig`.
         ValueError: naming the spec and what was expected of it; a guide other than the
             model's tied guide; a device this machine does not have (before any data is
             loaded).
+        pyro_vae.provenance.DataChangedError: the data changed since the run recorded them.
     """
     if not isinstance(config, RunConfig):
         raise TypeError(
@@ -117,6 +124,9 @@ def build(config: RunConfig) -> Experiment:
         test_fraction=d.test_fraction,
         split_seed=d.split_seed,
     )
+    check_unchanged(d.provenance, data.info.get("provenance"), allow_changed_data)
+    if d.provenance is None and "provenance" in data.info:
+        config = replace(config, data=replace(d, provenance=data.info["provenance"]))
     options = config.model.options
     standard = {k: options[k] for k in STANDARD_MODEL_OPTIONS if k in options}
     standard.update(x_dim=data.x_dim, likelihood=d.likelihood, levels=data.info.get("levels"))
@@ -206,7 +216,9 @@ def _tied(config: RunConfig, tied) -> Any:
     return tied
 
 
-def load(run: RunFolder | str | Path, device: str = "auto") -> Experiment:
+def load(
+    run: RunFolder | str | Path, device: str = "auto", allow_changed_data: bool = False
+) -> Experiment:
     """Rebuild a run's experiment and load its kept (best-validation) weights, on
     ``device`` (:func:`pyro_vae.devices.resolve_device`; whichever device trained it).
 
@@ -217,6 +229,8 @@ def load(run: RunFolder | str | Path, device: str = "auto") -> Experiment:
     Raises:
         RunFolderError: the folder is incomplete, or its weights do not fit the model.
         ValueError: ``device`` is not a device this machine has.
+        pyro_vae.provenance.DataChangedError: the data's checksum differs from the one in
+            config.json, and not ``allow_changed_data`` (:func:`build`).
     """
     from pyro_vae.train import prepare_pair
     from pyro_vae.weights import WeightsMismatchError
@@ -225,7 +239,7 @@ def load(run: RunFolder | str | Path, device: str = "auto") -> Experiment:
     resolved = resolve_device(device, "device")
     config = RunConfig.from_json(run.read_config())
     config = replace(config, training=replace(config.training, device=str(resolved)))
-    experiment = build(config)
+    experiment = build(config, allow_changed_data)
     state = run.load_checkpoint(map_location=resolved)
     pyro.clear_param_store()
     train = replace(experiment.config.training, progress=False)
@@ -271,6 +285,10 @@ def evaluate_test_set(
     0 alone, and a guide with free per-datapoint parameters is evaluated by rank 0 alone
     (the other ranks return ``{}``). ``None``: one process.
 
+    Memory-mapped test rows (:class:`~pyro_vae.mapped_rows.MappedRows`) are streamed from
+    the map a chunk at a time; active units are then counted on the first
+    :data:`FIGURE_ROWS` of them.
+
     Raises:
         pyro_vae.distributed.RankLost: another rank of ``group`` stopped.
     """
@@ -281,7 +299,8 @@ def evaluate_test_set(
     split = group if together and not local else None
     x = exp.data.train_x if local else exp.data.test_x
     if local and exp.data.dynamic:
-        x = torch.bernoulli(x, generator=torch.Generator().manual_seed(1))
+        fixed = torch.Generator().manual_seed(1)
+        x = torch.cat([torch.bernoulli(rows, generator=fixed) for rows in _pieces(x)])
     metrics: dict[str, Any] = {"evaluated_on": "training set" if local else "test set"}
     metrics["num_train" if local else "num_test"] = int(x.shape[0])
     started = time.perf_counter()
@@ -303,19 +322,33 @@ def evaluate_test_set(
         )
         metrics["log_likelihood_samples"] = ll_samples
         metrics["log_likelihood_points"] = int(x_ll.shape[0])
-    skipped = {}
+    skipped: dict[str, str] = {}
     x = to_device(x, device)
-    try:
-        metrics["reconstruction_mse"] = _row_mean(
-            lambda rows: reconstruction_error(model, guide, rows, exp.data.pixel_max), x, split
-        )
-    except ValueError as err:
-        skipped["reconstruction_mse"] = str(err)
+    _reconstruction_metric(exp, x, split, metrics, skipped)
     _latent_metrics(exp, x, split, elbo_samples, streamed, metrics, skipped)
     if skipped:
         metrics["skipped"] = skipped
     metrics["seconds"] = time.perf_counter() - started
     return metrics
+
+
+def _reconstruction_metric(exp: Experiment, x, split, metrics, skipped) -> None:
+    """The mean squared reconstruction error into ``metrics``, or why not into ``skipped``;
+    memory-mapped rows a chunk at a time."""
+    model, guide, device = exp.model, exp.guide, exp.device
+    try:
+        metrics["reconstruction_mse"] = _row_mean(
+            lambda rows: torch.cat(
+                [
+                    reconstruction_error(model, guide, to_device(part, device), exp.data.pixel_max)
+                    for part in _pieces(rows)
+                ]
+            ),
+            x,
+            split,
+        )
+    except ValueError as err:
+        skipped["reconstruction_mse"] = str(err)
 
 
 def _latent_metrics(exp: Experiment, x, split, elbo_samples, streamed, metrics, skipped) -> None:
@@ -325,7 +358,8 @@ def _latent_metrics(exp: Experiment, x, split, elbo_samples, streamed, metrics, 
     model, guide = exp.model, exp.guide
     if split is None or split.is_writer:
         try:
-            units, variances = active_units(model, guide, x)
+            on = to_device(in_memory(x, FIGURE_ROWS), exp.device)
+            units, variances = active_units(model, guide, on)
             metrics["active_units"] = units
             metrics["latent_dim"] = int(variances.shape[0])
         except ValueError as err:
@@ -343,7 +377,17 @@ def _latent_metrics(exp: Experiment, x, split, elbo_samples, streamed, metrics, 
             skipped["kl"] = str(err)
 
 
-def _row_mean(per_row, x: torch.Tensor, group: Group | None) -> float:
+FIGURE_ROWS = 10_000
+"""Test rows held in memory, when the data are memory-mapped, for what needs them all at
+once: active units and the figures (every other metric streams all the rows)."""
+
+
+def _pieces(x: torch.Tensor | MappedRows) -> list[torch.Tensor]:
+    """``x`` whole (a tensor), or its rows in chunks (a :class:`MappedRows`)."""
+    return list(x.chunks()) if isinstance(x, MappedRows) else [x]
+
+
+def _row_mean(per_row, x: torch.Tensor | MappedRows, group: Group | None) -> float:
     """The mean over the rows of ``x`` of ``per_row(x)`` (``[N]`` values); in ``group``,
     each rank scores its part of the rows and the sums and counts are all-reduced. A rank
     without rows scores the first row for nothing, so that what one rank refuses (a
@@ -352,7 +396,8 @@ def _row_mean(per_row, x: torch.Tensor, group: Group | None) -> float:
         return per_row(x).mean().item()
     part = shard_of(int(x.shape[0]), group.rank, group.world)
     count = part.stop - part.start
-    values = per_row(x[part] if count else x[:1])
+    rows = x.subset if isinstance(x, MappedRows) else x.__getitem__
+    values = per_row(rows(part) if count else rows(slice(0, 1)))
     total = torch.tensor(
         [values.double().sum().item() if count else 0.0, count], dtype=torch.float64
     )
@@ -383,7 +428,10 @@ def write_figures(
     """
     data, model, guide = exp.data, exp.model, exp.guide
     x = data.train_x[:24] if exp.local_guide else data.test_x[:24]
-    x_on, test_x = to_device(x, exp.device), to_device(data.test_x, exp.device)
+    x_on, test_x = (
+        to_device(x, exp.device),
+        to_device(in_memory(data.test_x, FIGURE_ROWS), exp.device),
+    )
     paths, skipped = [], {}
     ylabel = "ELBO per datapoint (nats)" if exp.generative else "log Pr(x | z') per datapoint"
     lines = {
@@ -401,7 +449,7 @@ def write_figures(
         ),
         "elbo.png": lambda path: plot_elbo_curves(history, path, lines, ylabel),
         "latent.png": lambda path: plot_latent(
-            latent_means(model, guide, test_x).cpu(), data.test_y, path
+            latent_means(model, guide, test_x).cpu(), data.test_y[: test_x.shape[0]], path
         ),
         "traversal.png": lambda path: _traversal_figure(exp, test_x, path),
         "interpolation.png": lambda path: _interpolation_figure(exp, test_x, path),

@@ -63,6 +63,10 @@ class DataConfig:
         val_fraction, test_fraction: shares held out, in [0, 1) (checked by ``load_data``,
             which knows whether the dataset has an official test split).
         split_seed: seeds the split, independent of the training seed.
+        provenance: where file-based data came from (:mod:`pyro_vae.provenance`: absolute
+            path, shape, dtype and a checksum of the files' names and sizes), recorded by
+            :func:`pyro_vae.experiment.build` for a new run and checked when the run is
+            rebuilt; ``None`` for data without files, or a config.json written before it.
     """
 
     name: str = "digits"
@@ -73,10 +77,16 @@ class DataConfig:
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     split_seed: int = 0
+    provenance: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"name: {self.name!r} is not a dataset name")
+        if self.provenance is not None and not isinstance(self.provenance, dict):
+            raise ValueError(
+                f"provenance: {self.provenance!r} is not a mapping (path, shape, dtype, "
+                "checksum) or None"
+            )
         check_levels("levels", self.levels)
         check_count("split_seed", self.split_seed, 0)
         for name in ("val_fraction", "test_fraction"):
@@ -175,6 +185,9 @@ _SECTIONS = {
     "evaluation": EvaluationConfig,
 }
 _TOP = {"format", "schema_version", "model", "model_options", "guide", *_SECTIONS}
+# Keys added to a section after its schema version, with defaults: a config.json written
+# before them leaves them out (no schema step needed), and they take the default.
+_ADDED_KEYS = {"data": {"provenance"}}
 
 
 @dataclass
@@ -265,7 +278,8 @@ def _check_keys(config: dict[str, Any]) -> None:
                 f"config: {name!r} is a {type(section).__name__}; expected an object"
             )
         unknown = sorted(set(section) - keys)
-        missing = sorted(keys - set(section)) if name != "train" else []
+        missing = sorted(keys - set(section) - _ADDED_KEYS.get(name, set()))
+        missing = missing if name != "train" else []
         if unknown or missing:
             raise RunFolderError(
                 f"config: {name!r} has unknown keys {unknown} and lacks {missing}; expected "

@@ -64,6 +64,24 @@ def made(tmp_path_factory):
     paths["idx_truncated"] = truncated
     (root / "empty").mkdir()
     paths["empty"] = root / "empty"
+    intensities = images.astype(np.float32) / 255
+    for name, array in {
+        "npy_nan": np.where(images > 250, np.nan, intensities),
+        "npy_range": intensities * 2,
+        "npy_rank": images.reshape(-1),
+        "npy_empty": images[:0],
+        "npy_labelled": images,
+        "npy_changed": images,
+    }.items():
+        np.save(root / f"{name}.npy", array)
+        paths[name] = root / f"{name}.npy"
+    np.save(root / "npy_labelled.labels.npy", labels[:19])
+    np.savez(root / "no_x.npz", images=images)
+    paths["npz_no_x"] = root / "no_x.npz"
+    (root / "text.npy").write_text("not an array")
+    paths["npy_text"] = root / "text.npy"
+    paths["npy_run"] = _train(root / "npy_run", "--data", str(paths["npy_changed"]))
+    np.save(paths["npy_changed"], images[:19])  # the data change after training
     bad = root / "syntax_error.py"
     bad.write_text("def model(x)\n    pass\n")
     paths["syntax"] = bad
@@ -218,7 +236,19 @@ CLI = [
         ["fit", "--out", "{new}", "--data", "mnist"],
         ["unknown dataset 'mnist'"],
     ),
-    ("fit-data-npy", None, ["fit", "--out", "{new}", "--data", "x.npy"], ["unknown dataset"]),
+    ("fit-data-npy", None, ["fit", "--out", "{new}", "--data", "x.npy"], ["x.npy' is not a file"]),
+    *[
+        (f"fit-{name}", None, ["fit", "--out", "{new}", "--data", "{" + name + "}"], words)
+        for name, words in [
+            ("npy_nan", ["npy_nan.npy", "NaN or infinite", "expected finite"]),
+            ("npy_range", ["float values in [0, 2]", "expected intensities in [0, 1]"]),
+            ("npy_rank", ["shape (320,) has rank 1", "[N, H, W]"]),
+            ("npy_empty", ["(0, 4, 4) is empty"]),
+            ("npy_labelled", ["npy_labelled.labels.npy", "shape (19,); expected (20,)"]),
+            ("npz_no_x", ["['images']", "under 'x'", "read into memory"]),
+            ("npy_text", ["text.npy is not a readable numpy file"]),
+        ]
+    ],
     (
         "fit-idx-missing",
         None,
@@ -249,6 +279,10 @@ CLI = [
         ["fit", "--out", "{new}", "--data", "idx:{idx_truncated}"],
         ["but the file holds", "bytes"],
     ),
+    *[
+        (f"{command}-data-changed", ("npy_run", None), [command, "{run}"], ["changed since the run was trained", "--allow-changed-data"])
+        for command in ("evaluate", "sample", "diagnose")
+    ],
     # --- fit: model, guide and estimator ---------------------------------------------------
     (
         "fit-model-module",
@@ -849,6 +883,13 @@ PY = [
     ("load-val-1", lambda: _load("digits", val_fraction=1.0), ValueError, ["val_fraction: 1.0"]),
     ("load-test-neg", lambda: _load("digits", test_fraction=-0.1), ValueError, ["test_fraction: -0.1"]),
     ("load-test-0", lambda: _load("digits", test_fraction=0.0), ValueError, ["without test images"]),
+    ("load-array-rank", lambda: _load(np.zeros(5)), ValueError, ["data: shape (5,) has rank 1"]),
+    ("load-array-nan", lambda: _load(np.full((2, 3), np.nan)), ValueError, ["row 0 has NaN"]),
+    ("load-array-range", lambda: _load(np.full((2, 3), -0.5)), ValueError, ["[-0.5, -0.5]", "[0, 1]"]),
+    ("load-array-dtype", lambda: _load(np.zeros((2, 3), complex)), ValueError, ["dtype complex128"]),
+    ("load-array-labels", lambda: _load(np.zeros((2, 3)), labels=np.zeros(3, int)), ValueError, ["labels: shape (3,)"]),
+    ("load-tensor", lambda: _load(torch.zeros(2, 3)), TypeError, ["data: a torch.Tensor"]),
+    ("load-dataset-ragged", lambda: _load([torch.zeros(3), torch.zeros(2)]), ValueError, ["item 1 has shape (2,)"]),
     ("prep-likelihood", lambda: _prep(likelihood="poisson"), ValueError, ["likelihood: 'poisson'"]),
     ("prep-binarize", lambda: _prep(binarize="random"), ValueError, ["binarize: 'random'"]),
     ("prep-threshold", lambda: _prep(threshold=1.0), ValueError, ["threshold: 1.0"]),

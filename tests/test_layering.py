@@ -37,6 +37,9 @@ LAYERS: dict[str, int] = {
     "pyro_vae.precision": 0,
     # 1: data and likelihoods (the pixel checks live where the data meets its likelihood)
     "pyro_vae.idx": 1,
+    "pyro_vae.mapped_rows": 1,
+    "pyro_vae.array_source": 1,
+    "pyro_vae.provenance": 1,
     "pyro_vae.data": 1,
     "pyro_vae.data_source": 1,
     "pyro_vae.tensor_data": 1,

@@ -10,6 +10,7 @@ from pyro_vae.data import (
     load_raw,
 )
 from pyro_vae.idx import write_idx
+from pyro_vae.mapped_rows import MappedRows
 
 
 def _write_idx_dataset(directory, n_train=30, n_test=10, side=6, gz=True):
@@ -247,3 +248,70 @@ def test_a_bad_validation_image_is_refused_by_the_check():
 
     with pytest.raises(ValueError, match="validation data: refused"):
         data.validation_set(False, check)
+
+
+# --- arrays: memory-mapped .npy against the same array in memory ------------------------
+@pytest.fixture
+def npy(tmp_path):
+    images = np.random.default_rng(3).integers(0, 256, (53, 3, 5), dtype=np.uint8)
+    np.save(tmp_path / "x.npy", images)
+    np.save(tmp_path / "x.labels.npy", np.arange(53) % 4)
+    return tmp_path / "x.npy", images
+
+
+@pytest.mark.parametrize(
+    "prep",
+    [
+        Preprocessing("bernoulli"),
+        Preprocessing("bernoulli", "dynamic"),
+        Preprocessing("gaussian"),
+        Preprocessing("categorical", levels=5),
+    ],
+    ids=["static", "dynamic", "gaussian", "categorical"],
+)
+def test_memory_mapped_batches_equal_the_in_memory_ones_bit_for_bit(npy, prep):
+    path, images = npy
+    mapped = load_data(str(path), prep, val_fraction=0.2)
+    held = load_data(images, prep, val_fraction=0.2, labels=np.arange(53) % 4)
+    assert mapped.info["memory_mapped"] and "memory_mapped" not in held.info
+    for epoch in (0, 1):
+        pairs = zip(mapped.train_batches(8, epoch, 5), held.train_batches(8, epoch, 5), strict=True)
+        for (x, y), (x_ref, y_ref) in pairs:
+            assert torch.equal(x, x_ref) and torch.equal(y, y_ref)
+    for split in ("val", "test"):
+        x, x_ref = getattr(mapped, f"{split}_x"), getattr(held, f"{split}_x")
+        assert torch.equal(x[:], x_ref) and torch.equal(
+            getattr(mapped, f"{split}_y"), getattr(held, f"{split}_y")
+        )
+
+
+def test_memory_mapped_splits_are_index_sets_into_the_map_not_copies(npy):
+    path, images = npy
+    data = load_data(str(path), val_fraction=0.2, test_fraction=0.2)
+    rows = [data.train_x.index, data.val_x.index, data.test_x.index]
+    for x in (data.train_x, data.val_x, data.test_x):
+        assert isinstance(x, MappedRows) and isinstance(x.array, np.memmap)
+        assert str(x.array.filename) == str(path.resolve())
+    assert sorted(np.concatenate(rows).tolist()) == list(range(53))
+    assert data.image_shape == (3, 5) and data.x_dim == 15
+    assert torch.equal(data.test_y, torch.as_tensor(np.arange(53)[rows[2]] % 4))
+    assert data.info["provenance"]["shape"] == [53, 3, 5]
+    assert data.info["provenance"]["dtype"] == "uint8"
+
+
+def test_a_float_array_of_intensities_trains_from_python(tmp_path):
+    from pyro.infer import Trace_ELBO
+
+    from models.vae import VAE
+    from pyro_vae import TrainConfig, fit
+
+    x = np.random.default_rng(4).random((40, 6), dtype=np.float32)
+    np.save(tmp_path / "v.npy", x)
+    data = load_data(str(tmp_path / "v.npy"), Preprocessing("gaussian"))
+    assert torch.equal(data.train_x[:], torch.as_tensor(x[data.train_x.index]))
+    assert data.info["labelled"] is False and data.image_shape == (6,)
+    model = VAE(6, latent_dim=2, hidden_dims=(8,), likelihood="gaussian")
+    result = fit(
+        model, model.make_guide(), data, Trace_ELBO(), TrainConfig(epochs=1, progress=False)
+    )
+    assert len(result.history) == 1 and np.isfinite(result.history[0]["val_elbo"])

@@ -136,3 +136,23 @@ def test_held_out_validation_is_split_and_the_others_are_not():
     tensors = ShardedSource(TensorData(torch.randn(5, 2)), 1, 2)
     assert tensors.validation_set(False, None).kind == WHOLE_DATA
     assert tensors.validation_rows is None
+
+
+def test_shards_of_memory_mapped_data_are_the_in_memory_shards_and_stay_index_sets(tmp_path):
+    import numpy as np
+
+    from pyro_vae.mapped_rows import MappedRows
+
+    images = np.random.default_rng(2).integers(0, 256, (41, 3, 3), dtype=np.uint8)
+    np.save(tmp_path / "x.npy", images)
+    mapped = load_data(str(tmp_path / "x.npy"), val_fraction=0.25)
+    held = load_data(images, val_fraction=0.25)
+    for rank in range(2):
+        ours, ref = ShardedSource(mapped, rank, 2), ShardedSource(held, rank, 2)
+        for (rows, (x,)), (ref_rows, (ref_x,)) in zip(
+            ours.indexed_batches(6, 1, 0), ref.indexed_batches(6, 1, 0), strict=True
+        ):
+            assert torch.equal(rows, ref_rows) and torch.equal(x, ref_x)
+        plan, ref_plan = (s.validation_set(False, lambda x, what: None) for s in (ours, ref))
+        assert isinstance(plan.args[0], MappedRows)
+        assert torch.equal(plan.args[0][:], ref_plan.args[0])

@@ -236,3 +236,14 @@ def test_a_config_json_without_tensorboard_loads_without_it():
     assert config["train"]["tensorboard"] is False
     del config["train"]["tensorboard"]
     assert RunConfig.from_json(json.loads(json.dumps(config))).training.tensorboard is False
+
+
+def test_provenance_round_trips_and_a_config_without_it_still_loads():
+    record = {"path": "/d/x.npy", "shape": [3, 4], "dtype": "uint8", "checksum": "sha256:ab"}
+    config = RunConfig(ModelConfig("models.vae:VAE"), data=DataConfig(provenance=record))
+    assert RunConfig.from_json(json.loads(json.dumps(config.to_json()))) == config
+    old = config.to_json()
+    del old["data"]["provenance"]  # config.json written before provenance
+    assert RunConfig.from_json(old).data.provenance is None
+    with pytest.raises(ValueError, match="provenance: 'x.npy' is not a mapping"):
+        DataConfig(provenance="x.npy")

@@ -1,0 +1,223 @@
+"""Arrays as datasets: ``.npy`` files (memory-mapped), ``.npz`` files, and numpy arrays or
+``torch.utils.data.Dataset`` objects handed over from Python.
+
+What an array holds (rows first, channels before height and width as in torch):
+
+- ``[N, H, W]`` or ``[N, C, H, W]`` images, or ``[N, D]`` vectors;
+- either integer pixels (``uint8`` 0..255, or any unsigned/signed integer type with no
+  negative values, whose largest value is then taken as full intensity, as for IDX files;
+  ``bool`` as 0/1), or floating-point intensities in [0, 1];
+- optional integer labels ``[N]``: beside ``PATH.npy`` in ``PATH.labels.npy``; in an
+  ``.npz`` under the key ``y`` (the images under ``x``); without them every label is 0.
+
+A ``.npy`` file is opened with ``np.load(path, mmap_mode="r")``: nothing is read until a
+row is used, so an array larger than memory trains (:class:`pyro_vae.mapped_rows.
+MappedRows`). An ``.npz`` file is a zip archive whose members numpy cannot map, so it is
+read into memory whole: save large data as ``.npy``.
+
+Every array is checked before any training, streaming a memory map in chunks: its rank,
+dtype, emptiness, NaN or infinite values, and values outside what the likelihoods need
+(negative integers, floats outside [0, 1]); the error names the argument, the value and
+what was expected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ARRAY_SUFFIXES = (".npy", ".npz")
+LABELS_SUFFIX = ".labels.npy"
+SHAPES = "[N, D], [N, H, W] or [N, C, H, W]"
+_CHECK_BYTES = 64 * 2**20  # bytes of stored rows per chunk of the up-front scan
+
+
+@dataclass(frozen=True)
+class ArrayImages:
+    """A checked array of images and its labels.
+
+    Attributes:
+        x: the stored rows ``[N, ...]`` (a ``np.memmap`` for a ``.npy`` file).
+        y: ``[N]`` integer labels (zeros when none were given); ``labelled``: whether given.
+        max_value: the stored value of full intensity (255 for ``uint8``; 1 for floats).
+        integer: whether pixels are integers (else float intensities in [0, 1]).
+        files: the files read (for provenance); empty for an array from Python.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    labelled: bool
+    max_value: int
+    integer: bool
+    files: tuple[Path, ...] = ()
+
+
+def is_array_path(name: str) -> bool:
+    """Whether ``--data`` ``name`` names an array file (``.npy`` or ``.npz``)."""
+    return isinstance(name, str) and name.lower().endswith(ARRAY_SUFFIXES)
+
+
+def labels_path(path: Path) -> Path:
+    """Where the labels of ``PATH.npy`` are looked for: ``PATH.labels.npy``."""
+    return path.with_name(path.name[: -len(".npy")] + LABELS_SUFFIX)
+
+
+def read_array_file(name: str) -> ArrayImages:
+    """Open ``name`` (a ``.npy`` file memory-mapped, an ``.npz`` file in memory) and check it.
+
+    Raises:
+        FileNotFoundError: ``name`` is not a file.
+        ValueError: not a numpy file, or what :func:`check_images` refuses.
+    """
+    path = Path(name).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"data: {name!r} is not a file; expected a .npy or .npz array ({SHAPES})"
+        )
+    try:
+        if path.suffix.lower() == ".npz":
+            return _read_npz(path)
+        x = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise ValueError(f"data: {path} is not a readable numpy file ({err})") from err
+    y, files = None, (path,)
+    if labels_path(path).is_file():
+        y = np.load(labels_path(path), allow_pickle=False)
+        files = (path, labels_path(path))
+    return from_array(x, y, f"data {path}", files, labels_arg=f"labels {labels_path(path)}")
+
+
+def _read_npz(path: Path) -> ArrayImages:
+    """An ``.npz``: numpy cannot memory-map zip members, so ``x`` and ``y`` are read whole."""
+    with np.load(path, allow_pickle=False) as archive:
+        if "x" not in archive.files:
+            raise ValueError(
+                f"data: {path} holds the arrays {sorted(archive.files)}; expected the images "
+                "under 'x' (and optionally labels under 'y'). An .npz is read into memory "
+                "whole (numpy cannot memory-map its members); save large data as .npy"
+            )
+        x = archive["x"]
+        y = archive["y"] if "y" in archive.files else None
+    return from_array(x, y, f"data {path}['x']", (path,), labels_arg=f"data {path}['y']")
+
+
+def from_array(
+    x: Any,
+    y: Any = None,
+    arg: str = "data",
+    files: tuple[Path, ...] = (),
+    labels_arg: str = "labels",
+) -> ArrayImages:
+    """Check a numpy array of images (and labels) given from Python or read from a file.
+
+    Raises:
+        TypeError: ``x`` is not a numpy array.
+        ValueError: what :func:`check_images` and :func:`check_labels` refuse.
+    """
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{arg}: a {type(x).__name__}; expected a numpy array ({SHAPES})")
+    max_value, integer = check_images(x, arg)
+    labelled = y is not None
+    y = (
+        np.zeros(x.shape[0], dtype=np.int64)
+        if y is None
+        else check_labels(y, x.shape[0], labels_arg)
+    )
+    return ArrayImages(x, y, labelled, max_value, integer, tuple(files))
+
+
+def from_dataset(dataset: Any, arg: str = "data") -> ArrayImages:
+    """The items of a map-style ``torch.utils.data.Dataset`` (each ``x`` or ``(x, y)``)
+    stacked into arrays in memory and checked as :func:`from_array` checks them.
+
+    Raises:
+        ValueError: no items, items of different shapes or kinds (the first named), or
+            what :func:`from_array` refuses.
+    """
+    count = len(dataset)
+    if count == 0:
+        raise ValueError(f"{arg}: the dataset has 0 items; expected at least 1")
+    xs, ys = [], []
+    for i in range(count):
+        item = dataset[i]
+        pair = isinstance(item, tuple | list)
+        if pair and len(item) != 2:
+            raise ValueError(f"{arg}: item {i} has {len(item)} parts; expected x or (x, y)")
+        if i and pair != (ys != []):
+            raise ValueError(f"{arg}: item {i} is {'(x, y)' if pair else 'x'}, unlike item 0")
+        x = np.asarray(item[0] if pair else item)
+        if xs and x.shape != xs[0].shape:
+            raise ValueError(
+                f"{arg}: item {i} has shape {x.shape} but item 0 has {xs[0].shape}; expected "
+                "items of one shape"
+            )
+        xs.append(x)
+        if pair:
+            ys.append(np.asarray(item[1]))
+    x = np.stack(xs)
+    y = np.stack(ys) if ys else None
+    return from_array(x, y, arg, labels_arg=f"{arg} labels")
+
+
+def check_images(x: np.ndarray, arg: str) -> tuple[int, bool]:
+    """Refuse an array that is not images or vectors the likelihoods can model; return its
+    full-intensity value and whether its pixels are integers. A memory map is scanned in
+    chunks of about 64 MiB, so the check reads the file once without loading it.
+
+    Raises:
+        ValueError: naming ``arg``, what was found and what was expected.
+    """
+    kind = x.dtype.kind
+    if kind not in "uifb":
+        raise ValueError(
+            f"{arg}: dtype {x.dtype}; expected integer pixels (uint8 0..255) or float "
+            "intensities in [0, 1]"
+        )
+    if not 2 <= x.ndim <= 4:
+        raise ValueError(f"{arg}: shape {x.shape} has rank {x.ndim}; expected {SHAPES}")
+    if 0 in x.shape:
+        raise ValueError(f"{arg}: shape {x.shape} is empty; expected at least one row of data")
+    rows = max(1, _CHECK_BYTES // max(1, x[0].nbytes))
+    largest = 0
+    for start in range(0, x.shape[0], rows):
+        chunk = np.asarray(x[start : start + rows])
+        where = f"{arg} (rows {start}..{start + len(chunk) - 1})"
+        if kind == "f":
+            if not np.isfinite(chunk).all():
+                bad = start + int(np.argmin(np.isfinite(chunk).reshape(len(chunk), -1).all(1)))
+                raise ValueError(f"{where}: row {bad} has NaN or infinite values; expected finite")
+            low, high = float(chunk.min()), float(chunk.max())
+            if low < 0 or high > 1:
+                raise ValueError(
+                    f"{where}: float values in [{low:g}, {high:g}]; expected intensities in "
+                    "[0, 1] (scale the data, or store integer pixels 0..255 as uint8)"
+                )
+        elif kind in "ui":
+            if kind == "i" and int(chunk.min()) < 0:
+                raise ValueError(
+                    f"{where}: negative pixel value {int(chunk.min())}; expected integer "
+                    "intensities from 0"
+                )
+            largest = max(largest, int(chunk.max()))
+    if kind == "f":
+        return 1, False
+    if kind == "b":
+        return 1, True
+    return (255 if x.dtype == np.uint8 else max(1, largest)), True
+
+
+def check_labels(y: Any, count: int, arg: str) -> np.ndarray:
+    """``y`` as ``[count]`` int64 labels.
+
+    Raises:
+        ValueError: not integers, or not one per row.
+    """
+    y = np.asarray(y)
+    if y.shape != (count,):
+        raise ValueError(f"{arg}: shape {y.shape}; expected ({count},), one label per row")
+    if y.dtype.kind not in "uib":
+        raise ValueError(f"{arg}: dtype {y.dtype}; expected integer class labels")
+    return y.astype(np.int64)

@@ -1,0 +1,81 @@
+"""Where a run's data came from, and whether it is still the same.
+
+A file-based dataset's provenance (recorded in config.json's data section by ``pyro-vae
+fit``) is its absolute path, the shape and dtype of its training array, and a SHA-256
+checksum of its files' names and sizes. Names and sizes, not contents: the checksum of a
+4 GB array costs one ``stat`` per file, not a read of 4 GB. It notices a file replaced by
+one of another size (more rows, other images, another dtype), added or removed files and
+renamed ones; an edit in place that keeps every size is not noticed.
+
+Rebuilding a run (:func:`pyro_vae.experiment.load`: ``pyro-vae evaluate``, ``sample``,
+``diagnose``, ``fit --resume``) compares the checksum with the data as they are now and
+refuses when it changed, unless told to go on (``allow_changed_data``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+ALLOW_FLAG = "--allow-changed-data"
+
+
+class DataChangedError(ValueError):
+    """The data a run is rebuilt on are not those it was trained on (checksum differs)."""
+
+
+def checksum(root: Path, files: Sequence[Path]) -> str:
+    """``sha256:`` and the hex digest of the sorted lines ``name<TAB>size``, one per file,
+    ``name`` relative to ``root`` (a dataset directory) or the bare file name."""
+    lines = []
+    for f in files:
+        f = Path(f)
+        name = f.relative_to(root) if root.is_dir() and f.is_relative_to(root) else f.name
+        lines.append(f"{name}\t{os.stat(f).st_size}\n")
+    return "sha256:" + hashlib.sha256("".join(sorted(lines)).encode()).hexdigest()
+
+
+def file_provenance(
+    path: Path, files: Sequence[Path], shape: Sequence[int], dtype: Any
+) -> dict[str, Any]:
+    """The provenance of a dataset at ``path`` (a file or a directory) read from ``files``:
+    ``{"path", "shape", "dtype", "checksum"}`` (plain JSON)."""
+    root = Path(path).expanduser().resolve()
+    return {
+        "path": str(root),
+        "shape": [int(s) for s in shape],
+        "dtype": str(dtype),
+        "checksum": checksum(root, [Path(f).expanduser().resolve() for f in files]),
+    }
+
+
+def check_unchanged(
+    recorded: dict[str, Any] | None, current: dict[str, Any] | None, allow: bool
+) -> None:
+    """Refuse data whose checksum differs from the one the run recorded.
+
+    Nothing is compared when the run recorded none (a config.json written before
+    provenance, or data without files) or when ``allow``.
+
+    Raises:
+        DataChangedError: the checksums differ, naming the path, both checksums, shapes
+            and dtypes, and how to go on anyway.
+    """
+    if allow or not recorded or not recorded.get("checksum"):
+        return
+    now = (current or {}).get("checksum")
+    if now == recorded["checksum"]:
+        return
+    current = current or {}
+    raise DataChangedError(
+        f"data: {recorded.get('path', '?')} changed since the run was trained: its files' "
+        f"names and sizes give {now} (shape {current.get('shape')}, {current.get('dtype')}), "
+        f"but config.json recorded {recorded['checksum']} (shape {recorded.get('shape')}, "
+        f"{recorded.get('dtype')}); results would not be comparable. To evaluate on the data "
+        f"as they are now, pass {ALLOW_FLAG} to evaluate, sample, diagnose, amortization-gap "
+        "or grad-variance (from Python: allow_changed_data=True); a fit is not resumed on "
+        "other data"
+    )

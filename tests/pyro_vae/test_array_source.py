@@ -1,0 +1,84 @@
+import numpy as np
+import pytest
+import torch
+
+from pyro_vae.array_source import check_images, from_dataset, read_array_file
+from pyro_vae.data import Preprocessing, load_data
+
+IMAGES = np.random.default_rng(0).integers(0, 256, (30, 4, 4), dtype=np.uint8)
+
+
+def test_an_npy_is_memory_mapped_with_its_sibling_labels(tmp_path):
+    np.save(tmp_path / "x.npy", IMAGES)
+    assert not read_array_file(str(tmp_path / "x.npy")).labelled
+    np.save(tmp_path / "x.labels.npy", np.arange(30) % 3)
+    arrays = read_array_file(str(tmp_path / "x.npy"))
+    assert isinstance(arrays.x, np.memmap) and arrays.labelled and arrays.max_value == 255
+    assert list(arrays.y[:4]) == [0, 1, 2, 0] and len(arrays.files) == 2
+
+
+def test_an_npz_is_read_into_memory(tmp_path):
+    np.savez(tmp_path / "d.npz", x=IMAGES.astype(np.float32) / 255, y=np.zeros(30, np.int8))
+    arrays = read_array_file(str(tmp_path / "d.npz"))
+    assert not isinstance(arrays.x, np.memmap) and not arrays.integer and arrays.max_value == 1
+    np.savez(tmp_path / "bad.npz", images=IMAGES)
+    with pytest.raises(ValueError, match=r"\['images'\]; expected the images under 'x'.*memory"):
+        read_array_file(str(tmp_path / "bad.npz"))
+
+
+def test_integer_pixels_other_than_uint8_take_their_largest_value_as_full():
+    assert check_images(IMAGES.astype(np.int16) // 16, "x") == (15, True)
+    assert check_images(IMAGES > 128, "x") == (1, True)
+    assert check_images(IMAGES.reshape(30, 16).astype(np.float64) / 255, "x") == (1, False)
+
+
+@pytest.mark.parametrize(
+    "x, words",
+    [
+        (IMAGES.reshape(-1), ["data: shape (480,) has rank 1", "[N, D]"]),
+        (IMAGES.reshape(30, 1, 1, 4, 4), ["rank 5"]),
+        (np.zeros((0, 4, 4), np.uint8), ["(0, 4, 4) is empty"]),
+        (np.zeros((3, 0), np.uint8), ["(3, 0) is empty"]),
+        (IMAGES.astype(np.complex64), ["dtype complex64", "uint8"]),
+        (np.array([["a"]]), ["dtype <U1"]),
+        (np.where(IMAGES == IMAGES[2, 1, 1], np.nan, 0.5).astype(np.float32), ["row 2", "NaN"]),
+        (np.full((3, 2), np.inf), ["NaN or infinite"]),
+        (IMAGES.astype(np.float32), ["[0, 255]", "expected intensities in [0, 1]"]),
+        (IMAGES.astype(np.int32) - 1, ["negative pixel value -1"]),
+    ],
+)
+def test_bad_arrays_are_refused_before_any_work(x, words):
+    with pytest.raises(ValueError) as raised:
+        load_data(x)
+    for word in words:
+        assert word in str(raised.value)
+
+
+def test_bad_labels_and_bad_python_objects_are_refused():
+    with pytest.raises(ValueError, match=r"labels: shape \(29,\); expected \(30,\)"):
+        load_data(IMAGES, labels=np.zeros(29, int))
+    with pytest.raises(ValueError, match="labels: dtype float64; expected integer"):
+        load_data(IMAGES, labels=np.zeros(30))
+    with pytest.raises(TypeError, match="labels: given with the dataset 'digits'"):
+        load_data("digits", labels=np.zeros(30, int))
+    with pytest.raises(TypeError, match=r"torch.Tensor; expected a numpy array \(data.numpy"):
+        load_data(torch.zeros(3, 4))
+    with pytest.raises(TypeError, match="data: a int; expected a dataset name or path"):
+        load_data(3)
+
+
+def test_a_torch_dataset_of_pairs_or_images_becomes_arrays():
+    pairs = torch.utils.data.TensorDataset(torch.as_tensor(IMAGES), torch.arange(30) % 2)
+    arrays = from_dataset(pairs)
+    assert (
+        np.array_equal(arrays.x, IMAGES) and arrays.labelled and arrays.y[:3].tolist() == [0, 1, 0]
+    )
+    data = load_data(pairs, Preprocessing("gaussian"))
+    assert data.info["dataset"] == "dataset TensorDataset" and data.x_dim == 16
+    ragged = [torch.zeros(4), torch.zeros(5)]
+    with pytest.raises(ValueError, match=r"item 1 has shape \(5,\) but item 0 has \(4,\)"):
+        from_dataset(ragged)
+    with pytest.raises(ValueError, match="the dataset has 0 items"):
+        from_dataset([])
+    with pytest.raises(ValueError, match=r"item 1 is x, unlike item 0"):
+        from_dataset([(torch.zeros(4), 1), torch.zeros(4)])

@@ -1,0 +1,50 @@
+import json
+
+import numpy as np
+import pytest
+
+from pyro_vae.cli import main
+from pyro_vae.provenance import DataChangedError, check_unchanged, checksum, file_provenance
+
+
+def test_the_checksum_covers_names_and_sizes_not_contents(tmp_path):
+    a = tmp_path / "x.npy"
+    np.save(a, np.zeros((4, 3), np.uint8))
+    before = checksum(tmp_path, [a])
+    np.save(a, np.ones((4, 3), np.uint8))  # same size: not noticed (documented)
+    assert checksum(tmp_path, [a]) == before
+    np.save(a, np.ones((5, 3), np.uint8))
+    assert checksum(tmp_path, [a]) != before
+    record = file_provenance(a, [a], (5, 3), np.dtype(np.uint8))
+    assert record["path"] == str(a.resolve()) and record["shape"] == [5, 3]
+    assert record["dtype"] == "uint8" and record["checksum"].startswith("sha256:")
+
+
+def test_a_changed_checksum_is_refused_unless_allowed():
+    old, new = {"path": "/d", "checksum": "sha256:a"}, {"checksum": "sha256:b"}
+    with pytest.raises(DataChangedError, match="--allow-changed-data.*allow_changed_data=True"):
+        check_unchanged(old, new, allow=False)
+    check_unchanged(old, new, allow=True)
+    check_unchanged(None, new, allow=False)  # a config.json from before provenance
+    check_unchanged(old, dict(old), allow=False)
+
+
+FAST = ["--latent-dim", "2", "--hidden", "8", "--no-progress", "--ll-samples", "2"]
+
+
+def test_evaluate_refuses_a_run_whose_array_changed_and_the_flag_lets_it_through(tmp_path, capsys):
+    data = tmp_path / "x.npy"
+    np.save(data, np.random.default_rng(0).integers(0, 256, (30, 4, 4), dtype=np.uint8))
+    run = tmp_path / "run"
+    fit = ["fit", "--data", str(data), "--epochs", "1", "--batch-size", "8", "--out", str(run)]
+    assert main([*fit, *FAST]) == 0
+    recorded = json.loads((run / "config.json").read_text())["data"]["provenance"]
+    assert recorded["path"] == str(data.resolve()) and recorded["shape"] == [30, 4, 4]
+    assert main(["evaluate", str(run), "--ll-samples", "0"]) == 0
+    capsys.readouterr()
+    np.save(data, np.random.default_rng(0).integers(0, 256, (31, 4, 4), dtype=np.uint8))
+    for command in (["evaluate", str(run)], ["sample", str(run)], ["diagnose", str(run)]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert "changed since the run was trained" in err and "--allow-changed-data" in err
+    assert main(["evaluate", str(run), "--ll-samples", "0", "--allow-changed-data"]) == 0
