@@ -6,7 +6,14 @@ Datasets (all offline):
 - ``fashion-mnist``: the 70,000 28x28 images of Debian's ``dataset-fashion-mnist``
   (IDX files under ``/usr/share/datasets/fashion-mnist/``).
 - ``idx:PATH``: any directory holding MNIST-format IDX files
-  (``train-images-idx3-ubyte[.gz]`` and friends), e.g. real MNIST or KMNIST.
+  (``train-images-idx3-ubyte[.gz]`` and friends), e.g. real MNIST or KMNIST; colour or
+  multi-channel images are stored channels last, ``[N, H, W, C]`` (:mod:`pyro_vae.idx`).
+- ``images:DIR``: a folder of PNG/JPEG images, one sub-folder per class
+  (:mod:`pyro_vae.image_folder`), resized or cropped only when asked.
+- ``PATH.csv``, ``PATH.parquet`` (or ``table:PATH``): a table of feature columns and an
+  optional label column (:mod:`pyro_vae.tables`).
+
+Images are ``[N, H, W]`` (one grey channel) or ``[N, C, H, W]`` (C channels) throughout.
 
 How pixels are represented follows the likelihood that will model them:
 
@@ -38,11 +45,13 @@ from pyro_vae.data_source import (
     ValidationSet,
     epoch_generator,
 )
-from pyro_vae.idx import IDXFormatError, read_idx
+from pyro_vae.idx import IDXFormatError, images_channels_first, read_idx
+from pyro_vae.image_folder import check_image_size, read_image_folder
 from pyro_vae.likelihoods import LIKELIHOODS
+from pyro_vae.tables import is_table_path, read_table, table_observations
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-DATASET_NAMES = ("digits", "fashion-mnist", "idx:PATH")
+DATASET_NAMES = ("digits", "fashion-mnist", "idx:PATH", "images:DIR", "PATH.csv", "PATH.parquet")
 BINARIZATIONS = ("static", "dynamic")
 _IDX_FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -62,9 +71,13 @@ class RawImages:
 
     Attributes:
         name: the dataset's name.
-        train_x: ``[N, H, W]`` integer pixels; ``train_y``: ``[N]`` labels.
+        train_x: ``[N, H, W]`` (one grey channel) or ``[N, C, H, W]`` (C channels, e.g.
+            RGB) integer pixels; ``train_y``: ``[N]`` labels.
         test_x, test_y: the official test split, or ``None`` when the dataset has none.
         max_value: the largest possible pixel value (16 for digits, 255 for 8-bit images).
+        columns: a table's feature names, its ``train_x`` then ``[N, D]`` float64
+            features; ``None`` for images.
+        classes: the class names labels index, where the source has them.
     """
 
     name: str
@@ -73,10 +86,41 @@ class RawImages:
     test_x: np.ndarray | None
     test_y: np.ndarray | None
     max_value: int
+    columns: tuple[str, ...] | None = None
+    classes: tuple[str, ...] | None = None
 
 
-def load_raw(name: str) -> RawImages:
-    """Load a dataset by name: ``digits``, ``fashion-mnist`` or ``idx:PATH``."""
+def load_raw(
+    name: str,
+    image_size: tuple[int, int] | None = None,
+    crop: bool = False,
+    columns: list[str] | None = None,
+    label_column: str | None = None,
+) -> RawImages:
+    """Load a dataset by name: ``digits``, ``fashion-mnist``, ``idx:PATH``, ``images:DIR``,
+    or a table ``PATH.csv`` / ``PATH.parquet`` / ``table:PATH`` (module docstring).
+
+    ``image_size`` and ``crop`` apply to ``images:DIR`` only, ``columns`` and
+    ``label_column`` to tables only (:func:`pyro_vae.tables.read_table`).
+
+    Raises:
+        DatasetNotFoundError: a path that is not there.
+        ValueError: an unknown name, an option the source does not take, or bad data.
+    """
+    _check_source_options(name, image_size, crop, columns, label_column)
+    if name.startswith("images:"):
+        folder = read_image_folder(_existing(name, name[7:], "directory"), image_size, crop)
+        return _checked(
+            RawImages(name, folder.images, folder.labels, None, None, 255, None, folder.classes)
+        )
+    if name.startswith("table:") or is_table_path(name):
+        path = name[6:] if name.startswith("table:") else name
+        table = read_table(_existing(name, path, "file"), columns, label_column)
+        return _checked(
+            RawImages(
+                name, table.features, table.labels, None, None, 1, table.columns, table.classes
+            )
+        )
     if name == "digits":
         from sklearn.datasets import load_digits
 
@@ -101,6 +145,31 @@ def load_raw(name: str) -> RawImages:
     raise ValueError(f"data: unknown dataset {name!r}; expected one of {', '.join(DATASET_NAMES)}")
 
 
+def _existing(name: str, path: str, kind: str) -> Path:
+    """``path`` (from the dataset name ``name``), which must be an existing ``kind``."""
+    found = Path(path).expanduser()
+    if not (found.is_dir() if kind == "directory" else found.is_file()):
+        raise DatasetNotFoundError(f"data: {name!r} names {found}, which is not a {kind}")
+    return found
+
+
+def _check_source_options(
+    name: str, image_size: object, crop: bool, columns: object, label_column: object
+) -> None:
+    """Refuse an option the source ``name`` does not read, rather than ignore it."""
+    check_image_size(image_size, crop)
+    images = name.startswith("images:")
+    table = name.startswith("table:") or is_table_path(name)
+    for arg, value, ok, source in (
+        ("image_size", image_size, images, "an image folder (images:DIR)"),
+        ("crop", crop or None, images, "an image folder (images:DIR)"),
+        ("columns", columns, table, "a table (PATH.csv, PATH.parquet or table:PATH)"),
+        ("label_column", label_column, table, "a table (PATH.csv, PATH.parquet or table:PATH)"),
+    ):
+        if value is not None and not ok:
+            raise ValueError(f"{arg}: {value!r} applies to {source} only, not to data {name!r}")
+
+
 def _find_idx(directory: Path, stem: str) -> Path:
     for candidate in (directory / stem, directory / f"{stem}.gz"):
         if candidate.is_file():
@@ -113,6 +182,8 @@ def _find_idx(directory: Path, stem: str) -> Path:
 
 def _load_idx_directory(name: str, directory: Path) -> RawImages:
     arrays = {key: read_idx(_find_idx(directory, stem)) for key, stem in _IDX_FILES.items()}
+    for key in ("train_images", "test_images"):
+        arrays[key] = images_channels_first(arrays[key], _find_idx(directory, _IDX_FILES[key]))
     for key in ("train_images", "test_images"):
         kind = arrays[key].dtype
         if kind.kind == "f" or (kind.kind == "i" and (arrays[key] < 0).any()):
@@ -140,9 +211,15 @@ def _checked(raw: RawImages) -> RawImages:
     for split, x, y in (("train", raw.train_x, raw.train_y), ("test", raw.test_x, raw.test_y)):
         if x is None:
             continue
-        if x.ndim != 3:
+        if raw.columns is not None and x.shape[1:] != (len(raw.columns),):
             raise ValueError(
-                f"data: {raw.name} {split} images have shape {x.shape}; expected [N, H, W]"
+                f"data: {raw.name} {split} rows have shape {x.shape}; expected "
+                f"[N, {len(raw.columns)}], one value per column"
+            )
+        if raw.columns is None and x.ndim not in (3, 4):
+            raise ValueError(
+                f"data: {raw.name} {split} images have shape {x.shape}; expected [N, H, W] "
+                "or [N, C, H, W]"
             )
         if y.shape != (x.shape[0],):
             raise ValueError(
@@ -203,6 +280,11 @@ class DataSplits:
     from them); every other tensor holds the observations themselves. A data source for
     :func:`pyro_vae.fit` (:mod:`pyro_vae.data_source`): the model is called on batches of
     images ``x`` and ELBOs are reported per datapoint.
+
+    Observations are flattened, ``[N, D]``. ``image_shape`` says how a row is an image:
+    ``(H, W)`` for one grey channel, ``(C, H, W)`` for C ≥ 2 channels (rows hold channel
+    after channel, each row-major: ``x.reshape(N, C, H, W)``), ``None`` for a table, whose
+    rows are D feature columns and not images.
     """
 
     per_datapoint: ClassVar[bool] = True
@@ -213,7 +295,7 @@ class DataSplits:
     val_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
-    image_shape: tuple[int, ...]
+    image_shape: tuple[int, ...] | None
     pixel_max: float
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -368,6 +450,11 @@ def load_data(
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
     split_seed: int = 0,
+    *,
+    image_size: tuple[int, int] | None = None,
+    crop: bool = False,
+    columns: list[str] | None = None,
+    label_column: str | None = None,
 ) -> DataSplits:
     """Load ``name`` and split it into train / validation / test observations.
 
@@ -375,12 +462,16 @@ def load_data(
     images are held out. ``val_fraction`` of the remaining training images form the
     validation set (0 for none). Splits are drawn with ``split_seed``, independent of the
     training seed, so runs with different seeds are evaluated on the same test images.
+    ``image_size``, ``crop`` (image folders) and ``columns``, ``label_column`` (tables) go
+    to :func:`load_raw`. A table's observations are :func:`pyro_vae.tables.table_observations`'
+    (standardized with the training split's statistics for a gaussian likelihood) and its
+    ``image_shape`` is ``None``.
     """
     preprocessing = preprocessing or Preprocessing()
     for arg, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0.0 <= value < 1.0:
             raise ValueError(f"{arg}: {value} is not in [0, 1)")
-    raw = load_raw(name)
+    raw = load_raw(name, image_size, crop, columns, label_column)
     if raw.test_x is None and test_fraction == 0:
         raise ValueError(
             f"test_fraction: 0 leaves {name!r} without test images (it has no official test "
@@ -393,18 +484,26 @@ def load_data(
             f"and validation splits (test_fraction={test_fraction}, val_fraction={val_fraction}); "
             "expected at least 2"
         )
-    pixels = int(np.prod(raw.train_x.shape[1:]))
-    intensity = {
-        split: torch.as_tensor(x.reshape(x.shape[0], pixels) / raw.max_value, dtype=torch.float32)
-        for split, x in images.items()
-    }
     info: dict[str, Any] = {
         "dataset": name,
         "likelihood": preprocessing.likelihood,
         **{f"num_{split}": int(x.shape[0]) for split, x in images.items()},
         "split_seed": split_seed,
+        **({"classes": list(raw.classes)} if raw.classes is not None else {}),
     }
-    obs, pixel_max = _observations(intensity, preprocessing, raw.max_value, split_seed, info)
+    image_shape: tuple[int, ...] | None = tuple(int(s) for s in raw.train_x.shape[1:])
+    if raw.columns is not None:
+        image_shape = None
+        obs, pixel_max = table_observations(
+            images, preprocessing.likelihood, preprocessing.levels, raw.columns, info
+        )
+    else:
+        pixels = int(np.prod(raw.train_x.shape[1:]))
+        intensity = {
+            split: torch.as_tensor(x.reshape(len(x), pixels) / raw.max_value, dtype=torch.float32)
+            for split, x in images.items()
+        }
+        obs, pixel_max = _observations(intensity, preprocessing, raw.max_value, split_seed, info)
     return DataSplits(
         train_x=obs["train"],
         train_y=torch.as_tensor(labels["train"]),
@@ -412,7 +511,7 @@ def load_data(
         val_y=torch.as_tensor(labels["val"]),
         test_x=obs["test"],
         test_y=torch.as_tensor(labels["test"]),
-        image_shape=tuple(int(s) for s in raw.train_x.shape[1:]),
+        image_shape=image_shape,
         pixel_max=pixel_max,
         info=info,
     )
