@@ -45,6 +45,7 @@ from pyro_vae.run_config import (
     check_levels,
     check_widths,
 )
+from pyro_vae.tables import is_table_path
 from pyro_vae.tensorboard_log import require_tensorboard
 from pyro_vae.train import TrainingDiverged, fit
 
@@ -155,7 +156,37 @@ def _add_fit_model(f: argparse.ArgumentParser) -> None:
 
 def _add_fit_data(f: argparse.ArgumentParser) -> None:
     f.add_argument(
-        "--data", default=_DATA.name, help="digits, fashion-mnist or idx:PATH (default %(default)s)"
+        "--data",
+        default=_DATA.name,
+        help="digits, fashion-mnist, idx:PATH (a folder of IDX files), images:DIR (one "
+        "sub-folder of PNG/JPEG images per class), PATH.csv, PATH.parquet or table:PATH "
+        "(default %(default)s)",
+    )
+    f.add_argument(
+        "--image-size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        default=_DATA.image_size,
+        help="images:DIR: resize every image to H x W (default: keep their one size)",
+    )
+    f.add_argument(
+        "--crop",
+        action="store_true",
+        help="images:DIR with --image-size: keep the aspect ratio, cutting the centre",
+    )
+    f.add_argument(
+        "--columns",
+        nargs="+",
+        metavar="NAME",
+        default=_DATA.columns,
+        help="tables: the feature columns (default: every numeric column but the label)",
+    )
+    f.add_argument(
+        "--label-column",
+        metavar="NAME",
+        default=_DATA.label_column,
+        help="tables: the column of class labels (default: none, every label 0)",
     )
     f.add_argument("--likelihood", choices=LIKELIHOODS, default=_DATA.likelihood)
     f.add_argument(
@@ -404,6 +435,10 @@ def _run_config_from_args(args: argparse.Namespace) -> RunConfig:
         levels=args.levels,
         val_fraction=args.val_fraction,
         test_fraction=args.test_fraction,
+        image_size=args.image_size,
+        crop=args.crop,
+        columns=args.columns,
+        label_column=args.label_column,
     )
     options = {key: _default(args, key) for key in _MODEL_FLAGS}
     return RunConfig(
@@ -712,6 +747,11 @@ def _sample(args: argparse.Namespace) -> int:
             f"run: {exp.config.model.spec} has no prior to sample from (it is not a generative "
             "model)"
         )
+    if exp.data.image_shape is None:
+        raise ValueError(
+            f"run: its data {exp.config.data.name!r} is a table, whose rows are not images to "
+            "draw"
+        )
     pyro.set_rng_seed(args.seed)
     with torch.no_grad():
         like = to_device(exp.data.test_x[: args.num], exp.device)
@@ -900,9 +940,13 @@ def _refuse_local_guide(exp, why: str) -> None:
 
 
 def _resolved_data(name: str) -> str:
-    """``idx:PATH`` with PATH made absolute, so the run evaluates from any folder."""
-    if name.startswith("idx:"):
-        return "idx:" + str(Path(name[4:]).expanduser().resolve())
+    """``idx:PATH``, ``images:DIR``, ``table:PATH`` and a table's ``PATH.csv`` /
+    ``PATH.parquet`` with the path made absolute, so the run evaluates from any folder."""
+    for prefix in ("idx:", "images:", "table:"):
+        if name.startswith(prefix):
+            return prefix + str(Path(name[len(prefix) :]).expanduser().resolve())
+    if is_table_path(name):
+        return str(Path(name).expanduser().resolve())
     return name
 
 

@@ -111,6 +111,7 @@ def build(config: RunConfig) -> Experiment:
         val_fraction=d.val_fraction,
         test_fraction=d.test_fraction,
         split_seed=d.split_seed,
+        **d.source_options(),
     )
     options = config.model.options
     standard = {k: options[k] for k in STANDARD_MODEL_OPTIONS if k in options}
@@ -388,6 +389,10 @@ def write_figures(
         for name in ("latent.png", "traversal.png", "interpolation.png"):
             figures.pop(name)
             skipped[name] = "the guide has no posterior for test images"
+    if data.image_shape is None:
+        for name in ("reconstructions.png", "samples.png", "traversal.png", "interpolation.png"):
+            if figures.pop(name, None):
+                skipped[name] = "the data is a table, whose rows are not images"
     with eval_mode(model, guide):
         for name, draw in figures.items():
             try:

@@ -35,6 +35,7 @@ from pyro_vae.checks import (  # noqa: F401 (re-exported: the run configuration'
     check_widths,
 )
 from pyro_vae.data import Preprocessing
+from pyro_vae.image_folder import check_image_size
 from pyro_vae.training_config import TrainingConfig
 
 SCHEMA_VERSION = 3
@@ -63,6 +64,13 @@ class DataConfig:
         val_fraction, test_fraction: shares held out, in [0, 1) (checked by ``load_data``,
             which knows whether the dataset has an official test split).
         split_seed: seeds the split, independent of the training seed.
+        image_size, crop: an image folder's ``(H, W)`` to resize to (``None``: keep) and
+            whether to keep the aspect ratio by cutting the centre.
+        columns, label_column: a table's feature columns (``None``: every numeric column
+            but the label) and its label column (``None``: no labels).
+
+    The last four came after schema 3's first release; a config.json without them reads
+    as their defaults (:data:`OPTIONAL_DATA_KEYS`).
     """
 
     name: str = "digits"
@@ -73,10 +81,28 @@ class DataConfig:
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     split_seed: int = 0
+    image_size: list[int] | None = None
+    crop: bool = False
+    columns: list[str] | None = None
+    label_column: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"name: {self.name!r} is not a dataset name")
+        size = check_image_size(self.image_size, self.crop)
+        self.image_size = None if size is None else list(size)
+        if not isinstance(self.crop, bool):
+            raise ValueError(f"crop: {self.crop!r}; expected True or False")
+        if self.columns is not None and (
+            isinstance(self.columns, str)
+            or not self.columns
+            or not all(isinstance(c, str) for c in self.columns)
+        ):
+            raise ValueError(f"columns: {self.columns!r}; expected a list of column names")
+        if self.columns is not None:
+            self.columns = list(self.columns)
+        if self.label_column is not None and not isinstance(self.label_column, str):
+            raise ValueError(f"label_column: {self.label_column!r}; expected a column name")
         check_levels("levels", self.levels)
         check_count("split_seed", self.split_seed, 0)
         for name in ("val_fraction", "test_fraction"):
@@ -92,6 +118,20 @@ class DataConfig:
             ValueError: an unknown likelihood or binarization, a threshold outside (0, 1).
         """
         return Preprocessing(self.likelihood, self.binarize, self.threshold, self.levels)
+
+    def source_options(self) -> dict[str, Any]:
+        """The options :func:`pyro_vae.data.load_data` passes to the source's reader."""
+        return {
+            "image_size": None if self.image_size is None else tuple(self.image_size),
+            "crop": self.crop,
+            "columns": self.columns,
+            "label_column": self.label_column,
+        }
+
+
+# DataConfig's fields that a schema-3 config.json may leave out (written before they
+# existed); they read as their defaults, which is what such a run used.
+OPTIONAL_DATA_KEYS = frozenset({"image_size", "crop", "columns", "label_column"})
 
 
 STANDARD_MODEL_OPTIONS = ("latent_dim", "hidden_dims", "activation")
@@ -247,7 +287,8 @@ class RunConfig:
 def _check_keys(config: dict[str, Any]) -> None:
     """Refuse a config with a section or key missing, misspelled, or of the wrong kind, so
     a hand-edited config.json fails with its key named rather than being half ignored.
-    The train section may leave keys out (they take :class:`TrainingConfig`'s defaults)."""
+    The train section may leave keys out (they take :class:`TrainingConfig`'s defaults),
+    and the data section the keys of :data:`OPTIONAL_DATA_KEYS`."""
     unknown = sorted(set(config) - _TOP)
     missing = sorted(_TOP - {"format"} - set(config))
     if unknown or missing:
@@ -262,7 +303,8 @@ def _check_keys(config: dict[str, Any]) -> None:
                 f"config: {name!r} is a {type(section).__name__}; expected an object"
             )
         unknown = sorted(set(section) - keys)
-        missing = sorted(keys - set(section)) if name != "train" else []
+        optional = keys if name == "train" else OPTIONAL_DATA_KEYS if name == "data" else set()
+        missing = sorted(keys - set(section) - optional)
         if unknown or missing:
             raise RunFolderError(
                 f"config: {name!r} has unknown keys {unknown} and lacks {missing}; expected "
