@@ -36,6 +36,8 @@ LAYERS: dict[str, int] = {
     "pyro_vae.precision": 0,
     # 1: data and likelihoods (the pixel checks live where the data meets its likelihood)
     "pyro_vae.idx": 1,
+    "pyro_vae.image_folder": 1,
+    "pyro_vae.tables": 1,
     "pyro_vae.data": 1,
     "pyro_vae.data_source": 1,
     "pyro_vae.tensor_data": 1,
