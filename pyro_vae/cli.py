@@ -749,8 +749,7 @@ def _sample(args: argparse.Namespace) -> int:
         )
     if exp.data.image_shape is None:
         raise ValueError(
-            f"run: its data {exp.config.data.name!r} is a table, whose rows are not images to "
-            "draw"
+            f"run: its data {exp.config.data.name!r} is a table, whose rows are not images to draw"
         )
     pyro.set_rng_seed(args.seed)
     with torch.no_grad():

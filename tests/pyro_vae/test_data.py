@@ -259,7 +259,9 @@ def test_a_colour_idx_folder_gives_c_h_w_images_and_trains_from_the_command_line
               (("train", 20), ("t10k", 6))}  # fmt: skip
     for split, images in stored.items():
         write_idx(directory / f"{split}-images-idx3-ubyte", images)
-        write_idx(directory / f"{split}-labels-idx1-ubyte", (np.arange(len(images)) % 2).astype(np.uint8))
+        write_idx(
+            directory / f"{split}-labels-idx1-ubyte", (np.arange(len(images)) % 2).astype(np.uint8)
+        )
     data = load_data(f"idx:{directory}", Preprocessing("gaussian"), val_fraction=0.0)
     assert data.image_shape == (3, 4, 5) and data.x_dim == 60
     assert torch.allclose(

@@ -148,7 +148,10 @@ def test_a_colour_folder_trains_from_python_and_the_command_line(tmp_path):
     assert np.isfinite(result.history[-1]["train_elbo"])
     out = tmp_path / "run"
     argv = ["fit", "--data", f"images:{tmp_path / 'data'}", "--image-size", "3", "3"]
-    assert main([*argv, "--likelihood", "gaussian", *FAST, "--ll-samples", "3", "--out", str(out)]) == 0
+    assert (
+        main([*argv, "--likelihood", "gaussian", *FAST, "--ll-samples", "3", "--out", str(out)])
+        == 0
+    )
     config = json.loads((out / "config.json").read_text())["data"]
     assert config["image_size"] == [3, 3] and config["name"].startswith("images:/")
     with Image.open(out / "reconstructions.png") as png:

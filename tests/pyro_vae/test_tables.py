@@ -49,7 +49,9 @@ def test_parquet_reads_as_the_csv_does(tmp_path):
     df = frame()
     df.to_csv(tmp_path / "t.csv", index=False)
     df.to_parquet(tmp_path / "t.parquet")
-    csv, parquet = (read_table(tmp_path / f"t.{s}", label_column="kind") for s in ("csv", "parquet"))
+    csv, parquet = (
+        read_table(tmp_path / f"t.{s}", label_column="kind") for s in ("csv", "parquet")
+    )
     assert np.array_equal(csv.features, parquet.features)  # CSV keeps float64 round trips
     assert np.array_equal(csv.labels, parquet.labels) and csv.columns == parquet.columns
 
@@ -156,7 +158,9 @@ def test_a_table_trains_from_python_and_the_command_line(tmp_path):
 
     model = VAE(data.x_dim, latent_dim=2, hidden_dims=(8,), likelihood="gaussian")
     config = TrainConfig(epochs=1, progress=False)
-    assert np.isfinite(fit(model, model.make_guide(), data, Trace_ELBO(), config).history[-1]["train_elbo"])
+    assert np.isfinite(
+        fit(model, model.make_guide(), data, Trace_ELBO(), config).history[-1]["train_elbo"]
+    )
     out = tmp_path / "run"
     argv = ["fit", "--data", str(tmp_path / "t.csv"), "--likelihood", "gaussian"]
     argv += ["--columns", "a", "c", "--label-column", "kind", "--ll-samples", "3"]
