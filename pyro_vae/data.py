@@ -109,18 +109,9 @@ def load_raw(
     """
     _check_source_options(name, image_size, crop, columns, label_column)
     if name.startswith("images:"):
-        folder = read_image_folder(_existing(name, name[7:], "directory"), image_size, crop)
-        return _checked(
-            RawImages(name, folder.images, folder.labels, None, None, 255, None, folder.classes)
-        )
-    if name.startswith("table:") or is_table_path(name):
-        path = name[6:] if name.startswith("table:") else name
-        table = read_table(_existing(name, path, "file"), columns, label_column)
-        return _checked(
-            RawImages(
-                name, table.features, table.labels, None, None, 1, table.columns, table.classes
-            )
-        )
+        return _image_folder(name, image_size, crop)
+    if _is_table(name):
+        return _table(name, columns, label_column)
     if name == "digits":
         from sklearn.datasets import load_digits
 
@@ -145,6 +136,33 @@ def load_raw(
     raise ValueError(f"data: unknown dataset {name!r}; expected one of {', '.join(DATASET_NAMES)}")
 
 
+def _image_folder(name: str, image_size: tuple[int, int] | None, crop: bool) -> RawImages:
+    folder = read_image_folder(_existing(name, name[7:], "directory"), image_size, crop)
+    raw = RawImages(name, folder.images, folder.labels, None, None, 255, classes=folder.classes)
+    return _checked(raw)
+
+
+def _is_table(name: str) -> bool:
+    return name.startswith("table:") or is_table_path(name)
+
+
+def _table(name: str, columns: list[str] | None, label_column: str | None) -> RawImages:
+    path = name[6:] if name.startswith("table:") else name
+    table = read_table(_existing(name, path, "file"), columns, label_column)
+    return _checked(
+        RawImages(
+            name,
+            table.features,
+            table.labels,
+            None,
+            None,
+            1,
+            columns=table.columns,
+            classes=table.classes,
+        )
+    )
+
+
 def _existing(name: str, path: str, kind: str) -> Path:
     """``path`` (from the dataset name ``name``), which must be an existing ``kind``."""
     found = Path(path).expanduser()
@@ -158,8 +176,7 @@ def _check_source_options(
 ) -> None:
     """Refuse an option the source ``name`` does not read, rather than ignore it."""
     check_image_size(image_size, crop)
-    images = name.startswith("images:")
-    table = name.startswith("table:") or is_table_path(name)
+    images, table = name.startswith("images:"), _is_table(name)
     for arg, value, ok, source in (
         ("image_size", image_size, images, "an image folder (images:DIR)"),
         ("crop", crop or None, images, "an image folder (images:DIR)"),

@@ -70,7 +70,7 @@ class DataConfig:
             but the label) and its label column (``None``: no labels).
 
     The last four came after schema 3's first release; a config.json without them reads
-    as their defaults (:data:`OPTIONAL_DATA_KEYS`).
+    as their defaults (``_ADDED_KEYS``).
     """
 
     name: str = "digits"
@@ -127,11 +127,6 @@ class DataConfig:
             "columns": self.columns,
             "label_column": self.label_column,
         }
-
-
-# DataConfig's fields that a schema-3 config.json may leave out (written before they
-# existed); they read as their defaults, which is what such a run used.
-OPTIONAL_DATA_KEYS = frozenset({"image_size", "crop", "columns", "label_column"})
 
 
 STANDARD_MODEL_OPTIONS = ("latent_dim", "hidden_dims", "activation")
@@ -212,6 +207,9 @@ _SECTIONS = {
     "evaluation": EvaluationConfig,
 }
 _TOP = {"format", "schema_version", "model", "model_options", "guide", *_SECTIONS}
+# Keys added to a section after its schema version, with defaults: a config.json written
+# before them leaves them out (no schema step needed), and they take the default.
+_ADDED_KEYS = {"data": {"image_size", "crop", "columns", "label_column"}}
 
 
 @dataclass
@@ -288,7 +286,7 @@ def _check_keys(config: dict[str, Any]) -> None:
     """Refuse a config with a section or key missing, misspelled, or of the wrong kind, so
     a hand-edited config.json fails with its key named rather than being half ignored.
     The train section may leave keys out (they take :class:`TrainingConfig`'s defaults),
-    and the data section the keys of :data:`OPTIONAL_DATA_KEYS`."""
+    and any section the keys of ``_ADDED_KEYS``."""
     unknown = sorted(set(config) - _TOP)
     missing = sorted(_TOP - {"format"} - set(config))
     if unknown or missing:
@@ -303,8 +301,8 @@ def _check_keys(config: dict[str, Any]) -> None:
                 f"config: {name!r} is a {type(section).__name__}; expected an object"
             )
         unknown = sorted(set(section) - keys)
-        optional = keys if name == "train" else OPTIONAL_DATA_KEYS if name == "data" else set()
-        missing = sorted(keys - set(section) - optional)
+        missing = sorted(keys - set(section) - _ADDED_KEYS.get(name, set()))
+        missing = missing if name != "train" else []
         if unknown or missing:
             raise RunFolderError(
                 f"config: {name!r} has unknown keys {unknown} and lacks {missing}; expected "
