@@ -180,8 +180,36 @@ def _add_fit_data(f: argparse.ArgumentParser) -> None:
     f.add_argument(
         "--data",
         default=_DATA.name,
-        help="digits, fashion-mnist, idx:PATH, PATH.npy (memory-mapped; labels from "
-        "PATH.labels.npy) or PATH.npz (x, y; read into memory) (default %(default)s)",
+        help="digits, fashion-mnist, idx:PATH (a folder of IDX files), PATH.npy "
+        "(memory-mapped; labels from PATH.labels.npy), PATH.npz (x, y; read into memory), "
+        "images:DIR (one sub-folder of PNG/JPEG images per class), PATH.csv, PATH.parquet "
+        "or table:PATH (default %(default)s)",
+    )
+    f.add_argument(
+        "--image-size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        default=_DATA.image_size,
+        help="images:DIR: resize every image to H x W (default: keep their one size)",
+    )
+    f.add_argument(
+        "--crop",
+        action="store_true",
+        help="images:DIR with --image-size: keep the aspect ratio, cutting the centre",
+    )
+    f.add_argument(
+        "--columns",
+        nargs="+",
+        metavar="NAME",
+        default=_DATA.columns,
+        help="tables: the feature columns (default: every numeric column but the label)",
+    )
+    f.add_argument(
+        "--label-column",
+        metavar="NAME",
+        default=_DATA.label_column,
+        help="tables: the column of class labels (default: none, every label 0)",
     )
     f.add_argument("--likelihood", choices=LIKELIHOODS, default=_DATA.likelihood)
     f.add_argument(
@@ -465,6 +493,10 @@ def _run_config_from_args(args: argparse.Namespace) -> RunConfig:
         levels=args.levels,
         val_fraction=args.val_fraction,
         test_fraction=args.test_fraction,
+        image_size=args.image_size,
+        crop=args.crop,
+        columns=args.columns,
+        label_column=args.label_column,
     )
     options = {key: _default(args, key) for key in _MODEL_FLAGS}
     options = {key: value for key, value in options.items() if value is not None}
@@ -782,6 +814,10 @@ def _sample(args: argparse.Namespace) -> int:
             f"run: {exp.config.model.spec} has no prior to sample from (it is not a generative "
             "model)"
         )
+    if exp.data.image_shape is None:
+        raise ValueError(
+            f"run: its data {exp.config.data.name!r} is a table, whose rows are not images to draw"
+        )
     pyro.set_rng_seed(args.seed)
     with torch.no_grad():
         like = to_device(exp.data.test_x[: args.num], exp.device)
@@ -970,8 +1006,8 @@ def _refuse_local_guide(exp, why: str) -> None:
 
 
 def _resolved_data(name: str) -> str:
-    """Paths in ``--data`` made absolute (``idx:PATH``, ``PATH.npy``), so the run
-    evaluates from any folder (:func:`pyro_vae.data.resolved_name`)."""
+    """Paths in ``--data`` made absolute (``idx:PATH``, ``PATH.npy``, ``images:DIR``,
+    tables), so the run evaluates from any folder (:func:`pyro_vae.data.resolved_name`)."""
     return resolved_name(name)
 
 

@@ -11,7 +11,15 @@ Datasets (all offline):
   splits are index sets into the map and every batch, check and evaluation chunk is
   gathered from it when used (:mod:`pyro_vae.array_source` says what it may hold and
   where its labels go). ``PATH.npz`` (``x``, optional ``y``) is read into memory whole.
+- ``images:DIR``: a folder of PNG/JPEG images, one sub-folder per class
+  (:mod:`pyro_vae.image_folder`), resized or cropped only when asked.
+- ``PATH.csv``, ``PATH.parquet`` (or ``table:PATH``): a table of feature columns and an
+  optional label column (:mod:`pyro_vae.tables`).
 - From Python, also a numpy array or a ``torch.utils.data.Dataset`` (in memory).
+
+Colour or multi-channel IDX images are stored channels last, ``[N, H, W, C]``
+(:mod:`pyro_vae.idx`). Images are ``[N, H, W]`` (one grey channel) or ``[N, C, H, W]``
+(C channels) throughout.
 
 Which loader a ``--data`` string goes to is decided in one place, :data:`SOURCES`.
 
@@ -52,10 +60,12 @@ from pyro_vae.data_source import (
     ValidationSet,
     epoch_generator,
 )
-from pyro_vae.idx import IDXFormatError, read_idx
+from pyro_vae.idx import IDXFormatError, images_channels_first, read_idx
+from pyro_vae.image_folder import check_image_size, read_image_folder
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.mapped_rows import CHUNK_ROWS, MappedRows
 from pyro_vae.provenance import file_provenance
+from pyro_vae.tables import is_table_path, read_table, table_observations
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 BINARIZATIONS = ("static", "dynamic")
@@ -87,6 +97,9 @@ class RawImages:
         labelled: whether the labels came with the data (else all 0).
         provenance: the files' provenance (:mod:`pyro_vae.provenance`); ``None`` for data
             without files of their own (digits, arrays from Python).
+        columns: a table's feature names, its ``train_x`` then ``[N, D]`` float64
+            features; ``None`` for images.
+        classes: the class names labels index, where the source has them.
     """
 
     name: str
@@ -98,6 +111,8 @@ class RawImages:
     integer: bool = True
     labelled: bool = True
     provenance: dict[str, Any] | None = None
+    columns: tuple[str, ...] | None = None
+    classes: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -108,8 +123,9 @@ class DatasetKind:
 
     pattern: str
     matches: Callable[[str], bool]
-    load: Callable[[str], RawImages]
+    load: Callable[..., RawImages]
     resolve: Callable[[str], str] = staticmethod(lambda name: name)
+    options: tuple[str, ...] = ()  # the load_raw options its loader takes, by name
 
 
 def _digits(name: str) -> RawImages:
@@ -156,6 +172,55 @@ def _absolute(prefix: str = "") -> Callable[[str], str]:
     return resolve
 
 
+_TABLE = ("columns", "label_column")
+
+
+def _image_folder(name: str, image_size: tuple[int, int] | None, crop: bool) -> RawImages:
+    path = _existing(name, name[7:], "directory")
+    folder = read_image_folder(path, image_size, crop)
+    provenance = file_provenance(path, folder.files, folder.images.shape, folder.images.dtype)
+    return _checked(
+        RawImages(
+            name,
+            folder.images,
+            folder.labels,
+            None,
+            None,
+            255,
+            provenance=provenance,
+            classes=folder.classes,
+        )
+    )
+
+
+def _table(name: str, columns: list[str] | None, label_column: str | None) -> RawImages:
+    path = _existing(name, name[6:] if name.startswith("table:") else name, "file")
+    table = read_table(path, columns, label_column)
+    provenance = file_provenance(path, [path], table.features.shape, table.features.dtype)
+    return _checked(
+        RawImages(
+            name,
+            table.features,
+            table.labels,
+            None,
+            None,
+            1,
+            integer=False,
+            provenance=provenance,
+            columns=table.columns,
+            classes=table.classes,
+        )
+    )
+
+
+def _existing(name: str, path: str, kind: str) -> Path:
+    """``path`` (from the dataset name ``name``), which must be an existing ``kind``."""
+    found = Path(path).expanduser()
+    if not (found.is_dir() if kind == "directory" else found.is_file()):
+        raise DatasetNotFoundError(f"data: {name!r} names {found}, which is not a {kind}")
+    return found
+
+
 SOURCES: list[DatasetKind] = [
     DatasetKind("digits", lambda n: n == "digits", _digits),
     DatasetKind("fashion-mnist", lambda n: n == "fashion-mnist", _fashion_mnist),
@@ -171,6 +236,26 @@ SOURCES: list[DatasetKind] = [
         lambda n: is_array_path(n) and n.lower().endswith(".npz"),
         _array_file,
         _absolute(),
+    ),
+    DatasetKind(
+        "images:DIR",
+        lambda n: n.startswith("images:"),
+        _image_folder,
+        _absolute("images:"),
+        ("image_size", "crop"),
+    ),
+    DatasetKind(
+        "PATH.csv",
+        lambda n: is_table_path(n) and not n.lower().endswith(".parquet"),
+        _table,
+        _absolute(),
+        _TABLE,
+    ),
+    DatasetKind(
+        "PATH.parquet", lambda n: n.lower().endswith(".parquet"), _table, _absolute(), _TABLE
+    ),
+    DatasetKind(
+        "table:PATH", lambda n: n.startswith("table:"), _table, _absolute("table:"), _TABLE
     ),
 ]
 """The ``--data`` strings, tried in order: the one place a new kind of source is added."""
@@ -194,15 +279,43 @@ def resolved_name(name: str) -> str:
     return _source_of(name).resolve(name)
 
 
-def load_raw(name: str) -> RawImages:
+def load_raw(
+    name: str,
+    image_size: tuple[int, int] | None = None,
+    crop: bool = False,
+    columns: list[str] | None = None,
+    label_column: str | None = None,
+) -> RawImages:
     """Load a dataset by its ``--data`` string (:data:`SOURCES`): ``digits``,
-    ``fashion-mnist``, ``idx:PATH``, ``PATH.npy`` (memory-mapped) or ``PATH.npz``.
+    ``fashion-mnist``, ``idx:PATH``, ``PATH.npy`` (memory-mapped), ``PATH.npz``,
+    ``images:DIR``, or a table ``PATH.csv`` / ``PATH.parquet`` / ``table:PATH``.
+
+    ``image_size`` and ``crop`` apply to ``images:DIR`` only, ``columns`` and
+    ``label_column`` to tables only (:func:`pyro_vae.tables.read_table`).
 
     Raises:
-        ValueError: an unknown name, or data its loader refuses (named).
+        ValueError: an unknown name, an option the source does not take, or data its
+            loader refuses (named).
         DatasetNotFoundError: a dataset or file that is not there.
     """
-    return _source_of(name).load(name)
+    check_image_size(image_size, crop)
+    kind = _source_of(name)
+    given = {
+        "image_size": image_size,
+        "crop": crop or None,
+        "columns": columns,
+        "label_column": label_column,
+    }
+    for arg, value in given.items():
+        if value is not None and arg not in kind.options:
+            takes = (
+                "an image folder (images:DIR)"
+                if arg in ("image_size", "crop")
+                else ("a table (PATH.csv, PATH.parquet or table:PATH)")
+            )
+            raise ValueError(f"{arg}: {value!r} applies to {takes} only, not to data {name!r}")
+    options = {**given, "crop": crop}
+    return kind.load(name, **{arg: options[arg] for arg in kind.options})
 
 
 def raw_from_python(data: Any, labels: Any = None) -> RawImages:
@@ -248,6 +361,8 @@ def _load_idx_directory(name: str, directory: Path) -> RawImages:
     files = {key: _find_idx(directory, stem) for key, stem in _IDX_FILES.items()}
     arrays = {key: read_idx(path) for key, path in files.items()}
     for key in ("train_images", "test_images"):
+        arrays[key] = images_channels_first(arrays[key], files[key])
+    for key in ("train_images", "test_images"):
         kind = arrays[key].dtype
         if kind.kind == "f" or (kind.kind == "i" and (arrays[key] < 0).any()):
             what = "floating-point" if kind.kind == "f" else "negative"
@@ -280,9 +395,15 @@ def _checked(raw: RawImages) -> RawImages:
     for split, x, y in (("train", raw.train_x, raw.train_y), ("test", raw.test_x, raw.test_y)):
         if x is None:
             continue
-        if x.ndim != 3:
+        if raw.columns is not None and x.shape[1:] != (len(raw.columns),):
             raise ValueError(
-                f"data: {raw.name} {split} images have shape {x.shape}; expected [N, H, W]"
+                f"data: {raw.name} {split} rows have shape {x.shape}; expected "
+                f"[N, {len(raw.columns)}], one value per column"
+            )
+        if raw.columns is None and x.ndim not in (3, 4):
+            raise ValueError(
+                f"data: {raw.name} {split} images have shape {x.shape}; expected [N, H, W] "
+                "or [N, C, H, W]"
             )
         if y.shape != (x.shape[0],):
             raise ValueError(
@@ -345,6 +466,11 @@ class DataSplits:
     images ``x`` and ELBOs are reported per datapoint. From a memory-mapped ``.npy`` the
     ``x`` splits are :class:`~pyro_vae.mapped_rows.MappedRows` (index sets into the map,
     read a batch or chunk at a time) rather than tensors.
+
+    Observations are flattened, ``[N, D]``. ``image_shape`` says how a row is an image:
+    ``(H, W)`` for one grey channel, ``(C, H, W)`` for C ≥ 2 channels (rows hold channel
+    after channel, each row-major: ``x.reshape(N, C, H, W)``), ``None`` for a table, whose
+    rows are D feature columns and not images.
     """
 
     per_datapoint: ClassVar[bool] = True
@@ -355,7 +481,7 @@ class DataSplits:
     val_y: torch.Tensor
     test_x: torch.Tensor | MappedRows
     test_y: torch.Tensor
-    image_shape: tuple[int, ...]
+    image_shape: tuple[int, ...] | None
     pixel_max: float
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -522,6 +648,11 @@ def load_data(
     test_fraction: float = 0.1,
     split_seed: int = 0,
     labels: Any = None,
+    *,
+    image_size: tuple[int, int] | None = None,
+    crop: bool = False,
+    columns: list[str] | None = None,
+    label_column: str | None = None,
 ) -> DataSplits:
     """Load ``name`` and split it into train / validation / test observations.
 
@@ -540,6 +671,11 @@ def load_data(
     of dynamic binarization are made once, chunk by chunk, and held in memory). Every
     other source is gathered into tensors here; both give the same rows bit for bit.
 
+    ``image_size``, ``crop`` (image folders) and ``columns``, ``label_column`` (tables) go
+    to :func:`load_raw`. A table's observations are :func:`pyro_vae.tables.table_observations`'
+    (standardized with the training split's statistics for a gaussian likelihood) and its
+    ``image_shape`` is ``None``.
+
     Raises:
         ValueError: a fraction outside [0, 1), no test images, fewer than 2 training
             images, or data its source refuses (named).
@@ -550,7 +686,8 @@ def load_data(
     for arg, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0.0 <= value < 1.0:
             raise ValueError(f"{arg}: {value} is not in [0, 1)")
-    raw = _raw(name, labels)
+    options = {"image_size": image_size, "crop": crop, "columns": columns}
+    raw = _raw(name, labels, **options, label_column=label_column)
     if raw.test_x is None and test_fraction == 0:
         raise ValueError(
             f"test_fraction: 0 leaves {raw.name!r} without test images (it has no official test "
@@ -568,6 +705,7 @@ def load_data(
         "likelihood": preprocessing.likelihood,
         **{f"num_{split}": int(index.shape[0]) for split, (_, _, index) in rows.items()},
         "split_seed": split_seed,
+        **({"classes": list(raw.classes)} if raw.classes is not None else {}),
     }
     mapped = isinstance(raw.train_x, np.memmap)
     if mapped:
@@ -576,7 +714,15 @@ def load_data(
         info["labelled"] = False
     if raw.provenance is not None:
         info["provenance"] = raw.provenance
-    obs, pixel_max = _observations(raw, rows, preprocessing, split_seed, info, mapped)
+    image_shape: tuple[int, ...] | None = tuple(int(s) for s in raw.train_x.shape[1:])
+    if raw.columns is not None:
+        image_shape = None
+        features = {key: array[index] for key, (array, _, index) in rows.items()}
+        obs, pixel_max = table_observations(
+            features, preprocessing.likelihood, preprocessing.levels, raw.columns, info
+        )
+    else:
+        obs, pixel_max = _observations(raw, rows, preprocessing, split_seed, info, mapped)
     return DataSplits(
         train_x=obs["train"],
         train_y=torch.as_tensor(rows["train"][1][rows["train"][2]]),
@@ -584,21 +730,27 @@ def load_data(
         val_y=torch.as_tensor(rows["val"][1][rows["val"][2]]),
         test_x=obs["test"],
         test_y=torch.as_tensor(rows["test"][1][rows["test"][2]]),
-        image_shape=tuple(int(s) for s in raw.train_x.shape[1:]),
+        image_shape=image_shape,
         pixel_max=pixel_max,
         info=info,
     )
 
 
-def _raw(name: Any, labels: Any) -> RawImages:
+def _raw(name: Any, labels: Any, **options: Any) -> RawImages:
     if not isinstance(name, str):
+        given = [arg for arg, value in options.items() if value not in (None, False)]
+        if given:
+            raise ValueError(
+                f"{given[0]}: {options[given[0]]!r} applies to a named image folder or table, "
+                f"not to data given as a {type(name).__name__}"
+            )
         return raw_from_python(name, labels)
     if labels is not None:
         raise TypeError(
             f"labels: given with the dataset {name!r}, which brings its own; labels go with a "
             "numpy array"
         )
-    return load_raw(name)
+    return load_raw(name, **options)
 
 
 Split = tuple[np.ndarray, np.ndarray, np.ndarray]

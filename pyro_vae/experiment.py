@@ -123,6 +123,7 @@ def build(config: RunConfig, allow_changed_data: bool = False) -> Experiment:
         val_fraction=d.val_fraction,
         test_fraction=d.test_fraction,
         split_seed=d.split_seed,
+        **d.source_options(),
     )
     check_unchanged(d.provenance, data.info.get("provenance"), allow_changed_data)
     if d.provenance is None and "provenance" in data.info:
@@ -461,6 +462,10 @@ def write_figures(
         for name in ("latent.png", "traversal.png", "interpolation.png"):
             figures.pop(name)
             skipped[name] = "the guide has no posterior for test images"
+    if data.image_shape is None:
+        for name in ("reconstructions.png", "samples.png", "traversal.png", "interpolation.png"):
+            if figures.pop(name, None):
+                skipped[name] = "the data is a table, whose rows are not images"
     with eval_mode(model, guide):
         for name, draw in figures.items():
             try:

@@ -12,6 +12,11 @@ An IDX file is a big-endian header followed by a dense array:
 Reference: LeCun, Cortes & Burges, "The MNIST database of handwritten digits"
 (the file-format section). Files may be gzip-compressed; that is detected from the
 content (the gzip magic bytes), not the file name.
+
+Images with channels are stored channels last, ``[N, H, W, C]``: the header records sizes
+but no layout, and the tools that write MNIST-style files from decoded images (numpy arrays
+from Pillow, ``[H, W, C]`` each) write that order. :func:`images_channels_first` turns
+them into the ``[N, C, H, W]`` the rest of pyro_vae uses.
 """
 
 from __future__ import annotations
@@ -96,3 +101,31 @@ def write_idx(path: str | os.PathLike, array: np.ndarray, compress: bool | None 
     if compress is None:
         compress = path.suffix == ".gz"
     path.write_bytes(gzip.compress(payload) if compress else payload)
+
+
+def images_channels_first(array: np.ndarray, path: str | os.PathLike) -> np.ndarray:
+    """The images of an IDX file in pyro_vae's layout: ``[N, H, W]`` stays as it is (one
+    grey channel), ``[N, H, W, 1]`` becomes ``[N, H, W]``, and ``[N, H, W, C]`` becomes
+    ``[N, C, H, W]`` (channels last on disk: module docstring).
+
+    Raises:
+        IDXFormatError: naming ``path``, for another rank, or for ``[N, C, H, W]`` written
+            channels first (a last axis longer than 4 after a second axis of at most 4),
+            which would otherwise be read as scrambled pixels.
+    """
+    if array.ndim == 3:
+        return array
+    if array.ndim != 4:
+        raise IDXFormatError(
+            f"{path}: images of shape {array.shape}; expected [N, H, W] or channels last "
+            "[N, H, W, C]"
+        )
+    if array.shape[3] > 4 and array.shape[1] <= 4:
+        raise IDXFormatError(
+            f"{path}: images of shape {array.shape} look channels first [N, C, H, W]; IDX "
+            "images are read channels last [N, H, W, C]: write "
+            "`array.transpose(0, 2, 3, 1)` instead"
+        )
+    if array.shape[3] == 1:
+        return array[..., 0]
+    return np.ascontiguousarray(array.transpose(0, 3, 1, 2))

@@ -2,7 +2,8 @@
 
 Each figure is a ``matplotlib.figure.Figure`` of its own, drawn and saved without pyplot:
 importing this module changes no backend and no figure is left open (a PNG needs none).
-(:mod:`pyro_vae.image_grid` returns a figure to show instead.)
+(:mod:`pyro_vae.image_grid` returns a figure to show instead.) Images are ``(H, W)`` grey
+or ``(C, H, W)``, three channels drawn as RGB (:func:`pyro_vae.image_grid.pictures`).
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ import torch
 from matplotlib.figure import Figure
 
 from pyro_vae.checkpoint import atomic_path
+from pyro_vae.image_grid import pictures, show
 
 
 def _as_images(x: torch.Tensor, image_shape: Sequence[int], pixel_max: float) -> np.ndarray:
-    return (x.detach().cpu().reshape(-1, *image_shape) / pixel_max).clamp(0, 1).numpy()
+    return pictures(x, image_shape, pixel_max)
 
 
 def save_png(fig: Figure, path: str | os.PathLike) -> Path:
@@ -54,8 +56,8 @@ def plot_reconstructions(
         ax.axis("off")
     for i in range(len(originals)):
         r, c = divmod(i, cols)
-        axes[2 * r, c].imshow(originals[i], cmap="gray", vmin=0, vmax=1)
-        axes[2 * r + 1, c].imshow(recons[i], cmap="gray", vmin=0, vmax=1)
+        show(axes[2 * r, c], originals[i], None)
+        show(axes[2 * r + 1, c], recons[i], None)
     for r in range(pairs):
         axes[2 * r, 0].set_title("data", fontsize=7, loc="left")
         axes[2 * r + 1, 0].set_title("reconstruction", fontsize=7, loc="left")
@@ -75,7 +77,7 @@ def plot_samples(
     for ax in axes.flat:
         ax.axis("off")
     for ax, img in zip(axes.flat, images, strict=False):
-        ax.imshow(img, cmap="gray", vmin=0, vmax=1)
+        show(ax, img, None)
     fig.suptitle(title or "samples: E[x | z], z ~ p(z)", fontsize=9)
     return save_png(fig, path)
 
@@ -99,7 +101,7 @@ def plot_image_rows(
         ax.set_yticks([])
         for spine in ax.spines.values():
             spine.set_visible(False)
-        ax.imshow(img, cmap="gray", vmin=0, vmax=1)
+        show(ax, img, None)
     for r, label in enumerate(row_labels):
         axes[r, 0].set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
     fig.suptitle(title, fontsize=9)

@@ -35,6 +35,7 @@ from pyro_vae.checks import (  # noqa: F401 (re-exported: the run configuration'
     check_widths,
 )
 from pyro_vae.data import Preprocessing
+from pyro_vae.image_folder import check_image_size
 from pyro_vae.training_config import TrainingConfig
 
 SCHEMA_VERSION = 3
@@ -67,6 +68,13 @@ class DataConfig:
             path, shape, dtype and a checksum of the files' names and sizes), recorded by
             :func:`pyro_vae.experiment.build` for a new run and checked when the run is
             rebuilt; ``None`` for data without files, or a config.json written before it.
+        image_size, crop: an image folder's ``(H, W)`` to resize to (``None``: keep) and
+            whether to keep the aspect ratio by cutting the centre.
+        columns, label_column: a table's feature columns (``None``: every numeric column
+            but the label) and its label column (``None``: no labels).
+
+    These four and ``provenance`` came after schema 3's first release; a config.json
+    without them reads as their defaults (``_ADDED_KEYS``).
     """
 
     name: str = "digits"
@@ -78,6 +86,10 @@ class DataConfig:
     test_fraction: float = 0.1
     split_seed: int = 0
     provenance: dict[str, Any] | None = None
+    image_size: list[int] | None = None
+    crop: bool = False
+    columns: list[str] | None = None
+    label_column: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -87,6 +99,20 @@ class DataConfig:
                 f"provenance: {self.provenance!r} is not a mapping (path, shape, dtype, "
                 "checksum) or None"
             )
+        size = check_image_size(self.image_size, self.crop)
+        self.image_size = None if size is None else list(size)
+        if not isinstance(self.crop, bool):
+            raise ValueError(f"crop: {self.crop!r}; expected True or False")
+        if self.columns is not None and (
+            isinstance(self.columns, str)
+            or not self.columns
+            or not all(isinstance(c, str) for c in self.columns)
+        ):
+            raise ValueError(f"columns: {self.columns!r}; expected a list of column names")
+        if self.columns is not None:
+            self.columns = list(self.columns)
+        if self.label_column is not None and not isinstance(self.label_column, str):
+            raise ValueError(f"label_column: {self.label_column!r}; expected a column name")
         check_levels("levels", self.levels)
         check_count("split_seed", self.split_seed, 0)
         for name in ("val_fraction", "test_fraction"):
@@ -102,6 +128,15 @@ class DataConfig:
             ValueError: an unknown likelihood or binarization, a threshold outside (0, 1).
         """
         return Preprocessing(self.likelihood, self.binarize, self.threshold, self.levels)
+
+    def source_options(self) -> dict[str, Any]:
+        """The options :func:`pyro_vae.data.load_data` passes to the source's reader."""
+        return {
+            "image_size": None if self.image_size is None else tuple(self.image_size),
+            "crop": self.crop,
+            "columns": self.columns,
+            "label_column": self.label_column,
+        }
 
 
 # Offered to a model (and a guide class) only when its constructor takes them; ``arch``
@@ -187,7 +222,7 @@ _SECTIONS = {
 _TOP = {"format", "schema_version", "model", "model_options", "guide", *_SECTIONS}
 # Keys added to a section after its schema version, with defaults: a config.json written
 # before them leaves them out (no schema step needed), and they take the default.
-_ADDED_KEYS = {"data": {"provenance"}}
+_ADDED_KEYS = {"data": {"provenance", "image_size", "crop", "columns", "label_column"}}
 
 
 @dataclass
@@ -263,7 +298,8 @@ class RunConfig:
 def _check_keys(config: dict[str, Any]) -> None:
     """Refuse a config with a section or key missing, misspelled, or of the wrong kind, so
     a hand-edited config.json fails with its key named rather than being half ignored.
-    The train section may leave keys out (they take :class:`TrainingConfig`'s defaults)."""
+    The train section may leave keys out (they take :class:`TrainingConfig`'s defaults),
+    and any section the keys of ``_ADDED_KEYS``."""
     unknown = sorted(set(config) - _TOP)
     missing = sorted(_TOP - {"format"} - set(config))
     if unknown or missing:

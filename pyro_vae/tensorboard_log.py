@@ -40,6 +40,7 @@ from typing import Any
 import torch
 
 from pyro_vae.evaluate import elbo_terms_per_datapoint
+from pyro_vae.image_grid import pictures
 from pyro_vae.predictive import NoMeanImageError, reconstruct
 
 __all__ = [
@@ -219,7 +220,8 @@ class TensorBoardLog:
         }
 
     def _reconstructions(self) -> torch.Tensor | None:
-        """``[2·IMAGE_COUNT, 1, H, W]`` in [0, 1]: the images, then their reconstructions
+        """``[2·IMAGE_COUNT, 1 or 3, H, W]`` in [0, 1] (grey or RGB, as
+        :func:`pyro_vae.image_grid.pictures` draws them): the images, then their reconstructions
         (TensorBoard lays them out 8 to a row); ``None`` for a model without a mean image."""
         with _forked_rng(self.images.device), torch.no_grad():
             try:
@@ -228,7 +230,8 @@ class TensorBoardLog:
                 self.images = None
                 return None
         pixels = torch.cat([self.images.reshape(means.shape), means]).detach().float().cpu()
-        return (pixels / self.pixel_max).clamp(0, 1).reshape(-1, 1, *self.image_shape)
+        drawn = torch.as_tensor(pictures(pixels, self.image_shape, self.pixel_max))
+        return drawn.unsqueeze(1) if drawn.dim() == 3 else drawn.permute(0, 3, 1, 2)
 
     def _scalars(self, values: dict[str, float], step: int) -> None:
         def write(writer) -> None:

@@ -82,12 +82,45 @@ def made(tmp_path_factory):
     paths["npy_text"] = root / "text.npy"
     paths["npy_run"] = _train(root / "npy_run", "--data", str(paths["npy_changed"]))
     np.save(paths["npy_changed"], images[:19])  # the data change after training
+    paths.update(_sources(root, images))
     bad = root / "syntax_error.py"
     bad.write_text("def model(x)\n    pass\n")
     paths["syntax"] = bad
     plain = root / "plain.py"
     plain.write_text("def model(x):\n    pass\n\n\nclass Model:\n    pass\n")
     paths["plain"] = plain
+    return paths
+
+
+def _sources(root: Path, images: np.ndarray) -> dict[str, Path]:
+    """Bad image folders, tables and IDX files, one fault each."""
+    from PIL import Image
+
+    paths = {}
+    for name, sizes in {"img_sizes": [(4, 4), (3, 2)], "img_empty_class": [(4, 4)]}.items():
+        (root / name / "a").mkdir(parents=True)
+        for i, (h, w) in enumerate(sizes):
+            Image.fromarray(images[i, :h, :w]).save(root / name / "a" / f"{i}.png")
+        paths[name] = root / name
+    (root / "img_empty_class" / "b").mkdir()
+    (root / "img_unreadable" / "a").mkdir(parents=True)
+    (root / "img_unreadable" / "a" / "x.png").write_text("not a png")
+    paths["img_unreadable"] = root / "img_unreadable"
+    tables = {
+        "csv_nan": "a,b\n1,2\n,3\n4,5\n",
+        "csv_text": "a,b\n1,x\n2,y\n",
+        "csv_constant": "a,b\n1,7\n2,7\n3,7\n4,7\n5,7\n6,7\n7,7\n8,7\n9,7\n10,7\n",
+        "csv_ok": "a,b,y\n0.5,1,0\n1.5,0,1\n2.5,1,0\n3.5,1,1\n",
+    }
+    for name, text in tables.items():
+        (root / f"{name}.csv").write_text(text)
+        paths[name] = root / f"{name}.csv"
+    channels_first = root / "idx_channels_first"
+    channels_first.mkdir()
+    for split in ("train", "t10k"):
+        write_idx(channels_first / f"{split}-images-idx3-ubyte", np.zeros((4, 3, 8, 8), np.uint8))
+        write_idx(channels_first / f"{split}-labels-idx1-ubyte", np.zeros(4, np.uint8))
+    paths["idx_channels_first"] = channels_first
     return paths
 
 
@@ -283,6 +316,88 @@ CLI = [
         (f"{command}-data-changed", ("npy_run", None), [command, "{run}"], ["changed since the run was trained", "--allow-changed-data"])
         for command in ("evaluate", "sample", "diagnose")
     ],
+    (
+        "fit-idx-channels-first",
+        None,
+        ["fit", "--out", "{new}", "--data", "idx:{idx_channels_first}"],
+        ["look channels first", "[N, H, W, C]"],
+    ),
+    ("fit-images-missing", None, ["fit", "--out", "{new}", "--data", "images:/no/dir"], ["not a directory"]),
+    ("fit-images-empty", None, ["fit", "--out", "{new}", "--data", "images:{empty}"], ["is empty"]),
+    (
+        "fit-images-empty-class",
+        None,
+        ["fit", "--out", "{new}", "--data", "images:{img_empty_class}"],
+        ["class folder", "holds no images"],
+    ),
+    (
+        "fit-images-unreadable",
+        None,
+        ["fit", "--out", "{new}", "--data", "images:{img_unreadable}"],
+        ["x.png is not an image Pillow can read"],
+    ),
+    (
+        "fit-images-sizes",
+        None,
+        ["fit", "--out", "{new}", "--data", "images:{img_sizes}"],
+        ["is 4x4", "is 3x2", "--image-size"],
+    ),
+    (
+        "fit-images-crop-alone",
+        None,
+        ["fit", "--out", "{new}", "--data", "images:{img_sizes}", "--crop"],
+        ["crop: True needs image_size"],
+    ),
+    (
+        "fit-images-size-zero",
+        None,
+        ["fit", "--out", "{new}", "--data", "images:{img_sizes}", "--image-size", "0", "4"],
+        ["image_size: [0, 4]"],
+    ),
+    ("fit-table-missing", None, ["fit", "--out", "{new}", "--data", "/no/t.csv"], ["not a file"]),
+    ("fit-table-nan", None, ["fit", "--out", "{new}", "--data", "{csv_nan}"], ["column 'a'", "missing (NaN)"]),
+    (
+        "fit-table-not-numeric",
+        None,
+        ["fit", "--out", "{new}", "--data", "{csv_text}", "--columns", "a", "b"],
+        ["columns: 'b'", "numeric"],
+    ),
+    (
+        "fit-table-no-label",
+        None,
+        ["fit", "--out", "{new}", "--data", "{csv_ok}", "--label-column", "class"],
+        ["label_column: 'class'", "['a', 'b', 'y']"],
+    ),
+    (
+        "fit-table-no-column",
+        None,
+        ["fit", "--out", "{new}", "--data", "{csv_ok}", "--columns", "a", "z"],
+        ["columns: ['z']", "['a', 'b', 'y']"],
+    ),
+    (
+        "fit-table-constant",
+        None,
+        ["fit", "--out", "{new}", "--data", "{csv_constant}", "--likelihood", "gaussian"],
+        ["['b'] are constant on the training split"],
+    ),
+    (
+        "fit-table-bernoulli",
+        None,
+        ["fit", "--out", "{new}", "--data", "{csv_ok}", "--label-column", "y"],
+        ["column 'a' holds", "binary 0/1"],
+    ),
+    (
+        "fit-table-image-size",
+        None,
+        ["fit", "--out", "{new}", "--data", "{csv_ok}", "--image-size", "2", "2"],
+        ["image_size: (2, 2) applies to an image folder"],
+    ),
+    (
+        "fit-digits-columns",
+        None,
+        ["fit", "--out", "{new}", "--columns", "a"],
+        ["columns: ['a'] applies to a table"],
+    ),
     # --- fit: model, guide and estimator ---------------------------------------------------
     (
         "fit-model-module",
@@ -880,6 +995,9 @@ PY = [
     ("active-units-one", lambda: _evaluator("active_units", torch.zeros(1, 64)), ValueError, ["at least 2"]),
     # data
     ("load-unknown", lambda: _load("cifar"), ValueError, ["unknown dataset 'cifar'"]),
+    ("load-label-column-digits", lambda: _load("digits", label_column="y"), ValueError, ["label_column: 'y' applies to a table"]),
+    ("load-crop-alone", lambda: _load("images:/x", crop=True), ValueError, ["crop: True needs image_size"]),
+    ("load-image-size", lambda: _load("images:/x", image_size=(2, -1)), ValueError, ["image_size: (2, -1)"]),
     ("load-val-1", lambda: _load("digits", val_fraction=1.0), ValueError, ["val_fraction: 1.0"]),
     ("load-test-neg", lambda: _load("digits", test_fraction=-0.1), ValueError, ["test_fraction: -0.1"]),
     ("load-test-0", lambda: _load("digits", test_fraction=0.0), ValueError, ["without test images"]),

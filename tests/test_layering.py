@@ -40,6 +40,8 @@ LAYERS: dict[str, int] = {
     "pyro_vae.mapped_rows": 1,
     "pyro_vae.array_source": 1,
     "pyro_vae.provenance": 1,
+    "pyro_vae.image_folder": 1,
+    "pyro_vae.tables": 1,
     "pyro_vae.data": 1,
     "pyro_vae.data_source": 1,
     "pyro_vae.tensor_data": 1,

@@ -315,3 +315,29 @@ def test_a_float_array_of_intensities_trains_from_python(tmp_path):
         model, model.make_guide(), data, Trace_ELBO(), TrainConfig(epochs=1, progress=False)
     )
     assert len(result.history) == 1 and np.isfinite(result.history[0]["val_elbo"])
+
+
+def test_a_colour_idx_folder_gives_c_h_w_images_and_trains_from_the_command_line(tmp_path):
+    from pyro_vae.cli import main
+
+    rng = np.random.default_rng(3)
+    directory = tmp_path / "colour"
+    directory.mkdir()
+    stored = {split: rng.integers(0, 256, (n, 4, 5, 3), dtype=np.uint8) for split, n in
+              (("train", 20), ("t10k", 6))}  # fmt: skip
+    for split, images in stored.items():
+        write_idx(directory / f"{split}-images-idx3-ubyte", images)
+        write_idx(
+            directory / f"{split}-labels-idx1-ubyte", (np.arange(len(images)) % 2).astype(np.uint8)
+        )
+    data = load_data(f"idx:{directory}", Preprocessing("gaussian"), val_fraction=0.0)
+    assert data.image_shape == (3, 4, 5) and data.x_dim == 60
+    assert torch.allclose(
+        data.test_x.reshape(6, 3, 4, 5) * 255,
+        torch.as_tensor(stored["t10k"].transpose(0, 3, 1, 2), dtype=torch.float32),
+    )
+    out = tmp_path / "run"  # the autoencoder: a colour run's figures without prior samples
+    argv = ["fit", "--data", f"idx:{directory}", "--likelihood", "gaussian", "--out", str(out)]
+    argv += ["--model", "models.autoencoder:Autoencoder", "--epochs", "1", "--no-progress"]
+    assert main([*argv, "--hidden", "8", "--latent-dim", "2", "--ll-samples", "3"]) == 0
+    assert (out / "reconstructions.png").exists()

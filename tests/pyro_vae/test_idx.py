@@ -3,7 +3,7 @@ import gzip
 import numpy as np
 import pytest
 
-from pyro_vae.idx import IDXFormatError, read_idx, write_idx
+from pyro_vae.idx import IDXFormatError, images_channels_first, read_idx, write_idx
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16, np.int32, np.float32, np.float64])
@@ -62,3 +62,27 @@ def test_truncated_gzip_is_rejected(tmp_path):
 def test_unsupported_dtype_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="uint16"):
         write_idx(tmp_path / "x", np.zeros(3, np.uint16))
+
+
+def test_colour_images_are_read_channels_last_and_returned_channels_first(tmp_path):
+    rng = np.random.default_rng(0)
+    stored = rng.integers(0, 256, size=(3, 4, 5, 3), dtype=np.uint8)  # [N, H, W, C]
+    images = images_channels_first(stored, tmp_path / "f")
+    assert images.shape == (3, 3, 4, 5)
+    assert images[1, 2, 3, 4] == stored[1, 3, 4, 2]  # image 1, channel 2, row 3, column 4
+    grey = images_channels_first(stored[..., :1], tmp_path / "f")
+    assert grey.shape == (3, 4, 5) and np.array_equal(grey, stored[..., 0])
+    plain = stored[..., 0]
+    assert images_channels_first(plain, tmp_path / "f") is plain
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        ((3, 3, 8, 8), r"look channels first \[N, C, H, W\].*transpose\(0, 2, 3, 1\)"),
+        ((3, 8), r"shape \(3, 8\); expected \[N, H, W\] or channels last"),
+    ],
+)
+def test_other_layouts_are_refused_naming_the_file(tmp_path, shape, message):
+    with pytest.raises(IDXFormatError, match=message):
+        images_channels_first(np.zeros(shape, np.uint8), tmp_path / "f")

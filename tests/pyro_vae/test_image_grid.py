@@ -1,11 +1,12 @@
 import io
 
 import matplotlib
+import numpy as np
 import pytest
 import torch
 from matplotlib.figure import Figure
 
-from pyro_vae.image_grid import image_grid
+from pyro_vae.image_grid import image_grid, pictures
 
 
 def drawn(fig, columns, r, c):
@@ -45,6 +46,7 @@ def test_rows_of_different_lengths_leave_blanks():
         ({"rows": [torch.rand(2, 5)]}, r"rows\[0\]: shape \(2, 5\); expected \[columns, 4\]"),
         ({"rows": []}, "rows: no rows"),
         ({"image_shape": (4,)}, "image_shape"),
+        ({"image_shape": (2, 1, 2, 1)}, r"image_shape: \(2, 1, 2, 1\)"),
         ({"pixel_max": 0.0}, "pixel_max: 0.0"),
         ({"row_labels": ["only one"]}, "row_labels: 1 labels for 2 rows"),
     ],
@@ -53,3 +55,44 @@ def test_bad_arguments_are_named(kwargs, message):
     arguments = {"rows": torch.rand(2, 3, 4), "image_shape": (2, 2)} | kwargs
     with pytest.raises(ValueError, match=message):
         image_grid(**arguments)
+
+
+# A 2x2 RGB image, (C, H, W) flattened: red, green / blue, yellow, in 0..255.
+QUADRANTS = {(0, 0): (255, 0, 0), (0, 1): (0, 255, 0), (1, 0): (0, 0, 255), (1, 1): (255, 255, 51)}
+
+
+def _colour_image() -> torch.Tensor:
+    image = torch.zeros(3, 2, 2)
+    for (i, j), rgb in QUADRANTS.items():
+        image[:, i, j] = torch.tensor(rgb, dtype=torch.float32)
+    return image.reshape(1, 1, 12)
+
+
+def _rendered(fig):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3], canvas.get_width_height()[1]
+
+
+def test_a_colour_image_is_drawn_in_its_own_rgb_at_each_pixel():
+    fig = image_grid(_colour_image(), (3, 2, 2), pixel_max=255.0, cell_inches=2.0)
+    pixels, height = _rendered(fig)
+    box = fig.axes[0].get_window_extent()
+    for (i, j), rgb in QUADRANTS.items():
+        # the centre of pixel (i, j): image row i counts down from the top of the axes
+        x = box.x0 + (j + 0.5) * box.width / 2
+        y = box.y1 - (i + 0.5) * box.height / 2
+        assert tuple(pixels[height - 1 - round(y), round(x)]) == rgb, (i, j)
+
+
+def test_one_channel_images_are_grey_and_other_counts_sit_side_by_side():
+    x = torch.rand(2, 12)
+    grey = pictures(x, (1, 3, 4), 1.0)
+    assert grey.shape == (2, 3, 4) and np.array_equal(grey, pictures(x, (3, 4), 1.0))
+    two = pictures(x, (2, 2, 3), 1.0)  # channels side by side: [N, H, C·W]
+    assert two.shape == (2, 2, 6)
+    assert np.array_equal(two[:, :, 3:], x.reshape(2, 2, 2, 3)[:, 1].numpy())
+    rgb = pictures(torch.arange(12.0).reshape(1, 12), (3, 2, 2), 11.0)
+    assert rgb.shape == (1, 2, 2, 3) and rgb[0, 1, 0, 2] == 10 / 11  # channel 2, row 1, col 0

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -11,6 +12,7 @@ from PIL import Image
 from pyro_vae.plots import (
     plot_elbo_curves,
     plot_gradient_variance,
+    plot_image_rows,
     plot_latent,
     plot_reconstructions,
     plot_samples,
@@ -43,6 +45,33 @@ def test_each_figure_is_written_as_a_png(tmp_path):
     plot_gradient_variance(rows, tmp_path / "g.png")
     for name in ("s", "e", "e1", "l1", "l2", "l3", "g"):
         assert min(_size(tmp_path / f"{name}.png")) > 100, name
+
+
+# Colours no grey level can be: each figure of colour images must show them as they are.
+RED, TEAL = (204, 51, 0), (0, 102, 153)
+
+
+def _count(path, rgb):
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("RGB"))
+    return int((pixels == np.array(rgb)).all(-1).sum())
+
+
+def test_colour_images_are_drawn_in_colour_in_every_image_figure(tmp_path):
+    red = torch.tensor(RED, dtype=torch.float32)[:, None, None].expand(3, 6, 6).reshape(1, -1)
+    teal = torch.tensor(TEAL, dtype=torch.float32)[:, None, None].expand(3, 6, 6).reshape(1, -1)
+    x, x_hat = red.expand(4, -1), teal.expand(4, -1)
+    plot_reconstructions(x, x_hat, (3, 6, 6), 255.0, tmp_path / "r.png")
+    plot_samples(x, (3, 6, 6), 255.0, tmp_path / "s.png")
+    plot_image_rows(torch.stack([x, x_hat]), (3, 6, 6), 255.0, tmp_path / "t.png", ["a", "b"])
+    # each 6x6 image is drawn at least 40 pixels wide: 4 uniform images of each colour
+    # leave well over 4 * 30 * 30 pixels of exactly that colour
+    assert _count(tmp_path / "r.png", RED) > 3600 and _count(tmp_path / "r.png", TEAL) > 3600
+    assert _count(tmp_path / "s.png", RED) > 3600
+    assert _count(tmp_path / "t.png", RED) > 3600 and _count(tmp_path / "t.png", TEAL) > 3600
+    plot_samples(x.reshape(4, 3, 36)[:, :1].reshape(4, 36), (6, 6), 255.0, tmp_path / "g.png")
+    grey = (RED[0],) * 3  # one channel: the red channel's level, drawn grey
+    assert _count(tmp_path / "g.png", grey) > 3600 and _count(tmp_path / "g.png", RED) == 0
 
 
 def test_save_png_replaces_a_file_atomically(tmp_path):

@@ -247,3 +247,30 @@ def test_provenance_round_trips_and_a_config_without_it_still_loads():
     assert RunConfig.from_json(old).data.provenance is None
     with pytest.raises(ValueError, match="provenance: 'x.npy' is not a mapping"):
         DataConfig(provenance="x.npy")
+
+
+def test_a_data_section_without_the_source_options_loads_with_their_defaults():
+    config = small().to_json()
+    for key in ("image_size", "crop", "columns", "label_column"):
+        del config["data"][key]  # as every config.json before image folders and tables
+    assert RunConfig.from_json(config).data == small().data
+    options = DataConfig(name="images:/x", image_size=(4, 5), crop=True)
+    assert options.image_size == [4, 5]  # the list config.json round-trips
+    back = RunConfig.from_json(RunConfig(ModelConfig("m:M"), data=options).to_json()).data
+    assert back == options and back.source_options()["image_size"] == (4, 5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"image_size": [0, 3]}, "image_size: [0, 3]"),
+        ({"crop": True}, "crop: True needs image_size"),
+        ({"columns": "a"}, "columns: 'a'"),
+        ({"columns": []}, "columns: []"),
+        ({"label_column": 3}, "label_column: 3"),
+    ],
+)
+def test_the_source_options_are_checked_when_the_config_is_made(kwargs, words):
+    with pytest.raises(ValueError) as raised:
+        DataConfig(**kwargs)
+    assert words in str(raised.value)

@@ -1,0 +1,275 @@
+"""CSV and Parquet tables as datasets: feature columns, a label column, and what each
+likelihood needs of them.
+
+Files are read with pandas (``read_csv``, ``read_parquet``): CSV dialects, quoting,
+compression (``.csv.gz``) and Parquet's encodings are pandas' and pyarrow's to get right,
+not ours. Parquet needs pyarrow (``pip install 'pyro_vae[parquet]'``) or fastparquet.
+The whole table is read into memory.
+
+- Features: ``columns`` names them (in that order); by default every numeric column but
+  the label, in the file's order. Each must be numeric (bool counts) with no missing or
+  infinite value.
+- Labels: ``label_column``'s values; integers stay as they are, anything else (strings,
+  categories, booleans) becomes the index of its value in sorted order. Without a
+  label column every row's label is 0.
+
+What the observations are follows the likelihood (:func:`table_observations`):
+``gaussian`` standardizes each column, (x − mean) / std, with the mean and standard
+deviation (ddof 0) of the *training* split alone, so no statistic of the held-out rows
+leaks into training; ``bernoulli`` needs 0/1 columns and ``categorical`` non-negative
+integers, both used as they are.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pyro_vae.checks import MAX_LEVELS
+
+TABLE_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
+
+
+class TableError(ValueError):
+    """A table that cannot be a dataset; the message names the column and why."""
+
+
+@dataclass(frozen=True)
+class Table:
+    """The numbers of a table.
+
+    Attributes:
+        features: ``[N, D]`` float64, one column per feature.
+        labels: ``[N]`` int64.
+        columns: the D feature columns' names.
+        label_column: the label column's name, or ``None``.
+        classes: the label values in the order of their indices, when they were not
+            integers; ``None`` otherwise.
+    """
+
+    features: np.ndarray
+    labels: np.ndarray
+    columns: tuple[str, ...]
+    label_column: str | None
+    classes: tuple[str, ...] | None
+
+
+def is_table_path(path: str) -> bool:
+    """Whether ``path`` names a table by its suffix (:data:`TABLE_SUFFIXES`, any case)."""
+    return path.lower().endswith(TABLE_SUFFIXES)
+
+
+def read_table(
+    path: str | os.PathLike,
+    columns: list[str] | tuple[str, ...] | None = None,
+    label_column: str | None = None,
+) -> Table:
+    """Read a CSV or Parquet file (Parquet when the name ends in ``.parquet`` or ``.pq``).
+
+    Raises:
+        TableError: an unreadable or empty file; a ``label_column`` or one of ``columns``
+            that is not there (the columns that are, named); a non-numeric feature
+            column; a missing (NaN) or infinite value (column, count and first row named);
+            non-integer numeric labels; Parquet without pyarrow or fastparquet (the extra
+            to install named).
+    """
+    import pandas as pd
+
+    path = Path(path)
+    frame = _read(path)
+    if frame.shape[0] == 0 or frame.shape[1] == 0:
+        raise TableError(f"data: {path} has no rows; expected a header and at least one row")
+    names = [str(c) for c in frame.columns]
+    frame.columns = names
+    if label_column is not None and label_column not in names:
+        raise TableError(
+            f"label_column: {label_column!r} is not a column of {path}; its columns are {names}"
+        )
+    chosen = _feature_columns(frame, path, columns, label_column)
+    for name in chosen:
+        if not pd.api.types.is_numeric_dtype(frame[name]):
+            raise TableError(
+                f"columns: {name!r} of {path} holds {frame[name].dtype} values such as "
+                f"{frame[name].iloc[0]!r}; expected numeric feature columns (leave it out "
+                "of --columns, or encode it as numbers first)"
+            )
+    features = frame[chosen].to_numpy(dtype=np.float64)
+    _check_finite(features, chosen, path)
+    labels, classes = _labels(frame, path, label_column)
+    return Table(features, labels, tuple(chosen), label_column, classes)
+
+
+def _read(path: Path):
+    import pandas as pd
+
+    parquet = path.name.lower().endswith((".parquet", ".pq"))
+    if parquet:
+        _require_parquet_engine()
+    try:
+        return pd.read_parquet(path) if parquet else pd.read_csv(path)
+    except pd.errors.EmptyDataError as err:
+        raise TableError(f"data: {path} is empty; expected a header and rows") from err
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as err:
+        kind = "Parquet" if parquet else "CSV"
+        raise TableError(f"data: {path} could not be read as {kind} ({err})") from err
+
+
+def _require_parquet_engine() -> None:
+    for engine in ("pyarrow", "fastparquet"):
+        try:
+            __import__(engine)
+            return
+        except ImportError:
+            continue
+    raise TableError(
+        "data: reading Parquet needs pyarrow, which is not installed; install the optional "
+        "extra with `pip install 'pyro_vae[parquet]'` (or `pip install pyarrow`)"
+    )
+
+
+def _feature_columns(frame, path: Path, columns, label_column: str | None) -> list[str]:
+    import pandas as pd
+
+    names = list(frame.columns)
+    if columns is None:
+        chosen = [c for c in names if c != label_column and pd.api.types.is_numeric_dtype(frame[c])]
+        if not chosen:
+            raise TableError(
+                f"columns: {path} has no numeric column besides the label; its columns are "
+                f"{names} (dtypes {[str(frame[c].dtype) for c in names]})"
+            )
+        return chosen
+    if isinstance(columns, str) or not columns:
+        raise TableError(f"columns: {columns!r}; expected a non-empty list of column names")
+    missing = [c for c in columns if c not in names]
+    if missing:
+        raise TableError(f"columns: {missing} are not columns of {path}; its columns are {names}")
+    if label_column in columns:
+        raise TableError(
+            f"columns: the label column {label_column!r} is among the feature columns; "
+            "expected it in label_column only"
+        )
+    if len(set(columns)) != len(columns):
+        raise TableError(f"columns: {list(columns)} names a column twice")
+    return list(columns)
+
+
+def _check_finite(features: np.ndarray, columns: list[str], path: Path) -> None:
+    bad = ~np.isfinite(features)
+    if bad.any():
+        column = int(np.flatnonzero(bad.any(0))[0])
+        rows = np.flatnonzero(bad[:, column])
+        raise TableError(
+            f"data: column {columns[column]!r} of {path} has {len(rows)} missing (NaN) or "
+            f"infinite values, the first in data row {int(rows[0])} (0-based, header not "
+            "counted); expected complete numeric data: drop or impute those rows first"
+        )
+
+
+def _labels(frame, path: Path, label_column: str | None) -> tuple[np.ndarray, tuple | None]:
+    import pandas as pd
+
+    if label_column is None:
+        return np.zeros(frame.shape[0], dtype=np.int64), None
+    values = frame[label_column]
+    if values.isna().any():
+        row = int(np.flatnonzero(values.isna().to_numpy())[0])
+        raise TableError(
+            f"label_column: {label_column!r} of {path} has a missing label in data row {row}; "
+            "expected a label in every row"
+        )
+    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        numbers = values.to_numpy(dtype=np.float64)
+        if not np.array_equal(numbers, np.round(numbers)):
+            odd = numbers[numbers != np.round(numbers)][0]
+            raise TableError(
+                f"label_column: {label_column!r} of {path} holds non-integer values such as "
+                f"{odd}; expected class labels (integers or names)"
+            )
+        return numbers.astype(np.int64), None
+    classes, codes = np.unique(values.astype(str).to_numpy(), return_inverse=True)
+    return codes.astype(np.int64), tuple(str(c) for c in classes)
+
+
+def table_observations(
+    features: dict[str, np.ndarray],
+    likelihood: str,
+    levels: int | None,
+    columns: tuple[str, ...],
+    info: dict[str, Any],
+) -> tuple[dict[str, torch.Tensor], float]:
+    """The observations of each split (``train``, ``val``, ``test``: ``[n, D]`` float64
+    features) for ``likelihood`` (module docstring), float32, and the largest value a
+    likelihood's mean is drawn against (1, or L − 1 levels). What was done is added to
+    ``info``: ``standardization`` (columns, training mean and std) or ``levels``.
+
+    Raises:
+        TableError: a feature column constant on the training split (gaussian), or not
+            0/1 (bernoulli), or not integers in 0..levels − 1 (categorical); named.
+    """
+    if likelihood == "gaussian":
+        return _standardized(features, columns, info), 1.0
+    every = np.concatenate(list(features.values()))
+    if likelihood == "bernoulli":
+        _check_support(every, columns, (every == 0) | (every == 1), "binary 0/1 values")
+    else:
+        integer = (every == np.round(every)) & (every >= 0)
+        _check_support(every, columns, integer, "non-negative integer levels")
+        levels = _table_levels(every, levels)
+        info["levels"] = levels
+    obs = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in features.items()}
+    return obs, 1.0 if likelihood == "bernoulli" else float(levels - 1)
+
+
+def _standardized(
+    features: dict[str, np.ndarray], columns: tuple[str, ...], info: dict[str, Any]
+) -> dict[str, torch.Tensor]:
+    train = features["train"]
+    mean, std = train.mean(0), train.std(0)
+    constant = [c for c, s in zip(columns, std, strict=True) if not s > 0]
+    if constant:
+        raise TableError(
+            f"columns: {constant} are constant on the training split (standard deviation 0), "
+            "so the gaussian likelihood's standardization (x - mean) / std is undefined; "
+            "leave them out with --columns (columns=[...])"
+        )
+    info["standardization"] = {
+        "columns": list(columns),
+        "mean": mean.tolist(),
+        "std": std.tolist(),
+        "from": "train split",
+    }
+    return {k: torch.as_tensor((v - mean) / std, dtype=torch.float32) for k, v in features.items()}
+
+
+def _check_support(every: np.ndarray, columns, ok: np.ndarray, expected: str) -> None:
+    if ok.all():
+        return
+    column = int(np.flatnonzero((~ok).any(0))[0])
+    value = every[~ok[:, column], column][0]
+    raise TableError(
+        f"likelihood: column {columns[column]!r} holds {value:g}; this likelihood needs "
+        f"{expected} in every feature column (use the gaussian likelihood for real values)"
+    )
+
+
+def _table_levels(every: np.ndarray, levels: int | None) -> int:
+    top = int(every.max()) if every.size else 0
+    if levels is None:
+        levels = max(top + 1, 2)
+    elif top >= levels:
+        raise TableError(
+            f"levels: {levels}, but the table holds the level {top}; expected more than its "
+            "largest value"
+        )
+    if levels > MAX_LEVELS:
+        raise TableError(
+            f"levels: the table's largest value {top} needs {levels} categorical levels; "
+            f"expected at most {MAX_LEVELS}"
+        )
+    return levels

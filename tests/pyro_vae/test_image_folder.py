@@ -1,0 +1,161 @@
+"""Image folders: class sub-folders become labels, pixels are Pillow's, sizes change only
+when asked, and every bad folder is refused before training."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pyro.infer import Trace_ELBO
+
+from pyro_vae import TrainConfig, fit
+from pyro_vae.cli import main
+from pyro_vae.data import Preprocessing, load_data
+from pyro_vae.image_folder import ImageFolderError, read_image_folder
+
+FAST = ["--epochs", "1", "--no-progress", "--hidden", "8", "--latent-dim", "2"]
+
+
+def write_folder(root, classes=("cat", "dog"), per_class=5, size=(4, 6), mode="RGB", seed=0):
+    """Random 8-bit images, ``per_class`` a class; returns {path: pixels as saved}."""
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": (3,), "L": ()}[mode]
+    saved = {}
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, size=(*size, *channels), dtype=np.uint8)
+            path = root / name / f"{i}.png"
+            Image.fromarray(pixels, mode).save(path)
+            saved[path] = pixels
+    return saved
+
+
+def test_colour_images_are_read_channels_first_with_their_class_labels(tmp_path):
+    saved = write_folder(tmp_path, classes=("b_dog", "a_cat"), per_class=3)
+    (tmp_path / "a_cat" / "notes.txt").write_text("not an image")
+    folder = read_image_folder(tmp_path)
+    assert folder.classes == ("a_cat", "b_dog")  # sorted: labels do not depend on disk order
+    assert folder.images.shape == (6, 3, 4, 6) and folder.images.dtype == np.uint8
+    assert folder.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    for path, image, label in zip(folder.files, folder.images, folder.labels, strict=True):
+        assert np.array_equal(image, saved[path].transpose(2, 0, 1))  # PNG is lossless
+        assert folder.classes[label] == path.parent.name
+
+
+def test_greyscale_images_are_h_by_w_and_a_mixed_folder_is_all_rgb(tmp_path):
+    grey = write_folder(tmp_path / "grey", mode="L", per_class=2)
+    folder = read_image_folder(tmp_path / "grey")
+    assert folder.images.shape == (4, 4, 6)
+    assert all(np.array_equal(i, grey[p]) for p, i in zip(folder.files, folder.images, strict=True))
+    write_folder(tmp_path / "mixed", classes=("a",), mode="L", per_class=1)
+    Image.new("RGB", (6, 4), (10, 20, 30)).save(tmp_path / "mixed" / "a" / "z.png")
+    mixed = read_image_folder(tmp_path / "mixed")
+    assert mixed.images.shape == (2, 3, 4, 6)
+    assert mixed.images[1, :, 0, 0].tolist() == [10, 20, 30]
+    first = mixed.images[0]  # grey converted to RGB: three equal channels
+    assert np.array_equal(first[0], first[1]) and np.array_equal(first[1], first[2])
+
+
+def test_sizes_change_only_when_asked(tmp_path):
+    write_folder(tmp_path, classes=("a",), per_class=1, size=(4, 8))
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(tmp_path / "a" / "square.png")
+    with pytest.raises(ImageFolderError, match=r"is 4x8 .* but .*square.png is 8x8.*--image-size"):
+        read_image_folder(tmp_path)
+    resized = read_image_folder(tmp_path, image_size=(2, 3))
+    assert resized.images.shape == (2, 3, 2, 3)
+    assert (resized.images[1] == np.array([255, 0, 0])[:, None, None]).all()
+    # crop keeps the aspect ratio: a 4x8 image left half white, right half black, cropped
+    # to 4x4, keeps only the middle: the two central columns' boundary
+    halves = np.zeros((4, 8), dtype=np.uint8)
+    halves[:, :4] = 255
+    (tmp_path / "b").mkdir()
+    Image.fromarray(halves, "L").save(tmp_path / "b" / "h.png")
+    cropped = read_image_folder(tmp_path, image_size=(4, 4), crop=True)
+    centre = cropped.images[-1].mean(0)  # the grey image, as RGB
+    assert centre[:, 0].min() == 255 and centre[:, -1].max() == 0
+
+
+def test_jpeg_images_are_read(tmp_path):
+    (tmp_path / "a").mkdir()
+    Image.new("RGB", (5, 5), (200, 100, 50)).save(tmp_path / "a" / "x.JPG", quality=95)
+    folder = read_image_folder(tmp_path)
+    assert np.abs(folder.images[0, :, 2, 2].astype(int) - [200, 100, 50]).max() <= 3  # lossy
+
+
+@pytest.mark.parametrize(
+    ("make", "words"),
+    [
+        (lambda root: None, ["is empty"]),
+        (lambda root: (root / "x.png").write_bytes(b"0"), ["no class sub-folders"]),
+        (lambda root: (root / "cat").mkdir(), ["class folder", "cat", "holds no images"]),
+        (
+            lambda root: ((root / "cat").mkdir(), (root / "cat" / "a.png").write_text("no")),
+            ["a.png is not an image Pillow can read"],
+        ),
+        (
+            lambda root: (
+                (root / "cat").mkdir(),
+                Image.new("I;16", (3, 3)).save(root / "cat" / "a.png"),
+            ),
+            ["mode 'I;16'", "expected 8-bit"],
+        ),
+    ],
+    ids=["empty", "no-classes", "empty-class", "unreadable", "16-bit"],
+)
+def test_a_bad_folder_is_refused_naming_what_is_wrong(tmp_path, make, words):
+    make(tmp_path)
+    with pytest.raises(ImageFolderError) as raised:
+        read_image_folder(tmp_path)
+    for word in words:
+        assert word in str(raised.value)
+
+
+def test_a_truncated_image_is_refused_naming_it(tmp_path):
+    write_folder(tmp_path, classes=("a",), per_class=1, size=(32, 32))
+    path = tmp_path / "a" / "0.png"
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(ImageFolderError, match="0.png could not be decoded"):
+        read_image_folder(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"image_size": (0, 4)}, "image_size: (0, 4)"),
+        ({"image_size": (4,)}, "image_size: (4,)"),
+        ({"crop": True}, "crop: True needs image_size"),
+    ],
+)
+def test_bad_size_options_are_named(tmp_path, kwargs, words):
+    write_folder(tmp_path, per_class=1)
+    with pytest.raises(ValueError) as raised:
+        read_image_folder(tmp_path, **kwargs)
+    assert words in str(raised.value)
+
+
+def test_a_colour_folder_trains_from_python_and_the_command_line(tmp_path):
+    write_folder(tmp_path / "data", per_class=6)
+    data = load_data(f"images:{tmp_path / 'data'}", Preprocessing("gaussian"))
+    assert data.image_shape == (3, 4, 6) and data.x_dim == 72
+    assert data.info["classes"] == ["cat", "dog"]
+    from models.vae import VAE
+
+    model = VAE(data.x_dim, latent_dim=2, hidden_dims=(8,), likelihood="gaussian")
+    config = TrainConfig(epochs=1, progress=False)
+    result = fit(model, model.make_guide(), data, Trace_ELBO(), config)
+    assert np.isfinite(result.history[-1]["train_elbo"])
+    out = tmp_path / "run"
+    argv = ["fit", "--data", f"images:{tmp_path / 'data'}", "--image-size", "3", "3"]
+    assert (
+        main([*argv, "--likelihood", "gaussian", *FAST, "--ll-samples", "3", "--out", str(out)])
+        == 0
+    )
+    config = json.loads((out / "config.json").read_text())["data"]
+    assert config["image_size"] == [3, 3] and config["name"].startswith("images:/")
+    with Image.open(out / "reconstructions.png") as png:
+        rgb = np.asarray(png.convert("RGB")).astype(int)
+    assert (np.abs(rgb[..., 0] - rgb[..., 1]) > 30).sum() > 100  # drawn in colour, not grey
+    assert main(["evaluate", str(out), "--ll-samples", "3"]) == 0
+    assert torch.equal(load_data(f"images:{tmp_path / 'data'}").train_y, data.train_y)

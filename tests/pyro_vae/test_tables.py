@@ -1,0 +1,174 @@
+"""CSV and Parquet tables: columns and labels as asked, standardized with the training
+split's statistics alone, each likelihood's support checked, bad tables refused."""
+
+import json
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from pyro.infer import Trace_ELBO
+
+from pyro_vae import TrainConfig, fit
+from pyro_vae.cli import main
+from pyro_vae.data import Preprocessing, load_data
+from pyro_vae.tables import TableError, read_table
+
+FAST = ["--epochs", "1", "--no-progress", "--hidden", "8", "--latent-dim", "2"]
+
+
+def frame(rows=40, seed=0):
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        {
+            "a": rng.normal(5.0, 2.0, rows),
+            "name": [f"s{i}" for i in range(rows)],
+            "b": rng.integers(0, 4, rows),
+            "kind": rng.choice(["dog", "cat"], rows),
+            "c": rng.normal(-1.0, 0.5, rows),
+        }
+    )
+
+
+def test_default_columns_are_the_numeric_ones_and_string_labels_become_indices(tmp_path):
+    df = frame()
+    df.to_csv(tmp_path / "t.csv", index=False)
+    table = read_table(tmp_path / "t.csv", label_column="kind")
+    assert table.columns == ("a", "b", "c")
+    assert np.allclose(table.features, df[["a", "b", "c"]].to_numpy())
+    assert table.classes == ("cat", "dog")
+    assert table.labels.tolist() == [int(k == "dog") for k in df["kind"]]
+    chosen = read_table(tmp_path / "t.csv", columns=["c", "a"], label_column="b")
+    assert chosen.columns == ("c", "a") and chosen.classes is None
+    assert chosen.labels.tolist() == df["b"].tolist()
+
+
+def test_parquet_reads_as_the_csv_does(tmp_path):
+    pytest.importorskip("pyarrow")
+    df = frame()
+    df.to_csv(tmp_path / "t.csv", index=False)
+    df.to_parquet(tmp_path / "t.parquet")
+    csv, parquet = (
+        read_table(tmp_path / f"t.{s}", label_column="kind") for s in ("csv", "parquet")
+    )
+    assert np.array_equal(csv.features, parquet.features)  # CSV keeps float64 round trips
+    assert np.array_equal(csv.labels, parquet.labels) and csv.columns == parquet.columns
+
+
+def test_parquet_without_an_engine_names_the_extra(tmp_path, monkeypatch):
+    (tmp_path / "t.parquet").write_bytes(b"PAR1")
+    for engine in ("pyarrow", "fastparquet"):
+        monkeypatch.setitem(sys.modules, engine, None)  # import fails as if not installed
+    with pytest.raises(TableError, match=r"pip install 'pyro_vae\[parquet\]'"):
+        read_table(tmp_path / "t.parquet")
+
+
+def test_gaussian_standardization_uses_the_training_split_alone(tmp_path):
+    # The first 30 rows have mean 0, the last 10 mean 100: whatever rows land in test,
+    # statistics from all rows would shift the training split's standardized mean.
+    rng = np.random.default_rng(1)
+    a = np.concatenate([rng.normal(0, 1, 30), rng.normal(100, 1, 10)])
+    pd.DataFrame({"a": a, "b": rng.normal(0, 3, 40)}).to_csv(tmp_path / "t.csv", index=False)
+    data = load_data(str(tmp_path / "t.csv"), Preprocessing("gaussian"), test_fraction=0.25)
+    assert data.image_shape is None and data.x_dim == 2
+    train = data.train_x.double()
+    assert torch.allclose(train.mean(0), torch.zeros(2, dtype=torch.float64), atol=1e-6)
+    assert torch.allclose(train.std(0, unbiased=False), torch.ones(2, dtype=torch.float64))
+    stats = data.info["standardization"]
+    assert stats["columns"] == ["a", "b"] and stats["from"] == "train split"
+    # the recorded statistics turn the test rows back into the file's values exactly
+    raw = pd.read_csv(tmp_path / "t.csv").to_numpy()
+    back = data.test_x.double().numpy() * np.array(stats["std"]) + np.array(stats["mean"])
+    matched = [np.abs(raw - row).sum(1).min() for row in back]
+    assert max(matched) < 1e-4  # float32 observations
+    full_mean = raw.mean(0)
+    assert abs(stats["mean"][0] - full_mean[0]) > 1.0  # the split means differ: a real test
+
+
+def test_bernoulli_and_categorical_need_their_support(tmp_path):
+    rng = np.random.default_rng(2)
+    binary = pd.DataFrame({"p": rng.integers(0, 2, 20), "q": rng.integers(0, 2, 20)})
+    binary.to_csv(tmp_path / "bin.csv", index=False)
+    data = load_data(str(tmp_path / "bin.csv"), Preprocessing("bernoulli"))
+    assert set(torch.unique(data.train_x).tolist()) <= {0.0, 1.0}
+    levels = load_data(str(tmp_path / "bin.csv"), Preprocessing("categorical"))
+    assert levels.info["levels"] == 2 and levels.pixel_max == 1.0
+    frame().to_csv(tmp_path / "real.csv", index=False)
+    with pytest.raises(TableError, match=r"column 'a' holds .*binary 0/1"):
+        load_data(str(tmp_path / "real.csv"), Preprocessing("bernoulli"))
+    with pytest.raises(TableError, match=r"column 'a' holds .*non-negative integer"):
+        load_data(str(tmp_path / "real.csv"), Preprocessing("categorical"))
+    counts = load_data(
+        str(tmp_path / "real.csv"), Preprocessing("categorical"), columns=["b"], label_column="kind"
+    )
+    assert counts.info["levels"] == 4  # the table's levels 0..3
+    with pytest.raises(TableError, match="levels: 3, but the table holds the level 3"):
+        load_data(str(tmp_path / "real.csv"), Preprocessing("categorical", levels=3), columns=["b"])
+
+
+@pytest.mark.parametrize(
+    ("content", "kwargs", "words"),
+    [
+        ("", {}, ["is empty"]),
+        ("a,b\n", {}, ["has no rows"]),
+        ("a,b\n1,2\n3,4\n", {"label_column": "y"}, ["label_column: 'y'", "['a', 'b']"]),
+        ("a,b\n1,2\n3,4\n", {"columns": ["a", "z"]}, ["columns: ['z']", "['a', 'b']"]),
+        ("a,b\n1,x\n3,y\n", {"columns": ["a", "b"]}, ["columns: 'b'", "'x'", "numeric"]),
+        ("a,b\n1,2\n,4\n3,5\n", {}, ["column 'a'", "1 missing (NaN)", "data row 1"]),
+        ("a,b\n1,inf\n3,4\n", {}, ["column 'b'", "infinite"]),
+        ("a,y\n1,0.5\n3,1\n", {"label_column": "y"}, ["label_column: 'y'", "non-integer"]),
+        ("a,y\n1,\n3,1\n", {"label_column": "y"}, ["missing label in data row 0"]),
+        ("s,y\nx,1\n", {"label_column": "y"}, ["no numeric column besides the label"]),
+        ("a,y\n1,1\n", {"columns": ["a", "y"], "label_column": "y"}, ["label column 'y'"]),
+    ],
+    ids=[
+        "empty", "no-rows", "no-label", "no-column", "not-numeric", "nan", "inf",
+        "float-labels", "missing-label", "no-features", "label-as-feature",
+    ],
+)  # fmt: skip
+def test_a_bad_table_is_refused_naming_the_column(tmp_path, content, kwargs, words):
+    (tmp_path / "t.csv").write_text(content)
+    with pytest.raises(TableError) as raised:
+        read_table(tmp_path / "t.csv", **kwargs)
+    for word in words:
+        assert word in str(raised.value)
+
+
+def test_a_constant_column_is_refused_for_the_gaussian_standardization(tmp_path):
+    pd.DataFrame({"a": np.arange(10.0), "k": np.ones(10)}).to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(TableError, match=r"columns: \['k'\] are constant on the training split"):
+        load_data(str(tmp_path / "t.csv"), Preprocessing("gaussian"))
+    data = load_data(str(tmp_path / "t.csv"), Preprocessing("gaussian"), columns=["a"])
+    assert data.x_dim == 1
+
+
+def test_image_and_table_options_are_refused_for_the_other_sources(tmp_path):
+    with pytest.raises(ValueError, match="columns: \\['a'\\] applies to a table"):
+        load_data("digits", columns=["a"])
+    frame().to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(ValueError, match=r"image_size: \(2, 2\) applies to an image folder"):
+        load_data(str(tmp_path / "t.csv"), image_size=(2, 2))
+
+
+def test_a_table_trains_from_python_and_the_command_line(tmp_path):
+    frame(rows=60).to_csv(tmp_path / "t.csv", index=False)
+    data = load_data(f"table:{tmp_path / 't.csv'}", Preprocessing("gaussian"), label_column="kind")
+    from models.vae import VAE
+
+    model = VAE(data.x_dim, latent_dim=2, hidden_dims=(8,), likelihood="gaussian")
+    config = TrainConfig(epochs=1, progress=False)
+    assert np.isfinite(
+        fit(model, model.make_guide(), data, Trace_ELBO(), config).history[-1]["train_elbo"]
+    )
+    out = tmp_path / "run"
+    argv = ["fit", "--data", str(tmp_path / "t.csv"), "--likelihood", "gaussian"]
+    argv += ["--columns", "a", "c", "--label-column", "kind", "--ll-samples", "3"]
+    assert main([*argv, *FAST, "--out", str(out)]) == 0
+    saved = json.loads((out / "config.json").read_text())["data"]
+    assert saved["columns"] == ["a", "c"] and saved["label_column"] == "kind"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["data"]["standardization"]["columns"] == ["a", "c"]
+    assert not (out / "reconstructions.png").exists() and (out / "latent.png").exists()
+    assert main(["evaluate", str(out), "--ll-samples", "3"]) == 0
+    assert main(["sample", str(out)]) == 2  # a table's rows are no images to draw
