@@ -707,6 +707,29 @@ def load_data(
         "split_seed": split_seed,
         **({"classes": list(raw.classes)} if raw.classes is not None else {}),
     }
+    obs, pixel_max, image_shape = _prepared(raw, rows, preprocessing, split_seed, info)
+    return DataSplits(
+        train_x=obs["train"],
+        train_y=torch.as_tensor(rows["train"][1][rows["train"][2]]),
+        val_x=obs["val"],
+        val_y=torch.as_tensor(rows["val"][1][rows["val"][2]]),
+        test_x=obs["test"],
+        test_y=torch.as_tensor(rows["test"][1][rows["test"][2]]),
+        image_shape=image_shape,
+        pixel_max=pixel_max,
+        info=info,
+    )
+
+
+def _prepared(
+    raw: RawImages,
+    rows: dict[str, Split],
+    preprocessing: Preprocessing,
+    split_seed: int,
+    info: dict[str, Any],
+) -> tuple[dict[str, torch.Tensor | MappedRows], float, tuple[int, ...] | None]:
+    """Each split's observations, the largest value, and the image shape (``None`` for a
+    table); what was done is added to ``info``."""
     mapped = isinstance(raw.train_x, np.memmap)
     if mapped:
         info["memory_mapped"] = True
@@ -723,17 +746,7 @@ def load_data(
         )
     else:
         obs, pixel_max = _observations(raw, rows, preprocessing, split_seed, info, mapped)
-    return DataSplits(
-        train_x=obs["train"],
-        train_y=torch.as_tensor(rows["train"][1][rows["train"][2]]),
-        val_x=obs["val"],
-        val_y=torch.as_tensor(rows["val"][1][rows["val"][2]]),
-        test_x=obs["test"],
-        test_y=torch.as_tensor(rows["test"][1][rows["test"][2]]),
-        image_shape=image_shape,
-        pixel_max=pixel_max,
-        info=info,
-    )
+    return obs, pixel_max, image_shape
 
 
 def _raw(name: Any, labels: Any, **options: Any) -> RawImages:

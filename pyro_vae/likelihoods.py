@@ -9,6 +9,9 @@ over a flattened image ``x`` (``[..., D]``, event dimension 1):
   stays bounded on pixels that are always 0.
 - ``categorical``: x_d ~ Categorical(softmax(h_{d,1..L})) over L quantized pixel levels:
   the lecture's softmax likelihood Pr(x | z) = softmax(w φ(z)) (Rush, CS281 lecture 18).
+- ``normal``: x_d ~ N(h_d, s_d^2), the Gaussian with an unbounded mean, for real-valued
+  data such as standardized table columns (``gaussian``'s sigmoid mean cannot reach
+  values outside (0, 1)); the scale as ``gaussian``'s.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import torch.nn.functional as F
 
 from pyro_vae.pyro_compat import validate_sample, validates_args
 
-LIKELIHOODS = ("bernoulli", "gaussian", "categorical")
+LIKELIHOODS = ("bernoulli", "gaussian", "categorical", "normal")
 
 
 class Likelihood:
@@ -128,6 +131,20 @@ class Gaussian(Likelihood):
         return torch.sigmoid(h[..., : self.x_dim])
 
 
+class Normal(Gaussian):
+    """N(h, s²) per coordinate: :class:`Gaussian` without the sigmoid on the mean, for
+    real-valued data (standardized table columns), whose values the sigmoid cannot reach."""
+
+    name = "normal"
+
+    def distribution(self, h: torch.Tensor) -> dist.TorchDistribution:
+        loc, scale_h = h.split(self.x_dim, dim=-1)
+        return dist.Normal(loc, self.min_scale + F.softplus(scale_h)).to_event(1)
+
+    def mean(self, h: torch.Tensor) -> torch.Tensor:
+        return h[..., : self.x_dim]
+
+
 class Categorical(Likelihood):
     name = "categorical"
 
@@ -173,6 +190,8 @@ def make_likelihood(name: str, x_dim: int, levels: int | None = None) -> Likelih
         return Bernoulli(x_dim)
     if name == "gaussian":
         return Gaussian(x_dim)
+    if name == "normal":
+        return Normal(x_dim)
     if name == "categorical":
         if levels is None:
             raise ValueError("levels: categorical likelihood needs the number of pixel levels")

@@ -14,7 +14,7 @@ The whole table is read into memory.
   label column every row's label is 0.
 
 What the observations are follows the likelihood (:func:`table_observations`):
-``gaussian`` standardizes each column, (x − mean) / std, with the mean and standard
+``normal`` standardizes each column, (x − mean) / std, with the mean and standard
 deviation (ddof 0) of the *training* split alone, so no statistic of the held-out rows
 leaks into training; ``bernoulli`` needs 0/1 columns and ``categorical`` non-negative
 integers, both used as they are.
@@ -209,10 +209,17 @@ def table_observations(
     ``info``: ``standardization`` (columns, training mean and std) or ``levels``.
 
     Raises:
-        TableError: a feature column constant on the training split (gaussian), or not
-            0/1 (bernoulli), or not integers in 0..levels − 1 (categorical); named.
+        TableError: the gaussian likelihood (whose sigmoid mean cannot reach standardized
+            values: use normal); a feature column constant on the training split (normal),
+            or not 0/1 (bernoulli), or not integers in 0..levels − 1 (categorical); named.
     """
     if likelihood == "gaussian":
+        raise TableError(
+            "likelihood: 'gaussian' keeps its mean in (0, 1) (a sigmoid, for pixel "
+            "intensities), so it cannot model a table's standardized columns, which are "
+            "real-valued; use likelihood 'normal' (--likelihood normal), whose mean is unbounded"
+        )
+    if likelihood == "normal":
         return _standardized(features, columns, info), 1.0
     every = np.concatenate(list(features.values()))
     if likelihood == "bernoulli":
@@ -235,7 +242,7 @@ def _standardized(
     if constant:
         raise TableError(
             f"columns: {constant} are constant on the training split (standard deviation 0), "
-            "so the gaussian likelihood's standardization (x - mean) / std is undefined; "
+            "so the normal likelihood's standardization (x - mean) / std is undefined; "
             "leave them out with --columns (columns=[...])"
         )
     info["standardization"] = {
@@ -254,7 +261,7 @@ def _check_support(every: np.ndarray, columns, ok: np.ndarray, expected: str) ->
     value = every[~ok[:, column], column][0]
     raise TableError(
         f"likelihood: column {columns[column]!r} holds {value:g}; this likelihood needs "
-        f"{expected} in every feature column (use the gaussian likelihood for real values)"
+        f"{expected} in every feature column (use the normal likelihood for real values)"
     )
 
 

@@ -377,8 +377,14 @@ CLI = [
     (
         "fit-table-constant",
         None,
-        ["fit", "--out", "{new}", "--data", "{csv_constant}", "--likelihood", "gaussian"],
+        ["fit", "--out", "{new}", "--data", "{csv_constant}", "--likelihood", "normal"],
         ["['b'] are constant on the training split"],
+    ),
+    (
+        "fit-table-gaussian",
+        None,
+        ["fit", "--out", "{new}", "--data", "{csv_constant}", "--likelihood", "gaussian"],
+        ["likelihood: 'gaussian' keeps its mean in (0, 1)", "use likelihood 'normal'"],
     ),
     (
         "fit-table-bernoulli",

@@ -95,3 +95,20 @@ def test_bernoulli_image_keeps_its_class_and_support_when_expanded():
         BernoulliImage(dist.Bernoulli(logits=torch.zeros(4, 6)), 1).log_prob(
             torch.full((4, 6), 0.5)
         )
+
+
+def test_normal_is_the_gaussian_with_an_unbounded_mean():
+    # log N(x; h, s²) by hand, s = s_min + softplus(h_scale): values far outside (0, 1)
+    # are in reach, which the gaussian's sigmoid mean is not.
+    lik = make_likelihood("normal", 2)
+    h = torch.tensor([[-3.0, 4.0, 0.5, -1.0]])
+    x = torch.tensor([[-2.5, 5.0]])
+    scale = lik.min_scale + torch.nn.functional.softplus(h[0, 2:])
+    expected = (
+        -0.5 * ((x[0] - h[0, :2]) / scale) ** 2
+        - scale.log()
+        - 0.5 * torch.log(torch.tensor(6.283185307179586))
+    ).sum()
+    torch.testing.assert_close(lik.distribution(h).log_prob(x), expected.unsqueeze(0))
+    torch.testing.assert_close(lik.mean(h), h[:, :2])
+    assert lik.out_features == 4

@@ -64,13 +64,13 @@ def test_parquet_without_an_engine_names_the_extra(tmp_path, monkeypatch):
         read_table(tmp_path / "t.parquet")
 
 
-def test_gaussian_standardization_uses_the_training_split_alone(tmp_path):
+def test_normal_standardization_uses_the_training_split_alone(tmp_path):
     # The first 30 rows have mean 0, the last 10 mean 100: whatever rows land in test,
     # statistics from all rows would shift the training split's standardized mean.
     rng = np.random.default_rng(1)
     a = np.concatenate([rng.normal(0, 1, 30), rng.normal(100, 1, 10)])
     pd.DataFrame({"a": a, "b": rng.normal(0, 3, 40)}).to_csv(tmp_path / "t.csv", index=False)
-    data = load_data(str(tmp_path / "t.csv"), Preprocessing("gaussian"), test_fraction=0.25)
+    data = load_data(str(tmp_path / "t.csv"), Preprocessing("normal"), test_fraction=0.25)
     assert data.image_shape is None and data.x_dim == 2
     train = data.train_x.double()
     assert torch.allclose(train.mean(0), torch.zeros(2, dtype=torch.float64), atol=1e-6)
@@ -135,11 +135,11 @@ def test_a_bad_table_is_refused_naming_the_column(tmp_path, content, kwargs, wor
         assert word in str(raised.value)
 
 
-def test_a_constant_column_is_refused_for_the_gaussian_standardization(tmp_path):
+def test_a_constant_column_is_refused_for_the_normal_standardization(tmp_path):
     pd.DataFrame({"a": np.arange(10.0), "k": np.ones(10)}).to_csv(tmp_path / "t.csv", index=False)
     with pytest.raises(TableError, match=r"columns: \['k'\] are constant on the training split"):
-        load_data(str(tmp_path / "t.csv"), Preprocessing("gaussian"))
-    data = load_data(str(tmp_path / "t.csv"), Preprocessing("gaussian"), columns=["a"])
+        load_data(str(tmp_path / "t.csv"), Preprocessing("normal"))
+    data = load_data(str(tmp_path / "t.csv"), Preprocessing("normal"), columns=["a"])
     assert data.x_dim == 1
 
 
@@ -153,16 +153,16 @@ def test_image_and_table_options_are_refused_for_the_other_sources(tmp_path):
 
 def test_a_table_trains_from_python_and_the_command_line(tmp_path):
     frame(rows=60).to_csv(tmp_path / "t.csv", index=False)
-    data = load_data(f"table:{tmp_path / 't.csv'}", Preprocessing("gaussian"), label_column="kind")
+    data = load_data(f"table:{tmp_path / 't.csv'}", Preprocessing("normal"), label_column="kind")
     from models.vae import VAE
 
-    model = VAE(data.x_dim, latent_dim=2, hidden_dims=(8,), likelihood="gaussian")
+    model = VAE(data.x_dim, latent_dim=2, hidden_dims=(8,), likelihood="normal")
     config = TrainConfig(epochs=1, progress=False)
     assert np.isfinite(
         fit(model, model.make_guide(), data, Trace_ELBO(), config).history[-1]["train_elbo"]
     )
     out = tmp_path / "run"
-    argv = ["fit", "--data", str(tmp_path / "t.csv"), "--likelihood", "gaussian"]
+    argv = ["fit", "--data", str(tmp_path / "t.csv"), "--likelihood", "normal"]
     argv += ["--columns", "a", "c", "--label-column", "kind", "--ll-samples", "3"]
     assert main([*argv, *FAST, "--out", str(out)]) == 0
     saved = json.loads((out / "config.json").read_text())["data"]
