@@ -7,6 +7,7 @@ cores spend their time handing work back and forth.
 """
 
 import os
+from pathlib import Path
 
 import pyro
 import pytest
@@ -35,3 +36,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+_SLOW_FOLDERS = ("tutorials", "benchmarks")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark the end-to-end runs of the tutorials and the benchmark scripts ``slow``: the
+    default run leaves them out (pyproject.toml's addopts), ``pytest -m slow`` runs them."""
+    tests = Path(__file__).parent
+    for item in items:
+        parts = Path(item.fspath).relative_to(tests).parts
+        if parts and parts[0] in _SLOW_FOLDERS:
+            item.add_marker(pytest.mark.slow)
