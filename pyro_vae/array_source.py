@@ -32,6 +32,7 @@ import numpy as np
 ARRAY_SUFFIXES = (".npy", ".npz")
 LABELS_SUFFIX = ".labels.npy"
 SHAPES = "[N, D], [N, H, W] or [N, C, H, W]"
+_CHANNELS = (1, 3, 4)  # grey, RGB, RGBA: the channel counts a layout is told by
 _CHECK_BYTES = 64 * 2**20  # bytes of stored rows per chunk of the up-front scan
 
 
@@ -180,6 +181,12 @@ def check_images(x: np.ndarray, arg: str) -> tuple[int, bool]:
         raise ValueError(f"{arg}: shape {x.shape} has rank {x.ndim}; expected {SHAPES}")
     if 0 in x.shape:
         raise ValueError(f"{arg}: shape {x.shape} is empty; expected at least one row of data")
+    if x.ndim == 4 and x.shape[-1] in _CHANNELS and x.shape[1] not in _CHANNELS:
+        raise ValueError(
+            f"{arg}: shape {x.shape} looks channels last, [N, H, W, C]; expected channels "
+            "first, [N, C, H, W] (np.moveaxis(x, -1, 1) makes it so); refused rather than "
+            "read as images of the wrong shape"
+        )
     rows = max(1, _CHECK_BYTES // max(1, x[0].nbytes))
     largest = 0
     for start in range(0, x.shape[0], rows):

@@ -792,6 +792,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     samples = ev.ll_samples if args.ll_samples is None else args.ll_samples
     points = ev.ll_points if args.ll_points is None else (args.ll_points or None)
     test = evaluate_test_set(exp, samples, points, progress=True)
+    recorded, current = exp.config.data.provenance, exp.data.info.get("provenance")
+    if recorded and current and recorded.get("checksum") != current.get("checksum"):
+        # --allow-changed-data on data that did change: the run's own test results stay;
+        # these go beside them, with the provenance of the data they were computed on
+        run.update_metrics(test_on_changed_data={**test, "provenance": current})
+        _print_test(test)
+        print(
+            f"note: the data changed since the run was trained; these results went to "
+            f"{run.file('metrics.json')}'s test_on_changed_data, and its test block (the "
+            "run's own data) was kept"
+        )
+        return 0
     if samples == 0:  # skipped this time: keep the estimate saved before, with its K
         previous = run.read_metrics().get("test", {})
         test.update({k: v for k, v in previous.items() if k.startswith("log_likelihood")})

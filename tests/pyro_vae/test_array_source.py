@@ -45,6 +45,7 @@ def test_integer_pixels_other_than_uint8_take_their_largest_value_as_full():
         (np.full((3, 2), np.inf), ["NaN or infinite"]),
         (IMAGES.astype(np.float32), ["[0, 255]", "expected intensities in [0, 1]"]),
         (IMAGES.astype(np.int32) - 1, ["negative pixel value -1"]),
+        (np.zeros((3, 8, 8, 3), np.uint8), ["looks channels last", "np.moveaxis(x, -1, 1)"]),
     ],
 )
 def test_bad_arrays_are_refused_before_any_work(x, words):
@@ -82,3 +83,10 @@ def test_a_torch_dataset_of_pairs_or_images_becomes_arrays():
         from_dataset([])
     with pytest.raises(ValueError, match=r"item 1 is x, unlike item 0"):
         from_dataset([(torch.zeros(4), 1), torch.zeros(4)])
+
+
+def test_channels_first_colour_and_grey_arrays_are_taken_as_they_are():
+    # [N, 3, 8, 3] is channels first with a width of 3: only a second axis that is not a
+    # channel count marks an array as channels last
+    for shape in ((6, 3, 8, 8), (6, 1, 8, 8), (6, 3, 8, 3)):
+        assert load_data(np.zeros(shape, np.uint8)).image_shape == shape[1:]

@@ -47,4 +47,9 @@ def test_evaluate_refuses_a_run_whose_array_changed_and_the_flag_lets_it_through
         assert main(command) == 2
         err = capsys.readouterr().err
         assert "changed since the run was trained" in err and "--allow-changed-data" in err
+    before = json.loads((run / "metrics.json").read_text())["test"]
     assert main(["evaluate", str(run), "--ll-samples", "0", "--allow-changed-data"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test"] == before  # the run's own results are kept
+    assert metrics["test_on_changed_data"]["provenance"]["shape"] == [31, 4, 4]
+    assert "test_on_changed_data" in capsys.readouterr().out
