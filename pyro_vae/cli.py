@@ -568,7 +568,10 @@ def _note_unaccepted(args: argparse.Namespace, exp: Experiment, config: RunConfi
     return replace(config, model=replace(config.model, options=options))
 
 
-def _print_test(test: dict[str, Any]) -> None:
+def _print_test(test: dict[str, Any], table: bool = False) -> None:
+    """The test metrics, per image, or per row of a ``table`` (whose nats are those of
+    the standardized columns when they were standardized)."""
+    unit = "row" if table else "image"
     if test.get("evaluated_on") == "training set":
         print(
             "note: the guide has free per-datapoint parameters, so it has no posterior for "
@@ -576,18 +579,21 @@ def _print_test(test: dict[str, Any]) -> None:
         )
     for key, value in test.items():
         if key == "elbo":
-            print(f"test ELBO                 {value:10.3f} nats per image")
+            print(f"test ELBO                 {value:10.3f} nats per {unit}")
         elif key == "reconstruction_log_likelihood":
-            print(f"test log Pr(x | z)        {value:10.3f} nats per image (autoencoder)")
+            print(f"test log Pr(x | z)        {value:10.3f} nats per {unit} (autoencoder)")
         elif key == "log_likelihood":
             print(
-                f"test log p(x) (IWAE)      {value:10.3f} nats per image "
-                f"(K={test['log_likelihood_samples']}, {test['log_likelihood_points']} images)"
+                f"test log p(x) (IWAE)      {value:10.3f} nats per {unit} "
+                f"(K={test['log_likelihood_samples']}, {test['log_likelihood_points']} {unit}s)"
             )
         elif key == "kl":
-            print(f"test KL(q(z | x) ‖ p(z))  {value:10.3f} nats per image")
+            print(f"test KL(q(z | x) ‖ p(z))  {value:10.3f} nats per {unit}")
         elif key == "reconstruction_mse":
-            print(f"reconstruction MSE        {value:10.4f} per pixel, [0, 1] scale")
+            scale = "per pixel, [0, 1] scale"
+            if table:
+                scale = "per column, as observed (standardized for normal)"
+            print(f"reconstruction MSE        {value:10.4f} {scale}")
         elif key == "active_units":
             print(f"active latent units       {value:>5} of {test['latent_dim']}")
         elif key == "skipped":
@@ -725,12 +731,14 @@ def _train_and_report(
         config = replace(config, training=replace(config.training, progress=False))
 
     def ready() -> None:  # fit's checks have all passed: now the folder is written
+        rows = "rows" if exp.data.image_shape is None else "images"
         run.write_config(config.to_json())
         run.update_metrics(data=exp.data.info, estimator=config.to_json()["estimator"])
         print(
             f"{config.model.spec} on {exp.data.info['dataset']} "
             f"({exp.data.info['num_train']} train, {exp.data.info['num_val']} validation, "
-            f"{exp.data.info['num_test']} test images), {config.estimator.name} "
+            f"{exp.data.info['num_test']} test {rows}), "
+            f"{config.estimator.name} "
             f"estimator -> {run.path}"
         )
 
@@ -774,7 +782,7 @@ def _report(run: RunFolder, exp: Experiment, result, test: dict) -> None:
         model_arguments=_jsonable(exp.model_arguments),
         **result.info(),
     )
-    _print_test(test)
+    _print_test(test, exp.data.image_shape is None)
     figures, skipped = write_figures(exp, run, result.history, test)
     print("figures: " + ", ".join(str(p) for p in figures))
     for name, why in skipped.items():
@@ -797,7 +805,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         # --allow-changed-data on data that did change: the run's own test results stay;
         # these go beside them, with the provenance of the data they were computed on
         run.update_metrics(test_on_changed_data={**test, "provenance": current})
-        _print_test(test)
+        _print_test(test, exp.data.image_shape is None)
         print(
             f"note: the data changed since the run was trained; these results went to "
             f"{run.file('metrics.json')}'s test_on_changed_data, and its test block (the "
@@ -808,7 +816,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         previous = run.read_metrics().get("test", {})
         test.update({k: v for k, v in previous.items() if k.startswith("log_likelihood")})
     run.update_metrics(test=test)
-    _print_test(test)
+    _print_test(test, exp.data.image_shape is None)
     return 0
 
 

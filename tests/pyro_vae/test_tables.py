@@ -151,7 +151,7 @@ def test_image_and_table_options_are_refused_for_the_other_sources(tmp_path):
         load_data(str(tmp_path / "t.csv"), image_size=(2, 2))
 
 
-def test_a_table_trains_from_python_and_the_command_line(tmp_path):
+def test_a_table_trains_from_python_and_the_command_line(tmp_path, capsys):
     frame(rows=60).to_csv(tmp_path / "t.csv", index=False)
     data = load_data(f"table:{tmp_path / 't.csv'}", Preprocessing("normal"), label_column="kind")
     from models.vae import VAE
@@ -170,5 +170,8 @@ def test_a_table_trains_from_python_and_the_command_line(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["data"]["standardization"]["columns"] == ["a", "c"]
     assert not (out / "reconstructions.png").exists() and (out / "latent.png").exists()
+    printed = capsys.readouterr().out  # a table's metrics are per row, not per image
+    assert "test rows)" in printed and "nats per row" in printed and "per image" not in printed
     assert main(["evaluate", str(out), "--ll-samples", "3"]) == 0
+    assert "per column" in capsys.readouterr().out
     assert main(["sample", str(out)]) == 2  # a table's rows are no images to draw
