@@ -78,12 +78,9 @@ def read_array_file(name: str) -> ArrayImages:
         raise FileNotFoundError(
             f"data: {name!r} is not a file; expected a .npy or .npz array ({SHAPES})"
         )
-    try:
-        if path.suffix.lower() == ".npz":
-            return _read_npz(path)
-        x = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as err:
-        raise ValueError(f"data: {path} is not a readable numpy file ({err})") from err
+    if path.suffix.lower() == ".npz":
+        return _read_npz(path)
+    x = _unreadable_as_value_error(path, lambda: np.load(path, mmap_mode="r", allow_pickle=False))
     y, files = None, (path,)
     if labels_path(path).is_file():
         y = np.load(labels_path(path), allow_pickle=False)
@@ -91,17 +88,27 @@ def read_array_file(name: str) -> ArrayImages:
     return from_array(x, y, f"data {path}", files, labels_arg=f"labels {labels_path(path)}")
 
 
+def _unreadable_as_value_error(path: Path, read: Any) -> Any:
+    """``read()``, with numpy's errors on a file it cannot read (not numpy's format, a
+    pickled object, a truncated file) as one ``ValueError`` naming the file; errors about
+    what a readable file holds are raised by the checks after, in their own words."""
+    try:
+        return read()
+    except (ValueError, OSError, EOFError) as err:
+        raise ValueError(f"data: {path} is not a readable numpy file ({err})") from err
+
+
 def _read_npz(path: Path) -> ArrayImages:
     """An ``.npz``: numpy cannot memory-map zip members, so ``x`` and ``y`` are read whole."""
-    with np.load(path, allow_pickle=False) as archive:
+    with _unreadable_as_value_error(path, lambda: np.load(path, allow_pickle=False)) as archive:
         if "x" not in archive.files:
             raise ValueError(
                 f"data: {path} holds the arrays {sorted(archive.files)}; expected the images "
                 "under 'x' (and optionally labels under 'y'). An .npz is read into memory "
                 "whole (numpy cannot memory-map its members); save large data as .npy"
             )
-        x = archive["x"]
-        y = archive["y"] if "y" in archive.files else None
+        x = _unreadable_as_value_error(path, lambda: archive["x"])
+        y = _unreadable_as_value_error(path, lambda: archive.get("y"))
     return from_array(x, y, f"data {path}['x']", (path,), labels_arg=f"data {path}['y']")
 
 

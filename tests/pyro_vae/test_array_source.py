@@ -90,3 +90,19 @@ def test_channels_first_colour_and_grey_arrays_are_taken_as_they_are():
     # channel count marks an array as channels last
     for shape in ((6, 3, 8, 8), (6, 1, 8, 8), (6, 3, 8, 3)):
         assert load_data(np.zeros(shape, np.uint8)).image_shape == shape[1:]
+
+
+def test_an_npz_that_reads_is_refused_for_what_it_holds_not_as_unreadable(tmp_path):
+    np.savez(tmp_path / "short_y.npz", x=IMAGES, y=np.zeros(len(IMAGES) - 1, np.int64))
+    np.savez(tmp_path / "no_x.npz", images=IMAGES)
+    (tmp_path / "junk.npz").write_bytes(b"not a zip archive")
+    for name, words in (
+        ("short_y.npz", ["['y']"]),
+        ("no_x.npz", ["['images']", "under 'x'"]),
+        ("junk.npz", ["is not a readable numpy file"]),
+    ):
+        with pytest.raises(ValueError) as raised:
+            load_data(str(tmp_path / name))
+        message = str(raised.value)
+        assert all(w in message for w in words), message
+        assert ("not a readable" in message) == (name == "junk.npz"), message
