@@ -511,22 +511,22 @@ def _run_config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def _estimator_options(args: argparse.Namespace) -> dict[str, Any]:
-    """--estimator-opt pairs, with --gradient as the option ``gradient`` when given (a run
-    without it keeps the estimator's default, and its config.json is as before)."""
+    """--estimator-opt pairs, with --free-bits and --gradient as the options ``free_bits``
+    and ``gradient`` when given (a run without them keeps the estimator's defaults, and its
+    config.json is as before)."""
     options = dict(args.estimator_opt)
-    if args.free_bits is not None:
-        given = options.setdefault("free_bits", args.free_bits)
-        if given != args.free_bits:
+    for flag, key, what in (
+        ("--free-bits", "free_bits", "free bits"),
+        ("--gradient", "gradient", "the gradient"),
+    ):
+        value = getattr(args, key)
+        if value is None:
+            continue
+        given = options.setdefault(key, value)
+        if given != value:
             raise ValueError(
-                f"--free-bits: {args.free_bits!r} disagrees with --estimator-opt "
-                f"free_bits={given!r}; give free bits once"
-            )
-    if args.gradient is not None:
-        given = options.setdefault("gradient", args.gradient)
-        if given != args.gradient:
-            raise ValueError(
-                f"--gradient: {args.gradient!r} disagrees with --estimator-opt "
-                f"gradient={given!r}; give the gradient once"
+                f"{flag}: {value!r} disagrees with --estimator-opt {key}={given!r}; "
+                f"give {what} once"
             )
     return options
 

@@ -732,3 +732,21 @@ def test_a_conv_vae_fits_evaluates_samples_and_resumes_as_a_conv_vae(tmp_path, c
 def test_an_mlp_run_keeps_no_arch_in_its_config(trained):
     options = RunFolder(trained).read_config()["model_options"]
     assert options == {"latent_dim": 4, "hidden_dims": [32], "activation": "softplus"}
+
+
+@pytest.mark.parametrize(
+    "flag, value, key, other, what",
+    [
+        ("--gradient", "dreg", "gradient", '"stl"', "the gradient"),
+        ("--free-bits", "1", "free_bits", "2", "free bits"),
+    ],
+)
+def test_a_flag_and_an_estimator_option_that_disagree_are_refused(
+    flag, value, key, other, what, tmp_path, capsys
+):
+    out = tmp_path / "run"
+    argv = ["fit", "--out", str(out), "--estimator", "trace", flag, value]
+    assert main([*argv, "--estimator-opt", f"{key}={other}"]) == 2
+    err = capsys.readouterr().err
+    assert f"{flag}: " in err and "disagrees with --estimator-opt" in err
+    assert f"give {what} once" in err and not out.exists()
