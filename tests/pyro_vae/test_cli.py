@@ -767,3 +767,25 @@ def test_the_labelled_subset_is_kept_in_config_json_and_survives_resume(tmp_path
     assert len(json.loads((run / "metrics.json").read_text())["epochs"]) == 2
     assert main(["fit", "--resume", str(run), "--labelled", "30"]) == 2
     assert "--labelled cannot change a run being resumed" in capsys.readouterr().err
+
+
+def test_a_label_model_s_metrics_are_printed_as_conditional(capsys):
+    from pyro_vae.cli import _print_test
+
+    _print_test(
+        {
+            "elbo": -20.0,
+            "log_likelihood": -19.5,
+            "log_likelihood_samples": 8,
+            "log_likelihood_points": 4,
+            "kl": 1.25,
+            "test_accuracy": 0.875,
+            "label_metrics": ["test_accuracy"],
+            "conditioned_on_labels": True,
+        }
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("test ELBO | y") and lines[0].endswith("-20.000 nats per image")
+    assert lines[1].startswith("test log p(x | y) (IWAE)") and "(K=8, 4 images)" in lines[1]
+    assert lines[2].startswith("test KL(q(z | x, y) ‖ p(z))")
+    assert lines[3].split() == ["test", "accuracy", "0.8750"]
