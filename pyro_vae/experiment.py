@@ -396,11 +396,16 @@ def _label_model_metrics(
     group) into ``metrics``; reconstruction and active units into ``skipped``."""
     model, guide = exp.model, exp.guide
     skipped["reconstruction_mse"] = skipped["active_units"] = _TAKES_LABELS
-    metrics["kl"] = _row_mean(
-        lambda rows: elbo_terms_per_datapoint(model, guide, rows, elbo_samples, device=streamed).kl,
-        args,
-        split,
-    )
+    try:
+        metrics["kl"] = _row_mean(
+            lambda rows: (
+                elbo_terms_per_datapoint(model, guide, rows, elbo_samples, device=streamed).kl
+            ),
+            args,
+            split,
+        )
+    except ValueError as err:
+        skipped["kl"] = str(err)
     if split is None or split.is_writer:
         x, y = (to_device(in_memory(a, _num_rows(args)), exp.device) for a in args[:2])
         own = label_metrics(model, guide, x, y)
