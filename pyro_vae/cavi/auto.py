@@ -1,0 +1,202 @@
+"""``AutoCAVI``: closed-form coordinate ascent (variational message passing) for a
+conditionally conjugate-exponential model written in Pyro syntax.
+
+For each latent site x_j the mean-field optimum given the other factors is (Blei et al.
+2017, eq. 17; Winn & Bishop 2005)
+
+    q_j*(x_j) ∝ exp E_{−j}[log p(x, y)] = exp(η_j · T_j(x_j)),
+    η_j = Σ_{factors f ∋ x_j} ∂ E_q[log f] / ∂ E[T_j]
+
+and by multilinearity of each factor in its latents' statistics (see
+:mod:`pyro_vae.cavi.conjugate_forms`) that derivative is the factor's coefficient tensor
+contracted with the other latents' expected statistics E_q[T_k] — exact, not estimated.
+The evidence lower bound is likewise exact, every constant kept:
+
+    L(q) = Σ_f E_q[log f] + Σ_j H[q_j]  ≤  log p(y)       (nats, whole data set)
+
+The model is probed once per ``fit``; the sweeps are then tensor algebra in float64.
+"""
+
+from __future__ import annotations
+
+import pyro.poutine as poutine
+import torch
+
+from pyro_vae.cavi._checks import non_negative, positive_int
+from pyro_vae.cavi.conjugate_forms import (
+    Factor,
+    find_dependencies,
+    find_latents,
+    probe_factors,
+)
+
+
+class AutoCAVI:
+    """Mean-field CAVI for any conditionally conjugate Pyro model (scikit-learn style).
+
+    Recognized latents (their prior's class picks the family of q): Normal, scalar or
+    ``.to_event(1)`` (q is a full-covariance MultivariateNormal when the factors couple its
+    coordinates), MultivariateNormal, Gamma, Beta, Dirichlet, Bernoulli and Categorical, each
+    under any conjugate children (Normal with known or latent mean and precision, Poisson,
+    Exponential, Bernoulli, Binomial, Categorical, …), whatever arithmetic the model uses to
+    build their parameters. Each latent's elements inside a ``pyro.plate`` are separate
+    variables; a factor may mention a latent only from inside all of that latent's plates.
+
+    Args:
+        model: a Pyro model callable as ``model(*args, **kwargs)``; observed sites carry
+            ``obs=``; every unobserved sample site is a latent.
+        max_iter: most sweeps (each updates every latent once).
+        tol: stop when a sweep changes the bound by less than this (nats).
+        init: optional ``{site: q}`` initial factors (a distribution of the site's family;
+            for a Categorical site also a tensor of probabilities, e.g. responsibilities).
+            A sweep updates first the latents ``init`` does not set, in the order the model
+            samples them, then those it sets; a latent not set starts at its prior in one
+            forward run of the model seeded with ``random_state``.
+        random_state: seed of the probe points and of that forward run.
+
+    Attributes (after ``fit``):
+        lower_bound_, lower_bounds_: the ELBO (nats, total over the data) after the last
+            sweep, and after each sweep.
+        n_iter_: sweeps run. converged_: whether a sweep changed the bound by less than
+            ``tol`` before ``max_iter`` ran out — a fixed point (``pyro_vae.cavi``'s meaning).
+        markov_blankets_: ``{latent: factor sites whose log-density mentions it}``.
+
+    Raises:
+        NotConjugateError (a ValueError), naming the latent site, its distribution and the
+        factor that breaks conjugacy; ValueError for bad settings or ``init``.
+    """
+
+    def __init__(self, model, *, max_iter: int = 1000, tol: float = 1e-8, init=None,
+                 random_state: int = 0) -> None:  # fmt: skip
+        self.model = model
+        self.max_iter = max_iter
+        self.tol = tol
+        self.init = init
+        self.random_state = random_state
+
+    def fit(self, *args, **kwargs) -> AutoCAVI:
+        """Probe ``model(*args, **kwargs)`` (floating tensors cast to float64) and run CAVI."""
+        tol = non_negative("tol", self.tol)
+        max_iter = positive_int("max_iter", self.max_iter)
+        if not isinstance(self.init, (dict, type(None))):
+            raise ValueError(f"init: {self.init!r} is not a dict of site name -> initial q")
+        args, kwargs = _float64(args), _float64(kwargs)
+        generator = torch.Generator().manual_seed(self.random_state)
+        with torch.random.fork_rng():
+            torch.manual_seed(self.random_state)
+            first = poutine.trace(self.model).get_trace(*args, **kwargs)
+        latents = find_latents(first)
+        if not latents:
+            raise ValueError("model: it has no latent (unobserved) sample site to fit")
+        stats = self._initial_statistics(latents)
+        depends, trace = find_dependencies(self.model, args, kwargs, latents, generator)
+        factors = probe_factors(self.model, args, kwargs, latents, depends, trace, generator)
+        self.markov_blankets_ = {
+            n: tuple(f.name for f in factors if n in f.latents) for n in latents
+        }
+        initialized = set(self.init or {})
+        order = [n for n in latents if n not in initialized] + [
+            n for n in latents if n in initialized
+        ]
+        self._latents, self._factors = latents, factors
+        self._q = {}
+        bounds, converged = [], False
+        for _ in range(max_iter):
+            for name in order:
+                self._q[name] = self._update(name, stats)
+                stats[name] = latents[name].family.expected_statistics(self._q[name])
+            bounds.append(self._bound(stats))
+            if len(bounds) > 1 and abs(bounds[-1] - bounds[-2]) < tol:
+                converged = True
+                break
+        self.lower_bound_, self.lower_bounds_ = bounds[-1], bounds
+        self.n_iter_, self.converged_ = len(bounds), converged
+        return self
+
+    def _initial_statistics(self, latents) -> dict[str, torch.Tensor]:
+        init = dict(self.init or {})
+        unknown = sorted(set(init) - set(latents))
+        if unknown:
+            raise ValueError(
+                f"init: {unknown} {'is' if len(unknown) == 1 else 'are'} not latent sites of "
+                f"the model; its latent sites are {list(latents)}"
+            )
+        stats = {}
+        for name, latent in latents.items():
+            q = init.get(name, latent.prior)
+            if isinstance(q, torch.Tensor) and latent.family.name == "Categorical":
+                q = torch.distributions.Categorical(probs=q.to(torch.float64))
+            if not isinstance(q, torch.distributions.Distribution):
+                raise ValueError(
+                    f"init[{name!r}]: {type(q).__name__} is not a distribution of the "
+                    f"{latent.family.name} family"
+                )
+            try:
+                value = latent.family.expected_statistics(q)
+                stats[name] = value.expand(latent.batch_shape + value.shape[-1:])
+            except (AttributeError, RuntimeError) as error:
+                raise ValueError(
+                    f"init[{name!r}]: {q} is not a {latent.family.name} with batch shape "
+                    f"{tuple(latent.batch_shape)} ({error})"
+                ) from error
+        return stats
+
+    def _update(self, name: str, stats) -> torch.distributions.Distribution:
+        """q_j ∝ exp(η_j · T_j), η_j the summed expected messages of j's factors."""
+        latent = self._latents[name]
+        shape = latent.batch_shape + (latent.family.size,)
+        total = torch.zeros(shape, dtype=torch.float64)
+        for factor in self._factors:
+            if name in factor.latents:
+                total = total + _sum_to(_contract(factor, stats, keep=name), shape)
+        eta = total[..., 1:] if latent.family.has_constant else total
+        return latent.family.distribution(eta)
+
+    def _bound(self, stats) -> float:
+        expected = sum(float(_contract(f, stats).sum()) for f in self._factors)
+        return expected + sum(float(q.entropy().sum()) for q in self._q.values())
+
+    def variational_distributions(self) -> dict[str, torch.distributions.Distribution]:
+        """The fitted factors q_j, keyed by latent site name (float64; batch shape = the
+        site's plates)."""
+        if not hasattr(self, "_q"):
+            raise ValueError("AutoCAVI: not fitted yet; call fit(*args) first")
+        return dict(self._q)
+
+
+def _contract(factor: Factor, stats: dict, keep: str | None = None) -> torch.Tensor:
+    """E_q[log f] per factor element, or with ``keep`` its gradient in E[T_keep]:
+    C contracted with every other latent's E_q[T], shape [*batch] or [*batch, B_keep]."""
+    c = factor.coefficients
+    remaining = list(factor.latents)
+    for name in reversed(factor.latents):
+        if name == keep:
+            continue
+        et = stats[name]
+        batch = et.shape[:-1]
+        view = (1,) * (factor.rank - len(batch)) + tuple(batch)
+        view += tuple(et.shape[-1] if m == name else 1 for m in remaining)
+        c = (c * et.reshape(view)).sum(factor.rank + remaining.index(name))
+        remaining.remove(name)
+    return c
+
+
+def _sum_to(tensor: torch.Tensor, shape) -> torch.Tensor:
+    while tensor.dim() > len(shape):
+        tensor = tensor.sum(0)
+    for dim, size in enumerate(shape):
+        if size == 1 and tensor.shape[dim] != 1:
+            tensor = tensor.sum(dim, keepdim=True)
+    return tensor.expand(shape)
+
+
+def _float64(value):
+    if isinstance(value, torch.Tensor):
+        return value.to(torch.float64) if value.is_floating_point() else value
+    if isinstance(value, tuple):
+        return tuple(_float64(v) for v in value)
+    if isinstance(value, list):
+        return [_float64(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _float64(v) for k, v in value.items()}
+    return value
