@@ -25,6 +25,7 @@ import torch
 from pyro_vae.cavi._checks import non_negative, positive_int
 from pyro_vae.cavi.conjugate_forms import (
     Factor,
+    check_float64,
     find_dependencies,
     find_latents,
     probe_factors,
@@ -52,6 +53,9 @@ class AutoCAVI:
             A sweep updates first the latents ``init`` does not set, in the order the model
             samples them, then those it sets; a latent not set starts at its prior in one
             forward run of the model seeded with ``random_state``.
+        blocks: pairs ``(mean site, precision site)`` to update as one joint factor
+            q(μ, Λ) (Normal-Wishart, Bishop 2006 §10.2) instead of q(μ) q(Λ); their unit in
+            ``init``, ``markov_blankets_`` and ``fitted_blocks_`` is named ``"mean+precision"``.
         random_state: seed of the probe points and of that forward run.
 
     Attributes (after ``fit``):
@@ -67,11 +71,12 @@ class AutoCAVI:
     """
 
     def __init__(self, model, *, max_iter: int = 1000, tol: float = 1e-8, init=None,
-                 random_state: int = 0) -> None:  # fmt: skip
+                 blocks=(), random_state: int = 0) -> None:  # fmt: skip
         self.model = model
         self.max_iter = max_iter
         self.tol = tol
         self.init = init
+        self.blocks = blocks
         self.random_state = random_state
 
     def fit(self, *args, **kwargs) -> AutoCAVI:
@@ -85,14 +90,15 @@ class AutoCAVI:
         with torch.random.fork_rng():
             torch.manual_seed(self.random_state)
             first = poutine.trace(self.model).get_trace(*args, **kwargs)
-        latents = find_latents(first)
+        check_float64(first)
+        latents = find_latents(first, self.blocks)
         if not latents:
             raise ValueError("model: it has no latent (unobserved) sample site to fit")
         stats = self._initial_statistics(latents)
         depends, trace = find_dependencies(self.model, args, kwargs, latents, generator)
         factors = probe_factors(self.model, args, kwargs, latents, depends, trace, generator)
         self.markov_blankets_ = {
-            n: tuple(f.name for f in factors if n in f.latents) for n in latents
+            n: tuple(f.name for f in factors if n in f.latents or n == f.selector) for n in latents
         }
         initialized = set(self.init or {})
         order = [n for n in latents if n not in initialized] + [
@@ -111,6 +117,7 @@ class AutoCAVI:
                 break
         self.lower_bound_, self.lower_bounds_ = bounds[-1], bounds
         self.n_iter_, self.converged_ = len(bounds), converged
+        self.fitted_blocks_ = {n: q for n, q in self._q.items() if len(latents[n].sites) > 1}
         return self
 
     def _initial_statistics(self, latents) -> dict[str, torch.Tensor]:
@@ -124,6 +131,9 @@ class AutoCAVI:
         stats = {}
         for name, latent in latents.items():
             q = init.get(name, latent.prior)
+            if isinstance(q, tuple):  # a block's sampled values: start at that point
+                stats[name] = latent.family.expected_statistics(q)
+                continue
             if isinstance(q, torch.Tensor) and latent.family.name == "Categorical":
                 q = torch.distributions.Categorical(probs=q.to(torch.float64))
             if not isinstance(q, torch.distributions.Distribution):
@@ -147,7 +157,7 @@ class AutoCAVI:
         shape = latent.batch_shape + (latent.family.size,)
         total = torch.zeros(shape, dtype=torch.float64)
         for factor in self._factors:
-            if name in factor.latents:
+            if name in factor.latents or name == factor.selector:
                 total = total + _sum_to(_contract(factor, stats, keep=name), shape)
         eta = total[..., 1:] if latent.family.has_constant else total
         return latent.family.distribution(eta)
@@ -158,27 +168,48 @@ class AutoCAVI:
 
     def variational_distributions(self) -> dict[str, torch.distributions.Distribution]:
         """The fitted factors q_j, keyed by latent site name (float64; batch shape = the
-        site's plates)."""
+        site's plates). A block's joint q(μ, Λ) (``fitted_blocks_``) appears here as its
+        marginals: q(Λ) Wishart and q(μ) a multivariate Student-t."""
         if not hasattr(self, "_q"):
             raise ValueError("AutoCAVI: not fitted yet; call fit(*args) first")
-        return dict(self._q)
+        out = {}
+        for name, q in self._q.items():
+            sites = self._latents[name].sites
+            out.update(zip(sites, q.marginals(), strict=True) if len(sites) > 1 else {name: q})
+        return out
 
 
 def _contract(factor: Factor, stats: dict, keep: str | None = None) -> torch.Tensor:
     """E_q[log f] per factor element, or with ``keep`` its gradient in E[T_keep]:
-    C contracted with every other latent's E_q[T], shape [*batch] or [*batch, B_keep]."""
+    C contracted with every other latent's E_q[T] (and a mixture's E_q[one-hot z]),
+    shape [*batch] or [*batch, B_keep]."""
     c = factor.coefficients
     remaining = list(factor.latents)
     for name in reversed(factor.latents):
         if name == keep:
             continue
         et = stats[name]
-        batch = et.shape[:-1]
-        view = (1,) * (factor.rank - len(batch)) + tuple(batch)
+        view = _batch_view(factor, name, et.shape[:-1])
         view += tuple(et.shape[-1] if m == name else 1 for m in remaining)
         c = (c * et.reshape(view)).sum(factor.rank + remaining.index(name))
         remaining.remove(name)
+    if factor.selector is not None and keep != factor.selector:
+        probs = stats[factor.selector]  # [*batch_z, K] against the factor's K-axis
+        view = (1,) * (factor.rank - probs.dim()) + tuple(probs.shape)
+        c = c * probs.reshape(view + (1,) * len(remaining))
+        if keep is None or keep not in factor.components:
+            c = c.sum(factor.rank - 1)
     return c
+
+
+def _batch_view(factor: Factor, name: str, batch) -> tuple[int, ...]:
+    """Where a latent's batch dims sit in the factor's batch: right-aligned, except that in
+    a mixture factor only the components run along the final K-axis."""
+    if factor.selector is None:
+        return (1,) * (factor.rank - len(batch)) + tuple(batch)
+    if name in factor.components:
+        return (1,) * (factor.rank - 1) + tuple(batch)
+    return (1,) * (factor.rank - 1 - len(batch)) + tuple(batch) + (1,)
 
 
 def _sum_to(tensor: torch.Tensor, shape) -> torch.Tensor:

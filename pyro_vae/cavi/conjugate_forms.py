@@ -24,13 +24,18 @@ latents do not vary along (they multiply the same expectations there).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pyro.poutine as poutine
 import torch
 from pyro.poutine.util import site_is_subsample
 
-from pyro_vae.cavi.exponential_families import Family, NotConjugateError, family_of
+from pyro_vae.cavi.exponential_families import (
+    Family,
+    NotConjugateError,
+    block_family,
+    family_of,
+)
 
 _EXTRA_RUNS = 6  # least-squares runs beyond the unknowns, for a well-posed solve
 _CHECK_RUNS = 4  # fresh points at which each fitted factor is verified
@@ -39,13 +44,15 @@ _RTOL = 1e-7  # misfit allowed, relative to the factor's magnitude at the probe 
 
 @dataclass
 class Latent:
-    """A latent site: its family, batch shape (one variable per element) and plates."""
+    """A unit of q: one latent site, or a block of sites updated jointly; its family, batch
+    shape (one variable per element) and plates."""
 
     name: str
     family: Family
     batch_shape: torch.Size
     plates: frozenset
-    prior: torch.distributions.Distribution  # its distribution in the first trace
+    prior: object  # its distribution in the first trace (a block: its sampled values)
+    sites: tuple[str, ...] = ()
 
 
 @dataclass
@@ -53,8 +60,10 @@ class Factor:
     """One site's log-density as C contracted with its latents' statistics.
 
     ``coefficients`` has shape [*batch, B₁, …, B_m] (B_j = latents[j]'s family size), with
-    ``batch`` of rank ``rank`` (the site's log_prob rank), summed over every dim along which
-    none of its latents varies.
+    ``batch`` of rank ``rank``, summed over every dim along which none of its latents varies.
+    A mixture factor (log f = Σ_k [z = k] g(θ_k), ``Vindex(theta)[..., z, :]``) has a
+    ``selector`` z and ``components`` θ (latents in the plate of z's categories): its batch
+    ends in that K-axis, along which the components' elements and z's categories run.
     """
 
     name: str
@@ -62,6 +71,8 @@ class Factor:
     latents: tuple[str, ...]
     coefficients: torch.Tensor
     rank: int
+    selector: str | None = None
+    components: frozenset = frozenset()
 
 
 def site_log_probs(model, args, kwargs, values: dict) -> tuple[dict, object]:
@@ -76,31 +87,6 @@ def site_log_probs(model, args, kwargs, values: dict) -> tuple[dict, object]:
     return out, trace
 
 
-def find_latents(trace) -> dict[str, Latent]:
-    """The unobserved sample sites of ``trace``, in the order the model samples them."""
-    latents = {}
-    for name, site in trace.nodes.items():
-        if not _is_factor(site) or site["is_observed"]:
-            continue
-        plates = {f.dim: f.name for f in site["cond_indep_stack"] if f.vectorized}
-        batch = site["fn"].batch_shape
-        for dim in range(-len(batch), 0):
-            if batch[dim] > 1 and dim not in plates:
-                raise NotConjugateError(
-                    f"latent site {name!r}: batch dim {dim} (size {batch[dim]}) of its "
-                    f"{type(site['fn']).__name__} is in no pyro.plate; declare independent "
-                    "elements with pyro.plate, or a vector with .to_event(1)"
-                )
-        if site["scale"] is not None and not _is_one(site["scale"]):
-            raise NotConjugateError(
-                f"latent site {name!r}: scaled by {site['scale']} (a subsampled plate); "
-                "AutoCAVI needs every latent element in the data it is given"
-            )
-        latents[name] = Latent(name, family_of(site), batch, frozenset(plates.values()), None)
-        latents[name].prior = site["fn"]
-    return latents
-
-
 def _is_factor(site) -> bool:
     return (
         site["type"] == "sample"
@@ -109,12 +95,87 @@ def _is_factor(site) -> bool:
     )
 
 
+def check_float64(trace) -> None:
+    """Refuse a model that scores in lower precision: the probes' solve needs float64."""
+    trace.compute_log_prob(site_filter=lambda name, site: _is_factor(site))
+    for name, site in trace.nodes.items():
+        if _is_factor(site) and site["log_prob"].dtype != torch.float64:
+            raise ValueError(
+                f"model: site {name!r} scores in {site['log_prob'].dtype}; AutoCAVI needs "
+                "float64 throughout (call model.double() on a PyroModule, or build its "
+                "constants from the data's dtype)"
+            )
+
+
 def _is_one(scale) -> bool:
     return bool(torch.as_tensor(scale).eq(1).all())
 
 
+def _check_latent_site(name: str, site) -> dict:
+    """The site's vectorized plates {dim: name}, after checking its batch dims and scale."""
+    plates = {f.dim: f.name for f in site["cond_indep_stack"] if f.vectorized}
+    batch = site["fn"].batch_shape
+    for dim in range(-len(batch), 0):
+        if batch[dim] > 1 and dim not in plates:
+            raise NotConjugateError(
+                f"latent site {name!r}: batch dim {dim} (size {batch[dim]}) of its "
+                f"{type(site['fn']).__name__} is in no pyro.plate; declare independent "
+                "elements with pyro.plate, or a vector with .to_event(1)"
+            )
+    if site["scale"] is not None and not _is_one(site["scale"]):
+        raise NotConjugateError(
+            f"latent site {name!r}: scaled by {site['scale']} (a subsampled plate); "
+            "AutoCAVI needs every latent element in the data it is given"
+        )
+    return plates
+
+
+def find_latents(trace, blocks=()) -> dict[str, Latent]:
+    """The units of q in the order the model samples them: each unobserved sample site,
+    except that the sites of a block (mean, precision) form one unit."""
+    sites = {n: s for n, s in trace.nodes.items() if _is_factor(s) and not s["is_observed"]}
+    in_block = {}
+    for block in blocks:
+        if len(block) != 2 or any(b not in sites for b in block):
+            raise ValueError(
+                f"blocks: {block!r} is not a (mean site, precision site) pair of latent sites; "
+                f"latent sites: {list(sites)}"
+            )
+        for b in block:
+            in_block[b] = tuple(block)
+    latents = {}
+    for name, site in sites.items():
+        plates = frozenset(_check_latent_site(name, site).values())
+        batch = site["fn"].batch_shape
+        if name not in in_block:
+            latents[name] = Latent(name, family_of(site), batch, plates, site["fn"], (name,))
+            continue
+        block = in_block[name]
+        family = block_family(sites[block[0]], sites[block[1]])
+        if family.site in latents:
+            continue
+        if sites[block[0]]["fn"].batch_shape != sites[block[1]]["fn"].batch_shape:
+            raise ValueError(f"blocks: {block!r} have different batch shapes (plates)")
+        values = tuple(sites[b]["value"].to(torch.float64) for b in block)
+        latents[family.site] = Latent(family.site, family, batch, plates, values, block)
+    return latents
+
+
+def statistics(latent: Latent, values: dict) -> torch.Tensor:
+    """T of ``latent`` at the site values ``values``, [*batch, B]."""
+    return latent.family.statistics(*(values[s] for s in latent.sites))
+
+
+def _probe(latent: Latent, generator) -> dict[str, torch.Tensor]:
+    value = latent.family.probe(latent.batch_shape, generator)
+    return dict(zip(latent.sites, value if len(latent.sites) > 1 else (value,), strict=True))
+
+
 def _probe_values(latents: dict[str, Latent], generator) -> dict[str, torch.Tensor]:
-    return {n: lat.family.probe(lat.batch_shape, generator) for n, lat in latents.items()}
+    values = {}
+    for latent in latents.values():
+        values.update(_probe(latent, generator))
+    return values
 
 
 def find_dependencies(model, args, kwargs, latents, generator) -> tuple[dict, object]:
@@ -123,23 +184,11 @@ def find_dependencies(model, args, kwargs, latents, generator) -> tuple[dict, ob
     base, trace = site_log_probs(model, args, kwargs, base_values)
     depends = {name: [] for name in base}
     for name, latent in latents.items():
-        moved = dict(base_values)
-        moved[name] = latent.family.probe(latent.batch_shape, generator)
+        moved = {**base_values, **_probe(latent, generator)}
         log_probs, _ = site_log_probs(model, args, kwargs, moved)
         for site, value in log_probs.items():
             if not torch.equal(value, base[site]):
                 depends[site].append(name)
-    for site, names in depends.items():
-        plates = _plates(trace.nodes[site])
-        for name in names:
-            outside = sorted(latents[name].plates - plates)
-            if outside:
-                raise NotConjugateError(
-                    f"factor {site!r} depends on latent site {name!r} across its plate(s) "
-                    f"{outside}, which {site!r} is not inside: each element of {site!r} "
-                    f"then mentions every element of {name!r}; AutoCAVI handles only factors "
-                    "that sit inside every plate of the latents they mention"
-                )
     return depends, trace
 
 
@@ -147,11 +196,32 @@ def _plates(site) -> frozenset:
     return frozenset(f.name for f in site["cond_indep_stack"] if f.vectorized)
 
 
+def _mixture_roles(site: str, names, latents, trace) -> tuple[str | None, list[str]]:
+    """(selector, components) of a factor that mentions latents outside its plates, or
+    ``NotConjugateError`` when it is not a mixture over one Categorical's categories."""
+    plates = _plates(trace.nodes[site])
+    outside = [n for n in names if latents[n].plates - plates]
+    if not outside:
+        return None, []
+    selectors = [n for n in names if latents[n].family.name == "Categorical" and n not in outside]
+    k = latents[selectors[0]].family.k if len(selectors) == 1 else None
+    for name in outside:
+        if k is None or latents[name].batch_shape != (k,) or len(latents[name].plates) != 1:
+            raise NotConjugateError(
+                f"factor {site!r} depends on latent site {name!r} across its plate(s) "
+                f"{sorted(latents[name].plates - plates)}, which {site!r} is not inside, and "
+                f"not as a mixture component picked by one Categorical latent inside them "
+                f"(Vindex(theta)[..., z, :]); AutoCAVI handles only factors inside every plate "
+                "of the latents they mention, and mixtures"
+            )
+    return selectors[0], outside
+
+
 def _design(latents: list[Latent], values: dict, rank: int) -> torch.Tensor:
     """The tensor-product basis ⊗_j T_j(x_j), shape [*batch (rank ``rank``), Π B_j]."""
     design = torch.ones((1,) * rank + (1,), dtype=torch.float64)
     for latent in latents:
-        phi = latent.family.statistics(values[latent.name])
+        phi = statistics(latent, values)
         phi = phi.reshape((1,) * (rank + 1 - phi.dim()) + phi.shape)
         design = (design.unsqueeze(-1) * phi.unsqueeze(-2)).flatten(-2)
     return design
@@ -181,30 +251,92 @@ def _misfit(designs, values, coefficients, scale) -> torch.Tensor:
     return ((predicted - values.movedim(0, -1)).abs() / (1 + scale.unsqueeze(-1))).amax()
 
 
+def _solve(members, runs, site, rank, n_fit) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """(C [*fbatch, P], the designs, whether C reproduces log f at the check runs)."""
+    designs = torch.stack([_design(members, v, rank) for v, _ in runs])
+    values = torch.stack([lp[site] for _, lp in runs])
+    coefficients = _fit(designs[:n_fit], values[:n_fit])
+    scale = values[:n_fit].abs().amax(0)
+    good = bool(_misfit(designs[n_fit:], values[n_fit:], coefficients, scale) <= _RTOL)
+    return coefficients, designs, good
+
+
+def _runs(model, args, kwargs, latents, generator, count, fixed=None) -> list:
+    runs = []
+    for _ in range(count):
+        values = {**_probe_values(latents, generator), **(fixed or {})}
+        runs.append((values, site_log_probs(model, args, kwargs, values)[0]))
+    return runs
+
+
 def probe_factors(model, args, kwargs, latents, depends, trace, generator) -> list[Factor]:
     """Solve every factor's coefficients from one set of probe runs, and verify them."""
-    sizes = [_product(latents[n].family.size for n in names) for names in depends.values()]
+    roles = {s: _mixture_roles(s, names, latents, trace) for s, names in depends.items()}
+    plain = [s for s in depends if roles[s][0] is None]
+    sizes = [_product(latents[n].family.size for n in depends[s]) for s in plain]
     n_fit = max(sizes) + _EXTRA_RUNS
-    runs = []
-    for _ in range(n_fit + _CHECK_RUNS):
-        values = _probe_values(latents, generator)
-        runs.append((values, site_log_probs(model, args, kwargs, values)[0]))
+    runs = _runs(model, args, kwargs, latents, generator, n_fit + _CHECK_RUNS)
     factors = []
-    for site, names in depends.items():
-        members = [latents[n] for n in names]
+    for site in depends:
+        if roles[site][0] is not None:
+            factors.append(
+                _mixture_factor(
+                    model, args, kwargs, latents, depends, site, roles[site], trace, generator
+                )  # fmt: skip
+            )
+            continue
+        members = [latents[n] for n in depends[site]]
         rank = trace.nodes[site]["log_prob"].dim()
-        designs = torch.stack([_design(members, v, rank) for v, _ in runs])
-        values = torch.stack([lp[site] for _, lp in runs])
-        coefficients = _fit(designs[:n_fit], values[:n_fit])
-        scale = values[:n_fit].abs().amax(0)
-        if _misfit(designs[n_fit:], values[n_fit:], coefficients, scale) > _RTOL:
-            _refuse(model, args, kwargs, latents, names, site, trace, generator)
+        coefficients, designs, good = _solve(members, runs, site, rank, n_fit)
+        if not good:
+            _refuse(model, args, kwargs, latents, depends[site], site, trace, generator)
         summed = _sum_to(coefficients, designs.shape[1:])
         shape = summed.shape[:-1] + tuple(m.family.size for m in members)
         factors.append(
-            Factor(site, _dist_name(trace.nodes[site]), tuple(names), summed.reshape(shape), rank)
+            Factor(
+                site,
+                _dist_name(trace.nodes[site]),
+                tuple(depends[site]),
+                summed.reshape(shape),
+                rank,
+            )  # fmt: skip
         )
     return factors
+
+
+def _mixture_factor(model, args, kwargs, latents, depends, site, roles, trace, generator):
+    """Probe log f = Σ_k [z = k] g(θ_k): with z ≡ k everywhere, fit g on the components'
+    k-th elements (and the other latents); the check runs vary every θ_k', so a factor that
+    mentions θ_k' for z = k ≠ k' is caught as not fitting."""
+    selector, components = roles
+    z = latents[selector]
+    names = [n for n in depends[site] if n != selector]
+    rank = trace.nodes[site]["log_prob"].dim()
+    members = [replace(latents[n], batch_shape=torch.Size()) for n in names]
+    n_fit = _product(m.family.size for m in members) + _EXTRA_RUNS
+    per_k = []
+    for k in range(z.family.k):
+        fixed = {selector: torch.full(z.batch_shape, k, dtype=torch.long)}
+        runs = _runs(model, args, kwargs, latents, generator, n_fit + _CHECK_RUNS, fixed)
+        runs = [({**v, **{c: v[c][k] for m in components for c in latents[m].sites}}, lp)
+                for v, lp in runs]  # fmt: skip
+        coefficients, _, good = _solve(members, runs, site, rank, n_fit)
+        if not good:
+            raise NotConjugateError(
+                f"factor {site!r} ({_dist_name(trace.nodes[site])}): with {selector!r} = {k} "
+                f"its log-density is not multilinear in the sufficient statistics of "
+                f"{names} (component {k}); AutoCAVI updates only conditionally "
+                "conjugate-exponential models (fit this one by SVI)"
+            )
+        per_k.append(coefficients)
+    coefficients = torch.stack(per_k, -2)  # [*fbatch, K, P]
+    aligned = [latents[n].batch_shape for n in names if n not in components]
+    batch = torch.broadcast_shapes(z.batch_shape, *aligned)
+    batch = (1,) * (rank - len(batch)) + tuple(batch)
+    summed = _sum_to(coefficients, torch.Size(batch + coefficients.shape[-2:]))
+    shape = summed.shape[:-1] + tuple(m.family.size for m in members)
+    return Factor(site, _dist_name(trace.nodes[site]), tuple(names), summed.reshape(shape),
+                  rank + 1, selector, frozenset(components))  # fmt: skip
 
 
 def _product(numbers) -> int:
@@ -229,22 +361,19 @@ def _refuse(model, args, kwargs, latents, names, site, trace, generator):
     for name in names:
         latent = latents[name]
         n_fit = latent.family.size + _EXTRA_RUNS
-        designs, values = [], []
+        runs = []
         for _ in range(n_fit + _CHECK_RUNS):
-            moved = dict(base)
-            moved[name] = latent.family.probe(latent.batch_shape, generator)
-            designs.append(_design([latent], moved, rank))
-            values.append(site_log_probs(model, args, kwargs, moved)[0][site])
-        designs, values = torch.stack(designs), torch.stack(values)
-        coefficients = _fit(designs[:n_fit], values[:n_fit])
-        scale = values[:n_fit].abs().amax(0)
-        if _misfit(designs[n_fit:], values[n_fit:], coefficients, scale) > _RTOL:
+            moved = {**base, **_probe(latent, generator)}
+            runs.append((moved, site_log_probs(model, args, kwargs, moved)[0]))
+        if not _solve([latent], runs, site, rank, n_fit)[2]:
             culprit = [name]
             break
     latent = latents[culprit[0]]
+    prior = latent.prior if len(latent.sites) == 1 else None
+    what = type(prior).__name__ if prior is not None else latent.family.name
     stats = ", ".join(latent.family.statistic_names())
     raise NotConjugateError(
-        f"latent site {culprit[0]!r} ({type(latent.prior).__name__}) is not conditionally "
+        f"latent site {culprit[0]!r} ({what}) is not conditionally "
         f"conjugate: the log-density of factor {site!r} ({_dist_name(trace.nodes[site])}) is "
         f"not {'multi' if len(names) > 1 else ''}linear in the sufficient statistics "
         f"({stats}) of {', '.join(repr(n) for n in culprit)}; AutoCAVI updates only "

@@ -13,11 +13,16 @@ normalized density q(x) ∝ exp(η·T(x)) with respect to Lebesgue or counting m
     Bernoulli:  T = (1, x)                      → Bernoulli(logits = η)
     Categorical: T = one-hot(x) (no constant: the indicators sum to 1)
                                                 → Categorical(logits = η)
+    Wishart:    T = (1, Λ_ij for i ≤ j, log|Λ|)   → Wishart
+    Normal-Wishart block (μ, Λ), updated jointly (Bishop 2006, §10.2):
+                T = (1, Λ_ij, log|Λ|, Λμ, μᵀΛμ)  → N(μ | m, (βΛ)⁻¹) Wishart(Λ | W, ν)
 
 Every tensor is float64; statistics have shape [*batch, B] with B = ``family.size``.
 """
 
 from __future__ import annotations
+
+import math
 
 import pyro.distributions as dist
 import torch
@@ -40,6 +45,7 @@ class Family:
 
     def __init__(self, site: str, event_shape: torch.Size) -> None:
         self.site, self.event_shape = site, torch.Size(event_shape)
+        self.sites = (site,)
 
     @property
     def size(self) -> int:
@@ -248,13 +254,177 @@ class CategoricalFamily(Family):
         return torch.nn.functional.one_hot(x.long(), self.k).to(_F64)
 
     def probe(self, batch_shape, generator):
-        return torch.randint(0, self.k, batch_shape, generator=generator)
+        # Each element cycles through the K categories from a random start, so that S
+        # probe runs visit every category S/K times: a factor's K blocks of coefficients
+        # are then all determined (random draws leave some unvisited at N in the hundreds).
+        if getattr(self, "_start", None) is None or self._start.shape != batch_shape:
+            self._start, self._calls = torch.randint(0, self.k, batch_shape, generator=generator), 0
+        self._calls += 1
+        return (self._start + self._calls) % self.k
 
     def expected_statistics(self, q):
         return q.probs.to(_F64)
 
     def distribution(self, eta):
         return dist.Categorical(logits=eta)
+
+
+def _spd_probe(batch_shape, d: int, generator) -> torch.Tensor:
+    a = torch.randn(batch_shape + (d, d), generator=generator, dtype=_F64)
+    return a @ a.transpose(-1, -2) / d + 0.5 * torch.eye(d, dtype=_F64)
+
+
+def _wishart_expected_logdet(df: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """E log|Λ| = Σ_i ψ((ν + 1 − i)/2) + D log 2 + log|W| under Wishart(W, ν)."""
+    d = scale.shape[-1]
+    half = (df.unsqueeze(-1) + 1 - torch.arange(1, d + 1, dtype=_F64)) / 2
+    return torch.digamma(half).sum(-1) + d * math.log(2) + torch.linalg.slogdet(scale)[1]
+
+
+def _symmetric_from_triu(values: torch.Tensor, d: int, rows, cols) -> torch.Tensor:
+    """M with M_ii = −2 v_ii and M_ij = M_ji = −v_ij (i < j): the matrix whose −½ tr(MΛ)
+    has coefficients v on the statistics Λ_ij, i ≤ j."""
+    half = torch.zeros(values.shape[:-1] + (d, d), dtype=_F64)
+    half[..., rows, cols] = -values
+    return half + half.transpose(-1, -2)
+
+
+class WishartFamily(Family):
+    """Wishart over D×D precisions: T = (1, Λ_ij for i ≤ j, log|Λ|)."""
+
+    name = "Wishart"
+    event_dim = 2
+
+    def __init__(self, site: str, event_shape: torch.Size) -> None:
+        super().__init__(site, event_shape)
+        self.d = self.event_shape[-1]
+        self._rows, self._cols = torch.triu_indices(self.d, self.d)
+
+    def statistic_names(self):
+        pairs = [f"L{int(i)}{int(j)}" for i, j in zip(self._rows, self._cols, strict=True)]
+        return ["1"] + pairs + ["log|L|"]
+
+    def statistics(self, x):
+        x = x.to(_F64)
+        logdet = torch.linalg.slogdet(x)[1].unsqueeze(-1)
+        return torch.cat([torch.ones_like(logdet), x[..., self._rows, self._cols], logdet], -1)
+
+    def probe(self, batch_shape, generator):
+        return _spd_probe(batch_shape, self.d, generator)
+
+    def expected_statistics(self, q):
+        df, scale = q.df.to(_F64), q.covariance_matrix.to(_F64)
+        mean = df[..., None, None] * scale
+        logdet = _wishart_expected_logdet(df, scale).unsqueeze(-1)
+        return torch.cat([torch.ones_like(logdet), mean[..., self._rows, self._cols], logdet], -1)
+
+    def distribution(self, eta):
+        d = self.d
+        inverse_scale = _symmetric_from_triu(eta[..., :-1], d, self._rows, self._cols)
+        df = 2 * eta[..., -1] + d + 1
+        if bool((df <= d - 1).any()) or bool(torch.linalg.cholesky_ex(inverse_scale).info.any()):
+            raise self._improper("degrees of freedom ≤ D − 1 or a scale not positive definite")
+        return dist.Wishart(df, precision_matrix=inverse_scale, validate_args=False)
+
+
+class NormalWishart:
+    """q(μ, Λ) = N(μ | m, (βΛ)⁻¹) Wishart(Λ | W, ν), batched; the joint factor of a mean and
+    its precision (Bishop 2006, eq. 10.59)."""
+
+    def __init__(self, loc, beta, scale, df) -> None:
+        self.loc, self.beta, self.scale, self.df = loc, beta, scale, df
+
+    def entropy(self) -> torch.Tensor:
+        d = self.loc.shape[-1]
+        wishart = dist.Wishart(self.df, covariance_matrix=self.scale, validate_args=False)
+        return (
+            wishart.entropy()
+            + d / 2 * (1 + math.log(2 * math.pi))
+            - d / 2 * self.beta.log()
+            - 0.5 * _wishart_expected_logdet(self.df, self.scale)
+        )
+
+    def marginals(self) -> tuple[torch.distributions.Distribution, ...]:
+        """q(μ), a multivariate Student-t with ν − D + 1 degrees of freedom, and q(Λ)."""
+        d = self.loc.shape[-1]
+        df_t = self.df - d + 1
+        precision = (df_t * self.beta)[..., None, None] * self.scale
+        scale_tril = torch.linalg.cholesky(torch.linalg.inv(precision))
+        return (
+            dist.MultivariateStudentT(df_t, self.loc, scale_tril),
+            dist.Wishart(self.df, covariance_matrix=self.scale, validate_args=False),
+        )
+
+
+class NormalWishartFamily(Family):
+    """The block (μ, Λ) of a Normal mean and its Wishart precision, updated jointly:
+    T = (1, Λ_ij for i ≤ j, log|Λ|, (Λμ)_i, μᵀΛμ)."""
+
+    name = "Normal-Wishart"
+
+    def __init__(self, mean_site: str, precision_site: str, d: int) -> None:
+        super().__init__(f"{mean_site}+{precision_site}", torch.Size([d]))
+        self.sites, self.d = (mean_site, precision_site), d
+        self._rows, self._cols = torch.triu_indices(d, d)
+
+    def statistic_names(self):
+        pairs = [f"L{int(i)}{int(j)}" for i, j in zip(self._rows, self._cols, strict=True)]
+        return ["1"] + pairs + ["log|L|"] + [f"(L mu){i}" for i in range(self.d)] + ["mu'L mu"]
+
+    def statistics(self, mu, lam):
+        mu, lam = mu.to(_F64), lam.to(_F64)
+        lam_mu = (lam @ mu.unsqueeze(-1)).squeeze(-1)
+        logdet = torch.linalg.slogdet(lam)[1].unsqueeze(-1)
+        quad = (mu * lam_mu).sum(-1, keepdim=True)
+        parts = [torch.ones_like(logdet), lam[..., self._rows, self._cols], logdet, lam_mu, quad]
+        return torch.cat(parts, -1)
+
+    def probe(self, batch_shape, generator):
+        mu = torch.randn(batch_shape + (self.d,), generator=generator, dtype=_F64)
+        return mu, _spd_probe(batch_shape, self.d, generator)
+
+    def expected_statistics(self, q):
+        if isinstance(q, tuple):  # a point (μ, Λ): its statistics
+            return self.statistics(*q)
+        mean_lam = q.df[..., None, None] * q.scale
+        lam_mu = (mean_lam @ q.loc.unsqueeze(-1)).squeeze(-1)
+        logdet = _wishart_expected_logdet(q.df, q.scale).unsqueeze(-1)
+        quad = (self.d / q.beta + (q.loc * lam_mu).sum(-1)).unsqueeze(-1)
+        parts = [torch.ones_like(logdet), mean_lam[..., self._rows, self._cols], logdet]
+        return torch.cat(parts + [lam_mu, quad], -1)
+
+    def distribution(self, eta):
+        d, n_pairs = self.d, len(self._rows)
+        beta = -2 * eta[..., -1]
+        loc = eta[..., n_pairs + 1 : n_pairs + 1 + d] / beta.unsqueeze(-1)
+        df = 2 * eta[..., n_pairs] + d
+        inverse_scale = _symmetric_from_triu(eta[..., :n_pairs], d, self._rows, self._cols)
+        inverse_scale = inverse_scale - beta[..., None, None] * loc.unsqueeze(-1) * loc.unsqueeze(
+            -2
+        )
+        chol, info = torch.linalg.cholesky_ex(inverse_scale)
+        if bool((beta <= 0).any() | (df <= d - 1).any()) or bool(info.any()):
+            raise self._improper("β ≤ 0, ν ≤ D − 1 or a scale not positive definite")
+        return NormalWishart(loc, beta, torch.cholesky_inverse(chol), df)
+
+
+def block_family(mean_site: dict, precision_site: dict) -> Family:
+    """The joint family of a (mean, precision) block, or ``NotConjugateError``."""
+    mean_fn, precision_fn = mean_site["fn"], precision_site["fn"]
+    d = mean_fn.event_shape[-1] if len(mean_fn.event_shape) == 1 else 0
+    while isinstance(mean_fn, torch.distributions.Independent):
+        mean_fn = mean_fn.base_dist
+    if (
+        isinstance(mean_fn, (dist.Normal, dist.MultivariateNormal))
+        and type(precision_fn) is dist.Wishart
+        and precision_fn.event_shape == (d, d)
+    ):
+        return NormalWishartFamily(mean_site["name"], precision_site["name"], d)
+    raise NotConjugateError(
+        f"blocks: ({mean_site['name']!r}, {precision_site['name']!r}) are "
+        f"({type(mean_site['fn']).__name__}, {type(precision_site['fn']).__name__}); expected "
+        "a vector Normal or MultivariateNormal mean and a Wishart precision of the same D"
+    )
 
 
 def family_of(site: dict) -> Family:
@@ -272,6 +442,8 @@ def family_of(site: dict) -> Family:
     for cls, family in simple.items():
         if type(fn) is cls and not event_shape:
             return family(name, event_shape)
+    if type(fn) is dist.Wishart:
+        return WishartFamily(name, event_shape)
     if type(fn) is dist.Dirichlet and len(event_shape) == 1:
         return DirichletFamily(name, event_shape)
     if type(fn) is dist.Categorical and not event_shape:
@@ -281,5 +453,5 @@ def family_of(site: dict) -> Family:
         f"latent site {name!r}: {type(site['fn']).__name__} (event shape "
         f"{tuple(event_shape)}, support {support}) is not a family AutoCAVI updates in closed "
         "form; expected Normal (scalar or .to_event(1)), MultivariateNormal, Gamma, Beta, "
-        "Dirichlet, Bernoulli or Categorical"
+        "Dirichlet, Wishart, Bernoulli or Categorical"
     )

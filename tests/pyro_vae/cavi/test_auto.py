@@ -8,6 +8,7 @@ import torch
 from models.regression import BayesianRegression
 from pyro_vae.cavi import AutoCAVI, BayesianLinearRegression, NotConjugateError
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only cost
 F64 = torch.float64
 
 
@@ -219,3 +220,52 @@ def test_hierarchical_bound_is_above_a_long_mean_field_svi_run():
     # the best over all factorized q, so its bound is higher, up to the estimate's noise
     assert svi_bound < fit.lower_bound_ + 4 * float(losses.std())
     assert svi_bound > fit.lower_bound_ - 1.0  # SVI did converge near it: the test can fail
+
+
+def test_float32_models_are_refused_naming_the_site():
+    def float32(y):
+        rate = pyro.sample("rate", dist.Gamma(torch.tensor(3.0), torch.tensor(2.0)))
+        pyro.sample("y", dist.Poisson(rate), obs=y)
+
+    with pytest.raises(ValueError, match=r"site 'rate' scores in torch.float32.*double\(\)"):
+        AutoCAVI(float32).fit(t(1.0))
+
+
+def test_reproduces_bayesian_gaussian_mixture_from_the_same_responsibilities():
+    from models.gmm import GaussianMixtureModel
+    from pyro_vae.cavi import BayesianGaussianMixture
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.cat([c + torch.randn(20, 2, generator=g, dtype=F64) for c in t([[0, 0], [4, 1]])])
+    bgm = BayesianGaussianMixture(2, reg_covar=0.0)
+    bgm._priors(bgm._check(X))  # its default priors, as GaussianMixtureModel.from_data's
+    resp = torch.softmax(torch.randn(40, 2, generator=g, dtype=F64), -1)
+    model = GaussianMixtureModel.from_data(X, 2, precision_parameterization="wishart").double()
+    fit = AutoCAVI(
+        model, init={"assignment": resp}, blocks=[("means", "precisions")], tol=1e-12
+    ).fit(X)
+    assert fit.converged_
+    # the reference: the hand-written class's iteration from the same responsibilities
+    bounds = []
+    for _ in range(500):
+        bgm._m_step(X, resp)
+        bounds.append(bgm._elbo(X, resp))
+        resp = torch.softmax(bgm._log_rho(X), dim=1)
+        if len(bounds) > 1 and abs(bounds[-1] - bounds[-2]) < 1e-12:
+            break
+    bgm._m_step(X, resp)
+    q = fit.fitted_blocks_["means+precisions"]
+    assert relative(fit.lower_bound_, bgm._elbo(X, resp)) < 1e-6
+    assert relative(q.loc, bgm.means_) < 1e-6
+    assert relative(q.beta, bgm.mean_precision_) < 1e-6
+    assert relative(q.df, bgm.degrees_of_freedom_) < 1e-6
+    assert relative(torch.linalg.inv(q.scale), bgm._w_inv) < 1e-6
+    marginals = fit.variational_distributions()
+    assert relative(marginals["weights"].concentration, bgm.weight_concentration_) < 1e-6
+    assert relative(marginals["assignment"].probs, resp) < 1e-6
+    assert relative(marginals["precisions"].df, bgm.degrees_of_freedom_) < 1e-6
+    assert fit.markov_blankets_ == {
+        "weights": ("weights", "assignment"),
+        "means+precisions": ("precisions", "means", "x"),
+        "assignment": ("assignment", "x"),
+    }

@@ -9,6 +9,7 @@ import torch
 from pyro_vae.cavi.conjugate_forms import find_dependencies, find_latents, probe_factors
 from pyro_vae.cavi.exponential_families import NotConjugateError
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only cost
 F64 = torch.float64
 
 
