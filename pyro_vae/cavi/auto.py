@@ -19,6 +19,8 @@ The model is probed once per ``fit``; the sweeps are then tensor algebra in floa
 
 from __future__ import annotations
 
+import time
+
 import pyro.poutine as poutine
 import torch
 
@@ -64,6 +66,7 @@ class AutoCAVI:
         n_iter_: sweeps run. converged_: whether a sweep changed the bound by less than
             ``tol`` before ``max_iter`` ran out — a fixed point (``pyro_vae.cavi``'s meaning).
         markov_blankets_: ``{latent: factor sites whose log-density mentions it}``.
+        probe_seconds_: wall time spent tracing and probing the model (once per fit).
 
     Raises:
         NotConjugateError (a ValueError), naming the latent site, its distribution and the
@@ -86,6 +89,7 @@ class AutoCAVI:
         if not isinstance(self.init, (dict, type(None))):
             raise ValueError(f"init: {self.init!r} is not a dict of site name -> initial q")
         args, kwargs = _float64(args), _float64(kwargs)
+        start = time.perf_counter()
         generator = torch.Generator().manual_seed(self.random_state)
         with torch.random.fork_rng():
             torch.manual_seed(self.random_state)
@@ -97,6 +101,7 @@ class AutoCAVI:
         stats = self._initial_statistics(latents)
         depends, trace = find_dependencies(self.model, args, kwargs, latents, generator)
         factors = probe_factors(self.model, args, kwargs, latents, depends, trace, generator)
+        self.probe_seconds_ = time.perf_counter() - start
         self.markov_blankets_ = {
             n: tuple(f.name for f in factors if n in f.latents or n == f.selector) for n in latents
         }
