@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 
 import pyro.poutine as poutine
 import torch
+from pyro.infer.inspect import get_dependencies
 from pyro.poutine.util import site_is_subsample
 
 from pyro_vae.cavi.exponential_families import (
@@ -40,6 +41,7 @@ from pyro_vae.cavi.exponential_families import (
 _EXTRA_RUNS = 6  # least-squares runs beyond the unknowns, for a well-posed solve
 _CHECK_RUNS = 4  # fresh points at which each fitted factor is verified
 _RTOL = 1e-7  # misfit allowed, relative to the factor's magnitude at the probe points
+_MAX_ROUNDS = 20  # batches of extra runs allowed before a design is declared degenerate
 
 
 @dataclass
@@ -179,16 +181,19 @@ def _probe_values(latents: dict[str, Latent], generator) -> dict[str, torch.Tens
 
 
 def find_dependencies(model, args, kwargs, latents, generator) -> tuple[dict, object]:
-    """For each site, the latents its log-density changes with (in sampling order)."""
-    base_values = _probe_values(latents, generator)
-    base, trace = site_log_probs(model, args, kwargs, base_values)
-    depends = {name: [] for name in base}
-    for name, latent in latents.items():
-        moved = {**base_values, **_probe(latent, generator)}
-        log_probs, _ = site_log_probs(model, args, kwargs, moved)
-        for site, value in log_probs.items():
-            if not torch.equal(value, base[site]):
-                depends[site].append(name)
+    """For each site, the latent units its log-density mentions (in sampling order), by
+    Pyro's provenance tracking (:func:`pyro.infer.inspect.get_dependencies`): structural,
+    so a dependence that a probe value happens to hide (a transition matrix with equal
+    off-diagonal entries) is still found; and a trace at probe values."""
+    parents = get_dependencies(model, args, kwargs)["prior_dependencies"]
+    unit_of = {site: name for name, latent in latents.items() for site in latent.sites}
+    _, trace = site_log_probs(model, args, kwargs, _probe_values(latents, generator))
+    depends = {}
+    for site, node in trace.nodes.items():
+        if not _is_factor(node):
+            continue
+        mentioned = {unit_of[p] for p in parents.get(site, ()) if p in unit_of}
+        depends[site] = [name for name in latents if name in mentioned]
     return depends, trace
 
 
@@ -251,31 +256,59 @@ def _misfit(designs, values, coefficients, scale) -> torch.Tensor:
     return ((predicted - values.movedim(0, -1)).abs() / (1 + scale.unsqueeze(-1))).amax()
 
 
-def _solve(members, runs, site, rank, n_fit) -> tuple[torch.Tensor, torch.Tensor, bool]:
+def _solve(members, runs, checks, site, rank) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """(C [*fbatch, P], the designs, whether C reproduces log f at the check runs)."""
     designs = torch.stack([_design(members, v, rank) for v, _ in runs])
     values = torch.stack([lp[site] for _, lp in runs])
-    coefficients = _fit(designs[:n_fit], values[:n_fit])
-    scale = values[:n_fit].abs().amax(0)
-    good = bool(_misfit(designs[n_fit:], values[n_fit:], coefficients, scale) <= _RTOL)
+    coefficients = _fit(designs, values)
+    scale = values.abs().amax(0)
+    check_designs = torch.stack([_design(members, v, rank) for v, _ in checks])
+    check_values = torch.stack([lp[site] for _, lp in checks])
+    good = bool(_misfit(check_designs, check_values, coefficients, scale) <= _RTOL)
     return coefficients, designs, good
 
 
-def _runs(model, args, kwargs, latents, generator, count, fixed=None) -> list:
+def _runs(model, args, kwargs, latents, generator, count, fixed=None, view=None) -> list:
+    """``count`` model runs at random probe values (``fixed`` ones held), each as
+    (values, log-densities); ``view`` maps the values the designs read."""
     runs = []
     for _ in range(count):
         values = {**_probe_values(latents, generator), **(fixed or {})}
-        runs.append((values, site_log_probs(model, args, kwargs, values)[0]))
+        log_probs = site_log_probs(model, args, kwargs, values)[0]
+        runs.append((view(values) if view else values, log_probs))
     return runs
+
+
+def _full_rank(members, runs, rank) -> bool:
+    designs = torch.stack([_design(members, v, rank) for v, _ in runs]).movedim(0, -2)
+    return bool(torch.linalg.matrix_rank(designs).min() == designs.shape[-1])
+
+
+def _enough_runs(make_runs, needs) -> tuple[list, list]:
+    """Fit runs until every design (members, rank) in ``needs`` has full column rank at
+    every element — random Categorical probes can miss a combination of categories at some
+    element, and a least-squares fit would then guess — then fresh check runs."""
+    size = max(_product(m.family.size for m in members) for members, _ in needs)
+    runs = make_runs(size + _EXTRA_RUNS)
+    for _ in range(_MAX_ROUNDS):
+        if all(_full_rank(members, runs, rank) for members, rank in needs):
+            return runs, make_runs(_CHECK_RUNS)
+        runs += make_runs(size)
+    names = sorted({m.name for members, _ in needs for m in members})
+    raise NotConjugateError(
+        f"probing: {len(runs)} random runs still leave the coefficients of a factor of "
+        f"{names} undetermined (its log-density takes too few distinct values)"
+    )
 
 
 def probe_factors(model, args, kwargs, latents, depends, trace, generator) -> list[Factor]:
     """Solve every factor's coefficients from one set of probe runs, and verify them."""
     roles = {s: _mixture_roles(s, names, latents, trace) for s, names in depends.items()}
     plain = [s for s in depends if roles[s][0] is None]
-    sizes = [_product(latents[n].family.size for n in depends[s]) for s in plain]
-    n_fit = max(sizes) + _EXTRA_RUNS
-    runs = _runs(model, args, kwargs, latents, generator, n_fit + _CHECK_RUNS)
+    needs = [([latents[n] for n in depends[s]], trace.nodes[s]["log_prob"].dim()) for s in plain]
+    runs, checks = _enough_runs(
+        lambda count: _runs(model, args, kwargs, latents, generator, count), needs
+    )
     factors = []
     for site in depends:
         if roles[site][0] is not None:
@@ -287,7 +320,7 @@ def probe_factors(model, args, kwargs, latents, depends, trace, generator) -> li
             continue
         members = [latents[n] for n in depends[site]]
         rank = trace.nodes[site]["log_prob"].dim()
-        coefficients, designs, good = _solve(members, runs, site, rank, n_fit)
+        coefficients, designs, good = _solve(members, runs, checks, site, rank)
         if not good:
             _refuse(model, args, kwargs, latents, depends[site], site, trace, generator)
         summed = _sum_to(coefficients, designs.shape[1:])
@@ -313,14 +346,19 @@ def _mixture_factor(model, args, kwargs, latents, depends, site, roles, trace, g
     names = [n for n in depends[site] if n != selector]
     rank = trace.nodes[site]["log_prob"].dim()
     members = [replace(latents[n], batch_shape=torch.Size()) for n in names]
-    n_fit = _product(m.family.size for m in members) + _EXTRA_RUNS
     per_k = []
     for k in range(z.family.k):
         fixed = {selector: torch.full(z.batch_shape, k, dtype=torch.long)}
-        runs = _runs(model, args, kwargs, latents, generator, n_fit + _CHECK_RUNS, fixed)
-        runs = [({**v, **{c: v[c][k] for m in components for c in latents[m].sites}}, lp)
-                for v, lp in runs]  # fmt: skip
-        coefficients, _, good = _solve(members, runs, site, rank, n_fit)
+        parts = [c for m in components for c in latents[m].sites]
+
+        def make_runs(count, fixed=fixed, k=k, parts=parts):
+            def view(values):  # the components' k-th elements
+                return {**values, **{c: values[c][k] for c in parts}}
+
+            return _runs(model, args, kwargs, latents, generator, count, fixed, view)
+
+        runs, checks = _enough_runs(make_runs, [(members, rank)])
+        coefficients, _, good = _solve(members, runs, checks, site, rank)
         if not good:
             raise NotConjugateError(
                 f"factor {site!r} ({_dist_name(trace.nodes[site])}): with {selector!r} = {k} "
@@ -360,12 +398,16 @@ def _refuse(model, args, kwargs, latents, names, site, trace, generator):
     culprit = names
     for name in names:
         latent = latents[name]
-        n_fit = latent.family.size + _EXTRA_RUNS
-        runs = []
-        for _ in range(n_fit + _CHECK_RUNS):
-            moved = {**base, **_probe(latent, generator)}
-            runs.append((moved, site_log_probs(model, args, kwargs, moved)[0]))
-        if not _solve([latent], runs, site, rank, n_fit)[2]:
+
+        def make_runs(count, latent=latent):
+            runs = []
+            for _ in range(count):
+                moved = {**base, **_probe(latent, generator)}
+                runs.append((moved, site_log_probs(model, args, kwargs, moved)[0]))
+            return runs
+
+        runs, checks = _enough_runs(make_runs, [([latent], rank)])
+        if not _solve([latent], runs, checks, site, rank)[2]:
             culprit = [name]
             break
     latent = latents[culprit[0]]

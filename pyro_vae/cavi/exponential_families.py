@@ -254,13 +254,7 @@ class CategoricalFamily(Family):
         return torch.nn.functional.one_hot(x.long(), self.k).to(_F64)
 
     def probe(self, batch_shape, generator):
-        # Each element cycles through the K categories from a random start, so that S
-        # probe runs visit every category S/K times: a factor's K blocks of coefficients
-        # are then all determined (random draws leave some unvisited at N in the hundreds).
-        if getattr(self, "_start", None) is None or self._start.shape != batch_shape:
-            self._start, self._calls = torch.randint(0, self.k, batch_shape, generator=generator), 0
-        self._calls += 1
-        return (self._start + self._calls) % self.k
+        return torch.randint(0, self.k, batch_shape, generator=generator)
 
     def expected_statistics(self, q):
         return q.probs.to(_F64)
