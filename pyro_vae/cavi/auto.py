@@ -25,13 +25,14 @@ import pyro.poutine as poutine
 import torch
 
 from pyro_vae.cavi._checks import non_negative, positive_int
+from pyro_vae.cavi.chains import find_chains, update_chain
 from pyro_vae.cavi.conjugate_forms import (
-    Factor,
     check_float64,
     find_dependencies,
     find_latents,
     probe_factors,
 )
+from pyro_vae.cavi.expectations import contract, sum_to
 
 
 class AutoCAVI:
@@ -58,6 +59,9 @@ class AutoCAVI:
         blocks: pairs ``(mean site, precision site)`` to update as one joint factor
             q(μ, Λ) (Normal-Wishart, Bishop 2006 §10.2) instead of q(μ) q(Λ); their unit in
             ``init``, ``markov_blankets_`` and ``fitted_blocks_`` is named ``"mean+precision"``.
+        markov_chains: keep each chain of scalar Categorical sites (a ``pyro.markov`` loop,
+            see :mod:`pyro_vae.cavi.chains`) whole in q, updated by forward-backward
+            (structured mean field); False: one factor per site (naive mean field).
         random_state: seed of the probe points and of that forward run.
 
     Attributes (after ``fit``):
@@ -66,6 +70,8 @@ class AutoCAVI:
         n_iter_: sweeps run. converged_: whether a sweep changed the bound by less than
             ``tol`` before ``max_iter`` ran out — a fixed point (``pyro_vae.cavi``'s meaning).
         markov_blankets_: ``{latent: factor sites whose log-density mentions it}``.
+        fitted_chains_: ``{chain of sites: (marginals [T, K], pairwise marginals
+            [T−1, K, K])}`` of each chain kept whole.
         probe_seconds_: wall time spent tracing and probing the model (once per fit).
 
     Raises:
@@ -74,12 +80,14 @@ class AutoCAVI:
     """
 
     def __init__(self, model, *, max_iter: int = 1000, tol: float = 1e-8, init=None,
-                 blocks=(), random_state: int = 0) -> None:  # fmt: skip
+                 blocks=(), markov_chains: bool = True,
+                 random_state: int = 0) -> None:  # fmt: skip
         self.model = model
         self.max_iter = max_iter
         self.tol = tol
         self.init = init
         self.blocks = blocks
+        self.markov_chains = markov_chains
         self.random_state = random_state
 
     def fit(self, *args, **kwargs) -> AutoCAVI:
@@ -110,12 +118,23 @@ class AutoCAVI:
             n for n in latents if n in initialized
         ]
         self._latents, self._factors = latents, factors
-        self._q = {}
+        self._q, self._chain_entropy = {}, {}
+        chains = find_chains(latents, factors) if self.markov_chains else []
+        self._pairs = {
+            link: torch.outer(stats[link[0]], stats[link[1]])
+            for chain in chains
+            for link in zip(chain, chain[1:], strict=False)
+        }
+        heads = {chain[0]: chain for chain in chains}
+        in_chains = {s for chain in chains for s in chain}
         bounds, converged = [], False
         for _ in range(max_iter):
             for name in order:
-                self._q[name] = self._update(name, stats)
-                stats[name] = latents[name].family.expected_statistics(self._q[name])
+                if name in heads:
+                    self._update_chain(heads[name], stats)
+                elif name not in in_chains:
+                    self._q[name] = self._update(name, stats)
+                    stats[name] = latents[name].family.expected_statistics(self._q[name])
             bounds.append(self._bound(stats))
             if len(bounds) > 1 and abs(bounds[-1] - bounds[-2]) < tol:
                 converged = True
@@ -123,6 +142,11 @@ class AutoCAVI:
         self.lower_bound_, self.lower_bounds_ = bounds[-1], bounds
         self.n_iter_, self.converged_ = len(bounds), converged
         self.fitted_blocks_ = {n: q for n, q in self._q.items() if len(latents[n].sites) > 1}
+        self.fitted_chains_ = {
+            chain: (torch.stack([stats[s] for s in chain]), torch.stack(
+                [self._pairs[link] for link in zip(chain, chain[1:], strict=False)]))
+            for chain in chains
+        }  # fmt: skip
         return self
 
     def _initial_statistics(self, latents) -> dict[str, torch.Tensor]:
@@ -163,13 +187,24 @@ class AutoCAVI:
         total = torch.zeros(shape, dtype=torch.float64)
         for factor in self._factors:
             if name in factor.latents or name == factor.selector:
-                total = total + _sum_to(_contract(factor, stats, keep=name), shape)
+                total = total + sum_to(contract(factor, stats, (name,), self._pairs), shape)
         eta = total[..., 1:] if latent.family.has_constant else total
         return latent.family.distribution(eta)
 
+    def _update_chain(self, chain: tuple[str, ...], stats) -> None:
+        marginals, pairwise, entropy = update_chain(chain, self._factors, stats, self._pairs)
+        for t, site in enumerate(chain):
+            stats[site] = marginals[t]
+            self._q[site] = torch.distributions.Categorical(probs=marginals[t])
+            if t:
+                self._pairs[(chain[t - 1], site)] = pairwise[t - 1]
+        self._chain_entropy[chain] = entropy
+
     def _bound(self, stats) -> float:
-        expected = sum(float(_contract(f, stats).sum()) for f in self._factors)
-        return expected + sum(float(q.entropy().sum()) for q in self._q.values())
+        expected = sum(float(contract(f, stats, (), self._pairs).sum()) for f in self._factors)
+        in_chains = {s for chain in self._chain_entropy for s in chain}
+        entropy = sum(float(q.entropy().sum()) for n, q in self._q.items() if n not in in_chains)
+        return expected + entropy + sum(self._chain_entropy.values())
 
     def variational_distributions(self) -> dict[str, torch.distributions.Distribution]:
         """The fitted factors q_j, keyed by latent site name (float64; batch shape = the
@@ -182,48 +217,6 @@ class AutoCAVI:
             sites = self._latents[name].sites
             out.update(zip(sites, q.marginals(), strict=True) if len(sites) > 1 else {name: q})
         return out
-
-
-def _contract(factor: Factor, stats: dict, keep: str | None = None) -> torch.Tensor:
-    """E_q[log f] per factor element, or with ``keep`` its gradient in E[T_keep]:
-    C contracted with every other latent's E_q[T] (and a mixture's E_q[one-hot z]),
-    shape [*batch] or [*batch, B_keep]."""
-    c = factor.coefficients
-    remaining = list(factor.latents)
-    for name in reversed(factor.latents):
-        if name == keep:
-            continue
-        et = stats[name]
-        view = _batch_view(factor, name, et.shape[:-1])
-        view += tuple(et.shape[-1] if m == name else 1 for m in remaining)
-        c = (c * et.reshape(view)).sum(factor.rank + remaining.index(name))
-        remaining.remove(name)
-    if factor.selector is not None and keep != factor.selector:
-        probs = stats[factor.selector]  # [*batch_z, K] against the factor's K-axis
-        view = (1,) * (factor.rank - probs.dim()) + tuple(probs.shape)
-        c = c * probs.reshape(view + (1,) * len(remaining))
-        if keep is None or keep not in factor.components:
-            c = c.sum(factor.rank - 1)
-    return c
-
-
-def _batch_view(factor: Factor, name: str, batch) -> tuple[int, ...]:
-    """Where a latent's batch dims sit in the factor's batch: right-aligned, except that in
-    a mixture factor only the components run along the final K-axis."""
-    if factor.selector is None:
-        return (1,) * (factor.rank - len(batch)) + tuple(batch)
-    if name in factor.components:
-        return (1,) * (factor.rank - 1) + tuple(batch)
-    return (1,) * (factor.rank - 1 - len(batch)) + tuple(batch) + (1,)
-
-
-def _sum_to(tensor: torch.Tensor, shape) -> torch.Tensor:
-    while tensor.dim() > len(shape):
-        tensor = tensor.sum(0)
-    for dim, size in enumerate(shape):
-        if size == 1 and tensor.shape[dim] != 1:
-            tensor = tensor.sum(dim, keepdim=True)
-    return tensor.expand(shape)
 
 
 def _float64(value):

@@ -407,7 +407,8 @@ def test_markov_chains_site_by_site_reproduce_naive_mean_field():
     g = torch.Generator().manual_seed(0)  # NaiveMeanField's start for random_state=0
     start = torch.softmax(torch.randn(y.shape[0], 2, 3, generator=g, dtype=F64), -1)
     init = {f"s_{m}_{t}": start[t, m] for t in range(y.shape[0]) for m in range(2)}
-    fit = AutoCAVI(FactorialHMMModel(params).double(), init=init, tol=1e-12).fit(y)
+    model = FactorialHMMModel(params).double()
+    fit = AutoCAVI(model, init=init, tol=1e-12, markov_chains=False).fit(y)
     assert fit.markov_blankets_["s_0_2"] == ("s_0_2", "y_2", "s_0_3")
     assert relative(fit.lower_bound_, naive.lower_bound_) < 1e-6
     q = fit.variational_distributions()
@@ -415,3 +416,24 @@ def test_markov_chains_site_by_site_reproduce_naive_mean_field():
         [torch.stack([q[f"s_{m}_{t}"].probs for m in range(2)]) for t in range(len(y))]
     )
     assert float((probs - naive.expectations_).abs().max()) < 1e-6
+
+
+def test_markov_chains_kept_whole_reproduce_structured_mean_field():
+    # each chain one factor of q, updated by forward-backward: StructuredMeanField's
+    # family and update order (chain 0, then chain 1), so every sweep's bound matches
+    from models.hmm import FactorialHMMModel
+    from pyro_vae.cavi import StructuredMeanField
+
+    params, y = factorial_hmm()
+    structured = StructuredMeanField(params, random_state=0, tol=0.0, max_iter=8).fit(y)
+    g = torch.Generator().manual_seed(0)
+    start = torch.softmax(torch.randn(y.shape[0], 2, 3, generator=g, dtype=F64), -1)
+    init = {f"s_{m}_{t}": start[t, m] for t in range(y.shape[0]) for m in range(2)}
+    model = FactorialHMMModel(params).double()
+    fit = AutoCAVI(model, init=init, tol=0.0, max_iter=8).fit(y)
+    assert sorted(fit.fitted_chains_) == [
+        tuple(f"s_{m}_{t}" for t in range(len(y))) for m in range(2)
+    ]
+    assert relative(fit.lower_bounds_, structured.lower_bounds_) < 1e-6
+    marginals = torch.stack([fit.fitted_chains_[c][0] for c in sorted(fit.fitted_chains_)], 1)
+    assert float((marginals - structured.expectations_).abs().max()) < 1e-6
