@@ -38,7 +38,7 @@ from pyro_vae.cavi.exponential_families import (
     family_of,
 )
 
-_EXTRA_RUNS = 6  # least-squares runs beyond the unknowns, for a well-posed solve
+_EXTRA_RUNS = 3  # least-squares runs beyond the unknowns, for a well-posed solve
 _CHECK_RUNS = 4  # fresh points at which each fitted factor is verified
 _RTOL = 1e-7  # misfit allowed, relative to the factor's magnitude at the probe points
 _MAX_ROUNDS = 20  # batches of extra runs allowed before a design is declared degenerate
