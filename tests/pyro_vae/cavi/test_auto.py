@@ -198,6 +198,16 @@ def test_bad_settings_are_refused_naming_the_argument():
         AutoCAVI(gamma_poisson, init={"rate": t(1.0)}).fit(y)
     with pytest.raises(ValueError, match="not fitted yet"):
         AutoCAVI(gamma_poisson).variational_distributions()
+    with pytest.raises(ValueError, match=r"blocks: \('rate',\) is not a \(mean site, precision"):
+        AutoCAVI(gamma_poisson, blocks=[("rate",)]).fit(y)
+
+    def gamma_block(y):  # a Gamma precision is not a Wishart one
+        tau = pyro.sample("tau", dist.Gamma(t(1.0), t(1.0)))
+        mu = pyro.sample("mu", dist.Normal(t(0.0), tau.rsqrt()))
+        pyro.sample("y", dist.Normal(mu, tau.rsqrt()), obs=y)
+
+    with pytest.raises(NotConjugateError, match=r"blocks: \('mu', 'tau'\) are \(Normal, Gamma\)"):
+        AutoCAVI(gamma_block, blocks=[("mu", "tau")]).fit(t(0.3))
 
 
 @pytest.mark.slow  # 800 SVI steps (5 s idle, 20 s loaded); its bound must be below CAVI's
