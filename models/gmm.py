@@ -55,6 +55,10 @@ class GaussianMixtureModel(PyroModule):
         mean_prior: m₀, ``[D]``.
         degrees_of_freedom_prior: ν₀ > D − 1.
         covariance_prior: W₀⁻¹, ``[D, D]`` symmetric positive definite.
+        precision_parameterization: ``"bartlett"`` (default: the sites
+            ``"bartlett_diagonal"``, ``"bartlett_lower"``, for SVI) or ``"wishart"`` (one site
+            ``"precisions"`` ~ Wishart(W₀, ν₀) on the positive-definite cone, conjugate to the
+            means and the data, for ``pyro_vae.cavi.AutoCAVI``; not for ``make_guide``).
     """
 
     #: May be recorded without being asked (``pyro_vae.estimators.compiled.should_record``):
@@ -69,8 +73,15 @@ class GaussianMixtureModel(PyroModule):
         mean_prior,
         degrees_of_freedom_prior: float,
         covariance_prior,
+        precision_parameterization: str = "bartlett",
     ) -> None:
         super().__init__(name="model")
+        if precision_parameterization not in ("bartlett", "wishart"):
+            raise ValueError(
+                f"precision_parameterization: {precision_parameterization!r} is not "
+                "'bartlett' or 'wishart'"
+            )
+        self.precision_parameterization = precision_parameterization
         if not (isinstance(n_components, int) and n_components >= 1):
             raise ValueError(f"n_components: {n_components!r} is not a positive integer")
         mean_prior = torch.as_tensor(mean_prior, dtype=torch.float32)
@@ -128,6 +139,11 @@ class GaussianMixtureModel(PyroModule):
         as CAVI and scikit-learn start from k-means; elsewhere at a draw from the prior.
         SVI, like CAVI, finds a local optimum, so the start matters.
         """
+        if self.precision_parameterization != "bartlett":
+            raise ValueError(
+                f"precision_parameterization: {self.precision_parameterization!r}; make_guide "
+                "needs 'bartlett' (AutoNormal is not a density on the Wishart's cone)"
+            )
         k, d = self.n_components, self.dim
         values = {"weights": torch.full((k,), 1.0 / k)}
         if init_means is not None:
@@ -166,6 +182,21 @@ class GaussianMixtureModel(PyroModule):
         """chol(Λ_k) = L₀ A_k from the Bartlett sites."""
         return self.prior_precision_tril @ bartlett_factor(diagonal, lower)
 
+    def _precisions(self, x: torch.Tensor) -> torch.Tensor:
+        """Λ_k ~ Wishart(W₀, ν₀), by its Bartlett sites or as one Wishart site."""
+        d = self.dim
+        if self.precision_parameterization == "wishart":
+            df = x.new_tensor(self.degrees_of_freedom_prior)
+            return pyro.sample("precisions", dist.Wishart(df, scale_tril=self.prior_precision_tril))
+        df = self.degrees_of_freedom_prior - torch.arange(d, dtype=x.dtype, device=x.device)
+        diagonal = pyro.sample("bartlett_diagonal", dist.Chi2(df).to_event(1))
+        lower = pyro.sample(
+            "bartlett_lower",
+            dist.Normal(x.new_zeros(d * (d - 1) // 2), 1.0).to_event(1),
+        )
+        tril = self.precisions_tril(diagonal, lower)
+        return tril @ tril.transpose(-1, -2)
+
     def forward(self, x: torch.Tensor, num_data: int | None = None) -> torch.Tensor:
         k, d = self.n_components, self.dim
         if x.dim() != 2 or x.shape[1] != d:
@@ -173,15 +204,8 @@ class GaussianMixtureModel(PyroModule):
         weights = pyro.sample(
             "weights", dist.Dirichlet(x.new_full((k,), self.weight_concentration_prior))
         )
-        df = self.degrees_of_freedom_prior - torch.arange(d, dtype=x.dtype, device=x.device)
         with pyro.plate("components", k, dim=-1):
-            diagonal = pyro.sample("bartlett_diagonal", dist.Chi2(df).to_event(1))
-            lower = pyro.sample(
-                "bartlett_lower",
-                dist.Normal(x.new_zeros(d * (d - 1) // 2), 1.0).to_event(1),
-            )
-            tril = self.precisions_tril(diagonal, lower)
-            precision = tril @ tril.transpose(-1, -2)
+            precision = self._precisions(x)
             means = pyro.sample(
                 "means",
                 dist.MultivariateNormal(

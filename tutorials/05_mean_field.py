@@ -22,15 +22,23 @@
 # %%
 import math
 import os
+import time
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pyro
+import pyro.distributions as dist
 import torch
+from pyro.infer import SVI, Trace_ELBO
+from pyro.infer.autoguide import AutoNormal
 
+from pyro_vae import elbo_estimate
 from pyro_vae.cavi import (
+    AutoCAVI,
     FactorialHMM,
     IsingMeanField,
     NaiveMeanField,
+    NotConjugateError,
     StructuredMeanField,
     grid_couplings,
     ising_log_partition_exact,
@@ -245,3 +253,90 @@ plt.show()
 # On the Ising grid no tractable subgraph is as natural as a chain. There, the same idea
 # gives structured mean field over rows or trees of spins. Tutorial 3's VAE goes the other
 # way: its $q$ is a neural network of $x$.
+
+# %% [markdown]
+# ## Your own conjugate model: `AutoCAVI`
+#
+# The classes above are hand-written, one per model. `pyro_vae.cavi.AutoCAVI` runs the
+# same closed-form coordinate ascent on a model you declare in Pyro syntax, as long as it
+# is conditionally conjugate: each latent's prior is an exponential family and each factor
+# that mentions it is linear in its sufficient statistics (Normal means, Gamma precisions,
+# Dirichlet weights, Categorical assignments, …). It finds each latent's Markov blanket
+# from a trace, recovers how each factor depends on the latents by re-running the model at
+# probe points, and then updates $q_j \propto \exp E_{-j}[\log p]$ in closed form.
+#
+# Here, a model none of the classes covers: groups share a mean $m$; each group $g$ has its
+# own mean $\mu_g$ and precision $\tau_g$.
+
+# %%
+
+
+def groups_model(y):  # y: [N, G]
+    m = pyro.sample("m", dist.Normal(y.new_tensor(0.0), 3.0))
+    with pyro.plate("groups", y.shape[-1], dim=-1):
+        tau = pyro.sample("tau", dist.Gamma(y.new_tensor(2.0), 1.0))
+        mu = pyro.sample("mu", dist.Normal(m, tau.rsqrt()))
+        with pyro.plate("points", y.shape[0], dim=-2):
+            pyro.sample("y", dist.Normal(mu, tau.rsqrt()), obs=y)
+
+
+g = torch.Generator().manual_seed(0)
+scales = torch.tensor([0.5, 1.0, 2.0, 1.0], dtype=torch.float64)
+y_groups = torch.tensor([-1.0, 0.5, 1.5, 3.0], dtype=torch.float64) + scales * torch.randn(
+    20, 4, generator=g, dtype=torch.float64
+)
+start = time.perf_counter()
+auto = AutoCAVI(groups_model, tol=1e-10).fit(y_groups)
+auto_seconds = time.perf_counter() - start
+print(
+    f"AutoCAVI: bound {auto.lower_bound_:.3f} nats after {auto.n_iter_} sweeps, "
+    f"{auto_seconds:.2f} s ({auto.probe_seconds_:.2f} s of it probing the model)"
+)
+print("Markov blankets:", auto.markov_blankets_)
+q = auto.variational_distributions()
+print("E_q[tau] per group:", (q["tau"].concentration / q["tau"].rate).numpy().round(2))
+
+# %% [markdown]
+# The same model by mean-field SVI (`AutoNormal`: Normal factors for $m$, $\mu$, and
+# $\log \tau$), for comparison: its ELBO is noisy and climbs towards CAVI's bound.
+
+# %%
+pyro.clear_param_store()
+pyro.set_rng_seed(0)
+guide = AutoNormal(groups_model)
+svi = SVI(groups_model, guide, pyro.optim.Adam({"lr": 0.03}), Trace_ELBO())
+steps = 200 if FAST else 1500
+history, start = [], time.perf_counter()
+for _ in range(steps):
+    history.append(-svi.step(y_groups))
+svi_seconds = time.perf_counter() - start
+svi_elbo, svi_se = elbo_estimate(groups_model, guide, y_groups, num_samples=2000)
+print(f"SVI: ELBO {svi_elbo:.3f} ± {svi_se:.3f} nats after {steps} steps, {svi_seconds:.1f} s")
+
+fig, ax = plt.subplots(figsize=(7, 3.5))
+ax.plot(np.convolve(history, np.ones(20) / 20, mode="valid"), label="SVI ELBO (20-step mean)")
+ax.axhline(auto.lower_bound_, color="black", ls=":", label="AutoCAVI bound")
+ax.set_ylim(auto.lower_bound_ - 40, auto.lower_bound_ + 5)
+ax.set_xlabel("SVI step")
+ax.set_ylabel("nats")
+ax.legend()
+plt.show()
+
+# %% [markdown]
+# A model that is not conjugate is refused before any work, with the site, its
+# distribution and the factor that breaks conjugacy: here a Normal latent enters the
+# likelihood's scale through `exp`.
+
+# %%
+
+
+def log_scale_model(y):
+    u = pyro.sample("u", dist.Normal(y.new_tensor(0.0), 1.0))
+    with pyro.plate("points", y.shape[0]):
+        pyro.sample("y", dist.Normal(0.0, u.exp()), obs=y)
+
+
+try:
+    AutoCAVI(log_scale_model).fit(y_groups[:, 0])
+except NotConjugateError as error:
+    print(error)

@@ -19,6 +19,8 @@ Bad input is refused before any work with a ``ValueError`` naming the argument: 
 infinite entries (counted), wrong or empty shapes, non-integer counts, negative ``tol``.
 """
 
+from pyro_vae.cavi.auto import AutoCAVI
+from pyro_vae.cavi.exponential_families import NotConjugateError
 from pyro_vae.cavi.gaussian_mixture import BayesianGaussianMixture
 from pyro_vae.cavi.hmm import (
     FactorialHMM,
@@ -30,11 +32,13 @@ from pyro_vae.cavi.ising import IsingMeanField, grid_couplings, ising_log_partit
 from pyro_vae.cavi.regression import BayesianLinearRegression
 
 __all__ = [
+    "AutoCAVI",
     "BayesianGaussianMixture",
     "BayesianLinearRegression",
     "FactorialHMM",
     "IsingMeanField",
     "NaiveMeanField",
+    "NotConjugateError",
     "StructuredMeanField",
     "forward_backward",
     "grid_couplings",

@@ -28,6 +28,7 @@ import math
 import warnings
 
 import numpy as np
+import pyro.distributions as dist
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
@@ -409,6 +410,34 @@ class BayesianGaussianMixture:
         if X.dim() != 2 or X.shape[1] != d:
             raise ValueError(f"X: shape {tuple(X.shape)} is not [n_samples, {d}]")
         return torch.softmax(self._log_rho(finite("X", X)), dim=1)
+
+    def variational_distributions(self, X=None) -> dict:
+        """The fitted factors keyed by the sites of ``models.gmm.GaussianMixtureModel`` with
+        ``precision_parameterization="wishart"``: q(π) Dirichlet (``"weights"``), q(Λ_k)
+        Wishart(W_k, ν_k) (``"precisions"``), q(μ_k) its multivariate Student-t marginal
+        (ν_k − D + 1 degrees of freedom; ``"means"``), and with ``X`` q(z_n) Categorical
+        (``"assignment"``, the E-step responsibilities of X). Drawn independently, μ_k and
+        Λ_k lose the coupling of their joint Normal-Wishart factor.
+        """
+        if not hasattr(self, "_w_inv"):
+            raise ValueError(
+                "BayesianGaussianMixture: not fitted yet; call fit(X) before "
+                "variational_distributions()"
+            )
+        d = self.means_.shape[1]
+        nu, beta = self.degrees_of_freedom_, self.mean_precision_
+        scale = torch.linalg.inv(self._w_inv)
+        t_precision = ((nu - d + 1) * beta)[:, None, None] * scale
+        out = {
+            "weights": dist.Dirichlet(self.weight_concentration_),
+            "precisions": dist.Wishart(nu, covariance_matrix=scale),
+            "means": dist.MultivariateStudentT(
+                nu - d + 1, self.means_, torch.linalg.cholesky(torch.linalg.inv(t_precision))
+            ),
+        }
+        if X is not None:
+            out["assignment"] = dist.Categorical(probs=self.predict_proba(X))
+        return out
 
     def predict(self, X) -> torch.Tensor:
         """The most responsible component of each point."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import pyro.distributions as dist
 import torch
 
 from pyro_vae.cavi._checks import (
@@ -232,6 +233,23 @@ class _FactorialMeanField:
 
     def _check_model(self) -> None:
         pass
+
+    def variational_distributions(self) -> dict:
+        """The fitted marginals q(s_t⁽ᵐ⁾) as ``{"s_{m}_{t}": Categorical}``, the sites of
+        ``models.hmm.FactorialHMMModel``, for :func:`pyro_vae.diagnostics.to_inference_data`.
+        Drawn independently, they drop the dependence a structured q keeps along each chain
+        (``StructuredMeanField``); the marginals themselves are exact under q."""
+        if not hasattr(self, "expectations_"):
+            raise ValueError(
+                f"{type(self).__name__}: not fitted yet; call fit(y) before "
+                "variational_distributions()"
+            )
+        t_len, chains, _ = self.expectations_.shape
+        return {
+            f"s_{m}_{t}": dist.Categorical(probs=self.expectations_[t, m])
+            for t in range(t_len)
+            for m in range(chains)
+        }
 
     def _done(self, bounds: list[float]) -> bool:
         return len(bounds) > 1 and abs(bounds[-1] - bounds[-2]) < self.tol

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pyro.distributions as dist
 import torch
 
 from pyro_vae.cavi._checks import as_float64, finite, non_negative, positive_int, real
@@ -228,3 +229,14 @@ class IsingMeanField:
         self.n_iter_ = len(bounds) - 1
         self.converged_ = converged
         return self
+
+    def variational_distributions(self, site: str = "spins") -> dict:
+        """The fitted q(s) = Π_i q(s_i) as ``{site: Bernoulli((1 + m_i)/2).to_event(1)}`` over
+        the bits b = (s + 1)/2 of ``models.ising.IsingModel`` (its site ``"spins"``), for
+        :func:`pyro_vae.diagnostics.to_inference_data`."""
+        if not hasattr(self, "magnetization_"):
+            raise ValueError(
+                "IsingMeanField: not fitted yet; call fit(J, h) before variational_distributions()"
+            )
+        probs = ((1 + self.magnetization_) / 2).clamp(0.0, 1.0)
+        return {site: dist.Bernoulli(probs=probs).to_event(1)}

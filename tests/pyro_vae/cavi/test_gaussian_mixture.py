@@ -242,3 +242,18 @@ def test_predicting_needs_a_fit_and_matching_points(separated):
         fit.predict_proba(np.zeros((4, 3)))
     with pytest.raises(ValueError, match="X: 1 of its 2 entries is NaN"):
         fit.predict(np.array([[np.nan, 0.0]]))
+
+
+def test_variational_distributions_are_the_fitted_factors_by_site(separated):
+    with pytest.raises(ValueError, match="not fitted yet"):
+        BayesianGaussianMixture(3).variational_distributions()
+    fit = BayesianGaussianMixture(3, random_state=0).fit(separated)
+    q = fit.variational_distributions(separated[:5])
+    assert torch.allclose(q["weights"].concentration, fit.weight_concentration_)
+    assert torch.allclose(q["precisions"].mean, fit.precisions_)  # E[Λ_k] = ν_k W_k
+    assert torch.allclose(q["means"].loc, fit.means_)
+    # Cov(μ_k) = E[(β_k Λ_k)⁻¹] = W_k⁻¹ / (β_k (ν_k − D − 1)): the Student-t's variances
+    # (Pyro's MultivariateStudentT.covariance_matrix is its scale matrix, not its covariance)
+    expected = fit._w_inv / (fit.mean_precision_ * (fit.degrees_of_freedom_ - 3))[:, None, None]
+    assert torch.allclose(q["means"].variance, expected.diagonal(dim1=-2, dim2=-1))
+    assert torch.allclose(q["assignment"].probs, fit.predict_proba(separated[:5]))

@@ -181,3 +181,15 @@ def test_bad_parameters_and_settings_are_named():
             StructuredMeanField(good, **kwargs).fit(y)
     with pytest.raises(ValueError, match="model: dict is not a FactorialHMM"):
         NaiveMeanField({}).fit(y)
+
+
+@pytest.mark.parametrize("family", [StructuredMeanField, NaiveMeanField])
+def test_variational_distributions_are_the_fitted_marginals_by_site(family):
+    model = random_fhmm(2, 3, 2, seed=0)
+    y = sample(model, 5, seed=1)
+    with pytest.raises(ValueError, match="not fitted yet"):
+        family(model).variational_distributions()
+    fit = family(model, random_state=0).fit(y)
+    q = fit.variational_distributions()
+    assert sorted(q) == sorted(f"s_{m}_{t}" for m in range(2) for t in range(5))
+    assert torch.allclose(q["s_1_3"].probs, fit.expectations_[3, 1])

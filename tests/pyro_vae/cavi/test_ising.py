@@ -176,3 +176,13 @@ def test_numpy_integer_settings_are_accepted():
     with_numpy = IsingMeanField(n_init=np.int64(2), max_iter=np.int32(50), random_state=0).fit(J)
     plain = IsingMeanField(n_init=2, max_iter=50, random_state=0).fit(J)
     assert with_numpy.lower_bound_ == plain.lower_bound_
+
+
+def test_variational_distributions_give_the_magnetization_as_bits():
+    J, h = grid_couplings(2, 2), torch.full((4,), 0.3)
+    with pytest.raises(ValueError, match="not fitted yet"):
+        IsingMeanField().variational_distributions()
+    fit = IsingMeanField(beta=0.5, random_state=0).fit(J, h)
+    q = fit.variational_distributions()["spins"]
+    assert q.event_shape == (4,)
+    assert torch.allclose(2 * q.mean - 1, fit.magnetization_.to(q.mean.dtype))  # s = 2b − 1

@@ -1,0 +1,231 @@
+"""``AutoCAVI``: closed-form coordinate ascent (variational message passing) for a
+conditionally conjugate-exponential model written in Pyro syntax.
+
+For each latent site x_j the mean-field optimum given the other factors is (Blei et al.
+2017, eq. 17; Winn & Bishop 2005)
+
+    q_j*(x_j) ∝ exp E_{−j}[log p(x, y)] = exp(η_j · T_j(x_j)),
+    η_j = Σ_{factors f ∋ x_j} ∂ E_q[log f] / ∂ E[T_j]
+
+and by multilinearity of each factor in its latents' statistics (see
+:mod:`pyro_vae.cavi.conjugate_forms`) that derivative is the factor's coefficient tensor
+contracted with the other latents' expected statistics E_q[T_k] — exact, not estimated.
+The evidence lower bound is likewise exact, every constant kept:
+
+    L(q) = Σ_f E_q[log f] + Σ_j H[q_j]  ≤  log p(y)       (nats, whole data set)
+
+The model is probed once per ``fit``; the sweeps are then tensor algebra in float64.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pyro.poutine as poutine
+import torch
+
+from pyro_vae.cavi._checks import non_negative, positive_int
+from pyro_vae.cavi.chains import find_chains, update_chain
+from pyro_vae.cavi.conjugate_forms import (
+    check_float64,
+    find_dependencies,
+    find_latents,
+    probe_factors,
+)
+from pyro_vae.cavi.expectations import contract, sum_to
+
+
+class AutoCAVI:
+    """Mean-field CAVI for any conditionally conjugate Pyro model (scikit-learn style).
+
+    Recognized latents (their prior's class picks the family of q): Normal, scalar or
+    ``.to_event(1)`` (q is a full-covariance MultivariateNormal when the factors couple its
+    coordinates), MultivariateNormal, Gamma, Beta, Dirichlet, Bernoulli and Categorical, each
+    under any conjugate children (Normal with known or latent mean and precision, Poisson,
+    Exponential, Bernoulli, Binomial, Categorical, …), whatever arithmetic the model uses to
+    build their parameters. Each latent's elements inside a ``pyro.plate`` are separate
+    variables; a factor may mention a latent only from inside all of that latent's plates.
+
+    Args:
+        model: a Pyro model callable as ``model(*args, **kwargs)``; observed sites carry
+            ``obs=``; every unobserved sample site is a latent.
+        max_iter: most sweeps (each updates every latent once).
+        tol: stop when a sweep changes the bound by less than this (nats).
+        init: optional ``{site: q}`` initial factors (a distribution of the site's family;
+            for a Categorical site also a tensor of probabilities, e.g. responsibilities).
+            A sweep updates first the latents ``init`` does not set, in the order the model
+            samples them, then those it sets; a latent not set starts at its prior in one
+            forward run of the model seeded with ``random_state``.
+        blocks: pairs ``(mean site, precision site)`` to update as one joint factor
+            q(μ, Λ) (Normal-Wishart, Bishop 2006 §10.2) instead of q(μ) q(Λ); their unit in
+            ``init``, ``markov_blankets_`` and ``fitted_blocks_`` is named ``"mean+precision"``.
+        markov_chains: keep each chain of scalar Categorical sites (a ``pyro.markov`` loop,
+            see :mod:`pyro_vae.cavi.chains`) whole in q, updated by forward-backward
+            (structured mean field); False: one factor per site (naive mean field).
+        random_state: seed of the probe points and of that forward run.
+
+    Attributes (after ``fit``):
+        lower_bound_, lower_bounds_: the ELBO (nats, total over the data) after the last
+            sweep, and after each sweep.
+        n_iter_: sweeps run. converged_: whether a sweep changed the bound by less than
+            ``tol`` before ``max_iter`` ran out — a fixed point (``pyro_vae.cavi``'s meaning).
+        markov_blankets_: ``{latent: factor sites whose log-density mentions it}``.
+        fitted_chains_: ``{chain of sites: (marginals [T, K], pairwise marginals
+            [T−1, K, K])}`` of each chain kept whole.
+        probe_seconds_: wall time spent tracing and probing the model (once per fit).
+
+    Raises:
+        NotConjugateError (a ValueError), naming the latent site, its distribution and the
+        factor that breaks conjugacy; ValueError for bad settings or ``init``.
+    """
+
+    def __init__(self, model, *, max_iter: int = 1000, tol: float = 1e-8, init=None,
+                 blocks=(), markov_chains: bool = True,
+                 random_state: int = 0) -> None:  # fmt: skip
+        self.model = model
+        self.max_iter = max_iter
+        self.tol = tol
+        self.init = init
+        self.blocks = blocks
+        self.markov_chains = markov_chains
+        self.random_state = random_state
+
+    def fit(self, *args, **kwargs) -> AutoCAVI:
+        """Probe ``model(*args, **kwargs)`` (floating tensors cast to float64) and run CAVI."""
+        tol = non_negative("tol", self.tol)
+        max_iter = positive_int("max_iter", self.max_iter)
+        if not isinstance(self.init, (dict, type(None))):
+            raise ValueError(f"init: {self.init!r} is not a dict of site name -> initial q")
+        args, kwargs = _float64(args), _float64(kwargs)
+        start = time.perf_counter()
+        generator = torch.Generator().manual_seed(self.random_state)
+        with torch.random.fork_rng():
+            torch.manual_seed(self.random_state)
+            first = poutine.trace(self.model).get_trace(*args, **kwargs)
+        check_float64(first)
+        latents = find_latents(first, self.blocks)
+        if not latents:
+            raise ValueError("model: it has no latent (unobserved) sample site to fit")
+        stats = self._initial_statistics(latents)
+        depends, trace = find_dependencies(self.model, args, kwargs, latents, generator)
+        factors = probe_factors(self.model, args, kwargs, latents, depends, trace, generator)
+        self.probe_seconds_ = time.perf_counter() - start
+        self.markov_blankets_ = {
+            n: tuple(f.name for f in factors if n in f.latents or n == f.selector) for n in latents
+        }
+        initialized = set(self.init or {})
+        order = [n for n in latents if n not in initialized] + [
+            n for n in latents if n in initialized
+        ]
+        self._latents, self._factors = latents, factors
+        self._q, self._chain_entropy = {}, {}
+        chains = find_chains(latents, factors) if self.markov_chains else []
+        self._pairs = {
+            link: torch.outer(stats[link[0]], stats[link[1]])
+            for chain in chains
+            for link in zip(chain, chain[1:], strict=False)
+        }
+        heads = {chain[0]: chain for chain in chains}
+        in_chains = {s for chain in chains for s in chain}
+        bounds, converged = [], False
+        for _ in range(max_iter):
+            for name in order:
+                if name in heads:
+                    self._update_chain(heads[name], stats)
+                elif name not in in_chains:
+                    self._q[name] = self._update(name, stats)
+                    stats[name] = latents[name].family.expected_statistics(self._q[name])
+            bounds.append(self._bound(stats))
+            if len(bounds) > 1 and abs(bounds[-1] - bounds[-2]) < tol:
+                converged = True
+                break
+        self.lower_bound_, self.lower_bounds_ = bounds[-1], bounds
+        self.n_iter_, self.converged_ = len(bounds), converged
+        self.fitted_blocks_ = {n: q for n, q in self._q.items() if len(latents[n].sites) > 1}
+        self.fitted_chains_ = {
+            chain: (torch.stack([stats[s] for s in chain]), torch.stack(
+                [self._pairs[link] for link in zip(chain, chain[1:], strict=False)]))
+            for chain in chains
+        }  # fmt: skip
+        return self
+
+    def _initial_statistics(self, latents) -> dict[str, torch.Tensor]:
+        init = dict(self.init or {})
+        unknown = sorted(set(init) - set(latents))
+        if unknown:
+            raise ValueError(
+                f"init: {unknown} {'is' if len(unknown) == 1 else 'are'} not latent sites of "
+                f"the model; its latent sites are {list(latents)}"
+            )
+        stats = {}
+        for name, latent in latents.items():
+            q = init.get(name, latent.prior)
+            if isinstance(q, tuple):  # a block's sampled values: start at that point
+                stats[name] = latent.family.expected_statistics(q)
+                continue
+            if isinstance(q, torch.Tensor) and latent.family.name == "Categorical":
+                q = torch.distributions.Categorical(probs=q.to(torch.float64))
+            if not isinstance(q, torch.distributions.Distribution):
+                raise ValueError(
+                    f"init[{name!r}]: {type(q).__name__} is not a distribution of the "
+                    f"{latent.family.name} family"
+                )
+            try:
+                value = latent.family.expected_statistics(q)
+                stats[name] = value.expand(latent.batch_shape + value.shape[-1:])
+            except (AttributeError, RuntimeError) as error:
+                raise ValueError(
+                    f"init[{name!r}]: {q} is not a {latent.family.name} with batch shape "
+                    f"{tuple(latent.batch_shape)} ({error})"
+                ) from error
+        return stats
+
+    def _update(self, name: str, stats) -> torch.distributions.Distribution:
+        """q_j ∝ exp(η_j · T_j), η_j the summed expected messages of j's factors."""
+        latent = self._latents[name]
+        shape = latent.batch_shape + (latent.family.size,)
+        total = torch.zeros(shape, dtype=torch.float64)
+        for factor in self._factors:
+            if name in factor.latents or name == factor.selector:
+                total = total + sum_to(contract(factor, stats, (name,), self._pairs), shape)
+        eta = total[..., 1:] if latent.family.has_constant else total
+        return latent.family.distribution(eta)
+
+    def _update_chain(self, chain: tuple[str, ...], stats) -> None:
+        marginals, pairwise, entropy = update_chain(chain, self._factors, stats, self._pairs)
+        for t, site in enumerate(chain):
+            stats[site] = marginals[t]
+            self._q[site] = torch.distributions.Categorical(probs=marginals[t])
+            if t:
+                self._pairs[(chain[t - 1], site)] = pairwise[t - 1]
+        self._chain_entropy[chain] = entropy
+
+    def _bound(self, stats) -> float:
+        expected = sum(float(contract(f, stats, (), self._pairs).sum()) for f in self._factors)
+        in_chains = {s for chain in self._chain_entropy for s in chain}
+        entropy = sum(float(q.entropy().sum()) for n, q in self._q.items() if n not in in_chains)
+        return expected + entropy + sum(self._chain_entropy.values())
+
+    def variational_distributions(self) -> dict[str, torch.distributions.Distribution]:
+        """The fitted factors q_j, keyed by latent site name (float64; batch shape = the
+        site's plates). A block's joint q(μ, Λ) (``fitted_blocks_``) appears here as its
+        marginals: q(Λ) Wishart and q(μ) a multivariate Student-t."""
+        if not hasattr(self, "_q"):
+            raise ValueError("AutoCAVI: not fitted yet; call fit(*args) first")
+        out = {}
+        for name, q in self._q.items():
+            sites = self._latents[name].sites
+            out.update(zip(sites, q.marginals(), strict=True) if len(sites) > 1 else {name: q})
+        return out
+
+
+def _float64(value):
+    if isinstance(value, torch.Tensor):
+        return value.to(torch.float64) if value.is_floating_point() else value
+    if isinstance(value, tuple):
+        return tuple(_float64(v) for v in value)
+    if isinstance(value, list):
+        return [_float64(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _float64(v) for k, v in value.items()}
+    return value

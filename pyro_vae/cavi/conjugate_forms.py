@@ -1,0 +1,423 @@
+"""How each factor of a Pyro model's log joint depends on its latents, recovered by probing.
+
+In a conditionally conjugate-exponential model every factor log f (one sample site's
+``log_prob``, observed or latent, scaled and masked as the trace scores it) is multilinear in
+the sufficient statistics of the latents it mentions (Winn & Bishop 2005; Hoffman & Johnson
+2018, autoconj):
+
+    log f = Σ_{a,b,…} C_{a b …} T_{1a}(x₁) T_{2b}(x₂) …      (T_{j0} = 1 for all but Categorical)
+
+autoconj finds C by rewriting the traced log-joint symbolically. Here the model is re-run
+with its latents conditioned (``poutine.condition``) at random probe points and C is solved
+for in float64, then checked at fresh points: a factor that is not multilinear in some
+latent's statistics is not conjugate for it, and is refused naming the site, its
+distribution and the factor. Probing needs no access to how the model computed a parameter
+(``(tau * lambda0).rsqrt()``, a sum, an indexing), only its values, so it covers any
+parameterization a tracer would have to pattern-match; one set of runs probes every factor
+at once, and it runs once per fit.
+
+Plates: a latent inside a plate is one variable per element; a factor element depends on the
+latent elements at its own plate indices (Pyro's broadcasting aligns batch dims by plate dim),
+so the coefficients are solved per element and then summed over the factor's plate dims the
+latents do not vary along (they multiply the same expectations there).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import pyro.poutine as poutine
+import torch
+from pyro.infer.inspect import get_dependencies
+from pyro.poutine.util import site_is_subsample
+
+from pyro_vae.cavi.exponential_families import (
+    Family,
+    NotConjugateError,
+    block_family,
+    family_of,
+)
+
+_EXTRA_RUNS = 3  # least-squares runs beyond the unknowns, for a well-posed solve
+_CHECK_RUNS = 4  # fresh points at which each fitted factor is verified
+_RTOL = 1e-7  # misfit allowed, relative to the factor's magnitude at the probe points
+_MAX_ROUNDS = 20  # batches of extra runs allowed before a design is declared degenerate
+
+
+@dataclass
+class Latent:
+    """A unit of q: one latent site, or a block of sites updated jointly; its family, batch
+    shape (one variable per element) and plates."""
+
+    name: str
+    family: Family
+    batch_shape: torch.Size
+    plates: frozenset
+    prior: object  # its distribution in the first trace (a block: its sampled values)
+    sites: tuple[str, ...] = ()
+
+
+@dataclass
+class Factor:
+    """One site's log-density as C contracted with its latents' statistics.
+
+    ``coefficients`` has shape [*batch, B₁, …, B_m] (B_j = latents[j]'s family size), with
+    ``batch`` of rank ``rank``, summed over every dim along which none of its latents varies.
+    A mixture factor (log f = Σ_k [z = k] g(θ_k), ``Vindex(theta)[..., z, :]``) has a
+    ``selector`` z and ``components`` θ (latents in the plate of z's categories): its batch
+    ends in that K-axis, along which the components' elements and z's categories run.
+    """
+
+    name: str
+    distribution: str
+    latents: tuple[str, ...]
+    coefficients: torch.Tensor
+    rank: int
+    selector: str | None = None
+    components: frozenset = frozenset()
+
+
+def site_log_probs(model, args, kwargs, values: dict) -> tuple[dict, object]:
+    """Every sample site's scaled, masked log_prob (float64) with ``values`` conditioned."""
+    trace = poutine.trace(poutine.condition(model, data=values)).get_trace(*args, **kwargs)
+    trace.compute_log_prob()
+    out = {
+        name: site["log_prob"].to(torch.float64)
+        for name, site in trace.nodes.items()
+        if _is_factor(site)
+    }
+    return out, trace
+
+
+def _is_factor(site) -> bool:
+    return (
+        site["type"] == "sample"
+        and not site_is_subsample(site)
+        and not site["infer"].get("is_auxiliary", False)
+    )
+
+
+def check_float64(trace) -> None:
+    """Refuse a model that scores in lower precision: the probes' solve needs float64."""
+    trace.compute_log_prob(site_filter=lambda name, site: _is_factor(site))
+    for name, site in trace.nodes.items():
+        if _is_factor(site) and site["log_prob"].dtype != torch.float64:
+            raise ValueError(
+                f"model: site {name!r} scores in {site['log_prob'].dtype}; AutoCAVI needs "
+                "float64 throughout (call model.double() on a PyroModule, or build its "
+                "constants from the data's dtype)"
+            )
+
+
+def _is_one(scale) -> bool:
+    return bool(torch.as_tensor(scale).eq(1).all())
+
+
+def _check_latent_site(name: str, site) -> dict:
+    """The site's vectorized plates {dim: name}, after checking its batch dims and scale."""
+    plates = {f.dim: f.name for f in site["cond_indep_stack"] if f.vectorized}
+    batch = site["fn"].batch_shape
+    for dim in range(-len(batch), 0):
+        if batch[dim] > 1 and dim not in plates:
+            raise NotConjugateError(
+                f"latent site {name!r}: batch dim {dim} (size {batch[dim]}) of its "
+                f"{type(site['fn']).__name__} is in no pyro.plate; declare independent "
+                "elements with pyro.plate, or a vector with .to_event(1)"
+            )
+    if site["scale"] is not None and not _is_one(site["scale"]):
+        raise NotConjugateError(
+            f"latent site {name!r}: scaled by {site['scale']} (a subsampled plate); "
+            "AutoCAVI needs every latent element in the data it is given"
+        )
+    return plates
+
+
+def find_latents(trace, blocks=()) -> dict[str, Latent]:
+    """The units of q in the order the model samples them: each unobserved sample site,
+    except that the sites of a block (mean, precision) form one unit."""
+    sites = {n: s for n, s in trace.nodes.items() if _is_factor(s) and not s["is_observed"]}
+    in_block = {}
+    for block in blocks:
+        if len(block) != 2 or any(b not in sites for b in block):
+            raise ValueError(
+                f"blocks: {block!r} is not a (mean site, precision site) pair of latent sites; "
+                f"latent sites: {list(sites)}"
+            )
+        for b in block:
+            in_block[b] = tuple(block)
+    latents = {}
+    for name, site in sites.items():
+        plates = frozenset(_check_latent_site(name, site).values())
+        batch = site["fn"].batch_shape
+        if name not in in_block:
+            latents[name] = Latent(name, family_of(site), batch, plates, site["fn"], (name,))
+            continue
+        block = in_block[name]
+        family = block_family(sites[block[0]], sites[block[1]])
+        if family.site in latents:
+            continue
+        if sites[block[0]]["fn"].batch_shape != sites[block[1]]["fn"].batch_shape:
+            raise ValueError(f"blocks: {block!r} have different batch shapes (plates)")
+        values = tuple(sites[b]["value"].to(torch.float64) for b in block)
+        latents[family.site] = Latent(family.site, family, batch, plates, values, block)
+    return latents
+
+
+def statistics(latent: Latent, values: dict) -> torch.Tensor:
+    """T of ``latent`` at the site values ``values``, [*batch, B]."""
+    return latent.family.statistics(*(values[s] for s in latent.sites))
+
+
+def _probe(latent: Latent, generator) -> dict[str, torch.Tensor]:
+    value = latent.family.probe(latent.batch_shape, generator)
+    return dict(zip(latent.sites, value if len(latent.sites) > 1 else (value,), strict=True))
+
+
+def _probe_values(latents: dict[str, Latent], generator) -> dict[str, torch.Tensor]:
+    values = {}
+    for latent in latents.values():
+        values.update(_probe(latent, generator))
+    return values
+
+
+def find_dependencies(model, args, kwargs, latents, generator) -> tuple[dict, object]:
+    """For each site, the latent units its log-density mentions (in sampling order), by
+    Pyro's provenance tracking (:func:`pyro.infer.inspect.get_dependencies`): structural,
+    so a dependence that a probe value happens to hide (a transition matrix with equal
+    off-diagonal entries) is still found; and a trace at probe values."""
+    parents = get_dependencies(model, args, kwargs)["prior_dependencies"]
+    unit_of = {site: name for name, latent in latents.items() for site in latent.sites}
+    _, trace = site_log_probs(model, args, kwargs, _probe_values(latents, generator))
+    depends = {}
+    for site, node in trace.nodes.items():
+        if not _is_factor(node):
+            continue
+        mentioned = {unit_of[p] for p in parents.get(site, ()) if p in unit_of}
+        depends[site] = [name for name in latents if name in mentioned]
+    return depends, trace
+
+
+def _plates(site) -> frozenset:
+    return frozenset(f.name for f in site["cond_indep_stack"] if f.vectorized)
+
+
+def _mixture_roles(site: str, names, latents, trace) -> tuple[str | None, list[str]]:
+    """(selector, components) of a factor that mentions latents outside its plates, or
+    ``NotConjugateError`` when it is not a mixture over one Categorical's categories."""
+    plates = _plates(trace.nodes[site])
+    outside = [n for n in names if latents[n].plates - plates]
+    if not outside:
+        return None, []
+    selectors = [n for n in names if latents[n].family.name == "Categorical" and n not in outside]
+    k = latents[selectors[0]].family.k if len(selectors) == 1 else None
+    for name in outside:
+        if k is None or latents[name].batch_shape != (k,) or len(latents[name].plates) != 1:
+            raise NotConjugateError(
+                f"factor {site!r} depends on latent site {name!r} across its plate(s) "
+                f"{sorted(latents[name].plates - plates)}, which {site!r} is not inside, and "
+                f"not as a mixture component picked by one Categorical latent inside them "
+                f"(Vindex(theta)[..., z, :]); AutoCAVI handles only factors inside every plate "
+                "of the latents they mention, and mixtures"
+            )
+    return selectors[0], outside
+
+
+def _design(latents: list[Latent], values: dict, rank: int) -> torch.Tensor:
+    """The tensor-product basis ⊗_j T_j(x_j), shape [*batch (rank ``rank``), Π B_j]."""
+    design = torch.ones((1,) * rank + (1,), dtype=torch.float64)
+    for latent in latents:
+        phi = statistics(latent, values)
+        phi = phi.reshape((1,) * (rank + 1 - phi.dim()) + phi.shape)
+        design = (design.unsqueeze(-1) * phi.unsqueeze(-2)).flatten(-2)
+    return design
+
+
+def _sum_to(tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Sum ``tensor`` over the leading dims it has beyond ``shape`` and the dims where
+    ``shape`` is 1 (the reverse of broadcasting)."""
+    while tensor.dim() > len(shape):
+        tensor = tensor.sum(0)
+    for dim, size in enumerate(shape):
+        if size == 1 and tensor.shape[dim] != 1:
+            tensor = tensor.sum(dim, keepdim=True)
+    return tensor
+
+
+def _fit(designs: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Least-squares C per element: designs [S, *batch, P], values [S, *fbatch] → [*fbatch, P]."""
+    a = designs.movedim(0, -2)  # [*batch, S, P]
+    b = values.movedim(0, -1).unsqueeze(-1)  # [*fbatch, S, 1]
+    return (torch.linalg.pinv(a) @ b).squeeze(-1)
+
+
+def _misfit(designs, values, coefficients, scale) -> torch.Tensor:
+    """max |T·C − log f| at the check points, relative to 1 + the factor's magnitude."""
+    predicted = (designs.movedim(0, -2) @ coefficients.unsqueeze(-1)).squeeze(-1)
+    return ((predicted - values.movedim(0, -1)).abs() / (1 + scale.unsqueeze(-1))).amax()
+
+
+def _solve(members, runs, checks, site, rank) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """(C [*fbatch, P], the designs, whether C reproduces log f at the check runs)."""
+    designs = torch.stack([_design(members, v, rank) for v, _ in runs])
+    values = torch.stack([lp[site] for _, lp in runs])
+    coefficients = _fit(designs, values)
+    scale = values.abs().amax(0)
+    check_designs = torch.stack([_design(members, v, rank) for v, _ in checks])
+    check_values = torch.stack([lp[site] for _, lp in checks])
+    good = bool(_misfit(check_designs, check_values, coefficients, scale) <= _RTOL)
+    return coefficients, designs, good
+
+
+def _runs(model, args, kwargs, latents, generator, count, fixed=None, view=None) -> list:
+    """``count`` model runs at random probe values (``fixed`` ones held), each as
+    (values, log-densities); ``view`` maps the values the designs read."""
+    runs = []
+    for _ in range(count):
+        values = {**_probe_values(latents, generator), **(fixed or {})}
+        log_probs = site_log_probs(model, args, kwargs, values)[0]
+        runs.append((view(values) if view else values, log_probs))
+    return runs
+
+
+def _full_rank(members, runs, rank) -> bool:
+    designs = torch.stack([_design(members, v, rank) for v, _ in runs]).movedim(0, -2)
+    return bool(torch.linalg.matrix_rank(designs).min() == designs.shape[-1])
+
+
+def _enough_runs(make_runs, needs) -> tuple[list, list]:
+    """Fit runs until every design (members, rank) in ``needs`` has full column rank at
+    every element — random Categorical probes can miss a combination of categories at some
+    element, and a least-squares fit would then guess — then fresh check runs."""
+    size = max(_product(m.family.size for m in members) for members, _ in needs)
+    runs = make_runs(size + _EXTRA_RUNS)
+    for _ in range(_MAX_ROUNDS):
+        if all(_full_rank(members, runs, rank) for members, rank in needs):
+            return runs, make_runs(_CHECK_RUNS)
+        runs += make_runs(size)
+    names = sorted({m.name for members, _ in needs for m in members})
+    raise NotConjugateError(
+        f"probing: {len(runs)} random runs still leave the coefficients of a factor of "
+        f"{names} undetermined (its log-density takes too few distinct values)"
+    )
+
+
+def probe_factors(model, args, kwargs, latents, depends, trace, generator) -> list[Factor]:
+    """Solve every factor's coefficients from one set of probe runs, and verify them."""
+    roles = {s: _mixture_roles(s, names, latents, trace) for s, names in depends.items()}
+    plain = [s for s in depends if roles[s][0] is None]
+    needs = [([latents[n] for n in depends[s]], trace.nodes[s]["log_prob"].dim()) for s in plain]
+    runs, checks = _enough_runs(
+        lambda count: _runs(model, args, kwargs, latents, generator, count), needs
+    )
+    factors = []
+    for site in depends:
+        if roles[site][0] is not None:
+            factors.append(
+                _mixture_factor(
+                    model, args, kwargs, latents, depends, site, roles[site], trace, generator
+                )  # fmt: skip
+            )
+            continue
+        members = [latents[n] for n in depends[site]]
+        rank = trace.nodes[site]["log_prob"].dim()
+        coefficients, designs, good = _solve(members, runs, checks, site, rank)
+        if not good:
+            _refuse(model, args, kwargs, latents, depends[site], site, trace, generator)
+        summed = _sum_to(coefficients, designs.shape[1:])
+        shape = summed.shape[:-1] + tuple(m.family.size for m in members)
+        factors.append(
+            Factor(
+                site,
+                _dist_name(trace.nodes[site]),
+                tuple(depends[site]),
+                summed.reshape(shape),
+                rank,
+            )  # fmt: skip
+        )
+    return factors
+
+
+def _mixture_factor(model, args, kwargs, latents, depends, site, roles, trace, generator):
+    """Probe log f = Σ_k [z = k] g(θ_k): with z ≡ k everywhere, fit g on the components'
+    k-th elements (and the other latents); the check runs vary every θ_k', so a factor that
+    mentions θ_k' for z = k ≠ k' is caught as not fitting."""
+    selector, components = roles
+    z = latents[selector]
+    names = [n for n in depends[site] if n != selector]
+    rank = trace.nodes[site]["log_prob"].dim()
+    members = [replace(latents[n], batch_shape=torch.Size()) for n in names]
+    per_k = []
+    for k in range(z.family.k):
+        fixed = {selector: torch.full(z.batch_shape, k, dtype=torch.long)}
+        parts = [c for m in components for c in latents[m].sites]
+
+        def make_runs(count, fixed=fixed, k=k, parts=parts):
+            def view(values):  # the components' k-th elements
+                return {**values, **{c: values[c][k] for c in parts}}
+
+            return _runs(model, args, kwargs, latents, generator, count, fixed, view)
+
+        runs, checks = _enough_runs(make_runs, [(members, rank)])
+        coefficients, _, good = _solve(members, runs, checks, site, rank)
+        if not good:
+            raise NotConjugateError(
+                f"factor {site!r} ({_dist_name(trace.nodes[site])}): with {selector!r} = {k} "
+                f"its log-density is not multilinear in the sufficient statistics of "
+                f"{names} (component {k}); AutoCAVI updates only conditionally "
+                "conjugate-exponential models (fit this one by SVI)"
+            )
+        per_k.append(coefficients)
+    coefficients = torch.stack(per_k, -2)  # [*fbatch, K, P]
+    aligned = [latents[n].batch_shape for n in names if n not in components]
+    batch = torch.broadcast_shapes(z.batch_shape, *aligned)
+    batch = (1,) * (rank - len(batch)) + tuple(batch)
+    summed = _sum_to(coefficients, torch.Size(batch + coefficients.shape[-2:]))
+    shape = summed.shape[:-1] + tuple(m.family.size for m in members)
+    return Factor(site, _dist_name(trace.nodes[site]), tuple(names), summed.reshape(shape),
+                  rank + 1, selector, frozenset(components))  # fmt: skip
+
+
+def _product(numbers) -> int:
+    out = 1
+    for n in numbers:
+        out *= n
+    return out
+
+
+def _dist_name(site) -> str:
+    fn = site["fn"]
+    while isinstance(fn, torch.distributions.Independent):
+        fn = fn.base_dist
+    return type(fn).__name__
+
+
+def _refuse(model, args, kwargs, latents, names, site, trace, generator):
+    """Name the latent whose statistics ``site``'s log-density is not linear in."""
+    base = _probe_values(latents, generator)
+    rank = trace.nodes[site]["log_prob"].dim()
+    culprit = names
+    for name in names:
+        latent = latents[name]
+
+        def make_runs(count, latent=latent):
+            runs = []
+            for _ in range(count):
+                moved = {**base, **_probe(latent, generator)}
+                runs.append((moved, site_log_probs(model, args, kwargs, moved)[0]))
+            return runs
+
+        runs, checks = _enough_runs(make_runs, [([latent], rank)])
+        if not _solve([latent], runs, checks, site, rank)[2]:
+            culprit = [name]
+            break
+    latent = latents[culprit[0]]
+    prior = latent.prior if len(latent.sites) == 1 else None
+    what = type(prior).__name__ if prior is not None else latent.family.name
+    stats = ", ".join(latent.family.statistic_names())
+    raise NotConjugateError(
+        f"latent site {culprit[0]!r} ({what}) is not conditionally "
+        f"conjugate: the log-density of factor {site!r} ({_dist_name(trace.nodes[site])}) is "
+        f"not {'multi' if len(names) > 1 else ''}linear in the sufficient statistics "
+        f"({stats}) of {', '.join(repr(n) for n in culprit)}; AutoCAVI updates only "
+        "conditionally conjugate-exponential models (fit this one by SVI)"
+    )

@@ -1,0 +1,67 @@
+"""Expectations of probed factors under q: E_q[log f] and its gradients in E_q[T_j].
+
+A factor's coefficients C (:class:`pyro_vae.cavi.conjugate_forms.Factor`) contracted with
+the expected statistics of its latents give E_q[log f] exactly (multilinearity); leaving
+latent j's axis uncontracted gives ∂E_q[log f]/∂E[T_j], j's natural-parameter message
+(Winn & Bishop 2005). Two consecutive sites of a Markov chain that q keeps whole are
+contracted with their pairwise marginal, not the product of their marginals.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pyro_vae.cavi.conjugate_forms import Factor
+
+
+def contract(factor: Factor, stats: dict, keep=(), pairs=None) -> torch.Tensor:
+    """C contracted with every latent's E_q[T] but those in ``keep`` (and with a mixture's
+    E_q[one-hot z]); ``pairs`` maps a chain link (a, b) to E_q[one-hot a ⊗ one-hot b].
+
+    Returns [*batch, B_k for k in keep, in the factor's order] (E_q[log f] per element when
+    ``keep`` is empty)."""
+    c = factor.coefficients
+    remaining = list(factor.latents)
+    for (a, b), joint in (pairs or {}).items():
+        if a in remaining and b in remaining and a not in keep and b not in keep:
+            view = (1,) * factor.rank + tuple(
+                joint.shape[0] if m == a else joint.shape[1] if m == b else 1 for m in remaining
+            )
+            axes = (factor.rank + remaining.index(a), factor.rank + remaining.index(b))
+            c = (c * joint.reshape(view)).sum(axes)
+            remaining = [m for m in remaining if m not in (a, b)]
+    for name in reversed(list(remaining)):
+        if name in keep:
+            continue
+        et = stats[name]
+        view = _batch_view(factor, name, et.shape[:-1])
+        view += tuple(et.shape[-1] if m == name else 1 for m in remaining)
+        c = (c * et.reshape(view)).sum(factor.rank + remaining.index(name))
+        remaining.remove(name)
+    if factor.selector is not None and factor.selector not in keep:
+        probs = stats[factor.selector]  # [*batch_z, K] against the factor's K-axis
+        view = (1,) * (factor.rank - probs.dim()) + tuple(probs.shape)
+        c = c * probs.reshape(view + (1,) * len(remaining))
+        if not set(keep) & factor.components:
+            c = c.sum(factor.rank - 1)
+    return c
+
+
+def _batch_view(factor: Factor, name: str, batch) -> tuple[int, ...]:
+    """Where a latent's batch dims sit in the factor's batch: right-aligned, except that in
+    a mixture factor only the components run along the final K-axis."""
+    if factor.selector is None:
+        return (1,) * (factor.rank - len(batch)) + tuple(batch)
+    if name in factor.components:
+        return (1,) * (factor.rank - 1) + tuple(batch)
+    return (1,) * (factor.rank - 1 - len(batch)) + tuple(batch) + (1,)
+
+
+def sum_to(tensor: torch.Tensor, shape) -> torch.Tensor:
+    """``tensor`` summed over the dims broadcasting added to ``shape`` (then expanded)."""
+    while tensor.dim() > len(shape):
+        tensor = tensor.sum(0)
+    for dim, size in enumerate(shape):
+        if size == 1 and tensor.shape[dim] != 1:
+            tensor = tensor.sum(dim, keepdim=True)
+    return tensor.expand(shape)

@@ -1,0 +1,451 @@
+"""The exponential families ``AutoCAVI`` updates, each as its sufficient statistics T(x).
+
+A family here is the list of functions T(x) = (1, T₁(x), …, T_K(x)) whose span holds every
+conditionally conjugate factor's dependence on the latent x (Winn & Bishop 2005, Table 1),
+and the map from natural parameters η (the coefficients of T₁…T_K in E_{−x}[log p]) to the
+normalized density q(x) ∝ exp(η·T(x)) with respect to Lebesgue or counting measure:
+
+    Normal (scalar or vector, d coordinates):  T = (1, x_i, x_i x_j for i ≤ j)
+                                                → Normal / MultivariateNormal
+    Gamma:      T = (1, x, log x)               → Gamma(η_log + 1, −η_x)
+    Beta:       T = (1, log x, log(1 − x))      → Beta(η₁ + 1, η₂ + 1)
+    Dirichlet:  T = (1, log x_k)                → Dirichlet(η + 1)
+    Bernoulli:  T = (1, x)                      → Bernoulli(logits = η)
+    Categorical: T = one-hot(x) (no constant: the indicators sum to 1)
+                                                → Categorical(logits = η)
+    Wishart:    T = (1, Λ_ij for i ≤ j, log|Λ|)   → Wishart
+    Normal-Wishart block (μ, Λ), updated jointly (Bishop 2006, §10.2):
+                T = (1, Λ_ij, log|Λ|, Λμ, μᵀΛμ)  → N(μ | m, (βΛ)⁻¹) Wishart(Λ | W, ν)
+
+Every tensor is float64; statistics have shape [*batch, B] with B = ``family.size``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyro.distributions as dist
+import torch
+from torch.distributions import constraints
+
+_F64 = torch.float64
+
+
+class NotConjugateError(ValueError):
+    """A model AutoCAVI cannot update in closed form; the message names the latent site,
+    its distribution and the factor (site) that breaks conditional conjugacy."""
+
+
+class Family:
+    """One exponential family: its statistics, probe points, expectations and update."""
+
+    name = ""
+    event_dim = 0
+    has_constant = True  # T₀ = 1 is part of the basis (all but Categorical)
+
+    def __init__(self, site: str, event_shape: torch.Size) -> None:
+        self.site, self.event_shape = site, torch.Size(event_shape)
+        self.sites = (site,)
+
+    @property
+    def size(self) -> int:
+        return len(self.statistic_names())
+
+    def statistic_names(self) -> list[str]:
+        raise NotImplementedError
+
+    def statistics(self, x: torch.Tensor) -> torch.Tensor:
+        """T(x), shape [*batch, B]."""
+        raise NotImplementedError
+
+    def probe(self, batch_shape: torch.Size, generator: torch.Generator) -> torch.Tensor:
+        """Random points of the support, shape [*batch, *event], for probing factors."""
+        raise NotImplementedError
+
+    def expected_statistics(self, q: torch.distributions.Distribution) -> torch.Tensor:
+        """E_q[T(x)], shape [*batch, B], for q in this family (or one it contains)."""
+        raise NotImplementedError
+
+    def distribution(self, eta: torch.Tensor) -> torch.distributions.Distribution:
+        """q ∝ exp(η·T), η of shape [*batch, B − 1] (B for Categorical)."""
+        raise NotImplementedError
+
+    def _improper(self, what: str) -> NotConjugateError:
+        return NotConjugateError(
+            f"latent site {self.site!r} ({self.name}): its update gives {what}, not a proper "
+            f"{self.name}; the model's factors of {self.site!r} do not define a proper "
+            "conditional (check the prior's parameters)"
+        )
+
+
+def _one(x: torch.Tensor) -> torch.Tensor:
+    return torch.ones(x.shape, dtype=_F64)
+
+
+class NormalFamily(Family):
+    """Normal over d coordinates (event_dim 0 with d = 1, or 1); q couples coordinates."""
+
+    name = "Normal"
+
+    def __init__(self, site: str, event_shape: torch.Size) -> None:
+        super().__init__(site, event_shape)
+        self.event_dim = len(self.event_shape)
+        self.d = self.event_shape[0] if self.event_dim else 1
+        self._rows, self._cols = torch.triu_indices(self.d, self.d)
+
+    def statistic_names(self) -> list[str]:
+        pairs = [f"x{int(i)}*x{int(j)}" for i, j in zip(self._rows, self._cols, strict=True)]
+        return ["1"] + [f"x{i}" for i in range(self.d)] + pairs
+
+    def _vector(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(_F64) if self.event_dim else x.to(_F64).unsqueeze(-1)
+
+    def statistics(self, x: torch.Tensor) -> torch.Tensor:
+        v = self._vector(x)
+        quad = v[..., self._rows] * v[..., self._cols]
+        return torch.cat([torch.ones(v.shape[:-1] + (1,), dtype=_F64), v, quad], -1)
+
+    def probe(self, batch_shape, generator):
+        return torch.randn(batch_shape + self.event_shape, generator=generator, dtype=_F64)
+
+    def expected_statistics(self, q):
+        mean, cov = _normal_moments(q, self.event_dim)
+        second = cov + mean.unsqueeze(-1) * mean.unsqueeze(-2)
+        quad = second[..., self._rows, self._cols]
+        return torch.cat([torch.ones(mean.shape[:-1] + (1,), dtype=_F64), mean, quad], -1)
+
+    def distribution(self, eta):
+        d = self.d
+        linear, quad = eta[..., :d], eta[..., d:]
+        half = torch.zeros(eta.shape[:-1] + (d, d), dtype=_F64)
+        half[..., self._rows, self._cols] = -quad
+        precision = half + half.transpose(-1, -2)  # P_ii = −2η_ii, P_ij = −η_ij (i < j)
+        chol, info = torch.linalg.cholesky_ex(precision)
+        if bool((info != 0).any()):
+            raise self._improper("a precision matrix that is not positive definite")
+        mean = torch.cholesky_solve(linear.unsqueeze(-1), chol).squeeze(-1)
+        if not self.event_dim:
+            return dist.Normal(mean[..., 0], precision[..., 0, 0].rsqrt(), validate_args=False)
+        return dist.MultivariateNormal(mean, precision_matrix=precision, validate_args=False)
+
+
+def _normal_moments(q, event_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean [*batch, d] and covariance [*batch, d, d] of a (multivariate) Normal q."""
+    if isinstance(q, torch.distributions.Independent):
+        q = q.base_dist
+    if isinstance(q, torch.distributions.MultivariateNormal):
+        return q.mean.to(_F64), q.covariance_matrix.to(_F64)
+    mean, var = q.mean.to(_F64), q.variance.to(_F64)
+    if not event_dim:
+        mean, var = mean.unsqueeze(-1), var.unsqueeze(-1)
+    return mean, torch.diag_embed(var)
+
+
+class GammaFamily(Family):
+    name = "Gamma"
+
+    def statistic_names(self):
+        return ["1", "x", "log x"]
+
+    def statistics(self, x):
+        x = x.to(_F64)
+        return torch.stack([_one(x), x, x.log()], -1)
+
+    def probe(self, batch_shape, generator):
+        return torch.randn(batch_shape, generator=generator, dtype=_F64).mul(0.7).exp()
+
+    def expected_statistics(self, q):
+        a, b = q.concentration.to(_F64), q.rate.to(_F64)
+        return torch.stack([_one(a), a / b, torch.digamma(a) - b.log()], -1)
+
+    def distribution(self, eta):
+        shape, rate = eta[..., 1] + 1, -eta[..., 0]
+        if bool((shape <= 0).any() | (rate <= 0).any()):
+            raise self._improper("a shape or rate that is not positive")
+        return dist.Gamma(shape, rate, validate_args=False)
+
+
+class BetaFamily(Family):
+    name = "Beta"
+
+    def statistic_names(self):
+        return ["1", "log x", "log(1 - x)"]
+
+    def statistics(self, x):
+        x = x.to(_F64)
+        return torch.stack([_one(x), x.log(), (-x).log1p()], -1)
+
+    def probe(self, batch_shape, generator):
+        return 0.05 + 0.9 * torch.rand(batch_shape, generator=generator, dtype=_F64)
+
+    def expected_statistics(self, q):
+        a, b = q.concentration1.to(_F64), q.concentration0.to(_F64)
+        total = torch.digamma(a + b)
+        return torch.stack([_one(a), torch.digamma(a) - total, torch.digamma(b) - total], -1)
+
+    def distribution(self, eta):
+        a, b = eta[..., 0] + 1, eta[..., 1] + 1
+        if bool((a <= 0).any() | (b <= 0).any()):
+            raise self._improper("a concentration that is not positive")
+        return dist.Beta(a, b, validate_args=False)
+
+
+class DirichletFamily(Family):
+    name = "Dirichlet"
+    event_dim = 1
+
+    def statistic_names(self):
+        return ["1"] + [f"log x{k}" for k in range(self.event_shape[0])]
+
+    def statistics(self, x):
+        x = x.to(_F64)
+        return torch.cat([torch.ones(x.shape[:-1] + (1,), dtype=_F64), x.log()], -1)
+
+    def probe(self, batch_shape, generator):
+        gamma = -torch.rand(batch_shape + self.event_shape, generator=generator, dtype=_F64)
+        gamma = -(gamma.log1p())  # Exponential(1) draws, normalized: Dirichlet(1, …, 1)
+        return (gamma + 0.05) / (gamma + 0.05).sum(-1, keepdim=True)
+
+    def expected_statistics(self, q):
+        alpha = q.concentration.to(_F64)
+        e_log = torch.digamma(alpha) - torch.digamma(alpha.sum(-1, keepdim=True))
+        return torch.cat([torch.ones(alpha.shape[:-1] + (1,), dtype=_F64), e_log], -1)
+
+    def distribution(self, eta):
+        alpha = eta + 1
+        if bool((alpha <= 0).any()):
+            raise self._improper("a concentration that is not positive")
+        return dist.Dirichlet(alpha, validate_args=False)
+
+
+class BernoulliFamily(Family):
+    name = "Bernoulli"
+
+    def statistic_names(self):
+        return ["1", "x"]
+
+    def statistics(self, x):
+        x = x.to(_F64)
+        return torch.stack([_one(x), x], -1)
+
+    def probe(self, batch_shape, generator):
+        return torch.randint(0, 2, batch_shape, generator=generator).to(_F64)
+
+    def expected_statistics(self, q):
+        p = q.probs.to(_F64)
+        return torch.stack([_one(p), p], -1)
+
+    def distribution(self, eta):
+        return dist.Bernoulli(logits=eta[..., 0])
+
+
+class CategoricalFamily(Family):
+    name = "Categorical"
+    has_constant = False
+
+    def __init__(self, site: str, event_shape: torch.Size, k: int) -> None:
+        super().__init__(site, event_shape)
+        self.k = k
+
+    def statistic_names(self):
+        return [f"[x={k}]" for k in range(self.k)]
+
+    def statistics(self, x):
+        return torch.nn.functional.one_hot(x.long(), self.k).to(_F64)
+
+    def probe(self, batch_shape, generator):
+        return torch.randint(0, self.k, batch_shape, generator=generator)
+
+    def expected_statistics(self, q):
+        return q.probs.to(_F64)
+
+    def distribution(self, eta):
+        return dist.Categorical(logits=eta)
+
+
+def _spd_probe(batch_shape, d: int, generator) -> torch.Tensor:
+    a = torch.randn(batch_shape + (d, d), generator=generator, dtype=_F64)
+    return a @ a.transpose(-1, -2) / d + 0.5 * torch.eye(d, dtype=_F64)
+
+
+def _wishart_expected_logdet(df: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """E log|Λ| = Σ_i ψ((ν + 1 − i)/2) + D log 2 + log|W| under Wishart(W, ν)."""
+    d = scale.shape[-1]
+    half = (df.unsqueeze(-1) + 1 - torch.arange(1, d + 1, dtype=_F64)) / 2
+    return torch.digamma(half).sum(-1) + d * math.log(2) + torch.linalg.slogdet(scale)[1]
+
+
+def _symmetric_from_triu(values: torch.Tensor, d: int, rows, cols) -> torch.Tensor:
+    """M with M_ii = −2 v_ii and M_ij = M_ji = −v_ij (i < j): the matrix whose −½ tr(MΛ)
+    has coefficients v on the statistics Λ_ij, i ≤ j."""
+    half = torch.zeros(values.shape[:-1] + (d, d), dtype=_F64)
+    half[..., rows, cols] = -values
+    return half + half.transpose(-1, -2)
+
+
+class WishartFamily(Family):
+    """Wishart over D×D precisions: T = (1, Λ_ij for i ≤ j, log|Λ|)."""
+
+    name = "Wishart"
+    event_dim = 2
+
+    def __init__(self, site: str, event_shape: torch.Size) -> None:
+        super().__init__(site, event_shape)
+        self.d = self.event_shape[-1]
+        self._rows, self._cols = torch.triu_indices(self.d, self.d)
+
+    def statistic_names(self):
+        pairs = [f"L{int(i)}{int(j)}" for i, j in zip(self._rows, self._cols, strict=True)]
+        return ["1"] + pairs + ["log|L|"]
+
+    def statistics(self, x):
+        x = x.to(_F64)
+        logdet = torch.linalg.slogdet(x)[1].unsqueeze(-1)
+        return torch.cat([torch.ones_like(logdet), x[..., self._rows, self._cols], logdet], -1)
+
+    def probe(self, batch_shape, generator):
+        return _spd_probe(batch_shape, self.d, generator)
+
+    def expected_statistics(self, q):
+        df, scale = q.df.to(_F64), q.covariance_matrix.to(_F64)
+        mean = df[..., None, None] * scale
+        logdet = _wishart_expected_logdet(df, scale).unsqueeze(-1)
+        return torch.cat([torch.ones_like(logdet), mean[..., self._rows, self._cols], logdet], -1)
+
+    def distribution(self, eta):
+        d = self.d
+        inverse_scale = _symmetric_from_triu(eta[..., :-1], d, self._rows, self._cols)
+        df = 2 * eta[..., -1] + d + 1
+        if bool((df <= d - 1).any()) or bool(torch.linalg.cholesky_ex(inverse_scale).info.any()):
+            raise self._improper("degrees of freedom ≤ D − 1 or a scale not positive definite")
+        return dist.Wishart(df, precision_matrix=inverse_scale, validate_args=False)
+
+
+class NormalWishart:
+    """q(μ, Λ) = N(μ | m, (βΛ)⁻¹) Wishart(Λ | W, ν), batched; the joint factor of a mean and
+    its precision (Bishop 2006, eq. 10.59)."""
+
+    def __init__(self, loc, beta, scale, df) -> None:
+        self.loc, self.beta, self.scale, self.df = loc, beta, scale, df
+
+    def entropy(self) -> torch.Tensor:
+        d = self.loc.shape[-1]
+        wishart = dist.Wishart(self.df, covariance_matrix=self.scale, validate_args=False)
+        return (
+            wishart.entropy()
+            + d / 2 * (1 + math.log(2 * math.pi))
+            - d / 2 * self.beta.log()
+            - 0.5 * _wishart_expected_logdet(self.df, self.scale)
+        )
+
+    def marginals(self) -> tuple[torch.distributions.Distribution, ...]:
+        """q(μ), a multivariate Student-t with ν − D + 1 degrees of freedom, and q(Λ)."""
+        d = self.loc.shape[-1]
+        df_t = self.df - d + 1
+        precision = (df_t * self.beta)[..., None, None] * self.scale
+        scale_tril = torch.linalg.cholesky(torch.linalg.inv(precision))
+        return (
+            dist.MultivariateStudentT(df_t, self.loc, scale_tril),
+            dist.Wishart(self.df, covariance_matrix=self.scale, validate_args=False),
+        )
+
+
+class NormalWishartFamily(Family):
+    """The block (μ, Λ) of a Normal mean and its Wishart precision, updated jointly:
+    T = (1, Λ_ij for i ≤ j, log|Λ|, (Λμ)_i, μᵀΛμ)."""
+
+    name = "Normal-Wishart"
+
+    def __init__(self, mean_site: str, precision_site: str, d: int) -> None:
+        super().__init__(f"{mean_site}+{precision_site}", torch.Size([d]))
+        self.sites, self.d = (mean_site, precision_site), d
+        self._rows, self._cols = torch.triu_indices(d, d)
+
+    def statistic_names(self):
+        pairs = [f"L{int(i)}{int(j)}" for i, j in zip(self._rows, self._cols, strict=True)]
+        return ["1"] + pairs + ["log|L|"] + [f"(L mu){i}" for i in range(self.d)] + ["mu'L mu"]
+
+    def statistics(self, mu, lam):
+        mu, lam = mu.to(_F64), lam.to(_F64)
+        lam_mu = (lam @ mu.unsqueeze(-1)).squeeze(-1)
+        logdet = torch.linalg.slogdet(lam)[1].unsqueeze(-1)
+        quad = (mu * lam_mu).sum(-1, keepdim=True)
+        parts = [torch.ones_like(logdet), lam[..., self._rows, self._cols], logdet, lam_mu, quad]
+        return torch.cat(parts, -1)
+
+    def probe(self, batch_shape, generator):
+        mu = torch.randn(batch_shape + (self.d,), generator=generator, dtype=_F64)
+        return mu, _spd_probe(batch_shape, self.d, generator)
+
+    def expected_statistics(self, q):
+        if isinstance(q, tuple):  # a point (μ, Λ): its statistics
+            return self.statistics(*q)
+        mean_lam = q.df[..., None, None] * q.scale
+        lam_mu = (mean_lam @ q.loc.unsqueeze(-1)).squeeze(-1)
+        logdet = _wishart_expected_logdet(q.df, q.scale).unsqueeze(-1)
+        quad = (self.d / q.beta + (q.loc * lam_mu).sum(-1)).unsqueeze(-1)
+        parts = [torch.ones_like(logdet), mean_lam[..., self._rows, self._cols], logdet]
+        return torch.cat(parts + [lam_mu, quad], -1)
+
+    def distribution(self, eta):
+        d, n_pairs = self.d, len(self._rows)
+        beta = -2 * eta[..., -1]
+        loc = eta[..., n_pairs + 1 : n_pairs + 1 + d] / beta.unsqueeze(-1)
+        df = 2 * eta[..., n_pairs] + d
+        inverse_scale = _symmetric_from_triu(eta[..., :n_pairs], d, self._rows, self._cols)
+        inverse_scale = inverse_scale - beta[..., None, None] * loc.unsqueeze(-1) * loc.unsqueeze(
+            -2
+        )
+        chol, info = torch.linalg.cholesky_ex(inverse_scale)
+        if bool((beta <= 0).any() | (df <= d - 1).any()) or bool(info.any()):
+            raise self._improper("β ≤ 0, ν ≤ D − 1 or a scale not positive definite")
+        return NormalWishart(loc, beta, torch.cholesky_inverse(chol), df)
+
+
+def block_family(mean_site: dict, precision_site: dict) -> Family:
+    """The joint family of a (mean, precision) block, or ``NotConjugateError``."""
+    mean_fn, precision_fn = mean_site["fn"], precision_site["fn"]
+    d = mean_fn.event_shape[-1] if len(mean_fn.event_shape) == 1 else 0
+    while isinstance(mean_fn, torch.distributions.Independent):
+        mean_fn = mean_fn.base_dist
+    if (
+        isinstance(mean_fn, (dist.Normal, dist.MultivariateNormal))
+        and type(precision_fn) is dist.Wishart
+        and precision_fn.event_shape == (d, d)
+    ):
+        return NormalWishartFamily(mean_site["name"], precision_site["name"], d)
+    raise NotConjugateError(
+        f"blocks: ({mean_site['name']!r}, {precision_site['name']!r}) are "
+        f"({type(mean_site['fn']).__name__}, {type(precision_site['fn']).__name__}); expected "
+        "a vector Normal or MultivariateNormal mean and a Wishart precision of the same D"
+    )
+
+
+def family_of(site: dict) -> Family:
+    """The family of a latent Pyro sample site, from its prior's distribution class, or
+    ``NotConjugateError`` naming the site and the distribution."""
+    fn, name = site["fn"], site["name"]
+    event_shape = fn.event_shape
+    while isinstance(fn, torch.distributions.Independent):
+        fn = fn.base_dist
+    if isinstance(fn, dist.Normal) and len(event_shape) <= 1:
+        return NormalFamily(name, event_shape)
+    if isinstance(fn, dist.MultivariateNormal):
+        return NormalFamily(name, event_shape)
+    simple = {dist.Gamma: GammaFamily, dist.Beta: BetaFamily, dist.Bernoulli: BernoulliFamily}
+    for cls, family in simple.items():
+        if type(fn) is cls and not event_shape:
+            return family(name, event_shape)
+    if type(fn) is dist.Wishart:
+        return WishartFamily(name, event_shape)
+    if type(fn) is dist.Dirichlet and len(event_shape) == 1:
+        return DirichletFamily(name, event_shape)
+    if type(fn) is dist.Categorical and not event_shape:
+        return CategoricalFamily(name, event_shape, fn.probs.shape[-1])
+    support = getattr(fn, "support", constraints.real)
+    raise NotConjugateError(
+        f"latent site {name!r}: {type(site['fn']).__name__} (event shape "
+        f"{tuple(event_shape)}, support {support}) is not a family AutoCAVI updates in closed "
+        "form; expected Normal (scalar or .to_event(1)), MultivariateNormal, Gamma, Beta, "
+        "Dirichlet, Wishart, Bernoulli or Categorical"
+    )

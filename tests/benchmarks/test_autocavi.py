@@ -1,0 +1,31 @@
+"""Smoke test: the AutoCAVI benchmark runs at quick settings and AutoCAVI's bound is the
+hand-written class's on both rows."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow  # a subprocess with SVI runs: 10 s idle, 30 s loaded
+def test_quick_run_writes_rows_where_autocavi_matches_the_hand_written_bound(tmp_path):
+    out = tmp_path / "table.md"
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "autocavi.py"), "--quick", "--out", str(out)],
+        check=True,
+        cwd=ROOT,
+        capture_output=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+    rows = [
+        line for line in out.read_text().splitlines() if line.startswith("| ") and "---" not in line
+    ]
+    body = rows[1:]
+    assert len(body) == 2
+    for row in body:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[1] == cells[3], row  # the same bound to the printed 3 decimals

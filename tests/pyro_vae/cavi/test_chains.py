@@ -1,0 +1,65 @@
+import pyro
+import pyro.distributions as dist
+import pyro.poutine as poutine
+import pytest
+import torch
+
+from pyro_vae.cavi import AutoCAVI
+from pyro_vae.cavi.chains import find_chains, update_chain
+from pyro_vae.cavi.conjugate_forms import find_dependencies, find_latents, probe_factors
+from pyro_vae.cavi.exponential_families import NotConjugateError
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only cost
+F64 = torch.float64
+A = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4]], dtype=F64)
+MEANS = torch.tensor([-1.0, 0.5, 2.0], dtype=F64)
+
+
+def hmm(y, skip=False):
+    s = first = None
+    for t in pyro.markov(range(len(y))):
+        probs = torch.full((3,), 1 / 3, dtype=F64) if s is None else A[s]
+        s = pyro.sample(f"s_{t}", dist.Categorical(probs))
+        first = s if first is None else first
+        pyro.sample(f"y_{t}", dist.Normal(MEANS[s], 1.0), obs=y[t])
+    if skip:  # a factor on the first and last state: not a chain's neighbours
+        pyro.sample("ends", dist.Normal(MEANS[s] - MEANS[first], 1.0), obs=y[0])
+
+
+def factors_of(model, *args):
+    latents = find_latents(poutine.trace(model).get_trace(*args))
+    g = torch.Generator().manual_seed(0)
+    depends, trace = find_dependencies(model, args, {}, latents, g)
+    return latents, probe_factors(model, args, {}, latents, depends, trace, g)
+
+
+def test_one_forward_backward_gives_the_exact_posterior_of_a_single_chain():
+    # with every latent in the chain, q(chain) is the exact posterior: its marginals are
+    # the brute-force ones over all 3^T paths and log Z + (the rest) is log p(y)
+    y = torch.tensor([0.1, 1.9, 2.2, -0.8], dtype=F64)
+    latents, factors = factors_of(hmm, y)
+    chains = find_chains(latents, factors)
+    assert chains == [("s_0", "s_1", "s_2", "s_3")]
+    stats = {n: torch.full((3,), 1 / 3, dtype=F64) for n in latents}
+    marginals, pairwise, _ = update_chain(chains[0], factors, stats, {})
+    paths = torch.cartesian_prod(*[torch.arange(3)] * 4)
+    log_joint = (
+        torch.log(torch.tensor(1 / 3, dtype=F64))
+        + A[paths[:, :-1], paths[:, 1:]].log().sum(-1)
+        + dist.Normal(MEANS[paths], 1.0).log_prob(y).sum(-1)
+    )
+    posterior = (log_joint - log_joint.logsumexp(0)).exp()
+    exact = torch.stack([torch.zeros(3, dtype=F64).index_add(0, paths[:, t], posterior)
+                         for t in range(4)])  # fmt: skip
+    assert torch.allclose(marginals, exact, atol=1e-10)
+    assert torch.allclose(pairwise.sum(-1), marginals[:-1], atol=1e-10)
+    # AutoCAVI keeps the chain whole: its bound is then log p(y), after one sweep
+    fit = AutoCAVI(hmm, max_iter=1).fit(y)
+    assert fit.lower_bound_ == pytest.approx(float(log_joint.logsumexp(0)), rel=1e-10)
+
+
+def test_a_factor_on_non_neighbours_is_refused():
+    y = torch.tensor([0.1, 1.9, 2.2], dtype=F64)
+    latents, factors = factors_of(hmm, y, True)
+    with pytest.raises(NotConjugateError, match=r"'ends' mentions the sites \['s_0', 's_2'\]"):
+        find_chains(latents, factors)

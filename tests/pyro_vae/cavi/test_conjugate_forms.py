@@ -1,0 +1,62 @@
+import math
+
+import pyro
+import pyro.distributions as dist
+import pyro.poutine as poutine
+import pytest
+import torch
+
+from pyro_vae.cavi.conjugate_forms import find_dependencies, find_latents, probe_factors
+from pyro_vae.cavi.exponential_families import NotConjugateError
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only cost
+F64 = torch.float64
+
+
+def t(x):
+    return torch.tensor(x, dtype=F64)
+
+
+def normal_gamma(y):
+    tau = pyro.sample("tau", dist.Gamma(t(2.0), t(1.0)))
+    mu = pyro.sample("mu", dist.Normal(t(0.0), t(1.0)))
+    with pyro.plate("data", len(y)):
+        pyro.sample("y", dist.Normal(mu, tau.rsqrt()), obs=y)
+
+
+def probe(model, *args):
+    latents = find_latents(poutine.trace(model).get_trace(*args))
+    g = torch.Generator().manual_seed(0)
+    depends, trace = find_dependencies(model, args, {}, latents, g)
+    return depends, {f.name: f for f in probe_factors(model, args, {}, latents, depends, trace, g)}
+
+
+def test_a_normal_likelihood_is_recovered_term_by_term():
+    # log N(y | μ, 1/τ) = −½log 2π + ½ log τ − τy²/2 + τyμ − τμ²/2, summed over the plate
+    y = t([0.3, -1.2, 2.0])
+    depends, factors = probe(normal_gamma, y)
+    assert depends == {"tau": ["tau"], "mu": ["mu"], "y": ["tau", "mu"]}
+    c = factors["y"].coefficients[0]  # [B_τ = (1, τ, log τ), B_μ = (1, μ, μ²)], plate summed
+    expected = torch.zeros(3, 3, dtype=F64)
+    expected[0, 0] = -3 / 2 * math.log(2 * math.pi)
+    expected[2, 0] = 3 / 2
+    expected[1, 0] = -float((y**2).sum()) / 2
+    expected[1, 1] = float(y.sum())
+    expected[1, 2] = -3 / 2
+    assert c.shape == (3, 3)
+    assert torch.allclose(c, expected, atol=1e-9)
+
+
+def test_latents_outside_plates_or_subsampled_are_refused():
+    def unplated():
+        pyro.sample("v", dist.Normal(torch.zeros(3, dtype=F64), 1.0))
+
+    with pytest.raises(NotConjugateError, match="'v': batch dim -1 \\(size 3\\).*no pyro.plate"):
+        find_latents(poutine.trace(unplated).get_trace())
+
+    def subsampled():
+        with pyro.plate("data", 10, subsample_size=5):
+            pyro.sample("z", dist.Normal(t(0.0), t(1.0)))
+
+    with pytest.raises(NotConjugateError, match="'z': scaled by 2.0"):
+        find_latents(poutine.trace(subsampled).get_trace())

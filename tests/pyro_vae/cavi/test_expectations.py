@@ -1,0 +1,26 @@
+import torch
+
+from pyro_vae.cavi.conjugate_forms import Factor
+from pyro_vae.cavi.expectations import contract, sum_to
+
+F64 = torch.float64
+
+
+def test_contraction_is_the_expectation_under_independent_and_pairwise_q():
+    g = torch.Generator().manual_seed(0)
+    c = torch.randn(3, 2, 4, generator=g, dtype=F64)  # C[a, b, x] on one-hots a, b; x: T
+    factor = Factor("f", "Categorical", ("a", "b", "x"), c, rank=0)
+    pa, pb = torch.tensor([0.2, 0.5, 0.3], dtype=F64), torch.tensor([0.6, 0.4], dtype=F64)
+    tx = torch.randn(4, generator=g, dtype=F64)
+    stats = {"a": pa, "b": pb, "x": tx}
+    assert torch.allclose(contract(factor, stats), torch.einsum("abx,a,b,x->", c, pa, pb, tx))
+    message = contract(factor, stats, keep=("b",))
+    assert torch.allclose(message, torch.einsum("abx,a,x->b", c, pa, tx))
+    joint = torch.tensor([[0.1, 0.1], [0.4, 0.1], [0.1, 0.2]], dtype=F64)  # not pa ⊗ pb
+    expected = torch.einsum("abx,ab,x->", c, joint, tx)
+    assert torch.allclose(contract(factor, stats, pairs={("a", "b"): joint}), expected)
+
+
+def test_sum_to_undoes_broadcasting():
+    t = torch.ones(5, 3, 2, dtype=F64)
+    assert torch.equal(sum_to(t, (3, 1)), torch.full((3, 1), 10.0, dtype=F64))

@@ -1,0 +1,96 @@
+import pyro.distributions as dist
+import pytest
+import torch
+
+from pyro_vae.cavi.exponential_families import NotConjugateError, block_family, family_of
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only cost
+F64 = torch.float64
+
+
+def site(fn, name="x"):
+    return {"fn": fn, "name": name}
+
+
+def t(x):
+    return torch.tensor(x, dtype=F64)
+
+
+CASES = [
+    (dist.Normal(t(0.0), t(1.0)), torch.tensor([0.7, -0.4], dtype=F64)),
+    (
+        dist.Normal(torch.zeros(3, dtype=F64), 1.0).to_event(1),
+        t([0.5, -1.0, 0.2, -1.0, 0.1, 0.05, -1.0, 0.1, -1.0]),
+    ),
+    (dist.Gamma(t(2.0), t(1.0)), t([-3.0, 1.5])),
+    (dist.Beta(t(2.0), t(1.0)), t([0.5, -0.3])),
+    (dist.Dirichlet(torch.ones(3, dtype=F64)), t([0.5, -0.3, 1.2])),
+    (dist.Bernoulli(t(0.3)), t([0.8])),
+    (dist.Categorical(torch.ones(4, dtype=F64) / 4), t([0.1, -2.0, 0.5, 1.0])),
+    (dist.Wishart(t(3.0), torch.eye(2, dtype=F64)), t([-1.0, 0.2, -0.7, 1.5])),
+]
+
+
+@pytest.mark.parametrize(("prior", "eta"), CASES, ids=lambda c: type(c).__name__)
+def test_q_is_exp_of_eta_dot_statistics_and_its_expectations_are_right(prior, eta):
+    family = family_of(site(prior))
+    q = family.distribution(eta)
+    g = torch.Generator().manual_seed(0)
+    x = family.probe(torch.Size([50]), g)
+    stats = family.statistics(x)
+    assert stats.shape == (50, family.size) == (50, len(family.statistic_names()))
+    linear = stats[..., 1:] if family.has_constant else stats
+    # log q(x) − η·T(x) is the same for every x: −A(η), the log normalizer
+    normalizer = q.log_prob(x.to(q.mean.dtype)) - (linear * eta).sum(-1)
+    assert float(normalizer.std()) < 1e-10
+    torch.manual_seed(0)
+    draws = family.statistics(q.sample((200000,)))
+    expected = family.expected_statistics(q)
+    stderr = draws.std(0) / 200000**0.5
+    assert bool(((draws.mean(0) - expected).abs() <= 5 * stderr + 1e-12).all())
+
+
+def test_improper_updates_and_unknown_families_are_refused_by_site():
+    family = family_of(site(dist.Gamma(t(2.0), t(1.0)), "tau"))
+    with pytest.raises(NotConjugateError, match="'tau' \\(Gamma\\).*not positive"):
+        family.distribution(t([1.0, 2.0]))  # rate −1
+    family = family_of(site(dist.Normal(torch.zeros(2, dtype=F64), 1.0).to_event(1), "w"))
+    with pytest.raises(NotConjugateError, match="'w' \\(Normal\\).*not positive definite"):
+        family.distribution(t([0.0, 0.0, 1.0, 0.0, -1.0]))
+    with pytest.raises(NotConjugateError, match="latent site 'r': StudentT"):
+        family_of(site(dist.StudentT(t(3.0)), "r"))
+    with pytest.raises(NotConjugateError, match="latent site 'm': Independent"):
+        family_of(site(dist.Normal(torch.zeros(2, 2), 1.0).to_event(2), "m"))
+
+
+def test_the_normal_wishart_block_is_exp_of_eta_dot_its_joint_statistics():
+    mean = site(dist.MultivariateNormal(torch.zeros(2, dtype=F64), torch.eye(2, dtype=F64)), "mu")
+    precision = site(dist.Wishart(t(3.0), torch.eye(2, dtype=F64)), "lam")
+    family = block_family(mean, precision)
+    assert family.sites == ("mu", "lam") and family.size == 1 + 3 + 1 + 2 + 1
+    # η of N(μ | m, (βΛ)⁻¹) W(Λ | W, ν) with m = (1, −1), β = 2, ν = 5, W⁻¹ = I
+    m, beta, nu = t([1.0, -1.0]), 2.0, 5.0
+    big_m = torch.eye(2, dtype=F64) + beta * torch.outer(m, m)  # W⁻¹ + β m mᵀ
+    eta = torch.cat([-0.5 * big_m.diagonal()[:1], -big_m[0, 1:2], -0.5 * big_m.diagonal()[1:]])
+    eta = torch.cat([eta, t([(nu - 2) / 2]), beta * m, t([-beta / 2])])
+    q = family.distribution(eta)
+    assert torch.allclose(q.loc, m) and float(q.beta) == pytest.approx(beta)
+    assert float(q.df) == pytest.approx(nu) and torch.allclose(q.scale, torch.eye(2, dtype=F64))
+    g = torch.Generator().manual_seed(0)
+    mu, lam = family.probe(torch.Size([20]), g)
+    stats = family.statistics(mu, lam)
+    log_q = dist.Wishart(t(nu), q.scale).log_prob(lam) + dist.MultivariateNormal(
+        m, precision_matrix=beta * lam
+    ).log_prob(mu)
+    assert float((log_q - (stats[:, 1:] * eta).sum(-1)).std()) < 1e-10
+    torch.manual_seed(0)
+    lam_draws = dist.Wishart(t(nu), q.scale).sample((40000,))
+    mu_draws = dist.MultivariateNormal(m, precision_matrix=beta * lam_draws).sample()
+    draws = family.statistics(mu_draws, lam_draws)
+    stderr = draws.std(0) / 40000**0.5
+    assert bool(((draws.mean(0) - family.expected_statistics(q)).abs() <= 5 * stderr).all())
+    # entropy by Monte Carlo: −E log q
+    log_q = dist.Wishart(t(nu), q.scale).log_prob(lam_draws) + dist.MultivariateNormal(
+        m, precision_matrix=beta * lam_draws
+    ).log_prob(mu_draws)
+    assert abs(float(-log_q.mean() - q.entropy())) < 5 * float(log_q.std()) / 40000**0.5
