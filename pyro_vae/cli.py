@@ -75,6 +75,17 @@ def _key_value(text: str) -> tuple[str, Any]:
         return key.replace("-", "_"), raw
 
 
+def _free_bits_groups(text: str) -> int | str:
+    if text == "dims":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of groups K >= 1 or 'dims'"
+        ) from None
+
+
 def _folder(text: str) -> Path:
     if not text.strip():
         raise argparse.ArgumentTypeError(f"{text!r} is not a folder path")
@@ -250,6 +261,15 @@ def _add_fit_objective(f: argparse.ArgumentParser) -> None:
         metavar="NATS",
         help="free bits (Kingma et al. 2016): each latent site's minibatch-mean KL counts as "
         "max(NATS, KL); the estimator option free_bits of trace, analytic-kl, score, enum",
+    )
+    f.add_argument(
+        "--free-bits-groups",
+        type=_free_bits_groups,
+        default=None,
+        metavar="K|dims",
+        help="with --free-bits, split each latent site into K groups of its dimensions (or "
+        "'dims': one per dimension), each held at NATS; needs a guide and prior that factorize "
+        "over dimensions (diagonal Normal); the estimator option free_bits_groups",
     )
 
 
@@ -511,12 +531,13 @@ def _run_config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def _estimator_options(args: argparse.Namespace) -> dict[str, Any]:
-    """--estimator-opt pairs, with --free-bits and --gradient as the options ``free_bits``
-    and ``gradient`` when given (a run without them keeps the estimator's defaults, and its
-    config.json is as before)."""
+    """--estimator-opt pairs, with --free-bits, --free-bits-groups and --gradient as the
+    options ``free_bits``, ``free_bits_groups`` and ``gradient`` when given (a run without
+    them keeps the estimator's defaults, and its config.json is as before)."""
     options = dict(args.estimator_opt)
     for flag, key, what in (
         ("--free-bits", "free_bits", "free bits"),
+        ("--free-bits-groups", "free_bits_groups", "the groups"),
         ("--gradient", "gradient", "the gradient"),
     ):
         value = getattr(args, key)

@@ -750,3 +750,15 @@ def test_a_flag_and_an_estimator_option_that_disagree_are_refused(
     err = capsys.readouterr().err
     assert f"{flag}: " in err and "disagrees with --estimator-opt" in err
     assert f"give {what} once" in err and not out.exists()
+
+
+def test_free_bits_groups_go_into_config_json_and_survive_resume(tmp_path):
+    run = tmp_path / "run"
+    argv = ["fit", "--epochs", "1", "--out", str(run), "--estimator", "analytic-kl", *FAST]
+    assert main([*argv, "--free-bits", "0.1", "--free-bits-groups", "2"]) == 0
+    options = {"free_bits": 0.1, "free_bits_groups": 2}
+    assert RunFolder(run).read_config()["estimator"]["options"] == options
+    assert main(["fit", "--resume", str(run), "--epochs", "2", "--no-progress"]) == 0
+    assert RunFolder(run).read_config()["estimator"]["options"] == options
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert [r["epoch"] for r in metrics["epochs"]] == [1, 2]
