@@ -543,12 +543,12 @@ def _estimator_options(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, key)
         if value is None:
             continue
-        given = options.setdefault(key, value)
-        if given != value:
+        if key in options and options[key] != value:
             raise ValueError(
-                f"{flag}: {value!r} disagrees with --estimator-opt {key}={given!r}; "
+                f"{flag}: {value!r} disagrees with --estimator-opt {key}={options[key]!r}; "
                 f"give {what} once"
             )
+        options[key] = value
     return options
 
 

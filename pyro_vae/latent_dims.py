@@ -58,8 +58,8 @@ def group_count(groups: int | str | None, event_size: int, site: str) -> int:
         return event_size
     if event_size % groups:
         raise ValueError(
-            f"free_bits_groups: {groups!r} does not divide latent site {site!r}'s event size "
-            f"{event_size}; expected a K that divides every latent site's size, or 'dims'"
+            f"free_bits_groups: {groups!r} does not divide the event size {event_size} of "
+            f"latent site {site!r}; expected a K that divides every latent site's size, or 'dims'"
         )
     return groups
 
@@ -71,8 +71,8 @@ def _factor(fn, site: str, role: str):
         base = base.base_dist
     if base.event_shape != torch.Size():
         raise ValueError(
-            f"free_bits_groups: latent site {site!r}'s {role} ({type(fn).__name__} with event "
-            f"shape {tuple(fn.event_shape)}) does not factorize over its dimensions, so a "
+            f"free_bits_groups: the {role} of latent site {site!r} ({type(fn).__name__} with "
+            f"event shape {tuple(fn.event_shape)}) does not factorize over its dimensions, so a "
             "group of dimensions has no KL of its own; groups need a univariate distribution "
             "made multivariate with .to_event (a diagonal Normal guide and prior). Use "
             "free_bits_groups=None (each site one group)"

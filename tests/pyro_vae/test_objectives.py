@@ -394,11 +394,13 @@ def test_groups_of_dims_refuse_a_guide_or_prior_that_does_not_factorize():
     elbo = estimators.get("trace", free_bits=0.5, free_bits_groups=2)
     with pytest.raises(
         ValueError,
-        match=r"free_bits_groups: latent site 'z'.s guide "
+        match=r"free_bits_groups: the guide of latent site 'z' "
         r"\(LowRankMultivariateNormal .*does not factorize",
     ):
         elbo.differentiable_loss(model, low_rank, x)
-    with pytest.raises(ValueError, match=r"free_bits_groups: 3 does not divide latent site 'z'"):
+    with pytest.raises(
+        ValueError, match=r"free_bits_groups: 3 does not divide the event size 4 of latent site 'z'"
+    ):
         estimators.get("trace", free_bits=0.5, free_bits_groups=3).differentiable_loss(
             *four_dim_pair(four_dim_params()), x
         )
