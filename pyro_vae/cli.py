@@ -591,8 +591,9 @@ def _note_unaccepted(args: argparse.Namespace, exp: Experiment, config: RunConfi
 
 def _print_test(test: dict[str, Any], table: bool = False) -> None:
     """The test metrics, per image, or per row of a ``table`` (whose nats are those of
-    the standardized columns when they were standardized)."""
+    the standardized columns when they were standardized, then also in the file's units)."""
     unit = "row" if table else "image"
+    standardized = " of the standardized columns" if "units" in test else ""
     if test.get("evaluated_on") == "training set":
         print(
             "note: the guide has free per-datapoint parameters, so it has no posterior for "
@@ -600,12 +601,15 @@ def _print_test(test: dict[str, Any], table: bool = False) -> None:
         )
     for key, value in test.items():
         if key == "elbo":
-            print(f"test ELBO                 {value:10.3f} nats per {unit}")
+            print(f"test ELBO                 {value:10.3f} nats per {unit}{standardized}")
+        elif key.endswith("_original_units"):
+            what = "ELBO" if key == "elbo_original_units" else "log p(x) (IWAE)"
+            print(f"test {what:<20} {value:10.3f} nats per row in the file's units")
         elif key == "reconstruction_log_likelihood":
             print(f"test log Pr(x | z)        {value:10.3f} nats per {unit} (autoencoder)")
         elif key == "log_likelihood":
             print(
-                f"test log p(x) (IWAE)      {value:10.3f} nats per {unit} "
+                f"test log p(x) (IWAE)      {value:10.3f} nats per {unit}{standardized} "
                 f"(K={test['log_likelihood_samples']}, {test['log_likelihood_points']} {unit}s)"
             )
         elif key == "kl":

@@ -18,6 +18,10 @@ What the observations are follows the likelihood (:func:`table_observations`):
 deviation (ddof 0) of the *training* split alone, so no statistic of the held-out rows
 leaks into training; ``bernoulli`` needs 0/1 columns and ``categorical`` non-negative
 integers, both used as they are.
+
+A model of standardized columns gives densities of the standardized values: in nats of
+x_std = (x − mean) / std. :func:`original_units` turns a row's log-density into one of
+the file's values by the change of variables log p(x) = log p(x_std) − Σ_j log std_j.
 """
 
 from __future__ import annotations
@@ -231,6 +235,32 @@ def table_observations(
         info["levels"] = levels
     obs = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in features.items()}
     return obs, 1.0 if likelihood == "bernoulli" else float(levels - 1)
+
+
+ORIGINAL_UNITS = ("elbo", "log_likelihood")
+
+
+def original_units(metrics: dict[str, Any], standardization: dict[str, Any]) -> dict[str, Any]:
+    """The per-row log-densities of ``metrics`` (``elbo``, ``log_likelihood``: nats per row
+    of the standardized columns) in the table's original units, as ``<key>_original_units``,
+    by log p(x) = log p(x_std) − Σ_j log std_j (the standardization's Jacobian), with
+    ``units`` saying which is which. ``standardization``: the ``info`` entry
+    :func:`table_observations` records (its ``std``, one per column). A KL between
+    latent distributions has no data units and is left as it is.
+    """
+    log_jacobian = float(np.log(np.asarray(standardization["std"], dtype=np.float64)).sum())
+    out: dict[str, Any] = {
+        f"{key}_original_units": metrics[key] - log_jacobian
+        for key in ORIGINAL_UNITS
+        if key in metrics
+    }
+    if out:
+        out["units"] = (
+            "elbo, log_likelihood: nats per row of the standardized columns (x - mean) / std; "
+            "*_original_units: nats per row of the file's values, minus sum_j log std_j "
+            f"= {log_jacobian:.6g} nats"
+        )
+    return out
 
 
 def _standardized(
