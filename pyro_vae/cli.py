@@ -47,6 +47,7 @@ from pyro_vae.run_config import (
     check_levels,
     check_widths,
 )
+from pyro_vae.tables import is_table_path, refuse_binarization
 from pyro_vae.tensorboard_log import require_tensorboard
 from pyro_vae.train import TrainingDiverged, fit
 
@@ -637,6 +638,9 @@ def _fit(args: argparse.Namespace, given: set[str]) -> int:
         )
     # bad flags: refused before any work
     config = None if args.resume else _run_config_from_args(args)
+    if config is not None and is_table_path(str(config.data.name)):
+        flags = ("--binarize", "--threshold")
+        refuse_binarization({f: getattr(args, f[2:]) for f in flags if f in given})
     run = RunFolder(args.resume or args.out)
     if args.resume and not run.path.is_dir():
         raise RunFolderError(

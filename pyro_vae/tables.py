@@ -68,6 +68,24 @@ def is_table_path(path: str) -> bool:
     return path.lower().endswith(TABLE_SUFFIXES)
 
 
+def refuse_binarization(given: dict[str, Any]) -> None:
+    """Refuse binarization options (``given``: name -> value) for a table, naming the first.
+
+    Binarization thresholds or draws image intensities in [0, 1]; a table's columns are
+    used as they are (``bernoulli`` needs them 0/1 already), so such an option would be
+    silently ignored.
+
+    Raises:
+        TableError: ``given`` is not empty.
+    """
+    for name, value in given.items():
+        raise TableError(
+            f"{name}: {value!r} sets how image intensities are binarized, but the data is a "
+            "table, whose columns are used as they are (bernoulli needs 0/1 columns; normal standardizes "
+            f"them); leave {name} out"
+        )
+
+
 def read_table(
     path: str | os.PathLike,
     columns: list[str] | tuple[str, ...] | None = None,

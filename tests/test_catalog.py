@@ -398,6 +398,19 @@ CLI = [
         ["fit", "--out", "{new}", "--data", "{csv_ok}", "--image-size", "2", "2"],
         ["image_size: (2, 2) applies to an image folder"],
     ),
+    *[
+        (
+            f"fit-table{flag}-{value}",
+            None,
+            ["fit", "--out", "{new}", "--data", "{csv_ok}", flag, value],
+            [f"{flag}: {shown}", "the data is a table", f"leave {flag} out"],
+        )
+        for flag, value, shown in (
+            ("--binarize", "dynamic", "'dynamic'"),
+            ("--binarize", "static", "'static'"),
+            ("--threshold", "0.7", "0.7"),
+        )
+    ],
     (
         "fit-digits-columns",
         None,

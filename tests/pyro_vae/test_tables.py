@@ -218,3 +218,21 @@ def test_a_normal_table_run_reports_its_nats_in_the_files_units_too(tmp_path, ca
     out = capsys.readouterr().out
     assert "nats per row of the standardized columns" in out
     assert "nats per row in the file's units" in out
+
+
+@pytest.mark.parametrize("flag, value", [("--binarize", "dynamic"), ("--threshold", "0.5")])
+def test_binarization_flags_with_a_table_are_refused(flag, value, tmp_path, capsys):
+    pd.DataFrame({"p": [0, 1] * 10, "q": [1, 1, 0, 0] * 5}).to_csv(tmp_path / "t.csv", index=False)
+    run = tmp_path / "run"
+    argv = ["fit", "--data", str(tmp_path / "t.csv"), "--out", str(run), *FAST, flag, value]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{flag}: " in err and "the data is a table" in err and not run.exists()
+
+
+@pytest.mark.parametrize("options", [{"binarize": "dynamic"}, {"threshold": 0.3}])
+def test_binarization_options_with_a_table_are_refused_from_python(options, tmp_path):
+    pd.DataFrame({"p": [0, 1] * 10, "q": [1, 1, 0, 0] * 5}).to_csv(tmp_path / "t.csv", index=False)
+    (name,) = options
+    with pytest.raises(TableError, match=rf"{name}: .* the data is a table"):
+        load_data(str(tmp_path / "t.csv"), Preprocessing("bernoulli", **options))
