@@ -1098,6 +1098,17 @@ _COUNTS = {
     "grad-variance": {"num_draws": 2, "batch_size": 1, "seed": 0},
 }
 _MEANING = {0: {"ll_samples": " (0 skips it)", "ll_points": " (0: all)", "points": " (0: all)"}}
+# Why a minimum is what it is, where that is not plain from the flag.
+_WHY = {
+    ("diagnose", "samples"): (
+        " draws per image: PSIS (Vehtari et al. 2024; ArviZ's psislw) fits a generalized "
+        "Pareto to the largest ceil(min(S/5, 3·sqrt(S))) of the S importance ratios and needs "
+        "at least 5 of them, which takes S >= 21"
+    ),
+    ("diagnose", "idata_samples"): (
+        " draws: ArviZ's summary (sd, HDI) needs 2 or more to have a spread"
+    ),
+}
 
 
 def _check_counts(args: argparse.Namespace) -> None:
@@ -1107,6 +1118,7 @@ def _check_counts(args: argparse.Namespace) -> None:
         value = getattr(args, dest, None)
         if value is not None:
             meaning = _MEANING.get(minimum, {}).get(dest, "")
+            meaning += _WHY.get((args.command, dest), "")
             check_count("--" + dest.replace("_", "-"), value, minimum, meaning)
     if args.command == "fit":
         check_levels("--levels", args.levels)

@@ -813,6 +813,12 @@ CLI = [
             ("--points", "abc"),
         ]
     ],
+    (
+        "diagnose-samples-why",
+        ("vae", None),
+        ["diagnose", "{run}", "--samples", "20"],
+        ["--samples: 20", "generalized Pareto", "at least 5 of them", "S >= 21"],
+    ),
     ("diagnose-ae", ("ae", None), ["diagnose", "{run}"], ["no latent variables"]),
     ("diagnose-local", ("local", None), ["diagnose", "{run}"], ["free per-datapoint parameters"]),
     ("diagnose-missing", None, ["diagnose", "{new}"], ["is not a directory"]),
