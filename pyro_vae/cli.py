@@ -972,6 +972,14 @@ def _amortization_gap(args: argparse.Namespace) -> int:
     print(f"  ELBO, amortized encoder       {result['elbo_amortized']:10.3f}")
     print(f"  approximation gap             {result['approximation_gap']:10.3f}")
     print(f"  amortization gap              {result['amortization_gap']:10.3f}")
+    if result["amortization_gap_se"] is not None:
+        print(
+            f"  (standard errors over the images: approximation gap "
+            f"{result['approximation_gap_se']:.3f}, amortization gap "
+            f"{result['amortization_gap_se']:.3f})"
+        )
+    if "note" in result:
+        print(f"note: {result['note']}")
     return 0
 
 
