@@ -236,3 +236,25 @@ def test_binarization_options_with_a_table_are_refused_from_python(options, tmp_
     (name,) = options
     with pytest.raises(TableError, match=rf"{name}: .* the data is a table"):
         load_data(str(tmp_path / "t.csv"), Preprocessing("bernoulli", **options))
+
+
+@pytest.mark.parametrize("sep", [";", "\t", "|"])
+def test_a_csv_with_another_separator_reads_as_the_comma_one(sep, tmp_path):
+    df = frame(rows=12)
+    df.to_csv(tmp_path / "comma.csv", index=False)
+    df.to_csv(tmp_path / "other.csv", index=False, sep=sep)
+    df.to_csv(tmp_path / "other.csv.gz", index=False, sep=sep)
+    comma = read_table(tmp_path / "comma.csv", label_column="kind")
+    for name in ("other.csv", "other.csv.gz"):
+        other = read_table(tmp_path / name, label_column="kind")
+        assert other.columns == comma.columns == ("a", "b", "c")
+        assert np.array_equal(other.features, comma.features)
+        assert np.array_equal(other.labels, comma.labels)
+
+
+def test_one_column_and_quoted_commas_still_read(tmp_path):
+    (tmp_path / "one.csv").write_text("a\n0.5\n1.5\n2.5\n")
+    assert read_table(tmp_path / "one.csv").features[:, 0].tolist() == [0.5, 1.5, 2.5]
+    (tmp_path / "quoted.csv").write_text('a,name,b\n1,"x, y",2\n3,"z",4\n')
+    table = read_table(tmp_path / "quoted.csv")
+    assert table.columns == ("a", "b") and table.features.tolist() == [[1, 2], [3, 4]]
