@@ -401,7 +401,12 @@ def _add_sample(sub) -> None:
     s.add_argument("run", type=Path)
     s.add_argument("--num", type=int, default=64)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--out", type=Path, default=None, help="PNG path (default RUN/samples.png)")
+    s.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="PNG path (default RUN/sample_seedSEED_NUM.png; the fit's own samples.png is kept)",
+    )
     _add_allow_changed_data(s)
     _add_device(s)
 
@@ -853,7 +858,8 @@ def _sample(args: argparse.Namespace) -> int:
     import pyro
     import torch
 
-    out = args.out or RunFolder(args.run).file("samples.png")
+    # its own name: samples.png is the fit's figure, which a sample run must not replace
+    out = args.out or RunFolder(args.run).file(f"sample_seed{args.seed}_{args.num}.png")
     if out.is_dir() or out.suffix.lower() != ".png":
         raise ValueError(f"--out: {out} is not a .png file path; expected where to write the PNG")
     run = RunFolder(args.run)

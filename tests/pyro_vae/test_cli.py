@@ -762,3 +762,13 @@ def test_free_bits_groups_go_into_config_json_and_survive_resume(tmp_path):
     assert RunFolder(run).read_config()["estimator"]["options"] == options
     metrics = json.loads((run / "metrics.json").read_text())
     assert [r["epoch"] for r in metrics["epochs"]] == [1, 2]
+
+
+def test_sample_writes_its_own_file_and_keeps_the_fits_samples_png(trained, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    before = (run / "samples.png").read_bytes()
+    assert main(["sample", str(run), "--num", "9", "--seed", "3"]) == 0
+    assert (run / "samples.png").read_bytes() == before
+    assert (run / "sample_seed3_9.png").stat().st_size > 1000
+    assert str(run / "sample_seed3_9.png") in capsys.readouterr().out
