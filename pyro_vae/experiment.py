@@ -330,8 +330,9 @@ def evaluate_test_set(
     _latent_metrics(exp, x, split, elbo_samples, streamed, metrics, skipped)
     if skipped:
         metrics["skipped"] = skipped
-    if "standardization" in exp.data.info:  # a table's normal columns: the file's units too
-        metrics.update(original_units(metrics, exp.data.info["standardization"]))
+    standardization = getattr(exp.data, "info", {}).get("standardization")
+    if standardization is not None:  # a table's normal columns: the file's units too
+        metrics.update(original_units(metrics, standardization))
     metrics["seconds"] = time.perf_counter() - started
     return metrics
 
