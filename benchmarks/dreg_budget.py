@@ -34,14 +34,11 @@ table says which budget ran. Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import math
-import os
-import platform
 import time
 from pathlib import Path
 
 import pyro
-import torch
+from report_common import load_average, mean_and_se, run_footer
 
 from models.vae import VAE
 from pyro_vae import TrainConfig, fit, iwae_log_likelihood, load_data
@@ -84,14 +81,6 @@ def one_run(data, options: dict, seed: int, args) -> tuple[float, float]:
     return ll, seconds
 
 
-def mean_and_se(values: list[float]) -> tuple[float, float]:
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, math.nan
-    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
-    return mean, math.sqrt(var / len(values))
-
-
 def table(results: dict[str, list[tuple[float, float]]], args, load, seconds) -> str:
     names = list(results)
     cells = []
@@ -125,10 +114,7 @@ def table(results: dict[str, list[tuple[float, float]]], args, load, seconds) ->
             "|---|" + "---:|" * (args.seeds + 1),
             *per_seed,
             "",
-            f"Load average at the start: {load[0]}; at the end: {load[1]}. Whole run "
-            f"{seconds:.0f} s on {platform.processor() or platform.machine()}, "
-            f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, "
-            f"pyro {pyro.__version__}.",
+            run_footer(load, seconds),
             "",
         ]
     )
@@ -145,7 +131,7 @@ def main(argv=None) -> None:
     parser.add_argument("--output", type=Path, default=HERE / "dreg_budget.md")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    load_start = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    load_start = load_average(" ")
     print(f"load average {load_start}", flush=True)
     data = load_data("fashion-mnist", val_fraction=0.0)
     data.train_x = data.train_x[: args.train_images]
@@ -158,7 +144,7 @@ def main(argv=None) -> None:
             print(f"{name:<12} seed {seed}: log p(x) {ll:.2f} ({seconds:.0f} s)", flush=True)
             partial = table(results, args, (load_start, "(running)"), time.perf_counter() - started)
             args.output.write_text(partial.replace("# Test", "# (PARTIAL: still running) Test", 1))
-    load_end = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    load_end = load_average(" ")
     text = table(results, args, (load_start, load_end), time.perf_counter() - started)
     args.output.write_text(text)
     print(text)

@@ -75,6 +75,7 @@ import torch
 import torch.nn.functional as F
 from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO
+from report_common import load_average
 from torch import nn
 from torch.distributions import Normal, kl_divergence
 from torch.utils.data import DataLoader, TensorDataset
@@ -413,10 +414,6 @@ def loader_seconds(batches: Callable[[], Iterable], repeats: int = 3) -> float:
 
 
 # --- report ------------------------------------------------------------------------------
-
-
-def load_average() -> str:
-    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def machine_info(load_before: str) -> list[str]:

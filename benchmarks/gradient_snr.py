@@ -34,13 +34,12 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 from pathlib import Path
 
 import pyro
 import torch
+from report_common import load_average, run_footer
 
 from models.vae import VAE
 from pyro_vae import TrainConfig, fit, load_data
@@ -155,10 +154,7 @@ def table(rows, args, load, seconds) -> str:
         "",
         verdict(rows, args.ks),
         "",
-        f"Load average at the start: {load[0]}; at the end: {load[1]}. Whole run "
-        f"{seconds:.0f} s on {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, "
-        f"pyro {pyro.__version__}.",
+        run_footer(load, seconds),
         "",
     ]
     return "\n".join(lines)
@@ -174,12 +170,12 @@ def main(argv=None) -> None:
     parser.add_argument("--output", type=Path, default=HERE / "gradient_snr.md")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    load_start = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    load_start = load_average(" ")
     print(f"load average {load_start}", flush=True)
     model, guide, data = train(args.epochs, args.train_images)
     x = data.test_x[: args.batch]
     rows = measure(model, guide, x, args.ks, args.draws)
-    load_end = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    load_end = load_average(" ")
     print(f"load average {load_end}")
     text = table(rows, args, (load_start, load_end), time.perf_counter() - started)
     args.output.write_text(text)

@@ -25,9 +25,6 @@ tiny sizes, for the smoke test). One process:
 from __future__ import annotations
 
 import argparse
-import math
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -35,6 +32,7 @@ from pathlib import Path
 import pyro
 import torch
 from pyro.infer import Trace_ELBO
+from report_common import load_average, machine_footer, mean_and_se
 
 from models.vae import VAE
 from pyro_vae import Preprocessing, TrainConfig, elbo_per_datapoint, fit, load_data
@@ -54,10 +52,6 @@ FAMILIES = {
     "IAF, 2 steps": (AmortizedIAF, "flow"),
     "neural spline flow, 2 steps": (AmortizedSplineFlow, "flow"),
 }
-
-
-def load() -> str:
-    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def train_decoder(data, args) -> VAE:
@@ -91,10 +85,6 @@ def train_encoder(model, guide_class, data, args):
             optimizer.step()
     guide.eval()
     return guide
-
-
-def mean_and_se(values: torch.Tensor) -> tuple[float, float]:
-    return values.mean().item(), (values.std() / math.sqrt(values.numel())).item()
 
 
 def measure(model, encoders, data, args) -> dict:
@@ -170,9 +160,7 @@ def table(result: dict, split: dict, args, seconds: dict, loads: tuple[str, str]
         f"Target (issue 17): the IAF encoder's gap ≥ 30% below the Gaussian's. Here the IAF's "
         f"gap is {100 * iaf:.0f}% of the Gaussian's: **{met}**.",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"torch {torch.__version__}, pyro {pyro.__version__}; load average before "
-        f"{loads[0]}, after {loads[1]}; {sum(seconds.values()):.0f} s in all.",
+        machine_footer(loads, sum(seconds.values())),
     ]
     return "\n".join(lines) + "\n"
 
@@ -224,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     # Tiny tensors: on a busy 2-core machine a second thread costs more than it gives.
     torch.set_num_threads(1)
-    loads = [load()]
+    loads = [load_average()]
     print(f"load average {loads[0]}", flush=True)
     data = load_data("digits", Preprocessing())
     seconds = {}
@@ -243,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     result["n"] = int(data.test_x.shape[0])
     split = splits(model, encoders, data, args) if args.split_points > 0 else {}
     seconds["evaluation"] = time.perf_counter() - started
-    loads.append(load())
+    loads.append(load_average())
     print(f"load average {loads[1]}", flush=True)
     text = table(result, split, args, seconds, tuple(loads))
     args.out.write_text(text)

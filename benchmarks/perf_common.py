@@ -158,10 +158,6 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def load_average() -> str:
-    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
 def machine_lines() -> list[str]:
     """The machine and the library versions, as markdown list items."""
     try:

@@ -37,7 +37,8 @@ import perf_profile
 import perf_scaling
 import perf_step
 import torch
-from perf_common import fashion_available, load, load_average, machine_lines, set_threads
+from perf_common import fashion_available, load, machine_lines, set_threads
+from report_common import load_average
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

@@ -36,10 +36,10 @@ from perf_common import (  # noqa: E402
     LR,
     build_pyro_vae,
     load,
-    load_average,
     machine_lines,
     set_threads,
 )
+from report_common import load_average  # noqa: E402
 
 from pyro_vae.estimators import get  # noqa: E402
 from pyro_vae.evaluate import elbo_per_datapoint  # noqa: E402

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import pyro
 import torch
+from report_common import load_average, machine_footer, mean_and_se
 
 from pyro_vae import fit
 from pyro_vae.experiment import build, evaluate_test_set
@@ -38,10 +37,6 @@ METRICS = {
     "kl": "KL(q ‖ p)",
     "active_units": "active units",
 }
-
-
-def load() -> str:
-    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def priors(args) -> dict[str, dict]:
@@ -83,12 +78,6 @@ def run_one(options: dict, seed: int, args) -> dict:
     return {**test, "train_seconds": seconds, "best_epoch": result.best_epoch}
 
 
-def mean_and_se(values: list[float]) -> tuple[float, float]:
-    t = torch.tensor(values, dtype=torch.float64)
-    se = (t.std() / math.sqrt(len(values))).item() if len(values) > 1 else math.nan
-    return t.mean().item(), se
-
-
 def cell(values: list[float], digits: int = 2) -> str:
     mean, se = mean_and_se(values)
     return f"{mean:.{digits}f}" + ("" if math.isnan(se) else f" ± {se:.{digits}f}")
@@ -124,9 +113,7 @@ def table(results: dict, args, loads: tuple[str, str], seconds: float) -> str:
         "the same initial decoder (and encoder, except under the mixture of Gaussians, whose "
         "parameters are drawn before the encoder's).",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"torch {torch.__version__}, pyro {pyro.__version__}; load average before "
-        f"{loads[0]}, after {loads[1]}; {seconds:.0f} s in all.",
+        machine_footer(loads, seconds),
     ]
     return "\n".join(lines) + "\n"
 
@@ -155,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     # Small tensors: on a busy 2-core machine a second thread costs more than it gives.
     torch.set_num_threads(1)
-    loads = [load()]
+    loads = [load_average()]
     print(f"load average {loads[0]}", flush=True)
     started = time.perf_counter()
     results = {name: [] for name in priors(args)}
@@ -168,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"{r['log_likelihood']:.2f}, KL {r['kl']:.2f}, {r['train_seconds']:.0f} s",
                 flush=True,
             )
-    loads.append(load())
+    loads.append(load_average())
     text = table(results, args, tuple(loads), time.perf_counter() - started)
     args.out.write_text(text)
     print(text)

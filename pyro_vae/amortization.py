@@ -70,8 +70,10 @@ def amortization_gap(
 
     Returns per-datapoint means (nats): ``elbo_amortized``, ``elbo_local``,
     ``log_likelihood`` (IWAE with the local guide, K = ``iwae_samples``),
-    ``amortization_gap`` and ``approximation_gap``, plus the settings used (``family``
-    among them).
+    ``amortization_gap`` and ``approximation_gap``, each with its standard error over the
+    images (``*_se``; ``None`` for one image), plus the settings used (``family`` among
+    them), and a ``note`` when the amortization gap is negative
+    (:func:`negative_gap_note`).
 
     Raises:
         ValueError: a count is not a positive integer; ``family`` is not one of
@@ -98,24 +100,69 @@ def amortization_gap(
         try:
             _fit_local(model, local, x, steps, lr, num_particles, progress)
             whole = x.shape[0]  # the local guide only scores the batch it was fitted to
-            amortized = elbo_per_datapoint(model, guide, x, elbo_samples).mean().item()
+            amortized = elbo_per_datapoint(model, guide, x, elbo_samples)
             fitted = elbo_per_datapoint(model, local, x, elbo_samples, batch_size=whole)
             log_p = iwae_log_likelihood(model, local, x, iwae_samples, batch_size=whole)
         finally:
             for p in frozen:
                 p.requires_grad_(True)
-    fitted, log_p = fitted.mean().item(), log_p.mean().item()
-    return {
-        "elbo_amortized": amortized,
-        "elbo_local": fitted,
-        "log_likelihood": log_p,
-        "amortization_gap": fitted - amortized,
-        "approximation_gap": log_p - fitted,
+    result = {
+        "elbo_amortized": amortized.mean().item(),
+        "elbo_local": fitted.mean().item(),
+        "log_likelihood": log_p.mean().item(),
+        "amortization_gap": (fitted - amortized).mean().item(),
+        "approximation_gap": (log_p - fitted).mean().item(),
+        "amortization_gap_se": _standard_error(fitted - amortized),
+        "approximation_gap_se": _standard_error(log_p - fitted),
         "num_points": int(x.shape[0]),
         "steps": steps,
         "iwae_samples": iwae_samples,
         "family": family,
     }
+    note = negative_gap_note(result)
+    if note is not None:
+        result["note"] = note
+    return result
+
+
+def _standard_error(differences: torch.Tensor) -> float | None:
+    """The standard error of the mean of per-image differences (paired: the same images),
+    which holds both the images' spread and each estimate's Monte Carlo error; ``None``
+    for one image."""
+    n = differences.numel()
+    return None if n < 2 else (differences.double().std() / n**0.5).item()
+
+
+def negative_gap_note(result: dict) -> str | None:
+    """What a negative estimated amortization gap means, or ``None`` when it is not.
+
+    The local guides start from the encoder's output and only improve the ELBO in
+    expectation, so a gap below 0 is either Monte Carlo error (within 2 standard errors
+    of 0) or local optimization that made things worse (too few steps, or too large a
+    step size), which also spoils the approximation gap and log p(x) measured with them.
+    """
+    gap, se = result["amortization_gap"], result.get("amortization_gap_se")
+    if not gap < 0:
+        return None
+    if se is None:
+        return (
+            f"the amortization gap is negative ({gap:.3f} nats) on one image, whose standard "
+            "error is not known: use more --points to tell Monte Carlo error from local "
+            "guides that ended worse than the encoder (then raise --steps)"
+        )
+    if gap > -2 * se:
+        return (
+            f"the amortization gap is negative ({gap:.3f} nats) but within Monte Carlo "
+            f"error (2 standard errors: {2 * se:.3f}): the local guides did no better than "
+            "the encoder here, and the gap is indistinguishable from 0"
+        )
+    return (
+        f"the amortization gap is negative ({gap:.3f} nats), beyond Monte Carlo error "
+        f"(2 standard errors: {2 * se:.3f}): the per-image guides, started from the "
+        "encoder, ended worse than it, so their optimization did not converge (too few "
+        "--steps, or too large an --lr); the approximation gap and log p(x), measured with "
+        "those guides, are not to be trusted either"
+    )
 
 
 def local_guide(model, guide, x: torch.Tensor, family: str = "normal"):

@@ -55,6 +55,7 @@ from pyro_vae.run_config import (
     check_levels,
     check_widths,
 )
+from pyro_vae.tables import is_table_path, refuse_binarization
 from pyro_vae.tensorboard_log import require_tensorboard
 from pyro_vae.train import TrainingDiverged, fit
 
@@ -81,6 +82,17 @@ def _key_value(text: str) -> tuple[str, Any]:
         return key.replace("-", "_"), json.loads(raw)
     except json.JSONDecodeError:
         return key.replace("-", "_"), raw
+
+
+def _free_bits_groups(text: str) -> int | str:
+    if text == "dims":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of groups K >= 1 or 'dims'"
+        ) from None
 
 
 def _folder(text: str) -> Path:
@@ -275,6 +287,15 @@ def _add_fit_objective(f: argparse.ArgumentParser) -> None:
         help="free bits (Kingma et al. 2016): each latent site's minibatch-mean KL counts as "
         "max(NATS, KL); the estimator option free_bits of trace, analytic-kl, score, enum",
     )
+    f.add_argument(
+        "--free-bits-groups",
+        type=_free_bits_groups,
+        default=None,
+        metavar="K|dims",
+        help="with --free-bits, split each latent site into K groups of its dimensions (or "
+        "'dims': one per dimension), each held at NATS; needs a guide and prior that factorize "
+        "over dimensions (diagonal Normal); the estimator option free_bits_groups",
+    )
 
 
 def _add_fit_training(f: argparse.ArgumentParser) -> None:
@@ -404,7 +425,12 @@ def _add_sample(sub) -> None:
     s.add_argument("run", type=Path)
     s.add_argument("--num", type=int, default=64)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--out", type=Path, default=None, help="PNG path (default RUN/samples.png)")
+    s.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="PNG path (default RUN/sample_seedSEED_NUM.png; the fit's own samples.png is kept)",
+    )
     _add_allow_changed_data(s)
     _add_device(s)
 
@@ -537,23 +563,24 @@ def _run_config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def _estimator_options(args: argparse.Namespace) -> dict[str, Any]:
-    """--estimator-opt pairs, with --free-bits and --gradient as the options ``free_bits``
-    and ``gradient`` when given (a run without them keeps the estimator's defaults, and its
-    config.json is as before)."""
+    """--estimator-opt pairs, with --free-bits, --free-bits-groups and --gradient as the
+    options ``free_bits``, ``free_bits_groups`` and ``gradient`` when given (a run without
+    them keeps the estimator's defaults, and its config.json is as before)."""
     options = dict(args.estimator_opt)
     for flag, key, what in (
         ("--free-bits", "free_bits", "free bits"),
+        ("--free-bits-groups", "free_bits_groups", "the groups"),
         ("--gradient", "gradient", "the gradient"),
     ):
         value = getattr(args, key)
         if value is None:
             continue
-        given = options.setdefault(key, value)
-        if given != value:
+        if key in options and options[key] != value:
             raise ValueError(
-                f"{flag}: {value!r} disagrees with --estimator-opt {key}={given!r}; "
+                f"{flag}: {value!r} disagrees with --estimator-opt {key}={options[key]!r}; "
                 f"give {what} once"
             )
+        options[key] = value
     return options
 
 
@@ -596,8 +623,9 @@ def _note_unaccepted(args: argparse.Namespace, exp: Experiment, config: RunConfi
 
 def _print_test(test: dict[str, Any], table: bool = False) -> None:
     """The test metrics, per image, or per row of a ``table`` (whose nats are those of
-    the standardized columns when they were standardized)."""
+    the standardized columns when they were standardized, then also in the file's units)."""
     unit = "row" if table else "image"
+    standardized = " of the standardized columns" if "units" in test else ""
     if test.get("evaluated_on") == "training set":
         print(
             "note: the guide has free per-datapoint parameters, so it has no posterior for "
@@ -606,12 +634,16 @@ def _print_test(test: dict[str, Any], table: bool = False) -> None:
     given = " | y" if test.get("conditioned_on_labels") else ""  # a model that uses labels
     for key, value in test.items():
         if key == "elbo":
-            print(f"test ELBO{given:<17}{value:10.3f} nats per {unit}")
+            print(f"test ELBO{given:<17}{value:10.3f} nats per {unit}{standardized}")
+        elif key.endswith("_original_units"):
+            what = "ELBO" if key == "elbo_original_units" else "log p(x) (IWAE)"
+            print(f"test {what:<20} {value:10.3f} nats per row in the file's units")
         elif key == "reconstruction_log_likelihood":
             print(f"test log Pr(x | z)        {value:10.3f} nats per {unit} (autoencoder)")
         elif key == "log_likelihood":
             print(
-                f"{'test log p(x' + given + ') (IWAE)':<26}{value:10.3f} nats per {unit} "
+                f"{'test log p(x' + given + ') (IWAE)':<26}{value:10.3f} nats per {unit}"
+                f"{standardized} "
                 f"(K={test['log_likelihood_samples']}, {test['log_likelihood_points']} {unit}s)"
             )
         elif key == "kl":
@@ -642,6 +674,9 @@ def _fit(args: argparse.Namespace, given: set[str]) -> int:
         )
     # bad flags: refused before any work
     config = None if args.resume else _run_config_from_args(args)
+    if config is not None and is_table_path(str(config.data.name)):
+        flags = ("--binarize", "--threshold")
+        refuse_binarization({f: getattr(args, f[2:]) for f in flags if f in given})
     run = RunFolder(args.resume or args.out)
     if args.resume and not run.path.is_dir():
         raise RunFolderError(
@@ -854,7 +889,8 @@ def _sample(args: argparse.Namespace) -> int:
     import pyro
     import torch
 
-    out = args.out or RunFolder(args.run).file("samples.png")
+    # its own name: samples.png is the fit's figure, which a sample run must not replace
+    out = args.out or RunFolder(args.run).file(f"sample_seed{args.seed}_{args.num}.png")
     if out.is_dir() or out.suffix.lower() != ".png":
         raise ValueError(f"--out: {out} is not a .png file path; expected where to write the PNG")
     run = RunFolder(args.run)
@@ -988,6 +1024,14 @@ def _amortization_gap(args: argparse.Namespace) -> int:
     print(f"  ELBO, amortized encoder       {result['elbo_amortized']:10.3f}")
     print(f"  approximation gap             {result['approximation_gap']:10.3f}")
     print(f"  amortization gap              {result['amortization_gap']:10.3f}")
+    if result["amortization_gap_se"] is not None:
+        print(
+            f"  (standard errors over the images: approximation gap "
+            f"{result['approximation_gap_se']:.3f}, amortization gap "
+            f"{result['amortization_gap_se']:.3f})"
+        )
+    if "note" in result:
+        print(f"note: {result['note']}")
     return 0
 
 
@@ -1115,6 +1159,17 @@ _COUNTS = {
     "grad-variance": {"num_draws": 2, "batch_size": 1, "seed": 0},
 }
 _MEANING = {0: {"ll_samples": " (0 skips it)", "ll_points": " (0: all)", "points": " (0: all)"}}
+# Why a minimum is what it is, where that is not plain from the flag.
+_WHY = {
+    ("diagnose", "samples"): (
+        " draws per image: PSIS (Vehtari et al. 2024; ArviZ's psislw) fits a generalized "
+        "Pareto to the largest ceil(min(S/5, 3·sqrt(S))) of the S importance ratios and needs "
+        "at least 5 of them, which takes S >= 21"
+    ),
+    ("diagnose", "idata_samples"): (
+        " draws: ArviZ's summary (sd, HDI) needs 2 or more to have a spread"
+    ),
+}
 
 
 def _check_counts(args: argparse.Namespace) -> None:
@@ -1124,6 +1179,7 @@ def _check_counts(args: argparse.Namespace) -> None:
         value = getattr(args, dest, None)
         if value is not None:
             meaning = _MEANING.get(minimum, {}).get(dest, "")
+            meaning += _WHY.get((args.command, dest), "")
             check_count("--" + dest.replace("_", "-"), value, minimum, meaning)
     if args.command == "fit":
         check_levels("--levels", args.levels)

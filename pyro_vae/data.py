@@ -66,7 +66,12 @@ from pyro_vae.labels import labelled_subset
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.mapped_rows import CHUNK_ROWS, MappedRows
 from pyro_vae.provenance import file_provenance
-from pyro_vae.tables import is_table_path, read_table, table_observations
+from pyro_vae.tables import (
+    is_table_path,
+    read_table,
+    refuse_binarization,
+    table_observations,
+)
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 BINARIZATIONS = ("static", "dynamic")
@@ -777,6 +782,14 @@ def _prepared(
     image_shape: tuple[int, ...] | None = tuple(int(s) for s in raw.train_x.shape[1:])
     if raw.columns is not None:
         image_shape = None
+        defaults = Preprocessing()
+        refuse_binarization(
+            {
+                key: getattr(preprocessing, key)
+                for key in ("binarize", "threshold")
+                if getattr(preprocessing, key) != getattr(defaults, key)
+            }
+        )
         features = {key: array[index] for key, (array, _, index) in rows.items()}
         obs, pixel_max = table_observations(
             features, preprocessing.likelihood, preprocessing.levels, raw.columns, info

@@ -51,6 +51,7 @@ from pyro_vae.predictive import (
 from pyro_vae.provenance import check_unchanged
 from pyro_vae.run_config import STANDARD_MODEL_OPTIONS, RunConfig
 from pyro_vae.spec import call_with_supported, load_object, supported_options
+from pyro_vae.tables import original_units
 
 
 @dataclass
@@ -364,6 +365,9 @@ def evaluate_test_set(
         _latent_metrics(exp, x, split, elbo_samples, streamed, metrics, skipped)
     if skipped:
         metrics["skipped"] = skipped
+    standardization = getattr(exp.data, "info", {}).get("standardization")
+    if standardization is not None:  # a table's normal columns: the file's units too
+        metrics.update(original_units(metrics, standardization))
     metrics["seconds"] = time.perf_counter() - started
     return metrics
 

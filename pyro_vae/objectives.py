@@ -11,10 +11,15 @@ observations,
 - **free bits** (Kingma et al. 2016, "Improved variational inference with inverse
   autoregressive flow", appendix C): the latents are split into groups j and the KL term
   of each contributes max(λ, E_{x∈M}[KL_j(x)]) instead of its KL, where the mean is over
-  the minibatch M. Here a **group is a sample site** (all of its event dims): its KL per
-  element of its plates (per datapoint, for a site in the per-datapoint plate), averaged
-  over the minibatch's elements. While that average is below λ the group's KL adds the
-  constant λ to the loss, so its gradient is exactly zero; above λ it is the usual KL.
+  the minibatch M. By default a **group is a sample site** (all of its event dims): its KL
+  per element of its plates (per datapoint, for a site in the per-datapoint plate),
+  averaged over the minibatch's elements. While that average is below λ the group's KL
+  adds the constant λ to the loss, so its gradient is exactly zero; above λ it is the
+  usual KL. ``groups`` splits each site into K groups of its dimensions (K contiguous
+  blocks of its flattened event dims; ``"dims"``: one group per dimension), as the paper
+  does; each group then has its own λ. That needs a KL per dimension, so guide and prior
+  must factorize over the site's dimensions (:mod:`pyro_vae.latent_dims`; flows,
+  low-rank guides and mixture priors are refused).
 
 :func:`free_bits_traces` does the second on a pair of traces that an estimator is about
 to score: it decides, for each particle, which groups sit below λ, and returns copies of
@@ -43,9 +48,16 @@ from pyro.distributions.util import is_identically_zero, scale_and_mask
 from pyro.poutine import Trace
 from torch.distributions import kl_divergence
 
+from pyro_vae.latent_dims import check_groups, group_count, per_dim_kl, per_dim_log_prob
 from pyro_vae.traces import PARTICLE_PLATES, sample_sites
 
-__all__ = ["check_beta", "check_free_bits", "free_bits_traces", "latent_groups"]
+__all__ = [
+    "check_beta",
+    "check_free_bits",
+    "check_free_bits_groups",
+    "free_bits_traces",
+    "latent_groups",
+]
 
 
 def check_beta(beta: object, name: str = "beta") -> float:
@@ -74,6 +86,24 @@ def check_free_bits(free_bits: object, name: str = "free_bits") -> float | None:
     if not (math.isfinite(free_bits) and free_bits >= 0):
         raise ValueError(f"{name}: {free_bits!r} is not a finite λ >= 0 (nats per latent group)")
     return float(free_bits)
+
+
+def check_free_bits_groups(
+    groups: object, free_bits: float | None, name: str = "free_bits_groups"
+) -> int | str | None:
+    """``groups`` (:func:`pyro_vae.latent_dims.check_groups`): ``None``, ``"dims"`` or a
+    count K >= 1 of groups of dimensions per latent site.
+
+    Raises:
+        ValueError: naming ``name``: not one of those, or groups without ``free_bits``.
+    """
+    groups = check_groups(groups, name)
+    if groups is not None and free_bits is None:
+        raise ValueError(
+            f"{name}: {groups!r} without free_bits; groups of dimensions are what free bits "
+            "hold at λ, so give free_bits=λ too (or leave the groups out)"
+        )
+    return groups
 
 
 def latent_groups(model_trace: Trace, guide_trace: Trace) -> list[str]:
@@ -120,21 +150,30 @@ def _group_kl(model_site: dict, guide_site: dict, analytic: bool) -> torch.Tenso
 
 
 def free_bits_traces(
-    model_trace: Trace, guide_trace: Trace, free_bits: float, analytic: bool = False
+    model_trace: Trace,
+    guide_trace: Trace,
+    free_bits: float,
+    analytic: bool = False,
+    groups: int | str | None = None,
 ) -> tuple[Trace, Trace, torch.Tensor, dict[str, torch.Tensor]]:
     """Copies of the traces with each group below ``free_bits`` nats taken out (see the
-    module docstring), the floor they contribute instead, and each group's closed-form
+    module docstring), the floor they contribute instead, and each site's closed-form
     or Monte Carlo KL term (for an estimator that subtracts KLs itself).
 
     Log-densities must have been computed (``compute_log_prob``; guide score parts where
-    the estimator uses them).
+    the estimator uses them). ``groups``: ``None`` (each site one group), ``"dims"`` or K
+    groups of each site's dimensions (:mod:`pyro_vae.latent_dims`).
 
     Returns:
         ``(model_trace, guide_trace, floor, kept_kl)``: ``floor`` is Σ over particles and
         frozen groups of λ · m_j (m_j: the sum of the group's scales over its elements,
         N for a per-datapoint site of a minibatch, times β), a detached tensor to subtract
-        from the particles' summed ELBO; ``kept_kl[name]`` the group's KL term per element,
-        zero where frozen.
+        from the particles' summed ELBO; ``kept_kl[name]`` the site's KL term per element,
+        without its frozen groups.
+
+    Raises:
+        ValueError: with ``groups``, a K that does not divide a site's event size, or a
+            site whose guide or prior does not factorize over its dimensions.
     """
     model_out, guide_out = _copy(model_trace), _copy(guide_trace)
     floor = None
@@ -142,9 +181,20 @@ def free_bits_traces(
     for name in latent_groups(model_trace, guide_trace):
         model_site, guide_site = model_trace.nodes[name], guide_trace.nodes[name]
         dim = _particle_dim(guide_site)
-        kl = _group_kl(model_site, guide_site, analytic)
         ones = torch.ones(guide_site["fn"].batch_shape, device=guide_site["value"].device)
         weight = _per_particle(scale_and_mask(ones, guide_site["scale"], guide_site["mask"]), dim)
+        count = group_count(groups, guide_site["fn"].event_shape.numel(), name)
+        if count > 1:
+            term, kept[name] = _free_dim_groups(
+                name,
+                (model_site, guide_site),
+                (model_out, guide_out),
+                (free_bits, count, analytic),
+                weight,
+            )
+            floor = term if floor is None else floor + term
+            continue
+        kl = _group_kl(model_site, guide_site, analytic)
         total = _per_particle(kl, dim)
         frozen = (total < free_bits * weight).detach()
         keep = (~frozen).to(total.dtype)
@@ -160,6 +210,49 @@ def free_bits_traces(
     if floor is None:
         floor = torch.zeros(())
     return model_out, guide_out, floor.detach(), kept
+
+
+def _free_dim_groups(name, sites, outs, setting, weight):
+    """:func:`free_bits_traces` for one site split into ``count`` groups of its dimensions:
+    the site's floor and kept KL; ``outs``' copies of the site hold only kept dimensions."""
+    (model_site, guide_site), (free_bits, count, analytic) = sites, setting
+    dim = _particle_dim(guide_site)
+    if guide_site["infer"].get("_enumerate_dim") is not None:
+        raise ValueError(
+            f"free_bits_groups: latent site {name!r} is enumerated, and an enumerated site's "
+            "values are not split into dimensions; use free_bits_groups=None"
+        )
+    kl = per_dim_kl(model_site, guide_site, name, analytic)
+    size = kl.shape[-1] // count
+    kl_groups = kl.reshape(kl.shape[:-1] + (count, size)).sum(-1)
+    if dim is None or kl_groups.dim() - 1 < -dim or kl_groups.shape[dim - 1] == 1:
+        total = kl_groups.reshape(-1, count).sum(0, keepdim=True)
+    else:
+        total = kl_groups.movedim(dim - 1, 0).reshape(kl_groups.shape[dim - 1], -1, count).sum(1)
+    frozen = (total < free_bits * weight.unsqueeze(-1)).detach()  # [particles, groups]
+    keep = (~frozen).to(total.dtype).repeat_interleave(size, dim=-1)
+    if dim is not None and keep.shape[0] > 1:
+        keep = keep.reshape((keep.shape[0],) + (1,) * (-dim - 1) + (kl.shape[-1],))
+    else:
+        keep = keep.reshape(kl.shape[-1])
+    term = (frozen.to(total.dtype) * free_bits * weight.unsqueeze(-1)).sum()
+    for site, out, role in zip(sites, outs, ("prior", "guide"), strict=True):
+        log_prob = (per_dim_log_prob(site, name, role) * keep).sum(-1)
+        _set_log_prob(out.nodes[name], log_prob)
+    return term, (kl * keep).sum(-1)
+
+
+def _set_log_prob(site: dict, log_prob: torch.Tensor) -> None:
+    """Put ``log_prob`` (scaled, masked) in place of a site's log-density terms, not its
+    score function; an entropy term (a reparameterized site's log q) becomes it too."""
+    site["log_prob"] = log_prob
+    site["log_prob_sum"] = log_prob.sum()
+    parts = site.get("score_parts")
+    if parts is not None:
+        entropy = parts.entropy_term
+        if not is_identically_zero(entropy):
+            entropy = log_prob
+        site["score_parts"] = ScoreParts(log_prob, parts.score_function, entropy)
 
 
 def _copy(trace: Trace) -> Trace:

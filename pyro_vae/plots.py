@@ -44,25 +44,56 @@ def plot_reconstructions(
     title: str = "",
 ) -> Path:
     """Originals (top row of each pair) above their reconstructions E[x | z = E_q z]."""
+    return save_png(reconstruction_figure(x, x_hat, image_shape, pixel_max, title), path)
+
+
+def reconstruction_figure(
+    x: torch.Tensor,
+    x_hat: torch.Tensor,
+    image_shape: Sequence[int],
+    pixel_max: float,
+    title: str = "",
+) -> Figure:
+    """:func:`plot_reconstructions`' figure, unsaved."""
     originals, recons = (
         _as_images(x, image_shape, pixel_max),
         _as_images(x_hat, image_shape, pixel_max),
     )
     cols = min(len(originals), 12)
     pairs = math.ceil(len(originals) / cols)
-    fig = Figure(figsize=(cols * 0.9, 2 * pairs * 0.95))
-    axes = fig.subplots(2 * pairs, cols, squeeze=False)
+    # Row labels sit in a margin left of the first column and the title in one above the
+    # grid (inches, fixed), so neither runs into an image whatever the grid's size; axes
+    # titles did: "reconstruction" is wider than a column and met the row above.
+    label_in, title_in, cell_in = 0.85, 0.35, 0.9
+    width, height = label_in + cols * cell_in, title_in + 2 * pairs * cell_in
+    axes = (fig := Figure(figsize=(width, height))).subplots(
+        2 * pairs,
+        cols,
+        squeeze=False,
+        gridspec_kw={
+            "left": label_in / width,
+            "right": 1.0,
+            "top": 1 - title_in / height,
+            "bottom": 0.0,
+            "wspace": 0.08,
+            "hspace": 0.08,
+        },
+    )
     for ax in axes.flat:
         ax.axis("off")
     for i in range(len(originals)):
         r, c = divmod(i, cols)
         show(axes[2 * r, c], originals[i], None)
         show(axes[2 * r + 1, c], recons[i], None)
-    for r in range(pairs):
-        axes[2 * r, 0].set_title("data", fontsize=7, loc="left")
-        axes[2 * r + 1, 0].set_title("reconstruction", fontsize=7, loc="left")
-    fig.suptitle(title or "test images and their reconstructions", fontsize=9)
-    return save_png(fig, path)
+    for row in range(2 * pairs):
+        label = "reconstruction" if row % 2 else "data"
+        first = axes[row, 0]
+        first.text(
+            -0.08, 0.5, label, transform=first.transAxes, ha="right", va="center", fontsize=7
+        )
+    title = title or "test images and their reconstructions"
+    fig.suptitle(title, fontsize=9, y=1 - 0.1 / height, va="top")
+    return fig
 
 
 def plot_samples(

@@ -3,7 +3,9 @@ likelihood needs of them.
 
 Files are read with pandas (``read_csv``, ``read_parquet``): CSV dialects, quoting,
 compression (``.csv.gz``) and Parquet's encodings are pandas' and pyarrow's to get right,
-not ours. Parquet needs pyarrow (``pip install 'pyro_vae[parquet]'``) or fastparquet.
+not ours. A CSV's separator (comma, semicolon, tab or ``|``) is sniffed from its start
+(:func:`csv_separator`), so a semicolon- or tab-separated file reads as a comma one.
+Parquet needs pyarrow (``pip install 'pyro_vae[parquet]'``) or fastparquet.
 The whole table is read into memory.
 
 - Features: ``columns`` names them (in that order); by default every numeric column but
@@ -18,10 +20,16 @@ What the observations are follows the likelihood (:func:`table_observations`):
 deviation (ddof 0) of the *training* split alone, so no statistic of the held-out rows
 leaks into training; ``bernoulli`` needs 0/1 columns and ``categorical`` non-negative
 integers, both used as they are.
+
+A model of standardized columns gives densities of the standardized values: in nats of
+x_std = (x − mean) / std. :func:`original_units` turns a row's log-density into one of
+the file's values by the change of variables log p(x) = log p(x_std) − Σ_j log std_j.
 """
 
 from __future__ import annotations
 
+import csv
+import gzip
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +70,24 @@ class Table:
 def is_table_path(path: str) -> bool:
     """Whether ``path`` names a table by its suffix (:data:`TABLE_SUFFIXES`, any case)."""
     return path.lower().endswith(TABLE_SUFFIXES)
+
+
+def refuse_binarization(given: dict[str, Any]) -> None:
+    """Refuse binarization options (``given``: name -> value) for a table, naming the first.
+
+    Binarization thresholds or draws image intensities in [0, 1]; a table's columns are
+    used as they are (``bernoulli`` needs them 0/1 already), so such an option would be
+    silently ignored.
+
+    Raises:
+        TableError: ``given`` is not empty.
+    """
+    for name, value in given.items():
+        raise TableError(
+            f"{name}: {value!r} sets how image intensities are binarized, but the data is a "
+            "table, whose columns are used as they are (bernoulli needs 0/1 columns; normal "
+            f"standardizes them); leave {name} out"
+        )
 
 
 def read_table(
@@ -111,12 +137,34 @@ def _read(path: Path):
     if parquet:
         _require_parquet_engine()
     try:
-        return pd.read_parquet(path) if parquet else pd.read_csv(path)
+        return pd.read_parquet(path) if parquet else pd.read_csv(path, sep=csv_separator(path))
     except pd.errors.EmptyDataError as err:
         raise TableError(f"data: {path} is empty; expected a header and rows") from err
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as err:
         kind = "Parquet" if parquet else "CSV"
         raise TableError(f"data: {path} could not be read as {kind} ({err})") from err
+
+
+SEPARATORS = ",;\t|"
+"""The separators :func:`csv_separator` chooses from."""
+
+
+def csv_separator(path: Path, sample_bytes: int = 65536) -> str:
+    """The field separator of a CSV file: one of :data:`SEPARATORS`, found by Python's
+    ``csv.Sniffer`` on the first ``sample_bytes`` (decompressed for ``.gz``); ``","``
+    when it cannot tell (one column, say).
+
+    pandas' own ``read_csv(sep=None)`` sniffs the same way, but only with its Python
+    engine, which is several times slower than the C engine on a large table; sniffing
+    a sample here and passing the separator keeps the C engine.
+    """
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8", errors="replace", newline="") as f:
+            sample = f.read(sample_bytes)
+        return csv.Sniffer().sniff(sample, delimiters=SEPARATORS).delimiter
+    except (csv.Error, OSError, EOFError):
+        return ","
 
 
 def _require_parquet_engine() -> None:
@@ -231,6 +279,32 @@ def table_observations(
         info["levels"] = levels
     obs = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in features.items()}
     return obs, 1.0 if likelihood == "bernoulli" else float(levels - 1)
+
+
+ORIGINAL_UNITS = ("elbo", "log_likelihood")
+
+
+def original_units(metrics: dict[str, Any], standardization: dict[str, Any]) -> dict[str, Any]:
+    """The per-row log-densities of ``metrics`` (``elbo``, ``log_likelihood``: nats per row
+    of the standardized columns) in the table's original units, as ``<key>_original_units``,
+    by log p(x) = log p(x_std) − Σ_j log std_j (the standardization's Jacobian), with
+    ``units`` saying which is which. ``standardization``: the ``info`` entry
+    :func:`table_observations` records (its ``std``, one per column). A KL between
+    latent distributions has no data units and is left as it is.
+    """
+    log_jacobian = float(np.log(np.asarray(standardization["std"], dtype=np.float64)).sum())
+    out: dict[str, Any] = {
+        f"{key}_original_units": metrics[key] - log_jacobian
+        for key in ORIGINAL_UNITS
+        if key in metrics
+    }
+    if out:
+        out["units"] = (
+            "elbo, log_likelihood: nats per row of the standardized columns (x - mean) / std; "
+            "*_original_units: nats per row of the file's values, minus sum_j log std_j "
+            f"= {log_jacobian:.6g} nats"
+        )
+    return out
 
 
 def _standardized(

@@ -445,6 +445,19 @@ CLI = [
         ["fit", "--out", "{new}", "--data", "{csv_ok}", "--image-size", "2", "2"],
         ["image_size: (2, 2) applies to an image folder"],
     ),
+    *[
+        (
+            f"fit-table{flag}-{value}",
+            None,
+            ["fit", "--out", "{new}", "--data", "{csv_ok}", flag, value],
+            [f"{flag}: {shown}", "the data is a table", f"leave {flag} out"],
+        )
+        for flag, value, shown in (
+            ("--binarize", "dynamic", "'dynamic'"),
+            ("--binarize", "static", "'static'"),
+            ("--threshold", "0.7", "0.7"),
+        )
+    ],
     (
         "fit-digits-columns",
         None,
@@ -644,6 +657,84 @@ CLI = [
         ],
         ["drop_last", "decaying-average baseline"],
     ),
+    # --- fit: the objective (β, free bits and their groups) ---------------------------------
+    *[
+        (f"fit-beta-{value}", None, ["fit", "--out", "{new}", "--beta", value], words)
+        for value, words in {
+            "0": ["beta: 0.0", "finite β > 0"],
+            "-1": ["beta: -1.0", "finite β > 0"],
+            "nan": ["beta: nan", "finite β > 0"],
+            "inf": ["beta: inf", "finite β > 0"],
+            "abc": ["--beta", "invalid float value: 'abc'"],
+        }.items()
+    ],
+    *[
+        (f"fit-free-bits-{value}", None, ["fit", "--out", "{new}", "--free-bits", value], words)
+        for value, words in {
+            "-1": ["free_bits: -1.0", "finite λ >= 0"],
+            "nan": ["free_bits: nan", "finite λ >= 0"],
+            "inf": ["free_bits: inf", "finite λ >= 0"],
+            "abc": ["--free-bits", "invalid float value: 'abc'"],
+        }.items()
+    ],
+    *[
+        (
+            f"fit-free-bits-{name}",
+            None,
+            ["fit", "--out", "{new}", "--estimator", name, "--free-bits", "1"],
+            ["free_bits: 1.0", f"not an option of '{name}'", "options of trace"],
+        )
+        for name in ("iwae", "vimco", "tracegraph")
+    ],
+    *[
+        (
+            f"fit-free-bits-groups-{value}",
+            None,
+            ["fit", "--out", "{new}", "--free-bits", "1", "--free-bits-groups", value],
+            words,
+        )
+        for value, words in {
+            "0": ["free_bits_groups: 0", "not a number of groups", "'dims'"],
+            "-2": ["free_bits_groups: -2", "not a number of groups", "'dims'"],
+            "abc": ["--free-bits-groups", "'abc' is not a number of groups"],
+        }.items()
+    ],
+    (
+        "fit-free-bits-groups-alone",
+        None,
+        ["fit", "--out", "{new}", "--free-bits-groups", "2"],
+        ["free_bits_groups: 2 without free_bits"],
+    ),
+    (
+        "fit-free-bits-groups-iwae",
+        None,
+        ["fit", "--out", "{new}", "--estimator", "iwae", "--free-bits-groups", "2"],
+        ["free_bits_groups: 2", "not an option of 'iwae'"],
+    ),
+    (
+        "fit-free-bits-groups-divide",
+        None,
+        ["fit", "--out", "{new}", *FAST, "--free-bits", "1", "--free-bits-groups", "2"],
+        ["free_bits_groups: 2 does not divide the event size 3 of latent site 'z'"],
+    ),
+    (
+        "fit-free-bits-groups-flow",
+        None,
+        [
+            "fit", "--out", "{new}", *FAST, "--free-bits", "1", "--free-bits-groups", "dims",
+            "--guide", "pyro_vae.guides:AmortizedIAF",
+        ],
+        ["free_bits_groups: the guide of latent site 'z'", "does not factorize"],
+    ),
+    (
+        "fit-free-bits-groups-mixture-prior",
+        None,
+        [
+            "fit", "--out", "{new}", *FAST, "--free-bits", "1", "--free-bits-groups", "dims",
+            "--model-opt", "prior=mog",
+        ],
+        ["free_bits_groups: the prior of latent site 'z'", "MixtureSameFamily"],
+    ),
     # --- fit --resume -----------------------------------------------------------------
     ("resume-missing", None, ["fit", "--resume", "{new}"], ["is not a directory"]),
     *[
@@ -769,6 +860,12 @@ CLI = [
             ("--points", "abc"),
         ]
     ],
+    (
+        "diagnose-samples-why",
+        ("vae", None),
+        ["diagnose", "{run}", "--samples", "20"],
+        ["--samples: 20", "generalized Pareto", "at least 5 of them", "S >= 21"],
+    ),
     ("diagnose-ae", ("ae", None), ["diagnose", "{run}"], ["no latent variables"]),
     ("diagnose-local", ("local", None), ["diagnose", "{run}"], ["free per-datapoint parameters"]),
     ("diagnose-missing", None, ["diagnose", "{new}"], ["is not a directory"]),

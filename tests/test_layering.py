@@ -59,6 +59,7 @@ LAYERS: dict[str, int] = {
     "pyro_vae.weights": 3,
     "pyro_vae.annealing": 3,
     "pyro_vae.objectives": 3,
+    "pyro_vae.latent_dims": 3,
     # 4: estimators; cavi (its own branch, see CAVI below)
     "pyro_vae.estimators": 4,
     "pyro_vae.cavi": 4,

@@ -268,9 +268,8 @@ plt.show()
 # Here, a model none of the classes covers: groups share a mean $m$; each group $g$ has its
 # own mean $\mu_g$ and precision $\tau_g$.
 
+
 # %%
-
-
 def groups_model(y):  # y: [N, G]
     m = pyro.sample("m", dist.Normal(y.new_tensor(0.0), 3.0))
     with pyro.plate("groups", y.shape[-1], dim=-1):
@@ -327,9 +326,8 @@ plt.show()
 # distribution and the factor that breaks conjugacy: here a Normal latent enters the
 # likelihood's scale through `exp`.
 
+
 # %%
-
-
 def log_scale_model(y):
     u = pyro.sample("u", dist.Normal(y.new_tensor(0.0), 1.0))
     with pyro.plate("points", y.shape[0]):

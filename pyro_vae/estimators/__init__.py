@@ -23,8 +23,9 @@
   and per-sample leave-one-out baselines (Mnih & Rezende 2016), for discrete latents.
 
 ``free_bits=λ`` (nats per latent site; Kingma et al. 2016, :mod:`pyro_vae.objectives`) is
-an option of ``trace``, ``analytic-kl``, ``score`` and ``enum`` (:data:`FREE_BITS`); ``iwae``,
-``vimco`` and ``tracegraph`` refuse it. β (β-VAE) is not an estimator option: it scales the
+an option of ``trace``, ``analytic-kl``, ``score`` and ``enum`` (:data:`FREE_BITS`), with
+``free_bits_groups`` (K groups of each site's dimensions, or ``"dims"``); ``iwae``,
+``vimco`` and ``tracegraph`` refuse both. β (β-VAE) is not an estimator option: it scales the
 latent sites of model and guide (:class:`pyro_vae.annealing.ScaleLatents`,
 ``TrainConfig(beta=...)``), so it works with every estimator.
 
@@ -103,11 +104,12 @@ def get(name: str, **options: Any) -> ELBO:
             f"gradient: {options['gradient']!r} is not an option of {name!r}; expected it with "
             "trace (reparam, stl) or iwae (reparam, dreg, stl), the pathwise estimators"
         )
-    if "free_bits" in options and name in _NO_FREE_BITS:
-        raise ValueError(
-            f"free_bits: {options['free_bits']!r} is not an option of {name!r}: "
-            f"{_NO_FREE_BITS[name]}; free bits are options of {', '.join(FREE_BITS)}"
-        )
+    for key in ("free_bits", "free_bits_groups"):
+        if key in options and name in _NO_FREE_BITS:
+            raise ValueError(
+                f"{key}: {options[key]!r} is not an option of {name!r}: "
+                f"{_NO_FREE_BITS[name]}; free bits are options of {', '.join(FREE_BITS)}"
+            )
     try:
         return _REGISTRY[name](**options)
     except TypeError as err:

@@ -19,14 +19,20 @@ import torch
 from pyro.infer import TraceEnum_ELBO
 
 from pyro_vae.estimators.capabilities import Capabilities
-from pyro_vae.objectives import check_free_bits, free_bits_traces, latent_groups
+from pyro_vae.objectives import (
+    check_free_bits,
+    check_free_bits_groups,
+    free_bits_traces,
+    latent_groups,
+)
 
 _SHARED_SCALE = "share a common poutine.scale"
 
 
 class TraceEnumELBO(TraceEnum_ELBO):
     """Pyro's ``TraceEnum_ELBO`` (the same arguments) and ``free_bits``: λ nats per latent
-    site of the guide, or ``None`` (Pyro's estimate, bit for bit).
+    site of the guide, or ``None`` (Pyro's estimate, bit for bit); ``free_bits_groups``
+    splits each site into groups of its dimensions (:mod:`pyro_vae.objectives`).
 
     Raises:
         ValueError: ``free_bits`` is not a λ >= 0; at a loss, free bits on a guide site
@@ -38,8 +44,15 @@ class TraceEnumELBO(TraceEnum_ELBO):
         keeps_state=False, needs_reparameterized=False, per_datapoint=False, recordable=False
     )
 
-    def __init__(self, *args: Any, free_bits: float | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        free_bits: float | None = None,
+        free_bits_groups: int | str | None = None,
+        **kwargs: Any,
+    ) -> None:
         self.free_bits = check_free_bits(free_bits)
+        self.free_bits_groups = check_free_bits_groups(free_bits_groups, self.free_bits)
         self._floor = 0.0
         super().__init__(*args, **kwargs)
 
@@ -49,7 +62,7 @@ class TraceEnumELBO(TraceEnum_ELBO):
             return model_trace, guide_trace
         self._refuse_entangled(model_trace, guide_trace)
         model_trace, guide_trace, floor, _ = free_bits_traces(
-            model_trace, guide_trace, self.free_bits
+            model_trace, guide_trace, self.free_bits, groups=self.free_bits_groups
         )
         self._floor = self._floor + floor
         guide_trace.pack_tensors()

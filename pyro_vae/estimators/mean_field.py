@@ -19,12 +19,14 @@ from pyro.infer import TraceMeanField_ELBO
 from pyro.infer.util import check_fully_reparametrized, is_validation_enabled
 
 from pyro_vae.estimators.capabilities import Capabilities
-from pyro_vae.objectives import check_free_bits, free_bits_traces
+from pyro_vae.objectives import check_free_bits, check_free_bits_groups, free_bits_traces
 
 
 class MeanFieldELBO(TraceMeanField_ELBO):
     """Pyro's ``TraceMeanField_ELBO`` (the same arguments) and ``free_bits``: λ nats per
-    latent site, or ``None`` (Pyro's estimate, bit for bit).
+    latent site, or ``None`` (Pyro's estimate, bit for bit); ``free_bits_groups`` splits
+    each site into groups of its dimensions (:mod:`pyro_vae.objectives`), each with its
+    closed-form KL per dimension.
 
     Raises:
         ValueError: ``free_bits`` is not a λ >= 0.
@@ -34,15 +36,22 @@ class MeanFieldELBO(TraceMeanField_ELBO):
         keeps_state=False, needs_reparameterized=True, per_datapoint=False, recordable=True
     )
 
-    def __init__(self, *args: Any, free_bits: float | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        free_bits: float | None = None,
+        free_bits_groups: int | str | None = None,
+        **kwargs: Any,
+    ) -> None:
         self.free_bits = check_free_bits(free_bits)
+        self.free_bits_groups = check_free_bits_groups(free_bits_groups, self.free_bits)
         super().__init__(*args, **kwargs)
 
     def _differentiable_loss_particle(self, model_trace, guide_trace):
         if self.free_bits is None:
             return super()._differentiable_loss_particle(model_trace, guide_trace)
         model_trace, guide_trace, floor, kept = free_bits_traces(
-            model_trace, guide_trace, self.free_bits, analytic=True
+            model_trace, guide_trace, self.free_bits, analytic=True, groups=self.free_bits_groups
         )
         elbo = torch.zeros(())
         for name, site in model_trace.nodes.items():

@@ -127,7 +127,9 @@ def stopped_log_prob(site: dict) -> torch.Tensor:
 def stopped_guide_trace(guide_trace: Trace) -> Trace:
     """A copy of ``guide_trace`` whose sample sites hold log q with the guide's parameters
     detached (:func:`stopped_log_prob`): ``unscaled_log_prob`` and ``log_prob`` (scaled and
-    masked as Pyro scales them), ``log_prob_sum`` recomputed, ``score_parts`` dropped.
+    masked as Pyro scales them), ``log_prob_sum`` recomputed, ``score_parts`` dropped, and
+    ``fn`` (``fns``) detached too, so that whatever rescores the copy (free bits' groups of
+    dimensions) keeps the stop-gradient.
     Other sites and the original trace are left as they were."""
     copy = Trace()
     names = set(sample_sites(guide_trace))
@@ -139,6 +141,9 @@ def stopped_guide_trace(guide_trace: Trace) -> Trace:
         new = dict(site, unscaled_log_prob=unscaled)
         new["log_prob"] = scale_and_mask(unscaled, site["scale"], site["mask"])
         new["log_prob_sum"] = new["log_prob"].sum()
+        new["fn"] = detach(site["fn"])
+        if "fns" in site:
+            new["fns"] = [detach(fn) for fn in site["fns"]]
         new.pop("score_parts", None)
         copy.add_node(name, **new)
     return copy

@@ -58,7 +58,7 @@ from torch import nn
 
 from pyro_vae.estimators.base import SurrogateELBO
 from pyro_vae.estimators.capabilities import Capabilities
-from pyro_vae.objectives import check_free_bits, free_bits_traces
+from pyro_vae.objectives import check_free_bits, check_free_bits_groups, free_bits_traces
 from pyro_vae.plates import batch_rows, frames_in, require_data_plate
 from pyro_vae.traces import full_rank
 
@@ -124,6 +124,8 @@ class ScoreFunctionELBO(SurrogateELBO):
         data_plate: the per-datapoint plate's name, which the ``neural`` baseline reads
             x along; found by :func:`pyro_vae.plates.find_data_plate` when ``None``.
         free_bits: λ nats per latent site (module docstring), or ``None`` (the ELBO).
+        free_bits_groups: groups of each site's dimensions for ``free_bits``
+            (:mod:`pyro_vae.objectives`), or ``None`` (each site one group).
 
     Raises:
         ValueError: a bad option (named in the message).
@@ -142,8 +144,10 @@ class ScoreFunctionELBO(SurrogateELBO):
         vectorize_particles: bool | None = None,
         data_plate: str | None = None,
         free_bits: float | None = None,
+        free_bits_groups: int | str | None = None,
     ) -> None:
         self.free_bits = check_free_bits(free_bits)
+        self.free_bits_groups = check_free_bits_groups(free_bits_groups, self.free_bits)
         if control_variate not in CONTROL_VARIATES:
             raise ValueError(
                 f"control_variate: {control_variate!r} is not one of {', '.join(CONTROL_VARIATES)}"
@@ -224,7 +228,7 @@ class ScoreFunctionELBO(SurrogateELBO):
         if self.free_bits is None:
             return model_trace, guide_trace, rank, 0.0
         model_trace, guide_trace, floor, _ = free_bits_traces(
-            model_trace, guide_trace, self.free_bits
+            model_trace, guide_trace, self.free_bits, groups=self.free_bits_groups
         )
         return model_trace, guide_trace, rank, floor
 

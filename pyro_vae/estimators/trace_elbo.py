@@ -35,14 +35,15 @@ from pyro_vae.estimators.path_gradients import (
     refuse_unreparameterized,
     stopped_guide_trace,
 )
-from pyro_vae.objectives import check_free_bits, free_bits_traces
+from pyro_vae.objectives import check_free_bits, check_free_bits_groups, free_bits_traces
 from pyro_vae.traces import sample_sites
 
 
 class TraceELBO(Trace_ELBO):
     """Pyro's ``Trace_ELBO`` (the same arguments) with ``gradient``: ``"reparam"`` (Pyro's
     estimate, bit for bit) or ``"stl"`` (sticking the landing; see the module docstring),
-    and ``free_bits``: λ nats per latent site, or ``None`` (the ELBO).
+    and ``free_bits``: λ nats per latent site, or ``None`` (the ELBO); ``free_bits_groups``
+    splits each site into groups of its dimensions (:mod:`pyro_vae.objectives`).
 
     Raises:
         ValueError: ``gradient`` is neither, or ``free_bits`` is not a λ >= 0; with
@@ -51,10 +52,16 @@ class TraceELBO(Trace_ELBO):
     """
 
     def __init__(
-        self, *args: Any, gradient: str = "reparam", free_bits: float | None = None, **kwargs: Any
+        self,
+        *args: Any,
+        gradient: str = "reparam",
+        free_bits: float | None = None,
+        free_bits_groups: int | str | None = None,
+        **kwargs: Any,
     ) -> None:
         self.gradient = check_gradient(gradient, ("reparam", "stl"), "trace")
         self.free_bits = check_free_bits(free_bits)
+        self.free_bits_groups = check_free_bits_groups(free_bits_groups, self.free_bits)
         super().__init__(*args, **kwargs)
 
     def loss(self, model, guide, *args, **kwargs) -> float:
@@ -79,7 +86,9 @@ class TraceELBO(Trace_ELBO):
         floor = 0.0
         scored = (model_trace, guide_trace)
         if self.free_bits is not None:
-            *scored, floor, _ = free_bits_traces(model_trace, guide_trace, self.free_bits)
+            *scored, floor, _ = free_bits_traces(
+                model_trace, guide_trace, self.free_bits, groups=self.free_bits_groups
+            )
         loss, surrogate = super()._differentiable_loss_particle(*scored)
         if self.gradient == "reparam":
             return loss + floor, surrogate + floor
@@ -87,7 +96,9 @@ class TraceELBO(Trace_ELBO):
         refuse_dependent_sites(guide_trace, "trace", self.gradient)
         stopped = stopped_guide_trace(guide_trace)
         if self.free_bits is not None:  # decided on the same values as the loss was
-            model_trace, stopped, _, _ = free_bits_traces(model_trace, stopped, self.free_bits)
+            model_trace, stopped, _, _ = free_bits_traces(
+                model_trace, stopped, self.free_bits, groups=self.free_bits_groups
+            )
         log_p = sum(s["log_prob_sum"] for s in model_trace.nodes.values() if s["type"] == "sample")
         log_q = sum(site["log_prob_sum"] for site in sample_sites(stopped).values())
         return loss + floor, -(log_p - log_q) + floor

@@ -29,7 +29,7 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from pyro_vae.checks import check_count, check_widths
-from pyro_vae.convnets import encoder_trunk
+from pyro_vae.guides.gaussian_encoder import add_gaussian_encoder
 from pyro_vae.plate_declaration import data_plate
 
 
@@ -92,13 +92,10 @@ class AmortizedFlow(PyroModule):
                 f"latent_dim = {latent_dim} (an autoregressive network needs it)"
             )
         super().__init__(name="guide")
-        self.x_dim, self.latent_dim, self.site = x_dim, latent_dim, site
         self.num_flows, self.flow_hidden_dims = num_flows, tuple(flow_hidden_dims)
-        self.trunk, width = encoder_trunk(
-            x_dim, hidden_dims, activation, arch, image_shape, channels
+        width = add_gaussian_encoder(
+            self, x_dim, latent_dim, site, hidden_dims, activation, arch, image_shape, channels
         )
-        self.loc_head = nn.Linear(width, latent_dim)
-        self.log_scale_head = nn.Linear(width, latent_dim)
         self.flows = nn.ModuleList(self.make_transform(width, t) for t in range(num_flows))
 
     def make_transform(self, context_dim: int, index: int) -> dist.ConditionalTransformModule:

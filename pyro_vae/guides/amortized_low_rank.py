@@ -22,7 +22,7 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from pyro_vae.checks import check_count
-from pyro_vae.convnets import encoder_trunk
+from pyro_vae.guides.gaussian_encoder import add_gaussian_encoder
 from pyro_vae.plate_declaration import data_plate
 
 
@@ -65,13 +65,10 @@ class AmortizedLowRankNormal(PyroModule):
     ) -> None:
         check_count("rank", rank, 1, "; expected the number of columns of the factor V")
         super().__init__(name="guide")
-        self.x_dim, self.latent_dim, self.site = x_dim, latent_dim, site
         self.rank = min(int(rank), latent_dim)
-        self.trunk, width = encoder_trunk(
-            x_dim, hidden_dims, activation, arch, image_shape, channels
+        width = add_gaussian_encoder(
+            self, x_dim, latent_dim, site, hidden_dims, activation, arch, image_shape, channels
         )
-        self.loc_head = nn.Linear(width, latent_dim)
-        self.log_scale_head = nn.Linear(width, latent_dim)
         self.factor_head = nn.Linear(width, latent_dim * self.rank)
 
     def encode(self, x: torch.Tensor) -> dist.LowRankMultivariateNormal:

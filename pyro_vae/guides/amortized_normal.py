@@ -17,9 +17,8 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
-from torch import nn
 
-from pyro_vae.convnets import encoder_trunk
+from pyro_vae.guides.gaussian_encoder import add_gaussian_encoder
 from pyro_vae.plate_declaration import data_plate
 
 
@@ -60,12 +59,9 @@ class AmortizedNormal(PyroModule):
         channels: Sequence[int] | None = None,
     ) -> None:
         super().__init__(name="guide")
-        self.x_dim, self.latent_dim, self.site = x_dim, latent_dim, site
-        self.trunk, width = encoder_trunk(
-            x_dim, hidden_dims, activation, arch, image_shape, channels
+        add_gaussian_encoder(
+            self, x_dim, latent_dim, site, hidden_dims, activation, arch, image_shape, channels
         )
-        self.loc_head = nn.Linear(width, latent_dim)
-        self.log_scale_head = nn.Linear(width, latent_dim)
 
     def encode(self, x: torch.Tensor) -> dist.Normal:
         """q_λ(z | x) for each row of ``x``: a Normal with batch shape ``[N, latent_dim]``."""

@@ -1,6 +1,7 @@
 """Smoke test: the priors benchmark runs at tiny sizes and writes its table."""
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import torch
@@ -11,7 +12,11 @@ ROOT = Path(__file__).resolve().parents[2]
 def _benchmark():
     spec = importlib.util.spec_from_file_location("priors", ROOT / "benchmarks" / "priors.py")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(ROOT / "benchmarks"))  # its sibling report_common, as when run
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
     return module
 
 

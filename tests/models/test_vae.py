@@ -10,9 +10,9 @@ from models.vae import VAE
 from pyro_vae import estimators
 from pyro_vae.data import Preprocessing, load_data
 from pyro_vae.estimators import get
-from pyro_vae.estimators.compiled import CompiledELBO, should_record
+from pyro_vae.estimators.compiled import should_record
 from pyro_vae.evaluate import elbo_per_datapoint, iwae_log_likelihood, log_importance_weights
-from pyro_vae.svi_step import GroupedAdam, SVIStep
+from tests.pyro_vae.guides.amortized_checks import check_recorded_steps
 
 
 @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian", "categorical"])
@@ -189,23 +189,6 @@ def test_iwae_log_likelihood_with_a_mixture_prior_equals_quadrature(prior, compo
     assert ((estimate - exact).abs() < 4 * se + 1e-4).all(), (estimate, exact, se)
 
 
-def _recorded_training(prior, name, compiled):
-    from pyro_vae.estimators.compiled import CompiledELBO
-    from pyro_vae.svi_step import GroupedAdam, SVIStep
-
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    model = VAE(16, latent_dim=3, hidden_dims=(8,), prior=prior, prior_components=4)
-    guide = model.make_guide()
-    elbo = CompiledELBO(get(name)) if compiled else get(name)
-    svi = SVIStep(model, guide, GroupedAdam({"lr": 0.01}), elbo)
-    g = torch.Generator().manual_seed(1)
-    batches = [(torch.rand(n, 16, generator=g) > 0.5).float() for n in (20, 20, 7)]
-    for x in batches * 2:
-        svi.step(x, num_data=100)
-    return {**model.state_dict(), **guide.state_dict()}
-
-
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("name", ["trace", "analytic-kl"])
 @pytest.mark.parametrize("prior", ["mog", "vamp"])
@@ -215,10 +198,15 @@ def test_a_mixture_prior_is_recorded_and_replayed_bit_for_bit(prior, name):
     from pyro_vae.estimators.compiled import should_record
 
     assert should_record(get("trace"), VAE(4, 2, (3,), prior=prior)) is None
-    eager = _recorded_training(prior, name, compiled=False)
-    replayed = _recorded_training(prior, name, compiled=True)
-    for key, value in eager.items():
-        assert torch.equal(replayed[key], value), key
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.rand(n, 16, generator=g) > 0.5).float() for n in (20, 20, 7)]
+    check_recorded_steps(
+        None,
+        batches,
+        recordings=2,
+        make_model=lambda: VAE(16, 3, (8,), prior=prior, prior_components=4),
+        estimator=name,
+    )
 
 
 @pytest.mark.parametrize(
@@ -324,24 +312,9 @@ def test_a_conv_vaes_recorded_step_equals_the_eager_one():
     bit for bit and losses up to float32 summation, one recording per batch shape."""
     g = torch.Generator().manual_seed(1)
     batches = [(torch.rand(n, 64, generator=g) > 0.5).float() for n in (5, 5, 3)]
-
-    def train(compiled: bool):
-        pyro.clear_param_store()
-        pyro.set_rng_seed(0)
-        model = _conv_vae()
-        guide = model.make_guide()
-        assert should_record(estimators.get("trace"), model, guide) is None
-        elbo = CompiledELBO(estimators.get("trace")) if compiled else estimators.get("trace")
-        svi = SVIStep(model, guide, GroupedAdam({"lr": 0.01}), elbo)
-        losses = [svi.step(x, num_data=50) for _ in range(2) for x in batches]
-        return losses, {**model.state_dict(), **guide.state_dict()}, elbo
-
-    losses, weights, _ = train(False)
-    ours, our_weights, elbo = train(True)
-    for key, value in weights.items():
-        assert torch.equal(our_weights[key], value), key
-    assert ours == pytest.approx(losses, rel=1e-6)
-    assert elbo.num_recordings == 2
+    model = _conv_vae()
+    assert should_record(estimators.get("trace"), model, model.make_guide()) is None
+    check_recorded_steps(None, batches, recordings=2, make_model=_conv_vae, num_data=50)
 
 
 def test_conv_options_are_checked_before_anything_is_built():

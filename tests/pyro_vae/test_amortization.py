@@ -7,7 +7,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from pyro_vae.amortization import amortization_gap, local_guide
+from pyro_vae.amortization import amortization_gap, local_guide, negative_gap_note
 from pyro_vae.guides import AmortizedIAF, LocalFlow, LocalNormal
 from pyro_vae.plates import data_plate
 from tests.pyro_vae.test_evaluate import (
@@ -47,6 +47,11 @@ def test_gaps_match_the_closed_form():
     assert result["log_likelihood"] == pytest.approx(log_p, abs=0.02)
     assert result["amortization_gap"] == pytest.approx(true_gap, abs=0.1)
     assert abs(result["approximation_gap"]) < 0.03
+    # the gap's standard error over the 20 images: the spread of each image's exact gap
+    per_image = exact_log_likelihood(x) - exact_elbo(x, 0.5, 0.6)
+    expected_se = (per_image.std() / 20**0.5).item()
+    assert result["amortization_gap_se"] == pytest.approx(expected_se, rel=0.2)
+    assert "note" not in result
 
 
 def test_zero_steps_are_refused():
@@ -134,3 +139,26 @@ def test_a_family_that_is_not_the_encoders_is_refused(family, encoder, message):
     with pytest.raises(ValueError) as info:
         amortization_gap(model, encoder(), torch.zeros(4, 3), steps=1, family=family)
     assert str(info.value).startswith(message)
+
+
+def test_a_negative_gap_beyond_monte_carlo_error_says_the_local_fit_went_wrong():
+    # One Adam step of size 5 throws the local guides far from the encoder's (good) start:
+    # their ELBO falls by nats, far more than the Monte Carlo error of 200 draws per image.
+    x = dist.MultivariateNormal(B, torch.eye(3) * 2).sample((10,))
+    result = amortization_gap(model, ShrunkEncoder(), x, steps=1, lr=5.0, elbo_samples=200)
+    assert result["amortization_gap"] < -2 * result["amortization_gap_se"]
+    assert "beyond Monte Carlo error" in result["note"] and "--steps" in result["note"]
+
+
+@pytest.mark.parametrize(
+    "gap, se, words",
+    [
+        (0.3, 0.1, None),
+        (-0.05, 0.1, "within Monte Carlo error"),
+        (-0.5, 0.1, "beyond Monte Carlo error"),
+        (-0.05, None, "on one image"),
+    ],
+)
+def test_the_note_on_a_negative_gap_compares_it_with_two_standard_errors(gap, se, words):
+    note = negative_gap_note({"amortization_gap": gap, "amortization_gap_se": se})
+    assert (note is None) if words is None else (words in note)

@@ -797,3 +797,25 @@ def test_a_label_model_s_metrics_are_printed_as_conditional(capsys):
     assert lines[1].startswith("test log p(x | y) (IWAE)") and "(K=8, 4 images)" in lines[1]
     assert lines[2].startswith("test KL(q(z | x, y) ‖ p(z))")
     assert lines[3].split() == ["test", "accuracy", "0.8750"]
+
+
+def test_free_bits_groups_go_into_config_json_and_survive_resume(tmp_path):
+    run = tmp_path / "run"
+    argv = ["fit", "--epochs", "1", "--out", str(run), "--estimator", "analytic-kl", *FAST]
+    assert main([*argv, "--free-bits", "0.1", "--free-bits-groups", "2"]) == 0
+    options = {"free_bits": 0.1, "free_bits_groups": 2}
+    assert RunFolder(run).read_config()["estimator"]["options"] == options
+    assert main(["fit", "--resume", str(run), "--epochs", "2", "--no-progress"]) == 0
+    assert RunFolder(run).read_config()["estimator"]["options"] == options
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert [r["epoch"] for r in metrics["epochs"]] == [1, 2]
+
+
+def test_sample_writes_its_own_file_and_keeps_the_fits_samples_png(trained, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    before = (run / "samples.png").read_bytes()
+    assert main(["sample", str(run), "--num", "9", "--seed", "3"]) == 0
+    assert (run / "samples.png").read_bytes() == before
+    assert (run / "sample_seed3_9.png").stat().st_size > 1000
+    assert str(run / "sample_seed3_9.png") in capsys.readouterr().out

@@ -270,3 +270,173 @@ def test_free_bits_must_be_a_finite_non_negative_number(bad):
         check_free_bits(bad)
     with pytest.raises(ValueError, match=r"free_bits: "):
         estimators.get("trace", free_bits=bad)
+
+
+def four_dim_pair(params):
+    """z_n ~ N(0, I_4) in one site, x_n ~ N(z_n[2:], I_2): dims 0-1 only in the KL (q near
+    the prior there), dims 2-3 far from it."""
+    m, s = params
+
+    def model(x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(torch.zeros(4), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z[..., 2:], 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(m, s).to_event(1))
+
+    return model, guide
+
+
+def four_dim_params():
+    m = torch.tensor([[0.05, -0.05, 2.0, 1.5]]).repeat(3, 1).requires_grad_()
+    s = torch.tensor([[0.95, 0.9, 0.3, 0.4]]).repeat(3, 1).requires_grad_()
+    return [m, s]
+
+
+def per_dim_closed_kl(m, s):
+    """KL(N(m, s²) ‖ N(0, 1)) per datapoint and dimension, by hand."""
+    return 0.5 * (m**2 + s**2 - 1) - s.log()
+
+
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("trace", {}),
+        ("trace", {"gradient": "stl"}),
+        ("analytic-kl", {}),
+        ("enum", {"strict_enumeration_warning": False}),
+    ],
+)
+def test_a_group_of_dims_below_free_bits_gets_no_gradient_and_its_sibling_its_usual_one(
+    name, options
+):
+    x = torch.tensor([[2.0, 1.0], [2.5, 1.5], [3.0, 2.0]])
+    params = four_dim_params()
+    grads, values = [], []
+    for free_bits, groups in ((None, None), (0.5, 2)):
+        elbo = estimators.get(name, free_bits=free_bits, free_bits_groups=groups, **options)
+        pyro.set_rng_seed(3)
+        loss = elbo.differentiable_loss(*four_dim_pair(params), x)
+        values.append(loss.item())
+        grads.append(torch.autograd.grad(loss, params))
+    plain, freed = grads
+    assert all(g[:, :2].abs().sum() > 0 for g in plain)  # dims 0-1's KL has a gradient
+    assert all(torch.equal(g[:, :2], torch.zeros_like(g[:, :2])) for g in freed)  # none now
+    for usual, kept in zip(plain, freed, strict=True):  # dims 2-3: the ELBO's own gradient
+        torch.testing.assert_close(kept[:, 2:], usual[:, 2:])
+    kl = per_dim_closed_kl(*(p.detach() for p in params))
+    shift = 3 * 0.5 - kl[:, :2].sum().item()  # group 0's KL (3 datapoints) becomes 3 λ
+    if name == "analytic-kl":
+        assert values[1] - values[0] == pytest.approx(shift, abs=1e-5)
+    else:  # one draw's log q − log p of dims 0-1 instead of their KL
+        assert abs(values[1] - values[0] - shift) < 0.5
+
+
+def test_one_group_per_dim_holds_each_dim_below_lambda_at_lambda_in_closed_form():
+    # analytic-kl decides and subtracts the closed-form KL per dimension: the objective is
+    # Σ_n E_q log p(x | z) − Σ_d max(N λ, Σ_n KL_nd), the per-dim KLs computed by hand.
+    x = torch.tensor([[2.0, 1.0], [2.5, 1.5], [3.0, 2.0]])
+    params = four_dim_params()
+    m, s = (p.detach() for p in params)
+    kl = per_dim_closed_kl(m, s).sum(0)  # [4] over the 3 datapoints
+    lam = 0.3
+    assert (kl[:2] < 3 * lam).all() and (kl[2:] > 3 * lam).all()
+    elbo = estimators.get("analytic-kl", free_bits=lam, free_bits_groups="dims")
+    pyro.set_rng_seed(0)
+    analytic = elbo.differentiable_loss(*four_dim_pair(params), x)
+    # E_q log p(x | z) is one draw: the plain ELBO on the same draw is that draw's
+    # log-likelihood minus Σ_d KL_d, so the free-bits objective is it plus Σ_d KL_d − Σ_d max
+    pyro.set_rng_seed(0)
+    plain = estimators.get("analytic-kl").differentiable_loss(*four_dim_pair(params), x)
+    kl_all = per_dim_closed_kl(m, s).sum()
+    assert (-analytic).item() == pytest.approx(
+        (-plain + kl_all).item() - torch.clamp(kl, min=3 * lam).sum().item(), abs=1e-5
+    )
+
+
+def test_groups_of_dims_are_recorded_and_replayed_exactly():
+    from pyro_vae.estimators.compiled import CompiledELBO
+
+    params = four_dim_params()
+    x = torch.tensor([[2.0, 1.0], [2.5, 1.5], [3.0, 2.0]])
+    pair = wrapped(*four_dim_pair(params), 2.0)
+    compiled = CompiledELBO(estimators.get("trace", free_bits=0.5, free_bits_groups="dims"))
+    plain = estimators.get("trace", free_bits=0.5, free_bits_groups="dims")
+    for _ in range(3):  # the first call records, the others replay
+        pyro.set_rng_seed(1)
+        a = compiled.differentiable_loss(*pair, x)
+        pyro.set_rng_seed(1)
+        b = plain.differentiable_loss(*pair, x)
+        assert a.item() == b.item()
+        grads_a, grads_b = torch.autograd.grad(a, params), torch.autograd.grad(b, params)
+        assert all(torch.equal(ga, gb) for ga, gb in zip(grads_a, grads_b, strict=True))
+        assert torch.equal(grads_a[0][:, :2], torch.zeros(3, 2))  # frozen dims replayed so
+    assert compiled.num_recordings == 1
+
+
+def test_groups_of_dims_refuse_a_guide_or_prior_that_does_not_factorize():
+    x = torch.zeros(3, 2)
+    loc = torch.zeros(3, 4)
+
+    def model(x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(torch.zeros(4), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z[..., 2:], 1.0).to_event(1), obs=x)
+
+    def low_rank(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample(
+                "z", dist.LowRankMultivariateNormal(loc, torch.ones(3, 4, 1), torch.ones(3, 4))
+            )
+
+    elbo = estimators.get("trace", free_bits=0.5, free_bits_groups=2)
+    with pytest.raises(
+        ValueError,
+        match=r"free_bits_groups: the guide of latent site 'z' "
+        r"\(LowRankMultivariateNormal .*does not factorize",
+    ):
+        elbo.differentiable_loss(model, low_rank, x)
+    with pytest.raises(
+        ValueError, match=r"free_bits_groups: 3 does not divide the event size 4 of latent site 'z'"
+    ):
+        estimators.get("trace", free_bits=0.5, free_bits_groups=3).differentiable_loss(
+            *four_dim_pair(four_dim_params()), x
+        )
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, "dim", True])
+def test_free_bits_groups_must_be_a_count_or_dims(bad):
+    with pytest.raises(ValueError, match=rf"free_bits_groups: {bad!r} is not a number of groups"):
+        estimators.get("trace", free_bits=0.5, free_bits_groups=bad)
+
+
+def test_free_bits_groups_need_free_bits_and_an_estimator_that_takes_them():
+    with pytest.raises(ValueError, match=r"free_bits_groups: 2 without free_bits"):
+        estimators.get("analytic-kl", free_bits_groups=2)
+    with pytest.raises(ValueError, match=r"free_bits_groups: 'dims' is not an option of 'iwae'"):
+        estimators.get("iwae", free_bits_groups="dims")
+
+
+@pytest.mark.parametrize("vectorize", [True, False])
+def test_score_with_every_group_frozen_is_the_expected_likelihood_plus_the_floor(vectorize):
+    # λ far above every KL freezes all 4 dims of z: the objective is E_q log p(x | z) − 4 N λ,
+    # E_q log p(x | z) in closed form; looped particles (vectorize=False) stack each
+    # particle's per-dimension terms, as the vectorized ones hold them.
+    x = torch.tensor([[2.0, 1.0], [2.5, 1.5], [3.0, 2.0]])
+    params = four_dim_params()
+    m, s = (p.detach() for p in params)
+    expected = (-0.5 * math.log(2 * math.pi) - 0.5 * ((x - m[:, 2:]) ** 2 + s[:, 2:] ** 2)).sum()
+    lam, particles = 100.0, 100
+    elbo = estimators.get(
+        "score",
+        num_particles=particles,
+        vectorize_particles=vectorize,
+        free_bits=lam,
+        free_bits_groups="dims",
+    )
+    pyro.set_rng_seed(5)
+    loss = elbo.loss(*four_dim_pair(params), x)
+    # one draw's Σ_n log p(x_n | z_n) has sd √(Σ s² (x − m)² + s⁴/2) < 1.3 nats here
+    assert abs(-loss + 4 * 3 * lam - expected.item()) < 4 * 1.3 / math.sqrt(particles)

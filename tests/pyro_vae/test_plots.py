@@ -117,3 +117,27 @@ def test_the_report_leaves_no_pyplot_figure_open(tmp_path):
     plot_khat(PointwiseKhat(torch.linspace(-1, 1, 50).numpy(), 100), tmp_path / "k.png")
     plot_reconstructions(torch.rand(3, 4), torch.rand(3, 4), (2, 2), 1.0, tmp_path / "r.png")
     assert plt.get_fignums() == before
+
+
+@pytest.mark.parametrize("n, shape", [(3, (28, 28)), (24, (8, 8)), (24, (3, 32, 32))])
+def test_reconstruction_labels_and_title_overlap_no_image(n, shape):
+    # Measured where matplotlib draws them: every text's box against every image's box.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from pyro_vae.plots import reconstruction_figure
+
+    x = torch.rand(n, int(np.prod(shape)), generator=torch.Generator().manual_seed(0))
+    fig = reconstruction_figure(x, 0.5 * x, shape, 1.0)
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    images = [ax.get_window_extent(renderer) for ax in fig.axes if ax.images]
+    texts = [t for ax in fig.axes for t in ax.texts] + list(fig.texts)
+    assert len(texts) == 2 * -(-n // 12) + 1  # a label per row, and the title
+    boxes = [t.get_window_extent(renderer) for t in texts]
+    assert not [
+        (t.get_text(), i)
+        for t, b in zip(texts, boxes, strict=True)
+        for i in images
+        if b.overlaps(i)
+    ]
+    assert all(b.x0 >= 0 and b.y1 <= fig.bbox.y1 for b in boxes)  # inside the figure

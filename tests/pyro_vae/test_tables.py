@@ -13,7 +13,7 @@ from pyro.infer import Trace_ELBO
 from pyro_vae import TrainConfig, fit
 from pyro_vae.cli import main
 from pyro_vae.data import Preprocessing, load_data
-from pyro_vae.tables import TableError, read_table
+from pyro_vae.tables import TableError, original_units, read_table
 
 FAST = ["--epochs", "1", "--no-progress", "--hidden", "8", "--latent-dim", "2"]
 
@@ -175,3 +175,86 @@ def test_a_table_trains_from_python_and_the_command_line(tmp_path, capsys):
     assert main(["evaluate", str(out), "--ll-samples", "3"]) == 0
     assert "per column" in capsys.readouterr().out
     assert main(["sample", str(out)]) == 2  # a table's rows are no images to draw
+
+
+def test_original_units_are_the_change_of_variables_of_a_normal_density():
+    # A Normal density of standardized columns, N(x_std; m, s), is the density
+    # N(x; mean + std·m, std·s) of the file's values: computed here directly, per row.
+    rng = np.random.default_rng(3)
+    mean, std = np.array([5.0, -1.0, 300.0]), np.array([2.0, 0.5, 40.0])
+    x = rng.normal(mean, std, (6, 3))
+    m, s = rng.normal(0, 1, (6, 3)), rng.uniform(0.5, 2, (6, 3))
+    x_std = (x - mean) / std
+    standardized = torch.distributions.Normal(torch.tensor(m), torch.tensor(s))
+    original = torch.distributions.Normal(torch.tensor(mean + std * m), torch.tensor(std * s))
+    log_p_std = standardized.log_prob(torch.tensor(x_std)).sum(-1).mean().item()
+    log_p_orig = original.log_prob(torch.tensor(x)).sum(-1).mean().item()
+    metrics = {"elbo": log_p_std, "log_likelihood": log_p_std, "kl": 1.5}
+    out = original_units(metrics, {"std": std.tolist()})
+    assert out["elbo_original_units"] == pytest.approx(log_p_orig, abs=1e-9)
+    assert out["log_likelihood_original_units"] == pytest.approx(log_p_orig, abs=1e-9)
+    assert "kl_original_units" not in out and "standardized columns" in out["units"]
+
+
+def test_a_normal_table_run_reports_its_nats_in_the_files_units_too(tmp_path, capsys):
+    rng = np.random.default_rng(4)
+    table = pd.DataFrame({"a": rng.normal(0, 100, 40), "b": rng.normal(7, 3.0, 40)})
+    table.to_csv(tmp_path / "t.csv", index=False)
+    run = tmp_path / "run"
+    argv = ["fit", "--data", str(tmp_path / "t.csv"), "--likelihood", "normal", *FAST]
+    assert main([*argv, "--ll-samples", "10", "--out", str(run)]) == 0
+    test = json.loads((run / "metrics.json").read_text())["test"]
+    # σ_j of the training rows, found independently: the rows of the file that the
+    # training split's standardized values came from
+    data = load_data(str(tmp_path / "t.csv"), Preprocessing("normal"))
+    raw = table.to_numpy()
+    stats = data.info["standardization"]
+    back = data.train_x.double().numpy() * np.array(stats["std"]) + np.array(stats["mean"])
+    rows = [int(np.abs(raw - row).sum(1).argmin()) for row in back]
+    shift = np.log(raw[rows].std(0)).sum()
+    assert abs(shift - np.log(300.0)) < 0.5  # σ ≈ 100 and 3: nats apart, not a no-op
+    for key in ("elbo", "log_likelihood"):
+        assert test[f"{key}_original_units"] == pytest.approx(test[key] - shift, abs=1e-4)
+    out = capsys.readouterr().out
+    assert "nats per row of the standardized columns" in out
+    assert "nats per row in the file's units" in out
+
+
+@pytest.mark.parametrize("flag, value", [("--binarize", "dynamic"), ("--threshold", "0.5")])
+def test_binarization_flags_with_a_table_are_refused(flag, value, tmp_path, capsys):
+    pd.DataFrame({"p": [0, 1] * 10, "q": [1, 1, 0, 0] * 5}).to_csv(tmp_path / "t.csv", index=False)
+    run = tmp_path / "run"
+    argv = ["fit", "--data", str(tmp_path / "t.csv"), "--out", str(run), *FAST, flag, value]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{flag}: " in err and "the data is a table" in err and not run.exists()
+
+
+@pytest.mark.parametrize("options", [{"binarize": "dynamic"}, {"threshold": 0.3}])
+def test_binarization_options_with_a_table_are_refused_from_python(options, tmp_path):
+    pd.DataFrame({"p": [0, 1] * 10, "q": [1, 1, 0, 0] * 5}).to_csv(tmp_path / "t.csv", index=False)
+    (name,) = options
+    with pytest.raises(TableError, match=rf"{name}: .* the data is a table"):
+        load_data(str(tmp_path / "t.csv"), Preprocessing("bernoulli", **options))
+
+
+@pytest.mark.parametrize("sep", [";", "\t", "|"])
+def test_a_csv_with_another_separator_reads_as_the_comma_one(sep, tmp_path):
+    df = frame(rows=12)
+    df.to_csv(tmp_path / "comma.csv", index=False)
+    df.to_csv(tmp_path / "other.csv", index=False, sep=sep)
+    df.to_csv(tmp_path / "other.csv.gz", index=False, sep=sep)
+    comma = read_table(tmp_path / "comma.csv", label_column="kind")
+    for name in ("other.csv", "other.csv.gz"):
+        other = read_table(tmp_path / name, label_column="kind")
+        assert other.columns == comma.columns == ("a", "b", "c")
+        assert np.array_equal(other.features, comma.features)
+        assert np.array_equal(other.labels, comma.labels)
+
+
+def test_one_column_and_quoted_commas_still_read(tmp_path):
+    (tmp_path / "one.csv").write_text("a\n0.5\n1.5\n2.5\n")
+    assert read_table(tmp_path / "one.csv").features[:, 0].tolist() == [0.5, 1.5, 2.5]
+    (tmp_path / "quoted.csv").write_text('a,name,b\n1,"x, y",2\n3,"z",4\n')
+    table = read_table(tmp_path / "quoted.csv")
+    assert table.columns == ("a", "b") and table.features.tolist() == [[1, 2], [3, 4]]

@@ -80,19 +80,28 @@ def check_the_recorded_step_equals_the_eager_one(guide_class, **options) -> None
     check_recorded_steps(lambda: guide_class(16, 3, (8,), **options), batches, recordings=2)
 
 
-def check_recorded_steps(make_guide, batches, recordings: int) -> None:
-    """Two passes of SVI steps over ``batches`` (``[N, 16]`` each) with a 3-latent VAE and
-    ``make_guide()``, recorded and not: same weights bit for bit, same losses up to float32
-    summation, one recording per batch shape."""
+def check_recorded_steps(
+    make_guide,
+    batches,
+    recordings: int,
+    make_model=None,
+    estimator: str = "trace",
+    num_data: int = 100,
+) -> None:
+    """Two passes of SVI steps over ``batches`` with ``make_model()`` (default: a 3-latent
+    VAE of ``[N, 16]`` data) and ``make_guide()`` (``None``: the model's ``make_guide()``),
+    trained by ``estimator``, recorded and not: same weights bit for bit, same losses up to
+    float32 summation, one recording per batch shape."""
 
     def train(compiled: bool):
         pyro.clear_param_store()
         pyro.set_rng_seed(0)
-        model, guide = VAE(16, latent_dim=3, hidden_dims=(8,)), make_guide()
-        elbo = estimators.get("trace")
+        model = VAE(16, latent_dim=3, hidden_dims=(8,)) if make_model is None else make_model()
+        guide = model.make_guide() if make_guide is None else make_guide()
+        elbo = estimators.get(estimator)
         elbo = CompiledELBO(elbo) if compiled else elbo
         svi = SVIStep(model, guide, GroupedAdam({"lr": 0.01}), elbo)
-        losses = [svi.step(x, num_data=100) for _ in range(2) for x in batches]
+        losses = [svi.step(x, num_data=num_data) for _ in range(2) for x in batches]
         return losses, {**model.state_dict(), **guide.state_dict()}, elbo
 
     losses, weights, _ = train(False)

@@ -1,0 +1,53 @@
+"""What the benchmark scripts' reports share: a mean with its standard error, the load
+average, and the footer that says on what machine, under what load and in how long a
+table was measured. The scripts import it as a sibling module (``benchmarks/`` is on
+``sys.path`` when one runs as ``python benchmarks/NAME.py``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+from collections.abc import Iterable
+
+import pyro
+import torch
+
+
+def mean_and_se(values: Iterable[float] | torch.Tensor) -> tuple[float, float]:
+    """The mean of ``values`` and its standard error s / √n (s with n − 1), in float64;
+    the standard error is NaN for one value."""
+    t = torch.as_tensor(values, dtype=torch.float64).flatten()
+    se = (t.std() / math.sqrt(t.numel())).item() if t.numel() > 1 else math.nan
+    return t.mean().item(), se
+
+
+def load_average(sep: str = ", ") -> str:
+    """The 1, 5 and 15 minute load averages, two decimals each, joined by ``sep``."""
+    return sep.join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def cpu_name() -> str:
+    """The processor's name, or the machine's architecture where the platform has none."""
+    return platform.processor() or platform.machine()
+
+
+def run_footer(loads: tuple[str, str], seconds: float) -> str:
+    """One line: the load average at the start and end, the whole run's seconds, the CPU,
+    torch's threads and the torch and Pyro versions."""
+    return (
+        f"Load average at the start: {loads[0]}; at the end: {loads[1]}. Whole run "
+        f"{seconds:.0f} s on {cpu_name()}, {torch.get_num_threads()} torch threads, "
+        f"torch {torch.__version__}, pyro {pyro.__version__}."
+    )
+
+
+def machine_footer(loads: tuple[str, str], seconds: float) -> str:
+    """One line: the CPU and its cores, torch and Pyro versions, the load average before
+    and after, and the seconds in all."""
+    return (
+        f"Machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, pyro "
+        f"{pyro.__version__}; load average before {loads[0]}, after {loads[1]}; "
+        f"{seconds:.0f} s in all."
+    )
