@@ -211,6 +211,22 @@ def _add_fit_data(f: argparse.ArgumentParser) -> None:
         default=_DATA.label_column,
         help="tables: the column of class labels (default: none, every label 0)",
     )
+    f.add_argument(
+        "--labels-fraction",
+        type=float,
+        metavar="F",
+        default=_DATA.labels_fraction,
+        help="a model that uses labels observes this share (0 < F <= 1) of each class's "
+        "training labels, a seeded draw (default: all)",
+    )
+    f.add_argument(
+        "--labelled",
+        type=int,
+        metavar="N",
+        default=_DATA.labelled,
+        help="a model that uses labels observes N training labels, equally many per class, "
+        "a seeded draw (default: all)",
+    )
     f.add_argument("--likelihood", choices=LIKELIHOODS, default=_DATA.likelihood)
     f.add_argument(
         "--binarize",
@@ -497,6 +513,8 @@ def _run_config_from_args(args: argparse.Namespace) -> RunConfig:
         crop=args.crop,
         columns=args.columns,
         label_column=args.label_column,
+        labels_fraction=args.labels_fraction,
+        labelled=args.labelled,
     )
     options = {key: _default(args, key) for key in _MODEL_FLAGS}
     options = {key: value for key, value in options.items() if value is not None}
@@ -577,14 +595,15 @@ def _print_test(test: dict[str, Any], table: bool = False) -> None:
             "note: the guide has free per-datapoint parameters, so it has no posterior for "
             "test images; these are the training images' metrics"
         )
+    given = " | y" if test.get("conditioned_on_labels") else ""  # a model that uses labels
     for key, value in test.items():
         if key == "elbo":
-            print(f"test ELBO                 {value:10.3f} nats per {unit}")
+            print(f"test ELBO{given:<17}{value:10.3f} nats per {unit}")
         elif key == "reconstruction_log_likelihood":
             print(f"test log Pr(x | z)        {value:10.3f} nats per {unit} (autoencoder)")
         elif key == "log_likelihood":
             print(
-                f"test log p(x) (IWAE)      {value:10.3f} nats per {unit} "
+                f"{'test log p(x' + given + ') (IWAE)':<26}{value:10.3f} nats per {unit} "
                 f"(K={test['log_likelihood_samples']}, {test['log_likelihood_points']} {unit}s)"
             )
         elif key == "kl":
@@ -596,6 +615,8 @@ def _print_test(test: dict[str, Any], table: bool = False) -> None:
             print(f"reconstruction MSE        {value:10.4f} {scale}")
         elif key == "active_units":
             print(f"active latent units       {value:>5} of {test['latent_dim']}")
+        elif key in test.get("label_metrics", ()):
+            print(f"{key.replace('_', ' '):<26}{value:10.4f}")
         elif key == "skipped":
             for metric, why in value.items():
                 print(f"skipped {metric}: {why}")

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -62,6 +62,7 @@ from pyro_vae.data_source import (
 )
 from pyro_vae.idx import IDXFormatError, images_channels_first, read_idx
 from pyro_vae.image_folder import check_image_size, read_image_folder
+from pyro_vae.labels import labelled_subset
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.mapped_rows import CHUNK_ROWS, MappedRows
 from pyro_vae.provenance import file_provenance
@@ -471,6 +472,10 @@ class DataSplits:
     ``(H, W)`` for one grey channel, ``(C, H, W)`` for C ≥ 2 channels (rows hold channel
     after channel, each row-major: ``x.reshape(N, C, H, W)``), ``None`` for a table, whose
     rows are D feature columns and not images.
+
+    ``train_observed`` (``BoolTensor [N]``) says which training labels a model that uses
+    labels may see (:mod:`pyro_vae.labels`): all of them unless
+    :meth:`with_labelled_subset` drew a subset (``observed_rows``).
     """
 
     per_datapoint: ClassVar[bool] = True
@@ -484,6 +489,37 @@ class DataSplits:
     image_shape: tuple[int, ...] | None
     pixel_max: float
     info: dict[str, Any] = field(default_factory=dict)
+    observed_rows: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def train_observed(self) -> torch.Tensor:
+        """Which training labels are observed, ``BoolTensor [N]``."""
+        if self.observed_rows is None:
+            return torch.ones(self.num_train, dtype=torch.bool)
+        return self.observed_rows
+
+    def with_labelled_subset(
+        self, *, fraction: float | None = None, count: int | None = None, seed: int = 0
+    ) -> DataSplits:
+        """A copy whose :attr:`train_observed` marks a seeded, class-balanced subset of
+        the training labels (:func:`pyro_vae.labels.labelled_subset`: ``count`` labels,
+        an equal number per class, or ``fraction`` of each class); ``info`` records
+        ``num_labelled``. Neither given: all observed.
+
+        Raises:
+            ValueError: the data came without labels (``info["labelled"]`` false), both
+                or bad values of ``fraction`` and ``count`` (named).
+        """
+        if (fraction is not None or count is not None) and self.info.get("labelled") is False:
+            given = "fraction" if fraction is not None else "count"
+            raise ValueError(
+                f"{given}: {fraction if fraction is not None else count!r}, but "
+                f"{self.info.get('dataset', 'the data')!r} came without labels (every "
+                "label is 0); expected data with labels"
+            )
+        observed = labelled_subset(self.train_y, fraction=fraction, count=count, seed=seed)
+        info = {**self.info, "num_labelled": int(observed.sum())}
+        return replace(self, info=info, observed_rows=observed)
 
     @property
     def x_dim(self) -> int:

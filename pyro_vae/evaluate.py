@@ -642,6 +642,30 @@ def latent_draws_of(
 
 
 @torch.no_grad()
+def label_metrics(model, guide, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """The model's own metrics of labels (its ``label_metrics(guide, x, y)``, e.g. M2's
+    ``{"test_accuracy": ...}``; :mod:`pyro_vae.model_protocol`) on rows ``x`` ``[N, D]``
+    with labels ``y`` ``[N]``, in eval mode without gradients; ``{}`` for a model without
+    the method.
+
+    Raises:
+        ValueError: the method returned something other than a mapping of names to numbers.
+    """
+    hook = offered(model, "label_metrics")
+    if hook is None:
+        return {}
+    with torch.no_grad(), eval_mode(model, guide):
+        values = hook(guide, x, y)
+    if not isinstance(values, dict) or not all(
+        isinstance(k, str) and isinstance(v, int | float | torch.Tensor) for k, v in values.items()
+    ):
+        raise ValueError(
+            f"label_metrics: {type(values).__name__} returned by the model; expected a dict "
+            "of metric names to numbers"
+        )
+    return {k: float(v) for k, v in values.items()}
+
+
 def reconstruction_error(model, guide, x: torch.Tensor, pixel_max: float = 1.0) -> torch.Tensor:
     """Mean squared error per pixel between x and E[x | z = E_q z], in [0, 1] intensity units.
 

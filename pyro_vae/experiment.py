@@ -29,11 +29,12 @@ from pyro_vae.evaluate import (
     elbo_terms_per_datapoint,
     eval_mode,
     iwae_log_likelihood,
+    label_metrics,
     latent_means,
     reconstruction_error,
 )
 from pyro_vae.mapped_rows import MappedRows, in_memory
-from pyro_vae.model_protocol import offered, tied_guide
+from pyro_vae.model_protocol import offered, tied_guide, uses_labels
 from pyro_vae.plots import (
     plot_elbo_curves,
     plot_image_rows,
@@ -88,7 +89,9 @@ def build(config: RunConfig, allow_changed_data: bool = False) -> Experiment:
     ``config.model.spec`` names a class (constructed with the standard options it accepts,
     ``x_dim``, ``latent_dim``, ``hidden_dims``, ``likelihood``, ``levels``, ``activation``,
     ``arch``, ``channels`` and the data's ``image_shape``, plus the other
-    ``config.model.options``), or a model function used as it is. A constructed
+    ``config.model.options``; a class that declares ``uses_labels`` also ``num_classes``,
+    :func:`num_classes`), or a model function used as it is. The labelled subset
+    ``config.data`` asks for is drawn here (:mod:`pyro_vae.labels`). A constructed
     object that has ``model`` and ``guide`` methods and no ``forward`` of its own (Pyro's
     examples) gives both. ``config.guide.spec`` likewise names a class (offered the same
     options and, if it takes one, the ``model``, as Pyro's autoguides do) or a guide
@@ -125,6 +128,7 @@ def build(config: RunConfig, allow_changed_data: bool = False) -> Experiment:
         split_seed=d.split_seed,
         **d.source_options(),
     )
+    data = _with_labelled_subset(data, d)
     check_unchanged(d.provenance, data.info.get("provenance"), allow_changed_data)
     if d.provenance is None and "provenance" in data.info:
         config = replace(config, data=replace(d, provenance=data.info["provenance"]))
@@ -133,6 +137,8 @@ def build(config: RunConfig, allow_changed_data: bool = False) -> Experiment:
     standard.update(x_dim=data.x_dim, likelihood=d.likelihood, levels=data.info.get("levels"))
     shape = getattr(data, "image_shape", None)
     standard.update(image_shape=None if shape is None else tuple(shape))
+    if uses_labels(load_object(config.model.spec, "model")) is not None:
+        standard.update(num_classes=num_classes(data))
     extra = {k: v for k, v in options.items() if k not in STANDARD_MODEL_OPTIONS}
     made, received = _construct(config.model.spec, "model", standard, extra)
     not_accepted = [k for k in STANDARD_MODEL_OPTIONS if k in options and k not in received]
@@ -140,6 +146,31 @@ def build(config: RunConfig, allow_changed_data: bool = False) -> Experiment:
     guide = _guide(config, model, paired_guide, standard)
     elbo = config.estimator.build()
     return Experiment(config, data, model, guide, elbo, received, not_accepted, device=device)
+
+
+def _with_labelled_subset(data: DataSplits, d) -> DataSplits:
+    """``data`` with the observed training labels ``d`` (a DataConfig) asks for, its
+    errors in the configuration's names (``labels_fraction``, ``labelled``)."""
+    subset = d.labelled_subset()
+    if not subset:
+        return data
+    try:
+        return data.with_labelled_subset(**subset)
+    except ValueError as err:
+        text = str(err)
+        for arg, name in (("fraction", "labels_fraction"), ("count", "labelled")):
+            if text.startswith(f"{arg}:"):
+                text = name + text[len(arg) :]
+        raise ValueError(text) from err
+
+
+def num_classes(data: DataSplits) -> int:
+    """C, the number of classes a model that uses labels one-hot encodes: the dataset's
+    class names where it has them, else the largest label of any split plus one."""
+    if "classes" in data.info:
+        return len(data.info["classes"])
+    labels = [y for y in (data.train_y, data.val_y, data.test_y) if y.numel()]
+    return int(max(int(y.max()) for y in labels)) + 1
 
 
 def _construct(spec: str, arg: str, standard: dict, extra: dict) -> tuple[Any, dict]:
@@ -306,14 +337,15 @@ def evaluate_test_set(
     metrics["num_train" if local else "num_test"] = int(x.shape[0])
     started = time.perf_counter()
     model, guide, streamed = exp.model, exp.guide, _streamed(device)
+    args = _data_arguments(exp, x, local)
     key = "elbo" if exp.generative else "reconstruction_log_likelihood"
     metrics[key] = _row_mean(
         lambda rows: elbo_per_datapoint(model, guide, rows, elbo_samples, device=streamed),
-        x,
+        args,
         split,
     )
     if exp.generative and ll_samples > 0:
-        x_ll = x if ll_points is None else x[:ll_points]
+        x_ll = args if ll_points is None else _first_rows(args, ll_points)
         metrics["log_likelihood"] = _row_mean(
             lambda rows: iwae_log_likelihood(
                 model, guide, rows, ll_samples, progress=progress, device=streamed
@@ -322,15 +354,77 @@ def evaluate_test_set(
             split,
         )
         metrics["log_likelihood_samples"] = ll_samples
-        metrics["log_likelihood_points"] = int(x_ll.shape[0])
+        metrics["log_likelihood_points"] = _num_rows(x_ll)
     skipped: dict[str, str] = {}
-    x = to_device(x, device)
-    _reconstruction_metric(exp, x, split, metrics, skipped)
-    _latent_metrics(exp, x, split, elbo_samples, streamed, metrics, skipped)
+    if isinstance(args, tuple):
+        _label_model_metrics(exp, args, split, elbo_samples, streamed, metrics, skipped)
+    else:
+        x = to_device(x, device)
+        _reconstruction_metric(exp, x, split, metrics, skipped)
+        _latent_metrics(exp, x, split, elbo_samples, streamed, metrics, skipped)
     if skipped:
         metrics["skipped"] = skipped
     metrics["seconds"] = time.perf_counter() - started
     return metrics
+
+
+def _data_arguments(exp: Experiment, x, local: bool):
+    """What the model is evaluated on: ``x``, or for a model that uses labels
+    (:mod:`pyro_vae.labels`) ``(x, y, observed)``: the test rows with all their labels, or
+    the training rows with the labels training observed (a guide without test posteriors).
+    """
+    if uses_labels(exp.model) is None:
+        return x
+    if local:
+        seen = exp.data.train_observed
+        return x, torch.where(seen, exp.data.train_y.long(), 0), seen
+    y = exp.data.test_y.long()
+    return x, y, torch.ones_like(y, dtype=torch.bool)
+
+
+_TAKES_LABELS = (
+    "the model conditions on labels (uses_labels), and reconstructions and latent codes "
+    "need the label as well as the image"
+)
+
+
+def _label_model_metrics(
+    exp: Experiment, args: tuple, split, elbo_samples, streamed, metrics, skipped
+):
+    """For a model that uses labels: the mean KL(q(z | x, y) ‖ p(z | y)) and the model's
+    own label metrics (:func:`pyro_vae.evaluate.label_metrics`, by rank 0 alone in a
+    group) into ``metrics``; reconstruction and active units into ``skipped``."""
+    model, guide = exp.model, exp.guide
+    skipped["reconstruction_mse"] = skipped["active_units"] = _TAKES_LABELS
+    metrics["kl"] = _row_mean(
+        lambda rows: elbo_terms_per_datapoint(model, guide, rows, elbo_samples, device=streamed).kl,
+        args,
+        split,
+    )
+    if split is None or split.is_writer:
+        x, y = (to_device(in_memory(a, _num_rows(args)), exp.device) for a in args[:2])
+        own = label_metrics(model, guide, x, y)
+        clash = sorted(set(own) & set(metrics))
+        if clash:
+            raise ValueError(
+                f"label_metrics: the model's metrics {clash} would overwrite the evaluation's; "
+                "expected other names (e.g. test_accuracy)"
+            )
+        metrics.update(own)
+        if own:
+            metrics["label_metrics"] = sorted(own)
+    metrics["conditioned_on_labels"] = True  # ELBO and log-likelihood are of p(x | y)
+
+
+def _num_rows(args) -> int:
+    return int((args[0] if isinstance(args, tuple) else args).shape[0])
+
+
+def _first_rows(args, count: int):
+    """The first ``count`` rows of ``x`` or of each of a tuple of data arguments."""
+    if isinstance(args, tuple):
+        return tuple(a[:count] for a in args)
+    return args[:count]
 
 
 def _reconstruction_metric(exp: Experiment, x, split, metrics, skipped) -> None:
@@ -388,22 +482,29 @@ def _pieces(x: torch.Tensor | MappedRows) -> list[torch.Tensor]:
     return list(x.chunks()) if isinstance(x, MappedRows) else [x]
 
 
-def _row_mean(per_row, x: torch.Tensor | MappedRows, group: Group | None) -> float:
-    """The mean over the rows of ``x`` of ``per_row(x)`` (``[N]`` values); in ``group``,
+def _row_mean(per_row, x, group: Group | None) -> float:
+    """The mean over the rows of ``x`` (a tensor, :class:`MappedRows`, or a tuple of them
+    sharing their rows) of ``per_row(x)`` (``[N]`` values); in ``group``,
     each rank scores its part of the rows and the sums and counts are all-reduced. A rank
     without rows scores the first row for nothing, so that what one rank refuses (a
     ``ValueError``) every rank refuses, before any rank waits for the others."""
     if group is None:
         return per_row(x).mean().item()
-    part = shard_of(int(x.shape[0]), group.rank, group.world)
+    part = shard_of(_num_rows(x), group.rank, group.world)
     count = part.stop - part.start
-    rows = x.subset if isinstance(x, MappedRows) else x.__getitem__
-    values = per_row(rows(part) if count else rows(slice(0, 1)))
+    values = per_row(_part_of(x, part if count else slice(0, 1)))
     total = torch.tensor(
         [values.double().sum().item() if count else 0.0, count], dtype=torch.float64
     )
     group.all_reduce(total)
     return (total[0] / total[1]).item()
+
+
+def _part_of(x, part: slice):
+    """Rows ``part`` of ``x`` (a tensor or :class:`MappedRows`) or of each of a tuple."""
+    if isinstance(x, tuple):
+        return tuple(_part_of(a, part) for a in x)
+    return x.subset(part) if isinstance(x, MappedRows) else x[part]
 
 
 def _streamed(device: torch.device) -> torch.device | None:
@@ -421,7 +522,8 @@ def write_figures(
     num_samples: int = 64,
 ) -> tuple[list[Path], dict[str, str]]:
     """reconstructions.png, samples.png (generative models), elbo.png, latent.png, and
-    traversal.png and interpolation.png (generative models with ``decode(z)``).
+    traversal.png and interpolation.png (generative models with ``decode(z)``); for a
+    model that uses labels, elbo.png and conditional_samples.png (one row per class).
 
     Returns the paths written and, for each figure left out, why: a figure that needs
     what the model cannot give (a mean image, one latent code per image) is skipped, never
@@ -466,6 +568,8 @@ def write_figures(
         for name in ("reconstructions.png", "samples.png", "traversal.png", "interpolation.png"):
             if figures.pop(name, None):
                 skipped[name] = "the data is a table, whose rows are not images"
+    if uses_labels(model) is not None:
+        _label_model_figures(exp, figures, skipped)
     with eval_mode(model, guide):
         for name, draw in figures.items():
             try:
@@ -473,6 +577,33 @@ def write_figures(
             except ValueError as err:
                 skipped[name] = str(err)
     return paths, skipped
+
+
+def _label_model_figures(exp: Experiment, figures: dict, skipped: dict[str, str]) -> None:
+    """For a model that uses labels: conditional_samples.png in place of samples.png (when
+    it offers ``generate_given``); the figures that encode an image without its label are
+    skipped."""
+    figures.pop("samples.png", None)
+    for name in ("reconstructions.png", "latent.png", "traversal.png", "interpolation.png"):
+        if figures.pop(name, None) is not None:
+            skipped[name] = _TAKES_LABELS
+    if offered(exp.model, "generate_given") is None:
+        skipped["conditional_samples.png"] = "the model offers no generate_given(y)"
+    elif exp.data.image_shape is not None:
+        figures["conditional_samples.png"] = lambda path: _conditional_samples_figure(exp, path)
+
+
+def _conditional_samples_figure(exp: Experiment, path: Path, per_class: int = 8) -> Path:
+    """One row per class c of ``per_class`` conditional samples E[x | z, y = c], z from the
+    prior (the model's ``generate_given``)."""
+    classes = num_classes(exp.data)
+    y = torch.arange(classes, device=exp.device).repeat_interleave(per_class)
+    images = offered(exp.model, "generate_given")(y).reshape(classes, per_class, -1)
+    names = exp.data.info.get("classes") or [str(c) for c in range(classes)]
+    title = "conditional samples E[x | z, y], z ~ p(z), one row per class y"
+    return plot_image_rows(
+        images.cpu(), exp.data.image_shape, exp.data.pixel_max, path, list(map(str, names)), title
+    )
 
 
 def _traversal_figure(exp: Experiment, test_x: torch.Tensor, path: Path) -> Path:

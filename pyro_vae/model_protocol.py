@@ -17,14 +17,23 @@ Nothing here is required: any Pyro model — a function, a bound method, a ``Pyr
 ``tied_guide``            an attribute: the guide the model's own prior is made of (a
                           VampPrior's encoder), which the run must use (``--guide`` may
                           only name its class); ``None`` or absent: any guide
+``uses_labels``           a class attribute: ``"all"`` (every training label observed: a
+                          conditional VAE) or ``"partial"`` (a labelled subset: M2); the
+                          model and guide are then called on ``(x, y, observed)``
+                          (:mod:`pyro_vae.labels`)
+``generate_given(y)``     conditional samples E[x | z, y], z from the prior, for labels
+                          ``y`` ``[M]``: ``[M, D]`` (a model that uses labels)
+``label_metrics(guide,    test-set label metrics, e.g. ``{"test_accuracy": 0.9}``, added
+x, y)``                   to metrics.json beside the ELBO (a model that uses labels)
 ``recordable = True``     a class attribute: the model has no Python branching on tensor
                           values, so its trace structure is fixed by the batch shape and a
                           run may record its step (:mod:`pyro_vae.estimators.compiled`);
                           a subclass inherits no declaration (it may add such a branch)
 ========================  =================================================================
 
-:func:`offered`, :func:`tied_guide` and :func:`declares_recordable` are the one place
-the package asks; the protocol classes state the signatures for type checkers and readers.
+:func:`offered`, :func:`tied_guide`, :func:`uses_labels` and :func:`declares_recordable`
+are the one place the package asks; the protocol classes state the signatures for type
+checkers and readers.
 """
 
 from __future__ import annotations
@@ -45,6 +54,7 @@ __all__ = [
     "declares_recordable",
     "offered",
     "tied_guide",
+    "uses_labels",
 ]
 
 OPTIONAL_METHODS = {
@@ -52,7 +62,10 @@ OPTIONAL_METHODS = {
     "encode": "latent means and the latent-space figure",
     "generate": "prior samples E[x | z], z from the prior",
     "make_guide": "the guide used when none is named",
+    "generate_given": "conditional samples E[x | z, y] for labels y",
+    "label_metrics": "test-set label metrics (e.g. accuracy) beside the ELBO",
 }
+USES_LABELS = ("all", "partial")
 
 
 @runtime_checkable
@@ -101,6 +114,25 @@ def tied_guide(model: Any) -> Any:
     """The guide ``model``'s prior is made of (its ``tied_guide``; a bound method's object
     is asked), or ``None`` when any guide may be paired with it."""
     return getattr(getattr(model, "__self__", model), "tied_guide", None)
+
+
+def uses_labels(model: Any) -> str | None:
+    """The model's ``uses_labels`` declaration (``"all"``, ``"partial"``), or ``None``;
+    a bound method's object is asked (Pyro's ``model``/``guide`` pair).
+
+    Raises:
+        ValueError: a declaration other than ``"all"``, ``"partial"`` or ``None``.
+    """
+    owner = getattr(model, "__self__", model)
+    value = getattr(owner, "uses_labels", None)
+    if value is not None and value not in USES_LABELS:
+        name = getattr(owner, "__name__", type(owner).__name__)
+        raise ValueError(
+            f"uses_labels: {value!r} declared by {name}; "
+            "expected 'all' (every training label observed), 'partial' (a labelled subset) "
+            "or None"
+        )
+    return value
 
 
 def declares_recordable(fn: Any) -> bool:

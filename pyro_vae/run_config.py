@@ -72,8 +72,12 @@ class DataConfig:
             whether to keep the aspect ratio by cutting the centre.
         columns, label_column: a table's feature columns (``None``: every numeric column
             but the label) and its label column (``None``: no labels).
+        labels_fraction, labelled: which training labels a model that uses labels
+            observes (:meth:`pyro_vae.data.DataSplits.with_labelled_subset`, drawn with
+            ``split_seed``): a share f in (0, 1] of each class, or N_l labels, equally
+            many per class; both ``None``: every label. At most one is given.
 
-    These four and ``provenance`` came after schema 3's first release; a config.json
+    These six and ``provenance`` came after schema 3's first release; a config.json
     without them reads as their defaults (``_ADDED_KEYS``).
     """
 
@@ -90,6 +94,8 @@ class DataConfig:
     crop: bool = False
     columns: list[str] | None = None
     label_column: str | None = None
+    labels_fraction: float | None = None
+    labelled: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -115,11 +121,34 @@ class DataConfig:
             raise ValueError(f"label_column: {self.label_column!r}; expected a column name")
         check_levels("levels", self.levels)
         check_count("split_seed", self.split_seed, 0)
+        self._check_labelled_subset()
         for name in ("val_fraction", "test_fraction"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool):
                 raise ValueError(f"{name}: {value!r} is not a fraction")
         self.preprocessing()
+
+    def _check_labelled_subset(self) -> None:
+        fraction, count = self.labels_fraction, self.labelled
+        if fraction is not None and count is not None:
+            raise ValueError(
+                f"labels_fraction, labelled: {fraction!r} and {count!r} both given; expected "
+                "one of them (a share of the training labels, or their number)"
+            )
+        if fraction is not None and (
+            isinstance(fraction, bool)
+            or not isinstance(fraction, int | float)
+            or not 0.0 < fraction <= 1.0
+        ):
+            raise ValueError(f"labels_fraction: {fraction!r} is not in (0, 1]")
+        check_count("labelled", count, 1, " (the number of observed labels)", allow_none=True)
+
+    def labelled_subset(self) -> dict[str, Any]:
+        """The arguments of :meth:`pyro_vae.data.DataSplits.with_labelled_subset`;
+        ``{}`` when every label is observed."""
+        if self.labels_fraction is None and self.labelled is None:
+            return {}
+        return {"fraction": self.labels_fraction, "count": self.labelled, "seed": self.split_seed}
 
     def preprocessing(self) -> Preprocessing:
         """The :class:`~pyro_vae.data.Preprocessing` these fields describe.
@@ -222,7 +251,17 @@ _SECTIONS = {
 _TOP = {"format", "schema_version", "model", "model_options", "guide", *_SECTIONS}
 # Keys added to a section after its schema version, with defaults: a config.json written
 # before them leaves them out (no schema step needed), and they take the default.
-_ADDED_KEYS = {"data": {"provenance", "image_size", "crop", "columns", "label_column"}}
+_ADDED_KEYS = {
+    "data": {
+        "provenance",
+        "image_size",
+        "crop",
+        "columns",
+        "label_column",
+        "labels_fraction",
+        "labelled",
+    }
+}
 
 
 @dataclass

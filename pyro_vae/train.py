@@ -31,7 +31,8 @@ per-datapoint parameters) or a :class:`~pyro_vae.tensor_data.TensorData` for mod
 global latents (the model is called as ``model(*tensors)``; "validation" is the
 whole-data ELBO, a total in nats, since it does not split into datapoints, estimated with
 ``val_samples`` draws, 100 by default, that are the same at every validation).
-``num_data=N`` is passed to models that take it.
+``num_data=N`` is passed to models that take it. A model that declares ``uses_labels``
+is called on ``(x, y, observed)`` instead (:mod:`pyro_vae.labels`).
 
 With Pyro's validation on (its default), the first step of each epoch runs Pyro's
 checks (distribution arguments, sample supports, model/guide match) and the other steps
@@ -62,6 +63,7 @@ import torch
 from pyro.infer import ELBO, TraceGraph_ELBO
 from tqdm.auto import tqdm
 
+from pyro_vae import labels
 from pyro_vae.annealing import KLWarmup, ScaleLatents, unwrap
 from pyro_vae.checkpoint import RunFolder
 from pyro_vae.data_source import DataSource, ShardedSource, TrainingBatches
@@ -71,6 +73,7 @@ from pyro_vae.divergence import DivergenceGuard, TrainingDiverged
 from pyro_vae.early_stopping import EarlyStopping
 from pyro_vae.estimators.compiled import CompiledELBO
 from pyro_vae.fit_checkpoint import FitCheckpoint, Resumed
+from pyro_vae.model_protocol import uses_labels
 from pyro_vae.precision import Precision, refuse_on_device
 from pyro_vae.progress import bar as progress_bar
 from pyro_vae.progress import interactive
@@ -186,6 +189,7 @@ def fit(
     model, guide, config = _beta_from_handlers(model, guide, config)
     run = RunFolder(run) if isinstance(run, (str, os.PathLike)) else run
     _refuse_bad_arguments(model, guide, run, resume, resume_state, config)
+    data = _labelled(model, data)  # (x, y, observed) batches for a model that uses labels
     data, group, resume_state = _placed(data, model, guide, config, run, resume, resume_state)
     batches = TrainingBatches(data, config.batch_size, config.seed, config.drop_last)
     pyro.clear_param_store()
@@ -521,12 +525,19 @@ def _refuse_per_row_baselines_with_a_partial_batch(
         )
 
 
+def _labelled(model, data):
+    """``data`` as ``model`` sees it (:func:`pyro_vae.labels.for_model`)."""
+    name = type(getattr(model, "__self__", model)).__name__
+    return labels.for_model(uses_labels(model), name, data)
+
+
 def prepare_pair(model, guide, data: DataSource, config: TrainConfig) -> TrainingPair:
     """The pair as :func:`fit` sets it up (:meth:`TrainingPair.set_up`): wrapped for the
     per-datapoint plate, every parameter created at its trained shape. What loading saved
     weights into a rebuilt model and guide needs first."""
     device = resolve_device(config.device)
     move_modules(device, model, guide)
+    data = _labelled(model, data)
     batches = TrainingBatches(
         on_device(data, device), config.batch_size, config.seed, config.drop_last
     )

@@ -137,7 +137,9 @@ class TrainingPair:
         def estimate() -> float:
             if plan.whole_data:
                 return _common_draws(config.seed, lambda: self._whole_data_elbo(plan.args, draws))
-            return self._per_datapoint_elbo(model, guide, plan.args[0], draws)
+            # one tensor as before; (x, y, observed) for a model that uses labels
+            x = plan.args[0] if len(plan.args) == 1 else plan.args
+            return self._per_datapoint_elbo(model, guide, x, draws)
 
         self.validate = lambda: self._tracking_fallback(estimate)
 

@@ -44,6 +44,7 @@ LAYERS: dict[str, int] = {
     "pyro_vae.tables": 1,
     "pyro_vae.data": 1,
     "pyro_vae.data_source": 1,
+    "pyro_vae.labels": 1,
     "pyro_vae.tensor_data": 1,
     "pyro_vae.likelihoods": 1,
     # 2: guides, the plate they declare, the model protocol

@@ -274,3 +274,32 @@ def test_the_source_options_are_checked_when_the_config_is_made(kwargs, words):
     with pytest.raises(ValueError) as raised:
         DataConfig(**kwargs)
     assert words in str(raised.value)
+
+
+def test_the_labelled_subset_round_trips_and_an_old_config_observes_every_label():
+    config = RunConfig(ModelConfig("models.cvae:CVAE"), data=DataConfig(labelled=30))
+    assert RunConfig.from_json(json.loads(json.dumps(config.to_json()))) == config
+    assert config.data.labelled_subset() == {"fraction": None, "count": 30, "seed": 0}
+    old = small().to_json()
+    for key in ("labels_fraction", "labelled"):
+        del old["data"][key]  # a config.json written before labels
+    data = RunConfig.from_json(old).data
+    assert data.labels_fraction is None and data.labelled is None
+    assert data.labelled_subset() == {}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"labels_fraction": 0.5, "labelled": 10}, "labels_fraction, labelled: 0.5 and 10 both"),
+        ({"labels_fraction": 0.0}, "labels_fraction: 0.0 is not in (0, 1]"),
+        ({"labels_fraction": 1.2}, "labels_fraction: 1.2 is not in (0, 1]"),
+        ({"labels_fraction": True}, "labels_fraction: True is not in (0, 1]"),
+        ({"labelled": 0}, "labelled: 0 is not a positive integer"),
+        ({"labelled": 2.5}, "labelled: 2.5 is not a positive integer"),
+    ],
+)
+def test_the_labelled_subset_is_checked_when_the_config_is_made(kwargs, words):
+    with pytest.raises(ValueError) as raised:
+        DataConfig(**kwargs)
+    assert words in str(raised.value)

@@ -1,0 +1,200 @@
+"""Class labels in the fit loop: which training labels are observed, and the batches a
+model that uses labels is called on.
+
+A model declares that it uses labels with the class attribute ``uses_labels``
+(:func:`pyro_vae.model_protocol.uses_labels` reads it):
+
+- ``"all"``: every label it trains on must be observed (the conditional VAE,
+  :mod:`models.cvae`; Sohn, Lee & Yan 2015);
+- ``"partial"``: labels observed on a subset, latent elsewhere (the semi-supervised M2
+  model; Kingma, Rezende, Mohamed & Welling 2014).
+
+For such a model (:func:`for_model`, called by :func:`pyro_vae.fit`) the batches of a
+:class:`~pyro_vae.data.DataSplits` pass the model and guide ``(x, y, observed)``: ``x``
+``[B, D]`` as for any model, ``y`` the labels (``LongTensor [B]``, 0 where unobserved)
+and ``observed`` which of them are (``BoolTensor [B]``). Validation passes ``(x, y,
+observed)`` with every held-out label observed. Models that do not declare
+``uses_labels`` see the source unchanged, ``(x,)``.
+
+Which training labels are observed is a seeded, class-balanced draw
+(:func:`labelled_subset`), as in Kingma et al. (2014), §4.1: the same number of labelled
+examples per class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from pyro_vae.data_source import HELD_OUT, ObservationCheck, ValidationSet
+
+
+def labelled_subset(
+    y: torch.Tensor,
+    *,
+    fraction: float | None = None,
+    count: int | None = None,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Which of the labels ``y`` (``[N]`` integers) are observed: a ``BoolTensor [N]``.
+
+    A seeded, class-balanced draw over the C classes present in ``y``:
+
+    - ``count`` = N_l: ⌊N_l / C⌋ rows of each class, and one more for each of the first
+      N_l mod C classes in an order drawn from ``seed`` (Kingma et al. 2014 label 100 of
+      each MNIST digit);
+    - ``fraction`` = f: round(f · n_c) rows (at least one) of each class c of n_c rows, so
+      the labelled rows keep the classes' proportions.
+
+    Within a class the rows are a uniform draw without replacement. Neither given: all
+    observed.
+
+    Raises:
+        ValueError: both given; ``fraction`` not in (0, 1]; ``count`` not an integer
+            between C and N; a class with fewer rows than its share of ``count``.
+    """
+    n = int(y.shape[0])
+    if fraction is not None and count is not None:
+        raise ValueError(
+            f"fraction, count: {fraction!r} and {count!r} both given; expected one of them "
+            "(a share of the training labels, or their number)"
+        )
+    if fraction is None and count is None:
+        return torch.ones(n, dtype=torch.bool)
+    classes, sizes = torch.unique(y, return_counts=True)
+    generator = torch.Generator().manual_seed(int(seed))
+    if fraction is not None:
+        if isinstance(fraction, bool) or not isinstance(fraction, int | float):
+            raise ValueError(f"fraction: {fraction!r} is not a number in (0, 1]")
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f"fraction: {fraction!r} is not in (0, 1]; expected 0 < f <= 1")
+        quotas = [max(1, round(fraction * int(s))) for s in sizes]
+    else:
+        quotas = _count_quotas(count, classes, sizes, n, generator)
+    observed = torch.zeros(n, dtype=torch.bool)
+    for label, quota in zip(classes.tolist(), quotas, strict=True):
+        rows = torch.nonzero(y == label).reshape(-1)
+        observed[rows[torch.randperm(rows.shape[0], generator=generator)[:quota]]] = True
+    return observed
+
+
+def _count_quotas(
+    count: Any, classes: torch.Tensor, sizes: torch.Tensor, n: int, generator: torch.Generator
+) -> list[int]:
+    """Rows to label in each class for ``count`` labels: ⌊count / C⌋ each, the remainder
+    one each to the first classes of a seeded order."""
+    c = int(classes.shape[0])
+    if isinstance(count, bool) or not isinstance(count, int) or not c <= count <= n:
+        raise ValueError(
+            f"count: {count!r}; expected an integer between the {c} classes present and the "
+            f"{n} training rows"
+        )
+    quotas = [count // c] * c
+    for i in torch.randperm(c, generator=generator)[: count % c].tolist():
+        quotas[i] += 1
+    short = [(int(k), q, int(s)) for k, q, s in zip(classes, quotas, sizes, strict=True) if q > s]
+    if short:
+        label, quota, size = short[0]
+        raise ValueError(
+            f"count: {count} labels, {quota} of class {label}, but class {label} has only "
+            f"{size} training rows; expected at most {c} times the smallest class's size"
+        )
+    return quotas
+
+
+class LabelledSource:
+    """A :class:`~pyro_vae.data.DataSplits` as a model that uses labels sees it: each
+    batch ``(rows, (x, y, observed))``, ``y`` 0 where ``observed`` is false; validation on
+    ``(x, y, all true)``. The batches' rows, order and binarization are those the source
+    gives any other model (the same seeded stream). Any other attribute is the source's.
+    """
+
+    def __init__(self, data: Any) -> None:
+        self.data = data
+        self.per_datapoint = data.per_datapoint
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["data"], name)
+
+    @property
+    def num_train(self) -> int:
+        return self.data.num_train
+
+    def steps_per_epoch(self, batch_size: int, drop_last: bool = False) -> int:
+        return self.data.steps_per_epoch(batch_size, drop_last)
+
+    def indexed_batches(
+        self, batch_size: int, epoch: int, seed: int, drop_last: bool = False
+    ) -> Iterator[tuple[torch.Tensor, tuple[torch.Tensor, ...]]]:
+        observed = self.data.train_observed
+        batches = self.data.train_batches(batch_size, epoch, seed, drop_last)
+        for rows, x, y in batches.indexed():
+            seen = observed.index_select(0, rows)
+            yield rows, (x, torch.where(seen, y.long(), 0), seen)
+
+    def check_training_data(self, check: ObservationCheck) -> None:
+        self.data.check_training_data(check)
+
+    def validation_set(self, local_guide: bool, check: ObservationCheck) -> ValidationSet | None:
+        """The source's validation on ``(x, y, observed)``: held-out rows with all their
+        labels; for a guide with free per-datapoint parameters, the training rows with the
+        labels training observed."""
+        plan = self.data.validation_set(local_guide, check)
+        if plan is None:
+            return None
+        if plan.kind == HELD_OUT:
+            y = self.data.val_y.long()
+            seen = torch.ones_like(y, dtype=torch.bool)
+        else:
+            seen = self.data.train_observed
+            y = torch.where(seen, self.data.train_y.long(), 0)
+        return ValidationSet(plan.kind, (*plan.args, y, seen), plan.whole_data, plan.draws)
+
+
+def for_model(mode: str | None, name: str, data: Any) -> Any:
+    """``data`` as a model declaring ``uses_labels = mode`` (``None``: none; read by
+    :func:`pyro_vae.model_protocol.uses_labels`) should see it: a :class:`LabelledSource`
+    for a model that uses labels, else ``data`` itself. ``name``: the model's, for errors.
+
+    Raises:
+        ValueError: the model uses labels and the data's labels did not come with the data
+            (``info["labelled"]`` false), or it declares ``"all"`` and only some training
+            labels are observed.
+        TypeError: the model uses labels and ``data`` is not a
+            :class:`~pyro_vae.data.DataSplits` (nothing else carries labels).
+    """
+    if mode is None:
+        return data
+    if not hasattr(data, "train_observed"):
+        raise TypeError(
+            f"data: {type(data).__name__}, but {name} uses labels (uses_labels={mode!r}); "
+            "expected pyro_vae.DataSplits, whose batches carry labels"
+        )
+    check_labelled(data.info, name, mode)
+    seen = int(data.train_observed.sum())
+    if mode == "all" and seen < data.num_train:
+        raise ValueError(
+            f"labels: {seen} of {data.num_train} training labels are observed, but {name} "
+            "declares uses_labels='all' (it conditions on every label); leave out the "
+            "labelled subset (labels_fraction, labelled), or use a model that takes partial "
+            "labels"
+        )
+    return LabelledSource(data)
+
+
+def check_labelled(info: dict, name: str, mode: str) -> None:
+    """Refuse data whose labels did not come with it (``info["labelled"]`` false: every
+    label 0) for the model ``name`` that uses labels.
+
+    Raises:
+        ValueError: naming the dataset.
+    """
+    if info.get("labelled", True) is False:
+        raise ValueError(
+            f"data: {info.get('dataset', 'the data')!r} came without labels (every label is "
+            f"0), but {name} uses labels (uses_labels={mode!r}); give labels with the data "
+            "(an .npz with 'y', PATH.labels.npy, a table's label column, an image folder's "
+            "class folders)"
+        )
