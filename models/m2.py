@@ -259,7 +259,14 @@ class M2(PyroModule):
     def generate(self, num: int) -> torch.Tensor:
         """Mean images E[x | y, z] of ``num`` draws (y, z) from the prior, ``[num, D]``."""
         label = torch.randint(self.num_classes, (num,), device=self.prior_loc.device)
-        return self.decode_given(self._prior(num).sample(), label)
+        return self.generate_given(label)
+
+    @torch.no_grad()
+    def generate_given(self, y: torch.Tensor) -> torch.Tensor:
+        """Mean images E[x | y, z] for the classes ``y`` (``LongTensor [M]``), each with its
+        own z from the prior: ``[M, D]`` (the conditional samples figure)."""
+        y = y.to(self.prior_loc.device)
+        return self.decode_given(self._prior(y.shape[0]).sample(), y)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
