@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import math
+import re
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -21,6 +24,8 @@ from pyro.infer import SVI
 from pyro.poutine.messenger import Messenger
 
 from models.m2 import M2, M2Guide
+from pyro_vae import TrainConfig, fit, load_data
+from pyro_vae.cli import main as cli_main
 from pyro_vae.estimators import get as get_estimator
 from pyro_vae.evaluate import elbo_per_datapoint
 from pyro_vae.minibatch import Minibatched
@@ -297,3 +302,45 @@ def test_refuses_bad_labels(labels, message):
     for fn in (model, guide):
         with pytest.raises(ValueError, match=message):
             fn(x, *labels)
+
+
+def _two_halves(rows: int = 120, side: int = 4, seed: int = 0):
+    """Binary ``side x side`` images whose class lights up the top or the bottom half."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(rows) % 2
+    top = (np.arange(side * side) < side * side // 2)[None, :] == (y[:, None] == 0)
+    x = rng.random((rows, side * side)) < np.where(top, 0.9, 0.1)
+    return x.astype(np.float32).reshape(rows, side, side), y
+
+
+def test_fit_trains_it_on_a_labelled_subset_from_python():
+    x, y = _two_halves()
+    data = load_data(x, labels=y).with_labelled_subset(count=10, seed=0)
+    assert int(data.train_observed.sum()) == 10
+    model = M2(16, num_classes=2, latent_dim=2, hidden_dims=(16,), alpha=50.0)
+    guide = model.make_guide()
+    config = TrainConfig(epochs=5, batch_size=128, lr=0.05, progress=False, seed=0)
+    result = fit(model, guide, data, get_estimator("enum"), config)
+    assert len(result.history) == 5 and math.isfinite(result.history[-1]["val_elbo"])
+    metrics = model.label_metrics(guide, data.test_x, data.test_y, iwae_samples=5)
+    # 24 test images; chance is 0.5, and 20 or more right by chance has probability 1e-3.
+    assert metrics["test_accuracy"] >= 20 / 24
+    assert metrics["test_elbo_unlabelled"] < 0
+
+
+def test_the_command_line_fits_it_and_prints_the_accuracy(tmp_path, capsys):
+    x, y = _two_halves()
+    np.savez(tmp_path / "halves.npz", x=x, y=y)
+    out = tmp_path / "run"
+    argv = ["fit", "--model", "models.m2:M2", "--model-opt", "latent_dim=2", "--hidden", "8"]
+    argv += ["--estimator", "enum", "--labelled", "10", "--data", str(tmp_path / "halves.npz")]
+    argv += ["--epochs", "1", "--batch-size", "64", "--ll-samples", "2", "--no-progress"]
+    assert cli_main([*argv, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    test = json.loads((out / "metrics.json").read_text())["test"]
+    assert 0.0 <= test["test_accuracy"] <= 1.0
+    assert re.search(rf"test accuracy +{test['test_accuracy']:.4f}", printed)
+    assert test["test_elbo_unlabelled"] < 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["data"]["labelled"] == 10
+    assert (out / "conditional_samples.png").is_file()
