@@ -27,9 +27,17 @@ from pyro_vae.devices import resolve_device, to_device
 from pyro_vae.diagnostics.gradient_variance import gradient_variance
 from pyro_vae.distributed import RankLost, current, launch, refuse_before_launch, session
 from pyro_vae.estimators.compiled import CaptureError, compilable, should_record
-from pyro_vae.experiment import Experiment, build, evaluate_test_set, load, write_figures
+from pyro_vae.experiment import (
+    Experiment,
+    build,
+    evaluate_test_set,
+    label_samples,
+    load,
+    write_figures,
+)
 from pyro_vae.idx import IDXFormatError
 from pyro_vae.likelihoods import LIKELIHOODS
+from pyro_vae.model_protocol import uses_labels
 from pyro_vae.plots import plot_gradient_variance, plot_samples
 from pyro_vae.precision import PRECISIONS, refuse_on_device
 from pyro_vae.predictive import prior_mean_images
@@ -607,7 +615,8 @@ def _print_test(test: dict[str, Any], table: bool = False) -> None:
                 f"(K={test['log_likelihood_samples']}, {test['log_likelihood_points']} {unit}s)"
             )
         elif key == "kl":
-            print(f"test KL(q(z | x) ‖ p(z))  {value:10.3f} nats per {unit}")
+            kl = "test KL(q(z | x, y) ‖ p(z))" if given else "test KL(q(z | x) ‖ p(z))"
+            print(f"{kl:<26}{value:10.3f} nats per {unit}")
         elif key == "reconstruction_mse":
             scale = "per pixel, [0, 1] scale"
             if table:
@@ -861,11 +870,24 @@ def _sample(args: argparse.Namespace) -> int:
         )
     pyro.set_rng_seed(args.seed)
     with torch.no_grad():
-        like = to_device(exp.data.test_x[: args.num], exp.device)
-        images = prior_mean_images(exp.model, like, args.num).cpu()
+        if uses_labels(exp.model) is not None:
+            images = label_samples(exp, args.num).cpu()
+        else:
+            like = to_device(exp.data.test_x[: args.num], exp.device)
+            images = prior_mean_images(exp.model, like, args.num).cpu()
     path = plot_samples(images, exp.data.image_shape, exp.data.pixel_max, out)
     print(f"wrote {args.num} samples to {path}")
     return 0
+
+
+def _refuse_label_model(exp: Experiment, command: str) -> None:
+    """A run of a model that uses labels, refused by a command that calls it on images alone."""
+    if uses_labels(exp.model) is not None:
+        raise ValueError(
+            f"run: {exp.config.model.spec} conditions on labels (uses_labels), and "
+            f"`pyro-vae {command}` calls the model on images alone; expected a model without "
+            "labels"
+        )
 
 
 def _grad_variance(args: argparse.Namespace) -> int:
@@ -873,6 +895,7 @@ def _grad_variance(args: argparse.Namespace) -> int:
 
     run = RunFolder(args.run)
     exp = load(run, args.device or "auto", args.allow_changed_data)
+    _refuse_label_model(exp, "grad-variance")
     specs = [estimators.parse(s) for s in args.estimators.split(",") if s]
     for name, options in specs:
         estimators.get(name, **options)  # reject bad names and options before any work
@@ -931,6 +954,7 @@ def _amortization_gap(args: argparse.Namespace) -> int:
 
     run = RunFolder(args.run)
     exp = load(run, args.device or "auto", args.allow_changed_data)
+    _refuse_label_model(exp, "amortization-gap")
     if not exp.generative:
         raise ValueError(f"run: {exp.config.model.spec} has no latent variables to fit guides to")
     _refuse_local_guide(
@@ -987,6 +1011,7 @@ def _diagnose(args: argparse.Namespace) -> int:
 
     run = RunFolder(args.run)
     exp = load(run, args.device or "auto", args.allow_changed_data)
+    _refuse_label_model(exp, "diagnose")
     if not exp.generative:
         raise ValueError(f"run: {exp.config.model.spec} has no latent variables to diagnose")
     _refuse_local_guide(exp, "k̂ per test image needs a posterior for test images")

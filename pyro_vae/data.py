@@ -207,6 +207,7 @@ def _table(name: str, columns: list[str] | None, label_column: str | None) -> Ra
             None,
             1,
             integer=False,
+            labelled=label_column is not None,
             provenance=provenance,
             columns=table.columns,
             classes=table.classes,

@@ -593,12 +593,30 @@ def _label_model_figures(exp: Experiment, figures: dict, skipped: dict[str, str]
         figures["conditional_samples.png"] = lambda path: _conditional_samples_figure(exp, path)
 
 
+def label_samples(exp: Experiment, num: int, per_class: int = 1) -> torch.Tensor:
+    """``num`` conditional samples E[x | z, y], z from the prior, of a model that uses
+    labels (its ``generate_given``): ``per_class`` of class 0, then of class 1, ...,
+    cycling through the classes; ``[num, D]``.
+
+    Raises:
+        ValueError: the model offers no ``generate_given(y)``.
+    """
+    generate = offered(exp.model, "generate_given")
+    if generate is None:
+        raise ValueError(
+            f"model: {exp.config.model.spec} uses labels but offers no generate_given(y), so "
+            "there are no conditional samples to draw"
+        )
+    y = torch.arange(num, device=exp.device) // per_class % num_classes(exp.data)
+    with eval_mode(exp.model):
+        return generate(y).reshape(num, -1)
+
+
 def _conditional_samples_figure(exp: Experiment, path: Path, per_class: int = 8) -> Path:
     """One row per class c of ``per_class`` conditional samples E[x | z, y = c], z from the
     prior (the model's ``generate_given``)."""
     classes = num_classes(exp.data)
-    y = torch.arange(classes, device=exp.device).repeat_interleave(per_class)
-    images = offered(exp.model, "generate_given")(y).reshape(classes, per_class, -1)
+    images = label_samples(exp, classes * per_class, per_class).reshape(classes, per_class, -1)
     names = exp.data.info.get("classes") or [str(c) for c in range(classes)]
     title = "conditional samples E[x | z, y], z ~ p(z), one row per class y"
     return plot_image_rows(

@@ -72,6 +72,7 @@ def made(tmp_path_factory):
         "npy_empty": images[:0],
         "npy_labelled": images,
         "npy_changed": images,
+        "npy_unlabelled": intensities,
     }.items():
         np.save(root / f"{name}.npy", array)
         paths[name] = root / f"{name}.npy"
@@ -391,6 +392,52 @@ CLI = [
         None,
         ["fit", "--out", "{new}", "--data", "{csv_ok}", "--label-column", "y"],
         ["column 'a' holds", "binary 0/1"],
+    ),
+    # --- fit: the labelled subset, and models that use labels --------------------------
+    *[
+        (f"fit-labels-fraction-{v}", None, ["fit", "--out", "{new}", "--labels-fraction", v], ["labels_fraction", v, "(0, 1]"])
+        for v in ["0", "1.5", "-0.2", "nan"]
+    ],
+    *[
+        (f"fit-labelled-{v}", None, ["fit", "--out", "{new}", "--labelled", v], ["labelled", v])
+        for v in ["0", "-3", "abc", "2.5"]
+    ],
+    ("fit-labels-fraction-abc", None, ["fit", "--out", "{new}", "--labels-fraction", "abc"], ["--labels-fraction", "abc"]),
+    (
+        "fit-labels-both",
+        None,
+        ["fit", "--out", "{new}", "--labels-fraction", "0.5", "--labelled", "30"],
+        ["labels_fraction, labelled: 0.5 and 30 both given", "expected one"],
+    ),
+    (
+        "fit-labelled-below-classes",
+        None,
+        ["fit", "--out", "{new}", "--labelled", "5"],
+        ["labelled: 5", "between the 10 classes present and the 1455 training rows"],
+    ),
+    (
+        "fit-labelled-above-rows",
+        None,
+        ["fit", "--out", "{new}", "--labelled", "5000"],
+        ["labelled: 5000", "between the 10 classes present and the 1455 training rows"],
+    ),
+    (
+        "fit-labelled-unlabelled-data",
+        None,
+        ["fit", "--out", "{new}", "--data", "{npy_unlabelled}", "--labelled", "5"],
+        ["labelled: 5", "came without labels"],
+    ),
+    (
+        "fit-cvae-labelled-subset",
+        None,
+        ["fit", "--out", "{new}", "--model", "models.cvae:CVAE", "--labelled", "30", *FAST],
+        ["labels: 30 of 1455 training labels are observed", "uses_labels='all'"],
+    ),
+    (
+        "fit-cvae-unlabelled-data",
+        None,
+        ["fit", "--out", "{new}", "--model", "models.cvae:CVAE", "--data", "{npy_unlabelled}", *FAST],
+        ["npy_unlabelled.npy' came without labels", "CVAE uses labels"],
     ),
     (
         "fit-table-image-size",

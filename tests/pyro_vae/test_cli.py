@@ -750,3 +750,20 @@ def test_a_flag_and_an_estimator_option_that_disagree_are_refused(
     err = capsys.readouterr().err
     assert f"{flag}: " in err and "disagrees with --estimator-opt" in err
     assert f"give {what} once" in err and not out.exists()
+
+
+def test_the_labelled_subset_is_kept_in_config_json_and_survives_resume(tmp_path, capsys):
+    # two one-epoch fits (a few seconds, most of it the figures): the subset must be in the
+    # config that a resumed run rebuilds its data from
+    run = tmp_path / "labelled"
+    argv = ["fit", "--data", "digits", "--epochs", "1", "--labelled", "20", "--out", str(run)]
+    assert main([*argv, *FAST, "--ll-samples", "0"]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["data"]["labelled"] == 20 and config["data"]["labels_fraction"] is None
+    assert json.loads((run / "metrics.json").read_text())["data"]["num_labelled"] == 20
+    capsys.readouterr()
+    assert main(["fit", "--resume", str(run), "--epochs", "2", "--no-progress"]) == 0
+    assert json.loads((run / "config.json").read_text())["data"] == config["data"]
+    assert len(json.loads((run / "metrics.json").read_text())["epochs"]) == 2
+    assert main(["fit", "--resume", str(run), "--labelled", "30"]) == 2
+    assert "--labelled cannot change a run being resumed" in capsys.readouterr().err
