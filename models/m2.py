@@ -64,7 +64,7 @@ from pyro_vae.likelihoods import make_likelihood
 from pyro_vae.nn import mlp
 from pyro_vae.plate_declaration import data_plate
 
-ALPHA_PER_ROW = 0.1  # Kingma et al. (2014), §4.2: α = 0.1 · N
+ALPHA_PER_ROW = 0.1  # Kingma et al. (2014), after eq. 9: "we use α = 0.1 · N"
 
 
 def _with_onehot(h: torch.Tensor, label: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -88,7 +88,10 @@ def check_labels(
     rows = x.shape[0]
     if y is None:
         if observed is not None and bool(observed.any()):
-            raise ValueError("observed: some labels marked observed, but y is None")
+            raise ValueError(
+                f"observed: {int(observed.sum())} labels marked observed, but y is None; "
+                "expected the labels y ([B]) with them"
+            )
         y = torch.zeros(rows, dtype=torch.long, device=x.device)
         return y, torch.zeros(rows, dtype=torch.bool, device=x.device)
     if observed is None:

@@ -292,7 +292,10 @@ def test_refuses_bad_options(options, message):
     [
         ((torch.zeros(3, dtype=torch.long), None), r"y: shape \(3,\); expected \[4\]"),
         ((torch.zeros(4, dtype=torch.long), torch.ones(3, dtype=torch.bool)), "observed: shape"),
-        ((None, torch.ones(4, dtype=torch.bool)), "observed: some labels marked observed"),
+        (
+            (None, torch.ones(4, dtype=torch.bool)),
+            "observed: 4 labels marked observed, but y is None",
+        ),
         ((torch.full((4,), 3), None), r"y: observed labels span 3..3; expected classes 0..2"),
     ],
 )
