@@ -27,6 +27,7 @@ from models.m2 import M2, M2Guide
 from pyro_vae import TrainConfig, fit, load_data
 from pyro_vae.cli import main as cli_main
 from pyro_vae.estimators import get as get_estimator
+from pyro_vae.estimators.compiled import should_record
 from pyro_vae.evaluate import elbo_per_datapoint
 from pyro_vae.minibatch import Minibatched
 
@@ -261,6 +262,13 @@ def test_label_metrics_against_quadrature():
     assert metrics["test_accuracy"] == pytest.approx((predicted == y).float().mean().item())
     assert metrics["test_log_px_unlabelled_K"] == 2000
     assert metrics["test_log_px_unlabelled_points"] == 5
+
+
+def test_is_not_recorded_without_being_asked():
+    """Its label checks read tensor values (``--compile auto`` leaves it eager)."""
+    model, guide = _pair()
+    reason = should_record(get_estimator("trace"), model, guide)
+    assert reason.startswith("model: M2 does not declare recordable = True")
 
 
 def test_declares_partial_labels_and_ties_its_guide():
