@@ -48,6 +48,9 @@ class Condition(nn.Module):
             not a positive integer.
     """
 
+    #: No Python branching on tensor values (the one-hot is a comparison, not ``one_hot``).
+    recordable = True
+
     def __init__(self, num_classes: int | None = None, condition_dim: int | None = None):
         super().__init__()
         if (num_classes is None) == (condition_dim is None):

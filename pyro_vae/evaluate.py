@@ -651,7 +651,7 @@ def label_metrics(model, guide, x: torch.Tensor, y: torch.Tensor) -> dict[str, f
     Raises:
         ValueError: the method returned something other than a mapping of names to numbers.
     """
-    hook = offered(model, "label_metrics")
+    hook = offered(getattr(model, "__self__", model), "label_metrics")  # or its object's
     if hook is None:
         return {}
     with torch.no_grad(), eval_mode(model, guide):

@@ -396,11 +396,16 @@ def _label_model_metrics(
     group) into ``metrics``; reconstruction and active units into ``skipped``."""
     model, guide = exp.model, exp.guide
     skipped["reconstruction_mse"] = skipped["active_units"] = _TAKES_LABELS
-    metrics["kl"] = _row_mean(
-        lambda rows: elbo_terms_per_datapoint(model, guide, rows, elbo_samples, device=streamed).kl,
-        args,
-        split,
-    )
+    try:
+        metrics["kl"] = _row_mean(
+            lambda rows: (
+                elbo_terms_per_datapoint(model, guide, rows, elbo_samples, device=streamed).kl
+            ),
+            args,
+            split,
+        )
+    except ValueError as err:
+        skipped["kl"] = str(err)
     if split is None or split.is_writer:
         x, y = (to_device(in_memory(a, _num_rows(args)), exp.device) for a in args[:2])
         own = label_metrics(model, guide, x, y)
@@ -587,10 +592,15 @@ def _label_model_figures(exp: Experiment, figures: dict, skipped: dict[str, str]
     for name in ("reconstructions.png", "latent.png", "traversal.png", "interpolation.png"):
         if figures.pop(name, None) is not None:
             skipped[name] = _TAKES_LABELS
-    if offered(exp.model, "generate_given") is None:
+    if offered(_owner(exp.model), "generate_given") is None:
         skipped["conditional_samples.png"] = "the model offers no generate_given(y)"
     elif exp.data.image_shape is not None:
         figures["conditional_samples.png"] = lambda path: _conditional_samples_figure(exp, path)
+
+
+def _owner(model):
+    """The object behind a bound method (Pyro's ``model``/``guide`` pair), or ``model``."""
+    return getattr(model, "__self__", model)
 
 
 def label_samples(exp: Experiment, num: int, per_class: int = 1) -> torch.Tensor:
@@ -601,7 +611,7 @@ def label_samples(exp: Experiment, num: int, per_class: int = 1) -> torch.Tensor
     Raises:
         ValueError: the model offers no ``generate_given(y)``.
     """
-    generate = offered(exp.model, "generate_given")
+    generate = offered(_owner(exp.model), "generate_given")
     if generate is None:
         raise ValueError(
             f"model: {exp.config.model.spec} uses labels but offers no generate_given(y), so "

@@ -290,3 +290,29 @@ def test_an_evaluator_refuses_a_device_this_machine_lacks_by_name(monkeypatch):
     model = VAE(4, latent_dim=2, hidden_dims=(3,))
     with pytest.raises(ValueError, match="device: 'cuda' is not available on this machine"):
         elbo_per_datapoint(model, model.make_guide(), torch.zeros(3, 4), device="cuda")
+
+
+class _WithLabelMetrics:
+    """A model object whose label_metrics hook reports what it was given."""
+
+    def __init__(self, values=None):
+        self.values, self.calls = values, []
+
+    def model(self, x, y, observed):
+        pass
+
+    def label_metrics(self, guide, x, y):
+        self.calls.append((guide, x.shape, y.dtype, torch.is_grad_enabled()))
+        return self.values if self.values is not None else {"test_label_mean": y.float().mean()}
+
+
+def test_label_metrics_come_from_the_model_s_hook_without_gradients():
+    from pyro_vae.evaluate import label_metrics
+
+    owner = _WithLabelMetrics()
+    y = torch.tensor([0, 1, 1, 1])
+    assert label_metrics(owner.model, "guide", torch.zeros(4, 3), y) == {"test_label_mean": 0.75}
+    assert owner.calls == [("guide", (4, 3), torch.long, False)]
+    assert label_metrics(lambda x: None, None, torch.zeros(4, 3), y) == {}
+    with pytest.raises(ValueError, match="label_metrics: list returned by the model; expected a"):
+        label_metrics(_WithLabelMetrics([0.5]).model, None, torch.zeros(4, 3), y)

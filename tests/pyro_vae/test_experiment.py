@@ -224,3 +224,46 @@ def test_the_command_line_fits_each_prior(prior, components, tmp_path):
     assert "skipped" not in test
     figures = {"reconstructions.png", "samples.png", "elbo.png", "latent.png", "traversal.png"}
     assert figures | {"interpolation.png"} <= {p.name for p in run.iterdir()}
+
+
+def test_a_label_model_is_evaluated_on_its_test_labels_with_its_own_metrics():
+    from models.cvae import CVAE
+    from pyro_vae.data import load_data
+
+    class Scored(CVAE):
+        def label_metrics(self, guide, x, y):
+            return {"test_label_mean": y.float().mean()}
+
+    data = load_data("digits")
+    config = RunConfig(ModelConfig("models.cvae:CVAE"))
+    model = Scored(data.x_dim, num_classes=10, latent_dim=2, hidden_dims=(8,))
+    exp = experiment.Experiment(config, data, model, model.make_guide(), Trace_ELBO())
+    test = evaluate_test_set(exp, ll_samples=4, ll_points=10)
+    assert test["test_label_mean"] == pytest.approx(data.test_y.float().mean().item())
+    assert test["label_metrics"] == ["test_label_mean"] and test["conditioned_on_labels"]
+    assert test["log_likelihood_points"] == 10 and test["num_test"] == 180
+    assert test["log_likelihood"] > test["elbo"] - 1.0 and test["kl"] > 0  # K = 4 vs 10 draws
+    assert set(test["skipped"]) == {"reconstruction_mse", "active_units"}
+    assert experiment.num_classes(data) == 10
+
+    class Clashing(CVAE):
+        def label_metrics(self, guide, x, y):
+            return {"elbo": 0.0}
+
+    clash = Clashing(data.x_dim, num_classes=10, latent_dim=2, hidden_dims=(8,))
+    exp = experiment.Experiment(config, data, clash, clash.make_guide(), Trace_ELBO())
+    with pytest.raises(ValueError, match=r"label_metrics: the model's metrics \['elbo'\] would"):
+        evaluate_test_set(exp, ll_samples=0, ll_points=None)
+
+
+def test_build_draws_the_labelled_subset_and_names_its_config_fields():
+    from pyro_vae.run_config import DataConfig
+
+    config = RunConfig(ModelConfig("models.vae:VAE", SMALL), data=DataConfig(labelled=20))
+    exp = build(config)
+    assert int(exp.data.train_observed.sum()) == 20 == exp.data.info["num_labelled"]
+    assert "num_classes" not in exp.model_arguments  # the VAE does not use labels
+    cvae = build(RunConfig(ModelConfig("models.cvae:CVAE", SMALL)))
+    assert cvae.model_arguments["num_classes"] == 10
+    with pytest.raises(ValueError, match="labelled: 5; expected an integer between the 10"):
+        build(RunConfig(ModelConfig("models.vae:VAE", SMALL), data=DataConfig(labelled=5)))
