@@ -532,6 +532,16 @@ CLI = [
         ["fit", "--out", "{new}", "--model-opt", "prior=vamp", "--guide", "pyro_vae.guides:AmortizedIAF"],
         ["guide: pyro_vae.guides:AmortizedIAF, but model", "change the prior"],
     ),
+    *[
+        (
+            f"fit-m2-alpha-{value}",
+            None,
+            ["fit", "--out", "{new}", "--model", "models.m2:M2", "--estimator", "enum",
+             "--model-opt", f"alpha={value}"],
+            [f"alpha: {shown}", "expected a finite number >= 0"],
+        )
+        for value, shown in (("-1", "-1"), ("nan", "'nan'"), ("1e999", "inf"), ("abc", "'abc'"))
+    ],
     (
         "fit-no-guide",
         None,
@@ -1001,6 +1011,12 @@ def _vae(x_dim=64):
     return model, model.make_guide()
 
 
+def _m2(**options):
+    from models.m2 import M2
+
+    return M2(64, latent_dim=2, hidden_dims=(8,), **options)
+
+
 def _digits():
     from pyro_vae.data import Preprocessing, load_data
 
@@ -1171,6 +1187,10 @@ PY = [
     ("idata-missing", lambda: _read_idata("/no/such/file.nc"), ValueError, ["is not a file"]),
     # CAVI
     ("regression-no-rows", lambda: _cavi("BayesianLinearRegression", torch.zeros(0, 3), torch.zeros(0)), ValueError, ["0"]),
+    ("m2-alpha", lambda: _m2(alpha=-0.5), ValueError, ["alpha: -0.5"]),
+    ("m2-num-classes", lambda: _m2(num_classes=1), ValueError, ["num_classes: 1"]),
+    ("m2-labels-shape", lambda: _m2()(torch.zeros(4, 64), torch.zeros(3, dtype=torch.long)), ValueError, ["y: shape (3,); expected [4]"]),
+    ("m2-label-metrics-k", lambda: _m2().label_metrics(_m2().make_guide(), torch.zeros(4, 64), torch.zeros(4, dtype=torch.long), iwae_samples=0), ValueError, ["iwae_samples: 0"]),
     ("regression-nan", lambda: _cavi("BayesianLinearRegression", torch.full((4, 2), float("nan")), torch.zeros(4)), ValueError, ["NaN"]),
     ("mixture-components", lambda: _cavi("BayesianGaussianMixture", torch.zeros(5, 2), n_components=0), ValueError, ["n_components"]),
     ("ising-update", lambda: _cavi("IsingMeanField", torch.zeros(4, 4), update="random"), ValueError, ["update"]),

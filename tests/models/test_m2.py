@@ -1,0 +1,357 @@
+"""The M2 model (Kingma et al. 2014) against its bound computed by hand, class by class.
+
+The hand computations read the guide's own z draws (the guide traced under the seed the
+estimator used, enumerated as ``TraceEnum_ELBO`` enumerates it) and score them with torch
+distributions built from the networks directly, so they share no code with Pyro's
+enumeration or with the model's sample statements.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import math
+import re
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer import SVI
+from pyro.poutine.messenger import Messenger
+
+from models.m2 import M2, M2Guide
+from pyro_vae import TrainConfig, fit, load_data
+from pyro_vae.cli import main as cli_main
+from pyro_vae.estimators import get as get_estimator
+from pyro_vae.estimators.compiled import should_record
+from pyro_vae.evaluate import elbo_per_datapoint
+from pyro_vae.minibatch import Minibatched
+
+C, D, Z = 3, 5, 2
+
+
+def _pair(seed: int = 0, **options):
+    torch.manual_seed(seed)
+    model = M2(D, num_classes=C, latent_dim=Z, hidden_dims=(4,), **options)
+    return model, model.make_guide()
+
+
+def _data(rows: int, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.bernoulli(torch.full((rows, D), 0.5), generator=g)
+    y = torch.randint(C, (rows,), generator=g)
+    return x, y
+
+
+def _enum_loss(model, guide, *args, seed: int = 3, **kwargs) -> torch.Tensor:
+    pyro.set_rng_seed(seed)
+    elbo = get_estimator("enum", max_plate_nesting=1)
+    return elbo.differentiable_loss(model, guide, *args, **kwargs)
+
+
+def _enumerated_z(guide, *args, seed: int = 3) -> torch.Tensor:
+    """The guide's z draws under the estimator's seed: ``[C, B, Z]`` (one per class)."""
+    pyro.set_rng_seed(seed)
+    enumerated = poutine.enum(guide, first_available_dim=-2)
+    return poutine.trace(enumerated).get_trace(*args).nodes["z"]["value"]
+
+
+@torch.no_grad()
+def _term(model, guide, x, c: int, z: torch.Tensor) -> torch.Tensor:
+    """log p(c) + log p(z) + log p(x | c, z) − log q(z | x, c) per row, by hand."""
+    code = torch.nn.functional.one_hot(torch.full((x.shape[0],), c), C).float()
+    h = guide.trunk(torch.cat([x, code], -1))
+    q = torch.distributions.Normal(guide.loc_head(h), guide.log_scale_head(h).exp())
+    logits = model.decoder(torch.cat([z, code], -1))
+    log_lik = torch.distributions.Bernoulli(logits=logits).log_prob(x).sum(-1)
+    log_prior = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
+    return -math.log(C) + log_prior + log_lik - q.log_prob(z).sum(-1)
+
+
+def test_unlabelled_rows_sum_the_classes_out_exactly():
+    model, guide = _pair()
+    model.eval()
+    x, _ = _data(4)
+    unseen = torch.zeros(4, dtype=torch.bool)
+    args = (x, torch.zeros(4, dtype=torch.long), unseen)
+    loss = _enum_loss(model, guide, *args)
+    z = _enumerated_z(guide, *args)
+    with torch.no_grad():
+        log_q = torch.log_softmax(guide.classifier(x), -1)
+    by_hand = sum(
+        (log_q[:, c].exp() * (_term(model, guide, x, c, z[c]) - log_q[:, c])).sum()
+        for c in range(C)
+    )
+    assert -loss.item() == pytest.approx(by_hand.item(), abs=1e-4)
+
+
+def test_labelled_rows_score_their_own_class_only():
+    model, guide = _pair()
+    model.eval()
+    x, y = _data(4)
+    args = (x, y, torch.ones(4, dtype=torch.bool))
+    loss = _enum_loss(model, guide, *args)
+    z = _enumerated_z(guide, *args)
+    terms = torch.stack([_term(model, guide, x, c, z[c]) for c in range(C)])  # [C, B]
+    by_hand = terms.gather(0, y.unsqueeze(0)).sum()
+    assert -loss.item() == pytest.approx(by_hand.item(), abs=1e-4)
+
+
+def test_mixed_batch_is_the_sum_of_its_labelled_and_unlabelled_bounds():
+    model, guide = _pair()
+    model.eval()
+    x, y = _data(6)
+    observed = torch.tensor([True, False, True, False, False, True])
+    args = (x, y, observed)
+    loss = _enum_loss(model, guide, *args)
+    z = _enumerated_z(guide, *args)
+    terms = torch.stack([_term(model, guide, x, c, z[c]) for c in range(C)])
+    with torch.no_grad():
+        log_q = torch.log_softmax(guide.classifier(x), -1).T  # [C, B]
+    unlabelled = (log_q.exp() * (terms - log_q)).sum(0)
+    labelled = terms.gather(0, y.unsqueeze(0)).squeeze(0)
+    by_hand = torch.where(observed, labelled, unlabelled).sum()
+    assert -loss.item() == pytest.approx(by_hand.item(), abs=1e-4)
+
+
+def test_gradients_are_finite_through_the_point_masses():
+    model, guide = _pair()
+    x, y = _data(6)
+    observed = torch.tensor([True, False, True, False, False, True])
+    _enum_loss(model, guide, x, y, observed).backward()
+    grads = [p.grad for p in (*model.parameters(), *guide.parameters()) if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    # The classifier learns from both terms: U(x) of unlabelled rows and the α term.
+    assert guide.classifier[0].weight.grad.abs().sum() > 0
+
+
+def test_alpha_term_is_in_training_only_and_absent_from_every_reported_elbo():
+    alpha = 7.0
+    model, guide = _pair(alpha=alpha)
+    x, y = _data(6)
+    observed = torch.tensor([True, False, True, False, False, True])
+    args = (x, y, observed)
+    trained = _enum_loss(model, guide, *args)
+    model.eval()
+    reported = _enum_loss(model, guide, *args)
+    with torch.no_grad():
+        log_q = torch.log_softmax(guide.classifier(x), -1).gather(-1, y.unsqueeze(-1))
+    mean = log_q.squeeze(-1)[observed].mean()
+    assert (reported - trained).item() == pytest.approx(alpha * mean.item(), rel=1e-5)
+    # The evaluators score the bound: a model with a huge α reports what one without does.
+    model.train()
+    no_alpha = copy.deepcopy(model)
+    no_alpha.alpha = 0.0
+    huge = copy.deepcopy(model)
+    huge.alpha = 1e6
+    scores = []
+    for m in (no_alpha, huge):
+        torch.manual_seed(5)
+        scores.append(elbo_per_datapoint(m, m.make_guide(), args, num_samples=3))
+    assert torch.equal(scores[0], scores[1])
+
+
+def test_alpha_defaults_to_a_tenth_of_the_training_rows():
+    model, guide = _pair()
+    x, y = _data(4)
+    observed = torch.tensor([True, True, False, False])
+    trace = poutine.trace(model).get_trace(x, y, observed, num_data=40)
+    with torch.no_grad():
+        log_q = torch.log_softmax(guide.classifier(x), -1).gather(-1, y.unsqueeze(-1))
+    expected = 0.1 * 40 * log_q.squeeze(-1)[:2].mean()
+    assert trace.nodes["classifier"]["fn"].log_factor.item() == pytest.approx(expected.item())
+
+
+class _PointZ(Messenger):
+    """The guide's z at its mean (a Delta): every loss below is then deterministic."""
+
+    def _pyro_sample(self, msg):
+        if msg["name"] == "z":
+            msg["fn"] = dist.Delta(msg["fn"].mean, event_dim=1)
+
+
+def test_minibatches_are_unbiased_for_the_full_data_objective():
+    """All 15 batches of 2 from 6 rows (3 labelled), each scaled as the fit loop scales it
+    (``Minibatched``: the data plate's full size N = 6): their mean bound is the full-data
+    bound exactly, and the α term, averaged over the batches that hold a labelled row, is
+    α times the mean over all labelled rows."""
+    model, guide = _pair(alpha=2.0)
+    x, y = _data(6)
+    observed = torch.tensor([True, False, True, False, False, True])
+    wrapped = Minibatched(model, "data", 6), Minibatched(_PointZ()(guide), "data", 6)
+
+    def losses(rows):
+        args = (x[rows], y[rows], observed[rows])
+        out = []
+        for training in (False, True):
+            model.train(training)
+            out.append(_enum_loss(*wrapped, *args, subsample=rows).item())
+        return out  # [the bound's loss, with the α term]
+
+    full_bound, full_alpha = losses(torch.arange(6))
+    batches = [torch.tensor(b) for b in itertools.combinations(range(6), 2)]
+    results = [losses(b) for b in batches]
+    mean_bound = sum(r[0] for r in results) / len(results)
+    assert mean_bound == pytest.approx(full_bound, rel=1e-5)
+    with_labels = [r[1] - r[0] for r, b in zip(results, batches, strict=True) if observed[b].any()]
+    assert sum(with_labels) / len(with_labels) == pytest.approx(full_alpha - full_bound, 1e-5)
+
+
+def test_classifier_beats_chance_on_separable_classes_within_a_few_steps():
+    """Two classes that light up different halves of 8 pixels, 10 of 60 rows labelled;
+    15 steps (~0.1 s each: enumeration's contraction, not the networks, dominates)."""
+    torch.manual_seed(0)
+    y = torch.arange(80) % 2
+    probs = torch.where((torch.arange(8) < 4) == (y.unsqueeze(-1) == 0), 0.9, 0.1)
+    x = torch.bernoulli(probs)
+    observed = torch.zeros(60, dtype=torch.bool)
+    observed[:10] = True
+    model = M2(8, num_classes=2, latent_dim=2, hidden_dims=(16,))
+    guide = model.make_guide()
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    elbo = get_estimator("enum", max_plate_nesting=1)
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.05}), elbo)
+    assert (model.predict(x[60:]) == y[60:]).float().mean().item() == 0.5  # before
+    for _ in range(15):
+        svi.step(x[:60], y[:60], observed)
+    # Chance is 0.5: 18 or more of the 20 held-out rows by chance has probability 2e-4.
+    assert (model.predict(x[60:]) == y[60:]).float().mean().item() >= 0.9
+
+
+def _exact_log_joint(model, x, c: int, grid: torch.Tensor) -> torch.Tensor:
+    """log p(x, c) per row by quadrature over a 1-d z: ``[N]``."""
+    code = torch.nn.functional.one_hot(torch.full((grid.shape[0],), c), 2).float()
+    with torch.no_grad():
+        logits = model.decoder(torch.cat([grid.unsqueeze(-1), code], -1))  # [G, D]
+    log_lik = torch.distributions.Bernoulli(logits=logits.unsqueeze(1)).log_prob(x).sum(-1)
+    log_prior = torch.distributions.Normal(0.0, 1.0).log_prob(grid).unsqueeze(-1)
+    step = grid[1] - grid[0]
+    return torch.logsumexp(log_lik + log_prior, 0) + step.log() - math.log(2)
+
+
+def test_label_metrics_against_quadrature():
+    """latent_dim 1, so log p(x) = log Σ_c ∫ p(c) p(z) p(x | c, z) dz by quadrature."""
+    torch.manual_seed(0)
+    model = M2(4, num_classes=2, latent_dim=1, hidden_dims=(6,))
+    guide = model.make_guide()
+    # q(z | x, c) as wide as the prior (σ = 1): an untrained guide's σ ≈ 0.4 makes the
+    # weights heavy-tailed, and the estimate 0.2 nats low even at K = 20000.
+    with torch.no_grad():
+        guide.log_scale_head.weight.zero_()
+        guide.log_scale_head.bias.zero_()
+    x = torch.bernoulli(torch.full((5, 4), 0.5))
+    y = torch.tensor([0, 1, 1, 0, 1])
+    grid = torch.linspace(-9.0, 9.0, 6001, dtype=torch.float64)
+    model.double(), guide.double()
+    xd = x.double()
+    exact = torch.logsumexp(torch.stack([_exact_log_joint(model, xd, c, grid) for c in (0, 1)]), 0)
+    model.float(), guide.float()
+    torch.manual_seed(1)
+    metrics = model.label_metrics(guide, x, y, num_samples=200, iwae_samples=2000, iwae_rows=5)
+    # With σ = 1 the weights w = p(x, z, c) / q(z | x, c) have a relative variance v of
+    # order 1; the mean over 5 rows of K = 2000 draws then errs by ~√(v / (5 K)) ≈ 0.01
+    # nats, plus a bias of ~v / (2K): 0.03 is 3 such errors.
+    assert metrics["test_log_px_unlabelled"] == pytest.approx(exact.mean().item(), abs=0.03)
+    assert metrics["test_elbo_unlabelled"] < exact.mean().item()
+    predicted = model.predict(x)
+    assert metrics["test_accuracy"] == pytest.approx((predicted == y).float().mean().item())
+    assert metrics["test_log_px_unlabelled_K"] == 2000
+    assert metrics["test_log_px_unlabelled_points"] == 5
+
+
+def test_is_not_recorded_without_being_asked():
+    """Its label checks read tensor values (``--compile auto`` leaves it eager)."""
+    model, guide = _pair()
+    reason = should_record(get_estimator("trace"), model, guide)
+    assert reason.startswith("model: M2 does not declare recordable = True")
+
+
+def test_declares_partial_labels_and_ties_its_guide():
+    model, guide = _pair()
+    assert M2.uses_labels == "partial"
+    assert model.tied_guide is guide and isinstance(guide, M2Guide)
+    assert not any(p is q for p in model.parameters() for q in guide.parameters())
+    assert model.generate(3).shape == (3, D)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"alpha": -1.0}, "alpha: -1.0"),
+        ({"alpha": float("nan")}, "alpha: nan"),
+        ({"alpha": True}, "alpha: True"),
+        ({"num_classes": 1}, "num_classes: 1"),
+        ({"latent_dim": 0}, "latent_dim: 0"),
+    ],
+)
+def test_refuses_bad_options(options, message):
+    kwargs = {"num_classes": C, "latent_dim": Z, **options}
+    with pytest.raises(ValueError, match=message):
+        M2(D, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        ((torch.zeros(3, dtype=torch.long), None), r"y: shape \(3,\); expected \[4\]"),
+        ((torch.zeros(4, dtype=torch.long), torch.ones(3, dtype=torch.bool)), "observed: shape"),
+        (
+            (None, torch.ones(4, dtype=torch.bool)),
+            "observed: 4 labels marked observed, but y is None",
+        ),
+        ((torch.full((4,), 3), None), r"y: observed labels span 3..3; expected classes 0..2"),
+    ],
+)
+def test_refuses_bad_labels(labels, message):
+    model, guide = _pair()
+    x, _ = _data(4)
+    for fn in (model, guide):
+        with pytest.raises(ValueError, match=message):
+            fn(x, *labels)
+
+
+def _two_halves(rows: int = 120, side: int = 4, seed: int = 0):
+    """Binary ``side x side`` images whose class lights up the top or the bottom half."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(rows) % 2
+    top = (np.arange(side * side) < side * side // 2)[None, :] == (y[:, None] == 0)
+    x = rng.random((rows, side * side)) < np.where(top, 0.9, 0.1)
+    return x.astype(np.float32).reshape(rows, side, side), y
+
+
+def test_fit_trains_it_on_a_labelled_subset_from_python():
+    x, y = _two_halves()
+    data = load_data(x, labels=y).with_labelled_subset(count=10, seed=0)
+    assert int(data.train_observed.sum()) == 10
+    model = M2(16, num_classes=2, latent_dim=2, hidden_dims=(16,), alpha=50.0)
+    guide = model.make_guide()
+    config = TrainConfig(epochs=5, batch_size=128, lr=0.05, progress=False, seed=0)
+    result = fit(model, guide, data, get_estimator("enum"), config)
+    assert len(result.history) == 5 and math.isfinite(result.history[-1]["val_elbo"])
+    metrics = model.label_metrics(guide, data.test_x, data.test_y, iwae_samples=5)
+    # 24 test images; chance is 0.5, and 20 or more right by chance has probability 1e-3.
+    assert metrics["test_accuracy"] >= 20 / 24
+    assert metrics["test_elbo_unlabelled"] < 0
+
+
+def test_the_command_line_fits_it_and_prints_the_accuracy(tmp_path, capsys):
+    x, y = _two_halves()
+    np.savez(tmp_path / "halves.npz", x=x, y=y)
+    out = tmp_path / "run"
+    argv = ["fit", "--model", "models.m2:M2", "--model-opt", "latent_dim=2", "--hidden", "8"]
+    argv += ["--estimator", "enum", "--labelled", "10", "--data", str(tmp_path / "halves.npz")]
+    argv += ["--epochs", "1", "--batch-size", "64", "--ll-samples", "2", "--no-progress"]
+    assert cli_main([*argv, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    test = json.loads((out / "metrics.json").read_text())["test"]
+    assert 0.0 <= test["test_accuracy"] <= 1.0
+    assert re.search(rf"test accuracy +{test['test_accuracy']:.4f}", printed)
+    assert test["test_elbo_unlabelled"] < 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["data"]["labelled"] == 10
+    assert (out / "conditional_samples.png").is_file()
