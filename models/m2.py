@@ -377,6 +377,6 @@ def label_metrics(
         "test_accuracy": accuracy,
         "test_elbo_unlabelled": unlabelled.mean().item(),
         "test_log_px_unlabelled": log_px.mean().item(),
-        "test_log_px_unlabelled_K": float(iwae_samples),
-        "test_log_px_unlabelled_points": float(rows.shape[0]),
+        "test_log_px_unlabelled_K": iwae_samples,
+        "test_log_px_unlabelled_points": int(rows.shape[0]),
     }

@@ -631,7 +631,10 @@ def _print_test(test: dict[str, Any], table: bool = False) -> None:
             "note: the guide has free per-datapoint parameters, so it has no posterior for "
             "test images; these are the training images' metrics"
         )
-    given = " | y" if test.get("conditioned_on_labels") else ""  # a model that uses labels
+    # a model that uses labels: its bounds are of log p(x | y) (CVAE) or log p(x, y) (M2)
+    given = {"conditioned": " | y", "joint": ", y"}.get(test.get("labels_in_bound"), "")
+    if not given and test.get("conditioned_on_labels"):  # metrics.json written before
+        given = " | y"
     for key, value in test.items():
         if key == "elbo":
             print(f"test ELBO{given:<17}{value:10.3f} nats per {unit}{standardized}")
@@ -647,7 +650,8 @@ def _print_test(test: dict[str, Any], table: bool = False) -> None:
                 f"(K={test['log_likelihood_samples']}, {test['log_likelihood_points']} {unit}s)"
             )
         elif key == "kl":
-            kl = "test KL(q(z | x, y) ‖ p(z))" if given else "test KL(q(z | x) ‖ p(z))"
+            kl = {" | y": "test KL(q(z | x, y) ‖ p(z))", ", y": "test KL(q(y, z | x) ‖ p(y, z))"}
+            kl = kl.get(given, "test KL(q(z | x) ‖ p(z))")
             print(f"{kl:<26}{value:10.3f} nats per {unit}")
         elif key == "reconstruction_mse":
             scale = "per pixel, [0, 1] scale"
@@ -657,7 +661,8 @@ def _print_test(test: dict[str, Any], table: bool = False) -> None:
         elif key == "active_units":
             print(f"active latent units       {value:>5} of {test['latent_dim']}")
         elif key in test.get("label_metrics", ()):
-            print(f"{key.replace('_', ' '):<26}{value:10.4f}")
+            number = f"{value:>10}" if isinstance(value, int) else f"{value:10.4f}"
+            print(f"{key.replace('_', ' '):<26}{number}")
         elif key == "skipped":
             for metric, why in value.items():
                 print(f"skipped {metric}: {why}")

@@ -663,7 +663,7 @@ def label_metrics(model, guide, x: torch.Tensor, y: torch.Tensor) -> dict[str, f
             f"label_metrics: {type(values).__name__} returned by the model; expected a dict "
             "of metric names to numbers"
         )
-    return {k: float(v) for k, v in values.items()}
+    return {k: v if isinstance(v, int) else float(v) for k, v in values.items()}  # counts stay
 
 
 def reconstruction_error(model, guide, x: torch.Tensor, pixel_max: float = 1.0) -> torch.Tensor:

@@ -422,7 +422,11 @@ def _label_model_metrics(
         metrics.update(own)
         if own:
             metrics["label_metrics"] = sorted(own)
-    metrics["conditioned_on_labels"] = True  # ELBO and log-likelihood are of p(x | y)
+    # with every test label observed, the ELBO and the IWAE bound are of log p(x | y) when
+    # the model conditions on y (uses_labels "all": the CVAE), and of the joint log p(x, y)
+    # when y is one of its latents with a prior p(y) (uses_labels "partial": M2)
+    metrics["conditioned_on_labels"] = uses_labels(model) != "partial"
+    metrics["labels_in_bound"] = "conditioned" if metrics["conditioned_on_labels"] else "joint"
 
 
 def _num_rows(args) -> int:

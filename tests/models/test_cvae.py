@@ -161,7 +161,7 @@ def test_the_command_line_fits_and_evaluates_log_p_x_given_y(tmp_path, capsys):
     assert code == 0, printed
     assert "test ELBO | y" in printed and "test log p(x | y) (IWAE)" in printed
     test = json.loads((out / "metrics.json").read_text())["test"]
-    assert test["conditioned_on_labels"] is True
+    assert test["conditioned_on_labels"] is True and test["labels_in_bound"] == "conditioned"
     assert test["log_likelihood"] >= test["elbo"] - 1.0  # IWAE(K=8) vs 10-draw ELBO
     assert "reconstruction_mse" in test["skipped"]
     assert (out / "conditional_samples.png").exists() and not (out / "samples.png").exists()

@@ -352,6 +352,14 @@ def test_the_command_line_fits_it_and_prints_the_accuracy(tmp_path, capsys):
     assert 0.0 <= test["test_accuracy"] <= 1.0
     assert re.search(rf"test accuracy +{test['test_accuracy']:.4f}", printed)
     assert test["test_elbo_unlabelled"] < 0
+    # with every test label observed, M2's generic bounds are of the joint log p(x, y), and
+    # its KL includes KL(point mass at y ‖ uniform p(y)) = log 2 for these two classes
+    assert test["labels_in_bound"] == "joint" and test["conditioned_on_labels"] is False
+    assert re.search(r"^test ELBO, y +-?\d", printed, re.M)
+    assert re.search(r"^test log p\(x, y\) \(IWAE\)", printed, re.M)
+    assert re.search(r"^test KL\(q\(y, z \| x\) ‖ p\(y, z\)\)", printed, re.M)
+    assert test["kl"] >= math.log(2) - 1e-6
+    assert re.search(r"test log px unlabelled K +100$", printed, re.M)  # a count, not 100.0000
     config = json.loads((out / "config.json").read_text())
     assert config["data"]["labelled"] == 10
     assert (out / "conditional_samples.png").is_file()
