@@ -639,7 +639,7 @@ def _print_test(test: dict[str, Any], table: bool = False) -> None:
         if key == "elbo":
             print(f"test ELBO{given:<17}{value:10.3f} nats per {unit}{standardized}")
         elif key.endswith("_original_units"):
-            what = "ELBO" if key == "elbo_original_units" else "log p(x) (IWAE)"
+            what = f"ELBO{given}" if key == "elbo_original_units" else f"log p(x{given}) (IWAE)"
             print(f"test {what:<20} {value:10.3f} nats per row in the file's units")
         elif key == "reconstruction_log_likelihood":
             print(f"test log Pr(x | z)        {value:10.3f} nats per {unit} (autoencoder)")

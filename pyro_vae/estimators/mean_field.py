@@ -29,7 +29,8 @@ class MeanFieldELBO(TraceMeanField_ELBO):
     closed-form KL per dimension.
 
     Raises:
-        ValueError: ``free_bits`` is not a λ >= 0.
+        ValueError: ``free_bits`` is not a λ >= 0; (at the first loss) a guide site is not
+            reparameterizable, naming it (Pyro raises a bare NotImplementedError).
     """
 
     capabilities = Capabilities(
@@ -48,6 +49,7 @@ class MeanFieldELBO(TraceMeanField_ELBO):
         super().__init__(*args, **kwargs)
 
     def _differentiable_loss_particle(self, model_trace, guide_trace):
+        _refuse_unreparameterized(guide_trace)
         if self.free_bits is None:
             return super()._differentiable_loss_particle(model_trace, guide_trace)
         model_trace, guide_trace, floor, kept = free_bits_traces(
@@ -67,3 +69,19 @@ class MeanFieldELBO(TraceMeanField_ELBO):
             if site["type"] == "sample" and name not in model_trace.nodes:
                 elbo = elbo - site["score_parts"].entropy_term.sum()
         return -elbo.detach() + floor, -elbo + floor
+
+
+def _refuse_unreparameterized(guide_trace) -> None:
+    """Pyro's class raises a bare ``NotImplementedError`` (and only with validation on);
+    this names the site and what to use instead.
+
+    Raises:
+        ValueError: a latent site of the guide has no reparameterized sampler.
+    """
+    for name, site in guide_trace.nodes.items():
+        if site["type"] == "sample" and not site["is_observed"] and not site["fn"].has_rsample:
+            raise ValueError(
+                f"guide site {name!r} ({type(site['fn']).__name__}) is not reparameterizable; "
+                "the analytic-kl estimator (Pyro's TraceMeanField_ELBO) needs every guide "
+                "site reparameterized. Use enum to sum a discrete site out, or score"
+            )

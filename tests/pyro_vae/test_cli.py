@@ -819,3 +819,14 @@ def test_sample_writes_its_own_file_and_keeps_the_fits_samples_png(trained, tmp_
     assert (run / "samples.png").read_bytes() == before
     assert (run / "sample_seed3_9.png").stat().st_size > 1000
     assert str(run / "sample_seed3_9.png") in capsys.readouterr().out
+
+
+def test_a_label_model_s_original_units_lines_keep_what_the_bound_is_of(capsys):
+    from pyro_vae.cli import _print_test
+
+    test = {"elbo": -2.0, "elbo_original_units": -9.0, "units": "standardized columns"}
+    for labels_in_bound, given in (("conditioned", " | y"), ("joint", ", y")):
+        _print_test({**test, "labels_in_bound": labels_in_bound}, table=True)
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0].startswith(f"test ELBO{given} ") and "standardized columns" in lines[0]
+        assert lines[1].startswith(f"test ELBO{given} ") and "file's units" in lines[1]

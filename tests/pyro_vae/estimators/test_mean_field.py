@@ -1,5 +1,6 @@
 import pyro
 import pyro.distributions as dist
+import pytest
 import torch
 from pyro.infer import TraceMeanField_ELBO
 
@@ -41,3 +42,14 @@ def test_free_bits_zero_changes_nothing_since_a_closed_form_kl_is_never_negative
     freed = MeanFieldELBO(free_bits=0.0).differentiable_loss(model, guide, x)
     torch.testing.assert_close(freed, plain)
     torch.testing.assert_close(torch.autograd.grad(freed, m)[0], torch.autograd.grad(plain, m)[0])
+
+
+def test_a_discrete_guide_site_is_refused_by_name_not_with_a_bare_not_implemented_error():
+    def model():
+        pyro.sample("y", dist.Categorical(torch.ones(3) / 3))
+
+    def guide():
+        pyro.sample("y", dist.Categorical(torch.tensor([0.2, 0.3, 0.5])))
+
+    with pytest.raises(ValueError, match=r"guide site 'y' \(Categorical\) is not reparameter"):
+        MeanFieldELBO().loss(model, guide)
