@@ -135,9 +135,10 @@ def importance_log_densities(
     if scale != 1.0:
         raise DataPlateError(
             f"sites {sorted(set(outside))} lie outside the subsampled per-datapoint plate "
-            f"{plate!r} (scale {scale:g}); a multi-sample bound with global latents does not "
-            "factor over datapoints, so a minibatch cannot estimate it. Use the whole data "
-            "in each step, or a single-sample ELBO (trace, score)"
+            f"{plate!r} (scale {scale:g}); a multi-sample bound with sites outside it "
+            "(global latents, or factors such as pyro.factor terms over the whole batch) does "
+            "not factor over datapoints, so a minibatch cannot estimate it. Use the whole data "
+            "in each step, or a single-sample ELBO (trace, score, or enum for a discrete site)"
         )
     log_p = per_draw_log_density(model_trace, num_particles, rank)
     return log_p, per_draw_log_density(guide_trace, num_particles, rank, log_p.device), 1.0

@@ -78,9 +78,10 @@ class TraceEnumELBO(TraceEnum_ELBO):
                 for d in range(-log_prob.dim(), -nesting):
                     if log_prob.shape[d] > 1 and d != own:
                         raise ValueError(
-                            f"free_bits: the {role} of latent site {name!r} depends on an "
-                            "enumerated site, so its KL is not a term of its own; free bits "
-                            "need each guide site's KL separately (use free_bits=None)"
+                            f"free_bits: the {role} term of latent site {name!r} varies with "
+                            "an enumerated site (the guide draws it given that site, or its "
+                            "prior depends on it), so its KL is not a term of its own; free "
+                            "bits need each guide site's KL separately (use free_bits=None)"
                         )
 
     def _with_floor(self, method, model, guide, args, kwargs):
