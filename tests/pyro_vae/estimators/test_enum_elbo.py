@@ -28,7 +28,8 @@ def entangled():
 
 def test_free_bits_refuse_a_latent_whose_prior_depends_on_an_enumerated_site():
     model, guide = entangled()
-    with pytest.raises(ValueError, match=r"free_bits: the prior term of latent site 'z' varies with an enumerated"):
+    match = r"free_bits: the prior term of latent site 'z' varies with an enumerated"
+    with pytest.raises(ValueError, match=match):
         TraceEnumELBO(max_plate_nesting=1, free_bits=0.5).loss(model, guide, torch.zeros(3))
 
 
