@@ -26,7 +26,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-import pyro.poutine as poutine
 import torch
 from pyro.infer.inspect import get_dependencies
 

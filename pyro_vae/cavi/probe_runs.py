@@ -37,7 +37,9 @@ def site_log_probs(model, args, kwargs, values: dict) -> tuple[dict, object]:
     trace = poutine.trace(poutine.condition(model, data=values)).get_trace(*args, **kwargs)
     trace.compute_log_prob()
     out = {
-        name: site["log_prob"].to(torch.float64) for name, site in trace.nodes.items() if is_factor(site)
+        name: site["log_prob"].to(torch.float64)
+        for name, site in trace.nodes.items()
+        if is_factor(site)
     }
     return out, trace
 
