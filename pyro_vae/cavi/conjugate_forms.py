@@ -261,8 +261,8 @@ def _enough_runs(make_runs, needs, view=None) -> tuple[Runs, Runs]:
     element, and a least-squares fit would then guess — and fresh check runs (drawn in the
     same model run as the first fit runs)."""
     view = view or (lambda values: values)
-    size = max(_product(m.family.size for m in members) for members, _ in needs)
-    runs, checks = make_runs(size + _EXTRA_RUNS + _CHECK_RUNS).split(size + _EXTRA_RUNS)
+    size = _size(needs)
+    runs, checks = make_runs(_first_count(size)).split(_first_count(size) - _CHECK_RUNS)
     for _ in range(_MAX_ROUNDS):
         if all(_full_rank(members, view(runs.values), rank) for members, rank in needs):
             return runs, checks
@@ -272,6 +272,16 @@ def _enough_runs(make_runs, needs, view=None) -> tuple[Runs, Runs]:
         f"probing: {len(runs)} random runs still leave the coefficients of a factor of "
         f"{names} undetermined (its log-density takes too few distinct values)"
     )
+
+
+def _size(needs) -> int:
+    return max(_product(m.family.size for m in members) for members, _ in needs)
+
+
+def _first_count(size: int) -> int:
+    """Fit and check runs drawn at first: twice the unknowns, as random Categorical probes
+    often leave a design short of full rank at some element with fewer."""
+    return 2 * size + _EXTRA_RUNS + _CHECK_RUNS
 
 
 def _runner(model, args, kwargs, latents, trace, generator, batched) -> ProbeRunner:
@@ -308,7 +318,15 @@ def _probe_all(runner, depends, trace) -> list[Factor]:
     roles = {s: _mixture_roles(s, names, latents, trace) for s, names in depends.items()}
     plain = [s for s in depends if roles[s][0] is None]
     needs = [([latents[n] for n in depends[s]], trace.nodes[s]["log_prob"].dim()) for s in plain]
-    runs, checks = _enough_runs(runner.runs, needs)
+    ahead = [(_first_count(_size(needs)), None, None)] if needs else []
+    for site, (selector, _) in roles.items():
+        if selector is not None:
+            size = _size([(_mixture_members(latents, depends, site, selector), 0)])
+            ahead += [
+                (_first_count(size), *pick) for pick in _selections(latents[selector], selector)
+            ]
+    runner.prefetch(ahead)  # every first draw in one model run
+    runs, checks = _enough_runs(runner.runs, needs) if needs else (None, None)
     factors = []
     for site in depends:
         if roles[site][0] is not None:
@@ -342,17 +360,16 @@ def _mixture_factor(runner, depends, site, roles, trace):
     z = latents[selector]
     names = [n for n in depends[site] if n != selector]
     rank = trace.nodes[site]["log_prob"].dim()
-    members = [replace(latents[n], batch_shape=torch.Size()) for n in names]
+    members = _mixture_members(latents, depends, site, selector)
     parts = [c for m in components for c in latents[m].sites]
     per_k = []
-    for k in range(z.family.k):
-        fixed = {selector: torch.full(z.batch_shape, k, dtype=torch.long)}
+    for k, (fixed, key) in enumerate(_selections(z, selector)):
 
         def view(values, k=k):  # the components' k-th elements
             return {**values, **{c: values[c][:, k] for c in parts}}
 
-        def make_runs(count, fixed=fixed):
-            return runner.runs(count, fixed)
+        def make_runs(count, fixed=fixed, key=key):
+            return runner.runs(count, fixed, key)
 
         runs, checks = _enough_runs(make_runs, [(members, rank)], view)
         coefficients, _, good = _solve(members, runs, checks, site, rank, view)
@@ -372,6 +389,20 @@ def _mixture_factor(runner, depends, site, roles, trace):
     shape = summed.shape[:-1] + tuple(m.family.size for m in members)
     return Factor(site, _dist_name(trace.nodes[site]), tuple(names), summed.reshape(shape),
                   rank + 1, selector, frozenset(components))  # fmt: skip
+
+
+def _mixture_members(latents, depends, site, selector) -> list[Latent]:
+    """The latents of a mixture factor but its selector, each probed as one element."""
+    names = [n for n in depends[site] if n != selector]
+    return [replace(latents[n], batch_shape=torch.Size()) for n in names]
+
+
+def _selections(z: Latent, selector: str) -> list[tuple[dict, tuple]]:
+    """({selector: k everywhere}, its key) for each category k."""
+    return [
+        ({selector: torch.full(z.batch_shape, k, dtype=torch.long)}, (selector, k))
+        for k in range(z.family.k)
+    ]
 
 
 def _product(numbers) -> int:

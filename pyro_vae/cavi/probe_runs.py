@@ -101,6 +101,19 @@ class ProbeRunner:
         self.shapes = {n: lp.shape for n, lp in self._reference_log_probs.items()}
         self.batched = None if batched else False  # None: not yet tried
         self.model_runs = 0
+        self._ready = {}  # (count, key) -> Runs drawn ahead by prefetch
+
+    def prefetch(self, requests) -> None:
+        """Draw ahead, in one model run, the points of several later ``runs(count, fixed,
+        key)`` calls given as ``(count, fixed, key)``."""
+        if self.batched is False or len(requests) < 2:
+            return
+        drawn = [self.draw(count, fixed) for count, fixed, _ in requests]
+        values = {k: torch.cat([d[k] for d in drawn]) for k in drawn[0]}
+        total = sum(count for count, _, _ in requests)
+        together = Runs(values, self.log_probs(values, total))
+        for count, _, key in requests:
+            self._ready[(count, key)], together = together.split(count)
 
     def draw(self, count: int, fixed=None) -> dict:
         """``count`` random probe points {site: [count, *batch, *event]}, ``fixed`` sites
@@ -116,7 +129,11 @@ class ProbeRunner:
             values[site] = value.expand(shape + value.shape)
         return values
 
-    def runs(self, count: int, fixed=None) -> Runs:
+    def runs(self, count: int, fixed=None, key=None) -> Runs:
+        """``count`` random probe points (``fixed`` sites held; ``key`` names that choice
+        for :meth:`prefetch`) and the log-densities there."""
+        if (count, key) in self._ready:
+            return self._ready.pop((count, key))
         values = self.draw(count, fixed)
         return Runs(values, self.log_probs(values, count))
 
