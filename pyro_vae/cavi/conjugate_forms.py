@@ -296,21 +296,31 @@ def _runner(model, args, kwargs, latents, trace, generator, batched) -> ProbeRun
     return ProbeRunner(model, args, kwargs, latents, generator, (values, log_probs, trace), batched)
 
 
-def probe_factors(model, args, kwargs, latents, depends, trace, generator, *, batched=True):
+def probe_factors(model, args, kwargs, latents, depends, trace, generator, *, batched=True,
+                  info=None):  # fmt: skip
     """Solve every factor's coefficients from one set of probe runs, and verify them.
 
     ``trace`` is a run at probe values (from :func:`find_dependencies`). The probe points
     are run in one batched model run when the model broadcasts over a leading probe dim,
     else one by one (``batched=False`` forces that); see :mod:`pyro_vae.cavi.probe_runs`.
-    Returns a list of :class:`Factor`, in the trace's site order."""
+    ``info``, a dict, receives ``batched`` (whether the runs were batched) and
+    ``model_runs`` (model calls made). Returns a list of :class:`Factor`, in the trace's
+    site order."""
     runner = _runner(model, args, kwargs, latents, trace, generator, batched)
+    info = {} if info is None else info
     try:
-        return _probe_all(runner, depends, trace)
+        factors = _probe_all(runner, depends, trace)
+        info.update(batched=bool(runner.batched), model_runs=runner.model_runs)
+        return factors
     except NotConjugateError:
         if not runner.batched:
             raise
     # a misfit in batched runs may be a model that broadcasts wrongly: redo them one by one
-    return probe_factors(model, args, kwargs, latents, depends, trace, generator, batched=False)
+    factors = probe_factors(
+        model, args, kwargs, latents, depends, trace, generator, batched=False, info=info
+    )
+    info["model_runs"] += runner.model_runs
+    return factors
 
 
 def _probe_all(runner, depends, trace) -> list[Factor]:
