@@ -26,8 +26,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import pyro.poutine as poutine
 import torch
-from pyro.infer.inspect import get_dependencies
+from pyro.infer.inspect import TrackProvenance
+from pyro.ops.provenance import detach_provenance, get_provenance
 
 from pyro_vae.cavi.exponential_families import (
     Family,
@@ -35,7 +37,7 @@ from pyro_vae.cavi.exponential_families import (
     block_family,
     family_of,
 )
-from pyro_vae.cavi.probe_runs import ProbeRunner, Runs, is_factor, site_log_probs
+from pyro_vae.cavi.probe_runs import ProbeRunner, Runs, is_factor
 
 _EXTRA_RUNS = 3  # least-squares runs beyond the unknowns, for a well-posed solve
 _CHECK_RUNS = 4  # fresh points at which each fitted factor is verified
@@ -160,19 +162,28 @@ def _probe_values(latents: dict[str, Latent], generator) -> dict[str, torch.Tens
 
 
 def find_dependencies(model, args, kwargs, latents, generator) -> tuple[dict, object]:
-    """For each site, the latent units its log-density mentions (in sampling order), by
-    Pyro's provenance tracking (:func:`pyro.infer.inspect.get_dependencies`): structural,
-    so a dependence that a probe value happens to hide (a transition matrix with equal
-    off-diagonal entries) is still found; and a trace at probe values."""
-    parents = get_dependencies(model, args, kwargs)["prior_dependencies"]
+    """For each site, the latent units its log-density mentions (in sampling order), and a
+    trace of the model at probe values (its log-densities computed).
+
+    Dependence is read by Pyro's provenance tracking (``TrackProvenance``, as
+    :func:`pyro.infer.inspect.get_dependencies` reads it): each log-density carries the set
+    of sample sites its computation read, so a dependence that a probe value happens to hide
+    (a transition matrix with equal off-diagonal entries) is still found. One model run gives
+    both: provenance only wraps the tensors, the values are those of a plain run."""
+    values = _probe_values(latents, generator)
+    with torch.random.fork_rng(), torch.no_grad(), TrackProvenance():
+        trace = poutine.trace(poutine.condition(model, data=values)).get_trace(*args, **kwargs)
+        trace.compute_log_prob(site_filter=lambda name, site: is_factor(site))
     unit_of = {site: name for name, latent in latents.items() for site in latent.sites}
-    _, trace = site_log_probs(model, args, kwargs, _probe_values(latents, generator))
     depends = {}
     for site, node in trace.nodes.items():
         if not is_factor(node):
             continue
-        mentioned = {unit_of[p] for p in parents.get(site, ()) if p in unit_of}
+        mentioned = {unit_of[p] for p in get_provenance(node["log_prob"]) if p in unit_of}
         depends[site] = [name for name in latents if name in mentioned]
+        node["log_prob"] = detach_provenance(node["log_prob"])
+    for name in unit_of:
+        trace.nodes[name]["value"] = values[name]
     return depends, trace
 
 
