@@ -267,14 +267,15 @@ def _full_rank(members, values, rank) -> bool:
     return bool(torch.linalg.matrix_rank(designs).min() == designs.shape[-1])
 
 
-def _enough_runs(make_runs, needs, view=None) -> tuple[Runs, Runs]:
+def _enough_runs(make_runs, needs, view=None, batched=True) -> tuple[Runs, Runs]:
     """Fit runs until every design (members, rank) in ``needs`` has full column rank at
     every element — random Categorical probes can miss a combination of categories at some
     element, and a least-squares fit would then guess — and fresh check runs (drawn in the
     same model run as the first fit runs)."""
     view = view or (lambda values: values)
     size = _size(needs)
-    runs, checks = make_runs(_first_count(size)).split(_first_count(size) - _CHECK_RUNS)
+    first = _first_count(size, batched)
+    runs, checks = make_runs(first).split(first - _CHECK_RUNS)
     for _ in range(_MAX_ROUNDS):
         if all(_full_rank(members, view(runs.values), rank) for members, rank in needs):
             return runs, checks
@@ -290,10 +291,10 @@ def _size(needs) -> int:
     return max(_product(m.family.size for m in members) for members, _ in needs)
 
 
-def _first_count(size: int) -> int:
-    """Fit and check runs drawn at first: twice the unknowns, as random Categorical probes
-    often leave a design short of full rank at some element with fewer."""
-    return 2 * size + _EXTRA_RUNS + _CHECK_RUNS
+def _first_count(size: int, batched: bool) -> int:
+    """Fit and check runs drawn at first; batched, twice the unknowns (cheap there), as
+    random Categorical probes can leave a design short of full rank at some element."""
+    return (2 if batched else 1) * size + _EXTRA_RUNS + _CHECK_RUNS
 
 
 def _runner(model, args, kwargs, latents, trace, generator, batched) -> ProbeRunner:
@@ -340,15 +341,17 @@ def _probe_all(runner, depends, trace) -> list[Factor]:
     roles = {s: _mixture_roles(s, names, latents, trace) for s, names in depends.items()}
     plain = [s for s in depends if roles[s][0] is None]
     needs = [([latents[n] for n in depends[s]], trace.nodes[s]["log_prob"].dim()) for s in plain]
-    ahead = [(_first_count(_size(needs)), None, None)] if needs else []
+    ahead = [(_first_count(_size(needs), True), None, None)] if needs else []
     for site, (selector, _) in roles.items():
         if selector is not None:
             size = _size([(_mixture_members(latents, depends, site, selector), 0)])
             ahead += [
-                (_first_count(size), *pick) for pick in _selections(latents[selector], selector)
+                (_first_count(size, True), *pick)
+                for pick in _selections(latents[selector], selector)
             ]
     runner.prefetch(ahead)  # every first draw in one model run
-    runs, checks = _enough_runs(runner.runs, needs) if needs else (None, None)
+    batched = runner.batched is not False
+    runs, checks = _enough_runs(runner.runs, needs, None, batched) if needs else (None, None)
     factors = []
     for site in depends:
         if roles[site][0] is not None:
@@ -393,7 +396,7 @@ def _mixture_factor(runner, depends, site, roles, trace):
         def make_runs(count, fixed=fixed, key=key):
             return runner.runs(count, fixed, key)
 
-        runs, checks = _enough_runs(make_runs, [(members, rank)], view)
+        runs, checks = _enough_runs(make_runs, [(members, rank)], view, runner.batched is not False)
         coefficients, _, good = _solve(members, runs, checks, site, rank, view)
         if not good:
             raise NotConjugateError(
@@ -454,7 +457,7 @@ def _refuse(runner, names, site, trace):
         def make_runs(count, held=held):
             return runner.runs(count, held)
 
-        runs, checks = _enough_runs(make_runs, [([latent], rank)])
+        runs, checks = _enough_runs(make_runs, [([latent], rank)], None, runner.batched)
         if not _solve([latent], runs, checks, site, rank)[2]:
             culprit = [name]
             break

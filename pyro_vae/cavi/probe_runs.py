@@ -104,14 +104,23 @@ class ProbeRunner:
         self._ready = {}  # (count, key) -> Runs drawn ahead by prefetch
 
     def prefetch(self, requests) -> None:
-        """Draw ahead, in one model run, the points of several later ``runs(count, fixed,
-        key)`` calls given as ``(count, fixed, key)``."""
-        if self.batched is False or len(requests) < 2:
+        """Draw ahead, in one batched model run, the points of several later ``runs(count,
+        fixed, key)`` calls given as ``(count, fixed, key)``; this run decides whether the
+        model broadcasts. Nothing is drawn ahead for a model that does not."""
+        if self.batched is False or not requests:
             return
         drawn = [self.draw(count, fixed) for count, fixed, _ in requests]
         values = {k: torch.cat([d[k] for d in drawn]) for k in drawn[0]}
         total = sum(count for count, _, _ in requests)
-        together = Runs(values, self.log_probs(values, total))
+        if self.batched is None:
+            self.batched = self._try_batched(values, total)
+            out = self.batched_result if self.batched else None
+        else:
+            out = self._batched(values, total)
+            self.batched = out is not None
+        if out is None:
+            return
+        together = Runs(values, out)
         for count, _, key in requests:
             self._ready[(count, key)], together = together.split(count)
 
