@@ -14,7 +14,9 @@ The evidence lower bound is likewise exact, every constant kept:
 
     L(q) = Σ_f E_q[log f] + Σ_j H[q_j]  ≤  log p(y)       (nats, whole data set)
 
-The model is probed once per ``fit``; the sweeps are then tensor algebra in float64.
+The model is probed once per ``fit`` (its probe points batched into one or a few model runs
+when it broadcasts, see :mod:`pyro_vae.cavi.probe_runs`); the sweeps are then tensor algebra
+in float64.
 """
 
 from __future__ import annotations
@@ -73,6 +75,13 @@ class AutoCAVI:
         fitted_chains_: ``{chain of sites: (marginals [T, K], pairwise marginals
             [T−1, K, K])}`` of each chain kept whole.
         probe_seconds_: wall time spent tracing and probing the model (once per fit).
+        probe_batched_: whether the probe points ran stacked along a leading batch dim
+            (a ``pyro.plate("_probes", S)`` left of the model's plates), in one or a few
+            model runs; False when the model does not broadcast over that dim (a run raised,
+            a log-density lacked the dim, or it disagreed with a plain run at the same
+            point), and they ran one model run per point instead, to the same factors.
+        probe_model_runs_: model runs made while solving the factors (a batched run counts
+            once; the first forward run and the dependency-tracking run are not counted).
 
     Raises:
         NotConjugateError (a ValueError), naming the latent site, its distribution and the
@@ -108,7 +117,11 @@ class AutoCAVI:
             raise ValueError("model: it has no latent (unobserved) sample site to fit")
         stats = self._initial_statistics(latents)
         depends, trace = find_dependencies(self.model, args, kwargs, latents, generator)
-        factors = probe_factors(self.model, args, kwargs, latents, depends, trace, generator)
+        info = {}
+        factors = probe_factors(
+            self.model, args, kwargs, latents, depends, trace, generator, info=info
+        )
+        self.probe_batched_, self.probe_model_runs_ = info["batched"], info["model_runs"]
         self.probe_seconds_ = time.perf_counter() - start
         self.markov_blankets_ = {
             n: tuple(f.name for f in factors if n in f.latents or n == f.selector) for n in latents

@@ -28,8 +28,8 @@ from dataclasses import dataclass, replace
 
 import pyro.poutine as poutine
 import torch
-from pyro.infer.inspect import get_dependencies
-from pyro.poutine.util import site_is_subsample
+from pyro.infer.inspect import TrackProvenance
+from pyro.ops.provenance import detach_provenance, get_provenance
 
 from pyro_vae.cavi.exponential_families import (
     Family,
@@ -37,6 +37,7 @@ from pyro_vae.cavi.exponential_families import (
     block_family,
     family_of,
 )
+from pyro_vae.cavi.probe_runs import ProbeRunner, Runs, is_factor
 
 _EXTRA_RUNS = 3  # least-squares runs beyond the unknowns, for a well-posed solve
 _CHECK_RUNS = 4  # fresh points at which each fitted factor is verified
@@ -77,31 +78,11 @@ class Factor:
     components: frozenset = frozenset()
 
 
-def site_log_probs(model, args, kwargs, values: dict) -> tuple[dict, object]:
-    """Every sample site's scaled, masked log_prob (float64) with ``values`` conditioned."""
-    trace = poutine.trace(poutine.condition(model, data=values)).get_trace(*args, **kwargs)
-    trace.compute_log_prob()
-    out = {
-        name: site["log_prob"].to(torch.float64)
-        for name, site in trace.nodes.items()
-        if _is_factor(site)
-    }
-    return out, trace
-
-
-def _is_factor(site) -> bool:
-    return (
-        site["type"] == "sample"
-        and not site_is_subsample(site)
-        and not site["infer"].get("is_auxiliary", False)
-    )
-
-
 def check_float64(trace) -> None:
     """Refuse a model that scores in lower precision: the probes' solve needs float64."""
-    trace.compute_log_prob(site_filter=lambda name, site: _is_factor(site))
+    trace.compute_log_prob(site_filter=lambda name, site: is_factor(site))
     for name, site in trace.nodes.items():
-        if _is_factor(site) and site["log_prob"].dtype != torch.float64:
+        if is_factor(site) and site["log_prob"].dtype != torch.float64:
             raise ValueError(
                 f"model: site {name!r} scores in {site['log_prob'].dtype}; AutoCAVI needs "
                 "float64 throughout (call model.double() on a PyroModule, or build its "
@@ -135,7 +116,7 @@ def _check_latent_site(name: str, site) -> dict:
 def find_latents(trace, blocks=()) -> dict[str, Latent]:
     """The units of q in the order the model samples them: each unobserved sample site,
     except that the sites of a block (mean, precision) form one unit."""
-    sites = {n: s for n, s in trace.nodes.items() if _is_factor(s) and not s["is_observed"]}
+    sites = {n: s for n, s in trace.nodes.items() if is_factor(s) and not s["is_observed"]}
     in_block = {}
     for block in blocks:
         if len(block) != 2 or any(b not in sites for b in block):
@@ -181,19 +162,28 @@ def _probe_values(latents: dict[str, Latent], generator) -> dict[str, torch.Tens
 
 
 def find_dependencies(model, args, kwargs, latents, generator) -> tuple[dict, object]:
-    """For each site, the latent units its log-density mentions (in sampling order), by
-    Pyro's provenance tracking (:func:`pyro.infer.inspect.get_dependencies`): structural,
-    so a dependence that a probe value happens to hide (a transition matrix with equal
-    off-diagonal entries) is still found; and a trace at probe values."""
-    parents = get_dependencies(model, args, kwargs)["prior_dependencies"]
+    """For each site, the latent units its log-density mentions (in sampling order), and a
+    trace of the model at probe values (its log-densities computed).
+
+    Dependence is read by Pyro's provenance tracking (``TrackProvenance``, as
+    :func:`pyro.infer.inspect.get_dependencies` reads it): each log-density carries the set
+    of sample sites its computation read, so a dependence that a probe value happens to hide
+    (a transition matrix with equal off-diagonal entries) is still found. One model run gives
+    both: provenance only wraps the tensors, the values are those of a plain run."""
+    values = _probe_values(latents, generator)
+    with torch.random.fork_rng(), torch.no_grad(), TrackProvenance():
+        trace = poutine.trace(poutine.condition(model, data=values)).get_trace(*args, **kwargs)
+        trace.compute_log_prob(site_filter=lambda name, site: is_factor(site))
     unit_of = {site: name for name, latent in latents.items() for site in latent.sites}
-    _, trace = site_log_probs(model, args, kwargs, _probe_values(latents, generator))
     depends = {}
     for site, node in trace.nodes.items():
-        if not _is_factor(node):
+        if not is_factor(node):
             continue
-        mentioned = {unit_of[p] for p in parents.get(site, ()) if p in unit_of}
+        mentioned = {unit_of[p] for p in get_provenance(node["log_prob"]) if p in unit_of}
         depends[site] = [name for name in latents if name in mentioned]
+        node["log_prob"] = detach_provenance(node["log_prob"])
+    for name in unit_of:
+        trace.nodes[name]["value"] = values[name]
     return depends, trace
 
 
@@ -223,11 +213,13 @@ def _mixture_roles(site: str, names, latents, trace) -> tuple[str | None, list[s
 
 
 def _design(latents: list[Latent], values: dict, rank: int) -> torch.Tensor:
-    """The tensor-product basis ⊗_j T_j(x_j), shape [*batch (rank ``rank``), Π B_j]."""
-    design = torch.ones((1,) * rank + (1,), dtype=torch.float64)
+    """The tensor-product basis ⊗_j T_j(x_j) at S stacked points (``values`` {site:
+    [S, *batch, *event]}), shape [S, *batch (rank ``rank``), Π B_j]."""
+    count = next(iter(values.values())).shape[0] if values else 1
+    design = torch.ones((count,) + (1,) * rank + (1,), dtype=torch.float64)
     for latent in latents:
-        phi = statistics(latent, values)
-        phi = phi.reshape((1,) * (rank + 1 - phi.dim()) + phi.shape)
+        phi = statistics(latent, values)  # [S, *batch, B]
+        phi = phi.reshape(phi.shape[:1] + (1,) * (rank + 2 - phi.dim()) + phi.shape[1:])
         design = (design.unsqueeze(-1) * phi.unsqueeze(-2)).flatten(-2)
     return design
 
@@ -247,7 +239,8 @@ def _fit(designs: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """Least-squares C per element: designs [S, *batch, P], values [S, *fbatch] → [*fbatch, P]."""
     a = designs.movedim(0, -2)  # [*batch, S, P]
     b = values.movedim(0, -1).unsqueeze(-1)  # [*fbatch, S, 1]
-    return (torch.linalg.pinv(a) @ b).squeeze(-1)
+    # full column rank is ensured (_enough_runs): QR least squares, ~5x faster than pinv
+    return torch.linalg.lstsq(a, b).solution.squeeze(-1)
 
 
 def _misfit(designs, values, coefficients, scale) -> torch.Tensor:
@@ -256,44 +249,37 @@ def _misfit(designs, values, coefficients, scale) -> torch.Tensor:
     return ((predicted - values.movedim(0, -1)).abs() / (1 + scale.unsqueeze(-1))).amax()
 
 
-def _solve(members, runs, checks, site, rank) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """(C [*fbatch, P], the designs, whether C reproduces log f at the check runs)."""
-    designs = torch.stack([_design(members, v, rank) for v, _ in runs])
-    values = torch.stack([lp[site] for _, lp in runs])
+def _solve(members, runs: Runs, checks: Runs, site, rank, view=None):
+    """(C [*fbatch, P], the designs, whether C reproduces log f at the check runs);
+    ``view`` maps the values the designs read."""
+    view = view or (lambda values: values)
+    designs = _design(members, view(runs.values), rank)
+    values = runs.log_probs[site]
     coefficients = _fit(designs, values)
     scale = values.abs().amax(0)
-    check_designs = torch.stack([_design(members, v, rank) for v, _ in checks])
-    check_values = torch.stack([lp[site] for _, lp in checks])
-    good = bool(_misfit(check_designs, check_values, coefficients, scale) <= _RTOL)
+    check_designs = _design(members, view(checks.values), rank)
+    good = bool(_misfit(check_designs, checks.log_probs[site], coefficients, scale) <= _RTOL)
     return coefficients, designs, good
 
 
-def _runs(model, args, kwargs, latents, generator, count, fixed=None, view=None) -> list:
-    """``count`` model runs at random probe values (``fixed`` ones held), each as
-    (values, log-densities); ``view`` maps the values the designs read."""
-    runs = []
-    for _ in range(count):
-        values = {**_probe_values(latents, generator), **(fixed or {})}
-        log_probs = site_log_probs(model, args, kwargs, values)[0]
-        runs.append((view(values) if view else values, log_probs))
-    return runs
-
-
-def _full_rank(members, runs, rank) -> bool:
-    designs = torch.stack([_design(members, v, rank) for v, _ in runs]).movedim(0, -2)
+def _full_rank(members, values, rank) -> bool:
+    designs = _design(members, values, rank).movedim(0, -2)
     return bool(torch.linalg.matrix_rank(designs).min() == designs.shape[-1])
 
 
-def _enough_runs(make_runs, needs) -> tuple[list, list]:
+def _enough_runs(make_runs, needs, view=None, batched=True) -> tuple[Runs, Runs]:
     """Fit runs until every design (members, rank) in ``needs`` has full column rank at
     every element — random Categorical probes can miss a combination of categories at some
-    element, and a least-squares fit would then guess — then fresh check runs."""
-    size = max(_product(m.family.size for m in members) for members, _ in needs)
-    runs = make_runs(size + _EXTRA_RUNS)
+    element, and a least-squares fit would then guess — and fresh check runs (drawn in the
+    same model run as the first fit runs)."""
+    view = view or (lambda values: values)
+    size = _size(needs)
+    first = _first_count(size, batched)
+    runs, checks = make_runs(first).split(first - _CHECK_RUNS)
     for _ in range(_MAX_ROUNDS):
-        if all(_full_rank(members, runs, rank) for members, rank in needs):
-            return runs, make_runs(_CHECK_RUNS)
-        runs += make_runs(size)
+        if all(_full_rank(members, view(runs.values), rank) for members, rank in needs):
+            return runs, checks
+        runs = runs + make_runs(size)
     names = sorted({m.name for members, _ in needs for m in members})
     raise NotConjugateError(
         f"probing: {len(runs)} random runs still leave the coefficients of a factor of "
@@ -301,28 +287,81 @@ def _enough_runs(make_runs, needs) -> tuple[list, list]:
     )
 
 
-def probe_factors(model, args, kwargs, latents, depends, trace, generator) -> list[Factor]:
-    """Solve every factor's coefficients from one set of probe runs, and verify them."""
+def _size(needs) -> int:
+    return max(_product(m.family.size for m in members) for members, _ in needs)
+
+
+def _first_count(size: int, batched: bool) -> int:
+    """Fit and check runs drawn at first; batched, twice the unknowns (cheap there), as
+    random Categorical probes can leave a design short of full rank at some element."""
+    return (2 if batched else 1) * size + _EXTRA_RUNS + _CHECK_RUNS
+
+
+def _runner(model, args, kwargs, latents, trace, generator, batched) -> ProbeRunner:
+    """A :class:`ProbeRunner` whose reference is ``trace`` (a plain run at probe values)."""
+    sites = [s for latent in latents.values() for s in latent.sites]
+    values = {s: trace.nodes[s]["value"] for s in sites}
+    log_probs = {
+        name: node["log_prob"].to(torch.float64)
+        for name, node in trace.nodes.items()
+        if is_factor(node)
+    }
+    return ProbeRunner(model, args, kwargs, latents, generator, (values, log_probs, trace), batched)
+
+
+def probe_factors(model, args, kwargs, latents, depends, trace, generator, *, batched=True,
+                  info=None):  # fmt: skip
+    """Solve every factor's coefficients from one set of probe runs, and verify them.
+
+    ``trace`` is a run at probe values (from :func:`find_dependencies`). The probe points
+    are run in one batched model run when the model broadcasts over a leading probe dim,
+    else one by one (``batched=False`` forces that); see :mod:`pyro_vae.cavi.probe_runs`.
+    ``info``, a dict, receives ``batched`` (whether the runs were batched) and
+    ``model_runs`` (model calls made). Returns a list of :class:`Factor`, in the trace's
+    site order."""
+    runner = _runner(model, args, kwargs, latents, trace, generator, batched)
+    info = {} if info is None else info
+    try:
+        factors = _probe_all(runner, depends, trace)
+        info.update(batched=bool(runner.batched), model_runs=runner.model_runs)
+        return factors
+    except NotConjugateError:
+        if not runner.batched:
+            raise
+    # a misfit in batched runs may be a model that broadcasts wrongly: redo them one by one
+    factors = probe_factors(
+        model, args, kwargs, latents, depends, trace, generator, batched=False, info=info
+    )
+    info["model_runs"] += runner.model_runs
+    return factors
+
+
+def _probe_all(runner, depends, trace) -> list[Factor]:
+    latents = runner.latents
     roles = {s: _mixture_roles(s, names, latents, trace) for s, names in depends.items()}
     plain = [s for s in depends if roles[s][0] is None]
     needs = [([latents[n] for n in depends[s]], trace.nodes[s]["log_prob"].dim()) for s in plain]
-    runs, checks = _enough_runs(
-        lambda count: _runs(model, args, kwargs, latents, generator, count), needs
-    )
+    ahead = [(_first_count(_size(needs), True), None, None)] if needs else []
+    for site, (selector, _) in roles.items():
+        if selector is not None:
+            size = _size([(_mixture_members(latents, depends, site, selector), 0)])
+            ahead += [
+                (_first_count(size, True), *pick)
+                for pick in _selections(latents[selector], selector)
+            ]
+    runner.prefetch(ahead)  # every first draw in one model run
+    batched = runner.batched is not False
+    runs, checks = _enough_runs(runner.runs, needs, None, batched) if needs else (None, None)
     factors = []
     for site in depends:
         if roles[site][0] is not None:
-            factors.append(
-                _mixture_factor(
-                    model, args, kwargs, latents, depends, site, roles[site], trace, generator
-                )  # fmt: skip
-            )
+            factors.append(_mixture_factor(runner, depends, site, roles[site], trace))
             continue
         members = [latents[n] for n in depends[site]]
         rank = trace.nodes[site]["log_prob"].dim()
         coefficients, designs, good = _solve(members, runs, checks, site, rank)
         if not good:
-            _refuse(model, args, kwargs, latents, depends[site], site, trace, generator)
+            _refuse(runner, depends[site], site, trace)
         summed = _sum_to(coefficients, designs.shape[1:])
         shape = summed.shape[:-1] + tuple(m.family.size for m in members)
         factors.append(
@@ -337,28 +376,28 @@ def probe_factors(model, args, kwargs, latents, depends, trace, generator) -> li
     return factors
 
 
-def _mixture_factor(model, args, kwargs, latents, depends, site, roles, trace, generator):
+def _mixture_factor(runner, depends, site, roles, trace):
     """Probe log f = Σ_k [z = k] g(θ_k): with z ≡ k everywhere, fit g on the components'
     k-th elements (and the other latents); the check runs vary every θ_k', so a factor that
     mentions θ_k' for z = k ≠ k' is caught as not fitting."""
+    latents = runner.latents
     selector, components = roles
     z = latents[selector]
     names = [n for n in depends[site] if n != selector]
     rank = trace.nodes[site]["log_prob"].dim()
-    members = [replace(latents[n], batch_shape=torch.Size()) for n in names]
+    members = _mixture_members(latents, depends, site, selector)
+    parts = [c for m in components for c in latents[m].sites]
     per_k = []
-    for k in range(z.family.k):
-        fixed = {selector: torch.full(z.batch_shape, k, dtype=torch.long)}
-        parts = [c for m in components for c in latents[m].sites]
+    for k, (fixed, key) in enumerate(_selections(z, selector)):
 
-        def make_runs(count, fixed=fixed, k=k, parts=parts):
-            def view(values):  # the components' k-th elements
-                return {**values, **{c: values[c][k] for c in parts}}
+        def view(values, k=k):  # the components' k-th elements
+            return {**values, **{c: values[c][:, k] for c in parts}}
 
-            return _runs(model, args, kwargs, latents, generator, count, fixed, view)
+        def make_runs(count, fixed=fixed, key=key):
+            return runner.runs(count, fixed, key)
 
-        runs, checks = _enough_runs(make_runs, [(members, rank)])
-        coefficients, _, good = _solve(members, runs, checks, site, rank)
+        runs, checks = _enough_runs(make_runs, [(members, rank)], view, runner.batched is not False)
+        coefficients, _, good = _solve(members, runs, checks, site, rank, view)
         if not good:
             raise NotConjugateError(
                 f"factor {site!r} ({_dist_name(trace.nodes[site])}): with {selector!r} = {k} "
@@ -377,6 +416,20 @@ def _mixture_factor(model, args, kwargs, latents, depends, site, roles, trace, g
                   rank + 1, selector, frozenset(components))  # fmt: skip
 
 
+def _mixture_members(latents, depends, site, selector) -> list[Latent]:
+    """The latents of a mixture factor but its selector, each probed as one element."""
+    names = [n for n in depends[site] if n != selector]
+    return [replace(latents[n], batch_shape=torch.Size()) for n in names]
+
+
+def _selections(z: Latent, selector: str) -> list[tuple[dict, tuple]]:
+    """({selector: k everywhere}, its key) for each category k."""
+    return [
+        ({selector: torch.full(z.batch_shape, k, dtype=torch.long)}, (selector, k))
+        for k in range(z.family.k)
+    ]
+
+
 def _product(numbers) -> int:
     out = 1
     for n in numbers:
@@ -391,22 +444,20 @@ def _dist_name(site) -> str:
     return type(fn).__name__
 
 
-def _refuse(model, args, kwargs, latents, names, site, trace, generator):
+def _refuse(runner, names, site, trace):
     """Name the latent whose statistics ``site``'s log-density is not linear in."""
-    base = _probe_values(latents, generator)
+    latents = runner.latents
+    base = {k: v[0] for k, v in runner.draw(1).items()}
     rank = trace.nodes[site]["log_prob"].dim()
     culprit = names
     for name in names:
         latent = latents[name]
+        held = {k: v for k, v in base.items() if k not in latent.sites}
 
-        def make_runs(count, latent=latent):
-            runs = []
-            for _ in range(count):
-                moved = {**base, **_probe(latent, generator)}
-                runs.append((moved, site_log_probs(model, args, kwargs, moved)[0]))
-            return runs
+        def make_runs(count, held=held):
+            return runner.runs(count, held)
 
-        runs, checks = _enough_runs(make_runs, [([latent], rank)])
+        runs, checks = _enough_runs(make_runs, [([latent], rank)], None, runner.batched)
         if not _solve([latent], runs, checks, site, rank)[2]:
             culprit = [name]
             break

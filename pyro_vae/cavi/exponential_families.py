@@ -254,7 +254,13 @@ class CategoricalFamily(Family):
         return torch.nn.functional.one_hot(x.long(), self.k).to(_F64)
 
     def probe(self, batch_shape, generator):
-        return torch.randint(0, self.k, batch_shape, generator=generator)
+        """Balanced along the leading dim (the probe points): each element takes every
+        category ⌊S/K⌋ or ⌈S/K⌉ times in S points, in its own random order, so a design's
+        indicator columns are all hit in fewer points than with independent draws."""
+        if not batch_shape:
+            return torch.randint(0, self.k, batch_shape, generator=generator)
+        order = torch.rand(batch_shape, generator=generator, dtype=_F64).argsort(0)
+        return order % self.k
 
     def expected_statistics(self, q):
         return q.probs.to(_F64)

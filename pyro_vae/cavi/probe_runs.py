@@ -1,0 +1,212 @@
+"""Runs of a Pyro model at probe points of its latents, for :mod:`pyro_vae.cavi.conjugate_forms`.
+
+A set of S probe points is held stacked: each site's values ``[S, *batch, *event]`` and each
+factor's log-density ``[S, *log_prob shape]``. They are computed in ONE model run when the
+model broadcasts: the model runs inside ``pyro.plate("_probes", S, dim=-(n + 1))``, n its
+plate nesting, with every latent conditioned on its S values (as Pyro's
+``vectorize_particles`` runs particles). A model that does not broadcast over that extra
+leftmost dim — the run raises, a site's log-density lacks the probe dim, or the first
+batched run disagrees with a plain run at the same point (a ``.view(-1)`` or
+``x.shape[0]`` that mixes probes) — is run once per probe point instead, with the same
+results; the choice is made once per :class:`ProbeRunner`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from pyro.poutine.util import site_is_subsample
+
+_AGREE = 1e-9  # batched vs plain log-density, relative to 1 + its magnitude
+
+
+def is_factor(site) -> bool:
+    """A sample site whose log-density is a factor of the log joint."""
+    return (
+        site["type"] == "sample"
+        and not site_is_subsample(site)
+        and not site["infer"].get("is_auxiliary", False)
+    )
+
+
+def site_log_probs(model, args, kwargs, values: dict) -> tuple[dict, object]:
+    """Every sample site's scaled, masked log_prob (float64) with ``values`` conditioned."""
+    trace = poutine.trace(poutine.condition(model, data=values)).get_trace(*args, **kwargs)
+    trace.compute_log_prob()
+    out = {
+        name: site["log_prob"].to(torch.float64)
+        for name, site in trace.nodes.items()
+        if is_factor(site)
+    }
+    return out, trace
+
+
+@dataclass
+class Runs:
+    """S probe points: ``values`` {site: [S, *batch, *event]}, ``log_probs`` {site: [S, …]}."""
+
+    values: dict
+    log_probs: dict
+
+    def __len__(self) -> int:
+        return next(iter(self.log_probs.values())).shape[0]
+
+    def __add__(self, other: Runs) -> Runs:
+        return Runs(
+            {k: torch.cat([v, other.values[k]]) for k, v in self.values.items()},
+            {k: torch.cat([v, other.log_probs[k]]) for k, v in self.log_probs.items()},
+        )
+
+    def split(self, count: int) -> tuple[Runs, Runs]:
+        """(the first ``count`` points, the rest)."""
+        head = Runs({k: v[:count] for k, v in self.values.items()},
+                    {k: v[:count] for k, v in self.log_probs.items()})  # fmt: skip
+        tail = Runs({k: v[count:] for k, v in self.values.items()},
+                    {k: v[count:] for k, v in self.log_probs.items()})  # fmt: skip
+        return head, tail
+
+
+def _nesting(trace) -> int:
+    """The model's plate nesting: its plates' dims and its log-densities' ranks."""
+    n = 0
+    for site in trace.nodes.values():
+        if site["type"] != "sample":
+            continue
+        n = max([n] + [-f.dim for f in site["cond_indep_stack"] if f.vectorized and f.dim])
+        if "log_prob" in site:
+            n = max(n, site["log_prob"].dim())
+    return n
+
+
+class ProbeRunner:
+    """Runs ``model(*args, **kwargs)`` at stacked probe points, batched when it broadcasts.
+
+    Args:
+        model, args, kwargs: the model and its inputs.
+        latents: {unit: :class:`~pyro_vae.cavi.conjugate_forms.Latent`}; each unit's sites.
+        generator: the probe points' random source.
+        reference: (values, log-densities, trace) of one plain run at a probe point; it fixes
+            each factor's log-density shape and checks the first batched run.
+        batched: False forces one run per probe point.
+    """
+
+    def __init__(self, model, args, kwargs, latents, generator, reference, batched=True):
+        self.model, self.args, self.kwargs = model, args, kwargs
+        self.latents, self.generator = latents, generator
+        self._reference_values, self._reference_log_probs, trace = reference
+        self.nesting = _nesting(trace)
+        self.shapes = {n: lp.shape for n, lp in self._reference_log_probs.items()}
+        self.batched = None if batched else False  # None: not yet tried
+        self.model_runs = 0
+        self._ready = {}  # (count, key) -> Runs drawn ahead by prefetch
+
+    def prefetch(self, requests) -> None:
+        """Draw ahead, in one batched model run, the points of several later ``runs(count,
+        fixed, key)`` calls given as ``(count, fixed, key)``; this run decides whether the
+        model broadcasts. Nothing is drawn ahead for a model that does not."""
+        if self.batched is False or not requests:
+            return
+        drawn = [self.draw(count, fixed) for count, fixed, _ in requests]
+        values = {k: torch.cat([d[k] for d in drawn]) for k in drawn[0]}
+        total = sum(count for count, _, _ in requests)
+        if self.batched is None:
+            self.batched = self._try_batched(values, total)
+            out = self.batched_result if self.batched else None
+        else:
+            out = self._batched(values, total)
+            self.batched = out is not None
+        if out is None:
+            return
+        together = Runs(values, out)
+        for count, _, key in requests:
+            self._ready[(count, key)], together = together.split(count)
+
+    def draw(self, count: int, fixed=None) -> dict:
+        """``count`` random probe points {site: [count, *batch, *event]}, ``fixed`` sites
+        ({site: [*batch, *event]}) held at one value."""
+        values = {}
+        shape = torch.Size([count])
+        for latent in self.latents.values():
+            value = latent.family.probe(shape + latent.batch_shape, self.generator)
+            values.update(
+                zip(latent.sites, value if len(latent.sites) > 1 else (value,), strict=True)
+            )
+        for site, value in (fixed or {}).items():
+            values[site] = value.expand(shape + value.shape)
+        return values
+
+    def runs(self, count: int, fixed=None, key=None) -> Runs:
+        """``count`` random probe points (``fixed`` sites held; ``key`` names that choice
+        for :meth:`prefetch`) and the log-densities there."""
+        if (count, key) in self._ready:
+            return self._ready.pop((count, key))
+        values = self.draw(count, fixed)
+        return Runs(values, self.log_probs(values, count))
+
+    def log_probs(self, values: dict, count: int) -> dict:
+        """Each factor's log-density at the stacked points, {site: [count, *its shape]}."""
+        if self.batched is None:
+            self.batched = self._try_batched(values, count)
+            if self.batched:
+                return self.batched_result
+        if self.batched:
+            out = self._batched(values, count)
+            if out is not None:
+                return out
+            self.batched = False  # a later batch failed: loop from here on
+        return self._looped(values, count)
+
+    def _try_batched(self, values: dict, count: int) -> bool:
+        """Run the first batch with the reference point appended; keep it if it broadcasts
+        and reproduces the plain run there."""
+        extended = {
+            k: torch.cat([v, self._reference_values[k].unsqueeze(0)]) for k, v in values.items()
+        }
+        out = self._batched(extended, count + 1)
+        if out is None:
+            return False
+        for site, lp in self._reference_log_probs.items():
+            last = out[site][-1]
+            if not bool(((last - lp).abs() <= _AGREE * (1 + lp.abs())).all()):
+                return False
+        self.batched_result = {k: v[:-1] for k, v in out.items()}
+        return True
+
+    def _batched(self, values: dict, count: int) -> dict | None:
+        """One run with a leading probe plate, or None when the model does not broadcast."""
+        n = self.nesting
+        data = {}
+        for latent in self.latents.values():
+            for site in latent.sites:
+                v = values[site]
+                pad = (1,) * (n - len(latent.batch_shape))
+                data[site] = v.reshape(v.shape[:1] + pad + v.shape[1:])
+
+        def probed(*args, **kwargs):
+            with pyro.plate("_probes", count, dim=-(n + 1)):
+                return self.model(*args, **kwargs)
+
+        self.model_runs += 1
+        try:
+            log_probs, _ = site_log_probs(probed, self.args, self.kwargs, data)
+        except (RuntimeError, ValueError, IndexError, TypeError):
+            return None
+        out = {}
+        for site, shape in self.shapes.items():
+            lp = log_probs.get(site)
+            want = torch.Size((count,) + (1,) * (n - len(shape)) + tuple(shape))
+            if lp is None or lp.shape != want:
+                return None
+            out[site] = lp.reshape((count,) + tuple(shape))
+        return out
+
+    def _looped(self, values: dict, count: int) -> dict:
+        per_point = []
+        for i in range(count):
+            self.model_runs += 1
+            point = {k: v[i] for k, v in values.items()}
+            per_point.append(site_log_probs(self.model, self.args, self.kwargs, point)[0])
+        return {site: torch.stack([lp[site] for lp in per_point]) for site in self.shapes}

@@ -1,0 +1,111 @@
+import pyro
+import pyro.distributions as dist
+import pyro.poutine as poutine
+import pytest
+import torch
+
+from models.gmm import GaussianMixtureModel
+from pyro_vae.cavi import AutoCAVI
+from pyro_vae.cavi.conjugate_forms import find_dependencies, find_latents, probe_factors
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only cost
+F64 = torch.float64
+Y = torch.tensor([0.3, -1.2, 2.0, 0.7, 1.1], dtype=F64)
+A = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4]], dtype=F64)
+MEANS = torch.tensor([-1.0, 0.5, 2.0], dtype=F64)
+
+
+def t(x):
+    return torch.tensor(x, dtype=F64)
+
+
+def careful(y):
+    tau = pyro.sample("tau", dist.Gamma(t(2.0), t(1.0)))
+    mu = pyro.sample("mu", dist.Normal(t(0.0), t(1.0)))
+    with pyro.plate("data", len(y)):
+        pyro.sample("y", dist.Normal(mu, tau.rsqrt()), obs=y)
+
+
+def raises_when_batched(y):
+    # .view(-1).expand(n): a [S, 1] batch of μ cannot expand to n
+    tau = pyro.sample("tau", dist.Gamma(t(2.0), t(1.0)))
+    mu = pyro.sample("mu", dist.Normal(t(0.0), t(1.0)))
+    n = y.shape[0]
+    with pyro.plate("data", n):
+        pyro.sample("y", dist.Normal(mu.view(-1).expand(n), tau.rsqrt()), obs=y)
+
+
+def mixes_probes_when_batched(y):
+    # .reshape(-1)[0]: every probe point silently scored at the first one's μ and τ;
+    # the shapes still broadcast, only the values are wrong
+    tau = pyro.sample("tau", dist.Gamma(t(2.0), t(1.0)))
+    mu = pyro.sample("mu", dist.Normal(t(0.0), t(1.0)))
+    with pyro.plate("data", len(y)):
+        pyro.sample("y", dist.Normal(mu.reshape(-1)[0], tau.reshape(-1)[0].rsqrt()), obs=y)
+
+
+def hmm(y):
+    s = None
+    for i in pyro.markov(range(len(y))):
+        probs = torch.full((3,), 1 / 3, dtype=F64) if s is None else A[s]
+        s = pyro.sample(f"s_{i}", dist.Categorical(probs))
+        pyro.sample(f"y_{i}", dist.Normal(MEANS[s], 1.0), obs=y[i])
+
+
+def factors(model, *args, batched):
+    latents = find_latents(poutine.trace(model).get_trace(*args))
+    g = torch.Generator().manual_seed(0)
+    depends, trace = find_dependencies(model, args, {}, latents, g)
+    info = {}
+    out = probe_factors(model, args, {}, latents, depends, trace, g, batched=batched, info=info)
+    return {f.name: f for f in out}, info
+
+
+def mixture_data():
+    g = torch.Generator().manual_seed(1)
+    centres = t([[0.0, 0.0], [4.0, 4.0]])
+    return (centres[torch.arange(12) % 2] + torch.randn(12, 2, generator=g, dtype=F64),)
+
+
+@pytest.mark.parametrize(
+    "model, args",
+    [
+        (careful, (Y,)),
+        (hmm, (Y[:4],)),
+        (
+            GaussianMixtureModel.from_data(
+                mixture_data()[0], 2, precision_parameterization="wishart"
+            ).double(),
+            mixture_data(),
+        ),
+    ],
+    ids=["normal-gamma", "hmm", "wishart-mixture"],
+)
+def test_batched_and_looped_probes_give_the_same_factors(model, args):
+    # the coefficients are exact (the factors are multilinear in the statistics): both
+    # ways of running the probe points must solve to them, to rounding (the looped
+    # mixture is this file's slowest case, ~1 s: the only check of the selector's probes
+    # run one by one against them batched)
+    batched, info_b = factors(model, *args, batched=True)
+    looped, info_l = factors(model, *args, batched=False)
+    assert info_b["batched"] and not info_l["batched"]
+    assert info_b["model_runs"] <= 5 and info_l["model_runs"] > 5 * info_b["model_runs"]
+    assert batched.keys() == looped.keys()
+    for name, f in batched.items():
+        g = looped[name]
+        assert (f.latents, f.rank, f.selector) == (g.latents, g.rank, g.selector)
+        scale = 1 + g.coefficients.abs().max()
+        assert torch.allclose(f.coefficients, g.coefficients, rtol=0, atol=1e-9 * scale), name
+
+
+@pytest.mark.parametrize("model", [raises_when_batched, mixes_probes_when_batched])
+def test_a_model_that_does_not_broadcast_is_probed_point_by_point_to_the_same_fit(model):
+    reference = AutoCAVI(careful, tol=1e-12).fit(Y)
+    fit = AutoCAVI(model, tol=1e-12).fit(Y)
+    assert reference.probe_batched_ and not fit.probe_batched_
+    assert fit.lower_bounds_ == pytest.approx(reference.lower_bounds_, rel=1e-10)
+    for name, q in reference.variational_distributions().items():
+        other = fit.variational_distributions()[name]
+        for p in ("concentration", "rate", "loc", "scale"):
+            if hasattr(q, p):
+                assert float(getattr(other, p)) == pytest.approx(float(getattr(q, p)), rel=1e-10)
