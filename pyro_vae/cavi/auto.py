@@ -30,6 +30,7 @@ from pyro_vae.cavi._checks import non_negative, positive_int
 from pyro_vae.cavi.chains import find_chains, update_chain
 from pyro_vae.cavi.conjugate_forms import (
     check_float64,
+    check_whole_data,
     find_dependencies,
     find_latents,
     probe_factors,
@@ -112,6 +113,7 @@ class AutoCAVI:
             torch.manual_seed(self.random_state)
             first = poutine.trace(self.model).get_trace(*args, **kwargs)
         check_float64(first)
+        check_whole_data(first)
         latents = find_latents(first, self.blocks)
         if not latents:
             raise ValueError("model: it has no latent (unobserved) sample site to fit")

@@ -37,7 +37,7 @@ from pyro_vae.cavi.exponential_families import (
     block_family,
     family_of,
 )
-from pyro_vae.cavi.probe_runs import ProbeRunner, Runs, is_factor
+from pyro_vae.cavi.probe_runs import ProbeRunner, Runs, is_factor, site_is_subsample
 
 _EXTRA_RUNS = 3  # least-squares runs beyond the unknowns, for a well-posed solve
 _CHECK_RUNS = 4  # fresh points at which each fitted factor is verified
@@ -88,6 +88,24 @@ def check_float64(trace) -> None:
                 "float64 throughout (call model.double() on a PyroModule, or build its "
                 "constants from the data's dtype)"
             )
+
+
+def check_whole_data(trace) -> None:
+    """Refuse a plate that subsamples: coordinate ascent updates each factor from all of its
+    data; a minibatch's factors, scaled up, would be a different, random model.
+
+    Raises:
+        ValueError: naming the plate, its size and its subsample size.
+    """
+    for name, site in trace.nodes.items():
+        if site["type"] == "sample" and site_is_subsample(site):
+            size, taken = int(site["fn"].size), int(site["value"].numel())
+            if taken < size:
+                raise ValueError(
+                    f"model: plate {name!r} subsamples {taken} of its {size} rows; AutoCAVI "
+                    "fits the whole data in each update (closed-form CAVI has no minibatch "
+                    "version here): give the plate no subsample_size, or use SVI"
+                )
 
 
 def _is_one(scale) -> bool:

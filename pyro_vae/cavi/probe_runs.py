@@ -24,12 +24,12 @@ _AGREE = 1e-9  # batched vs plain log-density, relative to 1 + its magnitude
 
 
 def is_factor(site) -> bool:
-    """A sample site whose log-density is a factor of the log joint."""
-    return (
-        site["type"] == "sample"
-        and not site_is_subsample(site)
-        and not site["infer"].get("is_auxiliary", False)
+    """A sample site whose log-density is a factor of the log joint: ``pyro.factor`` terms
+    included (Pyro marks them auxiliary, but they are observed and count in every ELBO)."""
+    auxiliary_latent = site.get("infer", {}).get("is_auxiliary", False) and not site.get(
+        "is_observed", False
     )
+    return site["type"] == "sample" and not site_is_subsample(site) and not auxiliary_latent
 
 
 def site_log_probs(model, args, kwargs, values: dict) -> tuple[dict, object]:
@@ -208,5 +208,31 @@ class ProbeRunner:
         for i in range(count):
             self.model_runs += 1
             point = {k: v[i] for k, v in values.items()}
-            per_point.append(site_log_probs(self.model, self.args, self.kwargs, point)[0])
+            log_probs = site_log_probs(self.model, self.args, self.kwargs, point)[0]
+            _refuse_changed_structure(log_probs, self.shapes)
+            per_point.append(log_probs)
         return {site: torch.stack([lp[site] for lp in per_point]) for site in self.shapes}
+
+
+def _refuse_changed_structure(log_probs: dict, shapes: dict) -> None:
+    """Raise unless a run at another probe point has the reference run's factors and shapes.
+
+    Raises:
+        ValueError: naming the sites that came or went, or the first whose shape changed:
+            the model branches on a latent's value (``if mu > 0: pyro.sample("a", ...)``),
+            so its log joint is not one fixed sum of factors and has no conjugate form.
+    """
+    gone, new = sorted(set(shapes) - set(log_probs)), sorted(set(log_probs) - set(shapes))
+    changed = [n for n in shapes if n in log_probs and log_probs[n].shape != shapes[n]]
+    if gone or new or changed:
+        what = (
+            f"sites {gone} missing and {new} new"
+            if gone or new
+            else f"site {changed[0]!r} "
+            f"has shape {tuple(log_probs[changed[0]].shape)}, not {tuple(shapes[changed[0]])}"
+        )
+        raise ValueError(
+            f"model: its sample sites change with the latents' values ({what} at another "
+            "probe point): it branches on a latent's value, so its log joint is not one fixed "
+            "sum of factors; AutoCAVI needs the same sites and shapes at every value"
+        )
