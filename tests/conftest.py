@@ -40,12 +40,38 @@ def one_thread():
 
 _SLOW_FOLDERS = ("tutorials", "benchmarks")
 
+# Integration tests of 8-15 s each (idle, 2 cores) whose paths other default tests also
+# cover more cheaply; they run in `pytest -m slow` (and so in CI), which keeps the default
+# run under 5 minutes on a loaded 2-core machine. Node ids, with what covers them by default.
+_SLOW_TESTS = {
+    # SIGINT's variant stays: the same handler, checkpoint and resume
+    "tests/pyro_vae/test_cli.py::test_a_stopped_fit_says_where_it_stands_and_resumes"
+    "[SIGTERM-143-terminated]",
+    # test_distributed's two-rank resume and test_distributed_announce's stopped rank stay
+    "tests/pyro_vae/test_distributed.py::"
+    "test_a_killed_rank_stops_the_other_and_the_folder_evaluates_and_resumes",
+    # test_hmm's CAVI tests and the conformance suite stay; this one is 1,000s of SVI steps
+    "tests/models/test_hmm.py::test_naive_mean_field_svi_bounds_the_likelihood_near_cavi",
+    # test_a_run_killed_before_its_first_checkpoint... and the SIGINT test stay
+    "tests/pyro_vae/test_cli.py::test_a_run_killed_at_any_moment_can_be_evaluated_and_resumed",
+    # the run lock's unit tests in test_checkpoint stay
+    "tests/pyro_vae/test_cli.py::test_two_fits_into_one_folder_one_runs_the_other_is_refused",
+    # test_the_command_line_takes_the_class_as_pyro_wrote_it stays
+    "tests/examples/test_pyro_style_vae.py::"
+    "test_an_autoguide_from_the_command_line_is_evaluated_on_its_own_rows",
+    # test_amortized_iaf's Python tests and the low-rank guide's CLI round trip stay
+    "tests/pyro_vae/guides/test_amortized_iaf.py::test_the_cli_round_trip",
+    # test_gmm's CAVI-against-enumeration tests stay; this one adds an SVI run
+    "tests/models/test_gmm.py::test_cavi_and_svi_bounds_sit_below_the_brute_force_evidence",
+}
+
 
 def pytest_collection_modifyitems(config, items):
-    """Mark the end-to-end runs of the tutorials and the benchmark scripts ``slow``: the
-    default run leaves them out (pyproject.toml's addopts), ``pytest -m slow`` runs them."""
+    """Mark ``slow`` the end-to-end runs of the tutorials and the benchmark scripts, and the
+    long integration tests of :data:`_SLOW_TESTS`: the default run leaves them out
+    (pyproject.toml's addopts), ``pytest -m slow`` runs them."""
     tests = Path(__file__).parent
     for item in items:
         parts = Path(item.fspath).relative_to(tests).parts
-        if parts and parts[0] in _SLOW_FOLDERS:
+        if (parts and parts[0] in _SLOW_FOLDERS) or item.nodeid in _SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
