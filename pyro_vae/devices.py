@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from pyro_vae.wrapped_source import WrappedSource
+
 DEVICE_NAMES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 _PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 
@@ -114,25 +116,15 @@ def move_modules(device: torch.device, *callables: Any) -> None:
             owner.to(device)
 
 
-class DataOnDevice:
+class DataOnDevice(WrappedSource):
     """A data source (:class:`pyro_vae.data_source.DataSource`) whose batches and
     validation set are handed out on ``device``; everything else is the source's own.
     Each batch is copied once, as it is drawn; the rows are drawn on the CPU as before,
     so the batches are the same rows on every device."""
 
     def __init__(self, data: Any, device: torch.device) -> None:
-        self.data, self.device = data, device
-        self.per_datapoint = data.per_datapoint
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.__dict__["data"], name)
-
-    @property
-    def num_train(self) -> int:
-        return self.data.num_train
-
-    def steps_per_epoch(self, batch_size: int, drop_last: bool = False) -> int:
-        return self.data.steps_per_epoch(batch_size, drop_last)
+        super().__init__(data)
+        self.device = device
 
     def indexed_batches(
         self, batch_size: int, epoch: int, seed: int, drop_last: bool = False

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from pyro_vae.data_source import HELD_OUT, ObservationCheck, ValidationSet
+from pyro_vae.wrapped_source import WrappedSource
 
 
 def labelled_subset(
@@ -104,26 +105,12 @@ def _count_quotas(
     return quotas
 
 
-class LabelledSource:
+class LabelledSource(WrappedSource):
     """A :class:`~pyro_vae.data.DataSplits` as a model that uses labels sees it: each
     batch ``(rows, (x, y, observed))``, ``y`` 0 where ``observed`` is false; validation on
     ``(x, y, all true)``. The batches' rows, order and binarization are those the source
     gives any other model (the same seeded stream). Any other attribute is the source's.
     """
-
-    def __init__(self, data: Any) -> None:
-        self.data = data
-        self.per_datapoint = data.per_datapoint
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.__dict__["data"], name)
-
-    @property
-    def num_train(self) -> int:
-        return self.data.num_train
-
-    def steps_per_epoch(self, batch_size: int, drop_last: bool = False) -> int:
-        return self.data.steps_per_epoch(batch_size, drop_last)
 
     def indexed_batches(
         self, batch_size: int, epoch: int, seed: int, drop_last: bool = False
