@@ -297,7 +297,8 @@ def table(results: dict, args, loads: tuple[str, str], seconds: float) -> str:
         cells = ["—" if v is None else f"{v:.2f}" for v in (elbo, log_px)]
         lines.append(
             f"| {name} | {r['test_accuracy']:.4f} | {cells[0]} | {cells[1]} | "
-            f"{statistics.median(r['seconds']):.2f} |"
+            f"{statistics.median(r['seconds']):.3g} |"  # 3 significant digits: a tiny
+            # classifier's epoch can take under 5 ms, which 2 decimals would show as 0.00
         )
     lines += [
         "",
