@@ -19,9 +19,11 @@ import torch
 from pyro.infer.autoguide import AutoNormal
 
 from models.autoencoder import Autoencoder
+from models.cvae import CVAE
 from models.gmm import GaussianMixtureModel
 from models.hmm import FactorialHMMModel
 from models.ising import IsingModel
+from models.m2 import M2
 from models.regression import BayesianRegression
 from models.sbn import SBN
 from models.vae import VAE
@@ -53,6 +55,8 @@ from pyro_vae.evaluate import (
     reconstruction_error,
 )
 from pyro_vae.guides import AmortizedCategorical, AutoDiscreteMeanField, EmptyGuide, LocalNormal
+from pyro_vae.labels import for_model
+from pyro_vae.model_protocol import uses_labels
 from pyro_vae.train import prepare_pair
 from tests.pyro_vae.cavi.test_hmm import random_fhmm, sample
 
@@ -194,7 +198,9 @@ def _run(model, guide, data, elbo, **config):
     pyro.clear_param_store()
     config = TrainConfig(batch_size=4, progress=False, device="cpu", val_samples=2, **config)
     pair = prepare_pair(model, guide, data, config)
-    rows, args = next(iter(data.indexed_batches(config.batch_size, 0, 0)))
+    # a model that uses labels gets (x, y, observed) batches, as fit gives them
+    source = for_model(uses_labels(model), type(model).__name__, data)
+    rows, args = next(iter(source.indexed_batches(config.batch_size, 0, 0)))
     loss = _step(elbo, pair, args, rows)
     assert torch.isfinite(torch.as_tensor(loss))
 
@@ -281,8 +287,26 @@ def _local_normal():
     return model, LocalNormal(torch.zeros(4, 2), torch.ones(4, 2)), splits(images(4)), "trace"
 
 
+def _labelled(x):
+    y = torch.arange(len(x)) % 2  # two classes, alternating
+    return DataSplits(x, y, x[:3], y[:3], x[:3], y[:3], (2, 4), 1.0)
+
+
+def _cvae():
+    model = CVAE(8, num_classes=2, latent_dim=2, hidden_dims=(4,))
+    return model, model.make_guide(), _labelled(images()), "trace"
+
+
+def _m2():
+    model = M2(8, num_classes=2, latent_dim=2, hidden_dims=(4,))
+    data = _labelled(images()).with_labelled_subset(count=2)  # some y summed out
+    return model, model.make_guide(), data, "enum"
+
+
 CASES = {
     "vae": _vae,
+    "cvae": _cvae,
+    "m2": _m2,
     "vae-categorical": _vae_categorical,
     "vae-mog-prior": lambda: _vae_prior("mog"),
     "vae-vamp-prior": lambda: _vae_prior("vamp"),
