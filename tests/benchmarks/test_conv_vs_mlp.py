@@ -1,24 +1,14 @@
 """Smoke test: the conv-vs-MLP benchmark runs at tiny sizes and writes its table."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from pyro_vae.data import FASHION_MNIST_DIR
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.benchmarks.benchmark_script import load
 
 
 def _benchmark():
-    path = ROOT / "benchmarks" / "conv_vs_mlp.py"
-    spec = importlib.util.spec_from_file_location("conv_vs_mlp", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks its module up there
-    spec.loader.exec_module(module)
-    return module
+    return load("conv_vs_mlp")
 
 
 @pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="needs dataset-fashion-mnist")

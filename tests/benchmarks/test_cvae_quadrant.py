@@ -1,19 +1,12 @@
 """Smoke test: the CVAE quadrant benchmark runs at tiny sizes and writes its table and figure."""
 
-import importlib.util
-from pathlib import Path
-
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.benchmarks.benchmark_script import load
 
 
 def _benchmark():
-    path = ROOT / "benchmarks" / "cvae_quadrant.py"
-    spec = importlib.util.spec_from_file_location("cvae_quadrant", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("cvae_quadrant")
 
 
 def test_quadrants_split_and_join_back():

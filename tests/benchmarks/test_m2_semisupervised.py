@@ -1,19 +1,12 @@
 """Smoke test: the M2 benchmark runs at tiny sizes on the digits and writes its table."""
 
-import importlib.util
-from pathlib import Path
-
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.benchmarks.benchmark_script import load
 
 
 def _benchmark():
-    path = ROOT / "benchmarks" / "m2_semisupervised.py"
-    spec = importlib.util.spec_from_file_location("m2_semisupervised", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("m2_semisupervised")
 
 
 def test_quick_run_writes_a_row_per_contender(tmp_path):

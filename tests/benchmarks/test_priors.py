@@ -1,23 +1,12 @@
 """Smoke test: the priors benchmark runs at tiny sizes and writes its table."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.benchmarks.benchmark_script import load
 
 
 def _benchmark():
-    spec = importlib.util.spec_from_file_location("priors", ROOT / "benchmarks" / "priors.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(ROOT / "benchmarks"))  # its sibling report_common, as when run
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    return module
+    return load("priors")
 
 
 def test_quick_run_writes_a_row_per_prior(tmp_path):
