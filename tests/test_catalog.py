@@ -1105,6 +1105,14 @@ def _read_idata(path):
     return load_inference_data(path)
 
 
+def _auto_cavi(**kwargs):
+    from models.regression import BayesianRegression
+    from pyro_vae.cavi import AutoCAVI
+
+    X = torch.randn(5, 2, dtype=torch.float64)
+    return AutoCAVI(BayesianRegression(), **kwargs).fit(X, X[:, 0])
+
+
 def _cavi(kind, *args, **kwargs):
     import pyro_vae.cavi as cavi
 
@@ -1194,6 +1202,8 @@ PY = [
     ("regression-nan", lambda: _cavi("BayesianLinearRegression", torch.full((4, 2), float("nan")), torch.zeros(4)), ValueError, ["NaN"]),
     ("mixture-components", lambda: _cavi("BayesianGaussianMixture", torch.zeros(5, 2), n_components=0), ValueError, ["n_components"]),
     ("ising-update", lambda: _cavi("IsingMeanField", torch.zeros(4, 4), update="random"), ValueError, ["update"]),
+    ("autocavi-blocks", lambda: _auto_cavi(blocks="all"), ValueError, ["blocks: 'all'", "'auto'"]),
+    ("autocavi-block-order", lambda: _auto_cavi(blocks=[("precision", "weights")]), ValueError, ["('precision', 'weights')", "(Gamma, Independent)", "Normal-Gamma"]),
 ]
 # fmt: on
 

@@ -27,6 +27,7 @@ import pyro.poutine as poutine
 import torch
 
 from pyro_vae.cavi._checks import non_negative, positive_int
+from pyro_vae.cavi.blocks import find_blocks, regroup
 from pyro_vae.cavi.chains import find_chains, update_chain
 from pyro_vae.cavi.conjugate_forms import (
     check_float64,
@@ -59,15 +60,21 @@ class AutoCAVI:
             A sweep updates first the latents ``init`` does not set, in the order the model
             samples them, then those it sets; a latent not set starts at its prior in one
             forward run of the model seeded with ``random_state``.
-        blocks: pairs ``(mean site, precision site)`` to update as one joint factor
-            q(μ, Λ) (Normal-Wishart, Bishop 2006 §10.2) instead of q(μ) q(Λ); their unit in
-            ``init``, ``markov_blankets_`` and ``fitted_blocks_`` is named ``"mean+precision"``.
+        blocks: pairs ``(mean site, precision site)`` to update as one joint factor instead
+            of q(μ) q(τ): a Normal mean with a Wishart precision (Normal-Wishart, Bishop 2006
+            §10.2) or with a scalar Gamma precision (Normal-Gamma; μ scalar or a D-vector
+            sharing τ, as in Bayesian linear regression). ``"auto"``: every pair whose mean's
+            prior is scaled by the precision and whose factors all mention both (see
+            :mod:`pyro_vae.cavi.blocks`); the pairs chosen are in ``blocks_``. A block's unit
+            in ``init``, ``markov_blankets_`` and ``fitted_blocks_`` is named
+            ``"mean+precision"``. Default ``()``: mean field, as the hand-written classes.
         markov_chains: keep each chain of scalar Categorical sites (a ``pyro.markov`` loop,
             see :mod:`pyro_vae.cavi.chains`) whole in q, updated by forward-backward
             (structured mean field); False: one factor per site (naive mean field).
         random_state: seed of the probe points and of that forward run.
 
     Attributes (after ``fit``):
+        blocks_: the (mean, precision) pairs updated jointly.
         lower_bound_, lower_bounds_: the ELBO (nats, total over the data) after the last
             sweep, and after each sweep.
         n_iter_: sweeps run. converged_: whether a sweep changed the bound by less than
@@ -114,11 +121,21 @@ class AutoCAVI:
             first = poutine.trace(self.model).get_trace(*args, **kwargs)
         check_float64(first)
         check_whole_data(first)
-        latents = find_latents(first, self.blocks)
+        auto_blocks = isinstance(self.blocks, str) and self.blocks == "auto"
+        if isinstance(self.blocks, str) and not auto_blocks:
+            raise ValueError(
+                f"blocks: {self.blocks!r} is neither 'auto' nor a list of (mean site, "
+                "precision site) pairs"
+            )
+        latents = find_latents(first, () if auto_blocks else self.blocks)
         if not latents:
             raise ValueError("model: it has no latent (unobserved) sample site to fit")
-        stats = self._initial_statistics(latents)
         depends, trace = find_dependencies(self.model, args, kwargs, latents, generator)
+        self.blocks_ = find_blocks(latents, depends) if auto_blocks else list(self.blocks)
+        if auto_blocks and self.blocks_:
+            latents = find_latents(first, self.blocks_)
+            depends = regroup(depends, latents)
+        stats = self._initial_statistics(latents)
         info = {}
         factors = probe_factors(
             self.model, args, kwargs, latents, depends, trace, generator, info=info

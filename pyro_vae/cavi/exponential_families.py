@@ -16,6 +16,9 @@ normalized density q(x) ∝ exp(η·T(x)) with respect to Lebesgue or counting m
     Wishart:    T = (1, Λ_ij for i ≤ j, log|Λ|)   → Wishart
     Normal-Wishart block (μ, Λ), updated jointly (Bishop 2006, §10.2):
                 T = (1, Λ_ij, log|Λ|, Λμ, μᵀΛμ)  → N(μ | m, (βΛ)⁻¹) Wishart(Λ | W, ν)
+    Normal-Gamma block (μ, τ), μ scalar or a D-vector sharing one Gamma precision τ:
+                T = (1, τ, log τ, τμ_i, τμ_iμ_j for i ≤ j)
+                                                → N(μ | m, (τP)⁻¹) Gamma(τ | a, b)
 
 Every tensor is float64; statistics have shape [*batch, B] with B = ``family.size``.
 """
@@ -408,6 +411,98 @@ class NormalWishartFamily(Family):
         return NormalWishart(loc, beta, torch.cholesky_inverse(chol), df)
 
 
+class NormalGamma:
+    """q(μ, τ) = N(μ | m, (τP)⁻¹) Gamma(τ | a, b), batched, μ a D-vector (D = 1 for a scalar
+    mean site); the joint factor of a mean and its scalar precision (Bishop 2006, eq. 2.154
+    for D = 1; §3.3 and Murphy 2007 for the D-vector form of Bayesian linear regression).
+
+    Attributes: loc m [*batch, D], precision P [*batch, D, D] (relative to τ), concentration
+    a and rate b [*batch]; ``scalar``: whether the mean site is scalar."""
+
+    def __init__(self, loc, precision, concentration, rate, scalar: bool) -> None:
+        self.loc, self.precision = loc, precision
+        self.concentration, self.rate, self.scalar = concentration, rate, scalar
+
+    def entropy(self) -> torch.Tensor:
+        """H = H[Gamma(a, b)] + D/2 (1 + log 2π) − ½ log|P| − D/2 E log τ (nats)."""
+        d = self.loc.shape[-1]
+        a, b = self.concentration, self.rate
+        return (
+            dist.Gamma(a, b, validate_args=False).entropy()
+            + d / 2 * (1 + math.log(2 * math.pi))
+            - 0.5 * torch.linalg.slogdet(self.precision)[1]
+            - d / 2 * (torch.digamma(a) - b.log())
+        )
+
+    def marginals(self) -> tuple[torch.distributions.Distribution, ...]:
+        """q(μ), a Student-t with 2a degrees of freedom, location m and scale matrix
+        (b/a) P⁻¹ (univariate for a scalar mean site), and q(τ) = Gamma(a, b)."""
+        a, b = self.concentration, self.rate
+        gamma = dist.Gamma(a, b, validate_args=False)
+        if self.scalar:
+            scale = (b / (a * self.precision[..., 0, 0])).sqrt()
+            return dist.StudentT(2 * a, self.loc[..., 0], scale, validate_args=False), gamma
+        covariance = (b / a)[..., None, None] * torch.linalg.inv(self.precision)
+        student = dist.MultivariateStudentT(2 * a, self.loc, torch.linalg.cholesky(covariance))
+        return student, gamma
+
+
+class NormalGammaFamily(Family):
+    """The block (μ, τ) of a Normal mean (scalar, or a ``.to_event(1)``/MultivariateNormal
+    D-vector) and its scalar Gamma precision, updated jointly:
+    T = (1, τ, log τ, τμ_i, τμ_iμ_j for i ≤ j)."""
+
+    name = "Normal-Gamma"
+
+    def __init__(self, mean_site: str, precision_site: str, d: int, scalar: bool) -> None:
+        super().__init__(f"{mean_site}+{precision_site}", torch.Size([d]))
+        self.sites, self.d, self.scalar = (mean_site, precision_site), d, scalar
+        self._rows, self._cols = torch.triu_indices(d, d)
+
+    def statistic_names(self):
+        pairs = [f"tau mu{int(i)} mu{int(j)}" for i, j in zip(self._rows, self._cols, strict=True)]
+        return ["1", "tau", "log tau"] + [f"tau mu{i}" for i in range(self.d)] + pairs
+
+    def statistics(self, mu, tau):
+        mu, tau = mu.to(_F64), tau.to(_F64).unsqueeze(-1)
+        if self.scalar:
+            mu = mu.unsqueeze(-1)
+        outer = mu[..., self._rows] * mu[..., self._cols]
+        return torch.cat([torch.ones_like(tau), tau, tau.log(), tau * mu, tau * outer], -1)
+
+    def probe(self, batch_shape, generator):
+        mu = torch.randn(batch_shape + self.event_shape, generator=generator, dtype=_F64)
+        tau = torch.randn(batch_shape, generator=generator, dtype=_F64).mul(0.7).exp()
+        return (mu[..., 0] if self.scalar else mu), tau
+
+    def expected_statistics(self, q):
+        if isinstance(q, tuple):  # a point (μ, τ): its statistics
+            return self.statistics(*q)
+        a, b = q.concentration, q.rate
+        mean_tau = (a / b).unsqueeze(-1)
+        log_tau = (torch.digamma(a) - b.log()).unsqueeze(-1)
+        # E[τ μ μᵀ] = E_τ[τ ((τP)⁻¹ + m mᵀ)] = P⁻¹ + E[τ] m mᵀ
+        second = torch.linalg.inv(q.precision) + mean_tau.unsqueeze(-1) * (
+            q.loc.unsqueeze(-1) * q.loc.unsqueeze(-2)
+        )
+        parts = [torch.ones_like(mean_tau), mean_tau, log_tau, mean_tau * q.loc]
+        return torch.cat(parts + [second[..., self._rows, self._cols]], -1)
+
+    def distribution(self, eta):
+        d = self.d
+        precision = _symmetric_from_triu(eta[..., 2 + d :], d, self._rows, self._cols)
+        chol, info = torch.linalg.cholesky_ex(precision)
+        if bool(info.any()):
+            raise self._improper("a precision of μ (relative to τ) not positive definite")
+        loc = torch.cholesky_solve(eta[..., 2 : 2 + d].unsqueeze(-1), chol).squeeze(-1)
+        concentration = eta[..., 1] + 1 - d / 2
+        quad = (loc * eta[..., 2 : 2 + d]).sum(-1)  # mᵀPm
+        rate = -eta[..., 0] - 0.5 * quad
+        if bool((concentration <= 0).any() | (rate <= 0).any()):
+            raise self._improper("a Gamma shape or rate of τ that is not positive")
+        return NormalGamma(loc, precision, concentration, rate, self.scalar)
+
+
 def block_family(mean_site: dict, precision_site: dict) -> Family:
     """The joint family of a (mean, precision) block, or ``NotConjugateError``."""
     mean_fn, precision_fn = mean_site["fn"], precision_site["fn"]
@@ -420,10 +515,21 @@ def block_family(mean_site: dict, precision_site: dict) -> Family:
         and precision_fn.event_shape == (d, d)
     ):
         return NormalWishartFamily(mean_site["name"], precision_site["name"], d)
+    scalar = not mean_fn.event_shape and not mean_site["fn"].event_shape
+    if (
+        isinstance(mean_fn, (dist.Normal, dist.MultivariateNormal))
+        and (scalar or d)
+        and type(precision_fn) is dist.Gamma
+        and not precision_fn.event_shape
+    ):
+        name = mean_site["name"], precision_site["name"]
+        return NormalGammaFamily(*name, 1 if scalar else d, scalar)
     raise NotConjugateError(
         f"blocks: ({mean_site['name']!r}, {precision_site['name']!r}) are "
         f"({type(mean_site['fn']).__name__}, {type(precision_site['fn']).__name__}); expected "
-        "a vector Normal or MultivariateNormal mean and a Wishart precision of the same D"
+        "a vector Normal or MultivariateNormal mean and a Wishart precision of the same D "
+        "(Normal-Wishart), or a scalar or vector Normal mean and a scalar Gamma precision "
+        "(Normal-Gamma)"
     )
 
 

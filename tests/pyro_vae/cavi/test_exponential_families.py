@@ -1,3 +1,5 @@
+import math
+
 import pyro.distributions as dist
 import pytest
 import torch
@@ -94,3 +96,62 @@ def test_the_normal_wishart_block_is_exp_of_eta_dot_its_joint_statistics():
         m, precision_matrix=beta * lam_draws
     ).log_prob(mu_draws)
     assert abs(float(-log_q.mean() - q.entropy())) < 5 * float(log_q.std()) / 40000**0.5
+
+
+@pytest.mark.parametrize("scalar", [True, False], ids=["scalar mean", "vector mean"])
+def test_the_normal_gamma_block_is_exp_of_eta_dot_its_joint_statistics(scalar):
+    if scalar:
+        mean = site(dist.Normal(t(0.0), t(1.0)), "mu")
+        m, p = t([0.7]), t([[2.0]])
+    else:
+        mean = site(dist.Normal(torch.zeros(2, dtype=F64), 1.0).to_event(1), "mu")
+        m, p = t([1.0, -1.0]), t([[2.0, 0.5], [0.5, 1.0]])
+    family = block_family(mean, site(dist.Gamma(t(2.0), t(1.0)), "tau"))
+    d = len(m)
+    assert family.sites == ("mu", "tau") and family.size == 3 + d + d * (d + 1) // 2
+    # η of N(μ | m, (τP)⁻¹) Gamma(τ | a, b): on τ: −½mᵀPm − b; on log τ: a − 1 + D/2;
+    # on τμ: Pm; on τμ_iμ_j: −½P_ii (i = j), −P_ij (i < j)
+    a, b = 3.0, 1.5
+    rows, cols = torch.triu_indices(d, d)
+    quad = torch.where(rows == cols, -0.5, -1.0).to(F64) * p[rows, cols]
+    eta = torch.cat([t([-0.5 * float(m @ p @ m) - b, a - 1 + d / 2]), p @ m, quad])
+    q = family.distribution(eta)
+    assert torch.allclose(q.loc, m) and torch.allclose(q.precision, p)
+    assert float(q.concentration) == pytest.approx(a) and float(q.rate) == pytest.approx(b)
+    g = torch.Generator().manual_seed(0)
+    mu, tau = family.probe(torch.Size([20]), g)
+    assert mu.shape == ((20,) if scalar else (20, d)) and tau.shape == (20,)
+
+    def log_q(mu, tau):
+        vector = mu.unsqueeze(-1) if scalar else mu
+        gauss = dist.MultivariateNormal(m, precision_matrix=tau[..., None, None] * p)
+        return dist.Gamma(t(a), t(b)).log_prob(tau) + gauss.log_prob(vector)
+
+    stats = family.statistics(mu, tau)
+    assert float((log_q(mu, tau) - (stats[:, 1:] * eta).sum(-1)).std()) < 1e-10
+    torch.manual_seed(0)
+    tau_draws = dist.Gamma(t(a), t(b)).sample((40000,))
+    mu_draws = dist.MultivariateNormal(m, precision_matrix=tau_draws[:, None, None] * p).sample()
+    mu_draws = mu_draws[:, 0] if scalar else mu_draws
+    draws = family.statistics(mu_draws, tau_draws)
+    stderr = draws.std(0) / 40000**0.5
+    assert bool(((draws.mean(0) - family.expected_statistics(q)).abs() <= 5 * stderr).all())
+    log_qs = log_q(mu_draws, tau_draws)  # entropy by Monte Carlo: −E log q
+    assert abs(float(-log_qs.mean() - q.entropy())) < 5 * float(log_qs.std()) / 40000**0.5
+    # q(μ) is q(μ, τ) with τ integrated out (a 1-D quadrature over log τ)
+    student, gamma = q.marginals()
+    assert gamma.concentration == q.concentration and gamma.rate == q.rate
+    log_tau = torch.linspace(-12, 6, 4001, dtype=F64).unsqueeze(-1)
+    points = mu_draws[:5]
+    joint = log_q(points, log_tau.exp()) + log_tau  # dτ = τ d log τ
+    by_quadrature = torch.logsumexp(joint, 0) + math.log(float(log_tau[1] - log_tau[0]))
+    assert torch.allclose(student.log_prob(points), by_quadrature, atol=1e-8)
+
+
+def test_a_normal_gamma_block_refuses_an_improper_update():
+    mean = site(dist.Normal(t(0.0), t(1.0)), "mu")
+    family = block_family(mean, site(dist.Gamma(t(2.0), t(1.0)), "tau"))
+    with pytest.raises(NotConjugateError, match=r"'mu\+tau' \(Normal-Gamma\).*not positive"):
+        family.distribution(t([-1.0, 1.0, 0.0, 0.5]))  # −½P > 0: P < 0
+    with pytest.raises(NotConjugateError, match=r"'mu\+tau' \(Normal-Gamma\).*Gamma shape"):
+        family.distribution(t([1.0, 1.0, 0.0, -0.5]))  # rate −1
