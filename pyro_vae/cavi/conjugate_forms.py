@@ -28,7 +28,6 @@ from dataclasses import dataclass, replace
 
 import pyro.poutine as poutine
 import torch
-from pyro.infer.inspect import TrackProvenance
 from pyro.ops.provenance import detach_provenance, get_provenance
 
 from pyro_vae.cavi.exponential_families import (
@@ -38,11 +37,13 @@ from pyro_vae.cavi.exponential_families import (
     family_of,
 )
 from pyro_vae.cavi.probe_runs import ProbeRunner, Runs, is_factor, site_is_subsample
+from pyro_vae.cavi.provenance import TrackFastProvenance
 
 _EXTRA_RUNS = 3  # least-squares runs beyond the unknowns, for a well-posed solve
 _CHECK_RUNS = 4  # fresh points at which each fitted factor is verified
 _RTOL = 1e-7  # misfit allowed, relative to the factor's magnitude at the probe points
 _MAX_ROUNDS = 20  # batches of extra runs allowed before a design is declared degenerate
+_DISCRETE = ("Categorical", "Bernoulli")
 
 
 @dataclass
@@ -184,12 +185,13 @@ def find_dependencies(model, args, kwargs, latents, generator) -> tuple[dict, ob
     trace of the model at probe values (its log-densities computed).
 
     Dependence is read by Pyro's provenance tracking (``TrackProvenance``, as
-    :func:`pyro.infer.inspect.get_dependencies` reads it): each log-density carries the set
+    :func:`pyro.infer.inspect.get_dependencies` reads it, with the one-pass argument scan of
+    :mod:`pyro_vae.cavi.provenance`): each log-density carries the set
     of sample sites its computation read, so a dependence that a probe value happens to hide
     (a transition matrix with equal off-diagonal entries) is still found. One model run gives
     both: provenance only wraps the tensors, the values are those of a plain run."""
     values = _probe_values(latents, generator)
-    with torch.random.fork_rng(), torch.no_grad(), TrackProvenance():
+    with torch.random.fork_rng(), torch.no_grad(), TrackFastProvenance():
         trace = poutine.trace(poutine.condition(model, data=values)).get_trace(*args, **kwargs)
         trace.compute_log_prob(site_filter=lambda name, site: is_factor(site))
     unit_of = {site: name for name, latent in latents.items() for site in latent.sites}
@@ -254,11 +256,30 @@ def _sum_to(tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 
 
 def _fit(designs: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """Least-squares C per element: designs [S, *batch, P], values [S, *fbatch] → [*fbatch, P]."""
+    """Least-squares C per element: designs [S, *batch, P], values [S, *fbatch] → [*fbatch, P].
+
+    Elements that share a design (its batch dim is 1 where the factor's is not: the data
+    plate of a likelihood whose latents are global) are one solve with many right-hand
+    sides, not one factorization per element."""
+    shared = [i for i in range(1, values.dim()) if designs.shape[i] == 1 and values.shape[i] > 1]
     a = designs.movedim(0, -2)  # [*batch, S, P]
-    b = values.movedim(0, -1).unsqueeze(-1)  # [*fbatch, S, 1]
-    # full column rank is ensured (_enough_runs): QR least squares, ~5x faster than pinv
-    return torch.linalg.lstsq(a, b).solution.squeeze(-1)
+    if not shared:
+        b = values.movedim(0, -1).unsqueeze(-1)  # [*fbatch, S, 1]
+        # full column rank is ensured (_enough_runs): QR least squares, ~5x faster than pinv
+        return torch.linalg.lstsq(a, b).solution.squeeze(-1)
+    # the shared dims go last and become columns of the right-hand side
+    rest = [i for i in range(1, values.dim()) if i not in shared]
+    order = rest + [0] + shared
+    b = values.permute(order)  # [*rest, S, *shared]
+    b = b.reshape(b.shape[: len(rest) + 1] + (-1,))
+    a = a.squeeze(tuple(i - 1 for i in shared))  # [*rest, S, P]
+    solution = torch.linalg.lstsq(a, b).solution  # [*rest, P, Π shared]
+    solution = solution.reshape(solution.shape[:-1] + tuple(values.shape[i] for i in shared))
+    # back to [*fbatch, P]: P is at position len(rest), the shared dims after it
+    positions = {dim: k for k, dim in enumerate(rest)}
+    positions.update({dim: len(rest) + 1 + k for k, dim in enumerate(shared)})
+    perm = [positions[i] for i in range(1, values.dim())] + [len(rest)]
+    return solution.permute(perm)
 
 
 def _misfit(designs, values, coefficients, scale) -> torch.Tensor:
@@ -292,10 +313,12 @@ def _enough_runs(make_runs, needs, view=None, batched=True) -> tuple[Runs, Runs]
     same model run as the first fit runs)."""
     view = view or (lambda values: values)
     size = _size(needs)
-    first = _first_count(size, batched)
+    first = _first_count(needs, batched)
     runs, checks = make_runs(first).split(first - _CHECK_RUNS)
+    # only a design with a discrete member can fall short of full rank (see _first_count)
+    discrete = [(members, rank) for members, rank in needs if _has_discrete(members)]
     for _ in range(_MAX_ROUNDS):
-        if all(_full_rank(members, view(runs.values), rank) for members, rank in needs):
+        if all(_full_rank(members, view(runs.values), rank) for members, rank in discrete):
             return runs, checks
         runs = runs + make_runs(size)
     names = sorted({m.name for members, _ in needs for m in members})
@@ -305,14 +328,21 @@ def _enough_runs(make_runs, needs, view=None, batched=True) -> tuple[Runs, Runs]
     )
 
 
+def _has_discrete(members) -> bool:
+    return any(m.family.name in _DISCRETE for m in members)
+
+
 def _size(needs) -> int:
     return max(_product(m.family.size for m in members) for members, _ in needs)
 
 
-def _first_count(size: int, batched: bool) -> int:
-    """Fit and check runs drawn at first; batched, twice the unknowns (cheap there), as
-    random Categorical probes can leave a design short of full rank at some element."""
-    return (2 if batched else 1) * size + _EXTRA_RUNS + _CHECK_RUNS
+def _first_count(needs, batched: bool) -> int:
+    """Fit and check runs drawn at first: the unknowns and a few more; batched, twice the
+    unknowns (cheap there) when a design has a discrete member, as random Categorical
+    probes can leave it short of full rank at some element. Continuous probes give a full
+    rank design with probability one once there are as many runs as unknowns."""
+    twice = batched and any(_has_discrete(members) for members, _ in needs)
+    return (2 if twice else 1) * _size(needs) + _EXTRA_RUNS + _CHECK_RUNS
 
 
 def _runner(model, args, kwargs, latents, trace, generator, batched) -> ProbeRunner:
@@ -359,12 +389,12 @@ def _probe_all(runner, depends, trace) -> list[Factor]:
     roles = {s: _mixture_roles(s, names, latents, trace) for s, names in depends.items()}
     plain = [s for s in depends if roles[s][0] is None]
     needs = [([latents[n] for n in depends[s]], trace.nodes[s]["log_prob"].dim()) for s in plain]
-    ahead = [(_first_count(_size(needs), True), None, None)] if needs else []
+    ahead = [(_first_count(needs, True), None, None)] if needs else []
     for site, (selector, _) in roles.items():
         if selector is not None:
-            size = _size([(_mixture_members(latents, depends, site, selector), 0)])
+            members = [(_mixture_members(latents, depends, site, selector), 0)]
             ahead += [
-                (_first_count(size, True), *pick)
+                (_first_count(members, True), *pick)
                 for pick in _selections(latents[selector], selector)
             ]
     runner.prefetch(ahead)  # every first draw in one model run

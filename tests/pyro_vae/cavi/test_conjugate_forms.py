@@ -6,7 +6,7 @@ import pyro.poutine as poutine
 import pytest
 import torch
 
-from pyro_vae.cavi.conjugate_forms import find_dependencies, find_latents, probe_factors
+from pyro_vae.cavi.conjugate_forms import _fit, find_dependencies, find_latents, probe_factors
 from pyro_vae.cavi.exponential_families import NotConjugateError
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only cost
@@ -60,3 +60,21 @@ def test_latents_outside_plates_or_subsampled_are_refused():
 
     with pytest.raises(NotConjugateError, match="'z': scaled by 2.0"):
         find_latents(poutine.trace(subsampled).get_trace())
+
+
+@pytest.mark.parametrize(
+    ("design_shape", "values_shape"),
+    [((20, 1, 5), (20, 7)), ((20, 3, 1, 5), (20, 3, 4)), ((20, 1, 1, 5), (20, 3, 4)),
+     ((20, 1, 3, 5), (20, 2, 3)), ((20, 5), (20,))],
+)  # fmt: skip
+def test_a_design_shared_across_elements_is_solved_once_to_the_same_coefficients(
+    design_shape, values_shape
+):
+    g = torch.Generator().manual_seed(0)
+    designs = torch.randn(design_shape, generator=g, dtype=torch.float64)
+    values = torch.randn(values_shape, generator=g, dtype=torch.float64)
+    # one least-squares problem per element, the design broadcast to it
+    a = designs.movedim(0, -2)
+    a = a.expand(values.shape[1:] + a.shape[-2:]).contiguous()
+    per_element = torch.linalg.lstsq(a, values.movedim(0, -1).unsqueeze(-1)).solution
+    assert torch.allclose(_fit(designs, values), per_element.squeeze(-1), atol=1e-12)
