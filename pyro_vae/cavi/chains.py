@@ -9,7 +9,9 @@ is the HMM
     q(s_0, …, s_{T−1}) ∝ exp(Σ_t u_t(s_t) + Σ_t ψ_t(s_{t−1}, s_t)),
 
 u_t the expected messages of the factors that mention s_t alone among the chain, ψ_t those
-of the factors that mention s_{t−1} and s_t (its transition). Updating it is one pass of
+of the factors that mention s_{t−1} and s_t (its transition, which may differ from step to
+step: a time-inhomogeneous chain, ``log_A[t][s_prev]``, or one whose steps see different
+latents). Updating it is one pass of
 :func:`pyro_vae.cavi.hmm.forward_backward`, which gives the marginals, the pairwise
 marginals and log Z, and H[q] = log Z − Σ_t E[u_t] − Σ_t E[ψ_t].
 """
@@ -83,15 +85,9 @@ def update_chain(chain, factors, stats, pairs) -> tuple[torch.Tensor, torch.Tens
             if f.latents.index(mentioned[0]) > f.latents.index(mentioned[1]):
                 message = message.T
             pairwise[index[mentioned[0]]] += message
-    transition = pairwise.mean(0)
-    if not torch.allclose(pairwise, transition.expand_as(pairwise), rtol=1e-9, atol=1e-9):
-        raise NotConjugateError(
-            f"Markov chain {chain[0]!r} … {chain[-1]!r}: its expected transitions differ "
-            "from step to step; forward_backward takes one transition matrix (pass "
-            "markov_chains=False for one factor per site)"
-        )
+    # one message matrix per step: a chain's transitions may differ from step to step
     log_z, marginals, pair_marginals = forward_backward(
-        torch.zeros(k, dtype=torch.float64), transition, unary
+        torch.zeros(k, dtype=torch.float64), pairwise, unary
     )
-    entropy = float(log_z - (marginals * unary).sum() - (pair_marginals * transition).sum())
+    entropy = float(log_z - (marginals * unary).sum() - (pair_marginals * pairwise).sum())
     return marginals, pair_marginals, entropy

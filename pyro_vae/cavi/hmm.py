@@ -34,38 +34,43 @@ from pyro_vae.cavi._checks import (
 
 
 def forward_backward(log_pi: torch.Tensor, log_A: torch.Tensor, log_lik: torch.Tensor):
-    """Exact HMM smoothing in log space.
+    """Exact HMM smoothing in log space (Rabiner 1989), time-homogeneous or not.
 
     Args:
         log_pi: ``[K]`` initial log-probabilities; log_A: ``[K, K]`` transition
-            log-probabilities (row = from); log_lik: ``[T, K]`` log p(y_t | s_t = k).
+            log-probabilities (row = from), or ``[T−1, K, K]``, one matrix per step
+            (``log_A[t]`` from s_t to s_{t+1}); log_lik: ``[T, K]`` log p(y_t | s_t = k).
+            Rows need not be normalized: log Z is then that of the unnormalized chain.
 
     Returns:
         log Z = log Σ_S p(S) Π_t exp(log_lik), marginals ``[T, K]`` and pairwise marginals
         ``[T−1, K, K]`` of the posterior.
+
+    Raises:
+        ValueError: shapes that do not match, NaN or +inf entries.
     """
     if log_lik.dim() != 2 or log_lik.shape[0] == 0:
         raise ValueError(f"log_lik: shape {tuple(log_lik.shape)} is not [T, K] with T ≥ 1")
     T, K = log_lik.shape
-    if log_pi.shape != (K,) or log_A.shape != (K, K):
+    if log_pi.shape != (K,) or log_A.shape not in ((K, K), (T - 1, K, K)):
         raise ValueError(
             f"log_pi, log_A: shapes {tuple(log_pi.shape)}, {tuple(log_A.shape)} do not match "
-            f"log_lik's {K} states; expected ({K},) and ({K}, {K})"
+            f"log_lik's {K} states over {T} steps; expected ({K},) and ({K}, {K}) or "
+            f"({T - 1}, {K}, {K})"
         )
     for name, value in (("log_pi", log_pi), ("log_A", log_A), ("log_lik", log_lik)):
         log_probabilities(name, value)
+    steps = log_A.expand(T - 1, K, K) if log_A.dim() == 2 else log_A
     alpha = torch.empty(T, K, dtype=log_lik.dtype)
     alpha[0] = log_pi + log_lik[0]
     for t in range(1, T):
-        alpha[t] = torch.logsumexp(alpha[t - 1][:, None] + log_A, 0) + log_lik[t]
+        alpha[t] = torch.logsumexp(alpha[t - 1][:, None] + steps[t - 1], 0) + log_lik[t]
     beta = torch.zeros(T, K, dtype=log_lik.dtype)
     for t in range(T - 2, -1, -1):
-        beta[t] = torch.logsumexp(log_A + (log_lik[t + 1] + beta[t + 1])[None, :], 1)
+        beta[t] = torch.logsumexp(steps[t] + (log_lik[t + 1] + beta[t + 1])[None, :], 1)
     log_z = torch.logsumexp(alpha[-1], 0)
     marginals = (alpha + beta - log_z).exp()
-    pairwise = (
-        alpha[:-1, :, None] + log_A[None] + (log_lik[1:] + beta[1:])[:, None, :] - log_z
-    ).exp()
+    pairwise = (alpha[:-1, :, None] + steps + (log_lik[1:] + beta[1:])[:, None, :] - log_z).exp()
     return log_z, marginals, pairwise
 
 

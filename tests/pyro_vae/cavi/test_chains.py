@@ -63,3 +63,39 @@ def test_a_factor_on_non_neighbours_is_refused():
     latents, factors = factors_of(hmm, y, True)
     with pytest.raises(NotConjugateError, match=r"'ends' mentions the sites \['s_0', 's_2'\]"):
         find_chains(latents, factors)
+
+
+STEPS = torch.softmax(
+    torch.randn(3, 3, 3, generator=torch.Generator().manual_seed(3), dtype=F64) * 2, -1
+)  # a different transition matrix at each of 3 steps
+
+
+def inhomogeneous_hmm(y):
+    s = None
+    for t in pyro.markov(range(len(y))):
+        probs = torch.full((3,), 1 / 3, dtype=F64) if s is None else STEPS[t - 1][s]
+        s = pyro.sample(f"s_{t}", dist.Categorical(probs))
+        pyro.sample(f"y_{t}", dist.Normal(MEANS[s], 1.0), obs=y[t])
+
+
+def test_a_chain_whose_transitions_change_each_step_is_still_exact():
+    # log A_t[s_{t-1}, s_t] differs with t: forward-backward takes one matrix per step,
+    # and q(chain) is again the exact posterior, its bound log p(y) by enumeration
+    y = torch.tensor([0.1, 1.9, 2.2, -0.8], dtype=F64)
+    paths = torch.cartesian_prod(*[torch.arange(3)] * 4)
+    log_joint = (
+        torch.log(torch.tensor(1 / 3, dtype=F64))
+        + sum(STEPS[t][paths[:, t], paths[:, t + 1]].log() for t in range(3))
+        + dist.Normal(MEANS[paths], 1.0).log_prob(y).sum(-1)
+    )
+    fit = AutoCAVI(inhomogeneous_hmm, max_iter=2).fit(y)
+    assert list(fit.fitted_chains_) == [("s_0", "s_1", "s_2", "s_3")]
+    assert fit.lower_bound_ == pytest.approx(float(log_joint.logsumexp(0)), rel=1e-10)
+    posterior = (log_joint - log_joint.logsumexp(0)).exp()
+    marginals, pairwise = fit.fitted_chains_[("s_0", "s_1", "s_2", "s_3")]
+    exact = torch.zeros(3, 3, dtype=F64).index_put_(
+        (paths[:, 1], paths[:, 2]), posterior, accumulate=True
+    )  # q(s_1, s_2)
+    assert torch.allclose(pairwise[1], exact, atol=1e-10)
+    naive = AutoCAVI(inhomogeneous_hmm, markov_chains=False, tol=1e-12).fit(y)
+    assert naive.lower_bound_ < fit.lower_bound_ - 1e-3

@@ -41,6 +41,32 @@ def test_forward_backward_matches_enumeration():
     torch.testing.assert_close(pairwise.sum(-1), marginals[:-1])
 
 
+def test_forward_backward_with_one_transition_matrix_per_step_matches_enumeration():
+    g = torch.Generator().manual_seed(1)
+    log_pi = torch.log_softmax(torch.randn(3, generator=g, dtype=torch.float64), 0)
+    log_A = torch.log_softmax(torch.randn(3, 3, 3, generator=g, dtype=torch.float64), -1)
+    log_lik = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    paths = torch.tensor(list(itertools.product(range(3), repeat=4)))
+    scores = (
+        log_pi[paths[:, 0]]
+        + sum(log_A[t][paths[:, t], paths[:, t + 1]] for t in range(3))
+        + log_lik[torch.arange(4), paths].sum(1)
+    )
+    log_z, marginals, pairwise = forward_backward(log_pi, log_A, log_lik)
+    assert float(log_z) == pytest.approx(float(torch.logsumexp(scores, 0)), abs=1e-12)
+    post = (scores - torch.logsumexp(scores, 0)).exp()
+    for t in range(3):
+        expected = torch.zeros(3, 3, dtype=torch.float64).index_put_(
+            (paths[:, t], paths[:, t + 1]), post, accumulate=True
+        )
+        torch.testing.assert_close(pairwise[t], expected)
+    # the same matrix at every step is the homogeneous chain
+    same = forward_backward(log_pi, log_A[0], log_lik)
+    torch.testing.assert_close(forward_backward(log_pi, log_A[0].expand(3, 3, 3), log_lik), same)
+    with pytest.raises(ValueError, match=r"expected \(3,\) and \(3, 3\) or \(3, 3, 3\)"):
+        forward_backward(log_pi, log_A[:2], log_lik)
+
+
 def test_one_chain_structured_mean_field_is_exact():
     model = random_fhmm(1, 3, 2, seed=1)
     y = sample(model, 30, seed=2)
