@@ -25,6 +25,7 @@ Every tensor is float64; statistics have shape [*batch, B] with B = ``family.siz
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pyro.distributions as dist
@@ -50,8 +51,9 @@ class Family:
         self.site, self.event_shape = site, torch.Size(event_shape)
         self.sites = (site,)
 
-    @property
+    @functools.cached_property
     def size(self) -> int:
+        """B, the number of statistics (read in every update: computed once)."""
         return len(self.statistic_names())
 
     def statistic_names(self) -> list[str]:
