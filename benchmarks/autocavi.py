@@ -143,9 +143,24 @@ def main() -> None:
     ]
     for name, hand, hand_s, auto, auto_s, (elbo, se, svi_s, reach_s) in rows:
         lines.append(
-            f"| {name} | {hand.lower_bound_:.3f} | {hand_s:.3f} | {auto.lower_bound_:.3f} | "
-            f"{auto_s:.3f} ({auto.probe_seconds_:.3f}) | {auto.n_iter_} | {elbo:.3f} ± {se:.3f} "
-            f"| {svi_s:.1f} | {reach_s:.1f} | {auto_s / hand_s:.1f} | {reach_s / auto_s:.0f} |"
+            f"| {name} | {hand.lower_bound_:.3f} | {hand_s * 1e3:.1f} ms | "
+            f"{auto.lower_bound_:.3f} | {auto_s * 1e3:.1f} ms ({auto.probe_seconds_ * 1e3:.1f}) "
+            f"| {auto.n_iter_} | {elbo:.3f} ± {se:.3f} | {svi_s:.1f} | {reach_s:.1f} | "
+            f"{auto_s / hand_s:.1f} | {reach_s / auto_s:.0f} |"
+        )
+    lines += [
+        "",
+        "Where AutoCAVI's time goes: probing the model once (tracing, provenance, the batched "
+        "probe runs and the least-squares solves), then the sweeps; the hand-written class has "
+        "no probing. Milliseconds per sweep:",
+        "",
+        "| model | hand-written, per iteration | AutoCAVI, per sweep (its time less probing) |",
+        "|---|---:|---:|",
+    ]
+    for name, hand, hand_s, auto, auto_s, _ in rows:
+        sweeps_s = auto_s - auto.probe_seconds_
+        lines.append(
+            f"| {name} | {hand_s / hand.n_iter_ * 1e3:.2f} | {sweeps_s / auto.n_iter_ * 1e3:.2f} |"
         )
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -138,3 +138,15 @@ def frame_with_full_size(frame: CondIndepStackFrame, full_size: int) -> CondInde
     an implementation detail; Pyro has no public way to copy a frame with a new field.
     """
     return frame._replace(full_size=full_size)
+
+
+def provenance_parts(value) -> tuple[torch.Tensor, frozenset]:
+    """(the plain tensor, the provenance set) of a ``pyro.ops.provenance.ProvenanceTensor``.
+
+    Wraps ``ProvenanceTensor._t`` and ``._provenance`` (pyro-ppl 1.9.x). Pyro's public
+    ``extract_provenance`` returns the same pair but dispatches through ``singledispatch``
+    and, for containers, pytree flattening: too slow for the per-op scan of
+    :class:`pyro_vae.cavi.provenance.FastProvenanceTensor`, which calls this once per
+    tracked argument.
+    """
+    return value._t, value._provenance

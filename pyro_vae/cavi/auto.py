@@ -22,6 +22,7 @@ in float64.
 from __future__ import annotations
 
 import time
+import warnings
 
 import pyro.poutine as poutine
 import torch
@@ -37,6 +38,7 @@ from pyro_vae.cavi.conjugate_forms import (
     probe_factors,
 )
 from pyro_vae.cavi.expectations import contract, sum_to
+from pyro_vae.cavi.initial_factors import initial_statistics
 
 
 class AutoCAVI:
@@ -56,10 +58,13 @@ class AutoCAVI:
         max_iter: most sweeps (each updates every latent once).
         tol: stop when a sweep changes the bound by less than this (nats).
         init: optional ``{site: q}`` initial factors (a distribution of the site's family;
-            for a Categorical site also a tensor of probabilities, e.g. responsibilities).
+            for a Categorical site also a tensor of probabilities, e.g. responsibilities;
+            for a block a fitted ``NormalGamma``/``NormalWishart`` or a tuple of values).
             A sweep updates first the latents ``init`` does not set, in the order the model
-            samples them, then those it sets; a latent not set starts at its prior in one
-            forward run of the model seeded with ``random_state``.
+            samples them, then those it sets. A latent not set starts from one forward run
+            of the model seeded with ``random_state``: a discrete one at its value there (a
+            random hard assignment, so a mixture's components start apart), any other at
+            its prior's expectations (see :mod:`pyro_vae.cavi.initial_factors`).
         blocks: pairs ``(mean site, precision site)`` to update as one joint factor instead
             of q(μ) q(τ): a Normal mean with a Wishart precision (Normal-Wishart, Bishop 2006
             §10.2) or with a scalar Gamma precision (Normal-Gamma; μ scalar or a D-vector
@@ -109,24 +114,18 @@ class AutoCAVI:
 
     def fit(self, *args, **kwargs) -> AutoCAVI:
         """Probe ``model(*args, **kwargs)`` (floating tensors cast to float64) and run CAVI."""
-        tol = non_negative("tol", self.tol)
-        max_iter = positive_int("max_iter", self.max_iter)
-        if not isinstance(self.init, (dict, type(None))):
-            raise ValueError(f"init: {self.init!r} is not a dict of site name -> initial q")
+        tol, max_iter, auto_blocks = self._check_settings()
         args, kwargs = _float64(args), _float64(kwargs)
         start = time.perf_counter()
         generator = torch.Generator().manual_seed(self.random_state)
-        with torch.random.fork_rng():
+        with torch.random.fork_rng(), warnings.catch_warnings():
+            # a prior draw only starts discrete latents and blocks; torch's Wishart sampler
+            # warns of near-singular draws it then redraws
+            warnings.filterwarnings("ignore", message="Singular sample detected")
             torch.manual_seed(self.random_state)
             first = poutine.trace(self.model).get_trace(*args, **kwargs)
         check_float64(first)
         check_whole_data(first)
-        auto_blocks = isinstance(self.blocks, str) and self.blocks == "auto"
-        if isinstance(self.blocks, str) and not auto_blocks:
-            raise ValueError(
-                f"blocks: {self.blocks!r} is neither 'auto' nor a list of (mean site, "
-                "precision site) pairs"
-            )
         latents = find_latents(first, () if auto_blocks else self.blocks)
         if not latents:
             raise ValueError("model: it has no latent (unobserved) sample site to fit")
@@ -135,7 +134,7 @@ class AutoCAVI:
         if auto_blocks and self.blocks_:
             latents = find_latents(first, self.blocks_)
             depends = regroup(depends, latents)
-        stats = self._initial_statistics(latents)
+        stats = initial_statistics(latents, self.init, first)
         info = {}
         factors = probe_factors(
             self.model, args, kwargs, latents, depends, trace, generator, info=info
@@ -181,36 +180,21 @@ class AutoCAVI:
         }  # fmt: skip
         return self
 
-    def _initial_statistics(self, latents) -> dict[str, torch.Tensor]:
-        init = dict(self.init or {})
-        unknown = sorted(set(init) - set(latents))
-        if unknown:
+    def _check_settings(self) -> tuple[float, int, bool]:
+        """(tol, max_iter, whether blocks is "auto"), or ValueError naming the argument."""
+        tol = non_negative("tol", self.tol)
+        max_iter = positive_int("max_iter", self.max_iter)
+        if not isinstance(self.init, (dict, type(None))):
+            raise ValueError(f"init: {self.init!r} is not a dict of site name -> initial q")
+        if not isinstance(self.markov_chains, bool):
+            raise ValueError(f"markov_chains: {self.markov_chains!r} is not True or False")
+        auto_blocks = isinstance(self.blocks, str) and self.blocks == "auto"
+        if not auto_blocks and not isinstance(self.blocks, (list, tuple)):
             raise ValueError(
-                f"init: {unknown} {'is' if len(unknown) == 1 else 'are'} not latent sites of "
-                f"the model; its latent sites are {list(latents)}"
+                f"blocks: {self.blocks!r} is neither 'auto' nor a list of (mean site, "
+                "precision site) pairs"
             )
-        stats = {}
-        for name, latent in latents.items():
-            q = init.get(name, latent.prior)
-            if isinstance(q, tuple):  # a block's sampled values: start at that point
-                stats[name] = latent.family.expected_statistics(q)
-                continue
-            if isinstance(q, torch.Tensor) and latent.family.name == "Categorical":
-                q = torch.distributions.Categorical(probs=q.to(torch.float64))
-            if not isinstance(q, torch.distributions.Distribution):
-                raise ValueError(
-                    f"init[{name!r}]: {type(q).__name__} is not a distribution of the "
-                    f"{latent.family.name} family"
-                )
-            try:
-                value = latent.family.expected_statistics(q)
-                stats[name] = value.expand(latent.batch_shape + value.shape[-1:])
-            except (AttributeError, RuntimeError) as error:
-                raise ValueError(
-                    f"init[{name!r}]: {q} is not a {latent.family.name} with batch shape "
-                    f"{tuple(latent.batch_shape)} ({error})"
-                ) from error
-        return stats
+        return tol, max_iter, auto_blocks
 
     def _update(self, name: str, stats) -> torch.distributions.Distribution:
         """q_j ∝ exp(η_j · T_j), η_j the summed expected messages of j's factors."""

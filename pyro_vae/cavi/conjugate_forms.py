@@ -138,12 +138,22 @@ def find_latents(trace, blocks=()) -> dict[str, Latent]:
     sites = {n: s for n, s in trace.nodes.items() if is_factor(s) and not s["is_observed"]}
     in_block = {}
     for block in blocks:
-        if len(block) != 2 or any(b not in sites for b in block):
+        if (
+            not isinstance(block, (tuple, list))
+            or len(block) != 2
+            or any(b not in sites for b in block)
+        ):
             raise ValueError(
                 f"blocks: {block!r} is not a (mean site, precision site) pair of latent sites; "
                 f"latent sites: {list(sites)}"
             )
         for b in block:
+            if in_block.get(b, tuple(block)) != tuple(block):
+                raise ValueError(
+                    f"blocks: {b!r} is in {in_block[b]!r} and {tuple(block)!r}; a site can be "
+                    "in one block only (a precision shared by several means: leave those means "
+                    "out of blocks, or make them one .to_event(1) site)"
+                )
             in_block[b] = tuple(block)
     latents = {}
     for name, site in sites.items():
@@ -157,7 +167,13 @@ def find_latents(trace, blocks=()) -> dict[str, Latent]:
         if family.site in latents:
             continue
         if sites[block[0]]["fn"].batch_shape != sites[block[1]]["fn"].batch_shape:
-            raise ValueError(f"blocks: {block!r} have different batch shapes (plates)")
+            raise ValueError(
+                f"blocks: {block!r} have different batch shapes (plates) "
+                f"{tuple(sites[block[0]]['fn'].batch_shape)} and "
+                f"{tuple(sites[block[1]]['fn'].batch_shape)}; a block pairs one mean and its "
+                "precision in the same plates (means sharing one precision: make them one "
+                "site with .to_event(1))"
+            )
         values = tuple(sites[b]["value"].to(torch.float64) for b in block)
         latents[family.site] = Latent(family.site, family, batch, plates, values, block)
     return latents
@@ -219,7 +235,15 @@ def _mixture_roles(site: str, names, latents, trace) -> tuple[str | None, list[s
     if not outside:
         return None, []
     selectors = [n for n in names if latents[n].family.name == "Categorical" and n not in outside]
-    k = latents[selectors[0]].family.k if len(selectors) == 1 else None
+    if len(selectors) > 1:
+        raise NotConjugateError(
+            f"factor {site!r} mentions {outside} across plate(s) it is not inside, and "
+            f"{len(selectors)} Categorical latents {selectors}; AutoCAVI's mixtures pick a "
+            "component by one Categorical latent in a factor whose other latents are "
+            "continuous. A transition matrix whose rows are picked by a latent s_prev for a "
+            "latent s_t: give each row its own Dirichlet site, outside any plate"
+        )
+    k = latents[selectors[0]].family.k if selectors else None
     for name in outside:
         if k is None or latents[name].batch_shape != (k,) or len(latents[name].plates) != 1:
             raise NotConjugateError(
@@ -510,13 +534,19 @@ def _refuse(runner, names, site, trace):
             culprit = [name]
             break
     latent = latents[culprit[0]]
-    prior = latent.prior if len(latent.sites) == 1 else None
-    what = type(prior).__name__ if prior is not None else latent.family.name
     stats = ", ".join(latent.family.statistic_names())
+    detail = (
+        f"the log-density of factor {site!r} ({_dist_name(trace.nodes[site])}) is not "
+        f"{'multi' if len(names) > 1 else ''}linear in the sufficient statistics ({stats}) of "
+        f"{', '.join(repr(n) for n in culprit)}"
+    )
+    if len(latent.sites) > 1:  # a block: mean field may still fit it
+        raise NotConjugateError(
+            f"block {culprit[0]!r} ({latent.family.name}) is not conjugate as one factor: "
+            f"{detail}; leave {latent.sites} out of blocks (mean field updates them apart)"
+        )
     raise NotConjugateError(
-        f"latent site {culprit[0]!r} ({what}) is not conditionally "
-        f"conjugate: the log-density of factor {site!r} ({_dist_name(trace.nodes[site])}) is "
-        f"not {'multi' if len(names) > 1 else ''}linear in the sufficient statistics "
-        f"({stats}) of {', '.join(repr(n) for n in culprit)}; AutoCAVI updates only "
-        "conditionally conjugate-exponential models (fit this one by SVI)"
+        f"latent site {culprit[0]!r} ({type(latent.prior).__name__}) is not conditionally "
+        f"conjugate: {detail}; AutoCAVI updates only conditionally conjugate-exponential "
+        "models (fit this one by SVI)"
     )

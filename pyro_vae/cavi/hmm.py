@@ -41,14 +41,18 @@ def forward_backward(log_pi: torch.Tensor, log_A: torch.Tensor, log_lik: torch.T
             log-probabilities (row = from), or ``[T−1, K, K]``, one matrix per step
             (``log_A[t]`` from s_t to s_{t+1}); log_lik: ``[T, K]`` log p(y_t | s_t = k).
             Rows need not be normalized: log Z is then that of the unnormalized chain.
+            Tensors or arrays of any real dtype; computed in float64.
 
     Returns:
         log Z = log Σ_S p(S) Π_t exp(log_lik), marginals ``[T, K]`` and pairwise marginals
         ``[T−1, K, K]`` of the posterior.
 
     Raises:
-        ValueError: shapes that do not match, NaN or +inf entries.
+        ValueError: shapes that do not match, NaN or +inf entries, or no path of
+            non-zero probability.
     """
+    log_pi, log_A = as_float64("log_pi", log_pi), as_float64("log_A", log_A)
+    log_lik = as_float64("log_lik", log_lik)
     if log_lik.dim() != 2 or log_lik.shape[0] == 0:
         raise ValueError(f"log_lik: shape {tuple(log_lik.shape)} is not [T, K] with T ≥ 1")
     T, K = log_lik.shape
@@ -69,6 +73,11 @@ def forward_backward(log_pi: torch.Tensor, log_A: torch.Tensor, log_lik: torch.T
     for t in range(T - 2, -1, -1):
         beta[t] = torch.logsumexp(steps[t] + (log_lik[t + 1] + beta[t + 1])[None, :], 1)
     log_z = torch.logsumexp(alpha[-1], 0)
+    if bool(log_z == -math.inf):
+        raise ValueError(
+            "log_pi, log_A, log_lik: every path of states has probability zero (log Z = −inf); "
+            "no posterior to smooth"
+        )
     marginals = (alpha + beta - log_z).exp()
     pairwise = (alpha[:-1, :, None] + steps + (log_lik[1:] + beta[1:])[:, None, :] - log_z).exp()
     return log_z, marginals, pairwise

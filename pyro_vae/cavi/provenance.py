@@ -17,6 +17,8 @@ import torch
 from pyro.infer.inspect import TrackProvenance, is_sample_site
 from pyro.ops.provenance import ProvenanceTensor, detach_provenance
 
+from pyro_vae.pyro_compat import provenance_parts
+
 
 class FastProvenanceTensor(ProvenanceTensor):
     """A :class:`~pyro.ops.provenance.ProvenanceTensor` whose ops union their arguments'
@@ -35,8 +37,9 @@ class FastProvenanceTensor(ProvenanceTensor):
 
 def _strip(value, found: list):
     if isinstance(value, ProvenanceTensor):
-        found.append(value._provenance)
-        return value._t
+        tensor, provenance = provenance_parts(value)
+        found.append(provenance)
+        return tensor
     if type(value) in (list, tuple):
         return type(value)(_strip(v, found) for v in value)
     return value
@@ -44,7 +47,8 @@ def _strip(value, found: list):
 
 def _wrap(value, provenance: frozenset):
     if isinstance(value, ProvenanceTensor):
-        return FastProvenanceTensor(value._t, value._provenance | provenance)
+        tensor, old = provenance_parts(value)
+        return FastProvenanceTensor(tensor, old | provenance)
     if isinstance(value, torch.Tensor):
         return FastProvenanceTensor(value, provenance)
     if isinstance(value, (list, tuple)):

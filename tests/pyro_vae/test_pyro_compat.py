@@ -191,3 +191,15 @@ def test_frame_with_full_size_copies_a_pyro_plate_frame_with_its_full_size():
         40,
     )
     assert frame.full_size == len(X)  # a copy
+
+
+def test_provenance_parts_are_pyros_extract_provenance():
+    from pyro.ops.provenance import ProvenanceTensor, extract_provenance
+
+    from pyro_vae.pyro_compat import provenance_parts
+
+    value = ProvenanceTensor(torch.ones(2), frozenset({"a", "b"}))
+    tensor, provenance = provenance_parts(value)
+    expected_tensor, expected_provenance = extract_provenance(value)
+    assert tensor is expected_tensor and provenance == expected_provenance == {"a", "b"}
+    assert type(tensor) is torch.Tensor

@@ -275,12 +275,35 @@ def test_bad_settings_are_refused_naming_the_argument():
         AutoCAVI(gamma_poisson).variational_distributions()
     with pytest.raises(ValueError, match=r"blocks: \('rate',\) is not a \(mean site, precision"):
         AutoCAVI(gamma_poisson, blocks=[("rate",)]).fit(y)
+    with pytest.raises(ValueError, match="blocks: None is neither 'auto' nor a list"):
+        AutoCAVI(gamma_poisson, blocks=None).fit(y)
+    with pytest.raises(ValueError, match="markov_chains: 'False' is not True or False"):
+        AutoCAVI(gamma_poisson, markov_chains="False").fit(y)
 
     def gamma_block(y):
         tau = pyro.sample("tau", dist.Gamma(t(1.0), t(1.0)))
         mu = pyro.sample("mu", dist.Normal(t(0.0), tau.rsqrt()))
         pyro.sample("y", dist.Normal(mu, tau.rsqrt()), obs=y)
 
+    def shared_precision(y):
+        tau = pyro.sample("tau", dist.Gamma(t(1.0), t(1.0)))
+        mu = pyro.sample("mu", dist.Normal(t(0.0), tau.rsqrt()))
+        nu = pyro.sample("nu", dist.Normal(t(0.0), tau.rsqrt()))
+        pyro.sample("y", dist.Normal(mu + nu, tau.rsqrt()), obs=y)
+
+    with pytest.raises(ValueError, match="blocks: 'tau' is in \\('mu', 'tau'\\) and \\('nu', "):
+        AutoCAVI(shared_precision, blocks=[("mu", "tau"), ("nu", "tau")]).fit(t(0.3))
+
+    def plated_means(y):
+        tau = pyro.sample("tau", dist.Gamma(t(1.0), t(1.0)))
+        with pyro.plate("groups", 2):
+            mu = pyro.sample("mu", dist.Normal(t(0.0), tau.rsqrt()))
+        pyro.sample("y", dist.Normal(mu.sum(), tau.rsqrt()), obs=y)
+
+    with pytest.raises(
+        ValueError, match=r"different batch shapes \(plates\) \(2,\) and \(\).*to_event"
+    ):
+        AutoCAVI(plated_means, blocks=[("mu", "tau")]).fit(t(0.3))
     # a block is (mean, precision): the other order names both and what is expected
     with pytest.raises(NotConjugateError, match=r"blocks: \('tau', 'mu'\) are \(Gamma, Normal\)"):
         AutoCAVI(gamma_block, blocks=[("tau", "mu")]).fit(t(0.3))

@@ -99,3 +99,19 @@ def test_a_chain_whose_transitions_change_each_step_is_still_exact():
     assert torch.allclose(pairwise[1], exact, atol=1e-10)
     naive = AutoCAVI(inhomogeneous_hmm, markov_chains=False, tol=1e-12).fit(y)
     assert naive.lower_bound_ < fit.lower_bound_ - 1e-3
+
+
+def test_a_transition_matrix_in_a_plate_picked_by_a_latent_state_is_refused_with_the_reason():
+    from pyro.ops.indexing import Vindex
+
+    def model(y):
+        with pyro.plate("rows", 3):
+            rows = pyro.sample("A", dist.Dirichlet(torch.ones(3, dtype=F64)))
+        s = pyro.sample("s_0", dist.Categorical(torch.ones(3, dtype=F64) / 3))
+        for t in pyro.markov(range(1, len(y))):
+            s = pyro.sample(f"s_{t}", dist.Categorical(Vindex(rows)[s]))
+            pyro.sample(f"y_{t}", dist.Normal(MEANS[s], 1.0), obs=y[t])
+
+    with pytest.raises(NotConjugateError, match=r"2 Categorical latents \['s_0', 's_1'\]") as e:
+        AutoCAVI(model).fit(torch.tensor([0.1, 1.9, 2.2], dtype=F64))
+    assert "give each row its own Dirichlet site" in str(e.value)

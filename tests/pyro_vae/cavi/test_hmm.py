@@ -1,6 +1,7 @@
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -65,6 +66,19 @@ def test_forward_backward_with_one_transition_matrix_per_step_matches_enumeratio
     torch.testing.assert_close(forward_backward(log_pi, log_A[0].expand(3, 3, 3), log_lik), same)
     with pytest.raises(ValueError, match=r"expected \(3,\) and \(3, 3\) or \(3, 3, 3\)"):
         forward_backward(log_pi, log_A[:2], log_lik)
+
+
+def test_forward_backward_computes_in_float64_whatever_it_is_given():
+    # an integer or float32 log_lik, or NumPy arrays, give the float64 answer
+    log_pi = torch.log_softmax(torch.tensor([0.3, -1.0, 0.5], dtype=torch.float64), 0)
+    log_A = torch.zeros(3, 3, dtype=torch.float64)
+    log_z = forward_backward(log_pi, log_A, torch.zeros(4, 3, dtype=torch.long))[0]
+    assert log_z.dtype == torch.float64 and float(log_z) == pytest.approx(math.log(27), 1e-12)
+    from_numpy = forward_backward(log_pi.numpy(), log_A.float().numpy(), np.zeros((4, 3)))[0]
+    assert float(from_numpy) == pytest.approx(math.log(27), rel=1e-7)
+    impossible = torch.full((3, 3), -math.inf, dtype=torch.float64)
+    with pytest.raises(ValueError, match="every path of states has probability zero"):
+        forward_backward(log_pi, impossible, torch.zeros(4, 3, dtype=torch.float64))
 
 
 def test_one_chain_structured_mean_field_is_exact():

@@ -1,0 +1,128 @@
+"""Where ``AutoCAVI`` starts: each unit's expected statistics before the first sweep.
+
+A unit ``init`` sets starts at the factor given: a distribution of the site's family (a
+Categorical site also takes a tensor of probabilities, e.g. responsibilities), and a
+block a fitted joint factor (``fitted_blocks_``'s NormalGamma or NormalWishart) or a tuple
+of one value per site (a point). A unit ``init`` does not set starts from one forward run
+of the model seeded with ``random_state``: a discrete latent (Categorical, Bernoulli) at
+its value there, a random hard assignment (prior expectations would give every mixture
+component the same responsibilities, a fixed point CAVI cannot leave; this is
+scikit-learn's ``init_params="random_from_data"`` idea); a block at its values there;
+any other latent at its prior's expectations.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pyro_vae.cavi.conjugate_forms import Latent
+from pyro_vae.cavi.exponential_families import (
+    NormalGamma,
+    NormalWishart,
+    NotConjugateError,
+    family_of,
+)
+
+_DISCRETE = ("Categorical", "Bernoulli")
+_BLOCK_FACTORS = {"Normal-Gamma": NormalGamma, "Normal-Wishart": NormalWishart}
+
+
+def initial_statistics(latents: dict[str, Latent], init, first) -> dict[str, torch.Tensor]:
+    """{unit: E[T] [*batch, B]} at the start; ``first`` the seeded forward run's trace.
+
+    Raises:
+        ValueError: naming ``init[unit]``, what was given and what the unit takes.
+    """
+    init = dict(init or {})
+    unknown = sorted(set(init) - set(latents))
+    if unknown:
+        raise ValueError(
+            f"init: {unknown} {'is' if len(unknown) == 1 else 'are'} not latent sites of "
+            f"the model; its latent sites are {list(latents)}"
+        )
+    stats = {}
+    for name, latent in latents.items():
+        if name in init:
+            stats[name] = _given(name, latent, init[name])
+        elif len(latent.sites) > 1:
+            stats[name] = latent.family.expected_statistics(latent.prior)  # sampled values
+        elif latent.family.name in _DISCRETE:
+            stats[name] = latent.family.statistics(first.nodes[name]["value"])
+        else:
+            value = latent.family.expected_statistics(latent.prior)
+            stats[name] = value.expand(latent.batch_shape + value.shape[-1:])
+    return stats
+
+
+def _given(name: str, latent: Latent, q) -> torch.Tensor:
+    if len(latent.sites) > 1:
+        return _block_start(name, latent, q)
+    family = latent.family
+    if isinstance(q, torch.Tensor) and family.name == "Categorical":
+        q = _probabilities(name, latent, q)
+    if not isinstance(q, torch.distributions.Distribution):
+        raise ValueError(
+            f"init[{name!r}]: {type(q).__name__} is not a distribution of the {family.name} family"
+        )
+    try:
+        given_family = family_of({"fn": q, "name": name}).name
+    except NotConjugateError:
+        given_family = type(q).__name__
+    if given_family != family.name:
+        raise ValueError(
+            f"init[{name!r}]: {type(q).__name__} is not a distribution of the {family.name} "
+            f"family, which q({name}) is"
+        )
+    try:
+        value = family.expected_statistics(q)
+        return value.expand(latent.batch_shape + (family.size,))
+    except (AttributeError, RuntimeError) as error:
+        raise ValueError(
+            f"init[{name!r}]: {q} is not a {family.name} with batch shape "
+            f"{tuple(latent.batch_shape)} ({error})"
+        ) from error
+
+
+def _probabilities(name: str, latent: Latent, probs: torch.Tensor):
+    want = tuple(latent.batch_shape) + (latent.family.k,)
+    probs = probs.to(torch.float64)
+    if tuple(probs.shape) != want:
+        raise ValueError(
+            f"init[{name!r}]: probabilities of shape {tuple(probs.shape)}; expected {want} "
+            f"(the site's plates, then its {latent.family.k} categories)"
+        )
+    if not bool(torch.isfinite(probs).all() & (probs >= 0).all()) or not bool(
+        torch.allclose(probs.sum(-1), torch.ones((), dtype=torch.float64), atol=1e-6)
+    ):
+        raise ValueError(
+            f"init[{name!r}]: probabilities must be finite, non-negative and sum to 1 over "
+            f"the last dim (sums from {float(probs.sum(-1).min()):.4g} to "
+            f"{float(probs.sum(-1).max()):.4g})"
+        )
+    return torch.distributions.Categorical(probs=probs)
+
+
+def _block_start(name: str, latent: Latent, q) -> torch.Tensor:
+    family = latent.family
+    factor_class = _BLOCK_FACTORS[family.name]
+    if isinstance(q, factor_class):
+        try:
+            return family.expected_statistics(q).expand(latent.batch_shape + (family.size,))
+        except (AttributeError, RuntimeError) as error:
+            raise ValueError(
+                f"init[{name!r}]: {factor_class.__name__} whose parameters do not fit the "
+                f"block {latent.sites} of batch shape {tuple(latent.batch_shape)} ({error})"
+            ) from error
+    expected = tuple(latent.prior[i].shape for i in range(len(latent.sites)))
+    if (
+        isinstance(q, tuple)
+        and len(q) == len(latent.sites)
+        and all(isinstance(v, torch.Tensor) for v in q)
+        and tuple(v.shape for v in q) == expected
+    ):
+        return family.expected_statistics(tuple(v.to(torch.float64) for v in q))
+    raise ValueError(
+        f"init[{name!r}]: {type(q).__name__} is not a start for the {family.name} block "
+        f"{latent.sites}; expected a {factor_class.__name__} (a fitted_blocks_ entry) or a "
+        f"tuple of values of shapes {[tuple(s) for s in expected]}"
+    )
