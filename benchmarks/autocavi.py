@@ -8,7 +8,7 @@ steps, for a smoke run). Bounds are whole-data ELBOs in nats. For each model:
   ``precision_parameterization="wishart"`` and the block (means, precisions)), from the same
   start: E[τ] = a₀/b₀, and the class's k-means responsibilities (``reg_covar=0`` so both
   run the same update). AutoCAVI's time includes probing the model, shown apart. Each fit
-  is timed as the least of 5 calls after a first one (which pays for lazy
+  is timed as the least of 20 calls after a first one (which pays for lazy
   initialization); the probing time shown is that fastest call's.
 - mean-field SVI as in ``cavi_vs_svi.py`` (regression: ``AutoNormal``, ``Trace_ELBO`` with 8
   vectorized particles, Adam 0.02, 3000 steps; mixture: the Bartlett model's ``AutoNormal``
@@ -48,7 +48,7 @@ HERE = Path(__file__).parent
 F64 = torch.float64
 
 
-def timed(f, repeats=5):
+def timed(f, repeats=20):
     """(the result of the fastest of ``repeats`` calls after a warm-up call, its wall time)."""
     f()  # warm-up: the first call in a process pays for lazy imports and allocations
     best, out = float("inf"), None

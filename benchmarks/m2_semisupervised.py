@@ -58,6 +58,7 @@ The markdown table goes to ``benchmarks/m2_semisupervised.md`` (``--out``) and s
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import platform
 import statistics
@@ -191,9 +192,14 @@ def copy_into_m2(net: SSVAE, model, guide, x: torch.Tensor) -> None:
         plain = poutine.trace(poutine.condition(net.model, {"z": z})).get_trace(rows, onehot)
         ours = poutine.trace(poutine.condition(model, {"y": y, "z": z})).get_trace(rows, y)
         same_q = torch.equal(guide.classifier(rows), net.encoder_y(rows))
-    gap = abs(plain.log_prob_sum().item() - ours.log_prob_sum().item())
-    if gap > 1e-3 or not same_q:
-        raise AssertionError(f"the copied M2 scores the plain model's draws {gap} nats apart")
+    total = plain.log_prob_sum().item()
+    gap = abs(total - ours.log_prob_sum().item())
+    # float32 sums of ~6,000 terms in two orders differ by rounding, ~1e-7 of the total
+    # (0.002 nats at ~16,000 after 10 epochs); a copying mistake costs whole nats
+    if gap > 1e-5 * (1 + abs(total)) or not same_q:
+        raise AssertionError(
+            f"the copied M2 scores the plain model's draws {gap} nats apart (of {total:.1f})"
+        )
 
 
 # --- contender 2: the classifier alone ------------------------------------------------
@@ -252,19 +258,26 @@ def scores(model, guide, splits, args) -> dict[str, float]:
     return model.label_metrics(guide, x, y, args.elbo_samples, args.ll_samples, args.ll_points)
 
 
-def run(args) -> dict[str, dict]:
+def run(args, report=lambda results: None) -> dict[str, dict]:
+    """Every contender's scores; ``report(results)`` after each, for a partial table."""
     exp = build(config(args))
     splits, results = exp.data, {}
+    # the weight copy of contender 3 is checked now, untrained, so a mapping mistake
+    # fails in seconds rather than after the training
+    untrained = SSVAE(splits.train_x.shape[1], args.classes, args.latent_dim, args.hidden, 1.0)
+    copy_into_m2(untrained, copy.deepcopy(exp.model), copy.deepcopy(exp.guide), splits.test_x)
     result = fit(exp.model, exp.guide, exp.data, exp.elbo, exp.config.training)
     seconds = [record["seconds"] for record in result.history]
     results["pyro_vae M2"] = {**scores(exp.model, exp.guide, splits, args), "seconds": seconds}
     print(f"pyro_vae M2: {results['pyro_vae M2']}", flush=True)
+    report(results)
     steps = -(-splits.num_train // args.batch_size) * args.epochs
     per_epoch = -(-args.labelled // args.batch_size)
     for name, epochs in (("same epochs", args.epochs), ("same steps", -(-steps // per_epoch))):
         net, seconds = supervised(splits, args, epochs)
         acc = accuracy(net, splits.test_x, splits.test_y.long())
         results[f"supervised only, {name} ({epochs})"] = {"test_accuracy": acc, "seconds": seconds}
+        report(results)
     net, seconds = plain_pyro(splits, args)
     copy_into_m2(net, exp.model, exp.guide, splits.test_x)
     results["plain Pyro (ss_vae_M2 style)"] = {
@@ -339,7 +352,12 @@ def main(argv: list[str] | None = None) -> None:
     loads = [load()]
     print(f"load average {loads[0]}", flush=True)
     started = time.perf_counter()
-    results = run(args)
+
+    def partial(results):
+        text = table(results, args, (loads[0], "(running)"), time.perf_counter() - started)
+        args.out.write_text(text.replace("# M2", "# (PARTIAL: still running) M2", 1))
+
+    results = run(args, partial)
     loads.append(load())
     text = table(results, args, tuple(loads), time.perf_counter() - started)
     args.out.write_text(text)
