@@ -98,8 +98,11 @@ def test_bad_conditions_are_refused_by_name(kwargs, words):
 
 
 def test_arch_and_latent_dim_are_checked():
-    with pytest.raises(ValueError, match="arch: 'conv'; the CVAE offers 'mlp' only"):
+    # conv is offered now (tests/models/test_cvae_conv.py); it needs the images' shape
+    with pytest.raises(ValueError, match="image_shape: None; arch='conv' needs the images'"):
         CVAE(4, num_classes=2, arch="conv")
+    with pytest.raises(ValueError, match="arch: 'resnet' is not one of mlp, conv"):
+        CVAE(4, num_classes=2, arch="resnet")
     with pytest.raises(ValueError, match="latent_dim: 0 is not a positive integer"):
         CVAE(4, num_classes=2, latent_dim=0)
 
