@@ -110,8 +110,13 @@ def test_arch_and_latent_dim_are_checked():
         CVAE(4, num_classes=2, latent_dim=0)
 
 
-def test_recorded_steps_equal_the_plain_ones_bit_for_bit():
-    # what recordable = True promises: no branching on tensor values
+@pytest.mark.parametrize(
+    "networks",
+    [{}, {"arch": "conv", "image_shape": (1, 2, 3), "channels": (2,)}],
+    ids=["mlp", "conv"],
+)
+def test_recorded_steps_equal_the_plain_ones_bit_for_bit(networks):
+    # what recordable = True promises: no branching on tensor values (conv: 2x3 -> 1x1)
     g = torch.Generator().manual_seed(1)
     batches = [
         (
@@ -125,7 +130,7 @@ def test_recorded_steps_equal_the_plain_ones_bit_for_bit():
     def train(compiled: bool):
         pyro.clear_param_store()
         pyro.set_rng_seed(0)
-        model = CVAE(6, num_classes=3, latent_dim=2, hidden_dims=(5,))
+        model = CVAE(6, num_classes=3, latent_dim=2, hidden_dims=(5,), **networks)
         guide = model.make_guide()
         elbo = CompiledELBO(Trace_ELBO()) if compiled else Trace_ELBO()
         svi = SVIStep(model, guide, GroupedAdam({"lr": 0.01}), elbo)
