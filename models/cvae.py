@@ -4,14 +4,24 @@ Output Representation using Deep Conditional Generative Models").
 Generative model, for each datapoint n, given its condition y_n:
 
     z_n ~ p(z) = N(0, I)                        (latent code, ``latent_dim``)
-    x_n | z_n, y_n ~ p_θ(x | z_n, y_n)          (an MLP on [z, c(y)]: Bernoulli, Gaussian,
+    x_n | z_n, y_n ~ p_θ(x | z_n, y_n)          (a decoder on [z, c(y)]: Bernoulli, Gaussian,
                                                  or the lecture's softmax over levels)
 
-and the amortized guide q_λ(z | x, y) = N(μ_λ(x, c(y)), σ_λ(x, c(y))), an MLP on [x, c(y)]
-(:class:`CVAEGuide`). The condition enters both networks as c(y), concatenated to their
-inputs: the one-hot vector of a class label y (``num_classes``), or y itself, a float
-vector of ``condition_dim`` entries (a quadrant of an image, as in Pyro's CVAE tutorial and
-``benchmarks/cvae_quadrant.py``).
+and the amortized guide q_λ(z | x, y) = N(μ_λ(x, c(y)), σ_λ(x, c(y))) (:class:`CVAEGuide`).
+The condition enters both networks as c(y): the one-hot vector of a class label y
+(``num_classes``), or y itself, a float vector of ``condition_dim`` entries (a quadrant of
+an image, as in Pyro's CVAE tutorial and ``benchmarks/cvae_quadrant.py``).
+
+Two architectures (``arch``), both built from :mod:`pyro_vae.convnets`:
+
+- ``"mlp"``: the decoder is an MLP on [z, c(y)], the guide an MLP on [x, c(y)];
+- ``"conv"``: the decoder is :class:`pyro_vae.convnets.ConvDecoder` on [z, c(y)] (the
+  condition joins z before the decoder's first linear layer, then the transposed
+  convolutions); the guide runs :class:`pyro_vae.convnets.ConvEncoder`'s convolutions on x
+  alone and joins c(y) to their flattened features, before the ``hidden_dims`` MLP and the
+  two linear heads. Joining after the convolutions, not as extra image planes, keeps the
+  convolutions those of the unconditional conv VAE, and a float condition of any width
+  needs no spatial layout.
 
 Trained and evaluated on ``(x, y, observed)`` (:mod:`pyro_vae.labels`; ``uses_labels =
 "all"``: every label must be observed), the ELBO and the importance-weighted bound are
@@ -33,9 +43,9 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
+from pyro_vae.convnets import check_architecture, decoder_network, encoder_trunk
 from pyro_vae.guides import AmortizedNormal
 from pyro_vae.likelihoods import make_likelihood
-from pyro_vae.nn import mlp
 from pyro_vae.plates import data_plate
 
 
@@ -77,7 +87,8 @@ class Condition(nn.Module):
 
 
 class CVAE(PyroModule):
-    """p(z) p_θ(x | z, y) with p(z) = N(0, I) and an MLP decoder on [z, c(y)].
+    """p(z) p_θ(x | z, y) with p(z) = N(0, I) and a decoder (MLP or convolutional) on
+    [z, c(y)].
 
     Args:
         x_dim: number of pixels D.
@@ -88,10 +99,18 @@ class CVAE(PyroModule):
         likelihood: ``bernoulli``, ``gaussian`` or ``categorical``.
         levels: pixel levels L for ``categorical``.
         activation: hidden nonlinearity.
-        arch: ``"mlp"`` only (a conditional conv network is not offered).
+        arch: ``"mlp"``, or ``"conv"`` for a convolutional decoder and guide encoder
+            (module docstring; ``hidden_dims`` is then the MLP between the convolutions and
+            [z, c(y)]).
+        condition_dim: see ``num_classes``.
+        image_shape: the images' ``(H, W)`` or ``(C, H, W)``, with C·H·W = ``x_dim``; needed
+            by ``arch="conv"`` (``pyro-vae fit`` passes the data's), not used by ``"mlp"``.
+        channels: the convolutions' widths (default ``(32, 64, 128)``), ``arch="conv"`` only.
 
     Raises:
-        ValueError: ``arch`` other than ``"mlp"``; :class:`Condition`'s.
+        ValueError: an unknown ``arch``; with ``"conv"``, no ``image_shape``, one of other
+            than ``x_dim`` pixels, or more convolutions than its size takes
+            (:mod:`pyro_vae.convnets`); ``channels`` with ``"mlp"``; :class:`Condition`'s.
     """
 
     generative = True
@@ -111,10 +130,11 @@ class CVAE(PyroModule):
         activation: str = "softplus",
         arch: str = "mlp",
         condition_dim: int | None = None,
+        image_shape: tuple[int, ...] | None = None,
+        channels: Sequence[int] | None = None,
     ) -> None:
         super().__init__(name="model")
-        if arch != "mlp":
-            raise ValueError(f"arch: {arch!r}; the CVAE offers 'mlp' only")
+        check_architecture(arch, x_dim, image_shape, channels)
         if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
             raise ValueError(f"latent_dim: {latent_dim!r} is not a positive integer")
         self.condition = Condition(num_classes, condition_dim)
@@ -122,10 +142,22 @@ class CVAE(PyroModule):
         self.num_classes = num_classes
         self.hidden_dims = tuple(int(h) for h in hidden_dims)
         self.likelihood = make_likelihood(likelihood, x_dim, levels)
+        self.arch = arch
+        self.image_shape = None if arch == "mlp" else tuple(image_shape)
+        self.channels = None if channels is None else tuple(int(c) for c in channels)
         width = self.condition.width
         self.condition_dim = condition_dim
-        out = self.likelihood.out_features
-        self.decoder = mlp(latent_dim + width, self.hidden_dims, out, activation)
+        self.decoder = decoder_network(
+            latent_dim + width,
+            self.hidden_dims,
+            self.likelihood.out_features,
+            activation,
+            arch,
+            self.image_shape,
+            self.channels,
+            # a categorical reads L consecutive logits per pixel; the others blocks of D
+            "last" if self.likelihood.name == "categorical" else "first",
+        )
 
     def prior(self, like: torch.Tensor, batch_shape: tuple[int, ...]) -> dist.Normal:
         """p(z) = N(0, I), event shape ``[latent_dim]``, on ``like``'s device."""
@@ -160,17 +192,22 @@ class CVAE(PyroModule):
         return self.likelihood.mean(self.logits(z, c))
 
     def make_guide(self) -> CVAEGuide:
-        """q(z | x, y) with the decoder's hidden widths reversed."""
+        """q(z | x, y) with the decoder's hidden widths reversed (and its convolutions, with
+        ``arch="conv"``)."""
         return CVAEGuide(self, self.hidden_dims[::-1])
 
 
 class CVAEGuide(PyroModule):
-    """q_λ(z | x, y) = N(μ_λ(x, c(y)), diag σ_λ(x, c(y))²): the amortized Normal guide
-    (:class:`pyro_vae.guides.AmortizedNormal`) on the rows [x, c(y)].
+    """q_λ(z | x, y) = N(μ_λ(φ(x), c(y)), diag σ_λ(φ(x), c(y))²): the amortized Normal guide
+    (:class:`pyro_vae.guides.AmortizedNormal`) on the rows [φ(x), c(y)], where φ(x) is x
+    itself (``arch="mlp"``) or the flattened features of the model's convolutions on x
+    (``"conv"``: :class:`pyro_vae.convnets.ConvEncoder` without its MLP, which
+    ``hidden_dims`` then gives after c(y) has joined).
 
     Args:
-        model: the :class:`CVAE` whose sizes, condition and activation it takes.
-        hidden_dims: the encoder's widths.
+        model: the :class:`CVAE` whose sizes, condition, activation and architecture it
+            takes.
+        hidden_dims: the widths of the MLP on [φ(x), c(y)].
     """
 
     recordable = True
@@ -178,7 +215,11 @@ class CVAEGuide(PyroModule):
     def __init__(self, model: CVAE, hidden_dims: Sequence[int] = (400,)) -> None:
         super().__init__(name="guide")
         self.condition = Condition(model.num_classes, model.condition_dim)
-        width = model.x_dim + model.condition.width
+        # no hidden widths: the convolutions alone (an empty Sequential, no weights, for "mlp")
+        self.features, features = encoder_trunk(
+            model.x_dim, (), model.activation, model.arch, model.image_shape, model.channels
+        )
+        width = features + model.condition.width
         self.encoder = AmortizedNormal(width, model.latent_dim, hidden_dims, model.activation)
 
     def forward(
@@ -189,4 +230,5 @@ class CVAEGuide(PyroModule):
         num_data: int | None = None,
     ) -> torch.Tensor:
         x = x.to(torch.get_default_dtype())  # categorical levels are integers
-        return self.encoder(torch.cat([x, self.condition(y, x)], -1), num_data)
+        h = self.features(x)
+        return self.encoder(torch.cat([h, self.condition(y, h)], -1), num_data)

@@ -5,7 +5,18 @@ Generative model, for each datapoint n of a training set of N rows, N_l of them 
     y_n ~ Cat(1/C),   z_n ~ N(0, I),   x_n | y_n, z_n ~ p_θ(x | decoder([z_n, onehot(y_n)]))
 
 Guide: a classifier q_φ(y | x) = Cat(softmax(classifier(x))) and an amortized Normal
-q_φ(z | x, y) = N(μ_φ([x, onehot(y)]), diag σ_φ([x, onehot(y)])²).
+q_φ(z | x, y) = N(μ_φ([φ(x), onehot(y)]), diag σ_φ([φ(x), onehot(y)])²).
+
+Networks (``arch``, from :mod:`pyro_vae.convnets`): with ``"mlp"`` the decoder, the
+classifier and the z encoder are MLPs and φ(x) = x; with ``"conv"`` the decoder is
+:class:`~pyro_vae.convnets.ConvDecoder` on [z, onehot(y)] (the label joins z before its
+first linear layer), the classifier a :class:`~pyro_vae.convnets.ConvEncoder` (its
+convolutions and ``hidden_dims`` MLP) and a linear layer to the C logits, and φ(x) the
+flattened features of another ConvEncoder's convolutions, joined by onehot(y) before the
+``hidden_dims`` MLP and the heads. So under enumeration (y ``[C, 1]`` left of the batch)
+the convolutions of q(z | x, y) run once per image, not once per class; the decoder's
+transposed convolutions take the enumerated ``[C, B, ...]`` codes through
+:class:`pyro_vae.nn.FoldLeadingDims`.
 
 Objective (Kingma et al., eqs. 6-9): for a labelled row the bound on log p(x, y),
 
@@ -59,6 +70,7 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
+from pyro_vae.convnets import check_architecture, decoder_network, encoder_trunk
 from pyro_vae.evaluate import elbo_per_datapoint, eval_mode, iwae_log_likelihood
 from pyro_vae.likelihoods import make_likelihood
 from pyro_vae.nn import mlp
@@ -122,6 +134,10 @@ class M2Guide(PyroModule):
         x_dim: D. num_classes: C. latent_dim: size of z.
         hidden_dims: widths of the classifier's and of the z encoder's MLPs.
         activation: their nonlinearity.
+        arch, image_shape, channels: as :class:`M2`'s (module docstring).
+
+    Raises:
+        ValueError: :func:`pyro_vae.convnets.check_architecture`'s and the conv networks'.
     """
 
     def __init__(
@@ -131,13 +147,20 @@ class M2Guide(PyroModule):
         latent_dim: int,
         hidden_dims: Sequence[int],
         activation: str = "softplus",
+        arch: str = "mlp",
+        image_shape: tuple[int, ...] | None = None,
+        channels: Sequence[int] | None = None,
     ) -> None:
         super().__init__(name="guide")
         self.x_dim, self.num_classes, self.latent_dim = x_dim, num_classes, latent_dim
         hidden = tuple(int(h) for h in hidden_dims)
-        self.classifier = mlp(x_dim, hidden, num_classes, activation)
-        self.trunk = mlp(x_dim + num_classes, hidden, None, activation)
-        width = hidden[-1] if hidden else x_dim + num_classes
+        self.classifier = _classifier(
+            x_dim, num_classes, hidden, activation, arch, image_shape, channels
+        )
+        # φ(x): no hidden widths, the convolutions alone (an empty Sequential for "mlp")
+        self.features, features = encoder_trunk(x_dim, (), activation, arch, image_shape, channels)
+        self.trunk = mlp(features + num_classes, hidden, None, activation)
+        width = hidden[-1] if hidden else features + num_classes
         self.loc_head = nn.Linear(width, latent_dim)
         self.log_scale_head = nn.Linear(width, latent_dim)
 
@@ -148,7 +171,7 @@ class M2Guide(PyroModule):
     def encode_given(self, x: torch.Tensor, label: torch.Tensor) -> dist.Normal:
         """q(z | x, y) for rows ``x`` ``[B, D]`` and labels broadcastable to ``[..., B]``:
         a Normal with batch shape ``[..., B, latent_dim]``."""
-        h = self.trunk(_with_onehot(x, label, self.num_classes))
+        h = self.trunk(_with_onehot(self.features(x), label, self.num_classes))
         return dist.Normal(self.loc_head(h), torch.exp(self.log_scale_head(h)))
 
     def forward(self, x, y=None, observed=None, num_data: int | None = None) -> None:
@@ -181,13 +204,20 @@ class M2(PyroModule):
         likelihood: ``bernoulli``, ``gaussian``, ``categorical`` or ``normal``
             (:mod:`pyro_vae.likelihoods`). levels: pixel levels for ``categorical``.
         activation: hidden nonlinearity.
+        arch: ``"mlp"``, or ``"conv"`` for convolutional networks (module docstring;
+            ``hidden_dims`` is then the MLP after the convolutions).
+        image_shape: the images' ``(H, W)`` or ``(C, H, W)``, with C·H·W = ``x_dim``; needed
+            by ``arch="conv"`` (``pyro-vae fit`` passes the data's), not used by ``"mlp"``.
+        channels: the convolutions' widths (default ``(32, 64, 128)``), ``arch="conv"`` only.
         alpha: α, the weight of E_{p̃_l}[log q(y | x)] in the training objective (nats per
             nat of the total ELBO); ``None``: 0.1·N, the paper's, with N = ``num_data``
             (the batch's rows when not given); 0: no classifier term.
 
     Raises:
         ValueError: ``num_classes`` below 2, ``latent_dim`` below 1, ``alpha`` negative or
-            not finite.
+            not finite; an unknown ``arch``; with ``"conv"``, no ``image_shape``, one of
+            other than ``x_dim`` pixels, or more convolutions than its size takes
+            (:mod:`pyro_vae.convnets`); ``channels`` with ``"mlp"``.
     """
 
     uses_labels = "partial"
@@ -202,19 +232,35 @@ class M2(PyroModule):
         levels: int | None = None,
         activation: str = "softplus",
         alpha: float | None = None,
+        arch: str = "mlp",
+        image_shape: tuple[int, ...] | None = None,
+        channels: Sequence[int] | None = None,
     ) -> None:
         super().__init__(name="model")
         _check_options(num_classes, latent_dim, alpha)
+        check_architecture(arch, x_dim, image_shape, channels)
         self.x_dim, self.num_classes, self.latent_dim = x_dim, int(num_classes), latent_dim
         self.alpha = None if alpha is None else float(alpha)
         self.likelihood = make_likelihood(likelihood, x_dim, levels)
         hidden = tuple(int(h) for h in hidden_dims)
-        self.decoder = mlp(
-            latent_dim + self.num_classes, hidden, self.likelihood.out_features, activation
+        networks = {
+            "arch": arch,
+            "image_shape": None if arch == "mlp" else tuple(image_shape),
+            "channels": None if channels is None else tuple(int(c) for c in channels),
+        }
+        self.decoder = decoder_network(
+            latent_dim + self.num_classes,
+            hidden,
+            self.likelihood.out_features,
+            activation,
+            **networks,
+            # a categorical reads L consecutive logits per pixel; the others blocks of D
+            parameter_axis="last" if self.likelihood.name == "categorical" else "first",
         )
         self.register_buffer("prior_loc", torch.zeros(latent_dim), persistent=False)
         # A tuple: the guide's weights stay its own, not also the model's.
-        self._tied = (M2Guide(x_dim, self.num_classes, latent_dim, hidden, activation),)
+        guide = M2Guide(x_dim, self.num_classes, latent_dim, hidden, activation, **networks)
+        self._tied = (guide,)
 
     @property
     def tied_guide(self) -> M2Guide:
@@ -313,6 +359,18 @@ class M2(PyroModule):
             ValueError: ``y`` is not ``[N]``, or a count is not positive.
         """
         return label_metrics(self, guide, x, y, num_samples, iwae_samples, iwae_rows)
+
+
+def _classifier(
+    x_dim: int, num_classes: int, hidden, activation: str, arch: str, image_shape, channels
+) -> nn.Module:
+    """q(y | x)'s logits: the MLP ``x_dim -> hidden -> C``, or (``arch="conv"``) a
+    :class:`~pyro_vae.convnets.ConvEncoder` (convolutions, then the ``hidden`` MLP) and a
+    linear layer to the C logits."""
+    if arch == "mlp":
+        return mlp(x_dim, hidden, num_classes, activation)
+    trunk, width = encoder_trunk(x_dim, hidden, activation, arch, image_shape, channels)
+    return nn.Sequential(trunk, nn.Linear(width, num_classes))
 
 
 def _check_options(num_classes, latent_dim, alpha) -> None:

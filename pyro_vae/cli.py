@@ -638,6 +638,9 @@ def _print_test(test: dict[str, Any], table: bool = False) -> None:
     for key, value in test.items():
         if key == "elbo":
             print(f"test ELBO{given:<17}{value:10.3f} nats per {unit}{standardized}")
+        elif key == "reconstruction_mse_original_units":
+            scale = "per column, file's units squared (error² × training std_j²)"
+            print(f"reconstruction MSE        {value:10.6g} {scale}")
         elif key.endswith("_original_units"):
             what = f"ELBO{given}" if key == "elbo_original_units" else f"log p(x{given}) (IWAE)"
             print(f"test {what:<20} {value:10.3f} nats per row in the file's units")
@@ -657,6 +660,8 @@ def _print_test(test: dict[str, Any], table: bool = False) -> None:
             scale = "per pixel, [0, 1] scale"
             if table:
                 scale = "per column, as observed (standardized for normal)"
+                if "reconstruction_mse_original_units" in test:
+                    scale = "per column, standardized (mean over columns and rows)"
             print(f"reconstruction MSE        {value:10.4f} {scale}")
         elif key == "active_units":
             print(f"active latent units       {value:>5} of {test['latent_dim']}")

@@ -235,7 +235,8 @@ def check_architecture(arch: str, x_dim: int | None, image_shape, channels=None)
     if image_shape is None:
         raise ValueError(
             "image_shape: None; arch='conv' needs the images' (H, W) or (C, H, W) "
-            "(pyro_vae.data.DataSplits.image_shape)"
+            "(pyro_vae.data.DataSplits.image_shape), and data without one (a table, rows "
+            "of an array) are no images; use arch='mlp' (--arch mlp)"
         )
     if x_dim is not None and math.prod(image_chw(image_shape)) != x_dim:
         raise ValueError(

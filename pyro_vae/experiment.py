@@ -51,7 +51,7 @@ from pyro_vae.predictive import (
 from pyro_vae.provenance import check_unchanged
 from pyro_vae.run_config import STANDARD_MODEL_OPTIONS, RunConfig
 from pyro_vae.spec import call_with_supported, load_object, supported_options
-from pyro_vae.tables import original_units
+from pyro_vae.tables import original_units, squared_errors
 
 
 @dataclass
@@ -442,9 +442,20 @@ def _first_rows(args, count: int):
 
 def _reconstruction_metric(exp: Experiment, x, split, metrics, skipped) -> None:
     """The mean squared reconstruction error into ``metrics``, or why not into ``skipped``;
-    memory-mapped rows a chunk at a time."""
+    memory-mapped rows a chunk at a time. A table of standardized columns also gets
+    ``reconstruction_mse_original_units`` (:func:`pyro_vae.tables.squared_errors`, from
+    the same reconstructions)."""
     model, guide, device = exp.model, exp.guide, exp.device
+    standardization = getattr(exp.data, "info", {}).get("standardization")
     try:
+        if standardization is not None:
+            means = _row_means(
+                lambda rows: squared_errors(reconstruct(model, guide, rows), rows, standardization),
+                x,
+                split,
+            )
+            metrics["reconstruction_mse"], metrics["reconstruction_mse_original_units"] = means
+            return
         metrics["reconstruction_mse"] = _row_mean(
             lambda rows: torch.cat(
                 [
@@ -511,6 +522,21 @@ def _row_mean(per_row, x, group: Group | None) -> float:
     )
     group.all_reduce(total)
     return (total[0] / total[1]).item()
+
+
+def _row_means(per_row, x: torch.Tensor, group: Group | None) -> list[float]:
+    """:func:`_row_mean` of ``per_row(x)`` giving ``[N, k]`` values: the k means, in
+    float64 (an in-memory ``x``: a table's rows)."""
+    if group is None:
+        return per_row(x).double().mean(0).tolist()
+    part = shard_of(_num_rows(x), group.rank, group.world)
+    count = part.stop - part.start
+    values = per_row(x[part if count else slice(0, 1)]).double().cpu()  # as _row_mean's
+    total = torch.cat(
+        [values.sum(0) if count else torch.zeros_like(values[0]), values.new_tensor([count])]
+    )
+    group.all_reduce(total)
+    return (total[:-1] / total[-1]).tolist()
 
 
 def _part_of(x, part: slice):

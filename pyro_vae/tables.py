@@ -23,7 +23,9 @@ integers, both used as they are.
 
 A model of standardized columns gives densities of the standardized values: in nats of
 x_std = (x − mean) / std. :func:`original_units` turns a row's log-density into one of
-the file's values by the change of variables log p(x) = log p(x_std) − Σ_j log std_j.
+the file's values by the change of variables log p(x) = log p(x_std) − Σ_j log std_j,
+and :func:`squared_errors` a reconstruction's squared error into one of the file's values,
+(x̂ − x)² = (x̂_std − x_std)² std_j² per column j.
 """
 
 from __future__ import annotations
@@ -290,7 +292,9 @@ def original_units(metrics: dict[str, Any], standardization: dict[str, Any]) -> 
     by log p(x) = log p(x_std) − Σ_j log std_j (the standardization's Jacobian), with
     ``units`` saying which is which. ``standardization``: the ``info`` entry
     :func:`table_observations` records (its ``std``, one per column). A KL between
-    latent distributions has no data units and is left as it is.
+    latent distributions has no data units and is left as it is. When ``metrics`` holds
+    ``reconstruction_mse_original_units`` (:func:`squared_errors`, computed with the
+    reconstruction), ``units`` says what both mean squared errors are too.
     """
     log_jacobian = float(np.log(np.asarray(standardization["std"], dtype=np.float64)).sum())
     out: dict[str, Any] = {
@@ -304,7 +308,44 @@ def original_units(metrics: dict[str, Any], standardization: dict[str, Any]) -> 
             "*_original_units: nats per row of the file's values, minus sum_j log std_j "
             f"= {log_jacobian:.6g} nats"
         )
+    if "reconstruction_mse_original_units" in metrics:
+        mse = (
+            "reconstruction_mse: squared error of the standardized columns, the mean over "
+            "columns and rows; reconstruction_mse_original_units: the same squared errors "
+            "times each column's training variance std_j^2 (those of the file's values), "
+            "averaged alike"
+        )
+        out["units"] = f"{out['units']}; {mse}" if out else mse
     return out
+
+
+def squared_errors(
+    x_hat: torch.Tensor, x: torch.Tensor, standardization: dict[str, Any]
+) -> torch.Tensor:
+    """A reconstruction's squared error per row, ``[N, 2]``: column 0 the mean over the D
+    columns of (x̂_j − x_j)² in standardized units (what ``reconstruction_mse`` averages
+    for any data), column 1 the mean over the columns of (x̂_j − x_j)² std_j², which is
+    the squared error of the de-standardized values x̂_j std_j + mean_j and x_j std_j +
+    mean_j, in the file's units squared (``reconstruction_mse_original_units``). Both are
+    plain means over columns, so a column of large variance weighs more in the second.
+
+    Args:
+        x_hat, x: ``[N, D]`` standardized values (a reconstruction and the data).
+        standardization: the ``info`` entry :func:`table_observations` records (its
+            ``std``, one per column, from the training split).
+
+    Raises:
+        ValueError: ``x_hat`` and ``x`` are not both ``[N, D]`` with D the standardized
+            columns.
+    """
+    std = torch.as_tensor(standardization["std"], dtype=torch.float64, device=x.device)
+    if x_hat.shape != x.shape or x.dim() != 2 or x.shape[1] != std.numel():
+        raise ValueError(
+            f"x_hat, x: shapes {tuple(x_hat.shape)} and {tuple(x.shape)}; expected both "
+            f"[N, {std.numel()}], one value per standardized column"
+        )
+    error = (x_hat.double() - x.double()).pow(2)
+    return torch.stack([error.mean(-1), (error * std.pow(2)).mean(-1)], -1)
 
 
 def _standardized(

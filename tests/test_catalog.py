@@ -440,6 +440,26 @@ CLI = [
         ["npy_unlabelled.npy' came without labels", "CVAE uses labels"],
     ),
     (
+        "fit-cvae-conv-table",
+        None,
+        ["fit", "--out", "{new}", "--model", "models.cvae:CVAE", "--data", "{csv_ok}",
+         "--label-column", "y", "--likelihood", "normal", "--arch", "conv"],
+        ["image_shape: None", "a table", "are no images", "--arch mlp"],
+    ),
+    (
+        "fit-m2-conv-too-many-convolutions",
+        None,
+        ["fit", "--out", "{new}", "--model", "models.m2:M2", "--estimator", "enum", "--arch",
+         "conv", "--channels", "4", "4", "4", "4"],
+        ["channels: (4, 4, 4, 4)", "8x8 images", "at most 3"],
+    ),
+    (
+        "fit-cvae-channels-mlp",
+        None,
+        ["fit", "--out", "{new}", "--model", "models.cvae:CVAE", "--channels", "4"],
+        ["channels: (4,)", "arch is 'mlp'", "--arch conv"],
+    ),
+    (
         "fit-table-image-size",
         None,
         ["fit", "--out", "{new}", "--data", "{csv_ok}", "--image-size", "2", "2"],

@@ -119,6 +119,8 @@ def test_the_arch_switch_refuses_what_it_cannot_build():
         encoder_trunk(64, (8,), arch="resnet")
     with pytest.raises(ValueError, match=r"image_shape: None; arch='conv' needs the images'"):
         encoder_trunk(64, (8,), arch="conv")
+    with pytest.raises(ValueError, match=r"a table, rows of an array\) are no images; use arch="):
+        check_architecture("conv", 64, None)
     with pytest.raises(ValueError) as info:
         check_architecture("conv", 64, (3, 8, 8))
     assert str(info.value) == (

@@ -303,10 +303,26 @@ def _m2():
     return model, model.make_guide(), data, "enum"
 
 
+_CONV = {"arch": "conv", "image_shape": (2, 4), "channels": (2,)}  # one convolution: 2x4 -> 1x2
+
+
+def _cvae_conv():
+    model = CVAE(8, num_classes=2, latent_dim=2, hidden_dims=(4,), **_CONV)
+    return model, model.make_guide(), _labelled(images()), "trace"
+
+
+def _m2_conv():
+    model = M2(8, num_classes=2, latent_dim=2, hidden_dims=(4,), **_CONV)
+    data = _labelled(images()).with_labelled_subset(count=2)
+    return model, model.make_guide(), data, "enum"
+
+
 CASES = {
     "vae": _vae,
     "cvae": _cvae,
+    "cvae-conv": _cvae_conv,
     "m2": _m2,
+    "m2-conv": _m2_conv,
     "vae-categorical": _vae_categorical,
     "vae-mog-prior": lambda: _vae_prior("mog"),
     "vae-vamp-prior": lambda: _vae_prior("vamp"),

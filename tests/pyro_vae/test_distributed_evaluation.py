@@ -19,6 +19,7 @@ from tests.pyro_vae.distributed_worker import FEATURES, TinyVAE, aligned_noise
 from tests.pyro_vae.test_distributed import _ranks
 
 TEST_ROWS = 12
+TABLE_MSE = ("reconstruction_mse", "reconstruction_mse_original_units")
 
 
 def _evaluate(rank: int, world: int, group=None) -> dict:
@@ -39,10 +40,16 @@ def _evaluate(rank: int, world: int, group=None) -> dict:
     with aligned_noise(rank, world):
         metrics = evaluate_test_set(exp, 4, None, elbo_samples=3, group=group)
     one = evaluate_test_set(exp, 2, 1, elbo_samples=1, group=group)
+    # the rows as a standardized table's: both reconstruction errors, reduced together
+    std = [0.5 + j for j in range(FEATURES)]
+    data.info = {"standardization": {"mean": [0.0] * FEATURES, "std": std}}
+    with aligned_noise(rank, world):
+        table = evaluate_test_set(exp, 0, None, elbo_samples=1, group=group)
     return {
         **metrics,
         "one_row": one["log_likelihood"],
         "one_row_points": one["log_likelihood_points"],
+        **{f"table_{k}": table[k] for k in TABLE_MSE},
     }
 
 
@@ -51,7 +58,8 @@ def test_two_ranks_share_the_test_set_and_report_the_single_process_means(tmp_pa
     expected = _evaluate(rank=0, world=1)  # meanwhile, here
     assert [p.wait(timeout=120) for p in ranks] == [0, 0]
     got = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
-    for key in ("elbo", "log_likelihood", "reconstruction_mse"):
+    table = [f"table_{k}" for k in TABLE_MSE]
+    for key in ("elbo", "log_likelihood", "reconstruction_mse", *table):
         for rank in range(2):
             assert abs(got[rank][key] - expected[key]) <= 1e-5 * abs(expected[key]), (key, rank)
     assert got[0]["one_row"] == got[1]["one_row"] and got[0]["one_row_points"] == 1
@@ -59,6 +67,7 @@ def test_two_ranks_share_the_test_set_and_report_the_single_process_means(tmp_pa
     assert got[0]["log_likelihood_points"] == TEST_ROWS
     assert "active_units" in got[0] and "active_units" not in got[1]  # rank 0 alone counts them
     assert expected["elbo"] < expected["log_likelihood"] < 0  # the numbers mean something
+    assert expected[table[1]] > 2 * expected[table[0]] > 0  # std_j^2 from 0.25 to 20.25
 
 
 if __name__ == "__main__":

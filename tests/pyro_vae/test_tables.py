@@ -13,7 +13,10 @@ from pyro.infer import Trace_ELBO
 from pyro_vae import TrainConfig, fit
 from pyro_vae.cli import main
 from pyro_vae.data import Preprocessing, load_data
-from pyro_vae.tables import TableError, original_units, read_table
+from pyro_vae.evaluate import reconstruction_error
+from pyro_vae.experiment import load
+from pyro_vae.predictive import reconstruct
+from pyro_vae.tables import TableError, original_units, read_table, squared_errors
 
 FAST = ["--epochs", "1", "--no-progress", "--hidden", "8", "--latent-dim", "2"]
 
@@ -258,3 +261,50 @@ def test_one_column_and_quoted_commas_still_read(tmp_path):
     (tmp_path / "quoted.csv").write_text('a,name,b\n1,"x, y",2\n3,"z",4\n')
     table = read_table(tmp_path / "quoted.csv")
     assert table.columns == ("a", "b") and table.features.tolist() == [[1, 2], [3, 4]]
+
+
+def test_squared_errors_in_original_units_are_those_of_the_de_standardized_values():
+    rng = np.random.default_rng(5)
+    mean, std = np.array([5.0, -1.0, 300.0]), np.array([2.0, 0.5, 40.0])
+    x, x_hat = rng.normal(mean, std, (7, 3)), rng.normal(mean, std, (7, 3))
+    standardization = {"mean": mean.tolist(), "std": std.tolist()}
+    errors = squared_errors(
+        torch.tensor((x_hat - mean) / std), torch.tensor((x - mean) / std), standardization
+    )
+    assert errors.shape == (7, 2)
+    direct = ((x_hat - x) ** 2).mean(1)  # in the file's units, computed on its values
+    assert errors[:, 1].numpy() == pytest.approx(direct, rel=1e-12)
+    standardized = (((x_hat - x) / std) ** 2).mean(1)
+    assert errors[:, 0].numpy() == pytest.approx(standardized, rel=1e-12)
+    with pytest.raises(ValueError, match=r"x_hat, x: shapes \(7, 2\) and \(7, 2\); expected"):
+        squared_errors(torch.zeros(7, 2), torch.zeros(7, 2), standardization)
+
+
+def test_a_normal_table_run_reports_its_reconstruction_mse_in_the_files_units(tmp_path, capsys):
+    rng = np.random.default_rng(4)
+    table = pd.DataFrame({"a": rng.normal(0, 100, 40), "b": rng.normal(7, 3.0, 40)})
+    table.to_csv(tmp_path / "t.csv", index=False)
+    run = tmp_path / "run"
+    argv = ["fit", "--data", str(tmp_path / "t.csv"), "--likelihood", "normal", *FAST]
+    assert main([*argv, "--ll-samples", "0", "--out", str(run)]) == 0
+    test = json.loads((run / "metrics.json").read_text())["test"]
+    printed = capsys.readouterr().out
+    assert "file's units squared" in printed and "mean over columns and rows" in printed
+    assert "reconstruction_mse_original_units" in test["units"]
+    # the run's reconstructions of its test rows, de-standardized, against the file's rows
+    exp = load(run)
+    stats = exp.data.info["standardization"]
+    with torch.no_grad():
+        x_hat = reconstruct(exp.model, exp.guide, exp.data.test_x).double().numpy()
+    back = x_hat * np.array(stats["std"]) + np.array(stats["mean"])
+    raw = table.to_numpy()
+    test_std = exp.data.test_x.double().numpy()
+    rows = [
+        int(np.abs((raw - stats["mean"]) / stats["std"] - row).sum(1).argmin()) for row in test_std
+    ]
+    direct = ((back - raw[rows]) ** 2).mean()
+    assert test["reconstruction_mse_original_units"] == pytest.approx(direct, rel=1e-5)
+    standardized = reconstruction_error(exp.model, exp.guide, exp.data.test_x).mean().item()
+    assert test["reconstruction_mse"] == pytest.approx(standardized, rel=1e-5)
+    # σ ≈ 100 and 3: the two differ by orders of magnitude, so neither is the other
+    assert test["reconstruction_mse_original_units"] > 100 * test["reconstruction_mse"]
