@@ -60,17 +60,19 @@ class Run:
     eval_seconds: float
 
 
-def build(arch: str, channels: tuple[int, ...], seed: int) -> VAE:
+def build(arch: str, channels: tuple[int, ...], seed: int, activation: str = "softplus") -> VAE:
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
-    options = {"arch": arch, "image_shape": IMAGE}
+    options = {"arch": arch, "image_shape": IMAGE, "activation": activation}
     if arch == "conv":
         options["channels"] = channels
     return VAE(X_DIM, latent_dim=LATENT, hidden_dims=(HIDDEN,), **options)
 
 
-def train_and_score(data, arch: str, channels, epochs: int, seed: int, iwae_images: int) -> Run:
-    model = build(arch, channels, seed)
+def train_and_score(
+    data, arch: str, channels, epochs: int, seed: int, iwae_images: int, activation: str
+) -> Run:
+    model = build(arch, channels, seed, activation)
     guide = model.make_guide()
     config = TrainConfig(
         epochs=epochs, batch_size=BATCH_SIZE, lr=LR, seed=seed, patience=None, progress=False
@@ -117,7 +119,8 @@ def render(runs: list[Run], args, data, load_before: str) -> str:
         f"{torch.get_num_threads()} threads",
         f"- load average (1, 5, 15 min) before: {load_before}; now: {load_average()}",
         f"- {args.epochs} epochs, batch {BATCH_SIZE}, Adam lr {LR}, latent {LATENT}, hidden "
-        f"{HIDDEN}, conv channels {args.channels}; seeds {args.seeds}; statically binarized",
+        f"{HIDDEN}, conv channels {args.channels}, {args.activation} activations; seeds "
+        f"{args.seeds}; statically binarized",
         f"- test ELBO: {ELBO_SAMPLES} samples, {len(data.test_x):,} test images; log p(x): IWAE "
         f"K = {IWAE_SAMPLES}, first {args.iwae_images} test images; nats per image",
         "",
@@ -168,6 +171,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--channels", default="32,64,128", help="conv widths, comma-separated (default 32,64,128)"
     )
+    parser.add_argument(
+        "--activation", default="softplus", help="hidden nonlinearity of both (default softplus)"
+    )
     parser.add_argument("--train-images", type=int, default=None, help="first N (smoke runs)")
     parser.add_argument(
         "--iwae-images", type=int, default=IWAE_IMAGES, help="test images for log p(x)"
@@ -192,7 +198,11 @@ def main(argv: list[str] | None = None) -> None:
     for seed in range(args.seeds):
         for arch in ("mlp", "conv"):
             print(f"training {arch}, seed {seed}, {args.epochs} epochs ...", flush=True)
-            runs.append(train_and_score(data, arch, channels, args.epochs, seed, args.iwae_images))
+            runs.append(
+                train_and_score(
+                    data, arch, channels, args.epochs, seed, args.iwae_images, args.activation
+                )
+            )
             report = render(runs, args, data, load_before)
             args.output.write_text(report)
     print(report)
