@@ -25,15 +25,20 @@ its standard error (sample standard deviation / √seeds).
 
 The full budget of the issue (K = 16, 20 epochs, 3 seeds) is the default and takes hours
 on a CPU; ``--epochs`` and ``--seeds`` (and ``--train-images``) give a smaller one, and the
-table says which budget ran. Run from the repository root::
+table says which budget ran. Each finished run is also written to ``--results`` (JSON,
+default: the table's path with ``.json``), and ``--resume`` skips the (contender, seed)
+runs already there, so the full budget can be spread over several sittings (a run is
+the unit: one killed mid-run starts over). Run from the repository root::
 
     .venv/bin/python benchmarks/dreg_budget.py                     # the full budget
+    .venv/bin/python benchmarks/dreg_budget.py --resume            # ... continued
     .venv/bin/python benchmarks/dreg_budget.py --epochs 2 --seeds 2 --train-images 10000
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -120,6 +125,35 @@ def table(results: dict[str, list[tuple[float, float]]], args, load, seconds) ->
     )
 
 
+SETTINGS = ("k", "epochs", "seeds", "train_images", "ll_samples", "ll_points")
+
+
+def finished_runs(args) -> dict[tuple[str, int], tuple[float, float]]:
+    """{(contender, seed): (log p(x), seconds)} of ``--results`` when resuming, or
+    ValueError when that file was written with other settings."""
+    if not args.resume or not args.results.exists():
+        return {}
+    saved = json.loads(args.results.read_text())
+    mine = {key: getattr(args, key) for key in SETTINGS}
+    if saved["settings"] != mine:
+        raise ValueError(
+            f"--resume: {args.results} holds runs with settings {saved['settings']}, not "
+            f"{mine}; give those settings, another --results, or no --resume"
+        )
+    return {(r["contender"], r["seed"]): (r["log_px"], r["seconds"]) for r in saved["runs"]}
+
+
+def save_runs(args, done: dict[tuple[str, int], tuple[float, float]]) -> None:
+    runs = [
+        {"contender": name, "seed": seed, "log_px": ll, "seconds": seconds}
+        for (name, seed), (ll, seconds) in done.items()
+    ]
+    settings = {key: getattr(args, key) for key in SETTINGS}
+    temporary = args.results.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps({"settings": settings, "runs": runs}, indent=1))
+    temporary.replace(args.results)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--k", type=int, default=16)
@@ -129,17 +163,24 @@ def main(argv=None) -> None:
     parser.add_argument("--ll-samples", type=int, default=1000)
     parser.add_argument("--ll-points", type=int, default=1000)
     parser.add_argument("--output", type=Path, default=HERE / "dreg_budget.md")
+    parser.add_argument("--results", type=Path, default=None, help="JSON of finished runs")
+    parser.add_argument("--resume", action="store_true", help="skip the runs in --results")
     args = parser.parse_args(argv)
+    args.results = args.results or args.output.with_suffix(".json")
     started = time.perf_counter()
     load_start = load_average(" ")
     print(f"load average {load_start}", flush=True)
     data = load_data("fashion-mnist", val_fraction=0.0)
     data.train_x = data.train_x[: args.train_images]
     args.train_images = int(data.train_x.shape[0])
+    done = finished_runs(args)
     results: dict[str, list[tuple[float, float]]] = {}
     for seed in range(args.seeds):  # seeds outside, so a partial table is paired by seed
         for name, options in contenders(args.k).items():
-            ll, seconds = one_run(data, options, seed, args)
+            if (name, seed) not in done:
+                done[(name, seed)] = one_run(data, options, seed, args)
+                save_runs(args, done)
+            ll, seconds = done[(name, seed)]
             results.setdefault(name, []).append((ll, seconds))
             print(f"{name:<12} seed {seed}: log p(x) {ll:.2f} ({seconds:.0f} s)", flush=True)
             partial = table(results, args, (load_start, "(running)"), time.perf_counter() - started)
