@@ -30,8 +30,6 @@ image, its quadrant, the baseline's mean prediction and several CVAE samples E[x
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -39,6 +37,7 @@ from pathlib import Path
 import pyro
 import torch
 from pyro.infer import SVI, Trace_ELBO
+from report_common import load_average, machine_footer
 
 from models.cvae import CVAE
 from pyro_vae.data import Preprocessing, load_data
@@ -179,9 +178,7 @@ def table(result: dict, args, seconds: dict, loads: tuple[str, str], total: floa
         "",
         "![samples](cvae_quadrant.png)",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"torch {torch.__version__}, pyro {pyro.__version__}; load average before "
-        f"{loads[0]}, after {loads[1]}; {total:.0f} s in all.",
+        machine_footer(loads, total),
     ]
     return "\n".join(lines) + "\n"
 
@@ -207,16 +204,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def load() -> str:
-    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
 def main(argv: list[str] | None = None) -> dict:
     args = parse(argv)
     # On a busy 2-core machine a second thread costs more than it gives (a baseline step:
     # 25 ms on one thread, 280 ms on two, measured under a load average of 5)
     torch.set_num_threads(1)
-    loads = [load()]
+    loads = [load_average()]
     started = time.perf_counter()
     data = load_data(args.data, Preprocessing("bernoulli", "static"), val_fraction=0.0)
     mask = quadrant_mask(data.image_shape)
@@ -233,7 +226,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = scores(baseline, model, guide, test_rest, test_quadrant, args)
     result.update(rest_dim=int(rest.shape[1]), train_rows=int(rest.shape[0]))
     figure(baseline, model, data.test_x, mask, data.image_shape, args.out.with_suffix(".png"))
-    loads.append(load())
+    loads.append(load_average())
     text = table(result, args, seconds, tuple(loads), time.perf_counter() - started)
     args.out.write_text(text)
     print(text)

@@ -59,8 +59,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
-import platform
 import statistics
 import sys
 import time
@@ -71,6 +69,7 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.infer import SVI, TraceEnum_ELBO, config_enumerate
+from report_common import load_average, machine_footer
 from torch import nn
 
 from pyro_vae import fit
@@ -80,10 +79,6 @@ from pyro_vae.run_config import DataConfig, EstimatorConfig, ModelConfig, RunCon
 from pyro_vae.training_config import TrainingConfig
 
 HERE = Path(__file__).parent
-
-
-def load() -> str:
-    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def _cat(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -315,9 +310,7 @@ def table(results: dict, args, loads: tuple[str, str], seconds: float) -> str:
         )
     lines += [
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"torch {torch.__version__}, pyro {pyro.__version__}; load average before "
-        f"{loads[0]}, after {loads[1]}; {seconds:.0f} s in all.",
+        machine_footer(loads, seconds),
     ]
     return "\n".join(lines) + "\n"
 
@@ -349,7 +342,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
-    loads = [load()]
+    loads = [load_average()]
     print(f"load average {loads[0]}", flush=True)
     started = time.perf_counter()
 
@@ -358,7 +351,7 @@ def main(argv: list[str] | None = None) -> None:
         args.out.write_text(text.replace("# M2", "# (PARTIAL: still running) M2", 1))
 
     results = run(args, partial)
-    loads.append(load())
+    loads.append(load_average())
     text = table(results, args, tuple(loads), time.perf_counter() - started)
     args.out.write_text(text)
     print(text)
