@@ -2,11 +2,13 @@
 
 Two contenders, each ``models.vae.VAE`` with its amortized Normal guide, trained with
 ``pyro_vae.fit`` and the ``trace`` estimator (Pyro's ``Trace_ELBO``) on the same data, seed,
-epochs, batch size and learning rate; only ``arch`` differs:
+epochs, batch size and learning rate; only ``arch`` (and with it the default activation)
+differs:
 
-- ``mlp``: encoder 784-400-(20, 20), decoder 20-400-784, Softplus (the package default);
+- ``mlp``: encoder 784-400-(20, 20), decoder 20-400-784, Softplus (an MLP's default);
 - ``conv``: :mod:`pyro_vae.convnets`, 4x4 stride-2 convolutions of ``--channels`` widths
-  (28 → 14 → 7 → 3) then the same 400-unit layer, mirrored by transposed convolutions.
+  (28 → 14 → 7 → 3) then the same 400-unit layer, mirrored by transposed convolutions,
+  ELU (a conv network's default; ``--activation`` sets one for both).
 
 Both are scored by one evaluator: test ELBO (``elbo_per_datapoint``, 10 samples, all 10,000
 test images) and log p(x) (``iwae_log_likelihood``, K = 1,000, the first 1,000 test
@@ -60,7 +62,7 @@ class Run:
     eval_seconds: float
 
 
-def build(arch: str, channels: tuple[int, ...], seed: int, activation: str = "softplus") -> VAE:
+def build(arch: str, channels: tuple[int, ...], seed: int, activation: str | None = None) -> VAE:
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     options = {"arch": arch, "image_shape": IMAGE, "activation": activation}
@@ -119,7 +121,8 @@ def render(runs: list[Run], args, data, load_before: str) -> str:
         f"{torch.get_num_threads()} threads",
         f"- load average (1, 5, 15 min) before: {load_before}; now: {load_average()}",
         f"- {args.epochs} epochs, batch {BATCH_SIZE}, Adam lr {LR}, latent {LATENT}, hidden "
-        f"{HIDDEN}, conv channels {args.channels}, {args.activation} activations; seeds "
+        f"{HIDDEN}, conv channels {args.channels}, "
+        f"{args.activation or 'default (softplus MLP, ELU conv)'} activations; seeds "
         f"{args.seeds}; statically binarized",
         f"- test ELBO: {ELBO_SAMPLES} samples, {len(data.test_x):,} test images; log p(x): IWAE "
         f"K = {IWAE_SAMPLES}, first {args.iwae_images} test images; nats per image",
@@ -172,7 +175,9 @@ def main(argv: list[str] | None = None) -> None:
         "--channels", default="32,64,128", help="conv widths, comma-separated (default 32,64,128)"
     )
     parser.add_argument(
-        "--activation", default="softplus", help="hidden nonlinearity of both (default softplus)"
+        "--activation",
+        default=None,
+        help="hidden nonlinearity of both (default: each network's, softplus MLP, ELU conv)",
     )
     parser.add_argument("--train-images", type=int, default=None, help="first N (smoke runs)")
     parser.add_argument(

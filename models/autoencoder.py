@@ -19,7 +19,7 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
-from pyro_vae.convnets import decoder_network, encoder_trunk
+from pyro_vae.convnets import decoder_network, default_activation, encoder_trunk
 from pyro_vae.guides import EmptyGuide
 from pyro_vae.likelihoods import make_likelihood
 from pyro_vae.nn import mlp
@@ -36,7 +36,8 @@ class Autoencoder(PyroModule):
         likelihood: ``bernoulli``, ``gaussian`` or ``categorical``.
         levels: pixel levels L for ``categorical``.
         noise_std: standard deviation s of the corruption z' = z + ε in training mode.
-        activation: hidden nonlinearity.
+        activation: hidden nonlinearity (default: softplus for an MLP, ELU for
+            ``arch="conv"``; :func:`pyro_vae.convnets.default_activation`).
         arch: ``"mlp"``, or ``"conv"`` for a convolutional encoder and decoder
             (:mod:`pyro_vae.convnets`; ``hidden_dims`` is then the MLP between the
             convolutions and z).
@@ -58,11 +59,12 @@ class Autoencoder(PyroModule):
         likelihood: str = "bernoulli",
         levels: int | None = None,
         noise_std: float = 0.1,
-        activation: str = "softplus",
+        activation: str | None = None,
         arch: str = "mlp",
         image_shape: tuple[int, ...] | None = None,
         channels: Sequence[int] | None = None,
     ) -> None:
+        activation = default_activation(arch, activation)
         super().__init__(name="model")
         if noise_std < 0:
             raise ValueError(f"noise_std: {noise_std} is negative; expected a standard deviation")

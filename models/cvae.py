@@ -43,7 +43,7 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
-from pyro_vae.convnets import check_architecture, decoder_network, encoder_trunk
+from pyro_vae.convnets import check_architecture, decoder_network, default_activation, encoder_trunk
 from pyro_vae.guides import AmortizedNormal
 from pyro_vae.likelihoods import make_likelihood
 from pyro_vae.plates import data_plate
@@ -98,7 +98,8 @@ class CVAE(PyroModule):
         hidden_dims: decoder hidden widths (the guide's encoder uses them reversed).
         likelihood: ``bernoulli``, ``gaussian`` or ``categorical``.
         levels: pixel levels L for ``categorical``.
-        activation: hidden nonlinearity.
+        activation: hidden nonlinearity (default: softplus for an MLP, ELU for
+            ``arch="conv"``; :func:`pyro_vae.convnets.default_activation`).
         arch: ``"mlp"``, or ``"conv"`` for a convolutional decoder and guide encoder
             (module docstring; ``hidden_dims`` is then the MLP between the convolutions and
             [z, c(y)]).
@@ -127,12 +128,13 @@ class CVAE(PyroModule):
         hidden_dims: Sequence[int] = (400,),
         likelihood: str = "bernoulli",
         levels: int | None = None,
-        activation: str = "softplus",
+        activation: str | None = None,
         arch: str = "mlp",
         condition_dim: int | None = None,
         image_shape: tuple[int, ...] | None = None,
         channels: Sequence[int] | None = None,
     ) -> None:
+        activation = default_activation(arch, activation)
         super().__init__(name="model")
         check_architecture(arch, x_dim, image_shape, channels)
         if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:

@@ -70,7 +70,7 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
-from pyro_vae.convnets import check_architecture, decoder_network, encoder_trunk
+from pyro_vae.convnets import check_architecture, decoder_network, default_activation, encoder_trunk
 from pyro_vae.evaluate import elbo_per_datapoint, eval_mode, iwae_log_likelihood
 from pyro_vae.likelihoods import make_likelihood
 from pyro_vae.nn import mlp
@@ -133,7 +133,8 @@ class M2Guide(PyroModule):
     Args:
         x_dim: D. num_classes: C. latent_dim: size of z.
         hidden_dims: widths of the classifier's and of the z encoder's MLPs.
-        activation: their nonlinearity.
+        activation: their nonlinearity (default: softplus for an MLP, ELU for
+            ``arch="conv"``; :func:`pyro_vae.convnets.default_activation`).
         arch, image_shape, channels: as :class:`M2`'s (module docstring).
 
     Raises:
@@ -146,11 +147,12 @@ class M2Guide(PyroModule):
         num_classes: int,
         latent_dim: int,
         hidden_dims: Sequence[int],
-        activation: str = "softplus",
+        activation: str | None = None,
         arch: str = "mlp",
         image_shape: tuple[int, ...] | None = None,
         channels: Sequence[int] | None = None,
     ) -> None:
+        activation = default_activation(arch, activation)
         super().__init__(name="guide")
         self.x_dim, self.num_classes, self.latent_dim = x_dim, num_classes, latent_dim
         hidden = tuple(int(h) for h in hidden_dims)
@@ -203,7 +205,8 @@ class M2(PyroModule):
             (Kingma et al.: one layer of 500).
         likelihood: ``bernoulli``, ``gaussian``, ``categorical`` or ``normal``
             (:mod:`pyro_vae.likelihoods`). levels: pixel levels for ``categorical``.
-        activation: hidden nonlinearity.
+        activation: hidden nonlinearity (default: softplus for an MLP, ELU for
+            ``arch="conv"``; :func:`pyro_vae.convnets.default_activation`).
         arch: ``"mlp"``, or ``"conv"`` for convolutional networks (module docstring;
             ``hidden_dims`` is then the MLP after the convolutions).
         image_shape: the images' ``(H, W)`` or ``(C, H, W)``, with C·H·W = ``x_dim``; needed
@@ -230,12 +233,13 @@ class M2(PyroModule):
         hidden_dims: Sequence[int] = (500,),
         likelihood: str = "bernoulli",
         levels: int | None = None,
-        activation: str = "softplus",
+        activation: str | None = None,
         alpha: float | None = None,
         arch: str = "mlp",
         image_shape: tuple[int, ...] | None = None,
         channels: Sequence[int] | None = None,
     ) -> None:
+        activation = default_activation(arch, activation)
         super().__init__(name="model")
         _check_options(num_classes, latent_dim, alpha)
         check_architecture(arch, x_dim, image_shape, channels)

@@ -24,6 +24,7 @@ import torch
 
 from models.latent_decoder import LatentDecoderModel
 from models.priors import PRIORS, GaussianMixturePrior, VampPrior
+from pyro_vae.convnets import default_activation
 from pyro_vae.guides import AmortizedNormal
 
 
@@ -36,7 +37,8 @@ class VAE(LatentDecoderModel):
         hidden_dims: decoder hidden widths (the guide's encoder uses them reversed).
         likelihood: ``bernoulli``, ``gaussian`` or ``categorical``.
         levels: pixel levels L for ``categorical``.
-        activation: hidden nonlinearity.
+        activation: hidden nonlinearity (default: softplus for an MLP, ELU for
+            ``arch="conv"``; :func:`pyro_vae.convnets.default_activation`).
         arch: ``"mlp"``, or ``"conv"`` for convolutional decoder and guide encoder
             (:mod:`pyro_vae.convnets`; ``hidden_dims`` is then the MLP between the
             convolutions and z).
@@ -65,13 +67,14 @@ class VAE(LatentDecoderModel):
         hidden_dims: Sequence[int] = (400,),
         likelihood: str = "bernoulli",
         levels: int | None = None,
-        activation: str = "softplus",
+        activation: str | None = None,
         arch: str = "mlp",
         image_shape: tuple[int, ...] | None = None,
         channels: Sequence[int] | None = None,
         prior: str = "normal",
         prior_components: int | None = None,
     ) -> None:
+        activation = default_activation(arch, activation)
         if prior not in PRIORS:
             raise ValueError(f"prior: {prior!r} is not one of {', '.join(map(repr, PRIORS))}")
         if prior == "normal" and prior_components is not None:

@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 
 from pyro_vae import estimators
 from pyro_vae.checkpoint import RunFolder, RunFolderError
-from pyro_vae.convnets import ARCHITECTURES, DEFAULT_CHANNELS
+from pyro_vae.convnets import ARCHITECTURES, DEFAULT_CHANNELS, default_activation
 from pyro_vae.data import BINARIZATIONS, DatasetNotFoundError, resolved_name
 from pyro_vae.devices import resolve_device, to_device
 from pyro_vae.diagnostics.gradient_variance import gradient_variance
@@ -63,7 +63,7 @@ from pyro_vae.train import TrainingDiverged, fit
 # experiment from it once and writes it to config.json. The application names the model it
 # fits by default; the library names none.
 DEFAULT_MODEL = "models.vae:VAE"
-_MODEL_DEFAULTS = {"latent_dim": 20, "hidden_dims": [400], "activation": "softplus"}
+_MODEL_DEFAULTS = {"latent_dim": 20, "hidden_dims": [400]}
 _MODEL_FLAGS = {
     "latent_dim": "latent_dim",
     "hidden_dims": "hidden",
@@ -170,7 +170,7 @@ def _add_fit_model(f: argparse.ArgumentParser) -> None:
         help="decoder hidden widths, the encoder's reversed (none: linear, as a classic SBN; "
         "default 400)",
     )
-    f.add_argument("--activation", default=None, help="default softplus")
+    f.add_argument("--activation", default=None, help="default softplus (mlp), elu (--arch conv)")
     f.add_argument(
         "--arch",
         choices=ARCHITECTURES,
@@ -603,6 +603,9 @@ def _should_compile(args: argparse.Namespace, elbo, model, guide) -> bool:
 
 def _default(args: argparse.Namespace, key: str) -> Any:
     value = getattr(args, _MODEL_FLAGS[key])
+    if key == "activation" and value is None:  # softplus for an MLP, ELU for conv networks
+        arch = dict(args.model_opt).get("arch", args.arch) or "mlp"
+        return default_activation(arch, None)
     return _MODEL_DEFAULTS.get(key) if value is None else value
 
 

@@ -29,6 +29,7 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from pyro_vae.checks import check_count, check_widths
+from pyro_vae.convnets import default_activation
 from pyro_vae.guides.gaussian_encoder import add_gaussian_encoder
 from pyro_vae.plate_declaration import data_plate
 
@@ -42,7 +43,8 @@ class AmortizedFlow(PyroModule):
         x_dim: number of input features D.
         latent_dim: size of z.
         hidden_dims: widths of the encoder trunk φ; its last width is the context size.
-        activation: nonlinearity of the trunk.
+        activation: nonlinearity of the trunk (default: softplus for an MLP, ELU for
+            ``arch="conv"``; :func:`pyro_vae.convnets.default_activation`).
         site: name of the latent sample site in the model.
         num_flows: number of flow steps T (default 2).
         flow_hidden_dims: widths of each step's autoregressive network (default
@@ -75,7 +77,7 @@ class AmortizedFlow(PyroModule):
         x_dim: int,
         latent_dim: int,
         hidden_dims: Sequence[int] = (400,),
-        activation: str = "softplus",
+        activation: str | None = None,
         site: str = "z",
         num_flows: int = 2,
         flow_hidden_dims: Sequence[int] | None = None,
@@ -83,6 +85,7 @@ class AmortizedFlow(PyroModule):
         image_shape: tuple[int, ...] | None = None,
         channels: Sequence[int] | None = None,
     ) -> None:
+        activation = default_activation(arch, activation)
         check_count("num_flows", num_flows, 1, "; AmortizedNormal is the guide without flows")
         flow_hidden_dims = (10 * latent_dim,) if flow_hidden_dims is None else flow_hidden_dims
         check_widths("flow_hidden_dims", flow_hidden_dims)

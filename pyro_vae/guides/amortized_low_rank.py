@@ -22,6 +22,7 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from pyro_vae.checks import check_count
+from pyro_vae.convnets import default_activation
 from pyro_vae.guides.gaussian_encoder import add_gaussian_encoder
 from pyro_vae.plate_declaration import data_plate
 
@@ -33,7 +34,8 @@ class AmortizedLowRankNormal(PyroModule):
         x_dim: number of input features D.
         latent_dim: size of z.
         hidden_dims: widths of the encoder trunk φ.
-        activation: nonlinearity of the trunk.
+        activation: nonlinearity of the trunk (default: softplus for an MLP, ELU for
+            ``arch="conv"``; :func:`pyro_vae.convnets.default_activation`).
         site: name of the latent sample site in the model.
         rank: columns of the factor V (default 2); a rank above ``latent_dim`` is clipped to
             ``latent_dim``, which already spans every covariance.
@@ -56,13 +58,14 @@ class AmortizedLowRankNormal(PyroModule):
         x_dim: int,
         latent_dim: int,
         hidden_dims: Sequence[int] = (400,),
-        activation: str = "softplus",
+        activation: str | None = None,
         site: str = "z",
         rank: int = 2,
         arch: str = "mlp",
         image_shape: tuple[int, ...] | None = None,
         channels: Sequence[int] | None = None,
     ) -> None:
+        activation = default_activation(arch, activation)
         check_count("rank", rank, 1, "; expected the number of columns of the factor V")
         super().__init__(name="guide")
         self.rank = min(int(rank), latent_dim)

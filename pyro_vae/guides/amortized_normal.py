@@ -18,6 +18,7 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 
+from pyro_vae.convnets import default_activation
 from pyro_vae.guides.gaussian_encoder import add_gaussian_encoder
 from pyro_vae.plate_declaration import data_plate
 
@@ -29,7 +30,8 @@ class AmortizedNormal(PyroModule):
         x_dim: number of input features D.
         latent_dim: size of z.
         hidden_dims: widths of the encoder trunk φ.
-        activation: nonlinearity of the trunk.
+        activation: nonlinearity of the trunk (default: softplus for an MLP, ELU for
+            ``arch="conv"``; :func:`pyro_vae.convnets.default_activation`).
         site: name of the latent sample site in the model.
         arch: ``"mlp"`` (the trunk above) or ``"conv"``: stride-2 convolutions of widths
             ``channels`` on the ``image_shape`` images, then the ``hidden_dims`` MLP
@@ -52,12 +54,13 @@ class AmortizedNormal(PyroModule):
         x_dim: int,
         latent_dim: int,
         hidden_dims: Sequence[int] = (400,),
-        activation: str = "softplus",
+        activation: str | None = None,
         site: str = "z",
         arch: str = "mlp",
         image_shape: tuple[int, ...] | None = None,
         channels: Sequence[int] | None = None,
     ) -> None:
+        activation = default_activation(arch, activation)
         super().__init__(name="guide")
         add_gaussian_encoder(
             self, x_dim, latent_dim, site, hidden_dims, activation, arch, image_shape, channels

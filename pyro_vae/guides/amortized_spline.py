@@ -29,6 +29,7 @@ from pyro.distributions.transforms import ConditionalSplineAutoregressive
 from pyro.nn import ConditionalAutoRegressiveNN
 
 from pyro_vae.checks import check_count
+from pyro_vae.convnets import default_activation
 from pyro_vae.guides.amortized_flow import AmortizedFlow
 
 
@@ -62,7 +63,7 @@ class AmortizedSplineFlow(AmortizedFlow):
         x_dim: int,
         latent_dim: int,
         hidden_dims: Sequence[int] = (400,),
-        activation: str = "softplus",
+        activation: str | None = None,
         site: str = "z",
         num_flows: int = 2,
         flow_hidden_dims: Sequence[int] | None = None,
@@ -72,6 +73,7 @@ class AmortizedSplineFlow(AmortizedFlow):
         image_shape: tuple[int, ...] | None = None,
         channels: Sequence[int] | None = None,
     ) -> None:
+        activation = default_activation(arch, activation)
         check_count("count_bins", count_bins, 2, "; a spline needs at least two segments")
         if isinstance(bound, bool) or not isinstance(bound, int | float) or not bound > 0:
             raise ValueError(f"bound: {bound!r} is not a positive number")

@@ -714,6 +714,7 @@ def test_a_conv_vae_fits_evaluates_samples_and_resumes_as_a_conv_vae(tmp_path, c
     config = RunFolder(run).read_config()
     assert config["model_options"]["arch"] == "conv"
     assert config["model_options"]["channels"] == [2, 4]
+    assert config["model_options"]["activation"] == "elu"  # conv networks' default, recorded
     assert config["train"]["compile"] is True  # --compile auto recorded the conv step
     weights = RunFolder(run).load_checkpoint()["model"]
     assert weights["decoder.net.net.3.weight"].shape == (4, 2, 4, 4)  # ConvTranspose2d 4 -> 2

@@ -13,6 +13,7 @@ from pyro_vae.convnets import (
     ConvEncoder,
     check_architecture,
     decoder_network,
+    default_activation,
     encoder_trunk,
     feature_sizes,
     image_chw,
@@ -138,3 +139,23 @@ def test_the_arch_switch_refuses_what_it_cannot_build():
         ConvDecoder(2, (8, 8), (2,), parameter_axis="middle")
     with pytest.raises(ValueError, match="activation: 'gelu' is not one of"):
         ConvEncoder((8, 8), (2,), activation="gelu")
+
+
+def test_conv_networks_default_to_elu_and_mlps_to_softplus():
+    from models.cvae import CVAE
+    from models.m2 import M2
+    from models.vae import VAE
+
+    assert default_activation("conv", None) == "elu"
+    assert default_activation("mlp", None) == "softplus"
+    assert default_activation("conv", "softplus") == "softplus"  # an explicit choice stays
+
+    def kinds(module):
+        return {type(m) for m in module.modules()} & {nn.ELU, nn.Softplus}
+
+    for cls, extra in ((VAE, {}), (CVAE, {"num_classes": 3}), (M2, {"num_classes": 3})):
+        conv = cls(64, latent_dim=2, hidden_dims=(8,), arch="conv", image_shape=(8, 8),
+                   channels=(2,), **extra)  # fmt: skip
+        assert kinds(conv) | kinds(conv.make_guide()) == {nn.ELU}, cls.__name__
+        mlp = cls(64, latent_dim=2, hidden_dims=(8,), **extra)
+        assert kinds(mlp) | kinds(mlp.make_guide()) == {nn.Softplus}, cls.__name__
