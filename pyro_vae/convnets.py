@@ -118,7 +118,7 @@ class ConvEncoder(nn.Module):
         image_shape,
         channels: Sequence[int] = DEFAULT_CHANNELS,
         hidden_dims: Sequence[int] = (),
-        activation: str = "softplus",
+        activation: str = "elu",
     ) -> None:
         super().__init__()
         channels = _check(channels, activation)
@@ -167,7 +167,7 @@ class ConvDecoder(nn.Module):
         image_shape,
         channels: Sequence[int] = DEFAULT_CHANNELS,
         hidden_dims: Sequence[int] = (),
-        activation: str = "softplus",
+        activation: str = "elu",
         params_per_pixel: int = 1,
         parameter_axis: str = "first",
     ) -> None:
@@ -260,7 +260,7 @@ def default_activation(arch: str, activation: str | None) -> str:
 def encoder_trunk(
     x_dim: int,
     hidden_dims: Sequence[int],
-    activation: str = "softplus",
+    activation: str | None = None,
     arch: str = "mlp",
     image_shape=None,
     channels: Sequence[int] | None = None,
@@ -268,12 +268,13 @@ def encoder_trunk(
     """An encoder trunk φ(x) on flattened inputs ``[..., x_dim]`` and its output width:
     the MLP ``x_dim -> hidden_dims`` (``arch="mlp"``; ``image_shape`` and ``channels`` are
     not used) or a :class:`ConvEncoder` (``arch="conv"``; ``channels`` default
-    :data:`DEFAULT_CHANNELS`).
+    :data:`DEFAULT_CHANNELS`); ``activation`` default :func:`default_activation`'s.
 
     Raises:
         ValueError: :func:`check_architecture`'s, and the networks' own.
     """
     check_architecture(arch, x_dim, image_shape, channels)
+    activation = default_activation(arch, activation)
     if arch == "conv":
         channels = DEFAULT_CHANNELS if channels is None else channels
         encoder = ConvEncoder(image_shape, channels, hidden_dims, activation)
@@ -286,7 +287,7 @@ def decoder_network(
     latent_dim: int,
     hidden_dims: Sequence[int],
     out_features: int,
-    activation: str = "softplus",
+    activation: str | None = None,
     arch: str = "mlp",
     image_shape=None,
     channels: Sequence[int] | None = None,
@@ -302,6 +303,7 @@ def decoder_network(
             image's pixels; the networks' own.
     """
     check_architecture(arch, None, image_shape, channels)
+    activation = default_activation(arch, activation)
     if arch != "conv":
         return mlp(latent_dim, hidden_dims, out_features, activation)
     pixels = math.prod(image_chw(image_shape))
