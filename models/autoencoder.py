@@ -19,7 +19,7 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
-from pyro_vae.convnets import decoder_network, default_activation, encoder_trunk
+from pyro_vae.convnets import default_activation, encoder_trunk, likelihood_decoder
 from pyro_vae.guides import EmptyGuide
 from pyro_vae.likelihoods import make_likelihood
 from pyro_vae.nn import mlp
@@ -79,10 +79,8 @@ class Autoencoder(PyroModule):
                 x_dim, hidden_dims[::-1], activation, arch, image_shape, channels
             )
             self.encoder = nn.Sequential(trunk, nn.Linear(width, latent_dim))
-        axis = "last" if self.likelihood.name == "categorical" else "first"
-        out = self.likelihood.out_features
-        self.decoder = decoder_network(
-            latent_dim, hidden_dims, out, activation, arch, image_shape, channels, axis
+        self.decoder = likelihood_decoder(
+            latent_dim, hidden_dims, self.likelihood, activation, arch, image_shape, channels
         )
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:

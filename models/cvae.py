@@ -43,7 +43,12 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
-from pyro_vae.convnets import check_architecture, decoder_network, default_activation, encoder_trunk
+from pyro_vae.convnets import (
+    check_architecture,
+    default_activation,
+    encoder_trunk,
+    likelihood_decoder,
+)
 from pyro_vae.guides import AmortizedNormal
 from pyro_vae.likelihoods import make_likelihood
 from pyro_vae.plates import data_plate
@@ -149,17 +154,10 @@ class CVAE(PyroModule):
         self.channels = None if channels is None else tuple(int(c) for c in channels)
         width = self.condition.width
         self.condition_dim = condition_dim
-        self.decoder = decoder_network(
-            latent_dim + width,
-            self.hidden_dims,
-            self.likelihood.out_features,
-            activation,
-            arch,
-            self.image_shape,
-            self.channels,
-            # a categorical reads L consecutive logits per pixel; the others blocks of D
-            "last" if self.likelihood.name == "categorical" else "first",
-        )
+        self.decoder = likelihood_decoder(
+            latent_dim + width, self.hidden_dims, self.likelihood, activation, arch,
+            self.image_shape, self.channels,
+        )  # fmt: skip
 
     def prior(self, like: torch.Tensor, batch_shape: tuple[int, ...]) -> dist.Normal:
         """p(z) = N(0, I), event shape ``[latent_dim]``, on ``like``'s device."""

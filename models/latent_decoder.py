@@ -14,7 +14,7 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 
-from pyro_vae.convnets import decoder_network
+from pyro_vae.convnets import likelihood_decoder
 from pyro_vae.likelihoods import make_likelihood
 from pyro_vae.plates import data_plate
 
@@ -52,17 +52,10 @@ class LatentDecoderModel(PyroModule):
         self.likelihood = make_likelihood(likelihood, x_dim, levels)
         self.arch, self.image_shape = arch, None if image_shape is None else tuple(image_shape)
         self.channels = None if channels is None else tuple(int(c) for c in channels)
-        self.decoder = decoder_network(
-            latent_dim,
-            self.hidden_dims,
-            self.likelihood.out_features,
-            activation,
-            arch,
-            self.image_shape,
+        self.decoder = likelihood_decoder(
+            latent_dim, self.hidden_dims, self.likelihood, activation, arch, self.image_shape,
             self.channels,
-            # a categorical reads L consecutive logits per pixel; the others blocks of D
-            "last" if self.likelihood.name == "categorical" else "first",
-        )
+        )  # fmt: skip
 
     @property
     def network_options(self) -> dict:

@@ -70,7 +70,12 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
-from pyro_vae.convnets import check_architecture, decoder_network, default_activation, encoder_trunk
+from pyro_vae.convnets import (
+    check_architecture,
+    default_activation,
+    encoder_trunk,
+    likelihood_decoder,
+)
 from pyro_vae.evaluate import elbo_per_datapoint, eval_mode, iwae_log_likelihood
 from pyro_vae.likelihoods import make_likelihood
 from pyro_vae.nn import mlp
@@ -252,14 +257,8 @@ class M2(PyroModule):
             "image_shape": None if arch == "mlp" else tuple(image_shape),
             "channels": None if channels is None else tuple(int(c) for c in channels),
         }
-        self.decoder = decoder_network(
-            latent_dim + self.num_classes,
-            hidden,
-            self.likelihood.out_features,
-            activation,
-            **networks,
-            # a categorical reads L consecutive logits per pixel; the others blocks of D
-            parameter_axis="last" if self.likelihood.name == "categorical" else "first",
+        self.decoder = likelihood_decoder(
+            latent_dim + self.num_classes, hidden, self.likelihood, activation, **networks
         )
         self.register_buffer("prior_loc", torch.zeros(latent_dim), persistent=False)
         # A tuple: the guide's weights stay its own, not also the model's.

@@ -322,3 +322,22 @@ def decoder_network(
         out_features // pixels,
         parameter_axis,
     )
+
+
+def likelihood_decoder(
+    in_features: int,
+    hidden_dims: Sequence[int],
+    likelihood,
+    activation: str | None = None,
+    arch: str = "mlp",
+    image_shape=None,
+    channels: Sequence[int] | None = None,
+) -> nn.Module:
+    """:func:`decoder_network` emitting a :mod:`pyro_vae.likelihoods` likelihood's
+    ``out_features`` parameters in its layout: a categorical reads L consecutive logits per
+    pixel, the others blocks of D."""
+    axis = "last" if likelihood.name == "categorical" else "first"
+    return decoder_network(
+        in_features, hidden_dims, likelihood.out_features, activation, arch, image_shape,
+        channels, axis,
+    )  # fmt: skip
