@@ -30,9 +30,10 @@ from pyro_vae.estimators.compiled import CaptureError, compilable, should_record
 from pyro_vae.experiment import (
     Experiment,
     build,
+    conditional_samples_figure,
     evaluate_test_set,
-    label_samples,
     load,
+    num_classes,
     write_figures,
 )
 from pyro_vae.idx import IDXFormatError
@@ -644,9 +645,12 @@ def _print_test(test: dict[str, Any], table: bool = False) -> None:
         elif key == "reconstruction_mse_original_units":
             scale = "per column, file's units squared (error² × training std_j²)"
             print(f"reconstruction MSE        {value:10.6g} {scale}")
-        elif key.endswith("_original_units"):
+        elif key in ("elbo_original_units", "log_likelihood_original_units"):
             what = f"ELBO{given}" if key == "elbo_original_units" else f"log p(x{given}) (IWAE)"
             print(f"test {what:<20} {value:10.3f} nats per row in the file's units")
+        elif key.endswith("_original_units"):  # a model's own log-density of x
+            what = key.removesuffix("_original_units").replace("_", " ")
+            print(f"{what:<25} {value:10.3f} nats per row in the file's units")
         elif key == "reconstruction_log_likelihood":
             print(f"test log Pr(x | z)        {value:10.3f} nats per {unit} (autoencoder)")
         elif key == "log_likelihood":
@@ -658,7 +662,8 @@ def _print_test(test: dict[str, Any], table: bool = False) -> None:
         elif key == "kl":
             kl = {" | y": "test KL(q(z | x, y) ‖ p(z))", ", y": "test KL(q(y, z | x) ‖ p(y, z))"}
             kl = kl.get(given, "test KL(q(z | x) ‖ p(z))")
-            print(f"{kl:<26}{value:10.3f} nats per {unit}")
+            # E_q[log q − log p] from the ELBO's draws: near 0 it can come out negative
+            print(f"{kl:<26}{value:10.3f} nats per {unit} (Monte Carlo estimate)")
         elif key == "reconstruction_mse":
             scale = "per pixel, [0, 1] scale"
             if table:
@@ -918,12 +923,15 @@ def _sample(args: argparse.Namespace) -> int:
             f"run: its data {exp.config.data.name!r} is a table, whose rows are not images to draw"
         )
     pyro.set_rng_seed(args.seed)
+    if uses_labels(exp.model) is not None:  # one labelled row per class, as fit's figure
+        per_class = -(-args.num // num_classes(exp.data))
+        with torch.no_grad():
+            path = conditional_samples_figure(exp, out, per_class)
+        print(f"wrote {per_class} conditional samples per class to {path}")
+        return 0
     with torch.no_grad():
-        if uses_labels(exp.model) is not None:
-            images = label_samples(exp, args.num).cpu()
-        else:
-            like = to_device(exp.data.test_x[: args.num], exp.device)
-            images = prior_mean_images(exp.model, like, args.num).cpu()
+        like = to_device(exp.data.test_x[: args.num], exp.device)
+        images = prior_mean_images(exp.model, like, args.num).cpu()
     path = plot_samples(images, exp.data.image_shape, exp.data.pixel_max, out)
     print(f"wrote {args.num} samples to {path}")
     return 0

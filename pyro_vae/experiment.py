@@ -388,7 +388,7 @@ def _data_arguments(exp: Experiment, x, local: bool):
 
 _TAKES_LABELS = (
     "the model conditions on labels (uses_labels), and reconstructions and latent codes "
-    "need the label as well as the image"
+    "need the label as well as the observation"
 )
 
 
@@ -629,7 +629,7 @@ def _label_model_figures(exp: Experiment, figures: dict, skipped: dict[str, str]
     if offered(_owner(exp.model), "generate_given") is None:
         skipped["conditional_samples.png"] = "the model offers no generate_given(y)"
     elif exp.data.image_shape is not None:
-        figures["conditional_samples.png"] = lambda path: _conditional_samples_figure(exp, path)
+        figures["conditional_samples.png"] = lambda path: conditional_samples_figure(exp, path)
 
 
 def _owner(model):
@@ -656,9 +656,9 @@ def label_samples(exp: Experiment, num: int, per_class: int = 1) -> torch.Tensor
         return generate(y).reshape(num, -1)
 
 
-def _conditional_samples_figure(exp: Experiment, path: Path, per_class: int = 8) -> Path:
-    """One row per class c of ``per_class`` conditional samples E[x | z, y = c], z from the
-    prior (the model's ``generate_given``)."""
+def conditional_samples_figure(exp: Experiment, path: Path, per_class: int = 8) -> Path:
+    """One row per class c, labelled by its name, of ``per_class`` conditional samples
+    E[x | z, y = c], z from the prior (the model's ``generate_given``)."""
     classes = num_classes(exp.data)
     images = label_samples(exp, classes * per_class, per_class).reshape(classes, per_class, -1)
     names = exp.data.info.get("classes") or [str(c) for c in range(classes)]

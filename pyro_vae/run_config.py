@@ -21,6 +21,7 @@ that a later version adds does not break the run folders written before it.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -324,6 +325,15 @@ class RunConfig:
         data, estimator, training, evaluation = (
             kind(**config[name]) for name, kind in _SECTIONS.items()
         )
+        options = config["model_options"]
+        if options.get("arch") == "conv" and "activation" not in options:
+            warnings.warn(
+                "config: conv model_options without an 'activation'; the model's default "
+                "is used, ELU for the shipped conv networks (softplus before pyro_vae "
+                "made ELU their default; fit has always recorded the one it used). Add "
+                '"activation" to config.json if this run was trained with another',
+                stacklevel=2,
+            )
         return cls(
             model=ModelConfig(config["model"], dict(config["model_options"])),
             data=data,

@@ -283,7 +283,8 @@ def table_observations(
     return obs, 1.0 if likelihood == "bernoulli" else float(levels - 1)
 
 
-ORIGINAL_UNITS = ("elbo", "log_likelihood")
+# per-row log-densities of x: the generic bounds and M2's bounds with the label unobserved
+ORIGINAL_UNITS = ("elbo", "log_likelihood", "test_elbo_unlabelled", "test_log_px_unlabelled")
 
 
 def original_units(metrics: dict[str, Any], standardization: dict[str, Any]) -> dict[str, Any]:
@@ -304,7 +305,8 @@ def original_units(metrics: dict[str, Any], standardization: dict[str, Any]) -> 
     }
     if out:
         out["units"] = (
-            "elbo, log_likelihood: nats per row of the standardized columns (x - mean) / std; "
+            f"{', '.join(k for k in ORIGINAL_UNITS if k in metrics)}: nats per row of the "
+            "standardized columns (x - mean) / std; "
             "*_original_units: nats per row of the file's values, minus sum_j log std_j "
             f"= {log_jacobian:.6g} nats"
         )

@@ -117,8 +117,9 @@ class IWAELBO(SurrogateELBO):
             if not site["fn"].has_rsample:
                 raise ValueError(
                     f"guide site {name!r} ({base_name(site['fn'])}) is not reparameterizable; "
-                    "the iwae estimator needs pathwise gradients. Use the score estimator for "
-                    "discrete latents."
+                    "the iwae estimator needs pathwise gradients. For discrete latents use "
+                    "enum (they are summed out exactly) or score (REINFORCE), or vimco for a "
+                    "multi-sample bound."
                 )
         plate = self.per_datapoint_plate(model_trace, args, kwargs)
         batch = batch_rows(args, kwargs)

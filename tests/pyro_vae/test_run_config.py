@@ -2,6 +2,7 @@
 and the run folders an earlier version wrote."""
 
 import json
+import warnings
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -303,3 +304,17 @@ def test_the_labelled_subset_is_checked_when_the_config_is_made(kwargs, words):
     with pytest.raises(ValueError) as raised:
         DataConfig(**kwargs)
     assert words in str(raised.value)
+
+
+def test_a_conv_config_without_an_activation_is_read_with_a_warning():
+    # fit always records the activation; a hand-made config that leaves it out of a conv
+    # model's options would otherwise silently get the current default (ELU)
+    config = small().to_json()
+    config["model_options"] = {**config["model_options"], "arch": "conv"}
+    with pytest.warns(UserWarning, match="conv model_options without an 'activation'"):
+        read = RunConfig.from_json(config)
+    assert "activation" not in read.model.options
+    config["model_options"]["activation"] = "softplus"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        RunConfig.from_json(config)

@@ -197,6 +197,12 @@ def test_original_units_are_the_change_of_variables_of_a_normal_density():
     assert out["elbo_original_units"] == pytest.approx(log_p_orig, abs=1e-9)
     assert out["log_likelihood_original_units"] == pytest.approx(log_p_orig, abs=1e-9)
     assert "kl_original_units" not in out and "standardized columns" in out["units"]
+    # M2's bounds with the label summed out are log-densities of x too
+    m2 = {"test_elbo_unlabelled": log_p_std, "test_log_px_unlabelled": log_p_std}
+    out = original_units({**metrics, **m2, "test_accuracy": 0.5}, {"std": std.tolist()})
+    assert out["test_log_px_unlabelled_original_units"] == pytest.approx(log_p_orig, abs=1e-9)
+    assert out["test_elbo_unlabelled_original_units"] == pytest.approx(log_p_orig, abs=1e-9)
+    assert "test_accuracy_original_units" not in out and "test_log_px_unlabelled" in out["units"]
 
 
 def test_a_normal_table_run_reports_its_nats_in_the_files_units_too(tmp_path, capsys):
