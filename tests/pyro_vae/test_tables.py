@@ -205,14 +205,20 @@ def test_original_units_are_the_change_of_variables_of_a_normal_density():
     assert "test_accuracy_original_units" not in out and "test_log_px_unlabelled" in out["units"]
 
 
-def test_a_normal_table_run_reports_its_nats_in_the_files_units_too(tmp_path, capsys):
+def _normal_table_run(tmp_path, ll_samples: str):
+    """(the CSV's table, the run folder, its test metrics) of a fit on two columns of
+    very different scales, standardized for a normal likelihood."""
     rng = np.random.default_rng(4)
     table = pd.DataFrame({"a": rng.normal(0, 100, 40), "b": rng.normal(7, 3.0, 40)})
     table.to_csv(tmp_path / "t.csv", index=False)
     run = tmp_path / "run"
     argv = ["fit", "--data", str(tmp_path / "t.csv"), "--likelihood", "normal", *FAST]
-    assert main([*argv, "--ll-samples", "10", "--out", str(run)]) == 0
-    test = json.loads((run / "metrics.json").read_text())["test"]
+    assert main([*argv, "--ll-samples", ll_samples, "--out", str(run)]) == 0
+    return table, run, json.loads((run / "metrics.json").read_text())["test"]
+
+
+def test_a_normal_table_run_reports_its_nats_in_the_files_units_too(tmp_path, capsys):
+    table, run, test = _normal_table_run(tmp_path, "10")
     # σ_j of the training rows, found independently: the rows of the file that the
     # training split's standardized values came from
     data = load_data(str(tmp_path / "t.csv"), Preprocessing("normal"))
@@ -287,13 +293,7 @@ def test_squared_errors_in_original_units_are_those_of_the_de_standardized_value
 
 
 def test_a_normal_table_run_reports_its_reconstruction_mse_in_the_files_units(tmp_path, capsys):
-    rng = np.random.default_rng(4)
-    table = pd.DataFrame({"a": rng.normal(0, 100, 40), "b": rng.normal(7, 3.0, 40)})
-    table.to_csv(tmp_path / "t.csv", index=False)
-    run = tmp_path / "run"
-    argv = ["fit", "--data", str(tmp_path / "t.csv"), "--likelihood", "normal", *FAST]
-    assert main([*argv, "--ll-samples", "0", "--out", str(run)]) == 0
-    test = json.loads((run / "metrics.json").read_text())["test"]
+    table, run, test = _normal_table_run(tmp_path, "0")
     printed = capsys.readouterr().out
     assert "file's units squared" in printed and "mean over columns and rows" in printed
     assert "reconstruction_mse_original_units" in test["units"]
