@@ -91,10 +91,11 @@ def table(results: dict[str, list[tuple[float, float]]], args, load, seconds) ->
     cells = []
     for name in names:
         mean, se = mean_and_se([ll for ll, _ in results[name]])
-        cells.append(f"{mean:.2f} ± {se:.2f}")
-    per_seed = [
-        f"| {name} | " + " | ".join(f"{ll:.2f}" for ll, _ in runs) + " | "
-        f"{sum(s for _, s in runs) / len(runs):.0f} |"
+        cells.append(f"{mean:.2f} ± {se:.2f}" if len(results[name]) > 1 else f"{mean:.2f}")
+    per_seed = [  # a partial table's seeds not run yet show as —
+        f"| {name} | "
+        + " | ".join([f"{ll:.2f}" for ll, _ in runs] + ["—"] * (args.seeds - len(runs)))
+        + f" | {sum(s for _, s in runs) / len(runs):.0f} |"
         for name, runs in results.items()
     ]
     full = (args.k, args.epochs, args.seeds, args.train_images) == (16, 20, 3, 60000)
