@@ -31,6 +31,7 @@ import torch
 from pyro.ops.provenance import detach_provenance, get_provenance
 
 from pyro_vae.cavi.exponential_families import (
+    DISCRETE_FAMILIES,
     Family,
     NotConjugateError,
     block_family,
@@ -43,7 +44,6 @@ _EXTRA_RUNS = 3  # least-squares runs beyond the unknowns, for a well-posed solv
 _CHECK_RUNS = 4  # fresh points at which each fitted factor is verified
 _RTOL = 1e-7  # misfit allowed, relative to the factor's magnitude at the probe points
 _MAX_ROUNDS = 20  # batches of extra runs allowed before a design is declared degenerate
-_DISCRETE = ("Categorical", "Bernoulli")
 
 
 @dataclass
@@ -353,7 +353,7 @@ def _enough_runs(make_runs, needs, view=None, batched=True) -> tuple[Runs, Runs]
 
 
 def _has_discrete(members) -> bool:
-    return any(m.family.name in _DISCRETE for m in members)
+    return any(m.family.name in DISCRETE_FAMILIES for m in members)
 
 
 def _size(needs) -> int:

@@ -33,6 +33,8 @@ import torch
 from torch.distributions import constraints
 
 _F64 = torch.float64
+#: The families whose probes are discrete: a design with one can miss a combination.
+DISCRETE_FAMILIES = ("Categorical", "Bernoulli")
 
 
 class NotConjugateError(ValueError):

@@ -17,13 +17,13 @@ import torch
 
 from pyro_vae.cavi.conjugate_forms import Latent
 from pyro_vae.cavi.exponential_families import (
+    DISCRETE_FAMILIES,
     NormalGamma,
     NormalWishart,
     NotConjugateError,
     family_of,
 )
 
-_DISCRETE = ("Categorical", "Bernoulli")
 _BLOCK_FACTORS = {"Normal-Gamma": NormalGamma, "Normal-Wishart": NormalWishart}
 
 
@@ -46,7 +46,7 @@ def initial_statistics(latents: dict[str, Latent], init, first) -> dict[str, tor
             stats[name] = _given(name, latent, init[name])
         elif len(latent.sites) > 1:
             stats[name] = latent.family.expected_statistics(latent.prior)  # sampled values
-        elif latent.family.name in _DISCRETE:
+        elif latent.family.name in DISCRETE_FAMILIES:
             stats[name] = latent.family.statistics(first.nodes[name]["value"])
         else:
             value = latent.family.expected_statistics(latent.prior)
