@@ -22,9 +22,7 @@ in float64.
 from __future__ import annotations
 
 import time
-import warnings
 
-import pyro.poutine as poutine
 import torch
 
 from pyro_vae.cavi._checks import non_negative, positive_int
@@ -33,9 +31,12 @@ from pyro_vae.cavi.chains import find_chains, update_chain
 from pyro_vae.cavi.conjugate_forms import (
     check_float64,
     check_whole_data,
+    dependencies,
     find_dependencies,
     find_latents,
+    first_run,
     probe_factors,
+    reference_is_finite,
 )
 from pyro_vae.cavi.expectations import contract, sum_to
 from pyro_vae.cavi.initial_factors import initial_statistics
@@ -118,18 +119,16 @@ class AutoCAVI:
         args, kwargs = _float64(args), _float64(kwargs)
         start = time.perf_counter()
         generator = torch.Generator().manual_seed(self.random_state)
-        with torch.random.fork_rng(), warnings.catch_warnings():
-            # a prior draw only starts discrete latents and blocks; torch's Wishart sampler
-            # warns of near-singular draws it then redraws
-            warnings.filterwarnings("ignore", message="Singular sample detected")
-            torch.manual_seed(self.random_state)
-            first = poutine.trace(self.model).get_trace(*args, **kwargs)
+        first, read = first_run(self.model, args, kwargs, self.random_state)
         check_float64(first)
         check_whole_data(first)
         latents = find_latents(first, () if auto_blocks else self.blocks)
         if not latents:
             raise ValueError("model: it has no latent (unobserved) sample site to fit")
-        depends, trace = find_dependencies(self.model, args, kwargs, latents, generator)
+        if reference_is_finite(first):
+            depends, trace = dependencies(read, latents), first
+        else:  # a run at probe values instead, to be the probe runs' reference point
+            depends, trace = find_dependencies(self.model, args, kwargs, latents, generator)
         self.blocks_ = find_blocks(latents, depends) if auto_blocks else list(self.blocks)
         if auto_blocks and self.blocks_:
             latents = find_latents(first, self.blocks_)
@@ -141,9 +140,10 @@ class AutoCAVI:
         )
         self.probe_batched_, self.probe_model_runs_ = info["batched"], info["model_runs"]
         self.probe_seconds_ = time.perf_counter() - start
-        self.markov_blankets_ = {
-            n: tuple(f.name for f in factors if n in f.latents or n == f.selector) for n in latents
+        self._blanket = {
+            n: [f for f in factors if n in f.latents or n == f.selector] for n in latents
         }
+        self.markov_blankets_ = {n: tuple(f.name for f in fs) for n, fs in self._blanket.items()}
         initialized = set(self.init or {})
         order = [n for n in latents if n not in initialized] + [
             n for n in latents if n in initialized
@@ -201,9 +201,8 @@ class AutoCAVI:
         latent = self._latents[name]
         shape = latent.batch_shape + (latent.family.size,)
         total = torch.zeros(shape, dtype=torch.float64)
-        for factor in self._factors:
-            if name in factor.latents or name == factor.selector:
-                total = total + sum_to(contract(factor, stats, (name,), self._pairs), shape)
+        for factor in self._blanket[name]:
+            total = total + sum_to(contract(factor, stats, (name,), self._pairs), shape)
         eta = total[..., 1:] if latent.family.has_constant else total
         return latent.family.distribution(eta)
 

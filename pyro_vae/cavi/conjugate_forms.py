@@ -24,6 +24,7 @@ latents do not vary along (they multiply the same expectations there).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, replace
 
 import pyro.poutine as poutine
@@ -196,6 +197,54 @@ def _probe_values(latents: dict[str, Latent], generator) -> dict[str, torch.Tens
     return values
 
 
+def first_run(model, args, kwargs, seed: int) -> tuple[object, dict]:
+    """One forward run of the model, its latents drawn from their priors with torch seeded
+    by ``seed`` (the global RNG restored after), under Pyro's provenance tracking: (its
+    trace, plain tensors throughout, with every factor's log-density computed; {factor
+    site: the sample sites its log-density read}). The one run gives the latents, where
+    ``AutoCAVI`` starts, the factors' dependencies (see :func:`find_dependencies`) and the
+    probe runs' reference point (:func:`reference_is_finite`).
+
+    The prior parameters of the trace's distributions (``site["fn"]``) carry provenance:
+    read their shapes and classes, and pass what is computed from them through
+    :func:`pyro.ops.provenance.detach_provenance`."""
+    with torch.random.fork_rng(), torch.no_grad(), warnings.catch_warnings():
+        # torch's Wishart sampler warns of near-singular draws it then redraws
+        warnings.filterwarnings("ignore", message="Singular sample detected")
+        torch.manual_seed(seed)
+        with TrackFastProvenance():
+            trace = poutine.trace(model).get_trace(*args, **kwargs)
+            trace.compute_log_prob(site_filter=lambda name, site: is_factor(site))
+    read = {}
+    for name, node in trace.nodes.items():
+        if node["type"] != "sample":
+            continue
+        if is_factor(node):
+            read[name] = get_provenance(node["log_prob"])
+            node["log_prob"] = detach_provenance(node["log_prob"])
+        node["value"] = detach_provenance(node["value"])
+    return trace, read
+
+
+def reference_is_finite(trace) -> bool:
+    """Whether every factor's log-density is finite in ``trace``: the probe runs' reference
+    point must be (a prior draw can underflow, a Dirichlet's with small concentrations)."""
+    return all(
+        bool(node["log_prob"].isfinite().all()) for node in trace.nodes.values() if is_factor(node)
+    )
+
+
+def dependencies(read: dict, latents) -> dict[str, list[str]]:
+    """{factor site: the latent units its log-density mentions, in sampling order} from the
+    sample sites each read (:func:`first_run`)."""
+    unit_of = {site: name for name, latent in latents.items() for site in latent.sites}
+    out = {}
+    for site, sites in read.items():
+        mentioned = {unit_of[p] for p in sites if p in unit_of}
+        out[site] = [name for name in latents if name in mentioned]
+    return out
+
+
 def find_dependencies(model, args, kwargs, latents, generator) -> tuple[dict, object]:
     """For each site, the latent units its log-density mentions (in sampling order), and a
     trace of the model at probe values (its log-densities computed).
@@ -210,17 +259,14 @@ def find_dependencies(model, args, kwargs, latents, generator) -> tuple[dict, ob
     with torch.random.fork_rng(), torch.no_grad(), TrackFastProvenance():
         trace = poutine.trace(poutine.condition(model, data=values)).get_trace(*args, **kwargs)
         trace.compute_log_prob(site_filter=lambda name, site: is_factor(site))
-    unit_of = {site: name for name, latent in latents.items() for site in latent.sites}
-    depends = {}
+    read = {}
     for site, node in trace.nodes.items():
-        if not is_factor(node):
-            continue
-        mentioned = {unit_of[p] for p in get_provenance(node["log_prob"]) if p in unit_of}
-        depends[site] = [name for name in latents if name in mentioned]
-        node["log_prob"] = detach_provenance(node["log_prob"])
-    for name in unit_of:
+        if is_factor(node):
+            read[site] = get_provenance(node["log_prob"])
+            node["log_prob"] = detach_provenance(node["log_prob"])
+    for name in values:
         trace.nodes[name]["value"] = values[name]
-    return depends, trace
+    return dependencies(read, latents), trace
 
 
 def _plates(site) -> frozenset:
@@ -254,6 +300,19 @@ def _mixture_roles(site: str, names, latents, trace) -> tuple[str | None, list[s
                 "of the latents they mention, and mixtures"
             )
     return selectors[0], outside
+
+
+def _unexpanded(values: dict) -> dict:
+    """``values`` with each dim but the first along which a value is expanded (stride 0: the
+    same at every index, as :class:`ProbeRunner`'s shared discrete probes) cut to size 1, so
+    a design built from them is computed once there and solved as shared."""
+    out = {}
+    for site, value in values.items():
+        for dim in range(1, value.dim()):
+            if value.stride(dim) == 0 and value.shape[dim] > 1:
+                value = value.narrow(dim, 0, 1)
+        out[site] = value
+    return out
 
 
 def _design(latents: list[Latent], values: dict, rank: int) -> torch.Tensor:
@@ -290,14 +349,14 @@ def _fit(designs: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     if not shared:
         b = values.movedim(0, -1).unsqueeze(-1)  # [*fbatch, S, 1]
         # full column rank is ensured (_enough_runs): QR least squares, ~5x faster than pinv
-        return torch.linalg.lstsq(a, b).solution.squeeze(-1)
+        return torch.linalg.lstsq(a, b, driver="gels").solution.squeeze(-1)
     # the shared dims go last and become columns of the right-hand side
     rest = [i for i in range(1, values.dim()) if i not in shared]
     order = rest + [0] + shared
     b = values.permute(order)  # [*rest, S, *shared]
     b = b.reshape(b.shape[: len(rest) + 1] + (-1,))
     a = a.squeeze(tuple(i - 1 for i in shared))  # [*rest, S, P]
-    solution = torch.linalg.lstsq(a, b).solution  # [*rest, P, Π shared]
+    solution = torch.linalg.lstsq(a, b, driver="gels").solution  # [*rest, P, Π shared]
     solution = solution.reshape(solution.shape[:-1] + tuple(values.shape[i] for i in shared))
     # back to [*fbatch, P]: P is at position len(rest), the shared dims after it
     positions = {dim: k for k, dim in enumerate(rest)}
@@ -315,8 +374,8 @@ def _misfit(designs, values, coefficients, scale) -> torch.Tensor:
 def _solve(members, runs: Runs, checks: Runs, site, rank, view=None):
     """(C [*fbatch, P], the designs, whether C reproduces log f at the check runs);
     ``view`` maps the values the designs read."""
-    view = view or (lambda values: values)
-    designs = _design(members, view(runs.values), rank)
+    view = view or _identity
+    designs = _design(members, view(_unexpanded(runs.values)), rank)
     values = runs.log_probs[site]
     coefficients = _fit(designs, values)
     scale = values.abs().amax(0)
@@ -326,26 +385,46 @@ def _solve(members, runs: Runs, checks: Runs, site, rank, view=None):
 
 
 def _full_rank(members, values, rank) -> bool:
-    designs = _design(members, values, rank).movedim(0, -2)
-    return bool(torch.linalg.matrix_rank(designs).min() == designs.shape[-1])
+    """Whether the design of ``members`` at ``values`` has full column rank at every element.
+
+    A discrete member's statistics span the indicators of its value (Categorical: one-hot;
+    Bernoulli: [1, x], an invertible mix of [1 − x, x]), so up to an invertible change of
+    columns the design is block-diagonal over the combinations of the discrete members'
+    values, each block the design of the continuous members at the rows with that
+    combination. Random continuous probes make a block full rank (with probability one) once
+    it has as many rows as columns, so counting rows per combination decides the rank
+    exactly, without the SVD of every element's design (5 ms of a mixture's probing)."""
+    combination, combinations = torch.zeros((), dtype=torch.long), 1
+    columns = 1
+    for member in members:
+        if member.family.name not in DISCRETE_FAMILIES:
+            columns *= member.family.size
+            continue
+        k = getattr(member.family, "k", 2)
+        value = values[member.sites[0]].long()  # [S, *batch]
+        value = value.reshape(value.shape[:1] + (1,) * (rank + 1 - value.dim()) + value.shape[1:])
+        combination, combinations = combination * k + value, combinations * k
+    counts = torch.nn.functional.one_hot(combination, combinations).sum(0)
+    return bool(counts.min() >= columns)
 
 
-def _enough_runs(make_runs, needs, view=None, batched=True) -> tuple[Runs, Runs]:
-    """Fit runs until every design (members, rank) in ``needs`` has full column rank at
-    every element — random Categorical probes can miss a combination of categories at some
-    element, and a least-squares fit would then guess — and fresh check runs (drawn in the
-    same model run as the first fit runs)."""
-    view = view or (lambda values: values)
-    size = _size(needs)
-    first = _first_count(needs, batched)
-    runs, checks = make_runs(first).split(first - _CHECK_RUNS)
+def _enough_runs(make_runs, needs, batched=True) -> tuple[Runs, Runs]:
+    """Fit runs until every design ``(members, rank, view)`` in ``needs`` has full column
+    rank at every element — random Categorical probes can miss a combination of categories
+    at some element, and a least-squares fit would then guess — and fresh check runs.
+    ``make_runs(count, key)``: ``count`` probe points; ``key`` ("fit", "check") names a draw
+    :meth:`ProbeRunner.prefetch` may have made ahead, in the same model run. The fit and check
+    points are drawn apart, so each is balanced in its Categorical probes."""
+    runs = make_runs(_first_count(needs, batched), "fit")
+    checks = make_runs(_CHECK_RUNS, "check")
     # only a design with a discrete member can fall short of full rank (see _first_count)
-    discrete = [(members, rank) for members, rank in needs if _has_discrete(members)]
+    discrete = [need for need in needs if _has_discrete(need[0])]
     for _ in range(_MAX_ROUNDS):
-        if all(_full_rank(members, view(runs.values), rank) for members, rank in discrete):
+        values = _unexpanded(runs.values)
+        if all(_full_rank(members, view(values), rank) for members, rank, view in discrete):
             return runs, checks
-        runs = runs + make_runs(size)
-    names = sorted({m.name for members, _ in needs for m in members})
+        runs = runs + make_runs(_size(needs), None)
+    names = sorted({m.name for members, _, _ in needs for m in members})
     raise NotConjugateError(
         f"probing: {len(runs)} random runs still leave the coefficients of a factor of "
         f"{names} undetermined (its log-density takes too few distinct values)"
@@ -357,16 +436,27 @@ def _has_discrete(members) -> bool:
 
 
 def _size(needs) -> int:
-    return max(_product(m.family.size for m in members) for members, _ in needs)
+    return max(_product(m.family.size for m in members) for members, _, _ in needs)
 
 
 def _first_count(needs, batched: bool) -> int:
-    """Fit and check runs drawn at first: the unknowns and a few more; batched, twice the
-    unknowns (cheap there) when a design has a discrete member, as random Categorical
-    probes can leave it short of full rank at some element. Continuous probes give a full
-    rank design with probability one once there are as many runs as unknowns."""
-    twice = batched and any(_has_discrete(members) for members, _ in needs)
-    return (2 if twice else 1) * _size(needs) + _EXTRA_RUNS + _CHECK_RUNS
+    """Fit runs drawn at first: the unknowns and a few more. Continuous probes give a full
+    rank design with probability one once there are as many runs as unknowns, and so does
+    one Categorical member in a plate, whose probes are balanced (each element takes each of
+    its K categories in ⌊S/K⌋ of S runs, enough for the K blocks of its design). Other
+    discrete probes (Bernoulli, a Categorical outside any plate, two discrete members) are
+    independent draws that can leave a design short of full rank at some element: batched,
+    twice the unknowns then (cheap there)."""
+    twice = batched and any(not _balanced(members) for members, _, _ in needs)
+    return (2 if twice else 1) * _size(needs) + _EXTRA_RUNS
+
+
+def _balanced(members) -> bool:
+    discrete = [m for m in members if m.family.name in DISCRETE_FAMILIES]
+    return not discrete or (
+        len(discrete) == 1 and discrete[0].family.name == "Categorical"
+        and len(discrete[0].batch_shape) > 0
+    )  # fmt: skip
 
 
 def _runner(model, args, kwargs, latents, trace, generator, batched) -> ProbeRunner:
@@ -409,97 +499,100 @@ def probe_factors(model, args, kwargs, latents, depends, trace, generator, *, ba
 
 
 def _probe_all(runner, depends, trace) -> list[Factor]:
+    """Every factor solved from one set of fit runs and verified at one set of check runs,
+    drawn together in one batched model run when the model broadcasts."""
     latents = runner.latents
-    roles = {s: _mixture_roles(s, names, latents, trace) for s, names in depends.items()}
-    plain = [s for s in depends if roles[s][0] is None]
-    needs = [([latents[n] for n in depends[s]], trace.nodes[s]["log_prob"].dim()) for s in plain]
-    ahead = [(_first_count(needs, True), None, None)] if needs else []
-    for site, (selector, _) in roles.items():
-        if selector is not None:
-            members = [(_mixture_members(latents, depends, site, selector), 0)]
-            ahead += [
-                (_first_count(members, True), *pick)
-                for pick in _selections(latents[selector], selector)
-            ]
-    runner.prefetch(ahead)  # every first draw in one model run
-    batched = runner.batched is not False
-    runs, checks = _enough_runs(runner.runs, needs, None, batched) if needs else (None, None)
-    factors = []
-    for site in depends:
-        if roles[site][0] is not None:
-            factors.append(_mixture_factor(runner, depends, site, roles[site], trace))
-            continue
-        members = [latents[n] for n in depends[site]]
+    designs = {}
+    for site, names in depends.items():
         rank = trace.nodes[site]["log_prob"].dim()
-        coefficients, designs, good = _solve(members, runs, checks, site, rank)
-        if not good:
-            _refuse(runner, depends[site], site, trace)
-        summed = _sum_to(coefficients, designs.shape[1:])
-        shape = summed.shape[:-1] + tuple(m.family.size for m in members)
-        factors.append(
-            Factor(
-                site,
-                _dist_name(trace.nodes[site]),
-                tuple(depends[site]),
-                summed.reshape(shape),
-                rank,
-            )  # fmt: skip
+        roles = _mixture_roles(site, names, latents, trace)
+        if roles[0] is None:
+            designs[site] = ([latents[n] for n in names], rank, _identity)
+        else:
+            designs[site] = _mixture_design(latents, depends, site, roles, rank)
+    needs = list(designs.values())
+    runner.prefetch([(_first_count(needs, True), None, "fit"), (_CHECK_RUNS, None, "check")])
+    batched = runner.batched is not False
+    runs, checks = _enough_runs(
+        lambda count, key: runner.runs(count, None, key), needs, batched
+    )  # fmt: skip
+    return [_factor(runner, site, designs[site], runs, checks, trace) for site in depends]
+
+
+def _identity(values):
+    return values
+
+
+def _factor(runner, site, design, runs, checks, trace) -> Factor:
+    """``site``'s factor solved on ``design`` (members, rank, view), or NotConjugateError."""
+    members, rank, view = design
+    coefficients, _, good = _solve(members, runs, checks, site, rank, view)
+    selector = members[0].name if view is not _identity else None
+    names = tuple(m.name for m in members if m.name != selector)
+    if not good and selector is None:
+        _refuse(runner, list(names), site, trace)
+    if not good:
+        raise NotConjugateError(
+            f"factor {site!r} ({_dist_name(trace.nodes[site])}): for some value of "
+            f"{selector!r} its log-density is not multilinear in the sufficient statistics of "
+            f"{list(names)} (the component it picks); AutoCAVI updates only conditionally "
+            "conjugate-exponential models (fit this one by SVI)"
         )
-    return factors
+    if selector is None:
+        # summed over the dims along which none of its latents varies (not the design's
+        # size-1 dims: a shared discrete probe's design is size 1 where its latent varies)
+        batch = torch.broadcast_shapes(*(m.batch_shape for m in members))
+        batch = (1,) * (rank - len(batch)) + tuple(batch)
+        summed = _sum_to(coefficients, torch.Size(batch + coefficients.shape[-1:]))
+        shape = summed.shape[:-1] + tuple(m.family.size for m in members)
+        return Factor(site, _dist_name(trace.nodes[site]), names, summed.reshape(shape), rank)
+    return _mixture_factor(runner.latents, site, members, coefficients, rank, trace)
 
 
-def _mixture_factor(runner, depends, site, roles, trace):
-    """Probe log f = Σ_k [z = k] g(θ_k): with z ≡ k everywhere, fit g on the components'
-    k-th elements (and the other latents); the check runs vary every θ_k', so a factor that
-    mentions θ_k' for z = k ≠ k' is caught as not fitting."""
-    latents = runner.latents
+def _mixture_design(latents, depends, site, roles, rank):
+    """(members, rank, view) of a mixture factor log f = Σ_k [z = k] g(θ_k): its members are
+    the selector z, then the other latents, each component probed as one element; the view
+    gives each factor element the component its z picks. The design [z = k] ⊗ T(θ_z) ⊗ …
+    holds the K components' coefficients side by side, and the check runs vary every θ_k',
+    so a factor that mentions θ_k' for z = k ≠ k' is caught as not fitting."""
     selector, components = roles
-    z = latents[selector]
-    names = [n for n in depends[site] if n != selector]
-    rank = trace.nodes[site]["log_prob"].dim()
-    members = _mixture_members(latents, depends, site, selector)
     parts = [c for m in components for c in latents[m].sites]
-    per_k = []
-    for k, (fixed, key) in enumerate(_selections(z, selector)):
+    members = [latents[selector]] + _mixture_members(latents, depends, site, selector)
 
-        def view(values, k=k):  # the components' k-th elements
-            return {**values, **{c: values[c][:, k] for c in parts}}
+    def view(values):
+        return {**values, **{c: _picked(values[c], values[selector]) for c in parts}}
 
-        def make_runs(count, fixed=fixed, key=key):
-            return runner.runs(count, fixed, key)
+    return members, rank, view
 
-        runs, checks = _enough_runs(make_runs, [(members, rank)], view, runner.batched is not False)
-        coefficients, _, good = _solve(members, runs, checks, site, rank, view)
-        if not good:
-            raise NotConjugateError(
-                f"factor {site!r} ({_dist_name(trace.nodes[site])}): with {selector!r} = {k} "
-                f"its log-density is not multilinear in the sufficient statistics of "
-                f"{names} (component {k}); AutoCAVI updates only conditionally "
-                "conjugate-exponential models (fit this one by SVI)"
-            )
-        per_k.append(coefficients)
-    coefficients = torch.stack(per_k, -2)  # [*fbatch, K, P]
+
+def _picked(component: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``component[s, index[s, …]]``: component [S, K, *event] and index [S, *batch] →
+    [S, *batch, *event], each element's value of the component its index picks."""
+    event = component.shape[2:]
+    flat = index.reshape(index.shape[0], -1)
+    flat = flat.reshape(flat.shape + (1,) * len(event)).expand(flat.shape + event)
+    return component.gather(1, flat).reshape(index.shape + event)
+
+
+def _mixture_factor(latents, site, members, coefficients, rank, trace) -> Factor:
+    """The Factor of a mixture solved on :func:`_mixture_design`'s design: ``coefficients``
+    [*fbatch, K·P] → [*batch, K, B₁, …] (batch summed as the components and z align)."""
+    z, names = members[0], [m.name for m in members[1:]]
+    components = frozenset(n for n in names if latents[n].plates - _plates(trace.nodes[site]))
+    coefficients = coefficients.reshape(coefficients.shape[:-1] + (z.family.k, -1))
     aligned = [latents[n].batch_shape for n in names if n not in components]
     batch = torch.broadcast_shapes(z.batch_shape, *aligned)
     batch = (1,) * (rank - len(batch)) + tuple(batch)
     summed = _sum_to(coefficients, torch.Size(batch + coefficients.shape[-2:]))
-    shape = summed.shape[:-1] + tuple(m.family.size for m in members)
+    shape = summed.shape[:-1] + tuple(m.family.size for m in members[1:])
     return Factor(site, _dist_name(trace.nodes[site]), tuple(names), summed.reshape(shape),
-                  rank + 1, selector, frozenset(components))  # fmt: skip
+                  rank + 1, z.name, components)  # fmt: skip
 
 
 def _mixture_members(latents, depends, site, selector) -> list[Latent]:
     """The latents of a mixture factor but its selector, each probed as one element."""
     names = [n for n in depends[site] if n != selector]
     return [replace(latents[n], batch_shape=torch.Size()) for n in names]
-
-
-def _selections(z: Latent, selector: str) -> list[tuple[dict, tuple]]:
-    """({selector: k everywhere}, its key) for each category k."""
-    return [
-        ({selector: torch.full(z.batch_shape, k, dtype=torch.long)}, (selector, k))
-        for k in range(z.family.k)
-    ]
 
 
 def _product(numbers) -> int:
@@ -526,10 +619,10 @@ def _refuse(runner, names, site, trace):
         latent = latents[name]
         held = {k: v for k, v in base.items() if k not in latent.sites}
 
-        def make_runs(count, held=held):
-            return runner.runs(count, held)
+        def make_runs(count, key, held=held):
+            return runner.runs(count, held, key)
 
-        runs, checks = _enough_runs(make_runs, [([latent], rank)], None, runner.batched)
+        runs, checks = _enough_runs(make_runs, [([latent], rank, _identity)], runner.batched)
         if not _solve([latent], runs, checks, site, rank)[2]:
             culprit = [name]
             break

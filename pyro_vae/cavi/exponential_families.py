@@ -281,11 +281,23 @@ def _spd_probe(batch_shape, d: int, generator) -> torch.Tensor:
     return a @ a.transpose(-1, -2) / d + 0.5 * torch.eye(d, dtype=_F64)
 
 
-def _wishart_expected_logdet(df: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def _wishart_expected_logdet(df: torch.Tensor, scale: torch.Tensor, logdet_scale=None):
     """E log|Λ| = Σ_i ψ((ν + 1 − i)/2) + D log 2 + log|W| under Wishart(W, ν)."""
     d = scale.shape[-1]
+    if logdet_scale is None:
+        logdet_scale = torch.linalg.slogdet(scale)[1]
     half = (df.unsqueeze(-1) + 1 - torch.arange(1, d + 1, dtype=_F64)) / 2
-    return torch.digamma(half).sum(-1) + d * math.log(2) + torch.linalg.slogdet(scale)[1]
+    return torch.digamma(half).sum(-1) + d * math.log(2) + logdet_scale
+
+
+def wishart_entropy(df, d: int, logdet_scale, expected_logdet) -> torch.Tensor:
+    """H[Wishart(W, ν)] over D×D matrices from log|W| and E log|Λ| (Bishop 2006, eq. B.82):
+    −log B(W, ν) − (ν − D − 1)/2 E log|Λ| + νD/2, with
+    log B = −ν/2 log|W| − νD/2 log 2 − log Γ_D(ν/2). The same as
+    ``torch.distributions.Wishart(df, covariance_matrix=W).entropy()`` (tested), without
+    building the distribution, which costs a sweep of the mixture a third of its time."""
+    log_normalizer = df / 2 * logdet_scale + df * d / 2 * math.log(2) + torch.mvlgamma(df / 2, d)
+    return log_normalizer - (df - d - 1) / 2 * expected_logdet + df * d / 2
 
 
 def _symmetric_from_triu(values: torch.Tensor, d: int, rows, cols) -> torch.Tensor:
@@ -342,13 +354,15 @@ class NormalWishart:
         self.loc, self.beta, self.scale, self.df = loc, beta, scale, df
 
     def entropy(self) -> torch.Tensor:
+        """H[q(Λ)] + E_Λ H[N(μ | m, (βΛ)⁻¹)] (nats, per batch element)."""
         d = self.loc.shape[-1]
-        wishart = dist.Wishart(self.df, covariance_matrix=self.scale, validate_args=False)
+        logdet_scale = torch.linalg.slogdet(self.scale)[1]
+        expected_logdet = _wishart_expected_logdet(self.df, self.scale, logdet_scale)
         return (
-            wishart.entropy()
+            wishart_entropy(self.df, d, logdet_scale, expected_logdet)
             + d / 2 * (1 + math.log(2 * math.pi))
             - d / 2 * self.beta.log()
-            - 0.5 * _wishart_expected_logdet(self.df, self.scale)
+            - 0.5 * expected_logdet
         )
 
     def marginals(self) -> tuple[torch.distributions.Distribution, ...]:

@@ -14,6 +14,7 @@ any other latent at its prior's expectations.
 from __future__ import annotations
 
 import torch
+from pyro.ops.provenance import detach_provenance
 
 from pyro_vae.cavi.conjugate_forms import Latent
 from pyro_vae.cavi.exponential_families import (
@@ -51,7 +52,8 @@ def initial_statistics(latents: dict[str, Latent], init, first) -> dict[str, tor
         else:
             value = latent.family.expected_statistics(latent.prior)
             stats[name] = value.expand(latent.batch_shape + value.shape[-1:])
-    return stats
+    # a prior's parameters carry provenance from the first run (conjugate_forms.first_run)
+    return {name: detach_provenance(value) for name, value in stats.items()}
 
 
 def _given(name: str, latent: Latent, q) -> torch.Tensor:

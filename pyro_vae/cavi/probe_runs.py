@@ -9,6 +9,12 @@ leftmost dim — the run raises, a site's log-density lacks the probe dim, or th
 batched run disagrees with a plain run at the same point (a ``.view(-1)`` or
 ``x.shape[0]`` that mixes probes) — is run once per probe point instead, with the same
 results; the choice is made once per :class:`ProbeRunner`.
+
+Fit points (any ``key`` but ``"check"``) hold each discrete latent in a plate at one value
+across the plate (a stride-0 expansion of one balanced draw per point), so a design whose
+other members are global is the same at every element and is solved once with many
+right-hand sides; check points draw every element apart, so a factor that reads a
+discrete latent at another element than its own still fails its check.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.poutine.util import site_is_subsample
+
+from pyro_vae.cavi.exponential_families import DISCRETE_FAMILIES
 
 _AGREE = 1e-9  # batched vs plain log-density, relative to 1 + its magnitude
 
@@ -109,7 +117,7 @@ class ProbeRunner:
         model broadcasts. Nothing is drawn ahead for a model that does not."""
         if self.batched is False or not requests:
             return
-        drawn = [self.draw(count, fixed) for count, fixed, _ in requests]
+        drawn = [self.draw(count, fixed, key != "check") for count, fixed, key in requests]
         values = {k: torch.cat([d[k] for d in drawn]) for k in drawn[0]}
         total = sum(count for count, _, _ in requests)
         if self.batched is None:
@@ -120,16 +128,23 @@ class ProbeRunner:
             self.batched = out is not None
         if out is None:
             return
-        together = Runs(values, out)
-        for count, _, key in requests:
-            self._ready[(count, key)], together = together.split(count)
+        start = 0
+        for (count, _, key), values in zip(requests, drawn, strict=True):
+            log_probs = {k: v[start : start + count] for k, v in out.items()}
+            self._ready[(count, key)], start = Runs(values, log_probs), start + count
 
-    def draw(self, count: int, fixed=None) -> dict:
+    def draw(self, count: int, fixed=None, shared: bool = False) -> dict:
         """``count`` random probe points {site: [count, *batch, *event]}, ``fixed`` sites
-        ({site: [*batch, *event]}) held at one value."""
+        ({site: [*batch, *event]}) held at one value; ``shared``: each discrete latent in a
+        plate at one value per point across its plate (expanded, stride 0)."""
         values = {}
         shape = torch.Size([count])
         for latent in self.latents.values():
+            if shared and latent.family.name in DISCRETE_FAMILIES and latent.batch_shape:
+                ones = (1,) * len(latent.batch_shape)
+                value = latent.family.probe(shape + ones, self.generator)
+                values[latent.name] = value.expand(shape + latent.batch_shape)
+                continue
             value = latent.family.probe(shape + latent.batch_shape, self.generator)
             values.update(
                 zip(latent.sites, value if len(latent.sites) > 1 else (value,), strict=True)
@@ -143,7 +158,7 @@ class ProbeRunner:
         for :meth:`prefetch`) and the log-densities there."""
         if (count, key) in self._ready:
             return self._ready.pop((count, key))
-        values = self.draw(count, fixed)
+        values = self.draw(count, fixed, key != "check")
         return Runs(values, self.log_probs(values, count))
 
     def log_probs(self, values: dict, count: int) -> dict:
@@ -183,7 +198,8 @@ class ProbeRunner:
             for site in latent.sites:
                 v = values[site]
                 pad = (1,) * (n - len(latent.batch_shape))
-                data[site] = v.reshape(v.shape[:1] + pad + v.shape[1:])
+                # a copy: a shared value is an expansion, which .view() in a model refuses
+                data[site] = v.reshape(v.shape[:1] + pad + v.shape[1:]).contiguous()
 
         def probed(*args, **kwargs):
             with pyro.plate("_probes", count, dim=-(n + 1)):
@@ -207,7 +223,7 @@ class ProbeRunner:
         per_point = []
         for i in range(count):
             self.model_runs += 1
-            point = {k: v[i] for k, v in values.items()}
+            point = {k: v[i].contiguous() for k, v in values.items()}
             log_probs = site_log_probs(self.model, self.args, self.kwargs, point)[0]
             _refuse_changed_structure(log_probs, self.shapes)
             per_point.append(log_probs)

@@ -78,3 +78,58 @@ def test_a_design_shared_across_elements_is_solved_once_to_the_same_coefficients
     a = a.expand(values.shape[1:] + a.shape[-2:]).contiguous()
     per_element = torch.linalg.lstsq(a, values.movedim(0, -1).unsqueeze(-1)).solution
     assert torch.allclose(_fit(designs, values), per_element.squeeze(-1), atol=1e-12)
+
+
+def _mixed_latents(plate_size):
+    """A Dirichlet weight (global), a Categorical z and a Bernoulli b in a plate."""
+
+    def model():
+        w = pyro.sample("w", dist.Dirichlet(torch.ones(3, dtype=F64)))
+        with pyro.plate("data", plate_size):
+            pyro.sample("z", dist.Categorical(w))
+            pyro.sample("b", dist.Bernoulli(t(0.3)))
+
+    return find_latents(poutine.trace(model).get_trace())
+
+
+@pytest.mark.parametrize("members", [("w", "z"), ("z", "b"), ("w", "z", "b")])
+@pytest.mark.parametrize("count", [4, 9, 13, 30, 80])
+def test_counting_decides_the_rank_of_a_design_with_discrete_members(members, count):
+    # the rows-per-combination count against the SVD's rank of every element's design
+    # (independent), at sizes from too few rows to enough, with balanced and random probes
+    from pyro_vae.cavi.conjugate_forms import _design, _full_rank, _probe_values
+
+    latents = _mixed_latents(5)
+    chosen = [latents[n] for n in members]
+    g = torch.Generator().manual_seed(count)
+    for trial in range(10):
+        draws = [_probe_values(latents, g) for _ in range(count)]
+        values = {k: torch.stack([d[k] for d in draws]) for k in draws[0]}
+        if trial % 2:  # random Categorical values (the probe's are balanced per element)
+            values["z"] = torch.randint(0, 3, values["z"].shape, generator=g)
+        designs = _design(chosen, values, 1).movedim(0, -2)
+        by_svd = bool(torch.linalg.matrix_rank(designs).min() == designs.shape[-1])
+        assert _full_rank(chosen, values, 1) == by_svd
+
+
+@pytest.mark.parametrize("shift", [0, 1])
+def test_a_factor_reading_another_element_s_assignment_fails_its_check(shift):
+    # the fit points hold z at one value across the plate (its design then is shared), so
+    # y_n = N(μ[z_{n−1}]) fits them as if it read z_n; the check points draw every z_n apart
+    # and catch it. shift 0: the same model reading its own z_n is fitted.
+    from pyro.ops.indexing import Vindex
+
+    def model(y):
+        w = pyro.sample("w", dist.Dirichlet(torch.ones(2, dtype=F64)))
+        with pyro.plate("components", 2):
+            mu = pyro.sample("mu", dist.Normal(t(0.0), t(3.0)))
+        with pyro.plate("data", len(y)):
+            z = pyro.sample("z", dist.Categorical(w))
+            pyro.sample("y", dist.Normal(Vindex(mu)[..., z.roll(shift, -1)], 1.0), obs=y)
+
+    y = t([0.1, 2.0, -1.0, 0.5, 3.0, 1.1])
+    if shift == 0:
+        assert probe(model, y)[1]["y"].selector == "z"
+        return
+    with pytest.raises(NotConjugateError, match="factor 'y'.*for some value of 'z'"):
+        probe(model, y)

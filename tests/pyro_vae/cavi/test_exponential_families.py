@@ -155,3 +155,18 @@ def test_a_normal_gamma_block_refuses_an_improper_update():
         family.distribution(t([-1.0, 1.0, 0.0, 0.5]))  # −½P > 0: P < 0
     with pytest.raises(NotConjugateError, match=r"'mu\+tau' \(Normal-Gamma\).*Gamma shape"):
         family.distribution(t([1.0, 1.0, 0.0, -0.5]))  # rate −1
+
+
+def test_wishart_entropy_is_torch_s_wishart_entropy():
+    # Bishop's closed form against torch.distributions.Wishart.entropy (independent code)
+    from pyro_vae.cavi.exponential_families import _wishart_expected_logdet, wishart_entropy
+
+    g = torch.Generator().manual_seed(0)
+    for d in (1, 2, 4):
+        a = torch.randn(5, d, d, generator=g, dtype=torch.float64)
+        scale = a @ a.mT + 0.3 * torch.eye(d, dtype=torch.float64)
+        df = d - 1 + torch.rand(5, generator=g, dtype=torch.float64) * 20 + 0.1
+        logdet = torch.linalg.slogdet(scale)[1]
+        ours = wishart_entropy(df, d, logdet, _wishart_expected_logdet(df, scale, logdet))
+        reference = torch.distributions.Wishart(df, covariance_matrix=scale).entropy()
+        assert torch.allclose(ours, reference, rtol=1e-12, atol=1e-12)
