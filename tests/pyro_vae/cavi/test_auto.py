@@ -606,3 +606,30 @@ def test_markov_chains_kept_whole_reproduce_structured_mean_field():
     assert relative(fit.lower_bounds_, structured.lower_bounds_) < 1e-6
     marginals = torch.stack([fit.fitted_chains_[c][0] for c in sorted(fit.fitted_chains_)], 1)
     assert float((marginals - structured.expectations_).abs().max()) < 1e-6
+
+
+def test_a_prior_draw_with_an_infinite_log_density_still_gives_the_exact_evidence():
+    # μ ~ N(0, (1e200)²): its prior draw is ~1e200, where (y − μ)² overflows and the
+    # likelihood's log-density is −inf; the probe runs' reference point is then a run at
+    # probe values. One latent: the bound is the evidence, in closed form as s → ∞ (the
+    # neglected terms are O(1/s²) = 1e-400): log p(y) = −log s − ½ log 2π
+    # − (n − 1)/2 log 2π − ½ log n − ½ Σ (y − ȳ)².
+    from pyro_vae.cavi.conjugate_forms import first_run, reference_is_finite
+
+    s = 1e200
+    y = t([0.3, -1.2, 2.0, 0.7])
+
+    def model(y):
+        mu = pyro.sample("mu", dist.Normal(t(0.0), t(s)))
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+    assert not reference_is_finite(first_run(model, (y,), {}, 0)[0])
+    n = len(y)
+    evidence = (
+        -math.log(s) - 0.5 * math.log(2 * math.pi) - (n - 1) / 2 * math.log(2 * math.pi)
+        - 0.5 * math.log(n) - 0.5 * float(((y - y.mean()) ** 2).sum())
+    )  # fmt: skip
+    fit = AutoCAVI(model, tol=1e-12).fit(y)
+    assert fit.probe_batched_
+    assert fit.lower_bound_ == pytest.approx(evidence, rel=1e-10)
