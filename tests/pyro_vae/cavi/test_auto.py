@@ -633,3 +633,15 @@ def test_a_prior_draw_with_an_infinite_log_density_still_gives_the_exact_evidenc
     fit = AutoCAVI(model, tol=1e-12).fit(y)
     assert fit.probe_batched_
     assert fit.lower_bound_ == pytest.approx(evidence, rel=1e-10)
+
+
+def test_an_observation_outside_its_support_is_refused_naming_the_site():
+    # the seeded first run is not validated (for speed); the validated probe runs raise
+    # Pyro's own message
+    def model(x):
+        p = pyro.sample("p", dist.Beta(t(1.0), t(1.0)))
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.Bernoulli(p), obs=x)
+
+    with pytest.raises(ValueError, match=r"(?s)site 'x'.*within the support"):
+        AutoCAVI(model).fit(t([0.0, 1.0, 2.0]))
