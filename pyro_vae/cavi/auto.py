@@ -77,7 +77,8 @@ class AutoCAVI:
         markov_chains: keep each chain of scalar Categorical sites (a ``pyro.markov`` loop,
             see :mod:`pyro_vae.cavi.chains`) whole in q, updated by forward-backward
             (structured mean field); False: one factor per site (naive mean field).
-        random_state: seed of the probe points and of that forward run.
+        random_state: seed of the probe points and of that forward run (which also tracks,
+            by provenance, the latents each factor reads).
 
     Attributes (after ``fit``):
         blocks_: the (mean, precision) pairs updated jointly.
@@ -95,7 +96,7 @@ class AutoCAVI:
             a log-density lacked the dim, or it disagreed with a plain run at the same
             point), and they ran one model run per point instead, to the same factors.
         probe_model_runs_: model runs made while solving the factors (a batched run counts
-            once; the first forward run and the dependency-tracking run are not counted).
+            once; the seeded first run, which also tracks dependencies, is not counted).
 
     Raises:
         NotConjugateError (a ValueError), naming the latent site, its distribution and the
