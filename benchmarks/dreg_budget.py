@@ -86,8 +86,18 @@ def one_run(data, options: dict, seed: int, args) -> tuple[float, float]:
     return ll, seconds
 
 
-def table(results: dict[str, list[tuple[float, float]]], args, load, seconds) -> str:
+def table(results: dict[str, list[tuple[float, float]]], args, load, seconds, resumed=0) -> str:
+    """The markdown table of ``results`` {contender: [(log p(x), training s) per seed]};
+    ``load`` and ``seconds`` are this sitting's, ``resumed`` the runs it read from
+    ``--results`` rather than trained."""
     names = list(results)
+    trained = sum(s for runs in results.values() for _, s in runs)
+    count = sum(len(runs) for runs in results.values())
+    sittings = (
+        f"; {resumed} of the {count} runs were trained in earlier sittings (--resume)"
+        if resumed
+        else ""
+    )
     cells = []
     for name in names:
         mean, se = mean_and_se([ll for ll, _ in results[name]])
@@ -120,7 +130,8 @@ def table(results: dict[str, list[tuple[float, float]]], args, load, seconds) ->
             "|---|" + "---:|" * (args.seeds + 1),
             *per_seed,
             "",
-            run_footer(load, seconds),
+            f"Training {trained:.0f} s in all over {count} runs (evaluations not counted)"
+            f"{sittings}. This sitting: " + run_footer(load, seconds),
             "",
         ]
     )
@@ -175,6 +186,7 @@ def main(argv=None) -> None:
     data.train_x = data.train_x[: args.train_images]
     args.train_images = int(data.train_x.shape[0])
     done = finished_runs(args)
+    resumed = len(done)
     results: dict[str, list[tuple[float, float]]] = {}
     for seed in range(args.seeds):  # seeds outside, so a partial table is paired by seed
         for name, options in contenders(args.k).items():
@@ -184,10 +196,12 @@ def main(argv=None) -> None:
             ll, seconds = done[(name, seed)]
             results.setdefault(name, []).append((ll, seconds))
             print(f"{name:<12} seed {seed}: log p(x) {ll:.2f} ({seconds:.0f} s)", flush=True)
-            partial = table(results, args, (load_start, "(running)"), time.perf_counter() - started)
+            partial = table(
+                results, args, (load_start, "(running)"), time.perf_counter() - started, resumed
+            )
             args.output.write_text(partial.replace("# Test", "# (PARTIAL: still running) Test", 1))
     load_end = load_average(" ")
-    text = table(results, args, (load_start, load_end), time.perf_counter() - started)
+    text = table(results, args, (load_start, load_end), time.perf_counter() - started, resumed)
     args.output.write_text(text)
     print(text)
 

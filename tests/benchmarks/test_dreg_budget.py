@@ -27,6 +27,7 @@ def test_a_resumed_run_reads_the_finished_runs_instead_of_training_them(tmp_path
         results.write_text(json.dumps(saved))
         load("dreg_budget").main([*TINY, "--output", str(out), "--resume"])
         assert "| IWAE | -1.00 |" in out.read_text()
+        assert "4 of the 4 runs were trained in earlier sittings" in out.read_text()
         with pytest.raises(ValueError, match="--resume: .* holds runs with settings"):
             load("dreg_budget").main([*TINY[:-2], "--ll-points", "9", "--output", str(out),
                                       "--resume"])  # fmt: skip
