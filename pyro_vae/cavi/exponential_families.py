@@ -243,7 +243,7 @@ class BernoulliFamily(Family):
         return torch.stack([_one(p), p], -1)
 
     def distribution(self, eta):
-        return dist.Bernoulli(logits=eta[..., 0])
+        return dist.Bernoulli(logits=eta[..., 0], validate_args=False)
 
 
 class CategoricalFamily(Family):
@@ -273,7 +273,7 @@ class CategoricalFamily(Family):
         return q.probs.to(_F64)
 
     def distribution(self, eta):
-        return dist.Categorical(logits=eta)
+        return dist.Categorical(logits=eta, validate_args=False)
 
 
 def _spd_probe(batch_shape, d: int, generator) -> torch.Tensor:
@@ -350,19 +350,21 @@ class NormalWishart:
     """q(μ, Λ) = N(μ | m, (βΛ)⁻¹) Wishart(Λ | W, ν), batched; the joint factor of a mean and
     its precision (Bishop 2006, eq. 10.59)."""
 
-    def __init__(self, loc, beta, scale, df) -> None:
+    def __init__(self, loc, beta, scale, df, logdet_scale=None) -> None:
         self.loc, self.beta, self.scale, self.df = loc, beta, scale, df
+        if logdet_scale is None:
+            logdet_scale = torch.linalg.slogdet(scale)[1]
+        self.logdet_scale = logdet_scale  # log|W|
+        self.expected_logdet = _wishart_expected_logdet(df, scale, logdet_scale)  # E log|Λ|
 
     def entropy(self) -> torch.Tensor:
         """H[q(Λ)] + E_Λ H[N(μ | m, (βΛ)⁻¹)] (nats, per batch element)."""
         d = self.loc.shape[-1]
-        logdet_scale = torch.linalg.slogdet(self.scale)[1]
-        expected_logdet = _wishart_expected_logdet(self.df, self.scale, logdet_scale)
         return (
-            wishart_entropy(self.df, d, logdet_scale, expected_logdet)
+            wishart_entropy(self.df, d, self.logdet_scale, self.expected_logdet)
             + d / 2 * (1 + math.log(2 * math.pi))
             - d / 2 * self.beta.log()
-            - 0.5 * expected_logdet
+            - 0.5 * self.expected_logdet
         )
 
     def marginals(self) -> tuple[torch.distributions.Distribution, ...]:
@@ -409,7 +411,7 @@ class NormalWishartFamily(Family):
             return self.statistics(*q)
         mean_lam = q.df[..., None, None] * q.scale
         lam_mu = (mean_lam @ q.loc.unsqueeze(-1)).squeeze(-1)
-        logdet = _wishart_expected_logdet(q.df, q.scale).unsqueeze(-1)
+        logdet = q.expected_logdet.unsqueeze(-1)
         quad = (self.d / q.beta + (q.loc * lam_mu).sum(-1)).unsqueeze(-1)
         parts = [torch.ones_like(logdet), mean_lam[..., self._rows, self._cols], logdet]
         return torch.cat(parts + [lam_mu, quad], -1)
@@ -426,7 +428,8 @@ class NormalWishartFamily(Family):
         chol, info = torch.linalg.cholesky_ex(inverse_scale)
         if bool((beta <= 0).any() | (df <= d - 1).any()) or bool(info.any()):
             raise self._improper("β ≤ 0, ν ≤ D − 1 or a scale not positive definite")
-        return NormalWishart(loc, beta, torch.cholesky_inverse(chol), df)
+        logdet_scale = -2 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # W = (chol cholᵀ)⁻¹
+        return NormalWishart(loc, beta, torch.cholesky_inverse(chol), df, logdet_scale)
 
 
 class NormalGamma:
