@@ -321,13 +321,25 @@ def _unexpanded(values: dict) -> dict:
     return out
 
 
-def _design(latents: list[Latent], values: dict, rank: int) -> torch.Tensor:
-    """The tensor-product basis ⊗_j T_j(x_j) at S stacked points (``values`` {site:
-    [S, *batch, *event]}), shape [S, *batch (rank ``rank``), Π B_j]."""
-    count = next(iter(values.values())).shape[0] if values else 1
+def _statistics(latent: Latent, runs: Runs) -> torch.Tensor:
+    """T of ``latent`` at the points of ``runs``, [S, *batch, B] (size 1 where a shared
+    discrete probe is expanded), computed once per Runs and unit."""
+    if latent.name not in runs.stats:
+        runs.stats[latent.name] = statistics(latent, _unexpanded(runs.values))
+    return runs.stats[latent.name]
+
+
+def _design(latents: list[Latent], runs: Runs, rank: int, components=frozenset()):
+    """The tensor-product basis ⊗_j T_j(x_j) at the S points of ``runs``, shape
+    [S, *batch (rank ``rank``), Π B_j]. In a mixture's design (``components``, picked by
+    ``latents[0]``, its selector z) each element reads the statistics of the component its
+    z picks: T(θ_z) is T(θ) gathered along the components' plate."""
+    count = len(runs)
     design = torch.ones((count,) + (1,) * rank + (1,), dtype=torch.float64)
     for latent in latents:
-        phi = statistics(latent, values)  # [S, *batch, B]
+        phi = _statistics(latent, runs)  # [S, *batch, B]
+        if latent.name in components:
+            phi = _picked(phi, _unexpanded(runs.values)[latents[0].name])
         phi = phi.reshape(phi.shape[:1] + (1,) * (rank + 2 - phi.dim()) + phi.shape[1:])
         design = (design.unsqueeze(-1) * phi.unsqueeze(-2)).flatten(-2)
     return design
@@ -377,15 +389,14 @@ def _misfit(designs, values, coefficients, scale) -> torch.Tensor:
     return ((predicted - values.movedim(0, -1)).abs() / (1 + scale.unsqueeze(-1))).amax()
 
 
-def _solve(members, runs: Runs, checks: Runs, site, rank, view=None):
+def _solve(members, runs: Runs, checks: Runs, site, rank, components=frozenset()):
     """(C [*fbatch, P], the designs, whether C reproduces log f at the check runs);
-    ``view`` maps the values the designs read."""
-    view = view or _identity
-    designs = _design(members, view(_unexpanded(runs.values)), rank)
+    ``components``: a mixture's (see :func:`_design`)."""
+    designs = _design(members, runs, rank, components)
     values = runs.log_probs[site]
     coefficients = _fit(designs, values)
     scale = values.abs().amax(0)
-    check_designs = _design(members, view(checks.values), rank)
+    check_designs = _design(members, checks, rank, components)
     good = bool(_misfit(check_designs, checks.log_probs[site], coefficients, scale) <= _RTOL)
     return coefficients, designs, good
 
@@ -415,7 +426,7 @@ def _full_rank(members, values, rank) -> bool:
 
 
 def _enough_runs(make_runs, needs, batched=True) -> tuple[Runs, Runs]:
-    """Fit runs until every design ``(members, rank, view)`` in ``needs`` has full column
+    """Fit runs until every design ``(members, rank, components)`` in ``needs`` has full column
     rank at every element — random Categorical probes can miss a combination of categories
     at some element, and a least-squares fit would then guess — and fresh check runs.
     ``make_runs(count, key)``: ``count`` probe points; ``key`` ("fit", "check") names a draw
@@ -427,7 +438,7 @@ def _enough_runs(make_runs, needs, batched=True) -> tuple[Runs, Runs]:
     discrete = [need for need in needs if _has_discrete(need[0])]
     for _ in range(_MAX_ROUNDS):
         values = _unexpanded(runs.values)
-        if all(_full_rank(members, view(values), rank) for members, rank, view in discrete):
+        if all(_full_rank(members, values, rank) for members, rank, _ in discrete):
             return runs, checks
         runs = runs + make_runs(_size(needs), None)
     names = sorted({m.name for members, _, _ in needs for m in members})
@@ -513,7 +524,7 @@ def _probe_all(runner, depends, trace) -> list[Factor]:
         rank = trace.nodes[site]["log_prob"].dim()
         roles = _mixture_roles(site, names, latents, trace)
         if roles[0] is None:
-            designs[site] = ([latents[n] for n in names], rank, _identity)
+            designs[site] = ([latents[n] for n in names], rank, frozenset())
         else:
             designs[site] = _mixture_design(latents, depends, site, roles, rank)
     needs = list(designs.values())
@@ -525,15 +536,12 @@ def _probe_all(runner, depends, trace) -> list[Factor]:
     return [_factor(runner, site, designs[site], runs, checks, trace) for site in depends]
 
 
-def _identity(values):
-    return values
-
-
 def _factor(runner, site, design, runs, checks, trace) -> Factor:
-    """``site``'s factor solved on ``design`` (members, rank, view), or NotConjugateError."""
-    members, rank, view = design
-    coefficients, _, good = _solve(members, runs, checks, site, rank, view)
-    selector = members[0].name if view is not _identity else None
+    """``site``'s factor solved on ``design`` (members, rank, components), or
+    NotConjugateError."""
+    members, rank, components = design
+    coefficients, _, good = _solve(members, runs, checks, site, rank, components)
+    selector = members[0].name if components else None
     names = tuple(m.name for m in members if m.name != selector)
     if not good and selector is None:
         _refuse(runner, list(names), site, trace)
@@ -556,24 +564,19 @@ def _factor(runner, site, design, runs, checks, trace) -> Factor:
 
 
 def _mixture_design(latents, depends, site, roles, rank):
-    """(members, rank, view) of a mixture factor log f = Σ_k [z = k] g(θ_k): its members are
-    the selector z, then the other latents, each component probed as one element; the view
-    gives each factor element the component its z picks. The design [z = k] ⊗ T(θ_z) ⊗ …
-    holds the K components' coefficients side by side, and the check runs vary every θ_k',
-    so a factor that mentions θ_k' for z = k ≠ k' is caught as not fitting."""
+    """(members, rank, components) of a mixture factor log f = Σ_k [z = k] g(θ_k): its
+    members are the selector z, then the other latents, each component probed as one
+    element, read at the component its z picks. The design [z = k] ⊗ T(θ_z) ⊗ … holds the K
+    components' coefficients side by side, and the check runs vary every θ_k', so a factor
+    that mentions θ_k' for z = k ≠ k' is caught as not fitting."""
     selector, components = roles
-    parts = [c for m in components for c in latents[m].sites]
     members = [latents[selector]] + _mixture_members(latents, depends, site, selector)
-
-    def view(values):
-        return {**values, **{c: _picked(values[c], values[selector]) for c in parts}}
-
-    return members, rank, view
+    return members, rank, frozenset(components)
 
 
 def _picked(component: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``component[s, index[s, …]]``: component [S, K, *event] and index [S, *batch] →
-    [S, *batch, *event], each element's value of the component its index picks."""
+    [S, *batch, *event], each element's statistics of the component its index picks."""
     event = component.shape[2:]
     flat = index.reshape(index.shape[0], -1)
     flat = flat.reshape(flat.shape + (1,) * len(event)).expand(flat.shape + event)
@@ -628,7 +631,7 @@ def _refuse(runner, names, site, trace):
         def make_runs(count, key, held=held):
             return runner.runs(count, held, key)
 
-        runs, checks = _enough_runs(make_runs, [([latent], rank, _identity)], runner.batched)
+        runs, checks = _enough_runs(make_runs, [([latent], rank, frozenset())], runner.batched)
         if not _solve([latent], runs, checks, site, rank)[2]:
             culprit = [name]
             break

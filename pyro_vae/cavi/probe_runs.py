@@ -19,7 +19,7 @@ discrete latent at another element than its own still fails its check.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyro
 import pyro.poutine as poutine
@@ -54,13 +54,16 @@ def site_log_probs(model, args, kwargs, values: dict) -> tuple[dict, object]:
 
 @dataclass
 class Runs:
-    """S probe points: ``values`` {site: [S, *batch, *event]}, ``log_probs`` {site: [S, …]}."""
+    """S probe points: ``values`` {site: [S, *batch, *event]}, ``log_probs`` {site: [S, …]};
+    ``stats`` caches each latent unit's statistics there (filled by
+    :mod:`pyro_vae.cavi.conjugate_forms`, which reads them for every factor)."""
 
     values: dict
     log_probs: dict
+    stats: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
-        return next(iter(self.log_probs.values())).shape[0]
+        return next(iter(self.values.values())).shape[0]
 
     def __add__(self, other: Runs) -> Runs:
         return Runs(

@@ -98,6 +98,7 @@ def test_counting_decides_the_rank_of_a_design_with_discrete_members(members, co
     # the rows-per-combination count against the SVD's rank of every element's design
     # (independent), at sizes from too few rows to enough, with balanced and random probes
     from pyro_vae.cavi.conjugate_forms import _design, _full_rank, _probe_values
+    from pyro_vae.cavi.probe_runs import Runs
 
     latents = _mixed_latents(5)
     chosen = [latents[n] for n in members]
@@ -107,7 +108,7 @@ def test_counting_decides_the_rank_of_a_design_with_discrete_members(members, co
         values = {k: torch.stack([d[k] for d in draws]) for k in draws[0]}
         if trial % 2:  # random Categorical values (the probe's are balanced per element)
             values["z"] = torch.randint(0, 3, values["z"].shape, generator=g)
-        designs = _design(chosen, values, 1).movedim(0, -2)
+        designs = _design(chosen, Runs(values, {}), 1).movedim(0, -2)
         by_svd = bool(torch.linalg.matrix_rank(designs).min() == designs.shape[-1])
         assert _full_rank(chosen, values, 1) == by_svd
 
