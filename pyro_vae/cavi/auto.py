@@ -40,6 +40,7 @@ from pyro_vae.cavi.conjugate_forms import (
 )
 from pyro_vae.cavi.expectations import contract, sum_to
 from pyro_vae.cavi.initial_factors import initial_statistics
+from pyro_vae.cavi.validation import check_observations, validated_on_failure
 
 
 class AutoCAVI:
@@ -119,27 +120,8 @@ class AutoCAVI:
         tol, max_iter, auto_blocks = self._check_settings()
         args, kwargs = _float64(args), _float64(kwargs)
         start = time.perf_counter()
-        generator = torch.Generator().manual_seed(self.random_state)
-        first, read = first_run(self.model, args, kwargs, self.random_state)
-        check_float64(first)
-        check_whole_data(first)
-        latents = find_latents(first, () if auto_blocks else self.blocks)
-        if not latents:
-            raise ValueError("model: it has no latent (unobserved) sample site to fit")
-        if reference_is_finite(first):
-            depends, trace = dependencies(read, latents), first
-        else:  # a run at probe values instead, to be the probe runs' reference point
-            depends, trace = find_dependencies(self.model, args, kwargs, latents, generator)
-        self.blocks_ = find_blocks(latents, depends) if auto_blocks else list(self.blocks)
-        if auto_blocks and self.blocks_:
-            latents = find_latents(first, self.blocks_)
-            depends = regroup(depends, latents)
-        stats = initial_statistics(latents, self.init, first)
-        info = {}
-        factors = probe_factors(
-            self.model, args, kwargs, latents, depends, trace, generator, info=info
-        )
-        self.probe_batched_, self.probe_model_runs_ = info["batched"], info["model_runs"]
+        with validated_on_failure(self.model, args, kwargs, self.random_state):
+            latents, factors, stats = self._probe(args, kwargs, auto_blocks)
         self.probe_seconds_ = time.perf_counter() - start
         self._blanket = {
             n: [f for f in factors if n in f.latents or n == f.selector] for n in latents
@@ -180,6 +162,34 @@ class AutoCAVI:
             for chain in chains
         }  # fmt: skip
         return self
+
+    def _probe(self, args, kwargs, auto_blocks: bool):
+        """(latents, factors, initial statistics): the model run once seeded, under
+        provenance tracking, then probed (Pyro's validation off, see
+        :mod:`pyro_vae.cavi.validation`)."""
+        generator = torch.Generator().manual_seed(self.random_state)
+        first, read = first_run(self.model, args, kwargs, self.random_state)
+        check_float64(first)
+        check_whole_data(first)
+        check_observations(first)
+        latents = find_latents(first, () if auto_blocks else self.blocks)
+        if not latents:
+            raise ValueError("model: it has no latent (unobserved) sample site to fit")
+        if reference_is_finite(first):
+            depends, trace = dependencies(read, latents), first
+        else:  # a run at probe values instead, to be the probe runs' reference point
+            depends, trace = find_dependencies(self.model, args, kwargs, latents, generator)
+        self.blocks_ = find_blocks(latents, depends) if auto_blocks else list(self.blocks)
+        if auto_blocks and self.blocks_:
+            latents = find_latents(first, self.blocks_)
+            depends = regroup(depends, latents)
+        stats = initial_statistics(latents, self.init, first)
+        info = {}
+        factors = probe_factors(
+            self.model, args, kwargs, latents, depends, trace, generator, info=info
+        )
+        self.probe_batched_, self.probe_model_runs_ = info["batched"], info["model_runs"]
+        return latents, factors, stats
 
     def _check_settings(self) -> tuple[float, int, bool]:
         """(tol, max_iter, whether blocks is "auto"), or ValueError naming the argument."""

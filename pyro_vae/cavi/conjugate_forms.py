@@ -210,9 +210,8 @@ def first_run(model, args, kwargs, seed: int) -> tuple[object, dict]:
     read their shapes and classes, and pass what is computed from them through
     :func:`pyro.ops.provenance.detach_provenance`.
 
-    Pyro's validation is off in this run (a third of its time on the benchmark mixture):
-    the probe runs, validated, raise what it would have (an observation outside its
-    distribution's support, a parameter out of its domain), naming the site."""
+    Pyro's validation is off in this run (a third of its time on the benchmark mixture);
+    :mod:`pyro_vae.cavi.validation` says what stands in for it."""
     with torch.random.fork_rng(), torch.no_grad(), warnings.catch_warnings(), \
             pyro.validation_enabled(False):  # fmt: skip
         # torch's Wishart sampler warns of near-singular draws it then redraws
@@ -391,9 +390,12 @@ def _misfit(designs, values, coefficients, scale) -> torch.Tensor:
 
 def _solve(members, runs: Runs, checks: Runs, site, rank, components=frozenset()):
     """(C [*fbatch, P], the designs, whether C reproduces log f at the check runs);
-    ``components``: a mixture's (see :func:`_design`)."""
+    ``components``: a mixture's (see :func:`_design`). C is None, and the fit not good,
+    where log f is not finite at some point (LAPACK's solvers take no NaN)."""
     designs = _design(members, runs, rank, components)
     values = runs.log_probs[site]
+    if not bool(values.isfinite().all() & checks.log_probs[site].isfinite().all()):
+        return None, designs, False
     coefficients = _fit(designs, values)
     scale = values.abs().amax(0)
     check_designs = _design(members, checks, rank, components)
@@ -543,6 +545,14 @@ def _factor(runner, site, design, runs, checks, trace) -> Factor:
     coefficients, _, good = _solve(members, runs, checks, site, rank, components)
     selector = members[0].name if components else None
     names = tuple(m.name for m in members if m.name != selector)
+    if coefficients is None:
+        raise NotConjugateError(
+            f"factor {site!r} ({_dist_name(trace.nodes[site])}): its log-density is not finite "
+            f"(NaN or ±inf) at some probe points of {[m.name for m in members]}, where its "
+            "parameters leave their domain (a negative scale, a probability above 1): it is "
+            "no conjugate factor of them; AutoCAVI updates only conditionally "
+            "conjugate-exponential models (fit this one by SVI)"
+        )
     if not good and selector is None:
         _refuse(runner, list(names), site, trace)
     if not good:

@@ -1,0 +1,68 @@
+import pyro
+import pyro.distributions as dist
+import pyro.poutine as poutine
+import pytest
+import torch
+
+from pyro_vae.cavi import AutoCAVI, NotConjugateError
+from pyro_vae.cavi.validation import check_observations, validated_on_failure
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only cost
+F64 = torch.float64
+
+
+def t(x):
+    return torch.tensor(x, dtype=F64)
+
+
+def coin(x):
+    p = pyro.sample("p", dist.Beta(t(1.0), t(1.0)))
+    with pyro.plate("data", len(x)):
+        pyro.sample("x", dist.Bernoulli(p), obs=x)
+
+
+def negative_scale(y):  # invalid at every value of tau: Pyro's validation names it
+    tau = pyro.sample("tau", dist.Gamma(t(2.0), t(1.0)))
+    with pyro.plate("data", len(y)):
+        pyro.sample("y", dist.Normal(t(0.0), -tau.rsqrt()), obs=y)
+
+
+def scale_is_a_normal_latent(y):  # valid at its prior draw (μ ≈ 3), not at probe points
+    mu = pyro.sample("mu", dist.Normal(t(3.0), t(0.01)))
+    with pyro.plate("data", len(y)):
+        pyro.sample("y", dist.Normal(t(0.0), mu), obs=y)
+
+
+def test_observations_outside_their_support_are_found_on_the_trace():
+    with pyro.validation_enabled(False):  # as AutoCAVI's first run: scored, not validated
+        bad = poutine.trace(coin).get_trace(t([0.0, 1.0, 2.0]))
+        good = poutine.trace(coin).get_trace(t([0.0, 1.0, 1.0]))
+    with pytest.raises(ValueError, match="observed site 'x': values outside the support"):
+        check_observations(bad)
+    check_observations(good)
+
+
+def test_an_invalid_parameter_is_reported_by_pyro_with_the_probing_error_under_it():
+    default = torch.distributions.Distribution._validate_args
+    with pytest.raises(ValueError, match="Expected parameter scale") as raised:
+        AutoCAVI(negative_scale).fit(t([0.1, 0.2]))
+    assert isinstance(raised.value.__cause__, NotConjugateError)
+    assert torch.distributions.Distribution._validate_args == default  # restored
+
+
+def test_a_parameter_out_of_its_domain_at_probe_points_only_is_not_conjugate():
+    with pytest.raises(NotConjugateError, match="factor 'y'.*not finite.*\\['mu'\\]"):
+        AutoCAVI(scale_is_a_normal_latent).fit(t([0.1, 0.2]))
+
+
+def test_a_failure_with_a_valid_model_is_re_raised_as_it_was_and_validation_restored():
+    default = torch.distributions.Distribution._validate_args
+    with pytest.raises(KeyError, match="not the model's"):
+        with validated_on_failure(coin, (t([0.0, 1.0]),), {}, 0):
+            assert torch.distributions.Distribution._validate_args is False
+            raise KeyError("not the model's")
+    assert torch.distributions.Distribution._validate_args == default
+    fit = AutoCAVI(coin).fit(t([0.0, 1.0, 1.0]))  # a valid model still fits: Beta(3, 2)
+    q = fit.variational_distributions()["p"]
+    assert (float(q.concentration1), float(q.concentration0)) == pytest.approx((3.0, 2.0))
+    assert torch.distributions.Distribution._validate_args == default
