@@ -24,6 +24,7 @@ latents do not vary along (they multiply the same expectations there).
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass, replace
 
@@ -212,15 +213,15 @@ def first_run(model, args, kwargs, seed: int) -> tuple[object, dict]:
 
     Pyro's validation is off in this run (a third of its time on the benchmark mixture):
     the probe runs, validated, raise what it would have (an observation outside its
-    distribution's support, a parameter out of its domain), naming the site."""
-    with torch.random.fork_rng(), torch.no_grad(), warnings.catch_warnings(), \
-            pyro.validation_enabled(False):  # fmt: skip
-        # torch's Wishart sampler warns of near-singular draws it then redraws
-        warnings.filterwarnings("ignore", message="Singular sample detected")
-        torch.manual_seed(seed)
-        with TrackFastProvenance():
-            trace = poutine.trace(model).get_trace(*args, **kwargs)
-            trace.compute_log_prob(site_filter=lambda name, site: is_factor(site))
+    distribution's support, a parameter out of its domain), naming the site. Where the
+    unvalidated run itself fails (a Categorical observation past its last category is an
+    index out of range there), the run is repeated validated, so that Pyro's message naming
+    the site is what is raised."""
+    try:
+        trace = _seeded_trace(model, args, kwargs, seed, validate=False)
+    except Exception:
+        _seeded_trace(model, args, kwargs, seed, validate=True)  # raises Pyro's message
+        raise  # the validated run passed: the model's own error
     read = {}
     for name, node in trace.nodes.items():
         if node["type"] != "sample":
@@ -230,6 +231,21 @@ def first_run(model, args, kwargs, seed: int) -> tuple[object, dict]:
             node["log_prob"] = detach_provenance(node["log_prob"])
         node["value"] = detach_provenance(node["value"])
     return trace, read
+
+
+def _seeded_trace(model, args, kwargs, seed: int, validate: bool):
+    """A forward run's trace with every factor's log-density, torch seeded by ``seed`` (the
+    global RNG restored after); unvalidated ones under provenance tracking."""
+    with torch.random.fork_rng(), torch.no_grad(), warnings.catch_warnings(), \
+            pyro.validation_enabled(validate):  # fmt: skip
+        # torch's Wishart sampler warns of near-singular draws it then redraws
+        warnings.filterwarnings("ignore", message="Singular sample detected")
+        torch.manual_seed(seed)
+        # the validated run only raises: no provenance, so its message shows plain tensors
+        with TrackFastProvenance() if not validate else contextlib.nullcontext():
+            trace = poutine.trace(model).get_trace(*args, **kwargs)
+            trace.compute_log_prob(site_filter=lambda name, site: is_factor(site))
+    return trace
 
 
 def reference_is_finite(trace) -> bool:
@@ -339,7 +355,7 @@ def _design(latents: list[Latent], runs: Runs, rank: int, components=frozenset()
     for latent in latents:
         phi = _statistics(latent, runs)  # [S, *batch, B]
         if latent.name in components:
-            phi = _picked(phi, _unexpanded(runs.values)[latents[0].name])
+            phi = _picked(phi, _unexpanded(runs.values)[latents[0].name], latents[0].family.k)
         phi = phi.reshape(phi.shape[:1] + (1,) * (rank + 2 - phi.dim()) + phi.shape[1:])
         design = (design.unsqueeze(-1) * phi.unsqueeze(-2)).flatten(-2)
     return design
@@ -401,8 +417,10 @@ def _solve(members, runs: Runs, checks: Runs, site, rank, components=frozenset()
     return coefficients, designs, good
 
 
-def _full_rank(members, values, rank) -> bool:
-    """Whether the design of ``members`` at ``values`` has full column rank at every element.
+def _full_rank(members, values, rank, components=frozenset()) -> bool:
+    """Whether the design of ``members`` at ``values`` has full column rank at every element;
+    ``components``: a mixture's (see :func:`_design`), whose discrete members are counted at
+    the component the selector (``members[0]``) picks.
 
     A discrete member's statistics span the indicators of its value (Categorical: one-hot;
     Bernoulli: [1, x], an invertible mix of [1 − x, x]), so up to an invertible change of
@@ -419,6 +437,8 @@ def _full_rank(members, values, rank) -> bool:
             continue
         k = getattr(member.family, "k", 2)
         value = values[member.sites[0]].long()  # [S, *batch]
+        if member.name in components:  # [S, K] → the picked component's, [S, *z's batch]
+            value = _picked(value, values[members[0].name], members[0].family.k)
         value = value.reshape(value.shape[:1] + (1,) * (rank + 1 - value.dim()) + value.shape[1:])
         combination, combinations = combination * k + value, combinations * k
     counts = torch.nn.functional.one_hot(combination, combinations).sum(0)
@@ -438,7 +458,7 @@ def _enough_runs(make_runs, needs, batched=True) -> tuple[Runs, Runs]:
     discrete = [need for need in needs if _has_discrete(need[0])]
     for _ in range(_MAX_ROUNDS):
         values = _unexpanded(runs.values)
-        if all(_full_rank(members, values, rank) for members, rank, _ in discrete):
+        if all(_full_rank(m, values, rank, comps) for m, rank, comps in discrete):
             return runs, checks
         runs = runs + make_runs(_size(needs), None)
     names = sorted({m.name for members, _, _ in needs for m in members})
@@ -574,9 +594,12 @@ def _mixture_design(latents, depends, site, roles, rank):
     return members, rank, frozenset(components)
 
 
-def _picked(component: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+def _picked(component: torch.Tensor, index: torch.Tensor, k: int) -> torch.Tensor:
     """``component[s, index[s, …]]``: component [S, K, *event] and index [S, *batch] →
-    [S, *batch, *event], each element's statistics of the component its index picks."""
+    [S, *batch, *event], each element's statistics of the component its index picks. A
+    component of size 1 along K (a discrete component's shared fit probe, the same for every
+    k: see :func:`_unexpanded`) is expanded to the K components first."""
+    component = component.expand(component.shape[:1] + (k,) + component.shape[2:])
     event = component.shape[2:]
     flat = index.reshape(index.shape[0], -1)
     flat = flat.reshape(flat.shape + (1,) * len(event)).expand(flat.shape + event)
