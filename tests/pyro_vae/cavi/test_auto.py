@@ -701,3 +701,23 @@ def test_a_mixture_of_discrete_components_reproduces_hand_written_cavi(table, pr
     assert relative(q["z"].probs, r) < 1e-8
     probs = torch.stack([1 - q["c"].probs, q["c"].probs], -1) if bernoulli else q["c"].probs
     assert relative(probs, gamma) < 1e-8
+
+
+def test_a_one_component_mixture_is_the_exact_evidence():
+    # K = 1 (the first of a sweep over K): w ~ Dirichlet([1]) is 1, log w = 0 at every probe,
+    # so the factor of w is rank deficient in a way counting rows cannot see; its minimum-norm
+    # coefficient is 0. μ is then the one latent: the bound is log N(y; 0, s² 11ᵀ + I).
+    y = t([-3.1, 0.4, 4.2, -2.5, 0.1, 3.8])
+
+    def model(y):
+        w = pyro.sample("w", dist.Dirichlet(torch.ones(1, dtype=F64)))
+        with pyro.plate("components", 1):
+            mu = pyro.sample("mu", dist.Normal(t(0.0), 5.0))
+        with pyro.plate("data", len(y)):
+            z = pyro.sample("z", dist.Categorical(w))
+            pyro.sample("y", dist.Normal(Vindex(mu.unsqueeze(-2))[..., z], 1.0), obs=y)
+
+    cov = 25.0 * torch.ones(6, 6, dtype=F64) + torch.eye(6, dtype=F64)
+    evidence = float(dist.MultivariateNormal(torch.zeros(6, dtype=F64), cov).log_prob(y))
+    fit = AutoCAVI(model, tol=1e-12).fit(y)
+    assert fit.lower_bound_ == pytest.approx(evidence, rel=1e-10)
