@@ -8,7 +8,8 @@ is the HMM
 
     q(s_0, …, s_{T−1}) ∝ exp(Σ_t u_t(s_t) + Σ_t ψ_t(s_{t−1}, s_t)),
 
-u_t the expected messages of the factors that mention s_t alone among the chain, ψ_t those
+u_t the expected messages of the factors that mention s_t alone among the chain (as a
+latent, or as the selector of a mixture, ``Vindex(theta)[..., s_t]``), ψ_t those
 of the factors that mention s_{t−1} and s_t (its transition, which may differ from step to
 step: a time-inhomogeneous chain, ``log_A[t][s_prev]``, or one whose steps see different
 latents). Updating it is one pass of
@@ -58,10 +59,15 @@ def _check_links(chain: tuple[str, ...], factors: list[Factor]) -> None:
     index = {s: t for t, s in enumerate(chain)}
     for f in factors:
         at = sorted(index[s] for s in (*f.latents, f.selector) if s in index)
-        if f.selector in index or len(at) > 2 or (len(at) == 2 and at[1] - at[0] != 1):
+        if (
+            (f.selector in index and len(at) > 1)
+            or len(at) > 2
+            or (len(at) == 2 and at[1] - at[0] != 1)
+        ):
             raise NotConjugateError(
                 f"factor {f.name!r} mentions the sites {[chain[t] for t in at]} of the Markov "
-                f"chain {chain[0]!r} … {chain[-1]!r}, not one site or two neighbours; "
+                f"chain {chain[0]!r} … {chain[-1]!r}, not one site or two neighbours (or one "
+                "site picking a mixture's component); "
                 "forward-backward cannot keep that chain whole (pass markov_chains=False "
                 "for one factor per site)"
             )
@@ -75,6 +81,10 @@ def update_chain(chain, factors, stats, pairs) -> tuple[torch.Tensor, torch.Tens
     unary = torch.zeros(len(chain), k, dtype=torch.float64)
     pairwise = torch.zeros(len(chain) - 1, k, k, dtype=torch.float64)
     for f in factors:
+        if f.selector in index:  # an emission mixture: s_t picks its component
+            message = contract(f, stats, (f.selector,), pairs)  # [*batch, K]
+            unary[index[f.selector]] += message.reshape(-1, k).sum(0)
+            continue
         mentioned = sorted((s for s in f.latents if s in index), key=index.get)
         if len(mentioned) == 1:
             unary[index[mentioned[0]]] += (

@@ -338,7 +338,7 @@ def _design(latents: list[Latent], runs: Runs, rank: int, components=frozenset()
     for latent in latents:
         phi = _statistics(latent, runs)  # [S, *batch, B]
         if latent.name in components:
-            phi = _picked(phi, _unexpanded(runs.values)[latents[0].name])
+            phi = _picked(phi, _unexpanded(runs.values)[latents[0].name], latents[0].family.k)
         phi = phi.reshape(phi.shape[:1] + (1,) * (rank + 2 - phi.dim()) + phi.shape[1:])
         design = (design.unsqueeze(-1) * phi.unsqueeze(-2)).flatten(-2)
     return design
@@ -366,20 +366,32 @@ def _fit(designs: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     if not shared:
         b = values.movedim(0, -1).unsqueeze(-1)  # [*fbatch, S, 1]
         # full column rank is ensured (_enough_runs): QR least squares, ~5x faster than pinv
-        return torch.linalg.lstsq(a, b, driver="gels").solution.squeeze(-1)
+        return _lstsq(a, b).squeeze(-1)
     # the shared dims go last and become columns of the right-hand side
     rest = [i for i in range(1, values.dim()) if i not in shared]
     order = rest + [0] + shared
     b = values.permute(order)  # [*rest, S, *shared]
     b = b.reshape(b.shape[: len(rest) + 1] + (-1,))
     a = a.squeeze(tuple(i - 1 for i in shared))  # [*rest, S, P]
-    solution = torch.linalg.lstsq(a, b, driver="gels").solution  # [*rest, P, Π shared]
+    solution = _lstsq(a, b)  # [*rest, P, Π shared]
     solution = solution.reshape(solution.shape[:-1] + tuple(values.shape[i] for i in shared))
     # back to [*fbatch, P]: P is at position len(rest), the shared dims after it
     positions = {dim: k for k, dim in enumerate(rest)}
     positions.update({dim: len(rest) + 1 + k for k, dim in enumerate(shared)})
     perm = [positions[i] for i in range(1, values.dim())] + [len(rest)]
     return solution.permute(perm)
+
+
+def _lstsq(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Least squares by QR (``gels``, ~5x faster than an SVD), or, where a design is rank
+    deficient after all — a statistic constant at every value (log w of a Dirichlet over one
+    category is 0), which counting rows cannot see — the minimum-norm solution by SVD
+    (``gelsd``): its coefficient on such a statistic is 0, and the check runs still decide
+    whether the factor is reproduced."""
+    try:
+        return torch.linalg.lstsq(a, b, driver="gels").solution
+    except torch.linalg.LinAlgError:
+        return torch.linalg.lstsq(a, b, driver="gelsd").solution
 
 
 def _misfit(designs, values, coefficients, scale) -> torch.Tensor:
@@ -403,8 +415,10 @@ def _solve(members, runs: Runs, checks: Runs, site, rank, components=frozenset()
     return coefficients, designs, good
 
 
-def _full_rank(members, values, rank) -> bool:
-    """Whether the design of ``members`` at ``values`` has full column rank at every element.
+def _full_rank(members, values, rank, components=frozenset()) -> bool:
+    """Whether the design of ``members`` at ``values`` has full column rank at every element;
+    ``components``: a mixture's (see :func:`_design`), whose discrete members are counted at
+    the component the selector (``members[0]``) picks.
 
     A discrete member's statistics span the indicators of its value (Categorical: one-hot;
     Bernoulli: [1, x], an invertible mix of [1 − x, x]), so up to an invertible change of
@@ -421,6 +435,8 @@ def _full_rank(members, values, rank) -> bool:
             continue
         k = getattr(member.family, "k", 2)
         value = values[member.sites[0]].long()  # [S, *batch]
+        if member.name in components:  # [S, K] → the picked component's, [S, *z's batch]
+            value = _picked(value, values[members[0].name], members[0].family.k)
         value = value.reshape(value.shape[:1] + (1,) * (rank + 1 - value.dim()) + value.shape[1:])
         combination, combinations = combination * k + value, combinations * k
     counts = torch.nn.functional.one_hot(combination, combinations).sum(0)
@@ -440,7 +456,7 @@ def _enough_runs(make_runs, needs, batched=True) -> tuple[Runs, Runs]:
     discrete = [need for need in needs if _has_discrete(need[0])]
     for _ in range(_MAX_ROUNDS):
         values = _unexpanded(runs.values)
-        if all(_full_rank(members, values, rank) for members, rank, _ in discrete):
+        if all(_full_rank(m, values, rank, comps) for m, rank, comps in discrete):
             return runs, checks
         runs = runs + make_runs(_size(needs), None)
     names = sorted({m.name for members, _, _ in needs for m in members})
@@ -584,9 +600,12 @@ def _mixture_design(latents, depends, site, roles, rank):
     return members, rank, frozenset(components)
 
 
-def _picked(component: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+def _picked(component: torch.Tensor, index: torch.Tensor, k: int) -> torch.Tensor:
     """``component[s, index[s, …]]``: component [S, K, *event] and index [S, *batch] →
-    [S, *batch, *event], each element's statistics of the component its index picks."""
+    [S, *batch, *event], each element's statistics of the component its index picks. A
+    component of size 1 along K (a discrete component's shared fit probe, the same for every
+    k: see :func:`_unexpanded`) is expanded to the K components first."""
+    component = component.expand(component.shape[:1] + (k,) + component.shape[2:])
     event = component.shape[2:]
     flat = index.reshape(index.shape[0], -1)
     flat = flat.reshape(flat.shape + (1,) * len(event)).expand(flat.shape + event)

@@ -1,3 +1,5 @@
+import math
+
 import pyro
 import pyro.distributions as dist
 import pyro.poutine as poutine
@@ -115,3 +117,49 @@ def test_a_transition_matrix_in_a_plate_picked_by_a_latent_state_is_refused_with
     with pytest.raises(NotConjugateError, match=r"2 Categorical latents \['s_0', 's_1'\]") as e:
         AutoCAVI(model).fit(torch.tensor([0.1, 1.9, 2.2], dtype=F64))
     assert "give each row its own Dirichlet site" in str(e.value)
+
+
+def bayesian_hmm(y, s0=3.0):
+    """An HMM whose emission means are latent: y_t ~ N(μ[s_t], 1), μ_k ~ N(0, s0²)."""
+    from pyro.ops.indexing import Vindex
+
+    with pyro.plate("states", 3):
+        mu = pyro.sample("mu", dist.Normal(torch.tensor(0.0, dtype=F64), s0))
+    s = None
+    for t in pyro.markov(range(len(y))):
+        probs = torch.full((3,), 1 / 3, dtype=F64) if s is None else A[s]
+        s = pyro.sample(f"s_{t}", dist.Categorical(probs))
+        pyro.sample(f"y_{t}", dist.Normal(Vindex(mu.unsqueeze(-2))[..., s], 1.0), obs=y[t])
+
+
+def test_a_chain_picking_latent_emission_means_reproduces_structured_mean_field():
+    # q(s_0, …, s_{T−1}) q(μ): each y_t is a mixture factor whose selector is s_t. The
+    # reference is that structured mean field written out over all 3^T paths, in AutoCAVI's
+    # order (μ, then the chain, which init sets), every sweep.
+    import itertools
+
+    y = torch.tensor([-1.2, -0.7, 2.1, 1.8, 2.4], dtype=F64)
+    g = torch.Generator().manual_seed(0)
+    r = torch.softmax(torch.randn(len(y), 3, generator=g, dtype=F64), -1)  # q(s_t) at start
+    init = {f"s_{t}": r[t] for t in range(len(y))}
+    fit = AutoCAVI(bayesian_hmm, init=init, tol=0.0, max_iter=4).fit(y)
+    assert sorted(fit.fitted_chains_) == [tuple(f"s_{t}" for t in range(len(y)))]
+    paths = torch.tensor(list(itertools.product(range(3), repeat=len(y))))  # [3^T, T]
+    log_prior = (torch.full((3,), 1 / 3, dtype=F64).log()[paths[:, 0]]
+                 + A.log()[paths[:, :-1], paths[:, 1:]].sum(-1))  # fmt: skip
+    bounds = []
+    for _ in range(4):
+        precision = 1 / 9 + r.sum(0)  # q(μ_k) = N(m_k, 1/precision_k)
+        m, v = (r * y.unsqueeze(-1)).sum(0) / precision, 1 / precision
+        ell = -0.5 * math.log(2 * math.pi) - 0.5 * ((y.unsqueeze(-1) - m) ** 2 + v)
+        score = log_prior + ell[torch.arange(len(y)), paths].sum(-1)  # [3^T]
+        q = torch.softmax(score, 0)
+        r = torch.stack([torch.zeros(3, dtype=F64).index_add(0, paths[:, t], q)
+                         for t in range(len(y))])  # fmt: skip
+        prior_mu = dist.Normal(torch.tensor(0.0, dtype=F64), 3.0)
+        expected_mu = (prior_mu.log_prob(m) - 0.5 * v / 9).sum()
+        entropy_mu = dist.Normal(m, v.sqrt()).entropy().sum()
+        bounds.append(float((q * score).sum() - (q * q.log()).sum() + expected_mu + entropy_mu))
+    assert fit.lower_bounds_ == pytest.approx(bounds, rel=1e-10)
+    marginals = fit.fitted_chains_[tuple(f"s_{t}" for t in range(len(y)))][0]
+    assert float((marginals - r).abs().max()) < 1e-10
