@@ -9,13 +9,7 @@ from pyro.ops.indexing import Vindex
 
 from models.regression import BayesianRegression
 from pyro_vae.cavi import AutoCAVI, BayesianLinearRegression, NotConjugateError
-
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only cost
-F64 = torch.float64
-
-
-def t(x):
-    return torch.tensor(x, dtype=F64)
+from tests.pyro_vae.cavi.float64 import F64, t
 
 
 @pytest.fixture

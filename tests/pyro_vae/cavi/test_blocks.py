@@ -6,13 +6,7 @@ import torch
 from models.gmm import GaussianMixtureModel
 from models.regression import BayesianRegression
 from pyro_vae.cavi import AutoCAVI
-
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only cost
-F64 = torch.float64
-
-
-def t(x):
-    return torch.tensor(x, dtype=F64)
+from tests.pyro_vae.cavi.float64 import F64, t
 
 
 def hierarchical(y):

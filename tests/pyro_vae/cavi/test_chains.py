@@ -10,9 +10,8 @@ from pyro_vae.cavi import AutoCAVI
 from pyro_vae.cavi.chains import find_chains, update_chain
 from pyro_vae.cavi.conjugate_forms import find_dependencies, find_latents, probe_factors
 from pyro_vae.cavi.exponential_families import NotConjugateError
+from tests.pyro_vae.cavi.float64 import F64
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only cost
-F64 = torch.float64
 A = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4]], dtype=F64)
 MEANS = torch.tensor([-1.0, 0.5, 2.0], dtype=F64)
 

@@ -8,13 +8,7 @@ import torch
 
 from pyro_vae.cavi.conjugate_forms import _fit, find_dependencies, find_latents, probe_factors
 from pyro_vae.cavi.exponential_families import NotConjugateError
-
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only cost
-F64 = torch.float64
-
-
-def t(x):
-    return torch.tensor(x, dtype=F64)
+from tests.pyro_vae.cavi.float64 import F64, t
 
 
 def normal_gamma(y):

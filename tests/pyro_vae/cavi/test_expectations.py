@@ -2,8 +2,7 @@ import torch
 
 from pyro_vae.cavi.conjugate_forms import Factor
 from pyro_vae.cavi.expectations import contract, sum_to
-
-F64 = torch.float64
+from tests.pyro_vae.cavi.float64 import F64
 
 
 def test_contraction_is_the_expectation_under_independent_and_pairwise_q():

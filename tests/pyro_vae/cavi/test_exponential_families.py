@@ -5,17 +5,11 @@ import pytest
 import torch
 
 from pyro_vae.cavi.exponential_families import NotConjugateError, block_family, family_of
-
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only cost
-F64 = torch.float64
+from tests.pyro_vae.cavi.float64 import F64, t
 
 
 def site(fn, name="x"):
     return {"fn": fn, "name": name}
-
-
-def t(x):
-    return torch.tensor(x, dtype=F64)
 
 
 CASES = [

@@ -7,16 +7,11 @@ import torch
 from models.gmm import GaussianMixtureModel
 from pyro_vae.cavi import AutoCAVI
 from pyro_vae.cavi.conjugate_forms import find_dependencies, find_latents, probe_factors
+from tests.pyro_vae.cavi.float64 import F64, t
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only cost
-F64 = torch.float64
 Y = torch.tensor([0.3, -1.2, 2.0, 0.7, 1.1], dtype=F64)
 A = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4]], dtype=F64)
 MEANS = torch.tensor([-1.0, 0.5, 2.0], dtype=F64)
-
-
-def t(x):
-    return torch.tensor(x, dtype=F64)
 
 
 def careful(y):

@@ -9,9 +9,7 @@ from models.hmm import FactorialHMMModel
 from models.regression import BayesianRegression
 from pyro_vae.cavi import FactorialHMM
 from pyro_vae.cavi.provenance import FastProvenanceTensor, TrackFastProvenance
-
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only cost
-F64 = torch.float64
+from tests.pyro_vae.cavi.float64 import F64
 
 
 def tracked(value, *names):

@@ -6,13 +6,7 @@ import torch
 
 from pyro_vae.cavi import AutoCAVI, NotConjugateError
 from pyro_vae.cavi.validation import check_observations, validated_on_failure
-
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only cost
-F64 = torch.float64
-
-
-def t(x):
-    return torch.tensor(x, dtype=F64)
+from tests.pyro_vae.cavi.float64 import t
 
 
 def coin(x):
