@@ -99,9 +99,13 @@ class AutoCAVI:
         probe_model_runs_: model runs made while solving the factors (a batched run counts
             once; the seeded first run, which also tracks dependencies, is not counted).
 
+    Runs on the CPU in float64: ``fit`` casts floating arguments to float64 and refuses
+    tensors on another device (its solves are tiny; a GPU would only add transfers).
+
     Raises:
         NotConjugateError (a ValueError), naming the latent site, its distribution and the
-        factor that breaks conjugacy; ValueError for bad settings or ``init``.
+        factor that breaks conjugacy; ValueError for bad settings or ``init``, or an argument
+        off the CPU; Pyro's own ValueError for an invalid parameter or observation.
     """
 
     def __init__(self, model, *, max_iter: int = 1000, tol: float = 1e-8, init=None,
@@ -118,6 +122,8 @@ class AutoCAVI:
     def fit(self, *args, **kwargs) -> AutoCAVI:
         """Probe ``model(*args, **kwargs)`` (floating tensors cast to float64) and run CAVI."""
         tol, max_iter, auto_blocks = self._check_settings()
+        for where, value in [*enumerate(args), *kwargs.items()]:
+            _check_cpu(f"fit: argument {where!r}", value)
         args, kwargs = _float64(args), _float64(kwargs)
         start = time.perf_counter()
         with validated_on_failure(self.model, args, kwargs, self.random_state):
@@ -243,6 +249,26 @@ class AutoCAVI:
             sites = self._latents[name].sites
             out.update(zip(sites, q.marginals(), strict=True) if len(sites) > 1 else {name: q})
         return out
+
+
+def _check_cpu(where: str, value) -> None:
+    """ValueError unless every tensor in ``value`` (nested tuples, lists, dicts) is on the
+    CPU: AutoCAVI's probing and sweeps are many tiny float64 solves, which a GPU would only
+    slow with transfers, and its probe points are drawn on the CPU."""
+    if isinstance(value, torch.Tensor):
+        if value.device.type != "cpu":
+            raise ValueError(
+                f"{where}: a tensor of shape {tuple(value.shape)} is on {value.device}; "
+                "AutoCAVI runs on the CPU in float64 (many tiny solves, which a GPU only slows "
+                "with transfers): pass .cpu() tensors, and a model whose parameters are on "
+                "the CPU (model.cpu())"
+            )
+    elif isinstance(value, (tuple, list)):
+        for i, item in enumerate(value):
+            _check_cpu(f"{where}[{i}]", item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_cpu(f"{where}[{key!r}]", item)
 
 
 def _float64(value):

@@ -715,3 +715,19 @@ def test_a_one_component_mixture_is_the_exact_evidence():
     evidence = float(dist.MultivariateNormal(torch.zeros(6, dtype=F64), cov).log_prob(y))
     fit = AutoCAVI(model, tol=1e-12).fit(y)
     assert fit.lower_bound_ == pytest.approx(evidence, rel=1e-10)
+
+
+def test_data_off_the_cpu_is_refused_naming_the_argument_before_any_run():
+    # meta stands in for a GPU on CI: AutoCAVI's solves are tiny and run on the CPU
+    calls = []
+
+    def model(y):
+        calls.append(1)
+        pyro.sample("mu", dist.Normal(t(0.0), t(1.0)))
+
+    y = torch.zeros(3, dtype=F64, device="meta")
+    with pytest.raises(ValueError, match=r"argument 0: a tensor of shape \(3,\) is on meta"):
+        AutoCAVI(model).fit(y)
+    with pytest.raises(ValueError, match=r"argument 'data'\[1\]: .* on meta.*\.cpu\(\)"):
+        AutoCAVI(model).fit(data=[t(1.0), y])
+    assert not calls
