@@ -44,15 +44,17 @@ from pyro_vae.cavi.validation import check_observations, validated_on_failure
 
 
 class AutoCAVI:
-    """Mean-field CAVI for any conditionally conjugate Pyro model (scikit-learn style).
+    """CAVI for any conditionally conjugate Pyro model (scikit-learn style): mean field,
+    with Markov chains of Categorical sites kept whole (structured mean field).
 
     Recognized latents (their prior's class picks the family of q): Normal, scalar or
     ``.to_event(1)`` (q is a full-covariance MultivariateNormal when the factors couple its
-    coordinates), MultivariateNormal, Gamma, Beta, Dirichlet, Bernoulli and Categorical, each
-    under any conjugate children (Normal with known or latent mean and precision, Poisson,
-    Exponential, Bernoulli, Binomial, Categorical, …), whatever arithmetic the model uses to
-    build their parameters. Each latent's elements inside a ``pyro.plate`` are separate
-    variables; a factor may mention a latent only from inside all of that latent's plates.
+    coordinates), MultivariateNormal, Gamma, Beta, Dirichlet, Wishart, Bernoulli and
+    Categorical, each under any conjugate children (Normal with known or latent mean and
+    precision, Poisson, Exponential, Bernoulli, Binomial, Categorical, …), whatever
+    arithmetic the model uses to build their parameters. Each latent's elements inside a
+    ``pyro.plate`` are separate variables; a factor may mention a latent only from inside
+    all of that latent's plates.
 
     Args:
         model: a Pyro model callable as ``model(*args, **kwargs)``; observed sites carry
@@ -63,10 +65,11 @@ class AutoCAVI:
             for a Categorical site also a tensor of probabilities, e.g. responsibilities;
             for a block a fitted ``NormalGamma``/``NormalWishart`` or a tuple of values).
             A sweep updates first the latents ``init`` does not set, in the order the model
-            samples them, then those it sets. A latent not set starts from one forward run
-            of the model seeded with ``random_state``: a discrete one at its value there (a
-            random hard assignment, so a mixture's components start apart), any other at
-            its prior's expectations (see :mod:`pyro_vae.cavi.initial_factors`).
+            samples them, then those it sets. A latent not set starts, seeded by
+            ``random_state``: a discrete one at a random hard assignment balanced over its
+            categories (so a mixture's components start apart, with equal shares), a block
+            at its values in a seeded forward run, any other at its prior's expectations
+            (see :mod:`pyro_vae.cavi.initial_factors`).
         blocks: pairs ``(mean site, precision site)`` to update as one joint factor instead
             of q(μ) q(τ): a Normal mean with a Wishart precision (Normal-Wishart, Bishop 2006
             §10.2) or with a scalar Gamma precision (Normal-Gamma; μ scalar or a D-vector
@@ -189,7 +192,7 @@ class AutoCAVI:
         if auto_blocks and self.blocks_:
             latents = find_latents(first, self.blocks_)
             depends = regroup(depends, latents)
-        stats = initial_statistics(latents, self.init, first)
+        stats = initial_statistics(latents, self.init, first, self.random_state)
         info = {}
         factors = probe_factors(
             self.model, args, kwargs, latents, depends, trace, generator, info=info

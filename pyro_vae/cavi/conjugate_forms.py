@@ -89,7 +89,8 @@ def check_float64(trace) -> None:
             raise ValueError(
                 f"model: site {name!r} scores in {site['log_prob'].dtype}; AutoCAVI needs "
                 "float64 throughout (call model.double() on a PyroModule, or build its "
-                "constants from the data's dtype)"
+                "constants in float64: y.new_tensor(...) from float data, torch.tensor(..., "
+                "dtype=torch.float64) beside integer data such as counts)"
             )
 
 
@@ -140,15 +141,19 @@ def find_latents(trace, blocks=()) -> dict[str, Latent]:
     sites = {n: s for n, s in trace.nodes.items() if is_factor(s) and not s["is_observed"]}
     in_block = {}
     for block in blocks:
-        if (
-            not isinstance(block, (tuple, list))
-            or len(block) != 2
-            or any(b not in sites for b in block)
-        ):
+        if not isinstance(block, (tuple, list)) or len(block) != 2:
             raise ValueError(
                 f"blocks: {block!r} is not a (mean site, precision site) pair of latent sites; "
                 f"latent sites: {list(sites)}"
             )
+        missing = [b for b in block if b not in sites]
+        if missing:
+            raise ValueError(
+                f"blocks: {block!r}: {missing[0]!r} is not a latent site of the model (an "
+                f"observed or unknown site); latent sites: {list(sites)}"
+            )
+        if in_block.get(block[0]) == tuple(block):
+            raise ValueError(f"blocks: {tuple(block)!r} is given twice")
         for b in block:
             if in_block.get(b, tuple(block)) != tuple(block):
                 raise ValueError(

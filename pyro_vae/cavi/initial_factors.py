@@ -3,12 +3,15 @@
 A unit ``init`` sets starts at the factor given: a distribution of the site's family (a
 Categorical site also takes a tensor of probabilities, e.g. responsibilities), and a
 block a fitted joint factor (``fitted_blocks_``'s NormalGamma or NormalWishart) or a tuple
-of one value per site (a point). A unit ``init`` does not set starts from one forward run
-of the model seeded with ``random_state``: a discrete latent (Categorical, Bernoulli) at
-its value there, a random hard assignment (prior expectations would give every mixture
-component the same responsibilities, a fixed point CAVI cannot leave; this is
-scikit-learn's ``init_params="random_from_data"`` idea); a block at its values there;
-any other latent at its prior's expectations.
+of one value per site (a point). A unit ``init`` does not set starts, seeded by
+``random_state``: a discrete latent (Categorical, Bernoulli) at a random hard assignment,
+balanced over the categories along its first plate (prior expectations would give every
+mixture component the same responsibilities, a fixed point CAVI cannot leave; this is
+scikit-learn's ``init_params="random"`` idea). Balanced, not drawn from the model: a
+model's own draw follows its sampled weights, and a Dirichlet draw can put every point in
+one component, where CAVI settles with every component's mean at the data's. A block
+starts at its values in the seeded forward run; any other latent at its prior's
+expectations.
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ from pyro_vae.cavi.exponential_families import (
 _BLOCK_FACTORS = {"Normal-Gamma": NormalGamma, "Normal-Wishart": NormalWishart}
 
 
-def initial_statistics(latents: dict[str, Latent], init, first) -> dict[str, torch.Tensor]:
-    """{unit: E[T] [*batch, B]} at the start; ``first`` the seeded forward run's trace.
+def initial_statistics(latents: dict[str, Latent], init, first, seed: int):
+    """{unit: E[T] [*batch, B]} at the start; ``first`` the seeded forward run's trace,
+    ``seed`` that of the discrete latents' random assignments.
 
     Raises:
         ValueError: naming ``init[unit]``, what was given and what the unit takes.
@@ -42,13 +46,16 @@ def initial_statistics(latents: dict[str, Latent], init, first) -> dict[str, tor
             f"the model; its latent sites are {list(latents)}"
         )
     stats = {}
+    generator = torch.Generator().manual_seed(seed)
     for name, latent in latents.items():
         if name in init:
             stats[name] = _given(name, latent, init[name])
         elif len(latent.sites) > 1:
             stats[name] = latent.family.expected_statistics(latent.prior)  # sampled values
         elif latent.family.name in DISCRETE_FAMILIES:
-            stats[name] = latent.family.statistics(first.nodes[name]["value"])
+            # balanced along the first plate: each category ⌊N/K⌋ or ⌈N/K⌉ times there
+            value = latent.family.probe(latent.batch_shape, generator)
+            stats[name] = latent.family.statistics(value)
         else:
             value = latent.family.expected_statistics(latent.prior)
             stats[name] = value.expand(latent.batch_shape + value.shape[-1:])
@@ -75,6 +82,7 @@ def _given(name: str, latent: Latent, q) -> torch.Tensor:
             f"init[{name!r}]: {type(q).__name__} is not a distribution of the {family.name} "
             f"family, which q({name}) is"
         )
+    _check_parameters(name, q)
     try:
         value = family.expected_statistics(q)
         return value.expand(latent.batch_shape + (family.size,))
@@ -83,6 +91,23 @@ def _given(name: str, latent: Latent, q) -> torch.Tensor:
             f"init[{name!r}]: {q} is not a {family.name} with batch shape "
             f"{tuple(latent.batch_shape)} ({error})"
         ) from error
+
+
+def _check_parameters(name: str, q) -> None:
+    """ValueError naming the parameter of ``init[name]`` outside its constraint (by the
+    distribution's own ``arg_constraints``) or not finite: a start built with
+    ``validate_args=False`` would otherwise surface as an improper update of the model."""
+    while isinstance(q, torch.distributions.Independent):
+        q = q.base_dist
+    for param, constraint in q.arg_constraints.items():
+        if param not in q.__dict__:  # a parameterization it was not given (probs/logits)
+            continue
+        value = getattr(q, param)
+        if not bool(torch.isfinite(value).all() & constraint.check(value).all()):
+            raise ValueError(
+                f"init[{name!r}]: {type(q).__name__}'s {param} {value.tolist()} is not "
+                f"finite or not in {constraint}"
+            )
 
 
 def _probabilities(name: str, latent: Latent, probs: torch.Tensor):

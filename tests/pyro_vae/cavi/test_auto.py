@@ -288,6 +288,10 @@ def test_bad_settings_are_refused_naming_the_argument():
 
     with pytest.raises(ValueError, match="blocks: 'tau' is in \\('mu', 'tau'\\) and \\('nu', "):
         AutoCAVI(shared_precision, blocks=[("mu", "tau"), ("nu", "tau")]).fit(t(0.3))
+    with pytest.raises(ValueError, match=r"blocks: \('mu', 'tau'\) is given twice"):
+        AutoCAVI(gamma_block, blocks=[("mu", "tau"), ("mu", "tau")]).fit(t(0.3))
+    with pytest.raises(ValueError, match=r"blocks: \('mu', 'y'\): 'y' is not a latent site"):
+        AutoCAVI(gamma_block, blocks=[("mu", "y")]).fit(t(0.3))
 
     def plated_means(y):
         tau = pyro.sample("tau", dist.Gamma(t(1.0), t(1.0)))

@@ -2,6 +2,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from pyro.ops.indexing import Vindex
 
 from pyro_vae.cavi import AutoCAVI
 from tests.pyro_vae.cavi.float64 import F64, t
@@ -90,3 +91,40 @@ def test_a_start_of_the_wrong_family_or_shape_is_refused(init, words):
     with pytest.raises(ValueError) as raised:
         AutoCAVI(model, init=init).fit(t([0.3, 1.9, -2.0, 4.0]))
     assert words in str(raised.value)
+
+
+def test_a_discrete_start_is_balanced_so_no_component_starts_empty():
+    # a new user's mixture: with random_state=0 the model's own forward draw (its Dirichlet
+    # weights) put all six points in one component, and CAVI settled with both means at
+    # the data mean (-22.92 nats). The balanced start finds the two groups at every seed,
+    # the bound of a start from the true assignment.
+    x = t([-2.1, -1.7, -2.5, 1.9, 2.4, 2.0])
+
+    def gmm(x):
+        w = pyro.sample("w", dist.Dirichlet(torch.ones(2, dtype=F64)))
+        with pyro.plate("components", 2):
+            mu = pyro.sample("mu", dist.Normal(t(0.0), t(5.0)))
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Categorical(w))
+            pyro.sample("x", dist.Normal(Vindex(mu)[..., z], 1.0), obs=x)
+
+    truth = torch.nn.functional.one_hot(torch.tensor([0, 0, 0, 1, 1, 1]), 2).to(F64)
+    best = AutoCAVI(gmm, init={"z": truth}, tol=1e-10).fit(x).lower_bound_
+    for seed in range(4):
+        bound = AutoCAVI(gmm, tol=1e-10, random_state=seed).fit(x).lower_bound_
+        assert bound == pytest.approx(best, abs=1e-6), seed
+
+
+@pytest.mark.parametrize(
+    "site, q, words",
+    [
+        ("tau", dist.Gamma(t(1.0), t(-1.0), validate_args=False), "Gamma's rate -1.0"),
+        ("mu", dist.Normal(t(float("nan")), t(1.0), validate_args=False), "Normal's loc nan"),
+        ("mu", dist.Normal(t(0.0), t(-2.0), validate_args=False), "Normal's scale -2.0"),
+    ],
+)
+def test_a_start_with_an_invalid_parameter_is_refused_naming_it(site, q, words):
+    # built without validation, such a start used to surface as the model's "improper"
+    # update (blaming its prior) or, for a negative scale, pass silently
+    with pytest.raises(ValueError, match=rf"init\['{site}'\]: {words} is not finite or not in"):
+        AutoCAVI(normal_gamma, init={site: q}).fit(t([0.3, -0.2, 1.0]))
