@@ -112,16 +112,9 @@ def test_a_factor_reading_another_element_s_assignment_fails_its_check(shift):
     # the fit points hold z at one value across the plate (its design then is shared), so
     # y_n = N(μ[z_{n−1}]) fits them as if it read z_n; the check points draw every z_n apart
     # and catch it. shift 0: the same model reading its own z_n is fitted.
-    from pyro.ops.indexing import Vindex
+    from tests.pyro_vae.cavi.mixtures import two_means
 
-    def model(y):
-        w = pyro.sample("w", dist.Dirichlet(torch.ones(2, dtype=F64)))
-        with pyro.plate("components", 2):
-            mu = pyro.sample("mu", dist.Normal(t(0.0), t(3.0)))
-        with pyro.plate("data", len(y)):
-            z = pyro.sample("z", dist.Categorical(w))
-            pyro.sample("y", dist.Normal(Vindex(mu)[..., z.roll(shift, -1)], 1.0), obs=y)
-
+    model = two_means(shift=shift)
     y = t([0.1, 2.0, -1.0, 0.5, 3.0, 1.1])
     if shift == 0:
         assert probe(model, y)[1]["y"].selector == "z"

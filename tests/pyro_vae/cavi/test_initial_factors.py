@@ -2,10 +2,10 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from pyro.ops.indexing import Vindex
 
 from pyro_vae.cavi import AutoCAVI
 from tests.pyro_vae.cavi.float64 import F64, t
+from tests.pyro_vae.cavi.mixtures import two_means
 
 
 def mixture(y):
@@ -99,15 +99,7 @@ def test_a_discrete_start_is_balanced_so_no_component_starts_empty():
     # the data mean (-22.92 nats). The balanced start finds the two groups at every seed,
     # the bound of a start from the true assignment.
     x = t([-2.1, -1.7, -2.5, 1.9, 2.4, 2.0])
-
-    def gmm(x):
-        w = pyro.sample("w", dist.Dirichlet(torch.ones(2, dtype=F64)))
-        with pyro.plate("components", 2):
-            mu = pyro.sample("mu", dist.Normal(t(0.0), t(5.0)))
-        with pyro.plate("data", len(x)):
-            z = pyro.sample("z", dist.Categorical(w))
-            pyro.sample("x", dist.Normal(Vindex(mu)[..., z], 1.0), obs=x)
-
+    gmm = two_means(prior_scale=5.0)
     truth = torch.nn.functional.one_hot(torch.tensor([0, 0, 0, 1, 1, 1]), 2).to(F64)
     best = AutoCAVI(gmm, init={"z": truth}, tol=1e-10).fit(x).lower_bound_
     for seed in range(4):
