@@ -225,6 +225,12 @@ def first_run(model, args, kwargs, seed: int) -> tuple[object, dict]:
         with TrackFastProvenance():
             trace = poutine.trace(model).get_trace(*args, **kwargs)
             trace.compute_log_prob(site_filter=lambda name, site: is_factor(site))
+    return trace, _strip_provenance(trace)
+
+
+def _strip_provenance(trace) -> dict:
+    """{factor site: the sample sites its log-density read}, leaving plain tensors in the
+    trace's values and log-densities."""
     read = {}
     for name, node in trace.nodes.items():
         if node["type"] != "sample":
@@ -233,7 +239,7 @@ def first_run(model, args, kwargs, seed: int) -> tuple[object, dict]:
             read[name] = get_provenance(node["log_prob"])
             node["log_prob"] = detach_provenance(node["log_prob"])
         node["value"] = detach_provenance(node["value"])
-    return trace, read
+    return read
 
 
 def reference_is_finite(trace) -> bool:
@@ -269,11 +275,7 @@ def find_dependencies(model, args, kwargs, latents, generator) -> tuple[dict, ob
     with torch.random.fork_rng(), torch.no_grad(), TrackFastProvenance():
         trace = poutine.trace(poutine.condition(model, data=values)).get_trace(*args, **kwargs)
         trace.compute_log_prob(site_filter=lambda name, site: is_factor(site))
-    read = {}
-    for site, node in trace.nodes.items():
-        if is_factor(node):
-            read[site] = get_provenance(node["log_prob"])
-            node["log_prob"] = detach_provenance(node["log_prob"])
+    read = _strip_provenance(trace)
     for name in values:
         trace.nodes[name]["value"] = values[name]
     return dependencies(read, latents), trace
@@ -316,13 +318,14 @@ def _unexpanded(values: dict) -> dict:
     """``values`` with each dim but the first along which a value is expanded (stride 0: the
     same at every index, as :class:`ProbeRunner`'s shared discrete probes) cut to size 1, so
     a design built from them is computed once there and solved as shared."""
-    out = {}
-    for site, value in values.items():
-        for dim in range(1, value.dim()):
-            if value.stride(dim) == 0 and value.shape[dim] > 1:
-                value = value.narrow(dim, 0, 1)
-        out[site] = value
-    return out
+    return {site: _unexpanded_value(value) for site, value in values.items()}
+
+
+def _unexpanded_value(value: torch.Tensor) -> torch.Tensor:
+    for dim in range(1, value.dim()):
+        if value.stride(dim) == 0 and value.shape[dim] > 1:
+            value = value.narrow(dim, 0, 1)
+    return value
 
 
 def _statistics(latent: Latent, runs: Runs) -> torch.Tensor:
@@ -343,7 +346,8 @@ def _design(latents: list[Latent], runs: Runs, rank: int, components=frozenset()
     for latent in latents:
         phi = _statistics(latent, runs)  # [S, *batch, B]
         if latent.name in components:
-            phi = _picked(phi, _unexpanded(runs.values)[latents[0].name], latents[0].family.k)
+            selector = _unexpanded_value(runs.values[latents[0].name])
+            phi = _picked(phi, selector, latents[0].family.k)
         phi = phi.reshape(phi.shape[:1] + (1,) * (rank + 2 - phi.dim()) + phi.shape[1:])
         design = (design.unsqueeze(-1) * phi.unsqueeze(-2)).flatten(-2)
     return design
@@ -406,18 +410,18 @@ def _misfit(designs, values, coefficients, scale) -> torch.Tensor:
 
 
 def _solve(members, runs: Runs, checks: Runs, site, rank, components=frozenset()):
-    """(C [*fbatch, P], the designs, whether C reproduces log f at the check runs);
-    ``components``: a mixture's (see :func:`_design`). C is None, and the fit not good,
-    where log f is not finite at some point (LAPACK's solvers take no NaN)."""
-    designs = _design(members, runs, rank, components)
+    """(C [*fbatch, P], whether C reproduces log f at the check runs); ``components``: a
+    mixture's (see :func:`_design`). C is None, and the fit not good, where log f is not
+    finite at some point (LAPACK's solvers take no NaN)."""
     values = runs.log_probs[site]
     if not bool(values.isfinite().all() & checks.log_probs[site].isfinite().all()):
-        return None, designs, False
+        return None, False
+    designs = _design(members, runs, rank, components)
     coefficients = _fit(designs, values)
     scale = values.abs().amax(0)
     check_designs = _design(members, checks, rank, components)
     good = bool(_misfit(check_designs, checks.log_probs[site], coefficients, scale) <= _RTOL)
-    return coefficients, designs, good
+    return coefficients, good
 
 
 def _full_rank(members, values, rank, components=frozenset()) -> bool:
@@ -563,7 +567,7 @@ def _factor(runner, site, design, runs, checks, trace) -> Factor:
     """``site``'s factor solved on ``design`` (members, rank, components), or
     NotConjugateError."""
     members, rank, components = design
-    coefficients, _, good = _solve(members, runs, checks, site, rank, components)
+    coefficients, good = _solve(members, runs, checks, site, rank, components)
     selector = members[0].name if components else None
     names = tuple(m.name for m in members if m.name != selector)
     if coefficients is None:
@@ -666,7 +670,7 @@ def _refuse(runner, names, site, trace):
             return runner.runs(count, held, key)
 
         runs, checks = _enough_runs(make_runs, [([latent], rank, frozenset())], runner.batched)
-        if not _solve([latent], runs, checks, site, rank)[2]:
+        if not _solve([latent], runs, checks, site, rank)[1]:
             culprit = [name]
             break
     latent = latents[culprit[0]]

@@ -71,14 +71,6 @@ class Runs:
             {k: torch.cat([v, other.log_probs[k]]) for k, v in self.log_probs.items()},
         )
 
-    def split(self, count: int) -> tuple[Runs, Runs]:
-        """(the first ``count`` points, the rest)."""
-        head = Runs({k: v[:count] for k, v in self.values.items()},
-                    {k: v[:count] for k, v in self.log_probs.items()})  # fmt: skip
-        tail = Runs({k: v[count:] for k, v in self.values.items()},
-                    {k: v[count:] for k, v in self.log_probs.items()})  # fmt: skip
-        return head, tail
-
 
 def _nesting(trace) -> int:
     """The model's plate nesting: its plates' dims and its log-densities' ranks."""
@@ -131,10 +123,10 @@ class ProbeRunner:
             self.batched = out is not None
         if out is None:
             return
-        start = 0
-        for (count, _, key), values in zip(requests, drawn, strict=True):
+        start = 0  # each request keeps its own draw (a shared probe stays an expansion)
+        for (count, _, key), points in zip(requests, drawn, strict=True):
             log_probs = {k: v[start : start + count] for k, v in out.items()}
-            self._ready[(count, key)], start = Runs(values, log_probs), start + count
+            self._ready[(count, key)], start = Runs(points, log_probs), start + count
 
     def draw(self, count: int, fixed=None, shared: bool = False) -> dict:
         """``count`` random probe points {site: [count, *batch, *event]}, ``fixed`` sites
