@@ -39,6 +39,7 @@ from pyro_vae.cavi.exponential_families import (
     block_family,
     family_of,
 )
+from pyro_vae.cavi.probe_frames import local_map, to_local
 from pyro_vae.cavi.probe_runs import ProbeRunner, Runs, is_factor, site_is_subsample
 from pyro_vae.cavi.provenance import TrackFastProvenance
 
@@ -59,6 +60,21 @@ class Latent:
     plates: frozenset
     prior: object  # its distribution in the first trace (a block: its sampled values)
     sites: tuple[str, ...] = ()
+    #: [*batch] bool, False at the elements the model masks off (``poutine.mask``, or
+    #: ``obs_mask``'s ``<site>_unobserved`` where data are observed); None: all present.
+    present: torch.Tensor | None = None
+
+
+def _present(sites) -> torch.Tensor | None:
+    """Where the sites' own log-densities are not masked off, or None (everywhere)."""
+    present = None
+    for site in sites:
+        mask = site["mask"]
+        if mask is None or (isinstance(mask, bool) and mask):
+            continue
+        mask = torch.as_tensor(mask, dtype=torch.bool).expand(site["fn"].batch_shape)
+        present = mask if present is None else present & mask
+    return None if present is None or bool(present.all()) else present
 
 
 @dataclass
@@ -79,6 +95,35 @@ class Factor:
     rank: int
     selector: str | None = None
     components: frozenset = frozenset()
+    magnitude: float = 0.0  # Σ over elements of max |log f| at the fit points (nats)
+
+
+def batch_view(factor: Factor, name: str, batch) -> tuple[int, ...]:
+    """Where a latent's batch dims sit in the factor's batch: right-aligned, except that in
+    a mixture factor only the components run along the final K-axis."""
+    if factor.selector is None:
+        return (1,) * (factor.rank - len(batch)) + tuple(batch)
+    if name in factor.components:
+        return (1,) * (factor.rank - 1) + tuple(batch)
+    return (1,) * (factor.rank - 1 - len(batch)) + tuple(batch) + (1,)
+
+
+def to_natural(factor: Factor, latents: dict, frames: dict) -> Factor:
+    """``factor`` solved in its members' frame coordinates, with coefficients on the natural
+    statistics: along member j's axis C = N_jᵀ D (:func:`~pyro_vae.cavi.probe_frames.local_map`).
+    """
+    c = factor.coefficients
+    for k, name in enumerate(factor.latents):
+        if name not in frames:
+            continue
+        latent = latents[name]
+        n = local_map(latent.family, frames[name])  # [*batch, B, B]
+        axis = factor.rank + k
+        others = (1,) * (len(factor.latents) - 1)
+        n = n.reshape(batch_view(factor, name, latent.batch_shape) + others + n.shape[-2:])
+        moved = c.movedim(axis, -1).unsqueeze(-2)  # [..., 1, B]
+        c = (moved @ n).squeeze(-2).movedim(-1, axis)
+    return replace(factor, coefficients=c)
 
 
 def check_float64(trace) -> None:
@@ -112,10 +157,6 @@ def check_whole_data(trace) -> None:
                 )
 
 
-def _is_one(scale) -> bool:
-    return bool(torch.as_tensor(scale).eq(1).all())
-
-
 def _check_latent_site(name: str, site) -> dict:
     """The site's vectorized plates {dim: name}, after checking its batch dims and scale."""
     plates = {f.dim: f.name for f in site["cond_indep_stack"] if f.vectorized}
@@ -127,10 +168,13 @@ def _check_latent_site(name: str, site) -> dict:
                 f"{type(site['fn']).__name__} is in no pyro.plate; declare independent "
                 "elements with pyro.plate, or a vector with .to_event(1)"
             )
-    if site["scale"] is not None and not _is_one(site["scale"]):
+    subsampled = [f for f in site["cond_indep_stack"] if f.full_size and f.size < f.full_size]
+    if subsampled:
+        f = subsampled[0]
         raise NotConjugateError(
-            f"latent site {name!r}: scaled by {site['scale']} (a subsampled plate); "
-            "AutoCAVI needs every latent element in the data it is given"
+            f"latent site {name!r}: in plate {f.name!r}, which subsamples {f.size} of its "
+            f"{f.full_size} elements (its log-density scaled by {site['scale']}); AutoCAVI "
+            "needs every latent element in the data it is given"
         )
     return plates
 
@@ -167,7 +211,9 @@ def find_latents(trace, blocks=()) -> dict[str, Latent]:
         plates = frozenset(_check_latent_site(name, site).values())
         batch = site["fn"].batch_shape
         if name not in in_block:
-            latents[name] = Latent(name, family_of(site), batch, plates, site["fn"], (name,))
+            family = family_of(site)
+            present = _present([site])
+            latents[name] = Latent(name, family, batch, plates, site["fn"], (name,), present)
             continue
         block = in_block[name]
         family = block_family(sites[block[0]], sites[block[1]])
@@ -182,7 +228,8 @@ def find_latents(trace, blocks=()) -> dict[str, Latent]:
                 "site with .to_event(1))"
             )
         values = tuple(sites[b]["value"].to(torch.float64) for b in block)
-        latents[family.site] = Latent(family.site, family, batch, plates, values, block)
+        present = _present([sites[b] for b in block])
+        latents[family.site] = Latent(family.site, family, batch, plates, values, block, present)
     return latents
 
 
@@ -330,9 +377,14 @@ def _unexpanded_value(value: torch.Tensor) -> torch.Tensor:
 
 def _statistics(latent: Latent, runs: Runs) -> torch.Tensor:
     """T of ``latent`` at the points of ``runs``, [S, *batch, B] (size 1 where a shared
-    discrete probe is expanded), computed once per Runs and unit."""
+    discrete probe is expanded; in its frame's coordinates where ``runs`` has one), computed
+    once per Runs and unit."""
     if latent.name not in runs.stats:
-        runs.stats[latent.name] = statistics(latent, _unexpanded(runs.values))
+        values = tuple(_unexpanded_value(runs.values[s]) for s in latent.sites)
+        frame = runs.frames.get(latent.name)
+        if frame is not None:
+            values = to_local(latent.family, frame, values)
+        runs.stats[latent.name] = latent.family.statistics(*values)
     return runs.stats[latent.name]
 
 
@@ -503,7 +555,7 @@ def _balanced(members) -> bool:
     )  # fmt: skip
 
 
-def _runner(model, args, kwargs, latents, trace, generator, batched) -> ProbeRunner:
+def _runner(model, args, kwargs, latents, trace, generator, batched, frames) -> ProbeRunner:
     """A :class:`ProbeRunner` whose reference is ``trace`` (a plain run at probe values)."""
     sites = [s for latent in latents.values() for s in latent.sites]
     values = {s: trace.nodes[s]["value"] for s in sites}
@@ -512,20 +564,22 @@ def _runner(model, args, kwargs, latents, trace, generator, batched) -> ProbeRun
         for name, node in trace.nodes.items()
         if is_factor(node)
     }
-    return ProbeRunner(model, args, kwargs, latents, generator, (values, log_probs, trace), batched)
+    reference = (values, log_probs, trace)
+    return ProbeRunner(model, args, kwargs, latents, generator, reference, batched, frames)
 
 
 def probe_factors(model, args, kwargs, latents, depends, trace, generator, *, batched=True,
-                  info=None):  # fmt: skip
+                  info=None, frames=None):  # fmt: skip
     """Solve every factor's coefficients from one set of probe runs, and verify them.
 
     ``trace`` is a run at probe values (from :func:`find_dependencies`). The probe points
     are run in one batched model run when the model broadcasts over a leading probe dim,
     else one by one (``batched=False`` forces that); see :mod:`pyro_vae.cavi.probe_runs`.
     ``info``, a dict, receives ``batched`` (whether the runs were batched) and
-    ``model_runs`` (model calls made). Returns a list of :class:`Factor`, in the trace's
-    site order."""
-    runner = _runner(model, args, kwargs, latents, trace, generator, batched)
+    ``model_runs`` (model calls made). ``frames`` {unit: Frame}: draw those units' points
+    around q and solve in their local coordinates (:mod:`pyro_vae.cavi.probe_frames`).
+    Returns a list of :class:`Factor` on the natural statistics, in the trace's site order."""
+    runner = _runner(model, args, kwargs, latents, trace, generator, batched, frames)
     info = {} if info is None else info
     try:
         factors = _probe_all(runner, depends, trace)
@@ -536,7 +590,16 @@ def probe_factors(model, args, kwargs, latents, depends, trace, generator, *, ba
             raise
     # a misfit in batched runs may be a model that broadcasts wrongly: redo them one by one
     factors = probe_factors(
-        model, args, kwargs, latents, depends, trace, generator, batched=False, info=info
+        model,
+        args,
+        kwargs,
+        latents,
+        depends,
+        trace,
+        generator,
+        batched=False,
+        info=info,
+        frames=frames,
     )
     info["model_runs"] += runner.model_runs
     return factors
@@ -564,8 +627,15 @@ def _probe_all(runner, depends, trace) -> list[Factor]:
 
 
 def _factor(runner, site, design, runs, checks, trace) -> Factor:
-    """``site``'s factor solved on ``design`` (members, rank, components), or
-    NotConjugateError."""
+    """``site``'s factor solved on ``design`` (members, rank, components), on the natural
+    statistics, or NotConjugateError."""
+    factor = _local_factor(runner, site, design, runs, checks, trace)
+    magnitude = float(runs.log_probs[site].abs().amax(0).sum())
+    return replace(to_natural(factor, runner.latents, runs.frames), magnitude=magnitude)
+
+
+def _local_factor(runner, site, design, runs, checks, trace) -> Factor:
+    """``site``'s factor solved on ``design`` in the coordinates of ``runs``' frames."""
     members, rank, components = design
     coefficients, good = _solve(members, runs, checks, site, rank, components)
     selector = members[0].name if components else None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from pyro_vae.cavi.conjugate_forms import Factor
+from pyro_vae.cavi.conjugate_forms import Factor, batch_view
 
 
 def contract(factor: Factor, stats: dict, keep=(), pairs=None) -> torch.Tensor:
@@ -34,7 +34,7 @@ def contract(factor: Factor, stats: dict, keep=(), pairs=None) -> torch.Tensor:
         if name in keep:
             continue
         et = stats[name]
-        view = _batch_view(factor, name, et.shape[:-1])
+        view = batch_view(factor, name, et.shape[:-1])
         view += tuple(et.shape[-1] if m == name else 1 for m in remaining)
         c = (c * et.reshape(view)).sum(factor.rank + remaining.index(name))
         remaining.remove(name)
@@ -45,16 +45,6 @@ def contract(factor: Factor, stats: dict, keep=(), pairs=None) -> torch.Tensor:
         if not set(keep) & factor.components:
             c = c.sum(factor.rank - 1)
     return c
-
-
-def _batch_view(factor: Factor, name: str, batch) -> tuple[int, ...]:
-    """Where a latent's batch dims sit in the factor's batch: right-aligned, except that in
-    a mixture factor only the components run along the final K-axis."""
-    if factor.selector is None:
-        return (1,) * (factor.rank - len(batch)) + tuple(batch)
-    if name in factor.components:
-        return (1,) * (factor.rank - 1) + tuple(batch)
-    return (1,) * (factor.rank - 1 - len(batch)) + tuple(batch) + (1,)
 
 
 def sum_to(tensor: torch.Tensor, shape) -> torch.Tensor:

@@ -77,6 +77,18 @@ class Family:
         """q ∝ exp(η·T), η of shape [*batch, B − 1] (B for Categorical)."""
         raise NotImplementedError
 
+    def neutral_eta(self, batch_shape: torch.Size) -> torch.Tensor:
+        """η of a standard member (N(0, I), Gamma(1, 1), Wishart(I, D + 1), uniform, …),
+        [*batch, B − 1]: the q of an element the model masks off, which no factor
+        mentions (see ``AutoCAVI``). Zeros here: the uniform member of bounded families."""
+        return torch.zeros(batch_shape + (self.size - self.has_constant,), dtype=_F64)
+
+    def _diagonal_pairs(self, eta: torch.Tensor, offset: int, value: float) -> torch.Tensor:
+        """``eta`` with ``value`` at the statistics x_i x_i (i = j) of the pairs from ``offset``."""
+        diagonal = offset + torch.nonzero(self._rows == self._cols).squeeze(-1)
+        eta[..., diagonal] = value
+        return eta
+
     def _improper(self, what: str) -> NotConjugateError:
         return NotConjugateError(
             f"latent site {self.site!r} ({self.name}): its update gives {what}, not a proper "
@@ -121,6 +133,9 @@ class NormalFamily(Family):
         quad = second[..., self._rows, self._cols]
         return torch.cat([torch.ones(mean.shape[:-1] + (1,), dtype=_F64), mean, quad], -1)
 
+    def neutral_eta(self, batch_shape):  # N(0, I): η_ii = −½ on x_i², 0 elsewhere
+        return self._diagonal_pairs(super().neutral_eta(batch_shape), self.d, -0.5)
+
     def distribution(self, eta):
         d = self.d
         linear, quad = eta[..., :d], eta[..., d:]
@@ -164,6 +179,11 @@ class GammaFamily(Family):
     def expected_statistics(self, q):
         a, b = q.concentration.to(_F64), q.rate.to(_F64)
         return torch.stack([_one(a), a / b, torch.digamma(a) - b.log()], -1)
+
+    def neutral_eta(self, batch_shape):  # Gamma(1, 1): η = (−1 on x, 0 on log x)
+        eta = super().neutral_eta(batch_shape)
+        eta[..., 0] = -1.0
+        return eta
 
     def distribution(self, eta):
         shape, rate = eta[..., 1] + 1, -eta[..., 0]
@@ -337,6 +357,9 @@ class WishartFamily(Family):
         logdet = _wishart_expected_logdet(df, scale).unsqueeze(-1)
         return torch.cat([torch.ones_like(logdet), mean[..., self._rows, self._cols], logdet], -1)
 
+    def neutral_eta(self, batch_shape):  # Wishart(I, D + 1): −½ on Λ_ii, 0 on log|Λ|
+        return self._diagonal_pairs(super().neutral_eta(batch_shape), 0, -0.5)
+
     def distribution(self, eta):
         d = self.d
         inverse_scale = _symmetric_from_triu(eta[..., :-1], d, self._rows, self._cols)
@@ -415,6 +438,12 @@ class NormalWishartFamily(Family):
         quad = (self.d / q.beta + (q.loc * lam_mu).sum(-1)).unsqueeze(-1)
         parts = [torch.ones_like(logdet), mean_lam[..., self._rows, self._cols], logdet]
         return torch.cat(parts + [lam_mu, quad], -1)
+
+    def neutral_eta(self, batch_shape):  # N(0, Λ⁻¹) Wishart(I, D + 1): β = 1, ν = D + 1
+        eta = self._diagonal_pairs(super().neutral_eta(batch_shape), 0, -0.5)
+        eta[..., len(self._rows)] = 0.5
+        eta[..., -1] = -0.5
+        return eta
 
     def distribution(self, eta):
         d, n_pairs = self.d, len(self._rows)
@@ -508,6 +537,11 @@ class NormalGammaFamily(Family):
         )
         parts = [torch.ones_like(mean_tau), mean_tau, log_tau, mean_tau * q.loc]
         return torch.cat(parts + [second[..., self._rows, self._cols]], -1)
+
+    def neutral_eta(self, batch_shape):  # N(0, (τI)⁻¹) Gamma(1, 1)
+        eta = self._diagonal_pairs(super().neutral_eta(batch_shape), 2 + self.d, -0.5)
+        eta[..., 0], eta[..., 1] = -1.0, self.d / 2
+        return eta
 
     def distribution(self, eta):
         d = self.d

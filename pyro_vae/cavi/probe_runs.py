@@ -27,17 +27,24 @@ import torch
 from pyro.poutine.util import site_is_subsample
 
 from pyro_vae.cavi.exponential_families import DISCRETE_FAMILIES
+from pyro_vae.cavi.probe_frames import from_local
 
 _AGREE = 1e-9  # batched vs plain log-density, relative to 1 + its magnitude
 
 
 def is_factor(site) -> bool:
     """A sample site whose log-density is a factor of the log joint: ``pyro.factor`` terms
-    included (Pyro marks them auxiliary, but they are observed and count in every ELBO)."""
-    auxiliary_latent = site.get("infer", {}).get("is_auxiliary", False) and not site.get(
-        "is_observed", False
+    included (Pyro marks them auxiliary, but they are observed and count in every ELBO);
+    ``pyro.deterministic`` sites (and ``obs_mask``'s combined site) are not: their Delta
+    scores 0, in the default dtype whatever the model's."""
+    infer = site.get("infer", {})
+    auxiliary_latent = infer.get("is_auxiliary", False) and not site.get("is_observed", False)
+    return (
+        site["type"] == "sample"
+        and not site_is_subsample(site)
+        and not auxiliary_latent
+        and not infer.get("_deterministic", False)
     )
-    return site["type"] == "sample" and not site_is_subsample(site) and not auxiliary_latent
 
 
 def site_log_probs(model, args, kwargs, values: dict) -> tuple[dict, object]:
@@ -56,11 +63,14 @@ def site_log_probs(model, args, kwargs, values: dict) -> tuple[dict, object]:
 class Runs:
     """S probe points: ``values`` {site: [S, *batch, *event]}, ``log_probs`` {site: [S, …]};
     ``stats`` caches each latent unit's statistics there (filled by
-    :mod:`pyro_vae.cavi.conjugate_forms`, which reads them for every factor)."""
+    :mod:`pyro_vae.cavi.conjugate_forms`, which reads them for every factor); ``frames``
+    {unit: :class:`~pyro_vae.cavi.probe_frames.Frame`}: the units whose points were drawn
+    around q, whose statistics are then taken in the frame's local coordinates."""
 
     values: dict
     log_probs: dict
     stats: dict = field(default_factory=dict)
+    frames: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return next(iter(self.values.values())).shape[0]
@@ -69,6 +79,7 @@ class Runs:
         return Runs(
             {k: torch.cat([v, other.values[k]]) for k, v in self.values.items()},
             {k: torch.cat([v, other.log_probs[k]]) for k, v in self.log_probs.items()},
+            frames=self.frames,
         )
 
 
@@ -94,11 +105,15 @@ class ProbeRunner:
         reference: (values, log-densities, trace) of one plain run at a probe point; it fixes
             each factor's log-density shape and checks the first batched run.
         batched: False forces one run per probe point.
+        frames: {unit: Frame}, units whose points are drawn around q
+            (:mod:`pyro_vae.cavi.probe_frames`); the others at their family's fixed place.
     """
 
-    def __init__(self, model, args, kwargs, latents, generator, reference, batched=True):
+    def __init__(self, model, args, kwargs, latents, generator, reference, batched=True,
+                 frames=None):  # fmt: skip
         self.model, self.args, self.kwargs = model, args, kwargs
         self.latents, self.generator = latents, generator
+        self.frames = frames or {}
         self._reference_values, self._reference_log_probs, trace = reference
         self.nesting = _nesting(trace)
         self.shapes = {n: lp.shape for n, lp in self._reference_log_probs.items()}
@@ -126,7 +141,8 @@ class ProbeRunner:
         start = 0  # each request keeps its own draw (a shared probe stays an expansion)
         for (count, _, key), points in zip(requests, drawn, strict=True):
             log_probs = {k: v[start : start + count] for k, v in out.items()}
-            self._ready[(count, key)], start = Runs(points, log_probs), start + count
+            self._ready[(count, key)] = Runs(points, log_probs, frames=self.frames)
+            start += count
 
     def draw(self, count: int, fixed=None, shared: bool = False) -> dict:
         """``count`` random probe points {site: [count, *batch, *event]}, ``fixed`` sites
@@ -141,6 +157,8 @@ class ProbeRunner:
                 values[latent.name] = value.expand(shape + latent.batch_shape)
                 continue
             value = latent.family.probe(shape + latent.batch_shape, self.generator)
+            if latent.name in self.frames:
+                value = from_local(latent.family, self.frames[latent.name], value)
             values.update(
                 zip(latent.sites, value if len(latent.sites) > 1 else (value,), strict=True)
             )
@@ -154,7 +172,7 @@ class ProbeRunner:
         if (count, key) in self._ready:
             return self._ready.pop((count, key))
         values = self.draw(count, fixed, key != "check")
-        return Runs(values, self.log_probs(values, count))
+        return Runs(values, self.log_probs(values, count), frames=self.frames)
 
     def log_probs(self, values: dict, count: int) -> dict:
         """Each factor's log-density at the stacked points, {site: [count, *its shape]}."""

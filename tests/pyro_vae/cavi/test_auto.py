@@ -735,3 +735,162 @@ def test_data_off_the_cpu_is_refused_naming_the_argument_before_any_run():
     with pytest.raises(ValueError, match=r"argument 'data'\[1\]: .* on meta.*\.cpu\(\)"):
         AutoCAVI(model).fit(data=[t(1.0), y])
     assert not calls
+
+
+# Probing where q is (pyro_vae.cavi.probe_frames). A fit's factors are solved from the
+# model's log-densities at probe points; drawn at N(0, 1) for a mean near 10⁶, the
+# log-densities there are about −10¹², float64 keeps them to about 10⁻⁴, and the curvature
+# coefficient came out wrong by that much times E_q[μ²] ≈ 10¹² (a bound 2.4·10⁸ nats low,
+# the mean 220 posterior sds off). The rounding of the bound itself, summed from natural
+# coefficients, is a few ulps of its largest term (Σy²/2): the tolerance below is 64 of them.
+ULPS = 64 * torch.finfo(F64).eps
+
+
+def normal_mean_model(y, prior_scale):
+    mu = pyro.sample("mu", dist.Normal(y.new_tensor(0.0), prior_scale))
+    with pyro.plate("data", len(y)):
+        pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e4, 1e6])
+def test_data_far_from_zero_are_fitted_to_the_closed_form_posterior(offset):
+    y = offset + t([0.3, -1.1, 0.5, 1.7, -0.4])
+    prior_scale = 10 * max(offset, 1.0)
+    fit = AutoCAVI(normal_mean_model, tol=1e-12).fit(y, prior_scale)
+    q = fit.variational_distributions()["mu"]
+    n, precision = len(y), 1 / prior_scale**2 + len(y)
+    mean, sd = float(y.sum()) / precision, precision**-0.5
+    assert abs(float(q.mean) - mean) < 1e-6 * sd
+    assert relative(q.stddev, sd) < 1e-9
+    # q is the exact posterior (one latent), so the bound is log p(y): y ~ N(0, s₀² 11ᵀ + I)
+    cov = prior_scale**2 * torch.ones(n, n, dtype=F64) + torch.eye(n, dtype=F64)
+    exact = float(dist.MultivariateNormal(torch.zeros(n, dtype=F64), cov).log_prob(y))
+    assert abs(fit.lower_bound_ - exact) < 1e-9 + ULPS * float(y.pow(2).sum())
+    # probed again around q only where it lies far from the first points
+    assert (fit.probe_rounds_ > 1) == (offset > 0)
+
+
+def test_poisson_counts_near_a_million_are_fitted_to_the_closed_form_posterior():
+    y = 1e6 + t([12.0, -340.0, 95.0, 1021.0, -7.0])
+    a, b = 2.0, 2e-6  # prior mean 10⁶
+
+    def model(y):
+        rate = pyro.sample("rate", dist.Gamma(y.new_tensor(a), y.new_tensor(b)))
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.Poisson(rate), obs=y)
+
+    fit = AutoCAVI(model, tol=1e-12).fit(y)
+    q = fit.variational_distributions()["rate"]
+    shape, rate = a + float(y.sum()), b + len(y)
+    assert relative(q.concentration, shape) < 1e-9 and relative(q.rate, rate) < 1e-9
+    exact = (
+        a * math.log(b) - math.lgamma(a) + math.lgamma(shape) - shape * math.log(rate)
+        - float(torch.lgamma(y + 1).sum())
+    )  # fmt: skip
+    assert abs(fit.lower_bound_ - exact) < ULPS * float(torch.lgamma(y + 1).sum())
+
+
+def test_a_factor_conjugate_only_near_the_first_points_is_probed_again_where_q_is():
+    # y ~ N(clamp(μ, max=10), 1) is μ's Normal likelihood below 10 and constant above it.
+    # The first points (N(0, 1)) all fall below; the posterior, μ ~ N(100, 1) a priori, sits
+    # 90 sds above, where y does not depend on μ: q is the prior and the bound log p(y).
+    y = t([9.5, 10.2, 10.8])
+
+    def model(y):
+        mu = pyro.sample("mu", dist.Normal(y.new_tensor(100.0), 1.0))
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.Normal(mu.clamp(max=10.0), 1.0), obs=y)
+
+    fit = AutoCAVI(model).fit(y)
+    q = fit.variational_distributions()["mu"]
+    assert fit.probe_rounds_ > 1
+    assert abs(float(q.mean) - 100.0) < 1e-9 and abs(float(q.stddev) - 1.0) < 1e-9
+    exact = float(dist.Normal(10.0, 1.0).log_prob(y).sum())  # P(μ < 10) = Φ(−90) ≈ 0
+    assert abs(fit.lower_bound_ - exact) < 1e-9
+
+
+def test_a_tempered_prior_is_a_conjugate_factor():
+    # poutine.scale(0.5) on μ's prior N(0, 2²): the tempered prior ∝ N(0, 8) in μ
+    y = t([0.3, 1.0, -0.5, 2.0])
+
+    def model(y):
+        with pyro.poutine.scale(scale=0.5):
+            mu = pyro.sample("mu", dist.Normal(y.new_tensor(0.0), 2.0))
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+    q = AutoCAVI(model).fit(y).variational_distributions()["mu"]
+    precision = 1 / 8 + len(y)
+    assert relative(q.mean, float(y.sum()) / precision) < 1e-12
+    assert relative(q.stddev, precision**-0.5) < 1e-12
+
+
+def test_missing_observations_by_obs_mask_are_latents_of_the_missing_entries_only():
+    # Pyro's obs_mask adds a latent "y_unobserved" over every entry, masked off where y is
+    # observed: those elements are absent from the joint. The fit equals the same model
+    # written with a latent site over the missing entries alone.
+    y = t([0.3, 9.9, 1.2, 0.7, 9.9, 1.5])
+    observed = torch.tensor([True, False, True, True, False, True])
+
+    def masked(y):
+        mu = pyro.sample("mu", dist.Normal(y.new_tensor(0.0), 2.0))
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.Normal(mu, 0.7), obs=y, obs_mask=observed)
+
+    def explicit(y_observed, n_missing):
+        mu = pyro.sample("mu", dist.Normal(y_observed.new_tensor(0.0), 2.0))
+        with pyro.plate("observed", len(y_observed)):
+            pyro.sample("y", dist.Normal(mu, 0.7), obs=y_observed)
+        with pyro.plate("missing", n_missing):
+            pyro.sample("y_missing", dist.Normal(mu, 0.7))
+
+    a = AutoCAVI(masked, tol=1e-13).fit(y)
+    b = AutoCAVI(explicit, tol=1e-13).fit(y[observed], int((~observed).sum()))
+    assert abs(a.lower_bound_ - b.lower_bound_) < 1e-10
+    qa, qb = a.variational_distributions(), b.variational_distributions()
+    assert relative(qa["mu"].stddev, qb["mu"].stddev) < 1e-12
+    assert relative(qa["y_unobserved"].mean[~observed], qb["y_missing"].mean) < 1e-12
+    # mean field keeps the exact posterior mean of μ (its fixed point; the bound, stationary
+    # there, stops at tol = 1e-13, the mean within about √1e-13 of it) and stays below
+    # log p(y_observed)
+    n = int(observed.sum())
+    precision = 1 / 4 + n / 0.49
+    assert relative(qa["mu"].mean, float(y[observed].sum()) / 0.49 / precision) < 1e-6
+    cov = 4 * torch.ones(n, n, dtype=F64) + 0.49 * torch.eye(n, dtype=F64)
+    exact = float(dist.MultivariateNormal(torch.zeros(n, dtype=F64), cov).log_prob(y[observed]))
+    assert a.lower_bound_ < exact
+
+
+def test_padding_masked_off_leaves_a_mixture_bound_unchanged():
+    y = t([-2.1, -1.5, -2.7, 1.8, 2.2, 2.5])
+
+    def model(y, keep):
+        w = pyro.sample("w", dist.Dirichlet(torch.ones(2, dtype=F64)))
+        with pyro.plate("components", 2):
+            mu = pyro.sample("mu", dist.Normal(y.new_tensor(0.0), 3.0))
+        with pyro.plate("data", len(y)), pyro.poutine.mask(mask=keep):
+            z = pyro.sample("z", dist.Categorical(w))
+            pyro.sample("y", dist.Normal(Vindex(mu)[..., z], 1.0), obs=y)
+
+    plain = AutoCAVI(model, tol=1e-12).fit(y, torch.ones(6, dtype=torch.bool))
+    padded = AutoCAVI(model, tol=1e-12).fit(torch.cat([y, torch.zeros(4, dtype=F64)]),
+                                            torch.arange(10) < 6)  # fmt: skip
+    # a masked-off z has no factor: before, its uniform q's entropy, log 2, entered the bound
+    assert abs(padded.lower_bound_ - plain.lower_bound_) < 1e-9
+
+
+def test_a_deterministic_site_is_no_factor_whatever_the_default_dtype():
+    # pyro.deterministic records a Delta that scores 0 in torch's default dtype (float32
+    # here), which AutoCAVI's float64 check refused as a float32 factor
+    y = t([0.3, 1.0, -0.5])
+
+    def model(y):
+        mu = pyro.sample("mu", dist.Normal(y.new_tensor(0.0), 2.0))
+        pyro.deterministic("twice_mu", 2 * mu)
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+    assert torch.get_default_dtype() == torch.float32
+    q = AutoCAVI(model).fit(y).variational_distributions()["mu"]
+    precision = 1 / 4 + len(y)
+    assert relative(q.mean, float(y.sum()) / precision) < 1e-12

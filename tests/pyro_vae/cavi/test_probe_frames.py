@@ -1,0 +1,111 @@
+import pyro.distributions as dist
+import pytest
+import torch
+
+from pyro_vae.cavi.exponential_families import (
+    BetaFamily,
+    CategoricalFamily,
+    DirichletFamily,
+    GammaFamily,
+    NormalFamily,
+    NormalGamma,
+    NormalGammaFamily,
+    NormalWishart,
+    NormalWishartFamily,
+    WishartFamily,
+)
+from pyro_vae.cavi.probe_frames import (
+    Frame,
+    frame_of,
+    from_local,
+    has_frames,
+    local_map,
+    reach,
+    to_local,
+)
+from tests.pyro_vae.cavi.float64 import F64, t
+
+BATCH = torch.Size([4])
+FAMILIES = {
+    "scalar Normal": NormalFamily("x", torch.Size([])),
+    "Normal d=3": NormalFamily("x", torch.Size([3])),
+    "Gamma": GammaFamily("tau", torch.Size([])),
+    "Wishart d=3": WishartFamily("L", torch.Size([3, 3])),
+    "Normal-Gamma d=2": NormalGammaFamily("mu", "tau", 2, False),
+    "Normal-Gamma scalar": NormalGammaFamily("mu", "tau", 1, True),
+    "Normal-Wishart d=3": NormalWishartFamily("mu", "L", 3),
+}
+
+
+def random_frame(family, g) -> Frame:
+    """A frame of moderate size, so that T(x) and T(v) are both well conditioned and the
+    two sides of T(v) = N·T(x) can be compared to float64 rounding."""
+    d = getattr(family, "d", 1)
+    scale_shape = BATCH if isinstance(family, NormalWishartFamily) else BATCH + (d,)
+    return Frame(
+        loc=3 + torch.randn(BATCH + (d,), generator=g, dtype=F64),
+        scale=0.5 + torch.rand(scale_shape, generator=g, dtype=F64),
+        magnitude=0.3 + torch.rand(BATCH, generator=g, dtype=F64),
+    )
+
+
+def as_tuple(value) -> tuple:
+    return value if isinstance(value, tuple) else (value,)
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_the_local_statistics_are_the_frame_map_of_the_natural_ones(name):
+    family = FAMILIES[name]
+    g = torch.Generator().manual_seed(0)
+    frame = random_frame(family, g)
+    standard = as_tuple(family.probe(torch.Size([6]) + BATCH, g))
+    natural = as_tuple(
+        from_local(family, frame, tuple(standard) if len(standard) > 1 else standard[0])
+    )
+    local = to_local(family, frame, natural)
+    for back, drawn in zip(local, standard, strict=True):
+        assert torch.allclose(back, drawn, atol=1e-12)
+    # T at the local coordinates, computed directly, against N·T(x)
+    direct = family.statistics(*local)
+    mapped = (local_map(family, frame) @ family.statistics(*natural).unsqueeze(-1)).squeeze(-1)
+    assert torch.allclose(mapped, direct, atol=1e-11, rtol=1e-11)
+
+
+def q_of(name: str):
+    """A q of each family's own form, away from the origin."""
+    if name == "scalar Normal":
+        return dist.Normal(t([5.0, -2.0, 1e3, 0.0]), t([0.1, 2.0, 1.0, 3.0]))
+    if name == "Normal d=3":
+        return dist.MultivariateNormal(t([1e4, -3.0, 2.0]), torch.diag(t([0.2, 4.0, 1.0])))
+    if name == "Gamma":
+        return dist.Gamma(t([2.0, 50.0]), t([1e-4, 0.1]))
+    if name == "Wishart d=3":
+        return dist.Wishart(t(7.0), covariance_matrix=40 * torch.eye(3, dtype=F64))
+    if name.startswith("Normal-Gamma"):
+        d = 2 if name.endswith("d=2") else 1
+        loc = t([[300.0, -5.0][:d]])
+        return NormalGamma(loc, 3 * torch.eye(d, dtype=F64)[None], t([4.0]), t([0.02]), d == 1)
+    loc, scale = t([[50.0, -1.0, 2.0]]), 0.1 * torch.eye(3, dtype=F64)[None]
+    return NormalWishart(loc, t([2.0]), scale, t([6.0]))
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_q_sits_at_the_centre_of_its_own_frame_and_far_outside_the_fixed_probes(name):
+    family = FAMILIES[name]
+    q = q_of(name)
+    expected = family.expected_statistics(q)
+    # In q's own frame every expected local statistic is of order one (E v = 0, E v² = 1,
+    # E u = 1, log terms small): amplification about 1.
+    assert reach(family, frame_of(family, q), expected) < 4
+    # At the family's fixed probe place (no frame) the same q is far out.
+    assert reach(family, None, expected) > 30
+
+
+def test_bounded_and_discrete_families_take_no_frame():
+    for family in (
+        BetaFamily("p", torch.Size([])),
+        DirichletFamily("w", torch.Size([3])),
+        CategoricalFamily("z", torch.Size([]), 3),
+    ):
+        assert not has_frames(family)
+    assert all(has_frames(f) for f in FAMILIES.values())
