@@ -96,6 +96,9 @@ class Factor:
     selector: str | None = None
     components: frozenset = frozenset()
     magnitude: float = 0.0  # Σ over elements of max |log f| at the fit points (nats)
+    #: the coefficients as solved, on the statistics in the probe frames' coordinates
+    #: (None: solved on the natural statistics): E_q[log f] from them does not cancel
+    local: torch.Tensor | None = None
 
 
 def batch_view(factor: Factor, name: str, batch) -> tuple[int, ...]:
@@ -631,7 +634,9 @@ def _factor(runner, site, design, runs, checks, trace) -> Factor:
     statistics, or NotConjugateError."""
     factor = _local_factor(runner, site, design, runs, checks, trace)
     magnitude = float(runs.log_probs[site].abs().amax(0).sum())
-    return replace(to_natural(factor, runner.latents, runs.frames), magnitude=magnitude)
+    local = factor.coefficients if set(runs.frames) & set(factor.latents) else None
+    natural = to_natural(factor, runner.latents, runs.frames)
+    return replace(natural, magnitude=magnitude, local=local)
 
 
 def _local_factor(runner, site, design, runs, checks, trace) -> Factor:

@@ -252,3 +252,56 @@ def numerical_error(factors, latents: dict, stats: dict, frames: dict) -> tuple[
         total += _KAPPA * _EPS * factor.magnitude * amplification
         worst = max(worst, amplification)
     return total, worst
+
+
+def local_expected_statistics(family: Family, q, frame: Frame) -> torch.Tensor:
+    """E_q[T(v)] in ``frame``'s coordinates, [*batch, B], from q's moments about the frame's
+    centre: without the cancellation of N·E_q[T(x)] (terms of 10¹² that cancel to order one
+    for data near 10⁶), so E_q[log f] summed from local coefficients keeps float64's
+    precision."""
+    if isinstance(family, NormalFamily):
+        mean, cov = _normal_moments(q, family.event_dim)
+        v = (mean - frame.loc) / frame.scale
+        second = cov / (frame.scale.unsqueeze(-1) * frame.scale.unsqueeze(-2))
+        second = second + v.unsqueeze(-1) * v.unsqueeze(-2)
+        ones = torch.ones(v.shape[:-1] + (1,), dtype=_F64)
+        return torch.cat([ones, v, second[..., family._rows, family._cols]], -1)
+    if isinstance(family, (GammaFamily, WishartFamily)):
+        natural = family.expected_statistics(q)
+        c = frame.magnitude.unsqueeze(-1)
+        shift = (family.d if isinstance(family, WishartFamily) else 1) * c.log()
+        return torch.cat([natural[..., :1], natural[..., 1:-1] / c, natural[..., -1:] - shift], -1)
+    if isinstance(family, NormalGammaFamily):
+        return _normal_gamma_local(family, q, frame)
+    return _normal_wishart_local(family, q, frame)
+
+
+def _normal_gamma_local(family: NormalGammaFamily, q: NormalGamma, frame: Frame) -> torch.Tensor:
+    """(1, E u, E log u, E[u v_a], E[u v_i v_j]) with u = τ/c, v = (μ − m)/s: E[τ(μ − m)] =
+    E[τ](m_q − m) and E[τ(μ − m)(μ − m)ᵀ] = P⁻¹ + E[τ](m_q − m)(m_q − m)ᵀ."""
+    c, s = frame.magnitude, frame.scale
+    tau = q.concentration / q.rate
+    log_u = torch.digamma(q.concentration) - q.rate.log() - c.log()
+    delta = q.loc - frame.loc
+    second = torch.linalg.inv(q.precision) + tau[..., None, None] * (
+        delta.unsqueeze(-1) * delta.unsqueeze(-2)
+    )
+    second = second / (c[..., None, None] * s.unsqueeze(-1) * s.unsqueeze(-2))
+    first = tau.unsqueeze(-1) * delta / (c.unsqueeze(-1) * s)
+    parts = [torch.ones_like(c), tau / c, log_u]
+    return torch.cat([torch.stack(parts, -1), first, second[..., family._rows, family._cols]], -1)
+
+
+def _normal_wishart_local(family: NormalWishartFamily, q: NormalWishart, frame: Frame):
+    """(1, E Λ̃_ij, E log|Λ̃|, E[Λ̃v], E[vᵀΛ̃v]) with Λ̃ = Λ/c, v = (μ − m)/s: E[Λ(μ − m)] =
+    E[Λ](m_q − m) and E[(μ − m)ᵀΛ(μ − m)] = D/β + (m_q − m)ᵀE[Λ](m_q − m)."""
+    c, s, d = frame.magnitude, frame.scale, family.d
+    mean_lam = q.df[..., None, None] * q.scale
+    delta = q.loc - frame.loc
+    lam_delta = (mean_lam @ delta.unsqueeze(-1)).squeeze(-1)
+    quad = (d / q.beta + (delta * lam_delta).sum(-1)) / (c * s * s)
+    logdet = q.expected_logdet - d * c.log()
+    pairs = mean_lam[..., family._rows, family._cols] / c.unsqueeze(-1)
+    parts = [torch.ones_like(c).unsqueeze(-1), pairs, logdet.unsqueeze(-1)]
+    parts += [lam_delta / (c * s).unsqueeze(-1), quad.unsqueeze(-1)]
+    return torch.cat(parts, -1)
