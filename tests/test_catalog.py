@@ -34,7 +34,9 @@ def _train(folder: Path, *extra: str) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
+# session scope: one per xdist worker (module scope is set up again each time worksteal
+# brings a worker back to this module, 3 times in a run, 12-16 s each)
+@pytest.fixture(scope="session")
 def made(tmp_path_factory):
     """Run folders and data directories the cases start from (copied, never changed)."""
     root = tmp_path_factory.mktemp("catalog")

@@ -13,7 +13,9 @@ from pyro_vae.cli import _parser, _run_config_from_args, _should_compile, main
 FAST = ["--latent-dim", "4", "--hidden", "32", "--no-progress", "--ll-samples", "20"]
 
 
-@pytest.fixture(scope="module")
+# session scope: one per xdist worker (module scope is set up again each time worksteal
+# brings a worker back to this module, 3 times in a run, 12-16 s each)
+@pytest.fixture(scope="session")
 def trained(tmp_path_factory):
     run = tmp_path_factory.mktemp("runs") / "digits"
     assert main(["fit", "--data", "digits", "--epochs", "3", "--out", str(run), *FAST]) == 0
