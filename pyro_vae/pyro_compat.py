@@ -150,3 +150,12 @@ def provenance_parts(value) -> tuple[torch.Tensor, frozenset]:
     tracked argument.
     """
     return value._t, value._provenance
+
+
+def distribution_mask(distribution) -> Any:
+    """The mask of a ``pyro.distributions.MaskedDistribution`` (what ``.mask(m)`` made): a
+    bool tensor broadcasting to its batch shape, or a bool.
+
+    Wraps ``MaskedDistribution._mask`` (pyro-ppl 1.9.x), which has no public accessor.
+    """
+    return distribution._mask

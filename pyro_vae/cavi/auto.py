@@ -45,12 +45,14 @@ from pyro_vae.cavi.conjugate_forms import (
     reference_is_finite,
 )
 from pyro_vae.cavi.expectations import contract, sum_to
+from pyro_vae.cavi.exponential_families import NotConjugateError
 from pyro_vae.cavi.initial_factors import initial_statistics
 from pyro_vae.cavi.probe_frames import (
     frame_of,
     has_frames,
     local_expected_statistics,
     numerical_error,
+    prior_frame,
 )
 from pyro_vae.cavi.validation import check_observations, validated_on_failure
 
@@ -125,7 +127,9 @@ class AutoCAVI:
         probe_rounds_: times the factors were solved: 1, plus one per re-probe around q (at
             most 4), made when q lies over 10³ outside the points in E_q[T] (their
             coordinates), or over 16 while the estimated rounding below exceeds 1e-9 of the
-            bound; ``lower_bounds_`` and ``n_iter_`` are those of the last round's sweeps.
+            bound, and one around the priors when the first points left an update improper
+            (with data far from zero, rounding can); ``lower_bounds_`` and ``n_iter_`` are
+            those of the last round's sweeps.
         numerical_error_: the estimated float64 error of Σ E_q[log f] from the last solve
             (nats; :func:`~pyro_vae.cavi.probe_frames.numerical_error`). The bound sums each
             E_q[log f] in the coordinates its factor was solved in (q's, after a re-probe),
@@ -171,7 +175,7 @@ class AutoCAVI:
         with validated_on_failure(self.model, args, kwargs, self.random_state):
             latents, factors, stats = self._probe(args, kwargs, auto_blocks)
         self.probe_seconds_ = time.perf_counter() - start
-        self._latents, self._q, self._chain_entropy = latents, {}, {}
+        self._latents, self._q, self._chain_entropy, self._absent = latents, {}, {}, {}
         chains = find_chains(latents, factors) if self.markov_chains else []
         self._pairs = {
             link: torch.outer(stats[link[0]], stats[link[1]])
@@ -179,8 +183,17 @@ class AutoCAVI:
             for link in zip(chain, chain[1:], strict=False)
         }
         self._use(factors, {})
-        bounds, converged = self._sweeps(stats, chains, tol, max_iter)
         frames, self.probe_rounds_ = {}, 1
+        try:
+            bounds, converged = self._sweeps(stats, chains, tol, max_iter)
+        except NotConjugateError:  # an improper update: perhaps rounding, far from the points
+            frames = self._prior_frames()
+            if not frames:
+                raise
+            with validated_on_failure(self.model, args, kwargs, self.random_state):
+                self._use(self._reprobe(frames), frames)
+            self.probe_rounds_ += 1
+            bounds, converged = self._sweeps(stats, chains, tol, max_iter)
         while self.probe_rounds_ < _MAX_PROBE_ROUNDS and self._imprecise(stats, frames, bounds):
             frames = self._frames()
             start = time.perf_counter()
@@ -238,11 +251,22 @@ class AutoCAVI:
         (above ``_AMPLIFICATION``) while float64 rounding in the factors' solve may move the
         bound by more than 1e-9 of its size (see
         :func:`~pyro_vae.cavi.probe_frames.numerical_error`)."""
-        error, amplification = numerical_error(self._factors, self._latents, stats, frames)
+        error, amplification = numerical_error(self._factors, self._latents, self._q, stats, frames)
         self.numerical_error_ = error
         if amplification > _FAR:
             return True
         return amplification > _AMPLIFICATION and error > 1e-9 * (1 + abs(bounds[-1]))
+
+    def _prior_frames(self) -> dict:
+        """A frame at each latent's prior (in the first run), for the families that take
+        one: where to probe again when the first points left an update improper."""
+        trace = self._probe_inputs[3]
+        frames = {}
+        for name, latent in self._latents.items():
+            frame = prior_frame(latent.family, tuple(trace.nodes[s]["fn"] for s in latent.sites))
+            if frame is not None:
+                frames[name] = frame
+        return frames
 
     def _frames(self) -> dict:
         """A frame at each latent's current q, for the families that take one."""
@@ -323,9 +347,12 @@ class AutoCAVI:
         for factor in self._blanket[name]:
             total = total + sum_to(contract(factor, stats, (name,), self._pairs), shape)
         eta = total[..., 1:] if latent.family.has_constant else total
-        if latent.present is not None:  # elements masked off: no factor, a standard q
-            neutral = latent.family.neutral_eta(latent.batch_shape)
-            eta = torch.where(latent.present.unsqueeze(-1), eta, neutral)
+        if latent.present is not None:
+            # masked off and mentioned by no other factor: absent from the model, a
+            # standard q that the bound leaves out (mentioned by a child: a flat prior)
+            absent = ~latent.present & (total == 0).all(-1)
+            self._absent[name] = absent if bool(absent.any()) else None
+            eta = torch.where(absent.unsqueeze(-1), latent.family.neutral_eta(absent.shape), eta)
         return latent.family.distribution(eta)
 
     def _update_chain(self, chain: tuple[str, ...], stats) -> None:
@@ -352,7 +379,7 @@ class AutoCAVI:
         )
         in_chains = {s for chain in self._chain_entropy for s in chain}
         entropy = sum(
-            float(_present_only(q.entropy(), self._latents[n].present).sum())
+            float(_present_only(q.entropy(), self._absent.get(n)).sum())
             for n, q in self._q.items()
             if n not in in_chains
         )
@@ -361,7 +388,11 @@ class AutoCAVI:
     def variational_distributions(self) -> dict[str, torch.distributions.Distribution]:
         """The fitted factors q_j, keyed by latent site name (float64; batch shape = the
         site's plates). A block's joint q(μ, Λ) (``fitted_blocks_``) appears here as its
-        marginals: q(Λ) Wishart and q(μ) a multivariate Student-t."""
+        marginals: q(Λ) Wishart and q(μ) a multivariate Student-t. An element absent from
+        the model (masked off, and mentioned by no factor: ``obs_mask``'s
+        ``<site>_unobserved`` where data are observed) keeps its place in the batch, with a
+        standard placeholder (N(0, I), Gamma(1, 1), a uniform Categorical, …) that the
+        bound leaves out."""
         if not hasattr(self, "_q"):
             raise ValueError("AutoCAVI: not fitted yet; call fit(*args) first")
         out = {}
@@ -371,10 +402,10 @@ class AutoCAVI:
         return out
 
 
-def _present_only(entropy: torch.Tensor, present: torch.Tensor | None) -> torch.Tensor:
-    """The entropies of the elements the model does not mask off: a masked-off element is
-    absent from the joint, and from the bound (padding leaves the bound unchanged)."""
-    return entropy if present is None else torch.where(present, entropy, 0.0)
+def _present_only(entropy: torch.Tensor, absent: torch.Tensor | None) -> torch.Tensor:
+    """The entropies of the elements present in the model: an absent one (masked off, and
+    mentioned by no factor) is left out of the bound (padding leaves it unchanged)."""
+    return entropy if absent is None else torch.where(absent, 0.0, entropy)
 
 
 def _warn_imprecise(error: float, bound: float, rounds: int) -> None:

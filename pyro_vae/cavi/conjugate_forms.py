@@ -28,6 +28,7 @@ import warnings
 from dataclasses import dataclass, replace
 
 import pyro
+import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 from pyro.ops.provenance import detach_provenance, get_provenance
@@ -42,6 +43,7 @@ from pyro_vae.cavi.exponential_families import (
 from pyro_vae.cavi.probe_frames import local_map, to_local
 from pyro_vae.cavi.probe_runs import ProbeRunner, Runs, is_factor, site_is_subsample
 from pyro_vae.cavi.provenance import TrackFastProvenance
+from pyro_vae.pyro_compat import distribution_mask
 
 _EXTRA_RUNS = 3  # least-squares runs beyond the unknowns, for a well-posed solve
 _CHECK_RUNS = 4  # fresh points at which each fitted factor is verified
@@ -60,20 +62,27 @@ class Latent:
     plates: frozenset
     prior: object  # its distribution in the first trace (a block: its sampled values)
     sites: tuple[str, ...] = ()
-    #: [*batch] bool, False at the elements the model masks off (``poutine.mask``, or
-    #: ``obs_mask``'s ``<site>_unobserved`` where data are observed); None: all present.
+    #: [*batch] bool, False at the elements whose own log-density the model masks off
+    #: (``poutine.mask``, ``.mask``, ``obs_mask``'s ``<site>_unobserved`` where data are
+    #: observed); None: none is. Such an element that no other factor mentions is absent
+    #: from the model; one that a child mentions has a flat prior.
     present: torch.Tensor | None = None
 
 
 def _present(sites) -> torch.Tensor | None:
-    """Where the sites' own log-densities are not masked off, or None (everywhere)."""
+    """Where the sites' own log-densities are not masked off (``poutine.mask``, or a
+    distribution's ``.mask`` outside its ``.to_event``), or None (everywhere)."""
     present = None
     for site in sites:
-        mask = site["mask"]
-        if mask is None or (isinstance(mask, bool) and mask):
-            continue
-        mask = torch.as_tensor(mask, dtype=torch.bool).expand(site["fn"].batch_shape)
-        present = mask if present is None else present & mask
+        masks, fn = [site["mask"]], site["fn"]
+        while isinstance(fn, dist.MaskedDistribution):
+            masks.append(distribution_mask(fn))
+            fn = fn.base_dist
+        for mask in masks:
+            if mask is None or (isinstance(mask, bool) and mask):
+                continue
+            mask = torch.as_tensor(mask, dtype=torch.bool).expand(site["fn"].batch_shape)
+            present = mask if present is None else present & mask
     return None if present is None or bool(present.all()) else present
 
 

@@ -93,7 +93,9 @@ class Family:
         return NotConjugateError(
             f"latent site {self.site!r} ({self.name}): its update gives {what}, not a proper "
             f"{self.name}; the model's factors of {self.site!r} do not define a proper "
-            "conditional (check the prior's parameters)"
+            "conditional (check the prior's parameters; with data far from zero, or nearly "
+            "collinear regressors, float64 rounding in the probed factors can do this too: "
+            "centre and scale them)"
         )
 
 
@@ -558,12 +560,19 @@ class NormalGammaFamily(Family):
         return NormalGamma(loc, precision, concentration, rate, self.scalar)
 
 
+def unwrapped(fn):
+    """``fn`` without its ``.to_event`` and ``.mask`` wrappers (a mask is read apart, as
+    which elements are present: see ``conjugate_forms.find_latents``)."""
+    while isinstance(fn, (torch.distributions.Independent, dist.MaskedDistribution)):
+        fn = fn.base_dist
+    return fn
+
+
 def block_family(mean_site: dict, precision_site: dict) -> Family:
     """The joint family of a (mean, precision) block, or ``NotConjugateError``."""
-    mean_fn, precision_fn = mean_site["fn"], precision_site["fn"]
+    mean_fn, precision_fn = mean_site["fn"], unwrapped(precision_site["fn"])
     d = mean_fn.event_shape[-1] if len(mean_fn.event_shape) == 1 else 0
-    while isinstance(mean_fn, torch.distributions.Independent):
-        mean_fn = mean_fn.base_dist
+    mean_fn = unwrapped(mean_fn)
     if (
         isinstance(mean_fn, (dist.Normal, dist.MultivariateNormal))
         and type(precision_fn) is dist.Wishart
@@ -591,10 +600,8 @@ def block_family(mean_site: dict, precision_site: dict) -> Family:
 def family_of(site: dict) -> Family:
     """The family of a latent Pyro sample site, from its prior's distribution class, or
     ``NotConjugateError`` naming the site and the distribution."""
-    fn, name = site["fn"], site["name"]
-    event_shape = fn.event_shape
-    while isinstance(fn, torch.distributions.Independent):
-        fn = fn.base_dist
+    fn, name = unwrapped(site["fn"]), site["name"]
+    event_shape = site["fn"].event_shape
     if isinstance(fn, dist.Normal) and len(event_shape) <= 1:
         return NormalFamily(name, event_shape)
     if isinstance(fn, dist.MultivariateNormal):

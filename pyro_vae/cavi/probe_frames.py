@@ -37,6 +37,7 @@ from pyro_vae.cavi.exponential_families import (
     NormalWishartFamily,
     WishartFamily,
     _normal_moments,
+    unwrapped,
 )
 
 _F64 = torch.float64
@@ -217,13 +218,13 @@ def _normal_wishart_map(frame: Frame, d: int, rows, cols) -> torch.Tensor:
     return n
 
 
-def reach(family: Family, frame: Frame, expected: torch.Tensor) -> float:
-    """max |E_q[T(v)]| in the frame (1 where q sits in it): how far the probe region must be
-    extrapolated to reach q. ``expected``: E_q[T(x)], [*batch, B]."""
-    if frame is None:
-        return float(expected.abs().max()) if expected.numel() else 1.0
-    local = (local_map(family, frame) @ expected.unsqueeze(-1)).squeeze(-1)
-    return float(local.abs().max())
+def reach(family: Family, frame: Frame | None, q, expected: torch.Tensor) -> float:
+    """max |E_q[T(v)]| in the frame (about 1 where q sits in it): how far the probe region
+    must be extrapolated to reach q. ``expected``: E_q[T(x)], [*batch, B], which is the
+    answer without a frame (the family's fixed probe place)."""
+    if frame is not None:
+        expected = local_expected_statistics(family, q, frame)
+    return float(expected.abs().max()) if expected.numel() else 1.0
 
 
 #: Allowance for the condition number of a probe design (random designs of this package's
@@ -232,7 +233,7 @@ _KAPPA = 100.0
 _EPS = torch.finfo(_F64).eps
 
 
-def numerical_error(factors, latents: dict, stats: dict, frames: dict) -> tuple[float, float]:
+def numerical_error(factors, latents: dict, q: dict, stats: dict, frames: dict):
     """(estimated float64 error of Σ_f E_q[log f] in nats, the largest amplification).
 
     A factor solved from log-densities of magnitude M (its ``magnitude``: Σ over elements of
@@ -240,15 +241,16 @@ def numerical_error(factors, latents: dict, stats: dict, frames: dict) -> tuple[
     coordinates it was solved in; E_q[log f] multiplies that by E_q[T] there, whose largest
     entry, over the members with frames, is the factor's amplification (about 1 when q sits
     where the points were drawn, E_q[μ²] ≈ 10¹² for data near 10⁶ probed at N(0, 1)).
-    ``stats``: E_q[T] on the natural statistics; ``frames``: those the factors were solved
-    in (a unit absent: its family's fixed probe place, the natural statistics)."""
+    ``q``: the units' factors; ``stats``: E_q[T] on the natural statistics; ``frames``:
+    those the factors were solved in (a unit absent: its family's fixed probe place).
+    Returns (nats, amplification)."""
     total, worst = 0.0, 1.0
     for factor in factors:
         amplification = 1.0
         for name in factor.latents:
             family = latents[name].family
             if has_frames(family):
-                amplification *= max(1.0, reach(family, frames.get(name), stats[name]))
+                amplification *= max(1.0, reach(family, frames.get(name), q.get(name), stats[name]))
         total += _KAPPA * _EPS * factor.magnitude * amplification
         worst = max(worst, amplification)
     return total, worst
@@ -305,3 +307,47 @@ def _normal_wishart_local(family: NormalWishartFamily, q: NormalWishart, frame: 
     parts = [torch.ones_like(c).unsqueeze(-1), pairs, logdet.unsqueeze(-1)]
     parts += [lam_delta / (c * s).unsqueeze(-1), quad.unsqueeze(-1)]
     return torch.cat(parts, -1)
+
+
+_SANE = (1e-30, 1e30)  # a prior scale outside this is no guide to where to probe
+
+
+def prior_frame(family: Family, fns: tuple) -> Frame | None:
+    """A frame at the prior's location and scale (``fns``: the unit's sites' distributions
+    in a forward run, conditional on the other latents' draws there), or None where the
+    family takes no frame or the prior's scale is not a finite number in 1e-30..1e30."""
+    if not has_frames(family):
+        return None
+    fns = tuple(unwrapped(fn) for fn in fns)
+    if isinstance(family, NormalFamily):
+        frame = Frame(*_vector_moments(fns[0], family.event_dim))
+    elif isinstance(family, GammaFamily):
+        frame = Frame(magnitude=fns[0].mean)
+    elif isinstance(family, WishartFamily):
+        frame = Frame(magnitude=fns[0].mean.diagonal(dim1=-2, dim2=-1).mean(-1))
+    else:
+        loc, scale = _vector_moments(fns[0], 0 if getattr(family, "scalar", False) else 1)
+        positive = fns[1].mean
+        if isinstance(family, NormalWishartFamily):
+            scale = scale.pow(2).mean(-1).sqrt()
+            positive = positive.diagonal(dim1=-2, dim2=-1).mean(-1)
+        frame = Frame(loc, scale, positive)
+    return frame if _sane(frame) else None
+
+
+def _vector_moments(fn, event_dim: int):
+    mean, variance = fn.mean.to(_F64), fn.variance.to(_F64)
+    if not event_dim:
+        mean, variance = mean.unsqueeze(-1), variance.unsqueeze(-1)
+    return mean, variance.sqrt()
+
+
+def _sane(frame: Frame) -> bool:
+    for value in (frame.loc, frame.scale, frame.magnitude):
+        if value is None:
+            continue
+        size = value.abs()
+        if not bool(size.isfinite().all()) or bool((size > _SANE[1]).any()):
+            return False
+    positive = [v for v in (frame.scale, frame.magnitude) if v is not None]
+    return all(bool((v > _SANE[0]).all()) for v in positive)

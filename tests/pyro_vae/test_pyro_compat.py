@@ -203,3 +203,13 @@ def test_provenance_parts_are_pyros_extract_provenance():
     expected_tensor, expected_provenance = extract_provenance(value)
     assert tensor is expected_tensor and provenance == expected_provenance == {"a", "b"}
     assert type(tensor) is torch.Tensor
+
+
+def test_distribution_mask_is_what_mask_was_given_and_what_log_prob_applies():
+    from pyro_vae.pyro_compat import distribution_mask
+
+    keep = torch.tensor([True, False, True])
+    masked = dist.Normal(torch.zeros(3), 1.0).mask(keep)
+    assert torch.equal(distribution_mask(masked), keep)
+    # the mask log_prob applies: zero where it is False
+    assert torch.equal(masked.log_prob(torch.zeros(3)) != 0, keep)

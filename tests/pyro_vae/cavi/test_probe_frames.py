@@ -21,6 +21,7 @@ from pyro_vae.cavi.probe_frames import (
     has_frames,
     local_expected_statistics,
     local_map,
+    prior_frame,
     reach,
     to_local,
 )
@@ -97,9 +98,9 @@ def test_q_sits_at_the_centre_of_its_own_frame_and_far_outside_the_fixed_probes(
     expected = family.expected_statistics(q)
     # In q's own frame every expected local statistic is of order one (E v = 0, E v² = 1,
     # E u = 1, log terms small): amplification about 1.
-    assert reach(family, frame_of(family, q), expected) < 4
+    assert reach(family, frame_of(family, q), q, expected) < 4
     # At the family's fixed probe place (no frame) the same q is far out.
-    assert reach(family, None, expected) > 30
+    assert reach(family, None, q, expected) > 30
 
 
 def test_bounded_and_discrete_families_take_no_frame():
@@ -132,3 +133,15 @@ def test_expected_local_statistics_from_q_moments_match_the_frame_map(name):
     direct = local_expected_statistics(family, q, frame)
     mapped = (local_map(family, frame) @ family.expected_statistics(q).unsqueeze(-1)).squeeze(-1)
     assert torch.allclose(direct, mapped, atol=1e-6, rtol=1e-9)
+
+
+def test_a_prior_frame_sits_at_the_prior_and_a_vague_prior_gives_none():
+    family = FAMILIES["scalar Normal"]
+    frame = prior_frame(family, (dist.Normal(t([5.0, -3.0]), t([2.0, 0.1])),))
+    assert torch.equal(frame.loc[..., 0], t([5.0, -3.0]))
+    assert torch.equal(frame.scale[..., 0], t([2.0, 0.1]))
+    gamma = prior_frame(FAMILIES["Gamma"], (dist.Gamma(t(2.0), t(1e-6)),))
+    assert float(gamma.magnitude) == 2e6
+    # N(0, 1e200): probes there would overflow every log-density; no guide to where q is
+    assert prior_frame(family, (dist.Normal(t(0.0), t(1e200)),)) is None
+    assert prior_frame(BetaFamily("p", torch.Size([])), (dist.Beta(t(2.0), t(2.0)),)) is None
