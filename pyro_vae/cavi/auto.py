@@ -53,6 +53,7 @@ from pyro_vae.cavi.probe_frames import (
     local_expected_statistics,
     numerical_error,
     prior_frame,
+    q_from_local,
 )
 from pyro_vae.cavi.validation import check_observations, validated_on_failure
 
@@ -340,11 +341,18 @@ class AutoCAVI:
         return tol, max_iter, auto_blocks
 
     def _update(self, name: str, stats) -> torch.distributions.Distribution:
-        """q_j ∝ exp(η_j · T_j), η_j the summed expected messages of j's factors."""
+        """q_j ∝ exp(η_j · T_j), η_j the summed expected messages of j's factors; for a
+        latent with a frame (after a re-probe), made in the frame's local coordinates, from
+        the factors' local coefficients, and mapped back (no cancellation of large terms)."""
         latent = self._latents[name]
+        frame = self._frames_used.get(name)
+        if frame is not None:
+            stats = self._local_statistics(stats)
         shape = latent.batch_shape + (latent.family.size,)
         total = torch.zeros(shape, dtype=torch.float64)
         for factor in self._blanket[name]:
+            if frame is not None:
+                factor = replace(factor, coefficients=factor.local)
             total = total + sum_to(contract(factor, stats, (name,), self._pairs), shape)
         eta = total[..., 1:] if latent.family.has_constant else total
         if latent.present is not None:
@@ -353,7 +361,17 @@ class AutoCAVI:
             absent = ~latent.present & (total == 0).all(-1)
             self._absent[name] = absent if bool(absent.any()) else None
             eta = torch.where(absent.unsqueeze(-1), latent.family.neutral_eta(absent.shape), eta)
-        return latent.family.distribution(eta)
+        q = latent.family.distribution(eta)
+        return q if frame is None else q_from_local(latent.family, q, frame)
+
+    def _local_statistics(self, stats) -> dict:
+        """E_q[T] in the frames' coordinates for the latents with one, else as ``stats``."""
+        local = dict(stats)
+        for name, frame in self._frames_used.items():
+            if name in self._q:
+                family = self._latents[name].family
+                local[name] = local_expected_statistics(family, self._q[name], frame)
+        return local
 
     def _update_chain(self, chain: tuple[str, ...], stats) -> None:
         marginals, pairwise, entropy = update_chain(chain, self._factors, stats, self._pairs)
@@ -367,10 +385,7 @@ class AutoCAVI:
     def _bound(self, stats) -> float:
         """L(q) in nats; each factor's E_q[log f] from the coefficients it was solved in
         (in q's local coordinates after a re-probe: no cancellation of large terms)."""
-        local = dict(stats)
-        for name, frame in self._frames_used.items():
-            family = self._latents[name].family
-            local[name] = local_expected_statistics(family, self._q[name], frame)
+        local = self._local_statistics(stats)
         expected = sum(
             float(contract(f, stats, (), self._pairs).sum())
             if f.local is None

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pyro.distributions as dist
 import torch
 
 from pyro_vae.cavi.exponential_families import (
@@ -351,3 +352,35 @@ def _sane(frame: Frame) -> bool:
             return False
     positive = [v for v in (frame.scale, frame.magnitude) if v is not None]
     return all(bool((v > _SANE[0]).all()) for v in positive)
+
+
+def q_from_local(family: Family, q, frame: Frame):
+    """q over the model's coordinates from q over ``frame``'s local ones (x = m + s·v,
+    x = c·u): the update made where its natural parameters are of order one. Made in the
+    model's coordinates, a Normal-Wishart's W⁻¹ = Σ xxᵀ − β m mᵀ + … subtracts terms of 10¹³
+    for data near 10⁶."""
+    if isinstance(family, NormalFamily):
+        loc, scale = _vector_frame(family, frame)
+        if not family.event_dim:
+            return dist.Normal(loc + scale * q.loc, scale * q.scale, validate_args=False)
+        precision = q.precision_matrix / (scale.unsqueeze(-1) * scale.unsqueeze(-2))
+        return dist.MultivariateNormal(
+            loc + scale * q.loc, precision_matrix=precision, validate_args=False
+        )
+    c = frame.magnitude
+    if isinstance(family, GammaFamily):
+        return dist.Gamma(q.concentration, q.rate / c, validate_args=False)
+    if isinstance(family, WishartFamily):
+        precision = q.precision_matrix / c[..., None, None]
+        return dist.Wishart(q.df, precision_matrix=precision, validate_args=False)
+    m, s = frame.loc, frame.scale
+    if isinstance(family, NormalGammaFamily):
+        precision = q.precision / (c[..., None, None] * s.unsqueeze(-1) * s.unsqueeze(-2))
+        return NormalGamma(m + s * q.loc, precision, q.concentration, q.rate / c, q.scalar)
+    return NormalWishart(
+        m + s.unsqueeze(-1) * q.loc,
+        q.beta / (c * s * s),
+        c[..., None, None] * q.scale,
+        q.df,
+        q.logdet_scale + family.d * c.log(),
+    )

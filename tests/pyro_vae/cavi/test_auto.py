@@ -968,3 +968,37 @@ def test_a_block_whose_first_update_is_improper_is_probed_again_at_its_prior():
     )  # fmt: skip
     assert fit.probe_rounds_ > 1
     assert abs(fit.lower_bound_ - exact) < 1e-8
+
+
+def test_a_normal_wishart_block_near_a_million_is_the_exact_posterior():
+    # (μ, Λ) ~ Normal-Wishart centred on data near 10⁶: the block is the exact posterior,
+    # its bound the closed-form evidence (Bishop 2006, §2.3.6). Its update in the model's
+    # coordinates, W⁻¹ = Σ xxᵀ − β m mᵀ + …, subtracts terms of 10¹³ (3e-7 nats off); made
+    # in q's local coordinates, it is exact to float64 rounding of order-one terms.
+    g = torch.Generator().manual_seed(5)
+    x = 1e6 + torch.randn(10, 2, generator=g, dtype=F64)
+    w0_inverse, beta0, nu0 = t([[2.0, 0.5], [0.5, 1.0]]), 1.0, 3.0
+    m0 = t([0.5, 0.25]) + 1e6
+
+    def model(x):
+        lam = pyro.sample(
+            "L", dist.Wishart(x.new_tensor(nu0), covariance_matrix=torch.linalg.inv(w0_inverse))
+        )
+        mu = pyro.sample("mu", dist.MultivariateNormal(m0, precision_matrix=beta0 * lam))
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.MultivariateNormal(mu, precision_matrix=lam), obs=x)
+
+    fit = AutoCAVI(model, blocks="auto").fit(x)
+    n, d = x.shape
+    mean = x.mean(0)
+    centred = x - mean
+    beta_n, nu_n = beta0 + n, nu0 + n
+    wn_inverse = w0_inverse + centred.T @ centred
+    wn_inverse = wn_inverse + beta0 * n / beta_n * torch.outer(mean - m0, mean - m0)
+    exact = float(
+        -n * d / 2 * math.log(math.pi) + d / 2 * math.log(beta0 / beta_n)
+        + torch.mvlgamma(t(nu_n / 2), d) - torch.mvlgamma(t(nu0 / 2), d)
+        + nu0 / 2 * torch.logdet(w0_inverse) - nu_n / 2 * torch.logdet(wn_inverse)
+    )  # fmt: skip
+    assert fit.blocks_ == [("mu", "L")] and fit.probe_rounds_ > 1
+    assert abs(fit.lower_bound_ - exact) < 1e-9

@@ -22,6 +22,7 @@ from pyro_vae.cavi.probe_frames import (
     local_expected_statistics,
     local_map,
     prior_frame,
+    q_from_local,
     reach,
     to_local,
 )
@@ -145,3 +146,20 @@ def test_a_prior_frame_sits_at_the_prior_and_a_vague_prior_gives_none():
     # N(0, 1e200): probes there would overflow every log-density; no guide to where q is
     assert prior_frame(family, (dist.Normal(t(0.0), t(1e200)),)) is None
     assert prior_frame(BetaFamily("p", torch.Size([])), (dist.Beta(t(2.0), t(2.0)),)) is None
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_a_q_made_in_local_coordinates_and_mapped_back_has_those_local_moments(name):
+    # q_from_local pushes q̃ (over v) to q over x = m + s·v (x = c·u); taken back to the
+    # frame by local_expected_statistics, its moments must be q̃'s own E[T(v)]
+    family, q_local = FAMILIES[name], q_of(name)
+    g = torch.Generator().manual_seed(2)
+    frame = random_frame(family, g)
+    if isinstance(family, NormalFamily) or name.startswith("Normal-Gamma"):
+        frame.loc, frame.scale = frame.loc[:1], frame.scale[:1]
+    frame.magnitude = frame.magnitude[:1]
+    if isinstance(family, NormalWishartFamily):
+        frame.loc, frame.scale = frame.loc[:1], frame.scale[:1]
+    q = q_from_local(family, q_local, frame)
+    back = local_expected_statistics(family, q, frame)
+    assert torch.allclose(back, family.expected_statistics(q_local), rtol=1e-9, atol=1e-9)
