@@ -84,40 +84,36 @@ def frame_of(family: Family, q) -> Frame | None:
 
 def from_local(family: Family, frame: Frame, value):
     """Probe values in the model's coordinates from standard ones (``family.probe``'s)."""
-    if isinstance(family, NormalFamily):
-        loc, scale = _vector_frame(family, frame)
-        return loc + scale * value
     if isinstance(family, (GammaFamily, WishartFamily)):
         return _scaled(frame.magnitude, value, family.event_dim)
+    loc, scale, event = _mean_frame(family, frame)
+    if isinstance(family, NormalFamily):
+        return loc + scale * value
     mu, positive = value
-    scale = frame.scale if isinstance(family, NormalGammaFamily) else frame.scale.unsqueeze(-1)
-    loc = frame.loc
-    if isinstance(family, NormalGammaFamily) and family.scalar:
-        loc, scale = loc[..., 0], scale[..., 0]
-    event = 2 if isinstance(family, NormalWishartFamily) else 0
     return loc + scale * mu, _scaled(frame.magnitude, positive, event)
 
 
 def to_local(family: Family, frame: Frame, values: tuple) -> tuple:
     """The local coordinates of model values ``values`` (one per site of the unit)."""
-    if isinstance(family, NormalFamily):
-        loc, scale = _vector_frame(family, frame)
-        return ((values[0].to(_F64) - loc) / scale,)
     if isinstance(family, (GammaFamily, WishartFamily)):
         return (_scaled(1 / frame.magnitude, values[0].to(_F64), family.event_dim),)
+    loc, scale, event = _mean_frame(family, frame)
+    if isinstance(family, NormalFamily):
+        return ((values[0].to(_F64) - loc) / scale,)
     mu, positive = (v.to(_F64) for v in values)
-    scale = frame.scale if isinstance(family, NormalGammaFamily) else frame.scale.unsqueeze(-1)
-    loc = frame.loc
-    if isinstance(family, NormalGammaFamily) and family.scalar:
-        loc, scale = loc[..., 0], scale[..., 0]
-    event = 2 if isinstance(family, NormalWishartFamily) else 0
     return (mu - loc) / scale, _scaled(1 / frame.magnitude, positive, event)
 
 
-def _vector_frame(family: NormalFamily, frame: Frame):
-    if family.event_dim:
-        return frame.loc, frame.scale
-    return frame.loc[..., 0], frame.scale[..., 0]
+def _mean_frame(family: Family, frame: Frame):
+    """(loc, scale) broadcasting against the unit's mean values, and the event rank of its
+    positive member (Normal-Wishart's Λ: 2; Normal-Gamma's τ: 0)."""
+    loc, scale = frame.loc, frame.scale
+    if isinstance(family, NormalWishartFamily):
+        return loc, scale.unsqueeze(-1), 2
+    scalar = family.scalar if isinstance(family, NormalGammaFamily) else not family.event_dim
+    if scalar:
+        loc, scale = loc[..., 0], scale[..., 0]
+    return loc, scale, 0
 
 
 def _scaled(magnitude: torch.Tensor, value: torch.Tensor, event_dim: int) -> torch.Tensor:
@@ -360,7 +356,7 @@ def q_from_local(family: Family, q, frame: Frame):
     model's coordinates, a Normal-Wishart's W⁻¹ = Σ xxᵀ − β m mᵀ + … subtracts terms of 10¹³
     for data near 10⁶."""
     if isinstance(family, NormalFamily):
-        loc, scale = _vector_frame(family, frame)
+        loc, scale, _ = _mean_frame(family, frame)
         if not family.event_dim:
             return dist.Normal(loc + scale * q.loc, scale * q.scale, validate_args=False)
         precision = q.precision_matrix / (scale.unsqueeze(-1) * scale.unsqueeze(-2))
