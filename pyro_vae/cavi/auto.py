@@ -184,26 +184,9 @@ class AutoCAVI:
             for link in zip(chain, chain[1:], strict=False)
         }
         self._use(factors, {})
-        frames, self.probe_rounds_ = {}, 1
-        try:
-            bounds, converged = self._sweeps(stats, chains, tol, max_iter)
-        except NotConjugateError:  # an improper update: perhaps rounding, far from the points
-            frames = self._prior_frames()
-            if not frames:
-                raise
-            with validated_on_failure(self.model, args, kwargs, self.random_state):
-                self._use(self._reprobe(frames), frames)
-            self.probe_rounds_ += 1
-            bounds, converged = self._sweeps(stats, chains, tol, max_iter)
-        while self.probe_rounds_ < _MAX_PROBE_ROUNDS and self._imprecise(stats, frames, bounds):
-            frames = self._frames()
-            start = time.perf_counter()
-            with validated_on_failure(self.model, args, kwargs, self.random_state):
-                self._use(self._reprobe(frames), frames)
-            self.probe_seconds_ += time.perf_counter() - start
-            self.probe_rounds_ += 1
-            bounds, converged = self._sweeps(stats, chains, tol, max_iter)
-        if self._imprecise(stats, frames, bounds):
+        bounds, converged, frames = self._rounds(args, kwargs, stats, chains, tol, max_iter)
+        imprecise = self._imprecise(stats, frames, bounds)  # sets numerical_error_
+        if imprecise or self.numerical_error_ > 1e-6 * (1 + abs(bounds[-1])):
             _warn_imprecise(self.numerical_error_, bounds[-1], self.probe_rounds_)
         self.lower_bound_, self.lower_bounds_ = bounds[-1], bounds
         self.n_iter_, self.converged_ = len(bounds), converged
@@ -215,6 +198,32 @@ class AutoCAVI:
         }  # fmt: skip
         return self
 
+    def _rounds(self, args, kwargs, stats, chains, tol, max_iter):
+        """Sweeps, probing the model again around q when q lies far outside the points
+        (checked after sweeps 1, 2, 4, … and at convergence, so that imprecise factors do
+        not pick a mixture's basin), or around the priors and q when an update comes out
+        improper: (bounds of the last round's sweeps, converged, the frames used)."""
+        frames, self.probe_rounds_ = {}, 1
+        while True:
+            last = self.probe_rounds_ >= _MAX_PROBE_ROUNDS
+            try:
+                bounds, converged, stopped = self._sweeps(
+                    stats, chains, tol, max_iter, None if last else frames
+                )
+            except NotConjugateError:  # an improper update: perhaps rounding, far from the points
+                frames = {**self._prior_frames(), **self._frames()}
+                if last or not frames:
+                    raise
+            else:
+                if not stopped:
+                    return bounds, converged, frames
+                frames = self._frames()
+            start = time.perf_counter()
+            with validated_on_failure(self.model, args, kwargs, self.random_state):
+                self._use(self._reprobe(frames), frames)
+            self.probe_seconds_ += time.perf_counter() - start
+            self.probe_rounds_ += 1
+
     def _use(self, factors, frames: dict) -> None:
         """Take ``factors`` (solved in ``frames``) as the model's, with each latent's Markov
         blanket."""
@@ -224,9 +233,11 @@ class AutoCAVI:
         }
         self.markov_blankets_ = {n: tuple(f.name for f in fs) for n, fs in self._blanket.items()}
 
-    def _sweeps(self, stats, chains, tol: float, max_iter: int) -> tuple[list[float], bool]:
+    def _sweeps(self, stats, chains, tol: float, max_iter: int, frames=None):
         """Sweeps until the bound changes by less than ``tol`` (or ``max_iter`` sweeps):
-        (the bound after each, whether it converged). ``stats`` is updated in place."""
+        (the bound after each, whether it converged, whether it stopped to probe again).
+        ``frames``: those of the current factors, to check q against after sweeps 1, 2, 4,
+        … and at the end (None: no check). ``stats`` is updated in place."""
         initialized = set(self.init or {})
         order = [n for n in self._latents if n not in initialized] + [
             n for n in self._latents if n in initialized
@@ -242,9 +253,14 @@ class AutoCAVI:
                     self._q[name] = self._update(name, stats)
                     stats[name] = self._latents[name].family.expected_statistics(self._q[name])
             bounds.append(self._bound(stats))
-            if len(bounds) > 1 and abs(bounds[-1] - bounds[-2]) < tol:
-                return bounds, True
-        return bounds, False
+            converged = len(bounds) > 1 and abs(bounds[-1] - bounds[-2]) < tol
+            last = converged or len(bounds) == max_iter
+            due = last or len(bounds) & (len(bounds) - 1) == 0  # 1, 2, 4, 8, …
+            if frames is not None and due and self._imprecise(stats, frames, bounds):
+                return bounds, False, True
+            if last:
+                return bounds, converged, False
+        return bounds, False, False
 
     def _imprecise(self, stats, frames, bounds) -> bool:
         """Whether to probe again around q: q lies far outside the probe points (amplification
@@ -430,7 +446,7 @@ def _warn_imprecise(error: float, bound: float, rounds: int) -> None:
         "large where q puts its mass. Centre and scale the data (or the prior) so that the "
         "latents are of order one",
         RuntimeWarning,
-        stacklevel=3,
+        stacklevel=4,
     )
 
 

@@ -455,6 +455,25 @@ def _fit(designs: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     return solution.permute(perm)
 
 
+def _fit_mixture(designs: torch.Tensor, values: torch.Tensor, selector: torch.Tensor, k: int):
+    """:func:`_fit` of a mixture's design [z = k] ⊗ T(θ_z), one component at a time where
+    the fit points hold z at one value across its plate (as they do): the design is
+    block-diagonal over k, and a joint solve lets the log-densities of the rows picking one
+    component (−10¹² for data near 0 read at a component near 10⁶) round into another's
+    coefficients. Falls back to the joint solve otherwise."""
+    z = _unexpanded_value(selector)
+    if z[0].numel() != 1:
+        return _fit(designs, values)
+    z, size = z.reshape(len(z)), designs.shape[-1] // k
+    rows = [z == j for j in range(k)]
+    if any(int(r.sum()) < size for r in rows):
+        return _fit(designs, values)
+    blocks = [
+        _fit(designs[r][..., j * size : (j + 1) * size], values[r]) for j, r in enumerate(rows)
+    ]
+    return torch.cat(blocks, -1)
+
+
 def _lstsq(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Least squares by QR (``gels``, ~5x faster than an SVD), or, where a design is rank
     deficient after all — a statistic constant at every value (log w of a Dirichlet over one
@@ -481,7 +500,11 @@ def _solve(members, runs: Runs, checks: Runs, site, rank, components=frozenset()
     if not bool(values.isfinite().all() & checks.log_probs[site].isfinite().all()):
         return None, False
     designs = _design(members, runs, rank, components)
-    coefficients = _fit(designs, values)
+    if components:
+        selector = runs.values[members[0].name]
+        coefficients = _fit_mixture(designs, values, selector, members[0].family.k)
+    else:
+        coefficients = _fit(designs, values)
     scale = values.abs().amax(0)
     check_designs = _design(members, checks, rank, components)
     good = bool(_misfit(check_designs, checks.log_probs[site], coefficients, scale) <= _RTOL)
