@@ -125,17 +125,20 @@ class AutoCAVI:
             point), and they ran one model run per point instead, to the same factors.
         probe_model_runs_: model runs made while solving the factors (a batched run counts
             once; the seeded first run, which also tracks dependencies, is not counted).
-        probe_rounds_: times the factors were solved: 1, plus one per re-probe around q (at
-            most 4), made when q lies over 10³ outside the points in E_q[T] (their
-            coordinates), or over 16 while the estimated rounding below exceeds 1e-9 of the
-            bound, and one around the priors when the first points left an update improper
-            (with data far from zero, rounding can); ``lower_bounds_`` and ``n_iter_`` are
-            those of the last round's sweeps.
+        probe_rounds_: times the factors were solved (at most 4): 1, plus one per re-probe
+            around q, made when, after sweep 1, 2, 4, … or at convergence, q lies over 10³
+            outside the points in E_q[T] (their coordinates), or over 16 while the estimated
+            rounding below exceeds 1e-9 of the bound; or around the priors and q when an
+            update came out improper (with data far from zero, rounding can do that);
+            ``lower_bounds_`` and ``n_iter_`` are those of the last round's sweeps.
         numerical_error_: the estimated float64 error of Σ E_q[log f] from the last solve
             (nats; :func:`~pyro_vae.cavi.probe_frames.numerical_error`). The bound sums each
             E_q[log f] in the coordinates its factor was solved in (q's, after a re-probe),
-            so terms of 10¹² (data near 10⁶) do not cancel in it: it is exact to about
-            1e-14 nats there (tested against the closed-form evidence).
+            so terms of 10¹² (data near 10⁶) do not cancel in it: a single Normal, Gamma or
+            Wishart latent, or a Normal-Gamma or Normal-Wishart block, near 10⁶ has its
+            exact bound to about 1e-11 nats (tested against the closed-form evidence). A
+            mean-field mixture whose components share data far from zero may stay off by
+            more; it warns (below).
 
     Runs on the CPU in float64: ``fit`` casts floating arguments to float64 and refuses
     tensors on another device (its solves are tiny; a GPU would only add transfers).
@@ -147,7 +150,9 @@ class AutoCAVI:
 
     Warns:
         RuntimeWarning when, after the last probing round, the estimated rounding of the
-        bound still exceeds 1e-9 of it with q outside the points.
+        bound (``numerical_error_``) exceeds 1e-6 of it, or 1e-9 with q outside the points.
+        The estimate is cautious: a mixture with components 10⁵ apart warns while its
+        bound is exact to 1e-8.
     """
 
     def __init__(self, model, *, max_iter: int = 1000, tol: float = 1e-8, init=None,
