@@ -10,12 +10,14 @@ import torch
 from PIL import Image
 
 from pyro_vae.plots import (
+    mosaic,
     plot_elbo_curves,
     plot_gradient_variance,
     plot_image_rows,
     plot_latent,
     plot_reconstructions,
     plot_samples,
+    reconstruction_figure,
     save_png,
 )
 
@@ -124,8 +126,6 @@ def test_reconstruction_labels_and_title_overlap_no_image(n, shape):
     # Measured where matplotlib draws them: every text's box against every image's box.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    from pyro_vae.plots import reconstruction_figure
-
     x = torch.rand(n, int(np.prod(shape)), generator=torch.Generator().manual_seed(0))
     fig = reconstruction_figure(x, 0.5 * x, shape, 1.0)
     renderer = FigureCanvasAgg(fig).get_renderer()
@@ -141,3 +141,23 @@ def test_reconstruction_labels_and_title_overlap_no_image(n, shape):
         if b.overlaps(i)
     ]
     assert all(b.x0 >= 0 and b.y1 <= fig.bbox.y1 for b in boxes)  # inside the figure
+
+
+def test_a_mosaic_puts_each_image_in_its_cell_with_white_between_and_after():
+    images = np.random.default_rng(0).random((5, 12, 6, 3))  # five 12x6 RGB images
+    tile = mosaic(images, rows=2, cols=3)
+    gap = 1  # about a twelfth of the height
+    assert tile.shape == (2 * 12 + gap, 3 * 6 + 2 * gap, 3)
+    for i in range(5):
+        r, c = divmod(i, 3)
+        top, left = r * (12 + gap), c * (6 + gap)
+        assert np.array_equal(tile[top : top + 12, left : left + 6], images[i])
+    assert (tile[12] == 1).all() and (tile[:, 6] == 1).all()  # the gaps
+    assert (tile[13:, 2 * 7 :] == 1).all()  # the sixth cell, with no image
+
+
+def test_an_image_grid_is_one_axes_whatever_its_size():
+    # one Axes per image made a run folder's figures 9 s of a 10 s digits fit (208 Axes)
+    x = torch.rand(40, 64)
+    figure = reconstruction_figure(x, 1 - x, (8, 8), 1.0)
+    assert len(figure.axes) == 1
