@@ -59,6 +59,8 @@ class GaussianMixtureModel(PyroModule):
             ``"bartlett_diagonal"``, ``"bartlett_lower"``, for SVI) or ``"wishart"`` (one site
             ``"precisions"`` ~ Wishart(W₀, ν₀) on the positive-definite cone, conjugate to the
             means and the data, for ``pyro_vae.cavi.AutoCAVI``; not for ``make_guide``).
+        dtype: of the priors and the model, ``torch.float32`` (default) or
+            ``torch.float64`` (:meth:`from_data` follows the data's).
     """
 
     #: May be recorded without being asked (``pyro_vae.estimators.compiled.should_record``):
@@ -74,6 +76,7 @@ class GaussianMixtureModel(PyroModule):
         degrees_of_freedom_prior: float,
         covariance_prior,
         precision_parameterization: str = "bartlett",
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__(name="model")
         if precision_parameterization not in ("bartlett", "wishart"):
@@ -84,8 +87,10 @@ class GaussianMixtureModel(PyroModule):
         self.precision_parameterization = precision_parameterization
         if not (isinstance(n_components, int) and n_components >= 1):
             raise ValueError(f"n_components: {n_components!r} is not a positive integer")
-        mean_prior = torch.as_tensor(mean_prior, dtype=torch.float32)
-        covariance_prior = torch.as_tensor(covariance_prior, dtype=torch.float32)
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"dtype: {dtype} is not torch.float32 or torch.float64")
+        mean_prior = torch.as_tensor(mean_prior, dtype=dtype)
+        covariance_prior = torch.as_tensor(covariance_prior, dtype=dtype)
         d = mean_prior.shape[-1] if mean_prior.dim() == 1 else -1
         if d < 1 or covariance_prior.shape != (d, d):
             raise ValueError(
@@ -115,8 +120,12 @@ class GaussianMixtureModel(PyroModule):
     @classmethod
     def from_data(cls, X, n_components: int, **priors) -> GaussianMixtureModel:
         """The model with scikit-learn's defaults for the priors not given: α₀ = 1/K, β₀ = 1,
-        m₀ = mean of X, ν₀ = D, W₀⁻¹ = covariance of X."""
-        X = torch.as_tensor(X, dtype=torch.float32)
+        m₀ = mean of X, ν₀ = D, W₀⁻¹ = covariance of X; in float64 for float64 ``X`` (the
+        priors computed and kept in float64: ``.double()`` on a float32 model cannot restore
+        the digits of a mean near 10⁴), float32 otherwise."""
+        X = torch.as_tensor(X)
+        dtype = torch.float64 if X.dtype == torch.float64 else torch.float32
+        X = X.to(dtype)
         if not (isinstance(n_components, int) and n_components >= 1):
             raise ValueError(f"n_components: {n_components!r} is not a positive integer")
         if X.dim() != 2:
@@ -129,7 +138,7 @@ class GaussianMixtureModel(PyroModule):
             "covariance_prior": torch.atleast_2d(torch.cov(X.T)),
         }
         defaults.update({k: v for k, v in priors.items() if v is not None})
-        return cls(n_components, **defaults)
+        return cls(n_components, **defaults, dtype=dtype)
 
     def make_guide(self, init_means=None, init_covariances=None) -> AutoNormal:
         """Pyro's mean-field ``AutoNormal`` over the global latents (z is enumerated).
@@ -157,7 +166,7 @@ class GaussianMixtureModel(PyroModule):
 
         def init_on_the_model_s_device(site):
             # Read when the guide first runs, after fit has moved the model to its device.
-            return init(site).to(self.mean_prior.device)
+            return init(site).to(self.mean_prior.device, self.mean_prior.dtype)
 
         return AutoNormal(
             pyro.poutine.block(self, hide=["assignment"]), init_loc_fn=init_on_the_model_s_device

@@ -257,3 +257,12 @@ def test_the_wishart_parameterization_is_the_same_model_on_one_precisions_site()
         wishart.make_guide()
     with pytest.raises(ValueError, match="precision_parameterization: 'cholesky' is not"):
         GaussianMixtureModel.from_data(x, 2, precision_parameterization="cholesky")
+
+
+def test_from_data_keeps_float64_data_in_float64():
+    # a prior mean near 10⁴ rounded to float32 moves by about 10⁻³, which .double() cannot undo
+    X = 1e4 + torch.randn(20, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    model = GaussianMixtureModel.from_data(X, 2, precision_parameterization="wishart")
+    assert model.mean_prior.dtype == torch.float64
+    assert torch.equal(model.mean_prior, X.mean(0))
+    assert GaussianMixtureModel.from_data(X.float(), 2).mean_prior.dtype == torch.float32
