@@ -282,7 +282,7 @@ class AutoCAVI:
     def _prior_frames(self) -> dict:
         """A frame at each latent's prior (in the first run), for the families that take
         one: where to probe again when the first points left an update improper."""
-        trace = self._probe_inputs[3]
+        _, _, _, trace, _ = self._probe_inputs
         frames = {}
         for name, latent in self._latents.items():
             frame = prior_frame(latent.family, tuple(trace.nodes[s]["fn"] for s in latent.sites))
@@ -415,7 +415,7 @@ class AutoCAVI:
         )
         in_chains = {s for chain in self._chain_entropy for s in chain}
         entropy = sum(
-            float(_present_only(q.entropy(), self._absent.get(n)).sum())
+            float(_without_absent(q.entropy(), self._absent.get(n)).sum())
             for n, q in self._q.items()
             if n not in in_chains
         )
@@ -438,7 +438,7 @@ class AutoCAVI:
         return out
 
 
-def _present_only(entropy: torch.Tensor, absent: torch.Tensor | None) -> torch.Tensor:
+def _without_absent(entropy: torch.Tensor, absent: torch.Tensor | None) -> torch.Tensor:
     """The entropies of the elements present in the model: an absent one (masked off, and
     mentioned by no factor) is left out of the bound (padding leaves it unchanged)."""
     return entropy if absent is None else torch.where(absent, 0.0, entropy)

@@ -245,11 +245,6 @@ def find_latents(trace, blocks=()) -> dict[str, Latent]:
     return latents
 
 
-def statistics(latent: Latent, values: dict) -> torch.Tensor:
-    """T of ``latent`` at the site values ``values``, [*batch, B]."""
-    return latent.family.statistics(*(values[s] for s in latent.sites))
-
-
 def _probe(latent: Latent, generator) -> dict[str, torch.Tensor]:
     value = latent.family.probe(latent.batch_shape, generator)
     return dict(zip(latent.sites, value if len(latent.sites) > 1 else (value,), strict=True))

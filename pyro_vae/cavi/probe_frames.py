@@ -316,27 +316,17 @@ def prior_frame(family: Family, fns: tuple) -> Frame | None:
     if not has_frames(family):
         return None
     fns = tuple(unwrapped(fn) for fn in fns)
-    if isinstance(family, NormalFamily):
-        frame = Frame(*_vector_moments(fns[0], family.event_dim))
-    elif isinstance(family, GammaFamily):
-        frame = Frame(magnitude=fns[0].mean)
-    elif isinstance(family, WishartFamily):
-        frame = Frame(magnitude=fns[0].mean.diagonal(dim1=-2, dim2=-1).mean(-1))
-    else:
-        loc, scale = _vector_moments(fns[0], 0 if getattr(family, "scalar", False) else 1)
-        positive = fns[1].mean
+    if len(fns) == 1:  # a prior of the family's own form, as q is: q's frame
+        frame = frame_of(family, fns[0])
+    else:  # a block: its mean site's Normal and its precision site's Gamma or Wishart
+        event_dim = 0 if getattr(family, "scalar", False) else 1
+        loc, cov = _normal_moments(fns[0], event_dim)
+        scale, positive = cov.diagonal(dim1=-2, dim2=-1).sqrt(), fns[1].mean.to(_F64)
         if isinstance(family, NormalWishartFamily):
             scale = scale.pow(2).mean(-1).sqrt()
             positive = positive.diagonal(dim1=-2, dim2=-1).mean(-1)
         frame = Frame(loc, scale, positive)
     return frame if _sane(frame) else None
-
-
-def _vector_moments(fn, event_dim: int):
-    mean, variance = fn.mean.to(_F64), fn.variance.to(_F64)
-    if not event_dim:
-        mean, variance = mean.unsqueeze(-1), variance.unsqueeze(-1)
-    return mean, variance.sqrt()
 
 
 def _sane(frame: Frame) -> bool:
