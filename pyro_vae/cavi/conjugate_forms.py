@@ -105,6 +105,9 @@ class Factor:
     selector: str | None = None
     components: frozenset = frozenset()
     magnitude: float = 0.0  # Σ over elements of max |log f| at the fit points (nats)
+    #: a mixture solved one component at a time: [*batch, K], per element the largest
+    #: |log f| at the fit points picking component k, which alone its coefficients read
+    component_magnitudes: torch.Tensor | None = None
     #: the coefficients as solved, on the statistics in the probe frames' coordinates
     #: (None: solved on the natural statistics): E_q[log f] from them does not cancel
     local: torch.Tensor | None = None
@@ -456,17 +459,43 @@ def _fit_mixture(designs: torch.Tensor, values: torch.Tensor, selector: torch.Te
     block-diagonal over k, and a joint solve lets the log-densities of the rows picking one
     component (−10¹² for data near 0 read at a component near 10⁶) round into another's
     coefficients. Falls back to the joint solve otherwise."""
-    z = _unexpanded_value(selector)
-    if z[0].numel() != 1:
-        return _fit(designs, values)
-    z, size = z.reshape(len(z)), designs.shape[-1] // k
-    rows = [z == j for j in range(k)]
-    if any(int(r.sum()) < size for r in rows):
+    size = designs.shape[-1] // k
+    rows = _component_rows(selector, k, size)
+    if rows is None:
         return _fit(designs, values)
     blocks = [
         _fit(designs[r][..., j * size : (j + 1) * size], values[r]) for j, r in enumerate(rows)
     ]
     return torch.cat(blocks, -1)
+
+
+def _component_rows(selector: torch.Tensor, k: int, size: int) -> list | None:
+    """The fit points picking each of the ``k`` components (boolean [S] each), where the
+    points hold the selector at one value across its plate and each component has at least
+    ``size`` of them, as :func:`_fit_mixture`'s per-component solve needs; else None."""
+    z = _unexpanded_value(selector)
+    if z[0].numel() != 1:
+        return None
+    z = z.reshape(len(z))
+    rows = [z == j for j in range(k)]
+    return None if any(int(r.sum()) < size for r in rows) else rows
+
+
+def _component_magnitudes(factor: Factor, runs: Runs) -> torch.Tensor | None:
+    """[*batch, K] for a mixture factor solved one component at a time: per element, the
+    largest |log f| at the fit points picking component k (summed as its coefficients are).
+    Component k's coefficients are solved from those points alone, so their rounding scales
+    with it, not with the −10¹² of a datum read at a far component. None otherwise."""
+    if factor.selector is None:
+        return None
+    k = factor.coefficients.shape[factor.rank - 1]  # the batch's final K-axis
+    size = _product(factor.coefficients.shape[factor.rank :])
+    rows = _component_rows(runs.values[factor.selector], k, size)
+    if rows is None:
+        return None
+    magnitude = runs.log_probs[factor.name].abs()
+    picked = torch.stack([magnitude[r].amax(0) for r in rows], -1)
+    return _sum_to(picked, factor.coefficients.shape[: factor.rank])
 
 
 def _lstsq(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -663,7 +692,8 @@ def _factor(runner, site, design, runs, checks, trace) -> Factor:
     magnitude = float(runs.log_probs[site].abs().amax(0).sum())
     local = factor.coefficients if set(runs.frames) & set(factor.latents) else None
     natural = to_natural(factor, runner.latents, runs.frames)
-    return replace(natural, magnitude=magnitude, local=local)
+    return replace(natural, magnitude=magnitude, local=local,
+                   component_magnitudes=_component_magnitudes(factor, runs))  # fmt: skip
 
 
 def _local_factor(runner, site, design, runs, checks, trace) -> Factor:

@@ -219,9 +219,15 @@ def reach(family: Family, frame: Frame | None, q, expected: torch.Tensor) -> flo
     """max |E_q[T(v)]| in the frame (about 1 where q sits in it): how far the probe region
     must be extrapolated to reach q. ``expected``: E_q[T(x)], [*batch, B], which is the
     answer without a frame (the family's fixed probe place)."""
+    reached = element_reach(family, frame, q, expected)
+    return float(reached.max()) if reached.numel() else 1.0
+
+
+def element_reach(family: Family, frame: Frame | None, q, expected: torch.Tensor):
+    """:func:`reach` per element: [*batch]."""
     if frame is not None:
         expected = local_expected_statistics(family, q, frame)
-    return float(expected.abs().max()) if expected.numel() else 1.0
+    return expected.abs().amax(-1)
 
 
 #: Allowance for the condition number of a probe design (random designs of this package's
@@ -240,6 +246,13 @@ def numerical_error(factors, latents: dict, q: dict, stats: dict, frames: dict):
     where the points were drawn, E_q[μ²] ≈ 10¹² for data near 10⁶ probed at N(0, 1)).
     ``q``: the units' factors; ``stats``: E_q[T] on the natural statistics; ``frames``:
     those the factors were solved in (a unit absent: its family's fixed probe place).
+
+    A mixture solved one component at a time (``component_magnitudes``) is charged per
+    element and component: component k's magnitude there, times E_q[z = k], times k's own
+    amplification. A datum near 0 read at a component near 10⁶ has |log f| ≈ 10¹², but
+    component k's coefficients for it count in E_q[log f] only in proportion to E_q[z = k],
+    which is then 0 to float64.
+
     Returns (nats, amplification)."""
     total, worst = 0.0, 1.0
     for factor in factors:
@@ -248,9 +261,31 @@ def numerical_error(factors, latents: dict, q: dict, stats: dict, frames: dict):
             family = latents[name].family
             if has_frames(family):
                 amplification *= max(1.0, reach(family, frames.get(name), q.get(name), stats[name]))
-        total += _KAPPA * _EPS * factor.magnitude * amplification
         worst = max(worst, amplification)
+        if factor.component_magnitudes is None:
+            total += _KAPPA * _EPS * factor.magnitude * amplification
+        else:
+            total += _KAPPA * _EPS * _mixture_error(factor, latents, q, stats, frames)
     return total, worst
+
+
+def _mixture_error(factor, latents: dict, q: dict, stats: dict, frames: dict) -> float:
+    """Σ over elements and components k of (k's magnitude there)·E_q[z = k]·(k's
+    amplification): :func:`numerical_error` of a mixture factor, less κ·ε."""
+    weights = stats[factor.selector]  # [*batch_z, K], aligned with the factor's K-axis
+    view = (1,) * (factor.rank - weights.dim()) + tuple(weights.shape)
+    charged = factor.component_magnitudes * weights.reshape(view)
+    for name in factor.latents:
+        family = latents[name].family
+        if not has_frames(family):
+            continue
+        reached = element_reach(family, frames.get(name), q.get(name), stats[name])
+        if name in factor.components:  # its last batch dim runs along the K-axis
+            per_component = reached.reshape(-1, reached.shape[-1]).amax(0)
+            charged = charged * per_component.clamp(min=1.0)
+        else:
+            charged = charged * max(1.0, float(reached.max()) if reached.numel() else 1.0)
+    return float(charged.sum())
 
 
 def local_expected_statistics(family: Family, q, frame: Frame) -> torch.Tensor:

@@ -1,7 +1,10 @@
+from types import SimpleNamespace
+
 import pyro.distributions as dist
 import pytest
 import torch
 
+from pyro_vae.cavi.conjugate_forms import Factor
 from pyro_vae.cavi.exponential_families import (
     BetaFamily,
     CategoricalFamily,
@@ -21,6 +24,7 @@ from pyro_vae.cavi.probe_frames import (
     has_frames,
     local_expected_statistics,
     local_map,
+    numerical_error,
     prior_frame,
     q_from_local,
     reach,
@@ -163,3 +167,22 @@ def test_a_q_made_in_local_coordinates_and_mapped_back_has_those_local_moments(n
     q = q_from_local(family, q_local, frame)
     back = local_expected_statistics(family, q, frame)
     assert torch.allclose(back, family.expected_statistics(q_local), rtol=1e-9, atol=1e-9)
+
+
+def test_a_mixture_solved_per_component_is_charged_per_component_by_its_responsibility():
+    # one datum, two components of a scalar Normal mean, z certain to pick component 1; the
+    # rows reading component 0 at the datum had |log f| = 1e12, those reading 1 had 3. With
+    # no frames, each component's amplification is its own max |E[T(x)]| = E[μ²]: 1.25, 5.
+    family = NormalFamily("mu", torch.Size([]))
+    latents = {"mu": SimpleNamespace(family=family), "z": SimpleNamespace(family=None)}
+    stats = {"mu": t([[1.0, 0.5, 1.25], [1.0, 2.0, 5.0]]), "z": t([[0.0, 1.0]])}
+    mixture = Factor("y", "Normal", ("mu",), torch.zeros(1, 2, 3, dtype=F64), 2, "z",
+                     frozenset({"mu"}), magnitude=1e12 + 3.0)  # fmt: skip
+    kappa_eps = 100.0 * torch.finfo(F64).eps
+    per_component = Factor(**{**vars(mixture), "component_magnitudes": t([[1e12, 3.0]])})
+    error, amplification = numerical_error([per_component], latents, {}, stats, {})
+    assert error == pytest.approx(kappa_eps * 3.0 * 1.0 * 5.0, rel=1e-12)
+    assert amplification == 5.0  # the far rule still reads the farthest component
+    # solved jointly (no per-component magnitudes), the whole magnitude is charged
+    error, _ = numerical_error([mixture], latents, {}, stats, {})
+    assert error == pytest.approx(kappa_eps * (1e12 + 3.0) * 5.0, rel=1e-12)
