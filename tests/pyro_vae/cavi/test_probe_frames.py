@@ -46,14 +46,16 @@ FAMILIES = {
 
 def random_frame(family, g) -> Frame:
     """A frame of moderate size, so that T(x) and T(v) are both well conditioned and the
-    two sides of T(v) = N·T(x) can be compared to float64 rounding."""
+    two sides of T(v) = N·T(x) can be compared to float64 rounding; a Normal or
+    Normal-Gamma frame's L has off-diagonal entries (the frame correlates coordinates)."""
     d = getattr(family, "d", 1)
-    scale_shape = BATCH if isinstance(family, NormalWishartFamily) else BATCH + (d,)
-    return Frame(
-        loc=3 + torch.randn(BATCH + (d,), generator=g, dtype=F64),
-        scale=0.5 + torch.rand(scale_shape, generator=g, dtype=F64),
-        magnitude=0.3 + torch.rand(BATCH, generator=g, dtype=F64),
-    )
+    loc = 3 + torch.randn(BATCH + (d,), generator=g, dtype=F64)
+    magnitude = 0.3 + torch.rand(BATCH, generator=g, dtype=F64)
+    if isinstance(family, NormalWishartFamily):
+        return Frame(loc, 0.5 + torch.rand(BATCH, generator=g, dtype=F64), magnitude)
+    diagonal = torch.diag_embed(0.5 + torch.rand(BATCH + (d,), generator=g, dtype=F64))
+    lower = torch.randn(BATCH + (d, d), generator=g, dtype=F64).tril(-1)
+    return Frame(loc, magnitude=magnitude, scale_tril=diagonal + 0.7 * lower)
 
 
 def as_tuple(value) -> tuple:
@@ -82,8 +84,10 @@ def q_of(name: str):
     """A q of each family's own form, away from the origin."""
     if name == "scalar Normal":
         return dist.Normal(t([5.0, -2.0, 1e3, 0.0]), t([0.1, 2.0, 1.0, 3.0]))
-    if name == "Normal d=3":
-        return dist.MultivariateNormal(t([1e4, -3.0, 2.0]), torch.diag(t([0.2, 4.0, 1.0])))
+    if name == "Normal d=3":  # correlated: −0.9 between the first two coordinates
+        cov = t([[0.2, -0.9 * (0.2 * 4.0) ** 0.5, 0.0], [-0.9 * (0.2 * 4.0) ** 0.5, 4.0, 0.5],
+                 [0.0, 0.5, 1.0]])  # fmt: skip
+        return dist.MultivariateNormal(t([1e4, -3.0, 2.0]), cov)
     if name == "Gamma":
         return dist.Gamma(t([2.0, 50.0]), t([1e-4, 0.1]))
     if name == "Wishart d=3":
@@ -127,10 +131,13 @@ def test_expected_local_statistics_from_q_moments_match_the_frame_map(name):
     g = torch.Generator().manual_seed(1)
     frame = frame_of(family, q)
     # move the frame off q's centre, so that E v and E v² are not simply 0 and 1
-    if frame.loc is not None:
-        frame.loc = frame.loc + frame.scale.reshape(
-            frame.scale.shape + (1,) * (frame.loc.dim() - frame.scale.dim())
-        ) * torch.randn(frame.loc.shape, generator=g, dtype=F64)
+    if frame.scale_tril is not None:
+        step = torch.randn(frame.loc.shape + (1,), generator=g, dtype=F64)
+        frame.loc = frame.loc + (frame.scale_tril @ step).squeeze(-1)
+    elif frame.loc is not None:
+        frame.loc = frame.loc + frame.scale.unsqueeze(-1) * torch.randn(
+            frame.loc.shape, generator=g, dtype=F64
+        )
     if frame.magnitude is not None:
         frame.magnitude = frame.magnitude * (
             1.5 + torch.rand(frame.magnitude.shape, generator=g, dtype=F64)
@@ -144,7 +151,7 @@ def test_a_prior_frame_sits_at_the_prior_and_a_vague_prior_gives_none():
     family = FAMILIES["scalar Normal"]
     frame = prior_frame(family, (dist.Normal(t([5.0, -3.0]), t([2.0, 0.1])),))
     assert torch.equal(frame.loc[..., 0], t([5.0, -3.0]))
-    assert torch.equal(frame.scale[..., 0], t([2.0, 0.1]))
+    assert torch.equal(frame.scale_tril[..., 0, 0], t([2.0, 0.1]))
     gamma = prior_frame(FAMILIES["Gamma"], (dist.Gamma(t(2.0), t(1e-6)),))
     assert float(gamma.magnitude) == 2e6
     # N(0, 1e200): probes there would overflow every log-density; no guide to where q is
@@ -160,7 +167,7 @@ def test_a_q_made_in_local_coordinates_and_mapped_back_has_those_local_moments(n
     g = torch.Generator().manual_seed(2)
     frame = random_frame(family, g)
     if isinstance(family, NormalFamily) or name.startswith("Normal-Gamma"):
-        frame.loc, frame.scale = frame.loc[:1], frame.scale[:1]
+        frame.loc, frame.scale_tril = frame.loc[:1], frame.scale_tril[:1]
     frame.magnitude = frame.magnitude[:1]
     if isinstance(family, NormalWishartFamily):
         frame.loc, frame.scale = frame.loc[:1], frame.scale[:1]
