@@ -16,14 +16,16 @@ families with bounded statistics, Beta, Dirichlet, Bernoulli and Categorical, ne
 
     Normal:          v = L⁻¹(x − m)           (L: the Cholesky factor of q's covariance)
     Gamma:           u = x / c                (c = E_q[x])
-    Wishart:         Λ̃ = Λ / c                (c = tr E_q[Λ] / D)
-    Normal-Gamma:    v = L⁻¹(μ − m), u = τ / c  (L L^T: q's covariance of μ at τ = E_q[τ])
-    Normal-Wishart:  v = (μ − m) / s, Λ̃ = Λ / c   (s, c scalars)
+    Wishart:         Λ̃ = R⁻¹ Λ R⁻ᵀ             (R: the Cholesky factor of E_q[Λ])
+    Normal-Gamma:    v = L⁻¹(μ − m), u = τ / c  (L Lᵀ: q's covariance of μ at τ = E_q[τ])
+    Normal-Wishart:  v = Rᵀ(μ − m) / s, Λ̃ = R⁻¹ Λ R⁻ᵀ  (R as Wishart's, s = β^−½)
 
-A Normal frame whitens q's covariance, not just its marginal scales: the weights of a
-regression on an intercept and a regressor near 2000 have a posterior correlation of about
-−0.999999, and points drawn with the marginal scales alone lie off that ridge, where the
-likelihood is 10⁶ times its size on it (the bound came out 1.8e-3 nats high).
+Frames whiten q's covariance, not just its scales: the weights of a regression on an
+intercept and a regressor near 2000 have a posterior correlation of about −0.999999, and
+points drawn with the marginal scales alone lie off that ridge, where the likelihood is 10⁶
+times its size on it (the bound came out 1.8e-3 nats high); a mixture on features in
+different units (one of order 0.01, one near 5·10⁴ ± 10³) has precisions 10¹⁰ apart, which
+probes scaled by one number put 10¹⁰ times too high or low (a bound 1.6e-3 nats off).
 """
 
 from __future__ import annotations
@@ -51,8 +53,9 @@ _F64 = torch.float64
 
 @dataclass
 class Frame:
-    """x = loc + scale_tril·v (Normal, Normal-Gamma's mean), x = loc + scale·v
-    (Normal-Wishart's mean) and x = magnitude·u (positive members); fields a family does not
+    """x = loc + scale_tril·v (Normal, Normal-Gamma's mean), Λ = scale_tril·Λ̃·scale_trilᵀ
+    (Wishart, Normal-Wishart's precision), μ = loc + scale·scale_tril⁻ᵀ·v (Normal-Wishart's
+    mean) and x = magnitude·u (Gamma, Normal-Gamma's precision); fields a family does not
     use are None. Shapes: loc [*batch, d], scale_tril [*batch, d, d] (lower triangular, a
     positive diagonal), scale [*batch], magnitude [*batch]."""
 
@@ -76,17 +79,26 @@ def frame_of(family: Family, q) -> Frame | None:
         return Frame(mean, scale_tril=root)
     if isinstance(family, GammaFamily):
         return Frame(magnitude=(q.concentration / q.rate).to(_F64))
-    if isinstance(family, WishartFamily):
-        mean = q.df.to(_F64)[..., None, None] * q.covariance_matrix.to(_F64)
-        return Frame(magnitude=mean.diagonal(dim1=-2, dim2=-1).mean(-1))
+    if isinstance(family, WishartFamily):  # E_q[Λ] = ν·V: R = √ν·chol(V)
+        root = q.df.to(_F64).sqrt()[..., None, None] * q.scale_tril.to(_F64)
+        return Frame(scale_tril=root)
     if isinstance(q, NormalGamma):
         tau = q.concentration / q.rate
         root = _precision_root(q.precision) * tau.rsqrt()[..., None, None]
         return Frame(q.loc, magnitude=tau, scale_tril=root)
-    if isinstance(q, NormalWishart):
-        c = (q.df[..., None, None] * q.scale).diagonal(dim1=-2, dim2=-1).mean(-1)
-        return Frame(q.loc, (q.beta * c).rsqrt(), c)
+    if isinstance(q, NormalWishart):  # μ's covariance ≈ (β E[Λ])⁻¹ = R⁻ᵀR⁻¹/β
+        return Frame(q.loc, q.beta.rsqrt(), scale_tril=_root(q.df[..., None, None] * q.scale))
     return None
+
+
+def _root(spd: torch.Tensor) -> torch.Tensor:
+    """The Cholesky factor of a symmetric positive-definite matrix, or, where rounding
+    leaves it indefinite, the square roots of its diagonal (a frame needs only a scale)."""
+    root, info = torch.linalg.cholesky_ex(spd)
+    if not bool((info != 0).any()):
+        return root
+    diagonal = torch.diag_embed(spd.diagonal(dim1=-2, dim2=-1).clamp_min(0).sqrt())
+    return torch.where((info != 0)[..., None, None], diagonal, root)
 
 
 def _normal_root(q, event_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,11 +126,15 @@ def _precision_root(precision: torch.Tensor) -> torch.Tensor:
 
 def from_local(family: Family, frame: Frame, value):
     """Probe values in the model's coordinates from standard ones (``family.probe``'s)."""
-    if isinstance(family, (GammaFamily, WishartFamily)):
-        return _scaled(frame.magnitude, value, family.event_dim)
+    if isinstance(family, GammaFamily):
+        return _scaled(frame.magnitude, value, 0)
+    if isinstance(family, WishartFamily):
+        return _congruent(frame.scale_tril, value)
     if isinstance(family, NormalWishartFamily):
         mu, positive = value
-        return frame.loc + frame.scale.unsqueeze(-1) * mu, _scaled(frame.magnitude, positive, 2)
+        upper = frame.scale_tril.transpose(-1, -2).expand(mu.shape[:-1] + positive.shape[-2:])
+        step = torch.linalg.solve_triangular(upper, mu.unsqueeze(-1), upper=True).squeeze(-1)
+        return frame.loc + frame.scale.unsqueeze(-1) * step, _congruent(frame.scale_tril, positive)
     if isinstance(family, NormalFamily):
         return _affine(frame, value, not family.event_dim)
     mu, positive = value
@@ -127,14 +143,17 @@ def from_local(family: Family, frame: Frame, value):
 
 def to_local(family: Family, frame: Frame, values: tuple) -> tuple:
     """The local coordinates of model values ``values`` (one per site of the unit)."""
-    if isinstance(family, (GammaFamily, WishartFamily)):
-        return (_scaled(1 / frame.magnitude, values[0].to(_F64), family.event_dim),)
+    if isinstance(family, GammaFamily):
+        return (_scaled(1 / frame.magnitude, values[0].to(_F64), 0),)
+    if isinstance(family, WishartFamily):
+        return (_congruent(_whitening(frame), values[0].to(_F64)),)
     if isinstance(family, NormalFamily):
         return (_unaffine(frame, values[0].to(_F64), not family.event_dim),)
     mu, positive = (v.to(_F64) for v in values)
     if isinstance(family, NormalWishartFamily):
-        v = (mu - frame.loc) / frame.scale.unsqueeze(-1)
-        return v, _scaled(1 / frame.magnitude, positive, 2)
+        upper = frame.scale_tril.transpose(-1, -2)
+        v = (upper @ (mu - frame.loc).unsqueeze(-1)).squeeze(-1) / frame.scale.unsqueeze(-1)
+        return v, _congruent(_whitening(frame), positive)
     return _unaffine(frame, mu, family.scalar), _scaled(1 / frame.magnitude, positive, 0)
 
 
@@ -160,6 +179,12 @@ def _whitening(frame: Frame) -> torch.Tensor:
     return torch.linalg.solve_triangular(frame.scale_tril, eye, upper=False)
 
 
+def _congruent(root: torch.Tensor, spd: torch.Tensor) -> torch.Tensor:
+    """root·S·rootᵀ, symmetrized (the two triangles equal to the last bit)."""
+    product = root @ spd @ root.transpose(-1, -2)
+    return (product + product.transpose(-1, -2)) / 2
+
+
 def _scaled(magnitude: torch.Tensor, value: torch.Tensor, event_dim: int) -> torch.Tensor:
     return magnitude.reshape(magnitude.shape + (1,) * event_dim) * value
 
@@ -174,12 +199,11 @@ def local_map(family: Family, frame: Frame) -> torch.Tensor:
         n[..., 1, 1] = 1 / c
         n[..., 2, 0] = -c.log()
         return n
-    if isinstance(family, WishartFamily):  # T = (1, Λ_ij, log|Λ|)
-        c = frame.magnitude
-        n = _identity(c.shape, family.size)
-        inner = torch.arange(1, family.size - 1)
-        n[..., inner, inner] = (1 / c).unsqueeze(-1)
-        n[..., -1, 0] = -family.d * c.log()
+    if isinstance(family, WishartFamily):  # T = (1, Λ_ij, log|Λ|), Λ̃ = BΛBᵀ (B = R⁻¹)
+        b = _whitening(frame)
+        n = _identity(b.shape[:-2], family.size)
+        n[..., 1:-1, 1:-1] = _pair_block(b, family._rows, family._cols)
+        n[..., -1, 0] = -2 * _log_det(frame.scale_tril)
         return n
     if isinstance(family, NormalGammaFamily):
         return _normal_gamma_map(frame, family._rows, family._cols)
@@ -203,13 +227,25 @@ def _affine_map(frame: Frame, rows, cols) -> torch.Tensor:
     n[..., 1 : 1 + d, 1 : 1 + d] = b
     n[..., 1 : 1 + d, 0] = -shift
     b_i, b_j = b[..., rows, :], b[..., cols, :]  # [*batch, pairs, d]
-    outer = b_i.unsqueeze(-1) * b_j.unsqueeze(-2)  # [*batch, pairs, d, d]: B_ib B_jc
-    both = outer + outer.transpose(-1, -2)
-    square = rows == cols  # a column x_b² takes B_ib B_jb once
-    n[..., 1 + d :, 1 + d :] = torch.where(square, outer[..., rows, cols], both[..., rows, cols])
+    n[..., 1 + d :, 1 + d :] = _pair_block(b, rows, cols)
     n[..., 1 + d :, 1 : 1 + d] = -(shift[..., cols, None] * b_i + shift[..., rows, None] * b_j)
     n[..., 1 + d :, 0] = shift[..., rows] * shift[..., cols]
     return n
+
+
+def _pair_block(b: torch.Tensor, rows, cols) -> torch.Tensor:
+    """[*batch, pairs, pairs]: the entries (i ≤ j) of B·S·Bᵀ in those (a ≤ b) of a symmetric
+    S, where an entry a < b stands for S_ab and S_ba: B_ia B_jb + B_ib B_ja, and B_ia B_ja on
+    the diagonal (x xᵀ's pairs for a Normal's v = B(x − m), Λ's for a Wishart's)."""
+    b_i, b_j = b[..., rows, :], b[..., cols, :]  # [*batch, pairs, d]
+    outer = b_i.unsqueeze(-1) * b_j.unsqueeze(-2)  # [*batch, pairs, d, d]: B_ia B_jb
+    both = outer + outer.transpose(-1, -2)
+    return torch.where(rows == cols, outer[..., rows, cols], both[..., rows, cols])
+
+
+def _log_det(root: torch.Tensor) -> torch.Tensor:
+    """log|R| of a triangular R with a positive diagonal."""
+    return root.diagonal(dim1=-2, dim2=-1).log().sum(-1)
 
 
 def _normal_gamma_map(frame: Frame, rows, cols) -> torch.Tensor:
@@ -230,31 +266,28 @@ def _normal_gamma_map(frame: Frame, rows, cols) -> torch.Tensor:
 
 
 def _normal_wishart_map(frame: Frame, d: int, rows, cols) -> torch.Tensor:
-    """T = (1, Λ_ij for i ≤ j, log|Λ|, (Λμ)_a, μᵀΛμ), Λ̃ = Λ/c, v = (μ − m)/s (s, c
-    scalars): (Λ̃v)_a = ((Λμ)_a − Σ_j Λ_aj m_j)/(cs) and
-    vᵀΛ̃v = (μᵀΛμ − 2 mᵀΛμ + mᵀΛm)/(cs²)."""
-    m, s, c = frame.loc, frame.scale, frame.magnitude
+    """T = (1, Λ_ab for a ≤ b, log|Λ|, (Λμ)_a, μᵀΛμ), Λ̃ = BΛBᵀ (B = R⁻¹),
+    v = Rᵀ(μ − m)/s: Λ̃v = B(Λμ − Λm)/s, vᵀΛ̃v = (μᵀΛμ − 2mᵀΛμ + mᵀΛm)/s²."""
+    m, s = frame.loc, frame.scale
+    b = _whitening(frame)
     pairs = len(rows)
-    size, logdet = 1 + pairs + 1 + d + 1, 1 + pairs
-    pair = {}
-    for p, (i, j) in enumerate(zip(rows.tolist(), cols.tolist(), strict=True)):
-        pair[i, j] = pair[j, i] = 1 + p
+    size, logdet, first, quad = 1 + pairs + 1 + d + 1, 1 + pairs, 2 + pairs, 2 + pairs + d
     n = torch.zeros(m.shape[:-1] + (size, size), dtype=_F64)
     n[..., 0, 0] = 1
-    for p in range(pairs):
-        n[..., 1 + p, 1 + p] = 1 / c
+    n[..., 1:logdet, 1:logdet] = _pair_block(b, rows, cols)
     n[..., logdet, logdet] = 1
-    n[..., logdet, 0] = -d * c.log()
-    cs, quad = c * s, size - 1
-    for a in range(d):
-        n[..., logdet + 1 + a, logdet + 1 + a] = 1 / cs
-        for j in range(d):
-            n[..., logdet + 1 + a, pair[a, j]] -= m[..., j] / cs
-        n[..., quad, logdet + 1 + a] = -2 * m[..., a] / (cs * s)
-    n[..., quad, quad] = 1 / (cs * s)
-    for i in range(d):
-        for j in range(d):
-            n[..., quad, pair[i, j]] += m[..., i] * m[..., j] / (cs * s)
+    n[..., logdet, 0] = -2 * _log_det(frame.scale_tril)
+    over_s = (1 / s)[..., None, None]
+    n[..., first:quad, first:quad] = b * over_s
+    # Σ_ab B_ia m_b Λ_ab on Λ's pairs: B_ia m_b + B_ib m_a off the diagonal, B_ia m_a on it
+    at_a, at_b = b[..., :, rows] * m[..., None, cols], b[..., :, cols] * m[..., None, rows]
+    n[..., first:quad, 1:logdet] = -torch.where(rows == cols, at_a, at_a + at_b) * over_s
+    over_s2 = 1 / (s * s)
+    n[..., quad, quad] = over_s2
+    n[..., quad, first:quad] = -2 * m * over_s2.unsqueeze(-1)
+    products = m[..., rows] * m[..., cols]
+    doubled = torch.where(rows == cols, products, 2 * products)
+    n[..., quad, 1:logdet] = doubled * over_s2.unsqueeze(-1)
     return n
 
 
@@ -343,11 +376,18 @@ def local_expected_statistics(family: Family, q, frame: Frame) -> torch.Tensor:
         second = b @ cov @ b.transpose(-1, -2) + v.unsqueeze(-1) * v.unsqueeze(-2)
         ones = torch.ones(v.shape[:-1] + (1,), dtype=_F64)
         return torch.cat([ones, v, second[..., family._rows, family._cols]], -1)
-    if isinstance(family, (GammaFamily, WishartFamily)):
+    if isinstance(family, GammaFamily):
         natural = family.expected_statistics(q)
         c = frame.magnitude.unsqueeze(-1)
-        shift = (family.d if isinstance(family, WishartFamily) else 1) * c.log()
-        return torch.cat([natural[..., :1], natural[..., 1:-1] / c, natural[..., -1:] - shift], -1)
+        return torch.cat(
+            [natural[..., :1], natural[..., 1:-1] / c, natural[..., -1:] - c.log()], -1
+        )
+    if isinstance(family, WishartFamily):
+        natural_mean = q.df.to(_F64)[..., None, None] * q.covariance_matrix.to(_F64)
+        mean = _congruent(_whitening(frame), natural_mean)
+        logdet = family.expected_statistics(q)[..., -1] - 2 * _log_det(frame.scale_tril)
+        pairs = mean[..., family._rows, family._cols]
+        return torch.cat([torch.ones_like(logdet).unsqueeze(-1), pairs, logdet.unsqueeze(-1)], -1)
     if isinstance(family, NormalGammaFamily):
         return _normal_gamma_local(family, q, frame)
     return _normal_wishart_local(family, q, frame)
@@ -370,18 +410,18 @@ def _normal_gamma_local(family: NormalGammaFamily, q: NormalGamma, frame: Frame)
 
 
 def _normal_wishart_local(family: NormalWishartFamily, q: NormalWishart, frame: Frame):
-    """(1, E Λ̃_ij, E log|Λ̃|, E[Λ̃v], E[vᵀΛ̃v]) with Λ̃ = Λ/c, v = (μ − m)/s: E[Λ(μ − m)] =
-    E[Λ](m_q − m) and E[(μ − m)ᵀΛ(μ − m)] = D/β + (m_q − m)ᵀE[Λ](m_q − m)."""
-    c, s, d = frame.magnitude, frame.scale, family.d
+    """(1, E Λ̃_ij, E log|Λ̃|, E[Λ̃v], E[vᵀΛ̃v]) with Λ̃ = BΛBᵀ, v = Rᵀ(μ − m)/s: E[Λ̃v] =
+    B E[Λ](m_q − m)/s and E[vᵀΛ̃v] = (D/β + (m_q − m)ᵀE[Λ](m_q − m))/s²."""
+    s, d, b = frame.scale, family.d, _whitening(frame)
     mean_lam = q.df[..., None, None] * q.scale
     delta = q.loc - frame.loc
     lam_delta = (mean_lam @ delta.unsqueeze(-1)).squeeze(-1)
-    quad = (d / q.beta + (delta * lam_delta).sum(-1)) / (c * s * s)
-    logdet = q.expected_logdet - d * c.log()
-    pairs = mean_lam[..., family._rows, family._cols] / c.unsqueeze(-1)
-    parts = [torch.ones_like(c).unsqueeze(-1), pairs, logdet.unsqueeze(-1)]
-    parts += [lam_delta / (c * s).unsqueeze(-1), quad.unsqueeze(-1)]
-    return torch.cat(parts, -1)
+    quad = (d / q.beta + (delta * lam_delta).sum(-1)) / (s * s)
+    logdet = q.expected_logdet - 2 * _log_det(frame.scale_tril)
+    pairs = _congruent(b, mean_lam)[..., family._rows, family._cols]
+    first = (b @ lam_delta.unsqueeze(-1)).squeeze(-1) / s.unsqueeze(-1)
+    parts = [torch.ones_like(s).unsqueeze(-1), pairs, logdet.unsqueeze(-1), first]
+    return torch.cat(parts + [quad.unsqueeze(-1)], -1)
 
 
 _SANE = (1e-30, 1e30)  # a prior scale outside this is no guide to where to probe
@@ -400,9 +440,10 @@ def prior_frame(family: Family, fns: tuple) -> Frame | None:
         event_dim = 0 if getattr(family, "scalar", False) else 1
         loc, root = _normal_root(fns[0], event_dim)
         positive = fns[1].mean.to(_F64)
-        if isinstance(family, NormalWishartFamily):
-            scale = root.pow(2).sum(-1).mean(-1).sqrt()  # √(tr Σ / d)
-            frame = Frame(loc, scale, positive.diagonal(dim1=-2, dim2=-1).mean(-1))
+        if isinstance(family, NormalWishartFamily):  # s: v = Rᵀ(μ − m)/s of unit variance
+            lam_root = _root(positive)
+            scale = (lam_root.transpose(-1, -2) @ root).pow(2).sum((-2, -1)).div(family.d).sqrt()
+            frame = Frame(loc, scale, scale_tril=lam_root)
         else:
             frame = Frame(loc, magnitude=positive, scale_tril=root)
     return frame if _sane(frame) else None
@@ -439,19 +480,21 @@ def q_from_local(family: Family, q, frame: Frame):
     c = frame.magnitude
     if isinstance(family, GammaFamily):
         return dist.Gamma(q.concentration, q.rate / c, validate_args=False)
-    if isinstance(family, WishartFamily):
-        precision = q.precision_matrix / c[..., None, None]
-        return dist.Wishart(q.df, precision_matrix=precision, validate_args=False)
+    if isinstance(family, WishartFamily):  # Λ = RΛ̃Rᵀ ~ Wishart(ν, R V Rᵀ)
+        root = frame.scale_tril @ q.scale_tril
+        return dist.Wishart(q.df, scale_tril=root, validate_args=False)
     if isinstance(family, NormalGammaFamily):
         b = _whitening(frame)  # μ|τ's precision τ·BᵀP̃B/c, from v|u's u·P̃
         precision = b.transpose(-1, -2) @ q.precision @ b / c[..., None, None]
         return NormalGamma(_affine(frame, q.loc, False), precision, q.concentration, q.rate / c,
                            q.scalar)  # fmt: skip
-    m, s = frame.loc, frame.scale
+    # μ = m + s·R⁻ᵀv, Λ = RΛ̃Rᵀ: β = β̃/s², W = R W̃ Rᵀ
+    m, s, root = frame.loc, frame.scale, frame.scale_tril
+    step = torch.linalg.solve_triangular(root.transpose(-1, -2), q.loc.unsqueeze(-1), upper=True)
     return NormalWishart(
-        m + s.unsqueeze(-1) * q.loc,
-        q.beta / (c * s * s),
-        c[..., None, None] * q.scale,
+        m + s.unsqueeze(-1) * step.squeeze(-1),
+        q.beta / (s * s),
+        _congruent(root, q.scale),
         q.df,
-        q.logdet_scale + family.d * c.log(),
+        q.logdet_scale + 2 * _log_det(root),
     )

@@ -1005,6 +1005,27 @@ def test_a_normal_wishart_block_near_a_million_is_the_exact_posterior():
 
 
 @pytest.mark.filterwarnings("error::RuntimeWarning")
+@pytest.mark.parametrize("blocks", [[("means", "precisions")], ()], ids=["block", "mean-field"])
+def test_a_mixture_on_features_in_different_units_is_the_standardized_fit(blocks):
+    from models.gmm import GaussianMixtureModel
+
+    # models/gmm.py's mixture (priors from the data, so it transforms with them) on
+    # features x·(0.01, 1000) + (0, 5·10⁴): its bound is the standardized fit's less
+    # N·log|det| of the map. The precisions are 10¹⁰ apart; Wishart frames scaled by one
+    # number put the probes 10¹⁰ times off in one direction (block 1.6e-3 nats off, mean
+    # field 5.4, both warned). Frames from the Cholesky factor of E_q[Λ] whiten them.
+    g = torch.Generator().manual_seed(1)
+    centres = t([[-4.0, 0.0], [4.0, 1.0], [0.0, 5.0]])
+    X = torch.cat([c + torch.randn(20, 2, generator=g, dtype=F64) for c in centres])
+    scale, shift = t([0.01, 1e3]), t([0.0, 5e4])
+    bounds = []
+    for data in (X, X * scale + shift):
+        model = GaussianMixtureModel.from_data(data, 3, precision_parameterization="wishart")
+        bounds.append(AutoCAVI(model, blocks=blocks, tol=1e-10).fit(data).lower_bound_)
+    assert bounds[1] == pytest.approx(bounds[0] - len(X) * float(scale.log().sum()), abs=1e-7)
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
 @pytest.mark.parametrize("blocks", ["auto", ()], ids=["block", "mean-field"])
 def test_a_regression_on_an_intercept_and_a_year_fits_its_correlated_posterior(blocks):
     # y on (1, year), year ≈ 2000 ± 1: the weights' posterior correlation is about −0.999999.

@@ -46,16 +46,17 @@ FAMILIES = {
 
 def random_frame(family, g) -> Frame:
     """A frame of moderate size, so that T(x) and T(v) are both well conditioned and the
-    two sides of T(v) = N·T(x) can be compared to float64 rounding; a Normal or
-    Normal-Gamma frame's L has off-diagonal entries (the frame correlates coordinates)."""
+    two sides of T(v) = N·T(x) can be compared to float64 rounding; its triangular root
+    has off-diagonal entries (the frame correlates coordinates)."""
     d = getattr(family, "d", 1)
-    loc = 3 + torch.randn(BATCH + (d,), generator=g, dtype=F64)
-    magnitude = 0.3 + torch.rand(BATCH, generator=g, dtype=F64)
-    if isinstance(family, NormalWishartFamily):
-        return Frame(loc, 0.5 + torch.rand(BATCH, generator=g, dtype=F64), magnitude)
     diagonal = torch.diag_embed(0.5 + torch.rand(BATCH + (d,), generator=g, dtype=F64))
     lower = torch.randn(BATCH + (d, d), generator=g, dtype=F64).tril(-1)
-    return Frame(loc, magnitude=magnitude, scale_tril=diagonal + 0.7 * lower)
+    return Frame(
+        loc=3 + torch.randn(BATCH + (d,), generator=g, dtype=F64),
+        scale=0.5 + torch.rand(BATCH, generator=g, dtype=F64),
+        magnitude=0.3 + torch.rand(BATCH, generator=g, dtype=F64),
+        scale_tril=diagonal + 0.7 * lower,
+    )
 
 
 def as_tuple(value) -> tuple:
@@ -131,10 +132,10 @@ def test_expected_local_statistics_from_q_moments_match_the_frame_map(name):
     g = torch.Generator().manual_seed(1)
     frame = frame_of(family, q)
     # move the frame off q's centre, so that E v and E v² are not simply 0 and 1
-    if frame.scale_tril is not None:
+    if frame.loc is not None and frame.scale is None:  # Normal, Normal-Gamma: m + L·step
         step = torch.randn(frame.loc.shape + (1,), generator=g, dtype=F64)
         frame.loc = frame.loc + (frame.scale_tril @ step).squeeze(-1)
-    elif frame.loc is not None:
+    elif frame.loc is not None:  # Normal-Wishart
         frame.loc = frame.loc + frame.scale.unsqueeze(-1) * torch.randn(
             frame.loc.shape, generator=g, dtype=F64
         )
@@ -142,6 +143,9 @@ def test_expected_local_statistics_from_q_moments_match_the_frame_map(name):
         frame.magnitude = frame.magnitude * (
             1.5 + torch.rand(frame.magnitude.shape, generator=g, dtype=F64)
         )
+    if frame.scale_tril is not None:  # and off q's scale, and its correlation
+        lower = torch.randn(frame.scale_tril.shape, generator=g, dtype=F64).tril()
+        frame.scale_tril = frame.scale_tril @ (torch.eye(lower.shape[-1], dtype=F64) + 0.3 * lower)
     direct = local_expected_statistics(family, q, frame)
     mapped = (local_map(family, frame) @ family.expected_statistics(q).unsqueeze(-1)).squeeze(-1)
     assert torch.allclose(direct, mapped, atol=1e-6, rtol=1e-9)
@@ -166,11 +170,7 @@ def test_a_q_made_in_local_coordinates_and_mapped_back_has_those_local_moments(n
     family, q_local = FAMILIES[name], q_of(name)
     g = torch.Generator().manual_seed(2)
     frame = random_frame(family, g)
-    if isinstance(family, NormalFamily) or name.startswith("Normal-Gamma"):
-        frame.loc, frame.scale_tril = frame.loc[:1], frame.scale_tril[:1]
-    frame.magnitude = frame.magnitude[:1]
-    if isinstance(family, NormalWishartFamily):
-        frame.loc, frame.scale = frame.loc[:1], frame.scale[:1]
+    frame = Frame(*(v[:1] for v in (frame.loc, frame.scale, frame.magnitude, frame.scale_tril)))
     q = q_from_local(family, q_local, frame)
     back = local_expected_statistics(family, q, frame)
     assert torch.allclose(back, family.expected_statistics(q_local), rtol=1e-9, atol=1e-9)
