@@ -59,9 +59,10 @@ from pyro_vae.cavi.probe_frames import (
 from pyro_vae.cavi.validation import check_observations, validated_on_failure
 
 #: Probing rounds at most: the first, then re-probes around q while it is imprecise (a
-#: mixture 10⁶ wide, from random responsibilities, takes 5: its precision's q crosses 12
-#: orders of magnitude on the way).
-_MAX_PROBE_ROUNDS = 6
+#: mixture 10⁶ wide, from random responsibilities, takes 5, and a mean-field regression on
+#: regressors near 10⁶ from a prior draw 9: the precision's q crosses 12 to 20 orders of
+#: magnitude on the way, each round's points covering a few).
+_MAX_PROBE_ROUNDS = 10
 #: Re-probe around q when E_q[T] in the probes' coordinates exceeds this (q lies outside the
 #: points the factors were solved from; about 1 when it lies among them).
 _AMPLIFICATION = 16.0
@@ -128,14 +129,15 @@ class AutoCAVI:
             point), and they ran one model run per point instead, to the same factors.
         probe_model_runs_: model runs made while solving the factors (a batched run counts
             once; the seeded first run, which also tracks dependencies, is not counted).
-        probe_rounds_: times the factors were solved (at most 6): 1, plus one per re-probe
-            around q, made when, after sweep 1, 2, 4, … or at convergence, q lies over 10³
-            outside the points in E_q[T] (their coordinates), or over 16 while the estimated
-            rounding below exceeds 1e-9 of the bound; or around the priors and q when an
-            update came out improper (with data far from zero, rounding can do that).
-            A round after the first points (or the priors) starts again from the initial
-            statistics; a round after points drawn around q goes on from that q.
-            ``lower_bounds_`` and ``n_iter_`` are those of the last round's sweeps.
+        probe_rounds_: times the factors were solved (at most 10): 1, plus one per re-probe
+            around q, made when, after any sweep, q lies over 10³ outside the points in
+            E_q[T] (their coordinates), or the estimated rounding below exceeds 1e-9 of the
+            bound while q lies over 16 outside them or they are the first points (which
+            can be far wider than q); or around the priors and q when an update came out
+            improper (with data far from zero, rounding can do that). A round stopped
+            after its first sweep starts the next from the initial statistics; one stopped
+            later, from that q. ``lower_bounds_`` and ``n_iter_`` are those of the last
+            round's sweeps.
         numerical_error_: the estimated float64 error of Σ E_q[log f] from the last solve
             (nats; :func:`~pyro_vae.cavi.probe_frames.numerical_error`). The bound sums each
             E_q[log f] in the coordinates its factor was solved in (q's, after a re-probe),
@@ -209,18 +211,19 @@ class AutoCAVI:
         return self
 
     def _rounds(self, args, kwargs, stats, chains, tol, max_iter):
-        """Sweeps, probing the model again around q when q lies far outside the points
-        (checked after sweeps 1, 2, 4, … and at convergence, so that imprecise factors do
-        not pick a mixture's basin), or around the priors and q when an update comes out
-        improper: (bounds of the last round's sweeps, converged, the frames used).
+        """Sweeps, probing the model again around q when the factors are imprecise there
+        (checked after every sweep, so that imprecise factors do not pick a mixture's
+        basin), or around the priors and q when an update comes out improper: (bounds of
+        the last round's sweeps, converged, the frames used).
 
-        A round after factors solved at the families' fixed places or at the priors starts
-        again from the initial statistics: a start moved by those imprecise factors could
-        lead the next sweeps to another local optimum. A round after factors solved around
-        a q of these sweeps goes on from that q, where its own points were drawn: started
-        again, its sweeps would cross the whole path from the start (a precision 10⁻¹² to
-        1 in a mixture 10⁶ wide), which no one frame covers, and its frames swung between
-        the path's early and converged q until the rounds ran out."""
+        A round stopped after its first sweep starts again from the initial statistics:
+        that q was reached from the start by factors never checked on the way, and a start
+        moved by imprecise factors can lead the next sweeps to another local optimum (a
+        1-D mixture 10⁶ wide ended 53 nats low). A round stopped after a later sweep goes
+        on from that q, the update of a q the factors held precisely (checked after the
+        sweep before): started again, its sweeps would cross the whole path from the start
+        (a precision 10⁻¹² to 1 in a mixture 10⁶ wide), which no one frame covers, and its
+        frames swung between the path's early and converged q until the rounds ran out."""
         frames, self.probe_rounds_ = {}, 1
         start_stats, start_pairs = dict(stats), dict(self._pairs)
         at_q = False  # whether the current factors were solved around a q of the sweeps
@@ -228,7 +231,7 @@ class AutoCAVI:
             last = self.probe_rounds_ >= _MAX_PROBE_ROUNDS
             try:
                 bounds, converged, stopped = self._sweeps(
-                    stats, chains, tol, max_iter, None if last else frames
+                    stats, chains, tol, max_iter, None if last else frames, at_q
                 )
             except NotConjugateError:  # an improper update: perhaps rounding, far from the points
                 frames, restart, at_q = {**self._prior_frames(), **self._frames()}, True, False
@@ -237,7 +240,7 @@ class AutoCAVI:
             else:
                 if not stopped:
                     return bounds, converged, frames
-                frames, restart, at_q = self._frames(), not at_q, True
+                frames, restart, at_q = self._frames(), len(bounds) == 1, True
             start = time.perf_counter()
             with validated_on_failure(self.model, args, kwargs, self.random_state):
                 self._use(self._reprobe(frames), frames)
@@ -257,11 +260,12 @@ class AutoCAVI:
         }
         self.markov_blankets_ = {n: tuple(f.name for f in fs) for n, fs in self._blanket.items()}
 
-    def _sweeps(self, stats, chains, tol: float, max_iter: int, frames=None):
+    def _sweeps(self, stats, chains, tol: float, max_iter: int, frames=None, at_q=True):
         """Sweeps until the bound changes by less than ``tol`` (or ``max_iter`` sweeps):
         (the bound after each, whether it converged, whether it stopped to probe again).
-        ``frames``: those of the current factors, to check q against after sweeps 1, 2, 4,
-        … and at the end (None: no check). ``stats`` is updated in place."""
+        ``frames``: those of the current factors, to check q against after every sweep
+        (None: no check); ``at_q``: whether they were drawn around a q of the sweeps (see
+        :meth:`_imprecise`). ``stats`` is updated in place."""
         initialized = set(self.init or {})
         order = [n for n in self._latents if n not in initialized] + [
             n for n in self._latents if n in initialized
@@ -279,24 +283,26 @@ class AutoCAVI:
             bounds.append(self._bound(stats))
             converged = len(bounds) > 1 and abs(bounds[-1] - bounds[-2]) < tol
             last = converged or len(bounds) == max_iter
-            due = last or len(bounds) & (len(bounds) - 1) == 0  # 1, 2, 4, 8, …
-            if frames is not None and due and self._imprecise(stats, frames, bounds):
+            if frames is not None and self._imprecise(stats, frames, bounds, at_q):
                 return bounds, False, True
             if last:
                 return bounds, converged, False
         return bounds, False, False
 
-    def _imprecise(self, stats, frames, bounds) -> bool:
+    def _imprecise(self, stats, frames, bounds, at_q=True) -> bool:
         """Whether to probe again around q: q lies far outside the probe points (amplification
-        above ``_FAR``: the factors there are extrapolated, not verified), or outside them
-        (above ``_AMPLIFICATION``) while float64 rounding in the factors' solve may move the
-        bound by more than 1e-9 of its size (see
-        :func:`~pyro_vae.cavi.probe_frames.numerical_error`)."""
+        above ``_FAR``: the factors there are extrapolated, not verified), or float64
+        rounding in the factors' solve may move the bound by more than 1e-9 of its size
+        (see :func:`~pyro_vae.cavi.probe_frames.numerical_error`) while q lies outside them
+        (above ``_AMPLIFICATION``) or they were not drawn around a q of the sweeps
+        (``at_q`` False: the first points, or the priors', can be far wider than q, with
+        log-densities of 10⁸ where q's are of order one, and q still inside them)."""
         error, amplification = numerical_error(self._factors, self._latents, self._q, stats, frames)
         self.numerical_error_ = error
         if amplification > _FAR:
             return True
-        return amplification > _AMPLIFICATION and error > 1e-9 * (1 + abs(bounds[-1]))
+        rounding = error > 1e-9 * (1 + abs(bounds[-1]))
+        return rounding and (amplification > _AMPLIFICATION or not at_q)
 
     def _prior_frames(self) -> dict:
         """A frame at each latent's prior (in the first run), for the families that take

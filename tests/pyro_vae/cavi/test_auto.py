@@ -1005,6 +1005,50 @@ def test_a_normal_wishart_block_near_a_million_is_the_exact_posterior():
 
 
 @pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_a_mixture_a_million_from_zero_ends_in_the_unshifted_optimum():
+    # two clusters 60 apart, 8 points each, component means ~ N(shift, 100²). The first
+    # points (at N(0, 1)) gave a q with means thousands away; the next round, drawn around
+    # it, stopped after one sweep, and going on from that q (whose responsibilities the
+    # imprecise factors had set) ended in another optimum, one component empty: −94.91
+    # against −41.36 unshifted, without a warning. A round stopped after its first sweep
+    # now starts again from the initial statistics.
+    def centred_at(shift):
+        def model(x):
+            w = pyro.sample("w", dist.Dirichlet(x.new_ones(2)))
+            tau = pyro.sample("tau", dist.Gamma(x.new_tensor(2.0), x.new_tensor(2.0)))
+            with pyro.plate("k", 2):
+                mu = pyro.sample("mu", dist.Normal(x.new_tensor(shift), x.new_tensor(100.0)))
+            with pyro.plate("n", x.shape[0]):
+                z = pyro.sample("z", dist.Categorical(w))
+                pyro.sample("x", dist.Normal(mu[z], tau.rsqrt()), obs=x)
+
+        return model
+
+    g = torch.Generator().manual_seed(12)
+    x = torch.cat([c + torch.randn(8, generator=g, dtype=F64) for c in (-30.0, 30.0)])
+    bounds = [
+        AutoCAVI(centred_at(shift), random_state=1, tol=1e-10).fit(x + shift).lower_bound_
+        for shift in (0.0, 1e6)
+    ]
+    assert bounds[1] == pytest.approx(bounds[0], abs=1e-8)
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_a_normal_gamma_block_with_points_far_wider_than_q_is_probed_again():
+    # a regression on an intercept and a regressor near 10⁶, the Normal-Gamma block: q sits
+    # inside the first points (w ~ N(0, 1)), but they are far wider than q, where log f is
+    # 10⁸; the bound was 0.041 nats above the exact evidence, after a warning, in one
+    # round. Rounding that large now probes again around q whatever the amplification.
+    g = torch.Generator().manual_seed(1)
+    X = torch.stack([torch.ones(30, dtype=F64), 1e6 + torch.randn(30, generator=g, dtype=F64)], -1)
+    y = X @ t([3.0, 0.5]) + 0.3 * torch.randn(30, generator=g, dtype=F64)
+    exact = BayesianLinearRegression(1.0, 1.0, 1.0).fit(X, y).log_evidence_
+    fit = AutoCAVI(BayesianRegression(1.0, 1.0, 1.0), blocks="auto").fit(X, y)
+    assert fit.probe_rounds_ > 1
+    assert fit.lower_bound_ == pytest.approx(exact, abs=1e-8)
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
 @pytest.mark.parametrize("blocks", [[("means", "precisions")], ()], ids=["block", "mean-field"])
 def test_a_mixture_on_features_in_different_units_is_the_standardized_fit(blocks):
     from models.gmm import GaussianMixtureModel
