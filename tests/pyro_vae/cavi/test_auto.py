@@ -1005,6 +1005,40 @@ def test_a_normal_wishart_block_near_a_million_is_the_exact_posterior():
 
 
 @pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_a_far_hierarchy_started_at_its_data_is_the_exact_mean_field_optimum():
+    # m ~ N(0, 10⁵), θ_g ~ N(m, 1.5), y_gi ~ N(θ_g, 0.8), groups near 10⁴. Started from a
+    # prior draw of m 10⁵ sds from the data, mean field is refused as improper after its
+    # rounds (README); started with q(m) at the data's mean, it is the exact mean-field
+    # optimum of this Gaussian model: log p(y) − ½(Σ log diag Λ − log|Λ|), Λ the joint
+    # posterior precision of (m, θ).
+    g = torch.Generator().manual_seed(6)
+    G, per, sg, s, S0 = 3, 2, 1.5, 0.8, 1e5
+    Y = 1e4 + t([[-2.0], [0.5], [3.0]]) + s * torch.randn(G, per, generator=g, dtype=F64)
+
+    def model(Y):
+        m = pyro.sample("m", dist.Normal(Y.new_tensor(0.0), S0))
+        with pyro.plate("G", G, dim=-2):
+            th = pyro.sample("th", dist.Normal(m, sg))
+            with pyro.plate("I", per, dim=-1):
+                pyro.sample("y", dist.Normal(th, s), obs=Y)
+
+    lam = torch.zeros(G + 1, G + 1, dtype=F64)
+    lam[0, 0] = 1 / S0**2 + G / sg**2
+    for k in range(1, G + 1):
+        lam[k, k] = 1 / sg**2 + per / s**2
+        lam[0, k] = lam[k, 0] = -1 / sg**2
+    x = torch.linalg.solve(lam, torch.cat([t([0.0]), Y.sum(1) / s**2]))
+    joint = float(
+        dist.Normal(t(0.0), S0).log_prob(x[0]) + dist.Normal(x[0], sg).log_prob(x[1:]).sum()
+        + dist.Normal(x[1:, None], s).log_prob(Y).sum()
+    )  # fmt: skip
+    evidence = joint - float(0.5 * torch.logdet(lam) - (G + 1) / 2 * math.log(2 * math.pi))
+    optimum = evidence - 0.5 * float(lam.diag().log().sum() - torch.logdet(lam))
+    fit = AutoCAVI(model, init={"m": dist.Normal(Y.mean(), t(1.0))}, tol=1e-10).fit(Y)
+    assert fit.lower_bound_ == pytest.approx(optimum, abs=1e-8)
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
 def test_a_mixture_a_million_from_zero_ends_in_the_unshifted_optimum():
     # two clusters 60 apart, 8 points each, component means ~ N(shift, 100²). The first
     # points (at N(0, 1)) gave a q with means thousands away; the next round, drawn around
