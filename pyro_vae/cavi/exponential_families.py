@@ -155,14 +155,22 @@ class NormalFamily(Family):
 
 def _normal_moments(q, event_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean [*batch, d] and covariance [*batch, d, d] of a (multivariate) Normal q."""
+    mean, root = _normal_root(q, event_dim)
+    return mean, root @ root.transpose(-1, -2)  # as torch's covariance_matrix is made
+
+
+def _normal_root(q, event_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean [*batch, d] and lower Cholesky factor of the covariance [*batch, d, d] of a
+    (multivariate) Normal q, the factor as torch keeps it (made from a precision matrix
+    without inverting it)."""
     if isinstance(q, torch.distributions.Independent):
         q = q.base_dist
     if isinstance(q, torch.distributions.MultivariateNormal):
-        return q.mean.to(_F64), q.covariance_matrix.to(_F64)
-    mean, var = q.mean.to(_F64), q.variance.to(_F64)
+        return q.mean.to(_F64), q.scale_tril.to(_F64)
+    mean, sd = q.mean.to(_F64), q.stddev.to(_F64)
     if not event_dim:
-        mean, var = mean.unsqueeze(-1), var.unsqueeze(-1)
-    return mean, torch.diag_embed(var)
+        mean, sd = mean.unsqueeze(-1), sd.unsqueeze(-1)
+    return mean, torch.diag_embed(sd)
 
 
 class GammaFamily(Family):

@@ -45,6 +45,7 @@ from pyro_vae.cavi.exponential_families import (
     NormalWishartFamily,
     WishartFamily,
     _normal_moments,
+    _normal_root,
     unwrapped,
 )
 
@@ -99,20 +100,6 @@ def _root(spd: torch.Tensor) -> torch.Tensor:
         return root
     diagonal = torch.diag_embed(spd.diagonal(dim1=-2, dim2=-1).clamp_min(0).sqrt())
     return torch.where((info != 0)[..., None, None], diagonal, root)
-
-
-def _normal_root(q, event_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean [*batch, d] and lower Cholesky factor of the covariance [*batch, d, d] of a
-    (multivariate) Normal q, the factor as torch keeps it (made from a precision matrix
-    without inverting it)."""
-    if isinstance(q, torch.distributions.Independent):
-        q = q.base_dist
-    if isinstance(q, torch.distributions.MultivariateNormal):
-        return q.mean.to(_F64), q.scale_tril.to(_F64)
-    mean, sd = q.mean.to(_F64), q.stddev.to(_F64)
-    if not event_dim:
-        mean, sd = mean.unsqueeze(-1), sd.unsqueeze(-1)
-    return mean, torch.diag_embed(sd)
 
 
 def _precision_root(precision: torch.Tensor) -> torch.Tensor:
