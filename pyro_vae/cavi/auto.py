@@ -387,18 +387,17 @@ class AutoCAVI:
         return tol, max_iter, auto_blocks
 
     def _update(self, name: str, stats) -> torch.distributions.Distribution:
-        """q_j ∝ exp(η_j · T_j), η_j the summed expected messages of j's factors; for a
-        latent with a frame (after a re-probe), made in the frame's local coordinates, from
-        the factors' local coefficients, and mapped back (no cancellation of large terms)."""
+        """q_j ∝ exp(η_j · T_j), η_j the summed expected messages of j's factors. After a
+        re-probe each message is made from the factor's local coefficients and the others'
+        local statistics (no cancellation of large terms: a mixture's message to z_n,
+        −½(y² − 2yE[μ] + E[μ²]) for y near 10⁹, subtracts terms of 10¹⁸); for a latent
+        with a frame it is then in the frame's local coordinates, and q is mapped back."""
         latent = self._latents[name]
         frame = self._frames_used.get(name)
-        if frame is not None:
-            stats = self._local_statistics(stats)
+        factors, stats = self._local_view(self._blanket[name], stats)
         shape = latent.batch_shape + (latent.family.size,)
         total = torch.zeros(shape, dtype=torch.float64)
-        for factor in self._blanket[name]:
-            if frame is not None:
-                factor = replace(factor, coefficients=factor.local)
+        for factor in factors:
             total = total + sum_to(contract(factor, stats, (name,), self._pairs), shape)
         eta = total[..., 1:] if latent.family.has_constant else total
         if latent.present is not None:
@@ -409,6 +408,16 @@ class AutoCAVI:
             eta = torch.where(absent.unsqueeze(-1), latent.family.neutral_eta(absent.shape), eta)
         q = latent.family.distribution(eta)
         return q if frame is None else q_from_local(latent.family, q, frame)
+
+    def _local_view(self, factors, stats) -> tuple[list, dict]:
+        """``factors`` with their local coefficients where they have them, and the
+        statistics in the frames' coordinates (:meth:`_local_statistics`): a factor
+        solved around q contracts there; one no framed latent mentions has no local
+        coefficients, and its members' local statistics are their natural ones."""
+        if not self._frames_used:
+            return factors, stats
+        local = [f if f.local is None else replace(f, coefficients=f.local) for f in factors]
+        return local, self._local_statistics(stats)
 
     def _local_statistics(self, stats) -> dict:
         """E_q[T] in the frames' coordinates for the latents with one, else as ``stats``:
@@ -425,7 +434,8 @@ class AutoCAVI:
         return local
 
     def _update_chain(self, chain: tuple[str, ...], stats) -> None:
-        marginals, pairwise, entropy = update_chain(chain, self._factors, stats, self._pairs)
+        factors, local = self._local_view(self._factors, stats)
+        marginals, pairwise, entropy = update_chain(chain, factors, local, self._pairs)
         for t, site in enumerate(chain):
             stats[site] = marginals[t]
             self._q[site] = torch.distributions.Categorical(probs=marginals[t])

@@ -1005,6 +1005,43 @@ def test_a_normal_wishart_block_near_a_million_is_the_exact_posterior():
 
 
 @pytest.mark.filterwarnings("error::RuntimeWarning")
+@pytest.mark.parametrize("chain", [False, True], ids=["mixture", "hmm-chain"])
+def test_assignments_far_from_zero_are_updated_without_cancellation(chain):
+    # three Normal components (known noise) with N(shift, 10²) means; data shifted by 10⁹,
+    # as an i.i.d. mixture or a chain under pyro.markov kept whole. The assignments' (and
+    # the chain's) messages −½(y² − 2yE[μ] + E[μ²]) were made from natural coefficients:
+    # terms of 10¹⁸ cancelling left q off its fixed point, −73.7 against −24.2 unshifted
+    # (a tester's case), without a warning. They are now made from the local ones.
+    k = 3
+    g = torch.Generator().manual_seed(23)
+    states = torch.tensor([0, 0, 1, 1, 1, 0, 2])
+    y0 = torch.linspace(-6, 6, k, dtype=F64)[states] + torch.randn(7, generator=g, dtype=F64)
+    y0 = y0 - y0.mean()
+    stay = torch.full((k, k), 0.1, dtype=F64).fill_diagonal_(0.8)
+
+    def shifted(shift):
+        def model(y):
+            with pyro.plate("K", k):
+                mu = pyro.sample("mu", dist.Normal(y.new_tensor(shift), 10.0))
+            if not chain:
+                with pyro.plate("n", len(y)):
+                    z = pyro.sample("z", dist.Categorical(torch.full((k,), 1 / k, dtype=F64)))
+                    pyro.sample("y", dist.Normal(Vindex(mu)[z], 1.0), obs=y)
+                return
+            z = None
+            for i in pyro.markov(range(len(y))):
+                probs = torch.full((k,), 1 / k, dtype=F64) if z is None else stay[z]
+                z = pyro.sample(f"z_{i}", dist.Categorical(probs))
+                pyro.sample(f"y_{i}", dist.Normal(Vindex(mu.unsqueeze(-2))[..., z], 1.0), obs=y[i])
+
+        return model
+
+    bounds = [AutoCAVI(shifted(s), random_state=0).fit(y0 + s).lower_bound_ for s in (0.0, 1e9)]
+    # y0 + 10⁹ holds y0 to about 6e-8 (float64's spacing there is 1.2e-7)
+    assert bounds[1] == pytest.approx(bounds[0], abs=1e-6)
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
 def test_a_far_hierarchy_started_at_its_data_is_the_exact_mean_field_optimum():
     # m ~ N(0, 10⁵), θ_g ~ N(m, 1.5), y_gi ~ N(θ_g, 0.8), groups near 10⁴. Started from a
     # prior draw of m 10⁵ sds from the data, mean field is refused as improper after its
