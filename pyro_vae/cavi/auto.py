@@ -139,7 +139,9 @@ class AutoCAVI:
             later, from that q. ``lower_bounds_`` and ``n_iter_`` are those of the last
             round's sweeps.
         numerical_error_: the estimated float64 error of Σ E_q[log f] from the last solve
-            (nats; :func:`~pyro_vae.cavi.probe_frames.numerical_error`). The bound sums each
+            (nats; :func:`~pyro_vae.cavi.probe_frames.numerical_error`, counting E_q[log p]
+            of Beta and Dirichlet latents, ≈ −1/a for a tiny concentration a and no
+            counts, which no frame can bring nearer the points). The bound sums each
             E_q[log f] in the coordinates its factor was solved in (q's, after a re-probe),
             so terms of 10¹² (data near 10⁶) do not cancel in it: a single Normal, Gamma or
             Wishart latent, or a Normal-Gamma or Normal-Wishart block, near 10⁶ has its
@@ -197,7 +199,10 @@ class AutoCAVI:
         }
         self._use(factors, {})
         bounds, converged, frames = self._rounds(args, kwargs, stats, chains, tol, max_iter)
-        imprecise = self._imprecise(stats, frames, bounds)  # sets numerical_error_
+        imprecise = self._imprecise(stats, frames, bounds)
+        self.numerical_error_ = numerical_error(
+            self._factors, self._latents, self._q, stats, frames, unframed=True
+        )[0]
         if imprecise or self.numerical_error_ > 1e-6 * (1 + abs(bounds[-1])):
             _warn_imprecise(self.numerical_error_, bounds[-1], self.probe_rounds_)
         self.lower_bound_, self.lower_bounds_ = bounds[-1], bounds

@@ -299,7 +299,8 @@ _KAPPA = 100.0
 _EPS = torch.finfo(_F64).eps
 
 
-def numerical_error(factors, latents: dict, q: dict, stats: dict, frames: dict):
+def numerical_error(factors, latents: dict, q: dict, stats: dict, frames: dict,
+                    unframed: bool = False):  # fmt: skip
     """(estimated float64 error of Σ_f E_q[log f] in nats, the largest amplification).
 
     A factor solved from log-densities of magnitude M (its ``magnitude``: Σ over elements of
@@ -316,19 +317,27 @@ def numerical_error(factors, latents: dict, q: dict, stats: dict, frames: dict):
     component k's coefficients for it count in E_q[log f] only in proportion to E_q[z = k],
     which is then 0 to float64.
 
+    ``unframed``: also multiply each factor's error by E_q[T] of its members without frames
+    (Beta, Dirichlet: E_q[log p] ≈ −1/a, −10⁸ for a Beta(10⁻⁸, ·) prior with no successes
+    in 10⁶ trials), which no frame can bring nearer and so is left out of the
+    amplification that decides re-probing.
+
     Returns (nats, amplification)."""
     total, worst = 0.0, 1.0
     for factor in factors:
-        amplification = 1.0
+        amplification, bounded = 1.0, 1.0
         for name in factor.latents:
             family = latents[name].family
+            reached = max(1.0, reach(family, frames.get(name), q.get(name), stats[name]))
             if has_frames(family):
-                amplification *= max(1.0, reach(family, frames.get(name), q.get(name), stats[name]))
+                amplification *= reached
+            elif unframed:
+                bounded *= reached
         worst = max(worst, amplification)
         if factor.component_magnitudes is None:
-            total += _KAPPA * _EPS * factor.magnitude * amplification
+            total += _KAPPA * _EPS * factor.magnitude * amplification * bounded
         else:
-            total += _KAPPA * _EPS * _mixture_error(factor, latents, q, stats, frames)
+            total += _KAPPA * _EPS * _mixture_error(factor, latents, q, stats, frames) * bounded
     return total, worst
 
 

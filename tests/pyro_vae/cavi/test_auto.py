@@ -1,5 +1,6 @@
 import itertools
 import math
+import warnings
 
 import pyro
 import pyro.distributions as dist
@@ -1002,6 +1003,27 @@ def test_a_normal_wishart_block_near_a_million_is_the_exact_posterior():
     )  # fmt: skip
     assert fit.blocks_ == [("mu", "L")] and fit.probe_rounds_ > 1
     assert abs(fit.lower_bound_ - exact) < 1e-9
+
+
+def test_a_beta_latent_with_a_tiny_concentration_warns_of_its_rounding():
+    # p ~ Beta(a, 1), ten Binomial(10⁴, p) counts of 0: E_q[log p] ≈ −1/a. The Beta takes
+    # no frame, so the estimate left it out: with a = 1e-8 the bound came out off by up to
+    # 0.58 nats (10⁶ trials), even above log p(y), without a warning. Now it warns; with
+    # a = 1 it is exact and silent: log p(y) = log B(1, 1 + 10⁵) − log B(1, 1) = −log(10⁵ + 1).
+    def model(k):
+        p = pyro.sample("p", dist.Beta(k.new_tensor(a), k.new_tensor(1.0)))
+        with pyro.plate("n", len(k)):
+            pyro.sample("k", dist.Binomial(k.new_tensor(1e4), p), obs=k)
+
+    k = torch.zeros(10, dtype=F64)
+    a = 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        fit = AutoCAVI(model).fit(k)
+    assert fit.lower_bound_ == pytest.approx(-math.log(1e5 + 1), abs=1e-9)
+    a = 1e-8
+    with pytest.warns(RuntimeWarning, match="AutoCAVI: after"):
+        AutoCAVI(model).fit(k)
 
 
 @pytest.mark.filterwarnings("error::RuntimeWarning")
