@@ -286,6 +286,21 @@ def reach(family: Family, frame: Frame | None, q, expected: torch.Tensor) -> flo
     return float(reached.max()) if reached.numel() else 1.0
 
 
+def movable_reach(family: Family, frame: Frame | None, q, expected: torch.Tensor) -> float:
+    """:func:`reach` less what no frame can remove: a Gamma q's E_q[log(x / E_q x)] =
+    ψ(a) − log a (−10⁴ for a shape of 10⁻⁴, a Poisson rate under a Gamma(10⁻⁴, 10⁻⁴) prior
+    with a count of 0), which every frame x = c·u leaves in E_q[log u]. Re-probing is
+    decided on this; the rounding estimate still multiplies by all of E_q[T]."""
+    if not isinstance(family, GammaFamily) or q is None:
+        return reach(family, frame, q, expected)
+    if frame is not None:
+        expected = local_expected_statistics(family, q, frame)
+    a = q.concentration.to(_F64)
+    own = torch.digamma(a) - a.log()
+    movable = torch.stack([expected[..., 1], expected[..., 2] - own], -1).abs().amax(-1)
+    return float(movable.max()) if movable.numel() else 1.0
+
+
 def element_reach(family: Family, frame: Frame | None, q, expected: torch.Tensor):
     """:func:`reach` per element: [*batch]."""
     if frame is not None:
@@ -322,18 +337,22 @@ def numerical_error(factors, latents: dict, q: dict, stats: dict, frames: dict,
     in 10⁶ trials), which no frame can bring nearer and so is left out of the
     amplification that decides re-probing.
 
+    The amplification returned is the largest product of :func:`movable_reach`, what a
+    frame around q could remove.
+
     Returns (nats, amplification)."""
     total, worst = 0.0, 1.0
     for factor in factors:
-        amplification, bounded = 1.0, 1.0
+        amplification, bounded, movable = 1.0, 1.0, 1.0
         for name in factor.latents:
-            family = latents[name].family
-            reached = max(1.0, reach(family, frames.get(name), q.get(name), stats[name]))
+            family, frame, q_unit = latents[name].family, frames.get(name), q.get(name)
+            reached = max(1.0, reach(family, frame, q_unit, stats[name]))
             if has_frames(family):
                 amplification *= reached
+                movable *= max(1.0, movable_reach(family, frame, q_unit, stats[name]))
             elif unframed:
                 bounded *= reached
-        worst = max(worst, amplification)
+        worst = max(worst, movable)
         if factor.component_magnitudes is None:
             total += _KAPPA * _EPS * factor.magnitude * amplification * bounded
         else:
