@@ -307,7 +307,9 @@ class AutoCAVI:
         if amplification > _FAR:
             return True
         rounding = error > 1e-9 * (1 + abs(bounds[-1]))
-        return rounding and (amplification > _AMPLIFICATION or not at_q)
+        # points drawn again at the same fixed place (no latent takes a frame) change nothing
+        framed = any(has_frames(latent.family) for latent in self._latents.values())
+        return rounding and (amplification > _AMPLIFICATION or not at_q and framed)
 
     def _prior_frames(self) -> dict:
         """A frame at each latent's prior (in the first run), for the families that take
