@@ -1090,6 +1090,31 @@ def test_assignments_far_from_zero_are_updated_without_cancellation(chain):
 
 
 @pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_a_normal_wishart_mixture_a_million_from_zero_converges_as_unshifted():
+    from models.gmm import GaussianMixtureModel
+
+    # two anisotropic clusters, blocked (means, precisions), tol 1e-10. At 10⁶ the
+    # responsibilities' messages, made from natural coefficients, carried rounding of
+    # about 1e-7 nats into every sweep: the bound wandered ±7e-7 and stopped after some
+    # 600 sweeps by chance (1000 without converging at an earlier commit); unshifted, 53.
+    g = torch.Generator().manual_seed(2)
+    centres = 20.0 * torch.randn(2, 2, generator=g, dtype=F64)
+    mixing = 0.7 * torch.randn(2, 2, 2, generator=g, dtype=F64)
+    X = torch.cat([centres[j] + torch.randn(10, 2, generator=g, dtype=F64) @ mixing[j]
+                   for j in range(2)])  # fmt: skip
+    fits = []
+    for shift in (0.0, 1e6):
+        model = GaussianMixtureModel.from_data(
+            X + shift, 2, precision_parameterization="wishart",
+            mean_prior=X.mean(0) + shift, covariance_prior=torch.cov(X.T),
+        )  # fmt: skip
+        fit = AutoCAVI(model, blocks=[("means", "precisions")], tol=1e-10, random_state=0)
+        fits.append(fit.fit(X + shift))
+    assert fits[1].converged_ and fits[1].n_iter_ <= 2 * fits[0].n_iter_
+    assert fits[1].lower_bound_ == pytest.approx(fits[0].lower_bound_, abs=1e-8)
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
 def test_a_far_hierarchy_started_at_its_data_is_the_exact_mean_field_optimum():
     # m ~ N(0, 10⁵), θ_g ~ N(m, 1.5), y_gi ~ N(θ_g, 0.8), groups near 10⁴. Started from a
     # prior draw of m 10⁵ sds from the data, mean field is refused as improper after its
