@@ -18,9 +18,10 @@ The model is probed once per ``fit`` (its probe points batched into one or a few
 when it broadcasts, see :mod:`pyro_vae.cavi.probe_runs`); the sweeps are then tensor algebra
 in float64. When the fitted q lies far outside the probe points (data near 10⁶ probed at
 N(0, 1)), the factors are solved again from points drawn around q, in q's local coordinates
-(:mod:`pyro_vae.cavi.probe_frames`), and the sweeps start again from the same start: float64
-rounding in the first solve would otherwise be multiplied by E_q[T] ≈ 10¹², and a factor
-conjugate only near the first points would go unverified where q is.
+(:mod:`pyro_vae.cavi.probe_frames`), and the sweeps go on from q (or start again, when q
+was set by the first, unchecked sweep): float64 rounding in the first solve would otherwise
+be multiplied by E_q[T] ≈ 10¹², and a factor conjugate only near the first points would go
+unverified where q is.
 """
 
 from __future__ import annotations
@@ -191,6 +192,7 @@ class AutoCAVI:
             latents, factors, stats = self._probe(args, kwargs, auto_blocks)
         self.probe_seconds_ = time.perf_counter() - start
         self._latents, self._q, self._chain_entropy, self._absent = latents, {}, {}, {}
+        self._framed = any(has_frames(latent.family) for latent in latents.values())
         chains = find_chains(latents, factors) if self.markov_chains else []
         self._pairs = {
             link: torch.outer(stats[link[0]], stats[link[1]])
@@ -303,13 +305,11 @@ class AutoCAVI:
         (``at_q`` False: the first points, or the priors', can be far wider than q, with
         log-densities of 10⁸ where q's are of order one, and q still inside them)."""
         error, amplification = numerical_error(self._factors, self._latents, self._q, stats, frames)
-        self.numerical_error_ = error
         if amplification > _FAR:
             return True
         rounding = error > 1e-9 * (1 + abs(bounds[-1]))
         # points drawn again at the same fixed place (no latent takes a frame) change nothing
-        framed = any(has_frames(latent.family) for latent in self._latents.values())
-        return rounding and (amplification > _AMPLIFICATION or not at_q and framed)
+        return rounding and (amplification > _AMPLIFICATION or not at_q and self._framed)
 
     def _prior_frames(self) -> dict:
         """A frame at each latent's prior (in the first run), for the families that take
@@ -453,13 +453,8 @@ class AutoCAVI:
     def _bound(self, stats) -> float:
         """L(q) in nats; each factor's E_q[log f] from the coefficients it was solved in
         (in q's local coordinates after a re-probe: no cancellation of large terms)."""
-        local = self._local_statistics(stats)
-        expected = sum(
-            float(contract(f, stats, (), self._pairs).sum())
-            if f.local is None
-            else float(contract(replace(f, coefficients=f.local), local, (), self._pairs).sum())
-            for f in self._factors
-        )
+        factors, local = self._local_view(self._factors, stats)
+        expected = sum(float(contract(f, local, (), self._pairs).sum()) for f in factors)
         in_chains = {s for chain in self._chain_entropy for s in chain}
         entropy = sum(
             float(_without_absent(q.entropy(), self._absent.get(n)).sum())

@@ -114,7 +114,7 @@ def _precision_root(precision: torch.Tensor) -> torch.Tensor:
 def from_local(family: Family, frame: Frame, value):
     """Probe values in the model's coordinates from standard ones (``family.probe``'s)."""
     if isinstance(family, GammaFamily):
-        return _scaled(frame.magnitude, value, 0)
+        return frame.magnitude * value
     if isinstance(family, WishartFamily):
         return _congruent(frame.scale_tril, value)
     if isinstance(family, NormalWishartFamily):
@@ -125,13 +125,13 @@ def from_local(family: Family, frame: Frame, value):
     if isinstance(family, NormalFamily):
         return _affine(frame, value, not family.event_dim)
     mu, positive = value
-    return _affine(frame, mu, family.scalar), _scaled(frame.magnitude, positive, 0)
+    return _affine(frame, mu, family.scalar), frame.magnitude * positive
 
 
 def to_local(family: Family, frame: Frame, values: tuple) -> tuple:
     """The local coordinates of model values ``values`` (one per site of the unit)."""
     if isinstance(family, GammaFamily):
-        return (_scaled(1 / frame.magnitude, values[0].to(_F64), 0),)
+        return (values[0].to(_F64) / frame.magnitude,)
     if isinstance(family, WishartFamily):
         return (_congruent(_whitening(frame), values[0].to(_F64)),)
     if isinstance(family, NormalFamily):
@@ -141,7 +141,7 @@ def to_local(family: Family, frame: Frame, values: tuple) -> tuple:
         upper = frame.scale_tril.transpose(-1, -2)
         v = (upper @ (mu - frame.loc).unsqueeze(-1)).squeeze(-1) / frame.scale.unsqueeze(-1)
         return v, _congruent(_whitening(frame), positive)
-    return _unaffine(frame, mu, family.scalar), _scaled(1 / frame.magnitude, positive, 0)
+    return _unaffine(frame, mu, family.scalar), positive / frame.magnitude
 
 
 def _affine(frame: Frame, v: torch.Tensor, scalar: bool) -> torch.Tensor:
@@ -170,10 +170,6 @@ def _congruent(root: torch.Tensor, spd: torch.Tensor) -> torch.Tensor:
     """root·S·rootᵀ, symmetrized (the two triangles equal to the last bit)."""
     product = root @ spd @ root.transpose(-1, -2)
     return (product + product.transpose(-1, -2)) / 2
-
-
-def _scaled(magnitude: torch.Tensor, value: torch.Tensor, event_dim: int) -> torch.Tensor:
-    return magnitude.reshape(magnitude.shape + (1,) * event_dim) * value
 
 
 def local_map(family: Family, frame: Frame) -> torch.Tensor:
