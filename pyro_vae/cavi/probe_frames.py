@@ -338,15 +338,21 @@ def numerical_error(factors, latents: dict, q: dict, stats: dict, frames: dict,
 
     Returns (nats, amplification)."""
     total, worst = 0.0, 1.0
+    reaches = {}  # unit -> (reach, movable reach), each found once however many factors
     for factor in factors:
         amplification, bounded, movable = 1.0, 1.0, 1.0
         for name in factor.latents:
-            family, frame, q_unit = latents[name].family, frames.get(name), q.get(name)
-            reached = max(1.0, reach(family, frame, q_unit, stats[name]))
-            if has_frames(family):
+            family = latents[name].family
+            framed = has_frames(family)
+            if not framed and not unframed:
+                continue
+            if name not in reaches:
+                reaches[name] = _reaches(family, frames.get(name), q.get(name), stats[name])
+            reached, movable_here = reaches[name]
+            if framed:
                 amplification *= reached
-                movable *= max(1.0, movable_reach(family, frame, q_unit, stats[name]))
-            elif unframed:
+                movable *= movable_here
+            else:
                 bounded *= reached
         worst = max(worst, movable)
         if factor.component_magnitudes is None:
@@ -354,6 +360,16 @@ def numerical_error(factors, latents: dict, q: dict, stats: dict, frames: dict,
         else:
             total += _KAPPA * _EPS * _mixture_error(factor, latents, q, stats, frames) * bounded
     return total, worst
+
+
+def _reaches(family: Family, frame: Frame | None, q, expected: torch.Tensor):
+    """(max(1, :func:`reach`), max(1, :func:`movable_reach`)) of one unit."""
+    reached = max(1.0, reach(family, frame, q, expected))
+    if not has_frames(family):
+        return reached, 1.0
+    if not isinstance(family, GammaFamily) or q is None:  # nothing a frame cannot remove
+        return reached, reached
+    return reached, max(1.0, movable_reach(family, frame, q, expected))
 
 
 def _mixture_error(factor, latents: dict, q: dict, stats: dict, frames: dict) -> float:
