@@ -43,6 +43,7 @@ from pyro_vae.cavi.conjugate_forms import (
     find_latents,
     first_run,
     probe_factors,
+    probe_runner,
     reference_is_finite,
 )
 from pyro_vae.cavi.expectations import contract, sum_to
@@ -58,6 +59,8 @@ from pyro_vae.cavi.probe_frames import (
     q_from_local,
 )
 from pyro_vae.cavi.validation import check_observations, validated_on_failure
+from pyro_vae.cavi.verification import POINTS as VERIFY_POINTS
+from pyro_vae.cavi.verification import Misfit, points_at_q, worst_misfit
 
 #: Probing rounds at most: the first, then re-probes around q while it is imprecise (a
 #: mixture 10⁶ wide, from random responsibilities, takes 5, and a mean-field regression on
@@ -128,8 +131,9 @@ class AutoCAVI:
             model runs; False when the model does not broadcast over that dim (a run raised,
             a log-density lacked the dim, or it disagreed with a plain run at the same
             point), and they ran one model run per point instead, to the same factors.
-        probe_model_runs_: model runs made while solving the factors (a batched run counts
-            once; the seeded first run, which also tracks dependencies, is not counted).
+        probe_model_runs_: model runs made while solving the factors and checking them
+            where q lies (a batched run counts once; the seeded first run, which also
+            tracks dependencies, is not counted).
         probe_rounds_: times the factors were solved (at most 10): 1, plus one per re-probe
             around q, made when, after any sweep, q lies over 10³ outside the points in
             E_q[T] (their coordinates), or the estimated rounding below exceeds 1e-9 of the
@@ -137,7 +141,11 @@ class AutoCAVI:
             can be far wider than q); or around the priors and q when an update came out
             improper (with data far from zero, rounding can do that). A round stopped
             after its first sweep starts the next from the initial statistics; one stopped
-            later, from that q. ``lower_bounds_`` and ``n_iter_`` are those of the last
+            later, from that q. After the last sweep every factor is checked at points
+            drawn where q puts its mass (:mod:`pyro_vae.cavi.verification`): one that
+            misses there (conjugate only in part of the space: a clamp q settled beyond)
+            is probed again around q, or, where no frame can move its points or the rounds
+            ran out, refused. ``lower_bounds_`` and ``n_iter_`` are those of the last
             round's sweeps.
         numerical_error_: the estimated float64 error of Σ E_q[log f] from the last solve
             (nats; :func:`~pyro_vae.cavi.probe_frames.numerical_error`, counting E_q[log p]
@@ -246,7 +254,11 @@ class AutoCAVI:
                     raise
             else:
                 if not stopped:
-                    return bounds, converged, frames
+                    misfit = self._verify(args, kwargs)
+                    if misfit is None:
+                        return bounds, converged, frames
+                    if last or not self._movable(misfit):
+                        raise NotConjugateError(misfit.message())
                 frames, restart, at_q = self._frames(), len(bounds) == 1, True
             start = time.perf_counter()
             with validated_on_failure(self.model, args, kwargs, self.random_state):
@@ -257,6 +269,35 @@ class AutoCAVI:
                 stats.clear()
                 stats.update(start_stats)
                 self._pairs, self._q = dict(start_pairs), {}
+
+    def _verify(self, args, kwargs) -> Misfit | None:
+        """The factor worst reproduced at points drawn where q puts its mass, if any is
+        off by more than :data:`~pyro_vae.cavi.verification.RTOL` (see
+        :mod:`pyro_vae.cavi.verification`): one more model run, batched when the probe
+        runs were."""
+        start = time.perf_counter()
+        _, _, _, trace, generator = self._probe_inputs
+        with validated_on_failure(self.model, args, kwargs, self.random_state):
+            values = points_at_q(self._latents, self._q, VERIFY_POINTS, generator)
+            runner = probe_runner(
+                self.model, args, kwargs, self._latents, trace, generator, self.probe_batched_
+            )
+            runner.batched = self.probe_batched_  # known: no reference point to run again
+            log_probs = runner.log_probs(values, VERIFY_POINTS)
+        self.probe_model_runs_ += runner.model_runs
+        misfit = worst_misfit(
+            self._factors, self._latents, self._frames_used, values, log_probs, trace
+        )
+        self.probe_seconds_ += time.perf_counter() - start
+        return misfit
+
+    def _movable(self, misfit: Misfit) -> bool:
+        """Whether probing again around q can move the points of the factor that missed:
+        some latent of it takes a frame (a Beta's, a Dirichlet's and a discrete latent's
+        points stay where they were, so a second look there would find the same)."""
+        return any(
+            has_frames(self._latents[n].family) for n in misfit.latents if n in self._latents
+        )
 
     def _use(self, factors, frames: dict) -> None:
         """Take ``factors`` (solved in ``frames``) as the model's, with each latent's Markov

@@ -43,6 +43,7 @@ from pyro_vae.cavi.exponential_families import (
 from pyro_vae.cavi.probe_frames import local_map, to_local
 from pyro_vae.cavi.probe_runs import ProbeRunner, Runs, is_factor, site_is_subsample
 from pyro_vae.cavi.provenance import TrackFastProvenance
+from pyro_vae.cavi.seeding import cpu_rng
 from pyro_vae.pyro_compat import distribution_mask
 
 _EXTRA_RUNS = 3  # least-squares runs beyond the unknowns, for a well-posed solve
@@ -274,11 +275,10 @@ def first_run(model, args, kwargs, seed: int) -> tuple[object, dict]:
 
     Pyro's validation is off in this run (a third of its time on the benchmark mixture);
     :mod:`pyro_vae.cavi.validation` says what stands in for it."""
-    with torch.random.fork_rng(), torch.no_grad(), warnings.catch_warnings(), \
+    with cpu_rng(seed), torch.no_grad(), warnings.catch_warnings(), \
             pyro.validation_enabled(False):  # fmt: skip
         # torch's Wishart sampler warns of near-singular draws it then redraws
         warnings.filterwarnings("ignore", message="Singular sample detected")
-        torch.manual_seed(seed)
         with TrackFastProvenance():
             trace = poutine.trace(model).get_trace(*args, **kwargs)
             trace.compute_log_prob(site_filter=lambda name, site: is_factor(site))
@@ -329,7 +329,7 @@ def find_dependencies(model, args, kwargs, latents, generator) -> tuple[dict, ob
     (a transition matrix with equal off-diagonal entries) is still found. One model run gives
     both: provenance only wraps the tensors, the values are those of a plain run."""
     values = _probe_values(latents, generator)
-    with torch.random.fork_rng(), torch.no_grad(), TrackFastProvenance():
+    with cpu_rng(), torch.no_grad(), TrackFastProvenance():
         trace = poutine.trace(poutine.condition(model, data=values)).get_trace(*args, **kwargs)
         trace.compute_log_prob(site_filter=lambda name, site: is_factor(site))
     read = _strip_provenance(trace)
@@ -612,6 +612,12 @@ def _balanced(members) -> bool:
         len(discrete) == 1 and discrete[0].family.name == "Categorical"
         and len(discrete[0].batch_shape) > 0
     )  # fmt: skip
+
+
+def probe_runner(model, args, kwargs, latents, trace, generator, batched=True) -> ProbeRunner:
+    """A :class:`ProbeRunner` at points the caller draws, whose reference is ``trace`` (a
+    plain run at probe values); ``batched``: whether to try one batched model run."""
+    return _runner(model, args, kwargs, latents, trace, generator, batched, None)
 
 
 def _runner(model, args, kwargs, latents, trace, generator, batched, frames) -> ProbeRunner:

@@ -23,6 +23,7 @@ import pyro.poutine as poutine
 import torch
 
 from pyro_vae.cavi.probe_runs import is_factor
+from pyro_vae.cavi.seeding import cpu_rng
 
 
 def check_observations(trace) -> None:
@@ -53,8 +54,7 @@ def validated_on_failure(model, args, kwargs, seed: int):
         with pyro.validation_enabled(False):
             yield
     except Exception as error:
-        with torch.random.fork_rng(), torch.no_grad(), pyro.validation_enabled(True):
-            torch.manual_seed(seed)
+        with cpu_rng(seed), torch.no_grad(), pyro.validation_enabled(True):
             try:
                 trace = poutine.trace(model).get_trace(*args, **kwargs)
                 trace.compute_log_prob(site_filter=lambda name, site: is_factor(site))

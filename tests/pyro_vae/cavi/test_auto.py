@@ -814,6 +814,57 @@ def test_a_factor_conjugate_only_near_the_first_points_is_probed_again_where_q_i
     assert abs(fit.lower_bound_ - exact) < 1e-9
 
 
+def _normal_clamped_above(kink):
+    def model(y):
+        mu = pyro.sample("mu", dist.Normal(y.new_tensor(0.0), 10.0))
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.Normal(mu.clamp(max=kink), 1.0), obs=y)
+
+    return model
+
+
+def _precision_clamped_below(y):
+    tau = pyro.sample("tau", dist.Gamma(y.new_tensor(1.0), 0.01))
+    with pyro.plate("data", len(y)):
+        pyro.sample("y", dist.Normal(0.0, tau.clamp(min=0.05).rsqrt()), obs=y)
+
+
+def _probability_clamped_above(k):
+    p = pyro.sample("p", dist.Beta(k.new_tensor(1.0), 1.0))
+    pyro.sample("k", dist.Binomial(200, probs=p.clamp(max=0.95)), obs=k)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "normal-kink-3", "normal-kink-12", "normal-kink-40", "gamma-kink", "beta-kink",
+    ],
+)  # fmt: skip
+def test_a_factor_conjugate_only_short_of_where_q_settles_is_refused(case):
+    # The probe points (N(0, 1); lognormal(0, 0.7); Beta's on [0.05, 0.95]) all fall on the
+    # conjugate side of the kink, and q settles beyond it: unchecked there, these fitted
+    # silently, with bounds 25.6, 92.7 and 5.5 nats above the clamped models' log evidence
+    # (quadrature). Checked at points drawn from q, the factor is refused by name.
+    g = torch.Generator().manual_seed(9)
+    if case.startswith("normal"):
+        kink = float(case.rsplit("-", 1)[1])
+        model, data, factor = (
+            _normal_clamped_above(kink),
+            kink + 1 + torch.randn(50, generator=g, dtype=F64),
+            "y",
+        )
+    elif case == "gamma-kink":  # the data put τ near 0.01, below the clamp at 0.05
+        model, data, factor = (
+            _precision_clamped_below,
+            10.0 * torch.randn(50, generator=g, dtype=F64),
+            "y",
+        )
+    else:  # 199 of 200: q(p) = Beta(200, 2), near 0.99, above the clamp at 0.95
+        model, data, factor = _probability_clamped_above, t(199.0), "k"
+    with pytest.raises(NotConjugateError, match=f"factor '{factor}'"):
+        AutoCAVI(model).fit(data)
+
+
 def test_a_tempered_prior_is_a_conjugate_factor():
     # poutine.scale(0.5) on μ's prior N(0, 2²): the tempered prior ∝ N(0, 8) in μ
     y = t([0.3, 1.0, -0.5, 2.0])

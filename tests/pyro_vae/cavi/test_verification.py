@@ -1,0 +1,87 @@
+"""The check of the solved factors at points where q lies, against log-densities computed
+here with torch.distributions directly."""
+
+import pyro
+import pyro.distributions as dist
+import torch
+
+from pyro_vae.cavi import AutoCAVI
+from pyro_vae.cavi.verification import RTOL, points_at_q, worst_misfit
+from tests.pyro_vae.cavi.float64 import F64, t
+
+Y = t([3.6, 4.4, 3.9, 4.2, 4.0])
+
+
+def normal_mean(y):
+    mu = pyro.sample("mu", dist.Normal(y.new_tensor(0.0), 10.0))
+    with pyro.plate("data", len(y)):
+        pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+
+def _fitted():
+    return AutoCAVI(normal_mean, tol=1e-12).fit(Y)
+
+
+def _log_f(mu, kink=None):
+    """log N(y; μ, 1) per point, [S, N], with μ clamped above at ``kink``."""
+    loc = mu if kink is None else mu.clamp(max=kink)
+    return dist.Normal(loc.unsqueeze(-1), 1.0).log_prob(Y)
+
+
+def test_points_around_a_normal_q_lie_where_q_puts_its_mass_and_are_seeded():
+    fit = _fitted()
+    q = fit.variational_distributions()["mu"]
+    draw = lambda seed: points_at_q(  # noqa: E731
+        fit._latents, fit._q, 200, torch.Generator().manual_seed(seed)
+    )["mu"]
+    points = draw(0)
+    assert points.shape == (200,)
+    # m + L·v with v ~ N(0, 1): within 5 posterior sds, about q's spread
+    assert float(((points - q.mean) / q.stddev).abs().max()) < 5.0
+    assert 0.8 < float(points.std() / q.stddev) < 1.2
+    assert torch.equal(points, draw(0)) and not torch.equal(points, draw(1))
+
+
+def test_beta_and_categorical_points_are_drawn_from_q():
+    def model(y):
+        p = pyro.sample("p", dist.Beta(y.new_tensor(1.0), 1.0))
+        pyro.sample("s", dist.Binomial(200, probs=p), obs=y.new_tensor(199.0))
+        with pyro.plate("data", len(y)):
+            z = pyro.sample("z", dist.Categorical(logits=torch.zeros(2, dtype=F64)))
+            pyro.sample("y", dist.Normal(5.0 * z, 1.0), obs=y)
+
+    fit = AutoCAVI(model).fit(t([0.1, 5.2, 2.5]))
+    points = points_at_q(fit._latents, fit._q, 400, torch.Generator().manual_seed(0))
+    q = fit.variational_distributions()
+    # q(p) = Beta(200, 2): every draw near 0.99, their mean within 4 standard errors
+    assert float(points["p"].min()) > 0.9 and float(points["p"].max()) < 1.0
+    assert abs(float(points["p"].mean() - q["p"].mean)) < 4 * float(q["p"].stddev) / 20
+    # q(z): near certain for 0.1 and 5.2, even for 2.5 (halfway)
+    share = (points["z"] == 1).double().mean(0)
+    assert points["z"].shape == (400, 3)
+    assert (share - q["z"].probs[:, 1]).abs().max() < 4 * 0.5 / 20
+
+
+def test_a_conjugate_factor_reproduces_the_log_density_where_q_lies():
+    fit = _fitted()
+    values = points_at_q(fit._latents, fit._q, 4, torch.Generator().manual_seed(0))
+    log_probs = {"mu": dist.Normal(t(0.0), 10.0).log_prob(values["mu"]),
+                 "y": _log_f(values["mu"])}  # fmt: skip
+    trace = fit._probe_inputs[3]
+    assert worst_misfit(fit._factors, fit._latents, {}, values, log_probs, trace) is None
+
+
+def test_a_clamped_likelihood_misses_beyond_its_kink_by_its_relative_misfit():
+    fit = _fitted()  # q(μ) near 4.0 ± 0.45; a kink at 3.5 cuts through its mass
+    values = points_at_q(fit._latents, fit._q, 4, torch.Generator().manual_seed(0))
+    mu = values["mu"]
+    clamped = _log_f(mu, kink=3.5)
+    log_probs = {"mu": dist.Normal(t(0.0), 10.0).log_prob(mu), "y": clamped}
+    trace = fit._probe_inputs[3]
+    misfit = worst_misfit(fit._factors, fit._latents, {}, values, log_probs, trace)
+    # the solved form is the unclamped likelihood: its misfit, per point, summed over data
+    expected = ((_log_f(mu).sum(-1) - clamped.sum(-1)).abs() / (1 + clamped.abs().sum(-1))).max()
+    assert misfit is not None and misfit.factor == "y" and misfit.latents == ("mu",)
+    assert abs(misfit.misfit - float(expected)) < 1e-9 * (1 + float(expected))
+    assert misfit.misfit > RTOL
+    assert "'y' (Normal)" in misfit.message() and "['mu']" in misfit.message()
