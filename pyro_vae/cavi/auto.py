@@ -47,7 +47,8 @@ from pyro_vae.cavi.conjugate_forms import (
     reference_is_finite,
 )
 from pyro_vae.cavi.expectations import contract, sum_to
-from pyro_vae.cavi.exponential_families import NotConjugateError
+from pyro_vae.cavi.exponential_families import DISCRETE_FAMILIES, NotConjugateError
+from pyro_vae.cavi.fitted_guide import fitted_guide
 from pyro_vae.cavi.initial_factors import initial_statistics
 from pyro_vae.cavi.probe_frames import (
     frame_of,
@@ -96,8 +97,11 @@ class AutoCAVI:
         init: optional ``{site: q}`` initial factors (a distribution of the site's family;
             for a Categorical site also a tensor of probabilities, e.g. responsibilities;
             for a block a fitted ``NormalGamma``/``NormalWishart`` or a tuple of values).
-            A sweep updates first the latents ``init`` does not set, in the order the model
-            samples them, then those it sets. A latent not set starts, seeded by
+            A sweep updates first the latents that start at their prior's expectations or
+            at a block's forward-run values, in the order the model samples them, then the
+            discrete latents and those ``init`` sets (a start set by a draw or by you is
+            fitted to first, not overwritten by the first update). A latent not set
+            starts, seeded by
             ``random_state``: a discrete one at a random hard assignment balanced over its
             categories (so a mixture's components start apart, with equal shares), a block
             at its values in a seeded forward run, any other at its prior's expectations
@@ -314,9 +318,14 @@ class AutoCAVI:
         ``frames``: those of the current factors, to check q against after every sweep
         (None: no check); ``at_q``: whether they were drawn around a q of the sweeps (see
         :meth:`_imprecise`). ``stats`` is updated in place."""
-        initialized = set(self.init or {})
-        order = [n for n in self._latents if n not in initialized] + [
-            n for n in self._latents if n in initialized
+        # set at the start: by init, or at a seeded draw (a discrete latent): updated last,
+        # so the others are first fitted to that start rather than it to their priors'
+        # expectations (a spike-and-slab s_j updated first saw E[b_j] = 0 and switched off)
+        preset = set(self.init or {}) | {
+            n for n, latent in self._latents.items() if latent.family.name in DISCRETE_FAMILIES
+        }
+        order = [n for n in self._latents if n not in preset] + [
+            n for n in self._latents if n in preset
         ]
         heads = {chain[0]: chain for chain in chains}
         in_chains = {s for chain in chains for s in chain}
@@ -519,6 +528,21 @@ class AutoCAVI:
             sites = self._latents[name].sites
             out.update(zip(sites, q.marginals(), strict=True) if len(sites) > 1 else {name: q})
         return out
+
+    def variational_guide(self):
+        """The fitted q as a Pyro guide ``guide(*args, **kwargs)`` (the arguments are
+        ignored), joint where q is: a block draws its precision and then its mean given
+        that draw, a chain kept whole draws its sites in order from their pairwise
+        marginals, and elements absent from the model are masked out of log q
+        (:mod:`pyro_vae.cavi.fitted_guide`). :func:`pyro_vae.diagnostics.to_inference_data`
+        and :func:`~pyro_vae.diagnostics.psis_khat` take the fit itself and use this.
+
+        Raises:
+            ValueError: not fitted yet."""
+        if not hasattr(self, "_q"):
+            raise ValueError("AutoCAVI: not fitted yet; call fit(*args) first")
+        chains = {chain: pair for chain, pair in self.fitted_chains_.items()}
+        return fitted_guide(self._latents, self._q, chains, self._absent)
 
 
 def _without_absent(entropy: torch.Tensor, absent: torch.Tensor | None) -> torch.Tensor:

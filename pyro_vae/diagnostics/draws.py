@@ -44,8 +44,12 @@ def variational_guide(distributions: Mapping[str, Any]) -> Callable[..., None]:
 
 
 def as_guide(guide):
-    """``guide``, or for a fitted estimator with ``variational_distributions()`` (a
-    :mod:`pyro_vae.cavi` fit) the :func:`variational_guide` of its distributions."""
+    """``guide``, or for a fitted :mod:`pyro_vae.cavi` estimator its own
+    ``variational_guide()`` where it has one (``AutoCAVI``: joint where its q is, a block
+    or a chain), else the :func:`variational_guide` of its ``variational_distributions()``
+    (the product of the marginals: q itself under mean field)."""
+    if callable(getattr(guide, "variational_guide", None)):
+        return guide.variational_guide()
     if hasattr(guide, "variational_distributions"):
         return variational_guide(guide.variational_distributions())
     return guide

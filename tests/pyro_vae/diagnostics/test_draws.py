@@ -47,6 +47,17 @@ def test_a_fitted_cavi_estimator_stands_in_for_its_guide(data):
     assert as_guide(local_guide) is local_guide
 
 
+def test_an_estimator_with_its_own_variational_guide_stands_in_by_it(data):
+    class Fitted:  # as AutoCAVI: a guide of its own beside its marginals
+        def variational_guide(self):
+            return local_guide
+
+        def variational_distributions(self):
+            raise AssertionError("the marginals are not read when a guide is offered")
+
+    assert as_guide(Fitted()) is local_guide
+
+
 def test_probe_reads_the_nesting_and_the_data_plate():
     x = torch.randn(7)
     nesting, guide_tr, plate = probe(local_model, local_guide, (x,), {}, local=True)

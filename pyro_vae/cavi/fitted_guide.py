@@ -1,0 +1,96 @@
+"""``AutoCAVI``'s fitted q as a Pyro guide, joint where q is joint, for the diagnostics.
+
+``variational_distributions()`` gives each site's marginal under q. A guide drawing every
+site from its marginal (:func:`pyro_vae.diagnostics.variational_guide`) is q only under
+mean field; ``AutoCAVI``'s q is joint in two places, and has elements the bound leaves out:
+
+- a block q(μ, τ) = q(τ) q(μ | τ) (Normal-Gamma: τ ~ Gamma(a, b), μ | τ ~ N(m, (τP)⁻¹);
+  Normal-Wishart: Λ ~ Wishart(ν, W), μ | Λ ~ N(m, (βΛ)⁻¹); Bishop 2006, eqs. 2.154 and
+  10.59). Drawn apart, from the Student-t and Gamma marginals, a Normal-Gamma block whose
+  q is the exact posterior scored an ELBO 0.023 nats (13 standard errors) below its bound,
+  and PSIS's k̂ was 0.39 where an exact q has −inf;
+- a Markov chain kept whole, q(s₁, …, s_T) = q(s₁) Π_t q(s_t | s_{t−1}), each conditional
+  its pairwise marginal's row over the marginal (forward filtering, backward sampling's
+  forward half: Scott 2002); the chain's sites are drawn in order;
+- an element absent from the model (masked off and mentioned by no factor: ``obs_mask``'s
+  ``y_unobserved`` where y is observed) keeps a standard placeholder q, masked out of log q
+  here as it is out of the bound (counted, the placeholders took an ELBO estimate of −21.6
+  nats to −1.7). Its draws stay in the trace (the model ignores them) and in
+  ``to_inference_data``'s posterior group, where they are not posterior draws.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.distributions.torch_distribution import TorchDistributionMixin
+
+from pyro_vae.cavi.exponential_families import NormalGamma, NormalWishart
+
+
+def fitted_guide(latents: dict, q: dict, chains: dict, absent: dict) -> Callable[..., None]:
+    """The guide drawing every latent site from q (the model's arguments are ignored).
+
+    Args:
+        latents: {unit: Latent}, in the model's sampling order.
+        q: {unit: fitted q} (a chain's sites: their marginals).
+        chains: {chain of sites: (marginals [T, K], pairwise marginals [T−1, K, K])}.
+        absent: {unit: bool mask [*batch] of the elements absent from the model, or None}.
+    """
+    in_chain = {site: chain for chain in chains for site in chain}
+
+    def guide(*args, **kwargs) -> None:
+        for name, latent in latents.items():
+            if name in in_chain:
+                if in_chain[name][0] == name:
+                    _sample_chain(in_chain[name], *chains[in_chain[name]])
+                continue
+            q_unit = q[name]
+            if isinstance(q_unit, (NormalGamma, NormalWishart)):
+                _sample_block(latent.sites, q_unit)
+                continue
+            mask = absent.get(name)
+            fn = _pyro(q_unit)
+            pyro.sample(name, fn if mask is None else fn.mask(~mask))
+
+    guide.__name__ = f"AutoCAVI.variational_guide({', '.join(latents)})"
+    return guide
+
+
+def _pyro(q) -> dist.TorchDistribution:
+    """``q`` as a Pyro distribution (the sweeps keep a chain's marginals as torch's)."""
+    if isinstance(q, TorchDistributionMixin):
+        return q
+    if isinstance(q, torch.distributions.Categorical):
+        return dist.Categorical(probs=q.probs)
+    raise TypeError(f"q: {type(q).__name__} is not a Pyro distribution")
+
+
+def _sample_block(sites: tuple[str, str], q) -> None:
+    """τ (or Λ) from its marginal, then μ from its Normal given that draw."""
+    mean_site, precision_site = sites
+    if isinstance(q, NormalGamma):
+        tau = pyro.sample(precision_site, dist.Gamma(q.concentration, q.rate))
+        if q.scalar:
+            scale = (tau * q.precision[..., 0, 0]).rsqrt()
+            pyro.sample(mean_site, dist.Normal(q.loc[..., 0], scale))
+            return
+        precision = tau[..., None, None] * q.precision
+        pyro.sample(mean_site, dist.MultivariateNormal(q.loc, precision_matrix=precision))
+        return
+    lam = pyro.sample(precision_site, dist.Wishart(q.df, covariance_matrix=q.scale))
+    precision = q.beta[..., None, None] * lam
+    pyro.sample(mean_site, dist.MultivariateNormal(q.loc, precision_matrix=precision))
+
+
+def _sample_chain(chain: tuple[str, ...], marginals: torch.Tensor, pairwise: torch.Tensor):
+    """s₁ from its marginal γ₁, then each s_t from q(s_t | s_{t−1}), the pairwise
+    marginal's row ξ_t(s_{t−1}, ·) normalized (it sums to γ_{t−1}(s_{t−1}))."""
+    previous = pyro.sample(chain[0], dist.Categorical(probs=marginals[0]))
+    for t in range(1, len(chain)):
+        rows = pairwise[t - 1][previous]  # [*draws, K]
+        probs = rows / rows.sum(-1, keepdim=True)
+        previous = pyro.sample(chain[t], dist.Categorical(probs=probs))
