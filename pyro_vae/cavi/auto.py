@@ -261,6 +261,8 @@ class AutoCAVI:
                     misfit = self._verify(args, kwargs)
                     if misfit is None:
                         return bounds, converged, frames
+                    if last and self._rounding_warned(stats, frames, bounds):
+                        return bounds, converged, frames  # rounding, which fit warns of
                     if last or not self._movable(misfit):
                         raise NotConjugateError(misfit.message())
                 frames, restart, at_q = self._frames(), len(bounds) == 1, True
@@ -294,6 +296,13 @@ class AutoCAVI:
         )
         self.probe_seconds_ += time.perf_counter() - start
         return misfit
+
+    def _rounding_warned(self, stats, frames, bounds) -> bool:
+        """Whether ``fit`` will warn that float64 rounding may move the bound by over 1e-6
+        of it: a misfit at q after the last round is then read as that rounding (data far
+        from zero that no frame made precise), not as a kink."""
+        error = numerical_error(self._factors, self._latents, self._q, stats, frames, True)[0]
+        return error > 1e-6 * (1 + abs(bounds[-1]))
 
     def _movable(self, misfit: Misfit) -> bool:
         """Whether probing again around q can move the points of the factor that missed:
