@@ -46,7 +46,7 @@ def fitted_guide(latents: dict, q: dict, chains: dict, absent: dict) -> Callable
         for name, latent in latents.items():
             if name in in_chain:
                 if in_chain[name][0] == name:
-                    _sample_chain(in_chain[name], *chains[in_chain[name]])
+                    sample_chain(in_chain[name], *chains[in_chain[name]])
                 continue
             q_unit = q[name]
             if isinstance(q_unit, (NormalGamma, NormalWishart)):
@@ -86,9 +86,11 @@ def _sample_block(sites: tuple[str, str], q) -> None:
     pyro.sample(mean_site, dist.MultivariateNormal(q.loc, precision_matrix=precision))
 
 
-def _sample_chain(chain: tuple[str, ...], marginals: torch.Tensor, pairwise: torch.Tensor):
-    """s₁ from its marginal γ₁, then each s_t from q(s_t | s_{t−1}), the pairwise
-    marginal's row ξ_t(s_{t−1}, ·) normalized (it sums to γ_{t−1}(s_{t−1}))."""
+def sample_chain(chain: tuple[str, ...], marginals: torch.Tensor, pairwise: torch.Tensor):
+    """Pyro sample sites ``chain`` (s₁, …, s_T) drawn from a chain's q: s₁ from its
+    marginal γ₁ (``marginals`` [T, K]), then each s_t from q(s_t | s_{t−1}), the pairwise
+    marginal's row ξ_t(s_{t−1}, ·) (``pairwise`` [T−1, K, K]) normalized (it sums to
+    γ_{t−1}(s_{t−1})); used by AutoCAVI's guide and ``StructuredMeanField``'s."""
     previous = pyro.sample(chain[0], dist.Categorical(probs=marginals[0]))
     for t in range(1, len(chain)):
         rows = pairwise[t - 1][previous]  # [*draws, K]

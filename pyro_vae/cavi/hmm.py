@@ -31,6 +31,7 @@ from pyro_vae.cavi._checks import (
     non_negative,
     positive_int,
 )
+from pyro_vae.cavi.fitted_guide import sample_chain
 
 
 def forward_backward(log_pi: torch.Tensor, log_A: torch.Tensor, log_lik: torch.Tensor):
@@ -237,12 +238,14 @@ class _FactorialMeanField:
             start = torch.softmax(
                 torch.randn(y.shape[0], m, k, generator=gen, dtype=torch.float64), -1
             )
-            mu, bounds, converged = self._ascend(y, start)
-            if best is None or bounds[-1] > best[1][-1]:
-                best = (mu, bounds, converged)
-        mu, bounds, converged = best
+            result = self._ascend(y, start)
+            if best is None or result[1][-1] > best[1][-1]:
+                best = result
+        mu, bounds, converged, pairwise = best
         self.expectations_, self.lower_bound_, self.lower_bounds_ = mu, bounds[-1], bounds
         self.n_iter_, self.converged_ = len(bounds), converged
+        if pairwise is not None:
+            self.pairwise_ = pairwise
         return self
 
     def _check_model(self) -> None:
@@ -250,9 +253,9 @@ class _FactorialMeanField:
 
     def variational_distributions(self) -> dict:
         """The fitted marginals q(s_t⁽ᵐ⁾) as ``{"s_{m}_{t}": Categorical}``, the sites of
-        ``models.hmm.FactorialHMMModel``, for :func:`pyro_vae.diagnostics.to_inference_data`.
-        Drawn independently, they drop the dependence a structured q keeps along each chain
-        (``StructuredMeanField``); the marginals themselves are exact under q."""
+        ``models.hmm.FactorialHMMModel``. Drawn independently they are q under naive mean
+        field; ``StructuredMeanField`` keeps each chain whole, and its
+        ``variational_guide()`` (which the diagnostics use) draws the chains in order."""
         if not hasattr(self, "expectations_"):
             raise ValueError(
                 f"{type(self).__name__}: not fitted yet; call fit(y) before "
@@ -278,7 +281,8 @@ _SHARED_DOC = """
             local maxima, and one start can stop several nats below the best.
         random_state: seed of the initial expectations (``None`` is seed 0).
 
-    Attributes (after ``fit(y)``): ``expectations_`` ⟨s_t⁽ᵐ⁾⟩ ``[T, M, K]``,
+    Attributes (after ``fit(y)``): ``expectations_`` ⟨s_t⁽ᵐ⁾⟩ ``[T, M, K]`` (and, for
+    ``StructuredMeanField``, ``pairwise_`` ⟨s_t⁽ᵐ⁾ s_{t+1}⁽ᵐ⁾ᵀ⟩ ``[M, T−1, K, K]``),
     ``lower_bound_``, ``lower_bounds_`` (per sweep of the kept start), ``n_iter_``, and
     ``converged_``: whether the kept start reached a fixed point of its update within
     ``tol`` in ``max_iter`` sweeps (the meaning shared by every ``pyro_vae.cavi``
@@ -296,16 +300,19 @@ class StructuredMeanField(_FactorialMeanField):
         + _SHARED_DOC
     )
 
-    def _ascend(self, y, mu) -> tuple[torch.Tensor, list[float], bool]:
+    def _ascend(self, y, mu) -> tuple[torch.Tensor, list[float], bool, torch.Tensor]:
         model = self.model
         m, k, _ = model.sizes
         log_zs = torch.zeros(m, dtype=torch.float64)
         log_hs = torch.zeros(m, y.shape[0], k, dtype=torch.float64)
+        pairwise = torch.zeros(m, y.shape[0] - 1, k, k, dtype=torch.float64)
         bounds, converged = [], False
         for _ in range(self.max_iter):
             for c in range(m):
                 log_hs[c] = model._log_h(y, mu, c)
-                log_zs[c], marg, _ = forward_backward(model.log_pi[c], model.log_A[c], log_hs[c])
+                log_zs[c], marg, pairwise[c] = forward_backward(
+                    model.log_pi[c], model.log_A[c], log_hs[c]
+                )
                 mu = mu.clone()
                 mu[:, c] = marg
             # L = E log p(Y | S) + Σ_m [log Z_m − Σ_t ⟨s_t⟩ · log h_t]: the π and A terms
@@ -319,7 +326,31 @@ class StructuredMeanField(_FactorialMeanField):
             if self._done(bounds):
                 converged = True
                 break
-        return mu, bounds, converged
+        return mu, bounds, converged, pairwise
+
+    def variational_guide(self):
+        """q(S) as a Pyro guide over ``models.hmm.FactorialHMMModel``'s sites: each chain
+        drawn in order, s_0⁽ᵐ⁾ from its marginal and each s_t⁽ᵐ⁾ from q_m(s_t | s_{t−1}),
+        its pairwise marginal's row (``pairwise_``), so the dependence q keeps along a
+        chain is drawn too; :func:`pyro_vae.diagnostics.to_inference_data` and
+        :func:`~pyro_vae.diagnostics.psis_khat` take the fit and use this.
+
+        Raises:
+            ValueError: not fitted yet."""
+        if not hasattr(self, "pairwise_"):
+            raise ValueError(
+                "StructuredMeanField: not fitted yet; call fit(y) before variational_guide()"
+            )
+        marginals, pairwise = self.expectations_, self.pairwise_
+        t_len, chains, _ = marginals.shape
+
+        def guide(*args, **kwargs) -> None:
+            for m in range(chains):
+                sites = tuple(f"s_{m}_{t}" for t in range(t_len))
+                sample_chain(sites, marginals[:, m], pairwise[m])
+
+        guide.__name__ = "StructuredMeanField.variational_guide"
+        return guide
 
 
 class NaiveMeanField(_FactorialMeanField):
@@ -367,4 +398,4 @@ class NaiveMeanField(_FactorialMeanField):
             if self._done(bounds):
                 converged = True
                 break
-        return mu, bounds, converged
+        return mu, bounds, converged, None
