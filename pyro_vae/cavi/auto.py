@@ -82,12 +82,12 @@ class AutoCAVI:
 
     Recognized latents (their prior's class picks the family of q): Normal, scalar or
     ``.to_event(1)`` (q is a full-covariance MultivariateNormal when the factors couple its
-    coordinates), MultivariateNormal, Gamma, Beta, Dirichlet, Wishart, Bernoulli and
-    Categorical, each under any conjugate children (Normal with known or latent mean and
-    precision, Poisson, Exponential, Bernoulli, Binomial, Categorical, …), whatever
-    arithmetic the model uses to build their parameters. Each latent's elements inside a
-    ``pyro.plate`` are separate variables; a factor may mention a latent only from inside
-    all of that latent's plates.
+    coordinates), MultivariateNormal, Gamma (also an Exponential or Chi2 prior), Beta,
+    Dirichlet, Wishart, Bernoulli and Categorical, each under any conjugate children
+    (Normal with known or latent mean and precision, Poisson, Exponential, Bernoulli,
+    Binomial, Categorical, …), whatever arithmetic the model uses to build their
+    parameters. Each latent's elements inside a ``pyro.plate`` are separate variables; a
+    factor may mention a latent only from inside all of that latent's plates.
 
     Args:
         model: a Pyro model callable as ``model(*args, **kwargs)``; observed sites carry

@@ -187,7 +187,7 @@ class GammaFamily(Family):
         return torch.randn(batch_shape, generator=generator, dtype=_F64).mul(0.7).exp()
 
     def expected_statistics(self, q):
-        a, b = q.concentration.to(_F64), q.rate.to(_F64)
+        a, b = gamma_shape_rate(q)
         return torch.stack([_one(a), a / b, torch.digamma(a) - b.log()], -1)
 
     def neutral_eta(self, batch_shape):  # Gamma(1, 1): η = (−1 on x, 0 on log x)
@@ -200,6 +200,19 @@ class GammaFamily(Family):
         if bool((shape <= 0).any() | (rate <= 0).any()):
             raise self._improper("a shape or rate that is not positive")
         return dist.Gamma(shape, rate, validate_args=False)
+
+
+def gamma_shape_rate(q) -> tuple[torch.Tensor, torch.Tensor]:
+    """(shape a, rate b) in float64 of a Gamma, a Chi2 (a Gamma(ν/2, 1/2), torch's
+    subclass) or an Exponential (a Gamma(1, λ)): the priors a Gamma latent may have."""
+    if isinstance(q, torch.distributions.Exponential):
+        rate = q.rate.to(_F64)
+        return torch.ones_like(rate), rate
+    return q.concentration.to(_F64), q.rate.to(_F64)
+
+
+#: The prior classes whose latent is a Gamma family's: each is a Gamma in other words.
+GAMMA_PRIORS = (dist.Gamma, dist.Chi2, dist.Exponential)
 
 
 class BetaFamily(Family):
@@ -614,7 +627,9 @@ def family_of(site: dict) -> Family:
         return NormalFamily(name, event_shape)
     if isinstance(fn, dist.MultivariateNormal):
         return NormalFamily(name, event_shape)
-    simple = {dist.Gamma: GammaFamily, dist.Beta: BetaFamily, dist.Bernoulli: BernoulliFamily}
+    if type(fn) in GAMMA_PRIORS and not event_shape:
+        return GammaFamily(name, event_shape)
+    simple = {dist.Beta: BetaFamily, dist.Bernoulli: BernoulliFamily}
     for cls, family in simple.items():
         if type(fn) is cls and not event_shape:
             return family(name, event_shape)
@@ -628,6 +643,6 @@ def family_of(site: dict) -> Family:
     raise NotConjugateError(
         f"latent site {name!r}: {type(site['fn']).__name__} (event shape "
         f"{tuple(event_shape)}, support {support}) is not a family AutoCAVI updates in closed "
-        "form; expected Normal (scalar or .to_event(1)), MultivariateNormal, Gamma, Beta, "
-        "Dirichlet, Wishart, Bernoulli or Categorical"
+        "form; expected Normal (scalar or .to_event(1)), MultivariateNormal, Gamma (or "
+        "Chi2, Exponential), Beta, Dirichlet, Wishart, Bernoulli or Categorical"
     )

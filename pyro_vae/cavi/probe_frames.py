@@ -46,6 +46,7 @@ from pyro_vae.cavi.exponential_families import (
     WishartFamily,
     _normal_moments,
     _normal_root,
+    gamma_shape_rate,
     unwrapped,
 )
 
@@ -79,7 +80,8 @@ def frame_of(family: Family, q) -> Frame | None:
         mean, root = _normal_root(q, family.event_dim)
         return Frame(mean, scale_tril=root)
     if isinstance(family, GammaFamily):
-        return Frame(magnitude=(q.concentration / q.rate).to(_F64))
+        shape, rate = gamma_shape_rate(q)
+        return Frame(magnitude=shape / rate)
     if isinstance(family, WishartFamily):  # E_q[Λ] = ν·V: R = √ν·chol(V)
         root = q.df.to(_F64).sqrt()[..., None, None] * q.scale_tril.to(_F64)
         return Frame(scale_tril=root)

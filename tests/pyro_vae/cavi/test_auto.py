@@ -902,6 +902,44 @@ def test_discrete_latents_are_updated_after_the_others_fit_their_drawn_start():
     assert float(best.variational_distributions()["s0"].probs) > 0.99
 
 
+def test_exponential_and_chi2_priors_are_gamma_latents_with_the_exact_evidence():
+    # Exponential(λ₀) = Gamma(1, λ₀) on a Poisson rate: q = Gamma(1 + Σy, λ₀ + N) and
+    # log p(y) = log λ₀ + lgamma(1 + Σy) − (1 + Σy) log(λ₀ + N) − Σ log y!.
+    counts = t([3.0, 0.0, 5.0, 2.0, 4.0])
+
+    def poisson(y):
+        rate = pyro.sample("rate", dist.Exponential(y.new_tensor(0.5)))
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.Poisson(rate), obs=y)
+
+    fit = AutoCAVI(poisson, tol=1e-12).fit(counts)
+    total, n = float(counts.sum()), len(counts)
+    evidence = (
+        math.log(0.5) + math.lgamma(1 + total) - (1 + total) * math.log(0.5 + n)
+        - float(torch.lgamma(counts + 1).sum())
+    )  # fmt: skip
+    q = fit.variational_distributions()["rate"]
+    assert fit.lower_bound_ == pytest.approx(evidence, abs=1e-10)
+    assert float(q.concentration) == pytest.approx(1 + total, rel=1e-12)
+    assert float(q.rate) == pytest.approx(0.5 + n, rel=1e-12)
+    # Chi2(ν) = Gamma(ν/2, 1/2) on a precision τ of N(0, 1/τ) data: q = Gamma(ν/2 + N/2,
+    # 1/2 + Σy²/2) and log p(y) = lgamma(a) − lgamma(ν/2) + (ν/2) log ½ − a log b − N/2 log 2π.
+    y = t([0.4, -1.3, 0.9, 2.1, -0.2, 0.7])
+
+    def precision(y):
+        tau = pyro.sample("tau", dist.Chi2(y.new_tensor(3.0)))
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.Normal(0.0, tau.rsqrt()), obs=y)
+
+    fit = AutoCAVI(precision, tol=1e-12).fit(y)
+    a, b = 1.5 + len(y) / 2, 0.5 + float((y**2).sum()) / 2
+    evidence = (
+        math.lgamma(a) - math.lgamma(1.5) + 1.5 * math.log(0.5) - a * math.log(b)
+        - len(y) / 2 * math.log(2 * math.pi)
+    )  # fmt: skip
+    assert fit.lower_bound_ == pytest.approx(evidence, abs=1e-10)
+
+
 def test_a_tempered_prior_is_a_conjugate_factor():
     # poutine.scale(0.5) on μ's prior N(0, 2²): the tempered prior ∝ N(0, 8) in μ
     y = t([0.3, 1.0, -0.5, 2.0])
