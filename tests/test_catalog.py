@@ -1226,6 +1226,7 @@ PY = [
     ("ising-update", lambda: _cavi("IsingMeanField", torch.zeros(4, 4), update="random"), ValueError, ["update"]),
     ("autocavi-blocks", lambda: _auto_cavi(blocks="all"), ValueError, ["blocks: 'all'", "'auto'"]),
     ("autocavi-markov-chains", lambda: _auto_cavi(markov_chains="False"), ValueError, ["markov_chains: 'False'", "True or False"]),
+    ("autocavi-n-init", lambda: _auto_cavi(n_init=0), ValueError, ["n_init", "0"]),
     ("autocavi-init-family", lambda: _auto_cavi(init={"weights": torch.distributions.Gamma(1.0, 1.0)}), ValueError, ["init['weights']", "Gamma is not a distribution of the Normal family"]),
     ("autocavi-block-order", lambda: _auto_cavi(blocks=[("precision", "weights")]), ValueError, ["('precision', 'weights')", "(Gamma, Independent)", "Normal-Gamma"]),
 ]

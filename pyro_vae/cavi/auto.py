@@ -117,6 +117,11 @@ class AutoCAVI:
         markov_chains: keep each chain of scalar Categorical sites (a ``pyro.markov`` loop,
             see :mod:`pyro_vae.cavi.chains`) whole in q, updated by forward-backward
             (structured mean field); False: one factor per site (naive mean field).
+        n_init: starts (as in scikit-learn), from the discrete latents' seeded draws with
+            seeds ``random_state``, ``random_state + 1``, …; the highest bound is kept
+            (mean-field CAVI has local optima: a mixture's, a spike-and-slab's). The model
+            is probed once for all of them. A model whose latents are all continuous or
+            set by ``init`` has one start, whatever ``n_init`` is.
         random_state: seed of the probe points and of that forward run (which also tracks,
             by provenance, the latents each factor reads).
 
@@ -178,7 +183,7 @@ class AutoCAVI:
     """
 
     def __init__(self, model, *, max_iter: int = 1000, tol: float = 1e-8, init=None,
-                 blocks=(), markov_chains: bool = True,
+                 blocks=(), markov_chains: bool = True, n_init: int = 1,
                  random_state: int = 0) -> None:  # fmt: skip
         self.model = model
         self.max_iter = max_iter
@@ -186,6 +191,7 @@ class AutoCAVI:
         self.init = init
         self.blocks = blocks
         self.markov_chains = markov_chains
+        self.n_init = n_init
         self.random_state = random_state
 
     def fit(self, *args, **kwargs) -> AutoCAVI:
@@ -195,7 +201,7 @@ class AutoCAVI:
             return self._fit(args, kwargs)
 
     def _fit(self, args, kwargs) -> AutoCAVI:
-        tol, max_iter, auto_blocks = self._check_settings()
+        tol, max_iter, auto_blocks, n_init = self._check_settings()
         for where, value in [*enumerate(args), *kwargs.items()]:
             _check_cpu(f"fit: argument {where!r}", value)
         args, kwargs = _float64(args), _float64(kwargs)
@@ -203,16 +209,21 @@ class AutoCAVI:
         with validated_on_failure(self.model, args, kwargs, self.random_state):
             latents, factors, stats = self._probe(args, kwargs, auto_blocks)
         self.probe_seconds_ = time.perf_counter() - start
-        self._latents, self._q, self._chain_entropy, self._absent = latents, {}, {}, {}
+        self._latents = latents
         self._framed = any(has_frames(latent.family) for latent in latents.values())
         chains = find_chains(latents, factors) if self.markov_chains else []
-        self._pairs = {
-            link: torch.outer(stats[link[0]], stats[link[1]])
-            for chain in chains
-            for link in zip(chain, chain[1:], strict=False)
-        }
-        self._use(factors, {})
-        bounds, converged, frames = self._rounds(args, kwargs, stats, chains, tol, max_iter)
+        drawn = [n for n, lt in latents.items() if lt.family.name in DISCRETE_FAMILIES]
+        starts = n_init if set(drawn) - set(self.init or {}) else 1  # else all starts agree
+        best = None
+        for offset in range(starts):
+            if offset:  # the next seed's draws of the discrete latents
+                seed = self.random_state + offset
+                stats = initial_statistics(latents, self.init, self._first, seed)
+            fitted = self._start(args, kwargs, factors, stats, chains, tol, max_iter)
+            if best is None or fitted[0][-1] > best[0][-1]:
+                best = fitted
+        bounds, converged, frames, stats, state = best
+        self.__dict__.update(state)
         imprecise = self._imprecise(stats, frames, bounds)
         self.numerical_error_ = numerical_error(
             self._factors, self._latents, self._q, stats, frames, unframed=True
@@ -228,6 +239,21 @@ class AutoCAVI:
             for chain in chains
         }  # fmt: skip
         return self
+
+    def _start(self, args, kwargs, factors, stats, chains, tol, max_iter) -> tuple:
+        """One start's rounds of sweeps from the probed ``factors`` and initial ``stats``:
+        (bounds, converged, frames, stats, the fitted state to keep if it is the best)."""
+        self._q, self._chain_entropy, self._absent = {}, {}, {}
+        self._pairs = {
+            link: torch.outer(stats[link[0]], stats[link[1]])
+            for chain in chains
+            for link in zip(chain, chain[1:], strict=False)
+        }
+        self._use(factors, {})
+        bounds, converged, frames = self._rounds(args, kwargs, stats, chains, tol, max_iter)
+        kept = ("_q", "_pairs", "_chain_entropy", "_absent", "_factors", "_frames_used",
+                "_blanket", "markov_blankets_", "probe_rounds_")  # fmt: skip
+        return bounds, converged, frames, stats, {k: getattr(self, k) for k in kept}
 
     def _rounds(self, args, kwargs, stats, chains, tol, max_iter):
         """Sweeps, probing the model again around q when the factors are imprecise there
@@ -434,12 +460,15 @@ class AutoCAVI:
         )
         self.probe_batched_, self.probe_model_runs_ = info["batched"], info["model_runs"]
         self._probe_inputs = (args, kwargs, depends, trace, generator)
+        self._first = first
         return latents, factors, stats
 
-    def _check_settings(self) -> tuple[float, int, bool]:
-        """(tol, max_iter, whether blocks is "auto"), or ValueError naming the argument."""
+    def _check_settings(self) -> tuple[float, int, bool, int]:
+        """(tol, max_iter, whether blocks is "auto", n_init), or ValueError naming the
+        argument."""
         tol = non_negative("tol", self.tol)
         max_iter = positive_int("max_iter", self.max_iter)
+        n_init = positive_int("n_init", self.n_init)
         if not isinstance(self.init, (dict, type(None))):
             raise ValueError(f"init: {self.init!r} is not a dict of site name -> initial q")
         if not isinstance(self.markov_chains, bool):
@@ -450,7 +479,7 @@ class AutoCAVI:
                 f"blocks: {self.blocks!r} is neither 'auto' nor a list of (mean site, "
                 "precision site) pairs"
             )
-        return tol, max_iter, auto_blocks
+        return tol, max_iter, auto_blocks, n_init
 
     def _update(self, name: str, stats) -> torch.distributions.Distribution:
         """q_j ∝ exp(η_j · T_j), η_j the summed expected messages of j's factors. After a
