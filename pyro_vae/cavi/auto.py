@@ -101,11 +101,10 @@ class AutoCAVI:
             at a block's forward-run values, in the order the model samples them, then the
             discrete latents and those ``init`` sets (a start set by a draw or by you is
             fitted to first, not overwritten by the first update). A latent not set
-            starts, seeded by
-            ``random_state``: a discrete one at a random hard assignment balanced over its
-            categories (so a mixture's components start apart, with equal shares), a block
-            at its values in a seeded forward run, any other at its prior's expectations
-            (see :mod:`pyro_vae.cavi.initial_factors`).
+            starts, seeded by ``random_state``: a discrete one at a random hard assignment
+            balanced over its categories (so a mixture's components start apart, with
+            equal shares), a block at its values in a seeded forward run, any other at its
+            prior's expectations (see :mod:`pyro_vae.cavi.initial_factors`).
         blocks: pairs ``(mean site, precision site)`` to update as one joint factor instead
             of q(μ) q(τ): a Normal mean with a Wishart precision (Normal-Wishart, Bishop 2006
             §10.2) or with a scalar Gamma precision (Normal-Gamma; μ scalar or a D-vector
