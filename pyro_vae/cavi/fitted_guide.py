@@ -48,13 +48,11 @@ def fitted_guide(latents: dict, q: dict, chains: dict, absent: dict) -> Callable
                 if in_chain[name][0] == name:
                     sample_chain(in_chain[name], *chains[in_chain[name]])
                 continue
-            q_unit = q[name]
+            q_unit, mask = q[name], absent.get(name)
             if isinstance(q_unit, (NormalGamma, NormalWishart)):
-                _sample_block(latent.sites, q_unit)
+                _sample_block(latent.sites, q_unit, mask)
                 continue
-            mask = absent.get(name)
-            fn = _pyro(q_unit)
-            pyro.sample(name, fn if mask is None else fn.mask(~mask))
+            pyro.sample(name, _masked(_pyro(q_unit), mask))
 
     guide.__name__ = f"AutoCAVI.variational_guide({', '.join(latents)})"
     return guide
@@ -69,21 +67,30 @@ def _pyro(q) -> dist.TorchDistribution:
     raise TypeError(f"q: {type(q).__name__} is not a Pyro distribution")
 
 
-def _sample_block(sites: tuple[str, str], q) -> None:
-    """τ (or Λ) from its marginal, then μ from its Normal given that draw."""
+def _masked(fn, mask):
+    """``fn`` with the elements absent from the model (``mask`` True) out of log q."""
+    return fn if mask is None else fn.mask(~mask)
+
+
+def _sample_block(sites: tuple[str, str], q, mask) -> None:
+    """τ (or Λ) from its marginal, then μ from its Normal given that draw; ``mask``: the
+    block's elements absent from the model, out of log q at both sites."""
     mean_site, precision_site = sites
     if isinstance(q, NormalGamma):
-        tau = pyro.sample(precision_site, dist.Gamma(q.concentration, q.rate))
+        tau = pyro.sample(precision_site, _masked(dist.Gamma(q.concentration, q.rate), mask))
         if q.scalar:
             scale = (tau * q.precision[..., 0, 0]).rsqrt()
-            pyro.sample(mean_site, dist.Normal(q.loc[..., 0], scale))
+            pyro.sample(mean_site, _masked(dist.Normal(q.loc[..., 0], scale), mask))
             return
         precision = tau[..., None, None] * q.precision
-        pyro.sample(mean_site, dist.MultivariateNormal(q.loc, precision_matrix=precision))
+        mean = dist.MultivariateNormal(q.loc, precision_matrix=precision)
+        pyro.sample(mean_site, _masked(mean, mask))
         return
-    lam = pyro.sample(precision_site, dist.Wishart(q.df, covariance_matrix=q.scale))
+    wishart = dist.Wishart(q.df, covariance_matrix=q.scale)
+    lam = pyro.sample(precision_site, _masked(wishart, mask))
     precision = q.beta[..., None, None] * lam
-    pyro.sample(mean_site, dist.MultivariateNormal(q.loc, precision_matrix=precision))
+    mean = dist.MultivariateNormal(q.loc, precision_matrix=precision)
+    pyro.sample(mean_site, _masked(mean, mask))
 
 
 def sample_chain(chain: tuple[str, ...], marginals: torch.Tensor, pairwise: torch.Tensor):
