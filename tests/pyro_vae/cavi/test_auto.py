@@ -985,18 +985,19 @@ def test_a_kink_once_found_at_q_stays_found_after_probing_again(monkeypatch):
 
 
 def test_a_kink_in_a_likelihood_of_1e9_nats_is_refused():
-    # |log f| ≈ 10⁹ (2000 data spread 1000) and a jump of 20 posterior sds 4 sds below the
-    # data's mean: 200 nats of misfit, 2e-7 of the likelihood's size. Judged against its
-    # size alone it passed, q 15.8 posterior sds off and the bound 10.5 nats above log p(y)
-    # (quadrature); against float64's rounding (about 10⁻⁵ nats there) it is refused.
+    # 2000 data spread 1000 around 10 (|log f| ≈ 10⁹), their mean's posterior sd 0.022, and
+    # a jump of 20 sds in the mean 4 sds below the data's mean: about 200 nats of misfit at
+    # q, 2e-7 of the likelihood's size. Judged against its size alone it passed, q 15.8
+    # posterior sds off and the bound 10.5 nats above log p(y) (quadrature); judged against
+    # float64's rounding there, it is refused.
     g = torch.Generator().manual_seed(0)
-    y = 1000.0 * torch.randn(2000, generator=g, dtype=F64)
-    sd = 1000.0 / 2000**0.5
+    y = 10.0 + 1000.0 * torch.randn(2000, generator=g, dtype=F64)
+    sd = (2000 + 0.01) ** -0.5
     kink, jump = float(y.mean()) - 4 * sd, 20 * sd
 
     def model(y):
         mu = pyro.sample("mu", dist.Normal(y.new_tensor(0.0), 10.0))
-        loc = torch.where(mu > kink, mu + jump, mu).unsqueeze(-1).expand(y.shape)
+        loc = torch.where(mu > kink, mu + jump, mu).unsqueeze(-1).expand(mu.shape + y.shape)
         pyro.sample("y", dist.Normal(loc, 1.0).to_event(1), obs=y)
 
     with pytest.raises(NotConjugateError, match="factor 'y'"):

@@ -114,3 +114,28 @@ def test_elements_absent_from_the_model_are_masked_out_of_log_q():
 def test_the_guide_of_an_unfitted_estimator_is_refused():
     with pytest.raises(ValueError, match="not fitted yet"):
         AutoCAVI(chain).variational_guide()
+
+
+def test_a_padded_block_leaves_its_absent_group_out_of_log_q():
+    # Normal-Gamma groups, the fourth padding (poutine.mask): q is each real group's exact
+    # posterior, so every draw scores the sum of their closed-form evidences. Unmasked, the
+    # padding's placeholder q(μ, τ) counted in log q: 2.7 nats above the evidence on average.
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(3, 5, generator=g, dtype=F64) * t([[0.5], [1.0], [2.0]]) + t(
+        [[1.0], [-2.0], [4.0]]
+    )
+    padded = torch.cat([y, torch.zeros(1, 5, dtype=F64)])
+    present = torch.tensor([True, True, True, False])
+
+    def model(y):
+        with pyro.plate("groups", 4, dim=-2), pyro.poutine.mask(mask=present[:, None]):
+            tau = pyro.sample("tau", dist.Gamma(y.new_tensor(2.0), 1.0))
+            mu = pyro.sample("mu", dist.Normal(y.new_tensor(0.0), (2 * tau).rsqrt()))
+            with pyro.plate("data", 5, dim=-1):
+                pyro.sample("y", dist.Normal(mu, tau.rsqrt()), obs=y)
+
+    fit = AutoCAVI(model, blocks=[("mu", "tau")], tol=1e-12).fit(padded)
+    evidence = sum(_normal_gamma_evidence(y[group]) for group in range(3))
+    assert fit.lower_bound_ == pytest.approx(evidence, abs=1e-9)
+    weights = _log_weights(model, fit.variational_guide(), padded, draws=20)
+    assert float((weights - evidence).abs().max()) < 1e-9
