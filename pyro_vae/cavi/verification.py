@@ -29,8 +29,7 @@ from dataclasses import dataclass, replace
 import pyro.distributions as dist
 import torch
 
-from pyro_vae.cavi.conjugate_forms import _dist_name, _sum_to
-from pyro_vae.cavi.expectations import contract
+from pyro_vae.cavi.conjugate_forms import _dist_name, _sum_to, batch_view
 from pyro_vae.cavi.exponential_families import (
     BernoulliFamily,
     BetaFamily,
@@ -156,7 +155,7 @@ def worst_misfit(factors, latents: dict, frames: dict, values: dict, log_probs: 
     worst = None
     for factor in factors:
         solved = factor if factor.local is None else replace(factor, coefficients=factor.local)
-        predicted = _predicted(solved, statistics, latents, count)  # [S, *batch]
+        predicted = _predicted(solved, statistics, count)  # [S, *batch]
         actual = log_probs[factor.name].to(_F64)
         size = _sum_to(actual.abs(), predicted.shape).reshape(count, -1).sum(-1)
         error = (predicted - _sum_to(actual, predicted.shape)).abs().reshape(count, -1).sum(-1)
@@ -171,19 +170,21 @@ def worst_misfit(factors, latents: dict, frames: dict, values: dict, log_probs: 
     return worst
 
 
-def _predicted(factor, statistics: dict, latents: dict, count: int) -> torch.Tensor:
+def _predicted(factor, statistics: dict, count: int) -> torch.Tensor:
     """log f by ``factor``'s form at each of the ``count`` points, [S, *batch] (a mixture's
-    K-axis summed): C contracted with each point's statistics (a point mass's E[T]). The
-    points run as one more leading batch dim of the factor, each member's statistics
-    padded to the factor's batch rank; a mixture's components, which run along its K-axis,
-    are contracted one point at a time."""
-    if factor.selector is not None:
-        at = [{n: stats[p] for n, stats in statistics.items()} for p in range(count)]
-        return torch.stack([contract(factor, point) for point in at])
-    stacked = replace(factor, coefficients=factor.coefficients.unsqueeze(0), rank=factor.rank + 1)
-    padded = {}
-    for name in factor.latents:
-        stats, batch = statistics[name], latents[name].batch_shape
-        pad = (1,) * (factor.rank - len(batch))
-        padded[name] = stats.reshape((count,) + pad + stats.shape[1:])
-    return contract(stacked, padded)
+    K-axis summed): C contracted with each point's statistics (a point mass's E[T]), as
+    :func:`~pyro_vae.cavi.expectations.contract` contracts, the points one more leading
+    dim of every operand."""
+    c = factor.coefficients.unsqueeze(0)  # [1, *batch, B₁, …]
+    remaining = list(factor.latents)
+    for name in reversed(factor.latents):
+        stats = statistics[name]  # [S, *its batch, B]
+        view = (count,) + batch_view(factor, name, stats.shape[1:-1])
+        view += tuple(stats.shape[-1] if m == name else 1 for m in remaining)
+        c = (c * stats.reshape(view)).sum(1 + factor.rank + remaining.index(name))
+        remaining.remove(name)
+    if factor.selector is not None:  # its one-hot [S, *batch_z, K] against the K-axis
+        chosen = statistics[factor.selector]
+        view = (count,) + (1,) * (factor.rank - chosen.dim() + 1) + tuple(chosen.shape[1:])
+        c = (c * chosen.reshape(view)).sum(factor.rank)
+    return c

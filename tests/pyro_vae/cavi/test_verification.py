@@ -94,3 +94,33 @@ def test_a_clamped_likelihood_misses_beyond_its_kink_by_its_misfit():
         fit._factors, fit._latents, {}, values, log_probs, trace, float(error.max()) / 50
     )
     assert excused is None
+
+
+def test_the_points_are_contracted_together_as_one_at_a_time():
+    from pyro.ops.indexing import Vindex
+
+    from pyro_vae.cavi.expectations import contract
+    from pyro_vae.cavi.verification import _predicted
+
+    def mixture(y):  # a mixture factor (selector z, components μ) and plain ones
+        w = pyro.sample("w", dist.Dirichlet(torch.ones(2, dtype=F64)))
+        with pyro.plate("components", 2):
+            mu = pyro.sample("mu", dist.Normal(y.new_tensor(0.0), 5.0))
+        with pyro.plate("data", len(y)):
+            z = pyro.sample("z", dist.Categorical(w))
+            pyro.sample("y", dist.Normal(Vindex(mu)[..., z], 1.0), obs=y)
+
+    fit = AutoCAVI(mixture).fit(t([-2.1, -1.7, 2.2, 1.9, 2.4]))
+    values = points_at_q(fit._latents, fit._q, 5, torch.Generator().manual_seed(0))
+    statistics = {
+        name: latent.family.statistics(*(values[s] for s in latent.sites))
+        for name, latent in fit._latents.items()
+    }
+    assert any(f.selector is not None for f in fit._factors)
+    for factor in fit._factors:
+        one_by_one = torch.stack(
+            [contract(factor, {n: s[p] for n, s in statistics.items()}) for p in range(5)]
+        )
+        together = _predicted(factor, statistics, 5)
+        assert together.shape == one_by_one.shape
+        assert torch.allclose(together, one_by_one, rtol=1e-12, atol=1e-12)
