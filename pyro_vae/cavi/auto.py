@@ -580,8 +580,7 @@ class AutoCAVI:
             ValueError: not fitted yet."""
         if not hasattr(self, "_q"):
             raise ValueError("AutoCAVI: not fitted yet; call fit(*args) first")
-        chains = {chain: pair for chain, pair in self.fitted_chains_.items()}
-        return fitted_guide(self._latents, self._q, chains, self._absent)
+        return fitted_guide(self._latents, self._q, self.fitted_chains_, self._absent)
 
 
 def _without_absent(entropy: torch.Tensor, absent: torch.Tensor | None) -> torch.Tensor:
