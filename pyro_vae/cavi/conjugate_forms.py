@@ -142,17 +142,47 @@ def to_natural(factor: Factor, latents: dict, frames: dict) -> Factor:
     return replace(factor, coefficients=c)
 
 
+_FLOAT64_ADVICE = (
+    "AutoCAVI needs float64 throughout (call model.double() on a PyroModule, or build its "
+    "constants in float64: y.new_tensor(...) from float data, torch.tensor(..., "
+    "dtype=torch.float64) beside integer data such as counts)"
+)
+
+
 def check_float64(trace) -> None:
-    """Refuse a model that scores in lower precision: the probes' solve needs float64."""
+    """Refuse a model that scores in lower precision, or builds a distribution from lower
+    precision parameters that float64 data then promote (``Normal(2.0 * s, 0.7)`` with an
+    integer ``s`` is float32, its 0.7 too, off by 1e-7 nats): the probes' solve needs
+    float64.
+
+    Raises:
+        ValueError: naming the site, and the parameter where one is the cause."""
     trace.compute_log_prob(site_filter=lambda name, site: is_factor(site))
     for name, site in trace.nodes.items():
-        if is_factor(site) and site["log_prob"].dtype != torch.float64:
+        if not is_factor(site):
+            continue
+        if site["log_prob"].dtype != torch.float64:
             raise ValueError(
-                f"model: site {name!r} scores in {site['log_prob'].dtype}; AutoCAVI needs "
-                "float64 throughout (call model.double() on a PyroModule, or build its "
-                "constants in float64: y.new_tensor(...) from float data, torch.tensor(..., "
-                "dtype=torch.float64) beside integer data such as counts)"
+                f"model: site {name!r} scores in {site['log_prob'].dtype}; {_FLOAT64_ADVICE}"
             )
+        for parameter, dtype in _low_precision_parameters(site["fn"]):
+            raise ValueError(
+                f"model: site {name!r} has its parameter {parameter!r} in {dtype} (its "
+                f"log-density is float64 only because the data promote it); {_FLOAT64_ADVICE}"
+            )
+
+
+def _low_precision_parameters(fn):
+    """(name, dtype) of each floating parameter of ``fn`` (through its wrappers) held in a
+    dtype other than float64; only parameters already computed are read (a lazily derived
+    one, a MultivariateNormal's precision from its scale_tril, follows them)."""
+    while hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    for parameter in getattr(fn, "arg_constraints", {}):
+        value = fn.__dict__.get(parameter)
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            if value.dtype != torch.float64:
+                yield parameter, value.dtype
 
 
 def check_whole_data(trace) -> None:

@@ -48,7 +48,7 @@ def test_beta_and_categorical_points_are_drawn_from_q():
         pyro.sample("s", dist.Binomial(200, probs=p), obs=y.new_tensor(199.0))
         with pyro.plate("data", len(y)):
             z = pyro.sample("z", dist.Categorical(logits=torch.zeros(2, dtype=F64)))
-            pyro.sample("y", dist.Normal(5.0 * z, 1.0), obs=y)
+            pyro.sample("y", dist.Normal(5.0 * z.to(F64), 1.0), obs=y)
 
     fit = AutoCAVI(model).fit(t([0.1, 5.2, 2.5]))
     points = points_at_q(fit._latents, fit._q, 400, torch.Generator().manual_seed(0))
