@@ -7,8 +7,9 @@ there, and q can then settle beyond the kink, where the model's log-density is n
 solved form at all: a Normal likelihood clamped at 3 with data near 4 gave q(μ) = N(4.08,
 0.14) and a bound 25.6 nats above the clamped model's log evidence, with no warning.
 
-So after the sweeps each factor is checked again at :data:`POINTS` points drawn from q
-itself (a block's precision and then its mean given it). At each point the solved form
+So after the sweeps each factor is checked again at :data:`POINTS` points, half drawn
+from q itself (a block's precision and then its mean given it) and half from q widened
+:data:`WIDEN` times about its mean, to reach its tails. At each point the solved form
 gives log f as C contracted with that point's statistics (a point mass's expectation),
 compared with the model's log-density there, in the coordinates the factors were solved
 in (q's local ones after a re-probe). A factor misses when the difference, summed over its
@@ -36,21 +37,26 @@ from pyro_vae.cavi.exponential_families import (
     CategoricalFamily,
     DirichletFamily,
     GammaFamily,
+    NormalFamily,
     NormalGamma,
     NormalWishart,
+    WishartFamily,
+    _normal_root,
 )
 from pyro_vae.cavi.probe_frames import to_local
 from pyro_vae.cavi.seeding import cpu_rng
 
 _F64 = torch.float64
-#: Points drawn from q at which every factor is checked after the sweeps: a kink with a
-#: share p of q's mass past it goes unseen with probability (1 − p)^16 (0.33 for p = 6.7%,
-#: 1.5 posterior sds past q's mean; 0.003 for p = 31%, half a posterior sd past it).
+#: Points at which every factor is checked after the sweeps, half from q and half from q
+#: widened: a kink 1.5 posterior sds past a Normal q's mean (6.7% of q's mass past it, 31%
+#: of the widened q's) goes unseen with probability 0.933^8 · 0.69^8, 3%; 2 sds past, 10%.
 POINTS = 16
 #: Misfit allowed, relative to 1 + the factor's summed |log f| at a point ...
 RTOL = 1e-9
 #: ... and in units of the estimated float64 rounding of the bound (nats).
 ROUNDING_MARGIN = 100.0
+#: Half the points come from q widened this many times about its mean, to reach its tails.
+WIDEN = 3.0
 #: Gamma, Beta and Dirichlet draws are kept this far inside their support (see _draw).
 _TINY = 1e-300
 
@@ -82,15 +88,60 @@ def points_at_q(latents: dict, q: dict, count: int, generator) -> dict[str, torc
     then its mean given that draw), seeded by ``generator``. A unit without a q (none here
     after a sweep) is drawn at its family's fixed probe place."""
     values = {}
-    shape = torch.Size([count])
+    near, wide = torch.Size([count - count // 2]), torch.Size([count // 2])
     for name, latent in latents.items():
         family, q_unit = latent.family, q.get(name)
         if q_unit is None:
-            value = family.probe(shape + latent.batch_shape, generator)
+            value = family.probe(near + wide + latent.batch_shape, generator)
         else:
-            value = _draw(family, q_unit, shape, generator)
+            drawn = _draw(family, q_unit, near, generator)
+            widened = _draw(family, _widened(family, q_unit), wide, generator)
+            if isinstance(drawn, tuple):
+                value = tuple(torch.cat(pair) for pair in zip(drawn, widened, strict=True))
+            else:
+                value = torch.cat([drawn, widened])
         values.update(zip(latent.sites, value if len(latent.sites) > 1 else (value,), strict=True))
     return values
+
+
+def _widened(family, q):
+    """q with its spread :data:`WIDEN` times larger about (nearly) the same mean, of the same
+    family: a Normal's scale times WIDEN; a Gamma's, Beta's or Dirichlet's concentrations,
+    and a Normal-Gamma block's shape, rate and relative precision, over WIDEN²; a Wishart's
+    degrees of freedom above D + 1 over WIDEN². A Normal-Wishart block's q, and a discrete
+    one, are left as they are (its mean's Normal given a near-singular Λ draw would fail)."""
+    shrink = WIDEN**-2
+    if isinstance(q, NormalGamma):
+        a, b = q.concentration * shrink, q.rate * shrink
+        return NormalGamma(q.loc, q.precision * shrink, a, b, q.scalar)
+    if isinstance(family, GammaFamily):
+        return dist.Gamma(q.concentration * shrink, q.rate * shrink)
+    if isinstance(family, BetaFamily):
+        return dist.Beta(q.concentration1 * shrink, q.concentration0 * shrink)
+    if isinstance(family, DirichletFamily):
+        return dist.Dirichlet(q.concentration * shrink)
+    if isinstance(family, WishartFamily) and not isinstance(q, NormalWishart):
+        # ν − D − 1 over WIDEN², its mean kept: ν stays above D + 1, its draws well away
+        # from singular (fewer degrees of freedom would make a model's Cholesky fail)
+        d = q.event_shape[-1]
+        df = (d + 1) + (q.df - (d + 1)).clamp_min(0) * shrink
+        covariance = q.covariance_matrix * (q.df / df)[..., None, None]
+        return dist.Wishart(df, covariance_matrix=covariance)
+    if isinstance(family, NormalFamily):
+        mean, root = _normal_root(q, family.event_dim)
+        wide = dist.MultivariateNormal(mean, scale_tril=WIDEN * root)
+        return wide if family.event_dim else _Scalar(wide)
+    return q
+
+
+class _Scalar:
+    """A one-dimensional MultivariateNormal drawn as the scalar Normal it is."""
+
+    def __init__(self, mvn) -> None:
+        self.mvn = mvn
+
+    def sample(self, shape: torch.Size) -> torch.Tensor:
+        return self.mvn.sample(shape)[..., 0]
 
 
 def _draw(family, q, shape: torch.Size, generator):

@@ -984,7 +984,7 @@ def test_a_kink_once_found_at_q_stays_found_after_probing_again(monkeypatch):
         with pyro.plate("data", len(y)):
             pyro.sample("y", dist.Normal(torch.where(mu > kink, mu + 50.0, mu), 1.0), obs=y)
 
-    detected = 0
+    refused = 0
     for seed in range(10):
         found.clear()
         try:
@@ -992,8 +992,10 @@ def test_a_kink_once_found_at_q_stays_found_after_probing_again(monkeypatch):
             assert not any(found), f"seed {seed}: found at q, then fitted"
         except NotConjugateError as error:
             assert "factor 'y'" in str(error)
-        detected += any(found)
-    assert detected > 0  # the case exercises a detection
+            refused += 1
+    # half the 16 points from q widened 3 times reach past c: each fit misses the kink
+    # with probability about 3% (10 of 40 seeds fitted with all 16 from q, 40 of 40 first)
+    assert refused >= 9
 
 
 def test_a_kink_in_a_likelihood_of_1e9_nats_is_refused():
