@@ -312,32 +312,27 @@ class AutoCAVI:
             runner = probe_runner(
                 self.model, args, kwargs, self._latents, trace, generator, self.probe_batched_
             )
-            runner.batched = self.probe_batched_  # known: no reference point to run again
             log_probs = runner.log_probs(values, VERIFY_POINTS)
         self.probe_model_runs_ += runner.model_runs
         rounding = numerical_error(
             self._factors, self._latents, self._q, stats, self._frames_used, unframed=True
         )[0]
-        worst = None
-        for i, (points, densities) in enumerate([(values, log_probs), *self._witnesses]):
-            found = worst_misfit(
-                self._factors, self._latents, self._frames_used, points, densities, trace,
-                rounding,
-            )  # fmt: skip
-            if found is not None and i == 0:
-                self._witnesses.append((values, log_probs))
-            if found is not None and (worst is None or found.misfit > worst.misfit):
-                worst = found
+        found = [
+            worst_misfit(self._factors, self._latents, self._frames_used, points, densities,
+                         trace, rounding)
+            for points, densities in [(values, log_probs), *self._witnesses]
+        ]  # fmt: skip
+        if found[0] is not None:
+            self._witnesses.append((values, log_probs))
         self.probe_seconds_ += time.perf_counter() - start
-        return worst
+        missed = [misfit for misfit in found if misfit is not None]
+        return max(missed, key=lambda misfit: misfit.misfit, default=None)
 
     def _movable(self, misfit: Misfit) -> bool:
         """Whether probing again around q can move the points of the factor that missed:
         some latent of it takes a frame (a Beta's, a Dirichlet's and a discrete latent's
         points stay where they were, so a second look there would find the same)."""
-        return any(
-            has_frames(self._latents[n].family) for n in misfit.latents if n in self._latents
-        )
+        return any(has_frames(self._latents[n].family) for n in misfit.latents)
 
     def _use(self, factors, frames: dict) -> None:
         """Take ``factors`` (solved in ``frames``) as the model's, with each latent's Markov

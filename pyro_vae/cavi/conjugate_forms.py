@@ -644,10 +644,13 @@ def _balanced(members) -> bool:
     )  # fmt: skip
 
 
-def probe_runner(model, args, kwargs, latents, trace, generator, batched=True) -> ProbeRunner:
+def probe_runner(model, args, kwargs, latents, trace, generator, batched: bool) -> ProbeRunner:
     """A :class:`ProbeRunner` at points the caller draws, whose reference is ``trace`` (a
-    plain run at probe values); ``batched``: whether to try one batched model run."""
-    return _runner(model, args, kwargs, latents, trace, generator, batched, None)
+    plain run at probe values); ``batched``: whether the probe runs found that the model
+    broadcasts over the probe dim (so the first batched run is not checked again)."""
+    runner = _runner(model, args, kwargs, latents, trace, generator, batched, None)
+    runner.batched = batched
+    return runner
 
 
 def _runner(model, args, kwargs, latents, trace, generator, batched, frames) -> ProbeRunner:

@@ -413,6 +413,14 @@ class NormalWishart:
             - 0.5 * self.expected_logdet
         )
 
+    def precision_distribution(self) -> dist.Wishart:
+        """q(Λ) = Wishart(ν, W)."""
+        return dist.Wishart(self.df, covariance_matrix=self.scale)
+
+    def mean_given(self, lam: torch.Tensor) -> dist.MultivariateNormal:
+        """q(μ | Λ) = N(m, (βΛ)⁻¹) for a draw ``lam`` [*draws, *batch, D, D]."""
+        return dist.MultivariateNormal(self.loc, precision_matrix=self.beta[..., None, None] * lam)
+
     def marginals(self) -> tuple[torch.distributions.Distribution, ...]:
         """q(μ), a multivariate Student-t with ν − D + 1 degrees of freedom, and q(Λ)."""
         d = self.loc.shape[-1]
@@ -506,6 +514,18 @@ class NormalGamma:
             - 0.5 * torch.linalg.slogdet(self.precision)[1]
             - d / 2 * (torch.digamma(a) - b.log())
         )
+
+    def precision_distribution(self) -> dist.Gamma:
+        """q(τ) = Gamma(a, b)."""
+        return dist.Gamma(self.concentration, self.rate)
+
+    def mean_given(self, tau: torch.Tensor):
+        """q(μ | τ) = N(m, (τP)⁻¹) for a draw ``tau`` [*draws, *batch] (a Normal for a
+        scalar mean site)."""
+        if self.scalar:
+            return dist.Normal(self.loc[..., 0], (tau * self.precision[..., 0, 0]).rsqrt())
+        precision = tau[..., None, None] * self.precision
+        return dist.MultivariateNormal(self.loc, precision_matrix=precision)
 
     def marginals(self) -> tuple[torch.distributions.Distribution, ...]:
         """q(μ), a Student-t with 2a degrees of freedom, location m and scale matrix

@@ -76,21 +76,8 @@ def _sample_block(sites: tuple[str, str], q, mask) -> None:
     """τ (or Λ) from its marginal, then μ from its Normal given that draw; ``mask``: the
     block's elements absent from the model, out of log q at both sites."""
     mean_site, precision_site = sites
-    if isinstance(q, NormalGamma):
-        tau = pyro.sample(precision_site, _masked(dist.Gamma(q.concentration, q.rate), mask))
-        if q.scalar:
-            scale = (tau * q.precision[..., 0, 0]).rsqrt()
-            pyro.sample(mean_site, _masked(dist.Normal(q.loc[..., 0], scale), mask))
-            return
-        precision = tau[..., None, None] * q.precision
-        mean = dist.MultivariateNormal(q.loc, precision_matrix=precision)
-        pyro.sample(mean_site, _masked(mean, mask))
-        return
-    wishart = dist.Wishart(q.df, covariance_matrix=q.scale)
-    lam = pyro.sample(precision_site, _masked(wishart, mask))
-    precision = q.beta[..., None, None] * lam
-    mean = dist.MultivariateNormal(q.loc, precision_matrix=precision)
-    pyro.sample(mean_site, _masked(mean, mask))
+    precision = pyro.sample(precision_site, _masked(q.precision_distribution(), mask))
+    pyro.sample(mean_site, _masked(q.mean_given(precision), mask))
 
 
 def sample_chain(chain: tuple[str, ...], marginals: torch.Tensor, pairwise: torch.Tensor):

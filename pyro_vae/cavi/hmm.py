@@ -303,9 +303,9 @@ class StructuredMeanField(_FactorialMeanField):
     def _ascend(self, y, mu) -> tuple[torch.Tensor, list[float], bool, torch.Tensor]:
         model = self.model
         m, k, _ = model.sizes
-        log_zs = torch.zeros(m, dtype=torch.float64)
-        log_hs = torch.zeros(m, y.shape[0], k, dtype=torch.float64)
-        pairwise = torch.zeros(m, y.shape[0] - 1, k, k, dtype=torch.float64)
+        log_zs = y.new_zeros(m)  # float64, on y's device
+        log_hs = y.new_zeros(m, y.shape[0], k)
+        pairwise = y.new_zeros(m, y.shape[0] - 1, k, k)
         bounds, converged = [], False
         for _ in range(self.max_iter):
             for c in range(m):

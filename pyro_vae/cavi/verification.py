@@ -84,9 +84,10 @@ class Misfit:
 
 
 def points_at_q(latents: dict, q: dict, count: int, generator) -> dict[str, torch.Tensor]:
-    """``count`` points {site: [count, *batch, *event]} drawn from q (a block's precision,
-    then its mean given that draw), seeded by ``generator``. A unit without a q (none here
-    after a sweep) is drawn at its family's fixed probe place."""
+    """``count`` points {site: [count, *batch, *event]}, the first half drawn from q (a
+    block's precision, then its mean given that draw), the second from q widened
+    (:func:`_widened`), seeded by ``generator``. A unit without a q (none here after a
+    sweep) is drawn at its family's fixed probe place."""
     values = {}
     near, wide = torch.Size([count - count // 2]), torch.Size([count // 2])
     for name, latent in latents.items():
@@ -120,7 +121,7 @@ def _widened(family, q):
         return dist.Beta(q.concentration1 * shrink, q.concentration0 * shrink)
     if isinstance(family, DirichletFamily):
         return dist.Dirichlet(q.concentration * shrink)
-    if isinstance(family, WishartFamily) and not isinstance(q, NormalWishart):
+    if isinstance(family, WishartFamily):
         # ν − D − 1 over WIDEN², its mean kept: ν stays above D + 1, its draws well away
         # from singular (fewer degrees of freedom would make a model's Cholesky fail)
         d = q.event_shape[-1]
@@ -129,19 +130,10 @@ def _widened(family, q):
         return dist.Wishart(df, covariance_matrix=covariance)
     if isinstance(family, NormalFamily):
         mean, root = _normal_root(q, family.event_dim)
-        wide = dist.MultivariateNormal(mean, scale_tril=WIDEN * root)
-        return wide if family.event_dim else _Scalar(wide)
+        if not family.event_dim:  # a scalar site: root is its sd, [*batch, 1, 1]
+            return dist.Normal(mean[..., 0], WIDEN * root[..., 0, 0])
+        return dist.MultivariateNormal(mean, scale_tril=WIDEN * root)
     return q
-
-
-class _Scalar:
-    """A one-dimensional MultivariateNormal drawn as the scalar Normal it is."""
-
-    def __init__(self, mvn) -> None:
-        self.mvn = mvn
-
-    def sample(self, shape: torch.Size) -> torch.Tensor:
-        return self.mvn.sample(shape)[..., 0]
 
 
 def _draw(family, q, shape: torch.Size, generator):
@@ -178,14 +170,10 @@ def _draw(family, q, shape: torch.Size, generator):
 def _block_draw(q, shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
     """(μ, τ or Λ) drawn from a block's q: the precision from its marginal, then μ from
     N(m, (τP)⁻¹) or N(m, (βΛ)⁻¹) given it."""
+    precision = q.precision_distribution().sample(shape)
     if isinstance(q, NormalGamma):
-        tau = dist.Gamma(q.concentration, q.rate).sample(shape).clamp_min(_TINY)
-        precision = tau[..., None, None] * q.precision
-        mu = dist.MultivariateNormal(q.loc, precision_matrix=precision).sample()
-        return (mu[..., 0] if q.scalar else mu), tau
-    lam = dist.Wishart(q.df, covariance_matrix=q.scale).sample(shape)
-    precision = q.beta[..., None, None] * lam
-    return dist.MultivariateNormal(q.loc, precision_matrix=precision).sample(), lam
+        precision = precision.clamp_min(_TINY)
+    return q.mean_given(precision).sample(), precision
 
 
 def worst_misfit(factors, latents: dict, frames: dict, values: dict, log_probs: dict,
