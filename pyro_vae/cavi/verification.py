@@ -193,6 +193,8 @@ def worst_misfit(factors, latents: dict, frames: dict, values: dict, log_probs: 
         statistics[name] = latent.family.statistics(*point)  # [S, *batch, B]
     worst = None
     for factor in factors:
+        if not factor.latents and factor.selector is None:
+            continue  # data alone (an observed site of constants, a pyro.factor): no point moves it
         solved = factor if factor.local is None else replace(factor, coefficients=factor.local)
         predicted = _predicted(solved, statistics, count)  # [S, *batch]
         actual = log_probs[factor.name].to(_F64)

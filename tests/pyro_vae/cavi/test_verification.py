@@ -130,3 +130,23 @@ def test_the_points_are_contracted_together_as_one_at_a_time():
         together = _predicted(factor, statistics, 5)
         assert together.shape == one_by_one.shape
         assert torch.allclose(together, one_by_one, rtol=1e-12, atol=1e-12)
+
+
+def test_a_factor_of_data_alone_is_left_out_of_the_check_and_kept_in_the_bound():
+    """An observed site no latent reaches (a conditioned parameter, a pyro.factor of data)
+    crashed the check (its batched log-density has no point dim). Its log-density is a
+    constant of the bound: the closed-form evidence of the normal mean plus both terms."""
+    c, extra = t(0.7), t(-1.25)
+
+    def model(y):
+        pyro.sample("c", dist.LogNormal(t(0.0), t(1.0)), obs=c)
+        pyro.factor("extra", extra)
+        normal_mean(y)
+
+    fit = AutoCAVI(model, tol=1e-12).fit(Y)
+    n = len(Y)  # y ~ N(0, I + 100·11ᵀ) marginally: μ ~ N(0, 10²) is exact in q
+    evidence = dist.MultivariateNormal(
+        torch.zeros(n, dtype=F64), torch.eye(n, dtype=F64) + 100.0
+    ).log_prob(Y)
+    constant = dist.LogNormal(t(0.0), t(1.0)).log_prob(c) + extra
+    assert abs(fit.lower_bound_ - float(evidence + constant)) < 1e-9 * abs(float(evidence))
