@@ -575,7 +575,12 @@ class AutoCAVI:
             ValueError: not fitted yet."""
         if not hasattr(self, "_q"):
             raise ValueError("AutoCAVI: not fitted yet; call fit(*args) first")
-        return fitted_guide(self._latents, self._q, self.fitted_chains_, self._absent)
+        plates = {
+            site: tuple(f for f in self._first.nodes[site]["cond_indep_stack"] if f.vectorized)
+            for latent in self._latents.values()
+            for site in latent.sites
+        }
+        return fitted_guide(self._latents, self._q, self.fitted_chains_, self._absent, plates)
 
 
 def _without_absent(entropy: torch.Tensor, absent: torch.Tensor | None) -> torch.Tensor:

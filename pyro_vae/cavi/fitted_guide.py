@@ -22,6 +22,7 @@ mean field; ``AutoCAVI``'s q is joint in two places, and has elements the bound 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import ExitStack, contextmanager
 
 import pyro
 import pyro.distributions as dist
@@ -31,7 +32,8 @@ from pyro.distributions.torch_distribution import TorchDistributionMixin
 from pyro_vae.cavi.exponential_families import NormalGamma, NormalWishart
 
 
-def fitted_guide(latents: dict, q: dict, chains: dict, absent: dict) -> Callable[..., None]:
+def fitted_guide(latents: dict, q: dict, chains: dict, absent: dict,
+                 plates: dict | None = None) -> Callable[..., None]:  # fmt: skip
     """The guide drawing every latent site from q (the model's arguments are ignored).
 
     Args:
@@ -39,23 +41,49 @@ def fitted_guide(latents: dict, q: dict, chains: dict, absent: dict) -> Callable
         q: {unit: fitted q} (a chain's sites: their marginals).
         chains: {chain of sites: (marginals [T, K], pairwise marginals [T−1, K, K])}.
         absent: {unit: bool mask [*batch] of the elements absent from the model, or None}.
+        plates: {site: the model's vectorized plate frames around it}; each site is drawn
+            inside the same plates (name, size, dim), so its batch dims are plate dims as
+            Pyro's shape checks in ``Trace_ELBO`` ask (drawn outside, a plated site failed
+            them with "invalid log_prob shape").
     """
     in_chain = {site: chain for chain in chains for site in chain}
+    plates = plates or {}
 
     def guide(*args, **kwargs) -> None:
+        made = {}  # each plate made once per run (a plate records a site under its name)
+
+        def within(site):
+            return _inside(plates.get(site, ()), made)
+
         for name, latent in latents.items():
             if name in in_chain:
                 if in_chain[name][0] == name:
-                    sample_chain(in_chain[name], *chains[in_chain[name]])
+                    with within(name):
+                        sample_chain(in_chain[name], *chains[in_chain[name]])
                 continue
             q_unit, mask = q[name], absent.get(name)
             if isinstance(q_unit, (NormalGamma, NormalWishart)):
-                _sample_block(latent.sites, q_unit, mask)
+                _sample_block(latent.sites, q_unit, mask, within)
                 continue
-            pyro.sample(name, _masked(_pyro(q_unit), mask))
+            with within(name):
+                pyro.sample(name, _masked(_pyro(q_unit), mask))
 
     guide.__name__ = f"AutoCAVI.variational_guide({', '.join(latents)})"
     return guide
+
+
+@contextmanager
+def _inside(frames, made: dict):
+    """Inside the plates ``frames`` (Pyro's CondIndepStackFrame: name, size, dim), taken
+    from ``made`` or made and kept there: a plate made twice in one run is two sites of
+    one name, which Pyro refuses ("Multiple sample sites named")."""
+    with ExitStack() as stack:
+        for frame in frames:
+            key = (frame.name, frame.size, frame.dim)
+            if key not in made:
+                made[key] = pyro.plate(frame.name, frame.size, dim=frame.dim)
+            stack.enter_context(made[key])
+        yield
 
 
 def _pyro(q) -> dist.TorchDistribution:
@@ -72,12 +100,15 @@ def _masked(fn, mask):
     return fn if mask is None else fn.mask(~mask)
 
 
-def _sample_block(sites: tuple[str, str], q, mask) -> None:
+def _sample_block(sites: tuple[str, str], q, mask, within) -> None:
     """τ (or Λ) from its marginal, then μ from its Normal given that draw; ``mask``: the
-    block's elements absent from the model, out of log q at both sites."""
+    block's elements absent from the model, out of log q at both sites; ``within(site)``:
+    the site's plates."""
     mean_site, precision_site = sites
-    precision = pyro.sample(precision_site, _masked(q.precision_distribution(), mask))
-    pyro.sample(mean_site, _masked(q.mean_given(precision), mask))
+    with within(precision_site):
+        precision = pyro.sample(precision_site, _masked(q.precision_distribution(), mask))
+    with within(mean_site):
+        pyro.sample(mean_site, _masked(q.mean_given(precision), mask))
 
 
 def sample_chain(chain: tuple[str, ...], marginals: torch.Tensor, pairwise: torch.Tensor):
