@@ -26,6 +26,8 @@ unverified where q is.
 
 from __future__ import annotations
 
+import numbers
+import re
 import time
 import warnings
 from dataclasses import replace
@@ -434,7 +436,19 @@ class AutoCAVI:
         provenance tracking, then probed (Pyro's validation off, see
         :mod:`pyro_vae.cavi.validation`)."""
         generator = torch.Generator().manual_seed(self.random_state)
-        first, read = first_run(self.model, args, kwargs, self.random_state)
+        try:
+            first, read = first_run(self.model, args, kwargs, self.random_state)
+        except (RuntimeError, TypeError) as error:
+            if not _DTYPE_CLASH.search(str(error)):
+                raise
+            raise ValueError(
+                f"model: it fails on the float64 arguments fit passes it "
+                f"({str(error).splitlines()[0]}); AutoCAVI "
+                "runs in float64, so build the model's parameters and priors in float64: "
+                "model.double() converts a module's parameters, not the tensors a PyroSample "
+                "prior was built from (build those from float64 tensors, or after "
+                "torch.set_default_dtype(torch.float64))"
+            ) from error
         check_float64(first)
         check_whole_data(first)
         check_observations(first)
@@ -465,6 +479,9 @@ class AutoCAVI:
         tol = non_negative("tol", self.tol)
         max_iter = positive_int("max_iter", self.max_iter)
         n_init = positive_int("n_init", self.n_init)
+        seed = self.random_state
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+            raise ValueError(f"random_state: {seed!r} is not a non-negative integer seed")
         if not isinstance(self.init, (dict, type(None))):
             raise ValueError(f"init: {self.init!r} is not a dict of site name -> initial q")
         if not isinstance(self.markov_chains, bool):
@@ -587,6 +604,10 @@ def _without_absent(entropy: torch.Tensor, absent: torch.Tensor | None) -> torch
     """The entropies of the elements present in the model: an absent one (masked off, and
     mentioned by no factor) is left out of the bound (padding leaves it unchanged)."""
     return entropy if absent is None else torch.where(absent, 0.0, entropy)
+
+
+#: torch's messages for arithmetic between float64 and float32 tensors
+_DTYPE_CLASH = re.compile(r"dtype|scalar type|Double|Float")
 
 
 def _warn_imprecise(error: float, bound: float, rounds: int) -> None:

@@ -27,12 +27,21 @@ from pyro_vae.cavi.seeding import cpu_rng
 
 
 def check_observations(trace) -> None:
-    """Raise ValueError unless every observed site's value is in its distribution's
-    support (``site["fn"].support``), read on the first run's trace."""
+    """Raise ValueError unless every observed site's value is finite and in its
+    distribution's support (``site["fn"].support``), read on the first run's trace. An
+    infinite value is inside a real support, and its −inf log-density at every probe point
+    read as a factor leaving its domain (a NotConjugateError blaming the model)."""
     for name, site in trace.nodes.items():
         if not (is_factor(site) and site["is_observed"]):
             continue
-        fn = site["fn"]
+        fn, value = site["fn"], site["value"]
+        if torch.is_tensor(value) and value.is_floating_point():
+            infinite = int(value.isinf().sum())
+            if infinite:
+                raise ValueError(
+                    f"observed site {name!r}: {infinite} of {value.numel()} values are "
+                    "infinite; expected finite data"
+                )
         try:
             inside = fn.support.check(site["value"])
         except NotImplementedError:  # a support with no check (pyro.factor's Unit has one)
@@ -49,7 +58,8 @@ def validated_on_failure(model, args, kwargs, seed: int):
     """Run the block with Pyro's validation off. If it raises, run ``model`` once more,
     validated, as the seeded first run did (torch seeded by ``seed``, the global RNG
     restored after); if that raises (Pyro names the site and the constraint it broke),
-    raise that error from the block's, else re-raise the block's."""
+    raise that error from the block's (a ValueError: Pyro's validation), else re-raise the
+    block's."""
     try:
         with pyro.validation_enabled(False):
             yield
@@ -60,4 +70,6 @@ def validated_on_failure(model, args, kwargs, seed: int):
                 trace.compute_log_prob(site_filter=lambda name, site: is_factor(site))
             except ValueError as invalid:
                 raise invalid from error
-        raise
+            except Exception:  # it fails validated as plainly: the block's error says more
+                pass
+        raise error

@@ -257,6 +257,30 @@ def test_unsupported_family_and_cross_plate_factor_are_refused():
         AutoCAVI(summed).fit(t(0.5))
 
 
+def test_a_float32_model_on_float64_arguments_is_refused_with_the_way_out():
+    """Pyro's regression tutorial as written (nn.Linear, PyroSample priors built from float32
+    tensors) failed inside nn.Linear with torch's dtype error once fit cast the data to
+    float64; model.double() converts the module's parameters, not the priors' tensors."""
+    from pyro.nn import PyroModule, PyroSample
+    from torch import nn
+
+    class Regression(PyroModule):
+        def __init__(self):
+            super().__init__()
+            self.linear = PyroModule[nn.Linear](3, 1)
+            self.linear.weight = PyroSample(dist.Normal(0.0, 1.0).expand([1, 3]).to_event(2))
+            self.linear.bias = PyroSample(dist.Normal(0.0, 10.0).expand([1]).to_event(1))
+
+        def forward(self, x, y):
+            mean = self.linear(x).squeeze(-1)
+            with pyro.plate("data", x.shape[0]):
+                pyro.sample("obs", dist.Normal(mean, 0.5), obs=y)
+
+    x, y = torch.randn(10, 3, generator=torch.Generator().manual_seed(0)), torch.zeros(10)
+    with pytest.raises(ValueError, match=r"model: it fails on the float64 .*PyroSample prior"):
+        AutoCAVI(Regression()).fit(x, y)
+
+
 def test_bad_settings_are_refused_naming_the_argument():
     y = t([1.0, 2.0])
     with pytest.raises(ValueError, match="tol: -1"):
@@ -275,6 +299,9 @@ def test_bad_settings_are_refused_naming_the_argument():
         AutoCAVI(gamma_poisson, blocks=None).fit(y)
     with pytest.raises(ValueError, match="markov_chains: 'False' is not True or False"):
         AutoCAVI(gamma_poisson, markov_chains="False").fit(y)
+    for seed in ("a", None, -1, True):
+        with pytest.raises(ValueError, match=rf"random_state: {seed!r} is not a non-negative"):
+            AutoCAVI(gamma_poisson, random_state=seed).fit(y)
 
     def gamma_block(y):
         tau = pyro.sample("tau", dist.Gamma(t(1.0), t(1.0)))

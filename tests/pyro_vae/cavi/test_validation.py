@@ -60,3 +60,21 @@ def test_a_failure_with_a_valid_model_is_re_raised_as_it_was_and_validation_rest
     q = fit.variational_distributions()["p"]
     assert (float(q.concentration1), float(q.concentration0)) == pytest.approx((3.0, 2.0))
     assert torch.distributions.Distribution._validate_args == default
+
+
+def test_an_infinite_observation_is_refused_as_data_not_blamed_on_the_model():
+    """inf is inside a real support, and its −inf log-density at every probe point read as
+    a factor leaving its domain: a NotConjugateError naming the model."""
+    with pyro.validation_enabled(False):
+        bad = poutine.trace(scale_is_a_normal_latent).get_trace(t([0.1, float("inf"), -0.3]))
+    with pytest.raises(ValueError, match=r"observed site 'y': 1 of 3 values are infinite"):
+        check_observations(bad)
+
+    def normal_mean(y):
+        mu = pyro.sample("mu", dist.Normal(t(0.0), t(1.0)))
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+    with pytest.raises(ValueError, match=r"observed site 'y': 2 of 3 values are infinite") as info:
+        AutoCAVI(normal_mean).fit(t([float("-inf"), 0.2, float("inf")]))
+    assert not isinstance(info.value, NotConjugateError)
