@@ -25,7 +25,7 @@ from pyro_vae.checks import check_count
 from pyro_vae.diagnostics.arviz_compat import az
 from pyro_vae.diagnostics.draws import as_guide, draw, log_density_per_draw, to_given_device
 from pyro_vae.evaluate import check_finite
-from pyro_vae.plates import batch_rows, find_data_plate
+from pyro_vae.plates import DataPlateError, batch_rows, find_data_plate
 from pyro_vae.traces import PARTICLES, full_rank, sample_sites, stack_values
 
 FORMAT = "pyro_vae.diagnostics/1"
@@ -110,7 +110,9 @@ def to_inference_data(
     outer plate, as ``pyro.infer.Predictive(parallel=True)`` requires. Groups:
     ``posterior`` (latent sites), ``posterior_predictive`` and ``log_likelihood``
     (pointwise log p(x | z_s), unscaled) of each observed site, ``observed_data``, and
-    ``sample_stats`` with ``lp`` = log p(x, z_s) and ``log_q`` = log q(z_s | x).
+    ``sample_stats`` with ``lp`` = log p(x, z_s) and ``log_q`` = log q(z_s | x). The
+    attribute ``data_plate`` names the plate over the data's rows, or is empty where no
+    plate or several (two plates of one size) match them.
     ``device`` (``None``: where the tensors in ``args`` are): the tensors in ``args`` and
     ``kwargs`` are put there, where the pair's modules must be; the arrays are copied to
     the CPU (NumPy) at the end. A model keyword argument named ``device`` is therefore
@@ -126,7 +128,10 @@ def to_inference_data(
     args, kwargs = to_given_device(args, kwargs, device)
     guide = as_guide(guide)
     guide_tr, model_tr, rank, _ = draw(model, guide, args, kwargs, num_samples)
-    plate = find_data_plate(model_tr, batch_rows(args, kwargs)) or ""
+    try:
+        plate = find_data_plate(model_tr, batch_rows(args, kwargs)) or ""
+    except DataPlateError:  # several plates run over the data's rows (N = G): unnamed
+        plate = ""
     attrs = {"pyro_vae_format": FORMAT, "num_samples": num_samples, "data_plate": plate}
     groups = _groups(model_tr, rank, num_samples)
     stats = {

@@ -227,3 +227,25 @@ def test_a_model_that_cannot_broadcast_is_drawn_in_a_loop():
     # the exact guide makes every importance ratio p(x_obs): k̂ = −inf (constant ratios)
     lp, log_q = idata.sample_stats["lp"].values, idata.sample_stats["log_q"].values
     assert np.ptp(lp - log_q) < 1e-4
+
+
+def test_data_with_two_plates_of_one_size_leave_the_data_plate_unnamed():
+    """N = G: the rows match both plates. The plate is metadata only, and the refusal it
+    raised advised a data_plate option to_inference_data does not take. Here q is each
+    group mean's exact posterior (AutoCAVI), so every draw's lp − log_q is the evidence,
+    Σ_g log N(y_g; 0.5·1, 0.8²I + 2²11ᵀ)."""
+    y = torch.randn(3, 3, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
+
+    def groups(y):
+        with pyro.plate("g", 3, dim=-1):
+            mu = pyro.sample("mu", dist.Normal(y.new_tensor(0.5), 2.0))
+            with pyro.plate("n", 3, dim=-2):
+                pyro.sample("y", dist.Normal(mu, 0.8), obs=y)
+
+    idata = to_inference_data(groups, AutoCAVI(groups, tol=1e-12).fit(y), y, num_samples=20)
+    assert idata.attrs["data_plate"] == ""
+    cov = 0.64 * torch.eye(3, dtype=torch.float64) + 4.0
+    evidence = dist.MultivariateNormal(torch.full((3,), 0.5, dtype=torch.float64), cov)
+    exact = float(evidence.log_prob(y.T).sum())
+    ratios = idata.sample_stats["lp"].values - idata.sample_stats["log_q"].values
+    assert np.abs(ratios - exact).max() < 1e-9
