@@ -82,9 +82,14 @@ def _groups(model_tr, rank: int, num_samples: int) -> dict[str, dict]:
     groups: dict[str, dict] = {k: {} for k in ("posterior", "predictive", "loglik", "observed")}
     for name, site in sample_sites(model_tr).items():
         fn = site["fn"]
-        if not site["is_observed"]:
+        # a pyro.deterministic site is a function of the latents: posterior, as ArviZ's
+        # from_pyro has it (taken as observed, it was data with a log-likelihood of 0)
+        deterministic = site["infer"].get("_deterministic", False)
+        if not site["is_observed"] or deterministic:
+            # a deterministic site's Delta takes every dim as an event dim, the draws' too
+            event_dim = max(site["value"].dim() - rank, 0) if deterministic else fn.event_dim
             groups["posterior"][name] = _named(
-                name, site, site["value"], fn.event_dim, rank, num_samples
+                name, site, site["value"], event_dim, rank, num_samples
             )
             continue
         groups["observed"][name] = _named(name, site, site["value"], fn.event_dim, rank, None)
@@ -108,8 +113,9 @@ def to_inference_data(
     autoguide, an amortized guide, or a fitted :mod:`pyro_vae.cavi` estimator, whose
     ``variational_distributions()`` become the guide). The model must broadcast under an
     outer plate, as ``pyro.infer.Predictive(parallel=True)`` requires. Groups:
-    ``posterior`` (latent sites), ``posterior_predictive`` and ``log_likelihood``
-    (pointwise log p(x | z_s), unscaled) of each observed site, ``observed_data``, and
+    ``posterior`` (latent sites and ``pyro.deterministic`` ones), ``posterior_predictive``
+    and ``log_likelihood`` (pointwise log p(x | z_s), unscaled) of each observed site,
+    ``observed_data``, and
     ``sample_stats`` with ``lp`` = log p(x, z_s) and ``log_q`` = log q(z_s | x). The
     attribute ``data_plate`` names the plate over the data's rows, or is empty where no
     plate or several (two plates of one size) match them.

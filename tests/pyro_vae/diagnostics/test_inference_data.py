@@ -249,3 +249,19 @@ def test_data_with_two_plates_of_one_size_leave_the_data_plate_unnamed():
     exact = float(evidence.log_prob(y.T).sum())
     ratios = idata.sample_stats["lp"].values - idata.sample_stats["log_q"].values
     assert np.abs(ratios - exact).max() < 1e-9
+
+
+def test_a_deterministic_site_is_a_posterior_variable_not_data():
+    def model(y):
+        mu = pyro.sample("mu", dist.Normal(0.0, 2.0))
+        pyro.deterministic("twice_mu", 2 * mu)
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+    def guide(y):
+        pyro.sample("mu", dist.Normal(0.3, 0.5))
+
+    idata = to_inference_data(model, guide, torch.tensor([0.1, 0.7]), num_samples=10)
+    twice = idata.posterior["twice_mu"].values
+    assert np.allclose(twice, 2 * idata.posterior["mu"].values) and twice.shape == (1, 10)
+    assert "twice_mu" not in idata.observed_data and "twice_mu" not in idata.log_likelihood
