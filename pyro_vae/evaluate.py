@@ -54,6 +54,7 @@ from pyro_vae.traces import (
     plate_nesting,
     run_pair,
     sample_sites,
+    vectorize_for,
     vectorized_or_looped,
 )
 from pyro_vae.weights import check_dtypes, module_of
@@ -729,7 +730,7 @@ def elbo_estimate(
     with eval_mode(model, guide), poutine.block():
         with torch.random.fork_rng(devices=[]):
             nesting = max_plate_nesting(model, guide, *args, **kwargs)
-        vectorize = vectorize_particles
+        vectorize = vectorize_for(guide, vectorize_particles)
         for size in sizes:
             mean, vectorized = vectorized_or_looped(
                 vectorize if size > 1 else False,

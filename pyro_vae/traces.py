@@ -137,6 +137,15 @@ def stack_values(values: list, batch_rank: int, event_dim: int) -> torch.Tensor:
     return torch.stack(torch.broadcast_tensors(*shaped))
 
 
+def vectorize_for(guide, vectorize: bool | None) -> bool | None:
+    """``vectorize``, or False where it is None (auto) and ``guide`` says it draws one
+    particle per run (``guide.vectorizable = False``: ``ConditionalCAVIGuide``, which fits
+    q*(c | u) for each draw), so no vectorized run is tried and warned about first."""
+    if vectorize is None and getattr(guide, "vectorizable", True) is False:
+        return False
+    return vectorize
+
+
 def vectorized_or_looped(
     vectorize: bool | None, vectorized: Callable, looped: Callable, what: str, particles: int
 ) -> tuple[Any, bool]:

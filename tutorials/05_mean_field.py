@@ -35,6 +35,7 @@ from pyro.infer.autoguide import AutoNormal
 from pyro_vae import elbo_estimate
 from pyro_vae.cavi import (
     AutoCAVI,
+    ConditionalCAVIGuide,
     FactorialHMM,
     IsingMeanField,
     NaiveMeanField,
@@ -355,3 +356,86 @@ try:
     AutoCAVI(log_scale_model).fit(y_groups[:, 0])
 except NotConjugateError as error:
     print(error)
+
+# %% [markdown]
+# ## Conjugate in part: closed form for what is, SVI for the rest
+#
+# Most real models are conjugate only in part. Take Bayesian logistic regression with
+# automatic relevance determination (ARD): each feature $j$ has its own prior precision
+# $\tau_j \sim \mathrm{Gamma}(1, 1)$ and weight $w_j \sim N(0, \tau_j^{-1})$, and the
+# labels are Bernoulli with logits $Xw + b$. `AutoCAVI` refuses the model: its likelihood
+# reads every $w_j$ at once, from outside their plate (and, with $w$ one `.to_event(1)`
+# vector, it would be refused for the logistic link, which no conjugate form has). But
+# given $w$, each $\tau_j$ is conditionally conjugate.
+#
+# `ConditionalCAVIGuide(model, svi_sites=["w", "b"])` is the Pyro guide
+# $q(w, b, \tau) = q_\phi(w, b)\, q^*(\tau \mid w)$: `AutoNormal` over the sites you name,
+# and for the rest `AutoCAVI`'s closed-form fit of the model conditioned on each draw of
+# them (here $q^*(\tau \mid w)$ is the exact conditional, a Gamma per feature). This
+# is a structured $q$, like structured stochastic VI's (Hoffman & Blei 2015): it contains
+# every mean-field $q(w, b)\,q(\tau)$, so its best ELBO is at least mean field's.
+# `Trace_ELBO`'s gradient through $w$'s draw, with $\tau$ drawn from $q^*$ held fixed, is
+# the unbiased gradient of this ELBO (the envelope theorem: $q^*$ is optimal given $w$).
+# The data are scikit-learn's breast-cancer table (569 tumours, 30 standardized features).
+
+# %%
+from sklearn.datasets import load_breast_cancer  # noqa: E402
+
+table = load_breast_cancer()
+X_bc = torch.tensor(table.data, dtype=torch.float64)
+X_bc = (X_bc - X_bc.mean(0)) / X_bc.std(0)
+y_bc = torch.tensor(table.target, dtype=torch.float64)
+
+
+def ard_logistic(X, y):
+    with pyro.plate("features", X.shape[-1]):
+        tau = pyro.sample("tau", dist.Gamma(X.new_tensor(1.0), 1.0))
+        w = pyro.sample("w", dist.Normal(X.new_tensor(0.0), tau.rsqrt()))
+    b = pyro.sample("b", dist.Normal(X.new_tensor(0.0), 5.0))
+    logits = (X * w.unsqueeze(-2)).sum(-1) + b  # X @ w, written to broadcast over draws
+    with pyro.plate("data", len(y)):
+        pyro.sample("y", dist.Bernoulli(logits=logits), obs=y)
+
+
+try:
+    AutoCAVI(ard_logistic).fit(X_bc, y_bc)
+except NotConjugateError as error:
+    print("AutoCAVI alone:", error)
+
+ard_steps = 150 if FAST else 1500
+ard = {}
+for label, make_guide in [
+    (
+        "closed-form q*(tau | w), SVI for w, b",
+        lambda: ConditionalCAVIGuide(ard_logistic, ["w", "b"]),
+    ),
+    ("mean-field SVI (AutoNormal)", lambda: AutoNormal(ard_logistic)),
+]:
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    ard_guide = make_guide()
+    ard_svi = SVI(ard_logistic, ard_guide, pyro.optim.Adam({"lr": 0.02}), Trace_ELBO())
+    start = time.perf_counter()
+    trace = [-ard_svi.step(X_bc, y_bc) for _ in range(ard_steps)]
+    seconds = time.perf_counter() - start
+    estimate, stderr = elbo_estimate(ard_logistic, ard_guide, X_bc, y_bc, num_samples=500)
+    ard[label] = trace
+    print(
+        f"{label}: ELBO {estimate:.2f} ± {stderr:.2f} nats, {seconds:.1f} s for {ard_steps} steps"
+    )
+
+fig, ax = plt.subplots(figsize=(7, 3.5))
+for label, trace in ard.items():
+    ax.plot(np.convolve(trace, np.ones(25) / 25, mode="valid"), label=label)
+ax.set_ylim(-140, -65)
+ax.set_xlabel("SVI step")
+ax.set_ylabel("ELBO, nats (25-step mean)")
+ax.legend()
+plt.show()
+
+# %% [markdown]
+# Each step fits $q^*(\tau \mid w)$ afresh (one `AutoCAVI` fit, a few milliseconds), so a
+# step costs about two plain SVI steps; in exchange the bound is tighter, by the coupling
+# between each weight and its precision that mean field cannot hold. Draws of the pair go
+# to the diagnostics as any guide's do: `to_inference_data(ard_logistic, guide, X, y)` and
+# `psis_khat` draw $(w, b)$ from $q_\phi$ and $\tau$ from $q^*(\tau \mid w)$.

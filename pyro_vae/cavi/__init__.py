@@ -20,6 +20,7 @@ infinite entries (counted), wrong or empty shapes, non-integer counts, negative 
 """
 
 from pyro_vae.cavi.auto import AutoCAVI
+from pyro_vae.cavi.conditional_guide import ConditionalCAVIGuide
 from pyro_vae.cavi.exponential_families import NotConjugateError
 from pyro_vae.cavi.gaussian_mixture import BayesianGaussianMixture
 from pyro_vae.cavi.hmm import (
@@ -35,6 +36,7 @@ __all__ = [
     "AutoCAVI",
     "BayesianGaussianMixture",
     "BayesianLinearRegression",
+    "ConditionalCAVIGuide",
     "FactorialHMM",
     "IsingMeanField",
     "NaiveMeanField",

@@ -25,6 +25,7 @@ from pyro_vae.traces import (
     sample_sites,
     stack_particles,
     stack_values,
+    vectorize_for,
     vectorized_or_looped,
 )
 
@@ -310,3 +311,15 @@ def test_full_rank_prepends_singleton_dims(value, rank, shape):
     out = full_rank(value, rank)
     assert out.shape == shape
     torch.testing.assert_close(out.reshape(-1), torch.as_tensor(value).reshape(-1))
+
+
+def test_a_guide_that_draws_one_particle_per_run_is_looped_unless_told_otherwise():
+    def plain(x):
+        pass
+
+    def one_at_a_time(x):
+        pass
+
+    one_at_a_time.vectorizable = False
+    assert vectorize_for(plain, None) is None and vectorize_for(one_at_a_time, None) is False
+    assert vectorize_for(one_at_a_time, True) is True  # asked for: tried, and it raises

@@ -1,0 +1,161 @@
+"""A guide that leaves the sites CAVI cannot update to SVI and fits the rest in closed form.
+
+Many models are conjugate only in part: a hierarchical model with a half-Cauchy or
+log-normal scale, a logistic regression under a Gamma precision hyperprior. Given the
+non-conjugate sites u, the other latents c are often conditionally conjugate, and
+``AutoCAVI`` fits them in closed form. :class:`ConditionalCAVIGuide` is the Pyro guide
+
+    q(u, c) = q_φ(u) · q*(c | u),
+
+q_φ any Pyro guide over u (by default ``AutoNormal``), and q*(· | u) ``AutoCAVI``'s fit
+of the model conditioned on each draw of u: the local variables' optimum given a draw of
+the global ones, as structured stochastic VI takes them (Hoffman & Blei 2015). It is a
+structured q, not mean field: q*(c | u) moves with u. Its ELBO,
+E_q(u)[L(u) − log q_φ(u)] with L(u) AutoCAVI's bound on log p(x, u), is a true lower bound
+on log p(x), and below each draw's log p(x, u) − log q_φ(u) only by KL(q*(c | u) ‖ p(c | x,
+u)) (zero where q* is the exact conditional).
+
+Gradients. ``Trace_ELBO`` differentiates log p(x, c, u) − log q_φ(u) through u's draw,
+with c drawn from q*(c | u) held fixed: the gradient of L(u) by the envelope theorem (q* is
+a stationary point of L over its family, so q*'s own change with u adds nothing), an
+unbiased estimate of ∇_φ ELBO (tested against quadrature). No gradient flows through
+q*'s parameters, and none is needed.
+
+Cost: one ``AutoCAVI`` fit per particle per step (milliseconds on small models: its probe
+runs the model about three times), so a step costs a few plain SVI steps. Particles are
+drawn one at a time (``Trace_ELBO(num_particles=k)``, not ``vectorize_particles``: each draw
+of u has its own q*).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from pyro import poutine
+from pyro.infer.autoguide import AutoNormal
+from pyro.poutine.util import site_is_subsample
+
+from pyro_vae.cavi.auto import AutoCAVI
+from pyro_vae.cavi.exponential_families import NotConjugateError
+
+
+class ConditionalCAVIGuide:
+    """The Pyro guide q_φ(u) · q*(c | u): ``guide`` draws the sites ``svi_sites`` (u), and
+    ``AutoCAVI`` fits every other latent (c) to the model conditioned on that draw, from
+    which c is then drawn (see the module docstring for the bound and its gradient).
+
+    Use it as any guide: ``SVI(model, ConditionalCAVIGuide(model, ["sigma"]), Adam(...),
+    Trace_ELBO())``; and in the diagnostics (``to_inference_data``, ``psis_khat``), whose
+    draws are then (u, c) from this q.
+
+    Args:
+        model: a Pyro model scoring in float64 (``AutoCAVI``'s requirement; pass float64
+            data), whose latents other than ``svi_sites`` are conditionally conjugate given
+            them.
+        svi_sites: the latent sites left to SVI: those ``AutoCAVI`` refuses
+            (``NotConjugateError`` names them).
+        guide: a Pyro guide over exactly ``svi_sites`` (it may sample auxiliary sites of
+            its own, as ``AutoNormal`` does); default ``AutoNormal(poutine.block(model,
+            expose=svi_sites))``.
+        **autocavi_options: passed to each ``AutoCAVI`` fit (``tol``, ``max_iter``,
+            ``blocks``, ``init``, ``markov_chains``, ``n_init``, ``random_state``).
+
+    Attributes:
+        guide: q_φ(u).
+        last_fit_: the ``AutoCAVI`` fit q*(c | u) of the latest call (its
+            ``lower_bound_`` is L(u), nats, on log p(x, u)).
+        vectorizable: False: the diagnostics draw its particles one run each.
+
+    Raises (on the first call, before any fit):
+        ValueError: ``svi_sites`` empty, naming a site that is not a latent of the model,
+            or covering every latent; a floating argument not float64; ``guide`` not
+            sampling a site of ``svi_sites``, or drawing u in a shape other than the
+            model's (vectorized particles).
+        NotConjugateError: a latent is not conditionally conjugate given u, naming it (add
+            it to ``svi_sites``).
+    """
+
+    vectorizable = False
+
+    def __init__(self, model, svi_sites: Sequence[str], guide: Callable | None = None,
+                 **autocavi_options) -> None:  # fmt: skip
+        if isinstance(svi_sites, str) or not list(svi_sites):
+            raise ValueError(
+                f"svi_sites: {svi_sites!r}; expected a non-empty list of latent site names"
+            )
+        self.model, self.svi_sites = model, list(svi_sites)
+        AutoCAVI(model, **autocavi_options)  # an unknown option is a TypeError here
+        self.autocavi_options = autocavi_options
+        self.guide = guide if guide is not None else AutoNormal(
+            poutine.block(model, expose=self.svi_sites)
+        )  # fmt: skip
+        self._shapes: dict[str, torch.Size] | None = None
+        self.last_fit_: AutoCAVI | None = None
+
+    def __call__(self, *args, **kwargs) -> dict[str, torch.Tensor]:
+        """Draw u from ``guide``, fit q*(c | u), draw c from it; returns {site: u}."""
+        if self._shapes is None:
+            self._shapes = self._check(args, kwargs)
+        drawn = self._draw_u(args, kwargs)
+        conditioned = poutine.condition(self.model, data={n: v.detach() for n, v in drawn.items()})
+        try:
+            with poutine.block():  # its model runs are not this guide's sample sites
+                fit = AutoCAVI(conditioned, **self.autocavi_options).fit(*args, **kwargs)
+        except NotConjugateError as error:
+            raise NotConjugateError(
+                f"{error} (given svi_sites {self.svi_sites}, conditioned at the guide's draw: "
+                "leave that latent to SVI too, adding it to svi_sites)"
+            ) from error
+        self.last_fit_ = fit
+        # its plates' own sites hidden: the guide over u may have made a plate of that name
+        with poutine.block(hide_fn=site_is_subsample):
+            fit.variational_guide()(*args, **kwargs)
+        return drawn
+
+    def _draw_u(self, args, kwargs) -> dict[str, torch.Tensor]:
+        """u drawn by ``guide`` (its sites stay in the enclosing trace, with gradients)."""
+        trace = poutine.trace(self.guide).get_trace(*args, **kwargs)
+        drawn = {}
+        for name in self.svi_sites:
+            if name not in trace.nodes or trace.nodes[name]["type"] != "sample":
+                raise ValueError(f"guide: it does not sample svi site {name!r}")
+            value = trace.nodes[name]["value"]
+            if value.shape != self._shapes[name]:
+                raise ValueError(
+                    f"guide: it drew svi site {name!r} in shape {tuple(value.shape)} where "
+                    f"the model's is {tuple(self._shapes[name])}; each draw of u has its own "
+                    "q*(c | u), so draw particles one at a time (Trace_ELBO(num_particles=k) "
+                    "without vectorize_particles)"
+                )
+            drawn[name] = value
+        return drawn
+
+    def _check(self, args, kwargs) -> dict[str, torch.Size]:
+        """The svi sites' shapes in a prior run of the model, after checking the arguments
+        and ``svi_sites`` against it (ValueError naming what is wrong)."""
+        for where, value in [*enumerate(args), *kwargs.items()]:
+            floating = torch.is_tensor(value) and value.is_floating_point()
+            if floating and value.dtype != torch.float64:
+                raise ValueError(
+                    f"argument {where!r}: {value.dtype}; expected float64 (AutoCAVI fits q*(c | u) "
+                    "in float64, and SVI must score the model in the same numbers)"
+                )
+        with poutine.block(), torch.no_grad():
+            trace = poutine.trace(self.model).get_trace(*args, **kwargs)
+        latents = [
+            name for name, node in trace.nodes.items()
+            if node["type"] == "sample" and not node["is_observed"] and not site_is_subsample(node)
+        ]  # fmt: skip
+        unknown = [name for name in self.svi_sites if name not in latents]
+        if unknown:
+            raise ValueError(
+                f"svi_sites: {unknown} are not latent sample sites of the model; its latents "
+                f"are {latents}"
+            )
+        if set(latents) <= set(self.svi_sites):
+            raise ValueError(
+                f"svi_sites: {self.svi_sites} covers every latent of the model, leaving "
+                "nothing for CAVI; use the guide alone"
+            )
+        return {name: trace.nodes[name]["value"].shape for name in self.svi_sites}
