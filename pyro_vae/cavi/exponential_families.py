@@ -660,9 +660,19 @@ def family_of(site: dict) -> Family:
     if type(fn) is dist.Categorical and not event_shape:
         return CategoricalFamily(name, event_shape, fn.probs.shape[-1])
     support = getattr(fn, "support", constraints.real)
+    known = (dist.Normal, dist.Beta, dist.Bernoulli, dist.Dirichlet, dist.Categorical,
+             dist.Wishart, dist.MultivariateNormal, *GAMMA_PRIORS)  # fmt: skip
+    if isinstance(fn, known):  # a known family with more event dims (.to_event(n))
+        advice = (
+            f"; it is a {type(fn).__name__} with event dims added by .to_event: declare its "
+            "independent elements with pyro.plate instead (e.g. a transition matrix's rows "
+            "under pyro.plate('rows', K)), or make a Normal one .to_event(1) vector"
+        )
+    else:
+        advice = "; or leave this site to SVI with pyro_vae.cavi.ConditionalCAVIGuide"
     raise NotConjugateError(
         f"latent site {name!r}: {type(site['fn']).__name__} (event shape "
         f"{tuple(event_shape)}, support {support}) is not a family AutoCAVI updates in closed "
         "form; expected Normal (scalar or .to_event(1)), MultivariateNormal, Gamma (or "
-        "Chi2, Exponential), Beta, Dirichlet, Wishart, Bernoulli or Categorical"
+        "Chi2, Exponential), Beta, Dirichlet, Wishart, Bernoulli or Categorical" + advice
     )
