@@ -67,7 +67,7 @@ class ConditionalCAVIGuide:
             ``lower_bound_`` is L(u), nats, on log p(x, u)).
         vectorizable: False: the diagnostics draw its particles one run each.
 
-    Raises (on the first call, before any fit):
+    Raises (on the first call with arguments of given shapes, before any fit):
         ValueError: ``svi_sites`` empty, naming a site that is not a latent of the model,
             or covering every latent; a floating argument not float64; ``guide`` not
             sampling a site of ``svi_sites``, or drawing u in a shape other than the
@@ -90,14 +90,15 @@ class ConditionalCAVIGuide:
         self.guide = guide if guide is not None else AutoNormal(
             poutine.block(model, expose=self.svi_sites)
         )  # fmt: skip
-        self._shapes: dict[str, torch.Size] | None = None
+        self._checked: dict[tuple, dict[str, torch.Size]] = {}
         self.last_fit_: AutoCAVI | None = None
 
     def __call__(self, *args, **kwargs) -> dict[str, torch.Tensor]:
         """Draw u from ``guide``, fit q*(c | u), draw c from it; returns {site: u}."""
-        if self._shapes is None:
-            self._shapes = self._check(args, kwargs)
-        drawn = self._draw_u(args, kwargs)
+        key = _shapes_of(args, kwargs)  # checked again for data of another shape
+        if key not in self._checked:
+            self._checked[key] = self._check(args, kwargs)
+        drawn = self._draw_u(args, kwargs, self._checked[key])
         conditioned = poutine.condition(self.model, data={n: v.detach() for n, v in drawn.items()})
         try:
             with poutine.block():  # its model runs are not this guide's sample sites
@@ -113,18 +114,19 @@ class ConditionalCAVIGuide:
             fit.variational_guide()(*args, **kwargs)
         return drawn
 
-    def _draw_u(self, args, kwargs) -> dict[str, torch.Tensor]:
-        """u drawn by ``guide`` (its sites stay in the enclosing trace, with gradients)."""
+    def _draw_u(self, args, kwargs, shapes: dict) -> dict[str, torch.Tensor]:
+        """u drawn by ``guide`` (its sites stay in the enclosing trace, with gradients),
+        each in its ``shapes`` entry, the model's."""
         trace = poutine.trace(self.guide).get_trace(*args, **kwargs)
         drawn = {}
         for name in self.svi_sites:
             if name not in trace.nodes or trace.nodes[name]["type"] != "sample":
                 raise ValueError(f"guide: it does not sample svi site {name!r}")
             value = trace.nodes[name]["value"]
-            if value.shape != self._shapes[name]:
+            if value.shape != shapes[name]:
                 raise ValueError(
                     f"guide: it drew svi site {name!r} in shape {tuple(value.shape)} where "
-                    f"the model's is {tuple(self._shapes[name])}; each draw of u has its own "
+                    f"the model's is {tuple(shapes[name])}; each draw of u has its own "
                     "q*(c | u), so draw particles one at a time (Trace_ELBO(num_particles=k) "
                     "without vectorize_particles)"
                 )
@@ -159,3 +161,15 @@ class ConditionalCAVIGuide:
                 "nothing for CAVI; use the guide alone"
             )
         return {name: trace.nodes[name]["value"].shape for name in self.svi_sites}
+
+
+def _shapes_of(args, kwargs) -> tuple:
+    """The arguments' tensor shapes and dtypes (other values by type): a call with data of
+    other shapes is checked again."""
+
+    def key(value):
+        if torch.is_tensor(value):
+            return (tuple(value.shape), value.dtype)
+        return type(value).__name__
+
+    return tuple(key(v) for v in args) + tuple((k, key(v)) for k, v in sorted(kwargs.items()))

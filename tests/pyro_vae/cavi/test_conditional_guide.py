@@ -221,3 +221,22 @@ def test_the_diagnostics_draw_from_q_one_run_per_draw_and_score_log_p_of_y_and_w
     stats = data.sample_stats
     gap = torch.from_numpy(stats["lp"].values[0] - stats["log_q"].values[0]) + log_q_w
     assert torch.allclose(gap, log_lik + log_prior_w, rtol=1e-9, atol=0)
+
+
+def test_data_of_another_size_are_checked_again_not_refused():
+    """u in the data's plate: its shape follows the data, and the first call's shapes must
+    not make a second dataset's draws look vectorized."""
+
+    def local_scales(y):
+        mu = pyro.sample("mu", dist.Normal(y.new_tensor(0.0), 3.0))
+        with pyro.plate("data", len(y)):
+            s = pyro.sample("s", dist.LogNormal(y.new_tensor(0.0), 0.5))
+            pyro.sample("y", dist.Normal(mu, s), obs=y)
+
+    pyro.clear_param_store()
+    guide = ConditionalCAVIGuide(local_scales, ["s"], guide=lambda y: pyro.sample(
+        "s", dist.LogNormal(torch.zeros(len(y), dtype=F64), 0.3).to_event(1)))  # fmt: skip
+    for y in (Y[:5], Y):
+        drawn = guide(y)
+        assert drawn["s"].shape == (len(y),)
+        assert guide.last_fit_.variational_distributions()["mu"].mean.shape == ()
