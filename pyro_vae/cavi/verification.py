@@ -57,8 +57,12 @@ RTOL = 1e-9
 ROUNDING_MARGIN = 100.0
 #: Half the points come from q widened this many times about its mean, to reach its tails.
 WIDEN = 3.0
-#: Gamma, Beta and Dirichlet draws are kept this far inside their support (see _draw).
+#: Gamma draws are kept this far inside their support (see _draw).
 _TINY = 1e-300
+#: Beta and Dirichlet draws (probabilities) are kept this far inside theirs: torch's
+#: Categorical, Bernoulli and Binomial clamp a probability to float64's eps (2.2e-16)
+#: before its log (``probs_to_logits``), so below it the model scores log eps, not log p.
+_PROBABILITY_FLOOR = 1e-12
 
 
 @dataclass
@@ -92,11 +96,14 @@ def points_at_q(latents: dict, q: dict, count: int, generator) -> dict[str, torc
     near, wide = torch.Size([count - count // 2]), torch.Size([count // 2])
     for name, latent in latents.items():
         family, q_unit = latent.family, q.get(name)
+        widened_q = None if q_unit is None else _widened(family, q_unit)
         if q_unit is None:
-            value = family.probe(near + wide + latent.batch_shape, generator)
+            value = family.probe(torch.Size([count]) + latent.batch_shape, generator)
+        elif widened_q is q_unit:  # not widened (a Normal-Wishart block, a discrete q)
+            value = _draw(family, q_unit, torch.Size([count]), generator)
         else:
             drawn = _draw(family, q_unit, near, generator)
-            widened = _draw(family, _widened(family, q_unit), wide, generator)
+            widened = _draw(family, widened_q, wide, generator)
             if isinstance(drawn, tuple):
                 value = tuple(torch.cat(pair) for pair in zip(drawn, widened, strict=True))
             else:
@@ -139,9 +146,12 @@ def _widened(family, q):
 def _draw(family, q, shape: torch.Size, generator):
     """``shape`` draws from ``q``, seeded by ``generator`` (torch's continuous samplers take
     no generator: they run under a seed drawn from it, the global RNG restored after).
-    Positive and simplex draws are kept :data:`_TINY` inside their support's edge: a
-    Gamma(10⁻⁴, ·) or Beta(10⁻⁸, ·) draw underflows to 0, whose log is −inf, and any point
-    of the support checks the form equally."""
+    Positive and simplex draws are kept inside their support's edge: a Gamma(10⁻⁴, ·) or
+    Beta(10⁻⁸, ·) draw underflows to 0, whose log is −inf, and any point of the support
+    checks the form equally; except that a probability below float64's eps is torch's
+    rounding guard's, not the model's (:data:`_PROBABILITY_FLOOR`: an LDA's topic-word
+    Dirichlet widened drew 4e-26, which the Categorical scored as 2.2e-16, and a conjugate
+    model was refused as a 22-nat kink)."""
     if isinstance(family, CategoricalFamily):
         probs = q.probs.to(_F64)
         flat = probs.reshape(-1, probs.shape[-1])
@@ -158,9 +168,9 @@ def _draw(family, q, shape: torch.Size, generator):
             return _block_draw(q, shape)
         drawn = q.sample(shape).to(_F64)
     if isinstance(family, BetaFamily):
-        return drawn.clamp(_TINY, 1 - 1e-16)  # 1 − ε: log(1 − x) finite
+        return drawn.clamp(_PROBABILITY_FLOOR, 1 - _PROBABILITY_FLOOR)
     if isinstance(family, DirichletFamily):
-        drawn = drawn.clamp_min(_TINY)
+        drawn = drawn.clamp_min(_PROBABILITY_FLOOR)
         return drawn / drawn.sum(-1, keepdim=True)
     if isinstance(family, GammaFamily):
         return drawn.clamp_min(_TINY)
