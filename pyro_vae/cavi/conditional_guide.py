@@ -29,6 +29,7 @@ of u has its own q*).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -66,14 +67,20 @@ class ConditionalCAVIGuide:
         last_fit_: the ``AutoCAVI`` fit q*(c | u) of the latest call (its
             ``lower_bound_`` is L(u), nats, on log p(x, u)).
         vectorizable: False: the diagnostics draw its particles one run each.
+        inner_fits_, unconverged_: the AutoCAVI fits made, and those that stopped at
+            ``max_iter`` without converging (each warned about: there q* is not
+            stationary, the ELBO lower and the gradient biased).
 
     Raises (on the first call with arguments of given shapes, before any fit):
         ValueError: ``svi_sites`` empty, naming a site that is not a latent of the model,
             or covering every latent; a floating argument not float64; ``guide`` not
-            sampling a site of ``svi_sites``, or drawing u in a shape other than the
-            model's (vectorized particles).
+            sampling a site of ``svi_sites``, sampling another latent, or drawing u in a
+            shape other than the model's (vectorized particles).
         NotConjugateError: a latent is not conditionally conjugate given u, naming it (add
             it to ``svi_sites``).
+
+    Warns:
+        RuntimeWarning when an inner fit stops at ``max_iter`` without converging.
     """
 
     vectorizable = False
@@ -90,7 +97,8 @@ class ConditionalCAVIGuide:
         self.guide = guide if guide is not None else AutoNormal(
             poutine.block(model, expose=self.svi_sites)
         )  # fmt: skip
-        self._checked: dict[tuple, dict[str, torch.Size]] = {}
+        self._checked: dict[tuple, tuple[dict[str, torch.Size], list[str]]] = {}
+        self.inner_fits_, self.unconverged_ = 0, 0
         self.last_fit_: AutoCAVI | None = None
 
     def __call__(self, *args, **kwargs) -> dict[str, torch.Tensor]:
@@ -98,7 +106,8 @@ class ConditionalCAVIGuide:
         key = _shapes_of(args, kwargs)  # checked again for data of another shape
         if key not in self._checked:
             self._checked[key] = self._check(args, kwargs)
-        drawn = self._draw_u(args, kwargs, self._checked[key])
+        shapes, others = self._checked[key]
+        drawn = self._draw_u(args, kwargs, shapes, others)
         conditioned = poutine.condition(self.model, data={n: v.detach() for n, v in drawn.items()})
         try:
             with poutine.block():  # its model runs are not this guide's sample sites
@@ -109,33 +118,60 @@ class ConditionalCAVIGuide:
                 "leave that latent to SVI too, adding it to svi_sites)"
             ) from error
         self.last_fit_ = fit
+        self.inner_fits_ += 1
+        if not fit.converged_:
+            self.unconverged_ += 1
+            warnings.warn(
+                f"ConditionalCAVIGuide: an inner AutoCAVI fit stopped at max_iter="
+                f"{fit.max_iter} sweeps without converging ({self.unconverged_} of "
+                f"{self.inner_fits_} so far): q*(c | u) is not stationary there, so its ELBO "
+                "is lower and the gradient biased; raise max_iter, or leave strongly coupled "
+                "latents to SVI (svi_sites)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         # its plates' own sites hidden: the guide over u may have made a plate of that name
         with poutine.block(hide_fn=site_is_subsample):
             fit.variational_guide()(*args, **kwargs)
         return drawn
 
-    def _draw_u(self, args, kwargs, shapes: dict) -> dict[str, torch.Tensor]:
+    def _draw_u(self, args, kwargs, shapes: dict, others: list) -> dict[str, torch.Tensor]:
         """u drawn by ``guide`` (its sites stay in the enclosing trace, with gradients),
-        each in its ``shapes`` entry, the model's."""
+        each in its ``shapes`` entry, the model's; ``others``: the latents q* draws."""
         trace = poutine.trace(self.guide).get_trace(*args, **kwargs)
+        taken = [n for n in others if n in trace.nodes and trace.nodes[n]["type"] == "sample"]
+        if taken:
+            raise ValueError(
+                f"guide: it samples {taken}, which are not in svi_sites {self.svi_sites} "
+                "(q*(c | u) draws those); give a guide over svi_sites alone, e.g. "
+                "AutoNormal(poutine.block(model, expose=svi_sites)), the default"
+            )
         drawn = {}
         for name in self.svi_sites:
             if name not in trace.nodes or trace.nodes[name]["type"] != "sample":
                 raise ValueError(f"guide: it does not sample svi site {name!r}")
             value = trace.nodes[name]["value"]
             if value.shape != shapes[name]:
+                extra = value.dim() > len(shapes[name])
+                why = (
+                    "each draw of u has its own q*(c | u), so draw particles one at a time "
+                    "(Trace_ELBO(num_particles=k) without vectorize_particles; "
+                    "Predictive(..., parallel=False))"
+                    if extra
+                    else "a guide built for data of another size (an autoguide keeps the "
+                    "shapes of its first call): give each dataset its own guide"
+                )
                 raise ValueError(
                     f"guide: it drew svi site {name!r} in shape {tuple(value.shape)} where "
-                    f"the model's is {tuple(shapes[name])}; each draw of u has its own "
-                    "q*(c | u), so draw particles one at a time (Trace_ELBO(num_particles=k) "
-                    "without vectorize_particles)"
+                    f"the model's is {tuple(shapes[name])}; {why}"
                 )
             drawn[name] = value
         return drawn
 
-    def _check(self, args, kwargs) -> dict[str, torch.Size]:
-        """The svi sites' shapes in a prior run of the model, after checking the arguments
-        and ``svi_sites`` against it (ValueError naming what is wrong)."""
+    def _check(self, args, kwargs) -> tuple[dict[str, torch.Size], list[str]]:
+        """(the svi sites' shapes in a prior run of the model, its other latents), after
+        checking the arguments and ``svi_sites`` against it (ValueError naming what is
+        wrong)."""
         for where, value in [*enumerate(args), *kwargs.items()]:
             floating = torch.is_tensor(value) and value.is_floating_point()
             if floating and value.dtype != torch.float64:
@@ -160,16 +196,19 @@ class ConditionalCAVIGuide:
                 f"svi_sites: {self.svi_sites} covers every latent of the model, leaving "
                 "nothing for CAVI; use the guide alone"
             )
-        return {name: trace.nodes[name]["value"].shape for name in self.svi_sites}
+        shapes = {name: trace.nodes[name]["value"].shape for name in self.svi_sites}
+        return shapes, [name for name in latents if name not in self.svi_sites]
 
 
 def _shapes_of(args, kwargs) -> tuple:
-    """The arguments' tensor shapes and dtypes (other values by type): a call with data of
-    other shapes is checked again."""
+    """The arguments' tensor shapes and dtypes, numbers and strings by value (a size may be
+    one), other values by type: a call with data of other shapes is checked again."""
 
     def key(value):
         if torch.is_tensor(value):
             return (tuple(value.shape), value.dtype)
+        if isinstance(value, (int, float, str, bool)):
+            return value
         return type(value).__name__
 
     return tuple(key(v) for v in args) + tuple((k, key(v)) for k, v in sorted(kwargs.items()))

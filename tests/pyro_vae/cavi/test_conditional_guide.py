@@ -10,6 +10,7 @@ import pytest
 import torch
 from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO
+from pyro.infer.autoguide import AutoNormal
 
 from pyro_vae.cavi import ConditionalCAVIGuide, NotConjugateError
 from tests.pyro_vae.cavi.float64 import F64, t
@@ -240,3 +241,49 @@ def test_data_of_another_size_are_checked_again_not_refused():
         drawn = guide(y)
         assert drawn["s"].shape == (len(y),)
         assert guide.last_fit_.variational_distributions()["mu"].mean.shape == ()
+
+
+def test_an_inner_fit_that_does_not_converge_is_warned_about_and_counted():
+    """Two means coupled through their sum, under mean field: at max_iter=3 q* is not
+    stationary, the envelope theorem fails and the gradient is biased (tester 10: 16.6
+    where 6.2); the guide says so."""
+
+    def coupled(y):
+        sigma = pyro.sample("sigma", dist.LogNormal(y.new_tensor(0.0), 1.0))
+        a = pyro.sample("a", dist.Normal(y.new_tensor(0.0), 10.0))
+        b = pyro.sample("b", dist.Normal(y.new_tensor(0.0), 10.0))
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.Normal(a + b, sigma), obs=y)
+
+    pyro.clear_param_store()
+    guide = ConditionalCAVIGuide(coupled, ["sigma"], max_iter=3)
+    with pytest.warns(RuntimeWarning, match=r"stopped at max_iter=3 sweeps without converging"):
+        guide(Y)
+    assert (guide.inner_fits_, guide.unconverged_) == (1, 1)
+
+
+def test_a_guide_over_more_than_svi_sites_and_int_sized_data_are_handled():
+    pyro.clear_param_store()
+    with pytest.raises(ValueError, match=r"guide: it samples \['mu'\], which are not in svi_sites"):
+        ConditionalCAVIGuide(normal_model, ["sigma"], guide=AutoNormal(normal_model))(Y)
+
+    def sized(y, n):  # the plate's size an int argument
+        mu = pyro.sample("mu", dist.Normal(y.new_tensor(0.0), 3.0))
+        with pyro.plate("data", n):
+            s = pyro.sample("s", dist.LogNormal(y.new_tensor(0.0), 0.5))
+            pyro.sample("y", dist.Normal(mu, s), obs=y[:n])
+
+    def s_guide(y, n):
+        with pyro.plate("data", n):
+            pyro.sample("s", dist.LogNormal(torch.zeros(n, dtype=F64), 0.3))
+
+    pyro.clear_param_store()
+    guide = ConditionalCAVIGuide(sized, ["s"], guide=s_guide)
+    for n in (5, 8):  # the second size was refused as vectorized particles
+        assert guide(Y, n)["s"].shape == (n,)
+    autoguide = ConditionalCAVIGuide(sized, ["s"])
+    autoguide(Y, 5)
+    with pytest.raises(
+        ValueError, match=r"in shape \(5,\) where the model's is \(8,\); a guide built"
+    ):
+        autoguide(Y, 8)
