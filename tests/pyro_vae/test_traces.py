@@ -151,20 +151,6 @@ def picks_guide(y):
     pyro.sample("z", dist.Categorical(torch.tensor([0.2, 0.3, 0.5])))
 
 
-def test_a_model_broadcasting_the_particles_into_another_dim_is_drawn_one_at_a_time():
-    """The [S, S] log-density summed as S² terms put an ELBO estimate 2,800 nats off: each
-    draw's log p(y | mu, z) must be the one scored here from the guide's own draws."""
-    y = torch.tensor(2.5)
-    pyro.set_rng_seed(0)
-    with pytest.warns(VectorizationWarning, match=r"site 'y': log-density of shape \(20, 20\)"):
-        model_tr, guide_tr, vectorized = particle_traces(picks_a_plated_mean, picks_guide,
-                                                         (y,), {}, 20, 1)  # fmt: skip
-    assert not vectorized
-    mu, z = guide_tr.nodes["mu"]["value"], guide_tr.nodes["z"]["value"]  # [20, 3], [20, 1]
-    expected = dist.Normal(mu.gather(-1, z.reshape(20, 1)), 1.0).log_prob(y)
-    assert torch.allclose(model_tr.nodes["y"]["log_prob"].reshape(20), expected.reshape(20))
-
-
 def plated_picks(y):
     # mu and z in plates at dim -1: under particles at -2, mu is [S, 2] and z [S, N], and
     # Vindex pairs draw s's mu with datapoint s; with S = N every shape is right
@@ -182,19 +168,28 @@ def plated_picks_guide(y):
         pyro.sample("z", dist.Categorical(torch.tensor([0.3, 0.7])))
 
 
-def test_a_broadcast_wrong_with_every_shape_right_is_caught_by_a_plain_run():
-    """As many draws as datapoints: the vectorized run's shapes were all right and each
-    draw's log p up to 3 nats off (to_inference_data, psis_khat). A plain run at the last
-    draw's values disagrees, and the draws are taken one at a time."""
-    y = torch.tensor([-2.1, 1.7, 2.4, -1.5])
+@pytest.mark.parametrize(
+    ("model", "guide", "y", "match"),
+    [(picks_a_plated_mean, picks_guide, torch.tensor(2.5),
+      r"site 'y': log-density of shape \(4, 4\)"),
+     (plated_picks, plated_picks_guide, torch.tensor([-2.1, 1.7, 2.4, -1.5]),
+      r"site 'y': the vectorized run scores")],
+)  # fmt: skip
+def test_a_model_broadcasting_the_particles_into_its_own_dims_is_drawn_one_at_a_time(
+    model, guide, y, match
+):
+    """Vindex(mu)[..., z] under 4 particles: with z unplated the log-density is [S, S],
+    summed as S² terms (an ELBO estimate 2,800 nats off); with mu and z plated at one dim
+    and as many draws as datapoints every shape is right and each draw's log p up to 3
+    nats off, which a plain run at the last draw's values shows. Each draw's log p(y | mu,
+    z) must be the one scored here from the guide's own draws."""
     pyro.set_rng_seed(0)
-    with pytest.warns(VectorizationWarning, match=r"site 'y': the vectorized run scores"):
-        model_tr, guide_tr, vectorized = particle_traces(plated_picks, plated_picks_guide,
-                                                         (y,), {}, 4, 1)  # fmt: skip
+    with pytest.warns(VectorizationWarning, match=match):
+        model_tr, guide_tr, vectorized = particle_traces(model, guide, (y,), {}, 4, 1)
     assert not vectorized
-    mu, z = guide_tr.nodes["mu"]["value"], guide_tr.nodes["z"]["value"]  # [4, 2], [4, 4]
-    expected = dist.Normal(mu.gather(-1, z), 1.0).log_prob(y).sum(-1)
-    assert torch.allclose(model_tr.nodes["y"]["log_prob"].sum(-1), expected)
+    mu, z = guide_tr.nodes["mu"]["value"], guide_tr.nodes["z"]["value"]
+    expected = dist.Normal(mu.gather(-1, z.reshape(4, -1)), 1.0).log_prob(y).sum(-1)
+    assert torch.allclose(model_tr.nodes["y"]["log_prob"].reshape(4, -1).sum(-1), expected)
 
 
 def test_vectorized_or_looped_runs_only_what_it_is_asked_for():
