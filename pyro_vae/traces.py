@@ -190,19 +190,23 @@ def particle_traces(
 
     Log-densities are computed and subsample sites pruned. ``vectorize``: ``True`` one run
     under a particle plate, ``False`` K runs stacked (:func:`stack_particles`), ``None``
-    vectorized unless that fails and the looped way works (:func:`vectorized_or_looped`).
+    vectorized unless that fails and the looped way works (:func:`vectorized_or_looped`),
+    or looped for a guide that draws one particle per run (:func:`vectorize_for`). A
+    vectorized run that scores wrong is drawn looped (:func:`_check_broadcast`,
+    :func:`_agrees_with_a_plain_run`).
 
     Returns:
         ``(model_trace, guide_trace, vectorized)``.
     """
     rank = nesting + 1
+    vectorize = vectorize_for(guide, vectorize)
 
     def vectorized() -> tuple[Trace, Trace]:
         model_tr, guide_tr = run_pair(model, guide, args, kwargs, (num_particles, -rank))
         model_tr, guide_tr = _finished(model_tr), _finished(guide_tr)
-        _broadcast(model_tr, rank), _broadcast(guide_tr, rank)
-        _agrees_with_a_plain_run(model, model_tr, rank, args, kwargs)
-        _agrees_with_a_plain_run(guide, guide_tr, rank, args, kwargs)
+        for fn, trace in ((model, model_tr), (guide, guide_tr)):
+            _check_broadcast(trace, rank)
+            _agrees_with_a_plain_run(fn, trace, rank, args, kwargs)
         return model_tr, guide_tr
 
     (model_tr, guide_tr), was_vectorized = vectorized_or_looped(
@@ -223,8 +227,8 @@ def _looped(model, guide, args, kwargs, num_particles: int, rank: int) -> tuple[
     return stack_particles(pairs, rank)
 
 
-def _broadcast(trace: Trace, rank: int) -> Trace:
-    """``trace``, after checking that every sample site's log-density has, right of the
+def _check_broadcast(trace: Trace, rank: int) -> None:
+    """Raise ValueError unless every sample site's log-density in ``trace`` has, right of the
     particle dim, each plate's size at its dim and 1 at every dim no plate claims. Pyro's
     ``check_site_shape`` leaves a dim between plates unchecked, and under the particle
     plate every dim of the model is between plates: a model whose arithmetic broadcasts
@@ -244,7 +248,6 @@ def _broadcast(trace: Trace, rank: int) -> Trace:
                     f"site {site['name']!r}: log-density of shape {tuple(shape)} under the "
                     f"particle plate, where the plates allow {sizes.get(dim, 1)} at dim {dim}"
                 )
-    return trace
 
 
 def _agrees_with_a_plain_run(fn, trace: Trace, rank: int, args, kwargs) -> None:
@@ -274,21 +277,25 @@ def _agrees_with_a_plain_run(fn, trace: Trace, rank: int, args, kwargs) -> None:
         plain.compute_log_prob()
     except Exception:  # conditioned, it cannot run (a guide's own bookkeeping): no reference
         return
+    names, scores = [], []  # per site: (vectorized, plain, size), read in one transfer
     for name, site in sites.items():
         if name not in plain.nodes or not torch.is_tensor(site.get("log_prob")):
             continue
-        log_p = site["log_prob"]
+        log_p, expected = site["log_prob"].detach(), plain.nodes[name]["log_prob"].detach()
+        if log_p.is_meta or expected.is_meta:
+            continue
         axis = log_p.dim() - rank
         sliced = log_p.select(axis, -1) if axis >= 0 else log_p
-        expected = plain.nodes[name]["log_prob"]
-        if sliced.is_meta or expected.is_meta:
-            continue
-        size = float(expected.detach().abs().sum()) + 1.0
-        if abs(float(sliced.detach().sum()) - float(expected.detach().sum())) > 1e-5 * size:
+        names.append(name)
+        scores.append(torch.stack([sliced.sum(), expected.sum(), expected.abs().sum() + 1]))
+    if not scores:
+        return
+    for name, (got, plain_score, size) in zip(names, torch.stack(scores).tolist(), strict=True):
+        if abs(got - plain_score) > 1e-5 * size:
             raise ValueError(
-                f"site {name!r}: the vectorized run scores a draw {float(sliced.sum()):.6g} "
-                f"where a plain run at its values scores {float(expected.sum()):.6g} (the "
-                "model's arithmetic pairs the particle dim with one of its own)"
+                f"site {name!r}: the vectorized run scores a draw {got:.6g} where a plain run "
+                f"at its values scores {plain_score:.6g} (the model's arithmetic pairs the "
+                "particle dim with one of its own)"
             )
 
 

@@ -19,14 +19,7 @@ from pyro.poutine import Trace
 from pyro_vae.devices import resolve_device, to_device
 from pyro_vae.evaluate import eval_mode
 from pyro_vae.plates import batch_rows, find_data_plate, frames_in, require_data_plate
-from pyro_vae.traces import (
-    full_rank,
-    particle_traces,
-    plate_nesting,
-    run_pair,
-    sample_sites,
-    vectorize_for,
-)
+from pyro_vae.traces import full_rank, particle_traces, plate_nesting, run_pair, sample_sites
 
 
 def variational_guide(distributions: Mapping[str, Any]) -> Callable[..., None]:
@@ -119,19 +112,13 @@ def draw(model, guide, args: tuple, kwargs: dict, num_samples: int):
     """Guide and replayed model traces of S draws, the draws at dim −rank: vectorized by a
     plate, or drawn in a loop when the model cannot broadcast (:mod:`pyro_vae.traces`).
 
-    A guide with ``vectorizable = False`` is drawn in the loop without trying the plate
-    (:func:`~pyro_vae.traces.vectorize_for`).
-
     Returns:
         ``(guide_trace, model_trace, rank, probe_trace)``: ``probe_trace`` is the guide's
         trace of one probe run (one draw, no particle dim; :func:`probe`).
     """
     nesting, probe_tr, _ = probe(model, guide, args, kwargs)
-    vectorize = vectorize_for(guide, None)
     with torch.no_grad(), eval_mode(model, guide):
-        model_tr, guide_tr, _ = particle_traces(
-            model, guide, args, kwargs, num_samples, nesting, vectorize
-        )
+        model_tr, guide_tr, _ = particle_traces(model, guide, args, kwargs, num_samples, nesting)
     return guide_tr, model_tr, nesting + 1, probe_tr
 
 

@@ -115,10 +115,9 @@ def to_inference_data(
     outer plate, as ``pyro.infer.Predictive(parallel=True)`` requires. Groups:
     ``posterior`` (latent sites and ``pyro.deterministic`` ones), ``posterior_predictive``
     and ``log_likelihood`` (pointwise log p(x | z_s), unscaled) of each observed site,
-    ``observed_data``, and
-    ``sample_stats`` with ``lp`` = log p(x, z_s) and ``log_q`` = log q(z_s | x). The
-    attribute ``data_plate`` names the plate over the data's rows, or is empty where no
-    plate or several (two plates of one size) match them.
+    ``observed_data``, and ``sample_stats`` with ``lp`` = log p(x, z_s) and ``log_q`` =
+    log q(z_s | x). The attribute ``data_plate`` names the plate over the data's rows, or
+    is empty where no plate or several (two plates of one size) match them.
     ``device`` (``None``: where the tensors in ``args`` are): the tensors in ``args`` and
     ``kwargs`` are put there, where the pair's modules must be; the arrays are copied to
     the CPU (NumPy) at the end. A model keyword argument named ``device`` is therefore
