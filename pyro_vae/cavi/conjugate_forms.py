@@ -40,6 +40,7 @@ from pyro_vae.cavi.exponential_families import (
     block_family,
     family_of,
 )
+from pyro_vae.cavi.probe_enumeration import enumerable
 from pyro_vae.cavi.probe_frames import local_map, to_local
 from pyro_vae.cavi.probe_runs import ProbeRunner, Runs, is_factor, site_is_subsample
 from pyro_vae.cavi.provenance import TrackFastProvenance
@@ -593,14 +594,16 @@ def _full_rank(members, values, rank, components=frozenset()) -> bool:
     return bool(counts.min() >= columns)
 
 
-def _enough_runs(make_runs, needs, batched=True) -> tuple[Runs, Runs]:
+def _enough_runs(make_runs, needs, first: int) -> tuple[Runs, Runs]:
     """Fit runs until every design ``(members, rank, components)`` in ``needs`` has full column
     rank at every element — random Categorical probes can miss a combination of categories
     at some element, and a least-squares fit would then guess — and fresh check runs.
-    ``make_runs(count, key)``: ``count`` probe points; ``key`` ("fit", "check") names a draw
-    :meth:`ProbeRunner.prefetch` may have made ahead, in the same model run. The fit and check
-    points are drawn apart, so each is balanced in its Categorical probes."""
-    runs = make_runs(_first_count(needs, batched), "fit")
+    ``make_runs(count, key)``: ``count`` probe points (``first`` of them at first; each a
+    combination's worth of rows where the runner enumerates discrete latents); ``key``
+    ("fit", "check") names a draw :meth:`ProbeRunner.prefetch` may have made ahead, in the
+    same model run. The fit and check points are drawn apart, so each is balanced in its
+    Categorical probes."""
+    runs = make_runs(first, "fit")
     checks = make_runs(_CHECK_RUNS, "check")
     # only a design with a discrete member can fall short of full rank (see _first_count)
     discrete = [need for need in needs if _has_discrete(need[0])]
@@ -620,20 +623,28 @@ def _has_discrete(members) -> bool:
     return any(m.family.name in DISCRETE_FAMILIES for m in members)
 
 
-def _size(needs) -> int:
-    return max(_product(m.family.size for m in members) for members, _, _ in needs)
+def _size(needs, enumerated=()) -> int:
+    """The most unknowns of a design in ``needs``, counting only the members not
+    ``enumerated`` (each enumerated combination gets every point: its own block of rows)."""
+    return max(
+        _product(m.family.size for m in members if m.name not in enumerated)
+        for members, _, _ in needs
+    )
 
 
-def _first_count(needs, batched: bool) -> int:
+def _first_count(needs, batched: bool, enumerated=()) -> int:
     """Fit runs drawn at first: the unknowns and a few more. Continuous probes give a full
     rank design with probability one once there are as many runs as unknowns, and so does
     one Categorical member in a plate, whose probes are balanced (each element takes each of
-    its K categories in ⌊S/K⌋ of S runs, enough for the K blocks of its design). Other
-    discrete probes (Bernoulli, a Categorical outside any plate, two discrete members) are
-    independent draws that can leave a design short of full rank at some element: batched,
-    twice the unknowns then (cheap there)."""
-    twice = batched and any(not _balanced(members) for members, _, _ in needs)
-    return (2 if twice else 1) * _size(needs) + _EXTRA_RUNS
+    its K categories in ⌊S/K⌋ of S runs, enough for the K blocks of its design), or
+    ``enumerated`` (every combination at every point). Other discrete probes (Bernoulli, a
+    Categorical outside any plate, two discrete members) are independent draws that can
+    leave a design short of full rank at some element: batched, twice the unknowns then
+    (cheap there)."""
+    twice = batched and any(
+        not _balanced([m for m in members if m.name not in enumerated]) for members, _, _ in needs
+    )
+    return (2 if twice else 1) * _size(needs, enumerated) + _EXTRA_RUNS
 
 
 def _balanced(members) -> bool:
@@ -705,7 +716,9 @@ def probe_factors(model, args, kwargs, latents, depends, trace, generator, *, ba
 
 def _probe_all(runner, depends, trace) -> list[Factor]:
     """Every factor solved from one set of fit runs and verified at one set of check runs,
-    drawn together in one batched model run when the model broadcasts."""
+    drawn together in one batched model run when the model broadcasts; with the discrete
+    latents in plates enumerated, where there are any, in a second (see
+    :mod:`pyro_vae.cavi.probe_enumeration`)."""
     latents = runner.latents
     designs = {}
     for site, names in depends.items():
@@ -716,11 +729,12 @@ def _probe_all(runner, depends, trace) -> list[Factor]:
         else:
             designs[site] = _mixture_design(latents, depends, site, roles, rank)
     needs = list(designs.values())
-    runner.prefetch([(_first_count(needs, True), None, "fit"), (_CHECK_RUNS, None, "check")])
-    batched = runner.batched is not False
-    runs, checks = _enough_runs(
-        lambda count, key: runner.runs(count, None, key), needs, batched
-    )  # fmt: skip
+    enumerated = enumerable(runner.latents)
+    first = _first_count(needs, True, enumerated)
+    if not (enumerated and runner.prefetch_enumerated(first, enumerated, _CHECK_RUNS)):
+        runner.prefetch([(_first_count(needs, True), None, "fit"), (_CHECK_RUNS, None, "check")])
+        first = _first_count(needs, runner.batched is not False)
+    runs, checks = _enough_runs(lambda count, key: runner.runs(count, None, key), needs, first)
     return [_factor(runner, site, designs[site], runs, checks, trace) for site in depends]
 
 
@@ -840,7 +854,8 @@ def _refuse(runner, names, site, trace):
         def make_runs(count, key, held=held):
             return runner.runs(count, held, key)
 
-        runs, checks = _enough_runs(make_runs, [([latent], rank, frozenset())], runner.batched)
+        need = [([latent], rank, frozenset())]
+        runs, checks = _enough_runs(make_runs, need, _first_count(need, runner.batched))
         if not _solve([latent], runs, checks, site, rank)[1]:
             culprit = [name]
             break

@@ -27,6 +27,7 @@ import torch
 from pyro.poutine.util import site_is_subsample
 
 from pyro_vae.cavi.exponential_families import DISCRETE_FAMILIES
+from pyro_vae.cavi.probe_enumeration import agrees, conditioned, fit_rows, grid, to_rows
 from pyro_vae.cavi.probe_frames import from_local
 
 _AGREE = 1e-9  # batched vs plain log-density, relative to 1 + its magnitude
@@ -205,25 +206,10 @@ class ProbeRunner:
 
     def _batched(self, values: dict, count: int) -> dict | None:
         """One run with a leading probe plate, or None when the model does not broadcast."""
-        n = self.nesting
-        data = {}
-        for latent in self.latents.values():
-            for site in latent.sites:
-                v = values[site]
-                pad = (1,) * (n - len(latent.batch_shape))
-                # a copy: a shared value is an expansion, which .view() in a model refuses
-                data[site] = v.reshape(v.shape[:1] + pad + v.shape[1:]).contiguous()
-
-        def probed(*args, **kwargs):
-            with pyro.plate("_probes", count, dim=-(n + 1)):
-                return self.model(*args, **kwargs)
-
-        self.model_runs += 1
-        try:
-            log_probs, _ = site_log_probs(probed, self.args, self.kwargs, data)
-        except (RuntimeError, ValueError, IndexError, TypeError):
+        log_probs = self._run(self._padded(values), count)
+        if log_probs is None:
             return None
-        out = {}
+        n, out = self.nesting, {}
         for site, shape in self.shapes.items():
             lp = log_probs.get(site)
             want = torch.Size((count,) + (1,) * (n - len(shape)) + tuple(shape))
@@ -231,6 +217,71 @@ class ProbeRunner:
                 return None
             out[site] = lp.reshape((count,) + tuple(shape))
         return out
+
+    def _padded(self, values: dict, skip=()) -> dict:
+        """Each latent site's stacked values with size-1 dims between the probe dim and its
+        batch, to the model's plate nesting (``skip``: units left out)."""
+        data = {}
+        for latent in self.latents.values():
+            if latent.name in skip:
+                continue
+            for site in latent.sites:
+                v = values[site]
+                pad = (1,) * (self.nesting - len(latent.batch_shape))
+                # a copy: a shared value is an expansion, which .view() in a model refuses
+                data[site] = v.reshape(v.shape[:1] + pad + v.shape[1:]).contiguous()
+        return data
+
+    def _run(self, data: dict, count: int) -> dict | None:
+        """The log-densities of one model run inside ``pyro.plate("_probes", count)`` with
+        ``data`` conditioned, or None when it raises."""
+
+        def probed(*args, **kwargs):
+            with pyro.plate("_probes", count, dim=-(self.nesting + 1)):
+                return self.model(*args, **kwargs)
+
+        self.model_runs += 1
+        try:
+            return site_log_probs(probed, self.args, self.kwargs, data)[0]
+        except (RuntimeError, ValueError, IndexError, TypeError):
+            return None
+
+    def prefetch_enumerated(self, count: int, names: tuple[str, ...], checks: int) -> bool:
+        """Draw ``count`` fit points with the discrete latents ``names`` enumerated (see
+        :mod:`pyro_vae.cavi.probe_enumeration`: C·``count`` rows, C their combinations) and
+        ``checks`` check points, for ``runs(count, None, "fit")`` and ``runs(checks, None,
+        "check")``: one run of the check points with the fit rows of the first point (and
+        the reference point, when whether the model broadcasts is not yet known), one
+        enumerated run. False, with nothing kept, where either run fails or they disagree."""
+        if self.batched is False:
+            return False
+        latents = [self.latents[name] for name in names]
+        points = self.draw(count, None, True)
+        rows = fit_rows(points, latents, grid(latents), count)
+        first = {site: value[::count] for site, value in rows.items()}
+        check_points = self.draw(checks, None, False)
+        joined = {k: torch.cat([check_points[k], first[k]]) for k in check_points}
+        total = checks + len(first[names[0]])
+        if self.batched is None:
+            self.batched = self._try_batched(joined, total)
+            plain = self.batched_result if self.batched else None
+        else:
+            plain = self._batched(joined, total)
+            self.batched = plain is not None
+        if plain is None:
+            return False
+        data = {**self._padded(points, skip=names), **conditioned(latents, self.nesting)}
+        log_probs = self._run(data, count)
+        enumerated = None
+        if log_probs is not None:
+            enumerated = to_rows(log_probs, latents, self.shapes, count, self.nesting)
+        rest = {site: lp[checks:] for site, lp in plain.items()}
+        if enumerated is None or not agrees(enumerated, rest, count):
+            return False
+        check_lp = {site: lp[:checks] for site, lp in plain.items()}
+        self._ready[(checks, "check")] = Runs(check_points, check_lp, frames=self.frames)
+        self._ready[(count, "fit")] = Runs(rows, enumerated, frames=self.frames)
+        return True
 
     def _looped(self, values: dict, count: int) -> dict:
         per_point = []
