@@ -31,6 +31,7 @@ import pyro.distributions as dist
 import torch
 
 from pyro_vae.cavi.conjugate_forms import _dist_name, _sum_to, batch_view
+from pyro_vae.cavi.expectations import product_sum
 from pyro_vae.cavi.exponential_families import (
     BernoulliFamily,
     BetaFamily,
@@ -232,10 +233,10 @@ def _predicted(factor, statistics: dict, count: int) -> torch.Tensor:
         stats = statistics[name]  # [S, *its batch, B]
         view = (count,) + batch_view(factor, name, stats.shape[1:-1])
         view += tuple(stats.shape[-1] if m == name else 1 for m in remaining)
-        c = (c * stats.reshape(view)).sum(1 + factor.rank + remaining.index(name))
+        c = product_sum(c, stats.reshape(view), 1 + factor.rank + remaining.index(name))
         remaining.remove(name)
     if factor.selector is not None:  # its one-hot [S, *batch_z, K] against the K-axis
         chosen = statistics[factor.selector]
         view = (count,) + (1,) * (factor.rank - chosen.dim() + 1) + tuple(chosen.shape[1:])
-        c = (c * chosen.reshape(view)).sum(factor.rank)
+        c = product_sum(c, chosen.reshape(view), factor.rank)
     return c
