@@ -15,7 +15,8 @@ The evidence lower bound is likewise exact, every constant kept:
     L(q) = Σ_f E_q[log f] + Σ_j H[q_j]  ≤  log p(y)       (nats, whole data set)
 
 The model is probed once per ``fit`` (its probe points batched into one or a few model runs
-when it broadcasts, see :mod:`pyro_vae.cavi.probe_runs`); the sweeps are then tensor algebra
+when it broadcasts, see :mod:`pyro_vae.cavi.probe_runs`, a mixture's assignments
+enumerated, :mod:`pyro_vae.cavi.probe_enumeration`); the sweeps are then tensor algebra
 in float64. When the fitted q lies far outside the probe points (data near 10⁶ probed at
 N(0, 1)), the factors are solved again from points drawn around q, in q's local coordinates
 (:mod:`pyro_vae.cavi.probe_frames`), and the sweeps go on from q (or start again, when q
@@ -143,7 +144,11 @@ class AutoCAVI:
             point), and they ran one model run per point instead, to the same factors.
         probe_model_runs_: model runs made while solving the factors and checking them
             where q lies (a batched run counts once; the seeded first run, which also
-            tracks dependencies, is not counted).
+            tracks dependencies, is not counted). A mixture's assignments (the discrete
+            latents in plates, up to 64 combinations) are enumerated at the fit points, as
+            ``TraceEnum_ELBO`` enumerates them: one run scores every component at each
+            point, beside one run of the check points (see
+            :mod:`pyro_vae.cavi.probe_enumeration`).
         probe_rounds_: times the factors were solved (at most 10): 1, plus one per re-probe
             around q, made when, after any sweep, q lies over 10³ outside the points in
             E_q[T] (their coordinates), or the estimated rounding below exceeds 1e-9 of the

@@ -4,6 +4,7 @@ import pyro.poutine as poutine
 import pytest
 import torch
 
+import pyro_vae.cavi.probe_runs as probe_runs
 from models.gmm import GaussianMixtureModel
 from pyro_vae.cavi import AutoCAVI
 from pyro_vae.cavi.conjugate_forms import find_dependencies, find_latents, probe_factors
@@ -104,3 +105,40 @@ def test_a_model_that_does_not_broadcast_is_probed_point_by_point_to_the_same_fi
         for p in ("concentration", "rate", "loc", "scale"):
             if hasattr(q, p):
                 assert float(getattr(other, p)) == pytest.approx(float(getattr(q, p)), rel=1e-10)
+
+
+@pytest.mark.parametrize(
+    "model, args, enumerates",
+    [
+        (careful, (Y,), False),
+        (
+            GaussianMixtureModel.from_data(
+                mixture_data()[0], 2, precision_parameterization="wishart"
+            ).double(),
+            mixture_data(),
+            True,
+        ),
+    ],
+    ids=["normal-gamma", "wishart-mixture (enumerated)"],
+)
+def test_points_split_over_runs_by_the_memory_budget_solve_to_the_same_factors(
+    model, args, enumerates, monkeypatch
+):
+    # a budget of one element: one probe point per run (the enumerated mixture's too); the
+    # rows must come back in the same order, so the factors are the one-run factors
+    whole, info_whole = factors(model, *args, batched=True)
+    monkeypatch.setattr(probe_runs, "_RUN_BUDGET", 1)
+    enumerated = []
+    prefetch = probe_runs.ProbeRunner.prefetch_enumerated
+
+    def spy(self, *a):
+        enumerated.append(prefetch(self, *a))
+        return enumerated[-1]
+
+    monkeypatch.setattr(probe_runs.ProbeRunner, "prefetch_enumerated", spy)
+    split, info_split = factors(model, *args, batched=True)
+    assert info_split["batched"] and info_split["model_runs"] > 5 * info_whole["model_runs"]
+    assert enumerated == ([True] if enumerates else [])  # not dropped for drawn points
+    for name, f in whole.items():
+        scale = 1 + f.coefficients.abs().max()
+        assert torch.allclose(split[name].coefficients, f.coefficients, rtol=0, atol=1e-9 * scale)
