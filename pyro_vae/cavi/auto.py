@@ -144,8 +144,8 @@ class AutoCAVI:
             point), and they ran one model run per point instead, to the same factors.
         probe_model_runs_: model runs made while solving the factors and checking them
             where q lies (a batched run counts once; the seeded first run, which also
-            tracks dependencies, is not counted). A mixture's assignments (the discrete
-            latents in plates, up to 64 combinations) are enumerated at the fit points, as
+            tracks dependencies, is not counted). A mixture's assignments (the one discrete
+            latent in a plate) are enumerated at the fit points, as
             ``TraceEnum_ELBO`` enumerates them: one run scores every component at each
             point, beside one run of the check points (see
             :mod:`pyro_vae.cavi.probe_enumeration`).

@@ -48,6 +48,9 @@ from pyro_vae.cavi.seeding import cpu_rng
 from pyro_vae.pyro_compat import distribution_mask
 
 _EXTRA_RUNS = 3  # least-squares runs beyond the unknowns, for a well-posed solve
+#: Most coefficients per element of one factor (the product of its latents' statistic
+#: counts): a D = 100 Normal vector with a Gamma precision has 15,453; beyond, refused.
+MAX_UNKNOWNS = 20_000
 _CHECK_RUNS = 4  # fresh points at which each fitted factor is verified
 _RTOL = 1e-7  # misfit allowed, relative to the factor's magnitude at the probe points
 _MAX_ROUNDS = 20  # batches of extra runs allowed before a design is declared degenerate
@@ -387,7 +390,9 @@ def _mixture_roles(site: str, names, latents, trace) -> tuple[str | None, list[s
             f"{len(selectors)} Categorical latents {selectors}; AutoCAVI's mixtures pick a "
             "component by one Categorical latent in a factor whose other latents are "
             "continuous. A transition matrix whose rows are picked by a latent s_prev for a "
-            "latent s_t: give each row its own Dirichlet site, outside any plate"
+            "latent s_t: give each row its own Dirichlet site, outside any plate (each step's "
+            "factor then reads all K rows: K²(K + 1)^K coefficients, 576 at K = 3 and 10,000 "
+            f"at K = 4; above {MAX_UNKNOWNS:,} a factor is refused)"
         )
     k = latents[selectors[0]].family.k if selectors else None
     for name in outside:
@@ -729,6 +734,8 @@ def _probe_all(runner, depends, trace) -> list[Factor]:
         else:
             designs[site] = _mixture_design(latents, depends, site, roles, rank)
     needs = list(designs.values())
+    for site, (members, _, _) in designs.items():
+        _check_unknowns(site, members, trace)
     enumerated = enumerable(runner.latents)
     first = _first_count(needs, True, enumerated)
     if not (enumerated and runner.prefetch_enumerated(first, enumerated, _CHECK_RUNS)):
@@ -736,6 +743,26 @@ def _probe_all(runner, depends, trace) -> list[Factor]:
         first = _first_count(needs, runner.batched is not False)
     runs, checks = _enough_runs(lambda count, key: runner.runs(count, None, key), needs, first)
     return [_factor(runner, site, designs[site], runs, checks, trace) for site in depends]
+
+
+def _check_unknowns(site: str, members, trace) -> None:
+    """Refuse, before any probe run, a factor with more than :data:`MAX_UNKNOWNS`
+    coefficients per element: its probe would take about as many model evaluations and a
+    least-squares design of that many rows and columns per element (an HMM step reading
+    five Dirichlet rows, 194,400, asked the allocator for 12 GB and failed)."""
+    sizes = [m.family.size for m in members]
+    unknowns = _product(sizes)
+    if unknowns > MAX_UNKNOWNS:
+        names = [m.name for m in members]
+        raise NotConjugateError(
+            f"factor {site!r} ({_dist_name(trace.nodes[site])}): its log-density has "
+            f"{unknowns:,} coefficients per element (the statistics of {names}, of sizes "
+            f"{sizes}, multiplied), more than AutoCAVI solves for ({MAX_UNKNOWNS:,}): "
+            "probing would need as many model evaluations and a design that large per "
+            "element. Put independent elements in a pyro.plate (each is then its own "
+            "variable), fit this model by SVI, or leave some of these latents to SVI with "
+            "pyro_vae.cavi.ConditionalCAVIGuide(model, svi_sites=[...])"
+        )
 
 
 def _factor(runner, site, design, runs, checks, trace) -> Factor:

@@ -121,3 +121,25 @@ def test_a_factor_reading_another_element_s_assignment_fails_its_check(shift):
         return
     with pytest.raises(NotConjugateError, match="factor 'y'.*for some value of 'z'"):
         probe(model, y)
+
+
+def test_a_factor_with_too_many_coefficients_is_refused_before_any_probe_run(monkeypatch):
+    # an HMM step reading five Dirichlet rows: 5 x 5 x 6⁵ = 194,400 coefficients per element
+    # (it asked the allocator for 12 GB); refused by name before the model runs at any probe
+    import pyro_vae.cavi.probe_runs as probe_runs
+    from pyro_vae.cavi import AutoCAVI
+    from pyro_vae.cavi.conjugate_forms import MAX_UNKNOWNS
+
+    def hmm(y, k=5):
+        rows = [pyro.sample(f"A{r}", dist.Dirichlet(torch.ones(k, dtype=F64))) for r in range(k)]
+        s = pyro.sample("s_0", dist.Categorical(torch.ones(k, dtype=F64) / k))
+        for i in pyro.markov(range(1, len(y))):
+            s = pyro.sample(f"s_{i}", dist.Categorical(torch.stack(rows)[s]))
+            pyro.sample(f"y_{i}", dist.Normal(s.to(F64), 1.0), obs=y[i])
+
+    runs = []
+    monkeypatch.setattr(probe_runs, "site_log_probs", lambda *a: runs.append(a) or 1 / 0)
+    with pytest.raises(NotConjugateError, match=r"factor 's_1' \(Categorical\).*194,400") as e:
+        AutoCAVI(hmm).fit(t([0.0, 1.0, 2.0]))
+    assert f"({MAX_UNKNOWNS:,})" in str(e.value) and "ConditionalCAVIGuide" in str(e.value)
+    assert runs == []

@@ -10,7 +10,6 @@ from models.gmm import GaussianMixtureModel
 from pyro_vae.cavi import AutoCAVI
 from pyro_vae.cavi.conjugate_forms import find_dependencies, find_latents, probe_factors
 from pyro_vae.cavi.probe_enumeration import (
-    MAX_COMBINATIONS,
     agrees,
     enumerable,
     fit_rows,
@@ -50,7 +49,8 @@ def mixture_and_a_wide_normal(y, x):
 
 
 def two_assignments(y):
-    # two mixtures, each with its assignments in one plate: 2 x 3 combinations enumerated
+    # two mixtures, each with its assignments in one plate: drawn, not enumerated (every
+    # factor would get the 2 x 3 combinations' rows)
     with pyro.plate("a_components", 2):
         a = pyro.sample("a", dist.Normal(t(0.0), t(3.0)))
     with pyro.plate("b_components", 3):
@@ -100,23 +100,25 @@ def probed(model, args, monkeypatch, enumerate_):
 
 
 @pytest.mark.parametrize(
-    "model, args",
+    "model, args, enumerates",
     [
-        (mixture, (Y,)),
-        (mixture_and_a_wide_normal, (Y, X6)),
-        (two_assignments, (Y,)),
-        (spike_and_slab, (Y,)),
-        gaussian_mixture(),
+        (mixture, (Y,), True),
+        (mixture_and_a_wide_normal, (Y, X6), True),
+        (two_assignments, (Y,), False),
+        (spike_and_slab, (Y,), True),
+        (*gaussian_mixture(), True),
     ],
     ids=["mixture", "mixture-and-wide-normal", "two-assignments", "bernoulli", "normal-wishart"],
 )
-def test_enumerated_fit_points_solve_to_the_factors_of_drawn_ones(model, args, monkeypatch):
+def test_enumerated_fit_points_solve_to_the_factors_of_drawn_ones(
+    model, args, enumerates, monkeypatch
+):
     # the coefficients are exact (multilinear factors): points drawn one assignment per
     # point (tested against the looped runs and the hand-written classes) and points with
     # every assignment enumerated must solve to them, to float64 rounding
     enumerated, used = probed(model, args, monkeypatch, True)
     drawn, not_used = probed(model, args, monkeypatch, False)
-    assert used and not not_used
+    assert used == enumerates and not not_used
     assert enumerated.keys() == drawn.keys()
     for name, f in enumerated.items():
         g = drawn[name]
@@ -163,12 +165,13 @@ def test_rows_and_log_densities_line_up_combination_by_combination():
     assert not agrees({"y": out["y"]}, {"y": out["y"][::4] + 1e-6}, 4)
 
 
-def test_too_many_combinations_are_drawn_not_enumerated():
+def test_only_a_lone_discrete_latent_in_a_plate_is_enumerated():
     class Latent:
-        def __init__(self, k, batch=(5,)):
+        def __init__(self, k, batch=(5,), name="Categorical"):
             self.batch_shape = torch.Size(batch)
-            self.family = type("F", (), {"k": k, "name": "Categorical"})()
+            self.family = type("F", (), {"k": k, "name": name})()
 
-    assert enumerable({"a": Latent(8), "b": Latent(8)}) == ("a", "b")
-    assert enumerable({"a": Latent(8), "b": Latent(MAX_COMBINATIONS // 8 + 1)}) == ()
+    assert enumerable({"z": Latent(8), "w": Latent(3, batch=())}) == ("z",)
+    assert enumerable({"s": Latent(2, name="Bernoulli")}) == ("s",)
+    assert enumerable({"a": Latent(2), "b": Latent(2)}) == ()  # drawn: see two_assignments
     assert enumerable({"a": Latent(3, batch=())}) == ()  # outside any plate: drawn
