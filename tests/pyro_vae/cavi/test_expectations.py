@@ -33,12 +33,14 @@ def test_sum_to_undoes_broadcasting():
         ((300, 10, 23), (16, 1, 10, 23), 2),  # ranks differ; a positive axis
         ((300, 10, 23), (300, 10, 1), 1),  # one operand size 1 along the summed axis
         ((1, 4, 3), (5, 4, 1), 1),  # small: made and summed
+        ((300, 10, 23), (100, 1, 1, 23), -1),  # large only with the longer one's lead dim
     ],
 )
-def test_product_sum_is_the_broadcast_product_summed(left, right, axis):
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_product_sum_is_the_broadcast_product_summed(left, right, axis, dtype):
     g = torch.Generator().manual_seed(0)
     a = torch.randn(left, generator=g, dtype=F64)
-    b = torch.randn(right, generator=g, dtype=F64)
+    b = torch.randn(right, generator=g, dtype=F64).to(dtype)  # float32: promoted, as * does
     expected = (a * b).sum(axis)
     got = product_sum(a, b, axis)
     assert got.shape == expected.shape
