@@ -28,5 +28,7 @@ def test_a_small_run_writes_a_row_where_the_bounds_agree(tmp_path):
     assert cells[0] == "400"
     bound, gap = float(cells[9]), float(cells[10])
     assert gap <= 1e-8 * abs(bound), body[0]  # the same update from the same start
-    assert cells[2] == cells[6]  # the same number of sweeps
+    # the same sweeps, give or take the last: a change of about tol = 1e-8 nats can fall on
+    # either side of it in float64 summed in another order (N = 400: 15 and 14)
+    assert abs(int(cells[2]) - int(cells[6])) <= 1
     assert all(float(c) > 0 for c in cells[1:9]), body[0]
