@@ -140,13 +140,7 @@ class ProbeRunner:
             return
         drawn = [self.draw(count, fixed, key != "check") for count, fixed, key in requests]
         values = {k: torch.cat([d[k] for d in drawn]) for k in drawn[0]}
-        total = sum(count for count, _, _ in requests)
-        if self.batched is None:
-            self.batched = self._try_batched(values, total)
-            out = self.batched_result if self.batched else None
-        else:
-            out = self._batched(values, total)
-            self.batched = out is not None
+        out = self._plain(values, sum(count for count, _, _ in requests))
         if out is None:
             return
         start = 0  # each request keeps its own draw (a shared probe stays an expansion)
@@ -197,6 +191,17 @@ class ProbeRunner:
                 return out
             self.batched = False  # a later batch failed: loop from here on
         return self._looped(values, count)
+
+    def _plain(self, values: dict, count: int) -> dict | None:
+        """The log-densities at ``values`` in batched runs, the first of which decides
+        whether the model broadcasts (:meth:`_try_batched`); None, with ``batched`` False,
+        where it does not."""
+        if self.batched is None:
+            self.batched = self._try_batched(values, count)
+            return self.batched_result if self.batched else None
+        out = self._batched(values, count)
+        self.batched = out is not None
+        return out
 
     def _try_batched(self, values: dict, count: int) -> bool:
         """Run the first batch with the reference point appended; keep it if it broadcasts
@@ -289,13 +294,7 @@ class ProbeRunner:
         first = {site: value[::count] for site, value in rows.items()}
         check_points = self.draw(checks, None, False)
         joined = {k: torch.cat([check_points[k], first[k]]) for k in check_points}
-        total = checks + len(first[names[0]])
-        if self.batched is None:
-            self.batched = self._try_batched(joined, total)
-            plain = self.batched_result if self.batched else None
-        else:
-            plain = self._batched(joined, total)
-            self.batched = plain is not None
+        plain = self._plain(joined, checks + len(first[names[0]]))
         if plain is None:
             return False
         enumerated = self._enumerated(points, latents, count)

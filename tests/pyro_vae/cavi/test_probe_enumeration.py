@@ -17,6 +17,7 @@ from pyro_vae.cavi.probe_enumeration import (
     to_rows,
 )
 from pyro_vae.cavi.probe_runs import ProbeRunner
+from tests.pyro_vae.cavi.factors import assert_same_factors
 from tests.pyro_vae.cavi.float64 import F64, t
 
 G = torch.Generator().manual_seed(3)
@@ -119,12 +120,7 @@ def test_enumerated_fit_points_solve_to_the_factors_of_drawn_ones(
     enumerated, used = probed(model, args, monkeypatch, True)
     drawn, not_used = probed(model, args, monkeypatch, False)
     assert used == enumerates and not not_used
-    assert enumerated.keys() == drawn.keys()
-    for name, f in enumerated.items():
-        g = drawn[name]
-        assert (f.latents, f.rank, f.selector) == (g.latents, g.rank, g.selector)
-        scale = 1 + g.coefficients.abs().max()
-        assert torch.allclose(f.coefficients, g.coefficients, rtol=0, atol=1e-9 * scale), name
+    assert_same_factors(enumerated, drawn)
 
 
 def test_a_model_that_cannot_take_enumerated_values_is_probed_with_drawn_ones(monkeypatch):

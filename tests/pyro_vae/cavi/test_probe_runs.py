@@ -8,6 +8,7 @@ import pyro_vae.cavi.probe_runs as probe_runs
 from models.gmm import GaussianMixtureModel
 from pyro_vae.cavi import AutoCAVI
 from pyro_vae.cavi.conjugate_forms import find_dependencies, find_latents, probe_factors
+from tests.pyro_vae.cavi.factors import assert_same_factors
 from tests.pyro_vae.cavi.float64 import F64, t
 
 Y = torch.tensor([0.3, -1.2, 2.0, 0.7, 1.1], dtype=F64)
@@ -86,12 +87,7 @@ def test_batched_and_looped_probes_give_the_same_factors(model, args):
     looped, info_l = factors(model, *args, batched=False)
     assert info_b["batched"] and not info_l["batched"]
     assert info_b["model_runs"] <= 5 and info_l["model_runs"] > 5 * info_b["model_runs"]
-    assert batched.keys() == looped.keys()
-    for name, f in batched.items():
-        g = looped[name]
-        assert (f.latents, f.rank, f.selector) == (g.latents, g.rank, g.selector)
-        scale = 1 + g.coefficients.abs().max()
-        assert torch.allclose(f.coefficients, g.coefficients, rtol=0, atol=1e-9 * scale), name
+    assert_same_factors(batched, looped)
 
 
 @pytest.mark.parametrize("model", [raises_when_batched, mixes_probes_when_batched])
@@ -139,6 +135,4 @@ def test_points_split_over_runs_by_the_memory_budget_solve_to_the_same_factors(
     split, info_split = factors(model, *args, batched=True)
     assert info_split["batched"] and info_split["model_runs"] > 5 * info_whole["model_runs"]
     assert enumerated == ([True] if enumerates else [])  # not dropped for drawn points
-    for name, f in whole.items():
-        scale = 1 + f.coefficients.abs().max()
-        assert torch.allclose(split[name].coefficients, f.coefficients, rtol=0, atol=1e-9 * scale)
+    assert_same_factors(split, whole)
