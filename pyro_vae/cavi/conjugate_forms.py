@@ -792,6 +792,17 @@ def _local_factor(runner, site, design, runs, checks, trace) -> Factor:
         )
     if not good and selector is None:
         _refuse(runner, list(names), site, trace)
+    partly_observed = selector is not None and selector.endswith("_unobserved")
+    if not good and partly_observed and runner.latents[selector].present is not None:
+        raise NotConjugateError(
+            f"factor {site!r} ({_dist_name(trace.nodes[site])}): the component it picks is "
+            f"read from {selector!r}, whose site is partly observed (obs_mask): where the "
+            "label is observed the model reads it instead, which no latent assignment "
+            "explains. AutoCAVI's mixtures pick every element's component by a latent "
+            "assignment (components picked by known labels are not supported either), so "
+            "partly labelled data are not fitted in closed form: fit this model by SVI, "
+            "where TraceEnum_ELBO enumerates the unobserved assignments"
+        )
     if not good:
         raise NotConjugateError(
             f"factor {site!r} ({_dist_name(trace.nodes[site])}): for some value of "

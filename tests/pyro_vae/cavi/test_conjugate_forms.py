@@ -143,3 +143,26 @@ def test_a_factor_with_too_many_coefficients_is_refused_before_any_probe_run(mon
         AutoCAVI(hmm).fit(t([0.0, 1.0, 2.0]))
     assert f"({MAX_UNKNOWNS:,})" in str(e.value) and "ConditionalCAVIGuide" in str(e.value)
     assert runs == []
+
+
+def test_partly_observed_assignments_are_refused_saying_why():
+    # obs_mask on a mixture's assignments: where a label is observed the model reads it, not
+    # the latent z_unobserved; the refusal said "not multilinear in mu" (tester 11)
+    from pyro.ops.indexing import Vindex
+
+    from pyro_vae.cavi import AutoCAVI
+
+    g = torch.Generator().manual_seed(14)
+    labels = torch.arange(8) % 2
+    y = t([-3.0, 3.0])[labels] + torch.randn(8, generator=g, dtype=F64)
+    known = torch.tensor([1, 1, 0, 1, 0, 0, 1, 0], dtype=torch.bool)
+
+    def masked(y, z):
+        with pyro.plate("c", 2):
+            mu = pyro.sample("mu", dist.Normal(t(0.0), t(5.0)))
+        with pyro.plate("d", len(y)):
+            z = pyro.sample("z", dist.Categorical(t([0.5, 0.5])), obs=z, obs_mask=known)
+            pyro.sample("y", dist.Normal(Vindex(mu.unsqueeze(-2))[..., z], 1.0), obs=y)
+
+    with pytest.raises(NotConjugateError, match=r"'z_unobserved'.*obs_mask.*TraceEnum_ELBO"):
+        AutoCAVI(masked).fit(y, labels)
