@@ -739,8 +739,9 @@ def _probe_all(runner, depends, trace) -> list[Factor]:
     enumerated = enumerable(runner.latents)
     first = _first_count(needs, True, enumerated)
     if not (enumerated and runner.prefetch_enumerated(first, enumerated, _CHECK_RUNS)):
-        runner.prefetch([(_first_count(needs, True), None, "fit"), (_CHECK_RUNS, None, "check")])
-        first = _first_count(needs, runner.batched is not False)
+        first = _first_count(needs, True)  # drawn: every assignment's points counted
+        runner.prefetch([(first, None, "fit"), (_CHECK_RUNS, None, "check")])
+        first = _first_count(needs, False) if runner.batched is False else first
     runs, checks = _enough_runs(lambda count, key: runner.runs(count, None, key), needs, first)
     return [_factor(runner, site, designs[site], runs, checks, trace) for site in depends]
 
