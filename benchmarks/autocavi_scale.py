@@ -39,6 +39,17 @@ def data(n: int) -> np.ndarray:
     return centres[rng.integers(K, size=n)] + rng.normal(size=(n, D))
 
 
+def data_size(text: str) -> int:
+    """An N for ``--sizes``: an integer of at least K (each component needs a point)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = None
+    if n is None or n < K:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer of at least K = {K}")
+    return n
+
+
 def one(method: str, n: int) -> dict:
     """Fit one way in this process: its bound, sweeps, seconds (probing apart) and peak
     resident memory."""
@@ -79,7 +90,7 @@ def measured(method: str, n: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--one", nargs=2, metavar=("METHOD", "N"), help=argparse.SUPPRESS)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[3000, 30000, 100000])
+    parser.add_argument("--sizes", type=data_size, nargs="+", default=[3000, 30000, 100000])
     parser.add_argument("--out", type=Path, default=HERE / "autocavi_scale.md")
     args = parser.parse_args()
     if args.one:
