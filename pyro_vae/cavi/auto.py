@@ -49,6 +49,7 @@ from pyro_vae.cavi.conjugate_forms import (
     probe_runner,
     reference_is_finite,
 )
+from pyro_vae.cavi.data_indexing import scatter_by_index
 from pyro_vae.cavi.expectations import contract, sum_to
 from pyro_vae.cavi.exponential_families import DISCRETE_FAMILIES, NotConjugateError
 from pyro_vae.cavi.fitted_guide import fitted_guide
@@ -511,7 +512,10 @@ class AutoCAVI:
         shape = latent.batch_shape + (latent.family.size,)
         total = torch.zeros(shape, dtype=torch.float64)
         for factor in factors:
-            total = total + sum_to(contract(factor, stats, (name,), self._pairs), shape)
+            message = contract(factor, stats, (name,), self._pairs)
+            if name in factor.index:  # per datum: summed at the groups they read
+                message = scatter_by_index(message, factor.index[name], shape)
+            total = total + sum_to(message, shape)
         eta = total[..., 1:] if latent.family.has_constant else total
         if latent.present is not None:
             # masked off and mentioned by no other factor: absent from the model, a

@@ -25,7 +25,7 @@ latents do not vary along (they multiply the same expectations there).
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import pyro
 import pyro.distributions as dist
@@ -33,6 +33,14 @@ import pyro.poutine as poutine
 import torch
 from pyro.ops.provenance import detach_provenance, get_provenance
 
+from pyro_vae.cavi.data_indexing import (
+    apply_by_group,
+    collapse_by_group,
+    find_indices,
+    group_keys,
+    indexable,
+    read_by_index,
+)
 from pyro_vae.cavi.exponential_families import (
     DISCRETE_FAMILIES,
     Family,
@@ -72,6 +80,11 @@ class Latent:
     #: observed); None: none is. Such an element that no other factor mentions is absent
     #: from the model; one that a child mentions has a flat prior.
     present: torch.Tensor | None = None
+    #: a latent as one factor reads it through a data index (see
+    #: :mod:`pyro_vae.cavi.data_indexing`): LongTensor of the factor's rank, the element of
+    #: the latent's one plate each factor element reads; its ``batch_shape`` is then the
+    #: index's. None: read at the factor's own plate indices.
+    index: torch.Tensor | None = None
 
 
 def _present(sites) -> torch.Tensor | None:
@@ -116,6 +129,15 @@ class Factor:
     #: the coefficients as solved, on the statistics in the probe frames' coordinates
     #: (None: solved on the natural statistics): E_q[log f] from them does not cancel
     local: torch.Tensor | None = None
+    #: {latent: LongTensor index} for the latents read through a data index (random
+    #: intercepts, :mod:`pyro_vae.cavi.data_indexing`): along the batch, such a latent's
+    #: statistics are read at ``index`` (right-aligned with the batch) and its messages
+    #: summed back there
+    index: dict = field(default_factory=dict)
+    #: where ``index`` reads are summed by group (see
+    #: :func:`~pyro_vae.cavi.data_indexing.collapse_by_group`): each element of the
+    #: site's log-density, [*its shape], its row in the flattened batch; else None
+    rows: torch.Tensor | None = None
 
 
 def batch_view(factor: Factor, name: str, batch) -> tuple[int, ...]:
@@ -138,9 +160,11 @@ def to_natural(factor: Factor, latents: dict, frames: dict) -> Factor:
             continue
         latent = latents[name]
         n = local_map(latent.family, frames[name])  # [*batch, B, B]
+        if name in factor.index:
+            n = read_by_index(n, factor.index[name], 0)
         axis = factor.rank + k
         others = (1,) * (len(factor.latents) - 1)
-        n = n.reshape(batch_view(factor, name, latent.batch_shape) + others + n.shape[-2:])
+        n = n.reshape(batch_view(factor, name, n.shape[:-2]) + others + n.shape[-2:])
         moved = c.movedim(axis, -1).unsqueeze(-2)  # [..., 1, B]
         c = (moved @ n).squeeze(-2).movedim(-1, axis)
     return replace(factor, coefficients=c)
@@ -377,8 +401,11 @@ def _plates(site) -> frozenset:
 
 
 def _mixture_roles(site: str, names, latents, trace) -> tuple[str | None, list[str]]:
-    """(selector, components) of a factor that mentions latents outside its plates, or
-    ``NotConjugateError`` when it is not a mixture over one Categorical's categories."""
+    """(selector, components) of a factor that mentions latents outside its plates: a
+    mixture's Categorical selector and components; (None, those latents) where no
+    Categorical picks them, each continuous and in one plate the factor is not inside, to be
+    read through a data index (:mod:`pyro_vae.cavi.data_indexing`); (None, []) where none is
+    outside; else ``NotConjugateError``."""
     plates = _plates(trace.nodes[site])
     outside = [n for n in names if latents[n].plates - plates]
     if not outside:
@@ -394,6 +421,10 @@ def _mixture_roles(site: str, names, latents, trace) -> tuple[str | None, list[s
             "factor then reads all K rows: K²(K + 1)^K coefficients, 576 at K = 3 and 10,000 "
             f"at K = 4; above {MAX_UNKNOWNS:,} a factor is refused)"
         )
+    if not selectors and all(
+        indexable(latents[n]) and not latents[n].plates & plates for n in outside
+    ):
+        return None, outside
     k = latents[selectors[0]].family.k if selectors else None
     for name in outside:
         if k is None or latents[name].batch_shape != (k,) or len(latents[name].plates) != 1:
@@ -401,8 +432,10 @@ def _mixture_roles(site: str, names, latents, trace) -> tuple[str | None, list[s
                 f"factor {site!r} depends on latent site {name!r} across its plate(s) "
                 f"{sorted(latents[name].plates - plates)}, which {site!r} is not inside, and "
                 f"not as a mixture component picked by one Categorical latent inside them "
-                f"(Vindex(theta)[..., z, :]); AutoCAVI handles only factors inside every plate "
-                "of the latents they mention, and mixtures"
+                f"(Vindex(theta)[..., z, :]); AutoCAVI handles factors inside every plate "
+                "of the latents they mention, mixtures, and continuous latents in one plate "
+                "read at one element per datum by a data index (a[..., group], with no "
+                "Categorical latent in the factor)"
             )
     return selectors[0], outside
 
@@ -443,12 +476,44 @@ def _design(latents: list[Latent], runs: Runs, rank: int, components=frozenset()
     design = torch.ones((count,) + (1,) * rank + (1,), dtype=torch.float64)
     for latent in latents:
         phi = _statistics(latent, runs)  # [S, *batch, B]
+        if latent.index is not None:  # read through a data index: [S, *index's shape, B]
+            phi = read_by_index(phi, latent.index, 1)
         if latent.name in components:
             selector = _unexpanded_value(runs.values[latents[0].name])
             phi = _picked(phi, selector, latents[0].family.k)
         phi = phi.reshape(phi.shape[:1] + (1,) * (rank + 2 - phi.dim()) + phi.shape[1:])
         design = (design.unsqueeze(-1) * phi.unsqueeze(-2)).flatten(-2)
     return design
+
+
+def _fit_by_group(members, runs: Runs, rank: int, values: torch.Tensor):
+    """:func:`_fit` of a factor reading latents through data indices, solved once per group
+    rather than once per datum: the elements reading the same groups (and alike in the other
+    members) share one design. None where there is no index, or where another member varies
+    along a dim an index varies along (each element then has its own design)."""
+    indexed = [m for m in members if m.index is not None]
+    if not indexed:
+        return None
+    varies = torch.broadcast_shapes(*(m.index.shape for m in indexed))
+    k = len(indexed)
+    design = torch.ones((len(runs),) + (1,) * (k + rank) + (1,), dtype=torch.float64)
+    for member in members:
+        phi = _statistics(member, runs)  # [S, *batch, B]
+        if member.index is None:
+            phi = phi.reshape(phi.shape[:1] + (1,) * (rank + 2 - phi.dim()) + phi.shape[1:])
+            if any(n > 1 and varies[d] > 1 for d, n in enumerate(phi.shape[1:-1])):
+                return None
+            phi = phi.reshape(phi.shape[:1] + (1,) * k + phi.shape[1:])
+        else:  # [S, G, B] along its own group axis, before the factor's batch
+            axes = tuple(phi.shape[1] if m is member else 1 for m in indexed)
+            phi = phi.reshape(phi.shape[:1] + axes + (1,) * rank + phi.shape[-1:])
+        design = (design.unsqueeze(-1) * phi.unsqueeze(-2)).flatten(-2)
+    a = design.movedim(0, -2)  # [G₁, …, *shared, S, P]
+    identity = torch.eye(len(runs), dtype=torch.float64).expand(a.shape[:-1] + (len(runs),))
+    solvers = _lstsq(a, identity)  # [G₁, …, *shared, P, S]: each group's pseudo-inverse
+    groups = [(m.index, design.shape[1 + i]) for i, m in enumerate(indexed)]
+    keys = group_keys(design.shape[1 + k : 1 + k + rank], groups, values.shape[1:])
+    return apply_by_group(solvers.reshape((-1,) + solvers.shape[-2:]), keys, values)
 
 
 def _sum_to(tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -559,11 +624,13 @@ def _solve(members, runs: Runs, checks: Runs, site, rank, components=frozenset()
     values = runs.log_probs[site]
     if not bool(values.isfinite().all() & checks.log_probs[site].isfinite().all()):
         return None, False
-    designs = _design(members, runs, rank, components)
+    coefficients = None if components else _fit_by_group(members, runs, rank, values)
+    if coefficients is None:
+        designs = _design(members, runs, rank, components)
     if components:
         selector = runs.values[members[0].name]
         coefficients = _fit_mixture(designs, values, selector, members[0].family.k)
-    else:
+    elif coefficients is None:
         coefficients = _fit(designs, values)
     scale = values.abs().amax(0)
     check_designs = _design(members, checks, rank, components)
@@ -725,14 +792,22 @@ def _probe_all(runner, depends, trace) -> list[Factor]:
     latents in plates enumerated, where there are any, in a second (see
     :mod:`pyro_vae.cavi.probe_enumeration`)."""
     latents = runner.latents
-    designs = {}
+    designs, reads = {}, {}
     for site, names in depends.items():
         rank = trace.nodes[site]["log_prob"].dim()
         roles = _mixture_roles(site, names, latents, trace)
         if roles[0] is None:
             designs[site] = ([latents[n] for n in names], rank, frozenset())
+            reads.update({site: roles[1]} if roles[1] else {})
         else:
             designs[site] = _mixture_design(latents, depends, site, roles, rank)
+    for site, indices in (find_indices(runner, reads) if reads else {}).items():
+        members = [
+            replace(m, batch_shape=_trimmed(indices[m.name].shape), index=indices[m.name])
+            if m.name in indices else m
+            for m in designs[site][0]
+        ]  # fmt: skip
+        designs[site] = (members,) + designs[site][1:]
     needs = list(designs.values())
     for site, (members, _, _) in designs.items():
         _check_unknowns(site, members, trace)
@@ -744,6 +819,14 @@ def _probe_all(runner, depends, trace) -> list[Factor]:
         first = _first_count(needs, False) if runner.batched is False else first
     runs, checks = _enough_runs(lambda count, key: runner.runs(count, None, key), needs, first)
     return [_factor(runner, site, designs[site], runs, checks, trace) for site in depends]
+
+
+def _trimmed(shape) -> torch.Size:
+    """``shape`` without its leading size-1 dims."""
+    shape = list(shape)
+    while shape and shape[0] == 1:
+        shape.pop(0)
+    return torch.Size(shape)
 
 
 def _check_unknowns(site: str, members, trace) -> None:
@@ -792,16 +875,17 @@ def _local_factor(runner, site, design, runs, checks, trace) -> Factor:
             "conjugate-exponential models (fit this one by SVI)"
         )
     if not good and selector is None:
-        _refuse(runner, list(names), site, trace)
+        _refuse(runner, members, site, trace)
     partly_observed = selector is not None and selector.endswith("_unobserved")
     if not good and partly_observed and runner.latents[selector].present is not None:
         raise NotConjugateError(
             f"factor {site!r} ({_dist_name(trace.nodes[site])}): the component it picks is "
             f"read from {selector!r}, whose site is partly observed (obs_mask): where the "
             "label is observed the model reads it instead, which no latent assignment "
-            "explains. AutoCAVI's mixtures pick every element's component by a latent "
-            "assignment (components picked by known labels are not supported either), so "
-            "partly labelled data are not fitted in closed form: fit this model by SVI, "
+            "explains. AutoCAVI picks each element's component either by a latent "
+            "assignment (a mixture) or by known labels (a data index, a[..., label]), not "
+            "by both, so partly labelled data are not fitted in closed form: fit this model "
+            "by SVI, "
             "where TraceEnum_ELBO enumerates the unobserved assignments"
         )
     if not good:
@@ -818,8 +902,29 @@ def _local_factor(runner, site, design, runs, checks, trace) -> Factor:
         batch = (1,) * (rank - len(batch)) + tuple(batch)
         summed = _sum_to(coefficients, torch.Size(batch + coefficients.shape[-1:]))
         shape = summed.shape[:-1] + tuple(m.family.size for m in members)
-        return Factor(site, _dist_name(trace.nodes[site]), names, summed.reshape(shape), rank)
+        factor = Factor(site, _dist_name(trace.nodes[site]), names, summed.reshape(shape), rank)
+        return _by_group(factor, members, runner.latents)
     return _mixture_factor(runner.latents, site, members, coefficients, rank, trace)
+
+
+def _by_group(factor: Factor, members, latents) -> Factor:
+    """``factor`` with its latents read through data indices (none: as it is), its
+    coefficients summed over the elements reading the same groups where that makes fewer
+    of them (:func:`~pyro_vae.cavi.data_indexing.collapse_by_group`), else per element."""
+    indexed = [m for m in members if m.index is not None]
+    if not indexed:
+        return factor
+    c = factor.coefficients
+    others = [m.batch_shape for m in members if m.index is None]
+    shared = torch.broadcast_shapes(*others) if others else torch.Size()
+    shared = torch.Size((1,) * (factor.rank - len(shared)) + tuple(shared))
+    groups = [(m.index, latents[m.name].batch_shape[0]) for m in indexed]
+    collapsed = collapse_by_group(c, shared, groups)
+    if collapsed is None:
+        return replace(factor, index={m.name: m.index for m in indexed})
+    summed, index, rows = collapsed
+    return replace(factor, coefficients=summed, rank=factor.rank + len(indexed), rows=rows,
+                   index={m.name: i for m, i in zip(indexed, index, strict=True)})  # fmt: skip
 
 
 def _mixture_design(latents, depends, site, roles, rank):
@@ -880,9 +985,11 @@ def _dist_name(site) -> str:
     return type(fn).__name__
 
 
-def _refuse(runner, names, site, trace):
-    """Name the latent whose statistics ``site``'s log-density is not linear in."""
-    latents = runner.latents
+def _refuse(runner, members, site, trace):
+    """Name the latent of ``members`` whose statistics ``site``'s log-density is not linear
+    in."""
+    latents = {m.name: m for m in members}
+    names = list(latents)
     base = {k: v[0] for k, v in runner.draw(1).items()}
     rank = trace.nodes[site]["log_prob"].dim()
     culprit = names

@@ -14,6 +14,7 @@ import string
 import torch
 
 from pyro_vae.cavi.conjugate_forms import Factor, batch_view
+from pyro_vae.cavi.data_indexing import read_by_index
 
 
 def contract(factor: Factor, stats: dict, keep=(), pairs=None) -> torch.Tensor:
@@ -21,7 +22,8 @@ def contract(factor: Factor, stats: dict, keep=(), pairs=None) -> torch.Tensor:
     E_q[one-hot z]); ``pairs`` maps a chain link (a, b) to E_q[one-hot a ⊗ one-hot b].
 
     Returns [*batch, B_k for k in keep, in the factor's order] (E_q[log f] per element when
-    ``keep`` is empty)."""
+    ``keep`` is empty): per factor element, so a kept latent read through a data index gets
+    its message summed back with :func:`~pyro_vae.cavi.data_indexing.scatter_by_index`."""
     c = factor.coefficients
     remaining = list(factor.latents)
     for (a, b), joint in (pairs or {}).items():
@@ -36,6 +38,8 @@ def contract(factor: Factor, stats: dict, keep=(), pairs=None) -> torch.Tensor:
         if name in keep:
             continue
         et = stats[name]
+        if name in factor.index:  # read through a data index
+            et = read_by_index(et, factor.index[name], 0)
         view = batch_view(factor, name, et.shape[:-1])
         view += tuple(et.shape[-1] if m == name else 1 for m in remaining)
         c = product_sum(c, et.reshape(view), factor.rank + remaining.index(name))

@@ -31,6 +31,7 @@ import pyro.distributions as dist
 import torch
 
 from pyro_vae.cavi.conjugate_forms import _dist_name, _sum_to, batch_view
+from pyro_vae.cavi.data_indexing import read_by_index, sum_by_rows
 from pyro_vae.cavi.expectations import product_sum
 from pyro_vae.cavi.exponential_families import (
     BernoulliFamily,
@@ -209,8 +210,14 @@ def worst_misfit(factors, latents: dict, frames: dict, values: dict, log_probs: 
         solved = factor if factor.local is None else replace(factor, coefficients=factor.local)
         predicted = _predicted(solved, statistics, count)  # [S, *batch]
         actual = log_probs[factor.name].to(_F64)
-        size = _sum_to(actual.abs(), predicted.shape).reshape(count, -1).sum(-1)
-        error = (predicted - _sum_to(actual, predicted.shape)).abs().reshape(count, -1).sum(-1)
+        if factor.rows is None:
+            size = _sum_to(actual.abs(), predicted.shape).reshape(count, -1).sum(-1)
+            actual = _sum_to(actual, predicted.shape)
+        else:  # summed by group, as its coefficients were
+            size = sum_by_rows(actual.abs(), factor.rows, predicted.shape[1:])
+            size = size.reshape(count, -1).sum(-1)
+            actual = sum_by_rows(actual, factor.rows, predicted.shape[1:])
+        error = (predicted - actual).abs().reshape(count, -1).sum(-1)
         error = torch.where(error.isfinite(), error, torch.inf)  # ±inf or NaN where q lies
         allowed = (RTOL * (1 + size)).clamp_min(ROUNDING_MARGIN * rounding)
         p = int((error / allowed).argmax())
@@ -231,6 +238,8 @@ def _predicted(factor, statistics: dict, count: int) -> torch.Tensor:
     remaining = list(factor.latents)
     for name in reversed(factor.latents):
         stats = statistics[name]  # [S, *its batch, B]
+        if name in factor.index:  # read through a data index
+            stats = read_by_index(stats, factor.index[name], 1)
         view = (count,) + batch_view(factor, name, stats.shape[1:-1])
         view += tuple(stats.shape[-1] if m == name else 1 for m in remaining)
         c = product_sum(c, stats.reshape(view), 1 + factor.rank + remaining.index(name))

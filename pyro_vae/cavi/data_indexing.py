@@ -1,0 +1,217 @@
+"""Latents read by data indices: a random intercept ``a[..., group]`` in a likelihood.
+
+A factor in a data plate of N elements that reads a latent in another plate of G elements
+(``with plate("groups", G): a = sample(...)``, then ``Normal(a[..., group], s)`` in
+``plate("data", N)``) mentions ``a`` across a plate it is not inside. It is still a local
+factor when each of its elements reads ONE element of ``a``, picked by data: element n is
+multilinear in the statistics of ``a[index[n]]``. Read through ``index``, ``a`` is one more
+latent inside the factor's plates, and the factor is probed and contracted as any other;
+its messages to ``a`` are summed back over the elements that read each group
+(``index_add``), as a hand-written random-intercept model sums over each group's data.
+
+The index is not read from the model's code but found by probing, in one model run at
+2 + ⌈log₂ G⌉ points per such latent: a base point, a point where every element of ``a``
+moves to another value, and one point per bit b of the group number where only the groups
+whose bit b is set move. Element n's log-density at point b equals the moved point's where
+its group's bit b is set and the base point's where it is not, which spells its group in
+binary. An element that equals neither reads several elements of ``a`` (``a[g1] + a[g2]``)
+and is refused; a wrong index cannot survive either way, as the check points, which move
+every group apart, then miss the factor's solved form.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from pyro_vae.cavi.exponential_families import DISCRETE_FAMILIES, NotConjugateError
+
+_AGREE = 1e-9  # relative to 1 + |log f|, as the probe runs' batched-vs-plain check
+
+
+def indexable(latent) -> bool:
+    """Whether a factor can read ``latent`` through a data index: a continuous latent in
+    one plate, its batch one dim (the groups)."""
+    return latent.family.name not in DISCRETE_FAMILIES and len(latent.batch_shape) == 1
+
+
+def find_indices(runner, reads: dict) -> dict:
+    """For each factor in ``reads`` ({factor site: the latents it reads across a plate}),
+    {latent: index}: LongTensor ``index`` of the factor's log-density shape (size 1 along
+    dims where it is constant) such that element e reads element ``index[e]`` of the
+    latent's one plate. One batched model run (see the module docstring).
+
+    Raises:
+        NotConjugateError: naming the factor and latent, where an element's log-density
+            moves with more than one element of the latent.
+    """
+    names = sorted({name for latents in reads.values() for name in latents})
+    base, moved = runner.draw(1), runner.draw(1)
+    points, layout = [base], {}
+    for name in names:
+        latent = runner.latents[name]
+        groups = latent.batch_shape[0]
+        bits = max(1, (groups - 1).bit_length())
+        layout[name] = (len(points), bits, groups)
+        codes = torch.arange(groups)
+        for b in range(-1, bits):
+            moving = torch.ones(groups, dtype=torch.bool) if b < 0 else (codes >> b) & 1 == 1
+            point = dict(base)
+            for site in latent.sites:
+                mask = moving.reshape((1, groups) + (1,) * (base[site].dim() - 2))
+                point[site] = torch.where(mask, moved[site], base[site])
+            points.append(point)
+    values = {site: torch.cat([p[site] for p in points]) for site in base}
+    log_probs = runner.log_probs(values, len(points))
+    return {
+        site: {
+            name: _index(site, name, log_probs[site], layout[name], runner.latents[name].plates)
+            for name in latents
+        }
+        for site, latents in reads.items()
+    }
+
+
+def _index(site: str, name: str, log_prob: torch.Tensor, layout, plates) -> torch.Tensor:
+    """The group each element of ``site`` reads of ``name``, from the rows of ``log_prob``
+    [points, *shape] that :func:`find_indices` laid out."""
+    start, bits, groups = layout
+    still, moved = log_prob[0], log_prob[start]
+    index = torch.zeros(still.shape, dtype=torch.long)
+    for b in range(bits):
+        row = log_prob[start + 1 + b]
+        to_moved, to_still = (row - moved).abs(), (row - still).abs()
+        if not bool((to_moved.minimum(to_still) <= _AGREE * (1 + row.abs())).all()):
+            raise NotConjugateError(
+                f"factor {site!r} depends on latent site {name!r} across its plate(s) "
+                f"{sorted(plates)}, which {site!r} is not inside, and some element of "
+                f"{site!r} reads several elements of {name!r} (a sum, a[g1] + a[g2]: moving "
+                "some of them changes it to a value that moving all of them does not give); "
+                "AutoCAVI reads a latent across a plate only as one element per datum, "
+                "picked by data (a[..., group]) or by a Categorical latent (a mixture)"
+            )
+        index |= (to_moved < to_still).long() << b
+    if bool((index >= groups).any()):  # only an inconsistent pattern spells a group past G
+        raise NotConjugateError(
+            f"factor {site!r}: which element of latent site {name!r} each of its elements "
+            "reads could not be found by probing"
+        )
+    for dim in range(index.dim()):
+        if index.shape[dim] > 1 and bool((index == index.narrow(dim, 0, 1)).all()):
+            index = index.narrow(dim, 0, 1)
+    return index
+
+
+def read_by_index(tensor: torch.Tensor, index: torch.Tensor, leading: int) -> torch.Tensor:
+    """``tensor`` [*lead, G, *trail] read at ``index`` along its G dim (after ``leading``
+    dims): [*lead, *index.shape, *trail]."""
+    taken = tensor.index_select(leading, index.reshape(-1))
+    return taken.reshape(tensor.shape[:leading] + index.shape + tensor.shape[leading + 1 :])
+
+
+def scatter_by_index(message: torch.Tensor, index: torch.Tensor, shape) -> torch.Tensor:
+    """The reverse of :func:`read_by_index` for a message [*batch, B] (batch broadcastable
+    with ``index``): summed into ``shape`` [G, B] at the groups the elements read."""
+    common = torch.broadcast_shapes(message.shape[:-1], index.shape)
+    flat = message.expand(common + message.shape[-1:]).reshape(-1, message.shape[-1])
+    out = torch.zeros(shape, dtype=message.dtype)
+    return out.index_add_(0, index.expand(common).reshape(-1), flat)
+
+
+#: rows (groups) up to which :func:`apply_by_group` loops over rows rather than gathering
+_LOOPED_GROUPS = 4096
+#: elements of a [chunk, P, S] gather of per-group solvers per step of
+#: :func:`apply_by_group` (2²² float64, 32 MiB)
+_APPLY_BUDGET = 1 << 22
+
+
+def group_keys(shared: torch.Size, indices: list, shape: torch.Size) -> torch.Tensor:
+    """Each factor element's row in a layout by group, [*``shape``]: batch [G₁, …, G_k,
+    *``shared``] flattened row-major (G_i: the i-th indexed latent's plate; ``shared``: the
+    factor's batch dims, size 1 where an index varies), element e at ``indices[i][e]``
+    along G_i and at its own coordinates along ``shared``'s dims of size > 1.
+    ``indices``: [(LongTensor index, G)], each index broadcastable to ``shape``."""
+    key, stride = torch.zeros(shape, dtype=torch.long), 1
+    for dim in reversed(range(len(shared))):
+        if shared[dim] > 1:
+            view = [1] * len(shape)
+            view[dim] = shared[dim]
+            key = key + torch.arange(shared[dim]).reshape(view) * stride
+            stride *= shared[dim]
+    for index, groups in reversed(indices):
+        key = key + index * stride
+        stride *= groups
+    return key
+
+
+def collapse_by_group(coefficients: torch.Tensor, shared: torch.Size, indices: list):
+    """A factor's per-element coefficients [*shape, B₁, …] summed over the elements that
+    read the same groups (and sit alike along ``shared``, the factor's batch with 1 where an
+    index varies): [G₁, …, G_k, *shared, B₁, …], with each indexed latent's new index (an
+    arange along its own axis) and each element's row in that layout ({"rows": keys},
+    for the check at q). The factor's expectation and messages are unchanged (they are
+    linear in C), but cost O(G) a sweep instead of O(N), as a hand-written model's sums of
+    each group's data. ``indices`` [(index, G)]. None where the layout has no fewer rows
+    than the factor has elements (crossed indices of many levels)."""
+    rank = len(shared)
+    shape = coefficients.shape[:rank]
+    groups = [g for _, g in indices]
+    rows = math.prod(groups) * math.prod(shared)
+    if rows >= math.prod(shape):
+        return None
+    keys = group_keys(shared, indices, shape)
+    event = coefficients.shape[rank:]
+    flat = coefficients.reshape((-1,) + event)
+    summed = torch.zeros((rows,) + event, dtype=coefficients.dtype)
+    summed.index_add_(0, keys.expand(shape).reshape(-1), flat)
+    summed = summed.reshape(tuple(groups) + tuple(shared) + event)
+    k = len(groups)
+    new = [
+        torch.arange(g).reshape((1,) * i + (g,) + (1,) * (k - 1 - i + rank))
+        for i, g in enumerate(groups)
+    ]
+    return summed, new, keys
+
+
+def apply_by_group(solvers: torch.Tensor, keys: torch.Tensor, values: torch.Tensor):
+    """Least-squares coefficients [*shape, P] of every factor element from the solvers
+    (pseudo-inverses) of the designs laid out by group, ``solvers`` [R, P, S], applied to
+    each element's S log-densities ``values`` [S, *shape] at its row ``keys`` [*shape]
+    (:func:`group_keys`): one least-squares solve per group (G of them), not per datum (N),
+    with the same solution. Up to :data:`_LOOPED_GROUPS` rows, one product per row over
+    its elements (sorted by row); past that, the rows are gathered per element in chunks of
+    :data:`_APPLY_BUDGET` elements."""
+    count, size = values.shape[0], solvers.shape[-2]
+    rhs = values.reshape(count, -1).T  # [E, S]
+    rows = keys.expand(values.shape[1:]).reshape(-1)
+    if solvers.shape[0] <= _LOOPED_GROUPS:
+        order = rows.argsort()
+        sizes = torch.bincount(rows, minlength=solvers.shape[0]).tolist()
+        parts = [
+            part @ solvers[row].T for row, part in enumerate(rhs[order].split(sizes)) if sizes[row]
+        ]
+        out = torch.empty((rows.numel(), size), dtype=torch.result_type(solvers, rhs))
+        out[order] = torch.cat(parts)
+    else:
+        step = max(1, _APPLY_BUDGET // (size * count))
+        out = torch.cat([
+            (solvers[rows[i : i + step]] @ rhs[i : i + step].unsqueeze(-1)).squeeze(-1)
+            for i in range(0, rows.numel(), step)
+        ])  # fmt: skip
+    return out.reshape(values.shape[1:] + (size,))
+
+
+def sum_by_rows(tensor: torch.Tensor, rows: torch.Tensor, shape) -> torch.Tensor:
+    """Per-point log-densities [S, *site shape] summed as :func:`collapse_by_group` summed
+    the coefficients: over the dims ``rows`` [*batch] is 1 along, then into each element's
+    row; [S, *``shape``] (the collapsed factor's batch)."""
+    count = tensor.shape[0]
+    while tensor.dim() > rows.dim() + 1:
+        tensor = tensor.sum(1)
+    for dim, size in enumerate(rows.shape):
+        if size == 1 and tensor.shape[dim + 1] != 1:
+            tensor = tensor.sum(dim + 1, keepdim=True)
+    flat = tensor.expand((count,) + rows.shape).reshape(count, -1)
+    out = torch.zeros((count, math.prod(shape)), dtype=tensor.dtype)
+    return out.index_add_(1, rows.reshape(-1), flat).reshape((count,) + tuple(shape))

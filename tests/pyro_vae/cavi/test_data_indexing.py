@@ -1,0 +1,342 @@
+"""Latents read by a data index (random intercepts, ``a[..., group]``): the index found by
+probing, and AutoCAVI on such models against exact log evidences (Gaussian and Gamma-Poisson
+marginals, computed here in closed form), a hand-written mean-field CAVI and the same model
+written with nested plates."""
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+from pyro_vae.cavi import AutoCAVI, NotConjugateError
+from pyro_vae.cavi.data_indexing import (
+    collapse_by_group,
+    read_by_index,
+    scatter_by_index,
+    sum_by_rows,
+)
+from tests.pyro_vae.cavi.float64 import F64, t
+
+G, N = 6, 37  # group 5 reads no datum: its q must stay its prior
+
+
+@pytest.fixture
+def grouped():
+    g = torch.Generator().manual_seed(0)
+    group = torch.randint(0, G - 1, (N,), generator=g)  # shuffled, unbalanced, G not 2^k
+    y = 2.0 * torch.randn(G, generator=g, dtype=F64)[group]
+    return group, y + 0.5 * torch.randn(N, generator=g, dtype=F64)
+
+
+def random_intercepts(scale, sigma=None):
+    """a_g ~ N(0, scale²); y_n ~ N(a[group_n], σ²), σ known or 1/√τ with τ ~ Gamma(2, 1)."""
+
+    def model(group, y):
+        with pyro.plate("groups", G):
+            a = pyro.sample("a", dist.Normal(t(0.0), t(scale)))
+        noise = t(sigma) if sigma else pyro.sample("tau", dist.Gamma(t(2.0), t(1.0))).rsqrt()
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.Normal(a[..., group], noise), obs=y)
+
+    return model
+
+
+def gaussian_evidence(group, y, prior_var, noise_var, shift=0.0):
+    """log p(y) of y_n = a[group_n] + ε: per group, y_g ~ N(shift, prior_var·11ᵀ + noise_var·I)."""
+    total = 0.0
+    for k in range(G):
+        yk = y[group == k]
+        n = len(yk)
+        if n:
+            cov = prior_var * torch.ones(n, n, dtype=F64) + noise_var * torch.eye(n, dtype=F64)
+            mean = torch.full((n,), shift, dtype=F64)
+            total += float(dist.MultivariateNormal(mean, cov).log_prob(yk))
+    return total
+
+
+def test_read_and_scatter_are_adjoint():
+    """⟨read(x), m⟩ = ⟨x, scatter(m)⟩: the messages summed back are the gradient of the
+    contraction that read the statistics, as a hand-written model's sums over each group."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(G, 2, generator=g, dtype=F64)
+    index = torch.randint(0, G, (7, 1), generator=g)
+    m = torch.randn(7, 3, 2, generator=g, dtype=F64)  # broadcast along the index's size-1 dim
+    read = read_by_index(x, index, 0)
+    assert read.shape == (7, 1, 2)
+    assert torch.equal(read[4, 0], x[index[4, 0]])
+    lhs = (read * m).sum()
+    rhs = (x * scatter_by_index(m, index, x.shape)).sum()
+    assert abs(float(lhs - rhs)) < 1e-12 * (1 + abs(float(lhs)))
+
+
+def test_collapsed_coefficients_give_the_same_expectation_and_checks():
+    """Σ_n C_n·T(a[g_n]) from the per-datum coefficients equals the collapsed factor's
+    Σ_g C_g·T(a_g), and the log-densities summed by row match the coefficients' sums."""
+    g = torch.Generator().manual_seed(6)
+    index = torch.randint(0, G, (40, 1), generator=g)
+    c = torch.randn(40, 3, 2, generator=g, dtype=F64)  # [N, D, B]: b varies along D
+    stats = torch.randn(G, 2, generator=g, dtype=F64)
+    summed, (new,), rows = collapse_by_group(c, torch.Size([1, 3]), [(index, G)])
+    assert summed.shape == (G, 1, 3, 2) and new.shape == (G, 1, 1)
+    per_datum = (c * read_by_index(stats, index, 0)).sum()
+    collapsed = (summed * read_by_index(stats, new, 0)).sum()
+    assert abs(float(per_datum - collapsed)) < 1e-12 * (1 + abs(float(per_datum)))
+    log_f = torch.randn(4, 40, 3, generator=g, dtype=F64)
+    by_row = sum_by_rows(log_f, rows, summed.shape[:-1])
+    expected = torch.zeros(4, G, 3, dtype=F64).index_add_(1, index[:, 0], log_f)
+    assert torch.allclose(by_row.reshape(4, G, 3), expected, rtol=1e-12)
+    assert collapse_by_group(c[:5], torch.Size([1, 3]), [(index[:5], G)]) is None  # 18 ≥ 15
+
+
+def test_the_index_found_is_each_datums_group(grouped):
+    """Each datum's row in the factor summed by group is its group, and the factor holds
+    one row of coefficients per group (G, not N)."""
+    group, y = grouped
+    fit = AutoCAVI(random_intercepts(3.0, 0.5)).fit(group, y)
+    (factor,) = [f for f in fit._factors if f.name == "y"]
+    assert torch.equal(factor.rows, group)
+    assert factor.coefficients.shape == (G, 1, 3)  # [G, the data dim summed, (1, a, a²)]
+
+
+def test_a_datum_row_reads_its_group_once_along_the_features(grouped):
+    """y [N, D] in plates (data at dim -2, features at -1), reading a[group].unsqueeze(-1):
+    the index is constant along the features, kept as size 1 there."""
+    group, y = grouped
+    Y = y.unsqueeze(-1) + torch.randn(N, 3, generator=torch.Generator().manual_seed(2), dtype=F64)
+
+    def model(group, Y):
+        with pyro.plate("groups", G):
+            a = pyro.sample("a", dist.Normal(t(0.0), t(3.0)))
+        with pyro.plate("features", 3, dim=-1), pyro.plate("data", N, dim=-2):
+            pyro.sample("y", dist.Normal(a[..., group].unsqueeze(-1), t(0.5)), obs=Y)
+
+    fit = AutoCAVI(model).fit(group, Y)
+    (factor,) = [f for f in fit._factors if f.name == "y"]
+    assert torch.equal(factor.rows, group.unsqueeze(-1))
+    assert factor.coefficients.shape == (G, 1, 1, 3)
+    expected = 0.0
+    for k in range(G):  # every feature of a group's rows shares its intercept
+        rows = Y[group == k].reshape(-1)
+        n = len(rows)
+        if n:
+            cov = 9.0 * torch.ones(n, n, dtype=F64) + 0.25 * torch.eye(n, dtype=F64)
+            expected += float(
+                dist.MultivariateNormal(torch.zeros(n, dtype=F64), cov).log_prob(rows)
+            )
+    assert abs(fit.lower_bound_ - expected) < 1e-9 * abs(expected)
+
+
+@pytest.mark.parametrize("shift", [0.0, 1e6])
+def test_known_noise_bound_is_the_exact_log_evidence(grouped, shift):
+    """With σ known the posterior factorizes over groups, so mean field is exact: the bound
+    is log p(y), to float64 rounding of the sums (1e-9 relative). Data at 10⁶ are probed
+    again around q (frames), where the index is read again."""
+    group, y = grouped
+    y = y + shift
+
+    def model(group, y):
+        with pyro.plate("groups", G):
+            a = pyro.sample("a", dist.Normal(t(shift), t(3.0)))
+        with pyro.plate("data", N):
+            pyro.sample("y", dist.Normal(a[..., group], t(0.5)), obs=y)
+
+    fit = AutoCAVI(model).fit(group, y)
+    expected = gaussian_evidence(group, y, 9.0, 0.25, shift)
+    assert abs(fit.lower_bound_ - expected) < 1e-9 * abs(expected)
+    q = fit.variational_distributions()["a"]  # the group no datum reads keeps its prior
+    assert float(q.loc[G - 1]) == pytest.approx(shift, abs=1e-9 * (1 + shift))
+    assert float(q.scale[G - 1]) == pytest.approx(3.0, rel=1e-9)
+
+
+def test_gamma_poisson_rates_by_group_reach_the_exact_log_evidence(grouped):
+    """λ_g ~ Gamma(2, 0.5), c_n ~ Poisson(λ[group_n]): conjugate per group, so the bound is
+    log p(c) = Σ_g log Γ(2 + s_g) − log Γ(2) + 2 log 0.5 − (2 + s_g) log(0.5 + n_g) − Σ log c!."""
+    group, _ = grouped
+    c = torch.poisson(torch.full((N,), 3.0, dtype=F64), generator=torch.Generator().manual_seed(3))
+
+    def model(group, c):
+        with pyro.plate("groups", G):
+            lam = pyro.sample("lam", dist.Gamma(t(2.0), t(0.5)))
+        with pyro.plate("data", N):
+            pyro.sample("c", dist.Poisson(lam[..., group]), obs=c)
+
+    fit = AutoCAVI(model).fit(group, c)
+    expected = -float(torch.lgamma(c + 1).sum())
+    for k in range(G):
+        s, n = float(c[group == k].sum()), int((group == k).sum())
+        expected += math.lgamma(2 + s) - math.lgamma(2) + 2 * math.log(0.5)
+        expected -= (2 + s) * math.log(0.5 + n)
+    assert abs(fit.lower_bound_ - expected) < 1e-9 * abs(expected)
+
+
+def test_group_means_and_precisions_as_normal_gamma_blocks_reach_the_exact_evidence(grouped):
+    """τ_g ~ Gamma(a₀, b₀), μ_g | τ_g ~ N(m₀, 1/(κ₀τ_g)), y_n ~ N(μ[g_n], 1/τ[g_n]): each
+    group's (μ_g, τ_g) block is conjugate, so the bound is the Normal-Gamma evidence
+    Σ_g log Γ(a_n)/Γ(a₀) + a₀ log b₀ − a_n log b_n + ½ log(κ₀/κ_n) − (n/2) log 2π."""
+    group, y = grouped
+    a0, b0, k0, m0 = 3.0, 2.0, 0.5, 1.0
+
+    def model(group, y):
+        with pyro.plate("groups", G):
+            tau = pyro.sample("tau", dist.Gamma(t(a0), t(b0)))
+            mu = pyro.sample("mu", dist.Normal(t(m0), (k0 * tau).rsqrt()))
+        with pyro.plate("data", N):
+            pyro.sample("y", dist.Normal(mu[..., group], tau[..., group].rsqrt()), obs=y)
+
+    fit = AutoCAVI(model, blocks="auto").fit(group, y)
+    assert fit.blocks_ == [("mu", "tau")]
+    expected = 0.0
+    for k in range(G):
+        yk = y[group == k]
+        n = len(yk)
+        if not n:
+            continue
+        mean = float(yk.mean())
+        kn, an = k0 + n, a0 + n / 2
+        bn = b0 + 0.5 * float(((yk - mean) ** 2).sum()) + k0 * n * (mean - m0) ** 2 / (2 * kn)
+        expected += math.lgamma(an) - math.lgamma(a0) + a0 * math.log(b0) - an * math.log(bn)
+        expected += 0.5 * math.log(k0 / kn) - n / 2 * math.log(2 * math.pi)
+    assert abs(fit.lower_bound_ - expected) < 1e-9 * abs(expected)
+
+
+def hand_written_cavi(group, y, iterations=500):
+    """Mean-field CAVI for a_g ~ N(0, 9), τ ~ Gamma(2, 1), y_n ~ N(a[g_n], 1/τ), written out
+    (Bishop 2006, §10.1.3's updates with a group index): (ELBO, q(a) means, q(τ) (α, β))."""
+    counts = torch.bincount(group, minlength=G).to(F64)
+    sums = torch.zeros(G, dtype=F64).index_add_(0, group, y)
+    alpha, beta = 2.0 + N / 2, 1.0
+    for _ in range(iterations):
+        e_tau = alpha / beta
+        precision = 1 / 9.0 + e_tau * counts
+        m, v = e_tau * sums / precision, 1 / precision
+        beta = 1.0 + 0.5 * float(((y - m[group]) ** 2 + v[group]).sum())
+    e_tau, e_log_tau = alpha / beta, float(torch.digamma(t(alpha))) - math.log(beta)
+    square = float(((y - m[group]) ** 2 + v[group]).sum())
+    likelihood = N / 2 * (e_log_tau - math.log(2 * math.pi)) - e_tau / 2 * square
+    prior_a = float((-0.5 * math.log(2 * math.pi * 9.0) - (m**2 + v) / 18.0).sum())
+    prior_tau = 2 * math.log(1.0) - math.lgamma(2.0) + e_log_tau - 1.0 * e_tau
+    entropy_a = float((0.5 * torch.log(2 * math.pi * math.e * v)).sum())
+    entropy_tau = float(dist.Gamma(t(alpha), t(beta)).entropy())
+    bound = likelihood + prior_a + prior_tau + entropy_a + entropy_tau
+    return bound, m, (alpha, beta)
+
+
+def test_unknown_noise_matches_hand_written_mean_field_cavi(grouped):
+    group, y = grouped
+    fit = AutoCAVI(random_intercepts(3.0), tol=1e-13, max_iter=1000).fit(group, y)
+    bound, means, (alpha, beta) = hand_written_cavi(group, y)
+    q = fit.variational_distributions()
+    assert abs(fit.lower_bound_ - bound) < 1e-8 * abs(bound)
+    assert torch.allclose(q["a"].loc, means, rtol=1e-7, atol=1e-9)
+    assert float(q["tau"].concentration) == pytest.approx(alpha, rel=1e-9)
+    assert float(q["tau"].rate) == pytest.approx(beta, rel=1e-7)
+
+
+def test_balanced_groups_agree_with_the_nested_plate_model():
+    """The same model written with the data inside the groups' plate (y [G, n]), where no
+    index is read: the same bound, to float64 rounding, and the same q to 1e-6 (each fit
+    stops when its bound moves less than tol = 1e-12, relative: q is then within about
+    √tol of the fixed point)."""
+    g = torch.Generator().manual_seed(4)
+    per = 5
+    Y = torch.randn(G, per, generator=g, dtype=F64) + 2 * torch.randn(G, 1, generator=g, dtype=F64)
+
+    def nested(Y):
+        tau = pyro.sample("tau", dist.Gamma(t(2.0), t(1.0)))
+        with pyro.plate("groups", G, dim=-2):
+            a = pyro.sample("a", dist.Normal(t(0.0), t(3.0)))
+            with pyro.plate("data", per, dim=-1):
+                pyro.sample("y", dist.Normal(a, tau.rsqrt()), obs=Y)
+
+    group = torch.arange(G).repeat_interleave(per)
+    indexed = AutoCAVI(random_intercepts(3.0), tol=1e-12).fit(group, Y.reshape(-1))
+    plain = AutoCAVI(nested, tol=1e-12).fit(Y)
+    assert abs(indexed.lower_bound_ - plain.lower_bound_) < 1e-10 * abs(plain.lower_bound_)
+    qi, qp = indexed.variational_distributions(), plain.variational_distributions()
+    assert torch.allclose(qi["a"].loc, qp["a"].loc.reshape(-1), rtol=1e-6)
+    assert float(qi["tau"].rate) == pytest.approx(float(qp["tau"].rate), rel=1e-6)
+
+
+@pytest.mark.parametrize("count", [N, 12])  # 6 x 3 = 18 rows: summed by group, then per datum
+def test_crossed_effects_match_hand_written_mean_field_cavi(grouped, count):
+    """y_n ~ N(a[g_n] + b[h_n], σ²), two indexed latents in one factor: the fixed point of
+    the alternating closed-form updates, written out; and the bound is below log p(y).
+    b's prior is tight (sd 0.5): with a loose one, a + b is nearly unidentified along a
+    ridge, the alternating updates crawl along it (10⁻⁴ off after 1,000 sweeps) and the
+    bound stops moving long before q does."""
+    group, y = grouped
+    h = torch.randint(0, 3, (N,), generator=torch.Generator().manual_seed(5))
+    group, h, y = group[:count], h[:count], y[:count]
+
+    def model(group, h, y):
+        with pyro.plate("groups", G):
+            a = pyro.sample("a", dist.Normal(t(0.0), t(3.0)))
+        with pyro.plate("rows", 3):
+            b = pyro.sample("b", dist.Normal(t(0.0), t(0.5)))
+        with pyro.plate("data", count):
+            pyro.sample("y", dist.Normal(a[..., group] + b[..., h], t(0.5)), obs=y)
+
+    fit = AutoCAVI(model, tol=1e-14, max_iter=5000).fit(group, h, y)
+    (factor,) = [f for f in fit._factors if f.name == "y"]
+    assert (factor.rows is None) == (count < 18)
+    ma, mb = torch.zeros(G, dtype=F64), torch.zeros(3, dtype=F64)
+    pa = 1 / 9 + 4 * torch.bincount(group, minlength=G).to(F64)
+    pb = 4 + 4 * torch.bincount(h, minlength=3).to(F64)
+    for _ in range(5000):
+        ma = 4 * torch.zeros(G, dtype=F64).index_add_(0, group, y - mb[h]) / pa
+        mb = 4 * torch.zeros(3, dtype=F64).index_add_(0, h, y - ma[group]) / pb
+    q = fit.variational_distributions()
+    # AutoCAVI stops when its bound moves less than tol·|L| (5e-13 nats): the bound is
+    # quadratic about the fixed point, so q stops about √(5e-13) ≈ 1e-6 from it (2e-7 here)
+    assert torch.allclose(q["a"].loc, ma, rtol=0, atol=1e-5)
+    assert torch.allclose(q["b"].loc, mb, rtol=0, atol=1e-5)
+    cov = 9 * (group[:, None] == group).to(F64) + 0.25 * (h[:, None] == h).to(F64)
+    cov = cov + 0.25 * torch.eye(count, dtype=F64)
+    evidence = float(dist.MultivariateNormal(torch.zeros(count, dtype=F64), cov).log_prob(y))
+    assert fit.lower_bound_ < evidence
+
+
+def test_a_model_that_does_not_broadcast_is_indexed_point_by_point(grouped):
+    """``a[group]`` without the ellipsis indexes the probe dim, so the batched runs are
+    refused and every probe point (the index's too) is run alone: the same bound."""
+    group, y = grouped
+
+    def unbatched(group, y):
+        with pyro.plate("groups", G):
+            a = pyro.sample("a", dist.Normal(t(0.0), t(3.0)))
+        with pyro.plate("data", N):
+            pyro.sample("y", dist.Normal(a[group], t(0.5)), obs=y)
+
+    fit = AutoCAVI(unbatched).fit(group, y)
+    assert fit.probe_batched_ is False
+    expected = gaussian_evidence(group, y, 9.0, 0.25)
+    assert abs(fit.lower_bound_ - expected) < 1e-9 * abs(expected)
+
+
+def test_an_element_reading_several_groups_is_refused_by_name(grouped):
+    group, y = grouped
+
+    def neighbours(group, y):
+        with pyro.plate("groups", G):
+            a = pyro.sample("a", dist.Normal(t(0.0), t(3.0)))
+        with pyro.plate("data", N):
+            mean = a[..., group] + a[..., (group + 1) % G]
+            pyro.sample("y", dist.Normal(mean, t(0.5)), obs=y)
+
+    with pytest.raises(NotConjugateError, match=r"factor 'y' .*'a'.*\['groups'\].*several"):
+        AutoCAVI(neighbours).fit(group, y)
+
+
+def test_a_discrete_latent_read_by_index_is_refused(grouped):
+    group, y = grouped
+
+    def switch(group, y):
+        with pyro.plate("groups", G):
+            on = pyro.sample("on", dist.Bernoulli(t(0.5)))
+        with pyro.plate("data", N):
+            pyro.sample("y", dist.Normal(2.0 * on[..., group], t(0.5)), obs=y)
+
+    with pytest.raises(NotConjugateError, match=r"factor 'y' depends on latent site 'on'"):
+        AutoCAVI(switch).fit(group, y)
