@@ -1,0 +1,32 @@
+"""Smoke test: the mixed-model benchmark runs at a small N, and AutoCAVI's bound is the
+written-out CAVI's."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow  # a subprocess importing torch and Pyro, fitting three times: 10 s idle
+def test_a_small_run_writes_a_row_where_the_bounds_agree(tmp_path):
+    out = tmp_path / "table.md"
+    script = ROOT / "benchmarks" / "autocavi_random_effects.py"
+    subprocess.run(
+        [sys.executable, str(script), "--sizes", "300", "--repeats", "1", "--out", str(out)],
+        check=True,
+        cwd=ROOT,
+        capture_output=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+    body = [line for line in out.read_text().splitlines() if line.startswith("| 300 ")]
+    assert len(body) == 1
+    cells = [c.strip() for c in body[0].strip("|").split("|")]
+    bound, gap = float(cells[9]), float(cells[10])
+    # both stop once the bound moves less than 1e-8 of itself, on the way to the same
+    # fixed point: their bounds differ by about that last move, well within 1e-7 of it
+    assert gap <= 1e-7 * abs(bound), body[0]
+    assert all(float(c.replace(",", "")) > 0 for c in cells[:9]), body[0]
