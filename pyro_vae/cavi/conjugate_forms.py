@@ -24,6 +24,7 @@ latents do not vary along (they multiply the same expectations there).
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field, replace
 
@@ -38,6 +39,7 @@ from pyro_vae.cavi.data_indexing import (
     collapse_by_group,
     find_indices,
     group_keys,
+    index_axes,
     indexable,
     read_by_index,
 )
@@ -489,13 +491,17 @@ def _design(latents: list[Latent], runs: Runs, rank: int, components=frozenset()
 def _fit_by_group(members, runs: Runs, rank: int, values: torch.Tensor):
     """:func:`_fit` of a factor reading latents through data indices, solved once per group
     rather than once per datum: the elements reading the same groups (and alike in the other
-    members) share one design. None where there is no index, or where another member varies
-    along a dim an index varies along (each element then has its own design)."""
+    members) share one design. None where there is no index, where another member varies
+    along a dim an index varies along (each element then has its own design), or where the
+    layout by group has no fewer designs than the factor has elements."""
     indexed = [m for m in members if m.index is not None]
     if not indexed:
         return None
     varies = torch.broadcast_shapes(*(m.index.shape for m in indexed))
-    k = len(indexed)
+    axes, member_axis = index_axes([(m.index, _statistics(m, runs).shape[1]) for m in indexed])
+    k = len(axes)
+    if math.prod(g for _, g in axes) >= math.prod(values.shape[1:]):
+        return None
     design = torch.ones((len(runs),) + (1,) * (k + rank) + (1,), dtype=torch.float64)
     for member in members:
         phi = _statistics(member, runs)  # [S, *batch, B]
@@ -504,16 +510,25 @@ def _fit_by_group(members, runs: Runs, rank: int, values: torch.Tensor):
             if any(n > 1 and varies[d] > 1 for d, n in enumerate(phi.shape[1:-1])):
                 return None
             phi = phi.reshape(phi.shape[:1] + (1,) * k + phi.shape[1:])
-        else:  # [S, G, B] along its own group axis, before the factor's batch
-            axes = tuple(phi.shape[1] if m is member else 1 for m in indexed)
-            phi = phi.reshape(phi.shape[:1] + axes + (1,) * rank + phi.shape[-1:])
+        else:  # [S, G, B] along its index's group axis, before the factor's batch
+            axis = member_axis[indexed.index(member)]
+            view = tuple(phi.shape[1] if i == axis else 1 for i in range(k))
+            phi = phi.reshape(phi.shape[:1] + view + (1,) * rank + phi.shape[-1:])
         design = (design.unsqueeze(-1) * phi.unsqueeze(-2)).flatten(-2)
-    a = design.movedim(0, -2)  # [G₁, …, *shared, S, P]
-    identity = torch.eye(len(runs), dtype=torch.float64).expand(a.shape[:-1] + (len(runs),))
-    solvers = _lstsq(a, identity)  # [G₁, …, *shared, P, S]: each group's pseudo-inverse
-    groups = [(m.index, design.shape[1 + i]) for i, m in enumerate(indexed)]
-    keys = group_keys(design.shape[1 + k : 1 + k + rank], groups, values.shape[1:])
+    solvers = _pseudo_inverse(design.movedim(0, -2))  # [G₁, …, *shared, P, S]
+    keys = group_keys(design.shape[1 + k : 1 + k + rank], axes, values.shape[1:])
     return apply_by_group(solvers.reshape((-1,) + solvers.shape[-2:]), keys, values)
+
+
+def _pseudo_inverse(a: torch.Tensor) -> torch.Tensor:
+    """(AᵀA)⁻¹Aᵀ of each design a [..., S, P] (S ≥ P), [..., P, S], by QR as :func:`_lstsq`
+    solves (R⁻¹Qᵀ, in the designs' own memory), or by SVD (``pinv``, minimum norm) where
+    some design is rank deficient after all (see :func:`_lstsq`)."""
+    q, r = torch.linalg.qr(a)
+    diagonal = r.diagonal(dim1=-2, dim2=-1).abs()
+    if bool((diagonal > 1e-12 * diagonal.amax(-1, keepdim=True)).all()):
+        return torch.linalg.solve_triangular(r, q.mT, upper=True)
+    return torch.linalg.pinv(a)
 
 
 def _sum_to(tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor:

@@ -126,6 +126,23 @@ _LOOPED_GROUPS = 4096
 _APPLY_BUDGET = 1 << 22
 
 
+def index_axes(reads: list) -> tuple[list, list]:
+    """The distinct indices among ``reads`` [(index, G)], one per indexed member, as the
+    axes of a layout by group [(index, G)], and each member's axis: a random intercept
+    and slope of the same groups (``a[..., g] + b[..., g] * x``) share one axis of G rows,
+    not G x G."""
+    axes, member_axis = [], []
+    for index, groups in reads:
+        found = [
+            i for i, (other, size) in enumerate(axes)
+            if size == groups and other.shape == index.shape and bool((other == index).all())
+        ]  # fmt: skip
+        if not found:
+            axes.append((index, groups))
+        member_axis.append(found[0] if found else len(axes) - 1)
+    return axes, member_axis
+
+
 def group_keys(shared: torch.Size, indices: list, shape: torch.Size) -> torch.Tensor:
     """Each factor element's row in a layout by group, [*``shape``]: batch [G₁, …, G_k,
     *``shared``] flattened row-major (G_i: the i-th indexed latent's plate; ``shared``: the
@@ -145,22 +162,24 @@ def group_keys(shared: torch.Size, indices: list, shape: torch.Size) -> torch.Te
     return key
 
 
-def collapse_by_group(coefficients: torch.Tensor, shared: torch.Size, indices: list):
+def collapse_by_group(coefficients: torch.Tensor, shared: torch.Size, reads: list):
     """A factor's per-element coefficients [*shape, B₁, …] summed over the elements that
     read the same groups (and sit alike along ``shared``, the factor's batch with 1 where an
-    index varies): [G₁, …, G_k, *shared, B₁, …], with each indexed latent's new index (an
-    arange along its own axis) and each element's row in that layout ({"rows": keys},
-    for the check at q). The factor's expectation and messages are unchanged (they are
-    linear in C), but cost O(G) a sweep instead of O(N), as a hand-written model's sums of
-    each group's data. ``indices`` [(index, G)]. None where the layout has no fewer rows
-    than the factor has elements (crossed indices of many levels)."""
+    index varies): [G₁, …, G_k, *shared, B₁, …] (one axis per distinct index, see
+    :func:`index_axes`), with each indexed member's new index (an arange along its axis)
+    and each element's row in that layout (for the check at q). The factor's expectation
+    and messages are unchanged (they are linear in C), but cost O(G) a sweep instead of
+    O(N), as a hand-written model's sums of each group's data. ``reads`` [(index, G)] per
+    indexed member. None where the layout has no fewer rows than the factor has elements
+    (crossed indices of many levels)."""
     rank = len(shared)
     shape = coefficients.shape[:rank]
-    groups = [g for _, g in indices]
+    axes, member_axis = index_axes(reads)
+    groups = [g for _, g in axes]
     rows = math.prod(groups) * math.prod(shared)
     if rows >= math.prod(shape):
         return None
-    keys = group_keys(shared, indices, shape)
+    keys = group_keys(shared, axes, shape)
     event = coefficients.shape[rank:]
     flat = coefficients.reshape((-1,) + event)
     summed = torch.zeros((rows,) + event, dtype=coefficients.dtype)
@@ -171,7 +190,7 @@ def collapse_by_group(coefficients: torch.Tensor, shared: torch.Size, indices: l
         torch.arange(g).reshape((1,) * i + (g,) + (1,) * (k - 1 - i + rank))
         for i, g in enumerate(groups)
     ]
-    return summed, new, keys
+    return summed, [new[i] for i in member_axis], keys
 
 
 def apply_by_group(solvers: torch.Tensor, keys: torch.Tensor, values: torch.Tensor):
