@@ -937,9 +937,10 @@ def _by_group(factor: Factor, members, latents) -> Factor:
     collapsed = collapse_by_group(c, shared, groups)
     if collapsed is None:
         return replace(factor, index={m.name: m.index for m in indexed})
-    summed, index, rows = collapsed
-    return replace(factor, coefficients=summed, rank=factor.rank + len(indexed), rows=rows,
-                   index={m.name: i for m, i in zip(indexed, index, strict=True)})  # fmt: skip
+    summed, index, rows = collapsed  # one new leading axis per distinct index
+    index = {m.name: i for m, i in zip(indexed, index, strict=True)}
+    rank = summed.dim() - len(factor.latents)
+    return replace(factor, coefficients=summed, rank=rank, rows=rows, index=index)
 
 
 def _mixture_design(latents, depends, site, roles, rank):
