@@ -57,7 +57,14 @@ from pyro_vae.cavi.provenance import TrackFastProvenance
 from pyro_vae.cavi.seeding import cpu_rng
 from pyro_vae.pyro_compat import distribution_mask
 
-_EXTRA_RUNS = 3  # least-squares runs beyond the unknowns, for a well-posed solve
+#: least-squares runs beyond the P unknowns, for a well-posed solve: at least this many,
+#: and P/8 for a large design. A random design of P + 3 rows is nearly square, and its
+#: condition number grows with P (Edelman 1988: about P for a square Gaussian matrix), which
+#: the solve multiplies rounding by: a factor of six latents (P = 729) missed its form at q
+#: by 8e-7 of its size and was refused (tester 12). With P/8 more rows the condition number
+#: of a design of iid entries stays near (1 + √(8/9)) / (1 − √(8/9)) ≈ 35 whatever P
+#: (Marchenko-Pastur); the tensor products of probed statistics behaved alike.
+_EXTRA_RUNS = 3
 #: Most coefficients per element of one factor (the product of its latents' statistic
 #: counts): a D = 100 Normal vector with a Gamma precision has 15,453; beyond, refused.
 MAX_UNKNOWNS = 20_000
@@ -731,7 +738,8 @@ def _first_count(needs, batched: bool, enumerated=()) -> int:
     twice = batched and any(
         not _balanced([m for m in members if m.name not in enumerated]) for members, _, _ in needs
     )
-    return (2 if twice else 1) * _size(needs, enumerated) + _EXTRA_RUNS
+    size = _size(needs, enumerated)
+    return (2 if twice else 1) * size + max(_EXTRA_RUNS, size // 8)  # see _EXTRA_RUNS
 
 
 def _balanced(members) -> bool:

@@ -380,3 +380,66 @@ def test_an_intercept_and_slope_of_the_same_groups_share_one_axis(grouped, shift
     cov = 9 * same + same * x[:, None] * x + 0.25 * torch.eye(N, dtype=F64)
     evidence = float(dist.MultivariateNormal(torch.zeros(N, dtype=F64), cov).log_prob(y))
     assert fit.lower_bound_ < evidence
+
+
+def gaussian_mean_field(Z, y, prior_var, sweeps=400):
+    """Mean-field CAVI for y ~ N(Zβ, 1/τ), β_j ~ N(0, prior_var_j) each its own factor,
+    τ ~ Gamma(2, 1), written out (Bishop 2006, §10.1 and §10.3): the bound at its fixed
+    point, in nats."""
+    n, p = Z.shape
+    squares = (Z**2).sum(0)
+    m, s = torch.zeros(p, dtype=F64), prior_var.clone()
+    alpha, beta = 2.0 + n / 2, 1.0
+    for _ in range(sweeps):
+        for j in range(p):
+            e_tau = alpha / beta
+            precision = 1 / prior_var[j] + e_tau * squares[j]
+            rest = y - Z @ m + Z[:, j] * m[j]
+            m[j], s[j] = e_tau * float(Z[:, j] @ rest) / precision, 1 / precision
+        square = float(((y - Z @ m) ** 2).sum() + (squares * s).sum())
+        beta = 1.0 + square / 2
+    e_tau, e_log_tau = alpha / beta, float(torch.digamma(t(alpha))) - math.log(beta)
+    bound = n / 2 * (e_log_tau - math.log(2 * math.pi)) - e_tau / 2 * square
+    bound += float((-0.5 * torch.log(2 * math.pi * prior_var) - (m**2 + s) / (2 * prior_var)).sum())
+    bound += float((0.5 * torch.log(2 * math.pi * math.e * s)).sum())
+    bound += e_log_tau - e_tau - math.lgamma(2.0)  # Gamma(2, 1)'s E log p
+    return bound + float(dist.Gamma(t(alpha), t(beta)).entropy())
+
+
+def test_six_latents_in_one_factor_match_mean_field_written_out():
+    """w·x₀ + a[g] + b[g]·x + c[h] + d[h]·x₀ with a Gamma precision: a factor of six
+    latents, 729 coefficients per group pair, whose nearly square probe design (P + 3 rows)
+    had missed its form at q by 8e-7 and been refused (tester 12); with P/8 more rows, the
+    bound of mean field written out over the same 25 coordinates, to 1e-9."""
+    g = torch.Generator().manual_seed(0)  # tester 12's data
+    n = 50
+    group, h = torch.randint(0, 10, (n,), generator=g), torch.randint(0, 4, (n,), generator=g)
+    X, x = torch.randn(n, 3, generator=g, dtype=F64), torch.randn(n, generator=g, dtype=F64)
+    y = X @ t([1.0, -2.0, 0.5]) + 2 * torch.randn(10, generator=g, dtype=F64)[group]
+    y = y + torch.randn(10, generator=g, dtype=F64)[group] * x
+    y = y + 0.5 * torch.randn(n, generator=g, dtype=F64)
+    y = y + torch.randn(4, generator=g, dtype=F64)[h]
+    y = y + torch.randn(4, generator=g, dtype=F64)[h] * X[:, 0]
+
+    def model(X, x, group, h, y):
+        w = pyro.sample("w", dist.Normal(t(0.0), t(2.0)))
+        scale = pyro.sample("tau", dist.Gamma(t(2.0), t(1.0))).rsqrt().unsqueeze(-1)
+        with pyro.plate("groups", 10):
+            a = pyro.sample("a", dist.Normal(t(0.0), t(3.0)))
+            b = pyro.sample("b", dist.Normal(t(0.0), t(1.0)))
+        with pyro.plate("raters", 4):
+            c = pyro.sample("c", dist.Normal(t(0.0), t(1.0)))
+            d = pyro.sample("d", dist.Normal(t(0.0), t(1.0)))
+        mean = X[:, 0] * w.unsqueeze(-1) + a[..., group] + b[..., group] * x
+        with pyro.plate("data", n):
+            pyro.sample("y", dist.Normal(mean + c[..., h] + d[..., h] * X[:, 0], scale), obs=y)
+
+    fit = AutoCAVI(model, tol=1e-13, max_iter=5000).fit(X, x, group, h, y)
+    one_hot_g = torch.nn.functional.one_hot(group, 10).to(F64)
+    one_hot_h = torch.nn.functional.one_hot(h, 4).to(F64)
+    Z = torch.cat(
+        [X[:, :1], one_hot_g, one_hot_g * x[:, None], one_hot_h, one_hot_h * X[:, :1]], -1
+    )
+    prior_var = torch.tensor([4.0] + [9.0] * 10 + [1.0] * 18, dtype=F64)
+    expected = gaussian_mean_field(Z, y, prior_var)
+    assert abs(fit.lower_bound_ - expected) < 1e-9 * abs(expected)
