@@ -522,20 +522,9 @@ def _fit_by_group(members, runs: Runs, rank: int, values: torch.Tensor):
             view = tuple(phi.shape[1] if i == axis else 1 for i in range(k))
             phi = phi.reshape(phi.shape[:1] + view + (1,) * rank + phi.shape[-1:])
         design = (design.unsqueeze(-1) * phi.unsqueeze(-2)).flatten(-2)
-    solvers = _pseudo_inverse(design.movedim(0, -2))  # [G₁, …, *shared, P, S]
+    designs = design.movedim(0, -2)  # [G₁, …, *shared, S, P]
     keys = group_keys(design.shape[1 + k : 1 + k + rank], axes, values.shape[1:])
-    return apply_by_group(solvers.reshape((-1,) + solvers.shape[-2:]), keys, values)
-
-
-def _pseudo_inverse(a: torch.Tensor) -> torch.Tensor:
-    """(AᵀA)⁻¹Aᵀ of each design a [..., S, P] (S ≥ P), [..., P, S], by QR as :func:`_lstsq`
-    solves (R⁻¹Qᵀ, in the designs' own memory), or by SVD (``pinv``, minimum norm) where
-    some design is rank deficient after all (see :func:`_lstsq`)."""
-    q, r = torch.linalg.qr(a)
-    diagonal = r.diagonal(dim1=-2, dim2=-1).abs()
-    if bool((diagonal > 1e-12 * diagonal.amax(-1, keepdim=True)).all()):
-        return torch.linalg.solve_triangular(r, q.mT, upper=True)
-    return torch.linalg.pinv(a)
+    return apply_by_group(designs.reshape((-1,) + designs.shape[-2:]), keys, values, _lstsq)
 
 
 def _sum_to(tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor:

@@ -121,7 +121,7 @@ def scatter_by_index(message: torch.Tensor, index: torch.Tensor, shape) -> torch
 
 #: rows (groups) up to which :func:`apply_by_group` loops over rows rather than gathering
 _LOOPED_GROUPS = 4096
-#: elements of a [chunk, P, S] gather of per-group solvers per step of
+#: elements of a [chunk, S, P] gather of per-group designs per step of
 #: :func:`apply_by_group` (2²² float64, 32 MiB)
 _APPLY_BUDGET = 1 << 22
 
@@ -193,29 +193,31 @@ def collapse_by_group(coefficients: torch.Tensor, shared: torch.Size, reads: lis
     return summed, [new[i] for i in member_axis], keys
 
 
-def apply_by_group(solvers: torch.Tensor, keys: torch.Tensor, values: torch.Tensor):
-    """Least-squares coefficients [*shape, P] of every factor element from the solvers
-    (pseudo-inverses) of the designs laid out by group, ``solvers`` [R, P, S], applied to
-    each element's S log-densities ``values`` [S, *shape] at its row ``keys`` [*shape]
-    (:func:`group_keys`): one least-squares solve per group (G of them), not per datum (N),
-    with the same solution. Up to :data:`_LOOPED_GROUPS` rows, one product per row over
-    its elements (sorted by row); past that, the rows are gathered per element in chunks of
-    :data:`_APPLY_BUDGET` elements."""
-    count, size = values.shape[0], solvers.shape[-2]
+def apply_by_group(designs: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, solve):
+    """Least-squares coefficients [*shape, P] of every factor element, from the designs
+    laid out by group ``designs`` [R, S, P] and each element's S log-densities ``values``
+    [S, *shape], the element at row ``keys`` [*shape] (:func:`group_keys`): one solve per
+    row (group), its elements the right-hand sides, not one per datum, with the same
+    solution. ``solve(a, b)``: least squares of a [..., S, P] and b [..., S, M]. Up to
+    :data:`_LOOPED_GROUPS` rows, one solve per row holding elements (sorted by row); past
+    that, each element's design is gathered, in chunks of :data:`_APPLY_BUDGET` elements."""
+    count, size = values.shape[0], designs.shape[-1]
     rhs = values.reshape(count, -1).T  # [E, S]
     rows = keys.expand(values.shape[1:]).reshape(-1)
-    if solvers.shape[0] <= _LOOPED_GROUPS:
+    if designs.shape[0] <= _LOOPED_GROUPS:
         order = rows.argsort()
-        sizes = torch.bincount(rows, minlength=solvers.shape[0]).tolist()
+        sizes = torch.bincount(rows, minlength=designs.shape[0]).tolist()
         parts = [
-            part @ solvers[row].T for row, part in enumerate(rhs[order].split(sizes)) if sizes[row]
+            solve(designs[row], part.T).T
+            for row, part in enumerate(rhs[order].split(sizes))
+            if sizes[row]
         ]
-        out = torch.empty((rows.numel(), size), dtype=torch.result_type(solvers, rhs))
+        out = torch.empty((rows.numel(), size), dtype=torch.result_type(designs, rhs))
         out[order] = torch.cat(parts)
     else:
         step = max(1, _APPLY_BUDGET // (size * count))
         out = torch.cat([
-            (solvers[rows[i : i + step]] @ rhs[i : i + step].unsqueeze(-1)).squeeze(-1)
+            solve(designs[rows[i : i + step]], rhs[i : i + step].unsqueeze(-1)).squeeze(-1)
             for i in range(0, rows.numel(), step)
         ])  # fmt: skip
     return out.reshape(values.shape[1:] + (size,))
