@@ -36,6 +36,7 @@ import torch
 from pyro import poutine
 from pyro.infer.autoguide import AutoNormal
 from pyro.poutine.util import site_is_subsample
+from sklearn.exceptions import ConvergenceWarning
 
 from pyro_vae.cavi.auto import AutoCAVI
 from pyro_vae.cavi.exponential_families import NotConjugateError
@@ -110,7 +111,10 @@ class ConditionalCAVIGuide:
         drawn = self._draw_u(args, kwargs, shapes, others)
         conditioned = poutine.condition(self.model, data={n: v.detach() for n, v in drawn.items()})
         try:
-            with poutine.block():  # its model runs are not this guide's sample sites
+            # its model runs are not this guide's sample sites; an unconverged fit is
+            # counted and warned of below, with the guide's advice
+            with poutine.block(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
                 fit = AutoCAVI(conditioned, **self.autocavi_options).fit(*args, **kwargs)
         except NotConjugateError as error:
             raise NotConjugateError(

@@ -26,7 +26,7 @@ def test_a_small_run_writes_a_row_where_the_bounds_agree(tmp_path):
     assert len(body) == 1
     cells = [c.strip() for c in body[0].strip("|").split("|")]
     bound, gap = float(cells[9]), float(cells[10])
-    # both stop once the bound moves less than 1e-8 of itself, on the way to the same
+    # both stop once a sweep moves the bound less than 1e-8 nats, on the way to the same
     # fixed point: their bounds differ by about that last move, well within 1e-7 of it
     assert gap <= 1e-7 * abs(bound), body[0]
     assert all(float(c.replace(",", "")) > 0 for c in cells[:9]), body[0]
