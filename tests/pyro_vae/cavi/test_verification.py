@@ -199,3 +199,14 @@ def test_probabilities_below_float64_eps_are_not_mistaken_for_a_kink():
     latents = {"beta": fit._latents["beta"]}
     points = points_at_q(latents, tiny, 16, torch.Generator().manual_seed(0))["beta"]
     assert float(points.min()) >= 1e-12 / (1 + 5e-12)
+
+
+def test_a_tiny_misfit_is_reported_as_likely_rounding_with_the_way_out():
+    """Tester 12: crossed intercepts and slopes on data at 10⁴ missed by 1.2e-7 of the
+    factor's size were refused as 'a clamp, a torch.where', which the model did not have."""
+    from pyro_vae.cavi.verification import SMALL_MISFIT, Misfit
+
+    tiny = Misfit("y", "Normal", ("a", "b"), 4.6e-5, SMALL_MISFIT / 100).message()
+    large = Misfit("y", "Normal", ("a", "b"), 50.0, 0.1).message()
+    assert "centre the data" in tiny and "a clamp, a torch.where" in tiny
+    assert "centre the data" not in large and "a clamp, a torch.where" in large
