@@ -170,7 +170,7 @@ def to_natural(factor: Factor, latents: dict, frames: dict) -> Factor:
         latent = latents[name]
         n = local_map(latent.family, frames[name])  # [*batch, B, B]
         if name in factor.index:
-            n = read_by_index(n, factor.index[name], 0)
+            n = read_by_index(n, factor.index[name], 0, trailing=2)
         axis = factor.rank + k
         others = (1,) * (len(factor.latents) - 1)
         n = n.reshape(batch_view(factor, name, n.shape[:-2]) + others + n.shape[-2:])
@@ -505,7 +505,9 @@ def _fit_by_group(members, runs: Runs, rank: int, values: torch.Tensor):
     if not indexed:
         return None
     varies = torch.broadcast_shapes(*(m.index.shape for m in indexed))
-    axes, member_axis = index_axes([(m.index, _statistics(m, runs).shape[1]) for m in indexed])
+    # each latent's G: its statistics [S, *its batch (G,) or (G, 1), B]
+    sizes = [math.prod(_statistics(m, runs).shape[1:-1]) for m in indexed]
+    axes, member_axis = index_axes([(m.index, g) for m, g in zip(indexed, sizes, strict=True)])
     k = len(axes)
     if math.prod(g for _, g in axes) >= math.prod(values.shape[1:]):
         return None
@@ -518,6 +520,7 @@ def _fit_by_group(members, runs: Runs, rank: int, values: torch.Tensor):
                 return None
             phi = phi.reshape(phi.shape[:1] + (1,) * k + phi.shape[1:])
         else:  # [S, G, B] along its index's group axis, before the factor's batch
+            phi = phi.reshape(phi.shape[0], -1, phi.shape[-1])
             axis = member_axis[indexed.index(member)]
             view = tuple(phi.shape[1] if i == axis else 1 for i in range(k))
             phi = phi.reshape(phi.shape[:1] + view + (1,) * rank + phi.shape[-1:])
@@ -930,7 +933,7 @@ def _by_group(factor: Factor, members, latents) -> Factor:
     others = [m.batch_shape for m in members if m.index is None]
     shared = torch.broadcast_shapes(*others) if others else torch.Size()
     shared = torch.Size((1,) * (factor.rank - len(shared)) + tuple(shared))
-    groups = [(m.index, latents[m.name].batch_shape[0]) for m in indexed]
+    groups = [(m.index, latents[m.name].batch_shape.numel()) for m in indexed]
     collapsed = collapse_by_group(c, shared, groups)
     if collapsed is None:
         return replace(factor, index={m.name: m.index for m in indexed})

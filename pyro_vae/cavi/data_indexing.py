@@ -32,8 +32,15 @@ _AGREE = 1e-9  # relative to 1 + |log f|, as the probe runs' batched-vs-plain ch
 
 def indexable(latent) -> bool:
     """Whether a factor can read ``latent`` through a data index: a continuous latent in
-    one plate, its batch one dim (the groups)."""
-    return latent.family.name not in DISCRETE_FAMILIES and len(latent.batch_shape) == 1
+    one plate, at any dim (its batch G along that dim, 1 elsewhere: (G,), or (G, 1) for a
+    plate at dim -2)."""
+    batch = latent.batch_shape
+    return (
+        latent.family.name not in DISCRETE_FAMILIES
+        and len(latent.plates) == 1
+        and len(batch) > 0
+        and batch.numel() == max(batch)
+    )
 
 
 def find_indices(runner, reads: dict) -> dict:
@@ -51,7 +58,7 @@ def find_indices(runner, reads: dict) -> dict:
     points, layout = [base], {}
     for name in names:
         latent = runner.latents[name]
-        groups = latent.batch_shape[0]
+        groups = latent.batch_shape.numel()
         bits = max(1, (groups - 1).bit_length())
         layout[name] = (len(points), bits, groups)
         codes = torch.arange(groups)
@@ -59,7 +66,8 @@ def find_indices(runner, reads: dict) -> dict:
             moving = torch.ones(groups, dtype=torch.bool) if b < 0 else (codes >> b) & 1 == 1
             point = dict(base)
             for site in latent.sites:
-                mask = moving.reshape((1, groups) + (1,) * (base[site].dim() - 2))
+                event = base[site].dim() - 1 - len(latent.batch_shape)
+                mask = moving.reshape((1,) + latent.batch_shape + (1,) * event)
                 point[site] = torch.where(mask, moved[site], base[site])
             points.append(point)
     values = {site: torch.cat([p[site] for p in points]) for site in base}
@@ -103,9 +111,11 @@ def _index(site: str, name: str, log_prob: torch.Tensor, layout, plates) -> torc
     return index
 
 
-def read_by_index(tensor: torch.Tensor, index: torch.Tensor, leading: int) -> torch.Tensor:
-    """``tensor`` [*lead, G, *trail] read at ``index`` along its G dim (after ``leading``
-    dims): [*lead, *index.shape, *trail]."""
+def read_by_index(tensor: torch.Tensor, index: torch.Tensor, leading: int, trailing: int = 1):
+    """``tensor`` [*lead, *batch, *trail] (``leading`` and ``trailing`` dims around a
+    latent's batch of G elements, (G,) or (G, 1)) read at ``index``:
+    [*lead, *index.shape, *trail]."""
+    tensor = tensor.flatten(leading, tensor.dim() - trailing - 1)
     taken = tensor.index_select(leading, index.reshape(-1))
     return taken.reshape(tensor.shape[:leading] + index.shape + tensor.shape[leading + 1 :])
 
@@ -115,8 +125,8 @@ def scatter_by_index(message: torch.Tensor, index: torch.Tensor, shape) -> torch
     with ``index``): summed into ``shape`` [G, B] at the groups the elements read."""
     common = torch.broadcast_shapes(message.shape[:-1], index.shape)
     flat = message.expand(common + message.shape[-1:]).reshape(-1, message.shape[-1])
-    out = torch.zeros(shape, dtype=message.dtype)
-    return out.index_add_(0, index.expand(common).reshape(-1), flat)
+    out = torch.zeros((math.prod(shape[:-1]), shape[-1]), dtype=message.dtype)
+    return out.index_add_(0, index.expand(common).reshape(-1), flat).reshape(shape)
 
 
 #: rows (groups) up to which :func:`apply_by_group` loops over rows rather than gathering
