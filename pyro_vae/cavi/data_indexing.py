@@ -97,7 +97,11 @@ def _index(site: str, name: str, log_prob: torch.Tensor, layout, plates) -> torc
                 f"{site!r} reads several elements of {name!r} (a sum, a[g1] + a[g2]: moving "
                 "some of them changes it to a value that moving all of them does not give); "
                 "AutoCAVI reads a latent across a plate only as one element per datum, "
-                "picked by data (a[..., group]) or by a Categorical latent (a mixture)"
+                "picked by data (a[..., group]) or by a Categorical latent (a mixture). "
+                f"Where every element of {site!r} reads all of {name!r} (fixed effects "
+                "(X * w).sum(-1) with w in a features plate), declare it as one vector site "
+                "outside the plate instead: dist.Normal(0, s).expand([D]).to_event(1), or a "
+                "MultivariateNormal"
             )
         index |= (to_moved < to_still).long() << b
     if bool((index >= groups).any()):  # only an inconsistent pattern spells a group past G

@@ -462,3 +462,32 @@ def test_a_groups_plate_at_dim_minus_two_is_read_by_index(grouped):
     expected = gaussian_evidence(group, y, 9.0, 0.25)
     assert abs(fit.lower_bound_ - expected) < 1e-9 * abs(expected)
     assert fit.variational_distributions()["a"].loc.shape == (G, 1)
+
+
+def test_fixed_effects_in_a_features_plate_are_refused_naming_the_vector_site(grouped):
+    """(X * w).sum(-1) with w in plate("features", D): every datum reads all of w, which no
+    index picks; the message names the rewrite that fits (tester 12)."""
+    group, y = grouped
+    X = torch.randn(N, 3, generator=torch.Generator().manual_seed(8), dtype=F64)
+
+    def plated(X, group, y):
+        with pyro.plate("features", 3):
+            w = pyro.sample("w", dist.Normal(t(0.0), t(2.0)))
+        with pyro.plate("groups", G):
+            a = pyro.sample("a", dist.Normal(t(0.0), t(3.0)))
+        with pyro.plate("data", N):
+            mean = (X * w.unsqueeze(-2)).sum(-1) + a[..., group]
+            pyro.sample("y", dist.Normal(mean, t(0.5)), obs=y)
+
+    with pytest.raises(NotConjugateError, match=r"reads several elements of 'w'.*to_event\(1\)"):
+        AutoCAVI(plated).fit(X, group, y)
+
+    def vector(X, group, y):
+        w = pyro.sample("w", dist.Normal(t(0.0), t(2.0)).expand([3]).to_event(1))
+        with pyro.plate("groups", G):
+            a = pyro.sample("a", dist.Normal(t(0.0), t(3.0)))
+        with pyro.plate("data", N):
+            mean = (X * w.unsqueeze(-2)).sum(-1) + a[..., group]
+            pyro.sample("y", dist.Normal(mean, t(0.5)), obs=y)
+
+    assert AutoCAVI(vector).fit(X, group, y).converged_
