@@ -638,14 +638,14 @@ def _solve(members, runs: Runs, checks: Runs, site, rank, components=frozenset()
     values = runs.log_probs[site]
     if not bool(values.isfinite().all() & checks.log_probs[site].isfinite().all()):
         return None, False
-    coefficients = None if components else _fit_by_group(members, runs, rank, values)
-    if coefficients is None:
-        designs = _design(members, runs, rank, components)
     if components:
+        designs = _design(members, runs, rank, components)
         selector = runs.values[members[0].name]
         coefficients = _fit_mixture(designs, values, selector, members[0].family.k)
-    elif coefficients is None:
-        coefficients = _fit(designs, values)
+    else:
+        coefficients = _fit_by_group(members, runs, rank, values)
+        if coefficients is None:  # no index, or no layout by group smaller than the data
+            coefficients = _fit(_design(members, runs, rank), values)
     scale = values.abs().amax(0)
     check_designs = _design(members, checks, rank, components)
     good = bool(_misfit(check_designs, checks.log_probs[site], coefficients, scale) <= _RTOL)

@@ -55,15 +55,16 @@ def find_indices(runner, reads: dict) -> dict:
     """
     names = sorted({name for latents in reads.values() for name in latents})
     base, moved = runner.draw(1), runner.draw(1)
+    device = next(iter(base.values())).device
     points, layout = [base], {}
     for name in names:
         latent = runner.latents[name]
         groups = latent.batch_shape.numel()
         bits = max(1, (groups - 1).bit_length())
         layout[name] = (len(points), bits, groups)
-        codes = torch.arange(groups)
+        codes = torch.arange(groups, device=device)
         for b in range(-1, bits):
-            moving = torch.ones(groups, dtype=torch.bool) if b < 0 else (codes >> b) & 1 == 1
+            moving = codes >= 0 if b < 0 else (codes >> b) & 1 == 1
             point = dict(base)
             for site in latent.sites:
                 event = base[site].dim() - 1 - len(latent.batch_shape)
@@ -86,7 +87,7 @@ def _index(site: str, name: str, log_prob: torch.Tensor, layout, plates) -> torc
     [points, *shape] that :func:`find_indices` laid out."""
     start, bits, groups = layout
     still, moved = log_prob[0], log_prob[start]
-    index = torch.zeros(still.shape, dtype=torch.long)
+    index = torch.zeros(still.shape, dtype=torch.long, device=still.device)
     for b in range(bits):
         row = log_prob[start + 1 + b]
         to_moved, to_still = (row - moved).abs(), (row - still).abs()
@@ -129,7 +130,7 @@ def scatter_by_index(message: torch.Tensor, index: torch.Tensor, shape) -> torch
     with ``index``): summed into ``shape`` [G, B] at the groups the elements read."""
     common = torch.broadcast_shapes(message.shape[:-1], index.shape)
     flat = message.expand(common + message.shape[-1:]).reshape(-1, message.shape[-1])
-    out = torch.zeros((math.prod(shape[:-1]), shape[-1]), dtype=message.dtype)
+    out = message.new_zeros((math.prod(shape[:-1]), shape[-1]))
     return out.index_add_(0, index.expand(common).reshape(-1), flat).reshape(shape)
 
 
@@ -163,12 +164,13 @@ def group_keys(shared: torch.Size, indices: list, shape: torch.Size) -> torch.Te
     factor's batch dims, size 1 where an index varies), element e at ``indices[i][e]``
     along G_i and at its own coordinates along ``shared``'s dims of size > 1.
     ``indices``: [(LongTensor index, G)], each index broadcastable to ``shape``."""
-    key, stride = torch.zeros(shape, dtype=torch.long), 1
+    device = indices[0][0].device
+    key, stride = torch.zeros(shape, dtype=torch.long, device=device), 1
     for dim in reversed(range(len(shared))):
         if shared[dim] > 1:
             view = [1] * len(shape)
             view[dim] = shared[dim]
-            key = key + torch.arange(shared[dim]).reshape(view) * stride
+            key = key + torch.arange(shared[dim], device=device).reshape(view) * stride
             stride *= shared[dim]
     for index, groups in reversed(indices):
         key = key + index * stride
@@ -196,12 +198,12 @@ def collapse_by_group(coefficients: torch.Tensor, shared: torch.Size, reads: lis
     keys = group_keys(shared, axes, shape)
     event = coefficients.shape[rank:]
     flat = coefficients.reshape((-1,) + event)
-    summed = torch.zeros((rows,) + event, dtype=coefficients.dtype)
+    summed = coefficients.new_zeros((rows,) + event)
     summed.index_add_(0, keys.expand(shape).reshape(-1), flat)
     summed = summed.reshape(tuple(groups) + tuple(shared) + event)
     k = len(groups)
     new = [
-        torch.arange(g).reshape((1,) * i + (g,) + (1,) * (k - 1 - i + rank))
+        torch.arange(g, device=keys.device).reshape((1,) * i + (g,) + (1,) * (k - 1 - i + rank))
         for i, g in enumerate(groups)
     ]
     return summed, [new[i] for i in member_axis], keys
@@ -226,7 +228,8 @@ def apply_by_group(designs: torch.Tensor, keys: torch.Tensor, values: torch.Tens
             for row, part in enumerate(rhs[order].split(sizes))
             if sizes[row]
         ]
-        out = torch.empty((rows.numel(), size), dtype=torch.result_type(designs, rhs))
+        dtype = torch.result_type(designs, rhs)
+        out = torch.empty((rows.numel(), size), dtype=dtype, device=rhs.device)
         out[order] = torch.cat(parts)
     else:
         step = max(1, _APPLY_BUDGET // (size * count))
@@ -248,5 +251,5 @@ def sum_by_rows(tensor: torch.Tensor, rows: torch.Tensor, shape) -> torch.Tensor
         if size == 1 and tensor.shape[dim + 1] != 1:
             tensor = tensor.sum(dim + 1, keepdim=True)
     flat = tensor.expand((count,) + rows.shape).reshape(count, -1)
-    out = torch.zeros((count, math.prod(shape)), dtype=tensor.dtype)
+    out = tensor.new_zeros((count, math.prod(shape)))
     return out.index_add_(1, rows.reshape(-1), flat).reshape((count,) + tuple(shape))

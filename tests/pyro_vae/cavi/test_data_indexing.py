@@ -491,3 +491,28 @@ def test_fixed_effects_in_a_features_plate_are_refused_naming_the_vector_site(gr
             pyro.sample("y", dist.Normal(mean, t(0.5)), obs=y)
 
     assert AutoCAVI(vector).fit(X, group, y).converged_
+
+
+def test_many_groups_gather_each_datums_design_with_the_same_answer(grouped, monkeypatch):
+    """Past _LOOPED_GROUPS rows (4,096) each datum's design is gathered in chunks rather than
+    each row solved in a loop: forced here at G = 6, the exact log evidence all the same."""
+    import pyro_vae.cavi.data_indexing as data_indexing
+
+    monkeypatch.setattr(data_indexing, "_LOOPED_GROUPS", 1)
+    monkeypatch.setattr(data_indexing, "_APPLY_BUDGET", 64)  # several chunks
+    group, y = grouped
+    fit = AutoCAVI(random_intercepts(3.0, 0.5)).fit(group, y)
+    expected = gaussian_evidence(group, y, 9.0, 0.25)
+    assert abs(fit.lower_bound_ - expected) < 1e-9 * abs(expected)
+
+
+def test_indexing_helpers_make_their_tensors_on_their_inputs_device():
+    """Under a meta default device, every tensor the helpers make follows its inputs."""
+    index = torch.tensor([0, 2, 1, 2])
+    c = torch.randn(4, 3, dtype=F64)
+    with torch.device("meta"):
+        summed, (new,), rows = collapse_by_group(c, torch.Size([1]), [(index, 3)])
+        message = scatter_by_index(torch.ones(4, 2, dtype=F64, device="cpu"), index, (3, 2))
+        by_row = sum_by_rows(torch.ones(2, 4, dtype=F64, device="cpu"), rows, (3, 1))
+    assert {t.device.type for t in (summed, new, rows, message, by_row)} == {"cpu"}
+    assert torch.equal(by_row[0, :, 0], torch.tensor([1.0, 1.0, 2.0], dtype=F64))
