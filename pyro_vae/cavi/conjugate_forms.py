@@ -444,9 +444,25 @@ def _mixture_roles(site: str, names, latents, trace) -> tuple[str | None, list[s
                 f"(Vindex(theta)[..., z, :]); AutoCAVI handles factors inside every plate "
                 "of the latents they mention, mixtures, and continuous latents in one plate "
                 "read at one element per datum by a data index (a[..., group], with no "
-                "Categorical latent in the factor)"
+                f"Categorical latent in the factor){_two_plates_hint(latents[name], k)}"
             )
     return selectors[0], outside
+
+
+def _two_plates_hint(latent: Latent, k: int | None) -> str:
+    """The rewrite of a continuous latent in several plates read through a data index
+    (random slopes b[group] of F features, b in plates groups and features): one vector site
+    in the plate the index picks, which fits. '' for any other latent."""
+    if k is not None or latent.family.name in DISCRETE_FAMILIES or len(latent.plates) < 2:
+        return ""
+    return (
+        f". Latent {latent.name!r} is in {len(latent.plates)} plates "
+        f"{sorted(latent.plates)}: a datum can read it through a data index when it is in "
+        "one plate, the one the index picks, with the others' elements as a vector: "
+        "with pyro.plate('groups', G): b = pyro.sample('b', "
+        "dist.Normal(0., s).expand([F]).to_event(1)), then b[..., group, :] is one "
+        "element (an F-vector) per datum, which fits"
+    )
 
 
 def _unexpanded(values: dict) -> dict:

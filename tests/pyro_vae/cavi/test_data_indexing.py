@@ -493,6 +493,40 @@ def test_fixed_effects_in_a_features_plate_are_refused_naming_the_vector_site(gr
     assert AutoCAVI(vector).fit(X, group, y).converged_
 
 
+def test_random_slopes_in_two_plates_are_refused_naming_the_vector_site_which_is_exact(grouped):
+    """b in plates groups and features, read as b[..., group, :] (random slopes of F = 3
+    features): each datum reads F elements, refused with the rewrite (one F-vector site in the
+    groups plate). That rewrite fits; with the noise known each group's vector is one factor,
+    so mean field is exact: the bound is log p(y), y_g ~ N(0, 4·X_g X_gᵀ + 0.25·I)."""
+    group, y = grouped
+    X = torch.randn(N, 3, generator=torch.Generator().manual_seed(9), dtype=F64)
+
+    def plated(X, group, y):
+        with pyro.plate("features", 3, dim=-1), pyro.plate("groups", G, dim=-2):
+            b = pyro.sample("b", dist.Normal(t(0.0), t(2.0)))
+        with pyro.plate("data", N):
+            pyro.sample("y", dist.Normal((X * b[..., group, :]).sum(-1), t(0.5)), obs=y)
+
+    with pytest.raises(NotConjugateError, match=r"'b' is in 2 plates.*to_event\(1\)"):
+        AutoCAVI(plated).fit(X, group, y)
+
+    def vector(X, group, y):
+        with pyro.plate("groups", G):
+            b = pyro.sample("b", dist.Normal(t(0.0), t(2.0)).expand([3]).to_event(1))
+        with pyro.plate("data", N):
+            pyro.sample("y", dist.Normal((X * b[..., group, :]).sum(-1), t(0.5)), obs=y)
+
+    fit = AutoCAVI(vector).fit(X, group, y)
+    expected = 0.0
+    for k in range(G):
+        Xk = X[group == k]
+        if len(Xk):
+            cov = 4.0 * Xk @ Xk.T + 0.25 * torch.eye(len(Xk), dtype=F64)
+            expected += float(dist.MultivariateNormal(torch.zeros(len(Xk), dtype=F64), cov)
+                              .log_prob(y[group == k]))  # fmt: skip
+    assert abs(fit.lower_bound_ - expected) < 1e-9 * abs(expected)
+
+
 def test_many_groups_gather_each_datums_design_with_the_same_answer(grouped, monkeypatch):
     """Past _LOOPED_GROUPS rows (4,096) each datum's design is gathered in chunks rather than
     each row solved in a loop: forced here at G = 6, the exact log evidence all the same."""
