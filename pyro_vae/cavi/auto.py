@@ -27,6 +27,7 @@ unverified where q is.
 
 from __future__ import annotations
 
+import math
 import numbers
 import re
 import time
@@ -55,6 +56,7 @@ from pyro_vae.cavi.expectations import contract, sum_to
 from pyro_vae.cavi.exponential_families import DISCRETE_FAMILIES, NotConjugateError
 from pyro_vae.cavi.fitted_guide import fitted_guide
 from pyro_vae.cavi.initial_factors import initial_statistics
+from pyro_vae.cavi.overrelaxation import FIRST_RATE, next_rate, overrelaxed_q
 from pyro_vae.cavi.probe_frames import (
     frame_of,
     has_frames,
@@ -128,6 +130,13 @@ class AutoCAVI:
             set by ``init`` has one start, whatever ``n_init`` is.
         random_state: seed of the probe points and of that forward run (which also tracks,
             by provenance, the latents each factor reads).
+        overrelax: after each sweep, try a step 2, 4, … 64 times as long along the sweep's
+            change of the natural parameters, kept only where it raises the ELBO
+            (adaptive over-relaxation, Salakhutdinov & Roweis 2003; see
+            :mod:`pyro_vae.cavi.overrelaxation`): the same fixed point, in fewer sweeps
+            where latents are confounded (crossed random effects: 1,136 sweeps to 72).
+            Models with a discrete latent sweep plainly whatever this is. False: plain
+            sweeps, as the hand-written classes.
 
     Attributes (after ``fit``):
         blocks_: the (mean, precision) pairs updated jointly.
@@ -192,7 +201,7 @@ class AutoCAVI:
 
     def __init__(self, model, *, max_iter: int = 1000, tol: float = 1e-8, init=None,
                  blocks=(), markov_chains: bool = True, n_init: int = 1,
-                 random_state: int = 0) -> None:  # fmt: skip
+                 random_state: int = 0, overrelax: bool = True) -> None:  # fmt: skip
         self.model = model
         self.max_iter = max_iter
         self.tol = tol
@@ -201,6 +210,7 @@ class AutoCAVI:
         self.markov_chains = markov_chains
         self.n_init = n_init
         self.random_state = random_state
+        self.overrelax = overrelax
 
     def fit(self, *args, **kwargs) -> AutoCAVI:
         """Probe ``model(*args, **kwargs)`` (floating tensors cast to float64) and run CAVI.
@@ -371,8 +381,9 @@ class AutoCAVI:
         ]
         heads = {chain[0]: chain for chain in chains}
         in_chains = {s for chain in chains for s in chain}
-        bounds = []
+        bounds, rate, self._eta = [], FIRST_RATE, {}
         for _ in range(max_iter):
+            before = dict(self._eta)
             for name in order:
                 if name in heads:
                     self._update_chain(heads[name], stats)
@@ -382,11 +393,45 @@ class AutoCAVI:
             bounds.append(self._bound(stats))
             converged = len(bounds) > 1 and abs(bounds[-1] - bounds[-2]) < tol
             last = converged or len(bounds) == max_iter
+            if not last and self._overrelaxes(chains) and len(before) == len(self._latents):
+                kept = self._overrelax(before, stats, bounds, rate)
+                rate = next_rate(rate, kept)
             if frames is not None and self._imprecise(stats, frames, bounds, at_q):
                 return bounds, False, True
             if last:
                 return bounds, converged, False
         return bounds, False, False
+
+    def _overrelaxes(self, chains) -> bool:
+        """Whether sweeps take over-relaxed steps (:mod:`pyro_vae.cavi.overrelaxation`): when
+        ``overrelax`` is on and no latent is discrete (a mixture's sweeps stay the
+        hand-written class's, each basin its own: a longer step could cross to another)."""
+        return (
+            self.overrelax
+            and not chains
+            and not any(
+                latent.family.name in DISCRETE_FAMILIES for latent in self._latents.values()
+            )
+        )
+
+    def _overrelax(self, before: dict, stats, bounds: list, rate: float) -> bool:
+        """Propose q at ``rate`` times the last sweep's step in natural parameters from
+        ``before`` (each latent's η at the sweep's start); keep it, in ``self._q``,
+        ``stats`` and ``bounds[-1]``, when its ELBO is finite and above the sweep's."""
+        proposal = overrelaxed_q(before, self._eta, self._latents, self._frames_used, rate)
+        if proposal is None:
+            return False
+        trial = {
+            name: self._latents[name].family.expected_statistics(q) for name, q in proposal.items()
+        }
+        kept_q, self._q = self._q, {**self._q, **proposal}
+        bound = self._bound({**stats, **trial})
+        if not (math.isfinite(bound) and bound > bounds[-1]):
+            self._q = kept_q
+            return False
+        stats.update(trial)
+        bounds[-1] = bound
+        return True
 
     def _imprecise(self, stats, frames, bounds, at_q=True) -> bool:
         """Whether to probe again around q: q lies far outside the probe points (amplification
@@ -495,6 +540,8 @@ class AutoCAVI:
             raise ValueError(f"init: {self.init!r} is not a dict of site name -> initial q")
         if not isinstance(self.markov_chains, bool):
             raise ValueError(f"markov_chains: {self.markov_chains!r} is not True or False")
+        if not isinstance(self.overrelax, bool):
+            raise ValueError(f"overrelax: {self.overrelax!r} is not True or False")
         auto_blocks = isinstance(self.blocks, str) and self.blocks == "auto"
         if not auto_blocks and not isinstance(self.blocks, (list, tuple)):
             raise ValueError(
@@ -526,6 +573,7 @@ class AutoCAVI:
             absent = ~latent.present & (total == 0).all(-1)
             self._absent[name] = absent if bool(absent.any()) else None
             eta = torch.where(absent.unsqueeze(-1), latent.family.neutral_eta(absent.shape), eta)
+        self._eta[name] = eta  # in the frame's coordinates: over-relaxation's (see _sweeps)
         q = latent.family.distribution(eta)
         return q if frame is None else q_from_local(latent.family, q, frame)
 
