@@ -8,9 +8,13 @@ fixed fraction). After each sweep θ_t → θ_{t+1} of the factors' natural para
 the sweep's direction (Salakhutdinov & Roweis 2003, "Adaptive overrelaxed bound
 optimization methods", ICML: their EM step, here a CAVI sweep). ``AutoCAVI`` keeps the
 proposal only when its ELBO, computed in full, exceeds the sweep's, doubling r each time one
-is kept and returning to 2 when one is not; so the bound never falls, and the fixed point
-and convergence test are the plain sweep's (a sweep that changes the bound by less than
-``tol`` ends the fit, from the state it started at).
+is kept (up to 2¹⁶) and halving it (down to 2) when one is not; so the bound never falls, and
+the fixed point is the plain sweep's. The fit ends when a sweep changes the bound by less
+than ``tol`` and so does the longer step after it (kept), or the shortest step is declined:
+on a ridge a sweep's change is no measure of the distance left. Crossed intercepts sharing
+a level (tester 12: 2.27 nats short after 1,000 plain sweeps, 4·10⁵ to converge) stop 20
+iterations in, 1.6e-6 nats short; where the step it would need is longer still, the fit can
+stop short of the optimum by more than ``tol``, as plain sweeps do.
 
 Each η is taken in the coordinates its update was made in (a probe frame's local ones,
 :mod:`pyro_vae.cavi.probe_frames`), which stay fixed within a round of sweeps. A proposal
@@ -25,8 +29,8 @@ from pyro_vae.cavi.probe_frames import q_from_local
 
 #: The first over-relaxed step's length in sweeps, after a start or a declined proposal.
 FIRST_RATE = 2.0
-#: The longest step tried: past this, a kept proposal's rate stays (64 sweeps' length).
-MAX_RATE = 64.0
+#: The longest step tried: past this, a kept proposal's rate stays.
+MAX_RATE = 2.0**16
 
 
 def overrelaxed_q(before: dict, after: dict, latents: dict, frames: dict, rate: float):
@@ -53,5 +57,5 @@ def overrelaxed_q(before: dict, after: dict, latents: dict, frames: dict, rate: 
 
 def next_rate(rate: float, kept: bool) -> float:
     """The next proposal's rate: doubled (at most :data:`MAX_RATE`) after one was kept,
-    :data:`FIRST_RATE` after one was declined."""
-    return min(2 * rate, MAX_RATE) if kept else FIRST_RATE
+    halved (at least :data:`FIRST_RATE`) after one was declined."""
+    return min(2 * rate, MAX_RATE) if kept else max(rate / 2, FIRST_RATE)
