@@ -57,6 +57,7 @@ from pyro_vae.cavi.exponential_families import DISCRETE_FAMILIES, NotConjugateEr
 from pyro_vae.cavi.fitted_guide import fitted_guide
 from pyro_vae.cavi.initial_factors import initial_statistics
 from pyro_vae.cavi.overrelaxation import FIRST_RATE, next_rate, overrelaxed_q
+from pyro_vae.cavi.plug_in_start import plug_in_priors
 from pyro_vae.cavi.probe_frames import (
     frame_of,
     has_frames,
@@ -236,7 +237,7 @@ class AutoCAVI:
         for offset in range(starts):
             if offset:  # the next seed's draws of the discrete latents
                 seed = self.random_state + offset
-                stats = initial_statistics(latents, self.init, self._first, seed)
+                stats = initial_statistics(latents, self.init, self._first, seed, self._starts)
             fitted = self._start(args, kwargs, factors, stats, chains, tol, max_iter)
             if best is None or fitted[0][-1] > best[0][-1]:
                 best = fitted
@@ -522,7 +523,8 @@ class AutoCAVI:
         if auto_blocks and self.blocks_:
             latents = find_latents(first, self.blocks_)
             depends = regroup(depends, latents)
-        stats = initial_statistics(latents, self.init, first, self.random_state)
+        self._starts = self._plug_in(args, kwargs, latents, depends)
+        stats = initial_statistics(latents, self.init, first, self.random_state, self._starts)
         info = {}
         factors = probe_factors(
             self.model, args, kwargs, latents, depends, trace, generator, info=info
@@ -531,6 +533,21 @@ class AutoCAVI:
         self._probe_inputs = (args, kwargs, depends, trace, generator)
         self._first = first
         return latents, factors, stats
+
+    def _plug_in(self, args, kwargs, latents, depends) -> dict:
+        """{site: prior given its parents at their means} for the continuous latents
+        ``init`` does not set, from one more model run, where one of them has a latent
+        parent (:mod:`pyro_vae.cavi.plug_in_start`); else {} (a root's prior is the same)."""
+        sites = {
+            name
+            for name, latent in latents.items()
+            if len(latent.sites) == 1
+            and latent.family.name not in DISCRETE_FAMILIES
+            and name not in (self.init or {})
+        }
+        if not any(set(depends.get(name, ())) - {name} for name in sites):
+            return {}
+        return plug_in_priors(self.model, args, kwargs, sites, self.random_state) or {}
 
     def _check_settings(self) -> tuple[float, int, bool, int]:
         """(tol, max_iter, whether blocks is "auto", n_init), or ValueError naming the

@@ -11,7 +11,8 @@ scikit-learn's ``init_params="random"`` idea). Balanced, not drawn from the mode
 model's own draw follows its sampled weights, and a Dirichlet draw can put every point in
 one component, where CAVI settles with every component's mean at the data's. A block
 starts at its values in the seeded forward run; any other latent at its prior's
-expectations.
+expectations, its parents at their means where it has latent parents
+(:mod:`pyro_vae.cavi.plug_in_start`).
 """
 
 from __future__ import annotations
@@ -31,9 +32,11 @@ from pyro_vae.cavi.exponential_families import (
 _BLOCK_FACTORS = {"Normal-Gamma": NormalGamma, "Normal-Wishart": NormalWishart}
 
 
-def initial_statistics(latents: dict[str, Latent], init, first, seed: int):
+def initial_statistics(latents: dict[str, Latent], init, first, seed: int, priors=None):
     """{unit: E[T] [*batch, B]} at the start; ``first`` the seeded forward run's trace,
-    ``seed`` that of the discrete latents' random assignments.
+    ``seed`` that of the discrete latents' random assignments; ``priors``: {site: prior}
+    to start a continuous latent at instead of its prior in ``first`` (its prior given its
+    parents at their means, :func:`~pyro_vae.cavi.plug_in_start.plug_in_priors`).
 
     Raises:
         ValueError: naming ``init[unit]``, what was given and what the unit takes.
@@ -57,7 +60,8 @@ def initial_statistics(latents: dict[str, Latent], init, first, seed: int):
             value = latent.family.probe(latent.batch_shape, generator)
             stats[name] = latent.family.statistics(value)
         else:
-            value = latent.family.expected_statistics(latent.prior)
+            prior = (priors or {}).get(name, latent.prior)
+            value = latent.family.expected_statistics(prior)
             stats[name] = value.expand(latent.batch_shape + value.shape[-1:])
     # a prior's parameters carry provenance from the first run (conjugate_forms.first_run)
     return {name: detach_provenance(value) for name, value in stats.items()}
