@@ -55,7 +55,7 @@ from pyro_vae.cavi.data_indexing import scatter_by_index
 from pyro_vae.cavi.expectations import contract, sum_to
 from pyro_vae.cavi.exponential_families import DISCRETE_FAMILIES, NotConjugateError
 from pyro_vae.cavi.fitted_guide import fitted_guide
-from pyro_vae.cavi.initial_factors import initial_statistics
+from pyro_vae.cavi.initial_factors import drawn_starts, initial_statistics, products
 from pyro_vae.cavi.overrelaxation import FIRST_RATE, next_rate, overrelaxed_q
 from pyro_vae.cavi.plug_in_start import plug_in_priors
 from pyro_vae.cavi.probe_frames import (
@@ -231,13 +231,17 @@ class AutoCAVI:
         self._latents, self._witnesses = latents, []
         self._framed = any(has_frames(latent.family) for latent in latents.values())
         chains = find_chains(latents, factors) if self.markov_chains else []
+        multiplied = products(latents, factors) - set(self.init or {})
+        stats = drawn_starts(latents, stats, multiplied, self._starts, self.random_state)
         drawn = [n for n, lt in latents.items() if lt.family.name in DISCRETE_FAMILIES]
+        drawn += multiplied
         starts = n_init if set(drawn) - set(self.init or {}) else 1  # else all starts agree
         best = None
         for offset in range(starts):
             if offset:  # the next seed's draws of the discrete latents
                 seed = self.random_state + offset
                 stats = initial_statistics(latents, self.init, self._first, seed, self._starts)
+                stats = drawn_starts(latents, stats, multiplied, self._starts, seed)
             fitted = self._start(args, kwargs, factors, stats, chains, tol, max_iter)
             if best is None or fitted[0][-1] > best[0][-1]:
                 best = fitted

@@ -12,7 +12,11 @@ model's own draw follows its sampled weights, and a Dirichlet draw can put every
 one component, where CAVI settles with every component's mean at the data's. A block
 starts at its values in the seeded forward run; any other latent at its prior's
 expectations, its parents at their means where it has latent parents
-(:mod:`pyro_vae.cavi.plug_in_start`).
+(:mod:`pyro_vae.cavi.plug_in_start`); except that Normal latents a factor multiplies by
+each other (W z_n in factor analysis, u·v in matrix factorization) start at a seeded draw
+from that prior (:func:`products`, :func:`drawn_starts`): at their prior means, 0, the
+product is a saddle of the bound that CAVI cannot leave (every update of W sees E[z] = 0
+and stays at 0), as a mixture's components at equal responsibilities are.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from pyro_vae.cavi.exponential_families import (
     NotConjugateError,
     family_of,
 )
+from pyro_vae.cavi.seeding import cpu_rng
 
 _BLOCK_FACTORS = {"Normal-Gamma": NormalGamma, "Normal-Wishart": NormalWishart}
 
@@ -157,3 +162,51 @@ def _block_start(name: str, latent: Latent, q) -> torch.Tensor:
         f"{latent.sites}; expected a {factor_class.__name__} (a fitted_blocks_ entry) or a "
         f"tuple of values of shapes {[tuple(s) for s in expected]}"
     )
+
+
+#: A coefficient on x_a²·x_b² above this fraction of a factor's largest is a product term
+#: (least squares leaves ~1e-15 of it on a term the factor lacks).
+_PRODUCT = 1e-8
+
+
+def products(latents: dict[str, Latent], factors) -> set[str]:
+    """The Normal latents some factor multiplies by another Normal latent: a nonzero
+    coefficient on the product of their second-order statistics, x_a²·x_b² (the square of
+    a product's mean, (W z)²); a sum a + b, crossed effects, has none."""
+    out = set()
+    for factor in factors:
+        normal = [
+            (axis, name)
+            for axis, name in enumerate(factor.latents)
+            if latents[name].family.name == "Normal"
+        ]
+        c = factor.coefficients.abs()
+        if len(normal) < 2 or not c.numel():
+            continue
+        for i, (axis_a, a) in enumerate(normal):
+            for axis_b, b in normal[i + 1 :]:
+                block = _second_order(c, factor.rank + axis_a, latents[a].family)
+                block = _second_order(block, factor.rank + axis_b, latents[b].family)
+                if float(block.amax()) > _PRODUCT * float(c.amax()):
+                    out.update((a, b))
+    return out
+
+
+def _second_order(c: torch.Tensor, axis: int, family) -> torch.Tensor:
+    """``c`` along ``axis`` at a Normal family's statistics x_i x_j (after 1 and x)."""
+    start = 1 + family.d
+    return c.narrow(axis, start, c.shape[axis] - start)
+
+
+def drawn_starts(latents: dict[str, Latent], stats: dict, names, priors, seed: int) -> dict:
+    """``stats`` with each latent of ``names`` at a point drawn from its prior (``priors``'
+    where given, else its prior in the forward run), torch seeded by ``seed`` (the global
+    RNG restored after): E[T] = T(draw)."""
+    out = dict(stats)
+    with cpu_rng(seed), torch.no_grad():
+        for name in sorted(names):
+            latent = latents[name]
+            value = detach_provenance((priors or {}).get(name, latent.prior).sample())
+            shape = latent.batch_shape + (latent.family.size,)
+            out[name] = latent.family.statistics(value.to(torch.float64)).expand(shape)
+    return out
