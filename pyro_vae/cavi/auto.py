@@ -256,7 +256,7 @@ class AutoCAVI:
         self.lower_bound_, self.lower_bounds_ = bounds[-1], bounds
         self.n_iter_, self.converged_ = len(bounds), converged
         if not converged:
-            _warn_unconverged(bounds, max_iter, tol)
+            _warn_unconverged(bounds, max_iter, tol, self.overrelax)
         self.fitted_blocks_ = {n: q for n, q in self._q.items() if len(latents[n].sites) > 1}
         self.fitted_chains_ = {
             chain: (torch.stack([stats[s] for s in chain]), torch.stack(
@@ -696,7 +696,7 @@ def _without_absent(entropy: torch.Tensor, absent: torch.Tensor | None) -> torch
 _DTYPE_CLASH = re.compile(r"dtype|scalar type|Double|Float")
 
 
-def _warn_unconverged(bounds: list, max_iter: int, tol: float) -> None:
+def _warn_unconverged(bounds: list, max_iter: int, tol: float, overrelax: bool) -> None:
     """scikit-learn's ``ConvergenceWarning`` where the sweeps stopped at ``max_iter`` (as
     its ``BayesianGaussianMixture`` warns): q is not a fixed point, and its bound is short
     of the fixed point's (crossed intercepts sharing a common level: 2.3 nats after 1,000
@@ -705,9 +705,10 @@ def _warn_unconverged(bounds: list, max_iter: int, tol: float) -> None:
     warnings.warn(
         f"AutoCAVI: stopped at max_iter={max_iter} sweeps without converging (the last sweep "
         f"raised the bound by {last:.3g} nats; converged means less than tol={tol:g} nats): "
-        "q is not a fixed point and the bound is short of it. Raise max_iter; mean field "
-        "crawls where latents are strongly coupled (crossed effects sharing a common level, "
-        "a + b nearly unidentified: tighten one prior or center one of them)",
+        "q is not a fixed point and the bound is short of it. Raise max_iter"
+        f"{'' if overrelax else ', or set overrelax=True (longer steps between sweeps)'}; "
+        "mean field crawls where latents are strongly coupled (crossed effects sharing a "
+        "common level, a + b nearly unidentified: tighten one prior or center one of them)",
         ConvergenceWarning,
         stacklevel=3,
     )

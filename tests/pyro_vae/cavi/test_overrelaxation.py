@@ -107,7 +107,7 @@ def test_crossed_effects_reach_the_mean_field_optimum_in_an_eighth_of_the_sweeps
 
     with warnings.catch_warnings():  # plain sweeps, as many: short of the optimum, warned
         warnings.simplefilter("error", ConvergenceWarning)
-        with pytest.raises(ConvergenceWarning, match="max_iter=150"):
+        with pytest.raises(ConvergenceWarning, match="max_iter=150.*set overrelax=True"):
             AutoCAVI(model, tol=1e-12, max_iter=150, overrelax=False).fit(*data)
     plain = AutoCAVI(model, tol=1e-12, max_iter=fit.n_iter_, overrelax=False)
     with warnings.catch_warnings():
