@@ -124,11 +124,13 @@ class AutoCAVI:
         markov_chains: keep each chain of scalar Categorical sites (a ``pyro.markov`` loop,
             see :mod:`pyro_vae.cavi.chains`) whole in q, updated by forward-backward
             (structured mean field); False: one factor per site (naive mean field).
-        n_init: starts (as in scikit-learn), from the discrete latents' seeded draws with
-            seeds ``random_state``, ``random_state + 1``, …; the highest bound is kept
-            (mean-field CAVI has local optima: a mixture's, a spike-and-slab's). The model
-            is probed once for all of them. A model whose latents are all continuous or
-            set by ``init`` has one start, whatever ``n_init`` is.
+        n_init: starts (as in scikit-learn), from the seeded draws of the discrete latents
+            and of the Normal latents a factor multiplies together (W z_n, which start at a
+            draw: see :mod:`pyro_vae.cavi.initial_factors`), with seeds ``random_state``,
+            ``random_state + 1``, …; the highest bound is kept (mean-field CAVI has local
+            optima: a mixture's, a spike-and-slab's). The model is probed once for all of
+            them. A model with no such latent, or with all of them set by ``init``, has
+            one start, whatever ``n_init`` is.
         random_state: seed of the probe points and of that forward run (which also tracks,
             by provenance, the latents each factor reads).
         overrelax: after each sweep, try a step 2, 4, … 64 times as long along the sweep's
