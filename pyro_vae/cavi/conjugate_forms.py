@@ -57,6 +57,12 @@ from pyro_vae.cavi.provenance import TrackFastProvenance
 from pyro_vae.cavi.seeding import cpu_rng
 from pyro_vae.pyro_compat import distribution_mask
 
+#: What a refusal advises, where no one latent is to blame.
+SVI_ADVICE = (
+    "leave the latents that break conjugacy to SVI and fit the rest in closed form with "
+    "pyro_vae.cavi.ConditionalCAVIGuide(model, svi_sites=[...]), or fit the whole model by SVI"
+)
+
 #: least-squares runs beyond the P unknowns, for a well-posed solve: at least this many,
 #: and P/8 for a large design. A random design of P + 3 rows is nearly square, and its
 #: condition number grows with P (Edelman 1988: about P for a square Gaussian matrix), which
@@ -445,8 +451,26 @@ def _mixture_roles(site: str, names, latents, trace) -> tuple[str | None, list[s
                 "of the latents they mention, mixtures, and continuous latents in one plate "
                 "read at one element per datum by a data index (a[..., group], with no "
                 f"Categorical latent in the factor){_two_plates_hint(latents[name], k)}"
+                f"{_indexed_probabilities_hint(site, selectors, latents[name])}"
             )
     return selectors[0], outside
+
+
+def _indexed_probabilities_hint(site: str, selectors: list, latent: Latent) -> str:
+    """The rewrite of a Categorical latent whose probabilities are read through a data
+    index (LDA with its documents flattened: z_n ~ Categorical(theta[doc_n])): the
+    documents padded into nested plates, which fits. '' for any other factor."""
+    if site not in selectors or latent.family.name in DISCRETE_FAMILIES:
+        return ""
+    return (
+        f". Here the Categorical latent {site!r} reads its probabilities from "
+        f"{latent.name!r} through a data index (LDA with flattened documents, "
+        "z_n ~ Categorical(theta[doc_n])), which AutoCAVI does not fit; nest the data "
+        "inside the plate of "
+        f"{latent.name!r} instead (pad the documents to one length in a plate of words "
+        "inside the plate of documents, and mask the padding with poutine.mask or "
+        ".mask(...)), which fits"
+    )
 
 
 def _two_plates_hint(latent: Latent, k: int | None) -> str:
@@ -903,7 +927,7 @@ def _local_factor(runner, site, design, runs, checks, trace) -> Factor:
             f"(NaN or ±inf) at some probe points of {[m.name for m in members]}, where its "
             "parameters leave their domain (a negative scale, a probability above 1): it is "
             "no conjugate factor of them; AutoCAVI updates only conditionally "
-            "conjugate-exponential models (fit this one by SVI)"
+            f"conjugate-exponential models ({SVI_ADVICE})"
         )
     if not good and selector is None:
         _refuse(runner, members, site, trace)
@@ -924,7 +948,7 @@ def _local_factor(runner, site, design, runs, checks, trace) -> Factor:
             f"factor {site!r} ({_dist_name(trace.nodes[site])}): for some value of "
             f"{selector!r} its log-density is not multilinear in the sufficient statistics of "
             f"{list(names)} (the component it picks); AutoCAVI updates only conditionally "
-            "conjugate-exponential models (fit this one by SVI)"
+            f"conjugate-exponential models ({SVI_ADVICE})"
         )
     if selector is None:
         # summed over the dims along which none of its latents varies (not the design's
@@ -1052,5 +1076,7 @@ def _refuse(runner, members, site, trace):
     raise NotConjugateError(
         f"latent site {culprit[0]!r} ({type(latent.prior).__name__}) is not conditionally "
         f"conjugate: {detail}; AutoCAVI updates only conditionally conjugate-exponential "
-        "models (fit this one by SVI)"
+        f"models: leave {culprit[0]!r} to SVI and fit the rest in closed form with "
+        f"pyro_vae.cavi.ConditionalCAVIGuide(model, svi_sites=[{culprit[0]!r}]), or fit "
+        "the whole model by SVI"
     )

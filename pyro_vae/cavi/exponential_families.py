@@ -668,6 +668,12 @@ def family_of(site: dict) -> Family:
             "independent elements with pyro.plate instead (e.g. a transition matrix's rows "
             "under pyro.plate('rows', K)), or make a Normal one .to_event(1) vector"
         )
+    elif isinstance(fn, dist.InverseGamma):
+        advice = (
+            "; a variance σ² ~ InverseGamma(a, b) is a precision λ = 1/σ² ~ Gamma(a, b): "
+            f"sample the precision instead, {name}_precision = pyro.sample(..., "
+            "dist.Gamma(a, b)), and use scale = precision.rsqrt(), which fits"
+        )
     else:
         advice = "; or leave this site to SVI with pyro_vae.cavi.ConditionalCAVIGuide"
     raise NotConjugateError(

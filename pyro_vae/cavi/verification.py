@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 import pyro.distributions as dist
 import torch
 
-from pyro_vae.cavi.conjugate_forms import _dist_name, _sum_to, batch_view
+from pyro_vae.cavi.conjugate_forms import SVI_ADVICE, _dist_name, _sum_to, batch_view
 from pyro_vae.cavi.data_indexing import read_by_index, sum_by_rows
 from pyro_vae.cavi.expectations import product_sum
 from pyro_vae.cavi.exponential_families import (
@@ -87,7 +87,7 @@ class Misfit:
         kink = (
             "it is conjugate only in part of the latents' space (a clamp, a torch.where, a "
             "piecewise parameter), and q lies where the form does not hold; AutoCAVI updates "
-            "only models with one conjugate form everywhere (fit this one by SVI)"
+            f"only models with one conjugate form everywhere ({SVI_ADVICE})"
         )
         if self.relative >= SMALL_MISFIT:
             return f"{head}: {kink}"

@@ -166,3 +166,19 @@ def test_partly_observed_assignments_are_refused_saying_why():
 
     with pytest.raises(NotConjugateError, match=r"'z_unobserved'.*obs_mask.*TraceEnum_ELBO"):
         AutoCAVI(masked).fit(y, labels)
+
+
+def test_a_latent_that_breaks_conjugacy_is_named_for_conditional_cavi_guide():
+    """The refusal says how to keep the rest in closed form: that latent to SVI, by name
+    (tester 13: it said "fit this one by SVI", the whole model)."""
+    from pyro_vae.cavi import AutoCAVI
+
+    def log_scale(y):
+        m = pyro.sample("m", dist.Normal(t(0.0), t(1.0)))
+        u = pyro.sample("u", dist.Normal(t(0.0), t(1.0)))
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.Normal(m, u.exp()), obs=y)
+
+    match = r"latent site 'u'.*ConditionalCAVIGuide\(model, svi_sites=\['u'\]\)"
+    with pytest.raises(NotConjugateError, match=match):
+        AutoCAVI(log_scale).fit(t([0.3, -1.2, 0.8]))

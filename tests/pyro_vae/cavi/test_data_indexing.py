@@ -527,6 +527,26 @@ def test_random_slopes_in_two_plates_are_refused_naming_the_vector_site_which_is
     assert abs(fit.lower_bound_ - expected) < 1e-9 * abs(expected)
 
 
+def test_flattened_lda_is_refused_naming_the_padded_documents_that_fit():
+    """z_n ~ Categorical(theta[doc_n]) with the words of all documents in one plate: the
+    assignment reads its document's topic proportions through a data index, which AutoCAVI
+    does not fit; the refusal names the padded form (tester 13)."""
+    doc = t([0, 0, 0, 1, 1, 2, 2, 2, 2]).long()
+    words = t([0, 1, 1, 2, 3, 0, 2, 2, 1]).long()
+
+    def flattened(doc, words):
+        with pyro.plate("topics", 2):
+            phi = pyro.sample("phi", dist.Dirichlet(torch.ones(4, dtype=F64)))
+        with pyro.plate("docs", 3):
+            theta = pyro.sample("theta", dist.Dirichlet(torch.ones(2, dtype=F64)))
+        with pyro.plate("words", len(words)):
+            z = pyro.sample("z", dist.Categorical(theta[..., doc, :]))
+            pyro.sample("w", dist.Categorical(phi[..., z, :]), obs=words)
+
+    with pytest.raises(NotConjugateError, match=r"'z' reads its probabilities from 'theta'.*pad"):
+        AutoCAVI(flattened).fit(doc, words)
+
+
 def test_many_groups_gather_each_datums_design_with_the_same_answer(grouped, monkeypatch):
     """Past _LOOPED_GROUPS rows (4,096) each datum's design is gathered in chunks rather than
     each row solved in a loop: forced here at G = 6, the exact log evidence all the same."""
