@@ -668,6 +668,13 @@ def family_of(site: dict) -> Family:
             "independent elements with pyro.plate instead (e.g. a transition matrix's rows "
             "under pyro.plate('rows', K)), or make a Normal one .to_event(1) vector"
         )
+        if not isinstance(getattr(fn, "base_dist", fn), (dist.Normal, dist.MultivariateNormal)):
+            advice += (
+                ". A factor that reads every element of a plated Gamma, Beta or Dirichlet "
+                "at once (ARD precisions α_k over a weight vector's coordinates) is not "
+                f"fitted in closed form: leave {name!r} to SVI with "
+                f"pyro_vae.cavi.ConditionalCAVIGuide(model, svi_sites=[{name!r}])"
+            )
     elif isinstance(fn, dist.InverseGamma):
         advice = (
             "; a variance σ² ~ InverseGamma(a, b) is a precision λ = 1/σ² ~ Gamma(a, b): "

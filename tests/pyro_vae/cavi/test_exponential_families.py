@@ -60,6 +60,14 @@ def test_improper_updates_and_unknown_families_are_refused_by_site():
     rows = dist.Dirichlet(torch.ones(3, 3, dtype=F64)).to_event(1)  # Pyro's examples/hmm.py
     with pytest.raises(NotConjugateError, match="a Dirichlet with event dims .*pyro.plate"):
         family_of(site(rows, "A"))
+    # ARD precisions as one vector (tester 13): the advice is not the Normal's vector site,
+    # which a Gamma cannot be, but the latent left to SVI by name
+    ard = dist.Gamma(torch.ones(3, dtype=F64), 1.0).to_event(1)
+    with pytest.raises(NotConjugateError, match=r"ARD.*svi_sites=\['alpha'\]"):
+        family_of(site(ard, "alpha"))
+    with pytest.raises(NotConjugateError) as refused:
+        family_of(site(dist.Normal(torch.zeros(2, 2), 1.0).to_event(2), "m"))
+    assert "ARD" not in str(refused.value)
 
 
 def test_the_normal_wishart_block_is_exp_of_eta_dot_its_joint_statistics():
