@@ -56,7 +56,7 @@ from pyro_vae.cavi.expectations import contract, sum_to
 from pyro_vae.cavi.exponential_families import DISCRETE_FAMILIES, NotConjugateError
 from pyro_vae.cavi.fitted_guide import fitted_guide
 from pyro_vae.cavi.initial_factors import drawn_starts, initial_statistics, products
-from pyro_vae.cavi.overrelaxation import FIRST_RATE, next_rate, overrelaxed_q
+from pyro_vae.cavi.overrelaxation import FIRST_RATE, crawling, next_rate, overrelaxed_q
 from pyro_vae.cavi.plug_in_start import plug_in_priors
 from pyro_vae.cavi.probe_frames import (
     frame_of,
@@ -388,7 +388,7 @@ class AutoCAVI:
         ]
         heads = {chain[0]: chain for chain in chains}
         in_chains = {s for chain in chains for s in chain}
-        bounds, rate, self._eta = [], FIRST_RATE, {}
+        bounds, gains, rate, self._eta, ever_kept = [], [], FIRST_RATE, {}, False
         for _ in range(max_iter):
             before = dict(self._eta)
             for name in order:
@@ -399,7 +399,13 @@ class AutoCAVI:
                     stats[name] = self._latents[name].family.expected_statistics(self._q[name])
             bounds.append(self._bound(stats))
             converged = len(bounds) > 1 and abs(bounds[-1] - bounds[-2]) < tol
-            if len(bounds) < max_iter and self._overrelaxes(chains) and len(before) == len(order):
+            gains.append(bounds[-1] - bounds[-2] if len(bounds) > 1 else math.inf)
+            if (
+                len(bounds) < max_iter
+                and (ever_kept or crawling(gains))
+                and self._overrelaxes(chains)
+                and len(before) == len(order)
+            ):
                 swept = bounds[-1]
                 kept = self._overrelax(before, stats, bounds, rate)
                 # converged only where a longer step gains less than tol too (kept), or the
@@ -407,6 +413,7 @@ class AutoCAVI:
                 # effects sharing a level crawl 4e-9 nats a sweep 3e-5 below the optimum)
                 settled = bounds[-1] - swept < tol and (kept or rate == FIRST_RATE)
                 converged, rate = converged and settled, next_rate(rate, kept)
+                ever_kept |= kept
             last = converged or len(bounds) == max_iter
             if frames is not None and self._imprecise(stats, frames, bounds, at_q):
                 return bounds, False, True
