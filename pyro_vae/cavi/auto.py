@@ -550,15 +550,23 @@ class AutoCAVI:
     def _plug_in(self, args, kwargs, latents, depends) -> dict:
         """{site: prior given its parents at their means} for the continuous latents
         ``init`` does not set, from one more model run, where one of them has a latent
-        parent (:mod:`pyro_vae.cavi.plug_in_start`); else {} (a root's prior is the same)."""
-        sites = {
-            name
-            for name, latent in latents.items()
-            if len(latent.sites) == 1
-            and latent.family.name not in DISCRETE_FAMILIES
-            and name not in (self.init or {})
+        parent and its start is read (an update before its own mentions it: not the
+        regression's weights, updated first) (:mod:`pyro_vae.cavi.plug_in_start`); else {}
+        (a root's prior is the same in both runs)."""
+        preset = set(self.init or {}) | {
+            n for n, latent in latents.items() if latent.family.name in DISCRETE_FAMILIES
         }
-        if not any(set(depends.get(name, ())) - {name} for name in sites):
+        sites = {n for n, lt in latents.items() if len(lt.sites) == 1 and n not in preset}
+        # a start matters only where an update before the latent's own reads it: the sweep
+        # updates the others in sampling order, then the preset (see _sweeps)
+        order = [n for n in latents if n not in preset] + [n for n in latents if n in preset]
+        read_early = {
+            name
+            for names in depends.values()
+            for name in names
+            if name in sites and any(order.index(m) < order.index(name) for m in names)
+        }
+        if not any(set(depends.get(name, ())) - {name} for name in read_early):
             return {}
         return plug_in_priors(self.model, args, kwargs, sites, self.random_state) or {}
 
