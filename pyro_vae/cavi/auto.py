@@ -137,7 +137,7 @@ class AutoCAVI:
             change of the natural parameters, kept only where it raises the ELBO
             (adaptive over-relaxation, Salakhutdinov & Roweis 2003; see
             :mod:`pyro_vae.cavi.overrelaxation`): the same fixed point, in fewer sweeps
-            where latents are confounded (crossed random effects: 1,136 sweeps to 74).
+            where latents are confounded (crossed random effects: 1,136 sweeps to 83).
             Models with a discrete latent sweep plainly whatever this is. False: plain
             sweeps, as the hand-written classes.
 
