@@ -20,3 +20,19 @@ def load(name: str):
     finally:
         sys.path.remove(str(BENCHMARKS))
     return module
+
+
+def run(name: str, *argv: str) -> None:
+    """``python benchmarks/{name}.py *argv`` in a subprocess from the repository root, one
+    thread (``OMP_NUM_THREADS=1``), as its end-to-end smoke tests run it; raises
+    ``CalledProcessError`` (with its output) where the script fails."""
+    import os
+    import subprocess
+
+    subprocess.run(
+        [sys.executable, str(BENCHMARKS / f"{name}.py"), *argv],
+        check=True,
+        cwd=BENCHMARKS.parent,
+        capture_output=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )

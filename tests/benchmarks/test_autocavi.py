@@ -1,26 +1,15 @@
 """Smoke test: the AutoCAVI benchmark runs at quick settings and AutoCAVI's bound is the
 hand-written class's on both rows."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.benchmarks.benchmark_script import run
 
 
 @pytest.mark.slow  # a subprocess with SVI runs: 10 s idle, 30 s loaded
 def test_quick_run_writes_rows_where_autocavi_matches_the_hand_written_bound(tmp_path):
     out = tmp_path / "table.md"
-    subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "autocavi.py"), "--quick", "--out", str(out)],
-        check=True,
-        cwd=ROOT,
-        capture_output=True,
-        env=dict(os.environ, OMP_NUM_THREADS="1"),
-    )
+    run("autocavi", "--quick", "--out", str(out))
     tables = out.read_text().split("\n\n")
     main, sweeps = (t for t in tables if t.startswith("| model"))
     body = [line for line in main.splitlines()[2:] if line.startswith("| ")]

@@ -2,14 +2,9 @@
 are the written-out CAVI's, and its over-relaxed fit takes fewer of them to a bound no
 lower."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.benchmarks.benchmark_script import run
 
 
 @pytest.mark.slow  # a subprocess importing torch and Pyro, fitting three times: 10 s idle
@@ -17,14 +12,7 @@ def test_a_small_run_writes_rows_where_plain_sweeps_match_and_overrelaxed_ones_a
     tmp_path,
 ):
     out = tmp_path / "table.md"
-    script = ROOT / "benchmarks" / "autocavi_crossed_effects.py"
-    subprocess.run(
-        [sys.executable, str(script), "--shapes", "20x15x1", "--out", str(out)],
-        check=True,
-        cwd=ROOT,
-        capture_output=True,
-        env=dict(os.environ, OMP_NUM_THREADS="1"),
-    )
+    run("autocavi_crossed_effects", "--shapes", "20x15x1", "--out", str(out))
     rows = [line for line in out.read_text().splitlines() if line.startswith("| 300 ")]
     cells = {c[1]: c for c in ([x.strip() for x in r.strip("|").split("|")] for r in rows)}
     written, plain = cells["written out"], cells["AutoCAVI, plain sweeps"]

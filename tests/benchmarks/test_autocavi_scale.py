@@ -1,27 +1,15 @@
 """Smoke test: the scaling benchmark runs at a small N, each fit in its own process, and
 AutoCAVI's bound is the hand-written class's from the same responsibilities."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.benchmarks.benchmark_script import run
 
 
 @pytest.mark.slow  # two subprocesses importing torch and Pyro: 10 s idle
 def test_a_small_run_writes_a_row_where_the_bounds_agree(tmp_path):
     out = tmp_path / "table.md"
-    script = ROOT / "benchmarks" / "autocavi_scale.py"
-    subprocess.run(
-        [sys.executable, str(script), "--sizes", "400", "--out", str(out)],
-        check=True,
-        cwd=ROOT,
-        capture_output=True,
-        env=dict(os.environ, OMP_NUM_THREADS="1"),
-    )
+    run("autocavi_scale", "--sizes", "400", "--out", str(out))
     body = [line for line in out.read_text().splitlines()[5:] if line.startswith("| ")]
     assert len(body) == 1
     cells = [c.strip() for c in body[0].strip("|").split("|")]
