@@ -133,8 +133,9 @@ class AutoCAVI:
             one start, whatever ``n_init`` is.
         random_state: seed of the probe points and of that forward run (which also tracks,
             by provenance, the latents each factor reads).
-        overrelax: after each sweep, try a step 2, 4, … 64 times as long along the sweep's
-            change of the natural parameters, kept only where it raises the ELBO
+        overrelax: after a sweep of crawling latents, try a step 2, 4, … (at most 2¹⁶)
+            times as long along the sweep's change of the natural parameters, kept only
+            where it raises the ELBO
             (adaptive over-relaxation, Salakhutdinov & Roweis 2003; see
             :mod:`pyro_vae.cavi.overrelaxation`): the same fixed point, in fewer sweeps
             where latents are confounded (crossed random effects: 1,136 sweeps to 83).
@@ -377,17 +378,10 @@ class AutoCAVI:
         ``frames``: those of the current factors, to check q against after every sweep
         (None: no check); ``at_q``: whether they were drawn around a q of the sweeps (see
         :meth:`_imprecise`). ``stats`` is updated in place."""
-        # set at the start: by init, or at a seeded draw (a discrete latent): updated last,
-        # so the others are first fitted to that start rather than it to their priors'
-        # expectations (a spike-and-slab s_j updated first saw E[b_j] = 0 and switched off)
-        preset = set(self.init or {}) | {
-            n for n, latent in self._latents.items() if latent.family.name in DISCRETE_FAMILIES
-        }
-        order = [n for n in self._latents if n not in preset] + [
-            n for n in self._latents if n in preset
-        ]
+        order = _update_order(self._latents, self.init)
         heads = {chain[0]: chain for chain in chains}
         in_chains = {s for chain in chains for s in chain}
+        overrelaxes = self._overrelaxes(chains)
         bounds, gains, rate, self._eta, ever_kept = [], [], FIRST_RATE, {}, False
         for _ in range(max_iter):
             before = dict(self._eta)
@@ -402,8 +396,8 @@ class AutoCAVI:
             gains.append(bounds[-1] - bounds[-2] if len(bounds) > 1 else math.inf)
             if (
                 len(bounds) < max_iter
+                and overrelaxes
                 and (ever_kept or crawling(gains))
-                and self._overrelaxes(chains)
                 and len(before) == len(order)
             ):
                 swept = bounds[-1]
@@ -553,18 +547,20 @@ class AutoCAVI:
         parent and its start is read (an update before its own mentions it: not the
         regression's weights, updated first) (:mod:`pyro_vae.cavi.plug_in_start`); else {}
         (a root's prior is the same in both runs)."""
-        preset = set(self.init or {}) | {
-            n for n, latent in latents.items() if latent.family.name in DISCRETE_FAMILIES
+        position = {name: i for i, name in enumerate(_update_order(latents, self.init))}
+        sites = {
+            name
+            for name, latent in latents.items()
+            if len(latent.sites) == 1
+            and latent.family.name not in DISCRETE_FAMILIES
+            and name not in (self.init or {})
         }
-        sites = {n for n, lt in latents.items() if len(lt.sites) == 1 and n not in preset}
-        # a start matters only where an update before the latent's own reads it: the sweep
-        # updates the others in sampling order, then the preset (see _sweeps)
-        order = [n for n in latents if n not in preset] + [n for n in latents if n in preset]
+        # a start matters only where an update before the latent's own reads it
         read_early = {
             name
             for names in depends.values()
             for name in names
-            if name in sites and any(order.index(m) < order.index(name) for m in names)
+            if name in sites and any(position[m] < position[name] for m in names)
         }
         if not any(set(depends.get(name, ())) - {name} for name in read_early):
             return {}
@@ -710,6 +706,18 @@ def _without_absent(entropy: torch.Tensor, absent: torch.Tensor | None) -> torch
 
 
 #: torch's messages for arithmetic between float64 and float32 tensors
+def _update_order(latents: dict, init) -> list[str]:
+    """The order a sweep updates the latents in: those started at their prior (or at a
+    block's forward-run values), in sampling order, then those set at the start by ``init``
+    or at a seeded draw (a discrete latent), so the others are first fitted to that start
+    rather than it to their priors' expectations (a spike-and-slab s_j updated first saw
+    E[b_j] = 0 and switched off)."""
+    preset = set(init or {}) | {
+        name for name, latent in latents.items() if latent.family.name in DISCRETE_FAMILIES
+    }
+    return [n for n in latents if n not in preset] + [n for n in latents if n in preset]
+
+
 _DTYPE_CLASH = re.compile(r"dtype|scalar type|Double|Float")
 
 

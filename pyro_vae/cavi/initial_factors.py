@@ -65,8 +65,7 @@ def initial_statistics(latents: dict[str, Latent], init, first, seed: int, prior
             value = latent.family.probe(latent.batch_shape, generator)
             stats[name] = latent.family.statistics(value)
         else:
-            prior = (priors or {}).get(name, latent.prior)
-            value = latent.family.expected_statistics(prior)
+            value = latent.family.expected_statistics(_start_prior(latent, priors))
             stats[name] = value.expand(latent.batch_shape + value.shape[-1:])
     # a prior's parameters carry provenance from the first run (conjugate_forms.first_run)
     return {name: detach_provenance(value) for name, value in stats.items()}
@@ -180,9 +179,9 @@ def products(latents: dict[str, Latent], factors) -> set[str]:
             for axis, name in enumerate(factor.latents)
             if latents[name].family.name == "Normal"
         ]
-        c = factor.coefficients.abs()
-        if len(normal) < 2 or not c.numel():
+        if len(normal) < 2 or not factor.coefficients.numel():
             continue
+        c = factor.coefficients.abs()
         for i, (axis_a, a) in enumerate(normal):
             for axis_b, b in normal[i + 1 :]:
                 block = _second_order(c, factor.rank + axis_a, latents[a].family)
@@ -206,7 +205,13 @@ def drawn_starts(latents: dict[str, Latent], stats: dict, names, priors, seed: i
     with cpu_rng(seed), torch.no_grad():
         for name in sorted(names):
             latent = latents[name]
-            value = detach_provenance((priors or {}).get(name, latent.prior).sample())
+            value = detach_provenance(_start_prior(latent, priors).sample())
             shape = latent.batch_shape + (latent.family.size,)
             out[name] = latent.family.statistics(value.to(torch.float64)).expand(shape)
     return out
+
+
+def _start_prior(latent: Latent, priors):
+    """The prior a latent starts from: ``priors``' (its prior given its parents at their
+    means) where given, else its prior in the forward run."""
+    return (priors or {}).get(latent.name, latent.prior)
