@@ -79,8 +79,9 @@ _MAX_PROBE_ROUNDS = 10
 #: Re-probe around q when E_q[T] in the probes' coordinates exceeds this (q lies outside the
 #: points the factors were solved from; about 1 when it lies among them).
 _AMPLIFICATION = 16.0
-#: Re-probe around q, whatever the rounding, beyond this: q's mean some 30 probe scales away,
-#: where a factor conjugate only near the points (a clamp, a where) would go unverified.
+#: Re-probe around q where the sweeps settle, whatever the rounding, beyond this: q's mean
+#: some 30 probe scales away, where a factor conjugate only near the points (a clamp, a
+#: where) would go unverified.
 _FAR = 1e3
 
 
@@ -165,10 +166,11 @@ class AutoCAVI:
             point, beside one run of the check points (see
             :mod:`pyro_vae.cavi.probe_enumeration`).
         probe_rounds_: times the factors were solved (at most 10): 1, plus one per re-probe
-            around q, made when, after any sweep, q lies over 10³ outside the points in
-            E_q[T] (their coordinates), or the estimated rounding below exceeds 1e-9 of the
-            bound while q lies over 16 outside them or they are the first points (which
-            can be far wider than q); or around the priors and q when an update came out
+            around q, made when, after any sweep, the estimated rounding below exceeds 1e-9
+            of the bound while q lies over 16 outside the points in E_q[T] (their
+            coordinates) or they are the first points (which can be far wider than q); when
+            the sweeps settle with q over 10³ outside the points, whatever the rounding; or
+            around the priors and q when an update came out
             improper (with data far from zero, rounding can do that). A round stopped
             after its first sweep starts the next from the initial statistics; one stopped
             later, from that q. After the last sweep every factor is checked at points
@@ -409,7 +411,7 @@ class AutoCAVI:
                 converged, rate = converged and settled, next_rate(rate, kept)
                 ever_kept |= kept
             last = converged or len(bounds) == max_iter
-            if frames is not None and self._imprecise(stats, frames, bounds, at_q):
+            if frames is not None and self._imprecise(stats, frames, bounds, at_q, last):
                 return bounds, False, True
             if last:
                 return bounds, converged, False
@@ -446,16 +448,21 @@ class AutoCAVI:
         bounds[-1] = bound
         return True
 
-    def _imprecise(self, stats, frames, bounds, at_q=True) -> bool:
-        """Whether to probe again around q: q lies far outside the probe points (amplification
-        above ``_FAR``: the factors there are extrapolated, not verified), or float64
-        rounding in the factors' solve may move the bound by more than 1e-9 of its size
-        (see :func:`~pyro_vae.cavi.probe_frames.numerical_error`) while q lies outside them
-        (above ``_AMPLIFICATION``) or they were not drawn around a q of the sweeps
-        (``at_q`` False: the first points, or the priors', can be far wider than q, with
-        log-densities of 10⁸ where q's are of order one, and q still inside them)."""
+    def _imprecise(self, stats, frames, bounds, at_q=True, settled=True) -> bool:
+        """Whether to probe again around q: float64 rounding in the factors' solve may move
+        the bound by more than 1e-9 of its size (see
+        :func:`~pyro_vae.cavi.probe_frames.numerical_error`) while q lies outside the probe
+        points (amplification above ``_AMPLIFICATION``) or they were not drawn around a q
+        of the sweeps (``at_q`` False: the first points, or the priors', can be far wider
+        than q, with log-densities of 10⁸ where q's are of order one, and q still inside
+        them); or, once the sweeps have ``settled`` (converged, or out of sweeps), q lies
+        far outside the points whatever the rounding (amplification above ``_FAR``: the
+        factors there are extrapolated, and the last round's points are best drawn at the
+        fixed point). Not before: hierarchical means crawling many of their sds a round
+        (rats' growth curves) re-probed every few sweeps until the 10 rounds ran out, with
+        rounding of 1e-8 nats at each."""
         error, amplification = numerical_error(self._factors, self._latents, self._q, stats, frames)
-        if amplification > _FAR:
+        if settled and amplification > _FAR:
             return True
         rounding = error > 1e-9 * (1 + abs(bounds[-1]))
         # points drawn again at the same fixed place (no latent takes a frame) change nothing

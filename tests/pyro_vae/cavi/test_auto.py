@@ -1571,3 +1571,41 @@ def test_stopping_at_max_iter_warns_with_scikit_learns_convergence_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
         assert AutoCAVI(crossed).fit(g1, g2, y, c_scale=0.1).converged_
+
+
+def _rats(x, rat, y, centre):
+    # growth curves (BUGS "rats", 30 rats x 5 weeks): per-rat intercepts and slopes under
+    # Normal-Gamma hyperpriors, the intercepts' prior centred at `centre`
+    tau_a = pyro.sample("tau_a", dist.Gamma(t(1.0), t(100.0)))
+    tau_b = pyro.sample("tau_b", dist.Gamma(t(1.0), t(1.0)))
+    alpha_c = pyro.sample("alpha_c", dist.Normal(t(centre), (1e-2 * tau_a).rsqrt()))
+    beta_c = pyro.sample("beta_c", dist.Normal(t(0.0), (1e-2 * tau_b).rsqrt()))
+    tau_c = pyro.sample("tau_c", dist.Gamma(t(1.0), t(10.0)))
+    with pyro.plate("rats", 30):
+        alpha = pyro.sample("alpha", dist.Normal(alpha_c, tau_a.rsqrt()))
+        beta = pyro.sample("beta", dist.Normal(beta_c, tau_b.rsqrt()))
+    with pyro.plate("obs", len(x)):
+        pyro.sample("y", dist.Normal(alpha[..., rat] + beta[..., rat] * x, tau_c.rsqrt()), obs=y)
+
+
+def test_hierarchical_means_crawling_far_from_the_probe_points_are_probed_again_once_settled():
+    # The blocks' means crawl many of their sds a round. Re-probed whenever q got 10³ past
+    # the points, the fit took all 10 rounds, warned of 1e-6 nats of rounding, and its bound
+    # was 2.7e-8 nats off the same fit with y and the prior shifted by 242 (a change of
+    # variables: the same bound). Now q is probed again where it settles.
+    g = torch.Generator().manual_seed(3)
+    rat = torch.arange(30).repeat_interleave(5)
+    x = t([8.0, 15.0, 22.0, 29.0, 36.0]).repeat(30) - 22.0
+    a = 242 + 14 * torch.randn(30, generator=g, dtype=F64)
+    b = 6.2 + 0.5 * torch.randn(30, generator=g, dtype=F64)
+    y = a[rat] + b[rat] * x + 6.0 * torch.randn(150, generator=g, dtype=F64)
+    bounds = []
+    for shift in (0.0, 242.0):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            fit = AutoCAVI(_rats, blocks="auto", tol=1e-12).fit(x, rat, y - shift, 200.0 - shift)
+        assert fit.blocks_ == [("alpha_c", "tau_a"), ("beta_c", "tau_b")]
+        assert fit.converged_ and fit.probe_rounds_ < 10
+        bounds.append(fit.lower_bound_)
+    # float64: the estimated rounding of either bound is 1.4e-8 nats (κ = 100), found 1e-11
+    assert abs(bounds[0] - bounds[1]) < 1e-9
