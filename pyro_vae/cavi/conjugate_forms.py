@@ -34,6 +34,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.ops.provenance import detach_provenance, get_provenance
 
+from pyro_vae.cavi import factor_support
 from pyro_vae.cavi.data_indexing import (
     apply_by_group,
     collapse_by_group,
@@ -153,6 +154,9 @@ class Factor:
     #: :func:`~pyro_vae.cavi.data_indexing.collapse_by_group`): each element of the
     #: site's log-density, [*its shape], its row in the flattened batch; else None
     rows: torch.Tensor | None = None
+    #: solved on its support (:mod:`~pyro_vae.cavi.factor_support`): the largest
+    #: contribution of a column set to 0, relative to 1 + max |log f| at the fit points
+    pruned: float = 0.0
 
 
 def batch_view(factor: Factor, name: str, batch) -> tuple[int, ...]:
@@ -521,8 +525,17 @@ def _design(latents: list[Latent], runs: Runs, rank: int, components=frozenset()
     [S, *batch (rank ``rank``), Π B_j]. In a mixture's design (``components``, picked by
     ``latents[0]``, its selector z) each element reads the statistics of the component its
     z picks: T(θ_z) is T(θ) gathered along the components' plate."""
-    count = len(runs)
-    design = torch.ones((count,) + (1,) * rank + (1,), dtype=torch.float64)
+    design = torch.ones((len(runs),) + (1,) * rank + (1,), dtype=torch.float64)
+    for phi in _aligned_statistics(latents, runs, rank, components):
+        design = (design.unsqueeze(-1) * phi.unsqueeze(-2)).flatten(-2)
+    return design
+
+
+def _aligned_statistics(latents: list[Latent], runs: Runs, rank: int, components=frozenset()):
+    """Each member's statistics at the S points of ``runs`` as the factor's elements read
+    them, [S, *view (rank ``rank``, broadcastable to the batch), B]: the factors of
+    :func:`_design`'s tensor product."""
+    out = []
     for latent in latents:
         phi = _statistics(latent, runs)  # [S, *batch, B]
         if latent.index is not None:  # read through a data index: [S, *index's shape, B]
@@ -530,9 +543,8 @@ def _design(latents: list[Latent], runs: Runs, rank: int, components=frozenset()
         if latent.name in components:
             selector = _unexpanded_value(runs.values[latents[0].name])
             phi = _picked(phi, selector, latents[0].family.k)
-        phi = phi.reshape(phi.shape[:1] + (1,) * (rank + 2 - phi.dim()) + phi.shape[1:])
-        design = (design.unsqueeze(-1) * phi.unsqueeze(-2)).flatten(-2)
-    return design
+        out.append(phi.reshape(phi.shape[:1] + (1,) * (rank + 2 - phi.dim()) + phi.shape[1:]))
+    return out
 
 
 def _fit_by_group(members, runs: Runs, rank: int, values: torch.Tensor):
@@ -672,24 +684,50 @@ def _misfit(designs, values, coefficients, scale) -> torch.Tensor:
 
 
 def _solve(members, runs: Runs, checks: Runs, site, rank, components=frozenset()):
-    """(C [*fbatch, P], whether C reproduces log f at the check runs); ``components``: a
-    mixture's (see :func:`_design`). C is None, and the fit not good, where log f is not
-    finite at some point (LAPACK's solvers take no NaN)."""
+    """(C [*fbatch, P], whether C reproduces log f at the check runs, the largest relative
+    contribution of a column left out of C, see :mod:`~pyro_vae.cavi.factor_support`);
+    ``components``: a mixture's (see :func:`_design`). C is None, and the fit not good,
+    where log f is not finite at some point (LAPACK's solvers take no NaN)."""
     values = runs.log_probs[site]
     if not bool(values.isfinite().all() & checks.log_probs[site].isfinite().all()):
-        return None, False
+        return None, False, 0.0
+    scale = values.abs().amax(0)
+    check_designs = _design(members, checks, rank, components)
+
+    def good(coefficients) -> bool:
+        return bool(_misfit(check_designs, checks.log_probs[site], coefficients, scale) <= _RTOL)
+
     if components:
         designs = _design(members, runs, rank, components)
         selector = runs.values[members[0].name]
         coefficients = _fit_mixture(designs, values, selector, members[0].family.k)
-    else:
-        coefficients = _fit_by_group(members, runs, rank, values)
-        if coefficients is None:  # no index, or no layout by group smaller than the data
-            coefficients = _fit(_design(members, runs, rank), values)
-    scale = values.abs().amax(0)
-    check_designs = _design(members, checks, rank, components)
-    good = bool(_misfit(check_designs, checks.log_probs[site], coefficients, scale) <= _RTOL)
-    return coefficients, good
+        return coefficients, good(coefficients), 0.0
+    coefficients = _fit_by_group(members, runs, rank, values)
+    if coefficients is None:  # no index, or no layout by group smaller than the data
+        pruned = _fit_on_support(members, runs, rank, values)
+        if pruned is not None and good(pruned[0]):
+            return pruned[0], True, pruned[1]
+        coefficients = _fit(_design(members, runs, rank), values)
+    return coefficients, good(coefficients), 0.0
+
+
+def _fit_on_support(members, runs: Runs, rank: int, values: torch.Tensor):
+    """(C [*fbatch, P] solved on the columns its log-density uses, 0 elsewhere, the largest
+    relative contribution left out) for a large factor of several members
+    (:mod:`pyro_vae.cavi.factor_support`); None where it is small or uses over half its
+    basis."""
+    sizes = [m.family.size for m in members]
+    basis = _product(sizes)
+    if len(members) < 2 or not factor_support.eligible(values[0].numel(), basis):
+        return None
+    phis = _aligned_statistics(members, runs, rank)
+    columns, dropped = factor_support.support(phis, values, _fit)
+    if columns is None:
+        return None
+    solved = _fit(factor_support.design_columns(phis, columns), values)  # [*fbatch, M]
+    coefficients = solved.new_zeros(solved.shape[:-1] + (basis,))
+    coefficients[..., columns] = solved
+    return coefficients, dropped
 
 
 def _full_rank(members, values, rank, components=frozenset()) -> bool:
@@ -918,7 +956,7 @@ def _factor(runner, site, design, runs, checks, trace) -> Factor:
 def _local_factor(runner, site, design, runs, checks, trace) -> Factor:
     """``site``'s factor solved on ``design`` in the coordinates of ``runs``' frames."""
     members, rank, components = design
-    coefficients, good = _solve(members, runs, checks, site, rank, components)
+    coefficients, good, pruned = _solve(members, runs, checks, site, rank, components)
     selector = members[0].name if components else None
     names = tuple(m.name for m in members if m.name != selector)
     if coefficients is None:
@@ -957,7 +995,8 @@ def _local_factor(runner, site, design, runs, checks, trace) -> Factor:
         batch = (1,) * (rank - len(batch)) + tuple(batch)
         summed = _sum_to(coefficients, torch.Size(batch + coefficients.shape[-1:]))
         shape = summed.shape[:-1] + tuple(m.family.size for m in members)
-        factor = Factor(site, _dist_name(trace.nodes[site]), names, summed.reshape(shape), rank)
+        factor = Factor(site, _dist_name(trace.nodes[site]), names, summed.reshape(shape), rank,
+                        pruned=pruned)  # fmt: skip
         return _by_group(factor, members, runner.latents)
     return _mixture_factor(runner.latents, site, members, coefficients, rank, trace)
 

@@ -15,6 +15,7 @@ import torch
 
 from pyro_vae.cavi.conjugate_forms import Factor, batch_view
 from pyro_vae.cavi.data_indexing import read_by_index
+from pyro_vae.cavi.factor_support import contract_on_support, sparse_form
 
 
 def contract(factor: Factor, stats: dict, keep=(), pairs=None) -> torch.Tensor:
@@ -24,6 +25,9 @@ def contract(factor: Factor, stats: dict, keep=(), pairs=None) -> torch.Tensor:
     Returns [*batch, B_k for k in keep, in the factor's order] (E_q[log f] per element when
     ``keep`` is empty): per factor element, so a kept latent read through a data index gets
     its message summed back with :func:`~pyro_vae.cavi.data_indexing.scatter_by_index`."""
+    sparse = _on_support(factor, stats, keep, pairs)
+    if sparse is not None:
+        return sparse
     c = factor.coefficients
     remaining = list(factor.latents)
     for (a, b), joint in (pairs or {}).items():
@@ -52,6 +56,27 @@ def contract(factor: Factor, stats: dict, keep=(), pairs=None) -> torch.Tensor:
             return c * probs
         c = product_sum(c, probs, factor.rank - 1)
     return c
+
+
+def _on_support(factor: Factor, stats: dict, keep, pairs) -> torch.Tensor | None:
+    """:func:`contract` on the factor's nonzero columns where it was solved on its support
+    (:mod:`~pyro_vae.cavi.factor_support`) and is no mixture's, at most one latent is
+    kept, and no chain link joins two of its latents; else None."""
+    if factor.selector is not None or len(keep) > 1:
+        return None
+    if any(a in factor.latents and b in factor.latents for a, b in pairs or {}):
+        return None
+    form = sparse_form(factor.coefficients, factor.rank)
+    if form is None:
+        return None
+    views = []
+    for name in factor.latents:
+        et = stats[name]
+        if name in factor.index:  # read through a data index
+            et = read_by_index(et, factor.index[name], 0)
+        views.append(et.reshape(batch_view(factor, name, et.shape[:-1]) + et.shape[-1:]))
+    kept = factor.latents.index(keep[0]) if keep else None
+    return contract_on_support(form, views, kept)
 
 
 #: Products of up to about this many elements are made and summed rather than einsum'd.
