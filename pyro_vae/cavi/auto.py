@@ -631,14 +631,18 @@ class AutoCAVI:
         if not self._frames_used:
             return factors, stats
         local = [f if f.local is None else replace(f, coefficients=f.local) for f in factors]
-        return local, self._local_statistics(stats)
+        read = {name for f in factors for name in f.latents}
+        return local, self._local_statistics(stats, read)
 
-    def _local_statistics(self, stats) -> dict:
-        """E_q[T] in the frames' coordinates for the latents with one, else as ``stats``:
-        from q's moments about the frame, or, for a latent not updated yet this round (at
-        its start), mapped from ``stats`` (N·E[T], whose rounding a start can bear)."""
+    def _local_statistics(self, stats, read=None) -> dict:
+        """E_q[T] in the frames' coordinates for the latents with one (of those in ``read``,
+        when given: the ones the factors contract), else as ``stats``: from q's moments
+        about the frame, or, for a latent not updated yet this round (at its start), mapped
+        from ``stats`` (N·E[T], whose rounding a start can bear)."""
         local = dict(stats)
         for name, frame in self._frames_used.items():
+            if read is not None and name not in read:
+                continue
             family = self._latents[name].family
             if name in self._q:
                 local[name] = local_expected_statistics(family, self._q[name], frame)

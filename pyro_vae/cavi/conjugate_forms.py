@@ -724,6 +724,11 @@ def _fit_on_support(members, runs: Runs, rank: int, values: torch.Tensor):
     columns, dropped = factor_support.support(phis, values, _fit)
     if columns is None:
         return None
+    # twice the columns' rows, and a few (the points were drawn for the whole basis): a
+    # design of 12 columns from 27 of 91 points, as well conditioned (random continuous
+    # probes; a discrete member's are balanced over all of them, so all are kept)
+    rows = len(values) if _has_discrete(members) else 2 * len(columns) + _EXTRA_RUNS
+    phis, values = [phi[:rows] for phi in phis], values[:rows]
     solved = _fit(factor_support.design_columns(phis, columns), values)  # [*fbatch, M]
     coefficients = solved.new_zeros(solved.shape[:-1] + (basis,))
     coefficients[..., columns] = solved
