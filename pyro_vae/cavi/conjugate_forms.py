@@ -547,12 +547,14 @@ def _aligned_statistics(latents: list[Latent], runs: Runs, rank: int, components
     return out
 
 
-def _fit_by_group(members, runs: Runs, rank: int, values: torch.Tensor):
-    """:func:`_fit` of a factor reading latents through data indices, solved once per group
-    rather than once per datum: the elements reading the same groups (and alike in the other
-    members) share one design. None where there is no index, where another member varies
-    along a dim an index varies along (each element then has its own design), or where the
-    layout by group has no fewer designs than the factor has elements."""
+def _group_layout(members, runs: Runs, rank: int, values: torch.Tensor):
+    """The designs of a factor reading latents through data indices laid out by group,
+    (designs [R, S, P], each element's row [*fbatch]), for :func:`apply_by_group`'s solve
+    once per group rather than once per datum: the elements reading the same groups (and
+    alike in the other members) share one design. None where there is no index, where
+    another member varies along a dim an index varies along (each element then has its own
+    design), or where the layout by group has no fewer designs than the factor has
+    elements."""
     indexed = [m for m in members if m.index is not None]
     if not indexed:
         return None
@@ -579,7 +581,7 @@ def _fit_by_group(members, runs: Runs, rank: int, values: torch.Tensor):
         design = (design.unsqueeze(-1) * phi.unsqueeze(-2)).flatten(-2)
     designs = design.movedim(0, -2)  # [G₁, …, *shared, S, P]
     keys = group_keys(design.shape[1 + k : 1 + k + rank], axes, values.shape[1:])
-    return apply_by_group(designs.reshape((-1,) + designs.shape[-2:]), keys, values, _lstsq)
+    return designs.reshape((-1,) + designs.shape[-2:]), keys
 
 
 def _sum_to(tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -702,37 +704,58 @@ def _solve(members, runs: Runs, checks: Runs, site, rank, components=frozenset()
         selector = runs.values[members[0].name]
         coefficients = _fit_mixture(designs, values, selector, members[0].family.k)
         return coefficients, good(coefficients), 0.0
-    coefficients = _fit_by_group(members, runs, rank, values)
-    if coefficients is None:  # no index, or no layout by group smaller than the data
-        pruned = _fit_on_support(members, runs, rank, values)
-        if pruned is not None and good(pruned[0]):
-            return pruned[0], True, pruned[1]
+    layout = _group_layout(members, runs, rank, values)
+    pruned = _fit_on_support(members, runs, rank, values, layout)
+    if pruned is not None and good(pruned[0]):
+        return pruned[0], True, pruned[1]
+    if layout is not None:
+        coefficients = apply_by_group(*layout, values, _lstsq)
+    else:  # no index, or no layout by group smaller than the data
         coefficients = _fit(_design(members, runs, rank), values)
     return coefficients, good(coefficients), 0.0
 
 
-def _fit_on_support(members, runs: Runs, rank: int, values: torch.Tensor):
+def _fit_on_support(members, runs: Runs, rank: int, values: torch.Tensor, layout=None):
     """(C [*fbatch, P] solved on the columns its log-density uses, 0 elsewhere, the largest
     relative contribution left out) for a large factor of several members
-    (:mod:`pyro_vae.cavi.factor_support`); None where it is small or uses over half its
-    basis."""
-    sizes = [m.family.size for m in members]
-    basis = _product(sizes)
+    (:mod:`pyro_vae.cavi.factor_support`), per element or by group (``layout``: see
+    :func:`_group_layout`); None where it is small or uses over half its basis."""
+    basis = _product(m.family.size for m in members)
     if len(members) < 2 or not factor_support.eligible(values[0].numel(), basis):
         return None
-    phis = _aligned_statistics(members, runs, rank)
-    columns, dropped = factor_support.support(phis, values, _fit)
+    if layout is None:
+        phis = _aligned_statistics(members, runs, rank)
+        columns, dropped = factor_support.support(*factor_support.sampled(phis, values), _fit)
+    else:
+        columns, dropped = factor_support.support(*_sampled_groups(*layout, values), _fit)
     if columns is None:
         return None
     # twice the columns' rows, and a few (the points were drawn for the whole basis): a
     # design of 12 columns from 27 of 91 points, as well conditioned (random continuous
     # probes; a discrete member's are balanced over all of them, so all are kept)
     rows = len(values) if _has_discrete(members) else 2 * len(columns) + _EXTRA_RUNS
-    phis, values = [phi[:rows] for phi in phis], values[:rows]
-    solved = _fit(factor_support.design_columns(phis, columns), values)  # [*fbatch, M]
+    if layout is None:
+        design = factor_support.design_columns([phi[:rows] for phi in phis], columns)
+        solved = _fit(design, values[:rows])  # [*fbatch, M]
+    else:
+        designs = layout[0][:, :rows].index_select(-1, columns)
+        solved = apply_by_group(designs, layout[1], values[:rows], _lstsq)
     coefficients = solved.new_zeros(solved.shape[:-1] + (basis,))
     coefficients[..., columns] = solved
     return coefficients, dropped
+
+
+def _sampled_groups(designs: torch.Tensor, keys: torch.Tensor, values: torch.Tensor):
+    """(designs [S, k, P], log-densities [S, k]) of one element in each of up to
+    :data:`~pyro_vae.cavi.factor_support.SAMPLE` groups of a layout by group (designs
+    [R, S, P], each element's row ``keys``), evenly spread over the groups holding one."""
+    rows = keys.expand(values.shape[1:]).reshape(-1)
+    order = rows.argsort(stable=True)
+    held, counts = torch.unique_consecutive(rows[order], return_counts=True)
+    first = order[counts.cumsum(0) - counts]  # an element of each group held
+    picked = factor_support.sample_positions(held.shape)[:, 0]
+    sampled = values.reshape(len(values), -1)[:, first[picked]]
+    return designs[held[picked]].movedim(0, 1), sampled
 
 
 def _full_rank(members, values, rank, components=frozenset()) -> bool:

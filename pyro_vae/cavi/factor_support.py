@@ -73,23 +73,29 @@ def _at(phi: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     return phi[(slice(None),) + index]
 
 
-def support(phis: list, values: torch.Tensor, fit) -> tuple[torch.Tensor | None, float]:
-    """(the columns the factor uses, LongTensor [M] in the basis' order, or None where it
-    uses more than half; the largest relative contribution of a column left out).
+def sampled(phis: list, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the whole design [S, k, P], the log-densities [S, k]) at up to :data:`SAMPLE` of a
+    factor's elements (:func:`sample_positions`).
 
     Args:
         phis: each member's statistics at the fit points, [S, *view_j, B_j], view_j of the
             factor's rank and broadcastable to its batch.
         values: the log-densities there, [S, *batch].
-        fit: the least-squares solve, ``fit(designs [S, k, P], values [S, k])`` → [k, P].
     """
     positions = sample_positions(values.shape[1:])
     design = torch.ones((values.shape[0], len(positions), 1), dtype=torch.float64)
     for phi in phis:
         design = (design.unsqueeze(-1) * _at(phi, positions).unsqueeze(-2)).flatten(-2)
-    sampled = _at(values.unsqueeze(-1), positions).squeeze(-1)  # [S, k]
-    c = fit(design, sampled)  # [k, P]
-    scale = 1 + sampled.abs().amax(0)
+    return design, _at(values.unsqueeze(-1), positions).squeeze(-1)
+
+
+def support(design: torch.Tensor, values: torch.Tensor, fit) -> tuple[torch.Tensor | None, float]:
+    """(the columns the factor uses, LongTensor [M] in the basis' order, or None where it
+    uses more than half; the largest relative contribution of a column left out), from its
+    whole design [S, k, P] and log-densities [S, k] at k sampled elements (:func:`sampled`).
+    ``fit``: the least-squares solve, ``fit(design, values)`` → [k, P]."""
+    c = fit(design, values)  # [k, P]
+    scale = 1 + values.abs().amax(0)
     contribution = (c.abs() * design.abs().amax(0) / scale.unsqueeze(-1)).amax(0)  # [P]
     used = contribution > NEGLIGIBLE
     if int(used.sum()) > design.shape[-1] // 2:

@@ -16,10 +16,10 @@ from tests.pyro_vae.cavi.float64 import F64, t
 SUBJECTS, ITEMS = 40, 25  # 1,000 responses: 81 coefficients each, 81,000 > MIN_SIZE
 
 
-def crossed_data():
+def crossed_data(per_pair=1):
     g = torch.Generator().manual_seed(0)
-    subject = torch.arange(SUBJECTS).repeat_interleave(ITEMS)
-    item = torch.arange(ITEMS).repeat(SUBJECTS)
+    subject = torch.arange(SUBJECTS).repeat_interleave(ITEMS * per_pair)
+    item = torch.arange(ITEMS).repeat_interleave(per_pair).repeat(SUBJECTS)
     a = torch.randn(SUBJECTS, generator=g, dtype=F64)
     b = 0.5 * torch.randn(ITEMS, generator=g, dtype=F64)
     y = 3.0 + a[subject] + b[item] + 0.5 * torch.randn(len(subject), generator=g, dtype=F64)
@@ -94,8 +94,12 @@ def test_the_crossed_likelihood_is_solved_on_its_twelve_monomials():
     assert 0 < factor.pruned <= factor_support.NEGLIGIBLE
 
 
-def test_a_fit_on_the_support_is_the_written_out_cavi_and_the_whole_basis_fit(monkeypatch):
-    data = crossed_data()
+# one response per (subject, item): solved per datum; two: once per pair (by group)
+@pytest.mark.parametrize("per_pair", [1, 2])
+def test_a_fit_on_the_support_is_the_written_out_cavi_and_the_whole_basis_fit(
+    monkeypatch, per_pair
+):
+    data = crossed_data(per_pair)
     fit = AutoCAVI(crossed, tol=1e-12, max_iter=2000).fit(*data)
     expected = written_out(*data)
     # each stops within tol of a ridge's fixed point, a few 1e-9 nats apart
@@ -104,6 +108,9 @@ def test_a_fit_on_the_support_is_the_written_out_cavi_and_the_whole_basis_fit(mo
     whole = AutoCAVI(crossed, tol=1e-12, max_iter=2000).fit(*data)
     (factor,) = [f for f in whole._factors if f.name == "y"]
     assert len(used_columns(factor)) == 81 and factor.pruned == 0
+    (factor,) = [f for f in fit._factors if f.name == "y"]
+    assert len(used_columns(factor)) == 12 and factor.pruned > 0
+    assert (factor.rows is None) == (per_pair == 1)  # per pair: summed by group
     assert abs(fit.lower_bound_ - whole.lower_bound_) < 1e-10 * abs(expected)
     qs, qw = fit.variational_distributions(), whole.variational_distributions()
     for name in ("mu", "a", "b"):
