@@ -14,10 +14,11 @@ For a factor of at least :data:`MIN_SIZE` coefficients in all:
 
 1. :func:`support`: it is solved on the whole basis at :data:`SAMPLE` of its elements, and
    a column is kept where, at some sampled element, its contribution |c|·max|T| at the fit
-   points exceeds :data:`NEGLIGIBLE` of 1 + max|log f| there (no larger gap than the
-   rounding's is assumed: a column below it changes log f by less than 1e-10 of its size
-   where the points are; :func:`~pyro_vae.cavi.probe_frames.numerical_error` charges the
-   largest contribution dropped, like rounding, times q's distance from the points).
+   points exceeds :data:`NEGLIGIBLE` of 1 + max|log f| there. The others are left out only
+   if the solve without them reproduces log f at those points as closely as the whole
+   basis does, to rounding: a column a log-density uses, however small (a vague prior's
+   1e-12 τθ²), leaves a residual the size of its contribution, where one it does not use
+   only held rounding.
 2. It is solved again at every element on those columns alone (:func:`design_columns`),
    its other coefficients exactly 0, and checked at the check points as every factor is;
    a column some unsampled element uses fails that check, and the whole basis is solved
@@ -44,6 +45,11 @@ SAMPLE = 64
 #: A column's contribution at the fit points, relative to 1 + max |log f|, below which it
 #: is taken as unused (rounding left it at most 1e-11 in the factors measured).
 NEGLIGIBLE = 1e-10
+#: The columns are left out only where the fit without them reproduces log f at the
+#: sampled fit points as well as the whole basis does, up to this factor, and ...
+_ROUNDING_GROWTH = 10.0
+#: ... this, relative to 1 + max |log f| (float64's ε times 100: a design's condition).
+_ROUNDING = 100 * torch.finfo(torch.float64).eps
 
 #: id(coefficients) -> its sparse form or None, dropped when the tensor is freed (a dict of
 #: weak keys would compare two tensors with ==, elementwise)
@@ -100,8 +106,20 @@ def support(design: torch.Tensor, values: torch.Tensor, fit) -> tuple[torch.Tens
     used = contribution > NEGLIGIBLE
     if int(used.sum()) > design.shape[-1] // 2:
         return None, 0.0
+    columns = torch.nonzero(used).squeeze(-1)
+    kept = design.index_select(-1, columns)
+    whole = _residual(design, c, values, scale)
+    without = _residual(kept, fit(kept, values), values, scale)
+    if bool((without > _ROUNDING_GROWTH * whole + _ROUNDING).any()):
+        return None, 0.0  # the columns left out explain more than rounding: keep them
     dropped = contribution[~used]
-    return torch.nonzero(used).squeeze(-1), float(dropped.max()) if dropped.numel() else 0.0
+    return columns, float(dropped.max()) if dropped.numel() else 0.0
+
+
+def _residual(design, c, values, scale) -> torch.Tensor:
+    """max over the points of |design·c − log f| per element, relative to ``scale``: [k]."""
+    predicted = (design * c.unsqueeze(0)).sum(-1)
+    return (predicted - values).abs().amax(0) / scale
 
 
 def column_digits(columns: torch.Tensor, sizes) -> torch.Tensor:

@@ -318,8 +318,8 @@ def numerical_error(factors, latents: dict, q: dict, stats: dict, frames: dict,
 
     A factor solved from log-densities of magnitude M (its ``magnitude``: Σ over elements of
     the largest |log f| at the fit points) has coefficients in error by about κ·ε·M in the
-    coordinates it was solved in, and, solved on its support, by up to its ``pruned``·M
-    more (:mod:`~pyro_vae.cavi.factor_support`); E_q[log f] multiplies that by E_q[T]
+    coordinates it was solved in (solved on its support, the columns left out held no more
+    than that: :mod:`~pyro_vae.cavi.factor_support`); E_q[log f] multiplies that by E_q[T]
     there, whose largest entry, over the members with frames, is the factor's
     amplification (about 1 when q sits where the points were drawn, E_q[μ²] ≈ 10¹² for data
     near 10⁶ probed at N(0, 1)).
@@ -360,8 +360,7 @@ def numerical_error(factors, latents: dict, q: dict, stats: dict, frames: dict,
                 bounded *= reached
         worst = max(worst, movable)
         if factor.component_magnitudes is None:
-            relative = _KAPPA * _EPS + factor.pruned  # rounding, and columns set to 0
-            total += relative * factor.magnitude * amplification * bounded
+            total += _KAPPA * _EPS * factor.magnitude * amplification * bounded
         else:
             total += _KAPPA * _EPS * _mixture_error(factor, latents, q, stats, frames) * bounded
     return total, worst
