@@ -686,6 +686,16 @@ def _misfit(designs, values, coefficients, scale) -> torch.Tensor:
     return ((predicted - values.movedim(0, -1)).abs() / (1 + scale.unsqueeze(-1))).amax()
 
 
+def _missed(designs, values, coefficients, scale) -> torch.Tensor:
+    """The elements (flat indices into the factor's batch) where T·C misses log f at some
+    check point by more than :data:`~pyro_vae.cavi.factor_support.CHECK_RTOL` of 1 + the
+    factor's magnitude there."""
+    predicted = (designs.movedim(0, -2) @ coefficients.unsqueeze(-1)).squeeze(-1)
+    error = (predicted - values.movedim(0, -1)).abs().amax(-1) / (1 + scale)
+    error = torch.where(error.isfinite(), error, torch.inf)
+    return torch.nonzero(error.reshape(-1) > factor_support.CHECK_RTOL).squeeze(-1)
+
+
 def _solve(members, runs: Runs, checks: Runs, site, rank, components=frozenset()):
     """(C [*fbatch, P], whether C reproduces log f at the check runs, the largest relative
     contribution of a column left out of C, see :mod:`~pyro_vae.cavi.factor_support`);
@@ -700,14 +710,17 @@ def _solve(members, runs: Runs, checks: Runs, site, rank, components=frozenset()
     def good(coefficients) -> bool:
         return bool(_misfit(check_designs, checks.log_probs[site], coefficients, scale) <= _RTOL)
 
+    def missed(coefficients) -> torch.Tensor:  # the elements a solve on a support misses
+        return _missed(check_designs, checks.log_probs[site], coefficients, scale)
+
     if components:
         designs = _design(members, runs, rank, components)
         selector = runs.values[members[0].name]
         coefficients = _fit_mixture(designs, values, selector, members[0].family.k)
         return coefficients, good(coefficients), 0.0
     layout = _group_layout(members, runs, rank, values)
-    pruned = _fit_on_support(members, runs, rank, values, layout)
-    if pruned is not None and good(pruned[0]):
+    pruned = _fit_on_support(members, runs, rank, values, layout, missed)
+    if pruned is not None:
         return pruned[0], True, pruned[1]
     if layout is not None:
         coefficients = apply_by_group(*layout, values, _lstsq)
@@ -716,24 +729,49 @@ def _solve(members, runs: Runs, checks: Runs, site, rank, components=frozenset()
     return coefficients, good(coefficients), 0.0
 
 
-def _fit_on_support(members, runs: Runs, rank: int, values: torch.Tensor, layout=None):
+def _fit_on_support(members, runs: Runs, rank: int, values, layout, missed):
     """(C [*fbatch, P] solved on the columns its log-density uses, 0 elsewhere, the largest
     relative contribution left out) for a large factor of several members
     (:mod:`pyro_vae.cavi.factor_support`), per element or by group (``layout``: see
-    :func:`_group_layout`); None where it is small or uses over half its basis."""
+    :func:`_group_layout`), reproducing log f at every element's check points
+    (``missed(C)``: the elements it misses); None where it is small, uses over half its
+    basis, or is still missed at some element after the columns used where it missed
+    were added :data:`~pyro_vae.cavi.factor_support.WIDENINGS` times."""
     basis = _product(m.family.size for m in members)
     if len(members) < 2 or not factor_support.eligible(values[0].numel(), basis):
         return None
-    if layout is None:
-        phis = _aligned_statistics(members, runs, rank)
-        columns, dropped = factor_support.support(*factor_support.sampled(phis, values), _fit)
-    else:
-        columns, dropped = factor_support.support(*_sampled_groups(*layout, values), _fit)
-    if columns is None:
-        return None
-    # twice the columns' rows, and a few (the points were drawn for the whole basis): a
-    # design of 12 columns from 27 of 91 points, as well conditioned (random continuous
-    # probes; a discrete member's are balanced over all of them, so all are kept)
+    phis = _aligned_statistics(members, runs, rank) if layout is None else None
+
+    def at(elements=None):  # (whole design [S, k, P], log f [S, k]) at some elements
+        if layout is None:
+            return factor_support.sampled(phis, values, elements)
+        return _sampled_groups(*layout, values, elements)
+
+    columns, dropped = factor_support.support(*at(), _fit)
+    for _ in range(factor_support.WIDENINGS + 1):
+        if columns is None:
+            return None
+        coefficients = _solve_on(columns, members, values, layout, phis, basis)
+        misses = missed(coefficients)
+        if not misses.numel():
+            return coefficients, dropped
+        # a column only unsampled elements use (a block of treated rows): add theirs
+        extra, more = factor_support.support(*at(factor_support.spread(misses)), _fit)
+        if extra is None:
+            return None
+        grown = torch.unique(torch.cat([columns, extra]))
+        if len(grown) == len(columns) or len(grown) > basis // 2:
+            return None
+        columns, dropped = grown, max(dropped, more)
+    return None
+
+
+def _solve_on(columns, members, values, layout, phis, basis: int) -> torch.Tensor:
+    """C [*fbatch, P], solved on ``columns`` at every element (per element from ``phis``,
+    or by group from ``layout``), 0 on the other columns. From twice the columns' rows and
+    a few (the points were drawn for the whole basis): a design of 12 columns from 27 of 91
+    points, as well conditioned (random continuous probes; a discrete member's are balanced
+    over all of them, so all are kept)."""
     rows = len(values) if _has_discrete(members) else 2 * len(columns) + _EXTRA_RUNS
     if layout is None:
         design = factor_support.design_columns([phi[:rows] for phi in phis], columns)
@@ -743,20 +781,24 @@ def _fit_on_support(members, runs: Runs, rank: int, values: torch.Tensor, layout
         solved = apply_by_group(designs, layout[1], values[:rows], _lstsq)
     coefficients = solved.new_zeros(solved.shape[:-1] + (basis,))
     coefficients[..., columns] = solved
-    return coefficients, dropped
+    return coefficients
 
 
-def _sampled_groups(designs: torch.Tensor, keys: torch.Tensor, values: torch.Tensor):
-    """(designs [S, k, P], log-densities [S, k]) of one element in each of up to
-    :data:`~pyro_vae.cavi.factor_support.SAMPLE` groups of a layout by group (designs
-    [R, S, P], each element's row ``keys``), evenly spread over the groups holding one."""
+def _sampled_groups(designs: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                    elements=None):  # fmt: skip
+    """(designs [S, k, P], log-densities [S, k]) of some elements of a layout by group
+    (designs [R, S, P], each element's row ``keys``): ``elements`` (flat indices into the
+    factor's batch), or one element in each of up to
+    :data:`~pyro_vae.cavi.factor_support.SAMPLE` groups, evenly spread over the groups
+    holding one."""
     rows = keys.expand(values.shape[1:]).reshape(-1)
-    order = rows.argsort(stable=True)
-    held, counts = torch.unique_consecutive(rows[order], return_counts=True)
-    first = order[counts.cumsum(0) - counts]  # an element of each group held
-    picked = factor_support.sample_positions(held.shape)[:, 0]
-    sampled = values.reshape(len(values), -1)[:, first[picked]]
-    return designs[held[picked]].movedim(0, 1), sampled
+    if elements is None:
+        order = rows.argsort(stable=True)
+        held, counts = torch.unique_consecutive(rows[order], return_counts=True)
+        first = order[counts.cumsum(0) - counts]  # an element of each group held
+        elements = first[factor_support.sample_positions(held.shape)[:, 0]]
+    sampled = values.reshape(len(values), -1)[:, elements]
+    return designs[rows[elements]].movedim(0, 1), sampled
 
 
 def _full_rank(members, values, rank, components=frozenset()) -> bool:

@@ -44,7 +44,15 @@ MIN_SIZE = 1 << 16
 SAMPLE = 64
 #: A column's contribution at the fit points, relative to 1 + max |log f|, below which it
 #: is taken as unused (rounding left it at most 1e-11 in the factors measured).
-NEGLIGIBLE = 1e-10
+NEGLIGIBLE = 1e-6
+#: A factor solved on its support must reproduce log f at every element's check points to
+#: this, relative to 1 + its magnitude there (verification's tolerance where q lies: the
+#: check of a whole-basis solve, 1e-7, would pass a column of 1e-8 only unsampled elements
+#: use, which the check at q then refuses in every round)
+CHECK_RTOL = 1e-9
+#: Times the columns used at the elements a support misses are added before the whole basis
+#: is solved instead (a block of treated rows between two sampled ones adds its column).
+WIDENINGS = 2
 #: The columns are left out only where the fit without them reproduces log f at the
 #: sampled fit points as well as the whole basis does, up to this factor, and ...
 _ROUNDING_GROWTH = 10.0
@@ -79,16 +87,25 @@ def _at(phi: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     return phi[(slice(None),) + index]
 
 
-def sampled(phis: list, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def spread(elements: torch.Tensor, count: int = SAMPLE) -> torch.Tensor:
+    """Up to ``count`` of ``elements`` (a LongTensor [n]), evenly spread over it."""
+    return elements[sample_positions(elements.shape, count)[:, 0]]
+
+
+def sampled(phis: list, values: torch.Tensor, elements=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(the whole design [S, k, P], the log-densities [S, k]) at up to :data:`SAMPLE` of a
-    factor's elements (:func:`sample_positions`).
+    factor's elements (:func:`sample_positions`), or at ``elements`` (flat indices into
+    its batch).
 
     Args:
         phis: each member's statistics at the fit points, [S, *view_j, B_j], view_j of the
             factor's rank and broadcastable to its batch.
         values: the log-densities there, [S, *batch].
     """
-    positions = sample_positions(values.shape[1:])
+    if elements is None:
+        positions = sample_positions(values.shape[1:])
+    else:
+        positions = torch.stack(torch.unravel_index(elements, tuple(values.shape[1:])), -1)
     design = torch.ones((values.shape[0], len(positions), 1), dtype=torch.float64)
     for phi in phis:
         design = (design.unsqueeze(-1) * _at(phi, positions).unsqueeze(-2)).flatten(-2)
