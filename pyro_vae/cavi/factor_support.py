@@ -14,11 +14,11 @@ For a factor of at least :data:`MIN_SIZE` coefficients in all:
 
 1. :func:`support`: it is solved on the whole basis at :data:`SAMPLE` of its elements, and
    a column is kept where, at some sampled element, its contribution |c|·max|T| at the fit
-   points exceeds :data:`NEGLIGIBLE` of 1 + max|log f| there. The others are left out only
-   if the solve without them reproduces log f at those points as closely as the whole
-   basis does, to rounding: a column a log-density uses, however small (a vague prior's
-   1e-12 τθ²), leaves a residual the size of its contribution, where one it does not use
-   only held rounding.
+   points exceeds a cutoff (:data:`CUTOFFS`) of 1 + max|log f| there. The others are left
+   out only if the solve without them reproduces log f at those points as closely as the
+   whole basis does, to rounding: a column a log-density uses, however small (a cubic
+   term of 1e-11, a vague prior's 1e-12 τθ²), leaves a residual the size of its
+   contribution, where one it does not use only held rounding.
 2. It is solved again at every element on those columns alone (:func:`design_columns`),
    its other coefficients exactly 0, and checked at the check points as every factor is;
    a column some unsampled element uses fails that check, and the whole basis is solved
@@ -42,9 +42,17 @@ import torch
 MIN_SIZE = 1 << 16
 #: Elements at which the whole basis is solved to find the support.
 SAMPLE = 64
-#: A column's contribution at the fit points, relative to 1 + max |log f|, below which it
-#: is taken as unused (rounding left it at most 1e-11 in the factors measured).
-NEGLIGIBLE = 1e-6
+#: Cutoffs tried in turn: a column whose contribution at the fit points, relative to
+#: 1 + max |log f|, is below the cutoff at every sampled element is left out, if the fit
+#: without it passes the residual test. Rounding leaves unused columns at 1e-15 to 1e-11
+#: of log f near zero, and at 1e-9 where q's frame is narrow on data near 10⁴; the largest
+#: cutoff that passes is taken (data at 10⁴ probed at N(0, 1): 1e-10).
+CUTOFFS = (1e-6, 1e-8, 1e-10)
+#: The fit without the columns left out may leave residuals up to this many times the
+#: whole basis' (see :func:`_rounding`), ...
+ROUNDING_GROWTH = 10.0
+#: ... plus this, relative to 1 + max |log f| (float64's ε times 100: a design's condition).
+_ROUNDING = 100 * torch.finfo(torch.float64).eps
 #: A factor solved on its support must reproduce log f at every element's check points to
 #: this, relative to 1 + its magnitude there (verification's tolerance where q lies: the
 #: check of a whole-basis solve, 1e-7, would pass a column of 1e-8 only unsampled elements
@@ -116,21 +124,34 @@ def support(design: torch.Tensor, values: torch.Tensor, fit) -> tuple[torch.Tens
     """(the columns the factor uses, LongTensor [M] in the basis' order, or None where it
     uses more than half; the largest relative contribution of a column left out), from its
     whole design [S, k, P] and log-densities [S, k] at k sampled elements (:func:`sampled`).
-    ``fit``: the least-squares solve, ``fit(design, values)`` → [k, P]."""
+    ``fit``: the least-squares solve, ``fit(design, values)`` → [k, P].
+
+    The columns whose contribution exceeds a cutoff (:data:`CUTOFFS`, the largest first)
+    are kept if the fit on them alone leaves residuals no larger than rounding's, estimated
+    from the whole basis' fit (:func:`_rounding`); else the next cutoff is tried."""
     c = fit(design, values)  # [k, P]
     scale = 1 + values.abs().amax(0)
     contribution = (c.abs() * design.abs().amax(0) / scale.unsqueeze(-1)).amax(0)  # [P]
-    used = contribution > NEGLIGIBLE
-    if int(used.sum()) > design.shape[-1] // 2:
-        return None, 0.0
-    columns = torch.nonzero(used).squeeze(-1)
-    kept = design.index_select(-1, columns)
-    whole = _residual(design, c, values, scale)
-    without = _residual(kept, fit(kept, values), values, scale)
-    if bool((without > _ROUNDING_GROWTH * whole + _ROUNDING).any()):
-        return None, 0.0  # the columns left out explain more than rounding: keep them
-    dropped = contribution[~used]
-    return columns, float(dropped.max()) if dropped.numel() else 0.0
+    rounding = _rounding(design, c, values, scale)
+    for cutoff in CUTOFFS:
+        used = contribution > cutoff
+        if int(used.sum()) > design.shape[-1] // 2:
+            return None, 0.0
+        columns = torch.nonzero(used).squeeze(-1)
+        kept = design.index_select(-1, columns)
+        if float(_residual(kept, fit(kept, values), values, scale).max()) <= rounding:
+            dropped = contribution[~used]
+            return columns, float(dropped.max()) if dropped.numel() else 0.0
+    return None, 0.0
+
+
+def _rounding(design, c, values, scale) -> float:
+    """The largest residual a fit may leave that rounding explains: :data:`ROUNDING_GROWTH`
+    times the whole basis' largest, scaled up by √(S / (S − P)) (a fit of P columns to S
+    points absorbs that share of the noise), plus :data:`_ROUNDING`."""
+    count, size = design.shape[0], design.shape[-1]
+    whole = float(_residual(design, c, values, scale).max())
+    return ROUNDING_GROWTH * whole * math.sqrt(count / max(count - size, 1)) + _ROUNDING
 
 
 def _residual(design, c, values, scale) -> torch.Tensor:
