@@ -55,8 +55,14 @@ _F64 = torch.float64
 POINTS = 16
 #: Misfit allowed, relative to 1 + the factor's summed |log f| at a point ...
 RTOL = 1e-9
-#: ... and in units of the estimated float64 rounding of the bound (nats).
+#: ... and in units of the estimated float64 rounding of the bound (nats), ...
 ROUNDING_MARGIN = 100.0
+#: ... but never more than this of 1 + its size: rounding in a model's own log-density
+#: reaches 4e-6 of it (a Binomial of 10¹¹ trials, lgamma terms of 10¹² cancelling to 14
+#: nats), but a misfit of more is no rounding, whatever the estimate (a clamp whose flat side
+#: left μ out of the factor sent q between 0 and 5,000 each round, and a rounding estimate
+#: of 4e13 nats, q far from every point, excused a misfit a quarter of the factor's size)
+ROUNDING_CAP = 1e-3
 #: Half the points come from q widened this many times about its mean, to reach its tails.
 WIDEN = 3.0
 #: Gamma draws are kept this far inside their support (see _draw).
@@ -208,7 +214,8 @@ def worst_misfit(factors, latents: dict, frames: dict, values: dict, log_probs: 
     """The factor whose solved form misses the model's log-density the most at the points
     ``values`` (with the model's ``log_probs`` there, {site: [S, *shape]}), if any misses
     by more than both :data:`RTOL` of its size and :data:`ROUNDING_MARGIN` times
-    ``rounding`` (nats, the estimated float64 rounding of the bound); else None.
+    ``rounding`` (nats, the estimated float64 rounding of the bound; at most
+    :data:`ROUNDING_CAP` of its size); else None.
     ``frames``: those the factors were solved in (their local coefficients are used, with
     the points' statistics in those coordinates)."""
     count = next(iter(values.values())).shape[0]
@@ -234,7 +241,8 @@ def worst_misfit(factors, latents: dict, frames: dict, values: dict, log_probs: 
             actual = sum_by_rows(actual, factor.rows, predicted.shape[1:])
         error = (predicted - actual).abs().reshape(count, -1).sum(-1)
         error = torch.where(error.isfinite(), error, torch.inf)  # ±inf or NaN where q lies
-        allowed = (RTOL * (1 + size)).clamp_min(ROUNDING_MARGIN * rounding)
+        excused = torch.clamp(ROUNDING_CAP * (1 + size), max=ROUNDING_MARGIN * rounding)
+        allowed = torch.maximum(RTOL * (1 + size), excused)
         p = int((error / allowed).argmax())
         if float(error[p] / allowed[p]) > 1 and (worst is None or float(error[p]) > worst.misfit):
             members = ((factor.selector,) if factor.selector else ()) + factor.latents

@@ -8,7 +8,7 @@ import pytest
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
-from pyro_vae.cavi import AutoCAVI, factor_support
+from pyro_vae.cavi import AutoCAVI, NotConjugateError, factor_support
 from tests.pyro_vae.cavi.float64 import F64, t
 
 SUBJECTS, ITEMS = 40, 25  # 1,000 responses: 81 coefficients each, 81,000 > MIN_SIZE
@@ -214,3 +214,25 @@ def test_data_far_from_zero_are_fitted_on_their_support_where_q_lies():
     assert abs(fit.lower_bound_ - expected) < 1e-7
     (factor,) = [f for f in fit._factors if f.name == "y"]
     assert len(used_columns(factor)) == 12 and fit.probe_rounds_ > 1
+
+
+def test_a_clamp_whose_flat_side_drops_a_latent_from_the_support_is_refused():
+    # y ~ N(clamp(μ, max=2500) + a + b, 1/τ) on data near 5,000: probed above the kink the
+    # factor's support has no μ, below it μ enters linearly; q(μ) swung between the prior
+    # (0) and 5,000 every round, and the check at q, excused by a rounding estimate of 4e13
+    # nats (q far from every point), let a fit through with a warning
+    subject, item, y = crossed_data(offset=5000.0)
+
+    def clamped(subject, item, y):
+        mu = pyro.sample("mu", dist.Normal(t(0.0), t(1e3)))
+        with pyro.plate("subjects", SUBJECTS):
+            a = pyro.sample("a", dist.Normal(t(0.0), t(1.0)))
+        with pyro.plate("items", ITEMS):
+            b = pyro.sample("b", dist.Normal(t(0.0), t(0.5)))
+        tau = pyro.sample("tau", dist.Gamma(t(2.0), t(1.0)))
+        with pyro.plate("data", len(y)):
+            mean = mu.clamp(max=2500.0) + a[..., subject] + b[..., item]
+            pyro.sample("y", dist.Normal(mean, tau.rsqrt()), obs=y)
+
+    with pytest.raises(NotConjugateError, match=r"factor 'y' \(Normal\).*conjugate only in part"):
+        AutoCAVI(clamped, tol=1e-10).fit(subject, item, y)
