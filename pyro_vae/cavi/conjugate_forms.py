@@ -732,13 +732,14 @@ def _solve(members, runs: Runs, checks: Runs, site, rank, components=frozenset()
 def _fit_on_support(members, runs: Runs, rank: int, values, layout, missed):
     """(C [*fbatch, P] solved on the columns its log-density uses, 0 elsewhere, the largest
     relative contribution left out) for a large factor of several members
-    (:mod:`pyro_vae.cavi.factor_support`), per element or by group (``layout``: see
-    :func:`_group_layout`), reproducing log f at every element's check points
+    (:mod:`pyro_vae.cavi.factor_support`: large in its solves, one per element or one per
+    group, ``layout``, see :func:`_group_layout`), reproducing log f at every element's check points
     (``missed(C)``: the elements it misses); None where it is small, uses over half its
     basis, or is still missed at some element after the columns used where it missed
     were added :data:`~pyro_vae.cavi.factor_support.WIDENINGS` times."""
     basis = _product(m.family.size for m in members)
-    if len(members) < 2 or not factor_support.eligible(values[0].numel(), basis):
+    designs = values[0].numel() if layout is None else len(layout[0])  # one solve each
+    if len(members) < 2 or not factor_support.eligible(designs, basis):
         return None
     phis = _aligned_statistics(members, runs, rank) if layout is None else None
 

@@ -72,9 +72,12 @@ _ROUNDING = 100 * torch.finfo(torch.float64).eps
 _FORMS: dict = {}
 
 
-def eligible(elements: int, basis: int) -> bool:
-    """Whether a factor of ``elements`` elements and ``basis`` columns is large enough."""
-    return elements * basis >= MIN_SIZE and basis >= 4
+def eligible(designs: int, basis: int) -> bool:
+    """Whether a factor of ``designs`` designs (its elements, or its groups where the
+    elements reading one group share a design) of ``basis`` columns is large enough: a
+    mixed model's 100 groups of 90 columns are solved whole faster than a support is found
+    for them."""
+    return designs * basis >= MIN_SIZE and basis >= 4
 
 
 def sample_positions(shape: torch.Size, count: int = SAMPLE) -> torch.Tensor:
