@@ -24,15 +24,22 @@ def crossed_data(per_pair=1, offset=0.0):
     return subject, item, y + offset
 
 
-def crossed(subject, item, y, mu_var=100.0):
+def crossed_latents(subject, item, mu_var=100.0):
+    """μ ~ N(0, mu_var), a_s ~ N(0, 1), b_i ~ N(0, 0.5²), τ ~ Gamma(2, 1): (μ, a[subject],
+    b[item], τ)."""
     mu = pyro.sample("mu", dist.Normal(t(0.0), t(mu_var).sqrt()))
     with pyro.plate("subjects", SUBJECTS):
         a = pyro.sample("a", dist.Normal(t(0.0), t(1.0)))
     with pyro.plate("items", ITEMS):
         b = pyro.sample("b", dist.Normal(t(0.0), t(0.5)))
     tau = pyro.sample("tau", dist.Gamma(t(2.0), t(1.0)))
+    return mu, a[..., subject], b[..., item], tau
+
+
+def crossed(subject, item, y, mu_var=100.0):
+    mu, a, b, tau = crossed_latents(subject, item, mu_var)
     with pyro.plate("data", len(y)):
-        pyro.sample("y", dist.Normal(mu + a[..., subject] + b[..., item], tau.rsqrt()), obs=y)
+        pyro.sample("y", dist.Normal(mu + a + b, tau.rsqrt()), obs=y)
 
 
 def written_out(subject, item, y, mu_var=100.0, sweeps=4000):
@@ -128,15 +135,9 @@ def test_a_column_that_only_unsampled_elements_use_is_added_where_the_check_miss
     w[factor_support.sample_positions(y.shape)[:, 0]] = 0.0
 
     def model(subject, item, w, y):
-        mu = pyro.sample("mu", dist.Normal(t(0.0), t(10.0)))
-        with pyro.plate("subjects", SUBJECTS):
-            a = pyro.sample("a", dist.Normal(t(0.0), t(1.0)))
-        with pyro.plate("items", ITEMS):
-            b = pyro.sample("b", dist.Normal(t(0.0), t(0.5)))
-        tau = pyro.sample("tau", dist.Gamma(t(2.0), t(1.0)))
+        mu, a, b, tau = crossed_latents(subject, item)
         with pyro.plate("data", len(y)):
-            mean = mu + a[..., subject] + w * b[..., item]
-            pyro.sample("y", dist.Normal(mean, tau.rsqrt()), obs=y)
+            pyro.sample("y", dist.Normal(mu + a + w * b, tau.rsqrt()), obs=y)
 
     fit = probed(model, subject, item, w, y)
     (factor,) = [f for f in fit._factors if f.name == "y"]
@@ -182,16 +183,10 @@ def test_a_column_used_far_below_the_threshold_is_kept(monkeypatch):
     # the likelihood with a cubic term τ·μ·a·b of 1e-11 of its size: below every cutoff, but
     # the fit without it leaves that residual where the whole basis leaves rounding
     def cubic(subject, item, y, scale=1e-11):
-        mu = pyro.sample("mu", dist.Normal(t(0.0), t(10.0)))
-        with pyro.plate("subjects", SUBJECTS):
-            a = pyro.sample("a", dist.Normal(t(0.0), t(1.0)))
-        with pyro.plate("items", ITEMS):
-            b = pyro.sample("b", dist.Normal(t(0.0), t(0.5)))
-        tau = pyro.sample("tau", dist.Gamma(t(2.0), t(1.0)))
+        mu, a, b, tau = crossed_latents(subject, item)
         with pyro.plate("data", len(y)):
-            a_n, b_n = a[..., subject], b[..., item]
-            log_f = dist.Normal(mu + a_n + b_n, tau.rsqrt()).log_prob(y)
-            pyro.factor("y", log_f + scale * tau * mu * a_n * b_n)
+            log_f = dist.Normal(mu + a + b, tau.rsqrt()).log_prob(y)
+            pyro.factor("y", log_f + scale * tau * mu * a * b)
 
     cube = int(np.ravel_multi_index((1, 1, 1, 1), (3,) * 4))  # the column of τ·μ·a·b
     fit = probed(cubic, *crossed_data())
@@ -224,15 +219,9 @@ def test_a_clamp_whose_flat_side_drops_a_latent_from_the_support_is_refused():
     subject, item, y = crossed_data(offset=5000.0)
 
     def clamped(subject, item, y):
-        mu = pyro.sample("mu", dist.Normal(t(0.0), t(1e3)))
-        with pyro.plate("subjects", SUBJECTS):
-            a = pyro.sample("a", dist.Normal(t(0.0), t(1.0)))
-        with pyro.plate("items", ITEMS):
-            b = pyro.sample("b", dist.Normal(t(0.0), t(0.5)))
-        tau = pyro.sample("tau", dist.Gamma(t(2.0), t(1.0)))
+        mu, a, b, tau = crossed_latents(subject, item, mu_var=1e6)
         with pyro.plate("data", len(y)):
-            mean = mu.clamp(max=2500.0) + a[..., subject] + b[..., item]
-            pyro.sample("y", dist.Normal(mean, tau.rsqrt()), obs=y)
+            pyro.sample("y", dist.Normal(mu.clamp(max=2500.0) + a + b, tau.rsqrt()), obs=y)
 
     with pytest.raises(NotConjugateError, match=r"factor 'y' \(Normal\).*conjugate only in part"):
         AutoCAVI(clamped, tol=1e-10).fit(subject, item, y)
