@@ -757,7 +757,8 @@ def _fit_on_support(members, runs: Runs, rank: int, values, layout, missed):
         if not misses.numel():
             return coefficients, dropped
         # a column only unsampled elements use (a block of treated rows): add theirs
-        extra, more = factor_support.support(*at(factor_support.spread(misses)), _fit)
+        count = factor_support.sample_size(len(values), basis)
+        extra, more = factor_support.support(*at(factor_support.spread(misses, count)), _fit)
         if extra is None:
             return None
         grown = torch.unique(torch.cat([columns, extra]))
@@ -789,15 +790,16 @@ def _sampled_groups(designs: torch.Tensor, keys: torch.Tensor, values: torch.Ten
                     elements=None):  # fmt: skip
     """(designs [S, k, P], log-densities [S, k]) of some elements of a layout by group
     (designs [R, S, P], each element's row ``keys``): ``elements`` (flat indices into the
-    factor's batch), or one element in each of up to
-    :data:`~pyro_vae.cavi.factor_support.SAMPLE` groups, evenly spread over the groups
+    factor's batch), or one element in each of
+    :func:`~pyro_vae.cavi.factor_support.sample_size` groups, evenly spread over the groups
     holding one."""
     rows = keys.expand(values.shape[1:]).reshape(-1)
     if elements is None:
         order = rows.argsort(stable=True)
         held, counts = torch.unique_consecutive(rows[order], return_counts=True)
         first = order[counts.cumsum(0) - counts]  # an element of each group held
-        elements = first[factor_support.sample_positions(held.shape)[:, 0]]
+        count = factor_support.sample_size(designs.shape[1], designs.shape[2])
+        elements = first[factor_support.sample_positions(held.shape, count)[:, 0]]
     sampled = values.reshape(len(values), -1)[:, elements]
     return designs[rows[elements]].movedim(0, 1), sampled
 
@@ -1040,7 +1042,7 @@ def _local_factor(runner, site, design, runs, checks, trace) -> Factor:
             f"conjugate-exponential models ({SVI_ADVICE})"
         )
     if not good and selector is None:
-        _refuse(runner, members, site, trace)
+        _refuse(runner, members, site, trace, _rounding_reach(members, runs, site))
     partly_observed = selector is not None and selector.endswith("_unobserved")
     if not good and partly_observed and runner.latents[selector].present is not None:
         raise NotConjugateError(
@@ -1152,9 +1154,30 @@ def _dist_name(site) -> str:
     return type(fn).__name__
 
 
-def _refuse(runner, members, site, trace):
+#: A refusal says that float64 rounding in the model's own arithmetic may be the cause
+#: where |log f| at the probe points, or a framed latent's distance from zero in units of its
+#: points' spread, exceeds this (crossed intercepts and slopes on data near 10⁶, probed
+#: around q at 10⁶ ± 0.01, missed their form by rounding alone: tester 15)
+_ROUNDING_HINT = 1e6
+
+
+def _rounding_reach(members, runs: Runs, site: str) -> float:
+    """The larger of the largest |log f| at the points of ``runs`` and the largest |m| / s
+    of a member's frame (location m, spread s: the Cholesky factor's diagonal)."""
+    reach = float(runs.log_probs[site].abs().max())
+    for member in members:
+        frame = runs.frames.get(member.name)
+        if frame is None or frame.loc is None or frame.scale_tril is None:
+            continue
+        spread = frame.scale_tril.diagonal(dim1=-2, dim2=-1).clamp_min(1e-300)
+        reach = max(reach, float((frame.loc.abs() / spread).max()))
+    return reach
+
+
+def _refuse(runner, members, site, trace, reach: float = 0.0):
     """Name the latent of ``members`` whose statistics ``site``'s log-density is not linear
-    in."""
+    in; ``reach``: :func:`_rounding_reach` (beyond :data:`_ROUNDING_HINT`, the message says
+    to centre the data first)."""
     latents = {m.name: m for m in members}
     names = list(latents)
     base = {k: v[0] for k, v in runner.draw(1).items()}
@@ -1173,16 +1196,28 @@ def _refuse(runner, members, site, trace):
             culprit = [name]
             break
     latent = latents[culprit[0]]
-    stats = ", ".join(latent.family.statistic_names())
+    stats = f" ({', '.join(latent.family.statistic_names())})" if len(culprit) == 1 else ""
     detail = (
         f"the log-density of factor {site!r} ({_dist_name(trace.nodes[site])}) is not "
-        f"{'multi' if len(names) > 1 else ''}linear in the sufficient statistics ({stats}) of "
+        f"{'multi' if len(names) > 1 else ''}linear in the sufficient statistics{stats} of "
         f"{', '.join(repr(n) for n in culprit)}"
     )
+    if reach > _ROUNDING_HINT:
+        detail += (
+            " (its probe points or log-densities are far from zero for their spread, "
+            f"{reach:.0e} times it, where float64 rounding in the model's own arithmetic can "
+            "break a conjugate form: if the data or the priors' locations are far from zero, "
+            "centre them (y − ȳ) and fit again first)"
+        )
     if len(latent.sites) > 1:  # a block: mean field may still fit it
         raise NotConjugateError(
             f"block {culprit[0]!r} ({latent.family.name}) is not conjugate as one factor: "
             f"{detail}; leave {latent.sites} out of blocks (mean field updates them apart)"
+        )
+    if len(culprit) > 1:  # no one latent alone: the factor as a whole
+        raise NotConjugateError(
+            f"factor {site!r} is not conjugate: {detail}; AutoCAVI updates only "
+            f"conditionally conjugate-exponential models ({SVI_ADVICE})"
         )
     raise NotConjugateError(
         f"latent site {culprit[0]!r} ({type(latent.prior).__name__}) is not conditionally "

@@ -40,8 +40,22 @@ import torch
 
 #: Coefficients in all (elements × basis) from which a factor is solved on its support.
 MIN_SIZE = 1 << 16
-#: Elements at which the whole basis is solved to find the support.
+#: Elements at which the whole basis is solved to find the support, ...
 SAMPLE = 64
+#: ... fewer where each solve is large (S points × P² for P columns) beyond this budget, but
+#: never fewer than 8: a factor reading a 4-vector and two intercepts has P = 1,215 and
+#: S = 1,366, and 64 of its solves took 7 s; an element missed is caught by the check and
+#: its columns added.
+SEARCH_FLOPS = 1 << 30
+MIN_SAMPLE = 8
+
+
+def sample_size(points: int, basis: int) -> int:
+    """Elements to find a support at: :data:`SAMPLE`, fewer for large solves (see
+    :data:`SEARCH_FLOPS`)."""
+    return max(MIN_SAMPLE, min(SAMPLE, SEARCH_FLOPS // max(1, points * basis * basis)))
+
+
 #: Cutoffs tried in turn: a column whose contribution at the fit points, relative to
 #: 1 + max |log f|, is below the cutoff at every sampled element is left out, if the fit
 #: without it passes the residual test. Rounding leaves unused columns at 1e-15 to 1e-11
@@ -104,7 +118,7 @@ def spread(elements: torch.Tensor, count: int = SAMPLE) -> torch.Tensor:
 
 
 def sampled(phis: list, values: torch.Tensor, elements=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(the whole design [S, k, P], the log-densities [S, k]) at up to :data:`SAMPLE` of a
+    """(the whole design [S, k, P], the log-densities [S, k]) at :func:`sample_size` of a
     factor's elements (:func:`sample_positions`), or at ``elements`` (flat indices into
     its batch).
 
@@ -114,7 +128,8 @@ def sampled(phis: list, values: torch.Tensor, elements=None) -> tuple[torch.Tens
         values: the log-densities there, [S, *batch].
     """
     if elements is None:
-        positions = sample_positions(values.shape[1:])
+        basis = math.prod(phi.shape[-1] for phi in phis)
+        positions = sample_positions(values.shape[1:], sample_size(len(values), basis))
     else:
         positions = torch.stack(torch.unravel_index(elements, tuple(values.shape[1:])), -1)
     design = torch.ones((values.shape[0], len(positions), 1), dtype=torch.float64)

@@ -182,3 +182,18 @@ def test_a_latent_that_breaks_conjugacy_is_named_for_conditional_cavi_guide():
     match = r"latent site 'u'.*ConditionalCAVIGuide\(model, svi_sites=\['u'\]\)"
     with pytest.raises(NotConjugateError, match=match):
         AutoCAVI(log_scale).fit(t([0.3, -1.2, 0.8]))
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e6])
+def test_a_refusal_far_from_zero_says_that_rounding_may_be_the_cause(offset):
+    # y ~ N(exp μ, 1) is no conjugate factor anywhere; near 10⁶ (log f ≈ −5·10¹¹ at the
+    # probe points) a conjugate one can miss its form by float64 rounding in the model's
+    # own arithmetic too, so the refusal says to centre the data first (tester 15)
+    def exponential_mean(y):
+        mu = pyro.sample("mu", dist.Normal(t(0.0), t(1.0)))
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.Normal(mu.exp(), t(1.0)), obs=y)
+
+    with pytest.raises(NotConjugateError, match="latent site 'mu'") as refusal:
+        probe(exponential_mean, t([0.5, 1.5]) + offset)
+    assert ("centre them" in str(refusal.value)) == (offset > 0)
