@@ -738,6 +738,20 @@ def _warn_unconverged(bounds: list, max_iter: int, tol: float, overrelax: bool) 
     of the fixed point's (crossed intercepts sharing a common level: 2.3 nats after 1,000
     sweeps, q(a) 60 posterior sds away, tester 12)."""
     last = bounds[-1] - bounds[-2] if len(bounds) > 1 else float("nan")
+    changes = [b - a for a, b in zip(bounds[-11:], bounds[-10:], strict=False)]
+    if any(change < 0 for change in changes):  # no exact CAVI sweep lowers the bound
+        size = max(abs(change) for change in changes)
+        warnings.warn(
+            f"AutoCAVI: stopped at max_iter={max_iter} sweeps without converging, the last "
+            f"sweeps moving the bound up and down by up to {size:.3g} nats: no sweep lowers "
+            "it but for float64 rounding, so the sweeps are at the floor rounding sets (the "
+            "bound is large, or the data far from zero) and more will not help. Centre and "
+            f"scale the data, or fit with tol above {size:.1g} (tester 15: Poisson counts "
+            "near 10⁶)",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+        return
     warnings.warn(
         f"AutoCAVI: stopped at max_iter={max_iter} sweeps without converging (the last sweep "
         f"raised the bound by {last:.3g} nats; converged means less than tol={tol:g} nats): "
