@@ -527,9 +527,9 @@ def _design(latents: list[Latent], runs: Runs, rank: int, components=frozenset()
     ``latents[0]``, its selector z) each element reads the statistics of the component its
     z picks: T(θ_z) is T(θ) gathered along the components' plate."""
     design = torch.ones((len(runs),) + (1,) * rank + (1,), dtype=torch.float64)
-    for phi in _aligned_statistics(latents, runs, rank, components):
-        design = (design.unsqueeze(-1) * phi.unsqueeze(-2)).flatten(-2)
-    return design
+    return factor_support.tensor_product(
+        design, _aligned_statistics(latents, runs, rank, components)
+    )
 
 
 def _aligned_statistics(latents: list[Latent], runs: Runs, rank: int, components=frozenset()):
@@ -680,19 +680,24 @@ def _lstsq(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return torch.linalg.lstsq(a, b, driver="gelsd").solution
 
 
+def _element_misfits(designs, values, coefficients, scale) -> torch.Tensor:
+    """Per element, max |T·C − log f| over the check points, relative to 1 + the factor's
+    magnitude there (inf where not finite): [*fbatch]."""
+    predicted = (designs.movedim(0, -2) @ coefficients.unsqueeze(-1)).squeeze(-1)
+    error = (predicted - values.movedim(0, -1)).abs().amax(-1) / (1 + scale)
+    return torch.where(error.isfinite(), error, torch.inf)
+
+
 def _misfit(designs, values, coefficients, scale) -> torch.Tensor:
     """max |T·C − log f| at the check points, relative to 1 + the factor's magnitude."""
-    predicted = (designs.movedim(0, -2) @ coefficients.unsqueeze(-1)).squeeze(-1)
-    return ((predicted - values.movedim(0, -1)).abs() / (1 + scale.unsqueeze(-1))).amax()
+    return _element_misfits(designs, values, coefficients, scale).amax()
 
 
 def _missed(designs, values, coefficients, scale) -> torch.Tensor:
     """The elements (flat indices into the factor's batch) where T·C misses log f at some
     check point by more than :data:`~pyro_vae.cavi.factor_support.CHECK_RTOL` of 1 + the
     factor's magnitude there."""
-    predicted = (designs.movedim(0, -2) @ coefficients.unsqueeze(-1)).squeeze(-1)
-    error = (predicted - values.movedim(0, -1)).abs().amax(-1) / (1 + scale)
-    error = torch.where(error.isfinite(), error, torch.inf)
+    error = _element_misfits(designs, values, coefficients, scale)
     return torch.nonzero(error.reshape(-1) > factor_support.CHECK_RTOL).squeeze(-1)
 
 

@@ -41,9 +41,7 @@ def contract(factor: Factor, stats: dict, keep=(), pairs=None) -> torch.Tensor:
     for name in reversed(list(remaining)):
         if name in keep:
             continue
-        et = stats[name]
-        if name in factor.index:  # read through a data index
-            et = read_by_index(et, factor.index[name], 0)
+        et = read_statistics(factor, name, stats[name])
         view = batch_view(factor, name, et.shape[:-1])
         view += tuple(et.shape[-1] if m == name else 1 for m in remaining)
         c = product_sum(c, et.reshape(view), factor.rank + remaining.index(name))
@@ -56,6 +54,15 @@ def contract(factor: Factor, stats: dict, keep=(), pairs=None) -> torch.Tensor:
             return c * probs
         c = product_sum(c, probs, factor.rank - 1)
     return c
+
+
+def read_statistics(factor: Factor, name: str, et: torch.Tensor, leading: int = 0):
+    """A latent's statistics ``et`` [*lead (``leading`` dims), *batch, B] as ``factor``'s
+    elements read them: at its data index where it is read through one (see
+    :mod:`~pyro_vae.cavi.data_indexing`), else as they are."""
+    if name in factor.index:
+        return read_by_index(et, factor.index[name], leading)
+    return et
 
 
 def _on_support(factor: Factor, stats: dict, keep, pairs) -> torch.Tensor | None:
@@ -71,9 +78,7 @@ def _on_support(factor: Factor, stats: dict, keep, pairs) -> torch.Tensor | None
         return None
     views = []
     for name in factor.latents:
-        et = stats[name]
-        if name in factor.index:  # read through a data index
-            et = read_by_index(et, factor.index[name], 0)
+        et = read_statistics(factor, name, stats[name])
         views.append(et.reshape(batch_view(factor, name, et.shape[:-1]) + et.shape[-1:]))
     kept = factor.latents.index(keep[0]) if keep else None
     return contract_on_support(form, views, kept)

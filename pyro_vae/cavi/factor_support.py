@@ -133,9 +133,16 @@ def sampled(phis: list, values: torch.Tensor, elements=None) -> tuple[torch.Tens
     else:
         positions = torch.stack(torch.unravel_index(elements, tuple(values.shape[1:])), -1)
     design = torch.ones((values.shape[0], len(positions), 1), dtype=torch.float64)
-    for phi in phis:
-        design = (design.unsqueeze(-1) * _at(phi, positions).unsqueeze(-2)).flatten(-2)
+    design = tensor_product(design, [_at(phi, positions) for phi in phis])
     return design, _at(values.unsqueeze(-1), positions).squeeze(-1)
+
+
+def tensor_product(design: torch.Tensor, phis) -> torch.Tensor:
+    """``design`` [S, *batch, P₀] times each of ``phis`` [S, *view, B_j] in turn, as the
+    tensor-product basis: [S, *batch, P₀·Π B_j], the last member's statistic fastest."""
+    for phi in phis:
+        design = (design.unsqueeze(-1) * phi.unsqueeze(-2)).flatten(-2)
+    return design
 
 
 def support(design: torch.Tensor, values: torch.Tensor, fit) -> tuple[torch.Tensor | None, float]:
@@ -188,12 +195,19 @@ def design_columns(phis: list, columns: torch.Tensor) -> torch.Tensor:
     """The design's ``columns`` alone, [S, *batch, M]: Π_j phi_j at column's statistic of j
     (the whole design's ``[..., columns]``, without making it)."""
     sizes = [phi.shape[-1] for phi in phis]
-    terms = sorted((phi @ pick for phi, pick in zip(phis, picks(columns, sizes), strict=True)),
-                   key=torch.numel)  # fmt: skip
-    design = terms[0]
+    return _smallest_first(
+        [phi @ pick for phi, pick in zip(phis, picks(columns, sizes), strict=True)]
+    )
+
+
+def _smallest_first(terms: list) -> torch.Tensor:
+    """The broadcast product of ``terms``, the smallest multiplied together first (a global
+    latent's [1, M] before a per-datum one's [N, M])."""
+    terms = sorted(terms, key=torch.numel)
+    product = terms[0]
     for term in terms[1:]:
-        design = design * term
-    return design
+        product = product * term
+    return product
 
 
 def picks(columns: torch.Tensor, sizes) -> list[torch.Tensor]:
@@ -242,10 +256,8 @@ def contract_on_support(form, views: list, keep: int | None) -> torch.Tensor:
     The statistics are gathered by a product with the 0/1 picks, and the smallest
     multiplied together first (a global latent's [1, M] before a per-datum one's [N, M])."""
     values, picks = form
-    terms = sorted((et @ picks[j] for j, et in enumerate(views) if j != keep), key=torch.numel)
-    product = None  # the small terms (global latents) multiplied first, C last
-    for term in terms + [values]:
-        product = term if product is None else product * term
+    terms = [et @ picks[j] for j, et in enumerate(views) if j != keep]
+    product = values if not terms else _smallest_first(terms) * values  # C last: largest
     if keep is None:
         return product.sum(-1)
     return product @ picks[keep].T

@@ -31,8 +31,8 @@ import pyro.distributions as dist
 import torch
 
 from pyro_vae.cavi.conjugate_forms import SVI_ADVICE, _dist_name, _sum_to, batch_view
-from pyro_vae.cavi.data_indexing import read_by_index, sum_by_rows
-from pyro_vae.cavi.expectations import product_sum
+from pyro_vae.cavi.data_indexing import sum_by_rows
+from pyro_vae.cavi.expectations import product_sum, read_statistics
 from pyro_vae.cavi.exponential_families import (
     BernoulliFamily,
     BetaFamily,
@@ -260,9 +260,7 @@ def _predicted(factor, statistics: dict, count: int) -> torch.Tensor:
     c = factor.coefficients.unsqueeze(0)  # [1, *batch, B₁, …]
     remaining = list(factor.latents)
     for name in reversed(factor.latents):
-        stats = statistics[name]  # [S, *its batch, B]
-        if name in factor.index:  # read through a data index
-            stats = read_by_index(stats, factor.index[name], 1)
+        stats = read_statistics(factor, name, statistics[name], 1)  # [S, *batch, B]
         view = (count,) + batch_view(factor, name, stats.shape[1:-1])
         view += tuple(stats.shape[-1] if m == name else 1 for m in remaining)
         c = product_sum(c, stats.reshape(view), 1 + factor.rank + remaining.index(name))
