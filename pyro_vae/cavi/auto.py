@@ -284,7 +284,7 @@ class AutoCAVI:
     def _start(self, args, kwargs, factors, stats, chains, tol, max_iter) -> tuple:
         """One start's rounds of sweeps from the probed ``factors`` and initial ``stats``:
         (bounds, converged, frames, stats, the fitted state to keep if it is the best)."""
-        self._q, self._chain_entropy, self._absent = {}, {}, {}
+        self._q, self._chain_entropy, self._absent, self._local_cache = {}, {}, {}, {}
         self._pairs = {
             link: torch.outer(stats[link[0]], stats[link[1]])
             for chain in chains
@@ -653,12 +653,20 @@ class AutoCAVI:
         about the frame, or, for a latent not updated yet this round (at its start), mapped
         from ``stats`` (N·E[T], whose rounding a start can bear)."""
         local = dict(stats)
+        cache = self._local_cache
         for name, frame in self._frames_used.items():
             if read is not None and name not in read:
                 continue
             family = self._latents[name].family
             if name in self._q:
-                local[name] = local_expected_statistics(family, self._q[name], frame)
+                q = self._q[name]
+                # once per q and frame: a sweep reads it at every update and at the bound
+                # (the cache holds q and the frame, so their ids are not reused meanwhile)
+                hit = cache.get(name)
+                if hit is None or hit[0] is not q or hit[1] is not frame:
+                    hit = (q, frame, local_expected_statistics(family, q, frame))
+                    cache[name] = hit
+                local[name] = hit[2]
             else:
                 mapped = local_map(family, frame) @ stats[name].unsqueeze(-1)
                 local[name] = mapped.squeeze(-1)
