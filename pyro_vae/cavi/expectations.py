@@ -15,7 +15,7 @@ import torch
 
 from pyro_vae.cavi.conjugate_forms import Factor, batch_view
 from pyro_vae.cavi.data_indexing import read_by_index
-from pyro_vae.cavi.factor_support import contract_on_support, sparse_form
+from pyro_vae.cavi.factor_support import contract_gathered, sparse_form
 
 
 def contract(factor: Factor, stats: dict, keep=(), pairs=None) -> torch.Tensor:
@@ -76,12 +76,14 @@ def _on_support(factor: Factor, stats: dict, keep, pairs) -> torch.Tensor | None
     form = sparse_form(factor.coefficients, factor.rank)
     if form is None:
         return None
-    views = []
-    for name in factor.latents:
-        et = read_statistics(factor, name, stats[name])
-        views.append(et.reshape(batch_view(factor, name, et.shape[:-1]) + et.shape[-1:]))
     kept = factor.latents.index(keep[0]) if keep else None
-    return contract_on_support(form, views, kept)
+    terms = []
+    for j, name in enumerate(factor.latents):
+        if j == kept:
+            continue
+        table = read_statistics(factor, name, stats[name] @ form[1][j])  # picked, then read
+        terms.append(table.reshape(batch_view(factor, name, table.shape[:-1]) + table.shape[-1:]))
+    return contract_gathered(form, terms, kept)
 
 
 #: Products of up to about this many elements are made and summed rather than einsum'd.

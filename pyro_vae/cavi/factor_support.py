@@ -255,8 +255,17 @@ def contract_on_support(form, views: list, keep: int | None) -> torch.Tensor:
 
     The statistics are gathered by a product with the 0/1 picks, and the smallest
     multiplied together first (a global latent's [1, M] before a per-datum one's [N, M])."""
+    picks = form[1]
+    return contract_gathered(form, [et @ picks[j] for j, et in enumerate(views) if j != keep], keep)
+
+
+def contract_gathered(form, terms: list, keep: int | None) -> torch.Tensor:
+    """:func:`contract_on_support` from each member's statistic at every nonzero column,
+    ``terms`` [*view_j, M] (the members but ``keep``, in order): a member read through a
+    data index is gathered as this [G, M] table, after the product with its picks, rather
+    than as its [G, B_j] statistics before it (one [N, M] gather instead of an [N, B_j]
+    gather and an [N, B_j] x [B_j, M] product)."""
     values, picks = form
-    terms = [et @ picks[j] for j, et in enumerate(views) if j != keep]
     product = values if not terms else _smallest_first(terms) * values  # C last: largest
     if keep is None:
         return product.sum(-1)
