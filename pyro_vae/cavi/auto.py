@@ -38,7 +38,6 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 
 from pyro_vae.cavi._checks import non_negative, positive_int
-from pyro_vae.cavi.analytic_ops import non_analytic
 from pyro_vae.cavi.blocks import find_blocks, regroup
 from pyro_vae.cavi.chains import find_chains, update_chain
 from pyro_vae.cavi.conjugate_forms import (
@@ -174,22 +173,12 @@ class AutoCAVI:
             around the priors and q when an update came out
             improper (with data far from zero, rounding can do that). A round stopped
             after its first sweep starts the next from the initial statistics; one stopped
-            later, from that q. Where the model has an op that may bend a form
-            (``nonanalytic_ops_``), every factor is checked after the last sweep at points
+            later, from that q. After the last sweep every factor is checked at points
             drawn where q puts its mass (:mod:`pyro_vae.cavi.verification`): one that
             misses there (conjugate only in part of the space: a clamp q settled beyond)
             is probed again around q, or, where no frame can move its points or the rounds
             ran out, refused. ``lower_bounds_`` and ``n_iter_`` are those of the last
             round's sweeps.
-        nonanalytic_ops_: the model's ops that may make a factor conjugate only in part of
-            the latents' space, as (op name, the latent units it read): a ``clamp``,
-            ``abs``, ``max`` or comparison reading a continuous latent, a latent's value
-            read into Python (``item``, ``bool``) or written into another tensor
-            (``__setitem__``), seen in the provenance run (see
-            :mod:`pyro_vae.cavi.analytic_ops`). Empty: every op on a continuous latent is
-            analytic (arithmetic, ``exp``, ``log``, ``lgamma``, Cholesky solves, indexing),
-            the probe's check points already test the one form the factors have, and the
-            check at q (one more model run) is skipped.
         numerical_error_: the estimated float64 error of Σ E_q[log f] from the last solve
             (nats; :func:`~pyro_vae.cavi.probe_frames.numerical_error`, counting E_q[log p]
             of Beta and Dirichlet latents, ≈ −1/a for a tiny concentration a and no
@@ -325,7 +314,7 @@ class AutoCAVI:
                     raise
             else:
                 if not stopped:
-                    misfit = self._verify(args, kwargs, stats) if self.nonanalytic_ops_ else None
+                    misfit = self._verify(args, kwargs, stats)
                     if misfit is None:
                         return bounds, converged, frames
                     if last or not self._movable(misfit):
@@ -521,9 +510,8 @@ class AutoCAVI:
         provenance tracking, then probed (Pyro's validation off, see
         :mod:`pyro_vae.cavi.validation`)."""
         generator = torch.Generator().manual_seed(self.random_state)
-        op_log = []
         try:
-            first, read = first_run(self.model, args, kwargs, self.random_state, op_log)
+            first, read = first_run(self.model, args, kwargs, self.random_state)
         except (RuntimeError, TypeError) as error:
             if not _DTYPE_CLASH.search(str(error)):
                 raise
@@ -549,7 +537,6 @@ class AutoCAVI:
         if auto_blocks and self.blocks_:
             latents = find_latents(first, self.blocks_)
             depends = regroup(depends, latents)
-        self.nonanalytic_ops_ = non_analytic(op_log, latents)
         self._starts = self._plug_in(args, kwargs, latents, depends)
         stats = initial_statistics(latents, self.init, first, self.random_state, self._starts)
         info = {}

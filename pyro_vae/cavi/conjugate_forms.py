@@ -339,14 +339,13 @@ def _probe_values(latents: dict[str, Latent], generator) -> dict[str, torch.Tens
     return values
 
 
-def first_run(model, args, kwargs, seed: int, op_log: list | None = None) -> tuple[object, dict]:
+def first_run(model, args, kwargs, seed: int) -> tuple[object, dict]:
     """One forward run of the model, its latents drawn from their priors with torch seeded
     by ``seed`` (the global RNG restored after), under Pyro's provenance tracking: (its
     trace, plain tensors throughout, with every factor's log-density computed; {factor
     site: the sample sites its log-density read}). The one run gives the latents, where
     ``AutoCAVI`` starts, the factors' dependencies (see :func:`find_dependencies`) and the
-    probe runs' reference point (:func:`reference_is_finite`). ``op_log``: a list to record
-    the ops that may bend a conjugate form in (:mod:`pyro_vae.cavi.analytic_ops`).
+    probe runs' reference point (:func:`reference_is_finite`).
 
     The prior parameters of the trace's distributions (``site["fn"]``) carry provenance:
     read their shapes and classes, and pass what is computed from them through
@@ -358,7 +357,7 @@ def first_run(model, args, kwargs, seed: int, op_log: list | None = None) -> tup
             pyro.validation_enabled(False):  # fmt: skip
         # torch's Wishart sampler warns of near-singular draws it then redraws
         warnings.filterwarnings("ignore", message="Singular sample detected")
-        with TrackFastProvenance(op_log):
+        with TrackFastProvenance():
             trace = poutine.trace(model).get_trace(*args, **kwargs)
             trace.compute_log_prob(site_filter=lambda name, site: is_factor(site))
     return trace, _strip_provenance(trace)

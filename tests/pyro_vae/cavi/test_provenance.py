@@ -1,5 +1,3 @@
-import pyro
-import pyro.distributions as dist
 import pyro.poutine as poutine
 import pytest
 import torch
@@ -71,21 +69,3 @@ def test_the_dependencies_match_pyros_provenance_tracking(make):
 
     ours, pyros = provenance(TrackFastProvenance()), provenance(TrackProvenance())
     assert ours == pyros and any(len(p) > 1 for p in ours.values())
-
-
-def test_a_latents_draw_from_its_prior_is_not_recorded_and_its_log_density_is():
-    # Gamma's sampler clamps its draw in place (clamp_, an escape) and its rate here is a
-    # latent: those ops are the draw's, between the site's _pyro_sample and
-    # _pyro_post_sample, not the log-density's. An abs in the model itself is recorded.
-    def model(bend):
-        rate = pyro.sample("rate", dist.Gamma(torch.tensor(2.0, dtype=F64), 1.0))
-        x = pyro.sample("x", dist.Gamma(torch.tensor(3.0, dtype=F64), rate))
-        pyro.sample("y", dist.Poisson(x.abs() if bend else x), obs=torch.tensor(4.0, dtype=F64))
-
-    # (the Poisson's log of a rate not shown positive is recorded too: |x| could be 0)
-    for bend, expected in [(False, []), (True, [("abs", {"x"}), ("xlogy", {"x", "y"})])]:
-        log = []
-        with pyro.validation_enabled(False), TrackFastProvenance(log):
-            trace = poutine.trace(model).get_trace(bend)
-            trace.compute_log_prob()
-        assert [(name, set(read)) for _, name, read in log] == expected
