@@ -1046,6 +1046,10 @@ def _local_factor(runner, site, design, runs, checks, trace) -> Factor:
             "no conjugate factor of them; AutoCAVI updates only conditionally "
             f"conjugate-exponential models ({SVI_ADVICE})"
         )
+    if not good and not members:
+        spread = runs.log_probs[site].reshape(len(runs), -1).sum(-1)
+        moved = float(spread.max() - spread.min())
+        raise NotConjugateError(hidden_dependence(site, _dist_name(trace.nodes[site]), moved))
     if not good and selector is None:
         _refuse(runner, members, site, trace, _rounding_reach(members, runs, site))
     partly_observed = selector is not None and selector.endswith("_unobserved")
@@ -1177,6 +1181,21 @@ def _rounding_reach(members, runs: Runs, site: str) -> float:
         spread = frame.scale_tril.diagonal(dim1=-2, dim2=-1).clamp_min(1e-300)
         reach = max(reach, float((frame.loc.abs() / spread).max()))
     return reach
+
+
+def hidden_dependence(site: str, distribution: str, moved: float, where: str = "probe") -> str:
+    """The refusal of a factor whose log-density moves with the latents although the
+    provenance run saw it read none (``moved``: by how many nats, at the ``where``
+    points)."""
+    places = "points drawn from the fitted q" if where == "q" else "the probe points"
+    return (
+        f"factor {site!r} ({distribution}): Pyro's provenance tracking saw its log-density "
+        f"read no latent, yet it moves with them, by {moved:.3g} nats at {places}: an op "
+        "hid the latent it reads (an out= argument, torch.func.vmap, a round trip through "
+        ".tolist(), .item() or numpy, a write into another tensor). Compute it from the "
+        "sampled values with plain torch ops, so AutoCAVI sees what it depends on, or fit "
+        "this model by SVI"
+    )
 
 
 def _refuse(runner, members, site, trace, reach: float = 0.0):

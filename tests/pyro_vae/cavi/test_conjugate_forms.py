@@ -197,3 +197,18 @@ def test_a_refusal_far_from_zero_says_that_rounding_may_be_the_cause(offset):
     with pytest.raises(NotConjugateError, match="latent site 'mu'") as refusal:
         probe(exponential_mean, t([0.5, 1.5]) + offset)
     assert ("centre them" in str(refusal.value)) == (offset > 0)
+
+
+def test_a_factor_moving_at_the_probe_points_with_no_latent_read_is_refused_by_name():
+    # μ read through .item() (one run per point: the model does not broadcast) reaches
+    # pyro.factor as a plain number: provenance sees no latent, yet log f moves from point
+    # to point. Refused naming the factor (it raised an IndexError before).
+    from pyro_vae.cavi import AutoCAVI
+
+    def model(y):
+        mu = pyro.sample("mu", dist.Normal(t(0.0), 1.0))
+        pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+        pyro.factor("f", t(-0.5 * mu.item() ** 2))
+
+    with pytest.raises(NotConjugateError, match="factor 'f'.*read no latent, yet it moves"):
+        AutoCAVI(model).fit(t(0.3))

@@ -160,6 +160,27 @@ def test_a_factor_of_data_alone_is_left_out_of_the_check_and_kept_in_the_bound()
     assert abs(fit.lower_bound_ - float(evidence + constant)) < 1e-9 * abs(float(evidence))
 
 
+def test_a_factor_whose_read_of_a_latent_is_hidden_from_provenance_is_checked_at_q():
+    """Tester 16's F9: ``torch.mul(mu, 1.0, out=buf)`` hides μ from Pyro's provenance
+    tracking, so a factor of ``buf`` reads "no latent". At the probe points (near 0) it is
+    0 (a clamp at 5), so it was solved to that constant and then left out of the check at
+    q: q settled near the data (10), where the factor is -10·(μ − 5), and the bound came out
+    46.6 nats above log p(y) (grid quadrature), silently. It is now checked at q like every
+    factor, and moving there, refused by name."""
+    data = 10.0 + torch.randn(20, generator=torch.Generator().manual_seed(0), dtype=F64)
+
+    def model(data):
+        mu = pyro.sample("mu", dist.Normal(t(0.0), 10.0))
+        with pyro.plate("n", len(data)):
+            pyro.sample("y", dist.Normal(mu, 1.0), obs=data)
+        buf = torch.empty(mu.shape, dtype=F64)
+        torch.mul(mu, 1.0, out=buf)
+        pyro.factor("f", -10.0 * (buf - 5.0).clamp(min=0.0))
+
+    with pytest.raises(ValueError, match="factor 'f'.*read no latent, yet it moves with them"):
+        AutoCAVI(model).fit(data)
+
+
 def test_probabilities_below_float64_eps_are_not_mistaken_for_a_kink():
     """torch's Categorical scores a probability below eps (2.2e-16) as eps. A topic's
     Dirichlet q, widened, drew such a point for a word its other topic holds, and this
