@@ -40,6 +40,7 @@ from sklearn.exceptions import ConvergenceWarning
 from pyro_vae.cavi._checks import non_negative, positive_int
 from pyro_vae.cavi.blocks import find_blocks, regroup
 from pyro_vae.cavi.chains import find_chains, update_chain
+from pyro_vae.cavi.column_sums import summed_message, summed_total
 from pyro_vae.cavi.conjugate_forms import (
     check_float64,
     check_whole_data,
@@ -234,6 +235,7 @@ class AutoCAVI:
             latents, factors, stats = self._probe(args, kwargs, auto_blocks)
         self.probe_seconds_ = time.perf_counter() - start
         self._latents, self._witnesses = latents, []
+        self._constants = {n: latent.family.has_constant for n, latent in latents.items()}
         self._framed = any(has_frames(latent.family) for latent in latents.values())
         chains = find_chains(latents, factors) if self.markov_chains else []
         multiplied = products(latents, factors) - set(self.init or {})
@@ -608,6 +610,10 @@ class AutoCAVI:
         shape = latent.batch_shape + (latent.family.size,)
         total = torch.zeros(shape, dtype=torch.float64)
         for factor in factors:
+            summed = summed_message(factor, stats, name, shape, self._constants, self._pairs)
+            if summed is not None:  # from its columns summed over the data once
+                total = total + summed
+                continue
             message = contract(factor, stats, (name,), self._pairs)
             if name in factor.index:  # per datum: summed at the groups they read
                 message = scatter_by_index(message, factor.index[name], shape)
@@ -673,7 +679,12 @@ class AutoCAVI:
         """L(q) in nats; each factor's E_q[log f] from the coefficients it was solved in
         (in q's local coordinates after a re-probe: no cancellation of large terms)."""
         factors, local = self._local_view(self._factors, stats)
-        expected = sum(float(contract(f, local, (), self._pairs).sum()) for f in factors)
+        expected = 0.0
+        for f in factors:
+            summed = summed_total(f, local, self._constants, self._pairs)
+            if summed is None:
+                summed = float(contract(f, local, (), self._pairs).sum())
+            expected += summed
         in_chains = {s for chain in self._chain_entropy for s in chain}
         entropy = sum(
             float(_without_absent(q.entropy(), self._absent.get(n)).sum())
