@@ -31,6 +31,7 @@ import pyro.distributions as dist
 import torch
 
 from pyro_vae.cavi.conjugate_forms import (
+    CONSTANT_RTOL,
     SVI_ADVICE,
     _dist_name,
     _sum_to,
@@ -237,11 +238,12 @@ def worst_misfit(factors, latents: dict, frames: dict, values: dict, log_probs: 
     for factor in factors:
         if not factor.latents and factor.selector is None:
             error, size = _constant_misfit(factor, log_probs[factor.name], count)
+            allowed = CONSTANT_RTOL * (1 + size)  # no solve: only the model's own rounding
         else:
             error, size = _misfit_at(factor, statistics, log_probs[factor.name], count)
+            excused = torch.clamp(ROUNDING_CAP * (1 + size), max=ROUNDING_MARGIN * rounding)
+            allowed = torch.maximum(RTOL * (1 + size), excused)
         error = torch.where(error.isfinite(), error, torch.inf)  # ±inf or NaN where q lies
-        excused = torch.clamp(ROUNDING_CAP * (1 + size), max=ROUNDING_MARGIN * rounding)
-        allowed = torch.maximum(RTOL * (1 + size), excused)
         p = int((error / allowed).argmax())
         if float(error[p] / allowed[p]) > 1 and (worst is None or float(error[p]) > worst.misfit):
             members = ((factor.selector,) if factor.selector else ()) + factor.latents
