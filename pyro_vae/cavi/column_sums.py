@@ -36,8 +36,9 @@ from dataclasses import dataclass
 
 import torch
 
-from pyro_vae.cavi.conjugate_forms import Factor, batch_view
-from pyro_vae.cavi.data_indexing import read_by_index, scatter_by_index
+from pyro_vae.cavi.conjugate_forms import Factor
+from pyro_vae.cavi.data_indexing import scatter_by_index
+from pyro_vae.cavi.expectations import support_terms
 from pyro_vae.cavi.factor_support import contract_gathered, sparse_form
 
 
@@ -204,12 +205,4 @@ def _blocks(blocks: list, factor: Factor, kinds: list, stats: dict, keep, size: 
 def _rest(form: tuple, factor: Factor, stats: dict, keep) -> torch.Tensor:
     """The per-datum columns contracted as ``contract`` does on a support: [*batch] for a
     total, [*batch, B] for the message to ``keep``."""
-    terms = []
-    for j, name in enumerate(factor.latents):
-        if j == keep:
-            continue
-        table = stats[name] @ form[1][j]
-        if name in factor.index:
-            table = read_by_index(table, factor.index[name], 0)
-        terms.append(table.reshape(batch_view(factor, name, table.shape[:-1]) + table.shape[-1:]))
-    return contract_gathered(form, terms, keep)
+    return contract_gathered(form, support_terms(factor, stats, form[1], keep), keep)

@@ -77,13 +77,20 @@ def _on_support(factor: Factor, stats: dict, keep, pairs) -> torch.Tensor | None
     if form is None:
         return None
     kept = factor.latents.index(keep[0]) if keep else None
+    return contract_gathered(form, support_terms(factor, stats, form[1], kept), kept)
+
+
+def support_terms(factor: Factor, stats: dict, picks: list, kept: int | None) -> list:
+    """Each member's E_q[T] (but member ``kept``'s) at its statistic in every column of a
+    support (``picks``: each member's 0/1 [B_j, M]), as the factor's elements read it,
+    [*view_j, M]: picked first, then read through a data index where there is one."""
     terms = []
     for j, name in enumerate(factor.latents):
         if j == kept:
             continue
-        table = read_statistics(factor, name, stats[name] @ form[1][j])  # picked, then read
+        table = read_statistics(factor, name, stats[name] @ picks[j])
         terms.append(table.reshape(batch_view(factor, name, table.shape[:-1]) + table.shape[-1:]))
-    return contract_gathered(form, terms, kept)
+    return terms
 
 
 #: Products of up to about this many elements are made and summed rather than einsum'd.
