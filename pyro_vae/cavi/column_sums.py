@@ -77,7 +77,7 @@ def summed_message(factor: Factor, stats: dict, name: str, shape, constants: dic
     out = keep if kinds[keep] == "indexed" else None
     partition = _partition(factor, kinds, out, stats)
     size = stats[name].shape[-1]
-    message = torch.zeros(shape, dtype=torch.float64)
+    message = stats[name].new_zeros(shape)
     if partition.blocks:
         message = message + _blocks(partition.blocks, factor, kinds, stats, keep, size).reshape(
             shape
@@ -161,7 +161,7 @@ def _make_partition(factor: Factor, kinds: list, out: int | None, stats: dict) -
             groups[c] = None
     blocks = []
     for member in sorted({g for g in groups.values() if g is not None}):
-        columns = torch.tensor([c for c, g in groups.items() if g == member])
+        columns = torch.tensor([c for c, g in groups.items() if g == member], device=flat.device)
         if member == -1:
             table = flat[:, columns].sum(0)
             blocks.append(_Block(None, table, digits[columns]))
@@ -174,7 +174,7 @@ def _make_partition(factor: Factor, kinds: list, out: int | None, stats: dict) -
     rest = [c for c, g in groups.items() if g is None]
     if not rest:
         return _Partition(blocks, None)
-    columns = torch.tensor(rest)
+    columns = torch.tensor(rest, device=flat.device)
     form = (values[..., columns].contiguous(), [p[:, columns] for p in picks])
     return _Partition(blocks, form)
 
@@ -196,8 +196,9 @@ def _blocks(blocks: list, factor: Factor, kinds: list, stats: dict, keep, size: 
         if keep is None:
             part = weights.sum(-1, keepdim=True)
         else:
-            onehot = torch.nn.functional.one_hot(block.digits[:, keep], size).to(weights.dtype)
-            part = weights @ onehot
+            # each column's weight added at the kept member's statistic in it
+            part = weights.new_zeros(weights.shape[:-1] + (size,))
+            part.index_add_(-1, block.digits[:, keep], weights)
         out = part if out is None else out + part
     return out
 

@@ -1047,11 +1047,9 @@ def _local_factor(runner, site, design, runs, checks, trace) -> Factor:
             f"conjugate-exponential models ({SVI_ADVICE})"
         )
     if not members:  # constant up to the model's own rounding, or something is hidden
-        both = torch.cat([runs.log_probs[site], checks.log_probs[site]])
-        moved, size = moved_by(both)
-        if moved > CONSTANT_RTOL * (1 + size):
-            distribution = _dist_name(trace.nodes[site])
-            raise NotConjugateError(hidden_dependence(site, distribution, moved))
+        moved = moved_beyond_rounding(torch.cat([runs.log_probs[site], checks.log_probs[site]]))
+        if moved:
+            raise NotConjugateError(hidden_dependence(site, _dist_name(trace.nodes[site]), moved))
     if not good and selector is None:
         _refuse(runner, members, site, trace, _rounding_reach(members, runs, site))
     partly_observed = selector is not None and selector.endswith("_unobserved")
@@ -1193,12 +1191,13 @@ def _rounding_reach(members, runs: Runs, site: str) -> float:
 CONSTANT_RTOL = 1e3 * torch.finfo(torch.float64).eps
 
 
-def moved_by(log_probs: torch.Tensor) -> tuple[float, float]:
-    """(how far the total log f moves over the points of ``log_probs`` [S, …], the mean of
-    Σ|log f| there), in nats."""
+def moved_beyond_rounding(log_probs: torch.Tensor) -> float:
+    """How far the total log f moves over the points of ``log_probs`` [S, …] (nats), where
+    that is beyond :data:`CONSTANT_RTOL` of 1 + its mean Σ|log f|; else 0."""
     totals = log_probs.to(torch.float64).reshape(log_probs.shape[0], -1)
     sums = totals.sum(-1)
-    return float(sums.max() - sums.min()), float(totals.abs().sum(-1).mean())
+    moved, size = float(sums.max() - sums.min()), float(totals.abs().sum(-1).mean())
+    return moved if moved > CONSTANT_RTOL * (1 + size) else 0.0
 
 
 def hidden_dependence(site: str, distribution: str, moved: float, where: str = "probe",
@@ -1234,8 +1233,8 @@ def _hidden_elsewhere(runner, members, site, trace, base) -> None:
     held = {s: base[s] for m in members for s in m.sites}
     if len(held) == sum(len(latent.sites) for latent in runner.latents.values()):
         return  # nothing else to move
-    moved, size = moved_by(runner.runs(_HIDDEN_POINTS, held).log_probs[site])
-    if moved > CONSTANT_RTOL * (1 + size):
+    moved = moved_beyond_rounding(runner.runs(_HIDDEN_POINTS, held).log_probs[site])
+    if moved:
         distribution = _dist_name(trace.nodes[site])
         names = [m.name for m in members]
         raise NotConjugateError(hidden_dependence(site, distribution, moved, read=names))
