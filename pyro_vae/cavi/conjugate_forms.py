@@ -521,6 +521,13 @@ def _statistics(latent: Latent, runs: Runs) -> torch.Tensor:
     return runs.stats[latent.name]
 
 
+def _every_group(latent: Latent, phi: torch.Tensor, runs: Runs) -> torch.Tensor:
+    """``latent``'s statistics ``phi`` [S, *batch, B] at every one of its groups: a shared
+    discrete fit probe's (one value across its plate, size 1 there, see
+    :func:`_unexpanded`) expanded back to the plate, for a data index to read."""
+    return phi.expand(runs.values[latent.sites[0]].shape[: phi.dim() - 1] + phi.shape[-1:])
+
+
 def _design(latents: list[Latent], runs: Runs, rank: int, components=frozenset()):
     """The tensor-product basis ⊗_j T_j(x_j) at the S points of ``runs``, shape
     [S, *batch (rank ``rank``), Π B_j]. In a mixture's design (``components``, picked by
@@ -540,7 +547,7 @@ def _aligned_statistics(latents: list[Latent], runs: Runs, rank: int, components
     for latent in latents:
         phi = _statistics(latent, runs)  # [S, *batch, B]
         if latent.index is not None:  # read through a data index: [S, *index's shape, B]
-            phi = read_by_index(phi, latent.index, 1)
+            phi = read_by_index(_every_group(latent, phi, runs), latent.index, 1)
         if latent.name in components:
             selector = _unexpanded_value(runs.values[latents[0].name])
             phi = _picked(phi, selector, latents[0].family.k)
@@ -561,7 +568,7 @@ def _group_layout(members, runs: Runs, rank: int, values: torch.Tensor):
         return None
     varies = torch.broadcast_shapes(*(m.index.shape for m in indexed))
     # each latent's G: its statistics [S, *its batch (G,) or (G, 1), B]
-    sizes = [math.prod(_statistics(m, runs).shape[1:-1]) for m in indexed]
+    sizes = [math.prod(_every_group(m, _statistics(m, runs), runs).shape[1:-1]) for m in indexed]
     axes, member_axis = index_axes([(m.index, g) for m, g in zip(indexed, sizes, strict=True)])
     k = len(axes)
     if math.prod(g for _, g in axes) >= math.prod(values.shape[1:]):
@@ -575,7 +582,7 @@ def _group_layout(members, runs: Runs, rank: int, values: torch.Tensor):
                 return None
             phi = phi.reshape(phi.shape[:1] + (1,) * k + phi.shape[1:])
         else:  # [S, G, B] along its index's group axis, before the factor's batch
-            phi = phi.reshape(phi.shape[0], -1, phi.shape[-1])
+            phi = _every_group(member, phi, runs).reshape(phi.shape[0], -1, phi.shape[-1])
             axis = member_axis[indexed.index(member)]
             view = tuple(phi.shape[1] if i == axis else 1 for i in range(k))
             phi = phi.reshape(phi.shape[:1] + view + (1,) * rank + phi.shape[-1:])

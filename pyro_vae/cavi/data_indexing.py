@@ -17,6 +17,13 @@ its group's bit b is set and the base point's where it is not, which spells its 
 binary. An element that equals neither reads several elements of ``a`` (``a[g1] + a[g2]``)
 and is refused; a wrong index cannot survive either way, as the check points, which move
 every group apart, then miss the factor's solved form.
+
+The latent may be discrete (a group's Bernoulli flag, a Categorical level): its moved point
+takes another category at every element. Where the model has discrete latents, an element
+may ignore the latent at the base point (``w * a[..., group]`` with w = 0), so the groups are
+spelled from several base points, each element's from the first at which it moves; an
+element whose group differs between two bases reads an element picked by a latent (a
+mixture of groups), which is refused.
 """
 
 from __future__ import annotations
@@ -31,16 +38,15 @@ _AGREE = 1e-9  # relative to 1 + |log f|, as the probe runs' batched-vs-plain ch
 
 
 def indexable(latent) -> bool:
-    """Whether a factor can read ``latent`` through a data index: a continuous latent in
-    one plate, at any dim (its batch G along that dim, 1 elsewhere: (G,), or (G, 1) for a
-    plate at dim -2)."""
+    """Whether a factor can read ``latent`` through a data index: a latent in one plate, at
+    any dim (its batch G along that dim, 1 elsewhere: (G,), or (G, 1) for a plate at dim
+    -2). Continuous or discrete: a group's Bernoulli outlier flag ``o[..., group]`` or
+    Categorical level read in arithmetic (``mu[..., z[..., group]]`` with ``mu`` one vector
+    site) is multilinear in its statistics (1, o) or [z = k] as any function of it is. A
+    Categorical that picks a component of a plated latent through a data index is a mixture
+    of groups, which is not fitted (see ``conjugate_forms._mixture_roles``)."""
     batch = latent.batch_shape
-    return (
-        latent.family.name not in DISCRETE_FAMILIES
-        and len(latent.plates) == 1
-        and len(batch) > 0
-        and batch.numel() == max(batch)
-    )
+    return len(latent.plates) == 1 and len(batch) > 0 and batch.numel() == max(batch)
 
 
 def find_indices(runner, reads: dict) -> dict:
@@ -49,29 +55,38 @@ def find_indices(runner, reads: dict) -> dict:
     dims where it is constant) such that element e reads element ``index[e]`` of the
     latent's one plate. One batched model run (see the module docstring).
 
+    Where the model has discrete latents, an element can ignore a latent at one point and
+    read it at another (``w * b[..., group]`` with a Bernoulli ``w`` at 0 ignores ``b``;
+    so does ``s[..., group] * b[..., group]`` where ``s`` is 0): the groups are then spelled
+    from several base points (:func:`_bases`), each element from the first at which it
+    moves with the latent. An element that moves at none does not read it; its index is 0,
+    harmless, as its coefficients on the latent are 0.
+
     Raises:
         NotConjugateError: naming the factor and latent, where an element's log-density
             moves with more than one element of the latent.
     """
     names = sorted({name for latents in reads.values() for name in latents})
-    base, moved = runner.draw(1), runner.draw(1)
-    device = next(iter(base.values())).device
-    points, layout = [base], {}
-    for name in names:
-        latent = runner.latents[name]
-        groups = latent.batch_shape.numel()
-        bits = max(1, (groups - 1).bit_length())
-        layout[name] = (len(points), bits, groups)
-        codes = torch.arange(groups, device=device)
-        for b in range(-1, bits):
-            moving = codes >= 0 if b < 0 else (codes >> b) & 1 == 1
-            point = dict(base)
-            for site in latent.sites:
-                event = base[site].dim() - 1 - len(latent.batch_shape)
-                mask = moving.reshape((1,) + latent.batch_shape + (1,) * event)
-                point[site] = torch.where(mask, moved[site], base[site])
-            points.append(point)
-    values = {site: torch.cat([p[site] for p in points]) for site in base}
+    points, layout = [], {}
+    for base in _bases(runner):
+        device = next(iter(base.values())).device
+        moved = _moved_everywhere(runner.latents, base, runner.draw(1), runner.generator)
+        for name in names:
+            latent = runner.latents[name]
+            groups = latent.batch_shape.numel()
+            bits = max(1, (groups - 1).bit_length())
+            layout.setdefault(name, []).append((len(points), bits, groups))
+            codes = torch.arange(groups, device=device)
+            points.append(base)
+            for b in range(-1, bits):
+                moving = codes >= 0 if b < 0 else (codes >> b) & 1 == 1
+                point = dict(base)
+                for site in latent.sites:
+                    event = base[site].dim() - 1 - len(latent.batch_shape)
+                    mask = moving.reshape((1,) + latent.batch_shape + (1,) * event)
+                    point[site] = torch.where(mask, moved[site], base[site])
+                points.append(point)
+    values = {site: torch.cat([p[site] for p in points]) for site in points[0]}
     log_probs = runner.log_probs(values, len(points))
     return {
         site: {
@@ -82,14 +97,96 @@ def find_indices(runner, reads: dict) -> dict:
     }
 
 
-def _index(site: str, name: str, log_prob: torch.Tensor, layout, plates) -> torch.Tensor:
+#: random base points for :func:`find_indices` beyond each discrete latent's categories
+_EXTRA_BASES = 2
+
+
+def _bases(runner) -> list[dict]:
+    """Base points for :func:`find_indices`: one random draw where every latent is
+    continuous (an element ignores a continuous latent at no point, almost surely); else
+    that draw with each discrete latent's value moved by 0, 1, …, K − 1 categories (K the
+    most any has: every element of each takes every category at some base), and
+    :data:`_EXTRA_BASES` more random draws for products of several discrete latents."""
+    base = runner.draw(1)
+    discrete = [lt for lt in runner.latents.values() if lt.family.name in DISCRETE_FAMILIES]
+    if not discrete:
+        return [base]
+    k = max(getattr(latent.family, "k", 2) for latent in discrete)
+    bases = []
+    for shift in range(k):
+        point = dict(base)
+        for latent in discrete:
+            value = base[latent.name]
+            categories = getattr(latent.family, "k", 2)
+            point[latent.name] = ((value.long() + shift) % categories).to(value.dtype)
+        bases.append(point)
+    return bases + [runner.draw(1) for _ in range(_EXTRA_BASES)]
+
+
+def _moved_everywhere(latents: dict, base: dict, drawn: dict, generator) -> dict:
+    """``drawn``, with each discrete latent's value moved to another category than
+    ``base``'s at every element: two independent draws of a Bernoulli agree at half the
+    elements, and an element whose group did not move would spell group 0 in
+    :func:`_index` (a continuous draw differs from another everywhere, almost surely)."""
+    moved = dict(drawn)
+    for latent in latents.values():
+        if latent.family.name not in DISCRETE_FAMILIES:
+            continue
+        value = base[latent.name]
+        k = getattr(latent.family, "k", 2)
+        step = torch.randint(1, k, value.shape, generator=generator, device=value.device)
+        moved[latent.name] = ((value.long() + step) % k).to(value.dtype)
+    return moved
+
+
+def _index(site: str, name: str, log_prob: torch.Tensor, layouts: list, plates) -> torch.Tensor:
     """The group each element of ``site`` reads of ``name``, from the rows of ``log_prob``
-    [points, *shape] that :func:`find_indices` laid out."""
-    start, bits, groups = layout
-    still, moved = log_prob[0], log_prob[start]
+    [points, *shape] that :func:`find_indices` laid out, ``layouts`` one (start, bits,
+    groups) per base point: each element's from the first base at which it moves."""
+    index, found, groups = None, None, layouts[0][2]
+    for start, bits, _ in layouts:
+        at_base, moves = _index_at(site, name, log_prob, start, bits, plates)
+        if index is None:
+            index, found = at_base, moves
+            continue
+        if bool((found & moves & (index != at_base)).any()):
+            raise NotConjugateError(_picked_by_latent(site, name, plates))
+        index = torch.where(found, index, at_base)
+        found = found | moves
+    if bool((index >= groups).any()):  # only an inconsistent pattern spells a group past G
+        raise NotConjugateError(
+            f"factor {site!r}: which element of latent site {name!r} each of its elements "
+            "reads could not be found by probing"
+        )
+    for dim in range(index.dim()):
+        if index.shape[dim] > 1 and bool((index == index.narrow(dim, 0, 1)).all()):
+            index = index.narrow(dim, 0, 1)
+    return index
+
+
+def _picked_by_latent(site: str, name: str, plates) -> str:
+    return (
+        f"factor {site!r} depends on latent site {name!r} across its plate(s) "
+        f"{sorted(plates)}, which {site!r} is not inside, and which element of {name!r} an "
+        "element reads changes with the model's discrete latents: it is picked by a latent "
+        "read through a data index (a mixture of groups, Vindex(mu)[..., z[..., group]] "
+        "with z in a plate of groups), which AutoCAVI does not fit. Nest the data inside "
+        "the plate of z instead (pad the groups to one length in a plate of members inside "
+        "the plate of groups, mask the padding with poutine.mask or .mask(...), and pick "
+        "Vindex(mu)[..., z]): that mixture fits. So does mu as one vector site outside any "
+        "plate, dist.Normal(0., s).expand([K]).to_event(1), read at "
+        "Vindex(mu)[..., z[..., group]] (its q is then one Gaussian over all K elements)"
+    )
+
+
+def _index_at(site: str, name: str, log_prob: torch.Tensor, start: int, bits: int, plates):
+    """(the group each element reads, spelled at the base point in row ``start``; whether
+    the element moves there when every group of ``name`` moves)."""
+    still, moved = log_prob[start], log_prob[start + 1]
+    moves = (moved - still).abs() > _AGREE * (1 + still.abs())
     index = torch.zeros(still.shape, dtype=torch.long, device=still.device)
     for b in range(bits):
-        row = log_prob[start + 1 + b]
+        row = log_prob[start + 2 + b]
         to_moved, to_still = (row - moved).abs(), (row - still).abs()
         if not bool((to_moved.minimum(to_still) <= _AGREE * (1 + row.abs())).all()):
             raise NotConjugateError(
@@ -105,15 +202,7 @@ def _index(site: str, name: str, log_prob: torch.Tensor, layout, plates) -> torc
                 "MultivariateNormal"
             )
         index |= (to_moved < to_still).long() << b
-    if bool((index >= groups).any()):  # only an inconsistent pattern spells a group past G
-        raise NotConjugateError(
-            f"factor {site!r}: which element of latent site {name!r} each of its elements "
-            "reads could not be found by probing"
-        )
-    for dim in range(index.dim()):
-        if index.shape[dim] > 1 and bool((index == index.narrow(dim, 0, 1)).all()):
-            index = index.narrow(dim, 0, 1)
-    return index
+    return index, moves
 
 
 def read_by_index(tensor: torch.Tensor, index: torch.Tensor, leading: int, trailing: int = 1):
