@@ -441,6 +441,10 @@ def _mixture_roles(site: str, names, latents, trace) -> tuple[str | None, list[s
             "factor then reads all K rows: K²(K + 1)^K coefficients, 576 at K = 3 and 10,000 "
             f"at K = 4; above {MAX_UNKNOWNS:,} a factor is refused)"
         )
+    if not selectors:
+        grouped = _mixture_of_groups(outside, latents, plates)
+        if grouped is not None:
+            return grouped
     if not selectors and all(
         indexable(latents[n]) and not latents[n].plates & plates for n in outside
     ):
@@ -459,6 +463,27 @@ def _mixture_roles(site: str, names, latents, trace) -> tuple[str | None, list[s
                 f"{_indexed_probabilities_hint(site, selectors, latents[name])}"
             )
     return selectors[0], outside
+
+
+def _mixture_of_groups(outside: list, latents: dict, plates) -> tuple | None:
+    """(selector, components) of a mixture of groups: one Categorical z in a plate of
+    groups, read through a data index, picking a component of latents in a plate of its K
+    categories (``Vindex(mu)[..., z[..., group]]``, each datum's group's component); None
+    where ``outside`` is not that. The selector's index is found as any data index's
+    (:func:`~pyro_vae.cavi.data_indexing.find_indices`)."""
+    categorical = [n for n in outside if latents[n].family.name == "Categorical"]
+    if len(categorical) != 1 or not indexable(latents[categorical[0]]):
+        return None
+    z = categorical[0]
+    components = [n for n in outside if n != z]
+    k = latents[z].family.k
+    if not components or latents[z].plates & plates:
+        return None
+    for name in components:
+        latent = latents[name]
+        if latent.batch_shape != (k,) or len(latent.plates) != 1:
+            return None
+    return z, components
 
 
 def _indexed_probabilities_hint(site: str, selectors: list, latent: Latent) -> str:
@@ -528,6 +553,17 @@ def _every_group(latent: Latent, phi: torch.Tensor, runs: Runs) -> torch.Tensor:
     return phi.expand(runs.values[latent.sites[0]].shape[: phi.dim() - 1] + phi.shape[-1:])
 
 
+def _selector_values(selector: Latent, runs: Runs) -> torch.Tensor:
+    """A mixture selector's values at the points of ``runs`` as the factor's elements read
+    them, [S, *its batch]: at its data index in a mixture of groups (every group's value,
+    a shared fit probe expanded back, see :func:`_every_group`), else as drawn (size 1
+    where a shared probe is expanded)."""
+    values = runs.values[selector.name]
+    if selector.index is None:
+        return _unexpanded_value(values)
+    return read_by_index(values.unsqueeze(-1), selector.index, 1).squeeze(-1)
+
+
 def _design(latents: list[Latent], runs: Runs, rank: int, components=frozenset()):
     """The tensor-product basis ⊗_j T_j(x_j) at the S points of ``runs``, shape
     [S, *batch (rank ``rank``), Π B_j]. In a mixture's design (``components``, picked by
@@ -549,8 +585,7 @@ def _aligned_statistics(latents: list[Latent], runs: Runs, rank: int, components
         if latent.index is not None:  # read through a data index: [S, *index's shape, B]
             phi = read_by_index(_every_group(latent, phi, runs), latent.index, 1)
         if latent.name in components:
-            selector = _unexpanded_value(runs.values[latents[0].name])
-            phi = _picked(phi, selector, latents[0].family.k)
+            phi = _picked(phi, _selector_values(latents[0], runs), latents[0].family.k)
         out.append(phi.reshape(phi.shape[:1] + (1,) * (rank + 2 - phi.dim()) + phi.shape[1:]))
     return out
 
@@ -835,13 +870,23 @@ def _full_rank(members, values, rank, components=frozenset()) -> bool:
             columns *= member.family.size
             continue
         k = getattr(member.family, "k", 2)
-        value = values[member.sites[0]].long()  # [S, *batch]
+        value = _as_read(member, values[member.sites[0]].long())  # [S, *batch]
         if member.name in components:  # [S, K] → the picked component's, [S, *z's batch]
-            value = _picked(value, values[members[0].name], members[0].family.k)
+            selector = _as_read(members[0], values[members[0].sites[0]].long())
+            value = _picked(value, selector, members[0].family.k)
         value = value.reshape(value.shape[:1] + (1,) * (rank + 1 - value.dim()) + value.shape[1:])
         combination, combinations = combination * k + value, combinations * k
     counts = torch.nn.functional.one_hot(combination, combinations).sum(0)
     return bool(counts.min() >= columns)
+
+
+def _as_read(member: Latent, value: torch.Tensor) -> torch.Tensor:
+    """A discrete member's values [S, *batch] as the factor's elements read them: at its
+    data index where it has one and its values differ along its plate (a shared fit probe,
+    one value across the plate, is read alike by every element as it is)."""
+    if member.index is None or value[0].numel() == 1:
+        return value
+    return read_by_index(value.unsqueeze(-1), member.index, 1).squeeze(-1)
 
 
 def _enough_runs(make_runs, needs, first: int) -> tuple[Runs, Runs]:
@@ -980,6 +1025,8 @@ def _probe_all(runner, depends, trace) -> list[Factor]:
             reads.update({site: roles[1]} if roles[1] else {})
         else:
             designs[site] = _mixture_design(latents, depends, site, roles, rank)
+            if latents[roles[0]].plates - _plates(trace.nodes[site]):  # a mixture of groups
+                reads[site] = [roles[0]]
     for site, indices in (find_indices(runner, reads) if reads else {}).items():
         members = [
             replace(m, batch_shape=_trimmed(indices[m.name].shape), index=indices[m.name])
@@ -1146,8 +1193,9 @@ def _mixture_factor(latents, site, members, coefficients, rank, trace) -> Factor
     batch = (1,) * (rank - len(batch)) + tuple(batch)
     summed = _sum_to(coefficients, torch.Size(batch + coefficients.shape[-2:]))
     shape = summed.shape[:-1] + tuple(m.family.size for m in members[1:])
+    index = {} if z.index is None else {z.name: z.index}
     return Factor(site, _dist_name(trace.nodes[site]), tuple(names), summed.reshape(shape),
-                  rank + 1, z.name, components)  # fmt: skip
+                  rank + 1, z.name, components, index=index)  # fmt: skip
 
 
 def _mixture_members(latents, depends, site, selector) -> list[Latent]:

@@ -22,8 +22,8 @@ The latent may be discrete (a group's Bernoulli flag, a Categorical level): its 
 takes another category at every element. Where the model has discrete latents, an element
 may ignore the latent at the base point (``w * a[..., group]`` with w = 0), so the groups are
 spelled from several base points, each element's from the first at which it moves; an
-element whose group differs between two bases reads an element picked by a latent (a
-mixture of groups), which is refused.
+element whose group differs between two bases reads an element picked by a latent, which
+is refused, naming the mixture forms that fit.
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ def indexable(latent) -> bool:
     -2). Continuous or discrete: a group's Bernoulli outlier flag ``o[..., group]`` or
     Categorical level read in arithmetic (``mu[..., z[..., group]]`` with ``mu`` one vector
     site) is multilinear in its statistics (1, o) or [z = k] as any function of it is. A
-    Categorical that picks a component of a plated latent through a data index is a mixture
-    of groups, which is not fitted (see ``conjugate_forms._mixture_roles``)."""
+    Categorical that picks a component of a plated latent through a data index is the
+    selector of a mixture of groups (``conjugate_forms._mixture_of_groups``)."""
     batch = latent.batch_shape
     return len(latent.plates) == 1 and len(batch) > 0 and batch.numel() == max(batch)
 
@@ -168,14 +168,14 @@ def _picked_by_latent(site: str, name: str, plates) -> str:
     return (
         f"factor {site!r} depends on latent site {name!r} across its plate(s) "
         f"{sorted(plates)}, which {site!r} is not inside, and which element of {name!r} an "
-        "element reads changes with the model's discrete latents: it is picked by a latent "
-        "read through a data index (a mixture of groups, Vindex(mu)[..., z[..., group]] "
-        "with z in a plate of groups), which AutoCAVI does not fit. Nest the data inside "
-        "the plate of z instead (pad the groups to one length in a plate of members inside "
-        "the plate of groups, mask the padding with poutine.mask or .mask(...), and pick "
-        "Vindex(mu)[..., z]): that mixture fits. So does mu as one vector site outside any "
-        "plate, dist.Normal(0., s).expand([K]).to_event(1), read at "
-        "Vindex(mu)[..., z[..., group]] (its q is then one Gaussian over all K elements)"
+        "element reads changes with the model's discrete latents: it is picked by a latent. "
+        "AutoCAVI fits that as a mixture where ONE Categorical latent z picks a component "
+        "of latents in a plate of z's K categories: Vindex(mu)[..., z] with the data inside "
+        "z's plate, or Vindex(mu)[..., z[..., group]] with z in a plate of groups read "
+        "through a data index (a mixture of groups). A Bernoulli picking one of two "
+        "components: sample a Categorical of 2 categories instead. Or declare mu as one "
+        "vector site outside any plate, dist.Normal(0., s).expand([K]).to_event(1), whose "
+        "element the latent then picks in arithmetic (its q is one Gaussian over all K)"
     )
 
 

@@ -47,7 +47,8 @@ def contract(factor: Factor, stats: dict, keep=(), pairs=None) -> torch.Tensor:
         c = product_sum(c, et.reshape(view), factor.rank + remaining.index(name))
         remaining.remove(name)
     if factor.selector is not None and factor.selector not in keep:
-        probs = stats[factor.selector]  # [*batch_z, K] against the factor's K-axis
+        # [*batch_z, K] against the factor's K-axis (at a mixture of groups' data index)
+        probs = read_statistics(factor, factor.selector, stats[factor.selector])
         view = (1,) * (factor.rank - probs.dim()) + tuple(probs.shape)
         probs = probs.reshape(view + (1,) * len(remaining))
         if set(keep) & factor.components:

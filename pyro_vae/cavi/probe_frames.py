@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import pyro.distributions as dist
 import torch
 
+from pyro_vae.cavi.data_indexing import read_by_index
 from pyro_vae.cavi.exponential_families import (
     Family,
     GammaFamily,
@@ -380,6 +381,8 @@ def _mixture_error(factor, latents: dict, q: dict, stats: dict, frames: dict) ->
     """Σ over elements and components k of (k's magnitude there)·E_q[z = k]·(k's
     amplification): :func:`numerical_error` of a mixture factor, less κ·ε."""
     weights = stats[factor.selector]  # [*batch_z, K], aligned with the factor's K-axis
+    if factor.selector in factor.index:  # a mixture of groups: each datum's group's
+        weights = read_by_index(weights, factor.index[factor.selector], 0)
     view = (1,) * (factor.rank - weights.dim()) + tuple(weights.shape)
     charged = factor.component_magnitudes * weights.reshape(view)
     for name in factor.latents:

@@ -296,7 +296,7 @@ def _predicted(factor, statistics: dict, count: int) -> torch.Tensor:
         c = product_sum(c, stats.reshape(view), 1 + factor.rank + remaining.index(name))
         remaining.remove(name)
     if factor.selector is not None:  # its one-hot [S, *batch_z, K] against the K-axis
-        chosen = statistics[factor.selector]
+        chosen = read_statistics(factor, factor.selector, statistics[factor.selector], 1)
         view = (count,) + (1,) * (factor.rank - chosen.dim() + 1) + tuple(chosen.shape[1:])
         c = product_sum(c, chosen.reshape(view), factor.rank)
     return c
