@@ -12,7 +12,9 @@ u_t the expected messages of the factors that mention s_t alone among the chain 
 latent, or as the selector of a mixture, ``Vindex(theta)[..., s_t]``), ψ_t those
 of the factors that mention s_{t−1} and s_t (its transition, which may differ from step to
 step: a time-inhomogeneous chain, ``log_A[t][s_prev]``, or one whose steps see different
-latents). Updating it is one pass of
+latents; or a mixture whose selector s_{t−1} picks s_t's row of a transition matrix with
+latent rows in a plate of the K states, ``Categorical(Vindex(A)[..., s_prev, :])``: the
+Bayesian HMM of MacKay 1997 and Beal 2003). Updating it is one pass of
 :func:`pyro_vae.cavi.hmm.forward_backward`, which gives the marginals, the pairwise
 marginals and log Z, and H[q] = log Z − Σ_t E[u_t] − Σ_t E[ψ_t].
 """
@@ -34,8 +36,9 @@ def find_chains(latents: dict[str, Latent], factors: list[Factor]) -> list[tuple
     }
     parent = {}
     for f in factors:
-        if f.name in categorical and f.selector is None:
-            others = [n for n in f.latents if n in categorical and n != f.name]
+        # a transition read as log_A[s_prev] or as a mixture, Vindex(A)[..., s_prev, :]
+        if f.name in categorical and (f.selector is None or f.name in f.latents):
+            others = [n for n in (*f.latents, f.selector) if n in categorical and n != f.name]
             if len(others) == 1:
                 parent[f.name] = others[0]
     children: dict[str, list[str]] = {}
@@ -60,7 +63,7 @@ def _check_links(chain: tuple[str, ...], factors: list[Factor]) -> None:
     for f in factors:
         at = sorted(index[s] for s in (*f.latents, f.selector) if s in index)
         if (
-            (f.selector in index and len(at) > 1)
+            (f.selector in index and len(at) > 1 and index[f.selector] != at[0])
             or len(at) > 2
             or (len(at) == 2 and at[1] - at[0] != 1)
         ):
@@ -81,11 +84,16 @@ def update_chain(chain, factors, stats, pairs) -> tuple[torch.Tensor, torch.Tens
     unary = torch.zeros(len(chain), k, dtype=torch.float64)
     pairwise = torch.zeros(len(chain) - 1, k, k, dtype=torch.float64)
     for f in factors:
+        following = [s for s in f.latents if s in index]
+        if f.selector in index and following:  # a transition: s_{t−1} picks s_t's row
+            message = contract(f, stats, (f.selector, following[0]), pairs)
+            pairwise[index[f.selector]] += message.reshape(-1, k, k).sum(0)
+            continue
         if f.selector in index:  # an emission mixture: s_t picks its component
             message = contract(f, stats, (f.selector,), pairs)  # [*batch, K]
             unary[index[f.selector]] += message.reshape(-1, k).sum(0)
             continue
-        mentioned = sorted((s for s in f.latents if s in index), key=index.get)
+        mentioned = sorted(following, key=index.get)
         if len(mentioned) == 1:
             unary[index[mentioned[0]]] += (
                 contract(f, stats, tuple(mentioned), pairs).reshape(-1, k).sum(0)

@@ -431,15 +431,15 @@ def _mixture_roles(site: str, names, latents, trace) -> tuple[str | None, list[s
     if not outside:
         return None, []
     selectors = [n for n in names if latents[n].family.name == "Categorical" and n not in outside]
+    if len(selectors) == 2 and site in selectors:  # a transition: s_prev picks s_t's row
+        selectors.remove(site)
     if len(selectors) > 1:
         raise NotConjugateError(
             f"factor {site!r} mentions {outside} across plate(s) it is not inside, and "
             f"{len(selectors)} Categorical latents {selectors}; AutoCAVI's mixtures pick a "
-            "component by one Categorical latent in a factor whose other latents are "
-            "continuous. A transition matrix whose rows are picked by a latent s_prev for a "
-            "latent s_t: give each row its own Dirichlet site, outside any plate (each step's "
-            "factor then reads all K rows: K²(K + 1)^K coefficients, 576 at K = 3 and 10,000 "
-            f"at K = 4; above {MAX_UNKNOWNS:,} a factor is refused)"
+            "component by one Categorical latent (a transition's rows by the previous "
+            "state: Categorical(Vindex(A)[..., s_prev, :]) with A's rows in a plate of the "
+            "K states)"
         )
     if not selectors:
         grouped = _mixture_of_groups(outside, latents, plates)

@@ -30,6 +30,7 @@ def contract(factor: Factor, stats: dict, keep=(), pairs=None) -> torch.Tensor:
         return sparse
     c = factor.coefficients
     remaining = list(factor.latents)
+    c, remaining, weighted = _selector_pair(factor, c, remaining, keep, pairs)
     for (a, b), joint in (pairs or {}).items():
         if a in remaining and b in remaining and a not in keep and b not in keep:
             view = (1,) * factor.rank + tuple(
@@ -46,6 +47,8 @@ def contract(factor: Factor, stats: dict, keep=(), pairs=None) -> torch.Tensor:
         view += tuple(et.shape[-1] if m == name else 1 for m in remaining)
         c = product_sum(c, et.reshape(view), factor.rank + remaining.index(name))
         remaining.remove(name)
+    if weighted:  # the K-axis already holds q(selector, neighbour)
+        return c if set(keep) & factor.components else c.sum(factor.rank - 1)
     if factor.selector is not None and factor.selector not in keep:
         # [*batch_z, K] against the factor's K-axis (at a mixture of groups' data index)
         probs = read_statistics(factor, factor.selector, stats[factor.selector])
@@ -55,6 +58,25 @@ def contract(factor: Factor, stats: dict, keep=(), pairs=None) -> torch.Tensor:
             return c * probs
         c = product_sum(c, probs, factor.rank - 1)
     return c
+
+
+def _selector_pair(factor: Factor, c: torch.Tensor, remaining: list, keep, pairs):
+    """(c, remaining, whether its K-axis is weighted): a mixture whose selector and one of
+    its latents are neighbours in a chain q keeps whole (a transition, s_{t−1} picking s_t's
+    row of a latent matrix) is contracted over that latent with their pairwise marginal
+    q(s_{t−1} = k, s_t = j) along its K-axis and that latent's axis, not the product of
+    their marginals; as it was otherwise."""
+    if factor.selector is None or factor.selector in keep:
+        return c, remaining, False
+    for (a, b), joint in (pairs or {}).items():
+        other = b if a == factor.selector else a if b == factor.selector else None
+        if other in remaining and other not in keep:
+            joint = joint if a == factor.selector else joint.T  # [K, B of other]
+            view = (1,) * (factor.rank - 1) + (joint.shape[0],)
+            view += tuple(joint.shape[1] if m == other else 1 for m in remaining)
+            c = (c * joint.reshape(view)).sum(factor.rank + remaining.index(other))
+            return c, [m for m in remaining if m != other], True
+    return c, remaining, False
 
 
 def read_statistics(factor: Factor, name: str, et: torch.Tensor, leading: int = 0):
