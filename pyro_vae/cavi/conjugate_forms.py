@@ -1027,7 +1027,9 @@ def _probe_all(runner, depends, trace) -> list[Factor]:
             designs[site] = _mixture_design(latents, depends, site, roles, rank)
             if latents[roles[0]].plates - _plates(trace.nodes[site]):  # a mixture of groups
                 reads[site] = [roles[0]]
-    for site, indices in (find_indices(runner, reads) if reads else {}).items():
+    gates = sorted({n for site in reads for n in depends[site]
+                    if latents[n].family.name in DISCRETE_FAMILIES})  # fmt: skip
+    for site, indices in (find_indices(runner, reads, gates) if reads else {}).items():
         members = [
             replace(m, batch_shape=_trimmed(indices[m.name].shape), index=indices[m.name])
             if m.name in indices else m

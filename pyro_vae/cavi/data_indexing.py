@@ -28,6 +28,7 @@ is refused, naming the mixture forms that fit.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -49,18 +50,20 @@ def indexable(latent) -> bool:
     return len(latent.plates) == 1 and len(batch) > 0 and batch.numel() == max(batch)
 
 
-def find_indices(runner, reads: dict) -> dict:
+def find_indices(runner, reads: dict, gates=()) -> dict:
     """For each factor in ``reads`` ({factor site: the latents it reads across a plate}),
     {latent: index}: LongTensor ``index`` of the factor's log-density shape (size 1 along
     dims where it is constant) such that element e reads element ``index[e]`` of the
     latent's one plate. One batched model run (see the module docstring).
 
-    Where the model has discrete latents, an element can ignore a latent at one point and
-    read it at another (``w * b[..., group]`` with a Bernoulli ``w`` at 0 ignores ``b``;
-    so does ``s[..., group] * b[..., group]`` where ``s`` is 0): the groups are then spelled
-    from several base points (:func:`_bases`), each element from the first at which it
-    moves with the latent. An element that moves at none does not read it; its index is 0,
-    harmless, as its coefficients on the latent are 0.
+    Where these factors read discrete latents (``gates``: their names), an element can
+    ignore a latent at one point and read it at another (``w * b[..., group]`` with a
+    Bernoulli ``w`` at 0 ignores ``b``; so does ``s[..., group] * b[..., group]`` where
+    ``s`` is 0): the groups are then spelled from several base points (:func:`_bases`),
+    each element from the first at which it moves with the latent. An element that moves at
+    none does not read it (the bases hold every element of the gates at every combination
+    of their values, up to :data:`_MAX_BASES`); its index is 0, harmless, as its
+    coefficients on the latent are 0.
 
     Raises:
         NotConjugateError: naming the factor and latent, where an element's log-density
@@ -68,7 +71,7 @@ def find_indices(runner, reads: dict) -> dict:
     """
     names = sorted({name for latents in reads.values() for name in latents})
     points, layout = [], {}
-    for base in _bases(runner):
+    for base in _bases(runner, gates):
         device = next(iter(base.values())).device
         moved = _moved_everywhere(runner.latents, base, runner.draw(1), runner.generator)
         for name in names:
@@ -97,30 +100,40 @@ def find_indices(runner, reads: dict) -> dict:
     }
 
 
-#: random base points for :func:`find_indices` beyond each discrete latent's categories
+#: base points for :func:`find_indices` at most (each costs 2 + ⌈log₂ G⌉ points a latent)
+_MAX_BASES = 64
+#: random base points beyond the shifted ones where their product exceeds :data:`_MAX_BASES`
 _EXTRA_BASES = 2
 
 
-def _bases(runner) -> list[dict]:
-    """Base points for :func:`find_indices`: one random draw where every latent is
-    continuous (an element ignores a continuous latent at no point, almost surely); else
-    that draw with each discrete latent's value moved by 0, 1, …, K − 1 categories (K the
-    most any has: every element of each takes every category at some base), and
-    :data:`_EXTRA_BASES` more random draws for products of several discrete latents."""
+def _bases(runner, gates=()) -> list[dict]:
+    """Base points for :func:`find_indices`: one random draw where no discrete latent
+    gates the factors (an element ignores a continuous latent at no point, almost surely);
+    else that draw with each gate's value shifted by 0, 1, …, K − 1 categories
+    independently, every combination: each element of each gate then takes every value
+    jointly with every other gate's (``s1[g] * s2[h] * b[g]`` reads b only where both are
+    1). Where those combinations exceed :data:`_MAX_BASES`, the gates are shifted together
+    instead (each element takes every value of each gate, not every combination) and
+    :data:`_EXTRA_BASES` random draws are added: an element that moves at none of them
+    then gets a wrong index, which its factor's check refuses (never a wrong fit)."""
     base = runner.draw(1)
-    discrete = [lt for lt in runner.latents.values() if lt.family.name in DISCRETE_FAMILIES]
-    if not discrete:
+    gated = [runner.latents[name] for name in gates]
+    if not gated:
         return [base]
-    k = max(getattr(latent.family, "k", 2) for latent in discrete)
+    sizes = [getattr(latent.family, "k", 2) for latent in gated]
+    if math.prod(sizes) <= _MAX_BASES:
+        shifts = list(itertools.product(*(range(k) for k in sizes)))
+    else:
+        shifts = [(shift,) * len(sizes) for shift in range(min(max(sizes), _MAX_BASES))]
     bases = []
-    for shift in range(k):
+    for shift in shifts:
         point = dict(base)
-        for latent in discrete:
+        for latent, k, by in zip(gated, sizes, shift, strict=True):
             value = base[latent.name]
-            categories = getattr(latent.family, "k", 2)
-            point[latent.name] = ((value.long() + shift) % categories).to(value.dtype)
+            point[latent.name] = ((value.long() + by) % k).to(value.dtype)
         bases.append(point)
-    return bases + [runner.draw(1) for _ in range(_EXTRA_BASES)]
+    extra = _EXTRA_BASES if math.prod(sizes) > _MAX_BASES else 0
+    return bases + [runner.draw(1) for _ in range(extra)]
 
 
 def _moved_everywhere(latents: dict, base: dict, drawn: dict, generator) -> dict:
