@@ -420,16 +420,19 @@ def _plates(site) -> frozenset:
     return frozenset(f.name for f in site["cond_indep_stack"] if f.vectorized)
 
 
-def _mixture_roles(site: str, names, latents, trace) -> tuple[str | None, list[str]]:
-    """(selector, components) of a factor that mentions latents outside its plates: a
-    mixture's Categorical selector and components; (None, those latents) where no
-    Categorical picks them, each continuous and in one plate the factor is not inside, to be
-    read through a data index (:mod:`pyro_vae.cavi.data_indexing`); (None, []) where none is
+def _mixture_roles(site: str, names, latents, trace) -> tuple[str | None, list, list]:
+    """(selector, components, indexed) of a factor that mentions latents outside its plates:
+    a mixture's Categorical selector and components (latents in a plate of its K
+    categories), with the other latents outside read through a data index
+    (:mod:`pyro_vae.cavi.data_indexing`: random intercepts beside latent classes,
+    ``Vindex(mu)[..., z] + a[..., group]``; LDA's topic proportions of each word's document,
+    ``Categorical(theta[..., doc, :])``); (None, [], those latents) where no Categorical
+    picks them, each in one plate the factor is not inside; (None, [], []) where none is
     outside; else ``NotConjugateError``."""
     plates = _plates(trace.nodes[site])
     outside = [n for n in names if latents[n].plates - plates]
     if not outside:
-        return None, []
+        return None, [], []
     selectors = [n for n in names if latents[n].family.name == "Categorical" and n not in outside]
     if len(selectors) == 2 and site in selectors:  # a transition: s_prev picks s_t's row
         selectors.remove(site)
@@ -448,59 +451,53 @@ def _mixture_roles(site: str, names, latents, trace) -> tuple[str | None, list[s
     if not selectors and all(
         indexable(latents[n]) and not latents[n].plates & plates for n in outside
     ):
-        return None, outside
+        return None, [], outside
     k = latents[selectors[0]].family.k if selectors else None
+    components, indexed = _split_outside(outside, latents, plates, k)
+    for name in set(outside) - set(components) - set(indexed):
+        raise NotConjugateError(
+            f"factor {site!r} depends on latent site {name!r} across its plate(s) "
+            f"{sorted(latents[name].plates - plates)}, which {site!r} is not inside, and "
+            f"not as a mixture component picked by one Categorical latent inside them "
+            f"(Vindex(theta)[..., z, :]); AutoCAVI handles factors inside every plate "
+            "of the latents they mention, mixtures, and latents in one plate read at one "
+            f"element per datum by a data index (a[..., group])"
+            f"{_two_plates_hint(latents[name], k)}"
+        )
+    return selectors[0], components, indexed
+
+
+def _split_outside(outside: list, latents: dict, plates, k: int | None) -> tuple[list, list]:
+    """(components, indexed) among the latents ``outside`` a factor's plates: a mixture's
+    components, in one plate of the selector's ``k`` categories, and the latents read
+    through a data index, in one plate the factor does not share (the rest are neither)."""
+    components, indexed = [], []
     for name in outside:
-        if k is None or latents[name].batch_shape != (k,) or len(latents[name].plates) != 1:
-            raise NotConjugateError(
-                f"factor {site!r} depends on latent site {name!r} across its plate(s) "
-                f"{sorted(latents[name].plates - plates)}, which {site!r} is not inside, and "
-                f"not as a mixture component picked by one Categorical latent inside them "
-                f"(Vindex(theta)[..., z, :]); AutoCAVI handles factors inside every plate "
-                "of the latents they mention, mixtures, and continuous latents in one plate "
-                "read at one element per datum by a data index (a[..., group], with no "
-                f"Categorical latent in the factor){_two_plates_hint(latents[name], k)}"
-                f"{_indexed_probabilities_hint(site, selectors, latents[name])}"
-            )
-    return selectors[0], outside
+        latent = latents[name]
+        if k is not None and latent.batch_shape == (k,) and len(latent.plates) == 1:
+            components.append(name)
+        elif indexable(latent) and not latent.plates & plates:
+            indexed.append(name)
+    return components, indexed
 
 
 def _mixture_of_groups(outside: list, latents: dict, plates) -> tuple | None:
-    """(selector, components) of a mixture of groups: one Categorical z in a plate of
-    groups, read through a data index, picking a component of latents in a plate of its K
-    categories (``Vindex(mu)[..., z[..., group]]``, each datum's group's component); None
-    where ``outside`` is not that. The selector's index is found as any data index's
-    (:func:`~pyro_vae.cavi.data_indexing.find_indices`)."""
+    """(selector, components, indexed) of a mixture of groups: one Categorical z in a plate
+    of groups, read through a data index (with the other latents ``indexed``), picking a
+    component of latents in a plate of its K categories (``Vindex(mu)[..., z[..., group]]``,
+    each datum's group's component); None where ``outside`` is not that. The selector's
+    index is found as any data index's (:func:`~pyro_vae.cavi.data_indexing.find_indices`)."""
     categorical = [n for n in outside if latents[n].family.name == "Categorical"]
     if len(categorical) != 1 or not indexable(latents[categorical[0]]):
         return None
     z = categorical[0]
-    components = [n for n in outside if n != z]
-    k = latents[z].family.k
-    if not components or latents[z].plates & plates:
+    if latents[z].plates & plates:
         return None
-    for name in components:
-        latent = latents[name]
-        if latent.batch_shape != (k,) or len(latent.plates) != 1:
-            return None
-    return z, components
-
-
-def _indexed_probabilities_hint(site: str, selectors: list, latent: Latent) -> str:
-    """The rewrite of a Categorical latent whose probabilities are read through a data
-    index (LDA with its documents flattened: z_n ~ Categorical(theta[doc_n])): the
-    documents padded into nested plates, which fits. '' for any other factor."""
-    if site not in selectors or latent.family.name in DISCRETE_FAMILIES:
-        return ""
-    return (
-        f". Here the Categorical latent {site!r} reads its probabilities from "
-        f"{latent.name!r} through a data index (LDA with flattened documents, "
-        "z_n ~ Categorical(theta[doc_n])), which AutoCAVI does not fit; nest the data "
-        "inside the plate of "
-        f"{latent.name!r} instead (pad the documents to one length in a plate of words "
-        "inside the plate of documents, and mask the padding with poutine.mask or "
-        ".mask(...)), which fits"
-    )
+    others = [n for n in outside if n != z]
+    components, indexed = _split_outside(others, latents, plates, latents[z].family.k)
+    if not components or len(components) + len(indexed) != len(others):
+        return None
+    return z, components, [z, *indexed]
 
 
 def _two_plates_hint(latent: Latent, k: int | None) -> str:
@@ -1019,14 +1016,12 @@ def _probe_all(runner, depends, trace) -> list[Factor]:
     designs, reads = {}, {}
     for site, names in depends.items():
         rank = trace.nodes[site]["log_prob"].dim()
-        roles = _mixture_roles(site, names, latents, trace)
-        if roles[0] is None:
+        selector, components, indexed = _mixture_roles(site, names, latents, trace)
+        if selector is None:
             designs[site] = ([latents[n] for n in names], rank, frozenset())
-            reads.update({site: roles[1]} if roles[1] else {})
         else:
-            designs[site] = _mixture_design(latents, depends, site, roles, rank)
-            if latents[roles[0]].plates - _plates(trace.nodes[site]):  # a mixture of groups
-                reads[site] = [roles[0]]
+            designs[site] = _mixture_design(latents, depends, site, selector, components, rank)
+        reads.update({site: indexed} if indexed else {})
     gates = sorted({n for site in reads for n in depends[site]
                     if latents[n].family.name in DISCRETE_FAMILIES})  # fmt: skip
     for site, indices in (find_indices(runner, reads, gates) if reads else {}).items():
@@ -1161,13 +1156,12 @@ def _by_group(factor: Factor, members, latents) -> Factor:
     return replace(factor, coefficients=summed, rank=rank, rows=rows, index=index)
 
 
-def _mixture_design(latents, depends, site, roles, rank):
+def _mixture_design(latents, depends, site, selector, components, rank):
     """(members, rank, components) of a mixture factor log f = Σ_k [z = k] g(θ_k): its
     members are the selector z, then the other latents, each component probed as one
     element, read at the component its z picks. The design [z = k] ⊗ T(θ_z) ⊗ … holds the K
     components' coefficients side by side, and the check runs vary every θ_k', so a factor
     that mentions θ_k' for z = k ≠ k' is caught as not fitting."""
-    selector, components = roles
     members = [latents[selector]] + _mixture_members(latents, depends, site, selector)
     return members, rank, frozenset(components)
 
@@ -1188,14 +1182,17 @@ def _mixture_factor(latents, site, members, coefficients, rank, trace) -> Factor
     """The Factor of a mixture solved on :func:`_mixture_design`'s design: ``coefficients``
     [*fbatch, K·P] → [*batch, K, B₁, …] (batch summed as the components and z align)."""
     z, names = members[0], [m.name for m in members[1:]]
-    components = frozenset(n for n in names if latents[n].plates - _plates(trace.nodes[site]))
+    plates = _plates(trace.nodes[site])  # the latents outside them, but those read by index
+    components = frozenset(m.name for m in members[1:] if latents[m.name].plates - plates
+                           and m.index is None)  # fmt: skip
     coefficients = coefficients.reshape(coefficients.shape[:-1] + (z.family.k, -1))
-    aligned = [latents[n].batch_shape for n in names if n not in components]
+    aligned = [m.batch_shape if m.index is not None else latents[m.name].batch_shape
+               for m in members[1:] if m.name not in components]  # fmt: skip
     batch = torch.broadcast_shapes(z.batch_shape, *aligned)
     batch = (1,) * (rank - len(batch)) + tuple(batch)
     summed = _sum_to(coefficients, torch.Size(batch + coefficients.shape[-2:]))
     shape = summed.shape[:-1] + tuple(m.family.size for m in members[1:])
-    index = {} if z.index is None else {z.name: z.index}
+    index = {m.name: m.index for m in members if m.index is not None}
     return Factor(site, _dist_name(trace.nodes[site]), tuple(names), summed.reshape(shape),
                   rank + 1, z.name, components, index=index)  # fmt: skip
 
