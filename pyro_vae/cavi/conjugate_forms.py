@@ -1120,7 +1120,7 @@ def _local_factor(runner, site, design, runs, checks, trace) -> Factor:
             f"factor {site!r} ({_dist_name(trace.nodes[site])}): for some value of "
             f"{selector!r} its log-density is not multilinear in the sufficient statistics of "
             f"{list(names)} (the component it picks); AutoCAVI updates only conditionally "
-            f"conjugate-exponential models ({SVI_ADVICE})"
+            f"conjugate-exponential models ({SVI_ADVICE}){_components_hint(components, runner)}"
         )
     if selector is None:
         # summed over the dims along which none of its latents varies (not the design's
@@ -1133,6 +1133,23 @@ def _local_factor(runner, site, design, runs, checks, trace) -> Factor:
                         pruned=pruned)  # fmt: skip
         return _by_group(factor, members, runner.latents)
     return _mixture_factor(runner.latents, site, members, coefficients, rank, trace)
+
+
+def _components_hint(components, runner) -> str:
+    """Where a mixture's components lie in more than one plate: the likely cause of a misfit,
+    a latent read through a data index whose plate happens to have as many elements as
+    the selector has categories, which AutoCAVI takes for a component; else ''."""
+    plates = {frozenset(runner.latents[name].plates) for name in components}
+    if len(plates) < 2:
+        return ""
+    return (
+        f". AutoCAVI took {sorted(components)}, in plates "
+        f"{sorted(sorted(p) for p in plates)}, for components the selector picks, since each "
+        "plate has as many elements as it has categories; if one of them is read through a "
+        "data index instead (a random intercept a[..., subject] beside the classes), "
+        "AutoCAVI cannot tell it apart: leave it to SVI with "
+        "pyro_vae.cavi.ConditionalCAVIGuide(model, svi_sites=[its name])"
+    )
 
 
 def _by_group(factor: Factor, members, latents) -> Factor:

@@ -890,6 +890,29 @@ def test_latent_classes_beside_random_intercepts_match_the_nested_model(classes)
     assert abs(fit.lower_bound_ - nested.lower_bound_) < 1e-9 * abs(nested.lower_bound_)
 
 
+def test_an_intercept_whose_plate_has_the_classes_size_is_refused_naming_the_way_out():
+    """A random intercept of as many subjects as there are classes looks like a component
+    (a latent in a plate of K elements outside the factor's plates): the mixture misfits,
+    and the refusal says why and names ConditionalCAVIGuide for the intercept."""
+    group = torch.arange(6).repeat_interleave(4)
+    subject = torch.arange(24) % 2
+    y = torch.randn(24, generator=torch.Generator().manual_seed(0), dtype=F64)
+
+    def model(group, subject, y):
+        with pyro.plate("k", 2):
+            mu = pyro.sample("mu", dist.Normal(t(0.0), t(10.0)))
+        with pyro.plate("subjects", 2):
+            a = pyro.sample("a", dist.Normal(t(0.0), t(1.0)))
+        with pyro.plate("groups", 6):
+            z = pyro.sample("z", dist.Categorical(torch.ones(2, dtype=F64) / 2))
+        with pyro.plate("data", 24):
+            mean = Vindex(mu)[..., z[..., group]] + a[..., subject]
+            pyro.sample("y", dist.Normal(mean, t(1.0)), obs=y)
+
+    with pytest.raises(NotConjugateError, match=r"took \['a', 'mu'\].*svi_sites"):
+        AutoCAVI(model).fit(group, subject, y)
+
+
 def test_many_groups_gather_each_datums_design_with_the_same_answer(grouped, monkeypatch):
     """Past _LOOPED_GROUPS rows (4,096) each datum's design is gathered in chunks rather than
     each row solved in a loop: forced here at G = 6, the exact log evidence all the same."""
