@@ -454,7 +454,7 @@ def _mixture_roles(site: str, names, latents, trace) -> tuple[str | None, list, 
         return None, [], outside
     k = latents[selectors[0]].family.k if selectors else None
     components, indexed = _split_outside(outside, latents, plates, k)
-    for name in set(outside) - set(components) - set(indexed):
+    for name in (n for n in outside if n not in components and n not in indexed):
         raise NotConjugateError(
             f"factor {site!r} depends on latent site {name!r} across its plate(s) "
             f"{sorted(latents[name].plates - plates)}, which {site!r} is not inside, and "
