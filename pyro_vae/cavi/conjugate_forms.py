@@ -433,9 +433,12 @@ def _mixture_roles(site: str, names, latents, trace) -> tuple[str | None, list, 
     outside = [n for n in names if latents[n].plates - plates]
     if not outside:
         return None, [], []
-    selectors = [n for n in names if latents[n].family.name == "Categorical" and n not in outside]
-    if len(selectors) == 2 and site in selectors:  # a transition: s_prev picks s_t's row
-        selectors.remove(site)
+    # a site's own value never picks its parameters: a transition's s_t is read by the row
+    # s_{t−1} picks, LDA's z_n by its document's proportions, s_0 by A[..., 0, :]
+    selectors = [
+        n for n in names
+        if latents[n].family.name == "Categorical" and n not in outside and n != site
+    ]  # fmt: skip
     if len(selectors) > 1:
         raise NotConjugateError(
             f"factor {site!r} mentions {outside} across plate(s) it is not inside, and "
@@ -467,14 +470,18 @@ def _mixture_roles(site: str, names, latents, trace) -> tuple[str | None, list, 
     return selectors[0], components, indexed
 
 
-def _split_outside(outside: list, latents: dict, plates, k: int | None) -> tuple[list, list]:
+def _split_outside(outside: list, latents: dict, plates, k: int | None,
+                   selector_plates=frozenset()) -> tuple[list, list]:  # fmt: skip
     """(components, indexed) among the latents ``outside`` a factor's plates: a mixture's
-    components, in one plate of the selector's ``k`` categories, and the latents read
-    through a data index, in one plate the factor does not share (the rest are neither)."""
+    components, in one plate of the selector's ``k`` categories (not one of the selector's
+    own ``selector_plates``: a latent there is read at the selector's element, by its data
+    index), and the latents read through a data index, in one plate the factor does not
+    share (the rest are neither)."""
     components, indexed = [], []
     for name in outside:
         latent = latents[name]
-        if k is not None and latent.batch_shape == (k,) and len(latent.plates) == 1:
+        own = latent.plates & selector_plates
+        if k is not None and latent.batch_shape == (k,) and len(latent.plates) == 1 and not own:
             components.append(name)
         elif indexable(latent) and not latent.plates & plates:
             indexed.append(name)
@@ -494,7 +501,8 @@ def _mixture_of_groups(outside: list, latents: dict, plates) -> tuple | None:
     if latents[z].plates & plates:
         return None
     others = [n for n in outside if n != z]
-    components, indexed = _split_outside(others, latents, plates, latents[z].family.k)
+    k, own = latents[z].family.k, latents[z].plates
+    components, indexed = _split_outside(others, latents, plates, k, own)
     if not components or len(components) + len(indexed) != len(others):
         return None
     return z, components, [z, *indexed]

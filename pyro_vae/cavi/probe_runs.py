@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import pyro
 import pyro.poutine as poutine
 import torch
+from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
 from pyro_vae.cavi.exponential_families import DISCRETE_FAMILIES
@@ -131,6 +132,11 @@ class ProbeRunner:
         self._point_size = max(1, points) * max([1, *events])
         self.model_runs = 0
         self._ready = {}  # (count, key) -> Runs drawn ahead by prefetch
+        self._batch_sizes = {
+            name: site["fn"].batch_shape.numel()
+            for name, site in trace.nodes.items()
+            if site["type"] == "sample" and hasattr(site["fn"], "batch_shape")
+        }
 
     def prefetch(self, requests) -> None:
         """Draw ahead, in one batched model run, the points of several later ``runs(count,
@@ -265,12 +271,16 @@ class ProbeRunner:
                 data[site] = v.reshape(v.shape[:1] + pad + v.shape[1:]).contiguous()
         return data
 
-    def _run(self, data: dict, count: int) -> dict | None:
+    def _run(self, data: dict, count: int, combinations: int = 1) -> dict | None:
         """The log-densities of one model run inside ``pyro.plate("_probes", count)`` with
-        ``data`` conditioned, or None when it raises."""
+        ``data`` conditioned (``combinations``: of the latents it enumerates), or None when
+        it raises, or when a site's distribution holds more elements than ``count`` points
+        (times ``combinations``) of the reference run's: the model mixes the probe points
+        (:class:`_BroadcastGuard`)."""
+        limits = {name: size * count * combinations for name, size in self._batch_sizes.items()}
 
         def probed(*args, **kwargs):
-            with pyro.plate("_probes", count, dim=-(self.nesting + 1)):
+            with _BroadcastGuard(limits), pyro.plate("_probes", count, dim=-(self.nesting + 1)):
                 return self.model(*args, **kwargs)
 
         self.model_runs += 1
@@ -316,7 +326,7 @@ class ProbeRunner:
             chunk = {k: v[start : start + size] for k, v in points.items()}
             taken = min(size, count - start)
             data = {**self._padded(chunk, skip=names), **conditioned(latents, self.nesting)}
-            log_probs = self._run(data, taken)
+            log_probs = self._run(data, taken, combinations)
             rows = None if log_probs is None else to_rows(
                 log_probs, latents, self.shapes, taken, self.nesting
             )  # fmt: skip
@@ -339,6 +349,30 @@ class ProbeRunner:
             _refuse_changed_structure(log_probs, self.shapes)
             per_point.append(log_probs)
         return {site: torch.stack([lp[site] for lp in per_point]) for site in self.shapes}
+
+
+class _MixesProbes(ValueError):
+    """A batched probe run's site holds more elements than its points allow."""
+
+
+class _BroadcastGuard(Messenger):
+    """Stops a batched probe run at the first sample site whose distribution holds more
+    elements than ``limits[site]`` (its reference run's batch size times the points): a
+    model that indexes without the leading ellipsis (``Vindex(A)[..., s, :]`` with A's rows
+    plated and s scalar) makes each of S points read all S points' values, [S, S, K] at
+    every step, and a Bayesian HMM of 8 states and 100 steps held 11 GB of them before the
+    run failed anyway (tester 19). The run then counts as not broadcasting (one run per
+    point)."""
+
+    def __init__(self, limits: dict) -> None:
+        super().__init__()
+        self.limits = limits
+
+    def _pyro_sample(self, msg) -> None:
+        limit = self.limits.get(msg["name"])
+        shape = getattr(msg["fn"], "batch_shape", None)
+        if limit is not None and shape is not None and shape.numel() > limit:
+            raise _MixesProbes(f"site {msg['name']!r}: batch shape {tuple(shape)}")
 
 
 def _refuse_changed_structure(log_probs: dict, shapes: dict) -> None:

@@ -184,6 +184,30 @@ def test_latent_transition_rows_of_four_states_are_below_the_exact_log_evidence(
     assert naive.lower_bound_ < fit.lower_bound_ <= log_evidence
 
 
+def test_a_start_state_read_from_a_fixed_row_of_the_latent_matrix_fits():
+    """s_0 ~ Categorical(A[..., 0, :]): the start state's factor reads row 0 of the plated
+    rows, not a row it picks itself (a site's own value never picks its parameters; tester
+    19's F3: refused as a mixture whose selector was s_0). The rows other than 0 are read
+    by no other factor here, so the bound is that of s_0 ~ Categorical(theta) with theta
+    one Dirichlet site."""
+    y = torch.tensor([0.3], dtype=F64)
+
+    def from_row(y):
+        with pyro.plate("rows", 3):
+            rows = pyro.sample("A", dist.Dirichlet(torch.ones(3, dtype=F64)))
+        s = pyro.sample("s_0", dist.Categorical(rows[..., 0, :]))
+        pyro.sample("y_0", dist.Normal(MEANS[s], 1.0), obs=y[0])
+
+    def from_site(y):
+        theta = pyro.sample("theta", dist.Dirichlet(torch.ones(3, dtype=F64)))
+        s = pyro.sample("s_0", dist.Categorical(theta))
+        pyro.sample("y_0", dist.Normal(MEANS[s], 1.0), obs=y[0])
+
+    fit = AutoCAVI(from_row, tol=1e-12).fit(y)
+    reference = AutoCAVI(from_site, tol=1e-12).fit(y)
+    assert fit.lower_bound_ == pytest.approx(reference.lower_bound_, rel=1e-10)
+
+
 def bayesian_hmm(y, s0=3.0):
     """An HMM whose emission means are latent: y_t ~ N(μ[s_t], 1), μ_k ~ N(0, s0²)."""
     from pyro.ops.indexing import Vindex

@@ -890,6 +890,38 @@ def test_latent_classes_beside_random_intercepts_match_the_nested_model(classes)
     assert abs(fit.lower_bound_ - nested.lower_bound_) < 1e-9 * abs(nested.lower_bound_)
 
 
+@pytest.mark.parametrize("groups", [2, 4])  # 2: as many groups as classes
+def test_a_mixture_of_groups_with_a_group_intercept_matches_the_nested_model(groups):
+    """y ~ N(mu[z[g]] + a[g], ½²): the intercept shares z's plate, so it is read at z's
+    element, never a component, even where the plate has as many groups as z has classes
+    (tester 19's F2: a taken for a component and refused). The same bound as the data
+    nested in the groups' plate."""
+    per = 4
+    g = torch.Generator().manual_seed(2)
+    truth = (torch.arange(groups) % 2).to(F64)
+    Y = 5.0 * truth[:, None] + torch.randn(groups, 1, generator=g, dtype=F64)
+    Y = Y + 0.5 * torch.randn(groups, per, generator=g, dtype=F64)
+    group = torch.arange(groups).repeat_interleave(per)
+
+    def model(group, y, flat=True):
+        with pyro.plate("k", 2):
+            mu = pyro.sample("mu", dist.Normal(t(0.0), t(10.0)))
+        with pyro.plate("groups", groups, dim=-1 if flat else -2):
+            z = pyro.sample("z", dist.Categorical(torch.ones(2, dtype=F64) / 2))
+            a = pyro.sample("a", dist.Normal(t(0.0), t(1.0)))
+            if not flat:
+                with pyro.plate("members", per, dim=-1):
+                    pyro.sample("y", dist.Normal(Vindex(mu)[..., z] + a, t(0.5)), obs=y)
+        if flat:
+            with pyro.plate("data", len(y)):
+                mean = Vindex(mu)[..., z[..., group]] + a[..., group]
+                pyro.sample("y", dist.Normal(mean, t(0.5)), obs=y)
+
+    fit = AutoCAVI(model, tol=1e-12).fit(group, Y.reshape(-1))
+    nested = AutoCAVI(model, tol=1e-12).fit(group, Y, False)
+    assert abs(fit.lower_bound_ - nested.lower_bound_) < 1e-9 * abs(nested.lower_bound_)
+
+
 def test_an_intercept_whose_plate_has_the_classes_size_is_refused_naming_the_way_out():
     """A random intercept of as many subjects as there are classes looks like a component
     (a latent in a plate of K elements outside the factor's plates): the mixture misfits,

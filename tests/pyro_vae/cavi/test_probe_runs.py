@@ -3,6 +3,7 @@ import pyro.distributions as dist
 import pyro.poutine as poutine
 import pytest
 import torch
+from pyro.ops.indexing import Vindex
 
 import pyro_vae.cavi.probe_runs as probe_runs
 from models.gmm import GaussianMixtureModel
@@ -136,3 +137,38 @@ def test_points_split_over_runs_by_the_memory_budget_solve_to_the_same_factors(
     assert info_split["batched"] and info_split["model_runs"] > 5 * info_whole["model_runs"]
     assert enumerated == ([True] if enumerates else [])  # not dropped for drawn points
     assert_same_factors(split, whole)
+
+
+def test_a_batched_run_that_mixes_probe_points_stops_at_the_first_such_site():
+    """A chain indexed without regard to the probe dim (``Vindex(A)[..., s, :]``, A's rows
+    plated, s scalar) makes each step's distribution [S, S, K]: the batched run stops at
+    the first step whose distribution outgrows its points (tester 19: every step's copy was
+    kept, 11 GB at 8 states and 100 steps), and the chain is probed point by point."""
+    steps_reached = []
+
+    def chain(y):
+        with pyro.plate("rows", 3):
+            rows = pyro.sample("A", dist.Dirichlet(torch.ones(3, dtype=F64)))
+        s = pyro.sample("s_0", dist.Categorical(torch.ones(3, dtype=F64) / 3))
+        for t_ in pyro.markov(range(1, len(y))):
+            steps_reached.append(t_)
+            s = pyro.sample(f"s_{t_}", dist.Categorical(Vindex(rows)[..., s, :]))
+            pyro.sample(f"y_{t_}", dist.Normal(s.to(F64), 1.0), obs=y[t_])
+
+    y = torch.tensor([0.0, 1.0, 2.0, 1.0, 0.0, 2.0], dtype=F64)
+    trace = poutine.trace(chain).get_trace(y)
+    trace.compute_log_prob()
+    reference = probe_runs.site_log_probs(chain, (y,), {}, {})
+    latents = find_latents(trace)
+    values = {n: trace.nodes[n]["value"] for n in latents}
+    runner = probe_runs.ProbeRunner(
+        chain, (y,), {}, latents, torch.Generator().manual_seed(0),
+        (values, reference[0], trace),
+    )  # fmt: skip
+    points = runner.draw(40)
+    steps_reached.clear()
+    padded = runner._padded(points)
+    assert runner._run(padded, 40) is None
+    assert steps_reached == [1]  # s_1's Categorical is [40, 40, 3]: stopped there
+    fit = AutoCAVI(chain, tol=1e-10).fit(y)
+    assert not fit.probe_batched_ and fit.fitted_chains_
