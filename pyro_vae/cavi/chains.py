@@ -21,6 +21,8 @@ marginals and log Z, and H[q] = log Z − Σ_t E[u_t] − Σ_t E[ψ_t].
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from pyro_vae.cavi.conjugate_forms import Factor, Latent
@@ -30,17 +32,27 @@ from pyro_vae.cavi.hmm import forward_backward
 
 
 def find_chains(latents: dict[str, Latent], factors: list[Factor]) -> list[tuple[str, ...]]:
-    """The maximal chains (length ≥ 2) of scalar Categorical sites, in sampling order."""
-    categorical = {
-        n for n, lat in latents.items() if lat.family.name == "Categorical" and not lat.batch_shape
-    }
-    parent = {}
-    for f in factors:
-        # a transition read as log_A[s_prev] or as a mixture, Vindex(A)[..., s_prev, :]
-        if f.name in categorical and (f.selector is None or f.name in f.latents):
-            others = [n for n in (*f.latents, f.selector) if n in categorical and n != f.name]
-            if len(others) == 1:
-                parent[f.name] = others[0]
+    """The maximal chains (length ≥ 2) of scalar Categorical sites, in sampling order.
+
+    Warns (``UserWarning``) where Categorical sites in a plate are linked as a chain (several
+    sequences in a plate around one ``pyro.markov`` loop): those are fitted by mean field
+    per site, a lower bound than the chain kept whole."""
+    categorical = {n for n, lat in latents.items() if lat.family.name == "Categorical"}
+    parent = _parents(categorical, factors)
+    plated = sorted(n for n in parent if latents[n].batch_shape)
+    if plated:
+        warnings.warn(
+            f"AutoCAVI: the Categorical sites {plated[:3]}{' …' if len(plated) > 3 else ''} "
+            "form Markov chains inside a plate (several sequences in one pyro.markov loop); "
+            "only chains of unplated sites are kept whole by forward-backward, so these are "
+            "fitted by mean field per site, a lower bound. Unroll the sequences into "
+            "separate unplated sites (one pyro.markov loop per sequence) to keep each chain "
+            "whole",
+            stacklevel=3,
+        )
+    parent = {c: p for c, p in parent.items() if not latents[c].batch_shape
+              and not latents[p].batch_shape}  # fmt: skip
+    categorical = {n for n in categorical if not latents[n].batch_shape}
     children: dict[str, list[str]] = {}
     for child, p in parent.items():
         children.setdefault(p, []).append(child)
@@ -56,6 +68,18 @@ def find_chains(latents: dict[str, Latent], factors: list[Factor]) -> list[tuple
     for chain in chains:
         _check_links(chain, factors)
     return chains
+
+
+def _parents(categorical: set, factors: list[Factor]) -> dict[str, str]:
+    """{Categorical site: the one other Categorical site its own factor reads}: a transition
+    read as ``log_A[s_prev]`` or as a mixture, ``Vindex(A)[..., s_prev, :]``."""
+    parent = {}
+    for f in factors:
+        if f.name in categorical and (f.selector is None or f.name in f.latents):
+            others = [n for n in (*f.latents, f.selector) if n in categorical and n != f.name]
+            if len(others) == 1:
+                parent[f.name] = others[0]
+    return parent
 
 
 def _check_links(chain: tuple[str, ...], factors: list[Factor]) -> None:

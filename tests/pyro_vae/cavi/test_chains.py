@@ -252,3 +252,24 @@ def test_a_chain_picking_latent_emission_means_reproduces_structured_mean_field(
     assert fit.lower_bounds_ == pytest.approx(bounds, rel=1e-10)
     marginals = fit.fitted_chains_[tuple(f"s_{t}" for t in range(len(y)))][0]
     assert float((marginals - r).abs().max()) < 1e-10
+
+
+def test_chains_inside_a_plate_are_fitted_by_mean_field_with_a_warning():
+    """Two sequences in a plate around one pyro.markov loop: their sites are not kept whole
+    (only unplated chains are), so the fit is naive mean field's, bound for bound, and says
+    so (tester 19's F4: silently)."""
+    Y = torch.tensor([[0.1, 1.9, 2.2, -0.8], [-1.0, 0.4, 0.6, 2.1]], dtype=F64)
+
+    def sequences(Y):
+        with pyro.plate("sequences", 2):
+            s = pyro.sample("s_0", dist.Categorical(torch.ones(3, dtype=F64) / 3))
+            pyro.sample("y_0", dist.Normal(MEANS[s], 1.0), obs=Y[:, 0])
+            for t in pyro.markov(range(1, Y.shape[1])):
+                s = pyro.sample(f"s_{t}", dist.Categorical(A[s]))
+                pyro.sample(f"y_{t}", dist.Normal(MEANS[s], 1.0), obs=Y[:, t])
+
+    with pytest.warns(UserWarning, match=r"inside a plate.*mean field per site"):
+        fit = AutoCAVI(sequences, tol=1e-12).fit(Y)
+    naive = AutoCAVI(sequences, tol=1e-12, markov_chains=False).fit(Y)
+    assert not fit.fitted_chains_
+    assert fit.lower_bound_ == pytest.approx(naive.lower_bound_, rel=1e-12)
