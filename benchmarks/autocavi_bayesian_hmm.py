@@ -28,13 +28,13 @@ import argparse
 import math
 import os
 import platform
-import time
 from pathlib import Path
 
 import pyro
 import pyro.distributions as dist
 import torch
 from pyro.ops.indexing import Vindex
+from report_common import fastest_of, write_report
 
 from pyro_vae.cavi import AutoCAVI
 from pyro_vae.cavi.hmm import forward_backward
@@ -56,30 +56,20 @@ def data(k: int, t: int):
     return means[torch.tensor(states)] + torch.randn(t, generator=g, dtype=F64)
 
 
-def plated(k: int):
+def hmm(k: int, plated: bool = True):
+    """The model; ``plated`` False: the rows as K Dirichlet sites outside any plate."""
+
     def model(y):
         with pyro.plate("states", k):
-            rows = pyro.sample("A", dist.Dirichlet(torch.ones(k, dtype=F64)))
+            rows = pyro.sample("A", dist.Dirichlet(torch.ones(k, dtype=F64))) if plated else None
             mu = pyro.sample("mu", dist.Normal(torch.tensor(0.0, dtype=F64), PRIOR_SD))
+        if not plated:
+            ones = torch.ones(k, dtype=F64)
+            rows = torch.stack([pyro.sample(f"A{j}", dist.Dirichlet(ones)) for j in range(k)], -2)
         s = pyro.sample("s_0", dist.Categorical(torch.ones(k, dtype=F64) / k))
         pyro.sample("y_0", dist.Normal(Vindex(mu)[..., s], 1.0), obs=y[0])
         for t in pyro.markov(range(1, len(y))):
             s = pyro.sample(f"s_{t}", dist.Categorical(Vindex(rows)[..., s, :]))
-            pyro.sample(f"y_{t}", dist.Normal(Vindex(mu)[..., s], 1.0), obs=y[t])
-
-    return model
-
-
-def separate_rows(k: int):
-    def model(y):
-        rows = [pyro.sample(f"A{j}", dist.Dirichlet(torch.ones(k, dtype=F64))) for j in range(k)]
-        with pyro.plate("states", k):
-            mu = pyro.sample("mu", dist.Normal(torch.tensor(0.0, dtype=F64), PRIOR_SD))
-        matrix = torch.stack(rows, -2)
-        s = pyro.sample("s_0", dist.Categorical(torch.ones(k, dtype=F64) / k))
-        pyro.sample("y_0", dist.Normal(Vindex(mu)[..., s], 1.0), obs=y[0])
-        for t in pyro.markov(range(1, len(y))):
-            s = pyro.sample(f"s_{t}", dist.Categorical(Vindex(matrix)[..., s, :]))
             pyro.sample(f"y_{t}", dist.Normal(Vindex(mu)[..., s], 1.0), obs=y[t])
 
     return model
@@ -116,31 +106,18 @@ def hand_written(y, r, tol=1e-8, max_iter=1000):
     return bounds, alpha
 
 
-def timed(fit, repeats: int):
-    """(the fastest of ``repeats`` calls' result, its seconds), after a first call."""
-    fit()  # the first call pays for lazy initialization
-    best, result = math.inf, None
-    for _ in range(repeats):
-        begin = time.perf_counter()
-        out = fit()
-        seconds = time.perf_counter() - begin
-        if seconds < best:
-            best, result = seconds, out
-    return result, best
-
-
 def row(k: int, t: int, repeats: int) -> str:
     y, r = data(k, t), start(k, t)
     init = {f"s_{i}": r[i] for i in range(t)}
-    (bounds, alpha), hand_s = timed(lambda: hand_written(y, r), repeats)
-    model = plated(k)
-    auto, auto_s = timed(lambda: AutoCAVI(model, init=init, tol=1e-8).fit(y), repeats)
+    (bounds, alpha), hand_s = fastest_of(lambda: hand_written(y, r), repeats)
+    model = hmm(k)
+    auto, auto_s = fastest_of(lambda: AutoCAVI(model, init=init, tol=1e-8).fit(y), repeats)
     q_a = auto.variational_distributions()["A"].concentration
     a_gap = float((q_a - alpha).abs().max())
     rows_ms = ""
     if k == 3 and t <= 30:
-        rows_fit, rows_s = timed(
-            lambda: AutoCAVI(separate_rows(k), init=init, tol=1e-8).fit(y), 1
+        rows_fit, rows_s = fastest_of(
+            lambda: AutoCAVI(hmm(k, plated=False), init=init, tol=1e-8).fit(y), 1
         )  # fmt: skip
         rows_ms = f"{1e3 * rows_s:.0f} ({rows_fit.lower_bound_:.6f})"
     gap = abs(auto.lower_bound_ - bounds[-1])
@@ -166,7 +143,7 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     rows = [row(k, t, args.repeats) for k, t in args.sizes]
     load_after = os.getloadavg()[0]
-    text = "\n".join([
+    write_report(args.out, [
         "# AutoCAVI on a Bayesian HMM against VB-HMM written by hand",
         "",
         f"`python benchmarks/autocavi_bayesian_hmm.py` on "
@@ -184,8 +161,6 @@ def main() -> None:
         *rows,
         "",
     ])  # fmt: skip
-    args.out.write_text(text)
-    print(text)
 
 
 if __name__ == "__main__":

@@ -23,13 +23,13 @@ import argparse
 import math
 import os
 import platform
-import time
 from pathlib import Path
 
 import pyro
 import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
+from report_common import fastest_of
 
 from pyro_vae.cavi import AutoCAVI
 
@@ -114,24 +114,11 @@ def plain_run(X, group, y):
         trace.compute_log_prob()
 
 
-def best(f, repeats: int):
-    """(the result of f's fastest of ``repeats`` calls after a first one, that time in s)."""
-    f()
-    result, fastest = None, float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = f()
-        elapsed = time.perf_counter() - start
-        if elapsed < fastest:
-            result, fastest = out, elapsed
-    return result, fastest
-
-
 def row(n: int, repeats: int) -> str:
     X, group, y = data(n)
-    (hand_bound, hand_sweeps), hand_s = best(lambda: hand_written(X, group, y), repeats)
-    fit, auto_s = best(lambda: auto(X, group, y), repeats)
-    _, plain_s = best(lambda: plain_run(X, group, y), repeats)
+    (hand_bound, hand_sweeps), hand_s = fastest_of(lambda: hand_written(X, group, y), repeats)
+    fit, auto_s = fastest_of(lambda: auto(X, group, y), repeats)
+    _, plain_s = fastest_of(lambda: plain_run(X, group, y), repeats)
     gap = abs(fit.lower_bound_ - hand_bound)
     return (
         f"| {n:,} | {hand_sweeps} | {hand_s * 1e3:.1f} | {fit.n_iter_} | {auto_s * 1e3:.1f} | "

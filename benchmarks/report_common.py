@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+import time
 from collections.abc import Iterable
 
 import pyro
@@ -51,3 +52,24 @@ def machine_footer(loads: tuple[str, str], seconds: float) -> str:
         f"{pyro.__version__}; load average before {loads[0]}, after {loads[1]}; "
         f"{seconds:.0f} s in all."
     )
+
+
+def write_report(path, lines: list[str]) -> None:
+    """Write ``lines`` (a Markdown report) to ``path`` as one text, and print it."""
+    text = "\n".join(lines)
+    path.write_text(text)
+    print(text)
+
+
+def fastest_of(call, repeats: int):
+    """(the result of ``call``'s fastest of ``repeats`` calls after a first one, which pays
+    for lazy initialization; that call's wall time in seconds)."""
+    call()
+    result, fastest = None, float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = call()
+        elapsed = time.perf_counter() - start
+        if elapsed < fastest:
+            result, fastest = out, elapsed
+    return result, fastest

@@ -10,7 +10,14 @@ import torch
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 try:
-    from report_common import load_average, machine_footer, mean_and_se, run_footer
+    from report_common import (
+        fastest_of,
+        load_average,
+        machine_footer,
+        mean_and_se,
+        run_footer,
+        write_report,
+    )
 finally:
     sys.path.remove(str(BENCHMARKS))
 
@@ -34,3 +41,21 @@ def test_footers_carry_the_loads_and_the_seconds():
     assert machine.startswith("Machine: ") and machine.endswith(
         "load average before 0.50, after 0.70; 13 s in all."
     )
+
+
+def test_write_report_writes_the_lines_joined_and_prints_them(tmp_path, capsys):
+    out = tmp_path / "table.md"
+    write_report(out, ["# Title", "", "| a |", "|---|"])
+    assert out.read_text() == "# Title\n\n| a |\n|---|"
+    assert capsys.readouterr().out == "# Title\n\n| a |\n|---|\n"
+
+
+def test_fastest_of_returns_the_fastest_calls_result_after_a_first_call():
+    calls = []
+
+    def call():
+        calls.append(len(calls))
+        return len(calls)
+
+    result, seconds = fastest_of(call, 3)
+    assert len(calls) == 4 and result in (2, 3, 4) and 0 <= seconds < 1.0

@@ -355,6 +355,25 @@ def test_bernoulli_flags_read_by_index_reach_the_exact_log_evidence(grouped):
     assert float(fit.variational_distributions()["on"].probs[5]) == pytest.approx(0.5, rel=1e-9)
 
 
+def enumerated_mixture_evidence(groups: list, k: int) -> float:
+    """log p(y) of groups of data (one tensor each) whose group picks one of ``k``
+    components uniformly, y ~ N(mu_k, 1), mu_k ~ N(0, 10²): summed over every assignment of
+    the groups, each component's data integrated out as N(0, 100·11ᵀ + I)."""
+    evidence = []
+    for z in itertools.product(range(k), repeat=len(groups)):
+        total = len(groups) * math.log(1 / k)
+        for component in range(k):
+            picked = [y for y, c in zip(groups, z, strict=True) if c == component]
+            if picked:
+                yk = torch.cat(picked)
+                cov = 100.0 * torch.ones(len(yk), len(yk), dtype=F64)
+                cov = cov + torch.eye(len(yk), dtype=F64)
+                zero = torch.zeros(len(yk), dtype=F64)
+                total += float(dist.MultivariateNormal(zero, cov).log_prob(yk))
+        evidence.append(total)
+    return float(torch.logsumexp(t(evidence), 0))
+
+
 def nested_or_flat(per: int, level, groups_plate_latents, flat: bool):
     """A model of G groups of ``per`` data, written flat (the data in one plate, each datum
     reading its group's latents through ``group``) or nested (the data in a plate inside the
@@ -415,16 +434,7 @@ def test_a_categorical_level_read_by_index_agrees_with_nested_plates_and_exact_e
         return Vindex(mu)[..., local["z"]]
 
     fit = assert_flat_agrees_with_nested(per, level, z_only, Y)
-    evidence = []
-    for z in itertools.product(range(3), repeat=G):
-        total = G * math.log(1 / 3)
-        for k in range(3):
-            yk = Y[torch.tensor(z) == k].reshape(-1)
-            if len(yk):
-                cov = 100.0 * torch.ones(len(yk), len(yk), dtype=F64) + torch.eye(len(yk))
-                total += float(dist.MultivariateNormal(torch.zeros(len(yk)), cov).log_prob(yk))
-        evidence.append(total)
-    log_z = float(torch.logsumexp(t(evidence), 0))
+    log_z = enumerated_mixture_evidence(list(Y), 3)
     # below the exact evidence by about log 3! (mean field keeps one of the 3! relabellings
     # of mu and z, each a clear-cut mode), plus a small gap within it
     assert log_z - math.log(6) - 0.1 < fit.lower_bound_ <= log_z
@@ -589,16 +599,7 @@ def test_a_mixture_of_groups_matches_padded_nested_plates_and_exact_evidence():
     z_flat = fit.variational_distributions()["z"].probs
     z_nested = nested.variational_distributions()["z"].probs.reshape(G, 2)
     assert torch.allclose(z_flat, z_nested, atol=1e-6)
-    evidence = []
-    for z in itertools.product(range(2), repeat=G):
-        total = G * math.log(0.5)
-        for k in range(2):
-            yk = Y[torch.tensor(z) == k][mask[torch.tensor(z) == k]]
-            if len(yk):
-                cov = 100.0 * torch.ones(len(yk), len(yk), dtype=F64) + torch.eye(len(yk))
-                total += float(dist.MultivariateNormal(torch.zeros(len(yk)), cov).log_prob(yk))
-        evidence.append(total)
-    log_z = float(torch.logsumexp(t(evidence), 0))
+    log_z = enumerated_mixture_evidence([row[keep] for row, keep in zip(Y, mask, strict=True)], 2)
     assert log_z - math.log(2) - 0.1 < fit.lower_bound_ <= log_z
 
 
