@@ -1021,21 +1021,33 @@ def _probe_all(runner, depends, trace) -> list[Factor]:
     latents in plates enumerated, where there are any, in a second (see
     :mod:`pyro_vae.cavi.probe_enumeration`)."""
     latents = runner.latents
-    designs, reads = {}, {}
-    for site, names in depends.items():
-        rank = trace.nodes[site]["log_prob"].dim()
-        selector, components, indexed = _mixture_roles(site, names, latents, trace)
-        if selector is None:
-            designs[site] = ([latents[n] for n in names], rank, frozenset())
-        else:
-            designs[site] = _mixture_design(latents, depends, site, selector, components, rank)
-        reads.update({site: indexed} if indexed else {})
+    roles = {site: _mixture_roles(site, names, latents, trace) for site, names in depends.items()}
+    # components in several plates of K elements: some may be read by a data index instead
+    candidates = {
+        site: set(components)
+        for site, (selector, components, _) in roles.items()
+        if selector is not None and len({latents[c].plates for c in components}) > 1
+    }
+    reads = {
+        site: [*indexed, *sorted(candidates.get(site, ()))]
+        for site, (_, _, indexed) in roles.items()
+        if indexed or site in candidates
+    }
     gates = sorted({n for site in reads for n in depends[site]
                     if latents[n].family.name in DISCRETE_FAMILIES})  # fmt: skip
-    for site, indices in (find_indices(runner, reads, gates) if reads else {}).items():
+    indices = find_indices(runner, reads, gates, candidates) if reads else {}
+    designs = {}
+    for site, (selector, components, _) in roles.items():
+        found = {n: i for n, i in indices.get(site, {}).items() if i is not None}
+        rank = trace.nodes[site]["log_prob"].dim()
+        if selector is None:
+            designs[site] = ([latents[n] for n in depends[site]], rank, frozenset())
+        else:
+            picked = [c for c in components if c not in found]
+            designs[site] = _mixture_design(latents, depends, site, selector, picked, rank)
         members = [
-            replace(m, batch_shape=_trimmed(indices[m.name].shape), index=indices[m.name])
-            if m.name in indices else m
+            replace(m, batch_shape=_trimmed(found[m.name].shape), index=found[m.name])
+            if m.name in found else m
             for m in designs[site][0]
         ]  # fmt: skip
         designs[site] = (members,) + designs[site][1:]

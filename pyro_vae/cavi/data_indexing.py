@@ -50,7 +50,7 @@ def indexable(latent) -> bool:
     return len(latent.plates) == 1 and len(batch) > 0 and batch.numel() == max(batch)
 
 
-def find_indices(runner, reads: dict, gates=()) -> dict:
+def find_indices(runner, reads: dict, gates=(), candidates=None) -> dict:
     """For each factor in ``reads`` ({factor site: the latents it reads across a plate}),
     {latent: index}: LongTensor ``index`` of the factor's log-density shape (size 1 along
     dims where it is constant) such that element e reads element ``index[e]`` of the
@@ -65,10 +65,16 @@ def find_indices(runner, reads: dict, gates=()) -> dict:
     of their values, up to :data:`_MAX_BASES`); its index is 0, harmless, as its
     coefficients on the latent are 0.
 
+    ``candidates`` ({factor site: latents}): latents a factor may read either through a data
+    index or as a mixture's components picked by a latent (a plate of as many elements as
+    the selector has categories); for those, an element whose group moves with the
+    discrete latents gives None (a component) rather than a refusal.
+
     Raises:
         NotConjugateError: naming the factor and latent, where an element's log-density
-            moves with more than one element of the latent.
+            moves with more than one element of the latent, or reads one picked by a latent.
     """
+    candidates = candidates or {}
     names = sorted({name for latents in reads.values() for name in latents})
     points, layout = [], {}
     for base in _bases(runner, gates):
@@ -93,7 +99,14 @@ def find_indices(runner, reads: dict, gates=()) -> dict:
     log_probs = runner.log_probs(values, len(points))
     return {
         site: {
-            name: _index(site, name, log_probs[site], layout[name], runner.latents[name].plates)
+            name: _index(
+                site,
+                name,
+                log_probs[site],
+                layout[name],
+                runner.latents[name].plates,
+                name in candidates.get(site, ()),
+            )  # fmt: skip
             for name in latents
         }
         for site, latents in reads.items()
@@ -152,10 +165,13 @@ def _moved_everywhere(latents: dict, base: dict, drawn: dict, generator) -> dict
     return moved
 
 
-def _index(site: str, name: str, log_prob: torch.Tensor, layouts: list, plates) -> torch.Tensor:
+def _index(site: str, name: str, log_prob: torch.Tensor, layouts: list, plates,
+           may_be_picked: bool = False) -> torch.Tensor | None:  # fmt: skip
     """The group each element of ``site`` reads of ``name``, from the rows of ``log_prob``
     [points, *shape] that :func:`find_indices` laid out, ``layouts`` one (start, bits,
-    groups) per base point: each element's from the first base at which it moves."""
+    groups) per base point: each element's from the first base at which it moves. Where
+    an element's group differs between bases (picked by a latent): None if
+    ``may_be_picked``, else NotConjugateError."""
     index, found, groups = None, None, layouts[0][2]
     for start, bits, _ in layouts:
         at_base, moves = _index_at(site, name, log_prob, start, bits, plates)
@@ -163,6 +179,8 @@ def _index(site: str, name: str, log_prob: torch.Tensor, layouts: list, plates) 
             index, found = at_base, moves
             continue
         if bool((found & moves & (index != at_base)).any()):
+            if may_be_picked:
+                return None
             raise NotConjugateError(_picked_by_latent(site, name, plates))
         index = torch.where(found, index, at_base)
         found = found | moves
