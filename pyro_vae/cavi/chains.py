@@ -34,12 +34,14 @@ from pyro_vae.cavi.hmm import forward_backward
 def find_chains(latents: dict[str, Latent], factors: list[Factor]) -> list[tuple[str, ...]]:
     """The maximal chains (length ≥ 2) of scalar Categorical sites, in sampling order.
 
-    Warns (``UserWarning``) where Categorical sites in a plate are linked as a chain (several
-    sequences in a plate around one ``pyro.markov`` loop): those are fitted by mean field
-    per site, a lower bound than the chain kept whole."""
+    Warns (``UserWarning``) where three or more Categorical sites in a plate are linked as a
+    chain (several sequences in a plate around one ``pyro.markov`` loop): those are fitted
+    by mean field per site, a lower bound than the chain kept whole. Two linked sites (a
+    two-level latent class, c_n → z_n) are a hierarchy, not a sequence to unroll."""
     categorical = {n for n, lat in latents.items() if lat.family.name == "Categorical"}
     parent = _parents(categorical, factors)
-    plated = sorted(n for n in parent if latents[n].batch_shape)
+    in_plate = {c: p for c, p in parent.items() if latents[c].batch_shape}
+    plated = sorted(c for c, p in in_plate.items() if p in in_plate)  # a third site above
     if plated:
         warnings.warn(
             f"AutoCAVI: the Categorical sites {plated[:3]}{' …' if len(plated) > 3 else ''} "

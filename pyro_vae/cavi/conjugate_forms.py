@@ -1015,18 +1015,20 @@ def probe_factors(model, args, kwargs, latents, depends, trace, generator, *, ba
     return factors
 
 
-def _probe_all(runner, depends, trace) -> list[Factor]:
+def _probe_all(runner, depends, trace, probed_components=frozenset()) -> list[Factor]:
     """Every factor solved from one set of fit runs and verified at one set of check runs,
     drawn together in one batched model run when the model broadcasts; with the discrete
     latents in plates enumerated, where there are any, in a second (see
     :mod:`pyro_vae.cavi.probe_enumeration`)."""
     latents = runner.latents
     roles = {site: _mixture_roles(site, names, latents, trace) for site, names in depends.items()}
-    # components in several plates of K elements: some may be read by a data index instead
+    # components in several plates of K elements, or a mixture that failed its fit as one
+    # (``probed_components``): some may be read by a data index instead
     candidates = {
         site: set(components)
         for site, (selector, components, _) in roles.items()
-        if selector is not None and len({latents[c].plates for c in components}) > 1
+        if selector is not None
+        and (len({latents[c].plates for c in components}) > 1 or site in probed_components)
     }
     reads = {
         site: [*indexed, *sorted(candidates.get(site, ()))]
@@ -1061,7 +1063,17 @@ def _probe_all(runner, depends, trace) -> list[Factor]:
         runner.prefetch([(first, None, "fit"), (_CHECK_RUNS, None, "check")])
         first = _first_count(needs, False) if runner.batched is False else first
     runs, checks = _enough_runs(lambda count, key: runner.runs(count, None, key), needs, first)
-    return [_factor(runner, site, designs[site], runs, checks, trace) for site in depends]
+    factors = []
+    for site in depends:
+        try:
+            factors.append(_factor(runner, site, designs[site], runs, checks, trace))
+        except NotConjugateError:
+            selector, components, _ = roles[site]
+            if selector is None or not components or site in candidates:
+                raise
+            # a lone would-be component may be an intercept whose plate has K elements
+            return _probe_all(runner, depends, trace, probed_components | {site})
+    return factors
 
 
 def _trimmed(shape) -> torch.Size:

@@ -273,3 +273,23 @@ def test_chains_inside_a_plate_are_fitted_by_mean_field_with_a_warning():
     naive = AutoCAVI(sequences, tol=1e-12, markov_chains=False).fit(Y)
     assert not fit.fitted_chains_
     assert fit.lower_bound_ == pytest.approx(naive.lower_bound_, rel=1e-12)
+
+
+def test_a_two_level_latent_class_in_a_plate_is_no_chain_to_warn_about():
+    """c_n → z_n → y_n per datum: two linked Categorical sites in a plate are a hierarchy,
+    not sequences to unroll (tester 20's F2: warned as chains inside a plate)."""
+    import warnings
+
+    y = torch.tensor([0.1, 1.9, 2.2, -0.8, 0.5], dtype=F64)
+    B = torch.tensor([[0.8, 0.1, 0.1], [0.1, 0.1, 0.8]], dtype=F64)
+
+    def two_level(y):
+        with pyro.plate("data", len(y)):
+            c = pyro.sample("c", dist.Categorical(torch.ones(2, dtype=F64) / 2))
+            z = pyro.sample("z", dist.Categorical(B[c]))
+            pyro.sample("y", dist.Normal(MEANS[z], 1.0), obs=y)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        AutoCAVI(two_level, tol=1e-10).fit(y)
+    assert not [w for w in caught if "inside a plate" in str(w.message)]

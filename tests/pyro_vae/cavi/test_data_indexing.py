@@ -603,6 +603,52 @@ def test_a_mixture_of_groups_matches_padded_nested_plates_and_exact_evidence():
     assert log_z - math.log(2) - 0.1 < fit.lower_bound_ <= log_z
 
 
+@pytest.mark.parametrize("classes", ["per datum", "per group"])
+def test_a_lone_intercept_whose_plate_has_the_classes_size_is_read_by_its_index(classes):
+    """y ~ N(a[subject] + 3z, ½²) with z in {0, 1} read in arithmetic and as many subjects
+    as classes: a looks like the one component z picks, misfits as one, and is then probed
+    (its element does not move with z) and read through the index (tester 20's F1: refused).
+    The same bound as the model nested in plates, from the same start."""
+    subjects, reps = 2, 4
+    g = torch.Generator().manual_seed(0)
+    per_datum = classes == "per datum"
+    on = torch.randint(0, 2, (reps, subjects) if per_datum else (reps, 1), generator=g)
+    Y = 3.0 * on.to(F64) + torch.randn(1, subjects, generator=g, dtype=F64)
+    Y = (Y + 0.5 * torch.randn(reps, subjects, generator=g, dtype=F64)).expand(reps, subjects)
+    subject = torch.arange(subjects).repeat(reps)
+    rep = torch.arange(reps).repeat_interleave(subjects)
+    shape = (reps, subjects, 2) if per_datum else (reps, 1, 2)
+    start = torch.softmax(torch.randn(shape, generator=g, dtype=F64), -1)
+
+    def model(rep, subject, y, flat=True):
+        by_subject = pyro.plate("subjects", subjects, dim=-1)
+        by_rep = pyro.plate("reps", reps, dim=-1 if flat else -2)
+        with by_subject:
+            a = pyro.sample("a", dist.Normal(t(0.0), t(1.0)))
+        weights = torch.ones(2, dtype=F64) / 2
+        if flat:
+            with by_rep:
+                z = None if per_datum else pyro.sample("z", dist.Categorical(weights))
+            with pyro.plate("data", len(y)):
+                if per_datum:
+                    z = pyro.sample("z", dist.Categorical(weights))
+                level = 3.0 * (z if per_datum else z[..., rep])
+                pyro.sample("y", dist.Normal(a[..., subject] + level, t(0.5)), obs=y)
+            return
+        with by_rep:
+            z = None if per_datum else pyro.sample("z", dist.Categorical(weights))
+            with by_subject:
+                if per_datum:
+                    z = pyro.sample("z", dist.Categorical(weights))
+                pyro.sample("y", dist.Normal(a + 3.0 * z, t(0.5)), obs=y)
+
+    flat_start = start.reshape(-1, 2)
+    fit = AutoCAVI(model, tol=1e-12, init={"z": flat_start}).fit(rep, subject, Y.reshape(-1))
+    nested = AutoCAVI(model, tol=1e-12, init={"z": start}).fit(rep, subject, Y, False)
+    assert "a" in fit._factors[-1].index
+    assert abs(fit.lower_bound_ - nested.lower_bound_) < 1e-9 * abs(nested.lower_bound_)
+
+
 def test_a_component_picked_by_a_bernoulli_through_an_index_is_refused_naming_the_forms():
     """mu[..., o[..., group]] with a Bernoulli o picking one of two components in a plate:
     which element of mu a datum reads moves with o (found across the index's base points),
