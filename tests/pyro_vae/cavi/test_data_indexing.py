@@ -603,52 +603,6 @@ def test_a_mixture_of_groups_matches_padded_nested_plates_and_exact_evidence():
     assert log_z - math.log(2) - 0.1 < fit.lower_bound_ <= log_z
 
 
-@pytest.mark.parametrize("classes", ["per datum", "per group"])
-def test_a_lone_intercept_whose_plate_has_the_classes_size_is_read_by_its_index(classes):
-    """y ~ N(a[subject] + 3z, ½²) with z in {0, 1} read in arithmetic and as many subjects
-    as classes: a looks like the one component z picks, misfits as one, and is then probed
-    (its element does not move with z) and read through the index (tester 20's F1: refused).
-    The same bound as the model nested in plates, from the same start."""
-    subjects, reps = 2, 4
-    g = torch.Generator().manual_seed(0)
-    per_datum = classes == "per datum"
-    on = torch.randint(0, 2, (reps, subjects) if per_datum else (reps, 1), generator=g)
-    Y = 3.0 * on.to(F64) + torch.randn(1, subjects, generator=g, dtype=F64)
-    Y = (Y + 0.5 * torch.randn(reps, subjects, generator=g, dtype=F64)).expand(reps, subjects)
-    subject = torch.arange(subjects).repeat(reps)
-    rep = torch.arange(reps).repeat_interleave(subjects)
-    shape = (reps, subjects, 2) if per_datum else (reps, 1, 2)
-    start = torch.softmax(torch.randn(shape, generator=g, dtype=F64), -1)
-
-    def model(rep, subject, y, flat=True):
-        by_subject = pyro.plate("subjects", subjects, dim=-1)
-        by_rep = pyro.plate("reps", reps, dim=-1 if flat else -2)
-        with by_subject:
-            a = pyro.sample("a", dist.Normal(t(0.0), t(1.0)))
-        weights = torch.ones(2, dtype=F64) / 2
-        if flat:
-            with by_rep:
-                z = None if per_datum else pyro.sample("z", dist.Categorical(weights))
-            with pyro.plate("data", len(y)):
-                if per_datum:
-                    z = pyro.sample("z", dist.Categorical(weights))
-                level = 3.0 * (z if per_datum else z[..., rep])
-                pyro.sample("y", dist.Normal(a[..., subject] + level, t(0.5)), obs=y)
-            return
-        with by_rep:
-            z = None if per_datum else pyro.sample("z", dist.Categorical(weights))
-            with by_subject:
-                if per_datum:
-                    z = pyro.sample("z", dist.Categorical(weights))
-                pyro.sample("y", dist.Normal(a + 3.0 * z, t(0.5)), obs=y)
-
-    flat_start = start.reshape(-1, 2)
-    fit = AutoCAVI(model, tol=1e-12, init={"z": flat_start}).fit(rep, subject, Y.reshape(-1))
-    nested = AutoCAVI(model, tol=1e-12, init={"z": start}).fit(rep, subject, Y, False)
-    assert "a" in fit._factors[-1].index
-    assert abs(fit.lower_bound_ - nested.lower_bound_) < 1e-9 * abs(nested.lower_bound_)
-
-
 def test_a_component_picked_by_a_bernoulli_through_an_index_is_refused_naming_the_forms():
     """mu[..., o[..., group]] with a Bernoulli o picking one of two components in a plate:
     which element of mu a datum reads moves with o (found across the index's base points),
@@ -890,30 +844,20 @@ def test_flattened_lda_matches_the_padded_documents():
     assert abs(fit.lower_bound_ - nested.lower_bound_) < 1e-10 * abs(nested.lower_bound_)
 
 
-@pytest.mark.parametrize("subjects", [4, 2])  # 2: as many subjects as classes
-@pytest.mark.parametrize("classes", ["per datum", "per group"])
-def test_latent_classes_beside_random_intercepts_match_the_nested_model(classes, subjects):
-    """y ~ N(mu[z] + a[subject], ½²): a mixture whose factor also reads a random intercept
-    through a data index, the classes z per datum or per group (a mixture of groups). With
-    as many subjects as classes, a and mu both look like components (a plate of K elements
-    outside the factor's): which is read through a data index is found by probing (its
-    element does not move with z). The data are a grid, so the same model has a nested form
-    that reads no index; the same bound (to 1e-9: mean field crawls here, some 200 sweeps
-    to tol = 1e-12)."""
-    g = torch.Generator().manual_seed(0)
-    groups = 5
-    on = (torch.rand(groups, subjects, generator=g) < 0.5).to(F64)
-    if classes == "per group":
-        on = (torch.arange(groups) % 2).to(F64)[:, None].expand(groups, subjects)
-    Y = 5.0 * on + torch.randn(1, subjects, generator=g, dtype=F64)
-    Y = Y + 0.5 * torch.randn(groups, subjects, generator=g, dtype=F64)
-    group = torch.arange(groups).repeat_interleave(subjects)
-    subject = torch.arange(subjects).repeat(groups)
-    per_datum = classes == "per datum"
+def classes_beside_intercepts(groups: int, subjects: int, per_datum: bool, picks: bool):
+    """y ~ N(level(z) + a[subject], ½²) on a grid of groups × subjects, written flat (one
+    data plate, a read through the subject index) or nested (no index): the classes z per
+    datum or per group, their level mu[z] (``picks``: a mixture, mu in a plate of 2) or 3z
+    (arithmetic)."""
 
     def model(group, subject, y, flat=True):
-        with pyro.plate("k", 2):
-            mu = pyro.sample("mu", dist.Normal(t(0.0), t(10.0)))
+        if picks:
+            with pyro.plate("k", 2):
+                mu = pyro.sample("mu", dist.Normal(t(0.0), t(10.0)))
+
+        def level(z):
+            return Vindex(mu)[..., z] if picks else 3.0 * z
+
         by_subject = pyro.plate("subjects", subjects, dim=-1)
         by_group = pyro.plate("groups", groups, dim=-1 if flat else -2)
         with by_subject:
@@ -925,7 +869,7 @@ def test_latent_classes_beside_random_intercepts_match_the_nested_model(classes,
             with pyro.plate("data", len(y)):
                 if per_datum:
                     z = pyro.sample("z", dist.Categorical(weights))
-                picked = Vindex(mu)[..., z if per_datum else z[..., group]]
+                picked = level(z if per_datum else z[..., group])
                 pyro.sample("y", dist.Normal(picked + a[..., subject], t(0.5)), obs=y)
             return
         with by_group:
@@ -933,8 +877,33 @@ def test_latent_classes_beside_random_intercepts_match_the_nested_model(classes,
             with by_subject:
                 if per_datum:
                     z = pyro.sample("z", dist.Categorical(weights))
-                pyro.sample("y", dist.Normal(Vindex(mu)[..., z] + a, t(0.5)), obs=y)
+                pyro.sample("y", dist.Normal(level(z) + a, t(0.5)), obs=y)
 
+    return model
+
+
+@pytest.mark.parametrize("picks", [True, False], ids=["mu[z]", "3z"])
+@pytest.mark.parametrize("subjects", [4, 2])  # 2: as many subjects as classes
+@pytest.mark.parametrize("classes", ["per datum", "per group"])
+def test_latent_classes_beside_random_intercepts_match_the_nested_model(classes, subjects, picks):
+    """y ~ N(level(z) + a[subject], ½²): a factor reading z (per datum, or per group: a
+    mixture of groups) and a random intercept through a data index. With as many subjects
+    as classes, a looks like a component (a plate of K elements outside the factor's):
+    beside mu, or where its mixture misfits as a lone one (``3z``: tester 20's F1), probing
+    finds that its element does not move with z, and it is read through the index. The data
+    are a grid, so the same model has a nested form that reads no index; the same bound
+    from the same start (to 1e-9: mean field crawls here, some 200 sweeps to tol = 1e-12)."""
+    g = torch.Generator().manual_seed(0)
+    groups = 5
+    on = (torch.rand(groups, subjects, generator=g) < 0.5).to(F64)
+    if classes == "per group":
+        on = (torch.arange(groups) % 2).to(F64)[:, None].expand(groups, subjects)
+    Y = 5.0 * on + torch.randn(1, subjects, generator=g, dtype=F64)
+    Y = Y + 0.5 * torch.randn(groups, subjects, generator=g, dtype=F64)
+    group = torch.arange(groups).repeat_interleave(subjects)
+    subject = torch.arange(subjects).repeat(groups)
+    per_datum = classes == "per datum"
+    model = classes_beside_intercepts(groups, subjects, per_datum, picks)
     # both from the same responsibilities (mean field's fixed point depends on the start)
     shape = (groups, subjects, 2) if per_datum else (groups, 1, 2)
     start = torch.softmax(torch.randn(shape, generator=g, dtype=F64), -1)
