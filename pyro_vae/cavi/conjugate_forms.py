@@ -564,9 +564,7 @@ def _selector_values(selector: Latent, runs: Runs) -> torch.Tensor:
     a shared fit probe expanded back, see :func:`_every_group`), else as drawn (size 1
     where a shared probe is expanded)."""
     values = runs.values[selector.name]
-    if selector.index is None:
-        return _unexpanded_value(values)
-    return read_by_index(values.unsqueeze(-1), selector.index, 1).squeeze(-1)
+    return _unexpanded_value(values) if selector.index is None else _read_values(selector, values)
 
 
 def _design(latents: list[Latent], runs: Runs, rank: int, components=frozenset()):
@@ -891,6 +889,11 @@ def _as_read(member: Latent, value: torch.Tensor) -> torch.Tensor:
     one value across the plate, is read alike by every element as it is)."""
     if member.index is None or value[0].numel() == 1:
         return value
+    return _read_values(member, value)
+
+
+def _read_values(member: Latent, value: torch.Tensor) -> torch.Tensor:
+    """A discrete member's values [S, *its batch] at its data index, [S, *index shape]."""
     return read_by_index(value.unsqueeze(-1), member.index, 1).squeeze(-1)
 
 
@@ -1164,7 +1167,7 @@ def _local_factor(runner, site, design, runs, checks, trace) -> Factor:
         factor = Factor(site, _dist_name(trace.nodes[site]), names, summed.reshape(shape), rank,
                         pruned=pruned)  # fmt: skip
         return _by_group(factor, members, runner.latents)
-    return _mixture_factor(runner.latents, site, members, coefficients, rank, trace)
+    return _mixture_factor(runner.latents, site, design, coefficients, trace)
 
 
 def _components_hint(components, runner) -> str:
@@ -1227,13 +1230,12 @@ def _picked(component: torch.Tensor, index: torch.Tensor, k: int) -> torch.Tenso
     return component.gather(1, flat).reshape(index.shape + event)
 
 
-def _mixture_factor(latents, site, members, coefficients, rank, trace) -> Factor:
-    """The Factor of a mixture solved on :func:`_mixture_design`'s design: ``coefficients``
-    [*fbatch, K·P] → [*batch, K, B₁, …] (batch summed as the components and z align)."""
+def _mixture_factor(latents, site, design, coefficients, trace) -> Factor:
+    """The Factor of a mixture solved on :func:`_mixture_design`'s ``design`` (members, rank,
+    components): ``coefficients`` [*fbatch, K·P] → [*batch, K, B₁, …] (batch summed as the
+    components and z align)."""
+    members, rank, components = design
     z, names = members[0], [m.name for m in members[1:]]
-    plates = _plates(trace.nodes[site])  # the latents outside them, but those read by index
-    components = frozenset(m.name for m in members[1:] if latents[m.name].plates - plates
-                           and m.index is None)  # fmt: skip
     coefficients = coefficients.reshape(coefficients.shape[:-1] + (z.family.k, -1))
     aligned = [m.batch_shape if m.index is not None else latents[m.name].batch_shape
                for m in members[1:] if m.name not in components]  # fmt: skip

@@ -31,7 +31,10 @@ def contract(factor: Factor, stats: dict, keep=(), pairs=None) -> torch.Tensor:
     c = factor.coefficients
     remaining = list(factor.latents)
     c, remaining, weighted = _selector_pair(factor, c, remaining, keep, pairs)
-    for (a, b), joint in (pairs or {}).items():
+    # looked up by key (a chain of T steps has T − 1 pairs; a factor reads at most one)
+    linked = [(a, b) for a in remaining for b in remaining if (a, b) in (pairs or {})]
+    for a, b in linked:
+        joint = pairs[(a, b)]
         if a in remaining and b in remaining and a not in keep and b not in keep:
             view = (1,) * factor.rank + tuple(
                 joint.shape[0] if m == a else joint.shape[1] if m == b else 1 for m in remaining
@@ -66,12 +69,12 @@ def _selector_pair(factor: Factor, c: torch.Tensor, remaining: list, keep, pairs
     row of a latent matrix) is contracted over that latent with their pairwise marginal
     q(s_{t−1} = k, s_t = j) along its K-axis and that latent's axis, not the product of
     their marginals; as it was otherwise."""
-    if factor.selector is None or factor.selector in keep:
+    if factor.selector is None or factor.selector in keep or not pairs:
         return c, remaining, False
-    for (a, b), joint in (pairs or {}).items():
-        other = b if a == factor.selector else a if b == factor.selector else None
-        if other in remaining and other not in keep:
-            joint = joint if a == factor.selector else joint.T  # [K, B of other]
+    for other in remaining:  # looked up by key: a chain of T steps has T − 1 pairs
+        after, before = pairs.get((factor.selector, other)), pairs.get((other, factor.selector))
+        if other not in keep and (after is not None or before is not None):
+            joint = after if after is not None else before.T  # [K, B of other]
             view = (1,) * (factor.rank - 1) + (joint.shape[0],)
             view += tuple(joint.shape[1] if m == other else 1 for m in remaining)
             c = (c * joint.reshape(view)).sum(factor.rank + remaining.index(other))
