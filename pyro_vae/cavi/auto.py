@@ -154,11 +154,14 @@ class AutoCAVI:
         fitted_chains_: ``{chain of sites: (marginals [T, K], pairwise marginals
             [T−1, K, K])}`` of each chain kept whole.
         probe_seconds_: wall time spent tracing and probing the model (once per fit).
-        probe_batched_: whether the probe points ran stacked along a leading batch dim
-            (a ``pyro.plate("_probes", S)`` left of the model's plates), in one or a few
-            model runs; False when the model does not broadcast over that dim (a run raised,
-            a log-density lacked the dim, or it disagreed with a plain run at the same
-            point), and they ran one model run per point instead, to the same factors.
+        probe_batched_: how the probe points ran, in one or a few model runs: ``"plate"``,
+            stacked along a leading batch dim (a ``pyro.plate("_probes", S)`` left of the
+            model's plates); ``"vmap"``, under ``torch.func.vmap`` over the points, where the
+            model does not broadcast over that dim (a run raised, a log-density lacked the
+            dim, or it disagreed with a plain run at the same point: a chain's
+            ``Vindex(A)[..., s, :]`` with A's rows plated and s scalar); False where vmap
+            cannot run it either (``.item()``, control flow on a latent's value), and they
+            ran one model run per point instead. Every way solves to the same factors.
         probe_model_runs_: model runs made while solving the factors and checking them
             where q lies (a batched run counts once; the seeded first run, which also
             tracks dependencies, is not counted). A mixture's assignments (the one discrete

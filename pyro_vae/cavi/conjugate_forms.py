@@ -959,10 +959,10 @@ def _balanced(members) -> bool:
     )  # fmt: skip
 
 
-def probe_runner(model, args, kwargs, latents, trace, generator, batched: bool) -> ProbeRunner:
+def probe_runner(model, args, kwargs, latents, trace, generator, batched) -> ProbeRunner:
     """A :class:`ProbeRunner` at points the caller draws, whose reference is ``trace`` (a
-    plain run at probe values); ``batched``: whether the probe runs found that the model
-    broadcasts over the probe dim (so the first batched run is not checked again)."""
+    plain run at probe values); ``batched``: how the probe runs found the model to batch
+    (``"plate"``, ``"vmap"`` or False), so the first batched run is not checked again."""
     runner = _runner(model, args, kwargs, latents, trace, generator, batched, None)
     runner.batched = batched
     return runner
@@ -987,8 +987,9 @@ def probe_factors(model, args, kwargs, latents, depends, trace, generator, *, ba
 
     ``trace`` is a run at probe values (from :func:`find_dependencies`). The probe points
     are run in one batched model run when the model broadcasts over a leading probe dim,
-    else one by one (``batched=False`` forces that); see :mod:`pyro_vae.cavi.probe_runs`.
-    ``info``, a dict, receives ``batched`` (whether the runs were batched) and
+    else under ``torch.func.vmap``, else one by one (``batched=False`` forces that); see
+    :mod:`pyro_vae.cavi.probe_runs`. ``info``, a dict, receives ``batched`` (``"plate"``,
+    ``"vmap"`` or False: how the runs were batched) and
     ``model_runs`` (model calls made). ``frames`` {unit: Frame}: draw those units' points
     around q and solve in their local coordinates (:mod:`pyro_vae.cavi.probe_frames`).
     Returns a list of :class:`Factor` on the natural statistics, in the trace's site order."""
@@ -996,7 +997,7 @@ def probe_factors(model, args, kwargs, latents, depends, trace, generator, *, ba
     info = {} if info is None else info
     try:
         factors = _probe_all(runner, depends, trace)
-        info.update(batched=bool(runner.batched), model_runs=runner.model_runs)
+        info.update(batched=runner.batched or False, model_runs=runner.model_runs)
         return factors
     except NotConjugateError:
         if not runner.batched:

@@ -7,8 +7,13 @@ plate nesting, with every latent conditioned on its S values (as Pyro's
 ``vectorize_particles`` runs particles). A model that does not broadcast over that extra
 leftmost dim — the run raises, a site's log-density lacks the probe dim, or the first
 batched run disagrees with a plain run at the same point (a ``.view(-1)`` or
-``x.shape[0]`` that mixes probes) — is run once per probe point instead, with the same
-results; the choice is made once per :class:`ProbeRunner`.
+``x.shape[0]`` that mixes probes, a chain's ``Vindex(A)[..., s, :]`` with its rows plated
+and s scalar) — is run under ``torch.func.vmap`` over the S points instead: each op sees one
+point's shapes, as in a plain run, and torch batches it (one run again). Only a model that
+vmap cannot run either (``.item()``, Python control flow on a latent's value, an op without
+a batching rule) is run once per probe point, with the same results. The choice is made
+once per :class:`ProbeRunner`, and every way must reproduce a plain run at the reference
+point to be taken.
 
 Fit points (any ``key`` but ``"check"``) hold each discrete latent in a plate at one value
 across the plate (a stride-0 expansion of one balanced draw per point), so a design whose
@@ -22,6 +27,7 @@ at S points then scores every combination of their values at each.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import pyro
@@ -112,7 +118,9 @@ class ProbeRunner:
         generator: the probe points' random source.
         reference: (values, log-densities, trace) of one plain run at a probe point; it fixes
             each factor's log-density shape and checks the first batched run.
-        batched: False forces one run per probe point.
+        batched: True: try a probe plate, then vmap, then one run per point (the first run
+            decides); ``"plate"`` or ``"vmap"``: that way, already found to reproduce the
+            reference; False: one run per probe point.
         frames: {unit: Frame}, units whose points are drawn around q
             (:mod:`pyro_vae.cavi.probe_frames`); the others at their family's fixed place.
     """
@@ -125,7 +133,7 @@ class ProbeRunner:
         self._reference_values, self._reference_log_probs, trace = reference
         self.nesting = _nesting(trace)
         self.shapes = {n: lp.shape for n, lp in self._reference_log_probs.items()}
-        self.batched = None if batched else False  # None: not yet tried
+        self.batched = None if batched is True else batched  # None: not yet tried
         events = [getattr(site["fn"], "event_shape", torch.Size()).numel()
                   for site in trace.nodes.values() if site["type"] == "sample"]  # fmt: skip
         points = sum(lp.numel() for lp in self._reference_log_probs.values())
@@ -206,36 +214,73 @@ class ProbeRunner:
             self.batched = self._try_batched(values, count)
             return self.batched_result if self.batched else None
         out = self._batched(values, count)
-        self.batched = out is not None
+        if out is None:
+            self.batched = False
         return out
 
-    def _try_batched(self, values: dict, count: int) -> bool:
-        """Run the first batch with the reference point appended; keep it if it broadcasts
-        and reproduces the plain run there."""
+    def _try_batched(self, values: dict, count: int) -> str | bool:
+        """Run the first batch with the reference point appended, in a probe plate and,
+        failing that, under vmap: the first way that runs and reproduces the plain run
+        there (``"plate"`` or ``"vmap"``, its result kept as ``batched_result``), else
+        False."""
         extended = {
             k: torch.cat([v, self._reference_values[k].unsqueeze(0)]) for k, v in values.items()
         }
-        out = self._batched(extended, count + 1)
-        if out is None:
-            return False
+        for mode in ("plate", "vmap"):
+            out = self._batched(extended, count + 1, mode)
+            if out is not None and self._reproduces_reference(out):
+                self.batched_result = {k: v[:-1] for k, v in out.items()}
+                return mode
+        return False
+
+    def _reproduces_reference(self, out: dict) -> bool:
+        """Whether the last point of a batched run scored every factor as the plain run at
+        the reference point did."""
         for site, lp in self._reference_log_probs.items():
             last = out[site][-1]
             if not bool(((last - lp).abs() <= _AGREE * (1 + lp.abs())).all()):
                 return False
-        self.batched_result = {k: v[:-1] for k, v in out.items()}
         return True
 
-    def _batched(self, values: dict, count: int) -> dict | None:
-        """Runs with a leading probe plate, as few as the memory budget allows (see
-        :meth:`_chunk`), or None when the model does not broadcast."""
+    def _batched(self, values: dict, count: int, mode: str | None = None) -> dict | None:
+        """Batched runs (``mode``, else the runner's: ``"plate"`` with a leading probe
+        plate, ``"vmap"`` under ``torch.func.vmap``), as few as the memory budget allows
+        (see :meth:`_chunk`), or None when the model does not run that way."""
+        once = self._vmapped_once if (mode or self.batched) == "vmap" else self._batched_once
         size, parts = self._chunk(1), []
         for start in range(0, count, size):
             chunk = {k: v[start : start + size] for k, v in values.items()}
-            part = self._batched_once(chunk, min(size, count - start))
+            part = once(chunk, min(size, count - start))
             if part is None:
                 return None
             parts.append(part)
         return {site: torch.cat([part[site] for part in parts]) for site in self.shapes}
+
+    def _vmapped_once(self, values: dict, count: int) -> dict | None:
+        """One model run under ``torch.func.vmap`` over the points' leading dim: the model
+        sees one point's shapes, as in a plain run. None where vmap cannot run it (it
+        raises: ``.item()``, Python control flow on a latent's value, random draws, an
+        op without a batching rule) or a log-density's shape is not the reference's."""
+        data = {k: v.contiguous() for k, v in values.items()}  # an expansion: see _padded
+
+        def one(point):
+            return site_log_probs(self.model, self.args, self.kwargs, point)[0]
+
+        self.model_runs += 1
+        try:
+            # validation's checks branch on values, which vmap cannot (AutoCAVI's runs are
+            # unvalidated anyway: see pyro_vae.cavi.validation)
+            with warnings.catch_warnings(), pyro.validation_enabled(False):
+                # ops without a batching rule are looped by torch, correctly, with a warning
+                warnings.filterwarnings("ignore", message=".*performance drop because")
+                log_probs = torch.func.vmap(one, randomness="error")(data)
+        except (RuntimeError, ValueError, IndexError, TypeError, NotImplementedError):
+            return None
+        for site, shape in self.shapes.items():
+            lp = log_probs.get(site)
+            if lp is None or lp.shape != torch.Size((count,) + tuple(shape)):
+                return None
+        return {site: log_probs[site] for site in self.shapes}
 
     def _batched_once(self, values: dict, count: int) -> dict | None:
         log_probs = self._run(self._padded(values), count)
@@ -295,8 +340,10 @@ class ProbeRunner:
         ``checks`` check points, for ``runs(count, None, "fit")`` and ``runs(checks, None,
         "check")``: one run of the check points with the fit rows of the first point (and
         the reference point, when whether the model broadcasts is not yet known), one
-        enumerated run. False, with nothing kept, where either run fails or they disagree."""
-        if self.batched is False:
+        enumerated run. False, with nothing kept, where either run fails or they disagree,
+        or where the model runs under vmap, not in a probe plate (the enumerated values'
+        dims are laid out for the plate)."""
+        if self.batched in (False, "vmap"):
             return False
         latents = [self.latents[name] for name in names]
         points = self.draw(count, None, True)
@@ -305,7 +352,7 @@ class ProbeRunner:
         check_points = self.draw(checks, None, False)
         joined = {k: torch.cat([check_points[k], first[k]]) for k in check_points}
         plain = self._plain(joined, checks + len(first[names[0]]))
-        if plain is None:
+        if plain is None or self.batched == "vmap":
             return False
         enumerated = self._enumerated(points, latents, count)
         rest = {site: lp[checks:] for site, lp in plain.items()}

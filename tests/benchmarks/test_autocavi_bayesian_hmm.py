@@ -20,7 +20,7 @@ def test_the_written_out_vb_hmm_is_autocavis_fit_sweep_for_sweep():
     assert torch.allclose(q_a, alpha, rtol=1e-10)
 
 
-@pytest.mark.slow  # a subprocess importing torch and Pyro and probing point by point: 15 s
+@pytest.mark.slow  # a subprocess importing torch and Pyro, and three fits
 def test_a_small_run_writes_a_row_with_autocavi_at_the_written_out_bound(tmp_path):
     out = tmp_path / "table.md"
     run("autocavi_bayesian_hmm", "--sizes", "2x10", "--repeats", "1", "--out", str(out))

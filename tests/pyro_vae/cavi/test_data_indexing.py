@@ -302,19 +302,27 @@ def test_crossed_effects_match_hand_written_mean_field_cavi(grouped, count):
     assert fit.lower_bound_ < evidence
 
 
-def test_a_model_that_does_not_broadcast_is_indexed_point_by_point(grouped):
-    """``a[group]`` without the ellipsis indexes the probe dim, so the batched runs are
-    refused and every probe point (the index's too) is run alone: the same bound."""
+@pytest.mark.parametrize("in_place, way", [(False, "vmap"), (True, False)])
+def test_a_model_that_does_not_broadcast_is_indexed_under_vmap_or_point_by_point(
+    grouped, in_place, way
+):
+    """``a[group]`` without the ellipsis indexes the probe dim, so the probe plate is
+    refused and the points (the index's too) run under vmap; written into a buffer in place,
+    which vmap cannot batch either, every point is run alone: the same bound."""
     group, y = grouped
 
     def unbatched(group, y):
         with pyro.plate("groups", G):
             a = pyro.sample("a", dist.Normal(t(0.0), t(3.0)))
+        mean = a[group]
+        if in_place:
+            mean = torch.zeros(N, dtype=F64)
+            mean += a[group]
         with pyro.plate("data", N):
-            pyro.sample("y", dist.Normal(a[group], t(0.5)), obs=y)
+            pyro.sample("y", dist.Normal(mean, t(0.5)), obs=y)
 
     fit = AutoCAVI(unbatched).fit(group, y)
-    assert fit.probe_batched_ is False
+    assert fit.probe_batched_ is way
     expected = gaussian_evidence(group, y, 9.0, 0.25)
     assert abs(fit.lower_bound_ - expected) < 1e-9 * abs(expected)
 

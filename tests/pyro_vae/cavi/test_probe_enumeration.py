@@ -97,7 +97,7 @@ def probed(model, args, monkeypatch, enumerate_):
     out = probe_factors(model, args, {}, latents, depends, trace, g, info=info)
     monkeypatch.undo()
     # batched: not redone one point per run after a misfit (which would hide a bad solve)
-    return {f.name: f for f in out}, bool(used and used[0]) and info["batched"]
+    return {f.name: f for f in out}, bool(used and used[0]) and info["batched"] == "plate"
 
 
 @pytest.mark.parametrize(

@@ -42,6 +42,17 @@ def mixes_probes_when_batched(y):
         pyro.sample("y", dist.Normal(mu.reshape(-1)[0], tau.reshape(-1)[0].rsqrt()), obs=y)
 
 
+def writes_in_place(y):
+    # loc += mu: neither a probe plate ([S, 1] into [n]) nor vmap (a batched mu into an
+    # unbatched buffer) can write S points into loc; only a run per point can
+    tau = pyro.sample("tau", dist.Gamma(t(2.0), t(1.0)))
+    mu = pyro.sample("mu", dist.Normal(t(0.0), t(1.0)))
+    loc = torch.zeros(len(y), dtype=F64)
+    loc += mu
+    with pyro.plate("data", len(y)):
+        pyro.sample("y", dist.Normal(loc, tau.rsqrt()), obs=y)
+
+
 def hmm(y):
     s = None
     for i in pyro.markov(range(len(y))):
@@ -79,23 +90,34 @@ def mixture_data():
     ],
     ids=["normal-gamma", "hmm", "wishart-mixture"],
 )
-def test_batched_and_looped_probes_give_the_same_factors(model, args):
-    # the coefficients are exact (the factors are multilinear in the statistics): both
+def test_batched_vmapped_and_looped_probes_give_the_same_factors(model, args):
+    # the coefficients are exact (the factors are multilinear in the statistics): the three
     # ways of running the probe points must solve to them, to rounding (the looped
     # mixture is this file's slowest case, ~1 s: the only check of the selector's probes
     # run one by one against them batched)
     batched, info_b = factors(model, *args, batched=True)
+    vmapped, info_v = factors(model, *args, batched="vmap")
     looped, info_l = factors(model, *args, batched=False)
-    assert info_b["batched"] and not info_l["batched"]
-    assert info_b["model_runs"] <= 5 and info_l["model_runs"] > 5 * info_b["model_runs"]
+    assert info_b["batched"] == "plate" and info_v["batched"] == "vmap"
+    assert info_l["batched"] is False
+    assert info_b["model_runs"] <= 5 and info_v["model_runs"] <= 5
+    assert info_l["model_runs"] > 5 * info_b["model_runs"]
     assert_same_factors(batched, looped)
+    assert_same_factors(vmapped, looped)
 
 
-@pytest.mark.parametrize("model", [raises_when_batched, mixes_probes_when_batched])
-def test_a_model_that_does_not_broadcast_is_probed_point_by_point_to_the_same_fit(model):
+@pytest.mark.parametrize(
+    "model, way",
+    [(raises_when_batched, "vmap"), (mixes_probes_when_batched, "vmap"),
+     (writes_in_place, False)],
+)  # fmt: skip
+def test_a_model_that_does_not_broadcast_is_probed_under_vmap_or_point_by_point_to_the_same_fit(
+    model, way
+):
     reference = AutoCAVI(careful, tol=1e-12).fit(Y)
     fit = AutoCAVI(model, tol=1e-12).fit(Y)
-    assert reference.probe_batched_ and not fit.probe_batched_
+    assert reference.probe_batched_ == "plate" and fit.probe_batched_ is way
+    assert fit.probe_model_runs_ > 20 if way is False else fit.probe_model_runs_ <= 3
     assert fit.lower_bounds_ == pytest.approx(reference.lower_bounds_, rel=1e-10)
     for name, q in reference.variational_distributions().items():
         other = fit.variational_distributions()[name]
@@ -143,7 +165,7 @@ def test_a_batched_run_that_mixes_probe_points_stops_at_the_first_such_site():
     """A chain indexed without regard to the probe dim (``Vindex(A)[..., s, :]``, A's rows
     plated, s scalar) makes each step's distribution [S, S, K]: the batched run stops at
     the first step whose distribution outgrows its points (tester 19: every step's copy was
-    kept, 11 GB at 8 states and 100 steps), and the chain is probed point by point."""
+    kept, 11 GB at 8 states and 100 steps), and the chain is probed under vmap."""
     steps_reached = []
 
     def chain(y):
@@ -171,4 +193,4 @@ def test_a_batched_run_that_mixes_probe_points_stops_at_the_first_such_site():
     assert runner._run(padded, 40) is None
     assert steps_reached == [1]  # s_1's Categorical is [40, 40, 3]: stopped there
     fit = AutoCAVI(chain, tol=1e-10).fit(y)
-    assert not fit.probe_batched_ and fit.fitted_chains_
+    assert fit.probe_batched_ == "vmap" and fit.fitted_chains_
