@@ -151,8 +151,9 @@ class AutoCAVI:
         n_iter_: sweeps run. converged_: whether a sweep changed the bound by less than
             ``tol`` before ``max_iter`` ran out — a fixed point (``pyro_vae.cavi``'s meaning).
         markov_blankets_: ``{latent: factor sites whose log-density mentions it}``.
-        fitted_chains_: ``{chain of sites: (marginals [T, K], pairwise marginals
-            [T−1, K, K])}`` of each chain kept whole.
+        fitted_chains_: ``{chain of sites: (marginals [T, *batch, K], pairwise marginals
+            [T−1, *batch, K, K])}`` of each chain kept whole (batch: the plates of a chain
+            whose sites are plated, one sequence per element; else empty).
         probe_seconds_: wall time spent tracing and probing the model (once per fit).
         probe_batched_: how the probe points ran, in one or a few model runs: ``"plate"``,
             stacked along a leading batch dim (a ``pyro.plate("_probes", S)`` left of the
@@ -280,7 +281,7 @@ class AutoCAVI:
         (bounds, converged, frames, stats, the fitted state to keep if it is the best)."""
         self._q, self._chain_entropy, self._absent, self._local_cache = {}, {}, {}, {}
         self._pairs = {
-            link: torch.outer(stats[link[0]], stats[link[1]])
+            link: stats[link[0]].unsqueeze(-1) * stats[link[1]].unsqueeze(-2)
             for chain in chains
             for link in zip(chain, chain[1:], strict=False)
         }

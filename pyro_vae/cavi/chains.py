@@ -1,9 +1,11 @@
 """Chains of Categorical latents (``pyro.markov``) kept whole in q and updated exactly by
 forward-backward: structured mean field (Ghahramani & Jordan 1997; Saul & Jordan 1996).
 
-A chain is a run of scalar Categorical sites s_0 → s_1 → … in which each site's prior
-mentions exactly one other Categorical site, its predecessor, and each predecessor has one
-successor (a ``pyro.markov`` loop: ``Categorical(logits=log_A[s_prev])``). Its factor of q
+A chain is a run of Categorical sites s_0 → s_1 → … in which each site's prior mentions
+exactly one other Categorical site, its predecessor, and each predecessor has one successor
+(a ``pyro.markov`` loop: ``Categorical(logits=log_A[s_prev])``). Its sites are scalar, or
+share their plates (several sequences in a plate: one chain per element, the batch of them
+updated together). Its factor of q
 is the HMM
 
     q(s_0, …, s_{T−1}) ∝ exp(Σ_t u_t(s_t) + Σ_t ψ_t(s_{t−1}, s_t)),
@@ -26,41 +28,50 @@ import warnings
 import torch
 
 from pyro_vae.cavi.conjugate_forms import Factor, Latent
-from pyro_vae.cavi.expectations import contract
+from pyro_vae.cavi.expectations import contract, sum_to
 from pyro_vae.cavi.exponential_families import NotConjugateError
 from pyro_vae.cavi.hmm import forward_backward
 
 
 def find_chains(latents: dict[str, Latent], factors: list[Factor]) -> list[tuple[str, ...]]:
-    """The maximal chains (length ≥ 2) of scalar Categorical sites, in sampling order.
+    """The maximal chains (length ≥ 2) of Categorical sites of as many states, in sampling
+    order.
 
-    Warns (``UserWarning``) where three or more Categorical sites in a plate are linked as a
-    chain (several sequences in a plate around one ``pyro.markov`` loop): those are fitted
-    by mean field per site, a lower bound than the chain kept whole. Two linked sites (a
-    two-level latent class, c_n → z_n) are a hierarchy, not a sequence to unroll."""
+    The sites of a chain share one batch shape: unplated (one sequence), or in the same
+    plates (several sequences in a plate around one ``pyro.markov`` loop, each element its
+    own chain, updated by one batched forward-backward) where no factor reads a chain site
+    through a data index. Warns (``UserWarning``) where a plated Categorical site reads a
+    plated predecessor otherwise (through an index, or in other plates or dims): that link
+    is fitted by mean field, a lower bound than the chain kept whole."""
     categorical = {n for n, lat in latents.items() if lat.family.name == "Categorical"}
     parent = _parents(categorical, factors)
-    in_plate = {c: p for c, p in parent.items() if latents[c].batch_shape}
-    plated = sorted(c for c, p in in_plate.items() if p in in_plate)  # a third site above
-    if plated:
+    # a chain's sites share their number of states (a c_n → z_n hierarchy of 2 and 3
+    # classes is two mean-field factors, as any hierarchy of unlike classes)
+    parent = {c: p for c, p in parent.items() if latents[c].family.k == latents[p].family.k}
+    indexed = {n for f in factors for n in f.index}
+    kept = {
+        c: p for c, p in parent.items()
+        if latents[c].batch_shape == latents[p].batch_shape and not {c, p} & indexed
+    }  # fmt: skip
+    linked = sorted(
+        c for c, p in parent.items()
+        if c not in kept and latents[c].batch_shape and latents[p].batch_shape
+    )  # fmt: skip
+    if linked:
         warnings.warn(
-            f"AutoCAVI: the Categorical sites {plated[:3]}{' …' if len(plated) > 3 else ''} "
-            "form Markov chains inside a plate (several sequences in one pyro.markov loop); "
-            "only chains of unplated sites are kept whole by forward-backward, so these are "
-            "fitted by mean field per site, a lower bound. Unroll the sequences into "
-            "separate unplated sites (one pyro.markov loop per sequence) to keep each chain "
-            "whole",
+            f"AutoCAVI: the Categorical sites {linked[:3]}{' …' if len(linked) > 3 else ''} "
+            "read a plated predecessor that forward-backward cannot keep in one chain with "
+            "them (through a data index, or in other plates or plate dims), so that link is "
+            "fitted by mean field, a lower bound. Put every step of a sequence in the same "
+            "plates, read at its own element",
             stacklevel=3,
         )
-    parent = {c: p for c, p in parent.items() if not latents[c].batch_shape
-              and not latents[p].batch_shape}  # fmt: skip
-    categorical = {n for n in categorical if not latents[n].batch_shape}
     children: dict[str, list[str]] = {}
-    for child, p in parent.items():
+    for child, p in kept.items():
         children.setdefault(p, []).append(child)
     chains = []
     for name in latents:
-        if name not in categorical or len(children.get(parent.get(name), ())) == 1:
+        if name not in categorical or len(children.get(kept.get(name), ())) == 1:
             continue  # not a head: its predecessor's only successor
         chain = [name]
         while len(children.get(chain[-1], ())) == 1:
@@ -103,35 +114,35 @@ def _check_links(chain: tuple[str, ...], factors: list[Factor]) -> None:
 
 
 def update_chain(chain, factors, stats, pairs) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """q(chain) from its expected messages: (marginals [T, K], pairwise [T−1, K, K],
-    its entropy in nats)."""
+    """q(chain) from its expected messages: (marginals [T, *batch, K], pairwise
+    [T−1, *batch, K, K], its entropy in nats, summed over the batch); ``batch``: the sites'
+    plates, one chain per element."""
     index = {s: t for t, s in enumerate(chain)}
-    k = stats[chain[0]].shape[-1]
-    unary = torch.zeros(len(chain), k, dtype=torch.float64)
-    pairwise = torch.zeros(len(chain) - 1, k, k, dtype=torch.float64)
+    batch, k = stats[chain[0]].shape[:-1], stats[chain[0]].shape[-1]
+    one, two = batch + (k,), batch + (k, k)
+    unary = torch.zeros((len(chain),) + one, dtype=torch.float64)
+    pairwise = torch.zeros((len(chain) - 1,) + two, dtype=torch.float64)
     for f in factors:
         following = [s for s in f.latents if s in index]
         if f.selector in index and following:  # a transition: s_{t−1} picks s_t's row
             message = contract(f, stats, (f.selector, following[0]), pairs)
-            pairwise[index[f.selector]] += message.reshape(-1, k, k).sum(0)
+            pairwise[index[f.selector]] += sum_to(message, two)
             continue
         if f.selector in index:  # an emission mixture: s_t picks its component
             message = contract(f, stats, (f.selector,), pairs)  # [*batch, K]
-            unary[index[f.selector]] += message.reshape(-1, k).sum(0)
+            unary[index[f.selector]] += sum_to(message, one)
             continue
         mentioned = sorted(following, key=index.get)
         if len(mentioned) == 1:
-            unary[index[mentioned[0]]] += (
-                contract(f, stats, tuple(mentioned), pairs).reshape(-1, k).sum(0)
-            )
+            unary[index[mentioned[0]]] += sum_to(contract(f, stats, tuple(mentioned), pairs), one)
         elif len(mentioned) == 2:
-            message = contract(f, stats, tuple(mentioned), pairs).reshape(-1, k, k).sum(0)
+            message = sum_to(contract(f, stats, tuple(mentioned), pairs), two)
             if f.latents.index(mentioned[0]) > f.latents.index(mentioned[1]):
-                message = message.T
+                message = message.transpose(-1, -2)
             pairwise[index[mentioned[0]]] += message
     # one message matrix per step: a chain's transitions may differ from step to step
     log_z, marginals, pair_marginals = forward_backward(
         torch.zeros(k, dtype=torch.float64), pairwise, unary
     )
-    entropy = float(log_z - (marginals * unary).sum() - (pair_marginals * pairwise).sum())
-    return marginals, pair_marginals, entropy
+    entropy = log_z.sum() - (marginals * unary).sum() - (pair_marginals * pairwise).sum()
+    return marginals, pair_marginals, float(entropy)

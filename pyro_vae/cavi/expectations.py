@@ -20,7 +20,8 @@ from pyro_vae.cavi.factor_support import contract_gathered, sparse_form
 
 def contract(factor: Factor, stats: dict, keep=(), pairs=None) -> torch.Tensor:
     """C contracted with every latent's E_q[T] but those in ``keep`` (and with a mixture's
-    E_q[one-hot z]); ``pairs`` maps a chain link (a, b) to E_q[one-hot a ⊗ one-hot b].
+    E_q[one-hot z]); ``pairs`` maps a chain link (a, b) to E_q[one-hot a ⊗ one-hot b],
+    [*batch, K_a, K_b] (batch: a plated chain's plates, else empty).
 
     Returns [*batch, B_k for k in keep, in the factor's order] (E_q[log f] per element when
     ``keep`` is empty): per factor element, so a kept latent read through a data index gets
@@ -34,10 +35,10 @@ def contract(factor: Factor, stats: dict, keep=(), pairs=None) -> torch.Tensor:
     # looked up by key (a chain of T steps has T − 1 pairs; a factor reads at most one)
     linked = [(a, b) for a in remaining for b in remaining if (a, b) in (pairs or {})]
     for a, b in linked:
-        joint = pairs[(a, b)]
+        joint = pairs[(a, b)]  # [*batch (a plated chain's), K_a, K_b]
         if a in remaining and b in remaining and a not in keep and b not in keep:
-            view = (1,) * factor.rank + tuple(
-                joint.shape[0] if m == a else joint.shape[1] if m == b else 1 for m in remaining
+            view = batch_view(factor, a, joint.shape[:-2]) + tuple(
+                joint.shape[-2] if m == a else joint.shape[-1] if m == b else 1 for m in remaining
             )
             axes = (factor.rank + remaining.index(a), factor.rank + remaining.index(b))
             c = (c * joint.reshape(view)).sum(axes)  # a chain's K x K: small
@@ -74,9 +75,11 @@ def _selector_pair(factor: Factor, c: torch.Tensor, remaining: list, keep, pairs
     for other in remaining:  # looked up by key: a chain of T steps has T − 1 pairs
         after, before = pairs.get((factor.selector, other)), pairs.get((other, factor.selector))
         if other not in keep and (after is not None or before is not None):
-            joint = after if after is not None else before.T  # [K, B of other]
-            view = (1,) * (factor.rank - 1) + (joint.shape[0],)
-            view += tuple(joint.shape[1] if m == other else 1 for m in remaining)
+            # [*batch (a plated chain's), K, B of other]
+            joint = after if after is not None else before.transpose(-1, -2)
+            view = batch_view(factor, factor.selector, joint.shape[:-2])[:-1]
+            view += (joint.shape[-2],)
+            view += tuple(joint.shape[-1] if m == other else 1 for m in remaining)
             c = (c * joint.reshape(view)).sum(factor.rank + remaining.index(other))
             return c, [m for m in remaining if m != other], True
     return c, remaining, False

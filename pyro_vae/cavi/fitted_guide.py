@@ -28,6 +28,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro.distributions.torch_distribution import TorchDistributionMixin
+from pyro.ops.indexing import Vindex
 
 from pyro_vae.cavi.exponential_families import NormalGamma, NormalWishart
 
@@ -39,7 +40,8 @@ def fitted_guide(latents: dict, q: dict, chains: dict, absent: dict,
     Args:
         latents: {unit: Latent}, in the model's sampling order.
         q: {unit: fitted q} (a chain's sites: their marginals).
-        chains: {chain of sites: (marginals [T, K], pairwise marginals [T−1, K, K])}.
+        chains: {chain of sites: (marginals [T, *batch, K], pairwise marginals
+            [T−1, *batch, K, K])}; batch: a plated chain's plates, else empty.
         absent: {unit: bool mask [*batch] of the elements absent from the model, or None}.
         plates: {site: the model's vectorized plate frames around it}; each site is drawn
             inside the same plates (name, size, dim), so its batch dims are plate dims as
@@ -113,11 +115,12 @@ def _sample_block(sites: tuple[str, str], q, mask, within) -> None:
 
 def sample_chain(chain: tuple[str, ...], marginals: torch.Tensor, pairwise: torch.Tensor):
     """Pyro sample sites ``chain`` (s₁, …, s_T) drawn from a chain's q: s₁ from its
-    marginal γ₁ (``marginals`` [T, K]), then each s_t from q(s_t | s_{t−1}), the pairwise
-    marginal's row ξ_t(s_{t−1}, ·) (``pairwise`` [T−1, K, K]) normalized (it sums to
-    γ_{t−1}(s_{t−1})); used by AutoCAVI's guide and ``StructuredMeanField``'s."""
+    marginal γ₁ (``marginals`` [T, *batch, K]), then each s_t from q(s_t | s_{t−1}), the
+    pairwise marginal's row ξ_t(s_{t−1}, ·) (``pairwise`` [T−1, *batch, K, K]) normalized
+    (it sums to γ_{t−1}(s_{t−1})); ``batch``: a plated chain's plates (one chain per
+    element), else empty. Used by AutoCAVI's guide and ``StructuredMeanField``'s."""
     previous = pyro.sample(chain[0], dist.Categorical(probs=marginals[0]))
     for t in range(1, len(chain)):
-        rows = pairwise[t - 1][previous]  # [*draws, K]
+        rows = Vindex(pairwise[t - 1])[..., previous, :]  # [*draws, *batch, K]
         probs = rows / rows.sum(-1, keepdim=True)
         previous = pyro.sample(chain[t], dist.Categorical(probs=probs))

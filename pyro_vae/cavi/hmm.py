@@ -35,18 +35,21 @@ from pyro_vae.cavi.fitted_guide import sample_chain
 
 
 def forward_backward(log_pi: torch.Tensor, log_A: torch.Tensor, log_lik: torch.Tensor):
-    """Exact HMM smoothing in log space (Rabiner 1989), time-homogeneous or not.
+    """Exact HMM smoothing in log space (Rabiner 1989), time-homogeneous or not, of one
+    chain or of a batch of independent chains.
 
     Args:
-        log_pi: ``[K]`` initial log-probabilities; log_A: ``[K, K]`` transition
-            log-probabilities (row = from), or ``[T−1, K, K]``, one matrix per step
-            (``log_A[t]`` from s_t to s_{t+1}); log_lik: ``[T, K]`` log p(y_t | s_t = k).
-            Rows need not be normalized: log Z is then that of the unnormalized chain.
-            Tensors or arrays of any real dtype; computed in float64.
+        log_pi: ``[K]`` initial log-probabilities (or ``[*batch, K]``); log_A: ``[K, K]``
+            transition log-probabilities (row = from), or ``[T−1, K, K]``, one matrix per
+            step (``log_A[t]`` from s_t to s_{t+1}), or ``[T−1, *batch, K, K]``; log_lik:
+            ``[T, K]`` log p(y_t | s_t = k), or ``[T, *batch, K]`` for a batch of chains
+            (several sequences in a plate, each its own chain). Rows need not be
+            normalized: log Z is then that of the unnormalized chain. Tensors or arrays of
+            any real dtype; computed in float64.
 
     Returns:
-        log Z = log Σ_S p(S) Π_t exp(log_lik), marginals ``[T, K]`` and pairwise marginals
-        ``[T−1, K, K]`` of the posterior.
+        log Z = log Σ_S p(S) Π_t exp(log_lik) (``[*batch]``), marginals ``[T, *batch, K]``
+        and pairwise marginals ``[T−1, *batch, K, K]`` of the posterior.
 
     Raises:
         ValueError: shapes that do not match, NaN or +inf entries, or no path of
@@ -54,33 +57,43 @@ def forward_backward(log_pi: torch.Tensor, log_A: torch.Tensor, log_lik: torch.T
     """
     log_pi, log_A = as_float64("log_pi", log_pi), as_float64("log_A", log_A)
     log_lik = as_float64("log_lik", log_lik)
-    if log_lik.dim() != 2 or log_lik.shape[0] == 0:
-        raise ValueError(f"log_lik: shape {tuple(log_lik.shape)} is not [T, K] with T ≥ 1")
-    T, K = log_lik.shape
-    if log_pi.shape != (K,) or log_A.shape not in ((K, K), (T - 1, K, K)):
+    if log_lik.dim() < 2 or log_lik.shape[0] == 0:
+        raise ValueError(
+            f"log_lik: shape {tuple(log_lik.shape)} is not [T, K] (or [T, *batch, K]) with T ≥ 1"
+        )
+    T, K, batch = log_lik.shape[0], log_lik.shape[-1], log_lik.shape[1:-1]
+    pi_ok = log_pi.shape in ((K,), batch + (K,))
+    steps_shapes = ((K, K), (T - 1, K, K), (T - 1,) + batch + (K, K))
+    if not pi_ok or log_A.shape not in steps_shapes:
+        batched = f", or ({T - 1}, *{tuple(batch)}, {K}, {K}) for the batch" if batch else ""
         raise ValueError(
             f"log_pi, log_A: shapes {tuple(log_pi.shape)}, {tuple(log_A.shape)} do not match "
             f"log_lik's {K} states over {T} steps; expected ({K},) and ({K}, {K}) or "
-            f"({T - 1}, {K}, {K})"
+            f"({T - 1}, {K}, {K}){batched}"
         )
     for name, value in (("log_pi", log_pi), ("log_A", log_A), ("log_lik", log_lik)):
         log_probabilities(name, value)
-    steps = log_A.expand(T - 1, K, K) if log_A.dim() == 2 else log_A
-    alpha = torch.empty(T, K, dtype=log_lik.dtype)
+    if log_A.dim() == 3 and batch:  # one matrix per step, shared by the batch
+        log_A = log_A.reshape((T - 1,) + (1,) * len(batch) + (K, K))
+    steps = log_A.expand((T - 1,) + batch + (K, K))
+    alpha = torch.empty((T,) + batch + (K,), dtype=log_lik.dtype)
     alpha[0] = log_pi + log_lik[0]
     for t in range(1, T):
-        alpha[t] = torch.logsumexp(alpha[t - 1][:, None] + steps[t - 1], 0) + log_lik[t]
-    beta = torch.zeros(T, K, dtype=log_lik.dtype)
+        alpha[t] = torch.logsumexp(alpha[t - 1].unsqueeze(-1) + steps[t - 1], -2) + log_lik[t]
+    beta = torch.zeros((T,) + batch + (K,), dtype=log_lik.dtype)
     for t in range(T - 2, -1, -1):
-        beta[t] = torch.logsumexp(steps[t] + (log_lik[t + 1] + beta[t + 1])[None, :], 1)
-    log_z = torch.logsumexp(alpha[-1], 0)
-    if bool(log_z == -math.inf):
+        beta[t] = torch.logsumexp(steps[t] + (log_lik[t + 1] + beta[t + 1]).unsqueeze(-2), -1)
+    log_z = torch.logsumexp(alpha[-1], -1)
+    if bool((log_z == -math.inf).any()):
         raise ValueError(
             "log_pi, log_A, log_lik: every path of states has probability zero (log Z = −inf); "
             "no posterior to smooth"
         )
-    marginals = (alpha + beta - log_z).exp()
-    pairwise = (alpha[:-1, :, None] + steps + (log_lik[1:] + beta[1:])[:, None, :] - log_z).exp()
+    marginals = (alpha + beta - log_z.unsqueeze(-1)).exp()
+    pairwise = (
+        alpha[:-1].unsqueeze(-1) + steps + (log_lik[1:] + beta[1:]).unsqueeze(-2)
+        - log_z[..., None, None]
+    ).exp()  # fmt: skip
     return log_z, marginals, pairwise
 
 

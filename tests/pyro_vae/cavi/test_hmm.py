@@ -68,6 +68,27 @@ def test_forward_backward_with_one_transition_matrix_per_step_matches_enumeratio
         forward_backward(log_pi, log_A[:2], log_lik)
 
 
+@pytest.mark.parametrize("per_step", [False, True])
+def test_forward_backward_over_a_batch_of_chains_is_each_chain_alone(per_step):
+    # sequences in a plate: log_lik [T, 2, K] (and log_A [T−1, 2, K, K] per step and chain,
+    # or one [K, K]) give each chain's own log Z, marginals and pairwise marginals
+    g = torch.Generator().manual_seed(2)
+    log_pi = torch.log_softmax(torch.randn(2, 3, generator=g, dtype=torch.float64), -1)
+    shape = (3, 2, 3, 3) if per_step else (3, 3)
+    log_A = torch.log_softmax(torch.randn(shape, generator=g, dtype=torch.float64), -1)
+    log_lik = torch.randn(4, 2, 3, generator=g, dtype=torch.float64)
+    log_z, marginals, pairwise = forward_backward(log_pi, log_A, log_lik)
+    assert log_z.shape == (2,) and marginals.shape == (4, 2, 3)
+    assert pairwise.shape == (3, 2, 3, 3)
+    for b in range(2):
+        alone = forward_backward(log_pi[b], log_A[:, b] if per_step else log_A, log_lik[:, b])
+        torch.testing.assert_close(log_z[b], alone[0])
+        torch.testing.assert_close(marginals[:, b], alone[1])
+        torch.testing.assert_close(pairwise[:, b], alone[2])
+    with pytest.raises(ValueError, match=r"or \(3, \*\(2,\), 3, 3\) for the batch"):
+        forward_backward(log_pi, log_A[..., :2] if per_step else log_A[:2], log_lik)
+
+
 def test_forward_backward_computes_in_float64_whatever_it_is_given():
     # an integer or float32 log_lik, or NumPy arrays, give the float64 answer
     log_pi = torch.log_softmax(torch.tensor([0.3, -1.0, 0.5], dtype=torch.float64), 0)
