@@ -886,9 +886,13 @@ def _full_rank(members, values, rank, components=frozenset()) -> bool:
 def _as_read(member: Latent, value: torch.Tensor) -> torch.Tensor:
     """A discrete member's values [S, *batch] as the factor's elements read them: at its
     data index where it has one and its values differ along its plate (a shared fit probe,
-    one value across the plate, is read alike by every element as it is)."""
-    if member.index is None or value[0].numel() == 1:
+    one value across the plate, is read alike by every element: [S, 1 per index dim], its
+    plate's dims dropped, which the index replaces, so that a plate at another dim than
+    the factor's does not add a dim of its own)."""
+    if member.index is None:
         return value
+    if value[0].numel() == 1:
+        return value.reshape(value.shape[:1] + (1,) * member.index.dim())
     return _read_values(member, value)
 
 
@@ -968,7 +972,8 @@ def probe_runner(model, args, kwargs, latents, trace, generator, batched) -> Pro
     return runner
 
 
-def _runner(model, args, kwargs, latents, trace, generator, batched, frames) -> ProbeRunner:
+def _runner(model, args, kwargs, latents, trace, generator, batched, frames,
+            try_plate=True) -> ProbeRunner:  # fmt: skip
     """A :class:`ProbeRunner` whose reference is ``trace`` (a plain run at probe values)."""
     sites = [s for latent in latents.values() for s in latent.sites]
     values = {s: trace.nodes[s]["value"] for s in sites}
@@ -978,31 +983,36 @@ def _runner(model, args, kwargs, latents, trace, generator, batched, frames) -> 
         if is_factor(node)
     }
     reference = (values, log_probs, trace)
-    return ProbeRunner(model, args, kwargs, latents, generator, reference, batched, frames)
+    return ProbeRunner(
+        model, args, kwargs, latents, generator, reference, batched, frames, try_plate
+    )
 
 
 def probe_factors(model, args, kwargs, latents, depends, trace, generator, *, batched=True,
-                  info=None, frames=None):  # fmt: skip
+                  info=None, frames=None, try_plate=True):  # fmt: skip
     """Solve every factor's coefficients from one set of probe runs, and verify them.
 
     ``trace`` is a run at probe values (from :func:`find_dependencies`). The probe points
     are run in one batched model run when the model broadcasts over a leading probe dim,
-    else under ``torch.func.vmap``, else one by one (``batched=False`` forces that); see
-    :mod:`pyro_vae.cavi.probe_runs`. ``info``, a dict, receives ``batched`` (``"plate"``,
-    ``"vmap"`` or False: how the runs were batched) and
-    ``model_runs`` (model calls made). ``frames`` {unit: Frame}: draw those units' points
-    around q and solve in their local coordinates (:mod:`pyro_vae.cavi.probe_frames`).
+    else under ``torch.func.vmap``, else one by one (``batched=False`` forces that;
+    ``try_plate=False`` skips the probe plate); see :mod:`pyro_vae.cavi.probe_runs`. A
+    factor that misfits in a probe plate is probed again under vmap or one by one.
+    ``info``, a dict, receives ``batched`` (``"plate"``, ``"vmap"`` or False: how the runs
+    were batched) and ``model_runs`` (model calls made). ``frames`` {unit: Frame}: draw
+    those units' points around q and solve in their local coordinates
+    (:mod:`pyro_vae.cavi.probe_frames`).
     Returns a list of :class:`Factor` on the natural statistics, in the trace's site order."""
-    runner = _runner(model, args, kwargs, latents, trace, generator, batched, frames)
+    runner = _runner(model, args, kwargs, latents, trace, generator, batched, frames, try_plate)
     info = {} if info is None else info
     try:
         factors = _probe_all(runner, depends, trace)
         info.update(batched=runner.batched or False, model_runs=runner.model_runs)
         return factors
     except NotConjugateError:
-        if not runner.batched:
+        if runner.batched != "plate":  # vmap and single runs cannot mix points: a misfit
             raise
-    # a misfit in batched runs may be a model that broadcasts wrongly: redo them one by one
+    # a misfit in a probe plate may be a model that mixes its points where the reference
+    # check did not see it: redo them under vmap, which cannot, else one by one
     factors = probe_factors(
         model,
         args,
@@ -1011,9 +1021,10 @@ def probe_factors(model, args, kwargs, latents, depends, trace, generator, *, ba
         depends,
         trace,
         generator,
-        batched=False,
+        batched=batched,
         info=info,
         frames=frames,
+        try_plate=False,
     )
     info["model_runs"] += runner.model_runs
     return factors

@@ -91,10 +91,24 @@ class Runs:
 
     def __add__(self, other: Runs) -> Runs:
         return Runs(
-            {k: torch.cat([v, other.values[k]]) for k, v in self.values.items()},
+            {k: _stacked(v, other.values[k]) for k, v in self.values.items()},
             {k: torch.cat([v, other.log_probs[k]]) for k, v in self.log_probs.items()},
             frames=self.frames,
         )
+
+
+def _stacked(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``torch.cat([a, b])`` of two sets of points, a dim that both hold at one value per
+    point (a shared fit probe, expanded with stride 0) kept so: the solves read stride 0 as
+    one design for the whole plate (copied, a Bayesian HMM's 50 sequences were 50 designs
+    of 80 unknowns each, solved 50 times over)."""
+    shared = [d for d in range(1, a.dim()) if a.shape[d] > 1 and a.stride(d) == b.stride(d) == 0]
+    if not shared:
+        return torch.cat([a, b])
+    shape = (a.shape[0] + b.shape[0],) + a.shape[1:]
+    for d in shared:
+        a, b = a.narrow(d, 0, 1), b.narrow(d, 0, 1)
+    return torch.cat([a, b]).expand(shape)
 
 
 def _nesting(trace) -> int:
@@ -121,12 +135,14 @@ class ProbeRunner:
         batched: True: try a probe plate, then vmap, then one run per point (the first run
             decides); ``"plate"`` or ``"vmap"``: that way, already found to reproduce the
             reference; False: one run per probe point.
+        try_plate: False: with ``batched`` True, try vmap and then one run per point only
+            (after a misfit in a probe plate, which a model can mix points in unseen).
         frames: {unit: Frame}, units whose points are drawn around q
             (:mod:`pyro_vae.cavi.probe_frames`); the others at their family's fixed place.
     """
 
     def __init__(self, model, args, kwargs, latents, generator, reference, batched=True,
-                 frames=None):  # fmt: skip
+                 frames=None, try_plate=True):  # fmt: skip
         self.model, self.args, self.kwargs = model, args, kwargs
         self.latents, self.generator = latents, generator
         self.frames = frames or {}
@@ -134,10 +150,11 @@ class ProbeRunner:
         self.nesting = _nesting(trace)
         self.shapes = {n: lp.shape for n, lp in self._reference_log_probs.items()}
         self.batched = None if batched is True else batched  # None: not yet tried
+        self._ways = ("plate", "vmap") if try_plate else ("vmap",)
         events = [getattr(site["fn"], "event_shape", torch.Size()).numel()
                   for site in trace.nodes.values() if site["type"] == "sample"]  # fmt: skip
         points = sum(lp.numel() for lp in self._reference_log_probs.values())
-        self._point_size = max(1, points) * max([1, *events])
+        self._point_size = max(max(1, points) * max([1, *events]), _parameter_elements(trace))
         self.model_runs = 0
         self._ready = {}  # (count, key) -> Runs drawn ahead by prefetch
         self._batch_sizes = {
@@ -219,26 +236,38 @@ class ProbeRunner:
         return out
 
     def _try_batched(self, values: dict, count: int) -> str | bool:
-        """Run the first batch with the reference point appended, in a probe plate and,
+        """Run the first batch with the reference point among them, in a probe plate and,
         failing that, under vmap: the first way that runs and reproduces the plain run
         there (``"plate"`` or ``"vmap"``, its result kept as ``batched_result``), else
-        False."""
+        False. The reference sits in the middle of the first run's points, not at either
+        end: a model that reads one point for all (``mu.reshape(-1)[0]``, or ``[-1]``)
+        then scores it at another point's value, also where the points are split over
+        runs (tester 21's F3, F4; appended last, ``[-1]`` read the reference everywhere,
+        and a run of it alone mixed nothing). The warnings of a way not taken are dropped:
+        a model's ``x.T`` on the probe plate's extra dim is the plate's, not the model's."""
+        at = min(self._chunk(1), count + 1) // 2
         extended = {
-            k: torch.cat([v, self._reference_values[k].unsqueeze(0)]) for k, v in values.items()
+            k: torch.cat([v[:at], self._reference_values[k].unsqueeze(0), v[at:]])
+            for k, v in values.items()
         }
-        for mode in ("plate", "vmap"):
-            out = self._batched(extended, count + 1, mode)
-            if out is not None and self._reproduces_reference(out):
-                self.batched_result = {k: v[:-1] for k, v in out.items()}
+        for mode in self._ways:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                out = self._batched(extended, count + 1, mode)
+                taken = out is not None and self._reproduces_reference(out, at)
+            if taken:
+                for w in caught:  # the model's own, in a way that runs: passed on
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+                self.batched_result = {k: torch.cat([v[:at], v[at + 1 :]]) for k, v in out.items()}
                 return mode
         return False
 
-    def _reproduces_reference(self, out: dict) -> bool:
-        """Whether the last point of a batched run scored every factor as the plain run at
-        the reference point did."""
+    def _reproduces_reference(self, out: dict, at: int) -> bool:
+        """Whether point ``at`` of a batched run scored every factor as the plain run at the
+        reference point did."""
         for site, lp in self._reference_log_probs.items():
-            last = out[site][-1]
-            if not bool(((last - lp).abs() <= _AGREE * (1 + lp.abs())).all()):
+            scored = out[site][at]
+            if not bool(((scored - lp).abs() <= _AGREE * (1 + lp.abs())).all()):
                 return False
         return True
 
@@ -260,13 +289,17 @@ class ProbeRunner:
         """One model run under ``torch.func.vmap`` over the points' leading dim: the model
         sees one point's shapes, as in a plain run. None where vmap cannot run it (it
         raises: ``.item()``, Python control flow on a latent's value, random draws, an
-        op without a batching rule) or a log-density's shape is not the reference's."""
+        op without a batching rule), where the run left a tensor of its own in the model's
+        attributes (put back as it was: a cache on ``self`` kept past the run would fail
+        every later run of the model, tester 21's F2), or where a log-density's shape is
+        not the reference's."""
         data = {k: v.contiguous() for k, v in values.items()}  # an expansion: see _padded
 
         def one(point):
             return site_log_probs(self.model, self.args, self.kwargs, point)[0]
 
         self.model_runs += 1
+        before = _attributes(self.model)
         try:
             # validation's checks branch on values, which vmap cannot (AutoCAVI's runs are
             # unvalidated anyway: see pyro_vae.cavi.validation)
@@ -275,6 +308,9 @@ class ProbeRunner:
                 warnings.filterwarnings("ignore", message=".*performance drop because")
                 log_probs = torch.func.vmap(one, randomness="error")(data)
         except (RuntimeError, ValueError, IndexError, TypeError, NotImplementedError):
+            _restore_escaped(before)
+            return None
+        if _restore_escaped(before):
             return None
         for site, shape in self.shapes.items():
             lp = log_probs.get(site)
@@ -396,6 +432,62 @@ class ProbeRunner:
             _refuse_changed_structure(log_probs, self.shapes)
             per_point.append(log_probs)
         return {site: torch.stack([lp[site] for lp in per_point]) for site in self.shapes}
+
+
+def _parameter_elements(trace) -> int:
+    """The elements of every sample site's distribution parameters in a plain run (a
+    MultivariateNormal's N x N covariance and its Cholesky factor): a probe point's
+    footprint that its log-densities do not show (an N = 5,000 covariance scaled by a
+    latent precision held 7.3 GB for 16 points run at once, tester 21's F1)."""
+    return sum(_tensor_elements(site["fn"]) for site in trace.nodes.values()
+               if site["type"] == "sample")  # fmt: skip
+
+
+def _tensor_elements(fn, depth: int = 0) -> int:
+    """The elements of the tensors a distribution holds (and its base distribution's)."""
+    total = 0
+    for value in getattr(fn, "__dict__", {}).values():
+        if isinstance(value, torch.Tensor):
+            total += value.numel()
+        elif isinstance(value, torch.distributions.Distribution) and depth < 4:
+            total += _tensor_elements(value, depth + 1)
+    return total
+
+
+def _attributes(model) -> list[tuple[dict, dict]]:
+    """(attribute dict, a copy of it) of ``model`` and, for an ``nn.Module``, of each
+    submodule and its buffers: where a model keeps state between runs."""
+    model = getattr(model, "__self__", model)  # a bound method's object
+    if isinstance(model, torch.nn.Module):
+        owners = [d for m in model.modules() for d in (vars(m), m._buffers)]
+    else:  # a function's state, if any (a closure's list), lies where this cannot see it
+        owners = [vars(model)] if hasattr(model, "__dict__") else []
+    return [(owner, dict(owner)) for owner in owners]
+
+
+def _restore_escaped(before: list[tuple[dict, dict]]) -> bool:
+    """Put back each attribute a vmapped run set to a tensor of its own (one that escaped
+    vmap: any op on it raises); whether there was one."""
+    escaped = False
+    for owner, old in before:
+        for key, value in list(owner.items()):
+            if (key not in old or old[key] is not value) and _escaped(value):
+                escaped = True
+                if key in old:
+                    owner[key] = old[key]
+                else:
+                    del owner[key]
+    return escaped
+
+
+def _escaped(value) -> bool:
+    if not isinstance(value, torch.Tensor):
+        return False
+    try:
+        value.detach().reshape(-1)[:0].add(0)
+    except RuntimeError:
+        return True
+    return False
 
 
 class _MixesProbes(ValueError):
