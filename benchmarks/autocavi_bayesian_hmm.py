@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import argparse
 import math
-from contextlib import nullcontext
 import os
 import platform
+from contextlib import nullcontext
 from pathlib import Path
 
 import pyro
