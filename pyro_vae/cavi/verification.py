@@ -24,7 +24,6 @@ one lucky round must not accept a kink an earlier round found.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, replace
 
 import pyro.distributions as dist
@@ -192,13 +191,11 @@ def _draw(family, q, shape: torch.Size, generator):
     if isinstance(family, BernoulliFamily):
         probs = q.probs.to(_F64).expand(shape + q.probs.shape)
         return torch.bernoulli(probs, generator=generator)
-    with cpu_rng(int(torch.randint(0, 2**62, (), generator=generator))), \
-            warnings.catch_warnings():  # fmt: skip
-        # torch's Wishart sampler warns of near-singular draws it then redraws
-        warnings.filterwarnings("ignore", message="Singular sample detected")
+    with cpu_rng(int(torch.randint(0, 2**62, (), generator=generator))):
         if isinstance(q, (NormalGamma, NormalWishart)):
             return _block_draw(q, shape)
-        drawn = q.sample(shape).to(_F64)
+        drawn = wishart_draw(q, shape) if isinstance(q, dist.Wishart) else q.sample(shape)
+        drawn = drawn.to(_F64)
     if isinstance(family, BetaFamily):
         return drawn.clamp(_PROBABILITY_FLOOR, 1 - _PROBABILITY_FLOOR)
     if isinstance(family, DirichletFamily):
@@ -212,10 +209,27 @@ def _draw(family, q, shape: torch.Size, generator):
 def _block_draw(q, shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
     """(μ, τ or Λ) drawn from a block's q: the precision from its marginal, then μ from
     N(m, (τP)⁻¹) or N(m, (βΛ)⁻¹) given it."""
-    precision = q.precision_distribution().sample(shape)
+    marginal = q.precision_distribution()
     if isinstance(q, NormalGamma):
-        precision = precision.clamp_min(_TINY)
+        precision = marginal.sample(shape).clamp_min(_TINY)
+    else:
+        precision = wishart_draw(marginal, shape)
     return q.mean_given(precision).sample(), precision
+
+
+def wishart_draw(q: torch.distributions.Wishart, shape: torch.Size) -> torch.Tensor:
+    """``shape`` draws from ``q`` [*shape, *batch, D, D], from torch's global RNG, by the
+    Bartlett decomposition (Smith & Hocking 1972): Λ = L A Aᵀ Lᵀ, L = chol(W), A lower
+    triangular with A_ii = √χ²(ν − i) (i = 0 … D − 1) and A_ij ~ N(0, 1) below. torch's own
+    sampler takes every draw for singular and redraws it up to ten times, with a warning
+    (pytorch/pytorch#122021): ten times the time (0.8 ms of a mixture's 26 ms fit)."""
+    d = q.event_shape[-1]
+    df = q.df.expand(q.batch_shape).unsqueeze(-1) - torch.arange(d, dtype=q.df.dtype)
+    a = torch.diag_embed(torch.distributions.Chi2(df).sample(shape).sqrt())
+    rows, cols = torch.tril_indices(d, d, offset=-1)
+    a[..., rows, cols] = torch.randn(shape + q.batch_shape + (len(rows),), dtype=a.dtype)
+    root = q.scale_tril @ a
+    return root @ root.mT
 
 
 def worst_misfit(factors, latents: dict, frames: dict, values: dict, log_probs: dict,
