@@ -671,10 +671,14 @@ class AutoCAVI:
 
     def _update_chain(self, chain: tuple[str, ...], stats) -> None:
         factors, local = self._local_view(self._factors, stats)
-        marginals, pairwise, entropy = update_chain(chain, factors, local, self._pairs)
+        present = {site: self._latents[site].present for site in chain}
+        marginals, pairwise, entropy, absent = update_chain(
+            chain, factors, local, self._pairs, present
+        )
         for t, site in enumerate(chain):
             stats[site] = marginals[t]
             self._q[site] = torch.distributions.Categorical(probs=marginals[t])
+            self._absent[site] = absent[t] if bool(absent[t].any()) else None
             if t:
                 self._pairs[(chain[t - 1], site)] = pairwise[t - 1]
         self._chain_entropy[chain] = entropy

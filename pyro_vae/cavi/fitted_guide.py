@@ -60,8 +60,9 @@ def fitted_guide(latents: dict, q: dict, chains: dict, absent: dict,
         for name, latent in latents.items():
             if name in in_chain:
                 if in_chain[name][0] == name:
+                    chain = in_chain[name]
                     with within(name):
-                        sample_chain(in_chain[name], *chains[in_chain[name]])
+                        sample_chain(chain, *chains[chain], [absent.get(s) for s in chain])
                 continue
             q_unit, mask = q[name], absent.get(name)
             if isinstance(q_unit, (NormalGamma, NormalWishart)):
@@ -113,14 +114,18 @@ def _sample_block(sites: tuple[str, str], q, mask, within) -> None:
         pyro.sample(mean_site, _masked(q.mean_given(precision), mask))
 
 
-def sample_chain(chain: tuple[str, ...], marginals: torch.Tensor, pairwise: torch.Tensor):
+def sample_chain(chain: tuple[str, ...], marginals: torch.Tensor, pairwise: torch.Tensor,
+                 absent=None):  # fmt: skip
     """Pyro sample sites ``chain`` (s₁, …, s_T) drawn from a chain's q: s₁ from its
     marginal γ₁ (``marginals`` [T, *batch, K]), then each s_t from q(s_t | s_{t−1}), the
     pairwise marginal's row ξ_t(s_{t−1}, ·) (``pairwise`` [T−1, *batch, K, K]) normalized
     (it sums to γ_{t−1}(s_{t−1})); ``batch``: a plated chain's plates (one chain per
-    element), else empty. Used by AutoCAVI's guide and ``StructuredMeanField``'s."""
-    previous = pyro.sample(chain[0], dist.Categorical(probs=marginals[0]))
+    element), else empty. ``absent``: each site's mask of the elements absent from the
+    model ([*batch] bool, or None), left out of log q. Used by AutoCAVI's guide and
+    ``StructuredMeanField``'s."""
+    masks = absent or [None] * len(chain)
+    previous = pyro.sample(chain[0], _masked(dist.Categorical(probs=marginals[0]), masks[0]))
     for t in range(1, len(chain)):
         rows = Vindex(pairwise[t - 1])[..., previous, :]  # [*draws, *batch, K]
         probs = rows / rows.sum(-1, keepdim=True)
-        previous = pyro.sample(chain[t], dist.Categorical(probs=probs))
+        previous = pyro.sample(chain[t], _masked(dist.Categorical(probs=probs), masks[t]))
