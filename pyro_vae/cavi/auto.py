@@ -68,7 +68,11 @@ from pyro_vae.cavi.probe_frames import (
     prior_frame,
     q_from_local,
 )
-from pyro_vae.cavi.validation import check_observations, validated_on_failure
+from pyro_vae.cavi.validation import (
+    check_factor_dims,
+    check_observations,
+    validated_on_failure,
+)
 from pyro_vae.cavi.verification import POINTS as VERIFY_POINTS
 from pyro_vae.cavi.verification import Misfit, points_at_q, worst_misfit
 
@@ -532,6 +536,7 @@ class AutoCAVI:
         check_float64(first)
         check_whole_data(first)
         check_observations(first)
+        check_factor_dims(first)
         latents = find_latents(first, () if auto_blocks else self.blocks)
         if not latents:
             raise ValueError("model: it has no latent (unobserved) sample site to fit")

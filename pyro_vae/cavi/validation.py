@@ -53,6 +53,35 @@ def check_observations(trace) -> None:
             )
 
 
+def check_factor_dims(trace) -> None:
+    """Raise ValueError where a factor inside plates has a log-density dim of size > 1 left
+    of its outermost plate: its distribution's batch shape, broadcast against the
+    observation, made a dim no plate declares, and each datum would be scored against
+    every other's parameters (tester 22's F3: ``Vindex(mu)[..., z, :]`` with z of shape
+    [N, 1] inside a feature plate scored [N, N, D], and was refused as not multilinear).
+    Pyro's own shape check leaves dims left of the plates to particles and enumeration."""
+    for name, site in trace.nodes.items():
+        if not is_factor(site) or "log_prob" not in site:
+            continue
+        plates = [f for f in site["cond_indep_stack"] if f.vectorized and f.dim is not None]
+        if not plates:
+            continue
+        outer, shape = min(f.dim for f in plates), site["log_prob"].shape
+        extra = [d for d in range(-len(shape), outer) if shape[d] > 1]
+        if extra:
+            declared = ", ".join(f"{f.name!r} (dim {f.dim}, size {f.size})" for f in plates)
+            raise ValueError(
+                f"site {name!r}: its log-density has shape {tuple(shape)}, with dim "
+                f"{extra[0]} (size {shape[extra[0]]}) left of its plates {declared}: its "
+                f"{type(site['fn']).__name__}'s batch shape {tuple(site['fn'].batch_shape)}, "
+                "broadcast against the value, made a dim no plate declares, so each element "
+                "is scored against every other's parameters. A component read as "
+                "Vindex(mu)[..., z, :] with z of shape [N, 1] inside a feature plate is one "
+                "such: read Vindex(mu)[..., z, torch.arange(D)], or drop the feature plate "
+                "and declare the features with .to_event(1)"
+            )
+
+
 @contextmanager
 def validated_on_failure(model, args, kwargs, seed: int):
     """Run the block with Pyro's validation off. If it raises, run ``model`` once more,
