@@ -93,12 +93,12 @@ def _longest_successor(order: list[str], parent: dict[str, str]) -> dict[str, st
     for name in order:
         if name in parent:
             children.setdefault(parent[name], []).append(name)
-    depth, following = {}, {}
+    depth, following, position = {}, {}, {name: i for i, name in enumerate(order)}
     for name in reversed(order):  # children come after their parents
         below = children.get(name, ())
         depth[name] = 1 + max((depth[c] for c in below), default=0)
         if below:
-            following[name] = max(below, key=lambda c: (depth[c], -order.index(c)))
+            following[name] = max(below, key=lambda c: (depth[c], -position[c]))
     return following
 
 
