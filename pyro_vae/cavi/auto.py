@@ -751,14 +751,24 @@ def _without_absent(entropy: torch.Tensor, absent: torch.Tensor | None) -> torch
 #: torch's messages for arithmetic between float64 and float32 tensors
 def _update_order(latents: dict, init) -> list[str]:
     """The order a sweep updates the latents in: those started at their prior (or at a
-    block's forward-run values), in sampling order, then those set at the start by ``init``
-    or at a seeded draw (a discrete latent), so the others are first fitted to that start
-    rather than it to their priors' expectations (a spike-and-slab s_j updated first saw
-    E[b_j] = 0 and switched off)."""
-    preset = set(init or {}) | {
-        name for name, latent in latents.items() if latent.family.name in DISCRETE_FAMILIES
-    }
-    return [n for n in latents if n not in preset] + [n for n in latents if n in preset]
+    block's forward-run values), in sampling order; then the discrete latents ``init`` does
+    not set, started at a seeded draw; then those ``init`` sets, last. So the others are
+    first fitted to a start rather than it to their priors' expectations (a spike-and-slab
+    s_j updated first saw E[b_j] = 0 and switched off), and a start the user gave is read
+    before anything updated after it overwrites it: a mixture's components set by ``init``
+    give the responsibilities of the first sweep, not the other way round (tester 23: the
+    components' ``init`` of a 1-D mixture and of LDA changed nothing, each overwritten by
+    an update from the drawn assignments before any update read it)."""
+    given = set(init or {})
+    drawn = {
+        name for name, latent in latents.items()
+        if latent.family.name in DISCRETE_FAMILIES and name not in given
+    }  # fmt: skip
+    return (
+        [n for n in latents if n not in given | drawn]
+        + [n for n in latents if n in drawn]
+        + [n for n in latents if n in given]
+    )
 
 
 _DTYPE_CLASH = re.compile(r"dtype|scalar type|Double|Float")

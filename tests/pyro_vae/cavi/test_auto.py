@@ -1625,3 +1625,32 @@ def test_sweeps_stopped_at_the_rounding_floor_are_not_told_to_raise_max_iter():
     with pytest.warns(ConvergenceWarning, match=r"up and down by up to 1.2e-05 nats") as caught:
         _warn_unconverged(floor, 20, 1e-10, True)
     assert "Raise max_iter" not in str(caught[0].message)
+
+
+def test_a_mixture_s_components_set_by_init_give_the_first_responsibilities():
+    """init on a 1-D mixture's means alone: the assignments (drawn, not set) are updated
+    before the means, from that start, so the fit follows it: started at the truth and at
+    the truth with its labels swapped, the two fits are each other's relabelling, to the
+    bound (tester 23: the means' init was overwritten by an update from the drawn
+    assignments before any update read it, and every start gave the same fit)."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.cat(
+        [torch.randn(60, generator=g, dtype=F64) - 2, torch.randn(60, generator=g, dtype=F64) + 2]
+    )
+
+    def mixture(y):
+        with pyro.plate("components", 2):
+            mu = pyro.sample("mu", dist.Normal(t(0.0), t(10.0)))
+        with pyro.plate("data", len(y)):
+            z = pyro.sample("z", dist.Categorical(torch.ones(2, dtype=F64) / 2))
+            pyro.sample("y", dist.Normal(Vindex(mu)[..., z], 1.0), obs=y)
+
+    truth = t([-2.0, 2.0])
+    fits = [
+        AutoCAVI(mixture, init={"mu": dist.Normal(means, t(0.1))}, tol=1e-12).fit(y)
+        for means in (truth, truth.flip(0))
+    ]
+    located = [fit.variational_distributions()["mu"].loc for fit in fits]
+    assert located[0][0] < 0 < located[0][1] and located[1][1] < 0 < located[1][0]
+    assert torch.allclose(located[0], located[1].flip(0), atol=1e-8)
+    assert fits[0].lower_bound_ == pytest.approx(fits[1].lower_bound_, abs=1e-8)
