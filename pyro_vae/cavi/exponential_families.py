@@ -668,7 +668,10 @@ def family_of(site: dict) -> Family:
             "independent elements with pyro.plate instead (e.g. a transition matrix's rows "
             "under pyro.plate('rows', K)), or make a Normal one .to_event(1) vector"
         )
-        if not isinstance(getattr(fn, "base_dist", fn), (dist.Normal, dist.MultivariateNormal)):
+        if not isinstance(getattr(fn, "base_dist", fn),
+                          (dist.Normal, dist.MultivariateNormal, dist.Dirichlet)):  # fmt: skip
+            # a Dirichlet .to_event is a matrix of rows, for a plate (tester 23: a Pyro HMM's
+            # transition matrix was sent to SVI as well)
             advice += (
                 ". A factor that reads every element of a plated Gamma, Beta or Dirichlet "
                 "at once (ARD precisions α_k over a weight vector's coordinates) is not "

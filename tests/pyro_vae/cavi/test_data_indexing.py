@@ -780,6 +780,26 @@ def test_fixed_effects_in_a_features_plate_are_refused_naming_the_vector_site(gr
     assert AutoCAVI(vector).fit(X, group, y).converged_
 
 
+def test_ard_precisions_read_whole_by_a_vector_weight_are_sent_to_svi_by_name(grouped):
+    """w ~ N(0, diag(α)⁻¹) as one vector site, α in a features plate: w's prior reads every
+    α_d at once, which no closed form here fits; the refusal names α for svi_sites, not
+    the Normal's vector-site rewrite, which a Gamma cannot take (tester 23: it was given,
+    and led to a second refusal)."""
+    group, y = grouped
+    X = torch.randn(N, 3, generator=torch.Generator().manual_seed(8), dtype=F64)
+
+    def ard(X, group, y):
+        with pyro.plate("features", 3):
+            alpha = pyro.sample("alpha", dist.Gamma(t(1.0), t(1.0)))
+        w = pyro.sample("w", dist.Normal(t(0.0), alpha.rsqrt()).to_event(1))
+        with pyro.plate("data", N):
+            pyro.sample("y", dist.Normal((X * w.unsqueeze(-2)).sum(-1), t(0.5)), obs=y)
+
+    with pytest.raises(NotConjugateError, match=r"ARD.*svi_sites=\['alpha'\]") as refused:
+        AutoCAVI(ard).fit(X, group, y)
+    assert "expand([D])" not in str(refused.value)
+
+
 def test_random_slopes_in_two_plates_are_refused_naming_the_vector_site_which_is_exact(grouped):
     """b in plates groups and features, read as b[..., group, :] (random slopes of F = 3
     features): each datum reads F elements, refused with the rewrite (one F-vector site in the

@@ -58,8 +58,9 @@ def test_improper_updates_and_unknown_families_are_refused_by_site():
     with pytest.raises(NotConjugateError, match="latent site 'm': Independent.*one .to_event"):
         family_of(site(dist.Normal(torch.zeros(2, 2), 1.0).to_event(2), "m"))
     rows = dist.Dirichlet(torch.ones(3, 3, dtype=F64)).to_event(1)  # Pyro's examples/hmm.py
-    with pytest.raises(NotConjugateError, match="a Dirichlet with event dims .*pyro.plate"):
+    with pytest.raises(NotConjugateError, match="a Dirichlet with event dims .*pyro.plate") as hmm:
         family_of(site(rows, "A"))
+    assert "ConditionalCAVIGuide" not in str(hmm.value)  # rows in a plate fit (tester 23)
     # ARD precisions as one vector (tester 13): the advice is not the Normal's vector site,
     # which a Gamma cannot be, but the latent left to SVI by name
     ard = dist.Gamma(torch.ones(3, dtype=F64), 1.0).to_event(1)
