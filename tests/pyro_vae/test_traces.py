@@ -213,6 +213,15 @@ def test_vectorized_or_looped_runs_only_what_it_is_asked_for():
         assert vectorized_or_looped(None, vectorized, looped, "w", 3) == ("looped result", False)
     assert calls == ["vectorized", "looped"]
 
+    def traced():  # Pyro appends its trace's shape table to a shape error
+        raise ValueError("Shape mismatch inside plate('data')\n Trace Shapes:\n  a 3\n  y 4")
+
+    with pytest.warns(VectorizationWarning) as record:
+        vectorized_or_looped(None, traced, looped, "w", 3)
+    message = str(record[0].message)
+    assert "(ValueError: Shape mismatch inside plate('data'))" in message
+    assert "Trace Shapes" not in message and "\n" not in message  # one line (tester 23)
+
 
 def test_when_the_loop_fails_too_its_own_error_is_raised_without_a_warning():
     def looped():
