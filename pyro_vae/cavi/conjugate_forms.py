@@ -465,7 +465,7 @@ def _mixture_roles(site: str, names, latents, trace) -> tuple[str | None, list, 
             f"(Vindex(theta)[..., z, :]); AutoCAVI handles factors inside every plate "
             "of the latents they mention, mixtures, and latents in one plate read at one "
             f"element per datum by a data index (a[..., group])"
-            f"{_two_plates_hint(latents[name], k)}"
+            f"{_two_plates_hint(latents[name], k)}{_component_hint(latents[name], k)}"
         )
     return selectors[0], components, indexed
 
@@ -521,6 +521,24 @@ def _two_plates_hint(latent: Latent, k: int | None) -> str:
         "with pyro.plate('groups', G): b = pyro.sample('b', "
         "dist.Normal(0., s).expand([F]).to_event(1)), then b[..., group, :] is one "
         "element (an F-vector) per datum, which fits"
+    )
+
+
+def _component_hint(latent: Latent, k: int | None) -> str:
+    """Where a Categorical of ``k`` categories picks: what a mixture's component must be,
+    and the forms of a diagonal-covariance mixture that fit (tester 23 found none: its
+    per-feature means and precisions in plates of components and features were refused,
+    and each message sent to another form that was refused too). '' where no Categorical
+    picks, or the latent is no would-be component."""
+    if k is None or k not in latent.batch_shape:
+        return ""
+    return (
+        f". A mixture's component is a latent in ONE plate, of the selector's {k} "
+        f"categories, at that plate's own dim (batch shape ({k},)); {latent.name!r} has "
+        f"batch shape {tuple(latent.batch_shape)} in plates {sorted(latent.plates)}. "
+        "Per-feature means and precisions of a diagonal-covariance mixture fit as one site "
+        "per feature (mu_d and prec_d in the components plate, the data's column d its own "
+        "observed site), or as a .to_event(1) mean with one Gamma precision per component"
     )
 
 
