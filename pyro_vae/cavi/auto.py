@@ -68,6 +68,7 @@ from pyro_vae.cavi.probe_frames import (
     prior_frame,
     q_from_local,
 )
+from pyro_vae.cavi.stacked_factors import stack_chain_factors
 from pyro_vae.cavi.validation import (
     check_factor_dims,
     check_observations,
@@ -284,6 +285,7 @@ class AutoCAVI:
         """One start's rounds of sweeps from the probed ``factors`` and initial ``stats``:
         (bounds, converged, frames, stats, the fitted state to keep if it is the best)."""
         self._q, self._chain_entropy, self._absent, self._local_cache = {}, {}, {}, {}
+        self._chain_sites = {site for chain in chains for site in chain}
         self._pairs = {
             link: stats[link[0]].unsqueeze(-1) * stats[link[1]].unsqueeze(-2)
             for chain in chains
@@ -618,6 +620,10 @@ class AutoCAVI:
         factors, stats = self._local_view(self._blanket[name], stats)
         shape = latent.batch_shape + (latent.family.size,)
         total = torch.zeros(shape, dtype=torch.float64)
+        factors, stacks = stack_chain_factors(factors, self._chain_sites, stats)
+        for stack in stacks:  # a chain's steps of one form: one contraction
+            stacked, linked = stack.statistics(stats, self._pairs)
+            total = total + sum_to(contract(stack.factor, stacked, (name,), linked), shape)
         for factor in factors:
             summed = summed_message(factor, stats, name, shape, self._constants, self._pairs)
             if summed is not None:  # from its columns summed over the data once
@@ -682,7 +688,7 @@ class AutoCAVI:
         )
         for t, site in enumerate(chain):
             stats[site] = marginals[t]
-            self._q[site] = torch.distributions.Categorical(probs=marginals[t])
+            self._q[site] = torch.distributions.Categorical(probs=marginals[t], validate_args=False)
             self._absent[site] = absent[t] if bool(absent[t].any()) else None
             if t:
                 self._pairs[(chain[t - 1], site)] = pairwise[t - 1]
@@ -693,6 +699,10 @@ class AutoCAVI:
         (in q's local coordinates after a re-probe: no cancellation of large terms)."""
         factors, local = self._local_view(self._factors, stats)
         expected = 0.0
+        factors, stacks = stack_chain_factors(factors, self._chain_sites, local)
+        for stack in stacks:  # a chain's steps of one form: one contraction
+            stacked, linked = stack.statistics(local, self._pairs)
+            expected += float(contract(stack.factor, stacked, (), linked).sum())
         for f in factors:
             summed = summed_total(f, local, self._constants, self._pairs)
             if summed is None:

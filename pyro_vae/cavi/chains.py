@@ -32,6 +32,7 @@ from pyro_vae.cavi.conjugate_forms import Factor, Latent
 from pyro_vae.cavi.expectations import contract, sum_to
 from pyro_vae.cavi.exponential_families import NotConjugateError
 from pyro_vae.cavi.hmm import forward_backward
+from pyro_vae.cavi.stacked_factors import FOLLOWING, SELECTOR, stack_chain_factors
 
 
 def find_chains(latents: dict[str, Latent], factors: list[Factor]) -> list[tuple[str, ...]]:
@@ -149,6 +150,16 @@ def update_chain(chain, factors, stats, pairs, present=None):
     one, two = batch + (k,), batch + (k, k)
     unary = torch.zeros((len(chain),) + one, dtype=torch.float64)
     pairwise = torch.zeros((len(chain) - 1,) + two, dtype=torch.float64)
+    factors, stacks = stack_chain_factors(factors, set(chain), stats)
+    for stack in stacks:  # the steps' emissions, or transitions, in one contraction each
+        stacked, linked = stack.statistics(stats, pairs)
+        at = torch.tensor([index[s] for s in stack.selectors])
+        if stack.following is not None:  # s_{t−1} picks s_t's row
+            message = contract(stack.factor, stacked, (SELECTOR, FOLLOWING), linked)
+            pairwise.index_add_(0, at, sum_to(message, (len(at),) + two))
+        else:  # s_t picks its emission's component
+            message = contract(stack.factor, stacked, (SELECTOR,), linked)
+            unary.index_add_(0, at, sum_to(message, (len(at),) + one))
     for f in factors:
         following = [s for s in f.latents if s in index]
         if f.selector in index and following:  # a transition: s_{t−1} picks s_t's row
