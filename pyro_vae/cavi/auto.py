@@ -128,9 +128,10 @@ class AutoCAVI:
             :mod:`pyro_vae.cavi.blocks`); the pairs chosen are in ``blocks_``. A block's unit
             in ``init``, ``markov_blankets_`` and ``fitted_blocks_`` is named
             ``"mean+precision"``. Default ``()``: mean field, as the hand-written classes.
-        markov_chains: keep each chain of scalar Categorical sites (a ``pyro.markov`` loop,
-            see :mod:`pyro_vae.cavi.chains`) whole in q, updated by forward-backward
-            (structured mean field); False: one factor per site (naive mean field).
+        markov_chains: keep each chain of Categorical sites (a ``pyro.markov`` loop; in a
+            plate of sequences, one chain per element; see :mod:`pyro_vae.cavi.chains`)
+            whole in q, updated by forward-backward (structured mean field); False: one
+            factor per site (naive mean field).
         n_init: starts (as in scikit-learn), from the seeded draws of the discrete latents
             and of the Normal latents a factor multiplies together (W z_n, which start at a
             draw: see :mod:`pyro_vae.cavi.initial_factors`), with seeds ``random_state``,
