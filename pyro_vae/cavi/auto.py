@@ -621,7 +621,7 @@ class AutoCAVI:
         factors, stats = self._local_view(self._blanket[name], stats)
         shape = latent.batch_shape + (latent.family.size,)
         total = torch.zeros(shape, dtype=torch.float64)
-        factors, stacks = stack_chain_factors(factors, self._chain_sites, stats)
+        factors, stacks = stack_chain_factors(factors, self._chain_sites, stats, self._pairs)
         for stack in stacks:  # a chain's steps of one form: one contraction
             stacked, linked = stack.statistics(stats, self._pairs)
             total = total + sum_to(contract(stack.factor, stacked, (name,), linked), shape)
@@ -700,7 +700,7 @@ class AutoCAVI:
         (in q's local coordinates after a re-probe: no cancellation of large terms)."""
         factors, local = self._local_view(self._factors, stats)
         expected = 0.0
-        factors, stacks = stack_chain_factors(factors, self._chain_sites, local)
+        factors, stacks = stack_chain_factors(factors, self._chain_sites, local, self._pairs)
         for stack in stacks:  # a chain's steps of one form: one contraction
             stacked, linked = stack.statistics(local, self._pairs)
             expected += float(contract(stack.factor, stacked, (), linked).sum())

@@ -150,7 +150,7 @@ def update_chain(chain, factors, stats, pairs, present=None):
     one, two = batch + (k,), batch + (k, k)
     unary = torch.zeros((len(chain),) + one, dtype=torch.float64)
     pairwise = torch.zeros((len(chain) - 1,) + two, dtype=torch.float64)
-    factors, stacks = stack_chain_factors(factors, set(chain), stats)
+    factors, stacks = stack_chain_factors(factors, set(chain), stats, pairs)
     for stack in stacks:  # the steps' emissions, or transitions, in one contraction each
         stacked, linked = stack.statistics(stats, pairs)
         at = torch.tensor([index[s] for s in stack.selectors])

@@ -49,16 +49,17 @@ class Stack:
         return stats, {**pairs, (SELECTOR, FOLLOWING): joint}
 
 
-def stack_chain_factors(factors, chain_sites, stats) -> tuple[list[Factor], list[Stack]]:
+def stack_chain_factors(factors, chain_sites, stats, pairs) -> tuple[list[Factor], list[Stack]]:
     """(the factors not stacked, the stacks) of ``factors``: groups of two or more chain
     step factors of one form (see the module docstring) stacked; ``chain_sites``: the
     sites of the chains q keeps whole; ``stats``: the latents' expected statistics (a
     selector's batch must span the factor's, less its K-axis, for the stacked dim to lead
-    both)."""
+    both); ``pairs``: the chains' links (a transition's selector and the site it picks a
+    row for must be one)."""
     groups: dict = {}
     rest = []
     for factor in factors:
-        key = _form(factor, chain_sites, stats)
+        key = _form(factor, chain_sites, stats, pairs)
         if key is None:
             rest.append(factor)
         else:
@@ -72,15 +73,19 @@ def stack_chain_factors(factors, chain_sites, stats) -> tuple[list[Factor], list
     return rest, stacks
 
 
-def _form(factor: Factor, chain_sites, stats) -> tuple | None:
+def _form(factor: Factor, chain_sites, stats, pairs) -> tuple | None:
     """The form a step factor shares with the others of its group, or None where it is no
-    such factor."""
+    such factor: also where the chain site it reads is not the next site of its selector's
+    chain (s_t picking z_t's row, z_t heading a chain of its own: no pairwise marginal
+    joins them, and stacked as a transition it looked one up, tester 24)."""
     if factor.selector not in chain_sites or factor.index or factor.rows is not None:
         return None
     if stats[factor.selector].dim() != factor.rank:  # [*batch, K] against [*batch, K-axis]
         return None
     linked = [n for n in factor.latents if n in chain_sites]
     if len(linked) > 1 or factor.selector in factor.latents:
+        return None
+    if linked and (factor.selector, linked[0]) not in pairs:
         return None
     others = tuple(FOLLOWING if n in chain_sites else n for n in factor.latents)
     shape = tuple(factor.coefficients.shape)

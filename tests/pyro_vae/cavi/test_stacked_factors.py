@@ -41,7 +41,7 @@ def test_the_steps_emissions_and_transitions_are_two_stacks():
     fit = AutoCAVI(bayesian_hmm, tol=1e-10, max_iter=3).fit(data())
     sites = {s for chain in fit.fitted_chains_ for s in chain}
     stats = {n: q.probs if hasattr(q, "probs") else None for n, q in fit._q.items()}
-    rest, stacks = stack_chain_factors(fit._factors, sites, stats)
+    rest, stacks = stack_chain_factors(fit._factors, sites, stats, fit._pairs)
     by_kind = {stack.following is None: stack for stack in stacks}
     emissions, transitions = by_kind[True], by_kind[False]
     assert emissions.selectors == tuple(f"s_{t}" for t in range(T))
@@ -52,7 +52,7 @@ def test_the_steps_emissions_and_transitions_are_two_stacks():
     assert {f.name for f in rest} == {"A", "mu", "s_0"}
 
 
-def unstacked(factors, chain_sites, stats):
+def unstacked(factors, chain_sites, stats, pairs):
     return list(factors), []
 
 
@@ -71,3 +71,31 @@ def test_stacked_sweeps_are_the_factor_by_factor_sweeps(sequences, monkeypatch):
     assert torch.allclose(q["mu"].loc, q_alone["mu"].loc, rtol=1e-10, atol=1e-12)
     for t in range(T):
         assert torch.allclose(q[f"s_{t}"].probs, q_alone[f"s_{t}"].probs, atol=1e-10)
+
+
+def test_a_site_picking_a_row_in_another_chain_is_not_stacked_as_a_transition(monkeypatch):
+    """s_t picks z_t's row of a latent W, and z_t heads a chain (z_t, x_t) of its own: no
+    pairwise marginal joins s_t and z_t, so their factors are no transitions to stack
+    (tester 24: stacked as such, the fit raised KeyError ('s_0', 'z_0')); the same fit as
+    factor by factor."""
+
+    def layered(y):
+        with pyro.plate("states", K):
+            W = pyro.sample("W", dist.Dirichlet(torch.ones(K, dtype=F64)))
+            A = pyro.sample("A", dist.Dirichlet(torch.ones(K, dtype=F64)))
+            mu = pyro.sample("mu", dist.Normal(torch.tensor(0.0, dtype=F64), 10.0))
+        s = pyro.sample("s_0", dist.Categorical(torch.ones(K, dtype=F64) / K))
+        for t in pyro.markov(range(len(y))):
+            if t:
+                s = pyro.sample(f"s_{t}", dist.Categorical(Vindex(A)[..., s, :]))
+            z = pyro.sample(f"z_{t}", dist.Categorical(Vindex(W)[..., s, :]))
+            x = pyro.sample(f"x_{t}", dist.Categorical(Vindex(W)[..., z, :]))
+            pyro.sample(f"y_{t}", dist.Normal(Vindex(mu)[..., x], 1.0), obs=y[t])
+
+    y = data()[:5]
+    stacked = AutoCAVI(layered, tol=1e-10, max_iter=200).fit(y)
+    assert ("z_0", "x_0") in stacked.fitted_chains_
+    monkeypatch.setattr(auto, "stack_chain_factors", unstacked)
+    monkeypatch.setattr(chains, "stack_chain_factors", unstacked)
+    alone = AutoCAVI(layered, tol=1e-10, max_iter=200).fit(y)
+    assert stacked.lower_bounds_ == pytest.approx(alone.lower_bounds_, rel=1e-12)
