@@ -49,9 +49,20 @@ def initial_statistics(latents: dict[str, Latent], init, first, seed: int, prior
     init = dict(init or {})
     unknown = sorted(set(init) - set(latents))
     if unknown:
+        # a site updated jointly with another (blocks): name the block and what it takes
+        # (tester 24: "'mu' is not a latent site" where the block 'mu+lam' holds it)
+        blocks = {site: name for name, lt in latents.items() if len(lt.sites) > 1
+                  for site in lt.sites}  # fmt: skip
+        held = [
+            f"{site!r} is updated jointly in the block {blocks[site]!r}: start the block, "
+            f"init={{{blocks[site]!r}: a fitted_blocks_ entry, or a tuple of values "
+            f"{latents[blocks[site]].sites}}}"
+            for site in unknown if site in blocks
+        ]  # fmt: skip
         raise ValueError(
             f"init: {unknown} {'is' if len(unknown) == 1 else 'are'} not latent sites of "
             f"the model; its latent sites are {list(latents)}"
+            + "".join(f". {line}" for line in held)
         )
     stats = {}
     generator = torch.Generator().manual_seed(seed)

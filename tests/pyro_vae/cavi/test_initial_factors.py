@@ -59,6 +59,19 @@ def test_a_fitted_block_or_a_point_restarts_a_block():
     assert point.fit(y).lower_bound_ == pytest.approx(exact.lower_bound_, rel=1e-12)
 
 
+def test_a_start_for_a_site_of_a_block_names_the_block_and_what_it_takes():
+    """init={"mu": …} where mu is updated jointly with tau: refused naming the block and the
+    start it takes (tester 24: the message listed 'mu+tau' among the latents and said no
+    more); that start fits."""
+    y = t([0.3, 1.9, 1.1, 0.4])
+    with pytest.raises(ValueError, match=r"'mu' is updated jointly in the block 'mu\+tau'.*"
+                       r"init=\{'mu\+tau': a fitted_blocks_ entry, or a tuple of values "
+                       r"\('mu', 'tau'\)\}"):  # fmt: skip
+        AutoCAVI(normal_gamma, blocks="auto", init={"mu": dist.Normal(t(1.0), t(0.1))}).fit(y)
+    fit = AutoCAVI(normal_gamma, blocks="auto", init={"mu+tau": (t(1.0), t(2.0))}).fit(y)
+    assert fit.converged_
+
+
 @pytest.mark.parametrize(
     ("init", "words"),
     [
