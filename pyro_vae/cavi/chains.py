@@ -148,12 +148,13 @@ def update_chain(chain, factors, stats, pairs, present=None):
     index = {s: t for t, s in enumerate(chain)}
     batch, k = stats[chain[0]].shape[:-1], stats[chain[0]].shape[-1]
     one, two = batch + (k,), batch + (k, k)
-    unary = torch.zeros((len(chain),) + one, dtype=torch.float64)
-    pairwise = torch.zeros((len(chain) - 1,) + two, dtype=torch.float64)
+    device = stats[chain[0]].device
+    unary = torch.zeros((len(chain),) + one, dtype=torch.float64, device=device)
+    pairwise = torch.zeros((len(chain) - 1,) + two, dtype=torch.float64, device=device)
     factors, stacks = stack_chain_factors(factors, set(chain), stats, pairs)
     for stack in stacks:  # the steps' emissions, or transitions, in one contraction each
         stacked, linked = stack.statistics(stats, pairs)
-        at = torch.tensor([index[s] for s in stack.selectors])
+        at = torch.tensor([index[s] for s in stack.selectors], device=device)
         if stack.following is not None:  # s_{t−1} picks s_t's row
             message = contract(stack.factor, stacked, (SELECTOR, FOLLOWING), linked)
             pairwise.index_add_(0, at, sum_to(message, (len(at),) + two))
@@ -180,7 +181,7 @@ def update_chain(chain, factors, stats, pairs, present=None):
             pairwise[index[mentioned[0]]] += message
     # one message matrix per step: a chain's transitions may differ from step to step
     log_z, marginals, pair_marginals = forward_backward(
-        torch.zeros(k, dtype=torch.float64), pairwise, unary
+        torch.zeros(k, dtype=torch.float64, device=device), pairwise, unary
     )
     entropy = log_z.sum() - (marginals * unary).sum() - (pair_marginals * pairwise).sum()
     absent = _absent(chain, unary, pairwise, present)
@@ -194,7 +195,8 @@ def _absent(chain, unary, pairwise, present) -> torch.Tensor:
     silent[1:] &= idle
     silent[:-1] &= idle
     masked = torch.stack([
-        torch.zeros(silent.shape[1:], dtype=torch.bool) if (present or {}).get(s) is None
+        torch.zeros(silent.shape[1:], dtype=torch.bool, device=silent.device)
+        if (present or {}).get(s) is None
         else ~present[s].expand(silent.shape[1:])
         for s in chain
     ])  # fmt: skip

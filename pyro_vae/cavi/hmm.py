@@ -76,11 +76,11 @@ def forward_backward(log_pi: torch.Tensor, log_A: torch.Tensor, log_lik: torch.T
     if log_A.dim() == 3 and batch:  # one matrix per step, shared by the batch
         log_A = log_A.reshape((T - 1,) + (1,) * len(batch) + (K, K))
     steps = log_A.expand((T - 1,) + batch + (K, K))
-    alpha = torch.empty((T,) + batch + (K,), dtype=log_lik.dtype)
+    alpha = torch.empty((T,) + batch + (K,), dtype=log_lik.dtype, device=log_lik.device)
     alpha[0] = log_pi + log_lik[0]
     for t in range(1, T):
         alpha[t] = torch.logsumexp(alpha[t - 1].unsqueeze(-1) + steps[t - 1], -2) + log_lik[t]
-    beta = torch.zeros((T,) + batch + (K,), dtype=log_lik.dtype)
+    beta = torch.zeros((T,) + batch + (K,), dtype=log_lik.dtype, device=log_lik.device)
     for t in range(T - 2, -1, -1):
         beta[t] = torch.logsumexp(steps[t] + (log_lik[t + 1] + beta[t + 1]).unsqueeze(-2), -1)
     log_z = torch.logsumexp(alpha[-1], -1)

@@ -309,3 +309,22 @@ def _product(distributions):
             pyro.sample(site, fn)
 
     return guide
+
+
+def test_forward_backward_makes_its_tensors_on_the_device_of_its_inputs():
+    # CPU inputs with meta as the default device: a tensor made without a device would
+    # land on meta and the pass would fail (see tests/pyro_vae/test_devices.py)
+    g = torch.Generator().manual_seed(3)
+    log_pi = torch.log_softmax(torch.randn(3, generator=g, dtype=torch.float64), 0)
+    log_A = torch.log_softmax(torch.randn(3, 3, generator=g, dtype=torch.float64), -1)
+    log_lik = torch.randn(4, 2, 3, generator=g, dtype=torch.float64)
+    expected = forward_backward(log_pi, log_A, log_lik)
+    previous = torch.get_default_device()
+    torch.set_default_device("meta")
+    try:
+        found = forward_backward(log_pi, log_A, log_lik)
+    finally:
+        torch.set_default_device(previous)
+    for a, b in zip(found, expected, strict=True):
+        assert a.device.type == "cpu"
+        torch.testing.assert_close(a, b)
