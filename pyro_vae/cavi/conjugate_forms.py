@@ -53,7 +53,13 @@ from pyro_vae.cavi.exponential_families import (
 )
 from pyro_vae.cavi.probe_enumeration import enumerable
 from pyro_vae.cavi.probe_frames import local_map, to_local
-from pyro_vae.cavi.probe_runs import ProbeRunner, Runs, is_factor, site_is_subsample
+from pyro_vae.cavi.probe_runs import (
+    ProbeRunner,
+    Runs,
+    is_factor,
+    site_is_subsample,
+    unexpanded_value,
+)
 from pyro_vae.cavi.provenance import TrackFastProvenance
 from pyro_vae.cavi.seeding import cpu_rng
 from pyro_vae.pyro_compat import distribution_mask
@@ -546,14 +552,7 @@ def _unexpanded(values: dict) -> dict:
     """``values`` with each dim but the first along which a value is expanded (stride 0: the
     same at every index, as :class:`ProbeRunner`'s shared discrete probes) cut to size 1, so
     a design built from them is computed once there and solved as shared."""
-    return {site: _unexpanded_value(value) for site, value in values.items()}
-
-
-def _unexpanded_value(value: torch.Tensor) -> torch.Tensor:
-    for dim in range(1, value.dim()):
-        if value.stride(dim) == 0 and value.shape[dim] > 1:
-            value = value.narrow(dim, 0, 1)
-    return value
+    return {site: unexpanded_value(value) for site, value in values.items()}
 
 
 def _statistics(latent: Latent, runs: Runs) -> torch.Tensor:
@@ -561,7 +560,7 @@ def _statistics(latent: Latent, runs: Runs) -> torch.Tensor:
     discrete probe is expanded; in its frame's coordinates where ``runs`` has one), computed
     once per Runs and unit."""
     if latent.name not in runs.stats:
-        values = tuple(_unexpanded_value(runs.values[s]) for s in latent.sites)
+        values = tuple(unexpanded_value(runs.values[s]) for s in latent.sites)
         frame = runs.frames.get(latent.name)
         if frame is not None:
             values = to_local(latent.family, frame, values)
@@ -582,7 +581,7 @@ def _selector_values(selector: Latent, runs: Runs) -> torch.Tensor:
     a shared fit probe expanded back, see :func:`_every_group`), else as drawn (size 1
     where a shared probe is expanded)."""
     values = runs.values[selector.name]
-    return _unexpanded_value(values) if selector.index is None else _read_values(selector, values)
+    return unexpanded_value(values) if selector.index is None else _read_values(selector, values)
 
 
 def _design(latents: list[Latent], runs: Runs, rank: int, components=frozenset()):
@@ -706,7 +705,7 @@ def _component_rows(selector: torch.Tensor, k: int, size: int) -> list | None:
     """The fit points picking each of the ``k`` components (boolean [S] each), where the
     points hold the selector at one value across its plate and each component has at least
     ``size`` of them, as :func:`_fit_mixture`'s per-component solve needs; else None."""
-    z = _unexpanded_value(selector)
+    z = unexpanded_value(selector)
     if z[0].numel() != 1:
         return None
     z = z.reshape(len(z))

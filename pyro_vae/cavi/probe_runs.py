@@ -97,18 +97,24 @@ class Runs:
         )
 
 
+def unexpanded_value(value: torch.Tensor) -> torch.Tensor:
+    """``value`` [S, …] with each dim but the first along which it is expanded (stride 0:
+    the same at every index, as a shared discrete fit probe) cut to size 1."""
+    for dim in range(1, value.dim()):
+        if value.stride(dim) == 0 and value.shape[dim] > 1:
+            value = value.narrow(dim, 0, 1)
+    return value
+
+
 def _stacked(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``torch.cat([a, b])`` of two sets of points, a dim that both hold at one value per
+    """``torch.cat([a, b])`` of two sets of points, the dims that both hold at one value per
     point (a shared fit probe, expanded with stride 0) kept so: the solves read stride 0 as
     one design for the whole plate (copied, a Bayesian HMM's 50 sequences were 50 designs
     of 80 unknowns each, solved 50 times over)."""
-    shared = [d for d in range(1, a.dim()) if a.shape[d] > 1 and a.stride(d) == b.stride(d) == 0]
-    if not shared:
+    narrow_a, narrow_b = unexpanded_value(a), unexpanded_value(b)
+    if narrow_a.shape[1:] != narrow_b.shape[1:] or narrow_a.shape == a.shape:
         return torch.cat([a, b])
-    shape = (a.shape[0] + b.shape[0],) + a.shape[1:]
-    for d in shared:
-        a, b = a.narrow(d, 0, 1), b.narrow(d, 0, 1)
-    return torch.cat([a, b]).expand(shape)
+    return torch.cat([narrow_a, narrow_b]).expand((a.shape[0] + b.shape[0],) + a.shape[1:])
 
 
 def _nesting(trace) -> int:

@@ -65,11 +65,11 @@ def stack_chain_factors(factors, chain_sites, stats, pairs) -> tuple[list[Factor
         else:
             groups.setdefault(key, []).append(factor)
     stacks = []
-    for members in groups.values():
+    for (latents, *_), members in groups.items():
         if len(members) < 2:
             rest.extend(members)
         else:
-            stacks.append(_stack(members, chain_sites))
+            stacks.append(_stack(members, latents, chain_sites))
     return rest, stacks
 
 
@@ -92,15 +92,17 @@ def _form(factor: Factor, chain_sites, stats, pairs) -> tuple | None:
     return others, shape, factor.rank, factor.components, factor.distribution
 
 
-def _stack(members: list[Factor], chain_sites) -> Stack:
+def _stack(members: list[Factor], latents: tuple, chain_sites) -> Stack:
+    """``members``' stack, ``latents`` their shared latents (:data:`FOLLOWING` for the
+    chain site a transition reads)."""
     first = members[0]
     following = None
-    if any(n in chain_sites for n in first.latents):  # a transition: the row's site
+    if FOLLOWING in latents:  # a transition: the row's site
         following = tuple(next(n for n in m.latents if n in chain_sites) for m in members)
     factor = replace(
         first,
         name=f"{first.name} … {members[-1].name}",
-        latents=tuple(FOLLOWING if n in chain_sites else n for n in first.latents),
+        latents=latents,
         coefficients=torch.stack([m.coefficients for m in members]),
         rank=first.rank + 1,
         selector=SELECTOR,
