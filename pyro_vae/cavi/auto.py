@@ -53,7 +53,7 @@ from pyro_vae.cavi.conjugate_forms import (
     reference_is_finite,
 )
 from pyro_vae.cavi.data_indexing import scatter_by_index
-from pyro_vae.cavi.expectations import contract, sum_to
+from pyro_vae.cavi.expectations import contract, message_to, sum_to
 from pyro_vae.cavi.exponential_families import DISCRETE_FAMILIES, NotConjugateError
 from pyro_vae.cavi.fitted_guide import fitted_guide
 from pyro_vae.cavi.initial_factors import drawn_starts, initial_statistics, products
@@ -633,7 +633,7 @@ class AutoCAVI:
             message = contract(factor, stats, (name,), self._pairs)
             if name in factor.index:  # per datum: summed at the groups they read
                 message = scatter_by_index(message, factor.index[name], shape)
-            total = total + sum_to(message, shape)
+            total = total + message_to(factor, name, message, shape)
         eta = total[..., 1:] if latent.family.has_constant else total
         if latent.present is not None:
             # masked off and mentioned by no other factor: absent from the model, a

@@ -51,6 +51,13 @@ from pyro_vae.cavi.exponential_families import (
     block_family,
     family_of,
 )
+from pyro_vae.cavi.mixture_components import (
+    Components,
+    k_dim,
+    k_dim_of,
+    picked,
+    to_factor_layout,
+)
 from pyro_vae.cavi.probe_enumeration import enumerable
 from pyro_vae.cavi.probe_frames import local_map, to_local
 from pyro_vae.cavi.probe_runs import (
@@ -168,11 +175,14 @@ class Factor:
 
 def batch_view(factor: Factor, name: str, batch) -> tuple[int, ...]:
     """Where a latent's batch dims sit in the factor's batch: right-aligned, except that in
-    a mixture factor only the components run along the final K-axis."""
+    a mixture factor only the components run along the final K-axis (a component's
+    ``batch`` as :func:`~pyro_vae.cavi.mixture_components.to_factor_layout` lays it out,
+    K last)."""
     if factor.selector is None:
         return (1,) * (factor.rank - len(batch)) + tuple(batch)
     if name in factor.components:
-        return (1,) * (factor.rank - 1) + tuple(batch)
+        batch = tuple(batch)[len(batch) - min(len(_trimmed(batch)), factor.rank) :]
+        return (1,) * (factor.rank - len(batch)) + batch
     return (1,) * (factor.rank - 1 - len(batch)) + tuple(batch) + (1,)
 
 
@@ -188,6 +198,7 @@ def to_natural(factor: Factor, latents: dict, frames: dict) -> Factor:
         n = local_map(latent.family, frames[name])  # [*batch, B, B]
         if name in factor.index:
             n = read_by_index(n, factor.index[name], 0, trailing=2)
+        n = to_factor_layout(n, k_dim(factor.components, name), 2)
         axis = factor.rank + k
         others = (1,) * (len(factor.latents) - 1)
         n = n.reshape(batch_view(factor, name, n.shape[:-2]) + others + n.shape[-2:])
@@ -462,7 +473,8 @@ def _mixture_roles(site: str, names, latents, trace) -> tuple[str | None, list, 
     ):
         return None, [], outside
     k = latents[selectors[0]].family.k if selectors else None
-    components, indexed = _split_outside(outside, latents, plates, k)
+    placed = (lambda latent: k_dim_of(latent, k, site, trace)) if selectors else None
+    components, indexed = _split_outside(outside, latents, plates, k, placed=placed)
     for name in (n for n in outside if n not in components and n not in indexed):
         raise NotConjugateError(
             f"factor {site!r} depends on latent site {name!r} across its plate(s) "
@@ -477,18 +489,23 @@ def _mixture_roles(site: str, names, latents, trace) -> tuple[str | None, list, 
 
 
 def _split_outside(outside: list, latents: dict, plates, k: int | None,
-                   selector_plates=frozenset()) -> tuple[list, list]:  # fmt: skip
+                   selector_plates=frozenset(), placed=None) -> tuple[dict, list]:  # fmt: skip
     """(components, indexed) among the latents ``outside`` a factor's plates: a mixture's
-    components, in one plate of the selector's ``k`` categories (not one of the selector's
-    own ``selector_plates``: a latent there is read at the selector's element, by its data
-    index), and the latents read through a data index, in one plate the factor does not
-    share (the rest are neither)."""
-    components, indexed = [], []
+    components, {name: the dim of its batch along the selector's ``k`` categories}, in one
+    plate of them (not one of the selector's own ``selector_plates``: a latent there is read
+    at the selector's element, by its data index) or, where ``placed`` (a latent → that dim
+    or None, see :func:`~pyro_vae.cavi.mixture_components.k_dim_of`) places it, also in
+    plates the factor reads at its own elements; and the latents read through a data index,
+    in one plate the factor does not share (the rest are neither)."""
+    components, indexed = {}, []
     for name in outside:
         latent = latents[name]
         own = latent.plates & selector_plates
+        dim = None if placed is None or own else placed(latent)
         if k is not None and latent.batch_shape == (k,) and len(latent.plates) == 1 and not own:
-            components.append(name)
+            components[name] = None
+        elif dim is not None:
+            components[name] = dim
         elif indexable(latent) and not latent.plates & plates:
             indexed.append(name)
     return components, indexed
@@ -531,20 +548,21 @@ def _two_plates_hint(latent: Latent, k: int | None) -> str:
 
 
 def _component_hint(latent: Latent, k: int | None) -> str:
-    """Where a Categorical of ``k`` categories picks: what a mixture's component must be,
-    and the forms of a diagonal-covariance mixture that fit (tester 23 found none: its
-    per-feature means and precisions in plates of components and features were refused,
-    and each message sent to another form that was refused too). '' where no Categorical
-    picks, or the latent is no would-be component."""
+    """Where a Categorical of ``k`` categories picks: what a mixture's component must be (a
+    latent whose plates other than the K categories' the factor reads at its own elements,
+    see :mod:`~pyro_vae.cavi.mixture_components`), and the forms of a diagonal-covariance
+    mixture that fit (tester 23 met three refusals, each sending to another form that was
+    refused too). '' where no Categorical picks, or the latent is no would-be component."""
     if k is None or k not in latent.batch_shape:
         return ""
     return (
-        f". A mixture's component is a latent in ONE plate, of the selector's {k} "
-        f"categories, at that plate's own dim (batch shape ({k},)); {latent.name!r} has "
-        f"batch shape {tuple(latent.batch_shape)} in plates {sorted(latent.plates)}. "
-        "Per-feature means and precisions of a diagonal-covariance mixture fit as one site "
-        "per feature (mu_d and prec_d in the components plate, the data's column d its own "
-        "observed site), or as a .to_event(1) mean with one Gamma precision per component"
+        f". A mixture's component is a latent in a plate of the selector's {k} categories; "
+        "each other plate of it must be one of the factor's, or at the dim of one of the "
+        f"factor's with as many elements, read at the factor's own element there; "
+        f"{latent.name!r} has batch shape {tuple(latent.batch_shape)} in plates "
+        f"{sorted(latent.plates)}. A diagonal-covariance mixture fits as mu and prec in "
+        "plates components (dim=-2) and features (dim=-1), the data in plates data "
+        "(dim=-2) and features (dim=-1), read as Vindex(mu)[..., z, torch.arange(D)]"
     )
 
 
@@ -605,7 +623,9 @@ def _aligned_statistics(latents: list[Latent], runs: Runs, rank: int, components
         if latent.index is not None:  # read through a data index: [S, *index's shape, B]
             phi = read_by_index(_every_group(latent, phi, runs), latent.index, 1)
         if latent.name in components:
-            phi = _picked(phi, _selector_values(latents[0], runs), latents[0].family.k)
+            z, k = _selector_values(latents[0], runs), latents[0].family.k
+            dim = k_dim(components, latent.name)
+            phi = _picked(phi, z, k) if dim is None else picked(phi, z, k, dim, rank)
         out.append(phi.reshape(phi.shape[:1] + (1,) * (rank + 2 - phi.dim()) + phi.shape[1:]))
     return out
 
@@ -893,7 +913,11 @@ def _full_rank(members, values, rank, components=frozenset()) -> bool:
         value = _as_read(member, values[member.sites[0]].long())  # [S, *batch]
         if member.name in components:  # [S, K] → the picked component's, [S, *z's batch]
             selector = _as_read(members[0], values[members[0].sites[0]].long())
-            value = _picked(value, selector, members[0].family.k)
+            categories, dim = members[0].family.k, k_dim(components, member.name)
+            if dim is None:
+                value = _picked(value, selector, categories)
+            else:
+                value = picked(value.unsqueeze(-1), selector, categories, dim, rank).squeeze(-1)
         value = value.reshape(value.shape[:1] + (1,) * (rank + 1 - value.dim()) + value.shape[1:])
         combination, combinations = combination * k + value, combinations * k
     counts = torch.nn.functional.one_hot(combination, combinations).sum(0)
@@ -1077,7 +1101,7 @@ def _probe_all(runner, depends, trace, probed_components=frozenset()) -> list[Fa
         if selector is None:
             designs[site] = ([latents[n] for n in depends[site]], rank, frozenset())
         else:
-            picked = [c for c in components if c not in found]
+            picked = Components({c: dim for c, dim in components.items() if c not in found})
             designs[site] = _mixture_design(latents, depends, site, selector, picked, rank)
         members = [
             replace(m, batch_shape=_trimmed(found[m.name].shape), index=found[m.name])
@@ -1203,6 +1227,14 @@ def _components_hint(components, runner) -> str:
     """Where a mixture's components lie in more than one plate: the likely cause of a misfit,
     a latent read through a data index whose plate happens to have as many elements as
     the selector has categories, which AutoCAVI takes for a component; else ''."""
+    laid = sorted(getattr(components, "dims", {}))
+    if laid:
+        return (
+            f". {laid} are in more plates than the selector's categories: each element of "
+            "the factor must read their element at its own index along those other plates "
+            "(Vindex(mu)[..., z, torch.arange(D)]); one that reads another (a permuted or "
+            "shifted index) is not fitted"
+        )
     plates = {frozenset(runner.latents[name].plates) for name in components}
     if len(plates) < 2:
         return ""
@@ -1244,7 +1276,7 @@ def _mixture_design(latents, depends, site, selector, components, rank):
     components' coefficients side by side, and the check runs vary every θ_k', so a factor
     that mentions θ_k' for z = k ≠ k' is caught as not fitting."""
     members = [latents[selector]] + _mixture_members(latents, depends, site, selector)
-    return members, rank, frozenset(components)
+    return members, rank, components
 
 
 def _picked(component: torch.Tensor, index: torch.Tensor, k: int) -> torch.Tensor:
@@ -1268,13 +1300,23 @@ def _mixture_factor(latents, site, design, coefficients, trace) -> Factor:
     coefficients = coefficients.reshape(coefficients.shape[:-1] + (z.family.k, -1))
     aligned = [m.batch_shape if m.index is not None else latents[m.name].batch_shape
                for m in members[1:] if m.name not in components]  # fmt: skip
-    batch = torch.broadcast_shapes(z.batch_shape, *aligned)
+    # a component's other plates than the K categories' (a diagonal mixture's features)
+    aligned += [_without_k(latents[c].batch_shape, k_dim(components, c))
+                for c in components if k_dim(components, c) is not None]  # fmt: skip
+    batch = _trimmed(torch.broadcast_shapes(z.batch_shape, *aligned))
     batch = (1,) * (rank - len(batch)) + tuple(batch)
     summed = _sum_to(coefficients, torch.Size(batch + coefficients.shape[-2:]))
     shape = summed.shape[:-1] + tuple(m.family.size for m in members[1:])
     index = {m.name: m.index for m in members if m.index is not None}
     return Factor(site, _dist_name(trace.nodes[site]), tuple(names), summed.reshape(shape),
                   rank + 1, z.name, components, index=index)  # fmt: skip
+
+
+def _without_k(batch, dim: int) -> torch.Size:
+    """A component's ``batch`` with its dim ``dim`` along the K categories made 1."""
+    batch = list(batch)
+    batch[dim] = 1
+    return torch.Size(batch)
 
 
 def _mixture_members(latents, depends, site, selector) -> list[Latent]:

@@ -16,6 +16,12 @@ import torch
 from pyro_vae.cavi.conjugate_forms import Factor, batch_view
 from pyro_vae.cavi.data_indexing import read_by_index
 from pyro_vae.cavi.factor_support import contract_gathered, sparse_form
+from pyro_vae.cavi.mixture_components import (
+    factor_layout_shape,
+    k_dim,
+    to_factor_layout,
+    to_latent_layout,
+)
 
 
 def contract(factor: Factor, stats: dict, keep=(), pairs=None) -> torch.Tensor:
@@ -25,7 +31,8 @@ def contract(factor: Factor, stats: dict, keep=(), pairs=None) -> torch.Tensor:
 
     Returns [*batch, B_k for k in keep, in the factor's order] (E_q[log f] per element when
     ``keep`` is empty): per factor element, so a kept latent read through a data index gets
-    its message summed back with :func:`~pyro_vae.cavi.data_indexing.scatter_by_index`."""
+    its message summed back with :func:`~pyro_vae.cavi.data_indexing.scatter_by_index`
+    (a component in several plates: with :func:`message_to`)."""
     sparse = _on_support(factor, stats, keep, pairs)
     if sparse is not None:
         return sparse
@@ -91,7 +98,20 @@ def read_statistics(factor: Factor, name: str, et: torch.Tensor, leading: int = 
     :mod:`~pyro_vae.cavi.data_indexing`), else as they are."""
     if name in factor.index:
         return read_by_index(et, factor.index[name], leading)
-    return et
+    return to_factor_layout(et, k_dim(factor.components, name), 1)
+
+
+def message_to(factor: Factor, name: str, message: torch.Tensor, shape) -> torch.Tensor:
+    """``factor``'s message to latent ``name`` as :func:`contract` gives it, [*batch, B]
+    per factor element, summed to ``name``'s ``shape`` [*its batch, B] (a component in
+    more plates than the K categories' laid back out, see
+    :mod:`~pyro_vae.cavi.mixture_components`)."""
+    dim = k_dim(factor.components, name)
+    if dim is None:
+        return sum_to(message, shape)
+    laid = factor_layout_shape(shape, dim, 1)
+    message = message.reshape((1,) * (len(laid) - message.dim()) + tuple(message.shape))
+    return to_latent_layout(sum_to(message, laid), dim, 1)
 
 
 def _on_support(factor: Factor, stats: dict, keep, pairs) -> torch.Tensor | None:

@@ -50,6 +50,7 @@ from pyro_vae.cavi.exponential_families import (
     gamma_shape_rate,
     unwrapped,
 )
+from pyro_vae.cavi.mixture_components import k_dim
 
 _F64 = torch.float64
 
@@ -390,7 +391,9 @@ def _mixture_error(factor, latents: dict, q: dict, stats: dict, frames: dict) ->
         if not has_frames(family):
             continue
         reached = element_reach(family, frames.get(name), q.get(name), stats[name])
-        if name in factor.components:  # its last batch dim runs along the K-axis
+        if name in factor.components:  # its batch dim along the K categories
+            dim = k_dim(factor.components, name)
+            reached = reached if dim is None else reached.movedim(dim, -1)
             per_component = reached.reshape(-1, reached.shape[-1]).amax(0)
             charged = charged * per_component.clamp(min=1.0)
         else:
