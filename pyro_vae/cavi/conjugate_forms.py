@@ -465,7 +465,8 @@ def _mixture_roles(site: str, names, latents, trace) -> tuple[str | None, list, 
             "K states)"
         )
     if not selectors:
-        grouped = _mixture_of_groups(outside, latents, plates)
+        by_k = lambda latent, k: k_dim_of(latent, k, site, trace)  # noqa: E731
+        grouped = _mixture_of_groups(outside, latents, plates, by_k)
         if grouped is not None:
             return grouped
     if not selectors and all(
@@ -511,7 +512,7 @@ def _split_outside(outside: list, latents: dict, plates, k: int | None,
     return components, indexed
 
 
-def _mixture_of_groups(outside: list, latents: dict, plates) -> tuple | None:
+def _mixture_of_groups(outside: list, latents: dict, plates, placed=None) -> tuple | None:
     """(selector, components, indexed) of a mixture of groups: one Categorical z in a plate
     of groups, read through a data index (with the other latents ``indexed``), picking a
     component of latents in a plate of its K categories (``Vindex(mu)[..., z[..., group]]``,
@@ -525,7 +526,8 @@ def _mixture_of_groups(outside: list, latents: dict, plates) -> tuple | None:
         return None
     others = [n for n in outside if n != z]
     k, own = latents[z].family.k, latents[z].plates
-    components, indexed = _split_outside(others, latents, plates, k, own)
+    components, indexed = _split_outside(others, latents, plates, k, own,
+                                         placed and (lambda latent: placed(latent, k)))  # fmt: skip
     if not components or len(components) + len(indexed) != len(others):
         return None
     return z, components, [z, *indexed]

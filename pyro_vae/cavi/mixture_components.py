@@ -90,15 +90,19 @@ def picked(component: torch.Tensor, index: torch.Tensor, k: int, dim: int,
 
 def k_dim_of(latent, k: int, site: str, trace) -> int | None:
     """The dim of ``latent``'s batch along a selector's ``k`` categories where it is a
-    component of mixture factor ``site`` in more plates than that one: exactly one of its
-    plates that ``site`` is not inside has ``k`` elements and no plate of ``site``'s at its
-    dim has as many, and each of its other plates is one of ``site``'s or sits at the dim of
-    one of ``site``'s of the same size; else None."""
+    component of mixture factor ``site`` in more plates than that one: one of its plates
+    that ``site`` is not inside has ``k`` elements (where several have, the one with no plate
+    of ``site``'s of as many elements at its dim: the others are read at the factor's own
+    elements), and each of its other plates is one of ``site``'s or sits at the dim of one
+    of ``site``'s of the same size; else None. A data plate of ``k`` elements at the
+    components' dim is no obstacle (tester 25's F2: N = K was refused)."""
     own = {f.name: f for f in trace.nodes[site]["cond_indep_stack"] if f.vectorized}
     sizes = {f.dim: f.size for f in own.values()}
     frames = [f for f in trace.nodes[latent.sites[0]]["cond_indep_stack"] if f.vectorized]
     outside = [f for f in frames if f.name not in own]
-    along = [f for f in outside if f.size == k and sizes.get(f.dim) != k]
+    along = [f for f in outside if f.size == k]
+    if len(along) > 1:
+        along = [f for f in along if sizes.get(f.dim) != k]
     if len(along) != 1 or len(frames) < 2:
         return None
     if any(sizes.get(f.dim) != f.size for f in outside if f is not along[0]):
