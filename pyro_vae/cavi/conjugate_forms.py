@@ -140,8 +140,11 @@ class Factor:
     ``coefficients`` has shape [*batch, B₁, …, B_m] (B_j = latents[j]'s family size), with
     ``batch`` of rank ``rank``, summed over every dim along which none of its latents varies.
     A mixture factor (log f = Σ_k [z = k] g(θ_k), ``Vindex(theta)[..., z, :]``) has a
-    ``selector`` z and ``components`` θ (latents in the plate of z's categories): its batch
-    ends in that K-axis, along which the components' elements and z's categories run.
+    ``selector`` z and ``components`` θ (latents in the plate of z's categories, a
+    :class:`~pyro_vae.cavi.mixture_components.Components`): its batch ends in that K-axis,
+    along which the components' elements and z's categories run (a component also in other
+    plates, read at the factor's own elements there, laid out so: see
+    :mod:`~pyro_vae.cavi.mixture_components`).
     """
 
     name: str
@@ -439,8 +442,9 @@ def _plates(site) -> frozenset:
 
 def _mixture_roles(site: str, names, latents, trace) -> tuple[str | None, list, list]:
     """(selector, components, indexed) of a factor that mentions latents outside its plates:
-    a mixture's Categorical selector and components (latents in a plate of its K
-    categories), with the other latents outside read through a data index
+    a mixture's Categorical selector and components ({name: its K dim or None}, see
+    :func:`_split_outside`: latents in a plate of its K categories, and maybe in plates the
+    factor reads at its own elements), with the other latents outside read through a data index
     (:mod:`pyro_vae.cavi.data_indexing`: random intercepts beside latent classes,
     ``Vindex(mu)[..., z] + a[..., group]``; LDA's topic proportions of each word's document,
     ``Categorical(theta[..., doc, :])``); (None, [], those latents) where no Categorical
