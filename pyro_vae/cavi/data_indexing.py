@@ -237,9 +237,10 @@ def _index_at(site: str, latent, log_prob: torch.Tensor, start: int, bits: int):
 
 def _reads_all(site: str, latent) -> str:
     """What to do where every element of ``site`` reads all of ``latent``: declare a Normal
-    one vector site; leave a plated Gamma, Beta or Dirichlet read whole (ARD precisions
-    over a weight vector's coordinates), which has no closed form here, to SVI (tester 23:
-    the Normal's advice was given about ARD's Gamma, and led to a second refusal)."""
+    one vector site, and a Gamma one vector of independent Gammas (ARD precisions over a
+    weight vector's coordinates); leave a plated Beta or Dirichlet read whole, which has no
+    closed form here, to SVI (tester 23: the Normal's advice was given about ARD's Gamma,
+    and led to a second refusal)."""
     name = latent.name
     if latent.family.name in ("Normal", "MultivariateNormal"):
         return (
@@ -247,6 +248,13 @@ def _reads_all(site: str, latent) -> str:
             "(X * w).sum(-1) with w in a features plate), declare it as one vector site "
             "outside the plate instead: dist.Normal(0, s).expand([D]).to_event(1), or a "
             "MultivariateNormal"
+        )
+    if latent.family.name == "Gamma":
+        return (
+            f"Where every element of {site!r} reads all of {name!r} (ARD: precisions α_d over "
+            f"a weight vector's coordinates), declare {name!r} as one vector site outside "
+            "the plate instead, its coordinates independent Gammas: "
+            "dist.Gamma(a, b).expand([D]).to_event(1), which fits"
         )
     return (
         f"Where every element of {site!r} reads all of {name!r} (ARD: precisions α_d over "

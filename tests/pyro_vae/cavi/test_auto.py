@@ -1654,3 +1654,56 @@ def test_a_mixture_s_components_set_by_init_give_the_first_responsibilities():
     assert located[0][0] < 0 < located[0][1] and located[1][1] < 0 < located[1][0]
     assert torch.allclose(located[0], located[1].flip(0), atol=1e-8)
     assert fits[0].lower_bound_ == pytest.approx(fits[1].lower_bound_, abs=1e-8)
+
+
+def _ard_vb(X, y, prior, sweeps=200):
+    """Mean-field VB for ARD regression written out (Bishop & Tipping 2000): q(w) q(α) q(τ),
+    α_d ~ Gamma(a0, b0), w ~ N(0, diag(α)⁻¹), τ ~ Gamma(c0, d0), y ~ N(Xw, τ⁻¹ I), updated w,
+    τ, α from the priors' means to a fixed point; (its ELBO in nats, E[α], E[w], Cov[w])."""
+    a0, b0, c0, d0 = prior
+    n, d = X.shape
+    xtx, xty = X.T @ X, X.T @ y
+    a, b = torch.full((d,), a0, dtype=F64), torch.full((d,), b0, dtype=F64)
+    c, e = t(c0), t(d0)
+    for _ in range(sweeps):
+        cov = torch.linalg.inv(torch.diag(a / b) + c / e * xtx)
+        mean = c / e * cov @ xty
+        residual = ((y - X @ mean) ** 2).sum() + (xtx * cov).sum()
+        c, e = t(c0 + n / 2), d0 + residual / 2
+        a, b = torch.full((d,), a0 + 0.5, dtype=F64), b0 + (mean**2 + cov.diagonal()) / 2
+    log_a, log_t = torch.digamma(a) - b.log(), torch.digamma(c) - e.log()
+    log_2pi = math.log(2 * math.pi)
+    expected = n / 2 * (log_t - log_2pi) - c / e * residual / 2
+    expected += (log_a / 2 - log_2pi / 2 - a / b * (mean**2 + cov.diagonal()) / 2).sum()
+    expected += (a0 * math.log(b0) - math.lgamma(a0) + (a0 - 1) * log_a - b0 * a / b).sum()
+    expected += c0 * math.log(d0) - math.lgamma(c0) + (c0 - 1) * log_t - d0 * c / e
+    entropy = torch.logdet(2 * math.pi * math.e * cov) / 2
+    entropy += dist.Gamma(a, b).entropy().sum() + dist.Gamma(c, e).entropy()
+    return float(expected + entropy), a / b, mean, cov
+
+
+def test_ard_regression_is_mean_field_vb_written_out():
+    """ARD precisions as one vector of independent Gammas, read whole by the weight
+    vector's prior: AutoCAVI's fixed point is the written-out VB's (bound to 1e-10, q to
+    1e-7), the irrelevant weights' E[α_d] large and the relevant ones' small."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(60, 5, generator=g, dtype=F64)
+    y = X @ t([2.0, 0.0, -1.0, 0.0, 0.0]) + 0.5 * torch.randn(60, generator=g, dtype=F64)
+    prior = (1e-2, 1e-2, 1e-2, 1e-2)
+
+    def ard(X, y):
+        alpha = pyro.sample("alpha", dist.Gamma(t(prior[0]), t(prior[1])).expand([5]).to_event(1))
+        w = pyro.sample("w", dist.Normal(X.new_zeros(5), alpha.rsqrt()).to_event(1))
+        tau = pyro.sample("tau", dist.Gamma(t(prior[2]), t(prior[3])))
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.Normal(X @ w, tau.rsqrt()), obs=y)
+
+    fit = AutoCAVI(ard, tol=1e-12, max_iter=500).fit(X, y)
+    bound, alpha, mean, cov = _ard_vb(X, y, prior)
+    assert fit.converged_
+    assert relative(fit.lower_bound_, bound) < 1e-10
+    q = fit.variational_distributions()
+    assert relative(q["alpha"].mean, alpha) < 1e-7
+    assert relative(q["w"].mean, mean) < 1e-7
+    assert relative(q["w"].covariance_matrix, cov) < 1e-7
+    assert bool((alpha[[1, 3, 4]] > 20).all() & (alpha[[0, 2]] < 2).all())

@@ -19,6 +19,10 @@ CASES = [
         t([0.5, -1.0, 0.2, -1.0, 0.1, 0.05, -1.0, 0.1, -1.0]),
     ),
     (dist.Gamma(t(2.0), t(1.0)), t([-3.0, 1.5])),
+    (  # ARD's precisions: independent Gammas over a vector, η = (on x_d, on log x_d)
+        dist.Gamma(t([2.0, 1.0, 3.0]), t(1.0)).to_event(1),
+        t([-3.0, -0.5, -2.0, 1.5, 0.0, 4.0]),
+    ),
     (dist.Beta(t(2.0), t(1.0)), t([0.5, -0.3])),
     (dist.Dirichlet(torch.ones(3, dtype=F64)), t([0.5, -0.3, 1.2])),
     (dist.Bernoulli(t(0.3)), t([0.8])),
@@ -61,11 +65,16 @@ def test_improper_updates_and_unknown_families_are_refused_by_site():
     with pytest.raises(NotConjugateError, match="a Dirichlet with event dims .*pyro.plate") as hmm:
         family_of(site(rows, "A"))
     assert "ConditionalCAVIGuide" not in str(hmm.value)  # rows in a plate fit (tester 23)
-    # ARD precisions as one vector (tester 13): the advice is not the Normal's vector site,
-    # which a Gamma cannot be, but the latent left to SVI by name
+    # ARD precisions as one vector of Gammas is a family (see the cases above); a matrix of
+    # them is refused, naming the vector that fits; a Beta vector goes to SVI by name
     ard = dist.Gamma(torch.ones(3, dtype=F64), 1.0).to_event(1)
-    with pytest.raises(NotConjugateError, match=r"ARD.*svi_sites=\['alpha'\]"):
-        family_of(site(ard, "alpha"))
+    assert family_of(site(ard, "alpha")).name == "Gamma vector"
+    matrix = dist.Gamma(torch.ones(3, 3, dtype=F64), 1.0).to_event(2)
+    with pytest.raises(NotConjugateError, match=r"plate.*independent Gammas, .to_event\(1\)"):
+        family_of(site(matrix, "alpha"))
+    beta = dist.Beta(torch.ones(3, dtype=F64), 1.0).to_event(1)
+    with pytest.raises(NotConjugateError, match=r"Beta at once.*svi_sites=\['p'\]"):
+        family_of(site(beta, "p"))
     with pytest.raises(NotConjugateError) as refused:
         family_of(site(dist.Normal(torch.zeros(2, 2), 1.0).to_event(2), "m"))
     assert "ARD" not in str(refused.value)
