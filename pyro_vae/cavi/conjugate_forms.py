@@ -1155,6 +1155,17 @@ def _check_unknowns(site: str, members, trace) -> None:
     unknowns = _product(sizes)
     if unknowns > MAX_UNKNOWNS:
         names = [m.name for m in members]
+        vectors = [m.name for m in members if m.family.name == "Gamma vector"]
+        if vectors:  # ARD over many coordinates: a plate would be refused in turn
+            raise NotConjugateError(
+                f"factor {site!r} ({_dist_name(trace.nodes[site])}): its log-density has "
+                f"{unknowns:,} coefficients per element (the statistics of {names}, of "
+                f"sizes {sizes}, multiplied), more than AutoCAVI solves for "
+                f"({MAX_UNKNOWNS:,}): ARD over this many coordinates (its probe grows as "
+                f"D⁵) is not fitted in closed form here; leave {vectors} to SVI with "
+                f"pyro_vae.cavi.ConditionalCAVIGuide(model, svi_sites={vectors}), which "
+                "fits the rest in closed form given each draw"
+            )
         raise NotConjugateError(
             f"factor {site!r} ({_dist_name(trace.nodes[site])}): its log-density has "
             f"{unknowns:,} coefficients per element (the statistics of {names}, of sizes "

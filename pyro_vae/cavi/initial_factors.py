@@ -102,6 +102,12 @@ def _given(name: str, latent: Latent, q) -> torch.Tensor:
             f"family, which q({name}) is"
         )
     _check_parameters(name, q)
+    if family.event_dim and tuple(q.event_shape) != tuple(family.event_shape):
+        raise ValueError(
+            f"init[{name!r}]: its event shape {tuple(q.event_shape)} is not the site's "
+            f"{tuple(family.event_shape)} (a {family.name} over "
+            f"{family.event_shape.numel()} coordinates)"
+        )
     try:
         value = family.expected_statistics(q)
         return value.expand(latent.batch_shape + (family.size,))

@@ -39,6 +39,7 @@ from pyro_vae.cavi.data_indexing import read_by_index
 from pyro_vae.cavi.exponential_families import (
     Family,
     GammaFamily,
+    GammaVectorFamily,
     NormalFamily,
     NormalGamma,
     NormalGammaFamily,
@@ -72,8 +73,10 @@ class Frame:
 def has_frames(family: Family) -> bool:
     """Whether ``family``'s statistics are unbounded, so that its probes need a frame."""
     return isinstance(
-        family, (NormalFamily, GammaFamily, WishartFamily, NormalGammaFamily, NormalWishartFamily)
-    )
+        family,
+        (NormalFamily, GammaFamily, GammaVectorFamily, WishartFamily, NormalGammaFamily,
+         NormalWishartFamily),
+    )  # fmt: skip
 
 
 def frame_of(family: Family, q) -> Frame | None:
@@ -81,8 +84,8 @@ def frame_of(family: Family, q) -> Frame | None:
     if isinstance(family, NormalFamily):
         mean, root = _normal_root(q, family.event_dim)
         return Frame(mean, scale_tril=root)
-    if isinstance(family, GammaFamily):
-        shape, rate = gamma_shape_rate(q)
+    if isinstance(family, (GammaFamily, GammaVectorFamily)):  # per coordinate, for a vector
+        shape, rate = gamma_shape_rate(unwrapped(q))
         return Frame(magnitude=shape / rate)
     if isinstance(family, WishartFamily):  # E_q[Λ] = ν·V: R = √ν·chol(V)
         root = q.df.to(_F64).sqrt()[..., None, None] * q.scale_tril.to(_F64)
@@ -117,7 +120,7 @@ def _precision_root(precision: torch.Tensor) -> torch.Tensor:
 
 def from_local(family: Family, frame: Frame, value):
     """Probe values in the model's coordinates from standard ones (``family.probe``'s)."""
-    if isinstance(family, GammaFamily):
+    if isinstance(family, (GammaFamily, GammaVectorFamily)):
         return frame.magnitude * value
     if isinstance(family, WishartFamily):
         return _congruent(frame.scale_tril, value)
@@ -134,7 +137,7 @@ def from_local(family: Family, frame: Frame, value):
 
 def to_local(family: Family, frame: Frame, values: tuple) -> tuple:
     """The local coordinates of model values ``values`` (one per site of the unit)."""
-    if isinstance(family, GammaFamily):
+    if isinstance(family, (GammaFamily, GammaVectorFamily)):
         return (values[0].to(_F64) / frame.magnitude,)
     if isinstance(family, WishartFamily):
         return (_congruent(_whitening(frame), values[0].to(_F64)),)
@@ -185,6 +188,14 @@ def local_map(family: Family, frame: Frame) -> torch.Tensor:
         n = _identity(c.shape, 3)
         n[..., 1, 1] = 1 / c
         n[..., 2, 0] = -c.log()
+        return n
+    if isinstance(family, GammaVectorFamily):  # T = (1, x_1…x_D, log x_1…log x_D)
+        c = frame.magnitude  # [*batch, D]
+        d = c.shape[-1]
+        n = _identity(c.shape[:-1], 1 + 2 * d)
+        coordinates = torch.arange(1, 1 + d)
+        n[..., coordinates, coordinates] = 1 / c
+        n[..., coordinates + d, 0] = -c.log()
         return n
     if isinstance(family, WishartFamily):  # T = (1, Λ_ij, log|Λ|), Λ̃ = BΛBᵀ (B = R⁻¹)
         b = _whitening(frame)
@@ -437,6 +448,12 @@ def local_expected_statistics(family: Family, q, frame: Frame) -> torch.Tensor:
         return torch.cat(
             [natural[..., :1], natural[..., 1:-1] / c, natural[..., -1:] - c.log()], -1
         )
+    if isinstance(family, GammaVectorFamily):  # E[x_d / c_d], E[log x_d] − log c_d
+        natural = family.expected_statistics(q)
+        c, d = frame.magnitude, frame.magnitude.shape[-1]
+        return torch.cat(
+            [natural[..., :1], natural[..., 1 : 1 + d] / c, natural[..., 1 + d :] - c.log()], -1
+        )
     if isinstance(family, WishartFamily):
         natural_mean = q.df.to(_F64)[..., None, None] * q.covariance_matrix.to(_F64)
         mean = _congruent(_whitening(frame), natural_mean)
@@ -535,6 +552,9 @@ def q_from_local(family: Family, q, frame: Frame):
     c = frame.magnitude
     if isinstance(family, GammaFamily):
         return dist.Gamma(q.concentration, q.rate / c, validate_args=False)
+    if isinstance(family, GammaVectorFamily):
+        a, b = gamma_shape_rate(unwrapped(q))
+        return dist.Gamma(a, b / c, validate_args=False).to_event(1)
     if isinstance(family, WishartFamily):  # Λ = RΛ̃Rᵀ ~ Wishart(ν, R V Rᵀ)
         root = frame.scale_tril @ q.scale_tril
         return dist.Wishart(q.df, scale_tril=root, validate_args=False)

@@ -45,11 +45,14 @@ from pyro_vae.cavi.exponential_families import (
     CategoricalFamily,
     DirichletFamily,
     GammaFamily,
+    GammaVectorFamily,
     NormalFamily,
     NormalGamma,
     NormalWishart,
     WishartFamily,
     _normal_root,
+    gamma_shape_rate,
+    unwrapped,
 )
 from pyro_vae.cavi.probe_frames import to_local
 from pyro_vae.cavi.seeding import cpu_rng
@@ -155,6 +158,9 @@ def _widened(family, q):
         return NormalGamma(q.loc, q.precision * shrink, a, b, q.scalar)
     if isinstance(family, GammaFamily):
         return dist.Gamma(q.concentration * shrink, q.rate * shrink)
+    if isinstance(family, GammaVectorFamily):
+        a, b = gamma_shape_rate(unwrapped(q))
+        return dist.Gamma(a * shrink, b * shrink).to_event(1)
     if isinstance(family, BetaFamily):
         return dist.Beta(q.concentration1 * shrink, q.concentration0 * shrink)
     if isinstance(family, DirichletFamily):
@@ -201,7 +207,7 @@ def _draw(family, q, shape: torch.Size, generator):
     if isinstance(family, DirichletFamily):
         drawn = drawn.clamp_min(_PROBABILITY_FLOOR)
         return drawn / drawn.sum(-1, keepdim=True)
-    if isinstance(family, GammaFamily):
+    if isinstance(family, (GammaFamily, GammaVectorFamily)):
         return drawn.clamp_min(_TINY)
     return drawn
 

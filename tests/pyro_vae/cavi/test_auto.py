@@ -1707,3 +1707,20 @@ def test_ard_regression_is_mean_field_vb_written_out():
     assert relative(q["w"].mean, mean) < 1e-7
     assert relative(q["w"].covariance_matrix, cov) < 1e-7
     assert bool((alpha[[1, 3, 4]] > 20).all() & (alpha[[0, 2]] < 2).all())
+
+
+def test_ard_over_too_many_coordinates_is_sent_to_svi_by_name_before_probing():
+    """D = 26: the weight prior's (2D + 1)(1 + D + D(D + 1)/2) = 20,034 coefficients exceed
+    MAX_UNKNOWNS; the refusal names alpha for svi_sites (tester 26's F3: the generic advice,
+    a plate, is refused in turn and sent back to the vector)."""
+    g = torch.Generator().manual_seed(0)
+    X, y = torch.randn(40, 26, generator=g, dtype=F64), torch.randn(40, generator=g, dtype=F64)
+
+    def ard(X, y):
+        alpha = pyro.sample("alpha", dist.Gamma(t(1.0), t(1.0)).expand([26]).to_event(1))
+        w = pyro.sample("w", dist.Normal(X.new_zeros(26), alpha.rsqrt()).to_event(1))
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.Normal(X @ w, 1.0), obs=y)
+
+    with pytest.raises(NotConjugateError, match=r"20,034 coefficients.*svi_sites=\['alpha'\]"):
+        AutoCAVI(ard).fit(X, y)

@@ -92,6 +92,10 @@ def test_a_bad_block_start_is_refused_naming_what_the_block_takes(init, words):
         ({"mu": dist.Gamma(t(1.0), t(1.0))}, "Gamma is not a distribution of the Normal family"),
         ({"z": torch.ones(4, 2, dtype=F64) / 2}, "shape (4, 2); expected (4, 3)"),
         ({"z": torch.full((4, 3), 0.5, dtype=F64)}, "sum to 1 over the last dim"),
+        (  # a vector's start of another length (tester 26's F5: the sizes of T were named)
+            {"mu": dist.Normal(torch.zeros(2, dtype=F64), 1.0).to_event(1)},
+            "its event shape (2,) is not the site's (3,)",
+        ),
     ],
 )
 def test_a_start_of_the_wrong_family_or_shape_is_refused(init, words):
