@@ -311,10 +311,21 @@ class AutoCAVI:
         on from that q, the update of a q the factors held precisely (checked after the
         sweep before): started again, its sweeps would cross the whole path from the start
         (a precision 10⁻¹² to 1 in a mixture 10⁶ wide), which no one frame covers, and its
-        frames swung between the path's early and converged q until the rounds ran out."""
+        frames swung between the path's early and converged q until the rounds ran out.
+
+        An update that comes out improper in a round started again from the start (its
+        first updates read the start's statistics, perhaps far outside the frames around q:
+        ARD on targets of 10⁴ read w's start at 0 some 10⁵ sds from its frame) goes on from
+        the q that round set out from instead, with the same factors; and one that comes out
+        improper in a round going on from a q (ARD's α moving from 1 to 10⁻⁹ within a sweep)
+        probes again around the q reached and goes on from it. Only a round from the start
+        is started again around the priors and q (tester 26's F2: every round of such an
+        ARD fit was refused)."""
         frames, self.probe_rounds_ = {}, 1
         start_stats, start_pairs = dict(stats), dict(self._pairs)
         at_q = False  # whether the current factors were solved around a q of the sweeps
+        resumable = None  # the q a round started again from the start left, and its frames
+        from_start = True  # whether this round's sweeps began at the start's statistics
         while True:
             last = self.probe_rounds_ >= _MAX_PROBE_ROUNDS
             try:
@@ -322,7 +333,22 @@ class AutoCAVI:
                     stats, chains, tol, max_iter, None if last else frames, at_q
                 )
             except NotConjugateError:  # an improper update: perhaps rounding, far from the points
-                frames, restart, at_q = {**self._prior_frames(), **self._frames()}, True, False
+                if resumable is not None:
+                    # started again, the first updates read the start's statistics far
+                    # outside the frames around q the factors were solved in (ARD on targets
+                    # of 10⁴: w's start at 0 read 10⁵ sds from its frame at q gave α a
+                    # negative rate): go on from that q instead, with the same factors
+                    saved, self._pairs, self._q, frames = resumable
+                    stats.clear()
+                    stats.update(saved)
+                    resumable, at_q, from_start = None, True, False
+                    continue
+                if from_start or last:
+                    frames = {**self._prior_frames(), **self._frames()}
+                    restart, at_q = True, False
+                else:  # gone on from a q, an update left the points (ARD's α to 10⁻⁹): probe
+                    # again around the q reached, and go on from it
+                    frames, restart, at_q = self._frames(), False, True
                 if last or not frames:
                     raise
             else:
@@ -338,7 +364,10 @@ class AutoCAVI:
                 self._use(self._reprobe(frames), frames)
             self.probe_seconds_ += time.perf_counter() - start
             self.probe_rounds_ += 1
+            resumable, from_start = None, restart
             if restart:
+                if at_q:
+                    resumable = (dict(stats), dict(self._pairs), dict(self._q), frames)
                 stats.clear()
                 stats.update(start_stats)
                 self._pairs, self._q = dict(start_pairs), {}

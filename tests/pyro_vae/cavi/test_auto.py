@@ -1656,7 +1656,7 @@ def test_a_mixture_s_components_set_by_init_give_the_first_responsibilities():
     assert fits[0].lower_bound_ == pytest.approx(fits[1].lower_bound_, abs=1e-8)
 
 
-def _ard_vb(X, y, prior, sweeps=200):
+def _ard_vb(X, y, prior, sweeps=2000):
     """Mean-field VB for ARD regression written out (Bishop & Tipping 2000): q(w) q(α) q(τ),
     α_d ~ Gamma(a0, b0), w ~ N(0, diag(α)⁻¹), τ ~ Gamma(c0, d0), y ~ N(Xw, τ⁻¹ I), updated w,
     τ, α from the priors' means to a fixed point; (its ELBO in nats, E[α], E[w], Cov[w])."""
@@ -1682,13 +1682,19 @@ def _ard_vb(X, y, prior, sweeps=200):
     return float(expected + entropy), a / b, mean, cov
 
 
-def test_ard_regression_is_mean_field_vb_written_out():
+@pytest.mark.parametrize("scale", [1.0, 1e4])
+def test_ard_regression_is_mean_field_vb_written_out(scale):
     """ARD precisions as one vector of independent Gammas, read whole by the weight
     vector's prior: AutoCAVI's fixed point is the written-out VB's (bound to 1e-10, q to
-    1e-7), the irrelevant weights' E[α_d] large and the relevant ones' small."""
+    1e-7), the irrelevant weights' E[α_d] large and the relevant ones' small. With y scaled
+    by 10⁴ (E[α_d] of 10⁻⁹ for the relevant weights) the sweeps leave the first probe
+    points: a round started again from the start read w's start 10⁵ sds outside the frame
+    its factors were solved in, and every round was refused as an improper update (tester
+    26's F2); they now go on from the q reached, probed again around it."""
     g = torch.Generator().manual_seed(0)
     X = torch.randn(60, 5, generator=g, dtype=F64)
     y = X @ t([2.0, 0.0, -1.0, 0.0, 0.0]) + 0.5 * torch.randn(60, generator=g, dtype=F64)
+    y = y * scale
     prior = (1e-2, 1e-2, 1e-2, 1e-2)
 
     def ard(X, y):
@@ -1703,9 +1709,13 @@ def test_ard_regression_is_mean_field_vb_written_out():
     assert fit.converged_
     assert relative(fit.lower_bound_, bound) < 1e-10
     q = fit.variational_distributions()
-    assert relative(q["alpha"].mean, alpha) < 1e-7
-    assert relative(q["w"].mean, mean) < 1e-7
-    assert relative(q["w"].covariance_matrix, cov) < 1e-7
+    # at 10⁴ the pruned coordinates (α_d, w_d) sit where the bound is flat in them (w_d at
+    # its prior): a bound converged to 1e-12 leaves them within about 2e-5
+    tolerance = 1e-7 if scale == 1 else 1e-4
+    assert relative(q["alpha"].mean, alpha) < tolerance
+    assert relative(q["w"].mean, mean) < tolerance
+    assert relative(q["w"].covariance_matrix, cov) < tolerance
+    alpha = alpha * scale**2
     assert bool((alpha[[1, 3, 4]] > 20).all() & (alpha[[0, 2]] < 2).all())
 
 
