@@ -216,23 +216,16 @@ def test_components_with_their_categories_at_another_dim_fit_alike():
     x = torch.poisson(rates[torch.arange(50) % 3], generator=g)
     i = torch.arange(4)
 
-    def deep(x):
+    def laid_out(x, deep):  # deep: [K, 1, D]; else [D, K], the data along dim -1
+        components, features, data = (-3, -1, -2) if deep else (-1, -2, -1)
         w = pyro.sample("w", dist.Dirichlet(torch.ones(3, dtype=F64)))
-        with pyro.plate("components", 3, dim=-3), pyro.plate("features", 4, dim=-1):
+        with pyro.plate("components", 3, dim=components), pyro.plate("features", 4, dim=features):
             lam = pyro.sample("lam", dist.Gamma(t(1.0), t(0.2)))
-        with pyro.plate("data", 50, dim=-2):
+        with pyro.plate("data", 50, dim=data):
             z = pyro.sample("z", dist.Categorical(w))
-            with pyro.plate("features_", 4, dim=-1):
-                pyro.sample("x", dist.Poisson(Vindex(lam)[..., z, 0, i]), obs=x)
-
-    def transposed(x):
-        w = pyro.sample("w", dist.Dirichlet(torch.ones(3, dtype=F64)))
-        with pyro.plate("features", 4, dim=-2), pyro.plate("components", 3, dim=-1):
-            lam = pyro.sample("lam", dist.Gamma(t(1.0), t(0.2)))
-        with pyro.plate("data", 50, dim=-1):
-            z = pyro.sample("z", dist.Categorical(w))
-            with pyro.plate("features_", 4, dim=-2):
-                pyro.sample("x", dist.Poisson(Vindex(lam)[..., i[:, None], z]), obs=x.T)
+            with pyro.plate("features_", 4, dim=features):
+                rate = Vindex(lam)[..., z, 0, i] if deep else Vindex(lam)[..., i[:, None], z]
+                pyro.sample("x", dist.Poisson(rate), obs=x if deep else x.T)
 
     def per_feature(x):
         w = pyro.sample("w", dist.Dirichlet(torch.ones(3, dtype=F64)))
@@ -243,7 +236,8 @@ def test_components_with_their_categories_at_another_dim_fit_alike():
             for j in range(4):
                 pyro.sample(f"x_{j}", dist.Poisson(Vindex(lams[j])[..., z]), obs=x[:, j])
 
-    bounds = [AutoCAVI(m, tol=1e-12).fit(x).lower_bound_ for m in (deep, transposed, per_feature)]
+    bounds = [AutoCAVI(laid_out, tol=1e-12).fit(x, deep).lower_bound_ for deep in (True, False)]
+    bounds.append(AutoCAVI(per_feature, tol=1e-12).fit(x).lower_bound_)
     assert relative(bounds[0], bounds[2]) < 1e-10
     assert relative(bounds[1], bounds[2]) < 1e-10
 
