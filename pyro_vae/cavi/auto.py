@@ -313,41 +313,63 @@ class AutoCAVI:
         (a precision 10⁻¹² to 1 in a mixture 10⁶ wide), which no one frame covers, and its
         frames swung between the path's early and converged q until the rounds ran out.
 
-        An update that comes out improper in a round started again from the start (its
-        first updates read the start's statistics, perhaps far outside the frames around q:
-        ARD on targets of 10⁴ read w's start at 0 some 10⁵ sds from its frame) goes on from
-        the q that round set out from instead, with the same factors; and one that comes out
-        improper in a round going on from a q (ARD's α moving from 1 to 10⁻⁹ within a sweep)
-        probes again around the q reached and goes on from it. Only a round from the start
-        is started again around the priors and q (tester 26's F2: every round of such an
-        ARD fit was refused)."""
-        frames, self.probe_rounds_ = {}, 1
+        Where every round fails so (an update improper in each), the rounds run once more
+        from the start, resuming (:meth:`_resuming_rounds`); the first error is raised if
+        that fails too (tester 26's F2: ARD on targets of 10⁴ was refused in every round).
+        Tried first, the rounds above keep every fit they made before."""
+        start_stats, start_pairs = dict(stats), dict(self._pairs)
+        first = (self._factors, self._frames_used)
+        self.probe_rounds_ = 1
+        try:
+            return self._probe_rounds(args, kwargs, stats, chains, tol, max_iter, False)
+        except NotConjugateError as error:
+            if not self._improper:
+                raise
+            stats.clear()
+            stats.update(start_stats)
+            self._pairs, self._q = dict(start_pairs), {}
+            self._use(*first)
+            try:
+                return self._probe_rounds(args, kwargs, stats, chains, tol, max_iter, True)
+            except NotConjugateError:
+                raise error from None
+
+    def _probe_rounds(self, args, kwargs, stats, chains, tol, max_iter, resuming: bool):
+        """:meth:`_rounds`' loop; ``resuming``: the fallback of :meth:`_rounds`' last
+        paragraph. An update that comes out improper in a round started again from the
+        start (its first updates read the start's statistics, perhaps far outside the
+        frames around q: ARD on targets of 10⁴ read w's start at 0 some 10⁵ sds from its
+        frame) goes on from the q that round set out from, with the same factors; one that
+        comes out improper in a round going on from a q, after some update of the sweep
+        moved q (ARD's α from 1 to 10⁻⁹), probes again around the q reached and goes on
+        from it. Not first: the q a round sets out from may be a first sweep's, reached by
+        imprecise factors 10⁸ sds off (data at 10⁶ ± 10⁻⁶), which only a start around the
+        priors mends (tester 27's F1: a bound 1.75e17 nats low)."""
+        frames, rounds, self._improper = {}, 1, False
         start_stats, start_pairs = dict(stats), dict(self._pairs)
         at_q = False  # whether the current factors were solved around a q of the sweeps
         resumable = None  # the q a round started again from the start left, and its frames
         from_start = True  # whether this round's sweeps began at the start's statistics
         while True:
-            last = self.probe_rounds_ >= _MAX_PROBE_ROUNDS
+            last = rounds >= _MAX_PROBE_ROUNDS
+            set_out_from = dict(self._q)
             try:
                 bounds, converged, stopped = self._sweeps(
                     stats, chains, tol, max_iter, None if last else frames, at_q
                 )
             except NotConjugateError:  # an improper update: perhaps rounding, far from the points
-                if resumable is not None:
-                    # started again, the first updates read the start's statistics far
-                    # outside the frames around q the factors were solved in (ARD on targets
-                    # of 10⁴: w's start at 0 read 10⁵ sds from its frame at q gave α a
-                    # negative rate): go on from that q instead, with the same factors
+                self._improper = True
+                if resuming and resumable is not None:  # go on from the q set out from
                     saved, self._pairs, self._q, frames = resumable
                     stats.clear()
                     stats.update(saved)
                     resumable, at_q, from_start = None, True, False
                     continue
-                if from_start or last:
+                moved = any(self._q.get(n) is not q for n, q in set_out_from.items())
+                if not resuming or from_start or last or not moved:
                     frames = {**self._prior_frames(), **self._frames()}
                     restart, at_q = True, False
-                else:  # gone on from a q, an update left the points (ARD's α to 10⁻⁹): probe
-                    # again around the q reached, and go on from it
+                else:  # probe again around the q reached, and go on from it
                     frames, restart, at_q = self._frames(), False, True
                 if last or not frames:
                     raise
@@ -364,6 +386,7 @@ class AutoCAVI:
                 self._use(self._reprobe(frames), frames)
             self.probe_seconds_ += time.perf_counter() - start
             self.probe_rounds_ += 1
+            rounds += 1
             resumable, from_start = None, restart
             if restart:
                 if at_q:
