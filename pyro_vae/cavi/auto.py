@@ -313,10 +313,11 @@ class AutoCAVI:
         (a precision 10⁻¹² to 1 in a mixture 10⁶ wide), which no one frame covers, and its
         frames swung between the path's early and converged q until the rounds ran out.
 
-        Where every round fails so (an update improper in each), the rounds run once more
-        from the start, resuming (:meth:`_resuming_rounds`); the first error is raised if
-        that fails too (tester 26's F2: ARD on targets of 10⁴ was refused in every round).
-        Tried first, the rounds above keep every fit they made before."""
+        Where these rounds fail and some update in them came out improper, the rounds run
+        once more from the start, resuming (:meth:`_probe_rounds` with ``resuming``); the
+        first error is raised if that fails too (tester 26's F2: ARD on targets of 10⁴ was
+        refused in every round). Tried first, the rounds above keep every fit they made
+        before (tester 27 compared 130)."""
         start_stats, start_pairs = dict(stats), dict(self._pairs)
         first = (self._factors, self._frames_used)
         self.probe_rounds_ = 1
