@@ -496,7 +496,10 @@ plt.show()
 # labels are Bernoulli with logits $Xw + b$. `AutoCAVI` refuses the model: its likelihood
 # reads every $w_j$ at once, from outside their plate (and, with $w$ one `.to_event(1)`
 # vector, it would be refused for the logistic link, which no conjugate form has). But
-# given $w$, each $\tau_j$ is conditionally conjugate.
+# given $w$, each $\tau_j$ is conditionally conjugate. (With a Gaussian likelihood ARD is
+# conjugate throughout: declared as one vector of independent Gammas,
+# `pyro.sample("tau", dist.Gamma(1.0, 1.0).expand([D]).to_event(1))`, with
+# `w ~ Normal(0, tau.rsqrt()).to_event(1)`, `AutoCAVI` fits it whole.)
 #
 # `ConditionalCAVIGuide(model, svi_sites=["w", "b"])` is the Pyro guide
 # $q(w, b, \tau) = q_\phi(w, b)\, q^*(\tau \mid w)$: `AutoNormal` over the sites you name,
