@@ -454,6 +454,10 @@ def _mixture_roles(site: str, names, latents, trace) -> tuple[str | None, list, 
     outside = [n for n in names if latents[n].plates - plates]
     if not outside:
         return None, [], []
+
+    def placed(latent, k):  # a component's K dim, in more plates than the K categories'
+        return k_dim_of(latent, k, site, trace)
+
     # a site's own value never picks its parameters: a transition's s_t is read by the row
     # s_{t−1} picks, LDA's z_n by its document's proportions, s_0 by A[..., 0, :]
     selectors = [
@@ -469,8 +473,7 @@ def _mixture_roles(site: str, names, latents, trace) -> tuple[str | None, list, 
             "K states)"
         )
     if not selectors:
-        by_k = lambda latent, k: k_dim_of(latent, k, site, trace)  # noqa: E731
-        grouped = _mixture_of_groups(outside, latents, plates, by_k)
+        grouped = _mixture_of_groups(outside, latents, plates, placed)
         if grouped is not None:
             return grouped
     if not selectors and all(
@@ -478,7 +481,6 @@ def _mixture_roles(site: str, names, latents, trace) -> tuple[str | None, list, 
     ):
         return None, [], outside
     k = latents[selectors[0]].family.k if selectors else None
-    placed = (lambda latent: k_dim_of(latent, k, site, trace)) if selectors else None
     components, indexed = _split_outside(outside, latents, plates, k, placed=placed)
     for name in (n for n in outside if n not in components and n not in indexed):
         raise NotConjugateError(
@@ -499,15 +501,17 @@ def _split_outside(outside: list, latents: dict, plates, k: int | None,
     components, {name: the dim of its batch along the selector's ``k`` categories}, in one
     plate of them (not one of the selector's own ``selector_plates``: a latent there is read
     at the selector's element, by its data index) or, where ``placed`` (a latent → that dim
-    or None, see :func:`~pyro_vae.cavi.mixture_components.k_dim_of`) places it, also in
+    or None, given the latent and ``k``: see
+    :func:`~pyro_vae.cavi.mixture_components.k_dim_of`) places it, also in
     plates the factor reads at its own elements; and the latents read through a data index,
     in one plate the factor does not share (the rest are neither)."""
     components, indexed = {}, []
     for name in outside:
         latent = latents[name]
         own = latent.plates & selector_plates
-        dim = None if placed is None or own else placed(latent)
-        if k is not None and latent.batch_shape == (k,) and len(latent.plates) == 1 and not own:
+        one_plate = latent.batch_shape == (k,) and len(latent.plates) == 1
+        dim = None if k is None or own or one_plate or placed is None else placed(latent, k)
+        if k is not None and one_plate and not own:
             components[name] = None
         elif dim is not None:
             components[name] = dim
@@ -530,8 +534,7 @@ def _mixture_of_groups(outside: list, latents: dict, plates, placed=None) -> tup
         return None
     others = [n for n in outside if n != z]
     k, own = latents[z].family.k, latents[z].plates
-    components, indexed = _split_outside(others, latents, plates, k, own,
-                                         placed and (lambda latent: placed(latent, k)))  # fmt: skip
+    components, indexed = _split_outside(others, latents, plates, k, own, placed)
     if not components or len(components) + len(indexed) != len(others):
         return None
     return z, components, [z, *indexed]
@@ -631,7 +634,7 @@ def _aligned_statistics(latents: list[Latent], runs: Runs, rank: int, components
         if latent.name in components:
             z, k = _selector_values(latents[0], runs), latents[0].family.k
             dim = k_dim(components, latent.name)
-            phi = _picked(phi, z, k) if dim is None else picked(phi, z, k, dim, rank)
+            phi = picked(phi, z, k, dim, rank)
         out.append(phi.reshape(phi.shape[:1] + (1,) * (rank + 2 - phi.dim()) + phi.shape[1:]))
     return out
 
@@ -920,10 +923,7 @@ def _full_rank(members, values, rank, components=frozenset()) -> bool:
         if member.name in components:  # [S, K] → the picked component's, [S, *z's batch]
             selector = _as_read(members[0], values[members[0].sites[0]].long())
             categories, dim = members[0].family.k, k_dim(components, member.name)
-            if dim is None:
-                value = _picked(value, selector, categories)
-            else:
-                value = picked(value.unsqueeze(-1), selector, categories, dim, rank).squeeze(-1)
+            value = picked(value.unsqueeze(-1), selector, categories, dim, rank).squeeze(-1)
         value = value.reshape(value.shape[:1] + (1,) * (rank + 1 - value.dim()) + value.shape[1:])
         combination, combinations = combination * k + value, combinations * k
     counts = torch.nn.functional.one_hot(combination, combinations).sum(0)
@@ -1156,21 +1156,20 @@ def _check_unknowns(site: str, members, trace) -> None:
     if unknowns > MAX_UNKNOWNS:
         names = [m.name for m in members]
         vectors = [m.name for m in members if m.family.name == "Gamma vector"]
+        too_many = (
+            f"factor {site!r} ({_dist_name(trace.nodes[site])}): its log-density has "
+            f"{unknowns:,} coefficients per element (the statistics of {names}, of sizes "
+            f"{sizes}, multiplied), more than AutoCAVI solves for ({MAX_UNKNOWNS:,}): "
+        )
         if vectors:  # ARD over many coordinates: a plate would be refused in turn
             raise NotConjugateError(
-                f"factor {site!r} ({_dist_name(trace.nodes[site])}): its log-density has "
-                f"{unknowns:,} coefficients per element (the statistics of {names}, of "
-                f"sizes {sizes}, multiplied), more than AutoCAVI solves for "
-                f"({MAX_UNKNOWNS:,}): ARD over this many coordinates (its probe grows as "
-                f"D⁵) is not fitted in closed form here; leave {vectors} to SVI with "
+                too_many + f"ARD over this many coordinates (its probe grows as D⁵) is not "
+                f"fitted in closed form here; leave {vectors} to SVI with "
                 f"pyro_vae.cavi.ConditionalCAVIGuide(model, svi_sites={vectors}), which "
                 "fits the rest in closed form given each draw"
             )
         raise NotConjugateError(
-            f"factor {site!r} ({_dist_name(trace.nodes[site])}): its log-density has "
-            f"{unknowns:,} coefficients per element (the statistics of {names}, of sizes "
-            f"{sizes}, multiplied), more than AutoCAVI solves for ({MAX_UNKNOWNS:,}): "
-            "probing would need as many model evaluations and a design that large per "
+            too_many + "probing would need as many model evaluations and a design that large per "
             "element. Put independent elements in a pyro.plate (each is then its own "
             "variable), fit this model by SVI, or leave some of these latents to SVI with "
             "pyro_vae.cavi.ConditionalCAVIGuide(model, svi_sites=[...])"
@@ -1296,18 +1295,6 @@ def _mixture_design(latents, depends, site, selector, components, rank):
     return members, rank, components
 
 
-def _picked(component: torch.Tensor, index: torch.Tensor, k: int) -> torch.Tensor:
-    """``component[s, index[s, …]]``: component [S, K, *event] and index [S, *batch] →
-    [S, *batch, *event], each element's statistics of the component its index picks. A
-    component of size 1 along K (a discrete component's shared fit probe, the same for every
-    k: see :func:`_unexpanded`) is expanded to the K components first."""
-    component = component.expand(component.shape[:1] + (k,) + component.shape[2:])
-    event = component.shape[2:]
-    flat = index.reshape(index.shape[0], -1)
-    flat = flat.reshape(flat.shape + (1,) * len(event)).expand(flat.shape + event)
-    return component.gather(1, flat).reshape(index.shape + event)
-
-
 def _mixture_factor(latents, site, design, coefficients, trace) -> Factor:
     """The Factor of a mixture solved on :func:`_mixture_design`'s ``design`` (members, rank,
     components): ``coefficients`` [*fbatch, K·P] → [*batch, K, B₁, …] (batch summed as the
@@ -1318,8 +1305,8 @@ def _mixture_factor(latents, site, design, coefficients, trace) -> Factor:
     aligned = [m.batch_shape if m.index is not None else latents[m.name].batch_shape
                for m in members[1:] if m.name not in components]  # fmt: skip
     # a component's other plates than the K categories' (a diagonal mixture's features)
-    aligned += [_without_k(latents[c].batch_shape, k_dim(components, c))
-                for c in components if k_dim(components, c) is not None]  # fmt: skip
+    aligned += [_without_k(latents[c].batch_shape, dim)
+                for c, dim in getattr(components, "dims", {}).items()]  # fmt: skip
     batch = _trimmed(torch.broadcast_shapes(z.batch_shape, *aligned))
     batch = (1,) * (rank - len(batch)) + tuple(batch)
     summed = _sum_to(coefficients, torch.Size(batch + coefficients.shape[-2:]))

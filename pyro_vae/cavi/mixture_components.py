@@ -69,17 +69,23 @@ def to_latent_layout(x: torch.Tensor, dim: int, trailing: int) -> torch.Tensor:
     return x.transpose(end + dim, end).squeeze(end)
 
 
-def picked(component: torch.Tensor, index: torch.Tensor, k: int, dim: int,
+def picked(component: torch.Tensor, index: torch.Tensor, k: int, dim: int | None,
            rank: int) -> torch.Tensor:  # fmt: skip
     """Each element's statistics of the component its selector picks: ``component`` [S,
     *batch (K along ``dim``), B] and ``index`` [S, *batch_z] → [S, *batch (rank ``rank``:
     the factor's; the component's dims beyond it are its K dim's 1s), B], the component's
-    other dims read at the elements' own (see the module docstring). A
-    component of size 1 along K (a discrete component's shared fit probe, the same for
-    every k) is expanded to the K components first."""
+    other dims read at the elements' own (see the module docstring); ``dim`` None: a
+    component in one plate, [S, K, B] → [S, *batch_z, B]. A component of size 1 along K
+    (a discrete component's shared fit probe, the same for every k) is expanded to the K
+    components first."""
     shape = list(component.shape)
-    shape[dim - 1] = k
-    laid = to_factor_layout(component.expand(shape), dim, 1)  # [S, *b, K, B]
+    shape[-2 if dim is None else dim - 1] = k
+    component = component.expand(shape)
+    if dim is None:  # one gather along K
+        flat = index.reshape(index.shape[0], -1)
+        flat = flat.unsqueeze(-1).expand(flat.shape + component.shape[-1:])
+        return component.gather(1, flat).reshape(index.shape + component.shape[-1:])
+    laid = to_factor_layout(component, dim, 1)  # [S, *b, K, B]
     nb, nz = laid.dim() - 3, index.dim() - 1
     common = max(nb, nz)
     laid = laid.reshape(laid.shape[:1] + (1,) * (common - nb) + laid.shape[1:])

@@ -183,14 +183,8 @@ def local_map(family: Family, frame: Frame) -> torch.Tensor:
     """N [*batch, B, B] with T(local coordinates of x) = N·T(x) for every x, exactly."""
     if isinstance(family, NormalFamily):
         return _affine_map(frame, family._rows, family._cols)
-    if isinstance(family, GammaFamily):  # T = (1, x, log x)
-        c = frame.magnitude
-        n = _identity(c.shape, 3)
-        n[..., 1, 1] = 1 / c
-        n[..., 2, 0] = -c.log()
-        return n
-    if isinstance(family, GammaVectorFamily):  # T = (1, x_1…x_D, log x_1…log x_D)
-        c = frame.magnitude  # [*batch, D]
+    if isinstance(family, (GammaFamily, GammaVectorFamily)):  # T = (1, x_1…x_D, log x_1…x_D)
+        c = _magnitudes(family, frame)
         d = c.shape[-1]
         n = _identity(c.shape[:-1], 1 + 2 * d)
         coordinates = torch.arange(1, 1 + d)
@@ -206,6 +200,12 @@ def local_map(family: Family, frame: Frame) -> torch.Tensor:
     if isinstance(family, NormalGammaFamily):
         return _normal_gamma_map(frame, family._rows, family._cols)
     return _normal_wishart_map(frame, family.d, family._rows, family._cols)
+
+
+def _magnitudes(family: Family, frame: Frame) -> torch.Tensor:
+    """A Gamma frame's magnitude per coordinate, [*batch, D] (D = 1 for a scalar Gamma, whose
+    statistics (1, x, log x) are a Gamma vector's with one coordinate)."""
+    return frame.magnitude if isinstance(family, GammaVectorFamily) else frame.magnitude[..., None]
 
 
 def _identity(batch: torch.Size, size: int) -> torch.Tensor:
@@ -442,15 +442,10 @@ def local_expected_statistics(family: Family, q, frame: Frame) -> torch.Tensor:
         second = b @ cov @ b.transpose(-1, -2) + v.unsqueeze(-1) * v.unsqueeze(-2)
         ones = torch.ones(v.shape[:-1] + (1,), dtype=_F64)
         return torch.cat([ones, v, second[..., family._rows, family._cols]], -1)
-    if isinstance(family, GammaFamily):
+    if isinstance(family, (GammaFamily, GammaVectorFamily)):  # E[x_d / c_d], E[log x_d] − log c_d
         natural = family.expected_statistics(q)
-        c = frame.magnitude.unsqueeze(-1)
-        return torch.cat(
-            [natural[..., :1], natural[..., 1:-1] / c, natural[..., -1:] - c.log()], -1
-        )
-    if isinstance(family, GammaVectorFamily):  # E[x_d / c_d], E[log x_d] − log c_d
-        natural = family.expected_statistics(q)
-        c, d = frame.magnitude, frame.magnitude.shape[-1]
+        c = _magnitudes(family, frame)
+        d = c.shape[-1]
         return torch.cat(
             [natural[..., :1], natural[..., 1 : 1 + d] / c, natural[..., 1 + d :] - c.log()], -1
         )
