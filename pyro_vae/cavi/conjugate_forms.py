@@ -51,6 +51,14 @@ from pyro_vae.cavi.exponential_families import (
     block_family,
     family_of,
 )
+from pyro_vae.cavi.kronecker_probe import (
+    MAX_POINTS,
+    axis_counts,
+    axis_runs,
+    eligible,
+    grid_runs,
+    kronecker_fit,
+)
 from pyro_vae.cavi.mixture_components import (
     Components,
     k_dim,
@@ -809,6 +817,11 @@ def _solve(members, runs: Runs, checks: Runs, site, rank, components=frozenset()
     def missed(coefficients) -> torch.Tensor:  # the elements a solve on a support misses
         return _missed(check_designs, checks.log_probs[site], coefficients, scale)
 
+    if runs.grid is not None:  # on a grid: one solve per member (kronecker_probe)
+        statistics = [_statistics(m, axis_runs(runs, j)).reshape(-1, m.family.size)
+                      for j, m in enumerate(members)]  # fmt: skip
+        coefficients = kronecker_fit(statistics, values, _lstsq)
+        return coefficients, good(coefficients), 0.0
     if components:
         designs = _design(members, runs, rank, components)
         selector = runs.values[members[0].name]
@@ -1115,20 +1128,16 @@ def _probe_all(runner, depends, trace, probed_components=frozenset()) -> list[Fa
             for m in designs[site][0]
         ]  # fmt: skip
         designs[site] = (members,) + designs[site][1:]
-    needs = list(designs.values())
+    on_grid = {site for site, (members, _, comps) in designs.items() if eligible(members, comps)}
     for site, (members, _, _) in designs.items():
-        _check_unknowns(site, members, trace)
-    enumerated = enumerable(runner.latents)
-    first = _first_count(needs, True, enumerated)
-    if not (enumerated and runner.prefetch_enumerated(first, enumerated, _CHECK_RUNS)):
-        first = _first_count(needs, True)  # drawn: every assignment's points counted
-        runner.prefetch([(first, None, "fit"), (_CHECK_RUNS, None, "check")])
-        first = _first_count(needs, False) if runner.batched is False else first
-    runs, checks = _enough_runs(lambda count, key: runner.runs(count, None, key), needs, first)
+        _check_unknowns(site, members, trace, site in on_grid)
+    needs = [design for site, design in designs.items() if site not in on_grid]
+    runs, checks = _shared_runs(runner, needs)
     factors = []
     for site in depends:
+        grid = grid_runs(runner, designs[site][0]) if site in on_grid else None
         try:
-            factors.append(_factor(runner, site, designs[site], runs, checks, trace))
+            factors.append(_factor(runner, site, designs[site], grid or runs, checks, trace))
         except NotConjugateError:
             selector, components, _ = roles[site]
             if selector is None or not components or site in candidates:
@@ -1136,6 +1145,24 @@ def _probe_all(runner, depends, trace, probed_components=frozenset()) -> list[Fa
             # a lone would-be component may be an intercept whose plate has K elements
             return _probe_all(runner, depends, trace, probed_components | {site})
     return factors
+
+
+def _shared_runs(runner, needs) -> tuple[Runs, Runs]:
+    """(fit runs, check runs) shared by the factors ``needs`` (their designs), drawn
+    together in one batched model run when the model broadcasts; with the discrete latents
+    in plates enumerated, where there are any, in a second (see
+    :mod:`pyro_vae.cavi.probe_enumeration`). Without ``needs`` (every factor on a grid,
+    :mod:`pyro_vae.cavi.kronecker_probe`) the check runs alone and a few fit runs."""
+    if not needs:
+        runner.prefetch([(1 + _EXTRA_RUNS, None, "fit"), (_CHECK_RUNS, None, "check")])
+        return runner.runs(1 + _EXTRA_RUNS, None, "fit"), runner.runs(_CHECK_RUNS, None, "check")
+    enumerated = enumerable(runner.latents)
+    first = _first_count(needs, True, enumerated)
+    if not (enumerated and runner.prefetch_enumerated(first, enumerated, _CHECK_RUNS)):
+        first = _first_count(needs, True)  # drawn: every assignment's points counted
+        runner.prefetch([(first, None, "fit"), (_CHECK_RUNS, None, "check")])
+        first = _first_count(needs, False) if runner.batched is False else first
+    return _enough_runs(lambda count, key: runner.runs(count, None, key), needs, first)
 
 
 def _trimmed(shape) -> torch.Size:
@@ -1146,34 +1173,44 @@ def _trimmed(shape) -> torch.Size:
     return torch.Size(shape)
 
 
-def _check_unknowns(site: str, members, trace) -> None:
+def _check_unknowns(site: str, members, trace, on_grid: bool = False) -> None:
     """Refuse, before any probe run, a factor with more than :data:`MAX_UNKNOWNS`
     coefficients per element: its probe would take about as many model evaluations and a
     least-squares design of that many rows and columns per element (an HMM step reading
-    five Dirichlet rows, 194,400, asked the allocator for 12 GB and failed)."""
+    five Dirichlet rows, 194,400, asked the allocator for 12 GB and failed). ``on_grid``:
+    the factor is probed on a grid (:mod:`pyro_vae.cavi.kronecker_probe`), whose solves
+    are small; refused beyond :data:`~pyro_vae.cavi.kronecker_probe.MAX_POINTS` grid points
+    (model evaluations) instead."""
     sizes = [m.family.size for m in members]
     unknowns = _product(sizes)
-    if unknowns > MAX_UNKNOWNS:
-        names = [m.name for m in members]
-        vectors = [m.name for m in members if m.family.name == "Gamma vector"]
-        too_many = (
-            f"factor {site!r} ({_dist_name(trace.nodes[site])}): its log-density has "
-            f"{unknowns:,} coefficients per element (the statistics of {names}, of sizes "
-            f"{sizes}, multiplied), more than AutoCAVI solves for ({MAX_UNKNOWNS:,}): "
-        )
-        if vectors:  # ARD over many coordinates: a plate would be refused in turn
-            raise NotConjugateError(
-                too_many + f"ARD over this many coordinates (its probe grows as D⁵) is not "
-                f"fitted in closed form here; leave {vectors} to SVI with "
-                f"pyro_vae.cavi.ConditionalCAVIGuide(model, svi_sites={vectors}), which "
-                "fits the rest in closed form given each draw"
-            )
+    points = _product(axis_counts(members)) if on_grid else 0
+    if (points or unknowns) <= (MAX_POINTS if on_grid else MAX_UNKNOWNS):
+        return
+    names = [m.name for m in members]
+    vectors = [m.name for m in members if m.family.name == "Gamma vector"]
+    limit = (
+        f"{points:,} grid points, more than AutoCAVI evaluates ({MAX_POINTS:,})"
+        if on_grid
+        else f"more than AutoCAVI solves for ({MAX_UNKNOWNS:,})"
+    )
+    too_many = (
+        f"factor {site!r} ({_dist_name(trace.nodes[site])}): its log-density has "
+        f"{unknowns:,} coefficients per element (the statistics of {names}, of sizes "
+        f"{sizes}, multiplied), whose probe needs {limit}: "
+    )
+    if vectors:  # ARD over many coordinates: a plate would be refused in turn
         raise NotConjugateError(
-            too_many + "probing would need as many model evaluations and a design that large per "
-            "element. Put independent elements in a pyro.plate (each is then its own "
-            "variable), fit this model by SVI, or leave some of these latents to SVI with "
-            "pyro_vae.cavi.ConditionalCAVIGuide(model, svi_sites=[...])"
+            too_many + f"ARD over this many coordinates (its probe grows as D³) is not "
+            f"fitted in closed form here; leave {vectors} to SVI with "
+            f"pyro_vae.cavi.ConditionalCAVIGuide(model, svi_sites={vectors}), which "
+            "fits the rest in closed form given each draw"
         )
+    raise NotConjugateError(
+        too_many + "probing would need as many model evaluations and a design that large per "
+        "element. Put independent elements in a pyro.plate (each is then its own "
+        "variable), fit this model by SVI, or leave some of these latents to SVI with "
+        "pyro_vae.cavi.ConditionalCAVIGuide(model, svi_sites=[...])"
+    )
 
 
 def _factor(runner, site, design, runs, checks, trace) -> Factor:

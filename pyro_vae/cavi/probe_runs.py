@@ -79,12 +79,15 @@ class Runs:
     ``stats`` caches each latent unit's statistics there (filled by
     :mod:`pyro_vae.cavi.conjugate_forms`, which reads them for every factor); ``frames``
     {unit: :class:`~pyro_vae.cavi.probe_frames.Frame`}: the units whose points were drawn
-    around q, whose statistics are then taken in the frame's local coordinates."""
+    around q, whose statistics are then taken in the frame's local coordinates; ``grid``
+    ((unit, n), …): the points are the grid of those units' n points each, row-major
+    (:mod:`pyro_vae.cavi.kronecker_probe`); None: drawn one by one."""
 
     values: dict
     log_probs: dict
     stats: dict = field(default_factory=dict)
     frames: dict = field(default_factory=dict)
+    grid: tuple | None = None
 
     def __len__(self) -> int:
         return next(iter(self.values.values())).shape[0]

@@ -1,5 +1,6 @@
 import itertools
 import math
+import re
 import warnings
 
 import pyro
@@ -10,6 +11,7 @@ from pyro.ops.indexing import Vindex
 
 from models.regression import BayesianRegression
 from pyro_vae.cavi import AutoCAVI, BayesianLinearRegression, NotConjugateError
+from tests.pyro_vae.cavi.ard import ard_vb
 from tests.pyro_vae.cavi.float64 import F64, t
 
 
@@ -1656,32 +1658,6 @@ def test_a_mixture_s_components_set_by_init_give_the_first_responsibilities():
     assert fits[0].lower_bound_ == pytest.approx(fits[1].lower_bound_, abs=1e-8)
 
 
-def _ard_vb(X, y, prior, sweeps=2000):
-    """Mean-field VB for ARD regression written out (Bishop & Tipping 2000): q(w) q(α) q(τ),
-    α_d ~ Gamma(a0, b0), w ~ N(0, diag(α)⁻¹), τ ~ Gamma(c0, d0), y ~ N(Xw, τ⁻¹ I), updated w,
-    τ, α from the priors' means to a fixed point; (its ELBO in nats, E[α], E[w], Cov[w])."""
-    a0, b0, c0, d0 = prior
-    n, d = X.shape
-    xtx, xty = X.T @ X, X.T @ y
-    a, b = torch.full((d,), a0, dtype=F64), torch.full((d,), b0, dtype=F64)
-    c, e = t(c0), t(d0)
-    for _ in range(sweeps):
-        cov = torch.linalg.inv(torch.diag(a / b) + c / e * xtx)
-        mean = c / e * cov @ xty
-        residual = ((y - X @ mean) ** 2).sum() + (xtx * cov).sum()
-        c, e = t(c0 + n / 2), d0 + residual / 2
-        a, b = torch.full((d,), a0 + 0.5, dtype=F64), b0 + (mean**2 + cov.diagonal()) / 2
-    log_a, log_t = torch.digamma(a) - b.log(), torch.digamma(c) - e.log()
-    log_2pi = math.log(2 * math.pi)
-    expected = n / 2 * (log_t - log_2pi) - c / e * residual / 2
-    expected += (log_a / 2 - log_2pi / 2 - a / b * (mean**2 + cov.diagonal()) / 2).sum()
-    expected += (a0 * math.log(b0) - math.lgamma(a0) + (a0 - 1) * log_a - b0 * a / b).sum()
-    expected += c0 * math.log(d0) - math.lgamma(c0) + (c0 - 1) * log_t - d0 * c / e
-    entropy = torch.logdet(2 * math.pi * math.e * cov) / 2
-    entropy += dist.Gamma(a, b).entropy().sum() + dist.Gamma(c, e).entropy()
-    return float(expected + entropy), a / b, mean, cov
-
-
 @pytest.mark.parametrize("scale", [1.0, 1e4])
 def test_ard_regression_is_mean_field_vb_written_out(scale):
     """ARD precisions as one vector of independent Gammas, read whole by the weight
@@ -1705,7 +1681,7 @@ def test_ard_regression_is_mean_field_vb_written_out(scale):
             pyro.sample("y", dist.Normal(X @ w, tau.rsqrt()), obs=y)
 
     fit = AutoCAVI(ard, tol=1e-12, max_iter=500).fit(X, y)
-    bound, alpha, mean, cov = _ard_vb(X, y, prior)
+    bound, alpha, mean, cov = ard_vb(X, y, prior)
     assert fit.converged_
     assert relative(fit.lower_bound_, bound) < 1e-10
     q = fit.variational_distributions()
@@ -1720,20 +1696,27 @@ def test_ard_regression_is_mean_field_vb_written_out(scale):
 
 
 def test_ard_over_too_many_coordinates_is_sent_to_svi_by_name_before_probing():
-    """D = 26: the weight prior's (2D + 1)(1 + D + D(D + 1)/2) = 20,034 coefficients exceed
-    MAX_UNKNOWNS; the refusal names alpha for svi_sites (tester 26's F3: the generic advice,
-    a plate, is refused in turn and sent back to the vector)."""
+    """D = 61: the weight prior's (2D + 1)(1 + D + D(D + 1)/2) = 240,219 coefficients take a
+    grid of (1,953 + 244)(123 + 15) = 303,186 points, beyond kronecker_probe.MAX_POINTS;
+    the refusal names alpha for svi_sites (tester 26's F3: the generic advice, a plate, is
+    refused in turn and sent back to the vector), before any probe run."""
     g = torch.Generator().manual_seed(0)
-    X, y = torch.randn(40, 26, generator=g, dtype=F64), torch.randn(40, generator=g, dtype=F64)
+    X, y = torch.randn(40, 61, generator=g, dtype=F64), torch.randn(40, generator=g, dtype=F64)
+
+    shapes = []
 
     def ard(X, y):
-        alpha = pyro.sample("alpha", dist.Gamma(t(1.0), t(1.0)).expand([26]).to_event(1))
-        w = pyro.sample("w", dist.Normal(X.new_zeros(26), alpha.rsqrt()).to_event(1))
+        alpha = pyro.sample("alpha", dist.Gamma(t(1.0), t(1.0)).expand([61]).to_event(1))
+        w = pyro.sample("w", dist.Normal(X.new_zeros(61), alpha.rsqrt()).to_event(1))
+        shapes.append(tuple(w.shape))
         with pyro.plate("data", len(y)):
             pyro.sample("y", dist.Normal(X @ w, 1.0), obs=y)
 
-    with pytest.raises(NotConjugateError, match=r"20,034 coefficients.*svi_sites=\['alpha'\]"):
+    with pytest.raises(NotConjugateError) as e:
         AutoCAVI(ard).fit(X, y)
+    message = str(e.value)
+    assert re.search(r"240,219 coefficients.*303,186 grid points.*svi_sites=\['alpha'\]", message)
+    assert shapes and set(shapes) == {(61,)}  # plain runs only: no batch of probe points
 
 
 def test_a_first_sweep_far_off_is_mended_from_the_priors_not_resumed():

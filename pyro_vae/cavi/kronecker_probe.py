@@ -1,0 +1,117 @@
+"""Large factors of global latents probed on a grid and solved one latent at a time.
+
+A factor of m latents has P = Π_j B_j coefficients on the tensor-product basis ⊗_j T_j (see
+:mod:`pyro_vae.cavi.conjugate_forms`), solved by least squares from about P random probe
+points: a dense design of P² entries and P³ flops. ARD's weight prior, w ~ N(0, diag(α)⁻¹)
+over D coordinates, has (1 + D + D(D + 1)/2)(1 + 2D) of them: 9,471 at D = 20, one solve of
+18 to 62 s, and 2·10⁵ at D = 60, past any dense solve.
+
+On a grid the design factors. Draw n_j points of each member x_j alone and run the model at
+every combination (point (i₁, …, i_m), the other latents held at one draw): the design at
+the grid is ⊗_j T_j with T_j = T_j(x_j⁽ⁱ⁾) [n_j, B_j], whose least-squares solution is
+(⊗_j T_j⁺) L (Van Loan 2000, "The ubiquitous Kronecker product", §3: the pseudo-inverse of a
+Kronecker product is the Kronecker product of the pseudo-inverses). It is computed as one
+solve per member along its axis of the log-densities L [n₁, …, n_m]: Σ_j n_j B_j² flops
+with the other axes as right-hand sides, milliseconds where the dense solve took minutes.
+The grid has Π n_j ≈ P points, as many model evaluations as the random points it replaces,
+in one batched model run (as the shared probe runs are, :mod:`pyro_vae.cavi.probe_runs`).
+
+A factor is probed so (:func:`eligible`) where it has two or more members, each continuous,
+global (one element: a grid of a plated member would hold all its elements at one
+point, and each element's own design would still be dense) and read whole (no data index, no
+mixture), and at least :data:`MIN_BASIS` coefficients. Each member takes
+``B_j + max(1, B_j // 8)`` points: the P/8 rows :data:`~pyro_vae.cavi.conjugate_forms`
+adds to a random design for its condition, per axis (the condition of ⊗_j T_j is the
+product of the T_j's). The factor is checked at the shared check points, where every latent
+varies, as every factor is: a log-density that also reads a latent provenance did not see
+fails there.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from pyro_vae.cavi.exponential_families import DISCRETE_FAMILIES
+from pyro_vae.cavi.probe_runs import Runs
+
+#: Coefficients from which a factor of global latents is probed on a grid: from here the
+#: dense solve (S·P² flops, S ≈ 9P/8) outgrows the grid's one model run.
+MIN_BASIS = 1_000
+#: Most grid points (model evaluations) for one factor: ARD over D = 60 coordinates takes
+#: 234,000 (its weight prior has 228,811 coefficients).
+MAX_POINTS = 300_000
+
+
+def eligible(members, components=frozenset()) -> bool:
+    """Whether a factor of ``members`` (:class:`~pyro_vae.cavi.conjugate_forms.Latent`)
+    is probed on a grid: two or more members, each continuous, global and read whole, not
+    a mixture's, and at least :data:`MIN_BASIS` coefficients."""
+    if components or len(members) < 2:
+        return False
+    if any(
+        m.family.name in DISCRETE_FAMILIES or m.index is not None or m.batch_shape.numel() != 1
+        for m in members
+    ):
+        return False
+    return math.prod(m.family.size for m in members) >= MIN_BASIS
+
+
+def axis_count(size: int) -> int:
+    """Points along the axis of a member of ``size`` statistics: those and size/8 more (at
+    least one)."""
+    return size + max(1, size // 8)
+
+
+def axis_counts(members) -> list[int]:
+    """Points along each member's axis (:func:`axis_count`)."""
+    return [axis_count(m.family.size) for m in members]
+
+
+def grid_runs(runner, members) -> Runs:
+    """The model's log-densities on the grid of ``members``' points (:func:`axis_counts`
+    each, drawn by ``runner`` as its shared points are, in its frames), every other latent
+    held at one draw: ``Runs`` of Π n_j points in row-major order over the members (the
+    first slowest), with ``grid`` set to ((name, n_j), …)."""
+    counts = axis_counts(members)
+    values = {k: v[0] for k, v in runner.draw(1).items()}  # the others' one point
+    total = math.prod(counts)
+    axes = {}
+    for axis, (member, n) in enumerate(zip(members, counts, strict=True)):
+        drawn = runner.draw(n)
+        view = [1] * len(counts)
+        view[axis] = n
+        for site in member.sites:
+            v = drawn[site]
+            event = v.shape[1:]
+            axes[site] = v.reshape(tuple(view) + event).expand(tuple(counts) + event)
+    points = {site: v.expand((total,) + v.shape) for site, v in values.items()}
+    points.update({site: v.reshape((total,) + v.shape[len(counts) :]) for site, v in axes.items()})
+    grid = tuple((m.name, n) for m, n in zip(members, counts, strict=True))
+    return Runs(points, runner.log_probs(points, total), frames=runner.frames, grid=grid)
+
+
+def axis_runs(runs: Runs, axis: int) -> Runs:
+    """The points of a grid's ``axis`` (the others at their first), for the member's
+    statistics there: ``Runs`` of n_j points, no log-densities."""
+    counts = [n for _, n in runs.grid]
+    stride = math.prod(counts[axis + 1 :])
+    n = counts[axis]
+    values = {site: v[: n * stride : stride] for site, v in runs.values.items()}
+    return Runs(values, {}, frames=runs.frames)
+
+
+def kronecker_fit(statistics: list[torch.Tensor], values: torch.Tensor, lstsq) -> torch.Tensor:
+    """The least-squares C of log f ≈ (⊗_j T_j) C on a grid: ``statistics`` T_j [n_j, B_j]
+    in the members' order, ``values`` log f [Π n_j, *fbatch] (row-major over the grid);
+    [*fbatch, Π B_j], on :func:`~pyro_vae.cavi.factor_support.tensor_product`'s basis (the
+    last member's statistic fastest). ``lstsq(A, B)``: the solver, A [n, B] and B [n, r]."""
+    counts = [t.shape[0] for t in statistics]
+    fbatch = values.shape[1:]
+    c = values.reshape(tuple(counts) + (-1,))  # [n₁, …, n_m, F]
+    for axis, t in enumerate(statistics):
+        moved = c.movedim(axis, 0)
+        solved = lstsq(t, moved.reshape(moved.shape[0], -1))  # [B_j, rest]
+        c = solved.reshape((t.shape[1],) + moved.shape[1:]).movedim(0, axis)
+    return c.reshape(-1, c.shape[-1]).mT.reshape(fbatch + (-1,))
