@@ -818,7 +818,7 @@ def _solve(members, runs: Runs, checks: Runs, site, rank, components=frozenset()
         return _missed(check_designs, checks.log_probs[site], coefficients, scale)
 
     if runs.grid is not None:  # on a grid: one solve per member (kronecker_probe)
-        statistics = [_statistics(m, axis_runs(runs, j)).reshape(-1, m.family.size)
+        statistics = [_aligned_statistics([m], axis_runs(runs, j), rank)[0]
                       for j, m in enumerate(members)]  # fmt: skip
         coefficients = kronecker_fit(statistics, values, _lstsq)
         return coefficients, good(coefficients), 0.0

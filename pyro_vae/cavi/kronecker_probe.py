@@ -46,14 +46,12 @@ MAX_POINTS = 300_000
 
 def eligible(members, components=frozenset()) -> bool:
     """Whether a factor of ``members`` (:class:`~pyro_vae.cavi.conjugate_forms.Latent`)
-    is probed on a grid: two or more members, each continuous, global and read whole, not
-    a mixture's, and at least :data:`MIN_BASIS` coefficients."""
+    is probed on a grid: two or more members, each continuous and read at the factor's own
+    elements (global, or in the factor's plates; no data index), not a mixture's, and at
+    least :data:`MIN_BASIS` coefficients."""
     if components or len(members) < 2:
         return False
-    if any(
-        m.family.name in DISCRETE_FAMILIES or m.index is not None or m.batch_shape.numel() != 1
-        for m in members
-    ):
+    if any(m.family.name in DISCRETE_FAMILIES or m.index is not None for m in members):
         return False
     return math.prod(m.family.size for m in members) >= MIN_BASIS
 
@@ -103,15 +101,38 @@ def axis_runs(runs: Runs, axis: int) -> Runs:
 
 
 def kronecker_fit(statistics: list[torch.Tensor], values: torch.Tensor, lstsq) -> torch.Tensor:
-    """The least-squares C of log f ≈ (⊗_j T_j) C on a grid: ``statistics`` T_j [n_j, B_j]
-    in the members' order, ``values`` log f [Π n_j, *fbatch] (row-major over the grid);
-    [*fbatch, Π B_j], on :func:`~pyro_vae.cavi.factor_support.tensor_product`'s basis (the
-    last member's statistic fastest). ``lstsq(A, B)``: the solver, A [n, B] and B [n, r]."""
-    counts = [t.shape[0] for t in statistics]
-    fbatch = values.shape[1:]
-    c = values.reshape(tuple(counts) + (-1,))  # [n₁, …, n_m, F]
+    """The least-squares C of log f ≈ (⊗_j T_j) C on a grid, at each element of the factor:
+    ``statistics`` T_j [n_j, *view_j, B_j] in the members' order (view_j of the factor's
+    rank: size 1 along a dim where member j is global, the factor's size where it is in
+    that plate), ``values`` log f [Π n_j, *fbatch] (row-major over the grid); [*fbatch, Π
+    B_j], on :func:`~pyro_vae.cavi.factor_support.tensor_product`'s basis (the last
+    member's statistic fastest). Along a global member's axis one solve takes every element
+    as more right-hand sides; along a plated one, one solve per element (batched).
+    ``lstsq(A, B)``: the solver, A [..., n, B] and B [..., n, r]."""
+    m, fbatch = len(statistics), values.shape[1:]
+    c = values.reshape(tuple(t.shape[0] for t in statistics) + fbatch)  # [n₁…n_m, *fbatch]
     for axis, t in enumerate(statistics):
-        moved = c.movedim(axis, 0)
-        solved = lstsq(t, moved.reshape(moved.shape[0], -1))  # [B_j, rest]
-        c = solved.reshape((t.shape[1],) + moved.shape[1:]).movedim(0, axis)
-    return c.reshape(-1, c.shape[-1]).mT.reshape(fbatch + (-1,))
+        c = _solve_axis(c, axis, t.reshape((t.shape[0],) + _view(t, fbatch)), m, lstsq)
+    return c.flatten(0, m - 1).movedim(0, -1)
+
+
+def _view(t: torch.Tensor, fbatch) -> tuple[int, ...]:
+    """T_j's view of the factor's batch, left-padded with 1s to its rank."""
+    view = tuple(t.shape[1:-1])
+    return (1,) * (len(fbatch) - len(view)) + view + t.shape[-1:]
+
+
+def _solve_axis(c: torch.Tensor, axis: int, t: torch.Tensor, m: int, lstsq) -> torch.Tensor:
+    """``c`` [*grid or basis axes (m), *fbatch] with ``axis`` solved against T [n, *view,
+    B]: that axis's n points become B coefficients. The factor dims along which T varies
+    (the member's plates) are batch dims of the solve, the others right-hand sides."""
+    view = t.shape[1:-1]
+    batched = [m + r for r, size in enumerate(view) if size > 1]
+    rest = [d for d in range(c.dim()) if d != axis and d not in batched]
+    order = batched + [axis] + rest
+    moved = c.permute(order)
+    lead = moved.shape[: len(batched)]
+    a = t.reshape((t.shape[0],) + tuple(lead) + t.shape[-1:]).movedim(0, -2)  # [*lead, n, B]
+    solved = lstsq(a, moved.reshape(tuple(lead) + (t.shape[0], -1)))  # [*lead, B, rest]
+    solved = solved.reshape(tuple(lead) + (t.shape[-1],) + moved.shape[len(batched) + 1 :])
+    return solved.permute([order.index(d) for d in range(c.dim())])
