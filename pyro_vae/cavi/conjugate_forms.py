@@ -1135,7 +1135,7 @@ def _probe_all(runner, depends, trace, probed_components=frozenset()) -> list[Fa
     runs, checks = _shared_runs(runner, needs)
     factors = []
     for site in depends:
-        grid = grid_runs(runner, designs[site][0]) if site in on_grid else None
+        grid = grid_runs(runner, designs[site][0], site) if site in on_grid else None
         try:
             factors.append(_factor(runner, site, designs[site], grid or runs, checks, trace))
         except NotConjugateError:

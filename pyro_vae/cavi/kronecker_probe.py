@@ -67,11 +67,13 @@ def axis_counts(members) -> list[int]:
     return [axis_count(m.family.size) for m in members]
 
 
-def grid_runs(runner, members) -> Runs:
-    """The model's log-densities on the grid of ``members``' points (:func:`axis_counts`
-    each, drawn by ``runner`` as its shared points are, in its frames), every other latent
-    held at one draw: ``Runs`` of Π n_j points in row-major order over the members (the
-    first slowest), with ``grid`` set to ((name, n_j), …)."""
+def grid_runs(runner, members, site: str) -> Runs:
+    """Factor ``site``'s log-densities on the grid of its ``members``' points
+    (:func:`axis_counts` each, drawn by ``runner`` as its shared points are, in its frames),
+    every other latent held at one draw: ``Runs`` of Π n_j points in row-major order over
+    the members (the first slowest), with ``grid`` set to ((name, n_j), …). Only this
+    factor's log-densities are kept, run by run (the likelihood's [points, N] at D = 40,
+    N = 10⁴ was 7 GB, tester 28's F1)."""
     counts = axis_counts(members)
     values = {k: v[0] for k, v in runner.draw(1).items()}  # the others' one point
     total = math.prod(counts)
@@ -80,14 +82,15 @@ def grid_runs(runner, members) -> Runs:
         drawn = runner.draw(n)
         view = [1] * len(counts)
         view[axis] = n
-        for site in member.sites:
-            v = drawn[site]
+        for name in member.sites:
+            v = drawn[name]
             event = v.shape[1:]
-            axes[site] = v.reshape(tuple(view) + event).expand(tuple(counts) + event)
-    points = {site: v.expand((total,) + v.shape) for site, v in values.items()}
-    points.update({site: v.reshape((total,) + v.shape[len(counts) :]) for site, v in axes.items()})
+            axes[name] = v.reshape(tuple(view) + event).expand(tuple(counts) + event)
+    points = {name: v.expand((total,) + v.shape) for name, v in values.items()}
+    points.update({name: v.reshape((total,) + v.shape[len(counts) :]) for name, v in axes.items()})
     grid = tuple((m.name, n) for m, n in zip(members, counts, strict=True))
-    return Runs(points, runner.log_probs(points, total), frames=runner.frames, grid=grid)
+    log_probs = runner.log_probs(points, total, sites=(site,))
+    return Runs(points, log_probs, frames=runner.frames, grid=grid)
 
 
 def axis_runs(runs: Runs, axis: int) -> Runs:

@@ -219,18 +219,20 @@ class ProbeRunner:
         values = self.draw(count, fixed, key != "check")
         return Runs(values, self.log_probs(values, count), frames=self.frames)
 
-    def log_probs(self, values: dict, count: int) -> dict:
-        """Each factor's log-density at the stacked points, {site: [count, *its shape]}."""
+    def log_probs(self, values: dict, count: int, sites=None) -> dict:
+        """Each factor's log-density at the stacked points, {site: [count, *its shape]};
+        ``sites``: only those factors' (the others are dropped run by run, so a grid of
+        10⁵ points never holds the likelihood's [points, N]: tester 28's F1)."""
         if self.batched is None:
             self.batched = self._try_batched(values, count)
             if self.batched:
-                return self.batched_result
+                return _only(self.batched_result, sites)
         if self.batched:
-            out = self._batched(values, count)
+            out = self._batched(values, count, sites=sites)
             if out is not None:
                 return out
             self.batched = False  # a later batch failed: loop from here on
-        return self._looped(values, count)
+        return self._looped(values, count, sites)
 
     def _plain(self, values: dict, count: int) -> dict | None:
         """The log-densities at ``values`` in batched runs, the first of which decides
@@ -280,10 +282,12 @@ class ProbeRunner:
                 return False
         return True
 
-    def _batched(self, values: dict, count: int, mode: str | None = None) -> dict | None:
+    def _batched(self, values: dict, count: int, mode: str | None = None,
+                 sites=None) -> dict | None:  # fmt: skip
         """Batched runs (``mode``, else the runner's: ``"plate"`` with a leading probe
         plate, ``"vmap"`` under ``torch.func.vmap``), as few as the memory budget allows
-        (see :meth:`_chunk`), or None when the model does not run that way."""
+        (see :meth:`_chunk`), or None when the model does not run that way; ``sites``: the
+        factors kept (None: all)."""
         once = self._vmapped_once if (mode or self.batched) == "vmap" else self._batched_once
         size, parts = self._chunk(1), []
         for start in range(0, count, size):
@@ -291,8 +295,8 @@ class ProbeRunner:
             part = once(chunk, min(size, count - start))
             if part is None:
                 return None
-            parts.append(part)
-        return {site: torch.cat([part[site] for part in parts]) for site in self.shapes}
+            parts.append(_only(part, sites))
+        return {site: torch.cat([part[site] for part in parts]) for site in parts[0]}
 
     def _vmapped_once(self, values: dict, count: int) -> dict | None:
         """One model run under ``torch.func.vmap`` over the points' leading dim: the model
@@ -432,15 +436,20 @@ class ProbeRunner:
             for site, shape in self.shapes.items()
         }
 
-    def _looped(self, values: dict, count: int) -> dict:
+    def _looped(self, values: dict, count: int, sites=None) -> dict:
         per_point = []
         for i in range(count):
             self.model_runs += 1
             point = {k: v[i].contiguous() for k, v in values.items()}
             log_probs = site_log_probs(self.model, self.args, self.kwargs, point)[0]
             _refuse_changed_structure(log_probs, self.shapes)
-            per_point.append(log_probs)
-        return {site: torch.stack([lp[site] for lp in per_point]) for site in self.shapes}
+            per_point.append(_only(log_probs, sites))
+        return {site: torch.stack([lp[site] for lp in per_point]) for site in per_point[0]}
+
+
+def _only(log_probs: dict, sites) -> dict:
+    """``log_probs`` at ``sites`` alone (None: all of them)."""
+    return log_probs if sites is None else {site: log_probs[site] for site in sites}
 
 
 def _parameter_elements(trace) -> int:
