@@ -1,4 +1,4 @@
-"""Large factors of global latents probed on a grid and solved one latent at a time.
+"""Large factors probed on a grid of their latents' points and solved one latent at a time.
 
 A factor of m latents has P = Π_j B_j coefficients on the tensor-product basis ⊗_j T_j (see
 :mod:`pyro_vae.cavi.conjugate_forms`), solved by least squares from about P random probe
@@ -14,17 +14,18 @@ Kronecker product is the Kronecker product of the pseudo-inverses). It is comput
 solve per member along its axis of the log-densities L [n₁, …, n_m]: Σ_j n_j B_j² flops
 with the other axes as right-hand sides, milliseconds where the dense solve took minutes.
 The grid has Π n_j ≈ P points, as many model evaluations as the random points it replaces,
-in one batched model run (as the shared probe runs are, :mod:`pyro_vae.cavi.probe_runs`).
+in batched model runs (as the shared probe runs are, :mod:`pyro_vae.cavi.probe_runs`).
 
-A factor is probed so (:func:`eligible`) where it has two or more members, each continuous,
-global (one element: a grid of a plated member would hold all its elements at one
-point, and each element's own design would still be dense) and read whole (no data index, no
-mixture), and at least :data:`MIN_BASIS` coefficients. Each member takes
+A factor is probed so (:func:`eligible`) where it has two or more members, each continuous
+and read at the factor's own elements (global, or in the factor's plates; no data index, no
+mixture), and at least :data:`MIN_BASIS` coefficients. A plated member's points are drawn
+apart at each element, so along its axis each element has its own T_j and its own small
+solve (Bayesian PCA's z_n beside the global W and τ). Each member takes
 ``B_j + max(1, B_j // 8)`` points: the P/8 rows :data:`~pyro_vae.cavi.conjugate_forms`
 adds to a random design for its condition, per axis (the condition of ⊗_j T_j is the
-product of the T_j's). The factor is checked at the shared check points, where every latent
-varies, as every factor is: a log-density that also reads a latent provenance did not see
-fails there.
+product of the T_j's). Only the factor's own log-densities are kept from the grid's runs.
+The factor is checked at the shared check points, where every latent varies, as every
+factor is: a log-density that also reads a latent provenance did not see fails there.
 """
 
 from __future__ import annotations
@@ -36,11 +37,11 @@ import torch
 from pyro_vae.cavi.exponential_families import DISCRETE_FAMILIES
 from pyro_vae.cavi.probe_runs import Runs
 
-#: Coefficients from which a factor of global latents is probed on a grid: from here the
+#: Coefficients from which a factor is probed on a grid: from here the
 #: dense solve (S·P² flops, S ≈ 9P/8) outgrows the grid's one model run.
 MIN_BASIS = 1_000
 #: Most grid points (model evaluations) for one factor: ARD over D = 60 coordinates takes
-#: 234,000 (its weight prior has 228,811 coefficients).
+#: 289,272 (its weight prior has 228,811 coefficients).
 MAX_POINTS = 300_000
 
 
