@@ -1135,9 +1135,9 @@ def _probe_all(runner, depends, trace, probed_components=frozenset()) -> list[Fa
     runs, checks = _shared_runs(runner, needs)
     factors = []
     for site in depends:
-        grid = grid_runs(runner, designs[site][0], site) if site in on_grid else None
+        fit_runs = grid_runs(runner, designs[site][0], site) if site in on_grid else runs
         try:
-            factors.append(_factor(runner, site, designs[site], grid or runs, checks, trace))
+            factors.append(_factor(runner, site, designs[site], fit_runs, checks, trace))
         except NotConjugateError:
             selector, components, _ = roles[site]
             if selector is None or not components or site in candidates:
@@ -1184,7 +1184,8 @@ def _check_unknowns(site: str, members, trace, on_grid: bool = False) -> None:
     sizes = [m.family.size for m in members]
     unknowns = _product(sizes)
     points = _product(axis_counts(members)) if on_grid else 0
-    if (points or unknowns) <= (MAX_POINTS if on_grid else MAX_UNKNOWNS):
+    count, cap = (points, MAX_POINTS) if on_grid else (unknowns, MAX_UNKNOWNS)
+    if count <= cap:
         return
     names = [m.name for m in members]
     vectors = [m.name for m in members if m.family.name == "Gamma vector"]

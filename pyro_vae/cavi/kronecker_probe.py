@@ -116,14 +116,15 @@ def kronecker_fit(statistics: list[torch.Tensor], values: torch.Tensor, lstsq) -
     m, fbatch = len(statistics), values.shape[1:]
     c = values.reshape(tuple(t.shape[0] for t in statistics) + fbatch)  # [n₁…n_m, *fbatch]
     for axis, t in enumerate(statistics):
-        c = _solve_axis(c, axis, t.reshape((t.shape[0],) + _view(t, fbatch)), m, lstsq)
+        c = _solve_axis(c, axis, t.reshape(_padded_shape(t, fbatch)), m, lstsq)
     return c.flatten(0, m - 1).movedim(0, -1)
 
 
-def _view(t: torch.Tensor, fbatch) -> tuple[int, ...]:
-    """T_j's view of the factor's batch, left-padded with 1s to its rank."""
+def _padded_shape(t: torch.Tensor, fbatch) -> tuple[int, ...]:
+    """T_j's shape [n, *view, B] with its view of the factor's batch left-padded with 1s
+    to the batch's rank."""
     view = tuple(t.shape[1:-1])
-    return (1,) * (len(fbatch) - len(view)) + view + t.shape[-1:]
+    return t.shape[:1] + (1,) * (len(fbatch) - len(view)) + view + t.shape[-1:]
 
 
 def _solve_axis(c: torch.Tensor, axis: int, t: torch.Tensor, m: int, lstsq) -> torch.Tensor:
