@@ -142,10 +142,20 @@ def row(d: int, dense_up_to: int) -> str:
     )
 
 
+def dims(text: str) -> list[int]:
+    """``--dims``: comma-separated feature counts from 1 to 60 (AutoCAVI refuses ARD above)."""
+    try:
+        values = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not comma-separated integers") from None
+    if not values or any(not 1 <= d <= 60 for d in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: each D must be from 1 to 60")
+    return values
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dims", type=lambda s: [int(x) for x in s.split(",")],
-                        default=[5, 10, 15, 20, 30, 40, 60])  # fmt: skip
+    parser.add_argument("--dims", type=dims, default=[5, 10, 15, 20, 30, 40, 60])
     parser.add_argument("--dense-up-to", type=int, default=20)
     parser.add_argument("--out", type=Path, default=HERE / "autocavi_ard.md")
     args = parser.parse_args()
