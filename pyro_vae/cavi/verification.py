@@ -148,19 +148,24 @@ def points_at_q(latents: dict, q: dict, count: int, generator) -> dict[str, torc
 
 def _widened(family, q):
     """q with its spread :data:`WIDEN` times larger about (nearly) the same mean, of the same
-    family: a Normal's scale times WIDEN; a Gamma's, Beta's or Dirichlet's concentrations,
-    and a Normal-Gamma block's shape, rate and relative precision, over WIDEN²; a Wishart's
-    degrees of freedom above D + 1 over WIDEN². A Normal-Wishart block's q, and a discrete
-    one, are left as they are (its mean's Normal given a near-singular Λ draw would fail)."""
+    family: a Normal's scale times WIDEN; a Beta's or Dirichlet's concentrations, and a
+    Normal-Gamma block's relative precision, over WIDEN²; a Gamma's shape and rate (a
+    Normal-Gamma block's too) over WIDEN², its shape not below 1 (:func:`_gamma_shrink`); a
+    Wishart's degrees of freedom above D + 1 over WIDEN². A Normal-Wishart block's q, and a
+    discrete one, are left as they are (its mean's Normal given a near-singular Λ draw
+    would fail)."""
     shrink = WIDEN**-2
     if isinstance(q, NormalGamma):
-        a, b = q.concentration * shrink, q.rate * shrink
+        ratio = _gamma_shrink(q.concentration)
+        a, b = q.concentration * ratio, q.rate * ratio
         return NormalGamma(q.loc, q.precision * shrink, a, b, q.scalar)
     if isinstance(family, GammaFamily):
-        return dist.Gamma(q.concentration * shrink, q.rate * shrink)
+        ratio = _gamma_shrink(q.concentration)
+        return dist.Gamma(q.concentration * ratio, q.rate * ratio)
     if isinstance(family, GammaVectorFamily):
         a, b = gamma_shape_rate(unwrapped(q))
-        return dist.Gamma(a * shrink, b * shrink).to_event(1)
+        ratio = _gamma_shrink(a)
+        return dist.Gamma(a * ratio, b * ratio).to_event(1)
     if isinstance(family, BetaFamily):
         return dist.Beta(q.concentration1 * shrink, q.concentration0 * shrink)
     if isinstance(family, DirichletFamily):
@@ -178,6 +183,17 @@ def _widened(family, q):
             return dist.Normal(mean[..., 0], WIDEN * root[..., 0, 0])
         return dist.MultivariateNormal(mean, scale_tril=WIDEN * root)
     return q
+
+
+def _gamma_shrink(shape: torch.Tensor) -> torch.Tensor:
+    """The factor a Gamma's shape and rate are multiplied by to widen it (its mean kept):
+    1/WIDEN², but a shape of 1 or more is not taken below 1, and one below 1 is kept. A
+    shape below 1 piles its density up at 0: ARD's q(α) of shape 1.5 widened to 0.17 drew
+    α of 10⁻¹⁴, where a model's MultivariateNormal(precision_matrix=Mᵀ diag(α) M) is
+    singular to float64 (its log-density 0.02 nats off, or its Cholesky failing) and a
+    conjugate model was refused as a kink (tester 28's F2), as the Wishart's degrees of
+    freedom are kept above D + 1 (see :func:`_widened`)."""
+    return torch.maximum(shape * WIDEN**-2, shape.clamp(max=1.0)) / shape
 
 
 def _draw(family, q, shape: torch.Size, generator):
