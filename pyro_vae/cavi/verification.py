@@ -76,6 +76,14 @@ ROUNDING_CAP = 1e-3
 WIDEN = 3.0
 #: Gamma draws are kept this far inside their support (see _draw).
 _TINY = 1e-300
+#: Gamma draws are also kept at or above this fraction of their q's mean. A widened Gamma of
+#: shape 1.5 / WIDEN² piles its mass up at 0: ARD's q(α) drew α of 10⁻¹⁴, where a model's
+#: MultivariateNormal(precision_matrix=Mᵀ diag(α) M) is singular to float64 (its
+#: log-density 0.02 nats off, or its Cholesky failing), and a conjugate model was refused as
+#: a kink (tester 28's F2). Above the floor the widened draws still reach a kink a few
+#: percent of the mean into the left tail (tester 29's F1: keeping the shape at 1 instead
+#: let a clamp at 3% of the mean through at 9 seeds of 10).
+_GAMMA_FLOOR = 1e-6
 #: Beta and Dirichlet draws (probabilities) are kept this far inside theirs: torch's
 #: Categorical, Bernoulli and Binomial clamp a probability to float64's eps (2.2e-16)
 #: before its log (``probs_to_logits``), so below it the model scores log eps, not log p.
@@ -148,24 +156,20 @@ def points_at_q(latents: dict, q: dict, count: int, generator) -> dict[str, torc
 
 def _widened(family, q):
     """q with its spread :data:`WIDEN` times larger about (nearly) the same mean, of the same
-    family: a Normal's scale times WIDEN; a Beta's or Dirichlet's concentrations, and a
-    Normal-Gamma block's relative precision, over WIDEN²; a Gamma's shape and rate (a
-    Normal-Gamma block's too) over WIDEN², its shape not below 1 (:func:`_gamma_shrink`); a
-    Wishart's degrees of freedom above D + 1 over WIDEN². A Normal-Wishart block's q, and a
-    discrete one, are left as they are (its mean's Normal given a near-singular Λ draw
-    would fail)."""
+    family: a Normal's scale times WIDEN; a Gamma's, Beta's or Dirichlet's concentrations,
+    and a Normal-Gamma block's shape, rate and relative precision, over WIDEN² (a Gamma's
+    draws floored, see :func:`_draw`); a Wishart's degrees of freedom above D + 1 over
+    WIDEN². A Normal-Wishart block's q, and a discrete one, are left as they are (its
+    mean's Normal given a near-singular Λ draw would fail)."""
     shrink = WIDEN**-2
     if isinstance(q, NormalGamma):
-        ratio = _gamma_shrink(q.concentration)
-        a, b = q.concentration * ratio, q.rate * ratio
+        a, b = q.concentration * shrink, q.rate * shrink
         return NormalGamma(q.loc, q.precision * shrink, a, b, q.scalar)
     if isinstance(family, GammaFamily):
-        ratio = _gamma_shrink(q.concentration)
-        return dist.Gamma(q.concentration * ratio, q.rate * ratio)
+        return dist.Gamma(q.concentration * shrink, q.rate * shrink)
     if isinstance(family, GammaVectorFamily):
         a, b = gamma_shape_rate(unwrapped(q))
-        ratio = _gamma_shrink(a)
-        return dist.Gamma(a * ratio, b * ratio).to_event(1)
+        return dist.Gamma(a * shrink, b * shrink).to_event(1)
     if isinstance(family, BetaFamily):
         return dist.Beta(q.concentration1 * shrink, q.concentration0 * shrink)
     if isinstance(family, DirichletFamily):
@@ -183,17 +187,6 @@ def _widened(family, q):
             return dist.Normal(mean[..., 0], WIDEN * root[..., 0, 0])
         return dist.MultivariateNormal(mean, scale_tril=WIDEN * root)
     return q
-
-
-def _gamma_shrink(shape: torch.Tensor) -> torch.Tensor:
-    """The factor a Gamma's shape and rate are multiplied by to widen it (its mean kept):
-    1/WIDEN², but a shape of 1 or more is not taken below 1, and one below 1 is kept. A
-    shape below 1 piles its density up at 0: ARD's q(α) of shape 1.5 widened to 0.17 drew
-    α of 10⁻¹⁴, where a model's MultivariateNormal(precision_matrix=Mᵀ diag(α) M) is
-    singular to float64 (its log-density 0.02 nats off, or its Cholesky failing) and a
-    conjugate model was refused as a kink (tester 28's F2), as the Wishart's degrees of
-    freedom are kept above D + 1 (see :func:`_widened`)."""
-    return torch.maximum(shape * WIDEN**-2, shape.clamp(max=1.0)) / shape
 
 
 def _draw(family, q, shape: torch.Size, generator):
@@ -224,7 +217,7 @@ def _draw(family, q, shape: torch.Size, generator):
         drawn = drawn.clamp_min(_PROBABILITY_FLOOR)
         return drawn / drawn.sum(-1, keepdim=True)
     if isinstance(family, (GammaFamily, GammaVectorFamily)):
-        return drawn.clamp_min(_TINY)
+        return torch.maximum(drawn, _GAMMA_FLOOR * q.mean).clamp_min(_TINY)
     return drawn
 
 
@@ -233,7 +226,8 @@ def _block_draw(q, shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
     N(m, (τP)⁻¹) or N(m, (βΛ)⁻¹) given it."""
     marginal = q.precision_distribution()
     if isinstance(q, NormalGamma):
-        precision = marginal.sample(shape).clamp_min(_TINY)
+        precision = torch.maximum(marginal.sample(shape), _GAMMA_FLOOR * marginal.mean)
+        precision = precision.clamp_min(_TINY)
     else:
         precision = wishart_draw(marginal, shape)
     return q.mean_given(precision).sample(), precision

@@ -2,6 +2,7 @@
 here with torch.distributions directly."""
 
 import math
+from types import SimpleNamespace
 
 import pyro
 import pyro.distributions as dist
@@ -9,11 +10,10 @@ import pytest
 import torch
 
 from pyro_vae import elbo_estimate
-from pyro_vae.cavi import AutoCAVI
+from pyro_vae.cavi import AutoCAVI, NotConjugateError
 from pyro_vae.cavi.verification import (
+    _GAMMA_FLOOR,
     RTOL,
-    WIDEN,
-    _gamma_shrink,
     points_at_q,
     wishart_draw,
     worst_misfit,
@@ -270,13 +270,22 @@ def test_wishart_draws_have_the_wishart_mean_and_expected_log_determinant():
     assert bool(((logdet.mean(0) - expected).abs() <= 5 * se).all())
 
 
-def test_a_widened_gamma_keeps_its_mean_and_a_shape_of_one_or_more_not_below_one():
-    """Shapes 18, 3, 1.5 and 0.6: divided by WIDEN² = 9 down to 1, not below (0.6 kept); the
-    rate is multiplied by the same factor, so the mean is kept."""
-    shape = t([18.0, 3.0, 1.5, 0.6])
-    ratio = _gamma_shrink(shape)  # shape and rate are both multiplied by it
-    assert WIDEN**2 == 9
-    assert torch.allclose(shape * ratio, t([2.0, 1.0, 1.0, 0.6]), rtol=1e-15)
+def test_gamma_draws_reach_the_left_tail_but_stay_above_a_millionth_of_the_mean():
+    """q(λ) = Gamma(1.5, 6), widened to shape 1/6: over 400 points, every draw is at least
+    _GAMMA_FLOOR (10⁻⁶) of q's mean, some lie at the floor (the widened shape piles its
+    mass up at 0, where a model's own arithmetic can fail, tester 28's F2), and some lie
+    between the floor and 3% of the mean (a clamp there must still be seen, tester 29's
+    F1: keeping the widened shape at 1 instead let it through at 9 seeds of 10)."""
+    from pyro_vae.cavi.exponential_families import GammaFamily
+
+    q = dist.Gamma(t(1.5), t(6.0))
+    latent = SimpleNamespace(family=GammaFamily("lam", torch.Size()), sites=("lam",),
+                             batch_shape=torch.Size())  # fmt: skip
+    points = points_at_q({"lam": latent}, {"lam": q}, 400, torch.Generator().manual_seed(0))
+    lam, floor = points["lam"], _GAMMA_FLOOR * float(q.mean)
+    assert bool((lam >= floor * (1 - 1e-12)).all())
+    assert bool((lam <= floor * (1 + 1e-12)).any())
+    assert bool(((lam > floor * 2) & (lam < 0.03 * float(q.mean))).any())
 
 
 def test_ard_with_a_dense_prior_precision_is_not_refused_where_a_widened_gamma_nears_zero():
@@ -311,3 +320,21 @@ def test_ard_with_a_dense_prior_precision_is_not_refused_where_a_widened_gamma_n
     assert torch.allclose(e_alpha, 1.5 / (1.0 + second.diagonal() / 2), rtol=1e-7)
     residual = ((y - X @ mean) ** 2).sum() + (X.T @ X * cov).sum()
     assert torch.allclose(e_tau, (2.0 + n / 2) / (1.0 + residual / 2), rtol=1e-7)
+
+
+def test_a_clamp_three_percent_of_the_mean_into_q_s_left_tail_is_refused():
+    """Tester 29's F1: a Poisson rate clamp(min=k), k q(λ)'s 0.62% quantile (q = Gamma(1.5,
+    6) were the clamp unseen, k 3% of its mean): the widened draws reach below k, and the
+    fit is refused, at three seeds (keeping the widened shape at 1 accepted it at 9 seeds of
+    10, a bound 0.012 nats off the clamped model's)."""
+    k = 0.0069212
+    y = t([1.0, 0.0, 0.0, 0.0, 0.0])
+
+    def model():
+        lam = pyro.sample("lam", dist.Gamma(t(0.5), t(1.0)))
+        with pyro.plate("data", 5):
+            pyro.sample("y", dist.Poisson(lam.clamp(min=k)), obs=y)
+
+    for seed in range(3):
+        with pytest.raises(NotConjugateError, match="'y' \\(Poisson\\)"):
+            AutoCAVI(model, random_state=seed, tol=1e-10).fit()
