@@ -58,6 +58,7 @@ from pyro_vae.cavi.kronecker_probe import (
     eligible,
     grid_runs,
     kronecker_fit,
+    on_support,
 )
 from pyro_vae.cavi.mixture_components import (
     Components,
@@ -821,6 +822,15 @@ def _solve(members, runs: Runs, checks: Runs, site, rank, components=frozenset()
         statistics = [_aligned_statistics([m], axis_runs(runs, j), rank)[0]
                       for j, m in enumerate(members)]  # fmt: skip
         coefficients = kronecker_fit(statistics, values, _lstsq)
+
+        def solve_rows(rows, columns):  # the factor on ``columns`` at grid points ``rows``
+            at = Runs({k: v[rows] for k, v in runs.values.items()}, {}, frames=runs.frames)
+            phis = _aligned_statistics(members, at, rank)
+            return _fit(factor_support.design_columns(phis, columns), values[rows])
+
+        pruned = on_support(statistics, values, coefficients, solve_rows, missed)
+        if pruned is not None:
+            return pruned[0], True, pruned[1]
         return coefficients, good(coefficients), 0.0
     if components:
         designs = _design(members, runs, rank, components)

@@ -34,6 +34,7 @@ import math
 
 import torch
 
+from pyro_vae.cavi import factor_support
 from pyro_vae.cavi.exponential_families import DISCRETE_FAMILIES
 from pyro_vae.cavi.probe_runs import Runs
 
@@ -43,6 +44,11 @@ MIN_BASIS = 1_000
 #: Most grid points (model evaluations) for one factor: ARD over D = 60 coordinates takes
 #: 289,272 (its weight prior has 228,811 coefficients).
 MAX_POINTS = 300_000
+
+
+#: Most entries of the design a support is solved again on (rows × columns × elements,
+#: 2²⁵ float64, 256 MiB); beyond, the whole-basis solution is kept.
+SUPPORT_BUDGET = 1 << 25
 
 
 def eligible(members, components=frozenset()) -> bool:
@@ -141,3 +147,46 @@ def _solve_axis(c: torch.Tensor, axis: int, t: torch.Tensor, m: int, lstsq) -> t
     solved = lstsq(a, moved.reshape(tuple(lead) + (t.shape[0], -1)))  # [*lead, B, rest]
     solved = solved.reshape(tuple(lead) + (t.shape[-1],) + moved.shape[len(batched) + 1 :])
     return solved.permute([order.index(d) for d in range(c.dim())])
+
+
+def on_support(statistics, values, coefficients, solve_rows, missed):
+    """(C [*fbatch, P] on the columns the factor uses, 0 elsewhere; the largest relative
+    contribution of a column left out) from the grid's whole-basis solution ``coefficients``,
+    for a factor large enough that the sweeps contract its support alone
+    (:func:`~pyro_vae.cavi.factor_support.eligible`,
+    :func:`~pyro_vae.cavi.factor_support.sparse_form`); None where it is smaller, uses
+    over half its basis at some cutoff tried, or no cutoff's columns reproduce log f at
+    every element's check points (``missed(C)``: the elements missed).
+
+    A column's contribution is |c| times the largest its statistic takes on the grid (the
+    product of each member's largest), relative to 1 + max |log f| at its element; the
+    columns above a cutoff (:data:`~pyro_vae.cavi.factor_support.CUTOFFS`, the largest
+    first) are solved again, their design no longer a Kronecker product, at
+    2M + 3 grid points drawn at random (``solve_rows(rows, columns)``: the solution there,
+    [*fbatch, M]), as :mod:`~pyro_vae.cavi.factor_support` solves a support. Bayesian PCA's
+    likelihood uses about 90 of its 14,625 coefficients per datum."""
+    basis = coefficients.shape[-1]
+    if not factor_support.eligible(coefficients[..., 0].numel(), basis):
+        return None
+    reach = torch.ones(statistics[0].shape[1:-1] + (1,), dtype=coefficients.dtype)
+    for t in statistics:
+        reach = (reach.unsqueeze(-1) * t.abs().amax(0).unsqueeze(-2)).flatten(-2)
+    scale = 1 + values.abs().amax(0)
+    contribution = coefficients.abs() * reach / scale.unsqueeze(-1)
+    contribution = contribution.reshape(-1, basis).amax(0)
+    generator = torch.Generator().manual_seed(0)
+    for cutoff in factor_support.CUTOFFS:
+        used = contribution > cutoff
+        if int(used.sum()) > basis // 2:
+            return None
+        columns = torch.nonzero(used).squeeze(-1)
+        count = min(len(values), 2 * len(columns) + 3)
+        if count * len(columns) * coefficients[..., 0].numel() > SUPPORT_BUDGET:
+            return None  # the re-solve's design would outgrow the whole basis' solve
+        rows = torch.randperm(len(values), generator=generator)[:count]
+        pruned = coefficients.new_zeros(coefficients.shape)
+        pruned[..., columns] = solve_rows(rows, columns)
+        if not missed(pruned).numel():
+            dropped = contribution[~used]
+            return pruned, float(dropped.max()) if dropped.numel() else 0.0
+    return None
