@@ -208,7 +208,7 @@ def _bayesian_pca(d, q):
         W = W.unflatten(-1, (d, q))
         with pyro.plate("data", len(X), dim=-1):
             z = pyro.sample("z", dist.Normal(X.new_zeros(q), 1.0).to_event(1))
-            mean = (W.unsqueeze(-3) * z.unsqueeze(-2)).sum(-1)
+            mean = (W * z.unsqueeze(-2)).sum(-1)  # [N, D]; broadcasts over a leading probe dim
             pyro.sample("x", dist.Normal(mean, tau.rsqrt()[..., None, None]).to_event(1), obs=X)
 
     return model
