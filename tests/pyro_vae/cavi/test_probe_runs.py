@@ -331,3 +331,32 @@ def test_points_added_to_shared_ones_stay_shared():
     assert torch.equal(stacked, torch.cat([a, b])) and stacked.stride(1) == 0
     plain = torch.arange(10.0).reshape(2, 5)
     assert torch.equal(probe_runs._stacked(plain, b), torch.cat([plain, b]))
+
+
+def test_a_long_loop_of_single_runs_shows_a_progress_bar(monkeypatch):
+    """A model that batches neither in a probe plate nor under vmap (Python control flow on
+    a latent's value) is run one point at a time; from _LOOP_PROGRESS points on, through
+    pyro_vae.progress.bar (shown on a terminal only; tester 28's F3: 173 s in silence)."""
+    shown = []
+
+    def spy(iterable, **kwargs):
+        shown.append((len(iterable), kwargs["desc"]))
+        return iterable
+
+    monkeypatch.setattr(probe_runs, "bar", spy)
+
+    def model(y):
+        tau = pyro.sample("tau", dist.Gamma(t(2.0), t(1.0)))
+        if float(tau) < 0:  # control flow on a value: neither plate nor vmap
+            raise AssertionError
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.Normal(0.0, tau.rsqrt()), obs=y)
+
+    y = t([0.3, -1.2, 0.8])
+    AutoCAVI(model).fit(y)
+    assert not shown  # a handful of points: no bar
+    monkeypatch.setattr(probe_runs, "_LOOP_PROGRESS", 4)
+    fit = AutoCAVI(model).fit(y)
+    assert fit.probe_batched_ is False
+    assert shown and all(count >= 4 and "one model run per probe point" in desc
+                         for count, desc in shown)  # fmt: skip
