@@ -9,17 +9,25 @@ solved form at all: a Normal likelihood clamped at 3 with data near 4 gave q(μ)
 
 So after the sweeps each factor is checked again at :data:`POINTS` points, half drawn
 from q itself (a block's precision and then its mean given it) and half from q widened
-:data:`WIDEN` times about its mean, to reach its tails. At each point the solved form
-gives log f as C contracted with that point's statistics (a point mass's expectation),
-compared with the model's log-density there, in the coordinates the factors were solved
-in (q's local ones after a re-probe). A factor misses when the difference, summed over its
-elements, exceeds both 1e-9 of its size and 100 times the estimated float64 rounding of
-the bound (:func:`~pyro_vae.cavi.probe_frames.numerical_error`): a kink's misfit is
-structural (200 nats on a likelihood of 10⁹, 2e-7 of it, which a tolerance relative to its
-size alone let through), while conjugate factors of huge counts (a Beta-Binomial with
-n = 10¹¹) miss by their rounding only. Points that missed are kept as witnesses and checked
-again after every later round (``AutoCAVI._verify``): a re-probe draws fresh points, and
-one lucky round must not accept a kink an earlier round found.
+:data:`WIDEN` times about its mean, to reach its tails. Each half is a Latin hypercube
+sample (McKay, Beckman & Conover 1979) where q has a quantile function (a Normal's, in the
+coordinates of its Cholesky factor; a Gamma's, a Beta's, through scipy.special): every
+coordinate visits each of the half's 8 equal-probability strata once, so each point is
+still a draw from q (or the widened q), but the 8 no longer all miss a tail by chance
+(tester 29's F2: a rate ×1.5 beyond 1.5 sds right of a Gamma q of shape 8.5, past which
+the widened q has 22% of its mass, went unseen at 1 seed of 8, the bound 0.077 nats above
+the log evidence).
+
+At each point the solved form gives log f as C contracted with that point's statistics (a
+point mass's expectation), compared with the model's log-density there, in the coordinates
+the factors were solved in (q's local ones after a re-probe). A factor misses when the
+difference, summed over its elements, exceeds both 1e-9 of its size and 100 times the
+estimated float64 rounding of the bound (:func:`~pyro_vae.cavi.probe_frames.numerical_error`):
+a kink's misfit is structural (200 nats on a likelihood of 10⁹, 2e-7 of it, which a
+tolerance relative to its size alone let through), while conjugate factors of huge counts
+(a Beta-Binomial with n = 10¹¹) miss by their rounding only. Points that missed are kept
+as witnesses and checked again after every later round (``AutoCAVI._verify``): a re-probe
+draws fresh points, and one lucky round must not accept a kink an earlier round found.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from dataclasses import dataclass, replace
 
 import pyro.distributions as dist
 import torch
+from scipy import special
 
 from pyro_vae.cavi.conjugate_forms import (
     CONSTANT_RTOL,
@@ -59,8 +68,13 @@ from pyro_vae.cavi.seeding import cpu_rng
 
 _F64 = torch.float64
 #: Points at which every factor is checked after the sweeps, half from q and half from q
-#: widened: a kink 1.5 posterior sds past a Normal q's mean (6.7% of q's mass past it, 31%
-#: of the widened q's) goes unseen with probability 0.933^8 · 0.69^8, 3%; 2 sds past, 10%.
+#: widened, each half a Latin hypercube sample of 8 equal strata. Every coordinate then has
+#: a point in the widened q's top eighth, past 3 · 1.15 sds of a Normal q's mean: a kink
+#: within 3.45 sds of it is always reached, one 4 sds past (9.1% of the widened q's mass)
+#: missed with probability 27% (i.i.d. draws: 47%, and 16% even at 2.5 sds, 0.994^8 ·
+#: 0.80^8). Strata of 2% at the widened q's ends, tried, reach 6 sds, but refused a valid
+#: factor of six latents at 4 seeds of 8: a point with several of them that far out
+#: multiplies the solve's rounding (2.5e-7 of the factor there) past the check's tolerance.
 POINTS = 16
 #: Misfit allowed, relative to 1 + the factor's summed |log f| at a point ...
 RTOL = 1e-9
@@ -144,8 +158,8 @@ def points_at_q(latents: dict, q: dict, count: int, generator) -> dict[str, torc
         elif widened_q is q_unit:  # not widened (a Normal-Wishart block, a discrete q)
             value = _draw(family, q_unit, torch.Size([count]), generator)
         else:
-            drawn = _draw(family, q_unit, near, generator)
-            widened = _draw(family, widened_q, wide, generator)
+            drawn = _stratified_draw(family, q_unit, near, generator)
+            widened = _stratified_draw(family, widened_q, wide, generator)
             if isinstance(drawn, tuple):
                 value = tuple(torch.cat(pair) for pair in zip(drawn, widened, strict=True))
             else:
@@ -187,6 +201,62 @@ def _widened(family, q):
             return dist.Normal(mean[..., 0], WIDEN * root[..., 0, 0])
         return dist.MultivariateNormal(mean, scale_tril=WIDEN * root)
     return q
+
+
+def latin_uniforms(shape: torch.Size, generator) -> torch.Tensor:
+    """Uniforms [n, *rest] on (0, 1), float64, a Latin hypercube sample along dim 0 (McKay,
+    Beckman & Conover 1979): each coordinate takes each stratum [i/n, (i + 1)/n) exactly
+    once, the strata in an independent random order per coordinate, at a uniform place in
+    each; so every point is marginally Uniform(0, 1), and its coordinates independent. Kept
+    2⁻⁵³ inside the ends (the quantile functions are infinite at them)."""
+    n = shape[0]
+    strata = torch.rand(shape, generator=generator, dtype=_F64).argsort(0)
+    place = torch.rand(shape, generator=generator, dtype=_F64)
+    return ((strata + place) / n).clamp(_U_EDGE, 1 - _U_EDGE)
+
+
+_U_EDGE = 2.0**-53
+
+
+def _stratified_draw(family, q, shape: torch.Size, generator):
+    """``shape`` draws from ``q``, a Latin hypercube sample along dim 0 (:func:`latin_uniforms`)
+    through q's quantile function where q has one: a Normal's (mean + L z, each coordinate
+    of z stratified, L q's Cholesky factor), a Gamma's and a Beta's (scipy.special's
+    ``gammaincinv``, ``betaincinv``: torch has neither), a Normal-Gamma block's precision
+    and then its mean given that; kept inside their supports as :func:`_draw` keeps its
+    draws. Any other q (a Dirichlet, a Wishart, a discrete one) is drawn i.i.d. by
+    :func:`_draw`."""
+    base = unwrapped(q)
+    if isinstance(q, NormalGamma):
+        precision = _gamma_quantiles(q.concentration, q.rate, shape, generator)
+        given = q.mean_given(precision)  # its batch led by the n points
+        mean, root = _normal_root(given, 0 if q.scalar else 1)
+        z = torch.special.ndtri(latin_uniforms(mean.shape, generator))
+        drawn = mean + (root @ z.unsqueeze(-1)).squeeze(-1)
+        return (drawn.squeeze(-1) if q.scalar else drawn), precision
+    if isinstance(family, NormalFamily):
+        mean, root = _normal_root(q, family.event_dim)
+        z = torch.special.ndtri(latin_uniforms(shape + mean.shape, generator))
+        drawn = mean + (root @ z.unsqueeze(-1)).squeeze(-1)
+        return drawn if family.event_dim else drawn.squeeze(-1)
+    if isinstance(family, (GammaFamily, GammaVectorFamily)):
+        return _gamma_quantiles(*gamma_shape_rate(base), shape, generator)
+    if isinstance(family, BetaFamily):
+        a, b = torch.broadcast_tensors(base.concentration1.to(_F64), base.concentration0.to(_F64))
+        u = latin_uniforms(shape + a.shape, generator)
+        a, b = a.expand(u.shape).numpy(), b.expand(u.shape).numpy()
+        drawn = torch.from_numpy(special.betaincinv(a, b, u.numpy()))
+        return drawn.clamp(_PROBABILITY_FLOOR, 1 - _PROBABILITY_FLOOR)
+    return _draw(family, q, shape, generator)
+
+
+def _gamma_quantiles(shape_a, rate, shape: torch.Size, generator) -> torch.Tensor:
+    """Gamma(a, b) quantiles at Latin hypercube uniforms [*shape, *batch], floored as
+    :func:`_draw` floors its Gamma draws."""
+    a, b = torch.broadcast_tensors(shape_a.to(_F64), rate.to(_F64))
+    u = latin_uniforms(shape + a.shape, generator)
+    drawn = torch.from_numpy(special.gammaincinv(a.expand(u.shape).numpy(), u.numpy())) / b
+    return torch.maximum(drawn, _GAMMA_FLOOR * a / b).clamp_min(_TINY)
 
 
 def _draw(family, q, shape: torch.Size, generator):
