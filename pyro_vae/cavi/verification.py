@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import numpy as np
 import pyro.distributions as dist
 import torch
 from scipy import special
@@ -243,20 +244,46 @@ def _stratified_draw(family, q, shape: torch.Size, generator):
         return _gamma_quantiles(*gamma_shape_rate(base), shape, generator)
     if isinstance(family, BetaFamily):
         a, b = torch.broadcast_tensors(base.concentration1.to(_F64), base.concentration0.to(_F64))
-        u = latin_uniforms(shape + a.shape, generator)
-        a, b = a.expand(u.shape).numpy(), b.expand(u.shape).numpy()
-        drawn = torch.from_numpy(special.betaincinv(a, b, u.numpy()))
+        pairs = torch.stack([a, b], -1)
+        drawn = _quantile_table(special.betaincinv, pairs, shape + a.shape, generator)
         return drawn.clamp(_PROBABILITY_FLOOR, 1 - _PROBABILITY_FLOOR)
     return _draw(family, q, shape, generator)
 
 
 def _gamma_quantiles(shape_a, rate, shape: torch.Size, generator) -> torch.Tensor:
-    """Gamma(a, b) quantiles at Latin hypercube uniforms [*shape, *batch], floored as
-    :func:`_draw` floors its Gamma draws."""
+    """Gamma(a, b) quantiles at Latin hypercube levels [*shape, *batch] (see
+    :func:`_quantile_table`), floored as :func:`_draw` floors its Gamma draws."""
     a, b = torch.broadcast_tensors(shape_a.to(_F64), rate.to(_F64))
-    u = latin_uniforms(shape + a.shape, generator)
-    drawn = torch.from_numpy(special.gammaincinv(a.expand(u.shape).numpy(), u.numpy())) / b
-    return torch.maximum(drawn, _GAMMA_FLOOR * a / b).clamp_min(_TINY)
+    table = _quantile_table(special.gammaincinv, a.unsqueeze(-1), shape + a.shape, generator)
+    return torch.maximum(table / b, _GAMMA_FLOOR * a / b).clamp_min(_TINY)
+
+
+def _quantile_table(quantile, parameters: torch.Tensor, shape: torch.Size, generator):
+    """``quantile(*parameters, u)`` (a scipy.special inverse CDF of unit scale) for every
+    element's parameters [*batch, m] at a Latin hypercube sample [n, *batch] along dim 0:
+    each element takes each of n strata once, in its own random order, at a level in the
+    stratum drawn once per stratum and shared by the elements; so each point is still
+    marginally a draw at a uniform level. The function is evaluated once per distinct
+    parameter set and level: a local latent's q shapes are a₀ + a count, few distinct
+    (10⁵ Gamma elements of 2 shapes: 0.07 s a half, torch's own sampler 0.1 s; evaluated
+    per element, 0.4 s; with 10⁵ distinct shapes it still is, 0.65 s)."""
+    n = shape[0]
+    # each element's order of the strata (numpy's argsort along a contiguous last dim, and
+    # its unique, are 4x and 20x torch's here)
+    order = torch.rand(shape[1:] + (n,), generator=generator, dtype=_F64).numpy()
+    strata = torch.from_numpy(order.argsort(-1)).movedim(-1, 0)
+    place = torch.rand(n, generator=generator, dtype=_F64)
+    levels = ((torch.arange(n, dtype=_F64) + place) / n).clamp(_U_EDGE, 1 - _U_EDGE)
+    code, distinct, inverses = np.zeros(parameters.shape[:-1].numel(), dtype=np.int64), [], []
+    for column in parameters.unbind(-1):  # the distinct parameter sets, one code each
+        values, inverse = np.unique(column.reshape(-1).numpy(), return_inverse=True)
+        code = code * len(values) + inverse
+        distinct, inverses = [*distinct, values], [*inverses, inverse]
+    _, first, element = np.unique(code, return_index=True, return_inverse=True)
+    columns = [v[i[first]][:, None] for v, i in zip(distinct, inverses, strict=True)]
+    table = torch.from_numpy(quantile(*columns, levels.numpy()[None, :]))  # [U, n]
+    element = torch.from_numpy(element.reshape(parameters.shape[:-1]))
+    return table[element.expand(strata.shape), strata]
 
 
 def _draw(family, q, shape: torch.Size, generator):

@@ -420,3 +420,31 @@ def test_a_jump_in_a_poisson_rate_one_and_a_half_sds_right_of_q_is_refused_at_ev
         for seed in range(8):
             with pytest.raises(NotConjugateError, match="'y' \\(Poisson\\)"):
                 AutoCAVI(model, random_state=seed, tol=1e-10).fit()
+
+
+def test_quantiles_are_evaluated_once_per_distinct_parameter_set_and_stratum():
+    """1,000 Beta elements of 4 distinct (a, b) pairs, two sharing a and two b: scipy's
+    ``betaincinv`` is called once, on 4 pairs at 8 levels, and each element's 8 points are
+    its own quantiles at those levels, one per stratum (a local latent's 10⁵ Gamma
+    elements of 2 shapes took 0.4 s a half evaluated per element, 0.07 s now)."""
+    from scipy import special
+
+    from pyro_vae.cavi.verification import _quantile_table
+
+    calls = []
+
+    def counted(*args):
+        calls.append([x.shape for x in args])
+        return special.betaincinv(*args)
+
+    pairs = t([[2.0, 3.0], [2.0, 5.0], [4.0, 3.0], [0.5, 0.5]]).repeat(250, 1)
+    drawn = _quantile_table(counted, pairs, torch.Size([8, 1000]), torch.Generator().manual_seed(0))
+    assert calls == [[(4, 1), (4, 1), (1, 8)]] and drawn.shape == (8, 1000)
+    levels = torch.from_numpy(special.betainc(pairs[:, 0].numpy(), pairs[:, 1].numpy(),
+                                              drawn.numpy()))  # fmt: skip
+    strata = (levels * 8).floor().long()
+    assert torch.equal(strata.sort(0).values, torch.arange(8).unsqueeze(-1).expand(8, 1000))
+    # elements of one pair in one stratum sit at one level, shared
+    same = (pairs == pairs[0]).all(-1)
+    at_zero = levels[:, same][strata[:, same] == 0]
+    assert torch.allclose(at_zero, at_zero[0].expand_as(at_zero), rtol=1e-9)
