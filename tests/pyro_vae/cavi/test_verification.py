@@ -423,10 +423,10 @@ def test_a_jump_in_a_poisson_rate_one_and_a_half_sds_right_of_q_is_refused_at_ev
 
 
 def test_quantiles_are_evaluated_once_per_distinct_parameter_set_and_stratum():
-    """1,000 Beta elements of 4 distinct (a, b) pairs, two sharing a and two b: scipy's
-    ``betaincinv`` is called once, on 4 pairs at 8 levels, and each element's 8 points are
-    its own quantiles at those levels, one per stratum (a local latent's 10⁵ Gamma
-    elements of 2 shapes took 0.4 s a half evaluated per element, 0.07 s now)."""
+    """1,000 Beta elements of 4 distinct (a, b) pairs, two sharing a and two b, one carrying
+    float64 noise (2 − 1e-12): scipy's ``betaincinv`` is called once, on 4 pairs at 8
+    levels, and each element's 8 points are its own quantiles at those levels, one per
+    stratum (10⁵ Betas took 2.2 s a half evaluated per element, tester 30's F2)."""
     from scipy import special
 
     from pyro_vae.cavi.verification import _quantile_table
@@ -438,13 +438,91 @@ def test_quantiles_are_evaluated_once_per_distinct_parameter_set_and_stratum():
         return special.betaincinv(*args)
 
     pairs = t([[2.0, 3.0], [2.0, 5.0], [4.0, 3.0], [0.5, 0.5]]).repeat(250, 1)
-    drawn = _quantile_table(counted, pairs, torch.Size([8, 1000]), torch.Generator().manual_seed(0))
+    pairs[::8, 0] = torch.where(pairs[::8, 0] == 2.0, 2.0 - 1e-12, pairs[::8, 0])
+    drawn = _quantile_table(counted, special.betainc, pairs, torch.Size([8, 1000]),
+                            torch.Generator().manual_seed(0))  # fmt: skip
     assert calls == [[(4, 1), (4, 1), (1, 8)]] and drawn.shape == (8, 1000)
     levels = torch.from_numpy(special.betainc(pairs[:, 0].numpy(), pairs[:, 1].numpy(),
                                               drawn.numpy()))  # fmt: skip
     strata = (levels * 8).floor().long()
     assert torch.equal(strata.sort(0).values, torch.arange(8).unsqueeze(-1).expand(8, 1000))
     # elements of one pair in one stratum sit at one level, shared
-    same = (pairs == pairs[0]).all(-1)
+    same = (pairs - pairs[1]).abs().amax(-1) < 1e-9
     at_zero = levels[:, same][strata[:, same] == 0]
     assert torch.allclose(at_zero, at_zero[0].expand_as(at_zero), rtol=1e-9)
+
+
+def test_a_quantile_table_is_declined_where_scipy_misses_or_it_is_too_large():
+    """Tester 30's F4: ``betaincinv(1000, 3e8, u)`` returns 1.5e-8 whatever u (betainc of
+    it is 1): the round trip declines the table, and the latent is drawn i.i.d.; so are
+    more distinct parameter sets than the budget allows (2¹⁶ evaluations)."""
+    from scipy import special
+
+    from pyro_vae.cavi.exponential_families import BetaFamily
+    from pyro_vae.cavi.verification import _QUANTILE_BUDGET, _quantile_table, _stratified_draw
+
+    g = torch.Generator().manual_seed(0)
+    wrong = t([[1000.0, 3e8]])
+    assert (
+        _quantile_table(special.betaincinv, special.betainc, wrong, torch.Size([8, 1]), g) is None
+    )
+    q = dist.Beta(t([1000.0, 2.0]), t([3e8, 5.0]))
+    points = _stratified_draw(BetaFamily("p", torch.Size()), q, torch.Size([8]), g)
+    assert points.shape == (8, 2) and bool(((points > 0) & (points < 1)).all())
+    mean, sd = float(q.mean[0]), float(q.stddev[0])
+    assert float((points[:, 0] - mean).abs().max()) < 6 * sd  # drawn from q, not at 2x its mean
+    many = torch.rand(_QUANTILE_BUDGET // 8 + 1, 2, generator=g, dtype=F64) + 1
+    shape = torch.Size([8, len(many)])
+    assert _quantile_table(special.betaincinv, special.betainc, many, shape, g) is None
+    assert (
+        _quantile_table(
+            special.betaincinv, special.betainc, many[:-2], shape[:1] + (len(many) - 2,), g
+        )
+        is not None
+    )
+
+
+def test_every_coordinate_of_a_correlated_normal_q_fills_every_stratum():
+    """q(w) = N(m, Σ) in 3 dims with correlations −0.87 and 0.5: each coordinate's
+    marginal CDF at each half's 8 points takes each eighth once, and the points keep the
+    correlation's sign in their ranks. Stratifying z of m + L z alone stratified only w₀
+    (tester 30's F1: a jump 3 sds past w₁ was accepted at 5 seeds of 40, 0.0013 nats
+    above the log evidence)."""
+    from pyro_vae.cavi.exponential_families import NormalFamily
+    from pyro_vae.cavi.verification import WIDEN
+
+    sd = t([1.0, 2.0, 0.5])
+    corr = t([[1.0, -0.87, 0.5], [-0.87, 1.0, -0.3], [0.5, -0.3, 1.0]])
+    q = dist.MultivariateNormal(t([1.0, -1.0, 3.0]), sd[:, None] * corr * sd)
+    latent = SimpleNamespace(family=NormalFamily("w", torch.Size([3])), sites=("w",),
+                             batch_shape=torch.Size())  # fmt: skip
+    points = points_at_q({"w": latent}, {"w": q}, 16, torch.Generator().manual_seed(5))["w"]
+    for half, widen in [(slice(0, 8), 1.0), (slice(8, 16), WIDEN)]:
+        cdf = dist.Normal(q.mean, widen * sd).cdf(points[half])
+        assert torch.equal(_strata(cdf, 8), torch.arange(8).unsqueeze(-1).expand(8, 3))
+    ranks = points.argsort(0).argsort(0).double()
+    assert float(torch.corrcoef(ranks.T)[0, 1]) < 0
+
+
+def test_a_jump_three_sds_past_the_second_coordinate_of_a_correlated_q_is_refused():
+    """Tester 30's F1 case: w ~ N(0, 100 I) in 2 dims, 20 correlated regressors (q's
+    correlation −0.87), the noise sd 2 where w₁ lies 3 sds past q's mean: refused at 8
+    seeds of 8 (the widened half's top eighth of w₁ lies past 3.45 sds)."""
+    g = torch.Generator().manual_seed(0)
+    x1 = torch.randn(20, generator=g, dtype=F64)
+    x2 = 0.8 * x1 + 0.6 * torch.randn(20, generator=g, dtype=F64)
+    X = torch.stack([x1, x2], -1)
+    y = X @ t([3.0, 5.0]) + torch.randn(20, generator=g, dtype=F64)
+    covariance = torch.linalg.inv(X.T @ X + 0.01 * torch.eye(2, dtype=F64))
+    k = float((covariance @ X.T @ y)[1])
+    k += 3 * float(covariance[1, 1].sqrt())
+
+    def model(X, y):
+        w = pyro.sample("w", dist.MultivariateNormal(X.new_zeros(2), 100 * torch.eye(2, dtype=F64)))
+        scale = torch.where(w[..., 1:] > k, t(2.0), t(1.0))
+        with pyro.plate("data", 20):
+            pyro.sample("y", dist.Normal((X * w.unsqueeze(-2)).sum(-1), scale), obs=y)
+
+    for seed in range(8):
+        with pytest.raises(NotConjugateError, match="'y' \\(Normal\\)"):
+            AutoCAVI(model, random_state=seed, tol=1e-12).fit(X, y)
