@@ -133,12 +133,14 @@ def _check_links(chain: tuple[str, ...], factors: list[Factor]) -> None:
             )
 
 
-def update_chain(chain, factors, stats, pairs, present=None):
+def update_chain(chain, factors, stats, pairs, present=None, stacked=None):
     """q(chain) from its expected messages: (marginals [T, *batch, K], pairwise
     [T−1, *batch, K, K], the entropy in nats of its elements present in the model, summed
     over the batch, and which are absent, [T, *batch] bool); ``batch``: the sites' plates,
     one chain per element. ``present``: each site's mask of the elements its own factor
-    keeps ([*batch] bool, or None: all).
+    keeps ([*batch] bool, or None: all). ``stacked``: ``factors`` already grouped by
+    :func:`~pyro_vae.cavi.stacked_factors.stack_chain_factors` (the factors not stacked,
+    the stacks), kept by the caller across sweeps; None: grouped here.
 
     An element masked off (ragged sequences: the steps past a sequence's end) and mentioned
     by no factor is absent from the model, as for a site outside any chain: all its
@@ -151,7 +153,7 @@ def update_chain(chain, factors, stats, pairs, present=None):
     device = stats[chain[0]].device
     unary = torch.zeros((len(chain),) + one, dtype=torch.float64, device=device)
     pairwise = torch.zeros((len(chain) - 1,) + two, dtype=torch.float64, device=device)
-    factors, stacks = stack_chain_factors(factors, set(chain), stats, pairs)
+    factors, stacks = stacked or stack_chain_factors(factors, set(chain), stats, pairs)
     for stack in stacks:  # the steps' emissions, or transitions, in one contraction each
         stacked, linked = stack.statistics(stats, pairs)
         at = torch.tensor([index[s] for s in stack.selectors], device=device)

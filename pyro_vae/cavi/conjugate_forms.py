@@ -728,15 +728,21 @@ def _fit_mixture(designs: torch.Tensor, values: torch.Tensor, selector: torch.Te
     the fit points hold z at one value across its plate (as they do): the design is
     block-diagonal over k, and a joint solve lets the log-densities of the rows picking one
     component (−10¹² for data near 0 read at a component near 10⁶) round into another's
-    coefficients. Falls back to the joint solve otherwise."""
+    coefficients. Falls back to the joint solve otherwise. Where every component has as
+    many points (the fit points are balanced), the K solves are one batched call: an HMM's
+    step picking one of K = 8 rows made eight."""
     size = designs.shape[-1] // k
     rows = _component_rows(selector, k, size)
     if rows is None:
         return _fit(designs, values)
-    blocks = [
-        _fit(designs[r][..., j * size : (j + 1) * size], values[r]) for j, r in enumerate(rows)
-    ]
-    return torch.cat(blocks, -1)
+    # each block's columns sliced (a view) before its rows are gathered: gathering the rows
+    # of the whole design first copied all K blocks K times (an HMM step at K = 8: 1.1 ms)
+    blocks = [designs[..., j * size : (j + 1) * size][r] for j, r in enumerate(rows)]
+    picked = [values[r] for r in rows]
+    if len({len(block) for block in blocks}) == 1:  # balanced points: one batched solve
+        solved = _fit(torch.stack(blocks, 1), torch.stack(picked, 1))  # [K, *fbatch, size]
+        return solved.movedim(0, -2).flatten(-2)
+    return torch.cat([_fit(b, v) for b, v in zip(blocks, picked, strict=True)], -1)
 
 
 def _component_rows(selector: torch.Tensor, k: int, size: int) -> list | None:

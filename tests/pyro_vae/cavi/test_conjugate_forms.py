@@ -1,12 +1,19 @@
 import math
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import pyro.poutine as poutine
 import pytest
 import torch
 
-from pyro_vae.cavi.conjugate_forms import _fit, find_dependencies, find_latents, probe_factors
+from pyro_vae.cavi.conjugate_forms import (
+    _fit,
+    _fit_mixture,
+    find_dependencies,
+    find_latents,
+    probe_factors,
+)
 from pyro_vae.cavi.exponential_families import NotConjugateError
 from tests.pyro_vae.cavi.float64 import F64, t
 
@@ -72,6 +79,32 @@ def test_a_design_shared_across_elements_is_solved_once_to_the_same_coefficients
     a = a.expand(values.shape[1:] + a.shape[-2:]).contiguous()
     per_element = torch.linalg.lstsq(a, values.movedim(0, -1).unsqueeze(-1)).solution
     assert torch.allclose(_fit(designs, values), per_element.squeeze(-1), atol=1e-12)
+
+
+@pytest.mark.parametrize("counts", [(6, 6, 6), (5, 7, 6)])  # balanced: one batched solve
+@pytest.mark.parametrize(("design_shape", "values_shape"), [((), ()), ((1,), (4,)), ((4,), (4,))])
+def test_a_mixture_is_solved_one_component_at_a_time_on_its_own_points(
+    counts, design_shape, values_shape
+):
+    # each component's block of columns fitted by least squares (numpy's, independent of
+    # torch's batched LAPACK calls) to the points that pick it, the others' blocks ignored
+    k, size = 3, 2
+    g = torch.Generator().manual_seed(0)
+    z = torch.cat([torch.full((n,), j) for j, n in enumerate(counts)])
+    z = z[torch.randperm(len(z), generator=g)]
+    designs = torch.randn((len(z), *design_shape, k * size), generator=g, dtype=F64)
+    values = torch.randn((len(z), *values_shape), generator=g, dtype=F64)
+    solved = _fit_mixture(designs, values, z, k)
+    assert solved.shape == (*values_shape, k * size)
+    for j in range(k):
+        rows = (z == j).numpy()
+        a = designs[..., j * size : (j + 1) * size].numpy()[rows]
+        b = values.numpy()[rows]
+        for element in np.ndindex(*values_shape):  # the design of the element, or shared
+            design = a[:, min(element[0], design_shape[0] - 1)] if design_shape else a
+            expected = np.linalg.lstsq(design, b[(slice(None), *element)], rcond=None)[0]
+            got = solved[element][j * size : (j + 1) * size].numpy()
+            np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
 
 
 def _mixed_latents(plate_size):
