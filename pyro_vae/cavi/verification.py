@@ -11,21 +11,26 @@ So after the sweeps each factor is checked again at :data:`POINTS` points, half 
 from q itself (a block's precision and then its mean given it) and half from q widened
 :data:`WIDEN` times about its mean, to reach its tails. Each half is a Latin hypercube
 sample (McKay, Beckman & Conover 1979) where q has a quantile function (a Normal's, in the
-coordinates of its Cholesky factor; a Gamma's, a Beta's, through scipy.special): every
-coordinate visits each of the half's 8 equal-probability strata once, so each point is
-still a draw from q (or the widened q), but the 8 no longer all miss a tail by chance
-(tester 29's F2: a rate ×1.5 beyond 1.5 sds right of a Gamma q of shape 8.5, past which
-the widened q has 22% of its mass, went unseen at 1 seed of 8, the bound 0.077 nats above
-the log evidence).
+coordinates of its Cholesky factor; a Gamma's, a Beta's, through scipy.special; a
+Wishart's Bartlett variates; a Normal-Gamma or Normal-Wishart block's precision, then its
+mean given it): every coordinate visits each of the half's 8 equal-probability strata
+once, so each point is still a draw from q (or the widened q), but the 8 no longer all
+miss a tail by chance (tester 29's F2: a rate ×1.5 beyond 1.5 sds right of a Gamma q of
+shape 8.5, past which the widened q has 22% of its mass, went unseen at 1 seed of 8, the
+bound 0.077 nats above the log evidence). A Normal-Wishart block's points were i.i.d.
+draws from q, never widened: a jump in its mean 2 sds past q's went through at 14 seeds
+of 20.
 
 At each point the solved form gives log f as C contracted with that point's statistics (a
 point mass's expectation), compared with the model's log-density there, in the coordinates
 the factors were solved in (q's local ones after a re-probe). A factor misses when the
 difference, summed over its elements, exceeds both 1e-9 of its size and 100 times the
-estimated float64 rounding of the bound (:func:`~pyro_vae.cavi.probe_frames.numerical_error`):
-a kink's misfit is structural (200 nats on a likelihood of 10⁹, 2e-7 of it, which a
-tolerance relative to its size alone let through), while conjugate factors of huge counts
-(a Beta-Binomial with n = 10¹¹) miss by their rounding only. Points that missed are kept
+estimated float64 rounding of the bound (:func:`~pyro_vae.cavi.probe_frames.numerical_error`)
+or of the factor at that point (:func:`_point_rounding`, the larger): a kink's misfit is
+structural (200 nats on a likelihood of 10⁹, 2e-7 of it, which a tolerance relative to
+its size alone let through), while conjugate factors of huge counts (a Beta-Binomial with
+n = 10¹¹), and factors read far into q's tails on data far from zero, miss by their
+rounding only. Points that missed are kept
 as witnesses and checked again after every later round (``AutoCAVI._verify``): a re-probe
 draws fresh points, and one lucky round must not accept a kink an earlier round found.
 """
@@ -64,7 +69,7 @@ from pyro_vae.cavi.exponential_families import (
     gamma_shape_rate,
     unwrapped,
 )
-from pyro_vae.cavi.probe_frames import to_local
+from pyro_vae.cavi.probe_frames import _EPS, _KAPPA, to_local
 from pyro_vae.cavi.seeding import cpu_rng
 
 _F64 = torch.float64
@@ -156,7 +161,7 @@ def points_at_q(latents: dict, q: dict, count: int, generator) -> dict[str, torc
         widened_q = None if q_unit is None else _widened(family, q_unit)
         if q_unit is None:
             value = family.probe(torch.Size([count]) + latent.batch_shape, generator)
-        elif widened_q is q_unit:  # not widened (a Normal-Wishart block, a discrete q)
+        elif widened_q is q_unit:  # not widened (a discrete q)
             value = _draw(family, q_unit, torch.Size([count]), generator)
         else:
             drawn = _stratified_draw(family, q_unit, near, generator)
@@ -174,12 +179,15 @@ def _widened(family, q):
     family: a Normal's scale times WIDEN; a Gamma's, Beta's or Dirichlet's concentrations,
     and a Normal-Gamma block's shape, rate and relative precision, over WIDEN² (a Gamma's
     draws floored, see :func:`_draw`); a Wishart's degrees of freedom above D + 1 over
-    WIDEN². A Normal-Wishart block's q, and a discrete one, are left as they are (its
-    mean's Normal given a near-singular Λ draw would fail)."""
+    WIDEN² (:func:`_widened_wishart`), and a Normal-Wishart block's too, with its relative
+    precision β over WIDEN². A discrete q is left as it is."""
     shrink = WIDEN**-2
     if isinstance(q, NormalGamma):
         a, b = q.concentration * shrink, q.rate * shrink
         return NormalGamma(q.loc, q.precision * shrink, a, b, q.scalar)
+    if isinstance(q, NormalWishart):  # q(Λ) widened as a Wishart's, β over WIDEN²
+        df, scale = _widened_wishart(q.df, q.scale)
+        return NormalWishart(q.loc, q.beta * shrink, scale, df)
     if isinstance(family, GammaFamily):
         return dist.Gamma(q.concentration * shrink, q.rate * shrink)
     if isinstance(family, GammaVectorFamily):
@@ -190,18 +198,22 @@ def _widened(family, q):
     if isinstance(family, DirichletFamily):
         return dist.Dirichlet(q.concentration * shrink)
     if isinstance(family, WishartFamily):
-        # ν − D − 1 over WIDEN², its mean kept: ν stays above D + 1, its draws well away
-        # from singular (fewer degrees of freedom would make a model's Cholesky fail)
-        d = q.event_shape[-1]
-        df = (d + 1) + (q.df - (d + 1)).clamp_min(0) * shrink
-        covariance = q.covariance_matrix * (q.df / df)[..., None, None]
-        return dist.Wishart(df, covariance_matrix=covariance)
+        return dist.Wishart(*_widened_wishart(q.df, q.covariance_matrix))
     if isinstance(family, NormalFamily):
         mean, root = _normal_root(q, family.event_dim)
         if not family.event_dim:  # a scalar site: root is its sd, [*batch, 1, 1]
             return dist.Normal(mean[..., 0], WIDEN * root[..., 0, 0])
         return dist.MultivariateNormal(mean, scale_tril=WIDEN * root)
     return q
+
+
+def _widened_wishart(df: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ν′, W′) of Wishart(ν, W) widened: ν − D − 1 over WIDEN², its mean νW kept. ν′ stays
+    above D + 1, its draws well away from singular (fewer degrees of freedom would make a
+    model's Cholesky fail)."""
+    d = scale.shape[-1]
+    widened = (d + 1) + (df - (d + 1)).clamp_min(0) * WIDEN**-2
+    return widened, scale * (df / widened)[..., None, None]
 
 
 def latin_uniforms(shape: torch.Size, generator) -> torch.Tensor:
@@ -223,26 +235,22 @@ def _stratified_draw(family, q, shape: torch.Size, generator):
     """``shape`` draws from ``q``, a Latin hypercube sample along dim 0 (:func:`latin_uniforms`)
     through q's quantile function where q has one: a Normal's (:func:`_normal_points`), a
     Gamma's and a Beta's (scipy.special's ``gammaincinv``, ``betaincinv``: torch has neither;
-    :func:`_quantile_table`), a Normal-Gamma block's precision and then its mean given that
-    (mean + L z, z stratified); kept inside their supports as :func:`_draw` keeps its
-    draws. Any other q (a Dirichlet, a Wishart, a discrete one), and a Gamma or Beta whose
-    table :func:`_quantile_table` declines, is drawn i.i.d. by :func:`_draw`."""
+    :func:`_quantile_table`), a Wishart's Bartlett variates (:func:`_wishart_points`), a
+    block's precision and then its mean given that (:func:`_block_points`); kept inside
+    their supports as :func:`_draw` keeps its draws. Any other q (a Dirichlet, a discrete
+    one), and one whose table :func:`_quantile_table` declines, is drawn i.i.d. by
+    :func:`_draw`."""
     base = unwrapped(q)
-    if isinstance(q, NormalGamma):
-        precision = _gamma_quantiles(q.concentration, q.rate, shape, generator)
-        if precision is None:
-            return _draw(family, q, shape, generator)
-        given = q.mean_given(precision)  # its batch led by the n points
-        mean, root = _normal_root(given, 0 if q.scalar else 1)
-        z = torch.special.ndtri(latin_uniforms(mean.shape, generator))
-        drawn = mean + (root @ z.unsqueeze(-1)).squeeze(-1)
-        return (drawn.squeeze(-1) if q.scalar else drawn), precision
     drawn = None
-    if isinstance(family, NormalFamily):
+    if isinstance(q, (NormalGamma, NormalWishart)):
+        drawn = _block_points(q, shape, generator)
+    elif isinstance(family, NormalFamily):
         drawn = _normal_points(*_normal_root(q, family.event_dim), shape, generator)
         drawn = drawn if family.event_dim else drawn.squeeze(-1)
     elif isinstance(family, (GammaFamily, GammaVectorFamily)):
         drawn = _gamma_quantiles(*gamma_shape_rate(base), shape, generator)
+    elif isinstance(family, WishartFamily):
+        drawn = _wishart_points(base.df.to(_F64), base.scale_tril.to(_F64), shape, generator)
     elif isinstance(family, BetaFamily):
         a, b = torch.broadcast_tensors(base.concentration1.to(_F64), base.concentration0.to(_F64))
         pairs = torch.stack([a, b], -1)
@@ -253,8 +261,37 @@ def _stratified_draw(family, q, shape: torch.Size, generator):
     return _draw(family, q, shape, generator) if drawn is None else drawn
 
 
+def _block_points(q, shape: torch.Size, generator) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(μ, τ or Λ) [*shape, *batch, …] of a Normal-Gamma or Normal-Wishart block's q: the
+    precision's stratified points (:func:`_gamma_quantiles`, :func:`_wishart_points`), then
+    the mean's given each, N(m, (τP)⁻¹) or N(m, (βΛ)⁻¹), stratified by rank across the
+    points (:func:`_normal_points`; the precision differs from point to point, so each
+    point is a draw from q only nearly: its level's stratum depends a little on its
+    precision through its rank). None where the precision's table is declined."""
+    if isinstance(q, NormalGamma):
+        precision = _gamma_quantiles(q.concentration, q.rate, shape, generator)
+        if precision is None:
+            return None
+        mean, root = _normal_root(q.mean_given(precision), 0 if q.scalar else 1)
+    else:  # no torch distribution built: their argument checks were half this draw's time
+        scale = q.scale.to(_F64)
+        precision = _wishart_points(q.df.to(_F64), torch.linalg.cholesky(scale), shape,
+                                    generator)  # fmt: skip
+        if precision is None:
+            return None
+        # (βΛ)⁻¹ = R Rᵀ with R = chol(βΛ)⁻ᵀ
+        lower = torch.linalg.cholesky(q.beta.to(_F64)[..., None, None] * precision)
+        eye = torch.eye(lower.shape[-1], dtype=_F64).expand(lower.shape)
+        root = torch.linalg.solve_triangular(lower, eye, upper=False).mT
+        mean = q.loc.to(_F64).expand(precision.shape[:-1])
+    drawn = _normal_points(mean, root, torch.Size(), generator)  # already led by the points
+    scalar = isinstance(q, NormalGamma) and q.scalar
+    return (drawn.squeeze(-1) if scalar else drawn), precision
+
+
 def _normal_points(mean, root, shape: torch.Size, generator) -> torch.Tensor:
-    """[*shape, *batch, d] points of N(mean, L Lᵀ) (mean [*batch, d], L ``root``) whose every
+    """[*shape, *batch, d] points of N(mean, L Lᵀ) (mean [*batch, d], L ``root``; with
+    ``shape`` empty, ``batch`` led by the points, one mean and L each) whose every
     coordinate takes each of the n strata of its own marginal N(mean_i, Σ_ii) once: drawn
     as mean + L z, z a Latin hypercube sample, and each coordinate then put at a uniform
     place in the stratum of its rank among the n points (Iman & Conover 1982: the marginals
@@ -267,8 +304,29 @@ def _normal_points(mean, root, shape: torch.Size, generator) -> torch.Tensor:
         return drawn
     ranks = drawn.argsort(0).argsort(0).to(_F64)
     place = torch.rand(drawn.shape, generator=generator, dtype=_F64)
-    level = ((ranks + place) / shape[0]).clamp(_U_EDGE, 1 - _U_EDGE)
+    level = ((ranks + place) / drawn.shape[0]).clamp(_U_EDGE, 1 - _U_EDGE)
     return mean + root.pow(2).sum(-1).sqrt() * torch.special.ndtri(level)
+
+
+def _wishart_points(df: torch.Tensor, scale_tril: torch.Tensor, shape: torch.Size, generator):
+    """[*shape, *batch, D, D] points of Wishart(ν ``df``, W = L Lᵀ, L ``scale_tril``) by the
+    Bartlett decomposition (as :func:`wishart_draw`), each of its variates a Latin
+    hypercube sample along dim 0: the diagonal's √χ²(ν − i) at chi-square quantiles
+    (:func:`_quantile_table`, χ²(k) = 2 Gamma(k/2)) and the N(0, 1) below it at normal
+    ones; so Λ₀₀ = W₀₀ χ²(ν), monotone in its variate, visits each of its strata once.
+    None where the table is declined."""
+    d, batch = scale_tril.shape[-1], torch.broadcast_shapes(df.shape, scale_tril.shape[:-2])
+    df = df.expand(batch).unsqueeze(-1) - torch.arange(d, dtype=_F64)
+    halves = _quantile_table(special.gammaincinv, special.gammainc, (df / 2).unsqueeze(-1),
+                             shape + df.shape, generator)  # fmt: skip
+    if halves is None:
+        return None
+    a = torch.diag_embed((2 * halves).sqrt())
+    rows, cols = torch.tril_indices(d, d, offset=-1)
+    below = latin_uniforms(shape + batch + (len(rows),), generator)
+    a[..., rows, cols] = torch.special.ndtri(below)
+    root = scale_tril @ a
+    return root @ root.mT
 
 
 def _gamma_quantiles(shape_a, rate, shape: torch.Size, generator) -> torch.Tensor | None:
@@ -413,7 +471,8 @@ def worst_misfit(factors, latents: dict, frames: dict, values: dict, log_probs: 
             allowed = CONSTANT_RTOL * (1 + size)  # no solve: only the model's own rounding
         else:
             error, size = _misfit_at(factor, statistics, log_probs[factor.name], count)
-            excused = torch.clamp(ROUNDING_CAP * (1 + size), max=ROUNDING_MARGIN * rounding)
+            rounded = torch.clamp(_point_rounding(factor, statistics, count), min=rounding)
+            excused = torch.minimum(ROUNDING_CAP * (1 + size), ROUNDING_MARGIN * rounded)
             allowed = torch.maximum(RTOL * (1 + size), excused)
         error = torch.where(error.isfinite(), error, torch.inf)  # ±inf or NaN where q lies
         p = int((error / allowed).argmax())
@@ -423,6 +482,25 @@ def worst_misfit(factors, latents: dict, frames: dict, values: dict, log_probs: 
             relative = float(error[p] / (1 + size[p]))
             worst = Misfit(factor.name, distribution, members, float(error[p]), relative)
     return worst
+
+
+def _point_rounding(factor, statistics: dict, count: int) -> torch.Tensor:
+    """The float64 error of ``factor``'s solved form at each of the ``count`` points, [S]
+    (nats): :func:`~pyro_vae.cavi.probe_frames.numerical_error`'s κ·ε·M (M its magnitude at
+    the fit points) times the largest statistic of each member there, in the coordinates it
+    was solved in, in place of E_q[T]. A point in q's tail, or the widened q's, reads
+    coefficients solved near q's middle at statistics larger than there: a Normal-Wishart
+    block of data 10⁴ spreads from zero (its q(Λ) conditioned 10⁶ by the mean's prior)
+    missed by 10⁻⁴ of its size at such points, beyond the bound's rounding at q. 0 for a
+    mixture factor (its magnitude counts data read at far components, whose coefficients
+    weigh nothing where z is not: :func:`~pyro_vae.cavi.probe_frames.numerical_error`
+    charges them per component; the bound's rounding stands for them)."""
+    if factor.selector is not None:
+        return torch.zeros(count, dtype=_F64)
+    reach = torch.ones(count, dtype=_F64)
+    for name in factor.latents:
+        reach = reach * statistics[name].abs().reshape(count, -1).amax(-1).clamp_min(1)
+    return _KAPPA * _EPS * factor.magnitude * reach
 
 
 def _misfit_at(factor, statistics: dict, actual: torch.Tensor, count: int):
