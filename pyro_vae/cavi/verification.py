@@ -223,9 +223,18 @@ def latin_uniforms(shape: torch.Size, generator) -> torch.Tensor:
     each; so every point is marginally Uniform(0, 1), and its coordinates independent. Kept
     2⁻⁵³ inside the ends (the quantile functions are infinite at them)."""
     n = shape[0]
-    strata = torch.rand(shape, generator=generator, dtype=_F64).argsort(0)
+    strata = stratum_orders(shape, generator)
     place = torch.rand(shape, generator=generator, dtype=_F64)
     return ((strata + place) / n).clamp(_U_EDGE, 1 - _U_EDGE)
+
+
+def stratum_orders(shape: torch.Size, generator) -> torch.Tensor:
+    """LongTensor [n, *rest]: for each of the ``rest`` elements an independent uniformly
+    random order of the strata 0 … n − 1 along dim 0 (a Latin hypercube's; the argsort of
+    uniforms, numpy's along a contiguous last dim: 4x torch's along dim 0)."""
+    n = shape[0]
+    order = torch.rand(shape[1:] + (n,), generator=generator, dtype=_F64).numpy()
+    return torch.from_numpy(order.argsort(-1)).movedim(-1, 0)
 
 
 _U_EDGE = 2.0**-53
@@ -364,7 +373,8 @@ def _quantile_table(quantile, cdf, parameters: torch.Tensor, shape: torch.Size, 
     F4)."""
     n = shape[0]
     code, distinct, inverses = np.zeros(parameters.shape[:-1].numel(), dtype=np.int64), [], []
-    for column in parameters.unbind(-1):  # the distinct parameter sets, one code each
+    # the distinct parameter sets, one code each (numpy's unique: 20x torch's here)
+    for column in parameters.unbind(-1):
         mantissa, exponent = np.frexp(column.reshape(-1).numpy())
         rounded = np.ldexp(np.round(mantissa * 2.0**24) / 2.0**24, exponent)
         values, inverse = np.unique(rounded, return_inverse=True)
@@ -373,10 +383,7 @@ def _quantile_table(quantile, cdf, parameters: torch.Tensor, shape: torch.Size, 
     _, first, element = np.unique(code, return_index=True, return_inverse=True)
     if len(first) * n > _QUANTILE_BUDGET:
         return None
-    # each element's order of the strata (numpy's argsort along a contiguous last dim, and
-    # its unique, are 4x and 20x torch's here)
-    order = torch.rand(shape[1:] + (n,), generator=generator, dtype=_F64).numpy()
-    strata = torch.from_numpy(order.argsort(-1)).movedim(-1, 0)
+    strata = stratum_orders(shape, generator)  # each element's order of the strata
     place = torch.rand(n, generator=generator, dtype=_F64)
     levels = ((torch.arange(n, dtype=_F64) + place) / n).clamp(_U_EDGE, 1 - _U_EDGE)
     columns = [v[i[first]][:, None] for v, i in zip(distinct, inverses, strict=True)]
