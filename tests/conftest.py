@@ -67,9 +67,12 @@ _SLOW_TESTS = {
     # test_gmm's CAVI-against-enumeration tests stay; this one adds an SVI run
     "tests/models/test_gmm.py::test_cavi_and_svi_bounds_sit_below_the_brute_force_evidence",
     # test_data_indexing's crossed-effects tests stay; this one probes a design of 729
-    # coefficients (the extra rows that keep a large least-squares design well conditioned)
+    # coefficients (the extra rows that keep a large least-squares design well conditioned),
+    # on its data and on them shifted by 300 (each check point's own rounding allowed)
     "tests/pyro_vae/cavi/test_data_indexing.py::"
-    "test_six_latents_in_one_factor_match_mean_field_written_out",
+    "test_six_latents_in_one_factor_match_mean_field_written_out[0.0-seeds0]",
+    "tests/pyro_vae/cavi/test_data_indexing.py::"
+    "test_six_latents_in_one_factor_match_mean_field_written_out[300.0-seeds1]",
 }
 
 
