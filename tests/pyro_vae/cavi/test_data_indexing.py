@@ -694,7 +694,10 @@ def gaussian_mean_field(Z, y, prior_var, sweeps=400):
     return bound + float(dist.Gamma(t(alpha), t(beta)).entropy())
 
 
-@pytest.mark.parametrize(("shift", "seeds"), [(0.0, [0]), (300.0, [0, 1, 2])])
+@pytest.mark.parametrize(
+    ("shift", "seeds"),
+    [pytest.param(0.0, [0], id="unshifted"), pytest.param(300.0, [0, 1, 2], id="shifted")],
+)
 def test_six_latents_in_one_factor_match_mean_field_written_out(shift, seeds):
     """w·x₀ + a[g] + b[g]·x + c[h] + d[h]·x₀ with a Gamma precision: a factor of six
     latents, 729 coefficients per group pair, whose nearly square probe design (P + 3 rows)
