@@ -53,7 +53,7 @@ from pyro_vae.cavi.conjugate_forms import (
     reference_is_finite,
 )
 from pyro_vae.cavi.data_indexing import scatter_by_index
-from pyro_vae.cavi.expectations import contract, message_to
+from pyro_vae.cavi.expectations import component_message, contract, message_to
 from pyro_vae.cavi.exponential_families import DISCRETE_FAMILIES, NotConjugateError
 from pyro_vae.cavi.fitted_guide import fitted_guide
 from pyro_vae.cavi.initial_factors import drawn_starts, initial_statistics, products
@@ -686,6 +686,8 @@ class AutoCAVI:
             total = total + message_to(stack.factor, name, message, shape)
         for factor in factors:
             summed = summed_message(factor, stats, name, shape, self._constants, self._pairs)
+            if summed is None:
+                summed = component_message(factor, stats, name, shape, self._pairs)
             if summed is not None:  # from its columns summed over the data once
                 total = total + summed
                 continue

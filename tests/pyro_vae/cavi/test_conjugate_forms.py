@@ -317,3 +317,38 @@ def test_a_component_in_a_plate_the_factor_does_not_read_at_its_own_element_is_r
     with pytest.raises(NotConjugateError, match=r"component is a latent in a plate.*"
                        r"batch shape \(2, 4\).*torch.arange\(D\)"):  # fmt: skip
         AutoCAVI(model).fit(y)
+
+
+def _mixture_of_normals(scales):
+    """y_n ~ N(μ_{z_n}, scales[z_n]) with μ_k ~ N(0, 3²) and z_n ~ Categorical(⅓, ⅓, ⅓)."""
+
+    def model(y):
+        with pyro.plate("components", 3):
+            mu = pyro.sample("mu", dist.Normal(t(0.0), t(3.0)))
+        with pyro.plate("data", len(y)):
+            z = pyro.sample("z", dist.Categorical(torch.ones(3, dtype=F64) / 3))
+            pyro.sample("y", dist.Normal(mu[z], scales[z]), obs=y)
+
+    return model
+
+
+@pytest.mark.parametrize("scales", [(1.0, 1.0, 1.0), (1.0, 2.0, 0.5)])
+def test_components_of_one_form_are_held_once_and_others_apart(scales):
+    # log N(y | μ_k, s_k) = −½ log 2π s_k² − y²/(2 s_k²) + y μ_k / s_k² − μ_k² / (2 s_k²) on
+    # μ_k's statistics (1, μ, μ²): the same for every k where the scales are, and then stored
+    # once, expanded along K (stride 0); per component where they differ
+    y = t([0.3, -1.2, 2.0, 0.7])
+    s = torch.tensor(scales, dtype=F64)
+    _, factors = probe(_mixture_of_normals(s), y)
+    c = factors["y"].coefficients  # [N, K, 3]
+    v = s**2
+    expected = torch.stack(
+        [
+            -0.5 * torch.log(2 * math.pi * v) - y[:, None] ** 2 / (2 * v),
+            y[:, None] / v,
+            (-0.5 / v).expand(len(y), 3),
+        ],
+        -1,
+    )
+    torch.testing.assert_close(c, expected, rtol=1e-10, atol=1e-10)
+    assert (c.stride(1) == 0) == (len(set(scales)) == 1)

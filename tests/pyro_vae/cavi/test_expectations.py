@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from pyro_vae.cavi.conjugate_forms import Factor
-from pyro_vae.cavi.expectations import contract, product_sum, sum_to
+from pyro_vae.cavi.expectations import component_message, contract, product_sum, sum_to
 from tests.pyro_vae.cavi.float64 import F64
 
 
@@ -46,3 +46,46 @@ def test_product_sum_is_the_broadcast_product_summed(left, right, axis, dtype):
     assert got.shape == expected.shape
     # sums of at most 300 products of N(0, 1) draws in another order: float64 rounding
     assert torch.allclose(got, expected, rtol=0, atol=1e-11)
+
+
+@pytest.mark.parametrize(
+    "kept, other, axis",
+    [
+        ((300, 1, 23), (10, 23), -1),  # a mixture's shared block against the components' E[T]
+        ((300, 1, 23), (300, 10, 1), 0),  # against the responsibilities, over the data
+        ((300, 1, 23), (300, 1, 23), -1),  # the other does not span K: K stays in the product
+        ((1, 4, 3), (5, 4, 1), 1),  # small: made and summed
+    ],
+)
+def test_product_sum_reads_an_expanded_operand_once_to_the_same_result(kept, other, axis):
+    # an operand expanded along K (stride 0, as a mixture's coefficients shared by its
+    # components) gives what its materialized copy gives, in shape and value
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(kept, generator=g, dtype=F64)
+    a = a.expand(kept[:1] + (10,) + kept[2:]) if kept[1] == 1 else a
+    b = torch.randn(other, generator=g, dtype=F64)
+    expected = (a.contiguous() * b).sum(axis)
+    got = product_sum(a, b, axis)
+    assert got.shape == expected.shape
+    assert torch.allclose(got, expected, rtol=0, atol=1e-11)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_component_s_message_is_the_sum_of_its_per_element_messages(shared):
+    # Σ_n q(z_n = k) Σ_x C[n, k, x, b] E[T_x]: the message to component μ of a mixture
+    # factor over N = 7 data, K = 3, another member x (B = 2) and μ's statistics (B = 3),
+    # against einsum; ``shared``: C expanded along K (one block for every component)
+    g = torch.Generator().manual_seed(2)
+    c = torch.randn(7, 1 if shared else 3, 2, 3, generator=g, dtype=F64).expand(7, 3, 2, 3)
+    factor = Factor(
+        "y", "Normal", ("x", "mu"), c, rank=2, selector="z", components=frozenset({"mu"})
+    )
+    z = torch.softmax(torch.randn(7, 3, generator=g, dtype=F64), -1)
+    stats = {"z": z, "x": torch.randn(2, generator=g, dtype=F64),
+             "mu": torch.randn(3, 3, generator=g, dtype=F64)}  # fmt: skip
+    got = component_message(factor, stats, "mu", torch.Size((3, 3)))
+    expected = torch.einsum("nkxb,nk,x->kb", c, z, stats["x"])
+    assert torch.allclose(got, expected, rtol=0, atol=1e-12)
+    # the per-element path gives the same (as _update took it before)
+    per_element = contract(factor, stats, ("mu",)).sum(0)
+    assert torch.allclose(per_element, expected, rtol=0, atol=1e-12)
