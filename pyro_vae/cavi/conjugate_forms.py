@@ -745,20 +745,27 @@ def _fit_mixture(designs: torch.Tensor, values: torch.Tensor, selector: torch.Te
     return torch.cat([_fit(b, v) for b, v in zip(blocks, picked, strict=True)], -1)
 
 
-#: Components whose solved coefficients differ by at most this, relative to 1 + their
-#: largest, are tried as one (:func:`_shared_components`); the check points then decide.
+#: Components whose solved coefficients differ by at most this, relative to 1 + the first
+#: component's, are tried as one (:func:`_shared_components`); the check points then decide.
 _SHARED_RTOL = 1e-9
+#: Mixture coefficients of fewer elements are kept per component: their contractions are
+#: made and summed (see :func:`~pyro_vae.cavi.expectations.product_sum`), and testing the
+#: blocks and checking their mean cost an HMM's 399 step factors 80 ms of probing.
+_SHARED_FROM = 1 << 16
 
 
 def _shared_components(coefficients: torch.Tensor, k: int) -> torch.Tensor | None:
     """A mixture's coefficients [*fbatch, K·P] with every component's block set to their
     mean, where the K blocks agree to :data:`_SHARED_RTOL` (a likelihood whose form is the
     same for every component, as a Gaussian mixture's: its K solves differ by rounding,
-    8e-12 of 124 at N = 3,000); else None. :func:`_solve` keeps them only where they
-    reproduce log f at the check points as well as the K blocks do, to rounding, and
-    :func:`_mixture_factor` then holds one block, expanded along K (stride 0), which
-    :func:`~pyro_vae.cavi.expectations.product_sum` contracts once: at N = 30,000, K = 10,
-    D = 5, a [N, K, 23] product became an [N, 23] @ [23, K] one."""
+    8e-12 of 124 at N = 3,000), and they hold :data:`_SHARED_FROM` elements or more; else
+    None. :func:`_solve` keeps them only where they reproduce log f at the check points as
+    well as the K blocks do, to rounding, and :func:`_mixture_factor` then holds one block,
+    expanded along K (stride 0), which :func:`~pyro_vae.cavi.expectations.product_sum`
+    contracts once: at N = 30,000, K = 10, D = 5, a [N, K, 23] product became an
+    [N, 23] @ [23, K] one."""
+    if coefficients.numel() < _SHARED_FROM:
+        return None
     blocks = coefficients.unflatten(-1, (k, -1))
     first = blocks.narrow(-2, 0, 1)
     spread = (blocks - first).abs().amax(-2)  # [*fbatch, P]: one pass each, not per block

@@ -337,7 +337,8 @@ def test_components_of_one_form_are_held_once_and_others_apart(scales):
     # log N(y | μ_k, s_k) = −½ log 2π s_k² − y²/(2 s_k²) + y μ_k / s_k² − μ_k² / (2 s_k²) on
     # μ_k's statistics (1, μ, μ²): the same for every k where the scales are, and then stored
     # once, expanded along K (stride 0); per component where they differ
-    y = t([0.3, -1.2, 2.0, 0.7])
+    # N = 8,000: [N, K, 3] is above _SHARED_FROM, below which components stay apart
+    y = torch.randn(8000, generator=torch.Generator().manual_seed(0), dtype=F64) * 3
     s = torch.tensor(scales, dtype=F64)
     _, factors = probe(_mixture_of_normals(s), y)
     c = factors["y"].coefficients  # [N, K, 3]
