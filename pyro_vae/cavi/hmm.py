@@ -76,13 +76,11 @@ def forward_backward(log_pi: torch.Tensor, log_A: torch.Tensor, log_lik: torch.T
     if log_A.dim() == 3 and batch:  # one matrix per step, shared by the batch
         log_A = log_A.reshape((T - 1,) + (1,) * len(batch) + (K, K))
     steps = log_A.expand((T - 1,) + batch + (K, K))
-    alpha = torch.empty((T,) + batch + (K,), dtype=log_lik.dtype, device=log_lik.device)
-    alpha[0] = log_pi + log_lik[0]
-    for t in range(1, T):
-        alpha[t] = torch.logsumexp(alpha[t - 1].unsqueeze(-1) + steps[t - 1], -2) + log_lik[t]
-    beta = torch.zeros((T,) + batch + (K,), dtype=log_lik.dtype, device=log_lik.device)
-    for t in range(T - 2, -1, -1):
-        beta[t] = torch.logsumexp(steps[t] + (log_lik[t + 1] + beta[t + 1]).unsqueeze(-2), -1)
+    chains = math.prod(batch)
+    if chains * K**3 * math.ceil(math.log2(max(T, 2))) <= _SCAN_COST:
+        alpha, beta = _messages_by_scan(log_pi, steps, log_lik)
+    else:
+        alpha, beta = _messages_in_turn(log_pi, steps, log_lik)
     log_z = torch.logsumexp(alpha[-1], -1)
     if bool((log_z == -math.inf).any()):
         raise ValueError(
@@ -95,6 +93,56 @@ def forward_backward(log_pi: torch.Tensor, log_A: torch.Tensor, log_lik: torch.T
         - log_z[..., None, None]
     ).exp()  # fmt: skip
     return log_z, marginals, pairwise
+
+
+#: Forward-backward takes the parallel scan (:func:`_messages_by_scan`) where chains·K³·
+#: ⌈log₂ T⌉ is at most this, else the loop over steps (:func:`_messages_in_turn`): measured
+#: on one thread, the scan was 4.1x faster at K = 3, T = 200 and 6.6x at K = 2, T = 1,000,
+#: even at K = 8, T = 50 (cost 3,072), and 2.5x slower at 20 chains of K = 3, T = 50.
+_SCAN_COST = 2048
+
+
+def _messages_in_turn(log_pi, steps, log_lik):
+    """The forward and backward log-messages α, β [T, *batch, K] by the recursions
+    (Rabiner 1989), one step at a time: T − 1 steps each way."""
+    T, K, batch = log_lik.shape[0], log_lik.shape[-1], log_lik.shape[1:-1]
+    alpha = torch.empty((T,) + batch + (K,), dtype=log_lik.dtype, device=log_lik.device)
+    alpha[0] = log_pi + log_lik[0]
+    for t in range(1, T):
+        alpha[t] = torch.logsumexp(alpha[t - 1].unsqueeze(-1) + steps[t - 1], -2) + log_lik[t]
+    beta = torch.zeros((T,) + batch + (K,), dtype=log_lik.dtype, device=log_lik.device)
+    for t in range(T - 2, -1, -1):
+        beta[t] = torch.logsumexp(steps[t] + (log_lik[t + 1] + beta[t + 1]).unsqueeze(-2), -1)
+    return alpha, beta
+
+
+def _messages_by_scan(log_pi, steps, log_lik):
+    """α and β as :func:`_messages_in_turn` gives them, from the prefix and suffix products
+    of the steps' matrices M_t[i, j] = log A_t[i, j] + log p(y_t | j) in the (logsumexp, +)
+    semiring, by a Hillis-Steele scan (Hassan, Särkkä & García-Fernández 2021, for HMMs):
+    ⌈log₂ T⌉ rounds of batched K x K products, not T − 1 steps of Python; its work is
+    K times the loop's, so it is taken for small K only (:data:`_SCAN_COST`)."""
+    alpha = torch.empty(log_lik.shape, dtype=log_lik.dtype, device=log_lik.device)
+    beta = torch.zeros(log_lik.shape, dtype=log_lik.dtype, device=log_lik.device)
+    alpha[0] = log_pi + log_lik[0]
+    if len(log_lik) > 1:
+        m = steps + log_lik[1:].unsqueeze(-2)  # [T − 1, *batch, K, K]
+        alpha[1:] = torch.logsumexp(alpha[0].unsqueeze(-1) + _prefix_products(m), -2)
+        # suffix products M_{t+1} ⋯ M_{T−1}, transposed: the prefixes of the reversed M_tᵀ
+        suffixes = _prefix_products(m.flip(0).transpose(-1, -2)).flip(0)
+        beta[:-1] = torch.logsumexp(suffixes, -2)
+    return alpha, beta
+
+
+def _prefix_products(m: torch.Tensor) -> torch.Tensor:
+    """Inclusive prefix products m_0 ⋯ m_t of log-matrices m [T, *batch, K, K] in the
+    (logsumexp, +) semiring, by ⌈log₂ T⌉ rounds of doubling."""
+    out, shift = m, 1
+    while shift < len(m):
+        products = torch.logsumexp(out[:-shift].unsqueeze(-1) + out[shift:].unsqueeze(-3), -2)
+        out = torch.cat([out[:shift], products])
+        shift *= 2
+    return out
 
 
 @dataclass

@@ -328,3 +328,51 @@ def test_forward_backward_makes_its_tensors_on_the_device_of_its_inputs():
     for a, b in zip(found, expected, strict=True):
         assert a.device.type == "cpu"
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("scan", [False, True])
+@pytest.mark.parametrize("t_len", [1, 2, 5])
+def test_forward_backward_both_ways_match_enumeration(monkeypatch, scan, t_len):
+    # the loop over steps and the parallel scan (forced either way by the cost bound),
+    # per-step matrices with a forbidden transition (−inf), against every path summed
+    import pyro_vae.cavi.hmm as hmm
+
+    monkeypatch.setattr(hmm, "_SCAN_COST", math.inf if scan else -1)
+    g = torch.Generator().manual_seed(t_len)
+    log_pi = torch.log_softmax(torch.randn(3, generator=g, dtype=torch.float64), 0)
+    log_A = torch.log_softmax(torch.randn(max(t_len - 1, 1), 3, 3, generator=g,
+                                          dtype=torch.float64), -1)[: t_len - 1]  # fmt: skip
+    log_A[..., 0, 2] = -math.inf
+    log_lik = 3 * torch.randn(t_len, 3, generator=g, dtype=torch.float64)
+    paths = torch.tensor(list(itertools.product(range(3), repeat=t_len)))
+    scores = log_pi[paths[:, 0]] + log_lik[torch.arange(t_len), paths].sum(1)
+    for t in range(t_len - 1):
+        scores = scores + log_A[t][paths[:, t], paths[:, t + 1]]
+    log_z, marginals, pairwise = hmm.forward_backward(log_pi, log_A, log_lik)
+    assert float(log_z) == pytest.approx(float(torch.logsumexp(scores, 0)), abs=1e-12)
+    post = (scores - torch.logsumexp(scores, 0)).exp()
+    for t in range(t_len):
+        expected = torch.zeros(3, dtype=torch.float64).index_add_(0, paths[:, t], post)
+        torch.testing.assert_close(marginals[t], expected, rtol=0, atol=1e-12)
+    for t in range(t_len - 1):
+        expected = torch.zeros(3, 3, dtype=torch.float64).index_put_(
+            (paths[:, t], paths[:, t + 1]), post, accumulate=True
+        )
+        torch.testing.assert_close(pairwise[t], expected, rtol=0, atol=1e-12)
+
+
+def test_forward_backward_s_scan_is_its_loop_over_a_long_batch(monkeypatch):
+    # 3 chains of 37 steps (no power of 2) with log-likelihoods of tens of nats: the two
+    # ways agree to float64 rounding of log Z (~ 300 nats: 1e-12 of it)
+    import pyro_vae.cavi.hmm as hmm
+
+    g = torch.Generator().manual_seed(5)
+    log_pi = torch.log_softmax(torch.randn(3, 4, generator=g, dtype=torch.float64), -1)
+    log_A = torch.log_softmax(torch.randn(4, 4, generator=g, dtype=torch.float64), -1)
+    log_lik = 10 * torch.randn(37, 3, 4, generator=g, dtype=torch.float64)
+    results = []
+    for cost in (-1, math.inf):
+        monkeypatch.setattr(hmm, "_SCAN_COST", cost)
+        results.append(hmm.forward_backward(log_pi, log_A, log_lik))
+    for loop, scan in zip(*results, strict=True):
+        torch.testing.assert_close(scan, loop, rtol=1e-12, atol=1e-12)
