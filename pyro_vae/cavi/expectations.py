@@ -178,7 +178,8 @@ def product_sum(a: torch.Tensor, b: torch.Tensor, axis) -> torch.Tensor:
     rank = max(a.dim(), b.dim())
     a = a.reshape((1,) * (rank - a.dim()) + tuple(a.shape))
     b = b.reshape((1,) * (rank - b.dim()) + tuple(b.shape))
-    a, b = _read_once(a, b), _read_once(b, a)
+    a = _read_once(a, b)
+    b = _read_once(b, a)  # against a as cut: both expanded along a dim keep it once
     size = 1
     for m, n in zip(a.shape, b.shape, strict=True):
         size *= max(m, n)

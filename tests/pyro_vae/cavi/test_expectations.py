@@ -55,6 +55,8 @@ def test_product_sum_is_the_broadcast_product_summed(left, right, axis, dtype):
         ((300, 1, 23), (300, 10, 1), 0),  # against the responsibilities, over the data
         ((300, 1, 23), (300, 1, 23), -1),  # the other does not span K: K stays in the product
         ((1, 4, 3), (5, 4, 1), 1),  # small: made and summed
+        ((300, 1, 23), (300, 1, 23, "expanded"), 1),  # both expanded along K: summed K times
+        ((300, 1, 23), (300, 1, 23, "expanded"), -1),  # both expanded: K kept in the result
     ],
 )
 def test_product_sum_reads_an_expanded_operand_once_to_the_same_result(kept, other, axis):
@@ -63,8 +65,9 @@ def test_product_sum_reads_an_expanded_operand_once_to_the_same_result(kept, oth
     g = torch.Generator().manual_seed(1)
     a = torch.randn(kept, generator=g, dtype=F64)
     a = a.expand(kept[:1] + (10,) + kept[2:]) if kept[1] == 1 else a
-    b = torch.randn(other, generator=g, dtype=F64)
-    expected = (a.contiguous() * b).sum(axis)
+    b = torch.randn(other[:3], generator=g, dtype=F64)
+    b = b.expand(a.shape) if other[3:] else b
+    expected = (a.contiguous() * b.contiguous()).sum(axis)
     got = product_sum(a, b, axis)
     assert got.shape == expected.shape
     assert torch.allclose(got, expected, rtol=0, atol=1e-11)
