@@ -531,12 +531,13 @@ def test_a_jump_three_sds_past_the_second_coordinate_of_a_correlated_q_is_refuse
 def test_wishart_points_put_each_bartlett_variate_once_in_every_stratum():
     """Λ = L A Aᵀ Lᵀ with A₀₀² = Λ₀₀ / L₀₀² ~ χ²(ν): its chi-square CDF (scipy's, not the
     quantile table's inverse) at each half's 8 points takes each eighth once, per element
-    (the widened half's once its log-Euclidean amplification is undone); the points are
-    symmetric positive definite and seeded."""
-    from scipy import stats
+    (the widened half's log-determinants, each in one eighth of their normal strata); the
+    points are symmetric positive definite and seeded."""
+    import numpy as np
+    from scipy import special, stats
 
     from pyro_vae.cavi.exponential_families import WishartFamily
-    from pyro_vae.cavi.verification import WIDEN, _amplified, _log_centre
+    from pyro_vae.cavi.verification import WIDEN
 
     scale = t([[[2.0, 0.3, 0.0], [0.3, 1.0, 0.2], [0.0, 0.2, 0.5]]]).expand(2, 3, 3)
     q = dist.Wishart(t([6.5, 30.0]), covariance_matrix=scale)
@@ -548,18 +549,24 @@ def test_wishart_points_put_each_bartlett_variate_once_in_every_stratum():
     points = draw(3)
     assert points.shape == (16, 2, 3, 3) and torch.allclose(points, points.mT)
     assert bool((torch.linalg.eigvalsh(points) > 0).all())
-    undone = _amplified(points[8:], _log_centre(q.df, scale), 1 / WIDEN)
-    for half in (points[:8], undone):
-        chi2 = half[:, :, 0, 0] / scale[:, 0, 0]
-        cdf = torch.from_numpy(stats.chi2.cdf(chi2.numpy(), q.df.numpy()))
-        assert torch.equal(_strata(cdf, 8), torch.arange(8).unsqueeze(-1).expand(8, 2))
+    every = torch.arange(8).unsqueeze(-1).expand(8, 2)
+    chi2 = points[:8, :, 0, 0] / scale[:, 0, 0]
+    cdf = torch.from_numpy(stats.chi2.cdf(chi2.numpy(), q.df.numpy()))
+    assert torch.equal(_strata(cdf, 8), every)
+    # the widened half: log|Λ| in each eighth of N(E log|Λ|, (WIDEN sd)²), its moments
+    # Σ ψ((ν + 1 − i)/2) + D log 2 + log|W| and Σ ψ′ (scipy's digamma and polygamma)
+    half = (q.df.numpy()[:, None] + 1 - np.arange(1, 4)) / 2
+    mean = special.digamma(half).sum(-1) + 3 * np.log(2) + np.linalg.slogdet(scale.numpy())[1]
+    sd = np.sqrt(special.polygamma(1, half).sum(-1))
+    z = (torch.linalg.slogdet(points[8:])[1].numpy() - mean) / (WIDEN * sd)
+    assert torch.equal(_strata(torch.from_numpy(stats.norm.cdf(z)), 8), every)
     assert torch.equal(points, draw(3)) and not torch.equal(points, draw(4))
 
 
 def _normal_wishart_model(kind: str, c: float, shift: float):
     """μ, Λ ~ Normal-Wishart (ν₀ = 4, W₀ = I, β₀ = 0.1) in 2 dims, x_n ~ N(μ, Λ⁻¹); with a
-    jump in μ₁ past ``c`` (``kind`` "mean": μ + ``shift``) or in Λ₀₀ past it ("precision":
-    Λ times ``shift``), or neither ("none")."""
+    jump in μ₁ past ``c`` (``kind`` "mean": μ + ``shift``), or Λ times ``shift`` where Λ₀₀
+    ("precision"), Λ₁₁ ("last") or log|Λ| ("logdet") is past it, or neither ("none")."""
 
     def model(X):
         lam = pyro.sample("lam", dist.Wishart(t(4.0), covariance_matrix=torch.eye(2, dtype=F64)))
@@ -569,6 +576,10 @@ def _normal_wishart_model(kind: str, c: float, shift: float):
             loc = torch.where(mu[..., 1:] > c, mu + shift, mu)
         if kind == "precision":
             precision = torch.where(lam[..., :1, :1] > c, lam * shift, lam)
+        if kind == "last":
+            precision = torch.where(lam[..., 1:, 1:] > c, lam * shift, lam)
+        if kind == "logdet":
+            precision = torch.where(torch.logdet(lam)[..., None, None] > c, lam * shift, lam)
         with pyro.plate("data", X.shape[0]):
             pyro.sample("x", dist.MultivariateNormal(loc.unsqueeze(-2),
                                                      precision_matrix=precision.unsqueeze(-3)),
@@ -583,13 +594,18 @@ def _normal_wishart_data(seed: int, offset: float, spread: float, n: int = 20):
     return offset + spread * torch.randn(n, 2, generator=g, dtype=F64) @ mixing
 
 
-@pytest.mark.parametrize(("kind", "sds"), [("mean", 2.0), ("precision", 2.5)])
+@pytest.mark.parametrize(
+    ("kind", "sds"), [("mean", 2.0), ("precision", 2.5), ("last", 2.0), ("logdet", 2.5)]
+)
 def test_a_jump_in_a_normal_wishart_block_two_sds_into_q_s_tail_is_refused(kind, sds):
     """The block's check points are now widened and stratified like a Normal-Gamma block's
     (they were 16 i.i.d. draws from q, never widened): a jump in μ₁ 2 sds past q's marginal
     mean, or ×1.5 in Λ past Λ₀₀'s mean + 2.5 sds, on data at 10 ± 0.1 (far from the first
     probe points, so only the check can see it), was accepted at 14 and 7 seeds of 20;
-    refused at every seed here."""
+    refused at every seed here. Λ's widened points are moved 3x from q in the matrix log
+    and their log-determinants stratified: ×3 where Λ₁₁ or log|Λ| passes q's mean + 2 or
+    2.5 sds (moments of log|Λ|: Σ ψ and Σ ψ′, Bishop 2006 B.81) went through at 1 and 6
+    seeds of 10 before (tester 32's F1)."""
     for seed in range(6):
         X = _normal_wishart_data(seed, 10.0, 0.1)
         fit = AutoCAVI(_normal_wishart_model("none", 0.0, 0.0), random_state=seed,
@@ -597,9 +613,19 @@ def test_a_jump_in_a_normal_wishart_block_two_sds_into_q_s_tail_is_refused(kind,
         q_mu, q_lam = fit.fitted_blocks_["mu+lam"].marginals()
         if kind == "mean":
             c = float(q_mu.mean[1] + sds * q_mu.covariance_matrix[1, 1].sqrt())
+        elif kind == "logdet":
+            half = (q_lam.df + 1 - torch.arange(1, 3, dtype=F64)) / 2
+            mean = (
+                torch.digamma(half).sum()
+                + 2 * math.log(2)
+                + torch.logdet(q_lam.scale_tril @ q_lam.scale_tril.mT)
+            )
+            c = float(mean + sds * torch.polygamma(1, half).sum().sqrt())
         else:
-            c = float(q_lam.mean[0, 0] + sds * q_lam.variance[0, 0].sqrt())
-        model = _normal_wishart_model(kind, c, 0.5 if kind == "mean" else 1.5)
+            i = 0 if kind == "precision" else 1
+            c = float(q_lam.mean[i, i] + sds * q_lam.variance[i, i].sqrt())
+        shift = {"mean": 0.5, "precision": 1.5}.get(kind, 3.0)
+        model = _normal_wishart_model(kind, c, shift)
         with pytest.raises(NotConjugateError, match="'x' \\(MultivariateNormal\\)"):
             AutoCAVI(model, random_state=seed, blocks=[("mu", "lam")]).fit(X)
 
