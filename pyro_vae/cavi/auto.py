@@ -48,6 +48,7 @@ from pyro_vae.cavi.conjugate_forms import (
     find_dependencies,
     find_latents,
     first_run,
+    precision_only_factors,
     probe_factors,
     probe_runner,
     reference_is_finite,
@@ -572,6 +573,7 @@ class AutoCAVI:
             generator,
             info=info,
             frames=frames,
+            precision_only=self._precision_only,
         )
         self.probe_model_runs_ += info["model_runs"]
         return factors
@@ -609,12 +611,14 @@ class AutoCAVI:
         if auto_blocks and self.blocks_:
             latents = find_latents(first, self.blocks_)
             depends = regroup(depends, latents)
+        self._precision_only = precision_only_factors(read, latents)
         self._starts = self._plug_in(args, kwargs, latents, depends)
         stats = initial_statistics(latents, self.init, first, self.random_state, self._starts)
         info = {}
         factors = probe_factors(
-            self.model, args, kwargs, latents, depends, trace, generator, info=info
-        )
+            self.model, args, kwargs, latents, depends, trace, generator, info=info,
+            precision_only=self._precision_only,
+        )  # fmt: skip
         self.probe_batched_, self.probe_model_runs_ = info["batched"], info["model_runs"]
         self._probe_inputs = (args, kwargs, depends, trace, generator)
         self._first = first

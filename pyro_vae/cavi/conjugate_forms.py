@@ -414,6 +414,19 @@ def reference_is_finite(trace) -> bool:
     )
 
 
+def precision_only_factors(read: dict, latents) -> frozenset:
+    """The factor sites whose log-density reads one latent unit, a Normal-Gamma or
+    Normal-Wishart block, and of it the precision site alone (its prior), from the sample
+    sites each read (:func:`first_run`)."""
+    out = set()
+    for site, sites in read.items():
+        units = [latent for latent in latents.values() if set(latent.sites) & set(sites)]
+        if len(units) == 1 and hasattr(units[0].family, "precision_columns"):
+            if set(units[0].sites) & set(sites) == {units[0].sites[1]}:
+                out.add(site)
+    return frozenset(out)
+
+
 def dependencies(read: dict, latents) -> dict[str, list[str]]:
     """{factor site: the latent units its log-density mentions, in sampling order} from the
     sample sites each read (:func:`first_run`)."""
@@ -836,11 +849,16 @@ def _missed(designs, values, coefficients, scale) -> torch.Tensor:
     return torch.nonzero(error.reshape(-1) > factor_support.CHECK_RTOL).squeeze(-1)
 
 
-def _solve(members, runs: Runs, checks: Runs, site, rank, components=frozenset()):
+def _solve(members, runs: Runs, checks: Runs, site, rank, components=frozenset(),
+           columns=None):  # fmt: skip
     """(C [*fbatch, P], whether C reproduces log f at the check runs, the largest relative
     contribution of a column left out of C, see :mod:`~pyro_vae.cavi.factor_support`);
-    ``components``: a mixture's (see :func:`_design`). C is None, and the fit not good,
-    where log f is not finite at some point (LAPACK's solvers take no NaN)."""
+    ``components``: a mixture's (see :func:`_design`); ``columns``: the only statistics
+    log f may use (C is 0 on the others: a block's precision prior, whose coefficients
+    solved on μ's statistics too came out 10⁻¹⁰, not 0, and at check points 10⁴ sds out
+    in the block's frame missed the Wishart prior by 1.3 nats, 9% of it: tester 32's F2).
+    C is None, and the fit not good, where log f is not finite at some point (LAPACK's
+    solvers take no NaN)."""
     values = runs.log_probs[site]
     if not bool(values.isfinite().all() & checks.log_probs[site].isfinite().all()):
         return None, False, 0.0
@@ -853,6 +871,12 @@ def _solve(members, runs: Runs, checks: Runs, site, rank, components=frozenset()
     def missed(coefficients) -> torch.Tensor:  # the elements a solve on a support misses
         return _missed(check_designs, checks.log_probs[site], coefficients, scale)
 
+    if columns is not None and runs.grid is None:
+        design = _design(members, runs, rank)
+        coefficients = design.new_zeros(design.shape[1:-1] + design.shape[-1:])
+        coefficients = coefficients.expand(values.shape[1:] + design.shape[-1:]).clone()
+        coefficients[..., columns] = _fit(design[..., columns], values)
+        return coefficients, good(coefficients), 0.0
     if runs.grid is not None:  # on a grid: one solve per member (kronecker_probe)
         statistics = [_aligned_statistics([m], axis_runs(runs, j), rank)[0]
                       for j, m in enumerate(members)]  # fmt: skip
@@ -1100,7 +1124,7 @@ def _runner(model, args, kwargs, latents, trace, generator, batched, frames,
 
 
 def probe_factors(model, args, kwargs, latents, depends, trace, generator, *, batched=True,
-                  info=None, frames=None, try_plate=True):  # fmt: skip
+                  info=None, frames=None, try_plate=True, precision_only=frozenset()):  # fmt: skip
     """Solve every factor's coefficients from one set of probe runs, and verify them.
 
     ``trace`` is a run at probe values (from :func:`find_dependencies`). The probe points
@@ -1111,9 +1135,12 @@ def probe_factors(model, args, kwargs, latents, depends, trace, generator, *, ba
     ``info``, a dict, receives ``batched`` (``"plate"``, ``"vmap"`` or False: how the runs
     were batched) and ``model_runs`` (model calls made). ``frames`` {unit: Frame}: draw
     those units' points around q and solve in their local coordinates
-    (:mod:`pyro_vae.cavi.probe_frames`).
+    (:mod:`pyro_vae.cavi.probe_frames`). ``precision_only``: the factor sites of one
+    member, a Normal-Gamma or Normal-Wishart block, whose log-density reads the block's
+    precision site alone (:func:`precision_only_factors`), solved on its statistics alone.
     Returns a list of :class:`Factor` on the natural statistics, in the trace's site order."""
     runner = _runner(model, args, kwargs, latents, trace, generator, batched, frames, try_plate)
+    runner.precision_only = frozenset(precision_only)
     info = {} if info is None else info
     try:
         factors = _probe_all(runner, depends, trace)
@@ -1136,6 +1163,7 @@ def probe_factors(model, args, kwargs, latents, depends, trace, generator, *, ba
         info=info,
         frames=frames,
         try_plate=False,
+        precision_only=precision_only,
     )
     info["model_runs"] += runner.model_runs
     return factors
@@ -1279,7 +1307,10 @@ def _factor(runner, site, design, runs, checks, trace) -> Factor:
 def _local_factor(runner, site, design, runs, checks, trace) -> Factor:
     """``site``'s factor solved on ``design`` in the coordinates of ``runs``' frames."""
     members, rank, components = design
-    coefficients, good, pruned = _solve(members, runs, checks, site, rank, components)
+    columns = None
+    if site in getattr(runner, "precision_only", ()) and len(members) == 1:
+        columns = members[0].family.precision_columns()
+    coefficients, good, pruned = _solve(members, runs, checks, site, rank, components, columns)
     selector = members[0].name if components else None
     names = tuple(m.name for m in members if m.name != selector)
     if coefficients is None:

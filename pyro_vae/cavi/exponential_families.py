@@ -491,6 +491,11 @@ class NormalWishartFamily(Family):
         pairs = [f"L{int(i)}{int(j)}" for i, j in zip(self._rows, self._cols, strict=True)]
         return ["1"] + pairs + ["log|L|"] + [f"(L mu){i}" for i in range(self.d)] + ["mu'L mu"]
 
+    def precision_columns(self) -> torch.Tensor:
+        """The statistics of Λ alone, (1, Λ_ij, log|Λ|): a factor that reads Λ but not μ
+        (Λ's own prior) has coefficient 0 on every other."""
+        return torch.arange(len(self._rows) + 2)
+
     def statistics(self, mu, lam):
         mu, lam = mu.to(_F64), lam.to(_F64)
         lam_mu = (lam @ mu.unsqueeze(-1)).squeeze(-1)
@@ -598,6 +603,10 @@ class NormalGammaFamily(Family):
     def statistic_names(self):
         pairs = [f"tau mu{int(i)} mu{int(j)}" for i, j in zip(self._rows, self._cols, strict=True)]
         return ["1", "tau", "log tau"] + [f"tau mu{i}" for i in range(self.d)] + pairs
+
+    def precision_columns(self) -> torch.Tensor:
+        """The statistics of τ alone, (1, τ, log τ) (see NormalWishartFamily's)."""
+        return torch.arange(3)
 
     def statistics(self, mu, tau):
         mu, tau = mu.to(_F64), tau.to(_F64).unsqueeze(-1)
