@@ -107,7 +107,10 @@ class GaussianMixtureModel(PyroModule):
             raise ValueError(
                 f"degrees_of_freedom_prior: {degrees_of_freedom_prior} must exceed D - 1 = {d - 1}"
             )
-        chol, info = torch.linalg.cholesky_ex(torch.linalg.inv(covariance_prior))
+        # factored before it is inverted: inv() of a singular matrix raises LinAlgError
+        lower, info = torch.linalg.cholesky_ex(covariance_prior)
+        if not info:
+            chol, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(lower))
         if info or not torch.allclose(covariance_prior, covariance_prior.T):
             raise ValueError("covariance_prior: not a symmetric positive-definite matrix")
         self.n_components, self.dim = n_components, d
@@ -130,6 +133,12 @@ class GaussianMixtureModel(PyroModule):
             raise ValueError(f"n_components: {n_components!r} is not a positive integer")
         if X.dim() != 2:
             raise ValueError(f"X: shape {tuple(X.shape)} is not [n_samples, n_features]")
+        if "covariance_prior" not in priors and X.shape[0] <= X.shape[1]:
+            raise ValueError(
+                f"X: {X.shape[0]} points in {X.shape[1]} dims; the default covariance_prior, "
+                "the covariance of X, needs more points than dims to be positive definite "
+                "(pass covariance_prior=...)"
+            )
         defaults = {
             "weight_concentration_prior": 1.0 / n_components,
             "mean_precision_prior": 1.0,

@@ -163,6 +163,11 @@ def test_svi_recovers_cavis_mixture_on_separated_clusters():
 def test_bad_priors_and_data_are_named():
     with pytest.raises(ValueError, match="n_components: 0 is not a positive integer"):
         GaussianMixtureModel.from_data(torch.zeros(5, 2), 0)
+    # N ≤ D: the covariance of X is singular (tester 32: a raw LinAlgError from inv at D = 5)
+    with pytest.raises(ValueError, match="X: 2 points in 5 dims; the default covariance_prior"):
+        GaussianMixtureModel.from_data(torch.randn(2, 5), 2)
+    with pytest.raises(ValueError, match="covariance_prior: not a symmetric positive-definite"):
+        GaussianMixtureModel(2, 1.0, 1.0, torch.zeros(5), 5.0, torch.zeros(5, 5))
     with pytest.raises(ValueError, match="covariance_prior: not a symmetric positive-definite"):
         GaussianMixtureModel(
             2, 1.0, 1.0, torch.zeros(2), 2.0, torch.tensor([[1.0, 2.0], [2.0, 1.0]])
