@@ -376,3 +376,24 @@ def test_forward_backward_s_scan_is_its_loop_over_a_long_batch(monkeypatch):
         results.append(hmm.forward_backward(log_pi, log_A, log_lik))
     for loop, scan in zip(*results, strict=True):
         torch.testing.assert_close(scan, loop, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("cost", [-1, math.inf])
+def test_forward_backward_s_log_z_is_pyro_s_discrete_hmm(monkeypatch, cost):
+    # an independent implementation: Pyro's DiscreteHMM, whose initial logits are the
+    # state's one step before s_0 (so s_0's are theirs times A), over 2 chains of 50 steps
+    import pyro.distributions as pdist
+
+    import pyro_vae.cavi.hmm as hmm
+
+    monkeypatch.setattr(hmm, "_SCAN_COST", cost)
+    g = torch.Generator().manual_seed(7)
+    init = torch.log_softmax(torch.randn(2, 3, generator=g, dtype=torch.float64), -1)
+    log_a = torch.log_softmax(torch.randn(3, 3, generator=g, dtype=torch.float64), -1)
+    mu = torch.tensor([0.0, 2.0, 4.0], dtype=torch.float64)
+    y = 4 * torch.rand(2, 50, generator=g, dtype=torch.float64)
+    log_lik = pdist.Normal(mu, 1.0).log_prob(y.T.unsqueeze(-1))
+    log_pi = torch.logsumexp(init.unsqueeze(-1) + log_a, -2)
+    log_z = hmm.forward_backward(log_pi, log_a, log_lik)[0]
+    expected = pdist.DiscreteHMM(init, log_a, pdist.Normal(mu, 1.0)).log_prob(y)
+    torch.testing.assert_close(log_z, expected, rtol=0, atol=1e-10)
