@@ -65,6 +65,7 @@ from pyro_vae.cavi.exponential_families import (
     NormalFamily,
     NormalGamma,
     NormalWishart,
+    NormalWishartFamily,
     WishartFamily,
     _normal_root,
     _wishart_expected_logdet,
@@ -212,7 +213,8 @@ def _widened(family, q):
 
 
 #: A widened Wishart point's log-eigenvalues about q's centre are kept within this of it
-#: (a factor of 10³ either way): a nearly singular precision makes a model's Cholesky fail.
+#: (a factor of REACH either way): further out, a nearly singular precision makes a model's
+#: Cholesky fail, or its rounding read as a kink (tester 33's F1).
 _LOG_EIGEN_REACH = math.log(1e3)
 
 
@@ -220,8 +222,8 @@ def _amplified_precision_points(family, q, shape: torch.Size, generator):
     """The widened half's points of a Wishart q, or of a Normal-Wishart block's (Λ, then
     μ given it with β over WIDEN², as :func:`_block_points` places them): q's own
     stratified Bartlett points, each deviation from q's centre amplified WIDEN times in
-    the log-Euclidean sense (:func:`_amplified`), so that every quantity of Λ a model may
-    threshold (each entry, the trace, log|Λ|) spreads WIDEN times further, to both sides.
+    the log-Euclidean sense (:func:`_widened_precisions`), so that every quantity of Λ a
+    model may threshold (each entry, the trace, log|Λ|) spreads WIDEN times further, to both sides.
     Widening q's family instead (ν − D − 1 over WIDEN², the mean kept) spread Λ 2.1
     times, not 3, and shifted log|Λ| left by 1.3 sds of q's: kinks 1.5 to 2 sds right of
     q's mean in Λ₁₁, the trace or log|Λ| went through at 1 to 6 seeds of 10, bounds up to
@@ -239,38 +241,15 @@ def _amplified_precision_points(family, q, shape: torch.Size, generator):
     if points is None:
         with cpu_rng(int(torch.randint(0, 2**62, (), generator=generator))):
             points = wishart_draw(dist.Wishart(df, scale_tril=lower), shape).to(_F64)
-    precision = _logdet_strata(_amplified(points, _log_centre(df, scale), WIDEN), df, scale,
-                               generator)  # fmt: skip
+    precision = _widened_precisions(points, df, scale, generator)
     if not isinstance(q, NormalWishart):
         return precision
     beta = q.beta.to(_F64) * WIDEN**-2
     return _means_given(q.loc.to(_F64), beta, precision, generator), precision
 
 
-def _logdet_strata(points: torch.Tensor, df: torch.Tensor, scale: torch.Tensor, generator):
-    """The widened ``points`` [n, *batch, D, D] each scaled (by a positive number) so that
-    their log-determinants take, in their own rank order, one place in each of the n
-    equal strata of N(E log|Λ|, (WIDEN · sd log|Λ|)²), the moments of log|Λ| under
-    Wishart(ν, W) (Σ ψ and Σ ψ′ of (ν + 1 − i)/2; Iman & Conover 1982, as
-    :func:`_normal_points`): log|Λ| is the sum of D Bartlett variates' logs, which their
-    strata leave unstratified, and a kink 2 sds right of q's log|Λ| went through at 2 seeds
-    of 10 (0.018 nats above the kinked model's log evidence); a point now always lies past
-    3.45 sds of it. Each point keeps its shape; its log-eigenvalues move by at most
-    :data:`_LOG_EIGEN_REACH` more."""
-    n, d = points.shape[0], points.shape[-1]
-    logdet = torch.linalg.slogdet(points)[1]
-    half = (df.unsqueeze(-1) + 1 - torch.arange(1, d + 1, dtype=_F64)) / 2
-    sd = torch.polygamma(1, half).sum(-1).sqrt()
-    ranks = logdet.argsort(0).argsort(0).to(_F64)
-    place = torch.rand(logdet.shape, generator=generator, dtype=_F64)
-    level = ((ranks + place) / n).clamp(_U_EDGE, 1 - _U_EDGE)
-    target = _wishart_expected_logdet(df, scale) + WIDEN * sd * torch.special.ndtri(level)
-    shift = ((target - logdet) / d).clamp(-_LOG_EIGEN_REACH, _LOG_EIGEN_REACH)
-    return points * shift.exp()[..., None, None]
-
-
 def _log_centre(df: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """A centre of Wishart(ν, W) for :func:`_amplified`: its mean νW scaled so that its
+    """A centre of Wishart(ν, W) for :func:`_widened_precisions`: its mean νW scaled so that its
     log-determinant is E log|Λ| (below log|νW|, Jensen's), so that log|Λ| is widened
     about its own mean."""
     d = scale.shape[-1]
@@ -279,18 +258,33 @@ def _log_centre(df: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return mean * (gap / d).exp()[..., None, None]
 
 
-def _amplified(points: torch.Tensor, centre: torch.Tensor, factor: float) -> torch.Tensor:
-    """Symmetric positive-definite ``points`` [n, *batch, D, D] moved ``factor`` times as
-    far from ``centre`` [*batch, D, D] in the log-Euclidean sense (Arsigny, Fillard, Pennec
-    & Ayache 2007): C^½ exp(f · log(C^-½ P C^-½)) C^½, C's Cholesky factor for C^½; so
-    log|P| − log|C| is multiplied by f. Each log-eigenvalue is kept within
-    :data:`_LOG_EIGEN_REACH` of 0."""
-    lower = torch.linalg.cholesky(centre)
-    eye = torch.eye(lower.shape[-1], dtype=_F64).expand(lower.shape)
+def _widened_precisions(points: torch.Tensor, df, scale, generator) -> torch.Tensor:
+    """Points [n, *batch, D, D] of Wishart(ν, W) moved WIDEN times as far from its centre C
+    (:func:`_log_centre`) in the log-Euclidean sense (Arsigny, Fillard, Pennec & Ayache
+    2007): C^½ exp(f · log(C^-½ P C^-½)) C^½, C's Cholesky factor for C^½; then each
+    scaled (its log-eigenvalues shifted alike) so that their log-determinants take, in
+    their own rank order, one place in each of the n equal strata of N(E log|Λ|,
+    (WIDEN · sd log|Λ|)²), the moments of log|Λ| under the Wishart (Σ ψ and Σ ψ′ of
+    (ν + 1 − i)/2; Iman & Conover 1982, as :func:`_normal_points`): log|Λ| is the sum of
+    D Bartlett variates' logs, which their strata leave unstratified (a kink 2 sds right
+    of q's log|Λ| went through at 2 seeds of 10, 0.018 nats above the kinked model's log
+    evidence). Each log-eigenvalue about C is kept within :data:`_LOG_EIGEN_REACH`."""
+    n, d = points.shape[0], points.shape[-1]
+    lower = torch.linalg.cholesky(_log_centre(df, scale))
+    eye = torch.eye(d, dtype=_F64).expand(lower.shape)
     inverse = torch.linalg.solve_triangular(lower, eye, upper=False)
     whitened = inverse @ points @ inverse.mT
     values, vectors = torch.linalg.eigh((whitened + whitened.mT) / 2)
-    logs = (factor * values.clamp_min(_TINY).log()).clamp(-_LOG_EIGEN_REACH, _LOG_EIGEN_REACH)
+    logs = WIDEN * values.clamp_min(_TINY).log()  # [n, *batch, D], about C
+    half = (df.unsqueeze(-1) + 1 - torch.arange(1, d + 1, dtype=_F64)) / 2
+    sd = torch.polygamma(1, half).sum(-1).sqrt()
+    centre_logdet = 2 * lower.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    ranks = logs.sum(-1).argsort(0).argsort(0).to(_F64)
+    place = torch.rand(ranks.shape, generator=generator, dtype=_F64)
+    level = ((ranks + place) / n).clamp(_U_EDGE, 1 - _U_EDGE)
+    target = _wishart_expected_logdet(df, scale) + WIDEN * sd * torch.special.ndtri(level)
+    logs = logs + ((target - centre_logdet - logs.sum(-1)) / d).unsqueeze(-1)
+    logs = logs.clamp(-_LOG_EIGEN_REACH, _LOG_EIGEN_REACH)
     moved = lower @ (vectors * logs.exp().unsqueeze(-2)) @ vectors.mT @ lower.mT
     return (moved + moved.mT) / 2
 
@@ -565,6 +559,7 @@ def worst_misfit(factors, latents: dict, frames: dict, values: dict, log_probs: 
         if name in frames:
             point = to_local(latent.family, frames[name], point)
         statistics[name] = latent.family.statistics(*point)  # [S, *batch, B]
+    conditioning = _precision_conditioning(latents, values, count)
     worst = None
     for factor in factors:
         if not factor.latents and factor.selector is None:
@@ -573,6 +568,10 @@ def worst_misfit(factors, latents: dict, frames: dict, values: dict, log_probs: 
         else:
             error, size = _misfit_at(factor, statistics, log_probs[factor.name], count)
             rounded = torch.clamp(_point_rounding(factor, statistics, count), min=rounding)
+            members = set(factor.latents) | {factor.selector}
+            if members & set(conditioning):  # the model's own rounding at Λ there
+                model = max(conditioning[n] for n in members & set(conditioning))
+                rounded = torch.maximum(rounded, _EPS * model * (1 + size))
             excused = torch.minimum(ROUNDING_CAP * (1 + size), ROUNDING_MARGIN * rounded)
             allowed = torch.maximum(RTOL * (1 + size), excused)
         error = torch.where(error.isfinite(), error, torch.inf)  # ±inf or NaN where q lies
@@ -583,6 +582,22 @@ def worst_misfit(factors, latents: dict, frames: dict, values: dict, log_probs: 
             relative = float(error[p] / (1 + size[p]))
             worst = Misfit(factor.name, distribution, members, float(error[p]), relative)
     return worst
+
+
+def _precision_conditioning(latents: dict, values: dict, count: int) -> dict:
+    """{Wishart or Normal-Wishart unit: the largest condition number of its precision at
+    each of the ``count`` points, [S]}. A model scores a precision Λ through its Cholesky
+    factor, and its log-density then rounds by about ε·cond(Λ) of its size: widened points
+    of a q already conditioned 10⁵ (a Wishart prior of scale 10⁵ I and one datum) reach
+    10⁸ and more, where valid factors missed by 10⁻⁸ of their size and were refused as
+    kinks (tester 33's F1). A kink's misfit is of order its jump, not ε·cond."""
+    out = {}
+    for name, latent in latents.items():
+        if isinstance(latent.family, (WishartFamily, NormalWishartFamily)):
+            lam = values[latent.sites[-1]].to(_F64)
+            cond = torch.linalg.cond(lam).reshape(count, -1).amax(-1)
+            out[name] = torch.where(cond.isfinite(), cond, torch.inf)
+    return out
 
 
 def _point_rounding(factor, statistics: dict, count: int) -> torch.Tensor:
