@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 
 import pyro
@@ -67,6 +68,7 @@ from pyro_vae.cavi.mixture_components import (
     picked,
     to_factor_layout,
 )
+from pyro_vae.cavi.prior_means import PriorMeans
 from pyro_vae.cavi.probe_enumeration import enumerable
 from pyro_vae.cavi.probe_frames import local_map, to_local
 from pyro_vae.cavi.probe_runs import (
@@ -381,15 +383,29 @@ def first_run(model, args, kwargs, seed: int) -> tuple[object, dict]:
     :func:`pyro.ops.provenance.detach_provenance`.
 
     Pyro's validation is off in this run (a third of its time on the benchmark mixture);
-    :mod:`pyro_vae.cavi.validation` says what stands in for it."""
+    :mod:`pyro_vae.cavi.validation` says what stands in for it. Where the run fails (a
+    Wishart draw with ν near D − 1 is nearly singular, and the model's Cholesky of it
+    fails), it is run again at the priors' means (:class:`~pyro_vae.cavi.prior_means.
+    PriorMeans`); if that fails too, the first run's error is raised."""
+    try:
+        trace = _traced_run(model, args, kwargs, seed, at_means=False)
+    except (RuntimeError, ValueError) as error:  # torch's LinAlgError is a RuntimeError
+        try:
+            trace = _traced_run(model, args, kwargs, seed, at_means=True)
+        except Exception:
+            raise error from None
+    return trace, _strip_provenance(trace)
+
+
+def _traced_run(model, args, kwargs, seed: int, at_means: bool):
     with cpu_rng(seed), torch.no_grad(), warnings.catch_warnings(), \
             pyro.validation_enabled(False):  # fmt: skip
         # torch's Wishart sampler warns of near-singular draws it then redraws
         warnings.filterwarnings("ignore", message="Singular sample detected")
-        with TrackFastProvenance():
+        with TrackFastProvenance(), PriorMeans() if at_means else nullcontext():
             trace = poutine.trace(model).get_trace(*args, **kwargs)
             trace.compute_log_prob(site_filter=lambda name, site: is_factor(site))
-    return trace, _strip_provenance(trace)
+    return trace
 
 
 def _strip_provenance(trace) -> dict:
