@@ -12,8 +12,8 @@ there (:func:`pyro_vae.cavi.conjugate_forms.first_run`).
 from __future__ import annotations
 
 import torch
+from pyro.infer.inspect import is_sample_site
 from pyro.poutine.messenger import Messenger
-from pyro.poutine.subsample_messenger import _Subsample
 
 
 class PriorMeans(Messenger):
@@ -23,9 +23,9 @@ class PriorMeans(Messenger):
     as usual."""
 
     def _pyro_sample(self, msg):
+        if msg["is_observed"] or msg["value"] is not None or not is_sample_site(msg):
+            return  # observed, set by an outer handler, a plate's subsample or a Delta
         fn = msg["fn"]
-        if msg["is_observed"] or msg["value"] is not None or isinstance(fn, _Subsample):
-            return
         try:
             mean = fn.mean
         except NotImplementedError:  # no closed-form mean: drawn as usual
