@@ -116,3 +116,21 @@ def test_a_factor_scored_along_a_dim_left_of_its_plates_is_refused_by_name():
     fixed = AutoCAVI(mixture, init={"z": start.double()[:, None]}).fit(y, "arange")
     declared = AutoCAVI(events, init={"z": start.double()}).fit(y)
     assert fixed.lower_bound_ == pytest.approx(declared.lower_bound_, rel=1e-12)
+
+
+def test_a_refusal_is_not_hidden_by_a_prior_draw_that_alone_breaks_the_model():
+    """Wishart(3.01, I) in D = 4 draws nearly singular precisions, which Pyro's validation
+    rejects at the seeded draw (PositiveDefinite); the model is fine at the prior mean, so
+    AutoCAVI's own refusal of the non-conjugate site y (a Normal whose scale is Λ₀₀) is
+    what the user sees, at every seed (tester 34's F2: Pyro's error at 5 of 8)."""
+    X = torch.randn(5, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+    def model(X):
+        lam = pyro.sample("lam", dist.Wishart(t(3.01), covariance_matrix=torch.eye(4).double()))
+        with pyro.plate("d", 5):
+            pyro.sample("x", dist.MultivariateNormal(X.new_zeros(4), precision_matrix=lam), obs=X)
+        pyro.sample("y", dist.Normal(t(0.0), lam[0, 0]), obs=t(0.3))
+
+    for seed in range(8):
+        with pytest.raises(NotConjugateError, match="factor 'y' \\(Normal\\)"):
+            AutoCAVI(model, random_state=seed).fit(X)
