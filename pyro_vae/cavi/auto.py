@@ -75,8 +75,7 @@ from pyro_vae.cavi.validation import (
     check_observations,
     validated_on_failure,
 )
-from pyro_vae.cavi.verification import POINTS as VERIFY_POINTS
-from pyro_vae.cavi.verification import Misfit, points_at_q, worst_misfit
+from pyro_vae.cavi.verification import Misfit, point_count, points_at_q, worst_misfit
 
 #: Probing rounds at most: the first, then re-probes around q while it is imprecise (a
 #: mixture 10⁶ wide, from random responsibilities, takes 5, and a mean-field regression on
@@ -406,12 +405,13 @@ class AutoCAVI:
         start = time.perf_counter()
         _, _, _, trace, generator = self._probe_inputs
         with validated_on_failure(self.model, args, kwargs, self.random_state):
-            values = points_at_q(self._latents, self._q, VERIFY_POINTS, generator)
+            count = point_count(self._latents)
+            values = points_at_q(self._latents, self._q, count, generator)
             runner = probe_runner(
                 self.model, args, kwargs, self._latents, trace, generator, self.probe_batched_
             )
             try:
-                log_probs = runner.log_probs(values, VERIFY_POINTS)
+                log_probs = runner.log_probs(values, count)
             except NotConjugateError:
                 raise
             except (RuntimeError, ValueError) as error:  # the model's own, at some point

@@ -19,7 +19,9 @@ miss a tail by chance (tester 29's F2: a rate ×1.5 beyond 1.5 sds right of a Ga
 shape 8.5, past which the widened q has 22% of its mass, went unseen at 1 seed of 8, the
 bound 0.077 nats above the log evidence). A Normal-Wishart block's points were i.i.d.
 draws from q, never widened: a jump in its mean 2 sds past q's went through at 14 seeds
-of 20.
+of 20. Where a latent is a Wishart or Normal-Wishart unit, the check draws half as many
+points again (:func:`point_count`): such a unit takes a third from q and two thirds
+widened two ways (:func:`_amplified_precision_points`), the other latents half and half.
 
 At each point the solved form gives log f as C contracted with that point's statistics (a
 point mass's expectation), compared with the model's log-density there, in the coordinates
@@ -167,16 +169,32 @@ def points_at_q(latents: dict, q: dict, count: int, generator) -> dict[str, torc
         elif widened_q is q_unit:  # not widened (a discrete q)
             value = _draw(family, q_unit, torch.Size([count]), generator)
         else:
-            drawn = _stratified_draw(family, q_unit, near, generator)
-            widened = _amplified_precision_points(family, q_unit, wide, generator)
+            near_here, wide_here = near, wide
+            if _is_precision(family):  # a third from q, two widened ways (see below)
+                near_here = torch.Size([count // 3])
+                wide_here = torch.Size([count - count // 3])
+            drawn = _stratified_draw(family, q_unit, near_here, generator)
+            widened = _amplified_precision_points(family, q_unit, wide_here, generator)
             if widened is None:
-                widened = _stratified_draw(family, widened_q, wide, generator)
+                widened = _stratified_draw(family, widened_q, wide_here, generator)
             if isinstance(drawn, tuple):
                 value = tuple(torch.cat(pair) for pair in zip(drawn, widened, strict=True))
             else:
                 value = torch.cat([drawn, widened])
         values.update(zip(latent.sites, value if len(latent.sites) > 1 else (value,), strict=True))
     return values
+
+
+def point_count(latents: dict) -> int:
+    """How many points the check draws: :data:`POINTS`, or half as many again where some
+    latent is a Wishart or Normal-Wishart unit, whose widened points are of two kinds
+    (:func:`_amplified_precision_points`)."""
+    precise = any(_is_precision(latent.family) for latent in latents.values())
+    return POINTS + POINTS // 2 if precise else POINTS
+
+
+def _is_precision(family) -> bool:
+    return isinstance(family, (WishartFamily, NormalWishartFamily))
 
 
 def _widened(family, q):
@@ -219,15 +237,19 @@ _LOG_EIGEN_REACH = math.log(1e3)
 
 
 def _amplified_precision_points(family, q, shape: torch.Size, generator):
-    """The widened half's points of a Wishart q, or of a Normal-Wishart block's (Λ, then
-    μ given it with β over WIDEN², as :func:`_block_points` places them): q's own
-    stratified Bartlett points, each deviation from q's centre amplified WIDEN times in
-    the log-Euclidean sense (:func:`_widened_precisions`), so that every quantity of Λ a
-    model may threshold (each entry, the trace, log|Λ|) spreads WIDEN times further, to both sides.
-    Widening q's family instead (ν − D − 1 over WIDEN², the mean kept) spread Λ 2.1
-    times, not 3, and shifted log|Λ| left by 1.3 sds of q's: kinks 1.5 to 2 sds right of
-    q's mean in Λ₁₁, the trace or log|Λ| went through at 1 to 6 seeds of 10, bounds up to
-    0.17 nats above the kinked model's log evidence (tester 32's F1). None for any other q.
+    """The widened points of a Wishart q, or of a Normal-Wishart block's (Λ, then μ given it
+    with β over WIDEN², as :func:`_block_points` places them), of two kinds, each from q's
+    own stratified Bartlett points: the first half amplified WIDEN times about q's centre
+    in the log-Euclidean sense, log|Λ| stratified (:func:`_widened_precisions`), which
+    spreads Λ's shape (each entry, off-diagonal ones too) and log|Λ| WIDEN times further;
+    the second half scaled wholly into one tail or the other in the Loewner order
+    (:func:`_loewner_extremes`), which puts points past both tails of every diagonal entry,
+    the trace and log|Λ| (the first kind's convexity leaves the left tails of the entries
+    and the trace to q's own points: tester 34's F1). Widening q's family instead (ν − D −
+    1 over WIDEN², the mean kept) spread Λ 2.1 times, not 3, and shifted log|Λ| left by 1.3
+    sds of q's: kinks 1.5 to 2 sds right of q's mean in Λ₁₁, the trace or log|Λ| went
+    through at 1 to 6 seeds of 10, bounds up to 0.17 nats above the kinked model's log
+    evidence (tester 32's F1). None for any other q.
     """
     if isinstance(q, NormalWishart):
         df, scale = q.df.to(_F64), q.scale.to(_F64)
@@ -237,15 +259,62 @@ def _amplified_precision_points(family, q, shape: torch.Size, generator):
     else:
         return None
     lower = torch.linalg.cholesky(scale)
-    points = _wishart_points(df, lower, shape, generator)
-    if points is None:
-        with cpu_rng(int(torch.randint(0, 2**62, (), generator=generator))):
-            points = wishart_draw(dist.Wishart(df, scale_tril=lower), shape).to(_F64)
-    precision = _widened_precisions(points, df, scale, generator)
+    amplified = shape[0] // 2
+    kinds = [(_widened_precisions, torch.Size([amplified]) + shape[1:]),
+             (_loewner_extremes, torch.Size([shape[0] - amplified]) + shape[1:])]  # fmt: skip
+    precision = torch.cat([kind(_q_points(df, lower, size, generator), df, scale, generator)
+                           for kind, size in kinds if size[0]])  # fmt: skip
     if not isinstance(q, NormalWishart):
         return precision
     beta = q.beta.to(_F64) * WIDEN**-2
     return _means_given(q.loc.to(_F64), beta, precision, generator), precision
+
+
+def _q_points(df, lower, shape: torch.Size, generator) -> torch.Tensor:
+    """``shape`` stratified points of Wishart(ν, L Lᵀ) (:func:`_wishart_points`), or
+    i.i.d. draws where the quantile table is declined."""
+    points = _wishart_points(df, lower, shape, generator)
+    if points is None:
+        with cpu_rng(int(torch.randint(0, 2**62, (), generator=generator))):
+            points = wishart_draw(dist.Wishart(df, scale_tril=lower), shape).to(_F64)
+    return points
+
+
+def _loewner_extremes(points: torch.Tensor, df, scale, generator) -> torch.Tensor:
+    """Points [n, *batch, D, D] of Wishart(ν, W) each scaled (its eigenvalues alike) to lie
+    wholly in one tail in the Loewner order: under the Wishart every quadratic form vᵀΛv
+    is vᵀWv times a χ²(ν) (Muirhead 1982, 3.2.8), and a point of rank r by log|Λ| is
+    scaled so that, at the level u_r = (r + ½)/n, all its quadratic forms lie below (u_r <
+    ½) or above (u_r > ½) the quantile of that χ² widened WIDEN times in the log (log χ² ~
+    E + WIDEN·z_r·sd, ψ and ψ′ of ν/2, z_r = Φ⁻¹(u_r)): its largest, or smallest,
+    eigenvalue relative to W is set there (a stratum's middle, not a random place in it:
+    the end strata's places reach far past 3 sds, and there a valid block on data 10⁵
+    from its mean's prior missed by its rounding, 3e-5 of its size, and was refused as a
+    kink). So every quantity of Λ monotone in the Loewner order (each diagonal entry, the
+    trace, log|Λ|, each eigenvalue) has points past both of its tails:
+    the log-Euclidean points (:func:`_widened_precisions`) triple the spread of Λ's shape,
+    which by convexity moves its entries and trace right, and kinks 1 to 1.5 sds left of
+    q's trace or Λ₀₀ were accepted, 0.01 to 0.16 nats above the kinked model's log
+    evidence (tester 34's F1). Each log-eigenvalue about C is kept within
+    :data:`_LOG_EIGEN_REACH`."""
+    n = points.shape[0]
+    centre = _log_centre(df, scale)
+    lower = torch.linalg.cholesky(centre)
+    eye = torch.eye(lower.shape[-1], dtype=_F64).expand(lower.shape)
+    inverse = torch.linalg.solve_triangular(lower, eye, upper=False)
+    whitened = inverse @ points @ inverse.mT
+    values, vectors = torch.linalg.eigh((whitened + whitened.mT) / 2)
+    logs = values.clamp_min(_TINY).log()  # [n, *batch, D], ascending, about C = c·W
+    ranks = logs.sum(-1).argsort(0).argsort(0).to(_F64)
+    level = (ranks + 0.5) / n  # each stratum's middle
+    half = df / 2
+    log_c = (centre[..., 0, 0] / scale[..., 0, 0]).log()  # C = c·W: χ²'s scale about C
+    target = (math.log(2) + torch.digamma(half) - log_c
+              + WIDEN * torch.polygamma(1, half).sqrt() * torch.special.ndtri(level))  # fmt: skip
+    extreme = torch.where(level < 0.5, logs[..., -1], logs[..., 0])
+    logs = (logs + (target - extreme).unsqueeze(-1)).clamp(-_LOG_EIGEN_REACH, _LOG_EIGEN_REACH)
+    moved = lower @ (vectors * logs.exp().unsqueeze(-2)) @ vectors.mT @ lower.mT
+    return (moved + moved.mT) / 2
 
 
 def _log_centre(df: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
