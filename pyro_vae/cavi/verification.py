@@ -21,7 +21,7 @@ bound 0.077 nats above the log evidence). A Normal-Wishart block's points were i
 draws from q, never widened: a jump in its mean 2 sds past q's went through at 14 seeds
 of 20. Where a latent is a Wishart or Normal-Wishart unit, the check draws half as many
 points again (:func:`point_count`): such a unit takes a third from q and two thirds
-widened two ways (:func:`_amplified_precision_points`), the other latents half and half.
+widened two ways (:func:`_widened_precision_points`), the other latents half and half.
 
 At each point the solved form gives log f as C contracted with that point's statistics (a
 point mass's expectation), compared with the model's log-density there, in the coordinates
@@ -188,7 +188,7 @@ def points_at_q(latents: dict, q: dict, count: int, generator) -> dict[str, torc
                 near_here = torch.Size([count // 3])
                 wide_here = torch.Size([count - count // 3])
             drawn = _stratified_draw(family, q_unit, near_here, generator)
-            widened = _amplified_precision_points(family, q_unit, wide_here, generator)
+            widened = _widened_precision_points(family, q_unit, wide_here, generator)
             if widened is None:
                 widened = _stratified_draw(family, widened_q, wide_here, generator)
             if isinstance(drawn, tuple):
@@ -202,7 +202,7 @@ def points_at_q(latents: dict, q: dict, count: int, generator) -> dict[str, torc
 def point_count(latents: dict) -> int:
     """How many points the check draws: :data:`POINTS`, or half as many again where some
     latent is a Wishart or Normal-Wishart unit, whose widened points are of two kinds
-    (:func:`_amplified_precision_points`)."""
+    (:func:`_widened_precision_points`)."""
     precise = any(_is_precision(latent.family) for latent in latents.values())
     return POINTS + POINTS // 2 if precise else POINTS
 
@@ -250,7 +250,7 @@ def _widened(family, q):
 _LOG_EIGEN_REACH = math.log(1e3)
 
 
-def _amplified_precision_points(family, q, shape: torch.Size, generator):
+def _widened_precision_points(family, q, shape: torch.Size, generator):
     """The widened points of a Wishart q, or of a Normal-Wishart block's (Λ, then μ given it
     with β over WIDEN², as :func:`_block_points` places them), of two kinds, each from q's
     own stratified Bartlett points: the first half amplified WIDEN times about q's centre
@@ -327,12 +327,7 @@ def _loewner_extremes(points: torch.Tensor, df, scale, generator) -> torch.Tenso
     logs = torch.where(odd, mean + (logs - mean) / WIDEN, logs)
     points = (vectors * logs.exp().unsqueeze(-2)) @ vectors.mT
     centre = _log_centre(df, scale)
-    lower = torch.linalg.cholesky(centre)
-    eye = torch.eye(lower.shape[-1], dtype=_F64).expand(lower.shape)
-    inverse = torch.linalg.solve_triangular(lower, eye, upper=False)
-    whitened = inverse @ points @ inverse.mT
-    values, vectors = torch.linalg.eigh((whitened + whitened.mT) / 2)
-    logs = values.clamp_min(_TINY).log()  # [n, *batch, D], ascending, about C = c·W
+    lower, logs, vectors = _whitened_eigen(points, centre)  # logs ascending, about C = c·W
     ranks = logs.sum(-1).argsort(0).argsort(0).to(_F64)
     level = (ranks + 0.5) / n  # each stratum's middle
     half = df / 2
@@ -341,8 +336,7 @@ def _loewner_extremes(points: torch.Tensor, df, scale, generator) -> torch.Tenso
               + WIDEN * torch.polygamma(1, half).sqrt() * torch.special.ndtri(level))  # fmt: skip
     extreme = torch.where(level < 0.5, logs[..., -1], logs[..., 0])
     logs = (logs + (target - extreme).unsqueeze(-1)).clamp(-_LOG_EIGEN_REACH, _LOG_EIGEN_REACH)
-    moved = lower @ (vectors * logs.exp().unsqueeze(-2)) @ vectors.mT @ lower.mT
-    return (moved + moved.mT) / 2
+    return _unwhitened(lower, logs, vectors)
 
 
 def _log_centre(df: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -367,12 +361,8 @@ def _widened_precisions(points: torch.Tensor, df, scale, generator) -> torch.Ten
     of q's log|Λ| went through at 2 seeds of 10, 0.018 nats above the kinked model's log
     evidence). Each log-eigenvalue about C is kept within :data:`_LOG_EIGEN_REACH`."""
     n, d = points.shape[0], points.shape[-1]
-    lower = torch.linalg.cholesky(_log_centre(df, scale))
-    eye = torch.eye(d, dtype=_F64).expand(lower.shape)
-    inverse = torch.linalg.solve_triangular(lower, eye, upper=False)
-    whitened = inverse @ points @ inverse.mT
-    values, vectors = torch.linalg.eigh((whitened + whitened.mT) / 2)
-    logs = WIDEN * values.clamp_min(_TINY).log()  # [n, *batch, D], about C
+    lower, logs, vectors = _whitened_eigen(points, _log_centre(df, scale))
+    logs = WIDEN * logs  # [n, *batch, D], about C
     half = (df.unsqueeze(-1) + 1 - torch.arange(1, d + 1, dtype=_F64)) / 2
     sd = torch.polygamma(1, half).sum(-1).sqrt()
     centre_logdet = 2 * lower.diagonal(dim1=-2, dim2=-1).log().sum(-1)
@@ -381,7 +371,23 @@ def _widened_precisions(points: torch.Tensor, df, scale, generator) -> torch.Ten
     level = ((ranks + place) / n).clamp(_U_EDGE, 1 - _U_EDGE)
     target = _wishart_expected_logdet(df, scale) + WIDEN * sd * torch.special.ndtri(level)
     logs = logs + ((target - centre_logdet - logs.sum(-1)) / d).unsqueeze(-1)
-    logs = logs.clamp(-_LOG_EIGEN_REACH, _LOG_EIGEN_REACH)
+    return _unwhitened(lower, logs.clamp(-_LOG_EIGEN_REACH, _LOG_EIGEN_REACH), vectors)
+
+
+def _whitened_eigen(points: torch.Tensor, centre: torch.Tensor):
+    """(L, log-eigenvalues [n, *batch, D] ascending, eigenvectors) of the SPD ``points``
+    whitened by ``centre`` = L Lᵀ (its Cholesky factor): L⁻¹ P L⁻ᵀ."""
+    lower = torch.linalg.cholesky(centre)
+    eye = torch.eye(lower.shape[-1], dtype=_F64).expand(lower.shape)
+    inverse = torch.linalg.solve_triangular(lower, eye, upper=False)
+    whitened = inverse @ points @ inverse.mT
+    values, vectors = torch.linalg.eigh((whitened + whitened.mT) / 2)
+    return lower, values.clamp_min(_TINY).log(), vectors
+
+
+def _unwhitened(lower, logs, vectors) -> torch.Tensor:
+    """The SPD points L V diag(exp logs) Vᵀ Lᵀ, symmetrized: :func:`_whitened_eigen`'s
+    inverse."""
     moved = lower @ (vectors * logs.exp().unsqueeze(-2)) @ vectors.mT @ lower.mT
     return (moved + moved.mT) / 2
 
@@ -691,7 +697,7 @@ def _precision_conditioning(latents: dict, values: dict, count: int) -> dict:
     kinks (tester 33's F1). A kink's misfit is of order its jump, not ε·cond."""
     out = {}
     for name, latent in latents.items():
-        if isinstance(latent.family, (WishartFamily, NormalWishartFamily)):
+        if _is_precision(latent.family):
             lam = values[latent.sites[-1]].to(_F64)
             cond = torch.linalg.cond(lam).reshape(count, -1).amax(-1)
             out[name] = torch.where(cond.isfinite(), cond, torch.inf)
