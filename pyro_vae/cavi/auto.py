@@ -38,7 +38,7 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 
 from pyro_vae.cavi._checks import non_negative, positive_int
-from pyro_vae.cavi.blocks import find_blocks, regroup
+from pyro_vae.cavi.blocks import block_advice, find_blocks, regroup
 from pyro_vae.cavi.chains import find_chains, update_chain
 from pyro_vae.cavi.column_sums import summed_message, summed_total
 from pyro_vae.cavi.conjugate_forms import (
@@ -380,7 +380,9 @@ class AutoCAVI:
                     if misfit is None:
                         return bounds, converged, frames
                     if last or not self._movable(misfit):
-                        raise NotConjugateError(misfit.message())
+                        depends = self._probe_inputs[2]
+                        advice = block_advice(self._latents, depends, misfit.latents)
+                        raise NotConjugateError(misfit.message() + advice)
                 frames, restart, at_q = self._frames(), len(bounds) == 1, True
             start = time.perf_counter()
             with validated_on_failure(self.model, args, kwargs, self.random_state):
