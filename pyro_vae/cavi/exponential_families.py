@@ -681,12 +681,20 @@ def block_family(mean_site: dict, precision_site: dict) -> Family:
     ):
         name = mean_site["name"], precision_site["name"]
         return NormalGammaFamily(*name, 1 if scalar else d, scalar)
+    swapped = isinstance(unwrapped(mean_site["fn"]), (dist.Gamma, dist.Wishart)) and isinstance(
+        unwrapped(precision_site["fn"]), (dist.Normal, dist.MultivariateNormal)
+    )
     raise NotConjugateError(
         f"blocks: ({mean_site['name']!r}, {precision_site['name']!r}) are "
         f"({type(mean_site['fn']).__name__}, {type(precision_site['fn']).__name__}); expected "
         "a vector Normal or MultivariateNormal mean and a Wishart precision of the same D "
         "(Normal-Wishart), or a scalar or vector Normal mean and a scalar Gamma precision "
         "(Normal-Gamma)"
+        + (
+            f": the mean comes first, ({precision_site['name']!r}, {mean_site['name']!r})"
+            if swapped
+            else ""
+        )
     )
 
 

@@ -159,3 +159,12 @@ def test_a_refusal_with_no_mean_precision_pair_or_already_a_block_gives_no_block
     with pytest.raises(NotConjugateError, match="latent site 'mu'") as refused:
         AutoCAVI(jump, tol=1e-10).fit(X)  # apart, the probe itself sees the jump: no advice
     assert "blocks=" not in str(refused.value)
+
+
+def test_a_block_given_precision_first_is_refused_with_the_order_that_works():
+    with pytest.raises(NotConjugateError, match=r"\(Gamma, Normal\).*the mean comes first, "
+                                                r"\('mu', 'tau'\)"):  # fmt: skip
+        AutoCAVI(hierarchical, blocks=[("tau", "mu")]).fit(t([[0.3, 2.0], [1.9, 2.5]]))
+    with pytest.raises(NotConjugateError) as refused:  # not a swap: no order suggested
+        AutoCAVI(two_precisions, blocks=[("tau", "rho")]).fit(t([0.3, 1.9]))
+    assert "comes first" not in str(refused.value)
