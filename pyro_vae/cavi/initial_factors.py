@@ -59,9 +59,9 @@ def initial_statistics(latents: dict[str, Latent], init, first, seed: int, prior
             f"{latents[blocks[site]].sites}}}"
             for site in unknown if site in blocks
         ]  # fmt: skip
+        what = "is not a latent site" if len(unknown) == 1 else "are not latent sites"
         raise ValueError(
-            f"init: {unknown} {'is' if len(unknown) == 1 else 'are'} not latent sites of "
-            f"the model; its latent sites are {list(latents)}"
+            f"init: {unknown} {what} of the model; its latent sites are {list(latents)}"
             + "".join(f". {line}" for line in held)
         )
     stats = {}

@@ -237,3 +237,19 @@ def test_only_latents_multiplied_together_are_drawn_not_a_sum_of_effects():
     product[1, 1, 1], product[2, 2, 1] = 1.0, -0.5
     assert products(latents, [Factor("y", "Normal", ("a", "b", "tau"), total, 0)]) == set()
     assert products(latents, [Factor("y", "Normal", ("a", "b", "tau"), product, 0)]) == {"a", "b"}
+
+
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        (
+            ["nonexistent"],
+            r"init: \['nonexistent'\] is not a latent site of the model; its latent sites ",
+        ),
+        (["a", "b"], r"init: \['a', 'b'\] are not latent sites of the model; its latent sites "),
+    ],
+)
+def test_init_naming_sites_the_model_does_not_have_is_refused_in_the_right_number(names, message):
+    init = {name: dist.Normal(t(0.0), t(1.0)) for name in names}
+    with pytest.raises(ValueError, match=message + r"are \['mu', 'z'\]"):
+        AutoCAVI(mixture, init=init).fit(three_groups())
