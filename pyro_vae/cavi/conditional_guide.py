@@ -191,10 +191,12 @@ class ConditionalCAVIGuide:
         ]  # fmt: skip
         unknown = [name for name in self.svi_sites if name not in latents]
         if unknown:
-            raise ValueError(
-                f"svi_sites: {unknown} are not latent sample sites of the model; its latents "
-                f"are {latents}"
+            what = (
+                "is not a latent sample site"
+                if len(unknown) == 1
+                else "are not latent sample sites"
             )
+            raise ValueError(f"svi_sites: {unknown} {what} of the model; its latents are {latents}")
         if set(latents) <= set(self.svi_sites):
             raise ValueError(
                 f"svi_sites: {self.svi_sites} covers every latent of the model, leaving "

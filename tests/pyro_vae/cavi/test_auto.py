@@ -289,7 +289,7 @@ def test_bad_settings_are_refused_naming_the_argument():
         AutoCAVI(gamma_poisson, tol=-1).fit(y)
     with pytest.raises(ValueError, match="max_iter: 0"):
         AutoCAVI(gamma_poisson, max_iter=0).fit(y)
-    with pytest.raises(ValueError, match=r"init: \['lam'\] is not latent.*\['rate'\]"):
+    with pytest.raises(ValueError, match=r"init: \['lam'\] is not a latent site.*\['rate'\]"):
         AutoCAVI(gamma_poisson, init={"lam": dist.Gamma(t(1.0), t(1.0))}).fit(y)
     with pytest.raises(ValueError, match=r"init\['rate'\]: Tensor is not a distribution"):
         AutoCAVI(gamma_poisson, init={"rate": t(1.0)}).fit(y)

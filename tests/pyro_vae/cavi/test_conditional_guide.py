@@ -159,7 +159,8 @@ def test_each_draw_scores_log_p_of_y_and_w_when_q_star_is_the_exact_conditional(
 @pytest.mark.parametrize(
     ("sites", "message"),
     [([], "non-empty list"), ("sigma", "non-empty list"),
-     (["scale"], r"\['scale'\] are not latent sample sites of the model; its latents are"),
+     (["scale"], r"\['scale'\] is not a latent sample site of the model; its latents are"),
+     (["scale", "y"], r"\['scale', 'y'\] are not latent sample sites of the model; its latents"),
      (["sigma", "mu"], "covers every latent")],
 )  # fmt: skip
 def test_svi_sites_are_checked_against_the_model_before_any_fit(sites, message):
