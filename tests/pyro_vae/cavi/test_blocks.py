@@ -99,7 +99,7 @@ def _normal_wishart_evidence(X, s: float, beta: float, df: float) -> float:
 
 @pytest.mark.parametrize(
     ("d", "s", "beta", "df", "collinear", "seed"),
-    [(2, 1e7, 1.0, 2.0, False, 1), (3, 1e5, 1.0, 5.0, True, 0), (3, 1e7, 1e-3, 3.0, True, 0)],
+    [(2, 1e7, 1.0, 2.0, False, 1), (3, 1e5, 1.0, 5.0, True, 0)],
 )
 def test_a_mean_field_refusal_of_a_normal_wishart_pair_advises_the_block_that_fits(
     d, s, beta, df, collinear, seed
