@@ -183,11 +183,11 @@ def points_at_q(latents: dict, q: dict, count: int, generator) -> dict[str, torc
         if q_unit is None:
             value = family.probe(torch.Size([count]) + latent.batch_shape, generator)
         elif widened_q is q_unit:  # a discrete q: from it, and through its states
-            states = q_unit.probs.shape[-1] if isinstance(family, CategoricalFamily) else 2
+            states = family.k if isinstance(family, CategoricalFamily) else 2
             covering = min(max(count // 2, states), count - count // 4)
             drawn = _draw(family, q_unit, torch.Size([count - covering]), generator)
-            value = torch.cat([drawn, _covering_draw(family, q_unit, torch.Size([covering]),
-                                                     generator)])  # fmt: skip
+            covered = _covering_draw(family, q_unit, torch.Size([covering]), generator)
+            value = torch.cat([drawn, covered])
         else:
             near_here, wide_here = near, wide
             if _is_precision(family):  # a third from q, two widened ways (see below)
@@ -606,10 +606,11 @@ def _covering_draw(family, q, shape: torch.Size, generator) -> torch.Tensor:
     probs = q.probs.to(_F64)
     if isinstance(family, BernoulliFamily):
         probs = torch.stack([1 - probs, probs], -1)
+    support = probs > 0
     keys = torch.rand(probs.shape, generator=generator, dtype=_F64)
-    order = torch.where(probs > 0, keys, math.inf).argsort(-1)  # q's states first, shuffled
-    states = (probs > 0).sum(-1)  # [*batch]
-    step = torch.arange(shape.numel()).reshape(shape + (1,) * states.dim())
+    order = torch.where(support, keys, math.inf).argsort(-1)  # q's states first, shuffled
+    states = support.sum(-1)  # [*batch]
+    step = torch.arange(shape.numel(), device=probs.device).reshape(shape + (1,) * states.dim())
     at = (step % states).unsqueeze(-1)  # [n, *batch, 1]
     drawn = order.expand(shape + order.shape).gather(-1, at).squeeze(-1)
     return drawn.to(probs.dtype) if isinstance(family, BernoulliFamily) else drawn
