@@ -108,6 +108,7 @@ def _given(name: str, latent: Latent, q) -> torch.Tensor:
             f"{tuple(family.event_shape)} (a {family.name} over "
             f"{family.event_shape.numel()} coordinates)"
         )
+    _check_batch_shape(name, latent, q)
     try:
         value = family.expected_statistics(q)
         return value.expand(latent.batch_shape + (family.size,))
@@ -116,6 +117,26 @@ def _given(name: str, latent: Latent, q) -> torch.Tensor:
             f"init[{name!r}]: {q} is not a {family.name} with batch shape "
             f"{tuple(latent.batch_shape)} ({error})"
         ) from error
+
+
+def _check_batch_shape(name: str, latent: Latent, q) -> None:
+    """ValueError where ``init[name]``'s batch shape does not broadcast to the site's (its
+    plates' sizes): one q for the whole site, or one per element."""
+    wanted = tuple(latent.batch_shape)
+    try:
+        fits = torch.broadcast_shapes(q.batch_shape, latent.batch_shape) == latent.batch_shape
+    except RuntimeError:
+        fits = False
+    if not fits:
+        give = (
+            "the site is in no plate: give one q, of batch shape ()"
+            if not wanted
+            else f"give one q for the whole site (batch shape ()) or one per element ({wanted})"
+        )
+        raise ValueError(
+            f"init[{name!r}]: its batch shape {tuple(q.batch_shape)} does not broadcast to "
+            f"the site's batch shape {wanted} (the sizes of its plates); {give}"
+        )
 
 
 def _check_parameters(name: str, q) -> None:

@@ -96,6 +96,11 @@ def test_a_bad_block_start_is_refused_naming_what_the_block_takes(init, words):
             {"mu": dist.Normal(torch.zeros(2, dtype=F64), 1.0).to_event(1)},
             "its event shape (2,) is not the site's (3,)",
         ),
+        (  # a batch of starts for a site in no plate (tester 36: torch's expand error showed)
+            {"mu": dist.Normal(torch.zeros(2, 3, dtype=F64), 1.0).to_event(1)},
+            "its batch shape (2,) does not broadcast to the site's batch shape () (the sizes "
+            "of its plates); the site is in no plate: give one q, of batch shape ()",
+        ),
     ],
 )
 def test_a_start_of_the_wrong_family_or_shape_is_refused(init, words):
