@@ -75,6 +75,7 @@ from pyro_vae.cavi.probe_runs import (
     ProbeRunner,
     Runs,
     is_factor,
+    score_factors,
     site_is_subsample,
     unexpanded_value,
 )
@@ -236,7 +237,7 @@ def check_float64(trace) -> None:
 
     Raises:
         ValueError: naming the site, and the parameter where one is the cause."""
-    trace.compute_log_prob(site_filter=lambda name, site: is_factor(site))
+    score_factors(trace)
     for name, site in trace.nodes.items():
         if not is_factor(site):
             continue
@@ -404,7 +405,7 @@ def _traced_run(model, args, kwargs, seed: int, at_means: bool):
         warnings.filterwarnings("ignore", message="Singular sample detected")
         with TrackFastProvenance(), PriorMeans() if at_means else nullcontext():
             trace = poutine.trace(model).get_trace(*args, **kwargs)
-            trace.compute_log_prob(site_filter=lambda name, site: is_factor(site))
+            score_factors(trace)
     return trace
 
 
@@ -467,7 +468,7 @@ def find_dependencies(model, args, kwargs, latents, generator) -> tuple[dict, ob
     values = _probe_values(latents, generator)
     with cpu_rng(), torch.no_grad(), TrackFastProvenance():
         trace = poutine.trace(poutine.condition(model, data=values)).get_trace(*args, **kwargs)
-        trace.compute_log_prob(site_filter=lambda name, site: is_factor(site))
+        score_factors(trace)
     read = _strip_provenance(trace)
     for name in values:
         trace.nodes[name]["value"] = values[name]

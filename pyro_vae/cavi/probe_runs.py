@@ -61,13 +61,44 @@ def is_factor(site) -> bool:
         and not site_is_subsample(site)
         and not auxiliary_latent
         and not infer.get("_deterministic", False)
+        and not _masked_off(site["fn"])
     )
+
+
+def _masked_off(fn) -> bool:
+    """Whether ``fn`` is ``.mask(False)`` (through wrappers): it scores 0 everywhere, in
+    whatever dtype (a ``Delta``'s is the default dtype's). ``LocScaleReparam`` observes
+    its recentred site so (tester 37's F2: refused as "scores in torch.float32")."""
+    while fn is not None:
+        mask = getattr(fn, "_mask", None)
+        if mask is False or (torch.is_tensor(mask) and mask.dtype == torch.bool
+                             and not bool(mask.any())):  # fmt: skip
+            return True
+        fn = getattr(fn, "base_dist", None)
+    return False
+
+
+def score_factors(trace) -> None:
+    """``trace.compute_log_prob`` of its factors (:func:`is_factor`), each observed integer
+    or boolean value scored as float64 first: torch's Poisson, Binomial and Multinomial
+    compute log k! of an integer count in the default float32 (about 2.4e-4 nats off for a
+    count of 1,000), and the float64 rate then hides it in a float64 log-density; a
+    Bernoulli cannot score a boolean at all. The values the model saw are kept in its run
+    (an observed label may index a parameter); only the trace's copy is cast (tester 37's
+    F1: integer counts put Dirichlet-Multinomial and Gamma-Poisson bounds up to 0.05 nats
+    above the exact log evidence)."""
+    for site in trace.nodes.values():
+        value = site.get("value")
+        if (site["type"] == "sample" and site["is_observed"] and torch.is_tensor(value)
+                and not value.is_floating_point() and not value.is_complex()):  # fmt: skip
+            site["value"] = value.to(torch.float64)
+    trace.compute_log_prob(site_filter=lambda name, site: is_factor(site))
 
 
 def site_log_probs(model, args, kwargs, values: dict) -> tuple[dict, object]:
     """Every sample site's scaled, masked log_prob (float64) with ``values`` conditioned."""
     trace = poutine.trace(poutine.condition(model, data=values)).get_trace(*args, **kwargs)
-    trace.compute_log_prob()
+    score_factors(trace)
     out = {
         name: site["log_prob"].to(torch.float64)
         for name, site in trace.nodes.items()

@@ -23,7 +23,7 @@ import pyro.poutine as poutine
 import torch
 
 from pyro_vae.cavi.prior_means import PriorMeans
-from pyro_vae.cavi.probe_runs import is_factor
+from pyro_vae.cavi.probe_runs import is_factor, score_factors
 from pyro_vae.cavi.seeding import cpu_rng
 
 
@@ -112,7 +112,7 @@ def _validated_run_error(model, args, kwargs, seed: int, at_means: bool):
         try:
             with PriorMeans() if at_means else nullcontext():
                 trace = poutine.trace(model).get_trace(*args, **kwargs)
-                trace.compute_log_prob(site_filter=lambda name, site: is_factor(site))
+                score_factors(trace)
         except Exception as raised:
             return raised
     return None
