@@ -43,6 +43,7 @@ from pyro.infer import TraceEnum_ELBO
 
 from pyro_vae.checks import check_count
 from pyro_vae.devices import resolve_device, to_device
+from pyro_vae.guides.fixed import as_guide
 from pyro_vae.mapped_rows import MappedRows
 from pyro_vae.minibatch import Minibatched, align_autoguide, fitted_rows
 from pyro_vae.model_protocol import offered
@@ -719,10 +720,16 @@ def elbo_estimate(
     :class:`~pyro_vae.traces.VectorizationWarning`); the standard error is the
     batch-means one, sd(chunk means) / √chunks (nan with a single chunk).
 
+    ``guide`` may be a fitted :mod:`pyro_vae.cavi` estimator (``AutoCAVI``,
+    ``BayesianGaussianMixture``, …): its q is drawn from, as the diagnostics draw it
+    (:func:`~pyro_vae.guides.fixed.as_guide`); for a fit whose mean field is exact (one
+    conjugate pair) every draw's term is its ``lower_bound_``.
+
     Returns:
         ``(elbo, standard_error)``.
     """
     _check_num("num_samples", num_samples)
+    guide = as_guide(guide)
     _check_num("num_chunks", num_chunks)
     chunks = min(num_samples, num_chunks)
     sizes = [num_samples // chunks + (i < num_samples % chunks) for i in range(chunks)]

@@ -34,6 +34,7 @@ import time
 import warnings
 from dataclasses import replace
 
+import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
@@ -230,8 +231,9 @@ class AutoCAVI:
         self.overrelax = overrelax
 
     def fit(self, *args, **kwargs) -> AutoCAVI:
-        """Probe ``model(*args, **kwargs)`` (floating tensors cast to float64) and run CAVI.
-        No autograd graph is built (a model's ``PyroParam`` constants are read as values)."""
+        """Probe ``model(*args, **kwargs)`` (floating tensors cast to float64, NumPy arrays
+        made tensors) and run CAVI. No autograd graph is built (a model's ``PyroParam``
+        constants are read as values)."""
         with torch.no_grad():
             return self._fit(args, kwargs)
 
@@ -587,7 +589,7 @@ class AutoCAVI:
         generator = torch.Generator().manual_seed(self.random_state)
         try:
             first, read = first_run(self.model, args, kwargs, self.random_state)
-        except (RuntimeError, TypeError) as error:
+        except (RuntimeError, TypeError, NotImplementedError) as error:
             if not _DTYPE_CLASH.search(str(error)):
                 raise
             raise ValueError(
@@ -596,7 +598,10 @@ class AutoCAVI:
                 "runs in float64, so build the model's parameters and priors in float64: "
                 "model.double() converts a module's parameters, not the tensors a PyroSample "
                 "prior was built from (build those from float64 tensors, or after "
-                "torch.set_default_dtype(torch.float64))"
+                "torch.set_default_dtype(torch.float64)); fit leaves integer and boolean "
+                "arguments as they are, and x.new_tensor(2.0) from such data is an integer "
+                "or boolean tensor (a prior's parameters from it: torch.tensor(2.0, "
+                "dtype=torch.float64))"
             ) from error
         check_float64(first)
         check_whole_data(first)
@@ -654,6 +659,11 @@ class AutoCAVI:
     def _check_settings(self) -> tuple[float, int, bool, int]:
         """(tol, max_iter, whether blocks is "auto", n_init), or ValueError naming the
         argument."""
+        if not callable(self.model):
+            raise ValueError(
+                f"model: {self.model!r} is not callable; expected a Pyro model, a function "
+                "or a PyroModule whose call runs pyro.sample statements"
+            )
         tol = non_negative("tol", self.tol)
         max_iter = positive_int("max_iter", self.max_iter)
         n_init = positive_int("n_init", self.n_init)
@@ -866,7 +876,12 @@ def _update_order(latents: dict, init) -> list[str]:
     )
 
 
-_DTYPE_CLASH = re.compile(r"dtype|scalar type|Double|Float")
+#: torch's messages when float64 meets float32, or a floating op meets an integer or
+#: boolean tensor (``"dirichlet" not implemented for 'Bool'``: a Beta prior built by
+#: ``x.new_tensor(2.0)`` from boolean data, tester 38's P2)
+_DTYPE_CLASH = re.compile(
+    r"dtype|scalar type|Double|Float|not implemented for '(Bool|Long|Int|Short|Char|Byte)'"
+)
 
 
 def _warn_unconverged(bounds: list, max_iter: int, tol: float, overrelax: bool) -> None:
@@ -874,7 +889,17 @@ def _warn_unconverged(bounds: list, max_iter: int, tol: float, overrelax: bool) 
     its ``BayesianGaussianMixture`` warns): q is not a fixed point, and its bound is short
     of the fixed point's (crossed intercepts sharing a common level: 2.3 nats after 1,000
     sweeps, q(a) 60 posterior sds away, tester 12)."""
-    last = bounds[-1] - bounds[-2] if len(bounds) > 1 else float("nan")
+    if len(bounds) == 1:  # no change to read (tester 38's P3: "raised the bound by nan")
+        warnings.warn(
+            f"AutoCAVI: stopped at max_iter={max_iter} sweep, before convergence could be "
+            f"seen (converged means a sweep changed the bound by less than tol={tol:g} "
+            "nats, so it takes two sweeps at least): q is not known to be a fixed point, "
+            "and its bound may be short of it. Raise max_iter",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+        return
+    last = bounds[-1] - bounds[-2]
     changes = [b - a for a, b in zip(bounds[-11:], bounds[-10:], strict=False)]
     if any(change < 0 for change in changes):  # no exact CAVI sweep lowers the bound
         size = max(abs(change) for change in changes)
@@ -950,6 +975,13 @@ def _check_cpu(where: str, value) -> None:
 
 
 def _float64(value):
+    """``value`` (nested tuples, lists, dicts) with each floating tensor cast to float64
+    and each NumPy array made a tensor (floating ones float64; integer and boolean arrays
+    keep their dtype; other arrays are left as they are): a Pyro model takes tensors, and
+    scikit-learn's estimators take arrays (tester 38: ``fit(x.numpy())`` failed in the
+    model, an ndarray has no ``new_tensor``)."""
+    if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
+        value = torch.from_numpy(np.ascontiguousarray(value))
     if isinstance(value, torch.Tensor):
         return value.to(torch.float64) if value.is_floating_point() else value
     if isinstance(value, tuple):

@@ -4,55 +4,23 @@ The diagnostics of :mod:`pyro_vae.diagnostics` all start here: the guide is run 
 check it against the model (:func:`probe`), then S times, vectorized under a particle
 plate at dim −R or in a loop when the model cannot broadcast (:func:`draw`, by
 :func:`pyro_vae.traces.particle_traces`). A fitted :mod:`pyro_vae.cavi` estimator stands
-in for a guide through :func:`variational_guide`.
+in for a guide through :func:`~pyro_vae.guides.fixed.as_guide`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 from typing import Any
 
-import pyro
 import torch
 from pyro.poutine import Trace
 
 from pyro_vae.devices import resolve_device, to_device
 from pyro_vae.evaluate import eval_mode
+
+# re-exported: pyro_vae.diagnostics.variational_guide has always been importable from here
+from pyro_vae.guides.fixed import as_guide, variational_guide  # noqa: F401
 from pyro_vae.plates import batch_rows, find_data_plate, frames_in, require_data_plate
 from pyro_vae.traces import full_rank, particle_traces, plate_nesting, run_pair, sample_sites
-
-
-def variational_guide(distributions: Mapping[str, Any]) -> Callable[..., None]:
-    """The guide q(z) = Π_site q_site(z_site) that draws each named site from a fixed
-    distribution, e.g. a CAVI fit's ``variational_distributions()``; they stay readable
-    as ``guide.distributions``.
-
-    Raises:
-        ValueError: ``distributions`` is empty.
-    """
-    if not distributions:
-        raise ValueError("distributions: empty; expected {site name: pyro distribution}")
-    items = dict(distributions)
-
-    def guide(*args: Any, **kwargs: Any) -> None:
-        for site, distribution in items.items():
-            pyro.sample(site, distribution)
-
-    guide.__name__ = f"variational_guide({', '.join(items)})"
-    guide.distributions = items  # type: ignore[attr-defined]
-    return guide
-
-
-def as_guide(guide):
-    """``guide``, or for a fitted :mod:`pyro_vae.cavi` estimator its own
-    ``variational_guide()`` where it has one (``AutoCAVI``: joint where its q is, a block
-    or a chain), else the :func:`variational_guide` of its ``variational_distributions()``
-    (the product of the marginals: q itself under mean field)."""
-    if callable(getattr(guide, "variational_guide", None)):
-        return guide.variational_guide()
-    if hasattr(guide, "variational_distributions"):
-        return variational_guide(guide.variational_distributions())
-    return guide
 
 
 def probe(

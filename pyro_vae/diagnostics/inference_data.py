@@ -23,8 +23,9 @@ import torch
 from pyro_vae.checkpoint import atomic_path
 from pyro_vae.checks import check_count
 from pyro_vae.diagnostics.arviz_compat import az
-from pyro_vae.diagnostics.draws import as_guide, draw, log_density_per_draw, to_given_device
+from pyro_vae.diagnostics.draws import draw, log_density_per_draw, to_given_device
 from pyro_vae.evaluate import check_finite
+from pyro_vae.guides.fixed import as_guide
 from pyro_vae.plates import DataPlateError, batch_rows, find_data_plate
 from pyro_vae.traces import PARTICLES, full_rank, sample_sites, stack_values
 

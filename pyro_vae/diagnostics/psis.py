@@ -32,7 +32,6 @@ from pyro_vae.checks import check_count
 from pyro_vae.devices import resolve_device
 from pyro_vae.diagnostics.arviz_compat import az
 from pyro_vae.diagnostics.draws import (
-    as_guide,
     draw,
     log_density_per_draw,
     probe,
@@ -47,6 +46,7 @@ from pyro_vae.diagnostics.enumeration import (
     state_values,
 )
 from pyro_vae.evaluate import PerDatapoint, data_arguments, eval_mode, prepare
+from pyro_vae.guides.fixed import as_guide
 from pyro_vae.pointwise import per_datapoint_log_density
 from pyro_vae.traces import full_rank, particle_traces, sample_sites, vectorized_or_looped
 

@@ -283,10 +283,51 @@ def test_a_float32_model_on_float64_arguments_is_refused_with_the_way_out():
         AutoCAVI(Regression()).fit(x, y)
 
 
+def test_priors_built_from_boolean_data_are_refused_with_the_way_out():
+    """Tester 38's P2: ``x.new_tensor(2.0)`` from boolean data is a boolean tensor, and the
+    Beta prior built from it failed in torch ("dirichlet" not implemented for 'Bool') with
+    Pyro's empty trace table; integer data got AutoCAVI's own message already."""
+    y = t([1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0]).bool()
+
+    def built_from_the_data(y):
+        p = pyro.sample("p", dist.Beta(y.new_tensor(2.0), y.new_tensor(5.0)))
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.Bernoulli(p), obs=y)
+
+    with pytest.raises(ValueError, match=r"'Bool'.*x\.new_tensor\(2\.0\) from such data"):
+        AutoCAVI(built_from_the_data).fit(y)
+    fit = AutoCAVI(beta_bernoulli).fit(y)  # the prior in float64, the data boolean: fitted
+    assert fit.lower_bound_ == pytest.approx(
+        AutoCAVI(beta_bernoulli).fit(y.double()).lower_bound_, rel=1e-12
+    )
+
+
+def test_numpy_arrays_are_taken_as_tensors():
+    """Tester 38: ``fit(y.numpy())`` failed in the model (an ndarray has no ``new_tensor``);
+    scikit-learn's estimators, and the hand-written classes, take arrays. A float32 array
+    is cast to float64 as a tensor is; integer counts keep their dtype."""
+    y = t([1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0])
+    expected = AutoCAVI(beta_bernoulli).fit(y).lower_bound_
+    assert AutoCAVI(beta_bernoulli).fit(y.float().numpy()).lower_bound_ == expected
+    counts = t([3.0, 0.0, 5.0, 2.0])
+
+    def new_tensor_of_the_data(y):
+        rate = pyro.sample("rate", dist.Gamma(y.new_tensor(2.0), y.new_tensor(1.0)))
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.Poisson(rate), obs=y)
+
+    exact = AutoCAVI(new_tensor_of_the_data).fit(counts).lower_bound_
+    fit = AutoCAVI(gamma_poisson).fit(counts.long().numpy())  # counts: a float64 prior
+    assert fit.lower_bound_ == pytest.approx(AutoCAVI(gamma_poisson).fit(counts).lower_bound_)
+    assert AutoCAVI(new_tensor_of_the_data).fit(counts.numpy()).lower_bound_ == exact
+
+
 def test_bad_settings_are_refused_naming_the_argument():
     y = t([1.0, 2.0])
     with pytest.raises(ValueError, match="tol: -1"):
         AutoCAVI(gamma_poisson, tol=-1).fit(y)
+    with pytest.raises(ValueError, match="model: 'gamma_poisson' is not callable"):
+        AutoCAVI("gamma_poisson").fit(y)  # tester 38: 'str' object is not callable
     with pytest.raises(ValueError, match="max_iter: 0"):
         AutoCAVI(gamma_poisson, max_iter=0).fit(y)
     with pytest.raises(ValueError, match=r"init: \['lam'\] is not a latent site.*\['rate'\]"):
@@ -1627,6 +1668,16 @@ def test_sweeps_stopped_at_the_rounding_floor_are_not_told_to_raise_max_iter():
     with pytest.warns(ConvergenceWarning, match=r"up and down by up to 1.2e-05 nats") as caught:
         _warn_unconverged(floor, 20, 1e-10, True)
     assert "Raise max_iter" not in str(caught[0].message)
+
+
+def test_one_sweep_is_not_told_it_raised_the_bound_by_nan():
+    # tester 38's P3: max_iter=1 warned "the last sweep raised the bound by nan nats"
+    from sklearn.exceptions import ConvergenceWarning
+
+    y = t([1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0])
+    with pytest.warns(ConvergenceWarning, match="before convergence could be seen") as caught:
+        AutoCAVI(beta_bernoulli, max_iter=1, overrelax=False).fit(y)
+    assert "nan" not in str(caught[0].message)
 
 
 def test_a_mixture_s_components_set_by_init_give_the_first_responsibilities():

@@ -7,16 +7,8 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from pyro_vae.cavi import BayesianLinearRegression
-from pyro_vae.diagnostics.draws import (
-    as_guide,
-    draw,
-    log_density_per_draw,
-    probe,
-    variational_guide,
-)
+from pyro_vae.diagnostics.draws import draw, log_density_per_draw, probe
 from pyro_vae.plates import data_plate
-from tests.pyro_vae.diagnostics.test_inference_data import A0, B0, LAM0
 
 
 def local_model(x):
@@ -28,34 +20,6 @@ def local_model(x):
 def local_guide(x):
     with data_plate(x):
         pyro.sample("z", dist.Normal(0.5 * x, 0.8))
-
-
-def test_variational_guide_draws_each_site_from_its_distribution():
-    guide = variational_guide({"a": dist.Normal(3.0, 1e-3), "b": dist.Bernoulli(1.0)})
-    trace = pyro.poutine.trace(guide).get_trace()
-    assert trace.nodes["a"]["value"] == pytest.approx(3.0, abs=0.01)
-    assert trace.nodes["b"]["value"] == 1.0
-    assert set(guide.distributions) == {"a", "b"} and "a, b" in guide.__name__
-    with pytest.raises(ValueError, match="distributions: empty"):
-        variational_guide({})
-
-
-def test_a_fitted_cavi_estimator_stands_in_for_its_guide(data):
-    fit = BayesianLinearRegression(A0, B0, LAM0).fit(*data)
-    guide = as_guide(fit)
-    assert set(guide.distributions) == set(fit.variational_distributions())
-    assert as_guide(local_guide) is local_guide
-
-
-def test_an_estimator_with_its_own_variational_guide_stands_in_by_it(data):
-    class Fitted:  # as AutoCAVI: a guide of its own beside its marginals
-        def variational_guide(self):
-            return local_guide
-
-        def variational_distributions(self):
-            raise AssertionError("the marginals are not read when a guide is offered")
-
-    assert as_guide(Fitted()) is local_guide
 
 
 def test_probe_reads_the_nesting_and_the_data_plate():

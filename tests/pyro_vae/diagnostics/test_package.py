@@ -29,7 +29,9 @@ def test_every_name_of_the_single_module_is_still_importable_from_the_package():
     for name in diagnostics.__all__:
         value = getattr(diagnostics, name)
         module = getattr(value, "__module__", None)
-        assert module is None or module.startswith("pyro_vae.diagnostics."), name
+        # variational_guide moved below evaluate, which elbo_estimate's fits need
+        where = ("pyro_vae.diagnostics.", "pyro_vae.guides.fixed")
+        assert module is None or module.startswith(where), name
     from pyro_vae.diagnostics import psis_khat, to_inference_data, vsbc
 
     assert psis_khat.__module__ == "pyro_vae.diagnostics.psis"
