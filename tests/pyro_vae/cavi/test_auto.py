@@ -1159,6 +1159,39 @@ def test_missing_observations_by_obs_mask_are_latents_of_the_missing_entries_onl
     assert a.lower_bound_ < exact
 
 
+def test_missing_counts_by_obs_mask_are_refused_with_the_mask_that_fits_exactly():
+    """Tester 37's F3: obs_mask on a Poisson likelihood was refused ("Poisson is not a
+    family AutoCAVI updates") with no way out, even with nothing missing. The refusal now
+    names the imputation and the way out, ``.mask(observed)``, whose fit is exact: the
+    Gamma(2, 1)-Poisson evidence of the observed counts in closed form,
+    a log b − log Γ(a) + log Γ(a + k) − (a + k) log(b + n) − Σ log y! (k their sum, n their
+    number), and q(rate) = Gamma(a + k, b + n)."""
+    y = t([3.0, 0.0, 5.0, 2.0, 4.0, 1.0])
+    observed = torch.tensor([True, True, False, True, True, False])
+
+    def imputed(y, observed):
+        rate = pyro.sample("rate", dist.Gamma(t(2.0), t(1.0)))
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.Poisson(rate), obs=y, obs_mask=observed)
+
+    def left_out(y, observed):
+        rate = pyro.sample("rate", dist.Gamma(t(2.0), t(1.0)))
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.Poisson(rate).mask(observed), obs=torch.where(observed, y, 0.0))
+
+    for mask in (observed, torch.ones(6, dtype=torch.bool)):
+        with pytest.raises(NotConjugateError, match=r"obs_mask's imputed entries of 'y'.*"
+                           r"For Poisson data, leave the missing entries out"):  # fmt: skip
+            AutoCAVI(imputed).fit(y, mask)
+    fit = AutoCAVI(left_out).fit(y, observed)
+    k, n = float(y[observed].sum()), int(observed.sum())
+    log_factorials = sum(math.lgamma(v + 1) for v in y[observed].tolist())
+    exact = -math.lgamma(2.0) + math.lgamma(2.0 + k) - (2.0 + k) * math.log(1.0 + n)
+    assert fit.lower_bound_ == pytest.approx(exact - log_factorials, abs=1e-10)
+    q = fit.variational_distributions()["rate"]
+    assert (float(q.concentration), float(q.rate)) == pytest.approx((2.0 + k, 1.0 + n))
+
+
 def test_padding_masked_off_leaves_a_mixture_bound_unchanged():
     y = t([-2.1, -1.5, -2.7, 1.8, 2.2, 2.5])
 
