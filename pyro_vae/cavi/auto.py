@@ -589,20 +589,11 @@ class AutoCAVI:
         generator = torch.Generator().manual_seed(self.random_state)
         try:
             first, read = first_run(self.model, args, kwargs, self.random_state)
-        except (RuntimeError, TypeError, NotImplementedError) as error:
-            if not _DTYPE_CLASH.search(str(error)):
+        except Exception as error:
+            refusal = _first_run_refusal(error, args, kwargs)
+            if refusal is None:
                 raise
-            raise ValueError(
-                f"model: it fails on the float64 arguments fit passes it "
-                f"({str(error).splitlines()[0]}); AutoCAVI "
-                "runs in float64, so build the model's parameters and priors in float64: "
-                "model.double() converts a module's parameters, not the tensors a PyroSample "
-                "prior was built from (build those from float64 tensors, or after "
-                "torch.set_default_dtype(torch.float64)); fit leaves integer and boolean "
-                "arguments as they are, and x.new_tensor(2.0) from such data is an integer "
-                "or boolean tensor (a prior's parameters from it: torch.tensor(2.0, "
-                "dtype=torch.float64))"
-            ) from error
+            raise refusal from error
         check_float64(first)
         check_whole_data(first)
         check_observations(first)
@@ -882,6 +873,41 @@ def _update_order(latents: dict, init) -> list[str]:
 _DTYPE_CLASH = re.compile(
     r"dtype|scalar type|Double|Float|not implemented for '(Bool|Long|Int|Short|Char|Byte)'"
 )
+
+
+#: errors that may come of an empty argument (an optional empty one, a list of no
+#: missing indices, is not blamed for another failure)
+_EMPTY = re.compile(r"empty|zero|0 elements", re.IGNORECASE)
+
+
+def _first_run_refusal(error: Exception, args: tuple, kwargs: dict) -> ValueError | None:
+    """AutoCAVI's own message for the model's first run failing with ``error``, where it
+    can tell why: an empty argument, where the error is about sizes (Pyro's plate raised
+    ``ZeroDivisionError: size cannot be zero``, tester 38), or a float32 or integer tensor
+    meeting the float64 ones; else None (the model's own error stands)."""
+    first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+    about_size = isinstance(error, ZeroDivisionError) or _EMPTY.search(first_line)
+    for where, value in [*enumerate(args), *kwargs.items()]:
+        if about_size and isinstance(value, torch.Tensor) and value.numel() == 0:
+            return ValueError(
+                f"fit: argument {where!r} is empty (shape {tuple(value.shape)}), and the model "
+                f"fails on it ({type(error).__name__}: {first_line}); AutoCAVI fits data of "
+                "one observation at least"
+            )
+    if not isinstance(error, (RuntimeError, TypeError, NotImplementedError)):
+        return None
+    if not _DTYPE_CLASH.search(str(error)):
+        return None
+    return ValueError(
+        f"model: it fails on the float64 arguments fit passes it ({first_line}); AutoCAVI "
+        "runs in float64, so build the model's parameters and priors in float64: "
+        "model.double() converts a module's parameters, not the tensors a PyroSample "
+        "prior was built from (build those from float64 tensors, or after "
+        "torch.set_default_dtype(torch.float64)); fit leaves integer and boolean "
+        "arguments as they are, and x.new_tensor(2.0) from such data is an integer "
+        "or boolean tensor (a prior's parameters from it: torch.tensor(2.0, "
+        "dtype=torch.float64))"
+    )
 
 
 def _warn_unconverged(bounds: list, max_iter: int, tol: float, overrelax: bool) -> None:

@@ -322,6 +322,15 @@ def test_numpy_arrays_are_taken_as_tensors():
     assert AutoCAVI(new_tensor_of_the_data).fit(counts.numpy()).lower_bound_ == exact
 
 
+def test_an_empty_argument_the_model_fails_on_is_named():
+    # tester 38: Pyro's plate raised "ZeroDivisionError: size cannot be zero", naming nothing
+    with pytest.raises(ValueError, match=r"fit: argument 0 is empty \(shape \(0,\)\).*"
+                       r"ZeroDivisionError"):  # fmt: skip
+        AutoCAVI(beta_bernoulli).fit(torch.zeros(0, dtype=F64))
+    with pytest.raises(ValueError, match=r"fit: argument 'y' is empty"):
+        AutoCAVI(beta_bernoulli).fit(y=torch.zeros(0, dtype=F64))
+
+
 def test_bad_settings_are_refused_naming_the_argument():
     y = t([1.0, 2.0])
     with pytest.raises(ValueError, match="tol: -1"):
