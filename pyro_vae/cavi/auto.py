@@ -157,6 +157,8 @@ class AutoCAVI:
             sweep, and after each sweep.
         n_iter_: sweeps run. converged_: whether a sweep changed the bound by less than
             ``tol`` before ``max_iter`` ran out — a fixed point (``pyro_vae.cavi``'s meaning).
+        start_bounds_: each start's final bound (nats; one per start, see ``n_init``):
+            starts that disagree beyond ``tol`` reached different local optima.
         markov_blankets_: ``{latent: factor sites whose log-density mentions it}``.
         fitted_chains_: ``{chain of sites: (marginals [T, *batch, K], pairwise marginals
             [T−1, *batch, K, K])}`` of each chain kept whole (batch: the plates of a chain
@@ -255,13 +257,14 @@ class AutoCAVI:
         drawn = [n for n, lt in latents.items() if lt.family.name in DISCRETE_FAMILIES]
         drawn += multiplied
         starts = n_init if set(drawn) - set(self.init or {}) else 1  # else all starts agree
-        best = None
+        best, self.start_bounds_ = None, []
         for offset in range(starts):
             if offset:  # the next seed's draws of the discrete latents
                 seed = self.random_state + offset
                 stats = initial_statistics(latents, self.init, self._first, seed, self._starts)
                 stats = drawn_starts(latents, stats, multiplied, self._starts, seed)
             fitted = self._start(args, kwargs, factors, stats, chains, tol, max_iter)
+            self.start_bounds_.append(fitted[0][-1])
             if best is None or fitted[0][-1] > best[0][-1]:
                 best = fitted
         bounds, converged, frames, stats, state = best
