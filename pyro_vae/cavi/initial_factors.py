@@ -102,11 +102,16 @@ def _given(name: str, latent: Latent, q) -> torch.Tensor:
             f"family, which q({name}) is"
         )
     _check_parameters(name, q)
-    if family.event_dim and tuple(q.event_shape) != tuple(family.event_shape):
+    if tuple(q.event_shape) != tuple(family.event_shape):
+        each = (
+            f"a {family.name} over {family.event_shape.numel()} coordinates"
+            if family.event_dim
+            else f"a scalar {family.name} per element: give one of batch shape "
+            f"{tuple(latent.batch_shape)} or ()"
+        )
         raise ValueError(
             f"init[{name!r}]: its event shape {tuple(q.event_shape)} is not the site's "
-            f"{tuple(family.event_shape)} (a {family.name} over "
-            f"{family.event_shape.numel()} coordinates)"
+            f"{tuple(family.event_shape)} ({each})"
         )
     _check_batch_shape(name, latent, q)
     try:
@@ -193,12 +198,37 @@ def _block_start(name: str, latent: Latent, q) -> torch.Tensor:
         and all(isinstance(v, torch.Tensor) for v in q)
         and tuple(v.shape for v in q) == expected
     ):
-        return family.expected_statistics(tuple(v.to(torch.float64) for v in q))
+        values = tuple(v.to(torch.float64) for v in q)
+        _check_block_values(name, latent, *values)
+        return family.expected_statistics(values)
     raise ValueError(
         f"init[{name!r}]: {type(q).__name__} is not a start for the {family.name} block "
         f"{latent.sites}; expected a {factor_class.__name__} (a fitted_blocks_ entry) or a "
         f"tuple of values of shapes {[tuple(s) for s in expected]}"
     )
+
+
+def _check_block_values(name: str, latent: Latent, mean, precision) -> None:
+    """ValueError naming ``init[name]``'s value outside the block's support: a mean not
+    finite, a Gamma precision not positive, a Wishart one not symmetric positive definite
+    (such a start was blamed on the model's factors as an improper update, tester 39's F2).
+    """
+    mean_site, precision_site = latent.sites
+    if not bool(torch.isfinite(mean).all()):
+        raise ValueError(f"init[{name!r}]: the value of the mean {mean_site!r} is not finite")
+    if latent.family.name == "Normal-Wishart":
+        finite = bool(torch.isfinite(precision).all())
+        symmetric = finite and bool(torch.allclose(precision, precision.mT))
+        proper = symmetric and not bool(torch.linalg.cholesky_ex(precision).info.any())
+        what = "symmetric positive definite"
+    else:
+        proper = bool((torch.isfinite(precision) & (precision > 0)).all())
+        what = "finite and positive"
+    if not proper:
+        raise ValueError(
+            f"init[{name!r}]: the value of the precision {precision_site!r}, "
+            f"{precision.tolist()}, is not {what}"
+        )
 
 
 #: A coefficient on x_a²·x_b² above this fraction of a factor's largest is a product term

@@ -78,6 +78,9 @@ def test_a_start_for_a_site_of_a_block_names_the_block_and_what_it_takes():
         ({"mu+tau": dist.Gamma(t(1.0), t(1.0))}, "Gamma is not a start for the Normal-Gamma block"),
         ({"mu+tau": (t(1.0),)}, "expected a NormalGamma (a fitted_blocks_ entry) or a tuple"),
         ({"mu+tau": (t([1.0, 2.0]), t(1.0))}, "tuple of values of shapes [(), ()]"),
+        # tester 39's F2: blamed on the model's factors as an improper update
+        ({"mu+tau": (t(1.0), t(-2.0))}, "the value of the precision 'tau', -2.0, is not finite"),
+        ({"mu+tau": (t(float("nan")), t(2.0))}, "the value of the mean 'mu' is not finite"),
     ],
 )
 def test_a_bad_block_start_is_refused_naming_what_the_block_takes(init, words):
@@ -113,6 +116,34 @@ def test_a_start_of_the_wrong_family_or_shape_is_refused(init, words):
     with pytest.raises(ValueError) as raised:
         AutoCAVI(model, init=init).fit(t([0.3, 1.9, -2.0, 4.0]))
     assert words in str(raised.value)
+
+
+def test_a_vector_start_for_a_plated_scalar_site_is_refused_naming_the_shapes():
+    # tester 39's F3: a MultivariateNormal over a plated Normal's elements leaked torch's
+    # expand error ("The expanded size of the tensor (3) must match ...")
+    start = dist.MultivariateNormal(torch.zeros(3, dtype=F64), torch.eye(3, dtype=F64))
+    with pytest.raises(ValueError, match=r"init\['mu'\]: its event shape \(3,\) is not the "
+                       r"site's \(\) \(a scalar Normal per element: give one of batch shape "
+                       r"\(3,\) or \(\)\)$"):  # fmt: skip
+        AutoCAVI(mixture, init={"mu": start}).fit(three_groups())
+
+
+def test_a_normal_wishart_block_start_needs_a_positive_definite_precision():
+    def model(y):
+        precision = pyro.sample("precision", dist.Wishart(t(4.0), torch.eye(2, dtype=F64)))
+        mean = pyro.sample(
+            "mean", dist.MultivariateNormal(t([0.0, 0.0]), precision_matrix=precision)
+        )
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.MultivariateNormal(mean, precision_matrix=precision), obs=y)
+
+    y = torch.randn(5, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    for bad in (t([[1.0, 2.0], [2.0, 1.0]]), t([[1.0, 0.5], [0.0, 1.0]])):  # indefinite, asymmetric
+        with pytest.raises(ValueError, match=r"precision 'precision', .* is not symmetric "
+                           r"positive definite"):  # fmt: skip
+            AutoCAVI(model, blocks="auto", init={"mean+precision": (t([0.0, 0.0]), bad)}).fit(y)
+    good = (t([0.0, 0.0]), torch.eye(2, dtype=F64))
+    assert AutoCAVI(model, blocks="auto", init={"mean+precision": good}).fit(y).converged_
 
 
 def test_a_discrete_start_is_balanced_so_no_component_starts_empty():
