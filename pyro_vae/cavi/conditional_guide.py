@@ -29,9 +29,12 @@ a jump where they stop reaching it, and a reparameterized gradient never sees a 
 nats at u = −2.03, and d/dloc came out +2.77 ± 0.02 where the ELBO's is −1.70). So the
 inner fits take :data:`INNER_STARTS` starts unless ``n_init`` is given (the best of four
 had no jump on that model's u from −4 to 4, as sixteen), and the guide counts the fits
-whose starts disagree (``multimodal_fits_``), warning once where the best optimum was
-reached by one start alone: other draws may miss it. Starts cost only where the inner
-model has discrete latents (or products of Normal latents) to start from.
+whose starts disagree (``multimodal_fits_``). Four starts are no guarantee: where every
+start misses the best optimum at some u and not at others, L(u) still jumps, and where
+all miss it everywhere the ELBO is looser (tester 40: a spike-and-slab whose fifth start
+found an optimum 5.6 nats above the first four's, at every u), so raise ``n_init`` for
+inner problems with many optima. Starts cost only where the inner model has discrete
+latents (or products of Normal latents) to start from.
 
 Cost: one ``AutoCAVI`` fit per particle per step (milliseconds on small models: its probe
 runs the model about three times), so a step costs a few plain SVI steps. Particles are
@@ -98,8 +101,7 @@ class ConditionalCAVIGuide:
             it to ``svi_sites``).
 
     Warns:
-        RuntimeWarning when an inner fit stops at ``max_iter`` without converging, and once
-        when an inner fit's best optimum was reached by one of its starts alone.
+        RuntimeWarning when an inner fit stops at ``max_iter`` without converging.
     """
 
     vectorizable = False
@@ -119,7 +121,6 @@ class ConditionalCAVIGuide:
         )  # fmt: skip
         self._checked: dict[tuple, tuple[dict[str, torch.Size], list[str]]] = {}
         self.inner_fits_, self.unconverged_, self.multimodal_fits_ = 0, 0, 0
-        self._warned_lone_best = False
         self.last_fit_: AutoCAVI | None = None
 
     def __call__(self, *args, **kwargs) -> dict[str, torch.Tensor]:
@@ -162,27 +163,15 @@ class ConditionalCAVIGuide:
 
     def _count_optima(self, fit: AutoCAVI) -> None:
         """Count ``fit`` in ``multimodal_fits_`` where its starts' final bounds differ by
-        more than convergence leaves (10³ ``tol``, at least 10⁻⁶ of the bound), and warn
-        once where the best of them was reached by one start alone."""
+        more than convergence leaves (10³ ``tol``, at least 10⁻⁶ of the bound): an inner
+        problem with several local optima, where L(u) is the best the starts reach. No
+        warning: that one start alone reached the best at some u says nothing of whether
+        L(u) jumps (tester 40: it held at 357 of 951 points of a three-component mixture
+        whose L(u) had no jump, equal to the best of 16 starts everywhere)."""
         bounds = fit.start_bounds_
         best = max(bounds)
-        apart = max(1e3 * fit.tol, 1e-6 * (1 + abs(best)))
-        if len(bounds) < 2 or best - min(bounds) <= apart:
-            return
-        self.multimodal_fits_ += 1
-        reached = sum(bound >= best - apart for bound in bounds)
-        if reached == 1 and not self._warned_lone_best:
-            self._warned_lone_best = True
-            others = max(bound for bound in bounds if bound < best - apart)
-            warnings.warn(
-                f"ConditionalCAVIGuide: an inner fit's best local optimum ({best:.6g} nats) "
-                f"was reached by 1 of its {len(bounds)} starts (the next best: "
-                f"{others:.6g}); at draws of u where every start misses it, L(u) jumps, and "
-                "the reparameterized gradient misses the jump (biased). Raise n_init "
-                f"(now {len(bounds)}), or give init a start near that optimum",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+        if best - min(bounds) > max(1e3 * fit.tol, 1e-6 * (1 + abs(best))):
+            self.multimodal_fits_ += 1
 
     def _draw_u(self, args, kwargs, shapes: dict, others: list) -> dict[str, torch.Tensor]:
         """u drawn by ``guide`` (its sites stay in the enclosing trace, with gradients),

@@ -21,6 +21,8 @@ and stays at 0), as a mixture's components at equal responsibilities are.
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from pyro.ops.provenance import detach_provenance
 
@@ -192,6 +194,11 @@ def _block_start(name: str, latent: Latent, q) -> torch.Tensor:
                 f"block {latent.sites} of batch shape {tuple(latent.batch_shape)} ({error})"
             ) from error
     expected = tuple(latent.prior[i].shape for i in range(len(latent.sites)))
+    if isinstance(q, tuple):  # plain numbers are values of shape () (tester 40's P4)
+        q = tuple(
+            torch.tensor(float(v), dtype=torch.float64) if isinstance(v, numbers.Real) else v
+            for v in q
+        )
     if (
         isinstance(q, tuple)
         and len(q) == len(latent.sites)

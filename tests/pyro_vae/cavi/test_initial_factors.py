@@ -70,6 +70,10 @@ def test_a_start_for_a_site_of_a_block_names_the_block_and_what_it_takes():
         AutoCAVI(normal_gamma, blocks="auto", init={"mu": dist.Normal(t(1.0), t(0.1))}).fit(y)
     fit = AutoCAVI(normal_gamma, blocks="auto", init={"mu+tau": (t(1.0), t(2.0))}).fit(y)
     assert fit.converged_
+    # plain numbers are values of shape () (tester 40's P4: refused as not "a tuple of
+    # values of shapes [(), ()]")
+    numbers = AutoCAVI(normal_gamma, blocks="auto", init={"mu+tau": (1.0, 2)}).fit(y)
+    assert numbers.lower_bounds_ == fit.lower_bounds_
 
 
 @pytest.mark.parametrize(
