@@ -920,7 +920,7 @@ def _solve(members, runs: Runs, checks: Runs, site, rank, components=frozenset()
                 coefficients, misfit = shared, as_one
         return coefficients, bool(misfit <= _RTOL), 0.0
     layout = _group_layout(members, runs, rank, values)
-    pruned = _fit_on_support(members, runs, rank, values, layout, missed)
+    pruned = _fit_on_support(members, runs, rank, values, layout, missed, site)
     if pruned is not None:
         return pruned[0], True, pruned[1]
     if layout is not None:
@@ -930,7 +930,7 @@ def _solve(members, runs: Runs, checks: Runs, site, rank, components=frozenset()
     return coefficients, good(coefficients), 0.0
 
 
-def _fit_on_support(members, runs: Runs, rank: int, values, layout, missed):
+def _fit_on_support(members, runs: Runs, rank: int, values, layout, missed, site=""):
     """(C [*fbatch, P] solved on the columns its log-density uses, 0 elsewhere, the largest
     relative contribution left out) for a large factor of several members
     (:mod:`pyro_vae.cavi.factor_support`: large in its solves, one per element or one per
@@ -942,6 +942,8 @@ def _fit_on_support(members, runs: Runs, rank: int, values, layout, missed):
     designs = values[0].numel() if layout is None else len(layout[0])  # one solve each
     if len(members) < 2 or not factor_support.eligible(designs, basis):
         return None
+    if layout is None:
+        _check_search_size(site, members, len(values), values[0].numel(), basis)
     phis = _aligned_statistics(members, runs, rank) if layout is None else None
 
     def at(elements=None):  # (whole design [S, k, P], log f [S, k]) at some elements
@@ -967,6 +969,31 @@ def _fit_on_support(members, runs: Runs, rank: int, values, layout, missed):
             return None
         columns, dropped = grown, max(dropped, more)
     return None
+
+
+#: Most entries (float64) of the design a support is searched in, points × sampled
+#: elements × columns: 2 GiB. A spike-and-slab of five (inclusion, weight) pairs, 7,776
+#: columns at 16,524 points, asked the allocator for 8 GB (tester 40's P1).
+MAX_SEARCH_ENTRIES = 1 << 28
+
+
+def _check_search_size(site: str, members, points: int, elements: int, basis: int) -> None:
+    """NotConjugateError where the design :func:`_fit_on_support` would search a support in
+    exceeds :data:`MAX_SEARCH_ENTRIES`, naming the factor, its latents and the size."""
+    sampled = min(elements, factor_support.sample_size(points, basis))
+    entries = points * sampled * basis
+    if entries <= MAX_SEARCH_ENTRIES:
+        return
+    names = [m.name for m in members]
+    raise NotConjugateError(
+        f"factor {site!r}: its log-density has {basis:,} coefficients per element (the "
+        f"statistics of {names} multiplied), and finding the ones it uses takes a "
+        f"least-squares design of {points:,} points x {sampled} elements x {basis:,} "
+        f"columns, {entries * 8 / 2**30:.1f} GiB, more than AutoCAVI allocates "
+        f"({MAX_SEARCH_ENTRIES * 8 / 2**30:.0f} GiB): fit fewer of these latents in closed "
+        "form, leaving some to SVI with pyro_vae.cavi.ConditionalCAVIGuide(model, "
+        "svi_sites=[...])"
+    )
 
 
 def _solve_on(columns, members, values, layout, phis, basis: int) -> torch.Tensor:
