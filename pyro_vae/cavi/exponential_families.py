@@ -737,7 +737,8 @@ def family_of(site: dict) -> Family:
     support = getattr(fn, "support", constraints.real)
     known = (dist.Normal, dist.Beta, dist.Bernoulli, dist.Dirichlet, dist.Categorical,
              dist.Wishart, dist.MultivariateNormal, *GAMMA_PRIORS)  # fmt: skip
-    if name.endswith("_unobserved") and not isinstance(fn, known):
+    imputed = name.endswith("_unobserved") and site.get("mask") is not None  # obs_mask's
+    if imputed and not isinstance(fn, known):
         advice = _imputation_advice(name[: -len("_unobserved")], type(fn).__name__)
     elif isinstance(fn, known):  # a known family with more event dims (.to_event(n))
         advice = (

@@ -1192,6 +1192,14 @@ def test_missing_counts_by_obs_mask_are_refused_with_the_mask_that_fits_exactly(
         with pytest.raises(NotConjugateError, match=r"obs_mask's imputed entries of 'y'.*"
                            r"For Poisson data, leave the missing entries out"):  # fmt: skip
             AutoCAVI(imputed).fit(y, mask)
+
+    def named_alike(y, observed):  # a latent of the user's own, named as obs_mask names
+        rate = pyro.sample("rate", dist.Gamma(t(2.0), t(1.0)))
+        pyro.sample("y_unobserved", dist.Poisson(rate))
+
+    with pytest.raises(NotConjugateError, match="Poisson") as raised:
+        AutoCAVI(named_alike).fit(y, observed)
+    assert "obs_mask" not in str(raised.value)
     fit = AutoCAVI(left_out).fit(y, observed)
     k, n = float(y[observed].sum()), int(observed.sum())
     log_factorials = sum(math.lgamma(v + 1) for v in y[observed].tolist())
