@@ -930,7 +930,7 @@ def _solve(members, runs: Runs, checks: Runs, site, rank, components=frozenset()
     return coefficients, good(coefficients), 0.0
 
 
-def _fit_on_support(members, runs: Runs, rank: int, values, layout, missed, site=""):
+def _fit_on_support(members, runs: Runs, rank: int, values, layout, missed, site: str):
     """(C [*fbatch, P] solved on the columns its log-density uses, 0 elsewhere, the largest
     relative contribution left out) for a large factor of several members
     (:mod:`pyro_vae.cavi.factor_support`: large in its solves, one per element or one per
