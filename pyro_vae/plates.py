@@ -96,6 +96,33 @@ def find_data_plate(model_trace: Trace, rows: int | None, name: str | None = Non
     return None
 
 
+def subsampled_data_plate(model_trace: Trace, rows: int | None) -> str | None:
+    """The plate that subsamples the batch's R rows inside the model, Pyro's idiom
+    ``with pyro.plate("data", len(x), subsample_size=B) as i: ... obs=x[i]``: the
+    vectorized plate enclosing an observed site whose full size is R and whose elements
+    in the run are fewer (the only one, or the one named ``"data"``); else None. A
+    per-datapoint bound (IWAE, VIMCO) is then taken over the subsample's B datapoints and
+    scaled by R/B; what needs each datapoint's row (a baseline b(x_n), k̂ per datapoint)
+    cannot use it, as the rows the model drew are its own."""
+    if rows is None:
+        return None
+    candidates = sorted(
+        {
+            f.name
+            for s in sample_sites(model_trace).values()
+            if s["is_observed"]
+            for f in s["cond_indep_stack"]
+            if f.vectorized
+            and f.full_size == rows
+            and f.size != rows
+            and f.name not in PARTICLE_PLATES
+        }
+    )
+    if len(candidates) == 1:
+        return candidates[0]
+    return DATA_PLATE if DATA_PLATE in candidates else None
+
+
 def describe_plates(model_trace: Trace) -> str:
     """The plates around the model's observed sites, with what keeps each from being the
     per-datapoint plate of the rule: for error messages."""

@@ -104,27 +104,30 @@ def importance_log_densities(
     num_particles: int,
     rank: int,
     plate: str | None,
-    batch: int | None,
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """log p and log q of each particle, per datapoint when the weights factor, else jointly.
 
     With a per-datapoint ``plate`` that encloses every sample site of both traces, the
-    importance weights factor over it: ``[K, B]`` each, scaled relative to the plate's
+    importance weights factor over it: ``[K, B]`` each (B: the plate's elements in this
+    run, a subsample where the model subsamples it), scaled relative to the plate's
     subsampling, with the subsampling factor N/B returned for the caller to apply outside
     its log-sum-exp. Otherwise (no plate, or global latents) the joint densities ``[K, 1]``
     and factor 1. log w = log p − log q.
 
     Raises:
-        DataPlateError: global latents in a subsampled model: the joint bound of a
-            minibatch, scaled up, bounds nothing, so there is no unbiased estimate.
+        DataPlateError: a subsampled plate (Pyro's ``subsample_size``, or a minibatch
+            scaled to its dataset) where the weights do not factor over it: the joint
+            bound of a minibatch, scaled up inside its log-sum-exp, bounds nothing, so
+            there is no unbiased estimate.
     """
-    scale = data_plate_scale(model_trace, plate)
     outside = (
         []
         if plate is None
         else outside_plate(model_trace, plate) + outside_plate(guide_trace, plate)
     )
-    if plate is not None and not outside:
+    if weights_factor(model_trace, guide_trace, plate):
+        scale = data_plate_scale(model_trace, plate)
+        batch = plate_elements(model_trace, plate)
         log_p = per_datapoint_log_density(
             model_trace, num_particles, batch, rank, plate, relative_scale=True
         )
@@ -132,16 +135,74 @@ def importance_log_densities(
             guide_trace, num_particles, batch, rank, plate, True, log_p.device
         )
         return log_p, log_q, scale
-    if scale != 1.0:
-        raise DataPlateError(
+    subsampled = subsampled_plates(model_trace) | subsampled_plates(guide_trace)
+    if subsampled:
+        name = plate if plate in subsampled else sorted(subsampled)[0]
+        where = (
             f"sites {sorted(set(outside))} lie outside the subsampled per-datapoint plate "
-            f"{plate!r} (scale {scale:g}); a multi-sample bound with sites outside it "
-            "(global latents, or factors such as pyro.factor terms over the whole batch) does "
-            "not factor over datapoints, so a minibatch cannot estimate it. Use the whole data "
-            "in each step, or a single-sample ELBO (trace, score, or enum for a discrete site)"
+            if plate == name
+            else "no per-datapoint plate encloses every site, and the model subsamples plate "
+        )
+        raise DataPlateError(
+            f"{where}{name!r} (scale {subsampled[name]:g}); a multi-sample bound with sites "
+            "outside it (global latents, or factors such as pyro.factor terms over the whole "
+            "batch) does not factor over datapoints, so a minibatch cannot estimate it: the "
+            "scaled log-densities inside its log-sum-exp bound nothing. Use the whole data in "
+            "each step, name the plate every site lies in with data_plate=, or use a "
+            "single-sample ELBO (trace, score, or enum for a discrete site)"
         )
     log_p = per_draw_log_density(model_trace, num_particles, rank)
     return log_p, per_draw_log_density(guide_trace, num_particles, rank, log_p.device), 1.0
+
+
+def weights_factor(model_trace: Trace, guide_trace: Trace, plate: str | None) -> bool:
+    """Whether the importance weights factor over ``plate``: it is given and encloses every
+    sample site of both traces (:func:`importance_log_densities` is then per datapoint)."""
+    return plate is not None and not (
+        outside_plate(model_trace, plate) + outside_plate(guide_trace, plate)
+    )
+
+
+def sampling_log_density(
+    guide_trace: Trace, num_particles: int, rank: int, plate: str | None, batch: int
+) -> torch.Tensor:
+    """Σ over the guide's sample sites of log q(z) of the distribution each was drawn from,
+    neither scaled nor masked: the score function ∇ log q(z) of a score-function
+    (REINFORCE) gradient, which ``poutine.scale``, KL warm-up, β and masks leave alone, as
+    Pyro's ``ScoreParts.scale_and_mask`` does (a scale or mask weighs a site's cost, not the
+    density its draw came from). ``[K, batch]`` summed within each datapoint of ``plate``,
+    or ``[K, 1]`` jointly when ``plate`` is None (pass None where the weights do not factor
+    over it, :func:`weights_factor`), as :func:`importance_log_densities` sums them."""
+    raw = Trace()
+    for name, site in sample_sites(guide_trace).items():
+        log_q = site["fn"].log_prob(site["value"])
+        raw.add_node(name, **dict(site, unscaled_log_prob=log_q, log_prob=log_q, mask=None))
+    if plate is None:
+        return per_draw_log_density(raw, num_particles, rank)
+    return per_datapoint_log_density(raw, num_particles, batch, rank, plate)
+
+
+def plate_elements(trace: Trace, plate: str) -> int:
+    """How many elements ``plate`` has in this run (its subsample's, where subsampled).
+
+    Raises:
+        DataPlateError: no sample site of ``trace`` lies in ``plate``."""
+    for site in sample_sites(trace).values():
+        for frame in frames_in(site, plate):
+            return int(frame.size)
+    raise DataPlateError(f"data_plate: no sample site lies in the plate {plate!r}")
+
+
+def subsampled_plates(trace: Trace) -> dict[str, float]:
+    """{plate: N / |subsample|} for each plate of ``trace``'s sample sites that is
+    subsampled in this run (``pyro.plate(..., subsample_size=)``, or a minibatch given its
+    dataset's size)."""
+    found = {}
+    for site in sample_sites(trace).values():
+        for frame in site["cond_indep_stack"]:
+            if frame.vectorized and frame.full_size and frame.full_size != frame.size:
+                found[frame.name] = float(frame.full_size) / float(frame.size)
+    return found
 
 
 def _unscaled(site: dict) -> torch.Tensor:

@@ -8,7 +8,7 @@ from pyro.infer.util import is_validation_enabled
 from pyro.poutine.util import site_is_subsample
 from pyro.util import check_if_enumerated
 
-from pyro_vae.plates import batch_rows, find_data_plate
+from pyro_vae.plates import batch_rows, find_data_plate, subsampled_data_plate
 from pyro_vae.pointwise import particle_rank
 from pyro_vae.pyro_compat import elbo_traces
 from pyro_vae.traces import stack_particles, vectorized_or_looped
@@ -113,6 +113,14 @@ class SurrogateELBO(ELBO):
     def per_datapoint_plate(self, model_trace, args, kwargs) -> str | None:
         """The model's per-datapoint plate in this call (:func:`find_data_plate`)."""
         return find_data_plate(model_trace, batch_rows(args, kwargs), self.data_plate)
+
+    def bound_plate(self, model_trace, args, kwargs) -> str | None:
+        """The plate a per-datapoint multi-sample bound is taken over: the per-datapoint
+        plate (:meth:`per_datapoint_plate`), or, where none has the batch's rows, the plate
+        that subsamples them inside the model (:func:`~pyro_vae.plates.subsampled_data_plate`)."""
+        rows = batch_rows(args, kwargs)
+        plate = find_data_plate(model_trace, rows, self.data_plate)
+        return plate if plate is not None else subsampled_data_plate(model_trace, rows)
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         raise NotImplementedError

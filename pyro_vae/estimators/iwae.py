@@ -21,7 +21,10 @@ z_k = g(ε_k; φ), ``gradient`` chooses the estimate (model parameters θ always
   encoder signal-to-noise ratio falls like K^(-1/2) (Rainforth et al. 2018).
 - ``"dreg"``: doubly reparameterized (Tucker, Lawson, Gu & Maddison 2018, eq. 8): the guide
   gets Σ_k w̃_k² ∂log w_k/∂z_k · dz_k/dφ with log q's parameters detached. Unbiased for the
-  same gradient, and zero at q = p(z | x).
+  same gradient, and zero at q = p(z | x). Where a guide site's log q enters log w with a
+  weight c ≠ 1 (β or KL warm-up, :mod:`pyro_vae.annealing`; ``poutine.scale``; a mask),
+  its weight is w̃_k − c w̃_k (1 − w̃_k), the same identity applied to −c ∇_φ log q (w̃_k²
+  at β = 3 made the gradient −187 where the β-bound's is −17).
 - ``"stl"``: sticking the landing (Roeder, Wu & Duvenaud 2017) with the weights w̃_k: the
   guide gets Σ_k w̃_k ∂log w_k/∂z_k · dz_k/dφ. Zero at q = p(z | x), but for K > 1 biased
   for the IWAE gradient (Tucker et al. 2018, section 3); unbiased at K = 1.
@@ -38,6 +41,7 @@ from __future__ import annotations
 import math
 
 import torch
+from pyro.distributions.util import scale_and_mask
 from pyro.infer.enum import get_importance_trace
 from pyro.poutine import Trace
 
@@ -49,12 +53,12 @@ from pyro_vae.estimators.path_gradients import (
     refuse_dependent_sites,
     stopped_guide_trace,
 )
-from pyro_vae.plates import batch_rows
 from pyro_vae.pointwise import (
+    data_plate_scale,
     importance_log_densities,
-    outside_plate,
     per_datapoint_log_density,
     per_draw_log_density,
+    weights_factor,
 )
 from pyro_vae.traces import sample_sites
 
@@ -121,24 +125,23 @@ class IWAELBO(SurrogateELBO):
                     "enum (they are summed out exactly) or score (REINFORCE), or vimco for a "
                     "multi-sample bound."
                 )
-        plate = self.per_datapoint_plate(model_trace, args, kwargs)
-        batch = batch_rows(args, kwargs)
+        plate = self.bound_plate(model_trace, args, kwargs)
         log_p, log_q, scale = importance_log_densities(
-            model_trace, guide_trace, self.num_particles, rank, plate, batch
+            model_trace, guide_trace, self.num_particles, rank, plate
         )
         bound = torch.logsumexp(log_p - log_q, dim=0) - math.log(self.num_particles)
         if self.gradient == "reparam" or not torch.is_grad_enabled():
             return -scale * bound.sum()
-        surrogate = self._path_surrogate(model_trace, guide_trace, log_p, rank, plate, batch)
+        surrogate = self._path_surrogate(model_trace, guide_trace, log_p, rank, plate)
         return -scale * (bound.sum().detach() + (surrogate - surrogate.detach()))
 
-    def _path_surrogate(self, model_trace, guide_trace, log_p, rank, plate, batch):
+    def _path_surrogate(self, model_trace, guide_trace, log_p, rank, plate):
         """Σ_n Σ_k w̃_k log w_k with log q's parameters detached (STL's surrogate), plus for
         DReG the term that makes the weight on the path through z_k w̃_k²."""
         refuse_dependent_sites(guide_trace, "iwae", self.gradient)
         stopped = stopped_guide_trace(guide_trace)
         _, log_q_stopped, _ = importance_log_densities(
-            model_trace, stopped, self.num_particles, rank, plate, batch
+            model_trace, stopped, self.num_particles, rank, plate
         )
         log_w = log_p - log_q_stopped  # the values of log w, φ held still inside log q
         weights = torch.softmax(log_w.detach(), dim=0)
@@ -151,17 +154,18 @@ class IWAELBO(SurrogateELBO):
                 "had to be drawn one at a time (vectorize_particles=False); use "
                 "gradient='reparam' or make the model broadcast over a particle plate"
             )
-        per_datapoint = plate is not None and not (
-            outside_plate(model_trace, plate) + outside_plate(guide_trace, plate)
-        )
-        paths = _reweighted_paths(log_w, weights, stopped, rank, plate if per_datapoint else None)
+        per_datapoint = plate if weights_factor(model_trace, guide_trace, plate) else None
+        paths = _reweighted_paths(log_w, weights, stopped, rank, per_datapoint)
         return surrogate + paths
 
 
 def _reweighted_paths(log_w, weights, stopped, rank, plate) -> torch.Tensor:
-    """A term of value 0 whose gradient through the draws is Σ_k w̃_k (w̃_k − 1) ∂log w_k/∂z_k
-    · dz_k/dφ, turning the w̃_k of STL's surrogate into DReG's w̃_k² on the path through z_k
-    and leaving the gradient that reaches a parameter directly (the model's) as it was.
+    """A term of value 0 whose gradient through the draws is Σ_k c w̃_k (w̃_k − 1) ∂log
+    w_k/∂z_k · dz_k/dφ, turning the w̃_k of STL's surrogate into DReG's w̃_k − c w̃_k (1 −
+    w̃_k) on the path through z_k (w̃_k² where c = 1) and leaving the gradient that reaches a
+    parameter directly (the model's) as it was. c is the weight of the site's log q in
+    log w (its scale relative to the plate's subsampling, times its mask): the score term
+    −c ∇_φ log q that the identity of Tucker et al. (2018, eq. 5) rewrites carries it.
 
     ∂log w_k/∂z_k is taken elementwise from ∂(Σ_k log w_k)/∂z: in a vectorized trace each
     particle's and datapoint's weight depends on its own draw only. The products
@@ -172,13 +176,19 @@ def _reweighted_paths(log_w, weights, stopped, rank, plate) -> torch.Tensor:
     slopes = torch.autograd.grad(
         log_w.sum(), [s["value"] for s in sites.values()], retain_graph=True, allow_unused=True
     )
+    plate_scale = data_plate_scale(stopped, plate)
     paths = Trace()
     for (name, site), slope in zip(sites.items(), slopes, strict=True):
         if slope is not None:
             inner = slope.detach() * site["value"]
             if site["fn"].event_dim:
                 inner = inner.sum(list(range(-site["fn"].event_dim, 0)))
-            paths.add_node(name, **dict(site, unscaled_log_prob=inner, log_prob=inner, mask=None))
+            # c_s, the weight log q_s carries in log w relative to the plate's subsampling
+            # (β, KL warm-up, poutine.scale), and its mask multiply the score term the
+            # identity turns into this path term
+            inner = inner * (site["scale"] / plate_scale)
+            masked = scale_and_mask(inner, mask=site["mask"])
+            paths.add_node(name, **dict(site, unscaled_log_prob=inner, log_prob=masked))
     if not paths.nodes:
         return log_w.new_zeros(())
     k, b = log_w.shape

@@ -40,7 +40,9 @@ terms, and contributes the constant λ instead; its draw keeps its score, which 
 the likelihood's and the other sites' signals.
 
 Subsampling scales and ``poutine.scale``/``mask`` act as in Pyro's ELBOs: costs are
-scaled, the score log q is not (as in ``TraceGraph_ELBO``). Particles are vectorized (an
+scaled and masked, the score log q is neither (as in ``TraceGraph_ELBO``): a masked guide
+draw that the model reads still carries that signal (masking its score dropped it: a
+gradient of −7.3 where the ELBO's is −74.6, tester A's F3). Particles are vectorized (an
 outer ``pyro.plate``) unless ``vectorize_particles=False``, which draws them in a loop for
 models that cannot broadcast.
 """
@@ -252,11 +254,9 @@ class ScoreFunctionELBO(SurrogateELBO):
             advantage, extra_loss = self._centre(name, site, signal, args, kwargs, rank, plate)
             baseline_loss = baseline_loss + extra_loss
             # Pyro's score_parts zero the score of reparameterizable sites; here every site
-            # is scored: log q at the detached sample, masked but not scaled.
-            score = site["unscaled_log_prob"]
-            if site["mask"] is not None:
-                score = score * site["mask"]
-            score = full_rank(score, rank)
+            # is scored: log q at the detached sample, neither scaled nor masked (as
+            # ScoreParts.scale_and_mask keeps it): a masked draw still reaches the model
+            score = full_rank(site["unscaled_log_prob"], rank)
             surrogate = surrogate + (score * advantage.detach()).sum()
         surrogate = surrogate / self.num_particles
         loss = -surrogate - baseline_loss.detach() + baseline_loss

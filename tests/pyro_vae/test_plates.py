@@ -9,6 +9,7 @@ from pyro_vae.plates import (
     batch_rows,
     find_data_plate,
     require_data_plate,
+    subsampled_data_plate,
 )
 
 
@@ -74,3 +75,19 @@ def test_particle_plates_are_never_the_data_plate():
     with pyro.plate("num_particles_vectorized", 4, dim=-2):
         trace = _trace(vae_like("data"), x)
     assert find_data_plate(trace, 4) == "data"
+
+
+def test_a_plate_that_subsamples_the_batchs_rows_inside_the_model_is_found_apart():
+    # Pyro's idiom: the model is given all 6 rows and its plate draws 2 of them
+    def model(x, size=2, name="data"):
+        with pyro.plate(name, len(x), subsample_size=size) as i:
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x[i])
+
+    x = torch.zeros(6)
+    trace = _trace(model, x)
+    assert find_data_plate(trace, 6) is None  # no plate has the 6 rows in the run
+    assert subsampled_data_plate(trace, 6) == "data"
+    assert subsampled_data_plate(_trace(model, x, 2, "rows"), 6) == "rows"
+    assert subsampled_data_plate(_trace(model, x, 6), 6) is None  # not subsampled
+    assert subsampled_data_plate(trace, 5) is None and subsampled_data_plate(trace, None) is None

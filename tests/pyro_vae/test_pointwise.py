@@ -23,6 +23,10 @@ from pyro_vae.pointwise import (
     particle_rank,
     per_datapoint_log_density,
     per_draw_log_density,
+    plate_elements,
+    sampling_log_density,
+    subsampled_plates,
+    weights_factor,
 )
 from pyro_vae.traces import particle_traces
 
@@ -155,7 +159,7 @@ def test_data_plate_scale_is_n_over_the_batch_of_that_plate():
 def test_importance_densities_factor_over_datapoints_when_every_site_is_inside(vectorize):
     model_tr, guide_tr = traces(local_model, local_guide, vectorize, num_data=12)
     log_z, log_x, log_q = local_by_hand(guide_tr)
-    log_p_out, log_q_out, scale = importance_log_densities(model_tr, guide_tr, K, RANK, "data", 3)
+    log_p_out, log_q_out, scale = importance_log_densities(model_tr, guide_tr, K, RANK, "data")
     torch.testing.assert_close(log_p_out, log_z + log_x)
     torch.testing.assert_close(log_q_out, log_q)
     assert scale == 4.0
@@ -167,7 +171,7 @@ def test_importance_densities_are_joint_with_global_latents_or_no_plate():
         (local_model, local_guide, None),
     ):
         model_tr, guide_tr = traces(model, guide, True)
-        log_p, log_q, scale = importance_log_densities(model_tr, guide_tr, K, RANK, plate, None)
+        log_p, log_q, scale = importance_log_densities(model_tr, guide_tr, K, RANK, plate)
         torch.testing.assert_close(log_p, per_draw_log_density(model_tr, K, RANK))
         torch.testing.assert_close(log_q, per_draw_log_density(guide_tr, K, RANK))
         assert log_p.shape == (K, 1) and scale == 1.0
@@ -178,9 +182,57 @@ def test_global_latents_in_a_minibatch_have_no_importance_estimate():
     with pytest.raises(
         DataPlateError, match=r"^sites \['mu'\] lie outside the subsampled .* \(scale 4\)"
     ):
-        importance_log_densities(model_tr, guide_tr, K, RANK, "data", 3)
+        importance_log_densities(model_tr, guide_tr, K, RANK, "data")
 
 
 @pytest.mark.parametrize("nesting, particles, rank", [(2, 5, 2), (2, 1, 3), (0, 1, 1)])
 def test_particle_rank_keeps_a_slot_for_a_single_particle(nesting, particles, rank):
     assert particle_rank(nesting, particles) == rank
+
+
+@pytest.mark.parametrize("vectorize", [True, False])
+def test_the_score_density_is_the_sampling_densitys_whatever_the_scale_and_mask(vectorize):
+    # ScaleLatents-style weights on the guide: scale 3 and a mask; the score ∇ log q(z) is
+    # the density z was drawn from, so neither applies (Pyro's ScoreParts.scale_and_mask)
+    def weighted_guide(x, num_data=None):
+        with data_plate(x, num_data), poutine.scale(scale=3.0):
+            with poutine.mask(mask=torch.tensor([True, False, True])):
+                pyro.sample("z", dist.Normal(x.mean(-1), 0.7))
+
+    model_tr, guide_tr = traces(local_model, weighted_guide, vectorize, num_data=12)
+    _, _, log_q = local_by_hand(guide_tr)
+    assert weights_factor(model_tr, guide_tr, "data")
+    torch.testing.assert_close(sampling_log_density(guide_tr, K, RANK, "data", 3), log_q)
+    joint = sampling_log_density(guide_tr, K, RANK, None, 3)
+    torch.testing.assert_close(joint, log_q.sum(-1, keepdim=True))
+    _, weighted_q, _ = importance_log_densities(model_tr, guide_tr, K, RANK, "data")
+    torch.testing.assert_close(weighted_q, 3.0 * log_q * torch.tensor([1.0, 0.0, 1.0]))
+
+
+def test_plate_elements_and_subsampled_plates_read_the_run():
+    model_tr, guide_tr = traces(local_model, local_guide, True, num_data=12)
+    assert plate_elements(model_tr, "data") == 3 and plate_elements(model_tr, "pixels") == 2
+    assert subsampled_plates(model_tr) == {"data": 4.0}
+    assert subsampled_plates(traces(local_model, local_guide, True)[0]) == {}
+    with pytest.raises(DataPlateError, match="no sample site lies in the plate 'rows'"):
+        plate_elements(model_tr, "rows")
+    assert not weights_factor(*traces(global_model, global_guide, True), "data")
+    assert not weights_factor(model_tr, guide_tr, None)
+
+
+def test_a_subsampled_plate_the_weights_do_not_factor_over_is_refused_by_name():
+    # Pyro's own idiom, the model drawing 2 of 3 rows: with a global latent there is no
+    # per-datapoint bound, and the joint one over N/B-scaled log-densities bounds nothing
+    def model(x):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("rows", 3, subsample_size=2):
+            pyro.sample("z", dist.Normal(mu, 1.0))
+
+    def guide(x):
+        pyro.sample("mu", dist.Normal(0.3, 0.8))
+        with pyro.plate("rows", 3, subsample_size=2):
+            pyro.sample("z", dist.Normal(0.0, 0.7))
+
+    model_tr, guide_tr = traces(model, guide, True)
+    with pytest.raises(DataPlateError, match=r"subsamples plate 'rows' \(scale 1.5\)"):
+        importance_log_densities(model_tr, guide_tr, K, RANK, None)

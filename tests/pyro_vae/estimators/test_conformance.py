@@ -23,6 +23,7 @@ import math
 
 import pyro
 import pyro.distributions as dist
+import pyro.poutine as poutine
 import pytest
 import torch
 from torch.distributions import Beta
@@ -127,6 +128,43 @@ def local_elbo(params):
     return N_LOCAL / len(BATCH) * per_point.sum()
 
 
+# --- Weighted local latents: the local case with each z_n's terms scaled by β (β-VAE, KL
+# warm-up, poutine.scale) and masked off at one datum (its draw still sets x_n's mean). Pyro's
+# ELBO weighs a site's log p and log q by its scale and mask, and its score ∇ log q(z) by
+# neither: a score scaled by β (vimco), a score masked (score, vimco) and DReG's w̃² (which
+# assumes log q's weight in log w is 1) were all biased here.
+BETA_LOCAL, KEEP_LOCAL = 3.0, torch.tensor([True, False, True])
+
+
+def weighted_local_model(x):
+    with pyro.plate("data", N_LOCAL, subsample=BATCH):
+        with poutine.scale(scale=BETA_LOCAL), poutine.mask(mask=KEEP_LOCAL):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([len(BATCH)]))
+        pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+
+def weighted_local_guide(reparam):
+    def guide(x):
+        m = pyro.param("m", torch.linspace(-1.0, 1.0, N_LOCAL))
+        t = pyro.param("t", torch.full((N_LOCAL,), -0.3))
+        with pyro.plate("data", N_LOCAL, subsample=BATCH):
+            with poutine.scale(scale=BETA_LOCAL), poutine.mask(mask=KEEP_LOCAL):
+                pyro.sample("z", _maybe_score(dist.Normal(m[BATCH], t[BATCH].exp()), reparam))
+
+    return guide
+
+
+def weighted_local_elbo(params):
+    m, t = params["m"][BATCH], params["t"][BATCH]
+    s2 = (2 * t).exp()
+    half_log_2pi = 0.5 * math.log(2 * math.pi)
+    prior = -half_log_2pi - 0.5 * (m**2 + s2)
+    likelihood = -half_log_2pi - 0.5 * ((X_LOCAL[BATCH] - m) ** 2 + s2)
+    entropy = half_log_2pi + 0.5 + t
+    per_point = likelihood + KEEP_LOCAL * BETA_LOCAL * (prior + entropy)
+    return N_LOCAL / len(BATCH) * per_point.sum()
+
+
 # --- Sibling plates at the same dim: z_i ~ N(0, 1) in "lat" (L), y_j ~ N(Σ_i z_i, 1) in
 # "obs" (M); q(z_i) = N(m_i, exp(t_i)). Pyro puts both plates at dim −1; every y_j depends on
 # every z_i, so a Rao-Blackwellization that aligned the two plates element by element (by
@@ -164,6 +202,12 @@ CASES = {
     "normal-normal": (normal_model, normal_guide, normal_elbo, X_NORMAL),
     "beta-bernoulli": (coin_model, coin_guide, coin_elbo, X_COINS),
     "local-subsampled": (local_model, local_guide, local_elbo, X_LOCAL[BATCH]),
+    "local-weighted": (
+        weighted_local_model,
+        weighted_local_guide,
+        weighted_local_elbo,
+        X_LOCAL[BATCH],
+    ),
     "sibling-plates-equal": sibling_case(3, torch.tensor([1.2, 0.4, 2.0])),
     "sibling-plates-unequal": sibling_case(5, torch.linspace(-1.0, 1.5, 6)),
 }
