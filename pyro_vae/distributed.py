@@ -45,6 +45,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyro
 import torch
 import torch.distributed as dist
@@ -59,6 +60,14 @@ TIMEOUT_VARIABLE = "PYRO_VAE_DIST_TIMEOUT"
 
 class RankLost(RuntimeError):
     """Another rank stopped: a collective operation failed or timed out."""
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """A 32-bit seed for ``(seed, epoch, rank)``: NumPy's ``SeedSequence`` hash of the
+    three, so nearby triples give unrelated seeds (two triples share one with probability
+    2⁻³²), for any ``seed`` the run configuration takes."""
+    state = np.random.SeedSequence([int(seed), int(epoch), int(rank)]).generate_state(1)
+    return int(state[0])
 
 
 @dataclass
@@ -109,9 +118,11 @@ class Group:
     def seed_epoch(self, seed: int, epoch: int) -> None:
         """Seed this rank's random streams for epoch ``epoch`` (from 0) from ``(seed,
         epoch, rank)``: ranks draw different noise, and a resumed epoch draws what an
-        uninterrupted run drew."""
+        uninterrupted run drew. The three are hashed to 32 bits by NumPy's ``SeedSequence``
+        (``pyro.set_rng_seed`` also seeds NumPy's generator, which takes no more: a product
+        of them failed at every ``--seed`` from 2)."""
         if self.world > 1:
-            pyro.set_rng_seed((int(seed) * 1_000_003 + int(epoch)) * 4099 + self.rank)
+            pyro.set_rng_seed(epoch_seed(seed, epoch, self.rank))
 
     @contextlib.contextmanager
     def _watching(self, what: str) -> Iterator[None]:

@@ -18,6 +18,9 @@ from pyro_vae.devices import check_device_name
 from pyro_vae.objectives import check_beta
 from pyro_vae.precision import check_precision
 
+#: The largest seed: NumPy's legacy generator, which pyro.set_rng_seed seeds, takes 32 bits.
+MAX_SEED = 2**32 - 1
+
 
 @dataclass
 class TrainingConfig:
@@ -99,6 +102,11 @@ class TrainingConfig:
             check_count(name, getattr(self, name), 1)
         check_count("val_samples", self.val_samples, 1, allow_none=True)
         check_count("seed", self.seed, 0)
+        if self.seed > MAX_SEED:
+            raise ValueError(
+                f"seed: {self.seed} is above 2**32 - 1, the largest seed NumPy's generator "
+                "takes (pyro.set_rng_seed seeds Python's, NumPy's and torch's)"
+            )
         check_count("patience", self.patience, 1, " (None: never stop early)", allow_none=True)
         check_learning_rate("lr", self.lr)
         if isinstance(self.device, torch.device):

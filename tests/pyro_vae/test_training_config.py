@@ -25,6 +25,7 @@ def test_the_defaults_are_the_command_line_s():
         (lambda: TrainingConfig(epochs=2.5), ["epochs: 2.5"]),
         (lambda: TrainingConfig(batch_size=True), ["batch_size: True"]),
         (lambda: TrainingConfig(seed=-1), ["seed: -1", "a non-negative integer"]),
+        (lambda: TrainingConfig(seed=2**32), ["seed: 4294967296", "2**32 - 1"]),
         (lambda: TrainingConfig(patience=0), ["patience: 0", "None: never stop early"]),
         (lambda: TrainingConfig(lr=float("inf")), ["lr: inf", "positive learning rate"]),
         (lambda: TrainingConfig(val_samples=0), ["val_samples: 0"]),
