@@ -140,7 +140,7 @@ class LabelledSource(WrappedSource):
         return ValidationSet(plan.kind, (*plan.args, y, seen), plan.whole_data, plan.draws)
 
 
-def for_model(mode: str | None, name: str, data: Any) -> Any:
+def for_model(mode: str | None, name: str, data: Any, num_classes: int | None = None) -> Any:
     """``data`` as a model declaring ``uses_labels = mode`` (``None``: none; read by
     :func:`pyro_vae.model_protocol.uses_labels`) should see it: a :class:`LabelledSource`
     for a model that uses labels, else ``data`` itself. ``name``: the model's, for errors.
@@ -151,6 +151,9 @@ def for_model(mode: str | None, name: str, data: Any) -> Any:
             labels are observed.
         TypeError: the model uses labels and ``data`` is not a
             :class:`~pyro_vae.data.DataSplits` (nothing else carries labels).
+
+    ``num_classes``: the model's C where it reads class labels; every observed label must
+    then be one of 0..C−1 (:func:`check_label_range`).
     """
     if mode is None:
         return data
@@ -160,6 +163,8 @@ def for_model(mode: str | None, name: str, data: Any) -> Any:
             "expected pyro_vae.DataSplits, whose batches carry labels"
         )
     check_labelled(data.info, name, mode)
+    if num_classes is not None:
+        check_label_range(data, num_classes, name)
     seen = int(data.train_observed.sum())
     if mode == "all" and seen < data.num_train:
         raise ValueError(
@@ -169,6 +174,30 @@ def for_model(mode: str | None, name: str, data: Any) -> Any:
             "labels"
         )
     return LabelledSource(data)
+
+
+def check_label_range(data, num_classes: int, name: str) -> None:
+    """Refuse, before training, observed class labels outside 0..C−1 in any split of
+    ``data`` (:class:`~pyro_vae.data.DataSplits`): a model that one-hot encodes them by
+    comparison (the CVAE's condition) reads such a label as no class at all, an all-zero
+    condition, and trains on it without a word (tester B's F3: labels of −1, and
+    ``num_classes=5`` on ten digit classes).
+
+    Raises:
+        ValueError: naming the split, the labels' span, how many are outside and C."""
+    for split in ("train", "val", "test"):
+        y = getattr(data, f"{split}_y", None)
+        if y is None or not torch.is_tensor(y) or not y.numel():
+            continue
+        values = y[data.train_observed] if split == "train" else y
+        outside = (values < 0) | (values >= num_classes)
+        if bool(outside.any()):
+            raise ValueError(
+                f"labels: the {split} split's observed labels span {int(values.min())}.."
+                f"{int(values.max())}, {int(outside.sum())} of them outside 0..{num_classes - 1}"
+                f"; {name} has num_classes={num_classes} (a label outside would be read as no "
+                "class). Give labels 0..C-1, or the model num_classes to cover them"
+            )
 
 
 def check_labelled(info: dict, name: str, mode: str) -> None:

@@ -181,3 +181,23 @@ def test_the_declaration_is_read_off_a_bound_method_s_object_and_checked():
 
     with pytest.raises(ValueError, match="uses_labels: 'some' declared by Odd; expected 'all'"):
         uses_labels(Odd().model)
+
+
+def test_class_labels_outside_the_models_classes_are_refused_before_training(digits):
+    # the CVAE's one-hot reads a label outside 0..C-1 as no class (tester B's F3)
+    import dataclasses
+
+    from models.cvae import CVAE
+
+    model = CVAE(x_dim=64, num_classes=5, hidden_dims=(8,), latent_dim=2)
+    with pytest.raises(ValueError, match=r"train split's observed labels span 0\.\.9, \d+ of them "
+                       r"outside 0\.\.4; CVAE has num_classes=5"):  # fmt: skip
+        fit(model, model.make_guide(), digits, pyro.infer.Trace_ELBO())
+    shifted = dataclasses.replace(digits, test_y=digits.test_y - 1)  # one class becomes -1
+    with pytest.raises(ValueError, match=r"test split's observed labels span -1\.\.8"):
+        for_model("all", "CVAE", shifted, 10)
+    assert isinstance(for_model("all", "CVAE", digits, 10), LabelledSource)
+    unobserved = digits.with_labelled_subset(count=20)  # unobserved training labels not read
+    hidden = torch.where(unobserved.train_observed, unobserved.train_y, -1)
+    wrong = dataclasses.replace(unobserved, train_y=hidden)
+    assert isinstance(for_model("partial", "M2", wrong, 10), LabelledSource)

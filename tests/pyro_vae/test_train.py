@@ -307,6 +307,27 @@ def test_a_per_row_baseline_with_a_partial_last_batch_is_refused_or_dropped():
     assert len(result.history) == 2
 
 
+def test_a_guide_site_marked_for_enumeration_is_refused_by_a_sampling_estimator(tmp_path):
+    # M2 trained by trace ended at chance accuracy with only Pyro's warning (tester B's F2)
+    from pyro.infer import TraceEnum_ELBO
+
+    model, guide, data = coin_flips()
+
+    def marked(x):
+        a, b = pyro.param("a", torch.tensor(0.1)), pyro.param("b", torch.tensor(0.0))
+        with pyro.plate("data", len(x)):
+            pyro.sample(
+                "z", pyro.distributions.Bernoulli(logits=a * x + b), infer={"enumerate": "parallel"}
+            )
+
+    run = RunFolder(tmp_path / "run")
+    with pytest.raises(ValueError, match=r"Trace_ELBO samples the guide sites \['z'\]"):
+        fit(model, marked, data, Trace_ELBO(), quiet(epochs=1, batch_size=10), run)
+    assert not run.has_checkpoint  # refused before the first step
+    enumerated = TraceEnum_ELBO(max_plate_nesting=1)
+    assert len(fit(model, marked, data, enumerated, quiet(epochs=1, batch_size=10)).history) == 1
+
+
 def test_kl_warmup_leaves_enumerated_sites_to_enumeration():
     # TraceEnum_ELBO needs every enumerated site at one scale; warm-up scaled them as
     # latents and Pyro refused ("share a common poutine.scale").
