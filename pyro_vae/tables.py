@@ -121,10 +121,11 @@ def read_table(
     chosen = _feature_columns(frame, path, columns, label_column)
     for name in chosen:
         if not pd.api.types.is_numeric_dtype(frame[name]):
+            row, value = _first_non_number(frame[name])
             raise TableError(
                 f"columns: {name!r} of {path} holds {frame[name].dtype} values such as "
-                f"{frame[name].iloc[0]!r}; expected numeric feature columns (leave it out "
-                "of --columns, or encode it as numbers first)"
+                f"{value!r} (data row {row}, 0-based, header not counted); expected numeric "
+                "feature columns (leave it out of --columns, or encode it as numbers first)"
             )
     features = frame[chosen].to_numpy(dtype=np.float64)
     _check_finite(features, chosen, path)
@@ -188,6 +189,7 @@ def _feature_columns(frame, path: Path, columns, label_column: str | None) -> li
     names = list(frame.columns)
     if columns is None:
         chosen = [c for c in names if c != label_column and pd.api.types.is_numeric_dtype(frame[c])]
+        _refuse_mostly_numeric(frame, path, [c for c in names if c not in chosen + [label_column]])
         if not chosen:
             raise TableError(
                 f"columns: {path} has no numeric column besides the label; its columns are "
@@ -207,6 +209,39 @@ def _feature_columns(frame, path: Path, columns, label_column: str | None) -> li
     if len(set(columns)) != len(columns):
         raise TableError(f"columns: {list(columns)} names a column twice")
     return list(columns)
+
+
+def _first_non_number(values) -> tuple[int, Any]:
+    """(data row, value) of the first cell of a column that does not read as a number
+    (pandas' ``to_numeric``); the first cell where every one does."""
+    import pandas as pd
+
+    parsed = pd.to_numeric(values, errors="coerce")
+    bad = np.flatnonzero((parsed.isna() & values.notna()).to_numpy())
+    row = int(bad[0]) if len(bad) else 0
+    return row, values.iloc[row]
+
+
+def _refuse_mostly_numeric(frame, path: Path, others: list[str]) -> None:
+    """Refuse a column left out of the default features as not numeric although most of its
+    cells are numbers: one bad cell (a decimal comma, a stray unit) made pandas read it as
+    text, and dropping it silently changed the data (tester B's F4: ``'1,5'`` in one of 400
+    rows, and the column was gone with no word). Named with the first bad cell."""
+    import pandas as pd
+
+    for name in others:
+        values = frame[name]
+        present = values.notna()
+        parsed = pd.to_numeric(values[present], errors="coerce")
+        if present.sum() and parsed.notna().mean() >= 0.5 and parsed.isna().any():
+            row, value = _first_non_number(values)
+            raise TableError(
+                f"columns: {name!r} of {path} is numbers but for {int(parsed.isna().sum())} "
+                f"cells such as {value!r} (data row {row}, 0-based, header not counted), so "
+                "it is not read as numeric and would be left out of the features; fix those "
+                "cells (a decimal comma is not converted), or name the features with "
+                "--columns to leave it out"
+            )
 
 
 def _check_finite(features: np.ndarray, columns: list[str], path: Path) -> None:

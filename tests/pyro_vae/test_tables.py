@@ -118,6 +118,10 @@ def test_bernoulli_and_categorical_need_their_support(tmp_path):
         ("a,b\n1,2\n3,4\n", {"label_column": "y"}, ["label_column: 'y'", "['a', 'b']"]),
         ("a,b\n1,2\n3,4\n", {"columns": ["a", "z"]}, ["columns: ['z']", "['a', 'b']"]),
         ("a,b\n1,x\n3,y\n", {"columns": ["a", "b"]}, ["columns: 'b'", "'x'", "numeric"]),
+        # one bad cell: the default features refuse the column, named with that cell, not
+        # drop it; named, the cell quoted is the bad one, not the first (tester B's F4)
+        ('a,b\n1,2.5\n3,"1,5"\n4,7\n', {}, ["columns: 'b'", "1 cells such as '1,5'", "row 1"]),
+        ('a,b\n1,2.5\n3,"1,5"\n', {"columns": ["b"]}, ["'1,5' (data row 1", "numeric"]),
         ("a,b\n1,2\n,4\n3,5\n", {}, ["column 'a'", "1 missing (NaN)", "data row 1"]),
         ("a,b\n1,inf\n3,4\n", {}, ["column 'b'", "infinite"]),
         ("a,y\n1,0.5\n3,1\n", {"label_column": "y"}, ["label_column: 'y'", "non-integer"]),
@@ -126,7 +130,8 @@ def test_bernoulli_and_categorical_need_their_support(tmp_path):
         ("a,y\n1,1\n", {"columns": ["a", "y"], "label_column": "y"}, ["label column 'y'"]),
     ],
     ids=[
-        "empty", "no-rows", "no-label", "no-column", "not-numeric", "nan", "inf",
+        "empty", "no-rows", "no-label", "no-column", "not-numeric", "one-bad-cell",
+        "one-bad-cell-named", "nan", "inf",
         "float-labels", "missing-label", "no-features", "label-as-feature",
     ],
 )  # fmt: skip
