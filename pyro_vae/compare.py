@@ -20,7 +20,9 @@ Columns, in nats per datapoint where they are densities:
   ``model`` and ``data`` columns and ``log_px_points``; the CSV has them all.
 
 Runs on different data (another dataset, split, binarization or likelihood) have ELBOs
-that cannot be compared; :func:`compare_runs` says so in :attr:`Comparison.notes`.
+that cannot be compared; :func:`compare_runs` says so in :attr:`Comparison.notes`, as it
+does for bounds on different quantities (log p(x), a CVAE's log p(x | y), M2's
+log p(x, y)) and for log p(x) estimated on different test rows.
 """
 
 from __future__ import annotations
@@ -178,7 +180,7 @@ def compare_runs(runs: Sequence[str | os.PathLike]) -> Comparison:
     if not runs:
         raise ValueError("runs: none given; expected one or more run folders")
     paths = [Path(r) for r in runs]
-    table, curves, validations, notes = [], {}, set(), []
+    table, curves, validations, notes, tests = [], {}, set(), [], {}
     for label, path in zip(_labels(paths), paths, strict=True):
         folder = RunFolder(path)
         config, metrics = _read(folder)
@@ -187,6 +189,7 @@ def compare_runs(runs: Sequence[str | os.PathLike]) -> Comparison:
                 f"{label}: no config.json (fit from Python): model, guide and estimator unknown"
             )
         table.append(_row(label, config, metrics))
+        tests[label] = metrics.get("test") or {}
         points = [
             (e["epoch"], e["val_elbo"])
             for e in metrics.get("epochs") or []
@@ -206,8 +209,55 @@ def compare_runs(runs: Sequence[str | os.PathLike]) -> Comparison:
             f"the runs use different data ({which}), so their ELBOs and log p(x) "
             "are not comparable",
         )
+    notes.extend(_unlike_bounds(frame, tests))
     validation = validations.pop() if len(validations) == 1 else "validation ELBO"
     return Comparison(frame, curves, validation, notes)
+
+
+def _bound_of(test: dict[str, Any]) -> str:
+    """What a run's test ELBO and log p(x) bound: log p(x), or, for a model of labels with
+    every test label observed, log p(x | y) (it conditions on y: the CVAE) or log p(x, y)
+    (y is a latent with a prior: M2), as the fit recorded in ``labels_in_bound``."""
+    given = test.get("labels_in_bound")
+    if given == "joint":
+        return "log p(x, y)"
+    if given == "conditioned" or test.get("conditioned_on_labels"):
+        return "log p(x | y)"
+    return "log p(x)"
+
+
+def _unlike_bounds(frame: pd.DataFrame, tests: dict[str, dict[str, Any]]) -> list[str]:
+    """Notes where evaluated runs' numbers measure different things: bounds on different
+    quantities (tester B's F5: M2's log p(x, y) beside a VAE's log p(x) read as M2 1.2
+    nats worse), or log p(x) on different test rows."""
+    notes = []
+    evaluated = {label: test for label, test in tests.items() if test}
+    bounds = {label: _bound_of(test) for label, test in evaluated.items()}
+    if len(set(bounds.values())) > 1:
+        which = "; ".join(f"{label}: {bound}" for label, bound in bounds.items())
+        unlabelled = [label for label, t in evaluated.items() if "test_log_px_unlabelled" in t]
+        hint = (
+            f" ({', '.join(unlabelled)}: its metrics.json's test_elbo_unlabelled and "
+            "test_log_px_unlabelled bound log p(x))"
+            if unlabelled
+            else ""
+        )
+        notes.append(
+            f"the runs' bounds are of different quantities ({which}), so their test_elbo and "
+            f"log_px are not comparable{hint}"
+        )
+    points = {
+        row.run: row.log_px_points
+        for row in frame.itertuples()
+        if row.run in evaluated and not pd.isna(row.log_px_points)
+    }
+    if len(set(points.values())) > 1:
+        which = "; ".join(f"{label}: the first {n}" for label, n in points.items())
+        notes.append(
+            f"log_px is estimated on different test rows ({which}), so it differs by which "
+            "rows as well as by the model; re-evaluate with the same --ll-points to compare"
+        )
+    return notes
 
 
 def plot_validation_curves(comparison: Comparison, path: str | os.PathLike) -> Path:

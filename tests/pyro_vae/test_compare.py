@@ -140,3 +140,26 @@ def test_a_folder_fit_from_python_is_compared_with_what_it_has(tmp_path):
     assert comparison.notes == [
         "py: no config.json (fit from Python): model, guide and estimator unknown"
     ]
+
+
+def test_bounds_on_other_quantities_or_other_test_rows_are_flagged(tmp_path):
+    # tester B's F5: M2's bound on log p(x, y) beside a VAE's on log p(x), one column
+    vae = _run(tmp_path / "vae", [1.0], [-90.0], TEST)
+    m2 = _run(tmp_path / "m2", [1.0], [-91.0],
+              {**TEST, "labels_in_bound": "joint", "test_log_px_unlabelled": -85.0})  # fmt: skip
+    cvae = _run(tmp_path / "cvae", [1.0], [-89.0], {**TEST, "labels_in_bound": "conditioned"})
+    notes = compare_runs([vae, m2, cvae]).notes
+    assert any(
+        "bounds are of different quantities (vae: log p(x); m2: log p(x, y); cvae: log p(x | y))"
+        in n
+        and "m2: its metrics.json's test_elbo_unlabelled" in n
+        for n in notes
+    )
+    fewer = _run(tmp_path / "fewer", [1.0], [-90.0], {**TEST, "log_likelihood_points": 30})
+    notes = compare_runs([vae, fewer]).notes
+    assert notes == [
+        "log_px is estimated on different test rows (vae: the first 500; fewer: the first 30), "
+        "so it differs by which rows as well as by the model; re-evaluate with the same "
+        "--ll-points to compare"
+    ]
+    assert compare_runs([vae, _run(tmp_path / "same", [1.0], [-80.0], TEST)]).notes == []
