@@ -24,7 +24,7 @@ log q and everything downstream of it are then scored against each z_n's own ter
 a bias that Pyro's ``Trace_ELBO`` and ``TraceGraph_ELBO`` share, as they Rao-Blackwellize
 by plates alike (tester A: [0.048, 0.646, −0.123] against the exact [0.103, 0.501,
 0.029]); no estimator of the registry removes it, so such a guide needs its global site
-drawn before the local ones, or reparameterized.
+drawn first and the local ones given it (q(g) q(z_n | g), not q(z) q(g | Σ_n z_n)).
 
 Control variates b (``control_variate=``):
 
