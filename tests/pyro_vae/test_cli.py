@@ -47,7 +47,14 @@ def test_evaluate_and_sample_work_from_the_folder_alone(trained, capsys, tmp_pat
     assert main(["evaluate", str(trained), "--ll-samples", "50", "--ll-points", "30"]) == 0
     out = capsys.readouterr().out
     assert "test ELBO" in out and "K=50, 30 images" in out
-    assert json.loads((trained / "metrics.json").read_text())["test"]["log_likelihood_points"] == 30
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert metrics["test"]["log_likelihood_points"] == 30
+    # the estimate it replaced (the fit's, or an earlier evaluate's) is kept and said so
+    previous = metrics["test_previous"]
+    assert (previous["log_likelihood_samples"], previous["log_likelihood_points"]) != (50, 30)
+    assert "note: log p(x) is now K=50 over 30 rows, where it was K=" in out
+    assert main(["evaluate", str(trained), "--ll-samples", "50", "--ll-points", "30"]) == 0
+    assert "note: log p(x) is now" not in capsys.readouterr().out  # the same K and rows
     assert main(["sample", str(trained), "--num", "9", "--out", str(tmp_path / "s.png")]) == 0
     assert (tmp_path / "s.png").stat().st_size > 1000
 
