@@ -30,12 +30,18 @@ class DataChangedError(ValueError):
 def checksum(root: Path, files: Sequence[Path]) -> str:
     """``sha256:`` and the hex digest of the sorted lines ``name<TAB>size``, one per file,
     ``name`` relative to ``root`` (a dataset directory) or the bare file name."""
-    lines = []
+    lines = [f"{name}\t{size}\n" for name, size in file_sizes(root, files).items()]
+    return "sha256:" + hashlib.sha256("".join(sorted(lines)).encode()).hexdigest()
+
+
+def file_sizes(root: Path, files: Sequence[Path]) -> dict[str, int]:
+    """{name: size in bytes} of ``files``, ``name`` as :func:`checksum` writes it."""
+    sizes = {}
     for f in files:
         f = Path(f)
         name = f.relative_to(root) if root.is_dir() and f.is_relative_to(root) else f.name
-        lines.append(f"{name}\t{os.stat(f).st_size}\n")
-    return "sha256:" + hashlib.sha256("".join(sorted(lines)).encode()).hexdigest()
+        sizes[str(name)] = os.stat(f).st_size
+    return sizes
 
 
 def file_provenance(
@@ -44,11 +50,13 @@ def file_provenance(
     """The provenance of a dataset at ``path`` (a file or a directory) read from ``files``:
     ``{"path", "shape", "dtype", "checksum"}`` (plain JSON)."""
     root = Path(path).expanduser().resolve()
+    resolved = [Path(f).expanduser().resolve() for f in files]
     return {
         "path": str(root),
         "shape": [int(s) for s in shape],
         "dtype": str(dtype),
-        "checksum": checksum(root, [Path(f).expanduser().resolve() for f in files]),
+        "checksum": checksum(root, resolved),
+        "files": file_sizes(root, resolved),
     }
 
 
@@ -70,12 +78,30 @@ def check_unchanged(
     if now == recorded["checksum"]:
         return
     current = current or {}
+    changes = _file_changes(recorded.get("files"), current.get("files"))
     raise DataChangedError(
-        f"data: {recorded.get('path', '?')} changed since the run was trained: its files' "
-        f"names and sizes give {now} (shape {current.get('shape')}, {current.get('dtype')}), "
+        f"data: {recorded.get('path', '?')} changed since the run was trained{changes}: its "
+        f"files' names and sizes give {now} (shape {current.get('shape')}, "
+        f"{current.get('dtype')}), "
         f"but config.json recorded {recorded['checksum']} (shape {recorded.get('shape')}, "
         f"{recorded.get('dtype')}); results would not be comparable. To evaluate on the data "
         f"as they are now, pass {ALLOW_FLAG} to evaluate, sample, diagnose, amortization-gap "
         "or grad-variance (from Python: allow_changed_data=True); a fit is not resumed on "
         "other data"
     )
+
+
+def _file_changes(recorded: dict | None, current: dict | None) -> str:
+    """' (x.labels.npy is gone; y.npy is new; x.npy has 800 bytes, not 1,000)', where both
+    provenances list their files (recorded since the list was added); else ''. A label file
+    removed beside its array changed only the checksum the message named (tester B's F8)."""
+    if not recorded or not current:
+        return ""
+    parts = [f"{name} is gone" for name in sorted(set(recorded) - set(current))]
+    parts += [f"{name} is new" for name in sorted(set(current) - set(recorded))]
+    parts += [
+        f"{name} has {current[name]:,} bytes, not {recorded[name]:,}"
+        for name in sorted(set(recorded) & set(current))
+        if recorded[name] != current[name]
+    ]
+    return f" ({'; '.join(parts)})" if parts else ""

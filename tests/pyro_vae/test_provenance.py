@@ -29,6 +29,25 @@ def test_a_changed_checksum_is_refused_unless_allowed():
     check_unchanged(old, dict(old), allow=False)
 
 
+def test_the_refusal_names_the_files_that_went_came_or_changed_size(tmp_path):
+    # tester B's F8: x.labels.npy deleted, and the refusal named only two checksums
+    x, labels = tmp_path / "x.npy", tmp_path / "x.labels.npy"
+    np.save(x, np.zeros((4, 3), np.uint8))
+    np.save(labels, np.zeros(4, np.int64))
+    recorded = file_provenance(x, [x, labels], (4, 3), np.dtype(np.uint8))
+    assert recorded["files"] == {"x.npy": x.stat().st_size, "x.labels.npy": labels.stat().st_size}
+    labels.unlink()
+    np.save(x, np.zeros((5, 3), np.uint8))
+    current = file_provenance(x, [x], (5, 3), np.dtype(np.uint8))
+    sizes = f"{x.stat().st_size} bytes, not {recorded['files']['x.npy']}"
+    with pytest.raises(DataChangedError, match=rf"changed since the run was trained \(x\.labels"
+                       rf"\.npy is gone; x\.npy has {sizes}\)"):  # fmt: skip
+        check_unchanged(recorded, current, allow=False)
+    del recorded["files"]  # recorded before the list was: the checksums alone, as before
+    with pytest.raises(DataChangedError, match=r"changed since the run was trained: its files'"):
+        check_unchanged(recorded, current, allow=False)
+
+
 FAST = ["--latent-dim", "2", "--hidden", "8", "--no-progress", "--ll-samples", "2"]
 
 
