@@ -824,6 +824,12 @@ def _train_and_report(
             f"{config.estimator.name} "
             f"estimator -> {run.path}"
         )
+        if "columns" in exp.data.info:  # a table: which columns became the features
+            label = config.data.label_column
+            print(
+                f"features: {', '.join(exp.data.info['columns'])}"
+                + (f" (labels: {label})" if label else "")
+            )
 
     try:
         result = fit(

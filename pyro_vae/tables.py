@@ -291,13 +291,15 @@ def table_observations(
     """The observations of each split (``train``, ``val``, ``test``: ``[n, D]`` float64
     features) for ``likelihood`` (module docstring), float32, and the largest value a
     likelihood's mean is drawn against (1, or L − 1 levels). What was done is added to
-    ``info``: ``standardization`` (columns, training mean and std) or ``levels``.
+    ``info``: ``columns`` (the features), and ``standardization`` (columns, training mean
+    and std) or ``levels``.
 
     Raises:
         TableError: the gaussian likelihood (whose sigmoid mean cannot reach standardized
             values: use normal); a feature column constant on the training split (normal),
             or not 0/1 (bernoulli), or not integers in 0..levels − 1 (categorical); named.
     """
+    info["columns"] = list(columns)  # the features, as `pyro-vae fit` prints them
     if likelihood == "gaussian":
         raise TableError(
             "likelihood: 'gaussian' keeps its mean in (0, 1) (a sigmoid, for pixel "

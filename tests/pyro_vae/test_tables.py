@@ -180,6 +180,7 @@ def test_a_table_trains_from_python_and_the_command_line(tmp_path, capsys):
     assert not (out / "reconstructions.png").exists() and (out / "latent.png").exists()
     printed = capsys.readouterr().out  # a table's metrics are per row, not per image
     assert "test rows)" in printed and "nats per row" in printed and "per image" not in printed
+    assert "features: a, c (labels: kind)" in printed  # which columns it trained on
     assert main(["evaluate", str(out), "--ll-samples", "3"]) == 0
     assert "per column" in capsys.readouterr().out
     assert main(["sample", str(out)]) == 2  # a table's rows are no images to draw
