@@ -175,7 +175,12 @@ def sampling_log_density(
     over it, :func:`weights_factor`), as :func:`importance_log_densities` sums them."""
     raw = Trace()
     for name, site in sample_sites(guide_trace).items():
-        log_q = site["fn"].log_prob(site["value"])
+        # Pyro's unscaled_log_prob is fn.log_prob(value), before scale and mask; a trace
+        # stacked from looped particles holds each particle's own (``fn`` is only the
+        # first's: scoring every draw by it biased VIMCO's looped gradient, tester D's F1)
+        log_q = site.get("unscaled_log_prob")
+        if log_q is None:
+            log_q = site["fn"].log_prob(site["value"])
         raw.add_node(name, **dict(site, unscaled_log_prob=log_q, log_prob=log_q, mask=None))
     if plate is None:
         return per_draw_log_density(raw, num_particles, rank)

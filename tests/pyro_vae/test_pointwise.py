@@ -209,6 +209,27 @@ def test_the_score_density_is_the_sampling_densitys_whatever_the_scale_and_mask(
     torch.testing.assert_close(weighted_q, 3.0 * log_q * torch.tensor([1.0, 0.0, 1.0]))
 
 
+@pytest.mark.parametrize("vectorize", [True, False])
+def test_each_particles_draw_is_scored_by_its_own_distribution(vectorize):
+    # q(z | w) differs between particles; a looped run's stacked trace keeps only the first
+    # particle's fn, and scoring every draw by it biased VIMCO (tester D's F1)
+    def model(x, num_data=None):
+        with data_plate(x, num_data):
+            w = pyro.sample("w", dist.Normal(0.0, 1.0))
+            pyro.sample("z", dist.Normal(w, 1.0))
+
+    def guide(x, num_data=None):
+        with data_plate(x, num_data):
+            w = pyro.sample("w", dist.Normal(0.0, 1.0))
+            pyro.sample("z", dist.Normal(w, 0.7))
+
+    _, guide_tr = traces(model, guide, vectorize)
+    w = guide_tr.nodes["w"]["value"].reshape(K, 3)
+    z = guide_tr.nodes["z"]["value"].reshape(K, 3)
+    by_hand = normal_log_pdf(w, 0.0, 1.0) + normal_log_pdf(z, w, 0.7)
+    torch.testing.assert_close(sampling_log_density(guide_tr, K, RANK, "data", 3), by_hand)
+
+
 def test_plate_elements_and_subsampled_plates_read_the_run():
     model_tr, guide_tr = traces(local_model, local_guide, True, num_data=12)
     assert plate_elements(model_tr, "data") == 3 and plate_elements(model_tr, "pixels") == 2
