@@ -43,6 +43,7 @@ from pyro.infer import TraceEnum_ELBO
 
 from pyro_vae.checks import check_count
 from pyro_vae.devices import resolve_device, to_device
+from pyro_vae.enumerated_sites import enumerated_runs, enumerated_sites, marginal_terms
 from pyro_vae.guides.fixed import as_guide
 from pyro_vae.mapped_rows import MappedRows
 from pyro_vae.minibatch import Minibatched, align_autoguide, fitted_rows
@@ -135,13 +136,19 @@ class PerDatapoint:
     num_data: int
     rows: torch.Tensor
     vectorize: bool | None = None
+    #: model sites summed out by enumeration (:mod:`pyro_vae.enumerated_sites`)
+    enumerated: tuple = ()
 
     def subsample(self, start: int, count: int) -> torch.Tensor:
         """The row indices of the data's rows ``start .. start + count``."""
         return self.rows[start : start + count]
 
     def log_weights(self, args: tuple, start: int, num_samples: int) -> torch.Tensor:
-        """log p(x_n, z_k) − log q(z_k | x_n) for the rows ``start..`` in ``args``: ``[K, B]``."""
+        """log p(x_n, z_k) − log q(z_k | x_n) for the rows ``start..`` in ``args``: ``[K, B]``
+        (the model's enumerated sites summed out of p)."""
+        if self.enumerated:
+            observed, latent, guide = self.log_weight_terms(args, start, num_samples)
+            return observed + latent - guide
         model_tr, guide_tr = self._traces(args, start, num_samples)
         return self._density(model_tr, args, num_samples) - self._density(
             guide_tr, args, num_samples
@@ -154,6 +161,9 @@ class PerDatapoint:
         log q(z_k | x_n) for the rows ``start..`` in ``args``, from the same draws:
         ``[K, B]`` each; ``first + second − third`` is :meth:`log_weights`."""
         model_tr, guide_tr = self._traces(args, start, num_samples)
+        if self.enumerated:  # log Σ_c p(x_n, z_n = c | u) in the first, log p(u) the second
+            return (*self._summed_out(model_tr, guide_tr, args, start, num_samples),
+                    self._density(guide_tr, args, num_samples))  # fmt: skip
         observed, latent = (_sample_sites_only(model_tr, obs) for obs in (True, False))
         return (
             self._density(observed, args, num_samples),
@@ -175,6 +185,23 @@ class PerDatapoint:
         )
         self.vectorize = vectorized
         return model_tr, guide_tr
+
+    def _summed_out(self, model_tr, guide_tr, args: tuple, start: int, num_samples: int):
+        """:func:`~pyro_vae.enumerated_sites.marginal_terms` of the rows ``start..``."""
+        if not self.vectorize:
+            raise ValueError(
+                f"model: the sites {list(self.enumerated)} are summed out by enumeration, "
+                "which the per-datapoint evaluators do in a run per value with the guide's "
+                "draws replayed under the particle plate; this pair's particles were drawn "
+                "in a loop (vectorize_particles=False, or a model that does not broadcast). "
+                "Use pyro_vae.evaluate.elbo_estimate (TraceEnum_ELBO)"
+            )
+        rows, rank = int(args[0].shape[0]), self.nesting + 1
+        kwargs = {"subsample": self.subsample(start, rows).to(args[0].device)}
+        runs = enumerated_runs(
+            self.model, model_tr, guide_tr, args, kwargs, self.enumerated, num_samples, rank
+        )
+        return marginal_terms(runs, self.enumerated, num_samples, rows, rank, self.plate)
 
     def _density(self, trace, args: tuple, num_samples: int) -> torch.Tensor:
         rows, rank = int(args[0].shape[0]), self.nesting + 1
@@ -249,6 +276,7 @@ def prepare(
         model_tr, guide_tr = run_pair(pair.model, pair.guide, probe, {"subsample": subsample})
     check_guide_covers_model(model_tr, guide_tr)
     pair.nesting = plate_nesting(model_tr, guide_tr)
+    pair.enumerated = enumerated_sites(model_tr, guide_tr, plate, what)
     return pair
 
 

@@ -57,6 +57,7 @@ LAYERS: dict[str, int] = {
     "pyro_vae.minibatch": 3,
     "pyro_vae.traces": 3,
     "pyro_vae.pointwise": 3,
+    "pyro_vae.enumerated_sites": 3,
     "pyro_vae.weights": 3,
     "pyro_vae.annealing": 3,
     "pyro_vae.objectives": 3,
