@@ -245,12 +245,21 @@ class CompiledELBO(SurrogateELBO):
         return lambda: self._first_call(key, model, guide, leaves, spec, args, kwargs), None
 
     def _first_call(self, key, model, guide, leaves, spec, args, kwargs) -> torch.Tensor:
-        """Record on a forked random stream, then run the estimator itself (with Pyro's
-        checks when validation is on), drawing what a replay would have drawn. Its loss is
+        """Record on a forked random stream (twice where the first recording created
+        parameters), then run the estimator itself (with Pyro's checks when validation is
+        on), drawing what a replay would have drawn. Its loss is
         summed as the recording sums it (tensors, not Python floats), so a run's reported
         losses do not depend on which steps happened to record (a resumed run's history
         equals an uninterrupted one's to the last bit)."""
-        self._recordings[key] = self._record(model, guide, leaves, spec)
+        store = pyro.get_param_store()
+        before = set(store.keys())
+        recording = self._record(model, guide, leaves, spec)
+        if set(store.keys()) - before:
+            # a pyro.param created while recording is a constant of the graph, not the
+            # store's tensor, and its replays gave it no gradient (tester D's F2: plain SVI
+            # on a fresh store coasted on step 1's momentum): record again, now it exists
+            recording = self._record(model, guide, leaves, spec)
+        self._recordings[key] = recording
         with _items_as_tensors():
             return _loss_with_gradient(self.elbo, model, guide, args, kwargs)
 
