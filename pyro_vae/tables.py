@@ -224,16 +224,24 @@ def _first_non_number(values) -> tuple[int, Any]:
 
 def _refuse_mostly_numeric(frame, path: Path, others: list[str]) -> None:
     """Refuse a column left out of the default features as not numeric although most of its
-    cells are numbers: one bad cell (a decimal comma, a stray unit) made pandas read it as
-    text, and dropping it silently changed the data (tester B's F4: ``'1,5'`` in one of 400
-    rows, and the column was gone with no word). Named with the first bad cell."""
+    cells are numbers, or numbers written with a comma: one bad cell (a decimal comma, a
+    stray unit) made pandas read it as text, and dropping it silently changed the data
+    (tester B's F4: ``'1,5'`` in one of 400 rows, and the column was gone with no word;
+    tester D's F3: a whole column of decimal commas, a European export). Named with the
+    first bad cell. A column of text (names, codes such as ``S000``) is left out as before,
+    and so is one of numbers with units (``12 mg``)."""
     import pandas as pd
 
     for name in others:
         values = frame[name]
-        present = values.notna()
-        parsed = pd.to_numeric(values[present], errors="coerce")
-        if present.sum() and parsed.notna().mean() >= 0.5 and parsed.isna().any():
+        present = values[values.notna()]
+        if not len(present):
+            continue
+        parsed = pd.to_numeric(present, errors="coerce")
+        commas = pd.to_numeric(
+            present.astype(str).str.strip().str.replace(",", ".", regex=False), errors="coerce"
+        )
+        if parsed.notna().mean() >= 0.5 and parsed.isna().any():
             row, value = _first_non_number(values)
             raise TableError(
                 f"columns: {name!r} of {path} is numbers but for {int(parsed.isna().sum())} "
@@ -241,6 +249,15 @@ def _refuse_mostly_numeric(frame, path: Path, others: list[str]) -> None:
                 "it is not read as numeric and would be left out of the features; fix those "
                 "cells (a decimal comma is not converted), or name the features with "
                 "--columns to leave it out"
+            )
+        if commas.notna().mean() >= 0.5:  # a decimal comma (or thousands separator) column
+            row, value = _first_non_number(values)
+            raise TableError(
+                f"columns: {name!r} of {path} holds numbers written with a comma, such as "
+                f"{value!r} (data row {row}, 0-based, header not counted), which are not "
+                "converted (a decimal comma and a thousands separator read alike), so it "
+                "would be left out of the features; write them with a decimal point, or name "
+                "the features with --columns to leave it out"
             )
 
 

@@ -122,6 +122,7 @@ def test_bernoulli_and_categorical_need_their_support(tmp_path):
         # drop it; named, the cell quoted is the bad one, not the first (tester B's F4)
         ('a,b\n1,2.5\n3,"1,5"\n4,7\n', {}, ["columns: 'b'", "1 cells such as '1,5'", "row 1"]),
         ('a,b\n1,2.5\n3,"1,5"\n', {"columns": ["b"]}, ["'1,5' (data row 1", "numeric"]),
+        ("n;w\n3;1,52\n5;0,98\n2;1,10\n", {}, ["columns: 'w'", "with a comma, such as '1,52'"]),
         ("a,b\n1,2\n,4\n3,5\n", {}, ["column 'a'", "1 missing (NaN)", "data row 1"]),
         ("a,b\n1,inf\n3,4\n", {}, ["column 'b'", "infinite"]),
         ("a,y\n1,0.5\n3,1\n", {"label_column": "y"}, ["label_column: 'y'", "non-integer"]),
@@ -131,7 +132,7 @@ def test_bernoulli_and_categorical_need_their_support(tmp_path):
     ],
     ids=[
         "empty", "no-rows", "no-label", "no-column", "not-numeric", "one-bad-cell",
-        "one-bad-cell-named", "nan", "inf",
+        "one-bad-cell-named", "decimal-commas", "nan", "inf",
         "float-labels", "missing-label", "no-features", "label-as-feature",
     ],
 )  # fmt: skip
