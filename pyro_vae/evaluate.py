@@ -48,7 +48,13 @@ from pyro_vae.guides.fixed import as_guide
 from pyro_vae.mapped_rows import MappedRows
 from pyro_vae.minibatch import Minibatched, align_autoguide, fitted_rows
 from pyro_vae.model_protocol import offered
-from pyro_vae.plates import batch_rows, find_data_plate, frames_in, require_data_plate
+from pyro_vae.plates import (
+    batch_rows,
+    find_data_plate,
+    frames_in,
+    refuse_self_subsampling,
+    require_data_plate,
+)
 from pyro_vae.pointwise import per_datapoint_log_density
 from pyro_vae.progress import bar as progress_bar
 from pyro_vae.traces import (
@@ -257,6 +263,7 @@ def prepare(
     with torch.no_grad(), eval_mode(model, guide):
         with torch.random.fork_rng(devices=[]), poutine.block():
             prior_tr = poutine.trace(model).get_trace(*probe)
+        refuse_self_subsampling(prior_tr, num_rows, what)
         plate = find_data_plate(prior_tr, num_rows, data_plate)
         if plate is None:
             refuse_uncovered_sites(model, guide, probe)

@@ -123,6 +123,33 @@ def subsampled_data_plate(model_trace: Trace, rows: int | None) -> str | None:
     return DATA_PLATE if DATA_PLATE in candidates else None
 
 
+def refuse_self_subsampling(model_trace: Trace, rows: int | None, what: str) -> None:
+    """Refuse a model that subsamples the batch's rows itself
+    (:func:`subsampled_data_plate`) for ``what``, which scores every row of the batch and
+    reports it by row: a run that picks its own rows scores others than those reported
+    (tester D's F4: ``to_inference_data`` labelled rows 5, 4 and 2 as 0, 1 and 2), or fails
+    on a chunk with an index error.
+
+    Raises:
+        DataPlateError: naming the plate, its subsample and the rows, and the way out."""
+    plate = subsampled_data_plate(model_trace, rows)
+    if plate is None:
+        return
+    size = next(
+        f.size
+        for s in sample_sites(model_trace).values()
+        for f in s["cond_indep_stack"]
+        if f.name == plate
+    )
+    raise DataPlateError(
+        f"model: plate {plate!r} draws {size} of the batch's {rows} rows itself "
+        f"(pyro.plate(..., subsample_size={size})), and {what} scores every row of the batch "
+        "and reports it by row; leave subsample_size out of the model for it (a model "
+        "argument, None when evaluating), or use pyro_vae.plates.data_plate(x, num_data), "
+        "whose batches the caller chooses"
+    )
+
+
 def describe_plates(model_trace: Trace) -> str:
     """The plates around the model's observed sites, with what keeps each from being the
     per-datapoint plate of the rule: for error messages."""

@@ -26,7 +26,12 @@ from pyro_vae.diagnostics.arviz_compat import az
 from pyro_vae.diagnostics.draws import draw, log_density_per_draw, to_given_device
 from pyro_vae.evaluate import check_finite
 from pyro_vae.guides.fixed import as_guide
-from pyro_vae.plates import DataPlateError, batch_rows, find_data_plate
+from pyro_vae.plates import (
+    DataPlateError,
+    batch_rows,
+    find_data_plate,
+    refuse_self_subsampling,
+)
 from pyro_vae.traces import PARTICLES, full_rank, sample_sites, stack_values
 
 FORMAT = "pyro_vae.diagnostics/1"
@@ -128,12 +133,15 @@ def to_inference_data(
         ValueError: ``num_samples`` < 2; non-finite data; a ``device`` this machine does
             not have; a guide that does not cover the
             model's latent sites (:func:`pyro_vae.diagnostics.draws.probe`).
+        pyro_vae.plates.DataPlateError: a model that draws its own subsample of the rows
+            (:func:`pyro_vae.plates.refuse_self_subsampling`).
     """
     check_count("num_samples", num_samples, 2, "; expected at least 2 draws from the guide")
     check_finite((*args, *kwargs.values()), "args")
     args, kwargs = to_given_device(args, kwargs, device)
     guide = as_guide(guide)
     guide_tr, model_tr, rank, _ = draw(model, guide, args, kwargs, num_samples)
+    refuse_self_subsampling(model_tr, batch_rows(args, kwargs), "to_inference_data")
     try:
         plate = find_data_plate(model_tr, batch_rows(args, kwargs)) or ""
     except DataPlateError:  # several plates run over the data's rows (N = G): unnamed

@@ -91,3 +91,28 @@ def test_a_plate_that_subsamples_the_batchs_rows_inside_the_model_is_found_apart
     assert subsampled_data_plate(_trace(model, x, 2, "rows"), 6) == "rows"
     assert subsampled_data_plate(_trace(model, x, 6), 6) is None  # not subsampled
     assert subsampled_data_plate(trace, 5) is None and subsampled_data_plate(trace, None) is None
+
+
+def test_a_model_that_draws_its_own_rows_is_refused_where_rows_are_reported():
+    # tester D's F4: to_inference_data labelled rows 5, 4 and 2 of six as 0, 1 and 2, and the
+    # evaluators refused it only as having no per-datapoint plate
+    from pyro_vae.diagnostics import to_inference_data
+    from pyro_vae.evaluate import elbo_per_datapoint
+
+    x = torch.linspace(-2, 2, 6)
+
+    def model(x):
+        with pyro.plate("data", len(x), subsample_size=3) as i:
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 0.5), obs=x[i])
+
+    def guide(x):
+        with pyro.plate("data", len(x), subsample_size=3) as i:
+            pyro.sample("z", dist.Normal(x[i] * 0.5, 0.7))
+
+    words = r"plate 'data' draws 3 of the batch's 6 rows itself \(pyro.plate\(\.\.\., "
+    words += r"subsample_size=3\)\)"
+    with pytest.raises(DataPlateError, match=words + ", and to_inference_data"):
+        to_inference_data(model, guide, x, num_samples=5)
+    with pytest.raises(DataPlateError, match=words):
+        elbo_per_datapoint(model, guide, x)
