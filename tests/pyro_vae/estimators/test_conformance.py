@@ -93,76 +93,53 @@ def coin_elbo(params):
     return prior + lik + Beta(alpha, beta).entropy()
 
 
-# --- Local latents, subsampled: z_n ~ N(0, 1), x_n ~ N(z_n, 1); q(z_n) = N(m_n, exp(t_n))
-def local_model(x):
-    with pyro.plate("data", N_LOCAL, subsample=BATCH):
-        z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([len(BATCH)]))
-        pyro.sample("x", dist.Normal(z, 1.0), obs=x)
-
-
-def local_guide(reparam):
-    def guide(x):
-        m = pyro.param("m", torch.linspace(-1.0, 1.0, N_LOCAL))
-        t = pyro.param("t", torch.full((N_LOCAL,), -0.3))
-        with pyro.plate("data", N_LOCAL, subsample=BATCH):
-            pyro.sample("z", _maybe_score(dist.Normal(m[BATCH], t[BATCH].exp()), reparam))
-
-    return guide
-
-
-def local_elbo(params):
-    # The subsampled estimate is unbiased for (N / |B|) Σ_{n in B} ELBO_n, so its expected
-    # gradient is that sum's gradient: (N / |B|) ∂ELBO_n for n in B, zero elsewhere.
-    m, t = params["m"][BATCH], params["t"][BATCH]
-    s2 = (2 * t).exp()
-    half_log_2pi = 0.5 * math.log(2 * math.pi)
-    per_point = (
-        -half_log_2pi
-        - 0.5 * (m**2 + s2)
-        - half_log_2pi
-        - 0.5 * ((X_LOCAL[BATCH] - m) ** 2 + s2)
-        + half_log_2pi
-        + 0.5
-        + t
-    )
-    return N_LOCAL / len(BATCH) * per_point.sum()
-
-
-# --- Weighted local latents: the local case with each z_n's terms scaled by β (β-VAE, KL
-# warm-up, poutine.scale) and masked off at one datum (its draw still sets x_n's mean). Pyro's
-# ELBO weighs a site's log p and log q by its scale and mask, and its score ∇ log q(z) by
-# neither: a score scaled by β (vimco), a score masked (score, vimco) and DReG's w̃² (which
-# assumes log q's weight in log w is 1) were all biased here.
+# --- Local latents, subsampled: z_n ~ N(0, 1), x_n ~ N(z_n, 1); q(z_n) = N(m_n, exp(t_n)).
+# Weighted (``beta``, ``keep``): each z_n's terms scaled by β (β-VAE, KL warm-up,
+# poutine.scale) and masked off where ``keep`` is False (its draw still sets x_n's mean).
+# Pyro's ELBO weighs a site's log p and log q by its scale and mask, and its score
+# ∇ log q(z) by neither: a score scaled by β (vimco), a score masked (score, vimco) and
+# DReG's w̃² (which assumes log q's weight in log w is 1) were all biased there.
 BETA_LOCAL, KEEP_LOCAL = 3.0, torch.tensor([True, False, True])
 
 
-def weighted_local_model(x):
-    with pyro.plate("data", N_LOCAL, subsample=BATCH):
-        with poutine.scale(scale=BETA_LOCAL), poutine.mask(mask=KEEP_LOCAL):
-            z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([len(BATCH)]))
-        pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+def local_case(beta: float = 1.0, keep: torch.Tensor | None = None):
+    def weighted():  # the handlers on z: no-ops at β = 1 without a mask
+        return poutine.scale(scale=beta), poutine.mask(mask=True if keep is None else keep)
 
-
-def weighted_local_guide(reparam):
-    def guide(x):
-        m = pyro.param("m", torch.linspace(-1.0, 1.0, N_LOCAL))
-        t = pyro.param("t", torch.full((N_LOCAL,), -0.3))
+    def model(x):
         with pyro.plate("data", N_LOCAL, subsample=BATCH):
-            with poutine.scale(scale=BETA_LOCAL), poutine.mask(mask=KEEP_LOCAL):
-                pyro.sample("z", _maybe_score(dist.Normal(m[BATCH], t[BATCH].exp()), reparam))
+            scale, mask = weighted()
+            with scale, mask:
+                z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([len(BATCH)]))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
 
-    return guide
+    def make_guide(reparam):
+        def guide(x):
+            m = pyro.param("m", torch.linspace(-1.0, 1.0, N_LOCAL))
+            t = pyro.param("t", torch.full((N_LOCAL,), -0.3))
+            with pyro.plate("data", N_LOCAL, subsample=BATCH):
+                scale, mask = weighted()
+                with scale, mask:
+                    q = dist.Normal(m[BATCH], t[BATCH].exp())
+                    pyro.sample("z", _maybe_score(q, reparam))
 
+        return guide
 
-def weighted_local_elbo(params):
-    m, t = params["m"][BATCH], params["t"][BATCH]
-    s2 = (2 * t).exp()
-    half_log_2pi = 0.5 * math.log(2 * math.pi)
-    prior = -half_log_2pi - 0.5 * (m**2 + s2)
-    likelihood = -half_log_2pi - 0.5 * ((X_LOCAL[BATCH] - m) ** 2 + s2)
-    entropy = half_log_2pi + 0.5 + t
-    per_point = likelihood + KEEP_LOCAL * BETA_LOCAL * (prior + entropy)
-    return N_LOCAL / len(BATCH) * per_point.sum()
+    def exact(params):
+        # The subsampled estimate is unbiased for (N / |B|) Σ_{n in B} ELBO_n, so its
+        # expected gradient is that sum's gradient: (N / |B|) ∂ELBO_n for n in B, zero
+        # elsewhere; z_n's prior and entropy terms weighed by β and the mask.
+        m, t = params["m"][BATCH], params["t"][BATCH]
+        s2 = (2 * t).exp()
+        half_log_2pi = 0.5 * math.log(2 * math.pi)
+        prior = -half_log_2pi - 0.5 * (m**2 + s2)
+        likelihood = -half_log_2pi - 0.5 * ((X_LOCAL[BATCH] - m) ** 2 + s2)
+        entropy = half_log_2pi + 0.5 + t
+        weight = beta if keep is None else keep * beta
+        per_point = likelihood + weight * (prior + entropy)
+        return N_LOCAL / len(BATCH) * per_point.sum()
+
+    return model, make_guide, exact, X_LOCAL[BATCH]
 
 
 # --- Sibling plates at the same dim: z_i ~ N(0, 1) in "lat" (L), y_j ~ N(Σ_i z_i, 1) in
@@ -201,13 +178,8 @@ def sibling_case(latents, y):
 CASES = {
     "normal-normal": (normal_model, normal_guide, normal_elbo, X_NORMAL),
     "beta-bernoulli": (coin_model, coin_guide, coin_elbo, X_COINS),
-    "local-subsampled": (local_model, local_guide, local_elbo, X_LOCAL[BATCH]),
-    "local-weighted": (
-        weighted_local_model,
-        weighted_local_guide,
-        weighted_local_elbo,
-        X_LOCAL[BATCH],
-    ),
+    "local-subsampled": local_case(),
+    "local-weighted": local_case(BETA_LOCAL, KEEP_LOCAL),
     "sibling-plates-equal": sibling_case(3, torch.tensor([1.2, 0.4, 2.0])),
     "sibling-plates-unequal": sibling_case(5, torch.linspace(-1.0, 1.5, 6)),
 }
