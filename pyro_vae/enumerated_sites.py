@@ -107,27 +107,27 @@ def enumerated_runs(
 
 
 def marginal_terms(runs: list[Trace], sites, num_samples, rows, rank, plate):
-    """(log Σ_c p(x_n, z_n = c | u_n), log p(u_n)) per particle and datapoint, ``[K, B]``
-    each, from :func:`enumerated_runs`: the first sums the observed sites, the enumerated
-    ones and any latent whose density moves with them; the second, the latents that do
-    not (their density is the same in every run)."""
+    """(log p(x_n | u_n), log p(u_n)) per particle and datapoint, ``[K, B]`` each, from
+    :func:`enumerated_runs`, with the enumerated sites z summed out of both:
+
+        log p(u_n) = log Σ_c p(z_n = c, u_n),   log p(x_n | u_n) = log p(x_n, u_n) − log p(u_n),
+
+    so their sum is log p(x_n, u_n), and E_q[log q(u) − log p(u)] is the KL to the
+    marginal prior, also where u's prior depends on z (a mixture's component means; taking
+    p(u | z) into the first term instead left the KL at −H(q): tester E's F1)."""
     first = sample_sites(runs[0])
-    moving = {
-        name
-        for name, site in first.items()
-        if not site["is_observed"]
-        and any(not torch.equal(site["log_prob"], run.nodes[name]["log_prob"]) for run in runs)
-    }
-    inside = {name for name, site in first.items() if site["is_observed"]} | set(sites) | moving
-    fixed = _only(runs[0], set(first) - inside)
-    per_run = torch.stack(
-        [
-            per_datapoint_log_density(_only(run, inside), num_samples, rows, rank, plate)
+    prior = {name for name, site in first.items() if not site["is_observed"]} | set(sites)
+    everything = set(first)
+
+    def summed(names):
+        per_run = [
+            per_datapoint_log_density(_only(run, names), num_samples, rows, rank, plate)
             for run in runs
         ]
-    )
-    latent = per_datapoint_log_density(fixed, num_samples, rows, rank, plate)
-    return torch.logsumexp(per_run, 0), latent
+        return torch.logsumexp(torch.stack(per_run), 0)
+
+    joint, latent = summed(everything), summed(prior)
+    return joint - latent, latent
 
 
 def _only(trace: Trace, names: set) -> Trace:

@@ -80,6 +80,7 @@ from pyro_vae.progress import interactive
 from pyro_vae.pyro_compat import guess_max_plate_nesting
 from pyro_vae.svi_step import GroupedAdam, SVIStep
 from pyro_vae.tensorboard_log import TensorBoardLog, require_tensorboard
+from pyro_vae.traces import run_pair
 from pyro_vae.training_config import TrainingConfig as TrainConfig
 from pyro_vae.training_pair import TrainingPair
 
@@ -468,9 +469,9 @@ def _estimator_ready_to_train(
     """``elbo`` as training runs it, once its refusals have passed: recorded
     (:class:`~pyro_vae.estimators.compiled.CompiledELBO`) with ``config.compile``, and with
     its plate nesting found before the first step."""
-    guide_trace = _first_guide_trace(pair, batches)
+    model_trace, guide_trace = _first_traces(pair, batches)
     _refuse_per_row_baselines_with_a_partial_batch(elbo, guide_trace, batches, config)
-    _refuse_unenumerated_sites(elbo, guide_trace)
+    _refuse_unenumerated_sites(elbo, model_trace, guide_trace)
     _dry_loss(elbo, pair, batches)
     if config.compile:
         elbo = CompiledELBO(elbo, config.compile_backend)
@@ -498,38 +499,44 @@ def _keeps_one_baseline_per_batch_row(elbo: ELBO) -> bool:
     return isinstance(getattr(elbo, "elbo", elbo), TraceGraph_ELBO)
 
 
-def _first_guide_trace(pair: TrainingPair, batches: TrainingBatches):
-    """A trace of the guide on the first batch, on a forked random stream, for the
-    refusals that read its sites before training."""
-    with torch.random.fork_rng(devices=[]), torch.no_grad(), poutine.block():
-        return poutine.trace(pair.guide).get_trace(
-            *batches.first_batch, subsample=batches.first_rows
+def _first_traces(pair: TrainingPair, batches: TrainingBatches):
+    """Traces of the guide on the first batch and of the model replayed on it, on a forked
+    random stream, for the refusals that read their sites before training."""
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        return run_pair(
+            pair.model, pair.guide, batches.first_batch, {"subsample": batches.first_rows}
         )
 
 
-def _refuse_unenumerated_sites(elbo: ELBO, guide_trace) -> None:
-    """A guide site marked ``infer={"enumerate": ...}`` is summed out only by the ``enum``
-    estimator (``TraceEnum_ELBO``); any other samples it with a score-function gradient,
-    and Pyro only warns ("If you want to enumerate sites, you need to use TraceEnum_ELBO").
-    M2 so trained by ``trace`` ended at chance accuracy on digits (0.09, against enum's
-    0.80) with nothing but that warning (tester B's F2). Refused before training.
+def _refuse_unenumerated_sites(elbo: ELBO, model_trace, guide_trace) -> None:
+    """A site marked ``infer={"enumerate": ...}`` (in the guide, or in the model and not
+    drawn by the guide) is summed out only by the ``enum`` estimator (``TraceEnum_ELBO``);
+    any other samples it (a model's from its prior, scored as if drawn by q) and Pyro only
+    warns. M2 so trained by ``trace`` ended at chance accuracy on digits (0.09, against
+    enum's 0.80: tester B's F2); a mixture VAE's ELBO under ``trace`` was −59.9 where the
+    enumerated one is −13.3, and ``analytic-kl`` failed with a KeyError (tester E's F2).
+    Refused before training.
 
     Raises:
         ValueError: naming the sites, the estimator and the way out."""
     if isinstance(getattr(elbo, "elbo", elbo), TraceEnum_ELBO):
         return
+    drawn = {n for n, site in guide_trace.nodes.items() if site["type"] == "sample"}
     marked = [
         name
-        for name, site in guide_trace.nodes.items()
-        if site["type"] == "sample" and site["infer"].get("enumerate")
+        for trace, from_guide in ((guide_trace, True), (model_trace, False))
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample"
+        and site["infer"].get("enumerate")
+        and (from_guide or (name not in drawn and not site["is_observed"]))
     ]
     if marked:
         name = type(getattr(elbo, "elbo", elbo)).__name__
         raise ValueError(
-            f"estimator: {name} samples the guide sites {marked}, which the guide marks for "
-            "enumeration (infer={'enumerate': ...}); only the enum estimator sums them out. "
-            "Use estimator 'enum' (--estimator enum); to compare a sampling estimator on "
-            "this model, draw those sites without the mark"
+            f"estimator: {name} samples the sites {marked}, which the model or guide marks "
+            "for enumeration (infer={'enumerate': ...}); only the enum estimator sums them "
+            "out. Use estimator 'enum' (--estimator enum); to compare a sampling estimator "
+            "on this model, draw those sites in the guide, without the mark"
         )
 
 

@@ -40,18 +40,19 @@ def test_the_marginal_is_the_log_sum_exp_over_the_values_by_hand():
     assert sites == ("z",)
     runs = enumerated_runs(model, model_tr, guide_tr, (X,), {}, sites, 4, 2)
     assert len(runs) == 2
-    marginal, latent = marginal_terms(runs, sites, 4, 3, 2, "data")
+    given_u, latent = marginal_terms(runs, sites, 4, 3, 2, "data")
     u, w = guide_tr.nodes["u"]["value"], guide_tr.nodes["w"]["value"]  # [4, 3]
-    by_value = torch.stack(
+    prior = torch.stack(
         [
-            dist.Bernoulli(0.3).log_prob(torch.tensor(c))
-            + dist.Normal(c, 1.0).log_prob(u)
-            + dist.Normal(u + w, 0.5).log_prob(X)
+            dist.Bernoulli(0.3).log_prob(torch.tensor(c)) + dist.Normal(c, 1.0).log_prob(u)
             for c in (0.0, 1.0)
         ]
     )
-    torch.testing.assert_close(marginal, torch.logsumexp(by_value, 0))
-    torch.testing.assert_close(latent, dist.Normal(0.0, 2.0).log_prob(w))  # u moved: inside
+    log_p_u = torch.logsumexp(prior, 0) + dist.Normal(0.0, 2.0).log_prob(w)  # z summed out
+    joint = torch.logsumexp(prior, 0) + dist.Normal(0.0, 2.0).log_prob(w)
+    joint = joint + dist.Normal(u + w, 0.5).log_prob(X)  # x reads u and w alone
+    torch.testing.assert_close(latent, log_p_u)
+    torch.testing.assert_close(given_u + latent, joint)
 
 
 def test_sites_the_guide_draws_or_the_data_observe_are_not_enumerated_here():

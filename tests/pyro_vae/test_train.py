@@ -309,7 +309,7 @@ def test_a_per_row_baseline_with_a_partial_last_batch_is_refused_or_dropped():
 
 def test_a_guide_site_marked_for_enumeration_is_refused_by_a_sampling_estimator(tmp_path):
     # M2 trained by trace ended at chance accuracy with only Pyro's warning (tester B's F2)
-    from pyro.infer import TraceEnum_ELBO
+    from pyro.infer import TraceEnum_ELBO, TraceGraph_ELBO
 
     model, guide, data = coin_flips()
 
@@ -321,11 +321,28 @@ def test_a_guide_site_marked_for_enumeration_is_refused_by_a_sampling_estimator(
             )
 
     run = RunFolder(tmp_path / "run")
-    with pytest.raises(ValueError, match=r"Trace_ELBO samples the guide sites \['z'\]"):
+    with pytest.raises(ValueError, match=r"Trace_ELBO samples the sites \[.z.\]"):
         fit(model, marked, data, Trace_ELBO(), quiet(epochs=1, batch_size=10), run)
     assert not run.has_checkpoint  # refused before the first step
     enumerated = TraceEnum_ELBO(max_plate_nesting=1)
     assert len(fit(model, marked, data, enumerated, quiet(epochs=1, batch_size=10)).history) == 1
+
+    # a model site marked for enumeration that the guide does not draw: drawn from its
+    # prior and scored as if from q under trace (tester E's F2)
+    def summed_out(x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", pyro.distributions.Bernoulli(0.5), infer={"enumerate": "parallel"})
+            u = pyro.sample("u", pyro.distributions.Normal(2 * z - 1, 1.0))
+            pyro.sample("x", pyro.distributions.Normal(u, 1.0), obs=x)
+
+    def over_u(x):
+        loc = pyro.param("loc", torch.tensor(0.0))
+        with pyro.plate("data", len(x)):
+            pyro.sample("u", pyro.distributions.Normal(loc.expand(len(x)), 1.0))
+
+    with pytest.raises(ValueError, match=r"TraceGraph_ELBO samples the sites \['z'\]"):
+        fit(summed_out, over_u, data, TraceGraph_ELBO(), quiet(epochs=1, batch_size=10))
+    assert len(fit(summed_out, over_u, data, enumerated, quiet(epochs=1, batch_size=10)).history)
 
 
 def test_kl_warmup_leaves_enumerated_sites_to_enumeration():
