@@ -42,7 +42,7 @@ from pyro_vae.model_protocol import uses_labels
 from pyro_vae.plots import plot_gradient_variance, plot_samples
 from pyro_vae.precision import PRECISIONS, refuse_on_device
 from pyro_vae.predictive import prior_mean_images
-from pyro_vae.provenance import ALLOW_FLAG
+from pyro_vae.provenance import ALLOW_FLAG, CODE_FLAG, code_provenance
 from pyro_vae.run_config import (
     DataConfig,
     EstimatorConfig,
@@ -56,6 +56,7 @@ from pyro_vae.run_config import (
     check_levels,
     check_widths,
 )
+from pyro_vae.spec import spec_file
 from pyro_vae.tables import is_table_path, refuse_binarization
 from pyro_vae.tensorboard_log import require_tensorboard
 from pyro_vae.train import TrainingDiverged, fit
@@ -384,6 +385,12 @@ def _add_allow_changed_data(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="go on when the data's checksum (file names and sizes) differs from the one "
         "the run recorded in config.json",
+    )
+    parser.add_argument(
+        CODE_FLAG,
+        action="store_true",
+        help="go on when the model's or guide's own file (a path.py:attr spec) differs from "
+        "the one the run recorded in config.json",
     )
 
 
@@ -797,7 +804,8 @@ def _train_and_report(
     _refuse_precision(config)  # 16-mixed on the CPU: before the data are loaded
     exp = build(config)
     if not args.resume:
-        config = replace(config, data=exp.config.data)  # with the data's provenance
+        # with the data's provenance and the model's and guide's files' checksums
+        config = replace(config, data=exp.config.data, code=exp.config.code)
         config = _note_unaccepted(args, exp, config)
         compile_step = _should_compile(args, exp.elbo, exp.model, exp.guide)
         config = replace(config, training=replace(config.training, compile=compile_step))
@@ -884,7 +892,7 @@ def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
 
 def _evaluate(args: argparse.Namespace) -> int:
     run = RunFolder(args.run)
-    exp = load(run, args.device or "auto", args.allow_changed_data)
+    exp = load(run, args.device or "auto", args.allow_changed_data, args.allow_changed_code)
     ev = exp.config.evaluation
     samples = ev.ll_samples if args.ll_samples is None else args.ll_samples
     points = ev.ll_points if args.ll_points is None else (args.ll_points or None)
@@ -899,6 +907,18 @@ def _evaluate(args: argparse.Namespace) -> int:
             f"note: the data changed since the run was trained; these results went to "
             f"{run.file('metrics.json')}'s test_on_changed_data, and its test block (the "
             "run's own data) was kept"
+        )
+        return 0
+    code = code_provenance(
+        {"model": spec_file(exp.config.model.spec), "guide": spec_file(exp.config.guide.spec)}
+    )
+    if exp.config.code and code != exp.config.code:  # --allow-changed-code on code that did
+        run.update_metrics(test_on_changed_code={**test, "code": code})
+        _print_test(test, exp.data.image_shape is None)
+        print(
+            f"note: the model's or guide's file changed since the run was trained; these "
+            f"results went to {run.file('metrics.json')}'s test_on_changed_code, and its "
+            "test block (the run's own code) was kept"
         )
         return 0
     previous = run.read_metrics().get("test") or {}
@@ -941,7 +961,7 @@ def _sample(args: argparse.Namespace) -> int:
     if out.is_dir() or out.suffix.lower() != ".png":
         raise ValueError(f"--out: {out} is not a .png file path; expected where to write the PNG")
     run = RunFolder(args.run)
-    exp = load(run, args.device or "auto", args.allow_changed_data)
+    exp = load(run, args.device or "auto", args.allow_changed_data, args.allow_changed_code)
     if not exp.generative:
         raise ValueError(
             f"run: {exp.config.model.spec} has no prior to sample from (it is not a generative "
@@ -980,7 +1000,7 @@ def _grad_variance(args: argparse.Namespace) -> int:
     import pyro
 
     run = RunFolder(args.run)
-    exp = load(run, args.device or "auto", args.allow_changed_data)
+    exp = load(run, args.device or "auto", args.allow_changed_data, args.allow_changed_code)
     _refuse_label_model(exp, "grad-variance")
     specs = [estimators.parse(s) for s in args.estimators.split(",") if s]
     for name, options in specs:
@@ -1039,7 +1059,7 @@ def _amortization_gap(args: argparse.Namespace) -> int:
     from pyro_vae.guides import AmortizedFlow
 
     run = RunFolder(args.run)
-    exp = load(run, args.device or "auto", args.allow_changed_data)
+    exp = load(run, args.device or "auto", args.allow_changed_data, args.allow_changed_code)
     _refuse_label_model(exp, "amortization-gap")
     if not exp.generative:
         raise ValueError(f"run: {exp.config.model.spec} has no latent variables to fit guides to")
@@ -1104,7 +1124,7 @@ def _diagnose(args: argparse.Namespace) -> int:
     from pyro_vae.diagnostics import write_report
 
     run = RunFolder(args.run)
-    exp = load(run, args.device or "auto", args.allow_changed_data)
+    exp = load(run, args.device or "auto", args.allow_changed_data, args.allow_changed_code)
     _refuse_label_model(exp, "diagnose")
     if not exp.generative:
         raise ValueError(f"run: {exp.config.model.spec} has no latent variables to diagnose")

@@ -48,9 +48,9 @@ from pyro_vae.predictive import (
     prior_mean_images,
     reconstruct,
 )
-from pyro_vae.provenance import check_unchanged
+from pyro_vae.provenance import check_code_unchanged, check_unchanged, code_provenance
 from pyro_vae.run_config import STANDARD_MODEL_OPTIONS, RunConfig
-from pyro_vae.spec import call_with_supported, load_object, supported_options
+from pyro_vae.spec import call_with_supported, load_object, spec_file, supported_options
 from pyro_vae.tables import original_units, squared_errors
 
 
@@ -84,7 +84,9 @@ class Experiment:
         return bool(getattr(owner, "generative", True))
 
 
-def build(config: RunConfig, allow_changed_data: bool = False) -> Experiment:
+def build(
+    config: RunConfig, allow_changed_data: bool = False, allow_changed_code: bool = False
+) -> Experiment:
     """Load the data and construct model, guide and estimator as ``config`` says.
 
     ``config.model.spec`` names a class (constructed with the standard options it accepts,
@@ -105,7 +107,8 @@ def build(config: RunConfig, allow_changed_data: bool = False) -> Experiment:
 
     The data's provenance (:mod:`pyro_vae.provenance`) goes into the experiment's config
     when ``config`` has none (a new run); when it has one (a run rebuilt), the data as they
-    are now must have the same checksum, unless ``allow_changed_data``.
+    are now must have the same checksum, unless ``allow_changed_data``; likewise the
+    model's and guide's own files (``path.py:attr`` specs), unless ``allow_changed_code``.
 
     Raises:
         TypeError: ``config`` is not a :class:`~pyro_vae.run_config.RunConfig`.
@@ -113,6 +116,7 @@ def build(config: RunConfig, allow_changed_data: bool = False) -> Experiment:
             model's tied guide; a device this machine does not have (before any data is
             loaded).
         pyro_vae.provenance.DataChangedError: the data changed since the run recorded them.
+        pyro_vae.provenance.CodeChangedError: a model or guide file changed since.
     """
     if not isinstance(config, RunConfig):
         raise TypeError(
@@ -133,6 +137,12 @@ def build(config: RunConfig, allow_changed_data: bool = False) -> Experiment:
     check_unchanged(d.provenance, data.info.get("provenance"), allow_changed_data)
     if d.provenance is None and "provenance" in data.info:
         config = replace(config, data=replace(d, provenance=data.info["provenance"]))
+    code = code_provenance(
+        {"model": spec_file(config.model.spec), "guide": spec_file(config.guide.spec)}
+    )
+    check_code_unchanged(config.code, code, allow_changed_code)
+    if config.code is None and code:  # a new run with a file of the user's own
+        config = replace(config, code=code)
     options = config.model.options
     standard = {k: options[k] for k in STANDARD_MODEL_OPTIONS if k in options}
     standard.update(x_dim=data.x_dim, likelihood=d.likelihood, levels=data.info.get("levels"))
@@ -250,7 +260,10 @@ def _tied(config: RunConfig, tied) -> Any:
 
 
 def load(
-    run: RunFolder | str | Path, device: str = "auto", allow_changed_data: bool = False
+    run: RunFolder | str | Path,
+    device: str = "auto",
+    allow_changed_data: bool = False,
+    allow_changed_code: bool = False,
 ) -> Experiment:
     """Rebuild a run's experiment and load its kept (best-validation) weights, on
     ``device`` (:func:`pyro_vae.devices.resolve_device`; whichever device trained it).
@@ -264,6 +277,8 @@ def load(
         ValueError: ``device`` is not a device this machine has.
         pyro_vae.provenance.DataChangedError: the data's checksum differs from the one in
             config.json, and not ``allow_changed_data`` (:func:`build`).
+        pyro_vae.provenance.CodeChangedError: likewise a model or guide file's, and not
+            ``allow_changed_code``.
     """
     from pyro_vae.train import prepare_pair
     from pyro_vae.weights import WeightsMismatchError
@@ -272,7 +287,7 @@ def load(
     resolved = resolve_device(device, "device")
     config = RunConfig.from_json(run.read_config())
     config = replace(config, training=replace(config.training, device=str(resolved)))
-    experiment = build(config, allow_changed_data)
+    experiment = build(config, allow_changed_data, allow_changed_code)
     state = run.load_checkpoint(map_location=resolved)
     pyro.clear_param_store()
     train = replace(experiment.config.training, progress=False)

@@ -21,10 +21,15 @@ from pathlib import Path
 from typing import Any
 
 ALLOW_FLAG = "--allow-changed-data"
+CODE_FLAG = "--allow-changed-code"
 
 
 class DataChangedError(ValueError):
     """The data a run is rebuilt on are not those it was trained on (checksum differs)."""
+
+
+class CodeChangedError(ValueError):
+    """A model or guide file a run is rebuilt with is not the one it was trained with."""
 
 
 def checksum(root: Path, files: Sequence[Path]) -> str:
@@ -105,3 +110,38 @@ def _file_changes(recorded: dict | None, current: dict | None) -> str:
         if recorded[name] != current[name]
     ]
     return f" ({'; '.join(parts)})" if parts else ""
+
+
+def code_provenance(files: dict[str, Path | None]) -> dict[str, dict[str, str]]:
+    """{role: {"file", "sha256"}} of the user's model and guide files (``files``: role to
+    the file its spec executes, :func:`pyro_vae.spec.spec_file`; None for installed code):
+    the SHA-256 of each file's bytes (a source file is small)."""
+    out = {}
+    for role, path in files.items():
+        if path is not None and Path(path).is_file():
+            digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+            out[role] = {"file": str(path), "sha256": f"sha256:{digest}"}
+    return out
+
+
+def check_code_unchanged(recorded: dict | None, current: dict, allow: bool) -> None:
+    """Refuse to rebuild a run with a model or guide file that changed since it was
+    trained (tester F's F1: a Laplace likelihood edited to a Normal one of the same
+    parameters was evaluated, and a resumed run went on training it, with no word).
+    Nothing is compared for a run that recorded none, or when ``allow``.
+
+    Raises:
+        CodeChangedError: naming the role, the file and both checksums, and how to go on."""
+    if allow or not recorded:
+        return
+    for role, was in recorded.items():
+        now = current.get(role, {}).get("sha256", "no file")
+        if now != was.get("sha256"):
+            raise CodeChangedError(
+                f"{role}: {was.get('file')} changed since the run was trained (its bytes "
+                f"give {now}, config.json recorded {was.get('sha256')}); its weights would be "
+                f"read into other code. To evaluate with the file as it is now, pass "
+                f"{CODE_FLAG} to evaluate, sample, diagnose, amortization-gap or "
+                "grad-variance (from Python: allow_changed_code=True); a fit is not resumed "
+                "with other code"
+            )

@@ -250,6 +250,8 @@ _SECTIONS = {
     "evaluation": EvaluationConfig,
 }
 _TOP = {"format", "schema_version", "model", "model_options", "guide", *_SECTIONS}
+# Top-level keys added after schema 3's first release: a config.json may leave them out.
+_ADDED_TOP = {"code"}
 # Keys added to a section after its schema version, with defaults: a config.json written
 # before them leaves them out (no schema step needed), and they take the default.
 _ADDED_KEYS = {
@@ -279,8 +281,13 @@ class RunConfig:
     estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    #: the model's and guide's own files and their checksums (:func:`pyro_vae.provenance.
+    #: code_provenance`), recorded by a new run; None in a config.json written before them
+    code: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
+        if self.code is not None and not isinstance(self.code, dict):
+            raise TypeError(f"code: {self.code!r}; expected a mapping of role to file")
         for name, kind in (
             ("model", ModelConfig),
             ("data", DataConfig),
@@ -295,8 +302,9 @@ class RunConfig:
                 )
 
     def to_json(self) -> dict[str, Any]:
-        """The plain-JSON dict of config.json (schema :data:`SCHEMA_VERSION`)."""
-        return {
+        """The plain-JSON dict of config.json (schema :data:`SCHEMA_VERSION`); ``code`` only
+        where a run recorded its files."""
+        out = {
             "schema_version": SCHEMA_VERSION,
             "model": self.model.spec,
             "model_options": dict(self.model.options),
@@ -306,6 +314,9 @@ class RunConfig:
             "train": asdict(self.training),
             "evaluation": asdict(self.evaluation),
         }
+        if self.code is not None:
+            out["code"] = self.code
+        return out
 
     @classmethod
     def from_json(cls, config: dict[str, Any]) -> RunConfig:
@@ -341,6 +352,7 @@ class RunConfig:
             estimator=estimator,
             training=training,
             evaluation=evaluation,
+            code=config.get("code"),
         )
 
 
@@ -349,7 +361,7 @@ def _check_keys(config: dict[str, Any]) -> None:
     a hand-edited config.json fails with its key named rather than being half ignored.
     The train section may leave keys out (they take :class:`TrainingConfig`'s defaults),
     and any section the keys of ``_ADDED_KEYS``."""
-    unknown = sorted(set(config) - _TOP)
+    unknown = sorted(set(config) - _TOP - _ADDED_TOP)
     missing = sorted(_TOP - {"format"} - set(config))
     if unknown or missing:
         raise RunFolderError(

@@ -44,6 +44,15 @@ def load_object(spec: str, arg: str = "spec") -> Any:
     return obj
 
 
+def spec_file(spec: str | None) -> Path | None:
+    """The file a ``path/to/file.py:attr`` spec executes (resolved); None for a module spec
+    (``package.module:attr``, installed code) or none."""
+    module_name, sep, _ = (spec or "").rpartition(":")
+    if not sep or not module_name.endswith(".py"):
+        return None
+    return Path(module_name).expanduser().resolve()
+
+
 def _exec_file(name: str, path: Path, spec: str, arg: str):
     """Execute a user's model file as module ``name``, with its folder on the import path
     while it runs, so it can import the modules beside it (``from my_layers import …``)."""

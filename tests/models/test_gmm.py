@@ -205,7 +205,7 @@ def test_score_refuses_assignments_it_would_draw_from_the_prior():
     model = GaussianMixtureModel.from_data(x, 2)
     estimator = get("score", num_particles=4, control_variate="leave-one-out")
     config = TrainConfig(epochs=2, batch_size=30, progress=False)
-    with pytest.raises(ValueError, match=r"latent sites \['assignment'\] are not drawn"):
+    with pytest.raises(ValueError, match=r"samples the sites \['assignment'\], which the model"):
         fit(model, _mean_field_guide(model), TensorData(x), estimator, config)
 
 

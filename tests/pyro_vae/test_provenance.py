@@ -72,3 +72,56 @@ def test_evaluate_refuses_a_run_whose_array_changed_and_the_flag_lets_it_through
     assert metrics["test"] == before  # the run's own results are kept
     assert metrics["test_on_changed_data"]["provenance"]["shape"] == [31, 4, 4]
     assert "test_on_changed_data" in capsys.readouterr().out
+
+
+MODEL_FILE = """
+import pyro, torch, pyro.distributions as dist
+from torch import nn
+
+
+class Mine(nn.Module):
+    def __init__(self, x_dim=16):
+        super().__init__()
+        self.dec, self.enc = nn.Linear(2, x_dim), nn.Linear(x_dim, 4)
+
+    def model(self, x):
+        pyro.module("dec", self.dec)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Laplace(self.dec(z).sigmoid(), 0.3).to_event(1), obs=x)
+
+    def guide(self, x):
+        pyro.module("enc", self.enc)
+        with pyro.plate("data", x.shape[0]):
+            h = self.enc(x)
+            pyro.sample("z", dist.Normal(h[..., :2], h[..., 2:].exp()).to_event(1))
+"""
+
+
+def test_a_model_file_edited_after_the_run_is_refused_and_the_flag_keeps_the_run_s_results(
+    tmp_path, capsys
+):
+    # tester F's F1: the Laplace likelihood edited to a Normal of the same parameters was
+    # evaluated, and a resumed run went on training it, with no word
+    data, code = tmp_path / "x.npy", tmp_path / "mine.py"
+    np.save(data, np.random.default_rng(0).integers(0, 256, (30, 4, 4), dtype=np.uint8))
+    code.write_text(MODEL_FILE)
+    run = tmp_path / "run"
+    fit = ["fit", "--model", f"{code}:Mine", "--data", str(data), "--likelihood", "gaussian"]
+    assert (
+        main([*fit, "--epochs", "1", "--out", str(run), "--no-progress", "--ll-samples", "2"]) == 0
+    )
+    recorded = json.loads((run / "config.json").read_text())["code"]
+    assert recorded["model"]["file"] == str(code.resolve()) and "guide" not in recorded
+    before = json.loads((run / "metrics.json").read_text())["test"]
+    code.write_text(MODEL_FILE.replace("dist.Laplace(", "dist.Normal("))
+    capsys.readouterr()
+    for command in (["evaluate", str(run)], ["fit", "--resume", str(run), "--epochs", "2"]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert f"model: {code.resolve()} changed since the run was trained" in err
+        assert "--allow-changed-code" in err
+    assert main(["evaluate", str(run), "--ll-samples", "2", "--allow-changed-code"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test"] == before  # the run's own results are kept
+    assert metrics["test_on_changed_code"]["elbo"] != before["elbo"]  # another likelihood
