@@ -179,3 +179,21 @@ def test_the_minibatch_refusal_names_the_plates_that_did_not_qualify():
 
     with pytest.raises(DataPlateError, match=r"data \(sequential: a Python loop, not vectorized\)"):
         fit(model, guide, TensorData(torch.zeros(8)), get("trace"), quiet(batch_size=4))
+
+
+def test_a_guide_that_fails_or_draws_other_shapes_is_refused_before_the_pair_runs():
+    # tester F's F2: these failed inside Pyro or the user's decoder, naming neither
+    from pyro_vae.guides import AmortizedNormal
+
+    model = VAE(4, latent_dim=2, hidden_dims=(4,), likelihood="gaussian")
+    x = TensorData(torch.rand(6, 4))
+    wide = AmortizedNormal(4, 20, hidden_dims=(4,))  # the command line's default latent size
+    with pytest.raises(ValueError, match=r"draws 'z' of shape \(6, 20\), but the model's prior "
+                       r"draws it of shape \(6, 2\).*--latent-dim"):  # fmt: skip
+        fit(model, wide, x, get("trace"), quiet(epochs=1))
+
+    def broken(x):
+        raise NotImplementedError('Module [Mine] is missing the required "forward" function')
+
+    with pytest.raises(ValueError, match=r"guide: broken failed on the first batch \(NotImpl"):
+        fit(model, broken, x, get("trace"), quiet(epochs=1))
