@@ -29,8 +29,9 @@ class NoMeanImageError(ValueError):
     """The model has no observation of x with a mean to draw."""
 
 
-def observation_site(trace, x: torch.Tensor) -> str:
-    """The name of the observed site whose value is ``x`` (the same numbers, any shape).
+def observation_site(trace, x: torch.Tensor, held=()) -> str:
+    """The name of the observed site whose value is ``x`` (the same numbers, any shape);
+    ``held``: latent sites the caller conditioned (observed in ``trace``, but not data).
 
     Raises:
         NoMeanImageError: no observed site holds ``x``.
@@ -44,7 +45,7 @@ def observation_site(trace, x: torch.Tensor) -> str:
             and torch.equal(value.reshape(x.shape).to(x.dtype), x)
         ):
             return name
-    observed = [n for n, s in sample_sites(trace).items() if s["is_observed"]]
+    observed = [n for n, s in sample_sites(trace).items() if s["is_observed"] and n not in held]
     raise NoMeanImageError(
         f"model: none of its observed sites {observed} holds the data x itself, so there is "
         "no E[x | z] to draw; give the model decode(z)"
@@ -90,7 +91,7 @@ def reconstruct(model, guide, x: torch.Tensor) -> torch.Tensor:
             trace = poutine.trace(poutine.condition(pair.model, {site: centre})).get_trace(
                 x, subsample=subsample
             )
-        return _site_mean(trace.nodes[observation_site(trace, x)], x.shape[0])
+        return _site_mean(trace.nodes[observation_site(trace, x, (site,))], x.shape[0])
 
 
 @torch.no_grad()

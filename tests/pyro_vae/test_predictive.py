@@ -121,6 +121,10 @@ def test_observation_site_is_the_observed_site_holding_the_data():
         "is no E[x | z] to draw; give the model decode(z)"
     )
     assert isinstance(info.value, ValueError)
+    # a latent the caller held at E_q z is observed in the trace, but is not data (tester F)
+    held = pyro.poutine.trace(pyro.poutine.condition(two_observations, {"z": X})).get_trace(X)
+    with pytest.raises(NoMeanImageError, match=r"observed sites \['y', 'pixels'\] holds"):
+        observation_site(held, 2 * X, ("z",))
 
 
 def test_an_observation_without_a_closed_form_mean_is_named():
