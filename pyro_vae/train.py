@@ -60,7 +60,7 @@ from typing import Any
 import pyro
 import pyro.poutine as poutine
 import torch
-from pyro.infer import ELBO, TraceEnum_ELBO, TraceGraph_ELBO
+from pyro.infer import ELBO, TraceEnum_ELBO, TraceGraph_ELBO, TraceTMC_ELBO
 from tqdm.auto import tqdm
 
 from pyro_vae import labels
@@ -519,8 +519,8 @@ def _refuse_unenumerated_sites(elbo: ELBO, model_trace, guide_trace) -> None:
 
     Raises:
         ValueError: naming the sites, the estimator and the way out."""
-    if isinstance(getattr(elbo, "elbo", elbo), TraceEnum_ELBO):
-        return
+    if isinstance(getattr(elbo, "elbo", elbo), (TraceEnum_ELBO, TraceTMC_ELBO)):
+        return  # they enumerate (TraceTMC_ELBO: tensor Monte Carlo over the marked sites)
     drawn = {n for n, site in guide_trace.nodes.items() if site["type"] == "sample"}
     marked = [
         name

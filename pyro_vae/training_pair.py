@@ -222,7 +222,7 @@ def refuse_a_guide_that_does_not_fit(model_trace, guide, args: tuple) -> None:
     try:
         with torch.random.fork_rng(devices=[]), torch.no_grad(), poutine.block():
             guide_trace = poutine.trace(guide).get_trace(*args)
-    except (NotImplementedError, RuntimeError, TypeError, ValueError, IndexError) as err:
+    except Exception as err:  # any failure of the guide on its own, named as the guide's
         latent = [n for n, s in sample_sites(model_trace).items() if not s["is_observed"]]
         first = str(err).splitlines()[0][:300] if str(err) else ""
         raise ValueError(
@@ -230,20 +230,24 @@ def refuse_a_guide_that_does_not_fit(model_trace, guide, args: tuple) -> None:
             f"expected a guide(x, ...) that draws the model's latent sites {latent} (a "
             "model class with its own guide method needs no --guide)"
         ) from err
-    finally:
+    finally:  # set_state writes the saved entries back but keeps new ones: drop those
+        for key in set(store.keys()) - set(saved["params"]):
+            del store[key]
         store.set_state(saved)
     for site_name, site in sample_sites(guide_trace).items():
         prior = model_trace.nodes.get(site_name)
         if prior is None or prior.get("type") != "sample" or prior["is_observed"]:
             continue
         drawn, expected = tuple(site["value"].shape), tuple(prior["value"].shape)
-        if drawn != expected:
+        try:  # shapes that broadcast are Pyro's to accept (a guide's (1,) for a prior's ())
+            torch.broadcast_shapes(drawn, expected)
+        except RuntimeError as err:
             raise ValueError(
                 f"guide: {name} draws {site_name!r} of shape {drawn}, but the model's prior "
                 f"draws it of shape {expected} on the same batch; the guide's sizes must be "
                 "the model's (the command line's --latent-dim goes to both: set it to the "
                 "model's latent size, or give the guide that size)"
-            )
+            ) from err
 
 
 def has_per_datapoint_parameters(guide, weights: PairWeights, args, rows, num_data) -> bool:

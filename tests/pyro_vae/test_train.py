@@ -309,7 +309,7 @@ def test_a_per_row_baseline_with_a_partial_last_batch_is_refused_or_dropped():
 
 def test_a_guide_site_marked_for_enumeration_is_refused_by_a_sampling_estimator(tmp_path):
     # M2 trained by trace ended at chance accuracy with only Pyro's warning (tester B's F2)
-    from pyro.infer import TraceEnum_ELBO, TraceGraph_ELBO
+    from pyro.infer import TraceEnum_ELBO, TraceGraph_ELBO, TraceTMC_ELBO
 
     model, guide, data = coin_flips()
 
@@ -343,6 +343,8 @@ def test_a_guide_site_marked_for_enumeration_is_refused_by_a_sampling_estimator(
     with pytest.raises(ValueError, match=r"TraceGraph_ELBO samples the sites \['z'\]"):
         fit(summed_out, over_u, data, TraceGraph_ELBO(), quiet(epochs=1, batch_size=10))
     assert len(fit(summed_out, over_u, data, enumerated, quiet(epochs=1, batch_size=10)).history)
+    tmc = TraceTMC_ELBO(max_plate_nesting=1)  # enumerates too (tester G: it was refused)
+    assert len(fit(summed_out, over_u, data, tmc, quiet(epochs=1, batch_size=10)).history)
 
 
 def test_kl_warmup_leaves_enumerated_sites_to_enumeration():

@@ -197,3 +197,44 @@ def test_a_guide_that_fails_or_draws_other_shapes_is_refused_before_the_pair_run
 
     with pytest.raises(ValueError, match=r"guide: broken failed on the first batch \(NotImpl"):
         fit(model, broken, x, get("trace"), quiet(epochs=1))
+
+
+def test_the_guide_probe_leaves_the_param_store_and_shapes_that_broadcast_as_they_were():
+    # tester G: set_state kept the parameters the probe created, so a guide sized by
+    # num_data got the first batch's 4 rows (IndexError) and lazily drawn weights were
+    # those of the probe; a guide's (1,)-shaped Gamma for a prior's () was refused
+    def model(x, num_data=None):
+        with pyro.plate("data", num_data or len(x), subsample_size=len(x)):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z.sum(-1), 1.0), obs=x)
+
+    def local(x, num_data=None):
+        n = num_data if num_data is not None else x.shape[0]
+        loc = pyro.param("loc", lambda: torch.randn(n, 2))
+        with pyro.plate("data", n, subsample_size=len(x)) as idx:
+            pyro.sample("z", dist.Normal(loc[idx], 1.0).to_event(1))
+
+    x = TensorData(torch.randn(12))
+    pyro.set_rng_seed(0)
+    fit(model, local, x, get("trace"), quiet(epochs=1, batch_size=4, lr=1e-9))
+    assert pyro.param("loc").shape == (12, 2)
+    # the weights start where a run without the probe starts: drawn after set-up, in order
+    from pyro_vae import training_pair
+
+    trained = pyro.param("loc").detach().clone()
+    probe = training_pair.refuse_a_guide_that_does_not_fit
+    try:
+        training_pair.refuse_a_guide_that_does_not_fit = lambda *args: None
+        pyro.set_rng_seed(0)
+        fit(model, local, x, get("trace"), quiet(epochs=1, batch_size=4, lr=1e-9))
+    finally:
+        training_pair.refuse_a_guide_that_does_not_fit = probe
+    torch.testing.assert_close(pyro.param("loc").detach(), trained, rtol=0, atol=0)
+
+    def gamma_guide(X, y=None, num_data=None):
+        a = pyro.param("a", torch.ones(1), constraint=dist.constraints.positive)
+        pyro.sample("precision", dist.Gamma(a, torch.ones(1)))
+        pyro.sample("weights", dist.Normal(torch.zeros(3), 1.0).to_event(1))
+
+    X = torch.randn(20, 3)
+    fit(BayesianRegression(), gamma_guide, TensorData(X, X.sum(1)), get("trace"), quiet(epochs=1))
