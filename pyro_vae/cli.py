@@ -30,6 +30,7 @@ from pyro_vae.estimators.compiled import CaptureError, compilable, should_record
 from pyro_vae.experiment import (
     Experiment,
     build,
+    code_of,
     conditional_samples_figure,
     evaluate_test_set,
     load,
@@ -42,7 +43,7 @@ from pyro_vae.model_protocol import uses_labels
 from pyro_vae.plots import plot_gradient_variance, plot_samples
 from pyro_vae.precision import PRECISIONS, refuse_on_device
 from pyro_vae.predictive import prior_mean_images
-from pyro_vae.provenance import ALLOW_FLAG, CODE_FLAG, code_provenance
+from pyro_vae.provenance import ALLOW_FLAG, CODE_FLAG
 from pyro_vae.run_config import (
     DataConfig,
     EstimatorConfig,
@@ -56,7 +57,6 @@ from pyro_vae.run_config import (
     check_levels,
     check_widths,
 )
-from pyro_vae.spec import spec_file
 from pyro_vae.tables import is_table_path, refuse_binarization
 from pyro_vae.tensorboard_log import require_tensorboard
 from pyro_vae.train import TrainingDiverged, fit
@@ -897,28 +897,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     samples = ev.ll_samples if args.ll_samples is None else args.ll_samples
     points = ev.ll_points if args.ll_points is None else (args.ll_points or None)
     test = evaluate_test_set(exp, samples, points, progress=True)
-    recorded, current = exp.config.data.provenance, exp.data.info.get("provenance")
-    if recorded and current and recorded.get("checksum") != current.get("checksum"):
-        # --allow-changed-data on data that did change: the run's own test results stay;
-        # these go beside them, with the provenance of the data they were computed on
-        run.update_metrics(test_on_changed_data={**test, "provenance": current})
+    changed = _changed_inputs(exp)
+    if changed is not None:  # --allow-changed-data or -code on inputs that did change
+        key, extra, what = changed
+        run.update_metrics(**{key: {**test, **extra}})
         _print_test(test, exp.data.image_shape is None)
         print(
-            f"note: the data changed since the run was trained; these results went to "
-            f"{run.file('metrics.json')}'s test_on_changed_data, and its test block (the "
-            "run's own data) was kept"
-        )
-        return 0
-    code = code_provenance(
-        {"model": spec_file(exp.config.model.spec), "guide": spec_file(exp.config.guide.spec)}
-    )
-    if exp.config.code and code != exp.config.code:  # --allow-changed-code on code that did
-        run.update_metrics(test_on_changed_code={**test, "code": code})
-        _print_test(test, exp.data.image_shape is None)
-        print(
-            f"note: the model's or guide's file changed since the run was trained; these "
-            f"results went to {run.file('metrics.json')}'s test_on_changed_code, and its "
-            "test block (the run's own code) was kept"
+            f"note: {what} changed since the run was trained; these results went to "
+            f"{run.file('metrics.json')}'s {key}, and its test block (the run's own) was kept"
         )
         return 0
     previous = run.read_metrics().get("test") or {}
@@ -936,6 +922,19 @@ def _evaluate(args: argparse.Namespace) -> int:
             "(what compare shows); the block it replaced is kept as test_previous"
         )
     return 0
+
+
+def _changed_inputs(exp) -> tuple[str, dict, str] | None:
+    """(metrics key, what to record beside the results, what changed) where the run was
+    rebuilt on data or a model/guide file other than it recorded (the flags that allow
+    it); its own test block then stays. None where nothing changed."""
+    recorded, current = exp.config.data.provenance, exp.data.info.get("provenance")
+    if recorded and current and recorded.get("checksum") != current.get("checksum"):
+        return "test_on_changed_data", {"provenance": current}, "the data"
+    code = code_of(exp.config)
+    if exp.config.code and code != exp.config.code:
+        return "test_on_changed_code", {"code": code}, "the model's or guide's file"
+    return None
 
 
 def _replaced_estimate(previous: dict, test: dict) -> str:

@@ -137,9 +137,7 @@ def build(
     check_unchanged(d.provenance, data.info.get("provenance"), allow_changed_data)
     if d.provenance is None and "provenance" in data.info:
         config = replace(config, data=replace(d, provenance=data.info["provenance"]))
-    code = code_provenance(
-        {"model": spec_file(config.model.spec), "guide": spec_file(config.guide.spec)}
-    )
+    code = code_of(config)
     check_code_unchanged(config.code, code, allow_changed_code)
     if config.code is None and code:  # a new run with a file of the user's own
         config = replace(config, code=code)
@@ -257,6 +255,13 @@ def _tied(config: RunConfig, tied) -> Any:
             "different guide would change the prior; leave the guide out or name that class"
         )
     return tied
+
+
+def code_of(config: RunConfig) -> dict:
+    """The checksums of the run's own model and guide files as they are now
+    (:func:`pyro_vae.provenance.code_provenance`; ``{}`` for installed code)."""
+    files = {"model": spec_file(config.model.spec), "guide": spec_file(config.guide.spec)}
+    return code_provenance(files)
 
 
 def load(
