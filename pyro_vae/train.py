@@ -546,7 +546,7 @@ def _refuse_per_row_baselines_with_a_partial_batch(
     """``TraceGraph_ELBO``'s decaying-average baseline keeps one value per row of the batch
     it first saw, in Pyro's param store; a last partial batch of another size then fails
     inside Pyro ("47 vs 128"). Refuse that combination before training, naming the way out.
-    ``trace``: the guide's on the first batch (:func:`_first_guide_trace`).
+    ``trace``: the guide's on the first batch (:func:`_first_traces`).
     """
     remainder = batches.num_data % batches.batch_size
     if not _keeps_one_baseline_per_batch_row(elbo) or config.drop_last or remainder == 0:
