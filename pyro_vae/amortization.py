@@ -99,9 +99,9 @@ def amortization_gap(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*was not registered in the param store")
         try:
-            _fit_local(model, local, x, steps, lr, num_particles, progress)
+            elbo = _fit_local(model, local, x, steps, lr, num_particles, progress)
             with torch.random.fork_rng(devices=[]):  # the estimates below draw as before
-                stationarity = _stationarity(model, local, x, num_particles)
+                stationarity = _stationarity(elbo, model, local, x)
             whole = x.shape[0]  # the local guide only scores the batch it was fitted to
             amortized = elbo_per_datapoint(model, guide, x, elbo_samples)
             fitted = elbo_per_datapoint(model, local, x, elbo_samples, batch_size=whole)
@@ -132,17 +132,12 @@ def amortization_gap(
 CHECK_DRAWS = 32
 
 
-def _stationarity(model, local, x, num_particles: int) -> tuple[float, int]:
+def _stationarity(elbo, model, local, x) -> tuple[float, int]:
     """(Σ_j t_j², P): the squared t-statistics of the local guides' P parameters' ELBO
-    gradient over :data:`CHECK_DRAWS` draws (of ``num_particles`` particles each). At an
+    gradient over :data:`CHECK_DRAWS` draws of ``elbo``, the fit's (:func:`_fit_local`). At an
     optimum the gradient's mean is 0 and the sum is near P (each t² has mean ν/(ν − 2) and
     variance about 2.4, ν = 31); local guides stopped short of it have a nonzero mean, which
     the sum grows with."""
-    with torch.random.fork_rng(devices=[]):
-        nesting = max_plate_nesting(model, local, x)
-    elbo = Trace_ELBO(
-        num_particles=num_particles, vectorize_particles=True, max_plate_nesting=nesting
-    )
     params = [q for q in local.parameters() if q.requires_grad]
     draws = []
     with eval_mode(model):
@@ -248,8 +243,9 @@ def local_guide(model, guide, x: torch.Tensor, family: str = "normal"):
         return LocalNormal(loc, scale, site)
 
 
-def _fit_local(model, local, x, steps: int, lr: float, num_particles: int, progress: bool) -> None:
-    """Adam on the pathwise ELBO of ``local`` with the model frozen, step size annealed."""
+def _fit_local(model, local, x, steps: int, lr: float, num_particles: int, progress: bool):
+    """Adam on the pathwise ELBO of ``local`` with the model frozen, step size annealed;
+    returns that ELBO (its plate nesting found), for the convergence check."""
     with torch.random.fork_rng(devices=[]):
         nesting = max_plate_nesting(model, local, x)  # Pyro would guess it, and log that
     elbo = Trace_ELBO(
@@ -265,3 +261,4 @@ def _fit_local(model, local, x, steps: int, lr: float, num_particles: int, progr
             elbo.differentiable_loss(model, local, x).backward()
             optimizer.step()
             schedule.step()
+    return elbo

@@ -125,7 +125,7 @@ def importance_log_densities(
         if plate is None
         else outside_plate(model_trace, plate) + outside_plate(guide_trace, plate)
     )
-    if weights_factor(model_trace, guide_trace, plate):
+    if plate is not None and not outside:  # the weights factor over it (weights_factor)
         scale = data_plate_scale(model_trace, plate)
         batch = plate_elements(model_trace, plate)
         log_p = per_datapoint_log_density(
