@@ -49,6 +49,7 @@ from pyro_vae.mapped_rows import MappedRows
 from pyro_vae.minibatch import Minibatched, align_autoguide, fitted_rows
 from pyro_vae.model_protocol import offered
 from pyro_vae.plates import (
+    DeclaredSubsamples,
     batch_rows,
     find_data_plate,
     frames_in,
@@ -261,9 +262,8 @@ def prepare(
     check_dtypes(probe, model, guide)
     num_data, rows = _rows_of(guide, count, rows, device)
     with torch.no_grad(), eval_mode(model, guide):
-        with torch.random.fork_rng(devices=[]), poutine.block():
-            prior_tr = poutine.trace(model).get_trace(*probe)
-        refuse_self_subsampling(prior_tr, num_rows, what)
+        prior_tr = _prior_probe(model, probe, num_rows, what)
+        refuse_self_subsampling(prior_tr, num_rows, what, count)
         plate = find_data_plate(prior_tr, num_rows, data_plate)
         if plate is None:
             refuse_uncovered_sites(model, guide, probe)
@@ -285,6 +285,21 @@ def prepare(
     pair.nesting = plate_nesting(model_tr, guide_tr)
     pair.enumerated = enumerated_sites(model_tr, guide_tr, plate, what)
     return pair
+
+
+def _prior_probe(model, probe: tuple, rows: int | None, what: str) -> poutine.Trace:
+    """A run of the model alone on the ``probe`` rows, outside the random stream; a run
+    that Pyro fails because a data plate declares a ``subsample_size`` larger than the
+    rows is refused as :func:`~pyro_vae.plates.refuse_self_subsampling` refuses."""
+    declared = DeclaredSubsamples()
+    try:
+        with torch.random.fork_rng(devices=[]), poutine.block(), declared:
+            return poutine.trace(model).get_trace(*probe)
+    except ValueError as error:
+        refusal = declared.refusal(rows, what)
+        if refusal is None:
+            raise
+        raise refusal from error
 
 
 def _rows_of(

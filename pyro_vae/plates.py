@@ -28,8 +28,11 @@ from __future__ import annotations
 
 import torch
 from pyro.poutine import Trace
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
 
 from pyro_vae.plate_declaration import DATA_DIM, DATA_PLATE, data_plate  # noqa: F401 (public here too)
+from pyro_vae.pyro_compat import subsample_declaration
 from pyro_vae.traces import PARTICLE_PLATES, sample_sites
 
 
@@ -123,31 +126,95 @@ def subsampled_data_plate(model_trace: Trace, rows: int | None) -> str | None:
     return DATA_PLATE if DATA_PLATE in candidates else None
 
 
-def refuse_self_subsampling(model_trace: Trace, rows: int | None, what: str) -> None:
-    """Refuse a model that subsamples the batch's rows itself
-    (:func:`subsampled_data_plate`) for ``what``, which scores every row of the batch and
+def refuse_self_subsampling(
+    model_trace: Trace, rows: int | None, what: str, total: int | None = None
+) -> None:
+    """Refuse a model that subsamples the batch's rows itself (Pyro's ``pyro.plate(name,
+    len(x), subsample_size=B)``) for ``what``, which scores every row of the batch and
     reports it by row: a run that picks its own rows scores others than those reported
-    (tester D's F4: ``to_inference_data`` labelled rows 5, 4 and 2 as 0, 1 and 2), or fails
-    on a chunk with an index error.
+    (tester D's F4: ``to_inference_data`` labelled rows 5, 4 and 2 as 0, 1 and 2). That is
+    a plate drawing fewer than the batch's ``rows`` (:func:`subsampled_data_plate`), or,
+    when the batch is a chunk of ``total`` rows, a data plate that declares
+    ``subsample_size`` at all: with chunks of B rows or fewer its run draws every row, but
+    the evaluators give the plate each chunk's rows among the ``total`` and the model's
+    ``x[i]`` reads beyond the chunk (an IndexError), or Pyro refuses a chunk shorter than
+    B as a model and guide that disagree. ``total`` None: the batch is all there is.
 
     Raises:
-        DataPlateError: naming the plate, its subsample and the rows, and the way out."""
+        DataPlateError: naming the plate, its subsample size and the rows, and the way
+            out."""
     plate = subsampled_data_plate(model_trace, rows)
-    if plate is None:
-        return
-    size = next(
-        f.size
-        for s in sample_sites(model_trace).values()
-        for f in s["cond_indep_stack"]
-        if f.name == plate
-    )
-    raise DataPlateError(
-        f"model: plate {plate!r} draws {size} of the batch's {rows} rows itself "
-        f"(pyro.plate(..., subsample_size={size})), and {what} scores every row of the batch "
-        "and reports it by row; leave subsample_size out of the model for it (a model "
+    if plate is None and total is not None and rows is not None and rows < total:
+        plate = _declaring_data_plate(model_trace, rows)
+    if plate is not None:
+        raise self_subsampling_error(plate, _declared_size(model_trace, plate), rows, what)
+
+
+def _declared_size(model_trace: Trace, plate: str) -> int:
+    """The ``subsample_size`` ``plate`` declared: its subsample site's, or, in a trace
+    without that site, the plate's size in the run."""
+    node = model_trace.nodes.get(plate)
+    if node is not None and site_is_subsample(node):
+        declared = subsample_declaration(node["fn"])[1]
+        if declared is not None:
+            return declared
+    sites = sample_sites(model_trace).values()
+    return next(f.size for s in sites for f in s["cond_indep_stack"] if f.name == plate)
+
+
+def _declaring_data_plate(model_trace: Trace, rows: int) -> str | None:
+    """A vectorized plate over the batch's ``rows`` that encloses an observed site and
+    declares a ``subsample_size`` (its subsample site records it), else None."""
+    for site in sample_sites(model_trace).values():
+        if not site["is_observed"]:
+            continue
+        for f in site["cond_indep_stack"]:
+            node = model_trace.nodes.get(f.name)
+            if (
+                f.vectorized
+                and f.full_size == rows
+                and node is not None
+                and site_is_subsample(node)
+                and subsample_declaration(node["fn"])[1] is not None
+            ):
+                return f.name
+    return None
+
+
+def self_subsampling_error(plate: str, declared: int | None, rows, what: str) -> DataPlateError:
+    """The :class:`DataPlateError` of :func:`refuse_self_subsampling`."""
+    return DataPlateError(
+        f"model: plate {plate!r} subsamples the batch's {rows} rows itself "
+        f"(pyro.plate(..., subsample_size={declared})), and {what} scores every row of the "
+        "batch and reports it by row; leave subsample_size out of the model for it (a model "
         "argument, None when evaluating), or use pyro_vae.plates.data_plate(x, num_data), "
         "whose batches the caller chooses"
     )
+
+
+class DeclaredSubsamples(Messenger):
+    """Records ``{plate: (full size, declared subsample_size or None)}`` as each
+    ``pyro.plate``'s subsample site passes, in ``declared``: it is read before Pyro's own
+    check of the plate, so a run that Pyro fails (``pyro.plate("data", 3,
+    subsample_size=4)``: "subsample_size does not match len(subsample), 4 vs 3. Did you
+    accidentally use different subsample_size in the model and guide?") still shows which
+    plate declared what."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.declared: dict[str, tuple[int, int | None]] = {}
+
+    def _pyro_sample(self, msg) -> None:
+        if site_is_subsample(msg):
+            self.declared[msg["name"]] = subsample_declaration(msg["fn"])
+
+    def refusal(self, rows: int | None, what: str) -> DataPlateError | None:
+        """The :func:`refuse_self_subsampling` error for a plate over the batch's ``rows``
+        that declared a subsample size larger than them (a run Pyro fails), else None."""
+        for plate, (size, declared) in self.declared.items():
+            if size == rows and declared is not None and declared > size:
+                return self_subsampling_error(plate, declared, rows, what)
+        return None
 
 
 def describe_plates(model_trace: Trace) -> str:

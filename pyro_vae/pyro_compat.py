@@ -159,3 +159,14 @@ def distribution_mask(distribution) -> Any:
     Wraps ``MaskedDistribution._mask`` (pyro-ppl 1.9.x), which has no public accessor.
     """
     return distribution._mask
+
+
+def subsample_declaration(fn) -> tuple[int, int | None]:
+    """(the full size, the declared ``subsample_size`` or None) of a plate's subsample
+    distribution, the ``fn`` of the site ``pyro.plate`` records (a site for which
+    ``pyro.poutine.util.site_is_subsample`` holds).
+
+    Wraps ``pyro.poutine.subsample_messenger._Subsample``'s ``size`` and ``subsample_size``
+    (pyro-ppl 1.9.x): Pyro keeps the declared subsample size nowhere public (a plate frame
+    holds the run's size, equal to it when it covers every row)."""
+    return int(fn.size), fn.subsample_size

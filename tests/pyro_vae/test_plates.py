@@ -6,6 +6,7 @@ import torch
 
 from pyro_vae.plates import (
     DataPlateError,
+    DeclaredSubsamples,
     batch_rows,
     find_data_plate,
     require_data_plate,
@@ -110,9 +111,74 @@ def test_a_model_that_draws_its_own_rows_is_refused_where_rows_are_reported():
         with pyro.plate("data", len(x), subsample_size=3) as i:
             pyro.sample("z", dist.Normal(x[i] * 0.5, 0.7))
 
-    words = r"plate 'data' draws 3 of the batch's 6 rows itself \(pyro.plate\(\.\.\., "
+    words = r"plate 'data' subsamples the batch's 6 rows itself \(pyro.plate\(\.\.\., "
     words += r"subsample_size=3\)\)"
     with pytest.raises(DataPlateError, match=words + ", and to_inference_data"):
         to_inference_data(model, guide, x, num_samples=5)
     with pytest.raises(DataPlateError, match=words):
         elbo_per_datapoint(model, guide, x)
+
+
+@pytest.mark.parametrize("batch_size", [2, 3, 4, 5])
+def test_a_self_subsampling_model_is_refused_at_a_batch_size_up_to_its_subsample_size(batch_size):
+    # at batch_size <= subsample_size each chunk's plate covered its rows, so nothing was
+    # refused: the evaluators gave the plate the chunk's rows among all 10 and the model's
+    # x[i] read past the chunk (IndexError), or Pyro refused a chunk shorter than 4 as a
+    # model and guide that disagree
+    from pyro_vae.evaluate import elbo_per_datapoint, iwae_log_likelihood
+
+    x = torch.linspace(-2, 2, 10)
+
+    def model(x):
+        with pyro.plate("data", len(x), subsample_size=4) as i:
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 0.5), obs=x[i])
+
+    def guide(x):
+        with pyro.plate("data", len(x), subsample_size=4) as i:
+            pyro.sample("z", dist.Normal(x[i] * 0.5, 0.7))
+
+    words = rf"plate 'data' subsamples the batch's {min(batch_size, 10)} rows itself "
+    words += r"\(pyro.plate\(\.\.\., subsample_size=4\)\)"
+    for evaluator in (elbo_per_datapoint, iwae_log_likelihood):
+        with pytest.raises(DataPlateError, match=words):
+            evaluator(model, guide, x, batch_size=batch_size)
+
+
+def test_a_declared_subsample_size_covering_the_whole_data_in_one_batch_is_evaluated():
+    # plate("data", 4, subsample_size=4) on 4 rows in one chunk draws every row in order:
+    # scored as the same model without subsample_size, to the bit
+    from pyro_vae.evaluate import elbo_per_datapoint
+
+    x = torch.linspace(-2, 2, 4)
+
+    def pair(subsample_size):
+        def model(x):
+            with pyro.plate("data", len(x), subsample_size=subsample_size) as i:
+                z = pyro.sample("z", dist.Normal(0.0, 1.0))
+                pyro.sample("x", dist.Normal(z, 0.5), obs=x[i])
+
+        def guide(x):
+            with pyro.plate("data", len(x), subsample_size=subsample_size) as i:
+                pyro.sample("z", dist.Normal(x[i] * 0.5, 0.7))
+
+        return model, guide
+
+    scores = []
+    for subsample_size in (4, None):
+        pyro.set_rng_seed(0)
+        scores.append(elbo_per_datapoint(*pair(subsample_size), x, num_samples=3))
+    assert torch.equal(scores[0], scores[1])
+
+
+def test_declared_subsamples_reads_a_plate_pyro_then_refuses():
+    def model(x):
+        with pyro.plate("data", len(x), subsample_size=4):
+            pass
+
+    declared = DeclaredSubsamples()
+    with pytest.raises(ValueError, match="subsample_size does not match"), declared:
+        model(torch.zeros(3))
+    assert declared.declared == {"data": (3, 4)}
+    assert "subsample_size=4" in str(declared.refusal(3, "an evaluator"))
+    assert declared.refusal(5, "an evaluator") is None

@@ -21,6 +21,7 @@ from pyro_vae.pyro_compat import (
     guess_max_plate_nesting,
     pop_waiting_optim_state,
     set_autoguide_model,
+    subsample_declaration,
     validate_sample,
     validates_args,
 )
@@ -213,3 +214,14 @@ def test_distribution_mask_is_what_mask_was_given_and_what_log_prob_applies():
     assert torch.equal(distribution_mask(masked), keep)
     # the mask log_prob applies: zero where it is False
     assert torch.equal(masked.log_prob(torch.zeros(3)) != 0, keep)
+
+
+@pytest.mark.parametrize(("size", "subsample_size", "run"), [(6, 4, 4), (6, None, 6), (4, 4, 4)])
+def test_subsample_declaration_is_what_the_plate_was_declared_with(size, subsample_size, run):
+    def model():
+        with pyro.plate("data", size, subsample_size=subsample_size) as i:
+            return len(i)
+
+    trace = poutine.trace(model).get_trace()
+    assert trace.nodes["_RETURN"]["value"] == run
+    assert subsample_declaration(trace.nodes["data"]["fn"]) == (size, subsample_size)
