@@ -1344,6 +1344,20 @@ def main(argv: list[str] | None = None) -> int:
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:
+        return _run_command(handler, args, argv)
+    except _Terminated:  # a SIGTERM while a stop or a refusal was being reported
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # exiting now: any more are moot
+        print(f"\nterminated (SIGTERM); {_where_it_stopped(args)}", file=sys.stderr)
+        return 143
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run_command(handler, args: argparse.Namespace, argv: list[str]) -> int:
+    """:func:`main`'s command with its exit status, each stop reported in one line."""
+    try:
         _check_counts(args)
         if getattr(args, "nproc", 1) > 1:
             return _launch(argv, args)
@@ -1368,9 +1382,6 @@ def main(argv: list[str] | None = None) -> int:
     except _Terminated:
         print(f"terminated (SIGTERM); {_where_it_stopped(args)}", file=sys.stderr)
         return 143
-    finally:
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

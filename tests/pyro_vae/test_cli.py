@@ -840,3 +840,31 @@ def test_a_label_model_s_original_units_lines_keep_what_the_bound_is_of(capsys):
         lines = capsys.readouterr().out.splitlines()
         assert lines[0].startswith(f"test ELBO{given} ") and "standardized columns" in lines[0]
         assert lines[1].startswith(f"test ELBO{given} ") and "file's units" in lines[1]
+
+
+def test_a_sigterm_while_a_lost_rank_is_reported_ends_as_terminated_without_a_traceback(
+    tmp_path, monkeypatch, capsys
+):
+    # tester B's F7: a SIGTERM landing in the `except RankLost` handler (torchrun stops the
+    # other ranks as one reports) escaped main as a traceback; the signal handler raises in
+    # the main thread wherever it is, here inside the report's _where_it_stopped
+    import pyro_vae.cli as cli
+    from pyro_vae.distributed import RankLost
+
+    def lost(args):
+        raise RankLost("rank 1 stopped")
+
+    reports = []
+
+    def where(args):
+        reports.append(args.command)
+        if len(reports) == 1:
+            raise cli._Terminated  # as _on_sigterm raises it
+        return "its run folder is as it was"
+
+    monkeypatch.setattr(cli, "_evaluate", lost)
+    monkeypatch.setattr(cli, "_where_it_stopped", where)
+    assert main(["evaluate", str(tmp_path)]) == 143
+    err = capsys.readouterr().err
+    assert "terminated (SIGTERM); its run folder is as it was" in err
+    assert reports == ["evaluate", "evaluate"]
