@@ -125,8 +125,10 @@ def _particle_dim(site: dict) -> int | None:
 
 
 def _per_particle(value: torch.Tensor, dim: int | None) -> torch.Tensor:
-    """Σ of ``value`` over every dim but the particle ``dim``: ``[K]``, or ``[1]``."""
-    value = torch.as_tensor(value)
+    """Σ of ``value`` over every dim but the particle ``dim``: ``[K]``, or ``[1]``, on
+    ``value``'s device (``torch.as_tensor`` would move a tensor to the default device)."""
+    if not torch.is_tensor(value):
+        value = torch.as_tensor(value)
     if dim is None or value.dim() < -dim or value.shape[dim] == 1:
         return value.sum().reshape(1)
     return value.movedim(dim, 0).reshape(value.shape[dim], -1).sum(1)
@@ -207,9 +209,17 @@ def free_bits_traces(
         kept[name] = kl * keep
         _scale_site(model_out.nodes[name], keep)
         _scale_site(guide_out.nodes[name], keep)
-    if floor is None:
-        floor = torch.zeros(())
+    if floor is None:  # no latent group: on the data's device, as the sums it is added to
+        floor = torch.zeros((), device=_device_of(model_trace))
     return model_out, guide_out, floor.detach(), kept
+
+
+def _device_of(trace: Trace) -> torch.device | None:
+    """The device of the trace's first sample site's value (None: no site holds a tensor)."""
+    for site in sample_sites(trace).values():
+        if torch.is_tensor(site["value"]):
+            return site["value"].device
+    return None
 
 
 def _free_dim_groups(name, sites, outs, setting, weight):

@@ -55,7 +55,7 @@ class MeanFieldELBO(TraceMeanField_ELBO):
         model_trace, guide_trace, floor, kept = free_bits_traces(
             model_trace, guide_trace, self.free_bits, analytic=True, groups=self.free_bits_groups
         )
-        elbo = torch.zeros(())
+        elbo = torch.zeros((), device=floor.device)  # the floor's: on the traces' device
         for name, site in model_trace.nodes.items():
             if site["type"] != "sample":
                 continue
