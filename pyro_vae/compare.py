@@ -20,7 +20,9 @@ Columns, in nats per datapoint where they are densities:
   ``model`` and ``data`` columns and ``log_px_points``; the CSV has them all.
 
 Runs on different data (another dataset, split, binarization or likelihood) have ELBOs
-that cannot be compared; :func:`compare_runs` says so in :attr:`Comparison.notes`, as it
+that cannot be compared; :func:`compare_runs` says so in :attr:`Comparison.notes` (runs
+that differ only in ``val_fraction`` are tested on the same rows, and noted as validating
+on different ones, unless those change the test data too: :func:`_test_data`), as it
 does for bounds on different quantities (log p(x), a CVAE's log p(x | y), M2's
 log p(x, y)) and for log p(x) estimated on different test rows.
 """
@@ -42,6 +44,7 @@ from matplotlib.ticker import MaxNLocator
 from pyro_vae.checkpoint import RunFolder, RunFolderError, atomic_path
 from pyro_vae.plots import save_png
 from pyro_vae.run_config import migrate
+from pyro_vae.tables import is_table_path
 
 __all__ = ["Comparison", "compare_runs", "plot_validation_curves", "write_comparison"]
 
@@ -101,13 +104,31 @@ def _model(config: dict[str, Any]) -> str:
     return f"{name}({options})" if options else name
 
 
-def _data(config: dict[str, Any]) -> str:
+_DATA_KEYS = ("likelihood", "binarize", "levels", "val_fraction", "test_fraction", "split_seed")
+
+
+def _data(config: dict[str, Any], keys: tuple[str, ...] = _DATA_KEYS) -> str:
     if not config:
         return "?"
     data = config.get("data") or {}
-    keys = ("likelihood", "binarize", "levels", "val_fraction", "test_fraction", "split_seed")
     details = [f"{k}={data[k]}" for k in keys if data.get(k) is not None]
     return f"{data.get('name', '?')}({', '.join(details)})"
+
+
+def _test_data(config: dict[str, Any]) -> str:
+    """What a run's test numbers are computed on: :func:`_data` without ``val_fraction``
+    where the test rows do not depend on it. They do where the validation rows' draws come
+    first from one generator (dynamic binarization: :func:`pyro_vae.data.load_data` draws
+    the validation images' pixels, then the test images') or the training rows set the
+    test rows' units (a table's normal likelihood standardizes by the training split);
+    elsewhere ``val_fraction`` only moves rows between training and validation (the
+    test split is drawn first, by ``test_fraction`` and ``split_seed``)."""
+    data = (config or {}).get("data") or {}
+    dynamic = data.get("likelihood") == "bernoulli" and data.get("binarize") == "dynamic"
+    standardized = data.get("likelihood") == "normal" and is_table_path(str(data.get("name")))
+    if dynamic or standardized:
+        return _data(config)
+    return _data(config, tuple(k for k in _DATA_KEYS if k != "val_fraction"))
 
 
 _COUNTS = ("K", "log_px_points", "active_units", "latent_dim", "epochs", "best_epoch")
@@ -180,7 +201,7 @@ def compare_runs(runs: Sequence[str | os.PathLike]) -> Comparison:
     if not runs:
         raise ValueError("runs: none given; expected one or more run folders")
     paths = [Path(r) for r in runs]
-    table, curves, validations, notes, tests = [], {}, set(), [], {}
+    table, curves, validations, notes, tests, test_data = [], {}, set(), [], {}, {}
     for label, path in zip(_labels(paths), paths, strict=True):
         folder = RunFolder(path)
         config, metrics = _read(folder)
@@ -189,6 +210,7 @@ def compare_runs(runs: Sequence[str | os.PathLike]) -> Comparison:
                 f"{label}: no config.json (fit from Python): model, guide and estimator unknown"
             )
         table.append(_row(label, config, metrics))
+        test_data[label] = _test_data(config) if config else "?"
         tests[label] = metrics.get("test") or {}
         points = [
             (e["epoch"], e["val_elbo"])
@@ -201,17 +223,32 @@ def compare_runs(runs: Sequence[str | os.PathLike]) -> Comparison:
         if not metrics.get("test"):
             notes.append(f"{label}: not evaluated on the test set (a stopped or unfinished run)")
     frame = pd.DataFrame(table, columns=list(COLUMNS)).astype({c: "Int64" for c in _COUNTS})
-    known = frame[frame["data"] != "?"]
-    if known["data"].nunique() > 1:
-        which = "; ".join(f"{r.run}: {r.data}" for r in known.itertuples())
-        notes.insert(
-            0,
-            f"the runs use different data ({which}), so their ELBOs and log p(x) "
-            "are not comparable",
-        )
+    notes[:0] = _data_notes(frame, test_data)
     notes.extend(_unlike_bounds(frame, tests))
     validation = validations.pop() if len(validations) == 1 else "validation ELBO"
     return Comparison(frame, curves, validation, notes)
+
+
+#: How a note on runs that validate on different rows of the same data begins.
+OTHER_VALIDATION_ROWS = "the runs validate on different rows"
+
+
+def _data_notes(frame: pd.DataFrame, test_data: dict[str, str]) -> list[str]:
+    """A note where runs' test numbers are on different data (not comparable), else
+    where only their validation rows differ (``val_fraction``: the curves and best epochs
+    are on other rows, the test numbers on the same)."""
+    known = frame[frame["data"] != "?"]
+    which = "; ".join(f"{r.run}: {r.data}" for r in known.itertuples())
+    if len({test_data[r.run] for r in known.itertuples()}) > 1:
+        return [
+            f"the runs use different data ({which}), so their ELBOs and log p(x) are not comparable"
+        ]
+    if known["data"].nunique() > 1:
+        return [
+            f"{OTHER_VALIDATION_ROWS} ({which}): their validation curves and best epochs "
+            "are on different rows; their test numbers are on the same test rows"
+        ]
+    return []
 
 
 def _bound_of(test: dict[str, Any]) -> str:
@@ -278,6 +315,8 @@ def plot_validation_curves(comparison: Comparison, path: str | os.PathLike) -> P
     title = "validation curves (circle: best epoch)"
     if any("not comparable" in n for n in comparison.notes):
         title += "\nruns on different data: not comparable"
+    elif any(n.startswith(OTHER_VALIDATION_ROWS) for n in comparison.notes):
+        title += "\neach run validates on its own rows (val_fraction)"
     ax.set_title(title, fontsize=9)
     if comparison.curves:
         ax.legend(fontsize=7, loc="lower right")

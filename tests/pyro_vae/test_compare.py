@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from pyro_vae.checkpoint import FORMAT, RunFolderError
@@ -20,10 +21,12 @@ from pyro_vae.run_config import DataConfig, EstimatorConfig, ModelConfig, RunCon
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 
 
-def _run(path: Path, seconds, val, test=None, data_name="digits", estimator=None) -> Path:
+def _run(
+    path: Path, seconds, val, test=None, data_name="digits", estimator=None, data=None
+) -> Path:
     config = RunConfig(
         ModelConfig("models.vae:VAE", {"latent_dim": 20}),
-        DataConfig(name=data_name),
+        DataConfig(name=data_name, **(data or {})),
         estimator=EstimatorConfig(**(estimator or {"name": "trace"})),
     ).to_json()
     path.mkdir()
@@ -78,6 +81,49 @@ def test_runs_on_different_data_are_flagged_as_not_comparable(tmp_path):
     b = _run(tmp_path / "b", [1.0], [-200.0], TEST, data_name="fashion-mnist")
     notes = compare_runs([a, b]).notes
     assert len(notes) == 1 and "not comparable" in notes[0] and "fashion-mnist" in notes[0]
+
+
+@pytest.mark.parametrize("binarize", ["static", "dynamic"])
+def test_the_test_rows_depend_on_val_fraction_only_through_dynamic_binarization(binarize):
+    # the loader itself, the rule compare's notes follow: the test split is drawn first,
+    # but dynamic binarization draws the validation pixels before the test ones
+    from pyro_vae.data import Preprocessing, load_data
+
+    test = [
+        load_data("digits", Preprocessing("bernoulli", binarize), val_fraction=f).test_x
+        for f in (0.1, 0.3)
+    ]
+    assert torch.equal(test[0], test[1]) == (binarize == "static")
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "comparable"),
+    [
+        ("digits", {}, True),
+        ("digits", {"likelihood": "categorical"}, True),
+        ("digits", {"binarize": "dynamic"}, False),  # the test pixels' draws move
+        ("rows.csv", {"likelihood": "normal"}, False),  # standardized by the training rows
+        ("rows.csv", {"likelihood": "bernoulli"}, True),
+    ],
+)
+def test_runs_differing_only_in_val_fraction_are_flagged_by_what_it_changes(
+    tmp_path, name, data, comparable
+):
+    # tester B's F6: runs differing only in --val-fraction were flagged as on different
+    # data, their test numbers "not comparable", though they were on the same test rows
+    a = _run(tmp_path / "a", [1.0], [-100.0], TEST, data_name=name, data=data)
+    b = _run(tmp_path / "b", [1.0], [-99.0], TEST, data_name=name,
+             data={**data, "val_fraction": 0.3})  # fmt: skip
+    comparison = compare_runs([a, b])
+    (note,) = comparison.notes
+    assert "val_fraction=0.3" in note
+    if comparable:
+        assert (
+            note.startswith("the runs validate on different rows") and "not comparable" not in note
+        )
+    else:
+        assert note.startswith("the runs use different data") and "not comparable" in note
+    write_comparison(comparison, tmp_path / "out")  # the figure's title says which
 
 
 def test_files_are_written_and_read_back(tmp_path):
