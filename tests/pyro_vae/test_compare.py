@@ -109,7 +109,7 @@ def test_the_test_rows_depend_on_val_fraction_only_through_dynamic_binarization(
 def test_runs_differing_only_in_val_fraction_are_flagged_by_what_it_changes(
     tmp_path, name, data, comparable
 ):
-    # tester B's F6: runs differing only in --val-fraction were flagged as on different
+    # tester B: runs differing only in --val-fraction were flagged as on different
     # data, their test numbers "not comparable", though they were on the same test rows
     a = _run(tmp_path / "a", [1.0], [-100.0], TEST, data_name=name, data=data)
     b = _run(tmp_path / "b", [1.0], [-99.0], TEST, data_name=name,
