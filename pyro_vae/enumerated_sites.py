@@ -30,7 +30,7 @@ from pyro.poutine.util import prune_subsample_sites
 
 from pyro_vae.plates import frames_in
 from pyro_vae.pointwise import per_datapoint_log_density
-from pyro_vae.traces import PARTICLE_PLATES, PARTICLES, sample_sites
+from pyro_vae.traces import PARTICLE_PLATES, PARTICLES, sample_sites, sample_sites_where
 
 #: Most combinations of enumerated values scored (one model run each).
 MAX_COMBINATIONS = 4096
@@ -121,21 +121,19 @@ def marginal_terms(runs: list[Trace], sites, num_samples, rows, rank, plate):
 
     def summed(names):
         per_run = [
-            per_datapoint_log_density(_only(run, names), num_samples, rows, rank, plate)
+            per_datapoint_log_density(
+                sample_sites_where(run, lambda name, _: name in names),
+                num_samples,
+                rows,
+                rank,
+                plate,
+            )
             for run in runs
         ]
         return torch.logsumexp(torch.stack(per_run), 0)
 
     joint, latent = summed(everything), summed(prior)
     return joint - latent, latent
-
-
-def _only(trace: Trace, names: set) -> Trace:
-    out = Trace()
-    for name, site in sample_sites(trace).items():
-        if name in names:
-            out.add_node(name, **site)
-    return out
 
 
 __all__ = ["MAX_COMBINATIONS", "enumerated_runs", "enumerated_sites", "marginal_terms"]

@@ -63,6 +63,7 @@ from pyro_vae.traces import (
     plate_nesting,
     run_pair,
     sample_sites,
+    sample_sites_where,
     vectorize_for,
     vectorized_or_looped,
 )
@@ -171,7 +172,8 @@ class PerDatapoint:
         if self.enumerated:  # log Σ_c p(x_n, z_n = c | u) in the first, log p(u) the second
             return (*self._summed_out(model_tr, guide_tr, args, start, num_samples),
                     self._density(guide_tr, args, num_samples))  # fmt: skip
-        observed, latent = (_sample_sites_only(model_tr, obs) for obs in (True, False))
+        observed = sample_sites_where(model_tr, lambda _, site: site["is_observed"])
+        latent = sample_sites_where(model_tr, lambda _, site: not site["is_observed"])
         return (
             self._density(observed, args, num_samples),
             self._density(latent, args, num_samples),
@@ -215,15 +217,6 @@ class PerDatapoint:
         return per_datapoint_log_density(
             trace, num_samples, rows, rank, self.plate, device=args[0].device
         )
-
-
-def _sample_sites_only(trace: poutine.Trace, observed: bool) -> poutine.Trace:
-    """A trace of ``trace``'s observed (or latent) sample sites alone."""
-    out = poutine.Trace()
-    for name, site in sample_sites(trace).items():
-        if site["is_observed"] == observed:
-            out.add_node(name, **site)
-    return out
 
 
 def prepare(

@@ -44,6 +44,16 @@ def sample_sites(trace: Trace) -> dict[str, dict]:
     return {n: s for n, s in prune_subsample_sites(trace).nodes.items() if s["type"] == "sample"}
 
 
+def sample_sites_where(trace: Trace, keep: Callable[[str, dict], bool]) -> Trace:
+    """A trace of ``trace``'s sample sites (subsample sites left out) for which
+    ``keep(name, site)`` holds, in their order: a part of a run to score alone."""
+    out = Trace()
+    for name, site in sample_sites(trace).items():
+        if keep(name, site):
+            out.add_node(name, **site)
+    return out
+
+
 def plate_nesting(*traces: Trace) -> int:
     """How many batch dims the traces' vectorized plates use (Pyro's ``max_plate_nesting``)."""
     nesting = 0

@@ -23,6 +23,7 @@ from pyro_vae.traces import (
     plate_nesting,
     run_pair,
     sample_sites,
+    sample_sites_where,
     stack_particles,
     stack_values,
     vectorize_for,
@@ -359,3 +360,17 @@ def test_a_guide_that_draws_one_particle_per_run_is_looped_unless_told_otherwise
     one_at_a_time.vectorizable = False
     assert vectorize_for(plain, None) is None and vectorize_for(one_at_a_time, None) is False
     assert vectorize_for(one_at_a_time, True) is True  # asked for: tried, and it raises
+
+
+def test_sample_sites_where_keeps_the_chosen_sample_sites_in_order_without_subsample_sites():
+    def model():
+        a = pyro.sample("a", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", 3):
+            pyro.sample("b", dist.Normal(a, 1.0))
+            pyro.sample("y", dist.Normal(a, 1.0), obs=torch.zeros(3))
+
+    trace = poutine.trace(model).get_trace()
+    assert list(sample_sites_where(trace, lambda _, s: not s["is_observed"]).nodes) == ["a", "b"]
+    kept = sample_sites_where(trace, lambda name, _: name in {"y", "data"})
+    assert list(kept.nodes) == ["y"] and kept.nodes["y"] is not trace.nodes["y"]
+    assert kept.nodes["y"]["value"] is trace.nodes["y"]["value"]
