@@ -11,6 +11,7 @@ import importlib.util
 import inspect
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 
@@ -27,7 +28,7 @@ def load_object(spec: str, arg: str = "spec") -> Any:
         path = Path(module_name).expanduser().resolve()
         if not path.is_file():
             raise ValueError(f"{arg}: {spec!r} names the file {path}, which does not exist")
-        name = f"_pyro_vae_user_{path.stem}_{abs(hash(str(path)))}"
+        name = _module_name(path)
         if name not in sys.modules:
             sys.modules[name] = _exec_file(name, path, spec, arg)
         module = sys.modules[name]
@@ -51,6 +52,16 @@ def spec_file(spec: str | None) -> Path | None:
     if not sep or not module_name.endswith(".py"):
         return None
     return Path(module_name).expanduser().resolve()
+
+
+def executed_module(path: Path) -> ModuleType | None:
+    """The module :func:`load_object` made by executing the file at ``path`` (resolved,
+    as :func:`spec_file` gives it); None where it has not (yet)."""
+    return sys.modules.get(_module_name(Path(path)))
+
+
+def _module_name(path: Path) -> str:
+    return f"_pyro_vae_user_{path.stem}_{abs(hash(str(path)))}"
 
 
 def _exec_file(name: str, path: Path, spec: str, arg: str):

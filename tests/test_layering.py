@@ -26,6 +26,7 @@ LAYERS: dict[str, int] = {
     "pyro_vae.checkpoint": 0,
     "pyro_vae.checks": 0,
     "pyro_vae.spec": 0,
+    "pyro_vae.spec_imports": 0,
     "pyro_vae.plots": 0,
     "pyro_vae.image_grid": 0,
     "pyro_vae.pyro_compat": 0,

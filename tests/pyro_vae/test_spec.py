@@ -1,6 +1,6 @@
 import pytest
 
-from pyro_vae.spec import call_with_supported, load_object
+from pyro_vae.spec import call_with_supported, executed_module, load_object, spec_file
 
 
 def test_module_and_file_specs(tmp_path):
@@ -9,6 +9,14 @@ def test_module_and_file_specs(tmp_path):
     assert load_object("models.vae:VAE") is VAE
     (tmp_path / "mine.py").write_text("class Model:\n    class Inner:\n        answer = 42\n")
     assert load_object(f"{tmp_path / 'mine.py'}:Model.Inner").answer == 42
+
+
+def test_the_module_a_file_spec_executed_is_found_by_its_file(tmp_path):
+    (tmp_path / "executed.py").write_text("class Model:\n    pass\n")
+    spec = f"{tmp_path / 'executed.py'}:Model"
+    assert executed_module(spec_file(spec)) is None  # not run yet
+    model = load_object(spec)
+    assert executed_module(spec_file(spec)).Model is model
 
 
 @pytest.mark.parametrize(
