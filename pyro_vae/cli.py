@@ -43,7 +43,7 @@ from pyro_vae.model_protocol import uses_labels
 from pyro_vae.plots import plot_gradient_variance, plot_samples
 from pyro_vae.precision import PRECISIONS, refuse_on_device
 from pyro_vae.predictive import prior_mean_images
-from pyro_vae.provenance import ALLOW_FLAG, CODE_FLAG
+from pyro_vae.provenance import ALLOW_FLAG, CODE_FLAG, code_changes
 from pyro_vae.run_config import (
     DataConfig,
     EstimatorConfig,
@@ -389,8 +389,8 @@ def _add_allow_changed_data(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         CODE_FLAG,
         action="store_true",
-        help="go on when the model's or guide's own file (a path.py:attr spec) differs from "
-        "the one the run recorded in config.json",
+        help="go on when the model's or guide's own file (a path.py:attr spec), or a module "
+        "of your own it imports, differs from the one the run recorded in config.json",
     )
 
 
@@ -926,14 +926,15 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _changed_inputs(exp) -> tuple[str, dict, str] | None:
     """(metrics key, what to record beside the results, what changed) where the run was
-    rebuilt on data or a model/guide file other than it recorded (the flags that allow
-    it); its own test block then stays. None where nothing changed."""
+    rebuilt on data or a model/guide file, or a module of the user's own they import, other
+    than it recorded (the flags that allow it); its own test block then stays. None where
+    nothing changed."""
     recorded, current = exp.config.data.provenance, exp.data.info.get("provenance")
     if recorded and current and recorded.get("checksum") != current.get("checksum"):
         return "test_on_changed_data", {"provenance": current}, "the data"
     code = code_of(exp.config)
-    if exp.config.code and code != exp.config.code:
-        return "test_on_changed_code", {"code": code}, "the model's or guide's file"
+    if code_changes(exp.config.code, code):
+        return "test_on_changed_code", {"code": code}, "the model's or guide's code"
     return None
 
 

@@ -48,9 +48,21 @@ from pyro_vae.predictive import (
     prior_mean_images,
     reconstruct,
 )
-from pyro_vae.provenance import check_code_unchanged, check_unchanged, code_provenance
+from pyro_vae.provenance import (
+    IMPORT_ROLE,
+    check_code_unchanged,
+    check_unchanged,
+    code_provenance,
+)
 from pyro_vae.run_config import STANDARD_MODEL_OPTIONS, RunConfig
-from pyro_vae.spec import call_with_supported, load_object, spec_file, supported_options
+from pyro_vae.spec import (
+    call_with_supported,
+    executed_module,
+    load_object,
+    spec_file,
+    supported_options,
+)
+from pyro_vae.spec_imports import imported_files
 from pyro_vae.tables import original_units, squared_errors
 
 
@@ -108,7 +120,9 @@ def build(
     The data's provenance (:mod:`pyro_vae.provenance`) goes into the experiment's config
     when ``config`` has none (a new run); when it has one (a run rebuilt), the data as they
     are now must have the same checksum, unless ``allow_changed_data``; likewise the
-    model's and guide's own files (``path.py:attr`` specs), unless ``allow_changed_code``.
+    model's and guide's own files (``path.py:attr`` specs) and the modules of the user's own
+    they import (:func:`code_of`), unless ``allow_changed_code``; a new run records them
+    after its files have run.
 
     Raises:
         TypeError: ``config`` is not a :class:`~pyro_vae.run_config.RunConfig`.
@@ -116,7 +130,8 @@ def build(
             model's tied guide; a device this machine does not have (before any data is
             loaded).
         pyro_vae.provenance.DataChangedError: the data changed since the run recorded them.
-        pyro_vae.provenance.CodeChangedError: a model or guide file changed since.
+        pyro_vae.provenance.CodeChangedError: a model or guide file, or a module of the
+            user's own it imports, changed since.
     """
     if not isinstance(config, RunConfig):
         raise TypeError(
@@ -137,10 +152,8 @@ def build(
     check_unchanged(d.provenance, data.info.get("provenance"), allow_changed_data)
     if d.provenance is None and "provenance" in data.info:
         config = replace(config, data=replace(d, provenance=data.info["provenance"]))
-    code = code_of(config)
-    check_code_unchanged(config.code, code, allow_changed_code)
-    if config.code is None and code:  # a new run with a file of the user's own
-        config = replace(config, code=code)
+    # before the files run: their model and guide roles are enough (code_changes)
+    check_code_unchanged(config.code, code_provenance(_spec_files(config)), allow_changed_code)
     options = config.model.options
     standard = {k: options[k] for k in STANDARD_MODEL_OPTIONS if k in options}
     standard.update(x_dim=data.x_dim, likelihood=d.likelihood, levels=data.info.get("levels"))
@@ -154,6 +167,9 @@ def build(
     model, paired_guide = _model_and_guide(made)
     guide = _guide(config, model, paired_guide, standard)
     elbo = config.estimator.build()
+    # a new run with files of the user's own: they have run, so what they reached is known
+    if config.code is None and (code := code_of(config)):
+        config = replace(config, code=code)
     return Experiment(config, data, model, guide, elbo, received, not_accepted, device=device)
 
 
@@ -258,10 +274,24 @@ def _tied(config: RunConfig, tied) -> Any:
 
 
 def code_of(config: RunConfig) -> dict:
-    """The checksums of the run's own model and guide files as they are now
-    (:func:`pyro_vae.provenance.code_provenance`; ``{}`` for installed code)."""
-    files = {"model": spec_file(config.model.spec), "guide": spec_file(config.guide.spec)}
-    return code_provenance(files)
+    """The checksums of the run's own code as it is now
+    (:func:`pyro_vae.provenance.code_provenance`; ``{}`` for installed code): its model and
+    guide files (``path.py:attr`` specs) and, as ``import:NAME``, the modules of the user's
+    own they import, directly or transitively (:func:`pyro_vae.spec_imports.
+    imported_files`: not the standard library, site-packages, pyro_vae or its zoo). A file
+    executed already (:func:`pyro_vae.spec.load_object`) adds the modules its namespace
+    reaches; nothing is executed here."""
+    files = _spec_files(config)
+    imports: dict[str, Path] = {}
+    for path in dict.fromkeys(p for p in files.values() if p is not None and p.is_file()):
+        for name, file in imported_files(path, executed_module(path)).items():
+            if file not in files.values():
+                imports.setdefault(IMPORT_ROLE + name, file)
+    return code_provenance({**files, **imports})
+
+
+def _spec_files(config: RunConfig) -> dict[str, Path | None]:
+    return {"model": spec_file(config.model.spec), "guide": spec_file(config.guide.spec)}
 
 
 def load(
@@ -282,8 +312,8 @@ def load(
         ValueError: ``device`` is not a device this machine has.
         pyro_vae.provenance.DataChangedError: the data's checksum differs from the one in
             config.json, and not ``allow_changed_data`` (:func:`build`).
-        pyro_vae.provenance.CodeChangedError: likewise a model or guide file's, and not
-            ``allow_changed_code``.
+        pyro_vae.provenance.CodeChangedError: likewise a model or guide file's, or a module's
+            of the user's own they import, and not ``allow_changed_code``.
     """
     from pyro_vae.train import prepare_pair
     from pyro_vae.weights import WeightsMismatchError

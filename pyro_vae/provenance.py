@@ -10,6 +10,11 @@ renamed ones; an edit in place that keeps every size is not noticed.
 Rebuilding a run (:func:`pyro_vae.experiment.load`: ``pyro-vae evaluate``, ``sample``,
 ``diagnose``, ``fit --resume``) compares the checksum with the data as they are now and
 refuses when it changed, unless told to go on (``allow_changed_data``).
+
+Likewise the run's own code: the SHA-256 of the bytes of its ``path.py:attr`` model and
+guide files and of the modules of the user's own they import (:mod:`pyro_vae.spec_imports`
+says which), in config.json's ``code``; a changed one is refused unless
+``allow_changed_code``.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from typing import Any
 
 ALLOW_FLAG = "--allow-changed-data"
 CODE_FLAG = "--allow-changed-code"
+#: The role of a module of the user's own a model or guide file imports, before its name.
+IMPORT_ROLE = "import:"
 
 
 class DataChangedError(ValueError):
@@ -113,35 +120,75 @@ def _file_changes(recorded: dict | None, current: dict | None) -> str:
 
 
 def code_provenance(files: dict[str, Path | None]) -> dict[str, dict[str, str]]:
-    """{role: {"file", "sha256"}} of the user's model and guide files (``files``: role to
-    the file its spec executes, :func:`pyro_vae.spec.spec_file`; None for installed code):
-    the SHA-256 of each file's bytes (a source file is small)."""
+    """{role: {"file", "sha256"}} of the user's own code (``files``: role to file; None for
+    installed code): ``model`` and ``guide``, the files their specs execute
+    (:func:`pyro_vae.spec.spec_file`), and ``import:NAME`` for each module of the user's
+    own those import (:func:`pyro_vae.spec_imports.imported_files`): the SHA-256 of each
+    file's bytes (a source file is small)."""
     out = {}
     for role, path in files.items():
         if path is not None and Path(path).is_file():
-            digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-            out[role] = {"file": str(path), "sha256": f"sha256:{digest}"}
+            out[role] = {"file": str(path), "sha256": file_sha256(path)}
     return out
 
 
+def file_sha256(path: Path | str | None) -> str:
+    """``sha256:`` and the hex digest of the file's bytes; ``no file`` where there is none."""
+    if path is None or not Path(path).is_file():
+        return "no file"
+    return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def code_changes(recorded: dict | None, current: dict) -> list[tuple[str, dict, str]]:
+    """(role, what config.json recorded for it, its checksum now) of each recorded file
+    that changed. ``current``: :func:`code_provenance` now; the model's and guide's files
+    are the ones ``current`` names, an imported module's (``import:NAME``) the file the
+    run recorded, read again: which modules the code reaches is the code's business, so a
+    module it no longer reaches, or has not been run to reach yet, is still compared."""
+    changes = []
+    for role, was in (recorded or {}).items():
+        if role.startswith(IMPORT_ROLE):
+            now = file_sha256(was.get("file"))
+        else:
+            now = current.get(role, {}).get("sha256", "no file")
+        if now != was.get("sha256"):
+            changes.append((role, was, now))
+    return changes
+
+
 def check_code_unchanged(recorded: dict | None, current: dict, allow: bool) -> None:
-    """Refuse to rebuild a run with a model or guide file that changed since it was
-    trained (tester F's F1: a Laplace likelihood edited to a Normal one of the same
-    parameters was evaluated, and a resumed run went on training it, with no word).
-    Nothing is compared for a run that recorded none, or when ``allow``.
+    """Refuse to rebuild a run with a model or guide file, or a module of the user's own
+    they import, that changed since it was trained (tester F's F1: a Laplace likelihood
+    edited to a Normal one of the same parameters was evaluated, and a resumed run went on
+    training it, with no word). ``current``: :func:`code_provenance` now (its model and
+    guide roles are enough: :func:`code_changes`). Nothing is compared for a run that
+    recorded none, or when ``allow``; a run recorded before imported modules were compares
+    its model and guide files alone.
 
     Raises:
-        CodeChangedError: naming the role, the file and both checksums, and how to go on."""
-    if allow or not recorded:
+        CodeChangedError: naming each changed file, its role (``model``, ``guide``, or the
+            module and that the model or guide imports it) and both checksums, and how to go
+            on."""
+    if allow:
         return
-    for role, was in recorded.items():
-        now = current.get(role, {}).get("sha256", "no file")
-        if now != was.get("sha256"):
-            raise CodeChangedError(
-                f"{role}: {was.get('file')} changed since the run was trained (its bytes "
-                f"give {now}, config.json recorded {was.get('sha256')}); its weights would be "
-                f"read into other code. To evaluate with the file as it is now, pass "
-                f"{CODE_FLAG} to evaluate, sample, diagnose, amortization-gap or "
-                "grad-variance (from Python: allow_changed_code=True); a fit is not resumed "
-                "with other code"
-            )
+    changes = code_changes(recorded, current)
+    if not changes:
+        return
+    described = "; ".join(
+        f"{_described_role(role)}: {was.get('file')} changed since the run was trained (its "
+        f"bytes give {now}, config.json recorded {was.get('sha256')})"
+        for role, was, now in changes
+    )
+    raise CodeChangedError(
+        f"{described}; its weights would be read into other code. To evaluate with the "
+        f"code as it is now, pass {CODE_FLAG} to evaluate, sample, diagnose, "
+        "amortization-gap or grad-variance (from Python: allow_changed_code=True); a fit is "
+        "not resumed with other code"
+    )
+
+
+def _described_role(role: str) -> str:
+    """'model', or 'module my_nets (imported by the model's or guide's file)'."""
+    if role.startswith(IMPORT_ROLE):
+        return f"module {role[len(IMPORT_ROLE) :]} (imported by the model's or guide's file)"
+    return role

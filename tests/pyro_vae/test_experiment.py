@@ -1,6 +1,7 @@
 """Building an experiment from a RunConfig, loading a run folder, test metrics, figures."""
 
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -267,3 +268,94 @@ def test_build_draws_the_labelled_subset_and_names_its_config_fields():
     assert cvae.model_arguments["num_classes"] == 10
     with pytest.raises(ValueError, match="labelled: 5; expected an integer between the 10"):
         build(RunConfig(ModelConfig("models.vae:VAE", SMALL), data=DataConfig(labelled=5)))
+
+
+# --- a model file's own helper modules: checksummed beside it, an edit refused ---
+
+HELPER_MODEL = """
+import pyro, pyro.distributions as dist
+from torch import nn
+from {helper} import likelihood
+
+
+class Mine(nn.Module):
+    def __init__(self, x_dim=16):
+        super().__init__()
+        self.dec, self.enc = nn.Linear(2, x_dim), nn.Linear(x_dim, 4)
+
+    def model(self, x):
+        pyro.module("dec", self.dec)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
+            pyro.sample("x", likelihood(self.dec(z).sigmoid()).to_event(1), obs=x)
+
+    def guide(self, x):
+        pyro.module("enc", self.enc)
+        with pyro.plate("data", x.shape[0]):
+            h = self.enc(x)
+            pyro.sample("z", dist.Normal(h[..., :2], h[..., 2:].exp()).to_event(1))
+"""
+HELPER = """import pyro.distributions as dist
+
+
+def likelihood(loc):
+    return dist.Laplace(loc, 0.3)
+"""
+
+
+@pytest.fixture
+def helper_run(tmp_path, request):
+    """(run folder, helper file, its module name): a one-epoch run of a model file that
+    imports a helper module beside it; the helper is taken out of sys.modules afterwards
+    (modules are cached by name)."""
+    import numpy as np
+
+    from pyro_vae.cli import main
+
+    name = f"helper_{request.node.name.removeprefix('test_')[:40]}"
+    helper, code, data = tmp_path / f"{name}.py", tmp_path / "mine.py", tmp_path / "x.npy"
+    helper.write_text(HELPER)
+    code.write_text(HELPER_MODEL.format(helper=name))
+    np.save(data, np.random.default_rng(0).integers(0, 256, (30, 4, 4), dtype=np.uint8))
+    run = tmp_path / "run"
+    fit = ["fit", "--model", f"{code}:Mine", "--data", str(data), "--likelihood", "gaussian"]
+    try:
+        fast = ["--epochs", "1", "--no-progress", "--ll-samples", "2"]
+        assert main([*fit, *fast, "--out", str(run)]) == 0
+        yield run, helper.resolve(), name
+    finally:
+        sys.modules.pop(name, None)
+
+
+def test_a_helper_module_the_model_file_imports_is_checked_when_the_run_is_loaded(helper_run):
+    from pyro_vae.provenance import CodeChangedError, file_sha256
+
+    run, helper, name = helper_run
+    recorded = RunFolder(run).read_config()["code"]
+    assert set(recorded) == {"model", f"import:{name}"}
+    assert recorded[f"import:{name}"] == {"file": str(helper), "sha256": file_sha256(helper)}
+    assert load(run).config.code == recorded  # unchanged: loads
+    helper.write_text(HELPER.replace("dist.Laplace(", "dist.Normal("))  # the model file is not
+    with pytest.raises(CodeChangedError) as info:
+        load(run)
+    message = str(info.value)
+    assert message.startswith(
+        f"module {name} (imported by the model's or guide's file): {helper} changed since the "
+        f"run was trained (its bytes give {file_sha256(helper)}, config.json recorded "
+        f"{recorded[f'import:{name}']['sha256']})"
+    )
+    assert "--allow-changed-code" in message and "allow_changed_code=True" in message
+    assert load(run, allow_changed_code=True).config.code == recorded  # goes on
+
+
+def test_a_run_recorded_before_imported_modules_compares_its_model_file_alone(helper_run):
+    run, helper, name = helper_run
+    folder = RunFolder(run)
+    config = folder.read_config()
+    del config["code"][f"import:{name}"]  # as a run written before this change recorded it
+    folder.write_config(config)
+    helper.write_text(HELPER.replace("dist.Laplace(", "dist.Normal("))
+    assert load(run).config.code == {"model": config["code"]["model"]}
+    del config["code"]  # a run from before checksums: nothing compared
+    folder.write_config(config)
+    load(run)

@@ -1,10 +1,21 @@
 import json
+import sys
 
 import numpy as np
 import pytest
 
 from pyro_vae.cli import main
-from pyro_vae.provenance import DataChangedError, check_unchanged, checksum, file_provenance
+from pyro_vae.provenance import (
+    CODE_FLAG,
+    CodeChangedError,
+    DataChangedError,
+    check_code_unchanged,
+    check_unchanged,
+    checksum,
+    code_changes,
+    file_provenance,
+    file_sha256,
+)
 
 
 def test_the_checksum_covers_names_and_sizes_not_contents(tmp_path):
@@ -125,3 +136,75 @@ def test_a_model_file_edited_after_the_run_is_refused_and_the_flag_keeps_the_run
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["test"] == before  # the run's own results are kept
     assert metrics["test_on_changed_code"]["elbo"] != before["elbo"]  # another likelihood
+
+
+def test_an_imported_module_s_file_is_read_again_and_named_when_it_changed(tmp_path):
+
+    helper = tmp_path / "nets.py"
+    helper.write_text("A = 1\n")
+    recorded = {"model": {"file": "/m.py", "sha256": "sha256:m"}}
+    recorded["import:nets"] = {"file": str(helper), "sha256": file_sha256(helper)}
+    current = {"model": {"file": "/m.py", "sha256": "sha256:m"}}  # no imports: not yet run
+    check_code_unchanged(recorded, current, allow=False)
+    helper.write_text("A = 2\n")
+    assert code_changes(recorded, current) == [
+        ("import:nets", recorded["import:nets"], file_sha256(helper))
+    ]
+    with pytest.raises(CodeChangedError) as info:
+        check_code_unchanged(recorded, current, allow=False)
+    assert str(info.value).startswith(
+        f"module nets (imported by the model's or guide's file): {helper} changed since the run "
+        f"was trained (its bytes give {file_sha256(helper)}, config.json recorded "
+        f"{recorded['import:nets']['sha256']}); "
+    )
+    assert CODE_FLAG in str(info.value)
+    check_code_unchanged(recorded, current, allow=True)
+    helper.unlink()
+    assert code_changes(recorded, current)[0][2] == "no file"
+    check_code_unchanged({"model": recorded["model"]}, current, allow=False)  # an older run
+
+
+HELPER_MODEL_FILE = MODEL_FILE.replace(
+    "from torch import nn\n", "from torch import nn\nfrom prov_nets import likelihood\n"
+).replace("dist.Laplace(self.dec(z).sigmoid(), 0.3)", "likelihood(self.dec(z).sigmoid())")
+NETS = """import pyro.distributions as dist
+
+
+def likelihood(loc):
+    return dist.Laplace(loc, 0.3)
+"""
+
+
+def test_a_helper_module_edited_after_the_run_is_refused_by_evaluate_and_resume(tmp_path, capsys):
+    # a model file importing its likelihood from a module beside it: an edit to that module
+    # alone was evaluated and resumed with no word
+    data, code, nets = tmp_path / "x.npy", tmp_path / "mine.py", tmp_path / "prov_nets.py"
+    np.save(data, np.random.default_rng(0).integers(0, 256, (30, 4, 4), dtype=np.uint8))
+    code.write_text(HELPER_MODEL_FILE)
+    nets.write_text(NETS)
+    run = tmp_path / "run"
+    fit = ["fit", "--model", f"{code}:Mine", "--data", str(data), "--likelihood", "gaussian"]
+    try:
+        assert (
+            main([*fit, "--epochs", "1", "--out", str(run), "--no-progress", "--ll-samples", "2"])
+            == 0
+        )
+        recorded = json.loads((run / "config.json").read_text())["code"]
+        assert recorded["import:prov_nets"]["file"] == str(nets.resolve())
+        assert main(["evaluate", str(run), "--ll-samples", "0"]) == 0  # unchanged: goes on
+        nets.write_text(NETS.replace("dist.Laplace(", "dist.Normal("))
+        capsys.readouterr()
+        for command in (["evaluate", str(run)], ["fit", "--resume", str(run), "--epochs", "2"]):
+            assert main(command) == 2
+            err = capsys.readouterr().err
+            named = f"module prov_nets (imported by the model's or guide's file): {nets.resolve()}"
+            assert f"{named} changed since the run was trained" in err
+            assert recorded["import:prov_nets"]["sha256"] in err and "--allow-changed-code" in err
+        before = json.loads((run / "metrics.json").read_text())["test"]
+        assert main(["evaluate", str(run), "--ll-samples", "0", "--allow-changed-code"]) == 0
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert metrics["test"] == before  # the run's own results are kept
+        changed = metrics["test_on_changed_code"]["code"]["import:prov_nets"]
+        assert changed["sha256"] == file_sha256(nets)
+    finally:
+        sys.modules.pop("prov_nets", None)
