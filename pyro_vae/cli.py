@@ -38,6 +38,7 @@ from pyro_vae.experiment import (
     write_figures,
 )
 from pyro_vae.idx import IDXFormatError
+from pyro_vae.labels import refuse_unused_subset
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.model_protocol import uses_labels
 from pyro_vae.plots import plot_gradient_variance, plot_samples
@@ -57,6 +58,7 @@ from pyro_vae.run_config import (
     check_levels,
     check_widths,
 )
+from pyro_vae.spec import load_object
 from pyro_vae.tables import is_table_path, refuse_binarization
 from pyro_vae.tensorboard_log import require_tensorboard
 from pyro_vae.train import TrainingDiverged, fit
@@ -699,6 +701,8 @@ def _fit(args: argparse.Namespace, given: set[str]) -> int:
         )
     # bad flags: refused before any work
     config = None if args.resume else _run_config_from_args(args)
+    if config is not None:
+        _refuse_unused_labels(config)
     if config is not None and is_table_path(str(config.data.name)):
         flags = ("--binarize", "--threshold")
         refuse_binarization({f: getattr(args, f[2:]) for f in flags if f in given})
@@ -1269,6 +1273,17 @@ def _one_line(err: BaseException) -> str:
     return "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
 
 
+def _refuse_unused_labels(config: RunConfig) -> None:
+    """``--labelled`` or ``--labels-fraction`` for a model that uses no labels, refused by
+    name before any work (they were recorded and never read)."""
+    d = config.data
+    given = {"--labelled": d.labelled, "--labels-fraction": d.labels_fraction}
+    if all(value is None for value in given.values()):
+        return
+    mode = uses_labels(load_object(config.model.spec, "--model"))
+    refuse_unused_subset(mode, config.model.spec, given)
+
+
 def _refuse_precision(config: RunConfig) -> None:
     """``--precision 16-mixed`` on a run that computes on the CPU, refused by name."""
     device = resolve_device(config.training.device, "--device")
@@ -1283,6 +1298,7 @@ def _launch(argv: list[str], args: argparse.Namespace) -> int:
         config = RunConfig.from_json(RunFolder(args.resume).read_config())
     else:
         config = _run_config_from_args(args)
+        _refuse_unused_labels(config)
     _refuse_precision(config)
     refuse_before_launch(config.estimator.build(), config.training.batch_size, nproc)
     if "WORLD_SIZE" in os.environ:

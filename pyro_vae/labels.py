@@ -214,3 +214,22 @@ def check_labelled(info: dict, name: str, mode: str) -> None:
             "(an .npz with 'y', PATH.labels.npy, a table's label column, an image folder's "
             "class folders)"
         )
+
+
+def refuse_unused_subset(mode: str | None, name: str, given: dict[str, Any]) -> None:
+    """Refuse a labelled subset asked for (``given``: argument name to value, None where not
+    given: ``--labelled``, ``--labels-fraction``) for the model ``name`` that declares no
+    ``uses_labels`` (``mode`` None): it would be recorded and never read.
+
+    Raises:
+        ValueError: naming the argument, its value and what was expected.
+    """
+    asked = {arg: value for arg, value in given.items() if value is not None}
+    if mode is not None or not asked:
+        return
+    arg, value = next(iter(asked.items()))
+    raise ValueError(
+        f"{arg}: {value}, but {name} uses no labels (it declares no uses_labels), so the "
+        "subset would be recorded and never read; expected a model that declares "
+        f"uses_labels='partial' (e.g. models.m2:M2), or leave {arg} out"
+    )

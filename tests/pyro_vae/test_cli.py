@@ -772,8 +772,9 @@ def test_the_labelled_subset_is_kept_in_config_json_and_survives_resume(tmp_path
     from pyro_vae.run_config import RunConfig
 
     run = tmp_path / "labelled"
-    argv = ["fit", "--data", "digits", "--epochs", "1", "--labelled", "20", "--out", str(run)]
-    assert main([*argv, *FAST, "--ll-samples", "0"]) == 0
+    argv = ["fit", "--model", "models.m2:M2", "--model-opt", "latent_dim=2", "--hidden", "8"]
+    argv += ["--estimator", "enum", "--data", "digits", "--epochs", "1", "--labelled", "20"]
+    assert main([*argv, "--out", str(run), "--no-progress", "--ll-samples", "0"]) == 0
     config = json.loads((run / "config.json").read_text())
     assert config["data"]["labelled"] == 20 and config["data"]["labels_fraction"] is None
     assert json.loads((run / "metrics.json").read_text())["data"]["num_labelled"] == 20
@@ -785,6 +786,28 @@ def test_the_labelled_subset_is_kept_in_config_json_and_survives_resume(tmp_path
     capsys.readouterr()
     assert main(["fit", "--resume", str(run), "--labelled", "30"]) == 2
     assert "--labelled cannot change a run being resumed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_a_labelled_subset_is_refused_for_a_model_that_uses_no_labels(
+    tmp_path, capsys, monkeypatch, nproc
+):
+    # the plain VAE took --labelled 20, recorded it in config.json and never read a label
+    import pyro_vae.cli as cli
+
+    def launched(*args, **kwargs):
+        raise AssertionError("the processes were launched")
+
+    monkeypatch.setattr(cli, "refuse_before_launch", launched)
+    run = tmp_path / "run"
+    fit = ["fit", "--data", "digits", "--epochs", "1", "--nproc", str(nproc), "--out", str(run)]
+    for flag, value in (("--labelled", "20"), ("--labels-fraction", "0.5")):
+        assert main([*fit, flag, value, *FAST, "--ll-samples", "0"]) == 2
+        err = capsys.readouterr().err
+        assert f"{flag}: {value}, but models.vae:VAE uses no labels" in err
+        assert "expected a model that declares uses_labels='partial'" in err
+        assert f"or leave {flag} out" in err
+        assert not run.exists()  # before any work: nothing written
 
 
 def test_a_label_model_s_metrics_are_printed_as_conditional(capsys):

@@ -12,7 +12,7 @@ from torch import nn
 
 from pyro_vae.data import load_data
 from pyro_vae.data_source import HELD_OUT, TRAINING_SET
-from pyro_vae.labels import LabelledSource, for_model, labelled_subset
+from pyro_vae.labels import LabelledSource, for_model, labelled_subset, refuse_unused_subset
 from pyro_vae.model_protocol import uses_labels
 from pyro_vae.plates import data_plate
 from pyro_vae.train import TrainConfig, fit
@@ -201,3 +201,13 @@ def test_class_labels_outside_the_models_classes_are_refused_before_training(dig
     hidden = torch.where(unobserved.train_observed, unobserved.train_y, -1)
     wrong = dataclasses.replace(unobserved, train_y=hidden)
     assert isinstance(for_model("partial", "M2", wrong, 10), LabelledSource)
+
+
+def test_a_labelled_subset_for_a_model_without_labels_is_refused_by_its_argument():
+    given = {"--labelled": None, "--labels-fraction": 0.5}
+    with pytest.raises(ValueError) as info:
+        refuse_unused_subset(None, "models.vae:VAE", given)
+    assert str(info.value).startswith("--labels-fraction: 0.5, but models.vae:VAE uses no labels")
+    assert "expected a model that declares uses_labels='partial'" in str(info.value)
+    refuse_unused_subset("partial", "models.m2:M2", given)  # M2 reads them
+    refuse_unused_subset(None, "models.vae:VAE", {"--labelled": None})  # none asked for
