@@ -27,6 +27,12 @@ pyro_vae do not, nor compiled extensions.
   computed ``importlib.import_module(name)``, a folder the file put on ``sys.path``) and
   the file a module really came from when ``sys.modules`` already held one of that name.
 
+Not the standard library's :mod:`modulefinder`: it follows every import into torch and
+Pyro (the user's own files are a few among thousands) and, on torch 2.13, fails there on a
+package without a loader (``AttributeError: 'NoneType' object has no attribute
+'is_package'``); this reads the user's own files alone, and asks
+:class:`importlib.machinery.PathFinder` where each import would load from.
+
 **Limits.** A file read that is not a module (hyperparameters in JSON, a pickled network)
 is not covered; nor a module imported by a computed name inside a function that had not
 run when the run recorded its files; nor a module of the user's installed into
