@@ -127,6 +127,7 @@ def marginal_terms(runs: list[Trace], sites, num_samples, rows, rank, plate):
                 rows,
                 rank,
                 plate,
+                relative_scale=True,  # a poutine.scale of the model's own counts, as in Pyro
             )
             for run in runs
         ]

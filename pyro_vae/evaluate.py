@@ -214,8 +214,10 @@ class PerDatapoint:
 
     def _density(self, trace, args: tuple, num_samples: int) -> torch.Tensor:
         rows, rank = int(args[0].shape[0]), self.nesting + 1
+        # each site at its scale relative to the plate's subsampling: a scale of the model's
+        # own (poutine.scale) is its density's, as Pyro's ELBOs and elbo_estimate count it
         return per_datapoint_log_density(
-            trace, num_samples, rows, rank, self.plate, device=args[0].device
+            trace, num_samples, rows, rank, self.plate, True, args[0].device
         )
 
 

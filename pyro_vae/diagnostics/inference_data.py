@@ -120,9 +120,10 @@ def to_inference_data(
     ``variational_distributions()`` become the guide). The model must broadcast under an
     outer plate, as ``pyro.infer.Predictive(parallel=True)`` requires. Groups:
     ``posterior`` (latent sites and ``pyro.deterministic`` ones), ``posterior_predictive``
-    and ``log_likelihood`` (pointwise log p(x | z_s), unscaled) of each observed site,
-    ``observed_data``, and ``sample_stats`` with ``lp`` = log p(x, z_s) and ``log_q`` =
-    log q(z_s | x). The attribute ``data_plate`` names the plate over the data's rows, or
+    and ``log_likelihood`` (pointwise log p(x | z_s), unscaled: a ``poutine.scale`` on an
+    observed site is left out of what ``az.loo`` reads) of each observed site,
+    ``observed_data``, and ``sample_stats`` with ``lp`` = log p(x, z_s) (every site at its
+    scale, as Pyro's ELBOs count it) and ``log_q`` = log q(z_s | x). The attribute ``data_plate`` names the plate over the data's rows, or
     is empty where no plate or several (two plates of one size) match them.
     ``device`` (``None``: where the tensors in ``args`` are): the tensors in ``args`` and
     ``kwargs`` are put there, where the pair's modules must be; the arrays are copied to

@@ -109,7 +109,7 @@ def _per_datapoint(
         for value in (lp, _magnitude(lp)):
             single = Trace()
             single.add_node(name, **{**site, "unscaled_log_prob": value, "mask": None})
-            densities.append(per_datapoint_log_density(single, num, rows, rank, plate))
+            densities.append(per_datapoint_log_density(single, num, rows, rank, plate, True))
         log_p, magnitude = densities
         total = total + log_p.double()
         varies = (log_p != log_p[:1]).any(0)

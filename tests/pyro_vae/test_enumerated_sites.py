@@ -75,3 +75,30 @@ def test_too_many_combinations_are_refused_before_any_run():
     empty = poutine.trace(lambda x: None).get_trace(X)
     with pytest.raises(ValueError, match=f"8,192 combinations.*\\({MAX_COMBINATIONS:,}\\)"):
         enumerated_sites(trace, empty, "data", "a test")
+
+
+def test_a_scale_of_the_models_own_counts_in_the_summed_out_marginal():
+    # tester I's F1, the enumerated path: a likelihood tempered by poutine.scale(τ) under a
+    # summed-out component, log Σ_c π_c N(x; μ_c, 1)^τ per datapoint by hand (no latent
+    # left to draw: exact at any K); the scale was dropped (−2.24 where it is −1.62)
+    from pyro.infer import config_enumerate
+
+    from pyro_vae.evaluate import elbo_per_datapoint, iwae_log_likelihood
+
+    f64 = torch.float64
+    pi, mu, tau = torch.tensor([0.3, 0.7], dtype=f64), torch.tensor([-1.0, 2.0], dtype=f64), 0.5
+    x = torch.tensor([-1.5, 0.2, 2.5, 3.0], dtype=f64)
+
+    @config_enumerate
+    def model(x):
+        with pyro.plate("data", len(x)):
+            c = pyro.sample("c", dist.Categorical(pi))
+            with poutine.scale(scale=tau):
+                pyro.sample("x", dist.Normal(mu[c], 1.0), obs=x)
+
+    def guide(x):
+        pass
+
+    exact = torch.logsumexp(pi.log() + tau * dist.Normal(mu, 1.0).log_prob(x[:, None]), -1)
+    assert torch.allclose(iwae_log_likelihood(model, guide, x, num_samples=3), exact, atol=1e-12)
+    assert torch.allclose(elbo_per_datapoint(model, guide, x, num_samples=3), exact, atol=1e-12)

@@ -24,6 +24,8 @@ from pyro_vae.evaluate import (
 )
 from pyro_vae.plates import data_plate
 
+F64 = torch.float64
+
 SIGMA = 0.5
 W = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 0.0]])
 B = torch.tensor([0.5, -1.0, 0.2])
@@ -415,3 +417,42 @@ def test_a_summed_out_site_with_several_variables_per_datapoint_is_refused():
         elbo_per_datapoint(
             mixture_model, prior_guide, torch.zeros(3), vectorize_particles=False, num_samples=2
         )
+
+
+def test_a_scale_of_the_models_own_counts_per_datapoint_as_in_the_joint_elbo():
+    # tester I's F1: with the prior tempered by poutine.scale(τ) the per-datapoint
+    # evaluators dropped the scale (log p(x) of the untempered model, 10.4 nats away) while
+    # elbo_estimate and psis_khat counted it. The guide is the tempered model's exact
+    # posterior, so every importance weight is the tempered evidence, in closed form:
+    # x ~ N(b, W Wᵀ/τ + σ² I) times Z = (2π)^{d(1−τ)/2} τ^{−d/2}, the integral of N(z; 0, I)^τ
+    from pyro_vae.diagnostics import psis_khat_per_datapoint
+
+    d, D, n, s, tau = 2, 3, 8, 0.5, 0.5
+    g = torch.Generator().manual_seed(0)
+    W, b = torch.randn(D, d, generator=g, dtype=F64), torch.randn(D, generator=g, dtype=F64)
+    X = torch.randn(n, d, generator=g, dtype=F64) @ W.T + b
+    X = X + s * torch.randn(n, D, generator=g, dtype=F64)
+    cov = torch.linalg.inv(tau * torch.eye(d, dtype=F64) + W.T @ W / s**2)
+    gain = cov @ W.T / s**2
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            with pyro.poutine.scale(scale=tau):
+                z = pyro.sample("z", dist.Normal(torch.zeros(d, dtype=F64), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ W.T + b, s).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            loc = (x - b) @ gain.T
+            pyro.sample("z", dist.MultivariateNormal(loc, scale_tril=torch.linalg.cholesky(cov)))
+
+    log_z = d * (1 - tau) / 2 * math.log(2 * math.pi) - d / 2 * math.log(tau)
+    marginal = dist.MultivariateNormal(b, W @ W.T / tau + s**2 * torch.eye(D, dtype=F64))
+    exact = marginal.log_prob(X) + log_z  # per datapoint, nats
+    pyro.set_rng_seed(0)
+    # the exact posterior: every draw's weight is the evidence, to float64 rounding
+    assert torch.allclose(elbo_per_datapoint(model, guide, X, num_samples=5), exact, atol=1e-10)
+    assert torch.allclose(iwae_log_likelihood(model, guide, X, num_samples=5), exact, atol=1e-10)
+    terms = elbo_terms_per_datapoint(model, guide, X, num_samples=5)
+    assert torch.allclose(terms.log_likelihood - terms.kl, exact, atol=1e-10)
+    assert torch.isneginf(torch.as_tensor(psis_khat_per_datapoint(model, guide, X).khat)).all()
