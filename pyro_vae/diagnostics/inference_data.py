@@ -123,8 +123,9 @@ def to_inference_data(
     and ``log_likelihood`` (pointwise log p(x | z_s), unscaled: a ``poutine.scale`` on an
     observed site is left out of what ``az.loo`` reads) of each observed site,
     ``observed_data``, and ``sample_stats`` with ``lp`` = log p(x, z_s) (every site at its
-    scale, as Pyro's ELBOs count it) and ``log_q`` = log q(z_s | x). The attribute ``data_plate`` names the plate over the data's rows, or
-    is empty where no plate or several (two plates of one size) match them.
+    scale, as Pyro's ELBOs count it) and ``log_q`` = log q(z_s | x). The attribute
+    ``data_plate`` names the plate over the data's rows, or is empty where no plate or
+    several (two plates of one size) match them.
     ``device`` (``None``: where the tensors in ``args`` are): the tensors in ``args`` and
     ``kwargs`` are put there, where the pair's modules must be; the arrays are copied to
     the CPU (NumPy) at the end. A model keyword argument named ``device`` is therefore
