@@ -339,11 +339,15 @@ def psis_khat_per_datapoint(
     num_samples: int = 1000,
     max_elements: int = 2**23,
     device: Any = None,
+    rows: torch.Tensor | None = None,
 ) -> PointwiseKhat:
     """k̂ for each row x_n from S = ``num_samples`` ratios p(x_n, z_s) / q(z_s | x_n).
 
     Needs every latent site inside the per-datapoint plate (an amortized or local guide;
-    :func:`pyro_vae.plates.find_data_plate`).
+    :func:`pyro_vae.plates.find_data_plate`). ``rows``: for a guide with free
+    per-datapoint parameters (``LocalNormal``, an autoguide fitted over local latents), the
+    rows of the data it was fitted to that ``x`` holds (default: the first ``len(x)``), as
+    :func:`pyro_vae.evaluate.prepare` takes them.
     Datapoints and draws are taken in chunks of at most ``max_elements`` values of x.
     Each site's per-datapoint log-density is added to the others in float64, so a
     per-datapoint constant in log p leaves k̂ as it is, and the constant-ratio test
@@ -367,26 +371,31 @@ def psis_khat_per_datapoint(
     Raises:
         ValueError: ``num_samples`` < 21 (``PSIS_MIN_SAMPLES``); ``max_elements`` < 1; a
             ``device`` this machine does not have; a latent site outside the per-datapoint
-            plate.
+            plate; ``rows`` of the wrong length or beyond the rows a local guide holds.
     """
     check_count("num_samples", num_samples, PSIS_MIN_SAMPLES, "; PSIS needs ≥ 5 tail draws")
     check_count("max_elements", max_elements, 1, "; expected a positive chunk size")
     device = x.device if device is None else resolve_device(device, "device")
-    _, probe_tr, plate = probe(model, guide, (x[:1].to(device),), {}, local=True)
-    support = discrete_support(probe_tr, plate)
-    enumerated = support is not None and support.count <= num_samples
-    draws = int(support.count) if enumerated else num_samples
-    row = max(1, x[0].numel())
-    batch = max(1, min(x.shape[0], max_elements // (draws * row)))
-    chunk = max(1, min(draws, max_elements // (batch * row)))
-    # per batch: log w (or, enumerated, log p and log q) [K, B]; the rounding bound [B]
+    # log w (or, enumerated, log p and log q) [K, B] and the rounding bound [B] per batch
     log_w: list[torch.Tensor] = []
     log_q: list[torch.Tensor] = []
     round_off: list[torch.Tensor] = []
+    row = max(1, x[0].numel())
     with eval_mode(model, guide):
-        pair = prepare(
-            model, guide, data_arguments(x), "k̂ per datapoint", probe_rows=batch, device=device
-        )
+        # the first batch of drawn ratios' rows (enumerated ones take batches as large or
+        # larger): a local guide that holds only its whole batch fits them when they all fit
+        first = max(1, min(x.shape[0], max_elements // (num_samples * row)))
+        pair = prepare(model, guide, data_arguments(x), "k̂ per datapoint", probe_rows=first,
+                       rows=rows, device=device)  # fmt: skip
+        # the pair as prepare wraps it (a local guide's rows given)
+        probe_args = (x[:first].to(device),)
+        subsample = {"subsample": pair.subsample(0, first)}
+        _, probe_tr, plate = probe(pair.model, pair.guide, probe_args, subsample, True)
+        support = discrete_support(probe_tr, plate)
+        enumerated = support is not None and support.count <= num_samples
+        draws = int(support.count) if enumerated else num_samples
+        batch = max(1, min(x.shape[0], max_elements // (draws * row)))
+        chunk = max(1, min(draws, max_elements // (batch * row)))
         for start in range(0, x.shape[0], batch):
             xb = (x[start : start + batch].to(device),)
             lp, lq, bound = _batch_log_densities(

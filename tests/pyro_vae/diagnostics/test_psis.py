@@ -14,8 +14,10 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from pyro.distributions import constraints
 from pyro.infer.autoguide import AutoNormal
 from pyro.infer.importance import psis_diagnostic
+from pyro.nn import PyroParam
 
 from models.sbn import SBN
 from pyro_vae.cavi import BayesianLinearRegression
@@ -222,3 +224,41 @@ def test_bad_input_is_refused_with_the_argument_named(gaussian_x):
         pareto_khat(np.zeros((2, 30)), round_off=-1.0)
     with pytest.raises(ValueError, match=r"round_off: shape \(3,\) does not broadcast .* \(2,\)"):
         pareto_khat(np.zeros((2, 30)), round_off=np.zeros(3))
+
+
+def test_khat_per_datapoint_takes_a_local_guide_and_the_rows_it_was_fitted_to():
+    # tester I's F2: the probe ran the bare guide on x[:1], so an autoguide fitted over the
+    # local latents failed ("no per-datapoint plate for this batch of 1 rows") and a
+    # LocalNormal ("1 rows, but this local guide holds 10"), though the docstring says
+    # local guides are taken; there was no rows= either. W has orthogonal columns, so the
+    # exact posterior of each z_n is diagonal, N(cov Wᵀ x_n, cov), cov = (I + WᵀW)⁻¹ =
+    # diag(1/2, 1/5): an AutoNormal holding it has equal ratios, k̂ = −inf, at the rows given
+    from pyro_vae.guides.local_normal import LocalNormal
+    from pyro_vae.minibatch import align_autoguide
+
+    W = torch.tensor([[1.0, 0.0], [0.0, 2.0], [0.0, 0.0]])
+    x = torch.randn(10, 3, generator=torch.Generator().manual_seed(0))
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ W.T, 1.0).to_event(1), obs=x)
+
+    pyro.clear_param_store()
+    guide = AutoNormal(model)
+    align_autoguide(guide, "data", -1, 10)  # its per-datapoint parameters for 10 rows, as fit
+    guide(x)
+    cov = torch.tensor([0.5, 0.2])
+    # as AutoNormal declares them (event_dim 1: the rows are subsampled along dim −2)
+    guide.locs.z = PyroParam((x @ W) * cov, constraints.real, 1)
+    guide.scales.z = PyroParam(cov.sqrt().expand(10, 2).clone(), guide.scale_constraint, 1)
+    pyro.set_rng_seed(0)
+    assert np.isneginf(psis_khat_per_datapoint(model, guide, x, num_samples=50).khat).all()
+    rows = torch.arange(3, 6)
+    shown = psis_khat_per_datapoint(model, guide, x[3:6], num_samples=50, rows=rows).khat
+    assert shown.shape == (3,) and np.isneginf(shown).all()
+    # the same rows read as the first three's parameters: not the posterior, finite k̂
+    misread = psis_khat_per_datapoint(model, guide, x[3:6], num_samples=50).khat
+    assert np.isfinite(misread).all()
+    local = LocalNormal(torch.zeros(10, 2), torch.ones(10, 2))
+    assert np.isfinite(psis_khat_per_datapoint(model, local, x, num_samples=50).khat).all()
