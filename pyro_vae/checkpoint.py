@@ -171,7 +171,7 @@ class RunFolder:
         path = self._require(name)
         try:
             obj = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:  # another file's bytes
             raise RunFolderError(f"run: {path} is not valid JSON ({err})") from err
         if not isinstance(obj, dict):
             raise RunFolderError(f"run: {path} holds a {type(obj).__name__}; expected an object")

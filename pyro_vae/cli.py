@@ -10,7 +10,9 @@ pyro-vae diagnose runs/digits
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
+import logging
 import os
 import signal
 import sys
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from pyro_vae import estimators
-from pyro_vae.checkpoint import RunFolder, RunFolderError
+from pyro_vae.checkpoint import CONFIG, RunFolder, RunFolderError
 from pyro_vae.convnets import ARCHITECTURES, DEFAULT_CHANNELS, default_activation
 from pyro_vae.data import BINARIZATIONS, DatasetNotFoundError, resolved_name
 from pyro_vae.devices import resolve_device, to_device
@@ -911,21 +913,32 @@ def _evaluate(args: argparse.Namespace) -> int:
             f"{run.file('metrics.json')}'s {key}, and its test block (the run's own) was kept"
         )
         return 0
-    previous = run.read_metrics().get("test") or {}
+    metrics = run.read_metrics()
+    previous = metrics.get("test") or {}
     if samples == 0:  # skipped this time: keep the estimate saved before, with its K
         test.update({k: v for k, v in previous.items() if k.startswith("log_likelihood")})
     replaced = _replaced_estimate(previous, test)
-    if replaced:  # nothing saved is lost: the block it replaces stays beside it
-        run.update_metrics(test=test, test_previous=previous)
+    if replaced:  # nothing saved is lost: the blocks it replaced stay beside it
+        run.update_metrics(test=test, test_previous=_with_previous(metrics, "test"))
     else:
         run.update_metrics(test=test)
     _print_test(test, exp.data.image_shape is None)
     if replaced:
         print(
             f"note: log p(x) is now {replaced}, in {run.file('metrics.json')}'s test block "
-            "(what compare shows); the block it replaced is kept as test_previous"
+            "(what compare shows); the block it replaced is kept in test_previous"
         )
     return 0
+
+
+def _with_previous(metrics: dict, key: str) -> list:
+    """``metrics[key + "_previous"]`` (every block ``key`` held before, oldest first; an
+    older run's single block taken as a list of one) with ``metrics[key]`` appended: what
+    to keep when ``key`` is replaced (tester H: a second evaluate dropped the fit's own
+    test block, the first one kept only the last)."""
+    kept = metrics.get(f"{key}_previous") or []
+    kept = [kept] if isinstance(kept, dict) else list(kept)
+    return [*kept, metrics[key]] if metrics.get(key) else kept
 
 
 def _changed_inputs(exp) -> tuple[str, dict, str] | None:
@@ -956,14 +969,32 @@ def _replaced_estimate(previous: dict, test: dict) -> str:
     return f"{described(test)}, where it was {described(previous)}"
 
 
+def _check_png_out(out: Path, own: str) -> None:
+    """Refuse, before any work, an ``--out`` that is not a .png file path, or that names an
+    existing file of a run folder (one holding config.json) other than this command's own
+    figures there (``own``, a glob: written again, as its default is): the run's config,
+    weights, metrics and fit figures are the run's (tester H: ``grad-variance --out
+    RUN/config.json`` wrote its PNG over the config, and the run was lost).
+
+    Raises:
+        ValueError: naming ``--out``, the path and what was expected."""
+    if out.is_dir() or out.suffix.lower() != ".png":
+        raise ValueError(f"--out: {out} is not a .png file path; expected where to write the PNG")
+    in_run = (out.parent / CONFIG).is_file()
+    if in_run and out.exists() and not fnmatch.fnmatch(out.name, own):
+        raise ValueError(
+            f"--out: {out} is a file of the run folder {out.parent}, which this command does "
+            f"not write ({own} are its own there); expected a new path, or one of those"
+        )
+
+
 def _sample(args: argparse.Namespace) -> int:
     import pyro
     import torch
 
     # its own name: samples.png is the fit's figure, which a sample run must not replace
     out = args.out or RunFolder(args.run).file(f"sample_seed{args.seed}_{args.num}.png")
-    if out.is_dir() or out.suffix.lower() != ".png":
-        raise ValueError(f"--out: {out} is not a .png file path; expected where to write the PNG")
+    _check_png_out(out, "sample_seed*_*.png")
     run = RunFolder(args.run)
     exp = load(run, args.device or "auto", args.allow_changed_data, args.allow_changed_code)
     if not exp.generative:
@@ -1004,9 +1035,13 @@ def _grad_variance(args: argparse.Namespace) -> int:
     import pyro
 
     run = RunFolder(args.run)
+    out = args.out or run.file("gradient_variance.png")
+    _check_png_out(out, "gradient_variance.png")
+    # "trace, iwae" as "trace,iwae": a space after a comma is no part of a name
+    given = [s.strip() for s in args.estimators.split(",") if s.strip()]
+    specs = [estimators.parse(s) for s in given]
     exp = load(run, args.device or "auto", args.allow_changed_data, args.allow_changed_code)
     _refuse_label_model(exp, "grad-variance")
-    specs = [estimators.parse(s) for s in args.estimators.split(",") if s]
     for name, options in specs:
         estimators.get(name, **options)  # reject bad names and options before any work
     x, _ = next(iter(exp.data.train_batches(args.batch_size, 0, args.seed)))
@@ -1018,7 +1053,7 @@ def _grad_variance(args: argparse.Namespace) -> int:
     )
     print(f"{'estimator':<48} {'group':<8} {'variance':>11} {'SNR':>9} {'ms/draw':>8}")
     rows = []
-    for (name, options), spec in zip(specs, args.estimators.split(","), strict=True):
+    for (name, options), spec in zip(specs, given, strict=True):
         pyro.clear_param_store()
         pyro.set_rng_seed(args.seed)
         try:
@@ -1050,7 +1085,7 @@ def _grad_variance(args: argparse.Namespace) -> int:
             )
     if not rows:
         raise ValueError("estimators: none of them could run on this model and guide")
-    path = plot_gradient_variance(rows, args.out or run.file("gradient_variance.png"))
+    path = plot_gradient_variance(rows, out)
     run.update_metrics(gradient_variance=rows)
     print(f"wrote {path}")
     return 0
@@ -1086,7 +1121,10 @@ def _amortization_gap(args: argparse.Namespace) -> int:
         family=args.family,
         progress=True,
     )
-    run.update_metrics(amortization_gap=result)
+    kept = _with_previous(run.read_metrics(), "amortization_gap")  # earlier results stay
+    run.update_metrics(
+        amortization_gap=result, **({"amortization_gap_previous": kept} if kept else {})
+    )
     if args.family == "normal" and isinstance(exp.guide, AmortizedFlow):
         print(
             "note: the encoder is a flow and the per-image guides are Normal (--family "
@@ -1348,6 +1386,9 @@ def main(argv: list[str] | None = None) -> int:
     143 terminated (SIGTERM)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
+    # Pyro's "INFO Guessed max_plate_nesting = 2" (what its ELBO guessed at its first
+    # step) is a note for a Python session; in a command's output a stray line (tester H)
+    logging.getLogger("pyro.infer.elbo").setLevel(logging.WARNING)
     given = {token.split("=", 1)[0] for token in argv[1:] if token.startswith("--")}
     handler = {
         "fit": lambda a: _fit(a, given),

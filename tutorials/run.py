@@ -8,8 +8,11 @@ with an error naming the notebook, the cell and the exception.
 
 ``--fast`` (or ``PYRO_VAE_TUTORIAL_FAST=1`` in the environment) asks every tutorial for
 its fast mode: fewer epochs, less data, fewer samples. It exists to check that the
-tutorials run; the committed notebooks come from a full run. ``--check`` executes nothing
-and only verifies that every committed notebook holds the same cells as its script.
+tutorials run; the committed notebooks come from a full run, so a fast run writes to
+``tutorials/fast/`` (ignored by git) unless ``--out`` says where (tester H: a fast run of
+one tutorial replaced its committed notebook, and ``--check`` still passed). ``--check``
+executes nothing and only verifies that every committed notebook holds the same cells as
+its script, from a full run.
 """
 
 from __future__ import annotations
@@ -26,6 +29,10 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
 HERE = Path(__file__).resolve().parent
+#: Where a fast run writes its notebooks when ``--out`` is not given.
+FAST_OUT = HERE / "fast"
+#: What a tutorial prints in fast mode (and a full run never does).
+FAST_MARK = "fast mode"
 FAST_ENV = "PYRO_VAE_TUTORIAL_FAST"
 KERNEL = "python3"
 FORMATS = "ipynb,py:percent"
@@ -78,8 +85,14 @@ def out_of_sync(path: Path) -> str | None:
     notebook = path.with_suffix(".ipynb")
     if not notebook.is_file():
         return f"{notebook.name} is missing; run `python tutorials/run.py {path.stem}`"
-    expected, stored = cells_of(read_source(path)), cells_of(nbformat.read(notebook, 4))
+    executed = nbformat.read(notebook, 4)
+    expected, stored = cells_of(read_source(path)), cells_of(executed)
     if expected == stored:
+        if ran_fast(executed):
+            return (
+                f"{notebook.name} holds a fast-mode run, not the full run it should; "
+                f"rerun `python tutorials/run.py {path.stem}`"
+            )
         return None
     for index, (want, have) in enumerate(zip(expected, stored, strict=False)):
         if want != have:
@@ -90,6 +103,17 @@ def out_of_sync(path: Path) -> str | None:
     return (
         f"{notebook.name} has {len(stored)} cells but {path.name} has {len(expected)}; "
         f"rerun `python tutorials/run.py {path.stem}`"
+    )
+
+
+def ran_fast(nb: nbformat.NotebookNode) -> bool:
+    """Whether the executed notebook ``nb`` printed that it ran in fast mode."""
+    return any(
+        FAST_MARK in out.get("text", "")
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for out in cell.get("outputs", [])
+        if out.get("output_type") == "stream"
     )
 
 
@@ -163,7 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--fast", action="store_true", help=f"fast mode (sets {FAST_ENV}=1)")
     parser.add_argument(
-        "--out", type=Path, help="write the notebooks to this folder instead of tutorials/"
+        "--out",
+        type=Path,
+        help="write the notebooks to this folder (default: tutorials/, or tutorials/fast/ "
+        "with --fast: the committed notebooks are a full run's)",
     )
     parser.add_argument("--timeout", type=int, default=1800, help="seconds allowed per cell")
     parser.add_argument(
@@ -182,8 +209,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(paths) - len(problems)} of {len(paths)} notebooks match their scripts")
         return 1 if problems else 0
     fast = args.fast or os.environ.get(FAST_ENV, "") not in ("", "0")
+    folder = args.out or (FAST_OUT if fast else None)
     for path in paths:
-        target = (args.out or path.parent) / f"{path.stem}.ipynb"
+        target = (folder or path.parent) / f"{path.stem}.ipynb"
+        target.parent.mkdir(parents=True, exist_ok=True)
         print(f"{path.stem}: running{' (fast mode)' if fast else ''} ...", flush=True)
         try:
             _, seconds = execute(path, target, fast=fast, timeout=args.timeout)

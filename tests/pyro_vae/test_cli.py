@@ -50,11 +50,16 @@ def test_evaluate_and_sample_work_from_the_folder_alone(trained, capsys, tmp_pat
     metrics = json.loads((trained / "metrics.json").read_text())
     assert metrics["test"]["log_likelihood_points"] == 30
     # the estimate it replaced (the fit's, or an earlier evaluate's) is kept and said so
-    previous = metrics["test_previous"]
+    previous = metrics["test_previous"][-1]
     assert (previous["log_likelihood_samples"], previous["log_likelihood_points"]) != (50, 30)
     assert "note: log p(x) is now K=50 over 30 rows, where it was K=" in out
     assert main(["evaluate", str(trained), "--ll-samples", "50", "--ll-points", "30"]) == 0
     assert "note: log p(x) is now" not in capsys.readouterr().out  # the same K and rows
+    # another K: the block of K=50 joins the one before it (tester H: the fit's own was lost)
+    kept = json.loads((trained / "metrics.json").read_text())["test_previous"]
+    assert main(["evaluate", str(trained), "--ll-samples", "30", "--ll-points", "30"]) == 0
+    now = json.loads((trained / "metrics.json").read_text())["test_previous"]
+    assert now[:-1] == kept and now[-1]["log_likelihood_samples"] == 50
     assert main(["sample", str(trained), "--num", "9", "--out", str(tmp_path / "s.png")]) == 0
     assert (tmp_path / "s.png").stat().st_size > 1000
 
@@ -292,8 +297,9 @@ def test_sbn_with_score_and_grad_variance(tmp_path, capsys):
                 "--num-draws",
                 "5",
                 "--estimators",
-                "score:num_particles=3,score:control_variate=leave-one-out:num_particles=3,"
-                "iwae:num_particles=2",
+                # a space after a comma, as a user types it (tester H: ' iwae' was no name)
+                "score:num_particles=3, score:control_variate=leave-one-out:num_particles=3,"
+                " iwae:num_particles=2",
             ]
         )
         == 0
@@ -326,6 +332,12 @@ def test_amortization_gap_from_a_run_folder(trained, capsys):
     assert "amortization gap" in out and "approximation gap" in out
     result = json.loads((trained / "metrics.json").read_text())["amortization_gap"]
     assert result["num_points"] == 6 and result["steps"] == 5 and result["family"] == "normal"
+    # run again with other settings: the first result is kept beside the new (tester H)
+    argv = ["amortization-gap", str(trained), "--points", "4", "--steps", "3"]
+    assert main([*argv, "--iwae-samples", "10"]) == 0
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert metrics["amortization_gap"]["num_points"] == 4
+    assert metrics["amortization_gap_previous"][-1] == result
     assert main(["amortization-gap", str(trained), "--points", "0"]) == 2
     # the trained run's encoder is a diagonal Normal: another family is refused by name
     capsys.readouterr()
@@ -891,3 +903,28 @@ def test_a_sigterm_while_a_lost_rank_is_reported_ends_as_terminated_without_a_tr
     err = capsys.readouterr().err
     assert "terminated (SIGTERM); its run folder is as it was" in err
     assert reports == ["evaluate", "evaluate"]
+
+
+@pytest.mark.parametrize(
+    ("command", "name"),
+    [
+        (["grad-variance", "{run}", "--num-draws", "2"], "config.json"),
+        (["grad-variance", "{run}", "--num-draws", "2"], "checkpoint.pt"),
+        (["grad-variance", "{run}", "--num-draws", "2"], "samples.png"),
+        (["sample", "{run}", "--num", "4"], "samples.png"),
+        (["sample", "{run}", "--num", "4"], "metrics.json"),
+    ],
+)
+def test_an_out_path_onto_a_run_s_own_file_is_refused_and_the_run_kept(
+    trained, tmp_path, capsys, command, name
+):
+    # tester H: grad-variance --out RUN/config.json wrote its PNG over the config (and over
+    # checkpoint.pt, the weights), and the run was lost; sample --out RUN/samples.png
+    # replaced the fit's figure its --help says is kept
+    run = tmp_path / "copy"
+    shutil.copytree(trained, run)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    argv = [a.replace("{run}", str(run)) for a in command] + ["--out", str(run / name)]
+    assert main(argv) == 2
+    assert f"--out: {run / name}" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before

@@ -90,6 +90,21 @@ def test_out_of_sync_notebooks_are_reported(tmp_path):
     assert "cell 0 differs" in run.out_of_sync(script)
 
 
+def test_a_fast_run_writes_apart_and_a_fast_notebook_is_reported(tmp_path, monkeypatch):
+    # tester H: `run.py 01 --fast` replaced the committed full-run notebook with a fast
+    # run's, and --check still said every notebook matched its script
+    script = tmp_path / "07_demo.py"
+    script.write_text('# %%\nprint("fast mode: 2 epochs")\n')
+    monkeypatch.setattr(run, "HERE", tmp_path)
+    monkeypatch.setattr(run, "FAST_OUT", tmp_path / "fast")
+    monkeypatch.setattr(run, "sources", lambda directory=tmp_path: [script])
+    assert run.main(["07", "--fast", "--timeout", "120"]) == 0
+    assert (tmp_path / "fast" / "07_demo.ipynb").is_file()
+    assert not (tmp_path / "07_demo.ipynb").exists()  # the committed one's place untouched
+    (tmp_path / "fast" / "07_demo.ipynb").rename(tmp_path / "07_demo.ipynb")
+    assert "holds a fast-mode run" in run.out_of_sync(script)
+
+
 def test_select_by_number_or_name():
     assert run.select([]) == SOURCES
     first = SOURCES[0]
