@@ -76,6 +76,10 @@ def test_missing_corrupt_and_foreign_run_folders(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(RunFolderError, match="not valid JSON"):
         RunFolder(tmp_path).read_config()
+    # another file's bytes (a PNG written over it): named too, not a bare codec error
+    (tmp_path / "config.json").write_bytes(b"\x89PNG\r\n\x1a\n")
+    with pytest.raises(RunFolderError, match="config.json is not valid JSON"):
+        RunFolder(tmp_path).read_config()
     (tmp_path / "config.json").write_text(json.dumps({"format": "pyro_vae.run/0"}))
     with pytest.raises(RunFolderError, match="format 'pyro_vae.run/0'.*reads 'pyro_vae.run/1'"):
         RunFolder(tmp_path).read_config()
