@@ -18,6 +18,7 @@ from pyro_vae.experiment import (
     write_figures,
 )
 from pyro_vae.run_config import EstimatorConfig, GuideConfig, ModelConfig, RunConfig
+from tests.pyro_vae.test_provenance import HELPER_MODEL_FILE, NETS
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 SMALL = {"latent_dim": 2, "hidden_dims": [8]}
@@ -272,36 +273,6 @@ def test_build_draws_the_labelled_subset_and_names_its_config_fields():
 
 # --- a model file's own helper modules: checksummed beside it, an edit refused ---
 
-HELPER_MODEL = """
-import pyro, pyro.distributions as dist
-from torch import nn
-from {helper} import likelihood
-
-
-class Mine(nn.Module):
-    def __init__(self, x_dim=16):
-        super().__init__()
-        self.dec, self.enc = nn.Linear(2, x_dim), nn.Linear(x_dim, 4)
-
-    def model(self, x):
-        pyro.module("dec", self.dec)
-        with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
-            pyro.sample("x", likelihood(self.dec(z).sigmoid()).to_event(1), obs=x)
-
-    def guide(self, x):
-        pyro.module("enc", self.enc)
-        with pyro.plate("data", x.shape[0]):
-            h = self.enc(x)
-            pyro.sample("z", dist.Normal(h[..., :2], h[..., 2:].exp()).to_event(1))
-"""
-HELPER = """import pyro.distributions as dist
-
-
-def likelihood(loc):
-    return dist.Laplace(loc, 0.3)
-"""
-
 
 @pytest.fixture
 def helper_run(tmp_path, request):
@@ -314,8 +285,8 @@ def helper_run(tmp_path, request):
 
     name = f"helper_{request.node.name.removeprefix('test_')[:40]}"
     helper, code, data = tmp_path / f"{name}.py", tmp_path / "mine.py", tmp_path / "x.npy"
-    helper.write_text(HELPER)
-    code.write_text(HELPER_MODEL.format(helper=name))
+    helper.write_text(NETS)
+    code.write_text(HELPER_MODEL_FILE.replace("prov_nets", name))
     np.save(data, np.random.default_rng(0).integers(0, 256, (30, 4, 4), dtype=np.uint8))
     run = tmp_path / "run"
     fit = ["fit", "--model", f"{code}:Mine", "--data", str(data), "--likelihood", "gaussian"]
@@ -335,7 +306,7 @@ def test_a_helper_module_the_model_file_imports_is_checked_when_the_run_is_loade
     assert set(recorded) == {"model", f"import:{name}"}
     assert recorded[f"import:{name}"] == {"file": str(helper), "sha256": file_sha256(helper)}
     assert load(run).config.code == recorded  # unchanged: loads
-    helper.write_text(HELPER.replace("dist.Laplace(", "dist.Normal("))  # the model file is not
+    helper.write_text(NETS.replace("dist.Laplace(", "dist.Normal("))  # the model file is not
     with pytest.raises(CodeChangedError) as info:
         load(run)
     message = str(info.value)
@@ -354,7 +325,7 @@ def test_a_run_recorded_before_imported_modules_compares_its_model_file_alone(he
     config = folder.read_config()
     del config["code"][f"import:{name}"]  # as a run written before this change recorded it
     folder.write_config(config)
-    helper.write_text(HELPER.replace("dist.Laplace(", "dist.Normal("))
+    helper.write_text(NETS.replace("dist.Laplace(", "dist.Normal("))
     assert load(run).config.code == {"model": config["code"]["model"]}
     del config["code"]  # a run from before checksums: nothing compared
     folder.write_config(config)

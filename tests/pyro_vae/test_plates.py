@@ -94,6 +94,22 @@ def test_a_plate_that_subsamples_the_batchs_rows_inside_the_model_is_found_apart
     assert subsampled_data_plate(trace, 5) is None and subsampled_data_plate(trace, None) is None
 
 
+def _self_subsampling_pair(subsample_size):
+    """A model and guide in Pyro's idiom ``pyro.plate("data", len(x), subsample_size=B)``,
+    reading their rows as ``x[i]``."""
+
+    def model(x):
+        with pyro.plate("data", len(x), subsample_size=subsample_size) as i:
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 0.5), obs=x[i])
+
+    def guide(x):
+        with pyro.plate("data", len(x), subsample_size=subsample_size) as i:
+            pyro.sample("z", dist.Normal(x[i] * 0.5, 0.7))
+
+    return model, guide
+
+
 def test_a_model_that_draws_its_own_rows_is_refused_where_rows_are_reported():
     # tester D's F4: to_inference_data labelled rows 5, 4 and 2 of six as 0, 1 and 2, and the
     # evaluators refused it only as having no per-datapoint plate
@@ -101,16 +117,7 @@ def test_a_model_that_draws_its_own_rows_is_refused_where_rows_are_reported():
     from pyro_vae.evaluate import elbo_per_datapoint
 
     x = torch.linspace(-2, 2, 6)
-
-    def model(x):
-        with pyro.plate("data", len(x), subsample_size=3) as i:
-            z = pyro.sample("z", dist.Normal(0.0, 1.0))
-            pyro.sample("x", dist.Normal(z, 0.5), obs=x[i])
-
-    def guide(x):
-        with pyro.plate("data", len(x), subsample_size=3) as i:
-            pyro.sample("z", dist.Normal(x[i] * 0.5, 0.7))
-
+    model, guide = _self_subsampling_pair(3)
     words = r"plate 'data' subsamples the batch's 6 rows itself \(pyro.plate\(\.\.\., "
     words += r"subsample_size=3\)\)"
     with pytest.raises(DataPlateError, match=words + ", and to_inference_data"):
@@ -128,16 +135,7 @@ def test_a_self_subsampling_model_is_refused_at_a_batch_size_up_to_its_subsample
     from pyro_vae.evaluate import elbo_per_datapoint, iwae_log_likelihood
 
     x = torch.linspace(-2, 2, 10)
-
-    def model(x):
-        with pyro.plate("data", len(x), subsample_size=4) as i:
-            z = pyro.sample("z", dist.Normal(0.0, 1.0))
-            pyro.sample("x", dist.Normal(z, 0.5), obs=x[i])
-
-    def guide(x):
-        with pyro.plate("data", len(x), subsample_size=4) as i:
-            pyro.sample("z", dist.Normal(x[i] * 0.5, 0.7))
-
+    model, guide = _self_subsampling_pair(4)
     words = rf"plate 'data' subsamples the batch's {min(batch_size, 10)} rows itself "
     words += r"\(pyro.plate\(\.\.\., subsample_size=4\)\)"
     for evaluator in (elbo_per_datapoint, iwae_log_likelihood):
@@ -152,22 +150,11 @@ def test_a_declared_subsample_size_covering_the_whole_data_in_one_batch_is_evalu
 
     x = torch.linspace(-2, 2, 4)
 
-    def pair(subsample_size):
-        def model(x):
-            with pyro.plate("data", len(x), subsample_size=subsample_size) as i:
-                z = pyro.sample("z", dist.Normal(0.0, 1.0))
-                pyro.sample("x", dist.Normal(z, 0.5), obs=x[i])
-
-        def guide(x):
-            with pyro.plate("data", len(x), subsample_size=subsample_size) as i:
-                pyro.sample("z", dist.Normal(x[i] * 0.5, 0.7))
-
-        return model, guide
-
     scores = []
     for subsample_size in (4, None):
         pyro.set_rng_seed(0)
-        scores.append(elbo_per_datapoint(*pair(subsample_size), x, num_samples=3))
+        pair = _self_subsampling_pair(subsample_size)
+        scores.append(elbo_per_datapoint(*pair, x, num_samples=3))
     assert torch.equal(scores[0], scores[1])
 
 
