@@ -414,19 +414,25 @@ CLI = [
     (
         "fit-labelled-below-classes",
         None,
-        ["fit", "--out", "{new}", "--labelled", "5"],
+        ["fit", "--out", "{new}", "--model", "models.m2:M2", "--labelled", "5"],
         ["labelled: 5", "between the 10 classes present and the 1455 training rows"],
     ),
     (
         "fit-labelled-above-rows",
         None,
-        ["fit", "--out", "{new}", "--labelled", "5000"],
+        ["fit", "--out", "{new}", "--model", "models.m2:M2", "--labelled", "5000"],
         ["labelled: 5000", "between the 10 classes present and the 1455 training rows"],
+    ),
+    (
+        "fit-labelled-model-without-labels",
+        None,
+        ["fit", "--out", "{new}", "--labelled", "5"],
+        ["--labelled: 5", "models.vae:VAE uses no labels", "models.m2:M2"],
     ),
     (
         "fit-labelled-unlabelled-data",
         None,
-        ["fit", "--out", "{new}", "--data", "{npy_unlabelled}", "--labelled", "5"],
+        ["fit", "--out", "{new}", "--data", "{npy_unlabelled}", "--model", "models.m2:M2", "--labelled", "5"],
         ["labelled: 5", "came without labels"],
     ),
     (

@@ -47,8 +47,8 @@ def discrete_support(probe: Trace, plate: str | None = None) -> DiscreteSupport 
 
     A site whose base distribution (under ``Independent``) enumerates C values and that
     holds u of them (its value's elements, or one-hot vectors) has C^u states; the guide
-    has their product. With ``plate`` (a one-row probe) that is the number of states of
-    q(z | x_n) for one datapoint, and each site must lie in ``plate``.
+    has their product. With ``plate`` that is the number of states of q(z | x_n) for one
+    datapoint (of a probe of any number of rows), and each site must lie in ``plate``.
     """
     sites = sample_sites(probe)
     if not sites or not all(s["fn"].support.is_discrete for s in sites.values()):
@@ -79,16 +79,17 @@ def _enumerable(site: dict, plate: str | None) -> DiscreteSite | None:
     except NotImplementedError:  # e.g. a Binomial whose total_count varies
         return None
     value, event_dim = site["value"], site["fn"].event_dim
-    pos = 0
+    pos, shape = 0, value.shape
     if plate is not None:
         frames = [f for f in site["cond_indep_stack"] if f.name == plate]
         pos = value.dim() - event_dim + frames[0].dim if frames else -1
-        if pos < 0 or value.shape[pos] != 1:
+        if pos < 0 or frames[0].size != value.shape[pos]:
             return None
+        shape = value.shape[:pos] + (1,) + value.shape[pos + 1 :]  # one datapoint's
     event = tuple(base.event_shape)
     values = values.reshape(values.shape[0], *event)
-    units = value.numel() // max(1, math.prod(event))
-    return DiscreteSite(values, units, value.shape, pos, event_dim)
+    units = shape.numel() // max(1, math.prod(event))
+    return DiscreteSite(values, units, shape, pos, event_dim)
 
 
 def state_values(
