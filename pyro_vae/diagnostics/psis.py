@@ -385,13 +385,7 @@ def psis_khat_per_datapoint(
         # the first batch of drawn ratios' rows (enumerated ones take batches as large or
         # larger): a local guide that holds only its whole batch fits them when they all fit
         first = max(1, min(x.shape[0], max_elements // (num_samples * row)))
-        pair = prepare(model, guide, data_arguments(x), "k̂ per datapoint", probe_rows=first,
-                       rows=rows, device=device)  # fmt: skip
-        # the pair as prepare wraps it (a local guide's rows given)
-        probe_args = (x[:first].to(device),)
-        subsample = {"subsample": pair.subsample(0, first)}
-        _, probe_tr, plate = probe(pair.model, pair.guide, probe_args, subsample, True)
-        support = discrete_support(probe_tr, plate)
+        pair, support = _prepared(model, guide, x, first, rows, device)
         enumerated = support is not None and support.count <= num_samples
         draws = int(support.count) if enumerated else num_samples
         batch = max(1, min(x.shape[0], max_elements // (draws * row)))
@@ -415,6 +409,17 @@ def psis_khat_per_datapoint(
         discrete=support is not None,
     )
     return PointwiseKhat(khat, num_samples)
+
+
+def _prepared(model, guide, x: torch.Tensor, first: int, rows, device):
+    """(the pair :func:`~pyro_vae.evaluate.prepare` wraps, probed on the ``first`` rows,
+    and the guide's :func:`discrete_support` per datapoint, from a probe of that pair: a
+    local guide sees the rows it was fitted to)."""
+    pair = prepare(model, guide, data_arguments(x), "k̂ per datapoint", probe_rows=first,
+                   rows=rows, device=device)  # fmt: skip
+    subsample = {"subsample": pair.subsample(0, first)}
+    _, probe_tr, plate = probe(pair.model, pair.guide, (x[:first].to(device),), subsample, True)
+    return pair, discrete_support(probe_tr, plate)
 
 
 def _batch_log_densities(
