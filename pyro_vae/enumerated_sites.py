@@ -29,7 +29,7 @@ from pyro.poutine import Trace
 from pyro.poutine.util import prune_subsample_sites
 
 from pyro_vae.plates import frames_in
-from pyro_vae.pointwise import per_datapoint_log_density
+from pyro_vae.pointwise import data_plate_scale, per_datapoint_log_density
 from pyro_vae.traces import PARTICLE_PLATES, PARTICLES, sample_sites, sample_sites_where
 
 #: Most combinations of enumerated values scored (one model run each).
@@ -114,27 +114,65 @@ def marginal_terms(runs: list[Trace], sites, num_samples, rows, rank, plate):
 
     so their sum is log p(x_n, u_n), and E_q[log q(u) − log p(u)] is the KL to the
     marginal prior, also where u's prior depends on z (a mixture's component means; taking
-    p(u | z) into the first term instead left the KL at −H(q): tester E's F1)."""
+    p(u | z) into the first term instead left the KL at −H(q): tester E's F1).
+
+    Scales as Pyro's ``TraceEnum_ELBO`` takes them: the sites whose log-density moves with
+    z (z's own among them) share one ``poutine.scale`` s, relative to the data plate's
+    subsampling, and give s · log Σ_c exp(Σ their unscaled log-densities); every other
+    site, its own scaled log-density (tester J: the scale inside the sum gave log Σ_c
+    p(c)^s p(x | c)^s, 1.07 nats above Pyro's at s = 0.5).
+
+    Raises:
+        ValueError: the sites that move with z under different scales (Pyro refuses them
+            alike)."""
     first = sample_sites(runs[0])
     prior = {name for name, site in first.items() if not site["is_observed"]} | set(sites)
-    everything = set(first)
+    moving = {
+        name
+        for name, site in first.items()
+        if name in sites
+        or any(not torch.equal(run.nodes[name]["log_prob"], site["log_prob"]) for run in runs)
+    }
+    scale = _shared_scale(runs[0], moving, plate)
+
+    def density(run, names, relative):
+        part = sample_sites_where(run, lambda name, _: name in names)
+        return per_datapoint_log_density(part, num_samples, rows, rank, plate, relative)
 
     def summed(names):
-        per_run = [
-            per_datapoint_log_density(
-                sample_sites_where(run, lambda name, _: name in names),
-                num_samples,
-                rows,
-                rank,
-                plate,
-                relative_scale=True,  # a poutine.scale of the model's own counts, as in Pyro
-            )
-            for run in runs
-        ]
-        return torch.logsumexp(torch.stack(per_run), 0)
+        fixed = density(runs[0], names - moving, True)  # the same in every run
+        per_run = [density(run, names & moving, False) for run in runs]
+        return fixed + scale * torch.logsumexp(torch.stack(per_run), 0)
 
-    joint, latent = summed(everything), summed(prior)
+    joint, latent = summed(set(first)), summed(prior)
     return joint - latent, latent
+
+
+def _shared_scale(trace: Trace, names: set, plate: str):
+    """The one scale of the sites ``names`` relative to the data plate's subsampling (a
+    number, or a tensor broadcasting to their log-densities)."""
+    plate_scale = data_plate_scale(trace, plate)
+    scales = {}
+    for name in sorted(names):
+        scale = trace.nodes[name]["scale"]
+        if torch.is_tensor(scale) and scale.numel() == 1:
+            scale = float(scale)
+        scales[name] = scale / plate_scale
+    values = list(scales.values())
+    if any(not _same(value, values[0]) for value in values[1:]):
+        raise ValueError(
+            f"model: the sites summed over the enumerated values, {sorted(scales)}, have "
+            f"different poutine.scale ({scales}); a sum over a site's values takes one scale "
+            "outside it, as Pyro's TraceEnum_ELBO requires (it refuses them alike): put the "
+            "enumerated site and the sites that depend on it under the same scale"
+        )
+    return values[0] if values else 1.0
+
+
+def _same(a, b) -> bool:
+    if torch.is_tensor(a) or torch.is_tensor(b):
+        return torch.is_tensor(a) and torch.is_tensor(b) and torch.equal(a, b)
+    return a == b
 
 
 __all__ = ["MAX_COMBINATIONS", "enumerated_runs", "enumerated_sites", "marginal_terms"]

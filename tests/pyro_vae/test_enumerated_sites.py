@@ -77,28 +77,64 @@ def test_too_many_combinations_are_refused_before_any_run():
         enumerated_sites(trace, empty, "data", "a test")
 
 
-def test_a_scale_of_the_models_own_counts_in_the_summed_out_marginal():
-    # tester I's F1, the enumerated path: a likelihood tempered by poutine.scale(τ) under a
-    # summed-out component, log Σ_c π_c N(x; μ_c, 1)^τ per datapoint by hand (no latent
-    # left to draw: exact at any K); the scale was dropped (−2.24 where it is −1.62)
-    from pyro.infer import config_enumerate
+@pytest.mark.parametrize("scaled", ["whole", "component", "mixed"])
+def test_a_scale_of_the_models_own_is_taken_outside_the_sum_as_pyro_takes_it(scaled):
+    # tester I's F1 and tester J's F1: under poutine.scale(s) the summed-out component
+    # contributes s · log Σ_c π_c N(x; μ_c, 1), as TraceEnum_ELBO computes it (the value
+    # here, by hand and by Pyro's own loss: no latent is left to draw, so exact at any K);
+    # unscaled it was dropped, and inside the sum gave log Σ_c (π_c N)^s. Sites that move
+    # with c under different scales are refused, as Pyro refuses them
+    from pyro.infer import TraceEnum_ELBO, config_enumerate
 
     from pyro_vae.evaluate import elbo_per_datapoint, iwae_log_likelihood
 
-    f64 = torch.float64
-    pi, mu, tau = torch.tensor([0.3, 0.7], dtype=f64), torch.tensor([-1.0, 2.0], dtype=f64), 0.5
+    f64, s = torch.float64, 0.5
+    pi, mu = torch.tensor([0.3, 0.7], dtype=f64), torch.tensor([-1.0, 2.0], dtype=f64)
     x = torch.tensor([-1.5, 0.2, 2.5, 3.0], dtype=f64)
 
     @config_enumerate
     def model(x):
-        with pyro.plate("data", len(x)):
-            c = pyro.sample("c", dist.Categorical(pi))
-            with poutine.scale(scale=tau):
+        with pyro.plate("data", len(x)), poutine.scale(scale=s if scaled == "whole" else 1.0):
+            with poutine.scale(scale=s if scaled == "component" else 1.0):
+                c = pyro.sample("c", dist.Categorical(pi))
+            with poutine.scale(scale=s if scaled != "whole" else 1.0):
                 pyro.sample("x", dist.Normal(mu[c], 1.0), obs=x)
 
     def guide(x):
         pass
 
-    exact = torch.logsumexp(pi.log() + tau * dist.Normal(mu, 1.0).log_prob(x[:, None]), -1)
+    if scaled == "mixed":  # c unscaled, x at s
+        with pytest.raises(ValueError, match="different poutine.scale"):
+            elbo_per_datapoint(model, guide, x, num_samples=3)
+        return
+    exact = s * torch.logsumexp(pi.log() + dist.Normal(mu, 1.0).log_prob(x[:, None]), -1)
+    pyro_loss = TraceEnum_ELBO(max_plate_nesting=1).loss(model, guide, x)
+    assert -pyro_loss == pytest.approx(float(exact.sum()), abs=1e-12)
     assert torch.allclose(iwae_log_likelihood(model, guide, x, num_samples=3), exact, atol=1e-12)
     assert torch.allclose(elbo_per_datapoint(model, guide, x, num_samples=3), exact, atol=1e-12)
+
+
+def test_a_scaled_pair_with_a_latent_left_to_draw_scores_s_times_the_unscaled():
+    # tester J's F1: model and guide both under poutine.scale(0.5), z drawn, c summed out:
+    # each datapoint's ELBO and KL are 0.5 times the unscaled pair's at the same draws
+    # (the KL was −0.94 where it is +1.33: the scale taken inside the sum over c)
+    from pyro_vae.evaluate import elbo_per_datapoint, elbo_terms_per_datapoint
+
+    def model(x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            c = pyro.sample("c", dist.Bernoulli(0.3), infer={"enumerate": "parallel"})
+            pyro.sample("x", dist.Normal(z + 2 * c, 1.0), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(0.3 * x, 0.7))
+
+    x = torch.randn(7, generator=torch.Generator().manual_seed(0)) * 2
+    halves = poutine.scale(model, scale=0.5), poutine.scale(guide, scale=0.5)
+    for evaluate in (elbo_per_datapoint, lambda *a, **k: elbo_terms_per_datapoint(*a, **k).kl):
+        pyro.set_rng_seed(1)
+        scaled = evaluate(*halves, x, num_samples=50)
+        pyro.set_rng_seed(1)
+        plain = evaluate(model, guide, x, num_samples=50)
+        assert torch.allclose(scaled, 0.5 * plain, rtol=1e-5, atol=1e-6)
