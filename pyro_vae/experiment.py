@@ -152,8 +152,8 @@ def build(
     check_unchanged(d.provenance, data.info.get("provenance"), allow_changed_data)
     if d.provenance is None and "provenance" in data.info:
         config = replace(config, data=replace(d, provenance=data.info["provenance"]))
-    # before the files run: their model and guide roles are enough (code_changes)
-    check_code_unchanged(config.code, code_provenance(_spec_files(config)), allow_changed_code)
+    # before the files run: their imports as they resolve now, read from their source
+    check_code_unchanged(config.code, code_of(config), allow_changed_code)
     options = config.model.options
     standard = {k: options[k] for k in STANDARD_MODEL_OPTIONS if k in options}
     standard.update(x_dim=data.x_dim, likelihood=d.likelihood, levels=data.info.get("levels"))

@@ -139,19 +139,23 @@ def file_sha256(path: Path | str | None) -> str:
     return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def code_changes(recorded: dict | None, current: dict) -> list[tuple[str, dict, str]]:
-    """(role, what config.json recorded for it, its checksum now) of each recorded file
-    that changed. ``current``: :func:`code_provenance` now; the model's and guide's files
-    are the ones ``current`` names, an imported module's (``import:NAME``) the file the
-    run recorded, read again: which modules the code reaches is the code's business, so a
-    module it no longer reaches, or has not been run to reach yet, is still compared."""
+def code_changes(recorded: dict | None, current: dict) -> list[tuple[str, dict, dict]]:
+    """(role, what config.json recorded for it, ``{"file", "sha256"}`` now) of each
+    recorded file whose code changed. ``current``: :func:`code_provenance` now, with the
+    imported modules as they resolve now (:func:`pyro_vae.experiment.code_of`). The
+    model's and guide's files are the ones ``current`` names; an imported module
+    (``import:NAME``) is the file it resolves to now where ``current`` has it (run from
+    another folder, or with a symlink moved, ``import nets`` may load another file: tester
+    J), else the file the run recorded, read again (a module the code no longer reaches,
+    or reaches only when run, is still compared). A file of other bytes, or none, is a
+    change; the same bytes at another path are not."""
     changes = []
     for role, was in (recorded or {}).items():
-        if role.startswith(IMPORT_ROLE):
-            now = file_sha256(was.get("file"))
+        if role.startswith(IMPORT_ROLE) and role not in current:
+            now = {"file": was.get("file"), "sha256": file_sha256(was.get("file"))}
         else:
-            now = current.get(role, {}).get("sha256", "no file")
-        if now != was.get("sha256"):
+            now = current.get(role, {"file": was.get("file"), "sha256": "no file"})
+        if now["sha256"] != was.get("sha256"):
             changes.append((role, was, now))
     return changes
 
@@ -160,30 +164,41 @@ def check_code_unchanged(recorded: dict | None, current: dict, allow: bool) -> N
     """Refuse to rebuild a run with a model or guide file, or a module of the user's own
     they import, that changed since it was trained (tester F's F1: a Laplace likelihood
     edited to a Normal one of the same parameters was evaluated, and a resumed run went on
-    training it, with no word). ``current``: :func:`code_provenance` now (its model and
-    guide roles are enough: :func:`code_changes`). Nothing is compared for a run that
-    recorded none, or when ``allow``; a run recorded before imported modules were compares
-    its model and guide files alone.
+    training it, with no word). ``current``: :func:`code_provenance` now, imported modules
+    included (:func:`code_changes`). Nothing is compared for a run that recorded none, or
+    when ``allow``; a run recorded before imported modules were compares its model and
+    guide files alone.
 
     Raises:
         CodeChangedError: naming each changed file, its role (``model``, ``guide``, or the
-            module and that the model or guide imports it) and both checksums, and how to go
+            module and that the model or guide imports it) and both checksums (or that the
+            file is gone, or that the module now loads from another file), and how to go
             on."""
     if allow:
         return
     changes = code_changes(recorded, current)
     if not changes:
         return
-    described = "; ".join(
-        f"{_described_role(role)}: {was.get('file')} changed since the run was trained (its "
-        f"bytes give {now}, config.json recorded {was.get('sha256')})"
-        for role, was, now in changes
-    )
     raise CodeChangedError(
-        f"{described}; its weights would be read into other code. To evaluate with the "
-        f"code as it is now, pass {CODE_FLAG} to evaluate, sample, diagnose, "
-        "amortization-gap or grad-variance (from Python: allow_changed_code=True); a fit is "
-        "not resumed with other code"
+        f"{'; '.join(_described_change(*change) for change in changes)}; its weights would "
+        f"be read into other code. To evaluate with the code as it is now, pass {CODE_FLAG} "
+        "to evaluate, sample, diagnose, amortization-gap or grad-variance (from Python: "
+        "allow_changed_code=True); a fit is not resumed with other code"
+    )
+
+
+def _described_change(role: str, was: dict, now: dict) -> str:
+    where = _described_role(role)
+    if now["sha256"] == "no file":
+        return f"{where}: {was.get('file')} is gone (config.json recorded {was.get('sha256')})"
+    if now["file"] != was.get("file"):
+        return (
+            f"{where}: loads from {now['file']} now (its bytes give {now['sha256']}), where "
+            f"the run was trained with {was.get('file')} ({was.get('sha256')})"
+        )
+    return (
+        f"{where}: {was.get('file')} changed since the run was trained (its bytes give "
+        f"{now['sha256']}, config.json recorded {was.get('sha256')})"
     )
 
 

@@ -210,8 +210,14 @@ def _absolute(node: ast.ImportFrom, package: str | None) -> str | None:
 
 
 def _origin(name: str, search: list[str]) -> str | None:
-    """The file module ``name`` would load from, found on ``search`` (then inside each
-    package on the way), with nothing executed; None where it is not found there."""
+    """The file module ``name`` would load from: the module ``sys.modules`` holds by that
+    name, which an import returns without searching (a script ``copy.py`` beside the model
+    file is not what ``import copy`` loads once the standard library's is there: tester J),
+    else the one found on ``search`` (then inside each package on the way), with nothing
+    executed; None where it is neither."""
+    loaded = sys.modules.get(name)
+    if loaded is not None:
+        return getattr(loaded, "__file__", None)
     parts = name.split(".")
     spec: ModuleSpec | None = PathFinder.find_spec(parts[0], search)
     for i in range(1, len(parts)):

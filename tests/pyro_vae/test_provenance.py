@@ -147,9 +147,8 @@ def test_an_imported_module_s_file_is_read_again_and_named_when_it_changed(tmp_p
     current = {"model": {"file": "/m.py", "sha256": "sha256:m"}}  # no imports: not yet run
     check_code_unchanged(recorded, current, allow=False)
     helper.write_text("A = 2\n")
-    assert code_changes(recorded, current) == [
-        ("import:nets", recorded["import:nets"], file_sha256(helper))
-    ]
+    now = {"file": str(helper), "sha256": file_sha256(helper)}
+    assert code_changes(recorded, current) == [("import:nets", recorded["import:nets"], now)]
     with pytest.raises(CodeChangedError) as info:
         check_code_unchanged(recorded, current, allow=False)
     assert str(info.value).startswith(
@@ -159,8 +158,21 @@ def test_an_imported_module_s_file_is_read_again_and_named_when_it_changed(tmp_p
     )
     assert CODE_FLAG in str(info.value)
     check_code_unchanged(recorded, current, allow=True)
+    # tester J: run from another folder, `import nets` loads another file; where the
+    # imports as they resolve now name it, that file is compared (same bytes: no change)
+    elsewhere = tmp_path / "other" / "nets.py"
+    elsewhere.parent.mkdir()
+    elsewhere.write_text("A = 1\n")
+    moved = {**current, "import:nets": {"file": str(elsewhere), "sha256": file_sha256(elsewhere)}}
+    check_code_unchanged(recorded, moved, allow=False)
+    elsewhere.write_text("A = 3\n")
+    moved["import:nets"]["sha256"] = file_sha256(elsewhere)
+    with pytest.raises(CodeChangedError, match=f"loads from {elsewhere} now .* trained with "):
+        check_code_unchanged(recorded, moved, allow=False)
     helper.unlink()
-    assert code_changes(recorded, current)[0][2] == "no file"
+    assert code_changes(recorded, current)[0][2]["sha256"] == "no file"
+    with pytest.raises(CodeChangedError, match=f"{helper} is gone \\(config.json recorded"):
+        check_code_unchanged(recorded, current, allow=False)
     check_code_unchanged({"model": recorded["model"]}, current, allow=False)  # an older run
 
 
@@ -208,3 +220,48 @@ def test_a_helper_module_edited_after_the_run_is_refused_by_evaluate_and_resume(
         assert changed["sha256"] == file_sha256(nets)
     finally:
         sys.modules.pop("prov_nets", None)
+
+
+@pytest.mark.parametrize("layout", ["another-folder", "shadowed-stdlib"])
+def test_the_module_an_import_loads_now_is_the_one_compared(tmp_path, layout):
+    # tester J's F2: `import nets` resolved from the working folder at fit time (A) and at
+    # evaluate time (B) loaded two files, and evaluate ran B's with no word; F4: a script
+    # named copy.py beside the model file was recorded for `import copy`, which loads the
+    # standard library's, and an edit to the script refused the run. Each command runs in
+    # its own process, as a user's would, so nothing is cached between them
+    import os
+    import subprocess
+
+    project, first, second = (tmp_path / d for d in ("project", "A", "B"))
+    for folder in (project, first, second):
+        folder.mkdir()
+    name = "nets" if layout == "another-folder" else "copy"
+    source = HELPER_MODEL_FILE.replace("prov_nets", "nets_here")
+    source = source.replace("from nets_here", f"import {name}\nfrom nets_here")
+    (project / "mine.py").write_text(source)
+    (project / "nets_here.py").write_text(NETS)
+    for folder, body in ((first, "A = 1\n"), (second, "A = 2\n")):
+        (folder if layout == "another-folder" else project).joinpath(f"{name}.py").write_text(body)
+    data = tmp_path / "x.npy"
+    np.save(data, np.random.default_rng(0).integers(0, 256, (30, 4, 4), dtype=np.uint8))
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+
+    def cli(cwd, *args):
+        command = [sys.executable, "-m", "pyro_vae.cli", *args]
+        return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+
+    fit = ["fit", "--model", f"{project / 'mine.py'}:Mine", "--data", str(data)]
+    fit += ["--likelihood", "gaussian", "--epochs", "1", "--no-progress", "--ll-samples", "2"]
+    assert cli(first, *fit, "--out", str(run)).returncode == 0
+    recorded = json.loads((run / "config.json").read_text())["code"]
+    done = cli(second, "evaluate", str(run), "--ll-samples", "0")
+    if layout == "another-folder":
+        assert recorded["import:nets"]["file"] == str((first / "nets.py").resolve())
+        assert done.returncode == 2
+        assert "module nets (imported by the model's or guide's file): loads from " in done.stderr
+        assert str((second / "nets.py").resolve()) in done.stderr
+    else:  # the standard library's copy is what runs, not the script beside the model
+        assert "import:copy" not in recorded and "import:nets_here" in recorded
+        (project / "copy.py").write_text("A = 3\n")
+        assert cli(second, "evaluate", str(run), "--ll-samples", "0").returncode == 0
