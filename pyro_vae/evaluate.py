@@ -661,7 +661,9 @@ def latent_draws_of(
     _check_num("num_samples", num_samples)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        pair = prepare(model, guide, data, "latent codes per datapoint", rows=rows)
+        # every row in one run: probed so (a plate that declares subsample_size covers them)
+        count = len(data[0])
+        pair = prepare(model, guide, data, "latent codes per datapoint", None, None, count, rows)
         subsample = pair.subsample(0, len(data[0])).to(data[0].device)
         with torch.no_grad():
             model_tr, guide_tr, _ = particle_traces(

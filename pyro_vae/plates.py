@@ -163,21 +163,18 @@ def _declared_size(model_trace: Trace, plate: str) -> int:
 
 
 def _declaring_data_plate(model_trace: Trace, rows: int) -> str | None:
-    """A vectorized plate over the batch's ``rows`` that encloses an observed site and
-    declares a ``subsample_size`` (its subsample site records it), else None."""
-    for site in sample_sites(model_trace).values():
-        if not site["is_observed"]:
-            continue
-        for f in site["cond_indep_stack"]:
-            node = model_trace.nodes.get(f.name)
-            if (
-                f.vectorized
-                and f.full_size == rows
-                and node is not None
-                and site_is_subsample(node)
-                and subsample_declaration(node["fn"])[1] is not None
-            ):
-                return f.name
+    """The per-datapoint plate (:func:`find_data_plate`'s rule) where it declares a
+    ``subsample_size`` (its subsample site records it), else None: another plate of the
+    batch's size (pixels, ``pyro.plate("pix", D, subsample_size=D)`` with D rows) is no
+    plate over the rows (tester J)."""
+    try:
+        plate = find_data_plate(model_trace, rows)
+    except DataPlateError:  # ambiguous: the evaluator says so, naming the plates
+        return None
+    node = model_trace.nodes.get(plate) if plate is not None else None
+    if node is not None and site_is_subsample(node):
+        if subsample_declaration(node["fn"])[1] is not None:
+            return plate
     return None
 
 

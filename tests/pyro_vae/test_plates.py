@@ -169,3 +169,38 @@ def test_declared_subsamples_reads_a_plate_pyro_then_refuses():
     assert declared.declared == {"data": (3, 4)}
     assert "subsample_size=4" in str(declared.refusal(3, "an evaluator"))
     assert declared.refusal(5, "an evaluator") is None
+
+
+def test_a_declared_subsample_size_is_refused_only_on_the_per_datapoint_plate_of_a_chunk():
+    # tester J's F3: a run of every row at once (latent_means probed 100 of 150 rows) and a
+    # pixel plate of the batch's size declaring subsample_size (at batch_size 5 = D) were
+    # refused; neither subsamples the rows a chunk reports
+    from pyro_vae.evaluate import elbo_per_datapoint, latent_means
+
+    def model(x):
+        with pyro.plate("data", len(x), subsample_size=min(256, len(x)), dim=-2) as i:
+            z = pyro.sample("z", dist.Normal(torch.zeros(len(i), 1), 1.0))
+            with pyro.plate("pix", x.shape[1], dim=-1):
+                pyro.sample("x", dist.Normal(z, 1.0), obs=x[i])
+
+    def guide(x):
+        with pyro.plate("data", len(x), subsample_size=min(256, len(x)), dim=-2) as i:
+            pyro.sample("z", dist.Normal(0.3 * x[i].sum(-1, keepdim=True), 0.7))
+
+    g = torch.Generator().manual_seed(0)
+    assert latent_means(model, guide, torch.randn(150, 5, generator=g)).shape == (150, 1)
+
+    def pixels(x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            with pyro.plate("pix", x.shape[1], subsample_size=x.shape[1], dim=-2):
+                pyro.sample("x", dist.Normal(z, 1.0), obs=x.T)
+
+    def pixels_guide(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(0.3 * x.sum(-1), 0.7))
+
+    x = torch.randn(12, 5, generator=g)
+    for batch_size in (4, 5, 6, 12):  # 5: the pixel plate's size, which it declares
+        scored = elbo_per_datapoint(pixels, pixels_guide, x, num_samples=2, batch_size=batch_size)
+        assert scored.shape == (12,) and torch.isfinite(scored).all()
