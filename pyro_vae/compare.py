@@ -104,14 +104,24 @@ def _model(config: dict[str, Any]) -> str:
     return f"{name}({options})" if options else name
 
 
-_DATA_KEYS = ("likelihood", "binarize", "levels", "val_fraction", "test_fraction", "split_seed")
+#: What makes a run's data (its DataConfig but the training labels a model observes).
+_DATA_KEYS = (
+    "likelihood", "binarize", "threshold", "levels", "val_fraction", "test_fraction",
+    "split_seed", "image_size", "crop", "columns", "label_column",
+)  # fmt: skip
 
 
 def _data(config: dict[str, Any], keys: tuple[str, ...] = _DATA_KEYS) -> str:
+    """The run's data in one string: its name and every setting of :data:`_DATA_KEYS`
+    given (a crop only when on), and the first 12 hex digits of a file's checksum (tester
+    J: runs with other binarization thresholds were not told apart)."""
     if not config:
         return "?"
     data = config.get("data") or {}
-    details = [f"{k}={data[k]}" for k in keys if data.get(k) is not None]
+    details = [f"{k}={data[k]}" for k in keys if data.get(k) not in (None, False)]
+    checksum = (data.get("provenance") or {}).get("checksum")
+    if checksum:
+        details.append(f"checksum={str(checksum).removeprefix('sha256:')[:12]}")
     return f"{data.get('name', '?')}({', '.join(details)})"
 
 

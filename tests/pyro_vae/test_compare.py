@@ -126,6 +126,20 @@ def test_runs_differing_only_in_val_fraction_are_flagged_by_what_it_changes(
     write_comparison(comparison, tmp_path / "out")  # the figure's title says which
 
 
+@pytest.mark.parametrize(
+    "other",
+    [{"threshold": 0.3}, {"image_size": [8, 8]}, {"columns": ["a"]}, {"label_column": "y"}],
+)
+def test_runs_with_other_data_settings_are_not_comparable_whatever_else_differs(tmp_path, other):
+    # tester J's F5: a binarization threshold of 0.3 against 0.5, with another
+    # --val-fraction too, was noted as "on the same test rows"; the threshold (and a
+    # folder's image size, a table's columns) were no part of what compare read as the data
+    a = _run(tmp_path / "a", [1.0], [-100.0], TEST)
+    b = _run(tmp_path / "b", [1.0], [-99.0], TEST, data={**other, "val_fraction": 0.3})
+    (note,) = compare_runs([a, b]).notes
+    assert note.startswith("the runs use different data") and "not comparable" in note
+
+
 def test_files_are_written_and_read_back(tmp_path):
     a = _run(tmp_path / "a", [1.0, 1.0], [-100.0, -95.0], TEST)
     b = _run(tmp_path / "b", [1.0, 1.0, 1.0], [-101.0, -97.0, -93.0], TEST)
