@@ -31,10 +31,11 @@ from pyro.infer.autoguide import AutoGuide
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
+from pyro_vae.plate_declaration import ACTIVE_SUBSAMPLES
 from pyro_vae.plates import batch_rows
 from pyro_vae.pyro_compat import frame_with_full_size, set_autoguide_model
 
-_ACTIVE: list[DataPlateSubsample] = []
+_ACTIVE: list[DataPlateSubsample] = ACTIVE_SUBSAMPLES  # read by local guides, below
 
 
 class DataPlateSizeError(ValueError):
@@ -161,10 +162,13 @@ def align_autoguide(guide, plate: str | None, dim: int | None, num_data: int) ->
 
 def fitted_rows(guide) -> int | None:
     """N, the rows a Pyro autoguide aligned by :func:`align_autoguide` was set up for
-    (its per-datapoint parameters have that many), or ``None`` for any other guide."""
+    (its per-datapoint parameters have that many), or a local guide declares it holds
+    (``num_datapoints``: :class:`pyro_vae.guides.local_normal.LocalNormal`), or ``None``
+    for any other guide."""
     if isinstance(guide, AutoGuide) and isinstance(guide.create_plates, _AutoguidePlates):
         return guide.create_plates.num_data
-    return None
+    held = getattr(guide, "num_datapoints", None)
+    return int(held) if isinstance(held, int) else None
 
 
 def accepts_keyword(fn, name: str) -> bool:

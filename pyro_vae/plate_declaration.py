@@ -13,6 +13,20 @@ import torch
 DATA_PLATE = "data"
 DATA_DIM = -1
 
+#: The active :class:`pyro_vae.minibatch.DataPlateSubsample` handlers, innermost last:
+#: each gives a data plate its full size N (``num_data``) and the batch's rows. Held here,
+#: below the guides, so a local guide can read which of its N rows it is asked for.
+ACTIVE_SUBSAMPLES: list = []
+
+
+def active_num_data(plate: str = DATA_PLATE) -> int | None:
+    """N, the full size the innermost active handler gives the plate ``plate``, or None
+    outside one (a plain call)."""
+    for handler in reversed(ACTIVE_SUBSAMPLES):
+        if handler.plate == plate:
+            return int(handler.num_data)
+    return None
+
 
 def data_plate(x: torch.Tensor, num_data: int | None = None) -> pyro.plate:
     """A ``pyro.plate`` over the rows of ``x``, scaled up to ``num_data`` rows in all."""

@@ -15,14 +15,24 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
-from pyro_vae.plate_declaration import data_plate
+from pyro_vae.plate_declaration import active_num_data, data_plate
 
 
 class LocalNormal(PyroModule):
     """q(z_n) = N(μ_n, σ_n²) for the N rows of one fixed batch (site ``site``).
 
+    Called on those N rows it gives every row its own q. Called as the evaluators and
+    ``fit`` call a guide (:class:`pyro_vae.minibatch.Minibatched`, which gives the data
+    plate its full size N and the batch's rows), the rows it is given are those among the
+    N, so it can be scored in chunks or on some of its rows (``rows=``: tester J);
+    ``num_datapoints`` says N.
+
     Args:
         loc: ``[N, latent_dim]`` initial means; scale: ``[N, latent_dim]`` initial sds.
+
+    Raises:
+        ValueError (when called): another number of rows than N in a plain call, or a data
+            plate of another full size than N.
     """
 
     #: May be recorded without being asked (``pyro_vae.estimators.compiled.should_record``):
@@ -40,18 +50,35 @@ class LocalNormal(PyroModule):
         self.loc = nn.Parameter(loc.detach().clone())
         self.log_scale = nn.Parameter(scale.detach().clamp(min=1e-6).log().clone())
 
-    def encode(self, x: torch.Tensor) -> dist.Normal:
-        self._check(x)
-        return dist.Normal(self.loc, self.log_scale.exp())
+    @property
+    def num_datapoints(self) -> int:
+        """N, the rows it holds a q for."""
+        return int(self.loc.shape[0])
+
+    def encode(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> dist.Normal:
+        """q of ``x``'s rows: all N in order, or the ``rows`` among them."""
+        if rows is None:
+            self._check(x)
+            return dist.Normal(self.loc, self.log_scale.exp())
+        return dist.Normal(self.loc[rows], self.log_scale[rows].exp())
 
     def _check(self, x: torch.Tensor) -> None:
         if x.shape[0] != self.loc.shape[0]:
             raise ValueError(
                 f"x: {x.shape[0]} rows, but this local guide holds "
                 f"{self.loc.shape[0]} datapoints; it only fits the batch it was "
-                "made for"
+                "made for, or the rows of it the evaluators and fit give it"
             )
 
     def forward(self, x: torch.Tensor, num_data: int | None = None) -> torch.Tensor:
-        with data_plate(x, num_data):
-            return pyro.sample(self.site, self.encode(x).to_event(1))
+        given = active_num_data()  # N where the batch's rows are given, else None
+        if given is None:
+            with data_plate(x, num_data):
+                return pyro.sample(self.site, self.encode(x).to_event(1))
+        if given != self.num_datapoints:
+            raise ValueError(
+                f"num_data: the data plate holds {given} rows, but this local guide holds "
+                f"{self.num_datapoints} datapoints; expected the rows it was made for"
+            )
+        with data_plate(x, num_data) as rows:  # the given rows among the N
+            return pyro.sample(self.site, self.encode(x, rows).to_event(1))

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import pyro.poutine as poutine
@@ -88,3 +89,37 @@ def test_local_guide_holds_only_its_own_batch():
     guide = LocalNormal(torch.zeros(4, 2), torch.ones(4, 2))
     with pytest.raises(ValueError, match="x: 3 rows.*holds 4 datapoints"):
         guide(torch.zeros(3, 3))
+
+
+def test_the_rows_the_evaluators_give_are_scored_with_their_own_q():
+    # tester J's F6: a LocalNormal could be scored only on all N rows in one call, so
+    # psis_khat_per_datapoint (batches of max_elements) and rows= refused it. Under the
+    # evaluators' data plate it takes the rows given among its N: each row's ELBO is the
+    # same at any batch size and on any subset named by rows= (the exact value: the
+    # closed-form ELBO of N(μ_n, σ_n²) against z ~ N(0, 1), x_n ~ N(z, 1))
+    from pyro_vae.diagnostics import psis_khat_per_datapoint
+    from pyro_vae.evaluate import elbo_per_datapoint
+
+    g = torch.Generator().manual_seed(0)
+    x, n = torch.randn(12, generator=g, dtype=torch.float64), 12
+    mu, sd = torch.randn(n, 1, generator=g, dtype=torch.float64), torch.full((n, 1), 0.6)
+    guide = LocalNormal(mu, sd.double())
+
+    def model(x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(torch.zeros(1, dtype=x.dtype), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z[..., 0], 1.0), obs=x)
+
+    m, s = mu[:, 0], sd[:, 0].double()
+    exact = -0.5 * math.log(2 * math.pi) - 0.5 * ((x - m) ** 2 + s**2)  # E log p(x | z)
+    exact = exact - 0.5 * (m**2 + s**2 - 1) + torch.log(s)  # − KL(q ‖ N(0, 1))
+    for batch_size in (12, 5):
+        got = elbo_per_datapoint(model, guide, x, num_samples=20000, batch_size=batch_size)
+        assert torch.allclose(got, exact, atol=0.05)  # se ≈ 0.01 per row at 20,000 draws
+    rows = torch.arange(4, 9)
+    got = elbo_per_datapoint(model, guide, x[4:9], num_samples=20000, rows=rows)
+    assert torch.allclose(got, exact[4:9], atol=0.05)
+    khat = psis_khat_per_datapoint(model, guide, x, num_samples=100, max_elements=300).khat
+    assert khat.shape == (12,) and np.isfinite(khat).all()  # batches of 3 rows
+    with pytest.raises(ValueError, match="x: 3 rows, but this local guide holds 12"):
+        guide(x[:3])  # a plain call: all its rows, or none
