@@ -19,7 +19,7 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
-from pyro_vae.guides.local_low_rank import check_rows
+from pyro_vae.guides.local_rows import check_rows, given_rows
 from pyro_vae.plate_declaration import data_plate
 
 
@@ -73,16 +73,27 @@ class LocalFlow(PyroModule):
         # A plain list: the steps stay out of this module's parameters and state.
         self._flows = list(flows)
 
-    def encode(self, x: torch.Tensor) -> dist.TransformedDistribution:
-        """The N flows: batch shape ``[N]``, event shape ``[latent_dim]``; no closed-form mean.
+    @property
+    def num_datapoints(self) -> int:
+        """N, the rows it holds a q for."""
+        return int(self.loc.shape[0])
+
+    def encode(
+        self, x: torch.Tensor, rows: torch.Tensor | None = None
+    ) -> dist.TransformedDistribution:
+        """The N flows: batch shape ``[N]``, event shape ``[latent_dim]``; no closed-form
+        mean. Or those of the ``rows`` among them (:mod:`pyro_vae.guides.local_rows`).
 
         Raises:
             ValueError: ``x`` does not have the N rows this guide was made for.
         """
-        check_rows(x, self.loc.shape[0])
-        base = dist.Normal(self.loc, self.log_scale.exp()).to_event(1)
-        return dist.TransformedDistribution(base, [f.condition(self.context) for f in self._flows])
+        if rows is None:
+            check_rows(x, self.num_datapoints)
+            rows = slice(None)
+        base = dist.Normal(self.loc[rows], self.log_scale[rows].exp()).to_event(1)
+        context = self.context[rows]
+        return dist.TransformedDistribution(base, [f.condition(context) for f in self._flows])
 
     def forward(self, x: torch.Tensor, num_data: int | None = None) -> torch.Tensor:
-        with data_plate(x, num_data):
-            return pyro.sample(self.site, self.encode(x))
+        with data_plate(x, num_data) as rows:
+            return pyro.sample(self.site, self.encode(x, given_rows(rows, self.num_datapoints)))

@@ -15,20 +15,8 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
+from pyro_vae.guides.local_rows import check_rows, given_rows
 from pyro_vae.plate_declaration import data_plate
-
-
-def check_rows(x: torch.Tensor, held: int) -> None:
-    """Refuse ``x`` unless it has the ``held`` rows a per-datapoint guide was made for.
-
-    Raises:
-        ValueError: naming ``x``'s rows and ``held``.
-    """
-    if x.shape[0] != held:
-        raise ValueError(
-            f"x: {x.shape[0]} rows, but this local guide holds {held} datapoints; it only "
-            "fits the batch it was made for"
-        )
 
 
 class LocalLowRankNormal(PyroModule):
@@ -64,17 +52,27 @@ class LocalLowRankNormal(PyroModule):
         self.log_scale = nn.Parameter(scale.detach().clamp(min=1e-6).log().clone())
         self.cov_factor = nn.Parameter(cov_factor.detach().clone())
 
-    def encode(self, x: torch.Tensor) -> dist.LowRankMultivariateNormal:
-        """The N low-rank Normals: batch shape ``[N]``, event shape ``[latent_dim]``.
+    @property
+    def num_datapoints(self) -> int:
+        """N, the rows it holds a q for."""
+        return int(self.loc.shape[0])
+
+    def encode(
+        self, x: torch.Tensor, rows: torch.Tensor | None = None
+    ) -> dist.LowRankMultivariateNormal:
+        """The N low-rank Normals: batch shape ``[N]``, event shape ``[latent_dim]``; or
+        those of the ``rows`` among them (:mod:`pyro_vae.guides.local_rows`).
 
         Raises:
             ValueError: ``x`` does not have the N rows this guide was made for.
         """
-        check_rows(x, self.loc.shape[0])
+        if rows is None:
+            check_rows(x, self.num_datapoints)
+            rows = slice(None)
         return dist.LowRankMultivariateNormal(
-            self.loc, self.cov_factor, torch.exp(2 * self.log_scale)
+            self.loc[rows], self.cov_factor[rows], torch.exp(2 * self.log_scale[rows])
         )
 
     def forward(self, x: torch.Tensor, num_data: int | None = None) -> torch.Tensor:
-        with data_plate(x, num_data):
-            return pyro.sample(self.site, self.encode(x))
+        with data_plate(x, num_data) as rows:
+            return pyro.sample(self.site, self.encode(x, given_rows(rows, self.num_datapoints)))

@@ -15,7 +15,8 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
-from pyro_vae.plate_declaration import active_num_data, data_plate
+from pyro_vae.guides.local_rows import check_rows, given_rows
+from pyro_vae.plate_declaration import data_plate
 
 
 class LocalNormal(PyroModule):
@@ -58,27 +59,11 @@ class LocalNormal(PyroModule):
     def encode(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> dist.Normal:
         """q of ``x``'s rows: all N in order, or the ``rows`` among them."""
         if rows is None:
-            self._check(x)
+            check_rows(x, self.num_datapoints)
             return dist.Normal(self.loc, self.log_scale.exp())
         return dist.Normal(self.loc[rows], self.log_scale[rows].exp())
 
-    def _check(self, x: torch.Tensor) -> None:
-        if x.shape[0] != self.loc.shape[0]:
-            raise ValueError(
-                f"x: {x.shape[0]} rows, but this local guide holds "
-                f"{self.loc.shape[0]} datapoints; it only fits the batch it was "
-                "made for, or the rows of it the evaluators and fit give it"
-            )
-
     def forward(self, x: torch.Tensor, num_data: int | None = None) -> torch.Tensor:
-        given = active_num_data()  # N where the batch's rows are given, else None
-        if given is None:
-            with data_plate(x, num_data):
-                return pyro.sample(self.site, self.encode(x).to_event(1))
-        if given != self.num_datapoints:
-            raise ValueError(
-                f"num_data: the data plate holds {given} rows, but this local guide holds "
-                f"{self.num_datapoints} datapoints; expected the rows it was made for"
-            )
-        with data_plate(x, num_data) as rows:  # the given rows among the N
-            return pyro.sample(self.site, self.encode(x, rows).to_event(1))
+        with data_plate(x, num_data) as rows:
+            q = self.encode(x, given_rows(rows, self.num_datapoints))
+            return pyro.sample(self.site, q.to_event(1))

@@ -1,0 +1,49 @@
+"""A local guide reads the q of the rows it is given among its N (tester J's F6)."""
+
+import pyro.poutine as poutine
+import pytest
+import torch
+
+from pyro_vae.guides import AmortizedIAF, LocalFlow, LocalLowRankNormal, LocalNormal
+from pyro_vae.guides.local_rows import check_rows, given_rows
+from pyro_vae.minibatch import DataPlateSubsample
+
+G = torch.Generator().manual_seed(0)
+X = torch.rand(6, 4, generator=G)
+
+
+def _guides():
+    loc, scale = torch.randn(6, 3, generator=G), torch.rand(6, 3, generator=G) + 0.5
+    encoder = AmortizedIAF(4, 3, (8,))
+    h = encoder.trunk(X).detach()
+    return {
+        "normal": LocalNormal(loc, scale),
+        "low-rank": LocalLowRankNormal(loc, scale, torch.randn(6, 3, 2, generator=G)),
+        "flow": LocalFlow(loc, scale, h, encoder.flows),
+    }
+
+
+@pytest.mark.parametrize("kind", ["normal", "low-rank", "flow"])
+def test_the_rows_given_get_their_own_q_and_a_plain_call_all_of_them(kind):
+    guide = _guides()[kind]
+    whole = poutine.trace(guide).get_trace(X).nodes["z"]
+    rows = torch.tensor([4, 1, 5])
+    with DataPlateSubsample("data", 6, rows):
+        part = poutine.trace(guide).get_trace(X[rows]).nodes["z"]
+    z = whole["value"][rows].detach()
+    with torch.no_grad():
+        assert torch.allclose(part["fn"].log_prob(z), whole["fn"].log_prob(whole["value"])[rows])
+    with pytest.raises(ValueError, match="x: 3 rows, but this local guide holds 6"):
+        guide(X[:3])
+    with pytest.raises(ValueError, match="data plate holds 7 rows, but this local guide holds 6"):
+        with DataPlateSubsample("data", 7, torch.arange(3)):
+            guide(X[:3])
+
+
+def test_given_rows_are_none_in_a_plain_call_and_check_rows_names_both_counts():
+    assert given_rows(torch.arange(3), 3) is None
+    with DataPlateSubsample("data", 5, torch.arange(2)):
+        assert torch.equal(given_rows(torch.tensor([3, 4]), 5), torch.tensor([3, 4]))
+    check_rows(X, 6)
+    with pytest.raises(ValueError, match="x: 6 rows, but this local guide holds 4 datapoints"):
+        check_rows(X, 4)
