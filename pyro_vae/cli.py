@@ -980,8 +980,9 @@ def _check_png_out(out: Path, own: str) -> None:
         ValueError: naming ``--out``, the path and what was expected."""
     if out.is_dir() or out.suffix.lower() != ".png":
         raise ValueError(f"--out: {out} is not a .png file path; expected where to write the PNG")
-    in_run = (out.parent / CONFIG).is_file()
-    if in_run and out.exists() and not fnmatch.fnmatch(out.name, own):
+    where = out.resolve()  # RUN/new/../elbo.png is RUN/elbo.png (tester J)
+    in_run = (where.parent / CONFIG).is_file()
+    if in_run and where.exists() and not fnmatch.fnmatch(where.name, own):
         raise ValueError(
             f"--out: {out} is a file of the run folder {out.parent}, which this command does "
             f"not write ({own} are its own there); expected a new path, or one of those"

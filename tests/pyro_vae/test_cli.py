@@ -913,6 +913,7 @@ def test_a_sigterm_while_a_lost_rank_is_reported_ends_as_terminated_without_a_tr
         (["grad-variance", "{run}", "--num-draws", "2"], "samples.png"),
         (["sample", "{run}", "--num", "4"], "samples.png"),
         (["sample", "{run}", "--num", "4"], "metrics.json"),
+        (["sample", "{run}", "--num", "4"], "new/../elbo.png"),  # tester J: the same file
     ],
 )
 def test_an_out_path_onto_a_run_s_own_file_is_refused_and_the_run_kept(
