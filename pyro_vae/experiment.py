@@ -152,8 +152,8 @@ def build(
     check_unchanged(d.provenance, data.info.get("provenance"), allow_changed_data)
     if d.provenance is None and "provenance" in data.info:
         config = replace(config, data=replace(d, provenance=data.info["provenance"]))
-    # before the files run: their imports as they resolve now, read from their source
-    check_code_unchanged(config.code, code_of(config), allow_changed_code)
+    # before the files run: the model's and guide's files, and the imported files recorded
+    check_code_unchanged(config.code, code_provenance(_spec_files(config)), allow_changed_code)
     options = config.model.options
     standard = {k: options[k] for k in STANDARD_MODEL_OPTIONS if k in options}
     standard.update(x_dim=data.x_dim, likelihood=d.likelihood, levels=data.info.get("levels"))
@@ -167,8 +167,11 @@ def build(
     model, paired_guide = _model_and_guide(made)
     guide = _guide(config, model, paired_guide, standard)
     elbo = config.estimator.build()
-    # a new run with files of the user's own: they have run, so what they reached is known
-    if config.code is None and (code := code_of(config)):
+    # once the files have run, each import as it resolved (a folder a model file puts on
+    # sys.path may hold another helper than the run's: tester K), and a new run's record
+    code = code_of(config)
+    check_code_unchanged(config.code, code, allow_changed_code)
+    if config.code is None and code:
         config = replace(config, code=code)
     return Experiment(config, data, model, guide, elbo, received, not_accepted, device=device)
 

@@ -222,46 +222,69 @@ def test_a_helper_module_edited_after_the_run_is_refused_by_evaluate_and_resume(
         sys.modules.pop("prov_nets", None)
 
 
-@pytest.mark.parametrize("layout", ["another-folder", "shadowed-stdlib"])
-def test_the_module_an_import_loads_now_is_the_one_compared(tmp_path, layout):
-    # tester J's F2: `import nets` resolved from the working folder at fit time (A) and at
-    # evaluate time (B) loaded two files, and evaluate ran B's with no word; F4: a script
-    # named copy.py beside the model file was recorded for `import copy`, which loads the
-    # standard library's, and an edit to the script refused the run. Each command runs in
-    # its own process, as a user's would, so nothing is cached between them
+#: How the model file reaches a module ``nets`` (or ``copy``), for the test below.
+IMPORTS = {
+    # the working folder, where `python -m` puts it on sys.path (tester J's F2)
+    "working-folder": "import nets\n",
+    # the file puts the working folder there itself, run by a console script (tester K's F1)
+    "file-adds-working-folder": "import os, sys\nsys.path.insert(0, os.getcwd())\nimport nets\n",
+    # the file puts a folder of its own there (tester K's F2: refused, wrongly, from B)
+    "file-adds-a-folder": "import sys\nsys.path.insert(0, {lib!r})\nimport nets\n",
+    # a script named like the standard library's module beside it (tester J's F4)
+    "shadowed-stdlib": "import copy\n",
+}
+
+
+@pytest.mark.parametrize("layout", sorted(IMPORTS))
+def test_the_module_an_import_loads_is_the_one_compared(tmp_path, layout):
+    # fit run from folder A, evaluate from folder B (each holding its own nets.py), each
+    # command in its own process, as a user's would, so nothing is cached between them: a
+    # helper that loads from another file now is refused naming both, one that loads from
+    # the same file is not, whatever the folders hold
+    project, first, second, lib = (tmp_path / d for d in ("project", "A", "B", "lib"))
+    for folder in (project, first, second, lib):
+        folder.mkdir()
+    source = HELPER_MODEL_FILE.replace("prov_nets", "nets_here")
+    imports = IMPORTS[layout].format(lib=str(lib))
+    (project / "mine.py").write_text(source.replace("from nets_here", imports + "from nets_here"))
+    (project / "nets_here.py").write_text(NETS)
+    for folder, body in ((first, "A = 1\n"), (second, "A = 2\n"), (lib, "A = 0\n")):
+        folder.joinpath("nets.py").write_text(body)
+    (project / "copy.py").write_text("A = 1\n")
+    cli = _process_cli(tmp_path, console=layout == "file-adds-working-folder")
+    run = tmp_path / "run"
+    assert cli(first, "fit", *_fit_args(project, tmp_path), "--out", str(run)).returncode == 0
+    recorded = json.loads((run / "config.json").read_text())["code"]
+    (project / "copy.py").write_text("A = 3\n")  # no module of the run's
+    done = cli(second, "evaluate", str(run), "--ll-samples", "0")
+    if layout in ("working-folder", "file-adds-working-folder"):
+        assert recorded["import:nets"]["file"] == str((first / "nets.py").resolve())
+        assert done.returncode == 2, done.stderr
+        assert "module nets (imported by the model's or guide's file): loads from " in done.stderr
+        assert str((second / "nets.py").resolve()) in done.stderr
+    else:  # lib's nets.py, or the standard library's copy, is what runs either way
+        assert done.returncode == 0, done.stderr
+        assert "import:copy" not in recorded and "import:nets_here" in recorded
+
+
+def _process_cli(tmp_path, console: bool):
+    """The CLI in a process of its own: ``python -m`` (the working folder first on
+    sys.path), or with ``-P`` as a console script runs (not on it)."""
     import os
     import subprocess
 
-    project, first, second = (tmp_path / d for d in ("project", "A", "B"))
-    for folder in (project, first, second):
-        folder.mkdir()
-    name = "nets" if layout == "another-folder" else "copy"
-    source = HELPER_MODEL_FILE.replace("prov_nets", "nets_here")
-    source = source.replace("from nets_here", f"import {name}\nfrom nets_here")
-    (project / "mine.py").write_text(source)
-    (project / "nets_here.py").write_text(NETS)
-    for folder, body in ((first, "A = 1\n"), (second, "A = 2\n")):
-        (folder if layout == "another-folder" else project).joinpath(f"{name}.py").write_text(body)
-    data = tmp_path / "x.npy"
-    np.save(data, np.random.default_rng(0).integers(0, 256, (30, 4, 4), dtype=np.uint8))
-    run = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    flags = ["-P"] if console else []
 
     def cli(cwd, *args):
-        command = [sys.executable, "-m", "pyro_vae.cli", *args]
+        command = [sys.executable, *flags, "-m", "pyro_vae.cli", *args]
         return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
 
-    fit = ["fit", "--model", f"{project / 'mine.py'}:Mine", "--data", str(data)]
-    fit += ["--likelihood", "gaussian", "--epochs", "1", "--no-progress", "--ll-samples", "2"]
-    assert cli(first, *fit, "--out", str(run)).returncode == 0
-    recorded = json.loads((run / "config.json").read_text())["code"]
-    done = cli(second, "evaluate", str(run), "--ll-samples", "0")
-    if layout == "another-folder":
-        assert recorded["import:nets"]["file"] == str((first / "nets.py").resolve())
-        assert done.returncode == 2
-        assert "module nets (imported by the model's or guide's file): loads from " in done.stderr
-        assert str((second / "nets.py").resolve()) in done.stderr
-    else:  # the standard library's copy is what runs, not the script beside the model
-        assert "import:copy" not in recorded and "import:nets_here" in recorded
-        (project / "copy.py").write_text("A = 3\n")
-        assert cli(second, "evaluate", str(run), "--ll-samples", "0").returncode == 0
+    return cli
+
+
+def _fit_args(project, tmp_path) -> list[str]:
+    data = tmp_path / "x.npy"
+    np.save(data, np.random.default_rng(0).integers(0, 256, (30, 4, 4), dtype=np.uint8))
+    fit = ["--model", f"{project / 'mine.py'}:Mine", "--data", str(data)]
+    return fit + ["--likelihood", "gaussian", "--epochs", "1", "--no-progress", "--ll-samples", "2"]
