@@ -984,8 +984,9 @@ def _check_png_out(out: Path, own: str) -> None:
     in_run = (where.parent / CONFIG).is_file()
     if in_run and where.exists() and not fnmatch.fnmatch(where.name, own):
         raise ValueError(
-            f"--out: {out} is a file of the run folder {out.parent}, which this command does "
-            f"not write ({own} are its own there); expected a new path, or one of those"
+            f"--out: {out} is {where}, a file of the run folder {where.parent}, which this "
+            f"command does not write ({own} are its own there); expected a new path, or one "
+            "of those"
         )
 
 

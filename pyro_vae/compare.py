@@ -118,6 +118,12 @@ def _data(config: dict[str, Any], keys: tuple[str, ...] = _DATA_KEYS) -> str:
     if not config:
         return "?"
     data = config.get("data") or {}
+    static = data.get("likelihood", "bernoulli") == "bernoulli" and data.get("binarize") in (
+        None,
+        "static",
+    )
+    if not static:  # the threshold binarizes static Bernoulli pixels only (tester K)
+        keys = tuple(k for k in keys if k != "threshold")
     details = [f"{k}={data[k]}" for k in keys if data.get(k) not in (None, False)]
     checksum = (data.get("provenance") or {}).get("checksum")
     if checksum:

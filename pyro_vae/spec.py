@@ -75,6 +75,11 @@ def _exec_file(name: str, path: Path, spec: str, arg: str):
         loader_spec.loader.exec_module(module)
     except SyntaxError as err:
         raise ValueError(f"{arg}: {path} from {spec!r} has a syntax error: {err}") from err
+    except ImportError as err:  # a helper it imports is not where it runs now (tester K)
+        raise ValueError(
+            f"{arg}: {path} from {spec!r} failed to import {err.name or 'a module'!r} ({err}); "
+            f"expected its modules beside it ({folder}) or on PYTHONPATH"
+        ) from err
     finally:
         sys.path.remove(folder)
     return module

@@ -140,6 +140,16 @@ def test_runs_with_other_data_settings_are_not_comparable_whatever_else_differs(
     assert note.startswith("the runs use different data") and "not comparable" in note
 
 
+@pytest.mark.parametrize("data", [{"binarize": "dynamic"}, {"likelihood": "gaussian"}])
+def test_a_threshold_that_binarizes_nothing_leaves_the_data_the_same(tmp_path, data):
+    # tester K: --threshold 0.3 beside 0.5 under dynamic binarization or a Gaussian
+    # likelihood (where it is read by nothing: the test blocks were bit-identical) was
+    # "different data, not comparable"
+    a = _run(tmp_path / "a", [1.0], [-100.0], TEST, data=data)
+    b = _run(tmp_path / "b", [1.0], [-99.0], TEST, data={**data, "threshold": 0.3})
+    assert compare_runs([a, b]).notes == []
+
+
 def test_files_are_written_and_read_back(tmp_path):
     a = _run(tmp_path / "a", [1.0, 1.0], [-100.0, -95.0], TEST)
     b = _run(tmp_path / "b", [1.0, 1.0, 1.0], [-101.0, -97.0, -93.0], TEST)

@@ -45,3 +45,12 @@ def test_standard_options_go_only_where_accepted():
     assert call_with_supported(wide, {"x_dim": 3}, {"k": 1}) == {"x_dim": 3, "k": 1}
     with pytest.raises(TypeError):
         call_with_supported(narrow, {"x_dim": 3}, {"typo": 1})
+
+
+def test_a_file_whose_import_fails_is_refused_in_one_line_naming_the_module(tmp_path):
+    # tester K: a run evaluated where its helper could not be imported ended in a raw
+    # ModuleNotFoundError traceback; it is a ValueError the CLI prints in one line
+    code = tmp_path / "needs_helper.py"
+    code.write_text("import helper_nowhere_to_be_found\nclass M: pass\n")
+    with pytest.raises(ValueError, match="failed to import 'helper_nowhere_to_be_found'"):
+        load_object(f"{code}:M", "--model")
