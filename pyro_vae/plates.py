@@ -134,8 +134,9 @@ def refuse_self_subsampling(
     reports it by row: a run that picks its own rows scores others than those reported
     (tester D's F4: ``to_inference_data`` labelled rows 5, 4 and 2 as 0, 1 and 2). That is
     a plate drawing fewer than the batch's ``rows`` (:func:`subsampled_data_plate`), or,
-    when the batch is a chunk of ``total`` rows, a data plate that declares
-    ``subsample_size`` at all: with chunks of B rows or fewer its run draws every row, but
+    when the batch is a chunk of ``total`` rows, a per-datapoint plate (the rule of
+    :func:`find_data_plate`) that declares ``subsample_size`` at all (another plate of the
+    batch's size is left alone): with chunks of B rows or fewer its run draws every row, but
     the evaluators give the plate each chunk's rows among the ``total`` and the model's
     ``x[i]`` reads beyond the chunk (an IndexError), or Pyro refuses a chunk shorter than
     B as a model and guide that disagree. ``total`` None: the batch is all there is.
