@@ -949,7 +949,7 @@ def _changed_inputs(exp) -> tuple[str, dict, str] | None:
     recorded, current = exp.config.data.provenance, exp.data.info.get("provenance")
     if recorded and current and recorded.get("checksum") != current.get("checksum"):
         return "test_on_changed_data", {"provenance": current}, "the data"
-    code = code_of(exp.config)
+    code = exp.code if exp.code is not None else code_of(exp.config)  # build's, once run
     if code_changes(exp.config.code, code):
         return "test_on_changed_code", {"code": code}, "the model's or guide's code"
     return None

@@ -76,7 +76,9 @@ class Experiment:
     standard options it does not take (so they were not passed). ``device``: where the
     model and guide compute (:func:`pyro_vae.devices.resolve_device` of the training
     config's, or what :func:`load` was asked for); the data stay on the CPU and are put
-    there chunk by chunk.
+    there chunk by chunk. ``code``: the checksums of the run's own code as :func:`build`
+    found it (:func:`code_of`, once the files had run), beside ``config.code``, what the
+    run recorded; None for an experiment made otherwise.
     """
 
     config: RunConfig
@@ -88,6 +90,7 @@ class Experiment:
     not_accepted: list[str] = field(default_factory=list)
     local_guide: bool = False
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    code: dict | None = None
 
     @property
     def generative(self) -> bool:
@@ -173,7 +176,9 @@ def build(
     check_code_unchanged(config.code, code, allow_changed_code)
     if config.code is None and code:
         config = replace(config, code=code)
-    return Experiment(config, data, model, guide, elbo, received, not_accepted, device=device)
+    return Experiment(
+        config, data, model, guide, elbo, received, not_accepted, device=device, code=code
+    )
 
 
 def _with_labelled_subset(data: DataSplits, d) -> DataSplits:

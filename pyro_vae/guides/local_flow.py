@@ -19,11 +19,11 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
-from pyro_vae.guides.local_rows import check_rows, given_rows
+from pyro_vae.guides.local_rows import HeldRows, given_rows, rows_or_all
 from pyro_vae.plate_declaration import data_plate
 
 
-class LocalFlow(PyroModule):
+class LocalFlow(HeldRows, PyroModule):
     """q(z_n): N(μ_n, diag σ_n²) pushed through ``flows`` conditioned on h_n, for the N rows
     of one fixed batch.
 
@@ -73,11 +73,6 @@ class LocalFlow(PyroModule):
         # A plain list: the steps stay out of this module's parameters and state.
         self._flows = list(flows)
 
-    @property
-    def num_datapoints(self) -> int:
-        """N, the rows it holds a q for."""
-        return int(self.loc.shape[0])
-
     def encode(
         self, x: torch.Tensor, rows: torch.Tensor | None = None
     ) -> dist.TransformedDistribution:
@@ -87,9 +82,7 @@ class LocalFlow(PyroModule):
         Raises:
             ValueError: ``x`` does not have the N rows this guide was made for.
         """
-        if rows is None:
-            check_rows(x, self.num_datapoints)
-            rows = slice(None)
+        rows = rows_or_all(x, rows, self.num_datapoints)
         base = dist.Normal(self.loc[rows], self.log_scale[rows].exp()).to_event(1)
         context = self.context[rows]
         return dist.TransformedDistribution(base, [f.condition(context) for f in self._flows])

@@ -15,11 +15,11 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
-from pyro_vae.guides.local_rows import check_rows, given_rows
+from pyro_vae.guides.local_rows import HeldRows, given_rows, rows_or_all
 from pyro_vae.plate_declaration import data_plate
 
 
-class LocalLowRankNormal(PyroModule):
+class LocalLowRankNormal(HeldRows, PyroModule):
     """q(z_n) = N(μ_n, diag σ_n² + V_n V_nᵀ) for the N rows of one fixed batch.
 
     Args:
@@ -52,11 +52,6 @@ class LocalLowRankNormal(PyroModule):
         self.log_scale = nn.Parameter(scale.detach().clamp(min=1e-6).log().clone())
         self.cov_factor = nn.Parameter(cov_factor.detach().clone())
 
-    @property
-    def num_datapoints(self) -> int:
-        """N, the rows it holds a q for."""
-        return int(self.loc.shape[0])
-
     def encode(
         self, x: torch.Tensor, rows: torch.Tensor | None = None
     ) -> dist.LowRankMultivariateNormal:
@@ -66,9 +61,7 @@ class LocalLowRankNormal(PyroModule):
         Raises:
             ValueError: ``x`` does not have the N rows this guide was made for.
         """
-        if rows is None:
-            check_rows(x, self.num_datapoints)
-            rows = slice(None)
+        rows = rows_or_all(x, rows, self.num_datapoints)
         return dist.LowRankMultivariateNormal(
             self.loc[rows], self.cov_factor[rows], torch.exp(2 * self.log_scale[rows])
         )

@@ -15,11 +15,11 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
-from pyro_vae.guides.local_rows import check_rows, given_rows
+from pyro_vae.guides.local_rows import HeldRows, given_rows, rows_or_all
 from pyro_vae.plate_declaration import data_plate
 
 
-class LocalNormal(PyroModule):
+class LocalNormal(HeldRows, PyroModule):
     """q(z_n) = N(μ_n, σ_n²) for the N rows of one fixed batch (site ``site``).
 
     Called on those N rows it gives every row its own q. Called as the evaluators and
@@ -51,16 +51,9 @@ class LocalNormal(PyroModule):
         self.loc = nn.Parameter(loc.detach().clone())
         self.log_scale = nn.Parameter(scale.detach().clamp(min=1e-6).log().clone())
 
-    @property
-    def num_datapoints(self) -> int:
-        """N, the rows it holds a q for."""
-        return int(self.loc.shape[0])
-
     def encode(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> dist.Normal:
         """q of ``x``'s rows: all N in order, or the ``rows`` among them."""
-        if rows is None:
-            check_rows(x, self.num_datapoints)
-            return dist.Normal(self.loc, self.log_scale.exp())
+        rows = rows_or_all(x, rows, self.num_datapoints)
         return dist.Normal(self.loc[rows], self.log_scale[rows].exp())
 
     def forward(self, x: torch.Tensor, num_data: int | None = None) -> torch.Tensor:

@@ -15,6 +15,15 @@ import torch
 from pyro_vae.plate_declaration import active_num_data
 
 
+class HeldRows:
+    """Mixin of a local guide whose ``loc`` ``[N, latent_dim]`` holds its N rows' q."""
+
+    @property
+    def num_datapoints(self) -> int:
+        """N, the rows it holds a q for (read by :func:`pyro_vae.minibatch.fitted_rows`)."""
+        return int(self.loc.shape[0])
+
+
 def check_rows(x: torch.Tensor, held: int) -> None:
     """Refuse ``x`` unless it has the ``held`` rows a per-datapoint guide was made for.
 
@@ -42,4 +51,14 @@ def given_rows(rows: torch.Tensor, held: int) -> torch.Tensor | None:
             f"num_data: the data plate holds {given} rows, but this local guide holds "
             f"{held} datapoints; expected the rows it was made for"
         )
+    return rows
+
+
+def rows_or_all(x: torch.Tensor, rows: torch.Tensor | None, held: int):
+    """The index of the q's a local guide's ``encode`` reads: ``rows`` (from
+    :func:`given_rows`), or, in a plain call, every one of its ``held`` rows (``x`` must
+    have them all, :func:`check_rows`)."""
+    if rows is None:
+        check_rows(x, held)
+        return slice(None)
     return rows

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pyro_vae.guides import AmortizedIAF, LocalFlow, LocalLowRankNormal, LocalNormal
-from pyro_vae.guides.local_rows import check_rows, given_rows
+from pyro_vae.guides.local_rows import check_rows, given_rows, rows_or_all
 from pyro_vae.minibatch import DataPlateSubsample
 
 G = torch.Generator().manual_seed(0)
@@ -45,5 +45,9 @@ def test_given_rows_are_none_in_a_plain_call_and_check_rows_names_both_counts():
     with DataPlateSubsample("data", 5, torch.arange(2)):
         assert torch.equal(given_rows(torch.tensor([3, 4]), 5), torch.tensor([3, 4]))
     check_rows(X, 6)
+    assert (
+        rows_or_all(X, None, 6) == slice(None)
+        and rows_or_all(X[:2], torch.arange(2), 6) is not None
+    )
     with pytest.raises(ValueError, match="x: 6 rows, but this local guide holds 4 datapoints"):
         check_rows(X, 4)
