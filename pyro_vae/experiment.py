@@ -33,6 +33,7 @@ from pyro_vae.evaluate import (
     latent_means,
     reconstruction_error,
 )
+from pyro_vae.labels import refuse_unused_subset
 from pyro_vae.mapped_rows import MappedRows, in_memory
 from pyro_vae.model_protocol import offered, tied_guide, uses_labels
 from pyro_vae.plots import (
@@ -130,8 +131,9 @@ def build(
     Raises:
         TypeError: ``config`` is not a :class:`~pyro_vae.run_config.RunConfig`.
         ValueError: naming the spec and what was expected of it; a guide other than the
-            model's tied guide; a device this machine does not have (before any data is
-            loaded).
+            model's tied guide; a device this machine does not have, or a labelled
+            subset (``labelled``, ``labels_fraction``) for a model that declares no
+            ``uses_labels`` (both before any data is loaded).
         pyro_vae.provenance.DataChangedError: the data changed since the run recorded them.
         pyro_vae.provenance.CodeChangedError: a model or guide file, or a module of the
             user's own it imports, changed since.
@@ -143,6 +145,12 @@ def build(
     device = resolve_device(config.training.device, "device")
     pyro.set_rng_seed(config.training.seed)
     d = config.data
+    # before the files run: the model's and guide's files, and the imported files recorded
+    check_code_unchanged(config.code, code_provenance(_spec_files(config)), allow_changed_code)
+    given = {"labelled": d.labelled, "labels_fraction": d.labels_fraction}
+    if any(value is not None for value in given.values()):  # before the data load
+        mode = uses_labels(load_object(config.model.spec, "model"))
+        refuse_unused_subset(mode, config.model.spec, given)
     data = load_data(
         d.name,
         d.preprocessing(),
@@ -155,8 +163,6 @@ def build(
     check_unchanged(d.provenance, data.info.get("provenance"), allow_changed_data)
     if d.provenance is None and "provenance" in data.info:
         config = replace(config, data=replace(d, provenance=data.info["provenance"]))
-    # before the files run: the model's and guide's files, and the imported files recorded
-    check_code_unchanged(config.code, code_provenance(_spec_files(config)), allow_changed_code)
     options = config.model.options
     standard = {k: options[k] for k in STANDARD_MODEL_OPTIONS if k in options}
     standard.update(x_dim=data.x_dim, likelihood=d.likelihood, levels=data.info.get("levels"))

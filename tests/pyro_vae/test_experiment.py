@@ -261,14 +261,28 @@ def test_a_label_model_is_evaluated_on_its_test_labels_with_its_own_metrics():
 def test_build_draws_the_labelled_subset_and_names_its_config_fields():
     from pyro_vae.run_config import DataConfig
 
-    config = RunConfig(ModelConfig("models.vae:VAE", SMALL), data=DataConfig(labelled=20))
+    config = RunConfig(ModelConfig("models.m2:M2", SMALL), data=DataConfig(labelled=20))
     exp = build(config)
     assert int(exp.data.train_observed.sum()) == 20 == exp.data.info["num_labelled"]
-    assert "num_classes" not in exp.model_arguments  # the VAE does not use labels
     cvae = build(RunConfig(ModelConfig("models.cvae:CVAE", SMALL)))
     assert cvae.model_arguments["num_classes"] == 10
     with pytest.raises(ValueError, match="labelled: 5; expected an integer between the 10"):
-        build(RunConfig(ModelConfig("models.vae:VAE", SMALL), data=DataConfig(labelled=5)))
+        build(RunConfig(ModelConfig("models.m2:M2", SMALL), data=DataConfig(labelled=5)))
+
+
+def test_build_refuses_a_labelled_subset_for_a_model_without_labels_before_loading(monkeypatch):
+    """The Python API refuses it as the CLI does (it would be recorded and never read),
+    by its config field's name, before the data load."""
+    from pyro_vae.run_config import DataConfig
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the data were loaded before the refusal")
+
+    monkeypatch.setattr(experiment, "load_data", no_load)
+    for field, value in (("labelled", 20), ("labels_fraction", 0.5)):
+        config = RunConfig(ModelConfig("models.vae:VAE", SMALL), data=DataConfig(**{field: value}))
+        with pytest.raises(ValueError, match=rf"^{field}: {value}, but models.vae:VAE uses no"):
+            build(config)
 
 
 # --- a model file's own helper modules: checksummed beside it, an edit refused ---
