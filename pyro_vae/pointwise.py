@@ -17,6 +17,7 @@ name: the weights factor over the plate only when every sample site lies inside 
 from __future__ import annotations
 
 import torch
+from pyro.distributions.util import scale_and_mask
 from pyro.poutine import Trace
 
 from pyro_vae.plates import DataPlateError, frames_in
@@ -67,7 +68,7 @@ def per_datapoint_log_density(
     total = None
     plate_scale = data_plate_scale(trace, plate) if relative_scale else 1.0
     for site in sample_sites(trace).values():
-        log_p = _unscaled(site)
+        log_p = masked_log_prob(site)
         if relative_scale:
             log_p = log_p * (site["scale"] / plate_scale)
         log_p = full_rank(log_p, rank)
@@ -210,13 +211,15 @@ def subsampled_plates(trace: Trace) -> dict[str, float]:
     return found
 
 
-def _unscaled(site: dict) -> torch.Tensor:
+def masked_log_prob(site: dict) -> torch.Tensor:
+    """The site's log-density, unscaled, with its mask applied as Pyro applies it
+    (``torch.where``, :func:`pyro.distributions.util.scale_and_mask`): a masked-out entry
+    is 0 even where its log-density is −inf (padding made impossible, then masked), where
+    ``log_p * mask`` gave NaN (tester M)."""
     log_p = site.get("unscaled_log_prob")
     if log_p is None:
         log_p = site["fn"].log_prob(site["value"])
-    if site["mask"] is not None:
-        log_p = log_p * site["mask"]
-    return log_p
+    return scale_and_mask(log_p, mask=site["mask"])
 
 
 def particle_rank(max_plate_nesting: int, num_particles: int) -> int:

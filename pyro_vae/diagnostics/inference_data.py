@@ -32,6 +32,7 @@ from pyro_vae.plates import (
     find_data_plate,
     refuse_self_subsampling,
 )
+from pyro_vae.pointwise import masked_log_prob
 from pyro_vae.traces import PARTICLES, full_rank, sample_sites, stack_values
 
 FORMAT = "pyro_vae.diagnostics/1"
@@ -102,9 +103,7 @@ def _groups(model_tr, rank: int, num_samples: int) -> dict[str, dict]:
         groups["predictive"][name] = _named(
             name, site, _predictive(site, rank), fn.event_dim, rank, num_samples
         )
-        log_p = site["unscaled_log_prob"]
-        if site["mask"] is not None:
-            log_p = log_p * site["mask"]
+        log_p = masked_log_prob(site)
         groups["loglik"][name] = _named(name, site, log_p, 0, rank, num_samples)
     return groups
 

@@ -47,7 +47,7 @@ from pyro_vae.diagnostics.enumeration import (
 )
 from pyro_vae.evaluate import PerDatapoint, data_arguments, eval_mode, prepare
 from pyro_vae.guides.fixed import as_guide
-from pyro_vae.pointwise import per_datapoint_log_density
+from pyro_vae.pointwise import masked_log_prob, per_datapoint_log_density
 from pyro_vae.traces import full_rank, particle_traces, sample_sites, vectorized_or_looped
 
 PSIS_MIN_SAMPLES = 21  # az.psislw fits the top ceil(min(S/5, 3√S)) ratios and needs ≥ 5
@@ -100,11 +100,7 @@ def _per_datapoint(
     """
     total = bound = torch.zeros((), dtype=torch.float64, device=trace_device(trace))
     for name, site in sample_sites(trace).items():
-        lp = site.get("unscaled_log_prob")
-        if lp is None:
-            lp = site["fn"].log_prob(site["value"])
-        if site["mask"] is not None:
-            lp = lp * site["mask"]
+        lp = masked_log_prob(site)
         densities = []
         for value in (lp, _magnitude(lp)):
             single = Trace()

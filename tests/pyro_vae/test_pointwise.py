@@ -7,6 +7,7 @@ summed over it within each datapoint:
 The global model adds μ outside the plate:  μ ~ N(0, 1), z_n ~ N(μ, 1).
 """
 
+import functools
 import math
 
 import pyro
@@ -19,6 +20,7 @@ from pyro_vae.plates import DataPlateError, data_plate
 from pyro_vae.pointwise import (
     data_plate_scale,
     importance_log_densities,
+    masked_log_prob,
     outside_plate,
     particle_rank,
     per_datapoint_log_density,
@@ -257,3 +259,61 @@ def test_a_subsampled_plate_the_weights_do_not_factor_over_is_refused_by_name():
     model_tr, guide_tr = traces(model, guide, True)
     with pytest.raises(DataPlateError, match=r"subsamples plate 'rows' \(scale 1.5\)"):
         importance_log_densities(model_tr, guide_tr, K, RANK, None)
+
+
+# --- an entry masked out where its log-density is −inf (padding made impossible) ---
+
+PADDED_X = torch.tensor([[1.0, 0.0, 1.0], [1.0, 1.0, 1.0]])
+VALID = torch.tensor([[1, 1, 0], [1, 1, 1]], dtype=torch.bool)  # row 0's third is padding
+
+
+def padded_model(x, padding_logit=-math.inf):
+    """Bernoulli steps of two sequences; row 0's third step is padding, its logit set to
+    ``padding_logit`` and then masked out (tester M: −inf there gave NaN)."""
+    with pyro.plate("data", 2):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        with pyro.plate("t", 3, dim=-2), poutine.mask(mask=VALID.T):
+            logits = torch.where(VALID.T, z, torch.tensor(padding_logit))
+            pyro.sample("x", dist.Bernoulli(logits=logits), obs=x.T)
+
+
+def padded_guide(x, padding_logit=None):
+    loc = pyro.param("padded_loc", lambda: torch.tensor([0.3, -0.2]))
+    with pyro.plate("data", 2):
+        pyro.sample("z", dist.Normal(loc, 1.0))
+
+
+def test_masked_log_prob_is_zero_where_masked_even_at_minus_infinity():
+    trace = poutine.trace(padded_model).get_trace(PADDED_X)
+    log_p = masked_log_prob(trace.nodes["x"])
+    assert torch.isfinite(log_p).all() and log_p[2, 0] == 0
+    z0 = trace.nodes["z"]["value"][0]
+    assert log_p[0, 0] == dist.Bernoulli(logits=z0).log_prob(torch.tensor(1.0))
+
+
+def test_estimators_and_evaluators_read_a_minus_infinite_masked_entry_as_masked():
+    """Every consumer of the masked density gives what it gives with a finite padding
+    logit (the mask's meaning: a masked entry's value is irrelevant), same seeds."""
+    from pyro_vae import estimators
+    from pyro_vae.diagnostics import psis_khat_per_datapoint
+    from pyro_vae.evaluate import elbo_per_datapoint, iwae_log_likelihood
+
+    def results(padding_logit):
+        model = functools.partial(padded_model, padding_logit=padding_logit)
+        out = []
+        for name in ("iwae", "vimco"):
+            pyro.clear_param_store()
+            pyro.set_rng_seed(0)
+            estimator = estimators.get(name, num_particles=4, max_plate_nesting=2)
+            loss = estimator.loss_and_grads(model, padded_guide, PADDED_X)
+            out += [torch.tensor(loss), pyro.param("padded_loc").grad.clone()]
+        for evaluate in (elbo_per_datapoint, iwae_log_likelihood):
+            pyro.set_rng_seed(1)
+            out.append(evaluate(model, padded_guide, PADDED_X, num_samples=10))
+        pyro.set_rng_seed(2)
+        khat = psis_khat_per_datapoint(model, padded_guide, PADDED_X, num_samples=50).khat
+        return [*out, torch.as_tensor(khat)]
+
+    for got, expected in zip(results(-math.inf), results(0.0), strict=True):
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
