@@ -28,6 +28,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.poutine import Trace
 from pyro.poutine.indep_messenger import CondIndepStackFrame
+from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 
 PARTICLES = "_particles"
@@ -233,11 +234,36 @@ def particle_traces(
 
 
 def _looped(model, guide, args, kwargs, num_particles: int, rank: int) -> tuple[Trace, Trace]:
-    pairs = []
+    """K pairs drawn one at a time, on one subsample of each subsampling plate
+    (:class:`SharedSubsamples`)."""
+    shared, pairs = SharedSubsamples(), []
     for _ in range(num_particles):
-        model_tr, guide_tr = run_pair(model, guide, args, kwargs)
+        model_tr, guide_tr = run_pair(shared(model), shared(guide), args, kwargs)
         pairs.append((_finished(model_tr), _finished(guide_tr)))
     return stack_particles(pairs, rank)
+
+
+class SharedSubsamples(Messenger):
+    """Every run under it draws the first run's subsample of each subsampling plate
+    (``pyro.plate(..., subsample_size=)``), as the particles of a vectorized run share
+    one. Particles drawn one at a time must: a bound that averages weights over particles
+    (IWAE, VIMCO) has to weigh the same datapoints. Drawn anew in each run, a looped IWAE
+    bound mixed weights of different datapoints, and its mean came out 11.6 nats above
+    E[L_K] and 1.9 above log p(x) (tester M). Wrap the model and the guide in the same
+    instance (``shared(model)``, ``shared(guide)``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.indices: dict[str, Any] = {}
+
+    def _pyro_sample(self, msg) -> None:
+        if site_is_subsample(msg) and msg["name"] in self.indices:
+            msg["value"] = self.indices[msg["name"]]
+            msg["done"] = True
+
+    def _pyro_post_sample(self, msg) -> None:
+        if site_is_subsample(msg):
+            self.indices.setdefault(msg["name"], msg["value"])
 
 
 def _check_broadcast(trace: Trace, rank: int) -> None:

@@ -11,7 +11,7 @@ from pyro.util import check_if_enumerated
 from pyro_vae.plates import batch_rows, find_data_plate, subsampled_data_plate
 from pyro_vae.pointwise import particle_rank
 from pyro_vae.pyro_compat import elbo_traces
-from pyro_vae.traces import stack_particles, vectorized_or_looped
+from pyro_vae.traces import SharedSubsamples, stack_particles, vectorized_or_looped
 
 
 class SurrogateELBO(ELBO):
@@ -99,7 +99,11 @@ class SurrogateELBO(ELBO):
             nesting = self.max_plate_nesting
         if self.vectorize_particles and self.num_particles > 1:
             nesting -= 1  # Pyro counted the particle plate in it
-        pairs = [self._get_trace(model, guide, args, kwargs) for _ in range(self.num_particles)]
+        shared = SharedSubsamples()  # the particles weigh the same datapoints (tester M)
+        pairs = [
+            self._get_trace(shared(model), shared(guide), args, kwargs)
+            for _ in range(self.num_particles)
+        ]
         rank = int(nesting) + 1
         return (*stack_particles(pairs, rank), rank)
 

@@ -17,6 +17,7 @@ from pyro.ops.indexing import Vindex
 
 from pyro_vae.traces import (
     PARTICLES,
+    SharedSubsamples,
     VectorizationWarning,
     full_rank,
     particle_traces,
@@ -374,3 +375,29 @@ def test_sample_sites_where_keeps_the_chosen_sample_sites_in_order_without_subsa
     kept = sample_sites_where(trace, lambda name, _: name in {"y", "data"})
     assert list(kept.nodes) == ["y"] and kept.nodes["y"] is not trace.nodes["y"]
     assert kept.nodes["y"]["value"] is trace.nodes["y"]["value"]
+
+
+def test_looped_particles_share_one_subsample_of_each_subsampling_plate():
+    """As a vectorized run's particles do: each looped particle drew its own subsample, and
+    a bound averaging weights over particles mixed datapoints (tester M)."""
+    x = torch.arange(20.0)
+
+    def model(x):
+        with pyro.plate("data", 20, subsample_size=4) as i:
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x[i])
+
+    def guide(x):
+        with pyro.plate("data", 20, subsample_size=4) as i:
+            pyro.sample("z", dist.Normal(0.1 * x[i], 1.0))
+
+    pyro.set_rng_seed(0)
+    model_tr, guide_tr, vectorized = particle_traces(model, guide, (x,), {}, 6, 1, False)
+    assert not vectorized
+    observed = model_tr.nodes["x"]["value"]  # [6, 4]: each particle's rows of x
+    assert observed.shape == (6, 4) and (observed == observed[0]).all()
+    assert len(set(observed[0].tolist())) == 4  # a subsample of 4 distinct rows
+    shared = SharedSubsamples()
+    first = poutine.trace(shared(model)).get_trace(x).nodes["data"]["value"]
+    again = poutine.trace(shared(guide)).get_trace(x).nodes["data"]["value"]
+    assert torch.equal(first, again)
