@@ -21,7 +21,7 @@ from pyro.distributions.util import scale_and_mask
 from pyro.poutine import Trace
 
 from pyro_vae.plates import DataPlateError, frames_in
-from pyro_vae.traces import full_rank, sample_sites
+from pyro_vae.traces import full_rank, is_point_mass, sample_sites
 
 
 def data_plate_scale(trace: Trace, plate: str | None) -> float:
@@ -176,6 +176,8 @@ def sampling_log_density(
     over it, :func:`weights_factor`), as :func:`importance_log_densities` sums them."""
     raw = Trace()
     for name, site in sample_sites(guide_trace).items():
+        if is_point_mass(site["fn"]):
+            continue  # a point mass draws nothing: it has no score
         # Pyro's unscaled_log_prob is fn.log_prob(value), before scale and mask; a trace
         # stacked from looped particles holds each particle's own (``fn`` is only the
         # first's: scoring every draw by it biased VIMCO's looped gradient, tester D's F1)

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pyro
+import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 from pyro.poutine import Trace
@@ -43,6 +44,18 @@ class VectorizationWarning(UserWarning):
 def sample_sites(trace: Trace) -> dict[str, dict]:
     """The trace's sample sites (subsample sites left out), by name."""
     return {n: s for n, s in prune_subsample_sites(trace).nodes.items() if s["type"] == "sample"}
+
+
+def is_point_mass(fn) -> bool:
+    """Whether ``fn`` is a ``Delta`` under its wrappers (``Independent``, ``expand``,
+    ``MaskedDistribution``): a guide site that draws nothing (a MAP point, an autoguide's
+    constrained value, ``pyro.deterministic``), whose value is its parameter. It has no
+    score (∇ log q of a point mass is not a density's), so a score-function estimator gives
+    it its pathwise gradient, and a stop-gradient on log q leaves its ``log_density`` (an
+    autoguide's log-Jacobian, a function of an earlier draw) its path (tester M)."""
+    while hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    return isinstance(fn, dist.Delta)
 
 
 def sample_sites_where(trace: Trace, keep: Callable[[str, dict], bool]) -> Trace:

@@ -60,7 +60,7 @@ from pyro_vae.pointwise import (
     per_draw_log_density,
     weights_factor,
 )
-from pyro_vae.traces import sample_sites
+from pyro_vae.traces import is_point_mass, sample_sites
 
 
 class IWAELBO(SurrogateELBO):
@@ -172,7 +172,14 @@ def _reweighted_paths(log_w, weights, stopped, rank, plate) -> torch.Tensor:
     ∂log w/∂z · z are then summed as ``log_w`` was (per datapoint of ``plate``, or per
     particle when ``plate`` is ``None``). Draws that carry no gradient are left out.
     """
-    sites = {n: s for n, s in sample_sites(stopped).items() if s["value"].requires_grad}
+    # a point mass (Delta: an autoguide's constrained value, a MAP point) is no draw: its
+    # slope is already in that of the draw it is computed from (counted twice, it moved
+    # AutoNormal's DReG gradient off 0 at q = p(z | x)), and a parameter's gets w̃_k
+    sites = {
+        n: s
+        for n, s in sample_sites(stopped).items()
+        if s["value"].requires_grad and not is_point_mass(s["fn"])
+    }
     slopes = torch.autograd.grad(
         log_w.sum(), [s["value"] for s in sites.values()], retain_graph=True, allow_unused=True
     )

@@ -27,7 +27,7 @@ import torch
 from pyro.distributions.util import detach, scale_and_mask
 from pyro.poutine import Trace
 
-from pyro_vae.traces import sample_sites, stack_values
+from pyro_vae.traces import is_point_mass, sample_sites, stack_values
 
 # The choices of ``gradient``: what the pathwise gradient of log q keeps.
 GRADIENTS = {
@@ -86,13 +86,21 @@ def refuse_dependent_sites(guide_trace: Trace, estimator: str, gradient: str) ->
     latent sites that carry gradients are checked: one backward pass over the guide's
     sampling graph, never through the model.
 
+    A point mass (``Delta``: an autoguide's constrained value, ``pyro.deterministic``) is
+    not drawn from parameters to detach: its log q is kept whole (:func:`stopped_log_prob`),
+    so its dependence on an earlier draw is let through (Pyro's ``AutoNormal``, a
+    constrained value of an unconstrained draw, was refused: tester M).
+
     Raises:
         ValueError: naming both sites.
     """
-    sites = [(n, s["value"]) for n, s in sample_sites(guide_trace).items()]
-    sites = [(n, v) for n, v in sites if torch.is_tensor(v) and v.requires_grad]
+    sites = [(n, s["value"], s["fn"]) for n, s in sample_sites(guide_trace).items()]
+    points = {n for n, _, fn in sites if is_point_mass(fn)}
+    sites = [(n, v) for n, v, _ in sites if torch.is_tensor(v) and v.requires_grad]
     for j in range(1, len(sites)):
         later, value = sites[j]
+        if later in points:  # its log q is left undetached (stopped_log_prob)
+            continue
         earlier = [v for _, v in sites[:j]]
         found = torch.autograd.grad(value.sum(), earlier, allow_unused=True, retain_graph=True)
         for (name, _), grad in zip(sites[:j], found, strict=True):
@@ -107,7 +115,10 @@ def refuse_dependent_sites(guide_trace: Trace, estimator: str, gradient: str) ->
 
 def stopped_log_prob(site: dict) -> torch.Tensor:
     """log q(z; stop_gradient(φ)) of one guide site, unscaled and unmasked: the site's
-    distribution with its tensors detached, scored at its value (whose graph is kept).
+    distribution with its tensors detached, scored at its value (whose graph is kept). A
+    point mass (``Delta``) is left whole: its ``log_density`` (an autoguide's log-Jacobian
+    of the constraining transform at an earlier draw) is a function of that draw's path,
+    not of φ directly, and detaching it cut the path.
 
     A site stacked from looped particles (:func:`pyro_vae.traces.stack_particles`) is
     scored with each particle's own distribution (``site["fns"]``) and stacked likewise.
@@ -116,6 +127,9 @@ def stopped_log_prob(site: dict) -> torch.Tensor:
         The site's batch-shaped log-density (particles first when stacked).
     """
     value = site["value"]
+    if is_point_mass(site["fn"]):  # its log_density (a log-Jacobian) keeps its path
+        log_q = site.get("unscaled_log_prob")
+        return site["fn"].log_prob(value) if log_q is None else log_q
     if "fns" not in site:
         return detach(site["fn"]).log_prob(value)
     event_dim = site["fn"].event_dim

@@ -160,3 +160,29 @@ def test_beta_weighs_the_bound_not_the_score():
     mean, se = grads.mean().item(), (grads.std() / math.sqrt(300)).item()
     assert exact == pytest.approx(24.004, abs=1e-3)
     assert abs(mean - exact) < 4 * se
+
+
+def test_a_point_mass_guide_site_gets_the_bounds_pathwise_gradient():
+    """A Delta site (a MAP point) keeps its path: detached like a draw, it got 0 (tester M).
+    The expected value is ∂L_2/∂v by enumeration: L_2 = Σ_{z¹, z²} q(z¹) q(z²) log((w(z¹) +
+    w(z²)) / 2) over the 8 × 8 pairs of the three Bernoulli draws (θ is global, so the
+    weights are joint)."""
+    import itertools
+
+    from tests.pyro_vae.estimators.test_score_function import MAP_X, mean_map_gradient
+
+    v = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    q = torch.tensor([0.3, -0.2, 0.1], dtype=torch.float64)
+    states = torch.tensor(list(itertools.product([0.0, 1.0], repeat=3)), dtype=torch.float64)
+    log_q = dist.Bernoulli(logits=q).log_prob(states).sum(-1)
+    log_w = (
+        dist.Normal(0.0, 1.0).log_prob(v)
+        + dist.Bernoulli(logits=v).log_prob(states).sum(-1)
+        + dist.Normal(states, 1.0).log_prob(MAP_X).sum(-1)
+        - log_q
+    )
+    pairs = torch.logaddexp(log_w[:, None], log_w[None, :]) - math.log(2)
+    bound = ((log_q[:, None] + log_q[None, :]).exp() * pairs).sum()
+    (exact,) = torch.autograd.grad(-bound, v)
+    mean, se = mean_map_gradient(VIMCO(num_particles=2), 300)
+    assert se > 0 and abs(mean - exact.item()) < 4 * se, (mean, se, exact.item())
