@@ -194,14 +194,16 @@ class ProbeRunner:
         self.shapes = {n: lp.shape for n, lp in self._reference_log_probs.items()}
         self.batched = None if batched is True else batched  # None: not yet tried
         self._ways = ("plate", "vmap") if try_plate else ("vmap",)
-        events = [getattr(site["fn"], "event_shape", torch.Size()).numel()
+        # torch.Size(...): MaskedMixture and the zero-inflated distributions give their
+        # shapes as tuples (tester N2: 'tuple' object has no attribute 'numel')
+        events = [torch.Size(getattr(site["fn"], "event_shape", ())).numel()
                   for site in trace.nodes.values() if site["type"] == "sample"]  # fmt: skip
         points = sum(lp.numel() for lp in self._reference_log_probs.values())
         self._point_size = max(max(1, points) * max([1, *events]), _parameter_elements(trace))
         self.model_runs = 0
         self._ready = {}  # (count, key) -> Runs drawn ahead by prefetch
         self._batch_sizes = {
-            name: site["fn"].batch_shape.numel()
+            name: torch.Size(site["fn"].batch_shape).numel()
             for name, site in trace.nodes.items()
             if site["type"] == "sample" and hasattr(site["fn"], "batch_shape")
         }
@@ -568,7 +570,7 @@ class _BroadcastGuard(Messenger):
     def _pyro_sample(self, msg) -> None:
         limit = self.limits.get(msg["name"])
         shape = getattr(msg["fn"], "batch_shape", None)
-        if limit is not None and shape is not None and shape.numel() > limit:
+        if limit is not None and shape is not None and torch.Size(shape).numel() > limit:
             raise _MixesProbes(f"site {msg['name']!r}: batch shape {tuple(shape)}")
 
 

@@ -479,3 +479,37 @@ def test_a_site_masked_off_entirely_is_not_a_factor():
     masked = {"type": "sample", "fn": dist.Delta(torch.tensor(1.0)).mask(False), "infer": {}}
     assert not probe_runs.is_factor(masked)
     assert probe_runs.is_factor({**masked, "fn": dist.Delta(torch.tensor(1.0)).mask(True)})
+
+
+def test_factors_whose_shapes_are_tuples_are_probed():
+    """MaskedMixture and ZeroInflatedPoisson give batch_shape as a tuple, not a torch.Size,
+    and probing crashed on ``.numel()`` (tester N2). The masked mixture of a known outlier
+    is conjugate in μ: its bound is the closed-form evidence (the inliers jointly Normal,
+    covariance I + 4·11ᵀ, the outlier N(0, 10²)); the zero-inflated Poisson is not, and is
+    refused by name."""
+    from pyro_vae.cavi import NotConjugateError
+
+    f64 = torch.float64
+    y = torch.tensor([0.3, 1.2, -0.5, 9.0, 1.1], dtype=f64)
+    known = torch.tensor([False, False, False, True, False])
+
+    def masked(y):
+        mu = pyro.sample("mu", dist.Normal(y.new_tensor(0.0), 2.0))
+        with pyro.plate("n", len(y)):
+            inlier, outlier = dist.Normal(mu, 1.0), dist.Normal(y.new_tensor(0.0), 10.0)
+            pyro.sample("y", dist.MaskedMixture(known, inlier, outlier), obs=y)
+
+    inliers = y[~known]
+    covariance = torch.eye(4, dtype=f64) + 4.0
+    exact = dist.MultivariateNormal(torch.zeros(4, dtype=f64), covariance).log_prob(inliers)
+    exact = exact + dist.Normal(y.new_tensor(0.0), 10.0).log_prob(y[known]).sum()
+    assert AutoCAVI(masked).fit(y).lower_bound_ == pytest.approx(exact.item(), rel=1e-12)
+
+    def zero_inflated(c):
+        lam = pyro.sample("lam", dist.Gamma(c.new_tensor(2.0), 0.5))
+        with pyro.plate("n", len(c)):
+            pyro.sample("c", dist.ZeroInflatedPoisson(lam, gate=c.new_tensor(0.3)), obs=c)
+
+    counts = torch.tensor([0.0, 3.0, 0.0, 5.0], dtype=f64)
+    with pytest.raises(NotConjugateError, match=r"'lam' \(Gamma\).*'c' \(ZeroInflatedPoisson\)"):
+        AutoCAVI(zero_inflated).fit(counts)
