@@ -50,6 +50,7 @@ from pyro_vae.cavi.exponential_families import (
     Family,
     NotConjugateError,
     block_family,
+    described,
     family_of,
 )
 from pyro_vae.cavi.kronecker_probe import (
@@ -1640,7 +1641,7 @@ def _refuse(runner, members, site, trace, reach: float = 0.0):
             f"conditionally conjugate-exponential models ({SVI_ADVICE})"
         )
     raise NotConjugateError(
-        f"latent site {culprit[0]!r} ({type(latent.prior).__name__}) is not conditionally "
+        f"latent site {culprit[0]!r} ({described(latent.prior)}) is not conditionally "
         f"conjugate: {detail}; AutoCAVI updates only conditionally conjugate-exponential "
         f"models: leave {culprit[0]!r} to SVI and fit the rest in closed form with "
         f"pyro_vae.cavi.ConditionalCAVIGuide(model, svi_sites=[{culprit[0]!r}]), or fit "

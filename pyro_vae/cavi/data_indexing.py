@@ -238,9 +238,10 @@ def _index_at(site: str, latent, log_prob: torch.Tensor, start: int, bits: int):
 def _reads_all(site: str, latent) -> str:
     """What to do where every element of ``site`` reads all of ``latent``: declare a Normal
     one vector site, and a Gamma one vector of independent Gammas (ARD precisions over a
-    weight vector's coordinates); leave a plated Beta or Dirichlet read whole, which has no
-    closed form here, to SVI (tester 23: the Normal's advice was given about ARD's Gamma,
-    and led to a second refusal)."""
+    weight vector's coordinates); a plated Beta, Bernoulli, Dirichlet or Categorical read
+    whole has no closed form here: one scalar site per element, or SVI (tester 23: the
+    Normal's advice was given about ARD's Gamma, and led to a second refusal; testers N and
+    N2: a spike-and-slab's switches were sent to SVI, while one site per switch fits)."""
     name = latent.name
     if latent.family.name in ("Normal", "MultivariateNormal"):
         return (
@@ -256,11 +257,15 @@ def _reads_all(site: str, latent) -> str:
             "the plate instead, its coordinates independent Gammas: "
             "dist.Gamma(a, b).expand([D]).to_event(1), which fits"
         )
+    family = latent.family.name
     return (
-        f"Where every element of {site!r} reads all of {name!r} (ARD: precisions α_d over "
-        f"a weight vector's coordinates), {name!r} has no closed-form update here: leave it "
-        f"to SVI with pyro_vae.cavi.ConditionalCAVIGuide(model, svi_sites=[{name!r}]), "
-        "which fits the rest in closed form given each draw of it"
+        f"Where every element of {site!r} reads all of {name!r} (a spike-and-slab's "
+        f"switches over a weight vector's coordinates), a plated {family} has no "
+        f"closed-form update (nor a vector one): declare one scalar {family} site per "
+        f"element instead ({name}_0, {name}_1, …, each outside the plate), which fits where "
+        f"{site!r} is multilinear in them, or leave {name!r} to SVI with "
+        f"pyro_vae.cavi.ConditionalCAVIGuide(model, svi_sites=[{name!r}]), which fits the "
+        "rest in closed form given each draw of it"
     )
 
 

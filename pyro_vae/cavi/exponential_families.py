@@ -99,6 +99,14 @@ class Family:
         )
 
 
+def described(fn) -> str:
+    """A distribution's name as a refusal gives it: ``Normal (.to_event(1))`` for an
+    ``Independent`` (it read "Independent": testers N and N2)."""
+    if isinstance(fn, torch.distributions.Independent):
+        return f"{described(fn.base_dist)} (.to_event({fn.reinterpreted_batch_ndims}))"
+    return type(fn).__name__
+
+
 def _one(x: torch.Tensor) -> torch.Tensor:
     return torch.ones(x.shape, dtype=_F64)
 
@@ -755,9 +763,12 @@ def family_of(site: dict) -> Family:
         elif not isinstance(base, (dist.Normal, dist.MultivariateNormal, dist.Dirichlet)):
             # a Dirichlet .to_event is a matrix of rows, for a plate (tester 23: a Pyro HMM's
             # transition matrix was sent to SVI as well)
+            base_name = type(base).__name__
             advice += (
-                ". A factor that reads every element of a plated Beta at once is not "
-                f"fitted in closed form: leave {name!r} to SVI with "
+                f". A factor that reads every element of a plated {base_name} at once is not "
+                f"fitted in closed form either: for that, declare one scalar {base_name} site "
+                f"per element ({name}_0, {name}_1, …), which fits where the factor is "
+                f"multilinear in them, or leave {name!r} to SVI with "
                 f"pyro_vae.cavi.ConditionalCAVIGuide(model, svi_sites=[{name!r}])"
             )
     elif isinstance(fn, dist.InverseGamma):
@@ -769,7 +780,7 @@ def family_of(site: dict) -> Family:
     else:
         advice = "; or leave this site to SVI with pyro_vae.cavi.ConditionalCAVIGuide"
     raise NotConjugateError(
-        f"latent site {name!r}: {type(site['fn']).__name__} (event shape "
+        f"latent site {name!r}: {described(site['fn'])} (event shape "
         f"{tuple(event_shape)}, support {support}) is not a family AutoCAVI updates in closed "
         "form; expected Normal (scalar or .to_event(1)), MultivariateNormal, Gamma (or "
         "Chi2, Exponential; scalar or .to_event(1)), Beta, Dirichlet, Wishart, Bernoulli or "

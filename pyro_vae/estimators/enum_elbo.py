@@ -161,4 +161,3 @@ def refuse_reading_across_plates(model, args, kwargs, model_trace, guide_trace) 
                     f"never see {downstream!r}: a silently biased estimate. Use score "
                     "(Rao-Blackwellized by plate identity, across plates) or trace"
                 )
-

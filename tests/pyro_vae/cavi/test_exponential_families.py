@@ -1,5 +1,6 @@
 import math
 
+import pyro
 import pyro.distributions as dist
 import pytest
 import torch
@@ -59,7 +60,9 @@ def test_improper_updates_and_unknown_families_are_refused_by_site():
         family.distribution(t([0.0, 0.0, 1.0, 0.0, -1.0]))
     with pytest.raises(NotConjugateError, match="latent site 'r': StudentT.*ConditionalCAVIGuide"):
         family_of(site(dist.StudentT(t(3.0)), "r"))
-    with pytest.raises(NotConjugateError, match="latent site 'm': Independent.*one .to_event"):
+    with pytest.raises(
+        NotConjugateError, match=r"latent site 'm': Normal \(.to_event\(2\)\).*one .to_event"
+    ):
         family_of(site(dist.Normal(torch.zeros(2, 2), 1.0).to_event(2), "m"))
     rows = dist.Dirichlet(torch.ones(3, 3, dtype=F64)).to_event(1)  # Pyro's examples/hmm.py
     with pytest.raises(NotConjugateError, match="a Dirichlet with event dims .*pyro.plate") as hmm:
@@ -209,3 +212,31 @@ def test_an_inverse_gamma_variance_is_refused_naming_the_gamma_precision_that_fi
     fit = AutoCAVI(precision).fit(t(0.7))
     exact = float(dist.StudentT(t(6.0), t(0.0), t(math.sqrt(2.0 / 3.0))).log_prob(t(0.7)))
     assert abs(fit.lower_bound_ - exact) < 1e-10
+
+
+def test_refusals_name_a_vector_latent_by_its_family_and_event_dims():
+    """It read "(Independent)" (testers N and N2)."""
+    from pyro_vae.cavi import AutoCAVI, NotConjugateError
+    from pyro_vae.cavi.exponential_families import described
+
+    normal = dist.Normal(torch.zeros(2), 1.0).to_event(1)
+    assert described(normal) == "Normal (.to_event(1))"
+    assert described(dist.Gamma(1.0, 1.0)) == "Gamma"
+    y = torch.tensor([0.3, 1.2, -0.5], dtype=torch.float64)
+
+    def cubic(y):
+        mu = pyro.sample("mu", dist.Normal(y.new_zeros(2), 2.0).to_event(1))
+        with pyro.plate("n", len(y)):
+            pyro.sample("y", dist.Normal(mu[..., 0] ** 3, 1.0), obs=y)
+
+    with pytest.raises(NotConjugateError, match=r"latent site 'mu' \(Normal \(.to_event\(1\)\)\)"):
+        AutoCAVI(cubic).fit(y)
+
+    def switches(y):
+        s = pyro.sample("s", dist.Bernoulli(y.new_tensor(0.5)).expand([3]).to_event(1))
+        with pyro.plate("n", len(y)):
+            pyro.sample("y", dist.Normal(s.sum(-1), 1.0), obs=y)
+
+    expected = r"'s': Bernoulli \(.to_event\(1\)\).*one scalar Bernoulli site per element"
+    with pytest.raises(NotConjugateError, match=expected):
+        AutoCAVI(switches).fit(y)
