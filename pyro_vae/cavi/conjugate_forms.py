@@ -1349,6 +1349,30 @@ def _factor(runner, site, design, runs, checks, trace) -> Factor:
                    component_magnitudes=_component_magnitudes(factor, runs))  # fmt: skip
 
 
+def _not_finite(site, trace, members, runs) -> str:
+    """Why ``site``'s log-density is not finite at some probe points: −inf where a
+    parameter in its domain puts no mass on the data (a Poisson rate λ·s of 0 under a
+    positive count: a hard constraint, which was blamed on a parameter leaving its domain,
+    tester N2), else a parameter leaving its domain (NaN)."""
+    names = [m.name for m in members]
+    head = f"factor {site!r} ({_dist_name(trace.nodes[site])}): its log-density is "
+    tail = (
+        f"it is no conjugate factor of them; AutoCAVI updates only conditionally "
+        f"conjugate-exponential models ({SVI_ADVICE})"
+    )
+    if bool(torch.isneginf(runs.log_probs[site]).any()):
+        return (
+            f"{head}−inf at some probe points of {names}: there the data are impossible (a "
+            "rate of 0 under a positive count, as Poisson(λ·s) gives at s = 0), a hard "
+            "constraint that no exponential-family update holds. Give the factor a floor, "
+            f"Poisson(λ·s + 1e-12·(1 − s)), which fits; or {SVI_ADVICE}"
+        )
+    return (
+        f"{head}not finite (NaN or +inf) at some probe points of {names}, where its "
+        "parameters leave their domain (a negative scale, a probability above 1): " + tail
+    )
+
+
 def _local_factor(runner, site, design, runs, checks, trace) -> Factor:
     """``site``'s factor solved on ``design`` in the coordinates of ``runs``' frames."""
     members, rank, components = design
@@ -1359,13 +1383,7 @@ def _local_factor(runner, site, design, runs, checks, trace) -> Factor:
     selector = members[0].name if components else None
     names = tuple(m.name for m in members if m.name != selector)
     if coefficients is None:
-        raise NotConjugateError(
-            f"factor {site!r} ({_dist_name(trace.nodes[site])}): its log-density is not finite "
-            f"(NaN or ±inf) at some probe points of {[m.name for m in members]}, where its "
-            "parameters leave their domain (a negative scale, a probability above 1): it is "
-            "no conjugate factor of them; AutoCAVI updates only conditionally "
-            f"conjugate-exponential models ({SVI_ADVICE})"
-        )
+        raise NotConjugateError(_not_finite(site, trace, members, runs))
     if not members:  # constant up to the model's own rounding, or something is hidden
         moved = moved_beyond_rounding(torch.cat([runs.log_probs[site], checks.log_probs[site]]))
         if moved:

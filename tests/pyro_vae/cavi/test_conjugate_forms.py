@@ -382,3 +382,41 @@ def test_a_support_search_too_large_to_allocate_is_refused_naming_the_factor():
     with pytest.raises(NotConjugateError, match=refused + r" AutoCAVI allocates \(2 GiB\)"):
         AutoCAVI(_spike_and_slab(5)).fit(X, y)
     assert math.isfinite(AutoCAVI(_spike_and_slab(4)).fit(X, y).lower_bound_)
+
+
+def test_data_impossible_at_some_latent_value_is_named_with_the_floor_that_fits():
+    """Poisson(λ·s) puts no mass on a positive count at s = 0 (a hard constraint); its
+    refusal blamed a parameter leaving its domain (tester N2). It now says what happened
+    and names the rewrite, whose bound is ≤ log p(c): −10.5190 by summing the 2⁶ switch
+    settings, each a Gamma-Poisson evidence (those with s_n = 0 under c_n > 0 impossible)."""
+    import itertools
+
+    from pyro_vae.cavi import AutoCAVI
+
+    counts = torch.tensor([0.0, 3.0, 0.0, 5.0, 0.0, 2.0], dtype=torch.float64)
+
+    def zero_inflated(c, floor=0.0):
+        lam = pyro.sample("lam", dist.Gamma(c.new_tensor(2.0), 0.5))
+        with pyro.plate("n", len(c)):
+            s = pyro.sample("s", dist.Bernoulli(c.new_tensor(0.7)))
+            pyro.sample("c", dist.Poisson(lam * s + floor * (1 - s)), obs=c)
+
+    with pytest.raises(NotConjugateError, match=r"−inf at .*data are impossible.*a floor"):
+        AutoCAVI(zero_inflated, n_init=3).fit(counts)
+    evidence = []
+    for s in itertools.product([0.0, 1.0], repeat=6):
+        s = torch.tensor(s, dtype=torch.float64)
+        if ((s == 0) & (counts > 0)).any():
+            continue
+        on = counts[s == 1]
+        a, b = 2.0 + on.sum(), torch.tensor(0.5 + len(on), dtype=torch.float64)
+        gamma_poisson = (
+            2.0 * math.log(0.5) - math.lgamma(2.0) + torch.lgamma(a) - a * torch.log(b)
+            - torch.lgamma(on + 1).sum()
+        )  # fmt: skip
+        prior = dist.Bernoulli(torch.tensor(0.7, dtype=torch.float64)).log_prob(s).sum()
+        evidence.append(gamma_poisson + prior)
+    exact = torch.logsumexp(torch.stack(evidence), 0).item()
+    bound = AutoCAVI(zero_inflated, n_init=3).fit(counts, 1e-12).lower_bound_
+    assert exact == pytest.approx(-10.518971592290752, abs=1e-9)
+    assert exact - 0.5 < bound <= exact  # −10.6268
