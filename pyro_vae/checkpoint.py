@@ -225,9 +225,25 @@ class RunFolder:
     def unfinished_outputs(self) -> list[Path]:
         """What a fit writes before its first checkpoint, and :meth:`clear_unfinished`
         removes: config.json, metrics.json, figures, tables, netCDF files and the
-        TensorBoard folder."""
+        TensorBoard folder, none of them older than the run's config.json (which a fit
+        writes first: a figure or table the user put there before is theirs). Nothing
+        when config.json is not a run's (:meth:`holds_run_config`): a folder of the user's
+        own with a config.json of theirs was cleared of its images and tables by
+        ``--restart`` (tester L)."""
+        if not self.holds_run_config():
+            return []
+        started = self.file(CONFIG).stat().st_mtime
         found = [p for pattern in UNFINISHED for p in self.path.glob(pattern)]
-        return sorted(set(found))
+        kept = [p for p in found if p.name in (CONFIG, METRICS) or p.stat().st_mtime >= started]
+        return sorted(set(kept))
+
+    def holds_run_config(self) -> bool:
+        """Whether config.json is a run's: a JSON object of this format (``FORMAT``)."""
+        try:
+            config = json.loads(self.file(CONFIG).read_text())
+        except (OSError, ValueError):  # absent, unreadable, not JSON or not UTF-8
+            return False
+        return isinstance(config, dict) and config.get("format") == FORMAT
 
     def claim(self) -> RunLock:
         """Hold the folder for this process (see :class:`RunLock`)."""

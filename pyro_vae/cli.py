@@ -738,7 +738,7 @@ def _check_new_folder(run: RunFolder, restart: bool) -> None:
             f"out: {run.path} already holds a run; continue it with `pyro-vae fit --resume "
             f"{run.path}` or choose another --out (nothing was overwritten)"
         )
-    ours = [run.file(n) for n in ("config.json", "metrics.json") if run.file(n).exists()]
+    ours = run.holds_run_config()  # a config.json of the user's own is theirs (tester L)
     if ours and not restart:
         raise RunFolderError(
             f"out: {run.path} holds a run that failed or was stopped before its first epoch "

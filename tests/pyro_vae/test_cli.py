@@ -714,7 +714,8 @@ def test_restart_clears_a_failed_run_s_own_files_and_refuses_before_removing_any
 
     run = RunFolder(tmp_path / "r")
     run.path.mkdir()
-    for name in ("config.json", "metrics.json", "elbo.png"):
+    (run.path / "config.json").write_text(json.dumps({"format": "pyro_vae.run/1"}))
+    for name in ("metrics.json", "elbo.png"):
         (run.path / name).write_text("{}")
     (run.path / "tensorboard").mkdir()
     (run.path / "tensorboard" / "events.out").write_text("x")
@@ -725,6 +726,32 @@ def test_restart_clears_a_failed_run_s_own_files_and_refuses_before_removing_any
     (run.path / "notes.txt").unlink()
     _check_new_folder(run, restart=True)
     assert [p.name for p in run.path.iterdir() if not p.name.startswith(".")] == []
+
+
+def test_restart_never_removes_a_users_own_files(tmp_path):
+    """Tester L: a folder of the user's own with a config.json of theirs was taken for a
+    failed run, and --restart removed its images and tables with it. A config.json that is
+    not a run's, or a figure older than the run's config, is the user's: refused, untouched."""
+    import os
+
+    from pyro_vae.cli import _check_new_folder
+
+    run = RunFolder(tmp_path / "mine")
+    run.path.mkdir()
+    files = {"config.json": '{"my": "settings"}', "data.csv": "a,b\n1,2\n", "photo.png": "png"}
+    for name, text in files.items():
+        (run.path / name).write_text(text)
+    for restart in (False, True):
+        with pytest.raises(RunFolderError, match=r"other files \(config.json, data.csv"):
+            _check_new_folder(run, restart=restart)
+    assert {p.name: p.read_text() for p in run.path.iterdir()} == files
+    # a failed run's folder into which the user had put a figure before it started
+    (run.path / "config.json").write_text(json.dumps({"format": "pyro_vae.run/1"}))
+    (run.path / "data.csv").unlink()
+    os.utime(run.path / "photo.png", (1e9, 1e9))  # older than the run's config.json
+    with pytest.raises(RunFolderError, match=r"other files \(photo.png\.\.\.\)"):
+        _check_new_folder(run, restart=True)
+    assert (run.path / "photo.png").read_text() == "png" and (run.path / "config.json").exists()
 
 
 def test_a_conv_vae_fits_evaluates_samples_and_resumes_as_a_conv_vae(tmp_path, capsys):
