@@ -831,6 +831,8 @@ def _train_and_report(
         rows = "rows" if exp.data.image_shape is None else "images"
         run.write_config(config.to_json())
         run.update_metrics(data=exp.data.info, estimator=config.to_json()["estimator"])
+        if state is not None:
+            _set_aside_test_block(run, state)
         print(
             f"{config.model.spec} on {exp.data.info['dataset']} "
             f"({exp.data.info['num_train']} train, {exp.data.info['num_val']} validation, "
@@ -874,6 +876,21 @@ def _train_and_report(
     if writer:  # every rank scores its part of the test set; rank 0 writes
         _report(run, exp, result, test)
     return 0
+
+
+def _set_aside_test_block(run: RunFolder, state: dict[str, Any]) -> None:
+    """A resumed fit's earlier test block and stop reason, set aside before it trains on:
+    they belong to the weights it had (tester L: a resumed run interrupted later showed, in
+    ``compare``, the test ELBO of epoch 4 beside 29 epochs, with no note). The block is
+    kept in ``test_previous``, marked with the epoch it scored; ``compare`` shows the run
+    as not evaluated until the fit ends and writes its own."""
+    metrics = run.read_metrics()
+    if not metrics.get("test") and metrics.get("stop_reason") is None:
+        return
+    kept = _with_previous(metrics, "test")
+    if metrics.get("test"):
+        kept[-1] = {**kept[-1], "scored_weights_of_epoch": metrics.get("best_epoch")}
+    run.update_metrics(test=None, stop_reason=None, test_previous=kept)
 
 
 def _report(run: RunFolder, exp: Experiment, result, test: dict) -> None:

@@ -73,6 +73,37 @@ def test_resume_extends_a_run(tmp_path):
     assert RunFolder(run).read_config()["train"]["epochs"] == 4
 
 
+def test_a_resumed_fit_sets_its_earlier_test_block_aside_before_training(tmp_path, monkeypatch):
+    """Tester L: a resumed fit stopped before its end kept the test block of the weights it
+    had, and compare showed epoch 2's test ELBO beside more epochs, with no note. The block
+    now goes to test_previous (marked with the epoch it scored) once the resume's checks
+    pass; the finished resume writes its own."""
+    import pyro_vae.cli as cli
+    from pyro_vae.compare import compare_runs
+
+    run = tmp_path / "run"
+    assert main(["fit", "--epochs", "2", "--out", str(run), *FAST]) == 0
+    first = json.loads((run / "metrics.json").read_text())["test"]
+    real_fit = cli.fit
+
+    def stopped_after_its_checks(*args, on_ready=None, **kwargs):
+        on_ready()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "fit", stopped_after_its_checks)
+    assert main(["fit", "--resume", str(run), "--epochs", "4", "--no-progress"]) == 130
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test"] is None and metrics["stop_reason"] is None
+    assert metrics["test_previous"] == [{**first, "scored_weights_of_epoch": 2}]
+    table = compare_runs([run])
+    assert "not evaluated on the test set" in " ".join(table.notes)
+    monkeypatch.setattr(cli, "fit", real_fit)
+    assert main(["fit", "--resume", str(run), "--epochs", "4", "--no-progress"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test"]["elbo"] != first["elbo"] and metrics["stop_reason"] == "max_epochs"
+    assert metrics["test_previous"] == [{**first, "scored_weights_of_epoch": 2}]
+
+
 def test_an_existing_run_is_never_overwritten(trained, capsys):
     before = (trained / "checkpoint.pt").read_bytes()
     assert main(["fit", "--out", str(trained), *FAST]) == 2
