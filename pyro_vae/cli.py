@@ -830,9 +830,19 @@ def _train_and_report(
     def ready() -> None:  # fit's checks have all passed: now the folder is written
         rows = "rows" if exp.data.image_shape is None else "images"
         run.write_config(config.to_json())
-        run.update_metrics(data=exp.data.info, estimator=config.to_json()["estimator"])
+        processes, world = run.read_metrics().get("processes"), current().world
+        run.update_metrics(
+            data=exp.data.info, estimator=config.to_json()["estimator"], processes=world
+        )
         if state is not None:
             _set_aside_test_block(run, state)
+            if processes is not None and processes != world:  # tester L
+                print(
+                    f"note: {run.path} was trained on {processes} process(es) and resumes on "
+                    f"{world}: each process draws its own random numbers, so from here the "
+                    f"run draws other numbers than an uninterrupted one would (resume with "
+                    f"--nproc {processes} to draw the same)"
+                )
         print(
             f"{config.model.spec} on {exp.data.info['dataset']} "
             f"({exp.data.info['num_train']} train, {exp.data.info['num_val']} validation, "
@@ -1389,14 +1399,28 @@ def _where_it_stopped(args: argparse.Namespace) -> str:
             epoch = run.load_checkpoint()["epoch"]
         except RunFolderError:
             epoch = "?"
+        processes = _recorded_processes(run)
+        nproc = f" --nproc {processes}" if processes > 1 else ""
         return (
             f"{run.path} holds the checkpoint of epoch {epoch}; continue with "
-            f"`pyro-vae fit --resume {run.path}`"
+            f"`pyro-vae fit --resume {run.path}{nproc}`"
         )
     return (
         f"no epoch of {run.path} had finished, so there is no checkpoint; start it over with "
         f"`pyro-vae fit --restart --out {run.path} ...`"
     )
+
+
+def _recorded_processes(run: RunFolder) -> int:
+    """The processes the run last trained on (metrics.json's ``processes``; 1 when it has
+    none or cannot be read), which its resume should use to draw what an uninterrupted
+    run would (tester L: the hint left out --nproc, and a 2-process run resumed on one
+    drew other numbers, silently)."""
+    try:
+        processes = run.read_metrics().get("processes", 1)
+    except RunFolderError:
+        return 1
+    return processes if isinstance(processes, int) and processes > 0 else 1
 
 
 def main(argv: list[str] | None = None) -> int:

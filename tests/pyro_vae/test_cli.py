@@ -104,6 +104,30 @@ def test_a_resumed_fit_sets_its_earlier_test_block_aside_before_training(tmp_pat
     assert metrics["test_previous"] == [{**first, "scored_weights_of_epoch": 2}]
 
 
+def test_the_number_of_processes_is_recorded_and_a_resume_on_another_says_so(tmp_path, capsys):
+    """Tester L: a 2-process run resumed on one drew other numbers than the uninterrupted
+    run, silently, and the stop message's resume command left out --nproc. The processes are
+    recorded; a resume on another number says so, and the stop message names --nproc."""
+    import argparse
+
+    from pyro_vae.checkpoint import write_json
+    from pyro_vae.cli import _where_it_stopped
+
+    run = tmp_path / "run"
+    assert main(["fit", "--epochs", "1", "--out", str(run), *FAST]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["processes"] == 1
+    stopped = argparse.Namespace(command="fit", resume=str(run), out=None)
+    assert _where_it_stopped(stopped).endswith(f"`pyro-vae fit --resume {run}`")
+    write_json(run / "metrics.json", {**metrics, "processes": 2})  # as 2 processes write it
+    assert _where_it_stopped(stopped).endswith(f"`pyro-vae fit --resume {run} --nproc 2`")
+    capsys.readouterr()
+    assert main(["fit", "--resume", str(run), "--epochs", "2", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "was trained on 2 process(es) and resumes on 1" in out and "--nproc 2" in out
+    assert json.loads((run / "metrics.json").read_text())["processes"] == 1
+
+
 def test_an_existing_run_is_never_overwritten(trained, capsys):
     before = (trained / "checkpoint.pt").read_bytes()
     assert main(["fit", "--out", str(trained), *FAST]) == 2
