@@ -27,7 +27,14 @@ from pyro_vae.convnets import ARCHITECTURES, DEFAULT_CHANNELS, default_activatio
 from pyro_vae.data import BINARIZATIONS, DatasetNotFoundError, resolved_name
 from pyro_vae.devices import resolve_device, to_device
 from pyro_vae.diagnostics.gradient_variance import gradient_variance
-from pyro_vae.distributed import RankLost, current, launch, refuse_before_launch, session
+from pyro_vae.distributed import (
+    RankLost,
+    current,
+    launch,
+    refuse_before_launch,
+    refuse_disagreeing_ranks,
+    session,
+)
 from pyro_vae.estimators.compiled import CaptureError, compilable, should_record
 from pyro_vae.experiment import (
     Experiment,
@@ -823,6 +830,7 @@ def _train_and_report(
             f"({reason}); use --compile auto or off (nothing was written)"
         )
 
+    refuse_disagreeing_ranks(config.to_json(), current())  # before anything is written
     writer = current().is_writer
     if not writer:  # one progress bar, from rank 0
         config = replace(config, training=replace(config.training, progress=False))

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 import os
 import signal
 import socket
@@ -60,6 +61,57 @@ TIMEOUT_VARIABLE = "PYRO_VAE_DIST_TIMEOUT"
 
 class RankLost(RuntimeError):
     """Another rank stopped: a collective operation failed or timed out."""
+
+
+#: Settings that may differ between ranks: the progress bar (rank 0's alone), the device
+#: (each node its own), and where the files lie (each node may mount them elsewhere; their
+#: checksums are compared instead).
+_PER_RANK = ("train.progress", "train.device", "data.name", "model", "guide")
+
+
+def refuse_disagreeing_ranks(settings: dict, group: Group) -> None:
+    """Refuse a training group whose ranks were given different settings (``settings``:
+    config.json's dict, with the data's and code's checksums): every rank's gradient is
+    averaged into one step, so a rank with another learning rate or other data trained
+    silently, the folder recording rank 0's alone (tester L). Paths, the device and the
+    progress bar may differ (:data:`_PER_RANK`); a file path's checksum may not.
+
+    Raises:
+        ValueError: on every rank, naming the first differing setting, its value on rank 0
+            and on the rank that differs, before anything is written.
+    """
+    if group.world == 1:
+        return
+    everyone = [_flat(s) for s in group.gather_json(settings)]
+    first = everyone[0]
+    for rank, other in enumerate(everyone[1:], start=1):
+        differ = sorted(
+            key
+            for key in set(first) | set(other)
+            if first.get(key) != other.get(key) and not _may_differ(key)
+        )
+        if differ:
+            key = differ[0]
+            raise ValueError(
+                f"ranks: rank {rank} was given {key} = {other.get(key)!r} where rank 0 has "
+                f"{first.get(key)!r} ({len(differ)} setting(s) differ: "
+                f"{', '.join(differ[:4])}); every rank of a training group must run the same "
+                "command on the same data (nothing was written)"
+            )
+
+
+def _may_differ(key: str) -> bool:
+    return key in _PER_RANK or key.endswith(".file") or key == "data.provenance.path"
+
+
+def _flat(obj, prefix: str = "") -> dict:
+    """``{"a.b": value}`` for a nested dict."""
+    if not isinstance(obj, dict):
+        return {prefix: obj}
+    out = {}
+    for key, value in obj.items():
+        out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
 
 
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
@@ -105,6 +157,26 @@ class Group:
         w = 1.0 if weight is None else float(weight)
         total = self.all_reduce(torch.tensor([w * value, w], dtype=torch.float64))
         return (total[0] / total[1]).item()
+
+    def gather_json(self, obj) -> list:
+        """``obj`` (plain JSON) of every rank, by rank: sent as UTF-8 bytes in tensors and
+        read back with ``json.loads`` (``all_gather_object`` would unpickle what other
+        processes sent). One process: ``[obj]``."""
+        if self.world == 1:
+            return [obj]
+        data = torch.tensor(list(json.dumps(obj, sort_keys=True).encode()), dtype=torch.uint8)
+        with self._watching("exchange of the run's settings"):
+            lengths = [torch.zeros(1, dtype=torch.int64) for _ in range(self.world)]
+            dist.all_gather(lengths, torch.tensor([len(data)]))
+            longest = int(max(n.item() for n in lengths))
+            padded = torch.zeros(longest, dtype=torch.uint8)
+            padded[: len(data)] = data
+            parts = [torch.zeros(longest, dtype=torch.uint8) for _ in range(self.world)]
+            dist.all_gather(parts, padded)
+        return [
+            json.loads(bytes(part[: int(n.item())].tolist()).decode())
+            for part, n in zip(parts, lengths, strict=True)
+        ]
 
     def broadcast_params(self) -> None:
         """Every entry of Pyro's param store set to rank 0's values (sorted by name)."""

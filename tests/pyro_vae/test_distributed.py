@@ -204,3 +204,55 @@ def test_the_launcher_stops_its_agent_when_it_is_stopped(monkeypatch):
     import signal
 
     assert Agent.signals == [signal.SIGTERM]  # torchrun's agent stops its ranks on SIGTERM
+
+
+def test_ranks_given_different_settings_are_refused_before_anything_is_written(tmp_path):
+    """Tester L: rank 1 with another --lr trained silently (config.json recorded rank 0's),
+    and with other data half of every gradient came from another file. Both ranks now
+    refuse, naming the setting, and the folder stays empty."""
+    run = tmp_path / "run"
+    fit = ["-m", "pyro_vae", "fit", "--data", "digits", "--out", str(run), "--epochs", "1"]
+    fit += ["--batch-size", "64", "--latent-dim", "2", "--hidden", "8", "--no-progress"]
+    port = _free_port()
+    env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}  # fmt: skip
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, *fit, "--lr", lr],
+            cwd=ROOT,
+            env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank, lr in enumerate(["0.001", "0.01"])
+    ]
+    errors = [p.communicate(timeout=120)[1] for p in ranks]
+    assert [p.returncode for p in ranks] == [2, 2], errors
+    for err in errors:
+        assert "rank 1 was given train.lr = 0.01 where rank 0 has 0.001" in err, err
+    assert not (run / "config.json").exists() and not (run / "checkpoint.pt").exists()
+
+
+def test_settings_that_may_differ_between_ranks_are_let_through():
+    """The progress bar, the device and the paths of files whose checksums agree."""
+    from pyro_vae.distributed import refuse_disagreeing_ranks
+
+    class Pair(Group):
+        def __init__(self, other):
+            super().__init__(rank=0, world=2)
+            self.other = other
+
+        def gather_json(self, obj):
+            return [obj, self.other]
+
+    mine = {"model": "/a/m.py:M", "data": {"name": "/a/x.npy", "provenance": {
+        "path": "/a/x.npy", "checksum": "s1"}}, "train": {"lr": 0.1, "device": "cuda:0",
+        "progress": True}, "code": {"model": {"file": "/a/m.py", "sha256": "c1"}}}  # fmt: skip
+    theirs = {"model": "/b/m.py:M", "data": {"name": "/b/x.npy", "provenance": {
+        "path": "/b/x.npy", "checksum": "s1"}}, "train": {"lr": 0.1, "device": "cuda:1",
+        "progress": False}, "code": {"model": {"file": "/b/m.py", "sha256": "c1"}}}  # fmt: skip
+    refuse_disagreeing_ranks(mine, Pair(theirs))
+    other_data = {**theirs, "data": {**theirs["data"], "provenance": {"checksum": "s2"}}}
+    with pytest.raises(ValueError, match=r"data.provenance.checksum = 's2' where rank 0 has 's1'"):
+        refuse_disagreeing_ranks(mine, Pair(other_data))
+    refuse_disagreeing_ranks(mine, Group())  # one process: nothing to compare
