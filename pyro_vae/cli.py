@@ -778,8 +778,11 @@ def _resume_config(
             "--resume. "
             "To change them, start a new run with --out (nothing was changed)"
         )
-    config = RunConfig.from_json(run.read_config())
+    written = run.read_config()
+    config = RunConfig.from_json(written)
     state = run.load_checkpoint() if run.has_checkpoint else None
+    if state is not None:
+        run.refuse_edited_config(written, state)
     if state is not None:
         done = int(state["epoch"])
     else:
@@ -836,34 +839,7 @@ def _train_and_report(
         config = replace(config, training=replace(config.training, progress=False))
 
     def ready() -> None:  # fit's checks have all passed: now the folder is written
-        rows = "rows" if exp.data.image_shape is None else "images"
-        run.write_config(config.to_json())
-        processes, world = run.read_metrics().get("processes"), current().world
-        run.update_metrics(
-            data=exp.data.info, estimator=config.to_json()["estimator"], processes=world
-        )
-        if state is not None:
-            _set_aside_test_block(run, state)
-            if processes is not None and processes != world:  # tester L
-                print(
-                    f"note: {run.path} was trained on {processes} process(es) and resumes on "
-                    f"{world}: each process draws its own random numbers, so from here the "
-                    f"run draws other numbers than an uninterrupted one would (resume with "
-                    f"--nproc {processes} to draw the same)"
-                )
-        print(
-            f"{config.model.spec} on {exp.data.info['dataset']} "
-            f"({exp.data.info['num_train']} train, {exp.data.info['num_val']} validation, "
-            f"{exp.data.info['num_test']} test {rows}), "
-            f"{config.estimator.name} "
-            f"estimator -> {run.path}"
-        )
-        if "columns" in exp.data.info:  # a table: which columns became the features
-            label = config.data.label_column
-            print(
-                f"features: {', '.join(exp.data.info['columns'])}"
-                + (f" (labels: {label})" if label else "")
-            )
+        _write_run_start(run, config, exp, state)
 
     try:
         result = fit(
@@ -896,7 +872,39 @@ def _train_and_report(
     return 0
 
 
-def _set_aside_test_block(run: RunFolder, state: dict[str, Any]) -> None:
+def _write_run_start(run: RunFolder, config: RunConfig, exp, state) -> None:
+    """Once fit's checks have passed: config.json, the data's and estimator's records and
+    the processes in metrics.json, a resumed run's earlier test block set aside, and the
+    line saying what trains on what."""
+    rows = "rows" if exp.data.image_shape is None else "images"
+    run.write_config(config.to_json())
+    processes, world = run.read_metrics().get("processes"), current().world
+    run.update_metrics(data=exp.data.info, estimator=config.to_json()["estimator"], processes=world)
+    if state is not None:
+        _set_aside_test_block(run)
+        if processes is not None and processes != world:  # tester L
+            print(
+                f"note: {run.path} was trained on {processes} process(es) and resumes on "
+                f"{world}: each process draws its own random numbers, so from here the "
+                f"run draws other numbers than an uninterrupted one would (resume with "
+                f"--nproc {processes} to draw the same)"
+            )
+    print(
+        f"{config.model.spec} on {exp.data.info['dataset']} "
+        f"({exp.data.info['num_train']} train, {exp.data.info['num_val']} validation, "
+        f"{exp.data.info['num_test']} test {rows}), "
+        f"{config.estimator.name} "
+        f"estimator -> {run.path}"
+    )
+    if "columns" in exp.data.info:  # a table: which columns became the features
+        label = config.data.label_column
+        print(
+            f"features: {', '.join(exp.data.info['columns'])}"
+            + (f" (labels: {label})" if label else "")
+        )
+
+
+def _set_aside_test_block(run: RunFolder) -> None:
     """A resumed fit's earlier test block and stop reason, set aside before it trains on:
     they belong to the weights it had (tester L: a resumed run interrupted later showed, in
     ``compare``, the test ELBO of epoch 4 beside 29 epochs, with no note). The block is

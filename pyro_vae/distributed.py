@@ -52,6 +52,7 @@ import torch
 import torch.distributed as dist
 from pyro.infer import ELBO
 
+from pyro_vae.checkpoint import flat_settings
 from pyro_vae.estimators.capabilities import capabilities_of
 
 __all__ = ["Group", "RankLost", "SynchronizedELBO", "current", "launch", "session"]
@@ -82,7 +83,7 @@ def refuse_disagreeing_ranks(settings: dict, group: Group) -> None:
     """
     if group.world == 1:
         return
-    everyone = [_flat(s) for s in group.gather_json(settings)]
+    everyone = [flat_settings(s) for s in group.gather_json(settings)]
     first = everyone[0]
     for rank, other in enumerate(everyone[1:], start=1):
         differ = sorted(
@@ -102,16 +103,6 @@ def refuse_disagreeing_ranks(settings: dict, group: Group) -> None:
 
 def _may_differ(key: str) -> bool:
     return key in _PER_RANK or key.endswith(".file") or key == "data.provenance.path"
-
-
-def _flat(obj, prefix: str = "") -> dict:
-    """``{"a.b": value}`` for a nested dict."""
-    if not isinstance(obj, dict):
-        return {prefix: obj}
-    out = {}
-    for key, value in obj.items():
-        out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
-    return out
 
 
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:

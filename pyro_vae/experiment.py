@@ -145,12 +145,7 @@ def build(
     device = resolve_device(config.training.device, "device")
     pyro.set_rng_seed(config.training.seed)
     d = config.data
-    # before the files run: the model's and guide's files, and the imported files recorded
-    check_code_unchanged(config.code, code_provenance(_spec_files(config)), allow_changed_code)
-    given = {"labelled": d.labelled, "labels_fraction": d.labels_fraction}
-    if any(value is not None for value in given.values()):  # before the data load
-        mode = uses_labels(load_object(config.model.spec, "model"))
-        refuse_unused_subset(mode, config.model.spec, given)
+    _refuse_before_loading(config, allow_changed_code)
     data = load_data(
         d.name,
         d.preprocessing(),
@@ -185,6 +180,18 @@ def build(
     return Experiment(
         config, data, model, guide, elbo, received, not_accepted, device=device, code=code
     )
+
+
+def _refuse_before_loading(config: RunConfig, allow_changed_code: bool) -> None:
+    """What :func:`build` refuses before the data are loaded and the files run: a model or
+    guide file, or an imported file recorded, that changed; a labelled subset for a model
+    that uses no labels."""
+    check_code_unchanged(config.code, code_provenance(_spec_files(config)), allow_changed_code)
+    d = config.data
+    given = {"labelled": d.labelled, "labels_fraction": d.labels_fraction}
+    if any(value is not None for value in given.values()):
+        mode = uses_labels(load_object(config.model.spec, "model"))
+        refuse_unused_subset(mode, config.model.spec, given)
 
 
 def _with_labelled_subset(data: DataSplits, d) -> DataSplits:
@@ -334,10 +341,12 @@ def load(
 
     run = run if isinstance(run, RunFolder) else RunFolder(run)
     resolved = resolve_device(device, "device")
-    config = RunConfig.from_json(run.read_config())
+    written = run.read_config()
+    config = RunConfig.from_json(written)
+    state = run.load_checkpoint(map_location=resolved)
+    run.refuse_edited_config(written, state)  # before the data are loaded
     config = replace(config, training=replace(config.training, device=str(resolved)))
     experiment = build(config, allow_changed_data, allow_changed_code)
-    state = run.load_checkpoint(map_location=resolved)
     pyro.clear_param_store()
     train = replace(experiment.config.training, progress=False)
     pair = prepare_pair(experiment.model, experiment.guide, experiment.data, train)

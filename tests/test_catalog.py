@@ -819,7 +819,7 @@ CLI = [
             ("no_config", ["no config.json"]),
             ("corrupt_checkpoint", ["pickle-free checkpoint"]),
             ("pickled", ["pickle-free"]),
-            ("other_shape", ["does not fit"]),
+            ("other_shape", ["model_options.latent_dim = 5", "trained with 3"]),
         ]
     ],
     # --- evaluate ---------------------------------------------------------------------------
@@ -854,9 +854,9 @@ CLI = [
             ("no_checkpoint", ["no checkpoint.pt"]),
             ("corrupt_checkpoint", ["pickle-free"]),
             ("pickled", ["pickle-free"]),
-            ("other_shape", ["does not fit"]),
+            ("other_shape", ["model_options.latent_dim = 5", "trained with 3"]),
             ("nan_weights", ["NaN or infinite"]),
-            ("other_data_shape", ["does not fit"]),
+            ("other_data_shape", ["data.levels = 5", "trained with None"]),
         ]
     ],
     # --- sample -------------------------------------------------------------------------------

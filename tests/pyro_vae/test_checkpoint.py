@@ -265,3 +265,20 @@ def test_every_cuda_device_s_rng_state_is_saved_and_restored(monkeypatch):
         m.setattr(torch.cuda, "is_available", lambda: False)
         m.setattr(torch.cuda, "set_rng_state_all", lambda states: pytest.fail("no CUDA here"))
         restore_rng_state(state)
+
+
+def test_an_edited_config_is_refused_by_its_first_differing_setting(tmp_path):
+    from pyro_vae.checkpoint import flat_settings
+
+    assert flat_settings({"a": {"b": 1, "c": {"d": None}}, "e": [1]}) == {
+        "a.b": 1, "a.c.d": None, "e": [1]}  # fmt: skip
+    run = RunFolder(tmp_path)
+    trained = {"schema_version": 3, "train": {"lr": 0.001, "epochs": 4}, "data": {"x": 1}}
+    state = {"config": trained}
+    resumed = {"format": "pyro_vae.run/1", **trained, "train": {"lr": 0.001, "epochs": 9}}
+    run.refuse_edited_config(resumed, state)  # what a resume may change
+    edited = {**resumed, "train": {"lr": 0.01, "epochs": 4}}
+    with pytest.raises(RunFolderError, match=r"has train.lr = 0.01, but the weights .* 0.001"):
+        run.refuse_edited_config(edited, state)
+    run.refuse_edited_config(edited, {})  # a checkpoint without a config: nothing to compare
+    run.refuse_edited_config(edited, {"config": {**trained, "schema_version": 2}})

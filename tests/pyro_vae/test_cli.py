@@ -128,6 +128,33 @@ def test_the_number_of_processes_is_recorded_and_a_resume_on_another_says_so(tmp
     assert json.loads((run / "metrics.json").read_text())["processes"] == 1
 
 
+def test_an_edited_config_json_is_refused_against_the_checkpoints_own(trained, tmp_path, capsys):
+    """Tester L: config.json with threshold 0.5 → 0.3 was used silently: evaluate scored
+    the weights on other data (a test ELBO 1.8 nats lower, no note), and resume trained on
+    at an edited lr. Both are refused, naming the setting; what --resume may change is not."""
+    import shutil
+
+    run = tmp_path / "edited"
+    shutil.copytree(trained, run)
+    original = (run / "config.json").read_text()
+    config = json.loads(original)
+    config["data"]["threshold"] = 0.3
+    (run / "config.json").write_text(json.dumps(config))
+    before = (run / "metrics.json").read_bytes()
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--ll-samples", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "has data.threshold = 0.3, but the weights" in err and "with 0.5" in err, err
+    config["data"]["threshold"], config["train"]["lr"] = 0.5, 0.1
+    (run / "config.json").write_text(json.dumps(config))
+    assert main(["fit", "--resume", str(run), "--epochs", "5", "--no-progress"]) == 2
+    assert "has train.lr = 0.1" in capsys.readouterr().err
+    assert (run / "metrics.json").read_bytes() == before  # nothing was changed
+    config["train"]["lr"], config["train"]["epochs"] = json.loads(original)["train"]["lr"], 9
+    (run / "config.json").write_text(json.dumps(config))  # as a resume leaves it
+    assert main(["evaluate", str(run), "--ll-samples", "2"]) == 0
+
+
 def test_an_existing_run_is_never_overwritten(trained, capsys):
     before = (trained / "checkpoint.pt").read_bytes()
     assert main(["fit", "--out", str(trained), *FAST]) == 2
