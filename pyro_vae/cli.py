@@ -783,7 +783,6 @@ def _resume_config(
     state = run.load_checkpoint() if run.has_checkpoint else None
     if state is not None:
         run.refuse_edited_config(written, state)
-    if state is not None:
         done = int(state["epoch"])
     else:
         metrics = run.read_metrics()
