@@ -51,6 +51,11 @@ def flat_settings(obj, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def listed(names: list[str], most: int = 4) -> str:
+    """The first ``most`` of ``names``, joined, with "…" where more were left out."""
+    return ", ".join(names[:most]) + (", …" if len(names) > most else "")
+
+
 class RunFolderError(ValueError):
     """A run folder is missing, incomplete, corrupt, or from another version."""
 
@@ -319,7 +324,7 @@ class RunFolder:
             raise RunFolderError(
                 f"run: {self.file(CONFIG)} has {key} = {now.get(key)!r}, but the weights in "
                 f"{self.file(CHECKPOINT)} were trained with {then.get(key)!r} "
-                f"({len(differ)} setting(s) differ: {', '.join(differ[:4])}); config.json was "
+                f"({len(differ)} setting(s) differ: {listed(differ)}); config.json was "
                 "edited or replaced since. Put back the settings the run was trained with, "
                 "or start a new run with `pyro-vae fit --out` (nothing was changed)"
             )

@@ -876,8 +876,10 @@ def _write_run_start(run: RunFolder, config: RunConfig, exp, state) -> None:
     the processes in metrics.json, a resumed run's earlier test block set aside, and the
     line saying what trains on what."""
     rows = "rows" if exp.data.image_shape is None else "images"
-    run.write_config(config.to_json())
+    # metrics.json read first: one that does not read is refused with config.json as it
+    # was (it was rewritten first, a refused resume's --epochs left in it: tester L2)
     processes, world = run.read_metrics().get("processes"), current().world
+    run.write_config(config.to_json())
     run.update_metrics(data=exp.data.info, estimator=config.to_json()["estimator"], processes=world)
     if state is not None:
         _set_aside_test_block(run)

@@ -52,7 +52,7 @@ import torch
 import torch.distributed as dist
 from pyro.infer import ELBO
 
-from pyro_vae.checkpoint import flat_settings
+from pyro_vae.checkpoint import flat_settings, listed
 from pyro_vae.estimators.capabilities import capabilities_of
 
 __all__ = ["Group", "RankLost", "SynchronizedELBO", "current", "launch", "session"]
@@ -96,7 +96,7 @@ def refuse_disagreeing_ranks(settings: dict, group: Group) -> None:
             raise ValueError(
                 f"ranks: rank {rank} was given {key} = {other.get(key)!r} where rank 0 has "
                 f"{first.get(key)!r} ({len(differ)} setting(s) differ: "
-                f"{', '.join(differ[:4])}); every rank of a training group must run the same "
+                f"{listed(differ)}); every rank of a training group must run the same "
                 "command on the same data (nothing was written)"
             )
 

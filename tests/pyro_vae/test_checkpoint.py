@@ -268,8 +268,9 @@ def test_every_cuda_device_s_rng_state_is_saved_and_restored(monkeypatch):
 
 
 def test_an_edited_config_is_refused_by_its_first_differing_setting(tmp_path):
-    from pyro_vae.checkpoint import flat_settings
+    from pyro_vae.checkpoint import flat_settings, listed
 
+    assert listed(list("abcdef")) == "a, b, c, d, …" and listed(["a"]) == "a"
     assert flat_settings({"a": {"b": 1, "c": {"d": None}}, "e": [1]}) == {
         "a.b": 1, "a.c.d": None, "e": [1]}  # fmt: skip
     run = RunFolder(tmp_path)

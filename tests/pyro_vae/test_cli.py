@@ -155,6 +155,19 @@ def test_an_edited_config_json_is_refused_against_the_checkpoints_own(trained, t
     assert main(["evaluate", str(run), "--ll-samples", "2"]) == 0
 
 
+def test_a_resume_refused_over_an_unreadable_metrics_json_changes_nothing(trained, tmp_path):
+    """Tester L2: the refusal came after config.json had been rewritten with the resume's
+    --epochs, and a later plain resume trained to them."""
+    import shutil
+
+    run = tmp_path / "broken"
+    shutil.copytree(trained, run)
+    (run / "metrics.json").write_text((trained / "metrics.json").read_text()[:300])
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert main(["fit", "--resume", str(run), "--epochs", "9", "--no-progress"]) == 2
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
 def test_an_existing_run_is_never_overwritten(trained, capsys):
     before = (trained / "checkpoint.pt").read_bytes()
     assert main(["fit", "--out", str(trained), *FAST]) == 2
