@@ -91,10 +91,18 @@ def _options(options: dict[str, Any]) -> str:
 
 
 def _estimator(config: dict[str, Any]) -> str:
+    """The estimator with its options, and the objective's β and KL warm-up where they are
+    not the ELBO's (tester L2: a β = 2 run and a warm-up run read as plain ``trace``)."""
     if not config:
         return "?"
     estimator = config.get("estimator") or {}
-    options = _options(estimator.get("options") or {})
+    train = config.get("train") or {}
+    objective = {}
+    if train.get("beta", 1.0) != 1.0:
+        objective["beta"] = train["beta"]
+    if train.get("kl_warmup_epochs") or 0:
+        objective["kl_warmup_epochs"] = train["kl_warmup_epochs"]
+    options = _options({**(estimator.get("options") or {}), **objective})
     return f"{estimator.get('name', '?')}({options})" if options else estimator.get("name", "?")
 
 

@@ -233,3 +233,16 @@ def test_bounds_on_other_quantities_or_other_test_rows_are_flagged(tmp_path):
         "--ll-points to compare"
     ]
     assert compare_runs([vae, _run(tmp_path / "same", [1.0], [-80.0], TEST)]).notes == []
+
+
+def test_a_beta_or_warm_up_objective_is_named_beside_the_estimator(tmp_path):
+    """Tester L2: a β = 2 run and a KL warm-up run read as plain ``trace`` runs."""
+    runs = []
+    for name, train in (("plain", {}), ("beta", {"beta": 2.0}), ("warm", {"kl_warmup_epochs": 3})):
+        path = _run(tmp_path / name, [1.0], [-90.0], TEST)
+        config = json.loads((path / "config.json").read_text())
+        config["train"].update(train)
+        (path / "config.json").write_text(json.dumps(config))
+        runs.append(path)
+    table = compare_runs(runs).table
+    assert list(table["estimator"]) == ["trace", "trace(beta=2.0)", "trace(kl_warmup_epochs=3)"]
