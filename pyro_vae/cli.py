@@ -915,18 +915,22 @@ def _set_aside_test_block(run: RunFolder) -> None:
     if not metrics.get("test") and metrics.get("stop_reason") is None:
         return
     kept = _with_previous(metrics, "test")
-    if metrics.get("test"):
+    if metrics.get("test") and "scored_weights_of_epoch" not in kept[-1]:  # an older block
         kept[-1] = {**kept[-1], "scored_weights_of_epoch": metrics.get("best_epoch")}
     run.update_metrics(test=None, stop_reason=None, test_previous=kept)
 
 
 def _report(run: RunFolder, exp: Experiment, result, test: dict) -> None:
     """Record the test-set evaluation in metrics.json, print it, draw the figures."""
+    test = {**test, "scored_weights_of_epoch": result.best_epoch or len(result.history)}
+    metrics = run.read_metrics()  # an evaluate's block written while it trained is kept
+    kept = {"test_previous": _with_previous(metrics, "test")} if metrics.get("test") else {}
     run.update_metrics(
         stop_reason=result.stop_reason,
         best_epoch=result.best_epoch,
         test=test,
         model_arguments=_jsonable(exp.model_arguments),
+        **kept,
         **result.info(),
     )
     _print_test(test, exp.data.image_shape is None)
@@ -947,6 +951,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     samples = ev.ll_samples if args.ll_samples is None else args.ll_samples
     points = ev.ll_points if args.ll_points is None else (args.ll_points or None)
     test = evaluate_test_set(exp, samples, points, progress=True)
+    # the weights it scored: a fit still training may have moved on (tester L2)
+    test["scored_weights_of_epoch"] = exp.weights_epoch
     changed = _changed_inputs(exp)
     if changed is not None:  # --allow-changed-data or -code on inputs that did change
         key, extra, what = changed

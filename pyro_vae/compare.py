@@ -246,11 +246,26 @@ def compare_runs(runs: Sequence[str | os.PathLike]) -> Comparison:
             validations.add(metrics["validation"])
         if not metrics.get("test"):
             notes.append(f"{label}: not evaluated on the test set (a stopped or unfinished run)")
+        notes.extend(_other_weights(label, metrics))
     frame = pd.DataFrame(table, columns=list(COLUMNS)).astype({c: "Int64" for c in _COUNTS})
     notes[:0] = _data_notes(frame, test_data)
     notes.extend(_unlike_bounds(frame, tests))
     validation = validations.pop() if len(validations) == 1 else "validation ELBO"
     return Comparison(frame, curves, validation, notes)
+
+
+def _other_weights(label: str, metrics: dict[str, Any]) -> list[str]:
+    """A note where the test block scored other weights than the run keeps: an
+    ``evaluate`` while the fit trained on, which then stopped (tester L2: epoch 1's
+    numbers shown beside 3 epochs)."""
+    scored = (metrics.get("test") or {}).get("scored_weights_of_epoch")
+    kept = metrics.get("best_epoch") or len(metrics.get("epochs") or [])
+    if scored is None or not kept or scored == kept:
+        return []
+    return [
+        f"{label}: its test numbers scored the weights of epoch {scored}, not those it keeps "
+        f"(epoch {kept}): evaluate it again"
+    ]
 
 
 #: How a note on runs that validate on different rows of the same data begins.

@@ -79,7 +79,8 @@ class Experiment:
     config's, or what :func:`load` was asked for); the data stay on the CPU and are put
     there chunk by chunk. ``code``: the checksums of the run's own code as :func:`build`
     found it (:func:`code_of`, once the files had run), beside ``config.code``, what the
-    run recorded; None for an experiment made otherwise.
+    run recorded; None for an experiment made otherwise. ``weights_epoch``: the epoch whose
+    weights :func:`load` put in (the best one kept); None for one being trained.
     """
 
     config: RunConfig
@@ -92,6 +93,7 @@ class Experiment:
     local_guide: bool = False
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     code: dict | None = None
+    weights_epoch: int | None = None
 
     @property
     def generative(self) -> bool:
@@ -360,6 +362,7 @@ def load(
             "sensible to evaluate or sample (was the checkpoint written by a diverged run?)"
         )
     experiment.local_guide = pair.local
+    experiment.weights_epoch = (state["best"] or state).get("epoch")
     return experiment
 
 

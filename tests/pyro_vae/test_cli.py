@@ -168,6 +168,44 @@ def test_a_resume_refused_over_an_unreadable_metrics_json_changes_nothing(traine
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
 
 
+def test_a_test_block_records_the_weights_it_scored(trained, tmp_path, monkeypatch):
+    """Tester L2: an evaluate while the fit trained on scored epoch 1's weights; compare
+    then showed them beside 3 epochs, a resume marked them as epoch 3's, and the fit's own
+    block dropped them. Each block now names its epoch, compare notes a block of other
+    weights than the run keeps, and the fit keeps the block it replaces."""
+    import shutil
+
+    import pyro_vae.cli as cli
+    from pyro_vae.compare import compare_runs
+
+    run = tmp_path / "copy"
+    shutil.copytree(trained, run)
+    kept = json.loads((run / "metrics.json").read_text())["best_epoch"]
+    assert main(["evaluate", str(run), "--ll-samples", "2"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test"]["scored_weights_of_epoch"] == kept
+    assert compare_runs([run]).notes == []
+    RunFolder(run).update_metrics(best_epoch=kept + 1)  # as a fit that trained on since
+    assert f"scored the weights of epoch {kept}, not those it keeps (epoch {kept + 1})" in (
+        " ".join(compare_runs([run]).notes)
+    )
+    real_fit = cli.fit
+    during = {"elbo": -1.0, "scored_weights_of_epoch": 1}
+
+    def evaluated_meanwhile(*args, **kwargs):
+        result = real_fit(*args, **kwargs)
+        folder = args[5]  # fit(model, guide, data, elbo, config, run, ...)
+        folder.update_metrics(test=during)  # an evaluate's block, written while it trained
+        return result
+
+    monkeypatch.setattr(cli, "fit", evaluated_meanwhile)
+    fresh = tmp_path / "fresh"
+    assert main(["fit", "--epochs", "1", "--out", str(fresh), *FAST]) == 0
+    metrics = json.loads((fresh / "metrics.json").read_text())
+    assert metrics["test_previous"] == [during]
+    assert metrics["test"]["scored_weights_of_epoch"] == 1 != metrics["test"]["elbo"]
+
+
 def test_an_existing_run_is_never_overwritten(trained, capsys):
     before = (trained / "checkpoint.pt").read_bytes()
     assert main(["fit", "--out", str(trained), *FAST]) == 2
