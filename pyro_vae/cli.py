@@ -840,6 +840,7 @@ def _train_and_report(
     def ready() -> None:  # fit's checks have all passed: now the folder is written
         _write_run_start(run, config, exp, state)
 
+    _TRAINING_BEGUN["begun"] = True
     try:
         result = fit(
             exp.model,
@@ -1413,10 +1414,18 @@ def _on_sigterm(signum, frame) -> None:
     raise _Terminated
 
 
+#: Whether this process's fit has passed its checks and begun training (a stop before then
+#: changed nothing: a rank stopped by torchrun's agent when another refused named the old
+#: run's checkpoint as if it had trained: tester L2).
+_TRAINING_BEGUN = {"begun": False}
+
+
 def _where_it_stopped(args: argparse.Namespace) -> str:
     if args.command != "fit":
         return "its run folder is as it was: files are only ever replaced whole"
     run = RunFolder(args.resume or args.out)
+    if not _TRAINING_BEGUN["begun"]:
+        return f"it had not begun training, so {run.path} is as it was"
     if run.has_checkpoint:
         try:
             epoch = run.load_checkpoint()["epoch"]
@@ -1465,6 +1474,7 @@ def main(argv: list[str] | None = None) -> int:
         "diagnose": _diagnose,
         "compare": _compare,
     }[args.command]
+    _TRAINING_BEGUN["begun"] = False
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:

@@ -104,12 +104,15 @@ def test_a_resumed_fit_sets_its_earlier_test_block_aside_before_training(tmp_pat
     assert metrics["test_previous"] == [{**first, "scored_weights_of_epoch": 2}]
 
 
-def test_the_number_of_processes_is_recorded_and_a_resume_on_another_says_so(tmp_path, capsys):
+def test_the_number_of_processes_is_recorded_and_a_resume_on_another_says_so(
+    tmp_path, capsys, monkeypatch
+):
     """Tester L: a 2-process run resumed on one drew other numbers than the uninterrupted
     run, silently, and the stop message's resume command left out --nproc. The processes are
     recorded; a resume on another number says so, and the stop message names --nproc."""
     import argparse
 
+    import pyro_vae.cli as cli
     from pyro_vae.checkpoint import write_json
     from pyro_vae.cli import _where_it_stopped
 
@@ -121,6 +124,9 @@ def test_the_number_of_processes_is_recorded_and_a_resume_on_another_says_so(tmp
     assert _where_it_stopped(stopped).endswith(f"`pyro-vae fit --resume {run}`")
     write_json(run / "metrics.json", {**metrics, "processes": 2})  # as 2 processes write it
     assert _where_it_stopped(stopped).endswith(f"`pyro-vae fit --resume {run} --nproc 2`")
+    # stopped before it began training (a rank stopped when another refused: tester L2)
+    monkeypatch.setitem(cli._TRAINING_BEGUN, "begun", False)
+    assert _where_it_stopped(stopped) == f"it had not begun training, so {run} is as it was"
     capsys.readouterr()
     assert main(["fit", "--resume", str(run), "--epochs", "2", "--no-progress"]) == 0
     out = capsys.readouterr().out
