@@ -736,10 +736,11 @@ def _fit(args: argparse.Namespace, given: set[str]) -> int:
         return _train_and_report(run, config, state, args)
 
 
-def _check_new_folder(run: RunFolder, restart: bool) -> None:
+def _check_new_folder(run: RunFolder, restart: bool, clear: bool = True) -> None:
     """A folder with a checkpoint is never overwritten; one whose fit failed or was killed
     before its first epoch ended (config.json, no checkpoint) is started over only when
-    asked to (``--restart``); a folder of other files is not written into."""
+    asked to (``--restart``; ``clear``: False to check only, as ``--nproc`` does before it
+    starts the processes); a folder of other files is not written into."""
     if run.has_checkpoint:
         raise RunFolderError(
             f"out: {run.path} already holds a run; continue it with `pyro-vae fit --resume "
@@ -760,7 +761,7 @@ def _check_new_folder(run: RunFolder, restart: bool) -> None:
             f"out: {run.path} already holds other files ({', '.join(sorted(others)[:3])}...); "
             "expected a new or empty folder for the run (nothing was written or removed)"
         )
-    if ours:
+    if ours and clear:
         run.clear_unfinished()
 
 
@@ -1385,11 +1386,17 @@ def _launch(argv: list[str], args: argparse.Namespace) -> int:
     """``fit --nproc N``: the same command in N processes through torchrun's agent, once
     the flags have passed their checks here (a refusal exits 2 before any process starts)."""
     nproc = args.nproc
+    # the folder's refusals too, read-only, here: refused on a rank, they were followed by
+    # the other ranks' "terminated" and torchrun's traceback, and exit 1 (tester L2)
+    run = RunFolder(args.resume or args.out)
     if args.resume:
-        config = RunConfig.from_json(RunFolder(args.resume).read_config())
+        given = {token.split("=", 1)[0] for token in argv[1:] if token.startswith("--")}
+        config, _ = _resume_config(run, args, given)
     else:
         config = _run_config_from_args(args)
         _refuse_unused_labels(config)
+        if run.path.is_dir():
+            _check_new_folder(run, args.restart, clear=False)
     _refuse_precision(config)
     refuse_before_launch(config.estimator.build(), config.training.batch_size, nproc)
     if "WORLD_SIZE" in os.environ:

@@ -764,6 +764,29 @@ def test_fit_nproc_refuses_bad_flags_before_starting_processes(monkeypatch, tmp_
     assert "kl_warmup_epochs: -1.0 is negative" in capsys.readouterr().err
 
 
+def test_fit_nproc_refuses_an_occupied_folder_before_starting_processes(
+    monkeypatch, trained, tmp_path, capsys
+):
+    """Tester L2: refused on a rank, an existing run, or a resume over an edited config,
+    was followed by the other ranks' "terminated (SIGTERM)" naming the old run's checkpoint,
+    torchrun's traceback, and exit 1. Refused here, once, with 2, and nothing changed."""
+    import shutil
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr("pyro_vae.cli.launch", lambda argv, n: pytest.fail("launched"))
+    before = {p.name: p.stat().st_mtime_ns for p in trained.iterdir()}
+    assert main(["fit", "--nproc", "2", "--out", str(trained)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    edited = tmp_path / "edited"
+    shutil.copytree(trained, edited)
+    config = json.loads((edited / "config.json").read_text())
+    config["train"]["lr"] = 0.5
+    (edited / "config.json").write_text(json.dumps(config))
+    assert main(["fit", "--nproc", "2", "--resume", str(edited), "--epochs", "9"]) == 2
+    assert "has train.lr = 0.5" in capsys.readouterr().err
+    assert {p.name: p.stat().st_mtime_ns for p in trained.iterdir()} == before
+
+
 @pytest.mark.parametrize(
     ("flags", "words"),
     [
