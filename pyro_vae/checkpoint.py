@@ -51,6 +51,13 @@ def flat_settings(obj, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def differing_settings(a: dict, b: dict, may_differ=lambda key: False) -> list[str]:
+    """The settings (``flat_settings`` keys) where the nested dicts ``a`` and ``b`` differ,
+    sorted, less those ``may_differ(key)`` lets differ."""
+    a, b = flat_settings(a), flat_settings(b)
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and not may_differ(k))
+
+
 def listed(names: list[str], most: int = 4) -> str:
     """The first ``most`` of ``names``, joined, with "…" where more were left out."""
     return ", ".join(names[:most]) + (", …" if len(names) > most else "")
@@ -312,18 +319,15 @@ class RunFolder:
         schema = recorded.get("schema_version") if isinstance(recorded, dict) else None
         if schema is None or schema != config.get("schema_version"):
             return  # a version-1 run's checkpoint, or one written before a schema change
-        now = flat_settings({k: v for k, v in config.items() if k != "format"})
-        then = flat_settings({k: v for k, v in recorded.items() if k != "format"})
-        differ = sorted(
-            key
-            for key in set(now) | set(then)
-            if now.get(key) != then.get(key) and key not in RESUMABLE_SETTINGS
-        )
+        now = {k: v for k, v in config.items() if k != "format"}
+        then = {k: v for k, v in recorded.items() if k != "format"}
+        differ = differing_settings(now, then, RESUMABLE_SETTINGS.__contains__)
         if differ:
             key = differ[0]
             raise RunFolderError(
-                f"run: {self.file(CONFIG)} has {key} = {now.get(key)!r}, but the weights in "
-                f"{self.file(CHECKPOINT)} were trained with {then.get(key)!r} "
+                f"run: {self.file(CONFIG)} has {key} = {flat_settings(now).get(key)!r}, but "
+                f"the weights in {self.file(CHECKPOINT)} were trained with "
+                f"{flat_settings(then).get(key)!r} "
                 f"({len(differ)} setting(s) differ: {listed(differ)}); config.json was "
                 "edited or replaced since. Put back the settings the run was trained with, "
                 "or start a new run with `pyro-vae fit --out` (nothing was changed)"

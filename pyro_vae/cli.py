@@ -881,10 +881,13 @@ def _write_run_start(run: RunFolder, config: RunConfig, exp, state) -> None:
     # metrics.json read first: one that does not read is refused with config.json as it
     # was (it was rewritten first, a refused resume's --epochs left in it: tester L2)
     processes, world = run.read_metrics().get("processes"), current().world
-    run.write_config(config.to_json())
-    run.update_metrics(data=exp.data.info, estimator=config.to_json()["estimator"], processes=world)
+    written = config.to_json()
+    run.write_config(written)
+    metrics = run.update_metrics(
+        data=exp.data.info, estimator=written["estimator"], processes=world
+    )
     if state is not None:
-        _set_aside_test_block(run)
+        _set_aside_test_block(run, metrics)
         if processes is not None and processes != world:  # tester L
             print(
                 f"note: {run.path} was trained on {processes} process(es) and resumes on "
@@ -907,13 +910,13 @@ def _write_run_start(run: RunFolder, config: RunConfig, exp, state) -> None:
         )
 
 
-def _set_aside_test_block(run: RunFolder) -> None:
+def _set_aside_test_block(run: RunFolder, metrics: dict[str, Any]) -> None:
     """A resumed fit's earlier test block and stop reason, set aside before it trains on:
     they belong to the weights it had (tester L: a resumed run interrupted later showed, in
     ``compare``, the test ELBO of epoch 4 beside 29 epochs, with no note). The block is
     kept in ``test_previous``, marked with the epoch it scored; ``compare`` shows the run
-    as not evaluated until the fit ends and writes its own."""
-    metrics = run.read_metrics()
+    as not evaluated until the fit ends and writes its own. ``metrics``: metrics.json as
+    it is now."""
     if not metrics.get("test") and metrics.get("stop_reason") is None:
         return
     kept = _with_previous(metrics, "test")

@@ -52,7 +52,7 @@ import torch
 import torch.distributed as dist
 from pyro.infer import ELBO
 
-from pyro_vae.checkpoint import flat_settings, listed
+from pyro_vae.checkpoint import differing_settings, flat_settings, listed
 from pyro_vae.estimators.capabilities import capabilities_of
 
 __all__ = ["Group", "RankLost", "SynchronizedELBO", "current", "launch", "session"]
@@ -83,19 +83,15 @@ def refuse_disagreeing_ranks(settings: dict, group: Group) -> None:
     """
     if group.world == 1:
         return
-    everyone = [flat_settings(s) for s in group.gather_json(settings)]
-    first = everyone[0]
+    everyone = group.gather_json(settings)
     for rank, other in enumerate(everyone[1:], start=1):
-        differ = sorted(
-            key
-            for key in set(first) | set(other)
-            if first.get(key) != other.get(key) and not _may_differ(key)
-        )
+        differ = differing_settings(everyone[0], other, _may_differ)
         if differ:
             key = differ[0]
+            theirs, ours = flat_settings(other).get(key), flat_settings(everyone[0]).get(key)
             raise ValueError(
-                f"ranks: rank {rank} was given {key} = {other.get(key)!r} where rank 0 has "
-                f"{first.get(key)!r} ({len(differ)} setting(s) differ: "
+                f"ranks: rank {rank} was given {key} = {theirs!r} where rank 0 has "
+                f"{ours!r} ({len(differ)} setting(s) differ: "
                 f"{listed(differ)}); every rank of a training group must run the same "
                 "command on the same data (nothing was written)"
             )
