@@ -1413,6 +1413,10 @@ def _launch(argv: list[str], args: argparse.Namespace) -> int:
             skip = token == "--nproc"
             continue
         rest.append(token)
+    # from here the ranks may train and checkpoint: a stop reads the folder, not "it had
+    # not begun" (after a Ctrl-C the launcher's last line said so beside the ranks' own
+    # "holds the checkpoint of epoch 99")
+    _TRAINING_BEGUN["begun"] = True
     return launch(rest, nproc)
 
 

@@ -441,10 +441,11 @@ def _timeout() -> float:
 
 def launch(argv: list[str], nproc: int) -> int:
     """Run ``pyro-vae`` with ``argv`` in ``nproc`` processes on this machine through
-    torchrun's agent (``python -m torch.distributed.run --standalone``), one thread each;
-    returns the agent's exit status (non-zero, naming the failed rank, when one fails)."""
+    torchrun's agent (``python -m pyro_vae.torchrun_agent --standalone``, torchrun's own
+    agent), one thread each; returns the exit status of the rank that failed first (2 for a
+    refusal), 0 when all finish."""
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command = [sys.executable, "-m", "pyro_vae.torchrun_agent", "--standalone"]
     command += [f"--nproc_per_node={nproc}", "-m", "pyro_vae", *argv]
     agent = subprocess.Popen(command, env=env)
     try:

@@ -78,6 +78,7 @@ LAYERS: dict[str, int] = {
     "pyro_vae.fit_checkpoint": 6,
     "pyro_vae.train": 6,
     "pyro_vae.distributed": 6,
+    "pyro_vae.torchrun_agent": 6,
     "pyro_vae.tensorboard_log": 6,
     # 7: diagnostics (inference data, PSIS, calibration, gradient variance, the run report),
     # amortization

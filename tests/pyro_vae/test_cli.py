@@ -787,6 +787,30 @@ def test_fit_nproc_refuses_an_occupied_folder_before_starting_processes(
     assert {p.name: p.stat().st_mtime_ns for p in trained.iterdir()} == before
 
 
+def test_fit_nproc_stopped_while_the_ranks_train_names_the_checkpoint(
+    monkeypatch, trained, tmp_path, capsys
+):
+    """After a Ctrl-C, the launcher's last line said "it had not begun training, so RUN is
+    as it was" under the ranks' own "RUN holds the checkpoint of epoch 104": the launcher
+    never trains itself. Once the ranks are started it reads the folder as they do."""
+    import shutil
+
+    import torch
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    epoch = torch.load(run / "checkpoint.pt", weights_only=True)["epoch"]
+
+    def interrupted(argv, nproc):
+        raise KeyboardInterrupt  # Ctrl-C while the ranks train
+
+    monkeypatch.setattr("pyro_vae.cli.launch", interrupted)
+    assert main(["fit", "--nproc", "2", "--resume", str(run), "--epochs", "9"]) == 130
+    err = capsys.readouterr().err
+    assert f"{run} holds the checkpoint of epoch {epoch}; continue with" in err
+
+
 @pytest.mark.parametrize(
     ("flags", "words"),
     [

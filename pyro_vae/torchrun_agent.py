@@ -1,0 +1,68 @@
+"""torchrun's agent with the failed rank's exit status passed through:
+``python -m pyro_vae.torchrun_agent <torchrun's arguments>``, what ``pyro-vae fit --nproc N``
+starts (:func:`pyro_vae.distributed.launch`).
+
+torchrun's own entry point (``torch.distributed.run.main``) reports any rank that exits
+non-zero as a ``ChildFailedError`` traceback and exits 1, so a rank's refusal (exit 2, its
+one-line reason already printed, nothing written) read as a crash, with forty lines of the
+agent's internals after it (tester L2). This runs the same agent through torchrun's public
+``parse_args`` and ``run`` and, when a rank fails, says in one line which rank stopped first
+and with what status, then exits with that status: 2 for a refusal, 1 for a run that
+diverged or crashed (its traceback is the rank's own, above), 128 + n for a rank killed by
+signal n. Stopped itself by Ctrl-C or SIGTERM, it leaves quietly with 128 + n: the ranks
+and ``pyro-vae`` say where the run stopped. Everything else (the rendezvous, stopping the
+other ranks, forwarding SIGTERM to them) is torchrun's.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+
+from torch.distributed.elastic.multiprocessing.api import SignalException
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+
+def exit_status(error: ChildFailedError) -> tuple[int, str]:
+    """(the exit status to leave with, a one-line account) for torchrun's report of failed
+    ranks: those of the rank that failed first (torchrun's "root cause"); the others were
+    stopped by the agent after it (SIGTERM)."""
+    rank, failure = error.get_first_failure()
+    code = failure.exitcode
+    if code < 0:  # killed by a signal
+        how = f"was killed by {failure.signal_name()}"
+        status = 128 - code
+    else:
+        how = f"exited with status {code}"
+        status = code if code > 0 else 1
+    stopped = sorted(
+        other
+        for other, each in error.failures.items()
+        if other != rank and each.exitcode == -signal.SIGTERM
+    )
+    named = ", ".join(map(str, stopped))
+    after = f"; torchrun's agent then stopped rank(s) {named}" if stopped else ""
+    return status, f"pyro-vae --nproc: rank {rank} {how} first (its message is above){after}"
+
+
+def main(argv: list[str]) -> int:
+    """Run torchrun's agent with ``argv`` (torchrun's command line); its exit status."""
+    from torch.distributed.run import parse_args, run
+
+    # the agent's own log lines ("Sending process … closing signal SIGTERM", "failed
+    # (exitcode: 2) local_rank: 0 …") repeat, in its internals' words, what the ranks said
+    logging.disable(logging.ERROR)
+    try:
+        run(parse_args(argv))
+    except ChildFailedError as error:
+        status, account = exit_status(error)
+        print(account, file=sys.stderr)
+        return status
+    except SignalException as stop:  # Ctrl-C or SIGTERM: the ranks and the launcher report
+        return 128 + int(stop.sigval)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

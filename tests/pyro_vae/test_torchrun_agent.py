@@ -1,0 +1,56 @@
+"""``fit --nproc``'s agent: a rank's exit status passed through, in one line, not torchrun's
+``ChildFailedError`` traceback and exit 1 (tester L2)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+from pyro_vae.torchrun_agent import exit_status
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _failure(rank: int, exitcode: int, timestamp: int) -> ProcessFailure:
+    failure = ProcessFailure(local_rank=rank, pid=100 + rank, exitcode=exitcode, error_file="")
+    failure.timestamp = timestamp  # when the agent saw it (the first is the root cause)
+    return failure
+
+
+def test_the_first_failed_rank_s_status_is_passed_through_and_the_stopped_ones_named():
+    refused = ChildFailedError("pyro_vae", {1: _failure(1, -15, 20), 0: _failure(0, 2, 10)})
+    status, account = exit_status(refused)
+    assert status == 2
+    assert account == (
+        "pyro-vae --nproc: rank 0 exited with status 2 first (its message is above); "
+        "torchrun's agent then stopped rank(s) 1"
+    )
+    killed = ChildFailedError("pyro_vae", {0: _failure(0, -9, 10), 1: _failure(1, 2, 20)})
+    status, account = exit_status(killed)
+    assert status == 128 + 9 and "rank 0 was killed by SIGKILL first" in account
+    assert "stopped" not in account  # rank 1 exited on its own, with 2
+
+
+@pytest.mark.slow
+def test_a_rank_s_refusal_exits_2_without_torchrun_s_traceback(tmp_path):
+    # rank 0 refuses (exit 2); rank 1 would go on, so the agent has to stop it
+    script = tmp_path / "rank.py"
+    script.write_text(
+        "import os, sys, time\n"
+        "if os.environ['RANK'] == '0':\n"
+        "    print('error: refused by rank 0', file=sys.stderr)\n"
+        "    sys.exit(2)\n"
+        "time.sleep(120)\n"
+    )
+    command = [sys.executable, "-m", "pyro_vae.torchrun_agent", "--standalone"]
+    command += ["--nproc_per_node=2", "--monitor-interval=0.1", str(script)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines()[-1] == (
+        "pyro-vae --nproc: rank 0 exited with status 2 first (its message is above); "
+        "torchrun's agent then stopped rank(s) 1"
+    )
+    assert "error: refused by rank 0" in done.stderr
+    assert "Traceback" not in done.stderr and "ChildFailedError" not in done.stderr
