@@ -28,11 +28,13 @@ from pyro_vae.data import BINARIZATIONS, DatasetNotFoundError, resolved_name
 from pyro_vae.devices import resolve_device, to_device
 from pyro_vae.diagnostics.gradient_variance import gradient_variance
 from pyro_vae.distributed import (
+    Group,
     RankLost,
     current,
     launch,
     refuse_before_launch,
     refuse_disagreeing_ranks,
+    run_from_rank_0,
     session,
 )
 from pyro_vae.estimators.compiled import CaptureError, compilable, should_record
@@ -716,20 +718,21 @@ def _fit(args: argparse.Namespace, given: set[str]) -> int:
         flags = ("--binarize", "--threshold")
         refuse_binarization({f: getattr(args, f[2:]) for f in flags if f in given})
     run = RunFolder(args.resume or args.out)
+    group = current()
+    if not group.is_writer:  # ranks after 0 of a torchrun group neither read nor write it
+        state = None
+        if args.resume:  # rank 0's config and checkpoint: this machine may have no copy
+            config, state = _resume_config(run, args, given, run_from_rank_0(group))
+        return _train_and_report(run, config, state, args)
     if args.resume and not run.path.is_dir():
         raise RunFolderError(
             f"resume: {run.path} is not a directory; expected a run folder written by "
             "`pyro-vae fit --out RUN`"
         )
-    if not current().is_writer:  # ranks after 0 of a torchrun group only read the folder
-        state = None
-        if args.resume:
-            config, state = _resume_config(run, args, given)
-        return _train_and_report(run, config, state, args)
     with run.claim():
         run.remove_stale_temporaries()
         if args.resume:
-            config, state = _resume_config(run, args, given)
+            config, state = _resume_config(run, args, given, share=group)
         else:
             _check_new_folder(run, args.restart)
             state = None
@@ -766,10 +769,17 @@ def _check_new_folder(run: RunFolder, restart: bool, clear: bool = True) -> None
 
 
 def _resume_config(
-    run: RunFolder, args: argparse.Namespace, given: set[str]
+    run: RunFolder,
+    args: argparse.Namespace,
+    given: set[str],
+    received: tuple[dict[str, Any], dict[str, Any] | None] | None = None,
+    share: Group | None = None,
 ) -> tuple[RunConfig, dict[str, Any] | None]:
     """The run's own config, with only what --resume may change, and its checkpoint (read
-    here, once; ``None`` for a run stopped before its first epoch ended)."""
+    here, once; ``None`` for a run stopped before its first epoch ended). ``received``:
+    rank 0's (config.json, checkpoint), on the other ranks, instead of reading the folder;
+    ``share``: rank 0's group, to send them to the others once they have passed its
+    checks (:func:`~pyro_vae.distributed.run_from_rank_0`)."""
     fixed = sorted(given - _RESUMABLE)
     if fixed:
         raise ValueError(
@@ -779,22 +789,11 @@ def _resume_config(
             "--resume. "
             "To change them, start a new run with --out (nothing was changed)"
         )
-    written = run.read_config()
+    written, state = _read_run(run) if received is None else received
     config = RunConfig.from_json(written)
-    state = run.load_checkpoint() if run.has_checkpoint else None
-    if state is not None:
-        run.refuse_edited_config(written, state)
-        done = int(state["epoch"])
-    else:
-        metrics = run.read_metrics()
-        done = len(metrics.get("epochs", []))
-        if done or "test" in metrics:
-            raise RunFolderError(
-                f"resume: {run.file('checkpoint.pt')} is missing, but metrics.json records {done} "
-                "finished epochs; resuming would train again from scratch over them. Nothing "
-                "was changed; start a new run with --out"
-            )
-        # a run stopped before its first epoch ended: resuming starts that epoch again
+    if share is not None:
+        run_from_rank_0(share, written, state)
+    done = 0 if state is None else int(state["epoch"])
     epochs = config.training.epochs
     if args.epochs is not None:
         if args.epochs < done:
@@ -812,6 +811,28 @@ def _resume_config(
     if args.device is not None:  # run folders are device-independent
         training = replace(training, device=args.device)
     return replace(config, training=training), state
+
+
+def _read_run(run: RunFolder) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(config.json, the checkpoint's state or None) of a run to resume, refused where
+    config.json was edited after the checkpoint, or where the checkpoint is gone but
+    metrics.json records finished epochs. None: a run stopped before its first epoch ended,
+    whose resume starts that epoch again."""
+    written = run.read_config()
+    RunConfig.from_json(written)  # a config this version cannot read: refused first
+    state = run.load_checkpoint() if run.has_checkpoint else None
+    if state is not None:
+        run.refuse_edited_config(written, state)
+        return written, state
+    metrics = run.read_metrics()
+    done = len(metrics.get("epochs", []))
+    if done or "test" in metrics:
+        raise RunFolderError(
+            f"resume: {run.file('checkpoint.pt')} is missing, but metrics.json records {done} "
+            "finished epochs; resuming would train again from scratch over them. Nothing "
+            "was changed; start a new run with --out"
+        )
+    return written, None
 
 
 def _train_and_report(
@@ -1440,6 +1461,10 @@ def _where_it_stopped(args: argparse.Namespace) -> str:
     run = RunFolder(args.resume or args.out)
     if not _TRAINING_BEGUN["begun"]:
         return f"it had not begun training, so {run.path} is as it was"
+    if not run.path.is_dir():
+        if int(os.environ.get("RANK", "0")) > 0:  # another machine's rank 0 writes it
+            return f"rank 0 writes {run.path}, on its machine, and says where the run stands"
+        return f"nothing was written: {run.path} does not exist"
     if run.has_checkpoint:
         try:
             epoch = run.load_checkpoint()["epoch"]

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import io
 import json
 import os
 import signal
@@ -95,6 +96,31 @@ def refuse_disagreeing_ranks(settings: dict, group: Group) -> None:
                 f"{listed(differ)}); every rank of a training group must run the same "
                 "command on the same data (nothing was written)"
             )
+
+
+def run_from_rank_0(
+    group: Group, written: dict | None = None, state: dict | None = None
+) -> tuple[dict, dict | None]:
+    """Rank 0's (config.json, checkpoint state or None) on every rank, for a resume: the
+    other ranks read neither file. On machines without a shared file system their
+    ``--resume`` folder is not there (a second node's ranks were refused with "not a
+    directory"), and a copy there may be another epoch's, which would start the ranks
+    from different weights. The config goes as JSON, the state as ``torch.save``'s bytes,
+    read back with ``weights_only=True`` (no pickled objects), on the CPU as
+    :meth:`~pyro_vae.checkpoint.RunFolder.load_checkpoint` puts them. One process: the
+    arguments."""
+    if group.world == 1:
+        return written, state
+    sent = json.dumps(written).encode() if group.is_writer else None
+    written = json.loads(group.broadcast_bytes(sent, "broadcast of the run's config.json"))
+    buffer = io.BytesIO()
+    if group.is_writer and state is not None:
+        torch.save(state, buffer)
+    sent = buffer.getvalue() if group.is_writer else None
+    received = group.broadcast_bytes(sent, "broadcast of the run's checkpoint")
+    if group.is_writer or not received:
+        return written, state
+    return written, torch.load(io.BytesIO(received), map_location="cpu", weights_only=True)
 
 
 def _may_differ(key: str) -> bool:
@@ -164,6 +190,25 @@ class Group:
             json.loads(bytes(part[: int(n.item())].tolist()).decode())
             for part, n in zip(parts, lengths, strict=True)
         ]
+
+    def broadcast_bytes(self, payload: bytes | None, what: str) -> bytes:
+        """Rank 0's ``payload`` on every rank (the others pass None), as a uint8 tensor
+        (its length first); ``what`` names it in :class:`RankLost`. One process:
+        ``payload``."""
+        if self.world == 1:
+            return payload
+        with self._watching(what):
+            length = torch.tensor([len(payload) if self.rank == 0 else 0], dtype=torch.int64)
+            dist.broadcast(length, src=0)
+            size = int(length.item())
+            if size == 0:
+                return b""
+            if self.rank == 0:
+                data = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
+            else:
+                data = torch.empty(size, dtype=torch.uint8)
+            dist.broadcast(data, src=0)
+        return payload if self.rank == 0 else data.numpy().tobytes()
 
     def broadcast_params(self) -> None:
         """Every entry of Pyro's param store set to rank 0's values (sorted by name)."""

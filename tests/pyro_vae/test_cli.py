@@ -134,6 +134,25 @@ def test_the_number_of_processes_is_recorded_and_a_resume_on_another_says_so(
     assert json.loads((run / "metrics.json").read_text())["processes"] == 1
 
 
+def test_a_stop_where_the_run_folder_is_not_names_who_writes_it(tmp_path, monkeypatch):
+    """A rank on a second machine (no shared file system) said "no epoch of RUN had
+    finished, so there is no checkpoint; start it over with --restart" when stopped: the
+    folder is rank 0's, on its machine, and may hold a checkpoint."""
+    import argparse
+
+    import pyro_vae.cli as cli
+    from pyro_vae.cli import _where_it_stopped
+
+    absent = tmp_path / "absent"
+    stopped = argparse.Namespace(command="fit", resume=None, out=str(absent))
+    monkeypatch.setitem(cli._TRAINING_BEGUN, "begun", True)
+    monkeypatch.setenv("RANK", "1")
+    expected = f"rank 0 writes {absent}, on its machine, and says where the run stands"
+    assert _where_it_stopped(stopped) == expected
+    monkeypatch.setenv("RANK", "0")
+    assert _where_it_stopped(stopped) == f"nothing was written: {absent} does not exist"
+
+
 def test_an_edited_config_json_is_refused_against_the_checkpoints_own(trained, tmp_path, capsys):
     """Tester L: config.json with threshold 0.5 → 0.3 was used silently: evaluate scored
     the weights on other data (a test ELBO 1.8 nats lower, no note), and resume trained on

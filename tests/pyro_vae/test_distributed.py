@@ -256,3 +256,52 @@ def test_settings_that_may_differ_between_ranks_are_let_through():
     with pytest.raises(ValueError, match=r"data.provenance.checksum = 's2' where rank 0 has 's1'"):
         refuse_disagreeing_ranks(mine, Pair(other_data))
     refuse_disagreeing_ranks(mine, Group())  # one process: nothing to compare
+
+
+def _two_ranks(commands: list[list[str]]) -> list[str]:
+    """Rank r runs ``python -m pyro_vae`` with ``commands[r]``, as torchrun starts ranks on
+    two machines; their stderr, once both exit 0."""
+    port = _free_port()
+    env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}  # fmt: skip
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, "-m", "pyro_vae", *command],
+            cwd=ROOT,
+            env={**env, "RANK": str(rank), "LOCAL_RANK": "0"},  # each the first on its node
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank, command in enumerate(commands)
+    ]
+    errors = [p.communicate(timeout=180)[1] for p in ranks]
+    assert [p.returncode for p in ranks] == [0, 0], errors
+    return errors
+
+
+@pytest.mark.slow
+def test_a_resume_takes_rank_0_s_folder_on_machines_without_a_shared_file_system(tmp_path):
+    """A second machine's ranks were refused ("resume: RUN is not a directory"): only rank
+    0 writes the run folder, so without a shared file system there is none on theirs (and
+    a copy there could be another epoch's). They now take rank 0's config and checkpoint
+    over the process group, and the resumed run is the one resumed from a shared folder,
+    weight for weight."""
+    import shutil
+
+    fit = ["fit", "--data", "digits", "--batch-size", "64", "--latent-dim", "2"]
+    fit += ["--hidden", "8", "--no-progress", "--ll-samples", "0", "--epochs", "1"]
+    first, second = tmp_path / "first" / "run", tmp_path / "second" / "run"
+    _two_ranks([[*fit, "--out", str(first)], [*fit, "--out", str(second)]])
+    assert (first / "checkpoint.pt").exists() and not second.exists()
+    shared = tmp_path / "shared"
+    shutil.copytree(first, shared)
+    resume = ["fit", "--epochs", "2", "--no-progress", "--resume"]
+    _two_ranks([[*resume, str(first)], [*resume, str(second)]])  # rank 1 has no folder
+    _two_ranks([[*resume, str(shared)], [*resume, str(shared)]])  # both read the one folder
+    assert not second.exists()
+    apart, together = (torch.load(r / "checkpoint.pt", weights_only=True) for r in (first, shared))
+    assert apart["epoch"] == together["epoch"] == 2
+    weights = [(part, name) for part in ("model", "guide", "params") for name in together[part]]
+    assert len(weights) > 2
+    for part, name in weights:
+        assert torch.equal(apart[part][name], together[part][name]), (part, name)
