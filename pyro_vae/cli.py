@@ -1463,7 +1463,7 @@ def _where_it_stopped(args: argparse.Namespace) -> str:
         return f"it had not begun training, so {run.path} is as it was"
     if not run.path.is_dir():
         if int(os.environ.get("RANK", "0")) > 0:  # another machine's rank 0 writes it
-            return f"rank 0 writes {run.path}, on its machine, and says where the run stands"
+            return f"rank 0 writes {run.path} on its own machine; the folder there holds the run"
         return f"nothing was written: {run.path} does not exist"
     if run.has_checkpoint:
         try:

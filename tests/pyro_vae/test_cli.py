@@ -147,7 +147,7 @@ def test_a_stop_where_the_run_folder_is_not_names_who_writes_it(tmp_path, monkey
     stopped = argparse.Namespace(command="fit", resume=None, out=str(absent))
     monkeypatch.setitem(cli._TRAINING_BEGUN, "begun", True)
     monkeypatch.setenv("RANK", "1")
-    expected = f"rank 0 writes {absent}, on its machine, and says where the run stands"
+    expected = f"rank 0 writes {absent} on its own machine; the folder there holds the run"
     assert _where_it_stopped(stopped) == expected
     monkeypatch.setenv("RANK", "0")
     assert _where_it_stopped(stopped) == f"nothing was written: {absent} does not exist"
