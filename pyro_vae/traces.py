@@ -31,6 +31,7 @@ from pyro.poutine import Trace
 from pyro.poutine.indep_messenger import CondIndepStackFrame
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import prune_subsample_sites, site_is_subsample
+from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing
 
 PARTICLES = "_particles"
 # Plates that index particles, not data: ours, and the one Pyro's vectorized ELBOs add.
@@ -231,9 +232,7 @@ def particle_traces(
     def vectorized() -> tuple[Trace, Trace]:
         model_tr, guide_tr = run_pair(model, guide, args, kwargs, (num_particles, -rank))
         model_tr, guide_tr = _finished(model_tr), _finished(guide_tr)
-        for fn, trace in ((model, model_tr), (guide, guide_tr)):
-            _check_broadcast(trace, rank)
-            _agrees_with_a_plain_run(fn, trace, rank, args, kwargs)
+        check_vectorized(model, guide, model_tr, guide_tr, rank, args, kwargs)
         return model_tr, guide_tr
 
     (model_tr, guide_tr), was_vectorized = vectorized_or_looped(
@@ -277,6 +276,20 @@ class SharedSubsamples(Messenger):
     def _pyro_post_sample(self, msg) -> None:
         if site_is_subsample(msg):
             self.indices.setdefault(msg["name"], msg["value"])
+
+
+def check_vectorized(model, guide, model_tr: Trace, guide_tr: Trace, rank: int, args, kwargs):
+    """Raise ValueError unless the vectorized traces (particles at dim −``rank``, each
+    site's log-density computed) are what K plain runs would give: every log-density has
+    the plates' shape (:func:`_check_broadcast`) and the last particle scores as a plain
+    run at its values does (:func:`_agrees_with_a_plain_run`). The plain runs draw
+    nothing from the caller's random streams (``fork_rng``): a check leaves a seeded run's
+    draws as they were; and while a step is recorded (``make_fx``, see
+    :mod:`pyro_vae.estimators.compiled`) they are left out of the recording."""
+    with torch.random.fork_rng(devices=[]), disable_proxy_modes_tracing():
+        for fn, trace in ((model, model_tr), (guide, guide_tr)):
+            _check_broadcast(trace, rank)
+            _agrees_with_a_plain_run(fn, trace, rank, args, kwargs)
 
 
 def _check_broadcast(trace: Trace, rank: int) -> None:
