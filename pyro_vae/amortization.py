@@ -234,9 +234,13 @@ def local_guide(model, guide, x: torch.Tensor, family: str = "normal"):
             h = guide.trunk(x)
             loc, scale = guide.loc_head(h), torch.exp(guide.log_scale_head(h))
             return LocalFlow(loc, scale, h, guide.flows, guide.site)
-        site = "z"
         if q is not None and hasattr(q, "loc") and hasattr(q, "scale"):
             loc, scale = q.loc, q.scale
+            # the site the encoder draws (tester O: "h" was fitted as "z", then refused)
+            site = getattr(guide, "site", None)
+            if not isinstance(site, str):
+                with torch.random.fork_rng(devices=[]):
+                    site, _ = latent_draws(model, guide, x, 1)
         else:  # start from the moments of the guide's draws
             site, draws = latent_draws(model, guide, x, 100)
             loc, scale = draws.mean(0), draws.std(0)
