@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import inspect
 import json
 import logging
 import os
@@ -176,16 +177,22 @@ def _add_fit_model(f: argparse.ArgumentParser) -> None:
     f.add_argument(
         "--guide", default=None, help="import spec of the guide (default: the model's make_guide())"
     )
-    f.add_argument("--latent-dim", type=int, default=None, help="default 20")
+    f.add_argument(
+        "--latent-dim", type=int, default=None, help="default: the model constructor's own, else 20"
+    )
     f.add_argument(
         "--hidden",
         type=int,
         nargs="*",
         default=None,
         help="decoder hidden widths, the encoder's reversed (none: linear, as a classic SBN; "
-        "default 400)",
+        "default: the model constructor's own, else 400)",
     )
-    f.add_argument("--activation", default=None, help="default softplus (mlp), elu (--arch conv)")
+    f.add_argument(
+        "--activation",
+        default=None,
+        help="default: the model constructor's own, else softplus (mlp), elu (--arch conv)",
+    )
     f.add_argument(
         "--arch",
         choices=ARCHITECTURES,
@@ -571,10 +578,12 @@ def _run_config_from_args(args: argparse.Namespace) -> RunConfig:
         labels_fraction=args.labels_fraction,
         labelled=args.labelled,
     )
-    options = {key: _default(args, key) for key in _MODEL_FLAGS}
+    spec = _resolved(args.model)
+    own = _constructor_defaults(spec)
+    options = {key: _default(args, key, own) for key in _MODEL_FLAGS}
     options = {key: value for key, value in options.items() if value is not None}
     return RunConfig(
-        model=ModelConfig(_resolved(args.model), {**options, **dict(args.model_opt)}),
+        model=ModelConfig(spec, {**options, **dict(args.model_opt)}),
         data=data,
         guide=GuideConfig(_resolved(args.guide)),
         estimator=EstimatorConfig(args.estimator, _estimator_options(args)),
@@ -622,12 +631,39 @@ def _should_compile(args: argparse.Namespace, elbo, model, guide) -> bool:
     return should_record(elbo, model, made, kl_warmup_epochs=args.kl_warmup) is None
 
 
-def _default(args: argparse.Namespace, key: str) -> Any:
+def _default(args: argparse.Namespace, key: str, own: dict[str, Any]) -> Any:
+    """The value of standard option ``key``: its flag's; else the model constructor's own
+    default (``own``, where it is not None: a user's ``latent_dim=3`` had been replaced by
+    the command's 20, silently, tester P); else the command's default."""
     value = getattr(args, _MODEL_FLAGS[key])
-    if key == "activation" and value is None:  # softplus for an MLP, ELU for conv networks
+    if value is not None:
+        return value
+    if own.get(key) is not None:
+        default = own[key]
+        return list(default) if isinstance(default, tuple) else default
+    if key == "activation":  # softplus for an MLP, ELU for conv networks
         arch = dict(args.model_opt).get("arch", args.arch) or "mlp"
         return default_activation(arch, None)
-    return _MODEL_DEFAULTS.get(key) if value is None else value
+    return _MODEL_DEFAULTS.get(key)
+
+
+def _constructor_defaults(spec: str) -> dict[str, Any]:
+    """The defaults the model ``spec`` names gives the standard options in its signature
+    (``{}`` where it has no signature to read, or does not load: ``build`` then says why)."""
+    try:
+        signature = inspect.signature(load_object(spec, "model"))
+    except (ValueError, TypeError):
+        return {}
+    return {
+        name: parameter.default
+        for name, parameter in signature.parameters.items()
+        if name in _MODEL_DEFAULTS_OF_ITS_OWN and parameter.default is not inspect.Parameter.empty
+    }
+
+
+#: The options whose flags, left out, leave the constructor's own default (``arch`` and
+#: ``channels`` are passed only when set in any case).
+_MODEL_DEFAULTS_OF_ITS_OWN = ("latent_dim", "hidden_dims", "activation")
 
 
 def _note_unaccepted(args: argparse.Namespace, exp: Experiment, config: RunConfig) -> RunConfig:

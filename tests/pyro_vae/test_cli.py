@@ -1161,3 +1161,33 @@ def test_an_out_path_onto_a_run_s_own_file_is_refused_and_the_run_kept(
     assert main(argv) == 2
     assert f"--out: {run / name}" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+def test_a_model_s_own_constructor_defaults_stand_where_the_flags_are_left_out(tmp_path):
+    """Tester P: a user's class with latent_dim=3, hidden_dims=(7,), activation="relu"
+    received the command's 20, [400] and softplus, silently. Flags left out now leave the
+    class's own defaults; a flag given still wins, and config.json records what was passed."""
+    from pyro_vae.cli import _parser, _run_config_from_args
+
+    source = tmp_path / "mine.py"
+    source.write_text(
+        "class Mine:\n"
+        "    def __init__(self, x_dim, latent_dim=3, hidden_dims=(7,), activation='relu'):\n"
+        "        pass\n"
+        "class Bare:\n"
+        "    def __init__(self, x_dim, latent_dim, hidden_dims, activation=None):\n"
+        "        pass\n"
+    )
+
+    def options(*flags):
+        args = _parser().parse_args(["fit", "--out", str(tmp_path / "r"), *flags])
+        return _run_config_from_args(args).model.options
+
+    mine = f"{source}:Mine"
+    assert options("--model", mine) == {"latent_dim": 3, "hidden_dims": [7], "activation": "relu"}
+    assert options("--model", mine, "--latent-dim", "5", "--hidden", "9", "9")["latent_dim"] == 5
+    assert options("--model", mine, "--hidden", "9", "9")["hidden_dims"] == [9, 9]
+    # no default of its own (or None): the command's
+    bare = {"latent_dim": 20, "hidden_dims": [400], "activation": "softplus"}
+    assert options("--model", f"{source}:Bare") == bare
+    assert options() == bare  # models.vae:VAE, whose own defaults are the command's
