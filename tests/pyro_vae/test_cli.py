@@ -632,6 +632,27 @@ def test_evaluate_with_ll_samples_0_keeps_the_saved_log_likelihood(trained, tmp_
         assert test[key] == saved[key], key
 
 
+def test_an_evaluate_at_the_fit_s_settings_keeps_the_numbers_the_fit_printed(tmp_path, capsys):
+    """Tester P: at the fit's K and rows, evaluate's other draws replaced the test block
+    the fit had printed (ELBO −24.946 → −24.938), with no note and no test_previous."""
+    run = tmp_path / "run"
+    assert main(["fit", "--epochs", "1", "--out", str(run), *FAST]) == 0  # its own fit's block
+    saved = json.loads((run / "metrics.json").read_text())
+    assert main(["evaluate", str(run)]) == 0
+    out = capsys.readouterr().out
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test"]["elbo"] != saved["test"]["elbo"]  # other draws: the premise
+    assert metrics["test_previous"][-1] == saved["test"]
+    elbo = metrics["test"]["elbo"]
+    assert f"note: test elbo {elbo:.6g}, where it was {saved['test']['elbo']:.6g}" in out
+    assert main(["evaluate", str(run)]) == 0  # the same draws again: nothing to keep
+    assert "note:" not in capsys.readouterr().out
+    assert (
+        json.loads((run / "metrics.json").read_text())["test_previous"]
+        == (metrics["test_previous"])
+    )
+
+
 def test_idx_paths_are_stored_absolute(tmp_path, monkeypatch):
     import numpy as np
 
