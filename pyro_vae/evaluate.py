@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -59,8 +60,11 @@ from pyro_vae.plates import (
 from pyro_vae.pointwise import per_datapoint_log_density
 from pyro_vae.progress import bar as progress_bar
 from pyro_vae.traces import (
+    PointMassWarning,
     particle_traces,
     plate_nesting,
+    point_mass_latents,
+    point_mass_message,
     run_pair,
     sample_sites,
     sample_sites_where,
@@ -146,6 +150,18 @@ class PerDatapoint:
     vectorize: bool | None = None
     #: model sites summed out by enumeration (:mod:`pyro_vae.enumerated_sites`)
     enumerated: tuple = ()
+    #: continuous latents the guide draws from a point mass (:func:`point_mass_latents`)
+    point_masses: tuple = ()
+
+    def warn_point_masses(self) -> None:
+        """A :class:`~pyro_vae.traces.PointMassWarning` where the guide has point masses on
+        continuous latents: the evaluators' numbers are then not bounds."""
+        if self.point_masses:
+            warnings.warn(
+                "guide: " + point_mass_message(list(self.point_masses)),
+                PointMassWarning,
+                stacklevel=3,
+            )
 
     def subsample(self, start: int, count: int) -> torch.Tensor:
         """The row indices of the data's rows ``start .. start + count``."""
@@ -277,6 +293,7 @@ def prepare(
         subsample = pair.subsample(0, num_rows).to(probe[0].device)
         model_tr, guide_tr = run_pair(pair.model, pair.guide, probe, {"subsample": subsample})
     check_guide_covers_model(model_tr, guide_tr)
+    pair.point_masses = tuple(point_mass_latents(model_tr, guide_tr))
     pair.nesting = plate_nesting(model_tr, guide_tr)
     pair.enumerated = enumerated_sites(model_tr, guide_tr, plate, what)
     return pair
@@ -481,6 +498,7 @@ def _scored_chunks(model, guide, x, settings: tuple, score) -> list:
             rows,
             device,
         )
+        pair.warn_point_masses()
         return [score(pair, chunk, start) for start, chunk in _batches(data, batch_size, device)]
 
 
@@ -582,6 +600,7 @@ def iwae_log_likelihood(
             rows,
             device,
         )
+        pair.warn_point_masses()
         bar = progress_bar(
             None,
             progress,
@@ -782,8 +801,12 @@ def elbo_estimate(
     sizes = [num_samples // chunks + (i < num_samples % chunks) for i in range(chunks)]
     means = []
     with eval_mode(model, guide), poutine.block():
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
             nesting = max_plate_nesting(model, guide, *args, **kwargs)
+            point_masses = point_mass_latents(*run_pair(model, guide, args, kwargs))
+        if point_masses:
+            message = "guide: " + point_mass_message(point_masses)
+            warnings.warn(message, PointMassWarning, stacklevel=2)
         vectorize = vectorize_for(guide, vectorize_particles)
         for size in sizes:
             mean, vectorized = vectorized_or_looped(

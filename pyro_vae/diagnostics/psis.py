@@ -48,7 +48,14 @@ from pyro_vae.diagnostics.enumeration import (
 from pyro_vae.evaluate import PerDatapoint, data_arguments, eval_mode, prepare
 from pyro_vae.guides.fixed import as_guide
 from pyro_vae.pointwise import masked_log_prob, per_datapoint_log_density
-from pyro_vae.traces import full_rank, particle_traces, sample_sites, vectorized_or_looped
+from pyro_vae.traces import (
+    full_rank,
+    particle_traces,
+    point_mass_latents,
+    point_mass_message,
+    sample_sites,
+    vectorized_or_looped,
+)
 
 PSIS_MIN_SAMPLES = 21  # az.psislw fits the top ceil(min(S/5, 3√S)) ratios and needs ≥ 5
 
@@ -250,12 +257,13 @@ def psis_khat(
 
     Raises:
         ValueError: ``num_samples`` < 21 (``PSIS_MIN_SAMPLES``); a ``device`` this machine
-            does not have.
+            does not have; a guide that draws a continuous latent from a point mass.
     """
     check_count("num_samples", num_samples, PSIS_MIN_SAMPLES, "; PSIS needs ≥ 5 tail draws")
     args, kwargs = to_given_device(args, kwargs, device)
     guide = as_guide(guide)
     guide_tr, model_tr, rank, probe_tr = draw(model, guide, args, kwargs, num_samples)
+    _refuse_point_masses(point_mass_latents(model_tr, guide_tr))
     support = discrete_support(probe_tr)
     if support is not None and support.count <= num_samples:
         return math.nan
@@ -267,6 +275,17 @@ def psis_khat(
     )
     log_w = log_w.cpu().numpy()
     return float(pareto_khat(log_w, float(round_off.max()), discrete=support is not None))
+
+
+def _refuse_point_masses(names: list[str]) -> None:
+    """ValueError where the guide draws continuous latents from a point mass: the ratios
+    are constant in them, and k̂ = −∞ would say q is exact (tester O)."""
+    if names:
+        raise ValueError(
+            f"guide: {point_mass_message(names)}; k̂ would be −∞ whatever the posterior. "
+            "Diagnose a guide with a density for those sites (AutoNormal, the amortized "
+            "encoders)"
+        )
 
 
 @dataclass(frozen=True)
@@ -413,6 +432,7 @@ def _prepared(model, guide, x: torch.Tensor, first: int, rows, device):
     local guide sees the rows it was fitted to)."""
     pair = prepare(model, guide, data_arguments(x), "k̂ per datapoint", probe_rows=first,
                    rows=rows, device=device)  # fmt: skip
+    _refuse_point_masses(list(pair.point_masses))
     subsample = {"subsample": pair.subsample(0, first)}
     _, probe_tr, plate = probe(pair.model, pair.guide, (x[:first].to(device),), subsample, True)
     return pair, discrete_support(probe_tr, plate)

@@ -26,7 +26,7 @@ from pyro_vae.diagnostics.draws import variational_guide
 from pyro_vae.diagnostics.psis import pareto_khat, psis_khat, psis_khat_per_datapoint
 from pyro_vae.plates import data_plate
 from tests.pyro_vae.diagnostics.test_inference_data import A0, B0, LAM0, regression
-from tests.pyro_vae.test_evaluate import SIGMA, B, W, make_guide, model
+from tests.pyro_vae.test_evaluate import POST_GAIN, SIGMA, B, W, make_guide, model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -262,3 +262,17 @@ def test_khat_per_datapoint_takes_a_local_guide_and_the_rows_it_was_fitted_to():
     assert np.isfinite(misread).all()
     local = LocalNormal(torch.zeros(10, 2), torch.ones(10, 2))
     assert np.isfinite(psis_khat_per_datapoint(model, local, x, num_samples=50).khat).all()
+
+
+def test_k_hat_refuses_a_point_mass_on_a_continuous_latent():
+    """Tester O: a Delta guide gave k̂ = −∞ ("q exact") on every datapoint and for the
+    whole fit: its ratios are constant in z because log q = 0 is no density."""
+    x = torch.tensor([[0.5, -1.0, 0.2], [1.5, 0.3, 1.1]])
+
+    def point(x, num_data=None):
+        with data_plate(x, num_data):
+            pyro.sample("z", dist.Delta((x - B) @ POST_GAIN.T, event_dim=1))
+
+    for khat in (psis_khat, psis_khat_per_datapoint):
+        with pytest.raises(ValueError, match=r"guide: it draws the continuous latent site"):
+            khat(model, point, x)
