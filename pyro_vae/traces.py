@@ -172,7 +172,7 @@ def _stack_traces(traces: list[Trace], rank: int, frame: CondIndepStackFrame) ->
             continue
         sites = [trace.nodes[name] for trace in traces]
         new = dict(site)
-        event_dim = site["fn"].event_dim
+        event_dim = _stacked_event_dim(site)
         new["value"] = stack_values([s["value"] for s in sites], rank - 1, event_dim)
         new["fns"] = [s["fn"] for s in sites]
         for key in ("log_prob", "unscaled_log_prob"):
@@ -187,6 +187,20 @@ def _stack_traces(traces: list[Trace], rank: int, frame: CondIndepStackFrame) ->
         new["cond_indep_stack"] = (*site["cond_indep_stack"], frame)
         stacked.add_node(name, **new)
     return stacked
+
+
+def _stacked_event_dim(site: dict) -> int:
+    """The event dims of a site's value, right of its plates' dims. A
+    ``pyro.deterministic`` site's ``Delta`` takes every dim of its value as an event dim,
+    the plates' too (Pyro's default ``event_dim = value.ndim``): stacked as such, a value
+    per datapoint came out with the plate at size 1 and an event dim of the data's size,
+    and ``to_inference_data`` filled 5 of its 6 rows with NaN (tester O). Its event dims are
+    those left of no plate."""
+    event_dim = site["fn"].event_dim
+    if not site["infer"].get("_deterministic", False) or not torch.is_tensor(site["value"]):
+        return event_dim
+    plated = max((-f.dim for f in site["cond_indep_stack"] if f.vectorized), default=0)
+    return max(min(event_dim, site["value"].dim() - plated), 0)
 
 
 def stack_values(values: list, batch_rank: int, event_dim: int) -> torch.Tensor:

@@ -265,3 +265,30 @@ def test_a_deterministic_site_is_a_posterior_variable_not_data():
     twice = idata.posterior["twice_mu"].values
     assert np.allclose(twice, 2 * idata.posterior["mu"].values) and twice.shape == (1, 10)
     assert "twice_mu" not in idata.observed_data and "twice_mu" not in idata.log_likelihood
+
+
+def test_a_deterministic_site_per_datapoint_keeps_its_rows_when_particles_loop():
+    """Tester O: with the particles drawn in a loop (a model that cannot broadcast), a
+    pyro.deterministic site in the data plate came back [chain, draw, data, 6], 5 of every
+    6 rows NaN; vectorized it is [chain, draw, data]. Both are now, and it is |z| of each
+    draw."""
+    from pyro_vae.traces import VectorizationWarning
+
+    x = torch.randn(6, 2, generator=torch.Generator().manual_seed(0))
+
+    def looped_model(x):  # z.reshape(x.shape) cannot take the particle dim
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            pyro.deterministic("r", z.norm(dim=-1))
+            pyro.sample("x", dist.Normal(z.reshape(x.shape), 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(0.5 * x, 0.7).to_event(1))
+
+    pyro.set_rng_seed(0)
+    with pytest.warns(VectorizationWarning):
+        idata = to_inference_data(looped_model, guide, x, num_samples=20)
+    r, z = idata.posterior["r"], idata.posterior["z"]
+    assert r.dims == ("chain", "draw", "data") and r.shape == (1, 20, 6)
+    np.testing.assert_allclose(r.values, np.linalg.norm(z.values, axis=-1), rtol=1e-6)
