@@ -43,6 +43,16 @@ def probe(
     latent = [n for n, s in model_sites.items() if not s["is_observed"]]
     name = getattr(guide, "__name__", type(guide).__name__)
     missing = [n for n in latent if n not in guide_sites]
+    summed = [n for n in missing if model_sites[n]["infer"].get("enumerate")]
+    if summed:  # AutoNormal cannot draw a Categorical: say what can (tester O)
+        raise ValueError(
+            f"guide: {name} leaves the model's site(s) {summed} to be summed out by "
+            "enumeration (infer={'enumerate': ...}), which the PSIS and ArviZ diagnostics do "
+            "not do: their importance ratios and draws need the guide to draw every latent "
+            "site. elbo_estimate, elbo_per_datapoint and iwae_log_likelihood sum such sites "
+            f"out; for these diagnostics, draw {summed} in the guide (a Categorical or "
+            "Bernoulli site) or leave them to a guide that does"
+        )
     if missing:
         raise ValueError(
             f"guide: {name} has no sample site for the model's latent site(s) {missing} (it "

@@ -56,3 +56,28 @@ def test_draws_lie_at_the_particle_dim_and_their_log_densities_add_up():
     expected = dist.Normal(0.5 * x, 0.8).log_prob(z).sum(-1).double()
     assert log_q.dtype == torch.float64 and torch.allclose(log_q, expected, atol=1e-5)
     assert math.isfinite(float(log_density_per_draw(model_tr, rank, 5).sum()))
+
+
+def test_a_site_summed_out_by_enumeration_is_refused_naming_what_sums_it_out():
+    """Tester O: PSIS and to_inference_data refused a model whose Categorical c the model
+    enumerates, advising AutoNormal(model), which cannot draw a Categorical. The refusal
+    now names the enumeration and the evaluators that sum c out."""
+    from pyro_vae.diagnostics.inference_data import to_inference_data
+    from pyro_vae.diagnostics.psis import psis_khat, psis_khat_per_datapoint
+
+    x = torch.tensor([-2.5, -1.0, 0.0, 0.8, 2.2])
+
+    def model(x):
+        with pyro.plate("data", len(x)):
+            c = pyro.sample("c", dist.Categorical(torch.tensor([0.3, 0.7])),
+                            infer={"enumerate": "parallel"})  # fmt: skip
+            z = pyro.sample("z", dist.Normal(torch.tensor([-2.0, 1.0])[c], 1.0))
+            pyro.sample("x", dist.Normal(z, 0.5), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(0.8 * x, 0.6))
+
+    for diagnostic in (psis_khat, psis_khat_per_datapoint, to_inference_data):
+        with pytest.raises(ValueError, match=r"leaves the model's site\(s\) \['c'\] to be summed"):
+            diagnostic(model, guide, x)
