@@ -753,6 +753,8 @@ def _fit(args: argparse.Namespace, given: set[str]) -> int:
     if config is not None and is_table_path(str(config.data.name)):
         flags = ("--binarize", "--threshold")
         refuse_binarization({f: getattr(args, f[2:]) for f in flags if f in given})
+    if config is not None:
+        _refuse_ignored_data_flags(config, args, given)
     run = RunFolder(args.resume or args.out)
     group = current()
     if not group.is_writer:  # ranks after 0 of a torchrun group neither read nor write it
@@ -773,6 +775,34 @@ def _fit(args: argparse.Namespace, given: set[str]) -> int:
             _check_new_folder(run, args.restart)
             state = None
         return _train_and_report(run, config, state, args)
+
+
+def _refuse_ignored_data_flags(config: RunConfig, args: argparse.Namespace, given) -> None:
+    """Refuse, before any work, a data flag the run would ignore yet record in config.json
+    (tester P: ``--binarize dynamic`` on a gaussian run changed nothing, and ``compare``
+    then called the run's data other than its twin's): binarization for a likelihood other
+    than bernoulli, a threshold for dynamic binarization, levels for one other than
+    categorical, and a test fraction for a dataset with an official test split."""
+    data = config.data
+    ignored = []
+    if data.likelihood != "bernoulli":
+        why = f"applies to --likelihood bernoulli, and this run's is {data.likelihood}"
+        ignored += [(flag, why) for flag in ("--binarize", "--threshold") if flag in given]
+    elif "--threshold" in given and data.binarize == "dynamic":
+        ignored.append(("--threshold", "is static binarization's, and this run's is dynamic"))
+    if "--levels" in given and data.likelihood != "categorical":
+        why = f"applies to --likelihood categorical, and this run's is {data.likelihood}"
+        ignored.append(("--levels", why))
+    official = data.name == "fashion-mnist" or str(data.name).startswith("idx:")
+    if "--test-fraction" in given and official:
+        why = f"applies to data without an official test split, and {data.name} has one"
+        ignored.append(("--test-fraction", why))
+    for flag, why in ignored:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        raise ValueError(
+            f"{flag}: {value!r} would be ignored but recorded in config.json: {flag} {why}; "
+            "leave it out (nothing was written)"
+        )
 
 
 def _check_new_folder(run: RunFolder, restart: bool, clear: bool = True) -> None:
@@ -1478,6 +1508,8 @@ def _launch(argv: list[str], args: argparse.Namespace) -> int:
     else:
         config = _run_config_from_args(args)
         _refuse_unused_labels(config)
+        given = {token.split("=", 1)[0] for token in argv[1:] if token.startswith("--")}
+        _refuse_ignored_data_flags(config, args, given)
         if run.path.is_dir():
             _check_new_folder(run, args.restart, clear=False)
     _refuse_precision(config)

@@ -1212,3 +1212,26 @@ def test_a_model_s_own_constructor_defaults_stand_where_the_flags_are_left_out(t
     bare = {"latent_dim": 20, "hidden_dims": [400], "activation": "softplus"}
     assert options("--model", f"{source}:Bare") == bare
     assert options() == bare  # models.vae:VAE, whose own defaults are the command's
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (["--likelihood", "gaussian", "--binarize", "dynamic"], "--binarize: 'dynamic' would be"),
+        (["--likelihood", "gaussian", "--threshold", "0.3"], "this run's is gaussian"),
+        (["--binarize", "dynamic", "--threshold", "0.3"], "and this run's is dynamic"),
+        (["--levels", "8"], "--levels applies to --likelihood categorical"),
+        (["--data", "idx:/nowhere", "--test-fraction", "0.5"], "and idx:/nowhere has one"),
+    ],
+)
+def test_a_data_flag_the_run_would_ignore_is_refused_before_any_work(
+    tmp_path, capsys, flags, words
+):
+    """Tester P: --binarize dynamic on a gaussian run and --test-fraction on IDX data (its
+    official test split) changed nothing but were recorded, and compare then called twin
+    runs' data different."""
+    run = tmp_path / "run"
+    assert main(["fit", "--out", str(run), "--epochs", "1", *FAST, *flags]) == 2
+    err = capsys.readouterr().err
+    assert words in err and "leave it out (nothing was written)" in err
+    assert not run.exists()
