@@ -989,6 +989,12 @@ def _write_run_start(run: RunFolder, config: RunConfig, exp, state) -> None:
         f"{config.estimator.name} "
         f"estimator -> {run.path}"
     )
+    left_out = exp.data.info.get("left_out")
+    if left_out:  # an image folder's files that are not images of a class (tester P)
+        shown = ", ".join(left_out[:3]) + (", ..." if len(left_out) > 3 else "")
+        print(
+            f"note: {len(left_out)} file(s) in the folder are not class images, left out: {shown}"
+        )
     if "columns" in exp.data.info:  # a table: which columns became the features
         label = config.data.label_column
         print(

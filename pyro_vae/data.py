@@ -106,6 +106,7 @@ class RawImages:
         columns: a table's feature names, its ``train_x`` then ``[N, D]`` float64
             features; ``None`` for images.
         classes: the class names labels index, where the source has them.
+        left_out: an image folder's files that are not images of a class (not read).
     """
 
     name: str
@@ -119,6 +120,7 @@ class RawImages:
     provenance: dict[str, Any] | None = None
     columns: tuple[str, ...] | None = None
     classes: tuple[str, ...] | None = None
+    left_out: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -195,6 +197,7 @@ def _image_folder(name: str, image_size: tuple[int, int] | None, crop: bool) -> 
             255,
             provenance=provenance,
             classes=folder.classes,
+            left_out=tuple(str(f) for f in folder.left_out),
         )
     )
 
@@ -748,6 +751,7 @@ def load_data(
         **{f"num_{split}": int(index.shape[0]) for split, (_, _, index) in rows.items()},
         "split_seed": split_seed,
         **({"classes": list(raw.classes)} if raw.classes is not None else {}),
+        **({"left_out": list(raw.left_out)} if raw.left_out else {}),
     }
     obs, pixel_max, image_shape = _prepared(raw, rows, preprocessing, split_seed, info)
     return DataSplits(

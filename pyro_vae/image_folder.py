@@ -5,8 +5,11 @@ Layout (as torchvision's ``ImageFolder``)::
     DIR/cat/0001.png  DIR/cat/0002.jpg  ...  DIR/dog/0001.png  ...
 
 Classes are the sub-folders in sorted name order; an image's label is its class's index.
-Only files directly inside a class folder whose names end in ``.png``, ``.jpg`` or
-``.jpeg`` (any case) are images; other files and hidden folders are left alone.
+As in torchvision, a class's images are the files anywhere under its folder (nested
+folders too) whose names end in one of :data:`IMAGE_SUFFIXES` (any case); hidden files and
+folders are left alone, and any other file (a text file, a file beside the class folders)
+is left out and listed in :attr:`ImageFolder.left_out`, which ``fit`` reports (tester P:
+images one folder deeper, and ``.webp`` files, were skipped without a word).
 
 Decoding is Pillow's (PNG, JPEG and their variants, palette and alpha included), not ours:
 a decoder of our own would be a second, less tested copy of one. Every image is read
@@ -29,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+#: torchvision's ``IMG_EXTENSIONS``, all of which Pillow decodes.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 _GREY_MODES = {"1", "L", "LA"}
 _COLOUR_MODES = {"P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "La", "RGBa"}
 
@@ -47,12 +51,15 @@ class ImageFolder:
         labels: ``[N]`` int64 class indices into ``classes``.
         classes: the class folders' names, sorted.
         files: each image's path, in the order of ``images``.
+        left_out: the files under the folder that are not read (not hidden, not images of
+            a class), sorted.
     """
 
     images: np.ndarray
     labels: np.ndarray
     classes: tuple[str, ...]
     files: tuple[Path, ...]
+    left_out: tuple[Path, ...] = ()
 
 
 def read_image_folder(
@@ -75,7 +82,7 @@ def read_image_folder(
     """
     size = check_image_size(image_size, crop)
     root = Path(directory)
-    files, labels, classes = _listing(root)
+    files, labels, classes, left_out = _listing(root)
     modes, sizes = zip(*(_header(path) for path in files), strict=True)
     mode = "L" if set(modes) <= _GREY_MODES else "RGB"
     if size is None:
@@ -83,7 +90,8 @@ def read_image_folder(
     pixels = np.stack([_pixels(path, mode, size, crop) for path in files])
     if mode == "RGB":
         pixels = np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))
-    return ImageFolder(pixels, np.asarray(labels, dtype=np.int64), classes, tuple(files))
+    labels_array = np.asarray(labels, dtype=np.int64)
+    return ImageFolder(pixels, labels_array, classes, tuple(files), tuple(left_out))
 
 
 def check_image_size(image_size: object, crop: bool) -> tuple[int, int] | None:
@@ -108,8 +116,19 @@ def check_image_size(image_size: object, crop: bool) -> tuple[int, int] | None:
     return int(image_size[0]), int(image_size[1])
 
 
-def _listing(root: Path) -> tuple[list[Path], list[int], tuple[str, ...]]:
-    """Image files, their labels and the class names, in sorted order."""
+def _visible_files(folder: Path) -> list[Path]:
+    """The files under ``folder``, nested folders included, hidden ones and those in
+    hidden folders left out, in sorted order."""
+    found = []
+    for where, folders, names in os.walk(folder):
+        folders[:] = sorted(f for f in folders if not f.startswith("."))
+        found += [Path(where) / n for n in sorted(names) if not n.startswith(".")]
+    return found
+
+
+def _listing(root: Path) -> tuple[list[Path], list[int], tuple[str, ...], list[Path]]:
+    """Image files, their labels, the class names and the files left out, in sorted
+    order."""
     if not root.is_dir():
         raise ImageFolderError(
             f"data: {root} is not a directory; expected a folder of class sub-folders"
@@ -126,10 +145,11 @@ def _listing(root: Path) -> tuple[list[Path], list[int], tuple[str, ...]]:
         )
     files: list[Path] = []
     labels: list[int] = []
+    left_out = [p for p in sorted(root.iterdir()) if p.is_file() and not p.name.startswith(".")]
     for label, folder in enumerate(class_dirs):
-        images = sorted(
-            p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-        )
+        visible = _visible_files(folder)
+        images = [p for p in visible if p.suffix.lower() in IMAGE_SUFFIXES]
+        left_out += [p for p in visible if p.suffix.lower() not in IMAGE_SUFFIXES]
         if not images:
             raise ImageFolderError(
                 f"data: class folder {folder} holds no images; expected files ending in "
@@ -137,7 +157,7 @@ def _listing(root: Path) -> tuple[list[Path], list[int], tuple[str, ...]]:
             )
         files += images
         labels += [label] * len(images)
-    return files, labels, tuple(p.name for p in class_dirs)
+    return files, labels, tuple(p.name for p in class_dirs), sorted(left_out)
 
 
 def _open(path: Path):

@@ -159,3 +159,25 @@ def test_a_colour_folder_trains_from_python_and_the_command_line(tmp_path):
     assert (np.abs(rgb[..., 0] - rgb[..., 1]) > 30).sum() > 100  # drawn in colour, not grey
     assert main(["evaluate", str(out), "--ll-samples", "3"]) == 0
     assert torch.equal(load_data(f"images:{tmp_path / 'data'}").train_y, data.train_y)
+
+
+def test_nested_images_and_torchvisions_formats_are_read_and_the_rest_named(tmp_path):
+    """Tester P: PNGs one folder below a class folder and .webp files were skipped without
+    a word (2 of 17 images read). As in torchvision's ImageFolder, a class's images are
+    every image file under its folder; the files left out are listed."""
+    saved = write_folder(tmp_path, classes=("a", "b"), per_class=2, mode="L")
+    rng = np.random.default_rng(1)
+    for path in (tmp_path / "a" / "x" / "0.png", tmp_path / "b" / "y" / "z" / "0.webp"):
+        path.parent.mkdir(parents=True)
+        saved[path] = rng.integers(0, 256, size=(4, 6), dtype=np.uint8)
+        Image.fromarray(saved[path], "L").save(path, lossless=True)
+    (tmp_path / "a" / "notes.txt").write_text("not an image")
+    (tmp_path / "top.png").write_bytes(b"beside the classes")
+    (tmp_path / "b" / ".hidden.png").write_bytes(b"hidden")
+    folder = read_image_folder(tmp_path)
+    assert sorted(folder.files) == sorted(saved)
+    for path, image, label in zip(folder.files, folder.images, folder.labels, strict=True):
+        # WebP has no grey mode, so the folder is RGB: each grey image in all three channels
+        assert np.array_equal(image, np.broadcast_to(saved[path], image.shape))
+        assert folder.classes[label] == path.relative_to(tmp_path).parts[0]
+    assert folder.left_out == (tmp_path / "a" / "notes.txt", tmp_path / "top.png")
