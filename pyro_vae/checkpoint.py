@@ -358,10 +358,17 @@ class RunFolder:
 
 
 def _why_unreadable(err: Exception) -> str:
-    """The reason in torch.load's refusal, without its advice to unpickle untrusted files."""
+    """The reason in torch.load's refusal, without its advice to unpickle untrusted files;
+    a file that is not a whole zip archive (torch.load's ``OSError: [Errno 22] Invalid
+    argument`` or "failed finding central directory") is said to be cut short or damaged
+    (tester P: the errno alone read like a pickle problem)."""
     found = re.search(r"WeightsUnpickler error: *([^\n]*(?:\n\n[^\n]+)?)", str(err))
     if found is None:
-        return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if isinstance(err, OSError) or "central directory" in str(err):
+            first = first.split(". This is an internal")[0]
+            return f"the file is cut short or damaged, not a whole checkpoint: {first}"
+        return first
     reason = " ".join(found.group(1).split()).split(". Please")[0]
     return reason or "unsupported content"
 

@@ -1061,7 +1061,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             f"{run.file('metrics.json')}'s {key}, and its test block (the run's own) was kept"
         )
         return 0
-    metrics = run.read_metrics()
+    metrics = _metrics_or_history(run)
     previous = metrics.get("test") or {}
     if samples == 0:  # skipped this time: keep the estimate saved before, with its K
         test.update({k: v for k, v in previous.items() if k.startswith("log_likelihood")})
@@ -1084,6 +1084,22 @@ def _evaluate(args: argparse.Namespace) -> int:
             "and the block it replaced is kept in test_previous"
         )
     return 0
+
+
+def _metrics_or_history(run: RunFolder) -> dict[str, Any]:
+    """metrics.json; where it is gone, the epochs and best epoch the checkpoint holds,
+    written back first (tester P: an evaluate wrote a metrics.json of its test block alone,
+    and compare then showed a 30-epoch run as of 0 epochs), as ``fit --resume`` does."""
+    if run.file("metrics.json").is_file() or not run.has_checkpoint:
+        return run.read_metrics()
+    state = run.load_checkpoint()
+    best = state.get("best")
+    restored = run.update_metrics(
+        epochs=list(state.get("history") or []),
+        best_epoch=best.get("epoch") if isinstance(best, dict) else None,
+    )
+    print(f"note: {run.file('metrics.json')} was missing; its epochs came back from the checkpoint")
+    return restored
 
 
 def _redrawn(previous: dict, test: dict) -> str:

@@ -208,6 +208,18 @@ def test_an_unreadable_checkpoint_is_refused_in_one_line_without_torch_s_advice(
     assert "\n" not in message and "weights_only" not in message and "trust" not in message
 
 
+@pytest.mark.parametrize("kept", [100, 5000])
+def test_a_checkpoint_cut_short_is_said_to_be_so(tmp_path, kept):
+    """Tester P: a checkpoint cut at 5,000 bytes was refused with "[Errno 22] Invalid
+    argument" alone, which read like a pickle problem."""
+    whole = tmp_path / "whole"
+    torch.save({"w": torch.randn(2000)}, whole)
+    (tmp_path / "checkpoint.pt").write_bytes(whole.read_bytes()[:kept])
+    with pytest.raises(RunFolderError, match="the file is cut short or damaged") as info:
+        RunFolder(tmp_path).load_checkpoint()
+    assert "internal miniz error" not in str(info.value)
+
+
 def saved_as_if_on(device: str, monkeypatch):
     """Make ``torch.save`` record every tensor as living on ``device`` (a GPU's checkpoint,
     written on this CPU machine): the location tag is what ``torch.load`` restores to."""

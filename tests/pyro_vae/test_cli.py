@@ -653,6 +653,24 @@ def test_an_evaluate_at_the_fit_s_settings_keeps_the_numbers_the_fit_printed(tmp
     )
 
 
+def test_an_evaluate_without_metrics_json_restores_the_epochs_from_the_checkpoint(
+    trained, tmp_path, capsys
+):
+    """Tester P: with metrics.json deleted, evaluate wrote one of its test block alone, and
+    compare showed the run as of 0 epochs. The checkpoint's history comes back first."""
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(trained, run)
+    saved = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").unlink()
+    assert main(["evaluate", str(run), "--ll-samples", "5"]) == 0
+    assert "was missing; its epochs came back from the checkpoint" in capsys.readouterr().out
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["epochs"] == saved["epochs"] and metrics["best_epoch"] == saved["best_epoch"]
+    assert "test" in metrics
+
+
 def test_idx_paths_are_stored_absolute(tmp_path, monkeypatch):
     import numpy as np
 
