@@ -330,18 +330,22 @@ class SharedSubsamples(Messenger):
             self.indices.setdefault(msg["name"], msg["value"])
 
 
-def check_vectorized(model, guide, model_tr: Trace, guide_tr: Trace, rank: int, args, kwargs):
+def check_vectorized(
+    model, guide, model_tr: Trace, guide_tr: Trace, rank: int, args, kwargs, pinned=False
+):
     """Raise ValueError unless the vectorized traces (particles at dim −``rank``, each
     site's log-density computed) are what K plain runs would give: every log-density has
     the plates' shape (:func:`_check_broadcast`) and the last particle scores as a plain
     run at its values does (:func:`_agrees_with_a_plain_run`). The plain runs draw
     nothing from the caller's random streams (``fork_rng``): a check leaves a seeded run's
     draws as they were; and while a step is recorded (``make_fx``, see
-    :mod:`pyro_vae.estimators.compiled`) they are left out of the recording."""
+    :mod:`pyro_vae.estimators.compiled`) they are left out of the recording. ``pinned``:
+    ``model`` and ``guide`` draw the vectorized run's subsamples again
+    (:class:`SharedSubsamples`), so a minibatch is checked too."""
     with torch.random.fork_rng(devices=[]), disable_proxy_modes_tracing():
         for fn, trace in ((model, model_tr), (guide, guide_tr)):
             _check_broadcast(trace, rank)
-            _agrees_with_a_plain_run(fn, trace, rank, args, kwargs)
+            _agrees_with_a_plain_run(fn, trace, rank, args, kwargs, pinned)
 
 
 def _check_broadcast(trace: Trace, rank: int) -> None:
@@ -367,18 +371,21 @@ def _check_broadcast(trace: Trace, rank: int) -> None:
                 )
 
 
-def _agrees_with_a_plain_run(fn, trace: Trace, rank: int, args, kwargs) -> None:
+def _agrees_with_a_plain_run(fn, trace: Trace, rank: int, args, kwargs, pinned=False) -> None:
     """Raise ValueError unless ``fn`` run once, plainly, at the last particle's values of
     every sample site of the vectorized ``trace`` scores each site as that particle's
     slice of ``trace`` does (to 1e-5 of its size). Shapes cannot tell every broadcast
     wrong: ``Vindex(mu)[..., z]`` with ``mu`` and ``z`` in plates at one dim pairs draw s
     with datapoint s, and with as many draws as datapoints every shape was right and each
-    draw's log p up to 3 nats off. A trace with a subsampling plate is left unchecked (its
-    indices are drawn again in each run), one of meta tensors, and one whose conditioned
-    plain run raises (nothing to compare with)."""
+    draw's log p up to 3 nats off. A trace with a subsampling plate is left unchecked unless
+    ``pinned`` (its indices would be drawn again in each run; tester Q: a minibatched fit
+    trained unchecked), as is one of meta tensors, one whose conditioned plain run raises
+    (nothing to compare with), and one whose plain runs at the same values disagree with
+    each other: the model draws noise of its own (dropout in training mode), which no
+    rerun reproduces (tester Q: a VAE with dropout was sent to the loop for good)."""
     sites = {n: s for n, s in trace.nodes.items() if s["type"] == "sample"}
     frames = [f for s in sites.values() for f in s["cond_indep_stack"]]
-    if any(f.full_size is not None and f.size < f.full_size for f in frames):
+    if not pinned and any(f.full_size is not None and f.size < f.full_size for f in frames):
         return
     if any(torch.is_tensor(s["value"]) and s["value"].is_meta for s in sites.values()):
         return  # shapes only (the device tests' meta tensors): no values to compare
@@ -388,12 +395,21 @@ def _agrees_with_a_plain_run(fn, trace: Trace, rank: int, args, kwargs) -> None:
         axis = value.dim() - event_dim - rank
         if not site_is_subsample(site) and axis >= 0:
             last[name] = value.select(axis, -1)
+    plains = []
     try:
-        with poutine.block(), torch.no_grad():
-            plain = poutine.trace(poutine.condition(fn, data=last)).get_trace(*args, **kwargs)
-        plain.compute_log_prob()
+        for _ in range(2):  # twice: a model with noise of its own cannot be checked this way
+            with poutine.block(), torch.no_grad():
+                plain = poutine.trace(poutine.condition(fn, data=last)).get_trace(*args, **kwargs)
+            plain.compute_log_prob()
+            plains.append(plain)
     except Exception:  # conditioned, it cannot run (a guide's own bookkeeping): no reference
         return
+    plain, again = plains
+    for name, site in plain.nodes.items():
+        other = again.nodes.get(name, {}).get("log_prob")
+        if site["type"] == "sample" and torch.is_tensor(site.get("log_prob")):
+            if not torch.is_tensor(other) or not torch.equal(site["log_prob"], other):
+                return
     names, scores = [], []  # per site: (vectorized, plain, size), read in one transfer
     for name, site in sites.items():
         if name not in plain.nodes or not torch.is_tensor(site.get("log_prob")):

@@ -100,13 +100,16 @@ class SurrogateELBO(ELBO):
         (once per shape: a model's arithmetic pairs the particle dim with one of its own
         by its shapes; ``w @ X.T`` gave `iwae`, `vimco` and `score` bounds 39 nats below
         log p(y), with no warning, where the diagnostics caught it: tester O)."""
+        # per model and guide too (tester Q: a second model at a checked shape went unchecked)
+        key = (id(model), id(guide), _shapes((args, kwargs)))
+        shared = SharedSubsamples()  # a minibatch's rows, drawn again by the check's runs
+        model, guide = shared(model), shared(guide)
         model_tr, guide_tr = next(elbo_traces(self, model, guide, args, kwargs))
         rank = particle_rank(self.max_plate_nesting, self.num_particles)
-        shapes = _shapes((args, kwargs))
         checked = self.__dict__.setdefault("_vectorization_checked", set())
-        if self.num_particles > 1 and shapes not in checked:  # one particle: a plain run
-            check_vectorized(model, guide, model_tr, guide_tr, rank, args, kwargs)
-            checked.add(shapes)
+        if self.num_particles > 1 and key not in checked:  # one particle: a plain run
+            check_vectorized(model, guide, model_tr, guide_tr, rank, args, kwargs, pinned=True)
+            checked.add(key)
         return model_tr, guide_tr, rank
 
     def _looped_traces(self, model, guide, args, kwargs):

@@ -231,3 +231,47 @@ def test_a_vectorized_run_that_scores_wrong_falls_back_to_the_loop(name):
     insisting = estimators.get(name, num_particles=4, vectorize_particles=True)
     with pytest.raises(ValueError, match="the vectorized run scores a draw"):
         insisting.loss(model, guide, *args)
+
+
+def test_the_check_covers_minibatches_each_model_and_leaves_a_model_s_own_noise_alone():
+    """Tester Q: the check skipped every subsampled plate (a minibatched fit trained on a
+    wrong bound), was keyed by shapes alone (a second model at a checked shape went
+    unchecked), and sent a VAE with dropout to the loop for good."""
+    model, guide, args, log_evidence = _linear_gaussian()
+    X, y = args
+    n = len(y)
+
+    def minibatched(X, y):  # w @ X.T again, under a plate that subsamples 5 of 10 rows
+        w = pyro.sample("w", dist.Normal(torch.zeros(3), 1.0).to_event(1))
+        with pyro.plate("data", n, subsample_size=5) as rows:
+            pyro.sample("y", dist.Normal((w @ X.T)[..., rows], 0.5), obs=y[rows])
+
+    pyro.set_rng_seed(0)
+    with pytest.warns(VectorizationWarning, match="scores a draw"):
+        estimators.get("score", num_particles=4).loss(minibatched, guide, *args)
+
+    def broadcasting(X, y):  # the same model, written to broadcast
+        w = pyro.sample("w", dist.Normal(torch.zeros(3), 1.0).to_event(1))
+        with pyro.plate("data", n):
+            pyro.sample("y", dist.Normal((X * w).sum(-1), 0.5), obs=y)
+
+    elbo = estimators.get("iwae", num_particles=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert -elbo.loss(broadcasting, guide, *args) == pytest.approx(log_evidence, abs=1e-3)
+    with pytest.warns(VectorizationWarning, match="scores a draw"):  # another model, checked
+        assert -elbo.loss(model, guide, *args) == pytest.approx(log_evidence, abs=1e-3)
+
+    dropout = torch.nn.Dropout(0.5)
+
+    def noisy(X, y):  # broadcasts, with noise of its own that no rerun reproduces
+        w = pyro.sample("w", dist.Normal(torch.zeros(3), 1.0).to_event(1))
+        with pyro.plate("data", n):
+            mean = dropout((X * w).sum(-1))
+            pyro.sample("y", dist.Normal(mean, 0.5), obs=y)
+
+    elbo = estimators.get("iwae", num_particles=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        elbo.loss(noisy, guide, *args)
+    assert elbo.vectorize_particles  # still vectorized
