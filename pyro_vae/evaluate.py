@@ -65,6 +65,7 @@ from pyro_vae.traces import (
     plate_nesting,
     point_mass_latents,
     point_mass_message,
+    point_masses_of,
     run_pair,
     sample_sites,
     sample_sites_where,
@@ -293,7 +294,9 @@ def prepare(
         subsample = pair.subsample(0, num_rows).to(probe[0].device)
         model_tr, guide_tr = run_pair(pair.model, pair.guide, probe, {"subsample": subsample})
     check_guide_covers_model(model_tr, guide_tr)
-    pair.point_masses = tuple(point_mass_latents(model_tr, guide_tr))
+    with torch.random.fork_rng(devices=[]), torch.no_grad(), eval_mode(model, guide):
+        _, again = run_pair(pair.model, pair.guide, probe, {"subsample": subsample})
+    pair.point_masses = tuple(point_mass_latents(model_tr, guide_tr, again))
     pair.nesting = plate_nesting(model_tr, guide_tr)
     pair.enumerated = enumerated_sites(model_tr, guide_tr, plate, what)
     return pair
@@ -803,7 +806,7 @@ def elbo_estimate(
     with eval_mode(model, guide), poutine.block():
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             nesting = max_plate_nesting(model, guide, *args, **kwargs)
-            point_masses = point_mass_latents(*run_pair(model, guide, args, kwargs))
+            point_masses = point_masses_of(model, guide, args, kwargs)
         if point_masses:
             message = "guide: " + point_mass_message(point_masses)
             warnings.warn(message, PointMassWarning, stacklevel=2)

@@ -51,8 +51,8 @@ from pyro_vae.pointwise import masked_log_prob, per_datapoint_log_density
 from pyro_vae.traces import (
     full_rank,
     particle_traces,
-    point_mass_latents,
     point_mass_message,
+    point_masses_of,
     sample_sites,
     vectorized_or_looped,
 )
@@ -262,8 +262,8 @@ def psis_khat(
     check_count("num_samples", num_samples, PSIS_MIN_SAMPLES, "; PSIS needs ≥ 5 tail draws")
     args, kwargs = to_given_device(args, kwargs, device)
     guide = as_guide(guide)
+    _refuse_point_masses(point_masses_of(model, guide, args, kwargs))
     guide_tr, model_tr, rank, probe_tr = draw(model, guide, args, kwargs, num_samples)
-    _refuse_point_masses(point_mass_latents(model_tr, guide_tr))
     support = discrete_support(probe_tr)
     if support is not None and support.count <= num_samples:
         return math.nan
