@@ -117,10 +117,11 @@ def check_image_size(image_size: object, crop: bool) -> tuple[int, int] | None:
 
 
 def _visible_files(folder: Path) -> list[Path]:
-    """The files under ``folder``, nested folders included, hidden ones and those in
-    hidden folders left out, in sorted order."""
+    """The files under ``folder``, nested folders and linked ones included (tester Q: a
+    symlinked folder's images were skipped), hidden ones and those in hidden folders left
+    out, in sorted order."""
     found = []
-    for where, folders, names in os.walk(folder):
+    for where, folders, names in os.walk(folder, followlinks=True):  # as torchvision does
         folders[:] = sorted(f for f in folders if not f.startswith("."))
         found += [Path(where) / n for n in sorted(names) if not n.startswith(".")]
     return found

@@ -1216,6 +1216,9 @@ def test_a_model_s_own_constructor_defaults_stand_where_the_flags_are_left_out(t
         "class Bare:\n"
         "    def __init__(self, x_dim, latent_dim, hidden_dims, activation=None):\n"
         "        pass\n"
+        "class Typed:\n"
+        "    def __init__(self, x_dim, latent_dim=3, activation=type):\n"
+        "        pass\n"
     )
 
     def options(*flags):
@@ -1230,6 +1233,8 @@ def test_a_model_s_own_constructor_defaults_stand_where_the_flags_are_left_out(t
     bare = {"latent_dim": 20, "hidden_dims": [400], "activation": "softplus"}
     assert options("--model", f"{source}:Bare") == bare
     assert options() == bare  # models.vae:VAE, whose own defaults are the command's
+    # a default config.json cannot hold (activation=nn.Tanh; tester Q's crash): not passed
+    assert options("--model", f"{source}:Typed") == {"latent_dim": 3, "hidden_dims": [400]}
 
 
 @pytest.mark.parametrize(
@@ -1253,3 +1258,16 @@ def test_a_data_flag_the_run_would_ignore_is_refused_before_any_work(
     err = capsys.readouterr().err
     assert words in err and "leave it out (nothing was written)" in err
     assert not run.exists()
+
+
+def test_a_resume_on_a_rank_0_without_the_folder_says_which_machine_must_be_rank_0(
+    tmp_path, monkeypatch, capsys
+):
+    """Tester Q: on two machines, c10d gave rank 0 to the one without the folder; it said
+    only "not a directory", and the other exited 1 on a reset connection."""
+    from pyro_vae.distributed import Group
+
+    monkeypatch.setattr("pyro_vae.cli.current", lambda: Group(rank=0, world=2))
+    assert main(["fit", "--resume", str(tmp_path / "absent"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "rank 0 of 2 reads and writes the run folder, so the machine holding it" in err

@@ -181,3 +181,13 @@ def test_nested_images_and_torchvisions_formats_are_read_and_the_rest_named(tmp_
         assert np.array_equal(image, np.broadcast_to(saved[path], image.shape))
         assert folder.classes[label] == path.relative_to(tmp_path).parts[0]
     assert folder.left_out == (tmp_path / "a" / "notes.txt", tmp_path / "top.png")
+
+
+def test_a_linked_folder_under_a_class_is_read_as_torchvision_reads_it(tmp_path):
+    # tester Q: os.walk does not follow links unless asked; torchvision's make_dataset does
+    saved = write_folder(tmp_path / "data", classes=("a", "b"), per_class=2, mode="L")
+    extra = write_folder(tmp_path / "elsewhere", classes=("more",), per_class=3, mode="L")
+    (tmp_path / "data" / "a" / "linked").symlink_to(tmp_path / "elsewhere" / "more")
+    folder = read_image_folder(tmp_path / "data")
+    assert len(folder.files) == len(saved) + len(extra) == 7
+    assert folder.labels.tolist().count(0) == 5
