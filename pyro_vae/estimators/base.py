@@ -96,11 +96,11 @@ class SurrogateELBO(ELBO):
 
     def _vectorized_traces(self, model, guide, args, kwargs):
         """One run under the particle plate, checked against plain runs
-        (:func:`~pyro_vae.traces.check_vectorized`) at each new shape of the arguments
-        (once per shape: a model's arithmetic pairs the particle dim with one of its own
-        by its shapes; ``w @ X.T`` gave `iwae`, `vimco` and `score` bounds 39 nats below
-        log p(y), with no warning, where the diagnostics caught it: tester O)."""
-        # per model and guide too (tester Q: a second model at a checked shape went unchecked)
+        (:func:`~pyro_vae.traces.check_vectorized`) once per model, guide and shape of the
+        arguments (a model's arithmetic pairs the particle dim with one of its own by its
+        shapes; ``w @ X.T`` gave `iwae`, `vimco` and `score` bounds 39 nats below log p(y),
+        with no warning, where the diagnostics caught it: tester O; keyed by shape alone, a
+        second model went unchecked: tester Q). A minibatch is checked on its own rows."""
         key = (id(model), id(guide), _shapes((args, kwargs)))
         shared = SharedSubsamples()  # a minibatch's rows, drawn again by the check's runs
         model, guide = shared(model), shared(guide)
