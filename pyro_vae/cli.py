@@ -822,7 +822,8 @@ def _refuse_ignored_data_flags(config: RunConfig, args: argparse.Namespace, give
     if "--test-fraction" in given and official:
         why = f"applies to data without an official test split, and {data.name} has one"
         ignored.append(("--test-fraction", why))
-    for flag, why in ignored:
+    if ignored:
+        flag, why = ignored[0]
         value = getattr(args, flag[2:].replace("-", "_"))
         raise ValueError(
             f"{flag}: {value!r} would be ignored but recorded in config.json: {flag} {why}; "
@@ -1542,6 +1543,12 @@ def _refuse_precision(config: RunConfig) -> None:
     refuse_on_device(config.training.precision, device, "--precision")
 
 
+def _given_flags(argv: list[str]) -> set[str]:
+    """The ``--flags`` typed after the command in ``argv`` (``--epochs=3`` as ``--epochs``):
+    what a resume may not change, and which defaults the user left alone."""
+    return {token.split("=", 1)[0] for token in argv[1:] if token.startswith("--")}
+
+
 def _launch(argv: list[str], args: argparse.Namespace) -> int:
     """``fit --nproc N``: the same command in N processes through torchrun's agent, once
     the flags have passed their checks here (a refusal exits 2 before any process starts)."""
@@ -1549,13 +1556,12 @@ def _launch(argv: list[str], args: argparse.Namespace) -> int:
     # the folder's refusals too, read-only, here: refused on a rank, they were followed by
     # the other ranks' "terminated" and torchrun's traceback, and exit 1 (tester L2)
     run = RunFolder(args.resume or args.out)
+    given = _given_flags(argv)
     if args.resume:
-        given = {token.split("=", 1)[0] for token in argv[1:] if token.startswith("--")}
         config, _ = _resume_config(run, args, given)
     else:
         config = _run_config_from_args(args)
         _refuse_unused_labels(config)
-        given = {token.split("=", 1)[0] for token in argv[1:] if token.startswith("--")}
         _refuse_ignored_data_flags(config, args, given)
         if run.path.is_dir():
             _check_new_folder(run, args.restart, clear=False)
@@ -1641,7 +1647,7 @@ def main(argv: list[str] | None = None) -> int:
     # Pyro's "INFO Guessed max_plate_nesting = 2" (what its ELBO guessed at its first
     # step) is a note for a Python session; in a command's output a stray line (tester H)
     logging.getLogger("pyro.infer.elbo").setLevel(logging.WARNING)
-    given = {token.split("=", 1)[0] for token in argv[1:] if token.startswith("--")}
+    given = _given_flags(argv)
     handler = {
         "fit": lambda a: _fit(a, given),
         "evaluate": _evaluate,

@@ -123,6 +123,18 @@ def run_from_rank_0(
     return written, torch.load(io.BytesIO(received), map_location="cpu", weights_only=True)
 
 
+def _as_tensor(payload: bytes) -> torch.Tensor:
+    """``payload`` as a CPU uint8 tensor, for gloo to send (a copy: the bytes stay whole)."""
+    if not payload:  # frombuffer takes no empty buffer
+        return torch.empty(0, dtype=torch.uint8)
+    return torch.frombuffer(bytearray(payload), dtype=torch.uint8)
+
+
+def _as_bytes(data: torch.Tensor) -> bytes:
+    """A uint8 tensor's bytes, as :func:`_as_tensor` took them."""
+    return data.numpy().tobytes()
+
+
 def _may_differ(key: str) -> bool:
     return key in _PER_RANK or key.endswith(".file") or key == "data.provenance.path"
 
@@ -177,7 +189,7 @@ class Group:
         processes sent). One process: ``[obj]``."""
         if self.world == 1:
             return [obj]
-        data = torch.tensor(list(json.dumps(obj, sort_keys=True).encode()), dtype=torch.uint8)
+        data = _as_tensor(json.dumps(obj, sort_keys=True).encode())
         with self._watching("exchange of the run's settings"):
             lengths = [torch.zeros(1, dtype=torch.int64) for _ in range(self.world)]
             dist.all_gather(lengths, torch.tensor([len(data)]))
@@ -187,7 +199,7 @@ class Group:
             parts = [torch.zeros(longest, dtype=torch.uint8) for _ in range(self.world)]
             dist.all_gather(parts, padded)
         return [
-            json.loads(bytes(part[: int(n.item())].tolist()).decode())
+            json.loads(_as_bytes(part[: int(n.item())]).decode())
             for part, n in zip(parts, lengths, strict=True)
         ]
 
@@ -203,12 +215,9 @@ class Group:
             size = int(length.item())
             if size == 0:
                 return b""
-            if self.rank == 0:
-                data = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
-            else:
-                data = torch.empty(size, dtype=torch.uint8)
+            data = _as_tensor(payload) if self.rank == 0 else torch.empty(size, dtype=torch.uint8)
             dist.broadcast(data, src=0)
-        return payload if self.rank == 0 else data.numpy().tobytes()
+        return payload if self.rank == 0 else _as_bytes(data)
 
     def broadcast_params(self) -> None:
         """Every entry of Pyro's param store set to rank 0's values (sorted by name)."""

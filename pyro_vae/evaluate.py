@@ -88,6 +88,14 @@ def eval_mode(*modules: object) -> Iterator[None]:
             m.train(mode)
 
 
+def _warn_point_masses(names: list[str], stacklevel: int) -> None:
+    """A :class:`~pyro_vae.traces.PointMassWarning` where the guide puts point masses on the
+    continuous latents ``names``: the evaluators' numbers are then not bounds."""
+    if names:
+        message = "guide: " + point_mass_message(names)
+        warnings.warn(message, PointMassWarning, stacklevel=stacklevel)
+
+
 def _check_num(arg: str, value: int) -> None:
     check_count(arg, value, 1)
 
@@ -155,14 +163,8 @@ class PerDatapoint:
     point_masses: tuple = ()
 
     def warn_point_masses(self) -> None:
-        """A :class:`~pyro_vae.traces.PointMassWarning` where the guide has point masses on
-        continuous latents: the evaluators' numbers are then not bounds."""
-        if self.point_masses:
-            warnings.warn(
-                "guide: " + point_mass_message(list(self.point_masses)),
-                PointMassWarning,
-                stacklevel=3,
-            )
+        """:func:`_warn_point_masses` of this pair's guide."""
+        _warn_point_masses(list(self.point_masses), stacklevel=4)
 
     def subsample(self, start: int, count: int) -> torch.Tensor:
         """The row indices of the data's rows ``start .. start + count``."""
@@ -807,9 +809,7 @@ def elbo_estimate(
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             nesting = max_plate_nesting(model, guide, *args, **kwargs)
             point_masses = point_masses_of(model, guide, args, kwargs)
-        if point_masses:
-            message = "guide: " + point_mass_message(point_masses)
-            warnings.warn(message, PointMassWarning, stacklevel=2)
+        _warn_point_masses(point_masses, stacklevel=3)
         vectorize = vectorize_for(guide, vectorize_particles)
         for size in sizes:
             mean, vectorized = vectorized_or_looped(
