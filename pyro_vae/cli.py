@@ -1015,17 +1015,33 @@ def _write_run_start(run: RunFolder, config: RunConfig, exp, state) -> None:
         f"{config.estimator.name} "
         f"estimator -> {run.path}"
     )
-    left_out = exp.data.info.get("left_out")
-    if left_out:  # an image folder's files that are not images of a class (tester P)
-        shown = ", ".join(left_out[:3]) + (", ..." if len(left_out) > 3 else "")
-        print(
-            f"note: {len(left_out)} file(s) in the folder are not class images, left out: {shown}"
-        )
+    _note_image_folder(exp.data.info)
     if "columns" in exp.data.info:  # a table: which columns became the features
         label = config.data.label_column
         print(
             f"features: {', '.join(exp.data.info['columns'])}"
             + (f" (labels: {label})" if label else "")
+        )
+
+
+def _note_image_folder(info: dict[str, Any]) -> None:
+    """Say which files of an image folder were left out (not class images, tester P) and
+    which colour files made a grey folder RGB (tester Q: one ``.webp``, which Pillow always
+    decodes as colour, tripled the input of a grey folder unnamed)."""
+    left_out = info.get("left_out")
+    if left_out:
+        shown = ", ".join(left_out[:3]) + (", ..." if len(left_out) > 3 else "")
+        print(
+            f"note: {len(left_out)} file(s) in the folder are not class images, left out: {shown}"
+        )
+    colour = info.get("colour_files")
+    if colour:
+        shown = ", ".join(colour[:3]) + (", ..." if len(colour) > 3 else "")
+        images = sum(info[f"num_{split}"] for split in ("train", "val", "test"))
+        print(
+            f"note: {len(colour)} of the folder's {images} images are colour ({shown}), so "
+            "every image is read as RGB, 3 channels; convert those to greyscale to train "
+            "on one channel"
         )
 
 

@@ -107,6 +107,8 @@ class RawImages:
             features; ``None`` for images.
         classes: the class names labels index, where the source has them.
         left_out: an image folder's files that are not images of a class (not read).
+        colour_files: an image folder's colour images where it mixes grey and colour
+            (they made every image RGB).
     """
 
     name: str
@@ -121,6 +123,7 @@ class RawImages:
     columns: tuple[str, ...] | None = None
     classes: tuple[str, ...] | None = None
     left_out: tuple[str, ...] = ()
+    colour_files: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -198,6 +201,7 @@ def _image_folder(name: str, image_size: tuple[int, int] | None, crop: bool) -> 
             provenance=provenance,
             classes=folder.classes,
             left_out=tuple(str(f) for f in folder.left_out),
+            colour_files=tuple(str(f) for f in folder.colour),
         )
     )
 
@@ -752,6 +756,7 @@ def load_data(
         "split_seed": split_seed,
         **({"classes": list(raw.classes)} if raw.classes is not None else {}),
         **({"left_out": list(raw.left_out)} if raw.left_out else {}),
+        **({"colour_files": list(raw.colour_files)} if raw.colour_files else {}),
     }
     obs, pixel_max, image_shape = _prepared(raw, rows, preprocessing, split_seed, info)
     return DataSplits(

@@ -53,6 +53,10 @@ class ImageFolder:
         files: each image's path, in the order of ``images``.
         left_out: the files under the folder that are not read (not hidden, not images of
             a class), sorted.
+        colour: where grey and colour images are mixed, the colour ones, in the order of
+            ``files`` (they make every image RGB, which ``fit`` reports: one ``.webp``,
+            which Pillow always decodes as colour, turned a grey folder RGB unnamed,
+            tester Q); else empty.
     """
 
     images: np.ndarray
@@ -60,6 +64,7 @@ class ImageFolder:
     classes: tuple[str, ...]
     files: tuple[Path, ...]
     left_out: tuple[Path, ...] = ()
+    colour: tuple[Path, ...] = ()
 
 
 def read_image_folder(
@@ -91,7 +96,9 @@ def read_image_folder(
     if mode == "RGB":
         pixels = np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))
     labels_array = np.asarray(labels, dtype=np.int64)
-    return ImageFolder(pixels, labels_array, classes, tuple(files), tuple(left_out))
+    grey = [m in _GREY_MODES for m in modes]
+    colour = tuple(f for f, g in zip(files, grey, strict=True) if not g) if any(grey) else ()
+    return ImageFolder(pixels, labels_array, classes, tuple(files), tuple(left_out), colour)
 
 
 def check_image_size(image_size: object, crop: bool) -> tuple[int, int] | None:

@@ -8,7 +8,13 @@ import pytest
 
 from models.vae import VAE
 from pyro_vae.checkpoint import RunFolder, RunFolderError
-from pyro_vae.cli import _parser, _run_config_from_args, _should_compile, main
+from pyro_vae.cli import (
+    _note_image_folder,
+    _parser,
+    _run_config_from_args,
+    _should_compile,
+    main,
+)
 
 FAST = ["--latent-dim", "4", "--hidden", "32", "--no-progress", "--ll-samples", "20"]
 
@@ -1271,3 +1277,16 @@ def test_a_resume_on_a_rank_0_without_the_folder_says_which_machine_must_be_rank
     assert main(["fit", "--resume", str(tmp_path / "absent"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "rank 0 of 2 reads and writes the run folder, so the machine holding it" in err
+
+
+def test_fit_names_an_image_folder_s_left_out_and_colour_files(capsys):
+    """Tester P and Q: files left out and the colour files that made a grey folder RGB are
+    named, not skipped or converted unseen."""
+    info = {"num_train": 15, "num_val": 1, "num_test": 1, "left_out": ["a/notes.txt"],
+            "colour_files": ["b/y/z/0.webp"]}  # fmt: skip
+    _note_image_folder(info)
+    out = capsys.readouterr().out
+    assert "1 file(s) in the folder are not class images, left out: a/notes.txt" in out
+    assert "1 of the folder's 17 images are colour (b/y/z/0.webp)" in out
+    _note_image_folder({"num_train": 15, "num_val": 1, "num_test": 1})
+    assert capsys.readouterr().out == ""

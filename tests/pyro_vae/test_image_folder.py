@@ -181,6 +181,16 @@ def test_nested_images_and_torchvisions_formats_are_read_and_the_rest_named(tmp_
         assert np.array_equal(image, np.broadcast_to(saved[path], image.shape))
         assert folder.classes[label] == path.relative_to(tmp_path).parts[0]
     assert folder.left_out == (tmp_path / "a" / "notes.txt", tmp_path / "top.png")
+    # tester Q: the one colour file that made the grey folder RGB is named
+    assert folder.colour == (tmp_path / "b" / "y" / "z" / "0.webp",)
+    info = load_data(f"images:{tmp_path}").info
+    assert info["colour_files"] == [str(tmp_path / "b" / "y" / "z" / "0.webp")]
+
+
+def test_only_a_mixed_folder_names_its_colour_files(tmp_path):
+    for mode in ("RGB", "L"):
+        write_folder(tmp_path / mode, mode=mode)
+        assert read_image_folder(tmp_path / mode).colour == ()
 
 
 def test_a_linked_folder_under_a_class_is_read_as_torchvision_reads_it(tmp_path):
