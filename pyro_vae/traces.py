@@ -362,6 +362,30 @@ def check_vectorized(
             _agrees_with_a_plain_run(fn, trace, rank, args, kwargs, pinned)
 
 
+@contextlib.contextmanager
+def buffers_kept():
+    """Put back, on leaving, every buffer of each ``nn.Module`` called meanwhile, wherever
+    it lives (an attribute, a closure, a ``pyro.module``): a check's runs are not training
+    steps, and a ``BatchNorm`` in training mode moved its running statistics at each
+    (tester Q). A global forward pre-hook (torch's ``register_module_forward_pre_hook``)
+    copies a module's buffers before its first call."""
+    saved: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def keep(module, _inputs) -> None:
+        for buffer in module.buffers(recurse=False):
+            if id(buffer) not in saved:
+                saved[id(buffer)] = (buffer, buffer.detach().clone())
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(keep)
+    try:
+        yield
+    finally:
+        handle.remove()
+        with torch.no_grad():
+            for buffer, value in saved.values():
+                buffer.copy_(value)
+
+
 def _check_broadcast(trace: Trace, rank: int) -> None:
     """Raise ValueError unless every sample site's log-density in ``trace`` has, right of the
     particle dim, each plate's size at its dim and 1 at every dim no plate claims. Pyro's
@@ -412,7 +436,7 @@ def _agrees_with_a_plain_run(fn, trace: Trace, rank: int, args, kwargs, pinned=F
     plains = []
     try:
         for _ in range(2):  # twice: a model with noise of its own cannot be checked this way
-            with poutine.block(), torch.no_grad():
+            with poutine.block(), torch.no_grad(), buffers_kept():
                 plain = poutine.trace(poutine.condition(fn, data=last)).get_trace(*args, **kwargs)
             plain.compute_log_prob()
             plains.append(plain)

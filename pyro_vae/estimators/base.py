@@ -13,6 +13,7 @@ from pyro_vae.pointwise import particle_rank
 from pyro_vae.pyro_compat import elbo_traces
 from pyro_vae.traces import (
     SharedSubsamples,
+    buffers_kept,
     check_vectorized,
     stack_particles,
     vectorized_or_looped,
@@ -69,8 +70,9 @@ class SurrogateELBO(ELBO):
 
     def _guess_max_plate_nesting(self, model, guide, args, kwargs):
         # Guessing runs model and guide once; that draw must not shift the random stream,
-        # or two runs that guess at different moments (a resumed one) would diverge.
-        with torch.random.fork_rng(devices=[]):
+        # or two runs that guess at different moments (a resumed one) would diverge, nor
+        # move a BatchNorm's running statistics: it is not a training step.
+        with torch.random.fork_rng(devices=[]), buffers_kept():
             super()._guess_max_plate_nesting(model, guide, args, kwargs)
 
     def particle_traces(self, model, guide, args, kwargs):

@@ -275,3 +275,24 @@ def test_the_check_covers_minibatches_each_model_and_leaves_a_model_s_own_noise_
         warnings.simplefilter("error")
         elbo.loss(noisy, guide, *args)
     assert elbo.vectorize_particles  # still vectorized
+
+
+def test_the_check_leaves_a_network_s_running_statistics_as_the_step_left_them():
+    """Tester Q: the check's two plain runs of a model in training mode each moved a
+    BatchNorm's running statistics, as if they were training steps, and so did the run
+    that guesses the plate nesting. Expected: one update by the loss's own run, by
+    BatchNorm's rule (momentum 0.1 from zeros)."""
+    model, guide, args, _ = _linear_gaussian()
+    X, y = args
+    norm = torch.nn.BatchNorm1d(3)  # training mode, in a closure: found by no attribute
+
+    def normalized(X, y):
+        w = pyro.sample("w", dist.Normal(torch.zeros(3), 1.0).to_event(1))
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.Normal((norm(X) * w).sum(-1), 0.5), obs=y)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        estimators.get("iwae", num_particles=4).loss(normalized, guide, *args)
+    assert int(norm.num_batches_tracked) == 1
+    assert torch.allclose(norm.running_mean, 0.1 * X.mean(0), rtol=1e-6, atol=0)
