@@ -29,8 +29,14 @@ from pyro.poutine import Trace
 from pyro.poutine.util import prune_subsample_sites
 
 from pyro_vae.plates import frames_in
-from pyro_vae.pointwise import data_plate_scale, per_datapoint_log_density
-from pyro_vae.traces import PARTICLE_PLATES, PARTICLES, sample_sites, sample_sites_where
+from pyro_vae.pointwise import data_plate_scale, outside_plate, per_datapoint_log_density
+from pyro_vae.traces import (
+    PARTICLE_PLATES,
+    PARTICLES,
+    full_rank,
+    sample_sites,
+    sample_sites_where,
+)
 
 #: Most combinations of enumerated values scored (one model run each).
 MAX_COMBINATIONS = 4096
@@ -45,12 +51,7 @@ def enumerated_sites(model_trace: Trace, guide_trace: Trace, plate: str, what: s
         ValueError: a site in another plate too (several variables per datapoint, whose
             values a run cannot all hold at one c), or too many combinations; naming
             ``what`` needs the marginal and the way out (``elbo_estimate``)."""
-    guide_sites = sample_sites(guide_trace)
-    sites = tuple(
-        name
-        for name, site in sample_sites(model_trace).items()
-        if site["infer"].get("enumerate") and not site["is_observed"] and name not in guide_sites
-    )
+    sites = summed_sites(model_trace, guide_trace)
     combinations = 1
     for name in sites:
         site = model_trace.nodes[name]
@@ -74,6 +75,54 @@ def enumerated_sites(model_trace: Trace, guide_trace: Trace, plate: str, what: s
             f"({MAX_COMBINATIONS:,}); use pyro_vae.evaluate.elbo_estimate (TraceEnum_ELBO)"
         )
     return sites
+
+
+def summed_sites(model_trace: Trace, guide_trace: Trace) -> tuple[str, ...]:
+    """The model's sites that ``TraceEnum_ELBO`` sums out: marked for enumeration, not
+    observed, not drawn by the guide."""
+    guide_sites = sample_sites(guide_trace)
+    return tuple(
+        name
+        for name, site in sample_sites(model_trace).items()
+        if site["infer"].get("enumerate") and not site["is_observed"] and name not in guide_sites
+    )
+
+
+def summed_log_joint(runs: list[Trace], sites, num_samples: int, rank: int, plate: str):
+    """log p(x, u) for each particle, ``[K]`` float64, the ``sites`` summed out per
+    datapoint of ``plate`` (:func:`marginal_terms`) and every site outside the plate (a
+    global latent, u's or the data's) added once at its own scale, from
+    :func:`enumerated_runs`: the log-density of a joint importance ratio p(x, u) / q(u).
+
+    Raises:
+        ValueError: a site outside ``plate`` whose log-density moves with the summed sites
+            (it would tie the datapoints' sums together); as :func:`marginal_terms`."""
+    first = runs[0]
+    outside = set(outside_plate(first, plate))
+    for name in sorted(outside):
+        if any(not torch.equal(run.nodes[name]["log_prob"], first.nodes[name]["log_prob"])
+               for run in runs):  # fmt: skip
+            raise ValueError(
+                f"model: site {name!r} lies outside the per-datapoint plate {plate!r} and "
+                f"depends on {list(sites)}, summed out by enumeration; a sum per datapoint "
+                "cannot hold it. Use pyro_vae.evaluate.elbo_estimate (TraceEnum_ELBO)"
+            )
+    local = [_without(run, outside) for run in runs]
+    rows = next(f.size for s in sample_sites(local[0]).values() for f in frames_in(s, plate))
+    conditional, prior = marginal_terms(local, sites, num_samples, rows, rank, plate)
+    total = (conditional + prior).double().sum(-1) * data_plate_scale(first, plate)
+    for name in outside:  # scaled and masked, summed within each particle
+        log_p = full_rank(first.nodes[name]["log_prob"], rank)
+        total = total + log_p.reshape(log_p.shape[0], -1).sum(1).double()
+    return total.expand(num_samples)
+
+
+def _without(trace: Trace, names: set) -> Trace:
+    """A copy of ``trace`` without the nodes ``names``."""
+    kept = trace.copy()
+    for name in names:
+        kept.remove_node(name)
+    return kept
 
 
 def support(fn) -> torch.Tensor:
@@ -175,4 +224,11 @@ def _same(a, b) -> bool:
     return a == b
 
 
-__all__ = ["MAX_COMBINATIONS", "enumerated_runs", "enumerated_sites", "marginal_terms"]
+__all__ = [
+    "MAX_COMBINATIONS",
+    "enumerated_runs",
+    "enumerated_sites",
+    "marginal_terms",
+    "summed_log_joint",
+    "summed_sites",
+]

@@ -216,6 +216,16 @@ class PerDatapoint:
 
     def _summed_out(self, model_tr, guide_tr, args: tuple, start: int, num_samples: int):
         """:func:`~pyro_vae.enumerated_sites.marginal_terms` of the rows ``start..``."""
+        runs = self.summed_runs(model_tr, guide_tr, args, start, num_samples)
+        rows, rank = int(args[0].shape[0]), self.nesting + 1
+        return marginal_terms(runs, self.enumerated, num_samples, rows, rank, self.plate)
+
+    def summed_runs(self, model_tr, guide_tr, args: tuple, start: int, num_samples: int):
+        """:func:`~pyro_vae.enumerated_sites.enumerated_runs` of the rows ``start..``: one
+        model run per value of the sites summed out, the guide's draws replayed.
+
+        Raises:
+            ValueError: the particles were drawn in a loop, not under a particle plate."""
         if not self.vectorize:
             raise ValueError(
                 f"model: the sites {list(self.enumerated)} are summed out by enumeration, "
@@ -226,10 +236,9 @@ class PerDatapoint:
             )
         rows, rank = int(args[0].shape[0]), self.nesting + 1
         kwargs = {"subsample": self.subsample(start, rows).to(args[0].device)}
-        runs = enumerated_runs(
+        return enumerated_runs(
             self.model, model_tr, guide_tr, args, kwargs, self.enumerated, num_samples, rank
         )
-        return marginal_terms(runs, self.enumerated, num_samples, rows, rank, self.plate)
 
     def _density(self, trace, args: tuple, num_samples: int) -> torch.Tensor:
         rows, rank = int(args[0].shape[0]), self.nesting + 1

@@ -15,6 +15,7 @@ import torch
 from pyro.poutine import Trace
 
 from pyro_vae.devices import resolve_device, to_device
+from pyro_vae.enumerated_sites import summed_sites
 from pyro_vae.evaluate import eval_mode
 
 # re-exported: pyro_vae.diagnostics.variational_guide has always been importable from here
@@ -24,9 +25,11 @@ from pyro_vae.traces import full_rank, particle_traces, plate_nesting, run_pair,
 
 
 def probe(
-    model, guide, args: tuple, kwargs: dict, local: bool = False
+    model, guide, args: tuple, kwargs: dict, local: bool = False, summed: bool = False
 ) -> tuple[int, Trace, str | None]:
     """Run the guide once and the model replayed on it; check the pair for diagnostics.
+    ``summed``: the caller sums the model's enumerated sites out (PSIS), so the guide
+    need not draw them.
 
     Returns:
         ``(nesting, guide_trace, plate)``: the batch dims the model and guide use, the
@@ -43,16 +46,17 @@ def probe(
     latent = [n for n, s in model_sites.items() if not s["is_observed"]]
     name = getattr(guide, "__name__", type(guide).__name__)
     missing = [n for n in latent if n not in guide_sites]
-    summed = [n for n in missing if model_sites[n]["infer"].get("enumerate")]
-    if summed:  # AutoNormal cannot draw a Categorical: say what can (tester O)
+    enumerated = [n for n in missing if model_sites[n]["infer"].get("enumerate")]
+    if enumerated and not summed:  # AutoNormal cannot draw a Categorical: say what can
         raise ValueError(
-            f"guide: {name} leaves the model's site(s) {summed} to be summed out by "
-            "enumeration (infer={'enumerate': ...}), which the PSIS and ArviZ diagnostics do "
-            "not do: their importance ratios and draws need the guide to draw every latent "
-            "site. elbo_estimate, elbo_per_datapoint and iwae_log_likelihood sum such sites "
-            f"out; for these diagnostics, draw {summed} in the guide (a Categorical or "
+            f"guide: {name} leaves the model's site(s) {enumerated} to be summed out by "
+            "enumeration (infer={'enumerate': ...}), which the ArviZ diagnostics do not "
+            "do: their draws need the guide to draw every latent site. elbo_estimate, "
+            "elbo_per_datapoint, iwae_log_likelihood and the PSIS diagnostics sum such "
+            f"sites out; for these, draw {enumerated} in the guide (a Categorical or "
             "Bernoulli site) or leave them to a guide that does"
         )
+    missing = [n for n in missing if n not in enumerated or not summed]
     if missing:
         raise ValueError(
             f"guide: {name} has no sample site for the model's latent site(s) {missing} (it "
@@ -86,17 +90,27 @@ def _local_plate(model_tr: Trace, sites: dict, latent: list[str], args, kwargs) 
 
 
 @torch.no_grad()
-def draw(model, guide, args: tuple, kwargs: dict, num_samples: int):
+def draw(model, guide, args: tuple, kwargs: dict, num_samples: int, summed: bool = False):
     """Guide and replayed model traces of S draws, the draws at dim −rank: vectorized by a
     plate, or drawn in a loop when the model cannot broadcast (:mod:`pyro_vae.traces`).
+    ``summed``: as :func:`probe`'s (the model trace then holds its own draws of them).
 
     Returns:
         ``(guide_trace, model_trace, rank, probe_trace)``: ``probe_trace`` is the guide's
         trace of one probe run (one draw, no particle dim; :func:`probe`).
     """
-    nesting, probe_tr, _ = probe(model, guide, args, kwargs)
+    nesting, probe_tr, _ = probe(model, guide, args, kwargs, summed=summed)
     with torch.no_grad(), eval_mode(model, guide):
-        model_tr, guide_tr, _ = particle_traces(model, guide, args, kwargs, num_samples, nesting)
+        model_tr, guide_tr, vectorized = particle_traces(
+            model, guide, args, kwargs, num_samples, nesting
+        )
+    enumerated = summed_sites(model_tr, guide_tr) if summed else ()
+    if enumerated and not vectorized:  # the sums replay the draws under the particle plate
+        raise ValueError(
+            f"model: the sites {list(enumerated)} are summed out by enumeration, in a run "
+            "per value with the guide's draws replayed under the particle plate; this "
+            "pair's draws were taken in a loop (a model that does not broadcast)"
+        )
     return guide_tr, model_tr, nesting + 1, probe_tr
 
 

@@ -45,8 +45,16 @@ from pyro_vae.diagnostics.enumeration import (
     exact_answers,
     state_values,
 )
+from pyro_vae.enumerated_sites import (
+    enumerated_runs,
+    enumerated_sites,
+    marginal_terms,
+    summed_log_joint,
+    summed_sites,
+)
 from pyro_vae.evaluate import PerDatapoint, data_arguments, eval_mode, prepare
 from pyro_vae.guides.fixed import as_guide
+from pyro_vae.plates import batch_rows, find_data_plate, require_data_plate
 from pyro_vae.pointwise import masked_log_prob, per_datapoint_log_density
 from pyro_vae.traces import (
     full_rank,
@@ -150,6 +158,14 @@ def _log_densities(
             pair.vectorize, vectorized, looped, what, num
         )
     log_p, model_round_off = _per_datapoint(model_tr, num, rows, nesting + 1, pair.plate)
+    if pair.enumerated:  # log p(x_n, u) = log Σ_c p(x_n, z_n = c, u), each run's terms bounded
+        runs = pair.summed_runs(model_tr, guide_tr, args, start, num)
+        conditional, prior = marginal_terms(
+            runs, pair.enumerated, num, rows, nesting + 1, pair.plate
+        )
+        log_p = (conditional + prior).double()
+        bounds = [_per_datapoint(run, num, rows, nesting + 1, pair.plate)[1] for run in runs]
+        model_round_off = torch.stack(bounds).amax(0)
     log_q, guide_round_off = _per_datapoint(guide_tr, num, rows, nesting + 1, pair.plate)
     return log_p, log_q, model_round_off + guide_round_off
 
@@ -253,28 +269,50 @@ def psis_khat(
     instead, as :func:`psis_khat_per_datapoint` does for local latents) or because the
     draws repeat a ratio in the fitted tail. ``device`` (``None``: where the tensors in
     ``args`` are): the tensors in ``args`` and ``kwargs`` are put there, where the pair's
-    modules must be (:func:`pyro_vae.diagnostics.draws.to_given_device`).
+    modules must be (:func:`pyro_vae.diagnostics.draws.to_given_device`). A site the
+    model sums out by enumeration (marked, not drawn by the guide) is summed out of each
+    ratio per datapoint (:func:`~pyro_vae.enumerated_sites.summed_log_joint`).
 
     Raises:
         ValueError: ``num_samples`` < 21 (``PSIS_MIN_SAMPLES``); a ``device`` this machine
-            does not have; a guide that draws a continuous latent from a point mass.
+            does not have; a guide that draws a continuous latent from a point mass; a
+            site summed out that is not one variable per datapoint, or that a site
+            outside the data plate depends on.
     """
     check_count("num_samples", num_samples, PSIS_MIN_SAMPLES, "; PSIS needs ≥ 5 tail draws")
     args, kwargs = to_given_device(args, kwargs, device)
     guide = as_guide(guide)
     _refuse_point_masses(point_masses_of(model, guide, args, kwargs))
-    guide_tr, model_tr, rank, probe_tr = draw(model, guide, args, kwargs, num_samples)
+    guide_tr, model_tr, rank, probe_tr = draw(model, guide, args, kwargs, num_samples, True)
     support = discrete_support(probe_tr)
     if support is not None and support.count <= num_samples:
         return math.nan
-    log_w = log_density_per_draw(model_tr, rank, num_samples) - log_density_per_draw(
-        guide_tr, rank, num_samples
-    )
-    round_off = _per_draw_round_off(model_tr, rank, num_samples) + _per_draw_round_off(
-        guide_tr, rank, num_samples
-    )
+    sites = summed_sites(model_tr, guide_tr)
+    if sites:
+        log_p, model_round_off = _summed_log_joint(
+            model, model_tr, guide_tr, args, kwargs, sites, num_samples, rank
+        )
+    else:
+        log_p = log_density_per_draw(model_tr, rank, num_samples)
+        model_round_off = _per_draw_round_off(model_tr, rank, num_samples)
+    log_w = log_p - log_density_per_draw(guide_tr, rank, num_samples)
+    round_off = model_round_off + _per_draw_round_off(guide_tr, rank, num_samples)
     log_w = log_w.cpu().numpy()
     return float(pareto_khat(log_w, float(round_off.max()), discrete=support is not None))
+
+
+def _summed_log_joint(model, model_tr, guide_tr, args, kwargs, sites, num_samples, rank):
+    """log p(x, u_s) ``[S]`` with the model's enumerated ``sites`` summed out per datapoint
+    (:func:`~pyro_vae.enumerated_sites.summed_log_joint`), and a bound on its rounding
+    error: the largest of the runs' per-draw bounds (one run per value)."""
+    rows = batch_rows(args, kwargs)
+    what = "psis_khat with sites summed out by enumeration"
+    plate = require_data_plate(find_data_plate(model_tr, rows), rows, what)
+    enumerated_sites(model_tr, guide_tr, plate, what)
+    runs = enumerated_runs(model, model_tr, guide_tr, args, kwargs, sites, num_samples, rank)
+    log_p = summed_log_joint(runs, sites, num_samples, rank, plate)
+    bounds = [_per_draw_round_off(run, rank, num_samples) for run in runs]
+    return log_p, torch.stack(bounds).amax(0)
 
 
 def _refuse_point_masses(names: list[str]) -> None:
@@ -381,7 +419,9 @@ def psis_khat_per_datapoint(
     and a datapoint whose draws repeat a ratio in the fitted tail gets NaN.
 
     ``device`` (``None``: ``x``'s): where the pair computes; each chunk of ``x`` is put
-    there, and the log-ratios come back to the CPU chunk by chunk.
+    there, and the log-ratios come back to the CPU chunk by chunk. A site the model sums
+    out by enumeration is summed out of each ratio, p(x_n, u) = Σ_c p(x_n, z_n = c, u)
+    (:mod:`pyro_vae.enumerated_sites`, as the per-datapoint evaluators do).
 
     Raises:
         ValueError: ``num_samples`` < 21 (``PSIS_MIN_SAMPLES``); ``max_elements`` < 1; a
@@ -434,7 +474,9 @@ def _prepared(model, guide, x: torch.Tensor, first: int, rows, device):
                    rows=rows, device=device)  # fmt: skip
     _refuse_point_masses(list(pair.point_masses))
     subsample = {"subsample": pair.subsample(0, first)}
-    _, probe_tr, plate = probe(pair.model, pair.guide, (x[:first].to(device),), subsample, True)
+    _, probe_tr, plate = probe(
+        pair.model, pair.guide, (x[:first].to(device),), subsample, local=True, summed=True
+    )
     return pair, discrete_support(probe_tr, plate)
 
 
