@@ -107,14 +107,66 @@ def summed_log_joint(runs: list[Trace], sites, num_samples: int, rank: int, plat
                 f"depends on {list(sites)}, summed out by enumeration; a sum per datapoint "
                 "cannot hold it. Use pyro_vae.evaluate.elbo_estimate (TraceEnum_ELBO)"
             )
-    local = [_without(run, outside) for run in runs]
-    rows = next(f.size for s in sample_sites(local[0]).values() for f in frames_in(s, plate))
+    local, rows = _local(runs, plate)
     conditional, prior = marginal_terms(local, sites, num_samples, rows, rank, plate)
     total = (conditional + prior).double().sum(-1) * data_plate_scale(first, plate)
     for name in outside:  # scaled and masked, summed within each particle
         log_p = full_rank(first.nodes[name]["log_prob"], rank)
         total = total + log_p.reshape(log_p.shape[0], -1).sum(1).double()
     return total.expand(num_samples)
+
+
+def posterior_values(runs: list[Trace], sites, num_samples: int, rank: int, plate: str):
+    """Draws z_n ~ p(z_n | x_n, u_s) of the summed ``sites`` for each particle s and
+    datapoint n, from :func:`enumerated_runs` (the combination c with probability
+    ∝ p(x_n, z_n = c, u_s), every site of the datapoint unscaled), by Pyro's random stream:
+    (the combination drawn ``[K, B]``, {site: its value, shaped as in the runs}).
+
+    The pair (u_s, z) is then a draw from q(u) p(z | x, u), as ``infer_discrete`` draws it
+    (Pyro: ``pyro.infer.infer_discrete``, temperature 1)."""
+    local, rows = _local(runs, plate)
+    logits = torch.stack(
+        [per_datapoint_log_density(run, num_samples, rows, rank, plate) for run in local]
+    )
+    index = torch.distributions.Categorical(logits=logits.movedim(0, -1)).sample()
+    combinations = list(itertools.product(*[support(runs[0].nodes[n]["fn"]) for n in sites]))
+    values = {}
+    for j, name in enumerate(sites):
+        table = torch.stack([combination[j] for combination in combinations])
+        values[name] = table[index].reshape(runs[0].nodes[name]["value"].shape)
+    return index, values
+
+
+def marginal_log_likelihoods(runs: list[Trace], sites, num_samples: int, rank: int, plate: str):
+    """{observed site in ``plate``: log p(x_n | u_s) ``[K, B]``}, each site's own marginal
+    with the summed sites out: log Σ_c p(z_n = c | u_s) p(x_n | z_n = c, u_s), p(c | u)
+    from the latent sites of the datapoint in each run (unscaled, as ArviZ's pointwise
+    log-likelihood is), from :func:`enumerated_runs`."""
+    local, rows = _local(runs, plate)
+
+    def density(run, keep):
+        part = sample_sites_where(run, keep)
+        return per_datapoint_log_density(part, num_samples, rows, rank, plate)
+
+    def latent(name, site) -> bool:  # the summed sites are conditioned on in the runs
+        return not site["is_observed"] or name in sites
+
+    prior = torch.stack([density(run, latent) for run in local])
+    prior = prior - torch.logsumexp(prior, 0)
+    found = {}
+    for name, site in sample_sites(local[0]).items():
+        if not latent(name, site):
+            alone = lambda n, _, name=name: n == name  # noqa: E731
+            given = torch.stack([density(run, alone) for run in local])
+            found[name] = torch.logsumexp(prior + given, 0)
+    return found
+
+
+def _local(runs: list[Trace], plate: str) -> tuple[list[Trace], int]:
+    """The runs without their sites outside ``plate``, and the plate's size in them."""
+    local = [_without(run, set(outside_plate(run, plate))) for run in runs]
+    rows = next(f.size for s in sample_sites(local[0]).values() for f in frames_in(s, plate))
+    return local, rows
 
 
 def _without(trace: Trace, names: set) -> Trace:
@@ -228,7 +280,9 @@ __all__ = [
     "MAX_COMBINATIONS",
     "enumerated_runs",
     "enumerated_sites",
+    "marginal_log_likelihoods",
     "marginal_terms",
+    "posterior_values",
     "summed_log_joint",
     "summed_sites",
 ]

@@ -25,11 +25,12 @@ from pyro_vae.traces import full_rank, particle_traces, plate_nesting, run_pair,
 
 
 def probe(
-    model, guide, args: tuple, kwargs: dict, local: bool = False, summed: bool = False
+    model, guide, args: tuple, kwargs: dict, local: bool = False
 ) -> tuple[int, Trace, str | None]:
     """Run the guide once and the model replayed on it; check the pair for diagnostics.
-    ``summed``: the caller sums the model's enumerated sites out (PSIS), so the guide
-    need not draw them.
+    A site the model sums out by enumeration (marked, not drawn by the guide) is not a
+    latent the guide must draw: the diagnostics sum it out
+    (:mod:`pyro_vae.enumerated_sites`).
 
     Returns:
         ``(nesting, guide_trace, plate)``: the batch dims the model and guide use, the
@@ -46,17 +47,7 @@ def probe(
     latent = [n for n, s in model_sites.items() if not s["is_observed"]]
     name = getattr(guide, "__name__", type(guide).__name__)
     missing = [n for n in latent if n not in guide_sites]
-    enumerated = [n for n in missing if model_sites[n]["infer"].get("enumerate")]
-    if enumerated and not summed:  # AutoNormal cannot draw a Categorical: say what can
-        raise ValueError(
-            f"guide: {name} leaves the model's site(s) {enumerated} to be summed out by "
-            "enumeration (infer={'enumerate': ...}), which the ArviZ diagnostics do not "
-            "do: their draws need the guide to draw every latent site. elbo_estimate, "
-            "elbo_per_datapoint, iwae_log_likelihood and the PSIS diagnostics sum such "
-            f"sites out; for these, draw {enumerated} in the guide (a Categorical or "
-            "Bernoulli site) or leave them to a guide that does"
-        )
-    missing = [n for n in missing if n not in enumerated or not summed]
+    missing = [n for n in missing if not model_sites[n]["infer"].get("enumerate")]
     if missing:
         raise ValueError(
             f"guide: {name} has no sample site for the model's latent site(s) {missing} (it "
@@ -90,21 +81,22 @@ def _local_plate(model_tr: Trace, sites: dict, latent: list[str], args, kwargs) 
 
 
 @torch.no_grad()
-def draw(model, guide, args: tuple, kwargs: dict, num_samples: int, summed: bool = False):
+def draw(model, guide, args: tuple, kwargs: dict, num_samples: int):
     """Guide and replayed model traces of S draws, the draws at dim −rank: vectorized by a
     plate, or drawn in a loop when the model cannot broadcast (:mod:`pyro_vae.traces`).
-    ``summed``: as :func:`probe`'s (the model trace then holds its own draws of them).
+    Sites the model sums out by enumeration are drawn from their prior in the model trace
+    (the caller sums them out, replaying the guide's draws under the particle plate).
 
     Returns:
         ``(guide_trace, model_trace, rank, probe_trace)``: ``probe_trace`` is the guide's
         trace of one probe run (one draw, no particle dim; :func:`probe`).
     """
-    nesting, probe_tr, _ = probe(model, guide, args, kwargs, summed=summed)
+    nesting, probe_tr, _ = probe(model, guide, args, kwargs)
     with torch.no_grad(), eval_mode(model, guide):
         model_tr, guide_tr, vectorized = particle_traces(
             model, guide, args, kwargs, num_samples, nesting
         )
-    enumerated = summed_sites(model_tr, guide_tr) if summed else ()
+    enumerated = summed_sites(model_tr, guide_tr)
     if enumerated and not vectorized:  # the sums replay the draws under the particle plate
         raise ValueError(
             f"model: the sites {list(enumerated)} are summed out by enumeration, in a run "

@@ -8,6 +8,12 @@ x̃_s ~ p(x | z_s), the pointwise ``log_likelihood`` log p(x_n | z_s) that ``az.
 name) and ``log_q`` = log q(z_s | x). Dimensions are named after the model's plates
 (``data`` for :func:`pyro_vae.plates.data_plate`) and ``{site}_dim_{i}`` for event
 dimensions.
+
+A site the model sums out by enumeration (a mixture's assignment under ``TraceEnum_ELBO``,
+not drawn by the guide) is drawn from p(z_n | x_n, u_s) for each draw u_s of the guide, as
+Pyro's ``infer_discrete`` draws it; ``log_likelihood`` then holds each observed site's
+marginal log p(x_n | u_s) per datapoint, and ``lp`` the marginal log p(x, u_s)
+(:mod:`pyro_vae.enumerated_sites`).
 """
 
 from __future__ import annotations
@@ -24,6 +30,14 @@ from pyro_vae.checkpoint import atomic_path
 from pyro_vae.checks import check_count
 from pyro_vae.diagnostics.arviz_compat import az
 from pyro_vae.diagnostics.draws import draw, log_density_per_draw, to_given_device
+from pyro_vae.enumerated_sites import (
+    enumerated_runs,
+    enumerated_sites,
+    marginal_log_likelihoods,
+    posterior_values,
+    summed_log_joint,
+    summed_sites,
+)
 from pyro_vae.evaluate import check_finite
 from pyro_vae.guides.fixed import as_guide
 from pyro_vae.plates import (
@@ -31,6 +45,7 @@ from pyro_vae.plates import (
     batch_rows,
     find_data_plate,
     refuse_self_subsampling,
+    require_data_plate,
 )
 from pyro_vae.pointwise import masked_log_prob
 from pyro_vae.traces import PARTICLES, full_rank, sample_sites, stack_values
@@ -84,9 +99,12 @@ def _dataset(variables: dict[str, tuple[np.ndarray, list[str]]], attrs: dict, dr
     )
 
 
-def _groups(model_tr, rank: int, num_samples: int) -> dict[str, dict]:
-    """The posterior, posterior_predictive, log_likelihood and observed_data variables."""
+def _groups(model_tr, rank: int, num_samples: int, summed: dict | None = None):
+    """The posterior, posterior_predictive, log_likelihood and observed_data variables;
+    ``summed`` (:func:`_summed_out`): the values, predictive draws and per-datapoint
+    log-likelihoods that replace the model trace's for a pair with sites summed out."""
     groups: dict[str, dict] = {k: {} for k in ("posterior", "predictive", "loglik", "observed")}
+    summed = summed or {"values": {}, "predictive": {}, "loglik": {}}
     for name, site in sample_sites(model_tr).items():
         fn = site["fn"]
         # a pyro.deterministic site is a function of the latents: posterior, as ArviZ's
@@ -95,17 +113,52 @@ def _groups(model_tr, rank: int, num_samples: int) -> dict[str, dict]:
         if not site["is_observed"] or deterministic:
             # a deterministic site's Delta takes every dim as an event dim, the draws' too
             event_dim = max(site["value"].dim() - rank, 0) if deterministic else fn.event_dim
-            groups["posterior"][name] = _named(
-                name, site, site["value"], event_dim, rank, num_samples
-            )
+            value = summed["values"].get(name, site["value"])
+            groups["posterior"][name] = _named(name, site, value, event_dim, rank, num_samples)
             continue
         groups["observed"][name] = _named(name, site, site["value"], fn.event_dim, rank, None)
-        groups["predictive"][name] = _named(
-            name, site, _predictive(site, rank), fn.event_dim, rank, num_samples
-        )
-        log_p = masked_log_prob(site)
-        groups["loglik"][name] = _named(name, site, log_p, 0, rank, num_samples)
+        predictive = summed["predictive"].get(name)
+        predictive = _predictive(site, rank) if predictive is None else predictive
+        groups["predictive"][name] = _named(name, site, predictive, fn.event_dim, rank, num_samples)
+        if name in summed["loglik"]:  # per datapoint: [chain, draw, data]
+            log_p, plate = summed["loglik"][name]
+            groups["loglik"][name] = (log_p.cpu().numpy()[None], [plate])
+        else:
+            groups["loglik"][name] = _named(name, site, masked_log_prob(site), 0, rank, num_samples)
     return groups
+
+
+def _summed_out(model, traces, arguments, sites, rank: int, num_samples: int):
+    """For a model that sums ``sites`` out by enumeration, one run per value with the
+    guide's draws replayed (:mod:`pyro_vae.enumerated_sites`): (lp = log p(x, u_s) with
+    them summed out ``[S]``, and for :func:`_groups` their draws from p(z | x, u_s), each
+    observed site's draws x̃ ~ p(x | z, u_s) at those z, and its marginal pointwise
+    log-likelihood log p(x_n | u_s), whose plate names the dim)."""
+    (model_tr, guide_tr), (args, kwargs) = traces, arguments
+    rows = batch_rows(args, kwargs)
+    what = "to_inference_data with sites summed out by enumeration"
+    plate = require_data_plate(find_data_plate(model_tr, rows), rows, what)
+    enumerated_sites(model_tr, guide_tr, plate, what)
+    runs = enumerated_runs(model, model_tr, guide_tr, args, kwargs, sites, num_samples, rank)
+    lp = summed_log_joint(runs, sites, num_samples, rank, plate)
+    index, values = posterior_values(runs, sites, num_samples, rank, plate)
+    loglik = marginal_log_likelihoods(runs, sites, num_samples, rank, plate)
+    predictive = {name: _chosen_draws(runs, name, index, rank, plate) for name in loglik}
+    loglik = {name: (log_p, plate) for name, log_p in loglik.items()}
+    return lp, {"values": values, "predictive": predictive, "loglik": loglik}
+
+
+def _chosen_draws(runs, name: str, index: torch.Tensor, rank: int, plate: str):
+    """x̃ ~ p(x | z = c, u_s) of observed site ``name``, each datapoint and draw from the
+    run of the combination c drawn for it (``index`` ``[S, B]``)."""
+    fn = runs[0].nodes[name]["fn"]
+    draws = torch.stack([full_rank(run.nodes[name]["fn"].sample(), rank + fn.event_dim)
+                         for run in runs])  # fmt: skip
+    dim = next(f.dim for f in runs[0].nodes[name]["cond_indep_stack"] if f.name == plate)
+    shape = [index.shape[0]] + [1] * (rank - 1 + fn.event_dim)
+    shape[rank + dim] = index.shape[1]
+    chosen = index.reshape(shape).expand(draws.shape[1:])
+    return torch.gather(draws, 0, chosen[None]).squeeze(0)
 
 
 @torch.no_grad()
@@ -148,9 +201,16 @@ def to_inference_data(
     except DataPlateError:  # several plates run over the data's rows (N = G): unnamed
         plate = ""
     attrs = {"pyro_vae_format": FORMAT, "num_samples": num_samples, "data_plate": plate}
-    groups = _groups(model_tr, rank, num_samples)
+    sites, summed = summed_sites(model_tr, guide_tr), None
+    if sites:
+        lp, summed = _summed_out(
+            model, (model_tr, guide_tr), (args, kwargs), sites, rank, num_samples
+        )
+    else:
+        lp = log_density_per_draw(model_tr, rank, num_samples)
+    groups = _groups(model_tr, rank, num_samples, summed)
     stats = {
-        "lp": log_density_per_draw(model_tr, rank, num_samples).cpu().numpy()[None],
+        "lp": lp.cpu().numpy()[None],
         "log_q": log_density_per_draw(guide_tr, rank, num_samples).cpu().numpy()[None],
     }
     return az.InferenceData(

@@ -283,7 +283,7 @@ def psis_khat(
     args, kwargs = to_given_device(args, kwargs, device)
     guide = as_guide(guide)
     _refuse_point_masses(point_masses_of(model, guide, args, kwargs))
-    guide_tr, model_tr, rank, probe_tr = draw(model, guide, args, kwargs, num_samples, True)
+    guide_tr, model_tr, rank, probe_tr = draw(model, guide, args, kwargs, num_samples)
     support = discrete_support(probe_tr)
     if support is not None and support.count <= num_samples:
         return math.nan
@@ -475,7 +475,7 @@ def _prepared(model, guide, x: torch.Tensor, first: int, rows, device):
     _refuse_point_masses(list(pair.point_masses))
     subsample = {"subsample": pair.subsample(0, first)}
     _, probe_tr, plate = probe(
-        pair.model, pair.guide, (x[:first].to(device),), subsample, local=True, summed=True
+        pair.model, pair.guide, (x[:first].to(device),), subsample, local=True
     )
     return pair, discrete_support(probe_tr, plate)
 

@@ -9,6 +9,7 @@ import torch
 
 from pyro_vae.diagnostics.draws import draw, log_density_per_draw, probe
 from pyro_vae.plates import data_plate
+from pyro_vae.traces import VectorizationWarning
 
 
 def local_model(x):
@@ -58,25 +59,26 @@ def test_draws_lie_at_the_particle_dim_and_their_log_densities_add_up():
     assert math.isfinite(float(log_density_per_draw(model_tr, rank, 5).sum()))
 
 
-def test_a_site_summed_out_by_enumeration_is_refused_naming_what_sums_it_out():
-    """Tester O: to_inference_data refused a model whose Categorical c the model
-    enumerates, advising AutoNormal(model), which cannot draw a Categorical. The refusal
-    now names the enumeration and the evaluators that sum c out (PSIS sums it out too:
-    tests/pyro_vae/diagnostics/test_psis.py)."""
-    from pyro_vae.diagnostics.inference_data import to_inference_data
-
+def test_a_site_summed_out_needs_the_draws_under_the_particle_plate():
+    """The diagnostics sum a site the model enumerates out by replaying the guide's draws
+    under the particle plate; draws taken in a loop (a model that does not broadcast) are
+    refused, naming the site."""
     x = torch.tensor([-2.5, -1.0, 0.0, 0.8, 2.2])
 
-    def model(x):
+    def model(x):  # float(w) takes one draw at a time
+        w = pyro.sample("w", dist.Normal(0.0, 1.0))
         with pyro.plate("data", len(x)):
             c = pyro.sample("c", dist.Categorical(torch.tensor([0.3, 0.7])),
                             infer={"enumerate": "parallel"})  # fmt: skip
-            z = pyro.sample("z", dist.Normal(torch.tensor([-2.0, 1.0])[c], 1.0))
-            pyro.sample("x", dist.Normal(z, 0.5), obs=x)
+            pyro.sample("x", dist.Normal(torch.tensor([-2.0, 1.0])[c] + float(w), 0.5), obs=x)
 
     def guide(x):
-        with pyro.plate("data", len(x)):
-            pyro.sample("z", dist.Normal(0.8 * x, 0.6))
+        pyro.sample("w", dist.Normal(0.0, 0.1))
 
-    with pytest.raises(ValueError, match=r"leaves the model's site\(s\) \['c'\] to be summed"):
-        to_inference_data(model, guide, x)
+    with (
+        pytest.warns(VectorizationWarning),
+        pytest.raises(
+            ValueError, match=r"sites \['c'\] are summed out by enumeration.*taken in a loop"
+        ),
+    ):
+        draw(model, guide, (x,), {}, 30)

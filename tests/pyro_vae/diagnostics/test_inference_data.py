@@ -292,3 +292,79 @@ def test_a_deterministic_site_per_datapoint_keeps_its_rows_when_particles_loop()
     r, z = idata.posterior["r"], idata.posterior["z"]
     assert r.dims == ("chain", "draw", "data") and r.shape == (1, 20, 6)
     np.testing.assert_allclose(r.values, np.linalg.norm(z.values, axis=-1), rtol=1e-6)
+
+
+PI_3, MU_3 = torch.tensor([0.2, 0.3, 0.5]), torch.tensor([-4.0, 0.0, 4.0])
+
+
+def _within(frequency, probability, draws):
+    """Five binomial standard errors (and 1e-3 for probabilities near 0 or 1)."""
+    return 5 * (probability * (1 - probability) / draws).sqrt() + 1e-3
+
+
+def test_a_site_the_model_sums_out_is_drawn_from_its_posterior_and_summed_out_of_the_rest():
+    """A mixture whose assignment z the model enumerates and a guide over the global shift
+    alone (refused before). Against hand-written closed forms at the fit's own draws of
+    the shift s: z's draws from p(z_n | x_n, s), the marginal log p(x_n | s) in
+    log_likelihood, lp = log p(x, s) with z summed out, and x̃ drawn at the drawn z."""
+    x = torch.tensor([-4.2, 0.3, 3.9, 1.5, -3.0])
+
+    def mixture(x):
+        shift = pyro.sample("shift", dist.Normal(0.0, 2.0))
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Categorical(PI_3), infer={"enumerate": "parallel"})
+            pyro.sample("x", dist.Normal(MU_3[z] + shift, 0.5), obs=x)
+
+    def guide(x):
+        pyro.sample("shift", dist.Normal(0.1, 0.3))
+
+    pyro.set_rng_seed(0)
+    S = 2000
+    idata = to_inference_data(mixture, guide, x, num_samples=S)
+    assert idata.posterior["z"].dims == ("chain", "draw", "data")
+    s = torch.tensor(idata.posterior["shift"].values[0])[:, None]  # [S, 1]
+    z = torch.tensor(idata.posterior["z"].values[0])  # [S, N]
+    joint = PI_3.log()[:, None, None] + dist.Normal(MU_3[:, None, None] + s, 0.5).log_prob(x)
+    marginal = torch.logsumexp(joint, 0)  # log p(x_n | s): [S, N]
+    # float32 densities: within 1e-5 of their size
+    np.testing.assert_allclose(idata.log_likelihood["x"].values[0], marginal, atol=2e-5)
+    lp = dist.Normal(0.0, 2.0).log_prob(s[:, 0]) + marginal.sum(-1)
+    np.testing.assert_allclose(idata.sample_stats["lp"].values[0], lp.double(), atol=1e-4)
+    posterior = (joint - marginal).exp().mean(1)  # E_s p(z_n = c | x_n, s): [3, N]
+    for c in range(3):
+        frequency = (z == c).double().mean(0)
+        assert ((frequency - posterior[c]).abs() <= _within(frequency, posterior[c], S)).all()
+    # x̃ ~ N(μ_z + s, 0.5²) at the drawn z: standardized, mean 0 and sd 1 (S·N = 10,000)
+    residual = (torch.tensor(idata.posterior_predictive["x"].values[0]) - MU_3[z] - s) / 0.5
+    assert abs(residual.mean()) < 5 / math.sqrt(S * len(x))
+    assert abs(residual.std() - 1) < 5 / math.sqrt(2 * S * len(x))
+    assert az.loo(idata).elpd_loo < 0  # ArviZ reads the pointwise marginal
+
+
+def test_a_summed_site_whose_child_is_latent_is_weighed_by_that_child_too():
+    """Tester O's model: c picks the prior of the latent z, and x reads z alone. Then
+    p(c | x_n, z) ∝ π_c N(z; m_c, 1) and log p(x_n | z) = log N(x_n; z, 0.5²), exactly."""
+    x = torch.tensor([-2.5, -1.0, 0.0, 0.8, 2.2])
+    pi, m = torch.tensor([0.3, 0.7]), torch.tensor([-2.0, 1.0])
+
+    def model(x):
+        with pyro.plate("data", len(x)):
+            c = pyro.sample("c", dist.Categorical(pi), infer={"enumerate": "parallel"})
+            z = pyro.sample("z", dist.Normal(m[c], 1.0))
+            pyro.sample("x", dist.Normal(z, 0.5), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(0.8 * x, 0.6))
+
+    pyro.set_rng_seed(1)
+    S = 2000
+    idata = to_inference_data(model, guide, x, num_samples=S)
+    z = torch.tensor(idata.posterior["z"].values[0])
+    c = torch.tensor(idata.posterior["c"].values[0])
+    expected = dist.Normal(z, 0.5).log_prob(x)
+    np.testing.assert_allclose(idata.log_likelihood["x"].values[0], expected, atol=2e-5)
+    weights = pi.log()[:, None, None] + dist.Normal(m[:, None, None], 1.0).log_prob(z)
+    posterior = torch.softmax(weights, 0)[1].mean(0)  # E_z p(c = 1 | z): [N]
+    frequency = (c == 1).double().mean(0)
+    assert ((frequency - posterior).abs() <= _within(frequency, posterior, S)).all()
