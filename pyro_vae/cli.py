@@ -693,7 +693,30 @@ def _note_unaccepted(args: argparse.Namespace, exp: Experiment, config: RunConfi
                 f"(it received {sorted(exp.model_arguments)})"
             )
     options = {k: v for k, v in config.model.options.items() if k not in exp.not_accepted}
+    _note_none_defaults(args, config.model.spec, options)
     return replace(config, model=replace(config.model, options=options))
+
+
+def _note_none_defaults(args: argparse.Namespace, spec: str, options: dict[str, Any]) -> None:
+    """Say which of a user's constructor defaults of None ("my own choice") the command's
+    defaults replaced, where their flags were left out (tester Q: nothing was printed).
+    The shipped models' None defaults are the command's, so they go unnoted."""
+    if spec.startswith("models."):
+        return
+    own = _constructor_defaults(spec)
+    replaced = {
+        key: options[key]
+        for key in _MODEL_DEFAULTS_OF_ITS_OWN
+        if key in own and own[key] is None and key in options
+        and getattr(args, _MODEL_FLAGS[key]) is None and key not in dict(args.model_opt)
+    }  # fmt: skip
+    if replaced:
+        flags = ", ".join("--" + _MODEL_FLAGS[key].replace("_", "-") for key in replaced)
+        given = ", ".join(f"{key}={value!r}" for key, value in replaced.items())
+        print(
+            f"note: {spec} defaults {', '.join(replaced)} to None, and received the command's "
+            f"{given}; give {flags} to choose"
+        )
 
 
 def _print_test(test: dict[str, Any], table: bool = False) -> None:

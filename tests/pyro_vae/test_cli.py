@@ -1290,3 +1290,26 @@ def test_fit_names_an_image_folder_s_left_out_and_colour_files(capsys):
     assert "1 of the folder's 17 images are colour (b/y/z/0.webp)" in out
     _note_image_folder({"num_train": 15, "num_val": 1, "num_test": 1})
     assert capsys.readouterr().out == ""
+
+
+def test_a_user_s_none_default_replaced_by_the_command_s_is_noted(tmp_path, capsys):
+    """Tester Q: a constructor default of None ("my own choice") received the command's
+    default with no word; now a note names it, and the flag that chooses."""
+    from pyro_vae.cli import _note_none_defaults
+
+    source = tmp_path / "mine.py"
+    source.write_text(
+        "class Mine:\n    def __init__(self, x_dim, latent_dim=3, activation=None):\n        pass\n"
+    )
+
+    def noted(spec, *flags, options=None):
+        args = _parser().parse_args(["fit", "--out", str(tmp_path / "r"), *flags])
+        _note_none_defaults(args, spec, options or {"latent_dim": 3, "activation": "softplus"})
+        return capsys.readouterr().out
+
+    out = noted(f"{source}:Mine")
+    assert "defaults activation to None, and received the command's activation='softplus'" in out
+    assert "give --activation to choose" in out and "latent_dim" not in out
+    assert noted(f"{source}:Mine", "--activation", "relu") == ""
+    assert noted(f"{source}:Mine", "--model-opt", "activation=relu") == ""
+    assert noted("models.vae:VAE") == ""  # the shipped models' None is the command's default
