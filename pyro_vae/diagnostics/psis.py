@@ -54,7 +54,12 @@ from pyro_vae.enumerated_sites import (
 )
 from pyro_vae.evaluate import PerDatapoint, data_arguments, eval_mode, prepare
 from pyro_vae.guides.fixed import as_guide
-from pyro_vae.plates import batch_rows, find_data_plate, require_data_plate
+from pyro_vae.plates import (
+    batch_rows,
+    find_data_plate,
+    refuse_self_subsampling,
+    require_data_plate,
+)
 from pyro_vae.pointwise import masked_log_prob, per_datapoint_log_density
 from pyro_vae.traces import (
     full_rank,
@@ -307,6 +312,7 @@ def _summed_log_joint(model, model_tr, guide_tr, args, kwargs, sites, num_sample
     error: the largest of the runs' per-draw bounds (one run per value)."""
     rows = batch_rows(args, kwargs)
     what = "psis_khat with sites summed out by enumeration"
+    refuse_self_subsampling(model_tr, rows, what)  # each run would draw rows of its own
     plate = require_data_plate(find_data_plate(model_tr, rows), rows, what)
     enumerated_sites(model_tr, guide_tr, plate, what)
     runs = enumerated_runs(model, model_tr, guide_tr, args, kwargs, sites, num_samples, rank)

@@ -359,3 +359,12 @@ def test_joint_khat_sums_out_a_local_site_the_model_enumerates_beside_a_global_o
 
     with pytest.raises(ValueError, match="site 'count' lies outside the per-datapoint plate"):
         psis_khat(tied, guide, x, num_samples=50)
+
+    def subsampled(x):  # each run per value would score rows of its own
+        shift = pyro.sample("shift", dist.Normal(0.0, 2.0))
+        with pyro.plate("data", len(x), subsample_size=3) as rows:
+            z = pyro.sample("z", dist.Categorical(PI_3), infer={"enumerate": "parallel"})
+            pyro.sample("x", dist.Normal(MU_3[z] + shift, 0.5), obs=x[rows])
+
+    with pytest.raises(ValueError, match="subsample"):
+        psis_khat(subsampled, guide, x, num_samples=50)
