@@ -297,6 +297,15 @@ def test_a_deterministic_site_per_datapoint_keeps_its_rows_when_particles_loop()
 PI_3, MU_3 = torch.tensor([0.2, 0.3, 0.5]), torch.tensor([-4.0, 0.0, 4.0])
 
 
+def shifted_mixture(x):
+    """A global shift s ~ N(0, 2²) and per datapoint z_n ~ Categorical(π), which the model
+    sums out by enumeration; x_n ~ N(μ_z + s, 0.5²)."""
+    shift = pyro.sample("shift", dist.Normal(0.0, 2.0))
+    with pyro.plate("data", len(x)):
+        z = pyro.sample("z", dist.Categorical(PI_3), infer={"enumerate": "parallel"})
+        pyro.sample("x", dist.Normal(MU_3[z] + shift, 0.5), obs=x)
+
+
 def _within(frequency, probability, draws):
     """Five binomial standard errors (and 1e-3 for probabilities near 0 or 1)."""
     return 5 * (probability * (1 - probability) / draws).sqrt() + 1e-3
@@ -309,18 +318,12 @@ def test_a_site_the_model_sums_out_is_drawn_from_its_posterior_and_summed_out_of
     log_likelihood, lp = log p(x, s) with z summed out, and x̃ drawn at the drawn z."""
     x = torch.tensor([-4.2, 0.3, 3.9, 1.5, -3.0])
 
-    def mixture(x):
-        shift = pyro.sample("shift", dist.Normal(0.0, 2.0))
-        with pyro.plate("data", len(x)):
-            z = pyro.sample("z", dist.Categorical(PI_3), infer={"enumerate": "parallel"})
-            pyro.sample("x", dist.Normal(MU_3[z] + shift, 0.5), obs=x)
-
     def guide(x):
         pyro.sample("shift", dist.Normal(0.1, 0.3))
 
     pyro.set_rng_seed(0)
     S = 2000
-    idata = to_inference_data(mixture, guide, x, num_samples=S)
+    idata = to_inference_data(shifted_mixture, guide, x, num_samples=S)
     assert idata.posterior["z"].dims == ("chain", "draw", "data")
     s = torch.tensor(idata.posterior["shift"].values[0])[:, None]  # [S, 1]
     z = torch.tensor(idata.posterior["z"].values[0])  # [S, N]

@@ -25,7 +25,15 @@ from pyro_vae.diagnostics.arviz_compat import az
 from pyro_vae.diagnostics.draws import variational_guide
 from pyro_vae.diagnostics.psis import pareto_khat, psis_khat, psis_khat_per_datapoint
 from pyro_vae.plates import data_plate
-from tests.pyro_vae.diagnostics.test_inference_data import A0, B0, LAM0, regression
+from tests.pyro_vae.diagnostics.test_inference_data import (
+    A0,
+    B0,
+    LAM0,
+    MU_3,
+    PI_3,
+    regression,
+    shifted_mixture,
+)
 from tests.pyro_vae.test_evaluate import POST_GAIN, SIGMA, B, W, make_guide, model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -278,9 +286,6 @@ def test_k_hat_refuses_a_point_mass_on_a_continuous_latent():
             khat(model, point, x)
 
 
-PI_3, MU_3 = torch.tensor([0.2, 0.3, 0.5]), torch.tensor([-4.0, 0.0, 4.0])
-
-
 def _kept_draws(site: str, draws: list, num_samples: int):
     """A guide recording its draw of ``site`` under the particle plate (its one run there:
     the sums over the enumerated values replay it)."""
@@ -329,12 +334,6 @@ def test_joint_khat_sums_out_a_local_site_the_model_enumerates_beside_a_global_o
     Σ_n log Σ_z π_z N(x_n; μ_z + s, σ²) by hand at the guide's draws, through psislw."""
     x = torch.tensor([-4.2, 0.3, 3.9, 1.5, -3.0])
 
-    def shifted(x):
-        shift = pyro.sample("shift", dist.Normal(0.0, 2.0))
-        with pyro.plate("data", len(x)):
-            z = pyro.sample("z", dist.Categorical(PI_3), infer={"enumerate": "parallel"})
-            pyro.sample("x", dist.Normal(MU_3[z] + shift, 0.5), obs=x)
-
     draws = []
     keep = _kept_draws("shift", draws, 1000)
 
@@ -342,7 +341,7 @@ def test_joint_khat_sums_out_a_local_site_the_model_enumerates_beside_a_global_o
         keep(pyro.sample("shift", dist.Normal(0.1, 0.3)))
 
     pyro.set_rng_seed(0)
-    khat = psis_khat(shifted, guide, x, num_samples=1000)
+    khat = psis_khat(shifted_mixture, guide, x, num_samples=1000)
     s = draws[0].reshape(-1, 1)
     components = dist.Normal(MU_3[:, None, None] + s, 0.5).log_prob(x) + PI_3.log()[:, None, None]
     log_p = dist.Normal(0.0, 2.0).log_prob(s[:, 0]) + torch.logsumexp(components, 0).sum(-1)
