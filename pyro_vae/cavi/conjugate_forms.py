@@ -1569,12 +1569,18 @@ def moved_beyond_rounding(log_probs: torch.Tensor) -> float:
 
 
 def hidden_dependence(site: str, distribution: str, moved: float, where: str = "probe",
-                      read=()) -> str:  # fmt: skip
+                      read=(), every: bool = False) -> str:  # fmt: skip
     """The refusal of a factor whose log-density moves although nothing provenance saw it
-    read moves (``read``: those latents, held fixed; none: it read none), by ``moved``
-    nats, at the ``where`` points ("probe", "q")."""
+    read moves (``read``: those latents, held fixed; none: it read none; ``every``: they
+    are all the model's latents), by ``moved`` nats, at the ``where`` points ("probe",
+    "q")."""
     places = "points drawn from the fitted q" if where == "q" else "the probe points"
-    if read:
+    if read and every:
+        seen = (
+            f"its log-density moves between model runs, by {moved:.3g} nats at {places}, "
+            f"with every latent ({list(read)}) held at one value"
+        )
+    elif read:
         seen = (
             f"its log-density moves, by {moved:.3g} nats at {places}, when only latents "
             f"other than {list(read)} (those Pyro's provenance tracking saw it read) move"
@@ -1597,15 +1603,22 @@ def hidden_dependence(site: str, distribution: str, moved: float, where: str = "
 def _hidden_elsewhere(runner, members, site, trace, base) -> None:
     """Refuse ``site`` by :func:`hidden_dependence` where its log-density moves with every
     member held at ``base`` and only the other latents drawn (a float(τ) hid τ, and the
-    fit's failure was blamed on the member μ: tester 17's F4)."""
+    fit's failure was blamed on the member μ: tester 17's F4). Where the members are every
+    latent, nothing else is drawn, and a log-density that moves still is the model's own
+    random numbers (tester S's F3: a torch.randn beside the one latent was blamed on it)."""
     held = {s: base[s] for m in members for s in m.sites}
-    if len(held) == sum(len(latent.sites) for latent in runner.latents.values()):
-        return  # nothing else to move
-    moved = moved_beyond_rounding(runner.runs(_HIDDEN_POINTS, held).log_probs[site])
+    every = len(held) == sum(len(latent.sites) for latent in runner.latents.values())
+    if every:  # no point to draw (the probe points' stream is left as it was)
+        points = {s: v.expand((_HIDDEN_POINTS, *v.shape)) for s, v in held.items()}
+        log_probs = runner.log_probs(points, _HIDDEN_POINTS)
+    else:
+        log_probs = runner.runs(_HIDDEN_POINTS, held).log_probs
+    moved = moved_beyond_rounding(log_probs[site])
     if moved:
         distribution = _dist_name(trace.nodes[site])
         names = [m.name for m in members]
-        raise NotConjugateError(hidden_dependence(site, distribution, moved, read=names))
+        message = hidden_dependence(site, distribution, moved, read=names, every=every)
+        raise NotConjugateError(message)
 
 
 #: Points at which a factor that failed its fit is run with its members held.

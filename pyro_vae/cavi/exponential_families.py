@@ -95,8 +95,20 @@ class Family:
             f"{self.name}; the model's factors of {self.site!r} do not define a proper "
             "conditional (check the prior's parameters; with data far from zero, or nearly "
             "collinear regressors, float64 rounding in the probed factors can do this too: "
-            "centre and scale them)"
+            "centre and scale them; so can latents linked far more tightly than their other "
+            "scales, a child's sd 10⁻³ of its parent's, " + TIGHT_LINK_ADVICE + ")"
         )
+
+
+#: What to do about latents linked far more tightly than their data and priors inform them
+#: (tester S's F2: θ₁ ~ N(θ₀, 10⁻⁴) with data of order one was refused as a kink or an
+#: improper update, and at 3·10⁻⁵ mean field crawled): probing in float64 loses the
+#: precision such a link leaves, and mean field's sweeps move along it a step per sweep.
+TIGHT_LINK_ADVICE = (
+    "whose probe points then lose float64 precision: write the tightly linked latents as "
+    "one vector site (a MultivariateNormal, or a Normal .to_event(1) with the link in its "
+    "covariance), updated as one factor, or reparameterize the link (θ₁ = θ₀ + sd·ε)"
+)
 
 
 def described(fn) -> str:

@@ -58,6 +58,7 @@ from pyro_vae.cavi.conjugate_forms import (
 from pyro_vae.cavi.data_indexing import sum_by_rows
 from pyro_vae.cavi.expectations import product_sum, read_statistics
 from pyro_vae.cavi.exponential_families import (
+    TIGHT_LINK_ADVICE,
     BernoulliFamily,
     BetaFamily,
     CategoricalFamily,
@@ -138,7 +139,9 @@ class Misfit:
         kink = (
             "it is conjugate only in part of the latents' space (a clamp, a torch.where, a "
             "piecewise parameter), and q lies where the form does not hold; AutoCAVI updates "
-            f"only models with one conjugate form everywhere ({SVI_ADVICE})"
+            f"only models with one conjugate form everywhere ({SVI_ADVICE}). Where no such op "
+            "is there, latents linked far more tightly than their other scales (a child's sd "
+            f"10⁻³ of its parent's) do this too, {TIGHT_LINK_ADVICE}"
         )
         small = SMALL_MISFIT if not self.precision else PRECISION_ROUNDING
         if self.relative >= small:

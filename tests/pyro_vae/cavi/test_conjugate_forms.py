@@ -276,6 +276,17 @@ def test_random_numbers_outside_pyro_sample_are_named_as_a_possible_cause():
     with pytest.raises(NotConjugateError, match="factor 'jitter'.*random numbers outside"):
         AutoCAVI(model).fit(t(0.3))
 
+    def beside_the_only_latent(y):  # tester S's F3: the noise was blamed on μ, "not linear"
+        mu = pyro.sample("mu", dist.Normal(t(0.0), 2.0))
+        with pyro.plate("N", len(y)):
+            pyro.sample("y", dist.Normal(mu + 0.5 * torch.randn((), dtype=F64), 1.0), obs=y)
+
+    with pytest.raises(
+        NotConjugateError,
+        match=r"factor 'y'.*with every latent \(\['mu'\]\) held at one value.*random numbers",
+    ):
+        AutoCAVI(beside_the_only_latent).fit(t([0.3, 0.9, 1.5]))
+
 
 def test_a_latent_hidden_from_a_factor_with_members_is_named_not_the_member_it_reads():
     # tester 17's F4: Normal(μ, float(τ)^-½) reads τ through float(); the fit failed and
