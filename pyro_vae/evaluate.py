@@ -57,7 +57,7 @@ from pyro_vae.plates import (
     refuse_self_subsampling,
     require_data_plate,
 )
-from pyro_vae.pointwise import per_datapoint_log_density
+from pyro_vae.pointwise import per_datapoint_log_density, refuse_inner_subsampling
 from pyro_vae.progress import bar as progress_bar
 from pyro_vae.traces import (
     PointMassWarning,
@@ -259,6 +259,7 @@ def prepare(
     probe_rows: int = 100,
     rows: torch.Tensor | None = None,
     device: torch.device | str | None = None,
+    multi_sample: bool = False,
 ) -> PerDatapoint:
     """Find the per-datapoint plate and check the pair before any per-datapoint work.
 
@@ -271,10 +272,13 @@ def prepare(
     over local latents), which rows of the data it was fitted to ``data`` holds; the first
     ``len(data)`` when ``None``. Such a guide has nothing to say about other data.
     ``device``: where the pair computes; the probe rows and ``rows`` are put there
-    (``None``: where ``data`` is).
+    (``None``: where ``data`` is). ``multi_sample``: ``what`` takes a log-sum-exp over
+    each datapoint's draws (IWAE's log p(x_n), PSIS ratios), so no other plate may be
+    subsampled (:func:`~pyro_vae.pointwise.refuse_inner_subsampling`).
 
     Raises:
-        pyro_vae.plates.DataPlateError: the model has no per-datapoint plate.
+        pyro_vae.plates.DataPlateError: the model has no per-datapoint plate; with
+            ``multi_sample``, another plate is subsampled.
         ValueError: a model site is neither observed nor in the guide; ``rows`` of the
             wrong length or beyond the rows a local autoguide was fitted to.
     """
@@ -305,6 +309,8 @@ def prepare(
         subsample = pair.subsample(0, num_rows).to(probe[0].device)
         model_tr, guide_tr = run_pair(pair.model, pair.guide, probe, {"subsample": subsample})
     check_guide_covers_model(model_tr, guide_tr)
+    if multi_sample:
+        refuse_inner_subsampling(model_tr, guide_tr, plate, what)
     with torch.random.fork_rng(devices=[]), torch.no_grad(), eval_mode(model, guide):
         _, again = run_pair(pair.model, pair.guide, probe, {"subsample": subsample})
     pair.point_masses = tuple(point_mass_latents(model_tr, guide_tr, again))
@@ -613,6 +619,7 @@ def iwae_log_likelihood(
             batch_size,
             rows,
             device,
+            multi_sample=num_samples > 1,
         )
         pair.warn_point_masses()
         bar = progress_bar(

@@ -127,6 +127,8 @@ def importance_log_densities(
         else outside_plate(model_trace, plate) + outside_plate(guide_trace, plate)
     )
     if plate is not None and not outside:  # the weights factor over it (weights_factor)
+        if num_particles > 1:
+            refuse_inner_subsampling(model_trace, guide_trace, plate, "a multi-sample bound")
         scale = data_plate_scale(model_trace, plate)
         batch = plate_elements(model_trace, plate)
         log_p = per_datapoint_log_density(
@@ -154,6 +156,30 @@ def importance_log_densities(
         )
     log_p = per_draw_log_density(model_trace, num_particles, rank)
     return log_p, per_draw_log_density(guide_trace, num_particles, rank, log_p.device), 1.0
+
+
+def refuse_inner_subsampling(model_trace: Trace, guide_trace: Trace, plate: str, what: str):
+    """Refuse a plate other than the per-datapoint ``plate`` that is subsampled in this run
+    (``subsample_size`` on a plate of pixels or of features, inside the data plate or
+    around it): ``what`` takes a log-sum-exp over each datapoint's particles, and that
+    plate's scale N/B inside it bounds nothing. Tester R: an IWAE "bound" at K = 1000 came
+    out 7.0 nats above the exact log p(x), VIMCO's 5.4, with no warning. (The data plate's
+    own scale is applied outside the log-sum-exp.)
+
+    Raises:
+        DataPlateError: naming the plate, its scale and the ways out."""
+    inner = subsampled_plates(model_trace) | subsampled_plates(guide_trace)
+    inner.pop(plate, None)
+    if inner:
+        name = sorted(inner)[0]
+        raise DataPlateError(
+            f"plate {name!r} is subsampled (scale {inner[name]:g}) beside the per-datapoint "
+            f"plate {plate!r}; {what} takes a log-sum-exp over each datapoint's particles, "
+            "and a subsample's scale inside it bounds nothing. Subsample the data plate "
+            f"only (its scale is applied outside the log-sum-exp), drop {name!r}'s "
+            "subsample_size, or use a single-sample ELBO (trace, score, or enum for a "
+            "discrete site)"
+        )
 
 
 def weights_factor(model_trace: Trace, guide_trace: Trace, plate: str | None) -> bool:

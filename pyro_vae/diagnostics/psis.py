@@ -477,7 +477,7 @@ def _prepared(model, guide, x: torch.Tensor, first: int, rows, device):
     and the guide's :func:`discrete_support` per datapoint, from a probe of that pair: a
     local guide sees the rows it was fitted to)."""
     pair = prepare(model, guide, data_arguments(x), "k̂ per datapoint", probe_rows=first,
-                   rows=rows, device=device)  # fmt: skip
+                   rows=rows, device=device, multi_sample=True)  # fmt: skip
     _refuse_point_masses(list(pair.point_masses))
     subsample = {"subsample": pair.subsample(0, first)}
     _, probe_tr, plate = probe(

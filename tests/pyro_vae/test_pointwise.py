@@ -317,3 +317,36 @@ def test_estimators_and_evaluators_read_a_minus_infinite_masked_entry_as_masked(
     for got, expected in zip(results(-math.inf), results(0.0), strict=True):
         assert torch.isfinite(got).all()
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+
+
+def test_a_plate_subsampled_beside_the_data_plate_is_refused_by_multi_sample_bounds():
+    """Tester R: with a pixel plate subsampled inside the data plate, its scale P/S sat
+    inside each datapoint's log-sum-exp; at K = 1000 the IWAE "bound" averaged −33.6 ±
+    0.9 nats against the exact log p(x) = −40.59 (each row x_n ~ N(0, I + 11ᵀ)), and VIMCO
+    −35.2, without a word. A single-sample ELBO stays unbiased there, and is allowed."""
+    from pyro_vae.diagnostics.psis import psis_khat_per_datapoint
+    from pyro_vae.estimators import get
+    from pyro_vae.evaluate import iwae_log_likelihood
+
+    x = torch.tensor([[2.0, 1.5, 3.0, -1.0], [0.0, 0.5, -0.5, 1.0], [4.0, 3.0, 5.0, -3.0]])
+    mean, sd = x.sum(-1, keepdim=True) / 5, 5**-0.5  # the exact posterior of z_n
+
+    def model(x):
+        with pyro.plate("data", 3, dim=-2):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            with pyro.plate("pixels", 4, subsample_size=2, dim=-1) as i:
+                pyro.sample("x", dist.Normal(z, 1.0), obs=x[..., i])
+
+    def guide(x):
+        with pyro.plate("data", 3, dim=-2):
+            pyro.sample("z", dist.Normal(mean[: len(x)], sd))
+
+    pyro.set_rng_seed(0)
+    for name in ("iwae", "vimco"):
+        with pytest.raises(DataPlateError, match=r"plate 'pixels' is subsampled \(scale 2\)"):
+            get(name, num_particles=10).loss(model, guide, x)
+    assert math.isfinite(get("iwae", num_particles=1).loss(model, guide, x))
+    with pytest.raises(DataPlateError, match="importance-weighted log p.*'pixels'"):
+        iwae_log_likelihood(model, guide, x, num_samples=10)
+    with pytest.raises(DataPlateError, match="k̂ per datapoint.*'pixels'"):
+        psis_khat_per_datapoint(model, guide, x, num_samples=30)
