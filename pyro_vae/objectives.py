@@ -46,9 +46,14 @@ import torch
 from pyro.distributions.score_parts import ScoreParts
 from pyro.distributions.util import is_identically_zero, scale_and_mask
 from pyro.poutine import Trace
-from torch.distributions import kl_divergence
 
-from pyro_vae.latent_dims import check_groups, group_count, per_dim_kl, per_dim_log_prob
+from pyro_vae.latent_dims import (
+    check_groups,
+    closed_form_kl,
+    group_count,
+    per_dim_kl,
+    per_dim_log_prob,
+)
 from pyro_vae.traces import PARTICLE_PLATES, sample_sites
 
 __all__ = [
@@ -138,7 +143,7 @@ def _group_kl(model_site: dict, guide_site: dict, analytic: bool) -> torch.Tenso
     """The group's scaled and masked KL term per element (what the estimator subtracts)."""
     if analytic:
         try:
-            kl = kl_divergence(guide_site["fn"], model_site["fn"])
+            kl = closed_form_kl(guide_site["fn"], model_site["fn"])
         except NotImplementedError:
             pass
         else:

@@ -4,10 +4,12 @@
 
 with each site's KL in closed form where ``torch.distributions.kl_divergence`` knows the
 pair, and log q − log p at the draw where it does not (the lecture's eq. 18.4). Without
-``free_bits`` it is Pyro's class unchanged. With ``free_bits=λ`` (Kingma et al. 2016;
-:mod:`pyro_vae.objectives`) each site's KL, averaged over the minibatch, counts as
-max(λ, KL): the same closed form decides and is subtracted, so a site below λ gets no
-gradient from its KL at all.
+``free_bits`` it is Pyro's class, with one term Pyro leaves out: a guide's point mass
+(``AutoNormal``'s Delta at a constrained site) counts its ``log_density``, the
+log-Jacobian of its draw (:func:`pyro_vae.latent_dims.closed_form_kl`). With
+``free_bits=λ`` (Kingma et al. 2016; :mod:`pyro_vae.objectives`) each site's KL,
+averaged over the minibatch, counts as max(λ, KL): the same closed form decides and is
+subtracted, so a site below λ gets no gradient from its KL at all.
 """
 
 from __future__ import annotations
@@ -15,18 +17,20 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from pyro.distributions.util import is_identically_zero, scale_and_mask
 from pyro.infer import TraceMeanField_ELBO
 from pyro.infer.util import check_fully_reparametrized, is_validation_enabled
 
 from pyro_vae.estimators.capabilities import Capabilities
+from pyro_vae.latent_dims import point_mass_log_density
 from pyro_vae.objectives import check_free_bits, check_free_bits_groups, free_bits_traces
 
 
 class MeanFieldELBO(TraceMeanField_ELBO):
     """Pyro's ``TraceMeanField_ELBO`` (the same arguments) and ``free_bits``: λ nats per
-    latent site, or ``None`` (Pyro's estimate, bit for bit); ``free_bits_groups`` splits
-    each site into groups of its dimensions (:mod:`pyro_vae.objectives`), each with its
-    closed-form KL per dimension.
+    latent site, or ``None`` (Pyro's estimate, with a point mass's ``log_density``
+    counted); ``free_bits_groups`` splits each site into groups of its dimensions
+    (:mod:`pyro_vae.objectives`), each with its closed-form KL per dimension.
 
     Raises:
         ValueError: ``free_bits`` is not a λ >= 0; (at the first loss) a guide site is not
@@ -51,7 +55,14 @@ class MeanFieldELBO(TraceMeanField_ELBO):
     def _differentiable_loss_particle(self, model_trace, guide_trace):
         _refuse_unreparameterized(guide_trace)
         if self.free_bits is None:
-            return super()._differentiable_loss_particle(model_trace, guide_trace)
+            loss, surrogate = super()._differentiable_loss_particle(model_trace, guide_trace)
+            # Pyro's KL(Delta(v) ‖ p) = −log p(v) leaves out the Delta's log_density (an
+            # autoguide's log-Jacobian): counted here, as closed_form_kl counts it (tester R)
+            missing = _point_mass_log_densities(model_trace, guide_trace)
+            if torch.is_tensor(missing):
+                shift = missing.detach() if torch.is_tensor(loss) else missing.item()
+                loss, surrogate = loss + shift, surrogate + missing
+            return loss, surrogate
         model_trace, guide_trace, floor, kept = free_bits_traces(
             model_trace, guide_trace, self.free_bits, analytic=True, groups=self.free_bits_groups
         )
@@ -69,6 +80,21 @@ class MeanFieldELBO(TraceMeanField_ELBO):
             if site["type"] == "sample" and name not in model_trace.nodes:
                 elbo = elbo - site["score_parts"].entropy_term.sum()
         return -elbo.detach() + floor, -elbo + floor
+
+
+def _point_mass_log_densities(model_trace, guide_trace) -> torch.Tensor | float:
+    """Σ over the model's latent sites of the guide's point-mass ``log_density``, scaled and
+    masked as Pyro scales each site's KL (0.0 where no guide site is a Delta carrying one)."""
+    total = 0.0
+    for name, site in model_trace.nodes.items():
+        if site["type"] != "sample" or site["is_observed"]:
+            continue
+        guide_site = guide_trace.nodes[name]
+        log_density = point_mass_log_density(guide_site["fn"])
+        if torch.is_tensor(log_density) and not is_identically_zero(log_density):
+            scaled = scale_and_mask(log_density, guide_site["scale"], guide_site["mask"])
+            total = total + scaled.sum()
+    return total
 
 
 def _refuse_unreparameterized(guide_trace) -> None:
