@@ -1051,18 +1051,22 @@ def _note_image_folder(info: dict[str, Any]) -> None:
     """Say which files of an image folder were left out (not class images, tester P) and
     which colour files made a grey folder RGB (tester Q: one ``.webp``, which Pillow always
     decodes as colour, tripled the input of a grey folder unnamed)."""
+
+    def shown(files: list[str]) -> str:
+        return ", ".join(files[:3]) + (", ..." if len(files) > 3 else "")
+
     left_out = info.get("left_out")
     if left_out:
-        shown = ", ".join(left_out[:3]) + (", ..." if len(left_out) > 3 else "")
         print(
-            f"note: {len(left_out)} file(s) in the folder are not class images, left out: {shown}"
+            f"note: {len(left_out)} file(s) in the folder are not class images, left out: "
+            f"{shown(left_out)}"
         )
     colour = info.get("colour_files")
     if colour:
-        shown = ", ".join(colour[:3]) + (", ..." if len(colour) > 3 else "")
         images = sum(info[f"num_{split}"] for split in ("train", "val", "test"))
         print(
-            f"note: {len(colour)} of the folder's {images} images are colour ({shown}), so "
+            f"note: {len(colour)} of the folder's {images} images are colour "
+            f"({shown(colour)}), so "
             "every image is read as RGB, 3 channels; convert those to greyscale to train "
             "on one channel"
         )

@@ -28,7 +28,13 @@ import torch
 from pyro.poutine import Trace
 from pyro.poutine.util import prune_subsample_sites
 
-from pyro_vae.plates import frames_in
+from pyro_vae.plates import (
+    batch_rows,
+    find_data_plate,
+    frames_in,
+    refuse_self_subsampling,
+    require_data_plate,
+)
 from pyro_vae.pointwise import data_plate_scale, outside_plate, per_datapoint_log_density
 from pyro_vae.traces import (
     PARTICLE_PLATES,
@@ -86,6 +92,24 @@ def summed_sites(model_trace: Trace, guide_trace: Trace) -> tuple[str, ...]:
         for name, site in sample_sites(model_trace).items()
         if site["infer"].get("enumerate") and not site["is_observed"] and name not in guide_sites
     )
+
+
+def runs_per_value(model, traces, arguments, sites, num_samples: int, rank: int, what: str):
+    """(:func:`enumerated_runs` of a whole-data pair, the per-datapoint plate they sum the
+    ``sites`` in): ``traces`` = (model trace, guide trace) of ``num_samples`` particles at
+    dim −``rank``, ``arguments`` = (args, kwargs); for ``what`` (a diagnostic's name).
+
+    Raises:
+        ValueError: a model that draws its own subsample of the rows (each run would score
+            rows of its own), no per-datapoint plate, or sites :func:`enumerated_sites`
+            refuses."""
+    (model_trace, guide_trace), (args, kwargs) = traces, arguments
+    rows = batch_rows(args, kwargs)
+    refuse_self_subsampling(model_trace, rows, what)
+    plate = require_data_plate(find_data_plate(model_trace, rows), rows, what)
+    enumerated_sites(model_trace, guide_trace, plate, what)
+    runs = enumerated_runs(model, model_trace, guide_trace, args, kwargs, sites, num_samples, rank)
+    return runs, plate
 
 
 def summed_log_joint(runs: list[Trace], sites, num_samples: int, rank: int, plate: str):
@@ -283,6 +307,7 @@ __all__ = [
     "marginal_log_likelihoods",
     "marginal_terms",
     "posterior_values",
+    "runs_per_value",
     "summed_log_joint",
     "summed_sites",
 ]

@@ -18,11 +18,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from pyro.distributions import Delta
 from pyro.distributions.util import scale_and_mask
 from torch.distributions import Independent, kl_divergence
 
-from pyro_vae.traces import stack_values
+from pyro_vae.traces import is_point_mass, stack_values
 
 __all__ = [
     "check_groups",
@@ -93,7 +92,7 @@ def point_mass_log_density(fn) -> torch.Tensor | float:
         if not torch.is_tensor(inner) or inner.dim() == 0:
             return inner
         return inner.sum(tuple(range(-fn.reinterpreted_batch_ndims, 0)))
-    if isinstance(fn, Delta):
+    if is_point_mass(fn):
         return fn.log_density
     return 0.0
 

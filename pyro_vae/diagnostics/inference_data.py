@@ -31,10 +31,9 @@ from pyro_vae.checks import check_count
 from pyro_vae.diagnostics.arviz_compat import az
 from pyro_vae.diagnostics.draws import draw, log_density_per_draw, to_given_device
 from pyro_vae.enumerated_sites import (
-    enumerated_runs,
-    enumerated_sites,
     marginal_log_likelihoods,
     posterior_values,
+    runs_per_value,
     summed_log_joint,
     summed_sites,
 )
@@ -45,7 +44,6 @@ from pyro_vae.plates import (
     batch_rows,
     find_data_plate,
     refuse_self_subsampling,
-    require_data_plate,
 )
 from pyro_vae.pointwise import masked_log_prob
 from pyro_vae.traces import PARTICLES, full_rank, sample_sites, stack_values
@@ -134,12 +132,8 @@ def _summed_out(model, traces, arguments, sites, rank: int, num_samples: int):
     them summed out ``[S]``, and for :func:`_groups` their draws from p(z | x, u_s), each
     observed site's draws x̃ ~ p(x | z, u_s) at those z, and its marginal pointwise
     log-likelihood log p(x_n | u_s), whose plate names the dim)."""
-    (model_tr, guide_tr), (args, kwargs) = traces, arguments
-    rows = batch_rows(args, kwargs)
     what = "to_inference_data with sites summed out by enumeration"
-    plate = require_data_plate(find_data_plate(model_tr, rows), rows, what)
-    enumerated_sites(model_tr, guide_tr, plate, what)
-    runs = enumerated_runs(model, model_tr, guide_tr, args, kwargs, sites, num_samples, rank)
+    runs, plate = runs_per_value(model, traces, arguments, sites, num_samples, rank, what)
     lp = summed_log_joint(runs, sites, num_samples, rank, plate)
     index, values = posterior_values(runs, sites, num_samples, rank, plate)
     loglik = marginal_log_likelihoods(runs, sites, num_samples, rank, plate)

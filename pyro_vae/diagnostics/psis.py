@@ -46,20 +46,13 @@ from pyro_vae.diagnostics.enumeration import (
     state_values,
 )
 from pyro_vae.enumerated_sites import (
-    enumerated_runs,
-    enumerated_sites,
     marginal_terms,
+    runs_per_value,
     summed_log_joint,
     summed_sites,
 )
 from pyro_vae.evaluate import PerDatapoint, data_arguments, eval_mode, prepare
 from pyro_vae.guides.fixed import as_guide
-from pyro_vae.plates import (
-    batch_rows,
-    find_data_plate,
-    refuse_self_subsampling,
-    require_data_plate,
-)
 from pyro_vae.pointwise import masked_log_prob, per_datapoint_log_density
 from pyro_vae.traces import (
     full_rank,
@@ -162,7 +155,6 @@ def _log_densities(
         (model_tr, guide_tr), pair.vectorize = vectorized_or_looped(
             pair.vectorize, vectorized, looped, what, num
         )
-    log_p, model_round_off = _per_datapoint(model_tr, num, rows, nesting + 1, pair.plate)
     if pair.enumerated:  # log p(x_n, u) = log Σ_c p(x_n, z_n = c, u), each run's terms bounded
         runs = pair.summed_runs(model_tr, guide_tr, args, start, num)
         conditional, prior = marginal_terms(
@@ -171,6 +163,8 @@ def _log_densities(
         log_p = (conditional + prior).double()
         bounds = [_per_datapoint(run, num, rows, nesting + 1, pair.plate)[1] for run in runs]
         model_round_off = torch.stack(bounds).amax(0)
+    else:
+        log_p, model_round_off = _per_datapoint(model_tr, num, rows, nesting + 1, pair.plate)
     log_q, guide_round_off = _per_datapoint(guide_tr, num, rows, nesting + 1, pair.plate)
     return log_p, log_q, model_round_off + guide_round_off
 
@@ -310,12 +304,10 @@ def _summed_log_joint(model, model_tr, guide_tr, args, kwargs, sites, num_sample
     """log p(x, u_s) ``[S]`` with the model's enumerated ``sites`` summed out per datapoint
     (:func:`~pyro_vae.enumerated_sites.summed_log_joint`), and a bound on its rounding
     error: the largest of the runs' per-draw bounds (one run per value)."""
-    rows = batch_rows(args, kwargs)
     what = "psis_khat with sites summed out by enumeration"
-    refuse_self_subsampling(model_tr, rows, what)  # each run would draw rows of its own
-    plate = require_data_plate(find_data_plate(model_tr, rows), rows, what)
-    enumerated_sites(model_tr, guide_tr, plate, what)
-    runs = enumerated_runs(model, model_tr, guide_tr, args, kwargs, sites, num_samples, rank)
+    runs, plate = runs_per_value(
+        model, (model_tr, guide_tr), (args, kwargs), sites, num_samples, rank, what
+    )
     log_p = summed_log_joint(runs, sites, num_samples, rank, plate)
     bounds = [_per_draw_round_off(run, rank, num_samples) for run in runs]
     return log_p, torch.stack(bounds).amax(0)

@@ -286,9 +286,9 @@ def test_k_hat_refuses_a_point_mass_on_a_continuous_latent():
             khat(model, point, x)
 
 
-def _kept_draws(site: str, draws: list, num_samples: int):
-    """A guide recording its draw of ``site`` under the particle plate (its one run there:
-    the sums over the enumerated values replay it)."""
+def _kept_draws(draws: list, num_samples: int):
+    """What a guide calls on its draw to record it in ``draws`` when it is taken under the
+    particle plate (its one run there: the sums over the enumerated values replay it)."""
 
     def keep(value):
         if value.dim() and value.shape[0] == num_samples:
@@ -311,7 +311,7 @@ def test_per_datapoint_khat_sums_out_a_site_the_model_enumerates():
             pyro.sample("x", dist.Normal(MU_3[z] + u, 0.5), obs=x)
 
     draws = []
-    keep = _kept_draws("u", draws, 1000)
+    keep = _kept_draws(draws, 1000)
 
     def guide(x):
         with pyro.plate("data", len(x)):
@@ -335,7 +335,7 @@ def test_joint_khat_sums_out_a_local_site_the_model_enumerates_beside_a_global_o
     x = torch.tensor([-4.2, 0.3, 3.9, 1.5, -3.0])
 
     draws = []
-    keep = _kept_draws("shift", draws, 1000)
+    keep = _kept_draws(draws, 1000)
 
     def guide(x):
         keep(pyro.sample("shift", dist.Normal(0.1, 0.3)))
