@@ -295,4 +295,6 @@ def test_the_check_leaves_a_network_s_running_statistics_as_the_step_left_them()
         warnings.simplefilter("error")
         estimators.get("iwae", num_particles=4).loss(normalized, guide, *args)
     assert int(norm.num_batches_tracked) == 1
-    assert torch.allclose(norm.running_mean, 0.1 * X.mean(0), rtol=1e-6, atol=0)
+    # float32 means of 10 values of order 1 in another summation order: within ~1e-7, and
+    # a column's mean may be near 0, so the tolerance is absolute
+    assert torch.allclose(norm.running_mean, 0.1 * X.mean(0), rtol=0, atol=1e-6)
