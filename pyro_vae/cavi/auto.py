@@ -35,6 +35,7 @@ import warnings
 from dataclasses import replace
 
 import numpy as np
+import pyro.distributions as dist
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
@@ -59,6 +60,7 @@ from pyro_vae.cavi.expectations import component_message, contract, message_to
 from pyro_vae.cavi.exponential_families import DISCRETE_FAMILIES, NotConjugateError
 from pyro_vae.cavi.fitted_guide import fitted_guide
 from pyro_vae.cavi.initial_factors import drawn_starts, initial_statistics, products
+from pyro_vae.cavi.newton_means import HALVINGS, NEWTON_EVERY, newton_step
 from pyro_vae.cavi.overrelaxation import FIRST_RATE, crawling, next_rate, overrelaxed_q
 from pyro_vae.cavi.plug_in_start import plug_in_priors
 from pyro_vae.cavi.probe_frames import (
@@ -465,6 +467,7 @@ class AutoCAVI:
         heads = {chain[0]: chain for chain in chains}
         in_chains = {s for chain in chains for s in chain}
         overrelaxes = self._overrelaxes(chains)
+        newton, tried = self._newton_latents() if overrelaxes else [], -math.inf
         bounds, gains, rate, self._eta, ever_kept = [], [], FIRST_RATE, {}, False
         for _ in range(max_iter):
             before = dict(self._eta)
@@ -489,6 +492,12 @@ class AutoCAVI:
                 settled = bounds[-1] - swept < tol and (kept or rate == FIRST_RATE)
                 converged, rate = converged and settled, next_rate(rate, kept)
                 ever_kept |= kept
+            # a stop is confirmed only where the means have less than tol left too; a crawl
+            # (on a ridge of tightly linked means) jumps to their optimum, every few sweeps
+            crawl = crawling(gains[1:]) and len(bounds) - tried >= NEWTON_EVERY
+            if newton and (converged or crawl):
+                tried = len(bounds)
+                converged = self._newton(newton, stats, bounds, tol) < tol and converged
             last = converged or len(bounds) == max_iter
             if frames is not None and self._imprecise(stats, frames, bounds, at_q, last):
                 return bounds, False, True
@@ -526,6 +535,55 @@ class AutoCAVI:
         stats.update(trial)
         bounds[-1] = bound
         return True
+
+    def _newton_latents(self) -> list[str]:
+        """The Normal latents (not in a block) whose means :meth:`_newton` steps on, where
+        there are two at least (one latent's update maximizes over its own mean already);
+        else []."""
+        names = [
+            name
+            for name, latent in self._latents.items()
+            if latent.family.name == "Normal" and len(latent.sites) == 1
+        ]
+        return names if len(names) > 1 else []
+
+    def _newton(self, names: list[str], stats, bounds: list, tol: float) -> float:
+        """Where the sweeps would stop: the gain a Newton step on the means of latents
+        ``names`` predicts (:mod:`pyro_vae.cavi.newton_means`); where it is ``tol`` or more,
+        the step is taken (halved until the ELBO rises, in ``self._q``, ``stats`` and
+        ``bounds[-1]``), and the gain it made is returned; else 0 (also where no step is
+        defined)."""
+        kept = {name: self._q.get(name) for name in names}
+        normal = (torch.distributions.Normal, torch.distributions.MultivariateNormal)
+        if not all(isinstance(q, normal) for q in kept.values()):
+            return 0.0
+
+        def moved(means) -> dict:
+            trial = {n: _with_mean(kept[n], m) for n, m in zip(names, means, strict=True)}
+            self._q.update(trial)
+            return {n: self._latents[n].family.expected_statistics(q) for n, q in trial.items()}
+
+        try:
+            found = newton_step(
+                lambda means: self._expected_log_joint({**stats, **moved(means)}),
+                [kept[n].loc for n in names],
+            )
+        finally:
+            self._q.update(kept)
+        if found is None or not found[1] >= tol:
+            return 0.0
+        step = found[0]
+        for halving in range(HALVINGS + 1):
+            scale = 0.5**halving
+            trial = moved([kept[n].loc + scale * s for n, s in zip(names, step, strict=True)])
+            bound = self._bound({**stats, **trial})
+            if math.isfinite(bound) and bound > bounds[-1]:
+                stats.update(trial)
+                gain, bounds[-1] = bound - bounds[-1], bound
+                self._eta = {}  # the next sweep's over-relaxed step would start before this one
+                return gain
+        self._q.update(kept)
+        return 0.0
 
     def _imprecise(self, stats, frames, bounds, at_q=True, settled=True) -> bool:
         """Whether to probe again around q: float64 rounding in the factors' solve may move
@@ -784,19 +842,8 @@ class AutoCAVI:
         self._chain_entropy[chain] = entropy
 
     def _bound(self, stats) -> float:
-        """L(q) in nats; each factor's E_q[log f] from the coefficients it was solved in
-        (in q's local coordinates after a re-probe: no cancellation of large terms)."""
-        factors, local = self._local_view(self._factors, stats)
-        expected = 0.0
-        factors, stacks = self._stacked(factors, local)
-        for stack in stacks:  # a chain's steps of one form: one contraction
-            stacked, linked = stack.statistics(local, self._pairs)
-            expected += float(contract(stack.factor, stacked, (), linked).sum())
-        for f in factors:
-            summed = summed_total(f, local, self._constants, self._pairs)
-            if summed is None:
-                summed = float(contract(f, local, (), self._pairs).sum())
-            expected += summed
+        """L(q) in nats: :meth:`_expected_log_joint` plus q's entropy."""
+        expected = float(self._expected_log_joint(stats))
         in_chains = {s for chain in self._chain_entropy for s in chain}
         entropy = sum(
             float(_without_absent(q.entropy(), self._absent.get(n)).sum())
@@ -804,6 +851,24 @@ class AutoCAVI:
             if n not in in_chains
         )
         return expected + entropy + sum(self._chain_entropy.values())
+
+    def _expected_log_joint(self, stats) -> torch.Tensor:
+        """E_q[log p(x, z)] in nats, a 0-dim tensor (differentiable in ``stats`` and in the
+        q's the frames' statistics are made from); each factor's E_q[log f] from the
+        coefficients it was solved in (in q's local coordinates after a re-probe: no
+        cancellation of large terms)."""
+        factors, local = self._local_view(self._factors, stats)
+        expected = torch.zeros((), dtype=torch.float64)
+        factors, stacks = self._stacked(factors, local)
+        for stack in stacks:  # a chain's steps of one form: one contraction
+            stacked, linked = stack.statistics(local, self._pairs)
+            expected = expected + contract(stack.factor, stacked, (), linked).sum()
+        for f in factors:
+            summed = summed_total(f, local, self._constants, self._pairs)
+            if summed is None:
+                summed = contract(f, local, (), self._pairs).sum()
+            expected = expected + summed
+        return expected
 
     def variational_distributions(self) -> dict[str, torch.distributions.Distribution]:
         """The fitted factors q_j, keyed by latent site name (float64; batch shape = the
@@ -839,6 +904,13 @@ class AutoCAVI:
             for site in latent.sites
         }
         return fitted_guide(self._latents, self._q, self.fitted_chains_, self._absent, plates)
+
+
+def _with_mean(q, mean: torch.Tensor):
+    """The Normal (or multivariate Normal) ``q`` moved to ``mean``, its scale kept."""
+    if isinstance(q, torch.distributions.MultivariateNormal):
+        return dist.MultivariateNormal(mean, scale_tril=q.scale_tril, validate_args=False)
+    return dist.Normal(mean, q.scale, validate_args=False)
 
 
 def _without_absent(entropy: torch.Tensor, absent: torch.Tensor | None) -> torch.Tensor:

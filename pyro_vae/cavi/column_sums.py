@@ -92,18 +92,19 @@ def summed_message(factor: Factor, stats: dict, name: str, shape, constants: dic
     return message
 
 
-def summed_total(factor: Factor, stats: dict, constants: dict, pairs=None) -> float | None:
-    """Σ over the elements of E_q[log f] (nats), from column sums; None where the factor
-    does not take them (arguments as :func:`summed_message`'s)."""
+def summed_total(factor: Factor, stats: dict, constants: dict, pairs=None):
+    """Σ over the elements of E_q[log f] (nats), a 0-dim tensor (differentiable in
+    ``stats``), from column sums; None where the factor does not take them (arguments as
+    :func:`summed_message`'s)."""
     kinds = _kinds(factor, stats, constants, pairs)
     if kinds is None:
         return None
     partition = _partition(factor, kinds, None, stats)
-    total = 0.0
+    total = torch.zeros((), dtype=torch.float64)
     if partition.blocks:
-        total += float(_blocks(partition.blocks, factor, kinds, stats, None, 1).sum())
+        total = total + _blocks(partition.blocks, factor, kinds, stats, None, 1).sum()
     if partition.rest is not None:
-        total += float(_rest(partition.rest, factor, stats, None).sum())
+        total = total + _rest(partition.rest, factor, stats, None).sum()
     return total
 
 
