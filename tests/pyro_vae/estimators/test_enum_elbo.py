@@ -70,6 +70,32 @@ def test_a_term_outside_the_plate_of_a_score_function_site_is_refused():
     assert pyro.param("ql").grad is None
 
 
+def test_an_estimator_used_on_a_second_model_checks_that_model_too():
+    """Tester T's F2: the check ran once per estimator, so an estimator that had passed one
+    model let a second, reading z across its plate, through with the biased gradient (12
+    standard errors off). Each (model, guide) pair is checked; a bound method made afresh
+    at every call equals the last one and is not run again."""
+    pyro.clear_param_store()
+    safe, safe_guide = summed_factor_pair(reparameterized=True)
+    estimator = TraceEnumELBO()
+    estimator.loss(safe, safe_guide)
+    model, guide = summed_factor_pair()
+    with pytest.raises(ValueError, match=r"model site 'f' depends on guide site 'z' across"):
+        estimator.loss(model, guide)
+
+    class Pair:
+        def model(self):
+            return safe()
+
+        def guide(self):
+            return safe_guide()
+
+    pair = Pair()
+    estimator.loss(pair.model, pair.guide)
+    estimator.loss(pair.model, pair.guide)  # new bound-method objects, equal to the last
+    assert len(estimator._plates_checked) == 2
+
+
 def test_pathwise_and_nested_dependences_are_let_through():
     """A reparameterized z reaches the factor through its path; a term inside the plate
     reading a global site outside it is the ordinary nesting."""
