@@ -6,6 +6,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 from pyro import poutine
+from pyro.ops.indexing import Vindex
 
 from pyro_vae.enumerated_sites import (
     MAX_COMBINATIONS,
@@ -138,3 +139,58 @@ def test_a_scaled_pair_with_a_latent_left_to_draw_scores_s_times_the_unscaled():
         pyro.set_rng_seed(1)
         plain = evaluate(model, guide, x, num_samples=50)
         assert torch.allclose(scaled, 0.5 * plain, rtol=1e-5, atol=1e-6)
+
+
+def _padded_hmm(lengths: torch.Tensor):
+    """A 3-state HMM over rows of 4 steps, each row padded past its length by
+    ``poutine.mask`` around the state and its observation (as Pyro's examples/hmm.py)."""
+    start = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64)
+    transition = torch.tensor(
+        [[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4]], dtype=torch.float64
+    )
+    locs = torch.tensor([-2.0, 0.0, 2.5], dtype=torch.float64)
+
+    def model(x):
+        with pyro.plate("data", len(x)):
+            s = None
+            for t in pyro.markov(range(x.shape[1])):
+                with poutine.mask(mask=t < lengths):
+                    probs = start if s is None else Vindex(transition)[..., s, :]
+                    s = pyro.sample(f"s_{t}", dist.Categorical(probs),
+                                    infer={"enumerate": "parallel"})  # fmt: skip
+                    pyro.sample(f"x_{t}", dist.Normal(locs[s], 1.0), obs=x[:, t])
+
+    def forward(row: torch.Tensor, length: int) -> float:
+        """log p(x_1..L) by the forward algorithm."""
+        alpha = start.log() + dist.Normal(locs, 1.0).log_prob(row[0])
+        for t in range(1, length):
+            alpha = torch.logsumexp(alpha[:, None] + transition.log(), 0)
+            alpha = alpha + dist.Normal(locs, 1.0).log_prob(row[t])
+        return float(torch.logsumexp(alpha, 0))
+
+    return model, forward
+
+
+def test_steps_masked_off_add_nothing_to_the_log_evidence():
+    """Tester T's F1: a padded step's state, its log p(s_t) masked to 0 for every value,
+    summed to log 3 where it adds 0: log p(x) was log 3 high per padded step or datapoint
+    (iwae_log_likelihood, elbo_per_datapoint, to_inference_data's lp), where Pyro's
+    TraceEnum_ELBO, which scores an enumerated site without poutine.mask, is exact. Against
+    the forward algorithm over each row's own length."""
+    from pyro_vae.evaluate import elbo_per_datapoint, iwae_log_likelihood
+
+    lengths = torch.tensor([4, 2, 3])
+    model, forward = _padded_hmm(lengths)
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    exact = torch.tensor(
+        [forward(row, int(n)) for row, n in zip(x, lengths, strict=True)], dtype=torch.float64
+    )
+
+    def guide(x):
+        pass
+
+    pyro.set_rng_seed(0)
+    torch.testing.assert_close(iwae_log_likelihood(model, guide, x, num_samples=2), exact)
+    torch.testing.assert_close(elbo_per_datapoint(model, guide, x, num_samples=2), exact)
+    pyro_elbo = -pyro.infer.TraceEnum_ELBO(max_plate_nesting=1).loss(model, guide, x)
+    assert abs(pyro_elbo - float(exact.sum())) < 1e-9
