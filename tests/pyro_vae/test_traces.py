@@ -401,3 +401,34 @@ def test_looped_particles_share_one_subsample_of_each_subsampling_plate():
     first = poutine.trace(shared(model)).get_trace(x).nodes["data"]["value"]
     again = poutine.trace(shared(guide)).get_trace(x).nodes["data"]["value"]
     assert torch.equal(first, again)
+
+
+def test_a_guide_only_latent_beside_a_drawn_model_latent_is_refused():
+    """Tester T's F3: a hierarchical guide q(z, u) = q(u) q(z | u) whose marginal q(z) is the
+    exact posterior N(x/2, 1/2) gave IWAE "log p(x)" rising with K past the exact
+    log N(x; 0, 2) (K = 10⁵: 1.21 where −1.33) and an "ELBO" log p(x) + H[q(u | z)] above
+    it, with no word. An autoguide's auxiliary latent, reaching the model by point masses,
+    is let through."""
+    from pyro.infer.autoguide import AutoMultivariateNormal
+
+    from pyro_vae.evaluate import iwae_log_likelihood
+    from pyro_vae.traces import particle_traces
+
+    x = torch.tensor([0.5, -1.0, 2.0])
+
+    def model(x):
+        with pyro.plate("data", 3):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", 3):
+            u = pyro.sample("u", dist.Normal(0.0, 1.0), infer={"is_auxiliary": True})
+            pyro.sample("z", dist.Normal(x / 2 + 0.5 * u, 0.5))
+
+    with pytest.raises(ValueError, match=r"guide: it draws \['u'\], which the model does not"):
+        iwae_log_likelihood(model, guide, x, num_samples=10)
+    pyro.clear_param_store()
+    autoguide = AutoMultivariateNormal(model)
+    model_tr, guide_tr, _ = particle_traces(model, autoguide, (x,), {}, 4, 1)
+    assert "_AutoMultivariateNormal_latent" in guide_tr.nodes and "z" in model_tr.nodes
