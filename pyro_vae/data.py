@@ -805,7 +805,103 @@ def _prepared(
         )
     else:
         obs, pixel_max = _observations(raw, rows, preprocessing, split_seed, info, mapped)
+    _refuse_constant_training_set(raw, rows["train"], obs["train"], preprocessing, info)
     return obs, pixel_max, image_shape
+
+
+def _refuse_constant_training_set(
+    raw: RawImages,
+    train: Split,
+    x: torch.Tensor | MappedRows,
+    preprocessing: Preprocessing,
+    info: dict[str, Any],
+) -> None:
+    """Refuse training observations ``x`` in which every value is the same (under dynamic
+    binarization: every intensity 0, or every one 1, so every draw is), as the normal
+    likelihood's standardization refuses a constant table column: a model of them learns
+    nothing and scores deceptively well (tester U: digits saved as uint8 0..16, read as
+    0..16/255, binarized to blank images and trained to a test ELBO of -0.56). ``train``:
+    the training split's stored rows, whose range the message names.
+
+    Raises:
+        ValueError: naming the data, the stored dtype and range, what preprocessing made
+            of them and what to change.
+    """
+    value = _constant_value(x)
+    if value is None or (info.get("binarization") == "dynamic" and 0 < value < 1):
+        return
+    array, _, index = train
+    low, high = _stored_range(array, index)
+    stored = f"{array.dtype} values {low:g}..{high:g}"
+    if raw.columns is not None:
+        raise ValueError(
+            f"data: every value of the {x.shape[0]} training rows of {raw.name!r} is "
+            f"{value:g} after preprocessing (its feature columns hold {stored}), so there is "
+            "nothing to model; expected columns that vary (choose them with --columns)"
+        )
+    top = raw.max_value
+    read = f"its {stored} are read as intensities {low:g}..{high:g}/{top}"
+    read += f" = {low / top:.3g}..{high / top:.3g}" if top != 1 else ""
+    if raw.integer and array.dtype == np.uint8:
+        read += " (uint8 is read as 0..255)"
+    made, change = _what_preprocessing_made(preprocessing, info, value, low / top, high / top)
+    rescale = (
+        f"rescale the images' pixels to the full range 0..{top} (times {top}/{high:g})"
+        if str(raw.name).startswith("images:")
+        else "rescale the data to the full range (uint8 0..255, or float intensities in "
+        f"[0, 1]: x / {high:g} for values 0..{high:g})"
+    )
+    what = "the stored values are all the same; expected images that vary"
+    what = what if low == high else rescale + change
+    raise ValueError(
+        f"data: every pixel of the {x.shape[0]} training images of {raw.name!r} is "
+        f"{value:g} after preprocessing: {read}, and {made}; a model would learn blank "
+        f"images and score deceptively well; {what}"
+    )
+
+
+def _what_preprocessing_made(
+    preprocessing: Preprocessing, info: dict[str, Any], value: float, low: float, high: float
+) -> tuple[str, str]:
+    """What preprocessing made of intensities ``low``..``high`` (every one ``value``), and
+    the other settings that would keep them apart (", or ..."; empty where none would)."""
+    if info.get("binarization") == "static":
+        threshold = info["threshold"]
+        made = f"static binarization at --threshold {threshold:g} makes each of them {value:g}"
+        between = f" between {low:.3g} and {high:.3g}" if low < high else ""
+        return made, f", or choose a --threshold{between}, or --binarize dynamic"
+    if info.get("binarization") == "dynamic":
+        return f"dynamic binarization draws each of them as {value:g}", ""
+    if preprocessing.likelihood == "categorical":
+        levels = info["levels"]
+        made = f"{levels} categorical levels put each of them at level {value:g}"
+        more = math.ceil(1 / high) if high > 0 else None
+        return made, f", or quantize to {more} or more --levels" if more else ""
+    return f"{preprocessing.likelihood} observations keep them as they are", ""
+
+
+def _constant_value(x: torch.Tensor | MappedRows) -> float | None:
+    """The one value every entry of ``x`` holds, or ``None`` when they differ (read chunk
+    by chunk, stopping at the first chunk that shows two values)."""
+    value = None
+    for chunk in _chunks(x) if isinstance(x, MappedRows) else [x]:
+        if not chunk.numel():
+            continue
+        low, high = float(chunk.min()), float(chunk.max())
+        if low != high or value not in (None, low):
+            return None
+        value = low
+    return value
+
+
+def _stored_range(array: np.ndarray, index: np.ndarray) -> tuple[float, float]:
+    """The smallest and largest stored value of rows ``index`` of ``array`` (a memory map
+    is read in chunks of :data:`CHUNK_ROWS` rows)."""
+    low, high = math.inf, -math.inf
+    for start in range(0, len(index), CHUNK_ROWS):
+        rows = np.asarray(array[np.sort(index[start : start + CHUNK_ROWS])])
+        low, high = min(low, float(rows.min())), max(high, float(rows.max()))
+    return low, high
 
 
 def _raw(name: Any, labels: Any, **options: Any) -> RawImages:

@@ -42,9 +42,22 @@ def pictures(x: torch.Tensor, image_shape: Sequence[int], pixel_max: float) -> n
     to [0, 1]; other channel counts side by side, ``[N, H, C·W]`` (module docstring).
 
     Raises:
-        ValueError: ``image_shape`` is not ``(H, W)`` or ``(C, H, W)``.
+        ValueError: ``image_shape`` is not ``(H, W)`` or ``(C, H, W)``; ``x`` does not hold
+            ``prod(image_shape)`` values per image (a model whose observation's parameters
+            broadcast over the pixels, one logit for all 64, has a mean of 1 value per
+            draw: reshaped, 64 draws made one image, or the reshape failed mid-figure).
     """
     shape = check_image_shape(image_shape)
+    pixels = math.prod(shape)
+    per_image = math.prod(x.shape[1:]) if x.dim() >= 2 else None
+    if per_image != pixels:
+        values = "no rows" if per_image is None else f"{per_image} value(s) per image"
+        raise ValueError(
+            f"x: shape {tuple(x.shape)} has {values}, not the {pixels} pixels of image_shape "
+            f"{shape}; expected [N, {pixels}] flattened images (a model's mean image has "
+            "fewer values per draw than pixels when its observation's parameters broadcast "
+            "over them: there is no image to draw)"
+        )
     images = (x.detach().cpu().float().reshape(-1, *shape) / pixel_max).clamp(0, 1).numpy()
     if len(shape) == 2:
         return images

@@ -88,8 +88,11 @@ def test_a_torch_dataset_of_pairs_or_images_becomes_arrays():
 def test_channels_first_colour_and_grey_arrays_are_taken_as_they_are():
     # [N, 3, 8, 3] is channels first with a width of 3: only a second axis that is not a
     # channel count marks an array as channels last
+    # (pixels that vary: a training set all one value is refused, tester U)
+    rng = np.random.default_rng(0)
     for shape in ((6, 3, 8, 8), (6, 1, 8, 8), (6, 3, 8, 3)):
-        assert load_data(np.zeros(shape, np.uint8)).image_shape == shape[1:]
+        pixels = rng.integers(0, 256, shape, dtype=np.uint8)
+        assert load_data(pixels).image_shape == shape[1:]
 
 
 def test_an_npz_that_reads_is_refused_for_what_it_holds_not_as_unreadable(tmp_path):

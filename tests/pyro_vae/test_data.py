@@ -341,3 +341,57 @@ def test_a_colour_idx_folder_gives_c_h_w_images_and_trains_from_the_command_line
     argv += ["--model", "models.autoencoder:Autoencoder", "--epochs", "1", "--no-progress"]
     assert main([*argv, "--hidden", "8", "--latent-dim", "2", "--ll-samples", "3"]) == 0
     assert (out / "reconstructions.png").exists()
+
+
+def _digits_as_uint8_0_to_16():
+    from sklearn.datasets import load_digits
+
+    return load_digits().images[:300].astype(np.uint8)  # 0..16, read as 0..16/255
+
+
+@pytest.mark.parametrize(
+    ("prep", "made"),
+    [
+        (Preprocessing(), "static binarization at --threshold 0.5 makes each of them 0"),
+        (Preprocessing("categorical"), "8 categorical levels put each of them at level 0"),
+    ],
+)
+def test_a_training_set_preprocessing_makes_constant_is_refused_naming_why(tmp_path, prep, made):
+    # tester U: digits saved as uint8 0..16 binarized to blank images, and the fit on them
+    # scored a test ELBO of -0.56, with no word
+    np.save(tmp_path / "raw16_u8.npy", _digits_as_uint8_0_to_16())
+    with pytest.raises(ValueError) as refused:
+        load_data(str(tmp_path / "raw16_u8.npy"), prep)
+    message = str(refused.value)
+    assert "raw16_u8.npy' is 0 after preprocessing" in message
+    assert "uint8 values 0..16 are read as intensities 0..16/255" in message
+    assert "(uint8 is read as 0..255)" in message and made in message
+    assert "rescale the data to the full range" in message and "\n" not in message
+    fix = "--threshold between 0 and 0.0627" if prep.likelihood == "bernoulli" else "16 or more"
+    assert fix in message
+
+
+def test_what_varies_after_preprocessing_is_kept(tmp_path):
+    images = _digits_as_uint8_0_to_16()
+    np.save(tmp_path / "raw16_u8.npy", images)
+    for prep in (Preprocessing(threshold=0.03), Preprocessing("gaussian")):
+        load_data(str(tmp_path / "raw16_u8.npy"), prep)  # the values the fix names train
+    # under dynamic binarization only intensities all 0 (or all 1) make every draw alike
+    load_data(np.full((40, 4, 4), 0.5, dtype=np.float32), Preprocessing(binarize="dynamic"))
+    with pytest.raises(ValueError, match="dynamic binarization draws each of them as 0"):
+        load_data(np.zeros((40, 4, 4), dtype=np.uint8), Preprocessing(binarize="dynamic"))
+    with pytest.raises(ValueError, match="the stored values are all the same"):
+        load_data(np.full((40, 4, 4), 7, dtype=np.int64), Preprocessing("gaussian"))
+
+
+def test_a_folder_of_dark_images_and_a_constant_table_are_refused(tmp_path):
+    from PIL import Image
+
+    for i, image in enumerate(_digits_as_uint8_0_to_16()[:40]):
+        (tmp_path / "dark" / str(i % 2)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image, mode="L").save(tmp_path / "dark" / str(i % 2) / f"{i}.png")
+    with pytest.raises(ValueError, match="uint8 values 0..16 are read as intensities 0..16/255"):
+        load_data(f"images:{tmp_path / 'dark'}")
+    (tmp_path / "t.csv").write_text("a,b\n" + "0,0\n" * 30)
+    with pytest.raises(ValueError, match="every value of the 24 training rows of .*t.csv' is 0"):
+        load_data(str(tmp_path / "t.csv"))

@@ -96,3 +96,16 @@ def test_one_channel_images_are_grey_and_other_counts_sit_side_by_side():
     assert np.array_equal(two[:, :, 3:], x.reshape(2, 2, 2, 3)[:, 1].numpy())
     rgb = pictures(torch.arange(12.0).reshape(1, 12), (3, 2, 2), 11.0)
     assert rgb.shape == (1, 2, 2, 3) and rgb[0, 1, 0, 2] == 10 / 11  # channel 2, row 1, col 0
+
+
+@pytest.mark.parametrize("rows", [24, 64])
+def test_a_mean_of_fewer_values_than_pixels_is_refused_naming_both(rows):
+    # tester U: a decoder of 1 logit broadcast over 64 pixels has a mean of 1 value per
+    # draw; 24 of them failed torch's reshape mid-fit (a RuntimeError, a traceback), and 64
+    # of them reshaped, silently, into one 8x8 "image" of 64 draws
+    x = torch.rand(rows, 1)
+    with pytest.raises(ValueError, match=rf"x: shape \({rows}, 1\) has 1 value\(s\) per image, "):
+        pictures(x, (8, 8), 1.0)
+    with pytest.raises(ValueError, match=r"not the 12 pixels of image_shape \(3, 2, 2\)"):
+        pictures(torch.rand(4, 4), (3, 2, 2), 1.0)
+    assert pictures(torch.rand(2, 8, 8), (8, 8), 1.0).shape == (2, 8, 8)  # unflattened: fine

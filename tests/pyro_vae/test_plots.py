@@ -161,3 +161,13 @@ def test_an_image_grid_is_one_axes_whatever_its_size():
     x = torch.rand(40, 64)
     figure = reconstruction_figure(x, 1 - x, (8, 8), 1.0)
     assert len(figure.axes) == 1
+
+
+def test_a_mean_that_is_not_an_image_is_refused_before_a_file_is_written(tmp_path):
+    # tester U: samples.png of a model whose mean broadcasts 1 value over the pixels
+    path = tmp_path / "samples.png"
+    with pytest.raises(ValueError, match="1 value\\(s\\) per image, not the 64 pixels"):
+        plot_samples(torch.rand(64, 1), (8, 8), 1.0, path)
+    with pytest.raises(ValueError, match="not the 64 pixels"):
+        plot_image_rows(torch.rand(2, 3, 1), (8, 8), 1.0, path)
+    assert list(tmp_path.iterdir()) == []
