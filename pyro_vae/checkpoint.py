@@ -75,6 +75,43 @@ class DiskFullError(RunFolderError):
     """A write ran out of disk space; the file's previous version is intact."""
 
 
+class FolderNotWritableError(RunFolderError):
+    """The system refused a write into a folder (permissions, a read-only file system, a
+    quota, a path through a file); the file's previous version is intact."""
+
+
+#: The errors that say a folder cannot be written, whatever is written to it.
+NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.EDQUOT, errno.ENOTDIR)
+
+
+def not_writable(folder: Path, err: OSError) -> FolderNotWritableError:
+    """The one-line error for ``err`` (one of :data:`NOT_WRITABLE`) raised writing into
+    ``folder``: as ``fit --resume`` refuses a folder it cannot claim."""
+    return FolderNotWritableError(f"run: cannot create or write to {folder} ({err.strerror})")
+
+
+def check_writable(folder: str | os.PathLike) -> None:
+    """Refuse, before any work, a folder this process cannot write: a command that
+    computes for minutes and then writes its results there (``evaluate``, ``diagnose``)
+    failed only at its first write (tester U). Creates and removes a temporary file,
+    named as :func:`atomic_path`'s are (so a killed check's is cleared as stale), and
+    opens ``.metrics.lock``, which :meth:`RunFolder.update_metrics` holds.
+
+    Raises:
+        FolderNotWritableError: naming the folder and the system's reason.
+    """
+    folder = Path(folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".writable.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+        os.close(os.open(folder / ".metrics.lock", os.O_RDWR | os.O_CREAT, 0o666 & ~_umask()))
+    except OSError as err:
+        if err.errno in NOT_WRITABLE:
+            raise not_writable(folder, err) from err
+        raise
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, lock: bool = True) -> Iterator[Path]:
     """A temporary path beside ``path`` to write to; on success it replaces ``path``.
@@ -83,11 +120,21 @@ def atomic_path(path: str | os.PathLike, lock: bool = True) -> Iterator[Path]:
     written, so :meth:`RunFolder.remove_stale_temporaries` can tell a live writer's file
     from one a killed process left (``lock=False`` for writers that lock the file
     themselves, as HDF5 does). On any failure it is removed and ``path`` keeps its
-    previous version; running out of space raises :class:`DiskFullError` saying so.
+    previous version; running out of space raises :class:`DiskFullError` saying so, and
+    a folder the system will not let this process write (:data:`NOT_WRITABLE`: no
+    permission, a read-only file system, a quota, a parent that is a file)
+    :class:`FolderNotWritableError`, in one line, not as an ``OSError`` from deep in a
+    write (tester U: a fit whose folder became unwritable ended in a 40-line traceback).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        mapped = _write_error(path, err)
+        if mapped is None:
+            raise
+        raise mapped from err
     try:
         if lock:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -98,17 +145,33 @@ def atomic_path(path: str | os.PathLike, lock: bool = True) -> Iterator[Path]:
         os.replace(tmp, path)
     except OSError as err:
         Path(tmp).unlink(missing_ok=True)
-        if err.errno == errno.ENOSPC:
-            raise DiskFullError(
-                f"writing {path}: the disk is full (no space left on device); the previous "
-                f"{path.name}, if there was one, is intact. Free some space and run again"
-            ) from err
-        raise
+        mapped = _write_error(path, err)
+        if mapped is None:
+            raise
+        raise mapped from err
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     finally:
         os.close(fd)
+
+
+def _write_error(path: Path, err: OSError) -> RunFolderError | None:
+    """What a failed write of ``path`` raises instead of ``err``: :class:`DiskFullError`
+    for a full disk, :class:`FolderNotWritableError` for :data:`NOT_WRITABLE`; ``None``
+    for any other error (raised as it is)."""
+    if err.errno == errno.ENOSPC:
+        return DiskFullError(
+            f"writing {path}: the disk is full (no space left on device); the previous "
+            f"{path.name}, if there was one, is intact. Free some space and run again"
+        )
+    if err.errno in NOT_WRITABLE:
+        return FolderNotWritableError(
+            f"writing {path}: {path.parent} cannot be written ({err.strerror}); the previous "
+            f"{path.name}, if there was one, is intact. Make the folder writable (its "
+            "permissions, a read-only file system, a disk quota) and run again"
+        )
+    return None
 
 
 def atomic_write(path: str | os.PathLike, write) -> None:
@@ -375,9 +438,18 @@ def _why_unreadable(err: Exception) -> str:
 
 @contextlib.contextmanager
 def _flocked(path: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the block."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the block.
+
+    Raises:
+        FolderNotWritableError: the folder cannot be written (:data:`NOT_WRITABLE`).
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+    except OSError as err:
+        if err.errno in NOT_WRITABLE:
+            raise not_writable(path.parent, err) from err
+        raise
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -406,7 +478,7 @@ class RunLock:
             path.mkdir(parents=True, exist_ok=True)
             fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
         except OSError as err:
-            raise RunFolderError(f"run: cannot create or write to {path} ({err.strerror})") from err
+            raise not_writable(path, err) from err
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -416,9 +488,14 @@ class RunLock:
                 f"run: {path} is in use by another pyro-vae process (pid {holder}); wait for it "
                 "to finish or stop it, or choose another folder (nothing was written)"
             ) from None
+        self._fd = fd
+        try:  # a lock file it may open is not a folder it may write (tester U)
+            check_writable(path)
+        except BaseException:
+            self.release()
+            raise
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
-        self._fd = fd
         return self
 
     def release(self) -> None:
@@ -427,7 +504,11 @@ class RunLock:
         if self._fd is None:
             return
         path = self.run.path
-        if self._created and {p.name for p in path.iterdir()} <= {".lock", ".metrics.lock"}:
+        try:  # a folder that can no longer be read is left as it is
+            names = {p.name for p in path.iterdir()} if self._created else None
+        except OSError:
+            names = None
+        if names is not None and names <= {".lock", ".metrics.lock"}:
             for name in (".lock", ".metrics.lock"):
                 (path / name).unlink(missing_ok=True)
             path.rmdir()

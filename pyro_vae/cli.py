@@ -23,7 +23,14 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from pyro_vae import estimators
-from pyro_vae.checkpoint import CONFIG, RunFolder, RunFolderError
+from pyro_vae.checkpoint import (
+    CONFIG,
+    DiskFullError,
+    FolderNotWritableError,
+    RunFolder,
+    RunFolderError,
+    check_writable,
+)
 from pyro_vae.convnets import ARCHITECTURES, DEFAULT_CHANNELS, default_activation
 from pyro_vae.data import BINARIZATIONS, DatasetNotFoundError, resolved_name
 from pyro_vae.devices import resolve_device, to_device
@@ -1111,8 +1118,24 @@ def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
 
+def _writable_run(path: str | Path) -> RunFolder:
+    """The run folder ``path``, refused before any work when this process cannot write it
+    (tester U: ``evaluate`` and ``diagnose`` computed for minutes, then died at their first
+    write with a ``PermissionError`` traceback). A path that is not a folder is left to
+    :func:`~pyro_vae.experiment.load`, which says so.
+
+    Raises:
+        FolderNotWritableError: ``run: cannot create or write to PATH (reason)``, as
+            ``fit --resume`` refuses such a folder.
+    """
+    run = RunFolder(path)
+    if run.path.is_dir():
+        check_writable(run.path)
+    return run
+
+
 def _evaluate(args: argparse.Namespace) -> int:
-    run = RunFolder(args.run)
+    run = _writable_run(args.run)
     exp = load(run, args.device or "auto", args.allow_changed_data, args.allow_changed_code)
     ev = exp.config.evaluation
     samples = ev.ll_samples if args.ll_samples is None else args.ll_samples
@@ -1292,7 +1315,7 @@ def _refuse_label_model(exp: Experiment, command: str) -> None:
 def _grad_variance(args: argparse.Namespace) -> int:
     import pyro
 
-    run = RunFolder(args.run)
+    run = _writable_run(args.run)
     out = args.out or run.file("gradient_variance.png")
     _check_png_out(out, "gradient_variance.png")
     # "trace, iwae" as "trace,iwae": a space after a comma is no part of a name
@@ -1355,7 +1378,7 @@ def _amortization_gap(args: argparse.Namespace) -> int:
     from pyro_vae.amortization import amortization_gap
     from pyro_vae.guides import AmortizedFlow
 
-    run = RunFolder(args.run)
+    run = _writable_run(args.run)
     exp = load(run, args.device or "auto", args.allow_changed_data, args.allow_changed_code)
     _refuse_label_model(exp, "amortization-gap")
     if not exp.generative:
@@ -1423,7 +1446,7 @@ def _diagnose(args: argparse.Namespace) -> int:
 
     from pyro_vae.diagnostics import write_report
 
-    run = RunFolder(args.run)
+    run = _writable_run(args.run)
     exp = load(run, args.device or "auto", args.allow_changed_data, args.allow_changed_code)
     _refuse_label_model(exp, "diagnose")
     if not exp.generative:
@@ -1669,6 +1692,14 @@ def _where_it_stopped(args: argparse.Namespace) -> str:
     )
 
 
+def _where_it_stopped_readable(args: argparse.Namespace) -> str:
+    """:func:`_where_it_stopped`, or that the folder cannot be read either."""
+    try:
+        return _where_it_stopped(args)
+    except OSError as err:
+        return f"{args.resume or args.out} cannot be read either ({err.strerror})"
+
+
 def _recorded_processes(run: RunFolder) -> int:
     """The processes the run last trained on (metrics.json's ``processes``; 1 when it has
     none or cannot be read), which its resume should use to draw what an uninterrupted
@@ -1682,9 +1713,10 @@ def _recorded_processes(run: RunFolder) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the ``pyro-vae`` command. Returns the exit status: 0 done, 1 training diverged,
-    2 refused (the message says why; nothing was overwritten), 130 interrupted (Ctrl-C),
-    143 terminated (SIGTERM)."""
+    """Run the ``pyro-vae`` command. Returns the exit status: 0 done, 1 training diverged
+    or its folder could no longer be written (a full disk, permissions: the last
+    checkpoint is kept), 2 refused (the message says why; nothing was overwritten), 130
+    interrupted (Ctrl-C), 143 terminated (SIGTERM)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
     # Pyro's "INFO Guessed max_plate_nesting = 2" (what its ELBO guessed at its first
@@ -1723,6 +1755,14 @@ def _run_command(handler, args: argparse.Namespace, argv: list[str]) -> int:
             return _launch(argv, args)
         with session():
             return handler(args)
+    except (DiskFullError, FolderNotWritableError) as err:
+        if args.command != "fit" or not _TRAINING_BEGUN["begun"]:  # nothing was computed
+            print(f"error: {_one_line(err)}", file=sys.stderr)
+            return 2
+        # a fit stopped mid-run by its folder (tester U: a 40-line traceback): what the
+        # folder holds, as a Ctrl-C says it
+        print(f"error: {_one_line(err)}; {_where_it_stopped_readable(args)}", file=sys.stderr)
+        return 1
     except (ValueError, RunFolderError, DatasetNotFoundError, IDXFormatError) as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2

@@ -295,3 +295,83 @@ def test_an_edited_config_is_refused_by_its_first_differing_setting(tmp_path):
         run.refuse_edited_config(edited, state)
     run.refuse_edited_config(edited, {})  # a checkpoint without a config: nothing to compare
     run.refuse_edited_config(edited, {"config": {**trained, "schema_version": 2}})
+
+
+@pytest.mark.parametrize("code", ["EACCES", "EPERM", "EROFS", "EDQUOT"])
+def test_a_folder_that_cannot_be_written_says_so_and_keeps_the_previous_file(
+    tmp_path, monkeypatch, code
+):
+    # tester U: a fit whose folder became unwritable ended in a 40-line traceback from the
+    # checkpoint's temporary file; the system's refusal is now one line, as a full disk's
+    import errno
+
+    from pyro_vae.checkpoint import FolderNotWritableError
+
+    run = RunFolder(tmp_path)
+    run.save_checkpoint({"epoch": 1})
+
+    def refused(src, dst):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)), str(dst))
+
+    monkeypatch.setattr(os, "replace", refused)
+    with pytest.raises(FolderNotWritableError) as err:
+        run.save_checkpoint({"epoch": 2})
+    monkeypatch.undo()
+    assert f"{tmp_path} cannot be written ({os.strerror(getattr(errno, code))})" in str(err.value)
+    assert "the previous checkpoint.pt, if there was one, is intact" in str(err.value)
+    assert run.load_checkpoint()["epoch"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+
+
+def test_a_write_into_a_path_through_a_file_fails_for_real_in_one_line(tmp_path):
+    from pyro_vae.checkpoint import FolderNotWritableError, check_writable
+
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(FolderNotWritableError, match="cannot be written \\(Not a directory\\)"):
+        RunFolder(tmp_path / "file" / "run").save_checkpoint({"epoch": 1})
+    with pytest.raises(FolderNotWritableError, match="cannot create or write to .*run \\(Not a"):
+        RunFolder(tmp_path / "file" / "run").update_metrics(epochs=[])
+    with pytest.raises(FolderNotWritableError, match="cannot create or write to .*file \\(Not"):
+        check_writable(tmp_path / "file")
+    assert (tmp_path / "file").read_text() == "not a folder"
+
+
+def unprivileged(*command: str) -> list[str]:
+    """``command`` run without the root's right to write where the permissions forbid it
+    (``setpriv`` drops it), as anyone but root runs; skips where that cannot be had."""
+    import shutil
+
+    if os.geteuid() != 0:
+        return list(command)
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv, which drops root's override")
+    drop = "--bounding-set=-dac_override,-dac_read_search,-fowner"
+    return ["setpriv", drop, "--inh-caps=-all", *command]
+
+
+def test_a_read_only_folder_is_refused_for_real_by_the_check_and_the_claim(tmp_path):
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    RunFolder(run).save_checkpoint({"epoch": 1})
+    (run / ".lock").write_text("")  # a lock file it may open is not a folder it may write
+    run.chmod(0o555)
+    code = (
+        "import sys; from pyro_vae.checkpoint import RunFolder, RunFolderError, check_writable\n"
+        "for act in (lambda: check_writable(sys.argv[1]), RunFolder(sys.argv[1]).claim):\n"
+        "    try: act()\n"
+        "    except RunFolderError as err: print(err)\n"
+    )
+    try:
+        done = subprocess.run(
+            unprivileged(sys.executable, "-c", code, str(run)), capture_output=True, text=True
+        )
+    finally:
+        run.chmod(0o755)
+    assert done.returncode == 0, done.stderr
+    assert (
+        done.stdout.splitlines()
+        == [f"run: cannot create or write to {run} (Permission denied)"] * 2
+    )
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "checkpoint.pt"]

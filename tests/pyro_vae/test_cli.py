@@ -1,9 +1,11 @@
 """The pyro-vae command end to end, on small settings of the README's examples."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from models.vae import VAE
@@ -1313,3 +1315,124 @@ def test_a_user_s_none_default_replaced_by_the_command_s_is_noted(tmp_path, caps
     assert noted(f"{source}:Mine", "--activation", "relu") == ""
     assert noted(f"{source}:Mine", "--model-opt", "activation=relu") == ""
     assert noted("models.vae:VAE") == ""  # the shipped models' None is the command's default
+
+
+def test_a_training_set_preprocessing_makes_blank_is_refused_before_the_folder(tmp_path, capsys):
+    # tester U: digits saved as uint8 0..16 (read as 0..16/255) binarized to blank images,
+    # and the fit scored a test ELBO of -0.56 with no word
+    from sklearn.datasets import load_digits
+
+    np.save(tmp_path / "raw16_u8.npy", load_digits().images.astype(np.uint8))
+    argv = ["fit", "--data", str(tmp_path / "raw16_u8.npy"), "--out", str(tmp_path / "r")]
+    assert main([*argv, "--epochs", "1", *FAST]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "uint8 values 0..16 are read as intensities 0..16/255" in err
+    assert "or choose a --threshold between 0 and 0.0627" in err
+    assert not (tmp_path / "r").exists()
+
+
+BROADCAST_MODEL = '''
+import pyro
+import pyro.distributions as dist
+from torch import nn
+
+
+class OneLogit(nn.Module):
+    """One logit per image, broadcast over its pixels: a valid model without a mean image."""
+
+    def __init__(self, x_dim):
+        super().__init__()
+        self.decoder = nn.Sequential(nn.Linear(2, 8), nn.Softplus(), nn.Linear(8, 1))
+        self.encoder = nn.Linear(x_dim, 4)
+
+    def model(self, x):
+        pyro.module("decoder", self.decoder)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0], 2), 1.0).to_event(1))
+            pyro.sample("obs", dist.Bernoulli(logits=self.decoder(z)).to_event(1), obs=x)
+
+    def guide(self, x):
+        pyro.module("encoder", self.encoder)
+        with pyro.plate("data", x.shape[0]):
+            h = self.encoder(x)
+            pyro.sample("z", dist.Normal(h[..., :2], h[..., 2:].exp()).to_event(1))
+'''
+
+
+def test_a_model_whose_mean_is_not_an_image_keeps_its_run_and_skips_the_figures(tmp_path, capsys):
+    # tester U: fit crashed in pictures (shape '[-1, 8, 8]' is invalid for input of size
+    # 24) after writing its test metrics, exit 1; sample crashed alike
+    (tmp_path / "one_logit.py").write_text(BROADCAST_MODEL)
+    run = tmp_path / "run"
+    model = f"{tmp_path / 'one_logit.py'}:OneLogit"
+    argv = ["fit", "--model", model, "--epochs", "1", "--out", str(run), "--no-progress"]
+    assert main([*argv, "--ll-samples", "5"]) == 0
+    out = capsys.readouterr().out
+    for name, draws in (("reconstructions.png", 24), ("samples.png", 64)):
+        assert (
+            f"skipped {name}: x: shape ({draws}, 1) has 1 value(s) per image, not the 64 "
+            "pixels of image_shape (8, 8)"
+        ) in out
+    assert "test" in json.loads((run / "metrics.json").read_text())
+    assert (run / "elbo.png").is_file() and not (run / "samples.png").exists()
+    assert main(["sample", str(run), "--num", "9"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error: x: shape (9, 1) has 1 value(s) per image" in err
+
+
+def _unprivileged(*command: str) -> list[str]:
+    """``command`` without root's right to write where the permissions forbid it
+    (``setpriv`` drops it), as anyone but root runs; skips where that cannot be had."""
+    if os.geteuid() != 0:
+        return list(command)
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv, which drops root's override")
+    drop = "--bounding-set=-dac_override,-dac_read_search,-fowner"
+    return ["setpriv", drop, "--inh-caps=-all", *command]
+
+
+@pytest.mark.parametrize("command", [["evaluate"], ["diagnose", "--points", "5"]])
+def test_a_run_folder_that_cannot_be_written_is_refused_before_any_work(trained, tmp_path, command):
+    # tester U: evaluate and diagnose did all their work, then died with a PermissionError
+    # traceback at their first write (.metrics.lock, .khat.csv.xxx.tmp), exit 1
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    run.chmod(0o555)
+    try:
+        argv = [sys.executable, "-m", "pyro_vae.cli", command[0], str(run), *command[1:]]
+        done = subprocess.run(_unprivileged(*argv), capture_output=True, text=True, timeout=300)
+    finally:
+        run.chmod(0o755)
+    assert (done.returncode, done.stdout) == (2, ""), done.stderr
+    assert done.stderr == f"error: run: cannot create or write to {run} (Permission denied)\n"
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+def test_a_fit_whose_folder_becomes_unwritable_stops_in_one_line_keeping_its_checkpoint(
+    tmp_path, capsys, monkeypatch
+):
+    # tester U: a 40-line traceback from the atomic write of .checkpoint.pt.xxxx.tmp
+    import errno
+
+    run = tmp_path / "run"
+    replace = os.replace
+
+    def refused_after_the_first_checkpoint(src, dst):
+        if str(dst).endswith("checkpoint.pt") and (run / "checkpoint.pt").exists():
+            raise PermissionError(errno.EACCES, "Permission denied", str(src))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", refused_after_the_first_checkpoint)
+    assert main(["fit", "--epochs", "3", "--out", str(run), *FAST]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"{run} cannot be written (Permission denied)" in err
+    assert f"{run} holds the checkpoint of epoch 1; continue with `pyro-vae fit --resume" in err
+    monkeypatch.undo()
+    assert RunFolder(run).load_checkpoint()["epoch"] == 1
+    assert len(json.loads((run / "metrics.json").read_text())["epochs"]) == 1
+    assert not list(run.glob(".*.tmp"))
