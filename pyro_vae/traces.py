@@ -88,6 +88,35 @@ def refuse_guide_only_sites(model_trace: Trace, guide_trace: Trace) -> None:
     )
 
 
+def refuse_unmatched_masks(model_trace: Trace, guide_trace: Trace) -> None:
+    """Refuse a latent whose elements the model masks off (``poutine.mask``, padding past a
+    sequence's end) while the guide draws and scores them: log q counts them and log p does
+    not, so their entropy enters every estimate, which is then no bound (tester T's F4: a
+    padded HMM's log p(x) estimates log 3 high per padded step, with no word).
+
+    Raises:
+        ValueError: naming the site and how many elements, and the way out (mask the
+            guide's site alike)."""
+    for name, site in sample_sites(guide_trace).items():
+        model_site = model_trace.nodes.get(name)
+        if site["is_observed"] or model_site is None or model_site.get("mask") is None:
+            continue
+        shape = torch.broadcast_shapes(model_site["log_prob"].shape, site["log_prob"].shape)
+        off = ~torch.as_tensor(model_site["mask"], dtype=torch.bool).broadcast_to(shape)
+        guide_mask = site.get("mask")
+        on = torch.ones(shape, dtype=torch.bool, device=off.device)
+        if guide_mask is not None:
+            on = torch.as_tensor(guide_mask, dtype=torch.bool).broadcast_to(shape)
+        if bool((off & on).any()):
+            raise ValueError(
+                f"guide: site {name!r} has elements the model masks off "
+                "(poutine.mask) that the guide draws and scores: log q counts them and "
+                "log p does not, so their entropy enters the estimate, which is then no "
+                f"bound on log p(x); mask the guide's {name!r} alike (the same poutine.mask "
+                "around it)"
+            )
+
+
 class PointMassWarning(UserWarning):
     """A guide puts a point mass on a continuous latent: the numbers are not bounds."""
 
@@ -338,6 +367,7 @@ def particle_traces(
         num_particles,
     )
     refuse_guide_only_sites(model_tr, guide_tr)
+    refuse_unmatched_masks(model_tr, guide_tr)
     return model_tr, guide_tr, was_vectorized
 
 

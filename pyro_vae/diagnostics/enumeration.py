@@ -49,11 +49,16 @@ def discrete_support(probe: Trace, plate: str | None = None) -> DiscreteSupport 
     holds u of them (its value's elements, or one-hot vectors) has C^u states; the guide
     has their product. With ``plate`` that is the number of states of q(z | x_n) for one
     datapoint (of a probe of any number of rows), and each site must lie in ``plate``.
+    A site under ``poutine.mask`` (a padded sequence's steps) makes the count infinite:
+    its masked elements score 0 at each of their C values, so the states would count each
+    C times over (tester T's F4: refused as "q sums to 1 to 3"); the drawn ratios take it.
     """
     sites = sample_sites(probe)
     if not sites or not all(s["fn"].support.is_discrete for s in sites.values()):
         return None
     none = DiscreteSupport(math.inf, {})
+    if any(site.get("mask") is not None for site in sites.values()):
+        return none
     count, table = 1, {}
     for name, site in sites.items():
         entry = _enumerable(site, plate)

@@ -100,3 +100,37 @@ def test_states_of_a_model_that_cannot_broadcast_are_enumerated_in_a_loop():
     log_joint = dist.Bernoulli(0.3).log_prob(states) + dist.Normal(states, 1.0).log_prob(x)
     expected = torch.logsumexp(log_joint.double(), 0)
     np.testing.assert_allclose(result.log_evidence, expected.numpy(), rtol=0, atol=1e-5)
+
+
+def test_a_guide_masked_like_its_padded_model_takes_the_drawn_ratios():
+    """Tester T's F4: a guide masking a padded step as its model does scored 0 at each of the
+    step's 3 values, and the exact path refused it as "q(z | x_n) sums to 1 to 3 ...,
+    sites whose supports do not depend on one another", a cause it does not have. A masked
+    site leaves the states uncounted: the drawn ratios take it (their k̂ is NaN here: the
+    100 ratios of a row take at most 9 values)."""
+    from pyro import poutine
+
+    from pyro_vae.diagnostics.enumeration import discrete_support
+
+    lengths = torch.tensor([2, 1, 2])
+    locs = torch.tensor([-2.0, 0.0, 2.5])
+
+    def model(x):
+        with pyro.plate("data", 3) as idx:
+            for t in range(2):
+                with poutine.mask(mask=t < lengths[idx]):
+                    c = pyro.sample(f"c_{t}", dist.Categorical(torch.tensor([0.2, 0.5, 0.3])))
+                    pyro.sample(f"x_{t}", dist.Normal(locs[c], 1.0), obs=x[:, t])
+
+    def guide(x):
+        with pyro.plate("data", 3) as idx:
+            for t in range(2):
+                with poutine.mask(mask=t < lengths[idx]):
+                    pyro.sample(f"c_{t}", dist.Categorical(logits=torch.zeros(3, 3)))
+
+    x = torch.tensor([[-1.5, 0.3], [0.4, 9.9], [2.2, 2.0]])
+    probe = poutine.trace(guide).get_trace(x)
+    assert discrete_support(probe, "data").count == math.inf
+    pyro.set_rng_seed(0)
+    found = psis_khat_per_datapoint(model, guide, x, num_samples=100)
+    assert found.num_states == 0 and found.log_evidence is None and found.khat.shape == (3,)
