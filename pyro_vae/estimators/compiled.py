@@ -475,4 +475,13 @@ def _params_unchanged(recording: _Recording, announce: bool) -> bool:
 
 
 def _name(fn) -> str:
-    return getattr(fn, "__name__", None) or type(fn).__name__
+    """The user's name for ``fn`` in a message: through this package's wrappers (a
+    ``Minibatched``'s ``fn``: tester U read "one step of Minibatched and Minibatched"), a
+    bound method as ``Class.method``, a module or other callable object by its class."""
+    while type(fn).__module__.startswith("pyro_vae.") and callable(getattr(fn, "fn", None)):
+        fn = fn.fn
+    owner = getattr(fn, "__self__", None)
+    name = getattr(fn, "__name__", None)
+    if owner is not None and name is not None:
+        return f"{type(owner).__name__}.{name}"
+    return name or type(fn).__name__

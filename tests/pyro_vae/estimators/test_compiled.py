@@ -128,6 +128,13 @@ def test_a_model_that_reads_a_tensor_value_cannot_be_recorded():
 
     with pytest.raises(CaptureError, match=r"reads a value\s+out of a tensor"):
         CompiledELBO(Trace_ELBO()).loss_and_grads(model, guide, torch.zeros(3))
+    # named as the user wrote them, not by the training loop's wrapper (tester U read "one
+    # step of Minibatched and Minibatched")
+    from pyro_vae.minibatch import Minibatched
+
+    wrapped = Minibatched(model, None, 3), Minibatched(guide, None, 3)
+    with pytest.raises(CaptureError, match=r"one step of model and guide"):
+        CompiledELBO(Trace_ELBO()).loss_and_grads(*wrapped, torch.zeros(3))
 
 
 @pytest.mark.parametrize(
