@@ -42,7 +42,7 @@ import torch
 
 from pyro_vae.checks import MAX_LEVELS
 
-TABLE_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
+TABLE_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".parquet", ".pq")
 
 
 class TableError(ValueError):
@@ -97,14 +97,18 @@ def read_table(
     columns: list[str] | tuple[str, ...] | None = None,
     label_column: str | None = None,
 ) -> Table:
-    """Read a CSV or Parquet file (Parquet when the name ends in ``.parquet`` or ``.pq``).
+    """Read a CSV (or TSV) or Parquet file (Parquet when the name ends in ``.parquet`` or
+    ``.pq``).
 
     Raises:
-        TableError: an unreadable or empty file; a ``label_column`` or one of ``columns``
-            that is not there (the columns that are, named); a non-numeric feature
-            column; a missing (NaN) or infinite value (column, count and first row named);
-            non-integer numeric labels; Parquet without pyarrow or fastparquet (the extra
-            to install named).
+        TableError: an unreadable or empty file; two columns of one name (pandas renames
+            the second ``name.1``); a ``label_column`` or one of ``columns`` that is not
+            there (the columns that are, named); with ``columns`` not given, a first column
+            without a header holding 0..N−1 (pandas' index, which ``to_csv`` writes unless
+            ``index=False``: a feature of row numbers); a non-numeric feature column; a
+            missing (NaN) or infinite value (column, count and first row named); non-integer
+            numeric labels; Parquet without pyarrow or fastparquet (the extra to install
+            named).
     """
     import pandas as pd
 
@@ -118,6 +122,8 @@ def read_table(
         raise TableError(
             f"label_column: {label_column!r} is not a column of {path}; its columns are {names}"
         )
+    if columns is None:
+        _refuse_written_index(frame, path)
     chosen = _feature_columns(frame, path, columns, label_column)
     for name in chosen:
         if not pd.api.types.is_numeric_dtype(frame[name]):
@@ -140,12 +146,54 @@ def _read(path: Path):
     if parquet:
         _require_parquet_engine()
     try:
-        return pd.read_parquet(path) if parquet else pd.read_csv(path, sep=csv_separator(path))
+        if parquet:
+            return pd.read_parquet(path)
+        separator = csv_separator(path)
+        _refuse_duplicate_headers(path, separator)
+        return pd.read_csv(path, sep=separator)
     except pd.errors.EmptyDataError as err:
         raise TableError(f"data: {path} is empty; expected a header and rows") from err
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as err:
         kind = "Parquet" if parquet else "CSV"
         raise TableError(f"data: {path} could not be read as {kind} ({err})") from err
+
+
+def _refuse_duplicate_headers(path: Path, separator: str) -> None:
+    """Refuse a CSV whose header names a column twice: pandas reads the second ``g1`` as
+    ``g1.1`` without a word (tester U), and ``--columns g1`` would pick one of two."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8", errors="replace", newline="") as f:
+            header = next(csv.reader(f, delimiter=separator), [])
+    except (csv.Error, OSError, EOFError):
+        return  # pandas says what is wrong with the file
+    seen, twice = set(), []
+    for name in header:
+        if name in seen and name not in twice:
+            twice.append(name)
+        seen.add(name)
+    if twice:
+        raise TableError(
+            f"data: {path} names the column(s) {twice} more than once in its header; expected "
+            "one column per name (pandas would read the second as name.1): rename them"
+        )
+
+
+def _refuse_written_index(frame, path: Path) -> None:
+    """Refuse a first column without a header (pandas' ``Unnamed: 0``) that holds 0..N−1:
+    the index ``DataFrame.to_csv`` writes unless ``index=False``, which would be a feature
+    of row numbers (tester U: trained on as one, the features line its only trace)."""
+    first = str(frame.columns[0])
+    column = frame[frame.columns[0]]
+    if not first.startswith("Unnamed: ") or column.dtype.kind not in "iu":
+        return
+    if np.array_equal(column.to_numpy(), np.arange(len(column))):
+        raise TableError(
+            f"data: the first column of {path} has no header and holds 0..{len(column) - 1}, "
+            "the row index pandas' to_csv writes unless index=False; it would be a feature "
+            "of row numbers: save the table with index=False, or choose the features with "
+            "--columns"
+        )
 
 
 SEPARATORS = ",;\t|"

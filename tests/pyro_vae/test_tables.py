@@ -321,3 +321,34 @@ def test_a_normal_table_run_reports_its_reconstruction_mse_in_the_files_units(tm
     assert test["reconstruction_mse"] == pytest.approx(standardized, rel=1e-5)
     # σ ≈ 100 and 3: the two differ by orders of magnitude, so neither is the other
     assert test["reconstruction_mse_original_units"] > 100 * test["reconstruction_mse"]
+
+
+def test_a_header_naming_a_column_twice_is_refused(tmp_path):
+    """Tester U: pandas read the second g1 as g1.1 without a word."""
+    path = tmp_path / "twice.csv"
+    path.write_text("g0,g1,g1\n1,2,3\n4,5,6\n")
+    with pytest.raises(TableError, match=r"names the column\(s\) \['g1'\] more than once"):
+        read_table(path)
+
+
+def test_pandas_written_index_is_refused_unless_columns_are_chosen(tmp_path):
+    """Tester U: a table saved with to_csv's default index trained on the row number as a
+    feature ('Unnamed: 0'), its only trace the features line."""
+    frame = pd.DataFrame({"g0": [0.5, 1.5, 2.5], "g1": [1.0, 0.0, 2.0]})
+    path = tmp_path / "indexed.csv"
+    frame.to_csv(path)
+    with pytest.raises(TableError, match=r"holds 0\.\.2, the row index pandas' to_csv writes"):
+        read_table(path)
+    assert read_table(path, columns=["g0", "g1"]).columns == ("g0", "g1")
+    frame.to_csv(path, index=False)
+    np.testing.assert_array_equal(read_table(path).features, frame.to_numpy())
+
+
+def test_a_tab_separated_file_is_a_table(tmp_path):
+    """Tester U: '.tsv' was an unknown dataset (only 'table:' took it)."""
+    from pyro_vae.tables import is_table_path
+
+    path = tmp_path / "cells.tsv"
+    path.write_text("a\tb\n1\t2\n3\t4\n")
+    assert is_table_path(str(path))
+    np.testing.assert_array_equal(read_table(path).features, [[1.0, 2.0], [3.0, 4.0]])
