@@ -84,7 +84,7 @@ _NO_FREE_BITS = {
     "per latent group to hold at λ",
     "vimco": "its K-sample bound has no KL term per latent group to hold at λ",
     "tracegraph": "Pyro's TraceGraph_ELBO builds its downstream costs internally; use score, "
-    "whose control_variate='none' gives TraceGraph_ELBO's gradient and takes free_bits",
+    "an unbiased REINFORCE estimator of the same gradient that takes free_bits",
 }
 
 

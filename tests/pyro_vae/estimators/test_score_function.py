@@ -117,7 +117,11 @@ def test_registry():
 
 
 def test_without_a_control_variate_it_equals_pyros_tracegraph_at_the_same_draws(binary_batch):
-    # For a non-reparameterizable guide both are REINFORCE Rao-Blackwellized along plates.
+    # Equal here because the guide has one non-reparameterizable site that every term reads:
+    # Pyro keeps, for a site's score, only the terms computed from its value (provenance),
+    # and score every term, Rao-Blackwellized along plates; both are unbiased elsewhere, but
+    # differ draw for draw (a helper's check: an observation not reading z, a second site, a
+    # reparameterized site, which score scores and Pyro differentiates through).
     model = SBN(20, latent_dim=8)
     guide = model.make_guide()
     grads = []
