@@ -7,6 +7,11 @@ own); the figure is drawn on its own ``matplotlib.figure.Figure``, without pyplo
 
 Columns, in nats per datapoint where they are densities:
 
+- ``evaluated_on``: the split the run's ``test_elbo``, ``log_px``, ``kl`` and
+  ``active_units`` come from: ``test set``, or ``training set`` for a guide with free
+  per-datapoint parameters (an ``AutoNormal`` over per-image latents), which has no
+  posterior for test images (tester U: such a run sat in the same columns as test-set
+  runs, its rows called "test rows"); empty for a run not evaluated;
 - ``test_elbo``: the test ELBO; ``log_px``: the importance-weighted log p(x) with its
   ``K`` draws (Burda et al. 2015), on the first ``log_px_points`` test rows;
 - ``kl``: the mean KL(q(z | x) ‖ p(z)) on the test set (the rate), for runs whose
@@ -24,7 +29,8 @@ that cannot be compared; :func:`compare_runs` says so in :attr:`Comparison.notes
 that differ only in ``val_fraction`` are tested on the same rows, and noted as validating
 on different ones, unless those change the test data too: :func:`_test_data`), as it
 does for bounds on different quantities (log p(x), a CVAE's log p(x | y), M2's
-log p(x, y)) and for log p(x) estimated on different test rows.
+log p(x, y)), for log p(x) estimated on different rows of one split, and for runs
+evaluated on the training set beside runs evaluated on the test set (not comparable).
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ __all__ = ["Comparison", "compare_runs", "plot_validation_curves", "write_compar
 
 COLUMNS = (
     "run",
+    "evaluated_on",
     "test_elbo",
     "log_px",
     "K",
@@ -174,12 +181,30 @@ def _labels(paths: Sequence[Path]) -> list[str]:
     return [str(p) if names.count(n) > 1 else n for p, n in zip(paths, names, strict=True)]
 
 
+#: :func:`_evaluated_on` of a run whose numbers are the training images' (tester U).
+TRAINING_SET = "training set"
+
+
+def _evaluated_on(metrics: dict[str, Any]) -> str | None:
+    """The split a run's test block was computed on, as metrics.json records it
+    (``evaluated_on``; a block written before it was recorded: ``training set`` for a
+    local guide, else ``test set``), or ``None`` for a run not evaluated."""
+    test = metrics.get("test") or {}
+    if not test:
+        return None
+    split = test.get("evaluated_on")
+    if isinstance(split, str):
+        return split
+    return TRAINING_SET if metrics.get("local_guide") else "test set"
+
+
 def _row(label: str, config: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
     test = metrics.get("test") or {}
     epochs = metrics.get("epochs") or []
     seconds = [e["seconds"] for e in epochs if isinstance(e.get("seconds"), (int, float))]
     return {
         "run": label,
+        "evaluated_on": _evaluated_on(metrics),
         "test_elbo": _number(test, "elbo"),
         "log_px": _number(test, "log_likelihood"),
         "K": _count(test, "log_likelihood_samples"),
@@ -249,6 +274,7 @@ def compare_runs(runs: Sequence[str | os.PathLike]) -> Comparison:
         notes.extend(_other_weights(label, metrics))
     frame = pd.DataFrame(table, columns=list(COLUMNS)).astype({c: "Int64" for c in _COUNTS})
     notes[:0] = _data_notes(frame, test_data)
+    notes.extend(_training_set_notes(frame))
     notes.extend(_unlike_bounds(frame, tests))
     validation = validations.pop() if len(validations) == 1 else "validation ELBO"
     return Comparison(frame, curves, validation, notes)
@@ -268,6 +294,8 @@ def _other_weights(label: str, metrics: dict[str, Any]) -> list[str]:
     ]
 
 
+#: How a note on runs on different data (their numbers not comparable) begins.
+OTHER_DATA = "the runs use different data"
 #: How a note on runs that validate on different rows of the same data begins.
 OTHER_VALIDATION_ROWS = "the runs validate on different rows"
 
@@ -275,17 +303,23 @@ OTHER_VALIDATION_ROWS = "the runs validate on different rows"
 def _data_notes(frame: pd.DataFrame, test_data: dict[str, str]) -> list[str]:
     """A note where runs' test numbers are on different data (not comparable), else
     where only their validation rows differ (``val_fraction``: the curves and best epochs
-    are on other rows, the test numbers on the same)."""
+    are on other rows, the test numbers on the same, but for runs evaluated on the
+    training set, whose rows ``val_fraction`` moves: tester U)."""
     known = frame[frame["data"] != "?"]
     which = "; ".join(f"{r.run}: {r.data}" for r in known.itertuples())
     if len({test_data[r.run] for r in known.itertuples()}) > 1:
-        return [
-            f"the runs use different data ({which}), so their ELBOs and log p(x) are not comparable"
-        ]
+        return [f"{OTHER_DATA} ({which}), so their ELBOs and log p(x) are not comparable"]
     if known["data"].nunique() > 1:
+        training = list(known["run"][known["evaluated_on"] == TRAINING_SET])
+        same = (
+            f"the test-set runs' test numbers are on the same test rows; {', '.join(training)}"
+            ": evaluated on their training rows, which val_fraction changes"
+            if training
+            else "their test numbers are on the same test rows"
+        )
         return [
             f"{OTHER_VALIDATION_ROWS} ({which}): their validation curves and best epochs "
-            "are on different rows; their test numbers are on the same test rows"
+            f"are on different rows; {same}"
         ]
     return []
 
@@ -322,18 +356,45 @@ def _unlike_bounds(frame: pd.DataFrame, tests: dict[str, dict[str, Any]]) -> lis
             f"the runs' bounds are of different quantities ({which}), so their test_elbo and "
             f"log_px are not comparable{hint}"
         )
-    points = {
-        row.run: row.log_px_points
-        for row in frame.itertuples()
-        if row.run in evaluated and not pd.isna(row.log_px_points)
-    }
-    if len(set(points.values())) > 1:
-        which = "; ".join(f"{label}: the first {n}" for label, n in points.items())
-        notes.append(
-            f"log_px is estimated on different test rows ({which}), so it differs by which "
-            "rows as well as by the model; re-evaluate with the same --ll-points to compare"
-        )
+    for split in dict.fromkeys(frame["evaluated_on"].dropna()):  # each split's runs alike
+        points = {
+            row.run: row.log_px_points
+            for row in frame.itertuples()
+            if row.run in evaluated and row.evaluated_on == split and not pd.isna(row.log_px_points)
+        }
+        if len(set(points.values())) > 1:
+            which = "; ".join(f"{label}: the first {n}" for label, n in points.items())
+            rows = "training" if split == TRAINING_SET else "test"
+            notes.append(
+                f"log_px is estimated on different {rows} rows ({which}), so it differs by "
+                "which rows as well as by the model; re-evaluate with the same --ll-points "
+                "to compare"
+            )
     return notes
+
+
+def _training_set_notes(frame: pd.DataFrame) -> list[str]:
+    """A note naming the runs evaluated on the training set (a guide with free
+    per-datapoint parameters has no posterior for test images), whose numbers are the
+    training images': not comparable with the test-set runs' beside them (tester U), nor
+    are their validation curves, the training set's ELBO rather than held-out rows'."""
+    split = frame["evaluated_on"]
+    training = list(frame["run"][split == TRAINING_SET])
+    if not training:
+        return []
+    tested = list(frame["run"][split.notna() & (split != TRAINING_SET)])
+    its = "its" if len(training) == 1 else "their"
+    unlike = (
+        f", so they are not comparable with the test-set runs' ({', '.join(tested)})"
+        if tested
+        else ""
+    )
+    return [
+        f"{', '.join(training)}: evaluated on the training set (the guide has free "
+        f"per-datapoint parameters, so it has no posterior for test images): {its} "
+        f"test_elbo, log_px, kl and active_units are the training images'{unlike}; {its} "
+        "validation curve is the training set's ELBO too"
+    ]
 
 
 def plot_validation_curves(comparison: Comparison, path: str | os.PathLike) -> Path:
@@ -352,8 +413,10 @@ def plot_validation_curves(comparison: Comparison, path: str | os.PathLike) -> P
     ax.set_ylabel(comparison.validation)
     ax.grid(alpha=0.3)
     title = "validation curves (circle: best epoch)"
-    if any("not comparable" in n for n in comparison.notes):
+    if any(n.startswith(OTHER_DATA) for n in comparison.notes):
         title += "\nruns on different data: not comparable"
+    elif TRAINING_SET in set(comparison.table["evaluated_on"].dropna()):
+        title += "\nsome runs validate on their training set: not comparable"
     elif any(n.startswith(OTHER_VALIDATION_ROWS) for n in comparison.notes):
         title += "\neach run validates on its own rows (val_fraction)"
     ax.set_title(title, fontsize=9)

@@ -246,3 +246,33 @@ def test_a_beta_or_warm_up_objective_is_named_beside_the_estimator(tmp_path):
         runs.append(path)
     table = compare_runs(runs).table
     assert list(table["estimator"]) == ["trace", "trace(beta=2.0)", "trace(kl_warmup_epochs=3)"]
+
+
+def test_a_run_evaluated_on_its_training_set_is_marked_and_not_called_test_rows(tmp_path):
+    """Tester U: an AutoNormal run, whose metrics are the training images' (``fit`` says
+    so), sat in the test columns beside a test-set run, the note calling its rows "test
+    rows". metrics.json as ``fit`` writes it for a local guide."""
+    tested = _run(tmp_path / "tested", [1.0], [-90.0], {**TEST, "evaluated_on": "test set"})
+    local = {**TEST, "evaluated_on": "training set", "log_likelihood_points": 1000}
+    auto = _run(tmp_path / "auto", [1.0], [-80.0], local)
+    comparison = compare_runs([auto, tested])
+    assert list(comparison.table["evaluated_on"]) == ["training set", "test set"]
+    (note,) = comparison.notes
+    assert note.startswith("auto: evaluated on the training set") and "test rows" not in note
+    assert "not comparable with the test-set runs' (tested)" in note
+    assert "training set" in format_table(comparison)
+    # two runs on the training set: their rows are training rows; an older block without
+    # evaluated_on is read by the run's local_guide
+    older = _run(tmp_path / "older", [1.0], [-80.0], {**TEST, "log_likelihood_points": 30})
+    metrics = json.loads((older / "metrics.json").read_text())
+    (older / "metrics.json").write_text(json.dumps({**metrics, "local_guide": True}))
+    comparison = compare_runs([auto, older])
+    assert list(comparison.table["evaluated_on"]) == ["training set", "training set"]
+    assert any(n.startswith("auto, older: evaluated on the training set") for n in comparison.notes)
+    assert any(
+        n.startswith("log_px is estimated on different training rows (auto: the first 1000; "
+                     "older: the first 30)")
+        for n in comparison.notes
+    )  # fmt: skip
+    assert not any("test rows" in n for n in comparison.notes)
+    assert pd.isna(compare_runs([_run(tmp_path / "b", [1.0], [-1.0])]).table["evaluated_on"][0])
