@@ -996,6 +996,7 @@ def _train_and_report(
             resume=state is not None,
             resume_state=state,
             on_ready=ready if writer else None,
+            evaluated_per_datapoint=True,  # evaluate_test_set: refused before training
         )
     except TrainingDiverged as err:
         if writer:
@@ -1433,7 +1434,10 @@ def _compare(args: argparse.Namespace) -> int:
 
     comparison = compare_runs(args.runs)
     csv, png = write_comparison(comparison, args.out)
-    print("nats per datapoint; K: draws of the log p(x) estimate; s_per_epoch: median")
+    print(
+        "nats per datapoint; evaluated_on: the split the test_elbo, log_px and kl are of; "
+        "K: draws of the log p(x) estimate; s_per_epoch: median"
+    )
     print(format_table(comparison))
     for note in comparison.notes:
         print(f"note: {note}")

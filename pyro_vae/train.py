@@ -66,14 +66,23 @@ from tqdm.auto import tqdm
 from pyro_vae import labels
 from pyro_vae.annealing import KLWarmup, ScaleLatents, unwrap
 from pyro_vae.checkpoint import RunFolder
-from pyro_vae.data_source import DataSource, ShardedSource, TrainingBatches
+from pyro_vae.data_source import (
+    TRAINING_SET,
+    WHOLE_DATA,
+    DataSource,
+    ShardedSource,
+    TrainingBatches,
+)
 from pyro_vae.devices import move_modules, on_device, resolve_device
 from pyro_vae.distributed import SynchronizedELBO, current
 from pyro_vae.divergence import DivergenceGuard, TrainingDiverged
 from pyro_vae.early_stopping import EarlyStopping
 from pyro_vae.estimators.compiled import CompiledELBO
+from pyro_vae.evaluate import eval_mode
 from pyro_vae.fit_checkpoint import FitCheckpoint, Resumed
 from pyro_vae.model_protocol import uses_labels
+from pyro_vae.plates import DataPlateError
+from pyro_vae.pointwise import outside_plate
 from pyro_vae.precision import Precision, refuse_on_device
 from pyro_vae.progress import bar as progress_bar
 from pyro_vae.progress import interactive
@@ -150,13 +159,16 @@ def fit(
     on_ready: Callable[[], None] | None = None,
     *,
     resume_state: dict[str, Any] | None = None,
+    evaluated_per_datapoint: bool = False,
 ) -> FitResult:
     """Train ``model`` and ``guide`` on ``data``'s training set by SVI with ``elbo``.
 
     ``model`` and ``guide`` are any Pyro model/guide callables, as ``pyro.infer.SVI``
     takes them, called on minibatches (plus ``num_data=N`` when they accept it); their
     per-datapoint plate gets the full size N and the batch's rows (:mod:`pyro_vae.minibatch`).
-    Every check is made before the first step, then ``on_ready()`` is called. With a
+    Every check is made before the first step, then ``on_ready()`` is called (with
+    ``evaluated_per_datapoint``, the caller's per-datapoint evaluation's too:
+    :func:`_refuse_sites_outside_the_plate`). With a
     ``run`` folder (a :class:`~pyro_vae.checkpoint.RunFolder` or a path) a checkpoint and
     metrics.json are written after every validation (config.json, which says how to
     rebuild the model, only by ``pyro-vae fit``: :func:`pyro_vae.compare.compare_runs`
@@ -196,6 +208,7 @@ def fit(
     pyro.clear_param_store()
     pair = TrainingPair.set_up(model, guide, batches, config)
     group.refuse_unsupported(elbo, pair.plate, config.batch_size, batches.num_data)
+    _refuse_sites_outside_the_plate(pair, batches, evaluated_per_datapoint)
     elbo = _estimator_ready_to_train(elbo, pair, batches, config)
     warmup = KLWarmup(config.kl_warmup_epochs, batches.steps_per_epoch, config.beta)
     step_elbo = SynchronizedELBO(elbo, group) if group.world > 1 else elbo
@@ -484,6 +497,54 @@ def _estimator_ready_to_train(
                 elbo, pair.model, pair.guide, batches.first_batch, {"subsample": batches.first_rows}
             )
     return elbo
+
+
+def _refuse_sites_outside_the_plate(
+    pair: TrainingPair, batches: TrainingBatches, evaluated_per_datapoint: bool
+) -> None:
+    """Refuse, before the first step, a sample site outside the per-datapoint plate (a
+    global latent ``W`` used as ``z @ W`` inside it) where per-datapoint numbers of the
+    pair are to come: a per-datapoint validation (held out, or the training set's for a
+    local guide), or ``evaluated_per_datapoint`` (the caller scores the fitted pair per
+    datapoint, as ``pyro-vae fit``'s test evaluation does). Those sum each datapoint's
+    log-densities (:func:`pyro_vae.pointwise.per_datapoint_log_density`), which such a
+    site does not have: tester U's model trained every epoch and was refused only at the
+    test evaluation, its run folder left with a checkpoint and no test block. The check is
+    the evaluation's (the sites of one draw of the pair on the first batch, on a forked
+    random stream, its modules in eval mode as evaluated: M2's training-only classifier
+    factor outside the plate is no site of the evaluation), with its message. A
+    whole-data validation (``TensorData``, the way to fit global latents) is left alone,
+    as is a model without a per-datapoint plate.
+
+    Raises:
+        pyro_vae.plates.DataPlateError: naming the site, the plate and the way out.
+    """
+    per_datapoint = pair.validation_kind not in (None, WHOLE_DATA)
+    if pair.plate is None or not (per_datapoint or evaluated_per_datapoint):
+        return
+    plate, args, kwargs = pair.plate, batches.first_batch, {"subsample": batches.first_rows}
+    with torch.random.fork_rng(devices=[]), torch.no_grad(), eval_mode(pair.model, pair.guide):
+        traces = run_pair(pair.model, pair.guide, args, kwargs)  # as evaluated: eval mode
+    outside = [
+        (who, name)
+        for who, trace in zip(("model", "guide"), traces, strict=True)
+        for name in outside_plate(trace, plate)
+    ]
+    if not outside:
+        return
+    scored = ["its training-set validation" if pair.validation_kind == TRAINING_SET
+              else "its held-out validation"] if per_datapoint else []  # fmt: skip
+    scored += ["its test evaluation"] if evaluated_per_datapoint else []
+    (who, name), *_ = outside
+    raise DataPlateError(
+        f"{who}: site {name!r} is outside the per-datapoint plate {plate!r}, so it has no "
+        "per-datapoint log-density; per-datapoint estimates need every sample site inside "
+        f"{plate!r} (a model with global latents has only a joint bound), and this fit "
+        f"scores the pair per datapoint in {' and '.join(scored)}. Fit such a model from "
+        "Python on a pyro_vae.TensorData of its rows, which validates on the whole-data "
+        "ELBO, and estimate its joint bound with pyro_vae.elbo_estimate; or draw the site "
+        f"inside {plate!r} (nothing was trained or written)"
+    )
 
 
 def _dry_loss(elbo: ELBO, pair: TrainingPair, batches: TrainingBatches) -> None:

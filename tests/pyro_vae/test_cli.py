@@ -1436,3 +1436,52 @@ def test_a_fit_whose_folder_becomes_unwritable_stops_in_one_line_keeping_its_che
     assert RunFolder(run).load_checkpoint()["epoch"] == 1
     assert len(json.loads((run / "metrics.json").read_text())["epochs"]) == 1
     assert not list(run.glob(".*.tmp"))
+
+
+GLOBAL_W_MODEL = '''
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+
+class GlobalW(nn.Module):
+    """Tester U's model: W ~ N(0, 1), [2, 64], outside the data plate, used as z @ W in it."""
+
+    def __init__(self, x_dim):
+        super().__init__()
+        self.encoder = nn.Linear(x_dim, 4)
+
+    def model(self, x):
+        w = pyro.sample("W", dist.Normal(x.new_zeros(2, x.shape[-1]), 1.0).to_event(2))
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
+            pyro.sample("obs", dist.Bernoulli(logits=z @ w).to_event(1), obs=x)
+
+    def guide(self, x):
+        pyro.module("encoder", self.encoder)
+        loc = pyro.param("W_loc", torch.zeros(2, x.shape[-1]))
+        scale = pyro.param("W_scale", torch.ones(2, x.shape[-1]),
+                           constraint=dist.constraints.positive)
+        pyro.sample("W", dist.Normal(loc, scale).to_event(2))
+        with pyro.plate("data", x.shape[0]):
+            h = self.encoder(x)
+            pyro.sample("z", dist.Normal(h[..., :2], h[..., 2:].exp()).to_event(1))
+'''
+
+
+@pytest.mark.parametrize("validation", [[], ["--val-fraction", "0"]])
+def test_a_global_latent_the_test_evaluation_cannot_score_is_refused_before_the_folder(
+    tmp_path, capsys, validation
+):
+    # tester U: it trained every epoch and was refused only at the test evaluation (a
+    # checkpoint and no test block), or, validated, after config.json and metrics.json
+    # were written (the next try needed --restart)
+    (tmp_path / "global_w.py").write_text(GLOBAL_W_MODEL)
+    run = tmp_path / "run"
+    argv = ["fit", "--model", f"{tmp_path / 'global_w.py'}:GlobalW", "--out", str(run)]
+    assert main([*argv, "--epochs", "2", "--seed", "0", "--no-progress", *validation]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error: model: site 'W' is outside the per-datapoint " in err
+    assert "its test evaluation" in err and "pyro_vae.TensorData" in err
+    assert not run.exists()  # nothing trained, nothing written: no --restart needed

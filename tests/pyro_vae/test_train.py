@@ -1,6 +1,7 @@
 import pyro
 import pytest
 import torch
+from pyro.distributions import constraints
 from pyro.infer import Trace_ELBO
 
 from models.autoencoder import Autoencoder
@@ -578,3 +579,75 @@ def test_a_pair_wrapped_in_scale_latents_trains_as_beta_and_validates_the_elbo(d
         )
     with pytest.raises(ValueError, match=r"model, guide: wrapped in ScaleLatents with β 4.0"):
         fit(ScaleLatents(4.0)(model), guide, digits, Trace_ELBO(), quiet(**config))
+
+
+class GlobalW:
+    """Tester U's model: a global latent W ~ N(0, 1) of shape [2, 64] outside the data
+    plate, used as ``z @ W`` inside it; the guide keeps pyro.param entries for W."""
+
+    def __init__(self):
+        torch.manual_seed(0)
+        self.encoder = torch.nn.Linear(64, 4)
+
+    def model(self, x):
+        w = pyro.sample("W", pyro.distributions.Normal(x.new_zeros(2, 64), 1.0).to_event(2))
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", pyro.distributions.Normal(x.new_zeros(2), 1.0).to_event(1))
+            pyro.sample("obs", pyro.distributions.Bernoulli(logits=z @ w).to_event(1), obs=x)
+
+    def guide(self, x):
+        pyro.module("encoder", self.encoder)
+        loc = pyro.param("W_loc", torch.zeros(2, 64))
+        scale = pyro.param("W_scale", torch.ones(2, 64), constraint=constraints.positive)
+        pyro.sample("W", pyro.distributions.Normal(loc, scale).to_event(2))
+        with pyro.plate("data", x.shape[0]):
+            h = self.encoder(x)
+            pyro.sample("z", pyro.distributions.Normal(h[:, :2], h[:, 2:].exp()).to_event(1))
+
+
+@pytest.mark.parametrize("val_fraction", [0.1, 0.0])
+def test_a_site_outside_the_data_plate_is_refused_before_training_where_scored_per_datapoint(
+    val_fraction,
+):
+    """Tester U: the model trained every epoch and was refused only by the per-datapoint
+    evaluation after it (or the first held-out validation), with the run folder written."""
+    from pyro_vae.evaluate import elbo_per_datapoint
+    from pyro_vae.plates import DataPlateError
+
+    data = load_data("digits", Preprocessing("bernoulli"), val_fraction=val_fraction)
+    pair, ready = GlobalW(), []
+    with pytest.raises(DataPlateError) as refused:
+        fit(pair.model, pair.guide, data, Trace_ELBO(), quiet(epochs=2, seed=0),
+            on_ready=lambda: ready.append(1), evaluated_per_datapoint=True)  # fmt: skip
+    message = str(refused.value)
+    assert not ready  # refused before on_ready: pyro-vae fit writes nothing
+    with pytest.raises(DataPlateError) as evaluation:  # the evaluation's own refusal
+        elbo_per_datapoint(pair.model, pair.guide, data.test_x[:4])
+    assert message.startswith("model: " + str(evaluation.value))
+    assert "its test evaluation" in message and "pyro_vae.TensorData" in message
+    assert ("its held-out validation" in message) == (val_fraction > 0)
+
+
+def test_a_site_outside_the_data_plate_trains_where_nothing_is_scored_per_datapoint():
+    # from Python, no validation rows and no per-datapoint evaluation asked for: it trains
+    # as before (the joint bound is pyro_vae.elbo_estimate's), and on TensorData as well
+    pair = GlobalW()
+    data = load_data("digits", Preprocessing("bernoulli"), val_fraction=0.0)
+    result = fit(pair.model, pair.guide, data, Trace_ELBO(), quiet(epochs=1, seed=0))
+    assert len(result.history) == 1
+    rows = TensorData(data.train_x[:64])
+    config = quiet(epochs=1, seed=0, batch_size=32, val_samples=2)
+    result = fit(pair.model, pair.guide, rows, Trace_ELBO(), config)
+    assert result.validation == "whole-data ELBO (total nats)"
+
+
+def test_a_local_autoguide_evaluated_on_its_training_rows_is_not_refused():
+    # AutoNormal over per-image latents: every site inside the plate; pyro-vae fit scores
+    # it on the training set (fix 1 of tester U's findings keeps that working)
+    from pyro.infer.autoguide import AutoNormal
+
+    data = load_data("digits", Preprocessing("bernoulli"), val_fraction=0.0)
+    model, _ = small_vae(data)
+    config = quiet(epochs=1, seed=0, batch_size=256)
+    result = fit(model, AutoNormal(model), data, Trace_ELBO(), config, evaluated_per_datapoint=True)
+    assert result.local_guide and len(result.history) == 1
