@@ -1739,6 +1739,7 @@ def main(argv: list[str] | None = None) -> int:
     _TRAINING_BEGUN["begun"] = False
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
+    interrupts = signal.getsignal(signal.SIGINT) if in_main_thread else None
     try:
         return _run_command(handler, args, argv)
     except _Terminated:  # a SIGTERM while a stop or a refusal was being reported
@@ -1749,6 +1750,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGINT, interrupts)
 
 
 def _run_command(handler, args: argparse.Namespace, argv: list[str]) -> int:
@@ -1781,6 +1783,10 @@ def _run_command(handler, args: argparse.Namespace, argv: list[str]) -> int:
         )
         return 1
     except KeyboardInterrupt:
+        # a second Ctrl-C while the stop is reported (reading the checkpoint's epoch) left
+        # tracebacks, "lost sys.stderr" and exit -2 (tester U): the first one is the stop
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         print(f"\ninterrupted (Ctrl-C); {_where_it_stopped(args)}", file=sys.stderr)
         return 130
     except _Terminated:

@@ -112,6 +112,33 @@ def test_a_resumed_fit_sets_its_earlier_test_block_aside_before_training(tmp_pat
     assert metrics["test_previous"] == [{**first, "scored_weights_of_epoch": 2}]
 
 
+def test_a_second_ctrl_c_while_the_stop_is_reported_is_ignored(tmp_path, monkeypatch):
+    """Tester U: Ctrl-C pressed twice or three times left KeyboardInterrupt tracebacks from
+    inside the stop's report (reading the checkpoint's epoch), "lost sys.stderr" and exit
+    −2. From the first one on, SIGINT is ignored while the stop is reported (and the
+    handler given back when main returns)."""
+    import signal
+
+    import pyro_vae.cli as cli
+
+    seen = []
+    real = cli._where_it_stopped
+
+    def stopped_after_its_checks(*args, on_ready=None, **kwargs):
+        raise KeyboardInterrupt
+
+    def reporting(args):
+        seen.append(signal.getsignal(signal.SIGINT))
+        return real(args)
+
+    monkeypatch.setattr(cli, "fit", stopped_after_its_checks)
+    monkeypatch.setattr(cli, "_where_it_stopped", reporting)
+    before = signal.getsignal(signal.SIGINT)
+    assert main(["fit", "--epochs", "2", "--out", str(tmp_path / "run"), *FAST]) == 130
+    assert seen == [signal.SIG_IGN]
+    assert signal.getsignal(signal.SIGINT) is before
+
+
 def test_the_number_of_processes_is_recorded_and_a_resume_on_another_says_so(
     tmp_path, capsys, monkeypatch
 ):
