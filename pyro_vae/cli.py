@@ -906,9 +906,8 @@ def _resume_config(
     if fixed:
         raise ValueError(
             f"resume: {', '.join(fixed)} cannot change a run being resumed, which continues with "
-            "the settings in its config.json; only --epochs, --no-progress, --device and "
-            "--tensorboard go with "
-            "--resume. "
+            "the settings in its config.json; only "
+            f"{', '.join(sorted(_RESUMABLE - {'--resume'}))} go with --resume. "
             "To change them, start a new run with --out (nothing was changed)"
         )
     written, state = _read_run(run) if received is None else received
@@ -1753,6 +1752,14 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGINT, interrupts)
 
 
+def _error() -> str:
+    """``error``, or under torchrun with several ranks ``error (rank R)``: each rank that
+    refuses says so, and two ranks' identical lines read as one said twice (tester U)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return f"error (rank {os.environ.get('RANK', '?')})"
+    return "error"
+
+
 def _run_command(handler, args: argparse.Namespace, argv: list[str]) -> int:
     """:func:`main`'s command with its exit status, each stop reported in one line."""
     try:
@@ -1763,21 +1770,21 @@ def _run_command(handler, args: argparse.Namespace, argv: list[str]) -> int:
             return handler(args)
     except (DiskFullError, FolderNotWritableError) as err:
         if args.command != "fit" or not _TRAINING_BEGUN["begun"]:  # nothing was computed
-            print(f"error: {_one_line(err)}", file=sys.stderr)
+            print(f"{_error()}: {_one_line(err)}", file=sys.stderr)
             return 2
         # a fit stopped mid-run by its folder (tester U: a 40-line traceback): what the
         # folder holds, as a Ctrl-C says it
-        print(f"error: {_one_line(err)}; {_where_it_stopped_readable(args)}", file=sys.stderr)
+        print(f"{_error()}: {_one_line(err)}; {_where_it_stopped_readable(args)}", file=sys.stderr)
         return 1
     except (ValueError, RunFolderError, DatasetNotFoundError, IDXFormatError) as err:
-        print(f"error: {_one_line(err)}", file=sys.stderr)
+        print(f"{_error()}: {_one_line(err)}", file=sys.stderr)
         return 2
     except RankLost as err:
-        print(f"error: {err}; {_where_it_stopped(args)}", file=sys.stderr)
+        print(f"{_error()}: {err}; {_where_it_stopped(args)}", file=sys.stderr)
         return 1
     except CaptureError as err:  # --compile on for a step that cannot be recorded
         print(
-            f"error: {_one_line(err)} On the command line: --compile off. "
+            f"{_error()}: {_one_line(err)} On the command line: --compile off. "
             f"{_where_it_stopped(args)}",
             file=sys.stderr,
         )

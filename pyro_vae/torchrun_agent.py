@@ -30,11 +30,11 @@ def exit_status(error: ChildFailedError) -> tuple[int, str]:
     stopped by the agent after it (SIGTERM)."""
     rank, failure = error.get_first_failure()
     code = failure.exitcode
-    if code < 0:  # killed by a signal
-        how = f"was killed by {failure.signal_name()}"
+    if code < 0:  # killed by a signal: it could say nothing (tester U: "above" was empty)
+        how = f"was killed by {failure.signal_name()} first (a killed process says nothing)"
         status = 128 - code
     else:
-        how = f"exited with status {code}"
+        how = f"exited with status {code} first (its message is above)"
         status = code if code > 0 else 1
     stopped = sorted(
         other
@@ -43,7 +43,7 @@ def exit_status(error: ChildFailedError) -> tuple[int, str]:
     )
     named = ", ".join(map(str, stopped))
     after = f"; torchrun's agent then stopped rank(s) {named}" if stopped else ""
-    return status, f"pyro-vae --nproc: rank {rank} {how} first (its message is above){after}"
+    return status, f"pyro-vae --nproc: rank {rank} {how}{after}"
 
 
 def main(argv: list[str]) -> int:

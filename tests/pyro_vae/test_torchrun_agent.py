@@ -30,6 +30,7 @@ def test_the_first_failed_rank_s_status_is_passed_through_and_the_stopped_ones_n
     killed = ChildFailedError("pyro_vae", {0: _failure(0, -9, 10), 1: _failure(1, 2, 20)})
     status, account = exit_status(killed)
     assert status == 128 + 9 and "rank 0 was killed by SIGKILL first" in account
+    assert "above" not in account  # a killed rank printed nothing (tester U)
     assert "stopped" not in account  # rank 1 exited on its own, with 2
 
 
