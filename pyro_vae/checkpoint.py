@@ -42,12 +42,16 @@ RESUMABLE_SETTINGS = ("train.epochs", "train.progress", "train.device", "train.t
 
 
 def flat_settings(obj, prefix: str = "") -> dict[str, Any]:
-    """``{"a.b": value}`` of a nested dict (config.json's), to compare setting by setting."""
+    """``{"a.b": value}`` of a nested dict (config.json's), to compare setting by setting; a
+    key with a dot of its own (a file name, ``dig.labels.npy``) as ``a['dig.labels.npy']``
+    (tester U read ``data.provenance.files.dig.labels.npy``, a file name split as keys)."""
     if not isinstance(obj, dict):
         return {prefix: obj}
     out: dict[str, Any] = {}
     for key, value in obj.items():
-        out.update(flat_settings(value, f"{prefix}.{key}" if prefix else str(key)))
+        key = str(key)
+        path = f"{prefix}[{key!r}]" if "." in key else f"{prefix}.{key}" if prefix else key
+        out.update(flat_settings(value, path))
     return out
 
 

@@ -285,6 +285,9 @@ def test_an_edited_config_is_refused_by_its_first_differing_setting(tmp_path):
     assert listed(list("abcdef")) == "a, b, c, d, …" and listed(["a"]) == "a"
     assert flat_settings({"a": {"b": 1, "c": {"d": None}}, "e": [1]}) == {
         "a.b": 1, "a.c.d": None, "e": [1]}  # fmt: skip
+    # a file name's dots are not keys' (tester U: data.provenance.files.dig.labels.npy)
+    files = {"data": {"files": {"dig.labels.npy": "ab12"}}}
+    assert flat_settings(files) == {"data.files['dig.labels.npy']": "ab12"}
     run = RunFolder(tmp_path)
     trained = {"schema_version": 3, "train": {"lr": 0.001, "epochs": 4}, "data": {"x": 1}}
     state = {"config": trained}
