@@ -1214,10 +1214,19 @@ def _with_previous(metrics: dict, key: str) -> list:
     """``metrics[key + "_previous"]`` (every block ``key`` held before, oldest first; an
     older run's single block taken as a list of one) with ``metrics[key]`` appended: what
     to keep when ``key`` is replaced (tester H: a second evaluate dropped the fit's own
-    test block, the first one kept only the last)."""
+    test block, the first one kept only the last). A block equal to the last one kept but
+    for its ``seconds`` is not kept twice (tester U: each ``fit --resume`` of a finished
+    run scored the same weights again, and kept one more copy of the same numbers)."""
     kept = metrics.get(f"{key}_previous") or []
     kept = [kept] if isinstance(kept, dict) else list(kept)
-    return [*kept, metrics[key]] if metrics.get(key) else kept
+    if not metrics.get(key) or (kept and _untimed(kept[-1]) == _untimed(metrics[key])):
+        return kept
+    return [*kept, metrics[key]]
+
+
+def _untimed(block: Any) -> Any:
+    """A metrics block without its wall time (``seconds``), to tell a repeat of it."""
+    return {k: v for k, v in block.items() if k != "seconds"} if isinstance(block, dict) else block
 
 
 def _changed_inputs(exp) -> tuple[str, dict, str] | None:

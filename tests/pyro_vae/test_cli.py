@@ -72,6 +72,18 @@ def test_evaluate_and_sample_work_from_the_folder_alone(trained, capsys, tmp_pat
     assert (tmp_path / "s.png").stat().st_size > 1000
 
 
+def test_resuming_a_finished_run_again_keeps_no_identical_copies(tmp_path):
+    """Tester U: each `fit --resume` of a finished run scored the same weights again and
+    kept one more identical copy of the block in test_previous."""
+    run = tmp_path / "run"
+    assert main(["fit", "--epochs", "2", "--out", str(run), *FAST]) == 0
+    for _ in range(3):
+        assert main(["fit", "--resume", str(run), "--no-progress"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    untimed = [{k: v for k, v in b.items() if k != "seconds"} for b in metrics["test_previous"]]
+    assert untimed == [{k: v for k, v in metrics["test"].items() if k != "seconds"}]
+
+
 def test_resume_extends_a_run(tmp_path):
     run = tmp_path / "run"
     assert main(["fit", "--epochs", "2", "--out", str(run), *FAST]) == 0
