@@ -47,7 +47,7 @@ from pyro_vae.devices import resolve_device, to_device
 from pyro_vae.enumerated_sites import enumerated_runs, enumerated_sites, marginal_terms
 from pyro_vae.guides.fixed import as_guide
 from pyro_vae.mapped_rows import MappedRows
-from pyro_vae.minibatch import Minibatched, align_autoguide, fitted_rows
+from pyro_vae.minibatch import Minibatched, accepts_keyword, align_autoguide, fitted_rows
 from pyro_vae.model_protocol import offered
 from pyro_vae.plates import (
     DeclaredSubsamples,
@@ -731,11 +731,15 @@ def latent_draws_of(
 
 
 @torch.no_grad()
-def label_metrics(model, guide, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+def label_metrics(
+    model, guide, x: torch.Tensor, y: torch.Tensor, iwae_samples: int | None = None
+) -> dict[str, float]:
     """The model's own metrics of labels (its ``label_metrics(guide, x, y)``, e.g. M2's
     ``{"test_accuracy": ...}``; :mod:`pyro_vae.model_protocol`) on rows ``x`` ``[N, D]``
     with labels ``y`` ``[N]``, in eval mode without gradients; ``{}`` for a model without
-    the method.
+    the method. ``iwae_samples`` (the evaluation's log p(x) draws, ``--ll-samples``) is
+    passed on where the method takes it (tester U: M2's unlabelled log p(x) kept its own
+    100 draws whatever ``--ll-samples`` said).
 
     Raises:
         ValueError: the method returned something other than a mapping of names to numbers.
@@ -743,8 +747,11 @@ def label_metrics(model, guide, x: torch.Tensor, y: torch.Tensor) -> dict[str, f
     hook = offered(getattr(model, "__self__", model), "label_metrics")  # or its object's
     if hook is None:
         return {}
+    options = {}
+    if iwae_samples is not None and accepts_keyword(hook, "iwae_samples"):
+        options["iwae_samples"] = iwae_samples
     with torch.no_grad(), eval_mode(model, guide):
-        values = hook(guide, x, y)
+        values = hook(guide, x, y, **options)
     if not isinstance(values, dict) or not all(
         isinstance(k, str) and isinstance(v, int | float | torch.Tensor) for k, v in values.items()
     ):

@@ -473,7 +473,9 @@ def _label_model_metrics(
 ):
     """For a model that uses labels: the mean KL(q(z | x, y) ‖ p(z | y)) and the model's
     own label metrics (:func:`pyro_vae.evaluate.label_metrics`, by rank 0 alone in a
-    group) into ``metrics``; reconstruction and active units into ``skipped``."""
+    group, with the evaluation's log p(x) draws, ``metrics["log_likelihood_samples"]``,
+    where it takes ``iwae_samples``) into ``metrics``; reconstruction and active units
+    into ``skipped``."""
     model, guide = exp.model, exp.guide
     skipped["reconstruction_mse"] = skipped["active_units"] = _TAKES_LABELS
     try:
@@ -488,7 +490,8 @@ def _label_model_metrics(
         skipped["kl"] = str(err)
     if split is None or split.is_writer:
         x, y = (to_device(in_memory(a, _num_rows(args)), exp.device) for a in args[:2])
-        own = label_metrics(model, guide, x, y)
+        draws = metrics.get("log_likelihood_samples")
+        own = label_metrics(model, guide, x, y, iwae_samples=draws)
         clash = sorted(set(own) & set(metrics))
         if clash:
             raise ValueError(
