@@ -104,13 +104,12 @@ def crossed():
 
 
 def test_crossed_effects_reach_the_mean_field_optimum_in_an_eighth_of_the_sweeps(crossed):
-    """Plain sweeps crawl along the direction that trades μ against a and b (897 sweeps to
-    tol 1e-12 here); over-relaxed, 104; with the Newton step on the means
-    (:mod:`pyro_vae.cavi.newton_means`, taken with over-relaxation), 2. The bound reaches
-    the closed-form optimum to 1e-9 of its size (tol 1e-12 leaves about 1e-10 nats), never exceeds it by more than float64
-    rounding, and never falls; the means are the exact posterior means (mean field's are,
-    for a Gaussian posterior) to 1e-5 (the flat direction's residual at that tol). Plain
-    sweeps, as many, stop far shorter."""
+    """Plain sweeps crawl along the direction that trades μ against a and b (897 sweeps to tol 1e-12
+    here); over-relaxed, 104; with the Newton step on the means (:mod:`pyro_vae.cavi.newton_means`,
+    taken with over-relaxation), 2. The bound reaches the closed-form optimum to 1e-9 of its size
+    (tol 1e-12 leaves about 1e-10 nats), never exceeds it by more than float64 rounding, and never
+    falls; the means are the exact posterior means (mean field's are, for a Gaussian posterior) to
+    1e-5 (the flat direction's residual at that tol). Plain sweeps, as many, stop far shorter."""
     model, data, optimum, means = crossed
     fit = AutoCAVI(model, tol=1e-12, max_iter=150).fit(*data)
     assert fit.converged_ and fit.n_iter_ < 150
