@@ -13,6 +13,7 @@ from pyro_vae.checkpoint import (
     capture_rng_state,
     restore_rng_state,
 )
+from tests.pyro_vae.unprivileged import unprivileged
 
 
 def test_rng_state_round_trip():
@@ -337,19 +338,6 @@ def test_a_write_into_a_path_through_a_file_fails_for_real_in_one_line(tmp_path)
     with pytest.raises(FolderNotWritableError, match="cannot create or write to .*file \\(Not"):
         check_writable(tmp_path / "file")
     assert (tmp_path / "file").read_text() == "not a folder"
-
-
-def unprivileged(*command: str) -> list[str]:
-    """``command`` run without the root's right to write where the permissions forbid it
-    (``setpriv`` drops it), as anyone but root runs; skips where that cannot be had."""
-    import shutil
-
-    if os.geteuid() != 0:
-        return list(command)
-    if shutil.which("setpriv") is None:
-        pytest.skip("running as root without setpriv, which drops root's override")
-    drop = "--bounding-set=-dac_override,-dac_read_search,-fowner"
-    return ["setpriv", drop, "--inh-caps=-all", *command]
 
 
 def test_a_read_only_folder_is_refused_for_real_by_the_check_and_the_claim(tmp_path):

@@ -17,6 +17,7 @@ from pyro_vae.cli import (
     _should_compile,
     main,
 )
+from tests.pyro_vae.unprivileged import unprivileged
 
 FAST = ["--latent-dim", "4", "--hidden", "32", "--no-progress", "--ll-samples", "20"]
 
@@ -1425,17 +1426,6 @@ def test_a_model_whose_mean_is_not_an_image_keeps_its_run_and_skips_the_figures(
     assert err.count("\n") == 1 and "error: x: shape (9, 1) has 1 value(s) per image" in err
 
 
-def _unprivileged(*command: str) -> list[str]:
-    """``command`` without root's right to write where the permissions forbid it
-    (``setpriv`` drops it), as anyone but root runs; skips where that cannot be had."""
-    if os.geteuid() != 0:
-        return list(command)
-    if shutil.which("setpriv") is None:
-        pytest.skip("running as root without setpriv, which drops root's override")
-    drop = "--bounding-set=-dac_override,-dac_read_search,-fowner"
-    return ["setpriv", drop, "--inh-caps=-all", *command]
-
-
 @pytest.mark.parametrize("command", [["evaluate"], ["diagnose", "--points", "5"]])
 def test_a_run_folder_that_cannot_be_written_is_refused_before_any_work(trained, tmp_path, command):
     # tester U: evaluate and diagnose did all their work, then died with a PermissionError
@@ -1449,7 +1439,7 @@ def test_a_run_folder_that_cannot_be_written_is_refused_before_any_work(trained,
     run.chmod(0o555)
     try:
         argv = [sys.executable, "-m", "pyro_vae.cli", command[0], str(run), *command[1:]]
-        done = subprocess.run(_unprivileged(*argv), capture_output=True, text=True, timeout=300)
+        done = subprocess.run(unprivileged(*argv), capture_output=True, text=True, timeout=300)
     finally:
         run.chmod(0o755)
     assert (done.returncode, done.stdout) == (2, ""), done.stderr

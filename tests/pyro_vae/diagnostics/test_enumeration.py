@@ -111,26 +111,11 @@ def test_a_guide_masked_like_its_padded_model_takes_the_drawn_ratios():
     from pyro import poutine
 
     from pyro_vae.diagnostics.enumeration import discrete_support
+    from tests.pyro_vae.padded import X, padded_pair
 
-    lengths = torch.tensor([2, 1, 2])
-    locs = torch.tensor([-2.0, 0.0, 2.5])
-
-    def model(x):
-        with pyro.plate("data", 3) as idx:
-            for t in range(2):
-                with poutine.mask(mask=t < lengths[idx]):
-                    c = pyro.sample(f"c_{t}", dist.Categorical(torch.tensor([0.2, 0.5, 0.3])))
-                    pyro.sample(f"x_{t}", dist.Normal(locs[c], 1.0), obs=x[:, t])
-
-    def guide(x):
-        with pyro.plate("data", 3) as idx:
-            for t in range(2):
-                with poutine.mask(mask=t < lengths[idx]):
-                    pyro.sample(f"c_{t}", dist.Categorical(logits=torch.zeros(3, 3)))
-
-    x = torch.tensor([[-1.5, 0.3], [0.4, 9.9], [2.2, 2.0]])
-    probe = poutine.trace(guide).get_trace(x)
+    model, guide = padded_pair(guide_masked=True)
+    probe = poutine.trace(guide).get_trace(X)
     assert discrete_support(probe, "data").count == math.inf
     pyro.set_rng_seed(0)
-    found = psis_khat_per_datapoint(model, guide, x, num_samples=100)
+    found = psis_khat_per_datapoint(model, guide, X, num_samples=100)
     assert found.num_states == 0 and found.log_evidence is None and found.khat.shape == (3,)
