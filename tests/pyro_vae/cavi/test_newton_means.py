@@ -101,7 +101,7 @@ def _walk_data() -> torch.Tensor:
     return 2.0 + torch.randn(20, generator=torch.Generator().manual_seed(0), dtype=F64)
 
 
-@pytest.mark.parametrize("sd, tol", [(1e-2, 1e-8), (1e-3, 1e-6)])
+@pytest.mark.parametrize("sd, tol", [(1e-2, 1e-8), (1e-3, 1e-6), (1e-4, 1e-6)])
 def test_a_tight_random_walk_reaches_mean_fields_optimum(sd, tol):
     """Tester S's F1: a random walk linked far more tightly than its data inform it crawled
     along the link, each sweep gaining little: at sd 10⁻³ the fit ran out of its 2,000 sweeps
@@ -118,14 +118,14 @@ def test_a_tight_random_walk_reaches_mean_fields_optimum(sd, tol):
     assert fit.lower_bound_ <= optimum + 1e-9 * abs(optimum)
 
 
-def test_a_random_walk_too_tight_for_float64_is_refused_not_stopped_at_its_prior():
-    """At sd 10⁻⁴ and tol 1e-6 the fit stopped converged_ after 2 sweeps near its prior,
-    35 nats below mean field's optimum, without a warning (tester S's F1 at sd 3·10⁻⁵: 1.87
-    nats short). The Newton step moves q to the optimum, where the factors probed in float64
-    no longer reproduce the model's log-density (coefficients of 10⁸), and the fit is
-    refused with the way out: one vector site."""
-    from pyro_vae.cavi.exponential_families import NotConjugateError
-
+def test_a_random_walk_too_tight_for_float64_is_not_reported_converged():
+    """At sd 10⁻⁴ and tol 1e-6 the fit stopped converged_ after 2 sweeps near its prior, 35
+    nats below mean field's optimum, without a warning (it now reaches the optimum, above).
+    At sd 10⁻⁵ the factors probed in float64 cannot follow the link: the Newton step
+    predicts 35 nats its imprecise factors will not give, so the sweeps' stop is not
+    confirmed (a first version took no step and reported converged_, 34 nats short), and
+    the fit runs out of sweeps, warned."""
     y = _walk_data()
-    with pytest.raises(NotConjugateError, match="write the tightly linked latents as one vector"):
-        AutoCAVI(_random_walk(1e-4, y), tol=1e-6, max_iter=100).fit(y)
+    with pytest.warns(ConvergenceWarning, match="max_iter=100 sweeps without converging"):
+        fit = AutoCAVI(_random_walk(1e-5, y), tol=1e-6, max_iter=100).fit(y)
+    assert not fit.converged_
