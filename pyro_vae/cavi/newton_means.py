@@ -16,11 +16,13 @@ m + (−H)⁻¹g, reaches its maximum, and ½ gᵀ(−H)⁻¹g, the Newton decre
 ``AutoCAVI`` computes it where the sweeps would stop, and every :data:`NEWTON_EVERY` sweeps
 while they crawl: a gain under ``tol`` confirms a stop; a larger one is taken (kept only
 where the ELBO, computed in full, rises; halved up to :data:`HALVINGS` times otherwise) and
-the sweeps go on from it. Where the log-density is not
-quadratic in the means (a product W z of two latents), the step is a safeguarded Newton
-step, and where −H is not positive definite there, none is taken and the sweeps' own test
-stands. g and H come from autograd through the bound's own contractions; H takes one
-backward pass per coordinate, so the test runs on at most :data:`MAX_COORDINATES` of them.
+the sweeps go on from it (on factors that passed the round's precision check only; a larger
+predicted gain leaves the stop unconfirmed whether or not a step was taken). Where the log-
+density is not quadratic in the means (a product W z of two latents), the step is a
+safeguarded Newton step, and where −H is not positive definite there, none is taken and the
+sweeps' own test stands. g and H come from autograd through the bound's own contractions; H
+takes one backward pass per coordinate, so the test runs on at most :data:`MAX_COORDINATES`
+of them.
 """
 
 from __future__ import annotations
