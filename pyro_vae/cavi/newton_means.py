@@ -21,8 +21,8 @@ predicted gain leaves the stop unconfirmed whether or not a step was taken). Whe
 density is not quadratic in the means (a product W z of two latents), the step is a
 safeguarded Newton step, and where −H is not positive definite there, none is taken and the
 sweeps' own test stands. g and H come from autograd through the bound's own contractions; H
-takes one backward pass per coordinate, so the test runs on at most :data:`MAX_COORDINATES`
-of them.
+is n backward passes (batched in one by torch's vmap where it can), so the test runs on at
+most :data:`MAX_COORDINATES` coordinates.
 """
 
 from __future__ import annotations
