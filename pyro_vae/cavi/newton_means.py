@@ -71,7 +71,7 @@ def newton_step(objective, means: list[torch.Tensor]) -> tuple[list[torch.Tensor
 def _jacobian(grad: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
     """∂grad/∂flat, [n, n]: one batched backward pass (``is_grads_batched``, torch's vmap
     over the rows), or one pass per row where an op of the graph has no batching rule."""
-    eye = torch.eye(flat.numel(), dtype=flat.dtype)
+    eye = torch.eye(flat.numel(), dtype=flat.dtype, device=flat.device)
     if not grad.requires_grad:  # the objective is linear in the means
         return torch.zeros_like(eye)
     try:
