@@ -37,6 +37,11 @@ CONFIG, METRICS, CHECKPOINT = "config.json", "metrics.json", "checkpoint.pt"
 UNFINISHED = (CONFIG, METRICS, "*.png", "*.csv", "*.nc", "tensorboard")
 
 
+#: metrics.json's test block ``evaluated_on`` for a guide with free per-datapoint
+#: parameters, scored on its training images (``"test set"`` otherwise): written by
+#: :mod:`pyro_vae.experiment`, read by the command line and :mod:`pyro_vae.compare`.
+EVALUATED_ON_TRAINING_SET = "training set"
+
 #: What ``fit --resume`` may change in config.json before its next checkpoint records it.
 RESUMABLE_SETTINGS = ("train.epochs", "train.progress", "train.device", "train.tensorboard")
 

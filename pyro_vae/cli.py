@@ -25,6 +25,7 @@ from typing import Any, NoReturn
 from pyro_vae import estimators
 from pyro_vae.checkpoint import (
     CONFIG,
+    EVALUATED_ON_TRAINING_SET,
     DiskFullError,
     FolderNotWritableError,
     RunFolder,
@@ -731,7 +732,7 @@ def _print_test(test: dict[str, Any], table: bool = False) -> None:
     the standardized columns when they were standardized, then also in the file's units)."""
     unit = "row" if table else "image"
     standardized = " of the standardized columns" if "units" in test else ""
-    if test.get("evaluated_on") == "training set":
+    if test.get("evaluated_on") == EVALUATED_ON_TRAINING_SET:
         print(
             "note: the guide has free per-datapoint parameters, so it has no posterior for "
             "test images; these are the training images' metrics"

@@ -47,7 +47,12 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from pyro_vae.checkpoint import RunFolder, RunFolderError, atomic_path
+from pyro_vae.checkpoint import (
+    EVALUATED_ON_TRAINING_SET,
+    RunFolder,
+    RunFolderError,
+    atomic_path,
+)
 from pyro_vae.plots import save_png
 from pyro_vae.run_config import migrate
 from pyro_vae.tables import is_table_path
@@ -181,10 +186,6 @@ def _labels(paths: Sequence[Path]) -> list[str]:
     return [str(p) if names.count(n) > 1 else n for p, n in zip(paths, names, strict=True)]
 
 
-#: :func:`_evaluated_on` of a run whose numbers are the training images' (tester U).
-TRAINING_SET = "training set"
-
-
 def _evaluated_on(metrics: dict[str, Any]) -> str | None:
     """The split a run's test block was computed on, as metrics.json records it
     (``evaluated_on``; a block written before it was recorded: ``training set`` for a
@@ -195,7 +196,7 @@ def _evaluated_on(metrics: dict[str, Any]) -> str | None:
     split = test.get("evaluated_on")
     if isinstance(split, str):
         return split
-    return TRAINING_SET if metrics.get("local_guide") else "test set"
+    return EVALUATED_ON_TRAINING_SET if metrics.get("local_guide") else "test set"
 
 
 def _row(label: str, config: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
@@ -310,7 +311,7 @@ def _data_notes(frame: pd.DataFrame, test_data: dict[str, str]) -> list[str]:
     if len({test_data[r.run] for r in known.itertuples()}) > 1:
         return [f"{OTHER_DATA} ({which}), so their ELBOs and log p(x) are not comparable"]
     if known["data"].nunique() > 1:
-        training = list(known["run"][known["evaluated_on"] == TRAINING_SET])
+        training = list(known["run"][known["evaluated_on"] == EVALUATED_ON_TRAINING_SET])
         same = (
             f"the test-set runs' test numbers are on the same test rows; {', '.join(training)}"
             ": evaluated on their training rows, which val_fraction changes"
@@ -364,7 +365,7 @@ def _unlike_bounds(frame: pd.DataFrame, tests: dict[str, dict[str, Any]]) -> lis
         }
         if len(set(points.values())) > 1:
             which = "; ".join(f"{label}: the first {n}" for label, n in points.items())
-            rows = "training" if split == TRAINING_SET else "test"
+            rows = "training" if split == EVALUATED_ON_TRAINING_SET else "test"
             notes.append(
                 f"log_px is estimated on different {rows} rows ({which}), so it differs by "
                 "which rows as well as by the model; re-evaluate with the same --ll-points "
@@ -379,10 +380,10 @@ def _training_set_notes(frame: pd.DataFrame) -> list[str]:
     training images': not comparable with the test-set runs' beside them (tester U), nor
     are their validation curves, the training set's ELBO rather than held-out rows'."""
     split = frame["evaluated_on"]
-    training = list(frame["run"][split == TRAINING_SET])
+    training = list(frame["run"][split == EVALUATED_ON_TRAINING_SET])
     if not training:
         return []
-    tested = list(frame["run"][split.notna() & (split != TRAINING_SET)])
+    tested = list(frame["run"][split.notna() & (split != EVALUATED_ON_TRAINING_SET)])
     its = "its" if len(training) == 1 else "their"
     unlike = (
         f", so they are not comparable with the test-set runs' ({', '.join(tested)})"
@@ -415,7 +416,7 @@ def plot_validation_curves(comparison: Comparison, path: str | os.PathLike) -> P
     title = "validation curves (circle: best epoch)"
     if any(n.startswith(OTHER_DATA) for n in comparison.notes):
         title += "\nruns on different data: not comparable"
-    elif TRAINING_SET in set(comparison.table["evaluated_on"].dropna()):
+    elif EVALUATED_ON_TRAINING_SET in set(comparison.table["evaluated_on"].dropna()):
         title += "\nsome runs validate on their training set: not comparable"
     elif any(n.startswith(OTHER_VALIDATION_ROWS) for n in comparison.notes):
         title += "\neach run validates on its own rows (val_fraction)"

@@ -18,7 +18,7 @@ import pyro
 import torch
 from pyro.infer import ELBO
 
-from pyro_vae.checkpoint import RunFolder, RunFolderError
+from pyro_vae.checkpoint import EVALUATED_ON_TRAINING_SET, RunFolder, RunFolderError
 from pyro_vae.data import DataSplits, load_data
 from pyro_vae.data_source import shard_of
 from pyro_vae.devices import resolve_device, to_device
@@ -410,7 +410,7 @@ def evaluate_test_set(
     if local and exp.data.dynamic:
         fixed = torch.Generator().manual_seed(1)
         x = torch.cat([torch.bernoulli(rows, generator=fixed) for rows in _pieces(x)])
-    metrics: dict[str, Any] = {"evaluated_on": "training set" if local else "test set"}
+    metrics: dict[str, Any] = {"evaluated_on": EVALUATED_ON_TRAINING_SET if local else "test set"}
     metrics["num_train" if local else "num_test"] = int(x.shape[0])
     started = time.perf_counter()
     model, guide, streamed = exp.model, exp.guide, _streamed(device)

@@ -40,6 +40,15 @@ def outside_plate(trace: Trace, plate: str) -> list[str]:
     return [n for n, s in sample_sites(trace).items() if not frames_in(s, plate)]
 
 
+def outside_plate_message(name: str, plate: str) -> str:
+    """Why sample site ``name``, outside ``plate``, has no per-datapoint log-density."""
+    return (
+        f"site {name!r} is outside the per-datapoint plate {plate!r}, so it has no "
+        "per-datapoint log-density; per-datapoint estimates need every sample site "
+        f"inside {plate!r} (a model with global latents has only a joint bound)"
+    )
+
+
 def per_datapoint_log_density(
     trace: Trace,
     num_particles: int,
@@ -60,11 +69,7 @@ def per_datapoint_log_density(
     """
     outside = outside_plate(trace, plate)
     if outside:
-        raise DataPlateError(
-            f"site {outside[0]!r} is outside the per-datapoint plate {plate!r}, so it has no "
-            "per-datapoint log-density; per-datapoint estimates need every sample site "
-            f"inside {plate!r} (a model with global latents has only a joint bound)"
-        )
+        raise DataPlateError(outside_plate_message(outside[0], plate))
     total = None
     plate_scale = data_plate_scale(trace, plate) if relative_scale else 1.0
     for site in sample_sites(trace).values():

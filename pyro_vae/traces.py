@@ -59,55 +59,39 @@ def is_point_mass(fn) -> bool:
     return isinstance(fn, dist.Delta)
 
 
-def refuse_guide_only_sites(model_trace: Trace, guide_trace: Trace) -> None:
-    """Refuse a guide that draws a latent the model does not have (the auxiliary u of a
-    hierarchical guide q(z, u) = q(u) q(z | u)) beside a model latent it draws from a
-    density: log p(x, z) − log q(z, u) then estimates log p(x) + H[q(u | z)] under IWAE's
-    log-sum-exp as K grows, above log p(x), and as an ELBO it is no bound (tester T's F3:
-    log p(x) estimates rising with K to 2.5 nats above the exact value, with no word).
-    An autoguide's auxiliary latent (``AutoMultivariateNormal``, ``AutoIAFNormal``) is let
-    through: it reaches the model's sites by point masses whose ``log_density`` makes
-    log q(z) exact.
+def refuse_unscored_guide_sites(model_trace: Trace, guide_trace: Trace) -> None:
+    """Refuse guide draws that log p(x, z) − log q(z) cannot score as a bound (tester T):
+
+    - a latent the model does not have (the auxiliary u of a hierarchical guide
+      q(z, u) = q(u) q(z | u)) beside a model latent the guide draws from a density:
+      log p(x, z) − log q(z, u) then estimates log p(x) + H[q(u | z)] under IWAE's
+      log-sum-exp as K grows, above log p(x), and as an ELBO it is no bound (F3: log p(x)
+      estimates rising with K to 2.5 nats above the exact value, with no word). An
+      autoguide's auxiliary latent (``AutoMultivariateNormal``, ``AutoIAFNormal``) is let
+      through: it reaches the model's sites by point masses whose ``log_density`` makes
+      log q(z) exact;
+    - elements the model masks off (``poutine.mask``, padding past a sequence's end) that
+      the guide draws and scores: log q counts them and log p does not, so their entropy
+      enters every estimate (F4: a padded HMM's log p(x) log 3 high per padded step).
 
     Raises:
-        ValueError: naming the guide-only sites and a model latent the guide draws."""
+        ValueError: naming the sites and the way out."""
     guide_sites = {n: s for n, s in sample_sites(guide_trace).items() if not s["is_observed"]}
     only = [n for n in guide_sites if n not in model_trace.nodes]
     drawn = [
         n for n in guide_sites if n in model_trace.nodes and not is_point_mass(guide_sites[n]["fn"])
     ]
-    if not only or not drawn:
-        return
-    raise ValueError(
-        f"guide: it draws {only}, which the model does not have, beside the model's "
-        f"{drawn[:3]}: q(z, u) is then not a density of the model's latents z alone, and "
-        "log p(x, z) − log q(z, u) estimates log p(x) + H[q(u | z)], which is no bound on "
-        "log p(x); sum u out of the guide (make q(z) one distribution), or add a reverse "
-        "model r(u | z) to the model as an observed-free latent of its own (auxiliary-"
-        "variable bounds: Agakov & Barber 2004; Ranganath et al. 2016)"
-    )
-
-
-def refuse_unmatched_masks(model_trace: Trace, guide_trace: Trace) -> None:
-    """Refuse a latent whose elements the model masks off (``poutine.mask``, padding past a
-    sequence's end) while the guide draws and scores them: log q counts them and log p does
-    not, so their entropy enters every estimate, which is then no bound (tester T's F4: a
-    padded HMM's log p(x) estimates log 3 high per padded step, with no word).
-
-    Raises:
-        ValueError: naming the site and how many elements, and the way out (mask the
-            guide's site alike)."""
-    for name, site in sample_sites(guide_trace).items():
-        model_site = model_trace.nodes.get(name)
-        if site["is_observed"] or model_site is None or model_site.get("mask") is None:
-            continue
-        shape = torch.broadcast_shapes(model_site["log_prob"].shape, site["log_prob"].shape)
-        off = ~torch.as_tensor(model_site["mask"], dtype=torch.bool).broadcast_to(shape)
-        guide_mask = site.get("mask")
-        on = torch.ones(shape, dtype=torch.bool, device=off.device)
-        if guide_mask is not None:
-            on = torch.as_tensor(guide_mask, dtype=torch.bool).broadcast_to(shape)
-        if bool((off & on).any()):
+    if only and drawn:
+        raise ValueError(
+            f"guide: it draws {only}, which the model does not have, beside the model's "
+            f"{drawn[:3]}: q(z, u) is then not a density of the model's latents z alone, and "
+            "log p(x, z) − log q(z, u) estimates log p(x) + H[q(u | z)], which is no bound on "
+            "log p(x); sum u out of the guide (make q(z) one distribution), or add a reverse "
+            "model r(u | z) to the model as an observed-free latent of its own (auxiliary-"
+            "variable bounds: Agakov & Barber 2004; Ranganath et al. 2016)"
+        )
+    for name in drawn:
+        if _scored_where_masked_off(model_trace.nodes[name], guide_sites[name]):
             raise ValueError(
                 f"guide: site {name!r} has elements the model masks off "
                 "(poutine.mask) that the guide draws and scores: log q counts them and "
@@ -115,6 +99,18 @@ def refuse_unmatched_masks(model_trace: Trace, guide_trace: Trace) -> None:
                 f"bound on log p(x); mask the guide's {name!r} alike (the same poutine.mask "
                 "around it)"
             )
+
+
+def _scored_where_masked_off(model_site: dict, guide_site: dict) -> bool:
+    """Whether some element of a latent the model masks off is scored by the guide."""
+    if model_site.get("mask") is None:
+        return False
+    shape = torch.broadcast_shapes(model_site["log_prob"].shape, guide_site["log_prob"].shape)
+    device = model_site["log_prob"].device
+    off = ~torch.as_tensor(model_site["mask"], dtype=torch.bool, device=device).broadcast_to(shape)
+    mask = True if guide_site.get("mask") is None else guide_site["mask"]
+    on = torch.as_tensor(mask, dtype=torch.bool, device=device).broadcast_to(shape)
+    return bool((off & on).any())
 
 
 class PointMassWarning(UserWarning):
@@ -366,8 +362,7 @@ def particle_traces(
         "particle traces",
         num_particles,
     )
-    refuse_guide_only_sites(model_tr, guide_tr)
-    refuse_unmatched_masks(model_tr, guide_tr)
+    refuse_unscored_guide_sites(model_tr, guide_tr)
     return model_tr, guide_tr, was_vectorized
 
 

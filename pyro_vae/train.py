@@ -82,7 +82,7 @@ from pyro_vae.evaluate import eval_mode
 from pyro_vae.fit_checkpoint import FitCheckpoint, Resumed
 from pyro_vae.model_protocol import uses_labels
 from pyro_vae.plates import DataPlateError
-from pyro_vae.pointwise import outside_plate
+from pyro_vae.pointwise import outside_plate, outside_plate_message
 from pyro_vae.precision import Precision, refuse_on_device
 from pyro_vae.progress import bar as progress_bar
 from pyro_vae.progress import interactive
@@ -537,9 +537,7 @@ def _refuse_sites_outside_the_plate(
     scored += ["its test evaluation"] if evaluated_per_datapoint else []
     (who, name), *_ = outside
     raise DataPlateError(
-        f"{who}: site {name!r} is outside the per-datapoint plate {plate!r}, so it has no "
-        "per-datapoint log-density; per-datapoint estimates need every sample site inside "
-        f"{plate!r} (a model with global latents has only a joint bound), and this fit "
+        f"{who}: {outside_plate_message(name, plate)}, and this fit "
         f"scores the pair per datapoint in {' and '.join(scored)}. Fit such a model from "
         "Python on a pyro_vae.TensorData of its rows, which validates on the whole-data "
         "ELBO, and estimate its joint bound with pyro_vae.elbo_estimate; or draw the site "

@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 
 #: The most mean coordinates (summed over the Normal factors' batch and event elements) the
-#: Hessian is made for: one backward pass each.
+#: Hessian is made for: n² entries, from n backward passes (batched where torch can).
 MAX_COORDINATES = 256
 #: How many times a step that lowers the ELBO is halved before none is taken.
 HALVINGS = 8
@@ -58,7 +58,8 @@ def newton_step(objective, means: list[torch.Tensor]) -> tuple[list[torch.Tensor
     read = hessian.diagonal() != 0
     if not bool(read.any()):
         return None
-    negative = -(hessian[read][:, read] + hessian[read][:, read].T) / 2
+    sub = hessian[read][:, read]
+    negative = -(sub + sub.T) / 2
     chol, info = torch.linalg.cholesky_ex(negative)
     if int(info) != 0:
         return None
