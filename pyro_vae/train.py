@@ -81,7 +81,7 @@ from pyro_vae.estimators.compiled import CompiledELBO
 from pyro_vae.evaluate import eval_mode
 from pyro_vae.fit_checkpoint import FitCheckpoint, Resumed
 from pyro_vae.model_protocol import uses_labels
-from pyro_vae.plates import DataPlateError
+from pyro_vae.plates import DataPlateError, describe_plates
 from pyro_vae.pointwise import outside_plate, outside_plate_message
 from pyro_vae.precision import Precision, refuse_on_device
 from pyro_vae.progress import bar as progress_bar
@@ -502,29 +502,47 @@ def _estimator_ready_to_train(
 def _refuse_sites_outside_the_plate(
     pair: TrainingPair, batches: TrainingBatches, evaluated_per_datapoint: bool
 ) -> None:
-    """Refuse, before the first step, a sample site outside the per-datapoint plate (a
-    global latent ``W`` used as ``z @ W`` inside it) where per-datapoint numbers of the
-    pair are to come: a per-datapoint validation (held out, or the training set's for a
-    local guide), or ``evaluated_per_datapoint`` (the caller scores the fitted pair per
-    datapoint, as ``pyro-vae fit``'s test evaluation does). Those sum each datapoint's
-    log-densities (:func:`pyro_vae.pointwise.per_datapoint_log_density`), which such a
-    site does not have: tester U's model trained every epoch and was refused only at the
-    test evaluation, its run folder left with a checkpoint and no test block. The check is
-    the evaluation's (the sites of one draw of the pair on the first batch, on a forked
-    random stream, its modules in eval mode as evaluated: M2's training-only classifier
-    factor outside the plate is no site of the evaluation), with its message. A
-    whole-data validation (``TensorData``, the way to fit global latents) is left alone,
-    as is a model without a per-datapoint plate.
+    """Refuse, before the first step, a model without a per-datapoint plate or a sample site
+    outside it (a global latent ``W`` used as ``z @ W`` inside it) where per-datapoint
+    numbers of the pair are to come: a per-datapoint validation (held out, or the training
+    set's for a local guide), or ``evaluated_per_datapoint`` (the caller scores the fitted
+    pair per datapoint, as ``pyro-vae fit``'s test evaluation does). Those sum each
+    datapoint's log-densities (:func:`pyro_vae.pointwise.per_datapoint_log_density`), which
+    such a model does not have: tester U's model with a global site trained every epoch and
+    was refused only at the test evaluation, its run folder left with a checkpoint and no
+    test block; a model with no plate at all, fitted in one batch, trained an epoch before
+    its held-out validation refused it. The check is the evaluation's (the sites of one draw
+    of the pair on the first batch, on a forked random stream, its modules in eval mode as
+    evaluated: M2's training-only classifier factor outside the plate is no site of the
+    evaluation), with its message. A whole-data validation (``TensorData``, the way to fit
+    global latents) is left alone.
 
     Raises:
-        pyro_vae.plates.DataPlateError: naming the site, the plate and the way out.
+        pyro_vae.plates.DataPlateError: naming the site (or the plates around the
+            observations), the plate and the way out.
     """
     per_datapoint = pair.validation_kind not in (None, WHOLE_DATA)
-    if pair.plate is None or not (per_datapoint or evaluated_per_datapoint):
+    if not (per_datapoint or evaluated_per_datapoint):
         return
-    plate, args, kwargs = pair.plate, batches.first_batch, {"subsample": batches.first_rows}
+    plate, args = pair.plate, batches.first_batch
+    kwargs = {"subsample": batches.first_rows} if plate is not None else {}
     with torch.random.fork_rng(devices=[]), torch.no_grad(), eval_mode(pair.model, pair.guide):
         traces = run_pair(pair.model, pair.guide, args, kwargs)  # as evaluated: eval mode
+    scored = ["its training-set validation" if pair.validation_kind == TRAINING_SET
+              else "its held-out validation"] if per_datapoint else []  # fmt: skip
+    scored += ["its test evaluation"] if evaluated_per_datapoint else []
+    way_out = (
+        "Fit such a model from Python on a pyro_vae.TensorData of its rows, which validates "
+        "on the whole-data ELBO, and estimate its joint bound with pyro_vae.elbo_estimate"
+    )
+    if plate is None:
+        raise DataPlateError(
+            f"model: no per-datapoint plate (no vectorized plate of {batches.first_rows.numel()} "
+            f"elements encloses an observed site; plates around its observations: "
+            f"{describe_plates(traces[0])}), and this fit scores the pair per datapoint in "
+            f"{' and '.join(scored)}. Put the per-datapoint sites in pyro.plate(..., len(x)); "
+            f"or {way_out[0].lower()}{way_out[1:]} (nothing was trained or written)"
+        )
     outside = [
         (who, name)
         for who, trace in zip(("model", "guide"), traces, strict=True)
@@ -532,15 +550,10 @@ def _refuse_sites_outside_the_plate(
     ]
     if not outside:
         return
-    scored = ["its training-set validation" if pair.validation_kind == TRAINING_SET
-              else "its held-out validation"] if per_datapoint else []  # fmt: skip
-    scored += ["its test evaluation"] if evaluated_per_datapoint else []
     (who, name), *_ = outside
     raise DataPlateError(
         f"{who}: {outside_plate_message(name, plate)}, and this fit "
-        f"scores the pair per datapoint in {' and '.join(scored)}. Fit such a model from "
-        "Python on a pyro_vae.TensorData of its rows, which validates on the whole-data "
-        "ELBO, and estimate its joint bound with pyro_vae.elbo_estimate; or draw the site "
+        f"scores the pair per datapoint in {' and '.join(scored)}. {way_out}; or draw the site "
         f"inside {plate!r} (nothing was trained or written)"
     )
 

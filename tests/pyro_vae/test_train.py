@@ -628,6 +628,54 @@ def test_a_site_outside_the_data_plate_is_refused_before_training_where_scored_p
     assert ("its held-out validation" in message) == (val_fraction > 0)
 
 
+class NoPlate:
+    """Tester U's leftover: a model with no plate at all (batch-shaped sites under
+    ``to_event(2)``), fitted in one batch."""
+
+    def __init__(self):
+        torch.manual_seed(0)
+        self.encoder = torch.nn.Linear(64, 4)
+
+    def model(self, x):
+        z = pyro.sample("z", pyro.distributions.Normal(x.new_zeros(x.shape[0], 2), 1.0).to_event(2))
+        logits = z @ x.new_ones(2, 64)
+        pyro.sample("obs", pyro.distributions.Bernoulli(logits=logits).to_event(2), obs=x)
+
+    def guide(self, x):
+        pyro.module("encoder", self.encoder)
+        h = self.encoder(x)
+        pyro.sample("z", pyro.distributions.Normal(h[:, :2], h[:, 2:].exp()).to_event(2))
+
+
+@pytest.mark.parametrize("val_fraction", [0.1, 0.0])
+def test_a_model_without_a_data_plate_is_refused_before_training_where_scored_per_datapoint(
+    val_fraction,
+):
+    """Tester U's leftover: fitted in one batch, it trained an epoch before the held-out
+    validation refused it, or every epoch before the test evaluation did."""
+    from pyro_vae.evaluate import elbo_per_datapoint
+    from pyro_vae.plates import DataPlateError
+
+    data = load_data("digits", Preprocessing("bernoulli"), val_fraction=val_fraction)
+    pair, ready = NoPlate(), []
+    with pytest.raises(DataPlateError) as refused:
+        fit(pair.model, pair.guide, data, Trace_ELBO(), quiet(epochs=2, seed=0, batch_size=2000),
+            on_ready=lambda: ready.append(1), evaluated_per_datapoint=True)  # fmt: skip
+    message = str(refused.value)
+    assert not ready  # refused before on_ready: pyro-vae fit writes nothing
+    with pytest.raises(DataPlateError, match="needs a per-datapoint plate"):  # the evaluation's
+        elbo_per_datapoint(pair.model, pair.guide, data.test_x[:4])
+    assert message.startswith("model: no per-datapoint plate") and "none)" in message
+    assert "its test evaluation" in message and "pyro_vae.TensorData" in message
+    assert ("its held-out validation" in message) == (val_fraction > 0)
+    # from Python with neither scored per datapoint, it trains as before
+    data = load_data("digits", Preprocessing("bernoulli"), val_fraction=0.0)
+    result = fit(
+        pair.model, pair.guide, data, Trace_ELBO(), quiet(epochs=1, seed=0, batch_size=2000)
+    )
+    assert len(result.history) == 1
+
+
 def test_a_site_outside_the_data_plate_trains_where_nothing_is_scored_per_datapoint():
     # from Python, no validation rows and no per-datapoint evaluation asked for: it trains
     # as before (the joint bound is pyro_vae.elbo_estimate's), and on TensorData as well
