@@ -15,7 +15,9 @@ Decoding is Pillow's (PNG, JPEG and their variants, palette and alpha included),
 a decoder of our own would be a second, less tested copy of one. Every image is read
 into memory as 8-bit pixels (N·C·H·W bytes):
 
-- greyscale when every image is (Pillow modes ``1``, ``L``, ``LA``): ``[N, H, W]``;
+- greyscale when every image is (Pillow modes ``1``, ``L``, ``LA``, and a palette image,
+  ``P`` or ``PA``, whose pixels are all grey, R = G = B: a grey GIF, or a PNG saved with a
+  palette; tester U's grey palette PNGs were made three channels): ``[N, H, W]``;
   otherwise every image is converted to RGB (alpha dropped, palettes expanded) and the
   array is ``[N, 3, H, W]``, channels first as everywhere in pyro_vae.
 - sizes are never changed unless asked: ``image_size=(H, W)`` resizes every image to it
@@ -180,14 +182,29 @@ def _open(path: Path):
 
 
 def _header(path: Path) -> tuple[str, tuple[int, int]]:
-    """The file's Pillow mode and its (height, width), from the header alone."""
+    """The file's Pillow mode and its (height, width), from the header alone; ``L`` for a
+    palette image whose pixels are all grey (decoded for that, :func:`_grey_palette`)."""
     with _open(path) as image:
         if image.mode not in _GREY_MODES | _COLOUR_MODES:
             raise ImageFolderError(
                 f"data: {path} has Pillow mode {image.mode!r} (16-bit or floating-point "
                 "pixels); expected 8-bit greyscale or colour images"
             )
-        return image.mode, (image.height, image.width)
+        grey = image.mode in ("P", "PA") and _grey_palette(image, path)
+        return "L" if grey else image.mode, (image.height, image.width)
+
+
+def _grey_palette(image, path: Path) -> bool:
+    """Whether every pixel of the palette image is grey (R = G = B), so that Pillow's
+    conversion to ``L`` (ITU-R 601-2 luma, weights summing to one) keeps each value
+    exactly."""
+    try:
+        rgb = np.asarray(image.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as err:  # truncated or corrupt image data
+        raise ImageFolderError(
+            f"data: {path} could not be decoded ({err}); expected a complete PNG or JPEG"
+        ) from err
+    return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
 
 
 def _check_one_size(files: list[Path], sizes: tuple[tuple[int, int], ...]) -> None:

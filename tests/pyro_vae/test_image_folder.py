@@ -201,3 +201,27 @@ def test_a_linked_folder_under_a_class_is_read_as_torchvision_reads_it(tmp_path)
     folder = read_image_folder(tmp_path / "data")
     assert len(folder.files) == len(saved) + len(extra) == 7
     assert folder.labels.tolist().count(0) == 5
+
+
+def test_a_palette_image_of_grey_pixels_is_grey_and_of_colour_pixels_colour(tmp_path):
+    # tester U: grey PNGs saved with a palette (as GIFs always are) made the folder RGB
+    grey = write_folder(tmp_path / "grey", mode="L", per_class=2)
+    for path in grey:  # the same pixels through a grey palette: P mode on disk
+        Image.open(path).convert("P").save(path)
+        assert Image.open(path).mode == "P"
+    first = next(iter(grey))  # one with a transparent palette entry, as a P image's tRNS
+    Image.fromarray(grey[first], "L").convert("P").save(tmp_path / "grey/cat/t.png", transparency=0)
+    folder = read_image_folder(tmp_path / "grey")
+    assert folder.images.shape[1:] == (4, 6) and folder.colour == ()
+    read = dict(zip(folder.files, folder.images, strict=True))
+    assert all(np.array_equal(read[p], pixels) for p, pixels in grey.items())  # exact
+    assert np.array_equal(read[tmp_path / "grey" / "cat" / "t.png"], grey[first])
+    # one palette entry off grey, used by one pixel, makes that image (and so the folder) RGB
+    pixels = np.full((4, 6, 3), 7, dtype=np.uint8)
+    pixels[0, 0] = (7, 7, 8)
+    Image.fromarray(pixels, "RGB").convert("P", palette=Image.Palette.ADAPTIVE).save(
+        tmp_path / "grey" / "dog" / "c.png"
+    )
+    mixed = read_image_folder(tmp_path / "grey")
+    assert mixed.images.shape[1:] == (3, 4, 6)
+    assert mixed.colour == (tmp_path / "grey" / "dog" / "c.png",)
