@@ -14,6 +14,11 @@ Columns, in nats per datapoint where they are densities:
   runs, its rows called "test rows"); empty for a run not evaluated;
 - ``test_elbo``: the test ELBO; ``log_px``: the importance-weighted log p(x) with its
   ``K`` draws (Burda et al. 2015), on the first ``log_px_points`` test rows;
+- ``test_elbo_original_units``, ``log_px_original_units``: for a table of ``normal``
+  columns, whose model sees them standardized by the training rows (so ``test_elbo`` and
+  ``log_px`` are nats per row of the standardized columns), the same in the file's units,
+  as metrics.json records them (:func:`pyro_vae.tables.original_units`); empty elsewhere,
+  and noted (tester U: only the standardized nats were shown, unlabelled);
 - ``kl``: the mean KL(q(z | x) ‖ p(z)) on the test set (the rate), for runs whose
   evaluation recorded it (empty for older runs: ``pyro-vae evaluate RUN`` records it);
 - ``active_units``: of ``latent_dim`` (Burda et al. 2015, §5.2);
@@ -66,6 +71,8 @@ COLUMNS = (
     "log_px",
     "K",
     "log_px_points",
+    "test_elbo_original_units",
+    "log_px_original_units",
     "kl",
     "active_units",
     "latent_dim",
@@ -210,6 +217,8 @@ def _row(label: str, config: dict[str, Any], metrics: dict[str, Any]) -> dict[st
         "log_px": _number(test, "log_likelihood"),
         "K": _count(test, "log_likelihood_samples"),
         "log_px_points": _count(test, "log_likelihood_points"),
+        "test_elbo_original_units": _number(test, "elbo_original_units"),
+        "log_px_original_units": _number(test, "log_likelihood_original_units"),
         "kl": _number(test, "kl"),
         "active_units": _count(test, "active_units"),
         "latent_dim": _count(test, "latent_dim"),
@@ -276,6 +285,7 @@ def compare_runs(runs: Sequence[str | os.PathLike]) -> Comparison:
     frame = pd.DataFrame(table, columns=list(COLUMNS)).astype({c: "Int64" for c in _COUNTS})
     notes[:0] = _data_notes(frame, test_data)
     notes.extend(_training_set_notes(frame))
+    notes.extend(_standardized_notes(frame))
     notes.extend(_unlike_bounds(frame, tests))
     validation = validations.pop() if len(validations) == 1 else "validation ELBO"
     return Comparison(frame, curves, validation, notes)
@@ -398,6 +408,21 @@ def _training_set_notes(frame: pd.DataFrame) -> list[str]:
     ]
 
 
+def _standardized_notes(frame: pd.DataFrame) -> list[str]:
+    """A note naming the runs on a table of ``normal`` columns: their ``test_elbo`` and
+    ``log_px`` are nats of the standardized columns, and the file's units are in the
+    ``*_original_units`` columns (comparison.csv)."""
+    runs = list(frame["run"][frame["test_elbo_original_units"].notna()])
+    if not runs:
+        return []
+    return [
+        f"{', '.join(runs)}: normal columns of a table, which the model sees standardized "
+        "by the training rows: test_elbo and log_px are nats per row of the standardized "
+        "columns; test_elbo_original_units and log_px_original_units (comparison.csv) are "
+        "in the file's units"
+    ]
+
+
 def plot_validation_curves(comparison: Comparison, path: str | os.PathLike) -> Path:
     """One line per run: validation ELBO against epoch, its highest point marked; a PNG at
     ``path`` (written atomically). Returns ``path``."""
@@ -446,7 +471,9 @@ def write_comparison(comparison: Comparison, out: str | os.PathLike) -> tuple[Pa
 def format_table(comparison: Comparison) -> str:
     """The table as text for a terminal: the numbers first, one run per line."""
     table = comparison.table
-    shown = table.drop(columns=["log_px_points", "latent_dim", "model", "data"])
+    wide = ["log_px_points", "latent_dim", "model", "data"]
+    wide += [c for c in table.columns if c.endswith("_original_units") and table[c].isna().all()]
+    shown = table.drop(columns=wide)
     shown["active_units"] = [
         "—" if pd.isna(a) else f"{a}/{d}" if not pd.isna(d) else str(a)
         for a, d in zip(table["active_units"], table["latent_dim"], strict=True)

@@ -276,3 +276,32 @@ def test_a_run_evaluated_on_its_training_set_is_marked_and_not_called_test_rows(
     )  # fmt: skip
     assert not any("test rows" in n for n in comparison.notes)
     assert pd.isna(compare_runs([_run(tmp_path / "b", [1.0], [-1.0])]).table["evaluated_on"][0])
+
+
+def test_runs_on_a_table_s_normal_columns_show_the_file_s_units_too(tmp_path, capsys):
+    # tester U: compare showed only the nats of the standardized columns, unlabelled
+    rng = np.random.default_rng(0)
+    rows = pd.DataFrame({"a": rng.normal(5.0, 20.0, 120), "b": rng.normal(-1.0, 0.1, 120)})
+    rows.to_csv(tmp_path / "rows.csv", index=False)
+    runs = []
+    for seed in ("0", "1"):
+        runs.append(tmp_path / f"run{seed}")
+        argv = ["fit", "--data", str(tmp_path / "rows.csv"), "--likelihood", "normal",
+                "--epochs", "1", "--hidden", "8", "--latent-dim", "2", "--seed", seed,
+                "--ll-samples", "10", "--no-progress", "--out", str(runs[-1])]  # fmt: skip
+        assert main(argv) == 0
+    comparison = compare_runs(runs)
+    for row, run in zip(comparison.table.to_dict("records"), runs, strict=True):
+        test = json.loads((run / "metrics.json").read_text())["test"]
+        assert row["test_elbo"] == test["elbo"] and row["log_px"] == test["log_likelihood"]
+        assert row["test_elbo_original_units"] == test["elbo_original_units"]
+        assert row["log_px_original_units"] == test["log_likelihood_original_units"]
+        # the standardization's Jacobian, sum_j log std_j of the training rows, apart
+        std = json.loads((run / "metrics.json").read_text())["data"]["standardization"]["std"]
+        shift = float(np.log(std).sum())
+        assert math.isclose(row["test_elbo"] - row["test_elbo_original_units"], shift)
+    assert any(n.startswith("run0, run1: normal columns of a table") for n in comparison.notes)
+    assert "test_elbo_original_units" in format_table(comparison)
+    images = _run(tmp_path / "images", [1.0], [-90.0], TEST)
+    assert "original_units" not in format_table(compare_runs([images]))
+    assert not any("normal columns" in n for n in compare_runs([images]).notes)
