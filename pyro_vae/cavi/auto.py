@@ -212,8 +212,11 @@ class AutoCAVI:
 
     Raises:
         NotConjugateError (a ValueError), naming the latent site, its distribution and the
-        factor that breaks conjugacy; ValueError for bad settings or ``init``, or an argument
-        off the CPU; Pyro's own ValueError for an invalid parameter or observation.
+        factor that breaks conjugacy, or, after the last probing round, q far outside the
+        points the factors were probed at with over a nat of estimated rounding (a fixed
+        point of extrapolated factors: data near 10⁶ under a prior at 0); ValueError for
+        bad settings or ``init``, or an argument off the CPU; Pyro's own ValueError for an
+        invalid parameter or observation.
 
     Warns:
         RuntimeWarning when, after the last probing round, the estimated rounding of the
@@ -278,6 +281,7 @@ class AutoCAVI:
             self._factors, self._latents, self._q, stats, frames, unframed=True
         )[0]
         if imprecise or self.numerical_error_ > 1e-6 * (1 + abs(bounds[-1])):
+            self._refuse_extrapolated(stats, frames, bounds)
             _warn_imprecise(self.numerical_error_, bounds[-1], self.probe_rounds_)
         self.lower_bound_, self.lower_bounds_ = bounds[-1], bounds
         self.n_iter_, self.converged_ = len(bounds), converged
@@ -510,6 +514,32 @@ class AutoCAVI:
             if last:
                 return bounds, converged, False
         return bounds, False, False
+
+    def _refuse_extrapolated(self, stats, frames, bounds) -> None:
+        """Refuse a fit whose rounds ran out with q far outside the points its factors
+        were probed at (amplification above ``_FAR``) and the bound's estimated rounding
+        above 1e-6 of it and above a nat (the scale on which bounds are compared): q is
+        then a fixed point of factors extrapolated where float64 cannot check them, and
+        the estimate of their error is an extrapolation too (tester Y: a hierarchical
+        model of data near 10⁶ gave a bound of −2.1e12 nats, reported converged with a
+        rounding of 3.6e9 nats, where its evidence is −82.7; its other seeds, warned of
+        1e-6 to 1e-2 nats, sit 0.001 to 0.06 nats below the evidence, and still fit).
+
+        Raises:
+            NotConjugateError: naming how far q lies outside the points, and the way out.
+        """
+        amplification = numerical_error(self._factors, self._latents, self._q, stats, frames)[1]
+        if amplification <= _FAR or self.numerical_error_ <= 1.0:
+            return
+        raise NotConjugateError(
+            f"AutoCAVI: after {self.probe_rounds_} probing rounds q still lies far outside "
+            f"the points its factors were probed at (E_q of their statistics up to "
+            f"{amplification:.3g} times the points' scale), and float64 rounding in those "
+            f"factors may move the bound ({bounds[-1]:.6g} nats) by about "
+            f"{self.numerical_error_:.3g} nats or more: the fixed point is one of "
+            "extrapolated factors. Centre and scale the data (or the prior) so that the "
+            "latents are of order one"
+        )
 
     def _overrelaxes(self, chains) -> bool:
         """Whether sweeps take over-relaxed steps (:mod:`pyro_vae.cavi.overrelaxation`): when

@@ -1841,6 +1841,52 @@ def test_a_first_sweep_far_off_is_mended_from_the_priors_not_resumed():
     assert abs(fit.lower_bound_ - exact) < 1e-9 * abs(exact)
 
 
+def test_a_fixed_point_of_extrapolated_factors_is_refused_not_reported_converged():
+    """Tester Y: μ ~ N(0, 10¹⁴), a_g ~ N(μ, 1), y_ng ~ N(a_g, 1), data near 10⁶. With
+    random_state=1 the rounds ran out with q(μ) at 1.8e4 (its sd 8e-5), 8.7e5 below the
+    data, and the bound −2.1e12 nats was reported converged_ with a warning of 3.6e9 nats
+    of rounding: a fixed point of factors extrapolated far outside their probe points.
+    It is refused now; random_state=2, warned of 0.0096 nats, is mean field's optimum to
+    within that (written out: the evidence by the candidate's formula at μ's posterior
+    mean, the a's integrated, less KL = ½(Σ log diag Λ − log|Λ|), Λ the posterior
+    precision of (μ, a); the evidence matches mpmath's at 60 digits to 1e-10)."""
+    G, N, v = 5, 8, 1e14
+    g = torch.Generator().manual_seed(0)
+    y = 1e6 + torch.randn(G, generator=g, dtype=F64)
+    y = y + torch.randn(N, G, generator=g, dtype=F64)
+
+    def model(y):
+        mu = pyro.sample("mu", dist.Normal(t(0.0), t(v**0.5)))
+        with pyro.plate("groups", G, dim=-1):
+            a = pyro.sample("a", dist.Normal(mu, t(1.0)))
+            with pyro.plate("points", N, dim=-2):
+                pyro.sample("y", dist.Normal(a, t(1.0)), obs=y)
+
+    with pytest.raises(NotConjugateError, match="q still lies far outside the points") as e:
+        AutoCAVI(model, random_state=1).fit(y)
+    assert "Centre and scale the data" in str(e.value)
+    # y | μ ~ N(μ1, S), S = I + kron(11ᵀ, I_G); log p(y) = log p(y | m) + log p(m) − log p(m | y)
+    S = torch.eye(N * G, dtype=F64) + torch.kron(
+        torch.ones(N, N, dtype=F64), torch.eye(G, dtype=F64)
+    )
+    ones = torch.ones(N * G, dtype=F64)
+    precision = 1 / v + ones @ torch.linalg.solve(S, ones)
+    m = torch.linalg.solve(S, ones) @ y.reshape(-1) / precision
+    evidence = float(
+        dist.MultivariateNormal(m * ones, S).log_prob(y.reshape(-1))
+        + dist.Normal(t(0.0), t(v**0.5)).log_prob(m) - 0.5 * torch.log(precision / (2 * math.pi))
+    )  # fmt: skip
+    assert evidence == pytest.approx(-82.6863597871, abs=1e-9)  # mpmath, 60 digits
+    lam = torch.eye(G + 1, dtype=F64) * (1 + N)
+    lam[0, 0] = 1 / v + G
+    lam[0, 1:] = lam[1:, 0] = -1.0
+    optimum = evidence - 0.5 * float(lam.diag().log().sum() - torch.logdet(lam))
+    with pytest.warns(RuntimeWarning, match="float64 rounding in the factors"):
+        fit = AutoCAVI(model, random_state=2).fit(y)
+    assert fit.converged_ and fit.numerical_error_ < 0.01
+    assert abs(fit.lower_bound_ - optimum) <= fit.numerical_error_
+
+
 def test_a_model_that_raises_where_q_is_checked_is_refused_by_name_not_by_its_raw_error():
     """The model raises at points drawn from q(α) (here by design, below 0.05: q's shape,
     0.6, piles its mass up near 0; tester 28's F2 had a MultivariateNormal whose precision
