@@ -518,7 +518,8 @@ class AutoCAVI:
     def _refuse_extrapolated(self, stats, frames, bounds) -> None:
         """Refuse a fit whose rounds ran out with q far outside the points its factors
         were probed at (amplification above ``_FAR``) and the bound's estimated rounding
-        above 1e-6 of it and above a nat (the scale on which bounds are compared): q is
+        above 1e-6 of it (where it is warned of) and above a nat (the scale on which bounds
+        are compared): q is
         then a fixed point of factors extrapolated where float64 cannot check them, and
         the estimate of their error is an extrapolation too (tester Y: a hierarchical
         model of data near 10⁶ gave a bound of −2.1e12 nats, reported converged with a
@@ -529,7 +530,7 @@ class AutoCAVI:
             NotConjugateError: naming how far q lies outside the points, and the way out.
         """
         amplification = numerical_error(self._factors, self._latents, self._q, stats, frames)[1]
-        if amplification <= _FAR or self.numerical_error_ <= 1.0:
+        if amplification <= _FAR or self.numerical_error_ <= max(1.0, 1e-6 * abs(bounds[-1])):
             return
         raise NotConjugateError(
             f"AutoCAVI: after {self.probe_rounds_} probing rounds q still lies far outside "
