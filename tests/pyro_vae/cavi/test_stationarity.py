@@ -1,0 +1,76 @@
+"""The model's own gradient at draws of q: the step of each Normal mean in q's sds."""
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+from pyro_vae.cavi import AutoCAVI
+from pyro_vae.cavi.stationarity import DRAWS, mean_steps
+from tests.pyro_vae.cavi.float64 import F64, t
+
+Y = t([0.3, -1.2, 2.0, 0.7])
+
+
+def model(y):
+    mu = pyro.sample("mu", dist.Normal(t(0.0), t(2.0)))
+    with pyro.plate("n", len(y)):
+        pyro.sample("y", dist.Normal(mu, t(0.5)), obs=y)
+
+
+def _steps(fit, q, seed=0):
+    def guide(*args, **kwargs):
+        pyro.sample("mu", q["mu"])
+
+    return mean_steps(model, (Y,), {}, fit._latents, q, guide, seed, fit.markov_blankets_)
+
+
+def test_the_exact_posterior_asks_for_no_step_and_a_moved_mean_for_its_newton_step():
+    # a single Normal latent: q is the exact posterior N(m, 1/P), P = 1/4 + 4/0.25. At a
+    # draw μ the gradient is P (m − μ), so over draws of q moved to m' it averages
+    # P (m − m') with a standard error of sqrt(P / DRAWS): the step in q's sds is the
+    # shift in sds, ± 1/sqrt(DRAWS) = 0.25 (5 of those allowed)
+    fit = AutoCAVI(model).fit(Y)
+    q = fit.variational_distributions()
+    precision = 1 / 4 + len(Y) / 0.25
+    assert float(q["mu"].loc) == pytest.approx(float(Y.sum() / 0.25 / precision), rel=1e-12)
+    ((step, z),) = _steps(fit, q).values()
+    assert step < 5 / math.sqrt(DRAWS) and z < 5
+    for shift in (3.0, -40.0):
+        moved = {"mu": dist.Normal(q["mu"].loc + shift / math.sqrt(precision), q["mu"].scale)}
+        ((step, z),) = _steps(fit, moved).values()
+        assert abs(step - abs(shift)) < 5 / math.sqrt(DRAWS) and z > 6
+
+
+def test_the_draws_are_seeded_and_leave_the_global_random_state_alone():
+    fit = AutoCAVI(model).fit(Y)
+    q = fit.variational_distributions()
+    wider = {"mu": dist.Normal(q["mu"].loc + 0.1, q["mu"].scale * 3)}
+    torch.manual_seed(5)
+    before = torch.rand(1)
+    torch.manual_seed(5)
+    first = _steps(fit, wider)
+    assert torch.rand(1) == before  # the global stream is where it was
+    assert first == _steps(fit, wider)
+
+
+def test_a_model_autograd_cannot_run_through_is_not_checked():
+    def numpy_model(y):
+        mu = pyro.sample("mu", dist.Normal(t(0.0), t(2.0)))
+        shifted = torch.tensor(mu.detach().numpy(), dtype=F64)  # the likelihood leaves autograd
+        with pyro.plate("n", len(y)):
+            pyro.sample("y", dist.Normal(shifted, t(0.5)), obs=y)
+
+    fit = AutoCAVI(model).fit(Y)
+    q = fit.variational_distributions()
+
+    def guide(*args, **kwargs):
+        pyro.sample("mu", q["mu"])
+
+    assert fit.markov_blankets_ == {"mu": ("mu", "y")}
+    # its prior's term alone has a graph: a gradient of that alone would ask for a step
+    assert (
+        mean_steps(numpy_model, (Y,), {}, fit._latents, q, guide, 0, fit.markov_blankets_) is None
+    )
