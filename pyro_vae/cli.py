@@ -727,9 +727,16 @@ def _note_none_defaults(args: argparse.Namespace, spec: str, options: dict[str, 
         )
 
 
+def _rows_not_images(data) -> bool:
+    """Whether ``data``'s rows are not images: a table's, or vectors (an ``.npy`` of
+    ``[N, D]``: tester U's were called images, their error per pixel)."""
+    return data.image_shape is None or len(data.image_shape) < 2
+
+
 def _print_test(test: dict[str, Any], table: bool = False) -> None:
-    """The test metrics, per image, or per row of a ``table`` (whose nats are those of
-    the standardized columns when they were standardized, then also in the file's units)."""
+    """The test metrics, per image, or per row of a ``table`` or of vectors (whose nats
+    are those of the standardized columns when they were standardized, then also in the
+    file's units)."""
     unit = "row" if table else "image"
     standardized = " of the standardized columns" if "units" in test else ""
     if test.get("evaluated_on") == EVALUATED_ON_TRAINING_SET:
@@ -769,7 +776,7 @@ def _print_test(test: dict[str, Any], table: bool = False) -> None:
         elif key == "reconstruction_mse":
             scale = "per pixel, [0, 1] scale"
             if table:
-                scale = "per column, as observed (standardized for normal)"
+                scale = "per column, as observed"
                 if "reconstruction_mse_original_units" in test:
                     scale = "per column, standardized (mean over columns and rows)"
             print(f"reconstruction MSE        {value:10.4f} {scale}")
@@ -1021,7 +1028,7 @@ def _write_run_start(run: RunFolder, config: RunConfig, exp, state) -> None:
     """Once fit's checks have passed: config.json, the data's and estimator's records and
     the processes in metrics.json, a resumed run's earlier test block set aside, and the
     line saying what trains on what."""
-    rows = "rows" if exp.data.image_shape is None else "images"
+    rows = "rows" if _rows_not_images(exp.data) else "images"
     # metrics.json read first: one that does not read is refused with config.json as it
     # was (it was rewritten first, a refused resume's --epochs left in it: tester L2)
     processes, world = run.read_metrics().get("processes"), current().world
@@ -1108,7 +1115,7 @@ def _report(run: RunFolder, exp: Experiment, result, test: dict) -> None:
         **kept,
         **result.info(),
     )
-    _print_test(test, exp.data.image_shape is None)
+    _print_test(test, _rows_not_images(exp.data))
     figures, skipped = write_figures(exp, run, result.history, test)
     print("figures: " + ", ".join(str(p) for p in figures))
     for name, why in skipped.items():
@@ -1148,7 +1155,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if changed is not None:  # --allow-changed-data or -code on inputs that did change
         key, extra, what = changed
         run.update_metrics(**{key: {**test, **extra}})
-        _print_test(test, exp.data.image_shape is None)
+        _print_test(test, _rows_not_images(exp.data))
         print(
             f"note: {what} changed since the run was trained; these results went to "
             f"{run.file('metrics.json')}'s {key}, and its test block (the run's own) was kept"
@@ -1164,7 +1171,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         run.update_metrics(test=test, test_previous=_with_previous(metrics, "test"))
     else:
         run.update_metrics(test=test)
-    _print_test(test, exp.data.image_shape is None)
+    _print_test(test, _rows_not_images(exp.data))
     if replaced:
         print(
             f"note: log p(x) is now {replaced}, in {run.file('metrics.json')}'s test block "

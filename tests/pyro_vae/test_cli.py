@@ -1377,6 +1377,20 @@ def test_a_training_set_preprocessing_makes_blank_is_refused_before_the_folder(t
     assert not (tmp_path / "r").exists()
 
 
+def test_vectors_are_called_rows_not_images(tmp_path, capsys):
+    # tester U: an .npy of [N, D] vectors was "test images", its error "per pixel"
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "vectors.npy", rng.random((300, 10)).astype(np.float32))
+    argv = ["fit", "--data", str(tmp_path / "vectors.npy"), "--likelihood", "normal",
+            "--out", str(tmp_path / "r"), "--epochs", "1", *FAST]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "(243 train, 27 validation, 30 test rows)" in out
+    assert "nats per row\n" in out and "(K=20, 30 rows)" in out
+    assert "per column, as observed\n" in out
+    assert "image" not in out.replace("image_shape", "")
+
+
 BROADCAST_MODEL = '''
 import pyro
 import pyro.distributions as dist
