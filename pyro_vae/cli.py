@@ -37,6 +37,7 @@ from pyro_vae.data import BINARIZATIONS, DatasetNotFoundError, resolved_name
 from pyro_vae.devices import resolve_device, to_device
 from pyro_vae.diagnostics.gradient_variance import gradient_variance
 from pyro_vae.distributed import (
+    LAUNCHED_VARIABLE,
     Group,
     RankLost,
     current,
@@ -1761,7 +1762,8 @@ def main(argv: list[str] | None = None) -> int:
     except _Terminated:  # a SIGTERM while a stop or a refusal was being reported
         if in_main_thread:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # exiting now: any more are moot
-        print(f"\nterminated (SIGTERM); {_where_it_stopped(args)}", file=sys.stderr)
+        if _says_where_it_stopped():
+            print(f"\nterminated (SIGTERM); {_where_it_stopped(args)}", file=sys.stderr)
         return 143
     finally:
         if in_main_thread:
@@ -1775,6 +1777,17 @@ def _error() -> str:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return f"error (rank {os.environ.get('RANK', '?')})"
     return "error"
+
+
+def _says_where_it_stopped() -> bool:
+    """Whether this process reports where a Ctrl-C or SIGTERM stopped the run: one process
+    does. Under torchrun that is rank 0; under ``fit --nproc`` the launcher, its ranks
+    quiet (a Ctrl-C there printed the launcher's line, rank 0's, and another rank's
+    "terminated (SIGTERM)" from torchrun's agent, all three naming the same checkpoint:
+    tester U)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return True
+    return not os.environ.get(LAUNCHED_VARIABLE) and os.environ.get("RANK") == "0"
 
 
 def _run_command(handler, args: argparse.Namespace, argv: list[str]) -> int:
@@ -1811,10 +1824,12 @@ def _run_command(handler, args: argparse.Namespace, argv: list[str]) -> int:
         # tracebacks, "lost sys.stderr" and exit -2 (tester U): the first one is the stop
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, signal.SIG_IGN)
-        print(f"\ninterrupted (Ctrl-C); {_where_it_stopped(args)}", file=sys.stderr)
+        if _says_where_it_stopped():
+            print(f"\ninterrupted (Ctrl-C); {_where_it_stopped(args)}", file=sys.stderr)
         return 130
     except _Terminated:
-        print(f"terminated (SIGTERM); {_where_it_stopped(args)}", file=sys.stderr)
+        if _says_where_it_stopped():
+            print(f"terminated (SIGTERM); {_where_it_stopped(args)}", file=sys.stderr)
         return 143
 
 

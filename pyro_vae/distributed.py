@@ -59,6 +59,9 @@ from pyro_vae.estimators.capabilities import capabilities_of
 __all__ = ["Group", "RankLost", "SynchronizedELBO", "current", "launch", "session"]
 
 TIMEOUT_VARIABLE = "PYRO_VAE_DIST_TIMEOUT"
+#: Set in the ranks that ``pyro-vae fit --nproc`` starts (:func:`launch`): the launcher
+#: says once where a Ctrl-C or SIGTERM stopped the run, and they stay quiet.
+LAUNCHED_VARIABLE = "PYRO_VAE_LAUNCHED"
 
 
 class RankLost(RuntimeError):
@@ -499,6 +502,7 @@ def launch(argv: list[str], nproc: int) -> int:
     agent), one thread each; returns the exit status of the rank that failed first (2 for a
     refusal), 0 when all finish."""
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    env[LAUNCHED_VARIABLE] = "1"
     command = [sys.executable, "-m", "pyro_vae.torchrun_agent", "--standalone"]
     command += [f"--nproc_per_node={nproc}", "-m", "pyro_vae", *argv]
     agent = subprocess.Popen(command, env=env)

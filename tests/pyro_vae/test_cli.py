@@ -921,6 +921,59 @@ def test_fit_nproc_stopped_while_the_ranks_train_names_the_checkpoint(
 
 
 @pytest.mark.parametrize(
+    ("env", "said"),
+    [
+        ({}, True),  # one process
+        ({"WORLD_SIZE": "2", "RANK": "0"}, True),  # torchrun's rank 0 says it
+        ({"WORLD_SIZE": "2", "RANK": "1"}, False),  # the others do not
+        ({"WORLD_SIZE": "2", "RANK": "0", "PYRO_VAE_LAUNCHED": "1"}, False),  # fit --nproc's
+    ],
+)
+@pytest.mark.parametrize(("stop", "status"), [(KeyboardInterrupt, 130), ("_Terminated", 143)])
+def test_one_process_says_where_a_stop_left_the_run(monkeypatch, tmp_path, capsys, env, said,
+                                                    stop, status):  # fmt: skip
+    """Tester U: a Ctrl-C under fit --nproc printed the launcher's line, rank 0's, and a
+    "terminated (SIGTERM)" of the rank torchrun's agent stopped, all naming one checkpoint."""
+    import contextlib
+
+    import pyro_vae.cli as cli
+
+    for name in ("WORLD_SIZE", "RANK", "PYRO_VAE_LAUNCHED"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    error = getattr(cli, stop) if isinstance(stop, str) else stop
+
+    def stopped(args):
+        raise error
+
+    monkeypatch.setattr(cli, "_compare", stopped)
+    monkeypatch.setattr(cli, "session", contextlib.nullcontext)  # no process group to join
+    assert main(["compare", str(tmp_path)]) == status
+    err = capsys.readouterr().err
+    assert ("its run folder is as it was" in err) == said
+
+
+def test_the_ranks_fit_nproc_starts_are_marked_as_launched(monkeypatch):
+    import subprocess
+
+    from pyro_vae import distributed
+
+    seen = {}
+
+    class Agent:
+        def __init__(self, command, env):
+            seen.update(env)
+
+        def wait(self, timeout=None):
+            return 0
+
+    monkeypatch.setattr(subprocess, "Popen", Agent)
+    assert distributed.launch(["fit", "--out", "x"], 2) == 0
+    assert seen[distributed.LAUNCHED_VARIABLE] == "1"
+
+
+@pytest.mark.parametrize(
     ("flags", "words"),
     [
         (["--estimator", "score", "--estimator-opt", "control_variate=ema"], "keeps state"),
