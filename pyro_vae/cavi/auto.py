@@ -813,9 +813,13 @@ class AutoCAVI:
             total = total + message_to(factor, name, message, shape)
         eta = total[..., 1:] if latent.family.has_constant else total
         if latent.present is not None:
-            # masked off and mentioned by no other factor: absent from the model, a
-            # standard q that the bound leaves out (mentioned by a child: a flat prior)
-            absent = ~latent.present & (total == 0).all(-1)
+            # masked off and read by no other factor (its messages constant in x there:
+            # obs_mask's <site>_unobserved where data are observed, which its child reads
+            # only through torch.where; tester Z: counted, each labelled datum's q was
+            # uniform and its log K of entropy put the bound above log p(x)): absent from
+            # the model, a standard q that the bound leaves out (read by a child: a flat
+            # prior)
+            absent = ~latent.present & latent.family.constant_messages(total)
             self._absent[name] = absent if bool(absent.any()) else None
             eta = torch.where(absent.unsqueeze(-1), latent.family.neutral_eta(absent.shape), eta)
         self._eta[name] = eta  # in the frame's coordinates: over-relaxation's (see _sweeps)

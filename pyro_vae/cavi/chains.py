@@ -30,7 +30,7 @@ import torch
 
 from pyro_vae.cavi.conjugate_forms import Factor, Latent
 from pyro_vae.cavi.expectations import contract, sum_to
-from pyro_vae.cavi.exponential_families import NotConjugateError
+from pyro_vae.cavi.exponential_families import NotConjugateError, constant_along
 from pyro_vae.cavi.hmm import forward_backward
 from pyro_vae.cavi.stacked_factors import FOLLOWING, SELECTOR, stack_chain_factors
 
@@ -191,11 +191,15 @@ def update_chain(chain, factors, stats, pairs, present=None, stacked=None):
 
 
 def _absent(chain, unary, pairwise, present) -> torch.Tensor:
-    """[T, *batch] bool: the elements masked off their own site and with no potential."""
-    silent = (unary == 0).all(-1)
-    idle = (pairwise == 0).all(-1).all(-1)  # [T − 1, *batch]: the links
-    silent[1:] &= idle
-    silent[:-1] &= idle
+    """[T, *batch] bool: the elements masked off their own site whose potentials do not
+    depend on them (their unary constant in s_t, each link's constant along s_t's axis:
+    none, past a ragged sequence's end; or read only through a value they do not take, as
+    ``obs_mask``'s ``torch.where`` reads a labelled step, its links then depending on the
+    neighbours alone: tester Z's partly labelled HMM was log 2 above log p(Y) per label).
+    Such an element is uniform and independent of the rest in q."""
+    silent = constant_along(unary - unary[..., :1], -1, unary)
+    silent[1:] &= constant_along(pairwise - pairwise[..., :1], (-2, -1), pairwise)  # columns
+    silent[:-1] &= constant_along(pairwise - pairwise[..., :1, :], (-2, -1), pairwise)  # rows
     masked = torch.stack([
         torch.zeros(silent.shape[1:], dtype=torch.bool, device=silent.device)
         if (present or {}).get(s) is None
