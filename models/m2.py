@@ -229,6 +229,9 @@ class M2(PyroModule):
     """
 
     uses_labels = "partial"
+    #: the classifier term is a mean over the batch's labelled rows, not a sum over rows in
+    #: the data plate: data-parallel training refuses it (pyro_vae.model_protocol)
+    batch_terms = ("classifier",)
 
     def __init__(
         self,

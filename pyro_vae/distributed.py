@@ -295,8 +295,8 @@ class Group:
     def refuse_unsupported(self, elbo: ELBO, plate: str | None, batch_size: int, rows: int):
         """Refuse, before the first step, what data-parallel training cannot reproduce:
         an estimator that keeps state between steps (each rank would update its own copy),
-        a model without a per-datapoint plate (its loss cannot be split by rows), and a
-        global batch with fewer rows than ranks.
+        free bits (:func:`refuse_free_bits`), a model without a per-datapoint plate (its
+        loss cannot be split by rows), and a global batch with fewer rows than ranks.
 
         Raises:
             ValueError: naming the setting and what was expected.
@@ -304,6 +304,7 @@ class Group:
         if self.world == 1:
             return
         refuse_stateful(elbo, self.world)
+        refuse_free_bits(elbo, self.world)
         if plate is None:
             raise ValueError(
                 f"model: no per-datapoint plate, so its loss cannot be split over {self.world} "
@@ -340,14 +341,34 @@ def refuse_stateful(elbo: ELBO, world: int) -> None:
     )
 
 
+def refuse_free_bits(elbo: ELBO, world: int) -> None:
+    """Refuse free bits on ``world`` > 1 ranks: it decides which sites to hold at λ from
+    the batch's mean KL, and each rank would decide on its own part of the batch (tester
+    AA: the averaged objective was Σ_r (b_r/B)·max(λ, KL_r), free bits at batch size B/2,
+    its floor 1.76 times the single-process step's), which is not the single-process step.
+
+    Raises:
+        ValueError: naming free_bits and what was expected.
+    """
+    free_bits = getattr(getattr(elbo, "elbo", elbo), "free_bits", None)
+    if world > 1 and free_bits is not None:
+        raise ValueError(
+            f"free_bits: {free_bits} decides per batch which latent sites to hold at λ, "
+            f"and on {world} ranks each would decide on its part of the batch, not the "
+            "single-process step; expected free_bits off (--free-bits left out) or one process"
+        )
+
+
 def refuse_before_launch(elbo: ELBO, batch_size: int, world: int) -> None:
     """What can be refused before ``world`` processes start: a stateful estimator
-    (:func:`refuse_stateful`) and a global batch with fewer rows than ranks.
+    (:func:`refuse_stateful`), free bits (:func:`refuse_free_bits`) and a global batch
+    with fewer rows than ranks.
 
     Raises:
         ValueError: naming the setting and what was expected.
     """
     refuse_stateful(elbo, world)
+    refuse_free_bits(elbo, world)
     if batch_size < world:
         raise ValueError(
             f"batch_size: {batch_size} rows cannot be split over {world} ranks; expected at "

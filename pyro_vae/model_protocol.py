@@ -25,15 +25,19 @@ Nothing here is required: any Pyro model — a function, a bound method, a ``Pyr
                           ``y`` ``[M]``: ``[M, D]`` (a model that uses labels)
 ``label_metrics(guide,    test-set label metrics, e.g. ``{"test_accuracy": 0.9}``, added
 x, y)``                   to metrics.json beside the ELBO (a model that uses labels)
+``batch_terms``           a class attribute: the names of the model's factors outside the
+                          data plate made from the whole batch's rows (M2's classifier
+                          term, a mean over the batch's labelled rows): data-parallel
+                          training refuses them (each rank would make its own part's)
 ``recordable = True``     a class attribute: the model has no Python branching on tensor
                           values, so its trace structure is fixed by the batch shape and a
                           run may record its step (:mod:`pyro_vae.estimators.compiled`);
                           a subclass inherits no declaration (it may add such a branch)
 ========================  =================================================================
 
-:func:`offered`, :func:`tied_guide`, :func:`uses_labels` and :func:`declares_recordable`
-are the one place the package asks; the protocol classes state the signatures for type
-checkers and readers.
+:func:`offered`, :func:`tied_guide`, :func:`uses_labels`, :func:`batch_terms` and
+:func:`declares_recordable` are the one place the package asks; the protocol classes state
+the signatures for type checkers and readers.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ __all__ = [
     "Generates",
     "MakesGuide",
     "ModelProtocol",
+    "batch_terms",
     "declares_recordable",
     "offered",
     "tied_guide",
@@ -133,6 +138,12 @@ def uses_labels(model: Any) -> str | None:
             "or None"
         )
     return value
+
+
+def batch_terms(model: Any) -> tuple[str, ...]:
+    """The model's ``batch_terms`` declaration (names of factors made from the whole
+    batch's rows), or ``()``; a bound method's object is asked."""
+    return tuple(getattr(getattr(model, "__self__", model), "batch_terms", ()) or ())
 
 
 def declares_recordable(fn: Any) -> bool:

@@ -80,7 +80,7 @@ from pyro_vae.early_stopping import EarlyStopping
 from pyro_vae.estimators.compiled import CompiledELBO
 from pyro_vae.evaluate import eval_mode
 from pyro_vae.fit_checkpoint import FitCheckpoint, Resumed
-from pyro_vae.model_protocol import uses_labels
+from pyro_vae.model_protocol import batch_terms, uses_labels
 from pyro_vae.plates import DataPlateError, describe_plates
 from pyro_vae.pointwise import outside_plate, outside_plate_message
 from pyro_vae.precision import Precision, refuse_on_device
@@ -209,6 +209,7 @@ def fit(
     pair = TrainingPair.set_up(model, guide, batches, config)
     group.refuse_unsupported(elbo, pair.plate, config.batch_size, batches.num_data)
     _refuse_sites_outside_the_plate(pair, batches, evaluated_per_datapoint)
+    _refuse_terms_that_differ_by_rank(model, pair, batches, group)
     elbo = _estimator_ready_to_train(elbo, pair, batches, config)
     warmup = KLWarmup(config.kl_warmup_epochs, batches.steps_per_epoch, config.beta)
     step_elbo = SynchronizedELBO(elbo, group) if group.world > 1 else elbo
@@ -556,6 +557,61 @@ def _refuse_sites_outside_the_plate(
         f"scores the pair per datapoint in {' and '.join(scored)}. {way_out}; or draw the site "
         f"inside {plate!r} (nothing was trained or written)"
     )
+
+
+def _refuse_terms_that_differ_by_rank(
+    model, pair: TrainingPair, batches: TrainingBatches, group
+) -> None:
+    """On several ranks, refuse before the first step a term outside the per-datapoint
+    plate that differs between the ranks' parts of a batch at the same draws: the
+    synchronized loss Σ_r (b_r/B)·L_r is the single-process loss on the whole batch only
+    where each rank's terms outside the plate are the batch's (G_r = G,
+    :mod:`pyro_vae.distributed`), as a global latent's prior and q are. A term made from
+    the batch's rows is not: M2's classifier term, α times the mean log q(y | x) over the
+    batch's labelled rows, was each rank's own half-batch's mean (0 where it held no label),
+    and the classifier trained at about 0.75 of its weight, silently (tester AA). A model
+    that declares such terms (its ``batch_terms``, as M2 does:
+    :func:`pyro_vae.model_protocol.batch_terms`) is refused outright: a mean over a few
+    labelled rows is often 0 on every rank's part of one batch. Otherwise each rank runs
+    the pair once on its part of the first batch with the same seeded draws (a forked
+    random stream) and the sums of the terms' log-densities are compared.
+
+    Raises:
+        ValueError: naming the site, its values on two ranks and the way out.
+    """
+    if group.world == 1 or pair.plate is None:
+        return
+    declared = batch_terms(model)
+    if declared:
+        raise ValueError(
+            f"model: {', '.join(map(repr, declared))} is made from the whole batch's rows "
+            f"(the model's batch_terms), and on {group.world} ranks each would make its own "
+            "part's, which is not the single-process step; expected one process"
+        )
+    args, kwargs = batches.first_batch, {"subsample": batches.first_rows}
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(0)  # the same draws on every rank
+        traces = run_pair(pair.model, pair.guide, args, kwargs)
+    terms = {}
+    for who, trace in zip(("model", "guide"), traces, strict=True):
+        trace.compute_log_prob()
+        for name in outside_plate(trace, pair.plate):
+            terms[f"{who} {name}"] = float(trace.nodes[name]["log_prob_sum"])
+    ranks = group.gather_json(terms)
+    for rank, theirs in enumerate(ranks[1:], start=1):
+        for key, value in ranks[0].items():
+            other = theirs.get(key, math.nan)
+            if not abs(other - value) <= 1e-6 * (1 + abs(value)):
+                who, name = key.split(" ", 1)
+                raise ValueError(
+                    f"{who}: site {name!r}, outside the per-datapoint plate {pair.plate!r}, "
+                    f"scores {value:.6g} on rank 0's part of the first batch and {other:.6g} "
+                    f"on rank {rank}'s, at the same draws: it is made from the batch's rows "
+                    "(a mean over the batch, as M2's classifier term), and data-parallel "
+                    "training takes the single-process step only where such terms are the "
+                    "same on every rank; expected one process, or the term inside the plate "
+                    "(a sum over its rows, which the plate scales)"
+                )
 
 
 def _dry_loss(elbo: ELBO, pair: TrainingPair, batches: TrainingBatches) -> None:

@@ -979,6 +979,8 @@ def test_the_ranks_fit_nproc_starts_are_marked_as_launched(monkeypatch):
         (["--estimator", "score", "--estimator-opt", "control_variate=ema"], "keeps state"),
         (["--estimator", "tracegraph"], "TraceGraph_ELBO: it keeps state between steps,"),
         (["--batch-size", "1"], "batch_size: 1 rows cannot be split over 2 ranks"),
+        # tester AA: each rank decided on its half-batch, free bits at batch size B/2
+        (["--free-bits", "0.5"], "free_bits: 0.5 decides per batch which latent sites"),
     ],
 )
 def test_what_ranks_cannot_train_is_refused_before_any_process_starts(

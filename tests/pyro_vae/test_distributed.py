@@ -113,6 +113,17 @@ def test_estimators_that_keep_state_are_refused_on_several_ranks(name, options):
     Group().refuse_unsupported(elbo, "data", 8, 32)  # one process: anything goes
 
 
+@pytest.mark.parametrize("name", ["analytic-kl", "enum"])
+def test_free_bits_is_refused_on_several_ranks(name):
+    # tester AA: each rank held sites at λ by its own half-batch's mean KL, and the
+    # averaged objective was free bits at batch size B/2, not the single-process step
+    elbo = estimators.get(name, free_bits=0.5)
+    with pytest.raises(ValueError, match="free_bits: 0.5 decides per batch.*or one process"):
+        Group(0, 2).refuse_unsupported(elbo, "data", 8, 32)
+    Group().refuse_unsupported(elbo, "data", 8, 32)  # one process: as before
+    Group(0, 2).refuse_unsupported(estimators.get(name), "data", 8, 32)  # off: as before
+
+
 def test_a_model_without_data_plate_or_a_batch_smaller_than_the_group_is_refused():
     elbo, group = estimators.get("trace"), Group(1, 4)
     with pytest.raises(ValueError, match="model: no per-datapoint plate"):

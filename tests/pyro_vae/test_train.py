@@ -699,3 +699,61 @@ def test_a_local_autoguide_evaluated_on_its_training_rows_is_not_refused():
     config = quiet(epochs=1, seed=0, batch_size=256)
     result = fit(model, AutoNormal(model), data, Trace_ELBO(), config, evaluated_per_datapoint=True)
     assert result.local_guide and len(result.history) == 1
+
+
+class _TwoRanks:
+    """A group of two ranks whose other rank reports ``other(terms)`` for this rank's."""
+
+    world, rank = 2, 0
+
+    def __init__(self, other):
+        self.other = other
+
+    def gather_json(self, terms):
+        return [terms, self.other(terms)]
+
+
+def _pair_and_batches(model, guide):
+    from pyro_vae.data_source import TrainingBatches
+    from pyro_vae.training_pair import TrainingPair
+
+    data = TensorData(torch.rand(40, 3))
+    batches = TrainingBatches(data, 10, seed=0, drop_last=False)
+    return TrainingPair.set_up(model, guide, batches, TrainConfig(batch_size=10)), batches
+
+
+def test_a_term_made_from_the_batch_is_refused_on_several_ranks():
+    """Tester AA: M2's classifier term, a mean over the batch's labelled rows outside the
+    data plate, was each rank's own part's on --nproc 2 (0 where it held no label), and the
+    classifier trained at about 0.75 of its weight, silently. A declared term is refused
+    outright; an undeclared one where two ranks' parts of the first batch score it apart."""
+    from pyro_vae.train import _refuse_terms_that_differ_by_rank
+
+    class BatchMean:
+        def model(self, x):
+            w = pyro.sample("w", pyro.distributions.Normal(x.new_zeros(3), 1.0).to_event(1))
+            pyro.factor("penalty", -(x @ w).mean())  # a mean over the batch's rows
+            with pyro.plate("data", x.shape[0]):
+                pyro.sample("x", pyro.distributions.Normal(w, 1.0).to_event(1), obs=x)
+
+        def guide(self, x):
+            loc = pyro.param("loc", torch.zeros(3))
+            pyro.sample("w", pyro.distributions.Normal(loc, 1.0).to_event(1))
+
+    pyro.clear_param_store()
+    pair, batches = _pair_and_batches(BatchMean().model, BatchMean().guide)
+    same = _TwoRanks(lambda terms: dict(terms))
+    _refuse_terms_that_differ_by_rank(BatchMean().model, pair, batches, same)  # as before
+    moved = _TwoRanks(lambda terms: {k: v + (k == "model penalty") for k, v in terms.items()})
+    with pytest.raises(ValueError, match="model: site 'penalty', outside the per-datapoint"):
+        _refuse_terms_that_differ_by_rank(BatchMean().model, pair, batches, moved)
+
+    class Declared(BatchMean):
+        batch_terms = ("penalty",)
+
+    with pytest.raises(ValueError, match=r"'penalty' is made from the whole batch's rows"):
+        _refuse_terms_that_differ_by_rank(Declared().model, pair, batches, same)
+    from models.m2 import M2
+    from pyro_vae.model_protocol import batch_terms
+
+    assert batch_terms(M2(x_dim=4, latent_dim=2, hidden_dims=(4,))) == ("classifier",)
