@@ -177,6 +177,13 @@ class Group:
                 dist.all_reduce(values)
         return values
 
+    def wait_for_all(self, what: str) -> None:
+        """Return once every rank has reached this point (a barrier); :class:`RankLost`
+        when a rank is gone."""
+        if self.world > 1:
+            with self._watching(what):
+                dist.barrier()
+
     def mean(self, value: float, weight: float | None) -> float:
         """The ``weight``-weighted mean of every rank's ``value`` (equal weights for
         ``None``): a validation ELBO per datapoint over ranks' shares of the rows."""
@@ -484,6 +491,11 @@ def session() -> Iterator[Group]:
         announcements = dist.PrefixStore("pyro_vae", store)
         _GROUP = Group(dist.get_rank(), world, tuple(tuple(p) for p in peers), announcements)
         yield _GROUP
+        # every rank leaves together: rank 0 writes the run folder's last files (the test
+        # block, the figures) alone, and a rank that ended first, its process exiting
+        # meanwhile, could take it down with it (tester AA: rank 1 aborted at exit in 1 of
+        # 7 runs, and torchrun's agent stopped rank 0 before its test block was written)
+        _GROUP.wait_for_all("wait for every rank to finish")
     except BaseException as err:
         if not isinstance(err, RankLost):  # a rank that lost another only follows it
             _GROUP.announce_leaving(err)

@@ -27,6 +27,7 @@ unverified where q is.
 
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 import re
@@ -1132,15 +1133,20 @@ def _float64(value):
     and each NumPy array made a tensor (floating ones float64; integer and boolean arrays
     keep their dtype; other arrays are left as they are): a Pyro model takes tensors, and
     scikit-learn's estimators take arrays (tester 38: ``fit(x.numpy())`` failed in the
-    model, an ndarray has no ``new_tensor``)."""
+    model, an ndarray has no ``new_tensor``). A namedtuple, an ``OrderedDict`` or a
+    ``defaultdict`` keeps its type (tester Z: a namedtuple reached the model as a tuple)."""
     if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
         value = torch.from_numpy(np.ascontiguousarray(value))
     if isinstance(value, torch.Tensor):
         return value.to(torch.float64) if value.is_floating_point() else value
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a namedtuple keeps its type
+        return type(value)(*(_float64(v) for v in value))
     if isinstance(value, tuple):
         return tuple(_float64(v) for v in value)
     if isinstance(value, list):
         return [_float64(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _float64(v) for k, v in value.items()}
+    if isinstance(value, dict):  # an OrderedDict or a defaultdict keeps its type
+        out = copy.copy(value)
+        out.update((k, _float64(v)) for k, v in value.items())
+        return out
     return value

@@ -33,6 +33,7 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 
 from pyro_vae.cavi._checks import as_float64, finite, non_negative, positive, positive_int
+from pyro_vae.cavi.convergence import warn_unconverged
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -394,6 +395,8 @@ class BayesianGaussianMixture:
         self._m_step(X, resp)
         self.lower_bounds_, self.lower_bound_ = bounds, bounds[-1]
         self.n_iter_, self.converged_ = len(bounds), converged
+        if not converged:
+            warn_unconverged("BayesianGaussianMixture", bounds, self.max_iter, self.tol)
         self.weights_ = self.weight_concentration_ / self.weight_concentration_.sum()
         self.covariances_ = self._w_inv / self.degrees_of_freedom_[:, None, None]
         self.precisions_ = torch.linalg.inv(self.covariances_)

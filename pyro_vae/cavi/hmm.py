@@ -31,6 +31,7 @@ from pyro_vae.cavi._checks import (
     non_negative,
     positive_int,
 )
+from pyro_vae.cavi.convergence import warn_unconverged
 from pyro_vae.cavi.fitted_guide import sample_chain
 
 
@@ -305,6 +306,8 @@ class _FactorialMeanField:
         mu, bounds, converged, pairwise = best
         self.expectations_, self.lower_bound_, self.lower_bounds_ = mu, bounds[-1], bounds
         self.n_iter_, self.converged_ = len(bounds), converged
+        if not converged:
+            warn_unconverged(type(self).__name__, bounds, self.max_iter, self.tol)
         if pairwise is not None:
             self.pairwise_ = pairwise
         return self

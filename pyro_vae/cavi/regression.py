@@ -28,6 +28,7 @@ import pyro.distributions as dist
 import torch
 
 from pyro_vae.cavi._checks import as_float64, finite, non_negative, positive, positive_int
+from pyro_vae.cavi.convergence import warn_unconverged
 
 
 def _as_data(X, y) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,6 +132,8 @@ class BayesianLinearRegression:
         self.precision_shape_, self.precision_rate_ = q_shape, q_rate
         self.lower_bound_, self.lower_bounds_ = bounds[-1], bounds
         self.n_iter_, self.converged_ = len(bounds), converged
+        if not converged:
+            warn_unconverged("BayesianLinearRegression", bounds, self.max_iter, self.tol)
         return self
 
     def _elbo(self, priors, n, d, logdet, residual, q_shape, q_rate) -> float:

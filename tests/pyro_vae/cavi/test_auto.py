@@ -322,6 +322,29 @@ def test_numpy_arrays_are_taken_as_tensors():
     assert AutoCAVI(new_tensor_of_the_data).fit(counts.numpy()).lower_bound_ == exact
 
 
+def test_a_namedtuple_or_an_ordered_dict_argument_keeps_its_type():
+    # tester Z's F5: a namedtuple reached the model as a plain tuple ("'tuple' object has
+    # no attribute 'y'"); an OrderedDict or a defaultdict became a dict
+    import collections
+
+    Data = collections.namedtuple("Data", ["y"])
+    counts = t([3.0, 0.0, 5.0, 2.0])
+    exact = AutoCAVI(gamma_poisson).fit(counts).lower_bound_
+
+    def from_named(data):
+        assert type(data) is Data
+        gamma_poisson(data.y)
+
+    def from_ordered(data):
+        assert type(data) is collections.OrderedDict
+        gamma_poisson(data["y"])
+
+    assert AutoCAVI(from_named).fit(Data(counts.float())).lower_bound_ == exact
+    ordered = collections.OrderedDict(y=counts.float())
+    assert AutoCAVI(from_ordered).fit(ordered).lower_bound_ == exact
+    assert ordered["y"].dtype == torch.float32  # the caller's argument is left as it was
+
+
 def test_an_empty_argument_the_model_fails_on_is_named():
     # tester 38: Pyro's plate raised "ZeroDivisionError: size cannot be zero", naming nothing
     with pytest.raises(ValueError, match=r"fit: argument 0 is empty \(shape \(0,\)\).*"

@@ -28,6 +28,24 @@ def test_blocked_enumeration_equals_the_one_by_one_sum():
     )
 
 
+def test_couplings_asymmetric_by_rounding_read_as_their_symmetric_part():
+    # tester Z: allclose let J12 − J21 = 0.01 through (at 1000), and the exact log Z summed
+    # the upper block's cross term: exact(J) and exact(Jᵀ) were 0.01 apart, the brute
+    # force of ½ sᵀJs between them. Now it is refused, and rounding's asymmetry (W @ Wᵀ)
+    # reads as the symmetric part, as the density does.
+    with pytest.raises(ValueError, match=r"not symmetric \(\|J − Jᵀ\| up to 0.01\)"):
+        ising_log_partition_exact(torch.tensor([[0.0, 1000.0], [1000.01, 0.0]]))
+    g = torch.Generator().manual_seed(1)
+    W = torch.randn(9, 3, generator=g, dtype=torch.float64)
+    J = W @ W.T
+    J.fill_diagonal_(0)
+    J[0, 5] += 1e-14  # rounding's size
+    h = torch.randn(9, generator=g, dtype=torch.float64)
+    exact = brute_force_log_z(J, h, 0.3)
+    assert ising_log_partition_exact(J, h, 0.3) == pytest.approx(exact, abs=1e-12)
+    assert ising_log_partition_exact(J.T.contiguous(), h, 0.3) == pytest.approx(exact, abs=1e-12)
+
+
 def test_without_couplings_mean_field_is_exact():
     h = torch.tensor([0.3, -1.0, 0.0, 2.0], dtype=torch.float64)
     J = torch.zeros(4, 4, dtype=torch.float64)

@@ -1,0 +1,62 @@
+"""The hand-written CAVI classes warn, as scikit-learn and AutoCAVI do, when they stop at
+max_iter before converging (tester Z: converged_ = False alone, silently)."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from sklearn.exceptions import ConvergenceWarning
+
+from pyro_vae.cavi import (
+    BayesianGaussianMixture,
+    BayesianLinearRegression,
+    IsingMeanField,
+    StructuredMeanField,
+    grid_couplings,
+)
+from tests.pyro_vae.cavi.test_hmm import random_fhmm, sample
+
+
+def _mixture_data():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(100, 2))
+    X[:50] += 3
+    return X
+
+
+def _regression_data():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(50, 3, generator=g, dtype=torch.float64)
+    return X, X @ torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+
+
+CASES = {
+    "BayesianGaussianMixture": (
+        lambda n: BayesianGaussianMixture(3, max_iter=n, random_state=0),
+        lambda: (_mixture_data(),),
+    ),
+    "BayesianLinearRegression": (
+        lambda n: BayesianLinearRegression(max_iter=n),
+        _regression_data,
+    ),
+    "StructuredMeanField": (
+        lambda n: StructuredMeanField(random_fhmm(2, 3, 2, seed=1), max_iter=n, random_state=0),
+        lambda: (sample(random_fhmm(2, 3, 2, seed=1), 20, seed=2),),
+    ),
+    "IsingMeanField": (
+        lambda n: IsingMeanField(max_iter=n, random_state=0),
+        lambda: (grid_couplings(3, 3),),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_stopping_at_max_iter_warns_and_converging_does_not(name):
+    make, data = CASES[name]
+    with pytest.warns(ConvergenceWarning, match=f"{name}: stopped at max_iter=1 iterations"):
+        fit = make(1).fit(*data())
+    assert not fit.converged_
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        assert make(1000).fit(*data()).converged_
