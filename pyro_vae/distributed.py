@@ -322,8 +322,8 @@ class Group:
             if size < self.world:
                 raise ValueError(
                     f"batch_size: a batch of {size} rows cannot be split over {self.world} "
-                    f"ranks; expected at least one row per rank (drop_last=True drops a short "
-                    "last batch)"
+                    f"ranks; expected at least one row per rank (--drop-last, drop_last=True "
+                    "from Python, drops a short last batch)"
                 )
 
 
