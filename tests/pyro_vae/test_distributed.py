@@ -76,6 +76,28 @@ def test_two_ranks_take_the_single_process_steps_and_resume_exactly(tmp_path, on
     assert (initial - got["trace"]["decoder$$$weight"]).abs().min() > 1e-3
 
 
+LEAVES_TOGETHER = """
+import sys, time
+from pathlib import Path
+from pyro_vae.distributed import session
+out = Path(sys.argv[1])
+with session() as group:
+    if group.rank == 0:  # rank 0's last files (a test block, figures) come after the others'
+        time.sleep(1.0)
+        (out / "written").write_text(str(time.time()))
+(out / f"left{group.rank}").write_text(str(time.time()))
+"""
+
+
+def test_every_rank_leaves_the_group_once_rank_0_is_done(tmp_path):
+    # tester AA: a rank that finished first exited meanwhile and, aborting at exit in about
+    # 1 run of 20, had torchrun's agent stop rank 0 before its test block was written
+    ranks = _ranks(["-c", LEAVES_TOGETHER, str(tmp_path)])
+    assert [p.wait(timeout=60) for p in ranks] == [0, 0]
+    written = float((tmp_path / "written").read_text())
+    assert float((tmp_path / "left1").read_text()) >= written
+
+
 def test_a_killed_rank_stops_the_other_and_the_folder_evaluates_and_resumes(tmp_path):
     run = tmp_path / "run"
     fit = ["-m", "pyro_vae", "fit", "--data", "digits", "--out", str(run), "--epochs", "60"]
