@@ -1054,6 +1054,15 @@ def _warn_unconverged(bounds: list, max_iter: int, tol: float, overrelax: bool) 
         )
         return
     last = bounds[-1] - bounds[-2]
+    if tol == 0:  # no change is under it: nothing to say about a fixed point (tester Z)
+        warnings.warn(
+            f"AutoCAVI: ran all max_iter={max_iter} sweeps, as tol=0 asks (converged means a "
+            f"sweep changed the bound by less than tol, which no change is); the last "
+            f"changed it by {last:.3g} nats",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+        return
     changes = [b - a for a, b in zip(bounds[-11:], bounds[-10:], strict=False)]
     if any(change < 0 for change in changes):  # no exact CAVI sweep lowers the bound
         size = max(abs(change) for change in changes)

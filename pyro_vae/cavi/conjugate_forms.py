@@ -280,7 +280,8 @@ def check_whole_data(trace) -> None:
                 raise ValueError(
                     f"model: plate {name!r} subsamples {taken} of its {size} rows; AutoCAVI "
                     "fits the whole data in each update (closed-form CAVI has no minibatch "
-                    "version here): give the plate no subsample_size, or use SVI"
+                    "version here): give the plate neither subsample_size nor a subsample of "
+                    "indices (pass the rows to fit as the data instead), or use SVI"
                 )
 
 

@@ -1845,6 +1845,23 @@ def test_one_sweep_is_not_told_it_raised_the_bound_by_nan():
     assert "nan" not in str(caught[0].message)
 
 
+def test_tol_zero_runs_every_sweep_and_is_not_told_q_is_short_of_a_fixed_point():
+    # tester Z's D4: with tol=0 no change is under tol, and a last sweep that changed the
+    # bound by 0 was told "q is not a fixed point and the bound is short of it"
+    from sklearn.exceptions import ConvergenceWarning
+
+    y = t([0.3, 1.2])
+
+    def model(y):
+        mu = pyro.sample("mu", dist.Normal(t(0.0), t(1.0)))
+        with pyro.plate("d", len(y)):
+            pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+    with pytest.warns(ConvergenceWarning, match="ran all max_iter=50 sweeps, as tol=0 asks"):
+        fit = AutoCAVI(model, tol=0.0, max_iter=50).fit(y)
+    assert fit.n_iter_ == 50 and fit.lower_bound_ == AutoCAVI(model).fit(y).lower_bound_
+
+
 def test_a_mixture_s_components_set_by_init_give_the_first_responsibilities():
     """init on a 1-D mixture's means alone: the assignments (drawn, not set) are updated
     before the means, from that start, so the fit follows it: started at the truth and at

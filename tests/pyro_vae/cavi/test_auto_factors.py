@@ -62,3 +62,11 @@ def test_a_subsampling_plate_is_refused_by_name_before_any_probing():
 
     with pytest.raises(ValueError, match=r"plate 'points' subsamples 2 of its 5 rows"):
         AutoCAVI(model).fit(Y)
+
+    def indexed(y):  # tester Z's D5: told to give the plate "no subsample_size", which it had
+        mu = pyro.sample("mu", dist.Normal(y.new_tensor(0.0), 1.0))
+        with pyro.plate("points", y.shape[0], subsample=torch.tensor([0, 2])) as idx:
+            pyro.sample("y", dist.Normal(mu, 1.0), obs=y[idx])
+
+    with pytest.raises(ValueError, match=r"neither subsample_size nor a subsample of indices"):
+        AutoCAVI(indexed).fit(Y)
