@@ -20,7 +20,6 @@ Only for Normal units of one site; a fit with none, or a model autograd cannot r
 
 from __future__ import annotations
 
-import pyro
 import pyro.poutine as poutine
 import torch
 
@@ -59,7 +58,7 @@ def mean_steps(
         return None
     grads = {name: [] for name in normal}
     with torch.random.fork_rng(devices=[]), torch.enable_grad():
-        pyro.set_rng_seed(seed)
+        torch.manual_seed(seed)  # torch alone: Python's and NumPy's streams are left alone
         for _ in range(draws):
             drawn = _gradients(model, args, kwargs, guide, normal, blankets)
             if drawn is None:
@@ -101,8 +100,8 @@ def _gradients(model, args, kwargs, guide, normal: dict, blankets: dict) -> dict
             return None
         total = sum(site["log_prob"].sum() for site in trace.nodes.values() if is_factor(site))
         found = torch.autograd.grad(total, list(wanted.values()), allow_unused=True)
-    except RuntimeError:  # the model leaves autograd (.item(), NumPy): not checked
-        return None
+    except (RuntimeError, ValueError):  # the model leaves autograd (.item(), NumPy), or
+        return None  # raises at a draw of q (a check's, not the fit's): not checked
     return {
         name: torch.zeros_like(v) if g is None else g.detach()
         for (name, v), g in zip(wanted.items(), found, strict=True)

@@ -48,11 +48,16 @@ def test_the_draws_are_seeded_and_leave_the_global_random_state_alone():
     fit = AutoCAVI(model).fit(Y)
     q = fit.variational_distributions()
     wider = {"mu": dist.Normal(q["mu"].loc + 0.1, q["mu"].scale * 3)}
-    torch.manual_seed(5)
-    before = torch.rand(1)
-    torch.manual_seed(5)
+    import random
+
+    import numpy as np
+
+    # the global streams a user's script draws from (NumPy's legacy one on purpose)
+    before = torch.random.get_rng_state(), random.getstate(), np.random.get_state()  # noqa: NPY002
     first = _steps(fit, wider)
-    assert torch.rand(1) == before  # the global stream is where it was
+    assert torch.equal(torch.random.get_rng_state(), before[0])
+    assert random.getstate() == before[1]
+    assert np.random.get_state()[1].tolist() == before[2][1].tolist()  # noqa: NPY002
     assert first == _steps(fit, wider)
 
 
