@@ -52,7 +52,9 @@ def test_the_draws_are_seeded_and_leave_the_global_random_state_alone():
 
     import numpy as np
 
-    # the global streams a user's script draws from (NumPy's legacy one on purpose)
+    # the global streams a user's script draws from (NumPy's legacy one on purpose), at
+    # another seed than the fit's random_state
+    torch.manual_seed(123), random.seed(123), np.random.seed(123)  # noqa: NPY002
     before = torch.random.get_rng_state(), random.getstate(), np.random.get_state()  # noqa: NPY002
     first = _steps(fit, wider)
     assert torch.equal(torch.random.get_rng_state(), before[0])
