@@ -290,8 +290,8 @@ class AutoCAVI:
             for chain in chains
         }  # fmt: skip
         if imprecise or self.numerical_error_ > 1e-6 * (1 + abs(bounds[-1])):
-            self._refuse_unstationary(args, kwargs, bounds)
-            _warn_imprecise(self.numerical_error_, bounds[-1], self.probe_rounds_)
+            unchecked = self._refuse_unstationary(args, kwargs, bounds)
+            _warn_imprecise(self.numerical_error_, bounds[-1], self.probe_rounds_, unchecked)
         self.lower_bound_, self.lower_bounds_ = bounds[-1], bounds
         self.n_iter_, self.converged_ = len(bounds), converged
         if not converged:
@@ -518,7 +518,7 @@ class AutoCAVI:
                 return bounds, converged, False
         return bounds, False, False
 
-    def _refuse_unstationary(self, args, kwargs, bounds) -> None:
+    def _refuse_unstationary(self, args, kwargs, bounds) -> dict[str, str] | None:
         """Where float64 rounding in the probed factors is warned of, refuse a q whose
         Normal means the model's own gradient would move: E_q[∇ log p(x, z)] at seeded
         draws of q, by autograd (:mod:`pyro_vae.cavi.stationarity`), asks for a step of
@@ -530,15 +530,21 @@ class AutoCAVI:
         of 1e-6 to 1e-2 nats, ask for steps of at most 0.4 sds at under 2 standard errors
         (the draws' noise), and still fit.
 
+        Returns the units not checked, {unit: a factor of its without an autograd graph}
+        (the warning names them), or None where none could be (the model raised at a draw).
+
         Raises:
             NotConjugateError: naming the latent, the step and the way out.
         """
-        steps = mean_steps(self.model, args, kwargs, self._latents, self._q,
-                           self.variational_guide(), self.random_state,
-                           self.markov_blankets_)  # fmt: skip
-        moved = {n: (step, z) for n, (step, z) in (steps or {}).items() if step > 1 and z > 6}
+        checked = mean_steps(self.model, args, kwargs, self._latents, self._q,
+                             self.variational_guide(), self.random_state,
+                             self.markov_blankets_)  # fmt: skip
+        if checked is None:
+            return None
+        steps, unchecked = checked
+        moved = {n: (step, z) for n, (step, z) in steps.items() if step > 1 and z > 6}
         if not moved:
-            return
+            return unchecked
         name, (step, z) = max(moved.items(), key=lambda item: item[1][0])
         raise NotConjugateError(
             f"AutoCAVI: after {self.probe_rounds_} probing rounds the sweeps settled (bound "
@@ -814,13 +820,14 @@ class AutoCAVI:
             total = total + message_to(factor, name, message, shape)
         eta = total[..., 1:] if latent.family.has_constant else total
         if latent.present is not None:
-            # masked off and read by no other factor (its messages constant in x there:
-            # obs_mask's <site>_unobserved where data are observed, which its child reads
-            # only through torch.where; tester Z: counted, each labelled datum's q was
-            # uniform and its log K of entropy put the bound above log p(x)): absent from
-            # the model, a standard q that the bound leaves out (read by a child: a flat
-            # prior)
-            absent = ~latent.present & latent.family.constant_messages(total)
+            # masked off and mentioned by no other factor, or obs_mask's <site>_unobserved
+            # where data are observed (its children read the data there, through
+            # torch.where; tester Z: counted, each labelled datum's q was uniform and its
+            # log K of entropy put the bound above log p(x)): absent from the model, a
+            # standard q that the bound leaves out. Mentioned by a child: a flat prior, also
+            # where the child's likelihoods happen to tie (tester AB: a test of constant
+            # messages dropped its log K there)
+            absent = ~latent.present & ((total == 0).all(-1) | latent.imputed)
             self._absent[name] = absent if bool(absent.any()) else None
             eta = torch.where(absent.unsqueeze(-1), latent.family.neutral_eta(absent.shape), eta)
         self._eta[name] = eta  # in the frame's coordinates: over-relaxation's (see _sweeps)
@@ -883,8 +890,15 @@ class AutoCAVI:
     def _update_chain(self, chain: tuple[str, ...], stats) -> None:
         factors, local = self._local_view(self._factors, stats)
         present = {site: self._latents[site].present for site in chain}
+        imputed = frozenset(site for site in chain if self._latents[site].imputed)
         marginals, pairwise, entropy, absent = update_chain(
-            chain, factors, local, self._pairs, present, self._stacked(factors, local, chain)
+            chain,
+            factors,
+            local,
+            self._pairs,
+            present,
+            self._stacked(factors, local, chain),
+            imputed,
         )
         for t, site in enumerate(chain):
             stats[site] = marginals[t]
@@ -1106,12 +1120,22 @@ def _unverifiable(error: Exception, latents: dict) -> str:
     )
 
 
-def _warn_imprecise(error: float, bound: float, rounds: int) -> None:
+def _warn_imprecise(error: float, bound: float, rounds: int, unchecked=None) -> None:
+    """The rounding warning; ``unchecked``: the Normal units whose fixed point the model's
+    own gradient could not check, {unit: its factor without an autograd graph}."""
+    named = ", ".join(f"{n!r} (its factor {f!r} has no autograd graph)"
+                      for n, f in (unchecked or {}).items())  # fmt: skip
     warnings.warn(
         f"AutoCAVI: after {rounds} probing rounds, float64 rounding in the factors may still "
         f"move the bound by about {error:.3g} nats (bound {bound:.6g}): the log-densities are "
         "large where q puts its mass. Centre and scale the data (or the prior) so that the "
-        "latents are of order one",
+        "latents are of order one"
+        + (
+            f". The model's own gradient could not check q's means of {named}, which such "
+            "rounding can hold away from the fixed point"
+            if named
+            else ""
+        ),
         RuntimeWarning,
         stacklevel=4,
     )

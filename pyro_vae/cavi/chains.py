@@ -30,7 +30,7 @@ import torch
 
 from pyro_vae.cavi.conjugate_forms import Factor, Latent
 from pyro_vae.cavi.expectations import contract, sum_to
-from pyro_vae.cavi.exponential_families import NotConjugateError, constant_along
+from pyro_vae.cavi.exponential_families import NotConjugateError
 from pyro_vae.cavi.hmm import forward_backward
 from pyro_vae.cavi.stacked_factors import FOLLOWING, SELECTOR, stack_chain_factors
 
@@ -133,7 +133,7 @@ def _check_links(chain: tuple[str, ...], factors: list[Factor]) -> None:
             )
 
 
-def update_chain(chain, factors, stats, pairs, present=None, stacked=None):
+def update_chain(chain, factors, stats, pairs, present=None, stacked=None, imputed=frozenset()):
     """q(chain) from its expected messages: (marginals [T, *batch, K], pairwise
     [T−1, *batch, K, K], the entropy in nats of its elements present in the model, summed
     over the batch, and which are absent, [T, *batch] bool); ``batch``: the sites' plates,
@@ -146,7 +146,9 @@ def update_chain(chain, factors, stats, pairs, present=None, stacked=None):
     by no factor is absent from the model, as for a site outside any chain: all its
     potentials are 0, so q holds it uniform and independent of the rest, and its log K of
     entropy is left out of the bound (counted, the bound of ragged sequences with every
-    parameter known rose above log p(Y) by log K per absent element: tester 22's F1)."""
+    parameter known rose above log p(Y) by log K per absent element: tester 22's F1). So
+    is an element of a site in ``imputed`` (obs_mask's ``<site>_unobserved``) where it is
+    masked off: the data are observed there (see :func:`_absent`)."""
     index = {s: t for t, s in enumerate(chain)}
     batch, k = stats[chain[0]].shape[:-1], stats[chain[0]].shape[-1]
     one, two = batch + (k,), batch + (k, k)
@@ -186,20 +188,26 @@ def update_chain(chain, factors, stats, pairs, present=None, stacked=None):
         torch.zeros(k, dtype=torch.float64, device=device), pairwise, unary
     )
     entropy = log_z.sum() - (marginals * unary).sum() - (pair_marginals * pairwise).sum()
-    absent = _absent(chain, unary, pairwise, present)
+    absent = _absent(chain, unary, pairwise, present, imputed)
     return marginals, pair_marginals, float(entropy) - math.log(k) * int(absent.sum()), absent
 
 
-def _absent(chain, unary, pairwise, present) -> torch.Tensor:
-    """[T, *batch] bool: the elements masked off their own site whose potentials do not
-    depend on them (their unary constant in s_t, each link's constant along s_t's axis:
-    none, past a ragged sequence's end; or read only through a value they do not take, as
-    ``obs_mask``'s ``torch.where`` reads a labelled step, its links then depending on the
-    neighbours alone: tester Z's partly labelled HMM was log 2 above log p(Y) per label).
-    Such an element is uniform and independent of the rest in q."""
-    silent = constant_along(unary - unary[..., :1], -1, unary)
-    silent[1:] &= constant_along(pairwise - pairwise[..., :1], (-2, -1), pairwise)  # columns
-    silent[:-1] &= constant_along(pairwise - pairwise[..., :1, :], (-2, -1), pairwise)  # rows
+def _absent(chain, unary, pairwise, present, imputed=frozenset()) -> torch.Tensor:
+    """[T, *batch] bool: the elements masked off their own site and with no potential
+    (past a ragged sequence's end), or masked off a site of ``imputed`` (``obs_mask``'s
+    ``<site>_unobserved`` where the data are observed: every factor reads the data there,
+    through ``torch.where``, so its potentials do not depend on it; tester Z's partly
+    labelled HMM was log 2 above log p(Y) per label). Such an element is uniform and
+    independent of the rest in q. Decided by structure, not by potentials that happen to
+    be constant: a step masked off but read by its emission is a flat prior, also where
+    the emission's likelihoods tie (tester AB)."""
+    silent = (unary == 0).all(-1)
+    idle = (pairwise == 0).all(-1).all(-1)  # [T − 1, *batch]: the links
+    silent[1:] &= idle
+    silent[:-1] &= idle
+    for t, site in enumerate(chain):
+        if site in imputed:
+            silent[t] = True
     masked = torch.stack([
         torch.zeros(silent.shape[1:], dtype=torch.bool, device=silent.device)
         if (present or {}).get(s) is None

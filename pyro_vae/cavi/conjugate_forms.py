@@ -122,11 +122,33 @@ class Latent:
     #: observed); None: none is. Such an element that no other factor mentions is absent
     #: from the model; one that a child mentions has a flat prior.
     present: torch.Tensor | None = None
+    #: whether the site is ``obs_mask``'s ``<site>_unobserved`` (Pyro's pair of sites and
+    #: the deterministic ``torch.where`` of them): where it is masked off, the data are
+    #: observed and every child reads them, not it, so those elements are absent whatever
+    #: their messages (:func:`imputed_by_obs_mask`)
+    imputed: bool = False
     #: a latent as one factor reads it through a data index (see
     #: :mod:`pyro_vae.cavi.data_indexing`): LongTensor of the factor's rank, the element of
     #: the latent's one plate each factor element reads; its ``batch_shape`` is then the
     #: index's. None: read at the factor's own plate indices.
     index: torch.Tensor | None = None
+
+
+def imputed_by_obs_mask(trace, name: str) -> bool:
+    """Whether latent site ``name`` is the ``<site>_unobserved`` that ``pyro.sample(...,
+    obs_mask=...)`` adds: beside it an observed ``<site>_observed`` and the deterministic
+    ``<site>``, ``torch.where(obs_mask, observed, unobserved)``, which the model reads."""
+    base = name.removesuffix("_unobserved")
+    observed, combined = trace.nodes.get(f"{base}_observed"), trace.nodes.get(base)
+    return (
+        base != name
+        and observed is not None
+        and observed["type"] == "sample"
+        and observed["is_observed"]
+        and combined is not None
+        and combined["type"] == "sample"
+        and combined.get("infer", {}).get("_deterministic", False)
+    )
 
 
 def _present(sites) -> torch.Tensor | None:
@@ -341,7 +363,10 @@ def find_latents(trace, blocks=()) -> dict[str, Latent]:
         if name not in in_block:
             family = family_of(site)
             present = _present([site])
-            latents[name] = Latent(name, family, batch, plates, site["fn"], (name,), present)
+            imputed = present is not None and imputed_by_obs_mask(trace, name)
+            latents[name] = Latent(
+                name, family, batch, plates, site["fn"], (name,), present, imputed
+            )
             continue
         block = in_block[name]
         family = block_family(sites[block[0]], sites[block[1]])

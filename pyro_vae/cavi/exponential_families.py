@@ -77,14 +77,6 @@ class Family:
         """q ∝ exp(η·T), η of shape [*batch, B − 1] (B for Categorical)."""
         raise NotImplementedError
 
-    def constant_messages(self, total: torch.Tensor) -> torch.Tensor:
-        """[*batch] bool: where the summed messages ``total`` [*batch, B] are constant in x
-        (η·T(x) the same at every x: a factor that reads x there only through a value it
-        does not take, as ``obs_mask``'s ``torch.where`` reads ``<site>_unobserved`` where
-        data are observed): η = 0 past the constant statistic T₀ = 1, to
-        :func:`constant_along`'s rounding."""
-        return constant_along(total[..., 1:], -1, total)
-
     def neutral_eta(self, batch_shape: torch.Size) -> torch.Tensor:
         """η of a standard member (N(0, I), Gamma(1, 1), Wishart(I, D + 1), uniform, …),
         [*batch, B − 1]: the q of an element the model masks off, which no factor
@@ -117,21 +109,6 @@ TIGHT_LINK_ADVICE = (
     "one vector site (a MultivariateNormal, or a Normal .to_event(1) with the link in its "
     "covariance), updated as one factor, or reparameterize the link (θ₁ = θ₀ + sd·ε)"
 )
-
-
-#: Messages that differ by at most this, relative to 1 + their largest magnitude at an
-#: element, are one constant there: solved by least squares from log-densities that do not
-#: vary at that element, the K entries of a chain step's message came out 2 ulps apart.
-CONSTANT_RTOL = 1e-12
-
-
-def constant_along(differences: torch.Tensor, dims, scale: torch.Tensor) -> torch.Tensor:
-    """Whether ``differences`` are 0 over ``dims`` (an int or a tuple), to
-    :data:`CONSTANT_RTOL` of 1 + the largest |``scale``| there (``scale`` reduces over
-    ``dims`` to the same shape as ``differences``)."""
-    dims = (dims,) if isinstance(dims, int) else tuple(dims)
-    size = scale.abs().amax(dim=dims)
-    return differences.abs().amax(dim=dims) <= CONSTANT_RTOL * (1 + size)
 
 
 def described(fn) -> str:
@@ -388,9 +365,6 @@ class CategoricalFamily(Family):
 
     def statistics(self, x):
         return torch.nn.functional.one_hot(x.long(), self.k).to(_F64)
-
-    def constant_messages(self, total):  # one-hot statistics: a constant is K equal entries
-        return constant_along(total - total[..., :1], -1, total)
 
     def probe(self, batch_shape, generator):
         """Balanced along the leading dim (the probe points): each element takes every

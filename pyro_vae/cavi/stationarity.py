@@ -14,8 +14,9 @@ gradient asks for in q's own sds (|ḡ_i|·sd_i: at mean field's optimum of a Ga
 variance is the inverse of the ELBO's curvature in that mean, so this is the Newton step),
 and how many standard errors of the draws' average ḡ_i is from zero.
 
-Only for Normal units of one site; a fit with none, or a model autograd cannot run through
-(a ``.item()``, a NumPy step), is not checked (None).
+Only for Normal units of one site; a unit with a factor autograd cannot run through (a
+``.detach()``, a NumPy step) is named as not checked, and a model that raises at a draw of
+q is not checked at all (None).
 """
 
 from __future__ import annotations
@@ -39,16 +40,18 @@ def mean_steps(
     seed: int,
     blankets: dict,
     draws: int = DRAWS,
-) -> dict[str, tuple[float, float]] | None:
-    """{unit: (step, z)} for each single-site Normal unit, at its coordinate with the
-    largest step: ``step`` = |ḡ_i|·sd_i, the step along E_q[∇ log p(x, z)] in q's sds, and
-    ``z`` = |ḡ_i| / se_i (inf where the draws agree exactly), ḡ_i averaged over ``draws``
-    seeded draws of ``guide`` (q as a Pyro guide). ``blankets``: {unit: the factor sites
-    whose log-density mentions it} (the fit's ``markov_blankets_``); each must carry
-    autograd's graph. None where no unit is a single-site Normal or autograd cannot run
-    the model (a factor of the blanket without a graph: a NumPy step, ``.item()``; the
-    gradient would be its other factors' alone). The global random state is left as it
-    was."""
+) -> tuple[dict[str, tuple[float, float]], dict[str, str]] | None:
+    """({unit: (step, z)}, {unit: why it is not checked}) for the single-site Normal units,
+    each at its coordinate with the largest step: ``step`` = |ḡ_i|·sd_i, the step along
+    E_q[∇ log p(x, z)] in q's sds, and ``z`` = |ḡ_i| / se_i (inf where the draws agree
+    exactly), ḡ_i averaged over ``draws`` seeded draws of ``guide`` (q as a Pyro guide).
+    ``blankets``: {unit: the factor sites whose log-density mentions it} (the fit's
+    ``markov_blankets_``): a unit one of whose factors carries no autograd graph there (a
+    ``.detach()``, a NumPy step) is not checked, its gradient being its other factors'
+    alone, and is named with that factor; the others are (tester AB: one detached factor
+    had switched the whole check off). None where no unit is a single-site Normal, or the
+    model raises at a draw of q. Torch's global random state is left as it was, and
+    Python's and NumPy's are not used."""
     normal = {
         name: latent.sites[0]
         for name, latent in latents.items()
@@ -56,29 +59,34 @@ def mean_steps(
     }
     if not normal:
         return None
-    grads = {name: [] for name in normal}
+    grads, unchecked = {name: [] for name in normal}, {}
     with torch.random.fork_rng(devices=[]), torch.enable_grad():
-        torch.manual_seed(seed)  # torch alone: Python's and NumPy's streams are left alone
+        torch.manual_seed(seed)
         for _ in range(draws):
             drawn = _gradients(model, args, kwargs, guide, normal, blankets)
             if drawn is None:
                 return None
-            for name, g in drawn.items():
+            found, graphless = drawn
+            unchecked.update(graphless)
+            for name, g in found.items():
                 grads[name].append(g)
-    out = {}
+    steps = {}
     for name, gs in grads.items():
+        if name in unchecked or not gs:
+            continue
         g = torch.stack(gs)
         mean, se = g.mean(0), (g.var(0) / draws).sqrt()
         step = (mean.abs() * _variance(q[name]).sqrt()).flatten()
         z = (mean.abs() / se).flatten()  # inf where se is 0 and the mean is not
         i = int(step.argmax())
-        out[name] = (float(step[i]), float(z[i]))
-    return out
+        steps[name] = (float(step[i]), float(z[i]))
+    return steps, unchecked
 
 
-def _gradients(model, args, kwargs, guide, normal: dict, blankets: dict) -> dict | None:
-    """∇_z log p(x, z) at one draw of ``guide``, for the sites of ``normal`` {unit: site};
-    None where a factor of some unit's blanket has no autograd graph."""
+def _gradients(model, args, kwargs, guide, normal: dict, blankets: dict):
+    """(∇_z log p(x, z) at one draw of ``guide`` for the units of ``normal`` {unit: site}
+    whose blanket's factors all carry a graph, {unit: a factor that does not}); None
+    where the model raises."""
     guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
     values = {
         name: site["value"].detach()
@@ -90,22 +98,22 @@ def _gradients(model, args, kwargs, guide, normal: dict, blankets: dict) -> dict
     try:
         trace = poutine.trace(poutine.condition(model, data=values)).get_trace(*args, **kwargs)
         score_factors(trace)
-        graphless = [
-            site
-            for name in normal
-            for site in blankets.get(name, ())
-            if site in trace.nodes and not trace.nodes[site]["log_prob"].requires_grad
-        ]
-        if graphless:
-            return None
+        graphless = {}
+        for name in normal:
+            for site in blankets.get(name, ()):
+                if site in trace.nodes and not trace.nodes[site]["log_prob"].requires_grad:
+                    graphless.setdefault(name, site)
+        checked = {name: v for name, v in wanted.items() if name not in graphless}
+        if not checked:
+            return {}, graphless
         total = sum(site["log_prob"].sum() for site in trace.nodes.values() if is_factor(site))
-        found = torch.autograd.grad(total, list(wanted.values()), allow_unused=True)
-    except (RuntimeError, ValueError):  # the model leaves autograd (.item(), NumPy), or
-        return None  # raises at a draw of q (a check's, not the fit's): not checked
+        found = torch.autograd.grad(total, list(checked.values()), allow_unused=True)
+    except (RuntimeError, ValueError):  # the model raises at a draw of q, or leaves
+        return None  # autograd in a way the blankets do not show (.item() in a parameter)
     return {
         name: torch.zeros_like(v) if g is None else g.detach()
-        for (name, v), g in zip(wanted.items(), found, strict=True)
-    }
+        for (name, v), g in zip(checked.items(), found, strict=True)
+    }, graphless
 
 
 def _variance(q) -> torch.Tensor:

@@ -7,6 +7,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from pyro import poutine
 from pyro.ops.indexing import Vindex
 
 from models.regression import BayesianRegression
@@ -1219,6 +1220,27 @@ def test_labels_given_by_obs_mask_add_nothing_to_the_bound(family):
     assert fit.lower_bound_ == pytest.approx(exact, abs=1e-12)
 
 
+@pytest.mark.parametrize("y0", [0.0, 0.3])
+def test_a_masked_prior_read_by_a_child_is_a_flat_prior_also_where_likelihoods_tie(y0):
+    """Tester AB: a first fix of tester Z's F1 called an element absent where its messages
+    were constant in x, and a masked-off z whose child's likelihoods tie (y = 0 between
+    means ±1) lost its log 2: the bound jumped by log 2 between y = 0 and y = 1e-9. Masked
+    and read, z is summed under a flat prior, tie or no tie (enumerated)."""
+    means, probs = t([-1.0, 1.0]), t([0.5, 0.5])
+
+    def model(y, m):
+        with pyro.plate("d", len(y)):
+            with poutine.mask(mask=m):
+                z = pyro.sample("z", dist.Categorical(probs))
+            pyro.sample("y", dist.Normal(means[z], 1.0), obs=y)
+
+    y, m = t([y0, 0.5]), torch.tensor([False, True])
+    joint = dist.Normal(means, 1.0).log_prob(y[:, None])
+    exact = float(torch.where(m, (joint + probs.log()).logsumexp(1), joint.logsumexp(1)).sum())
+    fit = AutoCAVI(model).fit(y, m)
+    assert fit.lower_bound_ == pytest.approx(exact, abs=1e-12) and fit._absent["z"] is None
+
+
 def test_a_partly_labelled_hmm_by_obs_mask_is_its_enumerated_evidence():
     """Tester Z's F1 in a chain: each labelled step's q was uniform and its log 2 counted
     (its links then depend on its neighbours alone). The chain kept whole is exact with the
@@ -2002,6 +2024,20 @@ def test_a_fixed_point_the_models_own_gradient_moves_is_refused_not_reported_con
             AutoCAVI(model, random_state=seed).fit(data(data_seed))
         assert f"latent site 'mu' by {sds:.3g} of q's sds" in str(e.value)
         assert "Centre and scale the data" in str(e.value)
+
+    # tester AB: one factor without an autograd graph (a detached likelihood) had switched
+    # the whole check off; now only its unit goes unchecked, and the warning names it
+    def detached(y):
+        mu = pyro.sample("mu", dist.Normal(t(0.0), t(v**0.5)))
+        with pyro.plate("groups", G, dim=-1):
+            a = pyro.sample("a", dist.Normal(mu, t(1.0)))
+            with pyro.plate("points", N, dim=-2):
+                pyro.sample("y", dist.Normal(a.detach(), t(1.0)), obs=y)
+
+    with pytest.raises(NotConjugateError, match="latent site 'mu' by 354 of q's sds"):
+        AutoCAVI(detached, random_state=1).fit(data(0))
+    with pytest.warns(RuntimeWarning, match=r"could not check q's means of 'a' \(its factor 'y'"):
+        AutoCAVI(detached, random_state=2).fit(data(0))
     y = data(0)
     # y | μ ~ N(μ1, S), S = I + kron(11ᵀ, I_G); log p(y) = log p(y | m) + log p(m) − log p(m | y)
     S = torch.eye(N * G, dtype=F64) + torch.kron(
