@@ -53,6 +53,7 @@ import dataclasses
 import math
 import os
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,6 +62,7 @@ import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.infer import ELBO, TraceEnum_ELBO, TraceGraph_ELBO, TraceTMC_ELBO
+from pyro.poutine.messenger import Messenger
 from tqdm.auto import tqdm
 
 from pyro_vae import labels
@@ -589,14 +591,17 @@ def _refuse_terms_that_differ_by_rank(
             "part's, which is not the single-process step; expected one process"
         )
     args, kwargs = batches.first_batch, {"subsample": batches.first_rows}
+    # the same draws of the sites outside the plate on every rank: each reseeded by its
+    # name, whatever the local sites drawn before it took from the stream (tester AB: a
+    # guide drawing its rows' z first, on parts of 5 and 4 rows, drew two different W)
+    seeded = _SeededOutside(pair.plate)  # inside run_pair's block, which hides sites
     with torch.random.fork_rng(devices=[]), torch.no_grad():
-        torch.manual_seed(0)  # the same draws on every rank
-        traces = run_pair(pair.model, pair.guide, args, kwargs)
-    terms = {}
-    for who, trace in zip(("model", "guide"), traces, strict=True):
-        trace.compute_log_prob()
-        for name in outside_plate(trace, pair.plate):
-            terms[f"{who} {name}"] = float(trace.nodes[name]["log_prob_sum"])
+        traces = run_pair(seeded(pair.model), seeded(pair.guide), args, kwargs)
+        terms = {}
+        for who, trace in zip(("model", "guide"), traces, strict=True):
+            trace.compute_log_prob()
+            for name in outside_plate(trace, pair.plate):
+                terms[f"{who} {name}"] = float(trace.nodes[name]["log_prob_sum"])
     ranks = group.gather_json(terms)
     for rank, theirs in enumerate(ranks[1:], start=1):
         for key, value in ranks[0].items():
@@ -612,6 +617,20 @@ def _refuse_terms_that_differ_by_rank(
                     "same on every rank; expected one process, or the term inside the plate "
                     "(a sum over its rows, which the plate scales)"
                 )
+
+
+class _SeededOutside(Messenger):
+    """Reseed torch's stream before each sample site outside ``plate``, by the site's
+    name (CRC-32): its draw is then the same in every process, however many draws the
+    sites inside the plate, of each process's own rows, took before it."""
+
+    def __init__(self, plate: str) -> None:
+        super().__init__()
+        self.plate = plate
+
+    def _pyro_sample(self, msg) -> None:
+        if not any(frame.name == self.plate for frame in msg["cond_indep_stack"]):
+            torch.manual_seed(zlib.crc32(msg["name"].encode()))
 
 
 def _dry_loss(elbo: ELBO, pair: TrainingPair, batches: TrainingBatches) -> None:

@@ -757,3 +757,33 @@ def test_a_term_made_from_the_batch_is_refused_on_several_ranks():
     from pyro_vae.model_protocol import batch_terms
 
     assert batch_terms(M2(x_dim=4, latent_dim=2, hidden_dims=(4,))) == ("classifier",)
+
+
+def test_sites_outside_the_plate_draw_alike_on_parts_of_different_sizes():
+    # tester AB: a guide drawing its rows' z before the global W drew two different W on
+    # parts of 5 and 4 rows, and the ranks' check refused a valid model as batch-made
+    from pyro_vae.traces import run_pair
+    from pyro_vae.train import _SeededOutside
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", pyro.distributions.Normal(x.new_zeros(x.shape[0]), 1.0))
+        pyro.sample("W", pyro.distributions.Normal(x.new_zeros(3), 1.0).to_event(1))
+
+    def model(x):
+        pyro.sample("W", pyro.distributions.Normal(x.new_zeros(3), 1.0).to_event(1))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", pyro.distributions.Normal(x.new_zeros(x.shape[0]), 1.0))
+
+    drawn = []
+    for rows in (5, 4):
+        torch.manual_seed(rows)  # each rank's own stream
+        seeded = _SeededOutside("data")
+        _, guide_trace = run_pair(seeded(model), seeded(guide), (torch.zeros(rows),), {})
+        drawn.append(guide_trace.nodes["W"]["value"])
+    assert torch.equal(drawn[0], drawn[1])
+    torch.manual_seed(5)
+    _, unseeded = run_pair(model, guide, (torch.zeros(5),), {})
+    torch.manual_seed(4)
+    _, other = run_pair(model, guide, (torch.zeros(4),), {})
+    assert not torch.equal(unseeded.nodes["W"]["value"], other.nodes["W"]["value"])
