@@ -44,6 +44,14 @@ def test_couplings_asymmetric_by_rounding_read_as_their_symmetric_part():
     exact = brute_force_log_z(J, h, 0.3)
     assert ising_log_partition_exact(J, h, 0.3) == pytest.approx(exact, abs=1e-12)
     assert ising_log_partition_exact(J.T.contiguous(), h, 0.3) == pytest.approx(exact, abs=1e-12)
+    # tester AB: Q diag(1 + δ) Qᵀ is symmetric but for rounding of its largest entries'
+    # scale, 1e-16, far more than 1e-12 of its smallest ones: accepted
+    Q, _ = torch.linalg.qr(torch.randn(6, 6, generator=g, dtype=torch.float64))
+    J = Q @ torch.diag(1 + 1e-6 * torch.randn(6, generator=g, dtype=torch.float64)) @ Q.T
+    J.fill_diagonal_(0)
+    assert 0 < float((J - J.T).abs().max()) < 1e-15
+    h = torch.zeros(6, dtype=torch.float64)
+    assert ising_log_partition_exact(J) == pytest.approx(brute_force_log_z(J, h, 1.0))
 
 
 def test_without_couplings_mean_field_is_exact():
