@@ -1680,6 +1680,11 @@ def _on_sigterm(signum, frame) -> None:
     raise _Terminated
 
 
+#: Whether this process stopped because another rank had (:class:`RankLost`): it then
+#: leaves after that rank, so that torchrun's agent names the rank that failed first
+#: (``python -m pyro_vae``).
+FOLLOWED_A_LOST_RANK = {"followed": False}
+
 #: Whether this process's fit has passed its checks and begun training (a stop before then
 #: changed nothing: a rank stopped by torchrun's agent when another refused named the old
 #: run's checkpoint as if it had trained: tester L2).
@@ -1811,6 +1816,7 @@ def _run_command(handler, args: argparse.Namespace, argv: list[str]) -> int:
         return 2
     except RankLost as err:
         print(f"{_error()}: {err}; {_where_it_stopped(args)}", file=sys.stderr)
+        FOLLOWED_A_LOST_RANK["followed"] = True
         return 1
     except CaptureError as err:  # --compile on for a step that cannot be recorded
         print(
