@@ -743,7 +743,7 @@ def _print_test(test: dict[str, Any], table: bool = False) -> None:
     if test.get("evaluated_on") == EVALUATED_ON_TRAINING_SET:
         print(
             "note: the guide has free per-datapoint parameters, so it has no posterior for "
-            "test images; these are the training images' metrics"
+            f"test {unit}s; these are the training {unit}s' metrics"
         )
     # a model that uses labels: its bounds are of log p(x | y) (CVAE) or log p(x, y) (M2)
     given = {"conditioned": " | y", "joint": ", y"}.get(test.get("labels_in_bound"), "")
