@@ -575,8 +575,9 @@ def _refuse_terms_that_differ_by_rank(
     that declares such terms (its ``batch_terms``, as M2 does:
     :func:`pyro_vae.model_protocol.batch_terms`) is refused outright: a mean over a few
     labelled rows is often 0 on every rank's part of one batch. Otherwise each rank runs
-    the pair once on its part of the first batch with the same seeded draws (a forked
-    random stream) and the sums of the terms' log-densities are compared.
+    the pair once on its part of the first batch, on a forked random stream, each site
+    outside the plate drawn alike everywhere (:class:`_SeededOutside`), and the sums of
+    those terms' log-densities are compared.
 
     Raises:
         ValueError: naming the site, its values on two ranks and the way out.
