@@ -23,6 +23,14 @@ def warn_unconverged(name: str, bounds: list[float], max_iter: int, tol: float) 
         if len(bounds) > 1
         else "one iteration shows no change"
     )
+    if tol == 0:  # no change is under it: nothing to say of a fixed point (tester AB)
+        warnings.warn(
+            f"{name}: ran all max_iter={max_iter} iterations, as tol=0 asks (converged means "
+            f"a change under tol, which no change is); {change}",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+        return
     warnings.warn(
         f"{name}: stopped at max_iter={max_iter} iterations without converging ({change}; "
         f"converged means a change under tol={tol:g}): q is not known to be a fixed point, "

@@ -60,3 +60,15 @@ def test_stopping_at_max_iter_warns_and_converging_does_not(name):
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
         assert make(1000).fit(*data()).converged_
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_tol_zero_says_it_ran_every_iteration(name):
+    # tester AB: with tol=0 no change is under tol, and the warning said "Raise max_iter
+    # (or tol)" as if the fit had fallen short
+    make, data = CASES[name]
+    fit = make(3)
+    fit.tol = 0.0
+    with pytest.warns(ConvergenceWarning, match=f"{name}: ran all max_iter=3 iterations") as w:
+        fit.fit(*data())
+    assert not any("Raise max_iter" in str(x.message) for x in w)
