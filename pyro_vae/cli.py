@@ -42,6 +42,7 @@ from pyro_vae.distributed import (
     RankLost,
     current,
     launch,
+    refuse_batch_terms,
     refuse_before_launch,
     refuse_disagreeing_ranks,
     run_from_rank_0,
@@ -1654,6 +1655,8 @@ def _launch(argv: list[str], args: argparse.Namespace) -> int:
             _check_new_folder(run, args.restart, clear=False)
     _refuse_precision(config)
     refuse_before_launch(config.estimator.build(), config.training.batch_size, nproc)
+    # a model's class declares its batch_terms: refused here, once, not on every rank
+    refuse_batch_terms(load_object(config.model.spec, "--model"), nproc)
     if "WORLD_SIZE" in os.environ:
         raise ValueError(
             f"--nproc: {nproc} under torchrun, which has started the processes already; "

@@ -55,6 +55,7 @@ from pyro.infer import ELBO
 
 from pyro_vae.checkpoint import differing_settings, flat_settings, listed
 from pyro_vae.estimators.capabilities import capabilities_of
+from pyro_vae.model_protocol import batch_terms
 
 __all__ = ["Group", "RankLost", "SynchronizedELBO", "current", "launch", "session"]
 
@@ -363,6 +364,24 @@ def refuse_free_bits(elbo: ELBO, world: int) -> None:
             f"free_bits: {free_bits} decides per batch which latent sites to hold at λ, "
             f"and on {world} ranks each would decide on its part of the batch, not the "
             "single-process step; expected free_bits off (--free-bits left out) or one process"
+        )
+
+
+def refuse_batch_terms(model, world: int) -> None:
+    """Refuse on ``world`` > 1 ranks a model (or its class) that declares terms made from
+    the whole batch's rows (``batch_terms``, :func:`pyro_vae.model_protocol.batch_terms`):
+    each rank would make its own part's (tester AA: M2's classifier term, a mean over the
+    batch's labelled rows, trained at about 0.75 of its weight on 2 ranks).
+
+    Raises:
+        ValueError: naming the terms and what was expected.
+    """
+    declared = batch_terms(model)
+    if world > 1 and declared:
+        raise ValueError(
+            f"model: {', '.join(map(repr, declared))} is made from the whole batch's rows "
+            f"(the model's batch_terms), and on {world} ranks each would make its own "
+            "part's, which is not the single-process step; expected one process"
         )
 
 

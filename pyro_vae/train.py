@@ -76,13 +76,13 @@ from pyro_vae.data_source import (
     TrainingBatches,
 )
 from pyro_vae.devices import move_modules, on_device, resolve_device
-from pyro_vae.distributed import SynchronizedELBO, current
+from pyro_vae.distributed import SynchronizedELBO, current, refuse_batch_terms
 from pyro_vae.divergence import DivergenceGuard, TrainingDiverged
 from pyro_vae.early_stopping import EarlyStopping
 from pyro_vae.estimators.compiled import CompiledELBO
 from pyro_vae.evaluate import eval_mode
 from pyro_vae.fit_checkpoint import FitCheckpoint, Resumed
-from pyro_vae.model_protocol import batch_terms, uses_labels
+from pyro_vae.model_protocol import uses_labels
 from pyro_vae.plates import DataPlateError, describe_plates
 from pyro_vae.pointwise import outside_plate, outside_plate_message
 from pyro_vae.precision import Precision, refuse_on_device
@@ -584,13 +584,7 @@ def _refuse_terms_that_differ_by_rank(
     """
     if group.world == 1 or pair.plate is None:
         return
-    declared = batch_terms(model)
-    if declared:
-        raise ValueError(
-            f"model: {', '.join(map(repr, declared))} is made from the whole batch's rows "
-            f"(the model's batch_terms), and on {group.world} ranks each would make its own "
-            "part's, which is not the single-process step; expected one process"
-        )
+    refuse_batch_terms(model, group.world)
     args, kwargs = batches.first_batch, {"subsample": batches.first_rows}
     # the same draws of the sites outside the plate on every rank: each reseeded by its
     # name, whatever the local sites drawn before it took from the stream (tester AB: a

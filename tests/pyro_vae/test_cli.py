@@ -981,6 +981,11 @@ def test_the_ranks_fit_nproc_starts_are_marked_as_launched(monkeypatch):
         (["--batch-size", "1"], "batch_size: 1 rows cannot be split over 2 ranks"),
         # tester AA: each rank decided on its half-batch, free bits at batch size B/2
         (["--free-bits", "0.5"], "free_bits: 0.5 decides per batch which latent sites"),
+        # tester AB: refused on each rank after both started, two messages and the launcher's
+        (
+            ["--model", "models.m2:M2", "--estimator", "enum", "--labelled", "100"],
+            "model: 'classifier' is made from the whole batch's rows",
+        ),
     ],
 )
 def test_what_ranks_cannot_train_is_refused_before_any_process_starts(
