@@ -1033,12 +1033,14 @@ def _write_run_start(run: RunFolder, config: RunConfig, exp, state) -> None:
     rows = "rows" if _rows_not_images(exp.data) else "images"
     # metrics.json read first: one that does not read is refused with config.json as it
     # was (it was rewritten first, a refused resume's --epochs left in it: tester L2)
-    processes, world = run.read_metrics().get("processes"), current().world
+    before = run.read_metrics()
+    processes, world = before.get("processes"), current().world
     written = config.to_json()
     run.write_config(written)
     metrics = run.update_metrics(
-        data=exp.data.info, estimator=written["estimator"], processes=world
-    )
+        data=exp.data.info, estimator=written["estimator"], processes=world,
+        processes_by_epoch=_processes_by_epoch(before, world),
+    )  # fmt: skip
     if state is not None:
         _set_aside_test_block(run, metrics)
         if processes is not None and processes != world:  # tester L
@@ -1727,6 +1729,21 @@ def _where_it_stopped_readable(args: argparse.Namespace) -> str:
         return _where_it_stopped(args)
     except OSError as err:
         return f"{args.resume or args.out} cannot be read either ({err.strerror})"
+
+
+def _processes_by_epoch(metrics: dict[str, Any], world: int) -> list[dict[str, int]]:
+    """metrics.json's ``processes_by_epoch``: ``{"from_epoch": e, "processes": n}`` for
+    each stretch of epochs trained on n processes, this start's appended where it differs
+    from the last (tester AA: ``processes`` alone said 1 for a run trained on 2 and
+    resumed on 1). A run written before it was recorded starts from its ``processes``."""
+    stretches = list(metrics.get("processes_by_epoch") or [])
+    if not stretches and isinstance(metrics.get("processes"), int):
+        stretches = [{"from_epoch": 1, "processes": metrics["processes"]}]
+    start = len(metrics.get("epochs") or []) + 1
+    if stretches and stretches[-1]["processes"] == world:
+        return stretches
+    stretches = [s for s in stretches if s["from_epoch"] < start]  # epochs not kept: gone
+    return [*stretches, {"from_epoch": start, "processes": world}]
 
 
 def _recorded_processes(run: RunFolder) -> int:

@@ -1594,3 +1594,20 @@ def test_a_global_latent_the_test_evaluation_cannot_score_is_refused_before_the_
     assert err.count("\n") == 1 and "error: model: site 'W' is outside the per-datapoint " in err
     assert "its test evaluation" in err and "pyro_vae.TensorData" in err
     assert not run.exists()  # nothing trained, nothing written: no --restart needed
+
+
+def test_metrics_record_the_processes_of_each_stretch_of_epochs():
+    # tester AA: metrics.json's processes said 1 for a run trained on 2 and resumed on 1
+    from pyro_vae.cli import _processes_by_epoch
+
+    fresh = _processes_by_epoch({}, 2)
+    assert fresh == [{"from_epoch": 1, "processes": 2}]
+    two_epochs = {"epochs": [{}, {}], "processes": 2, "processes_by_epoch": fresh}
+    assert _processes_by_epoch(two_epochs, 2) == fresh  # resumed on as many: one stretch
+    resumed = _processes_by_epoch(two_epochs, 1)
+    assert resumed == [*fresh, {"from_epoch": 3, "processes": 1}]
+    older = {"epochs": [{}, {}, {}], "processes": 2}  # written before the record: its processes
+    assert _processes_by_epoch(older, 1) == [
+        {"from_epoch": 1, "processes": 2},
+        {"from_epoch": 4, "processes": 1},
+    ]
