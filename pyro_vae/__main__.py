@@ -7,12 +7,13 @@ import time
 import traceback
 
 from pyro_vae.cli import FOLLOWED_A_LOST_RANK, main
+from pyro_vae.distributed import started_by_torchrun
 
 #: Seconds a rank that stopped because another had waits before leaving.
 _AFTER_THE_LOST_RANK = 3.0
 
 if __name__ == "__main__":
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if not started_by_torchrun():
         sys.exit(main())
     # a rank skips the interpreter's teardown: there a gloo rank's C++ threads aborted it
     # ("terminate called without an active exception", exit 134) in about 1 run of 20,

@@ -47,6 +47,7 @@ from pyro_vae.distributed import (
     refuse_disagreeing_ranks,
     run_from_rank_0,
     session,
+    started_by_torchrun,
 )
 from pyro_vae.estimators.compiled import CaptureError, compilable, should_record
 from pyro_vae.experiment import (
@@ -736,9 +737,9 @@ def _rows_not_images(data) -> bool:
 
 
 def _print_test(test: dict[str, Any], table: bool = False) -> None:
-    """The test metrics, per image, or per row of a ``table`` or of vectors (whose nats
-    are those of the standardized columns when they were standardized, then also in the
-    file's units)."""
+    """The test metrics, per image, or per row with ``table`` (data whose rows are not
+    images: a table's, whose nats are those of the standardized columns when they were
+    standardized, then also in the file's units, or vectors')."""
     unit = "row" if table else "image"
     standardized = " of the standardized columns" if "units" in test else ""
     if test.get("evaluated_on") == EVALUATED_ON_TRAINING_SET:
@@ -1799,7 +1800,7 @@ def main(argv: list[str] | None = None) -> int:
 def _error() -> str:
     """``error``, or under torchrun with several ranks ``error (rank R)``: each rank that
     refuses says so, and two ranks' identical lines read as one said twice (tester U)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if started_by_torchrun():
         return f"error (rank {os.environ.get('RANK', '?')})"
     return "error"
 
@@ -1810,7 +1811,7 @@ def _says_where_it_stopped() -> bool:
     quiet (a Ctrl-C there printed the launcher's line, rank 0's, and another rank's
     "terminated (SIGTERM)" from torchrun's agent, all three naming the same checkpoint:
     tester U)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if not started_by_torchrun():
         return True
     return not os.environ.get(LAUNCHED_VARIABLE) and os.environ.get("RANK") == "0"
 

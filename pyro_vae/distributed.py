@@ -57,7 +57,15 @@ from pyro_vae.checkpoint import differing_settings, flat_settings, listed
 from pyro_vae.estimators.capabilities import capabilities_of
 from pyro_vae.model_protocol import batch_terms
 
-__all__ = ["Group", "RankLost", "SynchronizedELBO", "current", "launch", "session"]
+__all__ = [
+    "Group",
+    "RankLost",
+    "SynchronizedELBO",
+    "current",
+    "launch",
+    "session",
+    "started_by_torchrun",
+]
 
 TIMEOUT_VARIABLE = "PYRO_VAE_DIST_TIMEOUT"
 #: Set in the ranks that ``pyro-vae fit --nproc`` starts (:func:`launch`): the launcher
@@ -485,6 +493,12 @@ def current() -> Group:
     if _GROUP.world == 1 and dist.is_available() and dist.is_initialized():
         return Group(dist.get_rank(), dist.get_world_size())
     return _GROUP
+
+
+def started_by_torchrun() -> bool:
+    """Whether this process is one of several that torchrun started (``WORLD_SIZE`` > 1
+    in its environment), read before or without joining their group."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 @contextlib.contextmanager
