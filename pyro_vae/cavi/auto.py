@@ -44,23 +44,20 @@ from pyro_vae.cavi._checks import non_negative, positive_int
 from pyro_vae.cavi.blocks import block_advice, find_blocks, regroup
 from pyro_vae.cavi.chains import find_chains, update_chain
 from pyro_vae.cavi.column_sums import summed_message, summed_total
-from pyro_vae.cavi.conjugate_forms import (
-    check_float64,
-    check_whole_data,
-    dependencies,
-    find_dependencies,
-    find_latents,
-    first_run,
-    precision_only_factors,
-    probe_factors,
-    probe_runner,
-    reference_is_finite,
-)
+from pyro_vae.cavi.conjugate_forms import probe_factors, probe_runner
 from pyro_vae.cavi.data_indexing import scatter_by_index
 from pyro_vae.cavi.expectations import component_message, contract, message_to
 from pyro_vae.cavi.exponential_families import DISCRETE_FAMILIES, NotConjugateError
+from pyro_vae.cavi.first_trace import (
+    dependencies,
+    find_dependencies,
+    first_run,
+    precision_only_factors,
+    reference_is_finite,
+)
 from pyro_vae.cavi.fitted_guide import fitted_guide
 from pyro_vae.cavi.initial_factors import drawn_starts, initial_statistics, products
+from pyro_vae.cavi.latent_units import check_float64, check_whole_data, find_latents
 from pyro_vae.cavi.newton_means import HALVINGS, NEWTON_EVERY, newton_step
 from pyro_vae.cavi.overrelaxation import FIRST_RATE, crawling, next_rate, overrelaxed_q
 from pyro_vae.cavi.plug_in_start import plug_in_priors

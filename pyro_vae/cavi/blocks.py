@@ -19,7 +19,7 @@ evidence when the pair is the model's only latent (tested). A pair qualifies whe
 
 from __future__ import annotations
 
-from pyro_vae.cavi.conjugate_forms import Latent
+from pyro_vae.cavi.latent_units import Latent
 
 _PRECISIONS = ("Gamma", "Wishart")
 

@@ -28,10 +28,11 @@ import warnings
 
 import torch
 
-from pyro_vae.cavi.conjugate_forms import Factor, Latent
 from pyro_vae.cavi.expectations import contract, sum_to
 from pyro_vae.cavi.exponential_families import NotConjugateError
+from pyro_vae.cavi.factor_form import Factor
 from pyro_vae.cavi.hmm import forward_backward
+from pyro_vae.cavi.latent_units import Latent
 from pyro_vae.cavi.stacked_factors import FOLLOWING, SELECTOR, stack_chain_factors
 
 

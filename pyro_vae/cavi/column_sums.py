@@ -36,9 +36,9 @@ from dataclasses import dataclass
 
 import torch
 
-from pyro_vae.cavi.conjugate_forms import Factor
 from pyro_vae.cavi.data_indexing import scatter_by_index
 from pyro_vae.cavi.expectations import support_terms
+from pyro_vae.cavi.factor_form import Factor
 from pyro_vae.cavi.factor_support import contract_gathered, sparse_form
 
 

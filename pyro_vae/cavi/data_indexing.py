@@ -45,7 +45,7 @@ def indexable(latent) -> bool:
     Categorical level read in arithmetic (``mu[..., z[..., group]]`` with ``mu`` one vector
     site) is multilinear in its statistics (1, o) or [z = k] as any function of it is. A
     Categorical that picks a component of a plated latent through a data index is the
-    selector of a mixture of groups (``conjugate_forms._mixture_of_groups``)."""
+    selector of a mixture of groups (``mixture_roles._mixture_of_groups``)."""
     batch = latent.batch_shape
     return len(latent.plates) == 1 and len(batch) > 0 and batch.numel() == max(batch)
 

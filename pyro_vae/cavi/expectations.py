@@ -1,6 +1,6 @@
 """Expectations of probed factors under q: E_q[log f] and its gradients in E_q[T_j].
 
-A factor's coefficients C (:class:`pyro_vae.cavi.conjugate_forms.Factor`) contracted with
+A factor's coefficients C (:class:`pyro_vae.cavi.factor_form.Factor`) contracted with
 the expected statistics of its latents give E_q[log f] exactly (multilinearity); leaving
 latent j's axis uncontracted gives ∂E_q[log f]/∂E[T_j], j's natural-parameter message
 (Winn & Bishop 2005). Two consecutive sites of a Markov chain that q keeps whole are
@@ -13,8 +13,8 @@ import string
 
 import torch
 
-from pyro_vae.cavi.conjugate_forms import Factor, batch_view
 from pyro_vae.cavi.data_indexing import read_by_index
+from pyro_vae.cavi.factor_form import Factor, batch_view
 from pyro_vae.cavi.factor_support import contract_gathered, sparse_form
 from pyro_vae.cavi.mixture_components import (
     factor_layout_shape,

@@ -675,7 +675,7 @@ class NormalGammaFamily(Family):
 
 def unwrapped(fn):
     """``fn`` without its ``.to_event`` and ``.mask`` wrappers (a mask is read apart, as
-    which elements are present: see ``conjugate_forms.find_latents``)."""
+    which elements are present: see ``latent_units.find_latents``)."""
     while isinstance(fn, (torch.distributions.Independent, dist.MaskedDistribution)):
         fn = fn.base_dist
     return fn

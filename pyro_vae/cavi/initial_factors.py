@@ -26,7 +26,6 @@ import numbers
 import torch
 from pyro.ops.provenance import detach_provenance
 
-from pyro_vae.cavi.conjugate_forms import Latent
 from pyro_vae.cavi.exponential_families import (
     DISCRETE_FAMILIES,
     NormalGamma,
@@ -34,6 +33,7 @@ from pyro_vae.cavi.exponential_families import (
     NotConjugateError,
     family_of,
 )
+from pyro_vae.cavi.latent_units import Latent
 from pyro_vae.cavi.seeding import cpu_rng
 
 _BLOCK_FACTORS = {"Normal-Gamma": NormalGamma, "Normal-Wishart": NormalWishart}
@@ -80,7 +80,7 @@ def initial_statistics(latents: dict[str, Latent], init, first, seed: int, prior
         else:
             value = latent.family.expected_statistics(_start_prior(latent, priors))
             stats[name] = value.expand(latent.batch_shape + value.shape[-1:])
-    # a prior's parameters carry provenance from the first run (conjugate_forms.first_run)
+    # a prior's parameters carry provenance from the first run (first_trace.first_run)
     return {name: detach_provenance(value) for name, value in stats.items()}
 
 

@@ -21,8 +21,8 @@ and read at the factor's own elements (global, or in the factor's plates; no dat
 mixture), and at least :data:`MIN_BASIS` coefficients. A plated member's points are drawn
 apart at each element, so along its axis each element has its own T_j and its own small
 solve (Bayesian PCA's z_n beside the global W and τ). Each member takes
-``B_j + max(1, B_j // 8)`` points: the P/8 rows :data:`~pyro_vae.cavi.conjugate_forms`
-adds to a random design for its condition, per axis (the condition of ⊗_j T_j is the
+``B_j + max(1, B_j // 8)`` points: the P/8 rows :data:`~pyro_vae.cavi.probe_counts.EXTRA_RUNS`
+add to a random design for its condition, per axis (the condition of ⊗_j T_j is the
 product of the T_j's). Only the factor's own log-densities are kept from the grid's runs.
 The factor is checked at the shared check points, where every latent varies, as every
 factor is: a log-density that also reads a latent provenance did not see fails there.
@@ -52,7 +52,7 @@ SUPPORT_BUDGET = 1 << 25
 
 
 def eligible(members, components=frozenset()) -> bool:
-    """Whether a factor of ``members`` (:class:`~pyro_vae.cavi.conjugate_forms.Latent`)
+    """Whether a factor of ``members`` (:class:`~pyro_vae.cavi.latent_units.Latent`)
     is probed on a grid: two or more members, each continuous and read at the factor's own
     elements (global, or in the factor's plates; no data index), not a mixture's, and at
     least :data:`MIN_BASIS` coefficients."""

@@ -2,7 +2,7 @@
 
 A mixture factor log f = Σ_k [z = k] g(θ_k) (``Vindex(theta)[..., z, :]``) has a batch ending
 in a K-axis, along which the selector z's categories and the components' elements run
-(:class:`~pyro_vae.cavi.conjugate_forms.Factor`). A component in one plate of K elements
+(:class:`~pyro_vae.cavi.factor_form.Factor`). A component in one plate of K elements
 (batch (K,)) runs along that axis as it is. A component in further plates, such as a
 diagonal-covariance mixture's means μ [K, D] in plates of components and features read as
 ``Vindex(mu)[..., z, d]`` (each datum's own feature d), is read at the factor's own elements

@@ -6,7 +6,7 @@ Bartlett variate is χ² with ν − D + 1 degrees of freedom, ~10⁻³⁰⁰ at
 and a model that factors one (``MultivariateNormal(precision_matrix=Λ)``) then fails in its
 Cholesky; the model is valid, and its prior mean νW is well conditioned. AutoCAVI's first
 run only reads the model's structure (its sites, shapes and dependencies), so it reruns
-there (:func:`pyro_vae.cavi.conjugate_forms.first_run`).
+there (:func:`pyro_vae.cavi.first_trace.first_run`).
 """
 
 from __future__ import annotations

@@ -175,7 +175,7 @@ class ProbeRunner:
 
     Args:
         model, args, kwargs: the model and its inputs.
-        latents: {unit: :class:`~pyro_vae.cavi.conjugate_forms.Latent`}; each unit's sites.
+        latents: {unit: :class:`~pyro_vae.cavi.latent_units.Latent`}; each unit's sites.
         generator: the probe points' random source.
         reference: (values, log-densities, trace) of one plain run at a probe point; it fixes
             each factor's log-density shape and checks the first batched run.

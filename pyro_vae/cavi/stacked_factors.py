@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from pyro_vae.cavi.conjugate_forms import Factor
+from pyro_vae.cavi.factor_form import Factor
 
 SELECTOR, FOLLOWING = "@selector", "@following"
 

@@ -47,14 +47,6 @@ import pyro.distributions as dist
 import torch
 from scipy import special
 
-from pyro_vae.cavi.conjugate_forms import (
-    CONSTANT_RTOL,
-    SVI_ADVICE,
-    _dist_name,
-    _sum_to,
-    batch_view,
-    hidden_dependence,
-)
 from pyro_vae.cavi.data_indexing import sum_by_rows
 from pyro_vae.cavi.expectations import product_sum, read_statistics
 from pyro_vae.cavi.exponential_families import (
@@ -75,7 +67,10 @@ from pyro_vae.cavi.exponential_families import (
     gamma_shape_rate,
     unwrapped,
 )
+from pyro_vae.cavi.factor_form import batch_view
+from pyro_vae.cavi.least_squares import CONSTANT_RTOL, summed_to
 from pyro_vae.cavi.probe_frames import _EPS, _KAPPA, to_local
+from pyro_vae.cavi.refusals import SVI_ADVICE, distribution_name, hidden_dependence
 from pyro_vae.cavi.seeding import cpu_rng
 
 _F64 = torch.float64
@@ -713,7 +708,7 @@ def worst_misfit(factors, latents: dict, frames: dict, values: dict, log_probs: 
         p = int((error / allowed).argmax())
         if float(error[p] / allowed[p]) > 1 and (worst is None or float(error[p]) > worst.misfit):
             members = ((factor.selector,) if factor.selector else ()) + factor.latents
-            distribution = _dist_name(trace.nodes[factor.name])
+            distribution = distribution_name(trace.nodes[factor.name])
             relative = float(error[p] / (1 + size[p]))
             reads = bool(set(members) & set(conditioning))
             worst = Misfit(factor.name, distribution, members, float(error[p]), relative, reads)
@@ -769,8 +764,8 @@ def _misfit_at(factor, statistics: dict, actual: torch.Tensor, count: int):
     predicted = _predicted(solved, statistics, count)  # [S, *batch]
     actual = actual.to(_F64)
     if factor.rows is None:
-        size = _sum_to(actual.abs(), predicted.shape).reshape(count, -1).sum(-1)
-        actual = _sum_to(actual, predicted.shape)
+        size = summed_to(actual.abs(), predicted.shape).reshape(count, -1).sum(-1)
+        actual = summed_to(actual, predicted.shape)
     else:  # summed by group, as its coefficients were
         size = sum_by_rows(actual.abs(), factor.rows, predicted.shape[1:])
         size = size.reshape(count, -1).sum(-1)

@@ -1,6 +1,20 @@
-"""Comparing two sets of probed factors, shared by the probe tests."""
+"""Probing a model's factors, and comparing two sets of them, shared by the probe tests."""
 
+import pyro.poutine as poutine
 import torch
+
+from pyro_vae.cavi.conjugate_forms import probe_factors
+from pyro_vae.cavi.first_trace import find_dependencies
+from pyro_vae.cavi.latent_units import find_latents
+
+
+def probe(model, *args):
+    """({factor site: the latent units it reads}, {factor site: its probed Factor}) of
+    ``model(*args)``, probed from a seeded generator."""
+    latents = find_latents(poutine.trace(model).get_trace(*args))
+    g = torch.Generator().manual_seed(0)
+    depends, trace = find_dependencies(model, args, {}, latents, g)
+    return depends, {f.name: f for f in probe_factors(model, args, {}, latents, depends, trace, g)}
 
 
 def assert_same_factors(got: dict, expected: dict) -> None:

@@ -729,7 +729,7 @@ def test_a_prior_draw_with_an_infinite_log_density_still_gives_the_exact_evidenc
     # probe values. One latent: the bound is the evidence, in closed form as s → ∞ (the
     # neglected terms are O(1/s²) = 1e-400): log p(y) = −log s − ½ log 2π
     # − (n − 1)/2 log 2π − ½ log n − ½ Σ (y − ȳ)².
-    from pyro_vae.cavi.conjugate_forms import first_run, reference_is_finite
+    from pyro_vae.cavi.first_trace import first_run, reference_is_finite
 
     s = 1e200
     y = t([0.3, -1.2, 2.0, 0.7])

@@ -12,8 +12,10 @@ from pyro.ops.indexing import Vindex
 from pyro_vae import elbo_estimate
 from pyro_vae.cavi import AutoCAVI
 from pyro_vae.cavi.chains import find_chains, update_chain
-from pyro_vae.cavi.conjugate_forms import find_dependencies, find_latents, probe_factors
+from pyro_vae.cavi.conjugate_forms import probe_factors
 from pyro_vae.cavi.exponential_families import NotConjugateError
+from pyro_vae.cavi.first_trace import find_dependencies
+from pyro_vae.cavi.latent_units import find_latents
 from tests.pyro_vae.cavi.float64 import F64
 
 A = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4]], dtype=F64)

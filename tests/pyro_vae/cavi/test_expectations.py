@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from pyro_vae.cavi.conjugate_forms import Factor
 from pyro_vae.cavi.expectations import component_message, contract, product_sum, sum_to
+from pyro_vae.cavi.factor_form import Factor
 from tests.pyro_vae.cavi.float64 import F64
 
 

@@ -257,9 +257,10 @@ def test_latents_a_factor_multiplies_start_at_a_draw_not_at_the_saddle_at_zero()
 
 
 def test_only_latents_multiplied_together_are_drawn_not_a_sum_of_effects():
-    from pyro_vae.cavi.conjugate_forms import Factor, Latent
     from pyro_vae.cavi.exponential_families import GammaFamily, NormalFamily
+    from pyro_vae.cavi.factor_form import Factor
     from pyro_vae.cavi.initial_factors import products
+    from pyro_vae.cavi.latent_units import Latent
 
     latents = {name: Latent(name, NormalFamily(name, torch.Size()), torch.Size(), frozenset(),
                             None, (name,)) for name in "ab"}  # fmt: skip

@@ -9,7 +9,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-import pyro_vae.cavi.conjugate_forms as conjugate_forms
+import pyro_vae.cavi.least_squares as least_squares
 from models.regression import BayesianRegression
 from pyro_vae.cavi import AutoCAVI, BayesianLinearRegression, NotConjugateError
 from pyro_vae.cavi.factor_support import tensor_product
@@ -103,7 +103,7 @@ def grid_calls(monkeypatch):
         calls.append(tuple(solved.shape))
         return solved
 
-    monkeypatch.setattr(conjugate_forms, "kronecker_fit", spy)
+    monkeypatch.setattr(least_squares, "kronecker_fit", spy)
     return calls
 
 
@@ -230,7 +230,7 @@ def test_bayesian_pca_is_a_fixed_point_of_its_updates_written_out(grid_calls, mo
         supports.append(None if found is None else int((found[0] != 0).any(0).sum()))
         return found
 
-    monkeypatch.setattr(conjugate_forms, "on_support", spy)
+    monkeypatch.setattr(least_squares, "on_support", spy)
     n, d, k = 25, 4, 3
     g = torch.Generator().manual_seed(4)
     X = torch.randn(n, 2, generator=g, dtype=F64) @ torch.randn(2, d, generator=g, dtype=F64)

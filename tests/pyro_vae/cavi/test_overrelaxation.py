@@ -12,8 +12,8 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 
 from pyro_vae.cavi import AutoCAVI
-from pyro_vae.cavi.conjugate_forms import Latent
 from pyro_vae.cavi.exponential_families import GammaFamily, NormalFamily
+from pyro_vae.cavi.latent_units import Latent
 from pyro_vae.cavi.overrelaxation import (
     FIRST_RATE,
     MAX_RATE,

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pyro_vae.cavi import AutoCAVI
-from pyro_vae.cavi.conjugate_forms import first_run
+from pyro_vae.cavi.first_trace import first_run
 from pyro_vae.cavi.prior_means import PriorMeans
 from tests.pyro_vae.cavi.float64 import F64, t
 

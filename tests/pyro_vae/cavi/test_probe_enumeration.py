@@ -5,10 +5,12 @@ import pytest
 import torch
 from pyro.ops.indexing import Vindex
 
-import pyro_vae.cavi.conjugate_forms as conjugate_forms
+import pyro_vae.cavi.probe_counts as probe_counts
 from models.gmm import GaussianMixtureModel
 from pyro_vae.cavi import AutoCAVI
-from pyro_vae.cavi.conjugate_forms import find_dependencies, find_latents, probe_factors
+from pyro_vae.cavi.conjugate_forms import probe_factors
+from pyro_vae.cavi.first_trace import find_dependencies
+from pyro_vae.cavi.latent_units import find_latents
 from pyro_vae.cavi.probe_enumeration import (
     agrees,
     enumerable,
@@ -89,7 +91,7 @@ def probed(model, args, monkeypatch, enumerate_):
 
     monkeypatch.setattr(ProbeRunner, "prefetch_enumerated", spy)
     if not enumerate_:
-        monkeypatch.setattr(conjugate_forms, "enumerable", lambda latents: ())
+        monkeypatch.setattr(probe_counts, "enumerable", lambda latents: ())
     latents = find_latents(poutine.trace(model).get_trace(*args))
     g = torch.Generator().manual_seed(0)
     depends, trace = find_dependencies(model, args, {}, latents, g)

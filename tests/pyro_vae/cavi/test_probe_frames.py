@@ -4,7 +4,6 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from pyro_vae.cavi.conjugate_forms import Factor
 from pyro_vae.cavi.exponential_families import (
     BetaFamily,
     CategoricalFamily,
@@ -18,6 +17,7 @@ from pyro_vae.cavi.exponential_families import (
     NormalWishartFamily,
     WishartFamily,
 )
+from pyro_vae.cavi.factor_form import Factor
 from pyro_vae.cavi.probe_frames import (
     Frame,
     frame_of,

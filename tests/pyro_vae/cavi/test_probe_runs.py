@@ -10,7 +10,9 @@ from pyro.ops.indexing import Vindex
 import pyro_vae.cavi.probe_runs as probe_runs
 from models.gmm import GaussianMixtureModel
 from pyro_vae.cavi import AutoCAVI
-from pyro_vae.cavi.conjugate_forms import find_dependencies, find_latents, probe_factors
+from pyro_vae.cavi.conjugate_forms import probe_factors
+from pyro_vae.cavi.first_trace import find_dependencies
+from pyro_vae.cavi.latent_units import find_latents
 from tests.pyro_vae.cavi.factors import assert_same_factors
 from tests.pyro_vae.cavi.float64 import F64, t
 
