@@ -3,6 +3,7 @@ and what was expected."""
 
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 
@@ -77,3 +78,47 @@ def as_float64(name: str, value) -> torch.Tensor:
     if array.dtype.kind not in "biuf":
         raise ValueError(f"{name}: dtype {array.dtype} is not real numbers")
     return torch.as_tensor(array.astype(np.float64))
+
+
+def check_on_cpu(where: str, value) -> None:
+    """ValueError unless every tensor in ``value`` (nested tuples, lists, dicts) is on the
+    CPU: AutoCAVI's probing and sweeps are many tiny float64 solves, which a GPU would only
+    slow with transfers, and its probe points are drawn on the CPU."""
+    if isinstance(value, torch.Tensor):
+        if value.device.type != "cpu":
+            raise ValueError(
+                f"{where}: a tensor of shape {tuple(value.shape)} is on {value.device}; "
+                "AutoCAVI runs on the CPU in float64 (many tiny solves, which a GPU only slows "
+                "with transfers): pass .cpu() tensors, and a model whose parameters are on "
+                "the CPU (model.cpu())"
+            )
+    elif isinstance(value, (tuple, list)):
+        for i, item in enumerate(value):
+            check_on_cpu(f"{where}[{i}]", item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_on_cpu(f"{where}[{key!r}]", item)
+
+
+def float64_arguments(value):
+    """``value`` (nested tuples, lists, dicts) with each floating tensor cast to float64
+    and each NumPy array made a tensor (floating ones float64; integer and boolean arrays
+    keep their dtype; other arrays are left as they are): a Pyro model takes tensors, and
+    scikit-learn's estimators take arrays (tester 38: ``fit(x.numpy())`` failed in the
+    model, an ndarray has no ``new_tensor``). A namedtuple, an ``OrderedDict`` or a
+    ``defaultdict`` keeps its type (tester Z: a namedtuple reached the model as a tuple)."""
+    if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
+        value = torch.from_numpy(np.ascontiguousarray(value))
+    if isinstance(value, torch.Tensor):
+        return value.to(torch.float64) if value.is_floating_point() else value
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a namedtuple keeps its type
+        return type(value)(*(float64_arguments(v) for v in value))
+    if isinstance(value, tuple):
+        return tuple(float64_arguments(v) for v in value)
+    if isinstance(value, list):
+        return [float64_arguments(v) for v in value]
+    if isinstance(value, dict):  # an OrderedDict or a defaultdict keeps its type
+        out = copy.copy(value)
+        out.update((k, float64_arguments(v)) for k, v in value.items())
+        return out
+    return value

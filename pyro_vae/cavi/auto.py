@@ -27,24 +27,20 @@ unverified where q is.
 
 from __future__ import annotations
 
-import copy
 import math
 import numbers
-import re
 import time
-import warnings
 from dataclasses import replace
 
-import numpy as np
 import pyro.distributions as dist
 import torch
-from sklearn.exceptions import ConvergenceWarning
 
-from pyro_vae.cavi._checks import non_negative, positive_int
+from pyro_vae.cavi._checks import check_on_cpu, float64_arguments, non_negative, positive_int
 from pyro_vae.cavi.blocks import block_advice, find_blocks, regroup
 from pyro_vae.cavi.chains import find_chains, update_chain
 from pyro_vae.cavi.column_sums import summed_message, summed_total
 from pyro_vae.cavi.conjugate_forms import probe_factors, probe_runner
+from pyro_vae.cavi.convergence import warn_sweeps_unconverged
 from pyro_vae.cavi.data_indexing import scatter_by_index
 from pyro_vae.cavi.expectations import component_message, contract, message_to
 from pyro_vae.cavi.exponential_families import DISCRETE_FAMILIES, NotConjugateError
@@ -70,6 +66,7 @@ from pyro_vae.cavi.probe_frames import (
     prior_frame,
     q_from_local,
 )
+from pyro_vae.cavi.refusals import first_run_refusal, unverifiable, warn_imprecise
 from pyro_vae.cavi.stacked_factors import stack_chain_factors
 from pyro_vae.cavi.stationarity import DRAWS, mean_steps
 from pyro_vae.cavi.validation import (
@@ -249,8 +246,8 @@ class AutoCAVI:
     def _fit(self, args, kwargs) -> AutoCAVI:
         tol, max_iter, auto_blocks, n_init = self._check_settings()
         for where, value in [*enumerate(args), *kwargs.items()]:
-            _check_cpu(f"fit: argument {where!r}", value)
-        args, kwargs = _float64(args), _float64(kwargs)
+            check_on_cpu(f"fit: argument {where!r}", value)
+        args, kwargs = float64_arguments(args), float64_arguments(kwargs)
         start = time.perf_counter()
         with validated_on_failure(self.model, args, kwargs, self.random_state):
             latents, factors, stats = self._probe(args, kwargs, auto_blocks)
@@ -288,11 +285,11 @@ class AutoCAVI:
         }  # fmt: skip
         if imprecise or self.numerical_error_ > 1e-6 * (1 + abs(bounds[-1])):
             unchecked = self._refuse_unstationary(args, kwargs, bounds)
-            _warn_imprecise(self.numerical_error_, bounds[-1], self.probe_rounds_, unchecked)
+            warn_imprecise(self.numerical_error_, bounds[-1], self.probe_rounds_, unchecked)
         self.lower_bound_, self.lower_bounds_ = bounds[-1], bounds
         self.n_iter_, self.converged_ = len(bounds), converged
         if not converged:
-            _warn_unconverged(bounds, max_iter, tol, self.overrelax)
+            warn_sweeps_unconverged(bounds, max_iter, tol, self.overrelax)
         return self
 
     def _start(self, args, kwargs, factors, stats, chains, tol, max_iter) -> tuple:
@@ -430,7 +427,7 @@ class AutoCAVI:
             except NotConjugateError:
                 raise
             except (RuntimeError, ValueError) as error:  # the model's own, at some point
-                raise NotConjugateError(_unverifiable(error, self._latents)) from error
+                raise NotConjugateError(unverifiable(error, self._latents)) from error
         self.probe_model_runs_ += runner.model_runs
         rounding = numerical_error(
             self._factors, self._latents, self._q, stats, self._frames_used, unframed=True
@@ -703,7 +700,7 @@ class AutoCAVI:
         try:
             first, read = first_run(self.model, args, kwargs, self.random_state)
         except Exception as error:
-            refusal = _first_run_refusal(error, args, kwargs)
+            refusal = first_run_refusal(error, args, kwargs)
             if refusal is None:
                 raise
             raise refusal from error
@@ -1004,179 +1001,3 @@ def _update_order(latents: dict, init) -> list[str]:
         + [n for n in latents if n in drawn]
         + [n for n in latents if n in given]
     )
-
-
-#: torch's messages when float64 meets float32, or a floating op meets an integer or
-#: boolean tensor (``"dirichlet" not implemented for 'Bool'``: a Beta prior built by
-#: ``x.new_tensor(2.0)`` from boolean data, tester 38's P2)
-_DTYPE_CLASH = re.compile(
-    r"dtype|scalar type|Double|Float|not implemented for '(Bool|Long|Int|Short|Char|Byte)'"
-)
-
-
-#: errors that may come of an empty argument (an optional empty one, a list of no
-#: missing indices, is not blamed for another failure)
-_EMPTY = re.compile(r"empty|zero|0 elements", re.IGNORECASE)
-
-
-def _first_run_refusal(error: Exception, args: tuple, kwargs: dict) -> ValueError | None:
-    """AutoCAVI's own message for the model's first run failing with ``error``, where it
-    can tell why: an empty argument, where the error is about sizes (Pyro's plate raised
-    ``ZeroDivisionError: size cannot be zero``, tester 38), or a float32 or integer tensor
-    meeting the float64 ones; else None (the model's own error stands)."""
-    first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-    about_size = isinstance(error, ZeroDivisionError) or _EMPTY.search(first_line)
-    for where, value in [*enumerate(args), *kwargs.items()]:
-        if about_size and isinstance(value, torch.Tensor) and value.numel() == 0:
-            return ValueError(
-                f"fit: argument {where!r} is empty (shape {tuple(value.shape)}), and the model "
-                f"fails on it ({type(error).__name__}: {first_line}); AutoCAVI fits data of "
-                "one observation at least"
-            )
-    if not isinstance(error, (RuntimeError, TypeError, NotImplementedError)):
-        return None
-    if not _DTYPE_CLASH.search(str(error)):
-        return None
-    return ValueError(
-        f"model: it fails on the float64 arguments fit passes it ({first_line}); AutoCAVI "
-        "runs in float64, so build the model's parameters and priors in float64: "
-        "model.double() converts a module's parameters, not the tensors a PyroSample "
-        "prior was built from (build those from float64 tensors, or after "
-        "torch.set_default_dtype(torch.float64)); fit leaves integer and boolean "
-        "arguments as they are, and x.new_tensor(2.0) from such data is an integer "
-        "or boolean tensor (a prior's parameters from it: torch.tensor(2.0, "
-        "dtype=torch.float64))"
-    )
-
-
-def _warn_unconverged(bounds: list, max_iter: int, tol: float, overrelax: bool) -> None:
-    """scikit-learn's ``ConvergenceWarning`` where the sweeps stopped at ``max_iter`` (as
-    its ``BayesianGaussianMixture`` warns): q is not a fixed point, and its bound is short
-    of the fixed point's (crossed intercepts sharing a common level: 2.3 nats after 1,000
-    sweeps, q(a) 60 posterior sds away, tester 12)."""
-    if len(bounds) == 1:  # no change to read (tester 38's P3: "raised the bound by nan")
-        warnings.warn(
-            f"AutoCAVI: stopped at max_iter={max_iter} sweep, before convergence could be "
-            f"seen (converged means a sweep changed the bound by less than tol={tol:g} "
-            "nats, so it takes two sweeps at least): q is not known to be a fixed point, "
-            "and its bound may be short of it. Raise max_iter",
-            ConvergenceWarning,
-            stacklevel=3,
-        )
-        return
-    last = bounds[-1] - bounds[-2]
-    if tol == 0:  # no change is under it: nothing to say about a fixed point (tester Z)
-        warnings.warn(
-            f"AutoCAVI: ran all max_iter={max_iter} sweeps, as tol=0 asks (converged means a "
-            f"sweep changed the bound by less than tol, which no change is); the last "
-            f"changed it by {last:.3g} nats",
-            ConvergenceWarning,
-            stacklevel=3,
-        )
-        return
-    changes = [b - a for a, b in zip(bounds[-11:], bounds[-10:], strict=False)]
-    if any(change < 0 for change in changes):  # no exact CAVI sweep lowers the bound
-        size = max(abs(change) for change in changes)
-        warnings.warn(
-            f"AutoCAVI: stopped at max_iter={max_iter} sweeps without converging, the last "
-            f"sweeps moving the bound up and down by up to {size:.3g} nats: no sweep lowers "
-            "it but for float64 rounding, so the sweeps are at the floor rounding sets (the "
-            "bound is large, or the data far from zero) and more will not help. Centre and "
-            f"scale the data, or fit with tol above {size:.1g} (tester 15: Poisson counts "
-            "near 10⁶)",
-            ConvergenceWarning,
-            stacklevel=3,
-        )
-        return
-    warnings.warn(
-        f"AutoCAVI: stopped at max_iter={max_iter} sweeps without converging (the last sweep "
-        f"raised the bound by {last:.3g} nats; converged means less than tol={tol:g} nats): "
-        "q is not a fixed point and the bound is short of it. Raise max_iter"
-        f"{'' if overrelax else ', or set overrelax=True (longer steps between sweeps)'}; "
-        "mean field crawls where latents are strongly coupled (crossed effects sharing a "
-        "common level, a + b nearly unidentified: tighten one prior or center one of them)",
-        ConvergenceWarning,
-        stacklevel=3,
-    )
-
-
-def _unverifiable(error: Exception, latents: dict) -> str:
-    """The refusal of a fit whose factors cannot be checked where q lies: the model raised
-    ``error`` at points drawn from q (tester 28's F2: a MultivariateNormal whose precision
-    Mᵀ diag(α) M a Gamma draw near 0 makes singular, its Cholesky failing)."""
-    first = (str(error).splitlines() or [""])[0]
-    return (
-        f"the model raised {type(error).__name__} ({first}) at points drawn from the fitted q "
-        f"of {sorted(latents)} and from q widened, where AutoCAVI checks its factors (see "
-        "pyro_vae.cavi.verification): its log-density cannot be computed there, so the fit "
-        "cannot be verified. Where a precision matrix built from Gamma latents turns "
-        "singular as one of them nears 0 (MultivariateNormal(0, precision_matrix=M.T @ "
-        "diag(alpha) @ M)), write the weights as a linear map of a vector with a diagonal "
-        "prior (u ~ Normal(0, alpha.rsqrt()).to_event(1), w = torch.linalg.solve(M, u)), "
-        "or fit this model by SVI"
-    )
-
-
-def _warn_imprecise(error: float, bound: float, rounds: int, unchecked=None) -> None:
-    """The rounding warning; ``unchecked``: the Normal units whose fixed point the model's
-    own gradient could not check, {unit: its factor without an autograd graph}."""
-    named = ", ".join(f"{n!r} (its factor {f!r} has no autograd graph)"
-                      for n, f in (unchecked or {}).items())  # fmt: skip
-    warnings.warn(
-        f"AutoCAVI: after {rounds} probing rounds, float64 rounding in the factors may still "
-        f"move the bound by about {error:.3g} nats (bound {bound:.6g}): the log-densities are "
-        "large where q puts its mass. Centre and scale the data (or the prior) so that the "
-        "latents are of order one"
-        + (
-            f". The model's own gradient could not check q's means of {named}, which such "
-            "rounding can hold away from the fixed point"
-            if named
-            else ""
-        ),
-        RuntimeWarning,
-        stacklevel=4,
-    )
-
-
-def _check_cpu(where: str, value) -> None:
-    """ValueError unless every tensor in ``value`` (nested tuples, lists, dicts) is on the
-    CPU: AutoCAVI's probing and sweeps are many tiny float64 solves, which a GPU would only
-    slow with transfers, and its probe points are drawn on the CPU."""
-    if isinstance(value, torch.Tensor):
-        if value.device.type != "cpu":
-            raise ValueError(
-                f"{where}: a tensor of shape {tuple(value.shape)} is on {value.device}; "
-                "AutoCAVI runs on the CPU in float64 (many tiny solves, which a GPU only slows "
-                "with transfers): pass .cpu() tensors, and a model whose parameters are on "
-                "the CPU (model.cpu())"
-            )
-    elif isinstance(value, (tuple, list)):
-        for i, item in enumerate(value):
-            _check_cpu(f"{where}[{i}]", item)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _check_cpu(f"{where}[{key!r}]", item)
-
-
-def _float64(value):
-    """``value`` (nested tuples, lists, dicts) with each floating tensor cast to float64
-    and each NumPy array made a tensor (floating ones float64; integer and boolean arrays
-    keep their dtype; other arrays are left as they are): a Pyro model takes tensors, and
-    scikit-learn's estimators take arrays (tester 38: ``fit(x.numpy())`` failed in the
-    model, an ndarray has no ``new_tensor``). A namedtuple, an ``OrderedDict`` or a
-    ``defaultdict`` keeps its type (tester Z: a namedtuple reached the model as a tuple)."""
-    if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
-        value = torch.from_numpy(np.ascontiguousarray(value))
-    if isinstance(value, torch.Tensor):
-        return value.to(torch.float64) if value.is_floating_point() else value
-    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a namedtuple keeps its type
-        return type(value)(*(_float64(v) for v in value))
-    if isinstance(value, tuple):
-        return tuple(_float64(v) for v in value)
-    if isinstance(value, list):
-        return [_float64(v) for v in value]
-    if isinstance(value, dict):  # an OrderedDict or a defaultdict keeps its type
-        out = copy.copy(value)
-        out.update((k, _float64(v)) for k, v in value.items())
-        return out
-    return value

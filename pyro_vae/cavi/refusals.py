@@ -3,10 +3,16 @@ log-density is not linear in, found by probing again with the others held (:func
 a dependence the model hides from Pyro's provenance (random numbers drawn outside
 ``pyro.sample``, :func:`hidden_dependence`), a log-density that is not finite at some probe
 point (:func:`not_finite_refusal`), and when float64 rounding of data far from zero may be the
-cause (:func:`rounding_reach`).
+cause (:func:`rounding_reach`). Beside those, what it says when the model's first run fails
+on an empty or a float32 argument (:func:`first_run_refusal`), when the model raises where
+q is checked (:func:`unverifiable`), and its warning that rounding may still move the bound
+(:func:`warn_imprecise`).
 """
 
 from __future__ import annotations
+
+import re
+import warnings
 
 import torch
 
@@ -196,4 +202,85 @@ def refuse(runner, members, site, trace, reach: float = 0.0):
         f"models: leave {culprit[0]!r} to SVI and fit the rest in closed form with "
         f"pyro_vae.cavi.ConditionalCAVIGuide(model, svi_sites=[{culprit[0]!r}]), or fit "
         "the whole model by SVI"
+    )
+
+
+#: torch's messages when float64 meets float32, or a floating op meets an integer or
+#: boolean tensor (``"dirichlet" not implemented for 'Bool'``: a Beta prior built by
+#: ``x.new_tensor(2.0)`` from boolean data, tester 38's P2)
+_DTYPE_CLASH = re.compile(
+    r"dtype|scalar type|Double|Float|not implemented for '(Bool|Long|Int|Short|Char|Byte)'"
+)
+
+
+#: errors that may come of an empty argument (an optional empty one, a list of no
+#: missing indices, is not blamed for another failure)
+_EMPTY = re.compile(r"empty|zero|0 elements", re.IGNORECASE)
+
+
+def first_run_refusal(error: Exception, args: tuple, kwargs: dict) -> ValueError | None:
+    """AutoCAVI's own message for the model's first run failing with ``error``, where it
+    can tell why: an empty argument, where the error is about sizes (Pyro's plate raised
+    ``ZeroDivisionError: size cannot be zero``, tester 38), or a float32 or integer tensor
+    meeting the float64 ones; else None (the model's own error stands)."""
+    first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+    about_size = isinstance(error, ZeroDivisionError) or _EMPTY.search(first_line)
+    for where, value in [*enumerate(args), *kwargs.items()]:
+        if about_size and isinstance(value, torch.Tensor) and value.numel() == 0:
+            return ValueError(
+                f"fit: argument {where!r} is empty (shape {tuple(value.shape)}), and the model "
+                f"fails on it ({type(error).__name__}: {first_line}); AutoCAVI fits data of "
+                "one observation at least"
+            )
+    if not isinstance(error, (RuntimeError, TypeError, NotImplementedError)):
+        return None
+    if not _DTYPE_CLASH.search(str(error)):
+        return None
+    return ValueError(
+        f"model: it fails on the float64 arguments fit passes it ({first_line}); AutoCAVI "
+        "runs in float64, so build the model's parameters and priors in float64: "
+        "model.double() converts a module's parameters, not the tensors a PyroSample "
+        "prior was built from (build those from float64 tensors, or after "
+        "torch.set_default_dtype(torch.float64)); fit leaves integer and boolean "
+        "arguments as they are, and x.new_tensor(2.0) from such data is an integer "
+        "or boolean tensor (a prior's parameters from it: torch.tensor(2.0, "
+        "dtype=torch.float64))"
+    )
+
+
+def unverifiable(error: Exception, latents: dict) -> str:
+    """The refusal of a fit whose factors cannot be checked where q lies: the model raised
+    ``error`` at points drawn from q (tester 28's F2: a MultivariateNormal whose precision
+    Mᵀ diag(α) M a Gamma draw near 0 makes singular, its Cholesky failing)."""
+    first = (str(error).splitlines() or [""])[0]
+    return (
+        f"the model raised {type(error).__name__} ({first}) at points drawn from the fitted q "
+        f"of {sorted(latents)} and from q widened, where AutoCAVI checks its factors (see "
+        "pyro_vae.cavi.verification): its log-density cannot be computed there, so the fit "
+        "cannot be verified. Where a precision matrix built from Gamma latents turns "
+        "singular as one of them nears 0 (MultivariateNormal(0, precision_matrix=M.T @ "
+        "diag(alpha) @ M)), write the weights as a linear map of a vector with a diagonal "
+        "prior (u ~ Normal(0, alpha.rsqrt()).to_event(1), w = torch.linalg.solve(M, u)), "
+        "or fit this model by SVI"
+    )
+
+
+def warn_imprecise(error: float, bound: float, rounds: int, unchecked=None) -> None:
+    """The rounding warning; ``unchecked``: the Normal units whose fixed point the model's
+    own gradient could not check, {unit: its factor without an autograd graph}."""
+    named = ", ".join(f"{n!r} (its factor {f!r} has no autograd graph)"
+                      for n, f in (unchecked or {}).items())  # fmt: skip
+    warnings.warn(
+        f"AutoCAVI: after {rounds} probing rounds, float64 rounding in the factors may still "
+        f"move the bound by about {error:.3g} nats (bound {bound:.6g}): the log-densities are "
+        "large where q puts its mass. Centre and scale the data (or the prior) so that the "
+        "latents are of order one"
+        + (
+            f". The model's own gradient could not check q's means of {named}, which such "
+            "rounding can hold away from the fixed point"
+            if named
+            else ""
+        ),
+        RuntimeWarning,
+        stacklevel=4,
     )

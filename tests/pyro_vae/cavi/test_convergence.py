@@ -15,6 +15,7 @@ from pyro_vae.cavi import (
     StructuredMeanField,
     grid_couplings,
 )
+from pyro_vae.cavi.convergence import warn_sweeps_unconverged
 from tests.pyro_vae.cavi.test_hmm import random_fhmm, sample
 
 
@@ -72,3 +73,15 @@ def test_tol_zero_says_it_ran_every_iteration(name):
     with pytest.warns(ConvergenceWarning, match=f"{name}: ran all max_iter=3 iterations") as w:
         fit.fit(*data())
     assert not any("Raise max_iter" in str(x.message) for x in w)
+
+
+def test_sweeps_stopped_at_the_rounding_floor_are_not_told_to_raise_max_iter():
+    # an exact CAVI sweep never lowers the bound: sweeps that move it up and down by 1e-5
+    # nats are at float64's floor (tester 15: Poisson counts near 10⁶, 5,000 sweeps)
+    crawling = [-100.0 + 1e-3 * (1 - 0.5**k) for k in range(20)]
+    with pytest.warns(ConvergenceWarning, match="Raise max_iter"):
+        warn_sweeps_unconverged(crawling, 20, 1e-10, True)
+    floor = crawling[:-2] + [crawling[-3] + 1.2e-5, crawling[-3]]
+    with pytest.warns(ConvergenceWarning, match=r"up and down by up to 1.2e-05 nats") as caught:
+        warn_sweeps_unconverged(floor, 20, 1e-10, True)
+    assert "Raise max_iter" not in str(caught[0].message)
