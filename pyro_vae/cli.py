@@ -67,6 +67,8 @@ from pyro_vae.model_protocol import uses_labels
 from pyro_vae.plots import plot_gradient_variance, plot_samples
 from pyro_vae.precision import PRECISIONS, refuse_on_device
 from pyro_vae.predictive import prior_mean_images
+from pyro_vae.prior_model import RECORD as IMAGE_RECORD
+from pyro_vae.prior_model import image_record, load_for_prior
 from pyro_vae.provenance import ALLOW_FLAG, CODE_FLAG, code_changes
 from pyro_vae.run_config import (
     DataConfig,
@@ -84,7 +86,7 @@ from pyro_vae.run_config import (
 from pyro_vae.spec import load_object
 from pyro_vae.tables import is_table_path, refuse_binarization
 from pyro_vae.tensorboard_log import require_tensorboard
-from pyro_vae.train import TrainingDiverged, fit
+from pyro_vae.train import TrainingDiverged, fit, labelled_data
 
 # `fit` parses its flags into one RunConfig, whose dataclasses hold the defaults, builds the
 # experiment from it once and writes it to config.json. The application names the model it
@@ -1117,6 +1119,7 @@ def _report(run: RunFolder, exp: Experiment, result, test: dict) -> None:
         best_epoch=result.best_epoch,
         test=test,
         model_arguments=_jsonable(exp.model_arguments),
+        **{IMAGE_RECORD: image_record(exp)},
         **kept,
         **result.info(),
     )
@@ -1298,8 +1301,7 @@ def _sample(args: argparse.Namespace) -> int:
     # its own name: samples.png is the fit's figure, which a sample run must not replace
     out = args.out or RunFolder(args.run).file(f"sample_seed{args.seed}_{args.num}.png")
     _check_png_out(out, "sample_seed*_*.png")
-    run = RunFolder(args.run)
-    exp = load(run, args.device or "auto", args.allow_changed_data, args.allow_changed_code)
+    exp = _load_for_sampling(RunFolder(args.run), args)
     if not exp.generative:
         raise ValueError(
             f"run: {exp.config.model.spec} has no prior to sample from (it is not a generative "
@@ -1322,6 +1324,28 @@ def _sample(args: argparse.Namespace) -> int:
     path = plot_samples(images, exp.data.image_shape, exp.data.pixel_max, out)
     print(f"wrote {args.num} samples to {path}")
     return 0
+
+
+def _load_for_sampling(run: RunFolder, args: argparse.Namespace) -> Experiment:
+    """The run's model with its kept weights, rebuilt from the folder alone where fit
+    recorded its data's image facts (:func:`pyro_vae.prior_model.load_for_prior`), else
+    with the data loaded; the data's refusal then says why they are needed."""
+    device = args.device or "auto"
+    exp = load_for_prior(run, device, args.allow_changed_code)
+    if exp is not None:
+        return exp
+    try:
+        return load(run, device, args.allow_changed_data, args.allow_changed_code)
+    except (FileNotFoundError, ValueError) as err:
+        if not (isinstance(err, FileNotFoundError) or str(err).startswith("data:")):
+            raise
+        name = run.read_config().get("data", {}).get("name")
+        raise type(err)(
+            f"data: {name!r} could not be read, and `pyro-vae sample` needs it: {run.path}'s "
+            f"metrics.json records no image facts (its '{IMAGE_RECORD}': the row width, image "
+            "shape, pixel scale and classes, which fit writes when it ends), so the model is "
+            f"built from the data; restore the data file, or sample a finished run ({err})"
+        ) from err
 
 
 def _refuse_label_model(exp: Experiment, command: str) -> None:
@@ -1628,6 +1652,18 @@ def _refuse_unused_labels(config: RunConfig) -> None:
     refuse_unused_subset(mode, config.model.spec, given)
 
 
+def _refuse_labels_before_launch(config: RunConfig) -> None:
+    """For a model that uses labels, the refusals of its labels each rank's ``fit`` makes
+    (:func:`pyro_vae.train.labelled_data`: a subset for a model that conditions on every
+    label, data without labels, labels outside its classes), made once here before any
+    process starts: made on the ranks, each printed its own copy, then the launcher its
+    line. Loads the data and builds the model, as a rank does, for such a model only."""
+    if uses_labels(load_object(config.model.spec, "--model")) is None:
+        return
+    exp = build(config)
+    labelled_data(exp.model, exp.data)
+
+
 def _refuse_precision(config: RunConfig) -> None:
     """``--precision 16-mixed`` on a run that computes on the CPU, refused by name."""
     device = resolve_device(config.training.device, "--device")
@@ -1656,6 +1692,7 @@ def _launch(argv: list[str], args: argparse.Namespace) -> int:
         _refuse_ignored_data_flags(config, args, given)
         if run.path.is_dir():
             _check_new_folder(run, args.restart, clear=False)
+        _refuse_labels_before_launch(config)
     _refuse_precision(config)
     refuse_before_launch(config.estimator.build(), config.training.batch_size, nproc)
     # a model's class declares its batch_terms: refused here, once, not on every rank

@@ -50,7 +50,6 @@ from typing import Any
 
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
 from pyro_vae.checkpoint import (
     EVALUATED_ON_TRAINING_SET,
@@ -58,7 +57,7 @@ from pyro_vae.checkpoint import (
     RunFolderError,
     atomic_path,
 )
-from pyro_vae.plots import save_png
+from pyro_vae.plots import epoch_axis, save_png
 from pyro_vae.run_config import migrate
 from pyro_vae.tables import is_table_path
 
@@ -434,8 +433,7 @@ def plot_validation_curves(comparison: Comparison, path: str | os.PathLike) -> P
         (line,) = ax.plot(epochs, values, marker="." if len(epochs) < 30 else None, label=label)
         best = max(range(len(values)), key=values.__getitem__)
         ax.plot(epochs[best], values[best], "o", color=line.get_color(), markersize=6)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch")
+    epoch_axis(ax.xaxis)
     ax.set_ylabel(comparison.validation)
     ax.grid(alpha=0.3)
     title = "validation curves (circle: best epoch)"

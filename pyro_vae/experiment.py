@@ -103,7 +103,10 @@ class Experiment:
 
 
 def build(
-    config: RunConfig, allow_changed_data: bool = False, allow_changed_code: bool = False
+    config: RunConfig,
+    allow_changed_data: bool = False,
+    allow_changed_code: bool = False,
+    data: Any = None,
 ) -> Experiment:
     """Load the data and construct model, guide and estimator as ``config`` says.
 
@@ -128,7 +131,9 @@ def build(
     are now must have the same checksum, unless ``allow_changed_data``; likewise the
     model's and guide's own files (``path.py:attr`` specs) and the modules of the user's own
     they import (:func:`code_of`), unless ``allow_changed_code``; a new run records them
-    after its files have run.
+    after its files have run. ``data``: what stands in for the data, not loaded then (the
+    image facts a run recorded, :class:`pyro_vae.prior_model.RecordedImages`: its
+    ``x_dim``, ``image_shape``, ``info``).
 
     Raises:
         TypeError: ``config`` is not a :class:`~pyro_vae.run_config.RunConfig`.
@@ -146,20 +151,10 @@ def build(
         )
     device = resolve_device(config.training.device, "device")
     pyro.set_rng_seed(config.training.seed)
-    d = config.data
     _refuse_before_loading(config, allow_changed_code)
-    data = load_data(
-        d.name,
-        d.preprocessing(),
-        val_fraction=d.val_fraction,
-        test_fraction=d.test_fraction,
-        split_seed=d.split_seed,
-        **d.source_options(),
-    )
-    data = _with_labelled_subset(data, d)
-    check_unchanged(d.provenance, data.info.get("provenance"), allow_changed_data)
-    if d.provenance is None and "provenance" in data.info:
-        config = replace(config, data=replace(d, provenance=data.info["provenance"]))
+    if data is None:
+        config, data = _loaded(config, allow_changed_data)
+    d = config.data
     options = config.model.options
     standard = {k: options[k] for k in STANDARD_MODEL_OPTIONS if k in options}
     standard.update(x_dim=data.x_dim, likelihood=d.likelihood, levels=data.info.get("levels"))
@@ -182,6 +177,25 @@ def build(
     return Experiment(
         config, data, model, guide, elbo, received, not_accepted, device=device, code=code
     )
+
+
+def _loaded(config: RunConfig, allow_changed_data: bool) -> tuple[RunConfig, DataSplits]:
+    """The data ``config`` names, with its labelled subset, checked against the provenance
+    it recorded; a new run's config gets the data's provenance."""
+    d = config.data
+    data = load_data(
+        d.name,
+        d.preprocessing(),
+        val_fraction=d.val_fraction,
+        test_fraction=d.test_fraction,
+        split_seed=d.split_seed,
+        **d.source_options(),
+    )
+    data = _with_labelled_subset(data, d)
+    check_unchanged(d.provenance, data.info.get("provenance"), allow_changed_data)
+    if d.provenance is None and "provenance" in data.info:
+        config = replace(config, data=replace(d, provenance=data.info["provenance"]))
+    return config, data
 
 
 def _refuse_before_loading(config: RunConfig, allow_changed_code: bool) -> None:

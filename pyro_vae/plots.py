@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from pyro_vae.checkpoint import atomic_path
 from pyro_vae.image_grid import pictures, show
@@ -139,6 +140,15 @@ def plot_image_rows(
     return save_png(fig, path)
 
 
+def epoch_axis(axis) -> None:
+    """Label ``axis`` (an ``ax.xaxis``) "epoch", with integer ticks only: epochs are
+    counts. ``min_n_ticks=1``: with fewer than two integers in view (a run of one epoch,
+    its x-limits 0.945..1.055), ``MaxNLocator(integer=True)`` falls back to fractional
+    ticks."""
+    axis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    axis.set_label_text("epoch")
+
+
 def plot_elbo_curves(
     history: Sequence[dict[str, Any]],
     path: Path,
@@ -154,7 +164,7 @@ def plot_elbo_curves(
         ax.plot(epochs, [r["val_elbo"] for r in history], label="validation")
     for key, value in (test or {}).items():
         ax.axhline(value, ls="--", lw=1, color="gray" if "elbo" in key else "black", label=key)
-    ax.set_xlabel("epoch")
+    epoch_axis(ax.xaxis)
     ax.set_ylabel(ylabel)
     finite = [r[k] for r in history for k in ("train_elbo", "val_elbo") if k in r]
     if len(finite) > 4:

@@ -204,11 +204,12 @@ def fit(
     model, guide, config = _beta_from_handlers(model, guide, config)
     run = RunFolder(run) if isinstance(run, (str, os.PathLike)) else run
     _refuse_bad_arguments(model, guide, run, resume, resume_state, config)
-    data = _labelled(model, data)  # (x, y, observed) batches for a model that uses labels
-    data, group, resume_state = _placed(data, model, guide, config, run, resume, resume_state)
+    whole = labelled_data(model, data)  # (x, y, observed) batches for a model that uses labels
+    data, group, resume_state = _placed(whole, model, guide, config, run, resume, resume_state)
     batches = TrainingBatches(data, config.batch_size, config.seed, config.drop_last)
     pyro.clear_param_store()
-    pair = TrainingPair.set_up(model, guide, batches, config)
+    first = _whole_first_batch(whole, group, config)
+    pair = TrainingPair.set_up(model, guide, batches, config, first)
     group.refuse_unsupported(elbo, pair.plate, config.batch_size, batches.num_data)
     _refuse_sites_outside_the_plate(pair, batches, evaluated_per_datapoint)
     _refuse_terms_that_differ_by_rank(model, pair, batches, group)
@@ -313,6 +314,23 @@ def _placed(data, model, guide, config, run, resume: bool, resume_state):
         if resume and resume_state is None:  # every rank restores the same checkpoint
             resume_state = run.load_checkpoint()
     return on_device(data, device), group, resume_state
+
+
+def _whole_first_batch(data, group, config: TrainConfig) -> tuple | None:
+    """On several ranks, the first global batch of ``data`` (unsharded), ``(args, rows)``,
+    that the pair is set up on, as one process sets it up; None on one process. Each
+    rank holds only its part of that batch, and parameters created lazily from the batch
+    a pair first sees (a Pyro autoguide's start: ``init_to_median``'s draws of that
+    batch's shape, repeated over the N rows; a ``pyro.param`` made from the data) were
+    made from rank 0's part and broadcast: another start than one process's, on the same
+    data and seed, where the steps agree to rounding from equal starts."""
+    if group.world == 1:
+        return None
+    device = resolve_device(config.device)
+    whole = TrainingBatches(
+        on_device(data, device), config.batch_size, config.seed, config.drop_last
+    )
+    return whole.first_batch, whole.first_rows
 
 
 def _refuse_bad_arguments(model, guide, run, resume: bool, resume_state, config) -> None:
@@ -708,8 +726,15 @@ def _refuse_per_row_baselines_with_a_partial_batch(
         )
 
 
-def _labelled(model, data):
-    """``data`` as ``model`` sees it (:func:`pyro_vae.labels.for_model`)."""
+def labelled_data(model, data):
+    """``data`` as ``model`` sees it (:func:`pyro_vae.labels.for_model`), and its refusals of
+    labels the model cannot train on; ``fit --nproc`` runs them before the processes start.
+
+    Raises:
+        ValueError: naming what the model declares and what the labels are
+            (:func:`pyro_vae.labels.for_model`).
+        TypeError: the model uses labels and ``data`` carries none.
+    """
     owner = getattr(model, "__self__", model)
     classes = getattr(owner, "num_classes", None)  # class labels (not a vector condition)
     return labels.for_model(uses_labels(model), type(owner).__name__, data, classes)
@@ -721,7 +746,7 @@ def prepare_pair(model, guide, data: DataSource, config: TrainConfig) -> Trainin
     weights into a rebuilt model and guide needs first."""
     device = resolve_device(config.device)
     move_modules(device, model, guide)
-    data = _labelled(model, data)
+    data = labelled_data(model, data)
     batches = TrainingBatches(
         on_device(data, device), config.batch_size, config.seed, config.drop_last
     )

@@ -83,15 +83,21 @@ class TrainingPair:
     vectorize: bool | None = None
 
     @classmethod
-    def set_up(cls, model, guide, source: TrainingBatches, config) -> TrainingPair:
-        """Steps 1-8 of the module docstring on ``source``'s first batch.
+    def set_up(
+        cls, model, guide, source: TrainingBatches, config, first: tuple | None = None
+    ) -> TrainingPair:
+        """Steps 1-8 of the module docstring on ``source``'s first batch, or on ``first``,
+        ``(args, rows)``: under data-parallel training the whole first batch, of which
+        ``source`` holds one rank's part, so that parameters made from the batch they
+        first see start as one process's do.
 
         Raises:
             ValueError: mismatched dtypes, or data the model's likelihood cannot observe.
             pyro_vae.plates.DataPlateError: minibatches of a model without a
                 per-datapoint plate, or an ambiguous one.
         """
-        args, rows, n = source.first_batch, source.first_rows, source.num_data
+        args, rows = first if first is not None else (source.first_batch, source.first_rows)
+        n = source.num_data
         check_dtypes(args, model, guide)
         observable = partial(check_observations, module_of(model) or model)
         source.data.check_training_data(observable)

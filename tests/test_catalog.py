@@ -317,7 +317,8 @@ CLI = [
     ),
     *[
         (f"{command}-data-changed", ("npy_run", None), [command, "{run}"], ["changed since the run was trained", "--allow-changed-data"])
-        for command in ("evaluate", "sample", "diagnose")
+        # sample reads no data where fit recorded its image facts (pyro_vae.prior_model)
+        for command in ("evaluate", "diagnose")
     ],
     (
         "fit-idx-channels-first",

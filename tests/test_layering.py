@@ -87,6 +87,7 @@ LAYERS: dict[str, int] = {
     # 8: the run configuration and the experiment it describes
     "pyro_vae.run_config": 8,
     "pyro_vae.experiment": 8,
+    "pyro_vae.prior_model": 8,
     "pyro_vae.compare": 8,
     # 9: the command line
     "pyro_vae.cli": 9,

@@ -2,8 +2,9 @@
 
 Run as ``python -m tests.pyro_vae.distributed_worker OUT`` with torchrun's variables
 (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``) set: it fits the tiny VAE below
-with every estimator of :data:`CASES` and saves each fit's weights to ``OUT/rank{RANK}.pt``.
-The test fits the same in one process with the global batch and compares. Then it trains
+with every estimator of :data:`CASES` and saves each fit's weights to ``OUT/rank{RANK}.pt``,
+and the start of parameters made from the first batch (:func:`autoguide_start`). The test
+fits the same in one process with the global batch and compares. Then it trains
 3 epochs straight and 2 + a resume to 3 in run folders under ``OUT``, which must agree.
 
 Each rank draws its own noise, so the difference between the two would be Monte Carlo
@@ -21,6 +22,7 @@ from pathlib import Path
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro.infer.autoguide import AutoDelta, init_to_median
 from torch import nn
 
 import pyro_vae.train as train_module
@@ -152,12 +154,47 @@ def train_run(run: Path, epochs: int, resume: bool = False) -> dict[str, torch.T
     return {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
 
 
+def autoguide_start() -> dict[str, torch.Tensor]:
+    """The param store as :func:`fit` starts its first step (after the broadcast of the
+    initial weights), for parameters made lazily from the first batch the pair sees: an
+    ``AutoDelta`` over per-datapoint latents started by ``init_to_median`` (draws of the
+    batch's shape, repeated over the 32 rows) and a model's ``pyro.param`` made from its
+    rows' mean; global batches of 8."""
+    import pyro_vae.distributed as distributed
+
+    pyro.clear_param_store()
+    x = torch.randn(ROWS, FEATURES, generator=torch.Generator().manual_seed(3))
+
+    def model(x):
+        shift = pyro.param("shift", lambda: x.mean(0))
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(len(x), LATENT), 1.0).to_event(1))
+            mean = z.sum(-1, keepdim=True) + shift
+            pyro.sample("x", dist.Normal(mean, 1.0).to_event(1), obs=x)
+
+    guide = AutoDelta(model, init_loc_fn=init_to_median)
+    started, broadcast = {}, distributed.Group.broadcast_params
+
+    def captured(group) -> None:
+        broadcast(group)
+        started.update({k: v.detach().clone() for k, v in pyro.get_param_store().items()})
+
+    config = TrainConfig(epochs=1, batch_size=BATCH, progress=False, val_samples=2)
+    distributed.Group.broadcast_params = captured
+    try:
+        fit(model, guide, TensorData(x), estimators.get("trace"), config)
+    finally:
+        distributed.Group.broadcast_params = broadcast
+    return started
+
+
 def main(out: Path) -> None:
     torch.set_num_threads(1)
     with session() as group:
         assert current().world == group.world > 1
         weights = {name: train(name, group.rank, group.world) for name in CASES}
         weights["gradients"] = gradients(group.rank, group.world)
+        weights["start"] = autoguide_start()
         if group.rank == 0:
             (out / "straight").mkdir(), (out / "resumed").mkdir()
         torch.distributed.barrier()

@@ -873,6 +873,23 @@ def test_fit_nproc_refuses_bad_flags_before_starting_processes(monkeypatch, tmp_
     assert "kl_warmup_epochs: -1.0 is negative" in capsys.readouterr().err
 
 
+def test_fit_nproc_refuses_a_label_model_s_labels_once_before_starting_processes(
+    monkeypatch, tmp_path, capsys
+):
+    """A labelled subset for the CVAE (uses_labels='all') under --nproc 2 was refused by
+    each rank after both had started: two identical messages and the launcher's line.
+    Refused here, once, by the ranks' own check (train.labelled_data), with 2."""
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr("pyro_vae.cli.launch", lambda argv, n: pytest.fail("launched"))
+    out = tmp_path / "r"
+    fit = ["fit", "--model", "models.cvae:CVAE", "--labelled", "30", "--epochs", "1"]
+    assert main([*fit, "--nproc", "2", "--out", str(out), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert err.count("labels: 30 of 1455 training labels are observed") == 1
+    assert "but CVAE declares uses_labels='all'" in err
+    assert not out.exists()
+
+
 def test_fit_nproc_refuses_an_occupied_folder_before_starting_processes(
     monkeypatch, trained, tmp_path, capsys
 ):
@@ -1249,6 +1266,30 @@ def test_sample_writes_its_own_file_and_keeps_the_fits_samples_png(trained, tmp_
     assert (run / "samples.png").read_bytes() == before
     assert (run / "sample_seed3_9.png").stat().st_size > 1000
     assert str(run / "sample_seed3_9.png") in capsys.readouterr().out
+
+
+def test_sample_needs_no_data_file_and_says_which_one_when_it_does(tmp_path, capsys):
+    """Sampling from the prior needs the model and the image's shape, not the data: with
+    the run's .npy moved away it drew from what the folder records. A run whose
+    metrics.json records none (before fit's end) names the file and why it is needed."""
+    from sklearn.datasets import load_digits
+
+    data = tmp_path / "digits.npy"
+    np.save(data, (load_digits().images / 16).astype(np.float32))
+    run = tmp_path / "run"
+    argv = ["fit", "--data", str(data), "--epochs", "1", "--out", str(run), "--seed", "2"]
+    assert main([*argv, *FAST]) == 0
+    data.rename(tmp_path / "moved.npy")
+    capsys.readouterr()
+    assert main(["sample", str(run), "--num", "4"]) == 0
+    assert (run / "sample_seed0_4.png").stat().st_size > 500
+    metrics = json.loads((run / "metrics.json").read_text())
+    del metrics["images"]
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    assert main(["sample", str(run), "--num", "4"]) == 2
+    err = capsys.readouterr().err
+    assert f"data: {str(data)!r} could not be read, and `pyro-vae sample` needs it" in err
+    assert "records no image facts" in err and "is not a file" in err
 
 
 def test_a_label_model_s_original_units_lines_keep_what_the_bound_is_of(capsys):

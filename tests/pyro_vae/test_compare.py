@@ -305,3 +305,17 @@ def test_runs_on_a_table_s_normal_columns_show_the_file_s_units_too(tmp_path, ca
     images = _run(tmp_path / "images", [1.0], [-90.0], TEST)
     assert "original_units" not in format_table(compare_runs([images]))
     assert not any("normal columns" in n for n in compare_runs([images]).notes)
+
+
+@pytest.mark.parametrize("epochs", [1, 3])
+def test_the_validation_curves_epoch_axis_has_integer_ticks(tmp_path, monkeypatch, epochs):
+    # runs trained one epoch: ticks 0.945, 0.96, ... (one integer in view is too few for
+    # MaxNLocator(integer=True)'s default)
+    import pyro_vae.compare as compare
+    from tests.pyro_vae.test_plots import assert_integer_epoch_ticks
+
+    drawn = []
+    monkeypatch.setattr(compare, "save_png", lambda fig, path: drawn.append(fig) or path)
+    runs = [_run(tmp_path / name, [1.0] * epochs, [-100.0] * epochs, TEST) for name in "ab"]
+    write_comparison(compare_runs(runs), tmp_path / "out")
+    assert_integer_epoch_ticks(drawn[0].axes[0])

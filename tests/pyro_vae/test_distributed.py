@@ -25,7 +25,7 @@ from pyro_vae.distributed import (
     session,
 )
 from pyro_vae.training_config import MAX_SEED
-from tests.pyro_vae.distributed_worker import CASES, TinyVAE, gradients, train
+from tests.pyro_vae.distributed_worker import CASES, TinyVAE, autoguide_start, gradients, train
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -62,9 +62,16 @@ def test_two_ranks_take_the_single_process_steps_and_resume_exactly(tmp_path, on
     ranks = _ranks(["-m", "tests.pyro_vae.distributed_worker", str(tmp_path)])
     expected = {name: train(name, rank=0, world=1) for name in CASES}  # meanwhile, here
     expected["gradients"] = gradients(rank=0, world=1)
+    # parameters made from the first batch (an AutoDelta's init_to_median, a pyro.param of
+    # the data's mean) were made from rank 0's part of it, then broadcast: the same start
+    # on every rank, but not one process's
+    start = autoguide_start()
     assert [p.wait(timeout=120) for p in ranks] == [0, 0]
     for rank in range(2):
         got = torch.load(tmp_path / f"rank{rank}.pt")
+        assert got["start"].keys() == start.keys() >= {"shift", "AutoDelta.z"}
+        for key, value in start.items():
+            assert torch.equal(got["start"][key], value), key
         for name in [*CASES, "gradients"]:
             assert got[name].keys() == expected[name].keys()
             for key, value in expected[name].items():

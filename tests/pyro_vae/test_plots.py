@@ -171,3 +171,28 @@ def test_a_mean_that_is_not_an_image_is_refused_before_a_file_is_written(tmp_pat
     with pytest.raises(ValueError, match="not the 64 pixels"):
         plot_image_rows(torch.rand(2, 3, 1), (8, 8), 1.0, path)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("epochs", [1, 2, 40])
+def test_the_elbo_curves_epoch_axis_has_integer_ticks(tmp_path, monkeypatch, epochs):
+    # a run of one epoch got ticks 0.945, 0.96, ... (MaxNLocator's integer=True wants two
+    # integers in view, and the default locator none)
+    import pyro_vae.plots as plots
+
+    drawn = []
+    monkeypatch.setattr(plots, "save_png", lambda fig, path: drawn.append(fig) or path)
+    history = [
+        {"epoch": i + 1, "train_elbo": -30.0 + i, "val_elbo": -31.0 + i} for i in range(epochs)
+    ]
+    plot_elbo_curves(history, tmp_path / "e.png")
+    assert_integer_epoch_ticks(drawn[0].axes[0])
+
+
+def assert_integer_epoch_ticks(ax) -> None:
+    """``ax``'s x-axis is "epoch", every tick an integer and one at least in view."""
+    ax.figure.canvas.draw()
+    assert ax.get_xlabel() == "epoch"
+    ticks = ax.get_xticks()
+    lo, hi = ax.get_xlim()
+    assert all(float(t).is_integer() for t in ticks), list(ticks)
+    assert any(lo <= t <= hi for t in ticks)
