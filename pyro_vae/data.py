@@ -744,8 +744,10 @@ def load_data(
         )
     rows = _split_rows(raw, val_fraction, test_fraction, split_seed)
     if rows["train"][2].shape[0] < 2:
+        # a table's rows and an array's [N, D] vectors are rows, not images (tester AE)
+        unit = "rows" if raw.columns is not None or raw.train_x.ndim == 2 else "images"
         raise ValueError(
-            f"data: {raw.name!r} leaves {rows['train'][2].shape[0]} training images after the "
+            f"data: {raw.name!r} leaves {rows['train'][2].shape[0]} training {unit} after the "
             f"test and validation splits (test_fraction={test_fraction}, "
             f"val_fraction={val_fraction}); expected at least 2"
         )

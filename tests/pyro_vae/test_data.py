@@ -196,6 +196,21 @@ def test_an_empty_split_and_a_batch_that_drops_everything_are_refused():
         empty.steps_per_epoch(64)
 
 
+def test_too_few_training_rows_are_counted_in_rows_for_tables_and_vectors(tmp_path):
+    # tester AE: a one-row table was refused for "0 training images"
+    table = tmp_path / "one.csv"
+    table.write_text("a,b,c\n1.0,2.0,3.0\n")
+    with pytest.raises(ValueError, match="leaves 0 training rows after"):
+        load_data(str(table), Preprocessing("normal"))
+    vectors, images = tmp_path / "v.npy", tmp_path / "i.npy"
+    np.save(vectors, np.zeros((1, 5), dtype=np.float32))
+    np.save(images, np.zeros((1, 4, 4), dtype=np.float32))
+    with pytest.raises(ValueError, match="leaves 0 training rows after"):
+        load_data(str(vectors), Preprocessing("bernoulli"))
+    with pytest.raises(ValueError, match="leaves 0 training images after"):
+        load_data(str(images), Preprocessing("bernoulli"))
+
+
 def test_training_rows_go_to_the_likelihoods_check_in_named_chunks():
     data = load_data("digits", Preprocessing("bernoulli"))
     seen = []
