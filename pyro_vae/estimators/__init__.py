@@ -42,6 +42,7 @@ from typing import Any
 from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
 
 from pyro_vae.checks import check_count
+from pyro_vae.estimators.base import FLAGS, SurrogateELBO, check_flag
 from pyro_vae.estimators.capabilities import Capabilities, capabilities_of, declare
 from pyro_vae.estimators.enum_elbo import TraceEnumELBO
 from pyro_vae.estimators.iwae import IWAELBO
@@ -110,6 +111,9 @@ def get(name: str, **options: Any) -> ELBO:
                 f"{key}: {options[key]!r} is not an option of {name!r}: "
                 f"{_NO_FREE_BITS[name]}; free bits are options of {', '.join(FREE_BITS)}"
             )
+    for key in FLAGS.keys() & options.keys():
+        auto = key == "vectorize_particles" and issubclass(_REGISTRY[name], SurrogateELBO)
+        check_flag(key, options[key], "auto" if auto else FLAGS[key])
     try:
         return _REGISTRY[name](**options)
     except TypeError as err:

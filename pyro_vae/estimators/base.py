@@ -15,9 +15,37 @@ from pyro_vae.traces import (
     SharedSubsamples,
     buffers_kept,
     check_vectorized,
+    refuse_unscored_guide_sites,
     stack_particles,
     vectorized_or_looped,
 )
+
+# The boolean options of the registry's estimators (Pyro's ELBO takes all but the last,
+# ScoreFunctionELBO's), each with what None means where it allows it; get() checks them all.
+FLAGS = {
+    "vectorize_particles": None,
+    "strict_enumeration_warning": None,
+    "ignore_jit_warnings": None,
+    "retain_graph": "autograd's default",
+    "normalize_variance": None,
+}
+
+
+def check_flag(option: str, value, none_means: str | None = None) -> None:
+    """Refuse ``value`` unless it is ``True`` or ``False`` (or ``None``, where ``none_means``
+    says what it means). The string ``"False"`` (what ``--estimator-opt key=False`` gives,
+    not being JSON) is truthy, so it would silently switch the option on.
+
+    Raises:
+        ValueError: naming ``option``, ``value`` and what was expected.
+    """
+    if isinstance(value, bool) or (value is None and none_means is not None):
+        return
+    also = f", or null (None) for {none_means}" if none_means is not None else ""
+    raise ValueError(
+        f"{option}: {value!r} is not a boolean; expected true or false (JSON; True or False "
+        f"in Python){also}"
+    )
 
 
 class SurrogateELBO(ELBO):
@@ -35,7 +63,15 @@ class SurrogateELBO(ELBO):
     ``data_plate`` names the model's per-datapoint plate; by default it is found by the
     rule of :func:`pyro_vae.plates.find_data_plate`. ``min_particles`` and ``too_few`` let a
     subclass demand more than one particle and say why in the error.
+
+    A subclass whose objective is a K-sample importance-weighted bound sets
+    ``importance_weighted``: its guide may then draw no latent the model lacks (an
+    auxiliary u of q(z, u)), since log (1/K) Σ_k p(x, z_k) / q(z_k, u_k) grows without
+    limit in K, and those draws are refused as the evaluators refuse them
+    (:func:`~pyro_vae.traces.refuse_unscored_guide_sites`).
     """
+
+    importance_weighted = False
 
     def __init__(
         self,
@@ -53,10 +89,8 @@ class SurrogateELBO(ELBO):
             or num_particles < min_particles
         ):
             raise ValueError(f"num_particles: {num_particles!r} {too_few}")
-        if vectorize_particles not in (True, False, None):
-            raise ValueError(
-                f"vectorize_particles: {vectorize_particles!r} is not True, False or None (auto)"
-            )
+        check_flag("vectorize_particles", vectorize_particles, none_means="auto")
+        check_flag("strict_enumeration_warning", strict_enumeration_warning)
         if data_plate is not None and not isinstance(data_plate, str):
             raise ValueError(f"data_plate: {data_plate!r} is not a plate name")
         super().__init__(
@@ -67,6 +101,9 @@ class SurrogateELBO(ELBO):
         )
         self._auto_vectorize = vectorize_particles is None
         self.data_plate = data_plate
+        # each subsampling plate's indices in the latest particle_traces (Pyro's importance
+        # traces leave the subsample sites out)
+        self.subsamples: dict[str, torch.Tensor] = {}
 
     def _guess_max_plate_nesting(self, model, guide, args, kwargs):
         # Guessing runs model and guide once; that draw must not shift the random stream,
@@ -94,6 +131,8 @@ class SurrogateELBO(ELBO):
         if is_validation_enabled():
             check_if_enumerated(guide_tr)
         _refuse_undrawn_latents(type(self).__name__, model_tr, guide_tr)
+        if self.importance_weighted:
+            refuse_unscored_guide_sites(model_tr, guide_tr)
         return model_tr, guide_tr, rank
 
     def _vectorized_traces(self, model, guide, args, kwargs):
@@ -105,6 +144,7 @@ class SurrogateELBO(ELBO):
         second model went unchecked: tester Q). A minibatch is checked on its own rows."""
         key = (id(model), id(guide), _shapes((args, kwargs)))
         shared = SharedSubsamples()  # a minibatch's rows, drawn again by the check's runs
+        self.subsamples = shared.indices
         model, guide = shared(model), shared(guide)
         model_tr, guide_tr = next(elbo_traces(self, model, guide, args, kwargs))
         rank = particle_rank(self.max_plate_nesting, self.num_particles)
@@ -122,6 +162,7 @@ class SurrogateELBO(ELBO):
         if self.vectorize_particles and self.num_particles > 1:
             nesting -= 1  # Pyro counted the particle plate in it
         shared = SharedSubsamples()  # the particles weigh the same datapoints (tester M)
+        self.subsamples = shared.indices
         pairs = [
             self._get_trace(shared(model), shared(guide), args, kwargs)
             for _ in range(self.num_particles)

@@ -87,6 +87,7 @@ class IWAELBO(SurrogateELBO):
     capabilities = Capabilities(
         keeps_state=False, needs_reparameterized=True, per_datapoint=True, recordable=True
     )
+    importance_weighted = True  # a guide-only latent is refused (SurrogateELBO)
 
     def __init__(
         self,

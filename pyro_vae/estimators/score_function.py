@@ -36,11 +36,18 @@ Control variates b (``control_variate=``):
   the mean signal of the other K − 1 (Kool et al. 2019; Mnih & Rezende 2016 use the same
   idea in VIMCO). Unbiased, with no parameters.
 - ``"neural"``: NVIL (Mnih & Gregor 2014). For sites in the per-datapoint plate
-  (:func:`pyro_vae.plates.find_data_plate`), an MLP b_ψ(x_n) of the data argument that
-  plate runs over, trained to minimize (ℓ − b_ψ(x) − c)², plus running estimates c and v
-  of the centred signal's mean and variance, which normalize it:
-  (ℓ − b_ψ(x) − c) / max(1, √v). Sites outside that plate (global latents) use the moving
-  average; a model with no per-datapoint plate at all is refused.
+  (:func:`pyro_vae.plates.find_data_plate`), an MLP b_ψ(x_n) of one row x_n of a model
+  argument per element n of that plate, trained to minimize (ℓ − b_ψ(x) − c)², plus running
+  estimates c and v of the centred signal's mean and variance, which normalize it:
+  (ℓ − b_ψ(x) − c) / max(1, √v). x is the first tensor argument (positional ones in
+  order, then keyword ones) whose first dim has as many rows as the plate has elements in
+  this step; for a plate that subsamples itself (``subsample_size``), failing that, the
+  first with the plate's full size, at the rows of the subsample's indices (the x[i] of
+  ``with pyro.plate(..., subsample_size=b) as i``). It is not necessarily the observed
+  data: for ``model(w, x)`` with w of as many rows it is w. The baseline never reads a
+  draw, so any such x leaves the gradient unbiased; only the variance depends on it.
+  Sites outside that plate (global latents) use the moving average; a model with no
+  per-datapoint plate at all is refused, and one with no argument of those rows too.
 
 ``free_bits=λ`` (Kingma et al. 2016; :mod:`pyro_vae.objectives`): a guide site whose
 Monte Carlo KL term, averaged over the minibatch, is below λ (per particle) has its
@@ -67,7 +74,8 @@ from pyro.infer.enum import get_importance_trace
 from pyro.poutine.messenger import Messenger
 from torch import nn
 
-from pyro_vae.estimators.base import SurrogateELBO
+from pyro_vae.checks import check_widths
+from pyro_vae.estimators.base import SurrogateELBO, check_flag
 from pyro_vae.estimators.capabilities import Capabilities
 from pyro_vae.objectives import check_free_bits, check_free_bits_groups, free_bits_traces
 from pyro_vae.plates import batch_rows, frames_in, require_data_plate
@@ -140,8 +148,9 @@ class ScoreFunctionELBO(SurrogateELBO):
         vectorize_particles: ``True`` (one run under a particle plate), ``False`` (K runs,
             for models that cannot broadcast) or ``None`` (vectorized unless that fails);
             see :class:`~pyro_vae.estimators.base.SurrogateELBO` (default ``None``).
-        data_plate: the per-datapoint plate's name, which the ``neural`` baseline reads
-            x along; found by :func:`pyro_vae.plates.find_data_plate` when ``None``.
+        data_plate: the per-datapoint plate's name, along whose elements the ``neural``
+            baseline reads rows of a model argument (module docstring); found by
+            :func:`pyro_vae.plates.find_data_plate` when ``None``.
         free_bits: λ nats per latent site (module docstring), or ``None`` (the ELBO).
         free_bits_groups: groups of each site's dimensions for ``free_bits``
             (:mod:`pyro_vae.objectives`), or ``None`` (each site one group).
@@ -149,6 +158,8 @@ class ScoreFunctionELBO(SurrogateELBO):
     Raises:
         ValueError: a bad option (named in the message).
         pyro_vae.plates.DataPlateError: ``neural`` on a model without a per-datapoint plate.
+        ValueError: ``neural`` on a model none of whose tensor arguments has the plate's
+            rows (at the first loss).
     """
 
     def __init__(
@@ -188,7 +199,9 @@ class ScoreFunctionELBO(SurrogateELBO):
             raise ValueError(f"decay: {decay} is not in [0, 1)")
         self.control_variate = control_variate
         self.decay = decay
-        self.baseline_hidden = tuple(int(h) for h in baseline_hidden)
+        check_widths("baseline_hidden", baseline_hidden)
+        check_flag("normalize_variance", normalize_variance)
+        self.baseline_hidden = tuple(baseline_hidden)
         self.normalize_variance = normalize_variance
         self._averages: dict[str, float] = {}
         self._moments: dict[str, tuple[float, float]] = {}
@@ -263,12 +276,14 @@ class ScoreFunctionELBO(SurrogateELBO):
         elbo = _tensor(sum(c.sum() for _, c in costs)) - floor
         surrogate = _tensor(model_trace.log_prob_sum(), elbo.device)
         baseline_loss = torch.zeros((), dtype=elbo.dtype, device=elbo.device)
-        plate = self.per_datapoint_plate(model_trace, args, kwargs)
+        # NVIL's plate: the per-datapoint one, or one that subsamples the batch's rows itself
+        plate = self.bound_plate(model_trace, args, kwargs)
+        data = (self.subsamples, args, kwargs)  # what the neural baseline reads its rows from
         for name, site in guide_trace.nodes.items():
             if site["type"] != "sample" or is_point_mass(site["fn"]):
                 continue  # a point mass has no score: its gradient is pathwise
             signal = _rao_blackwellized_signal(site, costs, rank).detach()
-            advantage, extra_loss = self._centre(name, site, signal, args, kwargs, rank, plate)
+            advantage, extra_loss = self._centre(name, site, signal, rank, plate, data)
             baseline_loss = baseline_loss + extra_loss
             # Pyro's score_parts zero the score of reparameterizable sites; here every site
             # is scored: log q at the detached sample, neither scaled nor masked (as
@@ -279,8 +294,10 @@ class ScoreFunctionELBO(SurrogateELBO):
         loss = -surrogate - baseline_loss.detach() + baseline_loss
         return loss + (-elbo / self.num_particles - loss).detach()
 
-    def _centre(self, name, site, signal, args, kwargs, rank, plate):
-        """Signal minus this site's baseline, and the baseline's own training loss."""
+    def _centre(self, name, site, signal, rank, plate, data):
+        """Signal minus this site's baseline, and the baseline's own training loss.
+        ``data`` is ``(subsamples, args, kwargs)``, where NVIL reads its rows x_n."""
+        subsamples, args, kwargs = data
         zero = torch.zeros((), dtype=signal.dtype, device=signal.device)
         if self.control_variate == "none":
             return signal, zero
@@ -294,11 +311,7 @@ class ScoreFunctionELBO(SurrogateELBO):
             )
             frames = frames_in(site, plate)
             if frames:
-                x = next(
-                    v
-                    for v in (*args, *kwargs.values())
-                    if torch.is_tensor(v) and v.dim() >= 1 and v.shape[0] == frames[0].size
-                )
+                x = _baseline_rows(frames[0], subsamples, args, kwargs)
                 return self._nvil(name, signal, x, frames[0].dim, rank)
         previous = self._averages.get(name, 0.0)
         self._averages[name] = self.decay * previous + (1 - self.decay) * signal.mean().item()
@@ -306,11 +319,6 @@ class ScoreFunctionELBO(SurrogateELBO):
 
     def _nvil(self, name, signal, x, data_dim, rank):
         """Mnih & Gregor (2014): input-dependent baseline plus variance normalization."""
-        if not torch.is_tensor(x) or x.dim() < 1:
-            raise ValueError(
-                "control_variate: 'neural' needs the model's first argument to be the batch "
-                f"tensor x (one row per datapoint); got {type(x).__name__}"
-            )
         # The baseline follows the signal's dtype and device (float64 under Pyro's own test
         # settings, a GPU when the model is on one).
         features = x.detach().reshape(x.shape[0], -1).to(signal.dtype)
@@ -354,3 +362,30 @@ class ScoreFunctionELBO(SurrogateELBO):
             advantage = advantage / max(1.0, math.sqrt(var))
         baseline_loss = (signal - mean - baseline).pow(2).sum() / self.num_particles
         return advantage, baseline_loss
+
+
+def _baseline_rows(frame, subsamples: dict, args, kwargs) -> torch.Tensor:
+    """x, one row per element of the plate of ``frame`` in this step (module docstring):
+    the first tensor argument with the plate's rows, or, for a plate that subsamples
+    itself, the first with its full size at the subsample's indices (``subsamples``, by
+    plate name).
+
+    Raises:
+        ValueError: no tensor argument has either number of rows.
+    """
+    tensors = [v for v in (*args, *kwargs.values()) if torch.is_tensor(v) and v.dim() >= 1]
+    for value in tensors:
+        if value.shape[0] == frame.size:
+            return value
+    indices = subsamples.get(frame.name)
+    if frame.full_size is not None and frame.full_size != frame.size and torch.is_tensor(indices):
+        for value in tensors:
+            if value.shape[0] == frame.full_size:
+                return value[indices.to(value.device)]
+    raise ValueError(
+        f"control_variate: 'neural' reads its baseline's input x_n from a model argument with "
+        f"one row per element of plate {frame.name!r}: {frame.size} rows (or its full size "
+        f"{frame.full_size}, indexed by the plate's subsample); the tensor arguments have "
+        f"shapes {[tuple(v.shape) for v in tensors]}; pass the data the plate runs over, or "
+        "use another control_variate (leave-one-out needs no input)"
+    )

@@ -49,6 +49,7 @@ class VIMCO(SurrogateELBO):
     capabilities = Capabilities(
         keeps_state=False, needs_reparameterized=False, per_datapoint=True, recordable=True
     )
+    importance_weighted = True  # a guide-only latent is refused (SurrogateELBO)
 
     def __init__(
         self,

@@ -2,6 +2,7 @@
 rule whatever its name, a loop over particles for models that cannot broadcast, empty
 pairs, the data's dtype, and Pyro's warnings."""
 
+import math
 import warnings
 
 import pyro
@@ -298,3 +299,56 @@ def test_the_check_leaves_a_network_s_running_statistics_as_the_step_left_them()
     # float32 means of 10 values of order 1 in another summation order: within ~1e-7, and
     # a column's mean may be near 0, so the tolerance is absolute
     assert torch.allclose(norm.running_mean, 0.1 * X.mean(0), rtol=0, atol=1e-6)
+
+
+X_AUX = torch.tensor([0.5, -1.0, 2.0, 0.3])
+
+
+def auxiliary_pair():
+    """z ~ N(0.3, 1), x | z ~ N(z, 0.7²), and a guide q(z, u) = N(u; 0, 1) N(z; 0.6 u, 0.5²)
+    with an auxiliary u the model lacks (tester's F1)."""
+
+    def model(x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(0.3, 1.0))
+            pyro.sample("x", dist.Normal(z, 0.7), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", len(x)):
+            u = pyro.sample("u", dist.Normal(0.0, 1.0), infer={"is_auxiliary": True})
+            pyro.sample("z", dist.Normal(0.6 * u, 0.5))
+
+    return model, guide
+
+
+@pytest.mark.parametrize("name", ["iwae", "vimco"])
+def test_a_multi_sample_bound_refuses_a_guide_only_latent_as_the_evaluators_do(name):
+    # log (1/K) Σ_k p(x, z_k) / q(z_k, u_k) grows without limit in K: iwae reported +0.49 at
+    # K = 1000 where log p(x) = −6.02. The refusal is the evaluators' own, word for word.
+    from pyro_vae.evaluate import iwae_log_likelihood
+
+    model, guide = auxiliary_pair()
+    with pytest.raises(ValueError) as refused:
+        iwae_log_likelihood(model, guide, X_AUX, num_samples=8)
+    pyro.set_rng_seed(0)
+    elbo = estimators.get(name, num_particles=8)
+    with pytest.raises(ValueError) as err:
+        elbo.loss(model, guide, X_AUX)
+    assert str(err.value) == str(refused.value)
+    assert "which the model does not have" in str(err.value)
+
+
+def test_a_single_sample_elbo_keeps_pyros_convention_for_a_guide_only_latent():
+    # score, like Pyro's Trace_ELBO, takes E[log p(x, z) − log q(z, u)] =
+    # E_q(z) log p(x, z) + H[u] + H[z | u], with q(z) = N(0, 0.61): a single-sample
+    # objective that does not grow with K (each particle is one estimate of it).
+    model, guide = auxiliary_pair()
+    x, var_z = X_AUX, 0.36 + 0.25
+    prior = -0.5 * math.log(2 * math.pi) - (0.3**2 + var_z) / 2
+    likelihood = -0.5 * math.log(2 * math.pi * 0.49) - (x**2 + var_z) / (2 * 0.49)
+    entropies = 0.5 * math.log(2 * math.pi * math.e) + 0.5 * math.log(2 * math.pi * math.e * 0.25)
+    exact = (prior + likelihood + entropies).sum().item()
+    pyro.set_rng_seed(0)
+    elbo = estimators.get("score", num_particles=20000, max_plate_nesting=1)
+    # one particle's estimate has sd ≈ 4.3 nats, so the mean of 20000 has se ≈ 0.03: 3.3 se
+    assert -elbo.loss(model, guide, x) == pytest.approx(exact, abs=0.1)

@@ -73,3 +73,21 @@ def test_moved_names_resolve_with_one_warning(monkeypatch, name):
 def test_an_unknown_attribute_is_an_attribute_error():
     with pytest.raises(AttributeError, match="has no attribute 'nothing'"):
         estimators.nothing  # noqa: B018
+
+
+PYROS_OWN = ("trace", "analytic-kl", "enum", "tracegraph")  # Pyro's ELBO's options too
+FLAG_OPTIONS = [
+    (name, flag)
+    for name in estimators.names()
+    for flag in ("vectorize_particles", "strict_enumeration_warning")
+] + [(name, flag) for name in PYROS_OWN for flag in ("ignore_jit_warnings", "retain_graph")]
+FLAG_OPTIONS += [("score", "normalize_variance")]
+
+
+@pytest.mark.parametrize(("name", "flag"), FLAG_OPTIONS)
+def test_a_boolean_option_refuses_a_string(name, flag):
+    # "--estimator-opt normalize_variance=False" is not JSON, so it arrives as the string
+    # 'False', which is truthy: NVIL's normalization stayed on with no word (tester's F3).
+    with pytest.raises(ValueError, match=rf"{flag}: 'False' is not a boolean; expected true or"):
+        estimators.get(name, **{flag: "False"})
+    assert estimators.get(name, **{flag: False}) is not None

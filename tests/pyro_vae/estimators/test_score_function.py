@@ -91,6 +91,12 @@ def test_svi_trains_the_baseline_network_with_the_model(binary_batch):
         ({"control_variate": "leave-one-out", "num_particles": 1}, "num_particles: 1 is too few"),
         ({"num_particles": 0}, "num_particles: 0"),
         ({"decay": 1.0}, "decay: 1.0"),
+        (
+            {"control_variate": "neural", "normalize_variance": "False"},
+            "normalize_variance: 'False' is not a boolean; expected true or false",
+        ),
+        ({"baseline_hidden": "abc"}, "baseline_hidden: 'abc' is not a list of layer widths"),
+        ({"baseline_hidden": (0,)}, "baseline_hidden: 0 is not a positive layer width"),
     ],
 )
 def test_bad_options_are_explained(kwargs, message):
@@ -266,3 +272,81 @@ def test_a_point_mass_guide_site_gets_its_pathwise_gradient(control_variate):
     q = torch.tensor([0.3, -0.2, 0.1], dtype=torch.float64)
     exact = 0.5 - (torch.sigmoid(q) - torch.sigmoid(torch.tensor(0.5))).sum().item()
     assert se > 0 and abs(mean - exact) < 4 * se, (mean, se, exact)  # 4 se: 1 in 16,000
+
+
+X_SUB = torch.tensor([0.5, -1.0, 2.0, 0.3])
+
+
+def self_subsampling_pair():
+    """A model and guide that subsample their own data plate: 2 of X_SUB's 4 rows a step."""
+
+    def model(x):
+        with pyro.plate("data", 4, subsample_size=2) as i:
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 0.7), obs=x[i])
+
+    def guide(x):
+        m = pyro.param("m", torch.zeros(4))
+        with pyro.plate("data", 4, subsample_size=2) as i:
+            pyro.sample("z", dist.Normal(m[i], 1.0))
+
+    return model, guide
+
+
+def baseline_inputs(elbo, model, guide, *args):
+    """What the NVIL network of site z reads in a second step (the first builds it)."""
+    elbo.loss_and_grads(model, guide, *args)
+    seen = []
+    elbo._networks["z"].register_forward_pre_hook(lambda _, inputs: seen.append(inputs[0]))
+    elbo.loss_and_grads(model, guide, *args)
+    return seen[0]
+
+
+@pytest.mark.parametrize("vectorize", [None, False])
+def test_neural_baseline_reads_the_rows_of_a_plate_that_subsamples_itself(vectorize):
+    # the plate has 2 elements a step and x has 4 rows: a bare StopIteration (tester's F4);
+    # the baseline reads x[i], the rows the plate's subsample i picks
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    model, guide = self_subsampling_pair()
+    elbo = estimators.get(
+        "score", num_particles=2, control_variate="neural", vectorize_particles=vectorize
+    )
+    features = baseline_inputs(elbo, model, guide, X_SUB)
+    rows = elbo.subsamples["data"]
+    assert rows.shape == (2,)
+    assert torch.equal(features, X_SUB[rows].reshape(2, 1))
+
+
+def test_neural_baseline_without_an_argument_of_the_plates_rows_is_explained():
+    pyro.clear_param_store()
+    model, guide = self_subsampling_pair()
+    elbo = estimators.get("score", num_particles=2, control_variate="neural", data_plate="data")
+    with pytest.raises(
+        ValueError, match=r"one row per element of plate 'data': 2 rows .*\[\(3,\)\]"
+    ):
+        elbo.loss_and_grads(model, guide, X_SUB[:3])
+
+
+def test_neural_baseline_reads_the_first_argument_with_the_plates_rows():
+    # model(w, x): w has the plate's 3 rows too, so b reads w_n, not the observed x_n (as
+    # the docstring says); the estimate stays unbiased either way
+    pyro.clear_param_store()
+    w, x = (
+        torch.tensor([1.0, 2.0, 3.0]),
+        torch.randn(3, 5, generator=torch.Generator().manual_seed(0)),
+    )
+
+    def model(w, x):
+        with pyro.plate("data", 3):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            loc = (z * w).unsqueeze(-1).expand(z.shape + (5,))
+            pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
+
+    def guide(w, x):
+        with pyro.plate("data", 3):
+            pyro.sample("z", dist.Normal(pyro.param("m", torch.zeros(3)), 1.0))
+
+    pyro.set_rng_seed(0)
+    elbo = estimators.get("score", num_particles=2, control_variate="neural")
+    assert torch.equal(baseline_inputs(elbo, model, guide, w, x), w.reshape(3, 1))
