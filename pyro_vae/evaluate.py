@@ -26,6 +26,10 @@ chunks; the per-datapoint plate gets the chunk's row indices in 0..N−1 and the
 (:mod:`pyro_vae.minibatch`), so a guide with free per-datapoint parameters scores the
 rows it was fitted to. A model site that is neither observed nor drawn by the guide (a
 data argument left out, say) is refused rather than scored as a latent.
+
+A pair wrapped in :class:`~pyro_vae.annealing.ScaleLatents` (β-VAE as plain ``SVI`` trains
+it) is scored unwrapped (:func:`scored_pair`), as :func:`pyro_vae.fit` validates it: β
+weights the training objective, while log p(x) and the ELBO belong to the model.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.infer import TraceEnum_ELBO
 
+from pyro_vae.annealing import unwrap
 from pyro_vae.checks import check_count
 from pyro_vae.devices import resolve_device, to_device
 from pyro_vae.enumerated_sites import enumerated_runs, enumerated_sites, marginal_terms
@@ -86,6 +91,24 @@ def eval_mode(*modules: object) -> Iterator[None]:
     finally:
         for m, mode in saved:
             m.train(mode)
+
+
+def scored_pair(model, guide) -> tuple:
+    """``(model, guide)`` without the :class:`~pyro_vae.annealing.ScaleLatents` handlers
+    wrapped around either (any number, any β): what the evaluators score.
+
+    Sound whatever β: the handler only multiplies the log-densities of latent sites, never
+    what is drawn, so the inner pair is the model and guide themselves, and the β-objective
+    (a training objective, no bound on log p(x) for β ≠ 1) is not what log p(x) or the ELBO
+    asks of them. ``fit`` unwraps such a pair for training alike (:func:`~pyro_vae.
+    annealing.unwrap`)."""
+    unwrapped = []
+    for fn in (model, guide):
+        fn, handler = unwrap(fn)
+        while handler is not None:
+            fn, handler = unwrap(fn)
+        unwrapped.append(fn)
+    return tuple(unwrapped)
 
 
 def _warn_point_masses(names: list[str], stacklevel: int) -> None:
@@ -135,6 +158,7 @@ def _chunk(args: tuple, start: int, stop: int) -> tuple:
 
 def max_plate_nesting(model, guide, *args, **kwargs) -> int:
     """How many batch dimensions the model and guide use, read from one trace of each."""
+    model, guide = scored_pair(model, guide)
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
         model_tr, guide_tr = run_pair(model, guide, args, kwargs)
     return plate_nesting(model_tr, guide_tr)
@@ -281,7 +305,11 @@ def prepare(
             ``multi_sample``, another plate is subsampled.
         ValueError: a model site is neither observed nor in the guide; ``rows`` of the
             wrong length or beyond the rows a local autoguide was fitted to.
+
+    A pair wrapped in :class:`~pyro_vae.annealing.ScaleLatents` is prepared unwrapped
+    (:func:`scored_pair`): the model's ELBO and log p(x), not the β-objective.
     """
+    model, guide = scored_pair(model, guide)
     count = int(data[0].shape[0])
     device = data[0].device if device is None else resolve_device(device, "device")
     probe = to_device(_chunk(data, 0, min(count, probe_rows)), device)
@@ -337,22 +365,34 @@ def _prior_probe(model, probe: tuple, rows: int | None, what: str) -> poutine.Tr
 def _rows_of(
     guide, count: int, rows: torch.Tensor | None, device: torch.device
 ) -> tuple[int, torch.Tensor]:
-    """N and the data's rows among them (on the data's ``device``): a local autoguide's own
-    N, else the data's count."""
-    fitted = fitted_rows(guide)
-    num_data = fitted if fitted is not None else count
+    """N and the data's rows among them (on the data's ``device``).
+
+    N is the guide's own where it says how many rows it holds (:func:`~pyro_vae.minibatch.
+    fitted_rows`: a local autoguide, ``LocalNormal``), and ``rows`` must lie below it.
+    Any other guide (``pyro.param`` tensors indexed by the plate's rows, say) does not say:
+    N is then the fewest rows ``rows`` implies, max(count, max(rows) + 1), and whether the
+    guide holds those rows is its own indexing's to tell. Nothing scored depends on N
+    beyond that: each site is read at its scale relative to the plate's subsampling."""
     if rows is None:
         rows = torch.arange(count, device=device)
     rows = torch.as_tensor(rows, dtype=torch.long, device=device)
     if rows.shape != (count,):
         raise ValueError(f"rows: shape {tuple(rows.shape)}; expected one index per row ({count},)")
-    if count and (int(rows.min()) < 0 or int(rows.max()) >= num_data):
+    if count and int(rows.min()) < 0:
+        raise ValueError(
+            f"rows: indices {int(rows.min())}..{int(rows.max())}; expected indices ≥ 0 into "
+            "the rows of the data the guide was fitted to"
+        )
+    fitted = fitted_rows(guide)
+    if fitted is None:
+        return max(count, int(rows.max()) + 1 if count else 0), rows
+    if count and int(rows.max()) >= fitted:
         raise ValueError(
             f"rows: indices {int(rows.min())}..{int(rows.max())}, but the guide holds "
-            f"per-datapoint parameters for {num_data} rows; evaluate it on rows of the data it "
+            f"per-datapoint parameters for {fitted} rows; evaluate it on rows of the data it "
             "was fitted to (rows= says which)"
         )
-    return num_data, rows
+    return fitted, rows
 
 
 def refuse_uncovered_sites(
@@ -505,6 +545,7 @@ def _scored_chunks(model, guide, x, settings: tuple, score) -> list:
     num_samples, batch_size, data_plate, vectorize_particles, rows, device = settings
     _check_num("num_samples", num_samples)
     _check_num("batch_size", batch_size)
+    model, guide = scored_pair(model, guide)
     data = data_arguments(x)
     with eval_mode(model, guide):
         pair = prepare(
@@ -600,6 +641,7 @@ def iwae_log_likelihood(
     _check_num("num_samples", num_samples)
     _check_num("batch_size", batch_size)
     _check_num("max_elements", max_elements)
+    model, guide = scored_pair(model, guide)
     owner = getattr(model, "__self__", model)
     if getattr(owner, "generative", True) is False:
         raise ValueError(
@@ -663,6 +705,7 @@ def latent_means(model, guide, x: torch.Tensor, num_samples: int = 100) -> torch
     Raises:
         ValueError: no ``encode`` and not exactly one latent site per datapoint.
     """
+    model, guide = scored_pair(model, guide)
     with eval_mode(model, guide):
         encode = offered(guide, "encode")
         if encode is not None:
@@ -699,6 +742,7 @@ def latent_draws_of(
     """:func:`latent_draws`, with the :class:`PerDatapoint` pair it prepared, for callers
     that go on to run that pair."""
     _check_num("num_samples", num_samples)
+    model, guide = scored_pair(model, guide)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         # every row in one run: probed so (a plate that declares subsample_size covers them)
@@ -744,6 +788,7 @@ def label_metrics(
     Raises:
         ValueError: the method returned something other than a mapping of names to numbers.
     """
+    model, guide = scored_pair(model, guide)
     hook = offered(getattr(model, "__self__", model), "label_metrics")  # or its object's
     if hook is None:
         return {}
@@ -819,10 +864,14 @@ def elbo_estimate(
     (:func:`~pyro_vae.guides.fixed.as_guide`); for a fit whose mean field is exact (one
     conjugate pair) every draw's term is its ``lower_bound_``.
 
+    A pair wrapped in :class:`~pyro_vae.annealing.ScaleLatents` is scored unwrapped
+    (:func:`scored_pair`): the ELBO, not the β-objective.
+
     Returns:
         ``(elbo, standard_error)``.
     """
     _check_num("num_samples", num_samples)
+    model, guide = scored_pair(model, guide)
     guide = as_guide(guide)
     _check_num("num_chunks", num_chunks)
     chunks = min(num_samples, num_chunks)

@@ -31,7 +31,10 @@ from pyro.poutine import Trace
 from pyro.poutine.indep_messenger import CondIndepStackFrame
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import prune_subsample_sites, site_is_subsample
+from torch.distributions import Independent as TorchIndependent
 from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing
+
+from pyro_vae.pyro_compat import distribution_mask
 
 PARTICLES = "_particles"
 # Plates that index particles, not data: ours, and the one Pyro's vectorized ELBOs add.
@@ -64,15 +67,17 @@ def refuse_unscored_guide_sites(model_trace: Trace, guide_trace: Trace) -> None:
 
     - a latent the model does not have (the auxiliary u of a hierarchical guide
       q(z, u) = q(u) q(z | u)) beside a model latent the guide draws from a density:
-      log p(x, z) − log q(z, u) then estimates log p(x) + H[q(u | z)] under IWAE's
-      log-sum-exp as K grows, above log p(x), and as an ELBO it is no bound (F3: log p(x)
-      estimates rising with K to 2.5 nats above the exact value, with no word). An
+      log p(x, z) − log q(z, u) then has mean ELBO(q(z)) + E_q H[q(u | z)], which is no
+      bound on log p(x), and under IWAE's log-sum-exp it grows without limit as K rises
+      (F3: log p(x) estimates rising with K to 2.5 nats above the exact value, with no
+      word). An
       autoguide's auxiliary latent (``AutoMultivariateNormal``, ``AutoIAFNormal``) is let
       through: it reaches the model's sites by point masses whose ``log_density`` makes
       log q(z) exact;
-    - elements the model masks off (``poutine.mask``, padding past a sequence's end) that
-      the guide draws and scores: log q counts them and log p does not, so their entropy
-      enters every estimate (F4: a padded HMM's log p(x) log 3 high per padded step).
+    - elements the model masks off (``poutine.mask`` or a distribution's ``.mask(...)``,
+      padding past a sequence's end) that the guide draws and scores: log q counts them
+      and log p does not, so their entropy enters every estimate (F4: a padded HMM's
+      log p(x) log 3 high per padded step).
 
     Raises:
         ValueError: naming the sites and the way out."""
@@ -85,32 +90,82 @@ def refuse_unscored_guide_sites(model_trace: Trace, guide_trace: Trace) -> None:
         raise ValueError(
             f"guide: it draws {only}, which the model does not have, beside the model's "
             f"{drawn[:3]}: q(z, u) is then not a density of the model's latents z alone, and "
-            "log p(x, z) − log q(z, u) estimates log p(x) + H[q(u | z)], which is no bound on "
-            "log p(x); sum u out of the guide (make q(z) one distribution), or add a reverse "
-            "model r(u | z) to the model as an observed-free latent of its own (auxiliary-"
-            "variable bounds: Agakov & Barber 2004; Ranganath et al. 2016)"
+            "log p(x, z) − log q(z, u) has mean ELBO(q(z)) + E_q H[q(u | z)] as an ELBO, "
+            "which is no bound on log p(x), and under an importance-weighted bound grows "
+            "without limit as K rises; sum u out of the guide (make q(z) one distribution), or "
+            "add a reverse model r(u | z) to the model as an observed-free latent of its own "
+            "(auxiliary-variable bounds: Agakov & Barber 2004; Ranganath et al. 2016)"
         )
     for name in drawn:
         if _scored_where_masked_off(model_trace.nodes[name], guide_sites[name]):
             raise ValueError(
-                f"guide: site {name!r} has elements the model masks off "
-                "(poutine.mask) that the guide draws and scores: log q counts them and "
-                "log p does not, so their entropy enters the estimate, which is then no "
-                f"bound on log p(x); mask the guide's {name!r} alike (the same poutine.mask "
-                "around it)"
+                f"guide: site {name!r} has elements the model masks off (poutine.mask, or "
+                "its distribution's .mask(...)) that the guide draws and scores: log q counts "
+                "them and log p does not, so their entropy enters the estimate, which is then "
+                f"no bound on log p(x); mask the guide's {name!r} alike (poutine.mask around "
+                "it, or .mask(...) on its distribution: either kind counts)"
             )
 
 
 def _scored_where_masked_off(model_site: dict, guide_site: dict) -> bool:
-    """Whether some element of a latent the model masks off is scored by the guide."""
-    if model_site.get("mask") is None:
+    """Whether some element of a latent the model masks off is scored by the guide.
+
+    Both kinds of mask count on both sides (:func:`counted_elements`): a mask the model
+    puts on its prior by ``poutine.mask`` is matched by the guide's ``.mask(...)`` and the
+    other way round. Where the two count at different grains (a ``.mask`` under
+    ``.to_event`` against one on the whole event), the coarser is spread over the finer."""
+    if not _masked(model_site):  # no tensor to read: a meta-device run has no values
         return False
-    shape = torch.broadcast_shapes(model_site["log_prob"].shape, guide_site["log_prob"].shape)
-    device = model_site["log_prob"].device
-    off = ~torch.as_tensor(model_site["mask"], dtype=torch.bool, device=device).broadcast_to(shape)
-    mask = True if guide_site.get("mask") is None else guide_site["mask"]
-    on = torch.as_tensor(mask, dtype=torch.bool, device=device).broadcast_to(shape)
+    model_on, model_event = counted_elements(model_site)
+    if bool(model_on.all()):
+        return False
+    guide_on, guide_event = counted_elements(guide_site)
+    grain = min(model_event, guide_event)
+    off = ~_spread(model_on, model_event - grain)
+    on = _spread(guide_on, guide_event - grain)
     return bool((off & on).any())
+
+
+def counted_elements(site: dict) -> tuple[torch.Tensor, int]:
+    """Which elements of a sample site's value its log-density counts, and the value's
+    trailing dims that grain leaves whole (each counted or not as one).
+
+    The site's ``poutine.mask`` and every ``.mask(...)`` of its distribution (a
+    ``MaskedDistribution``, found under ``.to_event`` and ``expand`` wrappers too), anded:
+    a bool tensor that broadcasts against ``value.shape[:value.dim() - event]``, aligned
+    on the right, where ``event`` is the second value returned."""
+    fn, device = site["fn"], torch.as_tensor(site["value"]).device
+    on = _as_mask(True if site.get("mask") is None else site["mask"], device)
+    while True:
+        if isinstance(fn, dist.MaskedDistribution):
+            on = on & _as_mask(distribution_mask(fn), device)
+        elif isinstance(fn, TorchIndependent):
+            on = _spread(on, fn.reinterpreted_batch_ndims)
+        elif not isinstance(fn, dist.ExpandedDistribution):
+            return on, fn.event_dim
+        fn = fn.base_dist
+
+
+def _masked(site: dict) -> bool:
+    """Whether a sample site carries any mask: a ``poutine.mask``, or a ``.mask(...)`` of
+    its distribution under its wrappers."""
+    if site.get("mask") is not None:
+        return True
+    fn = site["fn"]
+    while fn is not None:
+        if isinstance(fn, dist.MaskedDistribution):
+            return True
+        fn = getattr(fn, "base_dist", None)
+    return False
+
+
+def _as_mask(mask, device: torch.device) -> torch.Tensor:
+    return torch.as_tensor(mask, dtype=torch.bool, device=device)
+
+
+def _spread(mask: torch.Tensor, dims: int) -> torch.Tensor:
+    """``mask`` over ``dims`` more trailing dims, each element of it covering them all."""
+    return mask.reshape(tuple(mask.shape) + (1,) * dims)
 
 
 class PointMassWarning(UserWarning):
