@@ -43,7 +43,16 @@ UNFINISHED = (CONFIG, METRICS, "*.png", "*.csv", "*.nc", "tensorboard")
 EVALUATED_ON_TRAINING_SET = "training set"
 
 #: What ``fit --resume`` may change in config.json before its next checkpoint records it.
-RESUMABLE_SETTINGS = ("train.epochs", "train.progress", "train.device", "train.tensorboard")
+#: (patience decides only when training stops: a resume may raise it to train on past an
+#: early stop, and one stopped before its first epoch ended leaves it beside the old one's
+#: checkpoint)
+RESUMABLE_SETTINGS = (
+    "train.epochs",
+    "train.progress",
+    "train.device",
+    "train.tensorboard",
+    "train.patience",
+)
 
 
 def flat_settings(obj, prefix: str = "") -> dict[str, Any]:
@@ -87,6 +96,13 @@ class DiskFullError(RunFolderError):
 class FolderNotWritableError(RunFolderError):
     """The system refused a write into a folder (permissions, a read-only file system, a
     quota, a path through a file); the file's previous version is intact."""
+
+
+class WriteFailedError(FolderNotWritableError):
+    """Any other error the system gave writing a file (a file-size limit, ``EFBIG``; an I/O
+    error); the file's previous version is intact. A :class:`FolderNotWritableError`, so
+    whatever reports a refused write (``fit``: and which checkpoint the folder keeps)
+    reports it alike."""
 
 
 #: The errors that say a folder cannot be written, whatever is written to it.
@@ -152,9 +168,9 @@ def atomic_path(path: str | os.PathLike, lock: bool = True) -> Iterator[Path]:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as err:
+    except (OSError, RuntimeError) as err:
         Path(tmp).unlink(missing_ok=True)
-        mapped = _write_error(path, err)
+        mapped = _write_error(path, _os_error_of(err))
         if mapped is None:
             raise
         raise mapped from err
@@ -165,10 +181,28 @@ def atomic_path(path: str | os.PathLike, lock: bool = True) -> Iterator[Path]:
         os.close(fd)
 
 
-def _write_error(path: Path, err: OSError) -> RunFolderError | None:
+def _os_error_of(err: BaseException | None) -> OSError | None:
+    """The OSError behind ``err``: ``err`` itself, or the one a RuntimeError was raised
+    while handling. ``torch.save`` turns a failed write of its stream (``OSError: [Errno
+    27] File too large``) into ``RuntimeError: [enforce fail at inline_container.cc]
+    unexpected pos``, the OSError only its ``__context__`` (tester: a full disk or a
+    file-size limit during the checkpoint write gave that raw traceback)."""
+    for _ in range(8):
+        if err is None or isinstance(err, OSError):
+            return err
+        if not isinstance(err, RuntimeError):
+            return None
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _write_error(path: Path, err: OSError | None) -> RunFolderError | None:
     """What a failed write of ``path`` raises instead of ``err``: :class:`DiskFullError`
-    for a full disk, :class:`FolderNotWritableError` for :data:`NOT_WRITABLE`; ``None``
-    for any other error (raised as it is)."""
+    for a full disk, :class:`FolderNotWritableError` for :data:`NOT_WRITABLE`,
+    :class:`WriteFailedError` for any other system error (a file-size limit, an I/O
+    error); ``None`` for no OSError or one without an errno (raised as it is)."""
+    if err is None:
+        return None
     if err.errno == errno.ENOSPC:
         return DiskFullError(
             f"writing {path}: the disk is full (no space left on device); the previous "
@@ -180,7 +214,19 @@ def _write_error(path: Path, err: OSError) -> RunFolderError | None:
             f"{path.name}, if there was one, is intact. Make the folder writable (its "
             "permissions, a read-only file system, a disk quota) and run again"
         )
-    return None
+    if err.errno is None:
+        return None  # not the system's refusal (a writer's own OSError): raised as it is
+    fix = (
+        "Raise the file-size limit (ulimit -f), or write to a file system that takes files "
+        "this large,"
+        if err.errno == errno.EFBIG
+        else "Check the disk"
+    )
+    return WriteFailedError(
+        f"writing {path}: the system refused the write ({err.strerror or err}, "
+        f"{errno.errorcode.get(err.errno, err.errno)}); the previous {path.name}, if there "
+        f"was one, is intact. {fix} and run again"
+    )
 
 
 def atomic_write(path: str | os.PathLike, write) -> None:
@@ -243,6 +289,7 @@ class RunFolder:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self._config: dict[str, Any] | None = None
+        self._claimed = False  # held by this process's RunLock (a fit)
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -291,7 +338,59 @@ class RunFolder:
         self._config = dict(config)
 
     def read_metrics(self) -> dict[str, Any]:
-        return self._read_json(METRICS) if self.file(METRICS).is_file() else {}
+        """metrics.json, or ``{}`` where there is none.
+
+        One that does not read (not JSON, not an object) is rebuilt from checkpoint.pt by
+        the process that holds the folder (a fit, :meth:`claim`): see
+        :meth:`_rebuild_metrics`. Any other reader is refused, told how to rebuild it.
+
+        Raises:
+            RunFolderError: metrics.json does not read, and this process may not rebuild
+                it, or the folder has no checkpoint to rebuild it from.
+        """
+        if not self.file(METRICS).is_file():
+            return {}
+        try:
+            return self._read_json(METRICS)
+        except RunFolderError as err:
+            if self._claimed and self.has_checkpoint:
+                return self._rebuild_metrics(err)
+            # tester: a damaged metrics.json blocked fit --resume, evaluate, sample and
+            # compare with no next step, though the checkpoint holds the history
+            fix = (
+                f"`pyro-vae fit --resume {self.path}` rebuilds its training history from "
+                f"{CHECKPOINT} (keeping the damaged file as {METRICS}.damaged); nothing "
+                "was changed"
+                if self.has_checkpoint
+                else f"there is no {CHECKPOINT} to rebuild it from; start the run again"
+            )
+            raise RunFolderError(f"{err}; {fix}") from err
+
+    def _rebuild_metrics(self, err: RunFolderError) -> dict[str, Any]:
+        """metrics.json made again from checkpoint.pt: the per-epoch history and the best
+        epoch, which the checkpoint holds too (the data's and estimator's records, the test
+        block and the image facts are written again by the fit that holds the folder).
+        The damaged file is kept beside it, as metrics.json.damaged (``.damaged.1``, ...
+        where one is there already); one line says so."""
+        state = self.load_checkpoint()
+        best = state.get("best")
+        metrics = {
+            "epochs": list(state.get("history") or []),
+            "best_epoch": best.get("epoch") if isinstance(best, dict) else None,
+        }
+        kept = self.file(f"{METRICS}.damaged")
+        tries = 0
+        while kept.exists():
+            tries += 1
+            kept = self.file(f"{METRICS}.damaged.{tries}")
+        os.replace(self.file(METRICS), kept)
+        write_json(self.file(METRICS), metrics)
+        why, done = _one_line(err).removeprefix("run: "), len(metrics["epochs"])
+        print(
+            f"note: {why}; rebuilt its {done} epochs from {self.file(CHECKPOINT)} (epoch "
+            f"{state.get('epoch')}), the damaged file kept as {kept}"
+        )
+        return metrics
 
     def update_metrics(self, **fields: Any) -> dict[str, Any]:
         """Merge ``fields`` into metrics.json and return the whole.
@@ -429,6 +528,10 @@ class RunFolder:
         return state
 
 
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split())
+
+
 def _why_unreadable(err: Exception) -> str:
     """The reason in torch.load's refusal, without its advice to unpickle untrusted files;
     a file that is not a whole zip archive (torch.load's ``OSError: [Errno 22] Invalid
@@ -505,6 +608,7 @@ class RunLock:
             raise
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self.run._claimed = True
         return self
 
     def release(self) -> None:
@@ -512,6 +616,7 @@ class RunLock:
         command refused after claiming it) is removed again."""
         if self._fd is None:
             return
+        self.run._claimed = False
         path = self.run.path
         try:  # a folder that can no longer be read is left as it is
             names = {p.name for p in path.iterdir()} if self._created else None

@@ -658,8 +658,9 @@ def write_figures(
     model that uses labels, elbo.png and conditional_samples.png (one row per class).
 
     Returns the paths written and, for each figure left out, why: a figure that needs
-    what the model cannot give (a mean image, one latent code per image) is skipped, never
-    the run.
+    what the model cannot give (a mean image, one latent code per image), or whose making
+    raises any error (a decoder's output outside its distribution's support), is skipped,
+    never the run; the other figures are still made (``KeyboardInterrupt`` stops them).
     """
     data, model, guide = exp.data, exp.model, exp.guide
     x = data.train_x[:24] if exp.local_guide else data.test_x[:24]
@@ -684,7 +685,11 @@ def write_figures(
         ),
         "elbo.png": lambda path: plot_elbo_curves(history, path, lines, ylabel),
         "latent.png": lambda path: plot_latent(
-            latent_means(model, guide, test_x).cpu(), data.test_y[: test_x.shape[0]], path
+            latent_means(model, guide, test_x).cpu(),
+            data.test_y[: test_x.shape[0]],
+            path,
+            classes=data.info.get("classes") or num_classes(data),
+            points="test images" if data.image_shape is not None else "test rows",
         ),
         "traversal.png": lambda path: _traversal_figure(exp, test_x, path),
         "interpolation.png": lambda path: _interpolation_figure(exp, test_x, path),
@@ -706,9 +711,24 @@ def write_figures(
         for name, draw in figures.items():
             try:
                 paths.append(draw(run.file(name)))
-            except ValueError as err:
-                skipped[name] = str(err)
+            except Exception as err:  # one figure's failure is not the run's:
+                # a decoder whose output leaves its distribution's support (a Bernoulli's
+                # raw logits as probs) raised RuntimeError here, after training and the
+                # test block, and lost every later figure (tester)
+                skipped[name] = _why(err)
     return paths, skipped
+
+
+def _why(err: Exception) -> str:
+    """Why a figure was skipped: a ValueError's own message (ours name the reason), any
+    other error's type and first line."""
+    if isinstance(err, ValueError):
+        return str(err)
+    lines = str(err).strip().splitlines()
+    if not lines:
+        return type(err).__name__
+    first = lines[0].split("  (Could this error message be improved?")[0]  # torch's plea
+    return f"{type(err).__name__}: {first}"
 
 
 def _label_model_figures(exp: Experiment, figures: dict, skipped: dict[str, str]) -> None:

@@ -177,8 +177,39 @@ def plot_elbo_curves(
     return save_png(fig, path)
 
 
-def plot_latent(z: torch.Tensor, labels: torch.Tensor, path: Path, title: str = "") -> Path:
-    """E_q[z | x] of test points coloured by label (first two principal axes if dim > 2)."""
+def plot_latent(
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    path: Path,
+    title: str = "",
+    classes: Sequence[str] | int | None = None,
+    points: str = "test images",
+) -> Path:
+    """E_q[z | x] of test points coloured by label (first two principal axes if dim > 2);
+    see :func:`latent_figure`."""
+    return save_png(latent_figure(z, labels, title, classes, points), path)
+
+
+def latent_figure(
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    title: str = "",
+    classes: Sequence[str] | int | None = None,
+    points: str = "test images",
+) -> Figure:
+    """:func:`plot_latent`'s figure, unsaved: one colour per class and a colour bar of
+    the classes, ticked with their names.
+
+    ``classes``: the class names, label c naming ``classes[c]`` (a table's label values,
+    an image folder's sub-folders), or their number, or ``None`` (labels 0..max). Up to 10
+    classes take tab10's colours and up to 20 tab20's, one colour and one tick each; more
+    take a continuous map, the bar ticked with class indices (a fixed 10-colour map drew
+    every class from 9 upward as "9", and a 3-class table with a 0..9 bar: tester).
+    ``points``: what a point is, for the title ("test rows" for a table).
+    """
+    import matplotlib
+    from matplotlib.colors import ListedColormap
+
     z_np = z.detach().cpu().numpy()
     axis = "z"
     if z_np.shape[1] > 2:
@@ -188,23 +219,33 @@ def plot_latent(z: torch.Tensor, labels: torch.Tensor, path: Path, title: str = 
         axis = "principal axis"
     elif z_np.shape[1] == 1:
         z_np = np.column_stack([z_np[:, 0], np.zeros(len(z_np))])
+    values = labels.cpu().numpy().reshape(-1)
+    names = None if classes is None or isinstance(classes, int) else list(map(str, classes))
+    count = len(names) if names is not None else classes
+    top = int(values.max()) + 1 if values.size else 1
+    count = max(count or 0, top)
     fig = Figure(figsize=(5.5, 5))
     ax = fig.subplots()
-    points = ax.scatter(
-        z_np[:, 0],
-        z_np[:, 1],
-        c=labels.cpu().numpy(),
-        cmap="tab10",
-        s=6,
-        alpha=0.8,
-        vmin=-0.5,
-        vmax=9.5,
+    if count <= 20:
+        palette = matplotlib.colormaps["tab10" if count <= 10 else "tab20"]
+        cmap, ticks = ListedColormap(palette.colors[:count]), list(range(count))
+        low, high = -0.5, count - 0.5
+    else:
+        cmap, ticks, low, high = matplotlib.colormaps["turbo"], None, 0, count - 1
+    drawn = ax.scatter(
+        z_np[:, 0], z_np[:, 1], c=values, cmap=cmap, s=6, alpha=0.8, vmin=low, vmax=high
     )
-    fig.colorbar(points, ax=ax, ticks=range(10), label="label")
+    bar = fig.colorbar(drawn, ax=ax, ticks=ticks, label="class" if names else "label")
+    if ticks is None:
+        bar.set_label("class index" if names else "label")
+        bar.locator = MaxNLocator(integer=True)
+        bar.update_ticks()
+    elif names is not None:
+        bar.set_ticks(ticks, labels=names[:count] + [str(c) for c in range(len(names), count)])
     ax.set_xlabel(f"{axis} 1")
     ax.set_ylabel(f"{axis} 2")
-    ax.set_title(title or "latent means E_q[z | x] of test images", fontsize=9)
-    return save_png(fig, path)
+    ax.set_title(title or f"latent means E_q[z | x] of {points}", fontsize=9)
+    return fig
 
 
 def plot_gradient_variance(

@@ -149,8 +149,10 @@ def _read(path: Path):
         if parquet:
             return pd.read_parquet(path)
         separator = csv_separator(path)
-        _refuse_duplicate_headers(path, separator)
+        _check_header(path, separator)
         return pd.read_csv(path, sep=separator)
+    except TableError:
+        raise  # the header's own refusal, said as it is
     except pd.errors.EmptyDataError as err:
         raise TableError(f"data: {path} is empty; expected a header and rows") from err
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as err:
@@ -158,15 +160,26 @@ def _read(path: Path):
         raise TableError(f"data: {path} could not be read as {kind} ({err})") from err
 
 
-def _refuse_duplicate_headers(path: Path, separator: str) -> None:
-    """Refuse a CSV whose header names a column twice: pandas reads the second ``g1`` as
-    ``g1.1`` without a word (tester U), and ``--columns g1`` would pick one of two."""
+def _check_header(path: Path, separator: str) -> None:
+    """Refuse a CSV whose first line is not a header: every cell a number (pandas made the
+    first row of a file written without one, ``np.savetxt``'s, the column names, and
+    trained on the other rows without a word: tester); or one that names a column twice
+    (pandas reads the second ``g1`` as ``g1.1`` without a word, tester U, and
+    ``--columns g1`` would pick one of two)."""
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
         with opener(path, "rt", encoding="utf-8", errors="replace", newline="") as f:
             header = next(csv.reader(f, delimiter=separator), [])
     except (csv.Error, OSError, EOFError):
         return  # pandas says what is wrong with the file
+    if header and all(_is_number(cell) for cell in header):
+        shown = separator.join(header[:3]) + (separator + "..." if len(header) > 3 else "")
+        raise TableError(
+            f"data: the first line of {path} is all numbers ({shown!r}), not a header of "
+            "column names; it would be read as the names and left out of the data. Add a "
+            "header row naming the columns (numpy: np.savetxt(..., header='a,b,c', "
+            "comments='')); columns named by numbers alone need a letter too (w400, not 400)"
+        )
     seen, twice = set(), []
     for name in header:
         if name in seen and name not in twice:
@@ -177,6 +190,14 @@ def _refuse_duplicate_headers(path: Path, separator: str) -> None:
             f"data: {path} names the column(s) {twice} more than once in its header; expected "
             "one column per name (pandas would read the second as name.1): rename them"
         )
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
 
 
 def _refuse_written_index(frame, path: Path) -> None:

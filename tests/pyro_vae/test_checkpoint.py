@@ -366,3 +366,80 @@ def test_a_read_only_folder_is_refused_for_real_by_the_check_and_the_claim(tmp_p
         == [f"run: cannot create or write to {run} (Permission denied)"] * 2
     )
     assert sorted(p.name for p in run.iterdir()) == [".lock", "checkpoint.pt"]
+
+
+class _LimitedFile:
+    """A binary file whose writes past ``limit`` bytes fail as the system's do under a
+    file-size limit (``ulimit -f``): ``OSError(EFBIG)``."""
+
+    def __init__(self, path, mode, limit):
+        self._file, self._limit = open(path, mode), limit  # noqa: SIM115
+
+    def write(self, data):
+        import errno
+
+        if self._file.tell() + len(data) > self._limit:
+            raise OSError(errno.EFBIG, "File too large")
+        return self._file.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._file, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._file.close()
+
+
+def test_a_failed_checkpoint_write_names_the_file_and_reason_and_keeps_the_old_one(
+    tmp_path, monkeypatch
+):
+    # tester: torch.save turns the stream's OSError [Errno 27] into "RuntimeError: [enforce
+    # fail at inline_container.cc] unexpected pos", which left a raw traceback
+    from pyro_vae.checkpoint import FolderNotWritableError, WriteFailedError
+
+    run = RunFolder(tmp_path)
+    run.save_checkpoint({"epoch": 1})
+    # mid-stream, as a file-size limit meets a large checkpoint (its first write failing
+    # reaches torch.save's caller as the OSError itself)
+    limited = lambda p, m: _LimitedFile(p, m, 20 if "metrics" in str(p) else 5000)  # noqa: E731
+    monkeypatch.setattr("pyro_vae.checkpoint.open", limited, raising=False)
+    weights = torch.zeros(10_000)
+    with pytest.raises(WriteFailedError) as err:
+        run.save_checkpoint({"epoch": 2, "w": weights})
+    assert isinstance(err.value.__cause__, RuntimeError)  # torch.save's, mapped
+    assert isinstance(err.value, FolderNotWritableError)  # the CLI reports it as one
+    message = str(err.value)
+    assert f"writing {tmp_path / 'checkpoint.pt'}" in message and "File too large" in message
+    assert "EFBIG" in message and "ulimit -f" in message and "previous checkpoint.pt" in message
+    with pytest.raises(WriteFailedError, match="metrics.json: the system refused"):
+        run.update_metrics(epochs=[1, 2])
+    monkeypatch.undo()
+    assert run.load_checkpoint()["epoch"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".metrics.lock", "checkpoint.pt"]
+
+
+def test_a_damaged_metrics_file_is_rebuilt_from_the_checkpoint_by_the_fit_holding_it(
+    tmp_path, capsys
+):
+    # tester: a cut-short metrics.json blocked fit --resume, evaluate, sample and compare
+    # ("is not valid JSON") with no next step, though checkpoint.pt holds the history
+    run = RunFolder(tmp_path)
+    history = [{"epoch": 1, "train_elbo": -3.0}, {"epoch": 2, "train_elbo": -2.5}]
+    run.save_checkpoint({"epoch": 2, "history": history, "best": {"epoch": 2}})
+    damaged = '{"epochs": [{"epoch": 1, "train_el'
+    run.file("metrics.json").write_text(damaged)
+    with pytest.raises(RunFolderError, match=r"not valid JSON .*`pyro-vae fit --resume .*` rebu"):
+        RunFolder(tmp_path).read_metrics()  # a reader (evaluate, compare) changes nothing
+    assert run.file("metrics.json").read_text() == damaged
+    with run.claim():
+        assert run.read_metrics() == {"epochs": history, "best_epoch": 2}
+    assert "rebuilt its 2 epochs from" in capsys.readouterr().out
+    assert RunFolder(tmp_path).read_metrics()["epochs"] == history
+    assert run.file("metrics.json.damaged").read_text() == damaged  # nothing saved is lost
+    other = RunFolder(tmp_path / "new")
+    other.path.mkdir()
+    other.file("metrics.json").write_text("[")
+    with other.claim(), pytest.raises(RunFolderError, match="no checkpoint.pt to rebuild it"):
+        other.read_metrics()

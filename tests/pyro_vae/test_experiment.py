@@ -2,8 +2,10 @@
 
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+import pyro
 import pytest
 import torch
 from pyro.infer import Trace_ELBO
@@ -346,3 +348,40 @@ def test_a_run_recorded_before_imported_modules_compares_its_model_file_alone(he
     folder.write_config(config)
     folder.save_checkpoint(folder.load_checkpoint())
     load(run)
+
+
+class _RawProbabilities(torch.nn.Module):
+    """p(z) p(x | z) whose Bernoulli takes a linear layer's raw output as probabilities
+    (not checked: validate_args=False), so drawing x, as samples.png does, raises."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Linear(2, 64)
+
+    def forward(self, x):
+        import pyro.distributions as dist
+
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 2), 1.0).to_event(1))
+            probs = self.net(z) + 5.0
+            pyro.sample("x", dist.Bernoulli(probs=probs, validate_args=False).to_event(1), obs=x)
+
+
+def test_a_figure_that_raises_is_skipped_with_its_reason_and_the_others_are_made(fixture_run):
+    # tester: RuntimeError "Expected p_in >= 0 && p_in <= 1" from samples.png ended the
+    # fit after training and the test block, and no later figure was made
+    pyro.set_rng_seed(0)
+    exp = load(fixture_run)
+    bad = replace(exp, model=_RawProbabilities())
+    history = fixture_run.read_metrics()["epochs"]
+    paths, skipped = write_figures(bad, fixture_run, history, {}, num_samples=4)
+    assert {p.name for p in paths} == {"reconstructions.png", "elbo.png", "latent.png"}
+    expected = "RuntimeError: Expected p_in >= 0 && p_in <= 1 to be true, but got false."
+    assert skipped["samples.png"] == expected  # one line: torch's plea for reports left off
+    assert "decode(z)" in skipped["traversal.png"]  # what the model cannot give, as before
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # never swallowed
+        write_figures(replace(exp, model=interrupted), fixture_run, history, {}, num_samples=4)

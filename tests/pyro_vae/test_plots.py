@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from pyro_vae.plots import (
+    latent_figure,
     mosaic,
     plot_elbo_curves,
     plot_gradient_variance,
@@ -196,3 +197,31 @@ def assert_integer_epoch_ticks(ax) -> None:
     lo, hi = ax.get_xlim()
     assert all(float(t).is_integer() for t in ticks), list(ticks)
     assert any(lo <= t <= hi for t in ticks)
+
+
+def _bar_labels(fig):
+    bar = fig.axes[1]
+    return [t.get_text() for t in bar.get_yticklabels()], list(bar.get_yticks())
+
+
+def test_the_latent_plot_gives_each_class_its_own_colour_and_its_name():
+    # tester: tab10 over -0.5..9.5 drew every class from 9 upward in 9's colour, a 3-class
+    # table with a 0..9 bar, and class names as 0..9
+    generator = torch.Generator().manual_seed(0)
+    z = torch.randn(60, 2, generator=generator)
+    labels = torch.arange(60) % 15
+    fig = latent_figure(z, labels, classes=15, points="test rows")
+    drawn = fig.axes[0].collections[0]
+    colours = {tuple(c) for c in drawn.to_rgba(drawn.get_array())}
+    assert len(colours) == 15  # one per class, none shared
+    assert _bar_labels(fig)[1] == list(range(15))
+    assert fig.axes[0].get_title() == "latent means E_q[z | x] of test rows"
+    names = latent_figure(z[:9], torch.tensor([0, 1, 2] * 3), classes=["cat", "dog", "eel"])
+    assert _bar_labels(names) == (["cat", "dog", "eel"], [0, 1, 2])
+    assert "test images" in names.axes[0].get_title()
+    many = latent_figure(z, torch.arange(60) % 30, classes=30)  # a continuous map
+    drawn = many.axes[0].collections[0]
+    assert len({tuple(c) for c in drawn.to_rgba(drawn.get_array())}) == 30
+    low, high = many.axes[1].get_ylim()
+    assert (low, high) == (0, 29)  # class indices, ticked at integers
+    assert all(float(t).is_integer() for t in _bar_labels(many)[1])

@@ -352,3 +352,20 @@ def test_a_tab_separated_file_is_a_table(tmp_path):
     path.write_text("a\tb\n1\t2\n3\t4\n")
     assert is_table_path(str(path))
     np.testing.assert_array_equal(read_table(path).features, [[1.0, 2.0], [3.0, 4.0]])
+
+
+def test_a_csv_without_a_header_is_refused_not_read_one_row_short(tmp_path):
+    """Tester: np.savetxt's file lost its first row to the column names without a word."""
+    values = np.random.default_rng(0).normal(size=(200, 3))
+    path = tmp_path / "t.csv"
+    np.savetxt(path, values, delimiter=",")
+    with pytest.raises(TableError, match=r"^data: the first line of .*t\.csv is all numbers"):
+        read_table(path)
+    semicolons = tmp_path / "s.csv.gz"
+    np.savetxt(semicolons, values, delimiter=";")
+    with pytest.raises(TableError, match="is all numbers"):
+        read_table(semicolons)
+    np.savetxt(path, values, delimiter=",", header="a,b,c", comments="")  # the advice works
+    assert read_table(path).features.shape == (200, 3)
+    pd.DataFrame(values, columns=["1", "x", "2"]).to_csv(path, index=False)  # one name
+    assert read_table(path).columns == ("1", "x", "2")
