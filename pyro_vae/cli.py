@@ -31,6 +31,7 @@ from pyro_vae.checkpoint import (
     RunFolder,
     RunFolderError,
     check_writable,
+    flat_settings,
 )
 from pyro_vae.convnets import ARCHITECTURES, DEFAULT_CHANNELS, default_activation
 from pyro_vae.data import BINARIZATIONS, DatasetNotFoundError, resolved_name
@@ -49,6 +50,7 @@ from pyro_vae.distributed import (
     session,
     started_by_torchrun,
 )
+from pyro_vae.early_stopping import EarlyStopping
 from pyro_vae.estimators.compiled import CaptureError, compilable, should_record
 from pyro_vae.experiment import (
     Experiment,
@@ -795,8 +797,42 @@ def _print_test(test: dict[str, Any], table: bool = False) -> None:
                 print(f"skipped {metric}: {why}")
 
 
-# The flags that can go with --resume: everything else is the run's own, in its config.json.
-_RESUMABLE = {"--resume", "--epochs", "--no-progress", "--device", "--nproc", "--tensorboard"}
+# The flags that can go with --resume whatever their value: everything else is the run's
+# own, in its config.json, and may be given only with the value recorded there.
+_RESUMABLE = {
+    "--resume",
+    "--epochs",
+    "--patience",
+    "--no-progress",
+    "--device",
+    "--nproc",
+    "--tensorboard",
+}
+_DATA_FLAGS = (
+    "image_size", "crop", "columns", "label_column", "labels_fraction", "labelled",
+    "likelihood", "binarize", "threshold", "levels", "val_fraction", "test_fraction",
+)  # fmt: skip
+_TRAINING_FLAGS = ("batch_size", "lr", "seed", "beta", "drop_last", "data_plate", "precision")
+# The config.json settings (flat_settings keys) each of the run's own flags decides, to
+# compare a resume's flag with the run's value; --model-opt and --estimator-opt decide those
+# of the keys they give. A flag not listed is refused on a resume whatever its value.
+_FLAG_SETTINGS: dict[str, tuple[str, ...]] = {
+    "--model": ("model",),
+    "--guide": ("guide",),
+    **{f"--{f.replace('_', '-')}": (f"model_options.{key}",) for key, f in _MODEL_FLAGS.items()},
+    "--data": ("data.name",),
+    **{f"--{f.replace('_', '-')}": (f"data.{f}",) for f in _DATA_FLAGS},
+    "--estimator": ("estimator.name",),
+    "--gradient": ("estimator.options.gradient",),
+    "--free-bits": ("estimator.options.free_bits",),
+    "--free-bits-groups": ("estimator.options.free_bits_groups",),
+    **{f"--{f.replace('_', '-')}": (f"train.{f}",) for f in _TRAINING_FLAGS},
+    "--kl-warmup": ("train.kl_warmup_epochs",),
+    "--vectorize-particles": ("train.vectorize_particles",),
+    "--compile": ("train.compile", "train.compile_backend"),
+    "--ll-samples": ("evaluation.ll_samples",),
+    "--ll-points": ("evaluation.ll_points",),
+}
 
 
 def _fit(args: argparse.Namespace, given: set[str]) -> int:
@@ -915,15 +951,9 @@ def _resume_config(
     rank 0's (config.json, checkpoint), on the other ranks, instead of reading the folder;
     ``share``: rank 0's group, to send them to the others once they have passed its
     checks (:func:`~pyro_vae.distributed.run_from_rank_0`)."""
-    fixed = sorted(given - _RESUMABLE)
-    if fixed:
-        raise ValueError(
-            f"resume: {', '.join(fixed)} cannot change a run being resumed, which continues with "
-            "the settings in its config.json; only "
-            f"{', '.join(sorted(_RESUMABLE - {'--resume'}))} go with --resume. "
-            "To change them, start a new run with --out (nothing was changed)"
-        )
+    _refuse_unknown_resume_flags(given)
     written, state = _read_run(run) if received is None else received
+    _refuse_changed_settings(args, given, written)
     config = RunConfig.from_json(written)
     if share is not None:
         run_from_rank_0(share, written, state)
@@ -936,15 +966,102 @@ def _resume_config(
                 f"at least {done} (the total to train to, not how many more)"
             )
         epochs = args.epochs
+    patience = _resumed_patience(config, args, given)
+    if args.epochs is not None or "--patience" in given:  # a finished run's is scored again
+        _refuse_nothing_to_train(run, epochs, patience, state)
     training = replace(
         config.training,
         epochs=epochs,
+        patience=patience,
         progress=not args.no_progress,
         tensorboard=config.training.tensorboard or args.tensorboard,
     )
     if args.device is not None:  # run folders are device-independent
         training = replace(training, device=args.device)
     return replace(config, training=training), state
+
+
+def _resumed_patience(config: RunConfig, args: argparse.Namespace, given: set[str]) -> int | None:
+    """The patience a resume trains on with: ``--patience`` where given (0: none), which
+    only decides when training stops, so the epochs trained before are those it would
+    have trained; else the run's own."""
+    return (args.patience or None) if "--patience" in given else config.training.patience
+
+
+def _refuse_unknown_resume_flags(given: set[str]) -> None:
+    """Refuse a flag a resume can neither change nor compare with the run's value."""
+    unknown = sorted(given - _RESUMABLE - set(_FLAG_SETTINGS) - {"--model-opt", "--estimator-opt"})
+    if unknown:
+        raise ValueError(
+            f"resume: {', '.join(unknown)} cannot change a run being resumed, which continues "
+            "with the settings in its config.json; only "
+            f"{', '.join(sorted(_RESUMABLE - {'--resume'}))} go with --resume. To change "
+            "them, start a new run with --out (nothing was changed)"
+        )
+
+
+def _refuse_changed_settings(
+    args: argparse.Namespace, given: set[str], written: dict[str, Any]
+) -> None:
+    """Refuse, before any work, the run's own flags given to a resume with another value
+    than config.json's (``written``), naming each flag, the run's value and the one given.
+    The same value goes through: a user re-running the command that made the run, with
+    ``--resume`` for ``--out``, gives the run's own (a tester: ``--ll-samples 10`` on a run
+    made with it was refused). The value given is read as a new run reads it."""
+    fixed = sorted(given - _RESUMABLE)
+    if not fixed:
+        return
+    then = flat_settings(RunConfig.from_json(written).to_json())
+    now = flat_settings(_run_config_from_args(args).to_json())
+    changed = []
+    for flag in fixed:
+        for key in _settings_of(flag, args):
+            if key == "train.compile" and args.compile == "auto":
+                continue  # auto decides from the run's own model and estimator
+            if now.get(key) != then.get(key):
+                why = f"{flag} gives {key} = {now.get(key)!r}, the run's is {then.get(key)!r}"
+                changed.append((flag, why))
+    if changed:
+        flags = sorted({flag for flag, _ in changed})
+        raise ValueError(
+            f"resume: {', '.join(flags)} cannot change a run being resumed: "
+            f"{'; '.join(why for _, why in changed)}. A resumed run continues with the settings "
+            "in its config.json, so the run's own flags go with --resume only with the values "
+            f"recorded there (only {', '.join(sorted(_RESUMABLE - {'--resume'}))} may change). "
+            "To change them, start a new run with --out (nothing was changed)"
+        )
+
+
+def _settings_of(flag: str, args: argparse.Namespace) -> list[str]:
+    """The config.json settings (``flat_settings`` keys) ``flag`` decides."""
+    if flag in ("--model-opt", "--estimator-opt"):
+        section = {"--model-opt": ["model_options"], "--estimator-opt": ["estimator", "options"]}
+        options = {key: 0 for key, _ in getattr(args, flag[2:].replace("-", "_"))}
+        for name in reversed(section[flag]):
+            options = {name: options}
+        return list(flat_settings(options))
+    return list(_FLAG_SETTINGS[flag])
+
+
+def _refuse_nothing_to_train(
+    run: RunFolder, epochs: int, patience: int | None, state: dict[str, Any] | None
+) -> None:
+    """Refuse, before anything is recomputed, a resume asked to train to ``epochs`` (more
+    than the run has done) that early stopping with ``patience`` would let train no epoch
+    (a tester: an early-stopped run given more ``--epochs`` trained 0 epochs, said it had
+    stopped early, and replaced its test block)."""
+    if state is None or epochs <= int(state["epoch"]):
+        return
+    done = int(state["epoch"])
+    if EarlyStopping(patience, state.get("best")).out_of_patience(done):
+        wait = done - state["best"]["epoch"]
+        raise ValueError(
+            f"resume: {run.path} is at epoch {done}, {wait} epochs past its best validation "
+            f"ELBO (epoch {state['best']['epoch']}), where --patience {patience} stops it, so "
+            f"--epochs {epochs} would train no epoch; give --patience above {wait} too to train "
+            f"on (0: no early stopping), or score it again with `pyro-vae evaluate {run.path}` "
+            "(nothing was changed)"
+        )
 
 
 def _read_run(run: RunFolder) -> tuple[dict[str, Any], dict[str, Any] | None]:

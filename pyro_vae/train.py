@@ -79,6 +79,7 @@ from pyro_vae.devices import move_modules, on_device, resolve_device
 from pyro_vae.distributed import SynchronizedELBO, current, refuse_batch_terms
 from pyro_vae.divergence import DivergenceGuard, TrainingDiverged
 from pyro_vae.early_stopping import EarlyStopping
+from pyro_vae.estimators import names as estimator_names
 from pyro_vae.estimators.compiled import CompiledELBO
 from pyro_vae.evaluate import eval_mode
 from pyro_vae.fit_checkpoint import FitCheckpoint, Resumed
@@ -170,13 +171,13 @@ def fit(
     per-datapoint plate gets the full size N and the batch's rows (:mod:`pyro_vae.minibatch`).
     Every check is made before the first step, then ``on_ready()`` is called (with
     ``evaluated_per_datapoint``, the caller's per-datapoint evaluation's too:
-    :func:`_refuse_sites_outside_the_plate`). With a
-    ``run`` folder (a :class:`~pyro_vae.checkpoint.RunFolder` or a path) a checkpoint and
-    metrics.json are written after every validation (config.json, which says how to
-    rebuild the model, only by ``pyro-vae fit``: :func:`pyro_vae.compare.compare_runs`
-    reads such a folder, ``pyro-vae evaluate`` cannot); ``resume=True``
-    continues from it (or from ``resume_state``, the checkpoint already read) exactly as
-    an uninterrupted run would have gone on. Clears Pyro's param store first. It computes
+    :func:`_refuse_sites_outside_the_plate`). With a ``run`` folder (a
+    :class:`~pyro_vae.checkpoint.RunFolder` or a path) a checkpoint and metrics.json are
+    written after every validation (config.json, which says how to rebuild the model, only
+    by ``pyro-vae fit``: :func:`pyro_vae.compare.compare_runs` reads such a folder,
+    ``pyro-vae evaluate`` cannot); ``resume=True`` continues from it (or from
+    ``resume_state``, the checkpoint already read) exactly as an uninterrupted run would
+    have gone on. Clears Pyro's param store first. It computes
     on ``config.device`` (:func:`pyro_vae.devices.resolve_device`): the model's and guide's
     modules are moved there, and each batch as it is drawn; a checkpoint written on any
     device resumes on it. Training steps run at ``config.precision``
@@ -192,7 +193,8 @@ def fit(
         (or the last, without a validation set).
 
     Raises:
-        TypeError: ``model`` or ``guide`` is not callable, or ``data`` of another kind.
+        TypeError: ``model``/``guide`` not callable, ``data`` of another kind, or ``elbo``
+            not an estimator instance (``pyro_vae.estimators.get("trace")``, ``Trace_ELBO()``).
         ValueError: bad settings or data (named), before anything is trained (16-mixed on a CPU,
             ``config.tensorboard`` without a ``run`` folder).
         pyro_vae.tensorboard_log.TensorBoardMissing: ``config.tensorboard`` without the
@@ -203,7 +205,7 @@ def fit(
     config = config or TrainConfig()
     model, guide, config = _beta_from_handlers(model, guide, config)
     run = RunFolder(run) if isinstance(run, (str, os.PathLike)) else run
-    _refuse_bad_arguments(model, guide, run, resume, resume_state, config)
+    _refuse_bad_arguments(model, guide, elbo, run, resume, resume_state, config)
     whole = labelled_data(model, data)  # (x, y, observed) batches for a model that uses labels
     data, group, resume_state = _placed(whole, model, guide, config, run, resume, resume_state)
     batches = TrainingBatches(data, config.batch_size, config.seed, config.drop_last)
@@ -333,10 +335,11 @@ def _whole_first_batch(data, group, config: TrainConfig) -> tuple | None:
     return whole.first_batch, whole.first_rows
 
 
-def _refuse_bad_arguments(model, guide, run, resume: bool, resume_state, config) -> None:
+def _refuse_bad_arguments(model, guide, elbo, run, resume: bool, resume_state, config) -> None:
     for arg, fn in (("model", model), ("guide", guide)):
         if not callable(fn):
             raise TypeError(f"{arg}: expected a Pyro model/guide callable, got {type(fn).__name__}")
+    _refuse_bad_elbo(elbo)
     if config.tensorboard:
         if run is None:
             raise ValueError(
@@ -350,6 +353,28 @@ def _refuse_bad_arguments(model, guide, run, resume: bool, resume_state, config)
         raise ValueError(
             "resume_state: a checkpoint was given with resume=False; expected resume=True "
             "to continue from it, or no resume_state"
+        )
+
+
+def _refuse_bad_elbo(elbo) -> None:
+    """Refuse an ``elbo`` that is not an estimator instance before any work: a name, a class,
+    or an object without ``loss`` (validation) and ``loss_and_grads`` (the step) failed only
+    in the first step, as an ``AttributeError`` about a ``str`` or a wrapped model."""
+    if isinstance(elbo, str):
+        raise TypeError(
+            f"elbo: got the name {elbo!r}; expected an estimator instance: pass "
+            f"pyro_vae.estimators.get({elbo!r}) (names: {', '.join(estimator_names())})"
+        )
+    if isinstance(elbo, type):
+        raise TypeError(
+            f"elbo: got the class {elbo.__name__}; expected an instance of it, e.g. "
+            f"{elbo.__name__}()"
+        )
+    missing = [m for m in ("loss", "loss_and_grads") if not callable(getattr(elbo, m, None))]
+    if missing:
+        raise TypeError(
+            f"elbo: {type(elbo).__name__} has no {' or '.join(missing)} method; expected a "
+            "pyro.infer.ELBO instance, such as Trace_ELBO() or pyro_vae.estimators.get('trace')"
         )
 
 

@@ -792,7 +792,7 @@ CLI = [
             ("--estimator", "score"),
             ("--latent-dim", "9"),
             ("--data", "fashion-mnist"),
-            ("--patience", "3"),
+            ("--hidden", "64"),
             ("--kl-warmup", "2"),
         ]
     ],

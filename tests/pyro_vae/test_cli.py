@@ -228,17 +228,24 @@ def test_an_edited_config_json_is_refused_against_the_checkpoints_own(trained, t
     assert main(["evaluate", str(run), "--ll-samples", "2"]) == 0
 
 
-def test_a_resume_refused_over_an_unreadable_metrics_json_changes_nothing(trained, tmp_path):
-    """Tester L2: the refusal came after config.json had been rewritten with the resume's
-    --epochs, and a later plain resume trained to them."""
+def test_a_resume_over_an_unreadable_metrics_json_rebuilds_it_from_the_checkpoint(
+    trained, tmp_path, capsys
+):
+    """Tester L2's refusal came after config.json had been rewritten; tester AE: it gave no
+    next step. A fit --resume now rebuilds the history from checkpoint.pt, keeping the
+    damaged file beside it."""
     import shutil
 
     run = tmp_path / "broken"
     shutil.copytree(trained, run)
-    (run / "metrics.json").write_text((trained / "metrics.json").read_text()[:300])
-    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
-    assert main(["fit", "--resume", str(run), "--epochs", "9", "--no-progress"]) == 2
-    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    saved = json.loads((trained / "metrics.json").read_text())
+    damaged = (trained / "metrics.json").read_text()[:300]
+    (run / "metrics.json").write_text(damaged)
+    done = len(saved["epochs"])
+    assert main(["fit", "--resume", str(run), "--epochs", str(done + 1), "--no-progress"]) == 0
+    assert "rebuilt its" in capsys.readouterr().out
+    assert (run / "metrics.json.damaged").read_text() == damaged
+    assert json.loads((run / "metrics.json").read_text())["epochs"][:done] == saved["epochs"]
 
 
 def test_a_test_block_records_the_weights_it_scored(trained, tmp_path, monkeypatch):
@@ -1150,7 +1157,7 @@ def test_a_conv_vae_fits_evaluates_samples_and_resumes_as_a_conv_vae(tmp_path, c
     err = capsys.readouterr().err
     assert "--arch cannot change a run being resumed" in err
     # every flag that goes with --resume is named (tester U: --nproc was left out)
-    assert "only --device, --epochs, --no-progress, --nproc, --tensorboard go with" in err
+    assert "only --device, --epochs, --no-progress, --nproc, --patience, --tensorboard may" in err
 
 
 def test_an_mlp_run_keeps_no_arch_in_its_config(trained):
@@ -1652,3 +1659,66 @@ def test_metrics_record_the_processes_of_each_stretch_of_epochs():
         {"from_epoch": 1, "processes": 2},
         {"from_epoch": 4, "processes": 1},
     ]
+
+
+def _history(run: Path) -> list[tuple[float, float]]:
+    epochs = json.loads((run / "metrics.json").read_text())["epochs"]
+    return [(r["train_elbo"], r.get("val_elbo")) for r in epochs]
+
+
+def test_an_early_stopped_run_given_more_epochs_is_refused_until_patience_is_raised(
+    tmp_path, capsys
+):
+    """A tester: `fit --resume R --epochs 300` on a run early stopping had stopped trained
+    0 epochs, said it had stopped early, and replaced the test block; --patience was refused.
+    Now it is refused before any work, and a raised --patience trains on exactly as a run
+    with that patience from the start."""
+    slow = ["--lr", "1e-30", "--seed", "0", *FAST]  # weights that do not move: it stops early
+    run = tmp_path / "stopped"
+    assert main(["fit", "--epochs", "10", "--patience", "1", "--out", str(run), *slow]) == 0
+    metrics = (run / "metrics.json").read_text()
+    assert json.loads(metrics)["stop_reason"] == "early_stopping"
+    done = RunFolder(run).load_checkpoint()["epoch"]
+    capsys.readouterr()
+    assert main(["fit", "--resume", str(run), "--epochs", "8", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"is at epoch {done}" in err and "--patience 1 stops it" in err
+    assert "give --patience above 1 too" in err and "nothing was changed" in err
+    assert (run / "metrics.json").read_text() == metrics  # no test block recomputed
+    resume = ["fit", "--resume", str(run), "--epochs", "8", "--patience", "0", "--no-progress"]
+    assert main(resume) == 0
+    assert RunFolder(run).read_config()["train"]["patience"] is None
+    straight = tmp_path / "straight"
+    assert main(["fit", "--epochs", "8", "--patience", "0", "--out", str(straight), *slow]) == 0
+    assert len(_history(run)) == 8 and _history(run) == _history(straight)
+
+
+def test_a_resume_that_raised_patience_stopped_before_its_first_epoch_resumes(trained, tmp_path):
+    """A resume with --patience writes config.json before its first epoch ends; killed
+    there, it left the new patience beside the checkpoint of the old, which the next resume
+    took for an edited config.json."""
+    run = tmp_path / "raised"
+    shutil.copytree(trained, run)
+    config = RunFolder(run).read_config()
+    config["train"]["patience"] = 50
+    (run / "config.json").write_text(json.dumps(config))
+    assert main(["fit", "--resume", str(run), "--epochs", "4", "--no-progress"]) == 0
+    assert RunFolder(run).load_checkpoint()["epoch"] == 4
+
+
+def test_resume_takes_the_runs_own_flags_with_the_values_recorded(trained, tmp_path, capsys):
+    """A tester: the command that made a run, with --resume for --out, was refused for
+    flags it gave with the run's own values (`--ll-samples 10` on a run made with it)."""
+    run = tmp_path / "again"
+    shutil.copytree(trained, run)
+    same = ["--data", "digits", "--model-opt", "latent_dim=4", "--compile", "auto", *FAST]
+    assert main(["fit", "--resume", str(run), "--epochs", "4", *same]) == 0
+    assert RunFolder(run).load_checkpoint()["epoch"] == 4
+    capsys.readouterr()
+    other = ["--ll-samples", "50", "--hidden", "32", "--lr", "0.01"]
+    assert main(["fit", "--resume", str(run), "--epochs", "5", *other]) == 2
+    err = capsys.readouterr().err
+    assert "--ll-samples, --lr cannot change a run being resumed" in err
+    assert "--ll-samples gives evaluation.ll_samples = 50, the run's is 20" in err
+    assert "--lr gives train.lr = 0.01, the run's is 0.001" in err and "--hidden" not in err
+    assert RunFolder(run).load_checkpoint()["epoch"] == 4

@@ -135,6 +135,32 @@ def test_model_and_guide_must_be_callable(digits):
         fit(model, "guide", digits, Trace_ELBO(), quiet(epochs=1))
 
 
+@pytest.mark.parametrize(
+    "elbo, message",
+    [
+        (
+            "trace",
+            r"elbo: got the name 'trace'.*pyro_vae.estimators.get\('trace'\) \(names: .*iwae",
+        ),
+        (
+            Trace_ELBO,
+            r"elbo: got the class Trace_ELBO; expected an instance of it, e.g. Trace_ELBO\(\)",
+        ),
+        (
+            object(),
+            r"elbo: object has no loss or loss_and_grads method; expected a pyro.infer.ELBO",
+        ),
+    ],
+)
+def test_an_elbo_that_is_not_an_estimator_instance_is_named_before_any_work(
+    digits, tmp_path, elbo, message
+):
+    model, guide = small_vae(digits)
+    with pytest.raises(TypeError, match=message):
+        fit(model, guide, digits, elbo, quiet(epochs=1), RunFolder(tmp_path / "r"))
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
+
+
 def test_early_stopping_when_validation_stops_improving(digits):
     pyro.set_rng_seed(0)
     model = Autoencoder(digits.x_dim, latent_dim=3, hidden_dims=(16,), noise_std=0.0)
