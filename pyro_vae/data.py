@@ -744,11 +744,9 @@ def load_data(
         )
     rows = _split_rows(raw, val_fraction, test_fraction, split_seed)
     if rows["train"][2].shape[0] < 2:
-        # a table's rows and an array's [N, D] vectors are rows, not images (tester AE)
-        unit = "rows" if raw.columns is not None or raw.train_x.ndim == 2 else "images"
         raise ValueError(
-            f"data: {raw.name!r} leaves {rows['train'][2].shape[0]} training {unit} after the "
-            f"test and validation splits (test_fraction={test_fraction}, "
+            f"data: {raw.name!r} leaves {rows['train'][2].shape[0]} training {_unit(raw)} after "
+            f"the test and validation splits (test_fraction={test_fraction}, "
             f"val_fraction={val_fraction}); expected at least 2"
         )
     info: dict[str, Any] = {
@@ -925,6 +923,12 @@ def _raw(name: Any, labels: Any, **options: Any) -> RawImages:
 
 Split = tuple[np.ndarray, np.ndarray, np.ndarray]
 """A split as an index set: the stored images, their labels, and the split's rows of them."""
+
+
+def _unit(raw: RawImages) -> str:
+    """What ``raw``'s rows are called: a table's and an array's [N, D] vectors are rows, not
+    images (tester AE: a one-row table was refused for "0 training images")."""
+    return "rows" if raw.columns is not None or raw.train_x.ndim == 2 else "images"
 
 
 def _split_rows(
