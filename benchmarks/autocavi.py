@@ -17,7 +17,9 @@ steps, for a smoke run). Bounds are whole-data ELBOs in nats. For each model:
   probing time shown is the fastest warm call's.
 - one plain Pyro run of the model (``poutine.trace`` and every log-density, validation
   off), timed warm the same way: what any method that runs the model even once pays, and
-  so the floor under AutoCAVI's time.
+  so the floor under AutoCAVI's time; beside it, how many model runs AutoCAVI made (its
+  seeded first run and ``probe_model_runs_``) and that many plain runs' time, a floor no
+  faster sweep or solve lowers (a batched run of many points costs more than a plain one).
 - mean-field SVI as in ``cavi_vs_svi.py`` (regression: ``AutoNormal``, ``Trace_ELBO`` with 8
   vectorized particles, Adam 0.02, 3000 steps; mixture: the Bartlett model's ``AutoNormal``
   from k-means, ``TraceEnum_ELBO`` with 4 particles, Adam 0.01, 1000 steps), its final ELBO
@@ -194,22 +196,31 @@ def main() -> None:
         "",
         "Times in ms are warm / after `gc.collect()` (see the module docstring); the plain "
         "run is one Pyro trace of the model with every log-density, the floor under any "
-        "method that runs the model once. SVI's time to its final bound is its steps to "
+        "method that runs the model once. AutoCAVI runs the model several times (its seeded "
+        "first run, which also tracks which latents each factor reads, the batched probe "
+        "runs and the check at q; a batched run counts once, and costs more than a plain "
+        "one), so their number times the plain run is a floor under its time that no "
+        "faster sweep or solve lowers: where that floor exceeds twice the hand-written "
+        "fit, issue 18's 2x target is out of reach of any method that probes the model. "
+        "SVI's time to its final bound is its steps to "
         "it times its fastest step (AutoCAVI's times are likewise its fastest calls), and "
         "its ratio is over AutoCAVI's slower time.",
         "",
         "| model | hand-written bound | ms | AutoCAVI bound | ms | probing ms | sweeps | "
-        "plain model run ms | SVI ELBO ± se | SVI s | SVI s to its final bound | "
+        "plain model run ms | AutoCAVI's model runs | their floor, ms | "
+        "SVI ELBO ± se | SVI s | SVI s to its final bound | "
         "AutoCAVI / hand, warm | AutoCAVI / hand, after collection | "
         "SVI s to bound / AutoCAVI s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, hand, auto, times, plain_s, (elbo, se, svi_s, reach_s) in rows:
         (hand_w, auto_w), (hand_c, auto_c) = times["warm"], times["collected"]
+        runs = 1 + auto.probe_model_runs_  # the seeded first run is not counted there
         lines.append(
             f"| {name} | {hand.lower_bound_:.3f} | {hand_w * 1e3:.2f} / {hand_c * 1e3:.2f} | "
             f"{auto.lower_bound_:.3f} | {auto_w * 1e3:.1f} / {auto_c * 1e3:.1f} | "
             f"{auto.probe_seconds_ * 1e3:.1f} | {auto.n_iter_} | {plain_s * 1e3:.2f} | "
+            f"{runs} | {runs * plain_s * 1e3:.2f} | "
             f"{elbo:.3f} ± {se:.3f} | {svi_s:.1f} | {reach_s:.2f} | {auto_w / hand_w:.1f} | "
             f"{auto_c / hand_c:.1f} | {reach_s / max(auto_w, auto_c):.0f} |"
         )
