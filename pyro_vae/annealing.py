@@ -18,18 +18,61 @@ model's copy of the site was scaled trained on log p(x | z) + β log p(z) − lo
 
 For plain ``pyro.infer.SVI``: ``SVI(ScaleLatents(b)(model), ScaleLatents(b, guide=True)(guide),
 ...)``; :func:`pyro_vae.fit` takes ``TrainConfig(beta=b)`` (or such a wrapped pair, which it
-unwraps, :func:`unwrap`, so that validation still reports the ELBO).
+unwraps, :func:`unwrap`, so that warm-up composes with β).
+
+β weights a training objective; log p(x) and the ELBO belong to the model. Under
+:func:`unscaled` every handler is a no-op wherever it sits (around the model, under other
+wrappers, or entered inside the model's own code), which is how :mod:`pyro_vae.evaluate`
+scores such a pair: by the handler's own state at run time, not by reading how the pair
+was wrapped, which no reading of callables can do for a handler entered inside a model.
+:func:`handlers_seen` lists the handlers that acted on a run, for a caller that must know
+whether β is already applied (:func:`pyro_vae.fit` refuses β given twice).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
+from contextvars import ContextVar
 
 from pyro.poutine.messenger import Messenger
 
+# Context variables rather than module globals: each thread (and asyncio task) has its own,
+# so one thread evaluating does not switch off β in another thread's training step.
+_UNSCALED: ContextVar[bool] = ContextVar("pyro_vae_annealing_unscaled", default=False)
+_SEEN: ContextVar[list | None] = ContextVar("pyro_vae_annealing_seen", default=None)
+
+
+@contextlib.contextmanager
+def unscaled() -> Iterator[None]:
+    """Within it, every :class:`ScaleLatents` leaves the scales as they are (β = 1).
+
+    Re-entrant (the outer block's state is restored on leaving an inner one) and
+    thread-safe (a :class:`contextvars.ContextVar`); left on any exit, an exception's too.
+    Also a decorator (``@unscaled()``)."""
+    token = _UNSCALED.set(True)
+    try:
+        yield
+    finally:
+        _UNSCALED.reset(token)
+
+
+@contextlib.contextmanager
+def handlers_seen() -> Iterator[list]:
+    """A list, filled while the block runs, of each :class:`ScaleLatents` that met a site
+    it applies to (once each, in the order met), under :func:`unscaled` or not."""
+    seen: list[ScaleLatents] = []
+    token = _SEEN.set(seen)
+    try:
+        yield seen
+    finally:
+        _SEEN.reset(token)
+
 
 class ScaleLatents(Messenger):
-    """Multiply the log-density of unobserved sample sites by ``beta`` (mutable).
+    """Multiply the log-density of unobserved sample sites by ``beta`` (mutable); a no-op
+    under :func:`unscaled`.
 
     Args:
         beta: β > 0 (1: the ELBO).
@@ -60,18 +103,25 @@ class ScaleLatents(Messenger):
         return handler
 
     def _process_message(self, msg) -> None:
-        beta = self.beta
         if (
-            msg["type"] == "sample"
-            and not msg["is_observed"]
-            and (self.guide or not msg["infer"].get("enumerate"))
-            and beta != 1.0
+            msg["type"] != "sample"
+            or msg["is_observed"]
+            or not (self.guide or not msg["infer"].get("enumerate"))
         ):
+            return
+        seen = _SEEN.get()
+        if seen is not None and not any(h is self for h in seen):
+            seen.append(self)
+        beta = self.beta
+        if beta != 1.0 and not _UNSCALED.get():
             msg["scale"] = beta * msg["scale"]
 
 
 def unwrap(fn) -> tuple[object, ScaleLatents | None]:
-    """``(inner, handler)`` for ``fn = ScaleLatents(...)(inner)``; ``(fn, None)`` otherwise."""
+    """``(inner, handler)`` for ``fn = ScaleLatents(...)(inner)``; ``(fn, None)`` otherwise.
+
+    A reading of how ``fn`` was made, so only the outermost handler: enough to move its β
+    into a training config, never to score the pair (for that, :func:`unscaled`)."""
     inner = getattr(fn, "func", None)
     if (
         isinstance(inner, functools.partial)

@@ -27,9 +27,13 @@ chunks; the per-datapoint plate gets the chunk's row indices in 0..N−1 and the
 rows it was fitted to. A model site that is neither observed nor drawn by the guide (a
 data argument left out, say) is refused rather than scored as a latent.
 
-A pair wrapped in :class:`~pyro_vae.annealing.ScaleLatents` (β-VAE as plain ``SVI`` trains
-it) is scored unwrapped (:func:`scored_pair`), as :func:`pyro_vae.fit` validates it: β
-weights the training objective, while log p(x) and the ELBO belong to the model.
+A pair with :class:`~pyro_vae.annealing.ScaleLatents` in it (β-VAE as plain ``SVI`` trains
+it) is scored under :func:`~pyro_vae.annealing.unscaled`, where every such handler is a
+no-op wherever it sits (around the model, under ``functools.partial`` or
+``poutine.block``, in a wrapper function, or entered inside the model's code), as
+:func:`pyro_vae.fit` validates it: β weights the training objective, while log p(x) and
+the ELBO belong to the model. The pair :func:`prepare` returns runs unscaled whoever runs
+it (:class:`UnscaledMinibatched`).
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.infer import TraceEnum_ELBO
 
-from pyro_vae.annealing import unwrap
+from pyro_vae.annealing import unscaled, unwrap
 from pyro_vae.checks import check_count
 from pyro_vae.devices import resolve_device, to_device
 from pyro_vae.enumerated_sites import enumerated_runs, enumerated_sites, marginal_terms
@@ -93,22 +97,32 @@ def eval_mode(*modules: object) -> Iterator[None]:
             m.train(mode)
 
 
-def scored_pair(model, guide) -> tuple:
-    """``(model, guide)`` without the :class:`~pyro_vae.annealing.ScaleLatents` handlers
-    wrapped around either (any number, any β): what the evaluators score.
-
-    Sound whatever β: the handler only multiplies the log-densities of latent sites, never
-    what is drawn, so the inner pair is the model and guide themselves, and the β-objective
-    (a training objective, no bound on log p(x) for β ≠ 1) is not what log p(x) or the ELBO
-    asks of them. ``fit`` unwraps such a pair for training alike (:func:`~pyro_vae.
-    annealing.unwrap`)."""
-    unwrapped = []
+def _bare(model, guide) -> tuple:
+    """``(model, guide)`` without the ``ScaleLatents(b)(fn)`` wrappers around the outside of
+    either, for what they are made of: their torch modules (:func:`eval_mode`), a
+    ``num_data`` keyword, a Pyro autoguide's rows, none of which shows through the wrapper's
+    ``functools.partial``. Not what makes the numbers the model's: handlers at any depth
+    are no-ops under :func:`~pyro_vae.annealing.unscaled`, which the evaluators run in, so
+    peeling the outer ones changes no number."""
+    bare = []
     for fn in (model, guide):
-        fn, handler = unwrap(fn)
+        inner, handler = unwrap(fn)
         while handler is not None:
-            fn, handler = unwrap(fn)
-        unwrapped.append(fn)
-    return tuple(unwrapped)
+            fn = inner
+            inner, handler = unwrap(fn)
+        bare.append(fn)
+    return tuple(bare)
+
+
+class UnscaledMinibatched(Minibatched):
+    """:class:`~pyro_vae.minibatch.Minibatched`, run under :func:`~pyro_vae.annealing.
+    unscaled`: the pair :func:`prepare` returns scores the model's log-densities whoever
+    runs it (:mod:`pyro_vae.diagnostics.psis` runs it directly), whatever β handlers are
+    inside it."""
+
+    def __call__(self, *args, subsample: torch.Tensor | None = None, **kwargs):
+        with unscaled():
+            return super().__call__(*args, subsample=subsample, **kwargs)
 
 
 def _warn_point_masses(names: list[str], stacklevel: int) -> None:
@@ -158,8 +172,8 @@ def _chunk(args: tuple, start: int, stop: int) -> tuple:
 
 def max_plate_nesting(model, guide, *args, **kwargs) -> int:
     """How many batch dimensions the model and guide use, read from one trace of each."""
-    model, guide = scored_pair(model, guide)
-    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+    model, guide = _bare(model, guide)
+    with torch.no_grad(), torch.random.fork_rng(devices=[]), unscaled():
         model_tr, guide_tr = run_pair(model, guide, args, kwargs)
     return plate_nesting(model_tr, guide_tr)
 
@@ -306,10 +320,11 @@ def prepare(
         ValueError: a model site is neither observed nor in the guide; ``rows`` of the
             wrong length or beyond the rows a local autoguide was fitted to.
 
-    A pair wrapped in :class:`~pyro_vae.annealing.ScaleLatents` is prepared unwrapped
-    (:func:`scored_pair`): the model's ELBO and log p(x), not the β-objective.
+    The returned pair's model and guide run under :func:`~pyro_vae.annealing.unscaled`
+    (:class:`UnscaledMinibatched`): the model's ELBO and log p(x), not a β-objective, from
+    whatever :class:`~pyro_vae.annealing.ScaleLatents` handlers are in it.
     """
-    model, guide = scored_pair(model, guide)
+    model, guide = _bare(model, guide)
     count = int(data[0].shape[0])
     device = data[0].device if device is None else resolve_device(device, "device")
     probe = to_device(_chunk(data, 0, min(count, probe_rows)), device)
@@ -326,8 +341,8 @@ def prepare(
         dim = next(f.dim for s in sample_sites(prior_tr).values() for f in frames_in(s, plate))
         align_autoguide(guide, plate, dim, num_data)
         pair = PerDatapoint(
-            Minibatched(model, plate, num_data),
-            Minibatched(guide, plate, num_data),
+            UnscaledMinibatched(model, plate, num_data),
+            UnscaledMinibatched(guide, plate, num_data),
             plate,
             0,
             num_data,
@@ -545,7 +560,7 @@ def _scored_chunks(model, guide, x, settings: tuple, score) -> list:
     num_samples, batch_size, data_plate, vectorize_particles, rows, device = settings
     _check_num("num_samples", num_samples)
     _check_num("batch_size", batch_size)
-    model, guide = scored_pair(model, guide)
+    model, guide = _bare(model, guide)
     data = data_arguments(x)
     with eval_mode(model, guide):
         pair = prepare(
@@ -641,7 +656,7 @@ def iwae_log_likelihood(
     _check_num("num_samples", num_samples)
     _check_num("batch_size", batch_size)
     _check_num("max_elements", max_elements)
-    model, guide = scored_pair(model, guide)
+    model, guide = _bare(model, guide)
     owner = getattr(model, "__self__", model)
     if getattr(owner, "generative", True) is False:
         raise ValueError(
@@ -705,7 +720,7 @@ def latent_means(model, guide, x: torch.Tensor, num_samples: int = 100) -> torch
     Raises:
         ValueError: no ``encode`` and not exactly one latent site per datapoint.
     """
-    model, guide = scored_pair(model, guide)
+    model, guide = _bare(model, guide)
     with eval_mode(model, guide):
         encode = offered(guide, "encode")
         if encode is not None:
@@ -742,7 +757,7 @@ def latent_draws_of(
     """:func:`latent_draws`, with the :class:`PerDatapoint` pair it prepared, for callers
     that go on to run that pair."""
     _check_num("num_samples", num_samples)
-    model, guide = scored_pair(model, guide)
+    model, guide = _bare(model, guide)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         # every row in one run: probed so (a plate that declares subsample_size covers them)
@@ -788,14 +803,14 @@ def label_metrics(
     Raises:
         ValueError: the method returned something other than a mapping of names to numbers.
     """
-    model, guide = scored_pair(model, guide)
+    model, guide = _bare(model, guide)
     hook = offered(getattr(model, "__self__", model), "label_metrics")  # or its object's
     if hook is None:
         return {}
     options = {}
     if iwae_samples is not None and accepts_keyword(hook, "iwae_samples"):
         options["iwae_samples"] = iwae_samples
-    with torch.no_grad(), eval_mode(model, guide):
+    with torch.no_grad(), eval_mode(model, guide), unscaled():
         values = hook(guide, x, y, **options)
     if not isinstance(values, dict) or not all(
         isinstance(k, str) and isinstance(v, int | float | torch.Tensor) for k, v in values.items()
@@ -864,20 +879,20 @@ def elbo_estimate(
     (:func:`~pyro_vae.guides.fixed.as_guide`); for a fit whose mean field is exact (one
     conjugate pair) every draw's term is its ``lower_bound_``.
 
-    A pair wrapped in :class:`~pyro_vae.annealing.ScaleLatents` is scored unwrapped
-    (:func:`scored_pair`): the ELBO, not the β-objective.
+    :class:`~pyro_vae.annealing.ScaleLatents` handlers in the pair, at any depth, are
+    no-ops here (:func:`~pyro_vae.annealing.unscaled`): the ELBO, not the β-objective.
 
     Returns:
         ``(elbo, standard_error)``.
     """
     _check_num("num_samples", num_samples)
-    model, guide = scored_pair(model, guide)
+    model, guide = _bare(model, guide)
     guide = as_guide(guide)
     _check_num("num_chunks", num_chunks)
     chunks = min(num_samples, num_chunks)
     sizes = [num_samples // chunks + (i < num_samples % chunks) for i in range(chunks)]
     means = []
-    with eval_mode(model, guide), poutine.block():
+    with eval_mode(model, guide), poutine.block(), unscaled():
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             nesting = max_plate_nesting(model, guide, *args, **kwargs)
             point_masses = point_masses_of(model, guide, args, kwargs)

@@ -247,7 +247,8 @@ def _train_epochs(
     or early stopping: each epoch's steps, validation (averaged over the ``group`` of
     ranks), the record of the epoch and the checkpoint; then the best weights put back."""
     result = _new_result(pair, start.history)
-    result.objective = _objective(config, _free_bits_of(getattr(step.svi, "elbo", None)))
+    free_bits = _free_bits_of(getattr(step.svi, "elbo", None))
+    result.objective = _objective(config, free_bits, pair.handler_beta)
     guard, stopping = step.guard, EarlyStopping(config.patience, start.best)
     for epoch in range(start.epoch, config.epochs):
         if stopping.out_of_patience(epoch):
@@ -276,8 +277,11 @@ def _train_epochs(
 def _beta_from_handlers(model, guide, config: TrainConfig):
     """A pair wrapped in :class:`~pyro_vae.annealing.ScaleLatents` (β-VAE as plain
     ``SVI`` takes it) unwrapped, its β moved into ``config.beta``: the training objective
-    is the same, and validation, which runs the pair as given, reports the ELBO rather than
-    the β-objective.
+    is the same, and KL warm-up then rises to that β. Only the outermost wrapper is seen
+    here (:func:`~pyro_vae.annealing.unwrap`); handlers deeper in the pair are found on a
+    run of it (:func:`~pyro_vae.training_pair.beta_in_pair`) and kept, but refused
+    alongside a β of fit's own (``config.beta`` ≠ 1, this outer β's included). Validation reports
+    the ELBO either way: the evaluators run under :func:`~pyro_vae.annealing.unscaled`.
 
     Raises:
         ValueError: only one of the pair is wrapped, their β differ, or ``config.beta``
@@ -400,11 +404,15 @@ def _free_bits_of(elbo) -> float | None:
     return None
 
 
-def _objective(config: TrainConfig, free_bits: float | None) -> dict[str, Any]:
-    """What training optimized, for metrics.json, and what the ELBOs reported measure."""
-    plain = config.beta == 1.0 and not config.kl_warmup_epochs and free_bits is None
+def _objective(
+    config: TrainConfig, free_bits: float | None, handler_beta: float = 1.0
+) -> dict[str, Any]:
+    """What training optimized, for metrics.json, and what the ELBOs reported measure.
+    ``beta``: config.beta times ``handler_beta``, the β of handlers inside the pair."""
+    beta = config.beta * handler_beta
+    plain = beta == 1.0 and not config.kl_warmup_epochs and free_bits is None
     return {
-        "beta": config.beta,
+        "beta": beta,
         "kl_warmup_epochs": config.kl_warmup_epochs,
         "free_bits": free_bits,
         "train_elbo": "the ELBO"
@@ -499,7 +507,7 @@ def _train_epoch(
         "epoch": epoch + 1,
         "train_elbo": -total / done,
         "seconds": time.perf_counter() - started,
-        "beta": step.warmup.beta,
+        "beta": step.warmup.beta * pair.handler_beta,
     }
 
 

@@ -21,7 +21,11 @@ Pyro code train correctly on minibatches:
 7. refuses a model site that is neither observed nor drawn by the guide (nor marked for
    enumeration): a data argument left out would otherwise be drawn from its prior and
    trained on;
-8. validates as the data source says (:meth:`~pyro_vae.data_source.DataSource.
+8. reads the β of :class:`~pyro_vae.annealing.ScaleLatents` handlers that act inside the
+   pair however it was wrapped (:func:`beta_in_pair`), which training keeps and the
+   numbers validation reports leave out (the evaluators run under
+   :func:`~pyro_vae.annealing.unscaled`);
+9. validates as the data source says (:meth:`~pyro_vae.data_source.DataSource.
    validation_set`): held-out ELBO per datapoint, the training set's for a local guide,
    or the whole-data ELBO on common random numbers for ``TensorData``.
 
@@ -41,6 +45,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.infer.autoguide import AutoGuide
 
+from pyro_vae.annealing import handlers_seen, unscaled
 from pyro_vae.data_source import TrainingBatches, ValidationSet
 from pyro_vae.evaluate import eval_mode, refuse_uncovered_sites
 from pyro_vae.likelihoods import check_observations
@@ -81,18 +86,22 @@ class TrainingPair:
     validate: Callable[[], float] | None = None
     validation_kind: str | None = None
     vectorize: bool | None = None
+    #: β of the ScaleLatents handlers inside model and guide (:func:`beta_in_pair`)
+    handler_beta: float = 1.0
 
     @classmethod
     def set_up(
         cls, model, guide, source: TrainingBatches, config, first: tuple | None = None
     ) -> TrainingPair:
-        """Steps 1-8 of the module docstring on ``source``'s first batch, or on ``first``,
+        """Steps 1-9 of the module docstring on ``source``'s first batch, or on ``first``,
         ``(args, rows)``: under data-parallel training the whole first batch, of which
         ``source`` holds one rank's part, so that parameters made from the batch they
         first see start as one process's do.
 
         Raises:
-            ValueError: mismatched dtypes, or data the model's likelihood cannot observe.
+            ValueError: mismatched dtypes, data the model's likelihood cannot observe, or
+                β handlers inside the pair that are not one β on both, or that fit's own
+                ``config.beta`` would multiply (:func:`beta_in_pair`).
             pyro_vae.plates.DataPlateError: minibatches of a model without a
                 per-datapoint plate, or an ambiguous one.
         """
@@ -122,6 +131,7 @@ class TrainingPair:
         if plate is not None:
             warn_on_scales(wrapped_model, wrapped_guide, args, rows, plate, n)
         pair = cls(wrapped_model, wrapped_guide, plate, weights, local)
+        pair.handler_beta = beta_in_pair(wrapped_model, wrapped_guide, args, kwargs, config.beta)
         pair.vectorize = config.vectorize_particles
         pair._set_validation(model, guide, source.data.validation_set(local, observable), config)
         return pair
@@ -303,9 +313,49 @@ def _one_row_gradients(guide, params, args, rows) -> list:
         return list(torch.autograd.grad(sum(terms), params, allow_unused=True))
 
 
+def beta_in_pair(model, guide, args: tuple, kwargs: dict, fit_beta: float = 1.0) -> float:
+    """β of the :class:`~pyro_vae.annealing.ScaleLatents` handlers that act on a run of the
+    pair (outside the random stream), however they are wrapped or entered: 1 where none
+    does, or all have β = 1. A handler's β is read as it is now (KL warm-up's changes).
+
+    Such handlers train on their β-objective (KL warm-up multiplies it, rising to their β);
+    ``fit_beta``, the β fit applies itself, would multiply it too, and a pair trained on β
+    twice reported the one β it was given: refused.
+
+    Raises:
+        ValueError: the handlers acting in the model and those in the guide are not one
+            and the same β (β on log p(z) but not on log q(z) trains no β-objective); or
+            both that β and ``fit_beta`` are ≠ 1, naming both and their product.
+    """
+    with torch.random.fork_rng(devices=[]), torch.no_grad(), poutine.block(), unscaled():
+        with handlers_seen() as in_guide:
+            guide_tr = poutine.trace(guide).get_trace(*args, **kwargs)
+        with handlers_seen() as in_model:
+            poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*args, **kwargs)
+    betas = [sorted({h.beta for h in seen if h.beta != 1.0}) for seen in (in_model, in_guide)]
+    if not betas[0] and not betas[1]:
+        return 1.0
+    if betas[0] != betas[1] or len(betas[0]) != 1:
+        raise ValueError(
+            f"model, guide: ScaleLatents handlers act inside them with β {betas[0] or [1.0]} "
+            f"(model) and {betas[1] or [1.0]} (guide); expected one β on both, or better, "
+            "the pair without handlers and TrainConfig(beta=b)"
+        )
+    if fit_beta != 1.0:
+        raise ValueError(
+            f"beta: {fit_beta!r} from the config (or a ScaleLatents around model and guide) "
+            f"and {betas[0][0]!r} from ScaleLatents handlers acting inside model and guide, "
+            f"which would train with β {fit_beta * betas[0][0]!r}; give β once: "
+            "TrainConfig(beta=...) with the pair unwrapped, or the handlers alone"
+        )
+    return betas[0][0]
+
+
 def warn_on_scales(model, guide, args, rows, plate: str, num_data: int) -> None:
-    """Warn about sites whose log-density scale is not N/|B| inside ``plate``, 1 outside."""
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
+    """Warn about sites whose log-density scale is not N/|B| inside ``plate``, 1 outside.
+    β handlers are left out (:func:`~pyro_vae.annealing.unscaled`): their scale is the
+    training objective's by intent, and validation's numbers leave it out likewise."""
+    with torch.random.fork_rng(devices=[]), torch.no_grad(), unscaled():
         model_tr, guide_tr = run_pair(model, guide, args, {"subsample": rows})
     factor = num_data / len(rows)
     odd = []

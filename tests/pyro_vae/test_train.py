@@ -813,3 +813,50 @@ def test_sites_outside_the_plate_draw_alike_on_parts_of_different_sizes():
     torch.manual_seed(4)
     _, other = run_pair(model, guide, (torch.zeros(4),), {})
     assert not torch.equal(unseeded.nodes["W"]["value"], other.nodes["W"]["value"])
+
+
+def _normal_normal_pair():
+    """z_n ~ N(0, 1), x_n ~ N(z_n, 1); guide N(a x_n, s²) with a and s learned."""
+    import pyro.distributions as dist
+
+    def model(x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x):
+        a = pyro.param("a", torch.tensor(0.1))
+        s = pyro.param("s", torch.tensor(1.0), constraint=constraints.positive)
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(a * x, s))
+
+    return model, guide
+
+
+def test_a_pair_with_beta_handlers_deep_inside_trains_beta_and_validates_the_elbo():
+    """F3: ScaleLatents under a wrapper function, which fit's unwrap cannot see. Training
+    keeps the handlers' β-objective, and validation reports the ELBO: the fit goes step for
+    step (and validation for validation) as the bare pair with TrainConfig(beta=4) does
+    (β 4 and N/|B| = 2 are powers of 2, so the scales multiply exactly in either order).
+    With a β of fit's own as well, β would apply twice: refused, naming both."""
+    import warnings
+
+    from pyro_vae.annealing import ScaleLatents
+
+    x = torch.linspace(-2.0, 2.0, 8)
+    config = dict(epochs=3, batch_size=4, lr=0.05, seed=2, val_samples=50)
+    model, guide = _normal_normal_pair()
+    handler = ScaleLatents(4.0)
+    deep = (lambda x: handler(model)(x)), (lambda x: handler.for_guide()(guide)(x))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no MinibatchScaleWarning for the handlers' scale
+        wrapped = fit(*deep, TensorData(x), Trace_ELBO(), quiet(**config))
+    wrapped_a = float(pyro.param("a"))
+    given = fit(model, guide, TensorData(x), Trace_ELBO(), quiet(beta=4.0, **config))
+    assert [r["val_elbo"] for r in wrapped.history] == [r["val_elbo"] for r in given.history]
+    assert [r["train_elbo"] for r in wrapped.history] == [r["train_elbo"] for r in given.history]
+    assert wrapped_a == float(pyro.param("a"))
+    assert [r["beta"] for r in wrapped.history] == [4.0] * 3
+    assert wrapped.info()["objective"]["beta"] == 4.0
+    with pytest.raises(ValueError, match=r"beta: 2.0 from the config .* and 4.0 from ScaleLat"):
+        fit(*deep, TensorData(x), Trace_ELBO(), quiet(beta=2.0, **config))

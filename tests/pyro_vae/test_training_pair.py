@@ -238,3 +238,35 @@ def test_the_guide_probe_leaves_the_param_store_and_shapes_that_broadcast_as_the
 
     X = torch.randn(20, 3)
     fit(BayesianRegression(), gamma_guide, TensorData(X, X.sum(1)), get("trace"), quiet(epochs=1))
+
+
+def test_beta_in_pair_reads_handlers_at_any_depth_and_refuses_unequal_ones():
+    """β of ScaleLatents read off a run of the pair: around it, under a wrapper function,
+    entered inside the code; 1 for none or β = 1; refused when model and guide differ."""
+    import functools
+
+    from pyro_vae.annealing import ScaleLatents
+    from pyro_vae.training_pair import beta_in_pair
+
+    def guide(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(0.5 * x, 0.6))
+
+    def inside(x):
+        with ScaleLatents(3.0):
+            local_model(x)
+
+    x = torch.tensor([0.5, -1.0, 2.0])
+    wrapped_guide = ScaleLatents(3.0, guide=True)(guide)
+    assert beta_in_pair(local_model, guide, (x,), {}) == 1.0
+    assert beta_in_pair(ScaleLatents(1.0)(local_model), guide, (x,), {}) == 1.0
+    assert beta_in_pair(ScaleLatents(3.0)(local_model), wrapped_guide, (x,), {}) == 3.0
+    deep = functools.partial(poutine.block(ScaleLatents(3.0)(local_model), hide_types=["param"]))
+    assert beta_in_pair(deep, lambda x: wrapped_guide(x), (x,), {}) == 3.0
+    assert beta_in_pair(inside, wrapped_guide, (x,), {}) == 3.0
+    with pytest.raises(ValueError, match=r"β \[3.0\] \(model\) and \[1.0\] \(guide\)"):
+        beta_in_pair(inside, guide, (x,), {})
+    with pytest.raises(ValueError, match=r"β \[2.0, 3.0\] \(model\)"):
+        beta_in_pair(ScaleLatents(2.0)(inside), wrapped_guide, (x,), {})
+    with pytest.raises(ValueError, match=r"beta: 2.0 from the config .* would train with β 6.0"):
+        beta_in_pair(inside, wrapped_guide, (x,), {}, fit_beta=2.0)
