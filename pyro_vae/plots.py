@@ -200,15 +200,20 @@ def latent_figure(
     """:func:`plot_latent`'s figure, unsaved: one colour per class and a colour bar of
     the classes, ticked with their names.
 
-    ``classes``: the class names, label c naming ``classes[c]`` (a table's label values,
-    an image folder's sub-folders), or their number, or ``None`` (labels 0..max). Up to 10
+    ``z``: ``[N, L]`` latent means; ``labels``: ``[N]`` integer labels. ``classes``: the
+    class names, label c naming ``classes[c]`` (a table's label values, an image folder's
+    sub-folders), or their number, or ``None`` (labels 0..max). Each point is coloured by
+    its class index (:func:`_class_indices`): its label where every label is one of
+    0..C−1, else its label's position among the sorted distinct labels (−1 and 1 are two
+    classes, neither in class 0's colour), and each class is named by its label. Up to 10
     classes take tab10's colours and up to 20 tab20's, one colour and one tick each; more
-    take a continuous map, the bar ticked with class indices (a fixed 10-colour map drew
-    every class from 9 upward as "9", and a 3-class table with a 0..9 bar: tester).
+    take a continuous map, the bar ticked at integer class indices (a fixed 10-colour map
+    drew every class from 9 upward as "9", and a 3-class table with a 0..9 bar: tester).
     ``points``: what a point is, for the title ("test rows" for a table).
     """
     import matplotlib
     from matplotlib.colors import ListedColormap
+    from matplotlib.ticker import FuncFormatter
 
     z_np = z.detach().cpu().numpy()
     axis = "z"
@@ -219,11 +224,9 @@ def latent_figure(
         axis = "principal axis"
     elif z_np.shape[1] == 1:
         z_np = np.column_stack([z_np[:, 0], np.zeros(len(z_np))])
-    values = labels.cpu().numpy().reshape(-1)
-    names = None if classes is None or isinstance(classes, int) else list(map(str, classes))
-    count = len(names) if names is not None else classes
-    top = int(values.max()) + 1 if values.size else 1
-    count = max(count or 0, top)
+    index, names = _class_indices(labels.cpu().numpy().reshape(-1), classes)
+    count = len(names)
+    named = classes is not None and not isinstance(classes, int)
     fig = Figure(figsize=(5.5, 5))
     ax = fig.subplots()
     if count <= 20:
@@ -233,19 +236,47 @@ def latent_figure(
     else:
         cmap, ticks, low, high = matplotlib.colormaps["turbo"], None, 0, count - 1
     drawn = ax.scatter(
-        z_np[:, 0], z_np[:, 1], c=values, cmap=cmap, s=6, alpha=0.8, vmin=low, vmax=high
+        z_np[:, 0], z_np[:, 1], c=index, cmap=cmap, s=6, alpha=0.8, vmin=low, vmax=high
     )
-    bar = fig.colorbar(drawn, ax=ax, ticks=ticks, label="class" if names else "label")
+    bar = fig.colorbar(drawn, ax=ax, ticks=ticks, label="class" if named else "label")
     if ticks is None:
-        bar.set_label("class index" if names else "label")
+        bar.set_label("class index" if named else "label")
         bar.locator = MaxNLocator(integer=True)
+        if not named:  # positions are not the labels where a label is negative
+            bar.formatter = FuncFormatter(
+                lambda v, _: names[int(v)] if float(v).is_integer() and 0 <= v < count else ""
+            )
         bar.update_ticks()
-    elif names is not None:
-        bar.set_ticks(ticks, labels=names[:count] + [str(c) for c in range(len(names), count)])
+    else:
+        bar.set_ticks(ticks, labels=names)
     ax.set_xlabel(f"{axis} 1")
     ax.set_ylabel(f"{axis} 2")
     ax.set_title(title or f"latent means E_q[z | x] of {points}", fontsize=9)
     return fig
+
+
+def _class_indices(
+    labels: np.ndarray, classes: Sequence[str] | int | None = None
+) -> tuple[np.ndarray, list[str]]:
+    """Each label's class index, ``[N]`` int, and each class's name, ``[C]``.
+
+    Labels all in 0..C−1 (C: the number of ``classes``, or the largest label plus one
+    where that is more) are the indices themselves, so a class absent from these points
+    keeps its colour; named ``classes[c]`` where ``classes`` names them, else ``"c"``.
+    Otherwise (a negative label) a label's index is its position among the sorted distinct
+    labels, named by the label: a colour map's ``vmin`` clipped −1 into class 0's colour
+    (tester)."""
+    names = None if classes is None or isinstance(classes, int) else [str(c) for c in classes]
+    given = len(names) if names is not None else (classes or 0)
+    if labels.size and labels.min() < 0:
+        values = np.unique(labels)
+        index = np.searchsorted(values, labels)
+    else:
+        values = np.arange(max(given, int(labels.max()) + 1 if labels.size else 1))
+        index = labels
+    return index, [
+        names[v] if names is not None and 0 <= v < len(names) else str(v) for v in values.tolist()
+    ]
 
 
 def plot_gradient_variance(

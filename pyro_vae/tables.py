@@ -11,9 +11,10 @@ The whole table is read into memory.
 - Features: ``columns`` names them (in that order); by default every numeric column but
   the label, in the file's order. Each must be numeric (bool counts) with no missing or
   infinite value.
-- Labels: ``label_column``'s values; integers stay as they are, anything else (strings,
-  categories, booleans) becomes the index of its value in sorted order. Without a
-  label column every row's label is 0.
+- Labels: ``label_column``'s values, read as text from a CSV; integers (written plainly,
+  without a leading zero) stay as they are, anything else (names, codes such as ``007``,
+  categories, booleans) becomes the index of its text in sorted order, the texts kept
+  as the class names. Without a label column every row's label is 0.
 
 What the observations are follows the likelihood (:func:`table_observations`):
 ``normal`` standardizes each column, (x − mean) / std, with the mean and standard
@@ -32,7 +33,9 @@ from __future__ import annotations
 
 import csv
 import gzip
+import itertools
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,19 +104,20 @@ def read_table(
     ``.pq``).
 
     Raises:
-        TableError: an unreadable or empty file; two columns of one name (pandas renames
-            the second ``name.1``); a ``label_column`` or one of ``columns`` that is not
-            there (the columns that are, named); with ``columns`` not given, a first column
-            without a header holding 0..N−1 (pandas' index, which ``to_csv`` writes unless
-            ``index=False``: a feature of row numbers); a non-numeric feature column; a
-            missing (NaN) or infinite value (column, count and first row named); non-integer
-            numeric labels; Parquet without pyarrow or fastparquet (the extra to install
-            named).
+        TableError: an unreadable or empty file; a CSV whose first line is not a header
+            or cannot be told from data (:func:`_refuse_data_as_header`); two columns of
+            one name (pandas renames the second ``name.1``); a ``label_column`` or one of
+            ``columns`` that is not there (the columns that are, named); with ``columns``
+            not given, a first column without a header holding 0..N−1 (pandas' index, which
+            ``to_csv`` writes unless ``index=False``: a feature of row numbers); a
+            non-numeric feature column; a missing (NaN) or infinite value (column, count and
+            first row named); non-integer numeric labels; Parquet without pyarrow or
+            fastparquet (the extra to install named).
     """
     import pandas as pd
 
     path = Path(path)
-    frame = _read(path)
+    frame = _read(path, label_column)
     if frame.shape[0] == 0 or frame.shape[1] == 0:
         raise TableError(f"data: {path} has no rows; expected a header and at least one row")
     names = [str(c) for c in frame.columns]
@@ -139,7 +143,9 @@ def read_table(
     return Table(features, labels, tuple(chosen), label_column, classes)
 
 
-def _read(path: Path):
+def _read(path: Path, label_column: str | None = None):
+    """The file as a DataFrame; a CSV's ``label_column`` read as text, so that labels
+    written alike as numbers stay apart (``007`` and ``7``: :func:`_labels`)."""
     import pandas as pd
 
     parquet = path.name.lower().endswith((".parquet", ".pq"))
@@ -150,7 +156,8 @@ def _read(path: Path):
             return pd.read_parquet(path)
         separator = csv_separator(path)
         _check_header(path, separator)
-        return pd.read_csv(path, sep=separator)
+        text = {label_column: str} if label_column is not None else None
+        return pd.read_csv(path, sep=separator, dtype=text)
     except TableError:
         raise  # the header's own refusal, said as it is
     except pd.errors.EmptyDataError as err:
@@ -160,28 +167,20 @@ def _read(path: Path):
         raise TableError(f"data: {path} could not be read as {kind} ({err})") from err
 
 
+HEADER_SAMPLE_LINES = 200
+"""How many lines from the top of a CSV :func:`_check_header` reads to tell a header."""
+
+
 def _check_header(path: Path, separator: str) -> None:
-    """Refuse a CSV whose first line is not a header: every cell a number (pandas made the
-    first row of a file written without one, ``np.savetxt``'s, the column names, and
-    trained on the other rows without a word: tester); or one that names a column twice
-    (pandas reads the second ``g1`` as ``g1.1`` without a word, tester U, and
-    ``--columns g1`` would pick one of two)."""
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    try:
-        with opener(path, "rt", encoding="utf-8", errors="replace", newline="") as f:
-            header = next(csv.reader(f, delimiter=separator), [])
-    except (csv.Error, OSError, EOFError):
-        return  # pandas says what is wrong with the file
-    if header and all(_is_number(cell) for cell in header):
-        shown = separator.join(header[:3]) + (separator + "..." if len(header) > 3 else "")
-        raise TableError(
-            f"data: the first line of {path} is all numbers ({shown!r}), not a header of "
-            "column names; it would be read as the names and left out of the data. Add a "
-            "header row naming the columns (numpy: np.savetxt(..., header='a,b,c', "
-            "comments='')); columns named by numbers alone need a letter too (w400, not 400)"
-        )
+    """Refuse a CSV whose first line is not a header (:func:`_refuse_data_as_header`), or
+    one that names a column twice (pandas reads the second ``g1`` as ``g1.1`` without a
+    word, tester U, and ``--columns g1`` would pick one of two)."""
+    records = _first_records(path, separator, HEADER_SAMPLE_LINES)
+    if not records:
+        return  # empty, or unreadable: pandas says what is wrong with the file
+    _refuse_data_as_header(path, separator, records)
     seen, twice = set(), []
-    for name in header:
+    for name, _ in records[0]:
         if name in seen and name not in twice:
             twice.append(name)
         seen.add(name)
@@ -190,6 +189,90 @@ def _check_header(path: Path, separator: str) -> None:
             f"data: {path} names the column(s) {twice} more than once in its header; expected "
             "one column per name (pandas would read the second as name.1): rename them"
         )
+
+
+def _refuse_data_as_header(path: Path, separator: str, records: list[list[tuple[str, bool]]]):
+    """Refuse the first line of a CSV unless it is a header, which pandas takes it for.
+
+    The columns that hold numbers in every later line sampled (every column, where there is
+    no later line) decide: the first line is a header when each of their cells in it that
+    is not blank is a name (not a number, or a number quoted where the cells below are
+    not: ``"1","2"``); it is data when none is a name, and a line that gives both names
+    and numbers is refused, since it cannot be told which it is. A line that gives those
+    columns no name and no number (a table of text alone) is left as pandas reads it. A
+    text column (a label's ``cat``) cannot be told from its own header by type, so it
+    does not count.
+    Taken as a header, a first line of data was one row lost without a word (tester: an
+    ``np.savetxt`` file; a headerless file with a text label column, ``cat,0.1,0.2``; one
+    with a blank cell, ``0.1,,0.3``).
+
+    Raises:
+        TableError: the first line reads as data, or names some numeric columns and gives
+            others numbers (it cannot be told which); the file and the cells named.
+    """
+    first, below = records[0], records[1:]
+    numbers, names = [], []
+    for j, (cell, quoted) in enumerate(first):
+        column = [row[j] for row in below if j < len(row) and row[j][0].strip()]
+        if below and not (column and all(_is_number(c) for c, _ in column)):
+            continue  # not a numeric column: a text cell above it tells nothing
+        if not cell.strip():
+            continue  # blank: a missing value, or a column without a name (an index's)
+        named = not _is_number(cell) or (quoted and not any(q for _, q in column))
+        (names if named else numbers).append(cell)
+    if not numbers:
+        return
+    shown = separator.join(c for c, _ in first[:4]) + (separator + "..." if len(first) > 4 else "")
+    fix = (
+        "Add a header line naming the columns (numpy: np.savetxt(..., header='a,b,c', "
+        "comments='')); a name that is a number needs quotes (\"400\") or a letter (w400)"
+    )
+    if not names:
+        what = "is all numbers" if len(numbers) == len(first) else "reads as data"
+        raise TableError(
+            f"data: the first line of {path} {what} ({shown!r}), not a header of column "
+            f"names: {numbers[:3]} stand where the lines below hold numbers, so it would be "
+            f"read as the names and left out of the data. {fix}"
+        )
+    raise TableError(
+        f"data: the first line of {path} ({shown!r}) gives names {names[:3]} to some columns "
+        f"that hold numbers below and numbers {numbers[:3]} to others, so it cannot be told "
+        f"whether it is a header or the first row of data. {fix}"
+    )
+
+
+def _first_records(path: Path, separator: str, limit: int) -> list[list[tuple[str, bool]]]:
+    """The records of the first ``limit`` lines of a CSV file, blank ones left out (as
+    pandas does), each a list of (cell, whether it was quoted). A record the limit may
+    have cut is dropped. Empty where the file cannot be read (pandas says why)."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8", errors="replace", newline="") as f:
+            lines = list(itertools.islice(f, limit))
+        reader, records, start = csv.reader(lines, delimiter=separator), [], 0
+        for cells in reader:
+            raw, start = "".join(lines[start : reader.line_num]), reader.line_num
+            if cells and not (len(lines) == limit and start == limit):
+                quoted = _quoted_cells(raw, separator, len(cells))
+                records.append(list(zip(cells, quoted, strict=True)))
+    except (csv.Error, OSError, EOFError):
+        return []
+    return records
+
+
+def _quoted_cells(raw: str, separator: str, count: int) -> list[bool]:
+    """Which of a record's ``count`` cells are quoted in its text ``raw``: the csv module
+    read again with quoting off keeps the quotes. Where that splits differently (a quoted
+    cell holding the separator or a line break), none is taken as quoted."""
+    try:
+        plain = next(
+            csv.reader([raw.rstrip("\r\n")], delimiter=separator, quoting=csv.QUOTE_NONE), []
+        )
+    except csv.Error:
+        return [False] * count
+    if len(plain) != count:
+        return [False] * count
+    return [len(c) >= 2 and c[0] == c[-1] == '"' for c in plain]
 
 
 def _is_number(cell: str) -> bool:
@@ -343,6 +426,19 @@ def _check_finite(features: np.ndarray, columns: list[str], path: Path) -> None:
 
 
 def _labels(frame, path: Path, label_column: str | None) -> tuple[np.ndarray, tuple | None]:
+    """``[N]`` int64 labels and the class names they index (``None`` where the labels are
+    the integers themselves).
+
+    A label column of integers (numbers, or text each written as a plain integer:
+    :func:`_integer_labels`) keeps its integers. Any other column (text such as ``007``
+    beside ``7``, Parquet categories, booleans) is read as text and each label becomes the
+    index of its text among the distinct texts in sorted (Python string) order, so no two
+    labels written differently merge (tester: ``007`` and ``7`` read as one class 7).
+
+    Raises:
+        TableError: a missing label (its row named); numbers that are not all integers
+            (one named), which are no class labels.
+    """
     import pandas as pd
 
     if label_column is None:
@@ -354,17 +450,36 @@ def _labels(frame, path: Path, label_column: str | None) -> tuple[np.ndarray, tu
             f"label_column: {label_column!r} of {path} has a missing label in data row {row}; "
             "expected a label in every row"
         )
-    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
-        numbers = values.to_numpy(dtype=np.float64)
-        if not np.array_equal(numbers, np.round(numbers)):
-            odd = numbers[numbers != np.round(numbers)][0]
-            raise TableError(
-                f"label_column: {label_column!r} of {path} holds non-integer values such as "
-                f"{odd}; expected class labels (integers or names)"
-            )
+    numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
+    text = values.astype(str)
+    numbers = pd.to_numeric(values if numeric else text, errors="coerce").to_numpy(np.float64)
+    whole = np.isfinite(numbers) & (numbers == np.round(numbers))
+    if (numeric or np.isfinite(numbers).all()) and not whole.all():
+        odd = numbers[~whole][0]
+        raise TableError(
+            f"label_column: {label_column!r} of {path} holds non-integer values such as "
+            f"{odd}; expected class labels (integers or names)"
+        )
+    if numeric or _integer_labels(text, numbers):
         return numbers.astype(np.int64), None
-    classes, codes = np.unique(values.astype(str).to_numpy(), return_inverse=True)
+    classes, codes = np.unique(text.to_numpy(dtype=str), return_inverse=True)
     return codes.astype(np.int64), tuple(str(c) for c in classes)
+
+
+def _integer_labels(text, numbers: np.ndarray) -> bool:
+    """Whether labels read as text (``text``, a Series; ``numbers``, their values, NaN
+    where not a number) are integers: every one a finite whole number, none written with a
+    leading zero (``007`` is a code, named as written), and no two written differently
+    with one value (``7`` and ``7.0``), so that reading them as integers merges nothing."""
+    if not (np.isfinite(numbers).all() and np.array_equal(numbers, np.round(numbers))):
+        return False
+    if text.str.strip().str.match(_LEADING_ZERO).any():
+        return False
+    pairs = set(zip(text.tolist(), numbers.tolist(), strict=True))
+    return len(pairs) == len({value for _, value in pairs})
+
+
+_LEADING_ZERO = re.compile(r"[+-]?0\d")
 
 
 def table_observations(

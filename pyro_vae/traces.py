@@ -114,7 +114,7 @@ def _scored_where_masked_off(model_site: dict, guide_site: dict) -> bool:
     puts on its prior by ``poutine.mask`` is matched by the guide's ``.mask(...)`` and the
     other way round. Where the two count at different grains (a ``.mask`` under
     ``.to_event`` against one on the whole event), the coarser is spread over the finer."""
-    if not _masked(model_site):  # no tensor to read: a meta-device run has no values
+    if not _site_masks(model_site)[0]:  # no tensor made: a meta-device run has no values
         return False
     model_on, model_event = counted_elements(model_site)
     if bool(model_on.all()):
@@ -126,37 +126,43 @@ def _scored_where_masked_off(model_site: dict, guide_site: dict) -> bool:
     return bool((off & on).any())
 
 
+def _site_masks(site: dict) -> tuple[list[tuple[Any, int]], int]:
+    """The masks on a sample site, read without making a tensor (on the meta device, as
+    the device tests run, a tensor has no values to read): ``(masks, event)``.
+
+    ``masks``: the site's ``poutine.mask`` and each ``.mask(...)`` of its distribution (a
+    ``MaskedDistribution``, found under ``.to_event`` and ``expand`` wrappers too), from
+    the outside in, each as ``(mask, dims)``: a bool tensor (or bool) whose elements each
+    cover ``dims`` trailing dims of the value's batch shape (those a ``.to_event`` inside
+    it made event dims); empty where the site has none. ``event``: the event dims of the
+    innermost distribution, those every mask leaves whole."""
+    fn = site["fn"]
+    found = [] if site.get("mask") is None else [[site["mask"], 0]]
+    while True:
+        if isinstance(fn, dist.MaskedDistribution):
+            found.append([distribution_mask(fn), 0])
+        elif isinstance(fn, TorchIndependent):
+            for entry in found:
+                entry[1] += fn.reinterpreted_batch_ndims
+        elif not isinstance(fn, dist.ExpandedDistribution):
+            return [(mask, dims) for mask, dims in found], fn.event_dim
+        fn = fn.base_dist
+
+
 def counted_elements(site: dict) -> tuple[torch.Tensor, int]:
     """Which elements of a sample site's value its log-density counts, and the value's
     trailing dims that grain leaves whole (each counted or not as one).
 
-    The site's ``poutine.mask`` and every ``.mask(...)`` of its distribution (a
-    ``MaskedDistribution``, found under ``.to_event`` and ``expand`` wrappers too), anded:
-    a bool tensor that broadcasts against ``value.shape[:value.dim() - event]``, aligned
-    on the right, where ``event`` is the second value returned."""
-    fn, device = site["fn"], torch.as_tensor(site["value"]).device
-    on = _as_mask(True if site.get("mask") is None else site["mask"], device)
-    while True:
-        if isinstance(fn, dist.MaskedDistribution):
-            on = on & _as_mask(distribution_mask(fn), device)
-        elif isinstance(fn, TorchIndependent):
-            on = _spread(on, fn.reinterpreted_batch_ndims)
-        elif not isinstance(fn, dist.ExpandedDistribution):
-            return on, fn.event_dim
-        fn = fn.base_dist
-
-
-def _masked(site: dict) -> bool:
-    """Whether a sample site carries any mask: a ``poutine.mask``, or a ``.mask(...)`` of
-    its distribution under its wrappers."""
-    if site.get("mask") is not None:
-        return True
-    fn = site["fn"]
-    while fn is not None:
-        if isinstance(fn, dist.MaskedDistribution):
-            return True
-        fn = getattr(fn, "base_dist", None)
-    return False
+    Every mask of :func:`_site_masks` (the site's ``poutine.mask`` and each ``.mask(...)``
+    of its distribution), anded: a bool tensor that broadcasts against
+    ``value.shape[:value.dim() - event]``, aligned on the right, where ``event`` is the
+    second value returned."""
+    device = torch.as_tensor(site["value"]).device
+    masks, event = _site_masks(site)
+    on = _as_mask(True, device)
+    for mask, dims in masks:
+        on = on & _spread(_as_mask(mask, device), dims)
+    return on, event
 
 
 def _as_mask(mask, device: torch.device) -> torch.Tensor:

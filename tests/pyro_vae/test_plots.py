@@ -225,3 +225,26 @@ def test_the_latent_plot_gives_each_class_its_own_colour_and_its_name():
     low, high = many.axes[1].get_ylim()
     assert (low, high) == (0, 29)  # class indices, ticked at integers
     assert all(float(t).is_integer() for t in _bar_labels(many)[1])
+
+
+def test_negative_labels_are_coloured_by_their_class_and_named_by_their_label():
+    """Tester (F6): label −1 was drawn in class 0's colour (vmin clipped it there)."""
+    import matplotlib
+
+    z = torch.randn(6, 2, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([-1, 1, 0, 1, 0, -1])
+    fig = latent_figure(z, labels, classes=2)  # what fit passes: the largest label + 1
+    drawn = fig.axes[0].collections[0]
+    tab10 = matplotlib.colormaps["tab10"].colors
+    expected = [(*tab10[label + 1], 0.8) for label in labels.tolist()]  # -1, 0, 1: 0, 1, 2
+    np.testing.assert_allclose(drawn.to_rgba(drawn.get_array(), alpha=0.8), expected)
+    assert _bar_labels(fig) == (["-1", "0", "1"], [0, 1, 2])
+    # more classes than tab20 holds: the bar's integer ticks are named by the labels
+    many = latent_figure(
+        torch.randn(30, 2, generator=torch.Generator().manual_seed(1)), torch.arange(30) - 15
+    )
+    drawn = many.axes[0].collections[0]
+    assert len({tuple(c) for c in drawn.to_rgba(drawn.get_array())}) == 30
+    many.canvas.draw()
+    shown = [(text, t) for text, t in zip(*_bar_labels(many), strict=True) if 0 <= t <= 29]
+    assert shown and all(text == str(int(t) - 15) for text, t in shown)  # position t: t − 15

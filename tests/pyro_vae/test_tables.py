@@ -1,6 +1,7 @@
 """CSV and Parquet tables: columns and labels as asked, standardized with the training
 split's statistics alone, each likelihood's support checked, bad tables refused."""
 
+import csv
 import json
 import sys
 
@@ -367,5 +368,72 @@ def test_a_csv_without_a_header_is_refused_not_read_one_row_short(tmp_path):
         read_table(semicolons)
     np.savetxt(path, values, delimiter=",", header="a,b,c", comments="")  # the advice works
     assert read_table(path).features.shape == (200, 3)
-    pd.DataFrame(values, columns=["1", "x", "2"]).to_csv(path, index=False)  # one name
+    # one name among numbers cannot tell a header from data: refused, the fix named
+    pd.DataFrame(values, columns=["1", "x", "2"]).to_csv(path, index=False)
+    with pytest.raises(TableError, match=r"cannot be told whether it is a header.*quotes"):
+        read_table(path)
+    # quoted, the numbers are names: the csv module's writers quote them so
+    pd.DataFrame(values, columns=["1", "x", "2"]).to_csv(
+        path, index=False, quoting=csv.QUOTE_NONNUMERIC
+    )
     assert read_table(path).columns == ("1", "x", "2")
+    assert read_table(path).features.shape == (200, 3)
+
+
+@pytest.mark.parametrize(
+    ("text", "header", "words"),
+    [
+        ("cat,0.1,0.2\ndog,0.3,0.4\ncat,0.5,0.7\n", "y,a,b", ["reads as data", "'0.1', '0.2'"]),
+        ("0.1,,0.3\n0.2,0.5,0.6\n0.4,0.7,0.9\n", "a,b,c", ["reads as data", "'0.1', '0.3'"]),
+        ('"0.1","0.2"\n"0.3","0.4"\n', "a,b", ["is all numbers"]),  # quoted everywhere
+        ("a,0.2\n0.1,0.3\n", "a,b", ["names ['a']", "numbers ['0.2']", "cannot be told"]),
+    ],
+    ids=["text-label-column", "blank-cell", "all-quoted", "half-named"],
+)
+def test_a_first_line_of_data_is_refused_whatever_its_other_cells(text, header, words, tmp_path):
+    """Tester (F1): a headerless file whose first line was not all numbers (a text label,
+    a blank cell) lost that line to the column names without a word."""
+    path = tmp_path / "headerless.csv"
+    path.write_text(text)
+    with pytest.raises(TableError) as raised:
+        read_table(path)
+    message = str(raised.value)
+    assert message.startswith(f"data: the first line of {path}")
+    for word in [*words, "Add a header line"]:
+        assert word in message
+    path.write_text(f"{header}\n{text}")  # the advice works: every line a row
+    assert len(pd.read_csv(path)) == len(text.splitlines())
+    if "cannot be told" not in words:
+        assert read_table(path, columns=["a"]).features.shape[0] == len(text.splitlines())
+
+
+def test_a_header_is_read_over_text_labels_blank_names_and_quoted_numbers(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("kind,a,b\ncat,0.1,0.2\ndog,0.3,0.4\n")
+    table = read_table(path, label_column="kind")
+    assert table.features.tolist() == [[0.1, 0.2], [0.3, 0.4]] and table.classes == ("cat", "dog")
+    path.write_text('"1","2"\n0.1,0.2\n0.3,0.4\n')  # quoting marks numbers as names
+    table = read_table(path)
+    assert table.columns == ("1", "2") and table.features.tolist() == [[0.1, 0.2], [0.3, 0.4]]
+    path.write_text("a,b,\n1,2,\n3,4,\n")  # a trailing separator: an empty column
+    assert read_table(path, columns=["a", "b"]).features.tolist() == [[1, 2], [3, 4]]
+
+
+def test_labels_written_alike_as_numbers_stay_apart_and_keep_their_names(tmp_path):
+    """Tester (F2): '007' and '7' were read as the number 7, one class, its names gone."""
+    path = tmp_path / "t.csv"
+    path.write_text("y,a\n007,0.1\n7,0.2\n007,0.3\n7.0,0.4\nb,0.5\n")
+    table = read_table(path, label_column="y")
+    assert table.classes == ("007", "7", "7.0", "b")  # sorted text, as documented
+    assert table.labels.tolist() == [0, 1, 0, 2, 3]
+    path.write_text("y,a\n007,0.1\n008,0.2\n007,0.3\n")  # a code throughout
+    assert read_table(path, label_column="y").classes == ("007", "008")
+    # integers written plainly stay integers (negative too), as before
+    path.write_text("y,a\n-1,0.1\n1,0.2\n10,0.3\n")
+    table = read_table(path, label_column="y")
+    assert table.classes is None and table.labels.tolist() == [-1, 1, 10]
+    path.write_text("y,a\n1.000000000000000000e+00,0.1\n0.000000000000000000e+00,0.2\n")
+    table = read_table(path, label_column="y")  # np.savetxt's labels: whole numbers
+    assert table.classes is None and table.labels.tolist() == [1, 0]
+    path.write_text("y,a\n1,0.1\n1.000000000000000000e+00,0.2\n")  # one number, two ways
+    assert read_table(path, label_column="y").classes == ("1", "1.000000000000000000e+00")
