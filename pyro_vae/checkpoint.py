@@ -76,6 +76,23 @@ def differing_settings(a: dict, b: dict, may_differ=lambda key: False) -> list[s
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and not may_differ(k))
 
 
+def processes_by_epoch(
+    stretches: list[dict[str, int]], start: int, world: int
+) -> list[dict[str, int]]:
+    """The record of how many processes trained which epochs, ``{"from_epoch": e,
+    "processes": n}`` per stretch of epochs trained on n processes, once a fit that trains
+    from epoch ``start`` (counted from 1) on ``world`` processes has begun: ``stretches``
+    (the record so far) as it is where its last stretch has as many, else with the
+    stretches from ``start`` on (epochs not kept) dropped and this fit's appended.
+    metrics.json and the checkpoint hold the same record (tester: a metrics.json rebuilt
+    from the checkpoint had lost it)."""
+    stretches = [dict(s) for s in stretches]
+    if stretches and stretches[-1]["processes"] == world:
+        return stretches
+    kept = [s for s in stretches if s["from_epoch"] < start]
+    return [*kept, {"from_epoch": start, "processes": world}]
+
+
 def listed(names: list[str], most: int = 4) -> str:
     """The first ``most`` of ``names``, joined, with "…" where more were left out."""
     return ", ".join(names[:most]) + (", …" if len(names) > most else "")
@@ -337,24 +354,30 @@ class RunFolder:
         write_json(self.file(CONFIG), {"format": FORMAT, **config})
         self._config = dict(config)
 
-    def read_metrics(self) -> dict[str, Any]:
+    def read_metrics(self, checkpoint: dict[str, Any] | None = None) -> dict[str, Any]:
         """metrics.json, or ``{}`` where there is none.
 
-        One that does not read (not JSON, not an object) is rebuilt from checkpoint.pt by
-        the process that holds the folder (a fit, :meth:`claim`): see
-        :meth:`_rebuild_metrics`. Any other reader is refused, told how to rebuild it.
+        One that is damaged is rebuilt from checkpoint.pt by the process that holds the
+        folder (a fit, :meth:`claim`): see :meth:`_rebuild_metrics`. Any other reader is
+        refused, told how to rebuild it. Damaged: not JSON, not an object, or, given the
+        ``checkpoint`` state (:meth:`load_checkpoint`) it is read beside, a record of other
+        epochs than the checkpoint's (no ``epochs`` list, or one of another length: a
+        ``{}`` parsed and a resumed run recorded 0 epochs, tester).
 
         Raises:
-            RunFolderError: metrics.json does not read, and this process may not rebuild
-                it, or the folder has no checkpoint to rebuild it from.
+            RunFolderError: metrics.json is damaged, and this process may not rebuild it,
+                or the folder has no checkpoint to rebuild it from.
         """
         if not self.file(METRICS).is_file():
             return {}
         try:
-            return self._read_json(METRICS)
+            metrics = self._read_json(METRICS)
+            if checkpoint is not None:
+                _refuse_other_epochs(self.file(METRICS), metrics, checkpoint)
+            return metrics
         except RunFolderError as err:
             if self._claimed and self.has_checkpoint:
-                return self._rebuild_metrics(err)
+                return self._rebuild_metrics(err, checkpoint)
             # tester: a damaged metrics.json blocked fit --resume, evaluate, sample and
             # compare with no next step, though the checkpoint holds the history
             fix = (
@@ -366,17 +389,26 @@ class RunFolder:
             )
             raise RunFolderError(f"{err}; {fix}") from err
 
-    def _rebuild_metrics(self, err: RunFolderError) -> dict[str, Any]:
-        """metrics.json made again from checkpoint.pt: the per-epoch history and the best
-        epoch, which the checkpoint holds too (the data's and estimator's records, the test
-        block and the image facts are written again by the fit that holds the folder).
-        The damaged file is kept beside it, as metrics.json.damaged (``.damaged.1``, ...
-        where one is there already); one line says so."""
-        state = self.load_checkpoint()
+    def _rebuild_metrics(
+        self, err: RunFolderError, state: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """metrics.json made again from checkpoint.pt (``state``, read here when not
+        given): the per-epoch history, the best epoch, the processes that trained each
+        stretch of epochs and what the fit recorded of how it trained (its plate,
+        validation, objective), which the checkpoint holds too (the data's and
+        estimator's records, the test block and the image facts are written again by the
+        fit that holds the folder). The damaged file is kept beside it, as
+        metrics.json.damaged (``.damaged.1``, ... where one is there already); one line
+        says so."""
+        state = self.load_checkpoint() if state is None else state
         best = state.get("best")
+        stretches = list(state.get("processes_by_epoch") or [])
         metrics = {
+            **(state.get("fit_info") or {}),
             "epochs": list(state.get("history") or []),
             "best_epoch": best.get("epoch") if isinstance(best, dict) else None,
+            **({"processes": stretches[-1]["processes"]} if stretches else {}),
+            **({"processes_by_epoch": stretches} if stretches else {}),
         }
         kept = self.file(f"{METRICS}.damaged")
         tries = 0
@@ -526,6 +558,28 @@ class RunFolder:
                 f"run: {path} has format {found!r}; this version of pyro_vae reads {FORMAT!r}"
             )
         return state
+
+
+def _refuse_other_epochs(path: Path, metrics: dict[str, Any], state: dict[str, Any]) -> None:
+    """Refuse metrics.json (``metrics``, read from ``path``) whose ``epochs`` is not the
+    record of the checkpoint ``state``'s epochs: the checkpoint is written first and
+    metrics.json from it, so a whole metrics.json holds as many.
+
+    Raises:
+        RunFolderError: naming both counts.
+    """
+    epochs = metrics.get("epochs")
+    done = len(state.get("history") or [])
+    if not isinstance(epochs, list):
+        found = f"no 'epochs' list (keys: {listed(sorted(metrics)) or 'none'})"
+    elif len(epochs) != done:
+        found = f"{len(epochs)} epochs"
+    else:
+        return
+    raise RunFolderError(
+        f"run: {path} holds {found}, but {path.parent / CHECKPOINT} records {done}; it is "
+        "damaged or from another run"
+    )
 
 
 def _one_line(err: Exception) -> str:

@@ -32,9 +32,10 @@ from pyro_vae.checkpoint import (
     RunFolderError,
     check_writable,
     flat_settings,
+    processes_by_epoch,
 )
 from pyro_vae.convnets import ARCHITECTURES, DEFAULT_CHANNELS, default_activation
-from pyro_vae.data import BINARIZATIONS, DatasetNotFoundError, resolved_name
+from pyro_vae.data import BINARIZATIONS, DatasetNotFoundError, resolved_name, row_unit
 from pyro_vae.devices import resolve_device, to_device
 from pyro_vae.diagnostics.gradient_variance import gradient_variance
 from pyro_vae.distributed import (
@@ -56,8 +57,8 @@ from pyro_vae.experiment import (
     Experiment,
     build,
     code_of,
-    conditional_samples_figure,
     evaluate_test_set,
+    label_samples,
     load,
     num_classes,
     write_figures,
@@ -466,7 +467,13 @@ def _add_evaluate(sub) -> None:
 def _add_sample(sub) -> None:
     s = sub.add_parser("sample", help="images from the prior of a run's model", allow_abbrev=False)
     s.add_argument("run", type=Path)
-    s.add_argument("--num", type=int, default=64)
+    s.add_argument(
+        "--num",
+        type=int,
+        default=64,
+        help="images drawn in all (default 64); a model that uses labels draws them class by "
+        "class, image i of class i mod C (classes cycled)",
+    )
     s.add_argument("--seed", type=int, default=0)
     s.add_argument(
         "--out",
@@ -735,9 +742,9 @@ def _note_none_defaults(args: argparse.Namespace, spec: str, options: dict[str, 
 
 
 def _rows_not_images(data) -> bool:
-    """Whether ``data``'s rows are not images: a table's, or vectors (an ``.npy`` of
-    ``[N, D]``: tester U's were called images, their error per pixel)."""
-    return data.image_shape is None or len(data.image_shape) < 2
+    """Whether ``data``'s rows are not images (:func:`pyro_vae.data.row_unit` of its
+    ``image_shape``: a table's, or vectors)."""
+    return row_unit(data.image_shape) == "rows"
 
 
 def _print_test(test: dict[str, Any], table: bool = False) -> None:
@@ -953,7 +960,7 @@ def _resume_config(
     checks (:func:`~pyro_vae.distributed.run_from_rank_0`)."""
     _refuse_unknown_resume_flags(given)
     written, state = _read_run(run) if received is None else received
-    _refuse_changed_settings(args, given, written)
+    _refuse_changed_settings(args, given, written, state)
     config = RunConfig.from_json(written)
     if share is not None:
         run_from_rank_0(share, written, state)
@@ -1001,26 +1008,35 @@ def _refuse_unknown_resume_flags(given: set[str]) -> None:
 
 
 def _refuse_changed_settings(
-    args: argparse.Namespace, given: set[str], written: dict[str, Any]
+    args: argparse.Namespace,
+    given: set[str],
+    written: dict[str, Any],
+    state: dict[str, Any] | None = None,
 ) -> None:
     """Refuse, before any work, the run's own flags given to a resume with another value
     than config.json's (``written``), naming each flag, the run's value and the one given.
     The same value goes through: a user re-running the command that made the run, with
     ``--resume`` for ``--out``, gives the run's own (a tester: ``--ll-samples 10`` on a run
-    made with it was refused). The value given is read as a new run reads it."""
+    made with it was refused). The value given is read as a new run reads it, and both are
+    compared as the run uses them (:func:`_effective`: ``--arch mlp`` on a run that left
+    the model its default mlp was refused, tester); ``state``, the checkpoint, gives the
+    per-datapoint plate the run found."""
     fixed = sorted(given - _RESUMABLE)
     if not fixed:
         return
-    then = flat_settings(RunConfig.from_json(written).to_json())
-    now = flat_settings(_run_config_from_args(args).to_json())
+    run_config, new_config = RunConfig.from_json(written), _run_config_from_args(args)
+    then, now = flat_settings(run_config.to_json()), flat_settings(new_config.to_json())
+    plate = ((state or {}).get("fit_info") or {}).get("data_plate")
     changed = []
     for flag in fixed:
         for key in _settings_of(flag, args):
             if key == "train.compile" and args.compile == "auto":
                 continue  # auto decides from the run's own model and estimator
-            if now.get(key) != then.get(key):
+            theirs = _effective(key, then.get(key), run_config, plate)
+            if _effective(key, now.get(key), new_config, plate) != theirs:
+                default = f" (its default, {theirs!r})" if then.get(key) is None else ""
                 why = f"{flag} gives {key} = {now.get(key)!r}, the run's is {then.get(key)!r}"
-                changed.append((flag, why))
+                changed.append((flag, why + default))
     if changed:
         flags = sorted({flag for flag, _ in changed})
         raise ValueError(
@@ -1030,6 +1046,37 @@ def _refuse_changed_settings(
             f"recorded there (only {', '.join(sorted(_RESUMABLE - {'--resume'}))} may change). "
             "To change them, start a new run with --out (nothing was changed)"
         )
+
+
+def _effective(key: str, value: Any, config: RunConfig, plate: str | None) -> Any:
+    """Setting ``key``'s ``value`` (a ``flat_settings`` key of ``config``'s) as the run uses
+    it: left unset (``None``), a model option is its constructor's default (else the
+    command's), an estimator option the estimator's default, the data plate the one the run
+    found (``plate``); a list option's single width (``hidden_dims=16``) is ``[16]``, and a
+    tuple a list."""
+    section, _, name = key.partition(".")
+    if value is None and section == "model_options":
+        value = _parameter_default(lambda: load_object(config.model.spec, "model"), name)
+        value = _MODEL_DEFAULTS.get(name) if value is None else value
+    elif value is None and key.startswith("estimator.options."):
+        option = key.removeprefix("estimator.options.")
+        value = _parameter_default(lambda: type(estimators.get(config.estimator.name)), option)
+    elif value is None and key == "train.data_plate":
+        value = plate
+    if section == "model_options" and name in ("hidden_dims", "channels"):
+        value = [value] if isinstance(value, int) else value
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _parameter_default(owner, name: str) -> Any:
+    """The default of parameter ``name`` of what ``owner()`` returns (a class or function);
+    ``None`` where it has none or cannot be read."""
+    try:
+        parameter = inspect.signature(owner()).parameters.get(name)
+    except (TypeError, ValueError):
+        return None
+    default = None if parameter is None else parameter.default
+    return None if default is inspect.Parameter.empty else default
 
 
 def _settings_of(flag: str, args: argparse.Namespace) -> list[str]:
@@ -1152,8 +1199,9 @@ def _write_run_start(run: RunFolder, config: RunConfig, exp, state) -> None:
     line saying what trains on what."""
     rows = "rows" if _rows_not_images(exp.data) else "images"
     # metrics.json read first: one that does not read is refused with config.json as it
-    # was (it was rewritten first, a refused resume's --epochs left in it: tester L2)
-    before = run.read_metrics()
+    # was (it was rewritten first, a refused resume's --epochs left in it: tester L2); one
+    # whose epochs are not the checkpoint's is rebuilt from it
+    before = run.read_metrics(state)
     processes, world = before.get("processes"), current().world
     written = config.to_json()
     run.write_config(written)
@@ -1412,6 +1460,9 @@ def _check_png_out(out: Path, own: str) -> None:
 
 
 def _sample(args: argparse.Namespace) -> int:
+    """``pyro-vae sample``: ``--num`` images E[x | z], z ~ p(z), in all, as one grid; a
+    model that uses labels draws E[x | z, y] with image i of class i mod C (C classes,
+    cycled). Refuses a model with no prior and data whose rows are not images."""
     import pyro
     import torch
 
@@ -1424,16 +1475,19 @@ def _sample(args: argparse.Namespace) -> int:
             f"run: {exp.config.model.spec} has no prior to sample from (it is not a generative "
             "model)"
         )
-    if exp.data.image_shape is None:
+    if _rows_not_images(exp.data):
         raise ValueError(
-            f"run: its data {exp.config.data.name!r} is a table, whose rows are not images to draw"
+            f"run: its data {exp.config.data.name!r} are a table's rows or vectors "
+            f"(shape {exp.data.image_shape}), not images to draw"
         )
     pyro.set_rng_seed(args.seed)
-    if uses_labels(exp.model) is not None:  # one labelled row per class, as fit's figure
-        per_class = -(-args.num // num_classes(exp.data))
+    if uses_labels(exp.model) is not None:  # --num in all (ten for --num 8 had been drawn)
+        classes = num_classes(exp.data)
         with torch.no_grad():
-            path = conditional_samples_figure(exp, out, per_class)
-        print(f"wrote {per_class} conditional samples per class to {path}")
+            images = label_samples(exp, args.num).cpu()
+        title = f"conditional samples E[x | z, y], z ~ p(z), image i of class i mod {classes}"
+        path = plot_samples(images, exp.data.image_shape, exp.data.pixel_max, out, title)
+        print(f"wrote {args.num} conditional samples, classes cycled (of {classes}), to {path}")
         return 0
     with torch.no_grad():
         like = to_device(exp.data.test_x[: args.num], exp.device)
@@ -1894,11 +1948,7 @@ def _processes_by_epoch(metrics: dict[str, Any], world: int) -> list[dict[str, i
     stretches = list(metrics.get("processes_by_epoch") or [])
     if not stretches and isinstance(metrics.get("processes"), int):
         stretches = [{"from_epoch": 1, "processes": metrics["processes"]}]
-    start = len(metrics.get("epochs") or []) + 1
-    if stretches and stretches[-1]["processes"] == world:
-        return stretches
-    stretches = [s for s in stretches if s["from_epoch"] < start]  # epochs not kept: gone
-    return [*stretches, {"from_epoch": start, "processes": world}]
+    return processes_by_epoch(stretches, len(metrics.get("epochs") or []) + 1, world)
 
 
 def _recorded_processes(run: RunFolder) -> int:

@@ -87,6 +87,15 @@ class DatasetNotFoundError(FileNotFoundError):
     """A named dataset is not installed; the message says how to get it."""
 
 
+def row_unit(image_shape: tuple[int, ...] | None) -> str:
+    """What rows of data whose rows are ``image_shape`` are called, the one rule for it:
+    ``"images"`` for a shape of 2 or more dimensions (``(H, W)``, ``(C, H, W)``), else
+    ``"rows"``: a table's (``None``) and vectors (``(D,)``, an ``.npy`` of ``[N, D]``),
+    whose error is not per pixel (tester U; tester AE: a one-row table was refused for
+    "0 training images")."""
+    return "images" if image_shape is not None and len(image_shape) >= 2 else "rows"
+
+
 @dataclass(frozen=True)
 class RawImages:
     """Pixel images as stored, before any preprocessing.
@@ -124,6 +133,11 @@ class RawImages:
     classes: tuple[str, ...] | None = None
     left_out: tuple[str, ...] = ()
     colour_files: tuple[str, ...] = ()
+
+    @property
+    def unit(self) -> str:
+        """``"rows"`` or ``"images"`` (:func:`row_unit`; a table's are rows)."""
+        return row_unit(None if self.columns is not None else tuple(self.train_x.shape[1:]))
 
 
 @dataclass(frozen=True)
@@ -539,6 +553,12 @@ class DataSplits:
         return int(self.train_x.shape[1])
 
     @property
+    def unit(self) -> str:
+        """``"rows"`` or ``"images"``, what the rows are called (:func:`row_unit` of
+        :attr:`image_shape`)."""
+        return row_unit(self.image_shape)
+
+    @property
     def dynamic(self) -> bool:
         return self.info.get("binarization") == "dynamic"
 
@@ -745,7 +765,7 @@ def load_data(
     rows = _split_rows(raw, val_fraction, test_fraction, split_seed)
     if rows["train"][2].shape[0] < 2:
         raise ValueError(
-            f"data: {raw.name!r} leaves {rows['train'][2].shape[0]} training {_unit(raw)} after "
+            f"data: {raw.name!r} leaves {rows['train'][2].shape[0]} training {raw.unit} after "
             f"the test and validation splits (test_fraction={test_fraction}, "
             f"val_fraction={val_fraction}); expected at least 2"
         )
@@ -923,12 +943,6 @@ def _raw(name: Any, labels: Any, **options: Any) -> RawImages:
 
 Split = tuple[np.ndarray, np.ndarray, np.ndarray]
 """A split as an index set: the stored images, their labels, and the split's rows of them."""
-
-
-def _unit(raw: RawImages) -> str:
-    """What ``raw``'s rows are called: a table's and an array's [N, D] vectors are rows, not
-    images (tester AE: a one-row table was refused for "0 training images")."""
-    return "rows" if raw.columns is not None or raw.train_x.ndim == 2 else "images"
 
 
 def _split_rows(

@@ -4,9 +4,11 @@ After each validation the fit writes, atomically (:meth:`pyro_vae.checkpoint.Run
 save_checkpoint`), the epochs and optimizer steps done, the weights of the last completed
 epoch and of the best one, Adam's moments, the estimator's own state (its ``state_dict``,
 e.g. control variates, and the entries it keeps in Pyro's param store, e.g.
-``TraceGraph_ELBO``'s baselines), the torch/numpy/Python RNG states, the history and the
-training settings; then metrics.json. A resumed fit puts all of it back, so it draws the
-batches and particles an uninterrupted run would have drawn.
+``TraceGraph_ELBO``'s baselines), the torch/numpy/Python RNG states, the history, how many
+processes trained each stretch of epochs, what the fit records of how it trains and the
+training settings; then metrics.json, which can be rebuilt from it alone. A resumed fit
+puts all of it back, so it draws the batches and particles an uninterrupted run would have
+drawn.
 """
 
 from __future__ import annotations
@@ -17,8 +19,14 @@ from typing import Any
 import pyro
 import torch
 
-from pyro_vae.checkpoint import RunFolder, capture_rng_state, restore_rng_state
+from pyro_vae.checkpoint import (
+    RunFolder,
+    capture_rng_state,
+    processes_by_epoch,
+    restore_rng_state,
+)
 from pyro_vae.devices import resolve_device, to_device
+from pyro_vae.distributed import current
 from pyro_vae.svi_step import SVIStep
 from pyro_vae.weights import PairWeights
 
@@ -43,12 +51,20 @@ class FitCheckpoint:
         elbo: the estimator, whose state is kept when it has a ``state_dict``.
         settings: the training settings, stored as ``"config"`` (a dataclass); its
             ``device`` (CPU when it has none) is where a restored state is put.
+
+    The number of processes training (``torchrun``'s world size) is read here, and each
+    checkpoint records ``processes_by_epoch``
+    (:func:`~pyro_vae.checkpoint.processes_by_epoch`): the restored record, with this fit's
+    stretch from its first epoch on.
     """
 
     def __init__(self, run: RunFolder | None, weights: PairWeights, svi: SVIStep, elbo, settings):
         self.run, self.weights, self.svi, self.elbo = run, weights, svi, elbo
         self.settings = settings
         self.device = resolve_device(getattr(settings, "device", "cpu"))
+        self.world = current().world
+        self._stretches: list[dict[str, int]] = []
+        self._first_epoch = 1  # the first epoch this fit trains, counted from 1
 
     @property
     def _scaler(self):
@@ -65,10 +81,12 @@ class FitCheckpoint:
         info: dict[str, Any],
     ) -> None:
         """Write the checkpoint after ``epoch`` epochs (counted from 1) and ``step`` steps,
-        with weights ``last`` (a :meth:`PairWeights.snapshot`), then metrics.json (the
-        history, the best epoch and ``info``). Nothing without a run folder."""
+        with weights ``last`` (a :meth:`PairWeights.snapshot`), the processes by epoch and
+        ``info`` (:meth:`pyro_vae.train.FitResult.info`, plain values), then metrics.json
+        (the history, the best epoch and ``info``). Nothing without a run folder."""
         if self.run is None:
             return
+        stretches = processes_by_epoch(self._stretches, self._first_epoch, self.world)
         self.run.save_checkpoint(
             {
                 "epoch": epoch,
@@ -81,6 +99,8 @@ class FitCheckpoint:
                 "rng": capture_rng_state(),
                 "grad_scaler": None if self._scaler is None else self._scaler.state_dict(),
                 "history": history,
+                "processes_by_epoch": stretches,
+                "fit_info": info,
                 "config": asdict(self.settings),
             }
         )
@@ -92,7 +112,9 @@ class FitCheckpoint:
         gradient scaler's scale and growth count (``16-mixed``; a checkpoint without one
         leaves the scaler at its initial scale);
         tensors saved on another device are put on :attr:`device` (weights and Adam's
-        moments are copied into tensors already there).
+        moments are copied into tensors already there). The processes by epoch it records
+        are carried on (a checkpoint written before they were recorded has none, and the
+        record then starts at this fit's first epoch).
 
         Raises:
             pyro_vae.weights.WeightsMismatchError: the saved weights do not fit the pair.
@@ -106,6 +128,8 @@ class FitCheckpoint:
         if state.get("grad_scaler") is not None and self._scaler is not None:
             self._scaler.load_state_dict(state["grad_scaler"])
         restore_rng_state(state["rng"])
+        self._stretches = list(state.get("processes_by_epoch") or [])
+        self._first_epoch = int(state["epoch"]) + 1
         return Resumed(state["epoch"], state["step"], state["best"], list(state["history"]))
 
 

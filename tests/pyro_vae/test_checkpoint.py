@@ -443,3 +443,71 @@ def test_a_damaged_metrics_file_is_rebuilt_from_the_checkpoint_by_the_fit_holdin
     other.file("metrics.json").write_text("[")
     with other.claim(), pytest.raises(RunFolderError, match="no checkpoint.pt to rebuild it"):
         other.read_metrics()
+
+
+def _two_epoch_checkpoint(run: RunFolder) -> dict:
+    """A checkpoint of 2 epochs, trained on 2 processes then 1 (as a resume with
+    --nproc 1 records it), its plate found as "data"."""
+    state = {
+        "epoch": 2,
+        "history": [{"epoch": 1, "train_elbo": -9.0}, {"epoch": 2, "train_elbo": -8.0}],
+        "best": {"epoch": 2, "val_elbo": -8.5},
+        "processes_by_epoch": [
+            {"from_epoch": 1, "processes": 2},
+            {"from_epoch": 2, "processes": 1},
+        ],
+        "fit_info": {"data_plate": "data", "validation": "elbo"},
+    }
+    run.save_checkpoint(state)
+    return run.load_checkpoint()
+
+
+def test_processes_by_epoch_appends_a_stretch_where_the_count_changes():
+    from pyro_vae.checkpoint import processes_by_epoch
+
+    assert processes_by_epoch([], 1, 2) == [{"from_epoch": 1, "processes": 2}]
+    two = [{"from_epoch": 1, "processes": 2}]
+    assert processes_by_epoch(two, 4, 2) == two  # resumed on as many: one stretch
+    assert processes_by_epoch(two, 4, 1) == [*two, {"from_epoch": 4, "processes": 1}]
+    # a stretch from an epoch the resume trains again (not kept) is replaced
+    three = [*two, {"from_epoch": 4, "processes": 3}]
+    assert processes_by_epoch(three, 4, 1) == [*two, {"from_epoch": 4, "processes": 1}]
+
+
+def test_a_rebuilt_metrics_json_keeps_the_processes_by_epoch_and_the_fit_record(tmp_path):
+    """Tester F4: metrics.json rebuilt from the checkpoint lost ``processes_by_epoch``
+    (which processes trained which epochs): the checkpoint records it, and the rebuild
+    writes it back, with ``processes`` (the last stretch's) and the fit's plate."""
+    run = RunFolder(tmp_path / "run")
+    with run.claim():
+        state = _two_epoch_checkpoint(run)
+        run.file("metrics.json").write_text("{")
+        metrics = run.read_metrics()
+    assert metrics["processes_by_epoch"] == state["processes_by_epoch"]
+    assert metrics["processes"] == 1 and metrics["data_plate"] == "data"
+    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2] and metrics["best_epoch"] == 2
+    assert json.loads(run.file("metrics.json").read_text()) == metrics
+
+
+@pytest.mark.parametrize(
+    "text", ["{}", '{"processes": 1}', '{"epochs": {}}', '{"epochs": [{"epoch": 1}]}']
+)
+def test_metrics_json_without_the_checkpoint_s_epochs_is_damaged(tmp_path, text):
+    """Tester F5: a metrics.json of ``{}`` parsed, and a resumed run recorded 0 epochs.
+    Read beside its checkpoint, one with no ``epochs`` list, or another count of epochs
+    than the checkpoint's 2, is damaged: rebuilt by the fit that holds the folder,
+    refused to any other reader (nothing changed), read as it is without the checkpoint."""
+    run = RunFolder(tmp_path / "run")
+    with run.claim():
+        state = _two_epoch_checkpoint(run)
+    run.file("metrics.json").write_text(text)
+    assert run.read_metrics() == json.loads(text)  # without the checkpoint: as it is
+    with pytest.raises(RunFolderError, match=r"records 2; .*fit --resume"):
+        run.read_metrics(state)
+    assert run.file("metrics.json").read_text() == text
+    with run.claim():
+        metrics = run.read_metrics(state)
+    assert len(metrics["epochs"]) == 2 and metrics["best_epoch"] == 2
+    assert run.file("metrics.json.damaged").read_text() == text
+    with run.claim():  # the rebuilt file is whole: read as it is
+        assert run.read_metrics(state) == metrics

@@ -1722,3 +1722,99 @@ def test_resume_takes_the_runs_own_flags_with_the_values_recorded(trained, tmp_p
     assert "--ll-samples gives evaluation.ll_samples = 50, the run's is 20" in err
     assert "--lr gives train.lr = 0.01, the run's is 0.001" in err and "--hidden" not in err
     assert RunFolder(run).load_checkpoint()["epoch"] == 4
+
+
+def _fit_two_epochs(run) -> None:
+    assert main(["fit", "--epochs", "2", "--out", str(run), *FAST]) == 0
+
+
+def test_a_rebuilt_metrics_json_has_the_processes_by_epoch_of_the_undamaged_one(tmp_path):
+    """Tester F4: ``fit --resume`` over a damaged metrics.json rebuilt it from the checkpoint
+    without ``processes_by_epoch``, so the resumed run said all its epochs from the resume
+    on were trained on 1 process. The checkpoint records the stretches (here those of a run
+    trained on 2 processes, as --nproc 2 writes them), and the rebuilt run records what the
+    undamaged one does."""
+    from pyro_vae.checkpoint import write_json
+
+    run = tmp_path / "run"
+    _fit_two_epochs(run)
+    folder = RunFolder(run)
+    two = [{"from_epoch": 1, "processes": 2}]
+    folder.save_checkpoint({**folder.load_checkpoint(), "processes_by_epoch": two})
+    metrics = json.loads((run / "metrics.json").read_text())
+    write_json(run / "metrics.json", {**metrics, "processes": 2, "processes_by_epoch": two})
+    damaged = tmp_path / "damaged"
+    shutil.copytree(run, damaged)
+    (damaged / "metrics.json").write_text('{"epochs": [')
+    for folder in (run, damaged):
+        assert main(["fit", "--resume", str(folder), "--epochs", "3", "--no-progress"]) == 0
+    expected = [*two, {"from_epoch": 3, "processes": 1}]
+    for folder in (run, damaged):
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert metrics["processes_by_epoch"] == expected and metrics["processes"] == 1
+        assert len(metrics["epochs"]) == 3
+
+
+def test_a_metrics_json_without_the_epochs_is_rebuilt_before_a_run_is_scored_again(
+    tmp_path, capsys
+):
+    """Tester F5: a metrics.json holding ``{}`` parsed, was not taken for damaged, and a
+    finished run scored again by ``fit --resume`` recorded no epochs."""
+    run = tmp_path / "run"
+    _fit_two_epochs(run)
+    (run / "metrics.json").write_text("{}")
+    capsys.readouterr()
+    assert main(["fit", "--resume", str(run), "--no-progress"]) == 0
+    assert "holds no 'epochs' list" in capsys.readouterr().out
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2] and metrics["best_epoch"] == 2
+    assert (run / "metrics.json.damaged").read_text() == "{}"
+
+
+def test_a_resume_takes_the_run_s_own_default_values_and_refuses_others(tmp_path, capsys):
+    """Tester F7: ``--arch mlp``, ``--gradient reparam``, ``--data-plate data`` and
+    ``--model-opt hidden_dims=32`` were refused on a run made with those defaults (recorded
+    as unset, or as [32]); they are what the run used. Another value is still refused,
+    naming both, before anything is written."""
+    run = tmp_path / "run"
+    assert main(["fit", "--epochs", "1", "--out", str(run), *FAST]) == 0
+    same = ["--arch", "mlp", "--gradient", "reparam", "--data-plate", "data"]
+    resume = ["fit", "--resume", str(run), "--no-progress"]
+    assert main([*resume, *same, "--model-opt", "hidden_dims=32"]) == 0
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    capsys.readouterr()
+    for flags, said in (
+        (["--arch", "conv"], "model_options.arch = 'conv', the run's is None (its default, 'mlp')"),
+        (["--gradient", "stl"], "gradient = 'stl', the run's is None (its default, 'reparam')"),
+        (["--data-plate", "rows"], "data_plate = 'rows', the run's is None (its default, 'data')"),
+        (["--model-opt", "hidden_dims=16"], "hidden_dims = 16, the run's is [32]"),
+    ):
+        assert main([*resume, *flags]) == 2
+        assert said in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+def test_sample_draws_num_images_of_a_label_model_classes_cycled(tmp_path, monkeypatch):
+    """Tester M1: ``sample --num 8`` on a CVAE run drew 10 images, one per class. --num is
+    the images in all, image i of class i mod 10."""
+    import pyro_vae.cli as cli
+    import pyro_vae.experiment as experiment
+
+    run = tmp_path / "run"
+    fit = ["fit", "--model", "models.cvae:CVAE", "--epochs", "1", "--out", str(run), *FAST]
+    assert main(fit) == 0
+    drawn, classes = [], []
+    plot = cli.plot_samples
+    monkeypatch.setattr(cli, "plot_samples", lambda x, *a: drawn.append(len(x)) or plot(x, *a))
+    real = experiment.offered
+
+    def offered(owner, name):  # the classes the model is asked to draw
+        generate = real(owner, name)
+        if name != "generate_given" or generate is None:
+            return generate
+        return lambda y: classes.append(y.tolist()) or generate(y)
+
+    monkeypatch.setattr(experiment, "offered", offered)
+    assert main(["sample", str(run), "--num", "12"]) == 0
+    assert drawn == [12] and classes == [[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]]
+    assert (run / "sample_seed0_12.png").is_file()

@@ -410,3 +410,25 @@ def test_a_folder_of_dark_images_and_a_constant_table_are_refused(tmp_path):
     (tmp_path / "t.csv").write_text("a,b\n" + "0,0\n" * 30)
     with pytest.raises(ValueError, match="every value of the 24 training rows of .*t.csv' is 0"):
         load_data(str(tmp_path / "t.csv"))
+
+
+def test_tables_and_vectors_are_rows_and_images_are_images(tmp_path):
+    """Review R2: whether data are rows or images was decided twice (the command line by
+    the image shape, ``load_data`` by the table columns or a 2-D array); one rule,
+    ``row_unit``, gives the word for the raw data and the splits, and the command line's."""
+    from pyro_vae.cli import _rows_not_images
+    from pyro_vae.data import load_raw, row_unit
+
+    table = tmp_path / "t.csv"
+    table.write_text("a,b\n" + "".join(f"{i % 7},{i % 5}\n" for i in range(40)))
+    vectors = np.random.default_rng(0).random((40, 6)).astype(np.float32)
+    colour = np.random.default_rng(1).random((40, 3, 4, 4)).astype(np.float32)
+    for data, word in (
+        ("digits", "images"), (str(table), "rows"), (vectors, "rows"), (colour, "images"),
+    ):  # fmt: skip
+        splits = load_data(data, Preprocessing(likelihood="normal"))
+        assert splits.unit == word and _rows_not_images(splits) == (word == "rows")
+    assert load_raw("digits").unit == "images" and load_raw(str(table)).unit == "rows"
+    assert [row_unit(s) for s in (None, (6,), (8, 8), (3, 4, 4))] == [
+        "rows", "rows", "images", "images",
+    ]  # fmt: skip

@@ -131,6 +131,32 @@ def test_a_checkpoint_without_a_scaler_leaves_the_scaler_at_its_initial_scale(tm
     assert svi.precision.scaler.get_scale() == 128.0
 
 
+def test_the_checkpoint_records_the_processes_that_trained_each_stretch(tmp_path, monkeypatch):
+    """Tester F4: the checkpoint had no process count, so metrics.json rebuilt from it lost
+    ``processes_by_epoch``. A fit on 2 processes records them from epoch 1; resumed after
+    epoch 3 on 1 process, from epoch 4 (as metrics.json's record of an undamaged run)."""
+    import pyro_vae.fit_checkpoint as fit_checkpoint
+    from pyro_vae.distributed import Group
+
+    run = RunFolder(tmp_path / "run")
+    last, history = {"model": {}, "guide": {}, "params": {}}, [{"epoch": 1}]
+    monkeypatch.setattr(fit_checkpoint, "current", lambda: Group(rank=0, world=2))
+    two = FitCheckpoint(run, Weights(), SVI(), object(), TrainConfig())
+    two.save(1, 4, last, None, history, {})
+    two.save(3, 12, last, None, history * 3, {"data_plate": "data"})
+    state = run.load_checkpoint()
+    assert state["processes_by_epoch"] == [{"from_epoch": 1, "processes": 2}]
+    assert state["fit_info"] == {"data_plate": "data"}
+    monkeypatch.setattr(fit_checkpoint, "current", lambda: Group(rank=0, world=1))
+    one = FitCheckpoint(run, Weights(), SVI(), object(), TrainConfig())
+    one.restore(state)
+    one.save(4, 16, last, None, history * 4, {})
+    assert run.load_checkpoint()["processes_by_epoch"] == [
+        {"from_epoch": 1, "processes": 2},
+        {"from_epoch": 4, "processes": 1},
+    ]
+
+
 @pytest.fixture(autouse=True)
 def _restore_rng():
     state = torch.get_rng_state()
