@@ -69,8 +69,11 @@ def gradient_variance(
     must be; the statistics' ``mean`` stays there.
 
     Raises:
+        TypeError: ``estimator`` (the third argument) has no ``loss_and_grads``: not a
+            ``pyro.infer.ELBO`` (the arguments are model, guide, estimator, *args).
         ValueError: ``num_draws`` < 2; a ``device`` this machine does not have.
     """
+    _check_estimator(model, guide, estimator)
     if not isinstance(num_draws, int) or num_draws < 2:
         raise ValueError(f"num_draws: {num_draws!r} is too few; a variance needs at least 2")
     args, kwargs = to_given_device(args, kwargs, device)
@@ -103,3 +106,31 @@ def gradient_variance(
         snr = float(mean.norm()) / math.sqrt(variance) if variance > 0 else math.inf
         stats[group] = GradientStats(mean, variance, snr, elapsed / num_draws, num_draws)
     return stats
+
+
+def _check_estimator(model, guide, estimator) -> None:
+    """Refuse an ``estimator`` that cannot draw a gradient, before any draw: given in the
+    wrong place (``gradient_variance(get("trace"), model, guide, x)``) it failed only at its
+    first call, with "'function' object has no attribute 'loss_and_grads'".
+
+    Raises:
+        TypeError: naming the argument, what it was and what is expected (and where the
+            estimator was passed instead, if it was).
+    """
+    if callable(getattr(estimator, "loss_and_grads", None)):
+        return
+    misplaced = [
+        name
+        for name, value in (("model", model), ("guide", guide))
+        if callable(getattr(value, "loss_and_grads", None))
+    ]
+    where = (
+        f"; an estimator was passed as {misplaced[0]} (first or second argument) instead"
+        if misplaced
+        else ""
+    )
+    raise TypeError(
+        f"estimator: {estimator!r} (the third argument) is not an estimator; expected a "
+        "pyro.infer.ELBO such as pyro_vae.estimators.get('trace'), with the arguments in "
+        f"the order gradient_variance(model, guide, estimator, *args){where}"
+    )

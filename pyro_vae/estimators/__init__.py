@@ -9,8 +9,8 @@
 - ``analytic-kl``: :class:`MeanFieldELBO`, Pyro's ``TraceMeanField_ELBO``, the same with
   KL(q ‖ p) in closed form where both are known (the lecture's −KL + E_q log p(x | θ), eq. 18.4).
 - ``iwae``: :class:`IWAELBO`, the K-sample importance-weighted bound per datapoint
-  (Burda et al. 2015); ``num_particles`` is K; ``gradient="dreg"`` doubly reparameterized
-  (Tucker et al. 2018) or ``"stl"``.
+  (Burda et al. 2015); ``num_particles`` is K, 5 by default; ``gradient="dreg"`` doubly
+  reparameterized (Tucker et al. 2018) or ``"stl"``.
 - ``enum``: :class:`TraceEnumELBO`, Pyro's ``TraceEnum_ELBO``: model sites marked
   ``infer={"enumerate": "parallel"}`` that the guide does not sample are summed out exactly (mixture
   assignments, HMM states), the rest as ``trace``.
@@ -20,7 +20,10 @@
 - ``score``: :class:`ScoreFunctionELBO`, REINFORCE for every guide site with a control
   variate: ``none``, ``ema``, ``leave-one-out`` or ``neural`` (NVIL).
 - ``vimco``: :class:`VIMCO`, the K-sample bound of ``iwae`` with score-function gradients
-  and per-sample leave-one-out baselines (Mnih & Rezende 2016), for discrete latents.
+  and per-sample leave-one-out baselines (Mnih & Rezende 2016), for discrete latents; K
+  (``num_particles``) is 5 by default, at least 2.
+
+``num_particles`` defaults to 1 for every estimator but ``iwae`` and ``vimco`` (5).
 
 ``free_bits=λ`` (nats per latent site; Kingma et al. 2016, :mod:`pyro_vae.objectives`) is
 an option of ``trace``, ``analytic-kl``, ``score`` and ``enum`` (:data:`FREE_BITS`), with

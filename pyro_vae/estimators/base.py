@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from pyro.infer import ELBO
 from pyro.infer.util import is_validation_enabled
+from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from pyro.util import check_if_enumerated
 
@@ -100,6 +101,8 @@ class SurrogateELBO(ELBO):
             strict_enumeration_warning=strict_enumeration_warning,
         )
         self._auto_vectorize = vectorize_particles is None
+        # the nesting the caller gave, before Pyro counts a particle plate in it
+        self._given_nesting = max_plate_nesting
         self.data_plate = data_plate
         # each subsampling plate's indices in the latest particle_traces (Pyro's importance
         # traces leave the subsample sites out)
@@ -117,6 +120,11 @@ class SurrogateELBO(ELBO):
 
         Particles sit at dim −R: one vectorized run, or K runs stacked. Warns, as Pyro's
         ``Trace_ELBO`` does, when a guide site is marked for enumeration.
+
+        Raises:
+            ValueError: a plate of model or guide lies deeper than the ``max_plate_nesting``
+                given (:class:`_NestingGuard`), at the first such site of either way of
+                drawing the particles.
         """
         vectorize = None if self._auto_vectorize else self.vectorize_particles
         (model_tr, guide_tr, rank), vectorized = vectorized_or_looped(
@@ -145,7 +153,7 @@ class SurrogateELBO(ELBO):
         key = (id(model), id(guide), _shapes((args, kwargs)))
         shared = SharedSubsamples()  # a minibatch's rows, drawn again by the check's runs
         self.subsamples = shared.indices
-        model, guide = shared(model), shared(guide)
+        model, guide = self._guarded(shared(model), shared(guide), vectorized=True)
         model_tr, guide_tr = next(elbo_traces(self, model, guide, args, kwargs))
         rank = particle_rank(self.max_plate_nesting, self.num_particles)
         checked = self.__dict__.setdefault("_vectorization_checked", set())
@@ -163,12 +171,21 @@ class SurrogateELBO(ELBO):
             nesting -= 1  # Pyro counted the particle plate in it
         shared = SharedSubsamples()  # the particles weigh the same datapoints (tester M)
         self.subsamples = shared.indices
-        pairs = [
-            self._get_trace(shared(model), shared(guide), args, kwargs)
-            for _ in range(self.num_particles)
-        ]
+        model, guide = self._guarded(shared(model), shared(guide), vectorized=False)
+        pairs = [self._get_trace(model, guide, args, kwargs) for _ in range(self.num_particles)]
         rank = int(nesting) + 1
         return (*stack_particles(pairs, rank), rank)
+
+    def _guarded(self, model, guide, vectorized: bool):
+        """``model`` and ``guide`` under a :class:`_NestingGuard` of the
+        ``max_plate_nesting`` given (as they are where it was left to be guessed), for a
+        ``vectorized`` run (its particle plate at dim −max_plate_nesting, Pyro's) or not."""
+        given = getattr(self, "_given_nesting", float("inf"))
+        if given == float("inf"):
+            return model, guide
+        plate = vectorized and self.num_particles > 1
+        particle_dim = -int(self.max_plate_nesting) if plate else None
+        return _NestingGuard(given, particle_dim)(model), _NestingGuard(given, particle_dim)(guide)
 
     def _keep_looping(self) -> None:
         """After a fallback, loop from now on rather than failing over at every step."""
@@ -202,6 +219,42 @@ class SurrogateELBO(ELBO):
         if loss.requires_grad:
             loss.backward()
         return loss.item()
+
+
+class _NestingGuard(Messenger):
+    """Refuse, at its first sample site, a run whose plates lie deeper than the
+    ``max_plate_nesting`` the caller gave. Too small a nesting puts the particle plate where
+    a model's plate belongs; the vectorized run then failed as if the model did not
+    broadcast, and the loop it fell back on ran under the nesting that still counted the
+    particle plate, so the first step returned a number with a warning blaming
+    vectorization and every later step raised "plate stack overflow" (tester's K2).
+
+    It sits inside the particle plate, so it sees only the plates model and guide open; in
+    a vectorized run (``particle_dim``, the particle plate's dim) a plate past the
+    particle plate's dim counts one shallower, where it would lie without it."""
+
+    def __init__(self, given: float, particle_dim: int | None = None) -> None:
+        super().__init__()
+        self.given = given
+        self.particle_dim = particle_dim
+
+    def _depth(self, frame) -> int:
+        past = self.particle_dim is not None and frame.dim < self.particle_dim
+        return -frame.dim - int(past)
+
+    def _pyro_sample(self, msg) -> None:
+        frames = [f for f in msg["cond_indep_stack"] if f.vectorized and f.dim is not None]
+        deepest = max(frames, key=self._depth, default=None)
+        if deepest is None or self._depth(deepest) <= self.given:
+            return
+        given = int(self.given) if float(self.given).is_integer() else self.given
+        need = self._depth(deepest)
+        raise ValueError(
+            f"max_plate_nesting: {given!r} is too small for this model: site "
+            f"{msg['name']!r} lies in plate {deepest.name!r} at dim -{need}, so the model "
+            f"nests plates at least {need} deep; pass max_plate_nesting={need} or more, or "
+            "leave it out to have it found from one run of model and guide"
+        )
 
 
 def _shapes(value) -> tuple:

@@ -6,7 +6,13 @@ For each datapoint x_n and K samples z_{n,k} ~ q(z | x_n),
 
 with L_1 the ELBO and L_K increasing in K. The log-sum-exp is taken per datapoint of the
 per-datapoint plate (:func:`pyro_vae.plates.find_data_plate`) when every site lies in it;
-a minibatch's bounds are summed and scaled by N/|batch|. A model with global latents, or
+a minibatch's bounds are summed and scaled by N/|batch|. A scale c common to every site
+of model and guide (``poutine.scale(c)`` around both, how a user rescales a minibatch they
+subsample themselves; per datapoint where the weights factor) multiplies the objective the
+same way, outside the log-sum-exp: c · log (1/K) Σ_k exp(log w_k / c)
+(:func:`pyro_vae.pointwise.common_scale`). Scales that differ between sites (β or KL
+warm-up on the latents, ``poutine.scale`` on the observations alone) are folded into each
+site's term of log w_k. A model with global latents, or
 with no per-datapoint plate, is one datapoint: the bound is on log p(X) jointly, which a
 minibatch cannot estimate, so that case is refused when the plate is subsampled. (Pyro's
 ``RenyiELBO(alpha=0)`` instead takes one log-sum-exp over the whole batch's weight, a much
@@ -22,7 +28,8 @@ z_k = g(ε_k; φ), ``gradient`` chooses the estimate (model parameters θ always
 - ``"dreg"``: doubly reparameterized (Tucker, Lawson, Gu & Maddison 2018, eq. 8): the guide
   gets Σ_k w̃_k² ∂log w_k/∂z_k · dz_k/dφ with log q's parameters detached. Unbiased for the
   same gradient, and zero at q = p(z | x). Where a guide site's log q enters log w with a
-  weight c ≠ 1 (β or KL warm-up, :mod:`pyro_vae.annealing`; ``poutine.scale``; a mask),
+  weight c ≠ 1 (β or KL warm-up, :mod:`pyro_vae.annealing`; a ``poutine.scale`` not
+  common to every site; a mask),
   its weight is w̃_k − c w̃_k (1 − w̃_k), the same identity applied to −c ∇_φ log q (w̃_k²
   at β = 3 made the gradient −187 where the β-bound's is −17).
 - ``"stl"``: sticking the landing (Roeder, Wu & Duvenaud 2017) with the weights w̃_k: the
@@ -67,7 +74,8 @@ class IWAELBO(SurrogateELBO):
     """−Σ_n L_K(x_n), the negative importance-weighted bound with K = ``num_particles``.
 
     Args:
-        num_particles: K.
+        num_particles: K, 5 by default (``get("iwae")`` too; the registry's other
+            estimators default to 1 particle).
         max_plate_nesting, strict_enumeration_warning: as in Pyro's ELBOs.
         vectorize_particles: ``True``, ``False`` (a loop over particles) or ``None`` (auto);
             see :class:`~pyro_vae.estimators.base.SurrogateELBO`.
@@ -131,14 +139,18 @@ class IWAELBO(SurrogateELBO):
             model_trace, guide_trace, self.num_particles, rank, plate
         )
         bound = torch.logsumexp(log_p - log_q, dim=0) - math.log(self.num_particles)
+        # scale: N/|batch| times any scale common to every site, a multiplier of the whole
+        # objective, so it stays outside the log-sum-exp (pyro_vae.pointwise.common_scale)
+        value = (scale * bound).sum()
         if self.gradient == "reparam" or not torch.is_grad_enabled():
-            return -scale * bound.sum()
-        surrogate = self._path_surrogate(model_trace, guide_trace, log_p, rank, plate)
-        return -scale * (bound.sum().detach() + (surrogate - surrogate.detach()))
+            return -value
+        surrogate = self._path_surrogate(model_trace, guide_trace, log_p, rank, plate, scale)
+        return -(value.detach() + (surrogate - surrogate.detach()))
 
-    def _path_surrogate(self, model_trace, guide_trace, log_p, rank, plate):
-        """Σ_n Σ_k w̃_k log w_k with log q's parameters detached (STL's surrogate), plus for
-        DReG the term that makes the weight on the path through z_k w̃_k²."""
+    def _path_surrogate(self, model_trace, guide_trace, log_p, rank, plate, scale):
+        """Σ_n c_n Σ_k w̃_k log w_k with log q's parameters detached (STL's surrogate), plus
+        for DReG the term that makes the weight on the path through z_k w̃_k²; c_n is
+        ``scale``, the objective's multiplier (a float or ``[1, B]``)."""
         refuse_dependent_sites(guide_trace, "iwae", self.gradient)
         stopped = stopped_guide_trace(guide_trace)
         _, log_q_stopped, _ = importance_log_densities(
@@ -146,7 +158,7 @@ class IWAELBO(SurrogateELBO):
         )
         log_w = log_p - log_q_stopped  # the values of log w, φ held still inside log q
         weights = torch.softmax(log_w.detach(), dim=0)
-        surrogate = (weights * log_w).sum()
+        surrogate = (scale * weights * log_w).sum()
         if self.gradient == "stl":
             return surrogate
         if not self.vectorize_particles:
@@ -156,17 +168,21 @@ class IWAELBO(SurrogateELBO):
                 "gradient='reparam' or make the model broadcast over a particle plate"
             )
         per_datapoint = plate if weights_factor(model_trace, guide_trace, plate) else None
-        paths = _reweighted_paths(log_w, weights, stopped, rank, per_datapoint)
-        return surrogate + paths
+        common = scale / data_plate_scale(model_trace, per_datapoint)
+        paths = _reweighted_paths(log_w, weights, stopped, rank, per_datapoint, common)
+        return surrogate + (scale * paths).sum()
 
 
-def _reweighted_paths(log_w, weights, stopped, rank, plate) -> torch.Tensor:
-    """A term of value 0 whose gradient through the draws is Σ_k c w̃_k (w̃_k − 1) ∂log
-    w_k/∂z_k · dz_k/dφ, turning the w̃_k of STL's surrogate into DReG's w̃_k − c w̃_k (1 −
-    w̃_k) on the path through z_k (w̃_k² where c = 1) and leaving the gradient that reaches a
-    parameter directly (the model's) as it was. c is the weight of the site's log q in
-    log w (its scale relative to the plate's subsampling, times its mask): the score term
-    −c ∇_φ log q that the identity of Tucker et al. (2018, eq. 5) rewrites carries it.
+def _reweighted_paths(log_w, weights, stopped, rank, plate, common=1.0) -> torch.Tensor:
+    """Per datapoint (``[1, B]``, or ``[1, 1]`` jointly when ``plate`` is None), a term of
+    value 0 whose gradient through the draws is Σ_k c w̃_k (w̃_k − 1) ∂log w_k/∂z_k ·
+    dz_k/dφ, turning the w̃_k of STL's surrogate into DReG's w̃_k − c w̃_k (1 − w̃_k) on the
+    path through z_k (w̃_k² where c = 1) and leaving the gradient that reaches a parameter
+    directly (the model's) as it was. c is the weight of the site's log q in log w (its
+    scale relative to the plate's subsampling and to ``common``, the scale every site
+    shares that :func:`~pyro_vae.pointwise.importance_log_densities` divided out of log w,
+    times its mask): the score term −c ∇_φ log q that the identity of Tucker et al. (2018,
+    eq. 5) rewrites carries it.
 
     ∂log w_k/∂z_k is taken elementwise from ∂(Σ_k log w_k)/∂z: in a vectorized trace each
     particle's and datapoint's weight depends on its own draw only. The products
@@ -204,5 +220,7 @@ def _reweighted_paths(log_w, weights, stopped, rank, plate) -> torch.Tensor:
         path_sum = per_draw_log_density(paths, k, rank)
     else:
         path_sum = per_datapoint_log_density(paths, k, b, rank, plate)
-    term = (weights * (weights - 1) * path_sum).sum()
+    # every site of a datapoint carries its common scale, so dividing the datapoint's sum
+    # by it divides each site's c by it
+    term = (weights * (weights - 1) * path_sum / common).sum(0, keepdim=True)
     return term - term.detach()

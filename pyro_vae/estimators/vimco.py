@@ -15,8 +15,12 @@ datapoint of the per-datapoint plate (:func:`pyro_vae.plates.find_data_plate`) i
 bound when every site lies in that plate, and the minibatch sum is scaled by N/|batch|;
 otherwise the whole batch is one bound, as for ``iwae``.
 
-A site's scale (β and KL warm-up, :mod:`pyro_vae.annealing`; ``poutine.scale``) and mask
-weigh its term of l_k; the score ∇ log q(h_k | x) is that of the distribution h_k was drawn
+A scale common to every site of model and guide (``poutine.scale(c)`` around both, how a
+user rescales a minibatch they subsample themselves) multiplies the whole objective, so it
+stays outside the log-sum-exp: c · log (1/K) Σ_k exp(l_k / c), as for ``iwae``
+(:func:`pyro_vae.pointwise.common_scale`). A scale that differs between sites (β and KL
+warm-up, :mod:`pyro_vae.annealing`; ``poutine.scale`` on the observations alone) and a mask
+weigh that site's term of l_k; the score ∇ log q(h_k | x) is that of the distribution h_k was drawn
 from, neither scaled nor masked (as Pyro's ``ScoreParts`` keep it). With β = 4 on a
 Bernoulli latent, scaling the score too made the gradient +1185 where the β-bound's is +24.
 """
@@ -41,9 +45,18 @@ from pyro_vae.pointwise import (
 class VIMCO(SurrogateELBO):
     """−Σ_n L̂_K(x_n) with VIMCO's leave-one-out score-function gradient; K ≥ 2.
 
-    Args: as :class:`~pyro_vae.estimators.iwae.IWAELBO`. Each datapoint of the
-    per-datapoint plate is its own bound when every site lies in that plate; otherwise the
-    batch is one bound (refused when subsampled).
+    Args:
+        num_particles: K ≥ 2, 5 by default (``get("vimco")`` too; the registry's other
+            estimators but ``iwae`` default to 1 particle).
+        max_plate_nesting, strict_enumeration_warning, vectorize_particles, data_plate:
+            as :class:`~pyro_vae.estimators.iwae.IWAELBO`.
+
+    Each datapoint of the per-datapoint plate is its own bound when every site lies in that
+    plate; otherwise the batch is one bound (refused when subsampled).
+
+    Raises:
+        ValueError: ``num_particles`` below 2.
+        pyro_vae.plates.DataPlateError: global latents in a subsampled model.
     """
 
     capabilities = Capabilities(
@@ -89,9 +102,11 @@ class VIMCO(SurrogateELBO):
         bound = torch.logsumexp(lw, 0) - math.log(k)
         leave_one_out = _leave_one_out_bounds(lw)
         weights = torch.softmax(lw, 0)
-        surrogate = ((bound - leave_one_out) * score + weights * log_w).sum()
-        value = -scale * bound.sum()
-        return -scale * surrogate + (value + scale * surrogate).detach()
+        # scale (N/|batch| times any scale common to every site, divided out of log w)
+        # multiplies each datapoint's bound, so it multiplies its gradient estimate too
+        surrogate = (scale * ((bound - leave_one_out) * score + weights * log_w)).sum()
+        value = -(scale * bound).sum()
+        return -surrogate + (value + surrogate).detach()
 
 
 def _leave_one_out_bounds(lw: torch.Tensor) -> torch.Tensor:

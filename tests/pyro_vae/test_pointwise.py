@@ -18,6 +18,7 @@ import torch
 
 from pyro_vae.plates import DataPlateError, data_plate
 from pyro_vae.pointwise import (
+    common_scale,
     data_plate_scale,
     importance_log_densities,
     masked_log_prob,
@@ -350,3 +351,58 @@ def test_a_plate_subsampled_beside_the_data_plate_is_refused_by_multi_sample_bou
         iwae_log_likelihood(model, guide, x, num_samples=10)
     with pytest.raises(DataPlateError, match="k̂ per datapoint.*'pixels'"):
         psis_khat_per_datapoint(model, guide, x, num_samples=30)
+
+
+# K1: a scale common to every site of model and guide is a multiplier of the objective,
+# taken out of log p and log q and returned with the subsampling factor.
+def scaled_pair(scale, latent_scale=1.0):
+    return (
+        poutine.scale(functools.partial(local_model, z_scale=latent_scale), scale=scale),
+        poutine.scale(local_guide, scale=scale),
+    )
+
+
+@pytest.mark.parametrize("vectorize", [True, False])
+def test_a_scale_common_to_every_site_goes_outside_with_the_subsampling_factor(vectorize):
+    model_tr, guide_tr = traces(*scaled_pair(2.5), vectorize, num_data=12)
+    log_z, log_x, log_q = local_by_hand(guide_tr)
+    log_p_out, log_q_out, scale = importance_log_densities(model_tr, guide_tr, K, RANK, "data")
+    torch.testing.assert_close(log_p_out, log_z + log_x)
+    torch.testing.assert_close(log_q_out, log_q)
+    assert scale == pytest.approx(4.0 * 2.5)
+    assert common_scale((model_tr, guide_tr), RANK, "data", 4.0) == pytest.approx(2.5)
+
+
+def test_scales_that_differ_between_sites_stay_folded():
+    # β = 2 on z alone: no common scale, log p keeps 2 log p(z) (and log q 2 log q)
+    model_tr, guide_tr = traces(*scaled_pair(1.0, latent_scale=2.0), True)
+    log_z, log_x, log_q = local_by_hand(guide_tr)
+    log_p_out, _, scale = importance_log_densities(model_tr, guide_tr, K, RANK, "data")
+    torch.testing.assert_close(log_p_out, 2.0 * log_z + log_x)
+    assert scale == 1.0 and common_scale((model_tr, guide_tr), RANK, "data", 1.0) == 1.0
+
+
+def test_a_per_datapoint_scale_is_common_datapoint_by_datapoint():
+    # weights c_n on every site of datapoint n: [1, B]; where β on z makes a datapoint's
+    # sites differ, nothing is taken out (1)
+    weights = torch.tensor([2.0, 1.5, 0.5])
+    model_tr, guide_tr = traces(*scaled_pair(weights), True)
+    common = common_scale((model_tr, guide_tr), RANK, "data", 1.0)
+    torch.testing.assert_close(common, weights.reshape(1, 3))
+    log_z, log_x, log_q = local_by_hand(guide_tr)
+    log_p_out, log_q_out, scale = importance_log_densities(model_tr, guide_tr, K, RANK, "data")
+    torch.testing.assert_close(log_p_out, log_z + log_x)
+    torch.testing.assert_close(log_q_out, log_q)
+    torch.testing.assert_close(scale, weights.reshape(1, 3))
+    model_tr, guide_tr = traces(*scaled_pair(weights, latent_scale=2.0), True)
+    common = common_scale((model_tr, guide_tr), RANK, "data", 1.0)
+    torch.testing.assert_close(common, torch.ones(1, 3))
+
+
+def test_a_joint_bound_takes_out_one_common_scale():
+    pair = poutine.scale(global_model, scale=3.0), poutine.scale(global_guide, scale=3.0)
+    model_tr, guide_tr = traces(*pair, True)
+    log_p, log_q, scale = importance_log_densities(model_tr, guide_tr, K, RANK, "data")
+    assert scale == 3.0 and log_p.shape == (K, 1)
+    torch.testing.assert_close(log_p, per_draw_log_density(model_tr, K, RANK) / 3.0)
+    torch.testing.assert_close(log_q, per_draw_log_density(guide_tr, K, RANK) / 3.0)

@@ -40,3 +40,17 @@ def test_score_function_is_noisier_than_pathwise_here():
 def test_bad_draws():
     with pytest.raises(ValueError, match="num_draws: 1"):
         gradient_variance(model, guide, get("trace"), torch.tensor(1.0), num_draws=1)
+
+
+def test_an_estimator_out_of_place_is_named_before_any_draw():
+    # (estimator, model, guide, x) for (model, guide, estimator, x): an AttributeError,
+    # "'function' object has no attribute 'loss_and_grads'", at the first draw
+    with pytest.raises(
+        TypeError,
+        match=r"estimator: <function guide .*> \(the third argument\) is not an estimator; "
+        r".*an estimator was passed as model",
+    ):
+        gradient_variance(get("trace"), model, guide, torch.tensor(1.0))
+    with pytest.raises(TypeError, match=r"estimator: 'trace' \(the third argument\)"):
+        gradient_variance(model, guide, "trace", torch.tensor(1.0))
+    assert not pyro.get_param_store().keys()  # refused before any run

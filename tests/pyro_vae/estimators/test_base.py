@@ -352,3 +352,55 @@ def test_a_single_sample_elbo_keeps_pyros_convention_for_a_guide_only_latent():
     elbo = estimators.get("score", num_particles=20000, max_plate_nesting=1)
     # one particle's estimate has sd ≈ 4.3 nats, so the mean of 20000 has se ≈ 0.03: 3.3 se
     assert -elbo.loss(model, guide, x) == pytest.approx(exact, abs=0.1)
+
+
+def one_plate_pair():
+    """z_n ~ N(0, 1), x_n ~ N(z_n, 1) under a plate at dim −1: it needs max_plate_nesting 1."""
+
+    def model(x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(0.5 * x, 0.8))
+
+    return model, guide
+
+
+@pytest.mark.parametrize("name", ["iwae", "vimco", "score"])
+@pytest.mark.parametrize("vectorize", [None, True, False])
+def test_too_small_a_plate_nesting_is_refused_at_the_first_step_by_name(name, vectorize):
+    # The particle plate took the model's dim, the vectorized run failed, and the loop it
+    # fell back on still counted the particle plate: the first step gave a number with a
+    # warning that blamed vectorization, every later one "plate stack overflow" (K2).
+    model, guide = one_plate_pair()
+    estimator = estimators.get(
+        name, num_particles=2, max_plate_nesting=0, vectorize_particles=vectorize
+    )
+    x = torch.tensor([0.5, -1.0, 2.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VectorizationWarning)
+        for _ in range(2):  # the same error at every step
+            with pytest.raises(
+                ValueError,
+                match=r"max_plate_nesting: 0 is too small .* site 'z' lies in plate 'data' at "
+                r"dim -1, so the model nests plates at least 1 deep",
+            ):
+                estimator.loss(model, guide, x)
+
+
+@pytest.mark.parametrize("name", ["iwae", "vimco", "score"])
+def test_the_nesting_a_model_needs_is_enough(name):
+    # given exactly (1) or guessed, the same draws give the same value
+    model, guide = one_plate_pair()
+    x = torch.tensor([0.5, -1.0, 2.0])
+    values = []
+    for nesting in (1, float("inf")):
+        estimator = estimators.get(name, num_particles=3, max_plate_nesting=nesting)
+        pyro.set_rng_seed(2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", VectorizationWarning)
+            values.append(estimator.loss(model, guide, x))
+    assert values[0] == pytest.approx(values[1], rel=1e-6)

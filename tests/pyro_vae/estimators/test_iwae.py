@@ -101,20 +101,23 @@ def test_non_reparameterizable_guides_and_bad_k_are_refused(x):
     assert loss == pytest.approx(by_hand, rel=1e-6)
 
 
-def one_latent_case():
+def one_latent_case(latent_scale=1.0):
     """z ~ N(0, 1), x ~ N(z + b, 1) with a model parameter b; q(z) = N(m, exp(t)). The guide
     keeps its particles' draws so that a test can recompute the estimate from them by hand
-    (not a plain run's: the estimator checks its first vectorized run against one)."""
+    (not a plain run's: the estimator checks its first vectorized run against one).
+    ``latent_scale`` scales z's site in model and guide (β), not x's."""
     drawn = {}
 
     def model(x):
         b = pyro.param("b", torch.tensor(0.2))
-        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        with poutine.scale(scale=latent_scale):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
         pyro.sample("x", dist.Normal(z + b, 1.0), obs=x)
 
     def guide(x):
         m, t = pyro.param("m", torch.tensor(0.3)), pyro.param("t", torch.tensor(-0.4))
-        z = pyro.sample("z", dist.Normal(m, t.exp()))
+        with poutine.scale(scale=latent_scale):
+            z = pyro.sample("z", dist.Normal(m, t.exp()))
         if z.dim():  # under the particle plate
             drawn["z"] = z
 
@@ -236,8 +239,26 @@ def test_dreg_under_beta_matches_the_reparameterized_gradient():
 
 
 def test_dreg_weight_of_a_scaled_guide_site_on_the_same_draws():
-    # one_latent_case with log q scaled by c: the path weight w̃_k − c w̃_k(1 − w̃_k), the
-    # identity E[w̃_k ∂_φ log q(z_k)] = E[∂w̃_k/∂z_k dz_k/dφ] applied to c log q's score term.
+    # one_latent_case with β = c on z in model and guide: log w = c (log p(z) − log q(z)) +
+    # log p(x | z), and the path weight is w̃_k − c w̃_k(1 − w̃_k), the identity
+    # E[w̃_k ∂_φ log q(z_k)] = E[∂w̃_k/∂z_k dz_k/dφ] applied to c log q's score term.
+    k, x, c = 5, torch.tensor(0.7), 0.4
+    model, guide, drawn = one_latent_case(latent_scale=c)
+    IWAELBO(num_particles=k, gradient="dreg").loss_and_grads(model, guide, x)
+    got = -pyro.get_param_store().get_param("m").grad
+    m, s, b = torch.tensor(0.3), torch.tensor(-0.4).exp(), torch.tensor(0.2)
+    z = drawn["z"].detach().reshape(-1)
+    log_w = c * (dist.Normal(0.0, 1.0).log_prob(z) - dist.Normal(m, s).log_prob(z)) + dist.Normal(
+        z + b, 1.0
+    ).log_prob(x)
+    w = torch.softmax(log_w, 0)
+    slope = c * -z + (x - z - b) + c * (z - m) / s**2
+    torch.testing.assert_close(got, ((w - c * w * (1 - w)) * slope).sum(), rtol=1e-5, atol=1e-6)
+
+
+def test_dreg_gradient_of_a_common_scale_is_c_times_the_unscaled_one():
+    # poutine.scale(c) around model and guide multiplies the objective: c L_K with the
+    # unscaled log w, so DReG's gradient is c Σ_k w̃_k² ∂log w_k/∂z_k (Tucker et al. 2018)
     model, guide, drawn = one_latent_case()
     k, x, c = 5, torch.tensor(0.7), 0.4
     model, guide = poutine.scale(model, scale=c), poutine.scale(guide, scale=c)
@@ -245,16 +266,14 @@ def test_dreg_weight_of_a_scaled_guide_site_on_the_same_draws():
     got = -pyro.get_param_store().get_param("m").grad
     m, s, b = torch.tensor(0.3), torch.tensor(-0.4).exp(), torch.tensor(0.2)
     z = drawn["z"].detach().reshape(-1)
-    # every site scaled by c: log w = c (log p(z) + log p(x | z) − log q(z)); the plate-free
-    # model's relative scale is c itself
-    log_w = c * (
+    log_w = (
         dist.Normal(0.0, 1.0).log_prob(z)
         + dist.Normal(z + b, 1.0).log_prob(x)
         - dist.Normal(m, s).log_prob(z)
     )
     w = torch.softmax(log_w, 0)
-    slope = c * (-z + (x - z - b) + (z - m) / s**2)
-    torch.testing.assert_close(got, ((w - c * w * (1 - w)) * slope).sum(), rtol=1e-5, atol=1e-6)
+    slope = -z + (x - z - b) + (z - m) / s**2
+    torch.testing.assert_close(got, c * (w**2 * slope).sum(), rtol=1e-5, atol=1e-6)
 
 
 def subsampling_pair(subsample_size, global_latent=False):
@@ -309,3 +328,88 @@ def test_a_global_latent_under_pyros_subsample_size_is_refused():
         DataPlateError, match=r"outside the subsampled per-datapoint plate 'data' \(scale 10\)"
     ):
         IWAELBO(4).loss(model, guide, torch.randn(100))
+
+
+# K1: poutine.scale(c) around both model and guide (a user's own minibatch rescaling) is a
+# multiplier of the whole objective, c · log (1/K) Σ_k exp(log w_k / c); folded into each
+# log w_k, the bound at K = 50 came out 4.9 nats above c · log p(x).
+C = 3.0
+
+
+def scaled(fn, scale=C):
+    return poutine.scale(fn, scale=scale)
+
+
+def mismatched_guide(m, s):
+    """The tester's mismatched guide on the linear-Gaussian model: q(z_n) = N(m + μ_n, s²)."""
+
+    def guide(x, num_data=None):
+        loc = (x - B) @ POST_GAIN.T + m
+        with data_plate(x, num_data):
+            pyro.sample("z", dist.Normal(loc, s * POST_VAR.sqrt().expand_as(loc)).to_event(1))
+
+    return guide
+
+
+@pytest.mark.parametrize("k", [1, 5, 50])
+def test_common_scale_at_the_exact_posterior_gives_c_log_likelihood(x, k):
+    # every weight is p(x), so c · log (1/K) Σ_k exp(log p(x)) = c · log p(x) exactly
+    loss = IWAELBO(num_particles=k).loss(scaled(model), scaled(make_guide()), x)
+    assert loss == pytest.approx(-C * exact_log_likelihood(x).sum().item(), abs=1e-3)
+
+
+@pytest.mark.parametrize("gradient", ["reparam", "dreg", "stl"])
+@pytest.mark.parametrize("k", [5, 50])
+def test_common_scale_multiplies_value_and_gradient_of_the_same_draws(x, k, gradient):
+    m = torch.tensor([0.4, -0.3], requires_grad=True)
+    s = torch.tensor(1.6, requires_grad=True)
+    guide = mismatched_guide(m, s)
+    results = []
+    for model_, guide_ in ((model, guide), (scaled(model), scaled(guide))):
+        pyro.set_rng_seed(7)
+        loss = IWAELBO(num_particles=k, gradient=gradient).differentiable_loss(model_, guide_, x)
+        results.append((loss.detach(), *torch.autograd.grad(loss, [m, s])))
+    for plain, rescaled in zip(*results, strict=True):
+        torch.testing.assert_close(rescaled, C * plain, rtol=1e-5, atol=1e-5)
+
+
+def test_common_scale_stays_below_c_log_likelihood(x):
+    # the tester's check: a bound on c · log p(x), the mean of 200 values of L_50
+    guide = mismatched_guide(torch.tensor([0.4, -0.3]), torch.tensor(1.6))
+    estimator = IWAELBO(num_particles=50)
+    values = torch.tensor([-estimator.loss(scaled(model), scaled(guide), x) for _ in range(200)])
+    assert values.mean() < C * exact_log_likelihood(x).sum()
+
+
+def test_per_datapoint_scales_each_multiply_their_own_bound(x):
+    # c_n on datapoint n's sites of model and guide: Σ_n c_n L_K(x_n), with L_K(x_n) the
+    # bound of the same draws with every other datapoint masked out (its weights all 1)
+    weights = torch.tensor([1.0, 2.0, 0.5, 4.0])
+    guide = mismatched_guide(torch.tensor([0.4, -0.3]), torch.tensor(1.6))
+    pyro.set_rng_seed(5)
+    value = IWAELBO(num_particles=8).loss(scaled(model, weights), scaled(guide, weights), x)
+    per_datapoint = []
+    for n in range(len(x)):
+        only = torch.arange(len(x)) == n
+        pyro.set_rng_seed(5)
+        masked = (poutine.mask(model, mask=only), poutine.mask(guide, mask=only))
+        per_datapoint.append(IWAELBO(num_particles=8).loss(*masked, x))
+    assert value == pytest.approx((weights * torch.tensor(per_datapoint)).sum().item(), rel=1e-5)
+
+
+def test_scale_on_the_latents_alone_stays_folded_into_the_weights(x):
+    # β = 2 on z in model and guide is no multiplier of the objective: log w = log p(x | z)
+    # + β (log p(z) − log q(z)). Here z does not enter x and q = p(z), so every weight is
+    # p(x | z) = N(x; b, 1) whatever K, where a rule that took β outside would give it twice.
+    def model_beta(x, num_data=None):
+        with data_plate(x, num_data):
+            with poutine.scale(scale=2.0):
+                pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).expand([len(x), 2]).to_event(1))
+            pyro.sample("x", dist.Normal(B.expand_as(x), 1.0).to_event(1), obs=x)
+
+    def prior_guide(x, num_data=None):
+        with data_plate(x, num_data), poutine.scale(scale=2.0):
+            pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).expand([len(x), 2]).to_event(1))
+
+    loss = IWAELBO(num_particles=4).loss(model_beta, prior_guide, x)
+    assert loss == pytest.approx(-dist.Normal(B, 1.0).log_prob(x).sum().item(), abs=1e-4)

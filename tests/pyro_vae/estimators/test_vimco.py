@@ -4,6 +4,7 @@ import math
 
 import pyro
 import pyro.distributions as dist
+import pyro.poutine as poutine
 import pytest
 import torch
 
@@ -42,19 +43,24 @@ def test_value_equals_the_iwae_bound_for_the_same_draws():
     assert a == pytest.approx(iwae.loss(model, guide, X), rel=1e-5)
 
 
-def test_mean_gradient_matches_the_pathwise_iwae_gradient():
+@pytest.mark.parametrize("c", [1.0, 3.0])
+def test_mean_gradient_matches_the_pathwise_iwae_gradient(c):
     # Both are unbiased for the gradient of E[L_K]; compare means within 4 standard errors.
+    # VIMCO's pair is under poutine.scale(c) (model and guide), a multiplier of the whole
+    # objective, so its gradient is compared with c times IWAE's of the unscaled pair.
     gain = torch.tensor(0.7, requires_grad=True)
     log_scale = torch.tensor(0.3, requires_grad=True)
     guide = make_guide(gain, log_scale)
     x = X.repeat(50, 1)
     means = {}
-    for name, estimator in (("vimco", VIMCO(num_particles=4)), ("iwae", IWAELBO(4))):
-        draws = torch.stack(
+    scaled = [poutine.scale(fn, scale=c) for fn in (model, guide)]
+    runs = {"vimco": (VIMCO(num_particles=4), *scaled, 1.0), "iwae": (IWAELBO(4), model, guide, c)}
+    for name, (estimator, model_, guide_, factor) in runs.items():
+        draws = factor * torch.stack(
             [
                 torch.stack(
                     torch.autograd.grad(
-                        estimator.differentiable_loss(model, guide, x), [gain, log_scale]
+                        estimator.differentiable_loss(model_, guide_, x), [gain, log_scale]
                     )
                 )
                 for _ in range(300)
@@ -186,3 +192,33 @@ def test_a_point_mass_guide_site_gets_the_bounds_pathwise_gradient():
     (exact,) = torch.autograd.grad(-bound, v)
     mean, se = mean_map_gradient(VIMCO(num_particles=2), 300)
     assert se > 0 and abs(mean - exact.item()) < 4 * se, (mean, se, exact.item())
+
+
+# K1: poutine.scale(c) around model and guide multiplies the whole objective; folded into
+# each log-weight, VIMCO's value (IWAE's too) at K = 50 came out above c · log p(x).
+C = 3.0
+
+
+@pytest.mark.parametrize("k", [2, 5])
+def test_common_scale_at_the_exact_posterior_gives_c_log_likelihood(k):
+    guide = make_guide(torch.tensor(1.0), torch.tensor(0.0))
+    pair = poutine.scale(model, scale=C), poutine.scale(guide, scale=C)
+    loss = VIMCO(num_particles=k).loss(*pair, X)
+    assert loss == pytest.approx(-C * exact_log_likelihood(X).sum().item(), abs=1e-3)
+
+
+@pytest.mark.parametrize("k", [5, 50])
+def test_common_scale_multiplies_value_and_gradient_of_the_same_draws(k):
+    gain = torch.tensor(0.7, requires_grad=True)
+    log_scale = torch.tensor(0.3, requires_grad=True)
+    guide = make_guide(gain, log_scale)
+    results = []
+    for pair in ((model, guide), (poutine.scale(model, scale=C), poutine.scale(guide, scale=C))):
+        pyro.set_rng_seed(7)
+        loss = VIMCO(num_particles=k).differentiable_loss(*pair, X)
+        results.append((loss.detach(), *torch.autograd.grad(loss, [gain, log_scale])))
+    for plain, rescaled in zip(*results, strict=True):
+        torch.testing.assert_close(rescaled, C * plain, rtol=1e-5, atol=1e-5)
+    pyro.set_rng_seed(7)  # and the value is IWAE's of the same draws
+    iwae = IWAELBO(num_particles=k).loss(*(poutine.scale(f, scale=C) for f in (model, guide)), X)
+    assert results[1][0].item() == pytest.approx(iwae, rel=1e-5)
