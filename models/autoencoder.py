@@ -22,7 +22,7 @@ from torch import nn
 from pyro_vae.convnets import default_activation, encoder_trunk, likelihood_decoder
 from pyro_vae.guides import EmptyGuide
 from pyro_vae.likelihoods import make_likelihood
-from pyro_vae.nn import mlp
+from pyro_vae.nn import layer_widths, mlp
 from pyro_vae.plates import data_plate
 
 
@@ -69,7 +69,7 @@ class Autoencoder(PyroModule):
         if noise_std < 0:
             raise ValueError(f"noise_std: {noise_std} is negative; expected a standard deviation")
         self.x_dim, self.latent_dim, self.noise_std = x_dim, latent_dim, noise_std
-        hidden_dims = tuple(int(h) for h in hidden_dims)
+        hidden_dims = layer_widths(hidden_dims)
         self.likelihood = make_likelihood(likelihood, x_dim, levels)
         self.arch = arch
         if arch == "mlp":

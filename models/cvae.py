@@ -51,6 +51,7 @@ from pyro_vae.convnets import (
 )
 from pyro_vae.guides import AmortizedNormal
 from pyro_vae.likelihoods import make_likelihood
+from pyro_vae.nn import layer_widths
 from pyro_vae.plates import data_plate
 
 
@@ -147,7 +148,7 @@ class CVAE(PyroModule):
         self.condition = Condition(num_classes, condition_dim)
         self.x_dim, self.latent_dim, self.activation = x_dim, latent_dim, activation
         self.num_classes = num_classes
-        self.hidden_dims = tuple(int(h) for h in hidden_dims)
+        self.hidden_dims = layer_widths(hidden_dims)
         self.likelihood = make_likelihood(likelihood, x_dim, levels)
         self.arch = arch
         self.image_shape = None if arch == "mlp" else tuple(image_shape)

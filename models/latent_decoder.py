@@ -16,6 +16,7 @@ from pyro.nn import PyroModule
 
 from pyro_vae.convnets import likelihood_decoder
 from pyro_vae.likelihoods import make_likelihood
+from pyro_vae.nn import layer_widths
 from pyro_vae.plates import data_plate
 
 
@@ -48,7 +49,7 @@ class LatentDecoderModel(PyroModule):
         if latent_dim < 1:
             raise ValueError(f"latent_dim: {latent_dim} is not a positive integer")
         self.x_dim, self.latent_dim = x_dim, latent_dim
-        self.hidden_dims, self.activation = tuple(int(h) for h in hidden_dims), activation
+        self.hidden_dims, self.activation = layer_widths(hidden_dims), activation
         self.likelihood = make_likelihood(likelihood, x_dim, levels)
         self.arch, self.image_shape = arch, None if image_shape is None else tuple(image_shape)
         self.channels = None if channels is None else tuple(int(c) for c in channels)

@@ -78,7 +78,7 @@ from pyro_vae.convnets import (
 )
 from pyro_vae.evaluate import elbo_per_datapoint, eval_mode, iwae_log_likelihood
 from pyro_vae.likelihoods import make_likelihood
-from pyro_vae.nn import mlp
+from pyro_vae.nn import layer_widths, mlp
 from pyro_vae.plate_declaration import data_plate
 
 ALPHA_PER_ROW = 0.1  # Kingma et al. (2014), after eq. 9: "we use α = 0.1 · N"
@@ -160,7 +160,7 @@ class M2Guide(PyroModule):
         activation = default_activation(arch, activation)
         super().__init__(name="guide")
         self.x_dim, self.num_classes, self.latent_dim = x_dim, num_classes, latent_dim
-        hidden = tuple(int(h) for h in hidden_dims)
+        hidden = layer_widths(hidden_dims)
         self.classifier = _classifier(
             x_dim, num_classes, hidden, activation, arch, image_shape, channels
         )
@@ -254,7 +254,7 @@ class M2(PyroModule):
         self.x_dim, self.num_classes, self.latent_dim = x_dim, int(num_classes), latent_dim
         self.alpha = None if alpha is None else float(alpha)
         self.likelihood = make_likelihood(likelihood, x_dim, levels)
-        hidden = tuple(int(h) for h in hidden_dims)
+        hidden = layer_widths(hidden_dims)
         networks = {
             "arch": arch,
             "image_shape": None if arch == "mlp" else tuple(image_shape),

@@ -5,12 +5,41 @@ vectorized particles and the evaluators add."""
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 ACTIVATIONS = {"softplus": nn.Softplus, "relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU}
+
+
+def layer_widths(widths: int | Sequence[int], arg: str = "hidden_dims") -> tuple[int, ...]:
+    """``widths`` as a tuple of hidden-layer widths: one integer is one layer (``16`` is
+    ``(16,)``, as ``--model-opt hidden_dims=16`` gives it), a sequence is one layer each.
+
+    Raises:
+        ValueError: a width that is not a positive integer (a bool, 1.5, 0; a whole float
+            such as 4.0 is taken as 4), or ``widths`` neither an integer nor a sequence;
+            naming ``arg`` and the value.
+    """
+    one = isinstance(widths, numbers.Integral) and not isinstance(widths, bool)
+    listed = [widths] if one else widths
+    if isinstance(listed, str | bytes) or not isinstance(listed, Sequence):
+        raise ValueError(
+            f"{arg}: {widths!r} is not a layer width or a list of them; expected a positive "
+            "integer or a sequence of positive integers, e.g. [400] or [512, 256]"
+        )
+    for width in listed:
+        whole = isinstance(width, numbers.Integral) or (
+            isinstance(width, numbers.Real) and float(width).is_integer()
+        )  # 4.0 from a JSON file is the width 4; 1.5 had been cut to 1 without a word
+        if isinstance(width, bool) or not whole or width < 1:
+            raise ValueError(
+                f"{arg}: width {width!r} in {widths!r} is not a positive integer; expected "
+                "widths such as [400] or [512, 256]"
+            )
+    return tuple(int(width) for width in listed)
 
 
 def mlp(

@@ -19,7 +19,7 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 
-from pyro_vae.nn import mlp
+from pyro_vae.nn import layer_widths, mlp
 from pyro_vae.plate_declaration import data_plate
 
 
@@ -57,7 +57,7 @@ class AmortizedBernoulli(_AmortizedDiscrete):
         super().__init__(name="guide")
         self.x_dim, self.latent_dim, self.site = x_dim, latent_dim, site
         self.baseline = dict(baseline or {})
-        self.net = mlp(x_dim, tuple(hidden_dims), latent_dim, activation)
+        self.net = mlp(x_dim, layer_widths(hidden_dims), latent_dim, activation)
 
     def encode(self, x: torch.Tensor) -> dist.Bernoulli:
         """q_λ(z | x): independent Bernoullis with batch shape ``[N, J]``."""
@@ -87,7 +87,7 @@ class AmortizedCategorical(_AmortizedDiscrete):
         self.x_dim, self.latent_dim, self.site = x_dim, latent_dim, site
         self.num_categories = num_categories
         self.baseline = dict(baseline or {})
-        self.net = mlp(x_dim, tuple(hidden_dims), latent_dim * num_categories, activation)
+        self.net = mlp(x_dim, layer_widths(hidden_dims), latent_dim * num_categories, activation)
 
     def encode(self, x: torch.Tensor) -> dist.Categorical:
         """q_λ(z | x): independent Categoricals with batch shape ``[N, J]``."""

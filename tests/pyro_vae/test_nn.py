@@ -1,11 +1,12 @@
 """The MLP builder (layer layout, activations, refusals naming the argument) and
 FoldLeadingDims (a network for `(batch, ...)` run on any leading dimensions)."""
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from pyro_vae.nn import ACTIVATIONS, FoldLeadingDims, mlp
+from pyro_vae.nn import ACTIVATIONS, FoldLeadingDims, layer_widths, mlp
 
 
 def test_layers_are_linear_then_activation_with_a_linear_output():
@@ -130,3 +131,27 @@ def test_fold_leading_dims_refuses_inputs_and_outputs_that_do_not_fit():
     summed = FoldLeadingDims(lambda v: v.sum(), (3,))
     with pytest.raises(ValueError, match=r"net: returned shape \(\) for 6 input rows"):
         summed(torch.zeros(2, 3, 3))
+
+
+@pytest.mark.parametrize(
+    ("given", "widths"),
+    [(16, (16,)), ([16], (16,)), ((512, 256), (512, 256)), (np.int64(8), (8,)), ([], ())],
+)
+def test_layer_widths_take_one_width_or_a_sequence(given, widths):
+    # tester AF: --model-opt hidden_dims=16 ended in "'int' object is not iterable"
+    assert layer_widths(given) == widths
+
+
+@pytest.mark.parametrize("given", [1.5, [16, 0], [True], "16", [8.5], None])
+def test_layer_widths_refuse_what_is_no_width_naming_the_argument(given):
+    with pytest.raises(ValueError, match=r"hidden_dims: .*positive integer"):
+        layer_widths(given)
+
+
+def test_a_model_given_one_width_builds_one_hidden_layer():
+    from models.vae import VAE
+
+    one, listed = VAE(64, 4, hidden_dims=16), VAE(64, 4, hidden_dims=[16])
+    assert one.hidden_dims == listed.hidden_dims == (16,)
+    shapes = [p.shape for p in one.decoder.parameters()]
+    assert shapes == [p.shape for p in listed.decoder.parameters()]
