@@ -254,7 +254,10 @@ def marginal_terms(runs: list[Trace], sites, num_samples, rows, rank, plate):
     z (z's own among them) share one ``poutine.scale`` s, relative to the data plate's
     subsampling, and give s · log Σ_c exp(Σ their unscaled log-densities); every other
     site, its own scaled log-density (tester J: the scale inside the sum gave log Σ_c
-    p(c)^s p(x | c)^s, 1.07 nats above Pyro's at s = 0.5).
+    p(c)^s p(x | c)^s, 1.07 nats above Pyro's at s = 0.5). A scale c common to every site
+    of the pair (``poutine.scale(c)`` around model and guide) thus comes out as c × each
+    unscaled term, exactly, and the importance-weighting evaluators divide it out of the
+    weights with the guide's (:meth:`pyro_vae.evaluate.PerDatapoint.importance_log_weights`).
 
     Raises:
         ValueError: the sites that move with z under different scales (Pyro refuses them

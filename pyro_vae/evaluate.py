@@ -66,7 +66,12 @@ from pyro_vae.plates import (
     refuse_self_subsampling,
     require_data_plate,
 )
-from pyro_vae.pointwise import per_datapoint_log_density, refuse_inner_subsampling
+from pyro_vae.pointwise import (
+    common_scale,
+    data_plate_scale,
+    per_datapoint_log_density,
+    refuse_inner_subsampling,
+)
 from pyro_vae.progress import bar as progress_bar
 from pyro_vae.traces import (
     PointMassWarning,
@@ -135,6 +140,23 @@ def _warn_point_masses(names: list[str], stacklevel: int) -> None:
 
 def _check_num(arg: str, value: int) -> None:
     check_count(arg, value, 1)
+
+
+def unscaled_by(log_density: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
+    """``log_density`` ``[K, B]`` with a common ``scale`` (:meth:`PerDatapoint.scale_of`)
+    divided out; the same tensor where the scale is the float 1.0, so a pair without a
+    common scale gives the numbers it gave before scales were taken out."""
+    if isinstance(scale, float) and scale == 1.0:
+        return log_density
+    return log_density / scale
+
+
+def rescaled(nats: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
+    """``nats`` ``[B]``, a value of the unscaled ratios, times the common ``scale`` (a float,
+    or ``[1, B]``) of each datapoint: what a scaled objective counts; unchanged at 1.0."""
+    if isinstance(scale, float) and scale == 1.0:
+        return nats
+    return nats * (scale.reshape(-1) if torch.is_tensor(scale) else scale)
 
 
 def check_finite(args: tuple, arg: str = "x") -> None:
@@ -210,14 +232,49 @@ class PerDatapoint:
 
     def log_weights(self, args: tuple, start: int, num_samples: int) -> torch.Tensor:
         """log p(x_n, z_k) − log q(z_k | x_n) for the rows ``start..`` in ``args``: ``[K, B]``
-        (the model's enumerated sites summed out of p)."""
+        (the model's enumerated sites summed out of p), each site at its own scale relative
+        to the plate's subsampling: a ``poutine.scale(c)`` around model and guide is in it,
+        as Pyro's ELBOs count it, so its mean over k is c × the ELBO."""
+        return self.scaled_log_weights(args, start, num_samples)[0]
+
+    def importance_log_weights(
+        self, args: tuple, start: int, num_samples: int
+    ) -> tuple[torch.Tensor, float | torch.Tensor]:
+        """The importance log-ratios log w_k(x_n) / c ``[K, B]`` and the scale c that every
+        site of model and guide shares in each datapoint (:meth:`scale_of`).
+
+        c multiplies the whole objective (a ``poutine.scale(c)`` around both, a user
+        rescaling a minibatch by hand), not the densities: the ratios p(x_n, z) / q(z | x_n)
+        are those of the unscaled pair, and a value in nats built on them is c times the
+        unscaled one, c · log (1/K) Σ_k exp(log w_k / c) for IWAE, as the ``iwae`` and
+        ``vimco`` estimators take it (:func:`~pyro_vae.pointwise.common_scale`). Folded
+        into each weight instead, the scaled IWAE estimate at c = 3 came out 0.07 nats above
+        c · log p(x_1), which no bound can exceed. c is 1.0 (and the ratios exactly
+        :meth:`log_weights`) where the sites' scales differ (β on the latents, a scale on
+        the observations alone)."""
+        log_w, scale = self.scaled_log_weights(args, start, num_samples)
+        return unscaled_by(log_w, scale), scale
+
+    def scaled_log_weights(
+        self, args: tuple, start: int, num_samples: int
+    ) -> tuple[torch.Tensor, float | torch.Tensor]:
+        """(:meth:`log_weights`, :meth:`scale_of` their traces), from one set of draws."""
         if self.enumerated:
-            observed, latent, guide = self.log_weight_terms(args, start, num_samples)
-            return observed + latent - guide
+            (observed, latent, guide), scale = self._terms(args, start, num_samples)
+            return observed + latent - guide, scale
         model_tr, guide_tr = self._traces(args, start, num_samples)
-        return self._density(model_tr, args, num_samples) - self._density(
+        log_w = self._density(model_tr, args, num_samples) - self._density(
             guide_tr, args, num_samples
         )
+        return log_w, self.scale_of(model_tr, guide_tr)
+
+    def scale_of(self, model_tr, guide_tr) -> float | torch.Tensor:
+        """The scale c common to every sample site of the two traces beyond the plate's
+        subsampling factor (:func:`~pyro_vae.pointwise.common_scale`, read relative to the
+        plate's subsampling as :meth:`log_weights` reads each site): a float (1.0 where
+        there is none), or ``[1, B]``, one per datapoint, for per-datapoint tensor scales."""
+        plate_scale = data_plate_scale(model_tr, self.plate)
+        return common_scale((model_tr, guide_tr), self.nesting + 1, self.plate, plate_scale)
 
     def log_weight_terms(
         self, args: tuple, start: int, num_samples: int
@@ -225,17 +282,22 @@ class PerDatapoint:
         """log p(x_n | z_k) (the model's observed sites), log p(z_k) (its latent sites) and
         log q(z_k | x_n) for the rows ``start..`` in ``args``, from the same draws:
         ``[K, B]`` each; ``first + second − third`` is :meth:`log_weights`."""
+        return self._terms(args, start, num_samples)[0]
+
+    def _terms(self, args: tuple, start: int, num_samples: int):
+        """(:meth:`log_weight_terms`, :meth:`scale_of` their traces)."""
         model_tr, guide_tr = self._traces(args, start, num_samples)
+        scale = self.scale_of(model_tr, guide_tr)
         if self.enumerated:  # log Σ_c p(x_n, z_n = c | u) in the first, log p(u) the second
             return (*self._summed_out(model_tr, guide_tr, args, start, num_samples),
-                    self._density(guide_tr, args, num_samples))  # fmt: skip
+                    self._density(guide_tr, args, num_samples)), scale  # fmt: skip
         observed = sample_sites_where(model_tr, lambda _, site: site["is_observed"])
         latent = sample_sites_where(model_tr, lambda _, site: not site["is_observed"])
         return (
             self._density(observed, args, num_samples),
             self._density(latent, args, num_samples),
             self._density(guide_tr, args, num_samples),
-        )
+        ), scale
 
     def _traces(self, args: tuple, start: int, num_samples: int):
         rows = int(args[0].shape[0])
@@ -484,8 +546,15 @@ def log_importance_weights(
     data_plate: str | None = None,
     vectorize_particles: bool | None = None,
 ) -> torch.Tensor:
-    """log p(x_n, z_k) − log q(z_k | x_n) for K = ``num_samples`` draws: ``[K, N]``.
+    """The log importance ratios log p(x_n, z_k) − log q(z_k | x_n) for K = ``num_samples``
+    draws z_k ~ q(· | x_n): ``[K, N]``, nats.
 
+    They are the unscaled pair's ratios: a scale c that every site of model and guide
+    shares in a datapoint (``poutine.scale(c)`` around both) is divided out
+    (:meth:`PerDatapoint.importance_log_weights`), since it weighs the objective, not the
+    densities; so c · (logsumexp_k − log K) of a column is :func:`iwae_log_likelihood`'s
+    value, and c times its mean is :func:`elbo_per_datapoint`'s. Scales that differ
+    between sites (β on the latents) stay in each ratio, as the evaluators count them.
     ``nesting`` is accepted for compatibility and read from the model when ``None``.
     """
     _check_num("num_samples", num_samples)
@@ -495,7 +564,7 @@ def log_importance_weights(
     )
     if nesting is not None:
         pair.nesting = max(pair.nesting, int(nesting))
-    return pair.log_weights(data, 0, num_samples)
+    return pair.importance_log_weights(data, 0, num_samples)[0]
 
 
 def _batches(
@@ -642,12 +711,16 @@ def iwae_log_likelihood(
     """Importance-weighted estimate of log p(x_n) for each row of ``x`` (nats).
 
     log p(x_n) ≈ log (1/K) Σ_k exp(log w_k(x_n)), K = ``num_samples`` (Burda et al. 2015
-    use K = 5000). Particles are drawn in chunks of at most ``max_elements / (batch · D)``
-    and merged by log-sum-exp, so peak memory does not grow with K (it is set by the
-    largest tensor a particle makes: the image, or a mixture prior's components × latent
-    size, 50 × 20 for a VampPrior on 8x8 digits, which raises the peak about 1.6 times
-    there). ``progress`` shows a
-    progress bar over datapoints. ``x``, ``data_plate``, ``vectorize_particles``, ``rows``
+    use K = 5000). Where every site of model and guide shares a scale c in a datapoint
+    (``poutine.scale(c)`` around both), that datapoint's value is
+    c · (log Σ_k exp(log w_k / c) − log K): c × the unscaled pair's estimate, as the
+    ELBO is c × its ELBO and the ``iwae`` estimator counts it
+    (:meth:`PerDatapoint.importance_log_weights`). Particles are drawn in chunks of at
+    most ``max_elements / (batch · D)`` and merged by log-sum-exp, so peak memory does not
+    grow with K (it is set by the largest tensor a particle makes: the image, or a mixture
+    prior's components × latent size, 50 × 20 for a VampPrior on 8x8 digits, which raises
+    the peak about 1.6 times there). ``progress`` shows a progress bar over datapoints.
+    ``x``, ``data_plate``, ``vectorize_particles``, ``rows``
     and ``device`` (chunks of ``x`` streamed there) as in :func:`elbo_per_datapoint`.
 
     Returns:
@@ -689,21 +762,28 @@ def iwae_log_likelihood(
             dynamic_ncols=True,
         )
         for start, chunk_args in _batches(data, batch_size, device):
-            rows = chunk_args[0].shape[0]
-            bar.update(rows)
-            chunk = max(1, min(num_samples, max_elements // max(1, chunk_args[0].numel())))
-            acc = None
-            for first in range(0, num_samples, chunk):
-                k = min(chunk, num_samples - first)
-                # Every chunk scores the same rows; Pyro's argument and support checks have
-                # seen them in the first, and repeating them costs ~10% of the evaluation.
-                checked = contextlib.nullcontext() if first == 0 else pyro.validation_enabled(False)
-                with checked:
-                    lw = torch.logsumexp(pair.log_weights(chunk_args, start, k), dim=0)
-                acc = lw if acc is None else torch.logaddexp(acc, lw)
-            out.append(acc - math.log(num_samples))
+            bar.update(chunk_args[0].shape[0])
+            out.append(_iwae_rows(pair, chunk_args, start, num_samples, max_elements))
         bar.close()
     return torch.cat(out)
+
+
+def _iwae_rows(pair: PerDatapoint, args: tuple, start: int, num_samples: int, most: int):
+    """:func:`iwae_log_likelihood` of the rows ``start..`` in ``args``: ``[B]`` nats, the
+    particles drawn ``most // (values in args)`` at a time and merged by log-sum-exp."""
+    chunk = max(1, min(num_samples, most // max(1, args[0].numel())))
+    acc = None
+    for first in range(0, num_samples, chunk):
+        k = min(chunk, num_samples - first)
+        # Every chunk scores the same rows; Pyro's argument and support checks have
+        # seen them in the first, and repeating them costs ~10% of the evaluation.
+        checked = contextlib.nullcontext() if first == 0 else pyro.validation_enabled(False)
+        with checked:
+            log_w, scale = pair.importance_log_weights(args, start, k)
+        lw = torch.logsumexp(log_w, dim=0)
+        acc = lw if acc is None else torch.logaddexp(acc, lw)
+    # a scale every site shares multiplies the bound, outside the log-sum-exp
+    return rescaled(acc - math.log(num_samples), scale)
 
 
 @torch.no_grad()

@@ -12,8 +12,10 @@ rank R whose leftmost dim (−R) indexes particles. Two ways to get there:
   but any model that runs once runs this way.
 
 :func:`particle_traces` tries the vectorized way and, when tracing under the particle
-plate fails and the looped way succeeds, keeps the looped way with a warning that says
-why, so a model that cannot broadcast still gets an answer rather than a traceback.
+plate fails in a way the particle dim can cause and the looped way succeeds, keeps the
+looped way with a warning that says why, so a model that cannot broadcast still gets an
+answer rather than a traceback; an error of the model's own is raised as it is
+(:func:`vectorized_or_looped`).
 """
 
 from __future__ import annotations
@@ -352,38 +354,70 @@ def vectorize_for(guide, vectorize: bool | None) -> bool | None:
     return vectorize
 
 
+#: What a particle dim can make a model or guide raise: torch's shape and scalar errors
+#: (``RuntimeError``: sizes that do not broadcast, ``.item()`` of a draw), Pyro's and the
+#: model's own shape checks (``ValueError``, ``AssertionError``), boolean-mask and
+#: positional indexing (``IndexError``), a tensor where a number was taken (``TypeError``).
+VECTORIZATION_ERRORS = (RuntimeError, ValueError, TypeError, IndexError, AssertionError)
+
+#: Pyro's refusal of a run whose plates lie deeper than the ``max_plate_nesting`` it was
+#: given (``pyro.util.check_site_shape``): the model's own plates, which a loop has too.
+PLATE_STACK_OVERFLOW = "plate stack overflow"
+
+
+def vectorization_can_cause(error: BaseException) -> bool:
+    """Whether running under the particle plate can be what raised ``error``: one of
+    :data:`VECTORIZATION_ERRORS`, and not Pyro's plate stack overflow. A ``KeyError``,
+    ``AttributeError``, ``ZeroDivisionError``, a file not found or a nesting too small for
+    the model's own plates would be raised by every particle of a loop as well."""
+    if not isinstance(error, VECTORIZATION_ERRORS):
+        return False
+    return PLATE_STACK_OVERFLOW not in str(error)
+
+
 def vectorized_or_looped(
     vectorize: bool | None, vectorized: Callable, looped: Callable, what: str, particles: int
 ) -> tuple[Any, bool]:
     """``vectorized()``, or ``looped()``: the one fallback rule for particles.
 
     ``vectorize=True`` runs only ``vectorized()``, ``False`` only ``looped()``; ``None``
-    runs ``vectorized()`` and, when it raises and ``looped()`` then works, keeps the looped
-    result with a :class:`VectorizationWarning` naming ``what`` and the error (if the loop
-    fails too, its error is the one raised: it is the model's own).
+    runs ``vectorized()`` and, when it raises an error the particle dim can cause
+    (:func:`vectorization_can_cause`) and ``looped()`` then works, keeps the looped result
+    with a :class:`VectorizationWarning` naming ``what`` and the error. Any other error is
+    raised as it is, at once, without the loop or the warning (too small a
+    ``max_plate_nesting`` sent a run to the loop, whose first step returned a number
+    blaming vectorization and whose later steps raised "plate stack overflow": builder K's
+    K2). Where the loop fails too the failure is the model's own (a ``ValueError`` of its
+    own code, say): the loop's error is raised alone, not as raised "during handling" of
+    the vectorized one, and without the warning.
 
     Returns:
         ``(result, whether it was vectorized)``.
+
+    Raises:
+        Whatever ``vectorized()`` raises with ``vectorize=True`` or that the particle dim
+        cannot cause; whatever ``looped()`` raises otherwise.
     """
     if vectorize is False:
         return looped(), False
     try:
         return vectorized(), True
     except Exception as err:
-        if vectorize:
+        if vectorize or not vectorization_can_cause(err):
             raise
-        result = looped()
         # the error's first line: Pyro appends the whole trace's shape table (25 lines for
         # a small hierarchical model, three quarters of a diagnostics run's output: tester 23)
-        first = (str(err).strip().splitlines() or [""])[0]
-        warnings.warn(
-            f"{what}: the model and guide could not run under vectorized particles "
-            f"({type(err).__name__}: {first}); drawing the {particles} particles one at a time "
-            "instead (vectorize_particles=False), which gives the same estimates more slowly",
-            VectorizationWarning,
-            stacklevel=3,
-        )
-        return result, False
+        why = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
+    # out of the except block: a loop that fails too raises its own error, alone
+    result = looped()
+    warnings.warn(
+        f"{what}: the model and guide could not run under vectorized particles ({why}); "
+        f"drawing the {particles} particles one at a time instead (vectorize_particles=False), "
+        "which gives the same estimates more slowly",
+        VectorizationWarning,
+        stacklevel=3,
+    )
+    return result, False
 
 
 def particle_traces(

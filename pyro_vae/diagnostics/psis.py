@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from pyro.poutine import Trace
 
+from pyro_vae.annealing import unscaled
 from pyro_vae.checks import check_count
 from pyro_vae.devices import resolve_device
 from pyro_vae.diagnostics.arviz_compat import az
@@ -51,9 +52,9 @@ from pyro_vae.enumerated_sites import (
     summed_log_joint,
     summed_sites,
 )
-from pyro_vae.evaluate import PerDatapoint, data_arguments, eval_mode, prepare
+from pyro_vae.evaluate import PerDatapoint, data_arguments, eval_mode, prepare, unscaled_by
 from pyro_vae.guides.fixed import as_guide
-from pyro_vae.pointwise import masked_log_prob, per_datapoint_log_density
+from pyro_vae.pointwise import common_scale, masked_log_prob, per_datapoint_log_density
 from pyro_vae.traces import (
     full_rank,
     particle_traces,
@@ -128,12 +129,18 @@ def _per_datapoint(
 
 def _log_densities(
     pair: PerDatapoint, args: tuple, start: int, num: int, states: dict | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """log p(x_n, z_k), log q(z_k | x_n) and a bound on the rounding error of their
     difference, for the rows ``start..`` in ``args``: ``[K, B]`` each, float64
-    (:func:`_per_datapoint`). The z_k are ``num`` draws from the guide, taken as
-    :meth:`PerDatapoint.log_weights` takes them, or the given ``states`` of a discrete
-    guide."""
+    (:func:`_per_datapoint`), and each datapoint's common scale c ``[B]`` float64. The z_k
+    are ``num`` draws from the guide, taken as :meth:`PerDatapoint.log_weights` takes
+    them, or the given ``states`` of a discrete guide.
+
+    The three are those of the unscaled pair: a scale c that every site of model and guide
+    shares (``poutine.scale(c)`` around both; :meth:`PerDatapoint.scale_of`) weighs the
+    objective, not the densities, so it is divided out (scaled by c = 3, log q of a
+    discrete guide's states summed to 3 log 1 and its exact answers were refused; the
+    ratios r^c have another tail than r), and put back by the caller on values in nats."""
     rows = int(args[0].shape[0])
     kwargs = {"subsample": pair.subsample(start, rows).to(args[0].device)}
     nesting = pair.nesting
@@ -166,7 +173,10 @@ def _log_densities(
     else:
         log_p, model_round_off = _per_datapoint(model_tr, num, rows, nesting + 1, pair.plate)
     log_q, guide_round_off = _per_datapoint(guide_tr, num, rows, nesting + 1, pair.plate)
-    return log_p, log_q, model_round_off + guide_round_off
+    scale = pair.scale_of(model_tr, guide_tr)
+    densities = [unscaled_by(d, scale) for d in (log_p, log_q, model_round_off + guide_round_off)]
+    per_row = torch.as_tensor(scale, dtype=torch.float64, device=log_p.device)
+    return (*densities, per_row.reshape(-1).expand(rows))
 
 
 def _tail_length(samples: int) -> int:
@@ -252,6 +262,7 @@ def pareto_khat(
 
 
 @torch.no_grad()
+@unscaled()  # the model's densities, not a β-objective (tester AH)
 def psis_khat(
     model, guide, *args: Any, num_samples: int = 1000, device: Any = None, **kwargs: Any
 ) -> float:
@@ -270,7 +281,9 @@ def psis_khat(
     ``args`` are): the tensors in ``args`` and ``kwargs`` are put there, where the pair's
     modules must be (:func:`pyro_vae.diagnostics.draws.to_given_device`). A site the
     model sums out by enumeration (marked, not drawn by the guide) is summed out of each
-    ratio per datapoint (:func:`~pyro_vae.enumerated_sites.summed_log_joint`).
+    ratio per datapoint (:func:`~pyro_vae.enumerated_sites.summed_log_joint`). A scale c
+    that every site of model and guide shares (``poutine.scale(c)`` around both) is divided
+    out of each log-ratio first: it weighs the objective, and the ratios are the pair's.
 
     Raises:
         ValueError: ``num_samples`` < 21 (``PSIS_MIN_SAMPLES``); a ``device`` this machine
@@ -296,6 +309,9 @@ def psis_khat(
         model_round_off = _per_draw_round_off(model_tr, rank, num_samples)
     log_w = log_p - log_density_per_draw(guide_tr, rank, num_samples)
     round_off = model_round_off + _per_draw_round_off(guide_tr, rank, num_samples)
+    # a scale every site shares weighs the objective, not the ratios: k̂ is of r, not r^c
+    scale = common_scale((model_tr, guide_tr), rank, None, 1.0)
+    log_w, round_off = unscaled_by(log_w, scale), unscaled_by(round_off, scale)
     log_w = log_w.cpu().numpy()
     return float(pareto_khat(log_w, float(round_off.max()), discrete=support is not None))
 
@@ -419,7 +435,8 @@ def psis_khat_per_datapoint(
     ``device`` (``None``: ``x``'s): where the pair computes; each chunk of ``x`` is put
     there, and the log-ratios come back to the CPU chunk by chunk. A site the model sums
     out by enumeration is summed out of each ratio, p(x_n, u) = Σ_c p(x_n, z_n = c, u)
-    (:mod:`pyro_vae.enumerated_sites`, as the per-datapoint evaluators do).
+    (:mod:`pyro_vae.enumerated_sites`, as the per-datapoint evaluators do). A scale c of every
+    site (``poutine.scale(c)`` on both) leaves k̂ and χ²; ``log_evidence`` and ``kl`` are c ×.
 
     Raises:
         ValueError: ``num_samples`` < 21 (``PSIS_MIN_SAMPLES``); ``max_elements`` < 1; a
@@ -433,6 +450,7 @@ def psis_khat_per_datapoint(
     log_w: list[torch.Tensor] = []
     log_q: list[torch.Tensor] = []
     round_off: list[torch.Tensor] = []
+    scales: list[torch.Tensor] = []  # each row's common scale c, put back on nats
     row = max(1, x[0].numel())
     with eval_mode(model, guide):
         # the first batch of drawn ratios' rows (enumerated ones take batches as large or
@@ -445,23 +463,33 @@ def psis_khat_per_datapoint(
         chunk = max(1, min(draws, max_elements // (batch * row)))
         for start in range(0, x.shape[0], batch):
             xb = (x[start : start + batch].to(device),)
-            lp, lq, bound = _batch_log_densities(
+            lp, lq, bound, scale = _batch_log_densities(
                 pair, xb, start, draws, chunk, support if enumerated else None
             )
+            scales.append(scale)
             log_w.append(lp if enumerated else lp - lq)
             if enumerated:
                 log_q.append(lq)
             round_off.append(bound.max(0).values)
     if enumerated:
-        answers = exact_answers(torch.cat(log_w, 1), torch.cat(log_q, 1))
-        nan = np.full(answers.log_evidence.shape[0], math.nan)
-        return PointwiseKhat(nan, num_samples, int(support.count), *answers)
+        return _exact(log_w, log_q, scales, num_samples, int(support.count))
     khat = pareto_khat(
         torch.cat(log_w, 1).T.numpy(),
         torch.cat(round_off).numpy(),
         discrete=support is not None,
     )
     return PointwiseKhat(khat, num_samples)
+
+
+def _exact(log_p: list, log_q: list, scales: list, num_samples: int, states: int):
+    """:class:`PointwiseKhat` of the enumerated ``states`` of a discrete guide, from the
+    batches' log p and log q ``[K, B]`` of the unscaled pair and their rows' common scales
+    ``[B]``: log p(x_n) and the KL, in nats, are put back at c × the unscaled ones."""
+    answers = exact_answers(torch.cat(log_p, 1), torch.cat(log_q, 1))
+    nan = np.full(answers.log_evidence.shape[0], math.nan)
+    c = torch.cat(scales).numpy()
+    evidence, kl = c * answers.log_evidence, c * answers.kl
+    return PointwiseKhat(nan, num_samples, states, evidence, kl, answers.chi2)
 
 
 def _prepared(model, guide, x: torch.Tensor, first: int, rows, device):
@@ -485,9 +513,10 @@ def _batch_log_densities(
     draws: int,
     chunk: int,
     support: DiscreteSupport | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`_log_densities` of ``draws`` draws (or, with ``support``, enumerated states)
-    for one batch of rows, ``chunk`` at a time, joined: ``[K, B]`` each, on the CPU."""
+    for one batch of rows, ``chunk`` at a time, joined: ``[K, B]`` each, and the rows'
+    common scales ``[B]`` (the sites' scales, the same in every chunk), on the CPU."""
     parts = []
     for s in range(0, draws, chunk):
         num = min(chunk, draws - s)
@@ -495,5 +524,5 @@ def _batch_log_densities(
         if support is not None:
             states = state_values(support, xb[0].shape[0], s, num, pair.nesting)
         parts.append(_log_densities(pair, xb, start, num, states))
-    lp, lq, bound = (torch.cat(chunks).cpu() for chunks in zip(*parts, strict=True))
-    return lp, lq, bound
+    lp, lq, bound = (torch.cat(chunks).cpu() for chunks in list(zip(*parts, strict=True))[:3])
+    return lp, lq, bound, parts[0][3].cpu()

@@ -576,3 +576,89 @@ def test_one_walk_reads_a_site_s_masks_without_making_a_tensor():
     on, event = counted_elements(site)
     expected = torch.stack([inner, torch.zeros(3, 4, dtype=torch.bool)])  # row 1 off
     assert event == 0 and torch.equal(on.expand(2, 3, 4), expected)
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    """``error`` and every exception it was raised from or during the handling of."""
+    seen: list[BaseException] = []
+    stack = [error]
+    while stack:
+        e = stack.pop()
+        if e is not None and not any(e is s for s in seen):
+            seen.append(e)
+            stack += [e.__cause__, e.__context__]
+    return seen
+
+
+def test_a_model_error_is_raised_at_once_alone_and_without_the_warning():
+    """A ValueError of the model's own code fails every particle of a loop too: it is raised
+    once, as the model raised it, not as raised "during handling" of the vectorized run's,
+    and no VectorizationWarning blames the particles (builder L's L2)."""
+
+    def checks_its_data(x):
+        if (x < 0).any():
+            raise ValueError("x: negative counts; expected counts ≥ 0")
+        cannot_broadcast(x)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match="negative counts") as raised:
+            particle_traces(checks_its_data, mu_guide, (X,), {}, 5, 1)
+    # one raise of the model's (Pyro's trace adds its shape table, chaining the original)
+    originals = [
+        e for e in _chain(raised.value) if str(e) == "x: negative counts; expected counts ≥ 0"
+    ]
+    assert len(originals) == 1
+    # the case the fallback is for still falls back: .item() under the particle plate
+    with pytest.warns(VectorizationWarning, match=r"\(RuntimeError: "):
+        _, _, vectorized = particle_traces(checks_its_data, mu_guide, (X.abs(),), {}, 5, 1)
+    assert vectorized is False
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ValueError('at site "z", plate stack overflow\nTry increasing max_plate_nesting to 2'),
+        KeyError("decoder"),
+        AttributeError("'Tensor' object has no attribute 'decode'"),
+        ZeroDivisionError("float division by zero"),
+    ],
+)
+def test_errors_the_particle_dim_cannot_cause_skip_the_loop(error):
+    """Too small a max_plate_nesting for the model's own plates, or a key, attribute or
+    division error, is no vectorization failure: raised at once, as it is; the loop that
+    hid it (a first step's number and a warning blaming vectorization, then "plate stack
+    overflow" at every later step: builder K's K2) is not run."""
+    calls = []
+
+    def vectorized():
+        raise error
+
+    def looped():
+        calls.append("looped")
+        return "looped result"
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(type(error)) as raised:
+            vectorized_or_looped(None, vectorized, looped, "w", 3)
+    assert raised.value is error and calls == []
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuntimeError("The size of tensor a (5) must match the size of tensor b (3)"),
+        ValueError("Shape mismatch inside plate('data') at site x dim -1, 3 vs 5"),
+        IndexError("The shape of the mask [5, 3] does not match the shape of the indexed"),
+        TypeError("only integer tensors of a single element can be converted to an index"),
+        AssertionError("this model handles one draw at a time"),
+    ],
+)
+def test_errors_the_particle_dim_can_cause_fall_back_to_the_loop(error):
+    def vectorized():
+        raise error
+
+    with pytest.warns(VectorizationWarning, match=type(error).__name__):
+        result = vectorized_or_looped(None, vectorized, lambda: "looped result", "w", 3)
+    assert result == ("looped result", False)

@@ -367,3 +367,53 @@ def test_joint_khat_sums_out_a_local_site_the_model_enumerates_beside_a_global_o
 
     with pytest.raises(ValueError, match="subsample"):
         psis_khat(subsampled, guide, x, num_samples=50)
+
+
+def _scaled_alike(model, guide, scale):
+    return pyro.poutine.scale(model, scale=scale), pyro.poutine.scale(guide, scale=scale)
+
+
+def test_khat_of_a_pair_scaled_alike_is_the_pairs():
+    """A scale c common to every site of model and guide (poutine.scale(c) around both)
+    weighs the objective, not the densities: k̂ is of the ratios r, on the same draws, where
+    folded in it was of r^c, a tail c times as heavy (builder L's L1)."""
+    x = torch.randn(6, 2, generator=torch.Generator().manual_seed(0)) @ W.T + B
+    guide = make_guide(1.0, 0.6)  # k = 1 − 0.36 = 0.64 per datapoint
+    results = {}
+    for c in (1.0, 3.0):
+        pyro.set_rng_seed(0)
+        pointwise = psis_khat_per_datapoint(*_scaled_alike(model, guide, c), x, num_samples=200)
+        pyro.set_rng_seed(0)
+        joint = psis_khat(*_scaled_alike(model, guide, c), x, num_samples=200)
+        results[c] = (pointwise.khat, joint)
+    np.testing.assert_allclose(results[3.0][0], results[1.0][0], rtol=1e-4)
+    assert results[3.0][1] == pytest.approx(results[1.0][1], rel=1e-4)  # float32 log w
+
+
+def test_exact_answers_of_a_discrete_pair_scaled_alike_put_c_on_the_nats_only():
+    """States enumerated under poutine.scale(3) around both: log q was 3 log q and the
+    states' mass was refused as not summing to 1. Now log p(x_n) and the KL, in nats, are
+    3 × the unscaled pair's and χ², a ratio, is the pair's."""
+    x = torch.tensor([-1.0, 0.2, 1.5, 3.0], dtype=torch.float64)
+
+    def bernoulli_model(x):
+        with data_plate(x):
+            z = pyro.sample("z", dist.Bernoulli(torch.tensor(0.3, dtype=torch.float64)))
+            pyro.sample("x", dist.Normal(2.0 * z, 1.0), obs=x)
+
+    def bernoulli_guide(x):
+        with data_plate(x):
+            pyro.sample("z", dist.Bernoulli(logits=x))
+
+    plain = psis_khat_per_datapoint(bernoulli_model, bernoulli_guide, x, num_samples=30)
+    scaled = psis_khat_per_datapoint(
+        *_scaled_alike(bernoulli_model, bernoulli_guide, 3.0), x, num_samples=30
+    )
+    states = torch.tensor([0.0, 1.0], dtype=torch.float64)[:, None]
+    joint = dist.Bernoulli(0.3).log_prob(states) + dist.Normal(2.0 * states, 1.0).log_prob(x)
+    exact = torch.logsumexp(joint, 0).numpy()  # log p(x_n) = log Σ_z p(z) N(x_n; 2z, 1)
+    assert scaled.num_states == plain.num_states == 2
+    np.testing.assert_allclose(plain.log_evidence, exact, rtol=1e-6)  # float32 terms
+    np.testing.assert_allclose(scaled.log_evidence, 3.0 * exact, rtol=1e-6)
+    np.testing.assert_allclose(scaled.kl, 3.0 * plain.kl, rtol=1e-10)
+    np.testing.assert_allclose(scaled.chi2, plain.chi2, rtol=1e-10)
