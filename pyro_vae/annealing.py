@@ -49,7 +49,10 @@ def unscaled() -> Iterator[None]:
     """Within it, every :class:`ScaleLatents` leaves the scales as they are (β = 1).
 
     Re-entrant (the outer block's state is restored on leaving an inner one) and
-    thread-safe (a :class:`contextvars.ContextVar`); left on any exit, an exception's too.
+    per thread (a :class:`contextvars.ContextVar`: one thread's block leaves β on in
+    another's); left on any exit, an exception's too. Pyro's own handler stack is shared by
+    all threads, though, so evaluating in one thread while another trains fails in Pyro
+    (``duplicate plate``, tester AH) whatever this context does.
     Also a decorator (``@unscaled()``)."""
     token = _UNSCALED.set(True)
     try:

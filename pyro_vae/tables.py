@@ -461,7 +461,7 @@ def _labels(frame, path: Path, label_column: str | None) -> tuple[np.ndarray, tu
             f"{odd}; expected class labels (integers or names)"
         )
     if numeric or _integer_labels(text, numbers):
-        return numbers.astype(np.int64), None
+        return _exact_integers(values, text, numbers, path, label_column), None
     classes, codes = np.unique(text.to_numpy(dtype=str), return_inverse=True)
     return codes.astype(np.int64), tuple(str(c) for c in classes)
 
@@ -475,11 +475,54 @@ def _integer_labels(text, numbers: np.ndarray) -> bool:
         return False
     if text.str.strip().str.match(_LEADING_ZERO).any():
         return False
-    pairs = set(zip(text.tolist(), numbers.tolist(), strict=True))
+    exact = [_plain_int(t, n) for t, n in zip(text.tolist(), numbers.tolist(), strict=True)]
+    pairs = set(zip(text.tolist(), exact, strict=True))
     return len(pairs) == len({value for _, value in pairs})
 
 
+def _plain_int(written: str, number: float) -> int | float:
+    """The label ``written`` as Python reads an integer (exact at any size), else its
+    float value ``number`` (``1.000e+00``)."""
+    try:
+        return int(str(written).strip())
+    except ValueError:
+        return number
+
+
 _LEADING_ZERO = re.compile(r"[+-]?0\d")
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _exact_integers(values, text, numbers: np.ndarray, path: Path, label_column: str):
+    """The integer labels as ``[N]`` int64, each exactly as written: not through float64,
+    which merges integers above 2**53 (tester AH: 9007199254740993 and ...992 one class)
+    and overflows at 2**63.
+
+    Raises:
+        TableError: a label outside int64, or one written as a float (``1e17``) too large
+            for its value to be exact; naming it."""
+    import pandas as pd
+
+    if pd.api.types.is_signed_integer_dtype(values):
+        return values.to_numpy(np.int64)
+    exact = []
+    for written, number in zip(text.tolist(), numbers.tolist(), strict=True):
+        value = _plain_int(written, number)
+        if isinstance(value, float):  # 1.000e+00 (np.savetxt's) or a float column's 3.0
+            if abs(number) >= 2**53:
+                raise TableError(
+                    f"label_column: {label_column!r} of {path} holds {written!r}, a float too "
+                    "large to be one integer exactly; write integer labels as integers"
+                )
+            value = int(number)
+        if not _INT64[0] <= value <= _INT64[1]:
+            raise TableError(
+                f"label_column: {label_column!r} of {path} holds {written!r}, outside the "
+                "64-bit integers labels are kept in; expected class labels such as 0..C−1 "
+                "or names"
+            )
+        exact.append(value)
+    return np.asarray(exact, dtype=np.int64)
 
 
 def table_observations(

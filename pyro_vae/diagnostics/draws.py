@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from pyro.poutine import Trace
 
+from pyro_vae.annealing import unscaled
 from pyro_vae.devices import resolve_device, to_device
 from pyro_vae.enumerated_sites import summed_sites
 from pyro_vae.evaluate import eval_mode
@@ -41,7 +42,7 @@ def probe(
             one; the model has no latent or no observed site; with ``local``, a latent
             site lies outside the per-datapoint plate (or there is none).
     """
-    with torch.no_grad(), eval_mode(model, guide):
+    with torch.no_grad(), eval_mode(model, guide), unscaled():
         model_tr, guide_tr = run_pair(model, guide, args, kwargs)
     guide_sites, model_sites = sample_sites(guide_tr), sample_sites(model_tr)
     latent = [n for n, s in model_sites.items() if not s["is_observed"]]
@@ -92,7 +93,8 @@ def draw(model, guide, args: tuple, kwargs: dict, num_samples: int):
         trace of one probe run (one draw, no particle dim; :func:`probe`).
     """
     nesting, probe_tr, _ = probe(model, guide, args, kwargs)
-    with torch.no_grad(), eval_mode(model, guide):
+    # the model's densities, not a β-objective (tester AH: lp was β · log p(z) + ...)
+    with torch.no_grad(), eval_mode(model, guide), unscaled():
         model_tr, guide_tr, vectorized = particle_traces(
             model, guide, args, kwargs, num_samples, nesting
         )

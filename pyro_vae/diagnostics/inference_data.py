@@ -26,6 +26,7 @@ import numpy as np
 import pyro
 import torch
 
+from pyro_vae.annealing import unscaled
 from pyro_vae.checkpoint import atomic_path
 from pyro_vae.checks import check_count
 from pyro_vae.diagnostics.arviz_compat import az
@@ -156,6 +157,7 @@ def _chosen_draws(runs, name: str, index: torch.Tensor, rank: int, plate: str):
 
 
 @torch.no_grad()
+@unscaled()  # the model's densities, not a β-objective (tester AH)
 def to_inference_data(
     model, guide, *args: Any, num_samples: int = 1000, device: Any = None, **kwargs: Any
 ):

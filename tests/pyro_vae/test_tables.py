@@ -437,3 +437,21 @@ def test_labels_written_alike_as_numbers_stay_apart_and_keep_their_names(tmp_pat
     assert table.classes is None and table.labels.tolist() == [1, 0]
     path.write_text("y,a\n1,0.1\n1.000000000000000000e+00,0.2\n")  # one number, two ways
     assert read_table(path, label_column="y").classes == ("1", "1.000000000000000000e+00")
+
+
+def test_integer_labels_are_kept_exactly_above_two_to_the_53(tmp_path):
+    """Tester AH: labels went through float64, so 2**53 + 1 and 2**53 were one class and
+    2**63 − 1 became −2**63. Expected values: the integers written in the file."""
+    import pandas as pd
+
+    big = [2**53 + 1, 2**53, 2, 2**63 - 1]
+    frame = pd.DataFrame({"a": np.arange(8.0), "y": big * 2})
+    frame.to_csv(tmp_path / "big.csv", index=False)
+    frame.to_parquet(tmp_path / "big.parquet")
+    for name in ("big.csv", "big.parquet"):
+        table = read_table(tmp_path / name, label_column="y")
+        assert table.labels.tolist() == big * 2, name
+    frame["y"] = ["1"] * 7 + [str(2**63)]
+    frame.to_csv(tmp_path / "over.csv", index=False)
+    with pytest.raises(TableError, match=r"label_column: 'y' .*9223372036854775808.*64-bit"):
+        read_table(tmp_path / "over.csv", label_column="y")

@@ -371,3 +371,34 @@ def test_a_summed_site_whose_child_is_latent_is_weighed_by_that_child_too():
     posterior = torch.softmax(weights, 0)[1].mean(0)  # E_z p(c = 1 | z): [N]
     frequency = (c == 1).double().mean(0)
     assert ((frequency - posterior).abs() <= _within(frequency, posterior, S)).all()
+
+
+def test_a_beta_pair_gives_the_models_lp_and_log_q_not_the_beta_objective():
+    """Tester AH: with ScaleLatents(3) around the pair, lp and log_q were the β-scaled
+    log-densities (−26.97 where the model's is −16.45). The same draws must give the
+    unwrapped pair's numbers exactly."""
+    from pyro_vae.annealing import ScaleLatents
+    from pyro_vae.diagnostics import psis_khat
+
+    x = torch.tensor([1.0, -0.5, 2.0, 0.3])
+
+    def model(x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 0.5), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(0.3 * x, 0.8))
+
+    results = []
+    for m, g in [(model, guide), (ScaleLatents(3.0)(model), ScaleLatents(3.0, True)(guide))]:
+        pyro.set_rng_seed(0)
+        data = to_inference_data(m, g, x, num_samples=50)
+        pyro.set_rng_seed(0)
+        results.append((data.sample_stats["lp"].values, data.sample_stats["log_q"].values,
+                        psis_khat(m, g, x, num_samples=50)))  # fmt: skip
+    (lp, log_q, khat), (lp_beta, log_q_beta, khat_beta) = results
+    np.testing.assert_array_equal(lp_beta, lp)
+    np.testing.assert_array_equal(log_q_beta, log_q)
+    assert khat_beta == khat
