@@ -91,6 +91,12 @@ LAYERS: dict[str, int] = {
     "pyro_vae.compare": 8,
     # 9: the command line
     "pyro_vae.cli": 9,
+    "pyro_vae.cli_parser": 9,
+    "pyro_vae.cli_config": 9,
+    "pyro_vae.cli_resume": 9,
+    "pyro_vae.cli_report": 9,
+    "pyro_vae.cli_evaluate": 9,
+    "pyro_vae.cli_analysis": 9,
     "pyro_vae.__main__": 9,
     # old import paths, kept as lazy re-exports (they warn once): the layer they point to
     "pyro_vae.compiled": 4,

@@ -8,15 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.vae import VAE
 from pyro_vae.checkpoint import RunFolder, RunFolderError
-from pyro_vae.cli import (
-    _note_image_folder,
-    _parser,
-    _run_config_from_args,
-    _should_compile,
-    main,
-)
+from pyro_vae.cli import _note_image_folder, main
+from pyro_vae.cli_parser import build_parser
 from tests.pyro_vae.unprivileged import unprivileged
 
 FAST = ["--latent-dim", "4", "--hidden", "32", "--no-progress", "--ll-samples", "20"]
@@ -600,32 +594,6 @@ def test_diagnose_refuses_bad_counts_and_other_versions(trained, tmp_path, capsy
     assert "format 'pyro_vae.run/0'; this version of pyro_vae reads" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(
-    ("argv", "expected"),
-    [
-        ([], True),
-        (["--estimator", "score", "--estimator-opt", "num_particles=4"], True),
-        (["--estimator", "score", "--estimator-opt", "control_variate=ema"], False),
-        (["--estimator", "tracegraph"], False),
-        (["--kl-warmup", "2"], False),
-        (["--compile", "off"], False),
-        (["--model", "my_model.py:Model"], False),
-        (["--model", "my_model.py:Model", "--compile", "on"], True),
-        (["--compile", "inductor"], True),
-    ],
-)
-def test_compile_is_automatic_for_shipped_models_and_stateless_estimators(argv, expected):
-    class Model:  # a user's model: declares nothing
-        def model(self, x):
-            pass
-
-    args = _parser().parse_args(["fit", "--out", "runs/x", *argv])
-    config = _run_config_from_args(args)
-    model = VAE if args.model == "models.vae:VAE" else Model().model
-    assert _should_compile(args, config.estimator.build(), model, None) is expected
-    assert config.training.compile_backend == ("inductor" if "inductor" in argv else None)
-
-
 def _cli(*args):
     import subprocess
     import sys
@@ -971,7 +939,7 @@ def test_one_process_says_where_a_stop_left_the_run(monkeypatch, tmp_path, capsy
     def stopped(args):
         raise error
 
-    monkeypatch.setattr(cli, "_compare", stopped)
+    monkeypatch.setattr(cli, "compare_command", stopped)
     monkeypatch.setattr(cli, "session", contextlib.nullcontext)  # no process group to join
     assert main(["compare", str(tmp_path)]) == status
     err = capsys.readouterr().err
@@ -1032,23 +1000,6 @@ def test_a_dreg_fit_records_its_gradient_and_evaluates(tmp_path):
     config = json.loads((run / "config.json").read_text())
     assert config["estimator"]["options"] == {"gradient": "dreg"}
     assert main(["evaluate", str(run)]) == 0
-
-
-@pytest.mark.parametrize(
-    ("flags", "options"),
-    [
-        (["--estimator", "iwae", "--gradient", "dreg"], {"gradient": "dreg"}),
-        (["--gradient", "stl", "--compile", "on"], {"gradient": "stl"}),
-        (["--estimator", "iwae"], {}),  # no --gradient: config.json as before, today's gradient
-    ],
-)
-def test_fit_gradient_goes_into_the_estimator_options(tmp_path, flags, options):
-    from pyro_vae.cli import _parser, _run_config_from_args
-
-    args = _parser().parse_args(["fit", "--out", str(tmp_path / "r"), *flags])
-    config = _run_config_from_args(args)
-    assert config.to_json()["estimator"]["options"] == options
-    config.estimator.build()  # the estimator takes the option
 
 
 @pytest.mark.parametrize(
@@ -1188,7 +1139,7 @@ def test_the_labelled_subset_is_kept_in_config_json_and_survives_resume(tmp_path
     # rebuilt from config.json as `fit --resume` rebuilds them, without training again
     import torch
 
-    from pyro_vae.cli import _resume_config
+    from pyro_vae.cli_resume import resume_config
     from pyro_vae.experiment import build
     from pyro_vae.run_config import RunConfig
 
@@ -1199,8 +1150,8 @@ def test_the_labelled_subset_is_kept_in_config_json_and_survives_resume(tmp_path
     config = json.loads((run / "config.json").read_text())
     assert config["data"]["labelled"] == 20 and config["data"]["labels_fraction"] is None
     assert json.loads((run / "metrics.json").read_text())["data"]["num_labelled"] == 20
-    resume = _parser().parse_args(["fit", "--resume", str(run), "--epochs", "2"])
-    resumed, _ = _resume_config(RunFolder(run), resume, {"--resume", "--epochs"})
+    resume = build_parser().parse_args(["fit", "--resume", str(run), "--epochs", "2"])
+    resumed, _ = resume_config(RunFolder(run), resume, {"--resume", "--epochs"})
     assert resumed.data.labelled == 20
     first = build(RunConfig.from_json(config)).data.train_observed
     assert torch.equal(build(resumed).data.train_observed, first)  # the same seeded draw
@@ -1229,28 +1180,6 @@ def test_a_labelled_subset_is_refused_for_a_model_that_uses_no_labels(
         assert "expected a model that declares uses_labels='partial'" in err
         assert f"or leave {flag} out" in err
         assert not run.exists()  # before any work: nothing written
-
-
-def test_a_label_model_s_metrics_are_printed_as_conditional(capsys):
-    from pyro_vae.cli import _print_test
-
-    _print_test(
-        {
-            "elbo": -20.0,
-            "log_likelihood": -19.5,
-            "log_likelihood_samples": 8,
-            "log_likelihood_points": 4,
-            "kl": 1.25,
-            "test_accuracy": 0.875,
-            "label_metrics": ["test_accuracy"],
-            "conditioned_on_labels": True,
-        }
-    )
-    lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("test ELBO | y") and lines[0].endswith("-20.000 nats per image")
-    assert lines[1].startswith("test log p(x | y) (IWAE)") and "(K=8, 4 images)" in lines[1]
-    assert lines[2].startswith("test KL(q(z | x, y) ‖ p(z))")
-    assert lines[3].split() == ["test", "accuracy", "0.8750"]
 
 
 def test_free_bits_groups_go_into_config_json_and_survive_resume(tmp_path):
@@ -1299,17 +1228,6 @@ def test_sample_needs_no_data_file_and_says_which_one_when_it_does(tmp_path, cap
     assert "records no image facts" in err and "is not a file" in err
 
 
-def test_a_label_model_s_original_units_lines_keep_what_the_bound_is_of(capsys):
-    from pyro_vae.cli import _print_test
-
-    test = {"elbo": -2.0, "elbo_original_units": -9.0, "units": "standardized columns"}
-    for labels_in_bound, given in (("conditioned", " | y"), ("joint", ", y")):
-        _print_test({**test, "labels_in_bound": labels_in_bound}, table=True)
-        lines = capsys.readouterr().out.splitlines()
-        assert lines[0].startswith(f"test ELBO{given} ") and "standardized columns" in lines[0]
-        assert lines[1].startswith(f"test ELBO{given} ") and "file's units" in lines[1]
-
-
 def test_a_sigterm_while_a_lost_rank_is_reported_ends_as_terminated_without_a_traceback(
     tmp_path, monkeypatch, capsys
 ):
@@ -1330,7 +1248,7 @@ def test_a_sigterm_while_a_lost_rank_is_reported_ends_as_terminated_without_a_tr
             raise cli._Terminated  # as _on_sigterm raises it
         return "its run folder is as it was"
 
-    monkeypatch.setattr(cli, "_evaluate", lost)
+    monkeypatch.setattr(cli, "evaluate_command", lost)
     monkeypatch.setattr(cli, "_where_it_stopped", where)
     assert main(["evaluate", str(tmp_path)]) == 143
     err = capsys.readouterr().err
@@ -1362,41 +1280,6 @@ def test_an_out_path_onto_a_run_s_own_file_is_refused_and_the_run_kept(
     assert main(argv) == 2
     assert f"--out: {run / name}" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
-
-
-def test_a_model_s_own_constructor_defaults_stand_where_the_flags_are_left_out(tmp_path):
-    """Tester P: a user's class with latent_dim=3, hidden_dims=(7,), activation="relu"
-    received the command's 20, [400] and softplus, silently. Flags left out now leave the
-    class's own defaults; a flag given still wins, and config.json records what was passed."""
-    from pyro_vae.cli import _parser, _run_config_from_args
-
-    source = tmp_path / "mine.py"
-    source.write_text(
-        "class Mine:\n"
-        "    def __init__(self, x_dim, latent_dim=3, hidden_dims=(7,), activation='relu'):\n"
-        "        pass\n"
-        "class Bare:\n"
-        "    def __init__(self, x_dim, latent_dim, hidden_dims, activation=None):\n"
-        "        pass\n"
-        "class Typed:\n"
-        "    def __init__(self, x_dim, latent_dim=3, activation=type):\n"
-        "        pass\n"
-    )
-
-    def options(*flags):
-        args = _parser().parse_args(["fit", "--out", str(tmp_path / "r"), *flags])
-        return _run_config_from_args(args).model.options
-
-    mine = f"{source}:Mine"
-    assert options("--model", mine) == {"latent_dim": 3, "hidden_dims": [7], "activation": "relu"}
-    assert options("--model", mine, "--latent-dim", "5", "--hidden", "9", "9")["latent_dim"] == 5
-    assert options("--model", mine, "--hidden", "9", "9")["hidden_dims"] == [9, 9]
-    # no default of its own (or None): the command's
-    bare = {"latent_dim": 20, "hidden_dims": [400], "activation": "softplus"}
-    assert options("--model", f"{source}:Bare") == bare
-    assert options() == bare  # models.vae:VAE, whose own defaults are the command's
-    # a default config.json cannot hold (activation=nn.Tanh; tester Q's crash): not passed
-    assert options("--model", f"{source}:Typed") == {"latent_dim": 3, "hidden_dims": [400]}
 
 
 @pytest.mark.parametrize(
@@ -1446,29 +1329,6 @@ def test_fit_names_an_image_folder_s_left_out_and_colour_files(capsys):
     assert "1 of the folder's 17 images are colour (b/y/z/0.webp)" in out
     _note_image_folder({"num_train": 15, "num_val": 1, "num_test": 1})
     assert capsys.readouterr().out == ""
-
-
-def test_a_user_s_none_default_replaced_by_the_command_s_is_noted(tmp_path, capsys):
-    """Tester Q: a constructor default of None ("my own choice") received the command's
-    default with no word; now a note names it, and the flag that chooses."""
-    from pyro_vae.cli import _note_none_defaults
-
-    source = tmp_path / "mine.py"
-    source.write_text(
-        "class Mine:\n    def __init__(self, x_dim, latent_dim=3, activation=None):\n        pass\n"
-    )
-
-    def noted(spec, *flags, options=None):
-        args = _parser().parse_args(["fit", "--out", str(tmp_path / "r"), *flags])
-        _note_none_defaults(args, spec, options or {"latent_dim": 3, "activation": "softplus"})
-        return capsys.readouterr().out
-
-    out = noted(f"{source}:Mine")
-    assert "defaults activation to None, and received the command's activation='softplus'" in out
-    assert "give --activation to choose" in out and "latent_dim" not in out
-    assert noted(f"{source}:Mine", "--activation", "relu") == ""
-    assert noted(f"{source}:Mine", "--model-opt", "activation=relu") == ""
-    assert noted("models.vae:VAE") == ""  # the shipped models' None is the command's default
 
 
 def test_a_training_set_preprocessing_makes_blank_is_refused_before_the_folder(tmp_path, capsys):
@@ -1644,23 +1504,6 @@ def test_a_global_latent_the_test_evaluation_cannot_score_is_refused_before_the_
     assert not run.exists()  # nothing trained, nothing written: no --restart needed
 
 
-def test_metrics_record_the_processes_of_each_stretch_of_epochs():
-    # tester AA: metrics.json's processes said 1 for a run trained on 2 and resumed on 1
-    from pyro_vae.cli import _processes_by_epoch
-
-    fresh = _processes_by_epoch({}, 2)
-    assert fresh == [{"from_epoch": 1, "processes": 2}]
-    two_epochs = {"epochs": [{}, {}], "processes": 2, "processes_by_epoch": fresh}
-    assert _processes_by_epoch(two_epochs, 2) == fresh  # resumed on as many: one stretch
-    resumed = _processes_by_epoch(two_epochs, 1)
-    assert resumed == [*fresh, {"from_epoch": 3, "processes": 1}]
-    older = {"epochs": [{}, {}, {}], "processes": 2}  # written before the record: its processes
-    assert _processes_by_epoch(older, 1) == [
-        {"from_epoch": 1, "processes": 2},
-        {"from_epoch": 4, "processes": 1},
-    ]
-
-
 def _history(run: Path) -> list[tuple[float, float]]:
     epochs = json.loads((run / "metrics.json").read_text())["epochs"]
     return [(r["train_elbo"], r.get("val_elbo")) for r in epochs]
@@ -1797,15 +1640,17 @@ def test_a_resume_takes_the_run_s_own_default_values_and_refuses_others(tmp_path
 def test_sample_draws_num_images_of_a_label_model_classes_cycled(tmp_path, monkeypatch):
     """Tester M1: ``sample --num 8`` on a CVAE run drew 10 images, one per class. --num is
     the images in all, image i of class i mod 10."""
-    import pyro_vae.cli as cli
+    import pyro_vae.cli_analysis as cli_analysis
     import pyro_vae.experiment as experiment
 
     run = tmp_path / "run"
     fit = ["fit", "--model", "models.cvae:CVAE", "--epochs", "1", "--out", str(run), *FAST]
     assert main(fit) == 0
     drawn, classes = [], []
-    plot = cli.plot_samples
-    monkeypatch.setattr(cli, "plot_samples", lambda x, *a: drawn.append(len(x)) or plot(x, *a))
+    plot = cli_analysis.plot_samples
+    monkeypatch.setattr(
+        cli_analysis, "plot_samples", lambda x, *a: drawn.append(len(x)) or plot(x, *a)
+    )
     real = experiment.offered
 
     def offered(owner, name):  # the classes the model is asked to draw

@@ -416,7 +416,7 @@ def test_tables_and_vectors_are_rows_and_images_are_images(tmp_path):
     """Review R2: whether data are rows or images was decided twice (the command line by
     the image shape, ``load_data`` by the table columns or a 2-D array); one rule,
     ``row_unit``, gives the word for the raw data and the splits, and the command line's."""
-    from pyro_vae.cli import _rows_not_images
+    from pyro_vae.cli_report import rows_not_images
     from pyro_vae.data import load_raw, row_unit
 
     table = tmp_path / "t.csv"
@@ -427,7 +427,7 @@ def test_tables_and_vectors_are_rows_and_images_are_images(tmp_path):
         ("digits", "images"), (str(table), "rows"), (vectors, "rows"), (colour, "images"),
     ):  # fmt: skip
         splits = load_data(data, Preprocessing(likelihood="normal"))
-        assert splits.unit == word and _rows_not_images(splits) == (word == "rows")
+        assert splits.unit == word and rows_not_images(splits) == (word == "rows")
     assert load_raw("digits").unit == "images" and load_raw(str(table)).unit == "rows"
     assert [row_unit(s) for s in (None, (6,), (8, 8), (3, 4, 4))] == [
         "rows", "rows", "images", "images",

@@ -1,0 +1,339 @@
+"""The commands that study a fitted run beyond its test metrics: ``sample`` (images from
+the prior), ``grad-variance`` (estimators' gradient variance at the fitted weights),
+``amortization-gap`` (Cremer et al. 2018), ``diagnose`` (ArviZ, PSIS k̂) and ``compare``
+(runs side by side).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+from pathlib import Path
+from typing import Any
+
+from pyro_vae import estimators
+from pyro_vae.checkpoint import CONFIG, RunFolder
+from pyro_vae.cli_report import rows_not_images, with_previous, writable_run
+from pyro_vae.devices import to_device
+from pyro_vae.diagnostics.gradient_variance import gradient_variance
+from pyro_vae.experiment import Experiment, label_samples, load, num_classes
+from pyro_vae.model_protocol import uses_labels
+from pyro_vae.plots import plot_gradient_variance, plot_samples
+from pyro_vae.predictive import prior_mean_images
+from pyro_vae.prior_model import RECORD as IMAGE_RECORD
+from pyro_vae.prior_model import load_for_prior
+
+
+def _check_png_out(out: Path, own: str) -> None:
+    """Refuse, before any work, an ``--out`` that is not a .png file path, or that names an
+    existing file of a run folder (one holding config.json) other than this command's own
+    figures there (``own``, a glob: written again, as its default is): the run's config,
+    weights, metrics and fit figures are the run's (tester H: ``grad-variance --out
+    RUN/config.json`` wrote its PNG over the config, and the run was lost).
+
+    Raises:
+        ValueError: naming ``--out``, the path and what was expected."""
+    if out.is_dir() or out.suffix.lower() != ".png":
+        raise ValueError(f"--out: {out} is not a .png file path; expected where to write the PNG")
+    where = out.resolve()  # RUN/new/../elbo.png is RUN/elbo.png (tester J)
+    in_run = (where.parent / CONFIG).is_file()
+    if in_run and where.exists() and not fnmatch.fnmatch(where.name, own):
+        raise ValueError(
+            f"--out: {out} is {where}, a file of the run folder {where.parent}, which this "
+            f"command does not write ({own} are its own there); expected a new path, or one "
+            "of those"
+        )
+
+
+def sample_command(args: argparse.Namespace) -> int:
+    """``pyro-vae sample``: ``--num`` images E[x | z], z ~ p(z), in all, as one grid; a
+    model that uses labels draws E[x | z, y] with image i of class i mod C (C classes,
+    cycled). Refuses a model with no prior and data whose rows are not images."""
+    import pyro
+    import torch
+
+    # its own name: samples.png is the fit's figure, which a sample run must not replace
+    out = args.out or RunFolder(args.run).file(f"sample_seed{args.seed}_{args.num}.png")
+    _check_png_out(out, "sample_seed*_*.png")
+    exp = _load_for_sampling(RunFolder(args.run), args)
+    if not exp.generative:
+        raise ValueError(
+            f"run: {exp.config.model.spec} has no prior to sample from (it is not a generative "
+            "model)"
+        )
+    if rows_not_images(exp.data):
+        raise ValueError(
+            f"run: its data {exp.config.data.name!r} are a table's rows or vectors "
+            f"(shape {exp.data.image_shape}), not images to draw"
+        )
+    pyro.set_rng_seed(args.seed)
+    if uses_labels(exp.model) is not None:  # --num in all (ten for --num 8 had been drawn)
+        classes = num_classes(exp.data)
+        with torch.no_grad():
+            images = label_samples(exp, args.num).cpu()
+        title = f"conditional samples E[x | z, y], z ~ p(z), image i of class i mod {classes}"
+        path = plot_samples(images, exp.data.image_shape, exp.data.pixel_max, out, title)
+        print(f"wrote {args.num} conditional samples, classes cycled (of {classes}), to {path}")
+        return 0
+    with torch.no_grad():
+        like = to_device(exp.data.test_x[: args.num], exp.device)
+        images = prior_mean_images(exp.model, like, args.num).cpu()
+    path = plot_samples(images, exp.data.image_shape, exp.data.pixel_max, out)
+    print(f"wrote {args.num} samples to {path}")
+    return 0
+
+
+def _load_for_sampling(run: RunFolder, args: argparse.Namespace) -> Experiment:
+    """The run's model with its kept weights, rebuilt from the folder alone where fit
+    recorded its data's image facts (:func:`pyro_vae.prior_model.load_for_prior`), else
+    with the data loaded; the data's refusal then says why they are needed."""
+    device = args.device or "auto"
+    exp = load_for_prior(run, device, args.allow_changed_code)
+    if exp is not None:
+        return exp
+    try:
+        return load(run, device, args.allow_changed_data, args.allow_changed_code)
+    except (FileNotFoundError, ValueError) as err:
+        if not (isinstance(err, FileNotFoundError) or str(err).startswith("data:")):
+            raise
+        name = run.read_config().get("data", {}).get("name")
+        raise type(err)(
+            f"data: {name!r} could not be read, and `pyro-vae sample` needs it: {run.path}'s "
+            f"metrics.json records no image facts (its '{IMAGE_RECORD}': the row width, image "
+            "shape, pixel scale and classes, which fit writes when it ends), so the model is "
+            f"built from the data; restore the data file, or sample a finished run ({err})"
+        ) from err
+
+
+def _refuse_label_model(exp: Experiment, command: str) -> None:
+    """A run of a model that uses labels, refused by a command that calls it on images alone."""
+    if uses_labels(exp.model) is not None:
+        raise ValueError(
+            f"run: {exp.config.model.spec} conditions on labels (uses_labels), and "
+            f"`pyro-vae {command}` calls the model on images alone; expected a model without "
+            "labels"
+        )
+
+
+def grad_variance_command(args: argparse.Namespace) -> int:
+    """``pyro-vae grad-variance RUN``: each estimator's gradient variance and SNR per
+    parameter group, over ``--num-draws`` draws on one training batch at the run's
+    weights, printed, plotted to ``--out`` and written to metrics.json. Returns 0.
+
+    Raises:
+        ValueError: a bad ``--out``, estimator name or option, a model that uses labels,
+            before any work; none of the estimators could run, after."""
+    import pyro
+
+    run = writable_run(args.run)
+    out = args.out or run.file("gradient_variance.png")
+    _check_png_out(out, "gradient_variance.png")
+    # "trace, iwae" as "trace,iwae": a space after a comma is no part of a name
+    given = [s.strip() for s in args.estimators.split(",") if s.strip()]
+    specs = [estimators.parse(s) for s in given]
+    exp = load(run, args.device or "auto", args.allow_changed_data, args.allow_changed_code)
+    _refuse_label_model(exp, "grad-variance")
+    for name, options in specs:
+        estimators.get(name, **options)  # reject bad names and options before any work
+    x, _ = next(iter(exp.data.train_batches(args.batch_size, 0, args.seed)))
+    x = to_device(x, exp.device)
+    num_data = exp.data.train_x.shape[0]
+    print(
+        f"{args.num_draws} gradient draws at the weights of {run.path}, one batch of "
+        f"{x.shape[0]} of {num_data} training images"
+    )
+    print(f"{'estimator':<48} {'group':<8} {'variance':>11} {'SNR':>9} {'ms/draw':>8}")
+    rows = []
+    for (name, options), spec in zip(specs, given, strict=True):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(args.seed)
+        try:
+            stats = gradient_variance(
+                exp.model,
+                exp.guide,
+                estimators.get(name, **options),
+                x,
+                num_data=num_data,
+                num_draws=args.num_draws,
+                progress=True,
+            )
+        except (ValueError, NotImplementedError) as err:
+            print(f"{spec:<48} cannot run here: {err}")
+            continue
+        for group, st in stats.items():
+            rows.append(
+                {
+                    "estimator": spec,
+                    "group": group,
+                    "variance": st.variance,
+                    "snr": st.snr,
+                    "seconds_per_draw": st.seconds_per_draw,
+                }
+            )
+            print(
+                f"{spec:<48} {group:<8} {st.variance:11.4g} {st.snr:9.4g} "
+                f"{1000 * st.seconds_per_draw:8.2f}"
+            )
+    if not rows:
+        raise ValueError("estimators: none of them could run on this model and guide")
+    path = plot_gradient_variance(rows, out)
+    run.update_metrics(gradient_variance=rows)
+    print(f"wrote {path}")
+    return 0
+
+
+def amortization_gap_command(args: argparse.Namespace) -> int:
+    """``pyro-vae amortization-gap RUN``: log p(x) (IWAE), the local guides' and the
+    encoder's ELBO on the first ``--points`` test images, and the approximation and
+    amortization gaps between them (Cremer et al. 2018), in nats per image, printed and
+    written to metrics.json (earlier results kept). Returns 0.
+
+    Raises:
+        ValueError: a model that uses labels, has no latent variables, or a guide that is
+            already per-datapoint, or ``--points`` below 1, before any work."""
+    import pyro
+
+    from pyro_vae.amortization import amortization_gap
+    from pyro_vae.guides import AmortizedFlow
+
+    run = writable_run(args.run)
+    exp = load(run, args.device or "auto", args.allow_changed_data, args.allow_changed_code)
+    _refuse_label_model(exp, "amortization-gap")
+    if not exp.generative:
+        raise ValueError(f"run: {exp.config.model.spec} has no latent variables to fit guides to")
+    _refuse_local_guide(
+        exp,
+        "the amortization gap compares an amortized encoder with "
+        "per-datapoint guides, and this guide is already per-datapoint",
+    )
+    if args.points < 1:
+        raise ValueError(f"points: {args.points} is not a positive number of test images")
+    pyro.set_rng_seed(args.seed)
+    x = to_device(exp.data.test_x[: args.points], exp.device)
+    result = amortization_gap(
+        exp.model,
+        exp.guide,
+        x,
+        steps=args.steps,
+        lr=args.lr,
+        iwae_samples=args.iwae_samples,
+        family=args.family,
+        progress=True,
+    )
+    kept = with_previous(run.read_metrics(), "amortization_gap")  # earlier results stay
+    run.update_metrics(
+        amortization_gap=result, **({"amortization_gap_previous": kept} if kept else {})
+    )
+    if args.family == "normal" and isinstance(exp.guide, AmortizedFlow):
+        print(
+            "note: the encoder is a flow and the per-image guides are Normal (--family "
+            "normal), so the gaps compare two families; --family flow compares like with like"
+        )
+    print(f"on {result['num_points']} test images (nats per image):")
+    print(f"  log p(x), IWAE K={args.iwae_samples}    {result['log_likelihood']:10.3f}")
+    print(f"  ELBO, local guides            {result['elbo_local']:10.3f}")
+    print(f"  ELBO, amortized encoder       {result['elbo_amortized']:10.3f}")
+    print(f"  approximation gap             {result['approximation_gap']:10.3f}")
+    print(f"  amortization gap              {result['amortization_gap']:10.3f}")
+    if result["amortization_gap_se"] is not None:
+        print(
+            f"  (standard errors over the images: approximation gap "
+            f"{result['approximation_gap_se']:.3f}, amortization gap "
+            f"{result['amortization_gap_se']:.3f})"
+        )
+    if "note" in result:
+        print(f"note: {result['note']}")
+    return 0
+
+
+def compare_command(args: argparse.Namespace) -> int:
+    """``pyro-vae compare RUN...``: one table of the runs' test metrics (printed, and
+    comparison.csv) and one figure of their validation curves (comparison.png) in
+    ``--out``. Returns 0."""
+    from pyro_vae.compare import compare_runs, format_table, write_comparison
+
+    comparison = compare_runs(args.runs)
+    csv, png = write_comparison(comparison, args.out)
+    print(
+        "nats per datapoint; evaluated_on: the split the test_elbo, log_px and kl are of; "
+        "K: draws of the log p(x) estimate; s_per_epoch: median"
+    )
+    print(format_table(comparison))
+    for note in comparison.notes:
+        print(f"note: {note}")
+    print(f"wrote {csv} and {png}")
+    return 0
+
+
+def diagnose_command(args: argparse.Namespace) -> int:
+    """``pyro-vae diagnose RUN``: PSIS k̂ per test image (or, for a small discrete guide,
+    exact divergences), InferenceData (diagnostics.nc), summaries and plots in the run
+    folder, the numbers also in metrics.json. Returns 0.
+
+    Raises:
+        ValueError: a model that uses labels, has no latent variables, a per-datapoint
+            guide, or a negative ``--points``, before any work."""
+    import pyro
+
+    from pyro_vae.diagnostics import write_report
+
+    run = writable_run(args.run)
+    exp = load(run, args.device or "auto", args.allow_changed_data, args.allow_changed_code)
+    _refuse_label_model(exp, "diagnose")
+    if not exp.generative:
+        raise ValueError(f"run: {exp.config.model.spec} has no latent variables to diagnose")
+    _refuse_local_guide(exp, "k̂ per test image needs a posterior for test images")
+    if args.points < 0:
+        raise ValueError(f"points: {args.points} is negative; expected a number of test images")
+    x = exp.data.test_x[: args.points or None]  # 0: all (gathered, when memory-mapped)
+    x = to_device(x, exp.device)
+    pyro.set_rng_seed(args.seed)
+    result = write_report(
+        exp.model,
+        exp.guide,
+        x,
+        run.path,
+        num_samples=args.samples,
+        idata_points=args.idata_points,
+        idata_samples=args.idata_samples,
+        num_worst=args.worst,
+        image_shape=exp.data.image_shape,
+        pixel_max=exp.data.pixel_max,
+    )
+    run.update_metrics(diagnostics={k: v for k, v in result.items() if k != "files"})
+    _print_khat(result)
+    print("wrote " + ", ".join(result["files"]))
+    for name, why in result.get("skipped", {}).items():
+        print(f"skipped {name}: {why}")
+    return 0
+
+
+def _print_khat(result: dict[str, Any]) -> None:
+    if "num_states" in result:  # a discrete guide small enough to enumerate
+        print(
+            f"q(z | x) has {result['num_states']} states per test image, enumerated on "
+            f"{result['num_points']} images: k̂ does not apply (no Pareto tail); exactly:"
+        )
+        print(f"  median KL(q ‖ p(z | x))     {result['kl_median']:10.4f} nats")
+        print(
+            f"  median, max χ²(p ‖ q)       {result['chi2_median']:10.4g}, {result['chi2_max']:.4g}"
+        )
+        return
+    print(f"PSIS k̂ on {result['num_points']} test images, {result['num_samples']} draws each:")
+    print(f"  share above 0.5             {100 * result['share_above_0.5']:6.1f}%")
+    print(f"  share above 0.7             {100 * result['share_above_0.7']:6.1f}%")
+    print(f"  median k̂, max k̂             {result['khat_median']:6.2f}, {result['khat_max']:.2f}")
+    if result.get("khat_not_applicable"):
+        print(
+            f"  k̂ not applicable            {result['khat_not_applicable']} images (few "
+            "distinct ratios: a discrete q)"
+        )
+
+
+def _refuse_local_guide(exp, why: str) -> None:
+    if exp.local_guide:
+        raise ValueError(
+            f"run: its guide has free per-datapoint parameters (one q per training image, "
+            f"none for others); {why}. From Python, pyro_vae.psis_khat_per_datapoint and "
+            "to_inference_data take the training images the guide was fitted to"
+        )

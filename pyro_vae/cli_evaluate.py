@@ -1,0 +1,122 @@
+"""``pyro-vae evaluate``: a run's test metrics computed again, with the weights the run
+kept, into metrics.json's test block (the blocks it replaces are kept beside it, and
+results on changed data or code go to a block of their own).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from pyro_vae.checkpoint import RunFolder
+from pyro_vae.cli_report import print_test, rows_not_images, with_previous, writable_run
+from pyro_vae.experiment import code_of, evaluate_test_set, load
+from pyro_vae.provenance import code_changes
+
+
+def evaluate_command(args: argparse.Namespace) -> int:
+    """``pyro-vae evaluate RUN``: the test metrics of the weights the run kept, printed and
+    written to metrics.json's test block (``--ll-samples 0`` keeps the saved log p(x)
+    estimate). Returns 0; refusals (an unwritable folder, changed data or code without
+    the flag allowing it) raise before any work, as :func:`pyro_vae.experiment.load` does."""
+    run = writable_run(args.run)
+    exp = load(run, args.device or "auto", args.allow_changed_data, args.allow_changed_code)
+    ev = exp.config.evaluation
+    samples = ev.ll_samples if args.ll_samples is None else args.ll_samples
+    points = ev.ll_points if args.ll_points is None else (args.ll_points or None)
+    test = evaluate_test_set(exp, samples, points, progress=True)
+    # the weights it scored: a fit still training may have moved on (tester L2)
+    test["scored_weights_of_epoch"] = exp.weights_epoch
+    changed = _changed_inputs(exp)
+    if changed is not None:  # --allow-changed-data or -code on inputs that did change
+        key, extra, what = changed
+        run.update_metrics(**{key: {**test, **extra}})
+        print_test(test, rows_not_images(exp.data))
+        print(
+            f"note: {what} changed since the run was trained; these results went to "
+            f"{run.file('metrics.json')}'s {key}, and its test block (the run's own) was kept"
+        )
+        return 0
+    metrics = _metrics_or_history(run)
+    previous = metrics.get("test") or {}
+    if samples == 0:  # skipped this time: keep the estimate saved before, with its K
+        test.update({k: v for k, v in previous.items() if k.startswith("log_likelihood")})
+    replaced = _replaced_estimate(previous, test)
+    redrawn = _redrawn(previous, test)
+    if replaced or redrawn:  # nothing saved is lost: the blocks it replaced stay beside it
+        run.update_metrics(test=test, test_previous=with_previous(metrics, "test"))
+    else:
+        run.update_metrics(test=test)
+    print_test(test, rows_not_images(exp.data))
+    if replaced:
+        print(
+            f"note: log p(x) is now {replaced}, in {run.file('metrics.json')}'s test block "
+            "(what compare shows); the block it replaced is kept in test_previous"
+        )
+    elif redrawn:
+        print(
+            f"note: {redrawn}: other Monte Carlo draws than the saved test block's; "
+            f"{run.file('metrics.json')}'s test block (what compare shows) now holds these, "
+            "and the block it replaced is kept in test_previous"
+        )
+    return 0
+
+
+def _metrics_or_history(run: RunFolder) -> dict[str, Any]:
+    """metrics.json; where it is gone, the epochs and best epoch the checkpoint holds,
+    written back first (tester P: an evaluate wrote a metrics.json of its test block alone,
+    and compare then showed a 30-epoch run as of 0 epochs), as ``fit --resume`` does."""
+    if run.file("metrics.json").is_file() or not run.has_checkpoint:
+        return run.read_metrics()
+    state = run.load_checkpoint()
+    best = state.get("best")
+    restored = run.update_metrics(
+        epochs=list(state.get("history") or []),
+        best_epoch=best.get("epoch") if isinstance(best, dict) else None,
+    )
+    print(f"note: {run.file('metrics.json')} was missing; its epochs came back from the checkpoint")
+    return restored
+
+
+def _redrawn(previous: dict, test: dict) -> str:
+    """'test ELBO -24.938 nats per image, where it was -24.946' where ``test`` gives other
+    numbers than the saved block ``previous`` at the same settings (other draws: fit scores
+    with the random streams training left, evaluate with its own; tester P: evaluate
+    replaced the numbers fit had printed, silently); else ''."""
+    numbers = [
+        key
+        for key in sorted(set(previous) & set(test))
+        if isinstance(test[key], float) and previous[key] != test[key] and key != "seconds"
+    ]
+    if not numbers:
+        return ""
+    key = "elbo" if "elbo" in numbers else numbers[0]
+    return f"test {key} {test[key]:.6g}, where it was {previous[key]:.6g}"
+
+
+def _changed_inputs(exp) -> tuple[str, dict, str] | None:
+    """(metrics key, what to record beside the results, what changed) where the run was
+    rebuilt on data or a model/guide file, or a module of the user's own they import, other
+    than it recorded (the flags that allow it); its own test block then stays. None where
+    nothing changed."""
+    recorded, current = exp.config.data.provenance, exp.data.info.get("provenance")
+    if recorded and current and recorded.get("checksum") != current.get("checksum"):
+        return "test_on_changed_data", {"provenance": current}, "the data"
+    code = exp.code if exp.code is not None else code_of(exp.config)  # build's, once run
+    if code_changes(exp.config.code, code):
+        return "test_on_changed_code", {"code": code}, "the model's or guide's code"
+    return None
+
+
+def _replaced_estimate(previous: dict, test: dict) -> str:
+    """'K=7 over 20 rows, where it was K=50 over 180 rows' where ``test`` estimates log p(x)
+    with other draws or rows than the saved block ``previous``; else '' (tester B's F6: an
+    evaluate with fewer draws replaced the fit's estimate without a word)."""
+    keys = ("log_likelihood_samples", "log_likelihood_points")
+    if "log_likelihood" not in previous or all(previous.get(k) == test.get(k) for k in keys):
+        return ""
+
+    def described(block: dict) -> str:
+        return f"K={block.get(keys[0])} over {block.get(keys[1])} rows"
+
+    return f"{described(test)}, where it was {described(previous)}"

@@ -1,0 +1,110 @@
+"""A run's test metrics as the commands print and keep them: one line per metric, per
+image or per row; the earlier blocks metrics.json keeps when a block is replaced; and the
+run folder a command writes its results into, refused before any work when it cannot.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pyro_vae.checkpoint import EVALUATED_ON_TRAINING_SET, RunFolder, check_writable
+from pyro_vae.data import row_unit
+
+
+def rows_not_images(data) -> bool:
+    """Whether ``data``'s rows are not images (:func:`pyro_vae.data.row_unit` of its
+    ``image_shape``: a table's, or vectors)."""
+    return row_unit(data.image_shape) == "rows"
+
+
+def print_test(test: dict[str, Any], table: bool = False) -> None:
+    """The test metrics, per image, or per row with ``table`` (data whose rows are not
+    images: a table's, whose nats are those of the standardized columns when they were
+    standardized, then also in the file's units, or vectors')."""
+    unit = "row" if table else "image"
+    standardized = " of the standardized columns" if "units" in test else ""
+    if test.get("evaluated_on") == EVALUATED_ON_TRAINING_SET:
+        print(
+            "note: the guide has free per-datapoint parameters, so it has no posterior for "
+            f"test {unit}s; these are the training {unit}s' metrics"
+        )
+    # a model that uses labels: its bounds are of log p(x | y) (CVAE) or log p(x, y) (M2)
+    given = {"conditioned": " | y", "joint": ", y"}.get(test.get("labels_in_bound"), "")
+    if not given and test.get("conditioned_on_labels"):  # metrics.json written before
+        given = " | y"
+    for key, value in test.items():
+        if key == "elbo":
+            print(f"test ELBO{given:<17}{value:10.3f} nats per {unit}{standardized}")
+        elif key == "reconstruction_mse_original_units":
+            scale = "per column, file's units squared (error² × training std_j²)"
+            print(f"reconstruction MSE        {value:10.6g} {scale}")
+        elif key in ("elbo_original_units", "log_likelihood_original_units"):
+            what = f"ELBO{given}" if key == "elbo_original_units" else f"log p(x{given}) (IWAE)"
+            print(f"test {what:<20} {value:10.3f} nats per row in the file's units")
+        elif key.endswith("_original_units"):  # a model's own log-density of x
+            what = key.removesuffix("_original_units").replace("_", " ")
+            print(f"{what:<25} {value:10.3f} nats per row in the file's units")
+        elif key == "reconstruction_log_likelihood":
+            print(f"test log Pr(x | z)        {value:10.3f} nats per {unit} (autoencoder)")
+        elif key == "log_likelihood":
+            print(
+                f"{'test log p(x' + given + ') (IWAE)':<26}{value:10.3f} nats per {unit}"
+                f"{standardized} "
+                f"(K={test['log_likelihood_samples']}, {test['log_likelihood_points']} {unit}s)"
+            )
+        elif key == "kl":
+            kl = {" | y": "test KL(q(z | x, y) ‖ p(z))", ", y": "test KL(q(y, z | x) ‖ p(y, z))"}
+            kl = kl.get(given, "test KL(q(z | x) ‖ p(z))")
+            # E_q[log q − log p] from the ELBO's draws: near 0 it can come out negative
+            print(f"{kl:<26}{value:10.3f} nats per {unit} (Monte Carlo estimate)")
+        elif key == "reconstruction_mse":
+            scale = "per pixel, [0, 1] scale"
+            if table:
+                scale = "per column, as observed"
+                if "reconstruction_mse_original_units" in test:
+                    scale = "per column, standardized (mean over columns and rows)"
+            print(f"reconstruction MSE        {value:10.4f} {scale}")
+        elif key == "active_units":
+            print(f"active latent units       {value:>5} of {test['latent_dim']}")
+        elif key in test.get("label_metrics", ()):
+            number = f"{value:>10}" if isinstance(value, int) else f"{value:10.4f}"
+            print(f"{key.replace('_', ' '):<26}{number}")
+        elif key == "skipped":
+            for metric, why in value.items():
+                print(f"skipped {metric}: {why}")
+
+
+def with_previous(metrics: dict, key: str) -> list:
+    """``metrics[key + "_previous"]`` (every block ``key`` held before, oldest first; an
+    older run's single block taken as a list of one) with ``metrics[key]`` appended: what
+    to keep when ``key`` is replaced (tester H: a second evaluate dropped the fit's own
+    test block, the first one kept only the last). A block equal to the last one kept but
+    for its ``seconds`` is not kept twice (tester U: each ``fit --resume`` of a finished
+    run scored the same weights again, and kept one more copy of the same numbers)."""
+    kept = metrics.get(f"{key}_previous") or []
+    kept = [kept] if isinstance(kept, dict) else list(kept)
+    if not metrics.get(key) or (kept and _untimed(kept[-1]) == _untimed(metrics[key])):
+        return kept
+    return [*kept, metrics[key]]
+
+
+def _untimed(block: Any) -> Any:
+    """A metrics block without its wall time (``seconds``), to tell a repeat of it."""
+    return {k: v for k, v in block.items() if k != "seconds"} if isinstance(block, dict) else block
+
+
+def writable_run(path: str | Path) -> RunFolder:
+    """The run folder ``path``, refused before any work when this process cannot write it
+    (tester U: ``evaluate`` and ``diagnose`` computed for minutes, then died at their first
+    write with a ``PermissionError`` traceback). A path that is not a folder is left to
+    :func:`~pyro_vae.experiment.load`, which says so.
+
+    Raises:
+        FolderNotWritableError: ``run: cannot create or write to PATH (reason)``, as
+            ``fit --resume`` refuses such a folder.
+    """
+    run = RunFolder(path)
+    if run.path.is_dir():
+        check_writable(run.path)
+    return run

@@ -1,0 +1,39 @@
+"""The commands that study a fitted run: where they may write their figures, and how
+``diagnose`` prints k̂."""
+
+import pytest
+
+from pyro_vae.cli_analysis import _check_png_out, _print_khat
+
+
+def test_a_figure_path_is_refused_where_it_would_replace_a_file_of_the_run(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    (run / "elbo.png").write_bytes(b"fit's figure")
+    (run / "sample_seed0_4.png").write_bytes(b"an earlier sample")
+    with pytest.raises(ValueError, match=r"--out: .*config.json is not a \.png file path"):
+        _check_png_out(run / "config.json", "sample_seed*_*.png")
+    with pytest.raises(ValueError, match="a file of the run folder .* which this command does"):
+        _check_png_out(run / "new" / ".." / "elbo.png", "sample_seed*_*.png")
+    with pytest.raises(ValueError, match="is not a .png file path"):
+        _check_png_out(run, "sample_seed*_*.png")  # a folder
+    _check_png_out(run / "sample_seed0_4.png", "sample_seed*_*.png")  # its own: written again
+    _check_png_out(run / "new.png", "sample_seed*_*.png")  # a new file
+    (tmp_path / "elbo.png").write_bytes(b"not a run's")
+    _check_png_out(tmp_path / "elbo.png", "sample_seed*_*.png")  # no config.json beside it
+
+
+def test_khat_is_printed_as_shares_and_an_enumerated_guide_as_exact_divergences(capsys):
+    _print_khat({"num_points": 8, "num_samples": 100, "share_above_0.5": 0.25,
+                 "share_above_0.7": 0.125, "khat_median": 0.31, "khat_max": 0.92})  # fmt: skip
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "PSIS k̂ on 8 test images, 100 draws each:"
+    assert lines[1].split() == ["share", "above", "0.5", "25.0%"]
+    assert lines[2].split() == ["share", "above", "0.7", "12.5%"]
+    assert lines[3].split()[-2:] == ["0.31,", "0.92"]
+    _print_khat({"num_states": 4, "num_points": 3, "kl_median": 0.5, "chi2_median": 1.25,
+                 "chi2_max": 2.5})  # fmt: skip
+    out = capsys.readouterr().out
+    assert "4 states per test image, enumerated on 3 images: k̂ does not apply" in out
+    assert "0.5000 nats" in out and "1.25, 2.5" in out and "share above" not in out

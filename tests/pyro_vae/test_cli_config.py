@@ -1,0 +1,103 @@
+"""The run a ``fit`` command line describes: the options it records, the model constructor's
+own defaults, the step recorded or not, and the notes on the defaults it chose."""
+
+import pytest
+
+from models.vae import VAE
+from pyro_vae.cli_config import _note_none_defaults, run_config_from_args, should_compile
+from pyro_vae.cli_parser import build_parser
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        ([], True),
+        (["--estimator", "score", "--estimator-opt", "num_particles=4"], True),
+        (["--estimator", "score", "--estimator-opt", "control_variate=ema"], False),
+        (["--estimator", "tracegraph"], False),
+        (["--kl-warmup", "2"], False),
+        (["--compile", "off"], False),
+        (["--model", "my_model.py:Model"], False),
+        (["--model", "my_model.py:Model", "--compile", "on"], True),
+        (["--compile", "inductor"], True),
+    ],
+)
+def test_compile_is_automatic_for_shipped_models_and_stateless_estimators(argv, expected):
+    class Model:  # a user's model: declares nothing
+        def model(self, x):
+            pass
+
+    args = build_parser().parse_args(["fit", "--out", "runs/x", *argv])
+    config = run_config_from_args(args)
+    model = VAE if args.model == "models.vae:VAE" else Model().model
+    assert should_compile(args, config.estimator.build(), model, None) is expected
+    assert config.training.compile_backend == ("inductor" if "inductor" in argv else None)
+
+
+@pytest.mark.parametrize(
+    ("flags", "options"),
+    [
+        (["--estimator", "iwae", "--gradient", "dreg"], {"gradient": "dreg"}),
+        (["--gradient", "stl", "--compile", "on"], {"gradient": "stl"}),
+        (["--estimator", "iwae"], {}),  # no --gradient: config.json as before, today's gradient
+    ],
+)
+def test_fit_gradient_goes_into_the_estimator_options(tmp_path, flags, options):
+    args = build_parser().parse_args(["fit", "--out", str(tmp_path / "r"), *flags])
+    config = run_config_from_args(args)
+    assert config.to_json()["estimator"]["options"] == options
+    config.estimator.build()  # the estimator takes the option
+
+
+def test_a_model_s_own_constructor_defaults_stand_where_the_flags_are_left_out(tmp_path):
+    """Tester P: a user's class with latent_dim=3, hidden_dims=(7,), activation="relu"
+    received the command's 20, [400] and softplus, silently. Flags left out now leave the
+    class's own defaults; a flag given still wins, and config.json records what was passed."""
+    source = tmp_path / "mine.py"
+    source.write_text(
+        "class Mine:\n"
+        "    def __init__(self, x_dim, latent_dim=3, hidden_dims=(7,), activation='relu'):\n"
+        "        pass\n"
+        "class Bare:\n"
+        "    def __init__(self, x_dim, latent_dim, hidden_dims, activation=None):\n"
+        "        pass\n"
+        "class Typed:\n"
+        "    def __init__(self, x_dim, latent_dim=3, activation=type):\n"
+        "        pass\n"
+    )
+
+    def options(*flags):
+        args = build_parser().parse_args(["fit", "--out", str(tmp_path / "r"), *flags])
+        return run_config_from_args(args).model.options
+
+    mine = f"{source}:Mine"
+    assert options("--model", mine) == {"latent_dim": 3, "hidden_dims": [7], "activation": "relu"}
+    assert options("--model", mine, "--latent-dim", "5", "--hidden", "9", "9")["latent_dim"] == 5
+    assert options("--model", mine, "--hidden", "9", "9")["hidden_dims"] == [9, 9]
+    # no default of its own (or None): the command's
+    bare = {"latent_dim": 20, "hidden_dims": [400], "activation": "softplus"}
+    assert options("--model", f"{source}:Bare") == bare
+    assert options() == bare  # models.vae:VAE, whose own defaults are the command's
+    # a default config.json cannot hold (activation=nn.Tanh; tester Q's crash): not passed
+    assert options("--model", f"{source}:Typed") == {"latent_dim": 3, "hidden_dims": [400]}
+
+
+def test_a_user_s_none_default_replaced_by_the_command_s_is_noted(tmp_path, capsys):
+    """Tester Q: a constructor default of None ("my own choice") received the command's
+    default with no word; now a note names it, and the flag that chooses."""
+    source = tmp_path / "mine.py"
+    source.write_text(
+        "class Mine:\n    def __init__(self, x_dim, latent_dim=3, activation=None):\n        pass\n"
+    )
+
+    def noted(spec, *flags, options=None):
+        args = build_parser().parse_args(["fit", "--out", str(tmp_path / "r"), *flags])
+        _note_none_defaults(args, spec, options or {"latent_dim": 3, "activation": "softplus"})
+        return capsys.readouterr().out
+
+    out = noted(f"{source}:Mine")
+    assert "defaults activation to None, and received the command's activation='softplus'" in out
+    assert "give --activation to choose" in out and "latent_dim" not in out
+    assert noted(f"{source}:Mine", "--activation", "relu") == ""
+    assert noted(f"{source}:Mine", "--model-opt", "activation=relu") == ""
+    assert noted("models.vae:VAE") == ""  # the shipped models' None is the command's default

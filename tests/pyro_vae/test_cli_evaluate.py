@@ -1,0 +1,24 @@
+"""``pyro-vae evaluate``: what it says when its numbers replace those the run had saved."""
+
+from pyro_vae.cli_evaluate import _redrawn, _replaced_estimate
+
+
+def test_a_log_likelihood_of_other_draws_or_rows_is_named_with_the_one_it_replaced():
+    saved = {"elbo": -90.0, "log_likelihood": -85.0, "log_likelihood_samples": 50,
+             "log_likelihood_points": 180}  # fmt: skip
+    fewer = {**saved, "log_likelihood_samples": 7, "log_likelihood_points": 20}
+    assert _replaced_estimate(saved, fewer) == "K=7 over 20 rows, where it was K=50 over 180 rows"
+    assert _replaced_estimate(saved, dict(saved)) == ""  # the same K and rows
+    assert _replaced_estimate({"elbo": -90.0}, fewer) == ""  # nothing saved to replace
+
+
+def test_other_draws_at_the_same_settings_are_named_by_the_elbo_first():
+    saved = {"elbo": -24.946, "kl": 3.0, "seconds": 1.5, "active_units": 4}
+    again = {"elbo": -24.938, "kl": 3.1, "seconds": 2.5, "active_units": 4}
+    assert _redrawn(saved, again) == "test elbo -24.938, where it was -24.946"
+    # only the wall time differs: the same numbers
+    assert _redrawn(saved, {**saved, "seconds": 9.0}) == ""
+    # no ELBO among the numbers that differ: the first such key, sorted
+    assert _redrawn({"kl": 3.0, "mse": 0.5}, {"kl": 2.0, "mse": 0.25}) == (
+        "test kl 2, where it was 3"
+    )

@@ -1,0 +1,61 @@
+"""What ``fit --resume`` may change, and the processes each stretch of epochs trained on."""
+
+import pytest
+
+from pyro_vae.cli_parser import build_parser
+from pyro_vae.cli_resume import (
+    _effective,
+    _refuse_unknown_resume_flags,
+    _settings_of,
+    processes_by_epoch_record,
+)
+from pyro_vae.run_config import ModelConfig, RunConfig
+
+
+def test_metrics_record_the_processes_of_each_stretch_of_epochs():
+    # tester AA: metrics.json's processes said 1 for a run trained on 2 and resumed on 1
+    fresh = processes_by_epoch_record({}, 2)
+    assert fresh == [{"from_epoch": 1, "processes": 2}]
+    two_epochs = {"epochs": [{}, {}], "processes": 2, "processes_by_epoch": fresh}
+    assert processes_by_epoch_record(two_epochs, 2) == fresh  # resumed on as many: one stretch
+    resumed = processes_by_epoch_record(two_epochs, 1)
+    assert resumed == [*fresh, {"from_epoch": 3, "processes": 1}]
+    older = {"epochs": [{}, {}, {}], "processes": 2}  # written before the record: its processes
+    assert processes_by_epoch_record(older, 1) == [
+        {"from_epoch": 1, "processes": 2},
+        {"from_epoch": 4, "processes": 1},
+    ]
+
+
+def test_a_flag_a_resume_can_neither_change_nor_compare_is_refused_by_name():
+    with pytest.raises(ValueError, match="resume: --restart cannot change a run being resumed"):
+        _refuse_unknown_resume_flags({"--resume", "--epochs", "--restart"})
+    _refuse_unknown_resume_flags({"--resume", "--epochs", "--lr", "--model-opt"})  # compared
+
+
+def test_an_option_flag_decides_the_settings_of_the_keys_it_gives():
+    args = build_parser().parse_args(
+        ["fit", "--resume", "r", "--model-opt", "latent_dim=4", "--estimator-opt", "cv=ema"]
+    )
+    assert _settings_of("--model-opt", args) == ["model_options.latent_dim"]
+    assert _settings_of("--estimator-opt", args) == ["estimator.options.cv"]
+    assert _settings_of("--compile", args) == ["train.compile", "train.compile_backend"]
+
+
+def test_settings_are_compared_as_the_run_uses_them(tmp_path):
+    source = tmp_path / "mine.py"
+    source.write_text(
+        "class Own:\n    def __init__(self, x_dim, latent_dim=3):\n        pass\n"
+        "class Bare:\n    def __init__(self, x_dim, latent_dim):\n        pass\n"
+    )
+    own = RunConfig(ModelConfig(f"{source}:Own"))
+    bare = RunConfig(ModelConfig(f"{source}:Bare"))
+    # left unset: the constructor's own default, else the command's
+    assert _effective("model_options.latent_dim", None, own, None) == 3
+    assert _effective("model_options.latent_dim", None, bare, None) == 20
+    assert _effective("model_options.hidden_dims", None, bare, None) == [400]
+    # one width is a list of one; a tuple, a list
+    assert _effective("model_options.hidden_dims", 16, own, None) == [16]
+    assert _effective("model_options.channels", (8, 4), own, None) == [8, 4]
+    assert _effective("train.data_plate", None, own, "data") == "data"  # the plate found
+    assert _effective("train.lr", 0.5, own, "data") == 0.5
