@@ -71,6 +71,7 @@ from pyro_vae.pointwise import (
     data_plate_scale,
     per_datapoint_log_density,
     refuse_inner_subsampling,
+    unscaled_by,
 )
 from pyro_vae.progress import bar as progress_bar
 from pyro_vae.traces import (
@@ -140,15 +141,6 @@ def _warn_point_masses(names: list[str], stacklevel: int) -> None:
 
 def _check_num(arg: str, value: int) -> None:
     check_count(arg, value, 1)
-
-
-def unscaled_by(log_density: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
-    """``log_density`` ``[K, B]`` with a common ``scale`` (:meth:`PerDatapoint.scale_of`)
-    divided out; the same tensor where the scale is the float 1.0, so a pair without a
-    common scale gives the numbers it gave before scales were taken out."""
-    if isinstance(scale, float) and scale == 1.0:
-        return log_density
-    return log_density / scale
 
 
 def rescaled(nats: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:

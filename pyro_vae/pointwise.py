@@ -147,7 +147,7 @@ def importance_log_densities(
             guide_trace, num_particles, batch, rank, plate, True, log_p.device
         )
         common = common_scale((model_trace, guide_trace), rank, plate, scale)
-        return _unscaled(log_p, common), _unscaled(log_q, common), scale * common
+        return unscaled_by(log_p, common), unscaled_by(log_q, common), scale * common
     subsampled = subsampled_plates(model_trace) | subsampled_plates(guide_trace)
     if subsampled:
         name = plate if plate in subsampled else sorted(subsampled)[0]
@@ -167,12 +167,13 @@ def importance_log_densities(
     log_p = per_draw_log_density(model_trace, num_particles, rank)
     log_q = per_draw_log_density(guide_trace, num_particles, rank, log_p.device)
     common = common_scale((model_trace, guide_trace), rank, None, 1.0)
-    return _unscaled(log_p, common), _unscaled(log_q, common), common
+    return unscaled_by(log_p, common), unscaled_by(log_q, common), common
 
 
-def _unscaled(log_density: torch.Tensor, common: float | torch.Tensor) -> torch.Tensor:
-    """``log_density`` with the scale common to every site divided out (as it was where
-    there is none, so the step's graph is unchanged then)."""
+def unscaled_by(log_density: torch.Tensor, common: float | torch.Tensor) -> torch.Tensor:
+    """``log_density`` (``[K, B]`` or ``[K, 1]``) with the scale common to every site
+    (:func:`common_scale`) divided out; the same tensor where that scale is the float 1.0,
+    so a pair without one gives the numbers, and the step the graph, it gave before."""
     if isinstance(common, float) and common == 1.0:
         return log_density
     return log_density / common

@@ -52,9 +52,14 @@ from pyro_vae.enumerated_sites import (
     summed_log_joint,
     summed_sites,
 )
-from pyro_vae.evaluate import PerDatapoint, data_arguments, eval_mode, prepare, unscaled_by
+from pyro_vae.evaluate import PerDatapoint, data_arguments, eval_mode, prepare
 from pyro_vae.guides.fixed import as_guide
-from pyro_vae.pointwise import common_scale, masked_log_prob, per_datapoint_log_density
+from pyro_vae.pointwise import (
+    common_scale,
+    masked_log_prob,
+    per_datapoint_log_density,
+    unscaled_by,
+)
 from pyro_vae.traces import (
     full_rank,
     particle_traces,
