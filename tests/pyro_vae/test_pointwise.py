@@ -202,7 +202,11 @@ def test_the_score_density_is_the_sampling_densitys_whatever_the_scale_and_mask(
             with poutine.mask(mask=torch.tensor([True, False, True])):
                 pyro.sample("z", dist.Normal(x.mean(-1), 0.7))
 
-    model_tr, guide_tr = traces(local_model, weighted_guide, vectorize, num_data=12)
+    def masked_model(x, num_data=None):  # masked alike: a guide may not mask more
+        with poutine.mask(mask=torch.tensor([True, False, True])):
+            local_model(x, num_data)
+
+    model_tr, guide_tr = traces(masked_model, weighted_guide, vectorize, num_data=12)
     _, _, log_q = local_by_hand(guide_tr)
     assert weights_factor(model_tr, guide_tr, "data")
     torch.testing.assert_close(sampling_log_density(guide_tr, K, RANK, "data", 3), log_q)

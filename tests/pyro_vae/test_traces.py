@@ -496,6 +496,32 @@ def test_either_kind_of_mask_counts_on_either_side(model_mask, guide_mask):
     assert guide_tr.nodes["z"]["log_prob"][:, 1].eq(0).all()
 
 
+@pytest.mark.parametrize("guide_mask", ["poutine", "dist"])
+def test_elements_the_guide_masks_off_and_the_model_scores_are_refused(guide_mask):
+    """The converse of tester T's F4 (review): a guide that masks z_1 while the model scores
+    it leaves log q(z_1) out of an estimate that keeps log p(z_1) and log p(x_1 | z_1). On
+    z ~ N(0, 1), x ~ N(z, 0.1²), x_1 = 0 and q(z_1) = N(0, 0.01²) that estimate is
+    E_q log p(x_1, z_1) = −0.919 + 1.384 − 0.005 = 0.460 nats, and log p(x_1) =
+    log N(0; 0, 1.01) = −0.924: 1.38 nats above, on the old code, with no word."""
+
+    def model(x):
+        with pyro.plate("data", 3):
+            z = pyro.sample("z", dist.Normal(torch.zeros(3), 1.0))
+            pyro.sample("x", dist.Normal(z, 0.1), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", 3):
+            masked_site("z", dist.Normal(torch.zeros(3), 0.01), guide_mask)
+
+    x = torch.tensor([0.5, 0.0, 2.0])
+    with pytest.raises(ValueError, match=r"guide: site 'z' has elements the guide masks off"):
+        particle_traces(model, guide, (x,), {}, 4, 1)
+    from pyro_vae.evaluate import elbo_per_datapoint
+
+    with pytest.raises(ValueError, match=r"the model scores: log p counts them"):
+        elbo_per_datapoint(model, guide, x, num_samples=10)
+
+
 def test_a_mask_under_to_event_is_compared_element_by_element():
     """A ``.mask(...)`` under ``.to_event(1)`` masks elements of one event (the three z_n
     as one site, no plate); it is compared with the guide's element by element, and a
@@ -522,11 +548,13 @@ def test_a_mask_under_to_event_is_compared_element_by_element():
         ((True, off_1), off_1, False),
         ((torch.tensor(False), True), off_1, True),  # the whole event off, two of it scored
         ((torch.tensor(False), True), torch.tensor(False), False),
+        ((True, True), off_1, True),  # the guide masks z_1 off, the model scores it
+        ((True, off_1), torch.tensor(False), True),  # the guide masks all, the model two
     ]:
         model, guide = pair(model_mask, guide_mask)
         pyro.set_rng_seed(0)
         if refused:
-            with pytest.raises(ValueError, match=r"guide: site 'z' has elements the model"):
+            with pytest.raises(ValueError, match=r"guide: site 'z' has elements the (model|guide)"):
                 particle_traces(model, guide, (MASKED_X,), {}, 4, 0)
         else:
             particle_traces(model, guide, (MASKED_X,), {}, 4, 0)
