@@ -30,7 +30,7 @@ import torch
 from models.sbn import SBN
 from models.vae import VAE
 from pyro_vae import Preprocessing, TrainConfig, elbo_per_datapoint, fit, load_data
-from pyro_vae.data import FASHION_MNIST_DIR
+from pyro_vae.datasets import FASHION_MNIST_DIR
 from pyro_vae.diagnostics.gradient_variance import gradient_variance
 from pyro_vae.estimators import ScoreFunctionELBO, get
 from pyro_vae.plots import plot_gradient_variance

@@ -49,7 +49,8 @@ from perf_common import (  # noqa: E402
 )
 from pyro.infer import SVI, Trace_ELBO  # noqa: E402
 
-from pyro_vae.data import FASHION_MNIST_DIR, Preprocessing, load_data  # noqa: E402
+from pyro_vae.data import Preprocessing, load_data  # noqa: E402
+from pyro_vae.datasets import FASHION_MNIST_DIR  # noqa: E402
 
 CUDA_GRAPH_NOTE = "not built: the recorded step is not yet replayed through a CUDA graph"
 

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.vae import VAE
-from pyro_vae.data import FASHION_MNIST_DIR, DataSplits, Preprocessing, load_data
+from pyro_vae.data import DataSplits, Preprocessing, load_data
+from pyro_vae.datasets import FASHION_MNIST_DIR
 from pyro_vae.guides import AmortizedNormal
 
 HIDDEN, LATENT, BATCH_SIZE, LR = 400, 20, 128, 1e-3

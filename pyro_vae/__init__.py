@@ -8,7 +8,8 @@ folders work for any such pair.
 """
 
 from pyro_vae.checkpoint import RunFolder, RunFolderError
-from pyro_vae.data import DatasetNotFoundError, DataSplits, Preprocessing, load_data
+from pyro_vae.data import DataSplits, Preprocessing, load_data
+from pyro_vae.datasets import DatasetNotFoundError
 from pyro_vae.diagnostics.calibration import VSBCResult, vsbc, vsbc_with
 from pyro_vae.evaluate import (
     active_units,

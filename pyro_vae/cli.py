@@ -40,7 +40,7 @@ from pyro_vae.cli_evaluate import evaluate_command
 from pyro_vae.cli_parser import build_parser, check_counts, given_flags
 from pyro_vae.cli_report import print_test, rows_not_images, with_previous
 from pyro_vae.cli_resume import processes_by_epoch_record, recorded_processes, resume_config
-from pyro_vae.data import DatasetNotFoundError
+from pyro_vae.datasets import DatasetNotFoundError
 from pyro_vae.distributed import (
     LAUNCHED_VARIABLE,
     RankLost,

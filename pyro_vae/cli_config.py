@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pyro_vae.convnets import default_activation
-from pyro_vae.data import resolved_name
+from pyro_vae.datasets import resolved_name
 from pyro_vae.devices import resolve_device
 from pyro_vae.estimators.compiled import should_record
 from pyro_vae.experiment import Experiment, build
@@ -227,7 +227,7 @@ def _note_none_defaults(args: argparse.Namespace, spec: str, options: dict[str, 
 
 def _resolved_data(name: str) -> str:
     """Paths in ``--data`` made absolute (``idx:PATH``, ``PATH.npy``, ``images:DIR``,
-    tables), so the run evaluates from any folder (:func:`pyro_vae.data.resolved_name`)."""
+    tables), so the run evaluates from any folder (:func:`pyro_vae.datasets.resolved_name`)."""
     return resolved_name(name)
 
 

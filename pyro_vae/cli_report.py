@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from pyro_vae.checkpoint import EVALUATED_ON_TRAINING_SET, RunFolder, check_writable
-from pyro_vae.data import row_unit
+from pyro_vae.datasets import row_unit
 
 
 def rows_not_images(data) -> bool:
-    """Whether ``data``'s rows are not images (:func:`pyro_vae.data.row_unit` of its
+    """Whether ``data``'s rows are not images (:func:`pyro_vae.datasets.row_unit` of its
     ``image_shape``: a table's, or vectors)."""
     return row_unit(data.image_shape) == "rows"
 

@@ -44,6 +44,7 @@ LAYERS: dict[str, int] = {
     "pyro_vae.provenance": 1,
     "pyro_vae.image_folder": 1,
     "pyro_vae.tables": 1,
+    "pyro_vae.datasets": 1,
     "pyro_vae.data": 1,
     "pyro_vae.data_source": 1,
     "pyro_vae.labels": 1,

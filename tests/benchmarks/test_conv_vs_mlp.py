@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pyro_vae.data import FASHION_MNIST_DIR
+from pyro_vae.datasets import FASHION_MNIST_DIR
 from tests.benchmarks.benchmark_script import load
 
 

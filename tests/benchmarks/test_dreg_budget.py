@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from pyro_vae.data import FASHION_MNIST_DIR
+from pyro_vae.datasets import FASHION_MNIST_DIR
 from tests.benchmarks.benchmark_script import load
 
 TINY = ["--k", "2", "--epochs", "1", "--seeds", "1", "--train-images", "256"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pyro_vae.data import FASHION_MNIST_DIR
+from pyro_vae.datasets import FASHION_MNIST_DIR
 
 ROOT = Path(__file__).resolve().parents[2]
 

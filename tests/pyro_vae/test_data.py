@@ -3,30 +3,12 @@ import pytest
 import torch
 
 from pyro_vae.data import (
-    FASHION_MNIST_DIR,
-    DatasetNotFoundError,
     Preprocessing,
     load_data,
     load_raw,
 )
 from pyro_vae.idx import write_idx
 from pyro_vae.mapped_rows import MappedRows
-
-
-def _write_idx_dataset(directory, n_train=30, n_test=10, side=6, gz=True):
-    rng = np.random.default_rng(1)
-    suffix = ".gz" if gz else ""
-    directory.mkdir(parents=True, exist_ok=True)
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        write_idx(
-            directory / f"{prefix}-images-idx3-ubyte{suffix}",
-            rng.integers(0, 256, (n, side, side), dtype=np.uint8),
-        )
-        write_idx(
-            directory / f"{prefix}-labels-idx1-ubyte{suffix}",
-            rng.integers(0, 10, n, dtype=np.uint8),
-        )
-    return directory
 
 
 def test_digits_splits_are_disjoint_fixed_and_complete():
@@ -78,37 +60,6 @@ def test_gaussian_and_categorical_representations():
     torch.testing.assert_close(cat.train_x, gauss.train_x * 16)
 
 
-def test_idx_directory_and_categorical_levels(tmp_path):
-    directory = _write_idx_dataset(tmp_path / "mini", gz=False)
-    data = load_data(f"idx:{directory}", Preprocessing("categorical", levels=4), val_fraction=0.2)
-    assert data.info["num_test"] == 10 and data.info["num_train"] + data.info["num_val"] == 30
-    assert data.x_dim == 36 and set(torch.unique(data.test_x).tolist()) <= {0.0, 1.0, 2.0, 3.0}
-
-
-def test_missing_and_unknown_datasets_say_what_to_do(tmp_path, monkeypatch):
-    with pytest.raises(ValueError, match="unknown dataset 'mnist'.*digits, fashion-mnist"):
-        load_data("mnist")
-    with pytest.raises(DatasetNotFoundError, match="not a directory"):
-        load_data(f"idx:{tmp_path / 'nowhere'}")
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(DatasetNotFoundError, match="train-images-idx3-ubyte"):
-        load_data(f"idx:{tmp_path / 'empty'}")
-    monkeypatch.setattr("pyro_vae.data.FASHION_MNIST_DIR", tmp_path / "absent")
-    with pytest.raises(DatasetNotFoundError, match="apt-get install dataset-fashion-mnist"):
-        load_data("fashion-mnist")
-
-
-def test_wrong_image_shapes_are_rejected(tmp_path):
-    directory = _write_idx_dataset(tmp_path / "flat")
-    write_idx(directory / "train-images-idx3-ubyte.gz", np.zeros((30, 36), np.uint8))
-    with pytest.raises(ValueError, match=r"shape \(30, 36\); expected \[N, H, W\]"):
-        load_data(f"idx:{directory}")
-    directory = _write_idx_dataset(tmp_path / "labels")
-    write_idx(directory / "train-labels-idx1-ubyte.gz", np.zeros(29, np.uint8))
-    with pytest.raises(ValueError, match="labels have shape"):
-        load_data(f"idx:{directory}")
-
-
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -121,19 +72,6 @@ def test_wrong_image_shapes_are_rejected(tmp_path):
 def test_bad_preprocessing_is_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Preprocessing(**kwargs)
-
-
-@pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="apt-get install dataset-fashion-mnist")
-def test_fashion_mnist_from_debian_package():
-    raw = load_raw("fashion-mnist")
-    assert raw.train_x.shape == (60000, 28, 28) and raw.test_x.shape == (10000, 28, 28)
-    assert raw.max_value == 255 and set(np.unique(raw.test_y)) == set(range(10))
-    data = load_data("fashion-mnist", val_fraction=0.1)
-    assert (data.info["num_train"], data.info["num_val"], data.info["num_test"]) == (
-        54000,
-        6000,
-        10000,
-    )
 
 
 def _loader_reference(x, y, batch_size, generator, binarize):
@@ -410,25 +348,3 @@ def test_a_folder_of_dark_images_and_a_constant_table_are_refused(tmp_path):
     (tmp_path / "t.csv").write_text("a,b\n" + "0,0\n" * 30)
     with pytest.raises(ValueError, match="every value of the 24 training rows of .*t.csv' is 0"):
         load_data(str(tmp_path / "t.csv"))
-
-
-def test_tables_and_vectors_are_rows_and_images_are_images(tmp_path):
-    """Review R2: whether data are rows or images was decided twice (the command line by
-    the image shape, ``load_data`` by the table columns or a 2-D array); one rule,
-    ``row_unit``, gives the word for the raw data and the splits, and the command line's."""
-    from pyro_vae.cli_report import rows_not_images
-    from pyro_vae.data import load_raw, row_unit
-
-    table = tmp_path / "t.csv"
-    table.write_text("a,b\n" + "".join(f"{i % 7},{i % 5}\n" for i in range(40)))
-    vectors = np.random.default_rng(0).random((40, 6)).astype(np.float32)
-    colour = np.random.default_rng(1).random((40, 3, 4, 4)).astype(np.float32)
-    for data, word in (
-        ("digits", "images"), (str(table), "rows"), (vectors, "rows"), (colour, "images"),
-    ):  # fmt: skip
-        splits = load_data(data, Preprocessing(likelihood="normal"))
-        assert splits.unit == word and rows_not_images(splits) == (word == "rows")
-    assert load_raw("digits").unit == "images" and load_raw(str(table)).unit == "rows"
-    assert [row_unit(s) for s in (None, (6,), (8, 8), (3, 4, 4))] == [
-        "rows", "rows", "images", "images",
-    ]  # fmt: skip
