@@ -365,11 +365,12 @@ def load_data(
     ``name``: a ``--data`` string (:data:`pyro_vae.datasets.SOURCES`: ``digits``,
     ``fashion-mnist``, ``idx:PATH``, ``PATH.npy``, ``PATH.npz``, ``images:DIR``, a table),
     or from Python a numpy array (``labels``: its ``[N]`` integer labels, optional) or a
-    map-style ``torch.utils.data.Dataset`` whose items are ``x`` or ``(x, y)`` (:mod:`pyro_vae.array_source` says what an array
-    may hold). A dataset with an official test split keeps it; otherwise ``test_fraction``
-    of the images are held out. ``val_fraction`` of the remaining training images form the
-    validation set (0 for none). Splits are drawn with ``split_seed``, independent of the
-    training seed, so runs with different seeds are evaluated on the same test images.
+    map-style ``torch.utils.data.Dataset`` whose items are ``x`` or ``(x, y)``
+    (:mod:`pyro_vae.array_source` says what an array may hold). A dataset with an official
+    test split keeps it; otherwise ``test_fraction`` of the images are held out.
+    ``val_fraction`` of the remaining training images form the validation set (0 for
+    none). Splits are drawn with ``split_seed``, independent of the training seed, so runs
+    with different seeds are evaluated on the same test images.
 
     The splits are index sets into the stored array. A memory-mapped ``.npy`` keeps them
     so: ``train_x``, ``val_x`` and ``test_x`` are :class:`~pyro_vae.mapped_rows.MappedRows`

@@ -6,8 +6,8 @@ import pytest
 import torch
 from pyro.ops.indexing import Vindex
 
-import pyro_vae.cavi.auto as auto
 import pyro_vae.cavi.chains as chains
+import pyro_vae.cavi.coordinate_updates as coordinate_updates
 from pyro_vae.cavi import AutoCAVI
 from pyro_vae.cavi.stacked_factors import FOLLOWING, SELECTOR, stack_chain_factors
 from tests.pyro_vae.cavi.float64 import F64
@@ -62,7 +62,7 @@ def test_stacked_sweeps_are_the_factor_by_factor_sweeps(sequences, monkeypatch):
     on its own, to float64 rounding."""
     y = data(sequences)
     stacked = AutoCAVI(bayesian_hmm, tol=1e-12).fit(y)
-    monkeypatch.setattr(auto, "stack_chain_factors", unstacked)
+    monkeypatch.setattr(coordinate_updates, "stack_chain_factors", unstacked)
     monkeypatch.setattr(chains, "stack_chain_factors", unstacked)
     alone = AutoCAVI(bayesian_hmm, tol=1e-12).fit(y)
     assert stacked.lower_bounds_ == pytest.approx(alone.lower_bounds_, rel=1e-12)
@@ -95,7 +95,7 @@ def test_a_site_picking_a_row_in_another_chain_is_not_stacked_as_a_transition(mo
     y = data()[:5]
     stacked = AutoCAVI(layered, tol=1e-10, max_iter=200).fit(y)
     assert ("z_0", "x_0") in stacked.fitted_chains_
-    monkeypatch.setattr(auto, "stack_chain_factors", unstacked)
+    monkeypatch.setattr(coordinate_updates, "stack_chain_factors", unstacked)
     monkeypatch.setattr(chains, "stack_chain_factors", unstacked)
     alone = AutoCAVI(layered, tol=1e-10, max_iter=200).fit(y)
     assert stacked.lower_bounds_ == pytest.approx(alone.lower_bounds_, rel=1e-12)
