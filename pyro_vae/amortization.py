@@ -48,7 +48,7 @@ from pyro_vae.guides.local_low_rank import LocalLowRankNormal
 from pyro_vae.guides.local_normal import LocalNormal
 from pyro_vae.model_protocol import offered
 from pyro_vae.progress import bar as progress_bar
-from pyro_vae.weights import module_of
+from pyro_vae.weights import pair_modules
 
 FAMILIES = ("normal", "lowrank", "flow")
 
@@ -90,7 +90,7 @@ def amortization_gap(
     if family not in FAMILIES:
         raise ValueError(f"family: {family!r} is not one of {', '.join(map(repr, FAMILIES))}")
     local = local_guide(model, guide, x, family)
-    owners = [m for m in (module_of(model), module_of(guide)) if m is not None]
+    owners = [m for m in pair_modules(model, guide, (x,), {}) if m is not None]
     frozen = [p for m in owners for p in m.parameters() if p.requires_grad]
     for p in frozen:
         p.requires_grad_(False)

@@ -49,6 +49,7 @@ import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.infer import TraceEnum_ELBO
+from torch.nn.modules.module import register_module_forward_pre_hook
 
 from pyro_vae.annealing import unscaled, unwrap
 from pyro_vae.checks import check_count
@@ -91,16 +92,42 @@ from pyro_vae.weights import check_dtypes, module_of
 
 
 @contextlib.contextmanager
-def eval_mode(*modules: object) -> Iterator[None]:
-    """Put torch modules in eval mode (no corruption noise, no dropout), then restore them."""
-    saved = [(m, m.training) for m in map(module_of, modules) if m is not None]
-    for m, _ in saved:
-        m.train(False)
+def eval_mode(*fns: object) -> Iterator[None]:
+    """Torch modules in eval mode (no dropout, BatchNorm on its running statistics, which
+    it then leaves as they are) while the block runs; every flag as it was on leaving.
+
+    Two ways, so that no wrapping of a model hides its modules: the modules behind ``fns``
+    (:func:`~pyro_vae.weights.module_of`: modules, bound methods, and both inside
+    ``functools.partial``, Pyro handlers, ``Minibatched``) are switched on entry, with
+    their submodules; and every module called while the block is open (a lambda's, a plain
+    function's, globals') is switched as it is called, by a forward pre-hook, itself only.
+    The flags are restored one by one, in reverse (a child the user had put in eval mode
+    under a training parent stays so), on any exit, an exception's too.
+
+    Process-global while open: a module another thread calls meanwhile is switched too, and
+    restored on leaving.
+    """
+    saved: dict[int, tuple[torch.nn.Module, bool]] = {}
+
+    def switch(module: torch.nn.Module, _inputs=None) -> None:
+        if id(module) not in saved:
+            saved[id(module)] = (module, module.training)
+        module.training = False  # this module only: its children are switched when called
+
+    behind = [m for m in map(module_of, fns) if m is not None]
+    for m in behind:
+        for sub in m.modules():
+            switch(sub)
+        m.train(False)  # as before, for modules whose own train() does more than the flag
+    handle = register_module_forward_pre_hook(switch)
     try:
         yield
     finally:
-        for m, mode in saved:
-            m.train(mode)
+        handle.remove()
+        for m in reversed(behind):
+            m.train(saved[id(m)][1])
+        for module, mode in reversed(list(saved.values())):
+            module.training = mode
 
 
 def _bare(model, guide) -> tuple:

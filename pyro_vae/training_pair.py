@@ -137,11 +137,10 @@ class TrainingPair:
         return pair
 
     def train_mode(self, mode: bool) -> None:
-        """Put the torch modules behind model and guide in training (or eval) mode."""
-        for fn in (self.model, self.guide):
-            module = module_of(fn)
-            if module is not None:
-                module.train(mode)
+        """Put the torch modules behind model and guide in training (or eval) mode: those
+        :class:`~pyro_vae.weights.PairWeights` found, however the pair was wrapped."""
+        for module in self.weights.modules():
+            module.train(mode)
 
     def _set_validation(self, model, guide, plan: ValidationSet | None, config) -> None:
         """Validate by the data's ``plan``: the mean per-datapoint ELBO of its rows (on

@@ -4,34 +4,131 @@
 store: the weights of ``PyroModule``s, modules registered with ``pyro.module``, and plain
 ``pyro.param`` statements. A pair's weights are therefore
 
-- the ``state_dict`` of the torch module behind the model and behind the guide (the
-  module itself, or the owner of a bound method such as ``vae.model``), which holds its
-  parameters and buffers, as checkpoints have always stored them (``"model"``,
-  ``"guide"``); and
+- the ``state_dict`` of the torch module behind the model and behind the guide, which holds
+  its parameters and buffers (BatchNorm's running statistics among them), as checkpoints
+  have always stored them (``"model"``, ``"guide"``). That module is found through the
+  wrappers the pair was given in (:func:`module_of`), or else by running the pair once and
+  watching which modules it calls (:func:`called_modules`): a lambda, a plain function, or
+  an encoder and a decoder kept as globals (then a ``torch.nn.ModuleList`` of them); and
 - every other parameter the pair reads from the param store (``"params"``, by its
-  param-store name, unconstrained), found by running the pair once.
+  param-store name, unconstrained), found on the same run.
 
 :class:`PairWeights` takes snapshots of both, restores them in place (so the tensors the
 optimizer holds stay the same objects), and reads checkpoints written before ``"params"``
-existed.
+existed, or before a wrapped pair's module was found (its weights then saved as params).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+from collections.abc import Iterator
+
 import pyro
 import pyro.poutine as poutine
 import torch
+from pyro.poutine.messenger import Messenger
+from torch.nn.modules.module import register_module_forward_pre_hook
 
 from pyro_vae.minibatch import Minibatched
 
+#: how many wrappers deep :func:`module_of` looks (a guard against cyclic ``__wrapped__``)
+_MAX_WRAPPERS = 100
+
 
 def module_of(fn) -> torch.nn.Module | None:
-    """The torch module behind a model or guide: itself, or a bound method's owner."""
-    fn = fn.fn if isinstance(fn, Minibatched) else fn
-    if isinstance(fn, torch.nn.Module):
-        return fn
-    owner = getattr(fn, "__self__", None)
-    return owner if isinstance(owner, torch.nn.Module) else None
+    """The torch module behind a model or guide, read from how ``fn`` was made: ``fn``
+    itself, a bound method's owner, or either of those inside any number of wrappers:
+    :class:`~pyro_vae.minibatch.Minibatched` (``.fn``), ``functools.partial`` (``.func``),
+    Pyro handlers (``poutine.scale(fn, c)``, ``ScaleLatents(b)(fn)``: the ``fn`` of their
+    ``partial(_context_wrap, messenger, fn)``) and ``__wrapped__`` chains.
+
+    ``None`` where none shows (a lambda, a plain function: :func:`called_modules` finds
+    what those run).
+    """
+    for _ in range(_MAX_WRAPPERS):
+        if isinstance(fn, torch.nn.Module):
+            return fn
+        owner = getattr(fn, "__self__", None)
+        if isinstance(owner, torch.nn.Module):
+            return owner
+        inner = _inner(fn)
+        if inner is None:
+            return None
+        fn = inner
+    return None
+
+
+def _inner(fn):
+    """The callable ``fn`` wraps, or ``None``."""
+    if isinstance(fn, Minibatched):
+        return fn.fn
+    if isinstance(fn, functools.partial):
+        # Pyro's _bound_partial keeps the handler's partial in .func but its args flattened
+        if len(fn.args) == 2 and isinstance(fn.args[0], Messenger):
+            return fn.args[1]
+        return fn.func
+    return getattr(fn, "__wrapped__", None)
+
+
+@contextlib.contextmanager
+def called_modules() -> Iterator[list[torch.nn.Module]]:
+    """A list, filled while the block runs, of every torch module called (its ``forward``
+    through ``__call__``), once each in the order first called, children included (see
+    :func:`roots`). Process-global while open: a module called by another thread counts."""
+    found: list[torch.nn.Module] = []
+    seen: set[int] = set()
+
+    def record(module, _inputs):
+        if id(module) not in seen:
+            seen.add(id(module))
+            found.append(module)
+
+    handle = register_module_forward_pre_hook(record)
+    try:
+        yield found
+    finally:
+        handle.remove()
+
+
+def roots(modules: list[torch.nn.Module]) -> list[torch.nn.Module]:
+    """``modules`` less those that are a submodule of another of them, in their order."""
+    inside = {id(sub) for m in modules for sub in m.modules() if sub is not m}
+    return [m for m in modules if id(m) not in inside]
+
+
+def _one(modules: list[torch.nn.Module]) -> torch.nn.Module | None:
+    """``None``, the one module, or several held in a ``ModuleList`` (one state_dict)."""
+    if not modules:
+        return None
+    return modules[0] if len(modules) == 1 else torch.nn.ModuleList(modules)
+
+
+def _sides(model, guide, in_model: list, in_guide: list) -> tuple:
+    """``(model_module, guide_module)``: :func:`module_of` first (the checkpoint keys of
+    every pair it sees stay as they were), else the roots of what each side called; the
+    guide's ``None`` where it is the model's, or all of its modules are inside the model's."""
+    model_module = module_of(model)
+    if model_module is None:
+        model_module = _one(roots(in_model))
+    guide_module = module_of(guide)
+    if guide_module is None:
+        mine = set(model_module.modules()) if model_module is not None else set()
+        guide_module = _one([m for m in roots(in_guide) if m not in mine])
+    return model_module, None if guide_module is model_module else guide_module
+
+
+def pair_modules(model, guide, args: tuple, kwargs: dict, seed: int = 0) -> tuple:
+    """``(model_module, guide_module)`` of a pair as :class:`PairWeights` finds them, on one
+    run of the pair (guide, then model replayed on its draws) seeded with ``seed``, outside
+    the global random stream and without gradients. Either may be ``None``."""
+    with torch.random.fork_rng(devices=[]), torch.no_grad(), poutine.block():
+        pyro.set_rng_seed(seed)
+        with called_modules() as in_guide:
+            guide_tr = poutine.trace(guide).get_trace(*args, **kwargs)
+        with called_modules() as in_model:
+            poutine.replay(model, trace=guide_tr)(*args, **kwargs)
+    return _sides(model, guide, in_model, in_guide)
 
 
 class WeightsMismatchError(ValueError):
@@ -49,34 +146,35 @@ class PairWeights:
     """
 
     def __init__(self, model, guide, args: tuple, kwargs: dict, seed: int = 0) -> None:
-        self.model_module = module_of(model)
-        guide_module = module_of(guide)
-        self.guide_module = None if guide_module is self.model_module else guide_module
         with torch.random.fork_rng(devices=[]), torch.no_grad(), poutine.block():
             pyro.set_rng_seed(seed)
             with poutine.trace(param_only=True) as capture:
-                guide_tr = poutine.trace(guide).get_trace(*args, **kwargs)
-                poutine.replay(model, trace=guide_tr)(*args, **kwargs)
-        owned = {id(p) for m in self._modules() for p in m.parameters()}
+                with called_modules() as in_guide:
+                    guide_tr = poutine.trace(guide).get_trace(*args, **kwargs)
+                with called_modules() as in_model:
+                    poutine.replay(model, trace=guide_tr)(*args, **kwargs)
+        self.model_module, self.guide_module = _sides(model, guide, in_model, in_guide)
+        owned = {id(p) for m in self.modules() for p in m.parameters()}
         store = dict(pyro.get_param_store().named_parameters())
         self.names = [n for n in capture.trace.nodes if n in store and id(store[n]) not in owned]
 
-    def _modules(self) -> list[torch.nn.Module]:
+    def modules(self) -> list[torch.nn.Module]:
+        """The torch modules behind model and guide (none, one or two)."""
         return [m for m in (self.model_module, self.guide_module) if m is not None]
 
     def parameters(self) -> list[torch.Tensor]:
-        """Every unconstrained parameter tensor of the pair."""
+        """Every unconstrained parameter tensor of the pair, once each."""
         store = dict(pyro.get_param_store().named_parameters())
-        return [p for m in self._modules() for p in m.parameters()] + [store[n] for n in self.names]
+        owned = {id(p): p for m in self.modules() for p in m.parameters()}
+        return list(owned.values()) + [store[n] for n in self.names]
 
     def snapshot(self) -> dict[str, dict[str, torch.Tensor]]:
         """Copies of the weights: ``{"model": state_dict, "guide": state_dict, "params": …}``."""
         store = dict(pyro.get_param_store().named_parameters())
         return {
-            "model": _copy(self.model_module.state_dict()) if self.model_module else {},
-            "guide": _copy(self.guide_module.state_dict()) if self.guide_module else {},
-            "params": {n: store[n].detach().clone() for n in self.names},
-        }
+            key: _copy(module.state_dict()) if module is not None else {}
+            for key, module in (("model", self.model_module), ("guide", self.guide_module))
+        } | {"params": {n: store[n].detach().clone() for n in self.names}}
 
     def restore(self, weights: dict) -> None:
         """Put ``weights`` (a :meth:`snapshot`, or an older checkpoint's) back in place.
@@ -86,8 +184,11 @@ class PairWeights:
         """
         for key, module in (("model", self.model_module), ("guide", self.guide_module)):
             if module is not None:
+                state = weights.get(key)
+                if state == {}:  # saved before this wrapping's module was found
+                    state = _state_from_params(module, weights.get("params", {}))
                 try:
-                    module.load_state_dict(weights[key])
+                    module.load_state_dict(state if state is not None else weights[key])
                 except (KeyError, RuntimeError) as err:
                     raise WeightsMismatchError(
                         f"weights: the saved {key} does not fit {type(module).__name__} ({err})"
@@ -122,6 +223,20 @@ class PairWeights:
 
 def _copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in state.items()}
+
+
+def _state_from_params(module: torch.nn.Module, saved: dict) -> dict[str, torch.Tensor]:
+    """``module``'s state_dict with its parameters as a checkpoint saved them by param-store
+    name (written when its module was not found) and its buffers as they are (not saved
+    then); ``{}`` (which does not fit, and is named so) where a parameter is not there."""
+    names = {id(p): n for n, p in pyro.get_param_store().named_parameters()}
+    state = module.state_dict()
+    for key, p in module.named_parameters():
+        name = names.get(id(p))
+        if name not in saved or saved[name].shape != p.shape:
+            return {}
+        state[key] = saved[name]
+    return state
 
 
 def check_dtypes(args: tuple, model, guide) -> None:

@@ -204,3 +204,27 @@ def test_a_latent_site_of_another_name_gets_the_same_gap():
         pyro.set_rng_seed(1)
         results.append(amortization_gap(m, encoder, x, steps=30, elbo_samples=20, iwae_samples=20))
     assert results[0] == results[1]
+
+
+def test_the_weights_of_a_model_behind_a_lambda_stay_frozen():
+    """Review's finding: the model's module was frozen only when found behind a module or a
+    bound method; behind a lambda every step of the local guides' fit differentiated the
+    decoder's weights too (their .grad filled). It is found on a run of the pair now: no
+    gradient reaches it, its weights are bitwise unchanged, and it is unfrozen after."""
+    decoder = torch.nn.Linear(2, 3)
+
+    def decoded(x):
+        pyro.module("decoder", decoder)
+        with data_plate(x):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).expand([len(x), 2]).to_event(1))
+            pyro.sample("x", dist.Normal(decoder(z), SIGMA).to_event(1), obs=x)
+
+    pyro.set_rng_seed(0)
+    x = torch.randn(4, 3)
+    before = [p.detach().clone() for p in decoder.parameters()]
+    amortization_gap(
+        lambda x: decoded(x), ShrunkEncoder(), x, steps=20, elbo_samples=4, iwae_samples=4
+    )
+    assert all(torch.equal(p, q) for p, q in zip(decoder.parameters(), before, strict=True))
+    assert all(p.grad is None for p in decoder.parameters())
+    assert all(p.requires_grad for p in decoder.parameters())

@@ -855,3 +855,104 @@ def test_scales_not_common_to_every_site_stay_folded_into_each_weight(where):
     pyro.set_rng_seed(0)
     folded = log_importance_weights(scalar_model, scalar_guide, SCALAR_X, 300)
     assert not torch.allclose(log_w, folded)  # the scale is in each weight
+
+
+class ThreeChildren(torch.nn.Module):
+    """Dropout and BatchNorm that train, and a Dropout the user has put in eval mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.drop, self.norm = torch.nn.Dropout(0.5), torch.nn.BatchNorm1d(3)
+        self.frozen = torch.nn.Dropout(0.5)
+        self.frozen.eval()
+        self.flags_seen = []
+
+    def forward(self, x):
+        self.norm(x)
+        self.frozen(x)
+        out = self.drop(x)
+        self.flags_seen.append([m.training for m in self.modules()])  # each has been called
+        return out
+
+    def model(self, x):
+        return self(x)
+
+
+def _wrappings(net):
+    def plain(x):
+        return net.model(x)
+
+    return {
+        "module": net,
+        "partial": functools.partial(net.model),
+        "poutine.scale": poutine.scale(net.model, 0.5),
+        "ScaleLatents": ScaleLatents(2.0)(net.model),
+        "lambda": lambda x: net.model(x),
+        "plain function": plain,
+    }
+
+
+@pytest.mark.parametrize("how", list(_wrappings(ThreeChildren())))
+def test_eval_mode_switches_the_modules_of_a_model_however_it_is_wrapped(how):
+    """Review's finding: only a module, a bound method or Minibatched was switched; any other
+    wrapping left dropout on and BatchNorm updating its statistics during evaluation. Inside
+    eval_mode every module runs in eval mode: dropout is the identity (output == input,
+    exactly) and BatchNorm's running mean stays the zeros it was made with; on leaving,
+    each flag is as before, the frozen child's False under training parents included."""
+    from pyro_vae.evaluate import eval_mode
+
+    torch.manual_seed(0)
+    net = ThreeChildren()
+    fn = _wrappings(net)[how]
+    before = [m.training for m in net.modules()]
+    assert before == [True, True, True, False]
+    x = torch.randn(8, 3)
+    with eval_mode(fn):
+        out = fn(x)
+    assert torch.equal(out, x)
+    assert net.flags_seen == [[False, False, False, False]]
+    assert torch.equal(net.norm.running_mean, torch.zeros(3))
+    assert [m.training for m in net.modules()] == before
+
+
+def test_eval_mode_restores_flags_when_the_block_raises():
+    from pyro_vae.evaluate import eval_mode
+
+    net = ThreeChildren()
+    with pytest.raises(RuntimeError, match="inside"), eval_mode(lambda x: net(x)):
+        net(torch.randn(4, 3))
+        raise RuntimeError("inside")
+    assert [m.training for m in net.modules()] == [True, True, True, False]
+    net(torch.randn(4, 3))  # the hook is gone: BatchNorm trains again
+    assert not torch.equal(net.norm.running_mean, torch.zeros(3))
+
+
+class DropoutDecoder(torch.nn.Module):
+    """The linear-Gaussian model with dropout on the decoder's mean."""
+
+    def __init__(self):
+        super().__init__()
+        self.drop = torch.nn.Dropout(0.5)
+
+    def model(self, x, num_data=None):
+        with data_plate(x, num_data):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).expand([len(x), 2]).to_event(1))
+            pyro.sample("x", dist.Normal(self.drop(z @ W.T + B), SIGMA).to_event(1), obs=x)
+
+
+@pytest.mark.parametrize("how", ["partial", "lambda", "poutine.scale"])
+def test_the_elbo_of_a_wrapped_model_with_dropout_is_the_unwrapped_models(how, x):
+    """An evaluator end to end: with the model behind a wrapper, dropout stayed on and the
+    ELBO was that of a noisy decoder. The same seed gives bitwise the same numbers as the
+    bare bound method, which eval_mode has always found."""
+    net, guide = DropoutDecoder(), make_guide()
+    wrapped = {
+        "partial": functools.partial(net.model),
+        "lambda": lambda x: net.model(x),
+        "poutine.scale": poutine.scale(net.model, 1.0),
+    }[how]
+    pyro.set_rng_seed(0)
+    bare = elbo_per_datapoint(net.model, guide, x, num_samples=10)
+    pyro.set_rng_seed(0)
+    assert torch.equal(elbo_per_datapoint(wrapped, guide, x, num_samples=10), bare)
+    assert net.training

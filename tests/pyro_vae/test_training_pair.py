@@ -270,3 +270,54 @@ def test_beta_in_pair_reads_handlers_at_any_depth_and_refuses_unequal_ones():
         beta_in_pair(ScaleLatents(2.0)(inside), wrapped_guide, (x,), {})
     with pytest.raises(ValueError, match=r"beta: 2.0 from the config .* would train with β 6.0"):
         beta_in_pair(inside, wrapped_guide, (x,), {}, fit_beta=2.0)
+
+
+def _plain_function_pair_with_batch_norm_and_dropout():
+    norm, drop = torch.nn.BatchNorm1d(2), torch.nn.Dropout(0.5)
+    linear = torch.nn.Linear(2, 1)
+
+    def model(x):
+        pyro.module("norm", norm)
+        pyro.module("linear", linear)
+        with pyro.plate("data", len(x)):
+            loc = linear(drop(norm(x))).squeeze(-1)
+            pyro.sample("y", dist.Normal(loc, 1.0), obs=x[:, 0])
+
+    def guide(x):
+        pass
+
+    return model, guide, (norm, drop, linear)
+
+
+def test_train_mode_switches_the_modules_a_plain_function_model_runs():
+    """Review's finding: train_mode switched only a module found behind the pair's
+    wrappers, none for a plain function, so validation ran with dropout on."""
+    from pyro_vae.train import prepare_pair
+
+    pyro.set_rng_seed(0)
+    model, guide, modules = _plain_function_pair_with_batch_norm_and_dropout()
+    pair = prepare_pair(model, guide, TensorData(torch.randn(8, 2)), quiet(batch_size=4))
+    pair.train_mode(False)
+    assert [m.training for m in modules] == [False, False, False]
+    pair.train_mode(True)
+    assert [m.training for m in modules] == [True, True, True]
+
+
+def test_a_fits_checkpoint_holds_the_running_statistics_of_a_plain_function_model(tmp_path):
+    """The checkpoint's "model" is the state_dict of the modules the model runs, in the order
+    it first calls them, BatchNorm's running statistics included (before, they were in no
+    checkpoint). After one epoch, the last weights are the best, which fit restores: the
+    saved statistics are the module's, exactly."""
+    from pyro_vae.checkpoint import RunFolder
+
+    pyro.set_rng_seed(0)
+    model, guide, (norm, _, linear) = _plain_function_pair_with_batch_norm_and_dropout()
+    x = torch.randn(16, 2) * 2.0 + 1.0
+    config = quiet(epochs=1, batch_size=8)
+    fit(model, guide, TensorData(x), pyro.infer.Trace_ELBO(), config, run=tmp_path / "run")
+    state = RunFolder(tmp_path / "run").load_checkpoint()
+    assert set(state["model"]) >= {"0.running_mean", "0.running_var", "2.weight"}
+    assert not torch.equal(norm.running_mean, torch.zeros(2))  # training moved them
+    assert torch.equal(state["model"]["0.running_mean"], norm.running_mean)
+    assert torch.equal(state["model"]["0.running_var"], norm.running_var)
+    assert torch.equal(state["model"]["2.weight"], linear.weight.detach())

@@ -84,3 +84,108 @@ def test_data_of_another_dtype_than_the_weights_is_refused_by_name():
     check_dtypes((torch.zeros(2, 2, dtype=torch.float64),), guide, guide)  # no modules
     with pytest.raises(ValueError, match="data: argument 0 is torch.float64 and the model's"):
         check_dtypes((torch.zeros(2, 2, dtype=torch.float64),), net.model, guide)
+
+
+def test_the_module_is_found_through_partials_pyro_handlers_and_wrapped_chains():
+    """Review's finding: any wrapping but Minibatched hid the module."""
+    import functools
+
+    import pyro.poutine as poutine
+
+    from pyro_vae.annealing import ScaleLatents
+
+    net = Net()
+    for wrapped in (
+        functools.partial(net.model),
+        functools.partial(functools.partial(net.model)),
+        poutine.block(net.model),
+        poutine.scale(net.model, 0.5),
+        ScaleLatents(2.0)(net.model),
+        Minibatched(ScaleLatents(2.0)(Minibatched(net.model, "data", 10)), "data", 10),
+        functools.wraps(net.model)(lambda x: net.model(x)),
+    ):
+        assert module_of(wrapped) is net, wrapped
+
+
+class Normed(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.norm = torch.nn.BatchNorm1d(2)
+        self.linear = torch.nn.Linear(2, 1)
+
+
+def _normed_pair(net):
+    def model(x):
+        pyro.module("normed", net)
+        with pyro.plate("data", len(x)):
+            loc = net.linear(net.norm(x)).squeeze(-1)
+            pyro.sample("y", dist.Normal(loc, 1.0), obs=x[:, 0])
+
+    return model, lambda x: None
+
+
+def test_a_plain_function_models_buffers_are_snapshot_and_restored():
+    """Review's finding: around a plain function the module was not found, so BatchNorm's
+    running statistics were in no snapshot and a best-weights restore (or a resume) kept
+    the ones the last steps left. Restored, every entry of the module's state_dict is the
+    one from before a training step, exactly."""
+    pyro.set_rng_seed(0)
+    net = Normed()
+    model, guide = _normed_pair(net)
+    x = torch.randn(6, 2) * 3.0 + 1.0
+    weights = PairWeights(model, guide, (x,), {})
+    # the model calls the children, never net itself: they are what it runs
+    assert list(weights.model_module) == [net.norm, net.linear] and weights.guide_module is None
+    assert weights.names == []  # the module's weights are its state_dict, not params
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    snapshot = weights.snapshot()
+    assert {"0.running_mean", "0.running_var"} <= set(snapshot["model"])
+    svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 0.1}), pyro.infer.Trace_ELBO())
+    svi.step(x)
+    assert not torch.equal(net.norm.running_mean, before["norm.running_mean"])
+    assert not torch.equal(net.linear.weight, before["linear.weight"])
+    weights.restore(snapshot)
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_modules_used_as_globals_by_model_and_guide_are_each_sides():
+    """An encoder and a decoder that are globals: the guide's is the guide's; two roots
+    on one side are one ModuleList, so one state_dict per side."""
+    encoder, decoder, extra = torch.nn.Linear(2, 1), torch.nn.Linear(1, 2), torch.nn.Linear(2, 2)
+
+    def model(x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(torch.zeros(len(x), 1), 1.0).to_event(1))
+            loc = extra(decoder(z))
+            pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(encoder(x), 1.0).to_event(1))
+
+    weights = PairWeights(model, guide, (torch.randn(3, 2),), {})
+    assert weights.guide_module is encoder
+    assert isinstance(weights.model_module, torch.nn.ModuleList)
+    assert list(weights.model_module) == [decoder, extra]
+    snapshot = weights.snapshot()
+    assert set(snapshot["model"]) == {"0.weight", "0.bias", "1.weight", "1.bias"}
+    assert set(snapshot["guide"]) == {"weight", "bias"}
+    assert len(weights.parameters()) == 6
+
+
+def test_a_checkpoint_saved_before_the_module_was_found_is_read_from_its_params():
+    """Before, a wrapped pair's module weights were saved by param-store name under
+    "params" and "model" was empty; such a checkpoint restores into the found module."""
+    pyro.set_rng_seed(0)
+    net = Normed()
+    model, guide = _normed_pair(net)
+    x = torch.randn(6, 2)
+    weights = PairWeights(model, guide, (x,), {})
+    store = dict(pyro.get_param_store().named_parameters())
+    old = {"model": {}, "guide": {}, "params": {n: p.detach() + 1.0 for n, p in store.items()}}
+    expected = net.linear.weight.detach() + 1.0
+    weights.restore(old)
+    assert torch.equal(net.linear.weight, expected)
+    with pytest.raises(WeightsMismatchError, match="the saved model does not fit ModuleList"):
+        weights.restore({"model": {}, "guide": {}, "params": {}})
