@@ -347,11 +347,25 @@ def _launch(argv: list[str], args: argparse.Namespace) -> int:
     # not begun" (after a Ctrl-C the launcher's last line said so beside the ranks' own
     # "holds the checkpoint of epoch 99")
     _TRAINING_BEGUN["begun"] = True
-    return launch(rest, nproc)
+    status = launch(rest, nproc)
+    if status in _RANK_SIGNALS:  # a rank sent the signal alone (the agent has named it)
+        print(f"{_RANK_SIGNALS[status]}; {_where_it_stopped_readable(args)}", file=sys.stderr)
+    return status
+
+
+#: The exit statuses of a rank stopped by its own SIGTERM or Ctrl-C under ``fit --nproc``:
+#: the ranks leave the account of where the run stopped to the launcher, which gets here
+#: (and not to its own ``_Terminated`` or ``KeyboardInterrupt``) when the signal went to a
+#: rank alone (tester AI: nothing said where the run stopped but the other rank's error).
+_RANK_SIGNALS = {143: "a rank was terminated (SIGTERM)", 130: "a rank was interrupted (SIGINT)"}
 
 
 class _Terminated(BaseException):
     """SIGTERM arrived; raised in the main thread so the command can say where it stopped."""
+
+    #: what the other ranks are told this rank stopped on (:func:`pyro_vae.distributed.
+    #: stop_reason`)
+    announced = "terminated (SIGTERM)"
 
 
 def _on_sigterm(signum, frame) -> None:

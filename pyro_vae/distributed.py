@@ -263,7 +263,7 @@ class Group:
         except (RuntimeError, dist.DistBackendError) as err:
             raise RankLost(
                 f"rank {self.rank} of {self.world}: the {what} failed, {self._who_is_gone()}; "
-                f"stopping ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
+                f"stopping ({type(err).__name__}: {_first_line(err, 200)})"
             ) from err
 
     def _who_is_gone(self, wait: float = 2.0) -> str:
@@ -303,7 +303,7 @@ class Group:
         host). Best effort, at most a few seconds: the store's host may be gone too."""
         if self.store is None:
             return
-        why = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        why = stop_reason(err)
         with contextlib.suppress(Exception):
             self.store.set_timeout(datetime.timedelta(seconds=2))
             self.store.set(f"left/{self.rank}", why[:200].rstrip(": "))
@@ -537,6 +537,28 @@ def session() -> Iterator[Group]:
         _GROUP = Group()
         with contextlib.suppress(RuntimeError):
             dist.destroy_process_group()
+
+
+def stop_reason(err: BaseException) -> str:
+    """What another rank is told this rank stopped on (:meth:`Group.announce_leaving`): a
+    signal in words (``"interrupted (Ctrl-C)"``, or what a stop declares in its
+    ``announced`` attribute: ``pyro-vae``'s SIGTERM says ``"terminated (SIGTERM)"``), else
+    the error's type and first line; at most 200 characters, a cut marked "…" (tester AI:
+    "rank 0 stopped (_Terminated)", a private class's name, beside a message cut
+    mid-word)."""
+    announced = getattr(err, "announced", None)
+    if isinstance(announced, str) and announced:
+        return announced[:200]
+    if isinstance(err, KeyboardInterrupt):
+        return "interrupted (Ctrl-C)"
+    line = _first_line(err, 200 - len(type(err).__name__) - 2)
+    return f"{type(err).__name__}: {line}" if line else type(err).__name__
+
+
+def _first_line(err: BaseException, most: int) -> str:
+    """``err``'s first line, cut to ``most`` characters with "…" where it is longer."""
+    line = str(err).splitlines()[0] if str(err) else ""
+    return line if len(line) <= most else line[: most - 1] + "…"
 
 
 def _backend() -> str:

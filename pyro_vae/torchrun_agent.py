@@ -23,6 +23,13 @@ import sys
 from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
+#: The exit statuses of a rank that caught a signal and stopped on it (``pyro-vae``'s
+#: SIGTERM and Ctrl-C). Under ``fit --nproc`` the ranks leave the account of where the run
+#: stopped to the launcher (so that a Ctrl-C is told once); a rank sent the signal alone
+#: (a scheduler, an OOM guard, ``kill``) printed nothing, and "its message is above" was
+#: not there (tester AI). The launcher then says where the run stopped.
+_HANDLED = {128 + signal.SIGTERM: "SIGTERM", 128 + signal.SIGINT: "SIGINT (Ctrl-C)"}
+
 
 def exit_status(error: ChildFailedError) -> tuple[int, str]:
     """(the exit status to leave with, a one-line account) for torchrun's report of failed
@@ -33,6 +40,9 @@ def exit_status(error: ChildFailedError) -> tuple[int, str]:
     if code < 0:  # killed by a signal: it could say nothing (tester U: "above" was empty)
         how = f"was killed by {failure.signal_name()} first (a killed process says nothing)"
         status = 128 - code
+    elif code in _HANDLED:  # its own SIGTERM or SIGINT, sent to it alone: it says nothing
+        how = f"was sent {_HANDLED[code]} and stopped first"
+        status = code
     else:
         how = f"exited with status {code} first (its message is above)"
         status = code if code > 0 else 1

@@ -913,6 +913,34 @@ def test_fit_nproc_stopped_while_the_ranks_train_names_the_checkpoint(
 
 
 @pytest.mark.parametrize(
+    ("status", "words"),
+    [(143, "a rank was terminated (SIGTERM); "), (130, "a rank was interrupted (SIGINT); ")],
+)
+def test_fit_nproc_says_where_a_rank_s_own_signal_left_the_run(
+    monkeypatch, trained, tmp_path, capsys, status, words
+):
+    """Tester AI: rank 0 alone sent SIGTERM stopped quietly (the ranks of fit --nproc leave
+    that account to the launcher) and the agent exited 143: nothing but the other rank's
+    error said where the run stopped. The launcher says it, with the status passed on."""
+    import shutil
+
+    import torch
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    epoch = torch.load(run / "checkpoint.pt", weights_only=True)["epoch"]
+    monkeypatch.setattr("pyro_vae.cli.launch", lambda argv, nproc: status)
+    assert main(["fit", "--nproc", "2", "--resume", str(run), "--epochs", "9"]) == status
+    err = capsys.readouterr().err
+    assert words in err
+    assert f"{run} holds the checkpoint of epoch {epoch}; continue with" in err
+    monkeypatch.setattr("pyro_vae.cli.launch", lambda argv, nproc: 2)  # a refusal: said above
+    assert main(["fit", "--nproc", "2", "--resume", str(run), "--epochs", "9"]) == 2
+    assert "holds the checkpoint" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
     ("env", "said"),
     [
         ({}, True),  # one process

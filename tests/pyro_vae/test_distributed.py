@@ -345,3 +345,23 @@ def test_a_resume_takes_rank_0_s_folder_on_machines_without_a_shared_file_system
     assert len(weights) > 2
     for part, name in weights:
         assert torch.equal(apart[part][name], together[part][name]), (part, name)
+
+
+def test_what_a_stopping_rank_announces_is_readable_and_cut_visibly():
+    """Tester AI: the other rank read "rank 0 stopped (_Terminated)", a private class's
+    name, beside a gloo message cut mid-word at 200 characters."""
+    from pyro_vae.cli import _Terminated
+    from pyro_vae.distributed import stop_reason
+
+    assert stop_reason(_Terminated()) == "terminated (SIGTERM)"
+    assert stop_reason(KeyboardInterrupt()) == "interrupted (Ctrl-C)"
+    assert stop_reason(ValueError("no more data\nsecond line")) == "ValueError: no more data"
+    assert stop_reason(MemoryError()) == "MemoryError"
+    long = stop_reason(RuntimeError("x" * 500))
+    assert len(long) == 200 and long.startswith("RuntimeError: xxx") and long.endswith("…")
+    host = socket.gethostname()
+    group = Group(0, 2, ((host, os.getpid()), (host, os.getpid())))
+    with pytest.raises(RankLost) as lost:
+        with group._watching("all-reduce"):
+            raise RuntimeError("Connection closed by peer " + "y" * 300)
+    assert str(lost.value).endswith("y…)") and "y" * 201 not in str(lost.value)

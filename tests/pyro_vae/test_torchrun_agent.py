@@ -55,3 +55,17 @@ def test_a_rank_s_refusal_exits_2_without_torchrun_s_traceback(tmp_path):
     )
     assert "error: refused by rank 0" in done.stderr
     assert "Traceback" not in done.stderr and "ChildFailedError" not in done.stderr
+
+
+@pytest.mark.parametrize("code, words", [(143, "SIGTERM"), (130, "SIGINT (Ctrl-C)")])
+def test_a_rank_stopped_by_a_signal_sent_to_it_alone_is_named_without_an_empty_above(code, words):
+    """Tester AI: rank 0 alone sent SIGTERM stops quietly (under ``fit --nproc`` the ranks
+    leave the account of where the run stopped to the launcher), and the agent's line
+    pointed to "its message" above, which was not there."""
+    alone = ChildFailedError("pyro_vae", {0: _failure(0, code, 10), 1: _failure(1, -15, 20)})
+    status, account = exit_status(alone)
+    assert status == code
+    assert account == (
+        f"pyro-vae --nproc: rank 0 was sent {words} and stopped first; "
+        "torchrun's agent then stopped rank(s) 1"
+    )
