@@ -368,9 +368,8 @@ def load_data(
     map-style ``torch.utils.data.Dataset`` whose items are ``x`` or ``(x, y)``
     (:mod:`pyro_vae.array_source` says what an array may hold). A dataset with an official
     test split keeps it; otherwise ``test_fraction`` of the images are held out.
-    ``val_fraction`` of the remaining training images form the validation set (0 for
-    none). Splits are drawn with ``split_seed``, independent of the training seed, so runs
-    with different seeds are evaluated on the same test images.
+    ``val_fraction`` of the rest form the validation set (0 for none). Splits are drawn
+    with ``split_seed``, not the training seed: every seed is tested on the same images.
 
     The splits are index sets into the stored array. A memory-mapped ``.npy`` keeps them
     so: ``train_x``, ``val_x`` and ``test_x`` are :class:`~pyro_vae.mapped_rows.MappedRows`
