@@ -412,12 +412,17 @@ def prepare(
     num_rows = batch_rows(probe)
     check_dtypes(probe, model, guide)
     num_data, rows = _rows_of(guide, count, rows, device)
+    # the probes pass num_data=N where the functions take it, as every later run does
+    probe_model, probe_guide = (
+        Minibatched(model, None, num_data),
+        Minibatched(guide, None, num_data),
+    )
     with torch.no_grad(), eval_mode(model, guide):
-        prior_tr = _prior_probe(model, probe, num_rows, what)
+        prior_tr = _prior_probe(probe_model, probe, num_rows, what)
         refuse_self_subsampling(prior_tr, num_rows, what, count)
         plate = find_data_plate(prior_tr, num_rows, data_plate)
         if plate is None:
-            refuse_uncovered_sites(model, guide, probe)
+            refuse_uncovered_sites(probe_model, probe_guide, probe)
         plate = require_data_plate(plate, num_rows, what)
         dim = next(f.dim for s in sample_sites(prior_tr).values() for f in frames_in(s, plate))
         align_autoguide(guide, plate, dim, num_data)

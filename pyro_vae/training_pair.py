@@ -49,7 +49,7 @@ from pyro_vae.annealing import handlers_seen, unscaled
 from pyro_vae.data_source import TrainingBatches, ValidationSet
 from pyro_vae.evaluate import eval_mode, refuse_uncovered_sites
 from pyro_vae.likelihoods import check_observations
-from pyro_vae.minibatch import Minibatched, align_autoguide
+from pyro_vae.minibatch import Minibatched, accepts_keyword, align_autoguide
 from pyro_vae.plates import (
     DataPlateError,
     batch_rows,
@@ -110,9 +110,9 @@ class TrainingPair:
         check_dtypes(args, model, guide)
         observable = partial(check_observations, module_of(model) or model)
         source.data.check_training_data(observable)
-        plate, dim, plates = _per_datapoint_plate(model, args, config.data_plate, guide)
+        plate, dim, plates = _per_datapoint_plate(model, args, config.data_plate, guide, n)
         if plate is None and source.batch_size < n:
-            refuse_uncovered_sites(model, guide, args)
+            refuse_uncovered_sites(Minibatched(model, None, n), Minibatched(guide, None, n), args)
             raise DataPlateError(
                 f"batch_size: {source.batch_size} of {n} rows needs the model's per-datapoint "
                 f"plate to scale the minibatch by N/|B|, and the model has none: no vectorized "
@@ -206,12 +206,16 @@ class TrainingPair:
 
 
 def _per_datapoint_plate(
-    model, args: tuple, name: str | None, guide=None
+    model, args: tuple, name: str | None, guide=None, num_data: int | None = None
 ) -> tuple[str | None, int | None, str]:
+    """(the per-datapoint plate, its dim, a description of the plates where there is none)
+    of the model's run on ``args``, given ``num_data=N`` where it takes it, as every step
+    gives it (tester AI: a guide sized by ``num_data`` failed here, before training, with
+    "missing 1 required positional argument: 'num_data'")."""
     with torch.random.fork_rng(devices=[]), torch.no_grad(), poutine.block():
-        trace = poutine.trace(model).get_trace(*args)
+        trace = poutine.trace(model).get_trace(*args, **_num_data_for(model, num_data))
     if guide is not None:
-        refuse_a_guide_that_does_not_fit(trace, guide, args)
+        refuse_a_guide_that_does_not_fit(trace, guide, args, num_data)
     plate = find_data_plate(trace, batch_rows(args), name)
     if plate is None:
         return None, None, describe_plates(trace)
@@ -219,7 +223,17 @@ def _per_datapoint_plate(
     return plate, dims[0] if dims else None, ""
 
 
-def refuse_a_guide_that_does_not_fit(model_trace, guide, args: tuple) -> None:
+def _num_data_for(fn, num_data: int | None) -> dict:
+    """``{"num_data": num_data}`` where ``fn`` takes that keyword (as
+    :class:`~pyro_vae.minibatch.Minibatched` passes it), else ``{}``."""
+    return (
+        {"num_data": num_data} if num_data is not None and accepts_keyword(fn, "num_data") else {}
+    )
+
+
+def refuse_a_guide_that_does_not_fit(
+    model_trace, guide, args: tuple, num_data: int | None = None
+) -> None:
     """Run the guide alone on the first batch (outside the random stream) and compare each
     latent it draws with the model's prior draw of it (``model_trace``), before the pair
     runs together: a guide that fails, or draws a latent of another shape, otherwise failed
@@ -236,7 +250,7 @@ def refuse_a_guide_that_does_not_fit(model_trace, guide, args: tuple) -> None:
     saved = store.get_state()  # what the probe creates is taken back: weights start as before
     try:
         with torch.random.fork_rng(devices=[]), torch.no_grad(), poutine.block():
-            guide_trace = poutine.trace(guide).get_trace(*args)
+            guide_trace = poutine.trace(guide).get_trace(*args, **_num_data_for(guide, num_data))
     except Exception as err:  # any failure of the guide on its own, named as the guide's
         latent = [n for n, s in sample_sites(model_trace).items() if not s["is_observed"]]
         first = str(err).splitlines()[0][:300] if str(err) else ""

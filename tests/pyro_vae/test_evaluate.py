@@ -956,3 +956,21 @@ def test_the_elbo_of_a_wrapped_model_with_dropout_is_the_unwrapped_models(how, x
     pyro.set_rng_seed(0)
     assert torch.equal(elbo_per_datapoint(wrapped, guide, x, num_samples=10), bare)
     assert net.training
+
+
+def test_the_evaluators_probes_pass_num_data_as_their_runs_do():
+    """Tester AI's F1, in the evaluators: prepare's probe of the model alone left num_data
+    out, and a model that requires it failed there. Its ELBO per datapoint is that of the
+    same pair with N bound in advance, draw for draw."""
+    import functools
+
+    from pyro_vae.evaluate import elbo_per_datapoint
+    from tests.pyro_vae.test_training_pair import _num_data_pair
+
+    model, guide = _num_data_pair()
+    x = torch.randn(5, 3, generator=torch.Generator().manual_seed(2))
+    pyro.set_rng_seed(3)
+    given = elbo_per_datapoint(model, guide, x, num_samples=20)
+    bound = [functools.partial(fn, num_data=5) for fn in (model, guide)]
+    pyro.set_rng_seed(3)
+    torch.testing.assert_close(given, elbo_per_datapoint(*bound, x, num_samples=20))

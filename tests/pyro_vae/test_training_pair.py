@@ -321,3 +321,38 @@ def test_a_fits_checkpoint_holds_the_running_statistics_of_a_plain_function_mode
     assert torch.equal(state["model"]["0.running_mean"], norm.running_mean)
     assert torch.equal(state["model"]["0.running_var"], norm.running_var)
     assert torch.equal(state["model"]["2.weight"], linear.weight.detach())
+
+
+def _num_data_pair():
+    """A model and a per-datapoint guide sized by ``num_data`` (tester AI's F1), both taking
+    it as a required argument, as TensorData documents calling them."""
+
+    def model(x, num_data):
+        weight = pyro.param("W", 0.1 * torch.ones(2, 3))
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample(
+                "z", dist.Normal(torch.zeros(2), 1.0).expand([x.shape[0], 2]).to_event(1)
+            )
+            pyro.sample("obs", dist.Normal(z @ weight, 0.5).to_event(1), obs=x)
+
+    def guide(x, num_data):
+        loc = pyro.param("loc", lambda: torch.zeros(num_data, 2))
+        with pyro.plate("data", x.shape[0]) as idx:
+            pyro.sample("z", dist.Normal(loc[idx], 0.1).to_event(1))
+
+    return model, guide
+
+
+def test_the_set_up_runs_pass_num_data_as_the_steps_do():
+    """Tester AI's F1: the steps passed num_data=N, and the set-up's probes of the model and
+    the guide did not: such a guide failed before training ("missing 1 required positional
+    argument: 'num_data'"). It trains, its table one row per datapoint (37)."""
+    from pyro.infer import Trace_ELBO
+
+    from pyro_vae import TensorData, TrainConfig, fit
+
+    model, guide = _num_data_pair()
+    x = torch.randn(37, 3, generator=torch.Generator().manual_seed(1))
+    config = TrainConfig(epochs=2, batch_size=10, progress=False, device="cpu")
+    fit(model, guide, TensorData(x), Trace_ELBO(), config)
+    assert pyro.param("loc").shape == (37, 2)
