@@ -308,11 +308,15 @@ class Group:
             self.store.set_timeout(datetime.timedelta(seconds=2))
             self.store.set(f"left/{self.rank}", why[:200].rstrip(": "))
 
-    def refuse_unsupported(self, elbo: ELBO, plate: str | None, batch_size: int, rows: int):
+    def refuse_unsupported(
+        self, elbo: ELBO, plate: str | None, batch_size: int, rows: int, drop_last: bool = False
+    ):
         """Refuse, before the first step, what data-parallel training cannot reproduce:
         an estimator that keeps state between steps (each rank would update its own copy),
         free bits (:func:`refuse_free_bits`), a model without a per-datapoint plate (its
-        loss cannot be split by rows), and a global batch with fewer rows than ranks.
+        loss cannot be split by rows), and a global batch with fewer rows than ranks (a
+        short last batch only where ``drop_last`` keeps it: tester AI, refused with
+        ``--drop-last`` given, the error advising ``--drop-last``).
 
         Raises:
             ValueError: naming the setting and what was expected.
@@ -326,7 +330,7 @@ class Group:
                 f"model: no per-datapoint plate, so its loss cannot be split over {self.world} "
                 "ranks by rows; expected a model with pyro.plate(..., len(x)) or one process"
             )
-        last = rows % batch_size
+        last = 0 if drop_last else rows % batch_size
         for size in {min(batch_size, rows), last} - {0}:
             if size < self.world:
                 raise ValueError(

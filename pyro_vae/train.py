@@ -212,7 +212,9 @@ def fit(
     pyro.clear_param_store()
     first = _whole_first_batch(whole, group, config)
     pair = TrainingPair.set_up(model, guide, batches, config, first)
-    group.refuse_unsupported(elbo, pair.plate, config.batch_size, batches.num_data)
+    group.refuse_unsupported(
+        elbo, pair.plate, config.batch_size, batches.num_data, config.drop_last
+    )
     _refuse_sites_outside_the_plate(pair, batches, evaluated_per_datapoint)
     _refuse_terms_that_differ_by_rank(model, pair, batches, group)
     elbo = _estimator_ready_to_train(elbo, pair, batches, config)

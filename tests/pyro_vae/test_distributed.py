@@ -163,6 +163,11 @@ def test_a_model_without_data_plate_or_a_batch_smaller_than_the_group_is_refused
         group.refuse_unsupported(elbo, "data", 3, 30)
     loo = estimators.get("score", control_variate="leave-one-out", num_particles=2)
     group.refuse_unsupported(loo, "data", 8, 36)
+    # tester AI: the short last batch of 34 rows in 8s is dropped with drop_last, and was
+    # refused anyway, with advice to pass the --drop-last it had
+    group.refuse_unsupported(elbo, "data", 8, 34, drop_last=True)
+    with pytest.raises(ValueError, match="batch_size: a batch of 3 rows"):
+        group.refuse_unsupported(elbo, "data", 3, 30, drop_last=True)  # every batch is short
 
 
 def test_one_process_is_a_group_of_one_that_changes_nothing(monkeypatch):
