@@ -35,6 +35,7 @@ seconds (600 by default).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import datetime
 import io
 import json
@@ -588,6 +589,30 @@ def _timeout() -> float:
     return seconds
 
 
+#: prctl's option that has the kernel signal a process when its parent exits (Linux)
+_PR_SET_PDEATHSIG = 1
+
+
+def start_child(command: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """``command`` started as a child that is sent SIGTERM if this process dies first, by
+    any means (SIGKILL, a SIGHUP it does not catch): on Linux, ``prctl(PR_SET_PDEATHSIG)``
+    in the child before it runs ``command``; elsewhere an ordinary child. torchrun's agent,
+    so started, stops its ranks on that SIGTERM (tester AI: ``kill -9`` of ``pyro-vae fit
+    --nproc 2`` left the agent and both ranks training on, orphaned, for 55 more epochs)."""
+    parent = os.getpid()
+
+    def die_with_parent() -> None:  # runs in the child, between fork and exec
+        try:
+            prctl = ctypes.CDLL(None, use_errno=True).prctl
+        except (OSError, AttributeError):  # not Linux: no such call
+            return
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before the call: already orphaned
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return subprocess.Popen(command, env=env, preexec_fn=die_with_parent)  # noqa: PLW1509
+
+
 def launch(argv: list[str], nproc: int) -> int:
     """Run ``pyro-vae`` with ``argv`` in ``nproc`` processes on this machine through
     torchrun's agent (``python -m pyro_vae.torchrun_agent --standalone``, torchrun's own
@@ -597,7 +622,7 @@ def launch(argv: list[str], nproc: int) -> int:
     env[LAUNCHED_VARIABLE] = "1"
     command = [sys.executable, "-m", "pyro_vae.torchrun_agent", "--standalone"]
     command += [f"--nproc_per_node={nproc}", "-m", "pyro_vae", *argv]
-    agent = subprocess.Popen(command, env=env)
+    agent = start_child(command, env)
     try:
         return agent.wait()
     except BaseException:  # Ctrl-C or SIGTERM here: the agent stops its ranks, none orphaned

@@ -19,6 +19,7 @@ from pyro_vae.distributed import (
     Group,
     RankLost,
     SynchronizedELBO,
+    _alive,
     _timeout,
     current,
     epoch_seed,
@@ -370,3 +371,29 @@ def test_what_a_stopping_rank_announces_is_readable_and_cut_visibly():
         with group._watching("all-reduce"):
             raise RuntimeError("Connection closed by peer " + "y" * 300)
     assert str(lost.value).endswith("y…)") and "y" * 201 not in str(lost.value)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG)")
+def test_the_agent_s_process_dies_with_the_launcher_however_the_launcher_ends():
+    """Tester AI: ``kill -9`` of ``pyro-vae fit --nproc 2`` left torchrun's agent and its
+    ranks training on, orphaned. A child :func:`start_child` starts is sent SIGTERM when its
+    parent dies, SIGKILL included (here a child that would otherwise sleep for 2 minutes)."""
+    parent_code = (
+        "import os, sys, time\n"
+        "from pyro_vae.distributed import start_child\n"
+        "child = start_child([sys.executable, '-c', 'import time; time.sleep(120)'], "
+        "dict(os.environ))\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", parent_code], stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
+    child = int(parent.stdout.readline())
+    assert _alive(child)
+    parent.kill()
+    parent.wait(timeout=10)
+    deadline = time.monotonic() + 20
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(child)
