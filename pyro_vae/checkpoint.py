@@ -254,6 +254,15 @@ def atomic_write(path: str | os.PathLike, write) -> None:
         f.flush()
 
 
+def _in_use(path: Path, fd: int) -> RunInUseError:
+    """The refusal of ``path``, held by the process whose pid its lock file ``fd`` holds."""
+    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+    return RunInUseError(
+        f"run: {path} is in use by another pyro-vae process (pid {holder}); wait for it "
+        "to finish or stop it, or choose another folder (nothing was written)"
+    )
+
+
 def _umask() -> int:
     current = os.umask(0)
     os.umask(current)
@@ -478,6 +487,25 @@ class RunFolder:
         """Hold the folder for this process (see :class:`RunLock`)."""
         return RunLock(self).acquire()
 
+    def refuse_if_in_use(self) -> None:
+        """Refuse the folder where another process holds it, as :meth:`claim` would, without
+        taking it or writing anything (``fit --nproc`` asks before its ranks start).
+
+        Raises:
+            RunInUseError: naming the holder's pid."""
+        try:
+            fd = os.open(self.path / ".lock", os.O_RDONLY)
+        except OSError:  # no lock file, or none this process may read: claim will tell
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise _in_use(self.path, fd) from None
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
     def remove_stale_temporaries(self) -> list[Path]:
         """Delete the ``.*.tmp`` files that killed writers left (a live writer's file is
         locked and stays); returns what was removed."""
@@ -648,12 +676,9 @@ class RunLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            error = _in_use(path, fd)
             os.close(fd)
-            raise RunInUseError(
-                f"run: {path} is in use by another pyro-vae process (pid {holder}); wait for it "
-                "to finish or stop it, or choose another folder (nothing was written)"
-            ) from None
+            raise error from None
         self._fd = fd
         try:  # a lock file it may open is not a folder it may write (tester U)
             check_writable(path)

@@ -318,6 +318,7 @@ def _launch(argv: list[str], args: argparse.Namespace) -> int:
     # the folder's refusals too, read-only, here: refused on a rank, they were followed by
     # the other ranks' "terminated" and torchrun's traceback, and exit 1 (tester L2)
     run = RunFolder(args.resume or args.out)
+    run.refuse_if_in_use()  # refused here, once, not on each rank in gloo's words (tester AI)
     given = given_flags(argv)
     if args.resume:
         config, _ = resume_config(run, args, given)

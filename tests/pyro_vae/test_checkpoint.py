@@ -511,3 +511,29 @@ def test_metrics_json_without_the_checkpoint_s_epochs_is_damaged(tmp_path, text)
     assert run.file("metrics.json.damaged").read_text() == text
     with run.claim():  # the rebuilt file is whole: read as it is
         assert run.read_metrics(state) == metrics
+
+
+def test_a_folder_in_use_is_refused_without_taking_or_touching_it(tmp_path):
+    """fit --nproc asks before its ranks start (tester AI): a held folder is refused naming
+    the holder's pid; a free one is left exactly as it was (no lock taken, nothing written)."""
+    import os
+
+    from pyro_vae.checkpoint import RunInUseError
+
+    run = RunFolder(tmp_path / "run")
+    run.refuse_if_in_use()  # no folder yet: nothing to ask, nothing made
+    assert not run.path.exists()
+    run.path.mkdir()  # a run's folder (a claim removes an empty folder it made itself)
+    held = run.claim()
+    try:
+        with pytest.raises(
+            RunInUseError, match=rf"in use by another pyro-vae process \(pid {os.getpid()}\)"
+        ):
+            run.refuse_if_in_use()
+    finally:
+        held.release()
+    lock = run.path / ".lock"
+    before = (lock.stat().st_mtime_ns, lock.read_bytes())
+    run.refuse_if_in_use()
+    assert (lock.stat().st_mtime_ns, lock.read_bytes()) == before
+    RunFolder(run.path).claim().release()  # and it is free to take

@@ -912,6 +912,28 @@ def test_fit_nproc_stopped_while_the_ranks_train_names_the_checkpoint(
     assert f"{run} holds the checkpoint of epoch {epoch}; continue with" in err
 
 
+def test_fit_nproc_refuses_a_folder_in_use_once_before_starting_processes(
+    monkeypatch, trained, tmp_path, capsys
+):
+    """Tester AI: a resume of a folder another fit held was refused on every rank, in
+    gloo's words around a RunInUseError, after the processes had started (README: refused
+    once, before the processes start, exit 2)."""
+    import shutil
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    monkeypatch.setattr("pyro_vae.cli.launch", lambda argv, nproc: pytest.fail("launched"))
+    held = RunFolder(run).claim()  # another fit's hold: a lock on its own file description
+    try:
+        assert main(["fit", "--nproc", "2", "--resume", str(run), "--epochs", "9"]) == 2
+    finally:
+        held.release()
+    err = capsys.readouterr().err
+    assert "is in use by another pyro-vae process" in err and "nothing was written" in err
+    assert (run / "checkpoint.pt").is_file()
+
+
 @pytest.mark.parametrize(
     ("status", "words"),
     [(143, "a rank was terminated (SIGTERM); "), (130, "a rank was interrupted (SIGINT); ")],
@@ -982,7 +1004,7 @@ def test_the_ranks_fit_nproc_starts_are_marked_as_launched(monkeypatch):
     seen = {}
 
     class Agent:
-        def __init__(self, command, env):
+        def __init__(self, command, env, preexec_fn=None):
             seen.update(env)
 
         def wait(self, timeout=None):
