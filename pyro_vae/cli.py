@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from dataclasses import replace
 from typing import Any
 
@@ -55,6 +56,7 @@ from pyro_vae.distributed import (
 )
 from pyro_vae.estimators.compiled import CaptureError, compilable
 from pyro_vae.experiment import Experiment, build, evaluate_test_set, write_figures
+from pyro_vae.fit_checkpoint import ProcessCountWarning
 from pyro_vae.idx import IDXFormatError
 from pyro_vae.prior_model import RECORD as IMAGE_RECORD
 from pyro_vae.prior_model import image_record
@@ -168,18 +170,20 @@ def _train_and_report(
 
     _TRAINING_BEGUN["begun"] = True
     try:
-        result = fit(
-            exp.model,
-            exp.guide,
-            exp.data,
-            exp.elbo,
-            config.training,
-            run,
-            resume=state is not None,
-            resume_state=state,
-            on_ready=ready if writer else None,
-            evaluated_per_datapoint=True,  # evaluate_test_set: refused before training
-        )
+        with warnings.catch_warnings():  # _write_run_start's note says it, in its words
+            warnings.simplefilter("ignore", ProcessCountWarning)
+            result = fit(
+                exp.model,
+                exp.guide,
+                exp.data,
+                exp.elbo,
+                config.training,
+                run,
+                resume=state is not None,
+                resume_state=state,
+                on_ready=ready if writer else None,
+                evaluated_per_datapoint=True,  # evaluate_test_set: refused before training
+            )
     except TrainingDiverged as err:
         if writer:
             run.update_metrics(stop_reason="diverged")

@@ -13,6 +13,7 @@ drawn.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -42,6 +43,12 @@ class Resumed:
     history: list[dict[str, Any]]
 
 
+class ProcessCountWarning(UserWarning):
+    """A run resumed on another number of processes than trained its last epochs: each
+    process draws its own random numbers, so from there it draws other numbers than an
+    uninterrupted run would (``pyro-vae fit --resume`` says so in a note of its own)."""
+
+
 class FitCheckpoint:
     """Writes and reads back the checkpoint of one fit.
 
@@ -65,6 +72,22 @@ class FitCheckpoint:
         self.world = current().world
         self._stretches: list[dict[str, int]] = []
         self._first_epoch = 1  # the first epoch this fit trains, counted from 1
+
+    def _note_other_process_count(self) -> None:
+        """A :class:`ProcessCountWarning`, from rank 0, where the restored record's last
+        stretch trained on another number of processes than this fit does."""
+        if not self._stretches or not current().is_writer:
+            return
+        before = self._stretches[-1].get("processes")
+        if isinstance(before, int) and before != self.world:
+            warnings.warn(
+                f"resume: the run was trained on {before} process(es) and resumes on "
+                f"{self.world}: each process draws its own random numbers, so from here it "
+                f"draws other numbers than an uninterrupted run would (resume on {before} "
+                "processes to draw the same)",
+                ProcessCountWarning,
+                stacklevel=4,
+            )
 
     @property
     def _scaler(self):
@@ -104,7 +127,15 @@ class FitCheckpoint:
                 "config": asdict(self.settings),
             }
         )
-        self.run.update_metrics(epochs=history, best_epoch=best["epoch"] if best else None, **info)
+        # the processes too, as the command line records them (tester AI: a fit from Python
+        # under torchrun left them out of metrics.json, though its checkpoint held them)
+        self.run.update_metrics(
+            epochs=history,
+            best_epoch=best["epoch"] if best else None,
+            processes=self.world,
+            processes_by_epoch=stretches,
+            **info,
+        )
 
     def restore(self, state: dict[str, Any]) -> Resumed:
         """Put a checkpoint ``state`` (:meth:`RunFolder.load_checkpoint`) back: weights,
@@ -130,6 +161,7 @@ class FitCheckpoint:
         restore_rng_state(state["rng"])
         self._stretches = list(state.get("processes_by_epoch") or [])
         self._first_epoch = int(state["epoch"]) + 1
+        self._note_other_process_count()
         return Resumed(state["epoch"], state["step"], state["best"], list(state["history"]))
 
 

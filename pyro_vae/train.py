@@ -212,11 +212,7 @@ def fit(
     pyro.clear_param_store()
     first = _whole_first_batch(whole, group, config)
     pair = TrainingPair.set_up(model, guide, batches, config, first)
-    group.refuse_unsupported(
-        elbo, pair.plate, config.batch_size, batches.num_data, config.drop_last
-    )
-    _refuse_sites_outside_the_plate(pair, batches, evaluated_per_datapoint)
-    _refuse_terms_that_differ_by_rank(model, pair, batches, group)
+    _refuse_what_cannot_train(elbo, model, pair, batches, group, evaluated_per_datapoint)
     elbo = _estimator_ready_to_train(elbo, pair, batches, config)
     warmup = KLWarmup(config.kl_warmup_epochs, batches.steps_per_epoch, config.beta)
     step_elbo = SynchronizedELBO(elbo, group) if group.world > 1 else elbo
@@ -306,6 +302,18 @@ def _beta_from_handlers(model, guide, config: TrainConfig):
             "around model and guide; give β once (TrainConfig(beta=...))"
         )
     return inner_model, inner_guide, dataclasses.replace(config, beta=betas[0])
+
+
+def _refuse_what_cannot_train(elbo, model, pair, batches, group, evaluated_per_datapoint):
+    """The refusals that need the pair set up, before the first step: what data-parallel
+    training cannot reproduce (:meth:`~pyro_vae.distributed.Group.refuse_unsupported`, the
+    short last batch only where ``drop_last`` keeps it), sites outside the per-datapoint
+    plate, and batch terms that differ by rank."""
+    group.refuse_unsupported(
+        elbo, pair.plate, batches.batch_size, batches.num_data, batches.drop_last
+    )
+    _refuse_sites_outside_the_plate(pair, batches, evaluated_per_datapoint)
+    _refuse_terms_that_differ_by_rank(model, pair, batches, group)
 
 
 def _placed(data, model, guide, config, run, resume: bool, resume_state):

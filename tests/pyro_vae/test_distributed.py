@@ -232,7 +232,7 @@ def test_the_launcher_stops_its_agent_when_it_is_stopped(monkeypatch):
     class Agent:
         signals, waits = [], 0
 
-        def __init__(self, command, env):
+        def __init__(self, command, env, preexec_fn=None):
             self.command = command
 
         def wait(self, timeout=None):

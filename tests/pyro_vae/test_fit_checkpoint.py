@@ -1,3 +1,5 @@
+import warnings
+
 import pyro
 import pytest
 import torch
@@ -147,14 +149,25 @@ def test_the_checkpoint_records_the_processes_that_trained_each_stretch(tmp_path
     state = run.load_checkpoint()
     assert state["processes_by_epoch"] == [{"from_epoch": 1, "processes": 2}]
     assert state["fit_info"] == {"data_plate": "data"}
+    # tester AI: a fit from Python left the processes out of metrics.json (the CLI wrote them)
+    metrics = run.read_metrics()
+    assert metrics["processes"] == 2
+    assert metrics["processes_by_epoch"] == [{"from_epoch": 1, "processes": 2}]
+    again = FitCheckpoint(run, Weights(), SVI(), object(), TrainConfig())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", fit_checkpoint.ProcessCountWarning)
+        again.restore(state)  # on 2 again: the same draws, no note
     monkeypatch.setattr(fit_checkpoint, "current", lambda: Group(rank=0, world=1))
     one = FitCheckpoint(run, Weights(), SVI(), object(), TrainConfig())
-    one.restore(state)
+    # and a resume on another count said nothing from Python (the CLI prints a note)
+    with pytest.warns(fit_checkpoint.ProcessCountWarning, match="trained on 2 .* resumes on 1"):
+        one.restore(state)
     one.save(4, 16, last, None, history * 4, {})
     assert run.load_checkpoint()["processes_by_epoch"] == [
         {"from_epoch": 1, "processes": 2},
         {"from_epoch": 4, "processes": 1},
     ]
+    assert run.read_metrics()["processes_by_epoch"] == run.load_checkpoint()["processes_by_epoch"]
 
 
 @pytest.fixture(autouse=True)
