@@ -119,6 +119,42 @@ def refuse_unscored_guide_sites(model_trace: Trace, guide_trace: Trace) -> None:
                 f"p(x); mask the model's {name!r} alike, or take the mask off the guide's "
                 "(q must score every element it draws that the model scores)"
             )
+    _refuse_auxiliary_images_of_masked_latents(model_trace, guide_sites, only)
+
+
+def _refuse_auxiliary_images_of_masked_latents(model_trace, guide_sites: dict, only) -> None:
+    """Refuse an autoguide's image of an auxiliary draw (a ``Delta`` with a ``log_density``,
+    beside auxiliary sites: ``AutoNormal``, ``AutoMultivariateNormal``, flows) for a latent
+    the model masks in part: the auxiliary density scores every element, the masked-off
+    ones too, and the ``Delta`` leaves nothing to mask (tester AJ: ``AutoNormal`` on padded
+    sequences, IWAE at K = 1000 up to 8.1 nats above the exact log p(x), rising with K).
+
+    Raises:
+        ValueError: naming the site and the way out."""
+    if not any(guide_sites[n]["infer"].get("is_auxiliary") for n in only):
+        return
+    for name, site in guide_sites.items():
+        if name not in model_trace.nodes or not _is_image_of_auxiliary(site["fn"]):
+            continue
+        model_site = model_trace.nodes[name]
+        if not _site_masks(model_site)[0]:
+            continue
+        if not bool(counted_elements(model_site)[0].all()):
+            raise ValueError(
+                f"guide: the model masks off elements of {name!r} (poutine.mask, or .mask(...) "
+                "on its distribution), and the guide gives it as the image of an auxiliary "
+                "draw (an autoguide's), whose density scores every element, the masked-off "
+                "ones too: the estimate is then no bound on log p(x) (it rises with K under "
+                f"IWAE); write a guide that draws {name!r} itself, masked as the model masks it"
+            )
+
+
+def _is_image_of_auxiliary(fn) -> bool:
+    """A ``Delta`` (under its wrappers) carrying a tensor ``log_density``: an autoguide's
+    value of a model latent, made from its auxiliary draw (a MAP point's is the number 0)."""
+    while hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    return isinstance(fn, dist.Delta) and torch.is_tensor(fn.log_density)
 
 
 def _scored_where_masked_off(masking_site: dict, scoring_site: dict) -> bool:
