@@ -35,6 +35,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 from torch.distributions import Independent as TorchIndependent
 from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing
+from torch.nn.parameter import is_lazy
 
 from pyro_vae.pyro_compat import distribution_mask
 
@@ -567,11 +568,23 @@ def buffers_kept():
     it lives (an attribute, a closure, a ``pyro.module``): a check's runs are not training
     steps, and a ``BatchNorm`` in training mode moved its running statistics at each
     (tester Q). A global forward pre-hook (torch's ``register_module_forward_pre_hook``)
-    copies a module's buffers before its first call."""
+    copies a module's buffers before its first call.
+
+    A lazy module's buffers (``LazyBatchNorm1d``'s) do not exist yet at its first call:
+    its own pre-hook makes them, after the global one (copying them raised ValueError,
+    "Attempted to use an uninitialized parameter", on the first run of any model holding
+    one). Torch's lazy modules with buffers are its norm layers, whose buffers are made
+    as ``reset_running_stats`` leaves them: that is called on leaving. A lazy module of
+    another kind with buffers keeps what the block's runs left in them."""
     saved: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    made: dict[int, torch.nn.Module] = {}  # lazy at their first call
 
     def keep(module, _inputs) -> None:
-        for buffer in module.buffers(recurse=False):
+        buffers = list(module.buffers(recurse=False))
+        if any(is_lazy(buffer) for buffer in buffers):
+            made[id(module)] = module
+            return
+        for buffer in buffers:
             if id(buffer) not in saved:
                 saved[id(buffer)] = (buffer, buffer.detach().clone())
 
@@ -583,6 +596,10 @@ def buffers_kept():
         with torch.no_grad():
             for buffer, value in saved.values():
                 buffer.copy_(value)
+        for module in made.values():
+            reset = getattr(module, "reset_running_stats", None)
+            if reset is not None and not any(map(is_lazy, module.buffers(recurse=False))):
+                reset()
 
 
 def _check_broadcast(trace: Trace, rank: int) -> None:

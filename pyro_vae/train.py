@@ -92,7 +92,7 @@ from pyro_vae.progress import interactive
 from pyro_vae.pyro_compat import guess_max_plate_nesting
 from pyro_vae.svi_step import GroupedAdam, SVIStep
 from pyro_vae.tensorboard_log import TensorBoardLog, require_tensorboard
-from pyro_vae.traces import run_pair
+from pyro_vae.traces import buffers_kept, run_pair
 from pyro_vae.training_config import TrainingConfig as TrainConfig
 from pyro_vae.training_pair import TrainingPair
 
@@ -545,22 +545,23 @@ def _estimator_ready_to_train(
 ) -> ELBO:
     """``elbo`` as training runs it, once its refusals have passed: recorded
     (:class:`~pyro_vae.estimators.compiled.CompiledELBO`) with ``config.compile``, and with
-    its plate nesting found before the first step."""
-    model_trace, guide_trace = _first_traces(pair, batches)
-    _refuse_per_row_baselines_with_a_partial_batch(elbo, guide_trace, batches, config)
-    _refuse_unenumerated_sites(elbo, model_trace, guide_trace)
-    _dry_loss(elbo, pair, batches)
-    if config.compile:
-        elbo = CompiledELBO(elbo, config.compile_backend)
-    if getattr(elbo, "vectorize_particles", False) and elbo.max_plate_nesting == math.inf:
-        # Pyro's vectorized ELBOs guess their plate nesting from one run of model and guide
-        # at their first call; do it here, outside the random stream, so a resumed run
-        # draws exactly what an uninterrupted one would.
-        with torch.random.fork_rng(devices=[]):
-            guess_max_plate_nesting(
-                elbo, pair.model, pair.guide, batches.first_batch, {"subsample": batches.first_rows}
-            )
-    return elbo
+    its plate nesting found before the first step. Its runs of model and guide are not
+    training steps: a BatchNorm's running statistics are put back after them."""
+    with buffers_kept():
+        model_trace, guide_trace = _first_traces(pair, batches)
+        _refuse_per_row_baselines_with_a_partial_batch(elbo, guide_trace, batches, config)
+        _refuse_unenumerated_sites(elbo, model_trace, guide_trace)
+        _dry_loss(elbo, pair, batches)
+        if config.compile:
+            elbo = CompiledELBO(elbo, config.compile_backend)
+        if getattr(elbo, "vectorize_particles", False) and elbo.max_plate_nesting == math.inf:
+            # Pyro's vectorized ELBOs guess their plate nesting from one run of model and
+            # guide at their first call; do it here, outside the random stream, so a resumed
+            # run draws exactly what an uninterrupted one would.
+            with torch.random.fork_rng(devices=[]):
+                rows = {"subsample": batches.first_rows}
+                guess_max_plate_nesting(elbo, pair.model, pair.guide, batches.first_batch, rows)
+        return elbo
 
 
 def _refuse_sites_outside_the_plate(

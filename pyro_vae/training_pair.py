@@ -57,7 +57,7 @@ from pyro_vae.plates import (
     find_data_plate,
     frames_in,
 )
-from pyro_vae.traces import VectorizationWarning, run_pair, sample_sites
+from pyro_vae.traces import VectorizationWarning, buffers_kept, run_pair, sample_sites
 from pyro_vae.weights import PairWeights, check_dtypes, module_of
 
 
@@ -105,6 +105,13 @@ class TrainingPair:
             pyro_vae.plates.DataPlateError: minibatches of a model without a
                 per-datapoint plate, or an ambiguous one.
         """
+        # set-up runs model and guide several times, their modules in training mode: not
+        # training steps, so a BatchNorm's running statistics are put back after them
+        with buffers_kept():
+            return cls._set_up(model, guide, source, config, first)
+
+    @classmethod
+    def _set_up(cls, model, guide, source: TrainingBatches, config, first) -> TrainingPair:
         args, rows = first if first is not None else (source.first_batch, source.first_rows)
         n = source.num_data
         check_dtypes(args, model, guide)

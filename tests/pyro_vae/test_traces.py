@@ -17,6 +17,7 @@ from pyro.ops.indexing import Vindex
 
 from pyro_vae.traces import (
     PARTICLES,
+    buffers_kept,
     SharedSubsamples,
     VectorizationWarning,
     full_rank,
@@ -716,3 +717,24 @@ def test_an_autoguide_on_a_model_that_masks_part_of_a_latent_is_refused():
     particle_traces(model, AutoNormal(model), (x,), {"masked": False}, 4, 1)
     pyro.clear_param_store()
     particle_traces(model, AutoDelta(model), (x,), {}, 4, 1)
+
+
+def test_buffers_kept_puts_a_lazy_norm_back_as_torch_makes_it():
+    """A lazy module's buffers do not exist before its first call: copying them raised
+    ValueError ("Attempted to use an uninitialized parameter"), on the first run of any
+    model holding a LazyBatchNorm1d. Expected after the block: the values torch makes a
+    BatchNorm1d of that size with (a fresh one's), beside a plain BatchNorm1d's put back."""
+    torch.manual_seed(0)
+    lazy, plain = torch.nn.LazyBatchNorm1d(), torch.nn.BatchNorm1d(3)
+    with torch.no_grad():
+        plain.running_mean.fill_(0.5)
+    with buffers_kept():
+        for _ in range(2):  # the second call finds the buffers made: copied then
+            plain(lazy(torch.randn(4, 3) + 2.0))
+    fresh = torch.nn.BatchNorm1d(3)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        assert torch.equal(getattr(lazy, name), getattr(fresh, name)), name
+    assert torch.equal(plain.running_mean, torch.full((3,), 0.5))
+    assert int(plain.num_batches_tracked) == 0
+    lazy(torch.randn(4, 3))  # and it trains on after
+    assert int(lazy.num_batches_tracked) == 1

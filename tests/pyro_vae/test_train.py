@@ -860,3 +860,30 @@ def test_a_pair_with_beta_handlers_deep_inside_trains_beta_and_validates_the_elb
     assert wrapped.info()["objective"]["beta"] == 4.0
     with pytest.raises(ValueError, match=r"beta: 2.0 from the config .* and 4.0 from ScaleLat"):
         fit(*deep, TensorData(x), Trace_ELBO(), quiet(beta=2.0, **config))
+
+
+@pytest.mark.parametrize("lazy", [False, True], ids=["BatchNorm1d", "LazyBatchNorm1d"])
+def test_set_up_runs_leave_running_statistics_to_the_training_steps(lazy):
+    """fit's set-up runs model and guide some seven times before the first step (finding
+    the plate, the weights, the scales, β, the first traces, a dry loss), with the
+    modules in training mode: each moved a BatchNorm's running statistics as a training
+    step would (8 updates after one step). Expected after one step on the whole data
+    (no other run in training mode): BatchNorm's rule from its made values, momentum 0.1,
+    running mean 0.1 · mean(x) and one batch tracked. (The norm is not given to
+    pyro.module, which cannot take a lazy module before its first call: Pyro's own limit.)"""
+    pyro.set_rng_seed(0)
+    norm = torch.nn.LazyBatchNorm1d() if lazy else torch.nn.BatchNorm1d(2)
+    linear = torch.nn.Linear(2, 1)
+
+    def model(x):
+        pyro.module("linear", linear)
+        with pyro.plate("data", len(x)):
+            loc = linear(norm(x)).squeeze(-1)
+            pyro.sample("y", pyro.distributions.Normal(loc, 1.0), obs=x[:, 0])
+
+    x = torch.randn(16, 2) * 2.0 + 1.0
+    fit(model, lambda x: None, TensorData(x), get_estimator("trace"),
+        quiet(epochs=1, batch_size=16, patience=None))  # fmt: skip
+    assert int(norm.num_batches_tracked) == 1
+    # float32 means of 16 values of order 1 in another summation order: within ~1e-7
+    assert torch.allclose(norm.running_mean, 0.1 * x.mean(0), rtol=0, atol=1e-6)
