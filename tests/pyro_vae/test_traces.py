@@ -17,9 +17,9 @@ from pyro.ops.indexing import Vindex
 
 from pyro_vae.traces import (
     PARTICLES,
-    buffers_kept,
     SharedSubsamples,
     VectorizationWarning,
+    buffers_kept,
     full_rank,
     particle_traces,
     plate_nesting,

@@ -301,7 +301,6 @@ def test_the_check_leaves_a_network_s_running_statistics_as_the_step_left_them()
     assert torch.allclose(norm.running_mean, 0.1 * X.mean(0), rtol=0, atol=1e-6)
 
 
-
 def test_the_check_runs_a_model_with_a_lazy_norm_and_leaves_it_as_the_step_left_it():
     """The check's runs copied each called module's buffers first, and a LazyBatchNorm1d's
     do not exist before its first call: ValueError ("Attempted to use an uninitialized
