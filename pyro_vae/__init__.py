@@ -11,14 +11,8 @@ from pyro_vae.checkpoint import RunFolder, RunFolderError
 from pyro_vae.data import DataSplits, Preprocessing, load_data
 from pyro_vae.datasets import DatasetNotFoundError
 from pyro_vae.diagnostics.calibration import VSBCResult, vsbc, vsbc_with
-from pyro_vae.evaluate import (
-    active_units,
-    elbo_estimate,
-    elbo_per_datapoint,
-    iwae_log_likelihood,
-    latent_means,
-    reconstruction_error,
-)
+from pyro_vae.evaluate import elbo_estimate, elbo_per_datapoint, iwae_log_likelihood
+from pyro_vae.latent_summaries import active_units, latent_means, reconstruction_error
 from pyro_vae.plates import DataPlateError, data_plate, find_data_plate
 from pyro_vae.tensor_data import TensorData
 from pyro_vae.traces import VectorizationWarning

@@ -39,13 +39,13 @@ from pyro_vae.evaluate import (
     elbo_per_datapoint,
     eval_mode,
     iwae_log_likelihood,
-    latent_draws,
     max_plate_nesting,
 )
 from pyro_vae.guides.amortized_flow import AmortizedFlow
 from pyro_vae.guides.local_flow import LocalFlow
 from pyro_vae.guides.local_low_rank import LocalLowRankNormal
 from pyro_vae.guides.local_normal import LocalNormal
+from pyro_vae.latent_summaries import latent_draws
 from pyro_vae.model_protocol import offered
 from pyro_vae.progress import bar as progress_bar
 from pyro_vae.weights import pair_modules

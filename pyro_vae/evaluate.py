@@ -14,7 +14,10 @@ plate (:func:`pyro_vae.plates.find_data_plate`):
   which is ≥ the ELBO in expectation, increases with K, and tends to log p(x_n); it is
   computed in chunks of particles with a running log-sum-exp, so memory is bounded by
   ``max_elements`` whatever K is;
-- the active latent units (Burda et al. 2015, §5.2: Cov_x(E_q[z_u | x]) > 0.01).
+- the whole-data ELBO of a pair with global latents (:func:`elbo_estimate`).
+
+What the guide says of each row's latents (E_q[z | x], the active units) is
+:mod:`pyro_vae.latent_summaries`'.
 
 Every term is read off the traces' own log-densities, so nothing here assumes a standard
 Normal prior or a closed-form KL: a learned mixture prior (``models.priors``) is scored by
@@ -43,7 +46,7 @@ import math
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pyro
 import pyro.poutine as poutine
@@ -57,8 +60,8 @@ from pyro_vae.devices import resolve_device, to_device
 from pyro_vae.enumerated_sites import enumerated_runs, enumerated_sites, marginal_terms
 from pyro_vae.guides.fixed import as_guide
 from pyro_vae.mapped_rows import MappedRows
-from pyro_vae.minibatch import Minibatched, accepts_keyword, align_autoguide, fitted_rows
-from pyro_vae.model_protocol import offered
+from pyro_vae.minibatch import Minibatched, align_autoguide, fitted_rows
+from pyro_vae.moved import hand_over
 from pyro_vae.plates import (
     DeclaredSubsamples,
     batch_rows,
@@ -89,6 +92,22 @@ from pyro_vae.traces import (
     vectorized_or_looped,
 )
 from pyro_vae.weights import check_dtypes, module_of
+
+# Moved to pyro_vae.latent_summaries (what a fitted guide says of each row's latents);
+# resolved on first use, with a warning.
+_MOVED = {
+    "active_units",
+    "label_metrics",
+    "latent_draws",
+    "latent_draws_of",
+    "latent_means",
+    "reconstruction_error",
+}
+_WARNED: set[str] = set()
+
+
+def __getattr__(name: str) -> Any:
+    return hand_over(__name__, "pyro_vae.latent_summaries", _MOVED, name, _WARNED)
 
 
 @contextlib.contextmanager
@@ -130,7 +149,7 @@ def eval_mode(*fns: object) -> Iterator[None]:
             module.training = mode
 
 
-def _bare(model, guide) -> tuple:
+def bare_pair(model, guide) -> tuple:
     """``(model, guide)`` without the ``ScaleLatents(b)(fn)`` wrappers around the outside of
     either, for what they are made of: their torch modules (:func:`eval_mode`), a
     ``num_data`` keyword, a Pyro autoguide's rows, none of which shows through the wrapper's
@@ -166,7 +185,8 @@ def _warn_point_masses(names: list[str], stacklevel: int) -> None:
         warnings.warn(message, PointMassWarning, stacklevel=stacklevel)
 
 
-def _check_num(arg: str, value: int) -> None:
+def check_num(arg: str, value: int) -> None:
+    """Refuse a count below 1, naming ``arg`` (:func:`~pyro_vae.checks.check_count`)."""
     check_count(arg, value, 1)
 
 
@@ -213,7 +233,7 @@ def _chunk(args: tuple, start: int, stop: int) -> tuple:
 
 def max_plate_nesting(model, guide, *args, **kwargs) -> int:
     """How many batch dimensions the model and guide use, read from one trace of each."""
-    model, guide = _bare(model, guide)
+    model, guide = bare_pair(model, guide)
     with torch.no_grad(), torch.random.fork_rng(devices=[]), unscaled():
         model_tr, guide_tr = run_pair(model, guide, args, kwargs)
     return plate_nesting(model_tr, guide_tr)
@@ -405,7 +425,7 @@ def prepare(
     (:class:`UnscaledMinibatched`): the model's ELBO and log p(x), not a β-objective, from
     whatever :class:`~pyro_vae.annealing.ScaleLatents` handlers are in it.
     """
-    model, guide = _bare(model, guide)
+    model, guide = bare_pair(model, guide)
     count = int(data[0].shape[0])
     device = data[0].device if device is None else resolve_device(device, "device")
     probe = to_device(_chunk(data, 0, min(count, probe_rows)), device)
@@ -581,7 +601,7 @@ def log_importance_weights(
     between sites (β on the latents) stay in each ratio, as the evaluators count them.
     ``nesting`` is accepted for compatibility and read from the model when ``None``.
     """
-    _check_num("num_samples", num_samples)
+    check_num("num_samples", num_samples)
     data = data_arguments(x)
     pair = prepare(
         model, guide, data, "log_importance_weights", data_plate, vectorize_particles, len(data[0])
@@ -596,7 +616,7 @@ def _batches(
 ) -> Iterator[tuple[int, tuple]]:
     """The rows of ``data`` in chunks of ``batch_size``, each put on ``device`` as it is
     drawn (``None``: left where it is)."""
-    _check_num("batch_size", batch_size)
+    check_num("batch_size", batch_size)
     for start in range(0, data[0].shape[0], batch_size):
         chunk = _chunk(data, start, start + batch_size)
         yield start, chunk if device is None else to_device(chunk, torch.device(device))
@@ -651,9 +671,9 @@ def _scored_chunks(model, guide, x, settings: tuple, score) -> list:
     (:func:`prepare`); ``settings`` are ``(num_samples, batch_size, data_plate,
     vectorize_particles, rows, device)`` as :func:`elbo_per_datapoint` takes them."""
     num_samples, batch_size, data_plate, vectorize_particles, rows, device = settings
-    _check_num("num_samples", num_samples)
-    _check_num("batch_size", batch_size)
-    model, guide = _bare(model, guide)
+    check_num("num_samples", num_samples)
+    check_num("batch_size", batch_size)
+    model, guide = bare_pair(model, guide)
     data = data_arguments(x)
     with eval_mode(model, guide):
         pair = prepare(
@@ -750,10 +770,10 @@ def iwae_log_likelihood(
     Returns:
         ``[N]``, nats per datapoint, on ``device``.
     """
-    _check_num("num_samples", num_samples)
-    _check_num("batch_size", batch_size)
-    _check_num("max_elements", max_elements)
-    model, guide = _bare(model, guide)
+    check_num("num_samples", num_samples)
+    check_num("batch_size", batch_size)
+    check_num("max_elements", max_elements)
+    model, guide = bare_pair(model, guide)
     owner = getattr(model, "__self__", model)
     if getattr(owner, "generative", True) is False:
         raise ValueError(
@@ -811,151 +831,6 @@ def _iwae_rows(pair: PerDatapoint, args: tuple, start: int, num_samples: int, mo
 
 
 @torch.no_grad()
-def latent_means(model, guide, x: torch.Tensor, num_samples: int = 100) -> torch.Tensor:
-    """E_q[z | x] for each row of ``x``, ``[N, latent size]``.
-
-    From the guide's ``encode(x)`` when it has one (its ``mean``, or the mean of
-    ``num_samples`` draws for a family without a closed-form mean, such as a flow, drawn
-    from a generator of their own, seed 0, as :func:`latent_draws` draws them: the same
-    weights give the same means, and the global random stream is left as it was), from the
-    code of a model's ``encode(x)`` (a deterministic autoencoder), and otherwise a Monte Carlo mean
-    of ``num_samples`` draws of the guide's one latent site in the per-datapoint plate.
-
-    Raises:
-        ValueError: no ``encode`` and not exactly one latent site per datapoint.
-    """
-    model, guide = _bare(model, guide)
-    with eval_mode(model, guide):
-        encode = offered(guide, "encode")
-        if encode is not None:
-            q = encode(x)
-            try:
-                mean = q.mean
-            except NotImplementedError:
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(0)
-                    mean = q.sample((num_samples,)).mean(0)
-            return mean.reshape(x.shape[0], -1)
-        code = offered(model, "encode")
-        if code is not None:
-            return code(x)
-        site, draws = latent_draws(model, guide, x, num_samples)
-        return draws.mean(0).reshape(x.shape[0], -1)
-
-
-def latent_draws(
-    model, guide, x, num_samples: int, rows: torch.Tensor | None = None
-) -> tuple[str, torch.Tensor]:
-    """The guide's one per-datapoint latent site, and ``num_samples`` draws of it per row
-    (``[S, N, ...]``): what a figure or metric needs of a guide without ``encode``.
-
-    The draws come from a generator of their own (seed 0), so the same weights give the
-    same draws, and the global random stream is left as it was."""
-    _, site, draws = latent_draws_of(model, guide, data_arguments(x), num_samples, rows)
-    return site, draws
-
-
-def latent_draws_of(
-    model, guide, data: tuple, num_samples: int, rows: torch.Tensor | None = None
-) -> tuple[PerDatapoint, str, torch.Tensor]:
-    """:func:`latent_draws`, with the :class:`PerDatapoint` pair it prepared, for callers
-    that go on to run that pair."""
-    _check_num("num_samples", num_samples)
-    model, guide = _bare(model, guide)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        # every row in one run: probed so (a plate that declares subsample_size covers them)
-        count = len(data[0])
-        pair = prepare(model, guide, data, "latent codes per datapoint", None, None, count, rows)
-        subsample = pair.subsample(0, len(data[0])).to(data[0].device)
-        with torch.no_grad():
-            model_tr, guide_tr, _ = particle_traces(
-                pair.model, pair.guide, data, {"subsample": subsample}, num_samples, pair.nesting
-            )
-    latent = [
-        n
-        for n, s in sample_sites(guide_tr).items()
-        if frames_in(s, pair.plate) and not s["is_observed"] and not s["infer"].get("is_auxiliary")
-    ]
-    if len(latent) != 1:
-        raise ValueError(
-            f"guide: {type(guide).__name__} has no encode(x) and draws {len(latent)} latent "
-            f"sites per datapoint ({latent}); latent codes need encode(x) or exactly one such site"
-        )
-    site = guide_tr.nodes[latent[0]]
-    value = site["value"]
-    rank = pair.nesting + 1
-    batch = value.dim() - site["fn"].event_dim
-    value = value.reshape((1,) * (rank - batch) + tuple(value.shape))
-    data_dim = frames_in(site, pair.plate)[0].dim
-    value = value.movedim(data_dim - site["fn"].event_dim, 1)
-    value = value.expand(num_samples, *value.shape[1:])
-    return pair, latent[0], value.reshape(num_samples, len(data[0]), -1)
-
-
-@torch.no_grad()
-def label_metrics(
-    model, guide, x: torch.Tensor, y: torch.Tensor, iwae_samples: int | None = None
-) -> dict[str, float]:
-    """The model's own metrics of labels (its ``label_metrics(guide, x, y)``, e.g. M2's
-    ``{"test_accuracy": ...}``; :mod:`pyro_vae.model_protocol`) on rows ``x`` ``[N, D]``
-    with labels ``y`` ``[N]``, in eval mode without gradients; ``{}`` for a model without
-    the method. ``iwae_samples`` (the evaluation's log p(x) draws, ``--ll-samples``) is
-    passed on where the method takes it (tester U: M2's unlabelled log p(x) kept its own
-    100 draws whatever ``--ll-samples`` said).
-
-    Raises:
-        ValueError: the method returned something other than a mapping of names to numbers.
-    """
-    model, guide = _bare(model, guide)
-    hook = offered(getattr(model, "__self__", model), "label_metrics")  # or its object's
-    if hook is None:
-        return {}
-    options = {}
-    if iwae_samples is not None and accepts_keyword(hook, "iwae_samples"):
-        options["iwae_samples"] = iwae_samples
-    with torch.no_grad(), eval_mode(model, guide), unscaled():
-        values = hook(guide, x, y, **options)
-    if not isinstance(values, dict) or not all(
-        isinstance(k, str) and isinstance(v, int | float | torch.Tensor) for k, v in values.items()
-    ):
-        raise ValueError(
-            f"label_metrics: {type(values).__name__} returned by the model; expected a dict "
-            "of metric names to numbers"
-        )
-    return {k: v if isinstance(v, int) else float(v) for k, v in values.items()}  # counts stay
-
-
-def reconstruction_error(model, guide, x: torch.Tensor, pixel_max: float = 1.0) -> torch.Tensor:
-    """Mean squared error per pixel between x and E[x | z = E_q z], in [0, 1] intensity units.
-
-    E[x | z] comes from the model's ``decode(z)`` when it has one, and otherwise from the
-    mean of the model's observation at z (:func:`pyro_vae.predictive.reconstruct`).
-    """
-    from pyro_vae.predictive import reconstruct
-
-    x_hat = reconstruct(model, guide, x)
-    return ((x_hat - x) / pixel_max).pow(2).reshape(x.shape[0], -1).mean(dim=1)
-
-
-@torch.no_grad()
-def active_units(
-    model, guide, x: torch.Tensor, threshold: float = 0.01, num_samples: int = 1000
-) -> tuple[int, torch.Tensor]:
-    """Number of latent units u with Cov_x(E_q[z_u | x]) > ``threshold``, and those variances.
-
-    Where E_q[z | x] is a Monte Carlo mean of ``num_samples`` draws (:func:`latent_means`),
-    its error adds about Var_q(z_u | x) / ``num_samples`` to each variance: 1000 draws keep
-    that a tenth of the threshold for a unit that stays at the prior's N(0, 1) (100 would
-    put it at the threshold, and count such units at random).
-    """
-    if x.shape[0] < 2:
-        raise ValueError(f"x: {x.shape[0]} datapoint(s); active units need at least 2")
-    variances = latent_means(model, guide, x, num_samples).var(dim=0)
-    return int((variances > threshold).sum()), variances
-
-
-@torch.no_grad()
 def elbo_estimate(
     model,
     guide,
@@ -989,10 +864,10 @@ def elbo_estimate(
     Returns:
         ``(elbo, standard_error)``.
     """
-    _check_num("num_samples", num_samples)
-    model, guide = _bare(model, guide)
+    check_num("num_samples", num_samples)
+    model, guide = bare_pair(model, guide)
     guide = as_guide(guide)
-    _check_num("num_chunks", num_chunks)
+    check_num("num_chunks", num_chunks)
     chunks = min(num_samples, num_chunks)
     sizes = [num_samples // chunks + (i < num_samples % chunks) for i in range(chunks)]
     means = []

@@ -24,16 +24,18 @@ from pyro_vae.data_source import shard_of
 from pyro_vae.devices import resolve_device, to_device
 from pyro_vae.distributed import Group
 from pyro_vae.evaluate import (
-    active_units,
     elbo_per_datapoint,
     elbo_terms_per_datapoint,
     eval_mode,
     iwae_log_likelihood,
+)
+from pyro_vae.labels import refuse_unused_subset
+from pyro_vae.latent_summaries import (
+    active_units,
     label_metrics,
     latent_means,
     reconstruction_error,
 )
-from pyro_vae.labels import refuse_unused_subset
 from pyro_vae.mapped_rows import MappedRows, in_memory
 from pyro_vae.model_protocol import offered, tied_guide, uses_labels
 from pyro_vae.plots import (
@@ -486,7 +488,7 @@ def _label_model_metrics(
     exp: Experiment, args: tuple, split, elbo_samples, streamed, metrics, skipped
 ):
     """For a model that uses labels: the mean KL(q(z | x, y) ‖ p(z | y)) and the model's
-    own label metrics (:func:`pyro_vae.evaluate.label_metrics`, by rank 0 alone in a
+    own label metrics (:func:`pyro_vae.latent_summaries.label_metrics`, by rank 0 alone in a
     group, with the evaluation's log p(x) draws, ``metrics["log_likelihood_samples"]``,
     where it takes ``iwae_samples``) into ``metrics``; reconstruction and active units
     into ``skipped``."""

@@ -20,7 +20,8 @@ from __future__ import annotations
 import pyro.poutine as poutine
 import torch
 
-from pyro_vae.evaluate import data_arguments, eval_mode, latent_draws_of, latent_means
+from pyro_vae.evaluate import data_arguments, eval_mode
+from pyro_vae.latent_summaries import latent_draws_of, latent_means
 from pyro_vae.model_protocol import offered
 from pyro_vae.traces import sample_sites
 
@@ -68,7 +69,7 @@ def reconstruct(model, guide, x: torch.Tensor) -> torch.Tensor:
     """E[x | z = E_q z] for each row of ``x``, flattened to ``[N, D]`` (data units).
 
     E_q z is the mean of the guide's ``encode(x)`` when it offers one
-    (:func:`pyro_vae.evaluate.latent_means`), otherwise the mean of 100 draws of the guide's
+    (:func:`pyro_vae.latent_summaries.latent_means`), otherwise the mean of 100 draws of the guide's
     one latent site per datapoint.
 
     Raises:
@@ -134,7 +135,7 @@ def latent_traversal(
     """Images E[x | z] as one latent coordinate at a time moves and the others stay.
 
     The codes are the latent means E_q[z | x_n] of the rows of ``x``
-    (:func:`pyro_vae.evaluate.latent_means`). The ``num_dims`` coordinates whose means
+    (:func:`pyro_vae.latent_summaries.latent_means`). The ``num_dims`` coordinates whose means
     vary most across ``x`` (the most active units, Burda et al. 2015, §5.2) are each swept
     over ``steps`` evenly spaced values between their 5th and 95th percentile across ``x``,
     starting from row ``row``'s code, through the model's ``decode(z)``. Centre and range
@@ -148,7 +149,7 @@ def latent_traversal(
     Raises:
         NoMeanImageError: the model offers no ``decode``.
         ValueError: fewer than two rows in ``x``, or a latent code that is not one vector
-            per row (:func:`pyro_vae.evaluate.latent_means`).
+            per row (:func:`pyro_vae.latent_summaries.latent_means`).
     """
     decode = _decoder(model)
     if x.shape[0] < 2:

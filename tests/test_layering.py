@@ -69,6 +69,7 @@ LAYERS: dict[str, int] = {
     "pyro_vae.cavi": 4,
     # 5: evaluate
     "pyro_vae.evaluate": 5,
+    "pyro_vae.latent_summaries": 5,
     "pyro_vae.predictive": 5,
     # 6: train (validates through evaluate) and its parts
     "pyro_vae.training_config": 6,

@@ -15,7 +15,7 @@ inverted during training.
 
 A flow has no closed-form mean: ``encode(x).mean`` raises ``NotImplementedError``, and
 figures and metrics that need E_q[z | x] use a Monte Carlo mean of the guide's draws
-(:func:`pyro_vae.evaluate.latent_means`).
+(:func:`pyro_vae.latent_summaries.latent_means`).
 """
 
 from __future__ import annotations

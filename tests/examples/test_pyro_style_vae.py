@@ -16,7 +16,7 @@ from pyro_vae.checkpoint import RunFolder
 from pyro_vae.cli import main
 from pyro_vae.data import Preprocessing, load_data
 from pyro_vae.diagnostics import to_inference_data, write_report
-from pyro_vae.evaluate import latent_means
+from pyro_vae.latent_summaries import latent_means
 from pyro_vae.minibatch import Minibatched
 from pyro_vae.predictive import prior_mean_images, reconstruct
 from pyro_vae.spec import load_object

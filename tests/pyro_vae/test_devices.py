@@ -47,13 +47,7 @@ from pyro_vae.diagnostics import (
 )
 from pyro_vae.diagnostics.gradient_variance import gradient_variance
 from pyro_vae.diagnostics.psis import PSIS_MIN_SAMPLES
-from pyro_vae.evaluate import (
-    elbo_estimate,
-    elbo_per_datapoint,
-    iwae_log_likelihood,
-    latent_means,
-    reconstruction_error,
-)
+from pyro_vae.evaluate import elbo_estimate, elbo_per_datapoint, iwae_log_likelihood
 from pyro_vae.guides import (
     AmortizedCategorical,
     AmortizedIAF,
@@ -64,6 +58,7 @@ from pyro_vae.guides import (
     LocalNormal,
 )
 from pyro_vae.labels import for_model
+from pyro_vae.latent_summaries import latent_means, reconstruction_error
 from pyro_vae.model_protocol import uses_labels
 from pyro_vae.train import prepare_pair
 from tests.pyro_vae.cavi.test_hmm import random_fhmm, sample

@@ -19,7 +19,6 @@ import torch
 
 from pyro_vae.annealing import ScaleLatents
 from pyro_vae.evaluate import (
-    active_units,
     elbo_per_datapoint,
     elbo_terms_per_datapoint,
     iwae_log_likelihood,
@@ -192,15 +191,6 @@ def test_bad_counts_are_rejected(x):
         elbo_per_datapoint(model, make_guide(), x, batch_size=-1)
 
 
-def test_active_units_counts_latent_variance():
-    class Encoder:
-        def encode(self, x):
-            return dist.Normal(torch.stack([x[:, 0], 0.01 * x[:, 0]], -1), 1.0)
-
-    n_active, variances = active_units(object(), Encoder(), torch.randn(500, 1))
-    assert n_active == 1 and variances[0] > 0.5 and variances[1] < 0.01
-
-
 def test_elbo_estimate_sums_out_enumerated_sites_and_reports_its_error():
     import pyro.distributions as dist
 
@@ -278,17 +268,6 @@ def test_evaluators_loop_over_particles_when_the_model_cannot_broadcast():
     torch.testing.assert_close(ll, exact)
 
 
-def test_latent_means_of_a_guide_without_encode_are_a_monte_carlo_mean(x):
-    from pyro_vae.evaluate import latent_means
-
-    guide = make_guide(0.8, 1.0)
-    loc = (x - B) @ (0.8 * POST_GAIN).T
-    mean = latent_means(model, guide, x, num_samples=400)
-    # 400 draws of sd √POST_VAR: a standard error of √(POST_VAR / 400) per entry
-    se = (POST_VAR / 400).sqrt()
-    assert ((mean - loc).abs() <= 4 * se).all()
-
-
 def test_an_evaluator_refuses_a_device_this_machine_lacks_by_name(monkeypatch):
     from models.vae import VAE
     from pyro_vae.evaluate import elbo_per_datapoint
@@ -297,45 +276,6 @@ def test_an_evaluator_refuses_a_device_this_machine_lacks_by_name(monkeypatch):
     model = VAE(4, latent_dim=2, hidden_dims=(3,))
     with pytest.raises(ValueError, match="device: 'cuda' is not available on this machine"):
         elbo_per_datapoint(model, model.make_guide(), torch.zeros(3, 4), device="cuda")
-
-
-class _WithLabelMetrics:
-    """A model object whose label_metrics hook reports what it was given."""
-
-    def __init__(self, values=None):
-        self.values, self.calls = values, []
-
-    def model(self, x, y, observed):
-        pass
-
-    def label_metrics(self, guide, x, y):
-        self.calls.append((guide, x.shape, y.dtype, torch.is_grad_enabled()))
-        return self.values if self.values is not None else {"test_label_mean": y.float().mean()}
-
-
-def test_label_metrics_come_from_the_model_s_hook_without_gradients():
-    from pyro_vae.evaluate import label_metrics
-
-    owner = _WithLabelMetrics()
-    y = torch.tensor([0, 1, 1, 1])
-    assert label_metrics(owner.model, "guide", torch.zeros(4, 3), y) == {"test_label_mean": 0.75}
-    assert owner.calls == [("guide", (4, 3), torch.long, False)]
-    assert label_metrics(lambda x: None, None, torch.zeros(4, 3), y) == {}
-    with pytest.raises(ValueError, match="label_metrics: list returned by the model; expected a"):
-        label_metrics(_WithLabelMetrics([0.5]).model, None, torch.zeros(4, 3), y)
-    # the evaluation's log p(x) draws reach a hook that takes them (tester U: M2 kept its
-    # 100 whatever --ll-samples said), and a hook that does not is called as before
-    assert label_metrics(owner.model, "guide", torch.zeros(4, 3), y, iwae_samples=10)
-
-    class Counted:
-        def model(self, x, y, observed):
-            pass
-
-        def label_metrics(self, guide, x, y, iwae_samples=100):
-            return {"test_log_px_unlabelled_K": iwae_samples}
-
-    found = label_metrics(Counted().model, None, torch.zeros(4, 3), y, iwae_samples=10)
-    assert found == {"test_log_px_unlabelled_K": 10}
 
 
 PI, MU, SIGMA = torch.tensor([0.2, 0.3, 0.5]), torch.tensor([-4.0, 0.0, 4.0]), 0.5

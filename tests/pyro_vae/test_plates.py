@@ -175,7 +175,8 @@ def test_a_declared_subsample_size_is_refused_only_on_the_per_datapoint_plate_of
     # tester J's F3: a run of every row at once (latent_means probed 100 of 150 rows) and a
     # pixel plate of the batch's size declaring subsample_size (at batch_size 5 = D) were
     # refused; neither subsamples the rows a chunk reports
-    from pyro_vae.evaluate import elbo_per_datapoint, latent_means
+    from pyro_vae.evaluate import elbo_per_datapoint
+    from pyro_vae.latent_summaries import latent_means
 
     def model(x):
         with pyro.plate("data", len(x), subsample_size=min(256, len(x)), dim=-2) as i:

@@ -14,8 +14,8 @@ from pyro.infer import Trace_ELBO
 from pyro_vae import TrainConfig, fit
 from pyro_vae.cli import main
 from pyro_vae.data import Preprocessing, load_data
-from pyro_vae.evaluate import reconstruction_error
 from pyro_vae.experiment import load
+from pyro_vae.latent_summaries import reconstruction_error
 from pyro_vae.predictive import reconstruct
 from pyro_vae.tables import TableError, original_units, read_table, squared_errors
 

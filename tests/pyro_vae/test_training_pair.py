@@ -153,7 +153,7 @@ def test_the_best_whole_data_epoch_is_chosen_on_common_random_numbers():
 
 
 def test_a_local_guide_is_evaluated_on_the_rows_it_was_fitted_to():
-    from pyro_vae.evaluate import latent_means
+    from pyro_vae.latent_summaries import latent_means
 
     data = load_data("digits", Preprocessing("bernoulli"))
     model = VAE(data.x_dim, latent_dim=2, hidden_dims=(16,))

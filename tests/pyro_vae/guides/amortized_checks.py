@@ -20,13 +20,9 @@ from models.vae import VAE
 from pyro_vae import TrainConfig, estimators, fit
 from pyro_vae.cli import main
 from pyro_vae.estimators.compiled import CompiledELBO
-from pyro_vae.evaluate import (
-    elbo_per_datapoint,
-    iwae_log_likelihood,
-    latent_means,
-    reconstruction_error,
-)
+from pyro_vae.evaluate import elbo_per_datapoint, iwae_log_likelihood
 from pyro_vae.experiment import load
+from pyro_vae.latent_summaries import latent_means, reconstruction_error
 from pyro_vae.svi_step import GroupedAdam, SVIStep
 from tests.pyro_vae.test_devices import _run, images, meta_default, splits
 
