@@ -85,6 +85,7 @@ from pyro_vae.traces import (
     point_mass_latents,
     point_mass_message,
     point_masses_of,
+    refuse_mask_mismatches,
     run_pair,
     sample_sites,
     sample_sites_where,
@@ -863,6 +864,10 @@ def elbo_estimate(
 
     Returns:
         ``(elbo, standard_error)``.
+
+    Raises:
+        ValueError: a latent whose elements one side masks off and the other scores
+            (:func:`~pyro_vae.traces.refuse_mask_mismatches`), before any draw.
     """
     check_num("num_samples", num_samples)
     model, guide = bare_pair(model, guide)
@@ -875,6 +880,7 @@ def elbo_estimate(
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             nesting = max_plate_nesting(model, guide, *args, **kwargs)
             point_masses = point_masses_of(model, guide, args, kwargs)
+            refuse_mask_mismatches(*run_pair(model, guide, args, kwargs))
         _warn_point_masses(point_masses, stacklevel=3)
         vectorize = vectorize_for(guide, vectorize_particles)
         for size in sizes:

@@ -67,32 +67,43 @@ def is_point_mass(fn) -> bool:
 
 def refuse_unscored_guide_sites(model_trace: Trace, guide_trace: Trace) -> None:
     """Refuse guide draws that log p(x, z) − log q(z) cannot score as a bound (tester T):
-
-    - a latent the model does not have (the auxiliary u of a hierarchical guide
-      q(z, u) = q(u) q(z | u)) beside a model latent the guide draws from a density:
-      log p(x, z) − log q(z, u) then has mean ELBO(q(z)) + E_q H[q(u | z)], which is no
-      bound on log p(x), and under IWAE's log-sum-exp it grows without limit as K rises
-      (F3: log p(x) estimates rising with K to 2.5 nats above the exact value, with no
-      word). An
-      autoguide's auxiliary latent (``AutoMultivariateNormal``, ``AutoIAFNormal``) is let
-      through: it reaches the model's sites by point masses whose ``log_density`` makes
-      log q(z) exact;
-    - elements the model masks off (``poutine.mask`` or a distribution's ``.mask(...)``,
-      padding past a sequence's end) that the guide draws and scores: log q counts them
-      and log p does not, so their entropy enters every estimate (F4: a padded HMM's
-      log p(x) log 3 high per padded step);
-    - elements the guide masks off that the model scores: log p counts their prior and
-      likelihood at a draw whose density log q leaves out, so the estimate is no bound and
-      depends on the units of z (z ~ N(0, 1), x ~ N(z, 0.1²), q = N(0, 0.01²) masked: the
-      ELBO of x = 0 came out 1.38 nats above log p(x), with no word).
+    a latent the model does not have beside a model latent the guide draws from a density
+    (:func:`refuse_guide_only_latents`), and elements one side masks off that the other
+    scores (:func:`refuse_mask_mismatches`). What the evaluators and the importance-weighted
+    estimators refuse; the single-sample estimators refuse the second alone (a guide-only
+    latent keeps Pyro's convention there, E[log p(x, z) − log q(z, u)], which does not grow
+    with K).
 
     Raises:
         ValueError: naming the sites and the way out."""
+    refuse_guide_only_latents(model_trace, guide_trace)
+    refuse_mask_mismatches(model_trace, guide_trace)
+
+
+def _guide_latents(model_trace: Trace, guide_trace: Trace) -> tuple[dict, list, list]:
+    """(the guide's latent sites, the names of those the model lacks, the names of the
+    model's latents the guide draws from a density, not a point mass)."""
     guide_sites = {n: s for n, s in sample_sites(guide_trace).items() if not s["is_observed"]}
     only = [n for n in guide_sites if n not in model_trace.nodes]
     drawn = [
         n for n in guide_sites if n in model_trace.nodes and not is_point_mass(guide_sites[n]["fn"])
     ]
+    return guide_sites, only, drawn
+
+
+def refuse_guide_only_latents(model_trace: Trace, guide_trace: Trace) -> None:
+    """Refuse a latent the model does not have (the auxiliary u of a hierarchical guide
+    q(z, u) = q(u) q(z | u)) beside a model latent the guide draws from a density:
+    log p(x, z) − log q(z, u) then has mean ELBO(q(z)) + E_q H[q(u | z)], which is no bound
+    on log p(x), and under IWAE's log-sum-exp it grows without limit as K rises (tester
+    T's F3: log p(x) estimates rising with K to 2.5 nats above the exact value, with no
+    word). An autoguide's auxiliary latent (``AutoMultivariateNormal``, ``AutoIAFNormal``)
+    is let through: it reaches the model's sites by point masses whose ``log_density``
+    makes log q(z) exact.
+
+    Raises:
+        ValueError: naming the sites and the way out."""
+    _, only, drawn = _guide_latents(model_trace, guide_trace)
     if only and drawn:
         raise ValueError(
             f"guide: it draws {only}, which the model does not have, beside the model's "
@@ -103,6 +114,35 @@ def refuse_unscored_guide_sites(model_trace: Trace, guide_trace: Trace) -> None:
             "add a reverse model r(u | z) to the model as an observed-free latent of its own "
             "(auxiliary-variable bounds: Agakov & Barber 2004; Ranganath et al. 2016)"
         )
+
+
+def refuse_mask_mismatches(model_trace: Trace, guide_trace: Trace) -> None:
+    """Refuse a latent whose elements one side masks off and the other scores, under any
+    objective (each is an expectation of log p(x, z) − log q(z)):
+
+    - elements the model masks off (``poutine.mask`` or a distribution's ``.mask(...)``,
+      padding past a sequence's end) that the guide draws and scores: log q counts them
+      and log p does not, so their entropy enters every estimate (tester T's F4: a padded
+      HMM's log p(x) log 3 high per padded step; tester AK: ``AutoDiscreteMeanField`` on
+      padded sequences, an ELBO log 2 high per padded step, above log p(x));
+    - elements the guide masks off that the model scores: log p counts their prior and
+      likelihood at a draw whose density log q leaves out, so the estimate is no bound and
+      depends on the units of z (z ~ N(0, 1), x ~ N(z, 0.1²), q = N(0, 0.01²) masked: the
+      ELBO of x = 0 came out 1.38 nats above log p(x), with no word);
+    - an autoguide's image of an auxiliary draw for a latent the model masks in part
+      (:func:`_refuse_auxiliary_images_of_masked_latents`).
+
+    Read outside any ``make_fx`` recording (a compiled step's first call): a mask's
+    values decide the refusal, and are not the step's arithmetic.
+
+    Raises:
+        ValueError: naming the site and the way out."""
+    with disable_proxy_modes_tracing():
+        _refuse_mask_mismatches(model_trace, guide_trace)
+
+
+def _refuse_mask_mismatches(model_trace: Trace, guide_trace: Trace) -> None:
+    guide_sites, only, drawn = _guide_latents(model_trace, guide_trace)
     for name in drawn:
         if _scored_where_masked_off(model_trace.nodes[name], guide_sites[name]):
             raise ValueError(

@@ -92,7 +92,7 @@ from pyro_vae.progress import interactive
 from pyro_vae.pyro_compat import guess_max_plate_nesting
 from pyro_vae.svi_step import GroupedAdam, SVIStep
 from pyro_vae.tensorboard_log import TensorBoardLog, require_tensorboard
-from pyro_vae.traces import buffers_kept, run_pair
+from pyro_vae.traces import buffers_kept, refuse_mask_mismatches, run_pair
 from pyro_vae.training_config import TrainingConfig as TrainConfig
 from pyro_vae.training_pair import TrainingPair
 
@@ -549,6 +549,7 @@ def _estimator_ready_to_train(
     training steps: a BatchNorm's running statistics are put back after them."""
     with buffers_kept():
         model_trace, guide_trace = _first_traces(pair, batches)
+        refuse_mask_mismatches(model_trace, guide_trace)  # whatever the ELBO, Pyro's too
         _refuse_per_row_baselines_with_a_partial_batch(elbo, guide_trace, batches, config)
         _refuse_unenumerated_sites(elbo, model_trace, guide_trace)
         _dry_loss(elbo, pair, batches)

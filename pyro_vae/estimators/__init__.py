@@ -53,6 +53,7 @@ from pyro_vae.estimators.mean_field import MeanFieldELBO
 from pyro_vae.estimators.path_gradients import GRADIENTS
 from pyro_vae.estimators.score_function import CONTROL_VARIATES, ScoreFunctionELBO
 from pyro_vae.estimators.trace_elbo import TraceELBO
+from pyro_vae.estimators.tracegraph_elbo import TraceGraphELBO
 from pyro_vae.estimators.vimco import VIMCO
 from pyro_vae.moved import hand_over
 
@@ -69,13 +70,14 @@ declare(TraceEnum_ELBO, TraceEnumELBO.capabilities)
 _PYRO_TRACEGRAPH = Capabilities(  # TraceGraph_ELBO: decaying-average baselines in the store
     keeps_state=True, needs_reparameterized=False, per_datapoint=False, recordable=False
 )
+declare(TraceGraph_ELBO, _PYRO_TRACEGRAPH)
 
 _REGISTRY: dict[str, Callable[..., ELBO]] = {
     "trace": TraceELBO,
     "analytic-kl": MeanFieldELBO,
     "enum": TraceEnumELBO,
     "iwae": IWAELBO,
-    "tracegraph": declare(TraceGraph_ELBO, _PYRO_TRACEGRAPH),
+    "tracegraph": declare(TraceGraphELBO, _PYRO_TRACEGRAPH),
     "score": ScoreFunctionELBO,
     "vimco": VIMCO,
 }

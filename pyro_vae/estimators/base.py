@@ -16,6 +16,7 @@ from pyro_vae.traces import (
     SharedSubsamples,
     buffers_kept,
     check_vectorized,
+    refuse_mask_mismatches,
     refuse_unscored_guide_sites,
     stack_particles,
     vectorized_or_looped,
@@ -49,6 +50,23 @@ def check_flag(option: str, value, none_means: str | None = None) -> None:
     )
 
 
+class RefusesMaskMismatches:
+    """A mixin for Pyro's ELBO classes (``Trace_ELBO``, ``TraceMeanField_ELBO``,
+    ``TraceGraph_ELBO``): each pair of traces Pyro's ``_get_trace`` draws is checked by
+    :func:`~pyro_vae.traces.refuse_mask_mismatches` first (tester AK: a guide drawing and
+    scoring padded steps the model masks off put ``trace``'s ELBO log 2 per padded step
+    above the exact one, and above log p(x)).
+
+    Raises:
+        ValueError: (at a loss) a latent whose elements one side masks off and the other
+            scores, naming it."""
+
+    def _get_trace(self, model, guide, args, kwargs):
+        model_trace, guide_trace = super()._get_trace(model, guide, args, kwargs)
+        refuse_mask_mismatches(model_trace, guide_trace)
+        return model_trace, guide_trace
+
+
 class SurrogateELBO(ELBO):
     """An ELBO given by ``differentiable_loss``: ``loss`` is its value and ``loss_and_grads``
     back-propagates it, as Pyro's ELBOs do.
@@ -69,7 +87,10 @@ class SurrogateELBO(ELBO):
     ``importance_weighted``: its guide may then draw no latent the model lacks (an
     auxiliary u of q(z, u)), since log (1/K) Σ_k p(x, z_k) / q(z_k, u_k) grows without
     limit in K, and those draws are refused as the evaluators refuse them
-    (:func:`~pyro_vae.traces.refuse_unscored_guide_sites`).
+    (:func:`~pyro_vae.traces.refuse_unscored_guide_sites`). Every estimator refuses a
+    latent whose elements one side masks off and the other scores
+    (:func:`~pyro_vae.traces.refuse_mask_mismatches`): no objective of log p − log q is a
+    bound then.
     """
 
     importance_weighted = False
@@ -141,6 +162,8 @@ class SurrogateELBO(ELBO):
         _refuse_undrawn_latents(type(self).__name__, model_tr, guide_tr)
         if self.importance_weighted:
             refuse_unscored_guide_sites(model_tr, guide_tr)
+        else:  # a guide-only latent keeps Pyro's convention: see the class docstring
+            refuse_mask_mismatches(model_tr, guide_tr)
         return model_tr, guide_tr, rank
 
     def _vectorized_traces(self, model, guide, args, kwargs):

@@ -26,6 +26,7 @@ from pyro_vae.objectives import (
     free_bits_traces,
     latent_groups,
 )
+from pyro_vae.traces import refuse_mask_mismatches
 
 _SHARED_SCALE = "share a common poutine.scale"
 
@@ -65,6 +66,7 @@ class TraceEnumELBO(TraceEnum_ELBO):
 
     def _get_trace(self, model, guide, args, kwargs):
         model_trace, guide_trace = super()._get_trace(model, guide, args, kwargs)
+        refuse_mask_mismatches(model_trace, guide_trace)
         if not any(pair == self._pair for pair in self._plates_checked):
             refuse_reading_across_plates(model, args, kwargs, model_trace, guide_trace)
             self._plates_checked.append(self._pair)

@@ -29,12 +29,13 @@ from pyro.infer import TraceMeanField_ELBO
 from pyro.infer.util import check_fully_reparametrized, is_validation_enabled
 from torch.distributions import kl_divergence
 
+from pyro_vae.estimators.base import RefusesMaskMismatches
 from pyro_vae.estimators.capabilities import Capabilities
 from pyro_vae.latent_dims import point_mass_log_density
 from pyro_vae.objectives import check_free_bits, check_free_bits_groups, free_bits_traces
 
 
-class MeanFieldELBO(TraceMeanField_ELBO):
+class MeanFieldELBO(RefusesMaskMismatches, TraceMeanField_ELBO):
     """Pyro's ``TraceMeanField_ELBO`` (the same arguments) and ``free_bits``: λ nats per
     latent site, or ``None`` (Pyro's estimate, with a point mass's ``log_density``
     counted); ``free_bits_groups`` splits each site into groups of its dimensions

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from pyro.infer import Trace_ELBO
 
+from pyro_vae.estimators.base import RefusesMaskMismatches
 from pyro_vae.estimators.capabilities import Capabilities
 from pyro_vae.estimators.path_gradients import (
     check_gradient,
@@ -39,7 +40,7 @@ from pyro_vae.objectives import check_free_bits, check_free_bits_groups, free_bi
 from pyro_vae.traces import sample_sites
 
 
-class TraceELBO(Trace_ELBO):
+class TraceELBO(RefusesMaskMismatches, Trace_ELBO):
     """Pyro's ``Trace_ELBO`` (the same arguments) with ``gradient``: ``"reparam"`` (Pyro's
     estimate, bit for bit) or ``"stl"`` (sticking the landing; see the module docstring),
     and ``free_bits``: λ nats per latent site, or ``None`` (the ELBO); ``free_bits_groups``

@@ -1019,7 +1019,7 @@ def test_the_ranks_fit_nproc_starts_are_marked_as_launched(monkeypatch):
     ("flags", "words"),
     [
         (["--estimator", "score", "--estimator-opt", "control_variate=ema"], "keeps state"),
-        (["--estimator", "tracegraph"], "TraceGraph_ELBO: it keeps state between steps,"),
+        (["--estimator", "tracegraph"], "TraceGraphELBO: it keeps state between steps,"),
         (["--batch-size", "1"], "batch_size: 1 rows cannot be split over 2 ranks"),
         # tester AA: each rank decided on its half-batch, free bits at batch size B/2
         (["--free-bits", "0.5"], "free_bits: 0.5 decides per batch which latent sites"),

@@ -914,3 +914,20 @@ def test_the_evaluators_probes_pass_num_data_as_their_runs_do():
     bound = [functools.partial(fn, num_data=5) for fn in (model, guide)]
     pyro.set_rng_seed(3)
     torch.testing.assert_close(given, elbo_per_datapoint(*bound, x, num_samples=20))
+
+
+def test_elbo_estimate_refuses_a_guide_masking_what_the_model_scores():
+    """The README's own example (z ~ N(0, 1), x ~ N(z, 0.1²), q = N(0, 0.01²) masked off):
+    elbo_estimate still returned 0.460 nats at x = 0, where log p(x) = −0.924 (tester AK),
+    though the README said every evaluator refused it."""
+    from pyro_vae.evaluate import elbo_estimate
+
+    def model(x):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Normal(z, 0.1), obs=x)
+
+    def guide(x):
+        pyro.sample("z", dist.Normal(0.0, 0.01).mask(False))
+
+    with pytest.raises(ValueError, match="site 'z' has elements the guide masks off"):
+        elbo_estimate(model, guide, torch.tensor(0.0), num_samples=10)

@@ -887,3 +887,25 @@ def test_set_up_runs_leave_running_statistics_to_the_training_steps(lazy):
     assert int(norm.num_batches_tracked) == 1
     # float32 means of 16 values of order 1 in another summation order: within ~1e-7
     assert torch.allclose(norm.running_mean, 0.1 * x.mean(0), rtol=0, atol=1e-6)
+
+
+def test_fit_refuses_a_latent_masked_by_the_model_alone_whatever_the_elbo(tmp_path):
+    """Pyro's own Trace_ELBO, given to fit, trained on a guide scoring the elements the
+    model masks off (tester AK): their entropy in every step's objective. Refused before
+    the first step, nothing written."""
+    mask = torch.tensor([True, False, True])
+
+    def model(x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", pyro.distributions.Normal(0.0, 1.0).mask(mask))
+            pyro.sample("x", pyro.distributions.Normal(z, 1.0), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", pyro.distributions.Normal(torch.zeros(len(x)), 0.01))
+
+    x = torch.tensor([0.5, 0.0, -1.0])
+    with pytest.raises(ValueError, match="site 'z' has elements the model masks off"):
+        fit(model, guide, TensorData(x), Trace_ELBO(), quiet(epochs=1, patience=None),
+            run=tmp_path / "run")  # fmt: skip
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())

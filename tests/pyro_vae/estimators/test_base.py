@@ -408,3 +408,42 @@ def test_the_nesting_a_model_needs_is_enough(name):
             warnings.simplefilter("error", VectorizationWarning)
             values.append(estimator.loss(model, guide, x))
     assert values[0] == pytest.approx(values[1], rel=1e-6)
+
+
+MASK3 = torch.tensor([True, False, True])
+
+
+def _masked_pair(model_masks: bool, guide_masks: bool):
+    """z_n ~ N(0, 1), x_n ~ N(z_n, 1) in a plate of 3, the middle element masked off by the
+    model and/or the guide (q(z_n) = N(0, 0.1²))."""
+
+    def model(x):
+        with pyro.plate("data", 3), pyro.poutine.mask(mask=MASK3 if model_masks else True):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        with pyro.plate("rows", 3):
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", 3), pyro.poutine.mask(mask=MASK3 if guide_masks else True):
+            pyro.sample("z", dist.Normal(torch.zeros(3), 0.1))
+
+    return model, guide
+
+
+@pytest.mark.parametrize("name", estimators.names())
+@pytest.mark.parametrize("side", ["model", "guide"])
+def test_every_estimator_refuses_a_latent_masked_on_one_side_only(name, side):
+    """Tester AK: only the importance-weighted estimators refused these, though the
+    README said every estimator did; `trace` gave −13.87 nats where the masked model's
+    ELBO is −10.67 (the unmasked guide element's entropy, −3.19, counted)."""
+    model, guide = _masked_pair(side == "model", side == "guide")
+    elbo = estimators.get(name, num_particles=2, max_plate_nesting=1)
+    with pytest.raises(ValueError, match=f"site 'z' has elements the {side} masks off"):
+        elbo.loss(model, guide, torch.tensor([0.5, 0.0, -1.0]))
+
+
+@pytest.mark.parametrize("name", estimators.names())
+def test_every_estimator_takes_a_latent_masked_alike_on_both_sides(name):
+    model, guide = _masked_pair(True, True)
+    elbo = estimators.get(name, num_particles=2, max_plate_nesting=1)
+    assert math.isfinite(elbo.loss(model, guide, torch.tensor([0.5, 0.0, -1.0])))

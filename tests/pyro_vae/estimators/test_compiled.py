@@ -142,7 +142,7 @@ def test_a_model_that_reads_a_tensor_value_cannot_be_recorded():
     [
         ("score", {"control_variate": "ema"}, "updates a baseline"),
         ("score", {"control_variate": "neural"}, "updates a baseline"),
-        ("tracegraph", {}, "TraceGraph_ELBO is not one of"),
+        ("tracegraph", {}, "TraceGraphELBO is not one of"),
         ("enum", {}, "TraceEnumELBO is not one of"),  # the registry's subclass of it
     ],
 )
@@ -316,7 +316,7 @@ def test_should_record_reads_the_estimator_and_warm_up():
     assert should_record(get("trace"), model) is None
     assert should_record(get("trace"), model, model.make_guide()) is None
     assert "updates a baseline" in should_record(get("score", control_variate="ema"), model)
-    assert "TraceGraph_ELBO is not one of" in should_record(get("tracegraph"), model)
+    assert "TraceGraphELBO is not one of" in should_record(get("tracegraph"), model)
     assert should_record(get("trace"), model, kl_warmup_epochs=2).startswith("kl_warmup_epochs: 2")
 
 
