@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import pyro
@@ -86,6 +86,8 @@ class TrainingPair:
     validate: Callable[[], float] | None = None
     validation_kind: str | None = None
     vectorize: bool | None = None
+    #: each found module's training flag at set-up, parents before children (see train_mode)
+    modes: list = field(default_factory=list)
     #: β of the ScaleLatents handlers inside model and guide (:func:`beta_in_pair`)
     handler_beta: float = 1.0
 
@@ -138,16 +140,23 @@ class TrainingPair:
         if plate is not None:
             warn_on_scales(wrapped_model, wrapped_guide, args, rows, plate, n)
         pair = cls(wrapped_model, wrapped_guide, plate, weights, local)
+        pair.modes = recorded_modes(weights.modules())
         pair.handler_beta = beta_in_pair(wrapped_model, wrapped_guide, args, kwargs, config.beta)
         pair.vectorize = config.vectorize_particles
         pair._set_validation(model, guide, source.data.validation_set(local, observable), config)
         return pair
 
     def train_mode(self, mode: bool) -> None:
-        """Put the torch modules behind model and guide in training (or eval) mode: those
+        """Put the torch modules behind model and guide in training mode, each as it was at
+        set-up (:func:`recorded_modes`: a submodule the user put in eval mode, a frozen
+        feature extractor, stays so), or all in eval mode: those
         :class:`~pyro_vae.weights.PairWeights` found, however the pair was wrapped."""
-        for module in self.weights.modules():
-            module.train(mode)
+        if not mode:
+            for module in self.weights.modules():
+                module.train(False)
+            return
+        for module, flag in self.modes:  # parents first: a child's own flag is set after
+            module.train(flag)
 
     def _set_validation(self, model, guide, plan: ValidationSet | None, config) -> None:
         """Validate by the data's ``plan``: the mean per-datapoint ELBO of its rows (on
@@ -228,6 +237,28 @@ def _per_datapoint_plate(
         return None, None, describe_plates(trace)
     dims = [f.dim for s in sample_sites(trace).values() for f in frames_in(s, plate)]
     return plate, dims[0] if dims else None, ""
+
+
+def recorded_modes(roots: list[torch.nn.Module]) -> list[tuple[torch.nn.Module, bool]]:
+    """``(module, training flag)`` for every module under ``roots`` as they are now, each
+    parent before its children (``Module.modules()``'s order), for
+    :meth:`TrainingPair.train_mode` to put back: a network the user put in eval mode (a
+    pretrained feature extractor, frozen) trains in eval mode, as PyTorch Lightning keeps a
+    submodule's mode. Set blanket to training mode, such a network's BatchNorm normalized
+    by batch statistics and moved its running ones at every step, and fit left it in
+    training mode (review of cb181f9..c795b70: a plain function's guide calling one).
+
+    A root with trainable parameters that is wholly in eval mode (left so by an
+    evaluation) is recorded as training, as fit always trained it."""
+    out = []
+    for root in roots:
+        subtree = list(root.modules())
+        trainable = any(p.requires_grad for p in root.parameters())
+        if trainable and not any(m.training for m in subtree):
+            out.append((root, True))
+            continue
+        out.extend((m, m.training) for m in subtree)
+    return out
 
 
 def _num_data_for(fn, num_data: int | None) -> dict:

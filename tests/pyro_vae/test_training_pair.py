@@ -356,3 +356,59 @@ def test_the_set_up_runs_pass_num_data_as_the_steps_do():
     config = TrainConfig(epochs=2, batch_size=10, progress=False, device="cpu")
     fit(model, guide, TensorData(x), Trace_ELBO(), config)
     assert pyro.param("loc").shape == (37, 2)
+
+
+class _WithFrozenPart(torch.nn.Module):
+    """A model object with a trainable decoder and a pretrained part the user froze and put
+    in eval mode (a BatchNorm whose running statistics are its own)."""
+
+    def __init__(self):
+        super().__init__()
+        self.decoder = torch.nn.Linear(2, 3)
+        self.frozen = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))
+        self.frozen.requires_grad_(False)
+        self.frozen.eval()
+        self.seen = []  # the frozen part's flag at each of its calls
+
+    def model(self, x):
+        pyro.module("owner", self)
+        self.seen.append(self.frozen.training)
+        with pyro.plate("d", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 2), 1.0).to_event(1))
+            loc = self.decoder(z) + self.frozen(x)
+            pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
+
+    def guide(self, x):
+        with pyro.plate("d", x.shape[0]):
+            pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 2), 1.0).to_event(1))
+
+
+@pytest.mark.filterwarnings("ignore:.*was not registered in the param store:UserWarning")
+@pytest.mark.parametrize("how", ["a bound method's owner", "found by the hook"])
+def test_a_part_the_user_put_in_eval_mode_trains_in_eval_mode(how):
+    """Review of cb181f9..c795b70: train_mode(True) put every module found in training
+    mode, so a frozen network (in a plain function's guide, found by the hook, or a child
+    of the model object) normalized by batch statistics and moved its running ones at
+    every step, and fit left it in training mode. Expected, as PyTorch Lightning keeps a
+    submodule's mode: eval at every call, statistics as made (no batch tracked)."""
+    pyro.set_rng_seed(0)
+    owner = _WithFrozenPart()
+    model = owner.model if how == "a bound method's owner" else (lambda x: owner.model(x))
+    x = torch.randn(16, 3) * 5 + 3
+    fit(model, owner.guide, TensorData(x), get("trace"), quiet(epochs=2, batch_size=8))
+    assert owner.seen and not any(owner.seen)
+    assert not owner.frozen.training and int(owner.frozen[1].num_batches_tracked) == 0
+    assert owner.decoder.training
+
+
+@pytest.mark.filterwarnings("ignore:.*was not registered in the param store:UserWarning")
+def test_a_model_left_wholly_in_eval_mode_trains_in_training_mode():
+    """A trainable network the user left in eval mode as a whole (after an evaluation, say)
+    trains in training mode, as fit always did."""
+    pyro.set_rng_seed(0)
+    owner = _WithFrozenPart()
+    owner.frozen.requires_grad_(True)
+    owner.eval()
+    fit(owner.model, owner.guide, TensorData(torch.randn(16, 3)), get("trace"),
+        quiet(epochs=1, batch_size=8))  # fmt: skip
+    assert any(owner.seen) and owner.training and owner.frozen.training
