@@ -228,11 +228,17 @@ def _copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def _state_from_params(module: torch.nn.Module, saved: dict) -> dict[str, torch.Tensor]:
     """``module``'s state_dict with its parameters as a checkpoint saved them by param-store
     name (written when its module was not found) and its buffers as they are (not saved
-    then); ``{}`` (which does not fit, and is named so) where a parameter is not there."""
+    then); ``{}`` (which does not fit, and is named so) where a parameter in the param
+    store is not there, or not of its shape. A parameter outside the param store (a network
+    the pair calls without ``pyro.module``: not trained, nor saved, then) keeps its value:
+    refused as missing, such a pair's checkpoints stopped restoring (review of
+    cb181f9..c795b70)."""
     names = {id(p): n for n, p in pyro.get_param_store().named_parameters()}
     state = module.state_dict()
     for key, p in module.named_parameters():
         name = names.get(id(p))
+        if name is None:
+            continue
         if name not in saved or saved[name].shape != p.shape:
             return {}
         state[key] = saved[name]

@@ -189,3 +189,29 @@ def test_a_checkpoint_saved_before_the_module_was_found_is_read_from_its_params(
     assert torch.equal(net.linear.weight, expected)
     with pytest.raises(WeightsMismatchError, match="the saved model does not fit ModuleList"):
         weights.restore({"model": {}, "guide": {}, "params": {}})
+
+
+def test_an_old_checkpoint_restores_beside_a_network_outside_the_param_store():
+    """Review of cb181f9..c795b70: a guide calling a fixed network without pyro.module had
+    "guide": {} and its registered encoder under "params" in older checkpoints; the found
+    ModuleList([features, encoder]) was refused as a whole ("Missing key(s)"), and the run
+    could not resume. Expected: the encoder from its params, the fixed network as it is."""
+    torch.manual_seed(0)
+    features, encoder = torch.nn.Linear(3, 3), torch.nn.Linear(3, 4)
+
+    def model(x):
+        with pyro.plate("d", x.shape[0]):
+            pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 2), 1.0).to_event(1))
+
+    def guide(x):
+        pyro.module("encoder", encoder)
+        with pyro.plate("d", x.shape[0]):
+            h = encoder(features(x))
+            pyro.sample("z", dist.Normal(h[:, :2], h[:, 2:].exp()).to_event(1))
+
+    weights = PairWeights(model, guide, (torch.randn(5, 3),), {})
+    kept = features.weight.detach().clone()
+    saved = {"encoder$$$weight": torch.ones(4, 3), "encoder$$$bias": torch.zeros(4)}
+    weights.restore({"model": {}, "guide": {}, "params": saved})
+    assert torch.equal(encoder.weight, torch.ones(4, 3))
+    assert torch.equal(features.weight, kept)
