@@ -163,12 +163,25 @@ def _refuse_mask_mismatches(model_trace: Trace, guide_trace: Trace) -> None:
     _refuse_auxiliary_images_of_masked_latents(model_trace, guide_sites, only)
 
 
+_AUXILIARY_MASK_MESSAGE = (
+    "guide: the model masks off elements of {name!r} (poutine.mask, or .mask(...) "
+    "on its distribution), and the guide gives it as the image of an auxiliary "
+    "draw (an autoguide's), whose density scores every element, the masked-off "
+    "ones too: the estimate is then no bound on log p(x) (it rises with K under "
+    "IWAE); write a guide that draws {name!r} itself, masked as the model masks it, "
+    "or put an AutoNormal under poutine.mask with the model's mask"
+)
+
+
 def _refuse_auxiliary_images_of_masked_latents(model_trace, guide_sites: dict, only) -> None:
     """Refuse an autoguide's image of an auxiliary draw (a ``Delta`` with a ``log_density``,
     beside auxiliary sites: ``AutoNormal``, ``AutoMultivariateNormal``, flows) for a latent
     the model masks in part: the auxiliary density scores every element, the masked-off
     ones too, and the ``Delta`` leaves nothing to mask (tester AJ: ``AutoNormal`` on padded
     sequences, IWAE at K = 1000 up to 8.1 nats above the exact log p(x), rising with K).
+    ``AutoNormal``'s auxiliary of that latent alone (``<name>_unconstrained``) is read for
+    its own masks: under ``poutine.mask`` with the model's mask it counts what log p counts,
+    and is taken (refused as the others were: review of cb181f9..c795b70).
 
     Raises:
         ValueError: naming the site and the way out."""
@@ -180,14 +193,13 @@ def _refuse_auxiliary_images_of_masked_latents(model_trace, guide_sites: dict, o
         model_site = model_trace.nodes[name]
         if not _site_masks(model_site)[0]:
             continue
+        own = guide_sites.get(f"{name}_unconstrained")  # AutoNormal's: one auxiliary a latent
+        if own is not None and own["infer"].get("is_auxiliary"):
+            if _scored_where_masked_off(model_site, own):
+                raise ValueError(_AUXILIARY_MASK_MESSAGE.format(name=name))
+            continue  # masked as the model masks it (poutine.mask around the autoguide)
         if not bool(counted_elements(model_site)[0].all()):
-            raise ValueError(
-                f"guide: the model masks off elements of {name!r} (poutine.mask, or .mask(...) "
-                "on its distribution), and the guide gives it as the image of an auxiliary "
-                "draw (an autoguide's), whose density scores every element, the masked-off "
-                "ones too: the estimate is then no bound on log p(x) (it rises with K under "
-                f"IWAE); write a guide that draws {name!r} itself, masked as the model masks it"
-            )
+            raise ValueError(_AUXILIARY_MASK_MESSAGE.format(name=name))
 
 
 def _is_image_of_auxiliary(fn) -> bool:

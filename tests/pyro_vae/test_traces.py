@@ -738,3 +738,24 @@ def test_buffers_kept_puts_a_lazy_norm_back_as_torch_makes_it():
     assert int(plain.num_batches_tracked) == 0
     lazy(torch.randn(4, 3))  # and it trains on after
     assert int(lazy.num_batches_tracked) == 1
+
+
+def test_an_autonormal_masked_as_the_model_masks_is_taken():
+    """Review of cb181f9..c795b70: under poutine.mask with the model's mask, AutoNormal's
+    auxiliary z_unconstrained counts exactly the elements log p counts, yet the pair was
+    refused ("scores every element, the masked-off ones too"); unmasked, it is refused."""
+    from pyro.infer.autoguide import AutoNormal
+
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    on = torch.tensor([True, True, False, True])
+
+    def model(x):
+        with pyro.plate("data", 4):
+            with poutine.mask(mask=on):
+                z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z[:, None], 1.0).to_event(1), obs=x)
+
+    particle_traces(model, poutine.mask(AutoNormal(model), mask=on), (x,), {}, 4, 1)
+    pyro.clear_param_store()
+    with pytest.raises(ValueError, match=r"masks off elements of 'z'.*AutoNormal under"):
+        particle_traces(model, AutoNormal(model), (x,), {}, 4, 1)
