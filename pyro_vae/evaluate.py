@@ -125,13 +125,17 @@ def eval_mode(*fns: object) -> Iterator[None]:
     under a training parent stays so), on any exit, an exception's too.
 
     Process-global while open: a module another thread calls meanwhile is switched too, and
-    restored on leaving.
+    restored on leaving. Blocks may nest: a module's flag is recorded once, by the first
+    open block to switch it, in a record they share, and put back by that block (an outer
+    block that met a module only when an inner one had switched it recorded eval mode, and
+    left the network in it for good: review of cb181f9..c795b70).
     """
-    saved: dict[int, tuple[torch.nn.Module, bool]] = {}
+    mine: list[int] = []  # the modules this block recorded, in order
 
     def switch(module: torch.nn.Module, _inputs=None) -> None:
-        if id(module) not in saved:
-            saved[id(module)] = (module, module.training)
+        if id(module) not in _RECORDED_MODES:
+            _RECORDED_MODES[id(module)] = (module, module.training)
+            mine.append(id(module))
         module.training = False  # this module only: its children are switched when called
 
     behind = [m for m in map(module_of, fns) if m is not None]
@@ -144,10 +148,17 @@ def eval_mode(*fns: object) -> Iterator[None]:
         yield
     finally:
         handle.remove()
+        restored = [_RECORDED_MODES.pop(key) for key in mine]
         for m in reversed(behind):
-            m.train(saved[id(m)][1])
-        for module, mode in reversed(list(saved.values())):
+            flag = next((mode for module, mode in restored if module is m), None)
+            if flag is not None:
+                m.train(flag)
+        for module, mode in reversed(restored):
             module.training = mode
+
+
+#: {id(module): (module, its flag before the first open eval_mode block switched it)}
+_RECORDED_MODES: dict[int, tuple[torch.nn.Module, bool]] = {}
 
 
 def bare_pair(model, guide) -> tuple:

@@ -931,3 +931,22 @@ def test_elbo_estimate_refuses_a_guide_masking_what_the_model_scores():
 
     with pytest.raises(ValueError, match="site 'z' has elements the guide masks off"):
         elbo_estimate(model, guide, torch.tensor(0.0), num_samples=10)
+
+
+def test_nested_eval_mode_blocks_put_every_flag_back():
+    """Review of cb181f9..c795b70: an outer block that met a module only through its hook
+    (a lambda's network), while an inner block had already switched it, recorded eval mode
+    and left the network in it for good. Either order of nesting restores every flag, a
+    child the user put in eval mode included."""
+    from pyro_vae.evaluate import eval_mode
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Dropout(0.5))
+    f = lambda x: net(x)  # noqa: E731
+    with eval_mode(f), eval_mode(net):
+        f(torch.ones(2, 3))
+        assert not any(m.training for m in net.modules())
+    assert [m.training for m in net.modules()] == [True, True, True]
+    net[1].eval()
+    with eval_mode(net), eval_mode(f):
+        f(torch.ones(2, 3))
+    assert [m.training for m in net.modules()] == [True, True, False]
