@@ -331,14 +331,21 @@ class Group:
                 f"model: no per-datapoint plate, so its loss cannot be split over {self.world} "
                 "ranks by rows; expected a model with pyro.plate(..., len(x)) or one process"
             )
+        full = min(batch_size, rows)
+        if full < self.world:  # every batch: --drop-last cannot help
+            what = f"{rows} rows of data" if rows < batch_size else f"batch_size {batch_size}"
+            raise ValueError(
+                f"batch_size: a batch of {full} rows cannot be split over {self.world} ranks "
+                f"({what}); expected batch_size >= {self.world} on at least {self.world} rows, "
+                "or fewer processes"
+            )
         last = 0 if drop_last else rows % batch_size
-        for size in {min(batch_size, rows), last} - {0}:
-            if size < self.world:
-                raise ValueError(
-                    f"batch_size: a batch of {size} rows cannot be split over {self.world} "
-                    f"ranks; expected at least one row per rank (--drop-last, drop_last=True "
-                    "from Python, drops a short last batch)"
-                )
+        if 0 < last < self.world:
+            raise ValueError(
+                f"batch_size: the last batch of an epoch, {last} rows ({rows} rows in batches "
+                f"of {batch_size}), cannot be split over {self.world} ranks; expected at "
+                "least one row per rank (--drop-last, drop_last=True from Python, drops it)"
+            )
 
 
 def refuse_stateful(elbo: ELBO, world: int) -> None:
@@ -600,11 +607,15 @@ def start_child(command: list[str], env: dict[str, str]) -> subprocess.Popen:
     so started, stops its ranks on that SIGTERM (tester AI: ``kill -9`` of ``pyro-vae fit
     --nproc 2`` left the agent and both ranks training on, orphaned, for 55 more epochs)."""
     parent = os.getpid()
+    # resolved here, not in the child: dlopen between fork and exec can deadlock on a lock
+    # another thread of this process held at the fork (torch's pools, a progress bar)
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux: no such call
+        prctl = None
 
     def die_with_parent() -> None:  # runs in the child, between fork and exec
-        try:
-            prctl = ctypes.CDLL(None, use_errno=True).prctl
-        except (OSError, AttributeError):  # not Linux: no such call
+        if prctl is None:
             return
         prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
         if os.getppid() != parent:  # the parent died before the call: already orphaned
