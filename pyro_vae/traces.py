@@ -33,11 +33,10 @@ from pyro.poutine import Trace
 from pyro.poutine.indep_messenger import CondIndepStackFrame
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import prune_subsample_sites, site_is_subsample
-from torch.distributions import Independent as TorchIndependent
 from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing
 from torch.nn.parameter import is_lazy
 
-from pyro_vae.pyro_compat import distribution_mask
+from pyro_vae.site_masks import counted_elements, site_masks, spread
 
 PARTICLES = "_particles"
 # Plates that index particles, not data: ours, and the one Pyro's vectorized ELBOs add.
@@ -191,7 +190,7 @@ def _refuse_auxiliary_images_of_masked_latents(model_trace, guide_sites: dict, o
         if name not in model_trace.nodes or not _is_image_of_auxiliary(site["fn"]):
             continue
         model_site = model_trace.nodes[name]
-        if not _site_masks(model_site)[0]:
+        if not site_masks(model_site)[0]:
             continue
         own = guide_sites.get(f"{name}_unconstrained")  # AutoNormal's: one auxiliary a latent
         if own is not None and own["infer"].get("is_auxiliary"):
@@ -218,64 +217,16 @@ def _scored_where_masked_off(masking_site: dict, scoring_site: dict) -> bool:
     puts on its prior by ``poutine.mask`` is matched by the guide's ``.mask(...)`` and the
     other way round. Where the two count at different grains (a ``.mask`` under
     ``.to_event`` against one on the whole event), the coarser is spread over the finer."""
-    if not _site_masks(masking_site)[0]:  # no tensor made: a meta-device run has no values
+    if not site_masks(masking_site)[0]:  # no tensor made: a meta-device run has no values
         return False
     masking_on, masking_event = counted_elements(masking_site)
     if bool(masking_on.all()):
         return False
     scoring_on, scoring_event = counted_elements(scoring_site)
     grain = min(masking_event, scoring_event)
-    off = ~_spread(masking_on, masking_event - grain)
-    on = _spread(scoring_on, scoring_event - grain)
+    off = ~spread(masking_on, masking_event - grain)
+    on = spread(scoring_on, scoring_event - grain)
     return bool((off & on).any())
-
-
-def _site_masks(site: dict) -> tuple[list[tuple[Any, int]], int]:
-    """The masks on a sample site, read without making a tensor (on the meta device, as
-    the device tests run, a tensor has no values to read): ``(masks, event)``.
-
-    ``masks``: the site's ``poutine.mask`` and each ``.mask(...)`` of its distribution (a
-    ``MaskedDistribution``, found under ``.to_event`` and ``expand`` wrappers too), from
-    the outside in, each as ``(mask, dims)``: a bool tensor (or bool) whose elements each
-    cover ``dims`` trailing dims of the value's batch shape (those a ``.to_event`` inside
-    it made event dims); empty where the site has none. ``event``: the event dims of the
-    innermost distribution, those every mask leaves whole."""
-    fn = site["fn"]
-    found = [] if site.get("mask") is None else [[site["mask"], 0]]
-    while True:
-        if isinstance(fn, dist.MaskedDistribution):
-            found.append([distribution_mask(fn), 0])
-        elif isinstance(fn, TorchIndependent):
-            for entry in found:
-                entry[1] += fn.reinterpreted_batch_ndims
-        elif not isinstance(fn, dist.ExpandedDistribution):
-            return [(mask, dims) for mask, dims in found], fn.event_dim
-        fn = fn.base_dist
-
-
-def counted_elements(site: dict) -> tuple[torch.Tensor, int]:
-    """Which elements of a sample site's value its log-density counts, and the value's
-    trailing dims that grain leaves whole (each counted or not as one).
-
-    Every mask of :func:`_site_masks` (the site's ``poutine.mask`` and each ``.mask(...)``
-    of its distribution), anded: a bool tensor that broadcasts against
-    ``value.shape[:value.dim() - event]``, aligned on the right, where ``event`` is the
-    second value returned."""
-    device = torch.as_tensor(site["value"]).device
-    masks, event = _site_masks(site)
-    on = _as_mask(True, device)
-    for mask, dims in masks:
-        on = on & _spread(_as_mask(mask, device), dims)
-    return on, event
-
-
-def _as_mask(mask, device: torch.device) -> torch.Tensor:
-    return torch.as_tensor(mask, dtype=torch.bool, device=device)
-
-
-def _spread(mask: torch.Tensor, dims: int) -> torch.Tensor:
-    """``mask`` over ``dims`` more trailing dims, each element of it covering them all."""
-    return mask.reshape(tuple(mask.shape) + (1,) * dims)
 
 
 class PointMassWarning(UserWarning):

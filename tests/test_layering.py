@@ -45,6 +45,7 @@ LAYERS: dict[str, int] = {
     "pyro_vae.image_folder": 1,
     "pyro_vae.tables": 1,
     "pyro_vae.datasets": 1,
+    "pyro_vae.site_masks": 1,
     "pyro_vae.data": 1,
     "pyro_vae.data_source": 1,
     "pyro_vae.labels": 1,

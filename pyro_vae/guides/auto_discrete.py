@@ -13,6 +13,11 @@ signal scores each site by the terms it touches. Sites the model marks for enume
 (``infer={"enumerate": ...}``) are left out, for :class:`pyro.infer.TraceEnum_ELBO` to sum.
 Continuous sites are an error; combine with Pyro's ``AutoNormal`` through
 ``pyro.infer.autoguide.AutoGuideList`` for models that have both.
+
+Elements the model masks off (``poutine.mask``, a distribution's ``.mask(...)``: padded
+steps of sequences of different lengths) are masked off in q too: they are absent from
+the model, and a factor scoring them put their entropy, log 2 nats a padded step, into the
+ELBO, above log p(x) on a padded HMM (tester AK).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from pyro.infer.autoguide import AutoGuide
 from pyro.nn import PyroModule, PyroParam
 
 from pyro_vae.pyro_compat import autoguide_plates
+from pyro_vae.site_masks import counted_elements
 
 
 def _base_support(fn) -> constraints.Constraint:
@@ -60,6 +66,7 @@ class AutoDiscreteMeanField(AutoGuide):
         super()._setup_prototype(*args, **kwargs)
         self.logits = PyroModule()
         self._sites: dict[str, tuple[str, int]] = {}
+        self._counted: dict[str, torch.Tensor] = {}  # the model's masks, where it has some
         for name, site in self.prototype_trace.iter_stochastic_nodes():
             if site["infer"].get("enumerate"):
                 continue
@@ -91,9 +98,13 @@ class AutoDiscreteMeanField(AutoGuide):
             ).to(value.device)
             setattr(self.logits, name, PyroParam(init))
             self._sites[name] = (kind, site["fn"].event_dim)
+            on, _ = counted_elements(site)  # over the value's shape: the factor's batch
+            if not bool(on.all()):
+                self._counted[name] = on
 
     def factors(self) -> dict[str, dist.TorchDistribution]:
-        """q's factor for each site, with the site's shape (batch = the site's plates)."""
+        """q's factor for each site, with the site's shape (batch = the site's plates),
+        masked off where the model masks the site off."""
         out = {}
         for name, (kind, event_dim) in self._sites.items():
             logits = getattr(self.logits, name)
@@ -102,6 +113,8 @@ class AutoDiscreteMeanField(AutoGuide):
                 if kind == "bernoulli"
                 else dist.Categorical(logits=logits)
             )
+            if name in self._counted:
+                base = base.mask(self._counted[name])
             out[name] = base.to_event(event_dim)
         return out
 
@@ -123,7 +136,9 @@ class AutoDiscreteMeanField(AutoGuide):
     @torch.no_grad()
     def probabilities(self) -> dict[str, torch.Tensor]:
         """q(z_{s,i} = 1) for Bernoulli sites, the probability vectors for Categorical ones."""
-        return {
-            name: fn.base_dist.probs if hasattr(fn, "base_dist") else fn.probs
-            for name, fn in self.factors().items()
-        }
+        out = {}
+        for name, fn in self.factors().items():
+            while isinstance(fn, (dist.Independent, dist.MaskedDistribution)):
+                fn = fn.base_dist
+            out[name] = fn.probs
+        return out

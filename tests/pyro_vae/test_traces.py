@@ -581,32 +581,6 @@ def test_a_model_mask_matched_by_the_guide_s_mask_scores_the_closed_form_elbo():
         assert ((elbo - exact).abs() < 4 * se).all(), (model_mask, guide_mask, elbo, exact)
 
 
-def test_one_walk_reads_a_site_s_masks_without_making_a_tensor():
-    """Review R1: one walk of a site's wrappers serves both the check whether a site is
-    masked and the anded mask. On the meta device (the device tests') it reads a site with
-    no mask without making a tensor, and it spreads each mask over the dims a .to_event
-    inside it made event dims."""
-    from pyro_vae.traces import _site_masks, counted_elements
-
-    meta = torch.device("meta")
-    normal = dist.Normal(torch.zeros(2, 3, device=meta), 1.0, validate_args=False)
-    plain = {"fn": normal.to_event(1), "mask": None, "value": torch.zeros(2, 3, device=meta)}
-    assert _site_masks(plain) == ([], 0)
-    site_mask, outer = torch.tensor([True, True]), torch.tensor([[True], [False]])
-    inner = torch.ones(3, 4, dtype=torch.bool)
-    inner[0, 0] = False
-    fn = dist.Normal(torch.zeros(2, 3, 4), 1.0).mask(inner).to_event(1)
-    fn = fn.expand([2, 3]).mask(outer).to_event(1)  # batch [2], event [3, 4]
-    site = {"fn": fn, "mask": site_mask, "value": torch.zeros(2, 3, 4)}
-    masks, event = _site_masks(site)
-    wanted = (site_mask, outer, inner)
-    assert [d for _, d in masks] == [2, 1, 0]  # outside in; dims: the .to_event dims inside
-    assert all(torch.equal(m, w.expand(m.shape)) for (m, _), w in zip(masks, wanted, strict=True))
-    on, event = counted_elements(site)
-    expected = torch.stack([inner, torch.zeros(3, 4, dtype=torch.bool)])  # row 1 off
-    assert event == 0 and torch.equal(on.expand(2, 3, 4), expected)
-
-
 def _chain(error: BaseException) -> list[BaseException]:
     """``error`` and every exception it was raised from or during the handling of."""
     seen: list[BaseException] = []

@@ -1,0 +1,66 @@
+"""Which elements of a Pyro sample site its log-density counts: the site's ``poutine.mask``
+and each ``.mask(...)`` of its distribution, read without making a tensor, at the grain
+each was put on (a ``.mask`` under ``.to_event`` covers elements inside the event).
+
+Read by the mask checks of :mod:`pyro_vae.traces` and by
+:class:`~pyro_vae.guides.AutoDiscreteMeanField`, which masks its factors as the model masks
+its sites.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyro.distributions as dist
+import torch
+from torch.distributions import Independent as TorchIndependent
+
+from pyro_vae.pyro_compat import distribution_mask
+
+
+def site_masks(site: dict) -> tuple[list[tuple[Any, int]], int]:
+    """The masks on a sample site, read without making a tensor (on the meta device, as
+    the device tests run, a tensor has no values to read): ``(masks, event)``.
+
+    ``masks``: the site's ``poutine.mask`` and each ``.mask(...)`` of its distribution (a
+    ``MaskedDistribution``, found under ``.to_event`` and ``expand`` wrappers too), from
+    the outside in, each as ``(mask, dims)``: a bool tensor (or bool) whose elements each
+    cover ``dims`` trailing dims of the value's batch shape (those a ``.to_event`` inside
+    it made event dims); empty where the site has none. ``event``: the event dims of the
+    innermost distribution, those every mask leaves whole."""
+    fn = site["fn"]
+    found = [] if site.get("mask") is None else [[site["mask"], 0]]
+    while True:
+        if isinstance(fn, dist.MaskedDistribution):
+            found.append([distribution_mask(fn), 0])
+        elif isinstance(fn, TorchIndependent):
+            for entry in found:
+                entry[1] += fn.reinterpreted_batch_ndims
+        elif not isinstance(fn, dist.ExpandedDistribution):
+            return [(mask, dims) for mask, dims in found], fn.event_dim
+        fn = fn.base_dist
+
+
+def counted_elements(site: dict) -> tuple[torch.Tensor, int]:
+    """Which elements of a sample site's value its log-density counts, and the value's
+    trailing dims that grain leaves whole (each counted or not as one).
+
+    Every mask of :func:`site_masks` (the site's ``poutine.mask`` and each ``.mask(...)``
+    of its distribution), anded: a bool tensor that broadcasts against
+    ``value.shape[:value.dim() - event]``, aligned on the right, where ``event`` is the
+    second value returned."""
+    device = torch.as_tensor(site["value"]).device
+    masks, event = site_masks(site)
+    on = as_mask(True, device)
+    for mask, dims in masks:
+        on = on & spread(as_mask(mask, device), dims)
+    return on, event
+
+
+def as_mask(mask, device: torch.device) -> torch.Tensor:
+    return torch.as_tensor(mask, dtype=torch.bool, device=device)
+
+
+def spread(mask: torch.Tensor, dims: int) -> torch.Tensor:
+    """``mask`` over ``dims`` more trailing dims, each element of it covering them all."""
+    return mask.reshape(tuple(mask.shape) + (1,) * dims)
