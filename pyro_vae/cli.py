@@ -409,6 +409,13 @@ def _where_it_stopped(args: argparse.Namespace) -> str:
             f"{run.path} holds the checkpoint of epoch {epoch}; continue with "
             f"`pyro-vae fit --resume {run.path}{nproc}`"
         )
+    if run.holds_run_config():  # its settings are there: no flag to type again
+        nproc = getattr(args, "nproc", 1) or 1
+        again = f" --nproc {nproc}" if nproc > 1 else ""
+        return (
+            f"no epoch of {run.path} had finished, so there is no checkpoint; start it again "
+            f"from its own config.json with `pyro-vae fit --resume {run.path}{again}`"
+        )
     return (
         f"no epoch of {run.path} had finished, so there is no checkpoint; start it over with "
         f"`pyro-vae fit --restart --out {run.path} ...`"

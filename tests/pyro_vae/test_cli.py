@@ -1713,3 +1713,23 @@ def test_sample_draws_num_images_of_a_label_model_classes_cycled(tmp_path, monke
     assert main(["sample", str(run), "--num", "12"]) == 0
     assert drawn == [12] and classes == [[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]]
     assert (run / "sample_seed0_12.png").is_file()
+
+
+def test_a_stop_before_the_first_epoch_names_a_resume_that_needs_no_flags(tmp_path, monkeypatch):
+    """Tester AK: a rank stopped before epoch 1 ended said "start it over with `pyro-vae
+    fit --restart --out RUN ...`", every flag to type again, where `fit --resume RUN`
+    starts it again from its own config.json (bit for bit the uninterrupted run)."""
+    import argparse
+
+    import pyro_vae.cli as cli
+    from pyro_vae.checkpoint import FORMAT
+    from pyro_vae.cli import _where_it_stopped
+
+    run = tmp_path / "run"
+    run.mkdir()
+    monkeypatch.setitem(cli._TRAINING_BEGUN, "begun", True)
+    stopped = argparse.Namespace(command="fit", resume=None, out=str(run), nproc=2)
+    assert f"`pyro-vae fit --restart --out {run} ...`" in _where_it_stopped(stopped)
+    (run / "config.json").write_text(json.dumps({"format": FORMAT}))  # a run's own
+    found = _where_it_stopped(stopped)
+    assert f"from its own config.json with `pyro-vae fit --resume {run} --nproc 2`" in found
