@@ -42,6 +42,18 @@ def _base_support(fn) -> constraints.Constraint:
     return support
 
 
+def _float_dtype(fn) -> torch.dtype:
+    """The float dtype of a discrete distribution's parameters (under its wrappers), or
+    torch's default where none shows."""
+    while hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    for name in ("logits", "probs"):
+        value = fn.__dict__.get(name)  # as given: reading the other would compute it
+        if torch.is_tensor(value) and value.is_floating_point():
+            return value.dtype
+    return torch.get_default_dtype()
+
+
 class AutoDiscreteMeanField(AutoGuide):
     """Independent Bernoulli / Categorical factors with free logits for the model's discrete sites.
 
@@ -89,13 +101,16 @@ class AutoDiscreteMeanField(AutoGuide):
                     "covers Bernoulli {0, 1} and Categorical {0..C-1} sites (put continuous "
                     "ones in an AutoNormal within an AutoGuideList)"
                 )
-            # Drawn on the CPU (the same start on every device), put on the site's device.
+            # Drawn on the CPU (the same start on every device), put on the site's device,
+            # in its distribution's float dtype (a float64 model's log-densities are float64,
+            # and logits of the default float32 beside them failed: "both inputs should
+            # have same dtype")
             cpu = torch.device("cpu")
             init = (
                 self.init_scale * torch.randn(shape, device=cpu)
                 if self.init_scale
                 else torch.zeros(shape, device=cpu)
-            ).to(value.device)
+            ).to(value.device, _float_dtype(site["fn"]))
             setattr(self.logits, name, PyroParam(init))
             self._sites[name] = (kind, site["fn"].event_dim)
             on, _ = counted_elements(site)  # over the value's shape: the factor's batch

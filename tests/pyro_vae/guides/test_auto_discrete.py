@@ -116,3 +116,26 @@ def test_padded_steps_are_masked_off_in_q_as_in_the_model(padded_to):
     elbo, se = elbo_estimate(padded_hmm, guide, y, lengths, num_samples=4000, num_chunks=20)
     assert abs(elbo - uniform_q_elbo(y5, lengths)) < 4 * se
     assert guide.probabilities()["s_7" if padded_to == 8 else "s_4"].shape == (3, 2)
+
+
+def test_a_float64_model_gets_float64_factors():
+    """Logits were made in torch's default float32 beside a float64 model's log-densities:
+    elbo_estimate failed with "both inputs should have same dtype". Expected: the padded
+    HMM in float64, at its exact uniform-q ELBO (as above, within 4 standard errors)."""
+    y = torch.randn(3, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    lengths = torch.tensor([5, 3, 1])
+
+    def model(y, lengths):
+        with pyro.plate("seqs", y.shape[0], dim=-1):
+            s = 0
+            for t in pyro.markov(range(y.shape[1])):
+                with pyro.poutine.mask(mask=t < lengths):
+                    probs = (PI_HMM if t == 0 else A_HMM[s]).double()
+                    s = pyro.sample(f"s_{t}", dist.Categorical(probs))
+                    pyro.sample(f"y_{t}", dist.Normal(MU_HMM.double()[s], 0.9), obs=y[:, t])
+
+    pyro.set_rng_seed(0)
+    guide = AutoDiscreteMeanField(model, init_scale=0.0)
+    elbo, se = elbo_estimate(model, guide, y, lengths, num_samples=4000, num_chunks=20)
+    assert guide.probabilities()["s_0"].dtype == torch.float64
+    assert abs(elbo - uniform_q_elbo(y, lengths)) < 4 * se
