@@ -141,6 +141,7 @@ class TrainingPair:
             warn_on_scales(wrapped_model, wrapped_guide, args, rows, plate, n)
         pair = cls(wrapped_model, wrapped_guide, plate, weights, local)
         pair.modes = recorded_modes(weights.modules())
+        warn_trained_in_eval_mode(weights.modules(), pair.modes)
         pair.handler_beta = beta_in_pair(wrapped_model, wrapped_guide, args, kwargs, config.beta)
         pair.vectorize = config.vectorize_particles
         pair._set_validation(model, guide, source.data.validation_set(local, observable), config)
@@ -249,7 +250,10 @@ def recorded_modes(roots: list[torch.nn.Module]) -> list[tuple[torch.nn.Module, 
     training mode (review of cb181f9..c795b70: a plain function's guide calling one).
 
     A root with trainable parameters that is wholly in eval mode (left so by an
-    evaluation) is recorded as training, as fit always trained it."""
+    evaluation) is recorded as training, as fit always trained it. A part with trainable
+    weights that is in eval mode under a training parent keeps eval mode, with an
+    :class:`EvalModeWarning` (:func:`warn_trained_in_eval_mode`). After fit each module
+    is in its recorded mode (a root that was wholly in eval mode, in training mode)."""
     out = []
     for root in roots:
         subtree = list(root.modules())
@@ -259,6 +263,33 @@ def recorded_modes(roots: list[torch.nn.Module]) -> list[tuple[torch.nn.Module, 
             continue
         out.extend((m, m.training) for m in subtree)
     return out
+
+
+class EvalModeWarning(UserWarning):
+    """A network with trainable weights trains in eval mode, as the user left it."""
+
+
+def warn_trained_in_eval_mode(roots: list, modes: list[tuple[torch.nn.Module, bool]]) -> None:
+    """An :class:`EvalModeWarning` naming (as ``Root.attribute``) each network, the
+    outermost of a subtree, among those of ``roots`` that
+    :func:`recorded_modes` keeps in eval mode though some of its weights train: its Dropout
+    stays off and its BatchNorm normalizes by its running statistics through the run. It
+    may be meant (BatchNorm layers held in eval mode while fine-tuning their affine
+    weights), or left over from an evaluation (tester AL: a decoder left in eval mode
+    trained with its Dropout off, without a word), so it is said, not changed."""
+    kept = [m for m, flag in modes if not flag and any(p.requires_grad for p in m.parameters())]
+    inside = {id(sub) for m in kept for sub in m.modules() if sub is not m}
+    paths = {id(m): f"{type(root).__name__}.{path}" if path else type(root).__name__
+             for root in roots for path, m in root.named_modules()}  # fmt: skip
+    named = [paths.get(id(m), type(m).__name__) for m in kept if id(m) not in inside]
+    if named:
+        warnings.warn(
+            f"fit trains {named} in eval mode, as they were left (Dropout off, BatchNorm on "
+            "its running statistics, throughout the run), though they have weights that "
+            "train; call .train() on them before fit to train them in training mode",
+            EvalModeWarning,
+            stacklevel=4,
+        )
 
 
 def _num_data_for(fn, num_data: int | None) -> dict:

@@ -412,3 +412,20 @@ def test_a_model_left_wholly_in_eval_mode_trains_in_training_mode():
     fit(owner.model, owner.guide, TensorData(torch.randn(16, 3)), get("trace"),
         quiet(epochs=1, batch_size=8))  # fmt: skip
     assert any(owner.seen) and owner.training and owner.frozen.training
+
+
+@pytest.mark.filterwarnings("ignore:.*was not registered in the param store:UserWarning")
+def test_a_trainable_part_left_in_eval_mode_is_named_in_a_warning():
+    """Tester AL: a decoder with trainable weights left in eval mode (after drawing samples,
+    say) trained with its Dropout off, without a word. It keeps the mode it was left in,
+    as BatchNorm layers held in eval mode for fine-tuning need, and fit says so, naming
+    it; a frozen part in eval mode (no weights that train) is not named."""
+    from pyro_vae.training_pair import EvalModeWarning
+
+    pyro.set_rng_seed(0)
+    owner = _WithFrozenPart()
+    owner.decoder.eval()
+    with pytest.warns(EvalModeWarning, match=r"fit trains \['_WithFrozenPart.decoder'\] in eval"):
+        fit(owner.model, owner.guide, TensorData(torch.randn(16, 3)), get("trace"),
+            quiet(epochs=1, batch_size=8))  # fmt: skip
+    assert not owner.decoder.training and not owner.frozen.training
