@@ -84,7 +84,6 @@ from pyro_vae.traces import (
     plate_nesting,
     point_mass_latents,
     point_mass_message,
-    point_masses_of,
     refuse_mask_mismatches,
     run_pair,
     sample_sites,
@@ -148,12 +147,11 @@ def eval_mode(*fns: object) -> Iterator[None]:
         yield
     finally:
         handle.remove()
-        restored = [_RECORDED_MODES.pop(key) for key in mine]
+        restored = {key: _RECORDED_MODES.pop(key) for key in mine}
         for m in reversed(behind):
-            flag = next((mode for module, mode in restored if module is m), None)
-            if flag is not None:
-                m.train(flag)
-        for module, mode in reversed(restored):
+            if id(m) in restored:
+                m.train(restored[id(m)][1])
+        for module, mode in reversed(list(restored.values())):
             module.training = mode
 
 
@@ -890,8 +888,10 @@ def elbo_estimate(
     with eval_mode(model, guide), poutine.block(), unscaled():
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             nesting = max_plate_nesting(model, guide, *args, **kwargs)
-            point_masses = point_masses_of(model, guide, args, kwargs)
-            refuse_mask_mismatches(*run_pair(model, guide, args, kwargs))
+            model_tr, guide_tr = run_pair(model, guide, args, kwargs)
+            refuse_mask_mismatches(model_tr, guide_tr)
+            _, again = run_pair(model, guide, args, kwargs)
+            point_masses = point_mass_latents(model_tr, guide_tr, again)
         _warn_point_masses(point_masses, stacklevel=3)
         vectorize = vectorize_for(guide, vectorize_particles)
         for size in sizes:

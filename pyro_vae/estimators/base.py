@@ -16,8 +16,8 @@ from pyro_vae.traces import (
     SharedSubsamples,
     buffers_kept,
     check_vectorized,
+    refuse_guide_only_latents,
     refuse_mask_mismatches,
-    refuse_unscored_guide_sites,
     stack_particles,
     vectorized_or_looped,
 )
@@ -160,10 +160,9 @@ class SurrogateELBO(ELBO):
         if is_validation_enabled():
             check_if_enumerated(guide_tr)
         _refuse_undrawn_latents(type(self).__name__, model_tr, guide_tr)
-        if self.importance_weighted:
-            refuse_unscored_guide_sites(model_tr, guide_tr)
-        else:  # a guide-only latent keeps Pyro's convention: see the class docstring
-            refuse_mask_mismatches(model_tr, guide_tr)
+        refuse_mask_mismatches(model_tr, guide_tr)
+        if self.importance_weighted:  # elsewhere a guide-only latent keeps Pyro's convention
+            refuse_guide_only_latents(model_tr, guide_tr)
         return model_tr, guide_tr, rank
 
     def _vectorized_traces(self, model, guide, args, kwargs):
