@@ -92,6 +92,14 @@ class CaptureError(RuntimeError):
 class _Recording:
     graph: Callable[..., torch.Tensor]  # the GraphModule, or torch.compile of it
     params: list[tuple[str, torch.Tensor]]  # (param-store name, unconstrained tensor)
+    # (module, its training flag) for every module the step called, as they were recorded
+    modes: tuple[tuple[torch.nn.Module, bool], ...] = ()
+
+    def modes_hold(self) -> bool:
+        """Whether every module the step called is in the mode it was recorded in: a
+        recording made in training mode holds Dropout's draws and BatchNorm's batch
+        statistics, so replayed after ``.eval()`` it would give the training-mode loss."""
+        return all(module.training == flag for module, flag in self.modes)
 
 
 def compilable(elbo: ELBO) -> str | None:
@@ -185,7 +193,7 @@ class CompiledELBO(SurrogateELBO):
                 f"the recording as it is) or one of {torch._dynamo.list_backends(exclude_tags=())}"
             )
         self.elbo, self.backend = elbo, backend
-        self._recordings: dict[Hashable, _Recording] = {}
+        self._recordings: dict[Hashable, list[_Recording]] = {}
 
     @property
     def capabilities(self) -> Capabilities:
@@ -206,8 +214,8 @@ class CompiledELBO(SurrogateELBO):
 
     @property
     def num_recordings(self) -> int:
-        """How many call signatures have been recorded so far."""
-        return len(self._recordings)
+        """How many recordings are kept: one per call signature and set of module modes."""
+        return sum(len(kept) for kept in self._recordings.values())
 
     def loss_and_grads_and_params(
         self, model, guide, *args, **kwargs
@@ -238,7 +246,8 @@ class CompiledELBO(SurrogateELBO):
         records the step and runs the ELBO itself."""
         leaves, spec = pytree.tree_flatten((args, kwargs))
         key = _signature(model, guide, leaves, spec)
-        recording = self._recordings.get(key)
+        kept = self._recordings.get(key, ())
+        recording = next((r for r in kept if r.modes_hold()), None)
         if recording is not None and _params_unchanged(recording, announce):
             tensors = [x for x in leaves if torch.is_tensor(x)]
             return lambda: _replay(recording, tensors), recording
@@ -259,7 +268,8 @@ class CompiledELBO(SurrogateELBO):
             # store's tensor, and its replays gave it no gradient (tester D's F2: plain SVI
             # on a fresh store coasted on step 1's momentum): record again, now it exists
             recording = self._record(model, guide, leaves, spec)
-        self._recordings[key] = recording
+        kept = [r for r in self._recordings.get(key, ()) if r.modes != recording.modes]
+        self._recordings[key] = [*kept, recording]
         with _items_as_tensors():
             return _loss_with_gradient(self.elbo, model, guide, args, kwargs)
 
@@ -279,6 +289,7 @@ class CompiledELBO(SurrogateELBO):
             torch.random.fork_rng(devices=[]),
             pyro.validation_enabled(False),
             poutine.trace(param_only=True) as params,
+            _modules_called() as modes,
         ):
             try:
                 graph = make_fx(one_step)(*tensors)
@@ -308,7 +319,7 @@ class CompiledELBO(SurrogateELBO):
             for name, site in params.trace.nodes.items()
             if name in store
         ]
-        return _Recording(graph, recorded)
+        return _Recording(graph, recorded, tuple(modes.items()))
 
 
 _VIEWS = {
@@ -427,6 +438,24 @@ def _loss_with_gradient(elbo: ELBO, model, guide, args, kwargs) -> torch.Tensor:
     if not torch.is_tensor(surrogate) or not surrogate.requires_grad:
         return loss
     return loss + (surrogate - surrogate.detach())
+
+
+@contextlib.contextmanager
+def _modules_called():
+    """``{module: training flag}`` of every ``nn.Module`` called (through ``__call__``)
+    inside the block, filled as they are called, by a global forward pre-hook. A module run
+    only through ``.forward`` is not seen, but the Dropout and BatchNorm layers it calls
+    are, and they are the ones whose mode changes the step."""
+    seen: dict[torch.nn.Module, bool] = {}
+
+    def note(module, _inputs) -> None:
+        seen.setdefault(module, module.training)
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(note)
+    try:
+        yield seen
+    finally:
+        handle.remove()
 
 
 @contextlib.contextmanager
