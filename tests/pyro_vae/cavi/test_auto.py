@@ -12,6 +12,7 @@ from pyro.ops.indexing import Vindex
 
 from models.regression import BayesianRegression
 from pyro_vae.cavi import AutoCAVI, BayesianLinearRegression, NotConjugateError
+from pyro_vae.cavi.refusals import warn_imprecise
 from tests.pyro_vae.cavi.ard import ard_vb
 from tests.pyro_vae.cavi.float64 import F64, t
 
@@ -1978,51 +1979,28 @@ def test_a_first_sweep_far_off_is_mended_from_the_priors_not_resumed():
     assert abs(fit.lower_bound_ - exact) < 1e-9 * abs(exact)
 
 
-def test_a_fixed_point_the_models_own_gradient_moves_is_refused_not_reported_converged():
-    """Tester Y: μ ~ N(0, 10¹⁴), a_g ~ N(μ, 1), y_ng ~ N(a_g, 1), data near 10⁶. With
-    random_state=1 the rounds ran out with q(μ) at 1.8e4 (its sd 8e-5), 8.7e5 below the
-    data, and the bound −2.1e12 nats was reported converged_ with a warning of 3.6e9 nats
-    of rounding: a fixed point of probed factors wrong where q is. The model's own
-    gradient at draws of q tells, and it is refused now (so is another data set's
-    random_state=3: −5e12 nats, 3.7e3 of rounding). random_state=2, warned of 0.0096
-    nats, is mean field's optimum to within that (written out: the evidence by the
-    candidate's formula at μ's posterior mean, the a's integrated, less KL =
-    ½(Σ log diag Λ − log|Λ|), Λ the posterior precision of (μ, a); the evidence matches
-    mpmath's at 60 digits to 1e-10)."""
-    G, N, v = 5, 8, 1e14
+def _far_data(seed, groups=5, points=8):
+    g = torch.Generator().manual_seed(seed)
+    y = 1e6 + torch.randn(groups, generator=g, dtype=F64)
+    return y + torch.randn(points, groups, generator=g, dtype=F64)
 
-    def data(seed):
-        g = torch.Generator().manual_seed(seed)
-        y = 1e6 + torch.randn(G, generator=g, dtype=F64)
-        return y + torch.randn(N, G, generator=g, dtype=F64)
 
+def _far_model(v, detach=False):
     def model(y):
         mu = pyro.sample("mu", dist.Normal(t(0.0), t(v**0.5)))
-        with pyro.plate("groups", G, dim=-1):
+        with pyro.plate("groups", y.shape[1], dim=-1):
             a = pyro.sample("a", dist.Normal(mu, t(1.0)))
-            with pyro.plate("points", N, dim=-2):
-                pyro.sample("y", dist.Normal(a, t(1.0)), obs=y)
+            with pyro.plate("points", y.shape[0], dim=-2):
+                pyro.sample("y", dist.Normal(a.detach() if detach else a, t(1.0)), obs=y)
 
-    for data_seed, seed, sds in [(0, 1, 354), (2, 3, 4.16)]:
-        with pytest.raises(NotConjugateError, match="model's own gradient moves the mean") as e:
-            AutoCAVI(model, random_state=seed).fit(data(data_seed))
-        assert f"latent site 'mu' by {sds:.3g} of q's sds" in str(e.value)
-        assert "Centre and scale the data" in str(e.value)
+    return model
 
-    # tester AB: one factor without an autograd graph (a detached likelihood) had switched
-    # the whole check off; now only its unit goes unchecked, and the warning names it
-    def detached(y):
-        mu = pyro.sample("mu", dist.Normal(t(0.0), t(v**0.5)))
-        with pyro.plate("groups", G, dim=-1):
-            a = pyro.sample("a", dist.Normal(mu, t(1.0)))
-            with pyro.plate("points", N, dim=-2):
-                pyro.sample("y", dist.Normal(a.detach(), t(1.0)), obs=y)
 
-    with pytest.raises(NotConjugateError, match="latent site 'mu' by 354 of q's sds"):
-        AutoCAVI(detached, random_state=1).fit(data(0))
-    with pytest.warns(RuntimeWarning, match=r"could not check q's means of 'a' \(its factor 'y'"):
-        AutoCAVI(detached, random_state=2).fit(data(0))
-    y = data(0)
+def _far_optimum(y, v):
+    """Mean field's optimum of the hierarchical model, written out: the evidence (the a's
+    integrated, μ by its conjugate posterior) less KL = ½(Σ log diag Λ − log|Λ|), Λ the
+    posterior precision of (μ, a)."""
+    N, G = y.shape
     # y | μ ~ N(μ1, S), S = I + kron(11ᵀ, I_G); log p(y) = log p(y | m) + log p(m) − log p(m | y)
     S = torch.eye(N * G, dtype=F64) + torch.kron(
         torch.ones(N, N, dtype=F64), torch.eye(G, dtype=F64)
@@ -2034,15 +2012,76 @@ def test_a_fixed_point_the_models_own_gradient_moves_is_refused_not_reported_con
         dist.MultivariateNormal(m * ones, S).log_prob(y.reshape(-1))
         + dist.Normal(t(0.0), t(v**0.5)).log_prob(m) - 0.5 * torch.log(precision / (2 * math.pi))
     )  # fmt: skip
-    assert evidence == pytest.approx(-82.6863597871, abs=1e-9)  # mpmath, 60 digits
     lam = torch.eye(G + 1, dtype=F64) * (1 + N)
     lam[0, 0] = 1 / v + G
     lam[0, 1:] = lam[1:, 0] = -1.0
-    optimum = evidence - 0.5 * float(lam.diag().log().sum() - torch.logdet(lam))
-    with pytest.warns(RuntimeWarning, match="float64 rounding in the factors"):
-        fit = AutoCAVI(model, random_state=2).fit(y)
-    assert fit.converged_ and fit.numerical_error_ < 0.01
-    assert abs(fit.lower_bound_ - optimum) <= fit.numerical_error_
+    return evidence, evidence - 0.5 * float(lam.diag().log().sum() - torch.logdet(lam))
+
+
+def test_data_far_from_zero_is_refused_or_fitted_to_within_its_warned_rounding():
+    """Tester Y: μ ~ N(0, 10¹⁴), a_g ~ N(μ, 1), y_ng ~ N(a_g, 1), data near 10⁶. The
+    rounds ran out with q(μ) at 1.8e4 (its sd 8e-5), 8.7e5 below the data, and the bound
+    −2.1e12 nats was reported converged_ with a warning of 3.6e9 nats of rounding: a fixed
+    point of probed factors wrong where q is. Which way float64 rounding takes a fit here
+    depends on the machine's arithmetic (its BLAS's kernels: a seed refused by the model's
+    own gradient on one CPU is refused as an improper update, or at the check at q, on
+    another), so every data set and seed is held to the contract itself: refused, or a
+    bound within the rounding it warns of of mean field's optimum, written out
+    (:func:`_far_optimum`; the evidence matches mpmath's at 60 digits to 1e-10)."""
+    v = 1e14
+    evidence, _ = _far_optimum(_far_data(0), v)
+    assert evidence == pytest.approx(-82.6863597871, abs=1e-9)  # mpmath, 60 digits
+    outcomes = []
+    for data_seed, seed in itertools.product((0, 1, 2), (1, 2, 3)):
+        y = _far_data(data_seed)
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                fit = AutoCAVI(_far_model(v), random_state=seed).fit(y)
+        except NotConjugateError as error:
+            outcomes.append(str(error)[:40])
+            continue
+        _, optimum = _far_optimum(y, v)
+        assert any("float64 rounding in the factors" in str(w.message) for w in caught)
+        assert fit.converged_, (data_seed, seed)
+        assert abs(fit.lower_bound_ - optimum) <= fit.numerical_error_ + 1e-9, (data_seed, seed)
+        outcomes.append("fitted")
+    assert "fitted" in outcomes  # not a contract met by refusing everything
+
+
+def _shifted_fit(model, y, shift):
+    """A fit of the well-scaled ``model`` with q(μ) moved ``shift`` of the exact
+    posterior's sds: a fixed point of wrong factors, made on purpose."""
+    fit = AutoCAVI(model).fit(y)
+    q = fit._q["mu"]
+    fit._q = {**fit._q, "mu": dist.Normal(q.loc + shift * q.scale, q.scale)}
+    return fit
+
+
+def test_a_q_the_models_own_gradient_moves_is_refused_by_name_with_the_way_out():
+    """The refusal that tester Y's fit now meets where the model's own gradient tells:
+    q(μ) moved 40 sds off mean field's optimum of a well-scaled hierarchical model. The
+    gradient's step is P(m − μ) in q's sds, 40 ± 5/√DRAWS (see test_stationarity)."""
+    y = _far_data(0) - 1e6
+    fit = _shifted_fit(_far_model(100.0), y, 40.0)
+    with pytest.raises(NotConjugateError, match="model's own gradient moves the mean") as e:
+        fit._refuse_unstationary((y,), {}, [fit.lower_bound_])
+    step = float(re.search(r"latent site 'mu' by ([0-9.e+]+) of q's sds", str(e.value))[1])
+    assert abs(step - 40.0) < 5 / math.sqrt(16)
+    assert "Centre and scale the data" in str(e.value)
+    assert _shifted_fit(_far_model(100.0), y, 0.0)._refuse_unstationary((y,), {}, [0.0]) == {}
+
+
+def test_a_unit_whose_factor_has_no_autograd_graph_is_named_and_the_rest_still_checked():
+    # tester AB: one factor without an autograd graph (a detached likelihood) had switched
+    # the whole check off; now only its unit goes unchecked, and the warning names it
+    y = _far_data(0) - 1e6
+    detached = _far_model(100.0, detach=True)
+    assert _shifted_fit(detached, y, 0.0)._refuse_unstationary((y,), {}, [0.0]) == {"a": "y"}
+    with pytest.raises(NotConjugateError, match="site 'mu' by"):  # μ's factors have graphs
+        _shifted_fit(detached, y, 40.0)._refuse_unstationary((y,), {}, [0.0])
+    with pytest.warns(RuntimeWarning, match=r"could not check q's means of 'a' \(its factor 'y'"):
+        warn_imprecise(0.01, -82.7, 19, {"a": "y"})
 
 
 def test_a_model_that_raises_where_q_is_checked_is_refused_by_name_not_by_its_raw_error():

@@ -12,7 +12,7 @@ import pytest
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
-from pyro_vae.cavi import AutoCAVI
+from pyro_vae.cavi import AutoCAVI, NotConjugateError
 from pyro_vae.cavi.newton_means import MAX_COORDINATES, newton_step
 
 F64 = torch.float64
@@ -124,8 +124,20 @@ def test_a_random_walk_too_tight_for_float64_is_not_reported_converged():
     At sd 10⁻⁵ the factors probed in float64 cannot follow the link: the Newton step
     predicts 35 nats its imprecise factors will not give, so the sweeps' stop is not
     confirmed (a first version took no step and reported converged_, 34 nats short), and
-    the fit runs out of sweeps, warned."""
+    the fit runs out of sweeps, warned; or, where the CPU's rounding takes the factors
+    further off (this depends on its BLAS's kernels), the check at q refuses them, naming
+    the tight link and the way out. Either way no bound is reported converged."""
     y = _walk_data()
-    with pytest.warns(ConvergenceWarning, match="max_iter=100 sweeps without converging"):
-        fit = AutoCAVI(_random_walk(1e-5, y), tol=1e-6, max_iter=100).fit(y)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            fit = AutoCAVI(_random_walk(1e-5, y), tol=1e-6, max_iter=100).fit(y)
+        except NotConjugateError as error:
+            assert "linked far more tightly" in str(error)
+            return
     assert not fit.converged_
+    assert any(
+        issubclass(w.category, ConvergenceWarning)
+        and "max_iter=100 sweeps without converging" in str(w.message)
+        for w in caught
+    )
