@@ -23,6 +23,7 @@ from pyro_vae.cavi.exponential_families import (
 )
 from pyro_vae.cavi.probe_runs import (
     is_factor,
+    is_latent,
     score_factors,
     site_is_subsample,
 )
@@ -89,6 +90,15 @@ def _present(sites) -> torch.Tensor | None:
             mask = torch.as_tensor(mask, dtype=torch.bool).expand(site["fn"].batch_shape)
             present = mask if present is None else present & mask
     return None if present is None or bool(present.all()) else present
+
+
+def _unmasked(fn):
+    """A latent's prior without the ``.mask`` wrappers outside it, which :func:`_present`
+    reads apart: a masked Gamma, Beta or Dirichlet prior has no ``concentration`` of its
+    own, and its start crashed with an AttributeError (tester AM's F4)."""
+    while isinstance(fn, dist.MaskedDistribution):
+        fn = fn.base_dist
+    return fn
 
 
 _FLOAT64_ADVICE = (
@@ -178,7 +188,7 @@ def _check_latent_site(name: str, site) -> dict:
 def find_latents(trace, blocks=()) -> dict[str, Latent]:
     """The units of q in the order the model samples them: each unobserved sample site,
     except that the sites of a block (mean, precision) form one unit."""
-    sites = {n: s for n, s in trace.nodes.items() if is_factor(s) and not s["is_observed"]}
+    sites = {n: s for n, s in trace.nodes.items() if is_latent(s)}
     in_block = {}
     for block in blocks:
         if not isinstance(block, (tuple, list)) or len(block) != 2:
@@ -211,7 +221,7 @@ def find_latents(trace, blocks=()) -> dict[str, Latent]:
             present = _present([site])
             imputed = present is not None and imputed_by_obs_mask(trace, name)
             latents[name] = Latent(
-                name, family, batch, plates, site["fn"], (name,), present, imputed
+                name, family, batch, plates, _unmasked(site["fn"]), (name,), present, imputed
             )
             continue
         block = in_block[name]

@@ -53,7 +53,20 @@ def is_factor(site) -> bool:
     """A sample site whose log-density is a factor of the log joint: ``pyro.factor`` terms
     included (Pyro marks them auxiliary, but they are observed and count in every ELBO);
     ``pyro.deterministic`` sites (and ``obs_mask``'s combined site) are not: their Delta
-    scores 0, in the default dtype whatever the model's."""
+    scores 0, in the default dtype whatever the model's; nor a site masked off by its
+    distribution's ``.mask(False)``, which scores 0 everywhere."""
+    return _scored_site(site) and not _masked_off(site["fn"])
+
+
+def is_latent(site) -> bool:
+    """An unobserved sample site that is a latent variable of the model, also where its
+    prior is masked off by ``.mask(False)``: it then has a flat prior where a child
+    mentions it, as under ``poutine.mask(mask=False)`` (it had vanished from the model, and
+    its children were refused as reading no latent: tester AM's F5)."""
+    return _scored_site(site) and not site.get("is_observed", False)
+
+
+def _scored_site(site) -> bool:
     infer = site.get("infer", {})
     auxiliary_latent = infer.get("is_auxiliary", False) and not site.get("is_observed", False)
     return (
@@ -61,7 +74,6 @@ def is_factor(site) -> bool:
         and not site_is_subsample(site)
         and not auxiliary_latent
         and not infer.get("_deterministic", False)
-        and not _masked_off(site["fn"])
     )
 
 

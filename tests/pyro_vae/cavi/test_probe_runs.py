@@ -528,3 +528,29 @@ def test_factors_whose_shapes_are_tuples_are_probed():
     counts = torch.tensor([0.0, 3.0, 0.0, 5.0], dtype=f64)
     with pytest.raises(NotConjugateError, match=r"'lam' \(Gamma\).*'c' \(ZeroInflatedPoisson\)"):
         AutoCAVI(zero_inflated).fit(counts)
+
+
+@pytest.mark.parametrize("how", ["distribution", "poutine"])
+def test_a_latent_whose_prior_is_masked_off_has_a_flat_prior_either_way(how):
+    """``Normal(0, 2).mask(False)`` made μ vanish from the model, and its child was refused
+    as reading no latent (tester AM's F5), where ``poutine.mask(mask=False)`` gave μ a
+    flat prior. Both now do: one latent, so the bound is the flat-prior evidence
+    ∫ Π N(y_i; μ, s²) dμ = (2π s²)^(−(n−1)/2) n^(−1/2) exp(−SS / 2s²), SS about ȳ."""
+    s = 0.5
+
+    def model(y):
+        prior = dist.Normal(t(0.0), t(2.0))
+        if how == "distribution":
+            mu = pyro.sample("mu", prior.mask(False))
+        else:
+            with poutine.mask(mask=False):
+                mu = pyro.sample("mu", prior)
+        with pyro.plate("n", len(y)):
+            pyro.sample("y", dist.Normal(mu, t(s)), obs=y)
+
+    n, ss = len(Y), float(((Y - Y.mean()) ** 2).sum())
+    exact = -(n - 1) / 2 * math.log(2 * math.pi * s**2) - 0.5 * math.log(n) - ss / (2 * s**2)
+    fit = AutoCAVI(model).fit(Y)
+    assert fit.lower_bound_ == pytest.approx(exact, rel=1e-10)
+    q = fit.variational_distributions()["mu"]
+    assert float(q.loc) == pytest.approx(float(Y.mean()), rel=1e-10)
