@@ -210,7 +210,9 @@ class AutoCAVI(CoordinateUpdates):
 
     Warns:
         RuntimeWarning when, after the last probing round, the estimated rounding of the
-        bound (``numerical_error_``) exceeds 1e-6 of it, or 1e-9 with q outside the points.
+        bound (``numerical_error_``) exceeds 1e-6 of 1 + |bound| nats (so at least 1e-6
+        nats: a bound near 0 is not warned of for rounding below that), or 1e-9 of it with
+        q outside the points.
         A mixture solved one component at a time is charged per component, weighted by
         E_q[z = k]: a mixture with components 10⁶ apart fits to within 1e-10 of its
         unshifted bound, without a warning (tested).
@@ -242,7 +244,7 @@ class AutoCAVI(CoordinateUpdates):
             check_on_cpu(f"fit: argument {where!r}", value)
         args, kwargs = float64_arguments(args), float64_arguments(kwargs)
         start = time.perf_counter()
-        with validated_on_failure(self.model, args, kwargs, self.random_state):
+        with validated_on_failure(self.model, args, kwargs, self._seed):
             latents, factors, stats = self._probe(args, kwargs, auto_blocks)
         self.probe_seconds_ = time.perf_counter() - start
         self._latents, self._witnesses = latents, []
@@ -250,14 +252,14 @@ class AutoCAVI(CoordinateUpdates):
         self._framed = any(has_frames(latent.family) for latent in latents.values())
         chains = find_chains(latents, factors) if self.markov_chains else []
         multiplied = products(latents, factors) - set(self.init or {})
-        stats = drawn_starts(latents, stats, multiplied, self._starts, self.random_state)
+        stats = drawn_starts(latents, stats, multiplied, self._starts, self._seed)
         drawn = [n for n, lt in latents.items() if lt.family.name in DISCRETE_FAMILIES]
         drawn += multiplied
         starts = n_init if set(drawn) - set(self.init or {}) else 1  # else all starts agree
         best, self.start_bounds_ = None, []
         for offset in range(starts):
             if offset:  # the next seed's draws of the discrete latents
-                seed = self.random_state + offset
+                seed = self._seed + offset
                 stats = initial_statistics(latents, self.init, self._first, seed, self._starts)
                 stats = drawn_starts(latents, stats, multiplied, self._starts, seed)
             fitted = self._start(args, kwargs, factors, stats, chains, tol, max_iter)
@@ -388,7 +390,7 @@ class AutoCAVI(CoordinateUpdates):
                         raise NotConjugateError(misfit.message() + advice)
                 frames, restart, at_q = self._frames(), len(bounds) == 1, True
             start = time.perf_counter()
-            with validated_on_failure(self.model, args, kwargs, self.random_state):
+            with validated_on_failure(self.model, args, kwargs, self._seed):
                 self._use(self._reprobe(frames), frames)
             self.probe_seconds_ += time.perf_counter() - start
             self.probe_rounds_ += 1
@@ -409,7 +411,7 @@ class AutoCAVI(CoordinateUpdates):
         model run, batched when the probe runs were."""
         start = time.perf_counter()
         _, _, _, trace, generator = self._probe_inputs
-        with validated_on_failure(self.model, args, kwargs, self.random_state):
+        with validated_on_failure(self.model, args, kwargs, self._seed):
             count = point_count(self._latents)
             values = points_at_q(self._latents, self._q, count, generator)
             runner = probe_runner(
@@ -524,7 +526,7 @@ class AutoCAVI(CoordinateUpdates):
             NotConjugateError: naming the latent, the step and the way out.
         """
         checked = mean_steps(self.model, args, kwargs, self._latents, self._q,
-                             self.variational_guide(), self.random_state,
+                             self.variational_guide(), self._seed,
                              self.markov_blankets_)  # fmt: skip
         if checked is None:
             return None
@@ -689,9 +691,9 @@ class AutoCAVI(CoordinateUpdates):
         """(latents, factors, initial statistics): the model run once seeded, under
         provenance tracking, then probed (Pyro's validation off, see
         :mod:`pyro_vae.cavi.validation`)."""
-        generator = torch.Generator().manual_seed(self.random_state)
+        generator = torch.Generator().manual_seed(self._seed)
         try:
-            first, read = first_run(self.model, args, kwargs, self.random_state)
+            first, read = first_run(self.model, args, kwargs, self._seed)
         except Exception as error:
             refusal = first_run_refusal(error, args, kwargs)
             if refusal is None:
@@ -714,7 +716,7 @@ class AutoCAVI(CoordinateUpdates):
             depends = regroup(depends, latents)
         self._precision_only = precision_only_factors(read, latents)
         self._starts = self._plug_in(args, kwargs, latents, depends)
-        stats = initial_statistics(latents, self.init, first, self.random_state, self._starts)
+        stats = initial_statistics(latents, self.init, first, self._seed, self._starts)
         info = {}
         factors = probe_factors(
             self.model, args, kwargs, latents, depends, trace, generator, info=info,
@@ -748,7 +750,7 @@ class AutoCAVI(CoordinateUpdates):
         }
         if not any(set(depends.get(name, ())) - {name} for name in read_early):
             return {}
-        return plug_in_priors(self.model, args, kwargs, sites, self.random_state) or {}
+        return plug_in_priors(self.model, args, kwargs, sites, self._seed) or {}
 
     def _check_settings(self) -> tuple[float, int, bool, int]:
         """(tol, max_iter, whether blocks is "auto", n_init), or ValueError naming the
@@ -764,6 +766,7 @@ class AutoCAVI(CoordinateUpdates):
         seed = self.random_state
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
             raise ValueError(f"random_state: {seed!r} is not a non-negative integer seed")
+        self._seed = int(seed)  # a NumPy integer too (torch's manual_seed takes only int)
         if not isinstance(self.init, (dict, type(None))):
             raise ValueError(f"init: {self.init!r} is not a dict of site name -> initial q")
         if not isinstance(self.markov_chains, bool):

@@ -294,7 +294,8 @@ class _FactorialMeanField:
         y = self.model._check(y)
         m, k, _ = self.model.sizes
         # One stream for all starts, so the first is the same whatever n_init is.
-        gen = torch.Generator().manual_seed(0 if self.random_state is None else self.random_state)
+        seed = 0 if self.random_state is None else int(self.random_state)  # NumPy's too
+        gen = torch.Generator().manual_seed(seed)
         best = None
         for _ in range(self.n_init):
             start = torch.softmax(

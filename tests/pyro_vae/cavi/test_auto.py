@@ -3,6 +3,7 @@ import math
 import re
 import warnings
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -379,6 +380,10 @@ def test_bad_settings_are_refused_naming_the_argument():
     for seed in ("a", None, -1, True):
         with pytest.raises(ValueError, match=rf"random_state: {seed!r} is not a non-negative"):
             AutoCAVI(gamma_poisson, random_state=seed).fit(y)
+    # a NumPy integer is a seed (it crashed in torch's manual_seed: tester AM's F7), the
+    # same seed as the int
+    by_numpy = AutoCAVI(gamma_poisson, random_state=np.int64(3)).fit(y)
+    assert by_numpy.lower_bound_ == AutoCAVI(gamma_poisson, random_state=3).fit(y).lower_bound_
 
     def gamma_block(y):
         tau = pyro.sample("tau", dist.Gamma(t(1.0), t(1.0)))

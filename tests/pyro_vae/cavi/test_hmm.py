@@ -397,3 +397,11 @@ def test_forward_backward_s_log_z_is_pyro_s_discrete_hmm(monkeypatch, cost):
     log_z = hmm.forward_backward(log_pi, log_a, log_lik)[0]
     expected = pdist.DiscreteHMM(init, log_a, pdist.Normal(mu, 1.0)).log_prob(y)
     torch.testing.assert_close(log_z, expected, rtol=0, atol=1e-10)
+
+
+def test_a_numpy_integer_seed_is_the_same_seed_as_the_int():
+    # torch's manual_seed takes only int: np.int64 crashed (tester AM's F7, in AutoCAVI)
+    model = random_fhmm(3, 2, 2, seed=0)
+    y = sample(model, 20, seed=10)
+    by_numpy = StructuredMeanField(model, random_state=np.int64(1)).fit(y)
+    assert by_numpy.lower_bound_ == StructuredMeanField(model, random_state=1).fit(y).lower_bound_
