@@ -412,8 +412,8 @@ class AutoCAVI(CoordinateUpdates):
         start = time.perf_counter()
         _, _, _, trace, generator = self._probe_inputs
         with validated_on_failure(self.model, args, kwargs, self._seed):
-            count = point_count(self._latents)
-            values = points_at_q(self._latents, self._q, count, generator)
+            values = points_at_q(self._latents, self._q, point_count(self._latents), generator)
+            count = next(iter(values.values())).shape[0]  # with the tail points
             runner = probe_runner(
                 self.model, args, kwargs, self._latents, trace, generator, self.probe_batched_
             )

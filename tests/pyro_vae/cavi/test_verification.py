@@ -8,6 +8,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from scipy import special
 
 from pyro_vae import elbo_estimate
 from pyro_vae.cavi import AutoCAVI, NotConjugateError
@@ -48,10 +49,13 @@ def test_points_around_a_normal_q_lie_where_q_puts_its_mass_and_are_seeded():
         fit._latents, fit._q, 200, torch.Generator().manual_seed(seed)
     )["mu"]
     points = draw(0)
-    assert points.shape == (200,)
+    assert points.shape == (202,)  # 200 and two tail points
     # the first half from q: within 5 posterior sds, about q's spread; the second from q
     # widened 3 times about its mean (100 draws: its mean within 4 standard errors)
-    near, wide = (points[:100] - q.mean) / q.stddev, (points[100:] - q.mean) / q.stddev
+    near, wide = (points[:100] - q.mean) / q.stddev, (points[100:200] - q.mean) / q.stddev
+    # then the widened q's 1/64 and 63/64 quantiles: 3 Φ⁻¹(63/64) = 6.4616 of q's sds
+    tails = (points[200:] - q.mean) / q.stddev
+    assert torch.allclose(tails, torch.tensor([-6.4616, 6.4616], dtype=F64), atol=1e-4)
     assert float(near.abs().max()) < 5.0 and 0.8 < float(near.std()) < 1.2
     assert 0.8 * 3 < float(wide.std()) < 1.2 * 3 and abs(float(wide.mean())) < 4 * 3 / 10
     assert torch.equal(points, draw(0)) and not torch.equal(points, draw(1))
@@ -70,17 +74,17 @@ def test_beta_and_categorical_points_are_drawn_from_q():
     q = fit.variational_distributions()
     # q(p) = Beta(200, 2): the first half's draws near 0.99, their mean within 4 standard
     # errors; the widened half's from Beta(200/9, 2/9), with about the same mean
-    near, wide = points["p"][:200], points["p"][200:]
+    near, wide = points["p"][:200], points["p"][200:400]  # then its two tail points
     assert float(near.min()) > 0.9 and float(points["p"].max()) < 1.0
     assert abs(float(near.mean() - q["p"].mean)) < 4 * float(q["p"].stddev) / 200**0.5
     widened = dist.Beta(200 / 9, 2 / 9)
     assert abs(float(wide.mean() - widened.mean)) < 4 * float(widened.stddev) / 200**0.5
     # q(z): near certain for 0.1 and 5.2, even for 2.5 (halfway); a discrete q is not
     # widened: half its points are drawn from it, half go through its states in turn
-    assert points["z"].shape == (400, 3)
+    assert points["z"].shape == (402, 3)  # z at its first point in p's two tail points
     share = (points["z"][:200] == 1).double().mean(0)
     assert (share - q["z"].probs[:, 1]).abs().max() < 4 * 0.5 / 200**0.5
-    assert torch.equal((points["z"][200:] == 1).sum(0), torch.full((3,), 100))
+    assert torch.equal((points["z"][200:400] == 1).sum(0), torch.full((3,), 100))
 
 
 def test_a_conjugate_factor_reproduces_the_log_density_where_q_lies():
@@ -136,6 +140,8 @@ def test_the_points_are_contracted_together_as_one_at_a_time():
 
     fit = AutoCAVI(mixture).fit(t([-2.1, -1.7, 2.2, 1.9, 2.4]))
     values = points_at_q(fit._latents, fit._q, 5, torch.Generator().manual_seed(0))
+    count = values["mu"].shape[0]  # 5, and the components' two tail points
+    assert count == 7
     statistics = {
         name: latent.family.statistics(*(values[s] for s in latent.sites))
         for name, latent in fit._latents.items()
@@ -143,9 +149,9 @@ def test_the_points_are_contracted_together_as_one_at_a_time():
     assert any(f.selector is not None for f in fit._factors)
     for factor in fit._factors:
         one_by_one = torch.stack(
-            [contract(factor, {n: s[p] for n, s in statistics.items()}) for p in range(5)]
+            [contract(factor, {n: s[p] for n, s in statistics.items()}) for p in range(count)]
         )
-        together = _predicted(factor, statistics, 5)
+        together = _predicted(factor, statistics, count)
         assert together.shape == one_by_one.shape
         assert torch.allclose(together, one_by_one, rtol=1e-12, atol=1e-12)
 
@@ -988,3 +994,41 @@ def test_a_global_categorical_whose_last_state_breaks_conjugacy_is_refused():
     for seed in range(10):
         with pytest.raises(NotConjugateError, match="'y' \\(Normal\\)"):
             AutoCAVI(model, tol=1e-10, random_state=seed).fit(y)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_kink_beyond_the_hypercubes_reach_is_refused_not_fitted_above_the_evidence(seed):
+    """Tester AM's F1: a Poisson rate steeper past λ = 4.5, under q(λ) = Gamma(10, 5) (the
+    kink 3.95 of q's sds out, 0.11% of its mass). The Latin hypercube's one point in the
+    widened q's top eighth fell short of it at seeds 0 and 2, and the bound, −6.470605,
+    was the conjugate model's, 8.9e-4 nats above the model's log evidence (−6.471492, by
+    quadrature). The tail points (7.8 sds out) reach it at every seed."""
+    k = t([2.0, 3.0, 1.0, 2.0])
+
+    def model(k):
+        lam = pyro.sample("lam", dist.Gamma(t(2.0), t(1.0)))
+        with pyro.plate("n", len(k)):
+            pyro.sample("k", dist.Poisson(torch.where(lam > 4.5, 4.5 * (lam / 4.5) ** 6, lam)),
+                        obs=k)  # fmt: skip
+
+    with pytest.raises(NotConjugateError, match="'lam'"):
+        AutoCAVI(model, random_state=seed).fit(k)
+
+
+def test_tail_points_put_one_latent_far_out_at_a_time():
+    def model(y):
+        tau = pyro.sample("tau", dist.Gamma(t(3.0), t(2.0)))
+        mu = pyro.sample("mu", dist.Normal(t(0.0), t(1.0)))
+        with pyro.plate("n", len(y)):
+            pyro.sample("y", dist.Normal(mu, tau.rsqrt()), obs=y)
+
+    fit = AutoCAVI(model).fit(t([0.3, -0.2, 1.1, 0.4]))
+    points = points_at_q(fit._latents, fit._q, 16, torch.Generator().manual_seed(0))
+    assert points["tau"].shape == points["mu"].shape == (20,)  # 16, and 2 per latent
+    q_tau = fit.variational_distributions()["tau"]
+    a, b = float(q_tau.concentration) / 9, float(q_tau.rate) / 9  # the widened q
+    assert points["tau"][16:18].tolist() == pytest.approx(
+        [special.gammaincinv(a, 1 / 64) / b, special.gammaincinv(a, 63 / 64) / b], rel=1e-12
+    )
+    assert torch.equal(points["mu"][16:18], points["mu"][:1].expand(2))  # μ at its first point
+    assert torch.equal(points["tau"][18:20], points["tau"][:1].expand(2))  # and τ at its own
