@@ -163,8 +163,10 @@ class AutoCAVI(CoordinateUpdates):
             model does not broadcast over that dim (a run raised, a log-density lacked the
             dim, or it disagreed with a plain run at the same point: a chain's
             ``Vindex(A)[..., s, :]`` with A's rows plated and s scalar); False where vmap
-            cannot run it either (``.item()``, control flow on a latent's value), and they
-            ran one model run per point instead. Every way solves to the same factors.
+            cannot run it either (Python control flow on a latent's value), and they
+            ran one model run per point instead (``.item()`` of a latent, or its write into a
+            plain buffer, hides it from the provenance run: refused, naming the factor).
+            Every way solves to the same factors.
         probe_model_runs_: model runs made while solving the factors and checking them
             where q lies (a batched run counts once; the seeded first run, which also
             tracks dependencies, is not counted). A mixture's assignments (the one discrete

@@ -9,7 +9,7 @@ from pyro.ops.indexing import Vindex
 
 import pyro_vae.cavi.probe_runs as probe_runs
 from models.gmm import GaussianMixtureModel
-from pyro_vae.cavi import AutoCAVI
+from pyro_vae.cavi import AutoCAVI, NotConjugateError
 from pyro_vae.cavi.conjugate_forms import probe_factors
 from pyro_vae.cavi.first_trace import find_dependencies
 from pyro_vae.cavi.latent_units import find_latents
@@ -554,3 +554,33 @@ def test_a_latent_whose_prior_is_masked_off_has_a_flat_prior_either_way(how):
     assert fit.lower_bound_ == pytest.approx(exact, rel=1e-10)
     q = fit.variational_distributions()["mu"]
     assert float(q.loc) == pytest.approx(float(Y.mean()), rel=1e-10)
+
+
+@pytest.mark.parametrize("buffer", ["plain", "from the latent"])
+def test_a_latent_written_into_a_buffer_is_fitted_when_the_buffer_is_the_latents(buffer):
+    """The README's claim (tester AM's F8): a latent written in place into a plain buffer
+    hides it from the provenance run, and the factor is refused by name with that reason;
+    a buffer made from the latent (``mu.new_zeros``) runs under vmap to the exact fit, the
+    marginal N(0, s²I + s₀²11ᵀ) of the data (one latent: mean field is exact)."""
+    s, s0 = 0.8, 2.0
+
+    def model(y):
+        mu = pyro.sample("mu", dist.Normal(t(0.0), t(s0)))
+        loc = torch.zeros(len(y), dtype=F64) if buffer == "plain" else mu.new_zeros(len(y))
+        for i in range(len(y)):
+            loc[i] = mu
+        with pyro.plate("n", len(y)):
+            pyro.sample("y", dist.Normal(loc, t(s)), obs=y)
+
+    if buffer == "plain":
+        with pytest.raises(NotConjugateError, match="factor 'y'.*a write into another tensor"):
+            AutoCAVI(model).fit(Y)
+        return
+    n = len(Y)
+    marginal = dist.MultivariateNormal(
+        torch.zeros(n, dtype=F64),
+        s**2 * torch.eye(n, dtype=F64) + s0**2 * torch.ones(n, n, dtype=F64),
+    )
+    fit = AutoCAVI(model).fit(Y)
+    assert fit.probe_batched_ == "vmap"
+    assert fit.lower_bound_ == pytest.approx(float(marginal.log_prob(Y)), rel=1e-10)
