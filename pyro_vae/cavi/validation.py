@@ -19,13 +19,14 @@ from __future__ import annotations
 from contextlib import contextmanager, nullcontext
 
 import pyro
+import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 
 from pyro_vae.cavi.prior_means import PriorMeans
 from pyro_vae.cavi.probe_runs import is_factor, score_factors
 from pyro_vae.cavi.seeding import cpu_rng
-from pyro_vae.site_masks import counted_elements
+from pyro_vae.pyro_compat import distribution_mask
 
 
 def check_observations(trace) -> None:
@@ -34,7 +35,7 @@ def check_observations(trace) -> None:
     first run's trace. An infinite value is inside a real support, and its −inf
     log-density at every probe point read as a factor leaving its domain (a
     NotConjugateError blaming the model). Elements the site masks off
-    (:func:`~pyro_vae.site_masks.counted_elements`) are not read: a NaN placeholder for a
+    (:func:`_counted_values`) are not read: a NaN placeholder for a
     missing datum under ``.mask`` or ``obs_mask``, which Pyro scores 0, was refused as
     outside the support (tester AM's F9)."""
     for name, site in trace.nodes.items():
@@ -63,13 +64,18 @@ def check_observations(trace) -> None:
 
 
 def _counted_values(site) -> torch.Tensor:
-    """Which elements of the site's value its log-density counts, a bool tensor of the
-    value's shape (every element of an event alike)."""
-    value = torch.as_tensor(site["value"])
-    counted, event = counted_elements(site)
-    counted = counted.reshape(tuple(counted.shape) + (1,) * event)
-    shape = torch.broadcast_shapes(counted.shape, value.shape)
-    return counted.expand(shape)
+    """Which elements of the site's value its log-density counts: its ``poutine.mask`` and
+    its distribution's ``.mask`` outside any ``.to_event`` (as ``latent_units`` reads a
+    latent's), anded, a bool tensor that broadcasts against the value (each event whole)."""
+    masks, fn = [site["mask"]], site["fn"]
+    while isinstance(fn, dist.MaskedDistribution):
+        masks.append(distribution_mask(fn))
+        fn = fn.base_dist
+    counted = torch.ones((), dtype=torch.bool)
+    for mask in masks:
+        if mask is not None:
+            counted = counted & torch.as_tensor(mask, dtype=torch.bool)
+    return counted.reshape(tuple(counted.shape) + (1,) * site["fn"].event_dim)
 
 
 def check_factor_dims(trace) -> None:
