@@ -25,6 +25,7 @@ import numbers
 
 import torch
 from pyro.ops.provenance import detach_provenance
+from torch.distributions.utils import lazy_property
 
 from pyro_vae.cavi.exponential_families import (
     DISCRETE_FAMILIES,
@@ -178,8 +179,11 @@ def _check_parameters(name: str, q) -> None:
     while isinstance(q, torch.distributions.Independent):
         q = q.base_dist
     for param, constraint in q.arg_constraints.items():
-        if param not in q.__dict__:  # a parameterization it was not given (probs/logits)
+        lazy = isinstance(getattr(type(q), param, None), lazy_property)
+        if lazy and param not in q.__dict__:  # a parameterization not given (probs/logits)
             continue
+        # a property (a Beta's concentrations, read from its Dirichlet) is checked too: an
+        # invalid Beta start crashed deep in torch (tester AM's F6)
         value = getattr(q, param)
         if not bool(torch.isfinite(value).all() & constraint.check(value).all()):
             raise ValueError(

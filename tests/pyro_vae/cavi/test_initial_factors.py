@@ -179,6 +179,19 @@ def test_a_start_with_an_invalid_parameter_is_refused_naming_it(site, q, words):
         AutoCAVI(normal_gamma, init={site: q}).fit(t([0.3, -0.2, 1.0]))
 
 
+def test_a_beta_start_with_an_invalid_concentration_is_refused_naming_it():
+    # a Beta's concentrations are properties (read from its Dirichlet), which the check
+    # skipped: the start crashed deep in torch, "Expected p_in >= 0" (tester AM's F6)
+    def beta_bernoulli(y):
+        p = pyro.sample("p", dist.Beta(t(2.0), t(2.0)))
+        with pyro.plate("n", len(y)):
+            pyro.sample("y", dist.Bernoulli(p), obs=y)
+
+    start = dist.Beta(t(-1.0), t(1.0), validate_args=False)
+    with pytest.raises(ValueError, match=r"init\['p'\]: Beta's concentration1 -1.0 is not"):
+        AutoCAVI(beta_bernoulli, init={"p": start}).fit(t([1.0, 0.0, 1.0]))
+
+
 def factor_analysis(X, K=2):
     """Bayesian PCA: x_nd ~ N(z_n·W_d + μ_d, 1/τ), z_n, W_d ~ N(0, I_K), μ_d ~ N(0, 10²),
     τ ~ Gamma(1, 1) (written as tester 13 wrote it: 2-D plates, vector sites)."""
