@@ -235,7 +235,9 @@ def with_tail_points(latents: dict, q: dict, values: dict) -> dict[str, torch.Te
     out = {}
     for site, value in values.items():
         first = value[:1].expand((2,) + value.shape[1:])
-        parts = [value] + [tail if site == far else first for far, tail in tails.items()]
+        parts = [value] + [
+            tail.expand(first.shape) if site == far else first for far, tail in tails.items()
+        ]
         out[site] = torch.cat(parts)
     return out
 
@@ -267,9 +269,11 @@ def _tail_values(family, widened) -> torch.Tensor | None:
 
 def _levels_table(quantile, parameters: torch.Tensor, levels: np.ndarray):
     """``quantile(*parameters, level)`` [len(levels), *batch] for parameters [*batch, m],
-    evaluated once per distinct parameter set (as :func:`_quantile_table` does), or None
+    evaluated once per distinct parameter set rounded to 24 significant bits (as
+    :func:`_quantile_table` does: q's solved parameters carry float64 noise), or None
     beyond :data:`_QUANTILE_BUDGET` evaluations."""
-    flat = parameters.reshape(-1, parameters.shape[-1]).numpy()
+    mantissa, exponent = np.frexp(parameters.reshape(-1, parameters.shape[-1]).numpy())
+    flat = np.ldexp(np.round(mantissa * 2.0**24) / 2.0**24, exponent)
     distinct, inverse = np.unique(flat, axis=0, return_inverse=True)
     if len(distinct) * len(levels) > _QUANTILE_BUDGET:
         return None

@@ -1028,7 +1028,7 @@ def test_tail_points_put_one_latent_far_out_at_a_time():
     q_tau = fit.variational_distributions()["tau"]
     a, b = float(q_tau.concentration) / 9, float(q_tau.rate) / 9  # the widened q
     assert points["tau"][16:18].tolist() == pytest.approx(
-        [special.gammaincinv(a, 1 / 64) / b, special.gammaincinv(a, 63 / 64) / b], rel=1e-12
-    )
+        [special.gammaincinv(a, 1 / 64) / b, special.gammaincinv(a, 63 / 64) / b], rel=1e-6
+    )  # the parameters are rounded to 24 significant bits first (2⁻²⁴ = 6e-8 of each)
     assert torch.equal(points["mu"][16:18], points["mu"][:1].expand(2))  # μ at its first point
     assert torch.equal(points["tau"][18:20], points["tau"][:1].expand(2))  # and τ at its own
