@@ -77,6 +77,8 @@ from pyro_vae.pyro_compat import (
     elbo_traces,
     guess_max_plate_nesting,
 )
+from pyro_vae.traces import buffers_kept
+from pyro_vae.weights import module_of
 
 COMPILABLE = (
     "trace (Trace_ELBO), analytic-kl (TraceMeanField_ELBO), iwae, vimco, and score with "
@@ -290,6 +292,10 @@ class CompiledELBO(SurrogateELBO):
             pyro.validation_enabled(False),
             poutine.trace(param_only=True) as params,
             _modules_called() as modes,
+            # a recording is not a step: BatchNorm's running statistics took one more
+            # update per recording, and eval-mode losses after (fit's val_elbo) differed
+            # from the uncompiled run's (tester AN's F1)
+            buffers_kept(),
         ):
             try:
                 graph = make_fx(one_step)(*tensors)
@@ -319,6 +325,9 @@ class CompiledELBO(SurrogateELBO):
             for name, site in params.trace.nodes.items()
             if name in store
         ]
+        for root in filter(None, (module_of(model), module_of(guide))):
+            for module in root.modules():  # those run only through .forward, too
+                modes.setdefault(module, module.training)
         return _Recording(graph, recorded, tuple(modes.items()))
 
 
@@ -444,8 +453,11 @@ def _loss_with_gradient(elbo: ELBO, model, guide, args, kwargs) -> torch.Tensor:
 def _modules_called():
     """``{module: training flag}`` of every ``nn.Module`` called (through ``__call__``)
     inside the block, filled as they are called, by a global forward pre-hook. A module run
-    only through ``.forward`` is not seen, but the Dropout and BatchNorm layers it calls
-    are, and they are the ones whose mode changes the step."""
+    only through ``.forward`` skips the hook (as it skips PyTorch's own hooks); the Dropout
+    and BatchNorm layers it calls are seen, and so is every module of a model or guide
+    that is a module or a module's method (:func:`~pyro_vae.weights.module_of`). Not seen:
+    a module held by a plain function, run through ``.forward``, that reads its own
+    ``self.training`` (``F.dropout(x, training=self.training)``): call it as ``m(x)``."""
     seen: dict[torch.nn.Module, bool] = {}
 
     def note(module, _inputs) -> None:
@@ -488,7 +500,20 @@ def _signature(model, guide, leaves, spec) -> Hashable:
                     "ELBO keys its recordings on non-tensor arguments, so they must be"
                 ) from err
             parts.append(leaf)
-    return id(model), id(guide), spec, tuple(parts), precision.active()
+    return _identity(model), _identity(guide), spec, tuple(parts), precision.active()
+
+
+def _identity(fn) -> Hashable:
+    """``fn`` itself as a key: a bound method is equal to the same method of the same
+    object made afresh (``vae.model`` is a new object at every access, and keyed by
+    ``id`` it was recorded again at every call, and a dead one's id could be reused by
+    another callable, whose call would replay its recording); the key also keeps ``fn``
+    alive. An unhashable callable is keyed by ``id``."""
+    try:
+        hash(fn)
+    except TypeError:
+        return ("id", id(fn))
+    return fn
 
 
 def _params_unchanged(recording: _Recording, announce: bool) -> bool:

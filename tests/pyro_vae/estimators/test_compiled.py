@@ -501,3 +501,84 @@ def test_a_loss_after_eval_is_the_eval_mode_loss_not_a_training_replay():
         losses[mode] = got
     assert losses[True] != pytest.approx(losses[False], rel=1e-3)  # the modes differ here
     assert compiled.num_recordings == 2  # one per mode, each replayed when it holds again
+
+
+def _batch_norm_pair(seed=0):
+    torch.manual_seed(seed)
+    decoder = torch.nn.Sequential(
+        torch.nn.Linear(2, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 4)
+    )
+
+    def model(x):
+        pyro.module("decoder", decoder)
+        with pyro.plate("n", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(decoder(z), 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("n", x.shape[0]):
+            pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+
+    return decoder, model, guide
+
+
+def test_recording_a_step_leaves_batch_norms_running_statistics_as_a_step_does():
+    # Tester AN's F1: the recording runs moved BatchNorm's running statistics too (5
+    # batches tracked after 3 steps), so eval-mode losses after, and fit's val_elbo, were
+    # not the uncompiled run's. The uncompiled estimator is the reference.
+    x = torch.randn(5, 4, generator=torch.Generator().manual_seed(1))
+    results = []
+    for elbo in (get("trace"), CompiledELBO(get("trace"))):
+        pyro.clear_param_store()
+        decoder, model, guide = _batch_norm_pair()
+        for step in range(3):
+            pyro.set_rng_seed(step)
+            elbo.loss(model, guide, x)
+        decoder.eval()
+        pyro.set_rng_seed(9)
+        results.append((decoder[1], elbo.loss(model, guide, x)))
+    (plain, plain_loss), (compiled, compiled_loss) = results
+    assert int(compiled.num_batches_tracked) == int(plain.num_batches_tracked) == 3
+    assert torch.equal(compiled.running_mean, plain.running_mean)
+    assert torch.equal(compiled.running_var, plain.running_var)
+    assert compiled_loss == pytest.approx(plain_loss, rel=1e-6)
+
+
+class _ReadsItsOwnFlag(torch.nn.Module):
+    """Dropout by ``F.dropout(..., training=self.training)``, with no submodule a hook sees."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(
+            torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
+        )
+
+    def forward(self, z):
+        return torch.nn.functional.dropout(z @ self.weight.T, 0.5, training=self.training)
+
+    def model(self, x):
+        pyro.module("decoder", self)
+        with pyro.plate("n", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(self.forward(z), 1.0).to_event(1), obs=x)
+
+
+def test_a_model_method_whose_module_reads_its_own_flag_is_recorded_per_mode():
+    # tester AN's F2 where it can be seen: the model is the module's method, so the module
+    # is the model's, whatever calls its .forward (held by a plain function and run only
+    # through .forward, it is not: the docstring says so)
+    decoder = _ReadsItsOwnFlag()
+
+    def guide(x):
+        with pyro.plate("n", x.shape[0]):
+            pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+
+    x = torch.randn(5, 4, generator=torch.Generator().manual_seed(1))
+    compiled = CompiledELBO(get("trace"))
+    for mode in [True, False, True, False]:
+        decoder.train(mode)
+        pyro.set_rng_seed(3)
+        got = compiled.loss(decoder.model, guide, x)
+        pyro.set_rng_seed(3)
+        assert got == pytest.approx(get("trace").loss(decoder.model, guide, x), rel=1e-6), mode
+    assert compiled.num_recordings == 2
