@@ -30,6 +30,7 @@ LAYERS: dict[str, int] = {
     "pyro_vae.plots": 0,
     "pyro_vae.image_grid": 0,
     "pyro_vae.pyro_compat": 0,
+    "pyro_vae.site_masks": 0,  # reads masks off Pyro sites; cavi reads them too
     "pyro_vae.moved": 0,
     "pyro_vae.nn": 0,
     "pyro_vae.convnets": 0,
@@ -45,7 +46,6 @@ LAYERS: dict[str, int] = {
     "pyro_vae.image_folder": 1,
     "pyro_vae.tables": 1,
     "pyro_vae.datasets": 1,
-    "pyro_vae.site_masks": 1,
     "pyro_vae.data": 1,
     "pyro_vae.data_source": 1,
     "pyro_vae.labels": 1,

@@ -19,14 +19,14 @@ from __future__ import annotations
 from contextlib import contextmanager, nullcontext
 
 import pyro
-import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
+from torch.distributions import constraints
 
 from pyro_vae.cavi.prior_means import PriorMeans
 from pyro_vae.cavi.probe_runs import is_factor, score_factors
 from pyro_vae.cavi.seeding import cpu_rng
-from pyro_vae.pyro_compat import distribution_mask
+from pyro_vae.site_masks import counted_elements
 
 
 def check_observations(trace) -> None:
@@ -50,8 +50,11 @@ def check_observations(trace) -> None:
                     f"observed site {name!r}: {infinite} of {value.numel()} values are "
                     "infinite; expected finite data"
                 )
+        support = fn.support
+        while isinstance(support, constraints.independent):  # elementwise, as masks are
+            support = support.base_constraint
         try:
-            inside = torch.as_tensor(fn.support.check(site["value"]))
+            inside = torch.as_tensor(support.check(site["value"]))
         except NotImplementedError:  # a support with no check (pyro.factor's Unit has one)
             continue
         while counted.dim() > inside.dim():  # an event counts where any element of it does
@@ -64,18 +67,11 @@ def check_observations(trace) -> None:
 
 
 def _counted_values(site) -> torch.Tensor:
-    """Which elements of the site's value its log-density counts: its ``poutine.mask`` and
-    its distribution's ``.mask`` outside any ``.to_event`` (as ``latent_units`` reads a
-    latent's), anded, a bool tensor that broadcasts against the value (each event whole)."""
-    masks, fn = [site["mask"]], site["fn"]
-    while isinstance(fn, dist.MaskedDistribution):
-        masks.append(distribution_mask(fn))
-        fn = fn.base_dist
-    counted = torch.ones((), dtype=torch.bool)
-    for mask in masks:
-        if mask is not None:
-            counted = counted & torch.as_tensor(mask, dtype=torch.bool)
-    return counted.reshape(tuple(counted.shape) + (1,) * site["fn"].event_dim)
+    """Which elements of the site's value its log-density counts (every mask on it, a
+    ``.mask`` inside ``.to_event`` too: :func:`~pyro_vae.site_masks.counted_elements`), a
+    bool tensor that broadcasts against the value."""
+    counted, event = counted_elements(site)
+    return counted.reshape(tuple(counted.shape) + (1,) * event)
 
 
 def check_factor_dims(trace) -> None:

@@ -177,3 +177,27 @@ def test_a_nan_placeholder_the_model_masks_off_is_not_read(how):
     counted[2] = True  # the NaN is read now: Pyro's own error, naming the site
     with pytest.raises(ValueError, match="site 'x(_observed)?'"):
         AutoCAVI(model).fit(X_MISSING, counted)
+
+
+def test_a_nan_placeholder_masked_inside_to_event_is_not_read():
+    """Tester AN's F4: ``.mask(M).to_event(1)`` with NaN where M is False was refused (a
+    row's event read whole). Each column's mean has its own prior, so the bound is the sum
+    over columns of the observed elements' Normal-mean evidence, in closed form:
+    −n/2 log 2πs² − ½ log(1 + n s₀²/s²) − SS/2s² − n x̄²/2(s² + n s₀²)."""
+    X = t([[1.0, 2.0], [3.0, 4.0], [0.5, -1.0]])
+    M = torch.tensor([[True, False], [True, True], [False, True]])
+
+    def model(x):
+        mu = pyro.sample("mu", dist.Normal(torch.zeros(2, dtype=F64), 10.0).to_event(1))
+        with pyro.plate("n", 3):
+            pyro.sample("x", dist.Normal(mu, 1.0).mask(M).to_event(1), obs=x)
+
+    def evidence(x, s0=10.0, s=1.0):
+        n, mean = len(x), float(x.mean())
+        ss = float(((x - mean) ** 2).sum())
+        return (-n / 2 * math.log(2 * math.pi * s**2) - 0.5 * math.log1p(n * s0**2 / s**2)
+                - ss / (2 * s**2) - n * mean**2 / (2 * (s**2 + n * s0**2)))  # fmt: skip
+
+    exact = evidence(X[:, 0][M[:, 0]]) + evidence(X[:, 1][M[:, 1]])
+    placeheld = torch.where(M, X, torch.nan)
+    assert AutoCAVI(model).fit(placeheld).lower_bound_ == pytest.approx(exact, rel=1e-10)
