@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import weakref
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
@@ -271,6 +272,8 @@ class CompiledELBO(SurrogateELBO):
             # on a fresh store coasted on step 1's momentum): record again, now it exists
             recording = self._record(model, guide, leaves, spec)
         kept = [r for r in self._recordings.get(key, ()) if r.modes != recording.modes]
+        # the recordings of callables that have died since (a wrapper made per step) go
+        self._recordings = {k: v for k, v in self._recordings.items() if _alive(k)}
         self._recordings[key] = [*kept, recording]
         with _items_as_tensors():
             return _loss_with_gradient(self.elbo, model, guide, args, kwargs)
@@ -504,16 +507,58 @@ def _signature(model, guide, leaves, spec) -> Hashable:
 
 
 def _identity(fn) -> Hashable:
-    """``fn`` itself as a key: a bound method is equal to the same method of the same
-    object made afresh (``vae.model`` is a new object at every access, and keyed by
-    ``id`` it was recorded again at every call, and a dead one's id could be reused by
-    another callable, whose call would replay its recording); the key also keeps ``fn``
-    alive. An unhashable callable is keyed by ``id``."""
-    try:
-        hash(fn)
-    except TypeError:
-        return ("id", id(fn))
-    return fn
+    """A key that is ``fn``'s for as long as ``fn`` lives, and no other callable's after:
+    a bound method by its object and function (``vae.model`` is a new method object at
+    every access, and keyed by ``id`` it was recorded again at every call), anything else
+    by identity (a callable equal by value to another may hold other networks). Keyed by
+    ``id`` alone, a dead callable's id could be reused by another, whose call replayed the
+    first one's recording (tester AO: 30 models differing in one constant, 29 wrong
+    losses); keyed by the callable itself, a wrapper made afresh at every step
+    (``poutine.scale(model, s)``) kept every step's recording alive."""
+    owner = getattr(fn, "__self__", None)
+    function = getattr(fn, "__func__", None)
+    if owner is not None and function is not None:
+        return ("method", _Identity(owner), function)
+    return _Identity(fn)
+
+
+class _Identity:
+    """Equal only to an ``_Identity`` of the same live object; held weakly where the object
+    allows (else strongly, so its id cannot be reused while the key is kept)."""
+
+    __slots__ = ("_id", "_ref", "_strong", "__weakref__")
+
+    def __init__(self, obj) -> None:
+        self._id = id(obj)
+        try:
+            self._ref, self._strong = weakref.ref(obj), None
+        except TypeError:  # no weak references to it (a builtin, a __slots__ class)
+            self._ref, self._strong = None, obj
+
+    def get(self):
+        return self._strong if self._ref is None else self._ref()
+
+    def __hash__(self) -> int:
+        return self._id
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, _Identity):
+            return NotImplemented
+        mine = self.get()
+        return mine is not None and mine is other.get()
+
+
+def _alive(key) -> bool:
+    """Whether every callable a recording's key names still lives."""
+    return all(part.get() is not None for part in _identities(key))
+
+
+def _identities(key):
+    for part in key[:2]:
+        if isinstance(part, _Identity):
+            yield part
+        elif isinstance(part, tuple):
+            yield from (p for p in part if isinstance(p, _Identity))
 
 
 def _params_unchanged(recording: _Recording, announce: bool) -> bool:

@@ -582,3 +582,59 @@ def test_a_model_method_whose_module_reads_its_own_flag_is_recorded_per_mode():
         pyro.set_rng_seed(3)
         assert got == pytest.approx(get("trace").loss(decoder.model, guide, x), rel=1e-6), mode
     assert compiled.num_recordings == 2
+
+
+def _scaled_guide(x):
+    with pyro.plate("n", x.shape[0]):
+        pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+
+
+class _ScaledModel:
+    """A callable model whose likelihood's mean is scaled by ``s`` (unhashable: it defines
+    ``__eq__`` alone)."""
+
+    def __init__(self, s):
+        self.s = s
+
+    def __eq__(self, other):
+        return self is other
+
+    def __call__(self, x):
+        with pyro.plate("n", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z.sum(-1, keepdim=True) * self.s, 1.0).to_event(1), obs=x)
+
+
+def test_a_new_callable_never_replays_a_dead_ones_recording():
+    # Tester AO: keyed by id, a model freed and a new one made at its address replayed the
+    # old one's recording (29 of 30 losses wrong). The uncompiled estimator is the reference.
+    import gc
+
+    x = torch.randn(5, 4, generator=torch.Generator().manual_seed(1))
+    compiled = CompiledELBO(get("trace"))
+    references = {}
+    for s in range(1, 11):  # the uncompiled losses first, so the compiled loop below
+        model = _ScaledModel(float(s))  # allocates nothing between freeing and making
+        pyro.set_rng_seed(3)
+        references[s] = get("trace").loss(model, _scaled_guide, x)
+    addresses, reused = set(), 0
+    for s in range(1, 11):
+        gc.collect()
+        model = _ScaledModel(float(s))
+        reused += id(model) in addresses
+        addresses.add(id(model))
+        pyro.set_rng_seed(3)
+        assert compiled.loss(model, _scaled_guide, x) == pytest.approx(references[s], rel=1e-6), s
+        del model
+    assert reused  # CPython reuses a freed object's address: the case keyed by id missed
+
+
+def test_a_wrapper_made_at_every_step_does_not_keep_every_steps_recording():
+    # keyed by the callable itself, poutine.scale(model, 0.1) made afresh at each step kept
+    # one recording per step alive (60 after 60 steps); a dead callable's recordings go
+    x = torch.randn(6, 4, generator=torch.Generator().manual_seed(1))
+    model = _ScaledModel(2.0)
+    compiled = CompiledELBO(get("trace"))
+    for _ in range(5):
+        compiled.loss(poutine.scale(model, 0.1), _scaled_guide, x)
+    assert compiled.num_recordings == 1
