@@ -97,12 +97,21 @@ class _Recording:
     params: list[tuple[str, torch.Tensor]]  # (param-store name, unconstrained tensor)
     # (module, its training flag) for every module the step called, as they were recorded
     modes: tuple[tuple[torch.nn.Module, bool], ...] = ()
+    # (module, buffer name, the tensor the recording reads) for those modules' buffers
+    buffers: tuple[tuple[torch.nn.Module, str, torch.Tensor], ...] = ()
+    # whether each of ``params`` took gradients when recorded
+    trainable: tuple[bool, ...] = ()
 
     def modes_hold(self) -> bool:
-        """Whether every module the step called is in the mode it was recorded in: a
+        """Whether every module the step called is in the mode it was recorded in (a
         recording made in training mode holds Dropout's draws and BatchNorm's batch
-        statistics, so replayed after ``.eval()`` it would give the training-mode loss."""
-        return all(module.training == flag for module, flag in self.modes)
+        statistics, so replayed after ``.eval()`` it would give the training-mode loss)
+        and still holds the buffers the recording reads (``load_state_dict(...,
+        assign=True)`` replaces them: the replay read the old running statistics, tester
+        AO's F4)."""
+        return all(module.training == flag for module, flag in self.modes) and all(
+            module._buffers.get(name) is tensor for module, name, tensor in self.buffers
+        )
 
 
 def compilable(elbo: ELBO) -> str | None:
@@ -331,7 +340,14 @@ class CompiledELBO(SurrogateELBO):
         for root in filter(None, (module_of(model), module_of(guide))):
             for module in root.modules():  # those run only through .forward, too
                 modes.setdefault(module, module.training)
-        return _Recording(graph, recorded, tuple(modes.items()))
+        buffers = tuple(
+            (module, name, tensor)
+            for module in modes
+            for name, tensor in module._buffers.items()
+            if tensor is not None
+        )
+        trainable = tuple(p.requires_grad for _, p in recorded)
+        return _Recording(graph, recorded, tuple(modes.items()), buffers, trainable)
 
 
 _VIEWS = {
@@ -565,6 +581,12 @@ def _params_unchanged(recording: _Recording, announce: bool) -> bool:
     """Check that each recorded parameter name still holds the tensor the recording reads;
     with ``announce``, as ``pyro.param`` statements that handlers on the stack (SVI's
     parameter capture) see."""
+    # a network frozen since (requires_grad_(False)) is no longer a parameter of the step:
+    # replayed, the recording announced it, and SVI's optimizer kept moving it (tester AO);
+    # checked first, as the lookups below announce what they read
+    pairs = zip(recording.params, recording.trainable, strict=True)
+    if any(p.requires_grad != flag for (_, p), flag in pairs):
+        return False
     store = pyro.get_param_store()
     lookup = pyro.param if announce and am_i_wrapped() else store.get_param
     for name, unconstrained in recording.params:
