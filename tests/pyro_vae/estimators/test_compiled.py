@@ -466,11 +466,11 @@ def test_plain_svi_on_a_fresh_param_store_trains_the_parameters_it_creates():
     assert torch.equal(trained[0], trained[1])  # the uncompiled step's weights, bit for bit
 
 
-def _dropout_pair():
+def _decoder_pair(*middle: torch.nn.Module):
+    """(decoder, model, guide): a VAE-style pair whose decoder is Linear(2, 8), then
+    ``middle``, then Linear(8, 4), registered with ``pyro.module``."""
     torch.manual_seed(0)
-    decoder = torch.nn.Sequential(
-        torch.nn.Linear(2, 8), torch.nn.Dropout(0.5), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 4)
-    )
+    decoder = torch.nn.Sequential(torch.nn.Linear(2, 8), *middle, torch.nn.Linear(8, 4))
 
     def model(x):
         pyro.module("decoder", decoder)
@@ -490,7 +490,7 @@ def test_a_loss_after_eval_is_the_eval_mode_loss_not_a_training_replay():
     # was replayed after .eval() as it was recorded: 31.44 nats where the eval-mode loss
     # is 28.70. The uncompiled estimator in each mode is the reference.
     pyro.clear_param_store()
-    decoder, model, guide = _dropout_pair()
+    decoder, model, guide = _decoder_pair(torch.nn.Dropout(0.5), torch.nn.BatchNorm1d(8))
     x = torch.randn(5, 4, generator=torch.Generator().manual_seed(1))
     compiled = CompiledELBO(get("trace"))
     losses = {}
@@ -510,25 +510,6 @@ def test_a_loss_after_eval_is_the_eval_mode_loss_not_a_training_replay():
     assert compiled.num_recordings == 2  # one per mode, each replayed when it holds again
 
 
-def _batch_norm_pair(seed=0):
-    torch.manual_seed(seed)
-    decoder = torch.nn.Sequential(
-        torch.nn.Linear(2, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 4)
-    )
-
-    def model(x):
-        pyro.module("decoder", decoder)
-        with pyro.plate("n", x.shape[0]):
-            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
-            pyro.sample("x", dist.Normal(decoder(z), 1.0).to_event(1), obs=x)
-
-    def guide(x):
-        with pyro.plate("n", x.shape[0]):
-            pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
-
-    return decoder, model, guide
-
-
 def test_recording_a_step_leaves_batch_norms_running_statistics_as_a_step_does():
     # Tester AN's F1: the recording runs moved BatchNorm's running statistics too (5
     # batches tracked after 3 steps), so eval-mode losses after, and fit's val_elbo, were
@@ -537,7 +518,7 @@ def test_recording_a_step_leaves_batch_norms_running_statistics_as_a_step_does()
     results = []
     for elbo in (get("trace"), CompiledELBO(get("trace"))):
         pyro.clear_param_store()
-        decoder, model, guide = _batch_norm_pair()
+        decoder, model, guide = _decoder_pair(torch.nn.BatchNorm1d(8))
         for step in range(3):
             pyro.set_rng_seed(step)
             elbo.loss(model, guide, x)
@@ -657,15 +638,8 @@ def _frozen_run(elbo):
     """SVI for 3 steps, then the decoder frozen (requires_grad_(False)) for 3 more:
     (how far its weights moved while frozen, the guide's parameter)."""
     pyro.clear_param_store()
-    torch.manual_seed(0)
-    decoder = torch.nn.Linear(2, 4)
+    decoder, model, _ = _decoder_pair()
     x = torch.randn(6, 4, generator=torch.Generator().manual_seed(1))
-
-    def model(x):
-        pyro.module("decoder", decoder)
-        with pyro.plate("n", x.shape[0]):
-            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
-            pyro.sample("x", dist.Normal(decoder(z), 1.0).to_event(1), obs=x)
 
     def guide(x):
         with pyro.plate("n", x.shape[0]):
@@ -675,12 +649,12 @@ def _frozen_run(elbo):
     for step in range(6):
         if step == 3:
             decoder.requires_grad_(False)
-            frozen = decoder.weight.detach().clone()
+            frozen = decoder[0].weight.detach().clone()
         pyro.set_rng_seed(step)
         with warnings.catch_warnings():  # Pyro's "not registered ... requires_grad=False"
             warnings.simplefilter("ignore", UserWarning)
             svi.step(x)
-    return float((decoder.weight - frozen).abs().max()), pyro.param("q").detach().clone()
+    return float((decoder[0].weight - frozen).abs().max()), pyro.param("q").detach().clone()
 
 
 def test_a_network_frozen_between_steps_is_not_moved_by_a_replay():
@@ -696,7 +670,7 @@ def test_buffers_replaced_since_the_recording_are_read():
     # Tester AO's F4: load_state_dict(..., assign=True) gives BatchNorm new running
     # statistics; the replay read the old tensors (36.83 where the reference is 357.18)
     pyro.clear_param_store()
-    decoder, model, guide = _batch_norm_pair()
+    decoder, model, guide = _decoder_pair(torch.nn.BatchNorm1d(8))
     decoder.eval()
     x = torch.randn(5, 4, generator=torch.Generator().manual_seed(1))
     compiled = CompiledELBO(get("trace"))
