@@ -635,8 +635,11 @@ def test_a_stopped_fit_says_where_it_stands_and_resumes(tmp_path, signal_name, c
             time.sleep(0.05)
     finally:
         proc.send_signal(getattr(signal, signal_name))
-    assert proc.wait(timeout=60) == code
+    status = proc.wait(timeout=60)
     err = proc.stderr.read()
+    # the command's own account in the failure: one slow-suite run (of many) exited 1 here,
+    # its stderr unread, and 18 reruns under load did not repeat it
+    assert status == code, err[-3000:]
     assert f"{word} (" in err and "holds the checkpoint of epoch" in err
     assert "Traceback" not in err
     epoch = RunFolder(run).load_checkpoint()["epoch"]
