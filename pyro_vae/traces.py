@@ -578,11 +578,16 @@ def buffers_kept():
     "Attempted to use an uninitialized parameter", on the first run of any model holding
     one). Torch's lazy modules with buffers are its norm layers, whose buffers are made
     as ``reset_running_stats`` leaves them: that is called on leaving. A lazy module of
-    another kind with buffers keeps what the block's runs left in them."""
+    another kind with buffers keeps what the block's runs left in them.
+
+    Yields ``{module: its training flag at its first call}`` for every module called in
+    the block (through ``__call__``), filled as they are called."""
     saved: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     made: dict[int, torch.nn.Module] = {}  # lazy at their first call
+    called: dict[torch.nn.Module, bool] = {}
 
     def keep(module, _inputs) -> None:
+        called.setdefault(module, module.training)
         buffers = list(module.buffers(recurse=False))
         if any(is_lazy(buffer) for buffer in buffers):
             made[id(module)] = module
@@ -593,7 +598,7 @@ def buffers_kept():
 
     handle = torch.nn.modules.module.register_module_forward_pre_hook(keep)
     try:
-        yield
+        yield called
     finally:
         handle.remove()
         with torch.no_grad():

@@ -241,7 +241,7 @@ class AutoCAVI(CoordinateUpdates):
             return self._fit(args, kwargs)
 
     def _fit(self, args, kwargs) -> AutoCAVI:
-        tol, max_iter, auto_blocks, n_init = self._check_settings()
+        tol, max_iter, auto_blocks, n_init, self._seed = self._check_settings()
         for where, value in [*enumerate(args), *kwargs.items()]:
             check_on_cpu(f"fit: argument {where!r}", value)
         args, kwargs = float64_arguments(args), float64_arguments(kwargs)
@@ -754,9 +754,9 @@ class AutoCAVI(CoordinateUpdates):
             return {}
         return plug_in_priors(self.model, args, kwargs, sites, self._seed) or {}
 
-    def _check_settings(self) -> tuple[float, int, bool, int]:
-        """(tol, max_iter, whether blocks is "auto", n_init), or ValueError naming the
-        argument."""
+    def _check_settings(self) -> tuple[float, int, bool, int, int]:
+        """(tol, max_iter, whether blocks is "auto", n_init, random_state as an int), or
+        ValueError naming the argument."""
         if not callable(self.model):
             raise ValueError(
                 f"model: {self.model!r} is not callable; expected a Pyro model, a function "
@@ -768,7 +768,6 @@ class AutoCAVI(CoordinateUpdates):
         seed = self.random_state
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
             raise ValueError(f"random_state: {seed!r} is not a non-negative integer seed")
-        self._seed = int(seed)  # a NumPy integer too (torch's manual_seed takes only int)
         if not isinstance(self.init, (dict, type(None))):
             raise ValueError(f"init: {self.init!r} is not a dict of site name -> initial q")
         if not isinstance(self.markov_chains, bool):
@@ -781,7 +780,8 @@ class AutoCAVI(CoordinateUpdates):
                 f"blocks: {self.blocks!r} is neither 'auto' nor a list of (mean site, "
                 "precision site) pairs"
             )
-        return tol, max_iter, auto_blocks, n_init
+        # the seed as an int: a NumPy integer too (torch's manual_seed takes only int)
+        return tol, max_iter, auto_blocks, n_init, int(seed)
 
     def variational_distributions(self) -> dict[str, torch.distributions.Distribution]:
         """The fitted factors q_j, keyed by latent site name (float64; batch shape = the

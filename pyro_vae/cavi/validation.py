@@ -26,7 +26,7 @@ from torch.distributions import constraints
 from pyro_vae.cavi.prior_means import PriorMeans
 from pyro_vae.cavi.probe_runs import is_factor, score_factors
 from pyro_vae.cavi.seeding import cpu_rng
-from pyro_vae.site_masks import counted_elements
+from pyro_vae.site_masks import counted_elements, spread
 
 
 def check_observations(trace) -> None:
@@ -71,7 +71,7 @@ def _counted_values(site) -> torch.Tensor:
     ``.mask`` inside ``.to_event`` too: :func:`~pyro_vae.site_masks.counted_elements`), a
     bool tensor that broadcasts against the value."""
     counted, event = counted_elements(site)
-    return counted.reshape(tuple(counted.shape) + (1,) * event)
+    return spread(counted, event)
 
 
 def check_factor_dims(trace) -> None:

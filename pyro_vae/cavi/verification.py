@@ -254,9 +254,7 @@ def _tail_values(family, widened) -> torch.Tensor | None:
     if isinstance(family, GammaFamily):
         a, b = torch.broadcast_tensors(*gamma_shape_rate(widened))
         table = _levels_table(special.gammaincinv, a.unsqueeze(-1), levels)
-        if table is None:
-            return None
-        return torch.maximum(table / b, _GAMMA_FLOOR * a / b).clamp_min(_TINY)
+        return None if table is None else _floored_gamma(table, a, b)
     if isinstance(family, BetaFamily):
         a, b = torch.broadcast_tensors(widened.concentration1.to(_F64),
                                        widened.concentration0.to(_F64))  # fmt: skip
@@ -272,8 +270,7 @@ def _levels_table(quantile, parameters: torch.Tensor, levels: np.ndarray):
     evaluated once per distinct parameter set rounded to 24 significant bits (as
     :func:`_quantile_table` does: q's solved parameters carry float64 noise), or None
     beyond :data:`_QUANTILE_BUDGET` evaluations."""
-    mantissa, exponent = np.frexp(parameters.reshape(-1, parameters.shape[-1]).numpy())
-    flat = np.ldexp(np.round(mantissa * 2.0**24) / 2.0**24, exponent)
+    flat = _rounded(parameters.reshape(-1, parameters.shape[-1]).numpy())
     distinct, inverse = np.unique(flat, axis=0, return_inverse=True)
     if len(distinct) * len(levels) > _QUANTILE_BUDGET:
         return None
@@ -619,9 +616,19 @@ def _gamma_quantiles(shape_a, rate, shape: torch.Size, generator) -> torch.Tenso
     a, b = torch.broadcast_tensors(shape_a.to(_F64), rate.to(_F64))
     table = _quantile_table(special.gammaincinv, special.gammainc, a.unsqueeze(-1),
                             shape + a.shape, generator)  # fmt: skip
-    if table is None:
-        return None
-    return torch.maximum(table / b, _GAMMA_FLOOR * a / b).clamp_min(_TINY)
+    return None if table is None else _floored_gamma(table, a, b)
+
+
+def _floored_gamma(unit: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Gamma(a, b) values from unit-rate ones, floored as :func:`_draw` floors its draws."""
+    return torch.maximum(unit / b, _GAMMA_FLOOR * a / b).clamp_min(_TINY)
+
+
+def _rounded(values: np.ndarray) -> np.ndarray:
+    """``values`` rounded to 24 significant bits: q's solved parameters carry float64 noise
+    (999.9999983 for 1,000), and a quantile per distinct parameter set is one per set."""
+    mantissa, exponent = np.frexp(values)
+    return np.ldexp(np.round(mantissa * 2.0**24) / 2.0**24, exponent)
 
 
 #: Most scipy quantile evaluations a table may take (distinct parameter sets × levels):
@@ -649,9 +656,7 @@ def _quantile_table(quantile, cdf, parameters: torch.Tensor, shape: torch.Size, 
     code, distinct, inverses = np.zeros(parameters.shape[:-1].numel(), dtype=np.int64), [], []
     # the distinct parameter sets, one code each (numpy's unique: 20x torch's here)
     for column in parameters.unbind(-1):
-        mantissa, exponent = np.frexp(column.reshape(-1).numpy())
-        rounded = np.ldexp(np.round(mantissa * 2.0**24) / 2.0**24, exponent)
-        values, inverse = np.unique(rounded, return_inverse=True)
+        values, inverse = np.unique(_rounded(column.reshape(-1).numpy()), return_inverse=True)
         code = code * len(values) + inverse
         distinct, inverses = [*distinct, values], [*inverses, inverse]
     _, first, element = np.unique(code, return_index=True, return_inverse=True)

@@ -303,11 +303,12 @@ class CompiledELBO(SurrogateELBO):
             torch.random.fork_rng(devices=[]),
             pyro.validation_enabled(False),
             poutine.trace(param_only=True) as params,
-            _modules_called() as modes,
             # a recording is not a step: BatchNorm's running statistics took one more
             # update per recording, and eval-mode losses after (fit's val_elbo) differed
-            # from the uncompiled run's (tester AN's F1)
-            buffers_kept(),
+            # from the uncompiled run's (tester AN's F1). The modules it yields, called
+            # through __call__, with their training flags, key the recording (see
+            # _Recording.modes_hold)
+            buffers_kept() as modes,
         ):
             try:
                 graph = make_fx(one_step)(*tensors)
@@ -337,8 +338,12 @@ class CompiledELBO(SurrogateELBO):
             for name, site in params.trace.nodes.items()
             if name in store
         ]
+        # a module run only through .forward skips the hook (as it skips PyTorch's own),
+        # though the Dropout and BatchNorm layers it calls are seen; the model's and
+        # guide's own modules are added whole. Not seen: a module a plain function holds
+        # and runs only through .forward, reading its own self.training (call it as m(x))
         for root in filter(None, (module_of(model), module_of(guide))):
-            for module in root.modules():  # those run only through .forward, too
+            for module in root.modules():
                 modes.setdefault(module, module.training)
         buffers = tuple(
             (module, name, tensor)
@@ -466,27 +471,6 @@ def _loss_with_gradient(elbo: ELBO, model, guide, args, kwargs) -> torch.Tensor:
     if not torch.is_tensor(surrogate) or not surrogate.requires_grad:
         return loss
     return loss + (surrogate - surrogate.detach())
-
-
-@contextlib.contextmanager
-def _modules_called():
-    """``{module: training flag}`` of every ``nn.Module`` called (through ``__call__``)
-    inside the block, filled as they are called, by a global forward pre-hook. A module run
-    only through ``.forward`` skips the hook (as it skips PyTorch's own hooks); the Dropout
-    and BatchNorm layers it calls are seen, and so is every module of a model or guide
-    that is a module or a module's method (:func:`~pyro_vae.weights.module_of`). Not seen:
-    a module held by a plain function, run through ``.forward``, that reads its own
-    ``self.training`` (``F.dropout(x, training=self.training)``): call it as ``m(x)``."""
-    seen: dict[torch.nn.Module, bool] = {}
-
-    def note(module, _inputs) -> None:
-        seen.setdefault(module, module.training)
-
-    handle = torch.nn.modules.module.register_module_forward_pre_hook(note)
-    try:
-        yield seen
-    finally:
-        handle.remove()
 
 
 @contextlib.contextmanager
