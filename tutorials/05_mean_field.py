@@ -494,12 +494,11 @@ plt.show()
 # automatic relevance determination (ARD): each feature $j$ has its own prior precision
 # $\tau_j \sim \mathrm{Gamma}(1, 1)$ and weight $w_j \sim N(0, \tau_j^{-1})$, and the
 # labels are Bernoulli with logits $Xw + b$. `AutoCAVI` refuses the model: its likelihood
-# reads every $w_j$ at once, from outside their plate (and, with $w$ one `.to_event(1)`
-# vector, it would be refused for the logistic link, which no conjugate form has). But
-# given $w$, each $\tau_j$ is conditionally conjugate. (With a Gaussian likelihood ARD is
-# conjugate throughout: declared as one vector of independent Gammas,
-# `pyro.sample("tau", dist.Gamma(1.0, 1.0).expand([D]).to_event(1))`, with
-# `w ~ Normal(0, tau.rsqrt()).to_event(1)`, `AutoCAVI` fits it whole.)
+# reads every $w_j$ at once, so `AutoCAVI` takes $w$ as one vector over its plate, and the
+# logistic link has no conjugate form for it. But given $w$, each $\tau_j$ is
+# conditionally conjugate. (With a Gaussian likelihood ARD is conjugate throughout, and
+# `AutoCAVI` fits this very model whole, $w$ and $\tau$ each one vector over the plate:
+# `fit.plates_as_events_` names them.)
 #
 # `ConditionalCAVIGuide(model, svi_sites=["w", "b"])` is the Pyro guide
 # $q(w, b, \tau) = q_\phi(w, b)\, q^*(\tau \mid w)$: `AutoNormal` over the sites you name,

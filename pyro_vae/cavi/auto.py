@@ -40,6 +40,7 @@ from pyro_vae.cavi.chains import find_chains
 from pyro_vae.cavi.conjugate_forms import probe_factors, probe_runner
 from pyro_vae.cavi.convergence import warn_sweeps_unconverged
 from pyro_vae.cavi.coordinate_updates import CoordinateUpdates
+from pyro_vae.cavi.data_indexing import ReadAcrossPlate
 from pyro_vae.cavi.exponential_families import DISCRETE_FAMILIES, NotConjugateError
 from pyro_vae.cavi.first_trace import (
     dependencies,
@@ -53,6 +54,11 @@ from pyro_vae.cavi.initial_factors import drawn_starts, initial_statistics, prod
 from pyro_vae.cavi.latent_units import check_float64, check_whole_data, find_latents
 from pyro_vae.cavi.newton_means import HALVINGS, NEWTON_EVERY, newton_step
 from pyro_vae.cavi.overrelaxation import FIRST_RATE, crawling, next_rate, overrelaxed_q
+from pyro_vae.cavi.plate_events import (
+    convertible_plate,
+    declined_because,
+    with_plates_as_events,
+)
 from pyro_vae.cavi.plug_in_start import plug_in_priors
 from pyro_vae.cavi.probe_frames import (
     frame_of,
@@ -144,6 +150,15 @@ class AutoCAVI(CoordinateUpdates):
 
     Attributes (after ``fit``):
         blocks_: the (mean, precision) pairs updated jointly.
+        plates_as_events_: ``{site: plate}`` of the latents declared in a plate that some
+            factor outside it reads whole (fixed effects ``X @ w`` with ``w`` in a features
+            plate; ARD's α read by w's prior), fitted as one vector over that plate: the
+            same joint density, with q joint over the plate's elements (a Normal's a
+            full-covariance MultivariateNormal, a Gamma's independent Gammas; see
+            :mod:`pyro_vae.cavi.plate_events`). Where the plate is not the site's rightmost
+            batch dim, the site is in another plate too, a handler masks or scales it, or
+            its prior is not a scalar Normal or Gamma, the factor is refused as before.
+            Empty: none was.
         lower_bound_, lower_bounds_: the ELBO (nats, total over the data) after the last
             sweep, and after each sweep.
         n_iter_: sweeps run. converged_: whether a sweep, and the over-relaxed step after
@@ -236,9 +251,24 @@ class AutoCAVI(CoordinateUpdates):
     def fit(self, *args, **kwargs) -> AutoCAVI:
         """Probe ``model(*args, **kwargs)`` (floating tensors cast to float64, NumPy arrays
         made tensors) and run CAVI. No autograd graph is built (a model's ``PyroParam``
-        constants are read as values)."""
+        constants are read as values). A fit that raises (a refusal, an interrupt) leaves
+        the estimator as the last fit left it: its q, bound and guide still agree (tester
+        AP: a refused refit kept the earlier q beside the refused model's plates, and its
+        guide drew a site in the wrong shape)."""
+        before = dict(self.__dict__)  # a fit that raises leaves the last one whole
+        self.plates_as_events_ = {}
         with torch.no_grad():
-            return self._fit(args, kwargs)
+            try:
+                return self._fit(args, kwargs)
+            except BaseException as error:
+                converted = self.plates_as_events_
+                self.__dict__.clear()
+                self.__dict__.update(before)
+                if not converted or not isinstance(error, NotConjugateError):
+                    raise
+                if isinstance(error, ReadAcrossPlate):
+                    raise
+                raise NotConjugateError(f"{error}{_as_vectors(converted)}") from error
 
     def _fit(self, args, kwargs) -> AutoCAVI:
         tol, max_iter, auto_blocks, n_init, self._seed = self._check_settings()
@@ -246,8 +276,15 @@ class AutoCAVI(CoordinateUpdates):
             check_on_cpu(f"fit: argument {where!r}", value)
         args, kwargs = float64_arguments(args), float64_arguments(kwargs)
         start = time.perf_counter()
-        with validated_on_failure(self.model, args, kwargs, self._seed):
-            latents, factors, stats = self._probe(args, kwargs, auto_blocks)
+        self._model, self.plates_as_events_, self._event_frames = self.model, {}, {}
+        while True:
+            try:
+                with validated_on_failure(self._model, args, kwargs, self._seed):
+                    latents, factors, stats = self._probe(args, kwargs, auto_blocks)
+                break
+            except ReadAcrossPlate as error:  # fitted as one vector over the plate, if it can
+                if not self._plate_as_event(error):
+                    raise
         self.probe_seconds_ = time.perf_counter() - start
         self._latents, self._witnesses = latents, []
         self._constants = {n: latent.family.has_constant for n, latent in latents.items()}
@@ -392,7 +429,7 @@ class AutoCAVI(CoordinateUpdates):
                         raise NotConjugateError(misfit.message() + advice)
                 frames, restart, at_q = self._frames(), len(bounds) == 1, True
             start = time.perf_counter()
-            with validated_on_failure(self.model, args, kwargs, self._seed):
+            with validated_on_failure(self._model, args, kwargs, self._seed):
                 self._use(self._reprobe(frames), frames)
             self.probe_seconds_ += time.perf_counter() - start
             self.probe_rounds_ += 1
@@ -413,11 +450,11 @@ class AutoCAVI(CoordinateUpdates):
         model run, batched when the probe runs were."""
         start = time.perf_counter()
         _, _, _, trace, generator = self._probe_inputs
-        with validated_on_failure(self.model, args, kwargs, self._seed):
+        with validated_on_failure(self._model, args, kwargs, self._seed):
             values = points_at_q(self._latents, self._q, point_count(self._latents), generator)
             count = next(iter(values.values())).shape[0]  # with the tail points
             runner = probe_runner(
-                self.model, args, kwargs, self._latents, trace, generator, self.probe_batched_
+                self._model, args, kwargs, self._latents, trace, generator, self.probe_batched_
             )
             try:
                 log_probs = runner.log_probs(values, count)
@@ -527,7 +564,7 @@ class AutoCAVI(CoordinateUpdates):
         Raises:
             NotConjugateError: naming the latent, the step and the way out.
         """
-        checked = mean_steps(self.model, args, kwargs, self._latents, self._q,
+        checked = mean_steps(self._model, args, kwargs, self._latents, self._q,
                              self.variational_guide(), self._seed,
                              self.markov_blankets_)  # fmt: skip
         if checked is None:
@@ -675,7 +712,7 @@ class AutoCAVI(CoordinateUpdates):
         args, kwargs, depends, trace, generator = self._probe_inputs
         info = {}
         factors = probe_factors(
-            self.model,
+            self._model,
             args,
             kwargs,
             self._latents,
@@ -695,12 +732,13 @@ class AutoCAVI(CoordinateUpdates):
         :mod:`pyro_vae.cavi.validation`)."""
         generator = torch.Generator().manual_seed(self._seed)
         try:
-            first, read = first_run(self.model, args, kwargs, self._seed)
+            first, read = first_run(self._model, args, kwargs, self._seed)
         except Exception as error:
             refusal = first_run_refusal(error, args, kwargs)
             if refusal is None:
                 raise
             raise refusal from error
+        self._first = first  # read by _plate_as_event where the probe runs refuse
         check_float64(first)
         check_whole_data(first)
         check_observations(first)
@@ -711,7 +749,7 @@ class AutoCAVI(CoordinateUpdates):
         if reference_is_finite(first):
             depends, trace = dependencies(read, latents), first
         else:  # a run at probe values instead, to be the probe runs' reference point
-            depends, trace = find_dependencies(self.model, args, kwargs, latents, generator)
+            depends, trace = find_dependencies(self._model, args, kwargs, latents, generator)
         self.blocks_ = find_blocks(latents, depends) if auto_blocks else list(self.blocks)
         if auto_blocks and self.blocks_:
             latents = find_latents(first, self.blocks_)
@@ -721,13 +759,47 @@ class AutoCAVI(CoordinateUpdates):
         stats = initial_statistics(latents, self.init, first, self._seed, self._starts)
         info = {}
         factors = probe_factors(
-            self.model, args, kwargs, latents, depends, trace, generator, info=info,
+            self._model, args, kwargs, latents, depends, trace, generator, info=info,
             precision_only=self._precision_only,
         )  # fmt: skip
         self.probe_batched_, self.probe_model_runs_ = info["batched"], info["model_runs"]
         self._probe_inputs = (args, kwargs, depends, trace, generator)
         self._first = first
         return latents, factors, stats
+
+    def _plate_as_event(self, error: ReadAcrossPlate) -> bool:
+        """Take the plate ``error`` reads the latent across into the latent's event, if the
+        model stays the same model that way (:func:`~pyro_vae.cavi.plate_events.
+        convertible_plate` at each of its sites in that plate), and run the model so from
+        now on (:func:`~pyro_vae.cavi.plate_events.with_plates_as_events`): whether it did.
+        Where a site of it cannot be taken so, ``error`` again, saying why
+        (:func:`~pyro_vae.cavi.plate_events.declined_because`)."""
+        nodes = self._first.nodes
+        found = {}
+        for site in error.sites:
+            if site in self.plates_as_events_ or site not in nodes:
+                return False
+            if not any(f.name in error.plates for f in nodes[site]["cond_indep_stack"]):
+                continue  # a block's precision outside the plate
+            declined = declined_because(nodes[site], error.plates)
+            if declined is not None:
+                raise ReadAcrossPlate(
+                    f"{error} (AutoCAVI fits a plated Normal or Gamma read whole as one "
+                    f"vector over its plate, but not {site!r}: {declined})",
+                    error.factor,
+                    error.latent,
+                    error.sites,
+                    error.plates,
+                ) from error
+            plate = convertible_plate(nodes[site], error.plates)
+            found[site] = (plate, nodes[site]["cond_indep_stack"])
+        if not found:
+            return False
+        self._event_frames.update({site: frames for site, (_, frames) in found.items()})
+        converted = {site: plate for site, (plate, _) in found.items()}
+        self.plates_as_events_ = {**self.plates_as_events_, **converted}
+        self._model = with_plates_as_events(self.model, self.plates_as_events_)
+        return True
 
     def _plug_in(self, args, kwargs, latents, depends) -> dict:
         """{site: prior given its parents at their means} for the continuous latents
@@ -752,7 +824,7 @@ class AutoCAVI(CoordinateUpdates):
         }
         if not any(set(depends.get(name, ())) - {name} for name in read_early):
             return {}
-        return plug_in_priors(self.model, args, kwargs, sites, self._seed) or {}
+        return plug_in_priors(self._model, args, kwargs, sites, self._seed) or {}
 
     def _check_settings(self) -> tuple[float, int, bool, int, int]:
         """(tol, max_iter, whether blocks is "auto", n_init, random_state as an int), or
@@ -785,7 +857,9 @@ class AutoCAVI(CoordinateUpdates):
 
     def variational_distributions(self) -> dict[str, torch.distributions.Distribution]:
         """The fitted factors q_j, keyed by latent site name (float64; batch shape = the
-        site's plates). A block's joint q(μ, Λ) (``fitted_blocks_``) appears here as its
+        site's plates, but for a site in ``plates_as_events_``, whose q has that plate's
+        dim as its event: [*batch, D], a MultivariateNormal or independent Gammas). A
+        block's joint q(μ, Λ) (``fitted_blocks_``) appears here as its
         marginals: q(Λ) Wishart and q(μ) a multivariate Student-t. An element absent from
         the model (masked off, and mentioned by no factor: ``obs_mask``'s
         ``<site>_unobserved`` where data are observed) keeps its place in the batch, with a
@@ -816,7 +890,20 @@ class AutoCAVI(CoordinateUpdates):
             for latent in self._latents.values()
             for site in latent.sites
         }
-        return fitted_guide(self._latents, self._q, self.fitted_chains_, self._absent, plates)
+        events = {site: tuple(f for f in frames if f.vectorized)
+                  for site, frames in self._event_frames.items()}  # fmt: skip
+        return fitted_guide(self._latents, self._q, self.fitted_chains_, self._absent, plates,
+                            events)  # fmt: skip
+
+
+def _as_vectors(converted: dict[str, str]) -> str:
+    """A refusal's note on the sites fitted as one vector over a plate they were declared in
+    (a name such as ``Normal (.to_event(1))`` is then that vector's)."""
+    sites = ", ".join(f"{site!r} over plate {plate!r}" for site, plate in converted.items())
+    return (
+        f" ({sites}: declared in a plate that a factor outside it reads whole, each was "
+        "taken as one vector over it, .to_event(1))"
+    )
 
 
 def _with_mean(q, mean: torch.Tensor):

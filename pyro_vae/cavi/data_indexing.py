@@ -38,6 +38,19 @@ from pyro_vae.cavi.exponential_families import DISCRETE_FAMILIES, NotConjugateEr
 _AGREE = 1e-9  # relative to 1 + |log f|, as the probe runs' batched-vs-plain check
 
 
+class ReadAcrossPlate(NotConjugateError):
+    """A factor element reads several elements of a latent across a plate the factor is not
+    inside (fixed effects ``(X * w).sum(-1)`` with ``w`` in a features plate). Carries
+    ``factor`` (the factor site), ``latent`` (the latent unit's name), ``sites`` (its
+    sample sites) and ``plates`` (the plate names crossed), from which ``AutoCAVI`` may fit
+    the latent as one vector over the plate instead (:mod:`pyro_vae.cavi.plate_events`)."""
+
+    def __init__(self, message: str, factor: str, latent: str, sites: tuple, plates):
+        super().__init__(message)
+        self.factor, self.latent, self.sites = factor, latent, tuple(sites)
+        self.plates = frozenset(plates)
+
+
 def indexable(latent) -> bool:
     """Whether a factor can read ``latent`` through a data index: a latent in one plate, at
     any dim (its batch G along that dim, 1 elsewhere: (G,), or (G, 1) for a plate at dim
@@ -222,14 +235,18 @@ def _index_at(site: str, latent, log_prob: torch.Tensor, start: int, bits: int):
         row = log_prob[start + 2 + b]
         to_moved, to_still = (row - moved).abs(), (row - still).abs()
         if not bool((to_moved.minimum(to_still) <= _AGREE * (1 + row.abs())).all()):
-            raise NotConjugateError(
+            raise ReadAcrossPlate(
                 f"factor {site!r} depends on latent site {name!r} across its plate(s) "
                 f"{sorted(plates)}, which {site!r} is not inside, and some element of "
                 f"{site!r} reads several elements of {name!r} (a sum, a[g1] + a[g2]: moving "
                 "some of them changes it to a value that moving all of them does not give); "
                 "AutoCAVI reads a latent across a plate only as one element per datum, "
                 "picked by data (a[..., group]) or by a Categorical latent (a mixture). "
-                + _reads_all(site, latent)
+                + _reads_all(site, latent),
+                site,
+                name,
+                latent.sites or (name,),
+                plates,
             )
         index |= (to_moved < to_still).long() << b
     return index, moves

@@ -34,7 +34,8 @@ from pyro_vae.cavi.exponential_families import NormalGamma, NormalWishart
 
 
 def fitted_guide(latents: dict, q: dict, chains: dict, absent: dict,
-                 plates: dict | None = None) -> Callable[..., None]:  # fmt: skip
+                 plates: dict | None = None, events: dict | None = None,
+                 ) -> Callable[..., None]:  # fmt: skip
     """The guide drawing every latent site from q (the model's arguments are ignored).
 
     Args:
@@ -47,15 +48,33 @@ def fitted_guide(latents: dict, q: dict, chains: dict, absent: dict,
             inside the same plates (name, size, dim), so its batch dims are plate dims as
             Pyro's shape checks in ``Trace_ELBO`` ask (drawn outside, a plated site failed
             them with "invalid log_prob shape").
+        events: {site: the model's plate frames around it} of the sites AutoCAVI fitted
+            as one vector over a plate they were declared in
+            (:mod:`pyro_vae.cavi.plate_events`): each is drawn whole from its joint q as
+            an auxiliary site ``_<site>_vector`` outside that plate and given to the
+            model's site as a point mass inside it (Pyro's ``AutoMultivariateNormal``
+            does the same with its joint latent), so the site's shape and plates are the
+            model's and log q is counted once, at the auxiliary site.
     """
     in_chain = {site: chain for chain in chains for site in chain}
-    plates = plates or {}
+    plates, events = plates or {}, events or {}
 
     def guide(*args, **kwargs) -> None:
         made = {}  # each plate made once per run (a plate records a site under its name)
 
         def within(site):
             return _inside(plates.get(site, ()), made)
+
+        def draw(site, fn):
+            if site not in events:
+                with within(site):
+                    return pyro.sample(site, fn)
+            with within(site):
+                value = pyro.sample(f"_{site}_vector", fn, infer={"is_auxiliary": True})
+            if value.dim() > 1 and value.shape[-2] == 1:  # under an outer plate (particles)
+                value = value.squeeze(-2)  # that batch dim -1 is the site's plate dim
+            with _inside(events[site], made):
+                return pyro.sample(site, dist.Delta(value))
 
         for name, latent in latents.items():
             if name in in_chain:
@@ -66,10 +85,9 @@ def fitted_guide(latents: dict, q: dict, chains: dict, absent: dict,
                 continue
             q_unit, mask = q[name], absent.get(name)
             if isinstance(q_unit, (NormalGamma, NormalWishart)):
-                _sample_block(latent.sites, q_unit, mask, within)
+                _sample_block(latent.sites, q_unit, mask, draw)
                 continue
-            with within(name):
-                pyro.sample(name, _masked(_pyro(q_unit), mask))
+            draw(name, _masked(_pyro(q_unit), mask))
 
     guide.__name__ = f"AutoCAVI.variational_guide({', '.join(latents)})"
     return guide
@@ -103,15 +121,13 @@ def _masked(fn, mask):
     return fn if mask is None else fn.mask(~mask)
 
 
-def _sample_block(sites: tuple[str, str], q, mask, within) -> None:
+def _sample_block(sites: tuple[str, str], q, mask, draw) -> None:
     """τ (or Λ) from its marginal, then μ from its Normal given that draw; ``mask``: the
-    block's elements absent from the model, out of log q at both sites; ``within(site)``:
-    the site's plates."""
+    block's elements absent from the model, out of log q at both sites; ``draw(site,
+    fn)``: the site drawn from ``fn`` inside its plates, its value returned."""
     mean_site, precision_site = sites
-    with within(precision_site):
-        precision = pyro.sample(precision_site, _masked(q.precision_distribution(), mask))
-    with within(mean_site):
-        pyro.sample(mean_site, _masked(q.mean_given(precision), mask))
+    precision = draw(precision_site, _masked(q.precision_distribution(), mask))
+    draw(mean_site, _masked(q.mean_given(precision), mask))
 
 
 def sample_chain(chain: tuple[str, ...], marginals: torch.Tensor, pairwise: torch.Tensor,

@@ -27,6 +27,7 @@ at S points then scores every combination of their values at each.
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from dataclasses import dataclass, field
 
@@ -533,6 +534,7 @@ def _tensor_elements(fn, depth: int = 0) -> int:
 def _attributes(model) -> list[tuple[dict, dict]]:
     """(attribute dict, a copy of it) of ``model`` and, for an ``nn.Module``, of each
     submodule and its buffers: where a model keeps state between runs."""
+    model = inspect.unwrap(model)  # AutoCAVI's rewrite of it (plate_events)
     model = getattr(model, "__self__", model)  # a bound method's object
     if isinstance(model, torch.nn.Module):
         owners = [d for m in model.modules() for d in (vars(m), m._buffers)]

@@ -251,6 +251,29 @@ def test_data_with_two_plates_of_one_size_leave_the_data_plate_unnamed():
     assert np.abs(ratios - exact).max() < 1e-9
 
 
+def test_a_plated_latent_autocavi_fitted_as_one_vector_keeps_its_plate_in_the_draws():
+    """μ_k in a plate of 3, read whole by every datum (y_n ~ N(Σ μ_k, 1)): AutoCAVI fits μ
+    as one vector over the plate, whose q is the exact posterior; its guide draws that
+    vector and gives the model's plated site its value. The posterior group holds μ as the
+    model declares it, [chain, draw, 3], and not the guide's auxiliary draw, and every
+    draw's lp − log_q is the evidence log N(y; 0, I + 3·11ᵀ)."""
+    y = torch.tensor([0.4, -0.3, 1.2, 0.8], dtype=torch.float64)
+
+    def summed(y):
+        with pyro.plate("k", 3):
+            mu = pyro.sample("mu", dist.Normal(y.new_tensor(0.0), 1.0))
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.Normal(mu.sum(-1, keepdim=True), 1.0), obs=y)
+
+    fit = AutoCAVI(summed, tol=1e-13).fit(y)
+    idata = to_inference_data(summed, fit, y, num_samples=20)
+    assert list(idata.posterior.data_vars) == ["mu"] and idata.posterior["mu"].shape == (1, 20, 3)
+    cov = torch.eye(4, dtype=torch.float64) + 3.0
+    exact = float(dist.MultivariateNormal(torch.zeros(4, dtype=torch.float64), cov).log_prob(y))
+    ratios = idata.sample_stats["lp"].values - idata.sample_stats["log_q"].values
+    assert np.abs(ratios - exact).max() < 1e-9
+
+
 def test_a_deterministic_site_is_a_posterior_variable_not_data():
     def model(y):
         mu = pyro.sample("mu", dist.Normal(0.0, 2.0))

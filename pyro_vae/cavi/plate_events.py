@@ -1,0 +1,117 @@
+"""A latent declared in a plate and read whole, fitted as one vector over the plate.
+
+Fixed effects are often written with their coefficients in a plate::
+
+    with pyro.plate("features", D):
+        w = pyro.sample("w", dist.Normal(0.0, 1.0))
+    with pyro.plate("data", N):
+        pyro.sample("y", dist.Normal(X @ w, s), obs=y)
+
+Every element of ``y`` reads every element of ``w``: ``y``'s factor is not a sum of terms
+each reading one ``w_d``, so a q that is a product over the plate's elements is not what
+the factor's expected messages give (each ``w_d``'s message reads the others' second
+moments jointly). The plate is only a declaration of conditional independence *in the
+prior*: Σ_d log N(w_d | 0, 1) is ``Normal(0, 1).expand([D]).to_event(1)``'s log-density,
+the same model. :class:`PlatesAsEvents` makes that reinterpretation while the model runs
+(as ``Distribution.to_event`` and Pyro's own ``AutoMultivariateNormal`` treat plated
+sites: one vector, its q joint over the plate), and ``AutoCAVI`` fits ``w`` as the vector
+site it then is: a Normal one with a full-covariance MultivariateNormal q (Bishop 2006,
+10.3: variational linear regression's q(w)), a Gamma one with independent Gammas (ARD's
+α). The bound is over the same joint density; q is joint over the plate, so the bound is
+no lower than a product over its elements would give.
+
+:func:`convertible_plate` says where the reinterpretation is the same model and AutoCAVI
+fits it: the plate vectorized, its dim the site's rightmost batch dim (``to_event(1)``
+takes that one), the site in no other plate and neither masked nor scaled by a handler (a
+mask over the plate's elements would be summed away), and its prior a scalar Normal or
+Gamma (a Beta, Bernoulli, Categorical or Dirichlet read whole has no closed-form vector q
+here).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from pyro.distributions.torch_distribution import ExpandedDistribution
+from pyro.poutine.messenger import Messenger
+
+_VECTOR_FAMILIES = (torch.distributions.Normal, torch.distributions.Gamma)
+
+
+class PlatesAsEvents(Messenger):
+    """Run a model with the named latent sites' named plate taken into their event: the
+    site's distribution (already broadcast over its plates, which are entered inside the
+    model and so handled first) is ``fn.to_event(1)`` and the plate's frame leaves its
+    ``cond_indep_stack``. ``sites``: {site name: plate name}; each pair must have passed
+    :func:`convertible_plate` on a run of the same model."""
+
+    def __init__(self, sites: dict[str, str]):
+        super().__init__()
+        self.sites = dict(sites)
+
+    def _pyro_sample(self, msg) -> None:
+        plate = self.sites.get(msg["name"])
+        if plate is None or msg["is_observed"]:
+            return
+        stack = msg["cond_indep_stack"]
+        if not any(frame.name == plate for frame in stack):
+            return
+        msg["fn"] = msg["fn"].to_event(1)
+        msg["cond_indep_stack"] = tuple(frame for frame in stack if frame.name != plate)
+
+
+def with_plates_as_events(model, sites: dict[str, str]):
+    """``model`` run under :class:`PlatesAsEvents` (``sites``: {site name: plate name});
+    ``__wrapped__`` is ``model`` (``functools.wraps``), where the probe runs look for the
+    state a model keeps between runs."""
+
+    @functools.wraps(model)
+    def rewritten(*args, **kwargs):
+        with PlatesAsEvents(sites):
+            return model(*args, **kwargs)
+
+    return rewritten
+
+
+def convertible_plate(node: dict, plates: frozenset) -> str | None:
+    """The plate name under which the latent sample site ``node`` (a trace node of the model
+    as the user declared it) can be fitted as one vector, where one of ``plates`` (the
+    plates a factor reads it across) qualifies (:func:`declined_because` says nothing);
+    else None (the caller keeps its refusal)."""
+    if declined_because(node, plates) is not None:
+        return None
+    return next(f.name for f in node["cond_indep_stack"] if f.name in plates)
+
+
+def declined_because(node: dict, plates: frozenset) -> str | None:
+    """Why the latent sample site ``node`` cannot be fitted as one vector over one of
+    ``plates`` (the plates a factor reads it across), in words for a refusal, or None where
+    it can: that plate must be the site's one vectorized plate (in another plate too, that
+    plate's dim would no longer name the site's batch dim it did), at dim −1 with the
+    site's last batch dim its size; no handler mask or scale at the site (summed over the
+    plate's elements, a mask would be lost); its distribution a scalar Normal or Gamma
+    (``.expand`` of one)."""
+    if node["type"] != "sample" or node["is_observed"]:
+        return "it is not a latent sample site"
+    vectorized = [f for f in node["cond_indep_stack"] if f.vectorized]
+    crossed = [f for f in vectorized if f.name in plates]
+    if len(crossed) != 1:
+        return f"it is read across {len(crossed)} of its plates"
+    if len(vectorized) != 1:
+        return "it is in another plate too"
+    if crossed[0].dim != -1:
+        return f"its plate {crossed[0].name!r} is at dim {crossed[0].dim}, not -1"
+    fn, mask, scale = node["fn"], node.get("mask"), node.get("scale", 1.0)
+    if mask is not None:
+        return "a handler masks it (poutine.mask)"
+    if not (isinstance(scale, (int, float)) and scale == 1.0):
+        return "a handler scales it (poutine.scale, or a subsampled plate)"
+    base = fn
+    while isinstance(base, ExpandedDistribution):
+        base = base.base_dist
+    if not isinstance(base, _VECTOR_FAMILIES) or fn.event_shape != torch.Size():
+        return f"its prior is a {type(base).__name__}, not a scalar Normal or Gamma"
+    if len(fn.batch_shape) < 1 or fn.batch_shape[-1] != crossed[0].size:
+        return "its last batch dim is not its plate's"
+    return None

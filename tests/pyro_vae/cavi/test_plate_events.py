@@ -1,0 +1,69 @@
+"""plate_events: a plated latent read whole, run as one vector over its plate."""
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro import poutine
+
+from pyro_vae.cavi.plate_events import convertible_plate, with_plates_as_events
+from tests.pyro_vae.cavi.float64 import F64, t
+
+
+def model(y, scale=1.0):
+    tau = pyro.sample("tau", dist.Gamma(t(2.0), t(1.0)))
+    with pyro.plate("outer", 2, dim=-2):
+        with pyro.plate("features", 3, dim=-1):
+            alpha = pyro.sample("alpha", dist.Gamma(t(1.0), t(1.0)))
+            w = pyro.sample("w", dist.Normal(t(0.0), alpha.rsqrt()))
+    pyro.sample("y", dist.Normal(w.sum() * scale, tau.rsqrt()), obs=y)
+
+
+def test_the_rewritten_model_is_the_same_joint_density_with_the_plate_in_the_event():
+    """Each rewritten site has event dim 1, the plate leaves its cond_indep_stack (the outer
+    one stays), and log p(y, z) at the same values equals the model's as declared (Pyro's
+    own trace of it)."""
+    original = poutine.trace(model).get_trace(t(0.3))
+    rewritten = with_plates_as_events(model, {"w": "features", "alpha": "features"})
+    replayed = poutine.trace(poutine.replay(rewritten, trace=original)).get_trace(t(0.3))
+    for site in ("w", "alpha"):
+        node = replayed.nodes[site]
+        assert node["fn"].event_shape == (3,) and node["fn"].batch_shape == (2,)
+        assert [f.name for f in node["cond_indep_stack"]] == ["outer"]
+    assert replayed.nodes["tau"]["fn"].event_shape == ()
+    assert float(replayed.log_prob_sum()) == pytest.approx(float(original.log_prob_sum()), 1e-12)
+    assert rewritten.__wrapped__ is model
+
+
+def test_only_a_scalar_normal_or_gamma_in_one_plate_at_dim_minus_one_unmasked_converts():
+    nodes = poutine.trace(model).get_trace(t(0.3)).nodes
+    assert convertible_plate(nodes["w"], frozenset({"features"})) is None  # in outer too
+    assert convertible_plate(nodes["w"], frozenset({"outer"})) is None  # dim −2
+    assert convertible_plate(nodes["y"], frozenset({"features"})) is None  # observed
+
+    def one_plate(y):
+        with pyro.plate("features", 3):
+            alpha = pyro.sample("alpha", dist.Gamma(t(1.0), t(1.0)))
+            w = pyro.sample("w", dist.Normal(t(0.0), alpha.rsqrt()))
+        with pyro.plate("second", 3, dim=-2):
+            pyro.sample("u", dist.Normal(t(0.0), t(1.0)))
+        pyro.sample("y", dist.Normal(w.sum(), t(1.0)), obs=y)
+
+    nodes = poutine.trace(one_plate).get_trace(t(0.3)).nodes
+    assert convertible_plate(nodes["w"], frozenset({"features"})) == "features"
+    assert convertible_plate(nodes["alpha"], frozenset({"features"})) == "features"
+    assert convertible_plate(nodes["u"], frozenset({"second"})) is None  # dim −2
+
+    def others(y):
+        with pyro.plate("k", 3):
+            pyro.sample("p", dist.Beta(t(1.0), t(1.0)))
+            pyro.sample("v", dist.MultivariateNormal(torch.zeros(2, dtype=F64),
+                                                     torch.eye(2, dtype=F64)))  # fmt: skip
+            with poutine.mask(mask=torch.tensor([True, False, True])):
+                pyro.sample("m", dist.Normal(t(0.0), t(1.0)))
+            with poutine.scale(scale=2.0):
+                pyro.sample("s", dist.Normal(t(0.0), t(1.0)))
+
+    nodes = poutine.trace(others).get_trace(t(0.3)).nodes
+    for site in ("p", "v", "m", "s"):
+        assert convertible_plate(nodes[site], frozenset({"k"})) is None, site
