@@ -173,7 +173,7 @@ def refuse(runner, members, site, trace, reach: float = 0.0):
             culprit = [name]
             break
     latent = latents[culprit[0]]
-    stats = f" ({', '.join(latent.family.statistic_names())})" if len(culprit) == 1 else ""
+    stats = f" ({_listed(latent.family.statistic_names())})" if len(culprit) == 1 else ""
     detail = (
         f"the log-density of factor {site!r} ({distribution_name(trace.nodes[site])}) is not "
         f"{'multi' if len(names) > 1 else ''}linear in the sufficient statistics{stats} of "
@@ -284,3 +284,11 @@ def warn_imprecise(error: float, bound: float, rounds: int, unchecked=None) -> N
         RuntimeWarning,
         stacklevel=4,
     )
+
+
+def _listed(names: list[str], most: int = 8) -> str:
+    """``names`` joined, or, past ``most`` of them, the first few, an ellipsis, the last and
+    how many there are (a 30-vector's 496 statistics)."""
+    if len(names) <= most:
+        return ", ".join(names)
+    return f"{', '.join(names[: most - 2])}, …, {names[-1]}: {len(names)} statistics"
