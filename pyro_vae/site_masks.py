@@ -44,9 +44,10 @@ def site_masks(site: dict) -> tuple[list[tuple[Any, int]], int]:
             # guide scoring its masked-off elements gave an ELBO 2.1 nats above log p(x));
             # transforms that make batch dims event dims spread the masks outside over them
             for entry in found:
-                entry[1] += fn.event_dim - fn.base_dist.event_dim
+                entry[1] += len(fn.event_shape) - len(fn.base_dist.event_shape)
         elif not isinstance(fn, dist.ExpandedDistribution):
-            return [(mask, dims) for mask, dims in found], fn.event_dim
+            # a plain torch distribution (HalfCauchy's Cauchy) has no Pyro ``event_dim``
+            return [(mask, dims) for mask, dims in found], len(fn.event_shape)
         fn = fn.base_dist
 
 

@@ -41,3 +41,18 @@ def test_a_mask_inside_a_transformed_distribution_is_read():
     for site_fn in (fn, dist.LogNormal(torch.zeros(3), 1.0).mask(m)):
         on, event = counted_elements({"fn": site_fn, "mask": None, "value": torch.ones(3)})
         assert event == 0 and torch.equal(on, m)
+
+
+def test_a_half_cauchy_whose_base_is_a_plain_torch_distribution_is_read():
+    """Tester AP: Pyro's HalfCauchy is torch's, whose base Cauchy is a plain torch
+    distribution without Pyro's event_dim; reading its masks raised AttributeError, so
+    ConditionalCAVIGuide(model, ["sigma"]) with a HalfCauchy sigma crashed. Its event dims
+    are read from the event shape: none, and its mask where it has one."""
+    m = torch.tensor([True, False, True])
+    for site_fn, expected in [
+        (dist.HalfCauchy(torch.ones(3)), torch.tensor(True)),
+        (dist.HalfCauchy(torch.ones(3)).mask(m), m),
+        (dist.HalfCauchy(torch.ones(3)).to_event(1), torch.tensor(True)),
+    ]:
+        on, event = counted_elements({"fn": site_fn, "mask": None, "value": torch.ones(3)})
+        assert torch.equal(on, expected) and event == 0  # the innermost's event dims
