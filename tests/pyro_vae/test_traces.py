@@ -475,13 +475,19 @@ def test_a_guide_only_latent_passed_on_whole_by_a_point_mass_is_let_through():
         iwae_log_likelihood(model, lambda x: guide(x, lambda u: 2 * u), x, num_samples=10)
 
 
-@pytest.mark.parametrize("passing", ["two sites", "observed site", "log_density", "and 2u"])
+@pytest.mark.parametrize(
+    "passing",
+    ["two sites", "observed site", "log_density", "and 2u", "u a point mass", "discrete u",
+     "masked u", "scaled u"],
+)  # fmt: skip
 def test_a_guide_only_latent_passed_on_other_than_one_to_one_is_refused(passing):
     """Tester AP: u given by Delta(u) to two model latents (q on the line z₁ = z₂, no
     density of z) gave IWAE 3.3 nats above the exact log p(x); Delta(u) at the observed
     site's name (u then a free auxiliary) 9 to 10 above it; a point mass adding a
     log_density adds it to every estimate; and a second site given 2u has no density
-    either. Each is refused, as before the point-mass rule."""
+    either. Tester AQ: u itself a point mass at a drawn z₁ (the same line, 3.7 nats
+    above), a discrete u (point masses, no density), and u's log q masked or scaled (1.3
+    to 1.4 nats above). Each is refused, as before the point-mass rule."""
     from pyro_vae.evaluate import iwae_log_likelihood
 
     x = torch.tensor([0.3])
@@ -495,7 +501,8 @@ def test_a_guide_only_latent_passed_on_other_than_one_to_one_is_refused(passing)
 
     def guide(x):
         with pyro.plate("data", 1):
-            u = pyro.sample("u", dist.Normal(0.0, 0.01), infer={"is_auxiliary": True})
+            if passing in ("two sites", "observed site", "log_density", "and 2u"):
+                u = pyro.sample("u", dist.Normal(0.0, 0.01), infer={"is_auxiliary": True})
             if passing == "two sites":
                 pyro.sample("z1", dist.Delta(u))
                 pyro.sample("z2", dist.Delta(u))
@@ -506,9 +513,21 @@ def test_a_guide_only_latent_passed_on_other_than_one_to_one_is_refused(passing)
             elif passing == "log_density":
                 pyro.sample("z1", dist.Delta(u, log_density=torch.tensor(-5.0)))
                 pyro.sample("z2", dist.Normal(0.0, 0.01))
-            else:
+            elif passing == "and 2u":
                 pyro.sample("z1", dist.Delta(u))
                 pyro.sample("z2", dist.Delta(2 * u))
+            else:
+                z1 = pyro.sample("z1", dist.Normal(0.0, 0.01))
+                if passing == "u a point mass":
+                    u = pyro.sample("u", dist.Delta(z1), infer={"is_auxiliary": True})
+                elif passing == "discrete u":
+                    u = pyro.sample("u", dist.Bernoulli(0.5), infer={"is_auxiliary": True})
+                elif passing == "masked u":
+                    u = pyro.sample("u", dist.Normal(0.0, 0.01).mask(False))
+                else:
+                    with poutine.scale(scale=1e-3):
+                        u = pyro.sample("u", dist.Normal(0.0, 0.01))
+                pyro.sample("z2", dist.Delta(u))
             pyro.sample("z3", dist.Normal(0.15, 0.7))
 
     with pytest.raises(ValueError, match=r"guide: it draws \['u'\], which the model does not"):
