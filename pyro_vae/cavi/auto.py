@@ -901,8 +901,8 @@ def _as_vectors(converted: dict[str, str]) -> str:
     (a name such as ``Normal (.to_event(1))`` is then that vector's)."""
     sites = ", ".join(f"{site!r} over plate {plate!r}" for site, plate in converted.items())
     return (
-        f" ({sites}: declared in a plate that a factor outside it reads whole, each was "
-        "taken as one vector over it, .to_event(1))"
+        f" ({sites}: declared in a plate that a factor outside it reads whole, and so taken "
+        "as one vector over it, .to_event(1); what this says of such a site is of that vector)"
     )
 
 

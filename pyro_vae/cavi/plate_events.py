@@ -33,7 +33,7 @@ from __future__ import annotations
 import functools
 
 import torch
-from pyro.distributions.torch_distribution import ExpandedDistribution
+from pyro.distributions.torch_distribution import ExpandedDistribution, MaskedDistribution
 from pyro.poutine.messenger import Messenger
 
 _VECTOR_FAMILIES = (torch.distributions.Normal, torch.distributions.Gamma)
@@ -104,12 +104,20 @@ def declined_because(node: dict, plates: frozenset) -> str | None:
         return f"its plate {crossed[0].name!r} is at dim {crossed[0].dim}, not -1"
     fn, mask, scale = node["fn"], node.get("mask"), node.get("scale", 1.0)
     if mask is not None:
-        return "a handler masks it (poutine.mask)"
+        return (
+            "a handler masks it (poutine.mask): declared as one vector, keep the mask in "
+            "its prior, dist.Normal(0, s).expand([D]).mask(m).to_event(1)"
+        )
     if not (isinstance(scale, (int, float)) and scale == 1.0):
         return "a handler scales it (poutine.scale, or a subsampled plate)"
     base = fn
     while isinstance(base, ExpandedDistribution):
         base = base.base_dist
+    if isinstance(base, MaskedDistribution):
+        return (
+            "its prior carries a .mask: declared as one vector, keep it there, "
+            "dist.Normal(0, s).expand([D]).mask(m).to_event(1)"
+        )
     if not isinstance(base, _VECTOR_FAMILIES) or fn.event_shape != torch.Size():
         return f"its prior is a {type(base).__name__}, not a scalar Normal or Gamma"
     if len(fn.batch_shape) < 1 or fn.batch_shape[-1] != crossed[0].size:
