@@ -16,7 +16,9 @@ import warnings
 
 import torch
 
+from pyro_vae.cavi.data_indexing import ReadAcrossPlate
 from pyro_vae.cavi.exponential_families import (
+    DISCRETE_FAMILIES,
     NotConjugateError,
     described,
 )
@@ -146,6 +148,59 @@ def _hidden_elsewhere(runner, members, site, trace, base) -> None:
         raise NotConjugateError(message)
 
 
+def _refuse_reads_within_plate(runner, latent, site, trace, base, detail: str) -> None:
+    """Raise :class:`~pyro_vae.cavi.data_indexing.ReadAcrossPlate` where an element of
+    factor ``site`` reads other elements of ``latent`` along the one plate they share
+    (``z_d ~ N(w.sum(), 1)`` inside w's plate; one plate used for both data and features,
+    N = D, with ``X @ w`` inside it): moving the latent's first element alone moves the
+    factor's other elements there. Its probe assumed element d reads element d, and
+    blamed the misfit on the latent's family ("not linear in (1, x0, x0*x0)", testers AP
+    and AQ); AutoCAVI then fits the latent as one vector over that plate
+    (:mod:`pyro_vae.cavi.plate_events`), or refuses, saying this. One model run of two
+    points, on this refusal's path only."""
+    node = trace.nodes[site]
+    shared = latent.plates & frozenset(f.name for f in node["cond_indep_stack"] if f.vectorized)
+    batch = latent.batch_shape
+    if len(shared) != 1 or batch.numel() < 2:
+        return
+    (name,) = latent.sites
+    first = torch.zeros(batch.numel(), dtype=torch.bool)
+    first[0] = True
+    first = first.reshape(batch)
+    event = base[name].dim() - len(batch)
+    if latent.family.name in DISCRETE_FAMILIES:  # another category at every element
+        k = getattr(latent.family, "k", 2)
+        other = ((base[name].long() + 1) % k).to(base[name].dtype)
+    else:
+        other = runner.draw(1)[name][0]
+    moved = torch.where(first.reshape(batch + (1,) * event), other, base[name])
+    points = {s: torch.stack([v, moved if s == name else v]) for s, v in base.items()}
+    log_prob = runner.log_probs(points, 2)[site]
+    still, shifted = log_prob[0], log_prob[1]
+    try:
+        allowed = first.expand(still.shape) if first.dim() <= still.dim() else None
+    except RuntimeError:  # not aligned with the factor's dims: no verdict
+        return
+    if allowed is None:
+        return
+    changed = (shifted - still).abs() > _READS_AGREE * (1 + still.abs())
+    if bool((changed & ~allowed).any()):
+        raise ReadAcrossPlate(
+            f"factor {site!r} reads several elements of latent site {name!r} along the plate "
+            f"{sorted(shared)} they share (moving {name!r}'s first element alone moves "
+            f"other elements of {site!r}), which its plate declares independent; "
+            f"as probed element by element, {detail}",
+            site,
+            latent.name,
+            latent.sites,
+            shared,
+        )
+
+
+#: Relative change of a factor element taken as moved (as the data-index probe's).
+_READS_AGREE = 1e-9
+
+
 #: Points at which a factor that failed its fit is run with its members held.
 _HIDDEN_POINTS = 8
 
@@ -186,6 +241,8 @@ def refuse(runner, members, site, trace, reach: float = 0.0):
             "break a conjugate form: if the data or the priors' locations are far from zero, "
             "centre them (y − ȳ) and fit again first)"
         )
+    if len(culprit) == 1 and len(latent.sites) == 1:
+        _refuse_reads_within_plate(runner, latent, site, trace, base, detail)
     if len(latent.sites) > 1:  # a block: mean field may still fit it
         raise NotConjugateError(
             f"block {culprit[0]!r} ({latent.family.name}) is not conjugate as one factor: "

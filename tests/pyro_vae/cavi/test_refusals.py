@@ -46,6 +46,53 @@ def test_a_long_list_of_sufficient_statistics_is_abbreviated():
         AutoCAVI(logistic).fit(X, y, 1)
 
 
+def test_a_factor_reading_other_elements_inside_its_latent_s_plate_fits_as_a_vector():
+    """Testers AP and AQ: z_d ~ N(Σ w, 1) inside w's plate, and one plate used for both
+    the features and the data (N = D, y ~ N(X w, ½²) inside it), were refused as "not
+    linear in (1, x0, x0*x0)" of w: probed element by element, element d was taken to read
+    w_d. Moving w's first element alone moves the others, so w is fitted as one vector
+    over the plate, and q is the exact posterior: the bounds are log N(z; 0, I + 3·11ᵀ)
+    and log N(y; 0, X Xᵀ + ¼ I). A plated Bernoulli read so is refused, saying what it
+    reads."""
+    from pyro_vae.cavi import AutoCAVI
+
+    def within(z):
+        with pyro.plate("f", 3):
+            w = pyro.sample("w", dist.Normal(t(0.0), t(1.0)))
+            pyro.sample("z", dist.Normal(w.sum(-1, keepdim=True), t(1.0)), obs=z)
+
+    z = t([0.5, -0.2, 1.0])
+    fit = AutoCAVI(within, tol=1e-13).fit(z)
+    cov = torch.eye(3, dtype=F64) + 3.0
+    exact = float(dist.MultivariateNormal(torch.zeros(3, dtype=F64), cov).log_prob(z))
+    assert fit.plates_as_events_ == {"w": "f"}
+    assert abs(fit.lower_bound_ - exact) < 1e-10 * abs(exact)
+
+    X = torch.randn(3, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
+    y = t([0.3, 1.1, -0.4])
+
+    def reused(X, y):
+        p = pyro.plate("p", 3)
+        with p:
+            w = pyro.sample("w", dist.Normal(t(0.0), t(1.0)))
+        with p:
+            pyro.sample("y", dist.Normal(X @ w, t(0.5)), obs=y)
+
+    fit = AutoCAVI(reused, tol=1e-13).fit(X, y)
+    cov = X @ X.T + 0.25 * torch.eye(3, dtype=F64)
+    exact = float(dist.MultivariateNormal(torch.zeros(3, dtype=F64), cov).log_prob(y))
+    assert abs(fit.lower_bound_ - exact) < 1e-10 * abs(exact)
+
+    def switches(z):
+        with pyro.plate("f", 3):
+            s = pyro.sample("s", dist.Bernoulli(t(0.5)))
+            pyro.sample("z", dist.Normal(s.sum(-1, keepdim=True), t(1.0)), obs=z)
+
+    match = r"factor 'z' reads several elements of latent site 's' along the plate \['f'\]"
+    with pytest.raises(NotConjugateError, match=match + r".*not 's': its prior is a Bernoulli"):
+        AutoCAVI(switches).fit(z)
+
+
 @pytest.mark.parametrize("offset", [0.0, 1e6])
 def test_a_refusal_far_from_zero_says_that_rounding_may_be_the_cause(offset):
     # y ~ N(exp μ, 1) is no conjugate factor anywhere; near 10⁶ (log f ≈ −5·10¹¹ at the
