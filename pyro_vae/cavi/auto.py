@@ -278,13 +278,13 @@ class AutoCAVI(CoordinateUpdates):
         start = time.perf_counter()
         self._model, self.plates_as_events_, self._event_frames = self.model, {}, {}
         while True:
-            try:
-                with validated_on_failure(self._model, args, kwargs, self._seed):
+            with validated_on_failure(self._model, args, kwargs, self._seed):
+                try:
                     latents, factors, stats = self._probe(args, kwargs, auto_blocks)
-                break
-            except ReadAcrossPlate as error:  # fitted as one vector over the plate, if it can
-                if not self._plate_as_event(error):
-                    raise
+                    break
+                except ReadAcrossPlate as error:  # fitted as one vector over its plate, if it can
+                    if not self._plate_as_event(error):
+                        raise
         self.probe_seconds_ = time.perf_counter() - start
         self._latents, self._witnesses = latents, []
         self._constants = {n: latent.family.has_constant for n, latent in latents.items()}

@@ -127,12 +127,25 @@ def validated_on_failure(model, args, kwargs, seed: int):
 
 def _validated_run_error(model, args, kwargs, seed: int, at_means: bool):
     """The exception a validated, seeded run of ``model`` raises (at a prior draw, or at
-    the priors' means), or None."""
+    the priors' means), or None. Its distributions' parameters are validated as Pyro
+    does; where scoring it then fails (Pyro's check of an observation at ``log_prob``),
+    its observations are read by :func:`check_observations`, which reads only the
+    elements the site counts, and that one's error is the run's: Pyro's refuses a
+    masked-off NaN placeholder, and so replaced every refusal of a model with one by its
+    "Error while computing log_prob" (tester AR: a plated w read whole, whose refusal
+    fits it as a vector, was never fitted)."""
     with cpu_rng(seed), torch.no_grad(), pyro.validation_enabled(True):
         try:
             with PriorMeans() if at_means else nullcontext():
                 trace = poutine.trace(model).get_trace(*args, **kwargs)
-                score_factors(trace)
         except Exception as raised:
             return raised
+        try:
+            score_factors(trace)
+        except Exception as raised:  # the parameters passed: an observation, perhaps masked
+            try:
+                check_observations(trace)
+            except ValueError as counted:
+                return counted
+            return None if isinstance(raised, ValueError) else raised
     return None
