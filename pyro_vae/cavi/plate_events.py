@@ -7,18 +7,19 @@ Fixed effects are often written with their coefficients in a plate::
     with pyro.plate("data", N):
         pyro.sample("y", dist.Normal(X @ w, s), obs=y)
 
-Every element of ``y`` reads every element of ``w``: ``y``'s factor is not a sum of terms
-each reading one ``w_d``, so a q that is a product over the plate's elements is not what
-the factor's expected messages give (each ``w_d``'s message reads the others' second
-moments jointly). The plate is only a declaration of conditional independence *in the
-prior*: Σ_d log N(w_d | 0, 1) is ``Normal(0, 1).expand([D]).to_event(1)``'s log-density,
-the same model. :class:`PlatesAsEvents` makes that reinterpretation while the model runs
-(as ``Distribution.to_event`` and Pyro's own ``AutoMultivariateNormal`` treat plated
-sites: one vector, its q joint over the plate), and ``AutoCAVI`` fits ``w`` as the vector
-site it then is: a Normal one with a full-covariance MultivariateNormal q (Bishop 2006,
-10.3: variational linear regression's q(w)), a Gamma one with independent Gammas (ARD's
-α). The bound is over the same joint density; q is joint over the plate, so the bound is
-no lower than a product over its elements would give.
+Every element of ``y`` reads every element of ``w``. AutoCAVI probes a plated latent as one
+variable per element, which a factor outside the plate reads at one element per datum
+(picked by a data index or by a mixture's assignment); here each y_n is a function of all
+of w at once, and its factor couples the elements (w_d w_e terms), which no per-element
+probe can hold. The plate changes nothing in the joint density: Σ_d log N(w_d | 0, 1) is
+``Normal(0, 1).expand([D]).to_event(1)``'s log-density. :class:`PlatesAsEvents` makes that
+reinterpretation while the model runs (Pyro's ``Distribution.to_event``; Pyro's own
+``AutoMultivariateNormal`` likewise treats plated sites as parts of one vector), and
+``AutoCAVI`` fits ``w`` as the vector site it then is: a Normal one with a
+full-covariance MultivariateNormal q (Bishop 2006, §10.3: variational linear regression's
+q(w)), a Gamma one with independent Gammas (ARD's α). The bound is on the same log
+evidence, in nats; its family of q contains every product over the plate's elements, so
+the bound is no lower than such a product's best.
 
 :func:`convertible_plate` says where the reinterpretation is the same model and AutoCAVI
 fits it: the plate vectorized, its dim the site's rightmost batch dim (``to_event(1)``
