@@ -16,6 +16,7 @@ mixture fit's time. Those runs therefore go unvalidated, with two guards:
 
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager, nullcontext
 
 import pyro
@@ -130,10 +131,11 @@ def _validated_run_error(model, args, kwargs, seed: int, at_means: bool):
     the priors' means), or None. Its distributions' parameters are validated as Pyro
     does; where scoring it then fails (Pyro's check of an observation at ``log_prob``),
     its observations are read by :func:`check_observations`, which reads only the
-    elements the site counts, and that one's error is the run's: Pyro's refuses a
+    elements the site counts, and that one's error is the run's; where that passes and
+    the site Pyro names has elements masked off, there is none (Pyro's check refuses a
     masked-off NaN placeholder, and so replaced every refusal of a model with one by its
-    "Error while computing log_prob" (tester AR: a plated w read whole, whose refusal
-    fits it as a vector, was never fitted)."""
+    "Error while computing log_prob": tester AR's plated w read whole, whose refusal fits
+    it as a vector, was never fitted); else Pyro's (an observation of the wrong shape)."""
     with cpu_rng(seed), torch.no_grad(), pyro.validation_enabled(True):
         try:
             with PriorMeans() if at_means else nullcontext():
@@ -147,5 +149,13 @@ def _validated_run_error(model, args, kwargs, seed: int, at_means: bool):
                 check_observations(trace)
             except ValueError as counted:
                 return counted
-            return None if isinstance(raised, ValueError) else raised
+            site = trace.nodes.get(_failed_site(raised) or "")
+            masked = site is not None and not bool(counted_elements(site)[0].all())
+            return None if masked else raised  # a masked-off placeholder that Pyro scored
     return None
+
+
+def _failed_site(error: Exception) -> str | None:
+    """The site Pyro names in its "Error while computing log_prob at site 'y'", if any."""
+    found = re.search(r"at site '([^']+)'", str(error))
+    return found.group(1) if found else None

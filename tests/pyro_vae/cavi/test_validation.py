@@ -244,3 +244,17 @@ def test_a_refusal_of_a_model_with_a_masked_off_nan_is_not_replaced_by_pyro_s_ch
     assert fit.lower_bound_ == pytest.approx(exact, rel=1e-10)
     with pytest.raises(NotConjugateError, match=r"not 'w': its prior is a Beta"):
         AutoCAVI(model).fit(X, placeheld, observed, prior=dist.Beta)
+
+
+def test_an_observation_of_the_wrong_shape_is_still_named_by_pyro():
+    """The validated run after a failure keeps Pyro's message where no mask explains it: an
+    observation of 2 values in a plate of 3 is named at its site (read with masks alone,
+    the block's bare RuntimeError, "The size of tensor a (2) must match", came through)."""
+
+    def model(y):
+        mu = pyro.sample("mu", dist.Normal(t(0.0), t(1.0)))
+        with pyro.plate("n", 3):
+            pyro.sample("y", dist.Normal(mu, t(1.0)), obs=y)
+
+    with pytest.raises(ValueError, match=r"Error while computing log_prob at site 'y'"):
+        AutoCAVI(model).fit(torch.zeros(2, dtype=F64))
