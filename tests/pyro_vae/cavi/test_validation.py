@@ -141,6 +141,18 @@ def test_a_refusal_is_not_hidden_by_a_prior_draw_that_alone_breaks_the_model():
 X_MISSING = t([0.85, 1.79, float("nan"), -0.11, 2.69])  # a NaN placeholder for a missing datum
 
 
+def observe_masked(how: str, name: str, fn, value, mask) -> None:
+    """Observe ``value`` at site ``name`` from ``fn`` with ``mask`` applied ``how``: by the
+    distribution's ``.mask``, by ``poutine.mask``, or by ``obs_mask`` (Pyro's three)."""
+    if how == ".mask":
+        pyro.sample(name, fn.mask(mask), obs=value)
+    elif how == "poutine.mask":
+        with poutine.mask(mask=mask):
+            pyro.sample(name, fn, obs=value)
+    else:
+        pyro.sample(name, fn, obs=value, obs_mask=mask)
+
+
 @pytest.mark.parametrize("how", [".mask", "poutine.mask", "obs_mask"])
 def test_a_nan_placeholder_the_model_masks_off_is_not_read(how):
     """Tester AM's F9: NaN in a masked-off row was refused as outside the support Real(),
@@ -153,13 +165,7 @@ def test_a_nan_placeholder_the_model_masks_off_is_not_read(how):
     def model(x, m):
         mu = pyro.sample("mu", dist.Normal(t(0.0), t(2.0)))
         with pyro.plate("n", len(x)):
-            if how == ".mask":
-                pyro.sample("x", dist.Normal(mu, t(1.0)).mask(m), obs=x)
-            elif how == "poutine.mask":
-                with poutine.mask(mask=m):
-                    pyro.sample("x", dist.Normal(mu, t(1.0)), obs=x)
-            else:
-                pyro.sample("x", dist.Normal(mu, t(1.0)), obs=x, obs_mask=m)
+            observe_masked(how, "x", dist.Normal(mu, t(1.0)), x, m)
 
     y = X_MISSING[observed]
     n = len(y)
@@ -222,14 +228,7 @@ def test_a_refusal_of_a_model_with_a_masked_off_nan_is_not_replaced_by_pyro_s_ch
         with pyro.plate("features", 3):
             w = pyro.sample("w", prior(t(1.0), t(1.0)))
         with pyro.plate("data", 12):
-            mean = (X * w.unsqueeze(-2)).sum(-1)
-            if how == ".mask":
-                pyro.sample("y", dist.Normal(mean, t(0.5)).mask(m), obs=y)
-            elif how == "poutine.mask":
-                with poutine.mask(mask=m):
-                    pyro.sample("y", dist.Normal(mean, t(0.5)), obs=y)
-            else:
-                pyro.sample("y", dist.Normal(mean, t(0.5)), obs=y, obs_mask=m)
+            observe_masked(how, "y", dist.Normal((X * w.unsqueeze(-2)).sum(-1), t(0.5)), y, m)
 
     Xo, Xu = X[observed], X[~observed]
     cov = Xo @ Xo.T + 0.25 * torch.eye(len(Xo), dtype=F64)
