@@ -103,8 +103,8 @@ def _passed_on_whole(only: list, guide_sites: dict, model_trace: Trace) -> bool:
     masses = {
         n for n, s in guide_sites.items() if n in model_trace.nodes and is_point_mass(s["fn"])
     }
-    if len(masses) != len(only):
-        return False
+    if len(masses) != len(only) or any(guide_sites[u]["value"].is_meta for u in only):
+        return False  # a meta-device run has no values to pair
     for name in masses:
         node, fn = model_trace.nodes[name], guide_sites[name]["fn"]
         while hasattr(fn, "base_dist"):

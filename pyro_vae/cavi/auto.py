@@ -264,9 +264,11 @@ class AutoCAVI(CoordinateUpdates):
                 converted = self.plates_as_events_
                 self.__dict__.clear()
                 self.__dict__.update(before)
-                if not converted or not isinstance(error, NotConjugateError):
-                    raise
-                if isinstance(error, ReadAcrossPlate):
+                if (
+                    not converted
+                    or not isinstance(error, NotConjugateError)
+                    or isinstance(error, ReadAcrossPlate)
+                ):
                     raise
                 raise NotConjugateError(f"{error}{_as_vectors(converted)}") from error
 
@@ -781,17 +783,17 @@ class AutoCAVI(CoordinateUpdates):
                 return False
             if not any(f.name in error.plates for f in nodes[site]["cond_indep_stack"]):
                 continue  # a block's precision outside the plate
-            declined = declined_because(nodes[site], error.plates)
-            if declined is not None:
+            plate = convertible_plate(nodes[site], error.plates)
+            if plate is None:
                 raise ReadAcrossPlate(
                     f"{error} (AutoCAVI fits a plated Normal or Gamma read whole as one "
-                    f"vector over its plate, but not {site!r}: {declined})",
+                    f"vector over its plate, but not {site!r}: "
+                    f"{declined_because(nodes[site], error.plates)})",
                     error.factor,
                     error.latent,
                     error.sites,
                     error.plates,
                 ) from error
-            plate = convertible_plate(nodes[site], error.plates)
             found[site] = (plate, nodes[site]["cond_indep_stack"])
         if not found:
             return False

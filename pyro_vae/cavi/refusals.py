@@ -164,7 +164,7 @@ def _refuse_reads_within_plate(runner, latent, site, trace, base, detail: str) -
     if len(shared) != 1 or batch.numel() < 2:
         return
     (name,) = latent.sites
-    first = torch.zeros(batch.numel(), dtype=torch.bool)
+    first = torch.zeros(batch.numel(), dtype=torch.bool, device=base[name].device)
     first[0] = True
     first = first.reshape(batch)
     event = base[name].dim() - len(batch)

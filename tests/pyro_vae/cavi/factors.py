@@ -1,11 +1,23 @@
-"""Probing a model's factors, and comparing two sets of them, shared by the probe tests."""
+"""Probing a model's factors, and comparing two sets of them, shared by the probe tests,
+and the Normal-Gamma model several of them probe."""
 
+import pyro
+import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 
 from pyro_vae.cavi.conjugate_forms import probe_factors
 from pyro_vae.cavi.first_trace import find_dependencies
 from pyro_vae.cavi.latent_units import find_latents
+from tests.pyro_vae.cavi.float64 import t
+
+
+def normal_gamma(y):
+    """τ ~ Gamma(2, 1), μ ~ N(0, 1), y_n ~ N(μ, τ⁻¹): two global latents, one likelihood."""
+    tau = pyro.sample("tau", dist.Gamma(t(2.0), t(1.0)))
+    mu = pyro.sample("mu", dist.Normal(t(0.0), t(1.0)))
+    with pyro.plate("data", len(y)):
+        pyro.sample("y", dist.Normal(mu, tau.rsqrt()), obs=y)
 
 
 def probe(model, *args):

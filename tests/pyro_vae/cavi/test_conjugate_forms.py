@@ -6,15 +6,8 @@ import pytest
 import torch
 
 from pyro_vae.cavi.exponential_families import NotConjugateError
-from tests.pyro_vae.cavi.factors import probe
+from tests.pyro_vae.cavi.factors import normal_gamma, probe
 from tests.pyro_vae.cavi.float64 import F64, t
-
-
-def normal_gamma(y):
-    tau = pyro.sample("tau", dist.Gamma(t(2.0), t(1.0)))
-    mu = pyro.sample("mu", dist.Normal(t(0.0), t(1.0)))
-    with pyro.plate("data", len(y)):
-        pyro.sample("y", dist.Normal(mu, tau.rsqrt()), obs=y)
 
 
 def test_a_normal_likelihood_is_recovered_term_by_term():

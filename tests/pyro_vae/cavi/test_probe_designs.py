@@ -1,24 +1,17 @@
-import pyro
-import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 
 from pyro_vae.cavi.latent_units import find_latents
 from pyro_vae.cavi.probe_designs import probe_design, unexpanded
 from pyro_vae.cavi.probe_runs import Runs
+from tests.pyro_vae.cavi.factors import normal_gamma
 from tests.pyro_vae.cavi.float64 import F64, t
 
 
 def test_the_design_is_the_tensor_product_of_the_members_statistics_at_each_point():
     # a likelihood of two global latents: each point's row is (1, μ, μ²) ⊗ (1, τ, log τ),
     # written out here, the first member's statistic the major index
-    def model(y):
-        tau = pyro.sample("tau", dist.Gamma(t(2.0), t(1.0)))
-        mu = pyro.sample("mu", dist.Normal(t(0.0), t(1.0)))
-        with pyro.plate("data", len(y)):
-            pyro.sample("y", dist.Normal(mu, tau.rsqrt()), obs=y)
-
-    latents = find_latents(poutine.trace(model).get_trace(t([0.1, 0.2])))
+    latents = find_latents(poutine.trace(normal_gamma).get_trace(t([0.1, 0.2])))
     g = torch.Generator().manual_seed(0)
     mu = torch.randn(7, generator=g, dtype=F64)
     tau = torch.rand(7, generator=g, dtype=F64) + 0.5

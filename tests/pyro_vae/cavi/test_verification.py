@@ -21,6 +21,7 @@ from pyro_vae.cavi.verification import (
     worst_misfit,
 )
 from pyro_vae.traces import VectorizationWarning
+from tests.pyro_vae.cavi.factors import normal_gamma
 from tests.pyro_vae.cavi.float64 import F64, t
 
 Y = t([3.6, 4.4, 3.9, 4.2, 4.0])
@@ -1016,13 +1017,7 @@ def test_a_kink_beyond_the_hypercubes_reach_is_refused_not_fitted_above_the_evid
 
 
 def test_tail_points_put_one_latent_far_out_at_a_time():
-    def model(y):
-        tau = pyro.sample("tau", dist.Gamma(t(3.0), t(2.0)))
-        mu = pyro.sample("mu", dist.Normal(t(0.0), t(1.0)))
-        with pyro.plate("n", len(y)):
-            pyro.sample("y", dist.Normal(mu, tau.rsqrt()), obs=y)
-
-    fit = AutoCAVI(model).fit(t([0.3, -0.2, 1.1, 0.4]))
+    fit = AutoCAVI(normal_gamma).fit(t([0.3, -0.2, 1.1, 0.4]))
     points = points_at_q(fit._latents, fit._q, 16, torch.Generator().manual_seed(0))
     assert points["tau"].shape == points["mu"].shape == (20,)  # 16, and 2 per latent
     q_tau = fit.variational_distributions()["tau"]
