@@ -140,6 +140,16 @@ def frame_with_full_size(frame: CondIndepStackFrame, full_size: int) -> CondInde
     return frame._replace(full_size=full_size)
 
 
+def frame_at_dim(frame: CondIndepStackFrame, dim: int) -> CondIndepStackFrame:
+    """A copy of the plate frame ``frame`` at batch dim ``dim`` (the batch dim its plate
+    names at a site whose rightmost plate AutoCAVI took into the event,
+    :mod:`pyro_vae.cavi.plate_events`).
+
+    Uses ``CondIndepStackFrame._replace``, as :func:`frame_with_full_size` does.
+    """
+    return frame._replace(dim=dim)
+
+
 def provenance_parts(value) -> tuple[torch.Tensor, frozenset]:
     """(the plain tensor, the provenance set) of a ``pyro.ops.provenance.ProvenanceTensor``.
 

@@ -155,10 +155,11 @@ class AutoCAVI(CoordinateUpdates):
             plate; ARD's α read by w's prior), fitted as one vector over that plate: the
             same joint density, with q joint over the plate's elements (a Normal's a
             full-covariance MultivariateNormal, a Gamma's independent Gammas; see
-            :mod:`pyro_vae.cavi.plate_events`). Where the plate is not the site's rightmost
-            batch dim, the site is in another plate too, a handler masks or scales it, or
-            its prior is not a scalar Normal or Gamma, the factor is refused as before.
-            Empty: none was.
+            :mod:`pyro_vae.cavi.plate_events`); random slopes ``b[..., group, :]`` with
+            ``b`` in plates groups and features, one vector per group. Where no plate it
+            is read across is the site's rightmost batch dim, a handler masks or scales
+            it, or its prior is not a scalar Normal or Gamma, the factor is refused as
+            before, saying why. Empty: none was.
         lower_bound_, lower_bounds_: the ELBO (nats, total over the data) after the last
             sweep, and after each sweep.
         n_iter_: sweeps run. converged_: whether a sweep, and the over-relaxed step after
@@ -779,8 +780,21 @@ class AutoCAVI(CoordinateUpdates):
         nodes = self._first.nodes
         found = {}
         for site in error.sites:
-            if site in self.plates_as_events_ or site not in nodes:
+            if site not in nodes:
                 return False
+            if site in self.plates_as_events_:  # one plate of a site goes into its event
+                raise ReadAcrossPlate(
+                    f"{error} ({site!r} is fitted as one vector over its plate "
+                    f"{self.plates_as_events_[site]!r}, its dim -1, and is read across "
+                    f"{sorted(error.plates)} too; AutoCAVI takes one plate of a site into "
+                    "its event: declare the plate it is read whole across at dim -1, "
+                    "pyro.plate(name, size, dim=-1), and the plate a data index picks "
+                    "left of it)",
+                    error.factor,
+                    error.latent,
+                    error.sites,
+                    error.plates,
+                ) from error
             if not any(f.name in error.plates for f in nodes[site]["cond_indep_stack"]):
                 continue  # a block's precision outside the plate
             plate = convertible_plate(nodes[site], error.plates)

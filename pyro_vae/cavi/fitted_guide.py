@@ -69,10 +69,16 @@ def fitted_guide(latents: dict, q: dict, chains: dict, absent: dict,
             if site not in events:
                 with within(site):
                     return pyro.sample(site, fn)
-            with within(site):
-                value = pyro.sample(f"_{site}_vector", fn, infer={"is_auxiliary": True})
-            if value.dim() > 1 and value.shape[-2] == 1:  # under an outer plate (particles)
-                value = value.squeeze(-2)  # that batch dim -1 is the site's plate dim
+            # one draw outside every plate: its event the site's shape, the plate taken
+            # into the event last (a site in plates groups and features: q's batch (G,)
+            # of D-vectors; drawn inside groups, the model's plate of that name at
+            # another dim would be a second plate of one name)
+            shape = fn.batch_shape + fn.event_shape
+            whole = fn.to_event(len(fn.batch_shape))
+            value = pyro.sample(f"_{site}_vector", whole, infer={"is_auxiliary": True})
+            if value.dim() > len(shape):  # under outer plates (particles): batch (P, 1, …)
+                outer = value.shape[: -len(shape)]  # at dims left of the model's plates
+                value = value.reshape(outer[: len(outer) - len(shape)] + shape)
             with _inside(events[site], made):
                 return pyro.sample(site, dist.Delta(value))
 

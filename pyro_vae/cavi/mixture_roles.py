@@ -15,6 +15,7 @@ from dataclasses import replace
 import torch
 
 from pyro_vae.cavi.data_indexing import (
+    ReadAcrossPlate,
     indexable,
 )
 from pyro_vae.cavi.exponential_families import (
@@ -77,15 +78,20 @@ def mixture_roles(site: str, names, latents, trace) -> tuple[str | None, list, l
     k = latents[selectors[0]].family.k if selectors else None
     components, indexed = _split_outside(outside, latents, plates, k, placed=placed)
     for name in (n for n in outside if n not in components and n not in indexed):
-        raise NotConjugateError(
+        crossed = latents[name].plates - plates
+        message = (
             f"factor {site!r} depends on latent site {name!r} across its plate(s) "
-            f"{sorted(latents[name].plates - plates)}, which {site!r} is not inside, and "
+            f"{sorted(crossed)}, which {site!r} is not inside, and "
             f"not as a mixture component picked by one Categorical latent inside them "
             f"(Vindex(theta)[..., z, :]); AutoCAVI handles factors inside every plate "
             "of the latents they mention, mixtures, and latents in one plate read at one "
             f"element per datum by a data index (a[..., group])"
-            f"{_two_plates_hint(latents[name], k)}{_component_hint(latents[name], k)}"
         )
+        hint = _two_plates_hint(latents[name], k)
+        if hint:  # random slopes b[group] in plates groups and features: one vector per group
+            latent = latents[name]
+            raise ReadAcrossPlate(message + hint, site, name, latent.sites or (name,), crossed)
+        raise NotConjugateError(message + _component_hint(latents[name], k))
     return selectors[0], components, indexed
 
 

@@ -23,10 +23,13 @@ the bound is no lower than such a product's best.
 
 :func:`convertible_plate` says where the reinterpretation is the same model and AutoCAVI
 fits it: the plate vectorized, its dim the site's rightmost batch dim (``to_event(1)``
-takes that one), the site in no other plate and neither masked nor scaled by a handler (a
-mask over the plate's elements would be summed away), and its prior a scalar Normal or
-Gamma (a Beta, Bernoulli, Categorical or Dirichlet read whole has no closed-form vector q
-here).
+takes that one), the site neither masked nor scaled by a handler (a mask over the plate's
+elements would be summed away), and its prior a scalar Normal or Gamma (a Beta, Bernoulli,
+Categorical or Dirichlet read whole has no closed-form vector q here). The site may be in
+other plates: random slopes ``b`` in plates groups (dim -2) and features (dim -1), read
+``b[..., group, :]``, become one F-vector per group, their groups plate then at dim -1
+(the batch dim it names once features is the event), which a data index reads as it reads
+any latent in one plate.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ import torch
 from pyro.distributions.torch_distribution import ExpandedDistribution, MaskedDistribution
 from pyro.poutine.messenger import Messenger
 
+from pyro_vae.pyro_compat import frame_at_dim
+
 _VECTOR_FAMILIES = (torch.distributions.Normal, torch.distributions.Gamma)
 
 
@@ -44,8 +49,10 @@ class PlatesAsEvents(Messenger):
     """Run a model with the named latent sites' named plate taken into their event: the
     site's distribution (already broadcast over its plates, which are entered inside the
     model and so handled first) is ``fn.to_event(1)`` and the plate's frame leaves its
-    ``cond_indep_stack``. ``sites``: {site name: plate name}; each pair must have passed
-    :func:`convertible_plate` on a run of the same model."""
+    ``cond_indep_stack``; the plate was at dim −1, so the site's other plates move one dim
+    right (a groups plate at -2 names the Independent's batch dim -1). ``sites``: {site
+    name: plate name}; each pair must have passed :func:`convertible_plate` on a run of the
+    same model."""
 
     def __init__(self, sites: dict[str, str]):
         super().__init__()
@@ -59,7 +66,12 @@ class PlatesAsEvents(Messenger):
         if not any(frame.name == plate for frame in stack):
             return
         msg["fn"] = msg["fn"].to_event(1)
-        msg["cond_indep_stack"] = tuple(frame for frame in stack if frame.name != plate)
+        # the plate was the site's batch dim -1: its other plates' dims move one right
+        msg["cond_indep_stack"] = tuple(
+            frame_at_dim(frame, frame.dim + 1) if frame.vectorized else frame
+            for frame in stack
+            if frame.name != plate
+        )
 
 
 def with_plates_as_events(model, sites: dict[str, str]):
@@ -82,27 +94,24 @@ def convertible_plate(node: dict, plates: frozenset) -> str | None:
     else None (the caller keeps its refusal)."""
     if declined_because(node, plates) is not None:
         return None
-    return next(f.name for f in node["cond_indep_stack"] if f.name in plates)
+    return next(f.name for f in node["cond_indep_stack"] if f.name in plates and f.dim == -1)
 
 
 def declined_because(node: dict, plates: frozenset) -> str | None:
     """Why the latent sample site ``node`` cannot be fitted as one vector over one of
     ``plates`` (the plates a factor reads it across), in words for a refusal, or None where
-    it can: that plate must be the site's one vectorized plate (in another plate too, that
-    plate's dim would no longer name the site's batch dim it did), at dim −1 with the
-    site's last batch dim its size; no handler mask or scale at the site (summed over the
-    plate's elements, a mask would be lost); its distribution a scalar Normal or Gamma
-    (``.expand`` of one)."""
+    it can: one of them at dim −1 with the site's last batch dim its size (its other
+    plates then move one dim right, :class:`PlatesAsEvents`); no handler mask or scale at
+    the site (summed over the plate's elements, a mask would be lost); its distribution a
+    scalar Normal or Gamma (``.expand`` of one)."""
     if node["type"] != "sample" or node["is_observed"]:
         return "it is not a latent sample site"
     vectorized = [f for f in node["cond_indep_stack"] if f.vectorized]
     crossed = [f for f in vectorized if f.name in plates]
-    if len(crossed) != 1:
-        return f"it is read across {len(crossed)} of its plates"
-    if len(vectorized) != 1:
-        return "it is in another plate too"
-    if crossed[0].dim != -1:
-        return f"its plate {crossed[0].name!r} is at dim {crossed[0].dim}, not -1"
+    last = [f for f in crossed if f.dim == -1]
+    if not last:
+        names = ", ".join(repr(f.name) for f in crossed)
+        return f"of the plates it is read across ({names}), none is at dim -1"
     fn, mask, scale = node["fn"], node.get("mask"), node.get("scale", 1.0)
     if mask is not None:
         return (
@@ -121,6 +130,6 @@ def declined_because(node: dict, plates: frozenset) -> str | None:
         )
     if not isinstance(base, _VECTOR_FAMILIES) or fn.event_shape != torch.Size():
         return f"its prior is a {type(base).__name__}, not a scalar Normal or Gamma"
-    if len(fn.batch_shape) < 1 or fn.batch_shape[-1] != crossed[0].size:
+    if len(fn.batch_shape) < 1 or fn.batch_shape[-1] != last[0].size:
         return "its last batch dim is not its plate's"
     return None

@@ -17,6 +17,7 @@ from pyro_vae.pyro_compat import (
     elbo_loss_particle,
     elbo_trace,
     elbo_traces,
+    frame_at_dim,
     frame_with_full_size,
     guess_max_plate_nesting,
     pop_waiting_optim_state,
@@ -192,6 +193,21 @@ def test_frame_with_full_size_copies_a_pyro_plate_frame_with_its_full_size():
         40,
     )
     assert frame.full_size == len(X)  # a copy
+
+
+def test_frame_at_dim_copies_a_pyro_plate_frame_at_another_dim():
+    trace = poutine.trace(model).get_trace(X)
+    (frame,) = [f for f in trace.nodes["x"]["cond_indep_stack"] if f.name == "data"]
+    moved = frame_at_dim(frame, -2)
+    assert isinstance(moved, CondIndepStackFrame)
+    assert (moved.name, moved.dim, moved.size, moved.counter, moved.full_size) == (
+        frame.name,
+        -2,
+        frame.size,
+        frame.counter,
+        frame.full_size,
+    )
+    assert frame.dim == -1  # a copy
 
 
 def test_provenance_parts_are_pyros_extract_provenance():

@@ -855,11 +855,14 @@ def test_ard_precisions_in_a_plate_read_whole_fit_as_the_gamma_vector(grouped):
         assert abs(fit.lower_bound_ - fits[1].lower_bound_) < 1e-10 * abs(fits[1].lower_bound_)
 
 
-def test_random_slopes_in_two_plates_are_refused_naming_the_vector_site_which_is_exact(grouped):
+def test_random_slopes_in_two_plates_are_fitted_as_one_vector_per_group_exactly(grouped):
     """b in plates groups and features, read as b[..., group, :] (random slopes of F = 3
-    features): each datum reads F elements, refused with the rewrite (one F-vector site in the
-    groups plate). That rewrite fits; with the noise known each group's vector is one factor,
-    so mean field is exact: the bound is log p(y), y_g ~ N(0, 4·X_g X_gᵀ + 0.25·I)."""
+    features): each datum reads F elements. It was refused with the rewrite (one F-vector
+    site in the groups plate); AutoCAVI now makes that rewrite itself (plate_events: the
+    features plate at dim -1 into b's event, groups moving to dim -1). With the noise known
+    each group's vector is one factor, so mean field is exact: the bound is log p(y),
+    y_g ~ N(0, 4·X_g X_gᵀ + 0.25·I), and q(b_g) is the exact posterior N(m_g, S_g),
+    S_g = (X_gᵀX_g/0.25 + I/4)⁻¹, m_g = S_g X_gᵀ y_g / 0.25, as declared by hand."""
     group, y = grouped
     X = torch.randn(N, 3, generator=torch.Generator().manual_seed(9), dtype=F64)
 
@@ -869,24 +872,50 @@ def test_random_slopes_in_two_plates_are_refused_naming_the_vector_site_which_is
         with pyro.plate("data", N):
             pyro.sample("y", dist.Normal((X * b[..., group, :]).sum(-1), t(0.5)), obs=y)
 
-    with pytest.raises(NotConjugateError, match=r"'b' is in 2 plates.*to_event\(1\)"):
-        AutoCAVI(plated).fit(X, group, y)
-
     def vector(X, group, y):
         with pyro.plate("groups", G):
             b = pyro.sample("b", dist.Normal(t(0.0), t(2.0)).expand([3]).to_event(1))
         with pyro.plate("data", N):
             pyro.sample("y", dist.Normal((X * b[..., group, :]).sum(-1), t(0.5)), obs=y)
 
-    fit = AutoCAVI(vector).fit(X, group, y)
-    expected = 0.0
+    expected, means, covariances = 0.0, [], []
     for k in range(G):
-        Xk = X[group == k]
-        if len(Xk):
+        Xk, yk = X[group == k], y[group == k]
+        if len(Xk):  # the last group has no data: its q is its prior
             cov = 4.0 * Xk @ Xk.T + 0.25 * torch.eye(len(Xk), dtype=F64)
             expected += float(dist.MultivariateNormal(torch.zeros(len(Xk), dtype=F64), cov)
-                              .log_prob(y[group == k]))  # fmt: skip
-    assert abs(fit.lower_bound_ - expected) < 1e-9 * abs(expected)
+                              .log_prob(yk))  # fmt: skip
+        S = torch.linalg.inv(Xk.T @ Xk / 0.25 + torch.eye(3, dtype=F64) / 4.0)
+        means.append(S @ Xk.T @ yk / 0.25)
+        covariances.append(S)
+    for model in (plated, vector):
+        fit = AutoCAVI(model).fit(X, group, y)
+        assert abs(fit.lower_bound_ - expected) < 1e-9 * abs(expected), model.__name__
+        q = fit.variational_distributions()["b"]
+        assert q.batch_shape == (G,) and q.event_shape == (3,)
+        assert torch.allclose(q.mean, torch.stack(means), rtol=1e-8, atol=1e-10)
+        assert torch.allclose(q.covariance_matrix, torch.stack(covariances), rtol=1e-8)
+    assert AutoCAVI(plated).fit(X, group, y).plates_as_events_ == {"b": "features"}
+
+
+def test_random_slopes_with_the_features_plate_left_are_refused_saying_which_dim(grouped):
+    """The plates nested the other way (groups at dim -1, features at -2): the plate at dim
+    -1 is the one a data index picks, and taking it into b's event leaves b read whole
+    across features, a second plate of one site, which AutoCAVI does not take; the refusal
+    says to declare the plate read whole at dim -1."""
+    group, y = grouped
+    X = torch.randn(N, 3, generator=torch.Generator().manual_seed(9), dtype=F64)
+
+    def reversed_plates(X, group, y):
+        with pyro.plate("groups", G, dim=-1), pyro.plate("features", 3, dim=-2):
+            b = pyro.sample("b", dist.Normal(t(0.0), t(2.0)))
+        with pyro.plate("data", N):
+            mean = (X * b[..., :, group].transpose(-1, -2)).sum(-1)
+            pyro.sample("y", dist.Normal(mean, t(0.5)), obs=y)
+
+    refusal = r"'b' is fitted as one vector over its plate 'groups'.*read whole across at dim -1"
+    with pytest.raises(NotConjugateError, match=refusal):
+        AutoCAVI(reversed_plates).fit(X, group, y)
 
 
 def test_flattened_lda_matches_the_padded_documents():

@@ -171,3 +171,39 @@ def test_plated_sites_are_drawn_in_their_plates_so_trace_elbo_takes_the_guide(bl
     else:
         se = float(losses.std()) / math.sqrt(len(losses))
         assert abs(float(-losses.mean()) - fit.lower_bound_) < 4 * se
+
+
+def test_random_slopes_taken_as_vectors_score_the_evidence_and_keep_their_shape():
+    """b in plates groups (dim -2) and features (dim -1), read as b[..., group, :]: AutoCAVI
+    fits one F-vector per group (plate_events) and the guide draws them as one auxiliary
+    site, handed to b in both of the model's plates. With the noise known q is the exact
+    posterior, so every draw scores log p(y) (Σ_g log N(y_g; 0, X_g X_gᵀ + ¼I)) to float64
+    rounding; under an outer plate of particles at dim -3 or -4, b keeps the model's
+    shape, its particle dim where that plate puts it."""
+    g = torch.Generator().manual_seed(3)
+    X, group = torch.randn(12, 2, generator=g, dtype=F64), torch.arange(12) % 3
+    y = torch.randn(12, generator=g, dtype=F64)
+
+    def slopes(X, group, y):
+        with pyro.plate("features", 2, dim=-1), pyro.plate("groups", 3, dim=-2):
+            b = pyro.sample("b", dist.Normal(t(0.0), t(1.0)))
+        with pyro.plate("data", 12):
+            pyro.sample("y", dist.Normal((X * b[..., group, :]).sum(-1), t(0.5)), obs=y)
+
+    evidence = sum(
+        float(dist.MultivariateNormal(torch.zeros(4, dtype=F64),
+                                      X[group == k] @ X[group == k].T
+                                      + 0.25 * torch.eye(4, dtype=F64))
+              .log_prob(y[group == k]))
+        for k in range(3)
+    )  # fmt: skip
+    fit = AutoCAVI(slopes).fit(X, group, y)
+    assert fit.plates_as_events_ == {"b": "features"}
+    weights = _log_weights(slopes, fit.variational_guide(), X, group, y, draws=20)
+    assert torch.allclose(weights, torch.full_like(weights, evidence), rtol=1e-10)
+    for dim, shape in ((-3, (4, 3, 2)), (-4, (4, 1, 3, 2))):
+        with pyro.plate("particles", 4, dim=dim):
+            trace = pyro.poutine.trace(fit.variational_guide()).get_trace(X, group, y)
+        b = trace.nodes["b"]["value"]
+        assert b.shape == shape
+        assert torch.equal(b.reshape(4, 3, 2), trace.nodes["_b_vector"]["value"].reshape(4, 3, 2))

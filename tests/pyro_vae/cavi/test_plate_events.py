@@ -21,23 +21,24 @@ def model(y, scale=1.0):
 
 def test_the_rewritten_model_is_the_same_joint_density_with_the_plate_in_the_event():
     """Each rewritten site has event dim 1, the plate leaves its cond_indep_stack (the outer
-    one stays), and log p(y, z) at the same values equals the model's as declared (Pyro's
-    own trace of it)."""
+    one stays, moved from dim -2 to -1, the batch dim it now names), and log p(y, z) at the
+    same values equals the model's as declared (Pyro's own trace of it)."""
     original = poutine.trace(model).get_trace(t(0.3))
     rewritten = with_plates_as_events(model, {"w": "features", "alpha": "features"})
     replayed = poutine.trace(poutine.replay(rewritten, trace=original)).get_trace(t(0.3))
     for site in ("w", "alpha"):
         node = replayed.nodes[site]
         assert node["fn"].event_shape == (3,) and node["fn"].batch_shape == (2,)
-        assert [f.name for f in node["cond_indep_stack"]] == ["outer"]
+        assert [(f.name, f.dim) for f in node["cond_indep_stack"]] == [("outer", -1)]
     assert replayed.nodes["tau"]["fn"].event_shape == ()
     assert float(replayed.log_prob_sum()) == pytest.approx(float(original.log_prob_sum()), 1e-12)
     assert rewritten.__wrapped__ is model
 
 
-def test_only_a_scalar_normal_or_gamma_in_one_plate_at_dim_minus_one_unmasked_converts():
+def test_only_a_scalar_normal_or_gamma_read_across_its_dim_minus_one_plate_converts():
     nodes = poutine.trace(model).get_trace(t(0.3)).nodes
-    assert convertible_plate(nodes["w"], frozenset({"features"})) is None  # in outer too
+    assert convertible_plate(nodes["w"], frozenset({"features"})) == "features"  # outer stays
+    assert convertible_plate(nodes["w"], frozenset({"outer", "features"})) == "features"
     assert convertible_plate(nodes["w"], frozenset({"outer"})) is None  # dim −2
     assert convertible_plate(nodes["y"], frozenset({"features"})) is None  # observed
 
