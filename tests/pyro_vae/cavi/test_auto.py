@@ -2118,6 +2118,61 @@ def test_ard_random_slopes_in_groups_and_features_are_per_group_mean_field_vb():
     assert relative(q["alpha"].mean, torch.stack([w[1] for w in written])) < 1e-5
 
 
+def test_probabilistic_pca_in_plates_is_mean_field_vb_at_its_fixed_point():
+    """Probabilistic PCA as Pyro users write it in plates (Tipping & Bishop 1999): W in
+    plates k (dim -1) and features (dim -2), z in k and data, x_nd ~ N(W_d·z_n, 1/τ). Each
+    x reads W_d and z_n whole across k, so both are taken as K-vectors over it
+    (plate_events, the features and data plates moving to dim -1). At the fitted q,
+    mean-field VB for PCA written out (Bishop 1999, without ARD) gives the bound
+    (closed form, to 1e-10: an identity at q) and maps q(W), q(z) and q(τ) to themselves
+    (to 1e-6: the sweeps stop where the bound moves by less than tol = 1e-12, and VB-PCA's
+    rotations crawl, so q may still move by about 1e-7 of itself a sweep)."""
+    g = torch.Generator().manual_seed(0)
+    N, D, K = 50, 4, 2
+    X = (torch.randn(N, K, generator=g, dtype=F64) @ torch.randn(D, K, generator=g, dtype=F64).T
+         + 0.3 * torch.randn(N, D, generator=g, dtype=F64))  # fmt: skip
+    a0, b0 = 2.0, 1.0
+
+    def ppca(X):
+        tau = pyro.sample("tau", dist.Gamma(t(a0), t(b0)))
+        with pyro.plate("k", K, dim=-1):
+            with pyro.plate("features", D, dim=-2):
+                W = pyro.sample("W", dist.Normal(t(0.0), t(1.0)))
+            with pyro.plate("data", N, dim=-2):
+                z = pyro.sample("z", dist.Normal(t(0.0), t(1.0)))
+        with pyro.plate("rows", N, dim=-2), pyro.plate("columns", D, dim=-1):
+            pyro.sample("x", dist.Normal(z @ W.T, tau.rsqrt()), obs=X)
+
+    fit = AutoCAVI(ppca, tol=1e-12, max_iter=5000).fit(X)
+    assert fit.converged_ and fit.plates_as_events_ == {"W": "k", "z": "k"}
+    q = fit.variational_distributions()
+    m, S = q["W"].mean, q["W"].covariance_matrix  # [D, K], [D, K, K]
+    mu, Sigma = q["z"].mean, q["z"].covariance_matrix  # [N, K], [N, K, K]
+    a, b = q["tau"].concentration, q["tau"].rate
+    ww = S + m.unsqueeze(-1) * m.unsqueeze(-2)
+    zz = Sigma + mu.unsqueeze(-1) * mu.unsqueeze(-2)
+    tau, log_tau = a / b, torch.digamma(a) - b.log()
+    squares = X**2 - 2 * X * (mu @ m.T) + torch.einsum("dij,nji->nd", ww, zz)
+    log_2pi = math.log(2 * math.pi)
+    bound = (N * D / 2 * (log_tau - log_2pi) - tau / 2 * squares.sum()
+             - (D + N) * K / 2 * log_2pi - ww.diagonal(dim1=-2, dim2=-1).sum() / 2
+             - zz.diagonal(dim1=-2, dim2=-1).sum() / 2
+             + a0 * math.log(b0) - math.lgamma(a0) + (a0 - 1) * log_tau - b0 * tau
+             + dist.MultivariateNormal(m, S).entropy().sum()
+             + dist.MultivariateNormal(mu, Sigma).entropy().sum()
+             + dist.Gamma(a, b).entropy())  # fmt: skip
+    assert relative(fit.lower_bound_, bound) < 1e-10
+    eye = torch.eye(K, dtype=F64)
+    S_new = torch.linalg.inv(eye + tau * zz.sum(0))
+    m_new = tau * (X.T @ mu) @ S_new
+    Sigma_new = torch.linalg.inv(eye + tau * ww.sum(0))
+    mu_new = tau * (X @ m) @ Sigma_new
+    assert relative(S_new.expand(D, K, K), S) < 1e-6 and relative(m_new, m) < 1e-6
+    assert relative(Sigma_new.expand(N, K, K), Sigma) < 1e-6 and relative(mu_new, mu) < 1e-6
+    assert relative(b0 + squares.sum() / 2, b) < 1e-6
+    assert relative(t(a0 + N * D / 2), a) < 1e-12
+
+
 def test_ard_over_too_many_coordinates_is_sent_to_svi_by_name_before_probing():
     """D = 61: the weight prior's (2D + 1)(1 + D + D(D + 1)/2) = 240,219 coefficients take a
     grid of (1,953 + 244)(123 + 15) = 303,186 points, beyond kronecker_probe.MAX_POINTS;
