@@ -57,6 +57,7 @@ from pyro_vae.cavi.overrelaxation import FIRST_RATE, crawling, next_rate, overre
 from pyro_vae.cavi.plate_events import (
     convertible_plate,
     declined_because,
+    event_over_plate,
     with_plates_as_events,
 )
 from pyro_vae.cavi.plug_in_start import plug_in_priors
@@ -799,10 +800,13 @@ class AutoCAVI(CoordinateUpdates):
                 continue  # a block's precision outside the plate
             plate = convertible_plate(nodes[site], error.plates)
             if plate is None:
+                factor = nodes.get(error.factor)
+                event = "" if factor is None else event_over_plate(factor, nodes[site],
+                                                                   error.plates)  # fmt: skip
                 raise ReadAcrossPlate(
                     f"{error} (AutoCAVI fits a plated Normal or Gamma read whole as one "
                     f"vector over its plate, but not {site!r}: "
-                    f"{declined_because(nodes[site], error.plates)})",
+                    f"{declined_because(nodes[site], error.plates)}{event})",
                     error.factor,
                     error.latent,
                     error.sites,

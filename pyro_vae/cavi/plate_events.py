@@ -129,7 +129,25 @@ def declined_because(node: dict, plates: frozenset) -> str | None:
             "dist.Normal(0, s).expand([D]).mask(m).to_event(1)"
         )
     if not isinstance(base, _VECTOR_FAMILIES) or fn.event_shape != torch.Size():
-        return f"its prior is a {type(base).__name__}, not a scalar Normal or Gamma"
+        return f"its prior ({type(base).__name__}) is not a scalar Normal or Gamma"
     if len(fn.batch_shape) < 1 or fn.batch_shape[-1] != last[0].size:
         return "its last batch dim is not its plate's"
     return None
+
+
+def event_over_plate(factor: dict, latent: dict, plates: frozenset) -> str:
+    """Advice where the observed or latent site ``factor`` (a trace node) reads the latent
+    site ``latent`` across one of ``plates`` only because its own event covers that plate
+    (PPCA's ``x_n ~ Normal(W @ z_n, s).to_event(1)`` over D features, W's rows in a
+    features plate): declared inside that plate, each element reads its own element; ''
+    where its event shape has no dim of such a plate's size."""
+    event = tuple(getattr(factor["fn"], "event_shape", ()))
+    for frame in latent["cond_indep_stack"]:
+        if frame.vectorized and frame.name in plates and frame.size in event:
+            return (
+                f"; {factor['name']!r} has event shape {event}, which spans plate "
+                f"{frame.name!r} of {frame.size} elements: declare {factor['name']!r} inside "
+                f"pyro.plate({frame.name!r}, {frame.size}, dim=...) instead of .to_event, "
+                f"each element reading its own element of {latent['name']!r}, which fits"
+            )
+    return ""

@@ -326,7 +326,7 @@ def test_a_refused_refit_leaves_the_last_fit_whole():
 
     fit = AutoCAVI(regression).fit(X, y)
     bound, q = fit.lower_bound_, fit.variational_distributions()["w"]
-    with pytest.raises(NotConjugateError, match=r"not 'w': its prior is a Beta"):
+    with pytest.raises(NotConjugateError, match=r"not 'w': its prior \(Beta\) is not"):
         fit.fit(X, y, prior=dist.Beta)
     assert fit.lower_bound_ == bound and fit.plates_as_events_ == {"w": "f"}
     assert fit.variational_distributions()["w"] is q
@@ -371,6 +371,36 @@ def test_a_refusal_after_a_plate_was_taken_as_a_vector_says_so():
     y = (X[:, 0] > 0).to(F64)
     with pytest.raises(NotConjugateError, match=r"'w'.*Bernoulli.*'w' over plate 'features'"):
         AutoCAVI(logistic).fit(X, y)
+
+
+def test_a_factor_whose_event_spans_the_plate_is_told_to_use_the_plate():
+    """PPCA written with x_n an event over its D features (``.to_event(1)``) and W's rows
+    in a features plate: each x_n reads every row of W (refused: W's rows are vectors
+    already, which AutoCAVI does not take into a matrix). The refusal says that x's event
+    spans the features plate and to declare x inside it; so declared, the model fits."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(12, 3, generator=g, dtype=F64)
+
+    def events(X, as_plate=False):
+        tau = pyro.sample("tau", dist.Gamma(t(2.0), t(1.0)))
+        features = pyro.plate("features", 3, dim=-1)
+        with features:
+            W = pyro.sample("W", dist.Normal(t(0.0), t(1.0)).expand([2]).to_event(1))
+        with pyro.plate("data", 12, dim=-2):
+            z = pyro.sample("z", dist.Normal(t(0.0), t(1.0)).expand([2]).to_event(1))
+            if as_plate:
+                with features:
+                    pyro.sample("x", dist.Normal((z * W).sum(-1), tau.rsqrt()), obs=X)
+            else:
+                mean = (z * W).sum(-1)
+                pyro.sample("x", dist.Normal(mean, tau.rsqrt()).to_event(1), obs=X)
+
+    refusal = (r"'x' has event shape \(3,\), which spans plate 'features' of 3 elements: "
+               r"declare 'x' inside pyro.plate\('features', 3")  # fmt: skip
+    with pytest.raises(NotConjugateError, match=refusal):
+        AutoCAVI(events).fit(X)
+    fit = AutoCAVI(events, tol=1e-10, max_iter=2000).fit(X, as_plate=True)
+    assert fit.converged_ and math.isfinite(fit.lower_bound_)
 
 
 def test_a_float32_model_on_float64_arguments_is_refused_with_the_way_out():
