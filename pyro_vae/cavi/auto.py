@@ -58,6 +58,7 @@ from pyro_vae.cavi.plate_events import (
     convertible_plate,
     declined_because,
     event_over_plate,
+    plate_companions,
     with_plates_as_events,
 )
 from pyro_vae.cavi.plug_in_start import plug_in_priors
@@ -157,10 +158,12 @@ class AutoCAVI(CoordinateUpdates):
             same joint density, with q joint over the plate's elements (a Normal's a
             full-covariance MultivariateNormal, a Gamma's independent Gammas; see
             :mod:`pyro_vae.cavi.plate_events`); random slopes ``b[..., group, :]`` with
-            ``b`` in plates groups and features, one vector per group. Where no plate it
-            is read across is the site's rightmost batch dim, a handler masks or scales
-            it, or its prior is not a scalar Normal or Gamma, the factor is refused as
-            before, saying why. Empty: none was.
+            ``b`` in plates groups and features, one vector per group, and the latents
+            that follow them into their events (``None``: a trailing batch dim of size 1,
+            a group mean beside the slopes; see ``plate_events.plate_companions``). Where
+            no plate it is read across is the site's rightmost batch dim, a handler masks
+            or scales it, or its prior is not a scalar Normal or Gamma, the factor is
+            refused as before, saying why. Empty: none was.
         lower_bound_, lower_bounds_: the ELBO (nats, total over the data) after the last
             sweep, and after each sweep.
         n_iter_: sweeps run. converged_: whether a sweep, and the over-relaxed step after
@@ -281,6 +284,7 @@ class AutoCAVI(CoordinateUpdates):
         args, kwargs = float64_arguments(args), float64_arguments(kwargs)
         start = time.perf_counter()
         self._model, self.plates_as_events_, self._event_frames = self.model, {}, {}
+        self._observed_events = {}  # observed sites that follow a latent into its event
         while True:
             with validated_on_failure(self._model, args, kwargs, self._seed):
                 try:
@@ -742,7 +746,7 @@ class AutoCAVI(CoordinateUpdates):
             if refusal is None:
                 raise
             raise refusal from error
-        self._first = first  # read by _plate_as_event where the probe runs refuse
+        self._first, self._read = first, read  # for _plate_as_event, where the probes refuse
         check_float64(first)
         check_whole_data(first)
         check_observations(first)
@@ -815,10 +819,21 @@ class AutoCAVI(CoordinateUpdates):
             found[site] = (plate, nodes[site]["cond_indep_stack"])
         if not found:
             return False
-        self._event_frames.update({site: frames for site, (_, frames) in found.items()})
         converted = {site: plate for site, (plate, _) in found.items()}
+        try:
+            earlier = {**self.plates_as_events_, **self._observed_events}
+            followers = plate_companions(nodes, self._read, converted, earlier)
+        except NotConjugateError as refusal:
+            raise ReadAcrossPlate(f"{error} ({refusal})", error.factor, error.latent,
+                                  error.sites, error.plates) from error  # fmt: skip
+        observed = {s: p for s, p in followers.items() if nodes[s]["is_observed"]}
+        converted.update({s: p for s, p in followers.items() if s not in observed})
+        self._event_frames.update({site: nodes[site]["cond_indep_stack"] for site in converted})
         self.plates_as_events_ = {**self.plates_as_events_, **converted}
-        self._model = with_plates_as_events(self.model, self.plates_as_events_)
+        self._observed_events = {**self._observed_events, **observed}
+        self._model = with_plates_as_events(
+            self.model, {**self.plates_as_events_, **self._observed_events}
+        )
         return True
 
     def _plug_in(self, args, kwargs, latents, depends) -> dict:

@@ -87,11 +87,14 @@ def mixture_roles(site: str, names, latents, trace) -> tuple[str | None, list, l
             "of the latents they mention, mixtures, and latents in one plate read at one "
             f"element per datum by a data index (a[..., group])"
         )
-        hint = _two_plates_hint(latents[name], k)
-        if hint:  # random slopes b[group] in plates groups and features: one vector per group
-            latent = latents[name]
-            raise ReadAcrossPlate(message + hint, site, name, latent.sites or (name,), crossed)
-        raise NotConjugateError(message + _component_hint(latents[name], k))
+        latent = latents[name]
+        message += _two_plates_hint(latent, k) + _component_hint(latent, k)
+        if len(latent.plates) > 1 and latent.family.name not in DISCRETE_FAMILIES:
+            # random slopes b[group] in plates groups and features, a mixture's regression
+            # weights in plates components and features: one vector per group or component
+            # where the plate at dim -1 goes into the event (plate_events)
+            raise ReadAcrossPlate(message, site, name, latent.sites or (name,), crossed)
+        raise NotConjugateError(message)
     return selectors[0], components, indexed
 
 

@@ -40,6 +40,7 @@ import torch
 from pyro.distributions.torch_distribution import ExpandedDistribution, MaskedDistribution
 from pyro.poutine.messenger import Messenger
 
+from pyro_vae.cavi.exponential_families import NotConjugateError
 from pyro_vae.pyro_compat import frame_at_dim
 
 _VECTOR_FAMILIES = (torch.distributions.Normal, torch.distributions.Gamma)
@@ -51,19 +52,22 @@ class PlatesAsEvents(Messenger):
     model and so handled first) is ``fn.to_event(1)`` and the plate's frame leaves its
     ``cond_indep_stack``; the plate was at dim −1, so the site's other plates move one dim
     right (a groups plate at -2 names the Independent's batch dim -1). ``sites``: {site
-    name: plate name}; each pair must have passed :func:`convertible_plate` on a run of the
-    same model."""
+    name: plate name, or None for the site's trailing batch dim of size 1, in no plate};
+    each pair must have passed :func:`convertible_plate` (a latent read whole) or come from
+    :func:`plate_companions` on a run of the same model."""
 
-    def __init__(self, sites: dict[str, str]):
+    def __init__(self, sites: dict[str, str | None]):
         super().__init__()
         self.sites = dict(sites)
 
     def _pyro_sample(self, msg) -> None:
-        plate = self.sites.get(msg["name"])
-        if plate is None or msg["is_observed"]:
+        if msg["name"] not in self.sites:
             return
-        stack = msg["cond_indep_stack"]
-        if not any(frame.name == plate for frame in stack):
+        plate, stack = self.sites[msg["name"]], msg["cond_indep_stack"]
+        if plate is None:  # its trailing batch dim of size 1, in no plate
+            if any(f.dim == -1 for f in stack) or msg["fn"].batch_shape[-1:] != (1,):
+                return
+        elif not any(frame.name == plate for frame in stack):
             return
         msg["fn"] = msg["fn"].to_event(1)
         # the plate was the site's batch dim -1: its other plates' dims move one right
@@ -74,8 +78,8 @@ class PlatesAsEvents(Messenger):
         )
 
 
-def with_plates_as_events(model, sites: dict[str, str]):
-    """``model`` run under :class:`PlatesAsEvents` (``sites``: {site name: plate name});
+def with_plates_as_events(model, sites: dict[str, str | None]):
+    """``model`` run under :class:`PlatesAsEvents` (``sites``: as it takes them);
     ``__wrapped__`` is ``model`` (``functools.wraps``), where the probe runs look for the
     state a model keeps between runs."""
 
@@ -151,3 +155,105 @@ def event_over_plate(factor: dict, latent: dict, plates: frozenset) -> str:
                 f"each element reading its own element of {latent['name']!r}, which fits"
             )
     return ""
+
+
+def plate_companions(
+    nodes, read: dict, converted: dict[str, str], earlier=()
+) -> dict[str, str | None]:
+    """The sites to take into their event beside the latent sites ``converted`` ({site:
+    plate}, each about to be taken into its event over that plate; ``nodes``: the trace's,
+    before; ``read``: {factor site: the sample sites its log-density read}; ``earlier``:
+    the sites taken into their events before, already moved in ``nodes``), so that every
+    factor inside a plate that moves keeps all its sites at one dim: {site: the plate, or
+    None for a trailing batch dim of size 1 in no plate}.
+
+    Taken as a vector over its dim -1 plate, a site's other plates move one dim right
+    (:class:`PlatesAsEvents`); a factor inside such a plate that also reads a site left
+    where it was would see the plate at two dims. So the factor's other sites there follow,
+    unmasked and unscaled by a handler, an observed site of any family and a latent scalar
+    Normal or Gamma:
+    - a site with a plate at dim -1 (the same plate or another), into its event over that
+      plate (a prior measurement of random slopes, ``z ~ N(b, 1)`` in groups and features;
+      ARD's α in groups and features, read by the slopes' prior; a latent followed this
+      way is fitted as a vector over that plate too, q joint over it);
+    - a site with no plate at dim -1 and its last batch dim of size 1 (a group mean μ_g in
+      groups at dim -2, read by ``b ~ N(μ_g, 1)``): that dim into its event, a vector of
+      one element.
+    The joint density is the same, and their plates move with the latent's. Followers'
+    factors are checked likewise, to a fixed point.
+
+    Raises:
+        NotConjugateError: naming the site that cannot follow, the factor and the plates.
+    """
+    moved = dict(converted)
+    extra: dict[str, str | None] = {}
+    changed = True
+    while changed:
+        changed = False
+        for factor, sites in read.items():
+            if factor not in nodes:
+                continue
+            members = (set(sites) | {factor}) & set(nodes)
+            for site, plate in list(moved.items()):
+                if site not in members:
+                    continue
+                moving = _plates_of(nodes[site]) - {plate}
+                if not moving & _plates_of(nodes[factor]):
+                    continue  # the factor is outside the plates that move (a datum's)
+                for other in sorted(members - set(moved) - set(earlier)):
+                    node = nodes[other]
+                    if not moving & _plates_of(node):
+                        continue
+                    follows, reason = _following(node)
+                    if reason is not None:
+                        raise NotConjugateError(
+                            f"factor {factor!r} reads {site!r} and {other!r} inside plate(s) "
+                            f"{sorted(moving & _plates_of(node))}; {site!r}, taken "
+                            f"into its event over {_over(plate)}, would be one vector there, "
+                            f"its other plates moving one dim right, but {other!r} {reason}, "
+                            "so that factor would see those plates at two dims. Declare "
+                            f"{site!r} by hand as one vector site, pyro.sample({site!r}, "
+                            "dist.Normal(m, s).expand([F]).to_event(1)), in its other "
+                            f"plates, with {other!r} at the same dims there"
+                        )
+                    moved[other] = extra[other] = follows
+                    changed = True
+    return extra
+
+
+def _over(plate: str | None) -> str:
+    return "its last batch dim" if plate is None else f"plate {plate!r}"
+
+
+def _plates_of(node) -> set:
+    return {f.name for f in node["cond_indep_stack"] if f.vectorized}
+
+
+def _following(node) -> tuple[str | None, str | None]:
+    """(the plate the sample site ``node`` follows a latent into its event over, None for
+    its trailing batch dim of size 1; why it cannot, or None), as :func:`plate_companions`
+    lists."""
+    frames = {f.dim: f for f in node["cond_indep_stack"] if f.vectorized}
+    if node.get("mask") is not None:
+        return None, "is masked by a handler (poutine.mask), which an event would sum away"
+    scale = node.get("scale", 1.0)
+    if not (isinstance(scale, (int, float)) and scale == 1.0):
+        return None, "is scaled by a handler (poutine.scale, or a subsampled plate)"
+    if not node["is_observed"] and _scalar_normal_or_gamma(node["fn"]) is None:
+        return None, f"is a latent {type(node['fn']).__name__}, not a scalar Normal or Gamma"
+    if -1 in frames:
+        return frames[-1].name, None
+    batch = node["fn"].batch_shape
+    if not batch or batch[-1] != 1:
+        return None, f"has batch shape {tuple(batch)}, not one of size 1 at dim -1"
+    return None, None
+
+
+def _scalar_normal_or_gamma(fn):
+    """The Normal or Gamma under ``fn``'s ``.expand``s, if it is a scalar one; else None."""
+    base = fn
+    while isinstance(base, ExpandedDistribution):
+        base = base.base_dist
+    if isinstance(base, _VECTOR_FAMILIES) and fn.event_shape == torch.Size():
+        return base
+    return None

@@ -2203,6 +2203,60 @@ def test_probabilistic_pca_in_plates_is_mean_field_vb_at_its_fixed_point():
     assert relative(t(a0 + N * D / 2), a) < 1e-12
 
 
+def test_a_mixture_of_regressions_in_plates_is_cavi_written_out_at_its_fixed_point():
+    """A mixture of linear regressions as Pyro users write it: weights w in plates
+    components (dim -2) and features (dim -1), each y_n reading its component's row whole,
+    (X * Vindex(w)[..., z, :]).sum(-1). w is taken as one D-vector per component
+    (plate_events), a mixture's component. At the fitted q, CAVI written out (Bishop 2006,
+    §10.2 with a regression in each component) gives the bound (closed form, to 1e-10)
+    and maps q(z) to itself (to 1e-8) and q(π) and q(w) to themselves to 1e-6: the sweep
+    updated them from the responsibilities before its last update of q(z), which moved
+    them by 1e-9 to 4e-8 of the weights' covariance (it stopped at tol = 1e-12)."""
+    g = torch.Generator().manual_seed(0)
+    N, D, K, sigma, s0 = 120, 2, 2, 0.3, 2.0
+    X = torch.randn(N, D, generator=g, dtype=F64)
+    truth = t([[3.0, -2.0], [-3.0, 2.0]])
+    y = (X * truth[torch.arange(N) % K]).sum(-1) + sigma * torch.randn(N, generator=g, dtype=F64)
+
+    def mixture(X, y):
+        pi = pyro.sample("pi", dist.Dirichlet(torch.ones(K, dtype=F64)))
+        with pyro.plate("features", D, dim=-1), pyro.plate("components", K, dim=-2):
+            w = pyro.sample("w", dist.Normal(t(0.0), t(s0)))
+        with pyro.plate("data", N):
+            z = pyro.sample("z", dist.Categorical(pi))
+            mean = (X * Vindex(w)[..., z, :]).sum(-1)
+            pyro.sample("y", dist.Normal(mean, t(sigma)), obs=y)
+
+    fit = AutoCAVI(mixture, tol=1e-12, max_iter=500).fit(X, y)
+    assert fit.converged_ and fit.plates_as_events_ == {"w": "features"}
+    q = fit.variational_distributions()
+    alpha, r = q["pi"].concentration, q["z"].probs  # [K], [N, K]
+    m, S = q["w"].mean, q["w"].covariance_matrix  # [K, D], [K, D, D]
+    log_pi = torch.digamma(alpha) - torch.digamma(alpha.sum())
+    ww = S + m.unsqueeze(-1) * m.unsqueeze(-2)
+    quadratic = torch.einsum("nd,kde,ne->nk", X, ww, X)
+    log_lik = (-0.5 * math.log(2 * math.pi * sigma**2)
+               - (y.unsqueeze(-1) ** 2 - 2 * y.unsqueeze(-1) * (X @ m.T) + quadratic)
+               / (2 * sigma**2))  # fmt: skip
+    log_prior_w = -D / 2 * math.log(2 * math.pi * s0**2) - ww.diagonal(dim1=-2, dim2=-1).sum(-1) / (
+        2 * s0**2
+    )
+    bound = (math.lgamma(K)  # E log Dirichlet(π; 1): its density is (K − 1)! everywhere
+             + (r * (log_pi + log_lik)).sum() + log_prior_w.sum()
+             + dist.Dirichlet(alpha).entropy()
+             + dist.MultivariateNormal(m, S).entropy().sum()
+             - (r * r.clamp_min(1e-300).log()).sum())  # fmt: skip
+    assert relative(fit.lower_bound_, bound) < 1e-10
+    r_new = torch.softmax(log_pi + log_lik, -1)
+    S_new = torch.linalg.inv(
+        torch.eye(D, dtype=F64) / s0**2
+        + torch.einsum("nk,nd,ne->kde", r, X, X) / sigma**2
+    )  # fmt: skip
+    m_new = torch.einsum("kde,ke->kd", S_new, (r * y.unsqueeze(-1)).T @ X / sigma**2)
+    assert relative(r_new, r) < 1e-8 and relative(1.0 + r.sum(0), alpha) < 1e-6
+    assert relative(S_new, S) < 1e-6 and relative(m_new, m) < 1e-6
+
+
 def test_ard_over_too_many_coordinates_is_sent_to_svi_by_name_before_probing():
     """D = 61: the weight prior's (2D + 1)(1 + D + D(D + 1)/2) = 240,219 coefficients take a
     grid of (1,953 + 244)(123 + 15) = 303,186 points, beyond kronecker_probe.MAX_POINTS;

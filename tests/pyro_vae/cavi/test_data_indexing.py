@@ -918,6 +918,121 @@ def test_random_slopes_with_the_features_plate_left_are_refused_saying_which_dim
         AutoCAVI(reversed_plates).fit(X, group, y)
 
 
+def _slopes_evidence(X, group, y, groups, prior_cov, noise_var, Z=None):
+    """Σ_g log p(y_g[, z_g]) of random slopes b_g ~ N(0, prior_cov) (the group mean already
+    integrated into prior_cov), y_n ~ N(x_n·b_g, noise_var), and z_g ~ N(b_g, I) when Z is
+    given: each group's data are jointly Gaussian."""
+    total = 0.0
+    for k in range(groups):
+        Xk, yk = X[group == k], y[group == k]
+        A, values, noise = Xk, yk, noise_var * torch.ones(len(yk), dtype=F64)
+        if Z is not None:
+            eye = torch.eye(X.shape[1], dtype=F64)
+            A, values = torch.cat([eye, Xk]), torch.cat([Z[k], yk])
+            noise = torch.cat([torch.ones(X.shape[1], dtype=F64), noise])
+        if not len(values):  # a group without data: its evidence is 1
+            continue
+        cov = A @ prior_cov @ A.T + torch.diag(noise)
+        total += float(dist.MultivariateNormal(torch.zeros(len(values), dtype=F64), cov)
+                       .log_prob(values))  # fmt: skip
+    return total
+
+
+def test_a_measurement_of_the_slopes_in_both_plates_follows_them_into_the_event(grouped):
+    """Tester AS's F2: an observed z_gd ~ N(b_gd, 1) in groups and features beside random
+    slopes b crashed in the least-squares solve once b was taken as one vector per group
+    (z's groups plate stayed at dim -2, b's moved to -1). z now follows b into its event
+    (z ~ N(b, 1).to_event(1), the same density), and with the noise known q is exact: the
+    bound is Σ_g log N((z_g, y_g); 0, A_g A_gᵀ + diag(1, ¼)), A_g = [I; X_g]."""
+    group, y = grouped
+    X = torch.randn(N, 3, generator=torch.Generator().manual_seed(9), dtype=F64)
+    Z = torch.randn(G, 3, generator=torch.Generator().manual_seed(10), dtype=F64)
+
+    def measured(X, group, y, Z):
+        features, groups = pyro.plate("features", 3, dim=-1), pyro.plate("groups", G, dim=-2)
+        with features, groups:
+            b = pyro.sample("b", dist.Normal(t(0.0), t(1.0)))
+            pyro.sample("z", dist.Normal(b, t(1.0)), obs=Z)
+        with pyro.plate("data", N):
+            pyro.sample("y", dist.Normal((X * b[..., group, :]).sum(-1), t(0.5)), obs=y)
+
+    fit = AutoCAVI(measured).fit(X, group, y, Z)
+    expected = _slopes_evidence(X, group, y, G, torch.eye(3, dtype=F64), 0.25, Z)
+    assert fit.plates_as_events_ == {"b": "features"}
+    assert abs(fit.lower_bound_ - expected) < 1e-9 * abs(expected)
+
+
+def test_a_group_mean_in_groups_only_follows_the_slopes_it_centres(grouped):
+    """Tester AS's F1: μ_g ~ N(0, 1) in groups (dim -2, shape (G, 1)) and slopes
+    b_gd ~ N(μ_g, 1) in groups and features crashed once b was taken as one vector per
+    group (b's prior read μ with groups at two dims). μ now follows b: its trailing dim of
+    size 1 goes into its event too, a vector of one element ({"mu": None}). Mean field
+    over μ and b is not exact; the bound equals the same model declared by hand as
+    vectors (μ in groups at dim -1, b ~ N(μ, 1).to_event(1)) and lies below the exact
+    evidence, y_g ~ N(0, X_g (I + 11ᵀ) X_gᵀ + ¼I)."""
+    group, y = grouped
+    X = torch.randn(N, 3, generator=torch.Generator().manual_seed(9), dtype=F64)
+
+    def centred(X, group, y):
+        groups = pyro.plate("groups", G, dim=-2)
+        with groups:
+            mu = pyro.sample("mu", dist.Normal(t(0.0), t(1.0)))
+        with pyro.plate("features", 3, dim=-1), groups:
+            b = pyro.sample("b", dist.Normal(mu, t(1.0)))
+        with pyro.plate("data", N):
+            pyro.sample("y", dist.Normal((X * b[..., group, :]).sum(-1), t(0.5)), obs=y)
+
+    def by_hand(X, group, y):
+        with pyro.plate("groups", G):
+            mu = pyro.sample("mu", dist.Normal(t(0.0), t(1.0)))
+            b = pyro.sample("b", dist.Normal(mu.unsqueeze(-1), t(1.0)).expand([G, 3]).to_event(1))
+        with pyro.plate("data", N):
+            pyro.sample("y", dist.Normal((X * b[..., group, :]).sum(-1), t(0.5)), obs=y)
+
+    def levels(X, group, y):  # μ in a plate of one level at dim -1 too: over it, then b
+        groups = pyro.plate("groups", G, dim=-2)
+        with groups, pyro.plate("levels", 1, dim=-1):
+            mu = pyro.sample("mu", dist.Normal(t(0.0), t(1.0)))
+        with pyro.plate("features", 3, dim=-1), groups:
+            b = pyro.sample("b", dist.Normal(mu, t(1.0)))
+        with pyro.plate("data", N):
+            pyro.sample("y", dist.Normal((X * b[..., group, :]).sum(-1), t(0.5)), obs=y)
+
+    hand = AutoCAVI(by_hand, tol=1e-12).fit(X, group, y).lower_bound_
+    leveled = AutoCAVI(levels, tol=1e-12).fit(X, group, y)
+    assert leveled.plates_as_events_ == {"mu": "levels", "b": "features"}
+    assert abs(leveled.lower_bound_ - hand) < 1e-10 * abs(hand)
+    fit = AutoCAVI(centred, tol=1e-12).fit(X, group, y)
+    assert fit.plates_as_events_ == {"b": "features", "mu": None}
+    assert abs(fit.lower_bound_ - hand) < 1e-10 * abs(hand)
+    prior = torch.eye(3, dtype=F64) + torch.ones(3, 3, dtype=F64)
+    assert fit.lower_bound_ < _slopes_evidence(X, group, y, G, prior, 0.25)
+    trace = pyro.poutine.trace(fit.variational_guide()).get_trace(X, group, y)
+    assert trace.nodes["mu"]["value"].shape == (G, 1) and trace.nodes["b"]["value"].shape == (G, 3)
+
+
+def test_a_site_that_cannot_follow_the_slopes_is_refused_naming_it(grouped):
+    """A measurement z of the slopes in groups and features, masked by a handler: it
+    cannot follow b into an event over features (the event would sum the mask away), and
+    the refusal names it, the factor and the plate (it was a crash, as F2)."""
+    group, y = grouped
+    X = torch.randn(N, 3, generator=torch.Generator().manual_seed(9), dtype=F64)
+    Z = torch.randn(G, 3, generator=torch.Generator().manual_seed(10), dtype=F64)
+    seen = torch.rand(G, 3, generator=torch.Generator().manual_seed(11)) < 0.5
+
+    def masked(X, group, y, Z):
+        with pyro.plate("features", 3, dim=-1), pyro.plate("groups", G, dim=-2):
+            b = pyro.sample("b", dist.Normal(t(0.0), t(1.0)))
+            with pyro.poutine.mask(mask=seen):
+                pyro.sample("z", dist.Normal(b, t(1.0)), obs=Z)
+        with pyro.plate("data", N):
+            pyro.sample("y", dist.Normal((X * b[..., group, :]).sum(-1), t(0.5)), obs=y)
+
+    refusal = r"factor 'z' reads 'b' and 'z' inside plate\(s\) \['groups'\].*'z' is masked"
+    with pytest.raises(NotConjugateError, match=refusal):
+        AutoCAVI(masked).fit(X, group, y, Z)
+
+
 def test_flattened_lda_matches_the_padded_documents():
     """z_n ~ Categorical(theta[doc_n]) with the words of all documents in one plate: the
     assignment is the selector of its own factor, with its document's topic proportions read
