@@ -790,11 +790,13 @@ class AutoCAVI(CoordinateUpdates):
             if site in self.plates_as_events_:  # one plate of a site goes into its event
                 raise ReadAcrossPlate(
                     f"{error} ({site!r} is fitted as one vector over its plate "
-                    f"{self.plates_as_events_[site]!r}, its dim -1, and is read across "
-                    f"{sorted(error.plates)} too; AutoCAVI takes one plate of a site into "
-                    "its event: declare the plate it is read whole across at dim -1, "
-                    "pyro.plate(name, size, dim=-1), and the plate a data index picks "
-                    "left of it)",
+                    f"{self.plates_as_events_[site]!r}, its dim -1, and is still read across "
+                    f"{sorted(error.plates)}; AutoCAVI takes one plate of a site into its "
+                    "event, and a data index then reads it where one plate is left: with "
+                    "two plates nested the other way, declare the plate it is read whole "
+                    "across at dim -1, pyro.plate(name, size, dim=-1), and the plate a data "
+                    "index picks left of it; with a third plate, declare one site per "
+                    "element of it)",
                     error.factor,
                     error.latent,
                     error.sites,

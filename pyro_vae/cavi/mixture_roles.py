@@ -147,8 +147,26 @@ def _two_plates_hint(latent: Latent, k: int | None) -> str:
     """The rewrite of a continuous latent in several plates read through a data index
     (random slopes b[group] of F features, b in plates groups and features): one vector site
     in the plate the index picks, which fits. '' for any other latent."""
-    if k is not None or latent.family.name in DISCRETE_FAMILIES or len(latent.plates) < 2:
+    if k is not None or len(latent.plates) < 2:
         return ""
+    if latent.family.name in DISCRETE_FAMILIES:
+        return (
+            f". Latent {latent.name!r} is a {latent.family.name} in {len(latent.plates)} "
+            f"plates {sorted(latent.plates)}: a datum reads a latent through a data index "
+            "where it is in one plate, the one the index picks, and a discrete latent's "
+            "other elements cannot be one vector site here (no closed-form q for a vector "
+            "of discrete latents): declare one site per element of the other plates, or "
+            f"leave {latent.name!r} to SVI with pyro_vae.cavi.ConditionalCAVIGuide"
+        )
+    if len(latent.plates) > 2:
+        return (
+            f". Latent {latent.name!r} is in {len(latent.plates)} plates "
+            f"{sorted(latent.plates)}: a datum reads a latent through a data index where it "
+            "is in one plate, the one the index picks, with the elements of one other plate "
+            "as a vector (random slopes b[..., group, :], its features plate at dim -1); "
+            "with a third plate, declare one site per element of it (b_0, b_1, …, each in "
+            "the groups plate, its features a vector), which fits"
+        )
     return (
         f". Latent {latent.name!r} is in {len(latent.plates)} plates "
         f"{sorted(latent.plates)}: a datum can read it through a data index when it is in "

@@ -1,7 +1,9 @@
 import pyro
 import pyro.distributions as dist
+import pytest
 import torch
 
+from pyro_vae.cavi.exponential_families import NotConjugateError
 from tests.pyro_vae.cavi.float64 import F64, t
 
 
@@ -55,3 +57,38 @@ def test_group_specific_cluster_means_are_one_vector_per_component_below_the_evi
     joint = log_p
     evidence = float(torch.logsumexp(joint, 0))
     assert fit.lower_bound_ < evidence
+
+
+def test_a_latent_no_vector_form_fits_is_refused_saying_which_form_does():
+    """Tester AS's M1 and M2: a Bernoulli in groups and features read through a data index
+    got the refusal's generic words, and slopes in a third plate (outcomes) were told to
+    declare the form that two plates fit, which the third plate refuses too. The refusals
+    now say why (no closed-form q for a vector of discrete latents; one vector plate and
+    one indexed plate at most) and what fits instead."""
+    from pyro_vae.cavi import AutoCAVI
+
+    g = torch.Generator().manual_seed(0)
+    X, group = torch.randn(12, 3, generator=g, dtype=F64), torch.arange(12) % 4
+    y = torch.randn(2, 12, generator=g, dtype=F64)
+
+    def switches(X, group, y):
+        with pyro.plate("features", 3, dim=-1), pyro.plate("groups", 4, dim=-2):
+            s = pyro.sample("s", dist.Bernoulli(t(0.3)))
+        with pyro.plate("data", 12):
+            pyro.sample("y", dist.Normal((X * s[..., group, :]).sum(-1), t(0.5)), obs=y[0])
+
+    refusal = r"'s' is a Bernoulli in 2 plates.*no closed-form q for a vector of discrete"
+    with pytest.raises(NotConjugateError, match=refusal):
+        AutoCAVI(switches).fit(X, group, y)
+
+    def outcomes(X, group, y):
+        each = pyro.plate("outcomes", 2, dim=-3)
+        with each, pyro.plate("groups", 4, dim=-2), pyro.plate("features", 3, dim=-1):
+            b = pyro.sample("b", dist.Normal(t(0.0), t(1.0)))
+        mean = (X * b[..., group, :]).sum(-1).unsqueeze(-2)
+        with each, pyro.plate("data", 12, dim=-1):
+            pyro.sample("y", dist.Normal(mean, t(0.5)), obs=y.unsqueeze(-2))
+
+    refusal = r"'b' is fitted as one vector over its plate 'features'.*with a third plate"
+    with pytest.raises(NotConjugateError, match=refusal):
+        AutoCAVI(outcomes).fit(X, group, y)
