@@ -217,3 +217,17 @@ def test_data_impossible_at_some_latent_value_is_named_with_the_floor_that_fits(
     bound = AutoCAVI(zero_inflated, n_init=3).fit(counts, 1e-12).lower_bound_
     assert exact == pytest.approx(-10.518971592290752, abs=1e-9)
     assert exact - 0.5 < bound <= exact  # −10.6268
+
+
+def test_a_shape_error_naming_a_double_tensor_is_the_model_s_own_not_a_dtype_clash():
+    """Tester AT's F6: torch names a tensor in a shape error by its type
+    (expand(torch.DoubleTensor{[3, 1]}, size=[2])), which the first run's refusal read as a
+    float32 model meeting float64 data and answered with model.double() advice. The model's
+    own error now stands; a real dtype clash still gets the advice."""
+    from pyro_vae.cavi.refusals import first_run_refusal
+
+    with pytest.raises(RuntimeError, match="DoubleTensor") as caught:
+        torch.zeros(3, 1, dtype=F64).expand([2])
+    assert first_run_refusal(caught.value, (torch.zeros(5, dtype=F64),), {}) is None
+    clash = RuntimeError("mat1 and mat2 must have the same dtype, but got Double and Float")
+    assert "float64" in str(first_run_refusal(clash, (torch.zeros(5, dtype=F64),), {}))
