@@ -807,8 +807,9 @@ class AutoCAVI(CoordinateUpdates):
             plate = convertible_plate(nodes[site], error.plates)
             if plate is None:
                 factor = nodes.get(error.factor)
-                event = "" if factor is None else event_over_plate(factor, nodes[site],
-                                                                   error.plates)  # fmt: skip
+                taken = {**self.plates_as_events_, **self._observed_events}
+                event = "" if factor is None or error.factor in taken else (
+                    event_over_plate(factor, nodes[site], error.plates))  # fmt: skip
                 raise ReadAcrossPlate(
                     f"{error} (AutoCAVI fits a plated Normal or Gamma read whole as one "
                     f"vector over its plate, but not {site!r}: "

@@ -43,7 +43,13 @@ from pyro.poutine.messenger import Messenger
 from pyro_vae.cavi.exponential_families import NotConjugateError
 from pyro_vae.pyro_compat import frame_at_dim
 
-_VECTOR_FAMILIES = (torch.distributions.Normal, torch.distributions.Gamma)
+#: scalar priors whose sites AutoCAVI fits as vectors: a Normal, and a Gamma (Chi2 is one
+#: in torch; an Exponential is a Gamma of shape 1, which torch does not subclass)
+_VECTOR_FAMILIES = (
+    torch.distributions.Normal,
+    torch.distributions.Gamma,
+    torch.distributions.Exponential,
+)
 
 
 class PlatesAsEvents(Messenger):

@@ -68,3 +68,33 @@ def test_only_a_scalar_normal_or_gamma_read_across_its_dim_minus_one_plate_conve
     nodes = poutine.trace(others).get_trace(t(0.3)).nodes
     for site in ("p", "v", "m", "s"):
         assert convertible_plate(nodes[site], frozenset({"k"})) is None, site
+
+
+def test_an_exponential_prior_converts_as_the_gamma_it_is():
+    """Tester AT's F3: an Exponential prior is a Gamma of shape 1 (AutoCAVI fits it as one)
+    but torch does not subclass it, and a plated one read whole was refused as 'not a scalar
+    Normal or Gamma'. It converts now, and ARD with Exponential(1) precisions has the bound
+    of the same model with Gamma(1, 1) ones (the same density)."""
+    from pyro_vae.cavi import AutoCAVI
+
+    def one_plate(y):
+        with pyro.plate("features", 3):
+            pyro.sample("alpha", dist.Exponential(t(1.0)))
+
+    nodes = poutine.trace(one_plate).get_trace(t(0.3)).nodes
+    assert convertible_plate(nodes["alpha"], frozenset({"features"})) == "features"
+
+    g = torch.Generator().manual_seed(0)
+    X, y = torch.randn(20, 2, generator=g, dtype=F64), torch.randn(20, generator=g, dtype=F64)
+
+    def ard(X, y, prior):
+        with pyro.plate("features", 2):
+            alpha = pyro.sample("alpha", prior)
+            w = pyro.sample("w", dist.Normal(t(0.0), alpha.rsqrt()))
+        with pyro.plate("data", 20):
+            pyro.sample("y", dist.Normal(X @ w, t(0.5)), obs=y)
+
+    exponential = AutoCAVI(ard, tol=1e-12).fit(X, y, dist.Exponential(t(1.0)))
+    gamma = AutoCAVI(ard, tol=1e-12).fit(X, y, dist.Gamma(t(1.0), t(1.0)))
+    assert exponential.plates_as_events_ == {"w": "features", "alpha": "features"}
+    assert abs(exponential.lower_bound_ - gamma.lower_bound_) < 1e-10 * abs(gamma.lower_bound_)
