@@ -59,6 +59,7 @@ from pyro_vae.cavi.plate_events import (
     declined_because,
     event_over_plate,
     plate_companions,
+    vector_init,
     with_plates_as_events,
 )
 from pyro_vae.cavi.plug_in_start import plug_in_priors
@@ -307,7 +308,7 @@ class AutoCAVI(CoordinateUpdates):
         for offset in range(starts):
             if offset:  # the next seed's draws of the discrete latents
                 seed = self._seed + offset
-                stats = initial_statistics(latents, self.init, self._first, seed, self._starts)
+                stats = initial_statistics(latents, self._init, self._first, seed, self._starts)
                 stats = drawn_starts(latents, stats, multiplied, self._starts, seed)
             fitted = self._start(args, kwargs, factors, stats, chains, tol, max_iter)
             self.start_bounds_.append(fitted[0][-1])
@@ -764,12 +765,15 @@ class AutoCAVI(CoordinateUpdates):
             depends = regroup(depends, latents)
         self._precision_only = precision_only_factors(read, latents)
         self._starts = self._plug_in(args, kwargs, latents, depends)
-        stats = initial_statistics(latents, self.init, first, self._seed, self._starts)
         info = {}
         factors = probe_factors(
             self._model, args, kwargs, latents, depends, trace, generator, info=info,
             precision_only=self._precision_only,
         )  # fmt: skip
+        # after the probes, which take a plated site read whole into its event: a start
+        # given for such a site as declared (a scalar per element) is made that vector
+        self._init = vector_init(self.init, latents, self.plates_as_events_)
+        stats = initial_statistics(latents, self._init, first, self._seed, self._starts)
         self.probe_batched_, self.probe_model_runs_ = info["batched"], info["model_runs"]
         self._probe_inputs = (args, kwargs, depends, trace, generator)
         self._first = first

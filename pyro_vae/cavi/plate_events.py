@@ -263,3 +263,33 @@ def _scalar_normal_or_gamma(fn):
     if isinstance(base, _VECTOR_FAMILIES) and fn.event_shape == torch.Size():
         return base
     return None
+
+
+def vector_init(init: dict | None, latents: dict, converted) -> dict | None:
+    """``init`` with each start given for a site in ``converted`` (taken into its event)
+    as the user declared the site, a scalar distribution per element (``Normal(m, s)`` of
+    batch shape (D,) or ()), made the vector it now is: ``q.expand(batch + (D,))
+    .to_event(1)``, the same start. A start already a vector (a MultivariateNormal over the
+    D elements) is kept, and so is anything else (``initial_statistics`` says what a start
+    must be).
+
+    Raises:
+        ValueError: naming ``init[site]``, where its batch shape does not broadcast to the
+            site's shape as declared.
+    """
+    if not init:
+        return init
+    out = dict(init)
+    for site in set(init) & set(converted) & set(latents):
+        q, latent = init[site], latents[site]
+        if not isinstance(q, torch.distributions.Distribution) or q.event_shape != ():
+            continue
+        declared = latent.batch_shape + latent.family.event_shape
+        try:
+            out[site] = q.expand(declared).to_event(1)
+        except (RuntimeError, ValueError) as error:
+            raise ValueError(
+                f"init[{site!r}]: its batch shape {tuple(q.batch_shape)} does not broadcast "
+                f"to the site's shape as declared, {tuple(declared)} ({error})"
+            ) from error
+    return out

@@ -310,6 +310,45 @@ def test_unsupported_family_and_cross_plate_factor_are_refused():
         AutoCAVI(masked).fit(t(0.5))
 
 
+@pytest.mark.filterwarnings("ignore:AutoCAVI. stopped at max_iter=1")  # one sweep, on purpose
+def test_a_start_for_a_site_taken_as_a_vector_is_given_as_declared_or_as_the_vector():
+    """Tester AT's F1: ``init`` for a plated w that AutoCAVI takes as one vector was refused
+    both ways (a Normal per element: "event shape () is not the site's (3,)"; the vector's
+    MultivariateNormal: "(3,) is not the site's ()"), the start being checked on the site
+    before its conversion and after. Both are taken now, and start where they say: the
+    fit's first bound is the same from either, and from the same start declared by hand as
+    a vector site; a start of the wrong size is refused naming init['w']."""
+    g = torch.Generator().manual_seed(26)
+    X = torch.randn(20, 3, generator=g, dtype=F64)
+    y = X @ t([1.0, -1.0, 0.5]) + 0.5 * torch.randn(20, generator=g, dtype=F64)
+
+    def plated(X, y):
+        tau = pyro.sample("tau", dist.Gamma(t(2.0), t(1.0)))
+        with pyro.plate("features", 3):
+            w = pyro.sample("w", dist.Normal(t(0.0), t(1.0)))
+        with pyro.plate("data", 20):
+            pyro.sample("y", dist.Normal(X @ w, tau.rsqrt()), obs=y)
+
+    def vector(X, y):
+        tau = pyro.sample("tau", dist.Gamma(t(2.0), t(1.0)))
+        w = pyro.sample("w", dist.Normal(t(0.0), t(1.0)).expand([3]).to_event(1))
+        with pyro.plate("data", 20):
+            pyro.sample("y", dist.Normal(X @ w, tau.rsqrt()), obs=y)
+
+    mean = t([3.0, 2.0, 1.0])
+    starts = [
+        {"w": dist.Normal(mean, t(0.5))},
+        {"w": dist.MultivariateNormal(mean, 0.25 * torch.eye(3, dtype=F64))},
+    ]
+    first = [AutoCAVI(plated, init=s, max_iter=1).fit(X, y).lower_bound_ for s in starts]
+    hand = AutoCAVI(vector, init=starts[1], max_iter=1).fit(X, y).lower_bound_
+    assert first[0] == pytest.approx(hand, rel=1e-12) and first[1] == pytest.approx(hand, rel=1e-12)
+    unstarted = AutoCAVI(plated, max_iter=1).fit(X, y).lower_bound_
+    assert abs(unstarted - hand) > 1e-3  # the start moved the first sweep
+    with pytest.raises(ValueError, match=r"init\['w'\]: its batch shape \(2,\)"):
+        AutoCAVI(plated, init={"w": dist.Normal(t([1.0, 2.0]), t(1.0))}).fit(X, y)
+
+
 def test_a_refused_refit_leaves_the_last_fit_whole():
     """Tester AP's F3: a refit refused after a plated w was fitted as a vector kept the
     first fit's q and bound but cleared plates_as_events_, so the guide drew w's joint q
