@@ -752,7 +752,16 @@ class AutoCAVI(CoordinateUpdates):
         check_whole_data(first)
         check_observations(first)
         check_factor_dims(first)
-        latents = find_latents(first, () if auto_blocks else self.blocks)
+        unblocked = None  # a block refused on the sites as declared
+        try:
+            latents = find_latents(first, () if auto_blocks else self.blocks)
+        except ValueError as refusal:
+            if auto_blocks or not self._may_take_as_vectors(first):
+                raise
+            # a block's mean may be a plated site AutoCAVI takes as one vector (w in a
+            # features plate beside its precision τ outside it): probe without the blocks
+            # to take it so, then pair them (tester AT's F2); else the refusal stands
+            unblocked, latents = refusal, find_latents(first, ())
         if not latents:
             raise ValueError("model: it has no latent (unobserved) sample site to fit")
         if reference_is_finite(first):
@@ -766,10 +775,17 @@ class AutoCAVI(CoordinateUpdates):
         self._precision_only = precision_only_factors(read, latents)
         self._starts = self._plug_in(args, kwargs, latents, depends)
         info = {}
-        factors = probe_factors(
-            self._model, args, kwargs, latents, depends, trace, generator, info=info,
-            precision_only=self._precision_only,
-        )  # fmt: skip
+        try:
+            factors = probe_factors(
+                self._model, args, kwargs, latents, depends, trace, generator, info=info,
+                precision_only=self._precision_only,
+            )  # fmt: skip
+        except NotConjugateError as error:
+            if unblocked is None or isinstance(error, ReadAcrossPlate):
+                raise
+            raise unblocked from None
+        if unblocked is not None:  # no site was taken as a vector: the blocks' refusal
+            raise unblocked
         # after the probes, which take a plated site read whole into its event: a start
         # given for such a site as declared (a scalar per element) is made that vector
         self._init = vector_init(self.init, latents, self.plates_as_events_)
@@ -778,6 +794,16 @@ class AutoCAVI(CoordinateUpdates):
         self._probe_inputs = (args, kwargs, depends, trace, generator)
         self._first = first
         return latents, factors, stats
+
+    @staticmethod
+    def _may_take_as_vectors(first) -> bool:
+        """Whether some latent site of the trace ``first`` is in a vectorized plate at dim
+        -1, and so might be taken as one vector over it (:meth:`_plate_as_event`)."""
+        return any(
+            node["type"] == "sample" and not node["is_observed"]
+            and any(f.vectorized and f.dim == -1 for f in node["cond_indep_stack"])
+            for node in first.nodes.values()
+        )  # fmt: skip
 
     def _plate_as_event(self, error: ReadAcrossPlate) -> bool:
         """Take the plate ``error`` reads the latent across into the latent's event, if the
@@ -938,13 +964,18 @@ class AutoCAVI(CoordinateUpdates):
                             events)  # fmt: skip
 
 
-def _as_vectors(converted: dict[str, str]) -> str:
+def _as_vectors(converted: dict[str, str | None]) -> str:
     """A refusal's note on the sites fitted as one vector over a plate they were declared in
-    (a name such as ``Normal (.to_event(1))`` is then that vector's)."""
-    sites = ", ".join(f"{site!r} over plate {plate!r}" for site, plate in converted.items())
+    (a name such as ``Normal (.to_event(1))`` is then that vector's), or over their last
+    batch dim of size 1 (a site that followed one, ``plate_events.plate_companions``)."""
+    sites = ", ".join(
+        f"{site!r} over plate {plate!r}" if plate else f"{site!r} over its last batch dim"
+        for site, plate in converted.items()
+    )
     return (
-        f" ({sites}: declared in a plate that a factor outside it reads whole, and so taken "
-        "as one vector over it, .to_event(1); what this says of such a site is of that vector)"
+        f" ({sites}: declared in a plate that a factor outside it reads whole, or beside such "
+        "a site in a factor inside its other plates, and so taken as one vector, "
+        ".to_event(1); what this says of such a site is of that vector)"
     )
 
 

@@ -697,7 +697,7 @@ def block_family(mean_site: dict, precision_site: dict) -> Family:
         isinstance(mean_fn, (dist.Normal, dist.MultivariateNormal))
         and (scalar or d)
         and type(precision_fn) is dist.Gamma
-        and not precision_fn.event_shape
+        and not precision_site["fn"].event_shape  # not a Gamma over a vector's coordinates
     ):
         name = mean_site["name"], precision_site["name"]
         return NormalGammaFamily(*name, 1 if scalar else d, scalar)

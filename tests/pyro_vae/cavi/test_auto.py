@@ -349,6 +349,51 @@ def test_a_start_for_a_site_taken_as_a_vector_is_given_as_declared_or_as_the_vec
         AutoCAVI(plated, init={"w": dist.Normal(t([1.0, 2.0]), t(1.0))}).fit(X, y)
 
 
+def test_an_explicit_block_whose_mean_is_taken_as_a_vector_is_fitted_as_the_auto_block():
+    """Tester AT's F2: blocks=[("w", "tau")] with w in a features plate beside its precision
+    τ was refused ("different batch shapes (2,) and ()"), the block checked on the sites as
+    declared, though blocks="auto" takes w as one vector and pairs the two, exactly: the
+    Normal-Gamma regression's log evidence, a multivariate Student-t (Bishop 2006, eq.
+    3.118 with the noise and prior sharing τ). Now the block is paired after the
+    conversion, with the auto block's bound. A block of two sites that followed a vector
+    (each a vector of one element) is refused naming them, not a crash in torch."""
+    g = torch.Generator().manual_seed(28)
+    X, y = torch.randn(20, 2, generator=g, dtype=F64), torch.randn(20, generator=g, dtype=F64)
+
+    def shared(X, y):
+        tau = pyro.sample("tau", dist.Gamma(t(2.0), t(1.0)))
+        with pyro.plate("features", 2):
+            w = pyro.sample("w", dist.Normal(t(0.0), tau.rsqrt()))
+        with pyro.plate("data", 20):
+            pyro.sample("y", dist.Normal(X @ w, tau.rsqrt()), obs=y)
+
+    # y ~ Student-t(2a, 0, (b/a)(I + XXᵀ)) with a = 2, b = 1
+    scale = 0.5 * (torch.eye(20, dtype=F64) + X @ X.T)
+    student = dist.MultivariateStudentT(t(4.0), torch.zeros(20, dtype=F64),
+                                        torch.linalg.cholesky(scale))  # fmt: skip
+    evidence = float(student.log_prob(y))
+    explicit = AutoCAVI(shared, blocks=[("w", "tau")], tol=1e-12).fit(X, y)
+    auto = AutoCAVI(shared, blocks="auto", tol=1e-12).fit(X, y)
+    assert explicit.blocks_ == auto.blocks_ == [("w", "tau")]
+    assert abs(explicit.lower_bound_ - evidence) < 1e-10 * abs(evidence)
+    assert abs(auto.lower_bound_ - evidence) < 1e-10 * abs(evidence)
+
+    G, group = 3, torch.arange(20) % 3
+
+    def followers(X, group, y):
+        with pyro.plate("groups", G, dim=-2):
+            tau = pyro.sample("tau", dist.Gamma(t(2.0), t(2.0)))
+            mu = pyro.sample("mu", dist.Normal(t(0.0), tau.rsqrt()))
+            with pyro.plate("features", 2, dim=-1):
+                b = pyro.sample("b", dist.Normal(mu, tau.rsqrt()))
+        with pyro.plate("data", 20):
+            pyro.sample("y", dist.Normal((X * b[..., group, :]).sum(-1), t(0.5)), obs=y)
+
+    refusal = r"blocks: \('mu', 'tau'\).*'mu' over its last batch dim"
+    with pytest.raises(NotConjugateError, match=refusal):
+        AutoCAVI(followers, blocks=[("mu", "tau")]).fit(X, group, y)
+
+
 def test_a_refused_refit_leaves_the_last_fit_whole():
     """Tester AP's F3: a refit refused after a plated w was fitted as a vector kept the
     first fit's q and bound but cleared plates_as_events_, so the guide drew w's joint q
@@ -589,10 +634,23 @@ def test_bad_settings_are_refused_naming_the_argument():
             mu = pyro.sample("mu", dist.Normal(t(0.0), tau.rsqrt()))
         pyro.sample("y", dist.Normal(mu.sum(), tau.rsqrt()), obs=y)
 
+    # the block's mean in a plate its precision is not: refused as declared, it is now
+    # taken as one vector (read whole by y) and paired, exactly: y ~ Student-t(2, 0, √3)
+    fit = AutoCAVI(plated_means, blocks=[("mu", "tau")], tol=1e-12).fit(t(0.3))
+    exact = float(dist.StudentT(t(2.0), t(0.0), t(3.0).sqrt()).log_prob(t(0.3)))
+    assert fit.blocks_ == [("mu", "tau")] and fit.plates_as_events_ == {"mu": "groups"}
+    assert abs(fit.lower_bound_ - exact) < 1e-10 * abs(exact)
+
+    def plated_apart(y):  # read elementwise, no vector: the refusal stands
+        tau = pyro.sample("tau", dist.Gamma(t(1.0), t(1.0)))
+        with pyro.plate("groups", 2):
+            mu = pyro.sample("mu", dist.Normal(t(0.0), tau.rsqrt()))
+            pyro.sample("y", dist.Normal(mu, tau.rsqrt()), obs=y.expand(2))
+
     with pytest.raises(
         ValueError, match=r"different batch shapes \(plates\) \(2,\) and \(\).*to_event"
     ):
-        AutoCAVI(plated_means, blocks=[("mu", "tau")]).fit(t(0.3))
+        AutoCAVI(plated_apart, blocks=[("mu", "tau")]).fit(t(0.3))
     # a block is (mean, precision): the other order names both and what is expected
     with pytest.raises(NotConjugateError, match=r"blocks: \('tau', 'mu'\) are \(Gamma, Normal\)"):
         AutoCAVI(gamma_block, blocks=[("tau", "mu")]).fit(t(0.3))
