@@ -795,6 +795,21 @@ class AutoCAVI(CoordinateUpdates):
         self._first = first
         return latents, factors, stats
 
+    def _follower_note(self, factor: str) -> str:
+        """Where the observed site ``factor`` was itself taken into its event, following a
+        latent whose plates moved (``plate_events.plate_companions``): that cause, and the
+        way to keep it as declared (tester AT's F4: PPCA's z in the rows plate of x)."""
+        if factor not in self._observed_events:
+            return ""
+        plate = self._observed_events[factor]
+        over = f"plate {plate!r}" if plate else "its last batch dim"
+        return (
+            f"; {factor!r} was itself taken into its event over {over}, following a latent "
+            f"that shares a plate with it and was taken as a vector: declare that latent in "
+            f"a plate of its own name, not one of {factor!r}'s, and {factor!r} stays as "
+            "declared"
+        )
+
     @staticmethod
     def _may_take_as_vectors(first) -> bool:
         """Whether some latent site of the trace ``first`` is in a vectorized plate at dim
@@ -826,7 +841,7 @@ class AutoCAVI(CoordinateUpdates):
                     "two plates nested the other way, declare the plate it is read whole "
                     "across at dim -1, pyro.plate(name, size, dim=-1), and the plate a data "
                     "index picks left of it; with a third plate, declare one site per "
-                    "element of it)",
+                    f"element of it{self._follower_note(error.factor)})",
                     error.factor,
                     error.latent,
                     error.sites,

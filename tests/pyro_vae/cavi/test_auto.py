@@ -2300,6 +2300,30 @@ def test_probabilistic_pca_in_plates_is_mean_field_vb_at_its_fixed_point():
     assert relative(t(a0 + N * D / 2), a) < 1e-12
 
 
+def test_ppca_with_z_in_the_rows_plate_of_x_is_refused_naming_why():
+    """Tester AT's F4: PPCA with z in the rows plate that x is declared in. Taking z as a
+    K-vector moves that plate, so x follows into an event over its columns, and then reads
+    W whole across the features: refused. The message said to put the plate read whole at
+    dim -1, which it is; it now says that x followed z and that z in a plate of its own
+    keeps x as declared, and so declared the model fits."""
+    g = torch.Generator().manual_seed(20)
+    x = torch.randn(10, 4, generator=g, dtype=F64)
+
+    def ppca(x, own_plate=False):
+        rows, k = pyro.plate("rows", 10, dim=-2), pyro.plate("k", 2, dim=-1)
+        with pyro.plate("features", 4, dim=-2), k:
+            W = pyro.sample("W", dist.Normal(t(0.0), t(1.0)))
+        with pyro.plate("data", 10, dim=-2) if own_plate else rows, k:
+            z = pyro.sample("z", dist.Normal(t(0.0), t(1.0)))
+        with rows, pyro.plate("columns", 4, dim=-1):
+            pyro.sample("x", dist.Normal(z @ W.T, t(0.5)), obs=x)
+
+    refusal = r"'x' was itself taken into its event over plate 'columns'.*a plate of its own"
+    with pytest.raises(NotConjugateError, match=refusal):
+        AutoCAVI(ppca).fit(x)
+    assert AutoCAVI(ppca).fit(x, own_plate=True).plates_as_events_ == {"W": "k", "z": "k"}
+
+
 def test_a_mixture_of_regressions_in_plates_is_cavi_written_out_at_its_fixed_point():
     """A mixture of linear regressions as Pyro users write it: weights w in plates
     components (dim -2) and features (dim -1), each y_n reading its component's row whole,
