@@ -973,8 +973,14 @@ class AutoCAVI(CoordinateUpdates):
             for latent in self._latents.values()
             for site in latent.sites
         }
-        events = {site: tuple(f for f in frames if f.vectorized)
-                  for site, frames in self._event_frames.items()}  # fmt: skip
+        events = {
+            site: (
+                tuple(f for f in frames if f.vectorized),
+                self._first.nodes[site]["fn"].batch_shape
+                + self._first.nodes[site]["fn"].event_shape,
+            )
+            for site, frames in self._event_frames.items()
+        }
         return fitted_guide(self._latents, self._q, self.fitted_chains_, self._absent, plates,
                             events)  # fmt: skip
 

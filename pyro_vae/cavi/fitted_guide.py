@@ -48,7 +48,8 @@ def fitted_guide(latents: dict, q: dict, chains: dict, absent: dict,
             inside the same plates (name, size, dim), so its batch dims are plate dims as
             Pyro's shape checks in ``Trace_ELBO`` ask (drawn outside, a plated site failed
             them with "invalid log_prob shape").
-        events: {site: the model's plate frames around it} of the sites AutoCAVI fitted
+        events: {site: (the model's plate frames around it, its shape as fitted, batch
+            and event dims: (G, D) for random slopes)} of the sites AutoCAVI fitted
             as one vector over a plate they were declared in
             (:mod:`pyro_vae.cavi.plate_events`): each is drawn whole from its joint q as
             an auxiliary site ``_<site>_vector`` outside that plate and given to the
@@ -69,17 +70,19 @@ def fitted_guide(latents: dict, q: dict, chains: dict, absent: dict,
             if site not in events:
                 with within(site):
                     return pyro.sample(site, fn)
-            # one draw outside every plate: its event the site's shape, the plate taken
-            # into the event last (a site in plates groups and features: q's batch (G,)
-            # of D-vectors; drawn inside groups, the model's plate of that name at
-            # another dim would be a second plate of one name)
-            shape = fn.batch_shape + fn.event_shape
-            whole = fn.to_event(len(fn.batch_shape))
+            # one draw outside every plate, its event the site's own shape (a site in
+            # plates groups and features: q's batch (G,) of D-vectors; drawn inside
+            # groups, the model's plate of that name at another dim would be a second
+            # plate of one name). Only the site's own dims: q(w | τ) of a block has τ's
+            # particle dims in its batch too, which stay batch dims (folded into the
+            # event, a draw under P particles held P² values: tester AU)
+            frames, shape = events[site]
+            whole = fn.to_event(len(shape) - len(fn.event_shape))
             value = pyro.sample(f"_{site}_vector", whole, infer={"is_auxiliary": True})
             if value.dim() > len(shape):  # under outer plates (particles): batch (P, 1, …)
                 outer = value.shape[: -len(shape)]  # at dims left of the model's plates
                 value = value.reshape(outer[: len(outer) - len(shape)] + shape)
-            with _inside(events[site], made):
+            with _inside(frames, made):
                 return pyro.sample(site, dist.Delta(value))
 
         for name, latent in latents.items():
