@@ -274,6 +274,7 @@ class AutoCAVI(CoordinateUpdates):
                     not converted
                     or not isinstance(error, NotConjugateError)
                     or isinstance(error, ReadAcrossPlate)
+                    or not any(f"{site!r}" in str(error) for site in converted)
                 ):
                     raise
                 raise NotConjugateError(f"{error}{_as_vectors(converted)}") from error

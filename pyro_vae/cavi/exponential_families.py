@@ -681,6 +681,15 @@ def unwrapped(fn):
     return fn
 
 
+def _named(fn) -> str:
+    """A distribution's class, through its ``.to_event`` and ``.mask`` wrappers: "Normal
+    (.to_event(1))" for a plated Normal AutoCAVI took as one vector (tester AU: a refused
+    block named it "Independent")."""
+    base = unwrapped(fn)
+    events = len(fn.event_shape) - len(base.event_shape)
+    return type(base).__name__ + (f" (.to_event({events}))" if events else "")
+
+
 def block_family(mean_site: dict, precision_site: dict) -> Family:
     """The joint family of a (mean, precision) block, or ``NotConjugateError``."""
     mean_fn, precision_fn = mean_site["fn"], unwrapped(precision_site["fn"])
@@ -706,7 +715,7 @@ def block_family(mean_site: dict, precision_site: dict) -> Family:
     )
     raise NotConjugateError(
         f"blocks: ({mean_site['name']!r}, {precision_site['name']!r}) are "
-        f"({type(mean_site['fn']).__name__}, {type(precision_site['fn']).__name__}); expected "
+        f"({_named(mean_site['fn'])}, {_named(precision_site['fn'])}); expected "
         "a vector Normal or MultivariateNormal mean and a Wishart precision of the same D "
         "(Normal-Wishart), or a scalar or vector Normal mean and a scalar Gamma precision "
         "(Normal-Gamma)"

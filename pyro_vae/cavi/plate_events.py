@@ -284,12 +284,17 @@ def vector_init(init: dict | None, latents: dict, converted) -> dict | None:
         q, latent = init[site], latents[site]
         if not isinstance(q, torch.distributions.Distribution) or q.event_shape != ():
             continue
+        wanted = "Normal" if isinstance(q, torch.distributions.Normal) else "Gamma"
+        if not isinstance(q, _VECTOR_FAMILIES) or not latent.family.name.startswith(wanted):
+            continue  # another family: initial_statistics names it as given
         declared = latent.batch_shape + latent.family.event_shape
         try:
             out[site] = q.expand(declared).to_event(1)
-        except (RuntimeError, ValueError) as error:
+        except (RuntimeError, ValueError):
             raise ValueError(
                 f"init[{site!r}]: its batch shape {tuple(q.batch_shape)} does not broadcast "
-                f"to the site's shape as declared, {tuple(declared)} ({error})"
-            ) from error
+                f"to the site's shape as declared, {tuple(declared)}: give one q for the "
+                f"whole site (batch shape ()), one per element ({tuple(declared)}), or, as "
+                f"AutoCAVI fits it, the vector's (event shape {tuple(declared[-1:])})"
+            ) from None
     return out

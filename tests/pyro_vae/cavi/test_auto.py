@@ -345,8 +345,11 @@ def test_a_start_for_a_site_taken_as_a_vector_is_given_as_declared_or_as_the_vec
     assert first[0] == pytest.approx(hand, rel=1e-12) and first[1] == pytest.approx(hand, rel=1e-12)
     unstarted = AutoCAVI(plated, max_iter=1).fit(X, y).lower_bound_
     assert abs(unstarted - hand) > 1e-3  # the start moved the first sweep
-    with pytest.raises(ValueError, match=r"init\['w'\]: its batch shape \(2,\)"):
+    with pytest.raises(ValueError, match=r"init\['w'\]: its batch shape \(2,\).*one per elem"):
         AutoCAVI(plated, init={"w": dist.Normal(t([1.0, 2.0]), t(1.0))}).fit(X, y)
+    # another family is named as given (tester AU: "Independent is not ... Normal family")
+    with pytest.raises(ValueError, match=r"init\['w'\]: Gamma is not a distribution of the"):
+        AutoCAVI(plated, init={"w": dist.Gamma(t([1.0, 2.0, 3.0]), t(1.0))}).fit(X, y)
 
 
 def test_an_explicit_block_whose_mean_is_taken_as_a_vector_is_fitted_as_the_auto_block():
@@ -377,6 +380,9 @@ def test_an_explicit_block_whose_mean_is_taken_as_a_vector_is_fitted_as_the_auto
     assert explicit.blocks_ == auto.blocks_ == [("w", "tau")]
     assert abs(explicit.lower_bound_ - evidence) < 1e-10 * abs(evidence)
     assert abs(auto.lower_bound_ - evidence) < 1e-10 * abs(evidence)
+    # the block given the wrong way round names w as declared, then taken (tester AU)
+    with pytest.raises(NotConjugateError, match=r"are \(Gamma, Normal \(\.to_event\(1\)\)\)"):
+        AutoCAVI(shared, blocks=[("tau", "w")]).fit(X, y)
 
     G, group = 3, torch.arange(20) % 3
 
