@@ -104,7 +104,7 @@ def convertible_plate(node: dict, plates: frozenset) -> str | None:
     else None (the caller keeps its refusal)."""
     if declined_because(node, plates) is not None:
         return None
-    return next(f.name for f in node["cond_indep_stack"] if f.name in plates and f.dim == -1)
+    return next(f.name for f in node["cond_indep_stack"] if f.vectorized and f.dim == -1)
 
 
 def declined_because(node: dict, plates: frozenset) -> str | None:
@@ -119,6 +119,11 @@ def declined_because(node: dict, plates: frozenset) -> str | None:
     vectorized = [f for f in node["cond_indep_stack"] if f.vectorized]
     crossed = [f for f in vectorized if f.name in plates]
     last = [f for f in crossed if f.dim == -1]
+    if not last and crossed and len(vectorized) > 1:
+        # read through a data index across its other plate, inside this one (y[n, f]
+        # reading b[group_n, f] with the features plate reused): as one vector over the
+        # plate at dim -1, b is in one plate, which a data index reads
+        last = [f for f in vectorized if f.dim == -1]
     if not last:
         names = ", ".join(repr(f.name) for f in crossed)
         return f"of the plates it is read across ({names}), none is at dim -1"

@@ -898,6 +898,36 @@ def test_random_slopes_in_two_plates_are_fitted_as_one_vector_per_group_exactly(
     assert AutoCAVI(plated).fit(X, group, y).plates_as_events_ == {"b": "features"}
 
 
+def test_slopes_read_at_the_datum_s_own_feature_with_the_plate_reused_fit(grouped):
+    """Tester AU: y[n, f] ~ N(b[group_n, f], ½²) fitted when y's features plate had a name
+    of its own and was refused when the same plate object was reused for y (the natural
+    way): the factor is inside features and reads b across groups alone, and no plate it
+    reads b across is at dim -1. b is now taken as one vector over its dim -1 plate there
+    too, a latent in one plate read through a data index. Each (group, feature) is then
+    independent and q exact: the bound is Σ_{g,f} log N(y_gf; 0, ¼I + 11ᵀ)."""
+    group, _ = grouped
+    Y = torch.randn(N, 2, generator=torch.Generator().manual_seed(12), dtype=F64)
+
+    def reused(Y):
+        features = pyro.plate("features", 2, dim=-1)
+        with features, pyro.plate("groups", G, dim=-2):
+            b = pyro.sample("b", dist.Normal(t(0.0), t(1.0)))
+        with features, pyro.plate("data", N, dim=-2):
+            pyro.sample("y", dist.Normal(b[..., group, :], t(0.5)), obs=Y)
+
+    expected = 0.0
+    for k, f in itertools.product(range(G), range(2)):
+        cell = Y[group == k, f]
+        if len(cell):
+            cov = 0.25 * torch.eye(len(cell), dtype=F64) + 1.0
+            expected += float(
+                dist.MultivariateNormal(torch.zeros(len(cell), dtype=F64), cov).log_prob(cell)
+            )
+    fit = AutoCAVI(reused).fit(Y)
+    assert fit.plates_as_events_ == {"b": "features"}
+    assert abs(fit.lower_bound_ - expected) < 1e-9 * abs(expected)
+
+
 def test_random_slopes_with_the_features_plate_left_are_refused_saying_which_dim(grouped):
     """The plates nested the other way (groups at dim -1, features at -2): the plate at dim
     -1 is the one a data index picks, and taking it into b's event leaves b read whole

@@ -39,7 +39,9 @@ def test_only_a_scalar_normal_or_gamma_read_across_its_dim_minus_one_plate_conve
     nodes = poutine.trace(model).get_trace(t(0.3)).nodes
     assert convertible_plate(nodes["w"], frozenset({"features"})) == "features"  # outer stays
     assert convertible_plate(nodes["w"], frozenset({"outer", "features"})) == "features"
-    assert convertible_plate(nodes["w"], frozenset({"outer"})) is None  # dim −2
+    # read across outer (at dim −2) only, from inside features: taken over features, w is
+    # in one plate, which a data index reads
+    assert convertible_plate(nodes["w"], frozenset({"outer"})) == "features"
     assert convertible_plate(nodes["y"], frozenset({"features"})) is None  # observed
 
     def one_plate(y):
