@@ -1235,7 +1235,7 @@ PY = [
     ("autocavi-markov-chains", lambda: _auto_cavi(markov_chains="False"), ValueError, ["markov_chains: 'False'", "True or False"]),
     ("autocavi-n-init", lambda: _auto_cavi(n_init=0), ValueError, ["n_init", "0"]),
     ("autocavi-init-family", lambda: _auto_cavi(init={"weights": torch.distributions.Gamma(1.0, 1.0)}), ValueError, ["init['weights']", "Gamma is not a distribution of the Normal family"]),
-    ("autocavi-block-order", lambda: _auto_cavi(blocks=[("precision", "weights")]), ValueError, ["('precision', 'weights')", "(Gamma, Independent)", "Normal-Gamma"]),
+    ("autocavi-block-order", lambda: _auto_cavi(blocks=[("precision", "weights")]), ValueError, ["('precision', 'weights')", "(Gamma, Normal (.to_event(1)))", "Normal-Gamma"]),
 ]
 # fmt: on
 

@@ -58,6 +58,7 @@ from pyro_vae.cavi.plate_events import (
     convertible_plate,
     declined_because,
     event_over_plate,
+    may_take_as_vectors,
     plate_companions,
     vector_init,
     with_plates_as_events,
@@ -757,7 +758,7 @@ class AutoCAVI(CoordinateUpdates):
         try:
             latents = find_latents(first, () if auto_blocks else self.blocks)
         except ValueError as refusal:
-            if auto_blocks or not self._may_take_as_vectors(first):
+            if auto_blocks or not may_take_as_vectors(first):
                 raise
             # a block's mean may be a plated site AutoCAVI takes as one vector (w in a
             # features plate beside its precision τ outside it): probe without the blocks
@@ -810,16 +811,6 @@ class AutoCAVI(CoordinateUpdates):
             f"a plate of its own name, not one of {factor!r}'s, and {factor!r} stays as "
             "declared"
         )
-
-    @staticmethod
-    def _may_take_as_vectors(first) -> bool:
-        """Whether some latent site of the trace ``first`` is in a vectorized plate at dim
-        -1, and so might be taken as one vector over it (:meth:`_plate_as_event`)."""
-        return any(
-            node["type"] == "sample" and not node["is_observed"]
-            and any(f.vectorized and f.dim == -1 for f in node["cond_indep_stack"])
-            for node in first.nodes.values()
-        )  # fmt: skip
 
     def _plate_as_event(self, error: ReadAcrossPlate) -> bool:
         """Take the plate ``error`` reads the latent across into the latent's event, if the

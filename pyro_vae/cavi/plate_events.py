@@ -303,3 +303,14 @@ def vector_init(init: dict | None, latents: dict, converted) -> dict | None:
                 f"AutoCAVI fits it, the vector's (event shape {tuple(declared[-1:])})"
             ) from None
     return out
+
+
+def may_take_as_vectors(trace) -> bool:
+    """Whether some latent sample site of ``trace`` is in a vectorized plate at dim -1, and
+    so might be taken as one vector over it (an explicit block refused on the sites as
+    declared is then probed without the blocks first: ``AutoCAVI._probe``)."""
+    return any(
+        node["type"] == "sample" and not node["is_observed"]
+        and any(f.vectorized and f.dim == -1 for f in node["cond_indep_stack"])
+        for node in trace.nodes.values()
+    )  # fmt: skip
