@@ -109,7 +109,12 @@ def k_dim_of(latent, k: int, site: str, trace) -> int | None:
     along = [f for f in outside if f.size == k]
     if len(along) > 1:
         along = [f for f in along if sizes.get(f.dim) != k]
-    if len(along) != 1 or len(frames) < 2:
+    if len(along) != 1:
+        return None
+    # in one plate, the K categories', at a dim left of -1: its dims right of it are of
+    # size 1 and in no plate (mu [K, 1] under a plate at dim -2, read Vindex(mu)[..., z, 0])
+    trailing = latent.batch_shape[along[0].dim + 1 :] if along[0].dim < -1 else None
+    if len(frames) < 2 and not (trailing and all(n == 1 for n in trailing)):
         return None
     if any(sizes.get(f.dim) != f.size for f in outside if f is not along[0]):
         return None

@@ -319,3 +319,42 @@ def test_as_many_data_as_components_and_a_mixture_of_groups_fit_as_their_per_fea
     plated = AutoCAVI(_diagonal_mixture(3, 4), tol=1e-10, random_state=0).fit(few)
     unrolled = AutoCAVI(_per_feature_mixture(3, 4), tol=1e-10, random_state=0).fit(few)
     assert relative(plated.lower_bound_, unrolled.lower_bound_) < 1e-10
+
+
+def test_a_component_in_one_plate_left_of_a_size_one_dim_is_a_component():
+    """Tester AT's F5: per-component means mu [K, 1] under a plate of components at dim -2
+    (room for a features dim), read Vindex(mu)[..., z, 0], were refused as picked by a
+    latent: a component had to be in the K categories' plate at dim -1 or in more plates.
+    Its dims right of the K dim, of size 1 and in no plate, are no obstacle now: the fit
+    is the one declared with the plate at dim -1 (to 1e-10), and below the exact evidence
+    by enumeration of the 2¹² assignments (μ and the weights integrated out)."""
+    y = torch.randn(12, generator=torch.Generator().manual_seed(4), dtype=F64) * 2.0
+
+    def left(y):
+        weights = pyro.sample("w", dist.Dirichlet(torch.ones(2, dtype=F64)))
+        with pyro.plate("components", 2, dim=-2):
+            mu = pyro.sample("mu", dist.Normal(t(0.0), t(2.0)))
+        with pyro.plate("data", 12, dim=-1):
+            z = pyro.sample("z", dist.Categorical(weights))
+            pyro.sample("y", dist.Normal(Vindex(mu)[..., z, 0], t(1.0)), obs=y)
+
+    def right(y):
+        weights = pyro.sample("w", dist.Dirichlet(torch.ones(2, dtype=F64)))
+        with pyro.plate("components", 2, dim=-1):
+            mu = pyro.sample("mu", dist.Normal(t(0.0), t(2.0)))
+        with pyro.plate("data", 12, dim=-1):
+            z = pyro.sample("z", dist.Categorical(weights))
+            pyro.sample("y", dist.Normal(Vindex(mu)[..., z], t(1.0)), obs=y)
+
+    fit = AutoCAVI(left).fit(y)
+    declared = AutoCAVI(right).fit(y).lower_bound_
+    assert abs(fit.lower_bound_ - declared) < 1e-10 * abs(declared)
+    z = torch.tensor(list(itertools.product([0, 1], repeat=12)))
+    ones = z.sum(-1).to(F64)
+    log_p = math.lgamma(2) + torch.lgamma(13 - ones) + torch.lgamma(1 + ones) - math.lgamma(14)
+    for k in range(2):  # cell k: y = μ_k + ε, log N(y; 0, I + 4·11ᵀ) by Sherman-Morrison
+        cell = (z == k).to(F64)
+        n, s1, s2 = cell.sum(-1), (cell * y).sum(-1), (cell * y**2).sum(-1)
+        log_p += (-n / 2 * math.log(2 * math.pi) - 0.5 * torch.log1p(4 * n)
+                  - 0.5 * (s2 - 4 * s1**2 / (1 + 4 * n)))  # fmt: skip
+    assert fit.lower_bound_ < float(torch.logsumexp(log_p, 0))
