@@ -39,3 +39,14 @@ def assert_same_factors(got: dict, expected: dict) -> None:
         assert (f.latents, f.rank, f.selector) == (g.latents, g.rank, g.selector)
         scale = 1 + g.coefficients.abs().max()
         assert torch.allclose(f.coefficients, g.coefficients, rtol=0, atol=1e-9 * scale), name
+
+
+def plated_regression(X, y, rate=1.0, shared=False):
+    """τ ~ Gamma(2, rate); w in a features plate, N(0, 1) or, ``shared``, N(0, 1/τ) (a
+    Normal-Gamma block with τ); y ~ N(X w, 1/τ): the regression as Pyro users write it,
+    w read whole by every datum (AutoCAVI takes it as one vector)."""
+    tau = pyro.sample("tau", dist.Gamma(y.new_tensor(2.0), y.new_tensor(rate)))
+    with pyro.plate("features", X.shape[-1]):
+        w = pyro.sample("w", dist.Normal(y.new_tensor(0.0), tau.rsqrt() if shared else 1.0))
+    with pyro.plate("data", len(y)):
+        pyro.sample("y", dist.Normal((X * w.unsqueeze(-2)).sum(-1), tau.rsqrt()), obs=y)

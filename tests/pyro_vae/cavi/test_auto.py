@@ -15,6 +15,7 @@ from models.regression import BayesianRegression
 from pyro_vae.cavi import AutoCAVI, BayesianLinearRegression, NotConjugateError
 from pyro_vae.cavi.refusals import warn_imprecise
 from tests.pyro_vae.cavi.ard import ard_vb
+from tests.pyro_vae.cavi.factors import plated_regression
 from tests.pyro_vae.cavi.float64 import F64, t
 
 
@@ -322,12 +323,7 @@ def test_a_start_for_a_site_taken_as_a_vector_is_given_as_declared_or_as_the_vec
     X = torch.randn(20, 3, generator=g, dtype=F64)
     y = X @ t([1.0, -1.0, 0.5]) + 0.5 * torch.randn(20, generator=g, dtype=F64)
 
-    def plated(X, y):
-        tau = pyro.sample("tau", dist.Gamma(t(2.0), t(1.0)))
-        with pyro.plate("features", 3):
-            w = pyro.sample("w", dist.Normal(t(0.0), t(1.0)))
-        with pyro.plate("data", 20):
-            pyro.sample("y", dist.Normal(X @ w, tau.rsqrt()), obs=y)
+    plated = plated_regression
 
     def vector(X, y):
         tau = pyro.sample("tau", dist.Gamma(t(2.0), t(1.0)))

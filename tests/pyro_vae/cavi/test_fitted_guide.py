@@ -13,6 +13,7 @@ import torch
 from pyro.infer import Trace_ELBO
 
 from pyro_vae.cavi import AutoCAVI
+from tests.pyro_vae.cavi.factors import plated_regression
 from tests.pyro_vae.cavi.float64 import F64, t
 
 Y = t([0.8, 1.9, 0.4, 1.3, 2.2, 1.1, 0.6])
@@ -221,12 +222,7 @@ def test_a_block_whose_mean_was_taken_as_a_vector_draws_right_under_vectorized_p
     y = X @ t([1.0, -2.0, 0.5]) + 0.3 * torch.randn(30, generator=g, dtype=F64)
 
     def shared(X, y):
-        tau = pyro.sample("tau", dist.Gamma(t(2.0), t(2.0)))
-        with pyro.plate("features", 3):
-            w = pyro.sample("w", dist.Normal(t(0.0), tau.rsqrt()))
-        with pyro.plate("data", 30):
-            mean = (X * w.unsqueeze(-2)).sum(-1)
-            pyro.sample("y", dist.Normal(mean, tau.rsqrt()), obs=y)
+        plated_regression(X, y, rate=2.0, shared=True)
 
     scale = torch.linalg.cholesky(torch.eye(30, dtype=F64) + X @ X.T)  # (b/a)(I + XXᵀ), b = a
     evidence = float(dist.MultivariateStudentT(t(4.0), torch.zeros(30, dtype=F64), scale)

@@ -330,24 +330,17 @@ def test_a_component_in_one_plate_left_of_a_size_one_dim_is_a_component():
     by enumeration of the 2¹² assignments (μ and the weights integrated out)."""
     y = torch.randn(12, generator=torch.Generator().manual_seed(4), dtype=F64) * 2.0
 
-    def left(y):
+    def mixture(y, dim):  # the components' plate at dim -2, mu [2, 1], or at dim -1
         weights = pyro.sample("w", dist.Dirichlet(torch.ones(2, dtype=F64)))
-        with pyro.plate("components", 2, dim=-2):
+        with pyro.plate("components", 2, dim=dim):
             mu = pyro.sample("mu", dist.Normal(t(0.0), t(2.0)))
         with pyro.plate("data", 12, dim=-1):
             z = pyro.sample("z", dist.Categorical(weights))
-            pyro.sample("y", dist.Normal(Vindex(mu)[..., z, 0], t(1.0)), obs=y)
+            mean = Vindex(mu)[..., z, 0] if dim == -2 else Vindex(mu)[..., z]
+            pyro.sample("y", dist.Normal(mean, t(1.0)), obs=y)
 
-    def right(y):
-        weights = pyro.sample("w", dist.Dirichlet(torch.ones(2, dtype=F64)))
-        with pyro.plate("components", 2, dim=-1):
-            mu = pyro.sample("mu", dist.Normal(t(0.0), t(2.0)))
-        with pyro.plate("data", 12, dim=-1):
-            z = pyro.sample("z", dist.Categorical(weights))
-            pyro.sample("y", dist.Normal(Vindex(mu)[..., z], t(1.0)), obs=y)
-
-    fit = AutoCAVI(left).fit(y)
-    declared = AutoCAVI(right).fit(y).lower_bound_
+    fit = AutoCAVI(mixture).fit(y, -2)
+    declared = AutoCAVI(mixture).fit(y, -1).lower_bound_
     assert abs(fit.lower_bound_ - declared) < 1e-10 * abs(declared)
     z = torch.tensor(list(itertools.product([0, 1], repeat=12)))
     ones = z.sum(-1).to(F64)
