@@ -820,52 +820,41 @@ class AutoCAVI(CoordinateUpdates):
         Where a site of it cannot be taken so, ``error`` again, saying why
         (:func:`~pyro_vae.cavi.plate_events.declined_because`)."""
         nodes = self._first.nodes
-        found = {}
+        taken = {**self.plates_as_events_, **self._observed_events}
+        converted = {}
         for site in error.sites:
             if site not in nodes:
                 return False
             if site in self.plates_as_events_:  # one plate of a site goes into its event
-                raise ReadAcrossPlate(
-                    f"{error} ({site!r} is fitted as one vector over its plate "
+                raise error.with_note(
+                    f"{site!r} is fitted as one vector over its plate "
                     f"{self.plates_as_events_[site]!r}, its dim -1, and is still read across "
                     f"{sorted(error.plates)}; AutoCAVI takes one plate of a site into its "
                     "event, and a data index then reads it where one plate is left: with "
                     "two plates nested the other way, declare the plate it is read whole "
                     "across at dim -1, pyro.plate(name, size, dim=-1), and the plate a data "
                     "index picks left of it; with a third plate, declare one site per "
-                    f"element of it{self._follower_note(error.factor)})",
-                    error.factor,
-                    error.latent,
-                    error.sites,
-                    error.plates,
+                    f"element of it{self._follower_note(error.factor)}"
                 ) from error
             if not any(f.name in error.plates for f in nodes[site]["cond_indep_stack"]):
                 continue  # a block's precision outside the plate
             plate = convertible_plate(nodes[site], error.plates)
             if plate is None:
                 factor = nodes.get(error.factor)
-                taken = {**self.plates_as_events_, **self._observed_events}
                 event = "" if factor is None or error.factor in taken else (
                     event_over_plate(factor, nodes[site], error.plates))  # fmt: skip
-                raise ReadAcrossPlate(
-                    f"{error} (AutoCAVI fits a plated Normal or Gamma read whole as one "
-                    f"vector over its plate, but not {site!r}: "
-                    f"{declined_because(nodes[site], error.plates)}{event})",
-                    error.factor,
-                    error.latent,
-                    error.sites,
-                    error.plates,
+                raise error.with_note(
+                    "AutoCAVI fits a plated Normal or Gamma read whole as one vector over its "
+                    f"plate, but not {site!r}: "
+                    f"{declined_because(nodes[site], error.plates)}{event}"
                 ) from error
-            found[site] = (plate, nodes[site]["cond_indep_stack"])
-        if not found:
+            converted[site] = plate
+        if not converted:
             return False
-        converted = {site: plate for site, (plate, _) in found.items()}
         try:
-            earlier = {**self.plates_as_events_, **self._observed_events}
-            followers = plate_companions(nodes, self._read, converted, earlier)
+            followers = plate_companions(nodes, self._read, converted, taken)
         except NotConjugateError as refusal:
-            raise ReadAcrossPlate(f"{error} ({refusal})", error.factor, error.latent,
-                                  error.sites, error.plates) from error  # fmt: skip
+            raise error.with_note(str(refusal)) from error
         observed = {s: p for s, p in followers.items() if nodes[s]["is_observed"]}
         converted.update({s: p for s, p in followers.items() if s not in observed})
         self._event_frames.update({site: nodes[site]["cond_indep_stack"] for site in converted})

@@ -50,6 +50,11 @@ class ReadAcrossPlate(NotConjugateError):
         self.factor, self.latent, self.sites = factor, latent, tuple(sites)
         self.plates = frozenset(plates)
 
+    def with_note(self, note: str) -> ReadAcrossPlate:
+        """The same refusal, ``note`` appended in parentheses (why it was not converted)."""
+        return ReadAcrossPlate(f"{self} ({note})", self.factor, self.latent, self.sites,
+                               self.plates)  # fmt: skip
+
 
 def indexable(latent) -> bool:
     """Whether a factor can read ``latent`` through a data index: a latent in one plate, at

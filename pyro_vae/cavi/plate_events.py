@@ -127,17 +127,15 @@ def declined_because(node: dict, plates: frozenset) -> str | None:
     if not last:
         names = ", ".join(repr(f.name) for f in crossed)
         return f"of the plates it is read across ({names}), none is at dim -1"
-    fn, mask, scale = node["fn"], node.get("mask"), node.get("scale", 1.0)
-    if mask is not None:
+    fn = node["fn"]
+    if node.get("mask") is not None:
         return (
             "a handler masks it (poutine.mask): declared as one vector, keep the mask in "
             "its prior, dist.Normal(0, s).expand([D]).mask(m).to_event(1)"
         )
-    if not (isinstance(scale, (int, float)) and scale == 1.0):
+    if _scaled(node):
         return "a handler scales it (poutine.scale, or a subsampled plate)"
-    base = fn
-    while isinstance(base, ExpandedDistribution):
-        base = base.base_dist
+    base = _expanded_base(fn)
     if isinstance(base, MaskedDistribution):
         return (
             "its prior carries a .mask: declared as one vector, keep it there, "
@@ -247,8 +245,7 @@ def _following(node) -> tuple[str | None, str | None]:
     frames = {f.dim: f for f in node["cond_indep_stack"] if f.vectorized}
     if node.get("mask") is not None:
         return None, "is masked by a handler (poutine.mask), which an event would sum away"
-    scale = node.get("scale", 1.0)
-    if not (isinstance(scale, (int, float)) and scale == 1.0):
+    if _scaled(node):
         return None, "is scaled by a handler (poutine.scale, or a subsampled plate)"
     if not node["is_observed"] and _scalar_normal_or_gamma(node["fn"]) is None:
         return None, f"is a latent {type(node['fn']).__name__}, not a scalar Normal or Gamma"
@@ -260,11 +257,22 @@ def _following(node) -> tuple[str | None, str | None]:
     return None, None
 
 
+def _scaled(node) -> bool:
+    """Whether a handler scales the sample site ``node`` (its scale other than 1)."""
+    scale = node.get("scale", 1.0)
+    return not (isinstance(scale, (int, float)) and scale == 1.0)
+
+
+def _expanded_base(fn):
+    """``fn`` under its ``.expand``s (a plate's broadcast of a scalar prior)."""
+    while isinstance(fn, ExpandedDistribution):
+        fn = fn.base_dist
+    return fn
+
+
 def _scalar_normal_or_gamma(fn):
     """The Normal or Gamma under ``fn``'s ``.expand``s, if it is a scalar one; else None."""
-    base = fn
-    while isinstance(base, ExpandedDistribution):
-        base = base.base_dist
+    base = _expanded_base(fn)
     if isinstance(base, _VECTOR_FAMILIES) and fn.event_shape == torch.Size():
         return base
     return None
