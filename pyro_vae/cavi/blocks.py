@@ -9,7 +9,9 @@ every product q(μ) q(τ), so its best bound is at least mean field's, and it is
 evidence when the pair is the model's only latent (tested). A pair qualifies when:
 
 - μ's family is Normal (scalar, ``.to_event(1)`` or MultivariateNormal), its precision's is
-  Gamma (scalar) or Wishart (D×D for a D-vector μ), and both have the same batch shape;
+  Gamma (scalar, or a vector of one element: a group's τ of shape (G, 1) taken as an event
+  beside slopes in a features plate) or Wishart (D×D for a D-vector μ), and both have the
+  same batch shape;
 - μ's own log-density mentions the precision, and that precision is the only latent
   precision of a recognized family it mentions;
 - every factor whose log-density mentions μ also mentions the precision (a child
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 from pyro_vae.cavi.latent_units import Latent
 
-_PRECISIONS = ("Gamma", "Wishart")
+_PRECISIONS = ("Gamma", "Gamma vector", "Wishart")
 
 
 def find_blocks(latents: dict[str, Latent], depends: dict[str, list[str]]) -> list[tuple]:
@@ -54,9 +56,12 @@ def find_blocks(latents: dict[str, Latent], depends: dict[str, list[str]]) -> li
 
 
 def _sizes_match(mean: Latent, precision: Latent) -> bool:
-    """A Gamma precision goes with any Normal mean; a Wishart one with a D-vector mean."""
+    """A Gamma precision (or a Gamma vector of one element) goes with any Normal mean; a
+    Wishart one with a D-vector mean."""
     if precision.family.name == "Gamma":
         return True
+    if precision.family.name == "Gamma vector":
+        return tuple(precision.family.event_shape) == (1,)
     d = mean.family.event_shape[-1] if len(mean.family.event_shape) == 1 else 0
     return tuple(precision.family.event_shape) == (d, d)
 

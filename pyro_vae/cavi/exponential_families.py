@@ -566,11 +566,17 @@ class NormalGamma:
     for D = 1; §3.3 and Murphy 2007 for the D-vector form of Bayesian linear regression).
 
     Attributes: loc m [*batch, D], precision P [*batch, D, D] (relative to τ), concentration
-    a and rate b [*batch]; ``scalar``: whether the mean site is scalar."""
+    a and rate b [*batch]; ``scalar``: whether the mean site is scalar; ``precision_event``:
+    whether the precision site holds τ as a vector of one element, [*batch, 1] (a Gamma
+    ``.to_event(1)`` of one coordinate: a group's τ of shape (G, 1) that AutoCAVI took as an
+    event beside slopes declared in a features plate, see :mod:`~pyro_vae.cavi.plate_events`).
+    """
 
-    def __init__(self, loc, precision, concentration, rate, scalar: bool) -> None:
+    def __init__(self, loc, precision, concentration, rate, scalar: bool,
+                 precision_event: bool = False) -> None:  # fmt: skip
         self.loc, self.precision = loc, precision
         self.concentration, self.rate, self.scalar = concentration, rate, scalar
+        self.precision_event = precision_event
 
     def entropy(self) -> torch.Tensor:
         """H = H[Gamma(a, b)] + D/2 (1 + log 2π) − ½ log|P| − D/2 E log τ (nats)."""
@@ -583,13 +589,19 @@ class NormalGamma:
             - d / 2 * (torch.digamma(a) - b.log())
         )
 
-    def precision_distribution(self) -> dist.Gamma:
-        """q(τ) = Gamma(a, b)."""
+    def precision_distribution(self) -> torch.distributions.Distribution:
+        """q(τ) = Gamma(a, b), shaped as the precision site is (``.to_event(1)`` over a
+        vector of one element where ``precision_event``)."""
+        if self.precision_event:
+            return dist.Gamma(self.concentration[..., None], self.rate[..., None]).to_event(1)
         return dist.Gamma(self.concentration, self.rate)
 
     def mean_given(self, tau: torch.Tensor):
         """q(μ | τ) = N(m, (τP)⁻¹) for a draw ``tau`` [*draws, *batch] (a Normal for a
-        scalar mean site)."""
+        scalar mean site), shaped as the precision site is ([*draws, *batch, 1] where
+        ``precision_event``)."""
+        if self.precision_event:
+            tau = tau.squeeze(-1)
         if self.scalar:
             return dist.Normal(self.loc[..., 0], (tau * self.precision[..., 0, 0]).rsqrt())
         precision = tau[..., None, None] * self.precision
@@ -597,9 +609,12 @@ class NormalGamma:
 
     def marginals(self) -> tuple[torch.distributions.Distribution, ...]:
         """q(μ), a Student-t with 2a degrees of freedom, location m and scale matrix
-        (b/a) P⁻¹ (univariate for a scalar mean site), and q(τ) = Gamma(a, b)."""
+        (b/a) P⁻¹ (univariate for a scalar mean site), and q(τ) = Gamma(a, b) (shaped as
+        the precision site is, see :meth:`precision_distribution`)."""
         a, b = self.concentration, self.rate
         gamma = dist.Gamma(a, b, validate_args=False)
+        if self.precision_event:
+            gamma = dist.Gamma(a[..., None], b[..., None], validate_args=False).to_event(1)
         if self.scalar:
             scale = (b / (a * self.precision[..., 0, 0])).sqrt()
             return dist.StudentT(2 * a, self.loc[..., 0], scale, validate_args=False), gamma
@@ -611,13 +626,16 @@ class NormalGamma:
 class NormalGammaFamily(Family):
     """The block (μ, τ) of a Normal mean (scalar, or a ``.to_event(1)``/MultivariateNormal
     D-vector) and its scalar Gamma precision, updated jointly:
-    T = (1, τ, log τ, τμ_i, τμ_iμ_j for i ≤ j)."""
+    T = (1, τ, log τ, τμ_i, τμ_iμ_j for i ≤ j). ``precision_event``: τ's site is a Gamma
+    ``.to_event(1)`` of one element, its values [*batch, 1] (see :class:`NormalGamma`)."""
 
     name = "Normal-Gamma"
 
-    def __init__(self, mean_site: str, precision_site: str, d: int, scalar: bool) -> None:
+    def __init__(self, mean_site: str, precision_site: str, d: int, scalar: bool,
+                 precision_event: bool = False) -> None:  # fmt: skip
         super().__init__(f"{mean_site}+{precision_site}", torch.Size([d]))
         self.sites, self.d, self.scalar = (mean_site, precision_site), d, scalar
+        self.precision_event = precision_event
         self._rows, self._cols = torch.triu_indices(d, d)
 
     def statistic_names(self):
@@ -629,7 +647,8 @@ class NormalGammaFamily(Family):
         return torch.arange(3)
 
     def statistics(self, mu, tau):
-        mu, tau = mu.to(_F64), tau.to(_F64).unsqueeze(-1)
+        mu, tau = mu.to(_F64), tau.to(_F64)
+        tau = tau if self.precision_event else tau.unsqueeze(-1)
         if self.scalar:
             mu = mu.unsqueeze(-1)
         outer = mu[..., self._rows] * mu[..., self._cols]
@@ -638,7 +657,9 @@ class NormalGammaFamily(Family):
     def probe(self, batch_shape, generator):
         mu = torch.randn(batch_shape + self.event_shape, generator=generator, dtype=_F64)
         tau = torch.randn(batch_shape, generator=generator, dtype=_F64).mul(0.7).exp()
-        return (mu[..., 0] if self.scalar else mu), tau
+        return (mu[..., 0] if self.scalar else mu), (
+            tau[..., None] if self.precision_event else tau
+        )
 
     def expected_statistics(self, q):
         if isinstance(q, tuple):  # a point (μ, τ): its statistics
@@ -670,7 +691,7 @@ class NormalGammaFamily(Family):
         rate = -eta[..., 0] - 0.5 * quad
         if bool((concentration <= 0).any() | (rate <= 0).any()):
             raise self._improper("a Gamma shape or rate of τ that is not positive")
-        return NormalGamma(loc, precision, concentration, rate, self.scalar)
+        return NormalGamma(loc, precision, concentration, rate, self.scalar, self.precision_event)
 
 
 def unwrapped(fn):
@@ -702,14 +723,17 @@ def block_family(mean_site: dict, precision_site: dict) -> Family:
     ):
         return NormalWishartFamily(mean_site["name"], precision_site["name"], d)
     scalar = not mean_fn.event_shape and not mean_site["fn"].event_shape
+    # not a Gamma over a vector's coordinates, but one of a single coordinate may be: a
+    # group's τ (G, 1) taken as an event beside slopes in a features plate (tester AT)
+    precision_event = tuple(precision_site["fn"].event_shape) == (1,)
     if (
         isinstance(mean_fn, (dist.Normal, dist.MultivariateNormal))
         and (scalar or d)
         and type(precision_fn) is dist.Gamma
-        and not precision_site["fn"].event_shape  # not a Gamma over a vector's coordinates
+        and (not precision_site["fn"].event_shape or precision_event)
     ):
         name = mean_site["name"], precision_site["name"]
-        return NormalGammaFamily(*name, 1 if scalar else d, scalar)
+        return NormalGammaFamily(*name, 1 if scalar else d, scalar, precision_event)
     swapped = isinstance(unwrapped(mean_site["fn"]), (dist.Gamma, dist.Wishart)) and isinstance(
         unwrapped(precision_site["fn"]), (dist.Normal, dist.MultivariateNormal)
     )

@@ -78,12 +78,17 @@ def fitted_guide(latents: dict, q: dict, chains: dict, absent: dict,
             # event, a draw under P particles held P² values: tester AU)
             frames, shape = events[site]
             whole = fn.to_event(len(shape) - len(fn.event_shape))
-            value = pyro.sample(f"_{site}_vector", whole, infer={"is_auxiliary": True})
+            drawn = pyro.sample(f"_{site}_vector", whole, infer={"is_auxiliary": True})
+            value = drawn
             if value.dim() > len(shape):  # under outer plates (particles): batch (P, 1, …)
                 outer = value.shape[: -len(shape)]  # at dims left of the model's plates
                 value = value.reshape(outer[: len(outer) - len(shape)] + shape)
             with _inside(frames, made):
-                return pyro.sample(site, dist.Delta(value))
+                pyro.sample(site, dist.Delta(value))
+            # as q lays it out, the particle dims left of its batch: a block's mean is
+            # drawn given it (given the model's value, a group's τ (P, G, 1) put the
+            # particles beside the groups, and q(μ | τ) drew P² values)
+            return drawn
 
         for name, latent in latents.items():
             if name in in_chain:
@@ -133,7 +138,8 @@ def _masked(fn, mask):
 def _sample_block(sites: tuple[str, str], q, mask, draw) -> None:
     """τ (or Λ) from its marginal, then μ from its Normal given that draw; ``mask``: the
     block's elements absent from the model, out of log q at both sites; ``draw(site,
-    fn)``: the site drawn from ``fn`` inside its plates, its value returned."""
+    fn)``: the site drawn from ``fn`` inside its plates, its value returned as q lays it
+    out."""
     mean_site, precision_site = sites
     precision = draw(precision_site, _masked(q.precision_distribution(), mask))
     draw(mean_site, _masked(q.mean_given(precision), mask))

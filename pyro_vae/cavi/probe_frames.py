@@ -557,7 +557,7 @@ def q_from_local(family: Family, q, frame: Frame):
         b = _whitening(frame)  # μ|τ's precision τ·BᵀP̃B/c, from v|u's u·P̃
         precision = b.transpose(-1, -2) @ q.precision @ b / c[..., None, None]
         return NormalGamma(_affine(frame, q.loc, False), precision, q.concentration, q.rate / c,
-                           q.scalar)  # fmt: skip
+                           q.scalar, q.precision_event)  # fmt: skip
     # μ = m + s·R⁻ᵀv, Λ = RΛ̃Rᵀ: β = β̃/s², W = R W̃ Rᵀ
     m, s, root = frame.loc, frame.scale, frame.scale_tril
     step = torch.linalg.solve_triangular(root.transpose(-1, -2), q.loc.unsqueeze(-1), upper=True)

@@ -301,7 +301,7 @@ def _widened(family, q):
     shrink = WIDEN**-2
     if isinstance(q, NormalGamma):
         a, b = q.concentration * shrink, q.rate * shrink
-        return NormalGamma(q.loc, q.precision * shrink, a, b, q.scalar)
+        return NormalGamma(q.loc, q.precision * shrink, a, b, q.scalar, q.precision_event)
     if isinstance(q, NormalWishart):  # q(Λ) widened as a Wishart's, β over WIDEN²
         df, scale = _widened_wishart(q.df, q.scale)
         return NormalWishart(q.loc, q.beta * shrink, scale, df)
@@ -546,6 +546,8 @@ def _block_points(q, shape: torch.Size, generator) -> tuple[torch.Tensor, torch.
         precision = _gamma_quantiles(q.concentration, q.rate, shape, generator)
         if precision is None:
             return None
+        if q.precision_event:  # as the precision site holds it, [*shape, *batch, 1]
+            precision = precision.unsqueeze(-1)
         mean, root = _normal_root(q.mean_given(precision), 0 if q.scalar else 1)
     else:  # no torch distribution built: their argument checks were half this draw's time
         scale = q.scale.to(_F64)

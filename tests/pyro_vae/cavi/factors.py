@@ -50,3 +50,33 @@ def plated_regression(X, y, rate=1.0, shared=False):
         w = pyro.sample("w", dist.Normal(y.new_tensor(0.0), tau.rsqrt() if shared else 1.0))
     with pyro.plate("data", len(y)):
         pyro.sample("y", dist.Normal((X * w.unsqueeze(-2)).sum(-1), tau.rsqrt()), obs=y)
+
+
+def group_slopes(X, group, y, groups):
+    """τ_g ~ Gamma(2, 1) in a groups plate at dim -2 (shape (G, 1)), slopes b_gf ~ N(0, 1/τ_g)
+    in groups x features, y_n ~ N(x_n · b_{g_n}, 1/τ_{g_n}): per group, the Normal-Gamma
+    regression as Pyro users write random slopes. y's parameters are [..., 1, N], so an
+    outer plate of particles at dim -3 keeps its dim."""
+    with pyro.plate("groups", groups, dim=-2):
+        tau = pyro.sample("tau", dist.Gamma(y.new_tensor(2.0), y.new_tensor(1.0)))
+        with pyro.plate("features", X.shape[-1], dim=-1):
+            b = pyro.sample("b", dist.Normal(y.new_tensor(0.0), tau.rsqrt()))
+    loc = (X * b[..., group, :]).sum(-1).unsqueeze(-2)
+    scale = tau[..., group, 0].rsqrt().unsqueeze(-2)
+    with pyro.plate("data", len(y)):
+        pyro.sample("y", dist.Normal(loc, scale), obs=y)
+
+
+def group_slopes_evidence(X, group, y, groups) -> float:
+    """log p(y) of :func:`group_slopes`, nats: per group, y_g ~ Student-t(2a, 0, (b/a)(I +
+    X_g X_gᵀ)) with a = 2, b = 1 (the noise and the prior sharing τ_g; Bishop 2006, eq.
+    3.118), summed over the groups."""
+    total = 0.0
+    for k in range(groups):
+        Xk, yk = X[group == k], y[group == k]
+        scale = 0.5 * (torch.eye(len(yk), dtype=y.dtype) + Xk @ Xk.T)
+        student = dist.MultivariateStudentT(
+            y.new_tensor(4.0), torch.zeros_like(yk), torch.linalg.cholesky(scale)
+        )
+        total += float(student.log_prob(yk))
+    return total
