@@ -561,7 +561,9 @@ class AutoCAVI(CoordinateUpdates):
         """Where float64 rounding in the probed factors is warned of, refuse a q whose
         Normal means the model's own gradient would move: E_q[∇ log p(x, z)] at seeded
         draws of q, by autograd (:mod:`pyro_vae.cavi.stationarity`), asks for a step of
-        more than one of q's sds, beyond 6 standard errors of the draws. The sweeps' fixed
+        more than one of q's sds, or of the sds of the model's own curvature along it (the
+        wrong factors can leave q's variance wrong too: a q(μ) 10⁶ times too narrow, 1.5·10⁶
+        off, asked for 0.96 of its sds), beyond 6 standard errors of the draws. The sweeps' fixed
         point is then one of factors wrong where q is, by more than their estimated
         rounding (tester Y: a hierarchical model of data near 10⁶ gave a bound of −2.1e12
         nats, reported converged with 3.6e9 nats of rounding warned of, another seed −5e12
@@ -581,14 +583,19 @@ class AutoCAVI(CoordinateUpdates):
         if checked is None:
             return None
         steps, unchecked = checked
-        moved = {n: (step, z) for n, (step, z) in steps.items() if step > 1 and z > 6}
+        moved = {
+            n: (step, z, model_step)
+            for n, (step, z, model_step) in steps.items()
+            if max(step, model_step) > 1 and z > 6
+        }
         if not moved:
             return unchecked
-        name, (step, z) = max(moved.items(), key=lambda item: item[1][0])
+        name, (step, z, model_step) = max(moved.items(), key=lambda item: max(item[1][::2]))
         raise NotConjugateError(
             f"AutoCAVI: after {self.probe_rounds_} probing rounds the sweeps settled (bound "
             f"{bounds[-1]:.6g} nats) where the model's own gradient moves the mean of latent "
-            f"site {name!r} by {step:.3g} of q's sds ({z:.3g} standard errors over "
+            f"site {name!r} by {step:.3g} of q's sds and {model_step:.3g} sds of the "
+            f"model's own curvature along it ({z:.3g} standard errors over "
             f"{DRAWS} draws of q): a fixed point of probed factors that float64 rounding "
             f"left wrong where q is (their rounding estimated at {self.numerical_error_:.3g} "
             "nats): the log-densities are large where q puts its mass. Centre and scale the "

@@ -30,10 +30,11 @@ probes scaled by one number put 10¹⁰ times too high or low (a bound 1.6e-3 na
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import pyro.distributions as dist
 import torch
+from pyro.ops.provenance import detach_provenance
 
 from pyro_vae.cavi.data_indexing import read_by_index
 from pyro_vae.cavi.exponential_families import (
@@ -497,7 +498,18 @@ _SANE = (1e-30, 1e30)  # a prior scale outside this is no guide to where to prob
 def prior_frame(family: Family, fns: tuple) -> Frame | None:
     """A frame at the prior's location and scale (``fns``: the unit's sites' distributions
     in a forward run, conditional on the other latents' draws there), or None where the
-    family takes no frame or the prior's scale is not a finite number in 1e-30..1e30."""
+    family takes no frame or the prior's scale is not a finite number in 1e-30..1e30.
+    Plain tensors, whatever the run tracked (a frame made from the dependency run's
+    provenance-tracked parameters carried that tracking into every factor probed in it,
+    and q's parameters came out as a private tensor subclass)."""
+    frame = _prior_frame(family, fns)
+    if frame is None:
+        return None
+    given = {f.name: getattr(frame, f.name) for f in fields(frame)}
+    return replace(frame, **{k: detach_provenance(v) for k, v in given.items() if v is not None})
+
+
+def _prior_frame(family: Family, fns: tuple) -> Frame | None:
     if not has_frames(family):
         return None
     fns = tuple(unwrapped(fn) for fn in fns)

@@ -12,7 +12,12 @@ point of the wrong factors (tester Y: a bound of −2.1e12 nats reported converg
 evidence −82.7). :func:`mean_steps` gives, per Normal unit, the step of its mean that the
 gradient asks for in q's own sds (|ḡ_i|·sd_i: at mean field's optimum of a Gaussian model q's
 variance is the inverse of the ELBO's curvature in that mean, so this is the Newton step),
-and how many standard errors of the draws' average ḡ_i is from zero.
+the same step in the sds of the model's own curvature along the gradient, |ḡ_i|/√κ with
+κ = −E_q[uᵀ∇²log p u] for u the gradient's direction (a Hessian-vector product by
+autograd: the wrong factors can leave q's variance wrong too, and the step in q's sds
+then small; a mean 1.5·10⁶ off with a q(μ) 10⁶ times too narrow asked for 0.96 of q's sds
+and 3.5·10⁶ of the model's), and how many standard errors of the draws' average ḡ_i is
+from zero.
 
 Only for Normal units of one site; a unit with a factor autograd cannot run through (a
 ``.detach()``, a NumPy step) is named as not checked, and a model that raises at a draw of
@@ -20,6 +25,8 @@ q is not checked at all (None).
 """
 
 from __future__ import annotations
+
+import math
 
 import pyro.poutine as poutine
 import torch
@@ -40,11 +47,14 @@ def mean_steps(
     seed: int,
     blankets: dict,
     draws: int = DRAWS,
-) -> tuple[dict[str, tuple[float, float]], dict[str, str]] | None:
-    """({unit: (step, z)}, {unit: why it is not checked}) for the single-site Normal units,
-    each at its coordinate with the largest step: ``step`` = |ḡ_i|·sd_i, the step along
-    E_q[∇ log p(x, z)] in q's sds, and ``z`` = |ḡ_i| / se_i (inf where the draws agree
-    exactly), ḡ_i averaged over ``draws`` seeded draws of ``guide`` (q as a Pyro guide).
+) -> tuple[dict[str, tuple[float, float, float]], dict[str, str]] | None:
+    """({unit: (step, z, model step)}, {unit: why it is not checked}) for the single-site
+    Normal units, each at its coordinate with the largest step of the two: ``step`` =
+    |ḡ_i|·sd_i, the step along E_q[∇ log p(x, z)] in q's sds, ``model step`` = |ḡ_i|/√κ,
+    in the sds of the model's curvature κ along the gradient (averaged over the draws; 0
+    where it is not positive or autograd has no second derivative), and ``z`` = |ḡ_i| /
+    se_i (inf where the draws agree exactly), ḡ_i averaged over ``draws`` seeded draws of
+    ``guide`` (q as a Pyro guide).
     ``blankets``: {unit: the factor sites whose log-density mentions it} (the fit's
     ``markov_blankets_``): a unit one of whose factors carries no autograd graph there (a
     ``.detach()``, a NumPy step) is not checked, its gradient being its other factors'
@@ -59,17 +69,18 @@ def mean_steps(
     }
     if not normal:
         return None
-    grads, unchecked = {name: [] for name in normal}, {}
+    grads, curvatures, unchecked = {name: [] for name in normal}, {name: [] for name in normal}, {}
     with torch.random.fork_rng(devices=[]), torch.enable_grad():
         torch.manual_seed(seed)
         for _ in range(draws):
             drawn = _gradients(model, args, kwargs, guide, normal, blankets)
             if drawn is None:
                 return None
-            found, graphless = drawn
+            found, curved, graphless = drawn
             unchecked.update(graphless)
             for name, g in found.items():
                 grads[name].append(g)
+                curvatures[name].append(curved[name])
     steps = {}
     for name, gs in grads.items():
         if name in unchecked or not gs:
@@ -77,16 +88,20 @@ def mean_steps(
         g = torch.stack(gs)
         mean, se = g.mean(0), (g.var(0) / draws).sqrt()
         step = (mean.abs() * _variance(q[name]).sqrt()).flatten()
+        known = [c for c in curvatures[name] if c is not None]
+        kappa = sum(known) / len(known) if known else 0.0
+        model_step = (mean.abs() / math.sqrt(kappa)).flatten() if kappa > 0 else 0 * step
         z = (mean.abs() / se).flatten()  # inf where se is 0 and the mean is not
-        i = int(step.argmax())
-        steps[name] = (float(step[i]), float(z[i]))
+        i = int(torch.maximum(step, model_step).argmax())
+        steps[name] = (float(step[i]), float(z[i]), float(model_step[i]))
     return steps, unchecked
 
 
 def _gradients(model, args, kwargs, guide, normal: dict, blankets: dict):
     """(∇_z log p(x, z) at one draw of ``guide`` for the units of ``normal`` {unit: site}
-    whose blanket's factors all carry a graph, {unit: a factor that does not}); None
-    where the model raises."""
+    whose blanket's factors all carry a graph, {unit: the curvature −uᵀ∇²log p u / uᵀu
+    along the gradient's direction u, or None where autograd gives none}, {unit: a factor
+    that does not carry a graph}); None where the model raises."""
     guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
     values = {
         name: site["value"].detach()
@@ -105,15 +120,39 @@ def _gradients(model, args, kwargs, guide, normal: dict, blankets: dict):
                     graphless.setdefault(name, site)
         checked = {name: v for name, v in wanted.items() if name not in graphless}
         if not checked:
-            return {}, graphless
+            return {}, {}, graphless
         total = sum(site["log_prob"].sum() for site in trace.nodes.values() if is_factor(site))
-        found = torch.autograd.grad(total, list(checked.values()), allow_unused=True)
+        found = torch.autograd.grad(
+            total, list(checked.values()), allow_unused=True, create_graph=True
+        )
     except (RuntimeError, ValueError):  # the model raises at a draw of q, or leaves
         return None  # autograd in a way the blankets do not show (.item() in a parameter)
-    return {
-        name: torch.zeros_like(v) if g is None else g.detach()
-        for (name, v), g in zip(checked.items(), found, strict=True)
-    }, graphless
+    curved = {name: _curvature(g, v) for (name, v), g in zip(checked.items(), found, strict=True)}
+    return (
+        {
+            name: torch.zeros_like(v) if g is None else g.detach()
+            for (name, v), g in zip(checked.items(), found, strict=True)
+        },
+        curved,
+        graphless,
+    )
+
+
+def _curvature(g: torch.Tensor | None, value: torch.Tensor) -> float | None:
+    """−uᵀHu / uᵀu along u = ``g`` (the gradient at ``value``, with its graph), H the
+    Hessian of log p in ``value``: one Hessian-vector product; None where the gradient is
+    zero or has no graph, or autograd has no second derivative of the model's ops."""
+    if g is None or not g.requires_grad:
+        return None
+    u = g.detach()
+    norm = float((u * u).sum())
+    if not norm > 0:
+        return None
+    try:
+        (hu,) = torch.autograd.grad((g * u).sum(), value, retain_graph=True, allow_unused=True)
+    except RuntimeError:  # an op without a double backward
+        return None
+    return None if hu is None else -float((u * hu.detach()).sum()) / norm
 
 
 def _variance(q) -> torch.Tensor:

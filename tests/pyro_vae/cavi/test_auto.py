@@ -1737,6 +1737,13 @@ def test_a_block_whose_first_update_is_improper_is_probed_again_at_its_prior():
     )  # fmt: skip
     assert fit.probe_rounds_ > 1
     assert abs(fit.lower_bound_ - exact) < 1e-8
+    # the frame at the prior is made from the dependency run's distributions, whose
+    # parameters carry provenance tracking; it reached every factor probed in it, and q's
+    # parameters came out as that private tensor subclass
+    q = fit.fitted_blocks_["mu+tau"]
+    parameters = (q.loc, q.precision, q.concentration, q.rate)
+    assert all(type(p) is torch.Tensor for p in parameters)
+    assert all(type(f.coefficients) is torch.Tensor for f in fit._factors)
 
 
 def test_a_normal_wishart_block_near_a_million_is_the_exact_posterior():
@@ -2558,6 +2565,18 @@ def test_a_q_the_models_own_gradient_moves_is_refused_by_name_with_the_way_out()
     assert abs(step - 40.0) < 5 / math.sqrt(16)
     assert "Centre and scale the data" in str(e.value)
     assert _shifted_fit(_far_model(100.0), y, 0.0)._refuse_unstationary((y,), {}, [0.0]) == {}
+    # wrong factors can leave q's variance wrong too: q(μ) 10⁶ times too narrow asks for a
+    # step of 40·10⁻⁶ of its own sds (a mean 1.5·10⁶ off at data near 10⁶ passed so, its
+    # bound 6.8e12 nats short of mean field's optimum); in the sds of the model's own
+    # curvature along the gradient, G + 1/v (q(μ)'s precision at the optimum), it is 40
+    narrow = _shifted_fit(_far_model(100.0), y, 40.0)
+    q = narrow._q["mu"]
+    narrow._q = {**narrow._q, "mu": dist.Normal(q.loc, q.scale * 1e-6)}
+    with pytest.raises(NotConjugateError, match="model's own gradient moves the mean") as e:
+        narrow._refuse_unstationary((y,), {}, [narrow.lower_bound_])
+    found = re.search(r"'mu' by ([0-9.e+-]+) of q's sds and ([0-9.e+]+) sds of the model's",
+                      str(e.value))  # fmt: skip
+    assert float(found[1]) < 1e-4 and abs(float(found[2]) - 40.0) < 5 / math.sqrt(16)
 
 
 def test_a_unit_whose_factor_has_no_autograd_graph_is_named_and_the_rest_still_checked():

@@ -39,12 +39,30 @@ def test_the_exact_posterior_asks_for_no_step_and_a_moved_mean_for_its_newton_st
     q = fit.variational_distributions()
     precision = 1 / 4 + len(Y) / 0.25
     assert float(q["mu"].loc) == pytest.approx(float(Y.sum() / 0.25 / precision), rel=1e-12)
-    ((step, z),) = _steps(fit, q).values()
+    ((step, z, model_step),) = _steps(fit, q).values()
     assert step < 5 / math.sqrt(DRAWS) and z < 5
+    # q's variance is the inverse curvature here: the model's sds are q's
+    assert model_step == pytest.approx(step, rel=1e-9)
     for shift in (3.0, -40.0):
         moved = {"mu": dist.Normal(q["mu"].loc + shift / math.sqrt(precision), q["mu"].scale)}
-        ((step, z),) = _steps(fit, moved).values()
+        ((step, z, model_step),) = _steps(fit, moved).values()
         assert abs(step - abs(shift)) < 5 / math.sqrt(DRAWS) and z > 6
+        assert model_step == pytest.approx(step, rel=1e-9)
+
+
+def test_a_q_too_narrow_asks_for_the_step_in_the_sds_of_the_model_s_curvature():
+    # q moved 40 posterior sds and 10⁶ times too narrow: in q's own sds the gradient
+    # P·40/√P asks for 40·10⁻⁶, in the model's (its curvature P along the gradient, the
+    # one latent's second derivative) for 40; the draws barely vary, so to 1e-4
+    fit = AutoCAVI(model).fit(Y)
+    q = fit.variational_distributions()
+    precision = 1 / 4 + len(Y) / 0.25
+    shifted = q["mu"].loc + 40 / math.sqrt(precision)
+    ((step, z, model_step),) = _steps(
+        fit, {"mu": dist.Normal(shifted, q["mu"].scale * 1e-6)}
+    ).values()
+    assert step == pytest.approx(40e-6, rel=1e-4) and z > 6
+    assert model_step == pytest.approx(40.0, rel=1e-4)
 
 
 def test_the_draws_are_seeded_and_leave_the_global_random_state_alone():
