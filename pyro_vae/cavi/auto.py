@@ -699,7 +699,14 @@ class AutoCAVI(CoordinateUpdates):
         fixed point). Not before: hierarchical means crawling many of their sds a round
         (rats' growth curves) re-probed every few sweeps until the 10 rounds ran out, with
         rounding of 1e-8 nats at each."""
-        error, amplification = numerical_error(self._factors, self._latents, self._q, stats, frames)
+        local = {  # the sweep's E_q[T] in the frames, where kept for this q and frame
+            name: hit[2]
+            for name, hit in self._local_cache.items()
+            if hit[0] is self._q.get(name) and hit[1] is frames.get(name)
+        }
+        error, amplification = numerical_error(
+            self._factors, self._latents, self._q, stats, frames, local=local
+        )
         if settled and amplification > _FAR:
             return True
         rounding = error > 1e-9 * (1 + abs(bounds[-1]))

@@ -150,6 +150,10 @@ class NormalFamily(Family):
         return torch.randn(batch_shape + self.event_shape, generator=generator, dtype=_F64)
 
     def expected_statistics(self, q):
+        if not self.event_dim and isinstance(q, torch.distributions.Normal):  # elementwise
+            mean, sd = q.loc.to(_F64), q.scale.to(_F64)
+            mean, sd = torch.broadcast_tensors(mean, sd)
+            return torch.stack([torch.ones_like(mean), mean, sd * sd + mean * mean], -1)
         mean, cov = _normal_moments(q, self.event_dim)
         second = cov + mean.unsqueeze(-1) * mean.unsqueeze(-2)
         quad = second[..., self._rows, self._cols]
@@ -161,6 +165,12 @@ class NormalFamily(Family):
     def distribution(self, eta):
         d = self.d
         linear, quad = eta[..., :d], eta[..., d:]
+        if not self.event_dim:  # elementwise: P = −2η on x², a 1x1 Cholesky per element
+            precision = -2 * quad[..., 0]
+            if bool((~(precision > 0)).any()):  # LAPACK's test, a NaN included
+                raise self._improper("a precision matrix that is not positive definite")
+            mean = linear[..., 0] / precision
+            return dist.Normal(mean, precision.rsqrt(), validate_args=False)
         half = torch.zeros(eta.shape[:-1] + (d, d), dtype=_F64)
         half[..., self._rows, self._cols] = -quad
         precision = half + half.transpose(-1, -2)  # P_ii = −2η_ii, P_ij = −η_ij (i < j)
@@ -168,8 +178,6 @@ class NormalFamily(Family):
         if bool((info != 0).any()):
             raise self._improper("a precision matrix that is not positive definite")
         mean = torch.cholesky_solve(linear.unsqueeze(-1), chol).squeeze(-1)
-        if not self.event_dim:
-            return dist.Normal(mean[..., 0], precision[..., 0, 0].rsqrt(), validate_args=False)
         return dist.MultivariateNormal(mean, precision_matrix=precision, validate_args=False)
 
 

@@ -327,7 +327,7 @@ _EPS = torch.finfo(_F64).eps
 
 
 def numerical_error(factors, latents: dict, q: dict, stats: dict, frames: dict,
-                    unframed: bool = False):  # fmt: skip
+                    unframed: bool = False, local: dict | None = None):  # fmt: skip
     """(estimated float64 error of Σ_f E_q[log f] in nats, the largest amplification).
 
     A factor solved from log-densities of magnitude M (its ``magnitude``: Σ over elements of
@@ -354,10 +354,26 @@ def numerical_error(factors, latents: dict, q: dict, stats: dict, frames: dict,
     The amplification returned is the largest product of :func:`movable_reach`, what a
     frame around q could remove.
 
+    ``local``: {unit: E_q[T] in its frame} where the caller has them (a sweep's
+    :func:`local_expected_statistics`, kept per q and frame), else each is found here once.
+
     Returns (nats, amplification)."""
     total, worst = 0.0, 1.0
     reaches = {}  # unit -> (reach, movable reach), each found once however many factors
     mixtures = {}  # mixture factors alike (an HMM's T steps), charged in one operation
+    expected = {}  # unit -> E_q[T] where the points were drawn (in its frame, if it has one)
+
+    def expected_of(name):
+        if name not in expected:
+            frame, unit_q = frames.get(name), q.get(name)
+            if frame is None or unit_q is None:
+                expected[name] = stats[name]
+            elif local is not None and name in local:
+                expected[name] = local[name]
+            else:
+                expected[name] = local_expected_statistics(latents[name].family, unit_q, frame)
+        return expected[name]
+
     for factor in factors:
         amplification, bounded, movable = 1.0, 1.0, 1.0
         for name in factor.latents:
@@ -365,8 +381,8 @@ def numerical_error(factors, latents: dict, q: dict, stats: dict, frames: dict,
             framed = has_frames(family)
             if not framed and not unframed:
                 continue
-            if name not in reaches:
-                reaches[name] = _reaches(family, frames.get(name), q.get(name), stats[name])
+            if name not in reaches:  # in the frame's coordinates already: no frame to pass
+                reaches[name] = _reaches(family, None, q.get(name), expected_of(name))
             reached, movable_here = reaches[name]
             if framed:
                 amplification *= reached
@@ -384,7 +400,7 @@ def numerical_error(factors, latents: dict, q: dict, stats: dict, frames: dict,
             mixtures.setdefault(alike, []).append(factor)
     elements = {}  # unit -> its reach per element, found once however many mixtures
     for alike, group in mixtures.items():
-        charged = _mixture_error(group, latents, q, stats, frames, elements)
+        charged = _mixture_error(group, latents, q, stats, expected_of, elements)
         total += _KAPPA * _EPS * charged * alike[-1]
     return total, worst
 
@@ -399,13 +415,15 @@ def _reaches(family: Family, frame: Frame | None, q, expected: torch.Tensor):
     return reached, max(1.0, movable_reach(family, frame, q, expected))
 
 
-def _mixture_error(group: list, latents: dict, q: dict, stats: dict, frames: dict,
+def _mixture_error(group: list, latents: dict, q: dict, stats: dict, expected_of,
                    elements: dict) -> float:  # fmt: skip
     """Σ over the factors of ``group``, their elements and components k of (k's magnitude
     there)·E_q[z = k]·(k's amplification): :func:`numerical_error` of mixture factors alike
     (the same latents, components and shapes: an HMM's steps), less κ·ε, in one operation
-    (a chain of 500 steps had taken 30 ms a sweep factor by factor). ``elements``: each
-    unit's :func:`element_reach`, found once per call of :func:`numerical_error`."""
+    (a chain of 500 steps had taken 30 ms a sweep factor by factor). ``expected_of(unit)``:
+    its E_q[T] where the points were drawn (its frame's coordinates, or the natural ones);
+    ``elements``: each unit's :func:`element_reach`, found once per call of
+    :func:`numerical_error`."""
     factor = group[0]  # its framed latents, their roles and its shapes are the group's
     weights = torch.stack([stats[f.selector] for f in group])  # [F, *batch_z, K]
     if factor.selector in factor.index:  # a mixture of groups: each datum's group's
@@ -419,7 +437,7 @@ def _mixture_error(group: list, latents: dict, q: dict, stats: dict, frames: dic
         if not has_frames(family):
             continue
         if name not in elements:
-            elements[name] = element_reach(family, frames.get(name), q.get(name), stats[name])
+            elements[name] = element_reach(family, None, q.get(name), expected_of(name))
         reached = elements[name]
         if name in factor.components:  # its batch dim along the K categories
             dim = k_dim(factor.components, name)
