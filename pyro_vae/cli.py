@@ -58,6 +58,12 @@ from pyro_vae.estimators.compiled import CaptureError, compilable
 from pyro_vae.experiment import Experiment, build, evaluate_test_set, write_figures
 from pyro_vae.fit_checkpoint import ProcessCountWarning
 from pyro_vae.idx import IDXFormatError
+from pyro_vae.interruptions import (
+    Terminated,
+    forget_stops,
+    interruptions_unmasked,
+    stop_arrived,
+)
 from pyro_vae.prior_model import RECORD as IMAGE_RECORD
 from pyro_vae.prior_model import image_record
 from pyro_vae.run_config import RunConfig
@@ -360,21 +366,15 @@ def _launch(argv: list[str], args: argparse.Namespace) -> int:
 
 #: The exit statuses of a rank stopped by its own SIGTERM or Ctrl-C under ``fit --nproc``:
 #: the ranks leave the account of where the run stopped to the launcher, which gets here
-#: (and not to its own ``_Terminated`` or ``KeyboardInterrupt``) when the signal went to a
+#: (and not to its own ``Terminated`` or ``KeyboardInterrupt``) when the signal went to a
 #: rank alone (tester AI: nothing said where the run stopped but the other rank's error).
 _RANK_SIGNALS = {143: "a rank was terminated (SIGTERM)", 130: "a rank was interrupted (SIGINT)"}
 
 
-class _Terminated(BaseException):
-    """SIGTERM arrived; raised in the main thread so the command can say where it stopped."""
-
-    #: what the other ranks are told this rank stopped on (:func:`pyro_vae.distributed.
-    #: stop_reason`)
-    announced = "terminated (SIGTERM)"
-
-
 def _on_sigterm(signum, frame) -> None:
-    raise _Terminated
+    stop = Terminated()
+    stop_arrived(stop)  # raised again where something swallows it (pyro_vae.interruptions)
+    raise stop
 
 
 #: Whether this process stopped because another rank had (:class:`RankLost`): it then
@@ -451,18 +451,20 @@ def main(argv: list[str] | None = None) -> int:
         "compare": compare_command,
     }[args.command]
     _TRAINING_BEGUN["begun"] = False
+    forget_stops()
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     interrupts = signal.getsignal(signal.SIGINT) if in_main_thread else None
     try:
         return _run_command(handler, args, argv)
-    except _Terminated:  # a SIGTERM while a stop or a refusal was being reported
+    except Terminated:  # a SIGTERM while a stop or a refusal was being reported
         if in_main_thread:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # exiting now: any more are moot
         if _says_where_it_stopped():
             print(f"\nterminated (SIGTERM); {_where_it_stopped(args)}", file=sys.stderr)
         return 143
     finally:
+        forget_stops()
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
             signal.signal(signal.SIGINT, interrupts)
@@ -490,11 +492,14 @@ def _says_where_it_stopped() -> bool:
 def _run_command(handler, args: argparse.Namespace, argv: list[str]) -> int:
     """:func:`main`'s command with its exit status, each stop reported in one line."""
     try:
-        check_counts(args)
-        if getattr(args, "nproc", 1) > 1:
-            return _launch(argv, args)
-        with session():
-            return handler(args)
+        # an error raised while a Ctrl-C or SIGTERM unwound (torch.save's "unexpected pos")
+        # is that stop, reported as one (tester AV: a traceback and exit 1)
+        with interruptions_unmasked():
+            check_counts(args)
+            if getattr(args, "nproc", 1) > 1:
+                return _launch(argv, args)
+            with session():
+                return handler(args)
     except (DiskFullError, FolderNotWritableError) as err:
         if args.command != "fit" or not _TRAINING_BEGUN["begun"]:  # nothing was computed
             print(f"{_error()}: {_one_line(err)}", file=sys.stderr)
@@ -525,7 +530,7 @@ def _run_command(handler, args: argparse.Namespace, argv: list[str]) -> int:
         if _says_where_it_stopped():
             print(f"\ninterrupted (Ctrl-C); {_where_it_stopped(args)}", file=sys.stderr)
         return 130
-    except _Terminated:
+    except Terminated:
         if _says_where_it_stopped():
             print(f"terminated (SIGTERM); {_where_it_stopped(args)}", file=sys.stderr)
         return 143

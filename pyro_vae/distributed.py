@@ -56,6 +56,7 @@ from pyro.infer import ELBO
 
 from pyro_vae.checkpoint import differing_settings, flat_settings, listed
 from pyro_vae.estimators.capabilities import capabilities_of
+from pyro_vae.interruptions import interruption_behind
 from pyro_vae.model_protocol import batch_terms
 
 __all__ = [
@@ -557,7 +558,9 @@ def stop_reason(err: BaseException) -> str:
     ``announced`` attribute: ``pyro-vae``'s SIGTERM says ``"terminated (SIGTERM)"``), else
     the error's type and first line; at most 200 characters, a cut marked "…" (tester AI:
     "rank 0 stopped (_Terminated)", a private class's name, beside a message cut
-    mid-word)."""
+    mid-word). An error raised while a stop unwound is that stop
+    (:func:`~pyro_vae.interruptions.interruption_behind`)."""
+    err = interruption_behind(err) or err
     announced = getattr(err, "announced", None)
     if isinstance(announced, str) and announced:
         return announced[:200]

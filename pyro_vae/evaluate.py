@@ -59,6 +59,7 @@ from pyro_vae.checks import check_count
 from pyro_vae.devices import resolve_device, to_device
 from pyro_vae.enumerated_sites import enumerated_runs, enumerated_sites, marginal_terms
 from pyro_vae.guides.fixed import as_guide
+from pyro_vae.interruptions import reraise_interruption
 from pyro_vae.mapped_rows import MappedRows
 from pyro_vae.minibatch import Minibatched, align_autoguide, fitted_rows
 from pyro_vae.moved import hand_over
@@ -536,7 +537,8 @@ def refuse_uncovered_sites(
     try:
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             model_tr, guide_tr = run_pair(model, guide, args, kwargs or {})
-    except Exception:
+    except Exception as err:
+        reraise_interruption(err)
         if tolerant:
             return
         raise

@@ -29,6 +29,7 @@ from pyro_vae.evaluate import (
     eval_mode,
     iwae_log_likelihood,
 )
+from pyro_vae.interruptions import reraise_interruption
 from pyro_vae.labels import refuse_unused_subset
 from pyro_vae.latent_summaries import (
     active_units,
@@ -714,6 +715,7 @@ def write_figures(
             try:
                 paths.append(draw(run.file(name)))
             except Exception as err:  # one figure's failure is not the run's:
+                reraise_interruption(err)  # but a SIGTERM's is (pyro_vae.interruptions)
                 # a decoder whose output leaves its distribution's support (a Bernoulli's
                 # raw logits as probs) raised RuntimeError here, after training and the
                 # test block, and lost every later figure (tester)

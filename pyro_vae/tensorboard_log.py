@@ -41,6 +41,7 @@ import torch
 
 from pyro_vae.evaluate import elbo_terms_per_datapoint
 from pyro_vae.image_grid import pictures
+from pyro_vae.interruptions import reraise_interruption
 from pyro_vae.predictive import NoMeanImageError, reconstruct
 
 __all__ = [
@@ -206,6 +207,7 @@ class TensorBoardLog:
             try:
                 writer.close()
             except Exception as err:  # a full disk must not fail the fit it records
+                reraise_interruption(err)  # a SIGTERM's error stops it (pyro_vae.interruptions)
                 if not quiet:
                     _warn("close", err)
 
@@ -252,6 +254,7 @@ class TensorBoardLog:
         try:
             return action()
         except Exception as err:  # nothing TensorBoard does may stop the fit it records
+            reraise_interruption(err)  # but a SIGTERM does (pyro_vae.interruptions)
             if on_fail == "writer":
                 self.close(quiet=True)
             setattr(self, on_fail, None)

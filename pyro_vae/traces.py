@@ -36,6 +36,7 @@ from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing
 from torch.nn.parameter import is_lazy
 
+from pyro_vae.interruptions import reraise_interruption
 from pyro_vae.site_masks import counted_elements, site_masks, spread
 
 PARTICLES = "_particles"
@@ -504,6 +505,7 @@ def vectorized_or_looped(
     try:
         return vectorized(), True
     except Exception as err:
+        reraise_interruption(err)
         if vectorize or not vectorization_can_cause(err):
             raise
         # the error's first line: Pyro appends the whole trace's shape table (25 lines for
@@ -712,7 +714,8 @@ def _agrees_with_a_plain_run(fn, trace: Trace, rank: int, args, kwargs, pinned=F
                 plain = poutine.trace(poutine.condition(fn, data=last)).get_trace(*args, **kwargs)
             plain.compute_log_prob()
             plains.append(plain)
-    except Exception:  # conditioned, it cannot run (a guide's own bookkeeping): no reference
+    except Exception as err:  # conditioned, it cannot run (a guide's own bookkeeping): no reference
+        reraise_interruption(err)
         return
     plain, again = plains
     for name, site in plain.nodes.items():

@@ -83,6 +83,7 @@ from pyro_vae.estimators import names as estimator_names
 from pyro_vae.estimators.compiled import CompiledELBO
 from pyro_vae.evaluate import eval_mode
 from pyro_vae.fit_checkpoint import FitCheckpoint, Resumed
+from pyro_vae.interruptions import raise_if_stopped
 from pyro_vae.model_protocol import uses_labels
 from pyro_vae.plates import DataPlateError, describe_plates
 from pyro_vae.pointwise import outside_plate, outside_plate_message
@@ -469,6 +470,7 @@ class TrainStep:
     def __call__(self, epoch: int, batch: int, rows: torch.Tensor, args: tuple) -> float:
         """The loss of the step on batch ``batch`` (from 0) of epoch ``epoch`` (from 0):
         ``args``, the model's arguments, at training rows ``rows``."""
+        raise_if_stopped()  # a SIGTERM that a handler swallowed (pyro_vae.interruptions)
         recorded = self.board is not None and self.board.wants_step(batch)
         if self.board is not None:
             self.svi.measure_grad_norm = recorded  # only then: it synchronizes the device

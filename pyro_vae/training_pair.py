@@ -48,6 +48,7 @@ from pyro.infer.autoguide import AutoGuide
 from pyro_vae.annealing import handlers_seen, unscaled
 from pyro_vae.data_source import TrainingBatches, ValidationSet
 from pyro_vae.evaluate import eval_mode, refuse_uncovered_sites
+from pyro_vae.interruptions import reraise_interruption
 from pyro_vae.likelihoods import check_observations
 from pyro_vae.minibatch import Minibatched, accepts_keyword, align_autoguide
 from pyro_vae.plates import (
@@ -365,7 +366,8 @@ def has_per_datapoint_parameters(guide, weights: PairWeights, args, rows, num_da
         return False
     try:
         grads = _one_row_gradients(guide, params, args, rows)
-    except Exception:
+    except Exception as err:
+        reraise_interruption(err)
         return any(num_data in p.shape for p in params)
     row = int(rows[0])
     for p, g in zip(params, grads, strict=True):

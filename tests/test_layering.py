@@ -37,6 +37,7 @@ LAYERS: dict[str, int] = {
     "pyro_vae.devices": 0,
     "pyro_vae.wrapped_source": 0,
     "pyro_vae.progress": 0,
+    "pyro_vae.interruptions": 0,
     "pyro_vae.precision": 0,
     # 1: data and likelihoods (the pixel checks live where the data meets its likelihood)
     "pyro_vae.idx": 1,

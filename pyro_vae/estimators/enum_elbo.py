@@ -20,6 +20,7 @@ from pyro.infer import TraceEnum_ELBO
 from pyro.infer.inspect import get_dependencies
 
 from pyro_vae.estimators.capabilities import Capabilities
+from pyro_vae.interruptions import reraise_interruption
 from pyro_vae.objectives import (
     check_free_bits,
     check_free_bits_groups,
@@ -147,7 +148,8 @@ def refuse_reading_across_plates(model, args, kwargs, model_trace, guide_trace) 
         return
     try:
         found = get_dependencies(model, args, kwargs)["prior_dependencies"]
-    except Exception:  # provenance cannot follow this model: nothing to check with
+    except Exception as err:  # provenance cannot follow this model: nothing to check with
+        reraise_interruption(err)
         return
     plates = {
         name: {f.name for f in site["cond_indep_stack"] if f.vectorized}

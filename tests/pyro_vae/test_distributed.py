@@ -360,10 +360,10 @@ def test_a_resume_takes_rank_0_s_folder_on_machines_without_a_shared_file_system
 def test_what_a_stopping_rank_announces_is_readable_and_cut_visibly():
     """Tester AI: the other rank read "rank 0 stopped (_Terminated)", a private class's
     name, beside a gloo message cut mid-word at 200 characters."""
-    from pyro_vae.cli import _Terminated
     from pyro_vae.distributed import stop_reason
+    from pyro_vae.interruptions import Terminated
 
-    assert stop_reason(_Terminated()) == "terminated (SIGTERM)"
+    assert stop_reason(Terminated()) == "terminated (SIGTERM)"
     assert stop_reason(KeyboardInterrupt()) == "interrupted (Ctrl-C)"
     assert stop_reason(ValueError("no more data\nsecond line")) == "ValueError: no more data"
     assert stop_reason(MemoryError()) == "MemoryError"
