@@ -39,7 +39,7 @@ from pyro_vae.data import Preprocessing
 from pyro_vae.image_folder import check_image_size
 from pyro_vae.training_config import TrainingConfig
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def _check_spec(name: str, value: Any, optional: bool = False) -> None:
@@ -409,10 +409,27 @@ def migrate_v2_to_v3(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def migrate_v3_to_v4(config: dict[str, Any]) -> dict[str, Any]:
+    """Schema 3 to 4: ``score``'s ``normalize_variance`` became ``False`` by default (NVIL's
+    division of the ``neural`` control variate's signal by max(1, √v) rescales each site's
+    score term, so the gradient was not the ELBO's: tester AW). A ``score`` estimator with
+    the ``neural`` control variate that left the option out trained with it on, so it gets
+    ``True`` written in, and resumes as it trained."""
+    out = {**config, "schema_version": 4}
+    section = config.get("estimator")
+    if not isinstance(section, dict) or section.get("name") != "score":
+        return out
+    options = section.get("options")
+    if isinstance(options, dict) and options.get("control_variate") == "neural":
+        out["estimator"] = {**section, "options": {"normalize_variance": True, **options}}
+    return out
+
+
 # MIGRATIONS[v] takes a schema-v dict to schema v + 1.
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
     1: migrate_v1_to_v2,
     2: migrate_v2_to_v3,
+    3: migrate_v3_to_v4,
 }
 
 

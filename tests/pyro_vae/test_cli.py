@@ -809,7 +809,7 @@ def test_a_run_folder_of_version_1_resumes(tmp_path, name, done):
     metrics = json.loads((run / "metrics.json").read_text())
     assert [r["epoch"] for r in metrics["epochs"]] == list(range(1, done + 2))
     config = RunFolder(run).read_config()
-    assert config["schema_version"] == 3 and config["train"]["epochs"] == done + 1
+    assert config["schema_version"] == 4 and config["train"]["epochs"] == done + 1
     assert config["train"]["device"] == "cpu"
     state = RunFolder(run).load_checkpoint()
     assert state["epoch"] == done + 1

@@ -24,6 +24,7 @@ from pyro_vae.run_config import (
     migrate,
     migrate_v1_to_v2,
     migrate_v2_to_v3,
+    migrate_v3_to_v4,
 )
 from pyro_vae.train import TrainConfig
 
@@ -106,7 +107,7 @@ def test_json_round_trip_is_exact():
     again = RunConfig.from_json(json.loads(text))
     assert again == config
     assert again.to_json() == config.to_json()
-    assert config.to_json()["schema_version"] == SCHEMA_VERSION == 3
+    assert config.to_json()["schema_version"] == SCHEMA_VERSION == 4
     assert config.to_json()["train"] == asdict(config.training)
 
 
@@ -141,7 +142,7 @@ def test_from_json_accepts_the_format_key_and_a_train_section_with_keys_left_out
         (lambda c: c["train"].update(epocs=3), ["'train' has unknown keys ['epocs']"]),
         (lambda c: c["data"].pop("threshold"), ["'data'", "lacks ['threshold']"]),
         (lambda c: c.update(model_options=[]), ["'model_options' an object"]),
-        (lambda c: c.update(schema_version=99), ["schema_version 99 is newer", "up to 3"]),
+        (lambda c: c.update(schema_version=99), ["schema_version 99 is newer", "up to 4"]),
         (lambda c: c.update(schema_version="2"), ["schema_version '2' is not a positive"]),
         (lambda c: c.update(schema_version=0), ["schema_version 0"]),
     ],
@@ -196,6 +197,24 @@ def test_migrate_v2_to_v3_records_that_old_runs_trained_on_the_cpu():
     assert "device" not in old["train"]  # not changed
     assert RunConfig.from_json(old).training.device == "cpu"
     assert migrate_v2_to_v3({**old, "train": {"device": "cuda:1"}})["train"] == {"device": "cuda:1"}
+
+
+def test_migrate_v3_to_v4_keeps_nvil_s_normalization_for_runs_that_trained_with_it():
+    # normalize_variance became False by default (tester AW: the gradient was not the
+    # ELBO's); a schema-3 run with the neural control variate trained with it on
+    neural = {"name": "score", "options": {"control_variate": "neural"}}
+    old = {**small().to_json(), "schema_version": 3, "estimator": neural}
+    new = migrate_v3_to_v4(old)
+    assert new["schema_version"] == 4
+    assert new["estimator"]["options"] == {"control_variate": "neural", "normalize_variance": True}
+    assert old["estimator"] == neural  # not changed
+    assert RunConfig.from_json(old).estimator.build().normalize_variance is True
+    given = {"name": "score", "options": {"control_variate": "neural", "normalize_variance": False}}
+    assert migrate_v3_to_v4({**old, "estimator": given})["estimator"] == given
+    for other in ({"name": "score", "options": {"control_variate": "ema"}}, {"name": "trace"}):
+        assert migrate_v3_to_v4({**old, "estimator": other})["estimator"] == other
+    fresh = RunConfig.from_json({**small().to_json(), "estimator": neural})
+    assert fresh.estimator.build().normalize_variance is False
 
 
 def test_device_is_checked_when_the_config_is_made():

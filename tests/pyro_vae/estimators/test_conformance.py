@@ -205,7 +205,7 @@ SETTINGS = {
         # At K = 4 a baseline that included the particle's own sample would be 25% biased;
         # this configuration detects that (checked by hand when the suite was written).
         ({"control_variate": "leave-one-out"}, 4, 1000),
-        ({"control_variate": "neural", "normalize_variance": False}, 500, 40),
+        ({"control_variate": "neural"}, 500, 40),  # as it is by default: unnormalized
     ],
     # K = 2, the fewest its leave-one-out baselines allow: the K-sample bound's gradient
     # differs most from the ELBO's there, and each run is cheapest.
