@@ -203,7 +203,9 @@ def _train_and_report(
     exp.local_guide = result.local_guide
     ev = exp.config.evaluation
     progress = config.training.progress
-    test = evaluate_test_set(exp, ev.ll_samples, ev.ll_points, progress=progress, group=current())
+    group = current()
+    group.seed_evaluation(config.training.seed)  # the same draws after a resume
+    test = evaluate_test_set(exp, ev.ll_samples, ev.ll_points, progress=progress, group=group)
     if writer:  # every rank scores its part of the test set; rank 0 writes
         _report(run, exp, result, test)
     return 0

@@ -161,6 +161,14 @@ def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return int(state[0])
 
 
+def evaluation_seed(seed: int, rank: int) -> int:
+    """A 32-bit seed for rank ``rank``'s draws in the test set's evaluation after a fit of
+    seed ``seed``: NumPy's ``SeedSequence`` hash of the two with a spawn key of its own, so
+    it is none of :func:`epoch_seed`'s."""
+    sequence = np.random.SeedSequence([int(seed), int(rank)], spawn_key=(1,))
+    return int(sequence.generate_state(1)[0])
+
+
 @dataclass
 class Group:
     """This process's place in the training group.
@@ -257,6 +265,16 @@ class Group:
         of them failed at every ``--seed`` from 2)."""
         if self.world > 1:
             pyro.set_rng_seed(epoch_seed(seed, epoch, self.rank))
+
+    def seed_evaluation(self, seed: int) -> None:
+        """Seed this rank's random streams for the test set's evaluation after training
+        (:func:`evaluation_seed`). Each rank's stream had gone on from its own last epoch,
+        and a resume restores rank 0's on every rank: on several processes a resumed or
+        re-run evaluation scored the test set with other draws (tester AV: −24.775 against
+        −24.767 nats per image on 3 processes, resuming a copy of a finished run). One
+        process keeps its stream, which a resume restores."""
+        if self.world > 1:
+            pyro.set_rng_seed(evaluation_seed(seed, self.rank))
 
     @contextlib.contextmanager
     def _watching(self, what: str) -> Iterator[None]:

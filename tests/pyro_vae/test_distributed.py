@@ -2,6 +2,7 @@
 global batch; a killed rank stops the other with a message naming it; what is refused."""
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,6 +24,7 @@ from pyro_vae.distributed import (
     _timeout,
     current,
     epoch_seed,
+    evaluation_seed,
     session,
 )
 from pyro_vae.training_config import MAX_SEED
@@ -199,6 +201,40 @@ def test_each_rank_and_epoch_seeds_every_stream_for_any_seed_the_config_takes():
         assert torch.initial_seed() == epoch_seed(seed, 7, 1)
     assert len(seeds) == 6 * 3 * 2  # distinct for every triple tried
     assert epoch_seed(2, 3, 1) == epoch_seed(2, 3, 1)  # a resumed epoch draws the same
+
+
+def test_the_test_set_s_evaluation_draws_alike_whatever_the_stream_training_left():
+    """Tester AV: each rank's stream went on from its own last epoch into the test set's
+    evaluation, and a resume restores rank 0's on every rank, so on several processes a
+    resumed finished run scored the test set with other draws (−24.775 against −24.767).
+    Each rank now seeds its evaluation from (seed, rank), apart from every epoch's seed;
+    one process keeps its stream (which a resume restores)."""
+    group = Group(rank=1, world=2)
+    draws = []
+    for scrambled in (1, 99):
+        torch.manual_seed(scrambled)  # where training left the stream
+        group.seed_evaluation(7)
+        draws.append(torch.randn(3))
+    assert torch.equal(draws[0], draws[1])
+    assert torch.initial_seed() == evaluation_seed(7, 1) != evaluation_seed(7, 0)
+    epochs = {epoch_seed(7, epoch, rank) for epoch in range(500) for rank in (0, 1)}
+    assert not {evaluation_seed(7, rank) for rank in (0, 1)} & epochs
+    torch.manual_seed(5)
+    Group(rank=0, world=1).seed_evaluation(7)
+    assert torch.initial_seed() == 5
+
+
+@pytest.mark.slow
+def test_a_finished_run_resumed_on_two_ranks_scores_the_test_set_as_it_did(tmp_path):
+    run, copy = tmp_path / "run", tmp_path / "copy"
+    fit = ["--data", "digits", "--epochs", "1", "--batch-size", "64", "--latent-dim", "2"]
+    fit += ["--hidden", "8", "--no-progress", "--ll-samples", "5", "--ll-points", "40"]
+    assert main(["fit", *fit, "--out", str(run), "--nproc", "2"]) == 0
+    shutil.copytree(run, copy)
+    assert main(["fit", "--resume", str(copy), "--epochs", "1", "--nproc", "2"]) == 0
+    first, again = (RunFolder(r).read_metrics()["test"] for r in (run, copy))
+    for key in ("elbo", "log_likelihood", "kl"):
+        assert again[key] == first[key], key
 
 
 def test_the_reduced_gradient_is_the_rows_weighted_one():
