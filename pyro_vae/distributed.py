@@ -313,6 +313,12 @@ class Group:
             named.append(f"rank {', '.join(map(str, gone))} stopped (its process is gone)")
         if named:
             return "; ".join(named)
+        # none said why or ended: a process here that is stopped (SIGSTOP, a debugger) hangs
+        # the rest (tester AV: a stopped rank 2 was named nowhere, rank 0 blamed)
+        stopped = [r for r, (peer_host, pid) in others if peer_host == host and _stopped(pid)]
+        if stopped:
+            ranks = ", ".join(map(str, stopped))
+            return f"rank {ranks} hung (its process is stopped: SIGSTOP or a debugger)"
         if unknown:
             return f"a rank on another host stopped or hung (ranks {unknown} not checked)"
         return "another rank stopped or hung"
@@ -469,6 +475,16 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return True
+
+
+def _stopped(pid: int) -> bool:
+    """Whether process ``pid`` is stopped (state T, SIGSTOP; t, a debugger's trace stop),
+    as /proc tells on Linux; False where it cannot tell."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("T", "t")
+    except (OSError, IndexError):
+        return False
 
 
 class SynchronizedELBO:

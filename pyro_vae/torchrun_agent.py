@@ -46,13 +46,20 @@ def exit_status(error: ChildFailedError) -> tuple[int, str]:
     else:
         how = f"exited with status {code} first (its message is above)"
         status = code if code > 0 else 1
-    stopped = sorted(
-        other
-        for other, each in error.failures.items()
-        if other != rank and each.exitcode == -signal.SIGTERM
+    # every other failed rank, by how it ended: the agent's SIGTERM kills a rank outright
+    # (-15) or lands in its handler (143); one that lost the first exits 1, with its own
+    # message (tester AV: on 4 processes a rank that exited 143 went unnamed)
+    others = {r: each.exitcode for r, each in error.failures.items() if r != rank}
+    stopped = sorted(r for r, c in others.items() if c in (-signal.SIGTERM, 128 + signal.SIGTERM))
+    after = (
+        f"; torchrun's agent then stopped rank(s) {', '.join(map(str, stopped))}" if stopped else ""
     )
-    named = ", ".join(map(str, stopped))
-    after = f"; torchrun's agent then stopped rank(s) {named}" if stopped else ""
+    for code_of_others in sorted({c for r, c in others.items() if r not in stopped}):
+        ranks = ", ".join(str(r) for r, c in sorted(others.items()) if c == code_of_others)
+        if code_of_others < 0:
+            after += f"; rank(s) {ranks} were killed by signal {-code_of_others}"
+        else:
+            after += f"; rank(s) {ranks} exited with status {code_of_others} after it"
     return status, f"pyro-vae --nproc: rank {rank} {how}{after}"
 
 

@@ -256,6 +256,27 @@ def test_a_lost_rank_is_named_when_its_process_is_gone():
     assert "ranks [1] not checked" in group._who_is_gone()
 
 
+def test_a_rank_whose_process_is_stopped_is_named_as_hung():
+    # tester AV: kill -STOP on rank 2; the others timed out saying "another rank stopped or
+    # hung", and the agent blamed rank 0
+    host = socket.gethostname()
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        group = Group(rank=0, world=3, peers=((host, os.getpid()), (host, os.getpid()),
+                                              (host, child.pid)))  # fmt: skip
+        assert group._who_is_gone(wait=0.0) == "another rank stopped or hung"
+        child.send_signal(signal.SIGSTOP)
+        deadline = time.monotonic() + 10
+        while "rank 2" not in group._who_is_gone(wait=0.0) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert group._who_is_gone(wait=0.0) == (
+            "rank 2 hung (its process is stopped: SIGSTOP or a debugger)"
+        )
+    finally:
+        child.kill()
+        child.wait(timeout=10)
+
+
 def test_a_bad_timeout_is_refused(monkeypatch):
     monkeypatch.setenv("PYRO_VAE_DIST_TIMEOUT", "soon")
     with pytest.raises(ValueError, match="PYRO_VAE_DIST_TIMEOUT: 'soon' is not a positive"):

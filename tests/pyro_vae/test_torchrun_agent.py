@@ -34,6 +34,24 @@ def test_the_first_failed_rank_s_status_is_passed_through_and_the_stopped_ones_n
     assert "stopped" not in account  # rank 1 exited on its own, with 2
 
 
+def test_every_other_failed_rank_is_named_by_how_it_ended():
+    # tester AV, 4 processes: rank 0 sent SIGINT alone; the agent's SIGTERM killed ranks 1
+    # and 3 outright (-15) and landed in rank 2's handler (143), which went unnamed
+    ends = {0: (130, 10), 1: (-15, 20), 3: (-15, 21), 2: (143, 22)}
+    four = ChildFailedError("pyro_vae", {r: _failure(r, *end) for r, end in ends.items()})
+    assert exit_status(four)[1] == (
+        "pyro-vae --nproc: rank 0 was sent SIGINT (Ctrl-C) and stopped first; "
+        "torchrun's agent then stopped rank(s) 1, 2, 3"
+    )
+    ends = {0: (1, 10), 1: (1, 11), 2: (-15, 20), 3: (-6, 21)}
+    lost = ChildFailedError("pyro_vae", {r: _failure(r, *end) for r, end in ends.items()})
+    assert exit_status(lost) == (1, (
+        "pyro-vae --nproc: rank 0 exited with status 1 first (its message is above); "
+        "torchrun's agent then stopped rank(s) 2; rank(s) 3 were killed by signal 6; "
+        "rank(s) 1 exited with status 1 after it"
+    ))  # fmt: skip
+
+
 @pytest.mark.slow
 def test_a_rank_s_refusal_exits_2_without_torchrun_s_traceback(tmp_path):
     # rank 0 refuses (exit 2); rank 1 would go on, so the agent has to stop it
