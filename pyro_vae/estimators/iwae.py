@@ -15,9 +15,12 @@ warm-up on the latents, ``poutine.scale`` on the observations alone) are folded 
 site's term of log w_k. A model with global latents, or
 with no per-datapoint plate, is one datapoint: the bound is on log p(X) jointly, which a
 minibatch cannot estimate, so that case is refused when the plate is subsampled. (Pyro's
-``RenyiELBO(alpha=0)`` instead takes one log-sum-exp over the whole batch's weight, a much
-looser bound on log p(X) once the batch is larger than one.) Gradients are pathwise, so
-every guide site must be reparameterizable.
+``RenyiELBO(alpha=0)`` sums the weight over the plates it finds dependent, those that a
+site outside reads (its ``get_dependent_plate_dims``), and takes a log-sum-exp per element
+of the others; the sum over a batch of one plate's elements that a global latent reads is
+one log-sum-exp, a much looser bound on log p(X) once the batch is larger than one. Its
+value is then not comparable with this estimator's per-datapoint bound: tester AW.)
+Gradients are pathwise, so every guide site must be reparameterizable.
 
 With log w_k = log p(x, z_k) − log q(z_k | x), normalized weights w̃_k = w_k / Σ_j w_j and
 z_k = g(ε_k; φ), ``gradient`` chooses the estimate (model parameters θ always get

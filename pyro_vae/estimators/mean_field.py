@@ -63,6 +63,7 @@ class MeanFieldELBO(RefusesMaskMismatches, TraceMeanField_ELBO):
 
     def _differentiable_loss_particle(self, model_trace, guide_trace):
         _refuse_unreparameterized(guide_trace)
+        _refuse_unmarked_guide_only_sites(model_trace, guide_trace)
         unequal = _unequally_weighed(model_trace, guide_trace)
         if self.free_bits is None:
             loss, surrogate = super()._differentiable_loss_particle(model_trace, guide_trace)
@@ -169,6 +170,26 @@ def _point_mass_log_densities(model_trace, guide_trace, skip=()) -> torch.Tensor
             scaled = scale_and_mask(log_density, guide_site["scale"], guide_site["mask"])
             total = total + scaled.sum()
     return total
+
+
+def _refuse_unmarked_guide_only_sites(model_trace, guide_trace) -> None:
+    """Pyro's class takes a guide site the model lacks only when it is marked auxiliary,
+    and asserts it bare (``AssertionError('')``: tester AW); this names the site and the
+    ways out.
+
+    Raises:
+        ValueError: a sample site of the guide is not in the model nor marked auxiliary.
+    """
+    for name, site in guide_trace.nodes.items():
+        if site["type"] != "sample" or name in model_trace.nodes:
+            continue
+        if not site["infer"].get("is_auxiliary"):
+            raise ValueError(
+                f"guide site {name!r} is not a site of the model; the analytic-kl estimator "
+                "(Pyro's TraceMeanField_ELBO) takes a guide-only site only marked auxiliary, "
+                f"pyro.sample({name!r}, fn, infer={{'is_auxiliary': True}}), and counts its "
+                "−log q; or use trace, which counts it unmarked"
+            )
 
 
 def _refuse_unreparameterized(guide_trace) -> None:
