@@ -13,8 +13,8 @@ evidence −82.7). :func:`mean_steps` gives, per Normal unit, the step of its me
 gradient asks for in q's own sds (|ḡ_i|·sd_i: at mean field's optimum of a Gaussian model q's
 variance is the inverse of the ELBO's curvature in that mean, so this is the Newton step),
 the same step in the sds of the model's own curvature along the gradient, |ḡ_i|/√κ with
-κ = −E_q[uᵀ∇²log p u] for u the gradient's direction (a Hessian-vector product by
-autograd: the wrong factors can leave q's variance wrong too, and the step in q's sds
+κ = −E_q[uᵀ∇²log p u] for u the gradient's direction (a difference of the gradient
+along u: the wrong factors can leave q's variance wrong too, and the step in q's sds
 then small; a mean 1.5·10⁶ off with a q(μ) 10⁶ times too narrow asked for 0.96 of q's sds
 and 3.5·10⁶ of the model's), and how many standard errors of the draws' average ḡ_i is
 from zero.
@@ -99,60 +99,70 @@ def mean_steps(
 
 def _gradients(model, args, kwargs, guide, normal: dict, blankets: dict):
     """(∇_z log p(x, z) at one draw of ``guide`` for the units of ``normal`` {unit: site}
-    whose blanket's factors all carry a graph, {unit: the curvature −uᵀ∇²log p u / uᵀu
-    along the gradient's direction u, or None where autograd gives none}, {unit: a factor
-    that does not carry a graph}); None where the model raises."""
+    whose blanket's factors all carry a graph, {unit: the curvature along the gradient's
+    direction, :func:`_curvature`, or None}, {unit: a factor that does not carry a
+    graph}); None where the model raises."""
     guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
     values = {
         name: site["value"].detach()
         for name, site in guide_trace.nodes.items()
         if site["type"] == "sample" and not site["is_observed"]
     }
-    wanted = {name: values[site].clone().requires_grad_() for name, site in normal.items()}
-    values.update({normal[name]: v for name, v in wanted.items()})
     try:
-        trace = poutine.trace(poutine.condition(model, data=values)).get_trace(*args, **kwargs)
-        score_factors(trace)
-        graphless = {}
-        for name in normal:
-            for site in blankets.get(name, ()):
-                if site in trace.nodes and not trace.nodes[site]["log_prob"].requires_grad:
-                    graphless.setdefault(name, site)
-        checked = {name: v for name, v in wanted.items() if name not in graphless}
-        if not checked:
-            return {}, {}, graphless
-        total = sum(site["log_prob"].sum() for site in trace.nodes.values() if is_factor(site))
-        found = torch.autograd.grad(
-            total, list(checked.values()), allow_unused=True, create_graph=True
-        )
+        found, graphless = _log_joint_gradients(model, args, kwargs, values, normal, blankets)
+        curved = {
+            name: _curvature(model, args, kwargs, values, normal[name], g)
+            for name, g in found.items()
+        }
     except (RuntimeError, ValueError):  # the model raises at a draw of q, or leaves
         return None  # autograd in a way the blankets do not show (.item() in a parameter)
-    curved = {name: _curvature(g, v) for (name, v), g in zip(checked.items(), found, strict=True)}
-    return (
-        {
-            name: torch.zeros_like(v) if g is None else g.detach()
-            for (name, v), g in zip(checked.items(), found, strict=True)
-        },
-        curved,
-        graphless,
-    )
+    return found, curved, graphless
 
 
-def _curvature(g: torch.Tensor | None, value: torch.Tensor) -> float | None:
-    """−uᵀHu / uᵀu along u = ``g`` (the gradient at ``value``, with its graph), H the
-    Hessian of log p in ``value``: one Hessian-vector product; None where the gradient is
-    zero or has no graph, or autograd has no second derivative of the model's ops."""
-    if g is None or not g.requires_grad:
-        return None
-    u = g.detach()
-    norm = float((u * u).sum())
+def _log_joint_gradients(model, args, kwargs, values: dict, normal: dict, blankets: dict):
+    """({unit: ∇ log p(x, z) in the unit at ``values`` (site: value)} for the units of
+    ``normal`` whose blanket's factors all carry a graph, {unit: a factor that does not})."""
+    wanted = {name: values[site].clone().requires_grad_() for name, site in normal.items()}
+    given = {**values, **{normal[name]: v for name, v in wanted.items()}}
+    trace = poutine.trace(poutine.condition(model, data=given)).get_trace(*args, **kwargs)
+    score_factors(trace)
+    graphless = {}
+    for name in normal:
+        for site in blankets.get(name, ()):
+            if site in trace.nodes and not trace.nodes[site]["log_prob"].requires_grad:
+                graphless.setdefault(name, site)
+    checked = {name: v for name, v in wanted.items() if name not in graphless}
+    if not checked:
+        return {}, graphless
+    total = sum(site["log_prob"].sum() for site in trace.nodes.values() if is_factor(site))
+    found = torch.autograd.grad(total, list(checked.values()), allow_unused=True)
+    return {
+        name: torch.zeros_like(v) if g is None else g.detach()
+        for (name, v), g in zip(checked.items(), found, strict=True)
+    }, graphless
+
+
+#: The finite difference's step along the gradient's direction, in the unit's own units: a
+#: unit's log-density given the others is quadratic (its factors are conjugate to it, as
+#: AutoCAVI checked), so the difference of gradients is exact for any step but rounding.
+_STEP = 1.0
+
+
+def _curvature(model, args, kwargs, values: dict, site: str, g: torch.Tensor) -> float | None:
+    """κ = −uᵀ∇²log p u along the unit vector u of the gradient ``g`` at ``values``, from
+    the gradient again at the site moved by :data:`_STEP` along u: (g − g')·u / step. A
+    difference of first derivatives, which the check already trusts (a Hessian-vector
+    product by autograd missed the second derivatives of ops that differentiate once, a
+    custom op's or a ``.detach()`` inside a parameter, and so overstated the step). None
+    where the gradient is zero, or the curvature is not a finite positive number."""
+    norm = float(g.norm())
     if not norm > 0:
         return None
-    try:
-        (hu,) = torch.autograd.grad((g * u).sum(), value, retain_graph=True, allow_unused=True)
-    except RuntimeError:  # an op without a double backward
-        return None
-    return None if hu is None else -float((u * hu.detach()).sum()) / norm
+    u = g / norm
+    moved = {**values, site: values[site] + _STEP * u}
+    again, _ = _log_joint_gradients(model, args, kwargs, moved, {site: site}, {})
+    kappa = float(((g - again[site]) * u).sum()) / _STEP
+    return kappa if math.isfinite(kappa) and kappa > 0 else None
 
 
 def _variance(q) -> torch.Tensor:
