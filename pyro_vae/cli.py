@@ -411,17 +411,20 @@ def _where_it_stopped(args: argparse.Namespace) -> str:
             f"{run.path} holds the checkpoint of epoch {epoch}; continue with "
             f"`pyro-vae fit --resume {run.path}{nproc}`"
         )
+    # no checkpoint yet: no epoch had finished, or the first one's write was cut off
+    # (tester AX: "no epoch had finished" after epoch 1 had)
+    none = f"{run.path} holds no checkpoint yet (one is written as each epoch ends)"
     if run.holds_run_config():  # its settings are there: no flag to type again
-        nproc = getattr(args, "nproc", 1) or 1
+        # a rank under torchrun has no --nproc of its own (tester AX: the ranks' advice
+        # left it out where the launcher's gave it)
+        nproc = getattr(args, "nproc", 1) or int(os.environ.get("WORLD_SIZE", "1"))
+        nproc = max(nproc, int(os.environ.get("WORLD_SIZE", "1")))
         again = f" --nproc {nproc}" if nproc > 1 else ""
         return (
-            f"no epoch of {run.path} had finished, so there is no checkpoint; start it again "
-            f"from its own config.json with `pyro-vae fit --resume {run.path}{again}`"
+            f"{none}; start it again from its own config.json with "
+            f"`pyro-vae fit --resume {run.path}{again}`"
         )
-    return (
-        f"no epoch of {run.path} had finished, so there is no checkpoint; start it over with "
-        f"`pyro-vae fit --restart --out {run.path} ...`"
-    )
+    return f"{none}; start it over with `pyro-vae fit --restart --out {run.path} ...`"
 
 
 def _where_it_stopped_readable(args: argparse.Namespace) -> str:

@@ -1802,3 +1802,9 @@ def test_a_stop_before_the_first_epoch_names_a_resume_that_needs_no_flags(tmp_pa
     (run / "config.json").write_text(json.dumps({"format": FORMAT}))  # a run's own
     found = _where_it_stopped(stopped)
     assert f"from its own config.json with `pyro-vae fit --resume {run} --nproc 2`" in found
+    # tester AX: "no epoch had finished" where epoch 1 had and only its checkpoint's write
+    # was cut off; and a rank under torchrun (no --nproc of its own) left --nproc out
+    assert found.startswith(f"{run} holds no checkpoint yet (one is written as each epoch")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    rank = argparse.Namespace(command="fit", resume=None, out=str(run), nproc=1)
+    assert f"`pyro-vae fit --resume {run} --nproc 3`" in _where_it_stopped(rank)
