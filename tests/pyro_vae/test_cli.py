@@ -597,6 +597,11 @@ def test_diagnose_refuses_bad_counts_and_other_versions(trained, tmp_path, capsy
 
 
 def _cli(*args):
+    """The command in a process of its own, Ctrl-C at its default as in a terminal: a test
+    run started in the background (``cmd &`` in a script) has SIGINT ignored, which the
+    process inherits and Python keeps, so a SIGINT test's fit went on to its early stop
+    and exited 0."""
+    import signal
     import subprocess
     import sys
 
@@ -605,6 +610,7 @@ def _cli(*args):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
