@@ -417,8 +417,7 @@ def _where_it_stopped(args: argparse.Namespace) -> str:
     if run.holds_run_config():  # its settings are there: no flag to type again
         # a rank under torchrun has no --nproc of its own (tester AX: the ranks' advice
         # left it out where the launcher's gave it)
-        nproc = getattr(args, "nproc", 1) or int(os.environ.get("WORLD_SIZE", "1"))
-        nproc = max(nproc, int(os.environ.get("WORLD_SIZE", "1")))
+        nproc = max(getattr(args, "nproc", 1) or 1, int(os.environ.get("WORLD_SIZE", "1")))
         again = f" --nproc {nproc}" if nproc > 1 else ""
         return (
             f"{none}; start it again from its own config.json with "
