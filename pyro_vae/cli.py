@@ -1,7 +1,8 @@
 """The ``pyro-vae`` command's entry point, :func:`main`: it parses the command line, runs
 ``fit`` (in this process, or in several through torchrun's agent with ``--nproc``) or one of
 the commands that read a finished run, and reports how each stopped (a refusal, a diverged
-fit, a full disk, a lost rank, Ctrl-C or SIGTERM) in one line with its exit status.
+fit, a full disk, a lost rank, Ctrl-C, SIGTERM or a closed terminal's SIGHUP) in one line with
+its exit status.
 
 The flags are in :mod:`pyro_vae.cli_parser`, the run they describe in
 :mod:`pyro_vae.cli_config`, what a resume may change in :mod:`pyro_vae.cli_resume`, and
@@ -11,6 +12,7 @@ the commands after a fit in :mod:`pyro_vae.cli_evaluate` and :mod:`pyro_vae.cli_
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -59,6 +61,7 @@ from pyro_vae.experiment import Experiment, build, evaluate_test_set, write_figu
 from pyro_vae.fit_checkpoint import ProcessCountWarning
 from pyro_vae.idx import IDXFormatError
 from pyro_vae.interruptions import (
+    HungUp,
     Terminated,
     forget_stops,
     interruptions_unmasked,
@@ -366,17 +369,39 @@ def _launch(argv: list[str], args: argparse.Namespace) -> int:
     return status
 
 
-#: The exit statuses of a rank stopped by its own SIGTERM or Ctrl-C under ``fit --nproc``:
+#: The exit statuses of a rank stopped by its own SIGTERM, Ctrl-C or SIGHUP under ``fit --nproc``:
 #: the ranks leave the account of where the run stopped to the launcher, which gets here
 #: (and not to its own ``Terminated`` or ``KeyboardInterrupt``) when the signal went to a
 #: rank alone (tester AI: nothing said where the run stopped but the other rank's error).
-_RANK_SIGNALS = {143: "a rank was terminated (SIGTERM)", 130: "a rank was interrupted (SIGINT)"}
+_RANK_SIGNALS = {
+    143: "a rank was terminated (SIGTERM)",
+    130: "a rank was interrupted (SIGINT)",
+    129: "a rank was hung up (SIGHUP)",
+}
 
 
-def _on_sigterm(signum, frame) -> None:
-    stop = Terminated()
+def _on_stop_signal(signum, frame) -> None:
+    """SIGTERM's and SIGHUP's handler: the stop raised in the main thread."""
+    stop = HungUp() if signum == signal.SIGHUP else Terminated()
     stop_arrived(stop)  # raised again where something swallows it (pyro_vae.interruptions)
     raise stop
+
+
+#: the signals :func:`main` stops on as it does on Ctrl-C, naming where the run stopped
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _tell(line: str) -> None:
+    """Print ``line`` to stderr; where stderr is gone (a closed terminal: writes fail with
+    EIO after a SIGHUP), point stdout and stderr at /dev/null instead, so that nothing
+    written later, nor Python's flush at exit, turns the stop into a crash."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except OSError:
+        with contextlib.suppress(OSError, ValueError):
+            null = os.open(os.devnull, os.O_WRONLY)
+            for stream in (sys.stdout, sys.stderr):
+                os.dup2(null, stream.fileno())
 
 
 #: Whether this process stopped because another rank had (:class:`RankLost`): it then
@@ -438,7 +463,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the ``pyro-vae`` command. Returns the exit status: 0 done, 1 training diverged
     or its folder could no longer be written (a full disk, permissions: the last
     checkpoint is kept), 2 refused (the message says why; nothing was overwritten), 130
-    interrupted (Ctrl-C), 143 terminated (SIGTERM)."""
+    interrupted (Ctrl-C), 143 terminated (SIGTERM), 129 hung up (SIGHUP: its terminal
+    closed)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     # Pyro's "INFO Guessed max_plate_nesting = 2" (what its ELBO guessed at its first
@@ -457,21 +483,23 @@ def main(argv: list[str] | None = None) -> int:
     _TRAINING_BEGUN["begun"] = False
     forget_stops()
     in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
-    interrupts = signal.getsignal(signal.SIGINT) if in_main_thread else None
+    previous = {}
+    if in_main_thread:
+        previous = {sig: signal.signal(sig, _on_stop_signal) for sig in _STOP_SIGNALS}
+        previous[signal.SIGINT] = signal.getsignal(signal.SIGINT)
     try:
         return _run_command(handler, args, argv)
-    except Terminated:  # a SIGTERM while a stop or a refusal was being reported
+    except Terminated as stop:  # a SIGTERM while a stop or a refusal was being reported
         if in_main_thread:
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # exiting now: any more are moot
+            for sig in _STOP_SIGNALS:  # exiting now: any more are moot
+                signal.signal(sig, signal.SIG_IGN)
         if _says_where_it_stopped():
-            print(f"\nterminated (SIGTERM); {_where_it_stopped(args)}", file=sys.stderr)
-        return 143
+            _tell(f"\n{stop.announced}; {_where_it_stopped(args)}")
+        return stop.status
     finally:
         forget_stops()
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous)
-            signal.signal(signal.SIGINT, interrupts)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _error() -> str:
@@ -532,12 +560,12 @@ def _run_command(handler, args: argparse.Namespace, argv: list[str]) -> int:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         if _says_where_it_stopped():
-            print(f"\ninterrupted (Ctrl-C); {_where_it_stopped(args)}", file=sys.stderr)
+            _tell(f"\ninterrupted (Ctrl-C); {_where_it_stopped(args)}")
         return 130
-    except Terminated:
+    except Terminated as stop:  # SIGTERM or SIGHUP
         if _says_where_it_stopped():
-            print(f"terminated (SIGTERM); {_where_it_stopped(args)}", file=sys.stderr)
-        return 143
+            _tell(f"{stop.announced}; {_where_it_stopped(args)}")
+        return stop.status
 
 
 if __name__ == "__main__":

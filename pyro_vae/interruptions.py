@@ -1,7 +1,8 @@
-"""A command's stops, Ctrl-C and SIGTERM, and the errors raised while they unwind.
+"""A command's stops, Ctrl-C, SIGTERM and SIGHUP, and the errors raised while they unwind.
 
 Python raises ``KeyboardInterrupt`` for a Ctrl-C wherever the main thread is; ``pyro-vae``
-raises :class:`Terminated` for a SIGTERM the same way (a scheduler's preemption), so each
+raises :class:`Terminated` for a SIGTERM the same way (a scheduler's preemption), and
+:class:`HungUp` for a SIGHUP (the terminal or SSH session it ran in closed), so each
 command can say where the run stopped. Landing inside a library's cleanup, a stop can make
 that cleanup raise an error of its own while it unwinds, chained on the stop
 (``__context__``): ``torch.save``'s zip writer, stopped between two writes, raises
@@ -25,9 +26,21 @@ from contextlib import contextmanager
 class Terminated(BaseException):
     """SIGTERM arrived; raised in the main thread so the command can say where it stopped."""
 
-    #: what the other ranks are told this rank stopped on (:func:`pyro_vae.distributed.
-    #: stop_reason`)
+    #: what the command says it stopped on, and what the other ranks are told
+    #: (:func:`pyro_vae.distributed.stop_reason`)
     announced = "terminated (SIGTERM)"
+    #: the command's exit status: 128 + the signal's number, as the shell reports a process
+    #: the signal killed (a scheduler that requeues preempted jobs reads it)
+    status = 143
+
+
+class HungUp(Terminated):
+    """SIGHUP arrived: the terminal or SSH session the command ran in closed. A stop like
+    SIGTERM (every handler of :class:`Terminated` takes it), which Python would otherwise
+    meet by dying mid-write, leaving a partial checkpoint file behind (tester AX)."""
+
+    announced = "hung up (SIGHUP: its terminal closed)"
+    status = 129
 
 
 #: the stop that arrived during the current command, recorded by the signal handler

@@ -9,7 +9,7 @@ agent's internals after it (tester L2). This runs the same agent through torchru
 ``parse_args`` and ``run`` and, when a rank fails, says in one line which rank stopped first
 and with what status, then exits with that status: 2 for a refusal, 1 for a run that
 diverged or crashed (its traceback is the rank's own, above), 128 + n for a rank killed by
-signal n. Stopped itself by Ctrl-C or SIGTERM, it leaves quietly with 128 + n: the ranks
+signal n. Stopped itself by Ctrl-C, SIGTERM or SIGHUP, it leaves quietly with 128 + n: the ranks
 and ``pyro-vae`` say where the run stopped. Everything else (the rendezvous, stopping the
 other ranks, forwarding SIGTERM to them) is torchrun's.
 """
@@ -24,11 +24,15 @@ from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
 #: The exit statuses of a rank that caught a signal and stopped on it (``pyro-vae``'s
-#: SIGTERM and Ctrl-C). Under ``fit --nproc`` the ranks leave the account of where the run
+#: SIGTERM, Ctrl-C and SIGHUP). Under ``fit --nproc`` the ranks leave the account of where the run
 #: stopped to the launcher (so that a Ctrl-C is told once); a rank sent the signal alone
 #: (a scheduler, an OOM guard, ``kill``) printed nothing, and "its message is above" was
 #: not there (tester AI). The launcher then says where the run stopped.
-_HANDLED = {128 + signal.SIGTERM: "SIGTERM", 128 + signal.SIGINT: "SIGINT (Ctrl-C)"}
+_HANDLED = {
+    128 + signal.SIGTERM: "SIGTERM",
+    128 + signal.SIGINT: "SIGINT (Ctrl-C)",
+    128 + signal.SIGHUP: "SIGHUP",
+}
 
 
 def exit_status(error: ChildFailedError) -> tuple[int, str]:
@@ -40,7 +44,7 @@ def exit_status(error: ChildFailedError) -> tuple[int, str]:
     if code < 0:  # killed by a signal: it could say nothing (tester U: "above" was empty)
         how = f"was killed by {failure.signal_name()} first (a killed process says nothing)"
         status = 128 - code
-    elif code in _HANDLED:  # its own SIGTERM or SIGINT, sent to it alone: it says nothing
+    elif code in _HANDLED:  # its own SIGTERM, SIGINT or SIGHUP, sent to it alone: it says nothing
         how = f"was sent {_HANDLED[code]} and stopped first"
         status = code
     else:

@@ -1,5 +1,6 @@
 """The pyro-vae command end to end, on small settings of the README's examples."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -693,7 +694,7 @@ def test_a_stop_inside_a_figure_is_not_swallowed_with_the_figure_s_error(tmp_pat
 
 @pytest.mark.parametrize(
     ("signal_name", "code", "word"),
-    [("SIGTERM", 143, "terminated"), ("SIGINT", 130, "interrupted")],
+    [("SIGTERM", 143, "terminated"), ("SIGINT", 130, "interrupted"), ("SIGHUP", 129, "hung up")],
 )
 def test_a_stopped_fit_says_where_it_stands_and_resumes(tmp_path, signal_name, code, word):
     import signal
@@ -715,6 +716,49 @@ def test_a_stopped_fit_says_where_it_stands_and_resumes(tmp_path, signal_name, c
     assert f"{word} (" in err and "holds the checkpoint of epoch" in err
     assert "Traceback" not in err
     epoch = RunFolder(run).load_checkpoint()["epoch"]
+    assert main(["fit", "--resume", str(run), "--epochs", str(epoch + 1), "--no-progress"]) == 0
+
+
+def test_a_fit_whose_terminal_closes_stops_keeping_its_checkpoint(tmp_path):
+    """Tester AX: a fit in a terminal that closed (SIGHUP) died at once, exit 129 with
+    nothing said and a partial ``.tmp`` beside the checkpoint. Here the fit runs with a
+    pseudo-terminal as its controlling terminal, which is then closed: the kernel sends
+    SIGHUP, and every later write to the terminal fails (EIO), the stop's own line too."""
+    import fcntl
+    import os
+    import pty
+    import select
+    import subprocess
+    import sys
+    import termios
+    import time
+
+    run = tmp_path / "hung-up"
+    master, slave = pty.openpty()
+
+    def on_the_terminal() -> None:  # in the child, in a session of its own (setsid)
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pyro_vae.cli", "fit", "--epochs", "500", "--out", str(run),
+         *FAST],
+        stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+        preexec_fn=on_the_terminal,
+    )  # fmt: skip
+    os.close(slave)
+    said = b""
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "checkpoint.pt").exists() and time.monotonic() < deadline:
+            if select.select([master], [], [], 0.05)[0]:  # read it, or its writes block
+                with contextlib.suppress(OSError):
+                    said += os.read(master, 65536)
+    finally:
+        os.close(master)  # the terminal closes: SIGHUP to its session
+    status = proc.wait(timeout=60)
+    assert status == 129, said[-3000:]
+    epoch = RunFolder(run).load_checkpoint()["epoch"]
+    assert epoch >= 1 and not list(run.glob(".*.tmp"))
     assert main(["fit", "--resume", str(run), "--epochs", str(epoch + 1), "--no-progress"]) == 0
 
 
@@ -1011,7 +1055,11 @@ def test_fit_nproc_refuses_a_folder_in_use_once_before_starting_processes(
 
 @pytest.mark.parametrize(
     ("status", "words"),
-    [(143, "a rank was terminated (SIGTERM); "), (130, "a rank was interrupted (SIGINT); ")],
+    [
+        (143, "a rank was terminated (SIGTERM); "),
+        (130, "a rank was interrupted (SIGINT); "),
+        (129, "a rank was hung up (SIGHUP); "),
+    ],
 )
 def test_fit_nproc_says_where_a_rank_s_own_signal_left_the_run(
     monkeypatch, trained, tmp_path, capsys, status, words
@@ -1046,7 +1094,9 @@ def test_fit_nproc_says_where_a_rank_s_own_signal_left_the_run(
         ({"WORLD_SIZE": "2", "RANK": "0", "PYRO_VAE_LAUNCHED": "1"}, False),  # fit --nproc's
     ],
 )
-@pytest.mark.parametrize(("stop", "status"), [(KeyboardInterrupt, 130), ("Terminated", 143)])
+@pytest.mark.parametrize(
+    ("stop", "status"), [(KeyboardInterrupt, 130), ("Terminated", 143), ("HungUp", 129)]
+)
 def test_one_process_says_where_a_stop_left_the_run(monkeypatch, tmp_path, capsys, env, said,
                                                     stop, status):  # fmt: skip
     """Tester U: a Ctrl-C under fit --nproc printed the launcher's line, rank 0's, and a

@@ -1,4 +1,4 @@
-"""A stop (Ctrl-C, SIGTERM) and the errors raised while it unwinds, against torch.save's."""
+"""A stop (Ctrl-C, SIGTERM, SIGHUP) and the errors raised while it unwinds, against torch.save's."""
 
 import io
 
@@ -7,6 +7,7 @@ import torch
 
 from pyro_vae import interruptions
 from pyro_vae.interruptions import (
+    HungUp,
     Terminated,
     forget_stops,
     interruption_behind,
@@ -41,7 +42,7 @@ def _interrupted_save(stop: BaseException) -> BaseException:
     raise AssertionError("torch.save finished")
 
 
-@pytest.mark.parametrize("stop", [Terminated(), KeyboardInterrupt()])
+@pytest.mark.parametrize("stop", [Terminated(), HungUp(), KeyboardInterrupt()])
 def test_torch_save_stopped_mid_write_raises_its_own_error_which_is_the_stop(stop):
     # tester AV: torch.save's zip writer, stopped between writes, raises "unexpected pos"
     # on closing, chained on the stop; the command printed its traceback and exited 1
@@ -85,3 +86,10 @@ def test_a_recorded_stop_is_raised_where_a_handler_swallowed_it():
         forget_stops()
     assert not interruptions._ARRIVED
     reraise_interruption(OSError("the event file's disk"))  # none recorded now
+
+
+def test_a_closed_terminal_s_stop_is_a_termination_with_its_own_status_and_words():
+    # every handler of Terminated takes a SIGHUP's stop; the shell's 128 + 1 for it
+    assert issubclass(HungUp, Terminated)
+    assert (Terminated.status, HungUp.status) == (143, 129)
+    assert "SIGHUP" in HungUp.announced and "SIGTERM" in Terminated.announced

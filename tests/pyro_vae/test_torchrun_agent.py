@@ -75,7 +75,9 @@ def test_a_rank_s_refusal_exits_2_without_torchrun_s_traceback(tmp_path):
     assert "Traceback" not in done.stderr and "ChildFailedError" not in done.stderr
 
 
-@pytest.mark.parametrize("code, words", [(143, "SIGTERM"), (130, "SIGINT (Ctrl-C)")])
+@pytest.mark.parametrize(
+    "code, words", [(143, "SIGTERM"), (130, "SIGINT (Ctrl-C)"), (129, "SIGHUP")]
+)
 def test_a_rank_stopped_by_a_signal_sent_to_it_alone_is_named_without_an_empty_above(code, words):
     """Tester AI: rank 0 alone sent SIGTERM stops quietly (under ``fit --nproc`` the ranks
     leave the account of where the run stopped to the launcher), and the agent's line
