@@ -175,7 +175,9 @@ def _train_and_report(
         config = replace(config, training=replace(config.training, progress=False))
 
     def ready() -> None:  # fit's checks have all passed: now the folder is written
-        _write_run_start(run, config, exp, state)
+        _TRAINING_BEGUN["checked"] = True
+        if writer:
+            _write_run_start(run, config, exp, state)
 
     _TRAINING_BEGUN["begun"] = True
     try:
@@ -190,7 +192,7 @@ def _train_and_report(
                 run,
                 resume=state is not None,
                 resume_state=state,
-                on_ready=ready if writer else None,
+                on_ready=ready,
                 evaluated_per_datapoint=True,  # evaluate_test_set: refused before training
             )
     except TrainingDiverged as err:
@@ -411,8 +413,10 @@ FOLLOWED_A_LOST_RANK = {"followed": False}
 
 #: Whether this process's fit has passed its checks and begun training (a stop before then
 #: changed nothing: a rank stopped by torchrun's agent when another refused named the old
-#: run's checkpoint as if it had trained: tester L2).
-_TRAINING_BEGUN = {"begun": False}
+#: run's checkpoint as if it had trained: tester L2); ``checked``: whether fit's own checks
+#: have passed too, and its folder been written (a refusal from them, such as a step that
+#: cannot be recorded, wrote nothing).
+_TRAINING_BEGUN = {"begun": False, "checked": False}
 
 
 def _where_it_stopped(args: argparse.Namespace) -> str:
@@ -480,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         "diagnose": diagnose_command,
         "compare": compare_command,
     }[args.command]
-    _TRAINING_BEGUN["begun"] = False
+    _TRAINING_BEGUN.update(begun=False, checked=False)
     forget_stops()
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = {}
@@ -548,7 +552,14 @@ def _run_command(handler, args: argparse.Namespace, argv: list[str]) -> int:
         FOLLOWED_A_LOST_RANK["followed"] = True
         return 1
     except CaptureError as err:  # --compile on for a step that cannot be recorded
-        print(
+        if not _TRAINING_BEGUN["checked"]:  # refused by fit's checks: nothing was written
+            print(
+                f"{_error()}: {_one_line(err)} On the command line: --compile off "
+                "(nothing was written)",
+                file=sys.stderr,
+            )
+            return 2
+        print(  # a later step's call signature (a last, smaller batch)
             f"{_error()}: {_one_line(err)} On the command line: --compile off. "
             f"{_where_it_stopped(args)}",
             file=sys.stderr,

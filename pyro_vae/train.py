@@ -557,6 +557,9 @@ def _estimator_ready_to_train(
         _dry_loss(elbo, pair, batches)
         if config.compile:
             elbo = CompiledELBO(elbo, config.compile_backend)
+            # recorded now, so a step that cannot be is refused before anything is written
+            rows = {"subsample": batches.first_rows}
+            elbo.record(pair.model, pair.guide, *batches.first_batch, **rows)
         if getattr(elbo, "vectorize_particles", False) and elbo.max_plate_nesting == math.inf:
             # Pyro's vectorized ELBOs guess their plate nesting from one run of model and
             # guide at their first call; do it here, outside the random stream, so a resumed

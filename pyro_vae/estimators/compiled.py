@@ -252,6 +252,29 @@ class CompiledELBO(SurrogateELBO):
         run, _ = self._prepare(model, guide, args, kwargs, announce=True)
         return run()
 
+    def record(self, model, guide, *args, **kwargs) -> None:
+        """Record the step for these arguments now, without taking it (kept for the calls
+        with the same signature, which replay it): ``fit`` does so before it writes
+        anything, so that a step that cannot be recorded is refused there, not at the first
+        step after the run folder was written (tester BB: ``--compile on`` with a flow's
+        ``dreg`` left a folder without a checkpoint, whose advised ``--resume`` failed
+        again). The recording draws on a forked random stream and puts every buffer back.
+
+        Raises:
+            CaptureError: the step reads values out of tensors or has shapes that depend
+                on them (see :meth:`differentiable_loss`)."""
+        leaves, spec = pytree.tree_flatten((args, kwargs))
+        key = _signature(model, guide, leaves, spec)
+        if any(r.modes_hold() for r in self._recordings.get(key, ())):
+            return
+        store = pyro.get_param_store()
+        before = set(store.keys())
+        recording = self._record(model, guide, leaves, spec)
+        if set(store.keys()) - before:  # as in _first_call: record again, now they exist
+            recording = self._record(model, guide, leaves, spec)
+        kept = [r for r in self._recordings.get(key, ()) if r.modes != recording.modes]
+        self._recordings[key] = [*kept, recording]
+
     def _prepare(self, model, guide, args, kwargs, announce: bool):
         """``(run, recording)``: ``run()`` returns the loss. With a current recording of
         this call's signature it replays it; otherwise ``recording`` is None and ``run()``
@@ -313,9 +336,12 @@ class CompiledELBO(SurrogateELBO):
             try:
                 graph = make_fx(one_step)(*tensors)
             except RuntimeError as err:
+                first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+                # make_fx's advice to its own callers (tracing_mode='symbolic') is not ours
+                first = first.split(" It may be possible to trace")[0]
                 raise CaptureError(
                     f"could not record one step of {_name(model)} and {_name(guide)} as a "
-                    f"fixed list of tensor operations: {err}\nThe model or guide reads a value "
+                    f"fixed list of tensor operations: {first}\nThe model or guide reads a value "
                     "out of a tensor (.item(), float(t), `if t:`), so its structure may change "
                     "from step to step; train it uncompiled (fit: TrainConfig(compile=False)) "
                     "and do not declare it recordable."

@@ -1198,18 +1198,34 @@ def test_fit_refuses_a_gradient_its_estimator_does_not_take(tmp_path, capsys, fl
     assert message in capsys.readouterr().err
 
 
-def test_a_step_that_cannot_be_recorded_is_one_line_naming_compile_off(
+def test_a_later_step_that_cannot_be_recorded_is_one_line_naming_compile_off(
     monkeypatch, capsys, tmp_path
 ):
+    import pyro_vae.cli as cli
     from pyro_vae.estimators.compiled import CaptureError
 
-    def refuse(args, given):
+    def refuse(args, given):  # a step after fit's checks (another batch's shape)
+        cli._TRAINING_BEGUN.update(begun=True, checked=True)
         raise CaptureError("could not record one step of M and G\nreads a value")
 
     monkeypatch.setattr("pyro_vae.cli._fit", refuse)
     assert main(["fit", "--out", str(tmp_path / "r"), "--compile", "on"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--compile off" in err and "could not record" in err
+
+
+def test_a_step_that_cannot_be_recorded_is_refused_before_anything_is_written(tmp_path, capsys):
+    """Tester BB: ``--compile on`` with a spline flow (boolean-mask indexing) or a flow's
+    ``dreg`` was refused at the first step, after the folder's config.json was written:
+    exit 1, and the advised ``--resume`` failed the same way from that config.json."""
+    out = tmp_path / "r"
+    flow = ["--guide", "pyro_vae.guides:AmortizedSplineFlow", "--epochs", "1", *FAST]
+    assert main(["fit", *flow, "--compile", "on", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "boolean mask" in err and "--compile off (nothing was written)" in err
+    assert not out.exists()
+    assert main(["fit", *flow, "--compile", "off", "--out", str(out)]) == 0
 
 
 def test_restart_clears_a_failed_run_s_own_files_and_refuses_before_removing_any(tmp_path):

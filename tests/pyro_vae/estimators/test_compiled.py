@@ -144,6 +144,59 @@ def test_a_model_that_reads_a_tensor_value_cannot_be_recorded():
         CompiledELBO(Trace_ELBO()).loss_and_grads(*wrapped, torch.zeros(3))
 
 
+def test_record_refuses_a_step_before_it_is_taken_and_keeps_what_it_recorded():
+    """``fit`` records before it writes anything (tester BB: a refusal at the first step
+    left a folder behind); a step with the same signature replays that recording, with the
+    losses and the random stream of a step that recorded for itself."""
+
+    def reads_a_value(x, num_data=None):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        if z.item() > 0:
+            pyro.sample("x", dist.Normal(z, 1.0).expand(x.shape).to_event(1), obs=x)
+
+    def guide(x, num_data=None):
+        loc = pyro.param("loc", torch.tensor(0.0))
+        pyro.sample("z", dist.Normal(loc, 1.0))
+
+    pyro.clear_param_store()
+    refused = CompiledELBO(Trace_ELBO())
+    with pytest.raises(CaptureError, match=r"reads a value\s+out of a tensor"):
+        refused.record(reads_a_value, guide, torch.zeros(3))
+
+    def model(x, num_data=None):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Normal(z, 1.0).expand(x.shape).to_event(1), obs=x)
+
+    def losses(recorded_first: bool) -> list[float]:
+        pyro.clear_param_store()
+        elbo = CompiledELBO(Trace_ELBO())
+        if recorded_first:
+            torch.manual_seed(5)  # recording draws on a forked stream: it moves nothing
+            elbo.record(model, guide, torch.ones(3))
+            assert elbo.num_recordings == 1
+        torch.manual_seed(0)
+        out = [elbo.loss_and_grads(model, guide, torch.ones(3)) for _ in range(3)]
+        assert elbo.num_recordings == 1
+        return out
+
+    assert losses(True) == losses(False)
+
+
+def test_a_recording_error_leaves_out_make_fx_s_advice_to_its_own_callers():
+    def reads_a_value(x):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        if z.item() > 0:
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x):
+        pyro.sample("z", dist.Normal(pyro.param("loc", torch.tensor(0.0)), 1.0))
+
+    pyro.clear_param_store()
+    with pytest.raises(CaptureError) as refused:
+        CompiledELBO(Trace_ELBO()).record(reads_a_value, guide, torch.zeros(()))
+    assert "tracing_mode" not in str(refused.value) and "make_fx" not in str(refused.value)
+
+
 @pytest.mark.parametrize(
     ("name", "options", "reason"),
     [
