@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import time
+import traceback
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -251,8 +252,42 @@ def _construct(spec: str, arg: str, standard: dict, extra: dict) -> tuple[Any, d
     received = {**supported_options(obj, standard), **extra}
     try:
         return obj(**received), received
-    except TypeError as err:
-        raise ValueError(f"{arg}: {spec} rejected its options {received}: {err}") from err
+    except (TypeError, ValueError) as err:
+        if _binds(obj, received) and not _deliberate(err):
+            # a fault in the constructor's own code (tester BB: `h, w = image_shape` on RGB
+            # images said only "error: too many values to unpack (expected 2)")
+            raise ValueError(
+                f"{arg}: {spec} failed in its constructor, given the options {received}, "
+                f"with {type(err).__name__}: {err} ({_raised_at(err)})"
+            ) from err
+        if isinstance(err, TypeError):
+            raise ValueError(f"{arg}: {spec} rejected its options {received}: {err}") from err
+        raise
+
+
+def _binds(cls, options: dict) -> bool:
+    """Whether ``cls``'s signature takes ``options`` (else a TypeError is their refusal)."""
+    try:
+        inspect.signature(cls).bind(**options)
+    except TypeError:
+        return False
+    except ValueError:  # no signature to read: the error says what it says
+        return True
+    return True
+
+
+def _deliberate(err: BaseException) -> bool:
+    """Whether ``err`` was raised by a ``raise`` statement (a constructor's or a library's
+    refusal of a value, whose message says what was wrong), not by an operation that
+    failed (unpacking, indexing, arithmetic)."""
+    frames = traceback.extract_tb(err.__traceback__)
+    return bool(frames) and (frames[-1].line or "").lstrip().startswith("raise")
+
+
+def _raised_at(err: BaseException) -> str:
+    """Where ``err`` was raised: its innermost frame's file, line and source."""
+    last = traceback.extract_tb(err.__traceback__)[-1]
+    return f"{last.filename}, line {last.lineno}: {(last.line or '').strip()}"
 
 
 def _model_and_guide(made: Any) -> tuple[Any, Any]:

@@ -540,7 +540,7 @@ CLI = [
         "fit-model-opt-type",
         None,
         ["fit", "--out", "{new}", "--model-opt", "latent_dim=abc"],
-        ["rejected its options", "abc"],
+        ["failed in its constructor, given the options", "'latent_dim': 'abc'", "latent_decoder.py, line"],
     ),
     ("fit-model-opt-unknown", None, ["fit", "--out", "{new}", "--model-opt", "widht=3"], ["widht"]),
     (

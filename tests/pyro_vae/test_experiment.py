@@ -74,6 +74,37 @@ def test_build_reports_standard_options_a_model_does_not_take():
         build(config)
 
 
+class _UnpacksTheImageShape:
+    """A user's model whose constructor has a fault of its own: it takes greyscale images
+    only (tester BB: on RGB images ``h, w = image_shape`` said only "too many values to
+    unpack (expected 2)", with no file or line)."""
+
+    def __init__(self, x_dim, image_shape, latent_dim=2):
+        if latent_dim < 1:
+            raise ValueError(f"latent_dim: {latent_dim} is not a positive integer")
+        h, w = image_shape + (3,)
+
+    def __call__(self, x):
+        pass
+
+
+def test_a_fault_in_a_model_s_constructor_names_its_file_and_line():
+    import inspect
+
+    spec, guide = f"{__name__}:_UnpacksTheImageShape", GuideConfig(f"{__name__}:no_guide_model")
+    lines, first = inspect.getsourcelines(_UnpacksTheImageShape.__init__)
+    line = first + next(i for i, text in enumerate(lines) if "h, w =" in text)
+    with pytest.raises(ValueError) as failed:
+        build(RunConfig(ModelConfig(spec, SMALL), guide=guide))
+    said = str(failed.value)
+    assert said.startswith(f"model: {spec} failed in its constructor, given the options {{")
+    assert "with ValueError: too many values to unpack" in said
+    assert f"{__file__}, line {line}: h, w = image_shape + (3,)" in said
+    # its own refusal of a value (a raise statement) is said as it is
+    with pytest.raises(ValueError, match=r"^latent_dim: 0 is not a positive integer$"):
+        build(RunConfig(ModelConfig(spec, {**SMALL, "latent_dim": 0}), guide=guide))
+
+
 def test_build_takes_a_run_config_only():
     with pytest.raises(TypeError, match="config: dict; expected a pyro_vae.run_config.RunConfig"):
         build({"model": "models.vae:VAE"})
