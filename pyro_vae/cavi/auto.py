@@ -510,6 +510,7 @@ class AutoCAVI(CoordinateUpdates):
         (None: no check); ``at_q``: whether they were drawn around a q of the sweeps (see
         :meth:`_imprecise`). ``stats`` is updated in place."""
         order = _update_order(self._latents, self.init)
+        first_order = _update_order(self._latents, self.init, first_sweep=True)
         heads = {chain[0]: chain for chain in chains}
         in_chains = {s for chain in chains for s in chain}
         overrelaxes = self._overrelaxes(chains)
@@ -517,7 +518,7 @@ class AutoCAVI(CoordinateUpdates):
         bounds, gains, rate, self._eta, ever_kept = [], [], FIRST_RATE, {}, False
         for _ in range(max_iter):
             before = dict(self._eta)
-            for name in order:
+            for name in order if bounds else first_order:
                 if name in heads:
                     self._update_chain(heads[name], stats)
                 elif name not in in_chains:
@@ -885,7 +886,8 @@ class AutoCAVI(CoordinateUpdates):
         parent and its start is read (an update before its own mentions it: not the
         regression's weights, updated first) (:mod:`pyro_vae.cavi.plug_in_start`); else {}
         (a root's prior is the same in both runs)."""
-        position = {name: i for i, name in enumerate(_update_order(latents, self.init))}
+        first_sweep = _update_order(latents, self.init, first_sweep=True)
+        position = {name: i for i, name in enumerate(first_sweep)}
         sites = {
             name
             for name, latent in latents.items()
@@ -1002,7 +1004,7 @@ def _with_mean(q, mean: torch.Tensor):
     return dist.Normal(mean, q.scale, validate_args=False)
 
 
-def _update_order(latents: dict, init) -> list[str]:
+def _update_order(latents: dict, init, first_sweep: bool = False) -> list[str]:
     """The order a sweep updates the latents in: those started at their prior (or at a
     block's forward-run values), in sampling order; then the discrete latents ``init`` does
     not set, started at a seeded draw; then those ``init`` sets, last. So the others are
@@ -1011,14 +1013,24 @@ def _update_order(latents: dict, init) -> list[str]:
     before anything updated after it overwrites it: a mixture's components set by ``init``
     give the responsibilities of the first sweep, not the other way round (tester 23: the
     components' ``init`` of a 1-D mixture and of LDA changed nothing, each overwritten by
-    an update from the drawn assignments before any update read it)."""
+    an update from the drawn assignments before any update read it).
+
+    ``first_sweep``: the order of a sweep from the starts, in which the Normal latents
+    started at their prior come before the other latents so started, in sampling order
+    within each. A precision updated first reads its Normals' second moments at their
+    starts, a vague prior's 10⁸: tester BA's Bayesian PCA with a latent mean m ~ N(0, 10⁴)
+    got E[τ] = 10⁻⁸ from its first update, the loadings and factors collapsed to 10⁻¹⁴
+    given it, and the sweeps stopped, converged, at the saddle W = z = 0, 54.6 nats below
+    the optimum. A Normal's update reads only the others' means and its precisions' means,
+    which a start has right. Later sweeps keep the order above, whose last updates are
+    those of the latents ``init`` sets, as the hand-written classes end theirs."""
     given = set(init or {})
     drawn = {
         name for name, latent in latents.items()
         if latent.family.name in DISCRETE_FAMILIES and name not in given
     }  # fmt: skip
-    return (
-        [n for n in latents if n not in given | drawn]
-        + [n for n in latents if n in drawn]
-        + [n for n in latents if n in given]
-    )
+    started = [n for n in latents if n not in given | drawn]
+    if first_sweep:
+        normals = [n for n in started if latents[n].family.name == "Normal"]
+        started = normals + [n for n in started if n not in normals]
+    return started + [n for n in latents if n in drawn] + [n for n in latents if n in given]

@@ -45,12 +45,14 @@ def check_observations(trace) -> None:
         fn, value = site["fn"], site["value"]
         counted = _counted_values(site)
         if torch.is_tensor(value) and value.is_floating_point():
-            infinite = int((value.isinf() & counted).sum())
-            if infinite:
-                raise ValueError(
-                    f"observed site {name!r}: {infinite} of {value.numel()} values are "
-                    "infinite; expected finite data"
-                )
+            for what, found in (("NaN", value.isnan()), ("infinite", value.isinf())):
+                count = int((found & counted).sum())
+                if count:  # a NaN was said to be outside the support (tester BA's F2)
+                    raise ValueError(
+                        f"observed site {name!r}: {count} of {value.numel()} values are "
+                        f"{what}; expected finite data (a missing value: mask it, with "
+                        "obs_mask or poutine.mask)"
+                    )
         support = fn.support
         while isinstance(support, constraints.independent):  # elementwise, as masks are
             support = support.base_constraint

@@ -81,6 +81,9 @@ def test_an_infinite_observation_is_refused_as_data_not_blamed_on_the_model():
     with pytest.raises(ValueError, match=r"observed site 'y': 2 of 3 values are infinite") as info:
         AutoCAVI(normal_mean).fit(t([float("-inf"), 0.2, float("inf")]))
     assert not isinstance(info.value, NotConjugateError)
+    # tester BA's F2: a NaN was "outside the support Real() of Normal"
+    with pytest.raises(ValueError, match=r"'y': 1 of 4 values are NaN; .* obs_mask or poutine"):
+        AutoCAVI(normal_mean).fit(t([0.3, float("nan"), 0.8, 2.0]))
 
 
 def test_a_factor_scored_along_a_dim_left_of_its_plates_is_refused_by_name():
