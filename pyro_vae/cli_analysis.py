@@ -256,7 +256,7 @@ def compare_command(args: argparse.Namespace) -> int:
     csv, png = write_comparison(comparison, args.out)
     print(
         "nats per datapoint; evaluated_on: the split the test_elbo, log_px and kl are of; "
-        "K: draws of the log p(x) estimate; s_per_epoch: median"
+        "K: draws of the log p(x) estimate; s_per_epoch: median seconds per epoch"
     )
     print(format_table(comparison))
     for note in comparison.notes:
