@@ -502,6 +502,11 @@ def vectorized_or_looped(
     """
     if vectorize is False:
         return looped(), False
+    # the loop draws what it would have drawn without the failed attempt before it: a
+    # resumed fit's validation, which tried the vectorized run again, drew otherwise than
+    # the uninterrupted fit's, which had stopped trying (tester BE: a BatchNorm model's
+    # resume was not exact from its first validation on)
+    before = _random_state()
     try:
         return vectorized(), True
     except Exception as err:
@@ -512,6 +517,7 @@ def vectorized_or_looped(
         # a small hierarchical model, three quarters of a diagnostics run's output: tester 23)
         why = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
     # out of the except block: a loop that fails too raises its own error, alone
+    _set_random_state(before)
     result = looped()
     warnings.warn(
         f"{what}: the model and guide could not run under vectorized particles ({why}); "
@@ -521,6 +527,23 @@ def vectorized_or_looped(
         stacklevel=3,
     )
     return result, False
+
+
+def _random_state() -> dict[str, Any]:
+    """The random streams a run of model and guide draws from: Pyro's (torch's CPU
+    generator, numpy's and Python's: ``pyro.util.get_rng_state``) and, where CUDA has
+    started, each GPU's."""
+    state = {"pyro": pyro.util.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_random_state(state: dict[str, Any]) -> None:
+    """Put back a :func:`_random_state`."""
+    pyro.util.set_rng_state(state["pyro"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def particle_traces(

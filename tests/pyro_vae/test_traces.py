@@ -8,6 +8,7 @@ ranks:  μ ~ N(0, 1);  z_n ~ N(μ, 1);  x_nd ~ N(z_n, 0.5²)  (n = 1..3 in the p
 import math
 import warnings
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import pyro.poutine as poutine
@@ -224,6 +225,30 @@ def test_vectorized_or_looped_runs_only_what_it_is_asked_for():
     message = str(record[0].message)
     assert "(ValueError: Shape mismatch inside plate('data'))" in message
     assert "Trace Shapes" not in message and "\n" not in message  # one line (tester 23)
+
+
+def test_the_loop_after_a_failed_vectorized_run_draws_what_it_would_have_drawn_alone():
+    """Tester BE: a BatchNorm model's validation fell back to the loop at every call of a
+    resumed fit's first, after a vectorized attempt that had drawn first, and its draws
+    (and the run's after them) were not the uninterrupted fit's, which had stopped trying."""
+
+    def vectorized():
+        torch.rand(5)  # a guide's draws before the model's layer fails on the particle dim
+        np.random.rand(2)  # noqa: NPY002  Pyro's streams all
+        raise RuntimeError("running_mean should contain 162 elements not 4")
+
+    def looped():
+        return torch.rand(3), np.random.rand(1)  # noqa: NPY002
+
+    pyro.set_rng_seed(0)
+    alone = looped(), torch.rand(1)
+    pyro.set_rng_seed(0)
+    with pytest.warns(VectorizationWarning):
+        (result, was_vectorized) = vectorized_or_looped(None, vectorized, looped, "w", 3)
+    after = torch.rand(1)
+    assert not was_vectorized
+    assert torch.equal(result[0], alone[0][0]) and result[1] == alone[0][1]
+    assert torch.equal(after, alone[1])
 
 
 def test_when_the_loop_fails_too_its_own_error_is_raised_without_a_warning():
