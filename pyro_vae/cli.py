@@ -56,7 +56,7 @@ from pyro_vae.distributed import (
     session,
     started_by_torchrun,
 )
-from pyro_vae.estimators.compiled import CaptureError, compilable
+from pyro_vae.estimators.compiled import CaptureError, compilable, path_gradient_reason
 from pyro_vae.experiment import Experiment, build, evaluate_test_set, write_figures
 from pyro_vae.fit_checkpoint import ProcessCountWarning
 from pyro_vae.idx import IDXFormatError
@@ -168,6 +168,9 @@ def _train_and_report(
             f"--compile on: the {config.estimator.name} estimator cannot be compiled "
             f"({reason}); use --compile auto or off (nothing was written)"
         )
+    reason = path_gradient_reason(exp.elbo, exp.guide) if config.training.compile else None
+    if reason is not None:  # said as --compile auto says it (tester BE)
+        raise CaptureError(f"could not record one step: {reason}.")
 
     refuse_disagreeing_ranks(config.to_json(), current())  # before anything is written
     writer = current().is_writer
@@ -506,6 +509,21 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(sig, handler)
 
 
+def _compile_kept(args: argparse.Namespace) -> str:
+    """For a resume refused because its step cannot be recorded: the way out, since a
+    resume keeps the ``compile`` its config.json records (tester BE: ``--compile off``
+    was then refused as a change to the run)."""
+    if args.command != "fit" or not args.resume:
+        return ""
+    run = RunFolder(args.resume)
+    if run.has_checkpoint:
+        return f"; a resume of {run.path} keeps its recorded step: start a new run with --out"
+    return (
+        f"; a resume keeps the recorded step, and {run.path} holds no checkpoint yet: start "
+        f"it over with `pyro-vae fit --restart --out {run.path} --compile off` and its flags"
+    )
+
+
 def _error() -> str:
     """``error``, or under torchrun with several ranks ``error (rank R)``: each rank that
     refuses says so, and two ranks' identical lines read as one said twice (tester U)."""
@@ -555,7 +573,7 @@ def _run_command(handler, args: argparse.Namespace, argv: list[str]) -> int:
         if not _TRAINING_BEGUN["checked"]:  # refused by fit's checks: nothing was written
             print(
                 f"{_error()}: {_one_line(err)} On the command line: --compile off "
-                "(nothing was written)",
+                f"(nothing was written){_compile_kept(args)}",
                 file=sys.stderr,
             )
             return 2

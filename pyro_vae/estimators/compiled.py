@@ -166,6 +166,14 @@ def should_record(elbo: ELBO, model, guide=None, kl_warmup_epochs: float = 0) ->
         return f"elbo: {type(elbo).__name__} cannot be recorded: {reason}"
     if kl_warmup_epochs != 0:
         return f"kl_warmup_epochs: {kl_warmup_epochs!r}; warm-up changes β between steps"
+    return path_gradient_reason(elbo, guide)
+
+
+def path_gradient_reason(elbo: ELBO, guide) -> str | None:
+    """Why ``elbo``'s step with ``guide`` cannot be recorded, where its path gradient
+    (``gradient="stl"`` or ``"dreg"``) scores the guide's draws under detached parameters
+    and the guide declares ``path_gradients_recordable = False`` (a flow, whose inverse
+    that runs reads values out of tensors); else None."""
     gradient = getattr(getattr(elbo, "elbo", elbo), "gradient", "reparam")
     if gradient != "reparam" and getattr(guide, "path_gradients_recordable", True) is False:
         return (

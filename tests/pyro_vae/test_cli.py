@@ -1214,6 +1214,35 @@ def test_a_later_step_that_cannot_be_recorded_is_one_line_naming_compile_off(
     assert err.count("\n") == 1 and "--compile off" in err and "could not record" in err
 
 
+def test_compile_on_with_a_flow_s_path_gradient_is_refused_for_its_own_reason(tmp_path, capsys):
+    """Tester BE: ``--compile on`` with a flow and ``--gradient stl`` said the model or guide
+    "reads a value out of a tensor" and "do not declare it recordable", of a shipped guide
+    that declares why (``path_gradients_recordable = False``), as ``--compile auto`` says."""
+    out = tmp_path / "r"
+    flow = ["--guide", "pyro_vae.guides:AmortizedIAF", "--gradient", "stl", *FAST]
+    assert main(["fit", *flow, "--compile", "on", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and not out.exists(), err
+    assert "AmortizedIAF with gradient='stl': scoring its draws under detached" in err
+
+
+def test_a_refused_recording_of_a_resume_names_the_way_out(tmp_path):
+    """Tester BE: a folder left without a checkpoint by a fit whose step could not be
+    recorded (config.json says compile: true) was refused on --resume with "--compile off",
+    which a resume then refused as a change to the run."""
+    import argparse
+
+    from pyro_vae.cli import _compile_kept
+
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    args = argparse.Namespace(command="fit", resume=str(run))
+    said = _compile_kept(args)
+    assert f"start it over with `pyro-vae fit --restart --out {run} --compile off`" in said
+    assert _compile_kept(argparse.Namespace(command="fit", resume=None)) == ""
+
+
 def test_a_step_that_cannot_be_recorded_is_refused_before_anything_is_written(tmp_path, capsys):
     """Tester BB: ``--compile on`` with a spline flow (boolean-mask indexing) or a flow's
     ``dreg`` was refused at the first step, after the folder's config.json was written:
