@@ -329,7 +329,10 @@ class AutoCAVI(CoordinateUpdates):
             for chain in chains
         }  # fmt: skip
         if imprecise or self.numerical_error_ > 1e-6 * (1 + abs(bounds[-1])):
-            unchecked = self._refuse_unstationary(args, kwargs, bounds)
+            # only a converged fit claims a fixed point to check: one whose sweeps ran out
+            # (max_iter=1) is not one, and was refused as a fixed point the model's gradient
+            # moved (tester BC's F4); it is warned of as unconverged below
+            unchecked = self._refuse_unstationary(args, kwargs, bounds) if converged else None
             warn_imprecise(self.numerical_error_, bounds[-1], self.probe_rounds_, unchecked)
         self.lower_bound_, self.lower_bounds_ = bounds[-1], bounds
         self.n_iter_, self.converged_ = len(bounds), converged
@@ -510,7 +513,8 @@ class AutoCAVI(CoordinateUpdates):
         (None: no check); ``at_q``: whether they were drawn around a q of the sweeps (see
         :meth:`_imprecise`). ``stats`` is updated in place."""
         order = _update_order(self._latents, self.init)
-        first_order = _update_order(self._latents, self.init, first_sweep=True)
+        depends = self._probe_inputs[2]
+        first_order = _update_order(self._latents, self.init, first_sweep=True, depends=depends)
         heads = {chain[0]: chain for chain in chains}
         in_chains = {s for chain in chains for s in chain}
         overrelaxes = self._overrelaxes(chains)
@@ -886,7 +890,7 @@ class AutoCAVI(CoordinateUpdates):
         parent and its start is read (an update before its own mentions it: not the
         regression's weights, updated first) (:mod:`pyro_vae.cavi.plug_in_start`); else {}
         (a root's prior is the same in both runs)."""
-        first_sweep = _update_order(latents, self.init, first_sweep=True)
+        first_sweep = _update_order(latents, self.init, first_sweep=True, depends=depends)
         position = {name: i for i, name in enumerate(first_sweep)}
         sites = {
             name
@@ -1004,7 +1008,7 @@ def _with_mean(q, mean: torch.Tensor):
     return dist.Normal(mean, q.scale, validate_args=False)
 
 
-def _update_order(latents: dict, init, first_sweep: bool = False) -> list[str]:
+def _update_order(latents: dict, init, first_sweep: bool = False, depends=None) -> list[str]:
     """The order a sweep updates the latents in: those started at their prior (or at a
     block's forward-run values), in sampling order; then the discrete latents ``init`` does
     not set, started at a seeded draw; then those ``init`` sets, last. So the others are
@@ -1022,15 +1026,29 @@ def _update_order(latents: dict, init, first_sweep: bool = False) -> list[str]:
     got E[τ] = 10⁻⁸ from its first update, the loadings and factors collapsed to 10⁻¹⁴
     given it, and the sweeps stopped, converged, at the saddle W = z = 0, 54.6 nats below
     the optimum. A Normal's update reads only the others' means and its precisions' means,
-    which a start has right. Later sweeps keep the order above, whose last updates are
-    those of the latents ``init`` sets, as the hand-written classes end theirs."""
+    which a start has right. And the discrete latents a factor (``depends``: {factor: the
+    latents it reads}) reads beside a latent ``init`` sets come first of all: their seeded
+    draws say nothing, the start the user gave does. Updated after the latents started at
+    their prior, they read those latents fitted to the draws: tester BC's 1-D mixture
+    with ``init`` at the true means had its precisions fitted to random assignments first,
+    and ended with a component emptied, 14.7 nats below the fit from the same start with
+    the assignments updated first. Later sweeps keep the order above, whose last updates
+    are those of the latents ``init`` sets, as the hand-written classes end theirs."""
     given = set(init or {})
     drawn = {
         name for name, latent in latents.items()
         if latent.family.name in DISCRETE_FAMILIES and name not in given
     }  # fmt: skip
     started = [n for n in latents if n not in given | drawn]
+    informed = []  # discrete latents whose first update reads a start the user gave
     if first_sweep:
         normals = [n for n in started if latents[n].family.name == "Normal"]
         started = normals + [n for n in started if n not in normals]
-    return started + [n for n in latents if n in drawn] + [n for n in latents if n in given]
+        read = [set(names) for names in (depends or {}).values()]
+        informed = [n for n in latents if n in drawn and any(n in r and r & given for r in read)]
+    return (
+        informed
+        + started
+        + [n for n in latents if n in drawn and n not in informed]
+        + [n for n in latents if n in given]
+    )

@@ -2193,6 +2193,66 @@ def test_a_mixture_s_components_set_by_init_give_the_first_responsibilities():
     assert fits[0].lower_bound_ == pytest.approx(fits[1].lower_bound_, abs=1e-8)
 
 
+def test_a_mixture_s_means_set_by_init_are_read_before_its_precisions_fit_the_draws():
+    """Tester BC's F1: a 1-D mixture with latent means and Gamma(10⁻³, 10⁻³) precisions,
+    ``init`` at the true means. The precisions (started at their prior) were updated first,
+    from the drawn random assignments, and the fit emptied a component (it sat at its
+    prior, E[μ] = 0) and merged two clusters at 1.96, 14.7 nats low; given the precisions'
+    prior in ``init`` too, the same start fitted. The assignments, which read the means the
+    user set, are now updated first: each of the three clusters the data were drawn from
+    (30 points each, at -4, 0 and 5) keeps its component, near its centre."""
+    torch.manual_seed(2)
+    centres = t([-4.0, 0.0, 5.0])
+    spreads = [1.0, 0.5, 1.5]
+    drawn = [c + s * torch.randn(30, dtype=F64) for c, s in zip(centres, spreads, strict=True)]
+    x = torch.cat(drawn)
+
+    def mixture(x):
+        w = pyro.sample("w", dist.Dirichlet(torch.ones(3, dtype=F64)))
+        with pyro.plate("components", 3):
+            mu = pyro.sample("mu", dist.Normal(t(0.0), 1e4))
+            tau = pyro.sample("tau", dist.Gamma(t(1e-3), 1e-3))
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Categorical(w))
+            pyro.sample("x", dist.Normal(Vindex(mu)[..., z], Vindex(tau)[..., z].rsqrt()), obs=x)
+
+    fit = AutoCAVI(mixture, init={"mu": dist.Normal(centres, t(0.1))}).fit(x)
+    q = fit.variational_distributions()
+    assert fit.converged_
+    assert (q["mu"].mean - centres).abs().max() < 0.6  # sample means of 30 points, sd ≤ 1.5
+    counts = q["z"].probs.sum(0)  # each component's share of the 90 points
+    assert counts.min() > 25, counts
+
+
+def test_a_fit_cut_off_by_max_iter_is_warned_of_not_refused_as_a_wrong_fixed_point():
+    """Tester BC's F4: ARD matrix factorization stopped by max_iter=1, its rounding warned
+    of, was refused by the stationarity check as "the sweeps settled where the model's own
+    gradient moves the mean of 'u' by 1.61 of q's sds": one sweep is no fixed point, and
+    the full fit is fine. It is now warned of as unconverged."""
+    torch.manual_seed(0)
+    N, D, K = 20, 8, 2
+    U, V = torch.randn(N, K, dtype=F64), torch.randn(D, K, dtype=F64)
+    x = 10.0 * (U @ V.T + 0.3 * torch.randn(N, D, dtype=F64))
+
+    def factorization(x):
+        tau = pyro.sample("tau", dist.Gamma(t(1e-3), 1e-3))
+        alpha = pyro.sample("alpha", dist.Gamma(t(1e-3).expand([K]), 1e-3).to_event(1))
+        columns = pyro.plate("columns", D, dim=-1)
+        with columns:
+            v = pyro.sample("v", dist.Normal(x.new_zeros(K), 1.0).to_event(1))
+        with pyro.plate("rows", N, dim=-2):
+            u = pyro.sample("u", dist.Normal(x.new_zeros(K), alpha.rsqrt()).to_event(1))
+            with columns:
+                pyro.sample("x", dist.Normal((u * v).sum(-1), tau.rsqrt()), obs=x)
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    with pytest.warns(ConvergenceWarning, match="stopped at max_iter=1 sweep"):
+        cut = AutoCAVI(factorization, max_iter=1).fit(x)
+    assert not cut.converged_ and cut.n_iter_ == 1
+    assert cut.lower_bound_ < AutoCAVI(factorization).fit(x).lower_bound_
+
+
 @pytest.mark.parametrize("scale", [1.0, 1e4])
 def test_ard_regression_is_mean_field_vb_written_out(scale):
     """ARD precisions as one vector of independent Gammas, read whole by the weight
