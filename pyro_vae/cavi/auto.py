@@ -329,10 +329,7 @@ class AutoCAVI(CoordinateUpdates):
             for chain in chains
         }  # fmt: skip
         if imprecise or self.numerical_error_ > 1e-6 * (1 + abs(bounds[-1])):
-            # only a converged fit claims a fixed point to check: one whose sweeps ran out
-            # (max_iter=1) is not one, and was refused as a fixed point the model's gradient
-            # moved (tester BC's F4); it is warned of as unconverged below
-            unchecked = self._refuse_unstationary(args, kwargs, bounds) if converged else None
+            unchecked = self._refuse_unstationary(args, kwargs, bounds, converged)
             warn_imprecise(self.numerical_error_, bounds[-1], self.probe_rounds_, unchecked)
         self.lower_bound_, self.lower_bounds_ = bounds[-1], bounds
         self.n_iter_, self.converged_ = len(bounds), converged
@@ -562,7 +559,9 @@ class AutoCAVI(CoordinateUpdates):
                 return bounds, converged, False
         return bounds, False, False
 
-    def _refuse_unstationary(self, args, kwargs, bounds) -> dict[str, str] | None:
+    def _refuse_unstationary(
+        self, args, kwargs, bounds, converged: bool = True
+    ) -> dict[str, str] | None:
         """Where float64 rounding in the probed factors is warned of, refuse a q whose
         Normal means the model's own gradient would move: E_q[∇ log p(x, z)] at seeded
         draws of q, by autograd (:mod:`pyro_vae.cavi.stationarity`), asks for a step of
@@ -575,6 +574,11 @@ class AutoCAVI(CoordinateUpdates):
         with 3.7e3 nats; its evidence is −82.7). Its seeds whose bounds are right, warned
         of 1e-6 to 1e-2 nats, ask for steps of at most 0.4 sds at under 2 standard errors
         (the draws' noise), and still fit.
+
+        A fit whose sweeps ran out (``converged`` False) is checked too, since rounding can
+        hold the sweeps crawling as well as stopped (tester Y's rounds ran out), and its
+        refusal says so and to raise ``max_iter`` (tester BC's F4: ``max_iter=1`` was
+        refused as sweeps that "settled").
 
         Returns the units not checked, {unit: a factor of its without an autograd graph}
         (the warning names them), or None where none could be (the model raised at a draw).
@@ -596,8 +600,23 @@ class AutoCAVI(CoordinateUpdates):
         if not moved:
             return unchecked
         name, (step, z, model_step) = max(moved.items(), key=lambda item: max(item[1][::2]))
+        stopped = (
+            f"after {self.probe_rounds_} probing rounds the sweeps settled"
+            if converged
+            else f"the sweeps stopped at max_iter={len(bounds)} without converging"
+        )
+        if not converged:  # not known to be a fixed point, nor free of the factors' rounding
+            raise NotConjugateError(
+                f"AutoCAVI: {stopped} (bound {bounds[-1]:.6g} nats) where the model's own "
+                f"gradient moves the mean of latent site {name!r} by {step:.3g} of q's sds "
+                f"({z:.3g} standard errors over {DRAWS} draws of q), with float64 rounding "
+                f"in the factors estimated at {self.numerical_error_:.3g} nats: such a q "
+                "cannot be told from a fixed point of factors wrong where q is. Raise "
+                "max_iter; if the converged fit is refused too, centre and scale the data (or "
+                "the prior) so that the latents are of order one"
+            )
         raise NotConjugateError(
-            f"AutoCAVI: after {self.probe_rounds_} probing rounds the sweeps settled (bound "
+            f"AutoCAVI: {stopped} (bound "
             f"{bounds[-1]:.6g} nats) where the model's own gradient moves the mean of latent "
             f"site {name!r} by {step:.3g} of q's sds and {model_step:.3g} sds of the "
             f"model's own curvature along it ({z:.3g} standard errors over "
