@@ -510,17 +510,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _compile_kept(args: argparse.Namespace) -> str:
-    """For a resume refused because its step cannot be recorded: the way out, since a
-    resume keeps the ``compile`` its config.json records (tester BE: ``--compile off``
-    was then refused as a change to the run)."""
+    """For a resume refused because its step cannot be recorded: the way out (tester BE:
+    ``--compile off`` was refused as a change to the run; tester BF: the ``--restart``
+    command advised next trained the defaults, its flags left to retype). A run with no
+    checkpoint yet takes ``--compile`` on its resume (:func:`pyro_vae.cli_resume.
+    resume_config`); one with a checkpoint keeps the step it recorded."""
     if args.command != "fit" or not args.resume:
         return ""
     run = RunFolder(args.resume)
     if run.has_checkpoint:
         return f"; a resume of {run.path} keeps its recorded step: start a new run with --out"
     return (
-        f"; a resume keeps the recorded step, and {run.path} holds no checkpoint yet: start "
-        f"it over with `pyro-vae fit --restart --out {run.path} --compile off` and its flags"
+        f"; {run.path} holds no checkpoint yet, so its resume may change that: "
+        f"`pyro-vae fit --resume {run.path} --compile off`"
     )
 
 

@@ -96,7 +96,20 @@ def resume_config(
     )
     if args.device is not None:  # run folders are device-independent
         training = replace(training, device=args.device)
-    return replace(config, training=training), state
+    return replace(config, training=_recompiled(training, args, given, state)), state
+
+
+def _recompiled(training, args: argparse.Namespace, given: set[str], state) -> Any:
+    """``training`` with ``--compile`` as given where the run holds no checkpoint yet:
+    nothing was trained, so whether its steps are recorded may change (tester BE: a fit
+    whose step could not be recorded left its config.json saying ``compile: true``, and
+    the ``--compile off`` a resume needed was refused as a change to the run). ``auto``
+    keeps the run's own; a run with a checkpoint keeps its own (compared, and refused
+    where it differs, by :func:`_refuse_changed_settings`)."""
+    if state is not None or "--compile" not in given or args.compile == "auto":
+        return training
+    backend = "inductor" if args.compile == "inductor" else None
+    return replace(training, compile=args.compile != "off", compile_backend=backend)
 
 
 def _resumed_patience(config: RunConfig, args: argparse.Namespace, given: set[str]) -> int | None:
@@ -143,6 +156,8 @@ def _refuse_changed_settings(
         for key in _settings_of(flag, args):
             if key == "train.compile" and args.compile == "auto":
                 continue  # auto decides from the run's own model and estimator
+            if key.startswith("train.compile") and state is None:
+                continue  # nothing trained yet: how its steps run may change (_recompiled)
             theirs = _effective(key, then.get(key), run_config, plate)
             if _effective(key, now.get(key), new_config, plate) != theirs:
                 default = f" (its default, {theirs!r})" if then.get(key) is None else ""

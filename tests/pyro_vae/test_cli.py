@@ -1226,21 +1226,32 @@ def test_compile_on_with_a_flow_s_path_gradient_is_refused_for_its_own_reason(tm
     assert "AmortizedIAF with gradient='stl': scoring its draws under detached" in err
 
 
-def test_a_refused_recording_of_a_resume_names_the_way_out(tmp_path):
-    """Tester BE: a folder left without a checkpoint by a fit whose step could not be
-    recorded (config.json says compile: true) was refused on --resume with "--compile off",
-    which a resume then refused as a change to the run."""
-    import argparse
-
-    from pyro_vae.cli import _compile_kept
-
+def test_a_resume_with_no_checkpoint_yet_may_stop_recording_its_steps(trained, tmp_path, capsys):
+    """Tester BE: a folder a fit left with config.json (compile: true) and no checkpoint,
+    its step not recordable, was refused on --resume with "--compile off", which a resume
+    then refused as a change to the run; tester BF: the --restart command advised next
+    trained the defaults, the run's flags left to retype. Nothing trained yet, a resume
+    takes --compile, with every other setting from config.json; a run with a checkpoint
+    keeps its own."""
     run = tmp_path / "r"
     run.mkdir()
-    (run / "config.json").write_text("{}")
-    args = argparse.Namespace(command="fit", resume=str(run))
-    said = _compile_kept(args)
-    assert f"start it over with `pyro-vae fit --restart --out {run} --compile off`" in said
-    assert _compile_kept(argparse.Namespace(command="fit", resume=None)) == ""
+    config = json.loads((trained / "config.json").read_text())
+    config["guide"] = "pyro_vae.guides:AmortizedIAF"
+    config["estimator"]["options"] = {"gradient": "stl"}
+    config["train"].update(compile=True, epochs=1, seed=3)
+    (run / "config.json").write_text(json.dumps(config))
+    assert main(["fit", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"its resume may change that: `pyro-vae fit --resume {run} --compile off`" in err
+    assert main(["fit", "--resume", str(run), "--compile", "off", "--no-progress"]) == 0
+    resumed = json.loads((run / "config.json").read_text())
+    assert resumed["train"]["compile"] is False and resumed["train"]["seed"] == 3
+    assert resumed["guide"] == config["guide"] and resumed["estimator"] == config["estimator"]
+    assert RunFolder(run).load_checkpoint()["epoch"] == 1
+    compiled = json.loads((trained / "config.json").read_text())["train"]["compile"]
+    flag = "off" if compiled else "on"
+    assert main(["fit", "--resume", str(trained), "--compile", flag, "--epochs", "9"]) == 2
+    assert "--compile cannot change a run being resumed" in capsys.readouterr().err
 
 
 def test_a_step_that_cannot_be_recorded_is_refused_before_anything_is_written(tmp_path, capsys):
