@@ -39,7 +39,7 @@ class HungUp(Terminated):
     SIGTERM (every handler of :class:`Terminated` takes it), which Python would otherwise
     meet by dying mid-write, leaving a partial checkpoint file behind (tester AX)."""
 
-    announced = "hung up (SIGHUP: its terminal closed)"
+    announced = "hung up (SIGHUP)"  # a closed terminal, or a kill -HUP: both the same here
     status = 129
 
 
