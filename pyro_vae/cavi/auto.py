@@ -600,30 +600,21 @@ class AutoCAVI(CoordinateUpdates):
         if not moved:
             return unchecked
         name, (step, z, model_step) = max(moved.items(), key=lambda item: max(item[1][::2]))
-        stopped = (
-            f"after {self.probe_rounds_} probing rounds the sweeps settled"
-            if converged
-            else f"the sweeps stopped at max_iter={len(bounds)} without converging"
-        )
-        if not converged:  # not known to be a fixed point, nor free of the factors' rounding
-            raise NotConjugateError(
-                f"AutoCAVI: {stopped} (bound {bounds[-1]:.6g} nats) where the model's own "
-                f"gradient moves the mean of latent site {name!r} by {step:.3g} of q's sds "
-                f"({z:.3g} standard errors over {DRAWS} draws of q), with float64 rounding "
-                f"in the factors estimated at {self.numerical_error_:.3g} nats: such a q "
-                "cannot be told from a fixed point of factors wrong where q is. Raise "
-                "max_iter; if the converged fit is refused too, centre and scale the data (or "
-                "the prior) so that the latents are of order one"
-            )
+        if converged:
+            stopped = f"after {self.probe_rounds_} probing rounds the sweeps settled"
+            advice = "Centre and scale the data (or the prior)"
+        else:  # not known to be a fixed point, nor free of the factors' rounding
+            stopped = f"the sweeps stopped at max_iter={len(bounds)} without converging"
+            advice = "Raise max_iter; if the converged fit is refused too, centre and scale "
+            advice += "the data (or the prior)"
         raise NotConjugateError(
-            f"AutoCAVI: {stopped} (bound "
-            f"{bounds[-1]:.6g} nats) where the model's own gradient moves the mean of latent "
-            f"site {name!r} by {step:.3g} of q's sds and {model_step:.3g} sds of the "
-            f"model's own curvature along it ({z:.3g} standard errors over "
-            f"{DRAWS} draws of q): a fixed point of probed factors that float64 rounding "
-            f"left wrong where q is (their rounding estimated at {self.numerical_error_:.3g} "
-            "nats): the log-densities are large where q puts its mass. Centre and scale the "
-            "data (or the prior) so that the latents are of order one"
+            f"AutoCAVI: {stopped} (bound {bounds[-1]:.6g} nats) where the model's own "
+            f"gradient moves the mean of latent site {name!r} by {step:.3g} of q's sds and "
+            f"{model_step:.3g} sds of the model's own curvature along it ({z:.3g} standard "
+            f"errors over {DRAWS} draws of q): q cannot be told from a fixed point of probed "
+            "factors that float64 rounding left wrong where q is (their rounding estimated "
+            f"at {self.numerical_error_:.3g} nats): the log-densities are large where q puts "
+            f"its mass. {advice} so that the latents are of order one"
         )
 
     def _overrelaxes(self, chains) -> bool:

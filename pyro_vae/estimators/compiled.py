@@ -273,15 +273,8 @@ class CompiledELBO(SurrogateELBO):
                 on them (see :meth:`differentiable_loss`)."""
         leaves, spec = pytree.tree_flatten((args, kwargs))
         key = _signature(model, guide, leaves, spec)
-        if any(r.modes_hold() for r in self._recordings.get(key, ())):
-            return
-        store = pyro.get_param_store()
-        before = set(store.keys())
-        recording = self._record(model, guide, leaves, spec)
-        if set(store.keys()) - before:  # as in _first_call: record again, now they exist
-            recording = self._record(model, guide, leaves, spec)
-        kept = [r for r in self._recordings.get(key, ()) if r.modes != recording.modes]
-        self._recordings[key] = [*kept, recording]
+        if not any(r.modes_hold() for r in self._recordings.get(key, ())):
+            self._record_and_keep(key, model, guide, leaves, spec)
 
     def _prepare(self, model, guide, args, kwargs, announce: bool):
         """``(run, recording)``: ``run()`` returns the loss. With a current recording of
@@ -303,6 +296,13 @@ class CompiledELBO(SurrogateELBO):
         summed as the recording sums it (tensors, not Python floats), so a run's reported
         losses do not depend on which steps happened to record (a resumed run's history
         equals an uninterrupted one's to the last bit)."""
+        self._record_and_keep(key, model, guide, leaves, spec)
+        with _items_as_tensors():
+            return _loss_with_gradient(self.elbo, model, guide, args, kwargs)
+
+    def _record_and_keep(self, key, model, guide, leaves, spec) -> None:
+        """Record the step (twice where the first recording created parameters) and keep
+        it under ``key``, beside the recordings of the key's other module modes."""
         store = pyro.get_param_store()
         before = set(store.keys())
         recording = self._record(model, guide, leaves, spec)
@@ -315,8 +315,6 @@ class CompiledELBO(SurrogateELBO):
         # the recordings of callables that have died since (a wrapper made per step) go
         self._recordings = {k: v for k, v in self._recordings.items() if _alive(k)}
         self._recordings[key] = [*kept, recording]
-        with _items_as_tensors():
-            return _loss_with_gradient(self.elbo, model, guide, args, kwargs)
 
     def _record(self, model, guide, leaves, spec) -> _Recording:
         positions = [i for i, x in enumerate(leaves) if torch.is_tensor(x)]
