@@ -661,7 +661,7 @@ class RunLock:
     """
 
     def __init__(self, run: RunFolder) -> None:
-        self.run, self._fd, self._created = run, None, False
+        self.run, self._fd, self._created, self._found = run, None, False, set()
 
     def acquire(self) -> RunLock:
         path = self.run.path
@@ -669,6 +669,7 @@ class RunLock:
             raise RunFolderError(f"run: {path} is a file; expected a run folder (a directory)")
         self._created = not path.exists()
         try:
+            self._found = set() if self._created else {p.name for p in path.iterdir()}
             path.mkdir(parents=True, exist_ok=True)
             fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
         except OSError as err:
@@ -691,20 +692,28 @@ class RunLock:
         return self
 
     def release(self) -> None:
-        """Let the folder go; a folder this claim created and nothing was written to (a
-        command refused after claiming it) is removed again."""
+        """Let the folder go as this claim found it where nothing else was written (a
+        command refused after claiming it): the lock files it made removed (tester BB's
+        cases: a refused ``fit --out`` left them in a folder of other files), and a folder
+        it made removed; where the run was written, the lock file emptied, since it names a
+        holder only while one holds it (tester BE saw a refused ``--resume`` leave its pid)."""
         if self._fd is None:
             return
         self.run._claimed = False
-        path = self.run.path
+        path, locks = self.run.path, {".lock", ".metrics.lock"}
+        try:
+            os.ftruncate(self._fd, 0)
+        except OSError:  # a lock file that cannot be written still lets go
+            pass
         try:  # a folder that can no longer be read is left as it is
-            names = {p.name for p in path.iterdir()} if self._created else None
+            names = {p.name for p in path.iterdir()}
         except OSError:
             names = None
-        if names is not None and names <= {".lock", ".metrics.lock"}:
-            for name in (".lock", ".metrics.lock"):
+        if names is not None and names - self._found <= locks:
+            for name in locks - self._found:
                 (path / name).unlink(missing_ok=True)
-            path.rmdir()
+            if self._created:
+                path.rmdir()
         os.close(self._fd)
         self._fd = None
 

@@ -252,17 +252,18 @@ def _construct(spec: str, arg: str, standard: dict, extra: dict) -> tuple[Any, d
     received = {**supported_options(obj, standard), **extra}
     try:
         return obj(**received), received
-    except (TypeError, ValueError) as err:
-        if _binds(obj, received) and not _deliberate(err):
-            # a fault in the constructor's own code (tester BB: `h, w = image_shape` on RGB
-            # images said only "error: too many values to unpack (expected 2)")
-            raise ValueError(
-                f"{arg}: {spec} failed in its constructor, given the options {received}, "
-                f"with {type(err).__name__}: {err} ({_raised_at(err)})"
-            ) from err
-        if isinstance(err, TypeError):
+    except Exception as err:  # noqa: BLE001 - each kind is said below, or raised as it is
+        if isinstance(err, TypeError) and not _binds(obj, received):
             raise ValueError(f"{arg}: {spec} rejected its options {received}: {err}") from err
-        raise
+        if isinstance(err, ValueError) and _deliberate(err):
+            raise  # its own refusal of a value, whose message says what was wrong
+        # a fault in the constructor's own code (tester BB: `h, w = image_shape` on RGB
+        # images said only "error: too many values to unpack (expected 2)"; tester BF: an
+        # IndexError in a helper it calls ended in a raw traceback)
+        raise ValueError(
+            f"{arg}: {spec} failed in its constructor, given the options {received}, "
+            f"with {type(err).__name__}: {err} ({_raised_at(err)})"
+        ) from err
 
 
 def _binds(cls, options: dict) -> bool:

@@ -994,7 +994,7 @@ def _snapshot(folder: Path | None) -> dict[str, bytes]:
     return {
         str(p.relative_to(folder)): p.read_bytes()
         for p in sorted(folder.rglob("*"))
-        if p.is_file() and not p.name.endswith(".lock")
+        if p.is_file()  # lock files too: a refused command leaves them as it found them
     }
 
 

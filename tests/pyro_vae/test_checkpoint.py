@@ -143,6 +143,21 @@ def test_a_refused_claim_on_a_new_path_leaves_nothing_behind(tmp_path):
         RunFolder(file).claim()
 
 
+def test_a_claim_released_unwritten_leaves_a_folder_of_other_files_as_it_found_it(tmp_path):
+    # tester BB's cases: a refused `fit --out DATA` left .lock and .metrics.lock in DATA
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "images.npy").write_bytes(b"x")
+    RunFolder(data).claim().release()
+    assert sorted(p.name for p in data.iterdir()) == ["images.npy"]
+    # a claim that wrote the run keeps its lock file, emptied: it names no holder now
+    with RunFolder(data).claim():
+        (data / "config.json").write_text("{}")
+    written = {".lock", ".metrics.lock", "config.json", "images.npy"}
+    assert {p.name for p in data.iterdir()} == written
+    assert (data / ".lock").read_bytes() == b""
+
+
 def test_stale_temporaries_are_removed_and_live_ones_kept(tmp_path):
     from pyro_vae.checkpoint import atomic_path
 
@@ -523,7 +538,9 @@ def test_a_folder_in_use_is_refused_without_taking_or_touching_it(tmp_path):
     run = RunFolder(tmp_path / "run")
     run.refuse_if_in_use()  # no folder yet: nothing to ask, nothing made
     assert not run.path.exists()
-    run.path.mkdir()  # a run's folder (a claim removes an empty folder it made itself)
+    run.path.mkdir()  # a run's folder (a refused claim leaves a folder as it found it)
+    (run.path / "config.json").write_text("{}")
+    (run.path / ".lock").write_text("")  # left by the fit that wrote it
     held = run.claim()
     try:
         with pytest.raises(
@@ -537,3 +554,6 @@ def test_a_folder_in_use_is_refused_without_taking_or_touching_it(tmp_path):
     run.refuse_if_in_use()
     assert (lock.stat().st_mtime_ns, lock.read_bytes()) == before
     RunFolder(run.path).claim().release()  # and it is free to take
+    # a released claim empties the lock file: a command refused after claiming (a refused
+    # --resume) leaves the file as it found it (tester BE saw its pid left there)
+    assert lock.read_bytes() == b""

@@ -105,6 +105,34 @@ def test_a_fault_in_a_model_s_constructor_names_its_file_and_line():
         build(RunConfig(ModelConfig(spec, {**SMALL, "latent_dim": 0}), guide=guide))
 
 
+def _first_channel(image_shape):
+    return image_shape[2]
+
+
+class _IndexesTheImageShape:
+    """A user's model whose constructor calls a helper with a fault: it reads a third
+    dimension greyscale shapes lack (tester BF: the IndexError ended in a raw traceback)."""
+
+    def __init__(self, x_dim, image_shape, latent_dim=2):
+        self.channels = _first_channel(image_shape)
+
+    def __call__(self, x):
+        pass
+
+
+def test_any_fault_in_a_model_s_constructor_is_said_in_one_line_with_its_place():
+    import inspect
+
+    spec, guide = f"{__name__}:_IndexesTheImageShape", GuideConfig(f"{__name__}:no_guide_model")
+    lines, first = inspect.getsourcelines(_first_channel)
+    with pytest.raises(ValueError) as failed:
+        build(RunConfig(ModelConfig(spec, SMALL), guide=guide))
+    said = str(failed.value)
+    assert said.startswith(f"model: {spec} failed in its constructor, given the options {{")
+    assert "with IndexError: tuple index out of range" in said
+    assert f"{__file__}, line {first + 1}: return image_shape[2]" in said
+
+
 def test_build_takes_a_run_config_only():
     with pytest.raises(TypeError, match="config: dict; expected a pyro_vae.run_config.RunConfig"):
         build({"model": "models.vae:VAE"})
