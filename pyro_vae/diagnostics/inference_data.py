@@ -19,6 +19,7 @@ marginal log p(x_n | u_s) per datapoint, and ``lp`` the marginal log p(x, u_s)
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -88,10 +89,13 @@ def _named(
     return (array.astype(np.int64) if array.dtype == np.bool_ else array), dims
 
 
-def _dataset(variables: dict[str, tuple[np.ndarray, list[str]]], attrs: dict, draws: bool):
+def _dataset(
+    variables: dict[str, tuple[np.ndarray, list[str]]], attrs: dict, draws: bool, coords=None
+):
     return az.dict_to_dataset(
         {k: a for k, (a, _) in variables.items()},
         dims={k: d for k, (_, d) in variables.items()},
+        coords=coords,
         default_dims=None if draws else [],
         attrs=attrs,
         library=pyro,
@@ -102,13 +106,16 @@ def _groups(model_tr, rank: int, num_samples: int, summed: dict | None = None):
     """The posterior, posterior_predictive, log_likelihood and observed_data variables;
     ``summed`` (:func:`_summed_out`): the values, predictive draws and per-datapoint
     log-likelihoods that replace the model trace's for a pair with sites summed out."""
-    groups: dict[str, dict] = {k: {} for k in ("posterior", "predictive", "loglik", "observed")}
+    kinds = ("posterior", "predictive", "loglik", "observed", "coords")
+    groups: dict[str, dict] = {k: {} for k in kinds}
     summed = summed or {"values": {}, "predictive": {}, "loglik": {}}
     for name, site in sample_sites(model_tr).items():
         fn = site["fn"]
         # a pyro.deterministic site is a function of the latents: posterior, as ArviZ's
         # from_pyro has it (taken as observed, it was data with a log-likelihood of 0)
         deterministic = site["infer"].get("_deterministic", False)
+        if site["is_observed"] and site["infer"].get("is_auxiliary"):
+            continue  # a pyro.factor: in lp, but no data and no likelihood (tester BH)
         if not site["is_observed"] or deterministic:
             # a deterministic site's Delta takes every dim as an event dim, the draws' too
             event_dim = max(site["value"].dim() - rank, 0) if deterministic else fn.event_dim
@@ -123,8 +130,63 @@ def _groups(model_tr, rank: int, num_samples: int, summed: dict | None = None):
             log_p, plate = summed["loglik"][name]
             groups["loglik"][name] = (log_p.cpu().numpy()[None], [plate])
         else:
-            groups["loglik"][name] = _named(name, site, masked_log_prob(site), 0, rank, num_samples)
+            loglik = _named(name, site, masked_log_prob(site), 0, rank, num_samples)
+            observed = _observed_entries(name, site, rank, num_samples)
+            if observed is None:
+                groups["loglik"][name] = loglik
+            elif observed.size:  # masked out entries are no datapoints of az.loo's
+                array = loglik[0].reshape(1, num_samples, -1)[..., observed]
+                groups["loglik"][name] = (array, [f"{name}_observed"])
+                groups["coords"][f"{name}_observed"] = observed
     return groups
+
+
+def _distribution_mask(fn) -> torch.Tensor | bool | None:
+    """The mask of a ``.mask(m)`` inside ``fn`` (under ``.to_event`` or ``.expand``), over
+    ``fn``'s batch shape (an entry whose event is masked in part still counts); None if
+    none."""
+    event_dims = 0
+    while True:
+        if isinstance(fn, pyro.distributions.MaskedDistribution):
+            mask = fn._mask
+            if event_dims and torch.is_tensor(mask):
+                mask = mask.reshape((1,) * max(event_dims - mask.dim(), 0) + mask.shape)
+                mask = mask.flatten(-event_dims).any(-1)
+            return mask
+        if isinstance(fn, torch.distributions.Independent):
+            event_dims += fn.reinterpreted_batch_ndims
+        elif not isinstance(fn, pyro.distributions.ExpandedDistribution):
+            return None
+        fn = fn.base_dist
+
+
+def _observed_entries(name: str, site: dict, rank: int, num_samples: int) -> np.ndarray | None:
+    """For an observed site with a mask that leaves some entries out, the flat indices
+    (into its pointwise log-likelihood's dims, C order) of those it observes; None where
+    it observes every entry, or where its mask differs between draws (a mask computed from
+    a latent: then its zeros stay, warned of, as no one set of datapoints is left)."""
+    masks = [m for m in (site["mask"], _distribution_mask(site["fn"])) if m is not None]
+    if all(m is True for m in masks):
+        return None
+    if any(m is False for m in masks):
+        return np.zeros(0, dtype=np.int64)
+    log_p = masked_log_prob(site)
+    mask = torch.ones(log_p.shape, dtype=torch.bool, device=log_p.device)
+    for m in masks:
+        mask = mask & (m if torch.is_tensor(m) else torch.tensor(m))
+    mask = full_rank(mask, rank)
+    if mask.all():
+        return None
+    if not (mask == mask[:1]).all():
+        warnings.warn(
+            f"to_inference_data: the mask of observed site {name!r} differs between draws, "
+            "so log_likelihood holds 0 at its masked out entries, which az.loo counts as "
+            "datapoints",
+            stacklevel=4,
+        )
+        return None
+    observed = _named(name, site, mask[:1], 0, rank, num_samples)[0]
+    return np.flatnonzero(observed[0, 0].ravel())
 
 
 def _summed_out(model, traces, arguments, sites, rank: int, num_samples: int):
@@ -171,7 +233,11 @@ def to_inference_data(
     and ``log_likelihood`` (pointwise log p(x | z_s), unscaled: a ``poutine.scale`` on an
     observed site is left out of what ``az.loo`` reads) of each observed site,
     ``observed_data``, and ``sample_stats`` with ``lp`` = log p(x, z_s) (every site at its
-    scale, as Pyro's ELBOs count it) and ``log_q`` = log q(z_s | x). The attribute
+    scale, as Pyro's ELBOs count it) and ``log_q`` = log q(z_s | x). A site masked in part
+    (``.mask(m)``, ``poutine.mask``) has in ``log_likelihood`` its observed entries only, along
+    one dim ``{site}_observed`` whose coordinate is each entry's flat index into the site's
+    batch shape (masked out entries are no datapoints: az.loo counted them, tester BH); a
+    ``pyro.factor`` is in ``lp`` only. The attribute
     ``data_plate`` names the plate over the data's rows, or is empty where no plate or
     several (two plates of one size) match them.
     ``device`` (``None``: where the tensors in ``args`` are): the tensors in ``args`` and
@@ -213,7 +279,7 @@ def to_inference_data(
         attrs=attrs,
         posterior=_dataset(groups["posterior"], attrs, True),
         posterior_predictive=_dataset(groups["predictive"], attrs, True),
-        log_likelihood=_dataset(groups["loglik"], attrs, True),
+        log_likelihood=_dataset(groups["loglik"], attrs, True, groups["coords"]),
         observed_data=_dataset(groups["observed"], attrs, False),
         sample_stats=az.dict_to_dataset(stats, attrs=attrs, library=pyro),
     )

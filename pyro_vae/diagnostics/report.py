@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -240,21 +241,60 @@ def write_report(
     and ppc.png (:func:`write_summaries`). ``image_shape`` (H, W) and ``pixel_max`` (the
     value drawn as white) say how to draw a row of ``x`` as an image.
 
+    The files are written into a staging folder ``out_dir/.diagnose.tmp`` and moved into
+    ``out_dir`` only once all of them are made, so a report that fails part way (an
+    interrupt, a model that cannot draw its reconstructions) leaves the last report's files
+    as they were, not a mix of two reports (tester BH); a file this report does not make
+    (khat_worst.png with ``num_worst`` = 0) is removed with the last report's others.
+
     Returns:
         :meth:`PointwiseKhat.summary`, with ``files`` (the paths written) and, when
-        khat_worst.png could not be drawn, ``skipped`` {file name: why}.
+        khat_worst.png was not drawn, ``skipped`` {file name: why}.
 
     Raises:
-        ValueError: ``idata_points`` < 1, and the errors of
+        ValueError: ``idata_points`` < 1, ``num_worst`` < 0, and the errors of
             :func:`pyro_vae.diagnostics.psis.psis_khat_per_datapoint`.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     check_count("idata_points", idata_points, 1, "; expected a positive number of datapoints")
+    check_count("num_worst", num_worst, 0, "; expected a number of inputs to draw")
+    staging = out / ".diagnose.tmp"
+    shutil.rmtree(staging, ignore_errors=True)  # a killed report's
+    staging.mkdir()
+    try:
+        result = _write_into(
+            staging, model, guide, x, num_samples, idata_points, idata_samples, num_worst,
+            image_shape, pixel_max,
+        )  # fmt: skip
+        for name in _REPORT_FILES:
+            made = staging / name
+            if made.exists():
+                os.replace(made, out / name)
+            else:
+                (out / name).unlink(missing_ok=True)  # the last report's: not of this one
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    result["files"] = [str(out / Path(f).name) for f in result["files"]]
+    return result
+
+
+# every file a report may write: those this one does not make are the last one's
+_REPORT_FILES = ("khat.csv", "khat.png", "khat_worst.png", "diagnostics.nc", "summary.csv",
+                 "posterior.png", "ppc.png")  # fmt: skip
+
+
+def _write_into(
+    out: Path, model, guide, x, num_samples, idata_points, idata_samples, num_worst,
+    image_shape, pixel_max,
+) -> dict[str, Any]:  # fmt: skip
+    """:func:`write_report`'s files, written into ``out`` (its staging folder)."""
     khat = psis_khat_per_datapoint(model, guide, x, num_samples)
     files = [_write_khat_csv(khat, out / "khat.csv"), plot_khat(khat, out / "khat.png")]
     skipped: dict[str, str] = {}
-    if image_shape is not None:
+    if image_shape is not None and num_worst == 0:
+        skipped["khat_worst.png"] = "no inputs asked for (num_worst = 0)"
+    elif image_shape is not None:
         worst = khat.worst(num_worst)
         png, why = _plot_worst(
             model, guide, x, khat, worst, image_shape, pixel_max, out / "khat_worst.png"

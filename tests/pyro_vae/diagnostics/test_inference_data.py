@@ -425,3 +425,45 @@ def test_a_beta_pair_gives_the_models_lp_and_log_q_not_the_beta_objective():
     np.testing.assert_array_equal(lp_beta, lp)
     np.testing.assert_array_equal(log_q_beta, log_q)
     assert khat_beta == khat
+
+
+def _normal_mean(x, mask):
+    mu = pyro.sample("mu", dist.Normal(x.new_tensor(0.0), 1.0))
+    pyro.factor("penalty", -0.5 * mu**2)  # a second N(0, 1) prior term, by hand
+    with pyro.plate("data", len(x)):
+        pyro.sample("obs", dist.Normal(mu, 1.0).mask(mask), obs=x)
+
+
+def test_masked_out_entries_and_factors_are_no_datapoints_of_az_loo():
+    """Tester BH: masked out observations were log-likelihoods of 0 that az.loo counted (15
+    datapoints for 10, its se 2.4 times too large), and a pyro.factor was filed as observed
+    data with a likelihood, so az.loo refused two likelihoods. The expected loo: ArviZ's
+    own PSIS-LOO of the 10 observed rows' log N(x_n; μ_s, 1), computed here from the draws."""
+    torch.manual_seed(0)
+    x = torch.randn(15, dtype=torch.float64) + 1
+    mask = torch.ones(15, dtype=torch.bool)
+    mask[[0, 3, 7, 8, 14]] = False
+
+    def guide(x, mask):
+        pyro.sample("mu", dist.Normal(x[mask].sum() / 12, (1 / 12) ** 0.5))
+
+    pyro.set_rng_seed(1)
+    idata = to_inference_data(_normal_mean, guide, x, mask, num_samples=2000)
+    ll = idata.log_likelihood["obs"]
+    assert ll.dims == ("chain", "draw", "obs_observed")
+    kept = mask.nonzero().squeeze(-1).numpy()
+    assert ll["obs_observed"].values.tolist() == kept.tolist()
+    mu = torch.as_tensor(idata.posterior["mu"].values[0])
+    by_hand = dist.Normal(mu[:, None], 1.0).log_prob(x[kept][None]).numpy()
+    np.testing.assert_allclose(ll.values[0], by_hand, rtol=1e-12)
+    assert "penalty" not in idata.observed_data and "penalty" not in idata.log_likelihood
+    assert "penalty" not in idata.posterior_predictive
+    # lp still counts the factor: log N(μ; 0, 1) − μ²/2 + Σ_observed log N(x_n; μ, 1)
+    lp = dist.Normal(0.0, 1.0).log_prob(mu) - 0.5 * mu**2 + torch.as_tensor(by_hand).sum(-1)
+    np.testing.assert_allclose(idata.sample_stats["lp"].values[0], lp.numpy(), rtol=1e-12)
+    loo = az.loo(idata)
+    assert loo["n_data_points"] == 10
+    ours = az.loo(az.from_dict(posterior={"mu": mu[None].numpy()},
+                               log_likelihood={"obs": by_hand[None]}))  # fmt: skip
+    assert loo["elpd_loo"] == pytest.approx(ours["elpd_loo"], rel=1e-12)
+    assert loo["se"] == pytest.approx(ours["se"], rel=1e-12)

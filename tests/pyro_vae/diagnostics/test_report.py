@@ -29,3 +29,43 @@ def test_write_report_for_an_image_model(tmp_path):
     assert len((tmp_path / "khat.csv").read_text().splitlines()) == 31
     assert len(result["worst"]) == 4 and 0 <= result["share_above_0.7"] <= 1
     assert load_inference_data(tmp_path / "diagnostics.nc").posterior["z"].shape == (1, 20, 10, 2)
+
+
+def _report(vae, x, out, **options):
+    settings = dict(num_samples=50, idata_points=10, idata_samples=20, image_shape=(4, 4))
+    return write_report(vae, vae.make_guide(), x, out, **{**settings, **options})
+
+
+def test_a_report_that_fails_part_way_leaves_the_last_one_whole(tmp_path, monkeypatch):
+    # tester BH: `diagnose --worst 0` failed after rewriting khat.csv and khat.png, and
+    # the folder held two reports' files
+    import pyro_vae.diagnostics.report as report
+
+    vae = VAE(x_dim=16, latent_dim=2, hidden_dims=(8,))
+    x = torch.bernoulli(torch.full((30, 16), 0.3))
+    _report(vae, x, tmp_path, num_worst=4)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("the model could not be replayed")
+
+    monkeypatch.setattr(report, "to_inference_data", fails)
+    with pytest.raises(RuntimeError, match="could not be replayed"):
+        _report(vae, x[:20], tmp_path, num_worst=4)  # its khat.csv would have 21 lines
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_num_worst_zero_draws_no_figure_and_removes_the_last_report_s(tmp_path):
+    vae = VAE(x_dim=16, latent_dim=2, hidden_dims=(8,))
+    x = torch.bernoulli(torch.full((30, 16), 0.3))
+    _report(vae, x, tmp_path, num_worst=4)
+    assert (tmp_path / "khat_worst.png").exists()
+    result = _report(vae, x, tmp_path, num_worst=0)
+    assert result["skipped"] == {"khat_worst.png": "no inputs asked for (num_worst = 0)"}
+    assert result["worst"] == []
+    assert not (tmp_path / "khat_worst.png").exists()
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "khat.csv", "khat.png", "diagnostics.nc", "summary.csv", "posterior.png", "ppc.png"
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="num_worst: -1"):
+        _report(vae, x, tmp_path, num_worst=-1)
