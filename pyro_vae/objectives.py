@@ -162,6 +162,7 @@ def free_bits_traces(
     free_bits: float,
     analytic: bool = False,
     groups: int | str | None = None,
+    in_terms: bool = False,
 ) -> tuple[Trace, Trace, torch.Tensor, dict[str, torch.Tensor]]:
     """Copies of the traces with each group below ``free_bits`` nats taken out (see the
     module docstring), the floor they contribute instead, and each site's closed-form
@@ -170,6 +171,16 @@ def free_bits_traces(
     Log-densities must have been computed (``compute_log_prob``; guide score parts where
     the estimator uses them). ``groups``: ``None`` (each site one group), ``"dims"`` or K
     groups of each site's dimensions (:mod:`pyro_vae.latent_dims`).
+
+    ``in_terms``: for an estimator with score-function terms (a Monte Carlo KL, decided
+    draw by draw), whose gradient must see the objective itself: a draw's frozen groups
+    are decided by the draw, so the floor λ is part of its learning signal and a kept
+    group's direct term −∇_φ log q(z) no longer has mean zero (tester BG: REINFORCE's
+    gradient 38 standard errors off with both left out). The floor then goes into the
+    guide sites' log-densities, λ · scale at each frozen element (detached, so only
+    score-function terms read it), every guide site's entropy term becomes its kept log q
+    (Pyro's ``Trace_ELBO`` takes the direct term of a site whose score is drawn from it
+    there), and the ``floor`` returned is 0.
 
     Returns:
         ``(model_trace, guide_trace, floor, kept_kl)``: ``floor`` is Σ over particles and
@@ -189,7 +200,8 @@ def free_bits_traces(
         model_site, guide_site = model_trace.nodes[name], guide_trace.nodes[name]
         dim = _particle_dim(guide_site)
         ones = torch.ones(guide_site["fn"].batch_shape, device=guide_site["value"].device)
-        weight = _per_particle(scale_and_mask(ones, guide_site["scale"], guide_site["mask"]), dim)
+        elements = scale_and_mask(ones, guide_site["scale"], guide_site["mask"])
+        weight = _per_particle(elements, dim)
         count = group_count(groups, guide_site["fn"].event_shape.numel(), name)
         if count > 1:
             term, kept[name] = _free_dim_groups(
@@ -197,9 +209,10 @@ def free_bits_traces(
                 (model_site, guide_site),
                 (model_out, guide_out),
                 (free_bits, count, analytic),
-                weight,
+                (weight, elements if in_terms else None),
             )
-            floor = term if floor is None else floor + term
+            if not in_terms:
+                floor = term if floor is None else floor + term
             continue
         kl = _group_kl(model_site, guide_site, analytic)
         total = _per_particle(kl, dim)
@@ -209,14 +222,27 @@ def free_bits_traces(
             keep = keep.reshape((-1,) + (1,) * (-dim - 1))
         else:
             keep = keep.reshape(())
-        term = (frozen.to(total.dtype) * free_bits * weight).sum()
-        floor = term if floor is None else floor + term
         kept[name] = kl * keep
         _scale_site(model_out.nodes[name], keep)
         _scale_site(guide_out.nodes[name], keep)
+        if in_terms:
+            _add_floor(guide_out.nodes[name], ((1 - keep) * free_bits * elements).detach())
+            continue
+        term = (frozen.to(total.dtype) * free_bits * weight).sum()
+        floor = term if floor is None else floor + term
     if floor is None:  # no latent group: on the data's device, as the sums it is added to
         floor = torch.zeros((), device=_device_of(model_trace))
     return model_out, guide_out, floor.detach(), kept
+
+
+def _add_floor(site: dict, floor: torch.Tensor) -> None:
+    """Add ``floor`` (λ · scale at each frozen element, detached) to a guide site's
+    log-density terms, and make its entropy term its log q (see ``in_terms``)."""
+    log_prob = site["log_prob"] + floor
+    site["log_prob"], site["log_prob_sum"] = log_prob, log_prob.sum()
+    parts = site.get("score_parts")
+    if parts is not None:
+        site["score_parts"] = ScoreParts(parts.log_prob + floor, parts.score_function, log_prob)
 
 
 def _device_of(trace: Trace) -> torch.device | None:
@@ -231,6 +257,7 @@ def _free_dim_groups(name, sites, outs, setting, weight):
     """:func:`free_bits_traces` for one site split into ``count`` groups of its dimensions:
     the site's floor and kept KL; ``outs``' copies of the site hold only kept dimensions."""
     (model_site, guide_site), (free_bits, count, analytic) = sites, setting
+    weight, elements = weight
     dim = _particle_dim(guide_site)
     if guide_site["infer"].get("_enumerate_dim") is not None:
         raise ValueError(
@@ -254,6 +281,9 @@ def _free_dim_groups(name, sites, outs, setting, weight):
     for site, out, role in zip(sites, outs, ("prior", "guide"), strict=True):
         log_prob = (per_dim_log_prob(site, name, role) * keep).sum(-1)
         _set_log_prob(out.nodes[name], log_prob)
+    if elements is not None:  # in_terms: λ · scale for each frozen group of the element
+        frozen_groups = (count - keep.sum(-1) / size).detach()
+        _add_floor(outs[1].nodes[name], frozen_groups * free_bits * elements)
     return term, (kl * keep).sum(-1)
 
 

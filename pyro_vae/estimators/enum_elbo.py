@@ -56,7 +56,6 @@ class TraceEnumELBO(TraceEnum_ELBO):
     ) -> None:
         self.free_bits = check_free_bits(free_bits)
         self.free_bits_groups = check_free_bits_groups(free_bits_groups, self.free_bits)
-        self._floor = 0.0
         # the user's (model, guide) pairs checked, compared by == (a bound method made
         # afresh at each call, vae.model, equals the last; Pyro's wrappers of them, which
         # _get_trace sees, are new at every call): one check per estimator let a second
@@ -74,10 +73,9 @@ class TraceEnumELBO(TraceEnum_ELBO):
         if self.free_bits is None:
             return model_trace, guide_trace
         self._refuse_entangled(model_trace, guide_trace)
-        model_trace, guide_trace, floor, _ = free_bits_traces(
-            model_trace, guide_trace, self.free_bits, groups=self.free_bits_groups
+        model_trace, guide_trace, _, _ = free_bits_traces(  # the floor in the guide's terms
+            model_trace, guide_trace, self.free_bits, groups=self.free_bits_groups, in_terms=True
         )
-        self._floor = self._floor + floor
         guide_trace.pack_tensors()
         model_trace.pack_tensors(guide_trace.plate_to_symbol)
         return model_trace, guide_trace
@@ -97,8 +95,8 @@ class TraceEnumELBO(TraceEnum_ELBO):
                             "bits need each guide site's KL separately (use free_bits=None)"
                         )
 
-    def _with_floor(self, method, model, guide, args, kwargs):
-        self._floor, self._pair = 0.0, (model, guide)
+    def _checked(self, method, model, guide, args, kwargs):
+        self._pair = model, guide
         try:
             loss = method(model, guide, *args, **kwargs)
         except ValueError as err:
@@ -110,16 +108,16 @@ class TraceEnumELBO(TraceEnum_ELBO):
                 f"enumerated terms keep scale 1 (Pyro: {err}); the β-objective has no "
                 "separate KL term here: train with beta=1 and no warm-up"
             ) from err
-        return loss + self._floor / self.num_particles
+        return loss
 
     def loss(self, model, guide, *args, **kwargs):
-        return float(self._with_floor(super().loss, model, guide, args, kwargs))
+        return float(self._checked(super().loss, model, guide, args, kwargs))
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
-        return self._with_floor(super().differentiable_loss, model, guide, args, kwargs)
+        return self._checked(super().differentiable_loss, model, guide, args, kwargs)
 
     def loss_and_grads(self, model, guide, *args, **kwargs):
-        return float(self._with_floor(super().loss_and_grads, model, guide, args, kwargs))
+        return float(self._checked(super().loss_and_grads, model, guide, args, kwargs))
 
 
 def refuse_reading_across_plates(model, args, kwargs, model_trace, guide_trace) -> None:

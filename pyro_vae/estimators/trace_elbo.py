@@ -63,6 +63,14 @@ class TraceELBO(RefusesMaskMismatches, Trace_ELBO):
         self.gradient = check_gradient(gradient, ("reparam", "stl"), "trace")
         self.free_bits = check_free_bits(free_bits)
         self.free_bits_groups = check_free_bits_groups(free_bits_groups, self.free_bits)
+        if self.gradient == "stl" and self.free_bits is not None:
+            raise ValueError(
+                f"gradient: 'stl' with free_bits={self.free_bits!r}: sticking the landing drops "
+                "the guide's direct term ∇_φ log q(z), whose mean is zero only where nothing "
+                "decided by the draw multiplies it, and free bits keep a site's KL on the draws "
+                "above λ only, so the gradient would be biased; use gradient='reparam', or "
+                "analytic-kl, with free bits"
+            )
         super().__init__(*args, **kwargs)
 
     def loss(self, model, guide, *args, **kwargs) -> float:
@@ -84,22 +92,18 @@ class TraceELBO(RefusesMaskMismatches, Trace_ELBO):
 
     def _differentiable_loss_particle(self, model_trace, guide_trace):
         # Pyro's hook for one particle's (loss, surrogate loss); the loss is Pyro's own.
-        floor = 0.0
         scored = (model_trace, guide_trace)
-        if self.free_bits is not None:
-            *scored, floor, _ = free_bits_traces(
-                model_trace, guide_trace, self.free_bits, groups=self.free_bits_groups
-            )
+        if self.free_bits is not None:  # the floor in the guide's terms (score functions)
+            *scored, _, _ = free_bits_traces(
+                model_trace, guide_trace, self.free_bits, groups=self.free_bits_groups,
+                in_terms=True,
+            )  # fmt: skip
         loss, surrogate = super()._differentiable_loss_particle(*scored)
         if self.gradient == "reparam":
-            return loss + floor, surrogate + floor
+            return loss, surrogate
         refuse_unreparameterized(guide_trace, "trace", self.gradient)
         refuse_dependent_sites(guide_trace, "trace", self.gradient)
         stopped = stopped_guide_trace(guide_trace)
-        if self.free_bits is not None:  # decided on the same values as the loss was
-            model_trace, stopped, _, _ = free_bits_traces(
-                model_trace, stopped, self.free_bits, groups=self.free_bits_groups
-            )
         log_p = sum(s["log_prob_sum"] for s in model_trace.nodes.values() if s["type"] == "sample")
         log_q = sum(site["log_prob_sum"] for site in sample_sites(stopped).values())
-        return loss + floor, -(log_p - log_q) + floor
+        return loss, -(log_p - log_q)
