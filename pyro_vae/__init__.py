@@ -26,6 +26,7 @@ __version__ = "0.1.0"
 _DIAGNOSTICS = (
     "PointwiseKhat",
     "load_inference_data",
+    "loo_approximate_posterior",
     "psis_khat",
     "psis_khat_per_datapoint",
     "save_inference_data",
@@ -67,6 +68,7 @@ __all__ = [
     "latent_means",
     "load_data",
     "load_inference_data",
+    "loo_approximate_posterior",
     "psis_khat",
     "psis_khat_per_datapoint",
     "reconstruction_error",

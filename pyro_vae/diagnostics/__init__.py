@@ -8,6 +8,8 @@ One job per module:
   joint (:func:`psis_khat`) and per datapoint (:func:`psis_khat_per_datapoint`), after
   Yao, Vehtari, Simpson & Gelman 2018; :mod:`~pyro_vae.diagnostics.enumeration` gives the
   exact answers for a discrete q with few states.
+- :mod:`~pyro_vae.diagnostics.loo`: PSIS-LOO of the model from draws of q
+  (:func:`loo_approximate_posterior`, Magnusson et al. 2019), where ``az.loo`` scores q.
 - :mod:`~pyro_vae.diagnostics.calibration`: variational simulation-based calibration
   (:func:`vsbc`, Yao et al. 2018, §4).
 - :mod:`~pyro_vae.diagnostics.gradient_variance`: the mean, variance and signal-to-noise
@@ -47,6 +49,7 @@ _MODULES = {
         "psis_khat_per_datapoint",
     ),
     "calibration": ("VSBCResult", "symmetry_test", "vsbc", "vsbc_with"),
+    "loo": ("loo_approximate_posterior",),
     "report": ("plot_khat", "write_report", "write_summaries"),
 }
 _WHERE = {name: module for module, names in _MODULES.items() for name in names}

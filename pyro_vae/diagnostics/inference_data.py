@@ -48,6 +48,7 @@ from pyro_vae.plates import (
     refuse_self_subsampling,
 )
 from pyro_vae.pointwise import masked_log_prob
+from pyro_vae.site_masks import counted_elements
 from pyro_vae.traces import PARTICLES, full_rank, sample_sites, stack_values
 
 FORMAT = "pyro_vae.diagnostics/1"
@@ -141,42 +142,22 @@ def _groups(model_tr, rank: int, num_samples: int, summed: dict | None = None):
     return groups
 
 
-def _distribution_mask(fn) -> torch.Tensor | bool | None:
-    """The mask of a ``.mask(m)`` inside ``fn`` (under ``.to_event`` or ``.expand``), over
-    ``fn``'s batch shape (an entry whose event is masked in part still counts); None if
-    none."""
-    event_dims = 0
-    while True:
-        if isinstance(fn, pyro.distributions.MaskedDistribution):
-            mask = fn._mask
-            if event_dims and torch.is_tensor(mask):
-                mask = mask.reshape((1,) * max(event_dims - mask.dim(), 0) + mask.shape)
-                mask = mask.flatten(-event_dims).any(-1)
-            return mask
-        if isinstance(fn, torch.distributions.Independent):
-            event_dims += fn.reinterpreted_batch_ndims
-        elif not isinstance(fn, pyro.distributions.ExpandedDistribution):
-            return None
-        fn = fn.base_dist
-
-
 def _observed_entries(name: str, site: dict, rank: int, num_samples: int) -> np.ndarray | None:
     """For an observed site with a mask that leaves some entries out, the flat indices
     (into its pointwise log-likelihood's dims, C order) of those it observes; None where
     it observes every entry, or where its mask differs between draws (a mask computed from
     a latent: then its zeros stay, warned of, as no one set of datapoints is left)."""
-    masks = [m for m in (site["mask"], _distribution_mask(site["fn"])) if m is not None]
-    if all(m is True for m in masks):
+    on, event = counted_elements(site)  # every mask of the site, .mask(m) and poutine's
+    if on.all():
         return None
-    if any(m is False for m in masks):
+    if not on.any():
         return np.zeros(0, dtype=np.int64)
-    log_p = masked_log_prob(site)
-    mask = torch.ones(log_p.shape, dtype=torch.bool, device=log_p.device)
-    for m in masks:
-        mask = mask & (m if torch.is_tensor(m) else torch.tensor(m))
-    mask = full_rank(mask, rank)
-    if mask.all():
-        return None
+    value, log_p = torch.as_tensor(site["value"]), full_rank(masked_log_prob(site), rank)
+    inside = site["fn"].event_dim - event  # masked within the site's events: any counts
+    within = value.shape[value.dim() - site["fn"].event_dim : value.dim() - event]
+    mask = torch.broadcast_to(on, (*log_p.shape, *within))
+    if inside > 0:
+        mask = mask.flatten(-inside).any(-1)
     if not (mask == mask[:1]).all():
         warnings.warn(
             f"to_inference_data: the mask of observed site {name!r} differs between draws, "
