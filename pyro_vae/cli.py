@@ -178,11 +178,11 @@ def _train_and_report(
         config = replace(config, training=replace(config.training, progress=False))
 
     def ready() -> None:  # fit's checks have all passed: now the folder is written
-        _TRAINING_BEGUN["checked"] = True
+        _FIT_PROGRESS["checked"] = True
         if writer:
             _write_run_start(run, config, exp, state)
 
-    _TRAINING_BEGUN["begun"] = True
+    _FIT_PROGRESS["begun"] = True
     try:
         with warnings.catch_warnings():  # _write_run_start's note says it, in its words
             warnings.simplefilter("ignore", ProcessCountWarning)
@@ -367,7 +367,7 @@ def _launch(argv: list[str], args: argparse.Namespace) -> int:
     # from here the ranks may train and checkpoint: a stop reads the folder, not "it had
     # not begun" (after a Ctrl-C the launcher's last line said so beside the ranks' own
     # "holds the checkpoint of epoch 99")
-    _TRAINING_BEGUN["begun"] = True
+    _FIT_PROGRESS["begun"] = True
     status = launch(rest, nproc)
     if status in _RANK_SIGNALS:  # a rank sent the signal alone (the agent has named it)
         print(f"{_RANK_SIGNALS[status]}; {_where_it_stopped_readable(args)}", file=sys.stderr)
@@ -414,19 +414,20 @@ def _tell(line: str) -> None:
 #: (``python -m pyro_vae``).
 FOLLOWED_A_LOST_RANK = {"followed": False}
 
-#: Whether this process's fit has passed its checks and begun training (a stop before then
-#: changed nothing: a rank stopped by torchrun's agent when another refused named the old
-#: run's checkpoint as if it had trained: tester L2); ``checked``: whether fit's own checks
-#: have passed too, and its folder been written (a refusal from them, such as a step that
-#: cannot be recorded, wrote nothing).
-_TRAINING_BEGUN = {"begun": False, "checked": False}
+#: How far this process's fit got, for what a stop says: ``begun``, whether it has passed
+#: its checks and begun training (a stop before then changed nothing: a rank stopped by
+#: torchrun's agent when another refused named the old run's checkpoint as if it had
+#: trained: tester L2); ``checked``, whether fit's own checks have passed too, and its
+#: folder been written (a refusal from them, such as a step that cannot be recorded, wrote
+#: nothing).
+_FIT_PROGRESS = {"begun": False, "checked": False}
 
 
 def _where_it_stopped(args: argparse.Namespace) -> str:
     if args.command != "fit":
         return "its run folder is as it was: files are only ever replaced whole"
     run = RunFolder(args.resume or args.out)
-    if not _TRAINING_BEGUN["begun"]:
+    if not _FIT_PROGRESS["begun"]:
         return f"it had not begun training, so {run.path} is as it was"
     if not run.path.is_dir():
         if int(os.environ.get("RANK", "0")) > 0:  # another machine's rank 0 writes it
@@ -487,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
         "diagnose": diagnose_command,
         "compare": compare_command,
     }[args.command]
-    _TRAINING_BEGUN.update(begun=False, checked=False)
+    _FIT_PROGRESS.update(begun=False, checked=False)
     forget_stops()
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = {}
@@ -557,7 +558,7 @@ def _run_command(handler, args: argparse.Namespace, argv: list[str]) -> int:
             with session():
                 return handler(args)
     except (DiskFullError, FolderNotWritableError) as err:
-        if args.command != "fit" or not _TRAINING_BEGUN["begun"]:  # nothing was computed
+        if args.command != "fit" or not _FIT_PROGRESS["begun"]:  # nothing was computed
             print(f"{_error()}: {_one_line(err)}", file=sys.stderr)
             return 2
         # a fit stopped mid-run by its folder (tester U: a 40-line traceback): what the
@@ -572,7 +573,7 @@ def _run_command(handler, args: argparse.Namespace, argv: list[str]) -> int:
         FOLLOWED_A_LOST_RANK["followed"] = True
         return 1
     except CaptureError as err:  # --compile on for a step that cannot be recorded
-        if not _TRAINING_BEGUN["checked"]:  # refused by fit's checks: nothing was written
+        if not _FIT_PROGRESS["checked"]:  # refused by fit's checks: nothing was written
             print(
                 f"{_error()}: {_one_line(err)} On the command line: --compile off "
                 f"(nothing was written){_compile_kept(args)}",

@@ -170,7 +170,7 @@ def test_the_number_of_processes_is_recorded_and_a_resume_on_another_says_so(
     write_json(run / "metrics.json", {**metrics, "processes": 2})  # as 2 processes write it
     assert _where_it_stopped(stopped).endswith(f"`pyro-vae fit --resume {run} --nproc 2`")
     # stopped before it began training (a rank stopped when another refused: tester L2)
-    monkeypatch.setitem(cli._TRAINING_BEGUN, "begun", False)
+    monkeypatch.setitem(cli._FIT_PROGRESS, "begun", False)
     assert _where_it_stopped(stopped) == f"it had not begun training, so {run} is as it was"
     capsys.readouterr()
     assert main(["fit", "--resume", str(run), "--epochs", "2", "--no-progress"]) == 0
@@ -190,7 +190,7 @@ def test_a_stop_where_the_run_folder_is_not_names_who_writes_it(tmp_path, monkey
 
     absent = tmp_path / "absent"
     stopped = argparse.Namespace(command="fit", resume=None, out=str(absent))
-    monkeypatch.setitem(cli._TRAINING_BEGUN, "begun", True)
+    monkeypatch.setitem(cli._FIT_PROGRESS, "begun", True)
     monkeypatch.setenv("RANK", "1")
     expected = f"rank 0 writes {absent} on its own machine; the folder there holds the run"
     assert _where_it_stopped(stopped) == expected
@@ -1205,7 +1205,7 @@ def test_a_later_step_that_cannot_be_recorded_is_one_line_naming_compile_off(
     from pyro_vae.estimators.compiled import CaptureError
 
     def refuse(args, given):  # a step after fit's checks (another batch's shape)
-        cli._TRAINING_BEGUN.update(begun=True, checked=True)
+        cli._FIT_PROGRESS.update(begun=True, checked=True)
         raise CaptureError("could not record one step of M and G\nreads a value")
 
     monkeypatch.setattr("pyro_vae.cli._fit", refuse)
@@ -1908,7 +1908,7 @@ def test_a_stop_before_the_first_epoch_names_a_resume_that_needs_no_flags(tmp_pa
 
     run = tmp_path / "run"
     run.mkdir()
-    monkeypatch.setitem(cli._TRAINING_BEGUN, "begun", True)
+    monkeypatch.setitem(cli._FIT_PROGRESS, "begun", True)
     stopped = argparse.Namespace(command="fit", resume=None, out=str(run), nproc=2)
     assert f"`pyro-vae fit --restart --out {run} ...`" in _where_it_stopped(stopped)
     (run / "config.json").write_text(json.dumps({"format": FORMAT}))  # a run's own
