@@ -59,7 +59,8 @@ def counted_elements(site: dict) -> tuple[torch.Tensor, int]:
     of its distribution), anded: a bool tensor that broadcasts against
     ``value.shape[:value.dim() - event]``, aligned on the right, where ``event`` is the
     second value returned."""
-    device = torch.as_tensor(site["value"]).device
+    value = site["value"]  # torch.as_tensor would move a tensor to the default device
+    device = value.device if torch.is_tensor(value) else torch.get_default_device()
     masks, event = site_masks(site)
     on = as_mask(True, device)
     for mask, dims in masks:

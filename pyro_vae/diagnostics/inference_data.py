@@ -48,7 +48,7 @@ from pyro_vae.plates import (
     refuse_self_subsampling,
 )
 from pyro_vae.pointwise import masked_log_prob
-from pyro_vae.site_masks import counted_elements
+from pyro_vae.site_masks import counted_elements, site_masks
 from pyro_vae.traces import PARTICLES, full_rank, sample_sites, stack_values
 
 FORMAT = "pyro_vae.diagnostics/1"
@@ -147,12 +147,15 @@ def _observed_entries(name: str, site: dict, rank: int, num_samples: int) -> np.
     (into its pointwise log-likelihood's dims, C order) of those it observes; None where
     it observes every entry, or where its mask differs between draws (a mask computed from
     a latent: then its zeros stay, warned of, as no one set of datapoints is left)."""
+    if not site_masks(site)[0]:  # no mask: nothing to read (no tensor made, on any device)
+        return None
     on, event = counted_elements(site)  # every mask of the site, .mask(m) and poutine's
     if on.all():
         return None
     if not on.any():
         return np.zeros(0, dtype=np.int64)
-    value, log_p = torch.as_tensor(site["value"]), full_rank(masked_log_prob(site), rank)
+    log_p = full_rank(masked_log_prob(site), rank)
+    value = site["value"] if torch.is_tensor(site["value"]) else log_p.new_tensor(site["value"])
     inside = site["fn"].event_dim - event  # masked within the site's events: any counts
     within = value.shape[value.dim() - site["fn"].event_dim : value.dim() - event]
     mask = torch.broadcast_to(on, (*log_p.shape, *within))

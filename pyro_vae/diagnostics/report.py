@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -241,7 +242,7 @@ def write_report(
     and ppc.png (:func:`write_summaries`). ``image_shape`` (H, W) and ``pixel_max`` (the
     value drawn as white) say how to draw a row of ``x`` as an image.
 
-    The files are written into a staging folder ``out_dir/.diagnose.tmp`` and moved into
+    The files are written into a staging folder ``out_dir/.diagnose-*`` and moved into
     ``out_dir`` only once all of them are made, so a report that fails part way (an
     interrupt, a model that cannot draw its reconstructions) leaves the last report's files
     as they were, not a mix of two reports (tester BH); a file this report does not make
@@ -259,9 +260,9 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     check_count("idata_points", idata_points, 1, "; expected a positive number of datapoints")
     check_count("num_worst", num_worst, 0, "; expected a number of inputs to draw")
-    staging = out / ".diagnose.tmp"
-    shutil.rmtree(staging, ignore_errors=True)  # a killed report's
-    staging.mkdir()
+    # its own staging folder: a second report running at once must not remove or fill it
+    # (tester BI); one killed with SIGKILL leaves its folder, a dotfile fit passes over
+    staging = Path(tempfile.mkdtemp(prefix=".diagnose-", dir=out))
     try:
         result = _write_into(
             staging, model, guide, x, num_samples, idata_points, idata_samples, num_worst,

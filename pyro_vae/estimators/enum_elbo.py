@@ -26,6 +26,7 @@ from pyro_vae.objectives import (
     check_free_bits_groups,
     free_bits_traces,
     latent_groups,
+    refuse_drawn_groups_of_many_elements,
 )
 from pyro_vae.traces import refuse_mask_mismatches
 
@@ -73,6 +74,8 @@ class TraceEnumELBO(TraceEnum_ELBO):
         if self.free_bits is None:
             return model_trace, guide_trace
         self._refuse_entangled(model_trace, guide_trace)
+        groups = latent_groups(model_trace, guide_trace)
+        refuse_drawn_groups_of_many_elements(guide_trace, groups, "enum")
         model_trace, guide_trace, _, _ = free_bits_traces(  # the floor in the guide's terms
             model_trace, guide_trace, self.free_bits, groups=self.free_bits_groups, in_terms=True
         )

@@ -85,7 +85,13 @@ from torch import nn
 from pyro_vae.checks import check_widths
 from pyro_vae.estimators.base import SurrogateELBO, check_flag
 from pyro_vae.estimators.capabilities import Capabilities
-from pyro_vae.objectives import check_free_bits, check_free_bits_groups, free_bits_traces
+from pyro_vae.objectives import (
+    check_free_bits,
+    check_free_bits_groups,
+    free_bits_traces,
+    latent_groups,
+    whole_group_cost,
+)
 from pyro_vae.plates import batch_rows, frames_in, require_data_plate
 from pyro_vae.traces import full_rank, is_point_mass
 
@@ -284,6 +290,11 @@ class ScoreFunctionELBO(SurrogateELBO):
         costs = [(s, s["log_prob"]) for s in model_trace.nodes.values() if s["type"] == "sample"]
         costs += [(s, -s["log_prob"]) for s in guide_trace.nodes.values() if s["type"] == "sample"]
         elbo = _tensor(sum(c.sum() for _, c in costs))
+        if self.free_bits is not None:  # a group's freeze is decided by all its elements
+            groups = set(latent_groups(model_trace, guide_trace))
+            costs = [
+                whole_group_cost(s, c, rank) if s["name"] in groups else (s, c) for s, c in costs
+            ]
         surrogate = _tensor(model_trace.log_prob_sum(), elbo.device)
         if self.free_bits is not None:
             # the kept groups' direct term −∇_φ log q(z): its mean is zero only where no

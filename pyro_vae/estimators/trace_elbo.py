@@ -36,7 +36,13 @@ from pyro_vae.estimators.path_gradients import (
     refuse_unreparameterized,
     stopped_guide_trace,
 )
-from pyro_vae.objectives import check_free_bits, check_free_bits_groups, free_bits_traces
+from pyro_vae.objectives import (
+    check_free_bits,
+    check_free_bits_groups,
+    free_bits_traces,
+    latent_groups,
+    refuse_drawn_groups_of_many_elements,
+)
 from pyro_vae.traces import sample_sites
 
 
@@ -94,6 +100,8 @@ class TraceELBO(RefusesMaskMismatches, Trace_ELBO):
         # Pyro's hook for one particle's (loss, surrogate loss); the loss is Pyro's own.
         scored = (model_trace, guide_trace)
         if self.free_bits is not None:  # the floor in the guide's terms (score functions)
+            groups = latent_groups(model_trace, guide_trace)
+            refuse_drawn_groups_of_many_elements(guide_trace, groups, "trace")
             *scored, _, _ = free_bits_traces(
                 model_trace, guide_trace, self.free_bits, groups=self.free_bits_groups,
                 in_terms=True,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 
 import pyro
+import pyro.distributions as dist
 import pyro.distributions.unit
 import pytest
 import torch
@@ -437,6 +438,23 @@ def test_inference_data_and_joint_khat_create_tensors_on_their_inputs_device():
         idata = to_inference_data(model, guide, *args, num_samples=4, device="cpu")
         khat = psis_khat(model, guide, *args, num_samples=PSIS_MIN_SAMPLES, device="cpu")
     assert idata.sample_stats["lp"].shape == (1, 4) and khat == khat
+
+
+def test_inference_data_of_a_masked_site_creates_tensors_on_its_inputs_device():
+    # reading the site's masks (torch.as_tensor of its CPU value) moved it to the default
+    x, mask = torch.randn(6, dtype=torch.float64), torch.arange(6) != 2
+
+    def model(x):
+        mu = pyro.sample("mu", dist.Normal(x.new_tensor(0.0), 1.0))
+        with pyro.plate("data", 6):
+            pyro.sample("obs", dist.Normal(mu, 1.0).mask(mask), obs=x)
+
+    def guide(x):
+        pyro.sample("mu", dist.Normal(x.new_tensor(0.0), 1.0))
+
+    with meta_default():
+        idata = to_inference_data(model, guide, x, num_samples=4, device="cpu")
+    assert idata.log_likelihood["obs"].shape == (1, 4, 5)
 
 
 def test_khat_per_datapoint_creates_tensors_on_its_inputs_device():
