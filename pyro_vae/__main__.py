@@ -7,7 +7,7 @@ import time
 import traceback
 
 from pyro_vae.cli import FOLLOWED_A_LOST_RANK, main
-from pyro_vae.distributed import started_by_torchrun
+from pyro_vae.distributed import die_with_agent, started_by_torchrun
 
 #: Seconds a rank that stopped because another had waits before leaving.
 _AFTER_THE_LOST_RANK = 3.0
@@ -15,6 +15,7 @@ _AFTER_THE_LOST_RANK = 3.0
 if __name__ == "__main__":
     if not started_by_torchrun():
         sys.exit(main())
+    die_with_agent()  # a SIGTERM when torchrun's agent dies, by kill -9 too (tester BJ)
     # a rank skips the interpreter's teardown: there a gloo rank's C++ threads aborted it
     # ("terminate called without an active exception", exit 134) in about 1 run of 20,
     # which torchrun's agent reported as the run failing (tester AA)

@@ -18,11 +18,18 @@ import os
 import signal
 import sys
 import threading
+import time
 import warnings
 from dataclasses import replace
 from typing import Any
 
-from pyro_vae.checkpoint import DiskFullError, FolderNotWritableError, RunFolder, RunFolderError
+from pyro_vae.checkpoint import (
+    DiskFullError,
+    FolderNotWritableError,
+    RunFolder,
+    RunFolderError,
+    RunInUseError,
+)
 from pyro_vae.cli_analysis import (
     amortization_gap_command,
     compare_command,
@@ -199,9 +206,9 @@ def _train_and_report(
                 evaluated_per_datapoint=True,  # evaluate_test_set: refused before training
             )
     except TrainingDiverged as err:
-        if writer:
-            run.update_metrics(stop_reason="diverged")
-        print(f"error: {_one_line(err)}", file=sys.stderr)
+        if writer:  # every rank diverged alike (the loss is averaged): one says so
+            run.update_metrics(stop_reason="diverged")  # (tester BJ: said twice, unnamed)
+            print(f"error: {_one_line(err)}", file=sys.stderr)
         return 1
     if writer:
         print(
@@ -371,7 +378,28 @@ def _launch(argv: list[str], args: argparse.Namespace) -> int:
     status = launch(rest, nproc)
     if status in _RANK_SIGNALS:  # a rank sent the signal alone (the agent has named it)
         print(f"{_RANK_SIGNALS[status]}; {_where_it_stopped_readable(args)}", file=sys.stderr)
+    if status < 0:  # the agent itself killed (kill -9): its ranks got SIGTERM from the kernel
+        name = signal.Signals(-status).name if -status in signal.valid_signals() else -status
+        _wait_until_free(RunFolder(args.resume or args.out))  # the ranks stopping
+        print(
+            f"error: torchrun's agent was killed ({name}), and its ranks stopped with it; "
+            f"{_where_it_stopped_readable(args)}",
+            file=sys.stderr,
+        )
+        return 128 - status
     return status
+
+
+def _wait_until_free(run: RunFolder, seconds: float = 60.0) -> None:
+    """Wait, at most ``seconds``, until no process holds ``run`` (ranks finishing their
+    stop), so that the command the launcher names next is not refused as in use."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            run.refuse_if_in_use()
+            return
+        except RunInUseError:
+            time.sleep(0.2)
 
 
 #: The exit statuses of a rank stopped by its own SIGTERM, Ctrl-C or SIGHUP under ``fit --nproc``:
@@ -553,6 +581,12 @@ def _run_command(handler, args: argparse.Namespace, argv: list[str]) -> int:
         # is that stop, reported as one (tester AV: a traceback and exit 1)
         with interruptions_unmasked():
             check_counts(args)
+            if args.command != "fit" and started_by_torchrun():
+                raise ValueError(
+                    f"{args.command}: runs in one process, and torchrun started "
+                    f"{os.environ.get('WORLD_SIZE')}; run `pyro-vae {args.command} ...` "
+                    "without torchrun (each rank repeated the whole work: tester BJ)"
+                )
             if getattr(args, "nproc", 1) > 1:
                 return _launch(argv, args)
             with session():

@@ -17,11 +17,14 @@ other ranks, forwarding SIGTERM to them) is torchrun's.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 
 from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+from pyro_vae.distributed import AGENT_VARIABLE
 
 #: The exit statuses of a rank that caught a signal and stopped on it (``pyro-vae``'s
 #: SIGTERM, Ctrl-C and SIGHUP). Under ``fit --nproc`` the ranks leave the account of where the run
@@ -74,6 +77,7 @@ def main(argv: list[str]) -> int:
     # the agent's own log lines ("Sending process … closing signal SIGTERM", "failed
     # (exitcode: 2) local_rank: 0 …") repeat, in its internals' words, what the ranks said
     logging.disable(logging.ERROR)
+    os.environ[AGENT_VARIABLE] = str(os.getpid())  # each rank dies with this process
     try:
         run(parse_args(argv))
     except ChildFailedError as error:

@@ -947,6 +947,31 @@ def test_fit_nproc_launches_torchrun_with_the_same_arguments(monkeypatch, tmp_pa
     assert not (tmp_path / "r").exists()
 
 
+def test_a_killed_agent_is_said_in_one_line_with_where_the_run_stopped(
+    monkeypatch, tmp_path, capsys
+):
+    # tester BJ: kill -9 of torchrun's agent made the launcher exit 247, saying nothing
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr("pyro_vae.cli.launch", lambda argv, n: -9)
+    out = str(tmp_path / "r")
+    assert main(["fit", "--nproc", "2", "--out", out, "--epochs", "3"]) == 137
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: torchrun's agent was killed (SIGKILL), and its ranks stopped")
+    assert len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", ["evaluate", "diagnose", "sample"])
+def test_commands_other_than_fit_are_refused_under_torchrun(monkeypatch, tmp_path, capsys, command):
+    # tester BJ: `torchrun --nproc_per_node 2 -m pyro_vae evaluate RUN` evaluated the whole
+    # test set on every rank, each printing it and writing metrics.json
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert main([command, str(tmp_path / "r")]) == 2
+    said = capsys.readouterr().err
+    assert f"error (rank 1): {command}: runs in one process, and torchrun started 2" in said
+    assert not (tmp_path / "r").exists()
+
+
 def test_fit_nproc_is_refused_under_torchrun_and_below_1(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")

@@ -458,3 +458,43 @@ def test_the_agent_s_process_dies_with_the_launcher_however_the_launcher_ends():
     while _alive(child) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(child)
+
+
+def test_a_rank_gets_sigterm_when_its_agent_is_killed(tmp_path):
+    """Tester BJ: `kill -9` of torchrun's agent left both ranks training, orphaned. A rank
+    that called die_with_agent gets SIGTERM from the kernel when its parent dies; here a
+    parent process stands for the agent, killed with SIGKILL."""
+    child = (
+        "import os, signal, sys, time\n"
+        "from pyro_vae.distributed import die_with_agent\n"
+        "die_with_agent()\n"
+        "print(os.getpid(), flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    parent = (
+        "import os, subprocess, sys\n"
+        "env = {**os.environ, 'PYRO_VAE_AGENT_PID': str(os.getpid())}\n"
+        f"p = subprocess.Popen([sys.executable, '-c', {child!r}], env=env)\n"
+        "p.wait()\n"
+    )
+    agent = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True)
+    rank = int(agent.stdout.readline())
+    agent.kill()
+    agent.wait()
+    for _ in range(100):  # the kernel's SIGTERM ends the rank (default action): gone
+        if not _running(rank):
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(rank, signal.SIGKILL)
+        pytest.fail("the rank outlived its agent")
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie, ended but not yet reaped by whoever
+    adopted it, is not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
