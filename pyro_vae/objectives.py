@@ -301,11 +301,13 @@ def _device_of(trace: Trace) -> torch.device | None:
     return None
 
 
-def _free_dim_groups(name, sites, outs, setting, weight):
+def _free_dim_groups(name, sites, outs, setting, weights):
     """:func:`free_bits_traces` for one site split into ``count`` groups of its dimensions:
-    the site's floor and kept KL; ``outs``' copies of the site hold only kept dimensions."""
+    the site's floor and kept KL; ``outs``' copies of the site hold only kept dimensions.
+    ``weights``: (the site's weight per particle, its weight per element where the floor
+    goes into the guide's terms (``in_terms``), else None)."""
     (model_site, guide_site), (free_bits, count, analytic) = sites, setting
-    weight, elements = weight
+    weight, elements = weights
     dim = _particle_dim(guide_site)
     if guide_site["infer"].get("_enumerate_dim") is not None:
         raise ValueError(
