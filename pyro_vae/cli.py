@@ -62,6 +62,7 @@ from pyro_vae.distributed import (
     run_from_rank_0,
     session,
     started_by_torchrun,
+    wait_for_orphans,
 )
 from pyro_vae.estimators.compiled import CaptureError, compilable, path_gradient_reason
 from pyro_vae.experiment import Experiment, build, evaluate_test_set, write_figures
@@ -380,7 +381,8 @@ def _launch(argv: list[str], args: argparse.Namespace) -> int:
         print(f"{_RANK_SIGNALS[status]}; {_where_it_stopped_readable(args)}", file=sys.stderr)
     if status < 0:  # the agent itself killed (kill -9): its ranks got SIGTERM from the kernel
         name = signal.Signals(-status).name if -status in signal.valid_signals() else -status
-        _wait_until_free(RunFolder(args.resume or args.out))  # the ranks stopping
+        wait_for_orphans()  # the ranks stopping on their SIGTERM, adopted by this process
+        _wait_until_free(RunFolder(args.resume or args.out))
         print(
             f"error: torchrun's agent was killed ({name}), and its ranks stopped with it; "
             f"{_where_it_stopped_readable(args)}",

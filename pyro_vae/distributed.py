@@ -68,6 +68,7 @@ __all__ = [
     "session",
     "die_with_agent",
     "started_by_torchrun",
+    "wait_for_orphans",
 ]
 
 TIMEOUT_VARIABLE = "PYRO_VAE_DIST_TIMEOUT"
@@ -684,6 +685,35 @@ def die_with_agent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+#: prctl's option that makes a process adopt its orphaned descendants (Linux ≥ 3.4)
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def _adopt_orphans() -> None:
+    """Have orphaned descendants (the ranks of a killed agent) reparented to this process
+    rather than to init, so :func:`wait_for_orphans` can wait for them. Elsewhere than
+    Linux, nothing."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    except (OSError, AttributeError):
+        pass
+
+
+def wait_for_orphans(seconds: float = 60.0) -> None:
+    """Wait, at most ``seconds``, for this process's remaining children (after
+    :func:`launch`'s agent died: its ranks, adopted, stopping on their SIGTERM), so that
+    what the launcher says next is said once they have stopped (tester BK: it said they had
+    while they were still writing)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:  # none left
+            return
+        if pid == 0:
+            time.sleep(0.1)
+
+
 def launch(argv: list[str], nproc: int) -> int:
     """Run ``pyro-vae`` with ``argv`` in ``nproc`` processes on this machine through
     torchrun's agent (``python -m pyro_vae.torchrun_agent --standalone``, torchrun's own
@@ -691,6 +721,7 @@ def launch(argv: list[str], nproc: int) -> int:
     refusal), 0 when all finish."""
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     env[LAUNCHED_VARIABLE] = "1"
+    _adopt_orphans()  # ranks outliving a killed agent are this process's to wait for
     command = [sys.executable, "-m", "pyro_vae.torchrun_agent", "--standalone"]
     command += [f"--nproc_per_node={nproc}", "-m", "pyro_vae", *argv]
     agent = start_child(command, env)

@@ -953,6 +953,7 @@ def test_a_killed_agent_is_said_in_one_line_with_where_the_run_stopped(
     # tester BJ: kill -9 of torchrun's agent made the launcher exit 247, saying nothing
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.setattr("pyro_vae.cli.launch", lambda argv, n: -9)
+    monkeypatch.setattr("pyro_vae.cli.wait_for_orphans", lambda: None)  # none here
     out = str(tmp_path / "r")
     assert main(["fit", "--nproc", "2", "--out", out, "--epochs", "3"]) == 137
     err = capsys.readouterr().err.strip()

@@ -82,7 +82,7 @@ def test_a_model_s_own_constructor_defaults_stand_where_the_flags_are_left_out(t
     assert options("--model", f"{source}:Typed") == {"latent_dim": 3, "hidden_dims": [400]}
 
 
-def test_a_user_s_none_default_replaced_by_the_command_s_is_noted(tmp_path, capsys):
+def test_a_user_s_none_default_replaced_by_the_command_s_is_noted(tmp_path, capsys, monkeypatch):
     """Tester Q: a constructor default of None ("my own choice") received the command's
     default with no word; now a note names it, and the flag that chooses."""
     source = tmp_path / "mine.py"
@@ -101,3 +101,7 @@ def test_a_user_s_none_default_replaced_by_the_command_s_is_noted(tmp_path, caps
     assert noted(f"{source}:Mine", "--activation", "relu") == ""
     assert noted(f"{source}:Mine", "--model-opt", "activation=relu") == ""
     assert noted("models.vae:VAE") == ""  # the shipped models' None is the command's default
+    monkeypatch.setenv("RANK", "1")  # one rank says it (tester BK: each rank of --nproc 2)
+    assert noted(f"{source}:Mine") == ""
+    monkeypatch.setenv("RANK", "0")
+    assert "defaults activation to None" in noted(f"{source}:Mine")

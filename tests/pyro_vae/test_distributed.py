@@ -490,6 +490,29 @@ def test_a_rank_gets_sigterm_when_its_agent_is_killed(tmp_path):
         pytest.fail("the rank outlived its agent")
 
 
+def test_the_launcher_waits_for_the_ranks_of_a_killed_agent():
+    """Tester BK: after a kill -9 of the agent the launcher said the ranks had stopped
+    while they were still running. It adopts them (a child subreaper) and waits: here a
+    process standing for the agent leaves a grandchild that runs 1 s more, orphaned."""
+    rank = "import time; time.sleep(1)"
+    agent = (
+        "import subprocess, sys\n"
+        f"p = subprocess.Popen([sys.executable, '-c', {rank!r}])\n"
+        "print(p.pid)\n"
+    )
+    script = (
+        "import subprocess, sys\n"
+        "from pyro_vae.distributed import _adopt_orphans, wait_for_orphans\n"
+        "_adopt_orphans()\n"
+        f"out = subprocess.run([sys.executable, '-c', {agent!r}], capture_output=True, text=True)\n"
+        "wait_for_orphans(30)\n"
+        "print(out.stdout.strip(), flush=True)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert not _running(int(done.stdout))  # gone, and reaped, when wait_for_orphans returned
+
+
 def _running(pid: int) -> bool:
     """Whether ``pid`` is a live process (a zombie, ended but not yet reaped by whoever
     adopted it, is not)."""
