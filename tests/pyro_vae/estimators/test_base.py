@@ -247,6 +247,17 @@ def test_pyro_s_vectorized_particles_are_checked_against_a_plain_run(name):
         insisting.loss(model, guide, *args)
     looped = estimators.get(name, num_particles=4)
     assert -looped.loss(model, guide, *args) == pytest.approx(log_evidence, abs=1e-3)
+    # a minibatch too (tester BL: subsampled, it went unchecked, −59.31 against −17.57)
+    X, y = args
+
+    def minibatched(X, y):
+        w = pyro.sample("w", dist.Normal(torch.zeros(3), 1.0).to_event(1))
+        with pyro.plate("data", len(y), subsample_size=5) as rows:
+            pyro.sample("y", dist.Normal((w @ X.T)[..., rows], 0.5), obs=y[rows])
+
+    insisting = estimators.get(name, num_particles=4, vectorize_particles=True)
+    with pytest.raises(ValueError, match="the vectorized run scores a draw"):
+        insisting.loss(minibatched, guide, *args)
 
 
 def test_the_check_covers_minibatches_each_model_and_leaves_a_model_s_own_noise_alone():
