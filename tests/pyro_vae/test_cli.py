@@ -1140,11 +1140,12 @@ def test_one_process_says_where_a_stop_left_the_run(monkeypatch, tmp_path, capsy
     def stopped(args):
         raise error
 
-    monkeypatch.setattr(cli, "compare_command", stopped)
+    # fit, the one command that runs on several ranks (the others are refused there)
+    monkeypatch.setattr(cli, "_fit", lambda args, given: stopped(args))
     monkeypatch.setattr(cli, "session", contextlib.nullcontext)  # no process group to join
-    assert main(["compare", str(tmp_path)]) == status
+    assert main(["fit", "--out", str(tmp_path / "run")]) == status
     err = capsys.readouterr().err
-    assert ("its run folder is as it was" in err) == said
+    assert (f"it had not begun training, so {tmp_path / 'run'} is as it was" in err) == said
 
 
 def test_the_ranks_fit_nproc_starts_are_marked_as_launched(monkeypatch):
