@@ -198,6 +198,65 @@ def atomic_path(path: str | os.PathLike, lock: bool = True) -> Iterator[Path]:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def staging_folder(parent: str | os.PathLike, prefix: str) -> Iterator[Path]:
+    """A new folder ``parent/.{prefix}-{random}.tmp`` to write several files into before
+    they are moved out together; removed, with whatever is left in it, at the end.
+
+    While in use it holds an ``flock`` on its ``.held`` file, so
+    :func:`remove_stale_staging_folders` (and :meth:`RunFolder.remove_stale_temporaries`)
+    can tell a live writer's folder from one a killed process left (tester BH's note: a
+    ``diagnose`` killed with SIGKILL left its folder in the run for good). Each use has a
+    folder of its own, so two writers at once neither fill nor remove each other's."""
+    path = Path(tempfile.mkdtemp(prefix=f".{prefix}-", suffix=".tmp", dir=parent))
+    try:
+        fd = os.open(path / _HELD, os.O_RDWR | os.O_CREAT, 0o600)
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        raise
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        os.close(fd)
+
+
+_HELD = ".held"  # the file a staging folder's user holds an flock on
+
+
+def remove_stale_staging_folders(parent: str | os.PathLike, prefix: str) -> list[Path]:
+    """Remove the :func:`staging_folder` folders ``parent/.{prefix}-*.tmp`` whose writer
+    is gone (no ``flock`` on their ``.held``); a live writer's stays. Returns what was
+    removed."""
+    parent = Path(parent)
+    if not parent.is_dir():
+        return []
+    return [p for p in parent.glob(f".{prefix}-*.tmp") if p.is_dir() and _remove_if_stale(p)]
+
+
+def _remove_if_stale(tmp: Path) -> bool:
+    """Remove ``tmp`` (an :func:`atomic_path` file, or a :func:`staging_folder` folder)
+    if no process holds its lock; whether it was removed. A folder without a ``.held``
+    file is left: it is not one of ours, or its writer is making it this moment."""
+    folder = tmp.is_dir()
+    try:
+        fd = os.open(tmp / _HELD if folder else tmp, os.O_RDONLY)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    if folder:
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        tmp.unlink(missing_ok=True)
+    return True
+
+
 def _os_error_of(err: BaseException | None) -> OSError | None:
     """The OSError behind ``err``: ``err`` itself, or the one a RuntimeError was raised
     while handling. ``torch.save`` turns a failed write of its stream (``OSError: [Errno
@@ -507,25 +566,11 @@ class RunFolder:
             os.close(fd)
 
     def remove_stale_temporaries(self) -> list[Path]:
-        """Delete the ``.*.tmp`` files that killed writers left (a live writer's file is
-        locked and stays); returns what was removed."""
-        removed = []
+        """Delete the ``.*.tmp`` files and :func:`staging_folder` folders that killed
+        writers left (a live writer's is locked and stays); returns what was removed."""
         if not self.path.is_dir():
-            return removed
-        for tmp in self.path.glob(".*.tmp"):
-            try:
-                fd = os.open(tmp, os.O_RDONLY)
-            except FileNotFoundError:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue
-            finally:
-                os.close(fd)
-            tmp.unlink(missing_ok=True)
-            removed.append(tmp)
-        return removed
+            return []
+        return [tmp for tmp in self.path.glob(".*.tmp") if _remove_if_stale(tmp)]
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         """Write checkpoint.pt atomically. Once :meth:`write_config` has written the run's

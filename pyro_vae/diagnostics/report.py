@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import csv
 import os
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from pyro_vae.checkpoint import atomic_path
+from pyro_vae.checkpoint import atomic_path, remove_stale_staging_folders, staging_folder
 from pyro_vae.checks import check_count
 from pyro_vae.diagnostics.arviz_compat import az, default_grid
 from pyro_vae.diagnostics.inference_data import save_inference_data, to_inference_data
@@ -242,7 +240,7 @@ def write_report(
     and ppc.png (:func:`write_summaries`). ``image_shape`` (H, W) and ``pixel_max`` (the
     value drawn as white) say how to draw a row of ``x`` as an image.
 
-    The files are written into a staging folder ``out_dir/.diagnose-*`` and moved into
+    The files are written into a staging folder ``out_dir/.diagnose-*.tmp`` and moved into
     ``out_dir`` only once all of them are made, so a report that fails part way (an
     interrupt, a model that cannot draw its reconstructions) leaves the last report's files
     as they were, not a mix of two reports (tester BH); a file this report does not make
@@ -261,9 +259,9 @@ def write_report(
     check_count("idata_points", idata_points, 1, "; expected a positive number of datapoints")
     check_count("num_worst", num_worst, 0, "; expected a number of inputs to draw")
     # its own staging folder: a second report running at once must not remove or fill it
-    # (tester BI); one killed with SIGKILL leaves its folder, a dotfile fit passes over
-    staging = Path(tempfile.mkdtemp(prefix=".diagnose-", dir=out))
-    try:
+    # (tester BI); those of reports killed part way (SIGKILL) are removed here
+    remove_stale_staging_folders(out, _STAGING)
+    with staging_folder(out, _STAGING) as staging:
         result = _write_into(
             staging, model, guide, x, num_samples, idata_points, idata_samples, num_worst,
             image_shape, pixel_max,
@@ -274,11 +272,11 @@ def write_report(
                 os.replace(made, out / name)
             else:
                 (out / name).unlink(missing_ok=True)  # the last report's: not of this one
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     result["files"] = [str(out / Path(f).name) for f in result["files"]]
     return result
 
+
+_STAGING = "diagnose"  # the staging folders' prefix: RUN/.diagnose-*.tmp
 
 # every file a report may write: those this one does not make are the last one's
 _REPORT_FILES = ("khat.csv", "khat.png", "khat_worst.png", "diagnostics.nc", "summary.csv",

@@ -13,6 +13,7 @@ from pyro_vae.checkpoint import (
     capture_rng_state,
     restore_rng_state,
 )
+from tests.pyro_vae.killed_writer import killed_in_staging
 from tests.pyro_vae.unprivileged import unprivileged
 
 
@@ -170,6 +171,36 @@ def test_stale_temporaries_are_removed_and_live_ones_kept(tmp_path):
         assert removed == [stale] and live.exists()
     assert (tmp_path / "figure.png").read_bytes() == b"being written"
     assert not stale.exists()
+
+
+def test_a_staging_folder_is_removed_after_use_and_after_its_writer_was_killed(tmp_path):
+    from pyro_vae.checkpoint import remove_stale_staging_folders, staging_folder
+
+    with staging_folder(tmp_path, "diagnose") as staging:
+        (staging / "khat.csv").write_text("k\n")
+        assert staging.name.startswith(".diagnose-") and staging.name.endswith(".tmp")
+    assert list(tmp_path.iterdir()) == []  # removed, with what was left in it
+
+    killed_in_staging(tmp_path)
+    (stale,) = tmp_path.iterdir()
+    assert (stale / "diagnostics.nc").read_bytes() == b"half"  # what a SIGKILL leaves
+    not_ours = tmp_path / ".diagnose-mine.tmp"  # no .held: not a staging folder's
+    not_ours.mkdir()
+    with staging_folder(tmp_path, "diagnose") as live:  # a live writer's folder stays
+        assert remove_stale_staging_folders(tmp_path, "diagnose") == [stale]
+        assert live.is_dir() and not_ours.is_dir()
+    assert not stale.exists()
+
+
+def test_a_fit_removes_a_killed_writer_s_staging_folder_and_leaves_a_live_one(tmp_path):
+    from pyro_vae.checkpoint import staging_folder
+
+    run = RunFolder(tmp_path)
+    killed_in_staging(tmp_path)
+    (stale,) = tmp_path.iterdir()
+    with staging_folder(tmp_path, "diagnose") as live:
+        assert run.remove_stale_temporaries() == [stale]
+        assert live.is_dir()
 
 
 def test_a_full_disk_says_so_and_keeps_the_previous_file(tmp_path, monkeypatch):

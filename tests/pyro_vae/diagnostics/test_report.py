@@ -6,6 +6,7 @@ import torch
 from models.vae import VAE
 from pyro_vae.diagnostics.inference_data import load_inference_data
 from pyro_vae.diagnostics.report import write_report
+from tests.pyro_vae.killed_writer import killed_in_staging
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -53,6 +54,16 @@ def test_a_report_that_fails_part_way_leaves_the_last_one_whole(tmp_path, monkey
     with pytest.raises(RuntimeError, match="could not be replayed"):
         _report(vae, x[:20], tmp_path, num_worst=4)  # its khat.csv would have 21 lines
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_a_report_removes_the_staging_folder_a_killed_report_left(tmp_path):
+    # a `diagnose` killed with SIGKILL left RUN/.diagnose-* for good, with its part-made
+    # files (a diagnostics.nc can be large)
+    killed_in_staging(tmp_path)
+    assert len(list(tmp_path.iterdir())) == 1
+    vae = VAE(x_dim=16, latent_dim=2, hidden_dims=(8,))
+    _report(vae, torch.bernoulli(torch.full((30, 16), 0.3)), tmp_path, num_worst=4)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_num_worst_zero_draws_no_figure_and_removes_the_last_report_s(tmp_path):
