@@ -232,7 +232,6 @@ def _picked_by_latent(site: str, name: str, plates) -> str:
 def _index_at(site: str, latent, log_prob: torch.Tensor, start: int, bits: int):
     """(the group each element reads, spelled at the base point in row ``start``; whether
     the element moves there when every group of ``latent`` moves)."""
-    name, plates = latent.name, latent.plates
     still, moved = log_prob[start], log_prob[start + 1]
     moves = (moved - still).abs() > _AGREE * (1 + still.abs())
     index = torch.zeros(still.shape, dtype=torch.long, device=still.device)
@@ -240,21 +239,29 @@ def _index_at(site: str, latent, log_prob: torch.Tensor, start: int, bits: int):
         row = log_prob[start + 2 + b]
         to_moved, to_still = (row - moved).abs(), (row - still).abs()
         if not bool((to_moved.minimum(to_still) <= _AGREE * (1 + row.abs())).all()):
-            raise ReadAcrossPlate(
-                f"factor {site!r} depends on latent site {name!r} across its plate(s) "
-                f"{sorted(plates)}, which {site!r} is not inside, and some element of "
-                f"{site!r} reads several elements of {name!r} (a sum, a[g1] + a[g2]: moving "
-                "some of them changes it to a value that moving all of them does not give); "
-                "AutoCAVI reads a latent across a plate only as one element per datum, "
-                "picked by data (a[..., group]) or by a Categorical latent (a mixture). "
-                + _reads_all(site, latent),
-                site,
-                name,
-                latent.sites or (name,),
-                plates,
-            )
+            raise reads_several(
+                site, latent, "moving some of them changes it to a value that moving all of "
+                "them does not give"
+            )  # fmt: skip
         index |= (to_moved < to_still).long() << b
     return index, moves
+
+
+def reads_several(site: str, latent, how: str) -> ReadAcrossPlate:
+    """The refusal of factor ``site`` whose elements read several elements of ``latent``
+    across a plate ``site`` is not inside; ``how``: how the probe saw it."""
+    name, plates = latent.name, latent.plates
+    return ReadAcrossPlate(
+        f"factor {site!r} depends on latent site {name!r} across its plate(s) "
+        f"{sorted(plates)}, which {site!r} is not inside, and some element of {site!r} reads "
+        f"several elements of {name!r} (a sum, a[g1] + a[g2]: {how}); AutoCAVI reads a "
+        "latent across a plate only as one element per datum, picked by data (a[..., group]) "
+        "or by a Categorical latent (a mixture). " + _reads_all(site, latent),
+        site,
+        name,
+        latent.sites or (name,),
+        plates,
+    )
 
 
 def _reads_all(site: str, latent) -> str:

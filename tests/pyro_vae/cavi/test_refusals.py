@@ -95,6 +95,30 @@ def test_a_factor_reading_other_elements_inside_its_latent_s_plate_fits_as_a_vec
         AutoCAVI(switches).fit(z)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_plated_spins_read_by_a_symmetric_energy_are_refused_as_read_across_the_plate(seed):
+    """Tester BN: an Ising energy over spins in a plate, ½ Σ J s_i s_j with no field, was
+    refused as "not linear in (1, x)" of the spins at seeds 0, 2, 5 and 6 of 8: it is
+    unchanged when every spin flips, so the data-index probe, which moves groups of spins
+    at once, saw no element of b read. It is linear in each spin given the others, and the
+    refusal is that it reads several spins across the plate, with the rewrite that fits
+    (one scalar site per spin), as an energy with a field got at every seed."""
+    from pyro_vae.cavi import AutoCAVI
+    from pyro_vae.cavi.data_indexing import ReadAcrossPlate
+
+    J = torch.ones(4, 4, dtype=F64) - torch.eye(4, dtype=F64)
+
+    def ising(J):
+        with pyro.plate("spins", 4):
+            b = pyro.sample("b", dist.Bernoulli(t(0.5)))
+        s = 2 * b - 1
+        pyro.factor("E", 0.15 * ((s @ J) * s).sum(-1))
+
+    match = r"reads several elements of 'b'.*one scalar Bernoulli site per element"
+    with pytest.raises(ReadAcrossPlate, match=match):
+        AutoCAVI(ising, random_state=seed).fit(J)
+
+
 @pytest.mark.parametrize("offset", [0.0, 1e6])
 def test_a_refusal_far_from_zero_says_that_rounding_may_be_the_cause(offset):
     # y ~ N(exp μ, 1) is no conjugate factor anywhere; near 10⁶ (log f ≈ −5·10¹¹ at the
