@@ -260,11 +260,25 @@ def _write_run_start(run: RunFolder, config: RunConfig, exp, state) -> None:
         f"estimator -> {run.path}"
     )
     _note_image_folder(exp.data.info)
+    _note_full_intensity(exp.data.info)
     if "columns" in exp.data.info:  # a table: which columns became the features
         label = config.data.label_column
         print(
             f"features: {', '.join(exp.data.info['columns'])}"
             + (f" (labels: {label})" if label else "")
+        )
+
+
+def _note_full_intensity(info: dict[str, Any]) -> None:
+    """Say the full intensity taken for integer pixels of a type that does not tell it
+    (anything but uint8): their largest value (tester BM)."""
+    full = info.get("full_intensity")
+    if full:
+        value, dtype = full["value"], full["dtype"]
+        print(
+            f"note: {dtype} pixels are read as intensities x / {value}, their largest value "
+            "(uint8 pixels are read as x / 255); if their full intensity is another value, "
+            "store them as uint8 (0..255) or as float intensities x / full in [0, 1]"
         )
 
 

@@ -414,6 +414,7 @@ def load_data(
         **({"classes": list(raw.classes)} if raw.classes is not None else {}),
         **({"left_out": list(raw.left_out)} if raw.left_out else {}),
         **({"colour_files": list(raw.colour_files)} if raw.colour_files else {}),
+        **({"full_intensity": _full_intensity(raw)} if raw.max_value_from_data else {}),
     }
     obs, pixel_max, image_shape = _prepared(raw, rows, preprocessing, split_seed, info)
     return DataSplits(
@@ -427,6 +428,14 @@ def load_data(
         pixel_max=pixel_max,
         info=info,
     )
+
+
+def _full_intensity(raw: RawImages) -> dict[str, Any]:
+    """Where the full intensity of integer pixels was taken as their largest value (a type
+    other than ``uint8``): that value and the stored type, for ``fit``'s note and
+    metrics.json (tester BM: int64 pixels 0..200, ``np.array(pixels)``'s default type, were
+    read as x / 200 where the same values in uint8 are read as x / 255, with no word)."""
+    return {"value": int(raw.max_value), "dtype": str(raw.train_x.dtype)}
 
 
 def _prepared(

@@ -74,6 +74,9 @@ class RawImages:
         left_out: an image folder's files that are not images of a class (not read).
         colour_files: an image folder's colour images where it mixes grey and colour
             (they made every image RGB).
+        max_value_from_data: whether ``max_value`` is the data's largest value (integer
+            pixels of a type other than ``uint8``, whose full intensity the type does not
+            tell), which ``fit`` says in a note.
     """
 
     name: str
@@ -89,6 +92,7 @@ class RawImages:
     classes: tuple[str, ...] | None = None
     left_out: tuple[str, ...] = ()
     colour_files: tuple[str, ...] = ()
+    max_value_from_data: bool = False
 
     @property
     def unit(self) -> str:
@@ -328,7 +332,11 @@ def raw_from_python(data: Any, labels: Any = None) -> RawImages:
 
 
 def _from_arrays(name: str, a: ArrayImages, provenance: dict | None = None) -> RawImages:
-    return RawImages(name, a.x, a.y, None, None, a.max_value, a.integer, a.labelled, provenance)
+    from_data = a.integer and a.x.dtype.kind in "ui" and a.x.dtype != np.uint8
+    return RawImages(
+        name, a.x, a.y, None, None, a.max_value, a.integer, a.labelled, provenance,
+        max_value_from_data=from_data,
+    )  # fmt: skip
 
 
 def _find_idx(directory: Path, stem: str) -> Path:
@@ -365,6 +373,7 @@ def _load_idx_directory(name: str, directory: Path) -> RawImages:
             arrays["test_images"].astype(np.int64),
             arrays["test_labels"].astype(np.int64),
             max_value,
+            max_value_from_data=arrays["train_images"].dtype != np.uint8,
             provenance=file_provenance(
                 directory,
                 list(files.values()),

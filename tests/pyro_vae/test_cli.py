@@ -1589,6 +1589,21 @@ def test_fit_names_an_image_folder_s_left_out_and_colour_files(capsys):
     assert capsys.readouterr().out == ""
 
 
+def test_fit_says_the_full_intensity_it_took_for_integer_pixels_not_uint8(tmp_path, capsys):
+    # tester BM: int64 pixels 0..200 trained on x / 200, uint8's on x / 255, unsaid
+    x = (np.arange(40 * 16).reshape(40, 4, 4) % 201).astype(np.int64)
+    np.save(tmp_path / "x.npy", x)
+    argv = ["fit", "--data", str(tmp_path / "x.npy"), "--likelihood", "gaussian"]
+    assert main([*argv, "--out", str(tmp_path / "r"), "--epochs", "1", *FAST]) == 0
+    out = capsys.readouterr().out
+    assert "note: int64 pixels are read as intensities x / 200, their largest value" in out
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["data"]["full_intensity"] == {"value": 200, "dtype": "int64"}
+    np.save(tmp_path / "x.npy", x.astype(np.uint8))
+    assert main([*argv, "--out", str(tmp_path / "u"), "--epochs", "1", *FAST]) == 0
+    assert "note:" not in capsys.readouterr().out
+
+
 def test_a_training_set_preprocessing_makes_blank_is_refused_before_the_folder(tmp_path, capsys):
     # tester U: digits saved as uint8 0..16 (read as 0..16/255) binarized to blank images,
     # and the fit scored a test ELBO of -0.56 with no word

@@ -252,6 +252,22 @@ def test_memory_mapped_splits_are_index_sets_into_the_map_not_copies(npy):
     assert data.info["provenance"]["dtype"] == "uint8"
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.int64, np.uint16, np.int32])
+def test_integer_pixels_of_a_type_other_than_uint8_say_their_full_intensity(tmp_path, dtype):
+    """Tester BM: int64 pixels 0..200 (``np.array(pixels)``'s default type) are read as
+    x / 200, the same values in uint8 as x / 255, and nothing said so: the full intensity
+    taken from the data is in ``info`` (metrics.json) for ``fit``'s note; uint8's, which
+    its type tells, is not."""
+    x = (np.arange(30 * 9).reshape(30, 3, 3) % 201).astype(dtype)  # 0..200
+    np.save(tmp_path / "x.npy", x)
+    data = load_data(str(tmp_path / "x.npy"), Preprocessing("gaussian"))
+    full = 255 if dtype == np.uint8 else 200
+    rows = data.train_x.index
+    assert torch.allclose(data.train_x[:], torch.as_tensor(x[rows].reshape(-1, 9) / full).float())
+    expected = None if dtype == np.uint8 else {"value": 200, "dtype": np.dtype(dtype).name}
+    assert data.info.get("full_intensity") == expected
+
+
 def test_a_float_array_of_intensities_trains_from_python(tmp_path):
     from pyro.infer import Trace_ELBO
 
