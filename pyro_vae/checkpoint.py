@@ -391,11 +391,37 @@ class RunFolder:
             )
         path = self.file(name)
         if not path.is_file():
-            raise RunFolderError(
-                f"run: {self.path} has no {name}; it is not a complete run "
-                "folder (was training interrupted before its first epoch ended?)"
-            )
+            raise RunFolderError(f"run: {self.path} has no {name}; {self._why_missing(name)}")
         return path
+
+    def _why_missing(self, name: str) -> str:
+        """Why ``name`` is missing, as the folder tells (tester BM: a finished run of
+        :func:`pyro_vae.fit` from Python, and one that diverged in its first epoch, were
+        both called "interrupted before its first epoch ended")."""
+        if name == CONFIG and (self.has_checkpoint or self.file(METRICS).is_file()):
+            return (
+                "it was written by pyro_vae.fit from Python, which writes no config.json "
+                "(how to rebuild the model, the guide and the data), so the command line "
+                "cannot rebuild its model: `pyro-vae compare` reads the folder; evaluate it "
+                "in Python with the model and guide it was fit with (pyro_vae.fit(..., "
+                "run=RUN, resume=True) with the settings of its fit loads its weights and, "
+                "where it finished, trains no more), or train with `pyro-vae fit`"
+            )
+        if name == CHECKPOINT and self.file(CONFIG).is_file():
+            try:
+                stop = json.loads(self.file(METRICS).read_text()).get("stop_reason")
+            except (OSError, ValueError, AttributeError):
+                stop = None
+            if stop == "diverged":
+                return (
+                    "its training diverged in its first epoch, before a checkpoint was "
+                    f"written: train it again, `pyro-vae fit --out {self.path} --restart` with "
+                    "a smaller --lr (or --kl-warmup EPOCHS)"
+                )
+        return (
+            "it is not a complete run folder (was training interrupted before its first "
+            "epoch ended?)"
+        )
 
     def _read_json(self, name: str) -> dict[str, Any]:
         path = self._require(name)

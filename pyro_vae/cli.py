@@ -209,7 +209,7 @@ def _train_and_report(
     except TrainingDiverged as err:
         if writer:  # every rank diverged alike (the loss is averaged): one says so
             run.update_metrics(stop_reason="diverged")  # (tester BJ: said twice, unnamed)
-            print(f"error: {_one_line(err)}", file=sys.stderr)
+            print(f"error: {_one_line(err)}{_after_divergence(run)}", file=sys.stderr)
         return 1
     if writer:
         print(
@@ -267,6 +267,17 @@ def _write_run_start(run: RunFolder, config: RunConfig, exp, state) -> None:
             f"features: {', '.join(exp.data.info['columns'])}"
             + (f" (labels: {label})" if label else "")
         )
+
+
+def _after_divergence(run: RunFolder) -> str:
+    """What to run after a divergence (tester BM: ``--resume`` repeats the same steps, with
+    the run's settings and random stream, to the same NaN; ``--lr`` is refused there; only
+    ``--restart`` trains again with other settings, and nothing said so)."""
+    return (
+        f" To train again with other settings: pyro-vae fit --out {run.path} --restart "
+        "--lr <smaller> (or --kl-warmup EPOCHS); --resume would repeat the same steps to the "
+        "same loss"
+    )
 
 
 def _note_full_intensity(info: dict[str, Any]) -> None:

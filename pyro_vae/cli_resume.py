@@ -170,8 +170,23 @@ def _refuse_changed_settings(
             f"{'; '.join(why for _, why in changed)}. A resumed run continues with the settings "
             "in its config.json, so the run's own flags go with --resume only with the values "
             f"recorded there (only {', '.join(sorted(_RESUMABLE - {'--resume'}))} may change). "
-            "To change them, start a new run with --out (nothing was changed)"
+            f"To change them, start a new run with --out{_evaluation_hint(flags, args)} "
+            "(nothing was changed)"
         )
+
+
+def _evaluation_hint(flags: list[str], args) -> str:
+    """Where only evaluation flags were changed, the command that scores the weights with
+    them (tester BM: a fit interrupted in its final IWAE of K = 50,000 could be finished
+    only by waiting it out again, or by ``evaluate``, which the refusal did not name)."""
+    if not set(flags) <= _EVALUATION_FLAGS:
+        return ""
+    given = " ".join(f"{flag} {getattr(args, flag[2:].replace('-', '_'))}" for flag in flags)
+    return f", or score the run's weights with them: pyro-vae evaluate {args.resume} {given}"
+
+
+#: The flags of the final evaluation, which ``evaluate`` takes too.
+_EVALUATION_FLAGS = {"--ll-samples", "--ll-points"}
 
 
 def _effective(key: str, value: Any, config: RunConfig, plate: str | None) -> Any:

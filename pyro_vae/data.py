@@ -412,9 +412,7 @@ def load_data(
         **{f"num_{split}": int(index.shape[0]) for split, (_, _, index) in rows.items()},
         "split_seed": split_seed,
         **({"classes": list(raw.classes)} if raw.classes is not None else {}),
-        **({"left_out": list(raw.left_out)} if raw.left_out else {}),
-        **({"colour_files": list(raw.colour_files)} if raw.colour_files else {}),
-        **({"full_intensity": _full_intensity(raw)} if raw.max_value_from_data else {}),
+        **_source_notes(raw),
     }
     obs, pixel_max, image_shape = _prepared(raw, rows, preprocessing, split_seed, info)
     return DataSplits(
@@ -430,12 +428,20 @@ def load_data(
     )
 
 
-def _full_intensity(raw: RawImages) -> dict[str, Any]:
-    """Where the full intensity of integer pixels was taken as their largest value (a type
-    other than ``uint8``): that value and the stored type, for ``fit``'s note and
-    metrics.json (tester BM: int64 pixels 0..200, ``np.array(pixels)``'s default type, were
-    read as x / 200 where the same values in uint8 are read as x / 255, with no word)."""
-    return {"value": int(raw.max_value), "dtype": str(raw.train_x.dtype)}
+def _source_notes(raw: RawImages) -> dict[str, Any]:
+    """What ``fit`` notes of how the source was read, for ``info`` (metrics.json): an image
+    folder's files left out and its colour files; where the full intensity of integer
+    pixels was taken as their largest value (a type other than ``uint8``), that value and
+    the stored type (tester BM: int64 pixels 0..200, ``np.array(pixels)``'s default type,
+    were read as x / 200 where the same values in uint8 are read as x / 255, unsaid)."""
+    notes: dict[str, Any] = {}
+    if raw.left_out:
+        notes["left_out"] = list(raw.left_out)
+    if raw.colour_files:
+        notes["colour_files"] = list(raw.colour_files)
+    if raw.max_value_from_data:
+        notes["full_intensity"] = {"value": int(raw.max_value), "dtype": str(raw.train_x.dtype)}
+    return notes
 
 
 def _prepared(

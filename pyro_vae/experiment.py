@@ -22,6 +22,7 @@ from pyro.infer import ELBO
 from pyro_vae.checkpoint import EVALUATED_ON_TRAINING_SET, RunFolder, RunFolderError
 from pyro_vae.data import DataSplits, load_data
 from pyro_vae.data_source import shard_of
+from pyro_vae.datasets import DatasetNotFoundError
 from pyro_vae.devices import resolve_device, to_device
 from pyro_vae.distributed import Group
 from pyro_vae.evaluate import (
@@ -187,14 +188,25 @@ def _loaded(config: RunConfig, allow_changed_data: bool) -> tuple[RunConfig, Dat
     """The data ``config`` names, with its labelled subset, checked against the provenance
     it recorded; a new run's config gets the data's provenance."""
     d = config.data
-    data = load_data(
-        d.name,
-        d.preprocessing(),
-        val_fraction=d.val_fraction,
-        test_fraction=d.test_fraction,
-        split_seed=d.split_seed,
-        **d.source_options(),
-    )
+    try:
+        data = load_data(
+            d.name,
+            d.preprocessing(),
+            val_fraction=d.val_fraction,
+            test_fraction=d.test_fraction,
+            split_seed=d.split_seed,
+            **d.source_options(),
+        )
+    except FileNotFoundError as err:
+        if d.provenance is None:  # a new run's --data, named as the user gave it
+            raise
+        # a run's data, gone from where it read them (tester BM: evaluate's message read
+        # as if --data had been mistyped, and named neither the run nor config.json)
+        raise DatasetNotFoundError(
+            f"{err}; this run read its data there (config.json's data.name, checksum "
+            f"{d.provenance.get('checksum', 'recorded')}): put them back there, or a link to "
+            "them, and run again (--allow-changed-data takes other data at that path)"
+        ) from err
     data = _with_labelled_subset(data, d)
     check_unchanged(d.provenance, data.info.get("provenance"), allow_changed_data)
     if d.provenance is None and "provenance" in data.info:

@@ -73,8 +73,12 @@ def test_pickled_objects_are_refused(tmp_path):
 def test_missing_corrupt_and_foreign_run_folders(tmp_path):
     with pytest.raises(RunFolderError, match="is not a directory"):
         RunFolder(tmp_path / "nope").read_config()
-    with pytest.raises(RunFolderError, match="has no config.json"):
+    with pytest.raises(RunFolderError, match="has no config.json; it is not a complete run"):
         RunFolder(tmp_path).read_config()
+    (tmp_path / "metrics.json").write_text("{}")  # a fit from Python writes no config.json
+    with pytest.raises(RunFolderError, match="written by pyro_vae.fit from Python"):
+        RunFolder(tmp_path).read_config()
+    (tmp_path / "metrics.json").unlink()
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(RunFolderError, match="not valid JSON"):
         RunFolder(tmp_path).read_config()

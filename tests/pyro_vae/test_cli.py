@@ -389,6 +389,15 @@ def test_diverged_training_exits_1_and_says_why(tmp_path, capsys):
     assert "Try a smaller learning rate" in err
     assert json.loads((run / "metrics.json").read_text())["stop_reason"] == "diverged"
     assert not (run / "checkpoint.pt").exists()  # no epoch completed, so nothing to keep
+    # tester BM: --resume repeats the same steps, --lr is refused there, and the message
+    # said neither; evaluate called the run "interrupted before its first epoch ended"
+    assert f"pyro-vae fit --out {run} --restart --lr <smaller>" in err
+    assert main(["evaluate", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "its training diverged in its first epoch, before a checkpoint was written" in err
+    assert "interrupted" not in err
+    argv = ["fit", "--out", str(run), "--restart", "--lr", "1e-3", "--epochs", "1", *FAST]
+    assert main(argv) == 0  # the way out it names
 
 
 def test_a_run_killed_at_any_moment_can_be_evaluated_and_resumed(tmp_path):
@@ -1837,7 +1846,12 @@ def test_resume_takes_the_runs_own_flags_with_the_values_recorded(trained, tmp_p
     assert "--ll-samples, --lr cannot change a run being resumed" in err
     assert "--ll-samples gives evaluation.ll_samples = 50, the run's is 20" in err
     assert "--lr gives train.lr = 0.01, the run's is 0.001" in err and "--hidden" not in err
+    assert "evaluate" not in err  # not only evaluation flags: only a new run takes them
     assert RunFolder(run).load_checkpoint()["epoch"] == 4
+    # tester BM: evaluation flags alone, after a fit interrupted in its final IWAE
+    assert main(["fit", "--resume", str(run), "--ll-samples", "50", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"or score the run's weights with them: pyro-vae evaluate {run} --ll-samples 50" in err
 
 
 def _fit_two_epochs(run) -> None:

@@ -112,6 +112,28 @@ class Mine(nn.Module):
 """
 
 
+def test_a_run_whose_data_were_moved_says_the_run_read_them_there(tmp_path, capsys):
+    # tester BM: `evaluate` said "data: '...x.npy' is not a file; expected a .npy or .npz
+    # array", as if --data had been mistyped, naming neither the run nor its config.json
+    data = tmp_path / "x.npy"
+    np.save(data, np.random.default_rng(0).integers(0, 256, (30, 4, 4), dtype=np.uint8))
+    run = tmp_path / "run"
+    fit = ["fit", "--data", str(data), "--epochs", "1", "--batch-size", "8", "--out", str(run)]
+    assert main([*fit, *FAST]) == 0
+    data.rename(tmp_path / "elsewhere.npy")
+    capsys.readouterr()
+    for command in (["evaluate", str(run)], ["fit", "--resume", str(run), "--no-progress"]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert f"{data.resolve()}' is not a file" in err
+        assert "this run read its data there (config.json's data.name, checksum sha256:" in err
+        assert "put them back there, or a link to them" in err
+    (tmp_path / "elsewhere.npy").rename(data)  # the way out it names
+    assert main(["evaluate", str(run), "--ll-samples", "0"]) == 0
+    assert main(["fit", "--data", str(tmp_path / "absent.npy"), "--out", str(tmp_path / "n")]) == 2
+    assert "this run read" not in capsys.readouterr().err  # a new run's --data, as given
+
+
 def test_a_model_file_edited_after_the_run_is_refused_and_the_flag_keeps_the_run_s_results(
     tmp_path, capsys
 ):
