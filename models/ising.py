@@ -49,8 +49,12 @@ class IsingModel(PyroModule):
         self.beta = float(beta)
 
     def log_potential(self, spins: torch.Tensor) -> torch.Tensor:
-        """β (½ sᵀJs + hᵀs) for ±1 spins ``[..., n]``."""
-        return self.beta * (0.5 * ((spins @ self.J) * spins).sum(-1) + spins @ self.h)
+        """β (½ sᵀJs + hᵀs) for ±1 spins ``[..., n]``, in the spins' precision (a guide's
+        float64 draws, ``IsingMeanField``'s q, score in float64: tester BO, a float32
+        J against them failed ``to_inference_data`` with "expected m1 and m2 to have the
+        same dtype")."""
+        J, h = self.J.to(spins.dtype), self.h.to(spins.dtype)
+        return self.beta * (0.5 * ((spins @ J) * spins).sum(-1) + spins @ h)
 
     def forward(self, num_data: int | None = None) -> torch.Tensor:
         """Draws the spins (``num_data`` is accepted and ignored: there is no data)."""

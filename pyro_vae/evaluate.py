@@ -882,7 +882,7 @@ def elbo_estimate(
     """
     check_num("num_samples", num_samples)
     model, guide = bare_pair(model, guide)
-    guide = as_guide(guide)
+    guide = as_guide(guide, model, args, kwargs)
     check_num("num_chunks", num_chunks)
     chunks = min(num_samples, num_chunks)
     sizes = [num_samples // chunks + (i < num_samples % chunks) for i in range(chunks)]

@@ -31,6 +31,7 @@ LAYERS: dict[str, int] = {
     "pyro_vae.image_grid": 0,
     "pyro_vae.pyro_compat": 0,
     "pyro_vae.site_masks": 0,  # reads masks off Pyro sites; cavi reads them too
+    "pyro_vae.plate_frames": 0,  # a guide's sites inside the model's plates; cavi's too
     "pyro_vae.moved": 0,
     "pyro_vae.nn": 0,
     "pyro_vae.convnets": 0,

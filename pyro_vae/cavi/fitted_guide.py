@@ -22,7 +22,6 @@ mean field; ``AutoCAVI``'s q is joint in two places, and has elements the bound 
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import ExitStack, contextmanager
 
 import pyro
 import pyro.distributions as dist
@@ -31,6 +30,7 @@ from pyro.distributions.torch_distribution import TorchDistributionMixin
 from pyro.ops.indexing import Vindex
 
 from pyro_vae.cavi.exponential_families import NormalGamma, NormalWishart
+from pyro_vae.plate_frames import inside_plates
 
 
 def fitted_guide(latents: dict, q: dict, chains: dict, absent: dict,
@@ -64,7 +64,7 @@ def fitted_guide(latents: dict, q: dict, chains: dict, absent: dict,
         made = {}  # each plate made once per run (a plate records a site under its name)
 
         def within(site):
-            return _inside(plates.get(site, ()), made)
+            return inside_plates(plates.get(site, ()), made)
 
         def draw(site, fn):
             if site not in events:
@@ -83,7 +83,7 @@ def fitted_guide(latents: dict, q: dict, chains: dict, absent: dict,
             if value.dim() > len(shape):  # under outer plates (particles): batch (P, 1, …)
                 outer = value.shape[: -len(shape)]  # at dims left of the model's plates
                 value = value.reshape(outer[: len(outer) - len(shape)] + shape)
-            with _inside(frames, made):
+            with inside_plates(frames, made):
                 pyro.sample(site, dist.Delta(value))
             # as q lays it out, the particle dims left of its batch: a block's mean is
             # drawn given it (given the model's value, a group's τ (P, G, 1) put the
@@ -105,20 +105,6 @@ def fitted_guide(latents: dict, q: dict, chains: dict, absent: dict,
 
     guide.__name__ = f"AutoCAVI.variational_guide({', '.join(latents)})"
     return guide
-
-
-@contextmanager
-def _inside(frames, made: dict):
-    """Inside the plates ``frames`` (Pyro's CondIndepStackFrame: name, size, dim), taken
-    from ``made`` or made and kept there: a plate made twice in one run is two sites of
-    one name, which Pyro refuses ("Multiple sample sites named")."""
-    with ExitStack() as stack:
-        for frame in frames:
-            key = (frame.name, frame.size, frame.dim)
-            if key not in made:
-                made[key] = pyro.plate(frame.name, frame.size, dim=frame.dim)
-            stack.enter_context(made[key])
-        yield
 
 
 def _pyro(q) -> dist.TorchDistribution:

@@ -239,7 +239,7 @@ def to_inference_data(
     check_count("num_samples", num_samples, 2, "; expected at least 2 draws from the guide")
     check_finite((*args, *kwargs.values()), "args")
     args, kwargs = to_given_device(args, kwargs, device)
-    guide = as_guide(guide)
+    guide = as_guide(guide, model, args, kwargs)
     guide_tr, model_tr, rank, _ = draw(model, guide, args, kwargs, num_samples)
     refuse_self_subsampling(model_tr, batch_rows(args, kwargs), "to_inference_data")
     try:

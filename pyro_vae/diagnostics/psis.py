@@ -298,7 +298,7 @@ def psis_khat(
     """
     check_count("num_samples", num_samples, PSIS_MIN_SAMPLES, "; PSIS needs ≥ 5 tail draws")
     args, kwargs = to_given_device(args, kwargs, device)
-    guide = as_guide(guide)
+    guide = as_guide(guide, model, args, kwargs)
     _refuse_point_masses(point_masses_of(model, guide, args, kwargs))
     guide_tr, model_tr, rank, probe_tr = draw(model, guide, args, kwargs, num_samples)
     support = discrete_support(probe_tr)

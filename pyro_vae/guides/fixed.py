@@ -13,36 +13,62 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import pyro
+import torch
+from pyro import poutine
+
+from pyro_vae.plate_frames import inside_plates, vectorized_frames
 
 
-def variational_guide(distributions: Mapping[str, Any]) -> Callable[..., None]:
+def variational_guide(
+    distributions: Mapping[str, Any], plates: Mapping[str, tuple] | None = None
+) -> Callable[..., None]:
     """The guide q(z) = Π_site q_site(z_site) that draws each named site from a fixed
     distribution, e.g. a CAVI fit's ``variational_distributions()``; they stay readable
-    as ``guide.distributions``.
+    as ``guide.distributions``. ``plates``: {site: the model's vectorized plate frames
+    around it} (:func:`pyro_vae.plate_frames.vectorized_frames`), each site drawn inside
+    them (a site with batch dims drawn outside the model's plates fails Pyro's shape
+    checks under a particle plate).
 
     Raises:
         ValueError: ``distributions`` is empty.
     """
     if not distributions:
         raise ValueError("distributions: empty; expected {site name: pyro distribution}")
-    items = dict(distributions)
+    items, frames = dict(distributions), dict(plates or {})
 
     def guide(*args: Any, **kwargs: Any) -> None:
+        made: dict = {}  # each plate made once per run
         for site, distribution in items.items():
-            pyro.sample(site, distribution)
+            with inside_plates(frames.get(site, ()), made):
+                pyro.sample(site, distribution)
 
     guide.__name__ = f"variational_guide({', '.join(items)})"
     guide.distributions = items  # type: ignore[attr-defined]
     return guide
 
 
-def as_guide(guide):
+def as_guide(guide, model=None, args: tuple = (), kwargs: dict | None = None):
     """``guide``, or for a fitted :mod:`pyro_vae.cavi` estimator its own
     ``variational_guide()`` where it has one (``AutoCAVI``: joint where its q is, a block
     or a chain), else the :func:`variational_guide` of its ``variational_distributions()``
-    (the product of the marginals: q itself under mean field)."""
+    (the product of the marginals: q itself under mean field), each site drawn inside the
+    plates ``model(*args, **kwargs)`` puts around it where ``model`` is given (one run of
+    it, the random stream left as it was: tester BO, a Gaussian mixture's q of K
+    components drawn outside the model's ``components`` plate failed ``to_inference_data``)."""
     if callable(getattr(guide, "variational_guide", None)):
         return guide.variational_guide()
     if hasattr(guide, "variational_distributions"):
-        return variational_guide(guide.variational_distributions())
+        distributions = guide.variational_distributions()
+        plates = None if model is None else _model_plates(model, args, kwargs, distributions)
+        return variational_guide(distributions, plates)
     return guide
+
+
+def _model_plates(model, args: tuple, kwargs: dict | None, sites) -> dict:
+    """{site: the vectorized plate frames around it} in one run of ``model`` that leaves
+    the random stream and the param store's values as they were (no gradients)."""
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        trace = poutine.trace(poutine.block(model, hide_types=["param"])).get_trace(
+            *args, **(kwargs or {})
+        )
+    return vectorized_frames(trace, sites)

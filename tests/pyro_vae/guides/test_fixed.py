@@ -53,6 +53,38 @@ def test_an_estimator_with_its_own_variational_guide_stands_in_by_it():
     assert as_guide(Fitted()) is local_guide
 
 
+def test_a_fit_s_marginals_are_drawn_inside_the_model_s_plates_leaving_the_stream_as_it_was():
+    """Tester BO: a mixture's q of its K components, drawn outside the model's plate, failed
+    Pyro's shape checks under the particle plate; given the model, each site is drawn
+    inside the plates it has there, and the one model run that reads them draws nothing
+    from the random stream."""
+
+    class Fitted:  # as a hand-written CAVI class: its marginals only
+        def variational_distributions(self):
+            return {"mu": dist.Normal(torch.arange(3.0), 1.0)}
+
+    def model(x):
+        with pyro.plate("components", 3):
+            mu = pyro.sample("mu", dist.Normal(torch.zeros(3), 10.0))
+        with pyro.plate("data", x.shape[0], dim=-2):
+            pyro.sample("x", dist.Normal(mu, 1.0), obs=x)
+
+    x = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
+    pyro.set_rng_seed(0)
+    guide = as_guide(Fitted(), model, (x,))
+    after = torch.rand(1)
+    pyro.set_rng_seed(0)
+    assert torch.equal(torch.rand(1), after)  # the run that read the plates drew nothing
+    trace = pyro.poutine.trace(guide).get_trace(x)
+    assert [f.name for f in trace.nodes["mu"]["cond_indep_stack"]] == ["components"]
+    unplated = as_guide(Fitted())  # without the model: as before, no plates
+    assert pyro.poutine.trace(unplated).get_trace(x).nodes["mu"]["cond_indep_stack"] == ()
+    with pyro.plate("particles", 4, dim=-3):  # vectorized particles: Pyro's checks pass
+        vectorized = pyro.poutine.trace(guide).get_trace(x)
+    vectorized.compute_log_prob()
+    assert vectorized.nodes["mu"]["log_prob"].shape == (4, 1, 3)
+
+
 def beta_bernoulli(x):
     p = pyro.sample("p", dist.Beta(x.new_tensor(2.0), x.new_tensor(3.0)))
     with pyro.plate("n", x.shape[0]):
