@@ -34,6 +34,36 @@ def positive(name: str, value) -> float:
     return number
 
 
+def check_seed(name: str, value, none_allowed: bool = True) -> int | None:
+    """``value`` if it is a seed: an integer ≥ 0 (Python or NumPy; not a bool), or None
+    where ``none_allowed`` (tester BO: ``random_state=-3`` failed in NumPy with "expected
+    non-negative integer", naming neither the argument nor the value)."""
+    if value is None and none_allowed:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        also = "None or " if none_allowed else ""
+        raise ValueError(f"{name}: {value!r} is not a seed; expected {also}an integer ≥ 0")
+    return int(value)
+
+
+def squares_finite(name: str, tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` (finite float64) if the sum of its entries' squares is finite in float64,
+    as the closed-form updates' sufficient statistics need (tester BO: data near 1e160
+    failed part way with "float division by zero" or "probability tensor contains inf")."""
+    if tensor.numel() and tensor.is_floating_point():
+        largest = float(tensor.abs().max())
+        if not math.isfinite(largest * largest * tensor.numel()):
+            raise ValueError(
+                f"{name}: values up to {largest:.3g}, whose squares summed over its "
+                f"{tensor.numel()} entries overflow float64 (max {_FLOAT64_MAX:.3g}); "
+                "expected data on a scale whose sums of squares are finite: rescale them"
+            )
+    return tensor
+
+
+_FLOAT64_MAX = torch.finfo(torch.float64).max
+
+
 def real(value) -> float | None:
     """A real scalar (Python, NumPy or 0-d tensor; not a bool) as a float, else None."""
     if isinstance(value, torch.Tensor) and value.dim() == 0:

@@ -28,13 +28,18 @@ unverified where q is.
 from __future__ import annotations
 
 import math
-import numbers
 import time
 
 import pyro.distributions as dist
 import torch
 
-from pyro_vae.cavi._checks import check_on_cpu, float64_arguments, non_negative, positive_int
+from pyro_vae.cavi._checks import (
+    check_on_cpu,
+    check_seed,
+    float64_arguments,
+    non_negative,
+    positive_int,
+)
 from pyro_vae.cavi.blocks import block_advice, find_blocks, regroup
 from pyro_vae.cavi.chains import find_chains
 from pyro_vae.cavi.conjugate_forms import probe_factors, probe_runner
@@ -931,9 +936,7 @@ class AutoCAVI(CoordinateUpdates):
         tol = non_negative("tol", self.tol)
         max_iter = positive_int("max_iter", self.max_iter)
         n_init = positive_int("n_init", self.n_init)
-        seed = self.random_state
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-            raise ValueError(f"random_state: {seed!r} is not a non-negative integer seed")
+        seed = check_seed("random_state", self.random_state, none_allowed=False)
         if not isinstance(self.init, (dict, type(None))):
             raise ValueError(f"init: {self.init!r} is not a dict of site name -> initial q")
         if not isinstance(self.markov_chains, bool):

@@ -32,7 +32,15 @@ import pyro.distributions as dist
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
-from pyro_vae.cavi._checks import as_float64, finite, non_negative, positive, positive_int
+from pyro_vae.cavi._checks import (
+    as_float64,
+    check_seed,
+    finite,
+    non_negative,
+    positive,
+    positive_int,
+    squares_finite,
+)
 from pyro_vae.cavi.convergence import warn_unconverged
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -129,6 +137,7 @@ class BayesianGaussianMixture:
             positive_int(name, getattr(self, name))
         non_negative("tol", self.tol)
         non_negative("reg_covar", self.reg_covar)
+        check_seed("random_state", self.random_state)
         if self.init_params not in ("kmeans", "random"):
             raise ValueError(f"init_params: {self.init_params!r} is not 'kmeans' or 'random'")
         X = as_float64("X", X)
@@ -142,7 +151,7 @@ class BayesianGaussianMixture:
             )
         if X.shape[0] < 2:  # as scikit-learn: the default priors need a data covariance
             raise ValueError(f"X: {X.shape[0]} sample; expected at least 2")
-        return finite("X", X)
+        return squares_finite("X", finite("X", X))
 
     def _priors(self, X: torch.Tensor) -> None:
         n, d = X.shape

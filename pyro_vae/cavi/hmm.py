@@ -26,6 +26,7 @@ import torch
 
 from pyro_vae.cavi._checks import (
     as_float64,
+    check_seed,
     finite,
     log_probabilities,
     non_negative,
@@ -290,6 +291,7 @@ class _FactorialMeanField:
         non_negative("tol", self.tol)
         positive_int("max_iter", self.max_iter)
         positive_int("n_init", self.n_init)
+        check_seed("random_state", self.random_state)
         self._check_model()
         y = self.model._check(y)
         m, k, _ = self.model.sizes

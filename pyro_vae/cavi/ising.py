@@ -25,7 +25,14 @@ import numpy as np
 import pyro.distributions as dist
 import torch
 
-from pyro_vae.cavi._checks import as_float64, finite, non_negative, positive_int, real
+from pyro_vae.cavi._checks import (
+    as_float64,
+    check_seed,
+    finite,
+    non_negative,
+    positive_int,
+    real,
+)
 from pyro_vae.cavi.convergence import warn_unconverged
 
 MAX_EXACT_SPINS = 25
@@ -197,6 +204,7 @@ class IsingMeanField:
         positive_int("max_iter", self.max_iter)
         positive_int("n_init", self.n_init)
         non_negative("tol", self.tol)
+        check_seed("random_state", self.random_state)
         _check_beta(self.beta)
 
     def _sweep(self, m: torch.Tensor, J: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
@@ -219,6 +227,12 @@ class IsingMeanField:
         """Fit the magnetizations for couplings ``J`` (n x n) and fields ``h`` (n,)."""
         self._validate()
         J, h = check_couplings(J, h)
+        scale = self.beta * (float(J.abs().sum()) / 2 + float(h.abs().sum()))
+        if not math.isfinite(scale):  # tester BO: β = 1e308 gave lower_bound_ = inf, converged
+            raise ValueError(
+                f"beta: {self.beta!r} times the couplings' and fields' total (½ Σ|J| + Σ|h|) "
+                "overflows float64; expected an inverse temperature at which the energy is finite"
+            )
         rng = np.random.default_rng(self.random_state)
         best = None
         for _ in range(self.n_init):

@@ -27,7 +27,14 @@ import math
 import pyro.distributions as dist
 import torch
 
-from pyro_vae.cavi._checks import as_float64, finite, non_negative, positive, positive_int
+from pyro_vae.cavi._checks import (
+    as_float64,
+    finite,
+    non_negative,
+    positive,
+    positive_int,
+    squares_finite,
+)
 from pyro_vae.cavi.convergence import warn_unconverged
 
 
@@ -44,7 +51,7 @@ def _as_data(X, y) -> tuple[torch.Tensor, torch.Tensor]:
             f"y: shape {tuple(y.shape)} does not match X's {X.shape[0]} rows; "
             f"expected ({X.shape[0]},)"
         )
-    return finite("X", X), finite("y", y)
+    return squares_finite("X", finite("X", X)), squares_finite("y", finite("y", y))
 
 
 class BayesianLinearRegression:

@@ -648,7 +648,8 @@ def test_bad_settings_are_refused_naming_the_argument():
     with pytest.raises(ValueError, match="markov_chains: 'False' is not True or False"):
         AutoCAVI(gamma_poisson, markov_chains="False").fit(y)
     for seed in ("a", None, -1, True):
-        with pytest.raises(ValueError, match=rf"random_state: {seed!r} is not a non-negative"):
+        message = rf"random_state: {seed!r} is not a seed; expected an integer ≥ 0"
+        with pytest.raises(ValueError, match=message):
             AutoCAVI(gamma_poisson, random_state=seed).fit(y)
     # a NumPy integer is a seed (it crashed in torch's manual_seed: tester AM's F7), the
     # same seed as the int

@@ -227,6 +227,11 @@ def test_a_constant_feature_fits_as_in_scikit_learn():
             "covariance_prior: is not symmetric positive",
         ),
         (np.eye(3), {"covariance_prior": np.eye(2)}, r"covariance_prior: shape \(2, 2\)"),
+        # tester BO: NumPy's "expected non-negative integer", and "probability tensor
+        # contains inf" part way through a fit of data near 1e160
+        (np.eye(3), {"random_state": -3}, "random_state: -3 is not a seed; expected None or"),
+        (np.eye(3), {"random_state": 1.5}, "random_state: 1.5 is not a seed"),
+        (np.eye(3) * 1e160, {}, "X: values up to 1e.160, whose squares summed over its 9"),
     ],
 )
 def test_bad_input_is_named(X, kwargs, message):

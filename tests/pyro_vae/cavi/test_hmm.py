@@ -237,6 +237,7 @@ def test_bad_parameters_and_settings_are_named():
         ({"n_init": 0}, "n_init: 0 is not a positive integer"),
         ({"max_iter": 0}, "max_iter: 0 is not a positive integer"),
         ({"tol": -1.0}, "tol: -1.0 is not a finite non-negative number"),
+        ({"random_state": -2}, "random_state: -2 is not a seed"),
     ]:
         with pytest.raises(ValueError, match=message):
             StructuredMeanField(good, **kwargs).fit(y)

@@ -178,6 +178,12 @@ def test_bad_settings_and_too_many_spins():
         IsingMeanField(update="random").fit(torch.zeros(2, 2))
     with pytest.raises(ValueError, match="damping: 0"):
         IsingMeanField(damping=0).fit(torch.zeros(2, 2))
+    # tester BO: β = 1e308 gave lower_bound_ = inf with converged_ True; random_state=-1
+    # NumPy's "expected non-negative integer"
+    with pytest.raises(ValueError, match="beta: 1e.308 times the couplings' and fields'"):
+        IsingMeanField(beta=1e308).fit(grid_couplings(2, 2))
+    with pytest.raises(ValueError, match="random_state: -1 is not a seed"):
+        IsingMeanField(random_state=-1).fit(grid_couplings(2, 2))
     with pytest.raises(ValueError, match="26 spins is too many"):
         ising_log_partition_exact(torch.zeros(26, 26))
     with pytest.raises(ValueError, match="rows: 0 is not a positive integer"):

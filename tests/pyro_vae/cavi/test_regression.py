@@ -122,6 +122,10 @@ def test_bad_input_is_named(data):
     bad[0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         BayesianLinearRegression().fit(bad, y)
+    # tester BO: "float division by zero" part way through a fit of y near 1e160
+    with pytest.raises(ValueError, match="y: values up to .*e.160, whose squares summed"):
+        BayesianLinearRegression().fit(X, y * 1e160)
+    BayesianLinearRegression().fit(X, y * 1e150)  # squares near 1e300 still sum finitely
     with pytest.raises(ValueError, match=r"X: shape \(0, 3\) has no rows; expected N ≥ 1"):
         BayesianLinearRegression().fit(torch.zeros(0, 3), torch.zeros(0))
     with pytest.raises(ValueError, match=r"X: shape \(30, 0\) has no columns"):
