@@ -261,6 +261,7 @@ def _write_run_start(run: RunFolder, config: RunConfig, exp, state) -> None:
     )
     _note_image_folder(exp.data.info)
     _note_full_intensity(exp.data.info)
+    _note_untrained_classes(exp.data.info)
     if "columns" in exp.data.info:  # a table: which columns became the features
         label = config.data.label_column
         print(
@@ -278,6 +279,22 @@ def _after_divergence(run: RunFolder) -> str:
         "--lr <smaller> (or --kl-warmup EPOCHS); --resume would repeat the same steps to the "
         "same loss"
     )
+
+
+def _note_untrained_classes(info: dict[str, Any]) -> None:
+    """Say which classes of a label model no training row holds (tester BP)."""
+    untrained = info.get("untrained_classes")
+    if untrained:
+        empty = untrained["classes"]
+        shown = ", ".join(map(str, empty[:8])) + (", ..." if len(empty) > 8 else "")
+        print(
+            f"note: {len(empty)} of the model's {untrained['of']} classes have no training "
+            f"rows ({shown}): no "
+            "label of them is drawn and the model never sees one, though p(y) and the test "
+            "accuracy count them (a model's classes are the dataset's class names, else "
+            "labels 0 to the largest): relabel the classes 0..C-1, each with training rows "
+            "(a class of one or two rows can fall into the validation or test split)"
+        )
 
 
 def _note_full_intensity(info: dict[str, Any]) -> None:

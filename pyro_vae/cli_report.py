@@ -69,10 +69,23 @@ def print_test(test: dict[str, Any], table: bool = False) -> None:
             print(f"active latent units       {value:>5} of {test['latent_dim']}")
         elif key in test.get("label_metrics", ()):
             number = f"{value:>10}" if isinstance(value, int) else f"{value:10.4f}"
-            print(f"{key.replace('_', ' '):<26}{number}")
+            print(f"{key.replace('_', ' '):<26}{number}{_label_metric_unit(key, value, unit)}")
         elif key == "skipped":
             for metric, why in value.items():
                 print(f"skipped {metric}: {why}")
+
+
+def _label_metric_unit(key: str, value, unit: str) -> str:
+    """The unit of a label model's metric, read from its name (tester BP: "test elbo
+    unlabelled -28.8401" had none): a bound or log-density in nats per image (row), an
+    accuracy a share; a count none."""
+    if isinstance(value, int):
+        return ""
+    if "accuracy" in key:
+        return " (share correct)"
+    if "elbo" in key or "log_p" in key:
+        return f" nats per {unit}"
+    return ""
 
 
 def with_previous(metrics: dict, key: str) -> list:

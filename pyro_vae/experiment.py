@@ -167,6 +167,7 @@ def build(
     standard.update(image_shape=None if shape is None else tuple(shape))
     if uses_labels(load_object(config.model.spec, "model")) is not None:
         standard.update(num_classes=num_classes(data))
+        _note_untrained_classes(data, standard["num_classes"])
     extra = {k: v for k, v in options.items() if k not in STANDARD_MODEL_OPTIONS}
     made, received = _construct(config.model.spec, "model", standard, extra)
     not_accepted = [k for k in STANDARD_MODEL_OPTIONS if k in options and k not in received]
@@ -232,6 +233,13 @@ def _with_labelled_subset(data: DataSplits, d) -> DataSplits:
     subset = d.labelled_subset()
     if not subset:
         return data
+    y = data.train_y
+    if y.numel() and bool((y < 0).any()):  # no class: said before the draw's class counts
+        raise ValueError(  # (tester BP: "class -1 has only 4 training rows" came first)
+            f"labels: the train split's labels span {int(y.min())}..{int(y.max())}, "
+            f"{int((y < 0).sum())} of them below 0, which is no class (a label outside "
+            "0..C-1 would be read as no class). Give labels 0..C-1"
+        )
     try:
         return data.with_labelled_subset(**subset)
     except ValueError as err:
@@ -249,6 +257,22 @@ def num_classes(data: DataSplits) -> int:
         return len(data.info["classes"])
     labels = [y for y in (data.train_y, data.val_y, data.test_y) if y.numel()]
     return int(max(int(y.max()) for y in labels)) + 1
+
+
+def _note_untrained_classes(data: DataSplits, classes: int) -> None:
+    """Record in ``data.info["untrained_classes"]`` the classes of the C a label model has
+    that no training row holds (no label of them can be drawn, and the model never sees
+    one), named as the dataset names them, for ``fit``'s note (tester BP: a class whose one
+    row fell into the validation split, and labels 0..2 and 7, whose 8 classes held 4 with
+    no rows, trained unsaid)."""
+    y = getattr(data, "train_y", None)
+    if y is None:  # a run's recorded images (sample): no training rows to count
+        return
+    counts = torch.bincount(y.reshape(-1).long().cpu(), minlength=classes)
+    names = data.info.get("classes") or [str(c) for c in range(classes)]
+    empty = [names[c] for c in range(classes) if int(counts[c]) == 0]
+    if empty:
+        data.info["untrained_classes"] = {"classes": empty, "of": classes}
 
 
 def _construct(spec: str, arg: str, standard: dict, extra: dict) -> tuple[Any, dict]:

@@ -86,23 +86,18 @@ def _count_quotas(
 ) -> list[int]:
     """Rows to label in each class for ``count`` labels: ⌊count / C⌋ each, the remainder
     one each to the first classes of a seeded order."""
-    c = int(classes.shape[0])
-    if isinstance(count, bool) or not isinstance(count, int) or not c <= count <= n:
-        raise ValueError(
-            f"count: {count!r}; expected an integer between the {c} classes present and the "
-            f"{n} training rows"
+    c, smallest = int(classes.shape[0]), int(sizes.min())
+    if isinstance(count, bool) or not isinstance(count, int) or not c <= count <= c * smallest:
+        raise ValueError(  # the most a balanced draw always fills (tester BP: "and the 1455
+            # training rows", then 1455 refused as more than 10 times the smallest class)
+            f"count: {count!r}; expected an integer between the {c} classes present and "
+            f"{c * smallest}, {c} times the smallest class's {smallest} training rows (a "
+            "balanced draw takes as many of each class)"
         )
     quotas = [count // c] * c
     for i in torch.randperm(c, generator=generator)[: count % c].tolist():
         quotas[i] += 1
-    short = [(int(k), q, int(s)) for k, q, s in zip(classes, quotas, sizes, strict=True) if q > s]
-    if short:
-        label, quota, size = short[0]
-        raise ValueError(
-            f"count: {count} labels, {quota} of class {label}, but class {label} has only "
-            f"{size} training rows; expected at most {c} times the smallest class's size"
-        )
-    return quotas
+    return quotas  # each at most ⌈count / C⌉ ≤ the smallest class's size
 
 
 class LabelledSource(WrappedSource):

@@ -416,13 +416,13 @@ CLI = [
         "fit-labelled-below-classes",
         None,
         ["fit", "--out", "{new}", "--model", "models.m2:M2", "--labelled", "5"],
-        ["labelled: 5", "between the 10 classes present and the 1455 training rows"],
+        ["labelled: 5", "between the 10 classes present and 1330, 10 times the smallest"],
     ),
     (
         "fit-labelled-above-rows",
         None,
         ["fit", "--out", "{new}", "--model", "models.m2:M2", "--labelled", "5000"],
-        ["labelled: 5000", "between the 10 classes present and the 1455 training rows"],
+        ["labelled: 5000", "between the 10 classes present and 1330, 10 times the smallest"],
     ),
     (
         "fit-labelled-model-without-labels",

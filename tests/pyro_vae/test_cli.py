@@ -1427,6 +1427,31 @@ def test_the_labelled_subset_is_kept_in_config_json_and_survives_resume(tmp_path
     assert "--labelled cannot change a run being resumed" in capsys.readouterr().err
 
 
+def test_fit_names_the_classes_a_label_model_has_with_no_training_rows(tmp_path, capsys):
+    # tester BP: labels 0..2 and 7 made 8 classes, 3..6 with no rows, and a class whose
+    # one row fell out of the training split had no label drawn, unsaid
+    y = np.arange(60) % 3
+    y[:3] = 7
+    x = np.random.default_rng(0).integers(0, 256, (60, 4, 4), dtype=np.uint8)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    argv = ["fit", "--data", str(tmp_path / "d.npz"), "--model", "models.cvae:CVAE"]
+    assert main([*argv, "--epochs", "1", "--out", str(tmp_path / "r"), *FAST]) == 0
+    out = capsys.readouterr().out
+    assert "note: 4 of the model's 8 classes have no training rows (3, 4, 5, 6): no label" in out
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["data"]["untrained_classes"] == {"classes": ["3", "4", "5", "6"], "of": 8}
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(60) % 3)
+    assert main([*argv, "--epochs", "1", "--out", str(tmp_path / "s"), *FAST]) == 0
+    assert "no training rows" not in capsys.readouterr().out
+    # tester BP: labels of -1 with a labelled subset were refused for the subset's class
+    # counts ("class -1 has only 4 training rows"), inviting a smaller count
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(60) % 3 - (np.arange(60) < 6))
+    argv = [*argv[:4], "models.m2:M2", "--estimator", "enum", "--labelled", "30"]
+    assert main([*argv, "--epochs", "1", "--out", str(tmp_path / "t"), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "labels: the train split's labels span -1..2" in err and "which is no class" in err
+
+
 @pytest.mark.parametrize("nproc", [1, 2])
 def test_a_labelled_subset_is_refused_for_a_model_that_uses_no_labels(
     tmp_path, capsys, monkeypatch, nproc

@@ -12,15 +12,23 @@ def test_a_label_model_s_metrics_are_printed_as_conditional(capsys):
             "log_likelihood_points": 4,
             "kl": 1.25,
             "test_accuracy": 0.875,
-            "label_metrics": ["test_accuracy"],
+            "test_elbo_unlabelled": -28.84,
+            "test_log_px_unlabelled": -28.79,
+            "test_log_px_unlabelled_points": 180,
+            "label_metrics": ["test_accuracy", "test_elbo_unlabelled", "test_log_px_unlabelled",
+                              "test_log_px_unlabelled_points"],
             "conditioned_on_labels": True,
         }
-    )
+    )  # fmt: skip
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("test ELBO | y") and lines[0].endswith("-20.000 nats per image")
     assert lines[1].startswith("test log p(x | y) (IWAE)") and "(K=8, 4 images)" in lines[1]
     assert lines[2].startswith("test KL(q(z | x, y) ‖ p(z))")
-    assert lines[3].split() == ["test", "accuracy", "0.8750"]
+    # tester BP: the label metrics had no units
+    assert lines[3].split() == ["test", "accuracy", "0.8750", "(share", "correct)"]
+    assert lines[4].endswith("-28.8400 nats per image") and lines[4].startswith("test elbo")
+    assert lines[5].endswith("-28.7900 nats per image")
+    assert lines[6].split() == ["test", "log", "px", "unlabelled", "points", "180"]
 
 
 def test_a_label_model_s_original_units_lines_keep_what_the_bound_is_of(capsys):

@@ -68,10 +68,14 @@ def test_within_a_class_the_draw_is_uniform():
         ({"fraction": 0.0}, "fraction: 0.0 is not in (0, 1]"),
         ({"fraction": 1.5}, "fraction: 1.5 is not in (0, 1]"),
         ({"fraction": "half"}, "fraction: 'half' is not a number"),
-        ({"count": 2}, "count: 2; expected an integer between the 3 classes present and the 20"),
+        (
+            {"count": 2},
+            "count: 2; expected an integer between the 3 classes present and 12, "
+            "3 times the smallest class's 4 training rows",
+        ),
         ({"count": 21}, "count: 21; expected an integer between"),
         ({"count": 3.0}, "count: 3.0; expected an integer"),
-        ({"count": 15}, "count: 15 labels, 5 of class 2, but class 2 has only 4 training rows"),
+        ({"count": 13}, "count: 13; expected an integer between the 3 classes present and 12"),
     ],
 )
 def test_bad_subsets_are_refused_by_name(kwargs, message):
