@@ -359,7 +359,8 @@ class M2(PyroModule):
           log Σ_y p̂(x, y), p̂(x, y) the importance-weighted estimate (Burda et al. 2015)
           with ``iwae_samples`` draws of q(z | x, y); each p̂ is unbiased, so this is a
           stochastic lower bound, tighter than sampling y too. With
-          ``test_log_px_unlabelled_K`` and ``_points`` saying how it was computed.
+          ``test_log_px_unlabelled_K`` and ``_points`` saying how it was computed;
+          ``iwae_samples=0`` leaves it out (the evaluation's ``--ll-samples 0``).
 
         Raises:
             ValueError: ``y`` is not ``[N]``, or a count is not positive.
@@ -411,13 +412,14 @@ def label_metrics(
     model: M2, guide, x, y, num_samples: int = 1, iwae_samples: int = 100, iwae_rows: int = 1000
 ) -> dict[str, float]:
     """:meth:`M2.label_metrics`."""
-    for name, value in (
-        ("num_samples", num_samples),
-        ("iwae_samples", iwae_samples),
-        ("iwae_rows", iwae_rows),
+    for name, value, least in (
+        ("num_samples", num_samples, 1),
+        ("iwae_samples", iwae_samples, 0),
+        ("iwae_rows", iwae_rows, 1),
     ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}: {value!r} is not a positive integer")
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            what = "a positive integer" if least else "a non-negative integer"
+            raise ValueError(f"{name}: {value!r} is not {what}")
     if tuple(y.shape) != (x.shape[0],):
         raise ValueError(f"y: shape {tuple(y.shape)}; expected [{x.shape[0]}], one per row of x")
     on = model.prior_loc.device
@@ -432,14 +434,17 @@ def label_metrics(
     labelled = _per_class(elbo, model, guide, x, model.num_classes)  # L(x, c), [C, N]
     unlabelled = (q * (labelled - log_q.T)).nansum(0)  # q log q = 0 where q = 0
 
+    metrics = {"test_accuracy": accuracy, "test_elbo_unlabelled": unlabelled.mean().item()}
+    if iwae_samples == 0:  # the evaluation's log p(x) is off (--ll-samples 0): so is this
+        return metrics
+
     def log_joint(m, g, args):
         return iwae_log_likelihood(m, g, args, iwae_samples, device=on)
 
     rows = x[:iwae_rows]
     log_px = torch.logsumexp(_per_class(log_joint, model, guide, rows, model.num_classes), 0)
     return {
-        "test_accuracy": accuracy,
-        "test_elbo_unlabelled": unlabelled.mean().item(),
+        **metrics,
         "test_log_px_unlabelled": log_px.mean().item(),
         "test_log_px_unlabelled_K": iwae_samples,
         "test_log_px_unlabelled_points": int(rows.shape[0]),

@@ -579,8 +579,10 @@ def _label_model_metrics(
         skipped["kl"] = str(err)
     if split is None or split.is_writer:
         x, y = (to_device(in_memory(a, _num_rows(args)), exp.device) for a in args[:2])
-        draws = metrics.get("log_likelihood_samples")
-        own = label_metrics(model, guide, x, y, iwae_samples=draws)
+        # the evaluation's log p(x) settings (0 draws where it was off: --ll-samples 0)
+        draws = metrics.get("log_likelihood_samples", 0)
+        points = metrics.get("log_likelihood_points")
+        own = label_metrics(model, guide, x, y, iwae_samples=draws, iwae_rows=points)
         clash = sorted(set(own) & set(metrics))
         if clash:
             raise ValueError(

@@ -114,14 +114,21 @@ def latent_draws_of(
 
 @torch.no_grad()
 def label_metrics(
-    model, guide, x: torch.Tensor, y: torch.Tensor, iwae_samples: int | None = None
+    model,
+    guide,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    iwae_samples: int | None = None,
+    iwae_rows: int | None = None,
 ) -> dict[str, float]:
     """The model's own metrics of labels (its ``label_metrics(guide, x, y)``, e.g. M2's
     ``{"test_accuracy": ...}``; :mod:`pyro_vae.model_protocol`) on rows ``x`` ``[N, D]``
     with labels ``y`` ``[N]``, in eval mode without gradients; ``{}`` for a model without
     the method. ``iwae_samples`` (the evaluation's log p(x) draws, ``--ll-samples``) is
     passed on where the method takes it (tester U: M2's unlabelled log p(x) kept its own
-    100 draws whatever ``--ll-samples`` said).
+    100 draws whatever ``--ll-samples`` said; 0: the evaluation's log p(x) is off), and
+    ``iwae_rows`` (its rows, ``--ll-points``) likewise (tester BP: M2 kept its own 1,000
+    rows, and computed log p(x) under ``--ll-samples 0``).
 
     Raises:
         ValueError: the method returned something other than a mapping of names to numbers.
@@ -131,8 +138,9 @@ def label_metrics(
     if hook is None:
         return {}
     options = {}
-    if iwae_samples is not None and accepts_keyword(hook, "iwae_samples"):
-        options["iwae_samples"] = iwae_samples
+    for name, value in (("iwae_samples", iwae_samples), ("iwae_rows", iwae_rows)):
+        if value is not None and accepts_keyword(hook, name):
+            options[name] = value
     with torch.no_grad(), eval_mode(model, guide), unscaled():
         values = hook(guide, x, y, **options)
     if not isinstance(values, dict) or not all(

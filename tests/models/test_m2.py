@@ -367,6 +367,16 @@ def test_the_command_line_fits_it_and_prints_the_accuracy(tmp_path, capsys):
     config = json.loads((out / "config.json").read_text())
     assert config["data"]["labelled"] == 10
     assert (out / "conditional_samples.png").is_file()
+    # tester BP: its log p(x) kept its own 1,000 rows whatever --ll-points said, and was
+    # computed under --ll-samples 0, which turns the evaluation's log p(x) off
+    assert cli_main(["evaluate", str(out), "--ll-samples", "3", "--ll-points", "5"]) == 0
+    test = json.loads((out / "metrics.json").read_text())["test"]
+    assert test["test_log_px_unlabelled_points"] == 5 == test["log_likelihood_points"]
+    assert test["test_log_px_unlabelled_K"] == 3
+    assert cli_main(["evaluate", str(out), "--ll-samples", "0"]) == 0
+    test = json.loads((out / "metrics.json").read_text())["test"]
+    assert "test_log_px_unlabelled" not in test and "test_elbo_unlabelled" in test
+    capsys.readouterr()
 
 
 # --- arch="conv" --------------------------------------------------------------------------

@@ -62,11 +62,14 @@ def test_label_metrics_come_from_the_model_s_hook_without_gradients():
         def model(self, x, y, observed):
             pass
 
-        def label_metrics(self, guide, x, y, iwae_samples=100):
-            return {"test_log_px_unlabelled_K": iwae_samples}
+        def label_metrics(self, guide, x, y, iwae_samples=100, iwae_rows=1000):
+            return {"test_log_px_unlabelled_K": iwae_samples, "rows": iwae_rows}
 
     found = label_metrics(Counted().model, None, torch.zeros(4, 3), y, iwae_samples=10)
-    assert found == {"test_log_px_unlabelled_K": 10}
+    assert found == {"test_log_px_unlabelled_K": 10, "rows": 1000}
+    # and its rows, --ll-points (tester BP: M2 kept its own 1,000)
+    found = label_metrics(Counted().model, None, torch.zeros(4, 3), y, 0, iwae_rows=7)
+    assert found == {"test_log_px_unlabelled_K": 0, "rows": 7}
 
 
 def test_the_names_that_moved_here_still_resolve_from_evaluate_with_a_warning(monkeypatch):
