@@ -39,8 +39,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
         return 0
     metrics = _metrics_or_history(run)
     previous = metrics.get("test") or {}
-    if samples == 0:  # skipped this time: keep the estimate saved before, with its K
-        test.update({k: v for k, v in previous.items() if k.startswith("log_likelihood")})
+    kept = _keep_saved_estimates(previous, test) if samples == 0 else []
     replaced = _replaced_estimate(previous, test)
     redrawn = _redrawn(previous, test)
     if replaced or redrawn:  # nothing saved is lost: the blocks it replaced stay beside it
@@ -48,6 +47,12 @@ def evaluate_command(args: argparse.Namespace) -> int:
     else:
         run.update_metrics(test=test)
     print_test(test, rows_not_images(exp.data))
+    if kept:  # (tester BP: printed beside fresh ELBOs as if computed now)
+        print(
+            f"note: {', '.join(kept)} above "
+            f"{'is the saved estimate' if len(kept) == 1 else 'are the saved estimates'}, kept "
+            "in the test block: --ll-samples 0 computed none this time"
+        )
     if replaced:
         print(
             f"note: log p(x) is now {replaced}, in {run.file('metrics.json')}'s test block "
@@ -60,6 +65,20 @@ def evaluate_command(args: argparse.Namespace) -> int:
             "and the block it replaced is kept in test_previous"
         )
     return 0
+
+
+def _keep_saved_estimates(previous: dict[str, Any], test: dict[str, Any]) -> list[str]:
+    """Under ``--ll-samples 0`` (no log p(x) this time): the saved block's log p(x)
+    estimates, with their K and rows, put into ``test`` (the evaluation's, and a label
+    model's own, such as M2's unlabelled log p(x)); returns what was kept, as printed."""
+    own = ("log_likelihood", "test_log_px")
+    saved = {k: v for k, v in previous.items() if k.startswith(own) and k not in test}
+    test.update(saved)
+    labelled = [k for k in saved if k in previous.get("label_metrics", ())]
+    if labelled:
+        test["label_metrics"] = sorted({*test.get("label_metrics", ()), *labelled})
+    names = ["log p(x) (IWAE)"] if "log_likelihood" in saved else []
+    return names + [k.replace("_", " ") for k in labelled if not k.endswith(("_K", "_points"))]
 
 
 def _metrics_or_history(run: RunFolder) -> dict[str, Any]:

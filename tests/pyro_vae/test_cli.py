@@ -771,16 +771,20 @@ def test_a_fit_whose_terminal_closes_stops_keeping_its_checkpoint(tmp_path):
     assert main(["fit", "--resume", str(run), "--epochs", str(epoch + 1), "--no-progress"]) == 0
 
 
-def test_evaluate_with_ll_samples_0_keeps_the_saved_log_likelihood(trained, tmp_path):
+def test_evaluate_with_ll_samples_0_keeps_the_saved_log_likelihood(trained, tmp_path, capsys):
     import shutil
 
     run = tmp_path / "copy"
     shutil.copytree(trained, run)
     saved = json.loads((run / "metrics.json").read_text())["test"]
+    capsys.readouterr()
     assert main(["evaluate", str(run), "--ll-samples", "0"]) == 0
     test = json.loads((run / "metrics.json").read_text())["test"]
     for key in ("log_likelihood", "log_likelihood_samples", "log_likelihood_points"):
         assert test[key] == saved[key], key
+    # tester BP: printed beside the fresh ELBO as if computed now
+    out = capsys.readouterr().out
+    assert "note: log p(x) (IWAE) above is the saved estimate, kept in the test block" in out
 
 
 def test_an_evaluate_at_the_fit_s_settings_keeps_the_numbers_the_fit_printed(tmp_path, capsys):
