@@ -84,7 +84,7 @@ from pyro_vae.estimators.compiled import CompiledELBO
 from pyro_vae.evaluate import eval_mode
 from pyro_vae.fit_checkpoint import FitCheckpoint, Resumed
 from pyro_vae.interruptions import raise_if_stopped
-from pyro_vae.model_protocol import uses_labels
+from pyro_vae.model_protocol import batch_terms, uses_labels
 from pyro_vae.plates import DataPlateError, describe_plates
 from pyro_vae.pointwise import outside_plate, outside_plate_message
 from pyro_vae.precision import Precision, refuse_on_device
@@ -204,6 +204,7 @@ def fit(
         TrainingDiverged: the loss became NaN or infinite.
     """
     config = config or TrainConfig()
+    terms = batch_terms(model)  # training-objective factors beyond the ELBO (M2's α term)
     model, guide, config = _beta_from_handlers(model, guide, config)
     run = RunFolder(run) if isinstance(run, (str, os.PathLike)) else run
     _refuse_bad_arguments(model, guide, elbo, run, resume, resume_state, config)
@@ -229,7 +230,7 @@ def fit(
         board = TensorBoardLog.for_fit(run, model, guide, data, pair, batches, start.step)
     step = TrainStep(svi, warmup, DivergenceGuard(pair.weights, run), start.step, board)
     with board or contextlib.nullcontext():  # closed however the fit ends
-        return _train_epochs(step, batches, pair, data, group, checkpoint, start, config)
+        return _train_epochs(step, batches, pair, data, group, checkpoint, start, config, terms)
 
 
 def _train_epochs(
@@ -241,13 +242,15 @@ def _train_epochs(
     checkpoint: FitCheckpoint,
     start: Resumed,
     config: TrainConfig,
+    terms: tuple[str, ...] = (),
 ) -> FitResult:
     """Step 3 of the module docstring, from where ``start`` left off to ``config.epochs``
     or early stopping: each epoch's steps, validation (averaged over the ``group`` of
-    ranks), the record of the epoch and the checkpoint; then the best weights put back."""
+    ranks), the record of the epoch and the checkpoint; then the best weights put back.
+    ``terms``: the model's ``batch_terms``, factors of its training objective only."""
     result = _new_result(pair, start.history)
     free_bits = _free_bits_of(getattr(step.svi, "elbo", None))
-    result.objective = _objective(config, free_bits, pair.handler_beta)
+    result.objective = _objective(config, free_bits, pair.handler_beta, terms)
     guard, stopping = step.guard, EarlyStopping(config.patience, start.best)
     for epoch in range(start.epoch, config.epochs):
         if stopping.out_of_patience(epoch):
@@ -262,7 +265,7 @@ def _train_epochs(
             stopping.offer(epoch + 1, record["val_elbo"], pair.weights)
         result.history.append(record)
         guard.epoch_completed()
-        _log_epoch(record, config)
+        _log_epoch(record, config, result.objective["train_elbo"] == "the ELBO")
         if step.board is not None:
             step.board.epoch(step.count, record, due)
         if due:
@@ -416,19 +419,24 @@ def _free_bits_of(elbo) -> float | None:
 
 
 def _objective(
-    config: TrainConfig, free_bits: float | None, handler_beta: float = 1.0
+    config: TrainConfig, free_bits: float | None, handler_beta: float = 1.0, terms=()
 ) -> dict[str, Any]:
     """What training optimized, for metrics.json, and what the ELBOs reported measure.
-    ``beta``: config.beta times ``handler_beta``, the β of handlers inside the pair."""
+    ``beta``: config.beta times ``handler_beta``, the β of handlers inside the pair;
+    ``terms``: the model's factors of the training objective only (its ``batch_terms``:
+    tester BP, M2's "train ELBO" held its α term, −202 against a validation ELBO of −42
+    at α = 10⁵, and was printed and kept as an ELBO)."""
     beta = config.beta * handler_beta
-    plain = beta == 1.0 and not config.kl_warmup_epochs and free_bits is None
+    plain = beta == 1.0 and not config.kl_warmup_epochs and free_bits is None and not terms
+    made = "beta, warm-up, free bits" + (
+        f", and the model's training terms {list(terms)}" if terms else ""
+    )
     return {
         "beta": beta,
         "kl_warmup_epochs": config.kl_warmup_epochs,
         "free_bits": free_bits,
-        "train_elbo": "the ELBO"
-        if plain
-        else "the training objective (beta, warm-up, free bits), not the ELBO",
+        "training_terms": list(terms),
+        "train_elbo": "the ELBO" if plain else f"the training objective ({made}), not the ELBO",
         "val_elbo": "the ELBO (beta = 1, no free bits)",
     }
 
@@ -529,15 +537,18 @@ def _validation_due(epoch: int, config) -> bool:
     return (epoch + 1) % config.validate_every == 0 or epoch + 1 == config.epochs
 
 
-def _log_epoch(record: dict[str, Any], config) -> None:
+def _log_epoch(record: dict[str, Any], config, plain: bool = True) -> None:
     """With progress on, one line for about 20 epochs of a run and the last on a terminal
-    (between progress bars), and for every epoch when stderr is a file (no bars there)."""
+    (between progress bars), and for every epoch when stderr is a file (no bars there).
+    ``plain``: whether the training estimate is the ELBO (else it is called the training
+    objective, :func:`_objective`)."""
     epoch = record["epoch"]
     log_every = max(1, config.epochs // 20) if interactive() else 1
     if config.progress and (epoch % log_every == 0 or epoch == config.epochs):
         val = f"  val ELBO {record['val_elbo']:.3f}" if "val_elbo" in record else ""
+        train = "train ELBO" if plain else "train objective"
         tqdm.write(
-            f"epoch {epoch:>3}/{config.epochs}  train ELBO "
+            f"epoch {epoch:>3}/{config.epochs}  {train} "
             f"{record['train_elbo']:.3f}{val}  ({record['seconds']:.1f} s)"
         )
 

@@ -568,6 +568,29 @@ def test_about_twenty_epochs_of_a_run_are_logged_on_a_terminal(capsys, monkeypat
     assert lines[-1] == "epoch 100/100  train ELBO -1.000  val ELBO -2.000  (0.2 s)"
     _log_epoch({"epoch": 100, "train_elbo": -1.0, "seconds": 0.0}, quiet(epochs=100))
     assert capsys.readouterr().out == ""
+    _log_epoch({"epoch": 100, "train_elbo": -1.0, "seconds": 0.0}, config, plain=False)
+    assert capsys.readouterr().out.startswith("epoch 100/100  train objective -1.000")
+
+
+def test_a_model_s_training_terms_make_its_train_estimate_the_objective_not_the_elbo():
+    """Tester BP: M2's "train ELBO" held its α classifier term (−202 against a validation
+    ELBO of −42 at α = 10⁵), printed and kept as an ELBO. A model's ``batch_terms`` (its
+    factors of the training objective) are named in the fit's objective, and its train
+    estimate is called the training objective."""
+    from models.m2 import M2
+    from pyro_vae import load_data
+    from pyro_vae.estimators import get
+
+    x = torch.bernoulli(torch.full((40, 6), 0.4, dtype=torch.float32))
+    data = load_data(x.numpy(), labels=(torch.arange(40) % 2).numpy())
+    model = M2(6, num_classes=2, latent_dim=2, hidden_dims=(8,), alpha=10.0)
+    config = TrainConfig(epochs=1, batch_size=20, progress=False)
+    objective = fit(model, model.make_guide(), data, get("enum"), config).info()["objective"]
+    assert objective["training_terms"] == ["classifier"]
+    assert objective["train_elbo"] == (
+        "the training objective (beta, warm-up, free bits, and the model's training terms "
+        "['classifier']), not the ELBO"
+    )
 
 
 def test_into_a_log_file_every_epoch_is_a_line_and_no_bar_is_drawn(digits, capsys):
