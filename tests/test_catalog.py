@@ -1227,7 +1227,7 @@ PY = [
     ("m2-alpha", lambda: _m2(alpha=-0.5), ValueError, ["alpha: -0.5"]),
     ("m2-num-classes", lambda: _m2(num_classes=1), ValueError, ["num_classes: 1"]),
     ("m2-labels-shape", lambda: _m2()(torch.zeros(4, 64), torch.zeros(3, dtype=torch.long)), ValueError, ["y: shape (3,); expected [4]"]),
-    ("m2-label-metrics-k", lambda: _m2().label_metrics(_m2().make_guide(), torch.zeros(4, 64), torch.zeros(4, dtype=torch.long), iwae_samples=0), ValueError, ["iwae_samples: 0"]),
+    ("m2-label-metrics-k", lambda: _m2().label_metrics(_m2().make_guide(), torch.zeros(4, 64), torch.zeros(4, dtype=torch.long), iwae_samples=-1), ValueError, ["iwae_samples: -1 is not a non-negative integer"]),
     ("regression-nan", lambda: _cavi("BayesianLinearRegression", torch.full((4, 2), float("nan")), torch.zeros(4)), ValueError, ["NaN"]),
     ("mixture-components", lambda: _cavi("BayesianGaussianMixture", torch.zeros(5, 2), n_components=0), ValueError, ["n_components"]),
     ("ising-update", lambda: _cavi("IsingMeanField", torch.zeros(4, 4), update="random"), ValueError, ["update"]),
