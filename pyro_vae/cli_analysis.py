@@ -254,10 +254,13 @@ def compare_command(args: argparse.Namespace) -> int:
 
     comparison = compare_runs(args.runs)
     csv, png = write_comparison(comparison, args.out)
-    print(
+    legend = (
         "nats per datapoint; evaluated_on: the split the test_elbo, log_px and kl are of; "
         "K: draws of the log p(x) estimate; s_per_epoch: median seconds per epoch"
     )
+    if comparison.table["labels"].notna().any():  # a label model's run among them
+        legend += "; labels: the training labels observed; test_accuracy: share correct"
+    print(legend)
     print(format_table(comparison))
     for note in comparison.notes:
         print(f"note: {note}")

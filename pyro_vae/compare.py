@@ -73,6 +73,7 @@ COLUMNS = (
     "test_elbo_original_units",
     "log_px_original_units",
     "kl",
+    "test_accuracy",
     "active_units",
     "latent_dim",
     "s_per_epoch",
@@ -81,6 +82,7 @@ COLUMNS = (
     "estimator",
     "guide",
     "precision",
+    "labels",
     "model",
     "data",
 )
@@ -229,7 +231,23 @@ def _row(label: str, config: dict[str, Any], metrics: dict[str, Any]) -> dict[st
         "precision": (config.get("train") or {}).get("precision", "32") if config else "?",
         "model": _model(config),
         "data": _data(config),
+        "labels": _labels_observed(config, test),
+        "test_accuracy": _number(test, "test_accuracy"),
     }
+
+
+def _labels_observed(config: dict[str, Any], test: dict[str, Any]) -> str | None:
+    """For a label model's run (its test block says what its bounds are of): the training
+    labels it observed, ``"100 labelled"``, ``"0.5 of each class"`` or ``"all"``; else None
+    (tester BP: runs of M2 on 100 labels and on half of them had identical rows)."""
+    if "labels_in_bound" not in test and "conditioned_on_labels" not in test:
+        return None
+    data = (config or {}).get("data") or {}
+    if data.get("labelled") is not None:
+        return f"{data['labelled']} labelled"
+    if data.get("labels_fraction") is not None:
+        return f"{data['labels_fraction']:g} of each class"
+    return "all" if config else "?"
 
 
 def _read(folder: RunFolder) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -470,7 +488,8 @@ def format_table(comparison: Comparison) -> str:
     """The table as text for a terminal: the numbers first, one run per line."""
     table = comparison.table
     wide = ["log_px_points", "latent_dim", "model", "data"]
-    wide += [c for c in table.columns if c.endswith("_original_units") and table[c].isna().all()]
+    optional = ("_original_units", "labels", "test_accuracy")  # shown where a run has one
+    wide += [c for c in table.columns if c.endswith(optional) and table[c].isna().all()]
     shown = table.drop(columns=wide)
     shown["active_units"] = [
         "—" if pd.isna(a) else f"{a}/{d}" if not pd.isna(d) else str(a)

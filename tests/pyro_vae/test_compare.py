@@ -235,6 +235,30 @@ def test_bounds_on_other_quantities_or_other_test_rows_are_flagged(tmp_path):
     assert compare_runs([vae, _run(tmp_path / "same", [1.0], [-80.0], TEST)]).notes == []
 
 
+def test_label_runs_show_the_labels_they_observed_and_their_accuracy(tmp_path, capsys):
+    """Tester BP: M2 on 100 labels and on half of each class had identical rows, with no
+    accuracy; a run of no label model shows neither column."""
+    joint = {**TEST, "labels_in_bound": "joint", "test_accuracy": 0.875}
+    some = _run(tmp_path / "some", [1.0], [-91.0], joint, data={"labelled": 100})
+    half = _run(tmp_path / "half", [1.0], [-90.0], {**joint, "test_accuracy": 0.9},
+                data={"labels_fraction": 0.5})  # fmt: skip
+    cvae = _run(tmp_path / "cvae", [1.0], [-89.0], {**TEST, "labels_in_bound": "conditioned"})
+    vae = _run(tmp_path / "vae", [1.0], [-90.0], TEST)
+    comparison = compare_runs([some, half, cvae, vae])
+    labels = comparison.table["labels"].tolist()
+    assert labels[:3] == ["100 labelled", "0.5 of each class", "all"] and pd.isna(labels[3])
+    accuracy = comparison.table["test_accuracy"].tolist()
+    assert accuracy[:2] == [0.875, 0.9] and math.isnan(accuracy[2]) and math.isnan(accuracy[3])
+    header = format_table(comparison).splitlines()[0].split()
+    assert "labels" in header and "test_accuracy" in header
+    header = format_table(compare_runs([vae])).splitlines()[0].split()
+    assert "labels" not in header and "test_accuracy" not in header
+    assert main(["compare", str(some), str(vae), "--out", str(tmp_path / "c")]) == 0
+    assert "labels: the training labels observed; test_accuracy: share correct" in (
+        capsys.readouterr().out
+    )
+
+
 def test_a_beta_or_warm_up_objective_is_named_beside_the_estimator(tmp_path):
     """Tester L2: a β = 2 run and a KL warm-up run read as plain ``trace`` runs."""
     runs = []
