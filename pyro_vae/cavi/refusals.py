@@ -168,11 +168,7 @@ def _refuse_reads_within_plate(runner, latent, site, trace, base, detail: str) -
     first[0] = True
     first = first.reshape(batch)
     event = base[name].dim() - len(batch)
-    if latent.family.name in DISCRETE_FAMILIES:  # another category at every element
-        k = getattr(latent.family, "k", 2)
-        other = ((base[name].long() + 1) % k).to(base[name].dtype)
-    else:
-        other = runner.draw(1)[name][0]
+    other = _another_value(runner, latent, base[name])
     moved = torch.where(first.reshape(batch + (1,) * event), other, base[name])
     points = {s: torch.stack([v, moved if s == name else v]) for s, v in base.items()}
     log_prob = runner.log_probs(points, 2)[site]
@@ -218,11 +214,7 @@ def _refuse_reads_across_plate(runner, latent, site, trace, base) -> None:
     (name,) = latent.sites
     count = min(batch.numel(), _SINGLE_MOVES)
     event = base[name].dim() - len(batch)
-    if latent.family.name in DISCRETE_FAMILIES:  # another category at every element
-        k = getattr(latent.family, "k", 2)
-        other = ((base[name].long() + 1) % k).to(base[name].dtype)
-    else:
-        other = runner.draw(1)[name][0]
+    other = _another_value(runner, latent, base[name])
     moved = [base[name]]
     for i in range(count):
         alone = torch.zeros(batch.numel(), dtype=torch.bool, device=base[name].device)
@@ -235,6 +227,16 @@ def _refuse_reads_across_plate(runner, latent, site, trace, base) -> None:
     if bool((changed.sum(0) > 1).any()):
         raise reads_several(site, latent, "moving one of them alone moves it, and so does "
                             "moving another")  # fmt: skip
+
+
+def _another_value(runner, latent, value: torch.Tensor) -> torch.Tensor:
+    """A value of ``latent``'s one site other than ``value`` at every element: the next
+    category of a discrete latent, a fresh draw of a continuous one (another value almost
+    surely)."""
+    if latent.family.name in DISCRETE_FAMILIES:
+        k = getattr(latent.family, "k", 2)
+        return ((value.long() + 1) % k).to(value.dtype)
+    return runner.draw(1)[latent.sites[0]][0]
 
 
 #: Elements of a latent moved one at a time by :func:`_refuse_reads_across_plate`.

@@ -62,12 +62,18 @@ def test_the_refusal_names_the_files_that_went_came_or_changed_size(tmp_path):
 FAST = ["--latent-dim", "2", "--hidden", "8", "--no-progress", "--ll-samples", "2"]
 
 
-def test_evaluate_refuses_a_run_whose_array_changed_and_the_flag_lets_it_through(tmp_path, capsys):
+def _run_on_an_array(tmp_path):
+    """(the array file, the folder of a one-epoch run on it)."""
     data = tmp_path / "x.npy"
     np.save(data, np.random.default_rng(0).integers(0, 256, (30, 4, 4), dtype=np.uint8))
     run = tmp_path / "run"
     fit = ["fit", "--data", str(data), "--epochs", "1", "--batch-size", "8", "--out", str(run)]
     assert main([*fit, *FAST]) == 0
+    return data, run
+
+
+def test_evaluate_refuses_a_run_whose_array_changed_and_the_flag_lets_it_through(tmp_path, capsys):
+    data, run = _run_on_an_array(tmp_path)
     recorded = json.loads((run / "config.json").read_text())["data"]["provenance"]
     assert recorded["path"] == str(data.resolve()) and recorded["shape"] == [30, 4, 4]
     assert main(["evaluate", str(run), "--ll-samples", "0"]) == 0
@@ -115,11 +121,7 @@ class Mine(nn.Module):
 def test_a_run_whose_data_were_moved_says_the_run_read_them_there(tmp_path, capsys):
     # tester BM: `evaluate` said "data: '...x.npy' is not a file; expected a .npy or .npz
     # array", as if --data had been mistyped, naming neither the run nor its config.json
-    data = tmp_path / "x.npy"
-    np.save(data, np.random.default_rng(0).integers(0, 256, (30, 4, 4), dtype=np.uint8))
-    run = tmp_path / "run"
-    fit = ["fit", "--data", str(data), "--epochs", "1", "--batch-size", "8", "--out", str(run)]
-    assert main([*fit, *FAST]) == 0
+    data, run = _run_on_an_array(tmp_path)
     data.rename(tmp_path / "elsewhere.npy")
     capsys.readouterr()
     for command in (["evaluate", str(run)], ["fit", "--resume", str(run), "--no-progress"]):
