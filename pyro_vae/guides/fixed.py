@@ -65,8 +65,9 @@ def as_guide(guide, model=None, args: tuple = (), kwargs: dict | None = None):
 
 
 def _model_plates(model, args: tuple, kwargs: dict | None, sites) -> dict:
-    """{site: the vectorized plate frames around it} in one run of ``model`` that leaves
-    the random stream and the param store's values as they were (no gradients)."""
+    """{site: the vectorized plate frames around it} in one run of ``model``, without
+    gradients, that leaves the random stream as it was (a parameter the model makes on its
+    first run is made, as any later run would make it)."""
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         trace = poutine.trace(poutine.block(model, hide_types=["param"])).get_trace(
             *args, **(kwargs or {})
