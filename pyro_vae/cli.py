@@ -365,7 +365,8 @@ def _report(run: RunFolder, exp: Experiment, result, test: dict) -> None:
         **result.info(),
     )
     print_test(test, rows_not_images(exp.data))
-    figures, skipped = write_figures(exp, run, result.history, test)
+    plain = result.objective.get("train_elbo", "the ELBO") == "the ELBO"
+    figures, skipped = write_figures(exp, run, result.history, test, train_is_elbo=plain)
     print("figures: " + ", ".join(str(p) for p in figures))
     for name, why in skipped.items():
         print(f"skipped {name}: {why}")

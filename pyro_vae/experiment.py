@@ -729,10 +729,13 @@ def write_figures(
     history: list[dict[str, Any]],
     test: dict[str, Any],
     num_samples: int = 64,
+    train_is_elbo: bool = True,
 ) -> tuple[list[Path], dict[str, str]]:
     """reconstructions.png, samples.png (generative models), elbo.png, latent.png, and
     traversal.png and interpolation.png (generative models with ``decode(z)``); for a
     model that uses labels, elbo.png and conditional_samples.png (one row per class).
+    ``train_is_elbo``: whether the training estimate is the ELBO (else elbo.png calls it
+    the training objective: the fit's ``objective``).
 
     Returns the paths written and, for each figure left out, why: a figure that needs
     what the model cannot give (a mean image, one latent code per image), or whose making
@@ -760,7 +763,9 @@ def write_figures(
             data.pixel_max,
             path,
         ),
-        "elbo.png": lambda path: plot_elbo_curves(history, path, lines, ylabel),
+        "elbo.png": lambda path: plot_elbo_curves(
+            history, path, lines, ylabel, "train" if train_is_elbo else "train objective"
+        ),
         "latent.png": lambda path: plot_latent(
             latent_means(model, guide, test_x).cpu(),
             data.test_y[: test_x.shape[0]],

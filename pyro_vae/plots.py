@@ -154,12 +154,15 @@ def plot_elbo_curves(
     path: Path,
     test: dict[str, float] | None = None,
     ylabel: str = "ELBO per datapoint (nats)",
+    train: str = "train",
 ) -> Path:
-    """Train and validation ELBO per epoch, with the test ELBO / log-likelihood as lines."""
+    """Train and validation ELBO per epoch, with the test ELBO / log-likelihood as lines;
+    ``train``: what the training curve is called ("train objective" where it is not the
+    ELBO: β, free bits, a model's training terms such as M2's α term, tester BP)."""
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
     epochs = [r["epoch"] for r in history]
-    ax.plot(epochs, [r["train_elbo"] for r in history], label="train (running mean)")
+    ax.plot(epochs, [r["train_elbo"] for r in history], label=f"{train} (running mean)")
     if history and "val_elbo" in history[0]:
         ax.plot(epochs, [r["val_elbo"] for r in history], label="validation")
     for key, value in (test or {}).items():

@@ -189,6 +189,20 @@ def test_the_elbo_curves_epoch_axis_has_integer_ticks(tmp_path, monkeypatch, epo
     assert_integer_epoch_ticks(drawn[0].axes[0])
 
 
+def test_the_training_curve_is_called_the_objective_where_it_is_not_the_elbo(tmp_path, monkeypatch):
+    # tester BP: M2's training curve, its α term included, was drawn as the ELBO's
+    import pyro_vae.plots as plots
+
+    drawn = []
+    monkeypatch.setattr(plots, "save_png", lambda fig, path: drawn.append(fig) or path)
+    history = [{"epoch": 1, "train_elbo": -200.0, "val_elbo": -40.0}]
+    plot_elbo_curves(history, tmp_path / "e.png")
+    plot_elbo_curves(history, tmp_path / "o.png", train="train objective")
+    labels = [[t.get_text() for t in fig.axes[0].get_legend().get_texts()] for fig in drawn]
+    assert labels == [["train (running mean)", "validation"],
+                      ["train objective (running mean)", "validation"]]  # fmt: skip
+
+
 def assert_integer_epoch_ticks(ax) -> None:
     """``ax``'s x-axis is "epoch", every tick an integer and one at least in view."""
     ax.figure.canvas.draw()
