@@ -437,6 +437,7 @@ def prepare(
     whatever :class:`~pyro_vae.annealing.ScaleLatents` handlers are in it.
     """
     model, guide = bare_pair(model, guide)
+    guide = as_guide(guide, model, data)  # a fitted CAVI estimator (tester BQ)
     count = int(data[0].shape[0])
     device = data[0].device if device is None else resolve_device(device, "device")
     probe = to_device(_chunk(data, 0, min(count, probe_rows)), device)

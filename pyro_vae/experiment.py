@@ -268,7 +268,10 @@ def _note_untrained_classes(data: DataSplits, classes: int) -> None:
     y = getattr(data, "train_y", None)
     if y is None:  # a run's recorded images (sample): no training rows to count
         return
-    counts = torch.bincount(y.reshape(-1).long().cpu(), minlength=classes)
+    y = y.reshape(-1).long().cpu()
+    # a label below 0 is no class: the label range check refuses it (tester BQ: bincount
+    # failed on it here first, with a traceback)
+    counts = torch.bincount(y[y >= 0], minlength=classes)
     names = data.info.get("classes") or [str(c) for c in range(classes)]
     empty = [names[c] for c in range(classes) if int(counts[c]) == 0]
     if empty:

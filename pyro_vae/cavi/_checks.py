@@ -47,11 +47,12 @@ def check_seed(name: str, value, none_allowed: bool = True) -> int | None:
 
 
 def squares_finite(name: str, tensor: torch.Tensor) -> torch.Tensor:
-    """``tensor`` (finite float64) if the sum of its entries' squares is finite in float64,
+    """``tensor`` if the sum of its finite entries' squares is finite in float64,
     as the closed-form updates' sufficient statistics need (tester BO: data near 1e160
     failed part way with "float division by zero" or "probability tensor contains inf")."""
-    if tensor.numel() and tensor.is_floating_point():
-        largest = float(tensor.abs().max())
+    finite_entries = tensor[torch.isfinite(tensor)] if tensor.is_floating_point() else tensor
+    if finite_entries.numel() and tensor.is_floating_point():
+        largest = float(finite_entries.abs().max())  # (NaN: a masked entry's, AutoCAVI's)
         if not math.isfinite(largest * largest * tensor.numel()):
             raise ValueError(
                 f"{name}: values up to {largest:.3g}, whose squares summed over its "
@@ -62,6 +63,21 @@ def squares_finite(name: str, tensor: torch.Tensor) -> torch.Tensor:
 
 
 _FLOAT64_MAX = torch.finfo(torch.float64).max
+
+
+def squares_finite_nested(where: str, value) -> None:
+    """:func:`squares_finite` of every floating tensor in ``value`` (nested tuples, lists,
+    dicts), named from ``where``: AutoCAVI's model arguments (tester BQ: data near 1e160
+    were refused as "impossible at some probe points" or "not positive definite")."""
+    if isinstance(value, torch.Tensor):
+        if value.is_floating_point():
+            squares_finite(where, value)
+    elif isinstance(value, (tuple, list)):
+        for i, item in enumerate(value):
+            squares_finite_nested(f"{where}[{i}]", item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            squares_finite_nested(f"{where}[{key!r}]", item)
 
 
 def real(value) -> float | None:

@@ -39,6 +39,7 @@ from pyro_vae.cavi._checks import (
     float64_arguments,
     non_negative,
     positive_int,
+    squares_finite_nested,
 )
 from pyro_vae.cavi.blocks import block_advice, find_blocks, regroup
 from pyro_vae.cavi.chains import find_chains
@@ -290,6 +291,8 @@ class AutoCAVI(CoordinateUpdates):
         for where, value in [*enumerate(args), *kwargs.items()]:
             check_on_cpu(f"fit: argument {where!r}", value)
         args, kwargs = float64_arguments(args), float64_arguments(kwargs)
+        for where, value in [*enumerate(args), *kwargs.items()]:  # as the other classes'
+            squares_finite_nested(f"fit: argument {where!r}", value)  # data (tester BQ)
         start = time.perf_counter()
         self._model, self.plates_as_events_, self._event_frames = self.model, {}, {}
         self._observed_events = {}  # observed sites that follow a latent into its event

@@ -1454,6 +1454,11 @@ def test_fit_names_the_classes_a_label_model_has_with_no_training_rows(tmp_path,
     assert main([*argv, "--epochs", "1", "--out", str(tmp_path / "t"), *FAST]) == 2
     err = capsys.readouterr().err
     assert "labels: the train split's labels span -1..2" in err and "which is no class" in err
+    # tester BQ: without a labelled subset, the note of untrained classes failed on them
+    # first (bincount), with a traceback, before the label range check
+    argv = ["fit", "--data", str(tmp_path / "d.npz"), "--model", "models.cvae:CVAE"]
+    assert main([*argv, "--epochs", "1", "--out", str(tmp_path / "u"), *FAST]) == 2
+    assert "observed labels span -1..2, 1 of them outside 0..2" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("nproc", [1, 2])

@@ -627,6 +627,23 @@ def test_an_empty_argument_the_model_fails_on_is_named():
         AutoCAVI(beta_bernoulli).fit(y=torch.zeros(0, dtype=F64))
 
 
+def test_data_whose_squares_overflow_are_refused_naming_the_argument():
+    """Tester BQ: data near 1e160 were refused as "log-density −inf at some probe points"
+    or "not positive definite", where the other CAVI classes name the argument; data of
+    1e150, whose squares still sum finitely, are taken (a masked entry's NaN is left)."""
+
+    def normal_mean(y):
+        mu = pyro.sample("mu", dist.Normal(t(0.0), t(1e200)))
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.Normal(mu, t(1.0)), obs=y)
+
+    y = t([0.5, -1.0, 2.0])
+    with pytest.raises(ValueError, match=r"fit: argument 0: values up to 2e\+160, whose"):
+        AutoCAVI(normal_mean).fit(y * 1e160)
+    with pytest.raises(ValueError, match=r"fit: argument 'y'\[1\]: values up to 1e\+160"):
+        AutoCAVI(lambda y: normal_mean(y[0])).fit(y=(y, t([1e160])))
+
+
 def test_bad_settings_are_refused_naming_the_argument():
     y = t([1.0, 2.0])
     with pytest.raises(ValueError, match="tol: -1"):

@@ -85,6 +85,64 @@ def test_a_fit_s_marginals_are_drawn_inside_the_model_s_plates_leaving_the_strea
     assert vectorized.nodes["mu"]["log_prob"].shape == (4, 1, 3)
 
 
+def test_a_fit_s_marginals_are_refused_in_a_subsampled_plate_and_leave_no_param_made(tmp_path):
+    """Tester BQ: q drawn in a plate rebuilt at its subsample size, its indices lost, gave
+    an ELBO 16.5 nats off with no word; and a parameter the model made on the plates' run,
+    from a forked stream, took another value than the model's first real run gives it."""
+
+    class Fitted:
+        def variational_distributions(self):
+            return {"z": dist.Normal(torch.zeros(5), 1.0)}
+
+    def subsampled(x):
+        with pyro.plate("data", 20, subsample=torch.arange(5)):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x[:5])
+
+    x = torch.zeros(20)
+    with pytest.raises(ValueError, match="inside plate 'data', subsampled to 5 of its 20"):
+        as_guide(Fitted(), subsampled, (x,))
+
+    def with_param(x):
+        w = pyro.param("w", lambda: torch.randn(()))
+        with pyro.plate("data", 5):
+            pyro.sample("z", dist.Normal(w, 1.0))
+
+    pyro.clear_param_store()
+    pyro.set_rng_seed(7)
+    with_param(x)
+    expected = pyro.param("w").item()  # the first run's, from the stream at seed 7
+    pyro.clear_param_store()
+    pyro.set_rng_seed(7)
+    as_guide(Fitted(), with_param, (x,))
+    assert "w" not in pyro.get_param_store()  # the plates' run made it, then took it back
+    with_param(x)
+    assert pyro.param("w").item() == expected
+    pyro.clear_param_store()
+
+
+def test_psis_khat_per_datapoint_takes_a_fit_whose_q_is_exact():
+    """Tester BQ: ``psis_khat_per_datapoint`` refused a fitted estimator ("not callable").
+    Given q(z_n | x_n) = N(x_n / 2, ½), the exact posterior of z ~ N(0, 1), x ~ N(z, 1),
+    every ratio p(x_n, z) / q(z) is p(x_n) = N(x_n; 0, 2), the same at every draw, so k̂ is
+    −inf (constant ratios)."""
+    from pyro_vae.diagnostics import psis_khat_per_datapoint
+
+    x = torch.tensor([0.3, -1.2, 2.0, 0.0], dtype=F64)
+
+    class Fitted:
+        def variational_distributions(self):
+            return {"z": dist.Normal(x / 2, math.sqrt(0.5))}
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros_like(x), 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    khat = psis_khat_per_datapoint(model, Fitted(), x, num_samples=50)
+    assert (khat.khat == -math.inf).all()
+
+
 def beta_bernoulli(x):
     p = pyro.sample("p", dist.Beta(x.new_tensor(2.0), x.new_tensor(3.0)))
     with pyro.plate("n", x.shape[0]):
