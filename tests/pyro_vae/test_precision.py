@@ -352,7 +352,7 @@ def test_a_config_json_without_precision_loads_as_float32(digits):
 
 
 def test_the_flag_goes_into_config_json_and_resume_keeps_it(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("pyro_vae.cli.write_figures", lambda *args: ([], {}))
+    monkeypatch.setattr("pyro_vae.cli.write_figures", lambda *args, **kwargs: ([], {}))
     run = tmp_path / "run"
     argv = ["fit", "--epochs", "1", "--batch-size", "256", "--precision", "bf16"]
     assert main([*argv, "--out", str(run), *FAST]) == 0

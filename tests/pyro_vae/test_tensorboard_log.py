@@ -190,7 +190,7 @@ def test_only_rank_0_writes(digits, tmp_path, monkeypatch):
 
 
 def test_the_cli_flag_goes_into_config_json_and_resume_turns_it_on(tmp_path, monkeypatch):
-    monkeypatch.setattr("pyro_vae.cli.write_figures", lambda *args: ([], {}))
+    monkeypatch.setattr("pyro_vae.cli.write_figures", lambda *args, **kwargs: ([], {}))
     fast = ["--latent-dim", "2", "--hidden", "16", "--no-progress", "--ll-samples", "5"]
     run = tmp_path / "run"
     assert main(["fit", "--epochs", "1", "--batch-size", "512", "--out", str(run), *fast]) == 0
