@@ -69,15 +69,22 @@ def squares_finite_nested(where: str, value) -> None:
     """:func:`squares_finite` of every floating tensor in ``value`` (nested tuples, lists,
     dicts), named from ``where``: AutoCAVI's model arguments (tester BQ: data near 1e160
     were refused as "impossible at some probe points" or "not positive definite")."""
+    for name, tensor in nested_tensors(where, value):
+        if tensor.is_floating_point():
+            squares_finite(name, tensor)
+
+
+def nested_tensors(where: str, value):
+    """Each tensor in ``value`` (nested tuples, lists, dicts) with its name from
+    ``where`` (``where[0]``, ``where['key']``)."""
     if isinstance(value, torch.Tensor):
-        if value.is_floating_point():
-            squares_finite(where, value)
+        yield where, value
     elif isinstance(value, (tuple, list)):
         for i, item in enumerate(value):
-            squares_finite_nested(f"{where}[{i}]", item)
+            yield from nested_tensors(f"{where}[{i}]", item)
     elif isinstance(value, dict):
         for key, item in value.items():
-            squares_finite_nested(f"{where}[{key!r}]", item)
+            yield from nested_tensors(f"{where}[{key!r}]", item)
 
 
 def real(value) -> float | None:
@@ -130,20 +137,14 @@ def check_on_cpu(where: str, value) -> None:
     """ValueError unless every tensor in ``value`` (nested tuples, lists, dicts) is on the
     CPU: AutoCAVI's probing and sweeps are many tiny float64 solves, which a GPU would only
     slow with transfers, and its probe points are drawn on the CPU."""
-    if isinstance(value, torch.Tensor):
-        if value.device.type != "cpu":
+    for name, tensor in nested_tensors(where, value):
+        if tensor.device.type != "cpu":
             raise ValueError(
-                f"{where}: a tensor of shape {tuple(value.shape)} is on {value.device}; "
+                f"{name}: a tensor of shape {tuple(tensor.shape)} is on {tensor.device}; "
                 "AutoCAVI runs on the CPU in float64 (many tiny solves, which a GPU only slows "
                 "with transfers): pass .cpu() tensors, and a model whose parameters are on "
                 "the CPU (model.cpu())"
             )
-    elif isinstance(value, (tuple, list)):
-        for i, item in enumerate(value):
-            check_on_cpu(f"{where}[{i}]", item)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            check_on_cpu(f"{where}[{key!r}]", item)
 
 
 def float64_arguments(value):
