@@ -399,6 +399,22 @@ class PerDatapoint:
         )
 
 
+def _refuse_fitted_estimator(guide, what: str) -> None:
+    """Refuse a fitted :mod:`pyro_vae.cavi` estimator as the guide of a per-datapoint
+    evaluation: its q is of the whole data set, and these evaluations draw the guide on
+    chunks of rows (tester BR: drawn on all N rows against a chunk of 100, Pyro's "Shape
+    mismatch inside plate"; before, "object is not callable").
+
+    Raises:
+        ValueError: naming the evaluation and what takes a fit."""
+    if hasattr(guide, "variational_distributions") and not callable(guide):
+        raise ValueError(
+            f"guide: a fitted {type(guide).__name__}, whose q is of the whole data set; "
+            f"{what} draws the guide on chunks of rows. Score a fit on the whole data with "
+            "elbo_estimate, psis_khat or to_inference_data (they take it as the guide)"
+        )
+
+
 def prepare(
     model,
     guide,
@@ -437,7 +453,7 @@ def prepare(
     whatever :class:`~pyro_vae.annealing.ScaleLatents` handlers are in it.
     """
     model, guide = bare_pair(model, guide)
-    guide = as_guide(guide, model, data)  # a fitted CAVI estimator (tester BQ)
+    _refuse_fitted_estimator(guide, what)
     count = int(data[0].shape[0])
     device = data[0].device if device is None else resolve_device(device, "device")
     probe = to_device(_chunk(data, 0, min(count, probe_rows)), device)

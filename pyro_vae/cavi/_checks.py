@@ -50,15 +50,18 @@ def squares_finite(name: str, tensor: torch.Tensor) -> torch.Tensor:
     """``tensor`` if the sum of its finite entries' squares is finite in float64,
     as the closed-form updates' sufficient statistics need (tester BO: data near 1e160
     failed part way with "float division by zero" or "probability tensor contains inf")."""
-    finite_entries = tensor[torch.isfinite(tensor)] if tensor.is_floating_point() else tensor
-    if finite_entries.numel() and tensor.is_floating_point():
-        largest = float(finite_entries.abs().max())  # (NaN: a masked entry's, AutoCAVI's)
-        if not math.isfinite(largest * largest * tensor.numel()):
-            raise ValueError(
-                f"{name}: values up to {largest:.3g}, whose squares summed over its "
-                f"{tensor.numel()} entries overflow float64 (max {_FLOAT64_MAX:.3g}); "
-                "expected data on a scale whose sums of squares are finite: rescale them"
-            )
+    if not tensor.is_floating_point():
+        return tensor
+    entries = tensor[torch.isfinite(tensor)].to(torch.float64)  # (NaN: a masked entry's)
+    largest = float(entries.abs().max()) if entries.numel() else 0.0
+    # the sum itself, scaled by the largest so that the scaled squares cannot overflow
+    # (tester BR: largest² × count refused 999 zeros and one 1e153, whose sum is finite)
+    if largest and not math.isfinite(float((entries / largest).square().sum()) * largest * largest):
+        raise ValueError(
+            f"{name}: values up to {largest:.3g}, whose squares summed over its "
+            f"{entries.numel()} finite entries overflow float64 (max {_FLOAT64_MAX:.3g}); "
+            "expected data on a scale whose sums of squares are finite: rescale them"
+        )
     return tensor
 
 

@@ -31,6 +31,7 @@ from pyro_vae.cavi._checks import (
     log_probabilities,
     non_negative,
     positive_int,
+    squares_finite,
 )
 from pyro_vae.cavi.convergence import warn_unconverged
 from pyro_vae.cavi.fitted_guide import sample_chain
@@ -220,7 +221,7 @@ class FactorialHMM:
             raise ValueError(f"y: shape {tuple(y.shape)} is not [T, {d}]")
         if y.shape[0] == 0:
             raise ValueError(f"y: shape {tuple(y.shape)} has no time steps; expected T ≥ 1")
-        return finite("y", y)
+        return squares_finite("y", finite("y", y))  # (tester BR: 1e200 gave a bound of nan)
 
     def log_likelihood_exact(self, y) -> float:
         """log p(Y) by forward on the K^M joint states (small models only)."""

@@ -64,6 +64,23 @@ def as_guide(guide, model=None, args: tuple = (), kwargs: dict | None = None):
     return guide
 
 
+def _refuse_other_shapes(trace, distributions: dict) -> None:
+    """Refuse a q whose draws have another shape than the model's site (tester BR: q of
+    batch (3, N) for a site of N in its plate drew three values a row, and PSIS's k̂ came
+    out −inf, as for an exact q)."""
+    for site, q in distributions.items():
+        node = trace.nodes.get(site)
+        if node is None or node["type"] != "sample":
+            continue
+        drawn, expected = tuple(q.batch_shape + q.event_shape), tuple(node["value"].shape)
+        if drawn != expected:
+            raise ValueError(
+                f"guide: q of site {site!r} draws values of shape {drawn} (batch "
+                f"{tuple(q.batch_shape)}, event {tuple(q.event_shape)}); the model's {site!r} "
+                f"has shape {expected}: expected one q per element of the model's site"
+            )
+
+
 def _model_plates(model, args: tuple, kwargs: dict | None, sites) -> dict:
     """{site: the vectorized plate frames around it} in one run of ``model``, without
     gradients, that leaves the random stream and the param store as they were: a
@@ -74,7 +91,7 @@ def _model_plates(model, args: tuple, kwargs: dict | None, sites) -> dict:
     Raises:
         ValueError: a site inside a subsampled plate (the fit's q is of the whole data,
             and its guide would not know which rows: tester BQ, the ELBO came out 16.5
-            nats off with no word)."""
+            nats off with no word); a q whose draws are not the site's shape."""
     store = pyro.get_param_store()
     before = set(store.keys())
     try:
@@ -83,6 +100,7 @@ def _model_plates(model, args: tuple, kwargs: dict | None, sites) -> dict:
     finally:
         for name in set(store.keys()) - before:
             del store[name]
+    _refuse_other_shapes(trace, sites)
     frames = vectorized_frames(trace, sites)
     for site, around in frames.items():
         for frame in around:

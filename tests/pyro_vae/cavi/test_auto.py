@@ -632,12 +632,19 @@ def test_data_whose_squares_overflow_are_refused_naming_the_argument():
     or "not positive definite", where the other CAVI classes name the argument; data of
     1e150, whose squares still sum finitely, are taken (a masked entry's NaN is left)."""
 
+    from pyro_vae.cavi._checks import squares_finite
+
     def normal_mean(y):
         mu = pyro.sample("mu", dist.Normal(t(0.0), t(1e200)))
         with pyro.plate("data", len(y)):
             pyro.sample("y", dist.Normal(mu, t(1.0)), obs=y)
 
     y = t([0.5, -1.0, 2.0])
+    # the sum itself, not the largest square times the count (tester BR: 999 zeros and one
+    # 1e153, summing to 1e306, were refused)
+    big = torch.zeros(1000, dtype=torch.float64)
+    big[0] = 1e153
+    assert squares_finite("y", big) is big
     with pytest.raises(ValueError, match=r"fit: argument 0: values up to 2e\+160, whose"):
         AutoCAVI(normal_mean).fit(y * 1e160)
     with pytest.raises(ValueError, match=r"fit: argument 'y'\[1\]: values up to 1e\+160"):

@@ -196,6 +196,10 @@ def test_nan_observations_are_refused_before_any_work(monkeypatch):
             family(model).fit(y)
     with pytest.raises(ValueError, match="y: 2 of its 20 entries are NaN"):
         model.log_likelihood_exact(y)
+    # tester BR: y near 1e200 gave lower_bound_ = nan after every iteration
+    for family in (StructuredMeanField, NaiveMeanField):
+        with pytest.raises(ValueError, match="y: values up to .*e.200, whose squares summed"):
+            family(model).fit(sample(model, 10, seed=1) * 1e200)
 
 
 def test_shapes_are_checked():

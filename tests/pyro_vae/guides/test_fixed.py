@@ -121,12 +121,15 @@ def test_a_fit_s_marginals_are_refused_in_a_subsampled_plate_and_leave_no_param_
     pyro.clear_param_store()
 
 
-def test_psis_khat_per_datapoint_takes_a_fit_whose_q_is_exact():
-    """Tester BQ: ``psis_khat_per_datapoint`` refused a fitted estimator ("not callable").
-    Given q(z_n | x_n) = N(x_n / 2, ½), the exact posterior of z ~ N(0, 1), x ~ N(z, 1),
-    every ratio p(x_n, z) / q(z) is p(x_n) = N(x_n; 0, 2), the same at every draw, so k̂ is
-    −inf (constant ratios)."""
-    from pyro_vae.diagnostics import psis_khat_per_datapoint
+def test_a_fit_is_scored_on_the_whole_data_and_refused_by_name_per_datapoint():
+    """Tester BQ: ``psis_khat_per_datapoint`` failed on a fitted estimator ("not
+    callable"); drawn on all N rows, it failed on chunks of rows instead (tester BR). Per
+    datapoint it is refused by name, saying what takes it; on the whole data, given
+    q(z_n) = N(x_n / 2, ½), the exact posterior of z ~ N(0, 1), x ~ N(z, 1), every ratio
+    p(x, z) / q(z) is p(x), the same at every draw, so k̂ is −inf (constant ratios). A q
+    of another shape than the model's site is refused (tester BR: q of (3, N) for N gave
+    k̂ = −inf too)."""
+    from pyro_vae.diagnostics import psis_khat, psis_khat_per_datapoint
 
     x = torch.tensor([0.3, -1.2, 2.0, 0.0], dtype=F64)
 
@@ -139,8 +142,17 @@ def test_psis_khat_per_datapoint_takes_a_fit_whose_q_is_exact():
             z = pyro.sample("z", dist.Normal(torch.zeros_like(x), 1.0))
             pyro.sample("x", dist.Normal(z, 1.0), obs=x)
 
-    khat = psis_khat_per_datapoint(model, Fitted(), x, num_samples=50)
-    assert (khat.khat == -math.inf).all()
+    with pytest.raises(ValueError, match="guide: a fitted Fitted, whose q is of the whole"):
+        psis_khat_per_datapoint(model, Fitted(), x, num_samples=50)
+    assert psis_khat(model, Fitted(), x, num_samples=50) == -math.inf
+
+    class Wider:
+        def variational_distributions(self):
+            return {"z": dist.Normal((x / 2).expand(3, 4), math.sqrt(0.5))}
+
+    match = r"q of site 'z' draws values of shape \(3, 4\) .* the model's 'z' has shape \(4,\)"
+    with pytest.raises(ValueError, match=match):
+        psis_khat(model, Wider(), x, num_samples=50)
 
 
 def beta_bernoulli(x):
