@@ -80,7 +80,7 @@ from pyro_vae.prior_model import image_record
 from pyro_vae.run_config import RunConfig
 from pyro_vae.spec import load_object
 from pyro_vae.tables import is_table_path, refuse_binarization
-from pyro_vae.train import TrainingDiverged, fit
+from pyro_vae.train import TrainingDiverged, fit, trains_the_elbo
 
 
 def _fit(args: argparse.Namespace, given: set[str]) -> int:
@@ -365,7 +365,7 @@ def _report(run: RunFolder, exp: Experiment, result, test: dict) -> None:
         **result.info(),
     )
     print_test(test, rows_not_images(exp.data))
-    plain = result.objective.get("train_elbo", "the ELBO") == "the ELBO"
+    plain = trains_the_elbo(result.objective)
     figures, skipped = write_figures(exp, run, result.history, test, train_is_elbo=plain)
     print("figures: " + ", ".join(str(p) for p in figures))
     for name, why in skipped.items():

@@ -265,7 +265,7 @@ def _train_epochs(
             stopping.offer(epoch + 1, record["val_elbo"], pair.weights)
         result.history.append(record)
         guard.epoch_completed()
-        _log_epoch(record, config, result.objective["train_elbo"] == "the ELBO")
+        _log_epoch(record, config, trains_the_elbo(result.objective))
         if step.board is not None:
             step.board.epoch(step.count, record, due)
         if due:
@@ -436,7 +436,7 @@ def _objective(
         "kl_warmup_epochs": config.kl_warmup_epochs,
         "free_bits": free_bits,
         "training_terms": list(terms),
-        "train_elbo": "the ELBO" if plain else f"the training objective ({made}), not the ELBO",
+        "train_elbo": _PLAIN if plain else f"the training objective ({made}), not the ELBO",
         "val_elbo": "the ELBO (beta = 1, no free bits)",
     }
 
@@ -535,6 +535,15 @@ def _validation_due(epoch: int, config) -> bool:
     """Whether epoch ``epoch`` (from 0) ends with validation and a checkpoint: every
     ``validate_every`` epochs, and the last."""
     return (epoch + 1) % config.validate_every == 0 or epoch + 1 == config.epochs
+
+
+def trains_the_elbo(objective: dict[str, Any]) -> bool:
+    """Whether a fit's ``objective`` (:func:`_objective`) says its training estimate is
+    the ELBO (else the training objective: β, warm-up, free bits, a model's terms)."""
+    return objective.get("train_elbo", _PLAIN) == _PLAIN
+
+
+_PLAIN = "the ELBO"  # what _objective says of a training estimate that is the ELBO
 
 
 def _log_epoch(record: dict[str, Any], config, plain: bool = True) -> None:

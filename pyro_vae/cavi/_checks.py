@@ -46,6 +46,9 @@ def check_seed(name: str, value, none_allowed: bool = True) -> int | None:
     return int(value)
 
 
+_FLOAT64_MAX = torch.finfo(torch.float64).max
+
+
 def squares_finite(name: str, tensor: torch.Tensor) -> torch.Tensor:
     """``tensor`` if the sum of its finite entries' squares is finite in float64,
     as the closed-form updates' sufficient statistics need (tester BO: data near 1e160
@@ -63,9 +66,6 @@ def squares_finite(name: str, tensor: torch.Tensor) -> torch.Tensor:
             "expected data on a scale whose sums of squares are finite: rescale them"
         )
     return tensor
-
-
-_FLOAT64_MAX = torch.finfo(torch.float64).max
 
 
 def squares_finite_nested(where: str, value) -> None:
