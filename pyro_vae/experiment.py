@@ -252,11 +252,24 @@ def _with_labelled_subset(data: DataSplits, d) -> DataSplits:
 
 def num_classes(data: DataSplits) -> int:
     """C, the number of classes a model that uses labels one-hot encodes: the dataset's
-    class names where it has them, else the largest label of any split plus one."""
+    class names where it has them, else the largest label of any split plus one.
+
+    Raises:
+        ValueError: no label of any split is 0 or more (every one is no class: labels of
+            −1 only were refused as "num_classes: 0 is not a positive integer", which
+            named neither the labels nor the way out)."""
     if "classes" in data.info:
         return len(data.info["classes"])
     labels = [y for y in (data.train_y, data.val_y, data.test_y) if y.numel()]
-    return int(max(int(y.max()) for y in labels)) + 1
+    largest = max((int(y.max()) for y in labels), default=-1)
+    if largest < 0:
+        count = sum(int(y.numel()) for y in labels)
+        raise ValueError(
+            f"labels: all {count} labels of the data are below 0, which is no class; a "
+            "model that uses labels needs labels 0..C-1 (an .npz 'y', PATH.labels.npy, a "
+            "table's label column, an image folder's class folders)"
+        )
+    return largest + 1
 
 
 def _note_untrained_classes(data: DataSplits, classes: int) -> None:
@@ -752,7 +765,7 @@ def write_figures(
         to_device(in_memory(data.test_x, FIGURE_ROWS), exp.device),
     )
     paths, skipped = [], {}
-    ylabel = "ELBO per datapoint (nats)" if exp.generative else "log Pr(x | z') per datapoint"
+    ylabel = None if exp.generative else "log Pr(x | z') per datapoint"  # None: the ELBO's
     lines = {
         f"test {k.replace('_', ' ')}": test[k] for k in ("elbo", "log_likelihood") if k in test
     }

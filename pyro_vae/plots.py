@@ -153,12 +153,16 @@ def plot_elbo_curves(
     history: Sequence[dict[str, Any]],
     path: Path,
     test: dict[str, float] | None = None,
-    ylabel: str = "ELBO per datapoint (nats)",
+    ylabel: str | None = None,
     train: str = "train",
 ) -> Path:
     """Train and validation ELBO per epoch, with the test ELBO / log-likelihood as lines;
     ``train``: what the training curve is called ("train objective" where it is not the
-    ELBO: β, free bits, a model's training terms such as M2's α term, tester BP)."""
+    ELBO: β, free bits, a model's training terms such as M2's α term, tester BP).
+    ``ylabel`` None: "ELBO per datapoint (nats)", or "nats per datapoint" where the
+    training curve is not the ELBO (the legend names each curve)."""
+    if ylabel is None:
+        ylabel = "ELBO per datapoint (nats)" if train == "train" else "nats per datapoint"
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
     epochs = [r["epoch"] for r in history]

@@ -34,15 +34,14 @@ def positive(name: str, value) -> float:
     return number
 
 
-def check_seed(name: str, value, none_allowed: bool = True) -> int | None:
+def check_seed(name: str, value) -> int | None:
     """``value`` if it is a seed: an integer ≥ 0 (Python or NumPy; not a bool), or None
-    where ``none_allowed`` (tester BO: ``random_state=-3`` failed in NumPy with "expected
-    non-negative integer", naming neither the argument nor the value)."""
-    if value is None and none_allowed:
+    (tester BO: ``random_state=-3`` failed in NumPy with "expected non-negative integer",
+    naming neither the argument nor the value)."""
+    if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        also = "None or " if none_allowed else ""
-        raise ValueError(f"{name}: {value!r} is not a seed; expected {also}an integer ≥ 0")
+        raise ValueError(f"{name}: {value!r} is not a seed; expected None or an integer ≥ 0")
     return int(value)
 
 
@@ -71,23 +70,27 @@ def squares_finite(name: str, tensor: torch.Tensor) -> torch.Tensor:
 def squares_finite_nested(where: str, value) -> None:
     """:func:`squares_finite` of every floating tensor in ``value`` (nested tuples, lists,
     dicts), named from ``where``: AutoCAVI's model arguments (tester BQ: data near 1e160
-    were refused as "impossible at some probe points" or "not positive definite")."""
-    for name, tensor in nested_tensors(where, value):
+    were refused as "impossible at some probe points" or "not positive definite"), and
+    every Python float, as a 0-dim tensor (a float argument of 1e200 went unchecked)."""
+    for name, tensor in nested_tensors(where, value, floats=True):
         if tensor.is_floating_point():
             squares_finite(name, tensor)
 
 
-def nested_tensors(where: str, value):
+def nested_tensors(where: str, value, floats: bool = False):
     """Each tensor in ``value`` (nested tuples, lists, dicts) with its name from
-    ``where`` (``where[0]``, ``where['key']``)."""
+    ``where`` (``where[0]``, ``where['key']``); with ``floats``, each Python float too,
+    as a 0-dim float64 tensor."""
     if isinstance(value, torch.Tensor):
         yield where, value
+    elif floats and isinstance(value, float):
+        yield where, torch.tensor(value, dtype=torch.float64)
     elif isinstance(value, (tuple, list)):
         for i, item in enumerate(value):
-            yield from nested_tensors(f"{where}[{i}]", item)
+            yield from nested_tensors(f"{where}[{i}]", item, floats)
     elif isinstance(value, dict):
         for key, item in value.items():
-            yield from nested_tensors(f"{where}[{key!r}]", item)
+            yield from nested_tensors(f"{where}[{key!r}]", item, floats)
 
 
 def real(value) -> float | None:

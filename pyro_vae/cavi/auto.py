@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import time
 
+import numpy as np
 import pyro.distributions as dist
 import torch
 
@@ -148,7 +149,9 @@ class AutoCAVI(CoordinateUpdates):
             them. A model with no such latent, or with all of them set by ``init``, has
             one start, whatever ``n_init`` is.
         random_state: seed of the probe points and of that forward run (which also tracks,
-            by provenance, the latents each factor reads).
+            by provenance, the latents each factor reads). None: a seed drawn afresh at
+            each fit from the operating system's entropy, as the hand-written classes
+            (and scikit-learn) take None; it is kept in ``seed_``, to fit again alike.
         overrelax: after a sweep of crawling latents, try a step 2, 4, … (at most 2¹⁶)
             times as long along the sweep's change of the natural parameters, kept only
             where it raises the ELBO
@@ -185,6 +188,7 @@ class AutoCAVI(CoordinateUpdates):
             [T−1, *batch, K, K])}`` of each chain kept whole (batch: the plates of a chain
             whose sites are plated, one sequence per element; else empty).
         probe_seconds_: wall time spent tracing and probing the model (once per fit).
+        seed_: the seed this fit used: ``random_state``, or the one drawn for None.
         probe_batched_: how the probe points ran, in one or a few model runs: ``"plate"``,
             stacked along a leading batch dim (a ``pyro.plate("_probes", S)`` left of the
             model's plates); ``"vmap"``, under ``torch.func.vmap`` over the points, where the
@@ -288,6 +292,7 @@ class AutoCAVI(CoordinateUpdates):
 
     def _fit(self, args, kwargs) -> AutoCAVI:
         tol, max_iter, auto_blocks, n_init, self._seed = self._check_settings()
+        self.seed_ = self._seed
         for where, value in [*enumerate(args), *kwargs.items()]:
             check_on_cpu(f"fit: argument {where!r}", value)
         args, kwargs = float64_arguments(args), float64_arguments(kwargs)
@@ -939,7 +944,9 @@ class AutoCAVI(CoordinateUpdates):
         tol = non_negative("tol", self.tol)
         max_iter = positive_int("max_iter", self.max_iter)
         n_init = positive_int("n_init", self.n_init)
-        seed = check_seed("random_state", self.random_state, none_allowed=False)
+        seed = check_seed("random_state", self.random_state)
+        if seed is None:  # fresh entropy, as NumPy's default_rng(None) and the classes'
+            seed = int(np.random.default_rng().integers(2**31))
         if not isinstance(self.init, (dict, type(None))):
             raise ValueError(f"init: {self.init!r} is not a dict of site name -> initial q")
         if not isinstance(self.markov_chains, bool):

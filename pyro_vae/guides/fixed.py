@@ -104,11 +104,32 @@ def _model_plates(model, args: tuple, kwargs: dict | None, sites) -> dict:
     frames = vectorized_frames(trace, sites)
     for site, around in frames.items():
         for frame in around:
-            if frame.full_size is not None and frame.full_size != frame.size:
-                raise ValueError(
-                    f"model: site {site!r} is inside plate {frame.name!r}, subsampled to "
-                    f"{frame.size} of its {frame.full_size} elements; a fitted estimator's q "
-                    "is of the whole data, and its guide would not know which rows the "
-                    "model drew: evaluate it without subsampling"
-                )
+            _refuse_subsampled(site, frame, trace.nodes.get(frame.name))
     return frames
+
+
+def _refuse_subsampled(site: str, frame, plate_node) -> None:
+    """Refuse a site inside a plate that draws other rows than 0..N−1 in order: fewer than
+    its full size, or all of them permuted (``subsample=perm``: q's row i would stand for
+    the model's row perm[i], with no word, tester BR), read from the indices Pyro's plate
+    records as its own site (``plate_node``)."""
+    full = frame.full_size if frame.full_size is not None else frame.size
+    indices = None if plate_node is None else plate_node.get("value")
+    permuted = (
+        frame.size == full
+        and torch.is_tensor(indices)
+        and indices.shape == (full,)
+        and not torch.equal(indices.cpu(), torch.arange(full))
+    )
+    if frame.size == full and not permuted:
+        return
+    drawn = (
+        f"subsampled to {frame.size} of its {full} elements"
+        if frame.size != full
+        else f"drawing its {full} elements in another order than 0..{full - 1}"
+    )
+    raise ValueError(
+        f"model: site {site!r} is inside plate {frame.name!r}, {drawn}; a fitted "
+        "estimator's q is of the whole data in order, and its guide would not know which "
+        "rows the model drew: evaluate it without subsampling"
+    )

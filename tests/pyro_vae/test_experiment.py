@@ -319,6 +319,22 @@ def test_a_label_model_is_evaluated_on_its_test_labels_with_its_own_metrics():
         evaluate_test_set(exp, ll_samples=0, ll_points=None)
 
 
+def test_labels_that_are_all_below_0_are_refused_as_labels_not_as_a_class_count(tmp_path):
+    """Labels of −1 only (no class) were refused as "num_classes: 0 is not a positive
+    integer", naming neither the labels nor the way out; nothing is written."""
+    import numpy as np
+
+    from pyro_vae.run_config import DataConfig
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "unlabelled.npz"
+    np.savez(path, x=rng.random((60, 4)).astype("float32"), y=-np.ones(60, dtype="int64"))
+    config = RunConfig(ModelConfig("models.cvae:CVAE", SMALL), data=DataConfig(str(path)))
+    with pytest.raises(ValueError, match=r"labels: all 60 labels of the data are below 0"):
+        build(config)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["unlabelled.npz"]
+
+
 def test_build_draws_the_labelled_subset_and_names_its_config_fields():
     from pyro_vae.run_config import DataConfig
 

@@ -201,6 +201,9 @@ def test_the_training_curve_is_called_the_objective_where_it_is_not_the_elbo(tmp
     labels = [[t.get_text() for t in fig.axes[0].get_legend().get_texts()] for fig in drawn]
     assert labels == [["train (running mean)", "validation"],
                       ["train objective (running mean)", "validation"]]  # fmt: skip
+    # and the y-axis does not call both curves the ELBO
+    assert [fig.axes[0].get_ylabel() for fig in drawn] == [
+        "ELBO per datapoint (nats)", "nats per datapoint"]  # fmt: skip
 
 
 def assert_integer_epoch_ticks(ax) -> None:

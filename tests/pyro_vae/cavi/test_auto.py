@@ -627,6 +627,24 @@ def test_an_empty_argument_the_model_fails_on_is_named():
         AutoCAVI(beta_bernoulli).fit(y=torch.zeros(0, dtype=F64))
 
 
+def test_random_state_none_draws_a_seed_that_fits_again_alike():
+    """None was refused, where the hand-written classes (and scikit-learn) take it: it
+    draws a seed from the OS's entropy, kept in ``seed_``, and that seed given back as
+    ``random_state`` repeats the fit sweep for sweep (whatever seed was drawn)."""
+
+    def gamma_block(y):
+        tau = pyro.sample("tau", dist.Gamma(t(1.0), t(1.0)))
+        mu = pyro.sample("mu", dist.Normal(t(0.0), tau.rsqrt()))
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.Normal(mu, tau.rsqrt()), obs=y)
+
+    y = t([0.5, -1.0, 2.0, 1.5])
+    drawn = AutoCAVI(gamma_block, random_state=None).fit(y)
+    assert isinstance(drawn.seed_, int) and 0 <= drawn.seed_ < 2**31
+    again = AutoCAVI(gamma_block, random_state=drawn.seed_).fit(y)
+    assert again.lower_bounds_ == drawn.lower_bounds_ and again.seed_ == drawn.seed_
+
+
 def test_data_whose_squares_overflow_are_refused_naming_the_argument():
     """Tester BQ: data near 1e160 were refused as "log-density −inf at some probe points"
     or "not positive definite", where the other CAVI classes name the argument; data of
@@ -649,6 +667,9 @@ def test_data_whose_squares_overflow_are_refused_naming_the_argument():
         AutoCAVI(normal_mean).fit(y * 1e160)
     with pytest.raises(ValueError, match=r"fit: argument 'y'\[1\]: values up to 1e\+160"):
         AutoCAVI(lambda y: normal_mean(y[0])).fit(y=(y, t([1e160])))
+    # a Python float argument too (it went unchecked)
+    with pytest.raises(ValueError, match=r"fit: argument 1: values up to 1e\+160, whose"):
+        AutoCAVI(lambda y, shift: normal_mean(y + shift)).fit(y, 1e160)
 
 
 def test_bad_settings_are_refused_naming_the_argument():
@@ -671,14 +692,15 @@ def test_bad_settings_are_refused_naming_the_argument():
         AutoCAVI(gamma_poisson, blocks=None).fit(y)
     with pytest.raises(ValueError, match="markov_chains: 'False' is not True or False"):
         AutoCAVI(gamma_poisson, markov_chains="False").fit(y)
-    for seed in ("a", None, -1, True):
-        message = rf"random_state: {seed!r} is not a seed; expected an integer ≥ 0"
+    for seed in ("a", -1, True):
+        message = rf"random_state: {seed!r} is not a seed; expected None or an integer ≥ 0"
         with pytest.raises(ValueError, match=message):
             AutoCAVI(gamma_poisson, random_state=seed).fit(y)
     # a NumPy integer is a seed (it crashed in torch's manual_seed: tester AM's F7), the
     # same seed as the int
     by_numpy = AutoCAVI(gamma_poisson, random_state=np.int64(3)).fit(y)
     assert by_numpy.lower_bound_ == AutoCAVI(gamma_poisson, random_state=3).fit(y).lower_bound_
+    assert by_numpy.seed_ == 3
 
     def gamma_block(y):
         tau = pyro.sample("tau", dist.Gamma(t(1.0), t(1.0)))

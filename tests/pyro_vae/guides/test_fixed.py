@@ -103,6 +103,16 @@ def test_a_fit_s_marginals_are_refused_in_a_subsampled_plate_and_leave_no_param_
     with pytest.raises(ValueError, match="inside plate 'data', subsampled to 5 of its 20"):
         as_guide(Fitted(), subsampled, (x,))
 
+    def permuted(x, rows):  # every row, in another order (tester BR: taken with no word)
+        with pyro.plate("data", 5, subsample=rows):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x[rows])
+
+    with pytest.raises(ValueError, match=r"'data', drawing its 5 elements in another order"):
+        as_guide(Fitted(), permuted, (x, torch.tensor([4, 3, 2, 1, 0])))
+    in_order = as_guide(Fitted(), permuted, (x, torch.arange(5)))  # 0..N-1 is the whole data
+    assert pyro.poutine.trace(in_order).get_trace(x).nodes["z"]["value"].shape == (5,)
+
     def with_param(x):
         w = pyro.param("w", lambda: torch.randn(()))
         with pyro.plate("data", 5):
