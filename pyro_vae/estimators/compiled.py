@@ -19,7 +19,11 @@ What stays as in Pyro:
   with Pyro's validation checks when they are on;
 - the random stream: random draws are recorded as random operations and draw afresh on
   each replay, in the order the uncompiled step draws them (the recording itself runs on a
-  forked generator), so a compiled run reproduces an uncompiled one;
+  forked generator, and puts back any ``torch.Generator`` of the model's own it drew
+  from), so a compiled run reproduces an uncompiled one;
+- gradients: a step is recorded with gradients on whatever the caller's mode (recorded
+  under SVI's ``evaluate_loss``, its ``no_grad`` left no gradient path, and every step
+  replayed it without moving a parameter: tester BT), and replayed under the caller's;
 - parameters: a replay issues one ``pyro.param`` statement per recorded parameter, so
   ``SVI`` and :class:`pyro_vae.svi_step.SVIStep` still find what to optimize, and a
   parameter that was replaced by a new tensor triggers a new recording.
@@ -33,8 +37,10 @@ torch's); it pays on long runs only (``benchmarks/RESULTS.md``).
 
 What it needs (as ``JitTrace_ELBO`` does): model and guide whose sites, shapes and
 control flow depend only on the arguments' shapes and non-tensor values (the cache key).
-Reading a value out of a tensor (``.item()``, ``if tensor:``) cannot be recorded and
-raises :class:`CaptureError` on the first call. Python state that changes between steps is
+Reading a value out of a tensor (``.item()``, ``float(t)``, ``if tensor:``), an argument,
+a parameter or a constant alike, cannot be recorded and raises :class:`CaptureError` on
+the first call (read out of a constant, ``float(kl_w)`` of a global annealed in place, it
+was frozen in every replay: tester BT). Python state that changes between steps is
 frozen at its recorded value, so only estimators whose capabilities
 (:func:`pyro_vae.estimators.capabilities_of`) say ``recordable`` are wrapped: not ``score``
 with an ``ema`` or ``neural`` control variate, ``tracegraph`` (baselines), ``enum``, nor
@@ -65,7 +71,8 @@ import pyro.poutine as poutine
 import torch
 from pyro.infer import ELBO
 from pyro.poutine.runtime import am_i_wrapped
-from torch.fx.experimental.proxy_tensor import make_fx
+from torch.fx.experimental.proxy_tensor import get_proxy_mode, make_fx
+from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 
 from pyro_vae import precision
@@ -330,6 +337,11 @@ class CompiledELBO(SurrogateELBO):
         tensors = [leaves[i] for i in positions]
         with (
             torch.random.fork_rng(devices=[]),
+            # with gradients whatever the caller's mode: recorded under no_grad (SVI's
+            # evaluate_loss first), the graph had no gradient path, and every later step
+            # replayed it and left the parameters where they were (tester BT's F1)
+            torch.enable_grad(),
+            _RecordingGuard(),
             pyro.validation_enabled(False),
             poutine.trace(param_only=True) as params,
             # a recording is not a step: BatchNorm's running statistics took one more
@@ -385,6 +397,50 @@ class CompiledELBO(SurrogateELBO):
         )
         trainable = tuple(p.requires_grad for _, p in recorded)
         return _Recording(graph, recorded, tuple(modes.items()), buffers, trainable)
+
+
+#: Reading these out of any tensor while recording fixes the value read: refused (on a
+#: tensor of the step's own make_fx refuses them itself; on a constant, a global tensor
+#: annealed in place, ``float(kl_w)``, it read the number once and every replay kept it,
+#: tester BT's F2).
+_VALUE_READS = frozenset(
+    getattr(torch.Tensor, name)
+    for name in ("item", "tolist", "numpy", "__float__", "__int__", "__bool__", "__index__")
+)
+
+
+class _RecordingGuard(TorchFunctionMode):
+    """While a step is recorded: refuse reading a value out of a tensor
+    (:data:`_VALUE_READS`) inside the recording, and put back every ``torch.Generator`` a
+    draw names (a model's own stream, ``torch.randn(..., generator=g)``), as ``fork_rng``
+    puts back the default one: the recording drew from it, and a compiled run's draws
+    were shifted by one recording's worth from the uncompiled run's (tester BT's F3)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._generators: dict[int, tuple[torch.Generator, torch.Tensor]] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        # not where the library's own checks step out of the recording on purpose
+        # (disable_proxy_modes_tracing: the vectorization check compares values)
+        if func in _VALUE_READS and get_proxy_mode() is not None:
+            name = getattr(func, "__name__", str(func))
+            raise RuntimeError(
+                f"Tensor.{name} reads a value out of a tensor while the step is recorded, "
+                "which would fix that value for every replay"
+            )
+        generator = kwargs.get("generator")
+        if isinstance(generator, torch.Generator) and id(generator) not in self._generators:
+            self._generators[id(generator)] = (generator, generator.get_state())
+        return func(*args, **kwargs)
+
+    def __exit__(self, *exc):
+        try:
+            return super().__exit__(*exc)
+        finally:
+            for generator, state in self._generators.values():
+                generator.set_state(state)
 
 
 _VIEWS = {

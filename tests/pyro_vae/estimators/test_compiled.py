@@ -519,6 +519,91 @@ def test_plain_svi_on_a_fresh_param_store_trains_the_parameters_it_creates():
     assert torch.equal(trained[0], trained[1])  # the uncompiled step's weights, bit for bit
 
 
+def _trained(model, guide, x, compiled, steps, before=None):
+    """SVI's parameters after ``steps`` Trace_ELBO steps from seed 0 (``before``: called
+    with the SVI object first), compiled or not."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    elbo = CompiledELBO(Trace_ELBO()) if compiled else Trace_ELBO()
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.1}), elbo)
+    if before is not None:
+        before(svi)
+    losses = [svi.step(x) for _ in range(steps)]
+    return losses, {n: v.detach().clone() for n, v in pyro.get_param_store().items()}
+
+
+def test_a_loss_evaluated_first_without_gradients_does_not_freeze_the_steps_after():
+    """Tester BT's F1: SVI's ``evaluate_loss`` first (under no_grad) recorded a step with no
+    gradient path, and every step after replayed it: the parameters never moved. The
+    uncompiled run is the reference, bit for bit."""
+
+    def model(x):
+        loc = pyro.param("loc", torch.zeros(3))
+        with pyro.plate("d", x.shape[0]):
+            pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        pass
+
+    x = torch.randn(20, 3, generator=torch.Generator().manual_seed(0)) + 1.0
+    runs = [_trained(model, guide, x, compiled, 20, lambda svi: svi.evaluate_loss(x))
+            for compiled in (False, True)]  # fmt: skip
+    assert not torch.equal(runs[0][1]["loc"], torch.zeros(3))  # it trained
+    assert torch.equal(runs[1][1]["loc"], runs[0][1]["loc"])
+
+
+def test_a_value_read_out_of_a_constant_tensor_is_refused_not_frozen():
+    """Tester BT's F2: ``float(kl_w)`` of a global tensor annealed in place was read once
+    while recording and frozen in every replay (β stuck at its first value, no error),
+    where the README promises CaptureError for ``.item()``/``float(t)``. The same tensor
+    passed as a tensor is read afresh (and records)."""
+    kl_w = torch.tensor(1.0)
+
+    def model(x, scale_of):
+        with pyro.plate("d", x.shape[0]):
+            with poutine.scale(scale=scale_of(kl_w)):
+                z = pyro.sample("z", dist.Normal(torch.zeros(3), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x)
+
+    def guide(x, scale_of):
+        m = pyro.param("m", torch.zeros(x.shape[0], 3))
+        with pyro.plate("d", x.shape[0]), poutine.scale(scale=scale_of(kl_w)):
+            pyro.sample("z", dist.Normal(m, 1.0).to_event(1))
+
+    x = torch.zeros(4, 3)
+    for read in (float, torch.Tensor.item):
+        with pytest.raises(CaptureError, match=r"__float__|item"):
+            CompiledELBO(Trace_ELBO()).loss_and_grads(model, guide, x, read)
+    as_tensor = CompiledELBO(Trace_ELBO())
+    as_tensor.loss_and_grads(model, guide, x, torch.clone)
+    assert as_tensor.num_recordings == 1
+
+
+def test_a_model_s_own_generator_draws_as_it_would_uncompiled():
+    """Tester BT's F3: the recording drew from a model's own ``torch.Generator``
+    (``fork_rng`` forks only the default one), so every compiled step's noise was
+    shifted from the uncompiled run's."""
+    g = torch.Generator()
+
+    def model(x):
+        loc = pyro.param("loc", torch.zeros(3))
+        noise = torch.randn(3, generator=g)
+        with pyro.plate("d", x.shape[0]):
+            pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x + noise)
+
+    def guide(x):
+        pass
+
+    runs = []
+    for compiled in (False, True):
+        g.manual_seed(1)
+        runs.append(_trained(model, guide, torch.zeros(20, 3), compiled, 6))
+        runs[-1] += (torch.randn(1, generator=g),)  # where the stream was left
+    assert runs[1][0] == pytest.approx(runs[0][0], rel=1e-6)
+    assert torch.equal(runs[1][1]["loc"], runs[0][1]["loc"])
+    assert torch.equal(runs[1][2], runs[0][2])
+
+
 def _decoder_pair(*middle: torch.nn.Module):
     """(decoder, model, guide): a VAE-style pair whose decoder is Linear(2, 8), then
     ``middle``, then Linear(8, 4), registered with ``pyro.module``."""
