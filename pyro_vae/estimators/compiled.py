@@ -287,6 +287,8 @@ class CompiledELBO(SurrogateELBO):
         """``(run, recording)``: ``run()`` returns the loss. With a current recording of
         this call's signature it replays it; otherwise ``recording`` is None and ``run()``
         records the step and runs the ELBO itself."""
+        if self._owes_guess():  # where and when the uncompiled estimator guesses
+            guess_max_plate_nesting(self.elbo, model, guide, args, kwargs)
         leaves, spec = pytree.tree_flatten((args, kwargs))
         key = _signature(model, guide, leaves, spec)
         kept = self._recordings.get(key, ())
@@ -295,6 +297,19 @@ class CompiledELBO(SurrogateELBO):
             tensors = [x for x in leaves if torch.is_tensor(x)]
             return lambda: _replay(recording, tensors), recording
         return lambda: self._first_call(key, model, guide, leaves, spec, args, kwargs), None
+
+    def _owes_guess(self) -> bool:
+        """Whether the wrapped estimator is one of Pyro's that would guess its
+        ``max_plate_nesting`` at this call (vectorized particles, none given), drawing from
+        the global random stream: the guess is then made for real before anything is
+        recorded or replayed (made inside a recording, on the forked stream, it left the
+        compiled run's draws shifted from the uncompiled run's from the first step: tester
+        BU). This package's estimators guess on a forked stream themselves."""
+        return (
+            not isinstance(self.elbo, SurrogateELBO)
+            and bool(getattr(self.elbo, "vectorize_particles", False))
+            and getattr(self.elbo, "max_plate_nesting", None) == float("inf")
+        )
 
     def _first_call(self, key, model, guide, leaves, spec, args, kwargs) -> torch.Tensor:
         """Record on a forked random stream (twice where the first recording created
@@ -335,6 +350,21 @@ class CompiledELBO(SurrogateELBO):
                 return _loss_with_gradient(self.elbo, model, guide, args, kwargs)
 
         tensors = [leaves[i] for i in positions]
+        owed = self._owes_guess()  # recorded ahead of a step (record()): the step guesses
+        try:
+            if owed:  # here, on a forked stream: inside the recording, its draws were
+                # recorded as the step's own, and each replay drew them again
+                with torch.random.fork_rng(devices=[]), buffers_kept():
+                    guess_max_plate_nesting(self.elbo, model, guide, *pytree.tree_unflatten(
+                        leaves, spec))  # fmt: skip
+            return self._recorded(model, guide, one_step, tensors)
+        finally:
+            if owed:
+                self.elbo.max_plate_nesting = float("inf")
+
+    def _recorded(self, model, guide, one_step, tensors) -> _Recording:
+        """:meth:`_record`'s recording of ``one_step`` on ``tensors``: on a forked random
+        stream, with gradients, Pyro's validation off and every buffer put back."""
         with (
             torch.random.fork_rng(devices=[]),
             # with gradients whatever the caller's mode: recorded under no_grad (SVI's
@@ -353,6 +383,15 @@ class CompiledELBO(SurrogateELBO):
         ):
             try:
                 graph = make_fx(one_step)(*tensors)
+            except SyntaxError as err:  # torch.fx's code for the recording (tester BU)
+                raise CaptureError(
+                    f"could not record one step of {_name(model)} and {_name(guide)}: torch.fx "
+                    f"could not write the recorded operations as Python ({err.msg}; an "
+                    "operation named after a Python keyword, as Tensor.random_(from, to) "
+                    "records aten.random_.from: torch.randint draws the same integers). "
+                    "Train it uncompiled (fit: TrainConfig(compile=False)) or rewrite that "
+                    "operation."
+                ) from err
             except RuntimeError as err:
                 first = str(err).strip().splitlines()[0] if str(err).strip() else ""
                 # make_fx's advice to its own callers (tracing_mode='symbolic') is not ours
@@ -402,11 +441,16 @@ class CompiledELBO(SurrogateELBO):
 #: Reading these out of any tensor while recording fixes the value read: refused (on a
 #: tensor of the step's own make_fx refuses them itself; on a constant, a global tensor
 #: annealed in place, ``float(kl_w)``, it read the number once and every replay kept it,
-#: tester BT's F2).
+#: tester BT's F2; ``np.asarray(t)``, ``np.float32(t)`` and ``complex(t)`` read it through
+#: ``__array__`` and ``__complex__``, tester BU). ``str(t)`` is let through: a message or
+#: a log line, not arithmetic.
 _VALUE_READS = frozenset(
     getattr(torch.Tensor, name)
-    for name in ("item", "tolist", "numpy", "__float__", "__int__", "__bool__", "__index__")
-)
+    for name in (
+        "item", "tolist", "numpy", "__array__", "__float__", "__int__", "__complex__",
+        "__bool__", "__index__",
+    )
+)  # fmt: skip
 
 
 class _RecordingGuard(TorchFunctionMode):
@@ -479,18 +523,22 @@ _VALUE_DEPENDENT_SHAPES = {
     "aten.unique_dim.default",
     "aten.unique_consecutive.default",
     "aten.repeat_interleave.Tensor",
+    "aten.bincount.default",  # its length is the largest value plus one (tester BU)
 }
 
 
 def _refuse_value_dependent_shapes(graph: torch.fx.Graph, model, guide) -> None:
     """Raise :class:`CaptureError` if a recorded operation's output shape depends on
-    tensor values: one of :data:`_VALUE_DEPENDENT_SHAPES`, or indexing with a boolean mask
-    (``x[x > 0]``; Pyro's spline transforms pick the coordinates inside their box so)."""
+    tensor values: one of :data:`_VALUE_DEPENDENT_SHAPES`, or reading with a boolean mask
+    (``x[x > 0]``; Pyro's spline transforms pick the coordinates inside their box so). Not
+    writing through one (``r[r < 0] = 0``, ``index_put``): its result keeps its input's
+    shape, and values of the count's shape come from a read that is refused (tester BU:
+    an in-place clamp was refused, and replays bit for bit)."""
     for node in graph.nodes:
         if node.op != "call_function":
             continue
         name = str(node.target)
-        masked = name.startswith(("aten.index.", "aten.index_put")) and any(
+        masked = name.startswith("aten.index.") and any(
             getattr(getattr(i, "meta", {}).get("val"), "dtype", None) == torch.bool
             for i in (node.args[1] if len(node.args) > 1 else ())
             if i is not None

@@ -475,6 +475,11 @@ def test_free_bits_and_beta_are_recorded_and_replayed_exactly():
         (lambda z: z[z > 0].sum(), "indexing with a boolean mask"),
         (lambda z: z.nonzero().float().sum(), "aten.nonzero.default"),
         (lambda z: torch.masked_select(z, z > 0).sum(), "aten.masked_select.default"),
+        # its length is the largest value plus one (tester BU: accepted, and replayed wrong)
+        (
+            lambda z: z.sum() / torch.bincount((z.detach().abs() * 3).long().flatten()).shape[0],
+            "aten.bincount.default",
+        ),
     ],
 )
 def test_a_step_whose_shapes_depend_on_values_is_refused(select, what):
@@ -493,6 +498,105 @@ def test_a_step_whose_shapes_depend_on_values_is_refused(select, what):
     pyro.clear_param_store()
     with pytest.raises(CaptureError, match=what.replace(".", r"\.")):
         CompiledELBO(Trace_ELBO()).loss_and_grads(model, guide, torch.zeros(3, 2))
+
+
+def test_writing_through_a_boolean_mask_keeps_its_shape_and_replays_exactly():
+    """Tester BU: ``r[r < 0] = 0`` (index_put through a mask) was refused as a shape that
+    depends on values; its result keeps its input's shape, and it replays bit for bit."""
+
+    def model(x):
+        loc = pyro.param("loc", torch.zeros(4))
+        with pyro.plate("d", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(loc, 1.0).to_event(1))
+            r = (z + x).clone()
+            r[r < 0] = 0.0
+            pyro.sample("x", dist.Normal(r, 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("d", x.shape[0]):
+            pyro.sample("z", dist.Normal(pyro.param("m", torch.zeros(4)), 1.0).to_event(1))
+
+    x = torch.randn(5, 4, generator=torch.Generator().manual_seed(0))
+    eager, compiled = (_trained(model, guide, x, c, 6) for c in (False, True))
+    assert all(torch.equal(compiled[1][n], eager[1][n]) for n in ("loc", "m"))
+
+
+def test_a_value_read_through_numpy_or_complex_is_refused():
+    """Tester BU: ``np.asarray(kl_w)``, ``np.float32(kl_w)`` and ``complex(kl_w)`` read a
+    global tensor's value past the first guard, and froze it as ``float`` had."""
+    import numpy as np
+
+    kl_w = torch.tensor(0.5)
+
+    def model(x, read):
+        z = pyro.sample("z", dist.Normal(pyro.param("loc", torch.zeros(2)), 1.0).to_event(1))
+        with pyro.plate("d", x.shape[0]), poutine.scale(scale=read(kl_w)):
+            pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x)
+
+    def guide(x, read):
+        pyro.sample("z", dist.Normal(pyro.param("m", torch.zeros(2)), 1.0).to_event(1))
+
+    for read in (lambda t: float(np.asarray(t)), lambda t: float(np.float32(t)),
+                 lambda t: complex(t).real):  # fmt: skip
+        pyro.clear_param_store()
+        with pytest.raises(CaptureError, match=r"reads a value out of a tensor"):
+            CompiledELBO(Trace_ELBO()).loss_and_grads(model, guide, torch.zeros(3, 2), read)
+
+
+def test_an_operation_torch_fx_cannot_write_is_refused_as_a_capture_error():
+    """Tester BU: ``Tensor.random_(0, 5)`` records ``aten.random_.from``, which torch.fx
+    writes as Python it cannot parse: a bare SyntaxError came out of the step."""
+
+    def model(x):
+        shift = torch.empty(x.shape[0], 2).random_(0, 5)
+        with pyro.plate("d", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(pyro.param("loc", torch.zeros(2)), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z + shift, 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("d", x.shape[0]):
+            pyro.sample("z", dist.Normal(pyro.param("m", torch.zeros(2)), 1.0).to_event(1))
+
+    pyro.clear_param_store()
+    with pytest.raises(CaptureError, match=r"aten\.random_\.from: torch\.randint"):
+        CompiledELBO(Trace_ELBO()).loss_and_grads(model, guide, torch.zeros(5, 2))
+
+
+@pytest.mark.parametrize("recorded_ahead", [False, True])
+def test_pyro_s_guess_of_the_plate_nesting_draws_as_it_does_uncompiled(recorded_ahead):
+    """Tester BU: Pyro's Trace_ELBO with vectorized particles guesses ``max_plate_nesting``
+    at its first call, drawing from the global stream; recorded, the guess ran on the
+    forked stream, and the compiled run's draws differed from the first step. The
+    uncompiled run is the reference, bit for bit, also where the step is recorded ahead
+    (``record``, as ``fit`` does)."""
+
+    def model(x):
+        loc = pyro.param("loc", torch.zeros(2))
+        with pyro.plate("d", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(loc, 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("d", x.shape[0]):
+            pyro.sample("z", dist.Normal(pyro.param("m", torch.zeros(2)), 1.0).to_event(1))
+
+    x = torch.randn(5, 2, generator=torch.Generator().manual_seed(0))
+    weights = []
+    for compiled in (False, True):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        pyro.param("loc", torch.zeros(2))  # made before a step, as a recording ahead needs
+        pyro.param("m", torch.zeros(2))
+        elbo = Trace_ELBO(num_particles=2, vectorize_particles=True)
+        if compiled:
+            elbo = CompiledELBO(elbo)
+            if recorded_ahead:
+                elbo.record(model, guide, x)
+        svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.1}), elbo)
+        for _ in range(3):
+            svi.step(x)
+        weights.append({n: v.detach().clone() for n, v in pyro.get_param_store().items()})
+    assert all(torch.equal(weights[1][n], weights[0][n]) for n in ("loc", "m"))
 
 
 def test_plain_svi_on_a_fresh_param_store_trains_the_parameters_it_creates():
