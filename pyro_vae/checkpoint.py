@@ -733,12 +733,16 @@ class RunLock:
 
     def __init__(self, run: RunFolder) -> None:
         self.run, self._fd, self._created, self._found = run, None, False, set()
+        self._made: list[Path] = []
 
     def acquire(self) -> RunLock:
         path = self.run.path
         if path.exists() and not path.is_dir():
             raise RunFolderError(f"run: {path} is a file; expected a run folder (a directory)")
         self._created = not path.exists()
+        # the folders mkdir makes, innermost first: a refused command removes them all
+        # (tester BX: a refused fit --out runs/a left an empty runs/)
+        self._made = [p for p in (path, *path.parents) if not p.exists()]
         try:
             self._found = set() if self._created else {p.name for p in path.iterdir()}
             path.mkdir(parents=True, exist_ok=True)
@@ -765,9 +769,10 @@ class RunLock:
     def release(self) -> None:
         """Let the folder go as this claim found it where nothing else was written (a
         command refused after claiming it): the lock files it made removed (tester BB's
-        cases: a refused ``fit --out`` left them in a folder of other files), and a folder
-        it made removed; where the run was written, the lock file emptied, since it names a
-        holder only while one holds it (tester BE saw a refused ``--resume`` leave its pid)."""
+        cases: a refused ``fit --out`` left them in a folder of other files), and the
+        folders it made removed, its parents made for it too; where the run was written,
+        the lock file emptied, since it names a holder only while one holds it (tester BE
+        saw a refused ``--resume`` leave its pid)."""
         if self._fd is None:
             return
         self.run._claimed = False
@@ -783,8 +788,11 @@ class RunLock:
         if names is not None and names - self._found <= locks:
             for name in locks - self._found:
                 (path / name).unlink(missing_ok=True)
-            if self._created:
-                path.rmdir()
+            for folder in self._made if self._created else ():
+                try:
+                    folder.rmdir()
+                except OSError:  # another process wrote into a parent meanwhile
+                    break
         os.close(self._fd)
         self._fd = None
 

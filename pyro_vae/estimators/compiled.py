@@ -442,15 +442,16 @@ class CompiledELBO(SurrogateELBO):
 #: tensor of the step's own make_fx refuses them itself; on a constant, a global tensor
 #: annealed in place, ``float(kl_w)``, it read the number once and every replay kept it,
 #: tester BT's F2; ``np.asarray(t)``, ``np.float32(t)`` and ``complex(t)`` read it through
-#: ``__array__`` and ``__complex__``, tester BU). ``str(t)`` is let through: a message or
-#: a log line, not arithmetic.
+#: ``__array__`` and ``__complex__``, tester BU; ``torch.equal`` and ``torch.allclose``
+#: return a Python bool, tester BX). ``str(t)`` is let through: a message or a log line,
+#: not arithmetic.
 _VALUE_READS = frozenset(
     getattr(torch.Tensor, name)
     for name in (
         "item", "tolist", "numpy", "__array__", "__float__", "__int__", "__complex__",
-        "__bool__", "__index__",
+        "__bool__", "__index__", "equal", "allclose",
     )
-)  # fmt: skip
+) | {torch.equal, torch.allclose}  # fmt: skip
 
 
 class _RecordingGuard(TorchFunctionMode):
@@ -507,7 +508,10 @@ def _replay(recording: _Recording, tensors: list[torch.Tensor]) -> torch.Tensor:
     """The recorded step on ``tensors``. Under mixed precision the recording already holds
     the casts autocast made while it was recorded; replaying it as it is keeps the
     operations outside the networks (log-densities, the ELBO's sums) in float32."""
-    with precision.suspended():
+    with precision.suspended(), contextlib.ExitStack() as stack:
+        for device in ("cpu", "cuda"):  # the user's own autocast: its casts are recorded
+            if torch.is_autocast_enabled(device):
+                stack.enter_context(torch.autocast(device, enabled=False))
         return recording.graph(*tensors)
 
 
@@ -639,7 +643,22 @@ def _signature(model, guide, leaves, spec) -> Hashable:
                     "ELBO keys its recordings on non-tensor arguments, so they must be"
                 ) from err
             parts.append(leaf)
-    return _identity(model), _identity(guide), spec, tuple(parts), precision.active()
+    return (
+        _identity(model), _identity(guide), spec, tuple(parts), precision.active(),
+        _autocast_state(),
+    )  # fmt: skip
+
+
+def _autocast_state() -> tuple:
+    """The user's own ``torch.autocast`` per device type, (enabled, dtype): a recording
+    carries the casts autocast made while it was recorded, so one made without them must
+    not be replayed under autocast, nor the other way round (tester BX: a step recorded in
+    float32 replayed under ``torch.autocast("cpu", torch.bfloat16)`` diverged from the
+    second step)."""
+    return tuple(
+        (torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None)
+        for device in ("cpu", "cuda")
+    )
 
 
 def _identity(fn) -> Hashable:

@@ -142,6 +142,15 @@ def test_a_refused_claim_on_a_new_path_leaves_nothing_behind(tmp_path):
     run = RunFolder(tmp_path / "new")
     run.claim().release()
     assert not run.path.exists()
+    # nor the parents it made for it (tester BX: a refused `fit --out runs/a` left runs/),
+    # while a parent another file went into meanwhile stays
+    deep = RunFolder(tmp_path / "runs" / "group" / "a")
+    deep.claim().release()
+    assert list(tmp_path.iterdir()) == []
+    claim = RunFolder(tmp_path / "runs" / "group" / "a").claim()
+    (tmp_path / "runs" / "notes.txt").write_text("mine")
+    claim.release()
+    assert [p.name for p in tmp_path.rglob("*")] == ["runs", "notes.txt"]
     file = tmp_path / "file"
     file.write_text("x")
     with pytest.raises(RunFolderError, match="is a file; expected a run folder"):

@@ -537,7 +537,9 @@ def test_a_value_read_through_numpy_or_complex_is_refused():
         pyro.sample("z", dist.Normal(pyro.param("m", torch.zeros(2)), 1.0).to_event(1))
 
     for read in (lambda t: float(np.asarray(t)), lambda t: float(np.float32(t)),
-                 lambda t: complex(t).real):  # fmt: skip
+                 lambda t: complex(t).real,  # and a Python bool (tester BX)
+                 lambda t: 1.0 if torch.equal(t, torch.tensor(0.5)) else 2.0,
+                 lambda t: 1.0 if torch.allclose(t, torch.tensor(0.5)) else 2.0):  # fmt: skip
         pyro.clear_param_store()
         with pytest.raises(CaptureError, match=r"reads a value out of a tensor"):
             CompiledELBO(Trace_ELBO()).loss_and_grads(model, guide, torch.zeros(3, 2), read)
@@ -560,6 +562,43 @@ def test_an_operation_torch_fx_cannot_write_is_refused_as_a_capture_error():
     pyro.clear_param_store()
     with pytest.raises(CaptureError, match=r"aten\.random_\.from: torch\.randint"):
         CompiledELBO(Trace_ELBO()).loss_and_grads(model, guide, torch.zeros(5, 2))
+
+
+def test_a_step_under_the_user_s_autocast_replays_as_it_runs_uncompiled():
+    """Tester BX: the user's own ``torch.autocast`` was not in the recordings' key, so a step
+    recorded in float32 was replayed under bfloat16 autocast (and the other way round), and
+    the losses diverged from the second step. Steps alternate in and out of autocast; the
+    uncompiled run is the reference, bit for bit."""
+
+    def run(compiled):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        decoder = torch.nn.Linear(2, 6)
+
+        def model(x):
+            pyro.module("decoder", decoder)
+            with pyro.plate("d", x.shape[0]):
+                z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 2), 1.0).to_event(1))
+                pyro.sample("x", dist.Normal(decoder(z), 1.0).to_event(1), obs=x)
+
+        def guide(x):
+            m = pyro.param("m", torch.zeros(x.shape[0], 2))
+            with pyro.plate("d", x.shape[0]):
+                pyro.sample("z", dist.Normal(m, 1.0).to_event(1))
+
+        elbo = CompiledELBO(Trace_ELBO()) if compiled else Trace_ELBO()
+        svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.05}), elbo)
+        x = torch.randn(8, 6, generator=torch.Generator().manual_seed(0))
+        losses = []
+        for step in range(6):
+            with torch.autocast("cpu", torch.bfloat16, enabled=step % 3 != 2):
+                losses.append(svi.step(x))
+        return losses, [p.detach().clone() for p in decoder.parameters()], elbo
+
+    (eager, eager_weights, _), (ours, our_weights, elbo) = run(False), run(True)
+    assert all(torch.equal(a, b) for a, b in zip(eager_weights, our_weights, strict=True))
+    assert ours == pytest.approx(eager, rel=1e-6)
+    assert elbo.num_recordings == 2  # with autocast and without
 
 
 @pytest.mark.parametrize("recorded_ahead", [False, True])

@@ -131,6 +131,30 @@ def test_a_fit_s_marginals_are_refused_in_a_subsampled_plate_and_leave_no_param_
     pyro.clear_param_store()
 
 
+def test_autocavi_s_own_guide_is_refused_in_a_permuted_or_subsampled_plate_too():
+    """Tester BX: ``as_guide`` returned AutoCAVI's own guide before the plate checks, so a
+    permuted plate's ELBO came out 211 nats low with no word, and a subsample failed in
+    Pyro's broadcasting; the whole data in order is taken as before."""
+    from pyro_vae.cavi import AutoCAVI
+
+    n = 8
+    x = torch.cat([torch.full((4,), -3.0), torch.full((4,), 3.0)]).double()
+
+    def local(x, rows):
+        mu = pyro.sample("mu", dist.Normal(x.new_tensor(0.0), 10.0))
+        with pyro.plate("d", n, subsample=rows):
+            z = pyro.sample("z", dist.Normal(mu, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x[rows])
+
+    fit = AutoCAVI(local).fit(x, torch.arange(n))
+    guide = as_guide(fit, local, (x, torch.arange(n)))
+    assert pyro.poutine.trace(guide).get_trace().nodes["z"]["value"].shape == (n,)
+    with pytest.raises(ValueError, match=r"'d', drawing its 8 elements in another order"):
+        as_guide(fit, local, (x, torch.tensor([7, 6, 5, 4, 3, 2, 1, 0])))
+    with pytest.raises(ValueError, match=r"'d', subsampled to 3 of its 8 elements"):
+        as_guide(fit, local, (x, torch.arange(3)))
+
+
 def test_a_fit_is_scored_on_the_whole_data_and_refused_by_name_per_datapoint():
     """Tester BQ: ``psis_khat_per_datapoint`` failed on a fitted estimator ("not
     callable"); drawn on all N rows, it failed on chunks of rows instead (tester BR). Per
