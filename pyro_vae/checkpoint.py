@@ -141,17 +141,30 @@ def check_writable(folder: str | os.PathLike) -> None:
 
     Raises:
         FolderNotWritableError: naming the folder and the system's reason.
+        DiskFullError: the disk has no room for one byte.
     """
     folder = Path(folder)
+    tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=".writable.", suffix=".tmp", dir=folder)
-        os.close(fd)
-        os.unlink(tmp)
+        try:  # a byte, not only a name: a full disk still makes empty files (tester BW)
+            os.write(fd, b"x")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.close(os.open(folder / ".metrics.lock", os.O_RDWR | os.O_CREAT, 0o666 & ~_umask()))
     except OSError as err:
         if err.errno in NOT_WRITABLE:
             raise not_writable(folder, err) from err
+        if err.errno == errno.ENOSPC:
+            raise DiskFullError(
+                f"run: {folder}: the disk is full (no space left on device); nothing was "
+                "written. Free some space and run again"
+            ) from err
         raise
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -466,6 +479,7 @@ class RunFolder:
             return {}
         try:
             metrics = self._read_json(METRICS)
+            _refuse_malformed(self.file(METRICS), metrics)
             if checkpoint is not None:
                 _refuse_other_epochs(self.file(METRICS), metrics, checkpoint)
             return metrics
@@ -659,6 +673,63 @@ class RunFolder:
         return state
 
 
+#: The fields of metrics.json its readers take as numbers (formatted, compared, summed):
+#: at its top, in each epoch's record and in each test block. A number or null each.
+_NUMBERS = {
+    "top": ("best_epoch", "processes"),
+    "epochs": ("epoch", "train_elbo", "val_elbo", "seconds", "beta"),
+    "test": ("elbo", "log_likelihood", "kl", "reconstruction_mse", "num_test",
+             "log_likelihood_samples", "log_likelihood_points", "active_units", "latent_dim",
+             "seconds", "scored_weights_of_epoch"),
+}  # fmt: skip
+
+
+def _refuse_malformed(path: Path, metrics: dict[str, Any]) -> None:
+    """Refuse metrics.json (``metrics``, read from ``path``) whose parts are not of the
+    types its readers take: ``epochs`` a list of objects, ``test`` an object and
+    ``test_previous`` a list of them (or one), and each field of :data:`_NUMBERS` a
+    number or null (tester BW: valid JSON of other types, ``"epochs": 5`` or
+    ``"test": "x"``, crashed ``compare`` in a traceback, and ``"elbo": "NaN"`` failed
+    ``evaluate`` after its whole evaluation, naming neither the file nor the field).
+
+    Raises:
+        RunFolderError: naming the file, the field, its value and what was expected.
+    """
+
+    def refuse(field: str, value: Any, expected: str) -> None:
+        raise RunFolderError(
+            f"run: {path} has {field} = {value!r} (of type {type(value).__name__}); expected "
+            f"{expected}: it is damaged"
+        )
+
+    def numbers(record: dict[str, Any], keys: tuple[str, ...], where: str) -> None:
+        for key in keys:
+            value = record.get(key)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float))
+            ):
+                refuse(f"{where}{key}", value, "a number or null")
+
+    numbers(metrics, _NUMBERS["top"], "")
+    epochs = metrics.get("epochs", [])
+    if not isinstance(epochs, list):
+        refuse("epochs", epochs, "a list of each epoch's record")
+    for i, record in enumerate(epochs):
+        if not isinstance(record, dict):
+            refuse(f"epochs[{i}]", record, "an object")
+        numbers(record, _NUMBERS["epochs"], f"epochs[{i}].")
+    previous = metrics.get("test_previous") or []
+    blocks = {"test": metrics.get("test") or {}}
+    for i, block in enumerate([previous] if isinstance(previous, dict) else previous):
+        blocks[f"test_previous[{i}]"] = block
+    if not isinstance(previous, (list, dict)):
+        refuse("test_previous", previous, "a list of earlier test blocks")
+    for where, block in blocks.items():
+        if not isinstance(block, dict):
+            refuse(where, block, "an object of test metrics")
+        numbers(block, _NUMBERS["test"], f"{where}.")
+
+
 def _refuse_other_epochs(path: Path, metrics: dict[str, Any], state: dict[str, Any]) -> None:
     """Refuse metrics.json (``metrics``, read from ``path``) whose ``epochs`` is not the
     record of the checkpoint ``state``'s epochs: the checkpoint is written first and
@@ -761,8 +832,15 @@ class RunLock:
         except BaseException:
             self.release()
             raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+        except OSError as err:  # a full disk after the check (tester BW: a traceback)
+            self.release()
+            mapped = _write_error(path / ".lock", err)
+            if mapped is None:
+                raise
+            raise mapped from err
         self.run._claimed = True
         return self
 

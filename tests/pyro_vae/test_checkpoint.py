@@ -157,6 +157,62 @@ def test_a_refused_claim_on_a_new_path_leaves_nothing_behind(tmp_path):
         RunFolder(file).claim()
 
 
+def test_a_full_disk_is_refused_in_one_line_before_any_work_and_the_claim_let_go(
+    tmp_path, monkeypatch
+):
+    """Tester BW: on a full disk (a tmpfs filled up), ``fit`` failed in a traceback at the
+    claim's write of its pid, and left a new folder holding its lock files: a full disk
+    still makes empty files, so the writability check passed. Simulated here by the
+    system calls failing as a full disk fails them (ENOSPC)."""
+    import errno
+    import os
+
+    from pyro_vae.checkpoint import DiskFullError, check_writable
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "write", full)
+        with pytest.raises(DiskFullError, match=r"the disk is full .*nothing was written"):
+            check_writable(tmp_path)
+    assert list(tmp_path.iterdir()) == []  # its probe file removed
+    monkeypatch.setattr(os, "pwrite", full)  # room for the check's byte, none for the pid
+    with pytest.raises(DiskFullError, match=r"\.lock: the disk is full"):
+        RunFolder(tmp_path / "runs" / "a").claim()
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        ({"epochs": 5}, r"epochs = 5 \(of type int\); expected a list"),
+        ({"epochs": {}}, r"epochs = \{\} \(of type dict\); expected a list"),
+        ({"epochs": [1]}, r"epochs\[0\] = 1 \(of type int\); expected an object"),
+        ({"epochs": [{"epoch": 1, "val_elbo": "-20"}]}, r"epochs\[0\]\.val_elbo = '-20'"),
+        ({"test": "x"}, r"test = 'x' \(of type str\); expected an object of test metrics"),
+        ({"test": {"elbo": "NaN"}}, r"test\.elbo = 'NaN' \(of type str\); expected a number"),
+        ({"test_previous": [{"kl": True}]}, r"test_previous\[0\]\.kl = True"),
+        ({"best_epoch": "3"}, r"best_epoch = '3'"),
+    ],
+)
+def test_metrics_json_of_other_types_is_refused_naming_the_field(tmp_path, edit, message):
+    """Tester BW: valid JSON of other types than its readers take (``"epochs": 5``,
+    ``"test": "x"``) crashed ``compare`` in a traceback, and a test ELBO of ``"NaN"``
+    failed ``evaluate`` after its whole evaluation, naming neither file nor field. A
+    record as fit writes it, nulls and JSON's NaN included, is read as it is."""
+    import json
+
+    epoch = {"epoch": 1, "train_elbo": -21.5, "val_elbo": None, "seconds": 0.1}
+    good = {"epochs": [epoch], "best_epoch": 1,
+            "test": {"elbo": float("nan"), "evaluated_on": "test set"}}  # fmt: skip
+    (tmp_path / "metrics.json").write_text(json.dumps(good))
+    assert RunFolder(tmp_path).read_metrics()["best_epoch"] == 1
+    (tmp_path / "metrics.json").write_text(json.dumps({**good, **edit}))
+    with pytest.raises(RunFolderError, match=message):
+        RunFolder(tmp_path).read_metrics()
+
+
 def test_a_claim_released_unwritten_leaves_a_folder_of_other_files_as_it_found_it(tmp_path):
     # tester BB's cases: a refused `fit --out DATA` left .lock and .metrics.lock in DATA
     data = tmp_path / "data"
@@ -549,7 +605,8 @@ def test_a_rebuilt_metrics_json_keeps_the_processes_by_epoch_and_the_fit_record(
 
 
 @pytest.mark.parametrize(
-    "text", ["{}", '{"processes": 1}', '{"epochs": {}}', '{"epochs": [{"epoch": 1}]}']
+    "text",
+    ["{}", '{"processes": 1}', '{"epochs": [{"epoch": 1}]}'],  # {"epochs": {}}: below
 )
 def test_metrics_json_without_the_checkpoint_s_epochs_is_damaged(tmp_path, text):
     """Tester F5: a metrics.json of ``{}`` parsed, and a resumed run recorded 0 epochs.
