@@ -411,6 +411,16 @@ class RunFolder:
         """Why ``name`` is missing, as the folder tells (tester BM: a finished run of
         :func:`pyro_vae.fit` from Python, and one that diverged in its first epoch, were
         both called "interrupted before its first epoch ended")."""
+        if name == CONFIG and self._checkpoint_config() is not None:
+            # a run of the command line (tester BW: its deleted config.json was blamed on a
+            # fit from Python, and the user sent there)
+            return (
+                f"its {CHECKPOINT} holds the settings the run was trained with (as the "
+                "command line writes one), so config.json was deleted or moved: put it "
+                'back, or write it again from the checkpoint: python -c "from '
+                f"pyro_vae.checkpoint import RunFolder; RunFolder('{self.path}')"
+                '.restore_config()"'
+            )
         if name == CONFIG and (self.has_checkpoint or self.file(METRICS).is_file()):
             return (
                 "it was written by pyro_vae.fit from Python, which writes no config.json "
@@ -454,6 +464,37 @@ class RunFolder:
                 f"pyro_vae reads {FORMAT!r}. Re-run `pyro-vae fit` with this version."
             )
         return config
+
+    def _checkpoint_config(self) -> dict[str, Any] | None:
+        """checkpoint.pt's copy of config.json (the command line's runs save one in every
+        checkpoint), or None: no checkpoint, one that does not read, or one without."""
+        if not self.has_checkpoint:
+            return None
+        try:
+            config = self.load_checkpoint().get("config")
+        except RunFolderError:
+            return None
+        return config if isinstance(config, dict) else None
+
+    def restore_config(self) -> Path:
+        """Write config.json again from checkpoint.pt's copy of it (a run of the command
+        line whose config.json was deleted); returns its path.
+
+        Raises:
+            RunFolderError: config.json is there already; there is no checkpoint, or it
+                holds no copy (a run of :func:`pyro_vae.fit` from Python); the folder is in
+                use by another process."""
+        if self.file(CONFIG).is_file():
+            raise RunFolderError(f"run: {self.file(CONFIG)} is there; nothing to restore")
+        config = self._checkpoint_config()
+        if config is None:
+            raise RunFolderError(
+                f"run: {self.path} has no {CHECKPOINT} holding a copy of config.json (a run "
+                "of pyro_vae.fit from Python keeps none); nothing to restore it from"
+            )
+        with self.claim():
+            self.write_config(config)
+        return self.file(CONFIG)
 
     def write_config(self, config: dict[str, Any]) -> None:
         """Write config.json (``config`` is ``RunConfig.to_json()``); the checkpoints this
@@ -625,8 +666,10 @@ class RunFolder:
         checkpoint's weights were trained with (``state["config"]``), but for what a
         resume may change (:data:`RESUMABLE_SETTINGS`): an edited or swapped config.json
         was used silently, an evaluation scoring the weights on other data (tester L:
-        ``threshold`` 0.5 → 0.3, a test ELBO 1.8 nats lower, no note). A checkpoint
-        without a config, or of another schema, is let through.
+        ``threshold`` 0.5 → 0.3, a test ELBO 1.8 nats lower, no note). Either file may be
+        the one that changed (tester BW: another run's checkpoint copied in was blamed on
+        config.json alone). A checkpoint without a config, or of another schema, is let
+        through.
 
         Raises:
             RunFolderError: naming the first differing setting and both values.
@@ -645,8 +688,9 @@ class RunFolder:
                 f"the weights in {self.file(CHECKPOINT)} were trained with "
                 f"{flat_settings(then).get(key)!r} "
                 f"({len(differ)} setting(s) differ: {listed(differ)}); config.json was "
-                "edited or replaced since. Put back the settings the run was trained with, "
-                "or start a new run with `pyro-vae fit --out` (nothing was changed)"
+                f"edited or replaced since, or {CHECKPOINT} was replaced by another run's. "
+                "Put back the file that changed, or start a new run with `pyro-vae fit "
+                "--out` (nothing was changed)"
             )
 
     def load_checkpoint(self, map_location: Any = "cpu") -> dict[str, Any]:

@@ -206,7 +206,9 @@ def _loaded(config: RunConfig, allow_changed_data: bool) -> tuple[RunConfig, Dat
         raise DatasetNotFoundError(
             f"{err}; this run read its data there (config.json's data.name, checksum "
             f"{d.provenance.get('checksum', 'recorded')}): put them back there, or a link to "
-            "them, and run again (--allow-changed-data takes other data at that path)"
+            "them, and run again (the commands that read a run, evaluate, sample, diagnose "
+            "and the others but fit, take --allow-changed-data to read other data at that "
+            "path; a fit is not resumed on other data)"
         ) from err
     data = _with_labelled_subset(data, d)
     check_unchanged(d.provenance, data.info.get("provenance"), allow_changed_data)

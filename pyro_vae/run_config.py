@@ -334,7 +334,7 @@ class RunConfig:
                 "config: 'model' must be an import spec and 'model_options' an object"
             )
         data, estimator, training, evaluation = (
-            kind(**config[name]) for name, kind in _SECTIONS.items()
+            _section(name, kind, config[name]) for name, kind in _SECTIONS.items()
         )
         options = config["model_options"]
         if options.get("arch") == "conv" and "activation" not in options:
@@ -354,6 +354,22 @@ class RunConfig:
             evaluation=evaluation,
             code=config.get("code"),
         )
+
+
+def _section(name: str, kind: type, values: dict[str, Any]):
+    """``kind(**values)``, config.json's section ``name``, its refusal of a value said to be
+    config.json's (tester BW: ``"lr": "fast"`` edited into it was refused as "lr: 'fast' is
+    not a positive learning rate", which read as a flag the user never passed).
+
+    Raises:
+        ValueError: naming config.json, the section and the value."""
+    try:
+        return kind(**values)
+    except ValueError as err:
+        raise ValueError(
+            f"config.json: in its {name!r} section, {err} (was the file edited? put back "
+            "the value the run was written with)"
+        ) from err
 
 
 def _check_keys(config: dict[str, Any]) -> None:

@@ -412,6 +412,10 @@ def test_an_edited_config_is_refused_by_its_first_differing_setting(tmp_path):
     edited = {**resumed, "train": {"lr": 0.01, "epochs": 4}}
     with pytest.raises(RunFolderError, match=r"has train.lr = 0.01, but the weights .* 0.001"):
         run.refuse_edited_config(edited, state)
+    # either file may be the one that changed (tester BW: another run's checkpoint copied
+    # in was blamed on config.json alone)
+    with pytest.raises(RunFolderError, match=r"or checkpoint\.pt was replaced by another run's"):
+        run.refuse_edited_config(edited, state)
     run.refuse_edited_config(edited, {})  # a checkpoint without a config: nothing to compare
     run.refuse_edited_config(edited, {"config": {**trained, "schema_version": 2}})
 
@@ -575,6 +579,34 @@ def _two_epoch_checkpoint(run: RunFolder) -> dict:
     }
     run.save_checkpoint(state)
     return run.load_checkpoint()
+
+
+def test_a_deleted_config_json_is_said_so_and_written_again_from_the_checkpoint(tmp_path):
+    """Tester BW: a command-line run whose config.json was deleted was said to be a fit
+    from Python, and the user sent to evaluate it in Python; its checkpoint holds a copy
+    of the config, which ``restore_config`` writes back, byte for byte what it was."""
+    run = RunFolder(tmp_path / "run")
+    config = {"model": {"spec": "models.vae:VAE"}, "train": {"lr": 0.001}}
+    with run.claim():
+        run.write_config(config)
+        _two_epoch_checkpoint(run)
+    written = run.file("config.json").read_bytes()
+    with pytest.raises(RunFolderError, match="nothing to restore"):
+        run.restore_config()
+    run.file("config.json").unlink()
+    with pytest.raises(RunFolderError, match=r"has no config\.json; its checkpoint\.pt holds "
+                       r"the settings .* deleted or moved: .*\.restore_config\(\)"):  # fmt: skip
+        run.read_config()
+    assert run.restore_config() == run.file("config.json")
+    assert run.file("config.json").read_bytes() == written
+    # a fit from Python keeps no copy: said so, as before, and nothing to restore
+    python = RunFolder(tmp_path / "python")
+    with python.claim():
+        _two_epoch_checkpoint(python)
+    with pytest.raises(RunFolderError, match="written by pyro_vae.fit from Python"):
+        python.read_config()
+    with pytest.raises(RunFolderError, match="holding a copy of config.json"):
+        python.restore_config()
 
 
 def test_processes_by_epoch_appends_a_stretch_where_the_count_changes():

@@ -130,6 +130,8 @@ def test_a_run_whose_data_were_moved_says_the_run_read_them_there(tmp_path, caps
         assert f"{data.resolve()}' is not a file" in err
         assert "this run read its data there (config.json's data.name, checksum sha256:" in err
         assert "put them back there, or a link to them" in err
+        # tester BW: it named --allow-changed-data to fit --resume, which does not take it
+        assert "but fit, take --allow-changed-data" in err
     (tmp_path / "elsewhere.npy").rename(data)  # the way out it names
     assert main(["evaluate", str(run), "--ll-samples", "0"]) == 0
     assert main(["fit", "--data", str(tmp_path / "absent.npy"), "--out", str(tmp_path / "n")]) == 2

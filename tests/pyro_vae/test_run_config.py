@@ -337,3 +337,14 @@ def test_a_conv_config_without_an_activation_is_read_with_a_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         RunConfig.from_json(config)
+
+
+def test_a_bad_value_edited_into_config_json_is_said_to_be_config_json_s():
+    """Tester BW: ``"lr": "fast"`` edited into a run's config.json was refused as "lr:
+    'fast' is not a positive learning rate", which read as a flag never passed."""
+    written = RunConfig(ModelConfig("models.vae:VAE")).to_json()
+    written["train"]["lr"] = "fast"
+    with pytest.raises(
+        ValueError, match=r"^config\.json: in its 'train' section, lr: 'fast' is not a positive"
+    ):
+        RunConfig.from_json(written)
