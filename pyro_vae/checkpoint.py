@@ -730,9 +730,10 @@ _NUMBERS = {
 
 def _refuse_malformed(path: Path, metrics: dict[str, Any]) -> None:
     """Refuse metrics.json (``metrics``, read from ``path``) whose parts are not of the
-    types its readers take: ``epochs`` a list of objects, ``test`` an object and
-    ``test_previous`` a list of them (or one), and each field of :data:`_NUMBERS` a
-    number or null (tester BW: valid JSON of other types, ``"epochs": 5`` or
+    types its readers take: ``epochs`` and ``processes_by_epoch`` lists of objects,
+    ``test`` an object and ``test_previous`` a list of them (or one), and each field of
+    :data:`_NUMBERS` (and a stretch's counts) a number or null, an integer within float's
+    exact range, 2⁵³ (tester BW: valid JSON of other types, ``"epochs": 5`` or
     ``"test": "x"``, crashed ``compare`` in a traceback, and ``"elbo": "NaN"`` failed
     ``evaluate`` after its whole evaluation, naming neither the file nor the field).
 
@@ -741,20 +742,35 @@ def _refuse_malformed(path: Path, metrics: dict[str, Any]) -> None:
     """
 
     def refuse(field: str, value: Any, expected: str) -> None:
+        shown = repr(value)
+        if len(shown) > 60:  # 10**400 in full is 401 digits
+            shown = f"{shown[:40]}... ({len(shown)} characters)"
         raise RunFolderError(
-            f"run: {path} has {field} = {value!r} (of type {type(value).__name__}); expected "
+            f"run: {path} has {field} = {shown} (of type {type(value).__name__}); expected "
             f"{expected}: it is damaged"
         )
 
     def numbers(record: dict[str, Any], keys: tuple[str, ...], where: str) -> None:
         for key in keys:
             value = record.get(key)
+            # an integer beyond float's exact range too (tester BY: 10**400 crashed
+            # compare converting it to a float, 10**30 pandas converting it to a C long)
             if value is not None and (
-                isinstance(value, bool) or not isinstance(value, (int, float))
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or isinstance(value, int)
+                and abs(value) > 2**53
             ):
                 refuse(f"{where}{key}", value, "a number or null")
 
     numbers(metrics, _NUMBERS["top"], "")
+    stretches = metrics.get("processes_by_epoch", [])
+    if not isinstance(stretches, list):
+        refuse("processes_by_epoch", stretches, "a list of {from_epoch, processes}")
+    for i, stretch in enumerate(stretches):
+        if not isinstance(stretch, dict):
+            refuse(f"processes_by_epoch[{i}]", stretch, "an object {from_epoch, processes}")
+        numbers(stretch, ("from_epoch", "processes"), f"processes_by_epoch[{i}].")
     epochs = metrics.get("epochs", [])
     if not isinstance(epochs, list):
         refuse("epochs", epochs, "a list of each epoch's record")

@@ -477,11 +477,20 @@ def write_comparison(comparison: Comparison, out: str | os.PathLike) -> tuple[Pa
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise RunFolderError(f"out: {out} is a file; expected a directory for the comparison")
+    made = [p for p in (out, *out.parents) if not p.exists()]  # innermost first
     out.mkdir(parents=True, exist_ok=True)
-    csv = out / "comparison.csv"
-    with atomic_path(csv) as tmp:
-        comparison.table.to_csv(tmp, index=False, float_format="%.6g")
-    return csv, plot_validation_curves(comparison, out / "comparison.png")
+    try:
+        csv = out / "comparison.csv"
+        with atomic_path(csv) as tmp:
+            comparison.table.to_csv(tmp, index=False, float_format="%.6g")
+        return csv, plot_validation_curves(comparison, out / "comparison.png")
+    except BaseException:  # a full disk: the folders made for it go too (tester BY)
+        for folder in made:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: a file went in
+                break
+        raise
 
 
 def format_table(comparison: Comparison) -> str:

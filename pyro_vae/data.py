@@ -110,10 +110,19 @@ class Preprocessing:
             raise ValueError(
                 f"binarize: {self.binarize!r} is not one of {', '.join(BINARIZATIONS)}"
             )
-        if not 0.0 < self.threshold < 1.0:
-            raise ValueError(f"threshold: {self.threshold} is not in the open interval (0, 1)")
-        if self.levels is not None and self.levels < 2:
-            raise ValueError(f"levels: {self.levels} is fewer than the 2 a categorical needs")
+        # a number first: a string edited into config.json failed the comparison in a
+        # traceback (tester BY)
+        number = isinstance(self.threshold, int | float) and not isinstance(self.threshold, bool)
+        if not (number and 0.0 < self.threshold < 1.0):
+            raise ValueError(
+                f"threshold: {self.threshold!r} is not a number in the open interval (0, 1)"
+            )
+        whole = isinstance(self.levels, int) and not isinstance(self.levels, bool)
+        if self.levels is not None and not (whole and self.levels >= 2):
+            raise ValueError(
+                f"levels: {self.levels!r} is not a whole number of at least the 2 a "
+                "categorical needs"
+            )
 
     def resolved_levels(self, max_value: int) -> int:
         if self.levels is not None:

@@ -194,6 +194,15 @@ def test_a_full_disk_is_refused_in_one_line_before_any_work_and_the_claim_let_go
         ({"test": {"elbo": "NaN"}}, r"test\.elbo = 'NaN' \(of type str\); expected a number"),
         ({"test_previous": [{"kl": True}]}, r"test_previous\[0\]\.kl = True"),
         ({"best_epoch": "3"}, r"best_epoch = '3'"),
+        # tester BY: beyond float's range, and stretches that are not objects
+        ({"test": {"elbo": 10**400}}, r"test\.elbo = 1000000000.*\.\.\. \(401 characters\)"),
+        ({"best_epoch": 10**30}, r"best_epoch = 10{30} \(of type int\)"),
+        ({"processes_by_epoch": [5]}, r"processes_by_epoch\[0\] = 5 \(of type int\)"),
+        ({"processes_by_epoch": "x"}, r"processes_by_epoch = 'x' \(of type str\)"),
+        (
+            {"processes_by_epoch": [{"from_epoch": "1", "processes": 1}]},
+            r"processes_by_epoch\[0\]\.from_epoch = '1'",
+        ),
     ],
 )
 def test_metrics_json_of_other_types_is_refused_naming_the_field(tmp_path, edit, message):

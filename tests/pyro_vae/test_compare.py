@@ -150,6 +150,25 @@ def test_a_threshold_that_binarizes_nothing_leaves_the_data_the_same(tmp_path, d
     assert compare_runs([a, b]).notes == []
 
 
+def test_a_comparison_that_cannot_be_written_leaves_no_folder_made_for_it(tmp_path, monkeypatch):
+    """Tester BY: ``compare --out full/cmp`` on a full disk said so, and left an empty
+    ``full/cmp`` behind. Simulated by the system calls failing as a full disk's do."""
+    import errno
+    import os
+
+    from pyro_vae.checkpoint import DiskFullError
+
+    comparison = compare_runs([_run(tmp_path / "a", [1.0], [-100.0], TEST)])
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(DiskFullError):
+        write_comparison(comparison, tmp_path / "out" / "cmp")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+
+
 def test_files_are_written_and_read_back(tmp_path):
     a = _run(tmp_path / "a", [1.0, 1.0], [-100.0, -95.0], TEST)
     b = _run(tmp_path / "b", [1.0, 1.0, 1.0], [-101.0, -97.0, -93.0], TEST)

@@ -348,3 +348,9 @@ def test_a_bad_value_edited_into_config_json_is_said_to_be_config_json_s():
         ValueError, match=r"^config\.json: in its 'train' section, lr: 'fast' is not a positive"
     ):
         RunConfig.from_json(written)
+    # tester BY: a string threshold failed a comparison in a traceback
+    written = RunConfig(ModelConfig("models.vae:VAE")).to_json()
+    written["data"]["threshold"] = "x"
+    with pytest.raises(ValueError, match=r"^config\.json: in its 'data' section, threshold: 'x' "
+                       r"is not a number in the open interval \(0, 1\)"):  # fmt: skip
+        RunConfig.from_json(written)
