@@ -722,6 +722,7 @@ class RunFolder:
 _NUMBERS = {
     "top": ("best_epoch", "processes"),
     "epochs": ("epoch", "train_elbo", "val_elbo", "seconds", "beta"),
+    "processes_by_epoch": ("from_epoch", "processes"),
     "test": ("elbo", "log_likelihood", "kl", "reconstruction_mse", "num_test",
              "log_likelihood_samples", "log_likelihood_points", "active_units", "latent_dim",
              "seconds", "scored_weights_of_epoch"),
@@ -764,20 +765,14 @@ def _refuse_malformed(path: Path, metrics: dict[str, Any]) -> None:
                 refuse(f"{where}{key}", value, "a number or null")
 
     numbers(metrics, _NUMBERS["top"], "")
-    stretches = metrics.get("processes_by_epoch", [])
-    if not isinstance(stretches, list):
-        refuse("processes_by_epoch", stretches, "a list of {from_epoch, processes}")
-    for i, stretch in enumerate(stretches):
-        if not isinstance(stretch, dict):
-            refuse(f"processes_by_epoch[{i}]", stretch, "an object {from_epoch, processes}")
-        numbers(stretch, ("from_epoch", "processes"), f"processes_by_epoch[{i}].")
-    epochs = metrics.get("epochs", [])
-    if not isinstance(epochs, list):
-        refuse("epochs", epochs, "a list of each epoch's record")
-    for i, record in enumerate(epochs):
-        if not isinstance(record, dict):
-            refuse(f"epochs[{i}]", record, "an object")
-        numbers(record, _NUMBERS["epochs"], f"epochs[{i}].")
+    for name, each in (("processes_by_epoch", "stretch of epochs"), ("epochs", "epoch's record")):
+        records = metrics.get(name, [])
+        if not isinstance(records, list):
+            refuse(name, records, f"a list of each {each}")
+        for i, record in enumerate(records):
+            if not isinstance(record, dict):
+                refuse(f"{name}[{i}]", record, "an object")
+            numbers(record, _NUMBERS[name], f"{name}[{i}].")
     previous = metrics.get("test_previous") or []
     blocks = {"test": metrics.get("test") or {}}
     for i, block in enumerate([previous] if isinstance(previous, dict) else previous):
