@@ -297,7 +297,12 @@ def compare_runs(runs: Sequence[str | os.PathLike]) -> Comparison:
         if metrics.get("validation"):
             validations.add(metrics["validation"])
         if not metrics.get("test"):
-            notes.append(f"{label}: not evaluated on the test set (a stopped or unfinished run)")
+            why = (  # tester CA: a run that diverged was called stopped or unfinished
+                "its training diverged"
+                if metrics.get("stop_reason") == "diverged"
+                else "a stopped or unfinished run"
+            )
+            notes.append(f"{label}: not evaluated on the test set ({why})")
         notes.extend(_other_weights(label, metrics))
     frame = pd.DataFrame(table, columns=list(COLUMNS)).astype({c: "Int64" for c in _COUNTS})
     notes[:0] = _data_notes(frame, test_data)

@@ -169,6 +169,16 @@ def test_a_comparison_that_cannot_be_written_leaves_no_folder_made_for_it(tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
 
 
+def test_a_run_that_diverged_is_said_to_have_diverged(tmp_path):
+    """Tester CA: a run whose training diverged in its first epoch (no test block) was
+    listed as "a stopped or unfinished run"."""
+    diverged = _run(tmp_path / "d", [1.0], [-100.0])
+    metrics = {"epochs": [], "best_epoch": None, "stop_reason": "diverged"}  # as fit writes it
+    (diverged / "metrics.json").write_text(json.dumps(metrics))
+    notes = compare_runs([diverged]).notes
+    assert "d: not evaluated on the test set (its training diverged)" in notes
+
+
 def test_files_are_written_and_read_back(tmp_path):
     a = _run(tmp_path / "a", [1.0, 1.0], [-100.0, -95.0], TEST)
     b = _run(tmp_path / "b", [1.0, 1.0, 1.0], [-101.0, -97.0, -93.0], TEST)
