@@ -40,7 +40,9 @@ control flow depend only on the arguments' shapes and non-tensor values (the cac
 Reading a value out of a tensor (``.item()``, ``float(t)``, ``if tensor:``), an argument,
 a parameter or a constant alike, cannot be recorded and raises :class:`CaptureError` on
 the first call (read out of a constant, ``float(kl_w)`` of a global annealed in place, it
-was frozen in every replay: tester BT). Python state that changes between steps is
+was frozen in every replay: tester BT); so does a step that changes its own gradient (a
+stop-gradient, a hook, a custom ``autograd.Function``: tester CB), which a recording of
+the forward operations would lose. Python state that changes between steps is
 frozen at its recorded value, so only estimators whose capabilities
 (:func:`pyro_vae.estimators.capabilities_of`) say ``recordable`` are wrapped: not ``score``
 with an ``ema`` or ``neural`` control variate, ``tracegraph`` (baselines), ``enum``, nor
@@ -396,12 +398,16 @@ class CompiledELBO(SurrogateELBO):
                 first = str(err).strip().splitlines()[0] if str(err).strip() else ""
                 # make_fx's advice to its own callers (tracing_mode='symbolic') is not ours
                 first = first.split(" It may be possible to trace")[0]
+                why = (
+                    "The model or guide changes its own gradient"
+                    if isinstance(err, _GradientEdit)
+                    else "The model or guide reads a value out of a tensor (.item(), float(t), "
+                    "`if t:`), so its structure may change from step to step"
+                )
                 raise CaptureError(
                     f"could not record one step of {_name(model)} and {_name(guide)} as a "
-                    f"fixed list of tensor operations: {first}\nThe model or guide reads a value "
-                    "out of a tensor (.item(), float(t), `if t:`), so its structure may change "
-                    "from step to step; train it uncompiled (fit: TrainConfig(compile=False)) "
-                    "and do not declare it recordable."
+                    f"fixed list of tensor operations: {first}\n{why}; train it uncompiled "
+                    "(fit: TrainConfig(compile=False)) and do not declare it recordable."
                 ) from err
         _refuse_value_dependent_shapes(graph.graph, model, guide)
         _drop_no_ops(graph.graph)
@@ -454,6 +460,28 @@ _VALUE_READS = frozenset(
 ) | {torch.equal, torch.allclose}  # fmt: skip
 
 
+class _GradientEdit(RuntimeError):
+    """A step changes its own gradient in a way its recording would lose."""
+
+
+#: Changes to a step's gradient that a recording of its forward operations loses:
+#: refused while recording (tester CB), each with why.
+_GRADIENT_EDITS = {
+    torch.Tensor.register_hook: "Tensor.register_hook changes a gradient in the backward "
+    "pass, which a recording of the forward operations does not keep",
+    torch.Tensor.register_post_accumulate_grad_hook: "Tensor.register_post_accumulate_"
+    "grad_hook acts in the backward pass, which a recording does not keep",
+    torch.Tensor.detach_: "Tensor.detach_ cuts a gradient in place, which a recording of "
+    "the forward operations does not keep",
+}
+#: Draws whose result has no gradient whether or not gradients are on (a distribution's
+#: ``sample()`` makes them under ``torch.no_grad``): they stop nothing a replay would pass.
+_NO_GRADIENT_EITHER_WAY = frozenset(
+    {torch.bernoulli, torch.Tensor.bernoulli, torch.Tensor.bernoulli_, torch.poisson,
+     torch.multinomial, torch.Tensor.multinomial}
+)  # fmt: skip
+
+
 class _RecordingGuard(TorchFunctionMode):
     """While a step is recorded: refuse reading a value out of a tensor
     (:data:`_VALUE_READS`) inside the recording, and put back every ``torch.Generator`` a
@@ -464,21 +492,65 @@ class _RecordingGuard(TorchFunctionMode):
     def __init__(self) -> None:
         super().__init__()
         self._generators: dict[int, tuple[torch.Generator, torch.Tensor]] = {}
+        # {id: weak reference} of tensors computed without gradients from ones with them
+        self._stopped: dict[int, weakref.ref] = {}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         # not where the library's own checks step out of the recording on purpose
         # (disable_proxy_modes_tracing: the vectorization check compares values)
-        if func in _VALUE_READS and get_proxy_mode() is not None:
+        recording = get_proxy_mode() is not None
+        if recording and func in _VALUE_READS:
             name = getattr(func, "__name__", str(func))
             raise RuntimeError(
                 f"Tensor.{name} reads a value out of a tensor while the step is recorded, "
                 "which would fix that value for every replay"
             )
+        if recording and func in _GRADIENT_EDITS:
+            raise _GradientEdit(_GRADIENT_EDITS[func])
         generator = kwargs.get("generator")
         if isinstance(generator, torch.Generator) and id(generator) not in self._generators:
             self._generators[id(generator)] = (generator, generator.get_state())
-        return func(*args, **kwargs)
+        out = func(*args, **kwargs)
+        if recording:
+            self._follow_stopped_gradients(func, (args, kwargs), out)
+        return out
+
+    def _follow_stopped_gradients(self, func, inputs, out) -> None:
+        """Refuse a tensor computed without gradients from one that has them (in
+        ``torch.no_grad``, or in a custom ``torch.autograd.Function``'s forward) once an
+        operation with gradients reads it: a recording keeps the forward operations only,
+        so the replayed step's gradient would flow through it (tester CB: a stop-gradient
+        factor, and a straight-through estimator's backward, were lost with no word). A
+        draw of a discrete variable (``torch.bernoulli``: no gradient either way) and an
+        integer or boolean result stop nothing."""
+        leaves = [t for t in pytree.tree_leaves(inputs) if isinstance(t, torch.Tensor)]
+        stopped = any(self._is_stopped(t) for t in leaves)
+        if torch.is_grad_enabled():
+            if stopped:
+                raise _GradientEdit(
+                    "a tensor computed without gradients (torch.no_grad, or a custom "
+                    "torch.autograd.Function's forward and its own backward) from one with "
+                    "them is used with gradients: a recording keeps only the forward "
+                    "operations, so its replays would take another gradient"
+                )
+            return
+        if func in _NO_GRADIENT_EITHER_WAY:
+            return
+        if not (stopped or any(t.requires_grad for t in leaves)):
+            return
+        for t in pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex()):
+                self._stopped[id(t)] = weakref.ref(t)
+
+    def _is_stopped(self, tensor: torch.Tensor) -> bool:
+        """Whether ``tensor`` was computed without gradients from one with them, and not
+        made a leaf of its own since (``requires_grad_()``: Pyro's param store makes each
+        parameter so, under ``torch.no_grad``). A custom ``autograd.Function``'s output
+        requires gradients too, through its own backward: not a leaf, so still stopped."""
+        ref = self._stopped.get(id(tensor))
+        leaf = tensor.requires_grad and tensor.grad_fn is None
+        return ref is not None and ref() is tensor and not leaf
 
     def __exit__(self, *exc):
         try:

@@ -601,6 +601,49 @@ def test_a_step_under_the_user_s_autocast_replays_as_it_runs_uncompiled():
     assert elbo.num_recordings == 2  # with autocast and without
 
 
+class _Shrink(torch.autograd.Function):  # a straight-through-like estimator's own backward
+    @staticmethod
+    def forward(ctx, t):
+        return t * 1.0
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * 0.1
+
+
+def _stop_gradient(loc):
+    with torch.no_grad():
+        c = loc * 2 + 1
+    return loc * c
+
+
+def _hooked(loc):
+    m = loc * 1.0
+    m.register_hook(lambda g: g * 0.5)
+    return m
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [_stop_gradient, lambda loc: loc * (loc * 2 + 1).detach_(), _hooked, _Shrink.apply],
+    ids=["no_grad", "detach_", "register_hook", "autograd.Function"],
+)
+def test_a_step_that_changes_its_own_gradient_is_refused_not_replayed_wrong(edit):
+    """Tester CB: a recording keeps only the forward operations, so a stop-gradient
+    (``torch.no_grad``, ``detach_``), a gradient hook, or a custom ``autograd.Function``'s
+    backward (a straight-through estimator) was lost in every replay: the uncompiled and
+    compiled weights differed from the second step, with no error."""
+
+    def model(x):
+        loc = pyro.param("loc", torch.zeros(3))
+        with pyro.plate("d", x.shape[0]):
+            pyro.sample("obs", dist.Normal(edit(loc), 1.0).to_event(1), obs=x)
+
+    pyro.clear_param_store()
+    with pytest.raises(CaptureError, match=r"The model or guide changes its own gradient"):
+        CompiledELBO(Trace_ELBO()).loss_and_grads(model, lambda x: None, torch.zeros(5, 3))
+
+
 @pytest.mark.parametrize("recorded_ahead", [False, True])
 def test_pyro_s_guess_of_the_plate_nesting_draws_as_it_does_uncompiled(recorded_ahead):
     """Tester BU: Pyro's Trace_ELBO with vectorized particles guesses ``max_plate_nesting``
