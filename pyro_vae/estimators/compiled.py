@@ -484,7 +484,9 @@ _NO_GRADIENT_EITHER_WAY = frozenset(
 
 class _RecordingGuard(TorchFunctionMode):
     """While a step is recorded: refuse reading a value out of a tensor
-    (:data:`_VALUE_READS`) inside the recording, and put back every ``torch.Generator`` a
+    (:data:`_VALUE_READS`) inside the recording, and a change of the step's own gradient
+    (:data:`_GRADIENT_EDITS`, :meth:`_follow_stopped_gradients`), and put back every
+    ``torch.Generator`` a
     draw names (a model's own stream, ``torch.randn(..., generator=g)``), as ``fork_rng``
     puts back the default one: the recording drew from it, and a compiled run's draws
     were shifted by one recording's worth from the uncompiled run's (tester BT's F3)."""
