@@ -848,6 +848,22 @@ def _flocked(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def missing_folders(path: Path) -> list[Path]:
+    """``path`` and its parents that do not exist yet, innermost first: the folders
+    ``path.mkdir(parents=True)`` makes, for :func:`remove_empty_folders` to take back."""
+    return [p for p in (path, *path.parents) if not p.exists()]
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    """Remove ``folders`` (innermost first, as :func:`missing_folders` lists them), stopping
+    at the first one that is not empty: another process wrote into it meanwhile."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+
+
 class RunLock:
     """An exclusive claim on a run folder for as long as this process works on it.
 
@@ -866,9 +882,9 @@ class RunLock:
         if path.exists() and not path.is_dir():
             raise RunFolderError(f"run: {path} is a file; expected a run folder (a directory)")
         self._created = not path.exists()
-        # the folders mkdir makes, innermost first: a refused command removes them all
-        # (tester BX: a refused fit --out runs/a left an empty runs/)
-        self._made = [p for p in (path, *path.parents) if not p.exists()]
+        # the folders mkdir makes: a refused command removes them all (tester BX: a
+        # refused fit --out runs/a left an empty runs/)
+        self._made = missing_folders(path)
         try:
             self._found = set() if self._created else {p.name for p in path.iterdir()}
             path.mkdir(parents=True, exist_ok=True)
@@ -921,11 +937,8 @@ class RunLock:
         if names is not None and names - self._found <= locks:
             for name in locks - self._found:
                 (path / name).unlink(missing_ok=True)
-            for folder in self._made if self._created else ():
-                try:
-                    folder.rmdir()
-                except OSError:  # another process wrote into a parent meanwhile
-                    break
+            if self._created:
+                remove_empty_folders(self._made)
         os.close(self._fd)
         self._fd = None
 

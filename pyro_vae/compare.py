@@ -56,6 +56,8 @@ from pyro_vae.checkpoint import (
     RunFolder,
     RunFolderError,
     atomic_path,
+    missing_folders,
+    remove_empty_folders,
 )
 from pyro_vae.plots import epoch_axis, save_png
 from pyro_vae.run_config import migrate
@@ -482,7 +484,7 @@ def write_comparison(comparison: Comparison, out: str | os.PathLike) -> tuple[Pa
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise RunFolderError(f"out: {out} is a file; expected a directory for the comparison")
-    made = [p for p in (out, *out.parents) if not p.exists()]  # innermost first
+    made = missing_folders(out)
     out.mkdir(parents=True, exist_ok=True)
     try:
         csv = out / "comparison.csv"
@@ -490,11 +492,7 @@ def write_comparison(comparison: Comparison, out: str | os.PathLike) -> tuple[Pa
             comparison.table.to_csv(tmp, index=False, float_format="%.6g")
         return csv, plot_validation_curves(comparison, out / "comparison.png")
     except BaseException:  # a full disk: the folders made for it go too (tester BY)
-        for folder in made:
-            try:
-                folder.rmdir()
-            except OSError:  # not empty: a file went in
-                break
+        remove_empty_folders(made)
         raise
 
 
