@@ -78,6 +78,7 @@ from pyro_vae.convnets import (
 )
 from pyro_vae.evaluate import elbo_per_datapoint, eval_mode, iwae_log_likelihood
 from pyro_vae.likelihoods import make_likelihood
+from pyro_vae.model_protocol import ConvertsTiedGuide
 from pyro_vae.nn import layer_widths, mlp
 from pyro_vae.plate_declaration import data_plate
 
@@ -193,7 +194,7 @@ class M2Guide(PyroModule):
             pyro.sample("z", self.encode_given(x, label).to_event(1))
 
 
-class M2(PyroModule):
+class M2(ConvertsTiedGuide, PyroModule):
     """p(y) p(z) p_θ(x | y, z), trained with :class:`M2Guide` (its :attr:`tied_guide`).
 
     Called as ``model(x, y=None, observed=None, num_data=None)``: ``x`` ``[B, D]``, ``y``

@@ -26,9 +26,10 @@ from models.latent_decoder import LatentDecoderModel
 from models.priors import PRIORS, GaussianMixturePrior, VampPrior
 from pyro_vae.convnets import default_activation
 from pyro_vae.guides import AmortizedNormal
+from pyro_vae.model_protocol import ConvertsTiedGuide
 
 
-class VAE(LatentDecoderModel):
+class VAE(ConvertsTiedGuide, LatentDecoderModel):
     """p(z) p_θ(x | z) with a standard Normal (or learned mixture) prior and an MLP decoder.
 
     Args:

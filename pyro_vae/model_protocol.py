@@ -50,6 +50,7 @@ import torch
 
 __all__ = [
     "OPTIONAL_METHODS",
+    "ConvertsTiedGuide",
     "Decodes",
     "Encodes",
     "Generates",
@@ -119,6 +120,24 @@ def tied_guide(model: Any) -> Any:
     """The guide ``model``'s prior is made of (its ``tied_guide``; a bound method's object
     is asked), or ``None`` when any guide may be paired with it."""
     return getattr(getattr(model, "__self__", model), "tied_guide", None)
+
+
+class ConvertsTiedGuide:
+    """Mixin, listed before the ``torch.nn.Module`` base, for a model that holds its
+    ``tied_guide`` without owning it (the guide's weights stay the guide's: in neither the
+    model's ``parameters()`` nor its ``state_dict``): ``.to()``, ``.double()``,
+    ``.float()``, ``.half()`` and ``.cuda()`` on the model convert that guide too, as they
+    convert the model's own submodules, so a prior made of the guide runs in the model's
+    dtype and on its device (``VAE(prior="vamp").double()`` left the guide in float32, and
+    the model's first run raised "mat1 and mat2 must have the same dtype"). Converting the
+    guide again on its own changes nothing."""
+
+    def _apply(self, fn, recurse: bool = True):  # the hook .to(), .double(), ... all go through
+        super()._apply(fn, recurse)
+        guide = tied_guide(self)
+        if recurse and isinstance(guide, torch.nn.Module):
+            guide._apply(fn, recurse)
+        return self
 
 
 def uses_labels(model: Any) -> str | None:

@@ -98,3 +98,42 @@ def test_a_tied_guide_is_read_from_the_model_or_its_bound_method_s_object():
     assert tied_guide(vamp) is vamp.make_guide() is tied_guide(vamp.forward)
     assert tied_guide(VAE(x_dim=4, latent_dim=2, hidden_dims=(3,))) is None
     assert tied_guide(lambda x: None) is None
+
+
+def _log_joint(model, args, seed=0):
+    import pyro
+
+    with pyro.validation_enabled(False):
+        pyro.set_rng_seed(seed)
+        return pyro.poutine.trace(model).get_trace(*args).log_prob_sum()
+
+
+@pytest.mark.parametrize("kind", ["vamp", "m2"])
+def test_converting_a_model_converts_the_guide_it_holds_but_does_not_own(kind):
+    """VAE(prior="vamp").double() left its tied guide (the VampPrior's encoder) in float32,
+    and the model's first run raised "mat1 and mat2 must have the same dtype"; M2's
+    classifier term likewise. Expected value: an identical model whose guide was converted
+    on its own, as a user had to before."""
+    from models.m2 import M2
+
+    def make():
+        torch.manual_seed(0)
+        if kind == "vamp":
+            return VAE(x_dim=6, latent_dim=2, hidden_dims=(5,), prior="vamp", prior_components=3)
+        return M2(x_dim=6, num_classes=3, latent_dim=2, hidden_dims=(5,))
+
+    model, by_hand = make(), make()
+    keys = set(model.state_dict())
+    model.double()
+    torch.nn.Module.double(by_hand)  # the model's own modules only, as before the fix
+    by_hand.tied_guide.double()
+    assert {p.dtype for p in model.tied_guide.parameters()} == {torch.float64}
+    assert set(model.state_dict()) == keys  # still held, not owned
+    args = (torch.bernoulli(torch.full((4, 6), 0.5, dtype=torch.float64)),)
+    if kind == "m2":  # labels, two of them observed: the classifier term runs
+        args += (torch.tensor([0, 1, 2, 0]), torch.tensor([True, True, False, False]))
+    got = _log_joint(model, args)
+    assert got.dtype == torch.float64
+    assert torch.equal(got, _log_joint(by_hand, args))
+    model.to("meta")
+    assert {p.device.type for p in model.tied_guide.parameters()} == {"meta"}
