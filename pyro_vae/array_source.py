@@ -80,10 +80,10 @@ def read_array_file(name: str) -> ArrayImages:
         )
     if path.suffix.lower() == ".npz":
         return _read_npz(path)
-    x = _unreadable_as_value_error(path, lambda: np.load(path, mmap_mode="r", allow_pickle=False))
+    x = _one_array(path, mmap_mode="r")
     y, files = None, (path,)
     if labels_path(path).is_file():
-        y = np.load(labels_path(path), allow_pickle=False)
+        y = _one_array(labels_path(path))
         files = (path, labels_path(path))
     return from_array(x, y, f"data {path}", files, labels_arg=f"labels {labels_path(path)}")
 
@@ -98,9 +98,34 @@ def _unreadable_as_value_error(path: Path, read: Any) -> Any:
         raise ValueError(f"data: {path} is not a readable numpy file ({err})") from err
 
 
+def _one_array(path: Path, mmap_mode: str | None = None) -> np.ndarray:
+    """The array a ``.npy`` file holds (memory-mapped with ``mmap_mode="r"``).
+
+    Raises:
+        ValueError: naming the file, where numpy cannot read it or it is an ``.npz``
+            archive under another name (a traceback, tester CC)."""
+    read = _unreadable_as_value_error(
+        path, lambda: np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    )
+    if not isinstance(read, np.ndarray):
+        read.close()
+        raise ValueError(
+            f"data: {path} is an .npz archive (of {sorted(read.files)}) named as a .npy "
+            "file; expected one array: rename it to .npz, or save the array with np.save"
+        )
+    return read
+
+
 def _read_npz(path: Path) -> ArrayImages:
     """An ``.npz``: numpy cannot memory-map zip members, so ``x`` and ``y`` are read whole."""
-    with _unreadable_as_value_error(path, lambda: np.load(path, allow_pickle=False)) as archive:
+    archive = _unreadable_as_value_error(path, lambda: np.load(path, allow_pickle=False))
+    if isinstance(archive, np.ndarray):  # a .npy under another name (a traceback, tester CC)
+        raise ValueError(
+            f"data: {path} is one .npy array {archive.shape} named as an .npz archive; "
+            "expected a zip of arrays 'x' (and 'y'): rename it to .npy, or save it with "
+            "np.savez(path, x=...)"
+        )
+    with archive:
         if "x" not in archive.files:
             raise ValueError(
                 f"data: {path} holds the arrays {sorted(archive.files)}; expected the images "

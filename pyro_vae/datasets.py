@@ -209,19 +209,28 @@ def _existing(name: str, path: str, kind: str) -> Path:
     return found
 
 
+_PREFIXES = ("idx:", "images:", "table:")
+
+
+def _suffixed(name: str, *suffixes: str) -> bool:
+    """Whether ``name`` is a path ending in one of ``suffixes`` and names no prefixed kind
+    (``images:d/x.npy`` was read as the path ``images:d/x.npy``: tester CC)."""
+    return name.lower().endswith(suffixes) and not name.startswith(_PREFIXES)
+
+
 SOURCES: list[DatasetKind] = [
     DatasetKind("digits", lambda n: n == "digits", _digits),
     DatasetKind("fashion-mnist", lambda n: n == "fashion-mnist", _fashion_mnist),
     DatasetKind("idx:PATH", lambda n: n.startswith("idx:"), _idx, _absolute("idx:")),
     DatasetKind(
         "PATH.npy",
-        lambda n: is_array_path(n) and n.lower().endswith(".npy"),
+        lambda n: is_array_path(n) and _suffixed(n, ".npy"),
         _array_file,
         _absolute(),
     ),
     DatasetKind(
         "PATH.npz",
-        lambda n: is_array_path(n) and n.lower().endswith(".npz"),
+        lambda n: is_array_path(n) and _suffixed(n, ".npz"),
         _array_file,
         _absolute(),
     ),
@@ -234,14 +243,12 @@ SOURCES: list[DatasetKind] = [
     ),
     DatasetKind(
         "PATH.csv",
-        lambda n: is_table_path(n) and not n.lower().endswith(".parquet"),
+        lambda n: is_table_path(n) and not _suffixed(n, ".parquet") and not n.startswith(_PREFIXES),
         _table,
         _absolute(),
         _TABLE,
     ),
-    DatasetKind(
-        "PATH.parquet", lambda n: n.lower().endswith(".parquet"), _table, _absolute(), _TABLE
-    ),
+    DatasetKind("PATH.parquet", lambda n: _suffixed(n, ".parquet"), _table, _absolute(), _TABLE),
     DatasetKind(
         "table:PATH", lambda n: n.startswith("table:"), _table, _absolute("table:"), _TABLE
     ),
@@ -362,15 +369,20 @@ def _load_idx_directory(name: str, directory: Path) -> RawImages:
                 f"data: {_find_idx(directory, _IDX_FILES[key])} holds {what} pixels ({kind}); "
                 "expected unsigned integer intensities (MNIST's 0..255 unsigned bytes)"
             )
+    # full intensity: 255 for bytes; for wider integers the largest value of either file
+    # (the training file's alone left test pixels above 1: tester CC's 0..999 training
+    # images beside a test file of 4000s were scored as intensities of 4.0)
     max_value = (
-        255 if arrays["train_images"].dtype == np.uint8 else int(arrays["train_images"].max())
+        255
+        if arrays["train_images"].dtype == np.uint8
+        else max(int(arrays[key].max(initial=0)) for key in ("train_images", "test_images"))
     )
     return _checked(
         RawImages(
             name,
-            arrays["train_images"].astype(np.int64),
+            arrays["train_images"],  # as stored (the notes name its type; 1/8 of int64's memory)
             arrays["train_labels"].astype(np.int64),
-            arrays["test_images"].astype(np.int64),
+            arrays["test_images"],
             arrays["test_labels"].astype(np.int64),
             max_value,
             max_value_from_data=arrays["train_images"].dtype != np.uint8,

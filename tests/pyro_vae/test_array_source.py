@@ -109,3 +109,23 @@ def test_an_npz_that_reads_is_refused_for_what_it_holds_not_as_unreadable(tmp_pa
         message = str(raised.value)
         assert all(w in message for w in words), message
         assert ("not a readable" in message) == (name == "junk.npz"), message
+
+
+def test_an_array_file_under_the_other_suffix_is_refused_naming_it(tmp_path):
+    """Tester CC: an .npz archive named .npy raised a TypeError traceback ("a NpzFile;
+    expected a numpy array"), and a .npy named .npz "'numpy.ndarray' object does not
+    support the context manager protocol"; likewise a labels file that is an archive."""
+    x = np.random.default_rng(0).random((5, 4))
+    np.savez(tmp_path / "a.npz", x=x)
+    np.save(tmp_path / "b.npy", x)
+    (tmp_path / "a.npz").rename(tmp_path / "archive.npy")
+    (tmp_path / "b.npy").rename(tmp_path / "array.npz")
+    with pytest.raises(ValueError, match=r"archive.npy is an .npz archive \(of \['x'\]\)"):
+        read_array_file(str(tmp_path / "archive.npy"))
+    with pytest.raises(ValueError, match=r"array.npz is one .npy array \(5, 4\) named as an"):
+        read_array_file(str(tmp_path / "array.npz"))
+    np.save(tmp_path / "c.npy", x)
+    np.savez(tmp_path / "c.labels.npz", y=np.zeros(5))
+    (tmp_path / "c.labels.npz").rename(tmp_path / "c.labels.npy")
+    with pytest.raises(ValueError, match=r"c.labels.npy is an .npz archive"):
+        read_array_file(str(tmp_path / "c.npy"))

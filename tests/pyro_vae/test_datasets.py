@@ -104,3 +104,29 @@ def test_the_names_that_moved_to_datasets_still_resolve_from_data_with_a_warning
         assert data.DatasetNotFoundError is datasets.DatasetNotFoundError
     with pytest.raises(AttributeError, match="has no attribute 'nothing'"):
         data.nothing  # noqa: B018
+
+
+def test_wider_integer_idx_pixels_take_the_largest_value_of_either_file(tmp_path):
+    """Tester CC: int16 training images 0..999 beside a test file of 4000s were read as
+    x / 999, so every test intensity was 4.004 (scored under gaussian, all 1 under
+    bernoulli), and the note called the int16 pixels int64."""
+    directory = _write_idx_dataset(tmp_path / "wide", gz=False)
+    rng = np.random.default_rng(0)
+    train = rng.integers(0, 1000, (30, 6, 6)).astype(np.int16)
+    write_idx(directory / "train-images-idx3-ubyte", train)
+    write_idx(directory / "t10k-images-idx3-ubyte", np.full((10, 6, 6), 4000, np.int16))
+    data = load_data(f"idx:{directory}", Preprocessing("gaussian"), val_fraction=0.2)
+    assert data.info["full_intensity"] == {"value": 4000, "dtype": "int16"}
+    assert float(data.test_x.max()) == 1.0  # 4000 / 4000
+    assert float(data.train_x.max()) == pytest.approx(float(train.max()) / 4000)
+    assert load_raw(f"idx:{directory}").train_x.dtype == np.int16  # as stored
+
+
+@pytest.mark.parametrize("prefix", ["images:", "table:"])
+def test_a_prefix_names_the_kind_of_source_whatever_the_path_ends_in(tmp_path, prefix):
+    """Tester CC: ``images:d/x.npy`` was read as an array at the path 'images:d/x.npy'
+    ("is not a file; expected a .npy or .npz array")."""
+    np.save(tmp_path / "x.npy", np.zeros((4, 3)))
+    expected = "which is not a directory" if prefix == "images:" else "could not be read as CSV"
+    with pytest.raises((ValueError, DatasetNotFoundError), match=expected):
+        load_raw(f"{prefix}{tmp_path / 'x.npy'}")
