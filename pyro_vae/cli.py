@@ -368,8 +368,16 @@ def _report(run: RunFolder, exp: Experiment, result, test: dict) -> None:
     plain = trains_the_elbo(result.objective)
     figures, skipped = write_figures(exp, run, result.history, test, train_is_elbo=plain)
     print("figures: " + ", ".join(str(p) for p in figures))
+    for why, names in _grouped(skipped).items():  # one line a reason (a table's four)
+        print(f"skipped {', '.join(names)}: {why}")
+
+
+def _grouped(skipped: dict[str, str]) -> dict[str, list[str]]:
+    """{reason: the figures skipped for it}, in the order the figures came."""
+    grouped: dict[str, list[str]] = {}
     for name, why in skipped.items():
-        print(f"skipped {name}: {why}")
+        grouped.setdefault(why, []).append(name)
+    return grouped
 
 
 def _jsonable(values: dict[str, Any]) -> dict[str, Any]:

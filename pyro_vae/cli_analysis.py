@@ -63,8 +63,9 @@ def sample_command(args: argparse.Namespace) -> int:
         )
     if rows_not_images(exp.data):
         raise ValueError(
-            f"run: its data {exp.config.data.name!r} are a table's rows or vectors "
-            f"(shape {exp.data.image_shape}), not images to draw"
+            f"run: its data {exp.config.data.name!r} are "
+            f"{'a table' if exp.data.image_shape is None else 'an [N, D] array'} whose rows "
+            f"of {exp.data.x_dim} values are not images to draw"
         )
     pyro.set_rng_seed(args.seed)
     if uses_labels(exp.model) is not None:  # --num in all (ten for --num 8 had been drawn)

@@ -22,7 +22,7 @@ from pyro.infer import ELBO
 from pyro_vae.checkpoint import EVALUATED_ON_TRAINING_SET, RunFolder, RunFolderError
 from pyro_vae.data import DataSplits, load_data
 from pyro_vae.data_source import shard_of
-from pyro_vae.datasets import DatasetNotFoundError
+from pyro_vae.datasets import DatasetNotFoundError, row_unit
 from pyro_vae.devices import resolve_device, to_device
 from pyro_vae.distributed import Group
 from pyro_vae.evaluate import (
@@ -462,7 +462,9 @@ def load(
     try:
         pair.weights.restore(state["best"] or state)
     except WeightsMismatchError as err:
-        raise RunFolderError(f"run: {run.path}: {err}") from err
+        raise RunFolderError(
+            f"run: {run.path}: {_width_change(run, data=experiment.data) or err}"
+        ) from err
     if not pair.weights.finite():
         raise RunFolderError(
             f"run: {run.path} holds weights with NaN or infinite entries; there is nothing "
@@ -471,6 +473,37 @@ def load(
     experiment.local_guide = pair.local
     experiment.weights_epoch = (state["best"] or state).get("epoch")
     return experiment
+
+
+def _width_change(run: RunFolder, data: DataSplits) -> str | None:
+    """Why the run's weights cannot fit ``data``, where they are of another width than the
+    run was trained on (metrics.json's ``images.x_dim``, and a table's ``data.columns``);
+    None where they are not, or metrics.json cannot tell. Changed data read with
+    ``allow_changed_data`` were refused in the words of a ``state_dict`` size mismatch
+    (tester CC: a table with a column dropped)."""
+    try:
+        metrics = run.read_metrics()
+        was = int(metrics["images"]["x_dim"])
+    except (RunFolderError, KeyError, TypeError, ValueError):
+        return None
+    if was == data.x_dim:
+        return None
+    columns = ""
+    trained = metrics.get("data", {}).get("columns")
+    now = data.info.get("columns")
+    if isinstance(trained, list) and isinstance(now, list):
+        dropped = [c for c in trained if c not in now]
+        added = [c for c in now if c not in trained]
+        columns = "".join(
+            f"; columns {what}: {names}"
+            for what, names in (("gone", dropped), ("new", added))
+            if names
+        )
+    return (
+        f"the data now give {data.x_dim} values per row, where the run was trained on {was} "
+        f"(metrics.json's images.x_dim){columns}; weights of one width cannot score data of "
+        f"another (--allow-changed-data reads changed data of the run's width)"
+    )
 
 
 def evaluate_test_set(
@@ -801,10 +834,15 @@ def write_figures(
         for name in ("latent.png", "traversal.png", "interpolation.png"):
             figures.pop(name)
             skipped[name] = "the guide has no posterior for test images"
-    if data.image_shape is None:
+    if row_unit(data.image_shape) == "rows":
+        why = (
+            "the data is a table, whose rows are not images"
+            if data.image_shape is None  # [N, D] arrays too (tester CC: four lines that
+            else f"the data are rows of {data.x_dim} values, not images"  # named (16,))
+        )
         for name in ("reconstructions.png", "samples.png", "traversal.png", "interpolation.png"):
             if figures.pop(name, None):
-                skipped[name] = "the data is a table, whose rows are not images"
+                skipped[name] = why
     if uses_labels(model) is not None:
         _label_model_figures(exp, figures, skipped)
     with eval_mode(model, guide):

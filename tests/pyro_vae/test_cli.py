@@ -2010,3 +2010,20 @@ def test_a_stop_before_the_first_epoch_names_a_resume_that_needs_no_flags(tmp_pa
     monkeypatch.setenv("WORLD_SIZE", "3")
     rank = argparse.Namespace(command="fit", resume=None, out=str(run), nproc=1)
     assert f"`pyro-vae fit --resume {run} --nproc 3`" in _where_it_stopped(rank)
+
+
+def test_vectors_skip_the_image_figures_in_one_line_and_sample_says_why(tmp_path, capsys):
+    """Tester CC: an [N, D] array printed four lines "image_shape: (16,) is not a (height,
+    width) pair", and sample said "(shape (16,))"."""
+    np.savez(tmp_path / "v.npz", x=np.random.default_rng(0).random((60, 16)))
+    run = tmp_path / "r"
+    argv = ["fit", "--data", str(tmp_path / "v.npz"), "--likelihood", "gaussian"]
+    assert main([*argv, "--out", str(run), "--epochs", "1", *FAST]) == 0
+    out = capsys.readouterr().out
+    skipped = "reconstructions.png, samples.png, traversal.png, interpolation.png"
+    assert out.count("skipped") == 1
+    assert f"skipped {skipped}: the data are rows of 16 values, not images\n" in out
+    assert main(["sample", str(run)]) == 2
+    assert "are an [N, D] array whose rows of 16 values are not images to draw" in (
+        capsys.readouterr().err
+    )

@@ -460,3 +460,30 @@ def test_a_figure_that_raises_is_skipped_with_its_reason_and_the_others_are_made
 
     with pytest.raises(KeyboardInterrupt):  # never swallowed
         write_figures(replace(exp, model=interrupted), fixture_run, history, {}, num_samples=4)
+
+
+def test_changed_data_of_another_width_are_refused_naming_the_widths_and_columns(tmp_path):
+    """Tester CC: a table with a column dropped (or an .npz of wider rows), read with
+    --allow-changed-data, was refused as a state_dict size mismatch; the message now names
+    the widths and the columns gone and new (expected: the table written here)."""
+    import numpy as np
+    import pandas as pd
+
+    from pyro_vae.cli import main
+
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame(rng.normal(size=(60, 4)), columns=["a", "b", "c", "d"])
+    table.to_csv(tmp_path / "t.csv", index=False)
+    run = tmp_path / "run"
+    argv = ["fit", "--data", str(tmp_path / "t.csv"), "--likelihood", "normal", "--epochs",
+            "1", "--out", str(run), "--latent-dim", "2", "--hidden", "8", "--no-progress",
+            "--ll-samples", "5"]  # fmt: skip
+    assert main(argv) == 0
+    wider = table.drop(columns=["b"]).assign(e=1.0 + table.a, f=table.c)
+    wider.to_csv(tmp_path / "t.csv", index=False)
+    message = (r"the data now give 5 values per row, where the run was trained on 4 .*"
+               r"columns gone: \['b'\]; columns new: \['e', 'f'\]")  # fmt: skip
+    with pytest.raises(RunFolderError, match=message):
+        load(run, allow_changed_data=True)
+    table.to_csv(tmp_path / "t.csv", index=False)  # the width it was trained on: scored
+    assert load(run, allow_changed_data=True).data.x_dim == 4
