@@ -64,7 +64,7 @@ def sample_command(args: argparse.Namespace) -> int:
     if rows_not_images(exp.data):
         raise ValueError(
             f"run: its data {exp.config.data.name!r} are "
-            f"{'a table' if exp.data.image_shape is None else 'an [N, D] array'} whose rows "
+            f"{'a table' if 'columns' in exp.data.info else 'an [N, D] array'} whose rows "
             f"of {exp.data.x_dim} values are not images to draw"
         )
     pyro.set_rng_seed(args.seed)

@@ -144,7 +144,7 @@ class DataSplits:
     Observations are flattened, ``[N, D]``. ``image_shape`` says how a row is an image:
     ``(H, W)`` for one grey channel, ``(C, H, W)`` for C ≥ 2 channels (rows hold channel
     after channel, each row-major: ``x.reshape(N, C, H, W)``), ``None`` for a table, whose
-    rows are D feature columns and not images.
+    rows are D feature columns and not images, and for an ``[N, D]`` array's vectors.
 
     ``train_observed`` (``BoolTensor [N]``) says which training labels a model that uses
     labels may see (:mod:`pyro_vae.labels`): all of them unless
@@ -470,6 +470,9 @@ def _prepared(
     if raw.provenance is not None:
         info["provenance"] = raw.provenance
     image_shape: tuple[int, ...] | None = tuple(int(s) for s in raw.train_x.shape[1:])
+    if len(image_shape) < 2:  # [N, D] vectors are rows, as a table's are: each reader
+        image_shape = None  # that draws images asks this one field (tester CE: diagnose
+        # and --tensorboard drew an [N, D] array's rows as images of shape (D,) and failed)
     if raw.columns is not None:
         image_shape = None
         defaults = Preprocessing()

@@ -369,13 +369,20 @@ def _load_idx_directory(name: str, directory: Path) -> RawImages:
                 f"data: {_find_idx(directory, _IDX_FILES[key])} holds {what} pixels ({kind}); "
                 "expected unsigned integer intensities (MNIST's 0..255 unsigned bytes)"
             )
+    if arrays["train_images"].dtype != arrays["test_images"].dtype:  # scaled apart (tester CE)
+        raise IDXFormatError(
+            f"data: {files['train_images']} holds {arrays['train_images'].dtype} pixels and "
+            f"{files['test_images']} {arrays['test_images'].dtype}; expected one type for "
+            "both, whose full intensity the two files then share"
+        )
     # full intensity: 255 for bytes; for wider integers the largest value of either file
     # (the training file's alone left test pixels above 1: tester CC's 0..999 training
-    # images beside a test file of 4000s were scored as intensities of 4.0)
+    # images beside a test file of 4000s were scored as intensities of 4.0), and 1 where
+    # every pixel is 0 (which the constant-data check then refuses; tester CE: x / 0)
     max_value = (
         255
         if arrays["train_images"].dtype == np.uint8
-        else max(int(arrays[key].max(initial=0)) for key in ("train_images", "test_images"))
+        else max(1, *(int(arrays[k].max(initial=0)) for k in ("train_images", "test_images")))
     )
     return _checked(
         RawImages(

@@ -4,6 +4,7 @@ import contextlib
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -1672,7 +1673,8 @@ def test_vectors_are_called_rows_not_images(tmp_path, capsys):
     assert "(243 train, 27 validation, 30 test rows)" in out
     assert "nats per row\n" in out and "(K=20, 30 rows)" in out
     assert "per column, as observed\n" in out
-    assert "image" not in out.replace("image_shape", "")
+    said = [line for line in out.splitlines() if not line.startswith("skipped ")]
+    assert "image" not in "\n".join(said)  # but the figures "not images" skips
 
 
 BROADCAST_MODEL = '''
@@ -2027,3 +2029,11 @@ def test_vectors_skip_the_image_figures_in_one_line_and_sample_says_why(tmp_path
     assert "are an [N, D] array whose rows of 16 values are not images to draw" in (
         capsys.readouterr().err
     )
+    # tester CE: diagnose ("image_shape: (16,) is not a (height, width) pair") and
+    # --tensorboard's image logging failed on them
+    assert main(["diagnose", str(run), "--points", "3", "--samples", "30"]) == 0
+    assert (run / "khat.csv").is_file() and (run / "ppc.png").is_file()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the logger's TensorBoardWarning
+        argv += ["--tensorboard", "--out", str(tmp_path / "tb"), "--epochs", "1", *FAST]
+        assert main(argv) == 0

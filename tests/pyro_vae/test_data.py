@@ -278,7 +278,7 @@ def test_a_float_array_of_intensities_trains_from_python(tmp_path):
     np.save(tmp_path / "v.npy", x)
     data = load_data(str(tmp_path / "v.npy"), Preprocessing("gaussian"))
     assert torch.equal(data.train_x[:], torch.as_tensor(x[data.train_x.index]))
-    assert data.info["labelled"] is False and data.image_shape == (6,)
+    assert data.info["labelled"] is False and data.image_shape is None  # rows, as a table's
     model = VAE(6, latent_dim=2, hidden_dims=(8,), likelihood="gaussian")
     result = fit(
         model, model.make_guide(), data, Trace_ELBO(), TrainConfig(epochs=1, progress=False)

@@ -130,3 +130,17 @@ def test_a_prefix_names_the_kind_of_source_whatever_the_path_ends_in(tmp_path, p
     expected = "which is not a directory" if prefix == "images:" else "could not be read as CSV"
     with pytest.raises((ValueError, DatasetNotFoundError), match=expected):
         load_raw(f"{prefix}{tmp_path / 'x.npy'}")
+
+
+def test_idx_files_of_two_pixel_types_or_of_zeros_alone_are_refused_in_words(tmp_path):
+    """Tester CE: uint8 training images beside int16 test images were scaled apart (test
+    intensities of 11.8, scored); int16 files of zeros alone divided by 0 (a traceback)."""
+    directory = _write_idx_dataset(tmp_path / "mixed", gz=False)
+    write_idx(directory / "t10k-images-idx3-ubyte", np.full((10, 6, 6), 2999, np.int16))
+    with pytest.raises(ValueError, match="holds uint8 pixels and .*t10k-images-idx3-ubyte int16"):
+        load_data(f"idx:{directory}")
+    directory = _write_idx_dataset(tmp_path / "zeros", gz=False)
+    for prefix, n in (("train", 30), ("t10k", 10)):
+        write_idx(directory / f"{prefix}-images-idx3-ubyte", np.zeros((n, 6, 6), np.int16))
+    with pytest.raises(ValueError, match="its int16 values 0..0 are read as intensities 0..0/1"):
+        load_data(f"idx:{directory}", Preprocessing("gaussian"))
