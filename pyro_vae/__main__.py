@@ -13,7 +13,12 @@ from pyro_vae.distributed import die_with_agent, started_by_torchrun
 _AFTER_THE_LOST_RANK = 3.0
 
 if __name__ == "__main__":
-    if not started_by_torchrun():
+    try:
+        several = started_by_torchrun()
+    except ValueError as err:  # WORLD_SIZE=abc raised in a traceback (tester CD)
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    if not several:
         sys.exit(main())
     die_with_agent()  # a SIGTERM when torchrun's agent dies, by kill -9 too (tester BJ)
     # a rank skips the interpreter's teardown: there a gloo rank's C++ threads aborted it

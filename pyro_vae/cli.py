@@ -51,6 +51,7 @@ from pyro_vae.cli_parser import build_parser, check_counts, given_flags
 from pyro_vae.cli_report import print_test, rows_not_images, with_previous
 from pyro_vae.cli_resume import processes_by_epoch_record, recorded_processes, resume_config
 from pyro_vae.datasets import DatasetNotFoundError
+from pyro_vae.devices import resolve_device
 from pyro_vae.distributed import (
     LAUNCHED_VARIABLE,
     RankLost,
@@ -80,6 +81,7 @@ from pyro_vae.prior_model import image_record
 from pyro_vae.run_config import RunConfig
 from pyro_vae.spec import load_object
 from pyro_vae.tables import is_table_path, refuse_binarization
+from pyro_vae.torchrun_environment import refuse_more_ranks_than_the_machine
 from pyro_vae.train import TrainingDiverged, fit, trains_the_elbo
 
 
@@ -410,6 +412,7 @@ def _launch(argv: list[str], args: argparse.Namespace) -> int:
         refuse_labels_before_launch(config)
     refuse_precision(config)
     refuse_before_launch(config.estimator.build(), config.training.batch_size, nproc)
+    refuse_more_ranks_than_the_machine(nproc, resolve_device(config.training.device, "--device"))
     # a model's class declares its batch_terms: refused here, once, not on every rank
     refuse_batch_terms(load_object(config.model.spec, "--model"), nproc)
     if "WORLD_SIZE" in os.environ:
@@ -611,8 +614,9 @@ def _compile_kept(args: argparse.Namespace) -> str:
 def _error() -> str:
     """``error``, or under torchrun with several ranks ``error (rank R)``: each rank that
     refuses says so, and two ranks' identical lines read as one said twice (tester U)."""
-    if started_by_torchrun():
-        return f"error (rank {os.environ.get('RANK', '?')})"
+    with contextlib.suppress(ValueError):  # a WORLD_SIZE that is no number: the refusal's
+        if started_by_torchrun():
+            return f"error (rank {os.environ.get('RANK', '?')})"
     return "error"
 
 

@@ -58,6 +58,7 @@ from pyro_vae.checkpoint import differing_settings, flat_settings, listed
 from pyro_vae.estimators.capabilities import capabilities_of
 from pyro_vae.interruptions import interruption_behind
 from pyro_vae.model_protocol import batch_terms
+from pyro_vae.torchrun_environment import checked_ranks, world_size
 
 __all__ = [
     "Group",
@@ -546,8 +547,11 @@ def current() -> Group:
 
 def started_by_torchrun() -> bool:
     """Whether this process is one of several that torchrun started (``WORLD_SIZE`` > 1
-    in its environment), read before or without joining their group."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    in its environment), read before or without joining their group.
+
+    Raises:
+        ValueError: ``WORLD_SIZE`` is not a positive integer."""
+    return world_size() > 1
 
 
 @contextlib.contextmanager
@@ -556,10 +560,11 @@ def session() -> Iterator[Group]:
     the duration of the block; without it, one process and nothing to join.
 
     Raises:
-        ValueError: ``PYRO_VAE_DIST_TIMEOUT`` is not a positive number of seconds.
+        ValueError: ``PYRO_VAE_DIST_TIMEOUT`` is not a positive number of seconds, or
+            torchrun's variables disagree (:func:`~pyro_vae.torchrun_environment.checked_ranks`).
     """
     global _GROUP
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    _, world = checked_ranks()
     if world == 1 or dist.is_initialized():
         yield current()
         return

@@ -835,14 +835,7 @@ def write_figures(
             figures.pop(name)
             skipped[name] = "the guide has no posterior for test images"
     if row_unit(data.image_shape) == "rows":
-        why = (  # [N, D] arrays too (tester CC: four lines that named their shape (16,))
-            "the data is a table, whose rows are not images"
-            if "columns" in data.info
-            else f"the data are rows of {data.x_dim} values, not images"
-        )
-        for name in ("reconstructions.png", "samples.png", "traversal.png", "interpolation.png"):
-            if figures.pop(name, None):
-                skipped[name] = why
+        _skip_image_figures(data, figures, skipped)
     if uses_labels(model) is not None:
         _label_model_figures(exp, figures, skipped)
     with eval_mode(model, guide):
@@ -882,6 +875,19 @@ def _label_model_figures(exp: Experiment, figures: dict, skipped: dict[str, str]
         skipped["conditional_samples.png"] = "the model offers no generate_given(y)"
     elif exp.data.image_shape is not None:
         figures["conditional_samples.png"] = lambda path: conditional_samples_figure(exp, path)
+
+
+def _skip_image_figures(data: DataSplits, figures: dict, skipped: dict[str, str]) -> None:
+    """Leave out the figures that draw rows as images, where the rows are a table's or an
+    ``[N, D]`` array's (tester CC: four lines that named their shape (16,))."""
+    why = (
+        "the data is a table, whose rows are not images"
+        if "columns" in data.info
+        else f"the data are rows of {data.x_dim} values, not images"
+    )
+    for name in ("reconstructions.png", "samples.png", "traversal.png", "interpolation.png"):
+        if figures.pop(name, None):
+            skipped[name] = why
 
 
 def _owner(model):

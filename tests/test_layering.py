@@ -36,6 +36,7 @@ LAYERS: dict[str, int] = {
     "pyro_vae.nn": 0,
     "pyro_vae.convnets": 0,
     "pyro_vae.devices": 0,
+    "pyro_vae.torchrun_environment": 0,  # torchrun's variables, checked
     "pyro_vae.wrapped_source": 0,
     "pyro_vae.progress": 0,
     "pyro_vae.interruptions": 0,
