@@ -243,7 +243,7 @@ SOURCES: list[DatasetKind] = [
     ),
     DatasetKind(
         "PATH.csv",
-        lambda n: is_table_path(n) and not _suffixed(n, ".parquet") and not n.startswith(_PREFIXES),
+        lambda n: is_table_path(n) and not n.startswith(_PREFIXES) and not _suffixed(n, ".parquet"),
         _table,
         _absolute(),
         _TABLE,

@@ -488,8 +488,8 @@ def _width_change(run: RunFolder, data: DataSplits) -> str | None:
         return None
     if was == data.x_dim:
         return None
-    columns = ""
-    trained = metrics.get("data", {}).get("columns")
+    columns, recorded = "", metrics.get("data")
+    trained = recorded.get("columns") if isinstance(recorded, dict) else None
     now = data.info.get("columns")
     if isinstance(trained, list) and isinstance(now, list):
         dropped = [c for c in trained if c not in now]
