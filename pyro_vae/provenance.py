@@ -81,22 +81,31 @@ def check_unchanged(
     provenance, or data without files) or when ``allow``.
 
     Raises:
-        DataChangedError: the checksums differ, naming the path, both checksums, shapes
-            and dtypes, and how to go on anyway.
+        DataChangedError: the checksums or the shapes differ, naming the path, both
+            checksums, shapes and dtypes, and how to go on anyway.
     """
     if allow or not recorded or not recorded.get("checksum"):
         return
-    now = (current or {}).get("checksum")
-    if now == recorded["checksum"]:
-        return
     current = current or {}
+    now = current.get("checksum")
+    # the shape as well: names and sizes kept, a .npy reshaped in place from [60, 6] to
+    # [60, 2, 3] was scored as images, over the run's own test block (tester CE)
+    shaped = recorded.get("shape") is None or recorded.get("shape") == current.get("shape")
+    if now == recorded["checksum"] and shaped:
+        return
     changes = _file_changes(recorded.get("files"), current.get("files"))
+    found = (
+        f"its files keep their names and sizes ({now}), but hold shape {current.get('shape')} "
+        f"({current.get('dtype')}) where config.json recorded {recorded.get('shape')} "
+        f"({recorded.get('dtype')})"
+        if now == recorded["checksum"]
+        else f"its files' names and sizes give {now} (shape {current.get('shape')}, "
+        f"{current.get('dtype')}), but config.json recorded {recorded['checksum']} (shape "
+        f"{recorded.get('shape')}, {recorded.get('dtype')})"
+    )
     raise DataChangedError(
-        f"data: {recorded.get('path', '?')} changed since the run was trained{changes}: its "
-        f"files' names and sizes give {now} (shape {current.get('shape')}, "
-        f"{current.get('dtype')}), "
-        f"but config.json recorded {recorded['checksum']} (shape {recorded.get('shape')}, "
-        f"{recorded.get('dtype')}); results would not be comparable. To evaluate on the data "
+        f"data: {recorded.get('path', '?')} changed since the run was trained{changes}: "
+        f"{found}; results would not be comparable. To evaluate on the data "
         f"as they are now, pass {ALLOW_FLAG} to evaluate, sample, diagnose, amortization-gap "
         "or grad-variance (from Python: allow_changed_data=True); a fit is not resumed on "
         "other data"

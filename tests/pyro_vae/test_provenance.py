@@ -317,3 +317,20 @@ def _fit_args(project, tmp_path) -> list[str]:
     np.save(data, np.random.default_rng(0).integers(0, 256, (30, 4, 4), dtype=np.uint8))
     fit = ["--model", f"{project / 'mine.py'}:Mine", "--data", str(data)]
     return fit + ["--likelihood", "gaussian", "--epochs", "1", "--no-progress", "--ll-samples", "2"]
+
+
+def test_data_reshaped_in_place_with_every_size_kept_are_refused_naming_both_shapes(tmp_path):
+    """Tester CE: a .npy re-saved from [60, 6] to [60, 2, 3] (the same bytes) was scored as
+    images, over the run's own test block; the shape was recorded and not compared."""
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros((60, 6), np.float32))
+    recorded = file_provenance(x, [x], (60, 6), np.dtype(np.float32))
+    np.save(x, np.zeros((60, 2, 3), np.float32))
+    current = file_provenance(x, [x], (60, 2, 3), np.dtype(np.float32))
+    assert current["checksum"] == recorded["checksum"]  # names and sizes kept
+    with pytest.raises(DataChangedError, match=r"keep their names and sizes \(sha256:\w+\), "
+                       r"but hold shape \[60, 2, 3\] \(float32\) where config.json recorded "
+                       r"\[60, 6\] \(float32\)"):  # fmt: skip
+        check_unchanged(recorded, current, allow=False)
+    check_unchanged(recorded, current, allow=True)
+    check_unchanged({k: v for k, v in recorded.items() if k != "shape"}, current, allow=False)
