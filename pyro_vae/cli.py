@@ -81,7 +81,6 @@ from pyro_vae.prior_model import image_record
 from pyro_vae.run_config import RunConfig
 from pyro_vae.spec import load_object
 from pyro_vae.tables import is_table_path, refuse_binarization
-from pyro_vae.torchrun_environment import refuse_more_ranks_than_the_machine
 from pyro_vae.train import TrainingDiverged, fit, trains_the_elbo
 
 
@@ -411,8 +410,8 @@ def _launch(argv: list[str], args: argparse.Namespace) -> int:
             _check_new_folder(run, args.restart, clear=False)
         refuse_labels_before_launch(config)
     refuse_precision(config)
-    refuse_before_launch(config.estimator.build(), config.training.batch_size, nproc)
-    refuse_more_ranks_than_the_machine(nproc, resolve_device(config.training.device, "--device"))
+    device = resolve_device(config.training.device, "--device")
+    refuse_before_launch(config.estimator.build(), config.training.batch_size, nproc, device)
     # a model's class declares its batch_terms: refused here, once, not on every rank
     refuse_batch_terms(load_object(config.model.spec, "--model"), nproc)
     if "WORLD_SIZE" in os.environ:

@@ -209,31 +209,12 @@ def _existing(name: str, path: str, kind: str) -> Path:
     return found
 
 
-_PREFIXES = ("idx:", "images:", "table:")
-
-
-def _suffixed(name: str, *suffixes: str) -> bool:
-    """Whether ``name`` is a path ending in one of ``suffixes`` and names no prefixed kind
-    (``images:d/x.npy`` was read as the path ``images:d/x.npy``: tester CC)."""
-    return name.lower().endswith(suffixes) and not name.startswith(_PREFIXES)
-
-
 SOURCES: list[DatasetKind] = [
     DatasetKind("digits", lambda n: n == "digits", _digits),
     DatasetKind("fashion-mnist", lambda n: n == "fashion-mnist", _fashion_mnist),
+    # the prefixed kinds before the suffixed ones: a prefix says what the path is
+    # (``images:d/x.npy`` was read as an array at the path 'images:d/x.npy': tester CC)
     DatasetKind("idx:PATH", lambda n: n.startswith("idx:"), _idx, _absolute("idx:")),
-    DatasetKind(
-        "PATH.npy",
-        lambda n: is_array_path(n) and _suffixed(n, ".npy"),
-        _array_file,
-        _absolute(),
-    ),
-    DatasetKind(
-        "PATH.npz",
-        lambda n: is_array_path(n) and _suffixed(n, ".npz"),
-        _array_file,
-        _absolute(),
-    ),
     DatasetKind(
         "images:DIR",
         lambda n: n.startswith("images:"),
@@ -242,15 +223,29 @@ SOURCES: list[DatasetKind] = [
         ("image_size", "crop"),
     ),
     DatasetKind(
+        "table:PATH", lambda n: n.startswith("table:"), _table, _absolute("table:"), _TABLE
+    ),
+    DatasetKind(
+        "PATH.npy",
+        lambda n: is_array_path(n) and n.lower().endswith(".npy"),
+        _array_file,
+        _absolute(),
+    ),
+    DatasetKind(
+        "PATH.npz",
+        lambda n: is_array_path(n) and n.lower().endswith(".npz"),
+        _array_file,
+        _absolute(),
+    ),
+    DatasetKind(
         "PATH.csv",
-        lambda n: is_table_path(n) and not n.startswith(_PREFIXES) and not _suffixed(n, ".parquet"),
+        lambda n: is_table_path(n) and not n.lower().endswith(".parquet"),
         _table,
         _absolute(),
         _TABLE,
     ),
-    DatasetKind("PATH.parquet", lambda n: _suffixed(n, ".parquet"), _table, _absolute(), _TABLE),
     DatasetKind(
-        "table:PATH", lambda n: n.startswith("table:"), _table, _absolute("table:"), _TABLE
+        "PATH.parquet", lambda n: n.lower().endswith(".parquet"), _table, _absolute(), _TABLE
     ),
 ]
 """The ``--data`` strings, tried in order: the one place a new kind of source is added."""

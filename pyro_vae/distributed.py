@@ -58,7 +58,11 @@ from pyro_vae.checkpoint import differing_settings, flat_settings, listed
 from pyro_vae.estimators.capabilities import capabilities_of
 from pyro_vae.interruptions import interruption_behind
 from pyro_vae.model_protocol import batch_terms
-from pyro_vae.torchrun_environment import checked_ranks, world_size
+from pyro_vae.torchrun_environment import (
+    checked_ranks,
+    refuse_more_ranks_than_the_machine,
+    world_size,
+)
 
 __all__ = [
     "Group",
@@ -433,10 +437,11 @@ def refuse_batch_terms(model, world: int) -> None:
         )
 
 
-def refuse_before_launch(elbo: ELBO, batch_size: int, world: int) -> None:
-    """What can be refused before ``world`` processes start: a stateful estimator
-    (:func:`refuse_stateful`), free bits (:func:`refuse_free_bits`) and a global batch
-    with fewer rows than ranks.
+def refuse_before_launch(elbo: ELBO, batch_size: int, world: int, device: torch.device) -> None:
+    """What can be refused before ``world`` processes start on this machine: a stateful
+    estimator (:func:`refuse_stateful`), free bits (:func:`refuse_free_bits`), a global
+    batch with fewer rows than ranks, and more ranks than the machine's cores or GPUs
+    (:func:`~pyro_vae.torchrun_environment.refuse_more_ranks_than_the_machine`).
 
     Raises:
         ValueError: naming the setting and what was expected.
@@ -448,6 +453,7 @@ def refuse_before_launch(elbo: ELBO, batch_size: int, world: int) -> None:
             f"batch_size: {batch_size} rows cannot be split over {world} ranks; expected at "
             "least one row per rank"
         )
+    refuse_more_ranks_than_the_machine(world, device)
 
 
 def _announced(store, ranks: list[int]) -> tuple[dict[int, str], object]:
