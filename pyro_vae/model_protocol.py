@@ -130,13 +130,22 @@ class ConvertsTiedGuide:
     convert the model's own submodules, so a prior made of the guide runs in the model's
     dtype and on its device (``VAE(prior="vamp").double()`` left the guide in float32, and
     the model's first run raised "mat1 and mat2 must have the same dtype"). Converting the
-    guide again on its own changes nothing."""
+    guide again on its own changes nothing. ``.train(mode)`` and ``.eval()`` likewise set
+    the guide's mode with the model's (``model.eval()`` left a VampPrior's encoder, Dropout
+    and BatchNorm included, in training mode while the model was scored)."""
 
     def _apply(self, fn, recurse: bool = True):  # the hook .to(), .double(), ... all go through
         super()._apply(fn, recurse)
         guide = tied_guide(self)
         if recurse and isinstance(guide, torch.nn.Module):
             guide._apply(fn, recurse)
+        return self
+
+    def train(self, mode: bool = True):  # .eval() is .train(False)
+        super().train(mode)
+        guide = tied_guide(self)
+        if isinstance(guide, torch.nn.Module):
+            guide.train(mode)
         return self
 
 

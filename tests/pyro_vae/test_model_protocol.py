@@ -137,3 +137,22 @@ def test_converting_a_model_converts_the_guide_it_holds_but_does_not_own(kind):
     assert torch.equal(got, _log_joint(by_hand, args))
     model.to("meta")
     assert {p.device.type for p in model.tied_guide.parameters()} == {"meta"}
+
+
+@pytest.mark.parametrize("kind", ["vamp", "m2"])
+def test_eval_and_train_on_a_model_set_the_mode_of_the_guide_it_holds(kind):
+    """model.eval() left the tied guide (a VampPrior's encoder, M2's classifier) in training
+    mode, so its Dropout stayed on while the model was scored. Expected: the guide's
+    modules follow the model's flag, as its own submodules' do, and stay unowned."""
+    from models.m2 import M2
+
+    if kind == "vamp":
+        model = VAE(x_dim=6, latent_dim=2, hidden_dims=(5,), prior="vamp", prior_components=3)
+    else:
+        model = M2(x_dim=6, num_classes=3, latent_dim=2, hidden_dims=(5,))
+    keys = set(model.state_dict())
+    assert model.eval() is model
+    assert {m.training for m in model.tied_guide.modules()} == {False}
+    model.train()
+    assert {m.training for m in model.tied_guide.modules()} == {True}
+    assert set(model.state_dict()) == keys
