@@ -14,6 +14,7 @@ from typing import Any
 from pyro_vae import estimators
 from pyro_vae.checkpoint import CONFIG, RunFolder
 from pyro_vae.cli_report import rows_not_images, with_previous, writable_run
+from pyro_vae.datasets import row_unit
 from pyro_vae.devices import to_device
 from pyro_vae.diagnostics.gradient_variance import gradient_variance
 from pyro_vae.experiment import Experiment, label_samples, load, num_classes
@@ -207,8 +208,9 @@ def amortization_gap_command(args: argparse.Namespace) -> int:
         "the amortization gap compares an amortized encoder with "
         "per-datapoint guides, and this guide is already per-datapoint",
     )
+    rows = row_unit(exp.data.image_shape)  # "images", or "rows" of a table or vectors
     if args.points < 1:
-        raise ValueError(f"points: {args.points} is not a positive number of test images")
+        raise ValueError(f"points: {args.points} is not a positive number of test {rows}")
     pyro.set_rng_seed(args.seed)
     x = to_device(exp.data.test_x[: args.points], exp.device)
     result = amortization_gap(
@@ -227,10 +229,10 @@ def amortization_gap_command(args: argparse.Namespace) -> int:
     )
     if args.family == "normal" and isinstance(exp.guide, AmortizedFlow):
         print(
-            "note: the encoder is a flow and the per-image guides are Normal (--family "
+            f"note: the encoder is a flow and the per-{rows[:-1]} guides are Normal (--family "
             "normal), so the gaps compare two families; --family flow compares like with like"
         )
-    print(f"on {result['num_points']} test images (nats per image):")
+    print(f"on {result['num_points']} test {rows} (nats per {rows[:-1]}):")
     print(f"  log p(x), IWAE K={args.iwae_samples}    {result['log_likelihood']:10.3f}")
     print(f"  ELBO, local guides            {result['elbo_local']:10.3f}")
     print(f"  ELBO, amortized encoder       {result['elbo_amortized']:10.3f}")
@@ -238,7 +240,7 @@ def amortization_gap_command(args: argparse.Namespace) -> int:
     print(f"  amortization gap              {result['amortization_gap']:10.3f}")
     if result["amortization_gap_se"] is not None:
         print(
-            f"  (standard errors over the images: approximation gap "
+            f"  (standard errors over the {rows}: approximation gap "
             f"{result['approximation_gap_se']:.3f}, amortization gap "
             f"{result['amortization_gap_se']:.3f})"
         )
@@ -286,9 +288,10 @@ def diagnose_command(args: argparse.Namespace) -> int:
     _refuse_label_model(exp, "diagnose")
     if not exp.generative:
         raise ValueError(f"run: {exp.config.model.spec} has no latent variables to diagnose")
-    _refuse_local_guide(exp, "k̂ per test image needs a posterior for test images")
+    rows = row_unit(exp.data.image_shape)  # "images", or "rows" of a table or vectors
+    _refuse_local_guide(exp, f"k̂ per test {rows[:-1]} needs a posterior for test {rows}")
     if args.points < 0:
-        raise ValueError(f"points: {args.points} is negative; expected a number of test images")
+        raise ValueError(f"points: {args.points} is negative; expected a number of test {rows}")
     x = exp.data.test_x[: args.points or None]  # 0: all (gathered, when memory-mapped)
     x = to_device(x, exp.device)
     pyro.set_rng_seed(args.seed)
@@ -305,31 +308,32 @@ def diagnose_command(args: argparse.Namespace) -> int:
         pixel_max=exp.data.pixel_max,
     )
     run.update_metrics(diagnostics={k: v for k, v in result.items() if k != "files"})
-    _print_khat(result)
+    _print_khat(result, rows)
     print("wrote " + ", ".join(result["files"]))
     for name, why in result.get("skipped", {}).items():
         print(f"skipped {name}: {why}")
     return 0
 
 
-def _print_khat(result: dict[str, Any]) -> None:
+def _print_khat(result: dict[str, Any], rows: str = "images") -> None:
+    """k̂'s summary lines, ``rows`` naming the test points (:func:`row_unit`)."""
     if "num_states" in result:  # a discrete guide small enough to enumerate
         print(
-            f"q(z | x) has {result['num_states']} states per test image, enumerated on "
-            f"{result['num_points']} images: k̂ does not apply (no Pareto tail); exactly:"
+            f"q(z | x) has {result['num_states']} states per test {rows[:-1]}, enumerated on "
+            f"{result['num_points']} {rows}: k̂ does not apply (no Pareto tail); exactly:"
         )
         print(f"  median KL(q ‖ p(z | x))     {result['kl_median']:10.4f} nats")
         print(
             f"  median, max χ²(p ‖ q)       {result['chi2_median']:10.4g}, {result['chi2_max']:.4g}"
         )
         return
-    print(f"PSIS k̂ on {result['num_points']} test images, {result['num_samples']} draws each:")
+    print(f"PSIS k̂ on {result['num_points']} test {rows}, {result['num_samples']} draws each:")
     print(f"  share above 0.5             {100 * result['share_above_0.5']:6.1f}%")
     print(f"  share above 0.7             {100 * result['share_above_0.7']:6.1f}%")
     print(f"  median k̂, max k̂             {result['khat_median']:6.2f}, {result['khat_max']:.2f}")
     if result.get("khat_not_applicable"):
         print(
-            f"  k̂ not applicable            {result['khat_not_applicable']} images (few "
+            f"  k̂ not applicable            {result['khat_not_applicable']} {rows} (few "
             "distinct ratios: a discrete q)"
         )
 

@@ -455,11 +455,11 @@ def _add_diagnose(sub) -> None:
     g = sub.add_parser(
         "diagnose",
         allow_abbrev=False,
-        help="ArviZ diagnostics on test images: PSIS k̂ per image, InferenceData, summaries, plots",
+        help="ArviZ diagnostics on test images (rows): PSIS k̂ each, InferenceData, plots",
     )
     g.add_argument("run", type=Path)
     g.add_argument("--points", type=int, default=1000, help="first test images for k̂ (0: all)")
-    g.add_argument("--samples", type=int, default=1000, help="draws from the guide per image for k̂")
+    g.add_argument("--samples", type=int, default=1000, help="guide draws per test row for k̂")
     g.add_argument(
         "--idata-points", type=int, default=100, help="first test images in diagnostics.nc"
     )

@@ -1675,6 +1675,15 @@ def test_vectors_are_called_rows_not_images(tmp_path, capsys):
     assert "per column, as observed\n" in out
     said = [line for line in out.splitlines() if not line.startswith("skipped ")]
     assert "image" not in "\n".join(said)  # but the figures "not images" skips
+    # diagnose and amortization-gap called them "test images" (tester CC's note)
+    run = str(tmp_path / "r")
+    assert main(["diagnose", run, "--samples", "50", "--idata-points", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "PSIS k̂ on 30 test rows, 50 draws each:" in out
+    argv = ["amortization-gap", run, "--points", "3", "--steps", "2", "--iwae-samples", "5"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "on 3 test rows (nats per row):" in out and "over the rows" in out
 
 
 BROADCAST_MODEL = '''
