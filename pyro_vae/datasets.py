@@ -183,7 +183,8 @@ def _image_folder(name: str, image_size: tuple[int, int] | None, crop: bool) -> 
 def _table(name: str, columns: list[str] | None, label_column: str | None) -> RawImages:
     path = _existing(name, name[6:] if name.startswith("table:") else name, "file")
     table = read_table(path, columns, label_column)
-    provenance = file_provenance(path, [path], table.features.shape, table.features.dtype)
+    shape, dtype = table.features.shape, table.features.dtype
+    provenance = file_provenance(path, [path], shape, dtype, columns=table.columns)
     return _checked(
         RawImages(
             name,

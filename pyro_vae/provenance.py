@@ -5,7 +5,9 @@ fit``) is its absolute path, the shape and dtype of its training array, and a SH
 checksum of its files' names and sizes. Names and sizes, not contents: the checksum of a
 4 GB array costs one ``stat`` per file, not a read of 4 GB. It notices a file replaced by
 one of another size (more rows, other images, another dtype), added or removed files and
-renamed ones; an edit in place that keeps every size is not noticed.
+renamed ones; a table's feature columns are recorded by name, in order, so a CSV whose
+columns were reordered or renamed in place is noticed too; any other edit in place that
+keeps every size and the shape is not.
 
 Rebuilding a run (:func:`pyro_vae.experiment.load`: ``pyro-vae evaluate``, ``sample``,
 ``diagnose``, ``fit --resume``) compares the checksum with the data as they are now and
@@ -57,19 +59,27 @@ def file_sizes(root: Path, files: Sequence[Path]) -> dict[str, int]:
 
 
 def file_provenance(
-    path: Path, files: Sequence[Path], shape: Sequence[int], dtype: Any
+    path: Path,
+    files: Sequence[Path],
+    shape: Sequence[int],
+    dtype: Any,
+    columns: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """The provenance of a dataset at ``path`` (a file or a directory) read from ``files``:
-    ``{"path", "shape", "dtype", "checksum"}`` (plain JSON)."""
+    ``{"path", "shape", "dtype", "checksum", "files"}`` (plain JSON), and a table's feature
+    ``columns`` in the order they were read, where given."""
     root = Path(path).expanduser().resolve()
     resolved = [Path(f).expanduser().resolve() for f in files]
-    return {
+    out = {
         "path": str(root),
         "shape": [int(s) for s in shape],
         "dtype": str(dtype),
         "checksum": checksum(root, resolved),
         "files": file_sizes(root, resolved),
     }
+    if columns is not None:
+        out["columns"] = [str(c) for c in columns]
+    return out
 
 
 def check_unchanged(
@@ -81,34 +91,58 @@ def check_unchanged(
     provenance, or data without files) or when ``allow``.
 
     Raises:
-        DataChangedError: the checksums or the shapes differ, naming the path, both
-            checksums, shapes and dtypes, and how to go on anyway.
+        DataChangedError: the checksums, the shapes or a table's feature columns differ,
+            naming the path, both checksums, shapes and dtypes (or both column lists), and
+            how to go on anyway.
     """
     if allow or not recorded or not recorded.get("checksum"):
         return
     current = current or {}
     now = current.get("checksum")
     # the shape as well: names and sizes kept, a .npy reshaped in place from [60, 6] to
-    # [60, 2, 3] was scored as images, over the run's own test block (tester CE)
+    # [60, 2, 3] was scored as images, over the run's own test block (tester CE); and a
+    # table's columns: a CSV's columns reordered in place keep its size and shape, and the
+    # weights of one column were read against another's values
     shaped = recorded.get("shape") is None or recorded.get("shape") == current.get("shape")
-    if now == recorded["checksum"] and shaped:
+    was, columns = recorded.get("columns"), current.get("columns")
+    same_columns = was is None or columns is None or was == columns
+    if now == recorded["checksum"] and shaped and same_columns:
         return
     changes = _file_changes(recorded.get("files"), current.get("files"))
-    found = (
-        f"its files keep their names and sizes ({now}), but hold shape {current.get('shape')} "
-        f"({current.get('dtype')}) where config.json recorded {recorded.get('shape')} "
-        f"({recorded.get('dtype')})"
-        if now == recorded["checksum"]
-        else f"its files' names and sizes give {now} (shape {current.get('shape')}, "
-        f"{current.get('dtype')}), but config.json recorded {recorded['checksum']} (shape "
-        f"{recorded.get('shape')}, {recorded.get('dtype')})"
-    )
+    if now == recorded["checksum"] and shaped:
+        found = (
+            f"its file keeps its name, size and shape, but its feature columns are now "
+            f"{columns} where config.json recorded {was}{_column_changes(was, columns)}"
+        )
+    elif now == recorded["checksum"]:
+        found = (
+            f"its files keep their names and sizes ({now}), but hold shape "
+            f"{current.get('shape')} ({current.get('dtype')}) where config.json recorded "
+            f"{recorded.get('shape')} ({recorded.get('dtype')})"
+        )
+    else:
+        found = (
+            f"its files' names and sizes give {now} (shape {current.get('shape')}, "
+            f"{current.get('dtype')}), but config.json recorded {recorded['checksum']} (shape "
+            f"{recorded.get('shape')}, {recorded.get('dtype')})"
+        )
     raise DataChangedError(
         f"data: {recorded.get('path', '?')} changed since the run was trained{changes}: "
         f"{found}; results would not be comparable. To evaluate on the data "
         f"as they are now, pass {ALLOW_FLAG} to evaluate, sample, diagnose, amortization-gap "
         "or grad-variance (from Python: allow_changed_data=True); a fit is not resumed on "
         "other data"
+    )
+
+
+def _column_changes(was: list[str], now: list[str]) -> str:
+    """'; columns gone: [...]; new: [...]', or '; the same columns in another order'."""
+    gone = [c for c in was if c not in now]
+    new = [c for c in now if c not in was]
+    if not gone and not new:
+        return "; the same columns in another order"
+    return "".join(
+        f"; columns {what}: {names}" for what, names in (("gone", gone), ("new", new)) if names
     )
 
 

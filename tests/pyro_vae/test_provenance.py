@@ -334,3 +334,36 @@ def test_data_reshaped_in_place_with_every_size_kept_are_refused_naming_both_sha
         check_unchanged(recorded, current, allow=False)
     check_unchanged(recorded, current, allow=True)
     check_unchanged({k: v for k, v in recorded.items() if k != "shape"}, current, allow=False)
+
+
+def test_a_table_whose_columns_were_reordered_in_place_is_refused_naming_them(tmp_path, capsys):
+    """A CSV whose columns were swapped in place kept its name, size and shape, so the run's
+    weights for one column were read against the other's values with no word. Expected:
+    the refusal names both orders; --allow-changed-data still reads the data as they are."""
+    rng = np.random.default_rng(0)
+    values = rng.uniform(1, 9, (60, 3))
+    data = tmp_path / "t.csv"
+
+    def write(order):
+        lines = [",".join(order)] + [
+            ",".join(f"{values[i, 'abcd'.index(c) % 3]:.3f}" for c in order) for i in range(60)
+        ]
+        data.write_text("\n".join(lines) + "\n")
+
+    write("abc")
+    run = tmp_path / "run"
+    argv = ["fit", "--data", str(data), "--likelihood", "normal", "--out", str(run),
+            "--epochs", "1", "--batch-size", "16", *FAST]  # fmt: skip
+    assert main(argv) == 0
+    size = data.stat().st_size
+    write("bac")
+    assert data.stat().st_size == size
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--ll-samples", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "feature columns are now ['b', 'a', 'c'] where config.json recorded ['a', 'b', 'c']; " \
+        "the same columns in another order" in err  # fmt: skip
+    write("abd")  # one renamed: its values are another column's, its name new
+    assert main(["evaluate", str(run), "--ll-samples", "0"]) == 2
+    assert "columns gone: ['c']; columns new: ['d']" in capsys.readouterr().err
+    assert main(["evaluate", str(run), "--ll-samples", "0", "--allow-changed-data"]) == 0
