@@ -213,7 +213,14 @@ def check_images(x: np.ndarray, arg: str) -> tuple[int, bool]:
         raise ValueError(f"{arg}: shape {x.shape} has rank {x.ndim}; expected {SHAPES}")
     if 0 in x.shape:
         raise ValueError(f"{arg}: shape {x.shape} is empty; expected at least one row of data")
-    if x.ndim == 4 and x.shape[-1] in _CHANNELS and x.shape[1] not in _CHANNELS:
+    # channels last: a channel count last, none first, and the last two not a square
+    # image's (tester CC: [N, 2, 4, 4], two channels of 4x4, was refused as channels last)
+    if (
+        x.ndim == 4
+        and x.shape[-1] in _CHANNELS
+        and x.shape[1] not in _CHANNELS
+        and x.shape[2] != x.shape[3]
+    ):
         raise ValueError(
             f"{arg}: shape {x.shape} looks channels last, [N, H, W, C]; expected channels "
             "first, [N, C, H, W] (np.moveaxis(x, -1, 1) makes it so); refused rather than "

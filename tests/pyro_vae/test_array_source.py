@@ -55,6 +55,15 @@ def test_bad_arrays_are_refused_before_any_work(x, words):
         assert word in str(raised.value)
 
 
+def test_square_images_of_any_channel_count_first_are_read_channels_first():
+    """Tester CC: two channels of 4x4 images, [N, 2, 4, 4], were refused as channels last
+    (a 4 last, looking like RGBA, and a 2 first, which is no grey, RGB or RGBA count)."""
+    x = np.random.default_rng(0).integers(0, 256, (30, 2, 4, 4), dtype=np.uint8)
+    assert load_data(x).image_shape == (2, 4, 4)
+    with pytest.raises(ValueError, match="looks channels last"):  # [N, H, W, C], not square
+        load_data(np.zeros((30, 2, 4, 3), np.uint8))
+
+
 def test_bad_labels_and_bad_python_objects_are_refused():
     with pytest.raises(ValueError, match=r"labels: shape \(29,\); expected \(30,\)"):
         load_data(IMAGES, labels=np.zeros(29, int))
