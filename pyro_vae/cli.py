@@ -304,10 +304,17 @@ def _note_full_intensity(info: dict[str, Any]) -> None:
     full = info.get("full_intensity")
     if full:
         value, dtype = full["value"], full["dtype"]
+        # IDX files of float pixels are refused: floats go in an array file instead
+        floats = (
+            "as float intensities x / full in [0, 1] in a .npy (IDX files of float pixels "
+            "are refused)"
+            if str(info.get("dataset", "")).startswith("idx:")
+            else "as float intensities x / full in [0, 1]"
+        )
         print(
             f"note: {dtype} pixels are read as intensities x / {value}, their largest value "
             "(uint8 pixels are read as x / 255); if their full intensity is another value, "
-            "store them as uint8 (0..255) or as float intensities x / full in [0, 1]"
+            f"store them as uint8 (0..255) or {floats}"
         )
 
 

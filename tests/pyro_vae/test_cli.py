@@ -13,7 +13,7 @@ import torch
 
 from pyro_vae import interruptions
 from pyro_vae.checkpoint import RunFolder, RunFolderError
-from pyro_vae.cli import _note_image_folder, main
+from pyro_vae.cli import _note_full_intensity, _note_image_folder, main
 from pyro_vae.cli_parser import build_parser
 from tests.pyro_vae.unprivileged import unprivileged
 
@@ -1660,6 +1660,18 @@ def test_a_training_set_preprocessing_makes_blank_is_refused_before_the_folder(t
     assert err.count("\n") == 1 and "uint8 values 0..16 are read as intensities 0..16/255" in err
     assert "or choose a --threshold between 0 and 0.0627" in err
     assert not (tmp_path / "r").exists()
+
+
+def test_the_full_intensity_note_offers_float_pixels_only_where_the_source_reads_them(capsys):
+    """Tester CC: the note on int16 IDX pixels advised float intensities, which the IDX
+    reader refuses ("holds floating-point pixels"); floats go in an array file."""
+    full = {"value": 999, "dtype": "int16"}
+    _note_full_intensity({"dataset": "idx:/d", "full_intensity": full})
+    out = capsys.readouterr().out
+    assert "note: int16 pixels are read as intensities x / 999" in out
+    assert "in a .npy (IDX files of float pixels are refused)" in out
+    _note_full_intensity({"dataset": "/d/x.npy", "full_intensity": full})
+    assert "or as float intensities x / full in [0, 1]\n" in capsys.readouterr().out
 
 
 def test_vectors_are_called_rows_not_images(tmp_path, capsys):
