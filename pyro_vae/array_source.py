@@ -95,7 +95,30 @@ def _unreadable_as_value_error(path: Path, read: Any) -> Any:
     try:
         return read()
     except (ValueError, OSError, EOFError) as err:
-        raise ValueError(f"data: {path} is not a readable numpy file ({err})") from err
+        raise ValueError(f"data: {path} is not a readable numpy file ({_why(path, err)})") from err
+
+
+def _why(path: Path, err: Exception) -> str:
+    """numpy's reason, or what the file is where it is no numpy file at all: numpy tries
+    anything else as a pickle and says so ("contains pickled (object) data"), of a CSV
+    named ``.npy`` too (tester CC)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return str(err)
+    if head.startswith((b"\x93NUMPY", b"PK\x03\x04")):
+        return str(err)  # numpy's own format, damaged: numpy's words say how
+    try:
+        head.decode("utf-8")
+        text = b"\x00" not in head
+    except UnicodeDecodeError:
+        text = False
+    what = (
+        "it starts as neither a .npy nor an .npz file does; expected an array saved with "
+        "np.save, or arrays with np.savez"
+    )
+    return what + (f"; it holds text: a table? give it as --data table:{path}" if text else "")
 
 
 def _one_array(path: Path, mmap_mode: str | None = None) -> np.ndarray:

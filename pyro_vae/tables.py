@@ -164,7 +164,24 @@ def _read(path: Path, label_column: str | None = None):
         raise TableError(f"data: {path} is empty; expected a header and rows") from err
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as err:
         kind = "Parquet" if parquet else "CSV"
-        raise TableError(f"data: {path} could not be read as {kind} ({err})") from err
+        raise TableError(
+            f"data: {path} could not be read as {kind} ({err}){_array_hint(path)}"
+        ) from err
+
+
+def _array_hint(path: Path) -> str:
+    """'; it is a numpy array ...' where ``path`` starts as a ``.npy`` or ``.npz`` does
+    (``table:x.npy`` was said to be a CSV that could not be read, and no more)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except OSError:
+        return ""
+    kinds = {b"\x93NUMPY": "a numpy .npy array", b"PK\x03\x04": "a zip archive (an .npz?)"}
+    kind = next((k for magic, k in kinds.items() if head.startswith(magic)), None)
+    if kind is None:
+        return ""
+    return f"; it is {kind}, not a table: give it as --data {path}, without 'table:'"
 
 
 HEADER_SAMPLE_LINES = 200

@@ -111,13 +111,31 @@ def test_an_npz_that_reads_is_refused_for_what_it_holds_not_as_unreadable(tmp_pa
     for name, words in (
         ("short_y.npz", ["['y']"]),
         ("no_x.npz", ["['images']", "under 'x'"]),
-        ("junk.npz", ["is not a readable numpy file"]),
+        ("junk.npz", ["is not a readable numpy file", "neither a .npy nor an .npz"]),
     ):
         with pytest.raises(ValueError) as raised:
             load_data(str(tmp_path / name))
         message = str(raised.value)
         assert all(w in message for w in words), message
         assert ("not a readable" in message) == (name == "junk.npz"), message
+
+
+def test_a_text_file_named_npy_is_said_to_be_text_not_pickled_data(tmp_path):
+    """Tester CC: a CSV named .npy got numpy's "contains pickled (object) data ... load it
+    unsafely" (numpy reads anything without its magic as a pickle). Expected: what the file
+    is, and the table: prefix that reads it."""
+    path = tmp_path / "t.npy"
+    path.write_text("a,b\n1,2\n3,4\n")
+    with pytest.raises(ValueError) as raised:
+        load_data(str(path))
+    message = str(raised.value)
+    assert "pickle" not in message
+    assert f"it holds text: a table? give it as --data table:{path}" in message
+    np.save(path, np.zeros(3))  # numpy's own format, truncated: numpy's words kept
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(ValueError, match="is not a readable numpy file") as raised:
+        load_data(str(path))
+    assert "neither a .npy" not in str(raised.value)
 
 
 def test_an_array_file_under_the_other_suffix_is_refused_naming_it(tmp_path):

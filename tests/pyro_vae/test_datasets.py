@@ -128,8 +128,16 @@ def test_a_prefix_names_the_kind_of_source_whatever_the_path_ends_in(tmp_path, p
     ("is not a file; expected a .npy or .npz array")."""
     np.save(tmp_path / "x.npy", np.zeros((4, 3)))
     expected = "which is not a directory" if prefix == "images:" else "could not be read as CSV"
-    with pytest.raises((ValueError, DatasetNotFoundError), match=expected):
+    with pytest.raises((ValueError, DatasetNotFoundError), match=expected) as raised:
         load_raw(f"{prefix}{tmp_path / 'x.npy'}")
+    if prefix == "table:":  # and what it is (tester CE: the CSV decoding error alone)
+        path = tmp_path / "x.npy"
+        assert f"it is a numpy .npy array, not a table: give it as --data {path}, " in str(
+            raised.value
+        )
+        np.savez(tmp_path / "x.npz", x=np.zeros((4, 3)))
+        with pytest.raises(ValueError, match=r"it is a zip archive \(an .npz\?\), not a table"):
+            load_raw(f"table:{tmp_path / 'x.npz'}")
 
 
 def test_idx_files_of_two_pixel_types_or_of_zeros_alone_are_refused_in_words(tmp_path):
