@@ -60,6 +60,7 @@ from pyro_vae.distributed import (
     refuse_batch_terms,
     refuse_before_launch,
     refuse_disagreeing_ranks,
+    refuse_mixed_commands,
     run_from_rank_0,
     session,
     started_by_torchrun,
@@ -100,6 +101,7 @@ def _fit(args: argparse.Namespace, given: set[str]) -> int:
         refuse_ignored_data_flags(config, args, given)
     run = RunFolder(args.resume or args.out)
     group = current()
+    refuse_mixed_commands(group, None if args.resume is None else str(args.resume))
     if not group.is_writer:  # ranks after 0 of a torchrun group neither read nor write it
         state = None
         if args.resume:  # rank 0's config and checkpoint: this machine may have no copy
@@ -487,11 +489,14 @@ _STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 def _tell(line: str) -> None:
-    """Print ``line`` to stderr; where stderr is gone (a closed terminal: writes fail with
-    EIO after a SIGHUP), point stdout and stderr at /dev/null instead, so that nothing
-    written later, nor Python's flush at exit, turns the stop into a crash."""
+    """Write ``line`` and its newline to stderr in one write (``print`` writes them apart,
+    and unbuffered, two ranks' lines ran together: "(nothing was written)error (rank 0):",
+    tester CG); where stderr is gone (a closed terminal: writes fail with EIO after a
+    SIGHUP), point stdout and stderr at /dev/null instead, so that nothing written later,
+    nor Python's flush at exit, turns the stop into a crash."""
     try:
-        print(line, file=sys.stderr, flush=True)
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
     except OSError:
         with contextlib.suppress(OSError, ValueError):
             null = os.open(os.devnull, os.O_WRONLY)
@@ -656,31 +661,29 @@ def _run_command(handler, args: argparse.Namespace, argv: list[str]) -> int:
                 return handler(args)
     except (DiskFullError, FolderNotWritableError) as err:
         if args.command != "fit" or not _FIT_PROGRESS["begun"]:  # nothing was computed
-            print(f"{_error()}: {_one_line(err)}", file=sys.stderr)
+            _tell(f"{_error()}: {_one_line(err)}")
             return 2
         # a fit stopped mid-run by its folder (tester U: a 40-line traceback): what the
         # folder holds, as a Ctrl-C says it
-        print(f"{_error()}: {_one_line(err)}; {_where_it_stopped_readable(args)}", file=sys.stderr)
+        _tell(f"{_error()}: {_one_line(err)}; {_where_it_stopped_readable(args)}")
         return 1
     except (ValueError, RunFolderError, DatasetNotFoundError, IDXFormatError) as err:
-        print(f"{_error()}: {_one_line(err)}", file=sys.stderr)
+        _tell(f"{_error()}: {_one_line(err)}")
         return 2
     except RankLost as err:
-        print(f"{_error()}: {err}; {_where_it_stopped(args)}", file=sys.stderr)
+        _tell(f"{_error()}: {err}; {_where_it_stopped(args)}")
         FOLLOWED_A_LOST_RANK["followed"] = True
         return 1
     except CaptureError as err:  # --compile on for a step that cannot be recorded
         if not _FIT_PROGRESS["checked"]:  # refused by fit's checks: nothing was written
-            print(
+            _tell(
                 f"{_error()}: {_one_line(err)} On the command line: --compile off "
-                f"(nothing was written){_compile_kept(args)}",
-                file=sys.stderr,
+                f"(nothing was written){_compile_kept(args)}"
             )
             return 2
-        print(  # a later step's call signature (a last, smaller batch)
+        _tell(  # a later step's call signature (a last, smaller batch)
             f"{_error()}: {_one_line(err)} On the command line: --compile off. "
-            f"{_where_it_stopped(args)}",
-            file=sys.stderr,
+            f"{_where_it_stopped(args)}"
         )
         return 1
     except KeyboardInterrupt:

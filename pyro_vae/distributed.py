@@ -114,9 +114,57 @@ def refuse_disagreeing_ranks(settings: dict, group: Group) -> None:
             raise ValueError(
                 f"ranks: rank {rank} was given {key} = {theirs!r} where rank 0 has "
                 f"{ours!r} ({len(differ)} setting(s) differ: "
-                f"{listed(differ)}); every rank of a training group must run the same "
-                "command on the same data (nothing was written)"
+                f"{listed(differ)}){_renamed(everyone[0], other, rank)}; every rank of a "
+                "training group must run the same command on the same data (nothing was "
+                "written)"
             )
+
+
+def _renamed(ours: dict, theirs: dict, rank: int) -> str:
+    """Where two ranks' data files differ in name alone (their sizes and shape agree), a
+    note saying so: the checksum covers names and sizes, and a copy saved as ``a2.npy``
+    read as other data (tester CG)."""
+    files = []
+    for settings in (ours, theirs):
+        provenance = (settings.get("data") or {}).get("provenance") or {}
+        files.append((provenance.get("files"), provenance.get("shape")))
+    (mine, shape), (other, their_shape) = files
+    if not (isinstance(mine, dict) and isinstance(other, dict)) or shape != their_shape:
+        return ""
+    if set(mine) == set(other) or sorted(mine.values()) != sorted(other.values()):
+        return ""
+    return (
+        f"; the files have the same sizes under other names ({', '.join(sorted(other))} on "
+        f"rank {rank}, {', '.join(sorted(mine))} on rank 0): the checksum covers the files' "
+        "names and sizes, so give every rank's files the same names"
+    )
+
+
+def refuse_mixed_commands(group: Group, resume: str | None) -> None:
+    """Refuse a training group whose ranks were told, some to resume a run (``--resume``)
+    and some to start one (``--out``), before any other collective: the two paths meet
+    the group in different collectives (the resume's broadcast of config.json, the new
+    run's exchange of settings), which waited out ``PYRO_VAE_DIST_TIMEOUT`` (600 s) and
+    then blamed a rank that "stopped or hung" (tester CG). ``resume``: this rank's
+    ``--resume`` folder, or None.
+
+    Raises:
+        ValueError: on every rank, naming the ranks of each kind, before anything is
+            written.
+    """
+    if group.world == 1:
+        return
+    told = group.gather_json(resume)
+    if all(r is None for r in told) or all(r is not None for r in told):
+        return
+    resuming = [r for r, folder in enumerate(told) if folder is not None]
+    starting = [r for r, folder in enumerate(told) if folder is None]
+    raise ValueError(
+        f"ranks: rank(s) {', '.join(map(str, resuming))} resume a run (--resume "
+        f"{told[resuming[0]]}) where rank(s) {', '.join(map(str, starting))} start a new one "
+        "(--out); every rank of a training group must run the same command (nothing was "
+        "written)"
+    )
 
 
 def run_from_rank_0(
@@ -396,8 +444,8 @@ def refuse_stateful(elbo: ELBO, world: int) -> None:
         why = "it keeps state between steps" + (f" ({caps.state})" if caps.state else "")
     raise ValueError(
         f"estimator: {type(elbo).__name__}: {why}, which {world} ranks would each update on "
-        "their own; expected an estimator without state (trace, analytic-kl, iwae, vimco, "
-        "score with control_variate 'none' or 'leave-one-out') or one process"
+        "their own; expected an estimator without state (trace, analytic-kl, enum, iwae, "
+        "vimco, score with control_variate 'none' or 'leave-one-out') or one process"
     )
 
 

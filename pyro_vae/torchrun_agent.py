@@ -86,6 +86,8 @@ def main(argv: list[str]) -> int:
         return status
     except SignalException as stop:  # Ctrl-C or SIGTERM: the ranks and the launcher report
         return 128 + int(stop.sigval)
+    except KeyboardInterrupt:  # a Ctrl-C before torchrun's handler was set: a traceback
+        return 128 + signal.SIGINT  # of its internals (tester CG); the launcher reports
     return 0
 
 

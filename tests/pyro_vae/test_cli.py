@@ -4,6 +4,7 @@ import contextlib
 import json
 import os
 import shutil
+import sys
 import warnings
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import torch
 
 from pyro_vae import interruptions
 from pyro_vae.checkpoint import RunFolder, RunFolderError
-from pyro_vae.cli import _note_full_intensity, _note_image_folder, main
+from pyro_vae.cli import _note_full_intensity, _note_image_folder, _tell, main
 from pyro_vae.cli_parser import build_parser
 from tests.pyro_vae.unprivileged import unprivileged
 
@@ -1660,6 +1661,23 @@ def test_a_training_set_preprocessing_makes_blank_is_refused_before_the_folder(t
     assert err.count("\n") == 1 and "uint8 values 0..16 are read as intensities 0..16/255" in err
     assert "or choose a --threshold between 0 and 0.0627" in err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_refusal_reaches_stderr_in_one_write_with_its_newline(monkeypatch):
+    """Tester CG: two ranks' refusals ran together, "(nothing was written)error (rank 0):",
+    print having written each line and its newline apart (unbuffered under torchrun)."""
+    writes = []
+
+    class Stream:
+        def write(self, text):
+            writes.append(text)
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(sys, "stderr", Stream())
+    _tell("error (rank 1): ranks: ... (nothing was written)")
+    assert writes == ["error (rank 1): ranks: ... (nothing was written)\n"]
 
 
 def test_the_full_intensity_note_offers_float_pixels_only_where_the_source_reads_them(capsys):

@@ -340,6 +340,34 @@ def test_ranks_given_different_settings_are_refused_before_anything_is_written(t
     assert not (run / "config.json").exists() and not (run / "checkpoint.pt").exists()
 
 
+def test_ranks_told_to_resume_and_to_start_a_run_are_refused_at_once(tmp_path):
+    """Tester CG: rank 0 with --resume and rank 1 with --out met the group in different
+    collectives (config.json's broadcast, the settings' exchange) and waited out
+    PYRO_VAE_DIST_TIMEOUT (600 s), then blamed a rank that "stopped or hung". Both ranks
+    now refuse in one line naming the two commands, and nothing is written."""
+    run, new = tmp_path / "run", tmp_path / "new"
+    fit = ["-m", "pyro_vae", "fit", "--epochs", "1", "--no-progress"]
+    commands = [[*fit, "--resume", str(run)], [*fit, "--data", "digits", "--out", str(new)]]
+    env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "OMP_NUM_THREADS":
+           "1", "MASTER_PORT": str(_free_port()), "PYRO_VAE_DIST_TIMEOUT": "60"}  # fmt: skip
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, *command],
+            cwd=ROOT,
+            env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank, command in enumerate(commands)
+    ]
+    errors = [p.communicate(timeout=120)[1] for p in ranks]
+    assert [p.returncode for p in ranks] == [2, 2], errors
+    for rank, err in enumerate(errors):
+        assert f"error (rank {rank}): ranks: rank(s) 0 resume a run (--resume {run}) where " \
+            "rank(s) 1 start a new one (--out)" in err, err  # fmt: skip
+    assert not run.exists() and not new.exists()
+
+
 def test_settings_that_may_differ_between_ranks_are_let_through():
     """The progress bar, the device and the paths of files whose checksums agree."""
     from pyro_vae.distributed import refuse_disagreeing_ranks
@@ -363,6 +391,20 @@ def test_settings_that_may_differ_between_ranks_are_let_through():
     with pytest.raises(ValueError, match=r"data.provenance.checksum = 's2' where rank 0 has 's1'"):
         refuse_disagreeing_ranks(mine, Pair(other_data))
     refuse_disagreeing_ranks(mine, Group())  # one process: nothing to compare
+    # tester CG: the same bytes saved as a2.npy read as other data, in a list of keys
+    sizes = {"shape": [5, 4], "checksum": "s1", "files": {"a.npy": 208, "a.labels.npy": 168}}
+    named = {**mine, "data": {"name": "/a/a.npy", "provenance": sizes}}
+    renamed = {**sizes, "checksum": "s3", "files": {"a2.npy": 208, "a2.labels.npy": 168}}
+    with pytest.raises(ValueError, match=r"the files have the same sizes under other names "
+                       r"\(a2.labels.npy, a2.npy on rank 1, a.labels.npy, a.npy on rank 0\): the "
+                       r"checksum covers the files' names and sizes"):  # fmt: skip
+        refuse_disagreeing_ranks(
+            named, Pair({**named, "data": {**named["data"], "provenance": renamed}})
+        )
+    with pytest.raises(ValueError) as other_sizes:  # other data: no such note
+        refuse_disagreeing_ranks(named, Pair({**named, "data": {**named["data"], "provenance": {
+            **renamed, "files": {"a2.npy": 300, "a2.labels.npy": 168}}}}))  # fmt: skip
+    assert "same sizes" not in str(other_sizes.value)
 
 
 def _two_ranks(commands: list[list[str]]) -> list[str]:
@@ -521,3 +563,24 @@ def _running(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return False
     return state not in ("Z", "X")
+
+
+def test_the_stateful_refusal_lists_every_registered_estimator_without_state():
+    """Tester CG: `enum` trained data-parallel but neither the refusal's list of estimators
+    without state nor the README's named it. Expected: each registered estimator whose
+    default declares no state is named, and each that keeps state is refused."""
+    from pyro_vae import estimators
+    from pyro_vae.distributed import refuse_stateful
+    from pyro_vae.estimators.capabilities import capabilities_of
+
+    with pytest.raises(ValueError, match="expected an estimator without state") as raised:
+        refuse_stateful(estimators.get("tracegraph"), 2)
+    listed_there = str(raised.value).split("without state (")[1].split(")")[0]
+    for name in estimators.names():
+        elbo = estimators.get(name)
+        if capabilities_of(elbo).keeps_state:
+            with pytest.raises(ValueError):
+                refuse_stateful(elbo, 2)
+        else:
+            refuse_stateful(elbo, 2)
+            assert name in listed_there.replace(",", " ").split(), (name, listed_there)

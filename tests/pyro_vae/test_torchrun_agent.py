@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
-from pyro_vae.torchrun_agent import exit_status
+from pyro_vae.torchrun_agent import exit_status, main
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -89,3 +89,25 @@ def test_a_rank_stopped_by_a_signal_sent_to_it_alone_is_named_without_an_empty_a
         f"pyro-vae --nproc: rank 0 was sent {words} and stopped first; "
         "torchrun's agent then stopped rank(s) 1"
     )
+
+
+def test_a_ctrl_c_before_torchrun_s_handler_is_set_leaves_quietly(monkeypatch, capsys):
+    """Tester CG: a Ctrl-C 3 s after `fit --nproc 2` reached the agent before torchrun had
+    set its signal handler, and printed a 26-line KeyboardInterrupt traceback of its
+    internals; the launcher's one line says where the run stopped."""
+    import logging
+
+    import torch.distributed.run
+
+    from pyro_vae.distributed import AGENT_VARIABLE
+
+    def interrupted(config):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch.distributed.run, "run", interrupted)
+    monkeypatch.setenv(AGENT_VARIABLE, "")  # main sets it: put back after the test
+    try:
+        assert main(["--standalone", "--nproc_per_node=2", "-m", "pyro_vae", "fit"]) == 130
+    finally:
+        logging.disable(logging.NOTSET)  # main silences the agent's log lines
+    assert capsys.readouterr().err == ""
