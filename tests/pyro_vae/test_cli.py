@@ -1615,7 +1615,11 @@ def test_a_resume_on_a_rank_0_without_the_folder_says_which_machine_must_be_rank
     only "not a directory", and the other exited 1 on a reset connection."""
     from pyro_vae.distributed import Group
 
-    monkeypatch.setattr("pyro_vae.cli.current", lambda: Group(rank=0, world=2))
+    class Pair(Group):  # both ranks told --resume (the first exchange)
+        def gather_json(self, obj):
+            return [obj, obj]
+
+    monkeypatch.setattr("pyro_vae.cli.current", lambda: Pair(rank=0, world=2))
     assert main(["fit", "--resume", str(tmp_path / "absent"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "rank 0 of 2 reads and writes the run folder, so the machine holding it" in err
