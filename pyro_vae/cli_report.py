@@ -116,8 +116,14 @@ def writable_run(path: str | Path) -> RunFolder:
     Raises:
         FolderNotWritableError: ``run: cannot create or write to PATH (reason)``, as
             ``fit --resume`` refuses such a folder.
+        RunFolderError: its metrics.json is damaged (the results are written there), with
+            how to rebuild it, before any work.
     """
     run = RunFolder(path)
     if run.path.is_dir():
         check_writable(run.path)
+        # a damaged metrics.json, refused before the work, not after it (tester CF:
+        # diagnose wrote its seven files, then failed to add its block to metrics.json,
+        # and said "nothing was changed")
+        run.read_metrics()
     return run

@@ -119,6 +119,23 @@ def _ppc_statistic(idata, plate: str):
     return az.InferenceData(**groups)
 
 
+def _has_single_valued_draw(statistic) -> bool:
+    """Whether a draw of the posterior predictive statistic, or the observed one, takes one
+    value (or none finite) at every datapoint: ArviZ's KDE of it is of another length than
+    the other draws', and ``plot_ppc`` failed ("inhomogeneous shape", tester CF: a VAE with
+    no active units, its Bernoulli means over 5 test images alike in a draw), so ppc.png
+    draws ECDFs then (``kind="cumulative"``), which take ties."""
+    for group, lead in (("posterior_predictive", 2), ("observed_data", 0)):
+        for var in statistic[group].data_vars.values():
+            values = np.asarray(var.values, dtype=float)
+            rows = values.reshape(int(np.prod(values.shape[:lead], dtype=int)), -1)
+            for row in rows:
+                finite = row[np.isfinite(row)]
+                if finite.size == 0 or finite.min() == finite.max():
+                    return True
+    return False
+
+
 def _panels(data) -> int:
     """How many panels ArviZ draws for ``data``: one per element of each variable outside
     ``chain`` and ``draw``, at most ArviZ's ``plot.max_subplots``."""
@@ -169,9 +186,15 @@ def _write_summaries(idata, out: Path, max_panels: int) -> list[Path]:
     posterior_png = save_png(fig, out / "posterior.png")
     statistic = _ppc_statistic(idata, plate)
     fig, axes = _axes_grid(len(statistic.observed_data.data_vars))
-    az.plot_ppc(statistic, num_pp_samples=min(100, post.sizes["draw"]), ax=axes)
+    kind = "cumulative" if _has_single_valued_draw(statistic) else "kde"
+    az.plot_ppc(statistic, num_pp_samples=min(100, post.sizes["draw"]), ax=axes, kind=kind)
     for ax in axes:
         ax.set_xlabel(f"per-datapoint mean of {ax.get_xlabel()}")
+    if kind == "cumulative":
+        fig.suptitle(
+            "ECDFs: a draw with one value at every datapoint has no density to draw",
+            fontsize=10,
+        )
     ppc_png = save_png(fig, out / "ppc.png")
     return [out / "summary.csv", posterior_png, ppc_png]
 

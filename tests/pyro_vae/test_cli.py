@@ -608,6 +608,24 @@ def test_diagnose_refuses_bad_counts_and_other_versions(trained, tmp_path, capsy
     assert "format 'pyro_vae.run/0'; this version of pyro_vae reads" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["diagnose", "amortization-gap", "evaluate"])
+def test_a_damaged_metrics_json_is_refused_before_the_work_not_after(
+    trained, tmp_path, capsys, command
+):
+    """Tester CF: diagnose wrote its seven files into a run whose metrics.json was cut
+    short, then failed to add its block there, and said "nothing was changed". Expected:
+    the refusal before any work, and the folder as it was."""
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    (run / "metrics.json").write_text((trained / "metrics.json").read_text()[:300])
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    options = ["--ll-samples", "0"] if command == "evaluate" else ["--points", "3"]
+    assert main([command, str(run), *options]) == 2
+    err = capsys.readouterr().err
+    assert "metrics.json is not valid JSON" in err and "nothing was changed" in err
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
+
+
 def _cli(*args):
     """The command in a process of its own, Ctrl-C at its default as in a terminal: a test
     run started in the background (``cmd &`` in a script) has SIGINT ignored, which the

@@ -80,3 +80,28 @@ def test_num_worst_zero_draws_no_figure_and_removes_the_last_report_s(tmp_path):
     }  # fmt: skip
     with pytest.raises(ValueError, match="num_worst: -1"):
         _report(vae, x, tmp_path, num_worst=-1)
+
+
+def test_ppc_draws_ecdfs_where_a_draw_takes_one_value_at_every_datapoint(tmp_path):
+    """Tester CF: a VAE with no active units gave a posterior predictive draw whose
+    per-datapoint means were alike over 5 test images; ArviZ's KDE of that draw had
+    another length than the others', plot_ppc failed ("inhomogeneous shape") and diagnose
+    lost its k̂ results. Expected: ppc.png drawn (as ECDFs, which take ties)."""
+    import arviz as az
+    import numpy as np
+
+    from pyro_vae.diagnostics.report import write_summaries
+
+    rng = np.random.default_rng(0)
+    predictive = rng.integers(0, 64, (1, 100, 5)) / 64
+    predictive[0, 3] = 0.25  # one draw: the same mean at every datapoint
+    idata = az.from_dict(
+        posterior={"z": rng.normal(size=(1, 100, 5))},
+        posterior_predictive={"obs": predictive},
+        observed_data={"obs": rng.integers(0, 64, 5) / 64},
+        dims={"z": ["data"], "obs": ["data"]},
+    )
+    idata.attrs["data_plate"] = "data"
+    files = write_summaries(idata, tmp_path)
+    assert [f.name for f in files] == ["summary.csv", "posterior.png", "ppc.png"]
+    assert (tmp_path / "ppc.png").stat().st_size > 0
