@@ -298,7 +298,13 @@ def compare_runs(runs: Sequence[str | os.PathLike]) -> Comparison:
         curves[label] = ([p[0] for p in points], [p[1] for p in points])
         if metrics.get("validation"):
             validations.add(metrics["validation"])
-        if not metrics.get("test"):
+        if not folder.file("metrics.json").is_file() and folder.has_checkpoint:
+            # tester CF: a finished run's lost metrics.json read as "unfinished", 0 epochs
+            notes.append(
+                f"{label}: no metrics.json, so no history or test numbers shown (its "
+                f"checkpoint holds them: `pyro-vae fit --resume {path}` rebuilds it)"
+            )
+        elif not metrics.get("test"):
             why = (  # tester CA: a run that diverged was called stopped or unfinished
                 "its training diverged"
                 if metrics.get("stop_reason") == "diverged"
@@ -306,6 +312,7 @@ def compare_runs(runs: Sequence[str | os.PathLike]) -> Comparison:
             )
             notes.append(f"{label}: not evaluated on the test set ({why})")
         notes.extend(_other_weights(label, metrics))
+    notes.extend(_listed_twice(paths, _labels(paths)))
     frame = pd.DataFrame(table, columns=list(COLUMNS)).astype({c: "Int64" for c in _COUNTS})
     notes[:0] = _data_notes(frame, test_data)
     notes.extend(_training_set_notes(frame))
@@ -313,6 +320,25 @@ def compare_runs(runs: Sequence[str | os.PathLike]) -> Comparison:
     notes.extend(_unlike_bounds(frame, tests))
     validation = validations.pop() if len(validations) == 1 else "validation ELBO"
     return Comparison(frame, curves, validation, notes)
+
+
+def _listed_twice(paths: list[Path], labels: list[str]) -> list[str]:
+    """A note for each folder given more than once (``runs/a`` and ``./runs/a/``: two
+    identical rows, unsaid, tester CF)."""
+    seen: dict[Path, str] = {}
+    notes = []
+    for path, label in zip(paths, labels, strict=True):
+        folder = path.resolve()
+        if folder in seen:
+            same = (
+                f"{label} is listed twice"
+                if label == seen[folder]
+                else f"{seen[folder]} and {label} are one folder ({folder})"
+            )
+            notes.append(f"{same}: its row is shown twice")
+        else:
+            seen[folder] = label
+    return notes
 
 
 def _other_weights(label: str, metrics: dict[str, Any]) -> list[str]:
@@ -342,8 +368,17 @@ def _data_notes(frame: pd.DataFrame, test_data: dict[str, str]) -> list[str]:
     training set, whose rows ``val_fraction`` moves: tester U)."""
     known = frame[frame["data"] != "?"]
     which = "; ".join(f"{r.run}: {r.data}" for r in known.itertuples())
-    if len({test_data[r.run] for r in known.itertuples()}) > 1:
-        return [f"{OTHER_DATA} ({which}), so their ELBOs and log p(x) are not comparable"]
+    groups: dict[str, list[str]] = {}
+    for r in known.itertuples():
+        groups.setdefault(test_data[r.run], []).append(r.run)
+    if len(groups) > 1:
+        # tester CF: of three runs one on other data, all three were "not comparable"
+        alike = [", ".join(g) for g in groups.values() if len(g) > 1]
+        within = f"; those on the same test data are: {'; '.join(alike)}" if alike else ""
+        return [
+            f"{OTHER_DATA} ({which}), so their ELBOs and log p(x) are not comparable"
+            f" across data{within}"
+        ]
     if known["data"].nunique() > 1:
         training = list(known["run"][known["evaluated_on"] == EVALUATED_ON_TRAINING_SET])
         same = (

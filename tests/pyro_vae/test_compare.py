@@ -179,6 +179,33 @@ def test_a_run_that_diverged_is_said_to_have_diverged(tmp_path):
     assert "d: not evaluated on the test set (its training diverged)" in notes
 
 
+def test_of_three_runs_the_notes_name_the_one_on_other_data_and_folders_given_twice(
+    tmp_path,
+):
+    """Tester CF: of three runs one on other data, all three were "not comparable", with no
+    word on which were alike; one folder given twice was two identical rows, unsaid."""
+    a = _run(tmp_path / "a", [1.0], [-100.0], TEST)
+    b = _run(tmp_path / "b", [1.0], [-99.0], TEST)
+    c = _run(tmp_path / "c", [1.0], [-200.0], TEST, data_name="fashion-mnist")
+    notes = compare_runs([a, b, c]).notes
+    assert "not comparable across data; those on the same test data are: a, b" in notes[0]
+    notes = compare_runs([a, tmp_path / "." / "a", b]).notes
+    assert f"{a} is listed twice: its row is shown twice" in notes  # labels: paths
+
+
+def test_a_run_whose_metrics_json_is_gone_is_not_called_unfinished(tmp_path):
+    """Tester CF: a finished run's lost metrics.json read as "a stopped or unfinished
+    run" of 0 epochs; its checkpoint holds the history, which fit --resume rebuilds."""
+    a = _run(tmp_path / "a", [1.0], [-100.0], TEST)
+    (a / "metrics.json").unlink()
+    (a / "checkpoint.pt").write_bytes(b"")  # a checkpoint is there (compare does not read it)
+    notes = compare_runs([a]).notes
+    assert notes == [
+        f"a: no metrics.json, so no history or test numbers shown (its checkpoint holds "
+        f"them: `pyro-vae fit --resume {a}` rebuilds it)"
+    ]
+
+
 def test_files_are_written_and_read_back(tmp_path):
     a = _run(tmp_path / "a", [1.0, 1.0], [-100.0, -95.0], TEST)
     b = _run(tmp_path / "b", [1.0, 1.0, 1.0], [-101.0, -97.0, -93.0], TEST)
