@@ -23,6 +23,7 @@ what was expected.
 
 from __future__ import annotations
 
+import codecs
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,8 +110,8 @@ def _why(path: Path, err: Exception) -> str:
         return str(err)
     if head.startswith((b"\x93NUMPY", b"PK\x03\x04")):
         return str(err)  # numpy's own format, damaged: numpy's words say how
-    try:
-        head.decode("utf-8")
+    try:  # incrementally: a character cut at the 4096th byte is no decoding error
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
         text = b"\x00" not in head
     except UnicodeDecodeError:
         text = False

@@ -59,6 +59,7 @@ from pyro_vae.provenance import (
     check_code_unchanged,
     check_unchanged,
     code_provenance,
+    column_changes,
 )
 from pyro_vae.run_config import STANDARD_MODEL_OPTIONS, RunConfig
 from pyro_vae.spec import (
@@ -492,13 +493,7 @@ def _width_change(run: RunFolder, data: DataSplits) -> str | None:
     trained = recorded.get("columns") if isinstance(recorded, dict) else None
     now = data.info.get("columns")
     if isinstance(trained, list) and isinstance(now, list):
-        dropped = [c for c in trained if c not in now]
-        added = [c for c in now if c not in trained]
-        columns = "".join(
-            f"; columns {what}: {names}"
-            for what, names in (("gone", dropped), ("new", added))
-            if names
-        )
+        columns = column_changes(trained, now)
     return (
         f"the data now give {data.x_dim} values per row, where the run was trained on {was} "
         f"(metrics.json's images.x_dim){columns}; weights of one width cannot score data of "

@@ -112,7 +112,7 @@ def check_unchanged(
     if now == recorded["checksum"] and shaped:
         found = (
             f"its file keeps its name, size and shape, but its feature columns are now "
-            f"{columns} where config.json recorded {was}{_column_changes(was, columns)}"
+            f"{columns} where config.json recorded {was}{column_changes(was, columns)}"
         )
     elif now == recorded["checksum"]:
         found = (
@@ -135,8 +135,12 @@ def check_unchanged(
     )
 
 
-def _column_changes(was: list[str], now: list[str]) -> str:
-    """'; columns gone: [...]; new: [...]', or '; the same columns in another order'."""
+def column_changes(was: list[str], now: list[str]) -> str:
+    """How a table's columns changed: ``'; columns gone: [...]; columns new: [...]'`` (each
+    part where it has names), or ``'; the same columns in another order'``; ``''`` where
+    they are the same list."""
+    if was == now:
+        return ""
     gone = [c for c in was if c not in now]
     new = [c for c in now if c not in was]
     if not gone and not new:

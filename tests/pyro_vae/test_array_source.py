@@ -131,6 +131,9 @@ def test_a_text_file_named_npy_is_said_to_be_text_not_pickled_data(tmp_path):
     message = str(raised.value)
     assert "pickle" not in message
     assert f"it holds text: a table? give it as --data table:{path}" in message
+    path.write_text("a" * 4095 + "é,1\n")  # a character cut by the bytes read: still text
+    with pytest.raises(ValueError, match="it holds text: a table"):
+        load_data(str(path))
     np.save(path, np.zeros(3))  # numpy's own format, truncated: numpy's words kept
     path.write_bytes(path.read_bytes()[:40])
     with pytest.raises(ValueError, match="is not a readable numpy file") as raised:
