@@ -381,6 +381,21 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
+def _history_of(state: dict[str, Any]) -> dict[str, Any]:
+    """What metrics.json holds of a checkpoint's ``state``: the per-epoch history, the
+    best epoch, the processes that trained each stretch of epochs, and what the fit
+    recorded of how it trained (``fit_info``)."""
+    best = state.get("best")
+    stretches = list(state.get("processes_by_epoch") or [])
+    return {
+        **(state.get("fit_info") or {}),
+        "epochs": list(state.get("history") or []),
+        "best_epoch": best.get("epoch") if isinstance(best, dict) else None,
+        **({"processes": stretches[-1]["processes"]} if stretches else {}),
+        **({"processes_by_epoch": stretches} if stretches else {}),
+    }
+
+
 class RunFolder:
     """A training run's folder on disk."""
 
@@ -517,6 +532,11 @@ class RunFolder:
                 or the folder has no checkpoint to rebuild it from.
         """
         if not self.file(METRICS).is_file():
+            if checkpoint is not None and self._claimed and checkpoint.get("history"):
+                # a resume: the history is the checkpoint's (tester CI: a deleted
+                # metrics.json came back from fit --resume without its epochs)
+                gone = RunFolderError(f"run: {self.file(METRICS)} is missing")
+                return self._rebuild_metrics(gone, checkpoint)
             return {}
         try:
             metrics = self._read_json(METRICS)
@@ -550,37 +570,41 @@ class RunFolder:
         metrics.json.damaged (``.damaged.1``, ... where one is there already); one line
         says so."""
         state = self.load_checkpoint() if state is None else state
-        best = state.get("best")
-        stretches = list(state.get("processes_by_epoch") or [])
-        metrics = {
-            **(state.get("fit_info") or {}),
-            "epochs": list(state.get("history") or []),
-            "best_epoch": best.get("epoch") if isinstance(best, dict) else None,
-            **({"processes": stretches[-1]["processes"]} if stretches else {}),
-            **({"processes_by_epoch": stretches} if stretches else {}),
-        }
-        kept = self.file(f"{METRICS}.damaged")
-        tries = 0
-        while kept.exists():
-            tries += 1
-            kept = self.file(f"{METRICS}.damaged.{tries}")
-        os.replace(self.file(METRICS), kept)
+        metrics = _history_of(state)
+        kept = None
+        if self.file(METRICS).is_file():  # damaged, not gone: kept beside the new one
+            kept = self.file(f"{METRICS}.damaged")
+            tries = 0
+            while kept.exists():
+                tries += 1
+                kept = self.file(f"{METRICS}.damaged.{tries}")
+            os.replace(self.file(METRICS), kept)
         write_json(self.file(METRICS), metrics)
         why, done = _one_line(err).removeprefix("run: "), len(metrics["epochs"])
         print(
             f"note: {why}; rebuilt its {done} epochs from {self.file(CHECKPOINT)} (epoch "
-            f"{state.get('epoch')}), the damaged file kept as {kept}"
+            f"{state.get('epoch')})" + (f", the damaged file kept as {kept}" if kept else "")
         )
         return metrics
 
     def update_metrics(self, **fields: Any) -> dict[str, Any]:
-        """Merge ``fields`` into metrics.json and return the whole.
+        """Merge ``fields`` into metrics.json and return the whole. Where metrics.json is
+        gone beside a checkpoint, it starts from the checkpoint's history (tester P, tester
+        CI: evaluate, then diagnose, wrote a file of their own block alone, and compare
+        showed the run as unfinished, of 0 epochs).
 
         The read-merge-write holds ``.metrics.lock``, so an ``evaluate`` or ``diagnose``
         while a ``fit`` writes its epochs loses neither's fields; the write is atomic.
         """
         with _flocked(self.file(".metrics.lock")):
-            metrics = self.read_metrics()
+            if self.file(METRICS).is_file() or not self.has_checkpoint:
+                metrics = self.read_metrics()
+            else:  # gone: the checkpoint's history first, not a file of ``fields`` alone
+                metrics = _history_of(self.load_checkpoint())
+                print(
+                    f"note: {self.file(METRICS)} was missing; its epochs came back from the "
+                    "checkpoint"
+                )
             metrics.update(fields)
             write_json(self.file(METRICS), metrics)
         return metrics

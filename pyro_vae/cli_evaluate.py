@@ -8,10 +8,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pyro_vae.checkpoint import RunFolder
 from pyro_vae.cli_report import print_test, rows_not_images, with_previous, writable_run
 from pyro_vae.experiment import code_of, evaluate_test_set, load
-from pyro_vae.provenance import code_changes
+from pyro_vae.provenance import code_changes, data_changed
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
@@ -37,7 +36,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
             f"{run.file('metrics.json')}'s {key}, and its test block (the run's own) was kept"
         )
         return 0
-    metrics = _metrics_or_history(run)
+    metrics = run.read_metrics()  # where gone, the update below restores its history
     previous = metrics.get("test") or {}
     kept = _keep_saved_estimates(previous, test) if samples == 0 else []
     replaced = _replaced_estimate(previous, test)
@@ -81,22 +80,6 @@ def _keep_saved_estimates(previous: dict[str, Any], test: dict[str, Any]) -> lis
     return names + [k.replace("_", " ") for k in labelled if not k.endswith(("_K", "_points"))]
 
 
-def _metrics_or_history(run: RunFolder) -> dict[str, Any]:
-    """metrics.json; where it is gone, the epochs and best epoch the checkpoint holds,
-    written back first (tester P: an evaluate wrote a metrics.json of its test block alone,
-    and compare then showed a 30-epoch run as of 0 epochs), as ``fit --resume`` does."""
-    if run.file("metrics.json").is_file() or not run.has_checkpoint:
-        return run.read_metrics()
-    state = run.load_checkpoint()
-    best = state.get("best")
-    restored = run.update_metrics(
-        epochs=list(state.get("history") or []),
-        best_epoch=best.get("epoch") if isinstance(best, dict) else None,
-    )
-    print(f"note: {run.file('metrics.json')} was missing; its epochs came back from the checkpoint")
-    return restored
-
-
 def _redrawn(previous: dict, test: dict) -> str:
     """'test ELBO -24.938 nats per image, where it was -24.946' where ``test`` gives other
     numbers than the saved block ``previous`` at the same settings (other draws: fit scores
@@ -119,7 +102,7 @@ def _changed_inputs(exp) -> tuple[str, dict, str] | None:
     than it recorded (the flags that allow it); its own test block then stays. None where
     nothing changed."""
     recorded, current = exp.config.data.provenance, exp.data.info.get("provenance")
-    if recorded and current and recorded.get("checksum") != current.get("checksum"):
+    if current and data_changed(recorded, current):
         return "test_on_changed_data", {"provenance": current}, "the data"
     code = exp.code if exp.code is not None else code_of(exp.config)  # build's, once run
     if code_changes(exp.config.code, code):

@@ -121,9 +121,10 @@ def refuse_disagreeing_ranks(settings: dict, group: Group) -> None:
 
 
 def _renamed(ours: dict, theirs: dict, rank: int) -> str:
-    """Where two ranks' data files differ in name alone (their sizes and shape agree), a
+    """Where two ranks' data files differ in name where their sizes and shape agree, a
     note saying so: the checksum covers names and sizes, and a copy saved as ``a2.npy``
-    read as other data (tester CG)."""
+    read as other data with no word on why (tester CG); not that they hold the same data,
+    which names and sizes cannot tell (tester CI)."""
     files = []
     for settings in (ours, theirs):
         provenance = (settings.get("data") or {}).get("provenance") or {}
@@ -134,9 +135,10 @@ def _renamed(ours: dict, theirs: dict, rank: int) -> str:
     if set(mine) == set(other) or sorted(mine.values()) != sorted(other.values()):
         return ""
     return (
-        f"; the files have the same sizes under other names ({', '.join(sorted(other))} on "
-        f"rank {rank}, {', '.join(sorted(mine))} on rank 0): the checksum covers the files' "
-        "names and sizes, so give every rank's files the same names"
+        f"; the files' names differ where their sizes agree ({', '.join(sorted(other))} on "
+        f"rank {rank}, {', '.join(sorted(mine))} on rank 0): the checksum covers names and "
+        "sizes, not contents, so if they hold the same data give every rank's files the "
+        "same names (files of the same names and sizes are taken as the same data)"
     )
 
 

@@ -82,6 +82,24 @@ def file_provenance(
     return out
 
 
+def data_changed(recorded: dict[str, Any] | None, current: dict[str, Any] | None) -> bool:
+    """Whether data whose provenance is ``current`` are not those ``recorded`` (False
+    where the run recorded no checksum): the checksum of names and sizes, the shape where
+    recorded (a .npy reshaped in place from [60, 6] to [60, 2, 3], every size kept, was
+    scored as images over the run's own test block: tester CE), and a table's feature
+    columns where both record them (a CSV's columns reordered in place keep its size and
+    shape, and each column's weights were read against another's values). The one rule
+    for :func:`check_unchanged` and for where ``evaluate`` writes its results (tester CI:
+    changed columns read with ``--allow-changed-data`` replaced the run's own test block)."""
+    if not recorded or not recorded.get("checksum"):
+        return False
+    current = current or {}
+    shaped = recorded.get("shape") is None or recorded.get("shape") == current.get("shape")
+    was, columns = recorded.get("columns"), current.get("columns")
+    same_columns = was is None or columns is None or was == columns
+    return not (current.get("checksum") == recorded["checksum"] and shaped and same_columns)
+
+
 def check_unchanged(
     recorded: dict[str, Any] | None, current: dict[str, Any] | None, allow: bool
 ) -> None:
@@ -95,19 +113,12 @@ def check_unchanged(
             naming the path, both checksums, shapes and dtypes (or both column lists), and
             how to go on anyway.
     """
-    if allow or not recorded or not recorded.get("checksum"):
+    if allow or not data_changed(recorded, current):
         return
     current = current or {}
     now = current.get("checksum")
-    # the shape as well: names and sizes kept, a .npy reshaped in place from [60, 6] to
-    # [60, 2, 3] was scored as images, over the run's own test block (tester CE); and a
-    # table's columns: a CSV's columns reordered in place keep its size and shape, and the
-    # weights of one column were read against another's values
     shaped = recorded.get("shape") is None or recorded.get("shape") == current.get("shape")
     was, columns = recorded.get("columns"), current.get("columns")
-    same_columns = was is None or columns is None or was == columns
-    if now == recorded["checksum"] and shaped and same_columns:
-        return
     changes = _file_changes(recorded.get("files"), current.get("files"))
     if now == recorded["checksum"] and shaped:
         found = (

@@ -626,6 +626,27 @@ def test_a_damaged_metrics_json_is_refused_before_the_work_not_after(
     assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
 
 
+def test_a_lost_metrics_json_gets_the_checkpoint_s_history_from_analyses_and_a_resume(
+    trained, tmp_path, capsys
+):
+    """Tester CI: with metrics.json deleted, diagnose wrote one holding its own block alone
+    (compare then called the run unfinished, of 0 epochs), and fit --resume wrote one
+    without the run's epochs. Expected: both write back the history the checkpoint holds,
+    epoch for epoch, as evaluate did (tester P)."""
+    history = json.loads((trained / "metrics.json").read_text())["epochs"]
+    for name, argv in (("diagnose", ["diagnose", "{run}", "--points", "3"]),
+                       ("resume", ["fit", "--resume", "{run}", "--no-progress"])):  # fmt: skip
+        run = tmp_path / name
+        shutil.copytree(trained, run)
+        (run / "metrics.json").unlink()
+        assert main([a.format(run=run) for a in argv]) == 0
+        assert "metrics.json " in capsys.readouterr().out  # "was missing" / "is missing"
+        rebuilt = json.loads((run / "metrics.json").read_text())
+        assert [e["epoch"] for e in rebuilt["epochs"]] == [e["epoch"] for e in history]
+        assert [e["val_elbo"] for e in rebuilt["epochs"]] == [e["val_elbo"] for e in history]
+        assert not (run / "metrics.json.damaged").exists()
+
+
 def _cli(*args):
     """The command in a process of its own, Ctrl-C at its default as in a terminal: a test
     run started in the background (``cmd &`` in a script) has SIGINT ignored, which the

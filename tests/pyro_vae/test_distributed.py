@@ -395,16 +395,17 @@ def test_settings_that_may_differ_between_ranks_are_let_through():
     sizes = {"shape": [5, 4], "checksum": "s1", "files": {"a.npy": 208, "a.labels.npy": 168}}
     named = {**mine, "data": {"name": "/a/a.npy", "provenance": sizes}}
     renamed = {**sizes, "checksum": "s3", "files": {"a2.npy": 208, "a2.labels.npy": 168}}
-    with pytest.raises(ValueError, match=r"the files have the same sizes under other names "
+    with pytest.raises(ValueError, match=r"the files' names differ where their sizes agree "
                        r"\(a2.labels.npy, a2.npy on rank 1, a.labels.npy, a.npy on rank 0\): the "
-                       r"checksum covers the files' names and sizes"):  # fmt: skip
+                       r"checksum covers names and sizes, not contents, so if they hold the "
+                       r"same data"):  # fmt: skip
         refuse_disagreeing_ranks(
             named, Pair({**named, "data": {**named["data"], "provenance": renamed}})
         )
     with pytest.raises(ValueError) as other_sizes:  # other data: no such note
         refuse_disagreeing_ranks(named, Pair({**named, "data": {**named["data"], "provenance": {
             **renamed, "files": {"a2.npy": 300, "a2.labels.npy": 168}}}}))  # fmt: skip
-    assert "same sizes" not in str(other_sizes.value)
+    assert "sizes agree" not in str(other_sizes.value)
 
 
 def _two_ranks(commands: list[list[str]]) -> list[str]:

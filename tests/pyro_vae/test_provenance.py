@@ -366,4 +366,11 @@ def test_a_table_whose_columns_were_reordered_in_place_is_refused_naming_them(tm
     write("abd")  # one renamed: its values are another column's, its name new
     assert main(["evaluate", str(run), "--ll-samples", "0"]) == 2
     assert "columns gone: ['c']; columns new: ['d']" in capsys.readouterr().err
+    before = json.loads((run / "metrics.json").read_text())["test"]
     assert main(["evaluate", str(run), "--ll-samples", "0", "--allow-changed-data"]) == 0
+    # tester CI: the results on changed columns replaced the run's own test block, with a
+    # note that put the difference down to Monte Carlo draws
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test"] == before
+    assert metrics["test_on_changed_data"]["provenance"]["columns"] == ["a", "b", "d"]
+    assert "test_on_changed_data" in capsys.readouterr().out
