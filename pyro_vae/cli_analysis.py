@@ -330,6 +330,15 @@ def _print_khat(result: dict[str, Any], rows: str = "images") -> None:
     print(f"PSIS k̂ on {result['num_points']} test {rows}, {result['num_samples']} draws each:")
     print(f"  share above 0.5             {100 * result['share_above_0.5']:6.1f}%")
     print(f"  share above 0.7             {100 * result['share_above_0.7']:6.1f}%")
+    threshold = result.get("khat_threshold")
+    # under 100 draws the bar for them (Vehtari et al. 2024) is below both fixed lines;
+    # from 100 to 2155 it lies between them
+    if threshold is not None and threshold < 0.5:
+        print(
+            f"  share above {threshold:.2f}            "
+            f"{100 * result['share_above_threshold']:6.1f}%   (the threshold for "
+            f"{result['num_samples']} draws: min(1 - 1/log10 S, 0.7))"
+        )
     print(f"  median k̂, max k̂             {result['khat_median']:6.2f}, {result['khat_max']:.2f}")
     if result.get("khat_not_applicable"):
         print(

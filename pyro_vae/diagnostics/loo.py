@@ -29,6 +29,7 @@ import numpy as np
 from scipy.special import logsumexp
 
 from pyro_vae.diagnostics.arviz_compat import az
+from pyro_vae.diagnostics.psis import sample_size_threshold
 
 __all__ = ["loo_approximate_posterior"]
 
@@ -69,7 +70,7 @@ def loo_approximate_posterior(idata, var_name: str | None = None, pointwise: boo
     loo_i = logsumexp(loo_weights + log_lik.T, axis=1)
     posterior_weights, _ = az.psislw(log_ratio, reff=1.0)  # [S], normalized
     lpd_i = logsumexp(posterior_weights[:, None] + log_lik, axis=0)
-    good_k = min(1 - 1 / np.log10(samples), 0.7)
+    good_k = sample_size_threshold(samples)
     pareto_k = np.asarray(pareto_k)
     values = {
         "elpd_loo": float(loo_i.sum()),

@@ -1753,6 +1753,7 @@ def test_vectors_are_called_rows_not_images(tmp_path, capsys):
     assert main(["diagnose", run, "--samples", "50", "--idata-points", "5"]) == 0
     out = capsys.readouterr().out
     assert "PSIS k̂ on 30 test rows, 50 draws each:" in out
+    assert "share above 0.41" in out and "(the threshold for 50 draws" in out  # 1-1/log10 50
     argv = ["amortization-gap", run, "--points", "3", "--steps", "2", "--iwae-samples", "5"]
     assert main(argv) == 0
     out = capsys.readouterr().out

@@ -417,3 +417,17 @@ def test_exact_answers_of_a_discrete_pair_scaled_alike_put_c_on_the_nats_only():
     np.testing.assert_allclose(scaled.log_evidence, 3.0 * exact, rtol=1e-6)
     np.testing.assert_allclose(scaled.kl, 3.0 * plain.kl, rtol=1e-10)
     np.testing.assert_allclose(scaled.chi2, plain.chi2, rtol=1e-10)
+
+
+def test_the_summary_reports_the_share_above_the_sample_size_threshold():
+    """Tester CI: at S = 21 draws every k̂ (median 0.35, max 0.48) was above the threshold
+    for that many draws, min(1 - 1/log10 S, 0.7) = 0.24 (Vehtari et al. 2024), while the
+    summary said "share above 0.7: 0%". Expected: the threshold and the share above it,
+    computed by hand here."""
+    from pyro_vae.diagnostics.psis import PointwiseKhat
+
+    summary = PointwiseKhat(np.array([0.1, 0.3, 0.35, 0.48, np.nan]), 21).summary()
+    assert summary["khat_threshold"] == pytest.approx(1 - 1 / np.log10(21))  # 0.2437
+    assert summary["share_above_threshold"] == 0.75  # 3 of the 4 defined k̂
+    assert summary["share_above_0.7"] == 0.0
+    assert PointwiseKhat(np.zeros(3), 10**4).summary()["khat_threshold"] == 0.7
