@@ -280,7 +280,8 @@ def compare_runs(runs: Sequence[str | os.PathLike]) -> Comparison:
         raise ValueError("runs: none given; expected one or more run folders")
     paths = [Path(r) for r in runs]
     table, curves, validations, notes, tests, test_data = [], {}, set(), [], {}, {}
-    for label, path in zip(_labels(paths), paths, strict=True):
+    labels = _labels(paths)
+    for label, path in zip(labels, paths, strict=True):
         folder = RunFolder(path)
         config, metrics = _read(folder)
         if not config:
@@ -312,7 +313,7 @@ def compare_runs(runs: Sequence[str | os.PathLike]) -> Comparison:
             )
             notes.append(f"{label}: not evaluated on the test set ({why})")
         notes.extend(_other_weights(label, metrics))
-    notes.extend(_listed_twice(paths, _labels(paths)))
+    notes.extend(_listed_twice(paths, labels))
     frame = pd.DataFrame(table, columns=list(COLUMNS)).astype({c: "Int64" for c in _COUNTS})
     notes[:0] = _data_notes(frame, test_data)
     notes.extend(_training_set_notes(frame))

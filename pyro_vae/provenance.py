@@ -93,11 +93,18 @@ def data_changed(recorded: dict[str, Any] | None, current: dict[str, Any] | None
     changed columns read with ``--allow-changed-data`` replaced the run's own test block)."""
     if not recorded or not recorded.get("checksum"):
         return False
-    current = current or {}
-    shaped = recorded.get("shape") is None or recorded.get("shape") == current.get("shape")
+    return not all(_agreement(recorded, current or {}))
+
+
+def _agreement(recorded: dict[str, Any], current: dict[str, Any]) -> tuple[bool, bool, bool]:
+    """Whether the checksums agree, the shapes (where recorded), and a table's columns
+    (where both record them)."""
     was, columns = recorded.get("columns"), current.get("columns")
-    same_columns = was is None or columns is None or was == columns
-    return not (current.get("checksum") == recorded["checksum"] and shaped and same_columns)
+    return (
+        current.get("checksum") == recorded["checksum"],
+        recorded.get("shape") is None or recorded.get("shape") == current.get("shape"),
+        was is None or columns is None or was == columns,
+    )
 
 
 def check_unchanged(
@@ -117,15 +124,15 @@ def check_unchanged(
         return
     current = current or {}
     now = current.get("checksum")
-    shaped = recorded.get("shape") is None or recorded.get("shape") == current.get("shape")
+    same_files, shaped, _ = _agreement(recorded, current)
     was, columns = recorded.get("columns"), current.get("columns")
     changes = _file_changes(recorded.get("files"), current.get("files"))
-    if now == recorded["checksum"] and shaped:
+    if same_files and shaped:
         found = (
             f"its file keeps its name, size and shape, but its feature columns are now "
             f"{columns} where config.json recorded {was}{column_changes(was, columns)}"
         )
-    elif now == recorded["checksum"]:
+    elif same_files:
         found = (
             f"its files keep their names and sizes ({now}), but hold shape "
             f"{current.get('shape')} ({current.get('dtype')}) where config.json recorded "

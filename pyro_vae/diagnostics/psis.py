@@ -389,13 +389,14 @@ class PointwiseKhat:
     def summary(self, num_worst: int = 10) -> dict[str, Any]:
         worst = self.worst(num_worst)
         defined = self.khat[~np.isnan(self.khat)]
+        threshold = sample_size_threshold(self.num_samples)
         out = {
             "num_points": int(self.khat.size),
             "num_samples": self.num_samples,
             "share_above_0.5": self.share_above(0.5),
             "share_above_0.7": self.share_above(0.7),
-            "khat_threshold": sample_size_threshold(self.num_samples),
-            "share_above_threshold": self.share_above(sample_size_threshold(self.num_samples)),
+            "khat_threshold": threshold,
+            "share_above_threshold": self.share_above(threshold),
             "khat_median": float(np.median(defined)) if defined.size else math.nan,
             "khat_max": float(defined.max()) if defined.size else math.nan,
             "khat_not_applicable": int(self.khat.size - defined.size),
