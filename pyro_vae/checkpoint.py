@@ -599,6 +599,10 @@ class RunFolder:
         with _flocked(self.file(".metrics.lock")):
             if self.file(METRICS).is_file() or not self.has_checkpoint:
                 metrics = self.read_metrics()
+            elif "epochs" in fields:  # a fit's own write of its history: nothing is lost
+                # (tester CJ: every fit(run=...) from Python, which writes no metrics.json
+                # before its first checkpoint, said the file "was missing")
+                metrics = {}
             else:  # gone: the checkpoint's history first, not a file of ``fields`` alone
                 metrics = _history_of(self.load_checkpoint())
                 print(

@@ -1,3 +1,5 @@
+import json
+
 import pyro
 import pytest
 import torch
@@ -614,11 +616,15 @@ def test_only_per_row_baseline_estimators_are_checked_against_a_partial_batch():
     assert not _keeps_one_baseline_per_batch_row(get_estimator("score"))
 
 
-def test_a_run_folder_may_be_given_as_a_path(digits, tmp_path):
+def test_a_run_folder_may_be_given_as_a_path(digits, tmp_path, capsys):
     # the user's case: run="runs/x" failed with an AttributeError after a whole epoch
     model, guide = small_vae(digits)
-    fit(model, guide, digits, Trace_ELBO(), quiet(epochs=1), run=str(tmp_path / "x"))
-    assert RunFolder(tmp_path / "x").load_checkpoint()["epoch"] == 1
+    fit(model, guide, digits, Trace_ELBO(), quiet(epochs=2), run=str(tmp_path / "x"))
+    assert RunFolder(tmp_path / "x").load_checkpoint()["epoch"] == 2
+    # tester CJ: each epoch's write said metrics.json "was missing" on a new folder
+    assert "note:" not in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "x" / "metrics.json").read_text())
+    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2]
 
 
 def test_beta_and_warmup_compose_and_the_fit_records_its_objective(digits):
