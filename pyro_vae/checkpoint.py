@@ -482,14 +482,17 @@ class RunFolder:
 
     def _checkpoint_config(self) -> dict[str, Any] | None:
         """checkpoint.pt's copy of config.json (the command line's runs save one in every
-        checkpoint), or None: no checkpoint, one that does not read, or one without."""
+        checkpoint), or None: no checkpoint, one that does not read, or one without (a fit
+        from Python keeps its :class:`~pyro_vae.training_config.TrainConfig` under the same
+        key, which names no model: tester CJ, written as config.json, it made the folder
+        unreadable)."""
         if not self.has_checkpoint:
             return None
         try:
             config = self.load_checkpoint().get("config")
         except RunFolderError:
             return None
-        return config if isinstance(config, dict) else None
+        return config if isinstance(config, dict) and "model" in config else None
 
     def restore_config(self) -> Path:
         """Write config.json again from checkpoint.pt's copy of it (a run of the command

@@ -1,6 +1,7 @@
 import json
 import os
 import random
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from pyro_vae.checkpoint import (
     capture_rng_state,
     restore_rng_state,
 )
+from pyro_vae.train import TrainConfig
 from tests.pyro_vae.killed_writer import killed_in_staging
 from tests.pyro_vae.unprivileged import unprivileged
 
@@ -573,10 +575,11 @@ def test_a_damaged_metrics_file_is_rebuilt_from_the_checkpoint_by_the_fit_holdin
         other.read_metrics()
 
 
-def _two_epoch_checkpoint(run: RunFolder) -> dict:
+def _two_epoch_checkpoint(run: RunFolder, **extra) -> dict:
     """A checkpoint of 2 epochs, trained on 2 processes then 1 (as a resume with
-    --nproc 1 records it), its plate found as "data"."""
+    --nproc 1 records it), its plate found as "data"; ``extra``: more of its keys."""
     state = {
+        **extra,
         "epoch": 2,
         "history": [{"epoch": 1, "train_elbo": -9.0}, {"epoch": 2, "train_elbo": -8.0}],
         "best": {"epoch": 2, "val_elbo": -8.5},
@@ -609,13 +612,16 @@ def test_a_deleted_config_json_is_said_so_and_written_again_from_the_checkpoint(
     assert run.restore_config() == run.file("config.json")
     assert run.file("config.json").read_bytes() == written
     # a fit from Python keeps no copy: said so, as before, and nothing to restore
+    # tester CJ: its checkpoint's "config" is the fit's TrainConfig, which was written
+    # as config.json, and evaluate then refused the folder's "unknown keys"
     python = RunFolder(tmp_path / "python")
     with python.claim():
-        _two_epoch_checkpoint(python)
+        _two_epoch_checkpoint(python, config=asdict(TrainConfig(epochs=2)))
     with pytest.raises(RunFolderError, match="written by pyro_vae.fit from Python"):
         python.read_config()
     with pytest.raises(RunFolderError, match="holding a copy of config.json"):
         python.restore_config()
+    assert not python.file("config.json").exists()
 
 
 def test_processes_by_epoch_appends_a_stretch_where_the_count_changes():
