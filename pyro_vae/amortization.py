@@ -78,7 +78,8 @@ def amortization_gap(
 
     Raises:
         ValueError: a count is not a positive integer; ``family`` is not one of
-            :data:`FAMILIES`, or not the family of ``guide``.
+            :data:`FAMILIES`, or not the family of ``guide``; the local guides' optimization
+            diverged (``lr`` too large).
     """
     for arg, value in (
         ("steps", steps),
@@ -260,9 +261,28 @@ def _fit_local(model, local, x, steps: int, lr: float, num_particles: int, progr
     # constant step size would leave q* jittering around it: anneal the step to zero.
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     with eval_mode(model):
-        for _ in progress_bar(range(steps), progress, desc="local guides", leave=False):
+        for step in progress_bar(range(steps), progress, desc="local guides", leave=False):
             optimizer.zero_grad()
-            elbo.differentiable_loss(model, local, x).backward()
+            try:
+                loss = elbo.differentiable_loss(model, local, x)
+            except ValueError as err:  # torch's check of a distribution's NaN parameter
+                # after Adam's steps (the first step runs the guide as the encoder left it)
+                if step == 0 or "found invalid values" not in str(err):
+                    raise
+                raise _diverged(step, steps, lr) from err
+            if not loss.isfinite():
+                raise _diverged(step, steps, lr)
+            loss.backward()
             optimizer.step()
             schedule.step()
     return elbo
+
+
+def _diverged(step: int, steps: int, lr: float) -> ValueError:
+    """The refusal of local guides whose Adam steps diverged (tester CK: ``--lr 100``
+    printed Pyro's constraint error with a tensor of NaNs)."""
+    return ValueError(
+        f"lr: {lr} is too large: the local guides' optimization diverged by step {step + 1} "
+        f"of {steps} (the ELBO or a distribution's parameter became NaN or infinite); "
+        "expected a smaller lr (the default is 0.01)"
+    )

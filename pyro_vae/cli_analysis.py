@@ -17,9 +17,9 @@ from pyro_vae.cli_report import rows_not_images, with_previous, writable_run
 from pyro_vae.datasets import row_unit
 from pyro_vae.devices import to_device
 from pyro_vae.diagnostics.gradient_variance import gradient_variance
-from pyro_vae.experiment import Experiment, label_samples, load, num_classes
+from pyro_vae.experiment import Experiment, label_samples, load, model_classes
 from pyro_vae.model_protocol import uses_labels
-from pyro_vae.plots import plot_gradient_variance, plot_samples
+from pyro_vae.plots import check_grid_size, plot_gradient_variance, plot_samples
 from pyro_vae.predictive import prior_mean_images
 from pyro_vae.prior_model import RECORD as IMAGE_RECORD
 from pyro_vae.prior_model import load_for_prior
@@ -54,6 +54,7 @@ def sample_command(args: argparse.Namespace) -> int:
     import torch
 
     # its own name: samples.png is the fit's figure, which a sample run must not replace
+    check_grid_size(args.num)
     out = args.out or RunFolder(args.run).file(f"sample_seed{args.seed}_{args.num}.png")
     _check_png_out(out, "sample_seed*_*.png")
     exp = _load_for_sampling(RunFolder(args.run), args)
@@ -65,12 +66,14 @@ def sample_command(args: argparse.Namespace) -> int:
     if rows_not_images(exp.data):
         raise ValueError(
             f"run: its data {exp.config.data.name!r} are "
-            f"{'a table' if 'columns' in exp.data.info else 'an [N, D] array'} whose rows "
+            # a table's rows have no shape (tester CK: one read back from the run was
+            # called an array, its columns not among what the run recorded)
+            f"{'a table' if exp.data.image_shape is None else 'an [N, D] array'} whose rows "
             f"of {exp.data.x_dim} values are not images to draw"
         )
     pyro.set_rng_seed(args.seed)
     if uses_labels(exp.model) is not None:  # --num in all (ten for --num 8 had been drawn)
-        classes = num_classes(exp.data)
+        classes = model_classes(exp)
         with torch.no_grad():
             images = label_samples(exp, args.num).cpu()
         title = f"conditional samples E[x | z, y], z ~ p(z), image i of class i mod {classes}"
@@ -127,12 +130,17 @@ def grad_variance_command(args: argparse.Namespace) -> int:
             before any work; none of the estimators could run, after."""
     import pyro
 
+    # "trace, iwae" as "trace,iwae": a space after a comma is no part of a name
+    given = [s.strip() for s in args.estimators.split(",") if s.strip()]
+    if not given:  # tester CK: "none of them could run", of none, after loading the run
+        raise ValueError(
+            f"--estimators: {args.estimators!r} names no estimator; expected names separated "
+            f"by commas, e.g. trace,score (of {', '.join(estimators.names())})"
+        )
+    specs = [estimators.parse(s) for s in given]
     run = writable_run(args.run)
     out = args.out or run.file("gradient_variance.png")
     _check_png_out(out, "gradient_variance.png")
-    # "trace, iwae" as "trace,iwae": a space after a comma is no part of a name
-    given = [s.strip() for s in args.estimators.split(",") if s.strip()]
-    specs = [estimators.parse(s) for s in given]
     exp = load(run, args.device or "auto", args.allow_changed_data, args.allow_changed_code)
     _refuse_label_model(exp, "grad-variance")
     for name, options in specs:

@@ -85,6 +85,7 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         labels_fraction=args.labels_fraction,
         labelled=args.labelled,
     )
+    _refuse_twice_given(args)
     spec = _resolved(args.model)
     own = _constructor_defaults(spec)
     options = {key: _default(args, key, own) for key in MODEL_FLAGS}
@@ -97,6 +98,39 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         training=training,
         evaluation=EvaluationConfig(args.ll_samples, args.ll_points or None),
     )
+
+
+def _refuse_twice_given(args: argparse.Namespace) -> None:
+    """Refuse a key given twice, with other values, in ``--model-opt`` or
+    ``--estimator-opt``, and a ``--model-opt`` of a standard option whose flag says
+    otherwise (tester CJ: ``--latent-dim 4 --model-opt latent_dim=5`` trained with 5;
+    tester CK: the last of two ``num_particles`` won): the run would record one value
+    where the user wrote two.
+
+    Raises:
+        ValueError: naming the flag, the key and both values."""
+    for flag, pairs in (("--model-opt", args.model_opt), ("--estimator-opt", args.estimator_opt)):
+        seen: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in seen and seen[key] != value:
+                raise ValueError(
+                    f"{flag}: {key} is given twice, as {seen[key]!r} and {value!r}; expected "
+                    "each key once"
+                )
+            seen[key] = value
+    for key, value in args.model_opt:
+        dest = MODEL_FLAGS.get(key)
+        flagged = None if dest is None else getattr(args, dest, None)
+        if flagged is not None and _as_json(flagged) != _as_json(value):
+            raise ValueError(
+                f"--model-opt: {key}={value!r} disagrees with --{dest.replace('_', '-')} "
+                f"{flagged!r}; give {key} once"
+            )
+
+
+def _as_json(value: Any) -> Any:
+    """``value`` as config.json holds it (tuples as lists), for comparing two spellings."""
+    return [_as_json(v) for v in value] if isinstance(value, list | tuple) else value
 
 
 def _estimator_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -168,8 +168,12 @@ def build(
     standard.update(image_shape=None if shape is None else tuple(shape))
     if uses_labels(load_object(config.model.spec, "model")) is not None:
         standard.update(num_classes=num_classes(data))
-        _note_untrained_classes(data, standard["num_classes"])
+        given = options.get("num_classes", standard["num_classes"])  # more: classes of its own
+        if isinstance(given, int) and given >= standard["num_classes"]:
+            _note_untrained_classes(data, given)
     extra = {k: v for k, v in options.items() if k not in STANDARD_MODEL_OPTIONS}
+    _refuse_options_of_the_data(extra, standard, config.model.spec)
+    extra = {k: v for k, v in extra.items() if k not in DATA_MODEL_OPTIONS or k not in standard}
     made, received = _construct(config.model.spec, "model", standard, extra)
     not_accepted = [k for k in STANDARD_MODEL_OPTIONS if k in options and k not in received]
     model, paired_guide = _model_and_guide(made)
@@ -275,6 +279,53 @@ def num_classes(data: DataSplits) -> int:
     return largest + 1
 
 
+#: The model options the data set, and where they come from.
+DATA_MODEL_OPTIONS = {
+    "x_dim": "the data's row width",
+    "likelihood": "--likelihood, which also sets how the data are preprocessed",
+    "levels": "--levels, which also sets how the data are quantized",
+    "image_shape": "the data's image shape",
+}
+
+
+def _refuse_options_of_the_data(extra: dict, standard: dict, spec: str) -> None:
+    """Refuse a model option (``--model-opt``) that contradicts what the data set it to
+    (tester CJ: ``likelihood="gaussian"`` on data binarized for ``bernoulli`` trained a
+    Gaussian density on {0, 1}, scored 23 nats above the Bernoulli runs in ``compare``;
+    ``image_shape=[4, 16]`` read 8x8 digits as 4x16 images; neither said a word).
+
+    Raises:
+        ValueError: naming the option, both values and where the data's comes from."""
+    for key, source in DATA_MODEL_OPTIONS.items():
+        if key not in extra or key not in standard:
+            continue
+        given, data = extra[key], standard[key]
+        as_tuple = (list, tuple)
+        if isinstance(given, as_tuple) and isinstance(data, as_tuple):
+            given, data = tuple(given), tuple(data)
+        if given != data:
+            raise ValueError(
+                f"model_options: {key}={extra[key]!r} for {spec}, but the data give "
+                f"{key}={standard[key]!r} ({source}); expected no {key} in --model-opt "
+                "(the data set it)"
+            )
+
+
+def model_classes(exp: Experiment) -> int:
+    """C of a model that uses labels: the ``num_classes`` it was built with (a
+    ``--model-opt`` may give more than the data hold, tester CK: ``sample`` cycled through
+    the data's 10 of a model's 12), else the data's (:func:`num_classes`)."""
+    given = exp.model_arguments.get("num_classes")
+    return given if isinstance(given, int) and given > 0 else num_classes(exp.data)
+
+
+def _class_names(exp: Experiment, classes: int) -> list[str]:
+    """The names of a label model's ``classes`` classes: the dataset's, then the numbers of
+    the classes beyond them."""
+    names = [str(name) for name in exp.data.info.get("classes") or ()]
+    return names[:classes] + [str(c) for c in range(len(names), classes)]
+
+
 def _note_untrained_classes(data: DataSplits, classes: int) -> None:
     """Record in ``data.info["untrained_classes"]`` the classes of the C a label model has
     that no training row holds (no label of them can be drawn, and the model never sees
@@ -288,7 +339,8 @@ def _note_untrained_classes(data: DataSplits, classes: int) -> None:
     # a label below 0 is no class: the label range check refuses it (tester BQ: bincount
     # failed on it here first, with a traceback)
     counts = torch.bincount(y[y >= 0], minlength=classes)
-    names = data.info.get("classes") or [str(c) for c in range(classes)]
+    names = list(data.info.get("classes") or ())
+    names += [str(c) for c in range(len(names), classes)]  # a model's classes beyond them
     empty = [names[c] for c in range(classes) if int(counts[c]) == 0]
     if empty:
         data.info["untrained_classes"] = {"classes": empty, "of": classes}
@@ -904,7 +956,7 @@ def label_samples(exp: Experiment, num: int, per_class: int = 1) -> torch.Tensor
             f"model: {exp.config.model.spec} uses labels but offers no generate_given(y), so "
             "there are no conditional samples to draw"
         )
-    y = torch.arange(num, device=exp.device) // per_class % num_classes(exp.data)
+    y = torch.arange(num, device=exp.device) // per_class % model_classes(exp)
     with eval_mode(exp.model):
         return generate(y).reshape(num, -1)
 
@@ -912,9 +964,9 @@ def label_samples(exp: Experiment, num: int, per_class: int = 1) -> torch.Tensor
 def conditional_samples_figure(exp: Experiment, path: Path, per_class: int = 8) -> Path:
     """One row per class c, labelled by its name, of ``per_class`` conditional samples
     E[x | z, y = c], z from the prior (the model's ``generate_given``)."""
-    classes = num_classes(exp.data)
+    classes = model_classes(exp)
     images = label_samples(exp, classes * per_class, per_class).reshape(classes, per_class, -1)
-    names = exp.data.info.get("classes") or [str(c) for c in range(classes)]
+    names = _class_names(exp, classes)
     title = "conditional samples E[x | z, y], z ~ p(z), one row per class y"
     return plot_image_rows(
         images.cpu(), exp.data.image_shape, exp.data.pixel_max, path, list(map(str, names)), title

@@ -61,7 +61,7 @@ def save_png(fig: Figure, path: str | os.PathLike) -> Path:
     previous file. Returns ``path``."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=_DPI, bbox_inches="tight")
     return path
 
 
@@ -109,14 +109,50 @@ def reconstruction_figure(
     return fig
 
 
+#: Inches each image of a :func:`plot_samples` grid takes, and the PNG's dots per inch.
+_CELL_INCHES, _DPI = 0.8, 100
+
+
+def _grid_shape(num: int) -> tuple[int, int]:
+    """(rows, columns) of :func:`plot_samples`'s grid of ``num`` images: about square."""
+    cols = math.ceil(math.sqrt(num))
+    return math.ceil(num / cols), cols
+
+
+def check_grid_size(num: int, arg: str = "num") -> None:
+    """Refuse a :func:`plot_samples` grid of ``num`` images whose figure exceeds the
+    pixels Pillow opens (``PIL.Image.MAX_IMAGE_PIXELS``, its decompression-bomb limit),
+    before any is drawn (tester CK: ``--num 1000000000000`` ended in PyTorch's failure to
+    allocate 8 TB; 20,000 took 3.3 GB).
+
+    Raises:
+        ValueError: naming ``arg``, the value, the grid's pixels and the most it takes."""
+    from PIL import Image
+
+    def pixels(n: int) -> int:
+        rows, cols = _grid_shape(n)
+        return rows * cols * round(_CELL_INCHES * _DPI) ** 2
+
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is None or pixels(num) <= limit:
+        return
+    most = math.isqrt(limit // round(_CELL_INCHES * _DPI) ** 2) ** 2
+    while pixels(most + 1) <= limit:
+        most += 1
+    raise ValueError(
+        f"--{arg}: {num:,} images make a figure of {pixels(num):,} pixels, more than the "
+        f"{limit:,} Pillow opens (PIL.Image.MAX_IMAGE_PIXELS); expected at most {most:,}"
+    )
+
+
 def plot_samples(
     x: torch.Tensor, image_shape: Sequence[int], pixel_max: float, path: Path, title: str = ""
 ) -> Path:
-    """A grid of images, e.g. E[x | z] for z drawn from the prior."""
+    """A grid of images, e.g. E[x | z] for z drawn from the prior (``check_grid_size``
+    says how many it takes)."""
     images = _as_images(x, image_shape, pixel_max)
-    cols = math.ceil(math.sqrt(len(images)))
-    rows = math.ceil(len(images) / cols)
-    fig = Figure(figsize=(cols * 0.8, rows * 0.8))
+    rows, cols = _grid_shape(len(images))
+    fig = Figure(figsize=(cols * _CELL_INCHES, rows * _CELL_INCHES))
     _draw_mosaic(fig.subplots(), images, rows, cols)
     fig.suptitle(title or "samples: E[x | z], z ~ p(z)", fontsize=9)
     return save_png(fig, path)

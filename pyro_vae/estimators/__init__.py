@@ -129,6 +129,9 @@ def parse(spec: str) -> tuple[str, dict[str, Any]]:
     """``"name:key=value:key=value"`` -> (name, options); values are read as JSON if they can be.
 
     For example ``"score:control_variate=leave-one-out:num_particles=8"``.
+
+    Raises:
+        ValueError: a part that is not key=value; a key given twice with other values.
     """
     import json
 
@@ -138,10 +141,17 @@ def parse(spec: str) -> tuple[str, dict[str, Any]]:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
             raise ValueError(f"estimator: {pair!r} in {spec!r} is not key=value")
+        key = key.replace("-", "_")
         try:
-            options[key.replace("-", "_")] = json.loads(raw)
+            value = json.loads(raw)
         except json.JSONDecodeError:
-            options[key.replace("-", "_")] = raw
+            value = raw
+        if key in options and options[key] != value:  # tester CK: the last one had won
+            raise ValueError(
+                f"estimator: {key} is given twice in {spec!r}, as {options[key]!r} and "
+                f"{value!r}; expected each option once"
+            )
+        options[key] = value
     return name, options
 
 

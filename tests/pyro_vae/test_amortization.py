@@ -2,6 +2,8 @@
 posterior is a diagonal Normal, so the local family contains it (approximation gap 0) and
 the amortization gap is the encoder's exact KL(q ‖ p(z | x))."""
 
+import re
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -228,3 +230,15 @@ def test_the_weights_of_a_model_behind_a_lambda_stay_frozen():
     assert all(torch.equal(p, q) for p, q in zip(decoder.parameters(), before, strict=True))
     assert all(p.grad is None for p in decoder.parameters())
     assert all(p.requires_grad for p in decoder.parameters())
+
+
+@pytest.mark.parametrize("lr", [1e8, 1e30])
+def test_local_guides_that_diverge_are_refused_naming_the_step_size(lr):
+    """Tester CK: ``--lr 100`` printed torch's constraint error with a tensor of NaNs. A
+    step size that overflows the local guides' parameters (1e30: the ELBO turns infinite)
+    or their draws (1e8) is refused by name."""
+    pyro.set_rng_seed(0)
+    x = dist.MultivariateNormal(B, torch.eye(3) * 2).sample((5,))
+    refused = rf"lr: {re.escape(str(lr))} is too large: .* diverged by step \d+ of"
+    with pytest.raises(ValueError, match=refused):
+        amortization_gap(model, ShrunkEncoder(), x, steps=50, lr=lr, elbo_samples=5)

@@ -2120,3 +2120,17 @@ def test_vectors_skip_the_image_figures_in_one_line_and_sample_says_why(tmp_path
         warnings.simplefilter("error")  # the logger's TensorBoardWarning
         argv += ["--tensorboard", "--out", str(tmp_path / "tb"), "--epochs", "1", *FAST]
         assert main(argv) == 0
+
+
+def test_sample_calls_a_table_a_table(tmp_path, capsys):
+    """Tester CK: a table's run was said to hold "an [N, D] array" (the check read the
+    columns from data the run's record does not keep)."""
+    rng = np.random.default_rng(0)
+    rows = "\n".join(",".join(f"{v:.4f}" for v in row) for row in rng.random((60, 3)))
+    (tmp_path / "t.csv").write_text("a,b,c\n" + rows + "\n")
+    run = tmp_path / "r"
+    argv = ["fit", "--data", str(tmp_path / "t.csv"), "--likelihood", "normal"]
+    assert main([*argv, "--out", str(run), "--epochs", "1", *FAST]) == 0
+    capsys.readouterr()
+    assert main(["sample", str(run)]) == 2
+    assert "are a table whose rows of 3 values are not images to draw" in capsys.readouterr().err

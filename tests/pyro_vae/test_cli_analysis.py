@@ -37,3 +37,31 @@ def test_khat_is_printed_as_shares_and_an_enumerated_guide_as_exact_divergences(
     out = capsys.readouterr().out
     assert "4 states per test image, enumerated on 3 images: k̂ does not apply" in out
     assert "0.5000 nats" in out and "1.25, 2.5" in out and "share above" not in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "refusal"),
+    [
+        # tester CK: PyTorch's failure to allocate 8 TB, in a traceback
+        (
+            ["sample", "{run}", "--num", "1000000000000"],
+            "--num: 1,000,000,000,000 images make a figure of",
+        ),
+        # tester CK: "none of them could run on this model and guide", of none
+        (["grad-variance", "{run}", "--estimators", ","], "--estimators: ',' names no estimator"),
+        (
+            ["grad-variance", "{run}", "--estimators", "score:num_particles=2:num_particles=3"],
+            "estimator: num_particles is given twice in",
+        ),
+    ],
+)
+def test_requests_that_cannot_be_met_are_refused_before_the_run_is_read(
+    tmp_path, capsys, argv, refusal
+):
+    from pyro_vae.cli import main
+
+    missing = tmp_path / "no-such-run"  # read first, it would be refused as missing
+    assert main([a.replace("{run}", str(missing)) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert refusal in err and "no-such-run" not in err
+    assert not missing.exists()

@@ -105,3 +105,34 @@ def test_a_user_s_none_default_replaced_by_the_command_s_is_noted(tmp_path, caps
     assert noted(f"{source}:Mine") == ""
     monkeypatch.setenv("RANK", "0")
     assert "defaults activation to None" in noted(f"{source}:Mine")
+
+
+@pytest.mark.parametrize(
+    ("flags", "refusal"),
+    [
+        # tester CJ: trained with 5 latent dimensions, unsaid
+        (["--latent-dim", "4", "--model-opt", "latent_dim=5"], "latent_dim=5 disagrees with "
+         "--latent-dim 4"),
+        (["--hidden", "16", "--model-opt", "hidden_dims=[32]"], "disagrees with --hidden [16]"),
+        # tester CK: the last of two values won, unsaid
+        (["--model-opt", "width=3", "--model-opt", "width=4"], "--model-opt: width is given "
+         "twice, as 3 and 4"),
+        (["--estimator-opt", "num_particles=2", "--estimator-opt", "num_particles=3"],
+         "--estimator-opt: num_particles is given twice, as 2 and 3"),
+    ],
+)  # fmt: skip
+def test_an_option_given_two_values_is_refused(tmp_path, flags, refusal):
+    args = build_parser().parse_args(["fit", "--out", str(tmp_path / "r"), *flags])
+    with pytest.raises(ValueError, match=refusal.replace("[", r"\[").replace("]", r"\]")):
+        run_config_from_args(args)
+
+
+def test_an_option_given_twice_with_one_value_stands(tmp_path):
+    flags = ["--latent-dim", "4", "--model-opt", "latent_dim=4", "--hidden", "16", "8",
+             "--model-opt", "hidden_dims=[16, 8]", "--estimator-opt", "num_particles=2",
+             "--estimator-opt", "num_particles=2"]  # fmt: skip
+    args = build_parser().parse_args(["fit", "--out", str(tmp_path / "r"), *flags])
+    config = run_config_from_args(args)
+    assert config.model.options["latent_dim"] == 4
+    assert config.model.options["hidden_dims"] == [16, 8]
+    assert config.estimator.options == {"num_particles": 2}

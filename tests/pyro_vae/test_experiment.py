@@ -487,3 +487,37 @@ def test_changed_data_of_another_width_are_refused_naming_the_widths_and_columns
         load(run, allow_changed_data=True)
     table.to_csv(tmp_path / "t.csv", index=False)  # the width it was trained on: scored
     assert load(run, allow_changed_data=True).data.x_dim == 4
+
+
+@pytest.mark.parametrize(
+    ("option", "refusal"),
+    [
+        # tester CJ: a Gaussian density on data binarized for Bernoulli, 23 nats "better"
+        ({"likelihood": "gaussian"}, "likelihood='gaussian' for models.vae:VAE, but the data "
+         r"give likelihood='bernoulli' \(--likelihood"),
+        # tester CJ: 8x8 digits read as 4x16 images by a conv network
+        ({"arch": "conv", "channels": [4], "image_shape": [4, 16]}, r"image_shape=\[4, 16\] .* "
+         r"the data give image_shape=\(8, 8\)"),
+        ({"x_dim": 63}, "x_dim=63 .* the data give x_dim=64"),
+    ],
+)  # fmt: skip
+def test_a_model_option_that_contradicts_the_data_is_refused(option, refusal):
+    with pytest.raises(ValueError, match=rf"model_options: {refusal}"):
+        build(RunConfig(ModelConfig("models.vae:VAE", {**SMALL, **option})))
+    # the data's own values, given again, stand
+    same = {"likelihood": "bernoulli", "image_shape": [8, 8], "x_dim": 64}
+    exp = build(RunConfig(ModelConfig("models.vae:VAE", {**SMALL, **same})))
+    assert exp.model_arguments["image_shape"] == (8, 8)
+
+
+def test_a_label_model_of_more_classes_than_the_data_samples_and_notes_them_all():
+    """Tester CK: num_classes=12 on digits' 10 classes trained unsaid, and ``sample``
+    cycled through 10 of the model's 12 classes."""
+    exp = build(RunConfig(ModelConfig("models.cvae:CVAE", {**SMALL, "num_classes": 12})))
+    assert exp.model_arguments["num_classes"] == 12 == experiment.model_classes(exp)
+    assert exp.data.info["untrained_classes"] == {"classes": ["10", "11"], "of": 12}
+    drawn = []
+    exp.model.generate_given = lambda y: drawn.append(y.tolist()) or torch.zeros(len(y), 64)
+    experiment.label_samples(exp, 14)
+    assert drawn == [[*range(12), 0, 1]]
+    assert "untrained_classes" not in build(RunConfig(ModelConfig("models.cvae:CVAE"))).data.info

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from pyro_vae.plots import (
+    check_grid_size,
     latent_figure,
     mosaic,
     plot_elbo_curves,
@@ -265,3 +266,16 @@ def test_negative_labels_are_coloured_by_their_class_and_named_by_their_label():
     many.canvas.draw()
     shown = [(text, t) for text, t in zip(*_bar_labels(many), strict=True) if 0 <= t <= 29]
     assert shown and all(text == str(int(t) - 15) for text, t in shown)  # position t: t − 15
+
+
+def test_a_sample_grid_beyond_the_pixels_pillow_opens_is_refused(monkeypatch):
+    """Tester CK: ``sample --num 1000000000000`` failed to allocate 8 TB. Each image takes
+    0.8 in at 100 dpi, 80 x 80 = 6,400 pixels of the figure; with Pillow's limit at four
+    images' worth, a 2 x 2 grid is drawn and 5 images (2 x 3 cells) are refused."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 4 * 6400)
+    check_grid_size(4)
+    with pytest.raises(ValueError, match="--num: 5 images make a figure of 38,400 pixels, more "
+                       "than the 25,600 Pillow opens .*; expected at most 4"):  # fmt: skip
+        check_grid_size(5)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # the limit turned off: no refusal
+    check_grid_size(10**12)

@@ -32,3 +32,7 @@ def test_parse():
     )
     with pytest.raises(ValueError, match="not key=value"):
         parse("score:oops")
+    # tester CK: the last of two values won, unsaid; the same value twice is one option
+    with pytest.raises(ValueError, match="num_particles is given twice .* as 2 and 3"):
+        parse("trace:num_particles=2:num_particles=3")
+    assert parse("trace:num_particles=2:num-particles=2") == ("trace", {"num_particles": 2})
