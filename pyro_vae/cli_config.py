@@ -13,6 +13,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pyro
+
 from pyro_vae.convnets import default_activation
 from pyro_vae.datasets import resolved_name
 from pyro_vae.devices import resolve_device
@@ -87,6 +89,9 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
     )
     _refuse_twice_given(args)
     spec = _resolved(args.model)
+    # the model file runs here first: what it draws at import (a module-level network)
+    # follows --seed (tester CJ: two runs of seed 0 had every such weight differ)
+    pyro.set_rng_seed(args.seed)
     own = _constructor_defaults(spec)
     options = {key: _default(args, key, own) for key in MODEL_FLAGS}
     options = {key: value for key, value in options.items() if value is not None}

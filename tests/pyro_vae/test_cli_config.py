@@ -136,3 +136,24 @@ def test_an_option_given_twice_with_one_value_stands(tmp_path):
     assert config.model.options["latent_dim"] == 4
     assert config.model.options["hidden_dims"] == [16, 8]
     assert config.estimator.options == {"num_particles": 2}
+
+
+def test_what_a_model_file_draws_at_import_follows_the_seed(tmp_path, monkeypatch):
+    """Tester CJ: a file's module-level networks (``enc = nn.Linear(64, 4)``) ran before
+    the seed was set, and two runs of seed 0 differed in every such weight."""
+    import sys
+
+    import torch
+
+    from pyro_vae.spec import _module_name, executed_module
+
+    path = tmp_path / "module_level.py"
+    path.write_text("import torch\nW = torch.randn(3)\n\nclass M:\n    def __init__(self, x_dim):\n"
+                    "        pass\n")  # fmt: skip
+    for seed in (0, 3, 0):
+        monkeypatch.delitem(sys.modules, _module_name(path.resolve()), raising=False)
+        torch.manual_seed(1000 + seed)  # whatever ran before
+        argv = ["fit", "--model", f"{path}:M", "--seed", str(seed), "--out", str(tmp_path / "r")]
+        run_config_from_args(build_parser().parse_args(argv))
+        torch.manual_seed(seed)
+        assert torch.equal(executed_module(path.resolve()).W, torch.randn(3))
