@@ -963,3 +963,27 @@ def test_fit_refuses_a_latent_masked_by_the_model_alone_whatever_the_elbo(tmp_pa
         fit(model, guide, TensorData(x), Trace_ELBO(), quiet(epochs=1, patience=None),
             run=tmp_path / "run")  # fmt: skip
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+def test_a_guide_drawing_a_latent_the_model_lacks_is_refused_before_training(digits, tmp_path):
+    """Tester CJ: the evaluators refuse q(z, u)'s auxiliary u (no bound on log p(x)), and
+    the fit trained its first epoch, wrote the folder, and only its validation refused it."""
+    import pyro.distributions as dist
+
+    from pyro_vae.plates import data_plate
+
+    model, guide = small_vae(digits)
+
+    def guide_with_extra(x, num_data=None):
+        pyro.module("encoder", guide)
+        with data_plate(x, num_data):
+            pyro.sample("z", guide.encode(x).to_event(1))
+            pyro.sample("extra", dist.Normal(torch.zeros(x.shape[0]), 1.0))
+
+    run = tmp_path / "run"
+    before = {k: v.clone() for k, v in guide.state_dict().items()}
+    with pytest.raises(ValueError, match=r"guide: it draws \['extra'\], which the model does"):
+        fit(model, guide_with_extra, digits, Trace_ELBO(), quiet(epochs=1), run=run)
+    assert all(torch.equal(v, before[k]) for k, v in guide.state_dict().items())  # no step
+    assert not RunFolder(run).has_checkpoint
+    assert not (run / "metrics.json").exists()
