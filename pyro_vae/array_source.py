@@ -188,12 +188,28 @@ def from_array(
 
 def from_dataset(dataset: Any, arg: str = "data") -> ArrayImages:
     """The items of a map-style ``torch.utils.data.Dataset`` (each ``x`` or ``(x, y)``)
-    stacked into arrays in memory and checked as :func:`from_array` checks them.
+    stacked into arrays in memory and checked as :func:`from_array` checks them. A Python
+    list is such a dataset too, so its refusals say how to give rows instead.
 
     Raises:
         ValueError: no items, items of different shapes or kinds (the first named), or
             what :func:`from_array` refuses.
     """
+    try:
+        return _stacked_items(dataset, arg)
+    except ValueError as err:
+        if not isinstance(dataset, list | tuple):
+            raise
+        # tester CJ: rows [[0.1, 0.2]] * 50 were read as (x, y) pairs of scalars, and
+        # refused as "shape (50,) has rank 1"
+        raise ValueError(
+            f"{err} (a {type(dataset).__name__} is read as a Dataset of x or (x, y) items; "
+            "for rows of values, pass an array: np.asarray(rows, dtype=np.float32))"
+        ) from err
+
+
+def _stacked_items(dataset: Any, arg: str) -> ArrayImages:
+    """:func:`from_dataset`'s work: the items stacked and checked."""
     count = len(dataset)
     if count == 0:
         raise ValueError(f"{arg}: the dataset has 0 items; expected at least 1")
@@ -235,8 +251,13 @@ def check_images(x: np.ndarray, arg: str) -> tuple[int, bool]:
         )
     if not 2 <= x.ndim <= 4:
         raise ValueError(f"{arg}: shape {x.shape} has rank {x.ndim}; expected {SHAPES}")
-    if 0 in x.shape:
+    if x.shape[0] == 0:
         raise ValueError(f"{arg}: shape {x.shape} is empty; expected at least one row of data")
+    if 0 in x.shape:  # tester CJ: 100 rows of no values were said to be no rows
+        raise ValueError(
+            f"{arg}: shape {x.shape} has {x.shape[0]} rows of no values (a dimension of size "
+            "0); expected at least one value per row"
+        )
     # channels last: a channel count last, none first, and the last two not a square
     # image's (tester CC: [N, 2, 4, 4], two channels of 4x4, was refused as channels last)
     if (

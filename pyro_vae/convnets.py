@@ -74,6 +74,12 @@ def feature_sizes(image_shape, channels: Sequence[int]) -> list[tuple[int, int]]
         h, w = sizes[-1]
         if min(h, w) < 2:
             most = math.floor(math.log2(min(sizes[0])))
+            if most == 0:  # tester CJ: "shrink to 1x16 after 0 ...; take at most 0"
+                raise ValueError(
+                    f"channels: {tuple(channels)} asks for convolutions, but "
+                    f"{sizes[0][0]}x{sizes[0][1]} images take none (each halves the size "
+                    "and needs at least 2x2); expected images at least 2x2, or --arch mlp"
+                )
             raise ValueError(
                 f"channels: {tuple(channels)} asks for {len(channels)} convolutions, but "
                 f"{sizes[0][0]}x{sizes[0][1]} images shrink to {h}x{w} after {len(sizes) - 1} "

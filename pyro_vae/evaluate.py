@@ -415,6 +415,29 @@ def _refuse_fitted_estimator(guide, what: str) -> None:
         )
 
 
+def _check_rows(x, model) -> None:
+    """Refuse data with no rows, and rows of another width than a model that declares
+    ``x_dim`` takes (tester CJ: one image ``x[0]``, of shape [64], was scored as 64 rows;
+    ``x[:0]`` raised a ZeroDivisionError, ``x[:, :63]`` PyTorch's "mat1 and mat2 shapes
+    cannot be multiplied").
+
+    Raises:
+        ValueError: naming the shape and what was expected."""
+    if int(x.shape[0]) == 0:
+        raise ValueError(f"x: shape {tuple(x.shape)} has no rows; expected at least one datapoint")
+    x_dim = getattr(getattr(model, "__self__", model), "x_dim", None)
+    if not isinstance(x_dim, int) or isinstance(x_dim, bool):
+        return
+    width = math.prod(x.shape[1:])
+    if width != x_dim:
+        one = x.dim() == 1 and x.shape[0] == x_dim
+        raise ValueError(
+            f"x: shape {tuple(x.shape)}, rows of {width} value{'s' * (width != 1)}; the model "
+            f"takes x_dim={x_dim}, expected [N, {x_dim}]"
+            + (f" (one datapoint is x[None], of shape [1, {x_dim}])" if one else "")
+        )
+
+
 def prepare(
     model,
     guide,
@@ -455,6 +478,7 @@ def prepare(
     model, guide = bare_pair(model, guide)
     _refuse_fitted_estimator(guide, what)
     count = int(data[0].shape[0])
+    _check_rows(data[0], model)
     device = data[0].device if device is None else resolve_device(device, "device")
     probe = to_device(_chunk(data, 0, min(count, probe_rows)), device)
     num_rows = batch_rows(probe)

@@ -38,7 +38,11 @@ def test_integer_pixels_other_than_uint8_take_their_largest_value_as_full():
         (IMAGES.reshape(-1), ["data: shape (480,) has rank 1", "[N, D]"]),
         (IMAGES.reshape(30, 1, 1, 4, 4), ["rank 5"]),
         (np.zeros((0, 4, 4), np.uint8), ["(0, 4, 4) is empty"]),
-        (np.zeros((3, 0), np.uint8), ["(3, 0) is empty"]),
+        # tester CJ: 3 rows of no values were "empty; expected at least one row"
+        (np.zeros((3, 0), np.uint8), ["(3, 0) has 3 rows of no values"]),
+        # tester CJ: a list of rows is read as a Dataset of (x, y) pairs: said so
+        ([[0.1, 0.2]] * 5, ["has rank 1", "a list is read as a Dataset", "np.asarray(rows"]),
+        ([[0.1, 0.2, 0.3]] * 5, ["item 0 has 3 parts", "a list is read as a Dataset"]),
         (IMAGES.astype(np.complex64), ["dtype complex64", "uint8"]),
         (np.array([["a"]]), ["dtype <U1"]),
         (np.where(IMAGES == IMAGES[2, 1, 1], np.nan, 0.5).astype(np.float32), ["row 2", "NaN"]),

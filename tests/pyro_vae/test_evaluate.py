@@ -977,3 +977,26 @@ def test_elbo_estimate_reads_a_mask_inside_a_transformed_prior():
         elbo_estimate(model, lambda: guide(masked=False), num_samples=10)
     elbo, se = elbo_estimate(model, guide, num_samples=20000)
     assert abs(elbo - -(9 - 1 - math.log(9)) / 2) < 4 * se
+
+
+@pytest.mark.parametrize(
+    ("rows", "refusal"),
+    [
+        # tester CJ: one image scored as 64 rows of one pixel each
+        (lambda x: x[0], r"x: shape \(64,\), rows of 1 value; the model takes x_dim=64, "
+         r"expected \[N, 64\] \(one datapoint is x\[None\]"),
+        (lambda x: x[:0], r"x: shape \(0, 64\) has no rows"),  # a ZeroDivisionError
+        (lambda x: x[:, :63], r"x: shape \(5, 63\), rows of 63 values; the model takes "
+         r"x_dim=64"),  # PyTorch's "mat1 and mat2 shapes cannot be multiplied"
+    ],
+)  # fmt: skip
+def test_rows_the_model_does_not_take_are_refused_by_shape(rows, refusal):
+    from models.vae import VAE
+
+    pyro.set_rng_seed(0)
+    vae = VAE(64, latent_dim=2, hidden_dims=(8,))
+    x = torch.rand(5, 64).round()
+    for evaluator in (elbo_per_datapoint, iwae_log_likelihood):
+        with pytest.raises(ValueError, match=refusal):
+            evaluator(vae, vae.make_guide(), rows(x))
+    assert elbo_per_datapoint(vae, vae.make_guide(), x[None, 0]).shape == (1,)
