@@ -23,6 +23,7 @@ from pyro_vae.plots import check_grid_size, plot_gradient_variance, plot_samples
 from pyro_vae.predictive import prior_mean_images
 from pyro_vae.prior_model import RECORD as IMAGE_RECORD
 from pyro_vae.prior_model import load_for_prior
+from pyro_vae.tables import is_table_path
 
 
 def _check_png_out(out: Path, own: str) -> None:
@@ -66,9 +67,10 @@ def sample_command(args: argparse.Namespace) -> int:
     if rows_not_images(exp.data):
         raise ValueError(
             f"run: its data {exp.config.data.name!r} are "
-            # a table's rows have no shape (tester CK: one read back from the run was
-            # called an array, its columns not among what the run recorded)
-            f"{'a table' if exp.data.image_shape is None else 'an [N, D] array'} whose rows "
+            # by the run's own --data (tester CK: a table's, read back from the run's
+            # record without its columns, was called an array)
+            f"{'a table' if _names_a_table(exp.config.data.name) else 'an [N, D] array'} "
+            "whose rows "
             f"of {exp.data.x_dim} values are not images to draw"
         )
     pyro.set_rng_seed(args.seed)
@@ -86,6 +88,11 @@ def sample_command(args: argparse.Namespace) -> int:
     path = plot_samples(images, exp.data.image_shape, exp.data.pixel_max, out)
     print(f"wrote {args.num} samples to {path}")
     return 0
+
+
+def _names_a_table(name: str) -> bool:
+    """Whether a run's ``--data`` names a table (``table:PATH``, or a table's suffix)."""
+    return name.startswith("table:") or is_table_path(name)
 
 
 def _load_for_sampling(run: RunFolder, args: argparse.Namespace) -> Experiment:

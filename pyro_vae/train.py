@@ -577,8 +577,8 @@ def _estimator_ready_to_train(
     with buffers_kept():
         model_trace, guide_trace = _first_traces(pair, batches)
         refuse_mask_mismatches(model_trace, guide_trace)  # whatever the ELBO, Pyro's too
-        if pair.validation_kind is not None:  # its evaluators refuse a guide-only latent,
-            # so refused now (tester CJ: after the first epoch, the folder left behind)
+        if pair.validates_per_datapoint:  # its evaluators refuse a guide-only latent, so
+            # refused now (tester CJ: after the first epoch, the folder left behind)
             refuse_guide_only_latents(model_trace, guide_trace)
         _refuse_per_row_baselines_with_a_partial_batch(elbo, guide_trace, batches, config)
         _refuse_unenumerated_sites(elbo, model_trace, guide_trace)

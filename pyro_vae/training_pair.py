@@ -86,6 +86,8 @@ class TrainingPair:
     local: bool
     validate: Callable[[], float] | None = None
     validation_kind: str | None = None
+    #: whether validation scores each row (the evaluators, which refuse a guide-only latent)
+    validates_per_datapoint: bool = False
     vectorize: bool | None = None
     #: each found module's training flag at set-up, parents before children (see train_mode)
     modes: list = field(default_factory=list)
@@ -167,6 +169,7 @@ class TrainingPair:
         if plan is None:
             return
         self.validation_kind = plan.kind
+        self.validates_per_datapoint = not plan.whole_data
         draws = config.val_samples or plan.draws
 
         def estimate() -> float:
