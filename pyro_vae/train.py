@@ -53,6 +53,7 @@ import dataclasses
 import math
 import os
 import time
+import warnings
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -67,7 +68,7 @@ from tqdm.auto import tqdm
 
 from pyro_vae import labels
 from pyro_vae.annealing import KLWarmup, ScaleLatents, unwrap
-from pyro_vae.checkpoint import RunFolder
+from pyro_vae.checkpoint import RunFolder, RunFolderError
 from pyro_vae.data_source import (
     TRAINING_SET,
     WHOLE_DATA,
@@ -92,7 +93,12 @@ from pyro_vae.progress import bar as progress_bar
 from pyro_vae.progress import interactive
 from pyro_vae.pyro_compat import guess_max_plate_nesting
 from pyro_vae.svi_step import GroupedAdam, SVIStep
-from pyro_vae.tensorboard_log import TensorBoardLog, require_tensorboard
+from pyro_vae.tensorboard_log import (
+    TensorBoardLog,
+    TensorBoardMissing,
+    TensorBoardWarning,
+    require_tensorboard,
+)
 from pyro_vae.traces import (
     buffers_kept,
     refuse_guide_only_latents,
@@ -206,12 +212,15 @@ def fit(
         pyro_vae.tensorboard_log.TensorBoardMissing: ``config.tensorboard`` without the
             ``tensorboard`` package (an ``ImportError``), before anything is trained.
         pyro_vae.plates.DataPlateError: minibatches of a model without a per-datapoint plate.
+        pyro_vae.checkpoint.RunFolderError: ``run`` holds a checkpoint and ``resume`` is
+            False (a fit never overwrites one).
         TrainingDiverged: the loss became NaN or infinite.
     """
     config = config or TrainConfig()
     terms = batch_terms(model)  # training-objective factors beyond the ELBO (M2's α term)
     model, guide, config = _beta_from_handlers(model, guide, config)
     run = RunFolder(run) if isinstance(run, (str, os.PathLike)) else run
+    config = _tensorboard_if_installed(config, resume)
     _refuse_bad_arguments(model, guide, elbo, run, resume, resume_state, config)
     whole = labelled_data(model, data)  # (x, y, observed) batches for a model that uses labels
     data, group, resume_state = _placed(whole, model, guide, config, run, resume, resume_state)
@@ -358,6 +367,25 @@ def _whole_first_batch(data, group, config: TrainConfig) -> tuple | None:
     return whole.first_batch, whole.first_rows
 
 
+def _tensorboard_if_installed(config, resume: bool):
+    """``config``, or for a resume that logged to TensorBoard where the package is gone,
+    ``config`` without it, with a :class:`~pyro_vae.tensorboard_log.TensorBoardWarning`:
+    logging never stops training (tester CM: such a run could not be resumed, and nothing
+    turned its logging off). A new fit that asks for it is refused (:func:`_refuse_bad_
+    arguments`), before any work."""
+    if not (config.tensorboard and resume):
+        return config
+    try:
+        require_tensorboard("tensorboard")
+    except TensorBoardMissing as err:
+        warnings.warn(
+            TensorBoardWarning(f"{err}; this resume trains on without TensorBoard logging"),
+            stacklevel=3,
+        )
+        return dataclasses.replace(config, tensorboard=False)
+    return config
+
+
 def _refuse_bad_arguments(model, guide, elbo, run, resume: bool, resume_state, config) -> None:
     for arg, fn in (("model", model), ("guide", guide)):
         if not callable(fn):
@@ -372,6 +400,12 @@ def _refuse_bad_arguments(model, guide, elbo, run, resume: bool, resume_state, c
         require_tensorboard("tensorboard")
     if resume and run is None:
         raise ValueError("resume: True needs a run folder to resume from")
+    if run is not None and not resume and run.has_checkpoint:
+        # tester CM: a second fit(run=...) replaced a finished run's checkpoint unsaid
+        raise RunFolderError(
+            f"run: {run.path} holds a checkpoint, which a fit never overwrites; expected "
+            "resume=True to continue it, or another folder (delete this one to start over)"
+        )
     if resume_state is not None and not resume:
         raise ValueError(
             "resume_state: a checkpoint was given with resume=False; expected resume=True "

@@ -160,6 +160,22 @@ def test_without_the_package_tensorboard_is_refused_before_any_work(
     assert len(err.splitlines()) == 1 and not run.exists()
 
 
+def test_a_logging_run_resumes_without_the_package_warning_that_logging_stops(
+    digits, tmp_path, monkeypatch
+):
+    """Tester CM: a run fit with --tensorboard could not be resumed where the package was
+    gone, and nothing turned its logging off; logging never stops training."""
+    from pyro_vae.tensorboard_log import TensorBoardWarning
+
+    _fit(digits, tmp_path / "run", epochs=1, tensorboard=True)
+    logged = sorted(p.name for p in (tmp_path / "run" / "tensorboard").iterdir())
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    with pytest.warns(TensorBoardWarning, match="not installed .*; this resume trains on without"):
+        _fit(digits, tmp_path / "run", epochs=2, resume=True, tensorboard=True)
+    assert RunFolder(tmp_path / "run").load_checkpoint()["epoch"] == 2
+    assert sorted(p.name for p in (tmp_path / "run" / "tensorboard").iterdir()) == logged
+
+
 def test_tensorboard_needs_a_run_folder(digits):
     with pytest.raises(ValueError, match=r"tensorboard: True needs a run folder"):
         _fit(digits, None, tensorboard=True)

@@ -8,7 +8,7 @@ from pyro.infer import Trace_ELBO
 
 from models.autoencoder import Autoencoder
 from models.vae import VAE
-from pyro_vae.checkpoint import RunFolder
+from pyro_vae.checkpoint import RunFolder, RunFolderError
 from pyro_vae.data import Preprocessing, load_data
 from pyro_vae.estimators import get as get_estimator
 from pyro_vae.tensor_data import TensorData
@@ -987,3 +987,18 @@ def test_a_guide_drawing_a_latent_the_model_lacks_is_refused_before_training(dig
     assert all(torch.equal(v, before[k]) for k, v in guide.state_dict().items())  # no step
     assert not RunFolder(run).has_checkpoint
     assert not (run / "metrics.json").exists()
+
+
+def test_a_fit_into_a_folder_with_a_checkpoint_is_refused_unless_it_resumes(digits, tmp_path):
+    """Tester CM: a second ``fit(run=...)`` replaced a finished run's 5 epochs with 1,
+    unsaid, where the command line refuses such a folder."""
+    run = tmp_path / "run"
+    model, guide = small_vae(digits)
+    fit(model, guide, digits, Trace_ELBO(), quiet(epochs=2), run=run)
+    saved = (run / "checkpoint.pt").read_bytes()
+    model, guide = small_vae(digits)
+    with pytest.raises(RunFolderError, match="holds a checkpoint, which a fit never overwrites"):
+        fit(model, guide, digits, Trace_ELBO(), quiet(epochs=1), run=run)
+    assert (run / "checkpoint.pt").read_bytes() == saved
+    fit(model, guide, digits, Trace_ELBO(), quiet(epochs=3), run=run, resume=True)
+    assert RunFolder(run).load_checkpoint()["epoch"] == 3
