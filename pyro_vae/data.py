@@ -341,11 +341,11 @@ class ShuffledBatches:
     def indexed(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """The same batches with their rows of the training set: ``(rows, x, y)``."""
         n, size = self.x.shape[0], self.batch_size
-        order = torch.randperm(n, generator=self.generator)
+        order = torch.randperm(n, generator=self.generator, device=self.generator.device)
         full = n - n % size
         for start in range(0, full, size):
             yield self._batch(order[start : start + size])
-        torch.randperm(n, generator=self.generator)
+        torch.randperm(n, generator=self.generator, device=self.generator.device)
         if full < n and not self.drop_last:
             yield self._batch(order[full:])
 

@@ -77,7 +77,8 @@ def labelled_subset(
     observed = torch.zeros(n, dtype=torch.bool)
     for label, quota in zip(classes.tolist(), quotas, strict=True):
         rows = torch.nonzero(y == label).reshape(-1)
-        observed[rows[torch.randperm(rows.shape[0], generator=generator)[:quota]]] = True
+        drawn = torch.randperm(rows.shape[0], generator=generator, device=generator.device)
+        observed[rows[drawn[:quota]]] = True
     return observed
 
 

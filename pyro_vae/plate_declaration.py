@@ -38,6 +38,7 @@ def data_plate(x: torch.Tensor, num_data: int | None = None) -> pyro.plate:
             f"num_data: {num_data} is smaller than the minibatch of {batch} rows; expected the "
             "size of the whole dataset the minibatch was drawn from"
         )
-    return pyro.plate(
-        DATA_PLATE, size=num_data, subsample=torch.arange(batch, device=x.device), dim=DATA_DIM
-    )
+    # device: Pyro's plate reads its own from a tensor made on the default device
+    # (tester CN: under torch.set_default_device("meta") the fit failed)
+    rows = torch.arange(batch, device=x.device)
+    return pyro.plate(DATA_PLATE, size=num_data, subsample=rows, dim=DATA_DIM, device=x.device)

@@ -85,7 +85,8 @@ class TensorData:
             device = self.tensors[0].device if self.tensors else None
             yield torch.arange(n, device=device), self.tensors
             return
-        order = torch.randperm(n, generator=epoch_generator(seed, epoch))
+        generator = epoch_generator(seed, epoch)
+        order = torch.randperm(n, generator=generator, device=generator.device)
         for start in range(0, n, batch_size):
             rows = order[start : start + batch_size]
             if drop_last and len(rows) < batch_size:

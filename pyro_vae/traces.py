@@ -364,8 +364,10 @@ def run_pair(
     ``particles=(K, dim)`` runs both inside a particle plate of size K at ``dim``.
     """
     with poutine.block(), contextlib.ExitStack() as stack:
-        if particles is not None:
-            stack.enter_context(pyro.plate(PARTICLES, particles[0], dim=particles[1]))
+        if particles is not None:  # on the data's device: the default may be another
+            on = next((a.device for a in (*args, *kwargs.values()) if torch.is_tensor(a)), None)
+            plate = pyro.plate(PARTICLES, particles[0], dim=particles[1], device=on)
+            stack.enter_context(plate)
         guide_tr = poutine.trace(guide).get_trace(*args, **kwargs)
         model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*args, **kwargs)
     return model_tr, guide_tr

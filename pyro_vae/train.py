@@ -189,10 +189,9 @@ def fit(
     by ``pyro-vae fit``: :func:`pyro_vae.compare.compare_runs` reads such a folder,
     ``pyro-vae evaluate`` cannot); ``resume=True`` continues from it (or from
     ``resume_state``, the checkpoint already read) exactly as an uninterrupted run would
-    have gone on. Clears Pyro's param store first. It computes
-    on ``config.device`` (:func:`pyro_vae.devices.resolve_device`): the model's and guide's
-    modules are moved there, and each batch as it is drawn; a checkpoint written on any
-    device resumes on it. Training steps run at ``config.precision``
+    have gone on. Clears Pyro's param store first. It computes on ``config.device``
+    (:func:`pyro_vae.devices.resolve_device`): the modules are moved there, and each batch
+    as it is drawn; a checkpoint written on any device resumes on it. Training steps run at ``config.precision``
     (:mod:`pyro_vae.precision`: networks under autocast, densities and the ELBO in float32,
     float32 weights); validation runs in float32. In a ``torch.distributed`` group
     (:mod:`pyro_vae.distributed`) each rank trains on its part of every global batch of
@@ -212,15 +211,14 @@ def fit(
         pyro_vae.tensorboard_log.TensorBoardMissing: ``config.tensorboard`` without the
             ``tensorboard`` package (an ``ImportError``), before anything is trained.
         pyro_vae.plates.DataPlateError: minibatches of a model without a per-datapoint plate.
-        pyro_vae.checkpoint.RunFolderError: ``run`` holds a checkpoint and ``resume`` is
-            False (a fit never overwrites one).
+        pyro_vae.checkpoint.RunFolderError: ``run`` holds a checkpoint, without ``resume``.
         TrainingDiverged: the loss became NaN or infinite.
     """
     config = config or TrainConfig()
     terms = batch_terms(model)  # training-objective factors beyond the ELBO (M2's α term)
     model, guide, config = _beta_from_handlers(model, guide, config)
     run = RunFolder(run) if isinstance(run, (str, os.PathLike)) else run
-    config = _tensorboard_if_installed(config, resume)
+    config = _tensorboard_if_installed(config, resume)  # resumed without the package: off
     _refuse_bad_arguments(model, guide, elbo, run, resume, resume_state, config)
     whole = labelled_data(model, data)  # (x, y, observed) batches for a model that uses labels
     data, group, resume_state = _placed(whole, model, guide, config, run, resume, resume_state)
@@ -263,8 +261,10 @@ def _train_epochs(
     ranks), the record of the epoch and the checkpoint; then the best weights put back.
     ``terms``: the model's ``batch_terms``, factors of its training objective only."""
     result = _new_result(pair, start.history)
-    free_bits = _free_bits_of(getattr(step.svi, "elbo", None))
+    free_bits, groups = _free_bits_of(getattr(step.svi, "elbo", None))
     result.objective = _objective(config, free_bits, pair.handler_beta, terms)
+    if groups is not None:  # tester CN: two runs' objectives differed by it, unsaid
+        result.objective["free_bits_groups"] = groups
     guard, stopping = step.guard, EarlyStopping(config.patience, start.best)
     for epoch in range(start.epoch, config.epochs):
         if stopping.out_of_patience(epoch):
@@ -446,15 +446,15 @@ def _new_result(pair: TrainingPair, history: list[dict[str, Any]]) -> FitResult:
     )
 
 
-def _free_bits_of(elbo) -> float | None:
-    """The ``free_bits`` of the estimator a step runs, under its wrappers (a recording,
-    the distributed all-reduce)."""
+def _free_bits_of(elbo) -> tuple[float | None, int | str | None]:
+    """The ``free_bits`` and ``free_bits_groups`` of the estimator a step runs, under its
+    wrappers (a recording, the distributed all-reduce)."""
     while elbo is not None:
         free_bits = getattr(elbo, "free_bits", None)
         if free_bits is not None:
-            return free_bits
+            return free_bits, getattr(elbo, "free_bits_groups", None)
         elbo = getattr(elbo, "elbo", None)
-    return None
+    return None, None
 
 
 def _objective(

@@ -9,6 +9,7 @@ this class.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -116,8 +117,11 @@ class TrainingConfig:
         if not isinstance(self.tensorboard, bool):
             raise ValueError(f"tensorboard: {self.tensorboard!r} is not True or False")
         self.beta = check_beta(self.beta, "beta")
-        if not self.kl_warmup_epochs >= 0:
-            raise ValueError(f"kl_warmup_epochs: {self.kl_warmup_epochs!r} is negative")
+        if not 0 <= self.kl_warmup_epochs < math.inf:  # tester CN: inf overflowed, nan was
+            # "negative"
+            raise ValueError(
+                f"kl_warmup_epochs: {self.kl_warmup_epochs!r} is not a finite number of epochs >= 0"
+            )
         if self.compile_backend is not None and not self.compile:
             raise ValueError(
                 f"compile_backend: {self.compile_backend!r} needs compile=True (the backend "

@@ -449,7 +449,9 @@ def warn_on_scales(model, guide, args, rows, plate: str, num_data: int) -> None:
     for kind, trace in (("model", model_tr), ("guide", guide_tr)):
         for name, site in sample_sites(trace).items():
             expected = factor if frames_in(site, plate) else 1.0
-            scale = float(torch.as_tensor(site["scale"]).mean())
+            scale = site["scale"]  # no tensor made of a float: the default device may be
+            # another (tester CN: "meta" failed here, blamed on the guide)
+            scale = float(scale.float().mean()) if torch.is_tensor(scale) else float(scale)
             if abs(scale - expected) > 1e-6 * expected:
                 odd.append(f"{kind} site {name!r} has scale {scale:g}, expected {expected:g}")
     if odd:

@@ -121,7 +121,8 @@ def _same(a, b) -> bool:
         return a is None and b is None
     if not (torch.is_tensor(a) or torch.is_tensor(b)):
         return a == b
-    a, b = torch.as_tensor(a), torch.as_tensor(b)
+    on = (a if torch.is_tensor(a) else b).device  # a float made there, not on the default
+    a, b = torch.as_tensor(a, device=on), torch.as_tensor(b, device=on)
     try:
         return bool((a == b.to(a.device)).all())
     except RuntimeError:  # shapes that do not broadcast

@@ -60,7 +60,12 @@ class LocalFlow(HeldRows, PyroModule):
         site: str = "z",
     ) -> None:
         super().__init__(name="local_guide")
-        if loc.dim() != 2 or scale.shape != loc.shape or context.shape[:1] != loc.shape[:1]:
+        if (
+            loc.dim() != 2
+            or scale.shape != loc.shape
+            or context.dim() != 2  # tester CN: [N] passed, then a raw matmul error
+            or context.shape[:1] != loc.shape[:1]
+        ):
             raise ValueError(
                 f"loc, scale, context: shapes {tuple(loc.shape)}, {tuple(scale.shape)} and "
                 f"{tuple(context.shape)}; expected [N, latent_dim], [N, latent_dim] and "

@@ -41,11 +41,16 @@ class LocalLowRankNormal(HeldRows, PyroModule):
         self, loc: torch.Tensor, scale: torch.Tensor, cov_factor: torch.Tensor, site: str = "z"
     ) -> None:
         super().__init__(name="local_guide")
-        if loc.dim() != 2 or scale.shape != loc.shape or cov_factor.shape[:-1] != loc.shape:
+        if (
+            loc.dim() != 2
+            or scale.shape != loc.shape
+            or cov_factor.shape[:-1] != loc.shape
+            or cov_factor.shape[-1] == 0  # tester CN: rank 0, an IndexError in log_prob
+        ):
             raise ValueError(
                 f"loc, scale, cov_factor: shapes {tuple(loc.shape)}, {tuple(scale.shape)} and "
                 f"{tuple(cov_factor.shape)}; expected [N, latent_dim], [N, latent_dim] and "
-                "[N, latent_dim, rank]"
+                "[N, latent_dim, rank] with rank >= 1"
             )
         self.site = site
         self.loc = nn.Parameter(loc.detach().clone())

@@ -1044,7 +1044,9 @@ def test_fit_nproc_refuses_bad_flags_before_starting_processes(monkeypatch, tmp_
     monkeypatch.setattr("pyro_vae.cli.launch", lambda argv, n: pytest.fail("launched"))
     out = str(tmp_path / "r")
     assert main(["fit", "--nproc", "2", "--kl-warmup", "-1", "--out", out]) == 2
-    assert "kl_warmup_epochs: -1.0 is negative" in capsys.readouterr().err
+    assert "kl_warmup_epochs: -1.0 is not a finite number of epochs >= 0" in (
+        capsys.readouterr().err
+    )
 
 
 def test_fit_nproc_refuses_a_label_model_s_labels_once_before_starting_processes(

@@ -494,3 +494,23 @@ def test_the_amortization_gap_creates_tensors_on_its_inputs_device():
     with meta_default():
         result = amortization_gap(model, guide, data.test_x, steps=2, iwae_samples=4)
     assert result["num_points"] == 3
+
+
+def test_a_whole_fit_under_meta_as_the_default_device_is_the_cpu_fit():
+    """Tester CN: ``fit`` itself (its set-up, batches, plates and checks, not only the
+    steps above) made tensors without a device: under meta as the default it failed in
+    its first checks. The data's plate, the particle plate and the batch orders now take
+    the data's or the generator's device; the whole fit matches the CPU one bit for bit."""
+    from pyro.infer import Trace_ELBO
+
+    from pyro_vae.train import fit
+
+    histories = []
+    for on_meta in (False, True):
+        torch.manual_seed(0)
+        model, guide, data, _ = _vae()
+        config = TrainConfig(epochs=2, batch_size=4, progress=False, device="cpu", val_samples=2)
+        with meta_default() if on_meta else contextlib.nullcontext():
+            result = fit(model, guide, data, Trace_ELBO(), config)
+        histories.append([{k: v for k, v in r.items() if k != "seconds"} for r in result.history])
+    assert histories[0] == histories[1]

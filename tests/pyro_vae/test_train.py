@@ -635,6 +635,20 @@ def test_beta_and_warmup_compose_and_the_fit_records_its_objective(digits):
     objective = result.info()["objective"]
     assert objective["beta"] == 4.0 and objective["free_bits"] is None
     assert "not the ELBO" in objective["train_elbo"] and "beta = 1" in objective["val_elbo"]
+    assert "free_bits_groups" not in objective
+
+
+def test_the_objective_records_free_bits_groups(digits):
+    """Tester CN: runs of free bits per site and per dimension recorded one objective,
+    while their training objectives differ by design."""
+    from pyro_vae.estimators import get
+
+    for groups in (None, "dims", 2):
+        model, guide = small_vae(digits)
+        elbo = get("analytic-kl", free_bits=0.5, free_bits_groups=groups)
+        objective = fit(model, guide, digits, elbo, quiet(epochs=1)).info()["objective"]
+        assert objective["free_bits"] == 0.5
+        assert objective.get("free_bits_groups") == groups
 
 
 def test_a_pair_wrapped_in_scale_latents_trains_as_beta_and_validates_the_elbo(digits):

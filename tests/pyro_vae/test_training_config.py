@@ -30,6 +30,16 @@ def test_the_defaults_are_the_command_line_s():
         (lambda: TrainingConfig(lr=float("inf")), ["lr: inf", "positive learning rate"]),
         (lambda: TrainingConfig(val_samples=0), ["val_samples: 0"]),
         (lambda: TrainingConfig(compile=True, kl_warmup_epochs=1.0), ["warm-up"]),
+        # tester CN: inf overflowed in the schedule, with a traceback; nan was "negative"
+        (
+            lambda: TrainingConfig(kl_warmup_epochs=float("inf")),
+            ["kl_warmup_epochs: inf is not a finite number of epochs >= 0"],
+        ),
+        (
+            lambda: TrainingConfig(kl_warmup_epochs=float("nan")),
+            ["kl_warmup_epochs: nan is not a finite"],
+        ),
+        (lambda: TrainingConfig(kl_warmup_epochs=-1.0), ["kl_warmup_epochs: -1.0 is not"]),
         (lambda: TrainingConfig(tensorboard=1), ["tensorboard: 1", "True or False"]),
     ],
 )

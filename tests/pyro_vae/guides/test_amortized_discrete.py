@@ -21,3 +21,11 @@ def test_categorical_guide_samples_classes_per_latent():
     assert z["value"].shape == (4, 3) and z["value"].max() < 5 and z["scale"] == 2.0
     with pytest.raises(ValueError, match="num_categories: 1"):
         AmortizedCategorical(6, 3, 1)
+
+
+def test_no_latent_dimensions_are_refused():
+    """Tester CN: ``AmortizedBernoulli(2, 0)`` drew an empty z, ``AmortizedCategorical(2,
+    0, 3)`` failed in a reshape."""
+    for make in (lambda: AmortizedBernoulli(2, 0), lambda: AmortizedCategorical(2, 0, 3)):
+        with pytest.raises(ValueError, match="latent_dim: 0 is not a positive integer"):
+            make()

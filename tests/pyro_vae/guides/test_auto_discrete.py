@@ -71,6 +71,9 @@ def test_continuous_and_subsampled_sites_are_refused_by_name():
         AutoDiscreteMeanField(subsampled)()
     with pytest.raises(ValueError, match="init_scale: -1"):
         AutoDiscreteMeanField(continuous, init_scale=-1)
+    # tester CN: inf made every logit ±inf, q a point mass, unsaid
+    with pytest.raises(ValueError, match="init_scale: inf is not a finite non-negative"):
+        AutoDiscreteMeanField(continuous, init_scale=float("inf"))
 
 
 PI_HMM = torch.tensor([0.6, 0.4])

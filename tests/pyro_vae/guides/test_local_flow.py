@@ -43,6 +43,9 @@ def test_shapes_that_do_not_agree_are_refused():
         "loc, scale, context: shapes (4, 3), (4, 3) and (3, 8); expected [N, latent_dim], "
         "[N, latent_dim] and [N, context_dim]"
     )
+    # tester CN: an [N] context passed, then a raw matmul error
+    with pytest.raises(ValueError, match=r"shapes \(4, 3\), \(4, 3\) and \(4,\)"):
+        LocalFlow(torch.zeros(4, 3), torch.ones(4, 3), torch.zeros(4), flows)
 
 
 def test_it_holds_only_its_own_batch():

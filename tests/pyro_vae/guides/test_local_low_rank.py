@@ -40,8 +40,11 @@ def test_shapes_that_do_not_agree_are_refused():
         LocalLowRankNormal(LOC, SCALE, FACTOR[:1])
     assert str(info.value) == (
         "loc, scale, cov_factor: shapes (2, 3), (2, 3) and (1, 3, 1); expected [N, latent_dim], "
-        "[N, latent_dim] and [N, latent_dim, rank]"
+        "[N, latent_dim] and [N, latent_dim, rank] with rank >= 1"
     )
+    # tester CN: rank 0 passed, then an IndexError in log_prob
+    with pytest.raises(ValueError, match=r"\(2, 3, 0\); expected .* with rank >= 1"):
+        LocalLowRankNormal(LOC, SCALE, FACTOR[..., :0])
 
 
 def test_it_holds_only_its_own_batch():
