@@ -5,7 +5,8 @@ files, read back with TensorBoard's own ``EventAccumulator`` and drawn with matp
 ``python benchmarks/tensorboard_figure.py`` trains the digits VAE of the README for 30
 epochs with KL warm-up over the first 5 and ``--tensorboard`` into a temporary folder
 (about a minute on a CPU), then writes ``docs/images/tensorboard-scalars.png``;
-``--run RUN`` draws an existing run's ``RUN/tensorboard/`` instead, ``--out`` names the
+``--run RUN`` draws an existing run's ``RUN/tensorboard/`` instead, into
+``RUN/tensorboard-scalars.png`` (the README's picture is left as it is); ``--out`` names the
 PNG.
 """
 
@@ -78,8 +79,12 @@ def train_digits(folder: Path) -> Path:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, help="a run folder written with --tensorboard")
-    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument(
+        "--out", type=Path, help=f"the PNG (default: {OUT.name} in --run, else {OUT})"
+    )
     args = parser.parse_args(argv)
+    if args.out is None:  # tester CM: a user's run was drawn over the README's picture
+        args.out = OUT if args.run is None else args.run / OUT.name
     with tempfile.TemporaryDirectory() as tmp:
         if args.run is not None:
             folder, source = args.run / "tensorboard", str(args.run)

@@ -19,6 +19,7 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
+from pyro_vae.checks import check_count
 from pyro_vae.convnets import default_activation, encoder_trunk, likelihood_decoder
 from pyro_vae.guides import EmptyGuide
 from pyro_vae.likelihoods import make_likelihood
@@ -68,6 +69,7 @@ class Autoencoder(PyroModule):
         super().__init__(name="model")
         if noise_std < 0:
             raise ValueError(f"noise_std: {noise_std} is negative; expected a standard deviation")
+        check_count("latent_dim", latent_dim, 1)  # tester CM: 0 trained a code of no units
         self.x_dim, self.latent_dim, self.noise_std = x_dim, latent_dim, noise_std
         hidden_dims = layer_widths(hidden_dims)
         self.likelihood = make_likelihood(likelihood, x_dim, levels)

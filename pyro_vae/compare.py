@@ -309,6 +309,9 @@ def compare_runs(runs: Sequence[str | os.PathLike]) -> Comparison:
             why = (  # tester CA: a run that diverged was called stopped or unfinished
                 "its training diverged"
                 if metrics.get("stop_reason") == "diverged"
+                # tester CM: a finished fit from Python was called stopped or unfinished
+                else "pyro_vae.fit from Python scores no test set"
+                if not config
                 else "a stopped or unfinished run"
             )
             notes.append(f"{label}: not evaluated on the test set ({why})")

@@ -191,13 +191,13 @@ def fit(
     ``resume_state``, the checkpoint already read) exactly as an uninterrupted run would
     have gone on. Clears Pyro's param store first. It computes on ``config.device``
     (:func:`pyro_vae.devices.resolve_device`): the modules are moved there, and each batch
-    as it is drawn; a checkpoint written on any device resumes on it. Training steps run at ``config.precision``
-    (:mod:`pyro_vae.precision`: networks under autocast, densities and the ELBO in float32,
-    float32 weights); validation runs in float32. In a ``torch.distributed`` group
-    (:mod:`pyro_vae.distributed`) each rank trains on its part of every global batch of
-    ``config.batch_size`` rows, takes the single-process step on the whole batch, and only
-    rank 0 writes to ``run``. With ``config.tensorboard`` it also writes TensorBoard event
-    files into ``run``'s ``tensorboard/`` (:mod:`pyro_vae.tensorboard_log`).
+    as it is drawn; a checkpoint written on any device resumes on it. Training steps run
+    at ``config.precision`` (:mod:`pyro_vae.precision`: networks under autocast, densities
+    and the ELBO in float32, float32 weights); validation runs in float32. In a
+    ``torch.distributed`` group (:mod:`pyro_vae.distributed`) each rank trains on its part
+    of every global batch of ``config.batch_size`` rows, takes the single-process step on
+    the whole batch, and only rank 0 writes to ``run``. With ``config.tensorboard`` it also
+    writes TensorBoard event files into ``run``'s ``tensorboard/``.
 
     Returns:
         the per-epoch history; ``model`` and ``guide`` hold the best validation weights

@@ -32,6 +32,13 @@ def test_negative_noise_is_rejected():
         Autoencoder(10, noise_std=-0.1)
 
 
+@pytest.mark.parametrize("latent_dim", [0, -1])
+def test_a_code_of_no_units_is_refused_as_the_vae_refuses_it(latent_dim):
+    """Tester CM: 0 trained a code of no units, -1 failed in torch."""
+    with pytest.raises(ValueError, match=f"latent_dim: {latent_dim} is not a positive integer"):
+        Autoencoder(10, latent_dim=latent_dim)
+
+
 def test_a_conv_autoencoder_encodes_and_decodes_images():
     torch.manual_seed(0)
     model = Autoencoder(

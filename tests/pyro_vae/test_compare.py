@@ -266,6 +266,12 @@ def test_a_folder_fit_from_python_is_compared_with_what_it_has(tmp_path):
     assert comparison.notes == [
         "py: no config.json (fit from Python): model, guide and estimator unknown"
     ]
+    # tester CM: a finished fit from Python, without a test block, was called unfinished
+    del metrics["test"]
+    (python_fit / "metrics.json").write_text(json.dumps(metrics))
+    assert compare_runs([a, python_fit]).notes[1:] == [
+        "py: not evaluated on the test set (pyro_vae.fit from Python scores no test set)"
+    ]
 
 
 def test_bounds_on_other_quantities_or_other_test_rows_are_flagged(tmp_path):
