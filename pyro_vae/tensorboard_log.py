@@ -32,6 +32,7 @@ that cannot be computed for the model, is warned about once
 from __future__ import annotations
 
 import importlib
+import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -274,8 +275,14 @@ def _warn(what: str, err: BaseException) -> None:
 
 
 def _summary_writer(folder: str | Path, purge_step: int):
+    """TensorBoard's writer into ``folder``, once a file has been made there: a folder
+    that takes none fails here, in this thread, for the one warning (tester CM: the
+    writer's own thread failed too, and printed a 40-line traceback beside it)."""
     from torch.utils.tensorboard import SummaryWriter
 
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=folder):
+        pass
     return SummaryWriter(log_dir=str(folder), purge_step=purge_step)
 
 

@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import sys
 import warnings
 
@@ -194,6 +195,24 @@ def test_a_failing_writer_warns_once_and_training_finishes(digits, tmp_path, mon
         result = _fit(digits, tmp_path / "run", epochs=1, tensorboard=True)
     assert len([w for w in caught if w.category is TensorBoardWarning]) == 1
     assert len(result.history) == 1 and RunFolder(tmp_path / "run").has_checkpoint
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fdinfo"), reason="needs Linux's /proc")
+def test_a_folder_that_takes_no_file_warns_once_without_the_writer_thread_s_traceback(
+    digits, tmp_path, monkeypatch
+):
+    """Tester CM: ``tensorboard/`` linked to /proc/self/fdinfo gave the one warning and a
+    40-line traceback from TensorBoard's writer thread."""
+    import threading
+
+    failed_threads = []
+    monkeypatch.setattr(threading, "excepthook", failed_threads.append)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "tensorboard").symlink_to("/proc/self/fdinfo")
+    with pytest.warns(TensorBoardWarning, match="open failed") as caught:
+        result = _fit(digits, tmp_path / "run", epochs=1, tensorboard=True)
+    assert len([w for w in caught if w.category is TensorBoardWarning]) == 1
+    assert len(result.history) == 1 and failed_threads == []
 
 
 def test_only_rank_0_writes(digits, tmp_path, monkeypatch):
