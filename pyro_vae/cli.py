@@ -397,7 +397,13 @@ def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
 def _one_line(err: BaseException) -> str:
     """``err``'s message on one line: a refusal is one line on stderr, even when it quotes
     a multi-line message of torch's (a state-dict mismatch lists one line per tensor)."""
-    return "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if "Trace Shapes:" in lines:  # Pyro's table of the sites traced when it was raised:
+        # of none it is only its headings (tester CN: "; Trace Shapes:; Param Sites:; ...")
+        table = lines.index("Trace Shapes:")
+        if set(lines[table + 1 :]) <= {"Param Sites:", "Sample Sites:"}:
+            lines = lines[:table]
+    return "; ".join(lines)
 
 
 def _launch(argv: list[str], args: argparse.Namespace) -> int:

@@ -2136,3 +2136,17 @@ def test_sample_calls_a_table_a_table(tmp_path, capsys):
     capsys.readouterr()
     assert main(["sample", str(run)]) == 2
     assert "are a table whose rows of 3 values are not images to draw" in capsys.readouterr().err
+
+
+def test_pyro_s_empty_table_of_traced_sites_is_left_out_of_the_one_line():
+    """Tester CN: a refusal raised inside a Pyro trace ended "; Trace Shapes:; Param
+    Sites:; Sample Sites:", the headings of a table of no sites; a table with sites is
+    kept, as it says what was traced."""
+    from pyro_vae.cli import _one_line
+
+    empty = ValueError("model: site 'z' is continuous\nTrace Shapes:\n Param Sites:\nSample Sites:")
+    assert _one_line(empty) == "model: site 'z' is continuous"
+    full = ValueError("shape mismatch\nTrace Shapes:\n Param Sites:\nSample Sites:\n z dist 3 |")
+    assert _one_line(full) == (
+        "shape mismatch; Trace Shapes:; Param Sites:; Sample Sites:; z dist 3 |"
+    )
