@@ -284,7 +284,9 @@ def check_images(x: np.ndarray, arg: str) -> tuple[int, bool]:
             if low < 0 or high > 1:
                 raise ValueError(
                     f"{where}: float values in [{low:g}, {high:g}]; expected intensities in "
-                    "[0, 1] (scale the data, or store integer pixels 0..255 as uint8)"
+                    "[0, 1] (scale the data, or store integer pixels 0..255 as uint8; "
+                    "real-valued features go in a table, a CSV or Parquet file, which "
+                    "--likelihood normal standardizes)"
                 )
         elif kind in "ui":
             if kind == "i" and int(chunk.min()) < 0:

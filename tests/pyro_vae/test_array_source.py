@@ -47,7 +47,11 @@ def test_integer_pixels_other_than_uint8_take_their_largest_value_as_full():
         (np.array([["a"]]), ["dtype <U1"]),
         (np.where(IMAGES == IMAGES[2, 1, 1], np.nan, 0.5).astype(np.float32), ["row 2", "NaN"]),
         (np.full((3, 2), np.inf), ["NaN or infinite"]),
-        (IMAGES.astype(np.float32), ["[0, 255]", "expected intensities in [0, 1]"]),
+        # tester CJ: the way for real-valued vectors was not said
+        (
+            IMAGES.astype(np.float32),
+            ["[0, 255]", "expected intensities in [0, 1]", "real-valued features go in a table"],
+        ),
         (IMAGES.astype(np.int32) - 1, ["negative pixel value -1"]),
         (np.zeros((3, 8, 8, 3), np.uint8), ["looks channels last", "np.moveaxis(x, -1, 1)"]),
     ],
