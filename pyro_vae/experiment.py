@@ -319,10 +319,10 @@ def model_classes(exp: Experiment) -> int:
     return given if isinstance(given, int) and given > 0 else num_classes(exp.data)
 
 
-def _class_names(exp: Experiment, classes: int) -> list[str]:
-    """The names of a label model's ``classes`` classes: the dataset's, then the numbers of
-    the classes beyond them."""
-    names = [str(name) for name in exp.data.info.get("classes") or ()]
+def _class_names(data, classes: int) -> list[str]:
+    """The names of a label model's ``classes`` classes: the dataset's (``data.info``),
+    then the numbers of the classes beyond them."""
+    names = [str(name) for name in data.info.get("classes") or ()]
     return names[:classes] + [str(c) for c in range(len(names), classes)]
 
 
@@ -339,8 +339,7 @@ def _note_untrained_classes(data: DataSplits, classes: int) -> None:
     # a label below 0 is no class: the label range check refuses it (tester BQ: bincount
     # failed on it here first, with a traceback)
     counts = torch.bincount(y[y >= 0], minlength=classes)
-    names = list(data.info.get("classes") or ())
-    names += [str(c) for c in range(len(names), classes)]  # a model's classes beyond them
+    names = _class_names(data, classes)
     empty = [names[c] for c in range(classes) if int(counts[c]) == 0]
     if empty:
         data.info["untrained_classes"] = {"classes": empty, "of": classes}
@@ -966,7 +965,7 @@ def conditional_samples_figure(exp: Experiment, path: Path, per_class: int = 8) 
     E[x | z, y = c], z from the prior (the model's ``generate_given``)."""
     classes = model_classes(exp)
     images = label_samples(exp, classes * per_class, per_class).reshape(classes, per_class, -1)
-    names = _class_names(exp, classes)
+    names = _class_names(exp.data, classes)
     title = "conditional samples E[x | z, y], z ~ p(z), one row per class y"
     return plot_image_rows(
         images.cpu(), exp.data.image_shape, exp.data.pixel_max, path, list(map(str, names)), title
