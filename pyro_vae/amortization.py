@@ -34,8 +34,10 @@ import pyro.distributions as dist
 import torch
 from pyro.infer import Trace_ELBO
 
-from pyro_vae.checks import check_count
+from pyro_vae.checks import check_count, check_learning_rate
 from pyro_vae.evaluate import (
+    bare_pair,
+    check_rows,
     elbo_per_datapoint,
     eval_mode,
     iwae_log_likelihood,
@@ -90,6 +92,8 @@ def amortization_gap(
         check_count(arg, value, 1)
     if family not in FAMILIES:
         raise ValueError(f"family: {family!r} is not one of {', '.join(map(repr, FAMILIES))}")
+    check_learning_rate("lr", lr)  # tester CO: lr=0 returned numbers, the CLI refuses it
+    check_rows(x, bare_pair(model, guide)[0])  # and x[0] was "loc, scale: shapes (2,)"
     local = local_guide(model, guide, x, family)
     owners = [m for m in pair_modules(model, guide, (x,), {}) if m is not None]
     frozen = [p for m in owners for p in m.parameters() if p.requires_grad]

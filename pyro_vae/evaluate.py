@@ -416,18 +416,27 @@ def _refuse_fitted_estimator(guide, what: str) -> None:
 
 
 def _check_rows(x, model) -> None:
-    """Refuse data with no rows, and rows of another width than a model that declares
-    ``x_dim`` takes (tester CJ: one image ``x[0]``, of shape [64], was scored as 64 rows;
-    ``x[:0]`` raised a ZeroDivisionError, ``x[:, :63]`` PyTorch's "mat1 and mat2 shapes
-    cannot be multiplied").
+    """Refuse data with no rows, and rows the model does not take (:func:`check_rows`)."""
+    if int(x.shape[0]) == 0:
+        raise ValueError(f"x: shape {tuple(x.shape)} has no rows; expected at least one datapoint")
+    check_rows(x, model)
+
+
+def check_rows(x, model) -> None:
+    """Where ``model`` (or the module of its bound method) declares ``x_dim``, refuse
+    ``x`` that is not ``[N, ...]`` rows of ``x_dim`` values, N ≥ 1 (tester CJ: one image
+    ``x[0]``, of shape [64], was scored as 64 rows; ``x[:0]`` raised a ZeroDivisionError,
+    ``x[:, :63]`` PyTorch's "mat1 and mat2 shapes cannot be multiplied"; tester CO: the
+    same in ``elbo_estimate``, the latent summaries and ``amortization_gap``). Other
+    models, and ``x`` that is not a tensor, pass.
 
     Raises:
         ValueError: naming the shape and what was expected."""
-    if int(x.shape[0]) == 0:
-        raise ValueError(f"x: shape {tuple(x.shape)} has no rows; expected at least one datapoint")
     x_dim = getattr(getattr(model, "__self__", model), "x_dim", None)
-    if not isinstance(x_dim, int) or isinstance(x_dim, bool):
+    if not torch.is_tensor(x) or not isinstance(x_dim, int) or isinstance(x_dim, bool):
         return
+    if x.dim() >= 1 and int(x.shape[0]) == 0:
+        raise ValueError(f"x: shape {tuple(x.shape)} has no rows; expected at least one datapoint")
     width = math.prod(x.shape[1:])
     if width != x_dim:
         one = x.dim() == 1 and x.shape[0] == x_dim
@@ -923,6 +932,7 @@ def elbo_estimate(
     """
     check_num("num_samples", num_samples)
     model, guide = bare_pair(model, guide)
+    check_rows(args[0] if args else None, model)
     guide = as_guide(guide, model, args, kwargs)
     check_num("num_chunks", num_chunks)
     chunks = min(num_samples, num_chunks)

@@ -19,6 +19,7 @@ from pyro_vae.evaluate import (
     PerDatapoint,
     bare_pair,
     check_num,
+    check_rows,
     data_arguments,
     eval_mode,
     prepare,
@@ -41,9 +42,11 @@ def latent_means(model, guide, x: torch.Tensor, num_samples: int = 100) -> torch
     of ``num_samples`` draws of the guide's one latent site in the per-datapoint plate.
 
     Raises:
-        ValueError: no ``encode`` and not exactly one latent site per datapoint.
+        ValueError: no ``encode`` and not exactly one latent site per datapoint; rows
+            the model does not take (:func:`pyro_vae.evaluate.check_rows`).
     """
     model, guide = bare_pair(model, guide)
+    check_rows(x, model)
     with eval_mode(model, guide):
         encode = offered(guide, "encode")
         if encode is not None:
@@ -161,6 +164,7 @@ def reconstruction_error(model, guide, x: torch.Tensor, pixel_max: float = 1.0) 
     """
     from pyro_vae.predictive import reconstruct
 
+    check_rows(x, bare_pair(model, guide)[0])  # tester CO: x[0] failed in a reshape
     x_hat = reconstruct(model, guide, x)
     return ((x_hat - x) / pixel_max).pow(2).reshape(x.shape[0], -1).mean(dim=1)
 

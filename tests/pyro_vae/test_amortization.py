@@ -242,3 +242,17 @@ def test_local_guides_that_diverge_are_refused_naming_the_step_size(lr):
     refused = rf"lr: {re.escape(str(lr))} is too large: .* diverged by step \d+ of"
     with pytest.raises(ValueError, match=refused):
         amortization_gap(model, ShrunkEncoder(), x, steps=50, lr=lr, elbo_samples=5)
+
+
+def test_a_step_size_or_rows_the_model_does_not_take_are_refused_before_any_step():
+    """Tester CO: ``lr=0`` returned numbers (the CLI refuses it), and one image ``x[0]``
+    was refused as "loc, scale: shapes (2,) and (2,)"."""
+    from models.vae import VAE
+
+    pyro.set_rng_seed(0)
+    vae = VAE(64, latent_dim=2, hidden_dims=(8,))
+    x = torch.rand(3, 64).round()
+    with pytest.raises(ValueError, match="lr: 0.0 is not a positive learning rate"):
+        amortization_gap(vae, vae.make_guide(), x, lr=0.0)
+    with pytest.raises(ValueError, match=r"x: shape \(64,\), rows of 1 value; the model takes"):
+        amortization_gap(vae, vae.make_guide(), x[0])

@@ -86,3 +86,25 @@ def test_the_names_that_moved_here_still_resolve_from_evaluate_with_a_warning(mo
         assert evaluate.active_units is latent_summaries.active_units
     with pytest.raises(AttributeError, match="has no attribute 'nothing'"):
         evaluate.nothing  # noqa: B018
+
+
+@pytest.mark.parametrize(
+    ("rows", "refusal"),
+    [
+        (lambda x: x[0], r"x: shape \(64,\), rows of 1 value; the model takes x_dim=64"),
+        (lambda x: x[:0], r"x: shape \(0, 64\) has no rows"),
+        (lambda x: x[:, :63], r"x: shape \(5, 63\), rows of 63 values"),
+    ],
+)
+def test_rows_the_model_does_not_take_are_refused_by_shape(rows, refusal):
+    """Tester CO: ``x[0]`` failed in a reshape, ``x[:0]`` in another, ``x[:, :63]`` in a
+    matmul, each in PyTorch's words."""
+    from models.vae import VAE
+    from pyro_vae.latent_summaries import reconstruction_error
+
+    torch.manual_seed(0)
+    vae = VAE(64, latent_dim=2, hidden_dims=(8,))
+    x = torch.rand(5, 64).round()
+    for summary in (latent_means, reconstruction_error):
+        with pytest.raises(ValueError, match=refusal):
+            summary(vae, vae.make_guide(), rows(x))
