@@ -85,6 +85,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.out is None:  # tester CM: a user's run was drawn over the README's picture
         args.out = OUT if args.run is None else args.run / OUT.name
+    if args.run is not None and not (args.run / "tensorboard").is_dir():
+        # tester CO: TensorBoard's "Directory ... has been permanently deleted" traceback
+        parser.error(f"--run: {args.run} has no tensorboard/ folder; expected a run fit with "
+                     "--tensorboard")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         if args.run is not None:
             folder, source = args.run / "tensorboard", str(args.run)

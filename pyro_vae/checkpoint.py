@@ -408,6 +408,13 @@ class RunFolder:
         return self.path / name
 
     @property
+    def held_by_its_command(self) -> bool:
+        """Whether a command holds the folder through this object, its config.json its
+        own (``pyro-vae fit`` claims the folder, then writes or reads it, then trains), not
+        one a fit from Python found there."""
+        return self._claimed or self._config is not None
+
+    @property
     def has_checkpoint(self) -> bool:
         return self.file(CHECKPOINT).is_file()
 

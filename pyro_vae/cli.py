@@ -138,9 +138,16 @@ def _check_new_folder(run: RunFolder, restart: bool, clear: bool = True) -> None
     asked to (``--restart``; ``clear``: False to check only, as ``--nproc`` does before it
     starts the processes); a folder of other files is not written into."""
     if run.has_checkpoint:
+        # a fit from Python's folder (no config.json) is not the command line's to resume
+        # (tester CO: the advice given was then refused)
+        resumable = run.file("config.json").is_file()
+        how = (
+            f"continue it with `pyro-vae fit --resume {run.path}` or choose"
+            if resumable
+            else "it was fit from Python (no config.json), so resume it there; choose"
+        )
         raise RunFolderError(
-            f"out: {run.path} already holds a run; continue it with `pyro-vae fit --resume "
-            f"{run.path}` or choose another --out (nothing was overwritten)"
+            f"out: {run.path} already holds a run; {how} another --out (nothing was overwritten)"
         )
     ours = run.holds_run_config()  # a config.json of the user's own is theirs (tester L)
     if ours and not restart:
@@ -292,11 +299,12 @@ def _note_untrained_classes(info: dict[str, Any]) -> None:
         shown = ", ".join(map(str, empty[:8])) + (", ..." if len(empty) > 8 else "")
         print(
             f"note: {len(empty)} of the model's {untrained['of']} classes have no training "
-            f"rows ({shown}): no "
-            "label of them is drawn and the model never sees one, though p(y) and the test "
-            "accuracy count them (a model's classes are the dataset's class names, else "
-            "labels 0 to the largest): relabel the classes 0..C-1, each with training rows "
-            "(a class of one or two rows can fall into the validation or test split)"
+            f"rows ({shown}): no label of them is drawn and the model never sees one, "
+            "though it keeps them among its classes (in p(y) and the test accuracy, where "
+            "it has them; a CVAE has neither); a model's classes are its num_classes, else "
+            "the dataset's class names, else labels 0 to the largest: relabel the classes "
+            "0..C-1, each with training rows (a class of one or two rows can fall into the "
+            "validation or test split)"
         )
 
 

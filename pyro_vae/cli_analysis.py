@@ -144,6 +144,9 @@ def grad_variance_command(args: argparse.Namespace) -> int:
             f"--estimators: {args.estimators!r} names no estimator; expected names separated "
             f"by commas, e.g. trace,score (of {', '.join(estimators.names())})"
         )
+    twice = sorted({s for s in given if given.count(s) > 1})
+    if twice:  # tester CO: two identical rows, unsaid
+        raise ValueError(f"--estimators: {', '.join(twice)} given twice; expected each once")
     specs = [estimators.parse(s) for s in given]
     run = writable_run(args.run)
     out = args.out or run.file("gradient_variance.png")

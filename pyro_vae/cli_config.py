@@ -123,6 +123,13 @@ def _refuse_twice_given(args: argparse.Namespace) -> None:
                     "each key once"
                 )
             seen[key] = value
+    flag = {"on": True, "off": False}.get(getattr(args, "vectorize_particles", "auto"))
+    given = dict(args.estimator_opt).get("vectorize_particles", flag)
+    if flag is not None and given != flag:  # tester CO: both recorded, contradicting
+        raise ValueError(
+            f"--estimator-opt: vectorize_particles={given!r} disagrees with "
+            f"--vectorize-particles {args.vectorize_particles}; give it once"
+        )
     for key, value in args.model_opt:
         dest = MODEL_FLAGS.get(key)
         flagged = None if dest is None else getattr(args, dest, None)

@@ -68,7 +68,13 @@ from tqdm.auto import tqdm
 
 from pyro_vae import labels
 from pyro_vae.annealing import KLWarmup, ScaleLatents, unwrap
-from pyro_vae.checkpoint import RunFolder, RunFolderError
+from pyro_vae.checkpoint import (
+    RESUMABLE_SETTINGS,
+    RunFolder,
+    RunFolderError,
+    differing_settings,
+    flat_settings,
+)
 from pyro_vae.data_source import (
     TRAINING_SET,
     WHOLE_DATA,
@@ -378,10 +384,11 @@ def _tensorboard_if_installed(config, resume: bool):
     try:
         require_tensorboard("tensorboard")
     except TensorBoardMissing as err:
-        warnings.warn(
-            TensorBoardWarning(f"{err}; this resume trains on without TensorBoard logging"),
-            stacklevel=3,
-        )
+        if current().is_writer:  # said once, by the rank that logs (tester CO: by each)
+            warnings.warn(
+                TensorBoardWarning(f"{err}; this resume trains on without TensorBoard logging"),
+                stacklevel=3,
+            )
         return dataclasses.replace(config, tensorboard=False)
     return config
 
@@ -400,17 +407,56 @@ def _refuse_bad_arguments(model, guide, elbo, run, resume: bool, resume_state, c
         require_tensorboard("tensorboard")
     if resume and run is None:
         raise ValueError("resume: True needs a run folder to resume from")
-    if run is not None and not resume and run.has_checkpoint:
-        # tester CM: a second fit(run=...) replaced a finished run's checkpoint unsaid
-        raise RunFolderError(
-            f"run: {run.path} holds a checkpoint, which a fit never overwrites; expected "
-            "resume=True to continue it, or another folder (delete this one to start over)"
-        )
+    if run is not None and current().is_writer:  # only rank 0 reads and writes it: the
+        # others' view of it (rank 0 clearing a --restart's leftovers) could race
+        _refuse_the_folder(run, resume, config)
     if resume_state is not None and not resume:
         raise ValueError(
             "resume_state: a checkpoint was given with resume=False; expected resume=True "
             "to continue from it, or no resume_state"
         )
+
+
+def _refuse_the_folder(run: RunFolder, resume: bool, config) -> None:
+    """Refuse a fit that would leave ``run`` describing other weights than it holds: a
+    checkpoint trained over without ``resume`` (tester CM: a second ``fit(run=...)``
+    replaced a finished run's), a command line's config.json left by a fit that never
+    finished an epoch (tester CO: kept beside new weights, ``evaluate`` rebuilt the old
+    model and scored them as it, silently), and a resume of a command-line run with
+    other training settings than its config.json records but for those a resume may
+    change (tester CO: an lr of 0.5 for 0.001 trained on, config.json unchanged).
+
+    Raises:
+        RunFolderError: naming the folder, the settings and the way out."""
+    foreign = run.file("config.json").is_file() and not run.held_by_its_command
+    if not resume and run.has_checkpoint:
+        raise RunFolderError(
+            f"run: {run.path} holds a checkpoint, which a fit never overwrites; expected "
+            "resume=True to continue it, or another folder (delete this one to start over)"
+        )
+    if not resume and foreign:
+        raise RunFolderError(
+            f"run: {run.path} holds the config.json of a command-line fit that never finished "
+            "an epoch, which would describe other weights than this fit's; expected another "
+            f"folder, or `pyro-vae fit --out {run.path} --restart` to clear it"
+        )
+    if resume and foreign:
+        recorded = run.read_config().get("train") or {}
+        settings = {"train": dataclasses.asdict(config)}
+        resumable = {*RESUMABLE_SETTINGS, "train.compile", "train.compile_backend"}
+        now, then = flat_settings(settings), flat_settings({"train": recorded})
+        differ = [  # of the settings it records (an older run's may lack some)
+            k
+            for k in differing_settings(settings, {"train": recorded}, resumable.__contains__)
+            if k in then
+        ]
+        if differ:
+            said = ", ".join(f"{k[6:]}={now.get(k)!r} (recorded {then.get(k)!r})" for k in differ)
+            raise RunFolderError(
+                f"config: {said} differ from {run.file('config.json')}, the command line's "
+                "record of how this run trains; expected its settings, but for epochs, "
+                "patience, device, progress, tensorboard and compile"
+            )
 
 
 def _refuse_bad_elbo(elbo) -> None:

@@ -10,6 +10,7 @@ open in a notebook.
 from __future__ import annotations
 
 import csv
+import math
 import os
 import warnings
 from pathlib import Path
@@ -238,6 +239,33 @@ def _plot_worst(
     return plot_reconstructions(x_worst, x_hat, image_shape, pixel_max, path, title), ""
 
 
+#: Bytes diagnostics.nc's draws take per value of a row, counted generously: the model's
+#: trace (distribution parameters and draws), the arrays ArviZ holds and their float64 copies.
+_BYTES_PER_DRAWN_VALUE = 32
+
+
+def machine_memory() -> int:
+    """This machine's physical memory, in bytes (``os.sysconf``)."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _check_idata_memory(draws: int, points: int, values: int) -> None:
+    """Refuse diagnostics.nc's ``draws`` of ``points`` rows of ``values`` each where they
+    would take more than half this machine's memory (tester CO: ``--idata-samples
+    100000000`` grew to 20 GB of 23 and was killed, with nothing said).
+
+    Raises:
+        ValueError: naming the draws, the memory they need and the most that fit."""
+    per_draw = points * values * _BYTES_PER_DRAWN_VALUE
+    budget = machine_memory() // 2
+    if draws * per_draw > budget:
+        raise ValueError(
+            f"idata_samples: {draws:,} draws of {points} rows of {values} values need about "
+            f"{draws * per_draw / 2**30:,.1f} GiB, more than half this machine's "
+            f"{2 * budget / 2**30:,.1f} GiB; expected at most {budget // per_draw:,}"
+        )
+
+
 def write_report(
     model,
     guide,
@@ -281,6 +309,8 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     check_count("idata_points", idata_points, 1, "; expected a positive number of datapoints")
     check_count("num_worst", num_worst, 0, "; expected a number of inputs to draw")
+    check_count("idata_samples", idata_samples, 2, "; expected 2 or more draws")
+    _check_idata_memory(idata_samples, min(idata_points, int(x.shape[0])), math.prod(x.shape[1:]))
     # its own staging folder: a second report running at once must not remove or fill it
     # (tester BI); those of reports killed part way (SIGKILL) are removed here
     remove_stale_staging_folders(out, _STAGING)

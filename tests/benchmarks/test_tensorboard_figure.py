@@ -45,3 +45,14 @@ def test_the_committed_picture_exists():
     assert (
         BENCHMARKS.parent / "docs" / "images" / "tensorboard-scalars.png"
     ).stat().st_size > 10_000
+
+
+def test_a_run_without_events_is_refused_in_one_line(figure_script, tmp_path, capsys):
+    """Tester CO: a run fit without --tensorboard ended in TensorBoard's traceback "has
+    been permanently deleted"."""
+    with pytest.raises(SystemExit) as stopped:
+        figure_script.main(["--run", str(tmp_path)])
+    assert stopped.value.code == 2
+    assert "has no tensorboard/ folder; expected a run fit with --tensorboard" in (
+        capsys.readouterr().err
+    )

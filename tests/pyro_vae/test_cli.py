@@ -2150,3 +2150,23 @@ def test_pyro_s_empty_table_of_traced_sites_is_left_out_of_the_one_line():
     assert _one_line(full) == (
         "shape mismatch; Trace Shapes:; Param Sites:; Sample Sites:; z dist 3 |"
     )
+
+
+def test_fit_out_into_a_python_fit_s_folder_does_not_send_the_user_to_resume_it(tmp_path, capsys):
+    """Tester CO: the refusal advised `pyro-vae fit --resume`, which then refused the
+    folder, as a fit from Python writes no config.json to rebuild the model from."""
+    from pyro.infer import Trace_ELBO
+
+    from models.vae import VAE
+    from pyro_vae import Preprocessing, load_data
+    from pyro_vae.train import TrainConfig, fit
+
+    digits = load_data("digits", Preprocessing("bernoulli"))
+    model = VAE(digits.x_dim, latent_dim=2, hidden_dims=(8,))
+    run = tmp_path / "py"
+    fit(model, model.make_guide(), digits, Trace_ELBO(), TrainConfig(epochs=1, progress=False),
+        run=run)  # fmt: skip
+    assert main(["fit", "--out", str(run), "--restart", *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "it was fit from Python (no config.json), so resume it there" in err
+    assert "--resume" not in err

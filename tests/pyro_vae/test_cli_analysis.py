@@ -49,6 +49,8 @@ def test_khat_is_printed_as_shares_and_an_enumerated_guide_as_exact_divergences(
         ),
         # tester CK: "none of them could run on this model and guide", of none
         (["grad-variance", "{run}", "--estimators", ","], "--estimators: ',' names no estimator"),
+        # tester CO: two identical rows
+        (["grad-variance", "{run}", "--estimators", "trace, trace"], "trace given twice"),
         (
             ["grad-variance", "{run}", "--estimators", "score:num_particles=2:num_particles=3"],
             "estimator: num_particles is given twice in",

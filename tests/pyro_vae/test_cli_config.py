@@ -119,6 +119,9 @@ def test_a_user_s_none_default_replaced_by_the_command_s_is_noted(tmp_path, caps
          "twice, as 3 and 4"),
         (["--estimator-opt", "num_particles=2", "--estimator-opt", "num_particles=3"],
          "--estimator-opt: num_particles is given twice, as 2 and 3"),
+        # tester CO: both recorded, contradicting each other
+        (["--vectorize-particles", "off", "--estimator-opt", "vectorize_particles=true"],
+         "vectorize_particles=True disagrees with --vectorize-particles off"),
     ],
 )  # fmt: skip
 def test_an_option_given_two_values_is_refused(tmp_path, flags, refusal):

@@ -1016,3 +1016,38 @@ def test_a_fit_into_a_folder_with_a_checkpoint_is_refused_unless_it_resumes(digi
     assert (run / "checkpoint.pt").read_bytes() == saved
     fit(model, guide, digits, Trace_ELBO(), quiet(epochs=3), run=run, resume=True)
     assert RunFolder(run).load_checkpoint()["epoch"] == 3
+
+
+def _cli_config(tmp_path, **train) -> dict:
+    """A command line's config.json of a digits run of ``small_vae``'s shape."""
+    from pyro_vae.run_config import ModelConfig, RunConfig
+
+    config = RunConfig(ModelConfig("models.vae:VAE", {"latent_dim": 4, "hidden_dims": [32]}))
+    written = config.to_json()
+    written["train"].update(train)
+    return written
+
+
+def test_a_python_fit_refuses_a_command_line_s_config_json_it_would_not_match(digits, tmp_path):
+    """Tester CO: a fit from Python into a folder holding a command line's config.json
+    (its fit died before a checkpoint) kept it beside new weights, and ``evaluate``
+    rebuilt the old model and scored them as it; a Python resume of a command-line run
+    with another lr trained on, config.json unchanged."""
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    (stale / "config.json").write_text(json.dumps(_cli_config(tmp_path)))
+    model, guide = small_vae(digits)
+    with pytest.raises(RunFolderError, match="holds the config.json of a command-line fit"):
+        fit(model, guide, digits, Trace_ELBO(), quiet(epochs=1), run=stale)
+    assert sorted(p.name for p in stale.iterdir()) == ["config.json"]
+    # a command-line run resumed from Python: its recorded settings, but for epochs & co.
+    run = tmp_path / "cli"
+    with RunFolder(run).claim() as held:
+        held.run.write_config(_cli_config(tmp_path, epochs=1, progress=False))
+        fit(model, guide, digits, Trace_ELBO(), quiet(epochs=1), run=held.run)
+    changed = quiet(epochs=2, lr=0.5)
+    with pytest.raises(RunFolderError, match=r"config: lr=0.5 \(recorded 0.001\) differ from"):
+        fit(model, guide, digits, Trace_ELBO(), changed, run=run, resume=True)
+    assert RunFolder(run).load_checkpoint()["epoch"] == 1
+    fit(model, guide, digits, Trace_ELBO(), quiet(epochs=2, patience=None), run=run, resume=True)
+    assert RunFolder(run).load_checkpoint()["epoch"] == 2

@@ -105,3 +105,19 @@ def test_ppc_draws_ecdfs_where_a_draw_takes_one_value_at_every_datapoint(tmp_pat
     files = write_summaries(idata, tmp_path)
     assert [f.name for f in files] == ["summary.csv", "posterior.png", "ppc.png"]
     assert (tmp_path / "ppc.png").stat().st_size > 0
+
+
+def test_draws_beyond_half_the_machine_s_memory_are_refused_before_any_work(tmp_path, monkeypatch):
+    """Tester CO: ``--idata-samples 100000000`` grew to 20 GB of 23 and was killed. With
+    a machine of 2 MiB, half is 1 MiB = 1,048,576 bytes; 10 rows of 16 values at 32 bytes
+    a value are 5,120 bytes a draw, so 204 draws fit and 205 do not."""
+    import pyro_vae.diagnostics.report as report
+
+    monkeypatch.setattr(report, "machine_memory", lambda: 2 * 2**20)
+    vae = VAE(x_dim=16, latent_dim=2, hidden_dims=(8,))
+    x = torch.bernoulli(torch.full((30, 16), 0.3))
+    with pytest.raises(ValueError, match=r"idata_samples: 205 draws of 10 rows of 16 values "
+                       r"need about 0.0 GiB, .*; expected at most 204"):  # fmt: skip
+        write_report(vae, vae.make_guide(), x, tmp_path, num_samples=50, idata_points=10,
+                     idata_samples=205)  # fmt: skip
+    assert list(tmp_path.iterdir()) == []
