@@ -107,10 +107,11 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
 
 def _refuse_twice_given(args: argparse.Namespace) -> None:
     """Refuse a key given twice, with other values, in ``--model-opt`` or
-    ``--estimator-opt``, and a ``--model-opt`` of a standard option whose flag says
-    otherwise (tester CJ: ``--latent-dim 4 --model-opt latent_dim=5`` trained with 5;
-    tester CK: the last of two ``num_particles`` won): the run would record one value
-    where the user wrote two.
+    ``--estimator-opt``, and an option whose flag says otherwise: a ``--model-opt`` of a
+    standard option, ``--estimator-opt vectorize_particles`` against
+    ``--vectorize-particles`` (tester CJ: ``--latent-dim 4 --model-opt latent_dim=5``
+    trained with 5; tester CK: the last of two ``num_particles`` won; tester CO: both
+    vectorizations recorded): the run would record one value where the user wrote two.
 
     Raises:
         ValueError: naming the flag, the key and both values."""
