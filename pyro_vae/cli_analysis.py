@@ -14,7 +14,7 @@ from typing import Any
 from pyro_vae import estimators
 from pyro_vae.checkpoint import CONFIG, RunFolder
 from pyro_vae.cli_report import rows_not_images, with_previous, writable_run
-from pyro_vae.datasets import row_unit
+from pyro_vae.datasets import names_a_table, row_unit
 from pyro_vae.devices import to_device
 from pyro_vae.diagnostics.gradient_variance import gradient_variance
 from pyro_vae.experiment import Experiment, label_samples, load, model_classes
@@ -23,7 +23,6 @@ from pyro_vae.plots import check_grid_size, plot_gradient_variance, plot_samples
 from pyro_vae.predictive import prior_mean_images
 from pyro_vae.prior_model import RECORD as IMAGE_RECORD
 from pyro_vae.prior_model import load_for_prior
-from pyro_vae.tables import is_table_path
 
 
 def _check_png_out(out: Path, own: str) -> None:
@@ -69,7 +68,7 @@ def sample_command(args: argparse.Namespace) -> int:
             f"run: its data {exp.config.data.name!r} are "
             # by the run's own --data (tester CK: a table's, read back from the run's
             # record without its columns, was called an array)
-            f"{'a table' if _names_a_table(exp.config.data.name) else 'an [N, D] array'} "
+            f"{'a table' if names_a_table(exp.config.data.name) else 'an [N, D] array'} "
             "whose rows "
             f"of {exp.data.x_dim} values are not images to draw"
         )
@@ -88,11 +87,6 @@ def sample_command(args: argparse.Namespace) -> int:
     path = plot_samples(images, exp.data.image_shape, exp.data.pixel_max, out)
     print(f"wrote {args.num} samples to {path}")
     return 0
-
-
-def _names_a_table(name: str) -> bool:
-    """Whether a run's ``--data`` names a table (``table:PATH``, or a table's suffix)."""
-    return name.startswith("table:") or is_table_path(name)
 
 
 def _load_for_sampling(run: RunFolder, args: argparse.Namespace) -> Experiment:

@@ -87,7 +87,7 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         labels_fraction=args.labels_fraction,
         labelled=args.labelled,
     )
-    _refuse_twice_given(args)
+    _refuse_contradicting_options(args)
     spec = _resolved(args.model)
     # the model file runs here first: what it draws at import (a module-level network)
     # follows --seed (tester CJ: two runs of seed 0 had every such weight differ)
@@ -105,7 +105,7 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
     )
 
 
-def _refuse_twice_given(args: argparse.Namespace) -> None:
+def _refuse_contradicting_options(args: argparse.Namespace) -> None:
     """Refuse a key given twice, with other values, in ``--model-opt`` or
     ``--estimator-opt``, and an option whose flag says otherwise: a ``--model-opt`` of a
     standard option, ``--estimator-opt vectorize_particles`` against

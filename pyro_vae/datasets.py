@@ -261,6 +261,16 @@ def _source_of(name: str) -> DatasetKind:
     raise ValueError(f"data: unknown dataset {name!r}; expected one of {', '.join(DATASET_NAMES)}")
 
 
+def names_a_table(name: str) -> bool:
+    """Whether the dataset ``name`` is read as a table (``table:PATH``, ``.csv``,
+    ``.parquet``: the kinds :func:`load_raw` reads with its table reader); False for a
+    name of no known kind."""
+    try:
+        return _source_of(name).load is _table
+    except ValueError:
+        return False
+
+
 def resolved_name(name: str) -> str:
     """``name`` as config.json records it: paths made absolute, names as they are.
 

@@ -416,10 +416,15 @@ def _refuse_fitted_estimator(guide, what: str) -> None:
 
 
 def _check_rows(x, model) -> None:
-    """Refuse data with no rows, and rows the model does not take (:func:`check_rows`)."""
+    """Refuse data with no rows (of any model), and rows the model does not take
+    (:func:`check_rows`)."""
     if int(x.shape[0]) == 0:
-        raise ValueError(f"x: shape {tuple(x.shape)} has no rows; expected at least one datapoint")
+        raise _no_rows(x)
     check_rows(x, model)
+
+
+def _no_rows(x) -> ValueError:
+    return ValueError(f"x: shape {tuple(x.shape)} has no rows; expected at least one datapoint")
 
 
 def check_rows(x, model) -> None:
@@ -436,7 +441,7 @@ def check_rows(x, model) -> None:
     if not torch.is_tensor(x) or not isinstance(x_dim, int) or isinstance(x_dim, bool):
         return
     if x.dim() >= 1 and int(x.shape[0]) == 0:
-        raise ValueError(f"x: shape {tuple(x.shape)} has no rows; expected at least one datapoint")
+        raise _no_rows(x)
     width = math.prod(x.shape[1:])
     if width != x_dim:
         one = x.dim() == 1 and x.shape[0] == x_dim

@@ -72,7 +72,6 @@ from pyro_vae.checkpoint import (
     RESUMABLE_SETTINGS,
     RunFolder,
     RunFolderError,
-    differing_settings,
     flat_settings,
 )
 from pyro_vae.data_source import (
@@ -268,9 +267,7 @@ def _train_epochs(
     ``terms``: the model's ``batch_terms``, factors of its training objective only."""
     result = _new_result(pair, start.history)
     free_bits, groups = _free_bits_of(getattr(step.svi, "elbo", None))
-    result.objective = _objective(config, free_bits, pair.handler_beta, terms)
-    if groups is not None:  # tester CN: two runs' objectives differed by it, unsaid
-        result.objective["free_bits_groups"] = groups
+    result.objective = _objective(config, free_bits, pair.handler_beta, terms, groups)
     guard, stopping = step.guard, EarlyStopping(config.patience, start.best)
     for epoch in range(start.epoch, config.epochs):
         if stopping.out_of_patience(epoch):
@@ -445,11 +442,8 @@ def _refuse_the_folder(run: RunFolder, resume: bool, config) -> None:
         settings = {"train": dataclasses.asdict(config)}
         resumable = {*RESUMABLE_SETTINGS, "train.compile", "train.compile_backend"}
         now, then = flat_settings(settings), flat_settings({"train": recorded})
-        differ = [  # of the settings it records (an older run's may lack some)
-            k
-            for k in differing_settings(settings, {"train": recorded}, resumable.__contains__)
-            if k in then
-        ]
+        # of the settings it records (an older run's may lack some)
+        differ = sorted(k for k in then if now.get(k) != then[k] and k not in resumable)
         if differ:
             said = ", ".join(f"{k[6:]}={now.get(k)!r} (recorded {then.get(k)!r})" for k in differ)
             raise RunFolderError(
@@ -504,13 +498,18 @@ def _free_bits_of(elbo) -> tuple[float | None, int | str | None]:
 
 
 def _objective(
-    config: TrainConfig, free_bits: float | None, handler_beta: float = 1.0, terms=()
+    config: TrainConfig,
+    free_bits: float | None,
+    handler_beta: float = 1.0,
+    terms=(),
+    groups: int | str | None = None,
 ) -> dict[str, Any]:
     """What training optimized, for metrics.json, and what the ELBOs reported measure.
     ``beta``: config.beta times ``handler_beta``, the β of handlers inside the pair;
     ``terms``: the model's factors of the training objective only (its ``batch_terms``:
     tester BP, M2's "train ELBO" held its α term, −202 against a validation ELBO of −42
-    at α = 10⁵, and was printed and kept as an ELBO)."""
+    at α = 10⁵, and was printed and kept as an ELBO); ``groups``: the free bits' groups,
+    recorded where given (tester CN: two runs' objectives differed by them, unsaid)."""
     beta = config.beta * handler_beta
     plain = beta == 1.0 and not config.kl_warmup_epochs and free_bits is None and not terms
     made = "beta, warm-up, free bits" + (
@@ -523,6 +522,7 @@ def _objective(
         "training_terms": list(terms),
         "train_elbo": _PLAIN if plain else f"the training objective ({made}), not the ELBO",
         "val_elbo": "the ELBO (beta = 1, no free bits)",
+        **({} if groups is None else {"free_bits_groups": groups}),
     }
 
 

@@ -152,3 +152,12 @@ def test_idx_files_of_two_pixel_types_or_of_zeros_alone_are_refused_in_words(tmp
         write_idx(directory / f"{prefix}-images-idx3-ubyte", np.zeros((n, 6, 6), np.int16))
     with pytest.raises(ValueError, match="its int16 values 0..0 are read as intensities 0..0/1"):
         load_data(f"idx:{directory}", Preprocessing("gaussian"))
+
+
+def test_a_table_is_named_by_the_kind_that_reads_it():
+    from pyro_vae.datasets import names_a_table
+
+    for name in ("table:/d/x.npy", "/d/x.csv", "/d/x.CSV", "/d/x.parquet"):
+        assert names_a_table(name), name
+    for name in ("digits", "/d/x.npy", "/d/x.npz", "idx:/d", "images:/d", "nonsense"):
+        assert not names_a_table(name), name
