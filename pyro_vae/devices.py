@@ -4,7 +4,7 @@
 on every command that computes) is one of
 
     ``"auto"``     CUDA when torch sees a GPU, else the CPU
-    ``"cpu"``      the CPU
+    ``"cpu"``      the CPU (``"cpu:0"``, as ``str(torch.device("cpu", 0))`` spells it, too)
     ``"cuda"``     the current CUDA device; ``"cuda:N"`` GPU N
     ``"mps"``      Apple's Metal backend (accepted, untested here)
 
@@ -28,7 +28,7 @@ import torch
 from pyro_vae.wrapped_source import WrappedSource
 
 DEVICE_NAMES = ("auto", "cpu", "cuda", "cuda:N", "mps")
-_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
+_PATTERN = re.compile(r"auto|cpu(:0)?|cuda(:\d+)?|mps")
 
 
 def check_device_name(value: Any, arg: str = "device") -> str:
@@ -71,6 +71,8 @@ def resolve_device(value: Any = "auto", arg: str = "device") -> torch.device:
     check_device_name(value, arg)
     if value == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if value == "cpu:0":  # the CPU has one index; its tensors' device is plain "cpu"
+        return torch.device("cpu")
     device = torch.device(value)
     have = available_devices()
     missing = (

@@ -67,12 +67,12 @@ from tests.pyro_vae.cavi.test_hmm import random_fhmm, sample
 # --- names -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["auto", "cpu", "cuda", "cuda:0", "cuda:12", "mps"])
+@pytest.mark.parametrize("name", ["auto", "cpu", "cpu:0", "cuda", "cuda:0", "cuda:12", "mps"])
 def test_device_names_are_accepted(name):
     assert check_device_name(name) == name
 
 
-@pytest.mark.parametrize("name", ["gpu", "CUDA", "cuda:", "cuda:x", "", None, 0, "cpu:0"])
+@pytest.mark.parametrize("name", ["gpu", "CUDA", "cuda:", "cuda:x", "", None, 0, "cpu:1"])
 def test_a_bad_device_name_is_refused_naming_argument_value_and_choices(name):
     with pytest.raises(ValueError) as info:
         check_device_name(name, "train.device")
@@ -86,6 +86,15 @@ def test_auto_and_cpu_resolve_to_the_cpu_without_cuda(monkeypatch):
     assert resolve_device("auto") == torch.device("cpu")
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+
+
+def test_the_cpu_with_its_index_is_the_cpu():
+    """``str(torch.device("cpu", 0))`` is "cpu:0", which a tensor's device never is: a
+    device passed as torch spells it resolves to the plain CPU its tensors are on (it was
+    refused as not a device)."""
+    assert str(torch.device("cpu", 0)) == "cpu:0"
+    assert resolve_device(torch.device("cpu", 0)) == torch.empty(1, device="cpu").device
+    assert resolve_device("cpu:0", "--device") == torch.device("cpu")
 
 
 def test_auto_picks_cuda_when_torch_sees_a_gpu(monkeypatch):
