@@ -19,7 +19,7 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
-from pyro_vae.guides.local_rows import HeldRows, given_rows, rows_or_all
+from pyro_vae.guides.local_rows import HeldRows, given_rows, initial_log_scale, rows_or_all
 from pyro_vae.plate_declaration import data_plate
 
 
@@ -38,7 +38,7 @@ class LocalFlow(HeldRows, PyroModule):
 
     Raises:
         ValueError: ``loc``, ``scale`` and ``context`` are not ``[N, ·]`` matrices with
-            ``loc`` and ``scale`` alike.
+            ``loc`` and ``scale`` alike, or ``scale`` has a negative or non-finite element.
     """
 
     #: May be recorded without being asked (``pyro_vae.estimators.compiled.should_record``):
@@ -73,7 +73,7 @@ class LocalFlow(HeldRows, PyroModule):
             )
         self.site = site
         self.loc = nn.Parameter(loc.detach().clone())
-        self.log_scale = nn.Parameter(scale.detach().clamp(min=1e-6).log().clone())
+        self.log_scale = nn.Parameter(initial_log_scale(scale))
         self.context = nn.Parameter(context.detach().clone())
         # A plain list: the steps stay out of this module's parameters and state.
         self._flows = list(flows)

@@ -15,7 +15,7 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
-from pyro_vae.guides.local_rows import HeldRows, given_rows, rows_or_all
+from pyro_vae.guides.local_rows import HeldRows, given_rows, initial_log_scale, rows_or_all
 from pyro_vae.plate_declaration import data_plate
 
 
@@ -29,7 +29,8 @@ class LocalLowRankNormal(HeldRows, PyroModule):
         site: name of the latent sample site in the model.
 
     Raises:
-        ValueError: the shapes do not agree as above.
+        ValueError: the shapes do not agree as above, or ``scale`` has a negative or
+            non-finite element.
     """
 
     #: May be recorded without being asked (``pyro_vae.estimators.compiled.should_record``):
@@ -54,7 +55,7 @@ class LocalLowRankNormal(HeldRows, PyroModule):
             )
         self.site = site
         self.loc = nn.Parameter(loc.detach().clone())
-        self.log_scale = nn.Parameter(scale.detach().clamp(min=1e-6).log().clone())
+        self.log_scale = nn.Parameter(initial_log_scale(scale))
         self.cov_factor = nn.Parameter(cov_factor.detach().clone())
 
     def encode(

@@ -15,7 +15,7 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
-from pyro_vae.guides.local_rows import HeldRows, given_rows, rows_or_all
+from pyro_vae.guides.local_rows import HeldRows, given_rows, initial_log_scale, rows_or_all
 from pyro_vae.plate_declaration import data_plate
 
 
@@ -32,6 +32,9 @@ class LocalNormal(HeldRows, PyroModule):
         loc: ``[N, latent_dim]`` initial means; scale: ``[N, latent_dim]`` initial sds.
 
     Raises:
+        ValueError: ``loc`` and ``scale`` are not the same ``[N, latent_dim]``, or ``scale``
+            has a negative or non-finite element (:func:`~pyro_vae.guides.local_rows.
+            initial_log_scale`).
         ValueError (when called): another number of rows than N in a plain call, or a data
             plate of another full size than N.
     """
@@ -49,7 +52,7 @@ class LocalNormal(HeldRows, PyroModule):
             )
         self.site = site
         self.loc = nn.Parameter(loc.detach().clone())
-        self.log_scale = nn.Parameter(scale.detach().clamp(min=1e-6).log().clone())
+        self.log_scale = nn.Parameter(initial_log_scale(scale))
 
     def encode(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> dist.Normal:
         """q of ``x``'s rows: all N in order, or the ``rows`` among them."""

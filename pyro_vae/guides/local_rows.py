@@ -24,6 +24,31 @@ class HeldRows:
         return int(self.loc.shape[0])
 
 
+#: The smallest initial standard deviation a local guide starts from: an encoder's scale
+#: that underflowed to 0 (float32 exp of a very negative log-scale) starts here, so that
+#: its log is finite.
+SCALE_FLOOR = 1e-6
+
+
+def initial_log_scale(scale: torch.Tensor) -> torch.Tensor:
+    """log of ``scale`` (``[N, latent_dim]`` initial standard deviations), each floored at
+    :data:`SCALE_FLOOR`, detached, as a local guide's free parameter starts.
+
+    Raises:
+        ValueError: some element is negative or not finite (naming the first, its row and
+            column), where a floor would have hidden the caller's mistake (it was clamped
+            to 1e-6 silently).
+    """
+    bad = ~torch.isfinite(scale) | (scale < 0)
+    if bool(bad.any()):
+        at = tuple(int(i) for i in bad.nonzero()[0])
+        raise ValueError(
+            f"scale: {float(scale[at])} at index {list(at)}; expected finite non-negative "
+            f"standard deviations (those below {SCALE_FLOOR:g} start at {SCALE_FLOOR:g})"
+        )
+    return scale.detach().clamp(min=SCALE_FLOOR).log().clone()
+
+
 def check_rows(x: torch.Tensor, held: int) -> None:
     """Refuse ``x`` unless it has the ``held`` rows a per-datapoint guide was made for.
 

@@ -51,3 +51,31 @@ def test_given_rows_are_none_in_a_plain_call_and_check_rows_names_both_counts():
     )
     with pytest.raises(ValueError, match="x: 6 rows, but this local guide holds 4 datapoints"):
         check_rows(X, 4)
+
+
+_MAKE = {
+    "normal": lambda loc, scale: LocalNormal(loc, scale),
+    "low-rank": lambda loc, scale: LocalLowRankNormal(loc, scale, torch.ones(2, 3, 1)),
+    "flow": lambda loc, scale: LocalFlow(loc, scale, torch.zeros(2, 4), AmortizedIAF(4, 3).flows),
+}
+
+
+@pytest.mark.parametrize("kind", ["normal", "low-rank", "flow"])
+@pytest.mark.parametrize("bad", [-0.5, float("nan"), float("inf")])
+def test_a_negative_or_non_finite_initial_scale_is_refused_naming_it(kind, bad):
+    """A negative scale was clamped to 1e-6 without a word (q then started 10⁶ times
+    narrower than asked); NaN gave a NaN parameter. The first bad element is named."""
+    scale = torch.ones(2, 3)
+    scale[1, 2] = bad
+    with pytest.raises(ValueError, match=rf"^scale: {bad} at index \[1, 2\]; expected finite"):
+        _MAKE[kind](torch.zeros(2, 3), scale)
+
+
+@pytest.mark.parametrize("kind", ["normal", "low-rank", "flow"])
+def test_a_zero_initial_scale_starts_at_the_floor(kind):
+    """An encoder's scale that underflowed to 0 starts at 1e-6 (its log finite), as
+    documented; the other elements start as given."""
+    scale = torch.tensor([[0.0, 2.0, 1.0], [1.0, 1.0, 1.0]])
+    guide = _MAKE[kind](torch.zeros(2, 3), scale)
+    expected = torch.tensor([[1e-6, 2.0, 1.0], [1.0, 1.0, 1.0]]).log()
+    assert torch.allclose(guide.log_scale.detach(), expected)
