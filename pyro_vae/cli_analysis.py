@@ -290,10 +290,12 @@ def diagnose_command(args: argparse.Namespace) -> int:
 
     Raises:
         ValueError: a model that uses labels, has no latent variables, a per-datapoint
-            guide, or a negative ``--points``, before any work."""
+            guide, a negative ``--points``, or ``--samples`` whose importance ratios
+            would take more than half the machine's memory, before any work."""
     import pyro
 
     from pyro_vae.diagnostics import write_report
+    from pyro_vae.diagnostics.psis import check_ratio_memory
 
     run = writable_run(args.run)
     exp = load(run, args.device or "auto", args.allow_changed_data, args.allow_changed_code)
@@ -305,6 +307,7 @@ def diagnose_command(args: argparse.Namespace) -> int:
     if args.points < 0:
         raise ValueError(f"points: {args.points} is negative; expected a number of test {rows}")
     x = exp.data.test_x[: args.points or None]  # 0: all (gathered, when memory-mapped)
+    check_ratio_memory(args.samples, int(x.shape[0]), "--samples")
     x = to_device(x, exp.device)
     pyro.set_rng_seed(args.seed)
     result = write_report(

@@ -25,7 +25,12 @@ from pyro_vae.checkpoint import atomic_path, remove_stale_staging_folders, stagi
 from pyro_vae.checks import check_count
 from pyro_vae.diagnostics.arviz_compat import az, default_grid
 from pyro_vae.diagnostics.inference_data import save_inference_data, to_inference_data
-from pyro_vae.diagnostics.psis import PointwiseKhat, psis_khat_per_datapoint
+from pyro_vae.diagnostics.psis import (
+    PointwiseKhat,
+    check_ratio_memory,
+    machine_memory,
+    psis_khat_per_datapoint,
+)
 from pyro_vae.plots import plot_reconstructions, save_png
 from pyro_vae.predictive import reconstruct
 
@@ -244,11 +249,6 @@ def _plot_worst(
 _BYTES_PER_DRAWN_VALUE = 32
 
 
-def machine_memory() -> int:
-    """This machine's physical memory, in bytes (``os.sysconf``)."""
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
 def _check_idata_memory(draws: int, points: int, values: int) -> None:
     """Refuse diagnostics.nc's ``draws`` of ``points`` rows of ``values`` each where they
     would take more than half this machine's memory (tester CO: ``--idata-samples
@@ -311,6 +311,7 @@ def write_report(
     check_count("num_worst", num_worst, 0, "; expected a number of inputs to draw")
     check_count("idata_samples", idata_samples, 2, "; expected 2 or more draws")
     _check_idata_memory(idata_samples, min(idata_points, int(x.shape[0])), math.prod(x.shape[1:]))
+    check_ratio_memory(num_samples, int(x.shape[0]))  # before the staging folder is made
     # its own staging folder: a second report running at once must not remove or fill it
     # (tester BI); those of reports killed part way (SIGKILL) are removed here
     remove_stale_staging_folders(out, _STAGING)

@@ -600,6 +600,11 @@ def test_diagnose_refuses_bad_counts_and_other_versions(trained, tmp_path, capsy
     assert "--samples: 1 is not an integer ≥ 21" in capsys.readouterr().err
     assert main(["diagnose", str(trained), "--points", "-1"]) == 2
     assert "--points: -1 is not a non-negative integer (0: all)" in capsys.readouterr().err
+    before = sorted(p.name for p in trained.iterdir())
+    assert main(["diagnose", str(trained), "--points", "5", "--samples", str(10**15)]) == 2
+    err = capsys.readouterr().err  # 5 rows x 96 bytes x 10¹⁵ draws: far past any machine
+    assert "--samples: 1,000,000,000,000,000 draws of each of 5 rows need about" in err
+    assert sorted(p.name for p in trained.iterdir()) == before  # nothing written
     old = tmp_path / "old"
     old.mkdir()
     config = json.loads((trained / "config.json").read_text())

@@ -234,6 +234,25 @@ def test_bad_input_is_refused_with_the_argument_named(gaussian_x):
         pareto_khat(np.zeros((2, 30)), round_off=np.zeros(3))
 
 
+def test_draws_whose_ratios_pass_half_the_machine_s_memory_are_refused_before_any_work(
+    gaussian_x, monkeypatch
+):
+    """``diagnose --samples 10⁹`` grew until the machine killed it. With a machine of 2 MiB,
+    half is 1,048,576 bytes; 20 rows at 96 bytes a ratio are 1,920 bytes a draw, so 546
+    draws fit and 547 do not. The model is never run (it raises if it is)."""
+    import pyro_vae.diagnostics.psis as psis
+
+    monkeypatch.setattr(psis, "machine_memory", lambda: 2 * 2**20)
+
+    def never_run(x):
+        raise AssertionError("the model ran before the draws were checked")
+
+    with pytest.raises(ValueError, match=r"^num_samples: 547 draws of each of 20 rows need "
+                       r"about 0.0 GiB .* expected at most 546 \(or fewer rows\)$"):  # fmt: skip
+        psis_khat_per_datapoint(never_run, never_run, gaussian_x, num_samples=547)
+    psis.check_ratio_memory(546, 20)  # fits
+
+
 def test_khat_per_datapoint_takes_a_local_guide_and_the_rows_it_was_fitted_to():
     # tester I's F2: the probe ran the bare guide on x[:1], so an autoguide fitted over the
     # local latents failed ("no per-datapoint plate for this batch of 1 rows") and a
