@@ -20,6 +20,7 @@ import matplotlib
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
 from pyro_vae.checkpoint import atomic_path, remove_stale_staging_folders, staging_folder
 from pyro_vae.checks import check_count
@@ -190,10 +191,39 @@ def _write_summaries(idata, out: Path, max_panels: int) -> list[Path]:
     if not global_vars:
         fig.suptitle("q(z | x) of the first datapoint", fontsize=10)
     posterior_png = save_png(fig, out / "posterior.png")
-    statistic = _ppc_statistic(idata, plate)
-    fig, axes = _axes_grid(len(statistic.observed_data.data_vars))
+    ppc_png = save_png(ppc_figure(_ppc_statistic(idata, plate)), out / "ppc.png")
+    return [out / "summary.csv", posterior_png, ppc_png]
+
+
+def ppc_figure(statistic) -> Figure:
+    """ppc.png's figure of ``statistic`` (:func:`_ppc_statistic`: each observed variable's
+    per-datapoint mean, in ``posterior_predictive`` [chain, draw, datapoint] and
+    ``observed_data`` [datapoint]), one panel per variable: ``az.plot_ppc``'s KDEs of each
+    draw over the datapoints beside the observed one; its ECDFs where a draw takes one
+    value at every datapoint (:func:`_has_single_valued_draw`); and, for one datapoint
+    (``diagnose --points 1``), where each draw is a single number, a histogram of the
+    draws (``az.plot_dist``) with the observed value as a vertical line (ECDFs of single
+    numbers drew only the mean's curve, the observed value nowhere)."""
+    names = list(statistic.observed_data.data_vars)
+    draws = statistic.posterior_predictive.sizes["draw"]
+    fig, axes = _axes_grid(len(names))
+    if all(statistic.observed_data[name].size == 1 for name in names):
+        for ax, name in zip(axes, names, strict=True):
+            drawn = np.asarray(statistic.posterior_predictive[name].values, dtype=float)
+            observed = float(np.asarray(statistic.observed_data[name].values).reshape(-1)[0])
+            az.plot_dist(drawn.reshape(-1), kind="hist", label="posterior predictive", ax=ax)
+            ax.axvline(observed, color="black", label="observed")
+            ax.xaxis.set_major_locator(MaxNLocator(6))  # ArviZ labels every bin's centre
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.set_xlabel(f"mean of {name}")
+            ax.set_ylabel("density")
+            ax.legend(fontsize=8)
+        fig.suptitle(f"one datapoint: {draws} posterior predictive draws", fontsize=10)
+        return fig
     kind = "cumulative" if _has_single_valued_draw(statistic) else "kde"
-    az.plot_ppc(statistic, num_pp_samples=min(100, post.sizes["draw"]), ax=axes, kind=kind)
+    with warnings.catch_warnings():  # ArviZ's note on the single-valued draw, drawn as ECDFs
+        warnings.filterwarnings("ignore", message="Your data appears to have a single value")
+        az.plot_ppc(statistic, num_pp_samples=min(100, draws), ax=axes, kind=kind)
     for ax in axes:
         ax.set_xlabel(f"per-datapoint mean of {ax.get_xlabel()}")
     if kind == "cumulative":
@@ -201,8 +231,7 @@ def _write_summaries(idata, out: Path, max_panels: int) -> list[Path]:
             "ECDFs: a draw with one value at every datapoint has no density to draw",
             fontsize=10,
         )
-    ppc_png = save_png(fig, out / "ppc.png")
-    return [out / "summary.csv", posterior_png, ppc_png]
+    return fig
 
 
 def _write_khat_csv(khat: PointwiseKhat, path: Path) -> Path:

@@ -121,3 +121,29 @@ def test_draws_beyond_half_the_machine_s_memory_are_refused_before_any_work(tmp_
         write_report(vae, vae.make_guide(), x, tmp_path, num_samples=50, idata_points=10,
                      idata_samples=205)  # fmt: skip
     assert list(tmp_path.iterdir()) == []
+
+
+def test_ppc_of_one_datapoint_is_a_histogram_of_the_draws_beside_the_observed_value():
+    """``diagnose --points 1``: each draw's statistic is a single number, and ppc.png drew
+    ECDFs with only the mean's curve, the observed value nowhere. Expected: a histogram of
+    the draws (a density: its bars' area is 1) and a vertical line at the observed value."""
+    import arviz as az
+    import numpy as np
+
+    from pyro_vae.diagnostics.report import _ppc_statistic, ppc_figure
+
+    rng = np.random.default_rng(0)
+    idata = az.from_dict(
+        posterior={"z": rng.normal(size=(1, 200, 1))},
+        posterior_predictive={"obs": rng.normal(0.4, 0.1, (1, 200, 1))},
+        observed_data={"obs": np.array([0.3125])},
+        dims={"z": ["data"], "obs": ["data"]},
+    )
+    ax = ppc_figure(_ppc_statistic(idata, "data")).axes[0]
+    assert [list(line.get_xdata()) for line in ax.lines] == [[0.3125, 0.3125]]
+    centres = np.array([bar.get_x() + bar.get_width() / 2 for bar in ax.patches])
+    bin_width = np.diff(centres)  # the bars are drawn narrower than their bins
+    assert len(centres) > 3 and np.allclose(bin_width, bin_width[0])
+    area = bin_width[0] * sum(bar.get_height() for bar in ax.patches)
+    assert area == pytest.approx(1.0, rel=1e-9)
+    assert ax.get_xlabel() == "mean of obs"
