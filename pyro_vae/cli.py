@@ -221,6 +221,7 @@ def _train_and_report(
             run.update_metrics(stop_reason="diverged")  # (tester BJ: said twice, unnamed)
             print(f"error: {_one_line(err)}{_after_divergence(run)}", file=sys.stderr)
         return 1
+    _FIT_PROGRESS["trained"] = True
     if writer:
         print(
             f"stopped: {result.stop_reason.replace('_', ' ')}; kept the weights of epoch "
@@ -529,7 +530,7 @@ FOLLOWED_A_LOST_RANK = {"followed": False}
 #: trained: tester L2); ``checked``, whether fit's own checks have passed too, and its
 #: folder been written (a refusal from them, such as a step that cannot be recorded, wrote
 #: nothing).
-_FIT_PROGRESS = {"begun": False, "checked": False}
+_FIT_PROGRESS = {"begun": False, "checked": False, "trained": False}
 
 
 def _where_it_stopped(args: argparse.Namespace) -> str:
@@ -568,6 +569,19 @@ def _where_it_stopped(args: argparse.Namespace) -> str:
     return f"{none}; start it over with `pyro-vae fit --restart --out {run.path} ...`"
 
 
+def _where_it_stopped_after_checks(args: argparse.Namespace) -> str:
+    """Where a fit that passed its checks stopped on an error: mid-training,
+    :func:`_where_it_stopped_readable`; after training, in the test-set evaluation, that
+    the folder holds the trained weights and how to score them."""
+    if not _FIT_PROGRESS["trained"]:
+        return _where_it_stopped_readable(args)
+    run = args.resume or args.out
+    return (
+        f"training had finished, and {run} holds its weights; score them with "
+        f"`pyro-vae evaluate {run}`"
+    )
+
+
 def _where_it_stopped_readable(args: argparse.Namespace) -> str:
     """:func:`_where_it_stopped`, or that the folder cannot be read either."""
     try:
@@ -577,9 +591,10 @@ def _where_it_stopped_readable(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the ``pyro-vae`` command. Returns the exit status: 0 done, 1 training diverged
-    or its folder could no longer be written (a full disk, permissions: the last
-    checkpoint is kept), 2 refused (the message says why; nothing was overwritten), 130
+    """Run the ``pyro-vae`` command. Returns the exit status: 0 done, 1 training diverged,
+    its folder could no longer be written (a full disk, permissions: the last checkpoint
+    is kept) or the model raised once the run had begun (the message says what the folder
+    holds), 2 refused (the message says why; nothing was overwritten), 130
     interrupted (Ctrl-C), 143 terminated (SIGTERM), 129 hung up (SIGHUP: its terminal
     closed)."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -597,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
         "diagnose": diagnose_command,
         "compare": compare_command,
     }[args.command]
-    _FIT_PROGRESS.update(begun=False, checked=False)
+    _FIT_PROGRESS.update(begun=False, checked=False, trained=False)
     forget_stops()
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = {}
@@ -682,6 +697,11 @@ def _run_command(handler, args: argparse.Namespace, argv: list[str]) -> int:
         _tell(f"{_error()}: {_one_line(err)}; {_where_it_stopped_readable(args)}")
         return 1
     except (ValueError, RunFolderError, DatasetNotFoundError, IDXFormatError) as err:
+        if args.command == "fit" and _FIT_PROGRESS["checked"]:  # not a refusal: a stop
+            # mid-run (a model's own ValueError at epoch 2 said only its words, and exit 2,
+            # "refused", beside epoch 1's checkpoint): what the folder holds
+            _tell(f"{_error()}: {_one_line(err)}; {_where_it_stopped_after_checks(args)}")
+            return 1
         _tell(f"{_error()}: {_one_line(err)}")
         return 2
     except RankLost as err:

@@ -402,6 +402,43 @@ def test_diverged_training_exits_1_and_says_why(tmp_path, capsys):
     assert main(argv) == 0  # the way out it names
 
 
+def test_a_models_error_mid_run_says_what_the_folder_holds_and_exits_1(
+    tmp_path, capsys, monkeypatch
+):
+    """A model's own ValueError at its 14th training step (epoch 2 of 12 steps an epoch)
+    printed only its words and exited 2, "refused, nothing was overwritten", beside epoch
+    1's checkpoint; one in the test-set evaluation after training likewise. Expected: exit
+    1 and what the folder holds, with the way on."""
+    (tmp_path / "flaky.py").write_text(
+        "import os\n"
+        "import torch\n"
+        "from models.vae import VAE\n\n"
+        "class Flaky(VAE):\n"
+        "    steps = 0\n"
+        "    def forward(self, x, *args, **kwargs):\n"
+        "        if torch.is_grad_enabled():\n"
+        "            Flaky.steps += 1\n"
+        "            if Flaky.steps == 14:\n"
+        "                raise ValueError('the model broke at step 14')\n"
+        "        elif str(x.shape[0]) == os.environ.get('FLAKY_ROWS'):\n"
+        "            raise ValueError('the model broke on the test set')\n"
+        "        return super().forward(x, *args, **kwargs)\n"
+    )
+    run, spec = tmp_path / "run", f"{tmp_path / 'flaky.py'}:Flaky"
+    argv = ["fit", "--model", spec, "--epochs", "3", "--compile", "off", "--out", str(run)]
+    assert main([*argv, *FAST]) == 1
+    err = capsys.readouterr().err
+    assert f"error: the model broke at step 14; {run} holds the checkpoint of epoch 1; " in err
+    assert f"continue with `pyro-vae fit --resume {run}`" in err
+    assert RunFolder(run).load_checkpoint()["epoch"] == 1
+    monkeypatch.setenv("FLAKY_ROWS", "180")  # the test images: after training
+    assert main(["fit", "--resume", str(run), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert f"error: the model broke on the test set; training had finished, and {run} " in err
+    assert f"holds its weights; score them with `pyro-vae evaluate {run}`" in err
+    assert RunFolder(run).load_checkpoint()["epoch"] == 3
+
+
 def test_a_run_killed_at_any_moment_can_be_evaluated_and_resumed(tmp_path):
     import signal
     import subprocess
