@@ -460,11 +460,10 @@ def psis_khat_per_datapoint(
     """k̂ for each row x_n from S = ``num_samples`` ratios p(x_n, z_s) / q(z_s | x_n).
 
     Needs every latent site inside the per-datapoint plate (an amortized or local guide;
-    :func:`pyro_vae.plates.find_data_plate`). ``rows``: for a guide with free
-    per-datapoint parameters (``LocalNormal``, an autoguide fitted over local latents), the
-    rows of the data it was fitted to that ``x`` holds (default: the first ``len(x)``), as
-    :func:`pyro_vae.evaluate.prepare` takes them.
-    Datapoints and draws are taken in chunks of at most ``max_elements`` values of x.
+    :func:`pyro_vae.plates.find_data_plate`). ``rows``: for a guide with free per-datapoint
+    parameters (``LocalNormal``, an autoguide over local latents), the rows of its data that
+    ``x`` holds (default: the first ``len(x)``), as :func:`pyro_vae.evaluate.prepare` takes
+    them. Datapoints and draws are taken in chunks of at most ``max_elements`` values of x.
     Each site's per-datapoint log-density is added to the others in float64, so a
     per-datapoint constant in log p leaves k̂ as it is, and the constant-ratio test
     (k̂ = −inf) is against each datapoint's rounding error, 2 ε Σ|log-density terms| over
@@ -476,23 +475,21 @@ def psis_khat_per_datapoint(
     of their distribution is an atom, not a generalized Pareto tail (the limit of one
     would be the degenerate k = −∞, for a good q and a bad one alike). k̂ therefore says
     nothing there and is NaN. Its question, can S draws from q be trusted, has an exact
-    answer when K ≤ S: the K states are enumerated, which costs no more than the S draws
-    would, and :class:`PointwiseKhat` holds, for every datapoint, the exact log p(x_n),
-    KL(q ‖ p(z | x_n)) and χ²(p(z | x_n) ‖ q). For K > S the ratios are drawn as usual,
-    and a datapoint whose draws repeat a ratio in the fitted tail gets NaN.
+    answer when K ≤ S: the K states are enumerated (costing no more than S draws), and
+    :class:`PointwiseKhat` holds, for every datapoint, the exact log p(x_n),
+    KL(q ‖ p(z | x_n)) and χ²(p(z | x_n) ‖ q). For K > S the ratios are drawn as usual;
+    a datapoint whose draws repeat a ratio in the fitted tail gets NaN.
 
-    ``device`` (``None``: ``x``'s): where the pair computes; each chunk of ``x`` is put
-    there, and the log-ratios come back to the CPU chunk by chunk. A site the model sums
+    ``device`` (``None``: ``x``'s): where the pair computes, chunk by chunk. A site the model sums
     out by enumeration is summed out of each ratio, p(x_n, u) = Σ_c p(x_n, z_n = c, u)
     (:mod:`pyro_vae.enumerated_sites`, as the per-datapoint evaluators do). A scale c of every
     site (``poutine.scale(c)`` on both) leaves k̂ and χ²; ``log_evidence`` and ``kl`` are c ×.
 
     Raises:
-        ValueError: ``num_samples`` < 21 (``PSIS_MIN_SAMPLES``), or so many that the ratios
-            would take more than half this machine's memory (:func:`check_ratio_memory`);
-            ``max_elements`` < 1; a
-            ``device`` this machine does not have; a latent site outside the per-datapoint
-            plate; ``rows`` of the wrong length or beyond the rows a local guide holds.
+        ValueError: ``num_samples`` < 21 (``PSIS_MIN_SAMPLES``) or beyond the memory
+            (:func:`check_ratio_memory`); ``max_elements`` < 1; a ``device`` this machine
+            does not have; a latent site outside the per-datapoint plate; ``rows`` of the
+            wrong length or beyond the rows a local guide holds.
     """
     check_count("num_samples", num_samples, PSIS_MIN_SAMPLES, "; PSIS needs ≥ 5 tail draws")
     check_count("max_elements", max_elements, 1, "; expected a positive chunk size")
