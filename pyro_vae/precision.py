@@ -100,7 +100,10 @@ class _NetworkAutocast:
         self.calls: list[torch.nn.Module] = []
 
     def before(self, module, args) -> None:
-        counted = not self.paused
+        # a torch.fx graph (a recording, or the backward graph a torch.compile backend
+        # runs as one: aot_eager's ran under autocast, and mixed bfloat16 with float32 in
+        # a matmul) holds the casts it needs already; it runs as it is
+        counted = not self.paused and not isinstance(module, torch.fx.GraphModule)
         self.counted.append(counted)
         self.calls.append(module)
         if counted:
@@ -116,6 +119,8 @@ class _NetworkAutocast:
             self.depth -= 1
             if self.depth == 0:
                 self.close()
+        if isinstance(module, torch.fx.GraphModule):
+            return output  # its outputs as its recorded casts left them
         if output is None or (self.calls and isinstance(self.calls[-1], torch.nn.Sequential)):
             # A Sequential only passes each output to the next layer: cast its own output,
             # not each layer's, and save a cast kernel and its way back per layer.

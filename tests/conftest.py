@@ -78,6 +78,7 @@ _SLOW_TESTS = {
     # inductor compiles C++ (19 s)
     "tests/pyro_vae/estimators/test_compiled.py::"
     "test_a_backend_compiles_the_recording_and_trains_the_same[inductor]",
+    "tests/pyro_vae/test_precision.py::test_a_backend_compiles_the_recorded_bf16_step[inductor]",
     # test_score_function_is_noisier_than_pathwise_here stays; this one takes 4,000 draws
     # (its variance held to 10%, 4.5 standard errors)
     "tests/pyro_vae/diagnostics/test_gradient_variance.py::"
