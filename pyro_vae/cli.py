@@ -183,7 +183,8 @@ def _train_and_report(
     reason = compilable(exp.elbo) if config.training.compile else None
     if reason is not None:
         raise ValueError(
-            f"--compile on: the {config.estimator.name} estimator cannot be compiled "
+            f"--compile {'inductor' if config.training.compile_backend else 'on'}: the "
+            f"{config.estimator.name} estimator cannot be compiled "
             f"({reason}); use --compile auto or off (nothing was written)"
         )
     reason = path_gradient_reason(exp.elbo, exp.guide) if config.training.compile else None

@@ -53,7 +53,18 @@ MODEL_FLAGS = {
 
 def run_config_from_args(args: argparse.Namespace) -> RunConfig:
     """The run ``fit`` flags describe. With ``--compile auto`` the step is not recorded
-    here; :func:`should_compile` decides once the experiment is built."""
+    here; :func:`should_compile` decides once the experiment is built.
+
+    Raises:
+        ValueError: ``--compile on`` or ``inductor`` with ``--kl-warmup``, naming both
+            flags as given (TrainingConfig's own refusal names its fields), and the
+            refusals of the configurations built."""
+    if args.compile in ("on", "inductor") and args.kl_warmup:
+        raise ValueError(
+            f"--compile {args.compile} with --kl-warmup {args.kl_warmup:g}: warm-up changes "
+            "β on every step and a recorded step would keep its first β; turn one of them "
+            "off (--compile auto records only without warm-up)"
+        )
     training = TrainingConfig(
         epochs=_TRAINING.epochs if args.epochs is None else args.epochs,
         batch_size=args.batch_size,

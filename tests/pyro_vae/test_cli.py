@@ -365,7 +365,10 @@ def test_a_users_model_file_is_first_class(tmp_path):
         (["fit", "--epochs", "-1"], "epochs: -1"),
         (["fit", "--estimator-opt", "bogus=1"], "not valid for 'trace'"),
         (["fit", "--estimator", "tracegraph", "--compile", "on"], "cannot be compiled"),
-        (["fit", "--kl-warmup", "2", "--compile", "on"], "compile: True with kl_warmup"),
+        (["fit", "--kl-warmup", "2", "--compile", "on"], "--compile on with --kl-warmup 2:"),
+        # tester CP: both said "--compile on" / "compile: True" for --compile inductor
+        (["fit", "--kl-warmup", "0.5", "--compile", "inductor"], "--compile inductor with "),
+        (["fit", "--estimator", "tracegraph", "--compile", "inductor"], "--compile inductor: the"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_message(tmp_path, capsys, argv, message):
