@@ -89,6 +89,32 @@ def refuse_on_device(precision: str, device: torch.device, arg: str = "precision
         )
 
 
+def refuse_float64_networks(precision: str, *callables, arg: str = "precision") -> None:
+    """Refuse a mixed ``precision`` for networks whose floating parameters are float64 (the
+    ``torch.nn.Module`` behind each callable, as :func:`pyro_vae.devices.move_modules`
+    finds it): autocast casts float32 operations only and leaves float64 ones as they are,
+    so nothing would run in the lower precision the run records (tester CP: a ``.double()``
+    VAE's bf16 losses were its float32-setting losses bit for bit).
+
+    Raises:
+        ValueError: naming ``arg``, the value, the first float64 parameter and the ways out.
+    """
+    if precision == "32":
+        return
+    for fn in callables:
+        owner = getattr(fn, "__self__", fn)
+        if not isinstance(owner, torch.nn.Module):
+            continue
+        for name, parameter in owner.named_parameters():
+            if parameter.dtype == torch.float64:
+                raise ValueError(
+                    f"{arg}: {precision!r} with float64 networks ({type(owner).__name__}'s "
+                    f"{name!r} is float64): autocast lowers float32 operations only, so "
+                    "nothing would run in the lower precision; expected float32 networks "
+                    "(.float()) or precision '32'"
+                )
+
+
 class _NetworkAutocast:
     """The hooks' state: autocast on while any module forward runs, outputs cast back."""
 

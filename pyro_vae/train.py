@@ -93,7 +93,7 @@ from pyro_vae.interruptions import raise_if_stopped
 from pyro_vae.model_protocol import batch_terms, uses_labels
 from pyro_vae.plates import DataPlateError, describe_plates
 from pyro_vae.pointwise import outside_plate, outside_plate_message
-from pyro_vae.precision import Precision, refuse_on_device
+from pyro_vae.precision import Precision, refuse_float64_networks, refuse_on_device
 from pyro_vae.progress import bar as progress_bar
 from pyro_vae.progress import interactive
 from pyro_vae.pyro_compat import guess_max_plate_nesting
@@ -212,7 +212,8 @@ def fit(
         TypeError: ``model``/``guide`` not callable, ``data`` of another kind, or ``elbo``
             not an estimator instance (``pyro_vae.estimators.get("trace")``, ``Trace_ELBO()``).
         ValueError: bad settings or data (named), before anything is trained (16-mixed on a CPU,
-            ``config.tensorboard`` without a ``run`` folder).
+            bf16 or 16-mixed with float64 networks, ``config.tensorboard`` without a ``run``
+            folder).
         pyro_vae.tensorboard_log.TensorBoardMissing: ``config.tensorboard`` without the
             ``tensorboard`` package (an ``ImportError``), before anything is trained.
         pyro_vae.plates.DataPlateError: minibatches of a model without a per-datapoint plate.
@@ -344,6 +345,7 @@ def _placed(data, model, guide, config, run, resume: bool, resume_state):
     resume_state)``."""
     device = resolve_device(config.device)
     refuse_on_device(config.precision, device)
+    refuse_float64_networks(config.precision, model, guide)
     move_modules(device, model, guide)
     group = current()  # several processes under torchrun: pyro_vae.distributed
     if group.world > 1:

@@ -205,6 +205,19 @@ def test_a_bf16_fit_on_the_cpu_keeps_float32_weights_and_float32_losses(digits):
     assert 0 < difference.max() < 0.25 and (bf16 - float32).mean().abs() < 0.02
 
 
+@pytest.mark.parametrize("where", ["model", "guide"])
+def test_bf16_with_float64_networks_is_refused_before_any_work(digits, tmp_path, where):
+    """Tester CP: a ``.double()`` VAE's bf16 losses were its float32-setting ones bit for
+    bit (CPU autocast lowers float32 operations only), and nothing said so."""
+    model, guide = small_vae(digits)
+    (model if where == "model" else guide).double()
+    config = TrainConfig(epochs=1, precision="bf16", progress=False)
+    owner = type(model if where == "model" else guide).__name__
+    with pytest.raises(ValueError, match=rf"^precision: 'bf16' with float64 networks \({owner}'s "):
+        fit(model, guide, digits, Trace_ELBO(), config, run=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_adam_state_stays_float32_under_bf16(digits):
     model, guide = small_vae(digits)
     optim = GroupedAdam({"lr": 1e-3})
