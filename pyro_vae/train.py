@@ -212,8 +212,7 @@ def fit(
         TypeError: ``model``/``guide`` not callable, ``data`` of another kind, or ``elbo``
             not an estimator instance (``pyro_vae.estimators.get("trace")``, ``Trace_ELBO()``).
         ValueError: bad settings or data (named), before anything is trained (16-mixed on a CPU,
-            bf16 or 16-mixed with float64 networks, ``config.tensorboard`` without a ``run``
-            folder).
+            mixed precision on float64 networks, ``config.tensorboard`` without ``run``).
         pyro_vae.tensorboard_log.TensorBoardMissing: ``config.tensorboard`` without the
             ``tensorboard`` package (an ``ImportError``), before anything is trained.
         pyro_vae.plates.DataPlateError: minibatches of a model without a per-datapoint plate.

@@ -418,13 +418,9 @@ class CompiledELBO(SurrogateELBO):
             # for bit. fallback_random keeps torch's generator, so the draws stay those of
             # the uncompiled step. Compiles on the first replay.
             options = {"fallback_random": True} if self.backend == "inductor" else None
-            # its forward, not the module: a module's call runs the global forward hooks
-            # (mixed precision's, pyro_vae.precision), whose Python state Dynamo cannot
-            # trace (tester CP: inductor with bf16 failed in every fit)
-            graph = torch.compile(
-                graph.forward, backend=self.backend, dynamic=False, fullgraph=True,
-                options=options,
-            )  # fmt: skip
+            # its forward: a module call runs bf16's global hooks, which Dynamo cannot trace
+            graph = torch.compile(graph.forward, backend=self.backend, dynamic=False,
+                                  fullgraph=True, options=options)  # fmt: skip
         store = pyro.get_param_store()
         recorded = [
             (name, site["value"].unconstrained())
