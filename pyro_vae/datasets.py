@@ -324,7 +324,8 @@ def raw_from_python(data: Any, labels: Any = None) -> RawImages:
     (items ``x`` or ``(x, y)``) as :class:`RawImages`, checked (:mod:`pyro_vae.array_source`).
 
     Raises:
-        TypeError: neither an array nor a dataset, or ``labels`` with a dataset.
+        TypeError: neither an array nor a dataset (a pandas or polars frame is refused:
+            its ``[i]`` is a column), or ``labels`` with a dataset.
         ValueError: what :func:`pyro_vae.array_source.check_images` refuses.
     """
     if isinstance(data, np.ndarray):
@@ -333,6 +334,17 @@ def raw_from_python(data: Any, labels: Any = None) -> RawImages:
         raise TypeError(
             "data: a torch.Tensor; expected a numpy array (data.numpy()) or a "
             "torch.utils.data.Dataset"
+        )
+    if type(data).__module__.split(".")[0] in ("pandas", "polars"):
+        # a frame looks like a Dataset (len, [i]) but pandas' frame[i] is column i: a
+        # square frame with integer column labels was read transposed, silently, and any
+        # other raised KeyError: 0 (tester CT)
+        raise TypeError(
+            f"data: a {type(data).__module__.split('.')[0]} {type(data).__name__}, whose [i] "
+            "is read by label (a frame's is column i), not as row i; expected its values "
+            "as a numpy array (frame.to_numpy(), "
+            "with labels=its label column's values) or the table as a CSV or Parquet path "
+            "(which keeps the column names and takes label_column)"
         )
     if hasattr(data, "__getitem__") and hasattr(data, "__len__") and not isinstance(data, str):
         if labels is not None:

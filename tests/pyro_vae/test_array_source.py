@@ -85,6 +85,23 @@ def test_bad_labels_and_bad_python_objects_are_refused():
         load_data(3)
 
 
+@pytest.mark.parametrize("columns", [None, ["g1", "g2", "g3"]])
+def test_a_data_frame_is_refused_not_read_by_column(columns):
+    """Tester CT: a pandas frame passed the Dataset check (len, [i]), but ``frame[i]`` is
+    column i: a square frame with integer column labels was read transposed, silently
+    (its all-zero first column became an all-zero row), and a named one raised KeyError: 0."""
+    import pandas as pd
+
+    values = np.random.default_rng(0).random((3, 3))
+    values[:, 0] = 0
+    frame = pd.DataFrame(values, columns=columns)
+    with pytest.raises(TypeError, match=r"^data: a pandas DataFrame, whose \[i\] is read by "
+                       r"label .* not as row i; expected its values as a numpy array"):  # fmt: skip
+        load_data(frame, Preprocessing("gaussian"), val_fraction=0, test_fraction=0.34)
+    with pytest.raises(TypeError, match=r"^data: a pandas Series, whose \[i\] is read by"):
+        load_data(frame["g1" if columns else 1])
+
+
 def test_a_torch_dataset_of_pairs_or_images_becomes_arrays():
     pairs = torch.utils.data.TensorDataset(torch.as_tensor(IMAGES), torch.arange(30) % 2)
     arrays = from_dataset(pairs)
