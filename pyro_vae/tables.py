@@ -652,7 +652,16 @@ def _standardized(
     features: dict[str, np.ndarray], columns: tuple[str, ...], info: dict[str, Any]
 ) -> dict[str, torch.Tensor]:
     train = features["train"]
-    mean, std = train.mean(0), train.std(0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean, std = train.mean(0), train.std(0)
+    overflowed = [c for c, m, s in zip(columns, mean, std, strict=True) if not np.isfinite(m * s)]
+    if overflowed:  # (tester CT: values near 1e200 gave std inf, and every row 0, silently)
+        raise TableError(
+            f"columns: {overflowed} have values so large that their mean or variance "
+            "overflows float64 on the training split, so the normal likelihood's "
+            "standardization (x - mean) / std would make them all 0; rescale them in the "
+            "file (or leave them out with --columns)"
+        )
     constant = [c for c, s in zip(columns, std, strict=True) if not s > 0]
     if constant:
         raise TableError(

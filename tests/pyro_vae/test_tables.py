@@ -153,6 +153,22 @@ def test_a_constant_column_is_refused_for_the_normal_standardization(tmp_path):
     assert data.x_dim == 1
 
 
+def test_a_column_whose_variance_overflows_is_refused_not_made_zero(tmp_path):
+    """Tester CT: values near 1e200 have a variance past float64's 1.8e308: std inf, so
+    (x - mean) / std was 0 in every row, the test ELBO -inf, metrics.json's std Infinity.
+    1e150 squares to 1e300, still finite, and is standardized as any column."""
+    rng = np.random.default_rng(1)
+    for scale, overflows in ((1e200, True), (1e150, False)):
+        table = {"a": rng.normal(size=40) * scale, "b": rng.normal(size=40)}
+        pd.DataFrame(table).to_csv(tmp_path / "t.csv", index=False)
+        if overflows:
+            with pytest.raises(TableError, match=r"^columns: \['a'\] have values so large"):
+                load_data(str(tmp_path / "t.csv"), Preprocessing("normal"))
+            continue
+        data = load_data(str(tmp_path / "t.csv"), Preprocessing("normal"))
+        assert data.train_x[:, 0].std(unbiased=False).item() == pytest.approx(1.0, rel=1e-5)
+
+
 def test_image_and_table_options_are_refused_for_the_other_sources(tmp_path):
     with pytest.raises(ValueError, match="columns: \\['a'\\] applies to a table"):
         load_data("digits", columns=["a"])
