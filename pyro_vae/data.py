@@ -368,6 +368,7 @@ def load_data(
     crop: bool = False,
     columns: list[str] | None = None,
     label_column: str | None = None,
+    standardization: dict[str, Any] | None = None,
 ) -> DataSplits:
     """Load ``name`` and split it into train / validation / test observations.
 
@@ -375,21 +376,19 @@ def load_data(
     ``fashion-mnist``, ``idx:PATH``, ``PATH.npy``, ``PATH.npz``, ``images:DIR``, a table),
     or from Python a numpy array (``labels``: its ``[N]`` integer labels, optional) or a
     map-style ``torch.utils.data.Dataset`` whose items are ``x`` or ``(x, y)``
-    (:mod:`pyro_vae.array_source` says what an array may hold). A dataset with an official
-    test split keeps it; otherwise ``test_fraction`` of the images are held out.
-    ``val_fraction`` of the rest form the validation set (0 for none). Splits are drawn
-    with ``split_seed``, not the training seed: every seed is tested on the same images.
+    (:mod:`pyro_vae.array_source` says what an array may hold). An official test split is
+    kept; otherwise ``test_fraction`` of the images are held out, and ``val_fraction`` of
+    the rest validate (0: none), drawn with ``split_seed``, not the training seed.
 
     The splits are index sets into the stored array. A memory-mapped ``.npy`` keeps them
     so: ``train_x``, ``val_x`` and ``test_x`` are :class:`~pyro_vae.mapped_rows.MappedRows`
-    that gather each batch or chunk from the map when used (the validation and test draws
-    of dynamic binarization are made once, chunk by chunk, and held in memory). Every
-    other source is gathered into tensors here; both give the same rows bit for bit.
+    gathering each batch or chunk from the map when used (dynamic binarization's validation
+    and test draws made once, chunk by chunk). Every other source is gathered into tensors
+    here; both give the same rows bit for bit.
 
-    ``image_size``, ``crop`` (image folders) and ``columns``, ``label_column`` (tables) go
-    to :func:`~pyro_vae.datasets.load_raw`. A table's observations are
-    :func:`pyro_vae.tables.table_observations`' (standardized with the training split's
-    statistics for a gaussian likelihood) and its ``image_shape`` is ``None``.
+    ``image_size``, ``crop`` (image folders), ``columns``, ``label_column`` (tables) go to
+    :func:`~pyro_vae.datasets.load_raw`; a table's observations are :func:`pyro_vae.tables.
+    table_observations`' (``standardization``: a run's own), its ``image_shape`` ``None``.
 
     Raises:
         ValueError: a fraction outside [0, 1), no test images, fewer than 2 training
@@ -423,7 +422,9 @@ def load_data(
         **({"classes": list(raw.classes)} if raw.classes is not None else {}),
         **_source_notes(raw),
     }
-    obs, pixel_max, image_shape = _prepared(raw, rows, preprocessing, split_seed, info)
+    obs, pixel_max, image_shape = _prepared(
+        raw, rows, preprocessing, split_seed, info, standardization
+    )
     return DataSplits(
         train_x=obs["train"],
         train_y=torch.as_tensor(rows["train"][1][rows["train"][2]]),
@@ -459,9 +460,11 @@ def _prepared(
     preprocessing: Preprocessing,
     split_seed: int,
     info: dict[str, Any],
+    standardization: dict[str, Any] | None = None,
 ) -> tuple[dict[str, torch.Tensor | MappedRows], float, tuple[int, ...] | None]:
     """Each split's observations, the largest value, and the image shape (``None`` for a
-    table); what was done is added to ``info``."""
+    table, standardized with ``standardization`` where given); what was done is added to
+    ``info``."""
     mapped = isinstance(raw.train_x, np.memmap)
     if mapped:
         info["memory_mapped"] = True
@@ -485,8 +488,9 @@ def _prepared(
         )
         features = {key: array[index] for key, (array, _, index) in rows.items()}
         obs, pixel_max = table_observations(
-            features, preprocessing.likelihood, preprocessing.levels, raw.columns, info
-        )
+            features, preprocessing.likelihood, preprocessing.levels, raw.columns, info,
+            standardization,
+        )  # fmt: skip
     else:
         obs, pixel_max = _observations(raw, rows, preprocessing, split_seed, info, mapped)
     _refuse_constant_training_set(raw, rows["train"], obs["train"], preprocessing, info)

@@ -113,6 +113,7 @@ def build(
     allow_changed_data: bool = False,
     allow_changed_code: bool = False,
     data: Any = None,
+    standardization: dict[str, Any] | None = None,
 ) -> Experiment:
     """Load the data and construct model, guide and estimator as ``config`` says.
 
@@ -137,9 +138,8 @@ def build(
     are now must have the same checksum, unless ``allow_changed_data``; likewise the
     model's and guide's own files (``path.py:attr`` specs) and the modules of the user's own
     they import (:func:`code_of`), unless ``allow_changed_code``; a new run records them
-    after its files have run. ``data``: what stands in for the data, not loaded then (the
-    image facts a run recorded, :class:`pyro_vae.prior_model.RecordedImages`: its
-    ``x_dim``, ``image_shape``, ``info``).
+    after its files have run. ``data``: what stands in for the data, not loaded then (a
+    run's image facts, ``RecordedImages``); ``standardization``: a table run's own.
 
     Raises:
         TypeError: ``config`` is not a :class:`~pyro_vae.run_config.RunConfig`.
@@ -159,7 +159,7 @@ def build(
     pyro.set_rng_seed(config.training.seed)
     _refuse_before_loading(config, allow_changed_code)
     if data is None:
-        config, data = _loaded(config, allow_changed_data)
+        config, data = _loaded(config, allow_changed_data, standardization)
     d = config.data
     options = config.model.options
     standard = {k: options[k] for k in STANDARD_MODEL_OPTIONS if k in options}
@@ -190,19 +190,23 @@ def build(
     )
 
 
-def _loaded(config: RunConfig, allow_changed_data: bool) -> tuple[RunConfig, DataSplits]:
-    """The data ``config`` names, with its labelled subset, checked against the provenance
-    it recorded; a new run's config gets the data's provenance."""
+def _loaded(
+    config: RunConfig, allow_changed_data: bool, standardization: dict[str, Any] | None = None
+) -> tuple[RunConfig, DataSplits]:
+    """The data ``config`` names (a table standardized as ``standardization`` says, where
+    given), with its labelled subset, checked against the provenance it recorded; a new
+    run's config gets the data's provenance."""
     d = config.data
+    options = {**d.source_options(), "standardization": standardization}
     try:
-        data = _load_splits(d, d.source_options())
+        data = _load_splits(d, options)
         recorded = (d.provenance or {}).get("columns")
         now = data.info.get("provenance", {}).get("columns")
         if recorded and now and recorded != now and sorted(recorded) == sorted(now):
             # a table's columns in another order: read by name, in the order the run's
             # networks take them (tester CT: evaluate --allow-changed-data fed each column
             # to the input of the one that had stood in its place, 2.25 nats off)
-            data = _load_splits(d, {**d.source_options(), "columns": list(recorded)})
+            data = _load_splits(d, {**options, "columns": list(recorded)})
     except FileNotFoundError as err:
         if d.provenance is None:  # a new run's --data, named as the user gave it
             raise
@@ -520,7 +524,8 @@ def load(
     state = run.load_checkpoint(map_location=resolved)
     run.refuse_edited_config(written, state)  # before the data are loaded
     config = replace(config, training=replace(config.training, device=str(resolved)))
-    experiment = build(config, allow_changed_data, allow_changed_code)
+    recorded = _recorded_standardization(run)
+    experiment = build(config, allow_changed_data, allow_changed_code, None, recorded)
     pyro.clear_param_store()
     train = replace(experiment.config.training, progress=False)
     pair = prepare_pair(experiment.model, experiment.guide, experiment.data, train)
@@ -538,6 +543,20 @@ def load(
     experiment.local_guide = pair.local
     experiment.weights_epoch = (state["best"] or state).get("epoch")
     return experiment
+
+
+def _recorded_standardization(run: RunFolder) -> dict[str, Any] | None:
+    """A table run's standardization as metrics.json records it (``data.standardization``:
+    its columns and training mean and std), to read its data through; None where it
+    records none (not a table, a likelihood other than normal, or unreadable)."""
+    try:
+        recorded = run.read_metrics().get("data", {}).get("standardization")
+    except (RunFolderError, AttributeError):
+        return None
+    keys = ("columns", "mean", "std")
+    if not isinstance(recorded, dict) or not all(isinstance(recorded.get(k), list) for k in keys):
+        return None
+    return recorded
 
 
 def _width_change(run: RunFolder, data: DataSplits) -> str | None:

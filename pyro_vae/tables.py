@@ -548,12 +548,16 @@ def table_observations(
     levels: int | None,
     columns: tuple[str, ...],
     info: dict[str, Any],
+    standardization: dict[str, Any] | None = None,
 ) -> tuple[dict[str, torch.Tensor], float]:
     """The observations of each split (``train``, ``val``, ``test``: ``[n, D]`` float64
     features) for ``likelihood`` (module docstring), float32, and the largest value a
     likelihood's mean is drawn against (1, or L − 1 levels). What was done is added to
     ``info``: ``columns`` (the features), and ``standardization`` (columns, training mean
-    and std) or ``levels``.
+    and std) or ``levels``. ``standardization``: a run's recorded one, applied instead of
+    the training split's where its columns are ``columns`` (a run's data evaluated again,
+    changed: scored through the transform its networks were trained on, as a fitted
+    scaler is reused on new data; tester CT: a column shifted by 1,000 scored as before).
 
     Raises:
         TableError: the gaussian likelihood (whose sigmoid mean cannot reach standardized
@@ -568,6 +572,8 @@ def table_observations(
             "real-valued; use likelihood 'normal' (--likelihood normal), whose mean is unbounded"
         )
     if likelihood == "normal":
+        if standardization is not None and standardization.get("columns") == list(columns):
+            return _recorded_standardization(features, standardization, info), 1.0
         return _standardized(features, columns, info), 1.0
     every = np.concatenate(list(features.values()))
     if likelihood == "bernoulli":
@@ -675,6 +681,18 @@ def _standardized(
         "std": std.tolist(),
         "from": "train split",
     }
+    return {k: torch.as_tensor((v - mean) / std, dtype=torch.float32) for k, v in features.items()}
+
+
+def _recorded_standardization(
+    features: dict[str, np.ndarray], recorded: dict[str, Any], info: dict[str, Any]
+) -> dict[str, torch.Tensor]:
+    """Each split's ``(x - mean) / std`` with a run's ``recorded`` mean and std (float64,
+    as JSON keeps them: the training split's to the bit, where the data are unchanged),
+    recorded in ``info`` as it was."""
+    mean = np.asarray(recorded["mean"], dtype=np.float64)
+    std = np.asarray(recorded["std"], dtype=np.float64)
+    info["standardization"] = dict(recorded)
     return {k: torch.as_tensor((v - mean) / std, dtype=torch.float32) for k, v in features.items()}
 
 

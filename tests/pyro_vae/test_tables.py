@@ -204,6 +204,31 @@ def test_a_table_trains_from_python_and_the_command_line(tmp_path, capsys):
     assert main(["sample", str(out)]) == 2  # a table's rows are no images to draw
 
 
+def test_a_runs_changed_table_is_read_through_the_runs_own_standardization(tmp_path):
+    """Tester CT: a changed table read with --allow-changed-data was standardized by its own
+    training split, so a column shifted by 1,000 scored exactly as before. Expected: the
+    run's recorded mean and std, as a fitted scaler is reused on new data: column a moved
+    by 25 in the file moves by 25 / std_a standardized, the other column not at all; the
+    unchanged table reads as it did at fit, bit for bit."""
+    frame().to_csv(tmp_path / "t.csv", index=False)
+    out = tmp_path / "run"
+    argv = ["fit", "--data", str(tmp_path / "t.csv"), "--likelihood", "normal", "--columns",
+            "a", "c", "--ll-samples", "0", *FAST, "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    recorded = json.loads((out / "metrics.json").read_text())["data"]["standardization"]
+    before = load(out).data
+    assert before.info["standardization"] == recorded
+    shifted = frame()
+    shifted["a"] += 25.0
+    shifted.to_csv(tmp_path / "t.csv", index=False)
+    after = load(out, allow_changed_data=True).data
+    moved = (after.test_x - before.test_x).double()
+    expected = 25.0 / recorded["std"][0]
+    assert torch.allclose(moved[:, 0], torch.full_like(moved[:, 0], expected), atol=1e-5)
+    assert torch.equal(after.test_x[:, 1], before.test_x[:, 1])
+    assert after.info["standardization"] == recorded
+
+
 def test_original_units_are_the_change_of_variables_of_a_normal_density():
     # A Normal density of standardized columns, N(x_std; m, s), is the density
     # N(x; mean + std·m, std·s) of the file's values: computed here directly, per row.
