@@ -275,11 +275,12 @@ def _write_run_start(run: RunFolder, config: RunConfig, exp, state) -> None:
     _note_full_intensity(exp.data.info)
     _note_untrained_classes(exp.data.info)
     if "columns" in exp.data.info:  # a table: which columns became the features
-        label = config.data.label_column
-        print(
-            f"features: {', '.join(exp.data.info['columns'])}"
-            + (f" (labels: {label})" if label else "")
-        )
+        label, columns = config.data.label_column, exp.data.info["columns"]
+        shown, more = columns, ""
+        if len(columns) > 13:  # (tester CT: 2,000 columns printed a line of 12,898 characters)
+            shown = [*columns[:12], "...", columns[-1]]
+            more = f" ({len(columns):,} columns; config.json's data.provenance lists them all)"
+        print(f"features: {', '.join(shown)}{more}" + (f" (labels: {label})" if label else ""))
 
 
 def _after_divergence(run: RunFolder) -> str:

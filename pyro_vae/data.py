@@ -404,8 +404,8 @@ def load_data(
     raw = _raw(name, labels, **options, label_column=label_column)
     if raw.test_x is None and test_fraction == 0:
         raise ValueError(
-            f"test_fraction: 0 leaves {raw.name!r} without test images (it has no official test "
-            "split); expected a fraction in (0, 1)"
+            f"test_fraction: 0 leaves {raw.name!r} without test {raw.unit} (it has no official "
+            "test split); expected a fraction in (0, 1)"
         )
     rows = _split_rows(raw, val_fraction, test_fraction, split_seed)
     if rows["train"][2].shape[0] < 2:

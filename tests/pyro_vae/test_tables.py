@@ -204,6 +204,23 @@ def test_a_table_trains_from_python_and_the_command_line(tmp_path, capsys):
     assert main(["sample", str(out)]) == 2  # a table's rows are no images to draw
 
 
+def test_a_wide_tables_features_line_names_the_first_and_last_and_counts_them(tmp_path, capsys):
+    """Tester CT: 2,000 columns printed a features line of 12,898 characters. 40 columns
+    here: the first 12, the last, and their count; a table of rows is no "images"."""
+    rng = np.random.default_rng(0)
+    pd.DataFrame(rng.normal(size=(30, 40)), columns=[f"g{i}" for i in range(40)]).to_csv(
+        tmp_path / "wide.csv", index=False
+    )
+    argv = ["fit", "--data", str(tmp_path / "wide.csv"), "--likelihood", "normal",
+            "--ll-samples", "0", *FAST, "--out", str(tmp_path / "run")]  # fmt: skip
+    assert main(argv) == 0
+    shown = ", ".join(f"g{i}" for i in range(12))
+    assert f"features: {shown}, ..., g39 (40 columns; config.json's data.provenance lists " \
+        "them all)\n" in capsys.readouterr().out  # fmt: skip
+    with pytest.raises(ValueError, match=r"without test rows \(it has no official test split"):
+        load_data(str(tmp_path / "wide.csv"), Preprocessing("normal"), test_fraction=0.0)
+
+
 def test_a_runs_changed_table_is_read_through_the_runs_own_standardization(tmp_path):
     """Tester CT: a changed table read with --allow-changed-data was standardized by its own
     training split, so a column shifted by 1,000 scored exactly as before. Expected: the
