@@ -188,11 +188,18 @@ def check_label_range(data, num_classes: int, name: str) -> None:
         values = y[data.train_observed] if split == "train" else y
         outside = (values < 0) | (values >= num_classes)
         if bool(outside.any()):
+            way = "Give labels 0..C-1, or the model num_classes to cover them"
+            if bool((values < 0).any()):  # no num_classes covers a label below 0 (tester CT)
+                distinct = int(torch.unique(values).numel())
+                way = (
+                    f"No num_classes covers a label below 0: give labels 0..C-1 (these "
+                    f"{distinct} distinct labels as 0..{distinct - 1})"
+                )
             raise ValueError(
                 f"labels: the {split} split's observed labels span {int(values.min())}.."
                 f"{int(values.max())}, {int(outside.sum())} of them outside 0..{num_classes - 1}"
                 f"; {name} has num_classes={num_classes} (a label outside would be read as no "
-                "class). Give labels 0..C-1, or the model num_classes to cover them"
+                f"class). {way}"
             )
 
 

@@ -198,8 +198,13 @@ def test_class_labels_outside_the_models_classes_are_refused_before_training(dig
                        r"outside 0\.\.4; CVAE has num_classes=5"):  # fmt: skip
         fit(model, model.make_guide(), digits, pyro.infer.Trace_ELBO())
     shifted = dataclasses.replace(digits, test_y=digits.test_y - 1)  # one class becomes -1
-    with pytest.raises(ValueError, match=r"test split's observed labels span -1\.\.8"):
+    with pytest.raises(ValueError, match=r"test split's observed labels span -1\.\.8") as info:
         for_model("all", "CVAE", shifted, 10)
+    # tester CT: "or the model num_classes to cover them", which no num_classes does
+    assert str(info.value).endswith(
+        "No num_classes covers a label below 0: give labels 0..C-1 (these 10 distinct labels "
+        "as 0..9)"
+    )
     assert isinstance(for_model("all", "CVAE", digits, 10), LabelledSource)
     unobserved = digits.with_labelled_subset(count=20)  # unobserved training labels not read
     hidden = torch.where(unobserved.train_observed, unobserved.train_y, -1)
