@@ -154,6 +154,8 @@ def _data(config: dict[str, Any], keys: tuple[str, ...] = _DATA_KEYS) -> str:
     )
     if not static:  # the threshold binarizes static Bernoulli pixels only (tester K)
         keys = tuple(k for k in keys if k != "threshold")
+    if is_table_path(str(data.get("name"))):  # a table takes no binarization (tester CT)
+        keys = tuple(k for k in keys if k not in ("binarize", "threshold"))
     details = [f"{k}={data[k]}" for k in keys if data.get(k) not in (None, False)]
     checksum = (data.get("provenance") or {}).get("checksum")
     if checksum:

@@ -150,6 +150,16 @@ def test_a_threshold_that_binarizes_nothing_leaves_the_data_the_same(tmp_path, d
     assert compare_runs([a, b]).notes == []
 
 
+def test_a_tables_data_note_leaves_out_the_binarization_tables_refuse():
+    """Tester CT: two runs of one table were noted as `binarize=static`, an option a table
+    refuses."""
+    from pyro_vae.compare import _data
+
+    config = {"data": {"name": "/d/cells.csv", "likelihood": "normal", "binarize": "static",
+                       "threshold": 0.5, "split_seed": 3}}  # fmt: skip
+    assert _data(config) == "/d/cells.csv(likelihood=normal, split_seed=3)"
+
+
 def test_a_comparison_that_cannot_be_written_leaves_no_folder_made_for_it(tmp_path, monkeypatch):
     """Tester BY: ``compare --out full/cmp`` on a full disk said so, and left an empty
     ``full/cmp`` behind. Simulated by the system calls failing as a full disk's do."""
