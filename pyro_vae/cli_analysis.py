@@ -13,7 +13,7 @@ from typing import Any
 
 from pyro_vae import estimators
 from pyro_vae.checkpoint import CONFIG, RunFolder
-from pyro_vae.cli_report import rows_not_images, with_previous, writable_run
+from pyro_vae.cli_report import changed_inputs, rows_not_images, with_previous, writable_run
 from pyro_vae.datasets import names_a_table, row_unit
 from pyro_vae.devices import to_device
 from pyro_vae.diagnostics.gradient_variance import gradient_variance
@@ -322,9 +322,22 @@ def diagnose_command(args: argparse.Namespace) -> int:
         image_shape=exp.data.image_shape,
         pixel_max=exp.data.pixel_max,
     )
-    run.update_metrics(diagnostics={k: v for k, v in result.items() if k != "files"})
+    block = {k: v for k, v in result.items() if k != "files"}
+    changed = changed_inputs(exp)  # --allow-changed-data or -code on inputs that did change
+    if changed is None:
+        run.update_metrics(diagnostics=block)
+    else:  # (tester CT: its block replaced the run's own with nothing to mark it)
+        key, extra, what = changed
+        key = key.replace("test_", "diagnostics_")
+        run.update_metrics(**{key: {**block, **extra}})
     _print_khat(result, rows)
     print("wrote " + ", ".join(result["files"]))
+    if changed is not None:
+        print(
+            f"note: {what} changed since the run was trained; these numbers went to "
+            f"{run.file('metrics.json')}'s {key}, its diagnostics block (the run's own) was "
+            "kept, and the files above are of the data and code as they are now"
+        )
     for name, why in result.get("skipped", {}).items():
         print(f"skipped {name}: {why}")
     return 0

@@ -8,9 +8,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pyro_vae.cli_report import print_test, rows_not_images, with_previous, writable_run
-from pyro_vae.experiment import code_of, evaluate_test_set, load
-from pyro_vae.provenance import code_changes, data_changed
+from pyro_vae.cli_report import (
+    changed_inputs,
+    print_test,
+    rows_not_images,
+    with_previous,
+    writable_run,
+)
+from pyro_vae.experiment import evaluate_test_set, load
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
@@ -26,7 +31,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
     test = evaluate_test_set(exp, samples, points, progress=True)
     # the weights it scored: a fit still training may have moved on (tester L2)
     test["scored_weights_of_epoch"] = exp.weights_epoch
-    changed = _changed_inputs(exp)
+    changed = changed_inputs(exp)
     if changed is not None:  # --allow-changed-data or -code on inputs that did change
         key, extra, what = changed
         run.update_metrics(**{key: {**test, **extra}})
@@ -94,20 +99,6 @@ def _redrawn(previous: dict, test: dict) -> str:
         return ""
     key = "elbo" if "elbo" in numbers else numbers[0]
     return f"test {key} {test[key]:.6g}, where it was {previous[key]:.6g}"
-
-
-def _changed_inputs(exp) -> tuple[str, dict, str] | None:
-    """(metrics key, what to record beside the results, what changed) where the run was
-    rebuilt on data or a model/guide file, or a module of the user's own they import, other
-    than it recorded (the flags that allow it); its own test block then stays. None where
-    nothing changed."""
-    recorded, current = exp.config.data.provenance, exp.data.info.get("provenance")
-    if current and data_changed(recorded, current):
-        return "test_on_changed_data", {"provenance": current}, "the data"
-    code = exp.code if exp.code is not None else code_of(exp.config)  # build's, once run
-    if code_changes(exp.config.code, code):
-        return "test_on_changed_code", {"code": code}, "the model's or guide's code"
-    return None
 
 
 def _replaced_estimate(previous: dict, test: dict) -> str:

@@ -10,6 +10,8 @@ from typing import Any
 
 from pyro_vae.checkpoint import EVALUATED_ON_TRAINING_SET, RunFolder, check_writable
 from pyro_vae.datasets import row_unit
+from pyro_vae.experiment import code_of
+from pyro_vae.provenance import code_changes, data_changed
 
 
 def rows_not_images(data) -> bool:
@@ -127,3 +129,17 @@ def writable_run(path: str | Path) -> RunFolder:
         # and said "nothing was changed")
         run.read_metrics()
     return run
+
+
+def changed_inputs(exp) -> tuple[str, dict, str] | None:
+    """(metrics key, what to record beside the results, what changed) where the run was
+    rebuilt on data or a model/guide file, or a module of the user's own they import, other
+    than it recorded (the flags that allow it); its own test block then stays. None where
+    nothing changed."""
+    recorded, current = exp.config.data.provenance, exp.data.info.get("provenance")
+    if current and data_changed(recorded, current):
+        return "test_on_changed_data", {"provenance": current}, "the data"
+    code = exp.code if exp.code is not None else code_of(exp.config)  # build's, once run
+    if code_changes(exp.config.code, code):
+        return "test_on_changed_code", {"code": code}, "the model's or guide's code"
+    return None

@@ -67,3 +67,32 @@ def test_requests_that_cannot_be_met_are_refused_before_the_run_is_read(
     err = capsys.readouterr().err
     assert refusal in err and "no-such-run" not in err
     assert not missing.exists()
+
+
+def test_diagnose_on_changed_data_keeps_the_runs_own_block(tmp_path, capsys):
+    """Tester CT: ``diagnose --allow-changed-data`` replaced metrics.json's diagnostics
+    block with one of other data, nothing marking it (evaluate writes its results on
+    changed data to ``test_on_changed_data``). Expected: the same for diagnose."""
+    import json
+
+    import numpy as np
+
+    from pyro_vae.cli import main
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "x.npy"
+    np.save(data, (rng.random((60, 16)) < 0.3).astype(np.float32))
+    run = tmp_path / "run"
+    fast = ["--epochs", "1", "--no-progress", "--hidden", "8", "--latent-dim", "2"]
+    assert main(["fit", "--data", str(data), "--ll-samples", "0", *fast, "--out", str(run)]) == 0
+    argv = ["diagnose", str(run), "--samples", "30", "--idata-samples", "4", "--worst", "0"]
+    assert main(argv) == 0
+    own = json.loads((run / "metrics.json").read_text())["diagnostics"]
+    np.save(data, (rng.random((80, 16)) < 0.3).astype(np.float32))  # other rows
+    capsys.readouterr()
+    assert main([*argv, "--allow-changed-data"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["diagnostics"] == own
+    changed = metrics["diagnostics_on_changed_data"]
+    assert changed["provenance"]["shape"] == [80, 16] and changed["num_points"] == 8
+    assert "its diagnostics block (the run's own) was kept" in capsys.readouterr().out
