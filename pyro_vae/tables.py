@@ -573,7 +573,7 @@ def table_observations(
         )
     if likelihood == "normal":
         if standardization is not None and standardization.get("columns") == list(columns):
-            return _recorded_standardization(features, standardization, info), 1.0
+            return _standardized_as_recorded(features, standardization, info), 1.0
         return _standardized(features, columns, info), 1.0
     every = np.concatenate(list(features.values()))
     if likelihood == "bernoulli":
@@ -660,7 +660,8 @@ def _standardized(
     train = features["train"]
     with np.errstate(over="ignore", invalid="ignore"):
         mean, std = train.mean(0), train.std(0)
-    overflowed = [c for c, m, s in zip(columns, mean, std, strict=True) if not np.isfinite(m * s)]
+    finite = np.isfinite(mean) & np.isfinite(std)
+    overflowed = [c for c, ok in zip(columns, finite, strict=True) if not ok]
     if overflowed:  # (tester CT: values near 1e200 gave std inf, and every row 0, silently)
         raise TableError(
             f"columns: {overflowed} have values so large that their mean or variance "
@@ -684,7 +685,7 @@ def _standardized(
     return {k: torch.as_tensor((v - mean) / std, dtype=torch.float32) for k, v in features.items()}
 
 
-def _recorded_standardization(
+def _standardized_as_recorded(
     features: dict[str, np.ndarray], recorded: dict[str, Any], info: dict[str, Any]
 ) -> dict[str, torch.Tensor]:
     """Each split's ``(x - mean) / std`` with a run's ``recorded`` mean and std (float64,
