@@ -531,7 +531,7 @@ FOLLOWED_A_LOST_RANK = {"followed": False}
 #: torchrun's agent when another refused named the old run's checkpoint as if it had
 #: trained: tester L2); ``checked``, whether fit's own checks have passed too, and its
 #: folder been written (a refusal from them, such as a step that cannot be recorded, wrote
-#: nothing).
+#: nothing); ``trained``, whether training has ended and the test-set evaluation begun.
 _FIT_PROGRESS = {"begun": False, "checked": False, "trained": False}
 
 
