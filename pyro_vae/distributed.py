@@ -483,7 +483,9 @@ def refuse_batch_terms(model, world: int) -> None:
         raise ValueError(
             f"model: {', '.join(map(repr, declared))} is made from the whole batch's rows "
             f"(the model's batch_terms), and on {world} ranks each would make its own "
-            "part's, which is not the single-process step; expected one process"
+            "part's, which is not the single-process step; expected one process (the "
+            "class declares the term, so options that leave it out, such as M2's alpha=0, "
+            "are refused alike: tester CS)"
         )
 
 
