@@ -194,15 +194,14 @@ def fit(
     by ``pyro-vae fit``: :func:`pyro_vae.compare.compare_runs` reads such a folder,
     ``pyro-vae evaluate`` cannot); ``resume=True`` continues from it (or from
     ``resume_state``, the checkpoint already read) exactly as an uninterrupted run would
-    have gone on. Clears Pyro's param store first. It computes on ``config.device``
-    (:func:`pyro_vae.devices.resolve_device`): the modules are moved there, and each batch
-    as it is drawn; a checkpoint written on any device resumes on it. Training steps run
-    at ``config.precision`` (:mod:`pyro_vae.precision`: networks under autocast, densities
-    and the ELBO in float32, float32 weights); validation runs in float32. In a
+    have gone on. Clears Pyro's param store first. Computes on ``config.device`` (modules
+    moved there, each batch as drawn; a checkpoint of any device resumes on it); trains at
+    ``config.precision`` (:mod:`pyro_vae.precision`: networks under autocast, densities and
+    the ELBO in float32, float32 weights), validates in float32. In a
     ``torch.distributed`` group (:mod:`pyro_vae.distributed`) each rank trains on its part
     of every global batch of ``config.batch_size`` rows, takes the single-process step on
-    the whole batch, and only rank 0 writes to ``run``. With ``config.tensorboard`` it also
-    writes TensorBoard event files into ``run``'s ``tensorboard/``.
+    the whole batch, and only rank 0 writes to ``run`` and shows progress; with
+    ``config.tensorboard``, TensorBoard event files in ``run``'s ``tensorboard/`` too.
 
     Returns:
         the per-epoch history; ``model`` and ``guide`` hold the best validation weights
@@ -226,7 +225,8 @@ def fit(
     config = _tensorboard_if_installed(config, resume)  # resumed without the package: off
     _refuse_bad_arguments(model, guide, elbo, run, resume, resume_state, config)
     whole = labelled_data(model, data)  # (x, y, observed) batches for a model that uses labels
-    data, group, resume_state = _placed(whole, model, guide, config, run, resume, resume_state)
+    placed = _placed(whole, model, guide, config, run, resume, resume_state)
+    data, group, resume_state, config = placed
     batches = TrainingBatches(data, config.batch_size, config.seed, config.drop_last)
     pyro.clear_param_store()
     first = _whole_first_batch(whole, group, config)
@@ -341,7 +341,8 @@ def _placed(data, model, guide, config, run, resume: bool, resume_state):
     """Where this process trains: ``data`` on ``config.device`` (the model's and guide's
     modules moved there) and, in a ``torch.distributed`` group, this rank's shard of it;
     every rank of a resumed group reads the checkpoint itself. Returns ``(data, group,
-    resume_state)``."""
+    resume_state, config)``, ``config`` without progress output on ranks but 0 (one bar
+    and one line an epoch: tester CS saw each rank's, run together, from Python)."""
     device = resolve_device(config.device)
     refuse_on_device(config.precision, device)
     refuse_float64_networks(config.precision, model, guide)
@@ -351,7 +352,9 @@ def _placed(data, model, guide, config, run, resume: bool, resume_state):
         data = ShardedSource(data, group.rank, group.world)
         if resume and resume_state is None:  # every rank restores the same checkpoint
             resume_state = run.load_checkpoint()
-    return on_device(data, device), group, resume_state
+    if not group.is_writer:
+        config = dataclasses.replace(config, progress=False)
+    return on_device(data, device), group, resume_state, config
 
 
 def _whole_first_batch(data, group, config: TrainConfig) -> tuple | None:

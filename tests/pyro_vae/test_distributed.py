@@ -108,6 +108,32 @@ def test_every_rank_leaves_the_group_once_rank_0_is_done(tmp_path):
     assert float((tmp_path / "left1").read_text()) >= written
 
 
+FIT_WITH_PROGRESS = """
+import torch
+from models.vae import VAE
+from pyro_vae import TensorData, TrainConfig, fit
+from pyro_vae.distributed import session
+from pyro_vae.estimators import get
+x = torch.bernoulli(torch.full((64, 16), 0.3), generator=torch.Generator().manual_seed(0))
+with session():
+    model = VAE(16, latent_dim=2, hidden_dims=(8,))
+    fit(model, model.make_guide(), TensorData(x), get("trace"),
+        TrainConfig(epochs=3, batch_size=16, progress=True))
+"""
+
+
+def test_a_python_fit_on_two_ranks_shows_rank_0_s_progress_alone():
+    """Tester CS: from Python under torchrun every rank printed each epoch's line, and two
+    ranks' lines ran together on one line. Expected: rank 0's three lines, rank 1 silent."""
+    ranks = _ranks(["-c", FIT_WITH_PROGRESS], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                   text=True)  # fmt: skip
+    outputs = [p.communicate(timeout=120) for p in ranks]
+    assert [p.returncode for p in ranks] == [0, 0], outputs
+    lines = [[ln for ln in "".join(out).splitlines() if "epoch" in ln] for out in outputs]
+    assert [len(found) for found in lines] == [3, 0], lines
+    assert all(ln.startswith("epoch") and ln.count("epoch") == 1 for ln in lines[0])
+
+
 def test_a_killed_rank_stops_the_other_and_the_folder_evaluates_and_resumes(tmp_path):
     run = tmp_path / "run"
     fit = ["-m", "pyro_vae", "fit", "--data", "digits", "--out", str(run), "--epochs", "60"]
