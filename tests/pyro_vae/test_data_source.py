@@ -138,6 +138,16 @@ def test_held_out_validation_is_split_and_the_others_are_not():
     assert tensors.validation_rows is None
 
 
+def test_a_validation_set_smaller_than_the_ranks_is_refused_naming_the_way_out():
+    """Tester CS: one held-out row over 2 ranks was refused without naming the setting that
+    makes it (--val-fraction)."""
+    data = load_data("digits", Preprocessing("bernoulli"), val_fraction=0.0006)  # 1 row
+    assert data.val_x.shape[0] == 1
+    refused = r"^validation: 1 held-out rows cannot be split over 2 ranks; .* a larger "
+    with pytest.raises(ValueError, match=refused + r"val_fraction \(--val-fraction\), or 0"):
+        ShardedSource(data, 1, 2).validation_set(False, lambda x, what: None)
+
+
 def test_shards_of_memory_mapped_data_are_the_in_memory_shards_and_stay_index_sets(tmp_path):
     import numpy as np
 
