@@ -8,6 +8,7 @@ weights are loaded from its checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import time
 import traceback
@@ -70,7 +71,7 @@ from pyro_vae.spec import (
     supported_options,
 )
 from pyro_vae.spec_imports import imported_files
-from pyro_vae.tables import original_units, squared_errors
+from pyro_vae.tables import TableError, original_units, squared_errors
 
 
 @dataclass
@@ -198,15 +199,17 @@ def _loaded(
     run's config gets the data's provenance."""
     d = config.data
     options = {**d.source_options(), "standardization": standardization}
+    recorded = (d.provenance or {}).get("columns")
     try:
-        data = _load_splits(d, options)
-        recorded = (d.provenance or {}).get("columns")
-        now = data.info.get("provenance", {}).get("columns")
-        if recorded and now and recorded != now and sorted(recorded) == sorted(now):
-            # a table's columns in another order: read by name, in the order the run's
-            # networks take them (tester CT: evaluate --allow-changed-data fed each column
-            # to the input of the one that had stood in its place, 2.25 nats off)
-            data = _load_splits(d, {**options, "columns": list(recorded)})
+        data = None
+        if recorded and d.columns is None:
+            # a run's table: its features by name, in the order its networks take them
+            # (tester CT: columns reordered were fed by position under --allow-changed-data,
+            # 2.25 nats off; tester CR: a column added beside them was refused)
+            with contextlib.suppress(TableError):  # some are gone: said below
+                data = _load_splits(d, {**options, "columns": list(recorded)})
+        if data is None:
+            data = _load_splits(d, options)
     except FileNotFoundError as err:
         if d.provenance is None:  # a new run's --data, named as the user gave it
             raise
@@ -221,9 +224,30 @@ def _loaded(
         ) from err
     data = _with_labelled_subset(data, d)
     check_unchanged(d.provenance, data.info.get("provenance"), allow_changed_data)
+    _refuse_columns_gone(recorded, data, d.name)
     if d.provenance is None and "provenance" in data.info:
         config = replace(config, data=replace(d, provenance=data.info["provenance"]))
     return config, data
+
+
+def _refuse_columns_gone(recorded: list[str] | None, data: DataSplits, name: str) -> None:
+    """Refuse a run's table (its feature columns ``recorded``) that no longer has them all
+    by name, as read with ``allow_changed_data``: its networks take its columns by name,
+    and others, renamed or new, were read in their place by position, and standardized
+    by their own statistics, silently (tester CR: a renamed column shifted by 20 scored
+    as before).
+
+    Raises:
+        ValueError: naming the columns gone and those there now."""
+    now = (data.info.get("provenance") or {}).get("columns")
+    gone = [c for c in recorded or () if now is not None and c not in now]
+    if gone:
+        shown = now if len(now) <= 13 else [*now[:12], "...", now[-1]]
+        raise ValueError(
+            f"data: {name} no longer has the run's feature columns {gone} (its columns now: "
+            f"{', '.join(shown)}); a run reads its table's columns by name, and no other "
+            "column stands in for one: rename them back, or train a run on these columns"
+        )
 
 
 def _load_splits(d, options: dict[str, Any]) -> DataSplits:

@@ -341,15 +341,18 @@ def test_a_table_whose_columns_were_reordered_in_place_is_read_by_name(tmp_path,
     weights for one column were read against the other's values with no word; then it was
     refused, and --allow-changed-data read it by position (tester CT: 2.25 nats off).
     Expected: the same columns in another order are read by name, in the run's order, and
-    score as before, bit for bit; a renamed column is refused naming both lists, and
-    --allow-changed-data reads the data as they are."""
+    score as before, bit for bit; a renamed column is refused naming both lists, and under
+    --allow-changed-data too (tester CR: read by position, a shift in it unseen); a column
+    added beside the run's is left out; other rows of the same columns are read as they are
+    under --allow-changed-data, into test_on_changed_data."""
     rng = np.random.default_rng(0)
     values = rng.uniform(1, 9, (60, 3))
     data = tmp_path / "t.csv"
 
     def write(order):
         lines = [",".join(order)] + [
-            ",".join(f"{values[i, 'abcd'.index(c) % 3]:.3f}" for c in order) for i in range(60)
+            ",".join(f"{values[i, 'abcd'.index(c) % 3]:.3f}" for c in order)
+            for i in range(len(values))
         ]
         data.write_text("\n".join(lines) + "\n")
 
@@ -374,10 +377,17 @@ def test_a_table_whose_columns_were_reordered_in_place_is_read_by_name(tmp_path,
     assert main(["evaluate", str(run), "--ll-samples", "0"]) == 2
     assert "columns gone: ['c']; columns new: ['d']" in capsys.readouterr().err
     before = json.loads((run / "metrics.json").read_text())["test"]
+    assert main(["evaluate", str(run), "--ll-samples", "0", "--allow-changed-data"]) == 2
+    assert "no longer has the run's feature columns ['c'] (its columns now: a, b, d)" in (
+        capsys.readouterr().err
+    )
+    values = np.concatenate([values, values[:5] + 1])  # 5 rows more, the same columns
+    write("dabc")  # and a column beside them, read by no input
     assert main(["evaluate", str(run), "--ll-samples", "0", "--allow-changed-data"]) == 0
-    # tester CI: the results on changed columns replaced the run's own test block, with a
+    # tester CI: the results on changed data replaced the run's own test block, with a
     # note that put the difference down to Monte Carlo draws
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["test"] == before
-    assert metrics["test_on_changed_data"]["provenance"]["columns"] == ["a", "b", "d"]
+    assert metrics["test_on_changed_data"]["provenance"]["columns"] == ["a", "b", "c"]
+    assert metrics["test_on_changed_data"]["provenance"]["shape"] == [65, 3]
     assert "test_on_changed_data" in capsys.readouterr().out
