@@ -17,8 +17,10 @@ import logging
 import os
 import signal
 import sys
+import sysconfig
 import threading
 import time
+import traceback
 import warnings
 from dataclasses import replace
 from typing import Any
@@ -571,6 +573,20 @@ def _where_it_stopped(args: argparse.Namespace) -> str:
     return f"{none}; start it over with `pyro-vae fit --restart --out {run.path} ...`"
 
 
+def _raised_in_user_code(err: BaseException) -> str:
+    """' (raised in FILE, line N, in FUNC)' for the innermost frame of ``err``'s traceback
+    outside pyro_vae and installed packages (a model's own file), or ''. A one-line report
+    of a model's error mid-run named no file (tester CR)."""
+    frames = traceback.extract_tb(err.__traceback__)
+    ours = (os.path.dirname(os.path.abspath(__file__)), sysconfig.get_paths()["stdlib"])
+    for frame in reversed(frames):
+        path = os.path.abspath(frame.filename)
+        if path.startswith(ours) or "-packages" + os.sep in path or frame.filename[:1] == "<":
+            continue
+        return f" (raised in {frame.filename}, line {frame.lineno}, in {frame.name})"
+    return ""
+
+
 def _where_it_stopped_after_checks(args: argparse.Namespace) -> str:
     """Where a fit that passed its checks stopped on an error: mid-training,
     :func:`_where_it_stopped_readable`; after training, in the test-set evaluation, that
@@ -702,7 +718,8 @@ def _run_command(handler, args: argparse.Namespace, argv: list[str]) -> int:
         if args.command == "fit" and _FIT_PROGRESS["checked"]:  # not a refusal: a stop
             # mid-run (a model's own ValueError at epoch 2 said only its words, and exit 2,
             # "refused", beside epoch 1's checkpoint): what the folder holds
-            _tell(f"{_error()}: {_one_line(err)}; {_where_it_stopped_after_checks(args)}")
+            where = f"{_raised_in_user_code(err)}; {_where_it_stopped_after_checks(args)}"
+            _tell(f"{_error()}: {_one_line(err)}{where}")
             return 1
         _tell(f"{_error()}: {_one_line(err)}")
         return 2
@@ -734,6 +751,14 @@ def _run_command(handler, args: argparse.Namespace, argv: list[str]) -> int:
         if _says_where_it_stopped():
             _tell(f"{stop.announced}; {_where_it_stopped(args)}")
         return stop.status
+    except Exception as err:  # noqa: BLE001 - any other error once a fit has begun
+        if args.command != "fit" or not _FIT_PROGRESS["checked"]:
+            raise
+        # its traceback, for the model's own code, then what the folder holds (tester CR:
+        # a model's RuntimeError at step 40 gave 116 lines and nothing of the checkpoint)
+        traceback.print_exc()
+        _tell(f"{_error()}: {_one_line(err)}; {_where_it_stopped_after_checks(args)}")
+        return 1
 
 
 if __name__ == "__main__":

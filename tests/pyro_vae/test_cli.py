@@ -431,15 +431,47 @@ def test_a_models_error_mid_run_says_what_the_folder_holds_and_exits_1(
     argv = ["fit", "--model", spec, "--epochs", "3", "--compile", "off", "--out", str(run)]
     assert main([*argv, *FAST]) == 1
     err = capsys.readouterr().err
-    assert f"error: the model broke at step 14; {run} holds the checkpoint of epoch 1; " in err
+    flaky = tmp_path / "flaky.py"  # the model's own line is named (tester CR)
+    assert f"error: the model broke at step 14 (raised in {flaky}, line 11, in forward); " in err
+    assert f"; {run} holds the checkpoint of epoch 1; " in err
     assert f"continue with `pyro-vae fit --resume {run}`" in err
     assert RunFolder(run).load_checkpoint()["epoch"] == 1
     monkeypatch.setenv("FLAKY_ROWS", "180")  # the test images: after training
     assert main(["fit", "--resume", str(run), "--no-progress"]) == 1
     err = capsys.readouterr().err
-    assert f"error: the model broke on the test set; training had finished, and {run} " in err
+    assert "error: the model broke on the test set (raised in " in err
+    assert f"; training had finished, and {run} " in err
     assert f"holds its weights; score them with `pyro-vae evaluate {run}`" in err
     assert RunFolder(run).load_checkpoint()["epoch"] == 3
+
+
+def test_a_models_other_error_mid_run_gives_its_traceback_and_what_the_folder_holds(
+    tmp_path, capsys
+):
+    """Tester CR: a model's RuntimeError at a later step gave its traceback and nothing of
+    the checkpoint epoch 1 had written. Expected: the traceback (the model's own code),
+    then what the folder holds, exit 1."""
+    (tmp_path / "broken.py").write_text(
+        "import torch\n"
+        "from models.vae import VAE\n\n"
+        "class Broken(VAE):\n"
+        "    steps = 0\n"
+        "    def forward(self, x, *args, **kwargs):\n"
+        "        if torch.is_grad_enabled():\n"
+        "            Broken.steps += 1\n"
+        "            if Broken.steps == 14:\n"
+        "                raise RuntimeError('a shape the model did not expect')\n"
+        "        return super().forward(x, *args, **kwargs)\n"
+    )
+    run, spec = tmp_path / "run", f"{tmp_path / 'broken.py'}:Broken"
+    argv = ["fit", "--model", spec, "--epochs", "3", "--compile", "off", "--out", str(run)]
+    assert main([*argv, *FAST]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and 'broken.py", line 10' in err
+    assert err.rstrip().endswith(
+        f"error: a shape the model did not expect; {run} holds the checkpoint of epoch 1; "
+        f"continue with `pyro-vae fit --resume {run}`"
+    )
 
 
 def test_a_run_killed_at_any_moment_can_be_evaluated_and_resumed(tmp_path):
