@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from typing import Any
 
 MAX_LEVELS = 256  # an 8-bit image has 256 values; a categorical over more is all empty classes
@@ -79,3 +80,8 @@ def check_widths(name: str, value: Any) -> None:
     for width in value:
         if not isinstance(width, int) or isinstance(width, bool) or width < 1:
             raise ValueError(f"{name}: {width!r} is not a positive layer width")
+
+
+def machine_memory() -> int:
+    """This machine's physical memory, in bytes (``os.sysconf``)."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pyro.poutine as poutine
 import torch
 from pyro.poutine import Trace
 
 from pyro_vae.annealing import unscaled
+from pyro_vae.checks import machine_memory
 from pyro_vae.devices import resolve_device, to_device
 from pyro_vae.enumerated_sites import summed_sites
 from pyro_vae.evaluate import eval_mode
@@ -91,8 +93,13 @@ def draw(model, guide, args: tuple, kwargs: dict, num_samples: int):
     Returns:
         ``(guide_trace, model_trace, rank, probe_trace)``: ``probe_trace`` is the guide's
         trace of one probe run (one draw, no particle dim; :func:`probe`).
+
+    Raises:
+        ValueError: :func:`probe`'s refusals; draws beyond the memory
+            (:func:`check_draws_memory`).
     """
     nesting, probe_tr, _ = probe(model, guide, args, kwargs)
+    check_draws_memory(num_samples, model, probe_tr, args, kwargs)
     # the model's densities, not a β-objective (tester AH: lp was β · log p(z) + ...)
     with torch.no_grad(), eval_mode(model, guide), unscaled():
         model_tr, guide_tr, vectorized = particle_traces(
@@ -106,6 +113,42 @@ def draw(model, guide, args: tuple, kwargs: dict, num_samples: int):
             "pair's draws were taken in a loop (a model that does not broadcast)"
         )
     return guide_tr, model_tr, nesting + 1, probe_tr
+
+
+#: Bytes S draws hold per value of one draw's traces (every sample site's value or batch,
+#: in the guide's and the replayed model's), counted generously: each site's value, its
+#: distribution's parameters and log-density, in both traces, and the float64 copies the
+#: diagnostics make of them.
+BYTES_PER_DRAWN_VALUE = 64
+
+
+def check_draws_memory(num_samples: int, model, guide_trace: Trace, args, kwargs) -> None:
+    """Refuse ``num_samples`` draws of the pair whose traces would take more than half this
+    machine's memory, measured on one draw (``guide_trace``, and the model replayed on
+    it): tester CR's ``psis_khat`` and ``to_inference_data`` at 10⁸ draws ran until killed,
+    in a loop of draws after the vectorized one could not be allocated.
+
+    Raises:
+        ValueError: naming ``num_samples``, the memory they need and the most that fit.
+    """
+    with torch.no_grad(), eval_mode(model), unscaled():
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+            *args, **kwargs
+        )
+    values = sum(
+        max(site["value"].numel(), (site["fn"].batch_shape + site["fn"].event_shape).numel())
+        for trace in (guide_trace, model_trace)
+        for site in sample_sites(trace).values()
+    )
+    per_draw = max(1, values) * BYTES_PER_DRAWN_VALUE
+    budget = machine_memory() // 2
+    if num_samples * per_draw > budget:
+        raise ValueError(
+            f"num_samples: {num_samples:,} draws of {values:,} values each (the guide's and "
+            f"the model's sites) need about {num_samples * per_draw / 2**30:,.1f} GiB, more "
+            f"than half this machine's {2 * budget / 2**30:,.1f} GiB; expected at most "
+            f"{budget // per_draw:,}"
+        )
 
 
 def log_density_per_draw(trace: Trace, rank: int, num_samples: int) -> torch.Tensor:

@@ -21,7 +21,6 @@ KL(q ‖ p(z | x_n)) and χ²(p(z | x_n) ‖ q) instead (:func:`psis_khat_per_da
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +29,7 @@ import torch
 from pyro.poutine import Trace
 
 from pyro_vae.annealing import unscaled
-from pyro_vae.checks import check_count
+from pyro_vae.checks import check_count, machine_memory
 from pyro_vae.devices import resolve_device
 from pyro_vae.diagnostics.arviz_compat import az
 from pyro_vae.diagnostics.draws import (
@@ -75,11 +74,6 @@ from pyro_vae.traces import (
 #: 66 to 78 on S = 50,000 to 200,000 draws of 100 to 200 rows (the peak resident memory's
 #: growth over the ratios); counted generously.
 BYTES_PER_RATIO = 96
-
-
-def machine_memory() -> int:
-    """This machine's physical memory, in bytes (``os.sysconf``)."""
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def check_ratio_memory(num_samples: int, rows: int, arg: str = "num_samples") -> None:

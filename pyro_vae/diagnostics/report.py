@@ -23,15 +23,10 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
 from pyro_vae.checkpoint import atomic_path, remove_stale_staging_folders, staging_folder
-from pyro_vae.checks import check_count
+from pyro_vae.checks import check_count, machine_memory
 from pyro_vae.diagnostics.arviz_compat import az, default_grid
 from pyro_vae.diagnostics.inference_data import save_inference_data, to_inference_data
-from pyro_vae.diagnostics.psis import (
-    PointwiseKhat,
-    check_ratio_memory,
-    machine_memory,
-    psis_khat_per_datapoint,
-)
+from pyro_vae.diagnostics.psis import PointwiseKhat, check_ratio_memory, psis_khat_per_datapoint
 from pyro_vae.plots import plot_reconstructions, save_png
 from pyro_vae.predictive import reconstruct
 

@@ -82,3 +82,43 @@ def test_a_site_summed_out_needs_the_draws_under_the_particle_plate():
         ),
     ):
         draw(model, guide, (x,), {}, 30)
+
+
+def _mean_model(x):
+    mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("x", dist.Normal(mu, 1.0), obs=x)
+
+
+def _mean_guide(x):
+    pyro.sample("mu", dist.Normal(0.5, 0.5))
+
+
+def test_draws_beyond_half_the_machines_memory_are_refused_before_any_draw(monkeypatch):
+    """Tester CR: psis_khat and to_inference_data at 10⁸ draws ran until killed. Counted
+    on one draw: the guide's mu (1 value) and the model's mu and 10 rows of x (11), 12
+    values at 64 bytes, 768 bytes a draw; a machine of 2 MiB leaves 1,048,576 bytes, so
+    1,365 draws fit and 1,366 do not."""
+    import pyro_vae.diagnostics.draws as draws
+    from pyro_vae.diagnostics.inference_data import to_inference_data
+    from pyro_vae.diagnostics.psis import psis_khat
+
+    monkeypatch.setattr(draws, "machine_memory", lambda: 2 * 2**20)
+    x = torch.zeros(10)
+    refused = r"^num_samples: 1,366 draws of 12 values each .* expected at most 1,365$"
+    for diagnostic in (psis_khat, to_inference_data):
+        with pytest.raises(ValueError, match=refused):
+            diagnostic(_mean_model, _mean_guide, x, num_samples=1366)
+    guide_trace, model_trace, _, _ = draw(_mean_model, _mean_guide, (x,), {}, 1365)
+    assert model_trace.nodes["x"]["log_prob"].shape == (1365, 10)
+
+
+def test_running_out_of_memory_is_no_reason_to_draw_in_a_loop():
+    """The loop of the same draws needs the same memory, trace by trace: an allocation's
+    failure is raised, not retried as a vectorization failure (tester CR)."""
+    from pyro_vae.traces import vectorization_can_cause
+
+    cpu = RuntimeError("[enforce fail] DefaultCPUAllocator: can't allocate memory: you tried")
+    assert not vectorization_can_cause(cpu)
+    assert not vectorization_can_cause(torch.OutOfMemoryError("CUDA out of memory"))
+    assert vectorization_can_cause(RuntimeError("The size of tensor a (3) must match"))
