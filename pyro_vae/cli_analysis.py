@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import math
 from pathlib import Path
 from typing import Any
 
@@ -296,6 +297,7 @@ def diagnose_command(args: argparse.Namespace) -> int:
 
     from pyro_vae.diagnostics import write_report
     from pyro_vae.diagnostics.psis import check_ratio_memory
+    from pyro_vae.diagnostics.report import check_idata_memory
 
     run = writable_run(args.run)
     exp = load(run, args.device or "auto", args.allow_changed_data, args.allow_changed_code)
@@ -308,6 +310,10 @@ def diagnose_command(args: argparse.Namespace) -> int:
         raise ValueError(f"points: {args.points} is negative; expected a number of test {rows}")
     x = exp.data.test_x[: args.points or None]  # 0: all (gathered, when memory-mapped)
     check_ratio_memory(args.samples, int(x.shape[0]), "--samples")
+    values = math.prod(x.shape[1:])  # diagnostics.nc's draws, in the flag's name too
+    check_idata_memory(
+        args.idata_samples, min(args.idata_points, len(x)), values, "--idata-samples"
+    )
     x = to_device(x, exp.device)
     pyro.set_rng_seed(args.seed)
     result = write_report(

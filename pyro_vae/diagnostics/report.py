@@ -273,7 +273,7 @@ def _plot_worst(
 _BYTES_PER_DRAWN_VALUE = 32
 
 
-def _check_idata_memory(draws: int, points: int, values: int) -> None:
+def check_idata_memory(draws: int, points: int, values: int, arg: str = "idata_samples") -> None:
     """Refuse diagnostics.nc's ``draws`` of ``points`` rows of ``values`` each where they
     would take more than half this machine's memory (tester CO: ``--idata-samples
     100000000`` grew to 20 GB of 23 and was killed, with nothing said).
@@ -284,7 +284,7 @@ def _check_idata_memory(draws: int, points: int, values: int) -> None:
     budget = machine_memory() // 2
     if draws * per_draw > budget:
         raise ValueError(
-            f"idata_samples: {draws:,} draws of {points} rows of {values} values need about "
+            f"{arg}: {draws:,} draws of {points} rows of {values} values need about "
             f"{draws * per_draw / 2**30:,.1f} GiB, more than half this machine's "
             f"{2 * budget / 2**30:,.1f} GiB; expected at most {budget // per_draw:,}"
         )
@@ -334,7 +334,7 @@ def write_report(
     check_count("idata_points", idata_points, 1, "; expected a positive number of datapoints")
     check_count("num_worst", num_worst, 0, "; expected a number of inputs to draw")
     check_count("idata_samples", idata_samples, 2, "; expected 2 or more draws")
-    _check_idata_memory(idata_samples, min(idata_points, int(x.shape[0])), math.prod(x.shape[1:]))
+    check_idata_memory(idata_samples, min(idata_points, int(x.shape[0])), math.prod(x.shape[1:]))
     check_ratio_memory(num_samples, int(x.shape[0]))  # before the staging folder is made
     # its own staging folder: a second report running at once must not remove or fill it
     # (tester BI); those of reports killed part way (SIGKILL) are removed here

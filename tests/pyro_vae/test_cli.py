@@ -676,6 +676,9 @@ def test_diagnose_refuses_bad_counts_and_other_versions(trained, tmp_path, capsy
     assert main(["diagnose", str(trained), "--points", "5", "--samples", str(10**15)]) == 2
     err = capsys.readouterr().err  # 5 rows x 96 bytes x 10¹⁵ draws: far past any machine
     assert "--samples: 1,000,000,000,000,000 draws of each of 5 rows need about" in err
+    assert main(["diagnose", str(trained), "--points", "5", "--idata-samples", "10" * 8]) == 2
+    err = capsys.readouterr().err  # the flag's name, as every other refusal here (tester CR)
+    assert "error: --idata-samples: 1,010,101,010,101,010 draws of 5 rows of 64 values" in err
     assert sorted(p.name for p in trained.iterdir()) == before  # nothing written
     old = tmp_path / "old"
     old.mkdir()
