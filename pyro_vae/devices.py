@@ -27,7 +27,7 @@ import torch
 
 from pyro_vae.wrapped_source import WrappedSource
 
-DEVICE_NAMES = ("auto", "cpu", "cuda", "cuda:N", "mps")
+DEVICE_NAMES = ("auto", "cpu", "cpu:0", "cuda", "cuda:N", "mps")
 _PATTERN = re.compile(r"auto|cpu(:0)?|cuda(:\d+)?|mps")
 
 

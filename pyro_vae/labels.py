@@ -192,8 +192,10 @@ def check_label_range(data, num_classes: int, name: str) -> None:
             if bool((values < 0).any()):  # no num_classes covers a label below 0 (tester CT)
                 distinct = int(torch.unique(values).numel())
                 way = (
-                    f"No num_classes covers a label below 0: give labels 0..C-1 (these "
-                    f"{distinct} distinct labels as 0..{distinct - 1})"
+                    f"No num_classes covers a label below 0, and none marks a row unlabelled "
+                    f"(--labelled or --labels-fraction choose the labels a model observes): "
+                    f"give labels 0..C-1 (these {distinct} distinct labels as 0..{distinct - 1}"
+                    ", or the unlabelled rows' true classes)"
                 )
             raise ValueError(
                 f"labels: the {split} split's observed labels span {int(values.min())}.."

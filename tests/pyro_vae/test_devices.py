@@ -78,7 +78,7 @@ def test_a_bad_device_name_is_refused_naming_argument_value_and_choices(name):
         check_device_name(name, "train.device")
     message = str(info.value)
     assert message.startswith(f"train.device: {name!r} is not a device")
-    assert "'auto', 'cpu', 'cuda', 'cuda:N', 'mps'" in message
+    assert "'auto', 'cpu', 'cpu:0', 'cuda', 'cuda:N', 'mps'" in message
 
 
 def test_auto_and_cpu_resolve_to_the_cpu_without_cuda(monkeypatch):

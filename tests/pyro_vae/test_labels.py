@@ -201,9 +201,10 @@ def test_class_labels_outside_the_models_classes_are_refused_before_training(dig
     with pytest.raises(ValueError, match=r"test split's observed labels span -1\.\.8") as info:
         for_model("all", "CVAE", shifted, 10)
     # tester CT: "or the model num_classes to cover them", which no num_classes does
-    assert str(info.value).endswith(
-        "No num_classes covers a label below 0: give labels 0..C-1 (these 10 distinct labels "
-        "as 0..9)"
+    assert str(info.value).endswith(  # tester CR: −1, scikit-learn's "unlabelled", is not
+        "No num_classes covers a label below 0, and none marks a row unlabelled (--labelled "
+        "or --labels-fraction choose the labels a model observes): give labels 0..C-1 (these "
+        "10 distinct labels as 0..9, or the unlabelled rows' true classes)"
     )
     assert isinstance(for_model("all", "CVAE", digits, 10), LabelledSource)
     unobserved = digits.with_labelled_subset(count=20)  # unobserved training labels not read
