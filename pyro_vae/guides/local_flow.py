@@ -19,7 +19,13 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
-from pyro_vae.guides.local_rows import HeldRows, given_rows, initial_log_scale, rows_or_all
+from pyro_vae.guides.local_rows import (
+    HeldRows,
+    check_initial_values,
+    given_rows,
+    initial_log_scale,
+    rows_or_all,
+)
 from pyro_vae.plate_declaration import data_plate
 
 
@@ -38,7 +44,9 @@ class LocalFlow(HeldRows, PyroModule):
 
     Raises:
         ValueError: ``loc``, ``scale`` and ``context`` are not ``[N, ·]`` matrices with
-            ``loc`` and ``scale`` alike, or ``scale`` has a negative or non-finite element.
+            ``loc`` and ``scale`` alike, or ``scale`` has a negative or non-finite element
+            (the others, a non-finite one).
+        TypeError: an initial value that is not a tensor.
     """
 
     #: May be recorded without being asked (``pyro_vae.estimators.compiled.should_record``):
@@ -60,6 +68,7 @@ class LocalFlow(HeldRows, PyroModule):
         site: str = "z",
     ) -> None:
         super().__init__(name="local_guide")
+        check_initial_values(loc=loc, scale=scale, context=context)
         if (
             loc.dim() != 2
             or scale.shape != loc.shape

@@ -15,7 +15,13 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
-from pyro_vae.guides.local_rows import HeldRows, given_rows, initial_log_scale, rows_or_all
+from pyro_vae.guides.local_rows import (
+    HeldRows,
+    check_initial_values,
+    given_rows,
+    initial_log_scale,
+    rows_or_all,
+)
 from pyro_vae.plate_declaration import data_plate
 
 
@@ -30,7 +36,8 @@ class LocalLowRankNormal(HeldRows, PyroModule):
 
     Raises:
         ValueError: the shapes do not agree as above, or ``scale`` has a negative or
-            non-finite element.
+            non-finite element (the others, a non-finite one).
+        TypeError: an initial value that is not a tensor.
     """
 
     #: May be recorded without being asked (``pyro_vae.estimators.compiled.should_record``):
@@ -42,6 +49,7 @@ class LocalLowRankNormal(HeldRows, PyroModule):
         self, loc: torch.Tensor, scale: torch.Tensor, cov_factor: torch.Tensor, site: str = "z"
     ) -> None:
         super().__init__(name="local_guide")
+        check_initial_values(loc=loc, scale=scale, cov_factor=cov_factor)
         if (
             loc.dim() != 2
             or scale.shape != loc.shape

@@ -15,7 +15,13 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
-from pyro_vae.guides.local_rows import HeldRows, given_rows, initial_log_scale, rows_or_all
+from pyro_vae.guides.local_rows import (
+    HeldRows,
+    check_initial_values,
+    given_rows,
+    initial_log_scale,
+    rows_or_all,
+)
 from pyro_vae.plate_declaration import data_plate
 
 
@@ -34,7 +40,8 @@ class LocalNormal(HeldRows, PyroModule):
     Raises:
         ValueError: ``loc`` and ``scale`` are not the same ``[N, latent_dim]``, or ``scale``
             has a negative or non-finite element (:func:`~pyro_vae.guides.local_rows.
-            initial_log_scale`).
+            initial_log_scale`), or ``loc`` a non-finite one.
+        TypeError: ``loc`` or ``scale`` is not a tensor.
         ValueError (when called): another number of rows than N in a plain call, or a data
             plate of another full size than N.
     """
@@ -45,6 +52,7 @@ class LocalNormal(HeldRows, PyroModule):
 
     def __init__(self, loc: torch.Tensor, scale: torch.Tensor, site: str = "z") -> None:
         super().__init__(name="local_guide")
+        check_initial_values(loc=loc, scale=scale)
         if loc.shape != scale.shape or loc.dim() != 2:
             raise ValueError(
                 f"loc, scale: shapes {tuple(loc.shape)} and {tuple(scale.shape)} "

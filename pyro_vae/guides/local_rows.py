@@ -30,6 +30,23 @@ class HeldRows:
 SCALE_FLOOR = 1e-6
 
 
+def check_initial_values(**values: torch.Tensor) -> None:
+    """Refuse a local guide's initial ``values`` ({argument: value}) that are not tensors
+    or hold a NaN or infinite element (tester CR: a NaN ``loc`` or ``cov_factor`` was taken
+    without a word, and a float ``scale`` raised an AttributeError).
+
+    Raises:
+        TypeError: naming the argument and its type.
+        ValueError: naming the argument and the first element that is not finite."""
+    for arg, value in values.items():
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{arg}: a {type(value).__name__}; expected a torch.Tensor")
+        bad = ~torch.isfinite(value)
+        if bool(bad.any()):
+            at = [int(i) for i in bad.nonzero()[0]]
+            raise ValueError(f"{arg}: {float(value[tuple(at)])} at index {at}; expected finite")
+
+
 def initial_log_scale(scale: torch.Tensor) -> torch.Tensor:
     """log of ``scale`` (``[N, latent_dim]`` initial standard deviations), each floored at
     :data:`SCALE_FLOOR`, detached, as a local guide's free parameter starts.
@@ -39,6 +56,8 @@ def initial_log_scale(scale: torch.Tensor) -> torch.Tensor:
             column), where a floor would have hidden the caller's mistake (it was clamped
             to 1e-6 silently).
     """
+    if not isinstance(scale, torch.Tensor):
+        raise TypeError(f"scale: a {type(scale).__name__}; expected a torch.Tensor")
     bad = ~torch.isfinite(scale) | (scale < 0)
     if bool(bad.any()):
         at = tuple(int(i) for i in bad.nonzero()[0])

@@ -79,3 +79,19 @@ def test_a_zero_initial_scale_starts_at_the_floor(kind):
     guide = _MAKE[kind](torch.zeros(2, 3), scale)
     expected = torch.tensor([[1e-6, 2.0, 1.0], [1.0, 1.0, 1.0]]).log()
     assert torch.allclose(guide.log_scale.detach(), expected)
+
+
+@pytest.mark.parametrize("kind", ["normal", "low-rank", "flow"])
+def test_a_nan_initial_value_or_a_scale_that_is_no_tensor_is_refused_naming_it(kind):
+    """Tester CR: a NaN ``loc`` (or ``cov_factor``) was taken without a word, and a float
+    ``scale`` raised an AttributeError."""
+    loc = torch.zeros(2, 3)
+    loc[0, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"^loc: nan at index \[0, 1\]; expected finite"):
+        _MAKE[kind](loc, torch.ones(2, 3))
+    with pytest.raises(TypeError, match=r"^scale: a float; expected a torch.Tensor"):
+        _MAKE[kind](torch.zeros(2, 3), 1.0)
+    factor = torch.ones(2, 3, 1)
+    factor[1, 2, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"^cov_factor: inf at index \[1, 2, 0\]"):
+        LocalLowRankNormal(torch.zeros(2, 3), torch.ones(2, 3), factor)
