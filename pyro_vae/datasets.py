@@ -10,7 +10,7 @@ From Python, :func:`raw_from_python` takes a numpy array or a ``torch.utils.data
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -335,16 +335,19 @@ def raw_from_python(data: Any, labels: Any = None) -> RawImages:
             "data: a torch.Tensor; expected a numpy array (data.numpy()) or a "
             "torch.utils.data.Dataset"
         )
-    if type(data).__module__.split(".")[0] in ("pandas", "polars"):
+    library = type(data).__module__.split(".")[0]
+    if library in ("pandas", "polars", "xarray") or isinstance(data, Mapping):
         # a frame looks like a Dataset (len, [i]) but pandas' frame[i] is column i: a
         # square frame with integer column labels was read transposed, silently, and any
-        # other raised KeyError: 0 (tester CT)
+        # other raised KeyError: 0 (tester CT); a dict or an xarray Dataset likewise
+        # (tester CR)
+        kind = f"{library} {type(data).__name__}" if library != "builtins" else "dict"
         raise TypeError(
-            f"data: a {type(data).__module__.split('.')[0]} {type(data).__name__}, whose [i] "
-            "is read by label (a frame's is column i), not as row i; expected its values "
-            "as a numpy array (frame.to_numpy(), "
-            "with labels=its label column's values) or the table as a CSV or Parquet path "
-            "(which keeps the column names and takes label_column)"
+            f"data: a {kind}, whose [i] is read by key or label (a frame's is column i), "
+            "not as row i; expected a table as a CSV or Parquet path (frame.to_csv(path, "
+            "index=False): it keeps the column names, takes label_column and standardizes "
+            "real-valued columns), or, for image intensities in [0, 1], a numpy array "
+            "(frame.to_numpy(), with labels=its label column's values)"
         )
     if hasattr(data, "__getitem__") and hasattr(data, "__len__") and not isinstance(data, str):
         if labels is not None:

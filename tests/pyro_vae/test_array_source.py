@@ -95,11 +95,13 @@ def test_a_data_frame_is_refused_not_read_by_column(columns):
     values = np.random.default_rng(0).random((3, 3))
     values[:, 0] = 0
     frame = pd.DataFrame(values, columns=columns)
-    with pytest.raises(TypeError, match=r"^data: a pandas DataFrame, whose \[i\] is read by "
-                       r"label .* not as row i; expected its values as a numpy array"):  # fmt: skip
+    refused = r"^data: a pandas DataFrame, whose \[i\] is read by key or label .* not as row "
+    with pytest.raises(TypeError, match=refused + r"i; expected a table as a CSV or Parquet"):
         load_data(frame, Preprocessing("gaussian"), val_fraction=0, test_fraction=0.34)
     with pytest.raises(TypeError, match=r"^data: a pandas Series, whose \[i\] is read by"):
         load_data(frame["g1" if columns else 1])
+    with pytest.raises(TypeError, match=r"^data: a dict, whose \[i\] is read by key"):
+        load_data({"a": [1.0, 2.0], "b": [3.0, 4.0]})  # tester CR: a bare KeyError: 0
 
 
 def test_a_torch_dataset_of_pairs_or_images_becomes_arrays():
