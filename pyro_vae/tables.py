@@ -694,7 +694,17 @@ def _standardized_as_recorded(
     mean = np.asarray(recorded["mean"], dtype=np.float64)
     std = np.asarray(recorded["std"], dtype=np.float64)
     info["standardization"] = dict(recorded)
-    return {k: torch.as_tensor((v - mean) / std, dtype=torch.float32) for k, v in features.items()}
+    out = {k: torch.as_tensor((v - mean) / std, dtype=torch.float32) for k, v in features.items()}
+    every = torch.cat(list(out.values()))
+    beyond = [c for c, ok in zip(recorded["columns"], every.isfinite().all(0), strict=True)
+              if not ok]  # fmt: skip
+    if beyond:  # (tester CR: values near 1e200 were refused as "NaN or infinite pixels")
+        raise TableError(
+            f"columns: {beyond} hold values beyond float32's range (3.4e38) once "
+            "standardized with the run's training mean and std: the data lie that far "
+            "outside those the run was trained on"
+        )
+    return out
 
 
 def _check_support(every: np.ndarray, columns, ok: np.ndarray, expected: str) -> None:

@@ -244,6 +244,10 @@ def test_a_runs_changed_table_is_read_through_the_runs_own_standardization(tmp_p
     assert torch.allclose(moved[:, 0], torch.full_like(moved[:, 0], expected), atol=1e-5)
     assert torch.equal(after.test_x[:, 1], before.test_x[:, 1])
     assert after.info["standardization"] == recorded
+    shifted["c"] *= 1e200  # beyond float32 once standardized (tester CR: "NaN ... pixels")
+    shifted.to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(TableError, match=r"^columns: \['c'\] hold values beyond float32's"):
+        load(out, allow_changed_data=True)
 
 
 def test_original_units_are_the_change_of_variables_of_a_normal_density():
