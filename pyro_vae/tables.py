@@ -124,7 +124,8 @@ def read_table(
     frame.columns = names
     if label_column is not None and label_column not in names:
         raise TableError(
-            f"label_column: {label_column!r} is not a column of {path}; its columns are {names}"
+            f"label_column: {label_column!r} is not a column of {path}; its columns are "
+            f"{column_list(names)}"
         )
     if columns is None:
         _refuse_written_index(frame, path)
@@ -369,7 +370,9 @@ def _feature_columns(frame, path: Path, columns, label_column: str | None) -> li
         raise TableError(f"columns: {columns!r}; expected a non-empty list of column names")
     missing = [c for c in columns if c not in names]
     if missing:
-        raise TableError(f"columns: {missing} are not columns of {path}; its columns are {names}")
+        raise TableError(
+            f"columns: {missing} are not columns of {path}; its columns are {column_list(names)}"
+        )
     if label_column in columns:
         raise TableError(
             f"columns: the label column {label_column!r} is among the feature columns; "
@@ -378,6 +381,15 @@ def _feature_columns(frame, path: Path, columns, label_column: str | None) -> li
     if len(set(columns)) != len(columns):
         raise TableError(f"columns: {list(columns)} names a column twice")
     return list(columns)
+
+
+def column_list(names: list[str], shown: int = 12) -> str:
+    """``names`` as a message lists them: all of them up to ``shown`` + 1, else the first
+    ``shown``, the last and their count (tester CR: a 2,000-column table's refusals were
+    31,000 characters long)."""
+    if len(names) <= shown + 1:
+        return str(list(names))
+    return f"[{', '.join(map(repr, names[:shown]))}, ..., {names[-1]!r}] ({len(names):,} columns)"
 
 
 def _first_non_number(values) -> tuple[int, Any]:

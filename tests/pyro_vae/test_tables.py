@@ -219,6 +219,10 @@ def test_a_wide_tables_features_line_names_the_first_and_last_and_counts_them(tm
         "them all)\n" in capsys.readouterr().out  # fmt: skip
     with pytest.raises(ValueError, match=r"without test rows \(it has no official test split"):
         load_data(str(tmp_path / "wide.csv"), Preprocessing("normal"), test_fraction=0.0)
+    listed = r"its columns are \['g0', 'g1', .*'g11', \.\.\., 'g39'\] \(40 columns\)$"
+    for kwargs in ({"columns": ["nope"]}, {"label_column": "nope"}):  # tester CR: 31,000
+        with pytest.raises(ValueError, match=listed):  # characters at 2,000 columns
+            load_data(str(tmp_path / "wide.csv"), Preprocessing("normal"), **kwargs)
 
 
 def test_a_runs_changed_table_is_read_through_the_runs_own_standardization(tmp_path):
