@@ -85,3 +85,22 @@ def check_widths(name: str, value: Any) -> None:
 def machine_memory() -> int:
     """This machine's physical memory, in bytes (``os.sysconf``)."""
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_memory(
+    arg: str, count: int, bytes_each: int, what: str, note: str = "", hint: str = ""
+) -> None:
+    """Refuse ``count`` items of ``bytes_each`` bytes that would take more than half this
+    machine's memory (:func:`machine_memory`), before any of them is made: the diagnostics'
+    draws, counted generously (testers CO, CQ, CR: each grew until the machine killed it).
+
+    Raises:
+        ValueError: "``arg``: ``count`` ``what`` need about … GiB``note``, more than half
+            this machine's … GiB; expected at most …``hint``"."""
+    budget = machine_memory() // 2
+    if count * bytes_each > budget:
+        raise ValueError(
+            f"{arg}: {count:,} {what} need about {count * bytes_each / 2**30:,.1f} GiB{note}, "
+            f"more than half this machine's {2 * budget / 2**30:,.1f} GiB; expected at most "
+            f"{budget // bytes_each:,}{hint}"
+        )

@@ -16,7 +16,7 @@ import torch
 from pyro.poutine import Trace
 
 from pyro_vae.annealing import unscaled
-from pyro_vae.checks import machine_memory
+from pyro_vae.checks import check_memory
 from pyro_vae.devices import resolve_device, to_device
 from pyro_vae.enumerated_sites import summed_sites
 from pyro_vae.evaluate import eval_mode
@@ -140,15 +140,8 @@ def check_draws_memory(num_samples: int, model, guide_trace: Trace, args, kwargs
         for trace in (guide_trace, model_trace)
         for site in sample_sites(trace).values()
     )
-    per_draw = max(1, values) * BYTES_PER_DRAWN_VALUE
-    budget = machine_memory() // 2
-    if num_samples * per_draw > budget:
-        raise ValueError(
-            f"num_samples: {num_samples:,} draws of {values:,} values each (the guide's and "
-            f"the model's sites) need about {num_samples * per_draw / 2**30:,.1f} GiB, more "
-            f"than half this machine's {2 * budget / 2**30:,.1f} GiB; expected at most "
-            f"{budget // per_draw:,}"
-        )
+    what = f"draws of {values:,} values each (the guide's and the model's sites)"
+    check_memory("num_samples", num_samples, max(1, values) * BYTES_PER_DRAWN_VALUE, what)
 
 
 def log_density_per_draw(trace: Trace, rank: int, num_samples: int) -> torch.Tensor:

@@ -29,7 +29,7 @@ import torch
 from pyro.poutine import Trace
 
 from pyro_vae.annealing import unscaled
-from pyro_vae.checks import check_count, machine_memory
+from pyro_vae.checks import check_count, check_memory
 from pyro_vae.devices import resolve_device
 from pyro_vae.diagnostics.arviz_compat import az
 from pyro_vae.diagnostics.draws import (
@@ -84,15 +84,9 @@ def check_ratio_memory(num_samples: int, rows: int, arg: str = "num_samples") ->
     Raises:
         ValueError: naming ``arg``, the draws, the memory they need and the most that fit.
     """
-    per_draw = max(1, rows) * BYTES_PER_RATIO
-    budget = machine_memory() // 2
-    if num_samples * per_draw > budget:
-        raise ValueError(
-            f"{arg}: {num_samples:,} draws of each of {rows:,} rows need about "
-            f"{num_samples * per_draw / 2**30:,.1f} GiB for their importance ratios, more "
-            f"than half this machine's {2 * budget / 2**30:,.1f} GiB; expected at most "
-            f"{budget // per_draw:,} (or fewer rows)"
-        )
+    check_memory(arg, num_samples, max(1, rows) * BYTES_PER_RATIO,
+                 f"draws of each of {rows:,} rows", " for their importance ratios",
+                 " (or fewer rows)")  # fmt: skip
 
 
 PSIS_MIN_SAMPLES = 21  # az.psislw fits the top ceil(min(S/5, 3√S)) ratios and needs ≥ 5

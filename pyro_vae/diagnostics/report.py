@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
 from pyro_vae.checkpoint import atomic_path, remove_stale_staging_folders, staging_folder
-from pyro_vae.checks import check_count, machine_memory
+from pyro_vae.checks import check_count, check_memory
 from pyro_vae.diagnostics.arviz_compat import az, default_grid
 from pyro_vae.diagnostics.inference_data import save_inference_data, to_inference_data
 from pyro_vae.diagnostics.psis import PointwiseKhat, check_ratio_memory, psis_khat_per_datapoint
@@ -280,14 +280,8 @@ def check_idata_memory(draws: int, points: int, values: int, arg: str = "idata_s
 
     Raises:
         ValueError: naming the draws, the memory they need and the most that fit."""
-    per_draw = points * values * _BYTES_PER_DRAWN_VALUE
-    budget = machine_memory() // 2
-    if draws * per_draw > budget:
-        raise ValueError(
-            f"{arg}: {draws:,} draws of {points} rows of {values} values need about "
-            f"{draws * per_draw / 2**30:,.1f} GiB, more than half this machine's "
-            f"{2 * budget / 2**30:,.1f} GiB; expected at most {budget // per_draw:,}"
-        )
+    check_memory(arg, draws, points * values * _BYTES_PER_DRAWN_VALUE,
+                 f"draws of {points} rows of {values} values")  # fmt: skip
 
 
 def write_report(

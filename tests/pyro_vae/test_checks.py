@@ -36,3 +36,15 @@ def test_pixel_levels_lie_between_two_and_the_values_of_an_8_bit_image():
         check_levels("levels", 1)
     with pytest.raises(ValueError, match="levels: 257 pixel levels; expected at most 256"):
         check_levels("levels", 257)
+
+
+def test_check_memory_refuses_past_half_the_machine_naming_the_most_that_fit(monkeypatch):
+    """A machine of 2,000 bytes leaves 1,000: ten items of 100 bytes fit, eleven do not."""
+    import pyro_vae.checks as checks
+
+    assert checks.machine_memory() > 2**20  # this machine's, read from the system
+    monkeypatch.setattr(checks, "machine_memory", lambda: 2000)
+    checks.check_memory("n", 10, 100, "items")
+    with pytest.raises(ValueError, match=r"^n: 11 items need about 0.0 GiB \(note\), more than "
+                       r"half this machine's 0.0 GiB; expected at most 10 \(hint\)$"):  # fmt: skip
+        checks.check_memory("n", 11, 100, "items", " (note)", " (hint)")

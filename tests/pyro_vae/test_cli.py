@@ -405,6 +405,27 @@ def test_diverged_training_exits_1_and_says_why(tmp_path, capsys):
     assert main(argv) == 0  # the way out it names
 
 
+def _fit_failing_model(path, raises: str, run) -> list[str]:
+    """The fit command of a VAE subclass written to ``path`` whose forward runs ``raises``
+    (source lines) at its 14th training step (epoch 2 of 12 steps an epoch), or where
+    those lines say."""
+    path.write_text(
+        "import os\n"
+        "import torch\n"
+        "from models.vae import VAE\n\n"
+        "class Failing(VAE):\n"
+        "    steps = 0\n"
+        "    def forward(self, x, *args, **kwargs):\n"
+        "        if torch.is_grad_enabled():\n"
+        "            Failing.steps += 1\n"
+        "            if Failing.steps == 14:\n"
+        + raises
+        + "        return super().forward(x, *args, **kwargs)\n"
+    )
+    return ["fit", "--model", f"{path}:Failing", "--epochs", "3", "--compile", "off",
+            "--out", str(run)]  # fmt: skip
+
+
 def test_a_models_error_mid_run_says_what_the_folder_holds_and_exits_1(
     tmp_path, capsys, monkeypatch
 ):
@@ -412,24 +433,13 @@ def test_a_models_error_mid_run_says_what_the_folder_holds_and_exits_1(
     printed only its words and exited 2, "refused, nothing was overwritten", beside epoch
     1's checkpoint; one in the test-set evaluation after training likewise. Expected: exit
     1 and what the folder holds, with the way on."""
-    (tmp_path / "flaky.py").write_text(
-        "import os\n"
-        "import torch\n"
-        "from models.vae import VAE\n\n"
-        "class Flaky(VAE):\n"
-        "    steps = 0\n"
-        "    def forward(self, x, *args, **kwargs):\n"
-        "        if torch.is_grad_enabled():\n"
-        "            Flaky.steps += 1\n"
-        "            if Flaky.steps == 14:\n"
+    raises = (
         "                raise ValueError('the model broke at step 14')\n"
         "        elif str(x.shape[0]) == os.environ.get('FLAKY_ROWS'):\n"
         "            raise ValueError('the model broke on the test set')\n"
-        "        return super().forward(x, *args, **kwargs)\n"
     )
-    run, spec = tmp_path / "run", f"{tmp_path / 'flaky.py'}:Flaky"
-    argv = ["fit", "--model", spec, "--epochs", "3", "--compile", "off", "--out", str(run)]
-    assert main([*argv, *FAST]) == 1
+    run = tmp_path / "run"
+    assert main([*_fit_failing_model(tmp_path / "flaky.py", raises, run), *FAST]) == 1
     err = capsys.readouterr().err
     flaky = tmp_path / "flaky.py"  # the model's own line is named (tester CR)
     assert f"error: the model broke at step 14 (raised in {flaky}, line 11, in forward); " in err
@@ -451,23 +461,11 @@ def test_a_models_other_error_mid_run_gives_its_traceback_and_what_the_folder_ho
     """Tester CR: a model's RuntimeError at a later step gave its traceback and nothing of
     the checkpoint epoch 1 had written. Expected: the traceback (the model's own code),
     then what the folder holds, exit 1."""
-    (tmp_path / "broken.py").write_text(
-        "import torch\n"
-        "from models.vae import VAE\n\n"
-        "class Broken(VAE):\n"
-        "    steps = 0\n"
-        "    def forward(self, x, *args, **kwargs):\n"
-        "        if torch.is_grad_enabled():\n"
-        "            Broken.steps += 1\n"
-        "            if Broken.steps == 14:\n"
-        "                raise RuntimeError('a shape the model did not expect')\n"
-        "        return super().forward(x, *args, **kwargs)\n"
-    )
-    run, spec = tmp_path / "run", f"{tmp_path / 'broken.py'}:Broken"
-    argv = ["fit", "--model", spec, "--epochs", "3", "--compile", "off", "--out", str(run)]
-    assert main([*argv, *FAST]) == 1
+    raises = "                raise RuntimeError('a shape the model did not expect')\n"
+    run = tmp_path / "run"
+    assert main([*_fit_failing_model(tmp_path / "broken.py", raises, run), *FAST]) == 1
     err = capsys.readouterr().err
-    assert "Traceback (most recent call last)" in err and 'broken.py", line 10' in err
+    assert "Traceback (most recent call last)" in err and 'broken.py", line 11' in err
     assert err.rstrip().endswith(
         f"error: a shape the model did not expect; {run} holds the checkpoint of epoch 1; "
         f"continue with `pyro-vae fit --resume {run}`"

@@ -99,11 +99,11 @@ def test_draws_beyond_half_the_machines_memory_are_refused_before_any_draw(monke
     on one draw: the guide's mu (1 value) and the model's mu and 10 rows of x (11), 12
     values at 64 bytes, 768 bytes a draw; a machine of 2 MiB leaves 1,048,576 bytes, so
     1,365 draws fit and 1,366 do not."""
-    import pyro_vae.diagnostics.draws as draws
+    import pyro_vae.checks as checks
     from pyro_vae.diagnostics.inference_data import to_inference_data
     from pyro_vae.diagnostics.psis import psis_khat
 
-    monkeypatch.setattr(draws, "machine_memory", lambda: 2 * 2**20)
+    monkeypatch.setattr(checks, "machine_memory", lambda: 2 * 2**20)
     x = torch.zeros(10)
     refused = r"^num_samples: 1,366 draws of 12 values each .* expected at most 1,365$"
     for diagnostic in (psis_khat, to_inference_data):

@@ -111,9 +111,9 @@ def test_draws_beyond_half_the_machine_s_memory_are_refused_before_any_work(tmp_
     """Tester CO: ``--idata-samples 100000000`` grew to 20 GB of 23 and was killed. With
     a machine of 2 MiB, half is 1 MiB = 1,048,576 bytes; 10 rows of 16 values at 32 bytes
     a value are 5,120 bytes a draw, so 204 draws fit and 205 do not."""
-    import pyro_vae.diagnostics.report as report
+    import pyro_vae.checks as checks
 
-    monkeypatch.setattr(report, "machine_memory", lambda: 2 * 2**20)
+    monkeypatch.setattr(checks, "machine_memory", lambda: 2 * 2**20)
     vae = VAE(x_dim=16, latent_dim=2, hidden_dims=(8,))
     x = torch.bernoulli(torch.full((30, 16), 0.3))
     with pytest.raises(ValueError, match=r"idata_samples: 205 draws of 10 rows of 16 values "
