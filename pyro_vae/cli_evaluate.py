@@ -6,6 +6,7 @@ results on changed data or code go to a block of their own).
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any
 
 from pyro_vae.cli_report import (
@@ -40,6 +41,12 @@ def evaluate_command(args: argparse.Namespace) -> int:
             f"note: {what} changed since the run was trained; these results went to "
             f"{run.file('metrics.json')}'s {key}, and its test block (the run's own) was kept"
         )
+        nan = sorted(k for k, v in test.items() if isinstance(v, float) and math.isnan(v))
+        if nan:  # (tester CR: a test ELBO of nan, unexplained, on data shifted 500 sds)
+            print(
+                f"note: {', '.join(nan)} came out NaN: the run's networks overflow on these "
+                "data, which lie far outside those it was trained on"
+            )
         return 0
     metrics = run.read_metrics()  # where gone, the update below restores its history
     previous = metrics.get("test") or {}

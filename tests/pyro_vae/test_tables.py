@@ -248,6 +248,11 @@ def test_a_runs_changed_table_is_read_through_the_runs_own_standardization(tmp_p
     assert torch.allclose(moved[:, 0], torch.full_like(moved[:, 0], expected), atol=1e-5)
     assert torch.equal(after.test_x[:, 1], before.test_x[:, 1])
     assert after.info["standardization"] == recorded
+    shifted["a"] += 1e5  # 5·10⁴ sds out: the networks overflow (tester CR: the guide blamed)
+    shifted.to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(ValueError, match=r"; the data changed since the run was trained, and "
+                       r"its networks fail on them: values far outside"):  # fmt: skip
+        load(out, allow_changed_data=True)
     shifted["c"] *= 1e200  # beyond float32 once standardized (tester CR: "NaN ... pixels")
     shifted.to_csv(tmp_path / "t.csv", index=False)
     with pytest.raises(TableError, match=r"^columns: \['c'\] hold values beyond float32's"):
