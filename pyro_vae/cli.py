@@ -594,9 +594,9 @@ def _where_it_stopped_after_checks(args: argparse.Namespace) -> str:
     if not _FIT_PROGRESS["trained"]:
         return _where_it_stopped_readable(args)
     run = args.resume or args.out
-    return (
-        f"training had finished, and {run} holds its weights; score them with "
-        f"`pyro-vae evaluate {run}`"
+    return (  # (tester CR: advised to evaluate, which met the same error)
+        f"training had finished, and {run} holds its weights; `pyro-vae evaluate {run}` "
+        "scores them once the model no longer raises this error"
     )
 
 

@@ -451,7 +451,7 @@ def test_a_models_error_mid_run_says_what_the_folder_holds_and_exits_1(
     err = capsys.readouterr().err
     assert "error: the model broke on the test set (raised in " in err
     assert f"; training had finished, and {run} " in err
-    assert f"holds its weights; score them with `pyro-vae evaluate {run}`" in err
+    assert f"holds its weights; `pyro-vae evaluate {run}` scores them once the model" in err
     assert RunFolder(run).load_checkpoint()["epoch"] == 3
 
 
