@@ -69,12 +69,9 @@ def test_requests_that_cannot_be_met_are_refused_before_the_run_is_read(
     assert not missing.exists()
 
 
-def test_diagnose_on_changed_data_keeps_the_runs_own_block(tmp_path, capsys):
-    """Tester CT: ``diagnose --allow-changed-data`` replaced metrics.json's diagnostics
-    block with one of other data, nothing marking it (evaluate writes its results on
-    changed data to ``test_on_changed_data``). Expected: the same for diagnose."""
-    import json
-
+def fit_on_npy(tmp_path):
+    """(run, change): a one-epoch VAE run on 60 rows of 16 binary values saved as x.npy in
+    ``tmp_path``, and ``change()``, which saves 80 other rows in its place."""
     import numpy as np
 
     from pyro_vae.cli import main
@@ -85,10 +82,22 @@ def test_diagnose_on_changed_data_keeps_the_runs_own_block(tmp_path, capsys):
     run = tmp_path / "run"
     fast = ["--epochs", "1", "--no-progress", "--hidden", "8", "--latent-dim", "2"]
     assert main(["fit", "--data", str(data), "--ll-samples", "0", *fast, "--out", str(run)]) == 0
+    return run, lambda: np.save(data, (rng.random((80, 16)) < 0.3).astype(np.float32))
+
+
+def test_diagnose_on_changed_data_keeps_the_runs_own_block(tmp_path, capsys):
+    """Tester CT: ``diagnose --allow-changed-data`` replaced metrics.json's diagnostics
+    block with one of other data, nothing marking it (evaluate writes its results on
+    changed data to ``test_on_changed_data``). Expected: the same for diagnose."""
+    import json
+
+    from pyro_vae.cli import main
+
+    run, change = fit_on_npy(tmp_path)
     argv = ["diagnose", str(run), "--samples", "30", "--idata-samples", "4", "--worst", "0"]
     assert main(argv) == 0
     own = json.loads((run / "metrics.json").read_text())["diagnostics"]
-    np.save(data, (rng.random((80, 16)) < 0.3).astype(np.float32))  # other rows
+    change()  # other rows
     capsys.readouterr()
     assert main([*argv, "--allow-changed-data"]) == 0
     metrics = json.loads((run / "metrics.json").read_text())

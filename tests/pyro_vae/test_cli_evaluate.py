@@ -27,18 +27,12 @@ def test_other_draws_at_the_same_settings_are_named_by_the_elbo_first():
 def test_nan_results_on_changed_data_are_explained(tmp_path, monkeypatch, capsys):
     """Tester CR: a table shifted 500 of its sds scored a test ELBO of nan, unexplained.
     The networks' overflow is stood in for by an evaluation whose ELBO is NaN."""
-    import numpy as np
-
     import pyro_vae.cli_evaluate as cli_evaluate
     from pyro_vae.cli import main
+    from tests.pyro_vae.test_cli_analysis import fit_on_npy
 
-    rng = np.random.default_rng(0)
-    data = tmp_path / "x.npy"
-    np.save(data, (rng.random((60, 16)) < 0.3).astype(np.float32))
-    run = tmp_path / "run"
-    fast = ["--epochs", "1", "--no-progress", "--hidden", "8", "--latent-dim", "2"]
-    assert main(["fit", "--data", str(data), "--ll-samples", "0", *fast, "--out", str(run)]) == 0
-    np.save(data, (rng.random((80, 16)) < 0.3).astype(np.float32))  # other rows
+    run, change = fit_on_npy(tmp_path)
+    change()  # other rows
     real = cli_evaluate.evaluate_test_set
 
     def nan_elbo(*args, **kwargs):
