@@ -83,7 +83,7 @@ from pyro_vae.prior_model import RECORD as IMAGE_RECORD
 from pyro_vae.prior_model import image_record
 from pyro_vae.run_config import RunConfig
 from pyro_vae.spec import load_object
-from pyro_vae.tables import is_table_path, refuse_binarization
+from pyro_vae.tables import column_list, is_table_path, refuse_binarization
 from pyro_vae.train import TrainingDiverged, fit, trains_the_elbo
 
 
@@ -277,12 +277,10 @@ def _write_run_start(run: RunFolder, config: RunConfig, exp, state) -> None:
     _note_full_intensity(exp.data.info)
     _note_untrained_classes(exp.data.info)
     if "columns" in exp.data.info:  # a table: which columns became the features
-        label, columns = config.data.label_column, exp.data.info["columns"]
-        shown, more = columns, ""
-        if len(columns) > 13:  # (tester CT: 2,000 columns printed a line of 12,898 characters)
-            shown = [*columns[:12], "...", columns[-1]]
-            more = f" ({len(columns):,} columns; config.json's data.provenance lists them all)"
-        print(f"features: {', '.join(shown)}{more}" + (f" (labels: {label})" if label else ""))
+        label = config.data.label_column
+        more = "; config.json's data.provenance lists them all"
+        shown = column_list(exp.data.info["columns"], plain=True, more=more)
+        print(f"features: {shown}" + (f" (labels: {label})" if label else ""))
 
 
 def _after_divergence(run: RunFolder) -> str:

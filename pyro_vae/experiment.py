@@ -72,7 +72,7 @@ from pyro_vae.spec import (
     supported_options,
 )
 from pyro_vae.spec_imports import imported_files
-from pyro_vae.tables import TableError, original_units, squared_errors
+from pyro_vae.tables import TableError, column_list, original_units, squared_errors
 
 
 @dataclass
@@ -243,11 +243,11 @@ def _refuse_columns_gone(recorded: list[str] | None, data: DataSplits, name: str
     now = (data.info.get("provenance") or {}).get("columns")
     gone = [c for c in recorded or () if now is not None and c not in now]
     if gone:
-        shown = now if len(now) <= 13 else [*now[:12], "...", now[-1]]
         raise ValueError(
             f"data: {name} no longer has the run's feature columns {gone} (its columns now: "
-            f"{', '.join(shown)}); a run reads its table's columns by name, and no other "
-            "column stands in for one: rename them back, or train a run on these columns"
+            f"{column_list(now, plain=True)}); a run reads its table's columns by name, and "
+            "no other column stands in for one: rename them back, or train a run on these "
+            "columns"
         )
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pyro.poutine as poutine
 import torch
 from pyro.poutine import Trace
 
@@ -28,12 +27,13 @@ from pyro_vae.traces import full_rank, particle_traces, plate_nesting, run_pair,
 
 
 def probe(
-    model, guide, args: tuple, kwargs: dict, local: bool = False
+    model, guide, args: tuple, kwargs: dict, local: bool = False, num_samples: int | None = None
 ) -> tuple[int, Trace, str | None]:
-    """Run the guide once and the model replayed on it; check the pair for diagnostics.
-    A site the model sums out by enumeration (marked, not drawn by the guide) is not a
-    latent the guide must draw: the diagnostics sum it out
-    (:mod:`pyro_vae.enumerated_sites`).
+    """Run the guide once and the model replayed on it; check the pair for diagnostics
+    (and, with ``num_samples``, that many draws against the memory:
+    :func:`check_draws_memory`, on this run's traces). A site the model sums out by
+    enumeration (marked, not drawn by the guide) is not a latent the guide must draw: the
+    diagnostics sum it out (:mod:`pyro_vae.enumerated_sites`).
 
     Returns:
         ``(nesting, guide_trace, plate)``: the batch dims the model and guide use, the
@@ -66,6 +66,8 @@ def probe(
             "need at least one latent and one observed site"
         )
     plate = _local_plate(model_tr, model_sites, latent, args, kwargs) if local else None
+    if num_samples is not None:
+        check_draws_memory(num_samples, guide_tr, model_tr)
     return plate_nesting(guide_tr, model_tr), guide_tr, plate
 
 
@@ -98,8 +100,7 @@ def draw(model, guide, args: tuple, kwargs: dict, num_samples: int):
         ValueError: :func:`probe`'s refusals; draws beyond the memory
             (:func:`check_draws_memory`).
     """
-    nesting, probe_tr, _ = probe(model, guide, args, kwargs)
-    check_draws_memory(num_samples, model, probe_tr, args, kwargs)
+    nesting, probe_tr, _ = probe(model, guide, args, kwargs, num_samples=num_samples)
     # the model's densities, not a β-objective (tester AH: lp was β · log p(z) + ...)
     with torch.no_grad(), eval_mode(model, guide), unscaled():
         model_tr, guide_tr, vectorized = particle_traces(
@@ -122,19 +123,15 @@ def draw(model, guide, args: tuple, kwargs: dict, num_samples: int):
 BYTES_PER_DRAWN_VALUE = 64
 
 
-def check_draws_memory(num_samples: int, model, guide_trace: Trace, args, kwargs) -> None:
+def check_draws_memory(num_samples: int, guide_trace: Trace, model_trace: Trace) -> None:
     """Refuse ``num_samples`` draws of the pair whose traces would take more than half this
-    machine's memory, measured on one draw (``guide_trace``, and the model replayed on
-    it): tester CR's ``psis_khat`` and ``to_inference_data`` at 10⁸ draws ran until killed,
-    in a loop of draws after the vectorized one could not be allocated.
+    machine's memory, measured on one draw (its ``guide_trace`` and ``model_trace``):
+    tester CR's ``psis_khat`` and ``to_inference_data`` at 10⁸ draws ran until killed, in a
+    loop of draws after the vectorized one could not be allocated.
 
     Raises:
         ValueError: naming ``num_samples``, the memory they need and the most that fit.
     """
-    with torch.no_grad(), eval_mode(model), unscaled():
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-            *args, **kwargs
-        )
     values = sum(
         max(site["value"].numel(), (site["fn"].batch_shape + site["fn"].event_shape).numel())
         for trace in (guide_trace, model_trace)

@@ -41,10 +41,14 @@ def check_initial_values(**values: torch.Tensor) -> None:
     for arg, value in values.items():
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"{arg}: a {type(value).__name__}; expected a torch.Tensor")
-        bad = ~torch.isfinite(value)
-        if bool(bad.any()):
-            at = [int(i) for i in bad.nonzero()[0]]
-            raise ValueError(f"{arg}: {float(value[tuple(at)])} at index {at}; expected finite")
+        _refuse_elements(arg, value, ~torch.isfinite(value), "finite")
+
+
+def _refuse_elements(arg: str, value: torch.Tensor, bad: torch.Tensor, expected: str) -> None:
+    """Refuse ``value`` where ``bad`` (its shape) marks an element, naming the first."""
+    if bool(bad.any()):
+        at = [int(i) for i in bad.nonzero()[0]]
+        raise ValueError(f"{arg}: {float(value[tuple(at)])} at index {at}; expected {expected}")
 
 
 def initial_log_scale(scale: torch.Tensor) -> torch.Tensor:
@@ -52,19 +56,15 @@ def initial_log_scale(scale: torch.Tensor) -> torch.Tensor:
     :data:`SCALE_FLOOR`, detached, as a local guide's free parameter starts.
 
     Raises:
+        TypeError: ``scale`` is not a tensor.
         ValueError: some element is negative or not finite (naming the first, its row and
             column), where a floor would have hidden the caller's mistake (it was clamped
             to 1e-6 silently).
     """
-    if not isinstance(scale, torch.Tensor):
-        raise TypeError(f"scale: a {type(scale).__name__}; expected a torch.Tensor")
-    bad = ~torch.isfinite(scale) | (scale < 0)
-    if bool(bad.any()):
-        at = tuple(int(i) for i in bad.nonzero()[0])
-        raise ValueError(
-            f"scale: {float(scale[at])} at index {list(at)}; expected finite non-negative "
-            f"standard deviations (those below {SCALE_FLOOR:g} start at {SCALE_FLOOR:g})"
-        )
+    check_initial_values(scale=scale)
+    floor = f"{SCALE_FLOOR:g}"
+    expected = f"finite non-negative standard deviations (those below {floor} start at {floor})"
+    _refuse_elements("scale", scale, scale < 0, expected)
     return scale.detach().clamp(min=SCALE_FLOOR).log().clone()
 
 
