@@ -14,7 +14,13 @@ from typing import Any
 
 from pyro_vae import estimators
 from pyro_vae.checkpoint import CONFIG, RunFolder
-from pyro_vae.cli_report import changed_inputs, rows_not_images, with_previous, writable_run
+from pyro_vae.cli_report import (
+    changed_block,
+    print_changed_note,
+    rows_not_images,
+    with_previous,
+    writable_run,
+)
 from pyro_vae.datasets import names_a_table, row_unit
 from pyro_vae.devices import to_device
 from pyro_vae.diagnostics.gradient_variance import gradient_variance
@@ -144,10 +150,11 @@ def grad_variance_command(args: argparse.Namespace) -> int:
         raise ValueError(f"--estimators: {', '.join(twice)} given twice; expected each once")
     specs = [estimators.parse(s) for s in given]
     run = writable_run(args.run)
-    out = args.out or run.file("gradient_variance.png")
-    _check_png_out(out, "gradient_variance.png")
+    _check_png_out(args.out or run.file("gradient_variance.png"), "gradient_variance*.png")
     exp = load(run, args.device or "auto", args.allow_changed_data, args.allow_changed_code)
     _refuse_label_model(exp, "grad-variance")
+    key, extra, what = changed_block(exp, "gradient_variance")  # on changed inputs, its own
+    out = args.out or run.file(f"{key}.png")
     for name, options in specs:
         estimators.get(name, **options)  # reject bad names and options before any work
     x, _ = next(iter(exp.data.train_batches(args.batch_size, 0, args.seed)))
@@ -192,8 +199,11 @@ def grad_variance_command(args: argparse.Namespace) -> int:
     if not rows:
         raise ValueError("estimators: none of them could run on this model and guide")
     path = plot_gradient_variance(rows, out)
-    run.update_metrics(gradient_variance=rows)
+    run.update_metrics(**({key: rows} if what is None else {key: {"rows": rows, **extra}}))
     print(f"wrote {path}")
+    if what is not None:
+        figure = " and figure" if args.out is None else ""
+        print_changed_note(run, key, what, f"its gradient_variance block{figure}")
     return 0
 
 
@@ -236,10 +246,9 @@ def amortization_gap_command(args: argparse.Namespace) -> int:
         family=args.family,
         progress=True,
     )
-    kept = with_previous(run.read_metrics(), "amortization_gap")  # earlier results stay
-    run.update_metrics(
-        amortization_gap=result, **({"amortization_gap_previous": kept} if kept else {})
-    )
+    key, extra, what = changed_block(exp, "amortization_gap")  # on changed inputs, its own
+    kept = with_previous(run.read_metrics(), key)  # earlier results stay
+    run.update_metrics(**{key: {**result, **extra}}, **({f"{key}_previous": kept} if kept else {}))
     if args.family == "normal" and isinstance(exp.guide, AmortizedFlow):
         print(
             f"note: the encoder is a flow and the per-{rows[:-1]} guides are Normal (--family "
@@ -259,6 +268,8 @@ def amortization_gap_command(args: argparse.Namespace) -> int:
         )
     if "note" in result:
         print(f"note: {result['note']}")
+    if what is not None:
+        print_changed_note(run, key, what, "its amortization_gap block")
     return 0
 
 
@@ -315,12 +326,15 @@ def diagnose_command(args: argparse.Namespace) -> int:
         args.idata_samples, min(args.idata_points, len(x)), values, "--idata-samples"
     )
     x = to_device(x, exp.device)
+    # on changed data or code, its own block and folder: the run's report files stay
+    key, extra, what = changed_block(exp, "diagnostics")
+    out = run.path if what is None else run.path / key
     pyro.set_rng_seed(args.seed)
     result = write_report(
         exp.model,
         exp.guide,
         x,
-        run.path,
+        out,
         num_samples=args.samples,
         idata_points=args.idata_points,
         idata_samples=args.idata_samples,
@@ -329,21 +343,11 @@ def diagnose_command(args: argparse.Namespace) -> int:
         pixel_max=exp.data.pixel_max,
     )
     block = {k: v for k, v in result.items() if k != "files"}
-    changed = changed_inputs(exp)  # --allow-changed-data or -code on inputs that did change
-    if changed is None:
-        run.update_metrics(diagnostics=block)
-    else:  # (tester CT: its block replaced the run's own with nothing to mark it)
-        key, extra, what = changed
-        key = key.replace("test_", "diagnostics_")
-        run.update_metrics(**{key: {**block, **extra}})
+    run.update_metrics(**{key: {**block, **extra}})
     _print_khat(result, rows)
     print("wrote " + ", ".join(result["files"]))
-    if changed is not None:
-        print(
-            f"note: {what} changed since the run was trained; these numbers went to "
-            f"{run.file('metrics.json')}'s {key}, its diagnostics block (the run's own) was "
-            "kept, and the files above are of the data and code as they are now"
-        )
+    if what is not None:
+        print_changed_note(run, key, what, "its diagnostics block and report files")
     for name, why in result.get("skipped", {}).items():
         print(f"skipped {name}: {why}")
     return 0

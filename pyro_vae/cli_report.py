@@ -143,3 +143,28 @@ def changed_inputs(exp) -> tuple[str, dict, str] | None:
     if code_changes(exp.config.code, code):
         return "test_on_changed_code", {"code": code}, "the model's or guide's code"
     return None
+
+
+def changed_block(exp, block: str) -> tuple[str, dict, str | None]:
+    """(metrics key, what to record beside the results, what changed) for a command that
+    writes its results to metrics.json's ``block``: ``block`` itself, with nothing beside
+    it and None; or, where the run was rebuilt on changed data or code
+    (:func:`changed_inputs`), ``block`` + ``_on_changed_data`` or ``_on_changed_code``,
+    the provenance or code, and what changed. The files a command names after its block go
+    by the same key, so the run's own block and files stay (tester CT: ``diagnose
+    --allow-changed-data`` replaced both; ``grad-variance`` and ``amortization-gap`` did
+    too)."""
+    changed = changed_inputs(exp)
+    if changed is None:
+        return block, {}, None
+    key, extra, what = changed
+    return key.replace("test", block, 1), extra, what
+
+
+def print_changed_note(run: RunFolder, key: str, what: str, kept: str) -> None:
+    """The note after results on changed inputs (:func:`changed_block`): where they went,
+    and that the run's own ``kept`` stayed."""
+    print(
+        f"note: {what} changed since the run was trained; these results went to "
+        f"{run.file('metrics.json')}'s {key}, and {kept} (the run's own) stayed as they were"
+    )

@@ -97,6 +97,7 @@ def test_diagnose_on_changed_data_keeps_the_runs_own_block(tmp_path, capsys):
     argv = ["diagnose", str(run), "--samples", "30", "--idata-samples", "4", "--worst", "0"]
     assert main(argv) == 0
     own = json.loads((run / "metrics.json").read_text())["diagnostics"]
+    files = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     change()  # other rows
     capsys.readouterr()
     assert main([*argv, "--allow-changed-data"]) == 0
@@ -104,4 +105,44 @@ def test_diagnose_on_changed_data_keeps_the_runs_own_block(tmp_path, capsys):
     assert metrics["diagnostics"] == own
     changed = metrics["diagnostics_on_changed_data"]
     assert changed["provenance"]["shape"] == [80, 16] and changed["num_points"] == 8
-    assert "its diagnostics block (the run's own) was kept" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "its diagnostics block and report files (the run's own) stayed as they were" in out
+    # and its report files (khat.csv, the figures), byte for byte: the new ones beside them
+    assert {n: (run / n).read_bytes() for n in files if n != "metrics.json"} == {
+        n: b for n, b in files.items() if n != "metrics.json"
+    }
+    folder = run / "diagnostics_on_changed_data"
+    assert f"wrote {folder / 'khat.csv'}" in out
+    assert len((folder / "khat.csv").read_text().splitlines()) == 1 + 8  # 8 test rows of 80
+
+
+def test_grad_variance_and_amortization_gap_on_changed_data_keep_the_runs_own(tmp_path, capsys):
+    """As diagnose above (found beside it): ``grad-variance --allow-changed-data`` replaced
+    the run's gradient_variance block and figure with those of other data, and
+    ``amortization-gap`` its amortization_gap block, nothing marking either. Expected:
+    their own blocks (and figure) on changed data, the run's kept byte for byte."""
+    import json
+
+    from pyro_vae.cli import main
+
+    run, change = fit_on_npy(tmp_path)
+    variance = ["grad-variance", str(run), "--estimators", "trace", "--num-draws", "3"]
+    gap = ["amortization-gap", str(run), "--points", "2", "--steps", "2", "--iwae-samples", "4"]
+    assert main(variance) == 0 and main(gap) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    figure = (run / "gradient_variance.png").read_bytes()
+    change()  # other rows
+    capsys.readouterr()
+    assert main([*variance, "--allow-changed-data"]) == 0
+    assert main([*gap, "--allow-changed-data"]) == 0
+    out = capsys.readouterr().out
+    after = json.loads((run / "metrics.json").read_text())
+    for block in ("gradient_variance", "amortization_gap"):
+        assert after[block] == metrics[block]
+        assert f"{block}_previous" not in after
+        assert f"'s {block}_on_changed_data, and its {block} block" in out
+    changed = after["gradient_variance_on_changed_data"]
+    assert changed["provenance"]["shape"] == [80, 16] and changed["rows"][0]["estimator"] == "trace"
+    assert after["amortization_gap_on_changed_data"]["provenance"]["shape"] == [80, 16]
+    assert (run / "gradient_variance.png").read_bytes() == figure
+    assert (run / "gradient_variance_on_changed_data.png").stat().st_size > 0
