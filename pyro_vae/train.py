@@ -93,7 +93,12 @@ from pyro_vae.interruptions import raise_if_stopped
 from pyro_vae.model_protocol import batch_terms, uses_labels
 from pyro_vae.plates import DataPlateError, describe_plates
 from pyro_vae.pointwise import outside_plate, outside_plate_message
-from pyro_vae.precision import Precision, refuse_float64_networks, refuse_on_device
+from pyro_vae.precision import (
+    Precision,
+    refuse_float64_networks,
+    refuse_float64_parameters,
+    refuse_on_device,
+)
 from pyro_vae.progress import bar as progress_bar
 from pyro_vae.progress import interactive
 from pyro_vae.pyro_compat import guess_max_plate_nesting
@@ -660,6 +665,8 @@ def _estimator_ready_to_train(
     training steps: a BatchNorm's running statistics are put back after them."""
     with buffers_kept():
         model_trace, guide_trace = _first_traces(pair, batches)
+        # the networks a function model or guide registers with pyro.module: known now
+        refuse_float64_parameters(config.precision, _registered_networks())
         refuse_mask_mismatches(model_trace, guide_trace)  # whatever the ELBO, Pyro's too
         if pair.validates_per_datapoint:  # its evaluators refuse a guide-only latent, so
             # refused now (tester CJ: after the first epoch, the folder left behind)
@@ -819,6 +826,20 @@ def _keeps_one_baseline_per_batch_row(elbo: ELBO) -> bool:
     """Whether ``elbo`` (or the estimator a recording wraps) may keep state with one value
     per batch row: ``TraceGraph_ELBO``'s decaying-average baselines."""
     return isinstance(getattr(elbo, "elbo", elbo), TraceGraph_ELBO)
+
+
+def _registered_networks() -> list[tuple[str, torch.Tensor]]:
+    """(where, parameter) of every network registered with ``pyro.module`` in Pyro's param
+    store (its parameters named ``network$$$parameter``)."""
+    from pyro.params import module_from_param_with_module_name, user_param_name
+
+    named = pyro.get_param_store().named_parameters()
+    return [
+        (f"parameter {user_param_name(n)!r} of pyro.module "
+         f"{module_from_param_with_module_name(n)!r}", p)
+        for n, p in named
+        if user_param_name(n) != n
+    ]  # fmt: skip
 
 
 def _first_traces(pair: TrainingPair, batches: TrainingBatches):

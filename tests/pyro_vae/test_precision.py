@@ -218,6 +218,38 @@ def test_bf16_with_float64_networks_is_refused_before_any_work(digits, tmp_path,
     assert not (tmp_path / "run").exists()
 
 
+def test_bf16_with_float64_networks_of_a_function_model_is_refused_before_any_work(
+    digits, tmp_path
+):
+    """Tester CR: a function model's float64 network, registered with ``pyro.module``,
+    trained under bf16 as under precision 32, bit for bit (the refusal above read only
+    modules passed as model or guide; Pyro's param store holds these once the pair runs)."""
+    decoder = torch.nn.Linear(2, 64).double()
+    encoder = torch.nn.Linear(64, 4)
+
+    def model(x, subsample=None):
+        pyro.module("decoder", decoder)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(2).double(), 1.0).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=decoder(z)).to_event(1), obs=x.double())
+
+    def guide(x, subsample=None):
+        pyro.module("encoder", encoder)
+        with pyro.plate("data", x.shape[0]):
+            h = encoder(x.to(encoder.weight.dtype)).double()
+            pyro.sample("z", dist.Normal(h[:, :2], h[:, 2:].exp()).to_event(1))
+
+    config = TrainConfig(epochs=1, precision="bf16", progress=False)
+    refusal = r"^precision: 'bf16' with float64 networks \(parameter '(weight|bias)' of pyro"
+    refusal += r"\.module 'decoder' is float64\)"
+    with pytest.raises(ValueError, match=refusal):
+        fit(model, guide, digits, Trace_ELBO(), config, run=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    encoder.double()  # so float64 at last: the same run trains under precision 32
+    config = TrainConfig(epochs=1, progress=False, batch_size=512)
+    assert fit(model, guide, digits, Trace_ELBO(), config).history
+
+
 def test_adam_state_stays_float32_under_bf16(digits):
     model, guide = small_vae(digits)
     optim = GroupedAdam({"lr": 1e-3})
