@@ -19,6 +19,7 @@ import torch
 from pyro.infer import TraceEnum_ELBO
 from pyro.infer.inspect import get_dependencies
 
+from pyro_vae.estimators.base import refuse_undrawn_latents
 from pyro_vae.estimators.capabilities import Capabilities
 from pyro_vae.interruptions import reraise_interruption
 from pyro_vae.objectives import (
@@ -68,6 +69,8 @@ class TraceEnumELBO(TraceEnum_ELBO):
     def _get_trace(self, model, guide, args, kwargs):
         model_trace, guide_trace = super()._get_trace(model, guide, args, kwargs)
         refuse_mask_mismatches(model_trace, guide_trace)
+        # a latent neither drawn nor marked for enumeration is sampled from its prior
+        refuse_undrawn_latents("TraceEnumELBO", model_trace, guide_trace, enumerated_summed=True)
         if not any(pair == self._pair for pair in self._plates_checked):
             refuse_reading_across_plates(model, args, kwargs, model_trace, guide_trace)
             self._plates_checked.append(self._pair)
