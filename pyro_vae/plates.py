@@ -91,8 +91,9 @@ def find_data_plate(model_trace: Trace, rows: int | None, name: str | None = Non
         return DATA_PLATE
     if candidates:
         raise DataPlateError(
-            f"data_plate: the plates {candidates} all enclose observed sites and have the "
-            f"batch's {rows} rows, so which one runs over datapoints is ambiguous; name it "
+            f"data_plate: the plates {candidates} all enclose observed sites and run over "
+            f"{rows} elements here (a subsample's, where one subsamples), as many as the batch "
+            f"has rows, so which one runs over datapoints is ambiguous; name it "
             "with the data_plate option (TrainingConfig(data_plate=...) for fit, or the "
             "evaluator's data_plate=)"
         )

@@ -301,8 +301,12 @@ class ScoreFunctionELBO(SurrogateELBO):
             # draw-decided weight multiplies it (module docstring; tester BG)
             surrogate = surrogate - _tensor(guide_trace.log_prob_sum(), elbo.device)
         baseline_loss = torch.zeros((), dtype=elbo.dtype, device=elbo.device)
-        # NVIL's plate: the per-datapoint one, or one that subsamples the batch's rows itself
-        plate = self.bound_plate(model_trace, args, kwargs)
+        # NVIL's plate: the per-datapoint one, or one that subsamples the batch's rows itself;
+        # the other control variates read none, and refuse no model for its plates (tester
+        # CU: two nested plates of the batch's size were refused as ambiguous by
+        # loss_and_grads, which loss ran)
+        neural = self.control_variate == "neural"
+        plate = self.bound_plate(model_trace, args, kwargs) if neural else None
         data = (self.subsamples, args, kwargs)  # what the neural baseline reads its rows from
         for name, site in guide_trace.nodes.items():
             if site["type"] != "sample" or is_point_mass(site["fn"]):
