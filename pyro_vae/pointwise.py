@@ -126,9 +126,10 @@ def importance_log_densities(
 
     Raises:
         DataPlateError: a subsampled plate (Pyro's ``subsample_size``, or a minibatch
-            scaled to its dataset) where the weights do not factor over it: the joint
-            bound of a minibatch, scaled up inside its log-sum-exp, bounds nothing, so
-            there is no unbiased estimate.
+            scaled to its dataset) where the weights do not factor over it, with more than
+            one particle: the joint bound of a minibatch, scaled up inside its
+            log-sum-exp, bounds nothing, so there is no unbiased estimate (with one, it is
+            the ELBO, and a minibatch's is unbiased).
     """
     outside = (
         []
@@ -149,7 +150,7 @@ def importance_log_densities(
         common = common_scale((model_trace, guide_trace), rank, plate, scale)
         return unscaled_by(log_p, common), unscaled_by(log_q, common), scale * common
     subsampled = subsampled_plates(model_trace) | subsampled_plates(guide_trace)
-    if subsampled:
+    if subsampled and num_particles > 1:  # one particle: the ELBO, whose minibatch is unbiased
         name = plate if plate in subsampled else sorted(subsampled)[0]
         where = (
             f"sites {sorted(set(outside))} lie outside the subsampled per-datapoint plate "

@@ -354,6 +354,25 @@ def test_a_global_latent_under_pyros_subsample_size_is_refused():
         IWAELBO(4).loss(model, guide, torch.randn(100))
 
 
+def test_one_particle_is_the_elbo_whose_minibatch_is_unbiased_beside_a_global_latent():
+    """Tester CU: K = 1 was refused as above, but IWAE_1 is the ELBO, which a minibatch
+    estimates without bias. Expected: the closed-form ELBO of the 100 rows (shift's q is
+    its prior; for z_i ~ N(m_i, 0.49), m_i = x_i / 2, each row gives
+    −½ log 2π − ½ (m_i² + 0.49 + 1) − ½ log(2π · 0.25) − ((x_i − m_i)² + 0.49) / 0.5
+    + ½ log(2πe · 0.49)), within 4 standard errors of 400 losses."""
+    torch.manual_seed(0)
+    x = torch.randn(100)
+    model, guide = subsampling_pair(10, global_latent=True)
+    m, log2pi = 0.5 * x, math.log(2 * math.pi)
+    prior = -0.5 * log2pi - 0.5 * (m**2 + 1.49)  # E log N(z_i; shift, 1)
+    likelihood = -0.5 * math.log(2 * math.pi * 0.25) - ((x - m) ** 2 + 0.49) / 0.5
+    rows = prior + likelihood + 0.5 * math.log(2 * math.pi * math.e * 0.49)
+    pyro.set_rng_seed(0)
+    losses = torch.tensor([IWAELBO(1).loss(model, guide, x) for _ in range(400)])
+    stderr = losses.std().item() / 20
+    assert abs(losses.mean().item() + rows.sum().item()) < 4 * stderr, (losses.mean(), rows.sum())
+
+
 # K1: poutine.scale(c) around both model and guide (a user's own minibatch rescaling) is a
 # multiplier of the whole objective, c · log (1/K) Σ_k exp(log w_k / c); folded into each
 # log w_k, the bound at K = 50 came out 4.9 nats above c · log p(x).
