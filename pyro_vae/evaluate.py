@@ -85,6 +85,7 @@ from pyro_vae.traces import (
     plate_nesting,
     point_mass_latents,
     point_mass_message,
+    refuse_guide_draws_of_observed_sites,
     refuse_mask_mismatches,
     run_pair,
     sample_sites,
@@ -947,6 +948,7 @@ def elbo_estimate(
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             nesting = max_plate_nesting(model, guide, *args, **kwargs)
             model_tr, guide_tr = run_pair(model, guide, args, kwargs)
+            refuse_guide_draws_of_observed_sites(model_tr, guide_tr)
             refuse_mask_mismatches(model_tr, guide_tr)
             _, again = run_pair(model, guide, args, kwargs)
             point_masses = point_mass_latents(model_tr, guide_tr, again)

@@ -69,13 +69,15 @@ def refuse_unscored_guide_sites(model_trace: Trace, guide_trace: Trace) -> None:
     """Refuse guide draws that log p(x, z) − log q(z) cannot score as a bound (tester T):
     a latent the model does not have beside a model latent the guide draws from a density
     (:func:`refuse_guide_only_latents`), and elements one side masks off that the other
-    scores (:func:`refuse_mask_mismatches`). What the evaluators and the importance-weighted
-    estimators refuse; the single-sample estimators refuse the second alone (a guide-only
-    latent keeps Pyro's convention there, E[log p(x, z) − log q(z, u)], which does not grow
-    with K).
+    scores (:func:`refuse_mask_mismatches`), and draws of sites the model observes
+    (:func:`refuse_guide_draws_of_observed_sites`). What the evaluators and the
+    importance-weighted estimators refuse; the single-sample estimators refuse the last two
+    alone (a guide-only latent keeps Pyro's convention there, E[log p(x, z) − log q(z, u)],
+    which does not grow with K).
 
     Raises:
         ValueError: naming the sites and the way out."""
+    refuse_guide_draws_of_observed_sites(model_trace, guide_trace)
     refuse_guide_only_latents(model_trace, guide_trace)
     refuse_mask_mismatches(model_trace, guide_trace)
 
@@ -161,6 +163,32 @@ def refuse_guide_only_latents(model_trace: Trace, guide_trace: Trace) -> None:
             "without limit as K rises; sum u out of the guide (make q(z) one distribution), or "
             "add a reverse model r(u | z) to the model as an observed-free latent of its own "
             "(auxiliary-variable bounds: Agakov & Barber 2004; Ranganath et al. 2016)"
+        )
+
+
+def refuse_guide_draws_of_observed_sites(model_trace: Trace, guide_trace: Trace) -> None:
+    """Refuse a guide that draws a site the model observes: the model scores its data there
+    and never the guide's draw, so log q of that draw only enters log p(x, z) − log q(z) as
+    noise (its mean, the guide's entropy there, shifts every estimate), and Pyro only warns
+    "Found non-auxiliary vars in guide but not model" (tester CU: each estimator gave its
+    own value, and ``score`` and ``vimco`` moved the guide's parameters of it).
+
+    Raises:
+        ValueError: naming the sites and the way out."""
+    observed = [
+        name
+        for name, site in sample_sites(guide_trace).items()
+        if not site["is_observed"]
+        and not site["infer"].get("is_auxiliary")
+        and name in model_trace.nodes
+        and model_trace.nodes[name]["type"] == "sample"
+        and model_trace.nodes[name]["is_observed"]
+    ]
+    if observed:
+        raise ValueError(
+            f"guide: it draws {observed}, which the model observes; a guide draws latent "
+            "sites only (the model scores its data there, never the guide's draw): remove "
+            "them from the guide, or leave them unobserved in the model to fit them as latents"
         )
 
 

@@ -5,6 +5,7 @@ The model has a global latent and a per-datapoint one, so particles meet sites o
 ranks:  μ ~ N(0, 1);  z_n ~ N(μ, 1);  x_nd ~ N(z_n, 0.5²)  (n = 1..3 in the plate, d = 1, 2).
 """
 
+import functools
 import math
 import warnings
 
@@ -458,6 +459,35 @@ def test_a_guide_only_latent_beside_a_drawn_model_latent_is_refused():
     autoguide = AutoMultivariateNormal(model)
     model_tr, guide_tr, _ = particle_traces(model, autoguide, (x,), {}, 4, 1)
     assert "_AutoMultivariateNormal_latent" in guide_tr.nodes and "z" in model_tr.nodes
+
+
+def test_a_guide_draw_of_a_site_the_model_observes_is_refused_by_the_evaluators():
+    """Tester CU: Pyro only warns of a guide that draws an observed site; its log q then
+    entered every estimate. The evaluators refuse it, as the estimators do; observed in
+    the guide too (a label the guide conditions on), or auxiliary, it is no draw."""
+    from pyro_vae.evaluate import elbo_per_datapoint, iwae_log_likelihood
+    from pyro_vae.traces import refuse_guide_draws_of_observed_sites
+
+    x = torch.tensor([0.5, -1.0, 2.0])
+
+    def model(x):
+        with pyro.plate("data", 3):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x, observed=False, auxiliary=False):
+        with pyro.plate("data", 3):
+            pyro.sample("z", dist.Normal(x / 2, 0.7))
+            infer = {"is_auxiliary": True} if auxiliary else {}
+            pyro.sample("x", dist.Normal(0.0, 1.0), obs=x if observed else None, infer=infer)
+
+    refusal = r"guide: it draws \['x'\], which the model observes"
+    for evaluator in (elbo_per_datapoint, iwae_log_likelihood):
+        with pytest.raises(ValueError, match=refusal):
+            evaluator(model, guide, x, num_samples=4)
+    for options in ({"observed": True}, {"auxiliary": True}):
+        traces = run_pair(model, functools.partial(guide, **options), (x,), {})
+        refuse_guide_draws_of_observed_sites(*traces)  # let through
 
 
 def test_a_guide_only_latent_passed_on_whole_by_a_point_mass_is_let_through():

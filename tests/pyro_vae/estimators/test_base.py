@@ -514,3 +514,30 @@ def test_a_model_latent_the_guide_does_not_draw_is_refused_by_every_estimator(na
             estimators.get(name, **options).loss_and_grads(
                 model, guide, torch.tensor([1.0, 2.0, -0.5])
             )
+
+
+@pytest.mark.parametrize("name", estimators.names())
+def test_a_guide_that_draws_an_observed_site_is_refused_by_every_estimator(name):
+    """Tester CU: a guide drawing x, which the model observes, was refused by no
+    estimator: Pyro only warns ("Found non-auxiliary vars in guide but not model"), the
+    guide's log q of its draw entered each estimate, every estimator gave its own value,
+    and ``score`` and ``vimco`` moved the guide's parameters of it."""
+
+    def model(x):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", 3):
+            pyro.sample("x", dist.Normal(mu, 1.0), obs=x)
+
+    def guide(x):
+        pyro.sample("mu", dist.Normal(pyro.param("a", torch.tensor(0.2)), 1.0))
+        with pyro.plate("data", 3):
+            pyro.sample("x", dist.Normal(pyro.param("c", torch.zeros(3)), 1.0))
+
+    options = {"max_plate_nesting": 1} if name == "enum" else {}
+    pyro.clear_param_store()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pyro's own
+        with pytest.raises(ValueError, match=r"guide: it draws \['x'\], which the model observes"):
+            estimators.get(name, **options).loss_and_grads(
+                model, guide, torch.tensor([1.0, 2.0, -0.5])
+            )
