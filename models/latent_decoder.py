@@ -14,7 +14,7 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 
-from pyro_vae.convnets import likelihood_decoder
+from pyro_vae.convnets import check_architecture, likelihood_decoder
 from pyro_vae.likelihoods import make_likelihood
 from pyro_vae.nn import layer_widths
 from pyro_vae.plates import data_plate
@@ -48,6 +48,9 @@ class LatentDecoderModel(PyroModule):
         super().__init__(name="model")
         if latent_dim < 1:
             raise ValueError(f"latent_dim: {latent_dim} is not a positive integer")
+        # the images' pixels against x_dim now, as CVAE and M2 check them (tester CV: a
+        # VAE of 64 values on 4x4 images was refused only at its guide's first call)
+        check_architecture(arch, x_dim, image_shape, channels)
         self.x_dim, self.latent_dim = x_dim, latent_dim
         self.hidden_dims, self.activation = layer_widths(hidden_dims), activation
         self.likelihood = make_likelihood(likelihood, x_dim, levels)

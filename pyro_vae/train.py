@@ -86,7 +86,7 @@ from pyro_vae.distributed import SynchronizedELBO, current, refuse_batch_terms
 from pyro_vae.divergence import DivergenceGuard, TrainingDiverged
 from pyro_vae.early_stopping import EarlyStopping
 from pyro_vae.estimators import names as estimator_names
-from pyro_vae.estimators.compiled import CompiledELBO
+from pyro_vae.estimators.compiled import CaptureError, CompiledELBO, path_gradient_reason
 from pyro_vae.evaluate import eval_mode
 from pyro_vae.fit_checkpoint import FitCheckpoint, Resumed
 from pyro_vae.interruptions import raise_if_stopped
@@ -111,6 +111,7 @@ from pyro_vae.tensorboard_log import (
 )
 from pyro_vae.traces import (
     buffers_kept,
+    refuse_guide_draws_of_observed_sites,
     refuse_guide_only_latents,
     refuse_mask_mismatches,
     run_pair,
@@ -195,14 +196,12 @@ def fit(
     ``evaluated_per_datapoint``, the caller's per-datapoint evaluation's too:
     :func:`_refuse_sites_outside_the_plate`). With a ``run`` folder (a
     :class:`~pyro_vae.checkpoint.RunFolder` or a path) a checkpoint and metrics.json are
-    written after every validation (config.json, which says how to rebuild the model, only
-    by ``pyro-vae fit``: :func:`pyro_vae.compare.compare_runs` reads such a folder,
-    ``pyro-vae evaluate`` cannot); ``resume=True`` continues from it (or from
+    written after every validation (config.json only by ``pyro-vae fit``: ``compare``
+    reads such a folder, ``evaluate`` cannot); ``resume=True`` continues from it (or from
     ``resume_state``, the checkpoint already read) exactly as an uninterrupted run would
-    have gone on. Clears Pyro's param store first. Computes on ``config.device`` (modules
-    moved there, each batch as drawn; a checkpoint of any device resumes on it); trains at
-    ``config.precision`` (:mod:`pyro_vae.precision`: networks under autocast, densities and
-    the ELBO in float32, float32 weights), validates in float32. In a
+    have gone on. Clears Pyro's param store first. Computes on ``config.device`` (a
+    checkpoint of any device resumes on it); trains at ``config.precision``
+    (:mod:`pyro_vae.precision`), validates in float32. In a
     ``torch.distributed`` group (:mod:`pyro_vae.distributed`) each rank trains on its part
     of every global batch of ``config.batch_size`` rows, takes the single-process step on
     the whole batch, and only rank 0 writes to ``run`` and shows progress; with
@@ -217,6 +216,8 @@ def fit(
             not an estimator instance (``pyro_vae.estimators.get("trace")``, ``Trace_ELBO()``).
         ValueError: bad settings or data (named), before anything is trained (16-mixed on a CPU,
             mixed precision on float64 networks, ``config.tensorboard`` without ``run``).
+        pyro_vae.estimators.compiled.CaptureError: ``config.compile`` with ``stl`` or
+            ``dreg`` on a flow guide (its inverse cannot be recorded), before any work.
         pyro_vae.tensorboard_log.TensorBoardMissing: ``config.tensorboard`` without the
             ``tensorboard`` package (an ``ImportError``), before anything is trained.
         pyro_vae.plates.DataPlateError: minibatches of a model without a per-datapoint plate.
@@ -287,7 +288,7 @@ def _train_epochs(
             stopping.offer(epoch + 1, record["val_elbo"], pair.weights)
         result.history.append(record)
         guard.epoch_completed()
-        _log_epoch(record, config, trains_the_elbo(result.objective))
+        _log_epoch(record, config, trains_the_elbo(result.objective), pair.validation_kind)
         if step.board is not None:
             step.board.epoch(step.count, record, due)
         if due:
@@ -404,6 +405,9 @@ def _refuse_bad_arguments(model, guide, elbo, run, resume: bool, resume_state, c
         if not callable(fn):
             raise TypeError(f"{arg}: expected a Pyro model/guide callable, got {type(fn).__name__}")
     _refuse_bad_elbo(elbo)
+    reason = path_gradient_reason(elbo, guide) if config.compile else None
+    if reason is not None:  # as the command line says it (tester CV: a CaptureError in
+        raise CaptureError(f"could not record one step: {reason}.")  # torch's words)
     if config.tensorboard:
         if run is None:
             raise ValueError(
@@ -640,15 +644,17 @@ def trains_the_elbo(objective: dict[str, Any]) -> bool:
 _PLAIN = "the ELBO"  # what _objective says of a training estimate that is the ELBO
 
 
-def _log_epoch(record: dict[str, Any], config, plain: bool = True) -> None:
+def _log_epoch(record: dict[str, Any], config, plain: bool = True, kind=None) -> None:
     """With progress on, one line for about 20 epochs of a run and the last on a terminal
     (between progress bars), and for every epoch when stderr is a file (no bars there).
     ``plain``: whether the training estimate is the ELBO (else it is called the training
-    objective, :func:`_objective`)."""
+    objective, :func:`_objective`); ``kind``: the pair's ``validation_kind`` (a local
+    guide's is the training set's, and its line says so: tester CV)."""
     epoch = record["epoch"]
     log_every = max(1, config.epochs // 20) if interactive() else 1
     if config.progress and (epoch % log_every == 0 or epoch == config.epochs):
-        val = f"  val ELBO {record['val_elbo']:.3f}" if "val_elbo" in record else ""
+        name = "val ELBO (training set)" if kind == TRAINING_SET else "val ELBO"
+        val = f"  {name} {record['val_elbo']:.3f}" if "val_elbo" in record else ""
         train = "train ELBO" if plain else "train objective"
         tqdm.write(
             f"epoch {epoch:>3}/{config.epochs}  {train} "
@@ -667,7 +673,8 @@ def _estimator_ready_to_train(
         model_trace, guide_trace = _first_traces(pair, batches)
         # the networks a function model or guide registers with pyro.module: known now
         refuse_float64_parameters(config.precision, _registered_networks())
-        refuse_mask_mismatches(model_trace, guide_trace)  # whatever the ELBO, Pyro's too
+        refuse_guide_draws_of_observed_sites(model_trace, guide_trace)  # whatever the ELBO
+        refuse_mask_mismatches(model_trace, guide_trace)  # Pyro's too
         if pair.validates_per_datapoint:  # its evaluators refuse a guide-only latent, so
             # refused now (tester CJ: after the first epoch, the folder left behind)
             refuse_guide_only_latents(model_trace, guide_trace)

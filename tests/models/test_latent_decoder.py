@@ -97,6 +97,14 @@ def test_the_prior_is_for_subclasses_to_say():
     assert isinstance(model.likelihood, Bernoulli) and model.generative is True
 
 
+def test_images_of_other_than_x_dim_pixels_are_refused_when_the_model_is_built():
+    """Tester CV: 64 values on 4x4 images (16 pixels) built, and were refused only at the
+    guide's first call; CVAE and M2 refused them at construction."""
+    with pytest.raises(ValueError, match=r"image_shape: \(4, 4\) has 16 pixels, but x_dim is 64"):
+        LaplaceDecoder(64, 2, (), "bernoulli", None, "elu", "conv", (4, 4), (8,))
+    assert LaplaceDecoder(64, 2, (), "bernoulli", None, "elu", "conv", (8, 8), (8,)).x_dim == 64
+
+
 @pytest.mark.parametrize("latent_dim", [0, -3])
 def test_a_latent_dim_below_one_is_refused(latent_dim):
     with pytest.raises(ValueError) as info:

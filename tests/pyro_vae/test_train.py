@@ -783,16 +783,38 @@ def test_a_site_outside_the_data_plate_trains_where_nothing_is_scored_per_datapo
     assert result.validation == "whole-data ELBO (total nats)"
 
 
-def test_a_local_autoguide_evaluated_on_its_training_rows_is_not_refused():
+def test_a_local_autoguide_evaluated_on_its_training_rows_is_not_refused(capsys):
     # AutoNormal over per-image latents: every site inside the plate; pyro-vae fit scores
     # it on the training set (fix 1 of tester U's findings keeps that working)
     from pyro.infer.autoguide import AutoNormal
 
     data = load_data("digits", Preprocessing("bernoulli"), val_fraction=0.0)
     model, _ = small_vae(data)
-    config = quiet(epochs=1, seed=0, batch_size=256)
+    config = TrainConfig(epochs=1, seed=0, batch_size=256, progress=True)
     result = fit(model, AutoNormal(model), data, Trace_ELBO(), config, evaluated_per_datapoint=True)
     assert result.local_guide and len(result.history) == 1
+    # its epoch line names the rows it was validated on (tester CV: it said "val ELBO")
+    record = result.history[0]
+    line = f"val ELBO (training set) {record['val_elbo']:.3f}"
+    assert line in capsys.readouterr().out
+
+
+def test_a_path_gradient_on_a_flow_guide_is_refused_for_compile_before_any_work(digits, tmp_path):
+    """Tester CV: ``compile=True`` with ``gradient="stl"`` on an IAF guide failed in
+    Dynamo's words, blaming the model for reading values out of tensors; the command line
+    said why (scoring the draws under detached parameters runs the flow's inverse).
+    Expected: that refusal from Python too, before any work."""
+    from pyro_vae.estimators import get
+    from pyro_vae.estimators.compiled import CaptureError
+    from pyro_vae.guides import AmortizedIAF
+
+    model, _ = small_vae(digits)
+    guide = AmortizedIAF(digits.x_dim, latent_dim=4, hidden_dims=(16,))
+    config = quiet(epochs=1, compile=True)
+    refusal = "AmortizedIAF with gradient='stl': scoring its draws under detached parameters"
+    with pytest.raises(CaptureError, match=refusal):
+        fit(model, guide, digits, get("trace", gradient="stl"), config, run=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 class _TwoRanks:
