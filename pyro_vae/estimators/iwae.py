@@ -130,7 +130,7 @@ class IWAELBO(SurrogateELBO):
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         model_trace, guide_trace, rank = self.particle_traces(model, guide, args, kwargs)
         for name, site in sample_sites(guide_trace).items():
-            if not site["fn"].has_rsample:
+            if not site["fn"].has_rsample and not site["is_observed"]:  # obs=y: no draw
                 raise ValueError(
                     f"guide site {name!r} ({base_name(site['fn'])}) is not reparameterizable; "
                     "the iwae estimator needs pathwise gradients. For discrete latents use "

@@ -62,13 +62,15 @@ def base_name(fn) -> str:
 
 
 def refuse_unreparameterized(guide_trace: Trace, estimator: str, gradient: str) -> None:
-    """Raise unless every latent site of the guide is reparameterizable.
+    """Raise unless every latent site of the guide is reparameterizable (an observed one
+    is no draw: tester CW, a guide that observes a label was refused).
 
     Raises:
         ValueError: naming the first site that is not and its distribution.
     """
     for name, site in sample_sites(guide_trace).items():
-        if not site["fn"].has_rsample:
+        # an observed guide site (a label the guide conditions on, obs=y) is no draw
+        if not site["fn"].has_rsample and not site["is_observed"]:
             raise ValueError(
                 f"guide site {name!r} ({base_name(site['fn'])}) is not reparameterizable; "
                 f"{estimator} with gradient={gradient!r} keeps only the pathwise part of the "
