@@ -130,6 +130,35 @@ def refuse_float64_parameters(
             )
 
 
+@contextlib.contextmanager
+def modules_run() -> Iterator[list[torch.nn.Module]]:
+    """The modules whose forward runs inside the block, each once, in order (a global
+    forward pre-hook): the networks a step computes with, however the model and guide
+    hold them (given as model or guide, registered with ``pyro.module``, a ``PyroModule``
+    or a plain module a function closes over)."""
+    seen: set[int] = set()
+    ran: list[torch.nn.Module] = []
+
+    def record(module, args) -> None:
+        if id(module) not in seen:
+            seen.add(id(module))
+            ran.append(module)
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(record)
+    try:
+        yield ran
+    finally:
+        handle.remove()
+
+
+def own_parameters(modules: list[torch.nn.Module]) -> Iterator[tuple[str, torch.Tensor]]:
+    """(where, parameter) of each module's own parameters (not its children's, which are
+    modules of their own in ``modules`` when they ran)."""
+    for module in modules:
+        for name, parameter in module.named_parameters(recurse=False):
+            yield f"{type(module).__name__}'s {name!r}", parameter
+
+
 class _NetworkAutocast:
     """The hooks' state: autocast on while any module forward runs, outputs cast back."""
 

@@ -95,6 +95,8 @@ from pyro_vae.plates import DataPlateError, describe_plates
 from pyro_vae.pointwise import outside_plate, outside_plate_message
 from pyro_vae.precision import (
     Precision,
+    modules_run,
+    own_parameters,
     refuse_float64_networks,
     refuse_float64_parameters,
     refuse_on_device,
@@ -670,9 +672,12 @@ def _estimator_ready_to_train(
     its plate nesting found before the first step. Its runs of model and guide are not
     training steps: a BatchNorm's running statistics are put back after them."""
     with buffers_kept():
-        model_trace, guide_trace = _first_traces(pair, batches)
+        with modules_run() as networks:
+            model_trace, guide_trace = _first_traces(pair, batches)
         # the networks a function model or guide registers with pyro.module: known now
         refuse_float64_parameters(config.precision, _registered_networks())
+        # and every network that ran: a PyroModule, a module closed over (tester CW)
+        refuse_float64_parameters(config.precision, own_parameters(networks))
         refuse_guide_draws_of_observed_sites(model_trace, guide_trace)  # whatever the ELBO
         refuse_mask_mismatches(model_trace, guide_trace)  # Pyro's too
         if pair.validates_per_datapoint:  # its evaluators refuse a guide-only latent, so

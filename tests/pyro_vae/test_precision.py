@@ -250,6 +250,33 @@ def test_bf16_with_float64_networks_of_a_function_model_is_refused_before_any_wo
     assert fit(model, guide, digits, Trace_ELBO(), config).history
 
 
+@pytest.mark.parametrize("held", ["PyroModule", "closed over"])
+def test_bf16_with_float64_networks_a_function_model_calls_is_refused(digits, held):
+    """Tester CW: the refusal above read Pyro's param store for ``pyro.module`` names, and
+    a float64 ``PyroModule`` in a function model (or a module the function closes over)
+    trained under bf16 as under precision 32, bit for bit. Every network whose forward
+    runs in the first run of the pair is read now."""
+    from pyro.nn import PyroModule
+
+    linear = PyroModule[torch.nn.Linear] if held == "PyroModule" else torch.nn.Linear
+    decoder = linear(2, 64).double()
+
+    def model(x, subsample=None):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(2).double(), 1.0).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=decoder(z)).to_event(1), obs=x.double())
+
+    def guide(x, subsample=None):
+        with pyro.plate("data", x.shape[0]):
+            loc = pyro.param("loc", torch.zeros(2, dtype=torch.float64))
+            pyro.sample("z", dist.Normal(loc.expand(x.shape[0], 2), 1.0).to_event(1))
+
+    config = TrainConfig(epochs=1, precision="bf16", progress=False)
+    owner = "PyroLinear" if held == "PyroModule" else "Linear"
+    with pytest.raises(ValueError, match=rf"with float64 networks \({owner}'s '(weight|bias)' is"):
+        fit(model, guide, digits, Trace_ELBO(), config)
+
+
 def test_adam_state_stays_float32_under_bf16(digits):
     model, guide = small_vae(digits)
     optim = GroupedAdam({"lr": 1e-3})
