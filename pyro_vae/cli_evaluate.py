@@ -6,11 +6,13 @@ results on changed data or code go to a block of their own).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from typing import Any
 
 from pyro_vae.cli_report import (
-    changed_inputs,
+    changed_block,
+    print_changed_note,
     print_test,
     rows_not_images,
     with_previous,
@@ -32,50 +34,58 @@ def evaluate_command(args: argparse.Namespace) -> int:
     test = evaluate_test_set(exp, samples, points, progress=True)
     # the weights it scored: a fit still training may have moved on (tester L2)
     test["scored_weights_of_epoch"] = exp.weights_epoch
-    changed = changed_inputs(exp)
-    if changed is not None:  # --allow-changed-data or -code on inputs that did change
-        key, extra, what = changed
-        run.update_metrics(**{key: {**test, **extra}})
-        print_test(test, rows_not_images(exp.data))
-        print(
-            f"note: {what} changed since the run was trained; these results went to "
-            f"{run.file('metrics.json')}'s {key}, and its test block (the run's own) was kept"
-        )
+    key, extra, what = changed_block(exp, "test")  # on changed data or code: its own block
+    kept, replaced, redrawn = _write_test_block(run, key, test, extra, samples == 0)
+    print_test(test, rows_not_images(exp.data))
+    block = f"{run.file('metrics.json')}'s {key} block" + (
+        " (what compare shows)" if what is None else ""
+    )
+    if what is not None:
+        print_changed_note(run, key, what, "its test block")
         nan = sorted(k for k, v in test.items() if isinstance(v, float) and math.isnan(v))
         if nan:  # (tester CR: a test ELBO of nan, unexplained, on data shifted 500 sds)
             print(
                 f"note: {', '.join(nan)} came out NaN: the run's networks overflow on these "
                 "data, which lie far outside those it was trained on"
             )
-        return 0
-    metrics = run.read_metrics()  # where gone, the update below restores its history
-    previous = metrics.get("test") or {}
-    kept = _keep_saved_estimates(previous, test) if samples == 0 else []
-    replaced = _replaced_estimate(previous, test)
-    redrawn = _redrawn(previous, test)
-    if replaced or redrawn:  # nothing saved is lost: the blocks it replaced stay beside it
-        run.update_metrics(test=test, test_previous=with_previous(metrics, "test"))
-    else:
-        run.update_metrics(test=test)
-    print_test(test, rows_not_images(exp.data))
     if kept:  # (tester BP: printed beside fresh ELBOs as if computed now)
         print(
             f"note: {', '.join(kept)} above "
             f"{'is the saved estimate' if len(kept) == 1 else 'are the saved estimates'}, kept "
-            "in the test block: --ll-samples 0 computed none this time"
+            f"in the {key} block: --ll-samples 0 computed none this time"
         )
     if replaced:
         print(
-            f"note: log p(x) is now {replaced}, in {run.file('metrics.json')}'s test block "
-            "(what compare shows); the block it replaced is kept in test_previous"
+            f"note: log p(x) is now {replaced}, in {block}; the block it replaced is kept in "
+            f"{key}_previous"
         )
     elif redrawn:
         print(
-            f"note: {redrawn}: other Monte Carlo draws than the saved test block's; "
-            f"{run.file('metrics.json')}'s test block (what compare shows) now holds these, "
-            "and the block it replaced is kept in test_previous"
+            f"note: {redrawn}: other Monte Carlo draws than the saved {key} block's; "
+            f"{block} now holds these, and the block it replaced is kept in {key}_previous"
         )
     return 0
+
+
+def _write_test_block(run, key: str, test: dict, extra: dict, no_estimate: bool) -> tuple:
+    """Write ``test`` (with ``extra``, the changed inputs' provenance or code) to
+    metrics.json's ``key``, keeping what it replaces: with ``no_estimate`` (``--ll-samples
+    0``) the saved log p(x) of the same inputs is put into ``test``, and a block of other
+    numbers or of other inputs goes to ``key + "_previous"`` (tester CW: a second evaluate
+    on changed data dropped the first's estimate, nothing kept). Returns (what was kept,
+    :func:`_replaced_estimate`, :func:`_redrawn`) against the saved block."""
+    metrics = run.read_metrics()  # where gone, the update below restores its history
+    previous = metrics.get(key) or {}
+    same = all(previous.get(k) == json.loads(json.dumps(v)) for k, v in extra.items())
+    kept, replaced, redrawn = [], "", ""
+    if same:  # else results on other changed inputs: kept whole, compared with nothing
+        kept = _keep_saved_estimates(previous, test) if no_estimate else []
+        replaced, redrawn = _replaced_estimate(previous, test), _redrawn(previous, test)
+    blocks = {key: {**test, **extra}}
+    if replaced or redrawn or (previous and not same):  # the blocks replaced stay beside it
+        blocks[f"{key}_previous"] = with_previous(metrics, key)
+    run.update_metrics(**blocks)
+    return kept, replaced, redrawn
 
 
 def _keep_saved_estimates(previous: dict[str, Any], test: dict[str, Any]) -> list[str]:

@@ -166,5 +166,5 @@ def print_changed_note(run: RunFolder, key: str, what: str, kept: str) -> None:
     and that the run's own ``kept`` stayed."""
     print(
         f"note: {what} changed since the run was trained; these results went to "
-        f"{run.file('metrics.json')}'s {key}, and {kept} (the run's own) stayed as they were"
+        f"{run.file('metrics.json')}'s {key}, and {kept} (the run's own) stayed unchanged"
     )

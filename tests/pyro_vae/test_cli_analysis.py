@@ -106,7 +106,7 @@ def test_diagnose_on_changed_data_keeps_the_runs_own_block(tmp_path, capsys):
     changed = metrics["diagnostics_on_changed_data"]
     assert changed["provenance"]["shape"] == [80, 16] and changed["num_points"] == 8
     out = capsys.readouterr().out
-    assert "its diagnostics block and report files (the run's own) stayed as they were" in out
+    assert "its diagnostics block and report files (the run's own) stayed unchanged" in out
     # and its report files (khat.csv, the figures), byte for byte: the new ones beside them
     assert {n: (run / n).read_bytes() for n in files if n != "metrics.json"} == {
         n: b for n, b in files.items() if n != "metrics.json"

@@ -94,6 +94,33 @@ def test_evaluate_refuses_a_run_whose_array_changed_and_the_flag_lets_it_through
     assert "test_on_changed_data" in capsys.readouterr().out
 
 
+def test_evaluate_on_changed_data_again_keeps_what_it_replaces(tmp_path, capsys):
+    """Tester CW: a second ``evaluate --allow-changed-data --ll-samples 0`` dropped the
+    first's log p(x) estimate (the run's own test block keeps it, and test_previous
+    whatever is replaced). Expected: the same rules for test_on_changed_data; results on
+    data changed once more replace it whole, the earlier ones kept in its _previous."""
+    data, run = _run_on_an_array(tmp_path)
+    changed = ["evaluate", str(run), "--allow-changed-data"]
+    np.save(data, np.random.default_rng(1).integers(0, 256, (31, 4, 4), dtype=np.uint8))
+    assert main([*changed, "--ll-samples", "3"]) == 0
+    first = json.loads((run / "metrics.json").read_text())["test_on_changed_data"]
+    assert first["log_likelihood_samples"] == 3
+    assert main([*changed, "--ll-samples", "0"]) == 0  # the saved estimate is kept in it
+    block = json.loads((run / "metrics.json").read_text())["test_on_changed_data"]
+    assert block["log_likelihood"] == first["log_likelihood"]
+    assert "kept in the test_on_changed_data block" in capsys.readouterr().out
+    assert main([*changed, "--ll-samples", "5"]) == 0  # another K: the first goes beside it
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test_on_changed_data"]["log_likelihood_samples"] == 5
+    assert metrics["test_on_changed_data_previous"][-1]["log_likelihood"] == first["log_likelihood"]
+    np.save(data, np.random.default_rng(2).integers(0, 256, (32, 4, 4), dtype=np.uint8))
+    assert main([*changed, "--ll-samples", "0"]) == 0  # other data: nothing carried over
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert "log_likelihood" not in metrics["test_on_changed_data"]
+    assert metrics["test_on_changed_data"]["provenance"]["shape"] == [32, 4, 4]
+    assert metrics["test_on_changed_data_previous"][-1]["provenance"]["shape"] == [31, 4, 4]
+
+
 MODEL_FILE = """
 import pyro, torch, pyro.distributions as dist
 from torch import nn
