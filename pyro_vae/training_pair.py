@@ -316,8 +316,12 @@ def refuse_a_guide_that_does_not_fit(
 
     Raises:
         ValueError: naming the guide, the site, both shapes, and the option to set."""
-    if isinstance(getattr(guide, "__self__", guide), AutoGuide):
+    owner = getattr(guide, "__self__", guide)
+    if isinstance(owner, AutoGuide):
         return  # made from the model, and sized when it first runs in its aligned plate
+    if hasattr(owner, "num_datapoints"):  # a local guide (HeldRows): it reads its batch's
+        _check_local_guide_size(owner, model_trace)  # rows from the data plate it runs
+        return  # under with the model, not alone (tester CW: every minibatch was refused)
     name = getattr(guide, "__name__", type(guide).__name__)
     store = pyro.get_param_store()
     saved = store.get_state()  # what the probe creates is taken back: weights start as before
@@ -350,6 +354,25 @@ def refuse_a_guide_that_does_not_fit(
                 "the model's (the command line's --latent-dim goes to both: set it to the "
                 "model's latent size, or give the guide that size)"
             ) from err
+
+
+def _check_local_guide_size(guide, model_trace) -> None:
+    """Refuse a local guide (``loc`` ``[N, latent_dim]`` for its ``site``) whose latent size
+    is not the model's prior draw's, as the probe of a guide run alone does.
+
+    Raises:
+        ValueError: naming the guide, the site and both sizes."""
+    prior = model_trace.nodes.get(guide.site)
+    if prior is None or prior.get("type") != "sample" or prior["is_observed"]:
+        return  # the pair's own checks name a site the model does not have
+    size, expected = int(guide.loc.shape[-1]), tuple(prior["value"].shape)
+    if not expected or expected[-1] != size:
+        raise ValueError(
+            f"guide: {type(guide).__name__} holds {size} latent dimensions of {guide.site!r} "
+            f"per datapoint, but the model's prior draws it of shape {expected} on the first "
+            "batch; the guide's sizes must be the model's (the command line's --latent-dim "
+            "goes to both: set it to the model's latent size, or give the guide that size)"
+        )
 
 
 def has_per_datapoint_parameters(guide, weights: PairWeights, args, rows, num_data) -> bool:

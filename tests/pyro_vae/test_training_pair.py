@@ -429,3 +429,23 @@ def test_a_trainable_part_left_in_eval_mode_is_named_in_a_warning():
         fit(owner.model, owner.guide, TensorData(torch.randn(16, 3)), get("trace"),
             quiet(epochs=1, batch_size=8))  # fmt: skip
     assert not owner.decoder.training and not owner.frozen.training
+
+
+def test_a_local_guide_trains_in_minibatches_and_its_latent_size_is_checked():
+    """Tester CW: fit with ``LocalNormal`` refused every batch smaller than its N rows (the
+    guide was probed alone, outside the data plate that gives it the batch's rows; the
+    README says fit gives them). Its latent size is checked against the model's instead."""
+    from pyro_vae.guides import LocalNormal
+
+    data = load_data("digits", Preprocessing("bernoulli"))
+    n = data.train_x.shape[0]
+    config = TrainConfig(epochs=1, batch_size=256, progress=False, seed=0)
+    model = VAE(data.x_dim, latent_dim=2, hidden_dims=(16,))
+    result = fit(
+        model, LocalNormal(torch.zeros(n, 2), torch.ones(n, 2)), data, get("trace"), config
+    )
+    assert result.local_guide and len(result.history) == 1
+    wrong = LocalNormal(torch.zeros(n, 3), torch.ones(n, 3))
+    refusal = r"guide: LocalNormal holds 3 latent dimensions of 'z' per datapoint, but the model"
+    with pytest.raises(ValueError, match=refusal):
+        fit(model, wrong, data, get("trace"), config)
