@@ -913,8 +913,10 @@ def write_figures(
     )
     paths, skipped = [], {}
     ylabel = None if exp.generative else "log Pr(x | z') per datapoint"  # None: the ELBO's
+    # a local guide's numbers are the training set's (tester CW: its legend said test)
+    split = "training set" if exp.local_guide else "test"
     lines = {
-        f"test {k.replace('_', ' ')}": test[k] for k in ("elbo", "log_likelihood") if k in test
+        f"{split} {k.replace('_', ' ')}": test[k] for k in ("elbo", "log_likelihood") if k in test
     }
     figures = {
         "reconstructions.png": lambda path: plot_reconstructions(
@@ -927,8 +929,13 @@ def write_figures(
             path,
         ),
         "elbo.png": lambda path: plot_elbo_curves(
-            history, path, lines, ylabel, "train" if train_is_elbo else "train objective"
-        ),
+            history,
+            path,
+            lines,
+            ylabel,
+            "train" if train_is_elbo else "train objective",
+            "validation (training set)" if exp.local_guide else "validation",
+        ),  # fmt: skip
         "latent.png": lambda path: plot_latent(
             latent_means(model, guide, test_x).cpu(),
             data.test_y[: test_x.shape[0]],

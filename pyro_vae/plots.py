@@ -191,10 +191,13 @@ def plot_elbo_curves(
     test: dict[str, float] | None = None,
     ylabel: str | None = None,
     train: str = "train",
+    validation: str = "validation",
 ) -> Path:
     """Train and validation ELBO per epoch, with the test ELBO / log-likelihood as lines;
     ``train``: what the training curve is called ("train objective" where it is not the
-    ELBO: β, free bits, a model's training terms such as M2's α term, tester BP).
+    ELBO: β, free bits, a model's training terms such as M2's α term, tester BP);
+    ``validation``: what the validation curve is called (a local guide's is the training
+    set's).
     ``ylabel`` None: "ELBO per datapoint (nats)", or "nats per datapoint" where the
     training curve is not the ELBO (the legend names each curve)."""
     if ylabel is None:
@@ -204,7 +207,7 @@ def plot_elbo_curves(
     epochs = [r["epoch"] for r in history]
     ax.plot(epochs, [r["train_elbo"] for r in history], label=f"{train} (running mean)")
     if history and "val_elbo" in history[0]:
-        ax.plot(epochs, [r["val_elbo"] for r in history], label="validation")
+        ax.plot(epochs, [r["val_elbo"] for r in history], label=validation)
     for key, value in (test or {}).items():
         ax.axhline(value, ls="--", lw=1, color="gray" if "elbo" in key else "black", label=key)
     epoch_axis(ax.xaxis)

@@ -176,11 +176,24 @@ def test_an_autoguide_from_the_command_line_is_evaluated_on_its_own_rows(
     # AutoNormal over the per-image latents: one q per training image and none for test
     # images, so metrics are the training images' (on the first --ll-points of them) and
     # k̂ per test image is refused with the reason.
+    from pyro_vae import experiment
+
+    drawn = []  # elbo.png's curves and lines, as named in its legend
+
+    def plot(history, path, lines, ylabel, train, validation):
+        drawn.append((sorted(lines), validation))
+        return plot_elbo_curves(history, path, lines, ylabel, train, validation)
+
+    plot_elbo_curves = experiment.plot_elbo_curves
+    monkeypatch.setattr(experiment, "plot_elbo_curves", plot)
     monkeypatch.chdir(FILE.parent)
     run = tmp_path / "auto"
     args = ["--model", f"{FILE.name}:model", "--guide", "pyro.infer.autoguide:AutoNormal"]
     assert main(["fit", *args, *FAST, "--ll-points", "100", "--out", str(run)]) == 0
     assert "these are the training images' metrics" in capsys.readouterr().out
+    # tester CW: its legend called the training set's numbers test and validation
+    lines = ["training set elbo", "training set log likelihood"]
+    assert drawn == [(lines, "validation (training set)")]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["local_guide"] and metrics["test"]["evaluated_on"] == "training set"
     assert metrics["test"]["log_likelihood_points"] == 100
