@@ -223,7 +223,8 @@ class ConvDecoder(nn.Module):
 
 def check_architecture(arch: str, x_dim: int | None, image_shape, channels=None) -> None:
     """Refuse an unknown ``arch``, ``"conv"`` without an image shape of ``x_dim`` pixels
-    (``None``: any number), or ``channels`` given to ``"mlp"`` (which has no convolutions).
+    (``None``: any number), an image shape given to ``"mlp"`` of other than ``x_dim``
+    pixels, or ``channels`` given to ``"mlp"`` (which has no convolutions).
 
     Raises:
         ValueError: naming ``arch``, ``image_shape`` or ``channels``, the value and what was
@@ -231,6 +232,8 @@ def check_architecture(arch: str, x_dim: int | None, image_shape, channels=None)
     """
     if arch not in ARCHITECTURES:
         raise ValueError(f"arch: {arch!r} is not one of {', '.join(ARCHITECTURES)}")
+    if arch != "conv" and image_shape is not None and x_dim is not None:
+        _check_pixels(image_shape, x_dim)  # what the figures draw each row as (tester CW)
     if arch != "conv":
         if channels is not None:
             raise ValueError(
@@ -244,7 +247,13 @@ def check_architecture(arch: str, x_dim: int | None, image_shape, channels=None)
             "(pyro_vae.data.DataSplits.image_shape), and data without one (a table, rows "
             "of an array) are no images; use arch='mlp' (--arch mlp)"
         )
-    if x_dim is not None and math.prod(image_chw(image_shape)) != x_dim:
+    if x_dim is not None:
+        _check_pixels(image_shape, x_dim)
+
+
+def _check_pixels(image_shape, x_dim: int) -> None:
+    """Refuse an ``image_shape`` of other than ``x_dim`` pixels (C·H·W)."""
+    if math.prod(image_chw(image_shape)) != x_dim:
         raise ValueError(
             f"image_shape: {tuple(image_shape)} has {math.prod(image_chw(image_shape))} pixels, "
             f"but x_dim is {x_dim}; expected C·H·W = x_dim"

@@ -94,8 +94,8 @@ def find_data_plate(model_trace: Trace, rows: int | None, name: str | None = Non
             f"data_plate: the plates {candidates} all enclose observed sites and run over "
             f"{rows} elements here (a subsample's, where one subsamples), as many as the batch "
             f"has rows, so which one runs over datapoints is ambiguous; name it "
-            "with the data_plate option (TrainingConfig(data_plate=...) for fit, or the "
-            "evaluator's data_plate=)"
+            "with the data_plate option (TrainConfig(data_plate=...) for fit, the "
+            "evaluator's or the estimator's data_plate=, --data-plate on the command line)"
         )
     return None
 

@@ -409,7 +409,9 @@ def _refuse_bad_arguments(model, guide, elbo, run, resume: bool, resume_state, c
     _refuse_bad_elbo(elbo)
     reason = path_gradient_reason(elbo, guide) if config.compile else None
     if reason is not None:  # as the command line says it (tester CV: a CaptureError in
-        raise CaptureError(f"could not record one step: {reason}.")  # torch's words)
+        raise CaptureError(  # torch's words)
+            f"could not record one step: {reason}; use compile=False, or gradient='reparam'"
+        )
     if config.tensorboard:
         if run is None:
             raise ValueError(

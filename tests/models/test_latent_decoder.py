@@ -103,6 +103,9 @@ def test_images_of_other_than_x_dim_pixels_are_refused_when_the_model_is_built()
     with pytest.raises(ValueError, match=r"image_shape: \(4, 4\) has 16 pixels, but x_dim is 64"):
         LaplaceDecoder(64, 2, (), "bernoulli", None, "elu", "conv", (4, 4), (8,))
     assert LaplaceDecoder(64, 2, (), "bernoulli", None, "elu", "conv", (8, 8), (8,)).x_dim == 64
+    # an MLP draws its rows as images of that shape too (tester CW)
+    with pytest.raises(ValueError, match=r"image_shape: \(4, 4\) has 16 pixels, but x_dim is 64"):
+        LaplaceDecoder(64, 2, (), "bernoulli", None, "tanh", "mlp", (4, 4))
 
 
 @pytest.mark.parametrize("latent_dim", [0, -3])
