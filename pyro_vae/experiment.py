@@ -897,8 +897,7 @@ def write_figures(
     """reconstructions.png, samples.png (generative models), elbo.png, latent.png, and
     traversal.png and interpolation.png (generative models with ``decode(z)``); for a
     model that uses labels, elbo.png and conditional_samples.png (one row per class).
-    ``train_is_elbo``: whether the training estimate is the ELBO (else elbo.png calls it
-    the training objective: the fit's ``objective``).
+    ``train_is_elbo``: whether the training estimate is the ELBO (else "train objective").
 
     Returns the paths written and, for each figure left out, why: a figure that needs
     what the model cannot give (a mean image, one latent code per image), or whose making
@@ -913,8 +912,7 @@ def write_figures(
     )
     paths, skipped = [], {}
     ylabel = None if exp.generative else "log Pr(x | z') per datapoint"  # None: the ELBO's
-    # a local guide's numbers are the training set's (tester CW: its legend said test)
-    split = "training set" if exp.local_guide else "test"
+    split = "training set" if exp.local_guide else "test"  # a local guide's (tester CW)
     lines = {
         f"{split} {k.replace('_', ' ')}": test[k] for k in ("elbo", "log_likelihood") if k in test
     }
