@@ -366,7 +366,8 @@ def _check_local_guide_size(guide, model_trace) -> None:
     if prior is None or prior.get("type") != "sample" or prior["is_observed"]:
         return  # the pair's own checks name a site the model does not have
     size, expected = int(guide.loc.shape[-1]), tuple(prior["value"].shape)
-    if not expected or expected[-1] != size:
+    if len(expected) < 2 or expected[-1] != size:  # [batch, latent_dim] (tester CX: a
+        # scalar latent of a batch as long as the latent size slipped past expected[-1])
         raise ValueError(
             f"guide: {type(guide).__name__} holds {size} latent dimensions of {guide.site!r} "
             f"per datapoint, but the model's prior draws it of shape {expected} on the first "
