@@ -112,9 +112,10 @@ def refuse_float64_parameters(
     precision: str, parameters: Iterable[tuple[str, torch.Tensor]], arg: str = "precision"
 ) -> None:
     """:func:`refuse_float64_networks` for network ``parameters`` given as (where, tensor)
-    pairs: those a function model or guide registers with ``pyro.module``, which Pyro's
-    param store holds once the pair has run (tester CR: a float64 network so registered
-    trained under bf16 as under precision 32, bit for bit, without a word).
+    pairs: those of the networks a function model or guide runs, known once the pair has
+    run (registered with ``pyro.module``, in Pyro's param store; any module whose forward
+    ran, :func:`modules_run`). Tester CR, then CW: a float64 network so held trained under
+    bf16 as under precision 32, bit for bit, without a word.
 
     Raises:
         ValueError: naming ``arg``, the value, the first float64 parameter and the ways out.

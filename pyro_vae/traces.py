@@ -125,13 +125,11 @@ def _passed_on_whole(only: list, guide_sites: dict, model_trace: Trace) -> bool:
             return False
         if not bool((torch.as_tensor(site.get("scale", 1.0)) == 1).all()):
             return False
-        same = [
+        same = [  # the sites whose value is u, or a mass at u's image T(u)
             n
             for n, s in guide_sites.items()
-            if n != u
-            and _same_draw(site["value"], s["value"])
-            or n in masses
-            and _carries(site["value"], s, model_trace.nodes[n])
+            if (n != u and _same_draw(site["value"], s["value"]))
+            or (n in masses and _carries(site["value"], s, model_trace.nodes[n]))
         ]
         if len(same) != 1 or same[0] not in masses:
             return False
