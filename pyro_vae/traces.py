@@ -96,7 +96,8 @@ def _guide_latents(model_trace: Trace, guide_trace: Trace) -> tuple[dict, list, 
 def _passed_on_whole(only: list, guide_sites: dict, model_trace: Trace) -> bool:
     """Whether the guide-only latents ``only`` and the guide's point masses at model sites
     pair one to one: each u drawn from a continuous density it counts whole (not a point
-    mass, no mask, scale 1), its draw carried (:func:`_carries`) by exactly one other guide
+    mass, no mask, the scale of the point mass that carries it, which has its model site's
+    scale: 1, or a minibatch's N/B), its draw carried (:func:`_carries`) by exactly one other guide
     site, and that a point mass at a latent (not observed) model site: at u itself with a
     ``log_density`` of 0, or at u pushed through the bijection onto the model site's support
     with its change of variables as ``log_density`` (Pyro's ``AutoNormal`` at a constrained
@@ -115,15 +116,14 @@ def _passed_on_whole(only: list, guide_sites: dict, model_trace: Trace) -> bool:
         node, mass = model_trace.nodes[name], guide_sites[name]
         if node["type"] != "sample" or node["is_observed"]:
             return False
-        # the point mass counted whole too (tester CX: under poutine.mask or poutine.scale,
-        # the change of variables it carries was dropped or rescaled, 0.5 to 1.1 nats high)
-        if site_masks(mass)[0] or not bool((torch.as_tensor(mass.get("scale", 1.0)) == 1).all()):
+        # the point mass counted whole too, at its model site's scale (tester CX: under
+        # poutine.mask or poutine.scale, the change of variables it carries was dropped or
+        # rescaled, 0.5 to 1.1 nats high); a minibatch's N/B scales both alike
+        if site_masks(mass)[0] or not _same_scale(mass, node):
             return False
     for u in only:
         site = guide_sites[u]
         if is_point_mass(site["fn"]) or site["fn"].support.is_discrete or site_masks(site)[0]:
-            return False
-        if not bool((torch.as_tensor(site.get("scale", 1.0)) == 1).all()):
             return False
         same = [  # the sites whose value is u, or a mass at u's image T(u)
             n
@@ -134,10 +134,22 @@ def _passed_on_whole(only: list, guide_sites: dict, model_trace: Trace) -> bool:
         if len(same) != 1 or same[0] not in masses:
             return False
         mass = guide_sites[same[0]]
+        if not _same_scale(site, mass):  # u's log q scaled as its image's (tester AQ)
+            return False
         log_density = torch.as_tensor(_mass_log_density(mass))
         if _same_draw(site["value"], mass["value"]) and bool((log_density != 0).any()):
             return False
     return True
+
+
+def _same_scale(site: dict, other: dict) -> bool:
+    """Whether two sites' log-densities carry the same scale (``poutine.scale``, a
+    minibatch's N/B)."""
+    a, b = (torch.as_tensor(s.get("scale", 1.0)) for s in (site, other))
+    try:
+        return bool((a == b).all())
+    except RuntimeError:  # shapes that do not broadcast
+        return False
 
 
 def _point_mass(fn):
