@@ -87,6 +87,7 @@ from pyro_vae.traces import (
     point_mass_message,
     refuse_guide_draws_of_observed_sites,
     refuse_mask_mismatches,
+    refuse_scored_guide_observations,
     run_pair,
     sample_sites,
     sample_sites_where,
@@ -934,7 +935,8 @@ def elbo_estimate(
 
     Raises:
         ValueError: a model latent the guide neither draws nor the model enumerates
-            (:func:`check_guide_covers_model`), a guide draw of an observed site, or a
+            (:func:`check_guide_covers_model`), a guide draw of an observed site or an
+            observation the guide scores with a density, or a
             latent whose elements one side masks off and the other scores
             (:func:`~pyro_vae.traces.refuse_mask_mismatches`), before any draw.
     """
@@ -954,6 +956,8 @@ def elbo_estimate(
             # from its prior and scored as data, 1.4 nats off, with no word)
             check_guide_covers_model(model_tr, guide_tr)
             refuse_guide_draws_of_observed_sites(model_tr, guide_tr)
+            guide_tr.compute_log_prob()  # an observation the guide scores: no ELBO of p
+            refuse_scored_guide_observations(guide_tr)
             refuse_mask_mismatches(model_tr, guide_tr)
             _, again = run_pair(model, guide, args, kwargs)
             point_masses = point_mass_latents(model_tr, guide_tr, again)
