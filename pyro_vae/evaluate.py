@@ -956,8 +956,7 @@ def elbo_estimate(
             # from its prior and scored as data, 1.4 nats off, with no word)
             check_guide_covers_model(model_tr, guide_tr)
             refuse_guide_draws_of_observed_sites(model_tr, guide_tr)
-            guide_tr.compute_log_prob()  # an observation the guide scores: no ELBO of p
-            refuse_scored_guide_observations(guide_tr)
+            refuse_scored_guide_observations(guide_tr)  # its log q(y | x): no ELBO of p
             refuse_mask_mismatches(model_tr, guide_tr)
             _, again = run_pair(model, guide, args, kwargs)
             point_masses = point_mass_latents(model_tr, guide_tr, again)

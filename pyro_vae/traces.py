@@ -266,14 +266,14 @@ def refuse_scored_guide_observations(guide_trace: Trace) -> None:
 
     Raises:
         ValueError: naming the sites and the way out."""
-    scored = [
-        name
-        for name, site in sample_sites(guide_trace).items()
-        if site["is_observed"]
-        and "log_prob" in site
-        and not site["log_prob"].is_meta
-        and bool((site["log_prob"] != 0).any())
-    ]
+    scored = []
+    for name, site in sample_sites(guide_trace).items():
+        if not site["is_observed"]:
+            continue
+        log_q = site.get("log_prob")
+        log_q = site["fn"].log_prob(site["value"]) if log_q is None else log_q
+        if not log_q.is_meta and bool((log_q != 0).any()):  # (a meta run has no values)
+            scored.append(name)
     if scored:
         raise ValueError(
             f"guide: it observes {scored} with a density, whose log q enters every weight: "
