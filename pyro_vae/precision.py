@@ -113,9 +113,10 @@ def refuse_float64_parameters(
 ) -> None:
     """:func:`refuse_float64_networks` for network ``parameters`` given as (where, tensor)
     pairs: those of the networks a function model or guide runs, known once the pair has
-    run (registered with ``pyro.module``, in Pyro's param store; any module whose forward
-    ran, :func:`modules_run`). Tester CR, then CW: a float64 network so held trained under
-    bf16 as under precision 32, bit for bit, without a word.
+    run (any module whose forward ran, :func:`modules_run`, however it is held: registered
+    with ``pyro.module``, a ``PyroModule``, a module closed over). Tester CR, then CW: a
+    float64 network so held trained under bf16 as under precision 32, bit for bit, without
+    a word.
 
     Raises:
         ValueError: naming ``arg``, the value, the first float64 parameter and the ways out.
@@ -152,12 +153,18 @@ def modules_run() -> Iterator[list[torch.nn.Module]]:
         handle.remove()
 
 
-def own_parameters(modules: list[torch.nn.Module]) -> Iterator[tuple[str, torch.Tensor]]:
+def own_parameters(
+    modules: list[torch.nn.Module], labels: dict[int, str] | None = None
+) -> Iterator[tuple[str, torch.Tensor]]:
     """(where, parameter) of each module's own parameters (not its children's, which are
-    modules of their own in ``modules`` when they ran)."""
+    modules of their own in ``modules`` when they ran): ``labels[id(parameter)]`` where
+    given (the name a ``pyro.module`` registered it under), else the module's class and
+    the parameter's name."""
+    labels = labels or {}
     for module in modules:
         for name, parameter in module.named_parameters(recurse=False):
-            yield f"{type(module).__name__}'s {name!r}", parameter
+            default = f"{type(module).__name__}'s {name!r}"
+            yield labels.get(id(parameter), default), parameter
 
 
 class _NetworkAutocast:

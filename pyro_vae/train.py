@@ -676,10 +676,9 @@ def _estimator_ready_to_train(
     with buffers_kept():
         with modules_run() as networks:
             model_trace, guide_trace = _first_traces(pair, batches)
-        # the networks a function model or guide registers with pyro.module: known now
-        refuse_float64_parameters(config.precision, _registered_networks())
-        # and every network that ran: a PyroModule, a module closed over (tester CW)
-        refuse_float64_parameters(config.precision, own_parameters(networks))
+        # every network that ran, however the pair holds it (testers CR, CW)
+        named = own_parameters(networks, _pyro_module_names())
+        refuse_float64_parameters(config.precision, named)
         refuse_guide_draws_of_observed_sites(model_trace, guide_trace)  # whatever the ELBO
         refuse_mask_mismatches(model_trace, guide_trace)  # Pyro's too
         if pair.validates_per_datapoint:  # its evaluators refuse a guide-only latent, so
@@ -842,18 +841,18 @@ def _keeps_one_baseline_per_batch_row(elbo: ELBO) -> bool:
     return isinstance(getattr(elbo, "elbo", elbo), TraceGraph_ELBO)
 
 
-def _registered_networks() -> list[tuple[str, torch.Tensor]]:
-    """(where, parameter) of every network registered with ``pyro.module`` in Pyro's param
-    store (its parameters named ``network$$$parameter``)."""
+def _pyro_module_names() -> dict[int, str]:
+    """{id(parameter): "parameter 'weight' of pyro.module 'decoder'"} for the networks
+    registered with ``pyro.module`` in Pyro's param store (named ``network$$$parameter``;
+    the store holds the module's own parameter tensors)."""
     from pyro.params import module_from_param_with_module_name, user_param_name
 
-    named = pyro.get_param_store().named_parameters()
-    return [
-        (f"parameter {user_param_name(n)!r} of pyro.module "
-         f"{module_from_param_with_module_name(n)!r}", p)
-        for n, p in named
+    return {
+        id(p): f"parameter {user_param_name(n)!r} of pyro.module "
+        f"{module_from_param_with_module_name(n)!r}"
+        for n, p in pyro.get_param_store().named_parameters()
         if user_param_name(n) != n
-    ]  # fmt: skip
+    }
 
 
 def _first_traces(pair: TrainingPair, batches: TrainingBatches):
