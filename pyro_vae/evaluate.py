@@ -85,9 +85,8 @@ from pyro_vae.traces import (
     plate_nesting,
     point_mass_latents,
     point_mass_message,
-    refuse_guide_draws_of_observed_sites,
-    refuse_mask_mismatches,
     refuse_scored_guide_observations,
+    refuse_unscorable_draws,
     run_pair,
     sample_sites,
     sample_sites_where,
@@ -955,9 +954,8 @@ def elbo_estimate(
             # as the other evaluators (tester CW: a latent the guide left out was drawn
             # from its prior and scored as data, 1.4 nats off, with no word)
             check_guide_covers_model(model_tr, guide_tr)
-            refuse_guide_draws_of_observed_sites(model_tr, guide_tr)
             refuse_scored_guide_observations(guide_tr)  # its log q(y | x): no ELBO of p
-            refuse_mask_mismatches(model_tr, guide_tr)
+            refuse_unscorable_draws(model_tr, guide_tr)
             _, again = run_pair(model, guide, args, kwargs)
             point_masses = point_mass_latents(model_tr, guide_tr, again)
         _warn_point_masses(point_masses, stacklevel=3)

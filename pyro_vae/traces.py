@@ -77,9 +77,9 @@ def refuse_unscored_guide_sites(model_trace: Trace, guide_trace: Trace) -> None:
 
     Raises:
         ValueError: naming the sites and the way out."""
-    refuse_guide_draws_of_observed_sites(model_trace, guide_trace)
-    refuse_scored_guide_observations(guide_trace)
-    refuse_guide_only_latents(model_trace, guide_trace)
+    refuse_guide_draws_of_observed_sites(model_trace, guide_trace)  # first: it names the
+    refuse_scored_guide_observations(guide_trace)  # cause where the pairing below would
+    refuse_guide_only_latents(model_trace, guide_trace)  # blame an auxiliary draw
     refuse_mask_mismatches(model_trace, guide_trace)
 
 
@@ -253,6 +253,18 @@ def refuse_guide_draws_of_observed_sites(model_trace: Trace, guide_trace: Trace)
             "sites only (the model scores its data there, never the guide's draw): remove "
             "them from the guide, or leave them unobserved in the model to fit them as latents"
         )
+
+
+def refuse_unscorable_draws(model_trace: Trace, guide_trace: Trace) -> None:
+    """What no objective of log p(x, z) − log q(z) scores, whatever the estimator: a guide
+    draw of a site the model observes (:func:`refuse_guide_draws_of_observed_sites`) and a
+    latent whose elements one side masks off and the other scores
+    (:func:`refuse_mask_mismatches`). Every estimator, ``fit`` and the evaluators call it.
+
+    Raises:
+        ValueError: naming the sites and the way out."""
+    refuse_guide_draws_of_observed_sites(model_trace, guide_trace)
+    refuse_mask_mismatches(model_trace, guide_trace)
 
 
 def refuse_scored_guide_observations(guide_trace: Trace) -> None:

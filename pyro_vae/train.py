@@ -113,9 +113,8 @@ from pyro_vae.tensorboard_log import (
 )
 from pyro_vae.traces import (
     buffers_kept,
-    refuse_guide_draws_of_observed_sites,
     refuse_guide_only_latents,
-    refuse_mask_mismatches,
+    refuse_unscorable_draws,
     run_pair,
 )
 from pyro_vae.training_config import TrainingConfig as TrainConfig
@@ -679,8 +678,7 @@ def _estimator_ready_to_train(
         # every network that ran, however the pair holds it (testers CR, CW)
         named = own_parameters(networks, _pyro_module_names())
         refuse_float64_parameters(config.precision, named)
-        refuse_guide_draws_of_observed_sites(model_trace, guide_trace)  # whatever the ELBO
-        refuse_mask_mismatches(model_trace, guide_trace)  # Pyro's too
+        refuse_unscorable_draws(model_trace, guide_trace)  # whatever the ELBO, Pyro's too
         if pair.validates_per_datapoint:  # its evaluators refuse a guide-only latent, so
             # refused now (tester CJ: after the first epoch, the folder left behind)
             refuse_guide_only_latents(model_trace, guide_trace)

@@ -16,9 +16,8 @@ from pyro_vae.traces import (
     SharedSubsamples,
     buffers_kept,
     check_vectorized,
-    refuse_guide_draws_of_observed_sites,
     refuse_guide_only_latents,
-    refuse_mask_mismatches,
+    refuse_unscorable_draws,
     stack_particles,
     vectorized_or_looped,
 )
@@ -65,8 +64,7 @@ class RefusesMaskMismatches:
 
     def _get_trace(self, model, guide, args, kwargs):
         model_trace, guide_trace = super()._get_trace(model, guide, args, kwargs)
-        refuse_guide_draws_of_observed_sites(model_trace, guide_trace)
-        refuse_mask_mismatches(model_trace, guide_trace)
+        refuse_unscorable_draws(model_trace, guide_trace)
         # as SurrogateELBO refuses them (tester CU: trace's gradient on a model's latent
         # marked for enumeration, drawn from its prior, was 7 standard errors off the
         # enumerated ELBO's; analytic-kl and tracegraph failed with a KeyError)
@@ -188,8 +186,7 @@ class SurrogateELBO(ELBO):
         if is_validation_enabled():
             check_if_enumerated(guide_tr)
         refuse_undrawn_latents(type(self).__name__, model_tr, guide_tr)
-        refuse_guide_draws_of_observed_sites(model_tr, guide_tr)
-        refuse_mask_mismatches(model_tr, guide_tr)
+        refuse_unscorable_draws(model_tr, guide_tr)
         if self.importance_weighted:  # elsewhere a guide-only latent keeps Pyro's convention
             refuse_guide_only_latents(model_tr, guide_tr)
         return model_tr, guide_tr, rank

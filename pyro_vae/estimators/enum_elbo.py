@@ -29,7 +29,7 @@ from pyro_vae.objectives import (
     latent_groups,
     refuse_drawn_groups_of_many_elements,
 )
-from pyro_vae.traces import refuse_guide_draws_of_observed_sites, refuse_mask_mismatches
+from pyro_vae.traces import refuse_unscorable_draws
 
 _SHARED_SCALE = "share a common poutine.scale"
 
@@ -68,8 +68,7 @@ class TraceEnumELBO(TraceEnum_ELBO):
 
     def _get_trace(self, model, guide, args, kwargs):
         model_trace, guide_trace = super()._get_trace(model, guide, args, kwargs)
-        refuse_guide_draws_of_observed_sites(model_trace, guide_trace)
-        refuse_mask_mismatches(model_trace, guide_trace)
+        refuse_unscorable_draws(model_trace, guide_trace)
         # a latent neither drawn nor marked for enumeration is sampled from its prior
         refuse_undrawn_latents("TraceEnumELBO", model_trace, guide_trace, enumerated_summed=True)
         if not any(pair == self._pair for pair in self._plates_checked):
