@@ -185,7 +185,9 @@ def _carries(u: torch.Tensor, mass: dict, model_node: dict) -> bool:
         moved.reshape(value.shape), value, rtol=1e-6, atol=1e-12
     ):
         return False
-    log_density = torch.as_tensor(_mass_log_density(mass), dtype=jacobian.dtype)
+    log_density = torch.as_tensor(
+        _mass_log_density(mass), dtype=jacobian.dtype, device=jacobian.device
+    )  # a float log_density (0.0) on u's device, as allclose needs
     while jacobian.numel() > log_density.numel() and jacobian.dim():
         jacobian = jacobian.sum(-1)
     return jacobian.numel() == log_density.numel() and torch.allclose(
