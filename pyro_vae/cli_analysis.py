@@ -25,11 +25,14 @@ from pyro_vae.datasets import names_a_table, row_unit
 from pyro_vae.devices import to_device
 from pyro_vae.diagnostics.gradient_variance import gradient_variance
 from pyro_vae.experiment import Experiment, label_samples, load, model_classes
+from pyro_vae.minibatch import Minibatched
 from pyro_vae.model_protocol import uses_labels
+from pyro_vae.plates import DataPlateError
 from pyro_vae.plots import check_grid_size, plot_gradient_variance, plot_samples
 from pyro_vae.predictive import prior_mean_images
 from pyro_vae.prior_model import RECORD as IMAGE_RECORD
 from pyro_vae.prior_model import load_for_prior
+from pyro_vae.training_pair import per_datapoint_plate
 
 
 def _check_png_out(out: Path, own: str) -> None:
@@ -128,6 +131,30 @@ def _refuse_label_model(exp: Experiment, command: str) -> None:
         )
 
 
+def _training_batch(exp: Experiment, batch_size: int, seed: int):
+    """(model, guide, x, keyword arguments): the first training batch of ``batch_size`` rows
+    as fit's steps see it, the pair wrapped as fit wraps it (``num_data=N`` only to
+    functions that take it, the per-datapoint plate given N and the batch's rows: tester
+    CZ, a model taking ``x`` alone failed here on ``num_data``).
+
+    Raises:
+        pyro_vae.plates.DataPlateError: a batch smaller than the training set of a model
+            without a per-datapoint plate (nothing scales it by N/B)."""
+    rows, (x,) = next(iter(exp.data.indexed_batches(batch_size, 0, seed)))
+    x, rows = to_device(x, exp.device), rows.to(exp.device)
+    num_data = exp.data.train_x.shape[0]
+    chosen = exp.config.training.data_plate
+    plate, _, plates = per_datapoint_plate(exp.model, (x,), chosen, None, num_data)
+    if plate is None and x.shape[0] < num_data:
+        raise DataPlateError(
+            f"--batch-size: {batch_size} of {num_data} rows needs the model's per-datapoint "
+            f"plate to scale the batch by N/B, and the model has none ({plates}); expected "
+            f"--batch-size {num_data} or more"
+        )
+    model, guide = (Minibatched(fn, plate, num_data) for fn in (exp.model, exp.guide))
+    return model, guide, x, {"subsample": rows} if plate is not None else {}
+
+
 def grad_variance_command(args: argparse.Namespace) -> int:
     """``pyro-vae grad-variance RUN``: each estimator's gradient variance and SNR per
     parameter group, over ``--num-draws`` draws on one training batch at the run's
@@ -157,8 +184,7 @@ def grad_variance_command(args: argparse.Namespace) -> int:
     out = args.out or run.file(f"{key}.png")
     for name, options in specs:
         estimators.get(name, **options)  # reject bad names and options before any work
-    x, _ = next(iter(exp.data.train_batches(args.batch_size, 0, args.seed)))
-    x = to_device(x, exp.device)
+    model, guide, x, kwargs = _training_batch(exp, args.batch_size, args.seed)
     num_data = exp.data.train_x.shape[0]
     print(
         f"{args.num_draws} gradient draws at the weights of {run.path}, one batch of "
@@ -171,11 +197,11 @@ def grad_variance_command(args: argparse.Namespace) -> int:
         pyro.set_rng_seed(args.seed)
         try:
             stats = gradient_variance(
-                exp.model,
-                exp.guide,
+                model,
+                guide,
                 estimators.get(name, **options),
                 x,
-                num_data=num_data,
+                **kwargs,
                 num_draws=args.num_draws,
                 progress=True,
             )

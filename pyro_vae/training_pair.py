@@ -122,7 +122,7 @@ class TrainingPair:
         check_dtypes(args, model, guide)
         observable = partial(check_observations, module_of(model) or model)
         source.data.check_training_data(observable)
-        plate, dim, plates = _per_datapoint_plate(model, args, config.data_plate, guide, n)
+        plate, dim, plates = per_datapoint_plate(model, args, config.data_plate, guide, n)
         if plate is None and source.batch_size < n:
             refuse_uncovered_sites(Minibatched(model, None, n), Minibatched(guide, None, n), args)
             raise DataPlateError(
@@ -226,7 +226,7 @@ class TrainingPair:
         return value
 
 
-def _per_datapoint_plate(
+def per_datapoint_plate(
     model, args: tuple, name: str | None, guide=None, num_data: int | None = None
 ) -> tuple[str | None, int | None, str]:
     """(the per-datapoint plate, its dim, a description of the plates where there is none)

@@ -1,6 +1,8 @@
 """The commands that study a fitted run: where they may write their figures, and how
 ``diagnose`` prints k̂."""
 
+from pathlib import Path
+
 import pytest
 
 from pyro_vae.cli_analysis import _check_png_out, _print_khat
@@ -146,3 +148,33 @@ def test_grad_variance_and_amortization_gap_on_changed_data_keep_the_runs_own(tm
     assert after["amortization_gap_on_changed_data"]["provenance"]["shape"] == [80, 16]
     assert (run / "gradient_variance.png").read_bytes() == figure
     assert (run / "gradient_variance_on_changed_data.png").stat().st_size > 0
+
+
+def test_grad_variance_runs_a_model_without_num_data_at_fit_s_minibatch_scale(tmp_path, capsys):
+    """Tester CZ: ``grad-variance`` passed ``num_data=`` to every model and guide, and one
+    taking ``x`` alone (the README's own-model shape, ``tests/examples/pyro_style_vae.py``)
+    failed with a TypeError traceback. Expected: the pair run as fit runs it, its
+    per-datapoint plate given N and the batch's rows, so the likelihood of a batch of B of N
+    training rows is scaled by N/B (a hand count)."""
+    import json
+
+    import pyro.poutine as poutine
+
+    from pyro_vae.cli import main
+    from pyro_vae.cli_analysis import _training_batch
+    from pyro_vae.experiment import load
+
+    run, _ = fit_on_npy(tmp_path)
+    own = tmp_path / "own"
+    example = f"{Path(__file__).parents[1] / 'examples' / 'pyro_style_vae.py'}:PyroStyleVAE"
+    fit = ["fit", "--data", str(tmp_path / "x.npy"), "--model", example, "--epochs", "1"]
+    assert main([*fit, "--no-progress", "--ll-samples", "0", "--out", str(own)]) == 0
+    argv = ["grad-variance", str(own), "--estimators", "trace", "--num-draws", "3"]
+    assert main([*argv, "--batch-size", "20"]) == 0
+    assert json.loads((own / "metrics.json").read_text())["gradient_variance"]
+    exp = load(own, "cpu")
+    model, guide, x, kwargs = _training_batch(exp, 20, 0)
+    num_data = exp.data.train_x.shape[0]
+    trace = poutine.trace(model).get_trace(x, **kwargs)
+    assert x.shape[0] == 20 and len(kwargs["subsample"]) == 20
+    assert trace.nodes["obs"]["scale"] == num_data / 20
