@@ -153,6 +153,18 @@ def test_a_constant_column_is_refused_for_the_normal_standardization(tmp_path):
     assert data.x_dim == 1
 
 
+def test_a_constant_column_whose_computed_std_is_not_zero_is_refused_too(tmp_path):
+    """Tester CZ: numpy's std of 0.1 in 50 rows is 3e-17 (its mean's rounding), not 0: the
+    column was kept, -1 in every row, and the ELBO in the file's units gained -log 3e-17 =
+    38 nats a row. Every column holding one value is named, whatever its rounding."""
+    rng = np.random.default_rng(0)
+    values = {"a": rng.normal(size=50), "c": np.full(50, 0.1), "d": np.full(50, 1e-3)}
+    pd.DataFrame(values).to_csv(tmp_path / "t.csv", index=False)
+    assert np.asarray(values["c"]).std() > 0  # the rounding this is about
+    with pytest.raises(TableError, match=r"columns: \['c', 'd'\] are constant on the training"):
+        load_data(str(tmp_path / "t.csv"), Preprocessing("normal"))
+
+
 def test_a_column_whose_variance_overflows_is_refused_not_made_zero(tmp_path):
     """Tester CT: values near 1e200 have a variance past float64's 1.8e308: std inf, so
     (x - mean) / std was 0 in every row, the test ELBO -inf, metrics.json's std Infinity.
