@@ -158,6 +158,9 @@ def _refuse_changed_settings(
                 continue  # auto decides from the run's own model and estimator
             if key.startswith("train.compile") and state is None:
                 continue  # nothing trained yet: how its steps run may change (_recompiled)
+            if flag != "--model-opt" and not _model_takes(run_config, key):
+                _note_not_taken(flag, key, run_config)
+                continue
             theirs = _effective(key, then.get(key), run_config, plate)
             if _effective(key, now.get(key), new_config, plate) != theirs:
                 default = f" (its default, {theirs!r})" if then.get(key) is None else ""
@@ -207,6 +210,32 @@ def _effective(key: str, value: Any, config: RunConfig, plate: str | None) -> An
     if section == "model_options" and name in ("hidden_dims", "channels"):
         value = [value] if isinstance(value, int) else value
     return list(value) if isinstance(value, tuple) else value
+
+
+def _model_takes(config: RunConfig, key: str) -> bool:
+    """Whether setting ``key`` reaches the model: not a model option, or one its
+    constructor names (or takes by ``**kwargs``); one it does not take was never passed,
+    as a new run notes (:func:`pyro_vae.cli_config.note_unaccepted`)."""
+    section, _, name = key.partition(".")
+    if section != "model_options":
+        return True
+    try:
+        parameters = inspect.signature(load_object(config.model.spec, "model")).parameters
+    except (TypeError, ValueError):
+        return True
+    kinds = {p.kind for p in parameters.values()}
+    return name in parameters or inspect.Parameter.VAR_KEYWORD in kinds
+
+
+def _note_not_taken(flag: str, key: str, config: RunConfig) -> None:
+    """Say, as a new run says it, that ``flag`` does not reach the resumed run's model
+    (tester CZ: ``--latent-dim`` on a resume of a model taking ``z_dim`` was refused as a
+    change of "the run's None (its default, 20)", a size the run never had)."""
+    name = key.partition(".")[2]
+    print(
+        f"note: {flag} was not passed to {config.model.spec}, whose constructor has no "
+        f"{name!r} argument, and goes unused by the resumed run"
+    )
 
 
 def _parameter_default(owner, name: str) -> Any:

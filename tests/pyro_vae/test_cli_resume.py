@@ -59,3 +59,30 @@ def test_settings_are_compared_as_the_run_uses_them(tmp_path):
     assert _effective("model_options.channels", (8, 4), own, None) == [8, 4]
     assert _effective("train.data_plate", None, own, "data") == "data"  # the plate found
     assert _effective("train.lr", 0.5, own, "data") == 0.5
+
+
+def test_a_standard_flag_the_model_does_not_take_is_noted_on_resume_as_on_a_new_run(
+    tmp_path, capsys
+):
+    """Tester CZ: ``--latent-dim`` on a resume of a model whose constructor takes ``z_dim``
+    (no ``latent_dim``) was refused as changing "the run's None (its default, 20)", a size
+    the run never had; a new run given it says it was not passed. Expected: the same note,
+    and the resume goes on (the flag changes nothing)."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from pyro_vae.cli import main
+
+    data = tmp_path / "x.npy"
+    np.save(data, (np.random.default_rng(0).random((40, 16)) < 0.3).astype(np.float32))
+    example = f"{Path(__file__).parents[1] / 'examples' / 'pyro_style_vae.py'}:PyroStyleVAE"
+    run = tmp_path / "run"
+    fit = ["fit", "--data", str(data), "--model", example, "--model-opt", "z_dim=2"]
+    quick = ["--no-progress", "--ll-samples", "0"]
+    assert main([*fit, *quick, "--epochs", "1", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["fit", "--resume", str(run), "--latent-dim", "5", "--epochs", "2", *quick]) == 0
+    out = capsys.readouterr().out
+    assert f"note: --latent-dim was not passed to {example}" in out
+    assert "'latent_dim' argument, and goes unused by the resumed run" in out
