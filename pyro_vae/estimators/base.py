@@ -9,6 +9,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from pyro.util import check_if_enumerated
 
+from pyro_vae.plate_escapes import refuse_plate_escapes
 from pyro_vae.plates import batch_rows, find_data_plate, subsampled_data_plate
 from pyro_vae.pointwise import particle_rank
 from pyro_vae.pyro_compat import elbo_traces
@@ -71,6 +72,18 @@ class RefusesMaskMismatches:
         refuse_undrawn_latents(type(self).__name__, model_trace, guide_trace)
         return model_trace, guide_trace
 
+    def _get_traces(self, model, guide, args, kwargs):
+        """Pyro's particles' traces, the guide checked first, once per guide and shape of
+        the arguments, for draws outside a plate that read a plate's scored draws
+        (:func:`~pyro_vae.plate_escapes.refuse_plate_escapes`)."""
+        key = (id(guide), argument_shapes((args, kwargs)))
+        checked = self.__dict__.setdefault("_escapes_checked", set())
+        for traces in super()._get_traces(model, guide, args, kwargs):
+            if key not in checked:  # after the first run, which made any lazy parameter
+                refuse_plate_escapes(type(self).__name__, guide, args, kwargs)
+                checked.add(key)
+            yield traces
+
     def _get_vectorized_trace(self, model, guide, args, kwargs):
         """Pyro's one run of the K particles under a plate (``vectorize_particles=True``),
         checked once per model, guide and shape of the arguments against plain runs
@@ -78,7 +91,7 @@ class RefusesMaskMismatches:
         own: a model whose arithmetic pairs the particle dim with one of its own gave
         ``trace`` a gradient 5,971 standard errors from the exact one with no word, where
         ``score`` refused it (tester BK)."""
-        key = (id(model), id(guide), _shapes((args, kwargs)))
+        key = (id(model), id(guide), argument_shapes((args, kwargs)))
         checked = self.__dict__.setdefault("_vectorization_checked", set())
         if self.num_particles == 1 or key in checked:
             return super()._get_vectorized_trace(model, guide, args, kwargs)
@@ -198,7 +211,7 @@ class SurrogateELBO(ELBO):
         shapes; ``w @ X.T`` gave `iwae`, `vimco` and `score` bounds 39 nats below log p(y),
         with no warning, where the diagnostics caught it: tester O; keyed by shape alone, a
         second model went unchecked: tester Q). A minibatch is checked on its own rows."""
-        key = (id(model), id(guide), _shapes((args, kwargs)))
+        key = (id(model), id(guide), argument_shapes((args, kwargs)))
         shared = SharedSubsamples()  # a minibatch's rows, drawn again by the check's runs
         self.subsamples = shared.indices
         model, guide = self._guarded(shared(model), shared(guide), vectorized=True)
@@ -305,15 +318,17 @@ class _NestingGuard(Messenger):
         )
 
 
-def _shapes(value) -> tuple:
+def argument_shapes(value) -> tuple:
     """The shapes of the tensors in ``value`` (nested tuples, lists and dicts), in order:
     what a vectorized run's broadcasting depends on."""
     if torch.is_tensor(value):
         return (tuple(value.shape),)
     if isinstance(value, (tuple, list)):
-        return tuple(shape for item in value for shape in _shapes(item))
+        return tuple(shape for item in value for shape in argument_shapes(item))
     if isinstance(value, dict):
-        return tuple(shape for key in sorted(value, key=str) for shape in _shapes(value[key]))
+        return tuple(
+            shape for key in sorted(value, key=str) for shape in argument_shapes(value[key])
+        )
     return ()
 
 

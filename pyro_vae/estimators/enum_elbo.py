@@ -19,7 +19,7 @@ import torch
 from pyro.infer import TraceEnum_ELBO
 from pyro.infer.inspect import get_dependencies
 
-from pyro_vae.estimators.base import refuse_undrawn_latents
+from pyro_vae.estimators.base import argument_shapes, refuse_undrawn_latents
 from pyro_vae.estimators.capabilities import Capabilities
 from pyro_vae.interruptions import reraise_interruption
 from pyro_vae.objectives import (
@@ -29,6 +29,7 @@ from pyro_vae.objectives import (
     latent_groups,
     refuse_drawn_groups_of_many_elements,
 )
+from pyro_vae.plate_escapes import refuse_plate_escapes
 from pyro_vae.traces import refuse_unscorable_draws
 
 _SHARED_SCALE = "share a common poutine.scale"
@@ -64,6 +65,7 @@ class TraceEnumELBO(TraceEnum_ELBO):
         # model through unchecked (tester T's F2: a gradient 12 standard errors off)
         self._plates_checked: list[tuple] = []
         self._pair: tuple | None = None
+        self._escapes_checked: list[tuple] = []  # (guide, argument shapes), compared by ==
         super().__init__(*args, **kwargs)
 
     def _get_trace(self, model, guide, args, kwargs):
@@ -105,6 +107,11 @@ class TraceEnumELBO(TraceEnum_ELBO):
         self._pair = model, guide
         try:
             loss = method(model, guide, *args, **kwargs)
+            # after that first run, which made any lazy parameter; before any step
+            key = (guide, argument_shapes((args, kwargs)))
+            if not any(pair == key for pair in self._escapes_checked):
+                refuse_plate_escapes("TraceEnumELBO", guide, args, kwargs)
+                self._escapes_checked.append(key)
         except ValueError as err:
             if _SHARED_SCALE not in str(err):
                 raise

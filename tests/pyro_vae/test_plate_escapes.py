@@ -1,0 +1,136 @@
+"""Guide draws outside a plate that read a plate's scored draws (tester DA: q(z) q(g | Σ z)
+gave every plate-Rao-Blackwellizing estimator a biased gradient, 5 to 18 standard errors
+from the exact one, with no word)."""
+
+import itertools
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+from pyro_vae import estimators
+from pyro_vae.estimators.compiled import CompiledELBO
+from pyro_vae.plate_escapes import PlateEscape, plate_escapes, scored_by_pyro
+from pyro_vae.svi_step import GroupedAdam, SVIStep
+
+X = torch.tensor([0.4, 1.7])
+
+
+def model(x):
+    g = pyro.sample("g", dist.Bernoulli(logits=torch.tensor(0.2)))
+    with pyro.plate("data", 2):
+        z = pyro.sample("z", dist.Bernoulli(logits=-0.3 + 1.1 * g))
+        pyro.sample("x", dist.Normal(1.5 * z - 0.8 * g, 1.0), obs=x)
+
+
+def reading_guide(x):  # g drawn after the z's, given their sum
+    u = pyro.param("u", torch.tensor([0.3, -0.5]))
+    with pyro.plate("data", 2):
+        z = pyro.sample("z", dist.Bernoulli(logits=u))
+    pyro.sample("g", dist.Bernoulli(logits=0.1 + 0.9 * z.sum(-1)))
+
+
+def independent_guide(x):  # g drawn after the z's, not reading them
+    u = pyro.param("u", torch.tensor([0.3, -0.5]))
+    with pyro.plate("data", 2):
+        pyro.sample("z", dist.Bernoulli(logits=u))
+    pyro.sample("g", dist.Bernoulli(logits=torch.tensor(0.4)))
+
+
+def global_first_guide(x):  # q(g) q(z_n | g): what the plates declare
+    u = pyro.param("u", torch.tensor([0.3, -0.5]))
+    g = pyro.sample("g", dist.Bernoulli(logits=torch.tensor(0.4)))
+    with pyro.plate("data", 2):
+        pyro.sample("z", dist.Bernoulli(logits=u + g))
+
+
+def exact_elbo(u):
+    """The ELBO of ``reading_guide``, summed over the 8 states (an independent answer)."""
+    total = 0.0
+    for g, z0, z1 in itertools.product([0.0, 1.0], repeat=3):
+        g, z = torch.tensor(g), torch.tensor([z0, z1])
+        log_p = (
+            dist.Bernoulli(logits=torch.tensor(0.2)).log_prob(g)
+            + dist.Bernoulli(logits=-0.3 + 1.1 * g).log_prob(z).sum()
+            + dist.Normal(1.5 * z - 0.8 * g, 1.0).log_prob(X).sum()
+        )
+        log_q = dist.Bernoulli(logits=u).log_prob(z).sum()
+        log_q = log_q + dist.Bernoulli(logits=0.1 + 0.9 * z.sum()).log_prob(g)
+        total = total + log_q.exp() * (log_p - log_q)
+    return total
+
+
+def test_a_global_draw_reading_the_plate_s_draws_is_found_and_others_are_not():
+    pyro.clear_param_store()
+    found = plate_escapes(reading_guide, (X,), {}, scored_by_pyro)
+    assert found == [PlateEscape("z", "data", "g")]
+    for guide in (independent_guide, global_first_guide):
+        assert plate_escapes(guide, (X,), {}, scored_by_pyro) == []
+
+
+def test_a_read_through_a_sum_that_moving_every_element_keeps_is_found_by_the_first_alone():
+    """z = [1, 0] always: every element moved gives [0, 1], the same sum; the first alone
+    moved gives [0, 0]."""
+
+    def guide(x):
+        with pyro.plate("data", 2):
+            z = pyro.sample("z", dist.Bernoulli(probs=torch.tensor([1.0, 0.0])))
+        pyro.sample("g", dist.Normal(z.sum(-1), 1.0))
+
+    assert plate_escapes(guide, (X,), {}, lambda site: True) == [PlateEscape("z", "data", "g")]
+
+
+def test_reparameterized_draws_are_not_scored_by_pyro_s_elbos():
+    def guide(x):
+        with pyro.plate("data", 2):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0))
+        pyro.sample("g", dist.Normal(z.sum(-1), 1.0))
+
+    assert plate_escapes(guide, (X,), {}, scored_by_pyro) == []
+    assert plate_escapes(guide, (X,), {}, lambda site: True) == [PlateEscape("z", "data", "g")]
+
+
+@pytest.mark.parametrize("name", ["trace", "tracegraph", "enum"])
+def test_pyro_s_plate_rao_blackwellizing_elbos_refuse_such_a_guide(name):
+    pyro.clear_param_store()
+    estimator = estimators.get(name)
+    refusal = "guide: site 'g', drawn outside plate 'data', reads the draws of 'z' inside it"
+    with pytest.raises(ValueError, match=refusal):
+        estimator.loss_and_grads(model, reading_guide, X)
+    if name == "trace":  # a compiled step checks the guide outside its recording
+        pyro.clear_param_store()
+        elbo = CompiledELBO(estimators.get(name))
+        with pytest.raises(ValueError, match=refusal):
+            SVIStep(model, reading_guide, GroupedAdam({"lr": 0.01}), elbo).step(X)
+    for guide in (independent_guide, global_first_guide):
+        estimators.get(name).loss_and_grads(model, guide, X)
+
+
+def test_score_scores_such_a_draw_by_the_whole_batch_and_is_unbiased():
+    """Leave-one-out REINFORCE on ``reading_guide``: its mean gradient was 18.5 standard
+    errors from the exact one (3,000 draws of 3 particles); expected within 4."""
+    torch.manual_seed(0)
+    pyro.set_rng_seed(0)
+    pyro.clear_param_store()
+    X64, draws = X.double(), 1500
+    with torch.random.fork_rng(devices=[]):
+        torch.set_default_dtype(torch.float64)
+        try:
+            reading_guide(X64)
+            u = pyro.param("u").unconstrained()
+            exact = -torch.autograd.grad(exact_elbo(u), u)[0]
+            estimator = estimators.get(
+                "score", control_variate="leave-one-out", num_particles=4,
+                vectorize_particles=False,
+            )  # fmt: skip
+            grads = []
+            for _ in range(draws):
+                u.grad = None
+                estimator.loss_and_grads(model, reading_guide, X64)
+                grads.append(u.grad.clone())
+        finally:
+            torch.set_default_dtype(torch.float32)
+    grads = torch.stack(grads)
+    se = grads.std(0) / draws**0.5
+    assert ((grads.mean(0) - exact).abs() < 4 * se).all(), (grads.mean(0), exact, se)
