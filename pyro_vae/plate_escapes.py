@@ -20,6 +20,7 @@ treat it as one (an unbiased signal, a larger variance), never the other way rou
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -47,17 +48,18 @@ def plate_escapes(
 ) -> list[PlateEscape]:
     """Every (plated site, its plate, a later guide site outside that plate reading it) of
     one run of ``guide(*args, **kwargs)``, for the sites ``scored(site)`` selects (those an
-    estimator gives a score-function term). The guide runs without gradients, its random
-    stream and its modules' buffers left as they were, outside any recording of the step
-    (:mod:`pyro_vae.estimators.compiled`); at most two more runs per scored
-    plated site with a later site outside its plate. Call it after the guide's first run
-    (a lazily made parameter drawn here, in the forked stream, would repeat the draws of
-    the run after it)."""
+    estimator gives a score-function term). The guide runs without gradients and its
+    networks in eval mode, its random stream and its modules' buffers left as they were,
+    outside any recording of the step (:mod:`pyro_vae.estimators.compiled`); at most two
+    more runs per scored plated site with a later site outside its plate. Call it after
+    the guide's first run (a lazily made parameter drawn here, in the forked stream, would
+    repeat the draws of the run after it)."""
     with (
+        disable_proxy_modes_tracing(),  # left out of a step being recorded (compiled.py)
         torch.random.fork_rng(devices=[]),
         torch.no_grad(),
         buffers_kept(),
-        disable_proxy_modes_tracing(),  # left out of a step being recorded (compiled.py)
+        _called_in_eval_mode(),
     ):
         trace = poutine.trace(guide).get_trace(*args, **kwargs)
         order = [n for n, s in trace.nodes.items() if _drawn(s)]
@@ -71,6 +73,28 @@ def plate_escapes(
                 readers = _readers(guide, args, kwargs, trace, site, frame, later)
                 found += [PlateEscape(name, frame.name, r) for r in readers]
     return found
+
+
+@contextlib.contextmanager
+def _called_in_eval_mode():
+    """Every ``nn.Module`` called in the block runs in eval mode, its own mode put back on
+    leaving: the check runs between a step's forward and backward passes, and a
+    ``BatchNorm`` in training mode would move its running statistics in place, which that
+    backward pass reads (it failed: "modified by an inplace operation")."""
+    modes: dict[torch.nn.Module, bool] = {}
+
+    def to_eval(module, _inputs) -> None:
+        if module not in modes:
+            modes[module] = module.training
+            module.training = False
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(to_eval)
+    try:
+        yield
+    finally:
+        handle.remove()
+        for module, training in modes.items():
+            module.training = training
 
 
 def _drawn(site: dict) -> bool:

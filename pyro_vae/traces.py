@@ -814,7 +814,10 @@ def buffers_kept():
         handle.remove()
         with torch.no_grad():
             for buffer, value in saved.values():
-                buffer.copy_(value)
+                # only where it moved: a copy bumps the buffer's version, and a graph that
+                # saved it (an autoregressive flow's masks) then fails its backward pass
+                if not torch.equal(buffer, value):
+                    buffer.copy_(value)
         for module in made.values():
             reset = getattr(module, "reset_running_stats", None)
             if reset is not None and not any(map(is_lazy, module.buffers(recurse=False))):

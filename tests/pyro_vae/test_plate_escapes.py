@@ -134,3 +134,24 @@ def test_score_scores_such_a_draw_by_the_whole_batch_and_is_unbiased():
     grads = torch.stack(grads)
     se = grads.std(0) / draws**0.5
     assert ((grads.mean(0) - exact).abs() < 4 * se).all(), (grads.mean(0), exact, se)
+
+
+def test_the_check_between_a_step_s_passes_leaves_a_batchnorm_guide_training():
+    """The check replays the guide after the step's forward pass, before its backward
+    pass: a BatchNorm in training mode would move its running statistics in place, which
+    that backward pass reads. It runs the networks in eval mode and puts their modes back;
+    the step trains, its statistics moved by the step alone (as without the check)."""
+    norm = torch.nn.BatchNorm1d(1)
+
+    def guide(x):
+        pyro.module("norm", norm)
+        u = norm(x.unsqueeze(-1)).squeeze(-1)
+        with pyro.plate("data", 2):
+            z = pyro.sample("z", dist.Bernoulli(logits=u))
+        pyro.sample("g", dist.Bernoulli(logits=0.1 + 0.9 * z.sum(-1)))
+
+    pyro.clear_param_store()
+    estimator = estimators.get("score")
+    estimator.loss_and_grads(model, guide, X)
+    assert norm.training and norm.num_batches_tracked.item() == 1
+    assert estimator._escaped_plates(guide, (X,), {}) == {"z": frozenset({"data"})}

@@ -1035,3 +1035,30 @@ def test_an_autonormal_masked_as_the_model_masks_is_taken():
     pyro.clear_param_store()
     with pytest.raises(ValueError, match=r"masks off elements of 'z'.*AutoNormal under"):
         particle_traces(model, AutoNormal(model), (x,), {}, 4, 1)
+
+
+def test_buffers_kept_puts_back_only_moved_buffers_so_a_graph_saving_the_others_runs():
+    """The guide check of a step (pyro_vae.plate_escapes) runs inside buffers_kept between
+    the step's forward and backward passes: copying back every buffer bumped an
+    autoregressive flow's mask's version, and the step's backward pass failed ("modified
+    by an inplace operation"). A moved buffer is still put back."""
+    from pyro_vae.traces import buffers_kept
+
+    class Masked(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(2, 2))
+            self.register_buffer("mask", torch.tensor([[1.0, 0.0], [1.0, 1.0]]))
+            self.register_buffer("calls", torch.zeros(()))
+
+        def forward(self, x):
+            self.calls += 1
+            return x @ (self.weight * self.mask).T
+
+    net, x = Masked(), torch.randn(4, 2)
+    loss = net(x).pow(2).sum()  # the graph saves the mask
+    with buffers_kept():
+        net(x + 1)
+    assert net.calls.item() == 1  # moved, and put back
+    loss.backward()
+    assert net.weight.grad is not None
