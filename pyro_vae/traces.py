@@ -325,13 +325,18 @@ def refuse_mask_mismatches(model_trace: Trace, guide_trace: Trace) -> None:
 def _refuse_mask_mismatches(model_trace: Trace, guide_trace: Trace) -> None:
     guide_sites, only, drawn = _guide_latents(model_trace, guide_trace)
     for name in drawn:
-        if _scored_where_masked_off(model_trace.nodes[name], guide_sites[name]):
+        flat = guide_sites[name]["infer"].get("flat_prior") is True
+        if not flat and _scored_where_masked_off(model_trace.nodes[name], guide_sites[name]):
             raise ValueError(
                 f"guide: site {name!r} has elements the model masks off (poutine.mask, or "
                 "its distribution's .mask(...)) that the guide draws and scores: log q counts "
                 "them and log p does not, so their entropy enters the estimate, which is then "
                 f"no bound on log p(x); mask the guide's {name!r} alike (poutine.mask around "
-                "it, or .mask(...) on its distribution: either kind counts)"
+                "it, or .mask(...) on its distribution: either kind counts). Where the "
+                "model's other terms still read those elements, its mask makes their prior "
+                "flat and the estimate bounds the evidence under that flat prior: say so by "
+                "drawing the guide's site with infer={'flat_prior': True} (AutoCAVI's "
+                "fitted q does)"
             )
         if _scored_where_masked_off(guide_sites[name], model_trace.nodes[name]):
             raise ValueError(

@@ -93,7 +93,9 @@ class Family:
         return NotConjugateError(
             f"latent site {self.site!r} ({self.name}): its update gives {what}, not a proper "
             f"{self.name}; the model's factors of {self.site!r} do not define a proper "
-            "conditional (check the prior's parameters; with data far from zero, or nearly "
+            "conditional (check the prior's parameters; a prior the model masks off is "
+            "flat, and the data must then make the conditional proper on their own; with "
+            "data far from zero, or nearly "
             "collinear regressors, float64 rounding in the probed factors can do this too: "
             "centre and scale them; so can latents linked far more tightly than their other "
             "scales, a child's sd 10⁻³ of its parent's, " + TIGHT_LINK_ADVICE + ")"

@@ -40,7 +40,12 @@ def not_finite_refusal(site, trace, members, runs) -> str:
     parameter in its domain puts no mass on the data (a Poisson rate λ·s of 0 under a
     positive count: a hard constraint, which was blamed on a parameter leaving its domain,
     tester N2), else a parameter leaving its domain (NaN)."""
-    names = [m.name for m in members]
+    names = ", ".join(
+        f"latent site {m.name!r} ({distribution_name(trace.nodes[m.name])})"
+        if m.name in trace.nodes
+        else repr(m.name)
+        for m in members
+    )
     head = f"factor {site!r} ({distribution_name(trace.nodes[site])}): its log-density is "
     tail = (
         f"it is no conjugate factor of them; AutoCAVI updates only conditionally "
@@ -55,7 +60,9 @@ def not_finite_refusal(site, trace, members, runs) -> str:
         )
     return (
         f"{head}not finite (NaN or +inf) at some probe points of {names}, where its "
-        "parameters leave their domain (a negative scale, a probability above 1): " + tail
+        "parameters leave their domain (a negative scale or rate, a probability above 1): "
+        "a latent whose support reaches beyond that domain (a Normal latent as a Poisson "
+        "rate or as a scale) gives it no conjugate form; " + tail
     )
 
 

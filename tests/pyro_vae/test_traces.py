@@ -1062,3 +1062,29 @@ def test_buffers_kept_puts_back_only_moved_buffers_so_a_graph_saving_the_others_
     assert net.calls.item() == 1  # moved, and put back
     loss.backward()
     assert net.weight.grad is not None
+
+
+def test_a_guide_site_marked_flat_prior_may_score_elements_the_model_masks_off():
+    """A prior the model masks off while its data read the latent is flat (tester DB:
+    AutoCAVI fits such a latent, and the evaluators refused the fit); a guide says so by
+    ``infer={"flat_prior": True}``. Unmarked, the refusal stands, and names that way out."""
+    import pyro.poutine as poutine
+
+    from pyro_vae.traces import refuse_mask_mismatches
+
+    def model():
+        lam = pyro.sample("lam", dist.Gamma(2.0, 1.0).mask(False))
+        pyro.sample("k", dist.Poisson(lam), obs=torch.tensor(3.0))
+
+    def guide(marked):
+        infer = {"flat_prior": True} if marked else {}
+        pyro.sample("lam", dist.Gamma(4.0, 1.0), infer=infer)
+
+    for marked in (True, False):
+        guide_trace = poutine.trace(guide).get_trace(marked)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace()
+        if marked:
+            refuse_mask_mismatches(model_trace, guide_trace)
+            continue
+        with pytest.raises(ValueError, match="infer={'flat_prior': True}"):
+            refuse_mask_mismatches(model_trace, guide_trace)

@@ -263,3 +263,33 @@ def test_a_block_whose_mean_was_taken_as_a_vector_draws_right_under_vectorized_p
     draws = pyro.infer.Predictive(shared, guide=fit.variational_guide(), num_samples=7,
                                   parallel=True)(X, y)  # fmt: skip
     assert draws["w"].shape == (7, 3) and draws["tau"].shape == (7, 1)
+
+
+def test_a_fit_whose_latent_has_a_masked_off_prior_is_taken_by_the_diagnostics():
+    """Tester DB: λ ~ Gamma(2, 1).mask(False), read by the counts, has a flat prior, which
+    AutoCAVI fits exactly (q = Gamma(1 + Σk, N)); elbo_estimate, to_inference_data and
+    psis_khat each refused the fit as a guide scoring elements the model masks off (there,
+    padding nothing reads). Expected: q exact, so every draw's log p(k, λ) − log q(λ) is
+    the flat-prior evidence log ∫ Π Poisson(k | λ) dλ = log Γ(1 + Σk) − (1 + Σk) log N −
+    Σ log k! (a closed form), and the diagnostics take the fit."""
+    from pyro_vae import elbo_estimate, psis_khat, to_inference_data
+
+    k = t([1.0, 3.0, 0.0, 2.0])
+
+    def flat(k):
+        lam = pyro.sample("lam", dist.Gamma(k.new_tensor(2.0), 1.0).mask(False))
+        with pyro.plate("N", len(k)):
+            pyro.sample("k", dist.Poisson(lam), obs=k)
+
+    total = float(k.sum())
+    exact = math.lgamma(1 + total) - (1 + total) * math.log(len(k))
+    exact -= sum(math.lgamma(float(c) + 1) for c in k)
+    fit = AutoCAVI(flat, tol=1e-12).fit(k)
+    assert fit.lower_bound_ == pytest.approx(exact, abs=1e-9)
+    pyro.set_rng_seed(0)
+    estimate = elbo_estimate(flat, fit, k, num_samples=50)
+    assert estimate[0] == pytest.approx(exact, abs=1e-9)
+    idata = to_inference_data(flat, fit, k, num_samples=20)
+    lp, log_q = idata.sample_stats["lp"].values, idata.sample_stats["log_q"].values
+    assert (lp - log_q) == pytest.approx(exact, abs=1e-9)
+    assert psis_khat(flat, fit, k, num_samples=50) < 0.5

@@ -255,3 +255,22 @@ def test_a_shape_error_naming_a_double_tensor_is_the_model_s_own_not_a_dtype_cla
     assert first_run_refusal(caught.value, (torch.zeros(5, dtype=F64),), {}) is None
     clash = RuntimeError("mat1 and mat2 must have the same dtype, but got Double and Float")
     assert "float64" in str(first_run_refusal(clash, (torch.zeros(5, dtype=F64),), {}))
+
+
+def test_a_factor_whose_parameter_leaves_its_domain_names_each_latent_s_distribution():
+    """Tester DB: a Normal latent as a Poisson rate was refused as "not finite at some
+    probe points of ['u']", naming neither u's distribution nor why (a Normal's support
+    reaches negative rates). Expected: the latent named with its distribution, as the
+    other refusals name it, and the reason."""
+    from pyro_vae.cavi import AutoCAVI
+
+    def rate(c):
+        u = pyro.sample("u", dist.Normal(c.new_tensor(2.0), 1.0))
+        with pyro.plate("N", len(c)):
+            pyro.sample("c", dist.Poisson(u), obs=c)
+
+    with pytest.raises(NotConjugateError) as refused:
+        AutoCAVI(rate).fit(t([1.0, 3.0, 0.0, 2.0]))
+    message = str(refused.value)
+    assert "factor 'c' (Poisson)" in message and "latent site 'u' (Normal)" in message
+    assert "(a Normal latent as a Poisson rate or as a scale)" in message
