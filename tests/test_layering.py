@@ -62,7 +62,6 @@ LAYERS: dict[str, int] = {
     "pyro_vae.plates": 3,
     "pyro_vae.minibatch": 3,
     "pyro_vae.traces": 3,
-    "pyro_vae.plate_escapes": 3,
     "pyro_vae.pointwise": 3,
     "pyro_vae.enumerated_sites": 3,
     "pyro_vae.weights": 3,

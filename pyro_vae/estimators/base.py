@@ -9,7 +9,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from pyro.util import check_if_enumerated
 
-from pyro_vae.plate_escapes import refuse_plate_escapes
+from pyro_vae.estimators.plate_escapes import refuse_plate_escapes
 from pyro_vae.plates import batch_rows, find_data_plate, subsampled_data_plate
 from pyro_vae.pointwise import particle_rank
 from pyro_vae.pyro_compat import elbo_traces
@@ -75,7 +75,7 @@ class RefusesMaskMismatches:
     def _get_traces(self, model, guide, args, kwargs):
         """Pyro's particles' traces, the guide checked first, once per guide and shape of
         the arguments, for draws outside a plate that read a plate's scored draws
-        (:func:`~pyro_vae.plate_escapes.refuse_plate_escapes`)."""
+        (:func:`~pyro_vae.estimators.plate_escapes.refuse_plate_escapes`)."""
         key = (id(guide), argument_shapes((args, kwargs)))
         checked = self.__dict__.setdefault("_escapes_checked", set())
         for traces in super()._get_traces(model, guide, args, kwargs):

@@ -80,6 +80,7 @@ from torch.utils import _pytree as pytree
 from pyro_vae import precision
 from pyro_vae.estimators.base import SurrogateELBO
 from pyro_vae.estimators.capabilities import Capabilities, capabilities_of
+from pyro_vae.estimators.plate_escapes import VALUE_READS
 from pyro_vae.model_protocol import declares_recordable
 from pyro_vae.pyro_compat import (
     elbo_loss_particle,
@@ -451,13 +452,7 @@ class CompiledELBO(SurrogateELBO):
 #: ``__array__`` and ``__complex__``, tester BU; ``torch.equal`` and ``torch.allclose``
 #: return a Python bool, tester BX). ``str(t)`` is let through: a message or a log line,
 #: not arithmetic.
-_VALUE_READS = frozenset(
-    getattr(torch.Tensor, name)
-    for name in (
-        "item", "tolist", "numpy", "__array__", "__float__", "__int__", "__complex__",
-        "__bool__", "__index__", "equal", "allclose",
-    )
-) | {torch.equal, torch.allclose}  # fmt: skip
+_VALUE_READS = VALUE_READS
 
 
 class _GradientEdit(RuntimeError):

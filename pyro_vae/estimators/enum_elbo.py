@@ -21,6 +21,7 @@ from pyro.infer.inspect import get_dependencies
 
 from pyro_vae.estimators.base import argument_shapes, refuse_undrawn_latents
 from pyro_vae.estimators.capabilities import Capabilities
+from pyro_vae.estimators.plate_escapes import refuse_plate_escapes
 from pyro_vae.interruptions import reraise_interruption
 from pyro_vae.objectives import (
     check_free_bits,
@@ -29,7 +30,6 @@ from pyro_vae.objectives import (
     latent_groups,
     refuse_drawn_groups_of_many_elements,
 )
-from pyro_vae.plate_escapes import refuse_plate_escapes
 from pyro_vae.traces import refuse_unscorable_draws
 
 _SHARED_SCALE = "share a common poutine.scale"

@@ -26,7 +26,7 @@ log q and everything downstream of it would be scored against each z_n's own ter
 a bias that Pyro's ``Trace_ELBO`` and ``TraceGraph_ELBO`` share, as they Rao-Blackwellize
 by plates alike (tester A: [0.048, 0.646, −0.123] against the exact [0.103, 0.501,
 0.029]; tester DA: 8 to 18 standard errors off). Such reads are found once per guide by
-replaying it (:mod:`pyro_vae.plate_escapes`), and z is then scored by every element's
+replaying it (:mod:`pyro_vae.estimators.plate_escapes`), and z is then scored by every element's
 terms along that plate (unbiased; Pyro's ELBOs refuse the guide instead).
 
 Control variates b (``control_variate=``):
@@ -86,6 +86,7 @@ from torch import nn
 from pyro_vae.checks import check_widths
 from pyro_vae.estimators.base import SurrogateELBO, argument_shapes, check_flag
 from pyro_vae.estimators.capabilities import Capabilities
+from pyro_vae.estimators.plate_escapes import possible_plate_escapes
 from pyro_vae.objectives import (
     check_free_bits,
     check_free_bits_groups,
@@ -93,7 +94,6 @@ from pyro_vae.objectives import (
     latent_groups,
     whole_group_cost,
 )
-from pyro_vae.plate_escapes import plate_escapes
 from pyro_vae.plates import batch_rows, frames_in, require_data_plate
 from pyro_vae.traces import full_rank, is_point_mass
 
@@ -124,7 +124,7 @@ def _rao_blackwellized_signal(
     name, dim, size and counter, never by dim alone (two sibling plates at dim −1 are
     independent of each other, not aligned element by element). The plates named in
     ``escaped``, whose elements' draws of ``site`` a guide site outside them reads
-    (:mod:`pyro_vae.plate_escapes`), count as other plates: each element is scored by
+    (:mod:`pyro_vae.estimators.plate_escapes`), count as other plates: each element is scored by
     all their elements' terms.
     """
     own = {f for f in site["cond_indep_stack"] if f.vectorized and f.name not in escaped}
@@ -334,13 +334,13 @@ class ScoreFunctionELBO(SurrogateELBO):
 
     def _escaped_plates(self, guide, args, kwargs) -> dict[str, frozenset]:
         """{guide site: the plates along which its score may not be Rao-Blackwellized, a
-        guide site outside them reading its draws there} (:mod:`pyro_vae.plate_escapes`;
+        guide site outside them reading its draws there} (:mod:`pyro_vae.estimators.plate_escapes`;
         tester DA: q(z) q(g | Σ_n z_n), 8 to 18 standard errors off), found once per
         guide and shape of the arguments."""
         key = (id(guide), argument_shapes((args, kwargs)))
         found = self.__dict__.setdefault("_escaped", {})
         if key not in found:
-            escapes = plate_escapes(guide, args, kwargs, lambda site: True)
+            escapes = possible_plate_escapes(guide, args, kwargs, lambda site: True)
             plates: dict[str, set] = {}
             for e in escapes:
                 plates.setdefault(e.site, set()).add(e.plate)

@@ -1038,10 +1038,10 @@ def test_an_autonormal_masked_as_the_model_masks_is_taken():
 
 
 def test_buffers_kept_puts_back_only_moved_buffers_so_a_graph_saving_the_others_runs():
-    """The guide check of a step (pyro_vae.plate_escapes) runs inside buffers_kept between
-    the step's forward and backward passes: copying back every buffer bumped an
-    autoregressive flow's mask's version, and the step's backward pass failed ("modified
-    by an inplace operation"). A moved buffer is still put back."""
+    """The guide check of a step (pyro_vae.estimators.plate_escapes) runs inside
+    buffers_kept between the step's forward and backward passes: copying back every buffer
+    bumped an autoregressive flow's mask's version, and the step's backward pass failed
+    ("modified by an inplace operation"). A moved buffer is still put back."""
     from pyro_vae.traces import buffers_kept
 
     class Masked(torch.nn.Module):

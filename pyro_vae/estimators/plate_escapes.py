@@ -1,0 +1,275 @@
+"""Guide draws outside a plate that read a plate's scored draws, found by provenance.
+
+A score-function gradient Rao-Blackwellized by plates scores element n of a plated draw
+z by the terms of element n and by those outside the plate: Pyro's ``Trace_ELBO``,
+``TraceGraph_ELBO`` and ``TraceEnum_ELBO`` for a site without ``rsample``, and
+:class:`~pyro_vae.estimators.score_function.ScoreFunctionELBO` for every site. That is
+unbiased where nothing drawn outside the plate reads z. A guide q(z) q(g | Σ_n z_n)
+makes g, and every term of element n′ that reads g, depend on z_n: terms the signal
+leaves out (tester DA: each of those estimators 5 to 18 standard errors from the exact
+gradient, with no word).
+
+:func:`plate_escapes` runs the guide once with each draw's value tracked through every
+torch operation (the provenance of Pyro's :func:`pyro.infer.inspect.get_dependencies`):
+a later guide site outside z's plate whose log-density's provenance holds z, directly or
+through other draws, reads it; so does every site drawn after a value of z was read out
+of a tensor into Python (``if z.sum() > 1:``, ``int(z)``), whose effect no provenance
+follows. A first version replayed the guide with z's draws moved and compared densities,
+which missed reads that the moves left unchanged (an xor of two elements, a low-entropy
+count, a branch on one draw) and crashed guides whose later supports followed z (tester
+DC). A site inside the plate that reads other elements' draws breaks the plate's own
+declaration (its elements conditionally independent), as in a model; it is not looked for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from pyro.ops.provenance import ProvenanceTensor, get_provenance
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
+from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing
+
+from pyro_vae.pyro_compat import provenance_parts
+from pyro_vae.traces import buffers_kept, is_point_mass
+
+#: Tensor methods that read a value out of a tensor into Python.
+VALUE_READS = frozenset(
+    getattr(torch.Tensor, name)
+    for name in (
+        "item", "tolist", "numpy", "__array__", "__float__", "__int__", "__complex__",
+        "__bool__", "__index__", "equal", "allclose",
+    )
+) | {torch.equal, torch.allclose}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PlateEscape:
+    """``reader``, a guide site outside plate ``plate``, drawn from a density that reads
+    ``site``'s draws inside it."""
+
+    site: str
+    plate: str
+    reader: str
+
+
+def plate_escapes(
+    guide, args: tuple, kwargs: dict, scored: Callable[[dict], bool]
+) -> list[PlateEscape] | None:
+    """Every (plated site, its plate, a later guide site outside that plate reading it) of
+    one run of ``guide(*args, **kwargs)``, for the sites ``scored(site)`` selects (those an
+    estimator gives a score-function term); ``None`` where the tracked run failed (an
+    operation the tracking cannot follow), so that nothing is known.
+
+    The guide runs once, without gradients, with validation off (a check reads values)
+    and its networks in eval mode, its random stream and its modules' buffers left as
+    they were, outside any recording of the step (:mod:`pyro_vae.estimators.compiled`).
+    Call it after the guide's first run: a lazily made parameter drawn here, in the
+    forked stream, would repeat the draws of the run after it."""
+    tracker = _Tracker()
+    try:
+        with _quiet_run():
+            trace = poutine.trace(tracker(guide)).get_trace(*args, **kwargs)
+            parents = _parents(trace, tracker)
+    except Exception:  # noqa: BLE001 (the guide's own error, under tracking: unknown)
+        return None
+    finally:
+        tracker.close()
+    ancestors: dict[str, frozenset] = {}
+    for name, direct in parents.items():  # in the guide's order
+        ancestors[name] = direct.union(*(ancestors.get(p, frozenset()) for p in direct))
+    found = []
+    for name in parents:
+        site = trace.nodes[name]
+        if not scored(site) or is_point_mass(site["fn"]) or site["is_observed"]:
+            continue
+        for plate in (f.name for f in site["cond_indep_stack"] if f.vectorized):
+            found += [
+                PlateEscape(name, plate, reader)
+                for reader in parents
+                if name in ancestors[reader] and not _inside(trace.nodes[reader], plate)
+            ]
+    return found
+
+
+def possible_plate_escapes(
+    guide, args: tuple, kwargs: dict, scored: Callable[[dict], bool]
+) -> list[PlateEscape]:
+    """:func:`plate_escapes`, or where the guide cannot be tracked, every later site
+    outside a scored site's plate taken as reading it (so an estimator that treats each
+    as a read stays unbiased)."""
+    found = plate_escapes(guide, args, kwargs, scored)
+    if found is not None:
+        return found
+    with _quiet_run():
+        trace = poutine.trace(guide).get_trace(*args, **kwargs)
+    order = [n for n, s in trace.nodes.items() if s["type"] == "sample"]
+    order = [n for n in order if not site_is_subsample(trace.nodes[n])]
+    return [
+        PlateEscape(name, frame.name, reader)
+        for i, name in enumerate(order)
+        if scored(trace.nodes[name]) and not is_point_mass(trace.nodes[name]["fn"])
+        for frame in trace.nodes[name]["cond_indep_stack"]
+        if frame.vectorized
+        for reader in order[i + 1 :]
+        if not _inside(trace.nodes[reader], frame.name)
+    ]
+
+
+@contextlib.contextmanager
+def _quiet_run():
+    """What the tracked run runs under: no recording, its own random stream, no gradients,
+    no validation, buffers put back, networks in eval mode."""
+    with (
+        disable_proxy_modes_tracing(),  # left out of a step being recorded (compiled.py)
+        torch.random.fork_rng(devices=[]),
+        torch.no_grad(),
+        pyro.validation_enabled(False),
+        buffers_kept(),
+        _called_in_eval_mode(),
+    ):
+        yield
+
+
+def _parents(trace, tracker: _Tracker) -> dict[str, frozenset]:
+    """{site: the draws its log-density reads, and those read into Python before it was
+    drawn}, for every sample site of ``trace`` in order (not a plate's subsample)."""
+    parents = {}
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or site_is_subsample(site):
+            continue
+        value = site["value"]
+        plain = provenance_parts(value)[0] if isinstance(value, ProvenanceTensor) else value
+        read = get_provenance(site["fn"].log_prob(plain))
+        parents[name] = (frozenset(read) | tracker.read_before.get(name, frozenset())) - {name}
+    return parents
+
+
+def _inside(site: dict, plate: str) -> bool:
+    return any(f.name == plate and f.vectorized for f in site["cond_indep_stack"])
+
+
+class _Tracker(Messenger):
+    """Each draw's value tracked as its own name (:class:`_Tracked`), and, for each site,
+    the draws whose values were read into Python before it was drawn."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[frozenset] = []
+        self.read_before: dict[str, frozenset] = {}
+        _ACTIVE.append(self)
+
+    def close(self) -> None:
+        if self in _ACTIVE:
+            _ACTIVE.remove(self)
+
+    def _pyro_post_sample(self, msg) -> None:
+        if site_is_subsample(msg):
+            return
+        self.read_before[msg["name"]] = frozenset().union(*self.reads)
+        value = msg["value"]
+        if isinstance(value, ProvenanceTensor):
+            value = provenance_parts(value)[0]
+        msg["value"] = _Tracked(value, frozenset({msg["name"]}))
+
+
+_ACTIVE: list[_Tracker] = []
+
+
+class _Tracked(ProvenanceTensor):
+    """Pyro's ``ProvenanceTensor`` whose results stay of this class, and whose value reads
+    (:data:`VALUE_READS`) are recorded by the active tracker."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        found: list[frozenset] = []
+        plain_args = tuple(_strip(a, found) for a in args)
+        plain_kwargs = {k: _strip(v, found) for k, v in kwargs.items()} if kwargs else {}
+        if found and func in VALUE_READS and _ACTIVE:
+            _ACTIVE[-1].reads.append(frozenset().union(*found))
+        result = func(*plain_args, **plain_kwargs)
+        return _wrap(result, frozenset().union(*found)) if found else result
+
+
+def _strip(value, found: list):
+    if isinstance(value, ProvenanceTensor):
+        tensor, provenance = provenance_parts(value)
+        found.append(provenance)
+        return tensor
+    if type(value) in (list, tuple):
+        return type(value)(_strip(v, found) for v in value)
+    return value
+
+
+def _wrap(value, provenance: frozenset):
+    if isinstance(value, torch.Tensor):
+        return _Tracked(value, provenance)
+    if isinstance(value, (list, tuple)):
+        items = [_wrap(v, provenance) for v in value]
+        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
+    return value
+
+
+@contextlib.contextmanager
+def _called_in_eval_mode():
+    """Every ``nn.Module`` called in the block runs in eval mode, its own mode put back on
+    leaving: the check runs between a step's forward and backward passes, and a
+    ``BatchNorm`` in training mode would move its running statistics in place, which that
+    backward pass reads (it failed: "modified by an inplace operation")."""
+    modes: dict[torch.nn.Module, bool] = {}
+
+    def to_eval(module, _inputs) -> None:
+        if module not in modes:
+            modes[module] = module.training
+            module.training = False
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(to_eval)
+    try:
+        yield
+    finally:
+        handle.remove()
+        for module, training in modes.items():
+            module.training = training
+
+
+def scored_by_pyro(site: dict) -> bool:
+    """Whether Pyro's ``Trace_ELBO`` (and ``TraceGraph_ELBO``, ``TraceEnum_ELBO``) gives
+    ``site`` a score-function term: drawn without ``rsample``, not enumerated."""
+    return not site["fn"].has_rsample and site["infer"].get("enumerate") is None
+
+
+def refuse_plate_escapes(estimator: str, guide, args: tuple, kwargs: dict) -> None:
+    """Refuse a guide with a site outside a plate that reads a plate's draw that
+    ``estimator`` (one of Pyro's ELBOs) scores by plates (:func:`plate_escapes`); warn
+    where the guide could not be tracked.
+
+    Raises:
+        ValueError: naming the reader, the plate, the draw and the ways out."""
+    found = plate_escapes(guide, args, kwargs, scored_by_pyro)
+    if found is None:
+        warnings.warn(
+            f"{estimator}: the guide could not be run with its draws tracked, so whether a "
+            "site outside a plate reads a plate's score-function draws (which would bias "
+            "this estimator's gradient) is unchecked; estimator 'score' scores such draws "
+            "by the whole batch wherever it cannot tell",
+            stacklevel=3,
+        )
+        return
+    if not found:
+        return
+    e = found[0]
+    raise ValueError(
+        f"guide: site {e.reader!r}, drawn outside plate {e.plate!r}, reads the draws of "
+        f"{e.site!r} inside it; {estimator} scores each element of {e.site!r} by that "
+        "element's terms and those outside the plate (Rao-Blackwellization by plates, as "
+        f"Pyro's ELBOs do), leaving out the other elements' terms that {e.reader!r} "
+        f"reaches: a biased gradient. Expected {e.reader!r} drawn first and {e.site!r} "
+        "given it (q(g) q(z_n | g), not q(z) q(g | z)), or estimator 'score', which scores "
+        f"{e.site!r} by the whole batch's terms here"
+    )
