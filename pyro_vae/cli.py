@@ -698,8 +698,8 @@ def _run_command(handler, args: argparse.Namespace, argv: list[str]) -> int:
                 raise ValueError(
                     f"{args.command}: runs in one process, and torchrun started "
                     f"{os.environ.get('WORLD_SIZE')}; run `pyro-vae {args.command} ...` "
-                    "without torchrun (each rank repeated the whole work: tester BJ)"
-                )
+                    "without torchrun (each rank would repeat the whole work)"
+                )  # tester BJ: each rank repeated it
             if getattr(args, "nproc", 1) > 1:
                 return _launch(argv, args)
             with session():

@@ -189,8 +189,8 @@ class ShardedSource:
             raise ValueError(
                 f"validation: {n} held-out rows cannot be split over {self.world} ranks; "
                 f"expected at least one row per rank: a larger val_fraction (--val-fraction), "
-                "or 0 for no validation set (tester CS)"
-            )
+                "or 0 for no validation set"
+            )  # tester CS
         part = shard_of(n, self.rank, self.world)
         self.validation_rows = part.stop - part.start
         return ValidationSet(

@@ -485,8 +485,8 @@ def refuse_batch_terms(model, world: int) -> None:
             f"(the model's batch_terms), and on {world} ranks each would make its own "
             "part's, which is not the single-process step; expected one process (the "
             "class declares the term, so options that leave it out, such as M2's alpha=0, "
-            "are refused alike: tester CS)"
-        )
+            "are refused alike)"
+        )  # tester CS
 
 
 def refuse_before_launch(elbo: ELBO, batch_size: int, world: int, device: torch.device) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import re
 from functools import cache
 from pathlib import Path
 
@@ -309,3 +310,28 @@ def test_tests_mirror_the_package_file_for_file(package):
         if not test.exists():
             missing.append(str(test.relative_to(ROOT)))
     assert not missing, missing
+
+
+def test_no_user_facing_message_names_a_tester():
+    """Tester references belong in comments and docstrings: tester DD found "tester BJ"
+    and "tester CS" inside refusals users read."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Module | ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+            and isinstance(node.body[0].value, ast.Constant)
+        }
+        found += [
+            f"{path}:{node.lineno}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and id(node) not in docstrings
+            and re.search(r"\btester\b", node.value, re.IGNORECASE)
+        ]
+    assert not found, found

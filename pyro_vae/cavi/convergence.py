@@ -75,8 +75,7 @@ def warn_sweeps_unconverged(bounds: list, max_iter: int, tol: float, overrelax: 
             f"sweeps moving the bound up and down by up to {size:.3g} nats: no sweep lowers "
             "it but for float64 rounding, so the sweeps are at the floor rounding sets (the "
             "bound is large, or the data far from zero) and more will not help. Centre and "
-            f"scale the data, or fit with tol above {size:.1g} (tester 15: Poisson counts "
-            "near 10⁶)",
+            f"scale the data, or fit with tol above {size:.1g}",  # tester 15: counts near 10⁶
             ConvergenceWarning,
             stacklevel=3,
         )
