@@ -403,6 +403,7 @@ class RunFolder:
         self.path = Path(path)
         self._config: dict[str, Any] | None = None
         self._claimed = False  # held by this process's RunLock (a fit)
+        self._command = False  # held so by `pyro-vae fit`, whose config.json it is
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -412,7 +413,7 @@ class RunFolder:
         """Whether a command holds the folder through this object, its config.json its
         own (``pyro-vae fit`` claims the folder, then writes or reads it, then trains), not
         one a fit from Python found there."""
-        return self._claimed or self._config is not None
+        return self._command or self._config is not None
 
     @property
     def has_checkpoint(self) -> bool:
@@ -661,9 +662,16 @@ class RunFolder:
             return False
         return isinstance(config, dict) and config.get("format") == FORMAT
 
-    def claim(self) -> RunLock:
-        """Hold the folder for this process (see :class:`RunLock`)."""
-        return RunLock(self).acquire()
+    def claim(self, command: bool = True) -> RunLock:
+        """Hold the folder for this process (see :class:`RunLock`); ``command``: for a
+        command of the command line (its config.json is the one in the folder), not a
+        :func:`pyro_vae.fit` from Python."""
+        return RunLock(self, command).acquire()
+
+    @property
+    def claimed(self) -> bool:
+        """Whether this process holds the folder (:meth:`claim`)."""
+        return self._claimed
 
     def refuse_if_in_use(self) -> None:
         """Refuse the folder where another process holds it, as :meth:`claim` would, without
@@ -911,8 +919,9 @@ class RunLock:
     holder's pid; a folder whose holder died (``kill -9``) is free again.
     """
 
-    def __init__(self, run: RunFolder) -> None:
+    def __init__(self, run: RunFolder, command: bool = True) -> None:
         self.run, self._fd, self._created, self._found = run, None, False, set()
+        self._command = command
         self._made: list[Path] = []
 
     def acquire(self) -> RunLock:
@@ -950,7 +959,7 @@ class RunLock:
             if mapped is None:
                 raise
             raise mapped from err
-        self.run._claimed = True
+        self.run._claimed, self.run._command = True, self._command
         return self
 
     def release(self) -> None:
@@ -962,7 +971,7 @@ class RunLock:
         saw a refused ``--resume`` leave its pid)."""
         if self._fd is None:
             return
-        self.run._claimed = False
+        self.run._claimed = self.run._command = False
         path, locks = self.run.path, {".lock", ".metrics.lock"}
         try:
             os.ftruncate(self._fd, 0)

@@ -612,6 +612,24 @@ def started_by_torchrun() -> bool:
     return world_size() > 1
 
 
+def refuse_torchrun_without_group(run) -> None:
+    """Refuse ``fit`` in one of several processes torchrun started that joined no process
+    group (its script left out :func:`session`): each would train a model of its own on
+    the whole data, and every one write ``run`` (tester DD: two ranks' runs, one of them
+    lost, the folder saying one process).
+
+    Raises:
+        ValueError: naming the processes and the way out."""
+    if current().world == 1 and started_by_torchrun():
+        writes = f", and each write {run.path}" if run is not None else ""
+        raise ValueError(
+            f"fit: torchrun started {world_size()} processes, and this one joined no "
+            f"process group: each would train a model of its own on the whole data{writes}; "
+            "expected fit inside `with pyro_vae.distributed.session():` (which joins them, "
+            "so that each trains on its part of every batch), or one process"
+        )
+
+
 @contextlib.contextmanager
 def session() -> Iterator[Group]:
     """Join the process group torchrun's environment describes (``WORLD_SIZE`` > 1), for

@@ -82,7 +82,12 @@ from pyro_vae.data_source import (
     TrainingBatches,
 )
 from pyro_vae.devices import move_modules, on_device, resolve_device
-from pyro_vae.distributed import SynchronizedELBO, current, refuse_batch_terms
+from pyro_vae.distributed import (
+    SynchronizedELBO,
+    current,
+    refuse_batch_terms,
+    refuse_torchrun_without_group,
+)
 from pyro_vae.divergence import DivergenceGuard, TrainingDiverged
 from pyro_vae.early_stopping import EarlyStopping
 from pyro_vae.estimators import names as estimator_names
@@ -223,12 +228,42 @@ def fit(
             ``tensorboard`` package (an ``ImportError``), before anything is trained.
         pyro_vae.plates.DataPlateError: minibatches of a model without a per-datapoint plate.
         pyro_vae.checkpoint.RunFolderError: ``run`` holds a checkpoint, without ``resume``.
+        pyro_vae.checkpoint.RunInUseError: another process holds ``run`` (a fit claims it
+            with an ``flock`` before any work).
+        ValueError: one of several processes torchrun started, outside
+            :func:`pyro_vae.distributed.session` (each would train its own model).
         TrainingDiverged: the loss became NaN or infinite.
     """
     config = config or TrainConfig()
+    run = RunFolder(run) if isinstance(run, (str, os.PathLike)) else run
+    refuse_torchrun_without_group(run)
+    with _held(run):
+        return _fit(
+            model, guide, data, elbo, config, run, resume, on_ready, resume_state,
+            evaluated_per_datapoint,
+        )  # fmt: skip
+
+
+@contextlib.contextmanager
+def _held(run: RunFolder | None):
+    """``run`` claimed for a fit from Python (``pyro-vae fit`` claims it first), by the
+    rank that writes it: a second fit into the folder, even one started at the same
+    moment, is refused with :class:`~pyro_vae.checkpoint.RunInUseError` (tester DD: two
+    Python fits started together both trained, and both wrote it)."""
+    if run is None or run.claimed or not current().is_writer:
+        yield
+        return
+    with run.claim(command=False):
+        yield
+
+
+def _fit(
+    model, guide, data, elbo, config, run, resume, on_ready, resume_state,
+    evaluated_per_datapoint,
+) -> FitResult:  # fmt: skip
+    """:func:`fit`, ``run`` held."""
     terms = batch_terms(model)  # training-objective factors beyond the ELBO (M2's α term)
     model, guide, config = _beta_from_handlers(model, guide, config)
-    run = RunFolder(run) if isinstance(run, (str, os.PathLike)) else run
     config = _tensorboard_if_installed(config, resume)  # resumed without the package: off
     _refuse_bad_arguments(model, guide, elbo, run, resume, resume_state, config)
     whole = labelled_data(model, data)  # (x, y, observed) batches for a model that uses labels

@@ -1041,6 +1041,36 @@ def test_a_fit_into_a_folder_with_a_checkpoint_is_refused_unless_it_resumes(digi
     assert RunFolder(run).load_checkpoint()["epoch"] == 3
 
 
+def test_a_python_fit_holds_its_folder_so_a_fit_started_beside_it_is_refused(digits, tmp_path):
+    """Tester DD: two Python ``fit(run=...)`` started at the same moment both trained and
+    both wrote the folder (only ``pyro-vae fit`` took its lock). Expected: a fit holds the
+    folder before any work, as the command line does, and one beside it is refused; the
+    folder is free again once the first lets it go."""
+    from pyro_vae.checkpoint import RunInUseError
+
+    run = tmp_path / "run"
+    model, guide = small_vae(digits)
+    with RunFolder(run).claim(command=False):  # another fit's hold, as its flock holds it
+        with pytest.raises(RunInUseError, match="in use"):
+            fit(model, guide, digits, Trace_ELBO(), quiet(epochs=1), run=run)
+    assert not RunFolder(run).has_checkpoint
+    fit(model, guide, digits, Trace_ELBO(), quiet(epochs=1), run=run)
+    assert RunFolder(run).has_checkpoint
+
+
+def test_a_fit_in_one_of_torchrun_s_processes_outside_a_session_is_refused(
+    digits, tmp_path, monkeypatch
+):
+    """Tester DD: a torchrun script calling ``fit`` without ``session()`` trained one model
+    per rank on the whole data, each writing the folder (one run lost, the folder saying
+    one process). Expected: refused before any work, naming the way out."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    model, guide = small_vae(digits)
+    with pytest.raises(ValueError, match="torchrun started 2 processes, and this one joined no"):
+        fit(model, guide, digits, Trace_ELBO(), quiet(epochs=1), run=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def _cli_config(tmp_path, **train) -> dict:
     """A command line's config.json of a digits run of ``small_vae``'s shape."""
     from pyro_vae.run_config import ModelConfig, RunConfig
