@@ -554,7 +554,7 @@ def _where_it_stopped(args: argparse.Namespace) -> str:
         nproc = f" --nproc {processes}" if processes > 1 else ""
         return (
             f"{run.path} holds the checkpoint of epoch {epoch}; continue with "
-            f"`pyro-vae fit --resume {run.path}{nproc}`"
+            f"`pyro-vae fit --resume {run.path}{nproc}{_epochs_not_recorded(args, run)}`"
         )
     # no checkpoint yet: no epoch had finished, or the first one's write was cut off
     # (tester AX: "no epoch had finished" after epoch 1 had)
@@ -569,6 +569,19 @@ def _where_it_stopped(args: argparse.Namespace) -> str:
             f"`pyro-vae fit --resume {run.path}{again}`"
         )
     return f"{none}; start it over with `pyro-vae fit --restart --out {run.path} ...`"
+
+
+def _epochs_not_recorded(args: argparse.Namespace, run: RunFolder) -> str:
+    """`` --epochs N`` where a resume asked for N epochs and config.json does not yet say
+    so (tester DD: a resume to 30 epochs stopped in its first seconds advised a command
+    that trained nothing, config.json still saying 5), else ''."""
+    if not args.resume or args.epochs is None:
+        return ""
+    try:
+        recorded = (run.read_config().get("train") or {}).get("epochs")
+    except (RunFolderError, OSError, ValueError):
+        recorded = None
+    return "" if recorded == args.epochs else f" --epochs {args.epochs}"
 
 
 def _raised_in_user_code(err: BaseException) -> str:

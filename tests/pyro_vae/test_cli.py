@@ -2248,3 +2248,37 @@ def test_fit_out_into_a_python_fit_s_folder_does_not_send_the_user_to_resume_it(
     err = capsys.readouterr().err
     assert "it was fit from Python (no config.json), so resume it there" in err
     assert "--resume" not in err
+
+
+def test_a_resume_stopped_before_its_config_is_written_advises_its_own_epochs(
+    tmp_path, capsys, monkeypatch
+):
+    """Tester DD: Ctrl-C in the first seconds of ``fit --resume RUN --epochs 30`` advised
+    ``pyro-vae fit --resume RUN``, and that command trained nothing: config.json still
+    said the run's 5 epochs. Expected: the advice keeps ``--epochs 30`` until config.json
+    records it, and leaves it out once it does."""
+    import pyro_vae.cli as cli
+    from pyro_vae.cli import main
+
+    run = tmp_path / "run"
+    assert main(["fit", "--epochs", "1", "--out", str(run), *FAST]) == 0
+    capsys.readouterr()
+    train = cli.fit
+
+    def stopped_at_once(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "fit", stopped_at_once)
+    assert main(["fit", "--resume", str(run), "--epochs", "3", "--no-progress"]) == 130
+    err = capsys.readouterr().err
+    assert f"continue with `pyro-vae fit --resume {run} --epochs 3`" in err, err
+
+    def stopped_once_ready(*args, on_ready=None, **kwargs):
+        on_ready()  # config.json now says 3 epochs
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "fit", stopped_once_ready)
+    assert main(["fit", "--resume", str(run), "--epochs", "3", "--no-progress"]) == 130
+    err = capsys.readouterr().err
+    assert f"continue with `pyro-vae fit --resume {run}`" in err, err
+    monkeypatch.setattr(cli, "fit", train)
