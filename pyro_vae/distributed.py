@@ -426,7 +426,8 @@ class Group:
             raise ValueError(
                 f"batch_size: the last batch of an epoch, {last} rows ({rows} rows in batches "
                 f"of {batch_size}), cannot be split over {self.world} ranks; expected at "
-                "least one row per rank (--drop-last, drop_last=True from Python, drops it)"
+                "least one row per rank (--drop-last, drop_last=True from Python, drops it; "
+                "a run being resumed keeps its own batches: resume it on fewer processes)"
             )
 
 
@@ -503,7 +504,7 @@ def refuse_before_launch(elbo: ELBO, batch_size: int, world: int, device: torch.
     if batch_size < world:
         raise ValueError(
             f"batch_size: {batch_size} rows cannot be split over {world} ranks; expected at "
-            "least one row per rank"
+            f"least one row per rank (batch_size {world} or more), or fewer processes"
         )
     refuse_more_ranks_than_the_machine(world, device)
 

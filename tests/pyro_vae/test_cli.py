@@ -1306,7 +1306,11 @@ def test_the_ranks_fit_nproc_starts_are_marked_as_launched(monkeypatch):
     [
         (["--estimator", "score", "--estimator-opt", "control_variate=ema"], "keeps state"),
         (["--estimator", "tracegraph"], "TraceGraphELBO: it keeps state between steps,"),
-        (["--batch-size", "1"], "batch_size: 1 rows cannot be split over 2 ranks"),
+        (
+            ["--batch-size", "1"],
+            "batch_size: 1 rows cannot be split over 2 ranks; expected at least one row per "
+            "rank (batch_size 2 or more)",
+        ),
         # tester AA: each rank decided on its half-batch, free bits at batch size B/2
         (["--free-bits", "0.5"], "free_bits: 0.5 decides per batch which latent sites"),
         # tester AB: refused on each rank after both started, two messages and the launcher's

@@ -186,7 +186,10 @@ def test_a_model_without_data_plate_or_a_batch_smaller_than_the_group_is_refused
     elbo, group = estimators.get("trace"), Group(1, 4)
     with pytest.raises(ValueError, match="model: no per-datapoint plate"):
         group.refuse_unsupported(elbo, None, 8, 32)
-    with pytest.raises(ValueError, match=r"the last batch of an epoch, 2 rows .*--drop-last"):
+    with pytest.raises(
+        ValueError,
+        match=r"the last batch of an epoch, 2 rows .*--drop-last.*resume it on fewer processes",
+    ):
         group.refuse_unsupported(elbo, "data", 8, 34)
     with pytest.raises(ValueError, match="batch_size: a batch of 3 rows"):
         group.refuse_unsupported(elbo, "data", 3, 30)
