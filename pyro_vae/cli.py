@@ -575,13 +575,14 @@ def _epochs_not_recorded(args: argparse.Namespace, run: RunFolder) -> str:
     """`` --epochs N`` where a resume asked for N epochs and config.json does not yet say
     so (tester DD: a resume to 30 epochs stopped in its first seconds advised a command
     that trained nothing, config.json still saying 5), else ''."""
-    if not args.resume or args.epochs is None:
+    epochs = getattr(args, "epochs", None)  # (a rank's own arguments may not hold it)
+    if not args.resume or epochs is None:
         return ""
     try:
         recorded = (run.read_config().get("train") or {}).get("epochs")
     except (RunFolderError, OSError, ValueError):
         recorded = None
-    return "" if recorded == args.epochs else f" --epochs {args.epochs}"
+    return "" if recorded == epochs else f" --epochs {epochs}"
 
 
 def _raised_in_user_code(err: BaseException) -> str:

@@ -60,9 +60,9 @@ def not_finite_refusal(site, trace, members, runs) -> str:
         )
     return (
         f"{head}not finite (NaN or +inf) at some probe points of {names}, where its "
-        "parameters leave their domain (a negative scale or rate, a probability above 1): "
-        "a latent whose support reaches beyond that domain (a Normal latent as a Poisson "
-        "rate or as a scale) gives it no conjugate form; " + tail
+        "parameters leave their domain (a negative scale or rate, a probability above 1), "
+        "as a latent whose support reaches beyond it takes them (a Normal latent as a "
+        "Poisson rate or as a scale): " + tail
     )
 
 
