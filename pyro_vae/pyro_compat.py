@@ -162,6 +162,22 @@ def provenance_parts(value) -> tuple[torch.Tensor, frozenset]:
     return value._t, value._provenance
 
 
+def strip_provenance(value, found: list):
+    """``value`` with every ``ProvenanceTensor`` in it (itself, or an item of a tuple or
+    list: where a torch op's tensors are) replaced by its plain tensor, each one's
+    provenance appended to ``found``: one pass over an op's argument, for the provenance
+    trackers (:mod:`pyro_vae.cavi.provenance`, :mod:`pyro_vae.estimators.plate_escapes`)."""
+    from pyro.ops.provenance import ProvenanceTensor
+
+    if isinstance(value, ProvenanceTensor):
+        tensor, provenance = provenance_parts(value)
+        found.append(provenance)
+        return tensor
+    if type(value) in (list, tuple):
+        return type(value)(strip_provenance(v, found) for v in value)
+    return value
+
+
 def distribution_mask(distribution) -> Any:
     """The mask of a ``pyro.distributions.MaskedDistribution`` (what ``.mask(m)`` made): a
     bool tensor broadcasting to its batch shape, or a bool.

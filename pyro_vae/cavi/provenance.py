@@ -17,7 +17,7 @@ import torch
 from pyro.infer.inspect import TrackProvenance, is_sample_site
 from pyro.ops.provenance import ProvenanceTensor, detach_provenance
 
-from pyro_vae.pyro_compat import provenance_parts
+from pyro_vae.pyro_compat import provenance_parts, strip_provenance
 
 
 class FastProvenanceTensor(ProvenanceTensor):
@@ -27,22 +27,12 @@ class FastProvenanceTensor(ProvenanceTensor):
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         found = []
-        plain_args = tuple(_strip(a, found) for a in args)
-        plain_kwargs = {k: _strip(v, found) for k, v in kwargs.items()} if kwargs else {}
+        plain_args = tuple(strip_provenance(a, found) for a in args)
+        plain_kwargs = {k: strip_provenance(v, found) for k, v in kwargs.items()} if kwargs else {}
         result = func(*plain_args, **plain_kwargs)
         if not found:
             return result
         return _wrap(result, frozenset().union(*found))
-
-
-def _strip(value, found: list):
-    if isinstance(value, ProvenanceTensor):
-        tensor, provenance = provenance_parts(value)
-        found.append(provenance)
-        return tensor
-    if type(value) in (list, tuple):
-        return type(value)(_strip(v, found) for v in value)
-    return value
 
 
 def _wrap(value, provenance: frozenset):

@@ -36,7 +36,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing
 
-from pyro_vae.pyro_compat import provenance_parts
+from pyro_vae.pyro_compat import provenance_parts, strip_provenance
 from pyro_vae.traces import buffers_kept, is_point_mass
 
 #: Tensor methods that read a value out of a tensor into Python.
@@ -189,22 +189,12 @@ class _Tracked(ProvenanceTensor):
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         found: list[frozenset] = []
-        plain_args = tuple(_strip(a, found) for a in args)
-        plain_kwargs = {k: _strip(v, found) for k, v in kwargs.items()} if kwargs else {}
+        plain_args = tuple(strip_provenance(a, found) for a in args)
+        plain_kwargs = {k: strip_provenance(v, found) for k, v in kwargs.items()} if kwargs else {}
         if found and func in VALUE_READS and _ACTIVE:
             _ACTIVE[-1].reads.append(frozenset().union(*found))
         result = func(*plain_args, **plain_kwargs)
         return _wrap(result, frozenset().union(*found)) if found else result
-
-
-def _strip(value, found: list):
-    if isinstance(value, ProvenanceTensor):
-        tensor, provenance = provenance_parts(value)
-        found.append(provenance)
-        return tensor
-    if type(value) in (list, tuple):
-        return type(value)(_strip(v, found) for v in value)
-    return value
 
 
 def _wrap(value, provenance: frozenset):
