@@ -70,6 +70,7 @@ from pyro_vae import labels
 from pyro_vae.annealing import KLWarmup, ScaleLatents, unwrap
 from pyro_vae.checkpoint import (
     RESUMABLE_SETTINGS,
+    FolderNotWritableError,
     RunFolder,
     RunFolderError,
     flat_settings,
@@ -253,7 +254,17 @@ def _held(run: RunFolder | None):
     if run is None or run.claimed or not current().is_writer:
         yield
         return
-    with run.claim(command=False):
+    try:
+        lock = run.claim(command=False)
+    except FolderNotWritableError:
+        if not run.has_checkpoint:
+            raise
+        # a finished run on a read-only path, loaded by resume=True (the command line's
+        # advice for scoring a Python run): nothing can be written there, nor lost
+        # (tester DE: refused once fit took the lock)
+        yield
+        return
+    with lock:
         yield
 
 

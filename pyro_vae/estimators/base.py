@@ -76,12 +76,14 @@ class RefusesMaskMismatches:
         """Pyro's particles' traces, the guide checked first, once per guide and shape of
         the arguments, for draws outside a plate that read a plate's scored draws
         (:func:`~pyro_vae.estimators.plate_escapes.refuse_plate_escapes`)."""
-        key = (id(guide), argument_shapes((args, kwargs)))
-        checked = self.__dict__.setdefault("_escapes_checked", set())
+        shapes = argument_shapes((args, kwargs))
+        # the guide itself kept, not its id: a new guide may take a freed one's id
+        # (tester DE: a redefined guide inherited its predecessor's clean answer)
+        checked = self.__dict__.setdefault("_escapes_checked", [])
         for traces in super()._get_traces(model, guide, args, kwargs):
-            if key not in checked:  # after the first run, which made any lazy parameter
-                refuse_plate_escapes(type(self).__name__, guide, args, kwargs)
-                checked.add(key)
+            if not any(g is guide and s == shapes for g, s in checked):  # after the first
+                refuse_plate_escapes(type(self).__name__, guide, args, kwargs)  # run, which
+                checked.append((guide, shapes))  # made any lazy parameter
             yield traces
 
     def _get_vectorized_trace(self, model, guide, args, kwargs):

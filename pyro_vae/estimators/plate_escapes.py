@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyro
+import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 from pyro.ops.provenance import ProvenanceTensor, get_provenance
@@ -49,6 +50,15 @@ VALUE_READS = frozenset(
 ) | {torch.equal, torch.allclose}  # fmt: skip
 
 
+#: Operations whose result's shape depends on their input's values: a count read from
+#: it (``len(z.nonzero())``) carries no provenance, so each counts as a value read.
+SHAPE_READS = frozenset(
+    getattr(owner, name)
+    for owner in (torch, torch.Tensor)
+    for name in ("nonzero", "argwhere", "masked_select", "unique", "unique_consecutive")
+)
+
+
 @dataclass(frozen=True)
 class PlateEscape:
     """``reader``, a guide site outside plate ``plate``, drawn from a density that reads
@@ -57,6 +67,9 @@ class PlateEscape:
     site: str
     plate: str
     reader: str
+    #: whether only through a value read into Python before ``reader`` was drawn (so it
+    #: may read it: a branch's effect is not followed)
+    through_python: bool = False
 
 
 def plate_escapes(
@@ -81,9 +94,8 @@ def plate_escapes(
         return None
     finally:
         tracker.close()
-    ancestors: dict[str, frozenset] = {}
-    for name, direct in parents.items():  # in the guide's order
-        ancestors[name] = direct.union(*(ancestors.get(p, frozenset()) for p in direct))
+    flowed = _closure(parents, {n: direct for n, (direct, _) in parents.items()})
+    every = _closure(parents, {n: direct | read for n, (direct, read) in parents.items()})
     found = []
     for name in parents:
         site = trace.nodes[name]
@@ -91,11 +103,19 @@ def plate_escapes(
             continue
         for plate in (f.name for f in site["cond_indep_stack"] if f.vectorized):
             found += [
-                PlateEscape(name, plate, reader)
+                PlateEscape(name, plate, reader, name not in flowed[reader])
                 for reader in parents
-                if name in ancestors[reader] and not _inside(trace.nodes[reader], plate)
+                if name in every[reader] and not _inside(trace.nodes[reader], plate)
             ]
     return found
+
+
+def _closure(order, direct: dict[str, frozenset]) -> dict[str, frozenset]:
+    """{site: every draw it depends on, through others}, ``direct`` its own, in order."""
+    every: dict[str, frozenset] = {}
+    for name in order:
+        every[name] = direct[name].union(*(every.get(p, frozenset()) for p in direct[name]))
+    return every
 
 
 def possible_plate_escapes(
@@ -137,17 +157,26 @@ def _quiet_run():
         yield
 
 
-def _parents(trace, tracker: _Tracker) -> dict[str, frozenset]:
-    """{site: the draws its log-density reads, and those read into Python before it was
-    drawn}, for every sample site of ``trace`` in order (not a plate's subsample)."""
+def _parents(trace, tracker: _Tracker) -> dict[str, tuple[frozenset, frozenset]]:
+    """{site: (the draws its density reads, those read into Python before it was drawn)},
+    for every sample site of ``trace`` in order (not a plate's subsample). A point mass
+    (``pyro.deterministic``, whose density is masked off) reads what its value was made
+    from (tester DE: a deterministic site between z and g cut the read)."""
     parents = {}
     for name, site in trace.nodes.items():
         if site["type"] != "sample" or site_is_subsample(site):
             continue
         value = site["value"]
         plain = provenance_parts(value)[0] if isinstance(value, ProvenanceTensor) else value
-        read = get_provenance(site["fn"].log_prob(plain))
-        parents[name] = (frozenset(read) | tracker.read_before.get(name, frozenset())) - {name}
+        fn = site["fn"]
+        while hasattr(fn, "base_dist"):
+            fn = fn.base_dist
+        if isinstance(fn, dist.Delta):
+            read = get_provenance(fn.v) | get_provenance(fn.log_density)
+        else:
+            read = get_provenance(site["fn"].log_prob(plain))
+        before = tracker.read_before.get(name, frozenset())
+        parents[name] = (frozenset(read) - {name}, before - {name})
     return parents
 
 
@@ -163,13 +192,21 @@ class _Tracker(Messenger):
         super().__init__()
         self.reads: list[frozenset] = []
         self.read_before: dict[str, frozenset] = {}
+        self.sampling = False  # inside a draw: its sampler's reads are its own
         _ACTIVE.append(self)
 
     def close(self) -> None:
         if self in _ACTIVE:
             _ACTIVE.remove(self)
 
+    def _pyro_sample(self, msg) -> None:
+        # a sampler's own reads (VonMises's rejection loop calls .any()) decide the draw
+        # alone, whose density's provenance says what it reads (tester DE: they made every
+        # later site a reader)
+        self.sampling = True
+
     def _pyro_post_sample(self, msg) -> None:
+        self.sampling = False
         if site_is_subsample(msg):
             return
         self.read_before[msg["name"]] = frozenset().union(*self.reads)
@@ -191,10 +228,21 @@ class _Tracked(ProvenanceTensor):
         found: list[frozenset] = []
         plain_args = tuple(strip_provenance(a, found) for a in args)
         plain_kwargs = {k: strip_provenance(v, found) for k, v in kwargs.items()} if kwargs else {}
-        if found and func in VALUE_READS and _ACTIVE:
+        if found and _ACTIVE and not _ACTIVE[-1].sampling and _reads(func, args, kwargs):
             _ACTIVE[-1].reads.append(frozenset().union(*found))
         result = func(*plain_args, **plain_kwargs)
         return _wrap(result, frozenset().union(*found)) if found else result
+
+
+def _reads(func, args: tuple, kwargs: dict | None) -> bool:
+    """Whether ``func`` on tracked arguments loses their provenance: a value read into
+    Python, a shape made from values (:data:`SHAPE_READS`), or a write into a tensor that
+    is not tracked (``s[:] = z``, ``s.add_(z)``, ``out=s``: tester DE, each missed)."""
+    if func in VALUE_READS or func in SHAPE_READS or (kwargs and "out" in kwargs):
+        return True
+    name = getattr(func, "__name__", "")
+    in_place = name == "__setitem__" or (name.endswith("_") and not name.startswith("_"))
+    return in_place and bool(args) and not isinstance(args[0], ProvenanceTensor)
 
 
 def _wrap(value, provenance: frozenset):
@@ -253,13 +301,20 @@ def refuse_plate_escapes(estimator: str, guide, args: tuple, kwargs: dict) -> No
         return
     if not found:
         return
-    e = found[0]
+    e = min(found, key=lambda escape: escape.through_python)  # one it surely reads first
+    reads = (
+        f"may read the draws of {e.site!r} inside it (a value of them was read into Python "
+        "before it was drawn: an if, int(), .item(), an in-place write, a count of "
+        "nonzero elements)"
+        if e.through_python
+        else f"reads the draws of {e.site!r} inside it"
+    )
     raise ValueError(
-        f"guide: site {e.reader!r}, drawn outside plate {e.plate!r}, reads the draws of "
-        f"{e.site!r} inside it; {estimator} scores each element of {e.site!r} by that "
-        "element's terms and those outside the plate (Rao-Blackwellization by plates, as "
-        f"Pyro's ELBOs do), leaving out the other elements' terms that {e.reader!r} "
-        f"reaches: a biased gradient. Expected {e.reader!r} drawn first and {e.site!r} "
-        "given it (q(g) q(z_n | g), not q(z) q(g | z)), or estimator 'score', which scores "
+        f"guide: site {e.reader!r}, drawn outside plate {e.plate!r}, {reads}; {estimator} "
+        f"scores each element of {e.site!r} by that element's terms and those outside "
+        "the plate (Rao-Blackwellization by plates, as Pyro's ELBOs do), leaving out the "
+        f"other elements' terms that {e.reader!r} reaches: a biased gradient. Expected "
+        f"{e.reader!r} drawn first and {e.site!r} given it (q(g) q(z_n | g), not "
+        "q(z) q(g | z)), or estimator 'score', which scores "
         f"{e.site!r} by the whole batch's terms here"
     )

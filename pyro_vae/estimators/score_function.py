@@ -337,15 +337,18 @@ class ScoreFunctionELBO(SurrogateELBO):
         guide site outside them reading its draws there} (:mod:`pyro_vae.estimators.plate_escapes`;
         tester DA: q(z) q(g | Σ_n z_n), 8 to 18 standard errors off), found once per
         guide and shape of the arguments."""
-        key = (id(guide), argument_shapes((args, kwargs)))
-        found = self.__dict__.setdefault("_escaped", {})
-        if key not in found:
-            escapes = possible_plate_escapes(guide, args, kwargs, lambda site: True)
-            plates: dict[str, set] = {}
-            for e in escapes:
-                plates.setdefault(e.site, set()).add(e.plate)
-            found[key] = {site: frozenset(names) for site, names in plates.items()}
-        return found[key]
+        shapes = argument_shapes((args, kwargs))
+        found = self.__dict__.setdefault("_escaped", [])  # the guide kept, not its id (a
+        for kept, kept_shapes, plates in found:  # new guide may take a freed one's: DE)
+            if kept is guide and kept_shapes == shapes:
+                return plates
+        escapes = possible_plate_escapes(guide, args, kwargs, lambda site: True)
+        by_site: dict[str, set] = {}
+        for e in escapes:
+            by_site.setdefault(e.site, set()).add(e.plate)
+        plates = {site: frozenset(names) for site, names in by_site.items()}
+        found.append((guide, shapes, plates))
+        return plates
 
     def _centre(self, name, site, signal, rank, plate, data):
         """Signal minus this site's baseline, and the baseline's own training loss.

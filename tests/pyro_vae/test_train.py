@@ -1058,6 +1058,30 @@ def test_a_python_fit_holds_its_folder_so_a_fit_started_beside_it_is_refused(dig
     assert RunFolder(run).has_checkpoint
 
 
+def test_a_finished_run_on_a_read_only_path_still_loads_by_resume(digits, tmp_path, monkeypatch):
+    """Tester DE: once fit took the folder's lock, a finished run on a read-only mount (the
+    command line's advice for scoring a Python run is fit(..., resume=True)) was refused as
+    not writable, where it had loaded. Expected: it loads, trains no more, writes nothing;
+    a folder without a checkpoint is still refused."""
+    from pyro_vae.checkpoint import FolderNotWritableError, not_writable
+
+    run = tmp_path / "run"
+    model, guide = small_vae(digits)
+    fit(model, guide, digits, Trace_ELBO(), quiet(epochs=2), run=run)
+    saved = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+
+    def read_only(self, command=True):
+        raise not_writable(self.path, PermissionError(30, "Read-only file system"))
+
+    monkeypatch.setattr(RunFolder, "claim", read_only)
+    model, guide = small_vae(digits)
+    result = fit(model, guide, digits, Trace_ELBO(), quiet(epochs=2), run=run, resume=True)
+    assert len(result.history) == 2
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == saved
+    with pytest.raises(FolderNotWritableError):
+        fit(model, guide, digits, Trace_ELBO(), quiet(epochs=1), run=tmp_path / "new")
+
+
 def test_a_fit_in_one_of_torchrun_s_processes_outside_a_session_is_refused(
     digits, tmp_path, monkeypatch
 ):

@@ -185,7 +185,7 @@ def test_reads_that_moving_the_draws_could_leave_unseen_are_found_whatever_the_d
     Tracked provenance, and any value read into Python, find them on every draw."""
     pyro.set_rng_seed(seed)
     found = plate_escapes(_reader_of(read), (X,), {}, lambda site: True)
-    assert found == [PlateEscape("z", "data", "g")]
+    assert [(e.site, e.plate, e.reader) for e in found] == [("z", "data", "g")]
 
 
 def test_a_count_with_no_enumerable_support_and_little_entropy_is_found():
@@ -237,3 +237,51 @@ def test_a_read_through_a_draw_inside_the_plate_is_followed_to_the_reader_outsid
 
     found = plate_escapes(guide, (X,), {}, scored_by_pyro)
     assert found == [PlateEscape("z", "data", "g"), PlateEscape("w", "data", "g")]
+
+
+def _written_into_an_untracked_tensor(z):
+    s = torch.zeros(3)
+    s[:] = z
+    return s
+
+
+@pytest.mark.parametrize(
+    "read",
+    [
+        lambda z: _written_into_an_untracked_tensor(z).sum(),  # s[:] = z
+        lambda z: torch.tensor(float(len(z.nonzero()))),  # a count made from a shape
+        lambda z: pyro.deterministic("s", z.sum()),  # a deterministic site between
+    ],
+    ids=["in-place", "nonzero-count", "deterministic"],
+)
+def test_reads_through_writes_shapes_and_deterministic_sites_are_found(read):
+    """Tester DE: a write of z into an untracked tensor (s[:] = z, index_put_, out=),
+    a count of z's nonzero elements, and a pyro.deterministic site between z and g each
+    cut the provenance: trace trained 3 to 20 standard errors off, no word."""
+    pyro.set_rng_seed(0)
+    found = plate_escapes(_reader_of(read), (X,), {}, lambda site: True)
+    assert ("z", "data", "g") in [(e.site, e.plate, e.reader) for e in found]
+
+
+def test_a_sampler_s_own_value_reads_make_no_later_site_a_reader():
+    """Tester DE: VonMises's rejection sampler calls .any() on its parameters, made from z:
+    every later site, reading nothing, was refused as a reader of z."""
+
+    def guide(x):
+        with pyro.plate("data", 3):
+            z = pyro.sample("z", dist.Bernoulli(logits=torch.zeros(3)))
+            pyro.sample("a", dist.VonMises(z, 2.0))
+        pyro.sample("w", dist.Normal(torch.tensor(0.0), 1.0))
+
+    assert plate_escapes(guide, (X,), {}, scored_by_pyro) == []
+
+
+def test_score_keeps_each_guide_it_checked_not_its_id():
+    """Tester DE: the answer was kept under id(guide); a guide redefined in a notebook can
+    take a freed one's id, and inherited its clean answer (33 to 86 standard errors off)."""
+    pyro.clear_param_store()
+    estimator = estimators.get("score")
+    estimator.loss_and_grads(model, independent_guide, X)
+    estimator.loss_and_grads(model, reading_guide, X)
+    kept = [(guide, plates) for guide, _, plates in estimator._escaped]
+    assert kept == [(independent_guide, {}), (reading_guide, {"z": frozenset({"data"})})]
