@@ -105,7 +105,11 @@ def plate_escapes(
             found += [
                 PlateEscape(name, plate, reader, name not in flowed[reader])
                 for reader in parents
-                if name in every[reader] and not _inside(trace.nodes[reader], plate)
+                if name in every[reader]
+                and not _inside(trace.nodes[reader], plate)
+                # a pyro.deterministic record scores nothing; a site that reads it is
+                # found through it (tester DF: refused as a reader)
+                and not trace.nodes[reader]["infer"].get("_deterministic")
             ]
     return found
 
@@ -238,7 +242,7 @@ def _reads(func, args: tuple, kwargs: dict | None) -> bool:
     """Whether ``func`` on tracked arguments loses their provenance: a value read into
     Python, a shape made from values (:data:`SHAPE_READS`), or a write into a tensor that
     is not tracked (``s[:] = z``, ``s.add_(z)``, ``out=s``: tester DE, each missed)."""
-    if func in VALUE_READS or func in SHAPE_READS or (kwargs and "out" in kwargs):
+    if func in VALUE_READS or func in SHAPE_READS or (kwargs or {}).get("out") is not None:
         return True
     name = getattr(func, "__name__", "")
     in_place = name == "__setitem__" or (name.endswith("_") and not name.startswith("_"))
@@ -285,7 +289,9 @@ def scored_by_pyro(site: dict) -> bool:
 def refuse_plate_escapes(estimator: str, guide, args: tuple, kwargs: dict) -> None:
     """Refuse a guide with a site outside a plate that reads a plate's draw that
     ``estimator`` (one of Pyro's ELBOs) scores by plates (:func:`plate_escapes`); warn
-    where the guide could not be tracked.
+    (:class:`PlateEscapeWarning`) where it only may read it (a value read into Python
+    before it was drawn: an assert, a log line, a draw written into a buffer, which
+    valid guides do: tester DF), or where the guide could not be tracked.
 
     Raises:
         ValueError: naming the reader, the plate, the draw and the ways out."""
@@ -296,6 +302,7 @@ def refuse_plate_escapes(estimator: str, guide, args: tuple, kwargs: dict) -> No
             "site outside a plate reads a plate's score-function draws (which would bias "
             "this estimator's gradient) is unchecked; estimator 'score' scores such draws "
             "by the whole batch wherever it cannot tell",
+            PlateEscapeWarning,
             stacklevel=3,
         )
         return
@@ -304,12 +311,12 @@ def refuse_plate_escapes(estimator: str, guide, args: tuple, kwargs: dict) -> No
     e = min(found, key=lambda escape: escape.through_python)  # one it surely reads first
     reads = (
         f"may read the draws of {e.site!r} inside it (a value of them was read into Python "
-        "before it was drawn: an if, int(), .item(), an in-place write, a count of "
-        "nonzero elements)"
+        "before it was drawn: an if, an assert, int(), .item(), a write into another "
+        "tensor, a count of nonzero elements)"
         if e.through_python
         else f"reads the draws of {e.site!r} inside it"
     )
-    raise ValueError(
+    message = (
         f"guide: site {e.reader!r}, drawn outside plate {e.plate!r}, {reads}; {estimator} "
         f"scores each element of {e.site!r} by that element's terms and those outside "
         "the plate (Rao-Blackwellization by plates, as Pyro's ELBOs do), leaving out the "
@@ -318,3 +325,12 @@ def refuse_plate_escapes(estimator: str, guide, args: tuple, kwargs: dict) -> No
         "q(z) q(g | z)), or estimator 'score', which scores "
         f"{e.site!r} by the whole batch's terms here"
     )
+    if not e.through_python:
+        raise ValueError(message)
+    warnings.warn(f"{message} (if it reads them)", PlateEscapeWarning, stacklevel=3)
+
+
+class PlateEscapeWarning(UserWarning):
+    """A guide site outside a plate may read the plate's score-function draws (or could
+    not be checked): the gradient of an estimator that Rao-Blackwellizes by plates would
+    then be biased (:mod:`pyro_vae.estimators.plate_escapes`)."""

@@ -285,3 +285,51 @@ def test_score_keeps_each_guide_it_checked_not_its_id():
     estimator.loss_and_grads(model, reading_guide, X)
     kept = [(guide, plates) for guide, _, plates in estimator._escaped]
     assert kept == [(independent_guide, {}), (reading_guide, {"z": frozenset({"data"})})]
+
+
+def _categorical_then_global(body):
+    """z, 6 Categorical draws in a plate, then ``body(z)``, then g, which reads nothing."""
+
+    def guide(x):
+        with pyro.plate("data", 6):
+            z = pyro.sample("z", dist.Categorical(logits=torch.zeros(6, 3)))
+        body(z)
+        pyro.sample("g", dist.Normal(torch.tensor(0.0), 1.0))
+
+    return guide
+
+
+def test_an_op_given_out_none_and_a_deterministic_record_read_nothing():
+    """Tester DF: F.normalize, torch.norm and torch.tensordot pass out=None, taken for a
+    write into another tensor; and a pyro.deterministic record of the draws, which scores
+    nothing, was refused as a reader."""
+    one_hot = torch.nn.functional.one_hot
+    for body in (
+        lambda z: torch.nn.functional.normalize(one_hot(z, 3).float(), dim=-1),
+        lambda z: torch.norm(one_hot(z, 3).float(), dim=-1),
+        lambda z: torch.tensordot(one_hot(z, 3).float(), torch.eye(3), 1),
+        lambda z: pyro.deterministic("n0", (z == 0).sum()),
+    ):
+        assert plate_escapes(_categorical_then_global(body), (X,), {}, scored_by_pyro) == []
+
+
+def test_a_site_that_only_may_read_is_warned_of_and_one_that_reads_is_refused():
+    """Tester DF: valid guides assert on their draws, log them, or write them into a
+    buffer (a one-hot by scatter_, a trajectory): each a value read, after which every
+    site may read them. Pyro's ELBOs warn of those; a read the provenance follows is
+    refused as before."""
+    from pyro_vae.estimators.plate_escapes import PlateEscapeWarning
+
+    def model_of(x):
+        with pyro.plate("data", 6):
+            pyro.sample("z", dist.Categorical(torch.ones(3) / 3))
+        pyro.sample("g", dist.Normal(0.0, 1.0))
+
+    def checked(z):
+        assert (z >= 0).all()
+
+    pyro.clear_param_store()
+    with pytest.warns(PlateEscapeWarning, match="may read the draws of 'z'"):
+        estimators.get("trace").loss_and_grads(model_of, _categorical_then_global(checked), X)
+    with pytest.raises(ValueError, match="reads the draws of 'z' inside it"):
+        estimators.get("trace").loss_and_grads(model, reading_guide, X)
