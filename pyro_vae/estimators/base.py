@@ -9,7 +9,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from pyro.util import check_if_enumerated
 
-from pyro_vae.estimators.plate_escapes import refuse_plate_escapes
+from pyro_vae.estimators.plate_escapes import CheckedGuides, refuse_plate_escapes
 from pyro_vae.plates import batch_rows, find_data_plate, subsampled_data_plate
 from pyro_vae.pointwise import particle_rank
 from pyro_vae.pyro_compat import elbo_traces
@@ -76,14 +76,14 @@ class RefusesMaskMismatches:
         """Pyro's particles' traces, the guide checked first, once per guide and shape of
         the arguments, for draws outside a plate that read a plate's scored draws
         (:func:`~pyro_vae.estimators.plate_escapes.refuse_plate_escapes`)."""
-        shapes = argument_shapes((args, kwargs))
-        # the guide itself kept, not its id: a new guide may take a freed one's id
-        # (tester DE: a redefined guide inherited its predecessor's clean answer)
-        checked = self.__dict__.setdefault("_escapes_checked", [])
+        checked = self.__dict__.setdefault("_escapes_checked", CheckedGuides())
+        shapes, name = argument_shapes((args, kwargs)), type(self).__name__
+
+        def check() -> None:
+            refuse_plate_escapes(name, guide, args, kwargs)
+
         for traces in super()._get_traces(model, guide, args, kwargs):
-            if not any(g is guide and s == shapes for g, s in checked):  # after the first
-                refuse_plate_escapes(type(self).__name__, guide, args, kwargs)  # run, which
-                checked.append((guide, shapes))  # made any lazy parameter
+            checked.get(guide, shapes, check)  # after the first run: any lazy parameter made
             yield traces
 
     def _get_vectorized_trace(self, model, guide, args, kwargs):

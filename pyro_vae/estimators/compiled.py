@@ -445,16 +445,6 @@ class CompiledELBO(SurrogateELBO):
         return _Recording(graph, recorded, tuple(modes.items()), buffers, trainable)
 
 
-#: Reading these out of any tensor while recording fixes the value read: refused (on a
-#: tensor of the step's own make_fx refuses them itself; on a constant, a global tensor
-#: annealed in place, ``float(kl_w)``, it read the number once and every replay kept it,
-#: tester BT's F2; ``np.asarray(t)``, ``np.float32(t)`` and ``complex(t)`` read it through
-#: ``__array__`` and ``__complex__``, tester BU; ``torch.equal`` and ``torch.allclose``
-#: return a Python bool, tester BX). ``str(t)`` is let through: a message or a log line,
-#: not arithmetic.
-_VALUE_READS = VALUE_READS
-
-
 class _GradientEdit(RuntimeError):
     """A step changes its own gradient in a way its recording would lose."""
 
@@ -479,12 +469,12 @@ _NO_GRADIENT_EITHER_WAY = frozenset(
 
 class _RecordingGuard(TorchFunctionMode):
     """While a step is recorded: refuse reading a value out of a tensor
-    (:data:`_VALUE_READS`) inside the recording, and a change of the step's own gradient
-    (:data:`_GRADIENT_EDITS`, :meth:`_follow_stopped_gradients`), and put back every
-    ``torch.Generator`` a
-    draw names (a model's own stream, ``torch.randn(..., generator=g)``), as ``fork_rng``
-    puts back the default one: the recording drew from it, and a compiled run's draws
-    were shifted by one recording's worth from the uncompiled run's (tester BT's F3)."""
+    (:data:`~pyro_vae.estimators.plate_escapes.VALUE_READS`) inside the recording, and a
+    change of the step's own gradient (:data:`_GRADIENT_EDITS`,
+    :meth:`_follow_stopped_gradients`), and put back every ``torch.Generator`` a draw
+    names (a model's own stream, ``torch.randn(..., generator=g)``), as ``fork_rng`` puts
+    back the default one: the recording drew from it, and a compiled run's draws were
+    shifted by one recording's worth from the uncompiled run's (tester BT's F3)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -497,7 +487,7 @@ class _RecordingGuard(TorchFunctionMode):
         # not where the library's own checks step out of the recording on purpose
         # (disable_proxy_modes_tracing: the vectorization check compares values)
         recording = get_proxy_mode() is not None
-        if recording and func in _VALUE_READS:
+        if recording and func in VALUE_READS:
             name = getattr(func, "__name__", str(func))
             raise RuntimeError(
                 f"Tensor.{name} reads a value out of a tensor while the step is recorded, "

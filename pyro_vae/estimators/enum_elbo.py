@@ -21,7 +21,7 @@ from pyro.infer.inspect import get_dependencies
 
 from pyro_vae.estimators.base import argument_shapes, refuse_undrawn_latents
 from pyro_vae.estimators.capabilities import Capabilities
-from pyro_vae.estimators.plate_escapes import refuse_plate_escapes
+from pyro_vae.estimators.plate_escapes import CheckedGuides, refuse_plate_escapes
 from pyro_vae.interruptions import reraise_interruption
 from pyro_vae.objectives import (
     check_free_bits,
@@ -65,7 +65,7 @@ class TraceEnumELBO(TraceEnum_ELBO):
         # model through unchecked (tester T's F2: a gradient 12 standard errors off)
         self._plates_checked: list[tuple] = []
         self._pair: tuple | None = None
-        self._escapes_checked: list[tuple] = []  # (guide, argument shapes), compared by ==
+        self._escapes_checked = CheckedGuides()
         super().__init__(*args, **kwargs)
 
     def _get_trace(self, model, guide, args, kwargs):
@@ -108,10 +108,11 @@ class TraceEnumELBO(TraceEnum_ELBO):
         try:
             loss = method(model, guide, *args, **kwargs)
             # after that first run, which made any lazy parameter; before any step
-            key = (guide, argument_shapes((args, kwargs)))
-            if not any(pair == key for pair in self._escapes_checked):
-                refuse_plate_escapes("TraceEnumELBO", guide, args, kwargs)
-                self._escapes_checked.append(key)
+            self._escapes_checked.get(
+                guide,
+                argument_shapes((args, kwargs)),
+                lambda: refuse_plate_escapes("TraceEnumELBO", guide, args, kwargs),
+            )
         except ValueError as err:
             if _SHARED_SCALE not in str(err):
                 raise

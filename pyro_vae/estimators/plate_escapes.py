@@ -40,7 +40,15 @@ from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing
 from pyro_vae.pyro_compat import provenance_parts, strip_provenance
 from pyro_vae.traces import buffers_kept, is_point_mass
 
-#: Tensor methods that read a value out of a tensor into Python.
+#: Tensor methods that read a value out of a tensor into Python: the plate-escape
+#: check counts each as a read, and a compiled step refuses them while recording.
+#: Reading these out of any tensor while recording fixes the value read: refused (on a
+#: tensor of the step's own make_fx refuses them itself; on a constant, a global tensor
+#: annealed in place, ``float(kl_w)``, it read the number once and every replay kept it,
+#: tester BT's F2; ``np.asarray(t)``, ``np.float32(t)`` and ``complex(t)`` read it through
+#: ``__array__`` and ``__complex__``, tester BU; ``torch.equal`` and ``torch.allclose``
+#: return a Python bool, tester BX). ``str(t)`` is let through: a message or a log line,
+#: not arithmetic.
 VALUE_READS = frozenset(
     getattr(torch.Tensor, name)
     for name in (
@@ -278,6 +286,26 @@ def _called_in_eval_mode():
         handle.remove()
         for module, training in modes.items():
             module.training = training
+
+
+class CheckedGuides:
+    """What a check found for each guide and shape of its arguments, so that it runs once
+    for them. Guides are compared by ``==``, and kept: a bound method made afresh at each
+    call (``vae.guide``) equals the last, where an id or ``is`` would check it again at
+    every step (and keep every copy); a new guide never takes a freed one's answer
+    (tester DE: keyed by ``id``, a redefined guide inherited a clean answer)."""
+
+    def __init__(self) -> None:
+        self._found: list[tuple] = []
+
+    def get(self, guide, shapes: tuple, check: Callable[[], object]):
+        """``check()``'s answer for ``guide`` and ``shapes``, from the first call."""
+        for kept, kept_shapes, answer in self._found:
+            if kept_shapes == shapes and kept == guide:
+                return answer
+        answer = check()
+        self._found.append((guide, shapes, answer))
+        return answer
 
 
 def scored_by_pyro(site: dict) -> bool:

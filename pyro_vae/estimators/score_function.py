@@ -86,7 +86,7 @@ from torch import nn
 from pyro_vae.checks import check_widths
 from pyro_vae.estimators.base import SurrogateELBO, argument_shapes, check_flag
 from pyro_vae.estimators.capabilities import Capabilities
-from pyro_vae.estimators.plate_escapes import possible_plate_escapes
+from pyro_vae.estimators.plate_escapes import CheckedGuides, possible_plate_escapes
 from pyro_vae.objectives import (
     check_free_bits,
     check_free_bits_groups,
@@ -337,18 +337,15 @@ class ScoreFunctionELBO(SurrogateELBO):
         guide site outside them reading its draws there} (:mod:`pyro_vae.estimators.plate_escapes`;
         tester DA: q(z) q(g | Σ_n z_n), 8 to 18 standard errors off), found once per
         guide and shape of the arguments."""
-        shapes = argument_shapes((args, kwargs))
-        found = self.__dict__.setdefault("_escaped", [])  # the guide kept, not its id (a
-        for kept, kept_shapes, plates in found:  # new guide may take a freed one's: DE)
-            if kept is guide and kept_shapes == shapes:
-                return plates
-        escapes = possible_plate_escapes(guide, args, kwargs, lambda site: True)
-        by_site: dict[str, set] = {}
-        for e in escapes:
-            by_site.setdefault(e.site, set()).add(e.plate)
-        plates = {site: frozenset(names) for site, names in by_site.items()}
-        found.append((guide, shapes, plates))
-        return plates
+
+        def check() -> dict[str, frozenset]:
+            by_site: dict[str, set] = {}
+            for e in possible_plate_escapes(guide, args, kwargs, lambda site: True):
+                by_site.setdefault(e.site, set()).add(e.plate)
+            return {site: frozenset(names) for site, names in by_site.items()}
+
+        found = self.__dict__.setdefault("_escaped", CheckedGuides())
+        return found.get(guide, argument_shapes((args, kwargs)), check)
 
     def _centre(self, name, site, signal, rank, plate, data):
         """Signal minus this site's baseline, and the baseline's own training loss.

@@ -283,7 +283,7 @@ def test_score_keeps_each_guide_it_checked_not_its_id():
     estimator = estimators.get("score")
     estimator.loss_and_grads(model, independent_guide, X)
     estimator.loss_and_grads(model, reading_guide, X)
-    kept = [(guide, plates) for guide, _, plates in estimator._escaped]
+    kept = [(guide, plates) for guide, _, plates in estimator._escaped._found]
     assert kept == [(independent_guide, {}), (reading_guide, {"z": frozenset({"data"})})]
 
 
@@ -333,3 +333,25 @@ def test_a_site_that_only_may_read_is_warned_of_and_one_that_reads_is_refused():
         estimators.get("trace").loss_and_grads(model_of, _categorical_then_global(checked), X)
     with pytest.raises(ValueError, match="reads the draws of 'z' inside it"):
         estimators.get("trace").loss_and_grads(model, reading_guide, X)
+
+
+def test_a_bound_method_guide_made_afresh_at_each_step_is_checked_once():
+    """``vae.guide`` is a new bound method at each access, equal to the last: compared by
+    identity, the check would run the guide again at every step (review)."""
+
+    class Pair:
+        runs = 0
+
+        def guide(self, x):
+            Pair.runs += 1
+            independent_guide(x)
+
+    pair = Pair()
+    for name in ("trace", "score"):
+        pyro.clear_param_store()
+        estimator = estimators.get(name)
+        estimator.loss_and_grads(model, pair.guide, X)  # its run, and the check's
+        Pair.runs = 0
+        for _ in range(3):
+            estimator.loss_and_grads(model, pair.guide, X)
+        assert Pair.runs == 3, name  # one run a step: no check again
