@@ -252,11 +252,13 @@ def note_unaccepted(args: argparse.Namespace, exp: Experiment, config: RunConfig
     for key in exp.not_accepted:
         flag = "--" + MODEL_FLAGS[key].replace("_", "-")
         if getattr(args, MODEL_FLAGS[key], None) is not None:
-            print(
-                f"note: {flag} was not passed to {config.model.spec}, whose constructor has no "
-                f"{key!r} argument; pass its own with --model-opt NAME=VALUE "
-                f"(it received {sorted(exp.model_arguments)})"
+            why = (  # (tester DC: said of a function model too)
+                f"whose constructor has no {key!r} argument; pass its own with --model-opt "
+                f"NAME=VALUE (it received {sorted(exp.model_arguments)})"
+                if inspect.isclass(load_object(config.model.spec, "--model"))
+                else "a function, given no options"
             )
+            print(f"note: {flag} was not passed to {config.model.spec}, {why}")
     options = {k: v for k, v in config.model.options.items() if k not in exp.not_accepted}
     _note_none_defaults(args, config.model.spec, options)
     return replace(config, model=replace(config.model, options=options))

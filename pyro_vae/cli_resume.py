@@ -219,8 +219,11 @@ def _model_takes(config: RunConfig, key: str) -> bool:
     section, _, name = key.partition(".")
     if section != "model_options":
         return True
+    model = load_object(config.model.spec, "model")  # its own error where it is gone
+    if not inspect.isclass(model):
+        return False  # a function model is given no options (tester DC)
     try:
-        parameters = inspect.signature(load_object(config.model.spec, "model")).parameters
+        parameters = inspect.signature(model).parameters
     except (TypeError, ValueError):
         return True
     kinds = {p.kind for p in parameters.values()}
@@ -232,9 +235,15 @@ def _note_not_taken(flag: str, key: str, config: RunConfig) -> None:
     (tester CZ: ``--latent-dim`` on a resume of a model taking ``z_dim`` was refused as a
     change of "the run's None (its default, 20)", a size the run never had)."""
     name = key.partition(".")[2]
+    function = not inspect.isclass(load_object(config.model.spec, "model"))
+    why = (
+        "a function, given no options"
+        if function
+        else f"whose constructor has no {name!r} argument"
+    )
     print(
-        f"note: {flag} was not passed to {config.model.spec}, whose constructor has no "
-        f"{name!r} argument, and goes unused by the resumed run"
+        f"note: {flag} was not passed to {config.model.spec}, {why}, and goes unused by "
+        "the resumed run"
     )
 
 

@@ -86,3 +86,32 @@ def test_a_standard_flag_the_model_does_not_take_is_noted_on_resume_as_on_a_new_
     out = capsys.readouterr().out
     assert f"note: --latent-dim was not passed to {example}" in out
     assert "'latent_dim' argument, and goes unused by the resumed run" in out
+
+
+def test_a_function_model_s_resume_notes_a_standard_flag_it_never_takes(tmp_path, capsys):
+    """Tester DC: a function model with a ``latent_dim`` parameter is given no options, so
+    ``--latent-dim 5`` never reached it; its resume, given the same flag, was refused as
+    changing "the run's None (its default, 4)". Expected: noted, and the resume goes on."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from pyro_vae.cli import main
+
+    examples = Path(__file__).parents[1] / "examples"
+    code = tmp_path / "fm.py"
+    code.write_text(
+        f"import sys\nsys.path.insert(0, {str(examples)!r})\nimport pyro_style_vae as p\n"
+        "def model(x, latent_dim=4):\n    return p.model(x)\nguide = p.guide\n"
+    )
+    data = tmp_path / "x.npy"
+    np.save(data, (np.random.default_rng(0).random((40, 64)) < 0.3).astype(np.float32))
+    run, quick = tmp_path / "run", ["--no-progress", "--ll-samples", "0"]
+    fit = ["fit", "--data", str(data), "--model", f"{code}:model", "--guide", f"{code}:guide"]
+    assert main([*fit, "--latent-dim", "5", "--epochs", "1", *quick, "--out", str(run)]) == 0
+    said = f"--latent-dim was not passed to {code}:model, a function, given no options"
+    assert said in capsys.readouterr().out  # a new run's note says so too
+    assert main(["fit", "--resume", str(run), "--latent-dim", "5", "--epochs", "2", *quick]) == 0
+    assert f"--latent-dim was not passed to {code}:model, a function, given no options" in (
+        capsys.readouterr().out
+    )
