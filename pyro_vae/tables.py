@@ -686,8 +686,20 @@ def _standardized(
     # one value in every row, read as such: the computed std of a constant column is the
     # rounding of its mean, not 0 (tester CZ: 0.1 in 50 rows gave 4e-17, and the column
     # became -1 in every row, the ELBO in the file's units 96.8 nats high a row)
+    # (tester DC: one value in 59 rows and its next float in one passed, 36 nats a row
+    # high; values near 1e-170 that differ, whose variance underflows, were "constant")
     spread = train.max(0) - train.min(0) if len(train) else np.zeros(len(columns))
-    constant = [c for c, s, p in zip(columns, std, spread, strict=True) if not (s > 0 and p > 0)]
+    size = np.maximum(np.abs(train).max(0), np.finfo(np.float64).tiny) if len(train) else 1.0
+    rounding = spread <= 8 * np.finfo(np.float64).eps * size  # one value, to rounding
+    underflowed = [c for c, s, r in zip(columns, std, rounding, strict=True) if not r and s == 0]
+    if underflowed:
+        raise TableError(
+            f"columns: {underflowed} have values so small that their variance underflows "
+            "float64 on the training split, so the normal likelihood's standardization "
+            "(x - mean) / std is undefined; rescale them in the file (or leave them out "
+            "with --columns)"
+        )
+    constant = [c for c, s, r in zip(columns, std, rounding, strict=True) if r or not s > 0]
     if constant:
         raise TableError(
             f"columns: {constant} are constant on the training split (standard deviation 0), "

@@ -165,6 +165,28 @@ def test_a_constant_column_whose_computed_std_is_not_zero_is_refused_too(tmp_pat
         load_data(str(tmp_path / "t.csv"), Preprocessing("normal"))
 
 
+def test_a_column_varying_by_rounding_alone_is_constant_and_tiny_values_are_rescaled(tmp_path):
+    """Tester DC: 0.3 in 59 rows and 0.30000000000000004 in one (the rounding 0.1 + 0.2
+    gives) was standardized, the ELBO in the file's units 36 nats a row high; values near
+    1e-170 that do differ were called constant (their variance underflows). Expected: the
+    first refused as constant, the second as needing rescaling, and a column spread
+    over a few parts in 1e12 taken."""
+    rng = np.random.default_rng(0)
+    ulp = np.full(60, 0.3)
+    ulp[0] = 0.1 + 0.2
+    values = {"a": rng.normal(size=60), "c": ulp}
+    pd.DataFrame(values).to_csv(tmp_path / "t.csv", index=False, float_format="%.17g")
+    with pytest.raises(TableError, match=r"columns: \['c'\] are constant on the training"):
+        load_data(str(tmp_path / "t.csv"), Preprocessing("normal"))
+    values["c"] = (1 + rng.random(60)) * 1e-170
+    pd.DataFrame(values).to_csv(tmp_path / "t.csv", index=False, float_format="%.17g")
+    with pytest.raises(TableError, match=r"columns: \['c'\] have values so small"):
+        load_data(str(tmp_path / "t.csv"), Preprocessing("normal"))
+    values["c"] = 1.0 + 1e-12 * rng.random(60)
+    pd.DataFrame(values).to_csv(tmp_path / "t.csv", index=False, float_format="%.17g")
+    assert load_data(str(tmp_path / "t.csv"), Preprocessing("normal")).x_dim == 2
+
+
 def test_a_column_whose_variance_overflows_is_refused_not_made_zero(tmp_path):
     """Tester CT: values near 1e200 have a variance past float64's 1.8e308: std inf, so
     (x - mean) / std was 0 in every row, the test ELBO -inf, metrics.json's std Infinity.
