@@ -36,6 +36,7 @@ from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing
 from torch.nn.parameter import is_lazy
 
+from pyro_vae.draw_tracking import DrawTracker, called_in_eval_mode
 from pyro_vae.interruptions import reraise_interruption
 from pyro_vae.site_masks import counted_elements, site_masks, spread
 
@@ -716,7 +717,9 @@ def particle_traces(
     def vectorized() -> tuple[Trace, Trace]:
         model_tr, guide_tr = run_pair(model, guide, args, kwargs, (num_particles, -rank))
         model_tr, guide_tr = _finished(model_tr), _finished(guide_tr)
-        check_vectorized(model, guide, model_tr, guide_tr, rank, args, kwargs)
+        check_vectorized(
+            model, guide, model_tr, guide_tr, rank, args, kwargs, insisted=vectorize is True
+        )
         return model_tr, guide_tr
 
     (model_tr, guide_tr), was_vectorized = vectorized_or_looped(
@@ -764,14 +767,24 @@ class SharedSubsamples(Messenger):
 
 
 def check_vectorized(
-    model, guide, model_tr: Trace, guide_tr: Trace, rank: int, args, kwargs, pinned=False
+    model,
+    guide,
+    model_tr: Trace,
+    guide_tr: Trace,
+    rank: int,
+    args,
+    kwargs,
+    pinned=False,
+    insisted=False,
 ):
-    """Raise ValueError unless the vectorized traces (particles at dim −``rank``, each
-    site's log-density computed) are what K plain runs would give: every log-density has
-    the plates' shape (:func:`_check_broadcast`) and the last particle scores as a plain
-    run at its values does (:func:`_agrees_with_a_plain_run`). The plain runs draw
-    nothing from the caller's random streams (``fork_rng``): a check leaves a seeded run's
-    draws as they were; and while a step is recorded (``make_fx``, see
+    """Raise ValueError unless the vectorized traces (particles at dim −``rank``, each site's
+    log-density computed) are what K plain runs would give: every log-density has the
+    plates' shape (:func:`_check_broadcast`), the last particle scores as a plain run at its
+    values does (:func:`_agrees_with_a_plain_run`), and neither side reads a draw's value
+    into Python (:func:`_check_python_reads`; only a warning where the caller ``insisted``
+    on vectorized particles, ``vectorize_particles=True``). The plain runs draw nothing from
+    the caller's random streams (``fork_rng``): a check leaves a seeded run's draws as they
+    were; and while a step is recorded (``make_fx``, see
     :mod:`pyro_vae.estimators.compiled`) they are left out of the recording. ``pinned``:
     ``model`` and ``guide`` draw the vectorized run's subsamples again
     (:class:`SharedSubsamples`), so a minibatch is checked too."""
@@ -779,6 +792,8 @@ def check_vectorized(
         for fn, trace in ((model, model_tr), (guide, guide_tr)):
             _check_broadcast(trace, rank)
             _agrees_with_a_plain_run(fn, trace, rank, args, kwargs, pinned)
+        for side, fn, trace in (("model", model, model_tr), ("guide", guide, guide_tr)):
+            _check_python_reads(side, fn, trace, rank, args, kwargs, pinned, insisted)
 
 
 @contextlib.contextmanager
@@ -865,17 +880,9 @@ def _agrees_with_a_plain_run(fn, trace: Trace, rank: int, args, kwargs, pinned=F
     each other: the model draws noise of its own (dropout in training mode), which no
     rerun reproduces (tester Q: a VAE with dropout was sent to the loop for good)."""
     sites = {n: s for n, s in trace.nodes.items() if s["type"] == "sample"}
-    frames = [f for s in sites.values() for f in s["cond_indep_stack"]]
-    if not pinned and any(f.full_size is not None and f.size < f.full_size for f in frames):
+    last = _last_particle(trace, rank, pinned)
+    if last is None:
         return
-    if any(torch.is_tensor(s["value"]) and s["value"].is_meta for s in sites.values()):
-        return  # shapes only (the device tests' meta tensors): no values to compare
-    last = {}
-    for name, site in sites.items():
-        value, event_dim = site["value"], site["fn"].event_dim
-        axis = value.dim() - event_dim - rank
-        if not site_is_subsample(site) and axis >= 0:
-            last[name] = value.select(axis, -1)
     plains = []
     try:
         for _ in range(2):  # twice: a model with noise of its own cannot be checked this way
@@ -912,6 +919,83 @@ def _agrees_with_a_plain_run(fn, trace: Trace, rank: int, args, kwargs, pinned=F
                 f"at its values scores {plain_score:.6g} (the model's arithmetic pairs the "
                 "particle dim with one of its own)"
             )
+
+
+def _last_particle(trace: Trace, rank: int, pinned: bool) -> dict[str, torch.Tensor] | None:
+    """{site: its value in the last particle} of the vectorized ``trace``, for every sample
+    site with the particle dim; None where a plain run cannot be compared with it: a
+    subsampling plate not ``pinned`` (a plain run would draw other indices), or meta
+    tensors (shapes only, the device tests': no values)."""
+    sites = {n: s for n, s in trace.nodes.items() if s["type"] == "sample"}
+    frames = [f for s in sites.values() for f in s["cond_indep_stack"]]
+    if not pinned and any(f.full_size is not None and f.size < f.full_size for f in frames):
+        return None
+    if any(torch.is_tensor(s["value"]) and s["value"].is_meta for s in sites.values()):
+        return None
+    last = {}
+    for name, site in sites.items():
+        value, event_dim = site["value"], site["fn"].event_dim
+        axis = value.dim() - event_dim - rank
+        if not site_is_subsample(site) and axis >= 0:
+            last[name] = value.select(axis, -1)
+    return last
+
+
+def _check_python_reads(
+    side: str, fn, trace: Trace, rank: int, args, kwargs, pinned: bool, insisted: bool
+) -> None:
+    """Raise ValueError (warn, with a :class:`VectorizationWarning`, where ``insisted``) if ``fn``,
+    run plainly at the last particle's values of the vectorized ``trace``, reads a draw's
+    value into Python (``if z.sum() > 1:``, ``int(z)``, ``.item()``, a count of nonzero
+    elements; :mod:`pyro_vae.draw_tracking`). One vectorized run reads one value for all K
+    particles, and a branch on it sends every particle the way of their sum: a guide
+    branching on ``z.sum() > 0.5`` put ``score``'s ELBO 115 standard errors above the exact
+    one with no word (the kind tester DE found), where the plain-run comparison saw only the
+    last particle, which took the common branch. An assert or a log line reads too, and
+    decides nothing: the error's fallback loops over the particles (same estimates, slower),
+    and the message says how to keep them vectorized. A run that cannot be tracked or raises
+    is left unchecked, as :func:`_agrees_with_a_plain_run` leaves it."""
+    last = _last_particle(trace, rank, pinned)
+    if not last:
+        return
+    draws = {
+        n for n in last
+        if not trace.nodes[n]["is_observed"] or trace.nodes[n]["infer"].get("_deterministic")
+    }  # fmt: skip
+    tracker = DrawTracker(tracked=lambda msg: msg["name"] in draws)
+    try:
+        with (
+            poutine.block(),
+            torch.no_grad(),
+            buffers_kept(),
+            called_in_eval_mode(),
+            pyro.validation_enabled(False),  # a distribution's own checks read values
+        ):
+            poutine.trace(tracker(poutine.condition(fn, data=last))).get_trace(*args, **kwargs)
+    except Exception as err:  # noqa: BLE001 (conditioned or tracked, it cannot run)
+        reraise_interruption(err)
+        return
+    finally:
+        tracker.close()
+    if not tracker.reads:
+        return
+    read = tracker.reads[0]
+    what = (
+        f"{side}: a value of draw {', '.join(map(repr, sorted(read.sites)))} is read into "
+        f"Python ({read.operation}{f' at {read.where}' if read.where else ''}), and one "
+        "vectorized run reads one value for all its particles"
+    )
+    if not insisted:
+        raise ValueError(
+            f"{what}; if that read decides nothing drawn or scored (an assert, a log "
+            "line), vectorize_particles=True keeps the particles vectorized"
+        )
+    warnings.warn(
+        f"{what}: wrong wherever it decides what is drawn or scored (an if, an index); "
+        "vectorize_particles=False draws the particles one at a time",
+        VectorizationWarning,
+        stacklevel=4,
+    )
 
 
 def _finished(trace: Trace) -> Trace:

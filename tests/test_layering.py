@@ -63,6 +63,7 @@ LAYERS: dict[str, int] = {
     "pyro_vae.plates": 3,
     "pyro_vae.minibatch": 3,
     "pyro_vae.traces": 3,
+    "pyro_vae.draw_tracking": 3,  # draws tracked through a run; traces and estimators read it
     "pyro_vae.pointwise": 3,
     "pyro_vae.enumerated_sites": 3,
     "pyro_vae.weights": 3,

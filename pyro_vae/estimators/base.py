@@ -103,7 +103,9 @@ class RefusesMaskMismatches:
         model, guide = shared(model), shared(guide)
         model_trace, guide_trace = super()._get_vectorized_trace(model, guide, args, kwargs)
         rank = particle_rank(self.max_plate_nesting, self.num_particles)
-        check_vectorized(model, guide, model_trace, guide_trace, rank, args, kwargs, pinned=True)
+        check_vectorized(
+            model, guide, model_trace, guide_trace, rank, args, kwargs, pinned=True, insisted=True
+        )
         checked.add(key)
         return model_trace, guide_trace
 
@@ -221,7 +223,10 @@ class SurrogateELBO(ELBO):
         rank = particle_rank(self.max_plate_nesting, self.num_particles)
         checked = self.__dict__.setdefault("_vectorization_checked", set())
         if self.num_particles > 1 and key not in checked:  # one particle: a plain run
-            check_vectorized(model, guide, model_tr, guide_tr, rank, args, kwargs, pinned=True)
+            insisted = not self._auto_vectorize
+            check_vectorized(
+                model, guide, model_tr, guide_tr, rank, args, kwargs, pinned=True, insisted=insisted
+            )
             checked.add(key)
         return model_tr, guide_tr, rank
 

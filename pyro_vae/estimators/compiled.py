@@ -78,9 +78,9 @@ from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 
 from pyro_vae import precision
+from pyro_vae.draw_tracking import VALUE_READS
 from pyro_vae.estimators.base import SurrogateELBO
 from pyro_vae.estimators.capabilities import Capabilities, capabilities_of
-from pyro_vae.estimators.plate_escapes import VALUE_READS
 from pyro_vae.model_protocol import declares_recordable
 from pyro_vae.pyro_compat import (
     elbo_loss_particle,

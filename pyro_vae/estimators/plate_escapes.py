@@ -33,38 +33,12 @@ import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 from pyro.ops.provenance import ProvenanceTensor, get_provenance
-from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing
 
-from pyro_vae.pyro_compat import provenance_parts, strip_provenance
+from pyro_vae.draw_tracking import DrawTracker, called_in_eval_mode
+from pyro_vae.pyro_compat import provenance_parts
 from pyro_vae.traces import buffers_kept, is_point_mass
-
-#: Tensor methods that read a value out of a tensor into Python: the plate-escape
-#: check counts each as a read, and a compiled step refuses them while recording.
-#: Reading these out of any tensor while recording fixes the value read: refused (on a
-#: tensor of the step's own make_fx refuses them itself; on a constant, a global tensor
-#: annealed in place, ``float(kl_w)``, it read the number once and every replay kept it,
-#: tester BT's F2; ``np.asarray(t)``, ``np.float32(t)`` and ``complex(t)`` read it through
-#: ``__array__`` and ``__complex__``, tester BU; ``torch.equal`` and ``torch.allclose``
-#: return a Python bool, tester BX). ``str(t)`` is let through: a message or a log line,
-#: not arithmetic.
-VALUE_READS = frozenset(
-    getattr(torch.Tensor, name)
-    for name in (
-        "item", "tolist", "numpy", "__array__", "__float__", "__int__", "__complex__",
-        "__bool__", "__index__", "equal", "allclose",
-    )
-) | {torch.equal, torch.allclose}  # fmt: skip
-
-
-#: Operations whose result's shape depends on their input's values: a count read from
-#: it (``len(z.nonzero())``) carries no provenance, so each counts as a value read.
-SHAPE_READS = frozenset(
-    getattr(owner, name)
-    for owner in (torch, torch.Tensor)
-    for name in ("nonzero", "argwhere", "masked_select", "unique", "unique_consecutive")
-)
 
 
 @dataclass(frozen=True)
@@ -93,7 +67,7 @@ def plate_escapes(
     they were, outside any recording of the step (:mod:`pyro_vae.estimators.compiled`).
     Call it after the guide's first run: a lazily made parameter drawn here, in the
     forked stream, would repeat the draws of the run after it."""
-    tracker = _Tracker()
+    tracker = DrawTracker()
     try:
         with _quiet_run():
             trace = poutine.trace(tracker(guide)).get_trace(*args, **kwargs)
@@ -164,12 +138,12 @@ def _quiet_run():
         torch.no_grad(),
         pyro.validation_enabled(False),
         buffers_kept(),
-        _called_in_eval_mode(),
+        called_in_eval_mode(),
     ):
         yield
 
 
-def _parents(trace, tracker: _Tracker) -> dict[str, tuple[frozenset, frozenset]]:
+def _parents(trace, tracker: DrawTracker) -> dict[str, tuple[frozenset, frozenset]]:
     """{site: (the draws its density reads, those read into Python before it was drawn)},
     for every sample site of ``trace`` in order (not a plate's subsample). A point mass
     (``pyro.deterministic``, whose density is masked off) reads what its value was made
@@ -194,98 +168,6 @@ def _parents(trace, tracker: _Tracker) -> dict[str, tuple[frozenset, frozenset]]
 
 def _inside(site: dict, plate: str) -> bool:
     return any(f.name == plate and f.vectorized for f in site["cond_indep_stack"])
-
-
-class _Tracker(Messenger):
-    """Each draw's value tracked as its own name (:class:`_Tracked`), and, for each site,
-    the draws whose values were read into Python before it was drawn."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.reads: list[frozenset] = []
-        self.read_before: dict[str, frozenset] = {}
-        self.sampling = False  # inside a draw: its sampler's reads are its own
-        _ACTIVE.append(self)
-
-    def close(self) -> None:
-        if self in _ACTIVE:
-            _ACTIVE.remove(self)
-
-    def _pyro_sample(self, msg) -> None:
-        # a sampler's own reads (VonMises's rejection loop calls .any()) decide the draw
-        # alone, whose density's provenance says what it reads (tester DE: they made every
-        # later site a reader)
-        self.sampling = True
-
-    def _pyro_post_sample(self, msg) -> None:
-        self.sampling = False
-        if site_is_subsample(msg):
-            return
-        self.read_before[msg["name"]] = frozenset().union(*self.reads)
-        value = msg["value"]
-        if isinstance(value, ProvenanceTensor):
-            value = provenance_parts(value)[0]
-        msg["value"] = _Tracked(value, frozenset({msg["name"]}))
-
-
-_ACTIVE: list[_Tracker] = []
-
-
-class _Tracked(ProvenanceTensor):
-    """Pyro's ``ProvenanceTensor`` whose results stay of this class, and whose value reads
-    (:data:`VALUE_READS`) are recorded by the active tracker."""
-
-    @classmethod
-    def __torch_function__(cls, func, types, args=(), kwargs=None):
-        found: list[frozenset] = []
-        plain_args = tuple(strip_provenance(a, found) for a in args)
-        plain_kwargs = {k: strip_provenance(v, found) for k, v in kwargs.items()} if kwargs else {}
-        if found and _ACTIVE and not _ACTIVE[-1].sampling and _reads(func, args, kwargs):
-            _ACTIVE[-1].reads.append(frozenset().union(*found))
-        result = func(*plain_args, **plain_kwargs)
-        return _wrap(result, frozenset().union(*found)) if found else result
-
-
-def _reads(func, args: tuple, kwargs: dict | None) -> bool:
-    """Whether ``func`` on tracked arguments loses their provenance: a value read into
-    Python, a shape made from values (:data:`SHAPE_READS`), or a write into a tensor that
-    is not tracked (``s[:] = z``, ``s.add_(z)``, ``out=s``: tester DE, each missed)."""
-    if func in VALUE_READS or func in SHAPE_READS or (kwargs or {}).get("out") is not None:
-        return True
-    name = getattr(func, "__name__", "")
-    in_place = name == "__setitem__" or (name.endswith("_") and not name.startswith("_"))
-    return in_place and bool(args) and not isinstance(args[0], ProvenanceTensor)
-
-
-def _wrap(value, provenance: frozenset):
-    if isinstance(value, torch.Tensor):
-        return _Tracked(value, provenance)
-    if isinstance(value, (list, tuple)):
-        items = [_wrap(v, provenance) for v in value]
-        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
-    return value
-
-
-@contextlib.contextmanager
-def _called_in_eval_mode():
-    """Every ``nn.Module`` called in the block runs in eval mode, its own mode put back on
-    leaving: the check runs between a step's forward and backward passes, and a
-    ``BatchNorm`` in training mode would move its running statistics in place, which that
-    backward pass reads (it failed: "modified by an inplace operation")."""
-    modes: dict[torch.nn.Module, bool] = {}
-
-    def to_eval(module, _inputs) -> None:
-        if module not in modes:
-            modes[module] = module.training
-            module.training = False
-
-    handle = torch.nn.modules.module.register_module_forward_pre_hook(to_eval)
-    try:
-        yield
-    finally:
-        handle.remove()
-        for module, training in modes.items():
-            module.training = training
 
 
 class CheckedGuides:

@@ -1,0 +1,188 @@
+"""Each draw's value tracked through the torch operations of a run, and the draws whose
+values a run reads into Python.
+
+:class:`DrawTracker` gives every sample site's value (or those it is asked to track) its
+site's name as provenance, as Pyro's :func:`pyro.infer.inspect.get_dependencies` does for
+a model, and keeps that provenance on every tensor computed from it
+(:class:`TrackedDraw`, Pyro's ``ProvenanceTensor`` whose results stay of its class). A
+site's log-density then says which draws it reads. What provenance cannot follow is a
+value read out of a tensor into Python (``if z.sum() > 1:``, ``int(z)``), a shape made
+from values (``z.nonzero()``) or a write into a tensor that is not tracked (``s[:] = z``):
+each is recorded as a read, with the operation that made it, so a caller can say what
+may depend on it. Used by the plate-escape check of the estimators
+(:mod:`pyro_vae.estimators.plate_escapes`) and the vectorized-particles check
+(:func:`pyro_vae.traces.check_vectorized`: one Python value shared by every particle).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pyro
+import torch
+from pyro.ops.provenance import ProvenanceTensor
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
+
+from pyro_vae.pyro_compat import provenance_parts, strip_provenance
+
+#: Tensor methods that read a value out of a tensor into Python: the plate-escape
+#: check counts each as a read, and a compiled step refuses them while recording.
+#: Reading these out of any tensor while recording fixes the value read: refused (on a
+#: tensor of the step's own make_fx refuses them itself; on a constant, a global tensor
+#: annealed in place, ``float(kl_w)``, it read the number once and every replay kept it,
+#: tester BT's F2; ``np.asarray(t)``, ``np.float32(t)`` and ``complex(t)`` read it through
+#: ``__array__`` and ``__complex__``, tester BU; ``torch.equal`` and ``torch.allclose``
+#: return a Python bool, tester BX). ``str(t)`` is let through: a message or a log line,
+#: not arithmetic.
+VALUE_READS = frozenset(
+    getattr(torch.Tensor, name)
+    for name in (
+        "item", "tolist", "numpy", "__array__", "__float__", "__int__", "__complex__",
+        "__bool__", "__index__", "equal", "allclose",
+    )
+) | {torch.equal, torch.allclose}  # fmt: skip
+
+
+#: Operations whose result's shape depends on their input's values: a count read from
+#: it (``len(z.nonzero())``) carries no provenance, so each counts as a value read.
+SHAPE_READS = frozenset(
+    getattr(owner, name)
+    for owner in (torch, torch.Tensor)
+    for name in ("nonzero", "argwhere", "masked_select", "unique", "unique_consecutive")
+)
+
+
+@dataclass(frozen=True)
+class DrawRead:
+    """Values of the draws ``sites`` read out of their tensors by operation ``operation``
+    (its name: ``__bool__`` for an ``if`` or an ``assert``, ``item``, ``nonzero``,
+    ``__setitem__`` for a write into a tensor that is not tracked)."""
+
+    sites: frozenset
+    operation: str
+    #: "file:line" of the read (the innermost frame outside torch, Pyro and this module),
+    #: or "" where there is none
+    where: str = ""
+
+
+class DrawTracker(Messenger):
+    """Each draw's value tracked as its own name (:class:`TrackedDraw`), and, for each
+    site, the draws whose values were read into Python before it was drawn
+    (:attr:`read_before`); every read in order in :attr:`reads`.
+
+    ``tracked(msg)`` chooses the sample sites whose values are tracked (default: all).
+    A sampler's own reads (between a site's draw and its value) are not recorded. Use as
+    a context manager or call :meth:`close` when done, so that no later read is taken
+    for this run's."""
+
+    def __init__(self, tracked: Callable[[dict], bool] | None = None) -> None:
+        super().__init__()
+        self.reads: list[DrawRead] = []
+        self.read_before: dict[str, frozenset] = {}
+        self.tracked = tracked
+        self.sampling = False  # inside a draw: its sampler's reads are its own
+        _ACTIVE.append(self)
+
+    def close(self) -> None:
+        if self in _ACTIVE:
+            _ACTIVE.remove(self)
+
+    def _pyro_sample(self, msg) -> None:
+        # a sampler's own reads (VonMises's rejection loop calls .any()) decide the draw
+        # alone, whose density's provenance says what it reads (tester DE: they made every
+        # later site a reader)
+        self.sampling = True
+
+    def _pyro_post_sample(self, msg) -> None:
+        self.sampling = False
+        if site_is_subsample(msg):
+            return
+        self.read_before[msg["name"]] = frozenset().union(*(r.sites for r in self.reads))
+        if self.tracked is not None and not self.tracked(msg):
+            return
+        value = msg["value"]
+        if isinstance(value, ProvenanceTensor):
+            value = provenance_parts(value)[0]
+        msg["value"] = TrackedDraw(value, frozenset({msg["name"]}))
+
+
+_ACTIVE: list[DrawTracker] = []
+
+
+class TrackedDraw(ProvenanceTensor):
+    """Pyro's ``ProvenanceTensor`` whose results stay of this class, and whose value reads
+    (:data:`VALUE_READS`, :data:`SHAPE_READS`, writes into untracked tensors) are recorded
+    by the active :class:`DrawTracker`."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        found: list[frozenset] = []
+        plain_args = tuple(strip_provenance(a, found) for a in args)
+        plain_kwargs = {k: strip_provenance(v, found) for k, v in kwargs.items()} if kwargs else {}
+        if found and _ACTIVE and not _ACTIVE[-1].sampling and _reads(func, args, kwargs):
+            name = getattr(func, "__name__", repr(func))
+            _ACTIVE[-1].reads.append(DrawRead(frozenset().union(*found), name, _caller()))
+        result = func(*plain_args, **plain_kwargs)
+        return _wrap(result, frozenset().union(*found)) if found else result
+
+
+#: Where a read's place is not: torch's, Pyro's and this module's frames.
+_NOT_THE_READER = (
+    *(os.path.dirname(module.__file__) + os.sep for module in (torch, pyro)),
+    __file__,
+)
+
+
+def _caller() -> str:
+    """ "file:line" of the innermost frame outside torch, Pyro and this module."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(_NOT_THE_READER):
+        frame = frame.f_back
+    return "" if frame is None else f"{frame.f_code.co_filename}:{frame.f_lineno}"
+
+
+def _reads(func, args: tuple, kwargs: dict | None) -> bool:
+    """Whether ``func`` on tracked arguments loses their provenance: a value read into
+    Python, a shape made from values (:data:`SHAPE_READS`), or a write into a tensor that
+    is not tracked (``s[:] = z``, ``s.add_(z)``, ``out=s``: tester DE, each missed)."""
+    if func in VALUE_READS or func in SHAPE_READS or (kwargs or {}).get("out") is not None:
+        return True
+    name = getattr(func, "__name__", "")
+    in_place = name == "__setitem__" or (name.endswith("_") and not name.startswith("_"))
+    return in_place and bool(args) and not isinstance(args[0], ProvenanceTensor)
+
+
+def _wrap(value, provenance: frozenset):
+    if isinstance(value, torch.Tensor):
+        return TrackedDraw(value, provenance)
+    if isinstance(value, (list, tuple)):
+        items = [_wrap(v, provenance) for v in value]
+        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
+    return value
+
+
+@contextlib.contextmanager
+def called_in_eval_mode():
+    """Every ``nn.Module`` called in the block runs in eval mode, its own mode put back on
+    leaving: a check runs between a step's forward and backward passes, and a
+    ``BatchNorm`` in training mode would move its running statistics in place, which that
+    backward pass reads (it failed: "modified by an inplace operation")."""
+    modes: dict[torch.nn.Module, bool] = {}
+
+    def to_eval(module, _inputs) -> None:
+        if module not in modes:
+            modes[module] = module.training
+            module.training = False
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(to_eval)
+    try:
+        yield
+    finally:
+        handle.remove()
+        for module, training in modes.items():
+            module.training = training
