@@ -988,11 +988,13 @@ def _check_python_reads(
     if not insisted:
         raise ValueError(
             f"{what}; if that read decides nothing drawn or scored (an assert, a log "
-            "line), vectorize_particles=True keeps the particles vectorized"
+            "line), vectorize_particles=True (--vectorize-particles on) keeps the particles "
+            "vectorized"
         )
     warnings.warn(
         f"{what}: wrong wherever it decides what is drawn or scored (an if, an index); "
-        "vectorize_particles=False draws the particles one at a time",
+        "vectorize_particles=False (--vectorize-particles off) draws the particles one at "
+        "a time",
         VectorizationWarning,
         stacklevel=4,
     )

@@ -1169,10 +1169,10 @@ def test_an_assert_on_a_draw_keeps_vectorized_particles_where_they_are_insisted_
             pyro.sample("z", dist.Normal(x.mean(-1), 0.7))
 
     pyro.set_rng_seed(0)
-    with pytest.warns(VectorizationWarning, match="vectorize_particles=False draws"):
+    with pytest.warns(VectorizationWarning, match=r"vectorize_particles=False \(--vectorize-particles off\) draws"):
         *_, vectorized = particle_traces(model, asserting_guide, (X,), {}, 4, 1, True)
     assert vectorized
-    with pytest.warns(VectorizationWarning, match="vectorize_particles=True keeps"):
+    with pytest.warns(VectorizationWarning, match=r"vectorize_particles=True \(--vectorize-particles on\) keeps"):
         *_, vectorized = particle_traces(model, asserting_guide, (X,), {}, 4, 1, None)
     assert not vectorized
 
