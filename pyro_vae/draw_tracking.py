@@ -27,6 +27,7 @@ import torch
 from pyro.ops.provenance import ProvenanceTensor
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
+from torch.nn.parameter import is_lazy
 
 from pyro_vae.pyro_compat import provenance_parts, strip_provenance
 
@@ -43,9 +44,9 @@ VALUE_READS = frozenset(
     getattr(torch.Tensor, name)
     for name in (
         "item", "tolist", "numpy", "__array__", "__float__", "__int__", "__complex__",
-        "__bool__", "__index__", "equal", "allclose",
+        "__bool__", "__index__", "equal", "allclose", "__contains__", "is_nonzero",
     )
-) | {torch.equal, torch.allclose}  # fmt: skip
+) | {torch.equal, torch.allclose, torch.is_nonzero}  # fmt: skip
 
 
 #: Operations whose result's shape depends on their input's values: a count read from
@@ -53,8 +54,18 @@ VALUE_READS = frozenset(
 SHAPE_READS = frozenset(
     getattr(owner, name)
     for owner in (torch, torch.Tensor)
-    for name in ("nonzero", "argwhere", "masked_select", "unique", "unique_consecutive")
-)
+    for name in (
+        "nonzero", "argwhere", "masked_select", "unique", "unique_consecutive", "bincount",
+    )
+) | {torch.Tensor.to_sparse}  # fmt: skip
+
+#: Operations whose result's shape depends on their input's values only when called so
+#: (tester DG: each missed): ``torch.where(c)`` with its condition alone,
+#: ``repeat_interleave`` with a tensor of repeats (or its input as the repeats),
+#: ``F.one_hot`` without a number of classes, indexing by a boolean mask (``z[z > 0.5]``).
+_WHERE = frozenset({torch.where, torch.Tensor.where})
+_REPEAT = frozenset({torch.repeat_interleave, torch.Tensor.repeat_interleave})
+_ONE_HOT = frozenset({torch.nn.functional.one_hot})
 
 
 @dataclass(frozen=True)
@@ -65,6 +76,9 @@ class DrawRead:
 
     sites: frozenset
     operation: str
+    #: "value" (read into Python), "shape" (a shape made from values) or "write" (into a
+    #: tensor that is not tracked, so the provenance stops there: not a read in itself)
+    kind: str = "value"
     #: "file:line" of the read (the innermost frame outside torch, Pyro and this module),
     #: or "" where there is none
     where: str = ""
@@ -124,9 +138,11 @@ class TrackedDraw(ProvenanceTensor):
         found: list[frozenset] = []
         plain_args = tuple(strip_provenance(a, found) for a in args)
         plain_kwargs = {k: strip_provenance(v, found) for k, v in kwargs.items()} if kwargs else {}
-        if found and _ACTIVE and not _ACTIVE[-1].sampling and _reads(func, args, kwargs):
+        kind = _ACTIVE and not _ACTIVE[-1].sampling and found and _reads(func, args, kwargs)
+        if kind and not _validating():
             name = getattr(func, "__name__", repr(func))
-            _ACTIVE[-1].reads.append(DrawRead(frozenset().union(*found), name, _caller()))
+            read = DrawRead(frozenset().union(*found), name, kind, _caller())
+            _ACTIVE[-1].reads.append(read)
         result = func(*plain_args, **plain_kwargs)
         return _wrap(result, frozenset().union(*found)) if found else result
 
@@ -146,20 +162,63 @@ def _caller() -> str:
     return "" if frame is None else f"{frame.f_code.co_filename}:{frame.f_lineno}"
 
 
-def _reads(func, args: tuple, kwargs: dict | None) -> bool:
-    """Whether ``func`` on tracked arguments loses their provenance: a value read into
-    Python, a shape made from values (:data:`SHAPE_READS`), or a write into a tensor that
-    is not tracked (``s[:] = z``, ``s.add_(z)``, ``out=s``: tester DE, each missed)."""
-    if func in VALUE_READS or func in SHAPE_READS or (kwargs or {}).get("out") is not None:
-        return True
+def _reads(func, args: tuple, kwargs: dict | None) -> str | None:
+    """How ``func`` on tracked arguments loses their provenance, if it does: "value", read
+    into Python (:data:`VALUE_READS`); "shape", a shape made from values
+    (:data:`SHAPE_READS`, and the calls of :func:`_shape_from_values`); "write", into a
+    tensor that is not tracked (``s[:] = z``, ``s.add_(z)``, ``out=s``: tester DE, each
+    missed); else None."""
+    kwargs = kwargs or {}
+    if func in VALUE_READS:
+        return "value"
+    if func in SHAPE_READS or _shape_from_values(func, args, kwargs):
+        return "shape"
     name = getattr(func, "__name__", "")
     in_place = name == "__setitem__" or (name.endswith("_") and not name.startswith("_"))
-    return in_place and bool(args) and not isinstance(args[0], ProvenanceTensor)
+    untracked = bool(args) and not isinstance(args[0], ProvenanceTensor)
+    return "write" if kwargs.get("out") is not None or in_place and untracked else None
+
+
+def _shape_from_values(func, args: tuple, kwargs: dict) -> bool:
+    """Whether this call of an operation whose result's shape may depend on its input's
+    values does (see :data:`_WHERE`)."""
+    if func in _WHERE:
+        return len(args) + len(kwargs) == 1
+    if func in _REPEAT:  # its input alone: the input is the repeats
+        repeats = args[1] if len(args) > 1 else kwargs.get("repeats")
+        return repeats is None or torch.is_tensor(repeats)
+    if func in _ONE_HOT:
+        classes = args[1] if len(args) > 1 else kwargs.get("num_classes", -1)
+        return classes == -1
+    if func is torch.Tensor.__getitem__ and len(args) > 1:
+        index = args[1] if isinstance(args[1], tuple) else (args[1],)
+        return any(torch.is_tensor(i) and i.dtype in (torch.bool, torch.uint8) for i in index)
+    return False
+
+
+#: The functions of torch's argument and sample checks (``validate_args=True``): a check
+#: reads values to raise on a bad one, which decides nothing drawn or scored.
+_VALIDATION = frozenset({"__init__", "_validate_sample"})
+_DISTRIBUTION_FILE = os.path.join("torch", "distributions", "distribution.py")
+
+
+def _validating() -> bool:
+    """Whether the read being recorded is made by torch's distribution checks."""
+    frame = sys._getframe(2)
+    for _ in range(12):
+        if frame is None:
+            return False
+        code = frame.f_code
+        if code.co_name in _VALIDATION and code.co_filename.endswith(_DISTRIBUTION_FILE):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _wrap(value, provenance: frozenset):
     if isinstance(value, torch.Tensor):
-        return TrackedDraw(value, provenance)
+        # a sparse result cannot be subclassed; its read was recorded (to_sparse)
+        return TrackedDraw(value, provenance) if value.layout == torch.strided else value
     if isinstance(value, (list, tuple)):
         items = [_wrap(v, provenance) for v in value]
         return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
@@ -167,22 +226,33 @@ def _wrap(value, provenance: frozenset):
 
 
 @contextlib.contextmanager
-def called_in_eval_mode():
-    """Every ``nn.Module`` called in the block runs in eval mode, its own mode put back on
-    leaving: a check runs between a step's forward and backward passes, and a
-    ``BatchNorm`` in training mode would move its running statistics in place, which that
-    backward pass reads (it failed: "modified by an inplace operation")."""
-    modes: dict[torch.nn.Module, bool] = {}
+def buffers_set_aside():
+    """Every ``nn.Module`` called in the block runs in its own mode (a branch taken only
+    in training is taken) on copies of its buffers, its own buffers put back untouched on
+    leaving: a check runs between a step's forward and backward passes, whose graph may
+    have saved a buffer (a ``BatchNorm``'s running statistics, a flow's masks), and a
+    ``BatchNorm`` in training mode updates its statistics in place, which would fail that
+    backward pass ("modified by an inplace operation"). Eval mode, the first way round
+    this, hid reads made only in training (tester DG: ``if self.training and z.sum() >
+    0.5`` went unseen, an ELBO 17 standard errors off)."""
+    originals: dict[torch.nn.Module, dict[str, torch.Tensor]] = {}
 
-    def to_eval(module, _inputs) -> None:
-        if module not in modes:
-            modes[module] = module.training
-            module.training = False
+    def copy_buffers(module, _inputs) -> None:
+        # its submodules' too: one used without its __call__ (Pyro's BatchNorm transform,
+        # applied as a Transform) is never seen by the hook
+        for sub in module.modules():
+            if sub in originals:
+                continue
+            own = {n: b for n, b in sub.named_buffers(recurse=False) if not is_lazy(b)}
+            originals[sub] = own
+            for name, buffer in own.items():
+                setattr(sub, name, buffer.clone())  # a registered buffer's slot
 
-    handle = torch.nn.modules.module.register_module_forward_pre_hook(to_eval)
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(copy_buffers)
     try:
         yield
     finally:
         handle.remove()
-        for module, training in modes.items():
-            module.training = training
+        for module, own in originals.items():
+            for name, buffer in own.items():
+                setattr(module, name, buffer)

@@ -81,6 +81,7 @@ from pyro_vae.pointwise import (
 from pyro_vae.progress import bar as progress_bar
 from pyro_vae.traces import (
     PointMassWarning,
+    check_vectorized_pair,
     particle_traces,
     plate_nesting,
     point_mass_latents,
@@ -946,7 +947,6 @@ def elbo_estimate(
     check_num("num_chunks", num_chunks)
     chunks = min(num_samples, num_chunks)
     sizes = [num_samples // chunks + (i < num_samples % chunks) for i in range(chunks)]
-    means = []
     with eval_mode(model, guide), poutine.block(), unscaled():
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             nesting = max_plate_nesting(model, guide, *args, **kwargs)
@@ -960,21 +960,39 @@ def elbo_estimate(
             point_masses = point_mass_latents(model_tr, guide_tr, again)
         _warn_point_masses(point_masses, stacklevel=3)
         vectorize = vectorize_for(guide, vectorize_particles)
-        for size in sizes:
-            mean, vectorized = vectorized_or_looped(
-                vectorize if size > 1 else False,
-                lambda s=size: _enum_elbo(model, guide, args, kwargs, s, nesting, True),
-                lambda s=size: _enum_elbo(model, guide, args, kwargs, s, nesting, False),
-                "elbo_estimate",
-                size,
-            )
-            means.append(mean)
-            vectorize = vectorize if vectorized or size == 1 else False
+        means = _chunk_means(model, guide, args, kwargs, sizes, nesting, vectorize)
     means_t = torch.tensor(means, dtype=torch.float64, device="cpu")  # Python floats
     weights = torch.tensor(sizes, dtype=torch.float64, device="cpu") / num_samples
     elbo = float((weights * means_t).sum())
     stderr = float(means_t.std() / math.sqrt(chunks)) if chunks > 1 else math.nan
     return elbo, stderr
+
+
+def _chunk_means(model, guide, args, kwargs, sizes, nesting: int, vectorize) -> list[float]:
+    """Each chunk's ELBO estimate, its particles vectorized where ``vectorize`` allows
+    (:func:`~pyro_vae.traces.vectorized_or_looped`); the first vectorized chunk checks the
+    pair first (:func:`~pyro_vae.traces.check_vectorized_pair`: Pyro's own vectorized run
+    is out of reach of the checks)."""
+    means, checked = [], []
+
+    def vectorized(size: int) -> float:
+        if not checked:
+            insisted = vectorize is True
+            check_vectorized_pair(model, guide, args, kwargs, size, nesting + 1, insisted)
+            checked.append(size)
+        return _enum_elbo(model, guide, args, kwargs, size, nesting, True)
+
+    for size in sizes:
+        mean, vectorized_here = vectorized_or_looped(
+            vectorize if size > 1 else False,
+            lambda s=size: vectorized(s),
+            lambda s=size: _enum_elbo(model, guide, args, kwargs, s, nesting, False),
+            "elbo_estimate",
+            size,
+        )
+        means.append(mean)
+        vectorize = vectorize if vectorized_here or size == 1 else False
+    return means
 
 
 def _enum_elbo(model, guide, args, kwargs, size: int, nesting: int, vectorize) -> float:

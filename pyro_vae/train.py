@@ -455,7 +455,8 @@ def _refuse_bad_arguments(model, guide, elbo, run, resume: bool, resume_state, c
     reason = path_gradient_reason(elbo, guide) if config.compile else None
     if reason is not None:  # as the command line says it (tester CV: a CaptureError in
         raise CaptureError(  # torch's words)
-            f"could not record one step: {reason}; use compile=False, or gradient='reparam'"
+            f"could not record one step: {reason}; use compile=False"
+            + (", or gradient='reparam'" if "gradient=" in reason else "")
         )
     if config.tensorboard:
         if run is None:
@@ -834,7 +835,7 @@ def _refuse_terms_that_differ_by_rank(
     # name, whatever the local sites drawn before it took from the stream (tester AB: a
     # guide drawing its rows' z first, on parts of 5 and 4 rows, drew two different W)
     seeded = _SeededOutside(pair.plate)  # inside run_pair's block, which hides sites
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
+    with torch.random.fork_rng(devices=[]), torch.no_grad(), buffers_kept():
         traces = run_pair(seeded(pair.model), seeded(pair.guide), args, kwargs)
         terms = {}
         for who, trace in zip(("model", "guide"), traces, strict=True):

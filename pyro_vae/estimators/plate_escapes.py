@@ -36,9 +36,9 @@ from pyro.ops.provenance import ProvenanceTensor, get_provenance
 from pyro.poutine.util import site_is_subsample
 from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing
 
-from pyro_vae.draw_tracking import DrawTracker, called_in_eval_mode
+from pyro_vae.draw_tracking import DrawTracker, buffers_set_aside
 from pyro_vae.pyro_compat import provenance_parts
-from pyro_vae.traces import buffers_kept, is_point_mass
+from pyro_vae.traces import is_point_mass
 
 
 @dataclass(frozen=True)
@@ -131,14 +131,13 @@ def possible_plate_escapes(
 @contextlib.contextmanager
 def _quiet_run():
     """What the tracked run runs under: no recording, its own random stream, no gradients,
-    no validation, buffers put back, networks in eval mode."""
+    no validation, networks in their own modes on copies of their buffers."""
     with (
         disable_proxy_modes_tracing(),  # left out of a step being recorded (compiled.py)
         torch.random.fork_rng(devices=[]),
         torch.no_grad(),
         pyro.validation_enabled(False),
-        buffers_kept(),
-        called_in_eval_mode(),
+        buffers_set_aside(),  # own modes (a read made only in training is seen)
     ):
         yield
 

@@ -6,7 +6,7 @@ import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 
-from pyro_vae.draw_tracking import DrawTracker, called_in_eval_mode
+from pyro_vae.draw_tracking import DrawTracker, buffers_set_aside
 
 THIS_FILE = __file__
 
@@ -90,10 +90,79 @@ def test_a_closed_tracker_records_nothing_more():
     assert tracker.reads == []
 
 
-def test_called_in_eval_mode_runs_modules_in_eval_mode_and_puts_their_mode_back():
+def test_buffers_set_aside_keeps_each_module_s_mode_and_its_own_buffers_untouched():
+    """A BatchNorm in training mode runs as in training (its batch statistics), on copies
+    of its buffers: its own running statistics keep their values and their version (a
+    graph that saved them can still run its backward pass)."""
     net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
-    before = net[1].running_mean.clone()
-    with called_in_eval_mode(), torch.no_grad():
-        net(torch.randn(5, 2))
-    assert net.training and net[1].training
-    assert torch.equal(net[1].running_mean, before)
+    mean = net[1].running_mean
+    before, version = mean.clone(), mean._version
+    x = torch.randn(5, 2)
+    seen = {}
+    net.register_forward_hook(lambda module, inputs, out: seen.setdefault("out", out))
+    with buffers_set_aside(), torch.no_grad():
+        net(x)
+        moved = net[1].running_mean.clone()
+    assert net[1].running_mean is mean
+    assert torch.equal(mean, before) and mean._version == version
+    assert not torch.equal(moved, before)  # the copy moved: training mode ran
+    hidden = net[0](x)
+    expected = (hidden - hidden.mean(0)) / (hidden.var(0, unbiased=False) + 1e-5).sqrt()
+    assert torch.allclose(seen["out"], expected, atol=1e-5)  # batch statistics
+
+
+def test_reads_through_membership_masks_and_value_shaped_results_are_recorded():
+    """Tester DG: each of these reads one value for every particle and was missed."""
+    import torch.nn.functional as F
+
+    reads = {
+        "__contains__": lambda z: 1.0 in z,
+        "__getitem__": lambda z: len(z[z > 0.5]),
+        "where": lambda z: torch.where(z > 0.5)[0].numel(),
+        "is_nonzero": lambda z: torch.is_nonzero(z.sum() > 0.5),
+        "bincount": lambda z: torch.bincount(z.long()).shape,
+        "one_hot": lambda z: F.one_hot(z.long()).shape,
+        "repeat_interleave": lambda z: torch.repeat_interleave(z.long()).shape,
+        "to_sparse": lambda z: z.to_sparse().values().shape,
+    }
+    for operation, read in reads.items():
+
+        def guide(read=read):
+            read(pyro.sample("z", dist.Bernoulli(0.5).expand([3]).to_event(1)))
+
+        pyro.set_rng_seed(0)
+        tracker, _ = run_tracked(guide)
+        assert [r.operation for r in tracker.reads][:1] == [operation], operation
+        assert tracker.reads[0].kind in ("value", "shape")
+
+
+def test_value_shaped_operations_called_with_fixed_shapes_are_no_reads():
+    import torch.nn.functional as F
+
+    def guide():
+        z = pyro.sample("z", dist.Bernoulli(0.5).expand([3]).to_event(1))
+        F.one_hot(z.long(), 2)  # its number of classes given
+        torch.where(z > 0.5, z, 1 - z)
+        torch.repeat_interleave(z, 2)
+        z[torch.tensor([0, 2])]  # integer indices
+
+    pyro.set_rng_seed(0)
+    tracker, _ = run_tracked(guide)
+    assert tracker.reads == []
+
+
+def test_torch_s_own_argument_checks_are_no_reads_and_writes_are_told_apart():
+    """``validate_args=True`` reads values to raise on a bad one, deciding nothing (tester
+    DG: it sent a valid pair to the loop); a write into an untracked tensor loses the
+    provenance but reads nothing."""
+
+    def guide():
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        s = pyro.sample("s", dist.LogNormal(0.0, 1.0))
+        torch.distributions.Normal(mu, s, validate_args=True).log_prob(torch.tensor(0.5))
+        loc = torch.zeros(2)
+        loc[0] = mu
+
+    pyro.set_rng_seed(0)
+    tracker, _ = run_tracked(guide)
+    assert [(r.operation, r.kind) for r in tracker.reads] == [("__setitem__", "write")]

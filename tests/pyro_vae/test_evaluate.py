@@ -1025,3 +1025,34 @@ def test_rows_the_model_does_not_take_are_refused_by_shape(rows, refusal):
         with pytest.raises(ValueError, match=refusal):
             evaluator(vae, vae.make_guide(), rows(x))
     assert elbo_per_datapoint(vae, vae.make_guide(), x[None, 0]).shape == (1,)
+
+
+def test_elbo_estimate_checks_its_vectorized_particles_and_loops_a_branch_on_a_draw():
+    """Tester DG: ``elbo_estimate`` ran Pyro's vectorized ``TraceEnum_ELBO`` unchecked,
+    and a model branching on ``z.sum() > 0.5`` came out 55 standard errors above its ELBO
+    (every particle took the branch of their sum), with no word. The exact ELBO is a sum
+    over z's four states."""
+    import itertools
+
+    from pyro_vae.traces import VectorizationWarning
+
+    x = torch.tensor(1.0)
+
+    def model(x):
+        z = pyro.sample("z", dist.Bernoulli(torch.full((2,), 0.3)).to_event(1))
+        pyro.sample("x", dist.Normal(2.0 if z.sum() > 0.5 else -1.0, 1.0), obs=x)
+
+    def guide(x):
+        pyro.sample("z", dist.Bernoulli(torch.full((2,), 0.5)).to_event(1))
+
+    exact = 0.0
+    for state in itertools.product([0.0, 1.0], repeat=2):
+        z = torch.tensor(state)
+        log_q = dist.Bernoulli(torch.full((2,), 0.5)).log_prob(z).sum()
+        log_p = dist.Bernoulli(torch.full((2,), 0.3)).log_prob(z).sum()
+        log_lik = dist.Normal(2.0 if z.sum() > 0.5 else -1.0, 1.0).log_prob(x)
+        exact += float(log_q.exp() * (log_p + log_lik - log_q))
+    pyro.set_rng_seed(0)
+    with pytest.warns(VectorizationWarning, match="draw 'z' is read into Python"):
+        elbo, se = elbo_estimate(model, guide, x, num_samples=1000, num_chunks=10)
+    assert abs(elbo - exact) < 5 * se  # se ≈ 0.01 nats; the fault: 0.37 nats

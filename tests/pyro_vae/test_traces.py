@@ -5,6 +5,7 @@ The model has a global latent and a per-datapoint one, so particles meet sites o
 ranks:  μ ~ N(0, 1);  z_n ~ N(μ, 1);  x_nd ~ N(z_n, 0.5²)  (n = 1..3 in the plate, d = 1, 2).
 """
 
+import copy
 import functools
 import math
 import warnings
@@ -1169,10 +1170,11 @@ def test_an_assert_on_a_draw_keeps_vectorized_particles_where_they_are_insisted_
             pyro.sample("z", dist.Normal(x.mean(-1), 0.7))
 
     pyro.set_rng_seed(0)
-    with pytest.warns(VectorizationWarning, match=r"vectorize_particles=False \(--vectorize-particles off\) draws"):
+    with pytest.warns(VectorizationWarning, match=r"\(--vectorize-particles off\) draws") as got:
         *_, vectorized = particle_traces(model, asserting_guide, (X,), {}, 4, 1, True)
     assert vectorized
-    with pytest.warns(VectorizationWarning, match=r"vectorize_particles=True \(--vectorize-particles on\) keeps"):
+    assert got[0].filename == __file__  # the user's call, not the library's lines
+    with pytest.warns(VectorizationWarning, match=r"\(--vectorize-particles on\) keeps"):
         *_, vectorized = particle_traces(model, asserting_guide, (X,), {}, 4, 1, None)
     assert not vectorized
 
@@ -1188,3 +1190,164 @@ def test_a_guide_reading_no_draw_into_python_stays_vectorized_without_a_warning(
         warnings.simplefilter("error")
         *_, vectorized = particle_traces(model, reading_data, (X,), {}, 4, 1)
     assert vectorized
+
+
+def bernoulli_pair(score_x):
+    """z ~ Bernoulli(0.3)² under the model, Bernoulli(0.5)² under the guide, x = 1 observed
+    through ``score_x(z)``, a distribution over x."""
+
+    def model():
+        z = pyro.sample("z", dist.Bernoulli(torch.full((2,), 0.3)).to_event(1))
+        pyro.sample("x", score_x(z), obs=torch.tensor(1.0))
+
+    def guide():
+        pyro.sample("z", dist.Bernoulli(torch.full((2,), 0.5)).to_event(1))
+
+    return model, guide
+
+
+def looped_without_warning_free_pass(model, guide, args=()):
+    pyro.set_rng_seed(0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        *_, vectorized = particle_traces(model, guide, args, {}, 8, 0 if not args else 1)
+    messages = [str(w.message) for w in caught if issubclass(w.category, VectorizationWarning)]
+    return vectorized, messages
+
+
+def test_a_read_made_only_in_training_mode_is_seen():
+    """Tester DG: the check ran networks in eval mode, and ``if self.training and
+    z.sum() > 0.5`` went unseen (an ELBO 17 standard errors off)."""
+
+    class Shift(torch.nn.Module):
+        def forward(self, z):
+            return z + 1.0 if self.training and z.sum() > 0.5 else z
+
+    shift = Shift()
+    model, guide = bernoulli_pair(lambda z: dist.Normal(shift(z).sum(-1) - 1.0, 1.0))
+    vectorized, messages = looped_without_warning_free_pass(model, guide)
+    assert not vectorized and "draw 'z' is read into Python (__bool__" in messages[0]
+    assert shift.training
+
+
+def test_a_read_in_a_distribution_s_own_log_prob_is_seen():
+    """Tester DG: the check's run computed no log-density, so a ``log_prob`` that branched
+    on a draw went unseen (29.5 standard errors off)."""
+
+    class Switch(dist.TorchDistribution):
+        arg_constraints, support = {}, dist.constraints.real
+
+        def __init__(self, z):
+            self.z = z
+            super().__init__(batch_shape=z.shape[:-1])
+
+        def log_prob(self, value):
+            loc = 2.0 if bool((self.z > 0.5).any()) else -1.0
+            return dist.Normal(loc, 1.0).log_prob(value).expand(self.batch_shape)
+
+    vectorized, messages = looped_without_warning_free_pass(*bernoulli_pair(Switch))
+    assert not vectorized and "draw 'z' is read into Python" in messages[0]
+
+
+def test_a_model_subsampling_its_own_plate_is_checked():
+    """Tester DG: with a subsampling plate the evaluators' run skipped every check, and
+    every particle scored the branch of the particles' sum."""
+    x = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
+
+    def model(x):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        loc = 1.0 if mu.sum() > 0 else -1.0
+        with pyro.plate("data", 6, subsample_size=3) as rows:
+            mean = torch.full((3,), loc) + 0 * mu[..., None]
+            pyro.sample("x", dist.Normal(mean, 1.0).to_event(1), obs=x[rows])
+
+    def guide(x):
+        pyro.sample("mu", dist.Normal(0.0, 1.0))
+
+    pyro.set_rng_seed(0)
+    with pytest.warns(VectorizationWarning):
+        model_tr, guide_tr, vectorized = particle_traces(model, guide, (x,), {}, 5, 1)
+    assert not vectorized
+    mu = guide_tr.nodes["mu"]["value"].reshape(5)
+    log_p = model_tr.nodes["x"]["log_prob"].reshape(5, -1).sum(-1)
+    assert (mu > 0).any() and (mu < 0).any()  # two branches: two values, one per sign
+    assert len(set(log_p.tolist())) == 2
+
+
+def test_a_failed_vectorized_attempt_leaves_no_trace_in_a_batchnorm():
+    """Tester DG: the fallback put back the random streams, not the buffers: a BatchNorm
+    counted the discarded attempt's batch, 5 updates where the loop alone made 4."""
+    from pyro_vae.estimators import get
+
+    torch.manual_seed(1)
+    x = torch.randn(6, 3)
+    start = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.BatchNorm1d(8))
+    found = {}
+    for vectorize in (None, False):
+        net = copy.deepcopy(start)
+
+        def model(x):
+            with pyro.plate("data", x.shape[0]):
+                z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+                assert torch.isfinite(z).all()  # a read: the vectorized attempt fails over
+                mean = z.sum(-1, keepdim=True) * torch.ones(3)
+                pyro.sample("x", dist.Normal(mean, 1.0).to_event(1), obs=x)
+
+        def guide(x, net=net):
+            pyro.module("net", net)
+            with pyro.plate("data", x.shape[0]):
+                h = net(x)
+                pyro.sample("z", dist.Normal(h[..., :2], h[..., 2:4].exp()).to_event(1))
+
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", VectorizationWarning)
+            estimator = get("score", num_particles=4, vectorize_particles=vectorize)
+            loss = estimator.loss(model, guide, x)
+        found[vectorize] = (loss, net[1].num_batches_tracked.item(), net[1].running_mean.clone())
+    assert found[None][:2] == found[False][:2] == (found[False][0], 4)
+    assert torch.equal(found[None][2], found[False][2])
+
+
+def test_a_draw_written_into_a_tensor_keeps_the_particles_vectorized():
+    """Tester DG: ``loc[..., :2] = z`` reads nothing (the particle dim goes with it), and
+    a valid pair was sent to the loop."""
+
+    def model(x):
+        z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        loc = torch.zeros(z.shape[:-1] + (4,))
+        loc[..., :2] = z
+        loc[..., 2:] = -z
+        pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+
+    pyro.set_rng_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        *_, vectorized = particle_traces(model, guide, (torch.randn(4),), {}, 8, 0)
+    assert vectorized
+
+
+def test_buffers_kept_puts_back_a_submodule_applied_without_its_call():
+    """Pyro's BatchNorm transform is applied as a Transform, not through ``__call__``, so
+    the hook never saw it and a check moved its statistics (tester DH: a resumed flow
+    guide with one drifted from the uninterrupted run, 62 of 117 tensors)."""
+    from pyro.distributions.transforms import BatchNorm
+
+    class Flow(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm = BatchNorm(2)
+
+        def forward(self, y):
+            return self.norm.inv(y)  # training mode: moves its moving averages
+
+    flow = Flow()
+    before = flow.norm.moving_mean.clone()
+    with buffers_kept(), torch.no_grad():
+        flow(torch.randn(10, 2) + 3.0)
+        assert not torch.equal(flow.norm.moving_mean, before)
+    assert torch.equal(flow.norm.moving_mean, before)

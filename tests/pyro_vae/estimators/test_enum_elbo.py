@@ -116,3 +116,27 @@ def test_pathwise_and_nested_dependences_are_let_through():
             pyro.sample("z", dist.Bernoulli(pyro.param("p", torch.full((3,), 0.5))))
 
     TraceEnumELBO().loss_and_grads(nested, nested_guide, torch.zeros(3))
+
+
+def test_vectorized_particles_are_checked_and_a_branch_on_a_draw_is_warned_of():
+    """Tester DG: ``enum`` with ``vectorize_particles=True`` ran Pyro's own vectorized
+    run, which no check reached: a branch on the global draw (``if mu.sum() > 0``) put the
+    loss 12 standard errors from the loop's, with no word. Insisted on, it warns."""
+    from pyro_vae.traces import VectorizationWarning
+
+    x = torch.tensor([0.5, 1.5, -0.3, 2.0, 1.0, 0.2])
+
+    def model(x):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        sign = 1.0 if mu.sum() > 0 else -1.0
+        with pyro.plate("data", 6):
+            c = pyro.sample("c", dist.Bernoulli(0.5), infer={"enumerate": "parallel"})
+            pyro.sample("x", dist.Normal(sign * c + mu, 1.0), obs=x)
+
+    def guide(x):
+        pyro.sample("mu", dist.Normal(0.5, 0.5))
+
+    estimator = TraceEnumELBO(num_particles=4, max_plate_nesting=1, vectorize_particles=True)
+    pyro.set_rng_seed(0)
+    with pytest.warns(VectorizationWarning, match=r"model: a value of draw 'mu' is read"):
+        estimator.loss(model, guide, x)
