@@ -158,9 +158,10 @@ def should_record(elbo: ELBO, model, guide=None, kl_warmup_epochs: float = 0) ->
       covers;
     - ``elbo`` is recordable (:func:`compilable`);
     - ``kl_warmup_epochs`` is 0: warm-up changes β between steps;
-    - a path gradient (``gradient="stl"`` or ``"dreg"``) is not paired with a guide that
-      declares ``path_gradients_recordable = False``: scoring a flow's draw under its
-      detached parameters runs the flow's inverse, which reads values out of tensors
+    - a path gradient (``gradient="stl"`` or ``"dreg"``), or an estimator that scores
+      detached draws (``score``, ``vimco``), is not paired with a guide that declares
+      ``path_gradients_recordable = False``: scoring a flow's draw off the path it was
+      drawn on runs the flow's inverse, which reads values out of tensors
       (:class:`pyro_vae.guides.AmortizedFlow` declares it).
 
     Asking for a recording (``TrainConfig(compile=True)``) needs none of the declarations.
@@ -180,15 +181,25 @@ def should_record(elbo: ELBO, model, guide=None, kl_warmup_epochs: float = 0) ->
 
 
 def path_gradient_reason(elbo: ELBO, guide) -> str | None:
-    """Why ``elbo``'s step with ``guide`` cannot be recorded, where its path gradient
-    (``gradient="stl"`` or ``"dreg"``) scores the guide's draws under detached parameters
-    and the guide declares ``path_gradients_recordable = False`` (a flow, whose inverse
-    that runs reads values out of tensors); else None."""
-    gradient = getattr(getattr(elbo, "elbo", elbo), "gradient", "reparam")
-    if gradient != "reparam" and getattr(guide, "path_gradients_recordable", True) is False:
+    """Why ``elbo``'s step with ``guide`` cannot be recorded, where the guide declares
+    ``path_gradients_recordable = False`` (a flow, whose inverse reads values out of
+    tensors) and its draws are scored off the path they were drawn on, which runs that
+    inverse: under detached parameters (a path gradient, ``gradient="stl"`` or ``"dreg"``)
+    or detached themselves (an estimator declaring ``scores_detached_draws``: ``score``
+    and ``vimco``); else None."""
+    inner = getattr(elbo, "elbo", elbo)
+    gradient = getattr(inner, "gradient", "reparam")
+    if getattr(guide, "path_gradients_recordable", True) is not False:
+        return None
+    if gradient != "reparam":
         return (
             f"guide: {_name(guide)} with gradient={gradient!r}: scoring its draws under "
             "detached parameters runs its flow's inverse, which cannot be recorded"
+        )
+    if getattr(inner, "scores_detached_draws", False):  # tester DH: refused by auto
+        return (
+            f"guide: {_name(guide)} with estimator {type(inner).__name__}: scoring its "
+            "detached draws runs its flow's inverse, which cannot be recorded"
         )
     return None
 

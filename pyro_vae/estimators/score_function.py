@@ -232,6 +232,9 @@ class ScoreFunctionELBO(SurrogateELBO):
         self._pending_networks: dict[str, dict[str, torch.Tensor]] = {}
 
     param_store_prefix = "score_function_baseline$"
+    #: each draw is scored detached (its score-function term), which runs a flow guide's
+    #: inverse: not recorded by ``--compile auto`` (compiled.path_gradient_reason)
+    scores_detached_draws = True
 
     @property
     def capabilities(self) -> Capabilities:

@@ -63,6 +63,9 @@ class VIMCO(SurrogateELBO):
         keeps_state=False, needs_reparameterized=False, per_datapoint=True, recordable=True
     )
     importance_weighted = True  # a guide-only latent is refused (SurrogateELBO)
+    #: each draw is scored detached (its score-function term), which runs a flow guide's
+    #: inverse: not recorded by ``--compile auto`` (compiled.path_gradient_reason)
+    scores_detached_draws = True
 
     def __init__(
         self,

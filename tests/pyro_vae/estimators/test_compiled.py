@@ -436,6 +436,25 @@ def test_auto_does_not_record_a_path_gradient_through_a_flow_guide(name, gradien
     assert should_record(get(name, gradient=gradient), model, low_rank) is None
 
 
+@pytest.mark.parametrize(("name", "options"), [("score", {}), ("vimco", {"num_particles": 2})])
+def test_auto_does_not_record_an_estimator_scoring_detached_draws_of_a_flow_guide(name, options):
+    """``score`` and ``vimco`` score each draw detached, which runs the flow's inverse:
+    its recording fails (the declaration is needed), so auto trains such a step
+    uncompiled (tester DH: `fit --estimator score --guide AmortizedIAF` was refused)."""
+    from pyro_vae.estimators.compiled import CaptureError, CompiledELBO
+
+    model = VAE(16, latent_dim=3, hidden_dims=(8,))
+    iaf = pyro_vae.guides.AmortizedIAF(16, 3, (8,))
+    low_rank = pyro_vae.guides.AmortizedLowRankNormal(16, 3, (8,))
+    reason = should_record(get(name, **options), model, iaf)
+    assert reason is not None and "AmortizedIAF" in reason and "detached draws" in reason
+    assert should_record(get(name, **options), model, low_rank) is None
+    pyro.clear_param_store()
+    x = torch.rand(4, 16).round()
+    with pytest.raises(CaptureError):
+        CompiledELBO(get(name, **options)).loss(model, iaf, x)
+
+
 def test_free_bits_and_beta_are_recorded_and_replayed_exactly():
     import pyro.distributions as dist
 
