@@ -53,6 +53,7 @@ import pyro
 import torch
 import torch.distributed as dist
 from pyro.infer import ELBO
+from torch.nn.parameter import is_lazy
 
 from pyro_vae.checkpoint import differing_settings, flat_settings, listed
 from pyro_vae.estimators.capabilities import capabilities_of
@@ -314,6 +315,15 @@ class Group:
             for name in sorted(store.keys()):
                 dist.broadcast(store[name].unconstrained().data, src=0)
 
+    def broadcast_buffers(self, buffers: list[torch.Tensor]) -> None:
+        """Set each of ``buffers`` (the same list, in the same order, on every rank) to
+        rank 0's values, in place."""
+        if self.world == 1 or not buffers:
+            return
+        with self._watching("broadcast of the networks' buffers"), torch.no_grad():
+            for buffer in buffers:
+                dist.broadcast(buffer, src=0)
+
     def seed_epoch(self, seed: int, epoch: int) -> None:
         """Seed this rank's random streams for epoch ``epoch`` (from 0) from ``(seed,
         epoch, rank)``: ranks draw different noise, and a resumed epoch draws what an
@@ -556,17 +566,56 @@ class SynchronizedELBO:
 
     def __init__(self, elbo: ELBO, group: Group) -> None:
         self.elbo, self.group = elbo, group
+        # every network the steps called, in the order first called (the same on every
+        # rank): their buffers are rank 0's after each step
+        self._modules: dict[torch.nn.Module, None] = {}
 
     def loss_and_grads_and_params(self, model, guide, *args, **kwargs):
         own = getattr(self.elbo, "loss_and_grads_and_params", None)
-        if own is not None:
-            loss, params = own(model, guide, *args, **kwargs)
-        else:
-            with pyro.poutine.trace(param_only=True) as capture:
-                loss = self.elbo.loss_and_grads(model, guide, *args, **kwargs)
-            params = [site["value"].unconstrained() for site in capture.trace.nodes.values()]
+        with self._recording_modules():
+            if own is not None:
+                loss, params = own(model, guide, *args, **kwargs)
+            else:
+                with pyro.poutine.trace(param_only=True) as capture:
+                    loss = self.elbo.loss_and_grads(model, guide, *args, **kwargs)
+                params = [s["value"].unconstrained() for s in capture.trace.nodes.values()]
         rows = float(len(kwargs["subsample"]))
-        return self._reduce(float(loss), params, rows), params
+        loss = self._reduce(float(loss), params, rows)
+        self.group.broadcast_buffers(self._buffers())
+        return loss, params
+
+    @contextlib.contextmanager
+    def _recording_modules(self) -> Iterator[None]:
+        """Note each ``nn.Module`` called in the block, and its submodules (one applied
+        without its ``__call__``, as Pyro's BatchNorm transform is, moves its buffers
+        too). A recorded step's replay calls none: the recording's own first call (its
+        tracing) noted them."""
+        if self.group.world == 1:
+            yield
+            return
+
+        def note(module, _inputs) -> None:
+            if module not in self._modules:
+                self._modules.update(dict.fromkeys(module.modules()))
+
+        handle = torch.nn.modules.module.register_module_forward_pre_hook(note)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def _buffers(self) -> list[torch.Tensor]:
+        """The floating-point and integer buffers of the noted networks, each once: as
+        ``DistributedDataParallel`` broadcasts them (``broadcast_buffers=True``), every rank
+        takes rank 0's, so a BatchNorm's running statistics, which each rank moves by its
+        own rows, stay one set (tester DH: a flow's BatchNorm drifted apart on two ranks,
+        each rank's q then another)."""
+        seen: dict[int, torch.Tensor] = {}
+        for module in self._modules:
+            for buffer in module.buffers(recurse=False):
+                if not is_lazy(buffer):
+                    seen.setdefault(id(buffer), buffer)
+        return list(seen.values())
 
     def _reduce(self, loss: float, params: list[torch.Tensor], rows: float) -> float:
         """Replace each gradient by Σ_r b_r ∇L_r / Σ_r b_r and return Σ_r b_r L_r / Σ_r b_r.

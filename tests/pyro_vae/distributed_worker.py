@@ -140,6 +140,19 @@ def gradients(rank: int, world: int) -> dict[str, torch.Tensor]:
     return {"loss": torch.tensor(loss), **{store.param_name(p): p.grad for p in params}}
 
 
+def batchnorm_buffers() -> dict[str, torch.Tensor]:
+    """The running statistics of a BatchNorm in the encoder after 1 epoch of ``trace``,
+    each rank seeing its own rows (tester DH: they drifted apart by rank)."""
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    x = torch.randn(ROWS, FEATURES, generator=torch.Generator().manual_seed(1))
+    vae = TinyVAE()
+    vae.encoder = nn.Sequential(nn.Linear(FEATURES, 2 * LATENT), nn.BatchNorm1d(2 * LATENT))
+    config = TrainConfig(epochs=1, batch_size=BATCH, progress=False, val_samples=2)
+    fit(vae.model, vae.guide, TensorData(x), estimators.get("trace"), config)
+    return {k: v.clone() for k, v in vae.encoder[1].state_dict().items()}
+
+
 def train_run(run: Path, epochs: int, resume: bool = False) -> dict[str, torch.Tensor]:
     """The weights after ``epochs`` epochs of ``trace`` with the ranks' own noise, written
     to (or resumed from) the run folder ``run``. A resumed fit starts from other initial
@@ -195,6 +208,7 @@ def main(out: Path) -> None:
         weights = {name: train(name, group.rank, group.world) for name in CASES}
         weights["gradients"] = gradients(group.rank, group.world)
         weights["start"] = autoguide_start()
+        weights["batchnorm"] = batchnorm_buffers()
         if group.rank == 0:
             (out / "straight").mkdir(), (out / "resumed").mkdir()
         torch.distributed.barrier()

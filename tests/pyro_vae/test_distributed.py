@@ -81,6 +81,12 @@ def test_two_ranks_take_the_single_process_steps_and_resume_exactly(tmp_path, on
                 torch.testing.assert_close(got[name][key], value, rtol=1e-5, atol=1e-6)
         for key, value in got["straight"].items():  # every rank resumes exactly
             assert torch.equal(got["resumed"][key], value), key
+    # a BatchNorm's running statistics are rank 0's on every rank (as DDP broadcasts them)
+    # and did move, each rank on its own rows
+    first, second = (torch.load(tmp_path / f"rank{r}.pt")["batchnorm"] for r in range(2))
+    for key, value in first.items():
+        assert torch.equal(second[key], value), key
+    assert first["num_batches_tracked"] == 4 and first["running_var"].sub(1).abs().min() > 1e-3
     torch.manual_seed(0)
     initial = TinyVAE().decoder.weight.detach()  # the weights did move: the test can fail
     assert (initial - got["trace"]["decoder$$$weight"]).abs().min() > 1e-3
