@@ -19,6 +19,7 @@ from typing import Any
 import pyro
 import torch
 from pyro.infer import ELBO
+from pyro.infer.autoguide import AutoGuide
 
 from pyro_vae.checkpoint import EVALUATED_ON_TRAINING_SET, RunFolder, RunFolderError
 from pyro_vae.data import DataSplits, load_data
@@ -466,6 +467,10 @@ def _guide(config: RunConfig, model, paired_guide, standard: dict) -> Any:
             return obj
         options = {**standard, "hidden_dims": tuple(standard.get("hidden_dims", ()))[::-1]}
         options["model"] = model
+        if issubclass(obj, AutoGuide):  # its **kwargs are its transforms' (AutoIAFNormal's),
+            # not options (tester DH: "multiple values for keyword argument 'hidden_dims'")
+            named = inspect.signature(obj).parameters
+            options = {k: v for k, v in options.items() if k in named}
         try:
             return call_with_supported(obj, options, {})
         except TypeError as err:

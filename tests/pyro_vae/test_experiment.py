@@ -521,3 +521,17 @@ def test_a_label_model_of_more_classes_than_the_data_samples_and_notes_them_all(
     experiment.label_samples(exp, 14)
     assert drawn == [[*range(12), 0, 1]]
     assert "untrained_classes" not in build(RunConfig(ModelConfig("models.cvae:CVAE"))).data.info
+
+
+def test_a_pyro_autoguide_named_by_spec_is_given_only_the_options_it_names():
+    """AutoIAFNormal's ``**kwargs`` are its transforms': given every standard option there,
+    it failed in functools' words ("multiple values for keyword argument 'hidden_dims'",
+    tester DH); it is built on the model, as AutoNormal is."""
+    from pyro.infer.autoguide import AutoIAFNormal
+
+    config = RunConfig(
+        ModelConfig("models.vae:VAE", SMALL),
+        guide=GuideConfig("pyro.infer.autoguide:AutoIAFNormal"),
+    )
+    exp = build(config)
+    assert isinstance(exp.guide, AutoIAFNormal) and exp.guide.model is not None
