@@ -564,58 +564,24 @@ class SynchronizedELBO:
     ``loss_and_grads`` (the module docstring's [b_r ∇L_r, b_r L_r, b_r] sum), for
     :class:`pyro_vae.svi_step.SVIStep`, which asks it for the parameters it read."""
 
-    def __init__(self, elbo: ELBO, group: Group) -> None:
+    def __init__(self, elbo: ELBO, group: Group, modules=()) -> None:
         self.elbo, self.group = elbo, group
-        # every network the steps called, in the order first called (the same on every
-        # rank): their buffers are rank 0's after each step
-        self._modules: dict[torch.nn.Module, None] = {}
+        # the pair's networks (model and guide objects, the same on every rank): their
+        # buffers, by name, are rank 0's after each step
+        self._buffers = _named_buffers(modules)
 
     def loss_and_grads_and_params(self, model, guide, *args, **kwargs):
         own = getattr(self.elbo, "loss_and_grads_and_params", None)
-        with self._recording_modules():
-            if own is not None:
-                loss, params = own(model, guide, *args, **kwargs)
-            else:
-                with pyro.poutine.trace(param_only=True) as capture:
-                    loss = self.elbo.loss_and_grads(model, guide, *args, **kwargs)
-                params = [s["value"].unconstrained() for s in capture.trace.nodes.values()]
+        if own is not None:
+            loss, params = own(model, guide, *args, **kwargs)
+        else:
+            with pyro.poutine.trace(param_only=True) as capture:
+                loss = self.elbo.loss_and_grads(model, guide, *args, **kwargs)
+            params = [site["value"].unconstrained() for site in capture.trace.nodes.values()]
         rows = float(len(kwargs["subsample"]))
         loss = self._reduce(float(loss), params, rows)
-        self.group.broadcast_buffers(self._buffers())
+        self.group.broadcast_buffers(self._buffers)
         return loss, params
-
-    @contextlib.contextmanager
-    def _recording_modules(self) -> Iterator[None]:
-        """Note each ``nn.Module`` called in the block, and its submodules (one applied
-        without its ``__call__``, as Pyro's BatchNorm transform is, moves its buffers
-        too). A recorded step's replay calls none: the recording's own first call (its
-        tracing) noted them."""
-        if self.group.world == 1:
-            yield
-            return
-
-        def note(module, _inputs) -> None:
-            if module not in self._modules:
-                self._modules.update(dict.fromkeys(module.modules()))
-
-        handle = torch.nn.modules.module.register_module_forward_pre_hook(note)
-        try:
-            yield
-        finally:
-            handle.remove()
-
-    def _buffers(self) -> list[torch.Tensor]:
-        """The floating-point and integer buffers of the noted networks, each once: as
-        ``DistributedDataParallel`` broadcasts them (``broadcast_buffers=True``), every rank
-        takes rank 0's, so a BatchNorm's running statistics, which each rank moves by its
-        own rows, stay one set (tester DH: a flow's BatchNorm drifted apart on two ranks,
-        each rank's q then another)."""
-        seen: dict[int, torch.Tensor] = {}
-        for module in self._modules:
-            for buffer in module.buffers(recurse=False):
-                if not is_lazy(buffer):
-                    seen.setdefault(id(buffer), buffer)
-        return list(seen.values())
 
     def _reduce(self, loss: float, params: list[torch.Tensor], rows: float) -> float:
         """Replace each gradient by Σ_r b_r ∇L_r / Σ_r b_r and return Σ_r b_r L_r / Σ_r b_r.
@@ -639,6 +605,23 @@ class SynchronizedELBO:
                 p.grad = (flat[start : start + n] / total_rows).reshape(g.shape).to(g.dtype)
             start += n
         return (flat[-2] / total_rows).item()
+
+
+def _named_buffers(modules) -> list[torch.Tensor]:
+    """Every buffer of ``modules`` (their submodules' too), each once, in the order of
+    their names: the same list on every rank, whichever networks a rank's rows call (a
+    list of the networks called, the first way, differed by rank and hung the broadcast:
+    tester DI). As ``DistributedDataParallel`` broadcasts its module's buffers
+    (``broadcast_buffers=True``), every rank then takes rank 0's, so a BatchNorm's running
+    statistics, which each rank moves by its own rows, stay one set (tester DH: a flow's
+    BatchNorm drifted apart on two ranks, each rank's q then another). A network the pair
+    holds elsewhere (a function model's closure) is not reached."""
+    seen: dict[int, torch.Tensor] = {}
+    for module in modules:
+        for _, buffer in sorted(module.named_buffers(), key=lambda item: item[0]):
+            if not is_lazy(buffer):
+                seen.setdefault(id(buffer), buffer)
+    return list(seen.values())
 
 
 _GROUP = Group()

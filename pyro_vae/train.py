@@ -287,7 +287,8 @@ def _fit(
     _refuse_what_cannot_train(elbo, model, pair, batches, group, evaluated_per_datapoint)
     elbo = _estimator_ready_to_train(elbo, pair, batches, config)
     warmup = KLWarmup(config.kl_warmup_epochs, batches.steps_per_epoch, config.beta)
-    step_elbo = SynchronizedELBO(elbo, group) if group.world > 1 else elbo
+    modules = pair.weights.modules()
+    step_elbo = SynchronizedELBO(elbo, group, modules) if group.world > 1 else elbo
     precision = Precision(config.precision, resolve_device(config.device))
     svi = make_svi(pair.model, pair.guide, step_elbo, config.lr, warmup.handler, precision)
     checkpoint = FitCheckpoint(run if group.is_writer else None, pair.weights, svi, elbo, config)
@@ -719,7 +720,7 @@ def _estimator_ready_to_train(
     (:class:`~pyro_vae.estimators.compiled.CompiledELBO`) with ``config.compile``, and with
     its plate nesting found before the first step. Its runs of model and guide are not
     training steps: a BatchNorm's running statistics are put back after them."""
-    with buffers_kept():
+    with buffers_kept(pair.weights.modules()):
         with modules_run() as networks:
             model_trace, guide_trace = _first_traces(pair, batches)
         # every network that ran, however the pair holds it (testers CR, CW)
@@ -835,7 +836,8 @@ def _refuse_terms_that_differ_by_rank(
     # name, whatever the local sites drawn before it took from the stream (tester AB: a
     # guide drawing its rows' z first, on parts of 5 and 4 rows, drew two different W)
     seeded = _SeededOutside(pair.plate)  # inside run_pair's block, which hides sites
-    with torch.random.fork_rng(devices=[]), torch.no_grad(), buffers_kept():
+    roots = pair.weights.modules()
+    with torch.random.fork_rng(devices=[]), torch.no_grad(), buffers_kept(roots):
         traces = run_pair(seeded(pair.model), seeded(pair.guide), args, kwargs)
         terms = {}
         for who, trace in zip(("model", "guide"), traces, strict=True):

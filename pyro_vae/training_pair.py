@@ -112,7 +112,8 @@ class TrainingPair:
         """
         # set-up runs model and guide several times, their modules in training mode: not
         # training steps, so a BatchNorm's running statistics are put back after them
-        with buffers_kept():
+        roots = [m for m in (module_of(model), module_of(guide)) if m is not None]
+        with buffers_kept(roots):
             return cls._set_up(model, guide, source, config, first)
 
     @classmethod

@@ -140,17 +140,38 @@ def gradients(rank: int, world: int) -> dict[str, torch.Tensor]:
     return {"loss": torch.tensor(loss), **{store.param_name(p): p.grad for p in params}}
 
 
-def batchnorm_buffers() -> dict[str, torch.Tensor]:
-    """The running statistics of a BatchNorm in the encoder after 1 epoch of ``trace``,
-    each rank seeing its own rows (tester DH: they drifted apart by rank)."""
+class TwoEncoders(TinyVAE):
+    """TinyVAE with a BatchNorm in its encoder, and a second such encoder that rank 1
+    alone calls (``by_rank``): the ranks then call different networks."""
+
+    def __init__(self, by_rank: bool) -> None:
+        super().__init__()
+        self.by_rank = by_rank
+        for name in ("encoder", "other"):
+            layers = nn.Sequential(nn.Linear(FEATURES, 2 * LATENT), nn.BatchNorm1d(2 * LATENT))
+            setattr(self, name, layers)
+
+    def guide(self, x):
+        pyro.module("encoder", self.encoder)
+        pyro.module("other", self.other)
+        rank_1 = self.by_rank and torch.distributed.get_rank() == 1
+        h = (self.other if rank_1 else self.encoder)(x)
+        loc, scale = h[:, :LATENT], nn.functional.softplus(h[:, LATENT:]) + 1e-3
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+
+def batchnorm_buffers(by_rank: bool = False) -> dict[str, torch.Tensor]:
+    """The buffers of the networks after 1 epoch of ``trace``, each rank seeing its own
+    rows (tester DH: a BatchNorm's drifted apart by rank), and, ``by_rank``, each rank
+    calling its own encoder (tester DI: the broadcast of the networks called hung)."""
     pyro.clear_param_store()
     torch.manual_seed(0)
     x = torch.randn(ROWS, FEATURES, generator=torch.Generator().manual_seed(1))
-    vae = TinyVAE()
-    vae.encoder = nn.Sequential(nn.Linear(FEATURES, 2 * LATENT), nn.BatchNorm1d(2 * LATENT))
+    vae = TwoEncoders(by_rank)
     config = TrainConfig(epochs=1, batch_size=BATCH, progress=False, val_samples=2)
     fit(vae.model, vae.guide, TensorData(x), estimators.get("trace"), config)
-    return {k: v.clone() for k, v in vae.encoder[1].state_dict().items()}
+    return {k: v.clone() for k, v in vae.state_dict().items() if "1." in k}
 
 
 def train_run(run: Path, epochs: int, resume: bool = False) -> dict[str, torch.Tensor]:
@@ -209,6 +230,7 @@ def main(out: Path) -> None:
         weights["gradients"] = gradients(group.rank, group.world)
         weights["start"] = autoguide_start()
         weights["batchnorm"] = batchnorm_buffers()
+        weights["batchnorm_by_rank"] = batchnorm_buffers(by_rank=True)
         if group.rank == 0:
             (out / "straight").mkdir(), (out / "resumed").mkdir()
         torch.distributed.barrier()
