@@ -139,7 +139,7 @@ class TrackedDraw(ProvenanceTensor):
         plain_args = tuple(strip_provenance(a, found) for a in args)
         plain_kwargs = {k: strip_provenance(v, found) for k, v in kwargs.items()} if kwargs else {}
         kind = _ACTIVE and not _ACTIVE[-1].sampling and found and _reads(func, args, kwargs)
-        if kind and not _validating():
+        if kind and not _read_by_a_library():
             name = getattr(func, "__name__", repr(func))
             read = DrawRead(frozenset().union(*found), name, kind, _caller())
             _ACTIVE[-1].reads.append(read)
@@ -190,27 +190,35 @@ def _shape_from_values(func, args: tuple, kwargs: dict) -> bool:
     if func in _ONE_HOT:
         classes = args[1] if len(args) > 1 else kwargs.get("num_classes", -1)
         return classes == -1
-    if func is torch.Tensor.__getitem__ and len(args) > 1:
+    if func is torch.Tensor.__getitem__ and len(args) > 1:  # a mask made from draws
         index = args[1] if isinstance(args[1], tuple) else (args[1],)
-        return any(torch.is_tensor(i) and i.dtype in (torch.bool, torch.uint8) for i in index)
+        masks = (i for i in index if torch.is_tensor(i) and i.dtype in (torch.bool, torch.uint8))
+        # a constant mask (missing data, torch's own triangular ones) fixes the shape
+        # (tester DI: it sent valid pairs to the loop)
+        return any(isinstance(mask, ProvenanceTensor) for mask in masks)
     return False
 
 
-#: The functions of torch's argument and sample checks (``validate_args=True``): a check
-#: reads values to raise on a bad one, which decides nothing drawn or scored.
-_VALIDATION = frozenset({"__init__", "_validate_sample"})
-_DISTRIBUTION_FILE = os.path.join("torch", "distributions", "distribution.py")
+_TORCH = os.path.dirname(torch.__file__) + os.sep
+#: Code written for batched tensors: Pyro's, and torch's distributions.
+_BATCHED_LIBRARIES = (os.path.dirname(pyro.__file__) + os.sep, _TORCH + "distributions" + os.sep)
 
 
-def _validating() -> bool:
-    """Whether the read being recorded is made by torch's distribution checks."""
+def _read_by_a_library() -> bool:
+    """Whether the read being recorded is made inside Pyro's code or torch's distributions
+    (a frame of theirs lies between the read and the first frame outside torch and Pyro):
+    their distributions, transforms and checks are written for batched tensors, as Pyro's
+    own vectorized ELBOs take them to be (an ``assert`` in Pyro's spline inverse, torch's
+    argument checks under ``validate_args=True``: testers DG, DI, each sent valid pairs
+    to the loop). A read in the user's code, or one torch makes for it through its
+    dispatch (``z.tolist()``, ``x in z``, ``torch.unique(z)``), counts."""
     frame = sys._getframe(2)
-    for _ in range(12):
-        if frame is None:
-            return False
-        code = frame.f_code
-        if code.co_name in _VALIDATION and code.co_filename.endswith(_DISTRIBUTION_FILE):
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if name.startswith(_BATCHED_LIBRARIES):
             return True
+        if not name.startswith(_TORCH):
+            return False
         frame = frame.f_back
     return False
 
@@ -226,7 +234,7 @@ def _wrap(value, provenance: frozenset):
 
 
 @contextlib.contextmanager
-def buffers_set_aside():
+def buffers_set_aside(roots=()):
     """Every ``nn.Module`` called in the block runs in its own mode (a branch taken only
     in training is taken) on copies of its buffers, its own buffers put back untouched on
     leaving: a check runs between a step's forward and backward passes, whose graph may
@@ -248,6 +256,8 @@ def buffers_set_aside():
             for name, buffer in own.items():
                 setattr(sub, name, buffer.clone())  # a registered buffer's slot
 
+    for root in roots:  # the pair's objects, where known: what they hold, called or not
+        copy_buffers(root, ())
     handle = torch.nn.modules.module.register_module_forward_pre_hook(copy_buffers)
     try:
         yield

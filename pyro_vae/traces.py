@@ -863,9 +863,11 @@ def check_vectorized(
 
 
 @contextlib.contextmanager
-def buffers_kept():
+def buffers_kept(roots=()):
     """Put back, on leaving, every buffer of each ``nn.Module`` called meanwhile, wherever
-    it lives (an attribute, a closure, a ``pyro.module``): a check's runs are not training
+    it lives (an attribute, a closure, a ``pyro.module``), and of the modules ``roots``
+    (the pair's model and guide objects, where the caller knows them: one holding a Pyro
+    BatchNorm transform that no called module holds, tester DI): a check's runs are not training
     steps, and a ``BatchNorm`` in training mode moved its running statistics at each
     (tester Q). A global forward pre-hook (torch's ``register_module_forward_pre_hook``)
     copies a module's buffers before its first call.
@@ -897,6 +899,9 @@ def buffers_kept():
                 if id(buffer) not in saved:
                     saved[id(buffer)] = (buffer, buffer.detach().clone())
 
+    for root in roots:
+        keep(root, ())
+        called.pop(root)  # not called: no training flag to report
     handle = torch.nn.modules.module.register_module_forward_pre_hook(keep)
     try:
         yield called
@@ -956,7 +961,9 @@ def _agrees_with_a_plain_run(fn, trace: Trace, rank: int, args, kwargs, pinned=F
     plains = []
     try:
         for _ in range(2):  # twice: a model with noise of its own cannot be checked this way
-            with poutine.block(), torch.no_grad(), buffers_kept():
+            # on copies of the buffers: a BatchNorm's statistics, copied back into, failed
+            # the step's backward pass, which saved them (tester DI)
+            with poutine.block(), torch.no_grad(), buffers_set_aside():
                 plain = poutine.trace(poutine.condition(fn, data=last)).get_trace(*args, **kwargs)
             plain.compute_log_prob()
             plains.append(plain)
@@ -1028,9 +1035,12 @@ def _check_python_reads(
     last = _last_particle(trace, rank, pinned)
     if not last:
         return
+    # a site marked for enumeration is drawn here, where TraceEnum_ELBO gives every
+    # particle its whole support: a read of it is no particle's (tester DI)
     draws = {
         n for n in last
-        if not trace.nodes[n]["is_observed"] or trace.nodes[n]["infer"].get("_deterministic")
+        if (not trace.nodes[n]["is_observed"] or trace.nodes[n]["infer"].get("_deterministic"))
+        and trace.nodes[n]["infer"].get("enumerate") is None
     }  # fmt: skip
     reads = _python_reads(fn, last, draws, args, kwargs)
     if not reads:

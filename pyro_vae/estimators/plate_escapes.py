@@ -39,6 +39,7 @@ from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing
 from pyro_vae.draw_tracking import DrawTracker, buffers_set_aside
 from pyro_vae.pyro_compat import provenance_parts
 from pyro_vae.traces import is_point_mass
+from pyro_vae.weights import module_of
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ def plate_escapes(
     forked stream, would repeat the draws of the run after it."""
     tracker = DrawTracker()
     try:
-        with _quiet_run():
+        with _quiet_run(guide):
             trace = poutine.trace(tracker(guide)).get_trace(*args, **kwargs)
             parents = _parents(trace, tracker)
     except Exception:  # noqa: BLE001 (the guide's own error, under tracking: unknown)
@@ -113,7 +114,7 @@ def possible_plate_escapes(
     found = plate_escapes(guide, args, kwargs, scored)
     if found is not None:
         return found
-    with _quiet_run():
+    with _quiet_run(guide):
         trace = poutine.trace(guide).get_trace(*args, **kwargs)
     order = [n for n, s in trace.nodes.items() if s["type"] == "sample"]
     order = [n for n in order if not site_is_subsample(trace.nodes[n])]
@@ -129,15 +130,16 @@ def possible_plate_escapes(
 
 
 @contextlib.contextmanager
-def _quiet_run():
+def _quiet_run(guide):
     """What the tracked run runs under: no recording, its own random stream, no gradients,
-    no validation, networks in their own modes on copies of their buffers."""
+    no validation, networks in their own modes on copies of their buffers (and of those
+    the guide's object holds, called or not: a Pyro BatchNorm transform)."""
     with (
         disable_proxy_modes_tracing(),  # left out of a step being recorded (compiled.py)
         torch.random.fork_rng(devices=[]),
         torch.no_grad(),
         pyro.validation_enabled(False),
-        buffers_set_aside(),  # own modes (a read made only in training is seen)
+        buffers_set_aside([m for m in (module_of(guide),) if m is not None]),  # own modes
     ):
         yield
 

@@ -124,6 +124,7 @@ def test_reads_through_membership_masks_and_value_shaped_results_are_recorded():
         "one_hot": lambda z: F.one_hot(z.long()).shape,
         "repeat_interleave": lambda z: torch.repeat_interleave(z.long()).shape,
         "to_sparse": lambda z: z.to_sparse().values().shape,
+        "unique": lambda z: torch.unique(z).shape,  # torch/functional.py passes it on
     }
     for operation, read in reads.items():
 
@@ -166,3 +167,24 @@ def test_torch_s_own_argument_checks_are_no_reads_and_writes_are_told_apart():
     pyro.set_rng_seed(0)
     tracker, _ = run_tracked(guide)
     assert [(r.operation, r.kind) for r in tracker.reads] == [("__setitem__", "write")]
+
+
+def test_a_constant_mask_is_no_read_and_a_library_s_own_reads_are_not_counted():
+    """A mask that no draw made fixes the shape (missing data; torch's triangular masks in
+    the LKJ transform), and torch's and Pyro's own code is written for batched tensors
+    (the ``assert`` of Pyro's spline inverse): tester DI, each sent valid pairs to the
+    loop. A mask made from a draw still counts."""
+    from pyro.distributions.transforms import Spline
+
+    mask = torch.tensor([True, False, True])
+    spline = Spline(3)
+
+    def guide():
+        z = pyro.sample("z", dist.Normal(torch.zeros(3), 1.0).to_event(1))
+        z[..., mask].sum()
+        spline.inv(z)  # Pyro's inverse asserts on its discriminant
+        z[z > 0]
+
+    pyro.set_rng_seed(0)
+    tracker, _ = run_tracked(guide)
+    assert [(r.operation, r.kind) for r in tracker.reads] == [("__getitem__", "shape")]

@@ -1,3 +1,5 @@
+import math
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -140,3 +142,32 @@ def test_vectorized_particles_are_checked_and_a_branch_on_a_draw_is_warned_of():
     pyro.set_rng_seed(0)
     with pytest.warns(VectorizationWarning, match=r"model: a value of draw 'mu' is read"):
         estimator.loss(model, guide, x)
+
+
+def test_a_read_of_an_enumerated_site_s_support_is_not_taken_for_a_particle_s():
+    """Under enumeration every particle gets the site's whole support, so reading its
+    size (``one_hot`` without a number of classes) is the same for all; the check, which
+    draws the site, flagged it (tester DI)."""
+    import warnings
+
+    import torch.nn.functional as F
+    from pyro.ops.indexing import Vindex
+
+    data = torch.tensor([-2.1, -1.8, 2.2, 1.9, 0.1])
+
+    def model():
+        mu = pyro.sample("mu", dist.Normal(torch.zeros(2), 3.0).to_event(1))
+        with pyro.plate("n", 5):
+            c = pyro.sample("c", dist.Categorical(torch.tensor([0.5, 0.5])),
+                            infer={"enumerate": "parallel"})  # fmt: skip
+            states = F.one_hot(c).shape[-1]
+            pyro.sample("x", dist.Normal(Vindex(mu)[..., c] * (states / 2), 1.0), obs=data)
+
+    def guide():
+        pyro.sample("mu", dist.Normal(torch.tensor([-2.0, 2.0]), 0.3).to_event(1))
+
+    estimator = TraceEnumELBO(num_particles=4, max_plate_nesting=1, vectorize_particles=True)
+    pyro.set_rng_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert math.isfinite(estimator.loss(model, guide))
