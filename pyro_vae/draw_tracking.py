@@ -90,9 +90,9 @@ class DrawTracker(Messenger):
     (:attr:`read_before`); every read in order in :attr:`reads`.
 
     ``tracked(msg)`` chooses the sample sites whose values are tracked (default: all).
-    A sampler's own reads (between a site's draw and its value) are not recorded. Use as
-    a context manager or call :meth:`close` when done, so that no later read is taken
-    for this run's."""
+    A sampler's own reads (between a site's draw and its value) are not recorded, nor are
+    reads inside Pyro's code or torch's distributions (:func:`_read_by_a_library`). Call
+    :meth:`close` when done, so that no later read is taken for this run's."""
 
     def __init__(self, tracked: Callable[[dict], bool] | None = None) -> None:
         super().__init__()
