@@ -568,7 +568,9 @@ class SynchronizedELBO:
         self.elbo, self.group = elbo, group
         # the pair's networks (model and guide objects, the same on every rank): their
         # buffers, by name, are rank 0's after each step
-        self._buffers = _named_buffers(modules)
+        named = _named_buffers(modules)
+        _refuse_buffers_differing_by_rank(named, group)
+        self._buffers = [buffer for _, buffer in named]
 
     def loss_and_grads_and_params(self, model, guide, *args, **kwargs):
         own = getattr(self.elbo, "loss_and_grads_and_params", None)
@@ -607,20 +609,38 @@ class SynchronizedELBO:
         return (flat[-2] / total_rows).item()
 
 
-def _named_buffers(modules) -> list[torch.Tensor]:
+def _refuse_buffers_differing_by_rank(named: list, group: Group) -> None:
+    """Raise ValueError, on every rank, unless every rank lists the same buffers (names,
+    shapes, dtypes): a broadcast of differing lists hung, or copied one network's
+    statistics into another's (tester DJ: a function guide picking its encoder by rank)."""
+    ours = [[name, list(buffer.shape), str(buffer.dtype)] for name, buffer in named]
+    ranks = group.gather_json(ours)
+    for rank, theirs in enumerate(ranks[1:], start=1):
+        if theirs != ranks[0]:
+            raise ValueError(
+                f"networks: rank 0's model and guide hold {len(ranks[0])} buffers and rank "
+                f"{rank}'s {len(theirs)} (or others), so their BatchNorm statistics cannot be "
+                "kept one set as DistributedDataParallel keeps them; the networks of a "
+                "function pair are those it calls at set-up, which differed by rank: "
+                "expected the same networks on every rank (a model class holding them)"
+            )
+
+
+def _named_buffers(modules) -> list[tuple[str, torch.Tensor]]:
     """Every buffer of ``modules`` (their submodules' too), each once, in the order of
     their names: the same list on every rank, whichever networks a rank's rows call (a
     list of the networks called, the first way, differed by rank and hung the broadcast:
     tester DI). As ``DistributedDataParallel`` broadcasts its module's buffers
     (``broadcast_buffers=True``), every rank then takes rank 0's, so a BatchNorm's running
     statistics, which each rank moves by its own rows, stay one set (tester DH: a flow's
-    BatchNorm drifted apart on two ranks, each rank's q then another). A network the pair
-    holds elsewhere (a function model's closure) is not reached."""
-    seen: dict[int, torch.Tensor] = {}
-    for module in modules:
-        for _, buffer in sorted(module.named_buffers(), key=lambda item: item[0]):
+    BatchNorm drifted apart on two ranks, each rank's q then another). The modules are
+    those the pair's set-up found: its model and guide objects, or the networks a
+    function pair called."""
+    seen: dict[int, tuple[str, torch.Tensor]] = {}
+    for index, module in enumerate(modules):
+        for name, buffer in sorted(module.named_buffers(), key=lambda item: item[0]):
             if not is_lazy(buffer):
-                seen.setdefault(id(buffer), buffer)
+                seen.setdefault(id(buffer), (f"{index}.{name}", buffer))
     return list(seen.values())
 
 

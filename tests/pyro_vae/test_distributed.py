@@ -623,3 +623,25 @@ def test_the_stateful_refusal_lists_every_registered_estimator_without_state():
         else:
             refuse_stateful(elbo, 2)
             assert name in listed_there.replace(",", " ").split(), (name, listed_there)
+
+
+def test_ranks_whose_networks_hold_other_buffers_are_refused_before_training():
+    """A function guide that picks its encoder by rank lists other buffers on each rank:
+    the broadcast hung, or copied one network's statistics into another's (tester DJ)."""
+    from pyro_vae.distributed import _named_buffers, _refuse_buffers_differing_by_rank
+
+    with_norm = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.BatchNorm1d(3))
+    without = torch.nn.Sequential(torch.nn.Linear(2, 3))
+
+    class TwoRanks(Group):
+        def gather_json(self, obj):  # rank 1 holds no BatchNorm
+            theirs = [[n, list(b.shape), str(b.dtype)] for n, b in _named_buffers([without])]
+            return [obj, theirs]
+
+    named = _named_buffers([with_norm])
+    assert [name for name, _ in named] == [
+        "0.1.num_batches_tracked", "0.1.running_mean", "0.1.running_var",
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="rank 0's model and guide hold 3 buffers and rank 1's 0"):
+        _refuse_buffers_differing_by_rank(named, TwoRanks(rank=0, world=2))
+    _refuse_buffers_differing_by_rank(named, Group())  # one process: nothing to compare
