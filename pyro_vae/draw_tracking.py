@@ -147,18 +147,23 @@ class TrackedDraw(ProvenanceTensor):
         return _wrap(result, frozenset().union(*found)) if found else result
 
 
-#: Where a read's place is not: torch's, Pyro's and this module's frames.
-_NOT_THE_READER = (
-    *(os.path.dirname(module.__file__) + os.sep for module in (torch, pyro)),
-    __file__,
-)
+#: torch's and Pyro's frames: library code, where no read or warning is the user's.
+LIBRARY_FRAMES = tuple(os.path.dirname(module.__file__) + os.sep for module in (torch, pyro))
+
+
+def first_frame_outside(prefixes: tuple, frame) -> tuple:
+    """``(frame, steps)``: the first frame from ``frame`` outward whose file does not start
+    with one of ``prefixes``, and how many frames out it lies (``(None, n)`` where all
+    do). Shared by a read's place and a warning's ``stacklevel``."""
+    steps = 0
+    while frame is not None and frame.f_code.co_filename.startswith(prefixes):
+        frame, steps = frame.f_back, steps + 1
+    return frame, steps
 
 
 def _caller() -> str:
     """ "file:line" of the innermost frame outside torch, Pyro and this module."""
-    frame = sys._getframe(1)
-    while frame is not None and frame.f_code.co_filename.startswith(_NOT_THE_READER):
-        frame = frame.f_back
+    frame, _ = first_frame_outside((*LIBRARY_FRAMES, __file__), sys._getframe(1))
     return "" if frame is None else f"{frame.f_code.co_filename}:{frame.f_lineno}"
 
 

@@ -38,7 +38,13 @@ from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing
 from torch.nn.parameter import is_lazy
 
-from pyro_vae.draw_tracking import DrawTracker, TrackedDraw, buffers_set_aside
+from pyro_vae.draw_tracking import (
+    LIBRARY_FRAMES,
+    DrawTracker,
+    TrackedDraw,
+    buffers_set_aside,
+    first_frame_outside,
+)
 from pyro_vae.interruptions import reraise_interruption
 from pyro_vae.site_masks import counted_elements, site_masks, spread
 
@@ -718,20 +724,25 @@ def check_vectorized_pair(
 
     Raises:
         ValueError: as :func:`check_vectorized`."""
-    shared = SharedSubsamples()
-    model, guide = shared(model), shared(guide)
     try:
         with torch.random.fork_rng(devices=[]), torch.no_grad(), buffers_kept():
-            particles = (num_particles, -rank)
-            model_tr, guide_tr = run_pair(model, guide, args, kwargs, particles)
-            model_tr, guide_tr = _finished(model_tr), _finished(guide_tr)
+            run = _pinned_vectorized_run(model, guide, args, kwargs, num_particles, rank)
     except Exception as err:  # noqa: BLE001 (drawn, not enumerated, it cannot run)
         reraise_interruption(err)
         return
-    check_vectorized(
-        model, guide, model_tr, guide_tr, rank, args, kwargs,
-        pinned=True, insisted=insisted, enumerated=True,
-    )  # fmt: skip
+    check_vectorized(*run, rank, args, kwargs, pinned=True, insisted=insisted, enumerated=True)
+
+
+def _pinned_vectorized_run(model, guide, args, kwargs, num_particles: int, rank: int) -> tuple:
+    """``(model, guide, model_trace, guide_trace)``: the pair wrapped to draw one set of
+    subsamples (:class:`SharedSubsamples`), so that the check's plain runs draw this run's
+    again (tester DG: a model subsampling its own plate skipped every check, and its
+    particles shared a branch), and its traces of one run under a particle plate of
+    ``num_particles`` at dim −``rank``, log-densities computed."""
+    shared = SharedSubsamples()
+    model, guide = shared(model), shared(guide)
+    model_tr, guide_tr = run_pair(model, guide, args, kwargs, (num_particles, -rank))
+    return model, guide, _finished(model_tr), _finished(guide_tr)
 
 
 def _random_state() -> dict[str, Any]:
@@ -776,18 +787,9 @@ def particle_traces(
     vectorize = vectorize_for(guide, vectorize)
 
     def vectorized() -> tuple[Trace, Trace]:
-        # the check's plain runs draw the run's subsamples again (tester DG: a model that
-        # subsamples its own plate skipped every check, and its particles shared a branch)
-        shared = SharedSubsamples()
-        pinned_model, pinned_guide = shared(model), shared(guide)
-        particles = (num_particles, -rank)
-        model_tr, guide_tr = run_pair(pinned_model, pinned_guide, args, kwargs, particles)
-        model_tr, guide_tr = _finished(model_tr), _finished(guide_tr)
-        check_vectorized(
-            pinned_model, pinned_guide, model_tr, guide_tr, rank, args, kwargs,
-            pinned=True, insisted=vectorize is True,
-        )  # fmt: skip
-        return model_tr, guide_tr
+        run = _pinned_vectorized_run(model, guide, args, kwargs, num_particles, rank)
+        check_vectorized(*run, rank, args, kwargs, pinned=True, insisted=vectorize is True)
+        return run[2], run[3]
 
     (model_tr, guide_tr), was_vectorized = vectorized_or_looped(
         vectorize,
@@ -857,11 +859,13 @@ def check_vectorized(
     ``model`` and ``guide`` draw the vectorized run's subsamples again
     (:class:`SharedSubsamples`), so a minibatch is checked too."""
     with torch.random.fork_rng(devices=[]), disable_proxy_modes_tracing():
-        for fn, trace in ((model, model_tr), (guide, guide_tr)):
+        sides = [("model", model, model_tr), ("guide", guide, guide_tr)]
+        lasts = [_last_particle(trace, rank, pinned) for _, _, trace in sides]
+        for (_, fn, trace), last in zip(sides, lasts, strict=True):
             _check_broadcast(trace, rank)
-            _agrees_with_a_plain_run(fn, trace, rank, args, kwargs, pinned)
-        for side, fn, trace in (("model", model, model_tr), ("guide", guide, guide_tr)):
-            _check_python_reads(side, fn, trace, rank, args, kwargs, pinned, insisted, enumerated)
+            _agrees_with_a_plain_run(fn, trace, last, rank, args, kwargs)
+        for (side, fn, trace), last in zip(sides, lasts, strict=True):
+            _check_python_reads(side, fn, trace, last, args, kwargs, insisted, enumerated)
 
 
 @contextlib.contextmanager
@@ -944,7 +948,7 @@ def _check_broadcast(trace: Trace, rank: int) -> None:
                 )
 
 
-def _agrees_with_a_plain_run(fn, trace: Trace, rank: int, args, kwargs, pinned=False) -> None:
+def _agrees_with_a_plain_run(fn, trace: Trace, last: dict | None, rank: int, args, kwargs) -> None:
     """Raise ValueError unless ``fn`` run once, plainly, at the last particle's values of
     every sample site of the vectorized ``trace`` scores each site as that particle's
     slice of ``trace`` does (to 1e-5 of its size). Shapes cannot tell every broadcast
@@ -957,7 +961,6 @@ def _agrees_with_a_plain_run(fn, trace: Trace, rank: int, args, kwargs, pinned=F
     each other: the model draws noise of its own (dropout in training mode), which no
     rerun reproduces (tester Q: a VAE with dropout was sent to the loop for good)."""
     sites = {n: s for n, s in trace.nodes.items() if s["type"] == "sample"}
-    last = _last_particle(trace, rank, pinned)
     if last is None:
         return
     plains = []
@@ -1024,10 +1027,9 @@ def _check_python_reads(
     side: str,
     fn,
     trace: Trace,
-    rank: int,
+    last: dict | None,
     args,
     kwargs,
-    pinned: bool,
     insisted: bool,
     enumerated: bool = False,
 ) -> None:
@@ -1042,7 +1044,6 @@ def _check_python_reads(
     decides nothing: the error's fallback loops over the particles (same estimates, slower),
     and the message says how to keep them vectorized. A run that cannot be tracked or raises
     is left unchecked, as :func:`_agrees_with_a_plain_run` leaves it."""
-    last = _last_particle(trace, rank, pinned)
     if not last:
         return
     # ``enumerated``: a site marked for enumeration is drawn here, where TraceEnum_ELBO
@@ -1080,20 +1081,12 @@ def _check_python_reads(
     )
 
 
-#: Library code: torch's, Pyro's and this package's frames.
-_LIBRARIES = (
-    *(os.path.dirname(module.__file__) + os.sep for module in (torch, pyro)),
-    os.path.dirname(__file__) + os.sep,
-)
-
-
 def _user_stacklevel() -> int:
     """``warnings.warn``'s ``stacklevel`` for the innermost frame outside torch, Pyro and
     this package, counted from the function that calls this one (1 where all are)."""
-    frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_code.co_filename.startswith(_LIBRARIES):
-        frame, level = frame.f_back, level + 1
-    return level if frame is not None else 1
+    package = os.path.dirname(__file__) + os.sep
+    frame, steps = first_frame_outside((*LIBRARY_FRAMES, package), sys._getframe(1))
+    return steps + 1 if frame is not None else 1
 
 
 def _python_reads(fn, values: dict, draws: set, args, kwargs) -> list:
