@@ -169,6 +169,28 @@ def test_torch_s_own_argument_checks_are_no_reads_and_writes_are_told_apart():
     assert [(r.operation, r.kind) for r in tracker.reads] == [("__setitem__", "write")]
 
 
+def test_a_tensor_made_from_a_draw_is_followed_through_writes_into_it():
+    """The README's line between the two: a tensor made from the draw (``new_zeros``,
+    ``clone``, ``zeros_like``) carries its provenance, so a write into it is no read, and a
+    branch on it later is still seen (made without the draw, ``torch.zeros``, the write is
+    counted: see the test above)."""
+
+    def guide():
+        mu = pyro.sample("mu", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        for made in (mu.new_zeros(3), mu.clone(), torch.zeros_like(mu)):
+            made[..., :2] = mu
+        later = mu.new_zeros(3)
+        later[..., :2] = mu
+        if later.sum() > 0:
+            pass
+
+    pyro.set_rng_seed(0)
+    tracker, _ = run_tracked(guide)
+    assert [(r.operation, r.kind, r.sites) for r in tracker.reads] == [
+        ("__bool__", "value", frozenset({"mu"}))
+    ]
+
+
 def test_a_constant_mask_is_no_read_and_a_library_s_own_reads_are_not_counted():
     """A mask that no draw made fixes the shape (missing data; torch's triangular masks in
     the LKJ transform), and torch's and Pyro's own code is written for batched tensors
