@@ -668,7 +668,7 @@ def vectorized_or_looped(
             raise
         # the error's first line: Pyro appends the whole trace's shape table (25 lines for
         # a small hierarchical model, three quarters of a diagnostics run's output: tester 23)
-        why = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
+        why = f"{type(err).__name__}: {_first_line(err)}"
     # out of the except block: a loop that fails too raises its own error, alone
     _set_random_state(before)
     result = looped()
@@ -680,6 +680,16 @@ def vectorized_or_looped(
         stacklevel=3,
     )
     return result, False
+
+
+def _first_line(err: BaseException) -> str:
+    """``err``'s first line, and the line after it where Pyro's wrapper ends there ("Error
+    while computing score_parts at site 'z':", the cause on the next line: an ``Empirical``
+    guide's "``value.shape`` must be torch.Size([])", which the warning left out, DI)."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].endswith(":") and lines[1] != "Trace Shapes:":
+        return f"{lines[0]} {lines[1]}"
+    return lines[0] if lines else ""
 
 
 @contextlib.contextmanager

@@ -142,6 +142,25 @@ def test_a_model_that_cannot_broadcast_falls_back_to_the_loop_and_says_why():
     assert vectorized is False
 
 
+def test_the_warning_gives_the_cause_pyro_wraps_on_its_next_line():
+    """Pyro wraps a site's error as "Error while computing log_prob at site 'z':" with the
+    cause on the next line; the warning said only the wrapper's line (tester DI: an
+    ``Empirical`` guide, whose ``log_prob`` takes one value at a time, looped "unexplained")."""
+    atoms = torch.tensor([-1.0, 0.5, 2.0])
+
+    def empirical_guide(x):
+        pyro.sample("mu", dist.Empirical(atoms, torch.zeros(3)))
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(0.0, 1.0))
+
+    pyro.set_rng_seed(0)
+    with pytest.warns(VectorizationWarning) as record:
+        model_tr, _, vectorized = particle_traces(model, empirical_guide, (X,), {}, 4, 1)
+    assert not vectorized and model_tr.nodes["mu"]["log_prob"].shape[0] == 4
+    message = str(record[0].message)
+    assert "at site 'mu': ``value.shape`` must be torch.Size([])" in message, message
+
+
 def picks_a_plated_mean(y):
     # Vindex(mu)[..., z] with mu plated and z not: under a particle plate at dim -2, mu is
     # [S, 3] and z [S, 1], and the pick is [S, S], which no error catches
