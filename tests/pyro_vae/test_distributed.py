@@ -645,3 +645,17 @@ def test_ranks_whose_networks_hold_other_buffers_are_refused_before_training():
     with pytest.raises(ValueError, match="rank 0's model and guide hold 3 buffers and rank 1's 0"):
         _refuse_buffers_differing_by_rank(named, TwoRanks(rank=0, world=2))
     _refuse_buffers_differing_by_rank(named, Group())  # one process: nothing to compare
+
+
+def test_buffers_are_broadcast_one_flattened_tensor_per_dtype_in_the_list_s_order():
+    """One broadcast each cost 12 to 17 ms a step for ten BatchNorm layers on two CPU
+    processes (``benchmarks/buffer_broadcast.py``); coalesced as DDP does, each dtype's
+    buffers go in one tensor, and every rank must cut it the same way. The two-rank test
+    above checks the values arrive."""
+    from pyro_vae.distributed import coalesced_groups
+
+    a, c = torch.zeros(3), torch.ones(2, 2)
+    b, d = torch.tensor(4), torch.zeros(1, dtype=torch.float64)
+    groups = coalesced_groups([a, b, c, d])
+    assert [[id(t) for t in group] for group in groups] == [[id(a), id(c)], [id(b)], [id(d)]]
+    assert coalesced_groups([]) == []
