@@ -28,6 +28,7 @@ from pyro.ops.provenance import ProvenanceTensor
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch.nn.parameter import is_lazy
+from torch.overrides import TorchFunctionMode
 
 from pyro_vae.pyro_compat import provenance_parts, strip_provenance
 
@@ -106,6 +107,18 @@ class DrawTracker(Messenger):
         if self in _ACTIVE:
             _ACTIVE.remove(self)
 
+    def __enter__(self):
+        entered = super().__enter__()
+        self._copies = CopiesFollowed()
+        self._copies.__enter__()
+        return entered
+
+    def __exit__(self, exc_type, exc_value, traceback) -> None:
+        try:
+            self._copies.__exit__(exc_type, exc_value, traceback)
+        finally:
+            super().__exit__(exc_type, exc_value, traceback)
+
     def _pyro_sample(self, msg) -> None:
         # a sampler's own reads (VonMises's rejection loop calls .any()) decide the draw
         # alone, whose density's provenance says what it reads (tester DE: they made every
@@ -126,6 +139,35 @@ class DrawTracker(Messenger):
 
 
 _ACTIVE: list[DrawTracker] = []
+
+
+class CopiesFollowed(TorchFunctionMode):
+    """A tracked draw's values copied into a new tensor by a function that does not ask
+    the draw's class (``torch.tensor(z)``, ``torch.as_tensor(z, dtype=...)``,
+    ``torch.full(shape, z[0])``: torch converts the data itself) keep their provenance:
+    without it a branch on the copy went unseen. Any torch function given a tracked
+    argument (within lists and tuples too) that returns a plain tensor is such a copy;
+    every other function on a tracked argument returns a :class:`TrackedDraw`."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        result = func(*args, **kwargs)
+        if not isinstance(result, torch.Tensor) or isinstance(result, ProvenanceTensor):
+            return result
+        found = _provenance_within((args, kwargs))
+        return _wrap(result, found) if found else result
+
+
+def _provenance_within(value) -> frozenset:
+    """The provenance of every tracked tensor in ``value`` (a tensor, or lists, tuples and
+    dicts of them, nested)."""
+    if isinstance(value, ProvenanceTensor):
+        return provenance_parts(value)[1]
+    if isinstance(value, (list, tuple)):
+        return frozenset().union(*(_provenance_within(v) for v in value))
+    if isinstance(value, dict):
+        return frozenset().union(*(_provenance_within(v) for v in value.values()))
+    return frozenset()
 
 
 class TrackedDraw(ProvenanceTensor):
@@ -227,7 +269,7 @@ def _read_by_a_library() -> bool:
         name = frame.f_code.co_filename
         if name.startswith(_BATCHED_LIBRARIES):
             return True
-        if not name.startswith(_TORCH):
+        if not name.startswith(_TORCH) and name != __file__:  # (CopiesFollowed's frame)
             return False
         frame = frame.f_back
     return False

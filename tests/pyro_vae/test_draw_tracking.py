@@ -1,9 +1,12 @@
 """Tests for pyro_vae.draw_tracking: provenance through torch operations, and the reads of
 draws into Python, with the operation and the line that made each."""
 
+import warnings
+
 import pyro
 import pyro.distributions as dist
 import pyro.poutine as poutine
+import pytest
 import torch
 
 from pyro_vae.draw_tracking import DrawTracker, buffers_set_aside
@@ -182,6 +185,36 @@ def test_a_tensor_made_from_a_draw_is_followed_through_writes_into_it():
         later = mu.new_zeros(3)
         later[..., :2] = mu
         if later.sum() > 0:
+            pass
+
+    pyro.set_rng_seed(0)
+    tracker, _ = run_tracked(guide)
+    assert [(r.operation, r.kind, r.sites) for r in tracker.reads] == [
+        ("__bool__", "value", frozenset({"mu"}))
+    ]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda mu: torch.tensor(mu),
+        lambda mu: torch.as_tensor(mu, dtype=torch.float64),
+        lambda mu: torch.full((2,), mu[..., 0]),
+        lambda mu: torch.scalar_tensor(mu[..., 0]),
+    ],
+    ids=["tensor", "as_tensor", "full", "scalar_tensor"],
+)
+def test_a_copy_torch_makes_without_asking_the_draw_s_class_is_followed(make):
+    """These functions convert their data in torch's C++ without the tracked class's
+    ``__torch_function__``: their copies carried no provenance, and a branch on one went
+    unseen (the README listed ``torch.tensor(z)`` as not seen)."""
+
+    def guide():
+        mu = pyro.sample("mu", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.tensor(t)'s advice to clone instead
+            copy = make(mu)
+        if copy.sum() > 0:
             pass
 
     pyro.set_rng_seed(0)
