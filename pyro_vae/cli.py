@@ -405,6 +405,19 @@ def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
 
+#: The library's words for a setting (a run configuration's field, in a message meant for
+#: Python callers too) and the flag that gives it on the command line (tester DM: a model
+#: without a guide was told GuideConfig(spec=...) alone).
+_FLAGS_FOR_FIELDS = {"GuideConfig(spec=...)": "--guide SPEC"}
+
+
+def _flag_for(err: BaseException) -> str:
+    """ "; on the command line: FLAG" where ``err``'s message names a run configuration's
+    field that a flag sets (:data:`_FLAGS_FOR_FIELDS`), else ""."""
+    flags = [flag for field, flag in _FLAGS_FOR_FIELDS.items() if field in str(err)]
+    return f"; on the command line: {', '.join(flags)}" if flags else ""
+
+
 def _one_line(err: BaseException) -> str:
     """``err``'s message on one line: a refusal is one line on stderr, even when it quotes
     a multi-line message of torch's (a state-dict mismatch lists one line per tensor)."""
@@ -733,7 +746,7 @@ def _run_command(handler, args: argparse.Namespace, argv: list[str]) -> int:
             where = f"{_raised_in_user_code(err)}; {_where_it_stopped_after_checks(args)}"
             _tell(f"{_error()}: {_one_line(err)}{where}")
             return 1
-        _tell(f"{_error()}: {_one_line(err)}")
+        _tell(f"{_error()}: {_one_line(err)}{_flag_for(err)}")
         return 2
     except RankLost as err:
         _tell(f"{_error()}: {err}; {_where_it_stopped(args)}")

@@ -369,6 +369,12 @@ def test_a_users_model_file_is_first_class(tmp_path):
         # tester CP: both said "--compile on" / "compile: True" for --compile inductor
         (["fit", "--kl-warmup", "0.5", "--compile", "inductor"], "--compile inductor with "),
         (["fit", "--estimator", "tracegraph", "--compile", "inductor"], "--compile inductor: the"),
+        # tester DM: the library's GuideConfig(spec=...) alone, no flag
+        (
+            ["fit", "--model", "tests.pyro_vae.test_experiment:no_guide_model"],
+            "(GuideConfig(spec=...)), e.g. pyro_vae.guides:AmortizedNormal; on the command "
+            "line: --guide SPEC\n",
+        ),
     ],
 )
 def test_bad_arguments_exit_2_with_a_message(tmp_path, capsys, argv, message):
