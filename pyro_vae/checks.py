@@ -13,6 +13,24 @@ import os
 from typing import Any
 
 MAX_LEVELS = 256  # an 8-bit image has 256 values; a categorical over more is all empty classes
+#: The largest seed ``pyro.set_rng_seed`` takes: it seeds NumPy's generator too.
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(name: str, value: Any) -> None:
+    """Refuse ``value`` unless it is a seed ``pyro.set_rng_seed`` takes: an integer from 0
+    to :data:`MAX_SEED` (above it NumPy's "Seed must be between 0 and 2**32 - 1" named no
+    flag, and came after the run was loaded: tester DM's ``evaluate --seed``, found on
+    ``sample`` and ``diagnose`` too).
+
+    Raises:
+        ValueError: naming ``name``, the value and the range."""
+    check_count(name, value, 0)
+    if value > MAX_SEED:
+        raise ValueError(
+            f"{name}: {value} is above 2**32 - 1, the largest seed NumPy's generator takes "
+            "(pyro.set_rng_seed seeds Python's, NumPy's and torch's)"
+        )
 
 
 def check_count(

@@ -10,6 +10,8 @@ import json
 import math
 from typing import Any
 
+import pyro
+
 from pyro_vae.cli_report import (
     changed_block,
     print_changed_note,
@@ -28,12 +30,16 @@ def evaluate_command(args: argparse.Namespace) -> int:
     the flag allowing it) raise before any work, as :func:`pyro_vae.experiment.load` does."""
     run = writable_run(args.run)
     exp = load(run, args.device or "auto", args.allow_changed_data, args.allow_changed_code)
+    if args.seed is not None:  # (tester DM: every call gave one number, no spread to see)
+        pyro.set_rng_seed(args.seed)
     ev = exp.config.evaluation
     samples = ev.ll_samples if args.ll_samples is None else args.ll_samples
     points = ev.ll_points if args.ll_points is None else (args.ll_points or None)
     test = evaluate_test_set(exp, samples, points, progress=True)
     # the weights it scored: a fit still training may have moved on (tester L2)
     test["scored_weights_of_epoch"] = exp.weights_epoch
+    if args.seed is not None:
+        test["seed"] = args.seed
     key, extra, what = changed_block(exp, "test")  # on changed data or code: its own block
     kept, replaced, redrawn = _write_test_block(run, key, test, extra, samples == 0)
     print_test(test, rows_not_images(exp.data))

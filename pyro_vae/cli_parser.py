@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from pyro_vae import estimators
+from pyro_vae.checks import check_seed
 from pyro_vae.convnets import ARCHITECTURES, DEFAULT_CHANNELS
 from pyro_vae.data import BINARIZATIONS
 from pyro_vae.devices import resolve_device
@@ -404,6 +405,13 @@ def _add_evaluate(sub) -> None:
     e.add_argument("run", type=Path)
     e.add_argument("--ll-samples", type=int, default=None, help="default: the run's setting")
     e.add_argument("--ll-points", type=int, default=None, help="default: the run's setting")
+    e.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of the Monte Carlo draws, recorded in the test block (default: the run's "
+        "--seed, the same numbers every time); other seeds show the estimates' spread",
+    )
     _add_allow_changed_data(e)
     _add_device(e)
 
@@ -527,7 +535,7 @@ _COUNTS = {
         "seed": 0,
         "nproc": 1,
     },
-    "evaluate": {"ll_samples": 0, "ll_points": 0},
+    "evaluate": {"ll_samples": 0, "ll_points": 0, "seed": 0},
     "sample": {"num": 1, "seed": 0},
     "amortization-gap": {"points": 1, "steps": 1, "iwae_samples": 1, "seed": 0},
     "diagnose": {
@@ -559,7 +567,9 @@ def check_counts(args: argparse.Namespace) -> None:
     the run configuration's own checks."""
     for dest, minimum in _COUNTS.get(args.command, {}).items():
         value = getattr(args, dest, None)
-        if value is not None:
+        if dest == "seed" and value is not None:
+            check_seed("--seed", value)
+        elif value is not None:
             meaning = _MEANING.get(minimum, {}).get(dest, "")
             meaning += _WHY.get((args.command, dest), "")
             check_count("--" + dest.replace("_", "-"), value, minimum, meaning)

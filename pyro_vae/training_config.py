@@ -14,13 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
-from pyro_vae.checks import check_count, check_learning_rate
+from pyro_vae.checks import check_count, check_learning_rate, check_seed
 from pyro_vae.devices import check_device_name
 from pyro_vae.objectives import check_beta
 from pyro_vae.precision import check_precision
-
-#: The largest seed: NumPy's legacy generator, which pyro.set_rng_seed seeds, takes 32 bits.
-MAX_SEED = 2**32 - 1
 
 
 @dataclass
@@ -102,12 +99,7 @@ class TrainingConfig:
         for name in ("epochs", "batch_size", "validate_every"):
             check_count(name, getattr(self, name), 1)
         check_count("val_samples", self.val_samples, 1, allow_none=True)
-        check_count("seed", self.seed, 0)
-        if self.seed > MAX_SEED:
-            raise ValueError(
-                f"seed: {self.seed} is above 2**32 - 1, the largest seed NumPy's generator "
-                "takes (pyro.set_rng_seed seeds Python's, NumPy's and torch's)"
-            )
+        check_seed("seed", self.seed)
         check_count("patience", self.patience, 1, " (None: never stop early)", allow_none=True)
         check_learning_rate("lr", self.lr)
         if isinstance(self.device, torch.device):

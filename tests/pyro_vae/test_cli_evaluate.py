@@ -44,3 +44,25 @@ def test_nan_results_on_changed_data_are_explained(tmp_path, monkeypatch, capsys
     assert "note: elbo came out NaN: the run's networks overflow on these data" in (
         capsys.readouterr().out
     )
+
+
+def test_a_seed_gives_other_draws_and_is_recorded_and_no_seed_the_same_numbers(tmp_path, capsys):
+    """Tester DM: every ``evaluate`` printed one ELBO, so its Monte Carlo spread could not
+    be seen from the command line. ``--seed`` draws again, recorded in the test block; a
+    seed repeats its numbers, and no seed keeps the numbers evaluate always gave."""
+    import json
+
+    from pyro_vae.cli import main
+    from tests.pyro_vae.test_cli_analysis import fit_on_npy
+
+    run, _ = fit_on_npy(tmp_path)
+
+    def elbo(*flags):
+        assert main(["evaluate", str(run), "--ll-samples", "0", *flags]) == 0
+        test = json.loads((run / "metrics.json").read_text())["test"]
+        return test["elbo"], test.get("seed")
+
+    plain, seeded = elbo(), elbo("--seed", "7")
+    assert plain[1] is None and seeded[1] == 7
+    assert seeded[0] != plain[0]
+    assert elbo("--seed", "7") == seeded and elbo() == plain

@@ -52,6 +52,14 @@ def test_fit_flags_keep_their_defaults_where_left_out():
         (["fit", "--out", "r", "--lr", "0"], "--lr: 0.0"),
         (["evaluate", "run", "--ll-samples", "-1"], "--ll-samples: -1 is not a non-negative"),
         (["diagnose", "run", "--samples", "20"], "--samples: 20 is not an integer ≥ 21"),
+        # tester DM: NumPy's "Seed must be between 0 and 2**32 - 1", no flag named, after
+        # the run had loaded
+        *(
+            ([command, "run", "--seed", str(seed)], f"--seed: {seed} is ")
+            for command in ("evaluate", "sample", "diagnose", "amortization-gap")
+            for seed in (-1, 2**32)
+        ),
+        (["fit", "--out", "r", "--seed", str(2**32)], "--seed: 4294967296 is above 2\\*\\*32 - 1"),
     ],
 )
 def test_a_count_out_of_range_is_refused_by_its_flag(argv, message):
@@ -61,3 +69,4 @@ def test_a_count_out_of_range_is_refused_by_its_flag(argv, message):
 
 def test_counts_in_range_pass():
     check_counts(build_parser().parse_args(["diagnose", "run", "--samples", "21", "--points", "0"]))
+    check_counts(build_parser().parse_args(["evaluate", "run", "--seed", str(2**32 - 1)]))

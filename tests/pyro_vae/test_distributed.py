@@ -15,6 +15,7 @@ import torch
 
 from pyro_vae import estimators
 from pyro_vae.checkpoint import RunFolder
+from pyro_vae.checks import MAX_SEED
 from pyro_vae.cli import main
 from pyro_vae.distributed import (
     Group,
@@ -27,7 +28,6 @@ from pyro_vae.distributed import (
     evaluation_seed,
     session,
 )
-from pyro_vae.training_config import MAX_SEED
 from tests.pyro_vae.distributed_worker import CASES, TinyVAE, autoguide_start, gradients, train
 
 ROOT = Path(__file__).resolve().parents[2]
