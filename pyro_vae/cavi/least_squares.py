@@ -167,6 +167,25 @@ def _lstsq(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return torch.linalg.lstsq(a, b, driver="gelsd").solution
 
 
+#: The share of a factor's whole magnitude that a misfit may reach by float64 rounding, in
+#: units of :data:`_RTOL`: 10⁴·ε of it (κ = 100 for the solve's amplification times the
+#: verification's margin of 100; see :func:`tolerance_scale`).
+_ROUNDING_SHARE = 1e2 * torch.finfo(torch.float64).eps / _RTOL
+
+
+def tolerance_scale(values: torch.Tensor) -> torch.Tensor:
+    """Per element, what a factor's misfit at the check points is measured against, its
+    log-densities ``values`` [S, *fbatch] at the fit points: the part of log f that moves
+    between them (its largest distance from their mean), plus :data:`_ROUNDING_SHARE` of
+    its whole size, for the float64 rounding that size carries. Its whole size alone let a
+    latent-free part hide non-conjugacy (tester DL: ``pyro.factor("f", -1e10 - 0.5 *
+    mu**4)``, 10⁻⁷ of 10¹⁰ nats allowed, was fitted as conjugate, the bound 1.0 nats above
+    log p(y); a ``.to_event(1)`` likelihood with 998 coordinates far from a latent-free
+    mean, 0.25 nats above)."""
+    moving = (values - values.mean(0)).abs().amax(0)
+    return moving + _ROUNDING_SHARE * values.abs().amax(0)
+
+
 def _element_misfits(designs, values, coefficients, scale) -> torch.Tensor:
     """Per element, max |T·C − log f| over the check points, relative to 1 + the factor's
     magnitude there (inf where not finite): [*fbatch]."""
@@ -201,7 +220,7 @@ def solve_factor(members, runs: Runs, checks: Runs, site, rank, components=froze
     values = runs.log_probs[site]
     if not bool(values.isfinite().all() & checks.log_probs[site].isfinite().all()):
         return None, False, 0.0
-    scale = values.abs().amax(0)
+    scale = tolerance_scale(values)
     check_designs = probe_design(members, checks, rank, components)
 
     def good(coefficients) -> bool:

@@ -782,14 +782,14 @@ def worst_misfit(factors, latents: dict, frames: dict, values: dict, log_probs: 
             error, size = _constant_misfit(factor, log_probs[factor.name], count)
             allowed = CONSTANT_RTOL * (1 + size)  # no solve: only the model's own rounding
         else:
-            error, size = _misfit_at(factor, statistics, log_probs[factor.name], count)
+            error, size, moving = _misfit_at(factor, statistics, log_probs[factor.name], count)
             rounded = torch.clamp(_point_rounding(factor, statistics, count), min=rounding)
             members = set(factor.latents) | {factor.selector}
             if members & set(conditioning):  # the model's own rounding at Λ there
                 model = max(conditioning[n] for n in members & set(conditioning))
                 rounded = torch.maximum(rounded, _EPS * model * (1 + size))
             excused = torch.minimum(ROUNDING_CAP * (1 + size), ROUNDING_MARGIN * rounded)
-            allowed = torch.maximum(RTOL * (1 + size), excused)
+            allowed = torch.maximum(RTOL * (1 + moving), excused)
         error = torch.where(error.isfinite(), error, torch.inf)  # ±inf or NaN where q lies
         p = int((error / allowed).argmax())
         if float(error[p] / allowed[p]) > 1 and (worst is None or float(error[p]) > worst.misfit):
@@ -856,7 +856,8 @@ def _misfit_at(factor, statistics: dict, actual: torch.Tensor, count: int):
         size = sum_by_rows(actual.abs(), factor.rows, predicted.shape[1:])
         size = size.reshape(count, -1).sum(-1)
         actual = sum_by_rows(actual, factor.rows, predicted.shape[1:])
-    return (predicted - actual).abs().reshape(count, -1).sum(-1), size
+    moving = (actual - actual.mean(0)).abs().reshape(count, -1).sum(-1)
+    return (predicted - actual).abs().reshape(count, -1).sum(-1), size, moving
 
 
 def _constant_misfit(factor, actual: torch.Tensor, count: int):

@@ -119,3 +119,75 @@ def test_a_support_search_too_large_to_allocate_is_refused_naming_the_factor():
     with pytest.raises(NotConjugateError, match=refused + r" AutoCAVI allocates \(2 GiB\)"):
         AutoCAVI(_spike_and_slab(5)).fit(X, y)
     assert math.isfinite(AutoCAVI(_spike_and_slab(4)).fit(X, y).lower_bound_)
+
+
+Y5 = t([0.3, -1.2, 2.0, 0.8, 1.1])
+
+
+def _constant_factor_model(constant: float, quartic: float):
+    """μ ~ N(0, 2²), a factor −constant − quartic·μ⁴/2 − μ²/10, y_n ~ N(μ, 1): conjugate
+    where ``quartic`` is 0, its factor then a Gaussian in μ plus a constant."""
+
+    def model(y):
+        mu = pyro.sample("mu", dist.Normal(t(0.0), 2.0))
+        pyro.factor("f", -constant - quartic * 0.5 * mu**4 - 0.1 * mu**2)
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+    return model
+
+
+def _far_coordinates_model(y, curve: float):
+    """μ ~ N(0, 1), y ~ N(loc, I).to_event(1): loc₀ = μ + curve·μ², loc₁ = μ, and every other
+    coordinate's mean 0 whatever μ (its data far from it: a latent-free part of the factor
+    of 5·10¹⁰ nats)."""
+    first = torch.arange(len(y)) == 0
+    second = torch.arange(len(y)) == 1
+
+    def model(y):
+        mu = pyro.sample("mu", dist.Normal(t(0.0), 1.0))
+        loc = torch.where(first, mu + curve * mu**2, torch.where(second, mu, t(0.0)))
+        pyro.sample("y", dist.Normal(loc, 1.0).to_event(1), obs=y)
+
+    return model
+
+
+@pytest.mark.parametrize("constant", [1e9, 1e10])
+def test_a_latent_free_part_of_a_factor_does_not_widen_the_check_of_its_form(constant):
+    """The misfit allowed was 10⁻⁷ of the factor's whole size at the probe points (10⁻⁹
+    at the verification's): a constant of 10¹⁰ in a ``pyro.factor`` allowed 1,000 nats,
+    so a quartic term in μ passed as conjugate, the bound 1.0 nats above the log evidence
+    (tester DL; quadrature below), and 998 far coordinates of an event put one 0.25 nats
+    above it. The latent-free part now counts only for the float64 rounding it carries.
+    Without the quartic term the fit stands, at the exact log evidence."""
+    from scipy import integrate, stats
+
+    from pyro_vae.cavi import AutoCAVI
+
+    with pytest.raises(NotConjugateError, match="'mu' \\(Normal\\).*factor 'f'"):
+        AutoCAVI(_constant_factor_model(constant, 0.5)).fit(Y5)
+    fit = AutoCAVI(_constant_factor_model(constant, 0.0)).fit(Y5)
+
+    def joint(mu):  # the constant left out, added back below
+        prior = stats.norm.logpdf(mu, 0, 2) - 0.1 * mu**2
+        return np.exp(prior + stats.norm.logpdf(Y5.numpy(), mu, 1).sum())
+
+    exact = math.log(integrate.quad(joint, -30, 30, epsabs=0, epsrel=1e-12)[0]) - constant
+    assert fit.lower_bound_ == pytest.approx(exact, abs=1e-4)  # ε·10¹⁰ = 2e-6 per evaluation
+
+
+def test_far_coordinates_of_an_event_do_not_widen_the_check_of_its_form():
+    from pyro_vae.cavi import AutoCAVI
+
+    y = torch.full((1000,), 1e4, dtype=F64)
+    y[0], y[1] = 6.0, 0.3
+    with pytest.raises(NotConjugateError, match="factor 'y' \\(Normal\\)"):
+        AutoCAVI(_far_coordinates_model(y, 0.02)).fit(y)
+    fit = AutoCAVI(_far_coordinates_model(y, 0.0)).fit(y)
+    # conjugate: μ | y₀, y₁ ~ N(m, 1/3); log p(y) in closed form
+    s = y[0] + y[1]
+    normal = torch.distributions.MultivariateNormal(
+        torch.zeros(2, dtype=F64), torch.eye(2, dtype=F64) + torch.ones(2, 2, dtype=F64)
+    )
+    exact = normal.log_prob(y[:2]) + torch.distributions.Normal(0.0, 1.0).log_prob(y[2:]).sum()
+    assert fit.lower_bound_ == pytest.approx(float(exact), abs=1e-3), float(s)
