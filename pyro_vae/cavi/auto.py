@@ -27,6 +27,7 @@ unverified where q is.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 
@@ -978,7 +979,9 @@ class AutoCAVI(CoordinateUpdates):
         for name, q in self._q.items():
             sites = self._latents[name].sites
             out.update(zip(sites, q.marginals(), strict=True) if len(sites) > 1 else {name: q})
-        return out
+        # copies: q edited in place changed the fit's own q, its guide's and its
+        # predictions, its bound not (tester DL)
+        return copy.deepcopy(out)
 
     def variational_guide(self):
         """The fitted q as a Pyro guide ``guide(*args, **kwargs)`` (the arguments are

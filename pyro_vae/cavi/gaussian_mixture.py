@@ -440,15 +440,17 @@ class BayesianGaussianMixture:
                 "BayesianGaussianMixture: not fitted yet; call fit(X) before "
                 "variational_distributions()"
             )
-        d = self.means_.shape[1]
-        nu, beta = self.degrees_of_freedom_, self.mean_precision_
+        d = self.means_.shape[1]  # copies: an edit of q leaves the fit as it is (tester DL)
+        nu, beta = self.degrees_of_freedom_.clone(), self.mean_precision_
         scale = torch.linalg.inv(self._w_inv)
         t_precision = ((nu - d + 1) * beta)[:, None, None] * scale
         out = {
-            "weights": dist.Dirichlet(self.weight_concentration_),
+            "weights": dist.Dirichlet(self.weight_concentration_.clone()),
             "precisions": dist.Wishart(nu, covariance_matrix=scale),
             "means": dist.MultivariateStudentT(
-                nu - d + 1, self.means_, torch.linalg.cholesky(torch.linalg.inv(t_precision))
+                nu - d + 1,
+                self.means_.clone(),
+                torch.linalg.cholesky(torch.linalg.inv(t_precision)),
             ),
         }
         if X is not None:

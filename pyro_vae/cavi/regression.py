@@ -183,7 +183,9 @@ class BayesianLinearRegression:
             for v in (self.precision_shape_, self.precision_rate_)
         )
         return {
-            weights: dist.MultivariateNormal(self.coef_, covariance_matrix=self.coef_covariance_),
+            weights: dist.MultivariateNormal(  # copies: an edit of q leaves the fit as it is
+                self.coef_.clone(), covariance_matrix=self.coef_covariance_.clone()
+            ),
             precision: dist.Gamma(shape, rate),
         }
 

@@ -458,7 +458,8 @@ def test_a_refused_refit_leaves_the_last_fit_whole():
     with pytest.raises(NotConjugateError, match=r"not 'w': its prior \(Beta\) is not"):
         fit.fit(X, y, prior=dist.Beta)
     assert fit.lower_bound_ == bound and fit.plates_as_events_ == {"w": "f"}
-    assert fit.variational_distributions()["w"] is q
+    kept = fit.variational_distributions()["w"]  # a copy of the same q
+    assert torch.equal(kept.loc, q.loc) and torch.equal(kept.scale_tril, q.scale_tril)
     trace = pyro.poutine.trace(fit.variational_guide()).get_trace(X, y)
     assert trace.nodes["w"]["value"].shape == (3,)
 
@@ -2887,3 +2888,27 @@ def test_a_tight_link_refused_says_so_and_its_advice_fits_the_exact_evidence():
     marginal = dist.MultivariateNormal(torch.zeros(n, dtype=F64), covariance)
     fit = AutoCAVI(as_one_vector).fit(y)
     assert fit.lower_bound_ == pytest.approx(float(marginal.log_prob(y)), abs=1e-7)
+
+
+def test_the_returned_q_is_a_copy_that_an_edit_leaves_the_fit_unchanged(regression_data):
+    """Tester DL: an in-place edit of ``variational_distributions()["mu"].loc`` moved the
+    fit's own q, so its guide drew from the edited q while ``lower_bound_`` described the
+    old one. Every estimator that offers the method now returns copies."""
+    from pyro_vae.cavi import BayesianGaussianMixture
+
+    X, y = regression_data
+    gmm_data = torch.randn(30, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    fits = [
+        AutoCAVI(BayesianRegression()).fit(X, y),
+        BayesianLinearRegression().fit(X, y),
+        BayesianGaussianMixture(2, random_state=0).fit(gmm_data),
+    ]
+    for fit in fits:
+        means = {name: q.mean.clone() for name, q in fit.variational_distributions().items()}
+        for q in fit.variational_distributions().values():
+            for value in vars(q).values():
+                if torch.is_tensor(value) and value.is_floating_point():
+                    value.add_(1.0)  # every parameter the distribution holds, edited
+        after = fit.variational_distributions()
+        for name, mean in means.items():
+            assert torch.equal(after[name].mean, mean), (type(fit).__name__, name)
