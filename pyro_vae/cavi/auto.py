@@ -34,6 +34,7 @@ import time
 import numpy as np
 import pyro.distributions as dist
 import torch
+from sklearn.base import BaseEstimator
 
 from pyro_vae.cavi._checks import (
     check_on_cpu,
@@ -101,7 +102,7 @@ _AMPLIFICATION = 16.0
 _FAR = 1e3
 
 
-class AutoCAVI(CoordinateUpdates):
+class AutoCAVI(CoordinateUpdates, BaseEstimator):
     """CAVI for any conditionally conjugate Pyro model (scikit-learn style): mean field,
     with Markov chains of Categorical sites kept whole (structured mean field).
 

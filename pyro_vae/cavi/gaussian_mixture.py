@@ -30,6 +30,7 @@ import warnings
 import numpy as np
 import pyro.distributions as dist
 import torch
+from sklearn.base import BaseEstimator
 from sklearn.exceptions import ConvergenceWarning
 
 from pyro_vae.cavi._checks import (
@@ -63,7 +64,7 @@ def _log_wishart_norm(logdet_w: torch.Tensor, nu: torch.Tensor, d: int) -> torch
     )
 
 
-class BayesianGaussianMixture:
+class BayesianGaussianMixture(BaseEstimator):
     """Variational Bayesian Gaussian mixture with full covariances, fitted by CAVI.
 
     Args (names and defaults as in scikit-learn):

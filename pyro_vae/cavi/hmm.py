@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import pyro.distributions as dist
 import torch
+from sklearn.base import BaseEstimator
 
 from pyro_vae.cavi._checks import (
     as_float64,
@@ -264,7 +265,7 @@ class FactorialHMM:
         return (y - others) @ c_inv @ w - 0.5 * torch.einsum("dk,de,ek->k", w, c_inv, w)
 
 
-class _FactorialMeanField:
+class _FactorialMeanField(BaseEstimator):
     """Settings, initialization and fitted attributes shared by the two families."""
 
     def __init__(

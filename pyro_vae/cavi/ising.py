@@ -24,6 +24,7 @@ import math
 import numpy as np
 import pyro.distributions as dist
 import torch
+from sklearn.base import BaseEstimator
 
 from pyro_vae.cavi._checks import (
     as_float64,
@@ -148,7 +149,7 @@ def fixed_point_residual(m: torch.Tensor, J: torch.Tensor, h: torch.Tensor, beta
     return float((log_2cosh - theta * m - _entropy(m)).clamp(min=0).sum())
 
 
-class IsingMeanField:
+class IsingMeanField(BaseEstimator):
     """Naive mean field for the Ising model, fitted by coordinate ascent (scikit-learn style).
 
     Args:

@@ -26,6 +26,7 @@ import math
 
 import pyro.distributions as dist
 import torch
+from sklearn.base import BaseEstimator
 
 from pyro_vae.cavi._checks import (
     as_float64,
@@ -54,7 +55,7 @@ def _as_data(X, y) -> tuple[torch.Tensor, torch.Tensor]:
     return squares_finite("X", finite("X", X)), squares_finite("y", finite("y", y))
 
 
-class BayesianLinearRegression:
+class BayesianLinearRegression(BaseEstimator):
     """Normal-Gamma Bayesian linear regression fitted by mean-field CAVI (scikit-learn style).
 
     Args:

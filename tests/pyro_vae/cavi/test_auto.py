@@ -2912,3 +2912,36 @@ def test_the_returned_q_is_a_copy_that_an_edit_leaves_the_fit_unchanged(regressi
         after = fit.variational_distributions()
         for name, mean in means.items():
             assert torch.equal(after[name].mean, mean), (type(fit).__name__, name)
+
+
+def test_every_cavi_estimator_takes_scikit_learn_s_clone_get_params_and_set_params(
+    regression_data,
+):
+    """Tester DL: ``sklearn.base.clone(AutoCAVI(...))`` failed (no ``get_params``); the
+    estimators follow scikit-learn's conventions, so they are its ``BaseEstimator``s. A clone
+    has the same settings, is not fitted, and fits to the same bound."""
+    from sklearn.base import clone
+
+    from pyro_vae.cavi import BayesianGaussianMixture, IsingMeanField, StructuredMeanField
+    from pyro_vae.cavi.hmm import FactorialHMM
+
+    X, y = regression_data
+    auto = AutoCAVI(BayesianRegression(), tol=1e-10)
+    for estimator in (
+        auto, BayesianLinearRegression(a0=2.0), BayesianGaussianMixture(2, random_state=0),
+        IsingMeanField(beta=0.5), StructuredMeanField(FactorialHMM(*_tiny_fhmm()), n_init=2),
+    ):  # fmt: skip
+        twin = clone(estimator)
+        assert twin is not estimator and twin.get_params().keys() == estimator.get_params().keys()
+        assert type(twin).__name__ in repr(twin)
+    assert clone(auto).set_params(tol=1e-6).tol == 1e-6
+    fitted = clone(auto).fit(X, y)
+    assert not hasattr(clone(fitted), "lower_bound_")
+    assert clone(fitted).fit(X, y).lower_bound_ == fitted.lower_bound_
+
+
+def _tiny_fhmm():
+    """(log π, log A, W, C) of a factorial HMM: 2 chains of 2 states, 1-D outputs."""
+    log_pi = torch.full((2, 2), 0.5, dtype=F64).log()
+    log_a = torch.tensor([[0.9, 0.1], [0.2, 0.8]], dtype=F64).log().expand(2, 2, 2)
+    return log_pi, log_a, torch.ones(2, 1, 2, dtype=F64), torch.eye(1, dtype=F64)
