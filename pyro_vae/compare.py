@@ -179,6 +179,17 @@ def _test_data(config: dict[str, Any]) -> str:
     return _data(config, tuple(k for k in _DATA_KEYS if k != "val_fraction"))
 
 
+def _test_rows(config: dict[str, Any]) -> str:
+    """Which rows a run's test numbers score, in the file's own units: :func:`_data`
+    without ``val_fraction`` (the test split is drawn first) but under dynamic binarization
+    (its test pixels' draws follow the validation images'). A table standardized by other
+    training rows scores the same rows, in other units (:func:`_test_data`)."""
+    data = (config or {}).get("data") or {}
+    if data.get("likelihood") == "bernoulli" and data.get("binarize") == "dynamic":
+        return _data(config)
+    return _data(config, tuple(k for k in _DATA_KEYS if k != "val_fraction"))
+
+
 _COUNTS = ("K", "log_px_points", "active_units", "latent_dim", "epochs", "best_epoch")
 
 
@@ -282,6 +293,7 @@ def compare_runs(runs: Sequence[str | os.PathLike]) -> Comparison:
         raise ValueError("runs: none given; expected one or more run folders")
     paths = [Path(r) for r in runs]
     table, curves, validations, notes, tests, test_data = [], {}, set(), [], {}, {}
+    test_rows: dict[str, str] = {}
     labels = _labels(paths)
     for label, path in zip(labels, paths, strict=True):
         folder = RunFolder(path)
@@ -292,6 +304,7 @@ def compare_runs(runs: Sequence[str | os.PathLike]) -> Comparison:
             )
         table.append(_row(label, config, metrics))
         test_data[label] = _test_data(config) if config else "?"
+        test_rows[label] = _test_rows(config) if config else "?"
         tests[label] = metrics.get("test") or {}
         points = [
             (e["epoch"], e["val_elbo"])
@@ -320,7 +333,7 @@ def compare_runs(runs: Sequence[str | os.PathLike]) -> Comparison:
         notes.extend(_other_weights(label, metrics))
     notes.extend(_listed_twice(paths, labels))
     frame = pd.DataFrame(table, columns=list(COLUMNS)).astype({c: "Int64" for c in _COUNTS})
-    notes[:0] = _data_notes(frame, test_data)
+    notes[:0] = _data_notes(frame, test_data, test_rows)
     notes.extend(_training_set_notes(frame))
     notes.extend(_standardized_notes(frame))
     notes.extend(_unlike_bounds(frame, tests))
@@ -367,16 +380,28 @@ OTHER_DATA = "the runs use different data"
 OTHER_VALIDATION_ROWS = "the runs validate on different rows"
 
 
-def _data_notes(frame: pd.DataFrame, test_data: dict[str, str]) -> list[str]:
+def _data_notes(
+    frame: pd.DataFrame, test_data: dict[str, str], test_rows: dict[str, str]
+) -> list[str]:
     """A note where runs' test numbers are on different data (not comparable), else
     where only their validation rows differ (``val_fraction``: the curves and best epochs
     are on other rows, the test numbers on the same, but for runs evaluated on the
-    training set, whose rows ``val_fraction`` moves: tester U)."""
+    training set, whose rows ``val_fraction`` moves: tester U). Tables of ``normal``
+    columns standardized by other training rows score the same test rows in other units:
+    their ``*_original_units`` columns are comparable (tester DM: all called not)."""
     known = frame[frame["data"] != "?"]
     which = "; ".join(f"{r.run}: {r.data}" for r in known.itertuples())
     groups: dict[str, list[str]] = {}
     for r in known.itertuples():
         groups.setdefault(test_data[r.run], []).append(r.run)
+    same_rows = len({test_rows[r.run] for r in known.itertuples()}) == 1
+    if len(groups) > 1 and same_rows and known["test_elbo_original_units"].notna().all():
+        return [
+            f"{OTHER_DATA} ({which}): each standardizes its table by its own training rows, "
+            "so test_elbo and log_px, nats of the standardized columns, are not comparable; "
+            "test_elbo_original_units and log_px_original_units (comparison.csv) are: the "
+            "same test rows, in the file's units"
+        ]
     if len(groups) > 1:
         # tester CF: of three runs one on other data, all three were "not comparable"
         alike = [", ".join(g) for g in groups.values() if len(g) > 1]

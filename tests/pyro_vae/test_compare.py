@@ -126,6 +126,25 @@ def test_runs_differing_only_in_val_fraction_are_flagged_by_what_it_changes(
     write_comparison(comparison, tmp_path / "out")  # the figure's title says which
 
 
+def test_tables_standardized_by_other_training_rows_compare_in_the_file_s_units(tmp_path):
+    """Tester DM: two ``normal`` tables differing only in --val-fraction were noted as on
+    different data, every number "not comparable"; their test rows are the same, so the
+    original-units columns are comparable (another split seed is other rows: not)."""
+    test = {**TEST, "elbo_original_units": -7.3, "log_likelihood_original_units": -7.1}
+    data = {"likelihood": "normal"}
+    a = _run(tmp_path / "a", [1.0], [-100.0], test, data_name="rows.csv", data=data)
+    b = _run(tmp_path / "b", [1.0], [-99.0], test, data_name="rows.csv",
+             data={**data, "val_fraction": 0.3})  # fmt: skip
+    c = _run(tmp_path / "c", [1.0], [-99.0], test, data_name="rows.csv",
+             data={**data, "split_seed": 5})  # fmt: skip
+    note = compare_runs([a, b]).notes[0]
+    assert note.startswith("the runs use different data") and "val_fraction=0.3" in note
+    assert "test_elbo and log_px, nats of the standardized columns, are not comparable" in note
+    assert "log_px_original_units (comparison.csv) are: the same test rows" in note
+    note = compare_runs([a, c]).notes[0]
+    assert "not comparable across data" in note and "original_units" not in note
+
+
 @pytest.mark.parametrize(
     "other",
     [{"threshold": 0.3}, {"image_size": [8, 8]}, {"columns": ["a"]}, {"label_column": "y"}],
