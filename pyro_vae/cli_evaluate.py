@@ -101,6 +101,11 @@ def _keep_saved_estimates(previous: dict[str, Any], test: dict[str, Any]) -> lis
     own = ("log_likelihood", "test_log_px")
     saved = {k: v for k, v in previous.items() if k.startswith(own) and k not in test}
     test.update(saved)
+    # drawn with the saved block's seed (None: the run's own stream), which a --seed of
+    # this evaluation must not claim (tester DO)
+    drawn_with = saved.get("log_likelihood_seed", previous.get("seed"))
+    if saved and "log_likelihood_seed" not in saved and drawn_with != test.get("seed"):
+        test["log_likelihood_seed"] = drawn_with
     labelled = [k for k in saved if k in previous.get("label_metrics", ())]
     if labelled:
         test["label_metrics"] = sorted({*test.get("label_metrics", ()), *labelled})

@@ -409,8 +409,8 @@ def _add_evaluate(sub) -> None:
         "--seed",
         type=int,
         default=None,
-        help="seed of the Monte Carlo draws, recorded in the test block (default: the run's "
-        "--seed, the same numbers every time); other seeds show the estimates' spread",
+        help="seed of the Monte Carlo draws, recorded in the test block (default: one fixed "
+        "stream, the same numbers every time); other seeds show the estimates' spread",
     )
     _add_allow_changed_data(e)
     _add_device(e)

@@ -66,3 +66,26 @@ def test_a_seed_gives_other_draws_and_is_recorded_and_no_seed_the_same_numbers(t
     assert plain[1] is None and seeded[1] == 7
     assert seeded[0] != plain[0]
     assert elbo("--seed", "7") == seeded and elbo() == plain
+
+
+def test_a_kept_log_likelihood_keeps_the_seed_it_was_drawn_with(tmp_path):
+    """Tester DO: ``evaluate --seed 9 --ll-samples 0`` kept the saved log p(x), drawn
+    under --seed 7, and the block said seed 9 for all of it."""
+    import json
+
+    from pyro_vae.cli import main
+    from tests.pyro_vae.test_cli_analysis import fit_on_npy
+
+    run, _ = fit_on_npy(tmp_path)
+
+    def block(*flags):
+        assert main(["evaluate", str(run), *flags]) == 0
+        return json.loads((run / "metrics.json").read_text())["test"]
+
+    drawn = block("--ll-samples", "3", "--seed", "7")
+    kept = block("--ll-samples", "0", "--seed", "9")
+    assert kept["seed"] == 9 and kept["log_likelihood_seed"] == 7
+    assert kept["log_likelihood"] == drawn["log_likelihood"]
+    assert block("--ll-samples", "0", "--seed", "7").get("log_likelihood_seed") in (None, 7)
+    assert block("--ll-samples", "0")["log_likelihood_seed"] == 7  # kept through again
+    assert "log_likelihood_seed" not in block("--ll-samples", "3")  # drawn now
