@@ -323,11 +323,12 @@ class Group:
         CPU processes; coalesced, 0.5 to 2 ms: ``benchmarks/buffer_broadcast.py``)."""
         if self.world == 1 or not buffers:
             return
-        with self._watching("broadcast of the networks' buffers"), torch.no_grad():
+        with torch.no_grad():
             for group in coalesced_groups(buffers):
                 flat = torch.cat([buffer.reshape(-1) for buffer in group])
-                dist.broadcast(flat, src=0)
-                start = 0
+                with self._watching("broadcast of the networks' buffers"):
+                    dist.broadcast(flat, src=0)
+                start = 0  # this rank's own writes: an error here is no other rank's
                 for buffer in group:
                     buffer.copy_(flat[start : start + buffer.numel()].view_as(buffer))
                     start += buffer.numel()
@@ -576,9 +577,10 @@ class SynchronizedELBO:
         self.elbo, self.group = elbo, group
         # the pair's networks (model and guide objects, the same on every rank): their
         # buffers, by name, are rank 0's after each step
-        named = _named_buffers(modules)
+        self._modules = list(modules)
+        named = _named_buffers(self._modules)
+        _refuse_unwritable_buffers(named)
         _refuse_buffers_differing_by_rank(named, group)
-        self._buffers = [buffer for _, buffer in named]
 
     def loss_and_grads_and_params(self, model, guide, *args, **kwargs):
         own = getattr(self.elbo, "loss_and_grads_and_params", None)
@@ -590,7 +592,9 @@ class SynchronizedELBO:
             params = [site["value"].unconstrained() for site in capture.trace.nodes.values()]
         rows = float(len(kwargs["subsample"]))
         loss = self._reduce(float(loss), params, rows)
-        self.group.broadcast_buffers(self._buffers)
+        # listed again each step: a buffer the model reassigns (``self.count = self.count +
+        # 1``) is a new tensor, which a list taken once missed (tester DO: ranks drifted)
+        self.group.broadcast_buffers([buffer for _, buffer in _named_buffers(self._modules)])
         return loss, params
 
     def _reduce(self, loss: float, params: list[torch.Tensor], rows: float) -> float:
@@ -625,6 +629,22 @@ def coalesced_groups(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
     for tensor in tensors:
         groups.setdefault((tensor.dtype, tensor.device), []).append(tensor)
     return list(groups.values())
+
+
+def _refuse_unwritable_buffers(named: list) -> None:
+    """Raise ValueError naming a buffer that no broadcast can write in place: an expanded
+    view (a stride of 0 along a dim longer than 1, ``torch.zeros(1).expand(5)``), whose
+    elements share memory (tester DO: the first step failed on every rank, each blaming
+    the other)."""
+    for name, buffer in named:
+        strides = zip(buffer.stride(), buffer.shape, strict=True)
+        if any(stride == 0 and size > 1 for stride, size in strides):
+            raise ValueError(
+                f"networks: buffer {name!r} of shape {tuple(buffer.shape)} is an expanded view "
+                f"(strides {buffer.stride()}), whose elements share memory, so rank 0's "
+                "values cannot be written into it after each step: expected a buffer of its "
+                "own memory (register_buffer(name, tensor.clone()))"
+            )
 
 
 def _refuse_buffers_differing_by_rank(named: list, group: Group) -> None:

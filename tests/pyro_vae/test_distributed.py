@@ -659,3 +659,57 @@ def test_buffers_are_broadcast_one_flattened_tensor_per_dtype_in_the_list_s_orde
     groups = coalesced_groups([a, b, c, d])
     assert [[id(t) for t in group] for group in groups] == [[id(a), id(c)], [id(b)], [id(d)]]
     assert coalesced_groups([]) == []
+
+
+class _EchoRanks(Group):
+    """Two ranks that agree on everything: sums are this rank's own, gathers repeat it,
+    and the buffers each broadcast is given are recorded."""
+
+    def __init__(self):
+        super().__init__(rank=0, world=2)
+        self.broadcast = []
+
+    def gather_json(self, obj):
+        return [obj, obj]
+
+    def all_reduce(self, tensor):
+        tensor.mul_(2)  # both ranks' equal shares: the weighted mean is this rank's
+
+    def broadcast_buffers(self, buffers):
+        self.broadcast.append([id(b) for b in buffers])
+
+
+def test_a_buffer_the_model_reassigns_is_broadcast_as_it_is_now():
+    """Tester DO: the buffers were listed once, so one a model reassigns each step
+    (``self.seen = self.seen + 1``, a new tensor) was never broadcast and ranks drifted."""
+    import pyro
+    import pyro.distributions as dist
+
+    class Counting(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("seen", torch.zeros(()))
+            self.loc = torch.nn.Parameter(torch.zeros(()))
+
+        def model(self, x, subsample=None):
+            pyro.sample("x", dist.Normal(self.loc, 1.0), obs=x)
+
+        def guide(self, x, subsample=None):
+            pyro.module("counting", self)
+            self.seen = self.seen + 1  # a new tensor each step
+
+    pyro.clear_param_store()
+    net, group = Counting(), _EchoRanks()
+    elbo = SynchronizedELBO(estimators.get("trace"), group, [net])
+    for _ in range(2):
+        elbo.loss_and_grads_and_params(net.model, net.guide, torch.tensor(0.5), subsample=[0])
+        assert group.broadcast[-1] == [id(net.seen)]
+
+
+def test_an_expanded_buffer_is_refused_by_name_before_training():
+    """Tester DO: a stride-0 buffer failed the first step's write on every rank, each
+    blaming the other ("another rank stopped or hung")."""
+    net = torch.nn.Module()
+    net.register_buffer("spread", torch.zeros(1).expand(5))
+    with pytest.raises(ValueError, match="buffer '0.spread' of shape \\(5,\\) is an expanded view"):
+        SynchronizedELBO(estimators.get("trace"), _EchoRanks(), [net])
