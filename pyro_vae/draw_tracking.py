@@ -17,6 +17,7 @@ may depend on it. Used by the plate-escape check of the estimators
 from __future__ import annotations
 
 import contextlib
+import numbers
 import os
 import sys
 from collections.abc import Callable
@@ -59,6 +60,14 @@ SHAPE_READS = frozenset(
         "nonzero", "argwhere", "masked_select", "unique", "unique_consecutive", "bincount",
     )
 ) | {torch.Tensor.to_sparse}  # fmt: skip
+
+#: Operations that hand a tensor's memory or bytes out of torch's operations, where no
+#: provenance follows (``torch.from_dlpack(z)``, a view made on ``z.untyped_storage()``,
+#: ``pickle.dumps(z)``: tester DO, each a branch unseen, 32 standard errors off): each
+#: counts as a write into a tensor the tracking cannot follow.
+ESCAPES = frozenset(
+    {torch.Tensor.__dlpack__, torch.Tensor.untyped_storage, torch.Tensor.__reduce_ex__}
+)
 
 #: Operations whose result's shape depends on their input's values only when called so
 #: (tester DG: each missed): ``torch.where(c)`` with its condition alone,
@@ -160,10 +169,15 @@ class CopiesFollowed(TorchFunctionMode):
 
 def _provenance_within(value) -> frozenset:
     """The provenance of every tracked tensor in ``value`` (a tensor, or lists, tuples and
-    dicts of them, nested)."""
+    dicts of them, nested). A list that starts with a Python number is data for a tensor
+    (``torch.tensor([0.5, ...])``), not walked: a tracked element of it is a 0-dim tensor,
+    which torch reads through ``__float__``, a read of its own (walking 200,000 floats at
+    every call slowed a guide's check 4-6x: tester DO)."""
     if isinstance(value, ProvenanceTensor):
         return provenance_parts(value)[1]
     if isinstance(value, (list, tuple)):
+        if value and isinstance(value[0], numbers.Number):
+            return frozenset()
         return frozenset().union(*(_provenance_within(v) for v in value))
     if isinstance(value, dict):
         return frozenset().union(*(_provenance_within(v) for v in value.values()))
@@ -214,12 +228,14 @@ def _reads(func, args: tuple, kwargs: dict | None) -> str | None:
     into Python (:data:`VALUE_READS`); "shape", a shape made from values
     (:data:`SHAPE_READS`, and the calls of :func:`_shape_from_values`); "write", into a
     tensor that is not tracked (``s[:] = z``, ``s.add_(z)``, ``out=s``: tester DE, each
-    missed); else None."""
+    missed), or out of torch's operations (:data:`ESCAPES`); else None."""
     kwargs = kwargs or {}
     if func in VALUE_READS:
         return "value"
     if func in SHAPE_READS or _shape_from_values(func, args, kwargs):
         return "shape"
+    if func in ESCAPES:
+        return "write"
     name = getattr(func, "__name__", "")
     in_place = name == "__setitem__" or (name.endswith("_") and not name.startswith("_"))
     untracked = bool(args) and not isinstance(args[0], ProvenanceTensor)
