@@ -31,6 +31,7 @@ from pyro.poutine.util import site_is_subsample
 from torch.nn.parameter import is_lazy
 from torch.overrides import TorchFunctionMode
 
+from pyro_vae.module_hooks import global_forward_pre_hook
 from pyro_vae.pyro_compat import provenance_parts, strip_provenance
 
 #: Tensor methods that read a value out of a tensor into Python: the plate-escape
@@ -269,6 +270,9 @@ _TORCH = os.path.dirname(torch.__file__) + os.sep
 _BATCHED_LIBRARIES = (
     os.path.join(os.path.dirname(pyro.__file__), "distributions") + os.sep,
     _TORCH + "distributions" + os.sep,
+    # and torch.compile's own guards, which read a tensor's storage to decide nothing the
+    # model computes (tester DO: a compiled decoder's call was taken for a write)
+    _TORCH + "_dynamo" + os.sep,
 )
 
 
@@ -326,7 +330,7 @@ def buffers_set_aside(roots=()):
 
     for root in roots:  # the pair's objects, where known: what they hold, called or not
         copy_buffers(root, ())
-    handle = torch.nn.modules.module.register_module_forward_pre_hook(copy_buffers)
+    handle = global_forward_pre_hook(copy_buffers)
     try:
         yield
     finally:

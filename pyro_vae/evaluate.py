@@ -52,7 +52,6 @@ import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.infer import TraceEnum_ELBO
-from torch.nn.modules.module import register_module_forward_pre_hook
 
 from pyro_vae.annealing import unscaled, unwrap
 from pyro_vae.checks import check_count
@@ -62,6 +61,7 @@ from pyro_vae.guides.fixed import as_guide
 from pyro_vae.interruptions import reraise_interruption
 from pyro_vae.mapped_rows import MappedRows
 from pyro_vae.minibatch import Minibatched, align_autoguide, fitted_rows
+from pyro_vae.module_hooks import global_forward_pre_hook
 from pyro_vae.moved import hand_over
 from pyro_vae.plates import (
     DeclaredSubsamples,
@@ -145,7 +145,7 @@ def eval_mode(*fns: object) -> Iterator[None]:
         for sub in m.modules():
             switch(sub)
         m.train(False)  # as before, for modules whose own train() does more than the flag
-    handle = register_module_forward_pre_hook(switch)
+    handle = global_forward_pre_hook(switch)
     try:
         yield
     finally:

@@ -55,6 +55,8 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 from torch.utils import _pytree as pytree
 
+from pyro_vae.module_hooks import global_forward_hook, global_forward_pre_hook
+
 PRECISIONS = ("32", "bf16", "16-mixed")
 _DTYPES = {"bf16": torch.bfloat16, "16-mixed": torch.float16}
 
@@ -146,7 +148,7 @@ def modules_run() -> Iterator[list[torch.nn.Module]]:
             seen.add(id(module))
             ran.append(module)
 
-    handle = torch.nn.modules.module.register_module_forward_pre_hook(record)
+    handle = global_forward_pre_hook(record)
     try:
         yield ran
     finally:
@@ -227,9 +229,8 @@ def networks_in(dtype: torch.dtype, device_type: str) -> Iterator[None]:
     ``torch.autocast(device_type, dtype)`` and returns float32 tensors where it would
     return ``dtype`` ones (see the module docstring for the rule and its limits)."""
     state = _NetworkAutocast(device_type, dtype)
-    module_hooks = torch.nn.modules.module
-    pre = module_hooks.register_module_forward_pre_hook(state.before)
-    post = module_hooks.register_module_forward_hook(state.after, always_call=True)
+    pre = global_forward_pre_hook(state.before)
+    post = global_forward_hook(state.after, always_call=True)
     _ACTIVE.append(state)
     try:
         yield

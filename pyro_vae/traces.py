@@ -46,6 +46,7 @@ from pyro_vae.draw_tracking import (
     first_frame_outside,
 )
 from pyro_vae.interruptions import reraise_interruption
+from pyro_vae.module_hooks import global_forward_pre_hook
 from pyro_vae.site_masks import counted_elements, site_masks, spread
 
 PARTICLES = "_particles"
@@ -708,7 +709,7 @@ def _buffers_put_back_on_failure(active: bool):
             if id(buffer) not in saved and not is_lazy(buffer):
                 saved[id(buffer)] = (buffer, buffer.detach().clone())
 
-    handle = torch.nn.modules.module.register_module_forward_pre_hook(keep)
+    handle = global_forward_pre_hook(keep)
     try:
         yield
     except BaseException:
@@ -918,7 +919,7 @@ def buffers_kept(roots=()):
     for root in roots:
         keep(root, ())
         called.pop(root)  # not called: no training flag to report
-    handle = torch.nn.modules.module.register_module_forward_pre_hook(keep)
+    handle = global_forward_pre_hook(keep)
     try:
         yield called
     finally:

@@ -28,9 +28,9 @@ import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.poutine.messenger import Messenger
-from torch.nn.modules.module import register_module_forward_pre_hook
 
 from pyro_vae.minibatch import Minibatched
+from pyro_vae.module_hooks import global_forward_pre_hook
 
 #: how many wrappers deep :func:`module_of` looks (a guard against cyclic ``__wrapped__``)
 _MAX_WRAPPERS = 100
@@ -84,7 +84,7 @@ def called_modules() -> Iterator[list[torch.nn.Module]]:
             seen.add(id(module))
             found.append(module)
 
-    handle = register_module_forward_pre_hook(record)
+    handle = global_forward_pre_hook(record)
     try:
         yield found
     finally:

@@ -42,6 +42,7 @@ LAYERS: dict[str, int] = {
     "pyro_vae.progress": 0,
     "pyro_vae.interruptions": 0,
     "pyro_vae.precision": 0,
+    "pyro_vae.module_hooks": 0,  # global module hooks that torch.compile runs untraced
     # 1: data and likelihoods (the pixel checks live where the data meets its likelihood)
     "pyro_vae.idx": 1,
     "pyro_vae.mapped_rows": 1,
