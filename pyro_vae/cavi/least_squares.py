@@ -6,7 +6,7 @@ out rank deficient), one solve with many right-hand sides where elements share a
 component at a time for a mixture, on a grid one member at a time
 (:mod:`~pyro_vae.cavi.kronecker_probe`), or on the design's support
 (:mod:`~pyro_vae.cavi.factor_support`); it is kept where it reproduces log f at the check
-points to :data:`_RTOL` of the factor's magnitude (:func:`solve_factor`).
+points to :data:`_RTOL` of the factor's scale (:func:`tolerance_scale`, :func:`solve_factor`).
 """
 
 from __future__ import annotations
@@ -201,15 +201,15 @@ def tolerance_scale(values: torch.Tensor) -> torch.Tensor:
 
 
 def _element_misfits(designs, values, coefficients, scale) -> torch.Tensor:
-    """Per element, max |T·C − log f| over the check points, relative to 1 + the factor's
-    magnitude there (inf where not finite): [*fbatch]."""
+    """Per element, max |T·C − log f| over the check points, relative to 1 + ``scale``
+    (:func:`tolerance_scale`; inf where not finite): [*fbatch]."""
     predicted = (designs.movedim(0, -2) @ coefficients.unsqueeze(-1)).squeeze(-1)
     error = (predicted - values.movedim(0, -1)).abs().amax(-1) / (1 + scale)
     return torch.where(error.isfinite(), error, torch.inf)
 
 
 def _misfit(designs, values, coefficients, scale) -> torch.Tensor:
-    """max |T·C − log f| at the check points, relative to 1 + the factor's magnitude."""
+    """max |T·C − log f| at the check points, relative to 1 + ``scale``."""
     return _element_misfits(designs, values, coefficients, scale).amax()
 
 

@@ -30,7 +30,9 @@ of 3, had put a bound 8.9e-4 nats above the log evidence (tester AM's F1).
 At each point the solved form gives log f as C contracted with that point's statistics (a
 point mass's expectation), compared with the model's log-density there, in the coordinates
 the factors were solved in (q's local ones after a re-probe). A factor misses when the
-difference, summed over its elements, exceeds both 1e-9 of its size and 100 times the
+difference, summed over its elements, exceeds both 1e-9 of the part of its log-density
+that moves between the points (a latent-free part, a constant in a ``pyro.factor`` or an
+event's far coordinates, hid non-conjugacy behind 1e-9 of its size: tester DL) and 100 times the
 estimated float64 rounding of the bound (:func:`~pyro_vae.cavi.probe_frames.numerical_error`)
 or of the factor at that point (:func:`_point_rounding`, the larger): a kink's misfit is
 structural (200 nats on a likelihood of 10⁹, 2e-7 of it, which a tolerance relative to
@@ -87,7 +89,8 @@ _F64 = torch.float64
 #: factor of six latents at 4 seeds of 8: a point with several of them that far out
 #: multiplies the solve's rounding (2.5e-7 of the factor there) past the check's tolerance.
 POINTS = 16
-#: Misfit allowed, relative to 1 + the factor's summed |log f| at a point ...
+#: Misfit allowed, relative to 1 + the part of the factor's summed log f that moves between
+#: the points (:func:`_misfit_at`) ...
 RTOL = 1e-9
 #: ... and in units of the estimated float64 rounding of the bound (nats), ...
 ROUNDING_MARGIN = 100.0
@@ -843,9 +846,12 @@ def _point_rounding(factor, statistics: dict, count: int) -> torch.Tensor:
 
 
 def _misfit_at(factor, statistics: dict, actual: torch.Tensor, count: int):
-    """(Σ_elements |predicted − log f|, Σ_elements |log f|) at each of the ``count`` points,
-    [S] each: the solved form (its local coefficients where it has them) against the
-    model's log-density ``actual`` [S, …] there."""
+    """(Σ_elements |predicted − log f|, Σ_elements |log f|, Σ_elements |log f − its mean
+    over the points|) at each of the ``count`` points, [S] each: the solved form (its local
+    coefficients where it has them) against the model's log-density ``actual`` [S, …]
+    there; the last is the part of log f that moves with the latents (a latent-free part,
+    a constant or an event's far coordinates, counted in the size hid non-conjugacy behind
+    10⁻⁹ of it: tester DL)."""
     solved = factor if factor.local is None else replace(factor, coefficients=factor.local)
     predicted = _predicted(solved, statistics, count)  # [S, *batch]
     actual = actual.to(_F64)
