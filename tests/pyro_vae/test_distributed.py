@@ -678,6 +678,18 @@ class _EchoRanks(Group):
     def broadcast_buffers(self, buffers):
         self.broadcast.append([id(b) for b in buffers])
 
+    def same_on_every_rank(self, value):
+        return self.agree
+
+
+class _DriftedRanks(_EchoRanks):
+    """:class:`_EchoRanks` whose other rank's buffers no longer agree with this one's."""
+
+    agree = False
+
+
+_EchoRanks.agree = True
+
 
 def test_a_buffer_the_model_reassigns_is_broadcast_as_it_is_now():
     """Tester DO: the buffers were listed once, so one a model reassigns each step
@@ -711,5 +723,53 @@ def test_an_expanded_buffer_is_refused_by_name_before_training():
     blaming the other ("another rank stopped or hung")."""
     net = torch.nn.Module()
     net.register_buffer("spread", torch.zeros(1).expand(5))
-    with pytest.raises(ValueError, match="buffer '0.spread' of shape \\(5,\\) is an expanded view"):
+    with pytest.raises(ValueError, match="buffer 'spread' of shape \\(5,\\) is an expanded view"):
         SynchronizedELBO(estimators.get("trace"), _EchoRanks(), [net])
+
+
+def _stepping(net, group, steps: int = 2) -> None:
+    """``steps`` synchronized steps of ``net.model`` and ``net.guide`` on one datum."""
+    elbo = SynchronizedELBO(estimators.get("trace"), group, [net])
+    for _ in range(steps):
+        elbo.loss_and_grads_and_params(net.model, net.guide, torch.tensor(0.5), subsample=[0])
+
+
+class _Reshaping(torch.nn.Module):
+    """A buffer the guide reassigns on its second step (``make``), before which it is 5
+    zeros."""
+
+    def __init__(self, make):
+        super().__init__()
+        self.register_buffer("ex", torch.zeros(5))
+        self.loc = torch.nn.Parameter(torch.zeros(()))
+        self.make, self.steps = make, 0
+
+    def model(self, x, subsample=None):
+        import pyro
+        import pyro.distributions as dist
+
+        pyro.sample("x", dist.Normal(self.loc, 1.0), obs=x)
+
+    def guide(self, x, subsample=None):
+        import pyro
+
+        pyro.module("reshaping", self)
+        self.steps += torch.is_grad_enabled()  # a step's run, not a check's
+        if self.steps == 2:
+            self.ex = self.make()
+
+
+def test_buffers_that_come_apart_during_training_are_refused_on_every_rank():
+    """Tester DP: a buffer reassigned with a shape of the rank's own shifted every buffer
+    after it in the flattened broadcast, silently, and one reassigned to an expanded view
+    mid-training failed in torch's words. Each step now checks both, on every rank."""
+    import pyro
+
+    pyro.clear_param_store()
+    with pytest.raises(ValueError, match="the ranks' buffers came apart during training"):
+        _stepping(_Reshaping(lambda: torch.zeros(3)), _DriftedRanks())
+    pyro.clear_param_store()
+    with pytest.raises(ValueError, match="buffer 'ex' of shape \\(5,\\) is an expanded view"):
+        _stepping(_Reshaping(lambda: torch.zeros(1).expand(5)), _EchoRanks())
+    pyro.clear_param_store()
+    _stepping(_Reshaping(lambda: torch.ones(5)), _EchoRanks())  # alike on every rank: kept
