@@ -32,6 +32,11 @@ class Components(frozenset):
         self.dims = {name: dim for name, dim in dims.items() if dim is not None}
         return self
 
+    def __reduce__(self):
+        # copied or pickled, a frozenset subclass is rebuilt from its members alone, which
+        # this __new__ read as dims: a deepcopy of a fitted mixture failed (tester DP)
+        return type(self), ({name: self.dims.get(name) for name in self},)
+
 
 def k_dim(components, name: str) -> int | None:
     """The dim of component ``name``'s batch along the K categories, where it is in more

@@ -351,3 +351,25 @@ def test_a_component_in_one_plate_left_of_a_size_one_dim_is_a_component():
         log_p += (-n / 2 * math.log(2 * math.pi) - 0.5 * torch.log1p(4 * n)
                   - 0.5 * (s2 - 4 * s1**2 / (1 + 4 * n)))  # fmt: skip
     assert fit.lower_bound_ < float(torch.logsumexp(log_p, 0))
+
+
+def test_components_copy_with_their_dims_and_a_fitted_mixture_deep_copies():
+    """Tester DP: ``copy.deepcopy`` of a fitted mixture raised ("dictionary update sequence
+    element #0 has length 16"): a frozenset subclass is rebuilt from its members alone."""
+    import copy
+
+    import numpy as np
+
+    from models.gmm import GaussianMixtureModel
+    from pyro_vae.cavi import AutoCAVI
+    from pyro_vae.cavi.mixture_components import Components
+
+    components = Components({"means": -2, "weights": None})
+    copied = copy.deepcopy(components)
+    assert copied == components and copied.dims == {"means": -2}
+    rng = np.random.default_rng(0)
+    centres = ([0.0, 0.0], [5.0, 5.0])
+    X = torch.from_numpy(np.concatenate([rng.normal(c, 1.0, size=(30, 2)) for c in centres]))
+    model = GaussianMixtureModel.from_data(X, 2, precision_parameterization="wishart").double()
+    fit = AutoCAVI(model, blocks=[("means", "precisions")]).fit(X)
+    assert copy.deepcopy(fit).lower_bound_ == fit.lower_bound_
