@@ -1162,10 +1162,10 @@ def test_a_guide_branching_on_a_draw_in_python_is_looped_and_estimates_its_own_e
     pyro.set_rng_seed(3)
     estimator = get("score", num_particles=8)
     with pytest.warns(VectorizationWarning, match=r"draw 'z' is read into Python \(__bool__ at"):
-        losses = [estimator.loss(branching_model, guide) for _ in range(400)]
+        losses = [estimator.loss(branching_model, guide) for _ in range(250)]
     elbos = -torch.tensor(losses, dtype=torch.float64)
     se = elbos.std() / math.sqrt(len(elbos))
-    assert abs(elbos.mean() - branching_elbo()) < 5 * se  # se ≈ 0.05 nats; the fault: 1 nat
+    assert abs(elbos.mean() - branching_elbo()) < 5 * se  # se ≈ 0.06 nats; the fault: 1 nat
 
 
 def test_a_model_branching_on_a_draw_in_python_is_drawn_one_at_a_time():
