@@ -74,6 +74,15 @@ _SLOW_TESTS = {
     "test_six_latents_in_one_factor_match_mean_field_written_out[unshifted]",
     "tests/pyro_vae/cavi/test_data_indexing.py::"
     "test_six_latents_in_one_factor_match_mean_field_written_out[shifted]",
+    # test_draw_tracking's unit test of the same copies stays; this one is 250 looped losses
+    "tests/pyro_vae/test_traces.py::"
+    "test_a_guide_branching_on_a_draw_in_python_is_looped_and_estimates_its_own_elbo"
+    "[copy_branching_guide]",
+    # the score variant stays; iwae's adds Dynamo's compile of the same decoder
+    "tests/pyro_vae/test_module_hooks.py::"
+    "test_a_compiled_network_runs_under_the_checks_as_the_plain_one_does[iwae]",
+    # the seed test of test_cli_evaluate stays; this one fits and evaluates five times
+    "tests/pyro_vae/test_cli_evaluate.py::test_a_kept_log_likelihood_keeps_the_seed_it_was_drawn_with",
     # the aot_eager backend's run of the same test and test_train's compiled resumes stay;
     # inductor compiles C++ (19 s)
     "tests/pyro_vae/estimators/test_compiled.py::"
