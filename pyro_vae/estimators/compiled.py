@@ -413,6 +413,11 @@ class CompiledELBO(SurrogateELBO):
                 why = (
                     "The model or guide changes its own gradient"
                     if isinstance(err, _GradientEdit)
+                    # a torch.compile'd module, which make_fx cannot record (tester DQ: the
+                    # advice named value reads the model did not make)
+                    else "The model or guide calls a torch.compile'd module or function, "
+                    "which this recording cannot take in; call it uncompiled here"
+                    if "dynamo-optimized function" in str(err)
                     else "The model or guide reads a value out of a tensor (.item(), float(t), "
                     "`if t:`), so its structure may change from step to step"
                 )

@@ -144,6 +144,25 @@ def test_a_model_that_reads_a_tensor_value_cannot_be_recorded():
         CompiledELBO(Trace_ELBO()).loss_and_grads(*wrapped, torch.zeros(3))
 
 
+def test_a_torch_compiled_module_in_the_step_is_named_as_the_cause():
+    """Tester DQ: ``--compile on`` with a ``torch.compile``d decoder was refused with advice
+    about reading values out of tensors, which the model did not do."""
+    decoder = torch.compile(torch.nn.Linear(1, 3), backend="eager")
+
+    def model(x, num_data=None):
+        pyro.module("decoder", decoder)
+        z = pyro.sample("z", dist.Normal(torch.zeros(1), 1.0).to_event(1))
+        pyro.sample("x", dist.Normal(decoder(z), 1.0).to_event(1), obs=x)
+
+    def guide(x, num_data=None):
+        loc = pyro.param("loc", torch.zeros(1))
+        pyro.sample("z", dist.Normal(loc, 1.0).to_event(1))
+
+    with pytest.raises(CaptureError, match=r"calls a torch.compile'd module") as refused:
+        CompiledELBO(Trace_ELBO()).loss_and_grads(model, guide, torch.zeros(3))
+    assert "reads a value" not in str(refused.value)
+
+
 def test_record_refuses_a_step_before_it_is_taken_and_keeps_what_it_recorded():
     """``fit`` records before it writes anything (tester BB: a refusal at the first step
     left a folder behind); a step with the same signature replays that recording, with the
