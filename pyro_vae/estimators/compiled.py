@@ -410,17 +410,7 @@ class CompiledELBO(SurrogateELBO):
                 first = str(err).strip().splitlines()[0] if str(err).strip() else ""
                 # make_fx's advice to its own callers (tracing_mode='symbolic') is not ours
                 first = first.split(" It may be possible to trace")[0]
-                why = (
-                    "The model or guide changes its own gradient"
-                    if isinstance(err, _GradientEdit)
-                    # a torch.compile'd module, which make_fx cannot record (tester DQ: the
-                    # advice named value reads the model did not make)
-                    else "The model or guide calls a torch.compile'd module or function, "
-                    "which this recording cannot take in; call it uncompiled here"
-                    if "dynamo-optimized function" in str(err)
-                    else "The model or guide reads a value out of a tensor (.item(), float(t), "
-                    "`if t:`), so its structure may change from step to step"
-                )
+                why = _why_unrecordable(err)
                 raise CaptureError(
                     f"could not record one step of {_name(model)} and {_name(guide)} as a "
                     f"fixed list of tensor operations: {first}\n{why}; train it uncompiled "
@@ -820,3 +810,19 @@ def _name(fn) -> str:
     if owner is not None and name is not None:
         return f"{type(owner).__name__}.{name}"
     return name or type(fn).__name__
+
+
+def _why_unrecordable(err: RuntimeError) -> str:
+    """What in the model or guide kept make_fx from recording one step, for
+    :class:`CaptureError`'s message."""
+    if isinstance(err, _GradientEdit):
+        return "The model or guide changes its own gradient"
+    if "dynamo-optimized function" in str(err):  # (tester DQ: advice about value reads)
+        return (
+            "The model or guide calls a torch.compile'd module or function, which this "
+            "recording cannot take in; call it uncompiled here"
+        )
+    return (
+        "The model or guide reads a value out of a tensor (.item(), float(t), `if t:`), so "
+        "its structure may change from step to step"
+    )
