@@ -172,11 +172,8 @@ def _test_data(config: dict[str, Any]) -> str:
     elsewhere ``val_fraction`` only moves rows between training and validation (the
     test split is drawn first, by ``test_fraction`` and ``split_seed``)."""
     data = (config or {}).get("data") or {}
-    dynamic = data.get("likelihood") == "bernoulli" and data.get("binarize") == "dynamic"
     standardized = data.get("likelihood") == "normal" and is_table_path(str(data.get("name")))
-    if dynamic or standardized:
-        return _data(config)
-    return _data(config, tuple(k for k in _DATA_KEYS if k != "val_fraction"))
+    return _data(config) if standardized else _test_rows(config)
 
 
 def _test_rows(config: dict[str, Any]) -> str:
