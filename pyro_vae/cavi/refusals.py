@@ -306,10 +306,15 @@ def refuse(runner, members, site, trace, reach: float = 0.0):
             f"factor {site!r} is not conjugate: {detail}; AutoCAVI updates only "
             f"conditionally conjugate-exponential models ({SVI_ADVICE})"
         )
-    raise NotConjugateError(
+    head = (
         f"latent site {culprit[0]!r} ({described(latent.prior)}) is not conditionally "
-        f"conjugate: {detail}; AutoCAVI updates only conditionally conjugate-exponential "
-        f"models: leave {culprit[0]!r} to SVI and fit the rest in closed form with "
+        f"conjugate: {detail}; AutoCAVI updates only conditionally conjugate-exponential models"
+    )
+    if set(runner.latents) == {culprit[0]}:  # nothing left for CAVI beside it (tester DR)
+        raise NotConjugateError(f"{head}, and {culprit[0]!r} is the model's only latent: fit "
+                                "it by SVI (an autoguide, or a guide of your own)")  # fmt: skip
+    raise NotConjugateError(
+        f"{head}: leave {culprit[0]!r} to SVI and fit the rest in closed form with "
         f"pyro_vae.cavi.ConditionalCAVIGuide(model, svi_sites=[{culprit[0]!r}]), or fit "
         "the whole model by SVI"
     )

@@ -841,6 +841,27 @@ def test_float32_models_are_refused_naming_the_site():
         AutoCAVI(float32).fit(t(1.0))
 
 
+def test_a_float32_pyro_sample_prior_in_a_doubled_module_is_told_what_double_misses():
+    """``model.double()`` converts parameters, not the tensors a ``PyroSample`` prior was
+    built from; the refusal said only "call model.double()", which the user had (tester
+    DR's F2)."""
+    from pyro.nn import PyroModule, PyroSample
+
+    class Mean(PyroModule):
+        def __init__(self):
+            super().__init__()
+            self.mu = PyroSample(dist.Normal(torch.tensor(0.0), torch.tensor(2.0)))
+
+        def forward(self, y):
+            mu = self.mu
+            with pyro.plate("data", len(y)):
+                pyro.sample("y", dist.Normal(mu, 0.7), obs=y)
+
+    match = r"site 'mu' scores in torch.float32.*not the tensors a PyroSample prior was built"
+    with pytest.raises(ValueError, match=match):
+        AutoCAVI(Mean().double()).fit(t([0.3, -1.2]))
+
+
 def test_float32_parameters_the_data_promote_are_refused_naming_the_parameter():
     # 2.0 * s with an integer s is float32, and Normal makes its 0.7 float32 too; float64
     # data promote the log-density, so it scored in float64 from float32 parameters, and a

@@ -26,6 +26,24 @@ def test_a_latent_that_breaks_conjugacy_is_named_for_conditional_cavi_guide():
         AutoCAVI(log_scale).fit(t([0.3, -1.2, 0.8]))
 
 
+def test_the_only_latent_is_not_sent_to_a_guide_that_needs_another():
+    """With one latent, ``ConditionalCAVIGuide(model, svi_sites=[it])`` is itself refused
+    (nothing is left for CAVI): the refusal says to fit it by SVI (tester DR's F3)."""
+    from pyro_vae.cavi import AutoCAVI, ConditionalCAVIGuide
+
+    def heavy_tailed(y):
+        mu = pyro.sample("mu", dist.Normal(t(0.0), t(1.0)))
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.StudentT(3.0, mu, 1.0), obs=y)
+
+    y = t([0.3, -1.2, 0.8])
+    with pytest.raises(NotConjugateError, match="the model's only latent: fit it by SVI") as e:
+        AutoCAVI(heavy_tailed).fit(y)
+    assert "ConditionalCAVIGuide" not in str(e.value)
+    with pytest.raises(ValueError, match="covers every latent"):  # what it advised before
+        ConditionalCAVIGuide(heavy_tailed, svi_sites=["mu"])(y)
+
+
 def test_a_long_list_of_sufficient_statistics_is_abbreviated():
     """A 30-vector's 496 statistics were listed one by one in the refusal (tutorial 5's
     logistic ARD); past eight, the first six, the last and their count. A short list is
