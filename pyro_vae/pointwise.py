@@ -21,6 +21,7 @@ from pyro.distributions.util import scale_and_mask
 from pyro.poutine import Trace
 
 from pyro_vae.plates import DataPlateError, frames_in
+from pyro_vae.site_masks import sampling_log_prob
 from pyro_vae.traces import full_rank, is_point_mass, sample_sites
 
 
@@ -278,12 +279,12 @@ def sampling_log_density(
     for name, site in sample_sites(guide_trace).items():
         if is_point_mass(site["fn"]):
             continue  # a point mass draws nothing: it has no score
-        # Pyro's unscaled_log_prob is fn.log_prob(value), before scale and mask; a trace
-        # stacked from looped particles holds each particle's own (``fn`` is only the
-        # first's: scoring every draw by it biased VIMCO's looped gradient, tester D's F1)
-        log_q = site.get("unscaled_log_prob")
-        if log_q is None:
-            log_q = site["fn"].log_prob(site["value"])
+        # Pyro's unscaled_log_prob is fn.log_prob(value), before poutine's scale and mask;
+        # a trace stacked from looped particles holds each particle's own (``fn`` is only
+        # the first's: scoring every draw by it biased VIMCO's looped gradient, tester D's
+        # F1). A ``.mask`` of the distribution is taken off too: it had zeroed the score
+        # of the elements it masks, whose draws still reach the model (tester DS)
+        log_q = sampling_log_prob(site)
         raw.add_node(name, **dict(site, unscaled_log_prob=log_q, log_prob=log_q, mask=None))
     if plate is None:
         return per_draw_log_density(raw, num_particles, rank)

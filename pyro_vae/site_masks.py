@@ -75,3 +75,40 @@ def as_mask(mask, device: torch.device) -> torch.Tensor:
 def spread(mask: torch.Tensor, dims: int) -> torch.Tensor:
     """``mask`` over ``dims`` more trailing dims, each element of it covering them all."""
     return mask.reshape(tuple(mask.shape) + (1,) * dims)
+
+
+def without_masks(fn):
+    """``fn`` with every ``.mask(...)`` inside it removed (under ``.to_event``, ``expand``
+    and transformed distributions' wrappers too): the distribution a site's draw comes
+    from, whose log-density is the score function ∇ log q(z) of a REINFORCE gradient. A
+    mask weighs a site's term in the ELBO, not the density its draw came from, and a
+    masked element's draw still reaches the model (Pyro's ``ScoreParts.scale_and_mask``
+    leaves the score function unmasked for the same reason). ``fn`` itself where it holds
+    no mask."""
+    if isinstance(fn, dist.MaskedDistribution):
+        return without_masks(fn.base_dist)
+    if not isinstance(fn, (TorchIndependent, TorchTransformed, dist.ExpandedDistribution)):
+        return fn
+    inner = without_masks(fn.base_dist)
+    if inner is fn.base_dist:
+        return fn
+    if isinstance(fn, TorchIndependent):
+        return TorchIndependent(inner, fn.reinterpreted_batch_ndims, validate_args=False)
+    if isinstance(fn, TorchTransformed):
+        return TorchTransformed(inner, fn.transforms, validate_args=False)
+    return inner.expand(fn.batch_shape)
+
+
+def sampling_log_prob(site: dict) -> torch.Tensor:
+    """log q(z) of a guide sample site's draw under the distribution it was drawn from,
+    neither scaled nor masked (:func:`without_masks`; ``poutine.mask`` and ``poutine.scale``
+    never enter Pyro's ``unscaled_log_prob``), ``[*batch]`` as that is: the score function
+    of a REINFORCE gradient. An observed site keeps its ``unscaled_log_prob`` (its value
+    was not drawn). A trace stacked from looped particles carries every particle's under
+    the key ``"sampling_log_prob"`` (:func:`pyro_vae.traces.stack_particles`)."""
+    if "sampling_log_prob" in site:
+        return site["sampling_log_prob"]
+    fn = site["fn"] if site.get("is_observed") else without_masks(site["fn"])
+    if fn is site["fn"] and site.get("unscaled_log_prob") is not None:
+        return site["unscaled_log_prob"]
+    return fn.log_prob(site["value"])

@@ -47,7 +47,13 @@ from pyro_vae.draw_tracking import (
 )
 from pyro_vae.interruptions import reraise_interruption
 from pyro_vae.module_hooks import global_forward_pre_hook
-from pyro_vae.site_masks import counted_elements, site_masks, spread
+from pyro_vae.site_masks import (
+    counted_elements,
+    sampling_log_prob,
+    site_masks,
+    spread,
+    without_masks,
+)
 
 PARTICLES = "_particles"
 # Plates that index particles, not data: ours, and the one Pyro's vectorized ELBOs add.
@@ -525,6 +531,7 @@ def stack_particles(pairs: list[tuple[Trace, Trace]], rank: int) -> tuple[Trace,
     """K looped (model, guide) trace pairs as one pair laid out like a vectorized run.
 
     Each sample site's ``value``, ``log_prob``, ``unscaled_log_prob`` and tensor ``mask``
+    (and, for a guide draw under ``.mask``, its unmasked log q, ``sampling_log_prob``)
     are brought to the full batch rank R − 1 and stacked along a new leftmost dim (−R), and
     a particle frame is added to its ``cond_indep_stack``; ``log_prob_sum`` is recomputed,
     ``score_parts`` dropped; ``fn`` is the first particle's and ``fns`` lists them all.
@@ -561,6 +568,10 @@ def _stack_traces(traces: list[Trace], rank: int, frame: CondIndepStackFrame) ->
         for key in ("log_prob", "unscaled_log_prob"):
             if key in site:
                 new[key] = stack_values([s[key] for s in sites], rank - 1, 0)
+        if not site["is_observed"] and without_masks(site["fn"]) is not site["fn"]:
+            # each particle's own unmasked log q (``fn`` is the first's; tester DS)
+            log_qs = [sampling_log_prob(s) for s in sites]
+            new["sampling_log_prob"] = stack_values(log_qs, rank - 1, 0)
         # per-particle caches would stand for the whole stack: recompute or drop them
         new.pop("score_parts", None)
         if "log_prob_sum" in site:

@@ -51,7 +51,6 @@ from __future__ import annotations
 import math
 
 import torch
-from pyro.distributions.util import scale_and_mask
 from pyro.infer.enum import get_importance_trace
 from pyro.poutine import Trace
 
@@ -70,6 +69,7 @@ from pyro_vae.pointwise import (
     per_draw_log_density,
     weights_factor,
 )
+from pyro_vae.site_masks import counted_elements
 from pyro_vae.traces import is_point_mass, sample_sites
 
 
@@ -176,6 +176,18 @@ class IWAELBO(SurrogateELBO):
         return surrogate + (scale * paths).sum()
 
 
+def _masked_path(site: dict, products: torch.Tensor) -> torch.Tensor:
+    """``products`` (∂log w/∂z · z elementwise, the value's shape) summed over the site's
+    event dims, with the elements its masks leave out of log q (:func:`~pyro_vae.site_masks.
+    counted_elements`, at the grain each mask was put on) set to 0: [*batch]."""
+    counted, whole = counted_elements(site)
+    if whole:
+        products = products.sum(list(range(-whole, 0)))
+    products = torch.where(counted, products, products.new_zeros(()))
+    rest = site["fn"].event_dim - whole  # event dims a .mask under .to_event covered
+    return products.sum(list(range(-rest, 0))) if rest else products
+
+
 def _reweighted_paths(log_w, weights, stopped, rank, plate, common=1.0) -> torch.Tensor:
     """Per datapoint (``[1, B]``, or ``[1, 1]`` jointly when ``plate`` is None), a term of
     value 0 whose gradient through the draws is Σ_k c w̃_k (w̃_k − 1) ∂log w_k/∂z_k ·
@@ -209,15 +221,14 @@ def _reweighted_paths(log_w, weights, stopped, rank, plate, common=1.0) -> torch
     paths = Trace()
     for (name, site), slope in zip(sites.items(), slopes, strict=True):
         if slope is not None:
-            inner = slope.detach() * site["value"]
-            if site["fn"].event_dim:
-                inner = inner.sum(list(range(-site["fn"].event_dim, 0)))
             # c_s, the weight log q_s carries in log w relative to the plate's subsampling
             # (β, KL warm-up, poutine.scale), and its mask multiply the score term the
-            # identity turns into this path term
+            # identity turns into this path term: every mask, poutine.mask's and each
+            # .mask(...) of the distribution (tester DS: a .mask left out, a masked
+            # element's path took w̃² where w̃ is unbiased, 14 to 50 standard errors off)
+            inner = _masked_path(site, slope.detach() * site["value"])
             inner = inner * (site["scale"] / plate_scale)
-            masked = scale_and_mask(inner, mask=site["mask"])
-            paths.add_node(name, **dict(site, unscaled_log_prob=inner, log_prob=masked))
+            paths.add_node(name, **dict(site, unscaled_log_prob=inner, log_prob=inner))
     if not paths.nodes:
         return log_w.new_zeros(())
     k, b = log_w.shape

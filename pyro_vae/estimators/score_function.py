@@ -95,6 +95,7 @@ from pyro_vae.objectives import (
     whole_group_cost,
 )
 from pyro_vae.plates import batch_rows, frames_in, require_data_plate
+from pyro_vae.site_masks import sampling_log_prob
 from pyro_vae.traces import full_rank, is_point_mass
 
 CONTROL_VARIATES = ("none", "ema", "leave-one-out", "neural")
@@ -329,7 +330,8 @@ class ScoreFunctionELBO(SurrogateELBO):
             # Pyro's score_parts zero the score of reparameterizable sites; here every site
             # is scored: log q at the detached sample, neither scaled nor masked (as
             # ScoreParts.scale_and_mask keeps it): a masked draw still reaches the model
-            score = full_rank(site["unscaled_log_prob"], rank)
+            # (a .mask of the distribution too: its elements' scores were 0, tester DS)
+            score = full_rank(sampling_log_prob(site), rank)
             surrogate = surrogate + (score * advantage.detach()).sum()
         surrogate = surrogate / self.num_particles
         loss = -surrogate - baseline_loss.detach() + baseline_loss

@@ -3,7 +3,7 @@
 import pyro.distributions as dist
 import torch
 
-from pyro_vae.site_masks import counted_elements, site_masks
+from pyro_vae.site_masks import counted_elements, sampling_log_prob, site_masks, without_masks
 
 
 def test_one_walk_reads_a_site_s_masks_without_making_a_tensor():
@@ -56,3 +56,41 @@ def test_a_half_cauchy_whose_base_is_a_plain_torch_distribution_is_read():
     ]:
         on, event = counted_elements({"fn": site_fn, "mask": None, "value": torch.ones(3)})
         assert torch.equal(on, expected) and event == 0  # the innermost's event dims
+
+
+def test_without_masks_takes_off_every_mask_and_keeps_the_draws_density():
+    """The density a draw came from, under ``.mask`` at any depth (inside ``.to_event``,
+    ``expand`` and a transformed distribution): its log-density is the unmasked one,
+    computed here from the bare distribution (tester DS: a ``.mask`` had zeroed the
+    REINFORCE score of the elements it masks)."""
+    loc, scale = torch.tensor([[0.3, -1.0], [2.0, 0.5]]), torch.tensor([0.7, 1.3])
+    value = torch.tensor([[0.1, 0.4], [1.5, -0.2]])
+    mask = torch.tensor([[True, False], [False, True]])
+    bare = dist.Normal(loc, scale)
+    wrapped = [
+        bare.mask(mask),
+        bare.mask(mask).to_event(1),
+        bare.to_event(1).mask(torch.tensor([True, False])),
+        dist.Normal(loc[0], scale).mask(mask[0]).expand([2, 2]).to_event(1),
+    ]
+    expected = [bare.log_prob(value), *[bare.log_prob(value).sum(-1)] * 2]
+    expected.append(dist.Normal(loc[0], scale).log_prob(value).sum(-1))
+    for fn, wanted in zip(wrapped, expected, strict=True):
+        assert torch.allclose(without_masks(fn).log_prob(value), wanted)
+    lognormal = dist.TransformedDistribution(bare.mask(mask), [dist.transforms.ExpTransform()])
+    positive = value.exp()
+    jacobian = value  # log |d exp(x)/dx| = x
+    assert torch.allclose(
+        without_masks(lognormal).log_prob(positive), bare.log_prob(value) - jacobian
+    )
+    assert without_masks(bare) is bare and without_masks(bare.to_event(1)).base_dist is bare
+
+
+def test_a_drawn_site_s_sampling_density_is_unmasked_and_an_observed_one_kept():
+    fn = dist.Normal(torch.zeros(3), 1.0).mask(torch.tensor([True, False, True]))
+    value = torch.tensor([0.5, -1.0, 2.0])
+    site = {"fn": fn, "value": value, "is_observed": False, "unscaled_log_prob": fn.log_prob(value)}
+    assert torch.allclose(sampling_log_prob(site), dist.Normal(0.0, 1.0).log_prob(value))
+    assert torch.equal(sampling_log_prob({**site, "is_observed": True}), fn.log_prob(value))
+    stacked = torch.tensor([[1.0, 2.0, 3.0]])  # a stacked trace's per-particle values
+    assert sampling_log_prob({**site, "sampling_log_prob": stacked}) is stacked

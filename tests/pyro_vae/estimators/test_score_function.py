@@ -440,3 +440,88 @@ def test_nested_plates_of_the_batchs_size_need_no_data_plate_without_nvil(contro
     refusal = r"the plates \['a', 'b'\] all enclose observed sites.* or the estimator's data_plate="
     with pytest.raises(ValueError, match=refusal):
         estimators.get("score", control_variate="neural").loss_and_grads(model, guide, x)
+
+
+_KEEP = torch.tensor([True, False, True, False])
+_X = torch.tensor([1.2, -0.5, 2.0, 0.3])
+_MEANS = torch.tensor([-1.0, 1.5])
+
+
+def _masked_pair(how: str, guide_family: str = "bernoulli"):
+    """A model and guide whose per-datapoint latent is masked (``how``: "dist", by ``.mask``
+    of its distribution; "poutine", by ``poutine.mask``) at elements 1 and 3, whose draws
+    still set x's mean."""
+
+    def latent(name, fn):
+        if how == "dist":
+            return pyro.sample(name, fn.mask(_KEEP))
+        with pyro.poutine.mask(mask=_KEEP):
+            return pyro.sample(name, fn)
+
+    def model(x):
+        with pyro.plate("data", 4):
+            if guide_family == "bernoulli":
+                c = latent("c", dist.Bernoulli(0.4))
+                pyro.sample("x", dist.Normal(_MEANS[c.long()], 1.0), obs=x)
+            else:
+                z = latent("c", dist.Normal(0.0, 1.0))
+                pyro.sample("x", dist.Normal(z, 0.7), obs=x)
+
+    def guide(x):
+        if guide_family == "bernoulli":
+            r = pyro.param("r", torch.tensor([0.3, 0.5, 0.8, 0.6]),
+                           constraint=dist.constraints.unit_interval)  # fmt: skip
+            fn = dist.Bernoulli(r)
+        else:
+            loc = pyro.param("r", torch.tensor([0.1, -0.2, 0.5, 0.3]))
+            fn = dist.Normal(loc, torch.tensor([0.5, 0.9, 1.2, 0.6]))
+        with pyro.plate("data", 4):
+            latent("c", fn)
+
+    return model, guide
+
+
+def _gradient(estimator, model, guide, seed: int) -> torch.Tensor:
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    estimator.loss_and_grads(model, guide, _X)
+    return pyro.param("r").unconstrained().grad.clone()
+
+
+@pytest.mark.parametrize("family", ["bernoulli", "normal"])
+@pytest.mark.parametrize(
+    "name, options",
+    [("score", {}), ("score", {"num_particles": 3, "vectorize_particles": False}),
+     ("score", {"num_particles": 4, "control_variate": "leave-one-out"}),
+     ("vimco", {"num_particles": 3})],
+)  # fmt: skip
+def test_a_mask_of_the_distribution_keeps_the_score_as_poutine_mask_does(name, options, family):
+    """A mask weighs a site's term of the ELBO, not the density its draw came from; by
+    ``.mask`` or by ``poutine.mask`` the ELBO is the same, and so is the gradient of the
+    same draws. By ``.mask`` the masked elements' score had been 0 (tester DS: their
+    gradients exactly 0 under score and vimco, the exact ones 0.469 and 0.612)."""
+    pair = {how: _masked_pair(how, family) for how in ("dist", "poutine")}
+    grads = {how: _gradient(estimators.get(name, **options), *pair[how], 3) for how in pair}
+    assert torch.allclose(grads["dist"], grads["poutine"], rtol=1e-5, atol=1e-6)
+    assert bool((grads["dist"][[1, 3]] != 0).all())
+
+
+def test_a_masked_elements_score_gradient_is_the_exact_elbo_gradient():
+    """The ELBO of the masked Bernoulli pair, summed over both states of each element
+    (the elements are independent under q and the model), gives the exact gradient in
+    the guide's logits; the score estimator's mean over 20 seeds of 1,000 vectorized
+    particles is within 4 standard errors of it at every element (0.0 at the masked ones
+    before the fix, exact 0.469 and −0.030)."""
+    logits = torch.logit(torch.tensor([0.3, 0.5, 0.8, 0.6])).requires_grad_()
+    r = torch.sigmoid(logits)
+    elbo = torch.zeros(4)
+    for state in (0, 1):
+        q = r if state else 1 - r
+        log_p = dist.Normal(_MEANS[state], 1.0).log_prob(_X)
+        log_p = log_p + _KEEP * dist.Bernoulli(0.4).log_prob(torch.tensor(float(state)))
+        elbo = elbo + q * (log_p - _KEEP * q.log())
+    (exact,) = torch.autograd.grad(-elbo.sum(), logits)  # the loss's gradient
+    estimator = estimators.get("score", num_particles=1000, vectorize_particles=True)
+    grads = torch.stack([_gradient(estimator, *_masked_pair("dist"), s) for s in range(20)])
+    stderr = grads.std(0) / math.sqrt(20)
+    assert bool(((grads.mean(0) - exact).abs() < 4 * stderr).all())
