@@ -18,9 +18,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from pyro.distributions import MaskedDistribution
 from pyro.distributions.util import scale_and_mask
 from torch.distributions import Independent, kl_divergence
 
+from pyro_vae.site_masks import counted_elements, site_masks
 from pyro_vae.traces import is_point_mass, stack_values
 
 __all__ = [
@@ -98,9 +100,10 @@ def point_mass_log_density(fn) -> torch.Tensor | float:
 
 
 def _factor(fn, site: str, role: str):
-    """The univariate distribution under ``fn``'s ``Independent`` wrappers."""
+    """The univariate distribution under ``fn``'s ``Independent`` and ``.mask`` wrappers
+    (the masks are applied by :func:`_scaled`)."""
     base = fn
-    while isinstance(base, Independent):
+    while isinstance(base, (Independent, MaskedDistribution)):
         base = base.base_dist
     if base.event_shape != torch.Size():
         raise ValueError(
@@ -130,13 +133,18 @@ def _per_particle(site: dict, compute: Callable) -> torch.Tensor:
 
 
 def _scaled(value: torch.Tensor, site: dict) -> torch.Tensor:
-    """``value`` (batch dims then a dimension axis) with the site's scale and mask."""
-    scale, mask = site["scale"], site["mask"]
+    """``value`` (batch dims then a dimension axis) with the site's scale and masks: its
+    ``poutine.mask`` and each ``.mask`` of its distribution, at the grain each was put on
+    (:func:`~pyro_vae.site_masks.counted_elements`; a ``.mask`` had been refused as a
+    distribution that does not factorize, tester DS's kind)."""
+    scale = site["scale"]
     if torch.is_tensor(scale) and scale.dim():
         scale = scale.unsqueeze(-1)
-    if torch.is_tensor(mask) and mask.dim():
-        mask = mask.unsqueeze(-1)
-    return scale_and_mask(value, scale, mask)
+    if not site_masks(site)[0]:  # read without a tensor (a compiled step records this)
+        return scale_and_mask(value, scale, None)
+    counted, _ = counted_elements(site)  # over the value's dims: the factors are univariate
+    counted = _flat(counted.expand(site["value"].shape), site["fn"].event_dim)
+    return scale_and_mask(value, scale, counted)
 
 
 def per_dim_log_prob(site: dict, name: str, role: str) -> torch.Tensor:

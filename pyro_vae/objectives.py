@@ -54,6 +54,7 @@ from pyro_vae.latent_dims import (
     per_dim_kl,
     per_dim_log_prob,
 )
+from pyro_vae.site_masks import counted_batch_elements
 from pyro_vae.traces import PARTICLE_PLATES, sample_sites
 
 __all__ = [
@@ -248,7 +249,9 @@ def free_bits_traces(
         model_site, guide_site = model_trace.nodes[name], guide_trace.nodes[name]
         dim = _particle_dim(guide_site)
         ones = torch.ones(guide_site["fn"].batch_shape, device=guide_site["value"].device)
-        elements = scale_and_mask(ones, guide_site["scale"], guide_site["mask"])
+        # every mask, poutine.mask's and a .mask of the distribution (tester DS's kind:
+        # read from poutine.mask alone, a .mask's elements each took the floor λ)
+        elements = scale_and_mask(ones, guide_site["scale"], counted_batch_elements(guide_site))
         weight = _per_particle(elements, dim)
         count = group_count(groups, guide_site["fn"].event_shape.numel(), name)
         if count > 1:

@@ -112,3 +112,20 @@ def sampling_log_prob(site: dict) -> torch.Tensor:
     if fn is site["fn"] and site.get("unscaled_log_prob") is not None:
         return site["unscaled_log_prob"]
     return fn.log_prob(site["value"])
+
+
+def counted_batch_elements(site: dict) -> torch.Tensor | None:
+    """Which elements of a sample site's batch (``value.shape[:value.dim() - event_dim]``)
+    its log-density counts: :func:`counted_elements`, where an element counts if any of
+    its coordinates does (a ``.mask`` under ``.to_event`` masks some of them). A bool
+    tensor that broadcasts against the batch shape; None where the site has no mask
+    (told without making a tensor, as a compiled step's recording needs)."""
+    if not site_masks(site)[0]:
+        return None
+    on, whole = counted_elements(site)
+    inside = site["fn"].event_dim - whole  # event dims a mask inside the event covers
+    if inside <= 0 or on.dim() == 0:
+        return on
+    value = site["value"]
+    on = on.expand(value.shape[: value.dim() - whole])
+    return on.flatten(-inside).any(-1) if inside > 1 else on.any(-1)

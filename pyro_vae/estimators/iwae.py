@@ -69,7 +69,7 @@ from pyro_vae.pointwise import (
     per_draw_log_density,
     weights_factor,
 )
-from pyro_vae.site_masks import counted_elements
+from pyro_vae.site_masks import counted_elements, site_masks
 from pyro_vae.traces import is_point_mass, sample_sites
 
 
@@ -180,11 +180,14 @@ def _masked_path(site: dict, products: torch.Tensor) -> torch.Tensor:
     """``products`` (∂log w/∂z · z elementwise, the value's shape) summed over the site's
     event dims, with the elements its masks leave out of log q (:func:`~pyro_vae.site_masks.
     counted_elements`, at the grain each mask was put on) set to 0: [*batch]."""
+    event_dim = site["fn"].event_dim
+    if not site_masks(site)[0]:  # told without a tensor: the products as they were
+        return products.sum(list(range(-event_dim, 0))) if event_dim else products
     counted, whole = counted_elements(site)
     if whole:
         products = products.sum(list(range(-whole, 0)))
     products = torch.where(counted, products, products.new_zeros(()))
-    rest = site["fn"].event_dim - whole  # event dims a .mask under .to_event covered
+    rest = event_dim - whole  # event dims a .mask under .to_event covered
     return products.sum(list(range(-rest, 0))) if rest else products
 
 

@@ -3,7 +3,13 @@
 import pyro.distributions as dist
 import torch
 
-from pyro_vae.site_masks import counted_elements, sampling_log_prob, site_masks, without_masks
+from pyro_vae.site_masks import (
+    counted_batch_elements,
+    counted_elements,
+    sampling_log_prob,
+    site_masks,
+    without_masks,
+)
 
 
 def test_one_walk_reads_a_site_s_masks_without_making_a_tensor():
@@ -94,3 +100,14 @@ def test_a_drawn_site_s_sampling_density_is_unmasked_and_an_observed_one_kept():
     assert torch.equal(sampling_log_prob({**site, "is_observed": True}), fn.log_prob(value))
     stacked = torch.tensor([[1.0, 2.0, 3.0]])  # a stacked trace's per-particle values
     assert sampling_log_prob({**site, "sampling_log_prob": stacked}) is stacked
+
+
+def test_a_batch_element_counts_where_any_of_its_coordinates_does():
+    inner = torch.tensor([[True, False], [False, False], [False, True]])
+    fn = dist.Normal(torch.zeros(3, 2), 1.0).mask(inner).to_event(1)
+    site = {"fn": fn, "mask": None, "value": torch.zeros(3, 2)}
+    assert torch.equal(counted_batch_elements(site), torch.tensor([True, False, True]))
+    outer = {**site, "fn": dist.Normal(torch.zeros(3, 2), 1.0).to_event(1)}
+    assert counted_batch_elements(outer) is None  # no mask: no tensor made
+    keep = torch.tensor([False, True, True])
+    assert torch.equal(counted_batch_elements({**outer, "mask": keep}), keep)
