@@ -553,6 +553,9 @@ class RunFolder:
             metrics = self._read_json(METRICS)
             _refuse_malformed(self.file(METRICS), metrics)
             if checkpoint is not None:
+                behind = _caught_up(metrics, checkpoint)
+                if behind is not None:
+                    return self._catch_up(metrics, behind, checkpoint)
                 _refuse_other_epochs(self.file(METRICS), metrics, checkpoint)
             return metrics
         except RunFolderError as err:
@@ -568,6 +571,20 @@ class RunFolder:
                 else f"there is no {CHECKPOINT} to rebuild it from; start the run again"
             )
             raise RunFolderError(f"{err}; {fix}") from err
+
+    def _catch_up(self, lagging: dict, metrics: dict, state: dict) -> dict[str, Any]:
+        """``metrics`` (:func:`_caught_up`: ``lagging`` with the checkpoint ``state``'s
+        history), written back by the process that holds the folder (a fit), with a line
+        saying so; as it is for any other reader."""
+        if self._claimed:
+            write_json(self.file(METRICS), metrics)
+            print(
+                f"note: {self.file(METRICS)} held {len(lagging['epochs'])} of the "
+                f"{len(metrics['epochs'])} epochs {self.file(CHECKPOINT)} records (a stop "
+                "came between the two files' writes); it took the checkpoint's, and kept "
+                "everything else it held"
+            )
+        return metrics
 
     def _rebuild_metrics(
         self, err: RunFolderError, state: dict[str, Any] | None = None
@@ -829,6 +846,22 @@ def _refuse_malformed(path: Path, metrics: dict[str, Any]) -> None:
         if not isinstance(block, dict):
             refuse(where, block, "an object of test metrics")
         numbers(block, _NUMBERS["test"], f"{where}.")
+
+
+def _caught_up(metrics: dict[str, Any], state: dict[str, Any]) -> dict[str, Any] | None:
+    """``metrics`` brought up to the checkpoint ``state`` where it lags it: its ``epochs``
+    the first epochs of the checkpoint's history, record for record. The checkpoint is
+    written before metrics.json, so a stop between the two writes (a Ctrl-C, a kill -9)
+    leaves a whole metrics.json one epoch behind; rebuilt as damaged, it lost the test,
+    diagnostics and earlier test blocks that only it holds (tester DT). The history's
+    fields (:func:`_history_of`) are the checkpoint's, every other field the file's.
+    None where it does not lag so."""
+    epochs, history = metrics.get("epochs"), list(state.get("history") or [])
+    if not isinstance(epochs, list) or len(epochs) >= len(history):
+        return None
+    if epochs != history[: len(epochs)]:  # a record of other epochs: damaged, not behind
+        return None
+    return {**metrics, **_history_of(state)}
 
 
 def _refuse_other_epochs(path: Path, metrics: dict[str, Any], state: dict[str, Any]) -> None:

@@ -676,6 +676,40 @@ def test_metrics_json_without_the_checkpoint_s_epochs_is_damaged(tmp_path, text)
         assert run.read_metrics(state) == metrics
 
 
+def test_metrics_json_an_epoch_behind_the_checkpoint_catches_up_keeping_its_blocks(
+    tmp_path, capsys
+):
+    """The checkpoint is written before metrics.json, so a stop between the two writes
+    (tester DT: a Ctrl-C at the end of epoch 85) leaves a whole metrics.json of one epoch
+    fewer. Rebuilt as damaged, it lost the test, diagnostics and earlier test blocks only
+    it held; it now takes the checkpoint's history and keeps every other field. A reader
+    without the folder reads the same, and changes nothing."""
+    run = RunFolder(tmp_path / "run")
+    with run.claim():
+        state = _two_epoch_checkpoint(run)
+    blocks = {
+        "test": {"elbo": -8.7, "weights": "best"},
+        "test_previous": [{"elbo": -9.1}],
+        "diagnostics": {"khat": 0.4},
+    }
+    lagging = {"epochs": state["history"][:1], "best_epoch": 1, "processes": 2, **blocks}
+    run.file("metrics.json").write_text(json.dumps(lagging))
+    expected = {**lagging, "epochs": state["history"], "best_epoch": 2, "processes": 1,
+                "processes_by_epoch": state["processes_by_epoch"], **state["fit_info"]}  # fmt: skip
+    assert run.read_metrics(state) == expected
+    assert json.loads(run.file("metrics.json").read_text()) == lagging  # unchanged
+    with run.claim():
+        assert run.read_metrics(state) == expected
+    assert "held 1 of the 2 epochs" in capsys.readouterr().out
+    assert json.loads(run.file("metrics.json").read_text()) == expected
+    assert not run.file("metrics.json.damaged").exists()
+    other = {**lagging, "epochs": [{"epoch": 1, "train_elbo": -7.0}]}  # not its first epoch
+    run.file("metrics.json").write_text(json.dumps(other))
+    with run.claim():
+        assert "test" not in run.read_metrics(state)  # damaged: rebuilt, the file kept
+    assert json.loads(run.file("metrics.json.damaged").read_text()) == other
+
+
 def test_a_folder_in_use_is_refused_without_taking_or_touching_it(tmp_path):
     """fit --nproc asks before its ranks start (tester AI): a held folder is refused naming
     the holder's pid; a free one is left exactly as it was (no lock taken, nothing written)."""
