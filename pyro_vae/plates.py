@@ -9,7 +9,9 @@ the datapoints. Every one of them finds it with :func:`find_data_plate`, by one 
       1. the plate named by the ``data_plate`` option, when one is given; otherwise
       2. the vectorized plate that encloses an observed site and has R elements in the
          run (particle plates left out): the only such plate, or the one named
-         ``"data"`` when there are several;
+         ``"data"`` when there are several (where the only one is not named ``"data"``
+         and the observed site is in a plate named ``"data"`` too, of another size,
+         which one is meant is ambiguous: refused);
       3. none, when no plate qualifies: the model has no per-datapoint plate, and
          whatever needs one refuses with :class:`DataPlateError`.
 
@@ -58,7 +60,8 @@ def find_data_plate(model_trace: Trace, rows: int | None, name: str | None = Non
 
     Raises:
         DataPlateError: ``name`` is not one of the model's plates, or several plates
-            qualify and none is named ``"data"``.
+            qualify and none is named ``"data"``, or one plate qualifies and another
+            around the observed site is named ``"data"``.
     """
     sites = sample_sites(model_trace)
     plates = {
@@ -76,16 +79,28 @@ def find_data_plate(model_trace: Trace, rows: int | None, name: str | None = Non
         return name
     if rows is None:
         return None
-    candidates = sorted(
-        {
-            f.name
-            for s in sites.values()
-            if s["is_observed"]
-            for f in s["cond_indep_stack"]
-            if f.vectorized and f.size == rows and f.name not in PARTICLE_PLATES
-        }
-    )
+    around_data = {
+        f
+        for s in sites.values()
+        if s["is_observed"]
+        for f in s["cond_indep_stack"]
+        if f.vectorized and f.name not in PARTICLE_PLATES
+    }
+    candidates = sorted({f.name for f in around_data if f.size == rows})
     if len(candidates) == 1:
+        if DATA_PLATE in {f.name for f in around_data} and candidates[0] != DATA_PLATE:
+            # tester DS: x laid out [M, N] for plates "data" (N, dim −1) and "inner" (M,
+            # dim −2) took "inner" by its rows, and IWAE silently became a bound per row
+            # of x over all the datapoints
+            raise DataPlateError(
+                f"data_plate: the batch's {rows} rows (the leading dim of the model's first "
+                f"tensor argument) match the plate {candidates[0]!r}, but the observations are "
+                f"in a plate named {DATA_PLATE!r} too, of {plates[DATA_PLATE].size} elements; "
+                "which runs over the datapoints is ambiguous: lay the data out with the datapoints "
+                "along the leading dim, or name the plate with the data_plate option "
+                "(TrainConfig(data_plate=...) for fit, the evaluator's or the estimator's "
+                "data_plate=, --data-plate on the command line)"
+            )
         return candidates[0]
     if DATA_PLATE in candidates:
         return DATA_PLATE
