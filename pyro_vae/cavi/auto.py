@@ -50,6 +50,7 @@ from pyro_vae.cavi.conjugate_forms import probe_factors, probe_runner
 from pyro_vae.cavi.convergence import warn_sweeps_unconverged
 from pyro_vae.cavi.coordinate_updates import CoordinateUpdates
 from pyro_vae.cavi.data_indexing import ReadAcrossPlate
+from pyro_vae.cavi.event_flattening import flattenable, in_site_shape, with_events_flattened
 from pyro_vae.cavi.exponential_families import DISCRETE_FAMILIES, NotConjugateError
 from pyro_vae.cavi.first_trace import (
     dependencies,
@@ -79,6 +80,7 @@ from pyro_vae.cavi.probe_frames import (
     numerical_error,
     prior_frame,
 )
+from pyro_vae.cavi.probe_runs import is_latent
 from pyro_vae.cavi.refusals import first_run_refusal, unverifiable, warn_imprecise
 from pyro_vae.cavi.stationarity import DRAWS, mean_steps
 from pyro_vae.cavi.validation import (
@@ -177,6 +179,11 @@ class AutoCAVI(CoordinateUpdates, BaseEstimator):
             no plate it is read across is the site's rightmost batch dim, a handler masks
             or scales it, or its prior is not a scalar Normal or Gamma, the factor is
             refused as before, saying why. Empty: none was.
+        flattened_events_: ``{site: event shape}`` of the Normal latents with two or more
+            event dims (Pyro's ``Normal(0., 1.).expand([K, D]).to_event(2)`` weight
+            matrix), fitted as one vector of their elements in row-major order: the same
+            joint density, with a full-covariance MultivariateNormal q over them (see
+            :mod:`pyro_vae.cavi.event_flattening`). Empty: none was.
         lower_bound_, lower_bounds_: the ELBO (nats, total over the data) after the last
             sweep, and after each sweep.
         n_iter_: sweeps run. converged_: whether a sweep, and the over-relaxed step after
@@ -275,7 +282,7 @@ class AutoCAVI(CoordinateUpdates, BaseEstimator):
         AP: a refused refit kept the earlier q beside the refused model's plates, and its
         guide drew a site in the wrong shape)."""
         before = dict(self.__dict__)  # a fit that raises leaves the last one whole
-        self.plates_as_events_ = {}
+        self.plates_as_events_, self.flattened_events_ = {}, {}
         with torch.no_grad():
             try:
                 return self._fit(args, kwargs)
@@ -302,6 +309,7 @@ class AutoCAVI(CoordinateUpdates, BaseEstimator):
             squares_finite_nested(f"fit: argument {where!r}", value)  # data (tester BQ)
         start = time.perf_counter()
         self._model, self.plates_as_events_, self._event_frames = self.model, {}, {}
+        self.flattened_events_ = {}
         self._observed_events = {}  # observed sites that follow a latent into its event
         while True:
             with validated_on_failure(self._model, args, kwargs, self._seed):
@@ -786,13 +794,7 @@ class AutoCAVI(CoordinateUpdates, BaseEstimator):
         provenance tracking, then probed (Pyro's validation off, see
         :mod:`pyro_vae.cavi.validation`)."""
         generator = torch.Generator().manual_seed(self._seed)
-        try:
-            first, read = first_run(self._model, args, kwargs, self._seed)
-        except Exception as error:
-            refusal = first_run_refusal(error, args, kwargs)
-            if refusal is None:
-                raise
-            raise refusal from error
+        first, read = self._first_run(args, kwargs)
         self._first, self._read = first, read  # for _plate_as_event, where the probes refuse
         check_float64(first)
         check_whole_data(first)
@@ -856,6 +858,39 @@ class AutoCAVI(CoordinateUpdates, BaseEstimator):
             "declared"
         )
 
+    def _first_run(self, args, kwargs):
+        """The model's first run (:func:`first_run`): (trace, reads). Where it has Normal
+        latents of several event dims not flattened yet, again with them flattened
+        (:mod:`pyro_vae.cavi.event_flattening`), from then on."""
+        first, read = self._seeded_run(args, kwargs)
+        new = {
+            name: site["fn"].event_shape
+            for name, site in first.nodes.items()
+            if name not in self.flattened_events_ and is_latent(site) and flattenable(site)
+        }
+        if not new:
+            return first, read
+        self.flattened_events_ = {**self.flattened_events_, **new}
+        self._model = self._rewritten_model()
+        return self._seeded_run(args, kwargs)
+
+    def _seeded_run(self, args, kwargs):
+        try:
+            return first_run(self._model, args, kwargs, self._seed)
+        except Exception as error:
+            refusal = first_run_refusal(error, args, kwargs)
+            if refusal is None:
+                raise
+            raise refusal from error
+
+    def _rewritten_model(self):
+        """The user's model with its flattened events and its plates taken as events."""
+        model = self.model
+        if self.flattened_events_:
+            model = with_events_flattened(model, self.flattened_events_)
+        events = {**self.plates_as_events_, **self._observed_events}
+        return with_plates_as_events(model, events) if events else model
+
     def _plate_as_event(self, error: ReadAcrossPlate) -> bool:
         """Take the plate ``error`` reads the latent across into the latent's event, if the
         model stays the same model that way (:func:`~pyro_vae.cavi.plate_events.
@@ -904,9 +939,7 @@ class AutoCAVI(CoordinateUpdates, BaseEstimator):
         self._event_frames.update({site: nodes[site]["cond_indep_stack"] for site in converted})
         self.plates_as_events_ = {**self.plates_as_events_, **converted}
         self._observed_events = {**self._observed_events, **observed}
-        self._model = with_plates_as_events(
-            self.model, {**self.plates_as_events_, **self._observed_events}
-        )
+        self._model = self._rewritten_model()
         return True
 
     def _plug_in(self, args, kwargs, latents, depends) -> dict:
@@ -967,7 +1000,9 @@ class AutoCAVI(CoordinateUpdates, BaseEstimator):
     def variational_distributions(self) -> dict[str, torch.distributions.Distribution]:
         """The fitted factors q_j, keyed by latent site name (float64; batch shape = the
         site's plates, but for a site in ``plates_as_events_``, whose q has that plate's
-        dim as its event: [*batch, D], a MultivariateNormal or independent Gammas). A
+        dim as its event: [*batch, D], a MultivariateNormal or independent Gammas; for a
+        site in ``flattened_events_``, the MultivariateNormal over its elements in
+        row-major order (its ``base_dist``) reshaped to the site's event shape). A
         block's joint q(μ, Λ) (``fitted_blocks_``) appears here as its
         marginals: q(Λ) Wishart and q(μ) a multivariate Student-t. An element absent from
         the model (masked off, and mentioned by no factor: ``obs_mask``'s
@@ -980,6 +1015,8 @@ class AutoCAVI(CoordinateUpdates, BaseEstimator):
         for name, q in self._q.items():
             sites = self._latents[name].sites
             out.update(zip(sites, q.marginals(), strict=True) if len(sites) > 1 else {name: q})
+        for site, shape in self.flattened_events_.items():
+            out[site] = in_site_shape(out[site], shape)
         # copies: q edited in place changed the fit's own q, its guide's and its
         # predictions, its bound not (tester DL)
         return copy.deepcopy(out)
@@ -1010,7 +1047,7 @@ class AutoCAVI(CoordinateUpdates, BaseEstimator):
             for site, frames in self._event_frames.items()
         }
         return fitted_guide(self._latents, self._q, self.fitted_chains_, self._absent, plates,
-                            events)  # fmt: skip
+                            events, self.flattened_events_)  # fmt: skip
 
 
 def _as_vectors(converted: dict[str, str | None]) -> str:

@@ -39,7 +39,7 @@ from pyro_vae.plate_frames import inside_plates
 
 def fitted_guide(latents: dict, q: dict, chains: dict, absent: dict,
                  plates: dict | None = None, events: dict | None = None,
-                 ) -> Callable[..., None]:  # fmt: skip
+                 flattened: dict | None = None) -> Callable[..., None]:  # fmt: skip
     """The guide drawing every latent site from q (the model's arguments are ignored).
 
     Args:
@@ -60,9 +60,13 @@ def fitted_guide(latents: dict, q: dict, chains: dict, absent: dict,
             model's site as a point mass inside it (Pyro's ``AutoMultivariateNormal``
             does the same with its joint latent), so the site's shape and plates are the
             model's and log q is counted once, at the auxiliary site.
+        flattened: {site: its event shape} of the Normal sites AutoCAVI fitted as one
+            vector of their elements (:mod:`pyro_vae.cavi.event_flattening`): drawn as a
+            d-vector at an auxiliary site ``_<site>_vector`` inside the site's plates and
+            given to the site, reshaped to its event shape, as a point mass.
     """
     in_chain = {site: chain for chain in chains for site in chain}
-    plates, events = plates or {}, events or {}
+    plates, events, flattened = plates or {}, events or {}, flattened or {}
 
     def guide(*args, **kwargs) -> None:
         made = {}  # each plate made once per run (a plate records a site under its name)
@@ -71,6 +75,8 @@ def fitted_guide(latents: dict, q: dict, chains: dict, absent: dict,
             return inside_plates(plates.get(site, ()), made)
 
         def draw(site, fn):
+            if site in flattened:
+                return _draw_flattened(site, fn, flattened[site], within)
             if site not in events:
                 with within(site):
                     return pyro.sample(site, fn, infer={"flat_prior": True})
@@ -109,6 +115,17 @@ def fitted_guide(latents: dict, q: dict, chains: dict, absent: dict,
 
     guide.__name__ = f"AutoCAVI.variational_guide({', '.join(latents)})"
     return guide
+
+
+def _draw_flattened(site: str, fn, shape: torch.Size, within) -> torch.Tensor:
+    """A flattened site (``fn`` its q over d elements) drawn as ``_<site>_vector`` and
+    given to ``site`` reshaped to its event ``shape``, a point mass of that many event
+    dims; both inside the site's plates (``within``)."""
+    with within(site):
+        drawn = pyro.sample(f"_{site}_vector", fn, infer={"is_auxiliary": True})
+        value = drawn.reshape(drawn.shape[:-1] + shape)
+        pyro.sample(site, dist.Delta(value, event_dim=len(shape)))
+    return drawn
 
 
 def _pyro(q) -> dist.TorchDistribution:
