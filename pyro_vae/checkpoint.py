@@ -859,9 +859,20 @@ def _caught_up(metrics: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]
     epochs, history = metrics.get("epochs"), list(state.get("history") or [])
     if not isinstance(epochs, list) or len(epochs) >= len(history):
         return None
-    if epochs != history[: len(epochs)]:  # a record of other epochs: damaged, not behind
-        return None
+    # record for record as written (a NaN, which early stopping lets pass, equals itself
+    # there: compared as values it did not, and the file was rebuilt, tester DU)
+    if _as_written(epochs) != _as_written(history[: len(epochs)]):
+        return None  # a record of other epochs: damaged, not behind
     return {**metrics, **_history_of(state)}
+
+
+def _as_written(records: list) -> str | None:
+    """``records`` as metrics.json writes them (NaN as ``NaN``), or None where they are not
+    JSON values."""
+    try:
+        return json.dumps(records, sort_keys=True)
+    except (TypeError, ValueError):
+        return None
 
 
 def _refuse_other_epochs(path: Path, metrics: dict[str, Any], state: dict[str, Any]) -> None:

@@ -508,7 +508,7 @@ def prepare(
     with torch.no_grad(), eval_mode(model, guide):
         prior_tr = _prior_probe(probe_model, probe, num_rows, what)
         refuse_self_subsampling(prior_tr, num_rows, what, count)
-        plate = find_data_plate(prior_tr, num_rows, data_plate)
+        plate = find_data_plate(prior_tr, num_rows, data_plate, nameable=True)
         if plate is None:
             refuse_uncovered_sites(probe_model, probe_guide, probe)
         plate = require_data_plate(plate, num_rows, what)

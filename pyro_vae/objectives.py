@@ -54,7 +54,7 @@ from pyro_vae.latent_dims import (
     per_dim_kl,
     per_dim_log_prob,
 )
-from pyro_vae.site_masks import counted_batch_elements
+from pyro_vae.site_masks import counted_batch_elements, masks_inside_event
 from pyro_vae.traces import PARTICLE_PLATES, sample_sites
 
 __all__ = [
@@ -316,6 +316,16 @@ def _free_dim_groups(name, sites, outs, setting, weights):
         raise ValueError(
             f"free_bits_groups: latent site {name!r} is enumerated, and an enumerated site's "
             "values are not split into dimensions; use free_bits_groups=None"
+        )
+    if masks_inside_event(guide_site) or masks_inside_event(model_site):
+        # the floor λ is owed per element and group, and such a mask leaves a group's
+        # coordinates counted at some elements only: the one count per element froze
+        # groups against a floor their masked coordinates paid (tester DU)
+        raise ValueError(
+            f"free_bits_groups: latent site {name!r} has a .mask inside its event (some "
+            "coordinates of an element masked, others not), so a group of dimensions has no "
+            "one count of elements to floor; mask whole elements (a .mask outside "
+            ".to_event, or poutine.mask), or use free_bits_groups=None"
         )
     kl = per_dim_kl(model_site, guide_site, name, analytic)
     size = kl.shape[-1] // count

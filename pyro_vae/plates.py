@@ -11,7 +11,7 @@ the datapoints. Every one of them finds it with :func:`find_data_plate`, by one 
          run (particle plates left out): the only such plate, or the one named
          ``"data"`` when there are several (where the only one is not named ``"data"``
          and the observed site is in a plate named ``"data"`` too, of another size,
-         which one is meant is ambiguous: refused);
+         which one is meant is ambiguous: refused where the caller takes the option);
       3. none, when no plate qualifies: the model has no per-datapoint plate, and
          whatever needs one refuses with :class:`DataPlateError`.
 
@@ -50,18 +50,25 @@ def batch_rows(args: tuple, kwargs: dict | None = None) -> int | None:
     return None
 
 
-def find_data_plate(model_trace: Trace, rows: int | None, name: str | None = None) -> str | None:
+def find_data_plate(
+    model_trace: Trace, rows: int | None, name: str | None = None, nameable: bool = False
+) -> str | None:
     """The name of the model's per-datapoint plate, by the rule in the module docstring.
 
     Args:
         model_trace: a trace of the model on the batch.
         rows: R, the batch's number of rows (:func:`batch_rows`); ``None`` means no data.
         name: the ``data_plate`` option: the plate to use, by name.
+        nameable: whether the caller takes that option (fit, the estimators, the
+            evaluators); only then is a plate matching the rows beside another named
+            ``"data"`` around the observed site refused as ambiguous (the option settles
+            it); a caller without it (a diagnostic choosing its default sites) takes the
+            plate matching the rows, as the rule has it.
 
     Raises:
         DataPlateError: ``name`` is not one of the model's plates, or several plates
-            qualify and none is named ``"data"``, or one plate qualifies and another
-            around the observed site is named ``"data"``.
+            qualify and none is named ``"data"``, or (``nameable``) one plate qualifies
+            and another around the observed site is named ``"data"``.
     """
     sites = sample_sites(model_trace)
     plates = {
@@ -88,7 +95,8 @@ def find_data_plate(model_trace: Trace, rows: int | None, name: str | None = Non
     }
     candidates = sorted({f.name for f in around_data if f.size == rows})
     if len(candidates) == 1:
-        if DATA_PLATE in {f.name for f in around_data} and candidates[0] != DATA_PLATE:
+        beside = DATA_PLATE in {f.name for f in around_data} and candidates[0] != DATA_PLATE
+        if nameable and beside:
             # tester DS: x laid out [M, N] for plates "data" (N, dim −1) and "inner" (M,
             # dim −2) took "inner" by its rows, and IWAE silently became a bound per row
             # of x over all the datapoints

@@ -129,3 +129,21 @@ def counted_batch_elements(site: dict) -> torch.Tensor | None:
     value = site["value"]
     on = on.expand(value.shape[: value.dim() - whole])
     return on.flatten(-inside).any(-1) if inside > 1 else on.any(-1)
+
+
+def masks_inside_event(site: dict) -> bool:
+    """Whether some mask of a sample site (:func:`site_masks`) tells apart coordinates of one
+    element of its batch: a ``.mask`` under ``.to_event`` whose mask varies along a dim the
+    ``.to_event`` made an event dim (a mask of size 1 there, or expanded along it, as Pyro
+    expands a ``.mask`` to the batch shape, covers the element whole). Read from shapes
+    and strides alone (a compiled step's recording reads no values)."""
+    masks, innermost = site_masks(site)
+    outer = site["fn"].event_dim - innermost  # event dims the .to_event wrappers made
+    for mask, dims in masks:
+        inside = outer - dims  # trailing dims of the mask that lie inside the event
+        if inside <= 0 or not torch.is_tensor(mask) or mask.dim() < 1:
+            continue
+        trailing = zip(mask.shape[-inside:], mask.stride()[-inside:], strict=True)
+        if any(n > 1 and step != 0 for n, step in trailing):  # not expanded along it
+            return True
+    return False

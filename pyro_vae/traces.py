@@ -542,10 +542,12 @@ def stack_particles(pairs: list[tuple[Trace, Trace]], rank: int) -> tuple[Trace,
             on the draw), so they cannot share one layout.
     """
     frame = CondIndepStackFrame(PARTICLES, -rank, len(pairs), 0, len(pairs))
-    return tuple(_stack_traces([pair[i] for pair in pairs], rank, frame) for i in (0, 1))
+    return tuple(_stack_traces([pair[i] for pair in pairs], rank, frame, i == 1) for i in (0, 1))
 
 
-def _stack_traces(traces: list[Trace], rank: int, frame: CondIndepStackFrame) -> Trace:
+def _stack_traces(
+    traces: list[Trace], rank: int, frame: CondIndepStackFrame, guide: bool = False
+) -> Trace:
     first = traces[0]
     names = list(sample_sites(first))
     for trace in traces[1:]:
@@ -568,8 +570,9 @@ def _stack_traces(traces: list[Trace], rank: int, frame: CondIndepStackFrame) ->
         for key in ("log_prob", "unscaled_log_prob"):
             if key in site:
                 new[key] = stack_values([s[key] for s in sites], rank - 1, 0)
-        if not site["is_observed"] and without_masks(site["fn"]) is not site["fn"]:
-            # each particle's own unmasked log q (``fn`` is the first's; tester DS)
+        if guide and not site["is_observed"] and without_masks(site["fn"]) is not site["fn"]:
+            # each particle's own unmasked log q (``fn`` is the first's; tester DS); the
+            # guide's alone (a model's masked elements may hold values its prior refuses)
             log_qs = [sampling_log_prob(s) for s in sites]
             new["sampling_log_prob"] = stack_values(log_qs, rank - 1, 0)
         # per-particle caches would stand for the whole stack: recompute or drop them

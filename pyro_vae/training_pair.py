@@ -238,7 +238,7 @@ def per_datapoint_plate(
         trace = poutine.trace(model).get_trace(*args, **_num_data_for(model, num_data))
     if guide is not None:
         refuse_a_guide_that_does_not_fit(trace, guide, args, num_data)
-    plate = find_data_plate(trace, batch_rows(args), name)
+    plate = find_data_plate(trace, batch_rows(args), name, nameable=True)
     if plate is None:
         return None, None, describe_plates(trace)
     dims = [f.dim for s in sample_sites(trace).values() for f in frames_in(s, plate)]

@@ -264,14 +264,16 @@ class SurrogateELBO(ELBO):
 
     def per_datapoint_plate(self, model_trace, args, kwargs) -> str | None:
         """The model's per-datapoint plate in this call (:func:`find_data_plate`)."""
-        return find_data_plate(model_trace, batch_rows(args, kwargs), self.data_plate)
+        return find_data_plate(
+            model_trace, batch_rows(args, kwargs), self.data_plate, nameable=True
+        )
 
     def bound_plate(self, model_trace, args, kwargs) -> str | None:
         """The plate a per-datapoint multi-sample bound is taken over: the per-datapoint
         plate (:meth:`per_datapoint_plate`), or, where none has the batch's rows, the plate
         that subsamples them inside the model (:func:`~pyro_vae.plates.subsampled_data_plate`)."""
         rows = batch_rows(args, kwargs)
-        plate = find_data_plate(model_trace, rows, self.data_plate)
+        plate = find_data_plate(model_trace, rows, self.data_plate, nameable=True)
         return plate if plate is not None else subsampled_data_plate(model_trace, rows)
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:

@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import random
 from dataclasses import asdict
@@ -703,6 +704,9 @@ def test_metrics_json_an_epoch_behind_the_checkpoint_catches_up_keeping_its_bloc
     assert "held 1 of the 2 epochs" in capsys.readouterr().out
     assert json.loads(run.file("metrics.json").read_text()) == expected
     assert not run.file("metrics.json.damaged").exists()
+    nan = {**state, "history": [{"epoch": 1, "val_elbo": math.nan}, *state["history"][1:]]}
+    run.file("metrics.json").write_text(json.dumps({**lagging, "epochs": nan["history"][:1]}))
+    assert run.read_metrics(nan)["test"] == blocks["test"]  # a NaN equals itself as written
     other = {**lagging, "epochs": [{"epoch": 1, "train_elbo": -7.0}]}  # not its first epoch
     run.file("metrics.json").write_text(json.dumps(other))
     with run.claim():

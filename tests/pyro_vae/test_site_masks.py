@@ -6,6 +6,7 @@ import torch
 from pyro_vae.site_masks import (
     counted_batch_elements,
     counted_elements,
+    masks_inside_event,
     sampling_log_prob,
     site_masks,
     without_masks,
@@ -111,3 +112,20 @@ def test_a_batch_element_counts_where_any_of_its_coordinates_does():
     assert counted_batch_elements(outer) is None  # no mask: no tensor made
     keep = torch.tensor([False, True, True])
     assert torch.equal(counted_batch_elements({**outer, "mask": keep}), keep)
+
+
+def test_a_mask_inside_the_event_is_told_from_one_covering_whole_elements():
+    loc = torch.zeros(3, 2)
+    value = torch.zeros(3, 2)
+    inner = torch.tensor([[True, False], [True, True], [False, True]])
+
+    def site(fn, mask=None):
+        return {"fn": fn, "mask": mask, "value": value}
+
+    assert masks_inside_event(site(dist.Normal(loc, 1.0).mask(inner).to_event(1)))
+    whole = torch.tensor([[True], [False], [True]])  # size 1 along the event: whole
+    assert not masks_inside_event(site(dist.Normal(loc, 1.0).mask(whole).to_event(1)))
+    outside = dist.Normal(loc, 1.0).to_event(1).mask(torch.tensor([True, False, True]))
+    assert not masks_inside_event(site(outside))
+    assert not masks_inside_event(site(dist.Normal(loc, 1.0).to_event(1), inner[:, 0]))
+    assert not masks_inside_event(site(dist.Normal(loc, 1.0).mask(False).to_event(1)))
