@@ -50,7 +50,12 @@ from pyro_vae.cavi.conjugate_forms import probe_factors, probe_runner
 from pyro_vae.cavi.convergence import warn_sweeps_unconverged
 from pyro_vae.cavi.coordinate_updates import CoordinateUpdates
 from pyro_vae.cavi.data_indexing import ReadAcrossPlate
-from pyro_vae.cavi.event_flattening import flattenable, in_site_shape, with_events_flattened
+from pyro_vae.cavi.event_flattening import (
+    flat_init,
+    flattenable,
+    in_site_shape,
+    with_events_flattened,
+)
 from pyro_vae.cavi.exponential_families import DISCRETE_FAMILIES, NotConjugateError
 from pyro_vae.cavi.first_trace import (
     dependencies,
@@ -287,17 +292,15 @@ class AutoCAVI(CoordinateUpdates, BaseEstimator):
             try:
                 return self._fit(args, kwargs)
             except BaseException as error:
-                converted = self.plates_as_events_
+                converted, flattened = self.plates_as_events_, self.flattened_events_
                 self.__dict__.clear()
                 self.__dict__.update(before)
-                if (
-                    not converted
-                    or not isinstance(error, NotConjugateError)
-                    or isinstance(error, ReadAcrossPlate)
-                    or not any(f"{site!r}" in str(error) for site in converted)
-                ):
+                if not isinstance(error, NotConjugateError) or isinstance(error, ReadAcrossPlate):
                     raise
-                raise NotConjugateError(f"{error}{_as_vectors(converted)}") from error
+                note = _as_vectors(_named(converted, error)) + _flattened(_named(flattened, error))
+                if not note:
+                    raise
+                raise NotConjugateError(f"{error}{note}") from error
 
     def _fit(self, args, kwargs) -> AutoCAVI:
         tol, max_iter, auto_blocks, n_init, self._seed = self._check_settings()
@@ -836,7 +839,8 @@ class AutoCAVI(CoordinateUpdates, BaseEstimator):
             raise unblocked
         # after the probes, which take a plated site read whole into its event: a start
         # given for such a site as declared (a scalar per element) is made that vector
-        self._init = vector_init(self.init, latents, self.plates_as_events_)
+        init = flat_init(self.init, self.flattened_events_)
+        self._init = vector_init(init, latents, self.plates_as_events_)
         stats = initial_statistics(latents, self._init, first, self._seed, self._starts)
         self.probe_batched_, self.probe_model_runs_ = info["batched"], info["model_runs"]
         self._probe_inputs = (args, kwargs, depends, trace, generator)
@@ -1050,10 +1054,30 @@ class AutoCAVI(CoordinateUpdates, BaseEstimator):
                             events, self.flattened_events_)  # fmt: skip
 
 
+def _named(sites: dict, error: Exception) -> dict:
+    """The entries of ``sites`` whose site ``error``'s message names."""
+    return {site: v for site, v in sites.items() if f"{site!r}" in str(error)}
+
+
+def _flattened(sites: dict[str, torch.Size]) -> str:
+    """A refusal's note on the sites fitted as one vector of their elements (its
+    ``Normal (.to_event(1))`` and statistics x0, x1, … are that vector's); "" for none."""
+    if not sites:
+        return ""
+    named = ", ".join(f"{site!r}, event shape {tuple(shape)}" for site, shape in sites.items())
+    return (
+        f" ({named}: a Normal of several event dims, taken as one vector of its elements in "
+        "row-major order; what this says of such a site is of that vector)"
+    )
+
+
 def _as_vectors(converted: dict[str, str | None]) -> str:
     """A refusal's note on the sites fitted as one vector over a plate they were declared in
     (a name such as ``Normal (.to_event(1))`` is then that vector's), or over their last
-    batch dim of size 1 (a site that followed one, ``plate_events.plate_companions``)."""
+    batch dim of size 1 (a site that followed one, ``plate_events.plate_companions``); ""
+    for none."""
+    if not converted:
+        return ""
     sites = ", ".join(
         f"{site!r} over plate {plate!r}" if plate else f"{site!r} over its last batch dim"
         for site, plate in converted.items()

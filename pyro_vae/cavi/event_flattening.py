@@ -37,12 +37,51 @@ from torch.distributions import Independent
 def flattenable(site: dict) -> bool:
     """Whether the latent sample site ``site`` (a trace node) is a Normal with two or more
     event dims and no mask, which :class:`EventsFlattened` fits as one vector."""
-    fn = site["fn"]
-    if site.get("is_observed") or len(fn.event_shape) < 2 or site.get("mask") is not None:
+    if site.get("is_observed") or site.get("mask") is not None:
+        return False
+    return _normal_matrix(site["fn"])
+
+
+def _normal_matrix(fn) -> bool:
+    """A Normal (under ``.to_event`` and ``expand``, no ``.mask``) of two or more event dims."""
+    if len(fn.event_shape) < 2:
         return False
     while isinstance(fn, (Independent, dist.ExpandedDistribution)):
         fn = fn.base_dist
     return type(fn) in (dist.Normal, torch.distributions.Normal)
+
+
+def _flattened(fn, shape: torch.Size):
+    """``fn`` (a Normal of event ``shape``) over its elements, row-major."""
+    flat = fn.batch_shape + (shape.numel(),)
+    return dist.Normal(fn.mean.reshape(flat), fn.stddev.reshape(flat)).to_event(1)
+
+
+def flat_init(init: dict | None, sites: dict[str, torch.Size]) -> dict | None:
+    """``init`` with each start given for a flattened site in the site's own shape made
+    the vector AutoCAVI fits: a Normal of that event shape flattened as the prior is, and
+    a fit's own ``variational_distributions()`` entry (:func:`in_site_shape`) its
+    MultivariateNormal. A start already a vector, and anything else, is kept
+    (``initial_statistics`` says what a start must be)."""
+    if not init:
+        return init
+    out = dict(init)
+    for site in set(init) & set(sites):
+        q, shape = init[site], sites[site]
+        if not isinstance(q, torch.distributions.Distribution) or q.event_shape != shape:
+            continue
+        if isinstance(q, torch.distributions.TransformedDistribution) and _reshapes(q):
+            out[site] = q.base_dist
+        elif _normal_matrix(q):
+            out[site] = _flattened(q, shape)
+    return out
+
+
+def _reshapes(q) -> bool:
+    transforms = q.transforms
+    return len(transforms) == 1 and isinstance(
+        transforms[0], torch.distributions.transforms.ReshapeTransform
+    )
 
 
 class EventsFlattened(Messenger):
@@ -60,9 +99,7 @@ class EventsFlattened(Messenger):
         shape = self.sites.get(msg["name"])
         if shape is None:  # the model's latent (an outer handler may condition it)
             return
-        fn = msg["fn"]
-        flat = fn.batch_shape + (shape.numel(),)
-        msg["fn"] = dist.Normal(fn.mean.reshape(flat), fn.stddev.reshape(flat)).to_event(1)
+        msg["fn"] = _flattened(msg["fn"], shape)
         if msg["value"] is not None:  # set inside the model (a handler of its own)
             msg["value"] = _flat(msg["value"], len(shape))
 

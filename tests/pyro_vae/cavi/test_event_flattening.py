@@ -148,3 +148,34 @@ def test_a_masked_matrix_is_not_flattened_and_stays_refused():
     assert not flattenable(site)
     with pytest.raises(NotConjugateError, match="event dims added by .to_event"):
         AutoCAVI(model).fit(torch.tensor(0.5, dtype=F64))
+
+
+def test_a_start_for_the_matrix_is_taken_in_its_own_shape_or_as_the_vector():
+    """``init`` for the weight in the site's [K, D] shape (a Normal ``.to_event(2)``, or a
+    fit's own ``variational_distributions()`` entry) is the vector's start, as a
+    MultivariateNormal over its K·D elements is; each reaches the same optimum. The [K, D]
+    Normal had been refused as "not a distribution of the Normal family"."""
+    x, y = _data()
+    zeros = torch.zeros(K, D, dtype=F64)
+    fit = AutoCAVI(LinearRegression(), tol=1e-12).fit(x, y)
+    starts = [
+        dist.Normal(zeros, 1.0).to_event(2),
+        fit.variational_distributions()["linear.weight"],
+        dist.MultivariateNormal(zeros.reshape(-1), torch.eye(K * D, dtype=F64)),
+    ]
+    for start in starts:
+        started = AutoCAVI(LinearRegression(), init={"linear.weight": start}, tol=1e-12)
+        assert started.fit(x, y).lower_bound_ == pytest.approx(fit.lower_bound_, rel=1e-10)
+
+
+def test_a_refusal_naming_a_flattened_site_says_it_was_taken_as_a_vector():
+    """The refusal describes the vector AutoCAVI fits (``Normal (.to_event(1))``, statistics
+    x0 … x3) where the user wrote a [2, 2] matrix: a note says so."""
+
+    def model(y):
+        w = pyro.sample("w", dist.Normal(torch.zeros(2, 2, dtype=F64), 1.0).to_event(2))
+        pyro.sample("y", dist.Normal(w.exp().sum(), 1.0), obs=y)
+
+    match = r"not conditionally conjugate.*'w', event shape \(2, 2\): a Normal of several"
+    with pytest.raises(NotConjugateError, match=match):
+        AutoCAVI(model).fit(torch.tensor(0.5, dtype=F64))
