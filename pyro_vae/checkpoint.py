@@ -555,7 +555,7 @@ class RunFolder:
             if checkpoint is not None:
                 behind = _caught_up(metrics, checkpoint)
                 if behind is not None:
-                    return self._catch_up(metrics, behind, checkpoint)
+                    return self._catch_up(metrics, behind)
                 _refuse_other_epochs(self.file(METRICS), metrics, checkpoint)
             return metrics
         except RunFolderError as err:
@@ -572,10 +572,10 @@ class RunFolder:
             )
             raise RunFolderError(f"{err}; {fix}") from err
 
-    def _catch_up(self, lagging: dict, metrics: dict, state: dict) -> dict[str, Any]:
-        """``metrics`` (:func:`_caught_up`: ``lagging`` with the checkpoint ``state``'s
-        history), written back by the process that holds the folder (a fit), with a line
-        saying so; as it is for any other reader."""
+    def _catch_up(self, lagging: dict, metrics: dict) -> dict[str, Any]:
+        """``metrics`` (:func:`_caught_up`: ``lagging`` with the checkpoint's history),
+        written back by the process that holds the folder (a fit), with a line saying so;
+        as it is for any other reader."""
         if self._claimed:
             write_json(self.file(METRICS), metrics)
             print(
