@@ -39,7 +39,9 @@ def loo_approximate_posterior(idata, var_name: str | None = None, pointwise: boo
 
     ``idata``: :func:`pyro_vae.diagnostics.to_inference_data`'s, whose ``sample_stats``
     hold ``lp`` = log p(x, z_s) and ``log_q`` = log q(z_s | x) beside the pointwise
-    ``log_likelihood`` (every dim but ``chain`` and ``draw`` is a datapoint). ``var_name``:
+    ``log_likelihood`` (every dim but ``chain`` and ``draw`` is a datapoint); lp − log_q is
+    divided by ``sample_stats``' attribute ``common_scale`` (a scale c around model and
+    guide alike weighs the objective, not the ratios; 1.0 where it is absent). ``var_name``:
     the observed site to score, needed where there are several. ``pointwise``: add
     ``loo_i`` and ``pareto_k`` (``az.compare`` needs them).
 
@@ -62,7 +64,9 @@ def loo_approximate_posterior(idata, var_name: str | None = None, pointwise: boo
             "pyro_vae.to_inference_data writes them; got "
             f"{sorted(stats.data_vars) if stats is not None else 'no sample_stats group'}"
         )
-    log_ratio = (stats["lp"].values - stats["log_q"].values).reshape(-1)  # [S]
+    # a poutine.scale(c) around model and guide: lp − log_q is c log r (tester DX)
+    shared = float(stats.attrs.get("common_scale", 1.0))
+    log_ratio = (stats["lp"].values - stats["log_q"].values).reshape(-1) / shared  # [S]
     samples, points = log_lik.shape
     if samples < 2:
         raise ValueError(f"idata: {samples} draw; expected at least 2 draws from q")

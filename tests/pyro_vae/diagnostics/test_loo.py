@@ -8,6 +8,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from pyro import poutine
 
 from pyro_vae.diagnostics.arviz_compat import az
 from pyro_vae.diagnostics.inference_data import to_inference_data
@@ -71,6 +72,23 @@ def test_from_a_q_off_the_posterior_it_estimates_the_model_s_loo_where_az_loo_sc
     other = loo_approximate_posterior(idata, pointwise=True)
     table = az.compare({"a": ours, "b": other})
     assert table.loc["a", "elpd_loo"] == pytest.approx(ours["elpd_loo"])
+
+
+@pytest.mark.parametrize("scale", [3.0, 1 / 20])
+def test_a_scale_around_model_and_guide_leaves_the_estimate_as_it_is(scale):
+    # poutine.scale(c) around both (a loss normalized per datapoint) weighs the objective:
+    # lp − log_q was taken as the log-ratio, 3.1 nats off at c = 1/N (tester DX). The
+    # same draws with and without c give one estimate (to float64 rounding of c · log r)
+    exact, _ = exact_loo_and_lpd()
+    guide = guide_at(1.0, 1.5)
+    found = []
+    for pair in ((model, guide), (poutine.scale(model, scale), poutine.scale(guide, scale))):
+        pyro.set_rng_seed(4)
+        idata = to_inference_data(*pair, X, num_samples=20000)
+        found.append(loo_approximate_posterior(idata))
+    assert found[1]["elpd_loo"] == pytest.approx(found[0]["elpd_loo"], abs=1e-9)
+    assert found[1]["p_loo"] == pytest.approx(found[0]["p_loo"], abs=1e-9)
+    assert found[1]["elpd_loo"] == pytest.approx(exact, abs=0.07)  # as in the test above
 
 
 def test_with_the_exact_posterior_as_q_it_is_az_loo():
