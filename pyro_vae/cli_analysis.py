@@ -14,6 +14,7 @@ from typing import Any
 
 from pyro_vae import estimators
 from pyro_vae.checkpoint import CONFIG, RunFolder
+from pyro_vae.checks import check_count
 from pyro_vae.cli_report import (
     changed_block,
     print_changed_note,
@@ -345,8 +346,12 @@ def diagnose_command(args: argparse.Namespace) -> int:
     _refuse_local_guide(exp, f"k̂ per test {rows[:-1]} needs a posterior for test {rows}")
     if args.points < 0:
         raise ValueError(f"points: {args.points} is negative; expected a number of test {rows}")
-    x = exp.data.test_x[: args.points or None]  # 0: all (gathered, when memory-mapped)
-    check_ratio_memory(args.samples, int(x.shape[0]), "--samples")
+    check_count("idata_points", args.idata_points, 1, "; expected a number of test rows")
+    # k̂'s rows and diagnostics.nc's, each the flag's own (tester DX: --idata-points 20
+    # beside --points 5 wrote 5); 0 points: all (gathered, when memory-mapped)
+    khat_points = args.points or len(exp.data.test_x)
+    x = exp.data.test_x[: max(khat_points, args.idata_points)]
+    check_ratio_memory(args.samples, min(khat_points, len(x)), "--samples")
     values = math.prod(x.shape[1:])  # diagnostics.nc's draws, in the flag's name too
     check_idata_memory(
         args.idata_samples, min(args.idata_points, len(x)), values, "--idata-samples"
@@ -367,6 +372,7 @@ def diagnose_command(args: argparse.Namespace) -> int:
         num_worst=args.worst,
         image_shape=exp.data.image_shape,
         pixel_max=exp.data.pixel_max,
+        khat_points=khat_points,
     )
     block = {k: v for k, v in result.items() if k != "files"}
     run.update_metrics(**{key: {**block, **extra}})

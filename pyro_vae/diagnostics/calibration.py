@@ -37,6 +37,7 @@ from pyro.optim import ClippedAdam
 
 from pyro_vae.checks import check_count
 from pyro_vae.diagnostics.draws import to_given_device
+from pyro_vae.guides.fixed import as_guide
 from pyro_vae.plates import batch_rows, find_data_plate, frames_in
 from pyro_vae.traces import full_rank, plate_nesting, sample_sites
 
@@ -262,15 +263,19 @@ def vsbc_with(
     """VSBC with any fitting procedure, one replication at a time.
 
     ``fit(data)`` gets one replication's simulated observations, ``{site: value}``, and
-    returns a guide (e.g. a closed-form CAVI fit's ``variational_guide``), which is drawn
-    from as ``guide(*args, **kwargs)``. Otherwise (``device`` too) as :func:`vsbc`.
+    returns a guide, or a fitted :mod:`pyro_vae.cavi` estimator, taken as
+    :func:`~pyro_vae.diagnostics.to_inference_data` takes one (its
+    ``variational_distributions()``, in the model's plates), which is drawn from as
+    ``guide(*args, **kwargs)``. Otherwise (``device`` too) as :func:`vsbc`.
     """
     check_count("num_draws", num_draws, 2)
     args, kwargs = to_given_device(args, kwargs, device)
     sim = _simulate(model, args, kwargs, num_replications, sites)
     below: dict[str, list[torch.Tensor]] = {n: [] for n in sim.truth}
     for m in range(num_replications):
-        guide = fit({n: v[m] for n, v in sim.data.items()})
+        # a fitted estimator as the other diagnostics take one (tester DX: Pyro's "not
+        # callable", from the first draw)
+        guide = as_guide(fit({n: v[m] for n, v in sim.data.items()}), model, args, kwargs)
         with poutine.block(), torch.no_grad(), pyro.plate(_DRAWS, num_draws, dim=-sim.rank):
             draws = poutine.trace(guide).get_trace(*args, **kwargs)
         for n, t in sim.truth.items():

@@ -296,10 +296,12 @@ def write_report(
     num_worst: int = 12,
     image_shape: tuple[int, ...] | None = None,
     pixel_max: float = 1.0,
+    khat_points: int | None = None,
 ) -> dict[str, Any]:
     """Diagnose an amortized fit on inputs ``x``; write the files into ``out_dir``.
 
-    khat.csv and khat.png (k̂ of every row of ``x`` from ``num_samples`` draws),
+    khat.csv and khat.png (k̂ of every row of ``x``, or of its first ``khat_points``
+    rows where given, from ``num_samples`` draws),
     khat_worst.png (for images: the ``num_worst`` highest-k̂ inputs above their
     reconstructions E[x | z = E_q z]; for a discrete q whose states were enumerated,
     :func:`pyro_vae.diagnostics.psis.psis_khat_per_datapoint`, khat.csv adds the exact
@@ -320,23 +322,27 @@ def write_report(
         khat_worst.png was not drawn, ``skipped`` {file name: why}.
 
     Raises:
-        ValueError: ``idata_points`` < 1, ``num_worst`` < 0, and the errors of
+        ValueError: ``idata_points`` < 1, ``khat_points`` < 1, ``num_worst`` < 0, and the
+            errors of
             :func:`pyro_vae.diagnostics.psis.psis_khat_per_datapoint`.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     check_count("idata_points", idata_points, 1, "; expected a positive number of datapoints")
+    if khat_points is not None:
+        check_count("khat_points", khat_points, 1, "; expected a positive number of rows")
     check_count("num_worst", num_worst, 0, "; expected a number of inputs to draw")
     check_count("idata_samples", idata_samples, 2, "; expected 2 or more draws")
     check_idata_memory(idata_samples, min(idata_points, int(x.shape[0])), math.prod(x.shape[1:]))
-    check_ratio_memory(num_samples, int(x.shape[0]))  # before the staging folder is made
+    scored = x if khat_points is None else x[:khat_points]  # k̂'s rows
+    check_ratio_memory(num_samples, int(scored.shape[0]))  # before the staging folder is made
     # its own staging folder: a second report running at once must not remove or fill it
     # (tester BI); those of reports killed part way (SIGKILL) are removed here
     remove_stale_staging_folders(out, _STAGING)
     with staging_folder(out, _STAGING) as staging:
         result = _write_into(
-            staging, model, guide, x, num_samples, idata_points, idata_samples, num_worst,
-            image_shape, pixel_max,
+            staging, model, guide, (scored, x[:idata_points]), num_samples, idata_samples,
+            num_worst, image_shape, pixel_max,
         )  # fmt: skip
         for name in _REPORT_FILES:
             made = staging / name
@@ -356,10 +362,12 @@ _REPORT_FILES = ("khat.csv", "khat.png", "khat_worst.png", "diagnostics.nc", "su
 
 
 def _write_into(
-    out: Path, model, guide, x, num_samples, idata_points, idata_samples, num_worst,
-    image_shape, pixel_max,
+    out: Path, model, guide, rows, num_samples, idata_samples, num_worst, image_shape,
+    pixel_max,
 ) -> dict[str, Any]:  # fmt: skip
-    """:func:`write_report`'s files, written into ``out`` (its staging folder)."""
+    """:func:`write_report`'s files, written into ``out`` (its staging folder); ``rows``:
+    the rows scored by k̂ and those in diagnostics.nc."""
+    x, idata_x = rows
     khat = psis_khat_per_datapoint(model, guide, x, num_samples)
     files = [_write_khat_csv(khat, out / "khat.csv"), plot_khat(khat, out / "khat.png")]
     skipped: dict[str, str] = {}
@@ -374,7 +382,7 @@ def _write_into(
             skipped["khat_worst.png"] = why
         else:
             files.append(png)
-    idata = to_inference_data(model, guide, x[:idata_points], num_samples=idata_samples)
+    idata = to_inference_data(model, guide, idata_x, num_samples=idata_samples)
     files.append(save_inference_data(idata, out / "diagnostics.nc"))
     files += write_summaries(idata, out)
     result = {**khat.summary(num_worst), "files": [str(f) for f in files]}

@@ -671,6 +671,22 @@ def test_diagnose_writes_figures_tables_and_netcdf_that_arviz_reopens(trained, c
     assert 0.0 <= diagnostics["share_above_0.7"] <= diagnostics["share_above_0.5"] <= 1.0
 
 
+def test_diagnose_takes_more_rows_into_diagnostics_nc_than_into_khat(trained, capsys):
+    # each flag its own rows: --idata-points 8 beside --points 5 wrote 5 (tester DX)
+    argv = ["diagnose", str(trained), "--points", "5", "--samples", "30"]
+    assert main([*argv, "--idata-points", "8", "--idata-samples", "20", "--worst", "2"]) == 0
+    capsys.readouterr()
+    assert len((trained / "khat.csv").read_text().splitlines()) == 1 + 5
+    import arviz as az
+
+    from pyro_vae.experiment import load
+
+    idata = az.from_netcdf(trained / "diagnostics.nc")
+    assert idata.log_likelihood["x"].shape == (1, 20, 8)
+    rows = load(trained).data.test_x[:8].numpy()  # the run's first 8 test rows
+    assert np.array_equal(idata.observed_data["x"].values, rows)
+
+
 def test_diagnose_refuses_bad_counts_and_other_versions(trained, tmp_path, capsys):
     assert main(["diagnose", str(trained), "--points", "5", "--samples", "1"]) == 2
     assert "--samples: 1 is not an integer ≥ 21" in capsys.readouterr().err
@@ -682,7 +698,7 @@ def test_diagnose_refuses_bad_counts_and_other_versions(trained, tmp_path, capsy
     assert "--samples: 1,000,000,000,000,000 draws of each of 5 rows need about" in err
     assert main(["diagnose", str(trained), "--points", "5", "--idata-samples", "10" * 8]) == 2
     err = capsys.readouterr().err  # the flag's name, as every other refusal here (tester CR)
-    assert "error: --idata-samples: 1,010,101,010,101,010 draws of 5 rows of 64 values" in err
+    assert "error: --idata-samples: 1,010,101,010,101,010 draws of 100 rows of 64 values" in err
     assert sorted(p.name for p in trained.iterdir()) == before  # nothing written
     old = tmp_path / "old"
     old.mkdir()

@@ -160,3 +160,24 @@ def test_bad_arguments_are_named():
 
     with pytest.raises(ValueError, match=r"observed sites \[\]"):
         vsbc(prior_only, AutoNormal, x, num_steps=1)
+
+
+def test_vsbc_with_takes_a_fitted_cavi_estimator_as_the_other_diagnostics_do():
+    # fit returning the estimator itself failed in Pyro's words, "is not callable"
+    # (tester DX); it is drawn from as to_inference_data draws from it: the same
+    # quantiles as the guide made from its variational_distributions() by hand
+    from models.regression import BayesianRegression
+
+    X = torch.randn(12, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    estimator = BayesianLinearRegression(1.0, 1.0, 1.0)
+    found = []
+    for returned in (
+        lambda data: estimator.fit(X, data["y"]),
+        lambda data: variational_guide(estimator.fit(X, data["y"]).variational_distributions()),
+    ):
+        pyro.set_rng_seed(7)
+        y = torch.zeros(12, dtype=torch.float64)  # observed: its values are simulated
+        found.append(vsbc_with(BayesianRegression(), returned, X, y, num_replications=20))
+    assert set(found[0].quantiles) == {"weights[0]", "weights[1]", "precision"}
+    for name, p in found[1].quantiles.items():
+        np.testing.assert_array_equal(found[0].quantiles[name], p)
