@@ -120,6 +120,13 @@ class LabelledSource(WrappedSource):
     def check_training_data(self, check: ObservationCheck) -> None:
         self.data.check_training_data(check)
 
+    @property
+    def keywords(self) -> dict[str, int]:
+        """What a model or guide that names them is given with each training batch
+        (:class:`~pyro_vae.minibatch.Minibatched`): ``num_labelled``, the training rows
+        whose labels are observed (N_l, by which M2's classifier term divides)."""
+        return {"num_labelled": int(self.data.train_observed.sum())}
+
     def validation_set(self, local_guide: bool, check: ObservationCheck) -> ValidationSet | None:
         """The source's validation on ``(x, y, observed)``: held-out rows with all their
         labels; for a guide with free per-datapoint parameters, the training rows with the

@@ -175,12 +175,18 @@ def accepts_keyword(fn, name: str) -> bool:
     """Whether ``fn`` names the keyword argument ``name`` in its signature.
 
     A catch-all ``**kwargs`` does not count: an autoguide's ``forward(*args, **kwargs)``
-    hands its arguments to the model, so it takes ``name`` when its model does.
+    hands its arguments to the model, so it takes ``name`` when its model does. A torch
+    module is read by its ``forward``.
     """
     if isinstance(fn, AutoGuide):
         return accepts_keyword(fn.model, name)
     if isinstance(fn, _UnderActiveHandler):
         return accepts_keyword(fn.model, name)
+    if isinstance(fn, torch.nn.Module):
+        # a module's signature is its __call__'s, (*args, **kwargs); forward names its
+        # keywords (tester DW: no PyroModule model or guide was ever given num_data, and
+        # M2's α = 0.1·N came out 0.1·|B|)
+        fn = fn.forward
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
@@ -192,18 +198,19 @@ class Minibatched:
     """``fn`` called on a minibatch of a dataset of ``num_data`` rows.
 
     ``Minibatched(fn, plate, N)(*data, subsample=idx)`` runs ``fn(*data)`` (plus
-    ``num_data=N`` when ``fn`` takes it) under :class:`DataPlateSubsample`. With
+    ``num_data=N`` when ``fn`` takes it, and each of ``keywords`` it takes, such as a
+    labelled source's ``num_labelled``) under :class:`DataPlateSubsample`. With
     ``plate=None`` (a model without a per-datapoint plate) it only forwards the call.
     The wrapper keeps ``fn``'s torch modules visible (``modules``) for train/eval modes.
     """
 
-    def __init__(self, fn, plate: str | None, num_data: int) -> None:
+    def __init__(self, fn, plate: str | None, num_data: int, keywords: dict | None = None) -> None:
         self.fn, self.plate, self.num_data = fn, plate, int(num_data)
-        self.passes_num_data = accepts_keyword(fn, "num_data")
+        given = {"num_data": self.num_data, **(keywords or {})}
+        self.passed = {k: v for k, v in given.items() if accepts_keyword(fn, k)}
 
     def __call__(self, *args, subsample: torch.Tensor | None = None, **kwargs):
-        if self.passes_num_data and "num_data" not in kwargs:
-            kwargs["num_data"] = self.num_data
+        kwargs = {**self.passed, **kwargs}  # the caller's own win
         if self.plate is None:
             return self.fn(*args, **kwargs)
         with DataPlateSubsample(self.plate, self.num_data, subsample):

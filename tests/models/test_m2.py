@@ -158,6 +158,12 @@ def test_alpha_term_is_in_training_only_and_absent_from_every_reported_elbo():
     assert torch.equal(scores[0], scores[1])
 
 
+def _classifier_total(trace) -> float:
+    """The classifier factor as the objective counts it: its rows, times the plate's scale."""
+    site = trace.nodes["classifier"]
+    return float((site["scale"] * site["fn"].log_factor).sum())
+
+
 def test_alpha_defaults_to_a_tenth_of_the_training_rows():
     model, guide = _pair()
     x, y = _data(4)
@@ -166,7 +172,11 @@ def test_alpha_defaults_to_a_tenth_of_the_training_rows():
     with torch.no_grad():
         log_q = torch.log_softmax(guide.classifier(x), -1).gather(-1, y.unsqueeze(-1))
     expected = 0.1 * 40 * log_q.squeeze(-1)[:2].mean()
-    assert trace.nodes["classifier"]["fn"].log_factor.item() == pytest.approx(expected.item())
+    assert _classifier_total(trace) == pytest.approx(expected.item())
+    # as fit calls it: N from the minibatch wrapper (tester DW: it was never passed)
+    wrapped = Minibatched(model, "data", 40)
+    trace = poutine.trace(wrapped).get_trace(x, y, observed, subsample=torch.arange(4))
+    assert _classifier_total(trace) == pytest.approx(expected.item())
 
 
 class _PointZ(Messenger):
@@ -177,15 +187,22 @@ class _PointZ(Messenger):
             msg["fn"] = dist.Delta(msg["fn"].mean, event_dim=1)
 
 
-def test_minibatches_are_unbiased_for_the_full_data_objective():
+@pytest.mark.parametrize("num_labelled", [3, None])
+def test_minibatches_are_unbiased_for_the_full_data_objective(num_labelled):
     """All 15 batches of 2 from 6 rows (3 labelled), each scaled as the fit loop scales it
     (``Minibatched``: the data plate's full size N = 6): their mean bound is the full-data
-    bound exactly, and the α term, averaged over the batches that hold a labelled row, is
-    α times the mean over all labelled rows."""
+    bound exactly, and so is the α term, α times the mean of log q(y | x) over the labelled
+    rows (by hand), given N_l = 3 as ``fit`` gives it. The term was α times the mean over
+    the batch's labelled rows, 0 without one: its mean over all batches was α · P(k ≥ 1)
+    times the whole (tester DW), as it still is where N_l is not given."""
     model, guide = _pair(alpha=2.0)
     x, y = _data(6)
     observed = torch.tensor([True, False, True, False, False, True])
-    wrapped = Minibatched(model, "data", 6), Minibatched(_PointZ()(guide), "data", 6)
+    keywords = {"num_labelled": num_labelled} if num_labelled else None
+    wrapped = (
+        Minibatched(model, "data", 6, keywords),
+        Minibatched(_PointZ()(guide), "data", 6, keywords),
+    )
 
     def losses(rows):
         args = (x[rows], y[rows], observed[rows])
@@ -195,13 +212,22 @@ def test_minibatches_are_unbiased_for_the_full_data_objective():
             out.append(_enum_loss(*wrapped, *args, subsample=rows).item())
         return out  # [the bound's loss, with the α term]
 
+    with torch.no_grad():
+        log_q = torch.log_softmax(guide.classifier(x), -1).gather(-1, y.unsqueeze(-1))
+    by_hand = 2.0 * log_q.squeeze(-1)[observed].mean().item()
     full_bound, full_alpha = losses(torch.arange(6))
+    assert full_bound - full_alpha == pytest.approx(by_hand, rel=1e-5)
     batches = [torch.tensor(b) for b in itertools.combinations(range(6), 2)]
     results = [losses(b) for b in batches]
     mean_bound = sum(r[0] for r in results) / len(results)
     assert mean_bound == pytest.approx(full_bound, rel=1e-5)
-    with_labels = [r[1] - r[0] for r, b in zip(results, batches, strict=True) if observed[b].any()]
-    assert sum(with_labels) / len(with_labels) == pytest.approx(full_alpha - full_bound, 1e-5)
+    terms = [r[0] - r[1] for r in results]
+    if num_labelled:  # every batch counts, those without a labelled row as 0
+        assert sum(terms) / len(terms) == pytest.approx(by_hand, rel=1e-5)
+    else:  # the batches' ratio estimate: unbiased only given a labelled row
+        labelled = [t for t, b in zip(terms, batches, strict=True) if observed[b].any()]
+        assert sum(labelled) / len(labelled) == pytest.approx(by_hand, rel=1e-5)
+        assert sum(terms) / len(terms) == pytest.approx(by_hand * 12 / 15, rel=1e-5)
 
 
 def test_classifier_beats_chance_on_separable_classes_within_a_few_steps():
@@ -340,6 +366,29 @@ def test_fit_trains_it_on_a_labelled_subset_from_python():
     # 24 test images; chance is 0.5, and 20 or more right by chance has probability 1e-3.
     assert metrics["test_accuracy"] >= 20 / 24
     assert metrics["test_elbo_unlabelled"] < 0
+
+
+class _Recorded(M2):
+    """M2 that keeps the N and N_l its classifier term is given in training steps (the
+    real term runs; fit's set-up also runs the model once, without gradients, to find
+    its plates)."""
+
+    def _classifier_term(self, x, y, observed, num_data, num_labelled):
+        if torch.is_grad_enabled():
+            self.given.add((num_data, num_labelled))
+        super()._classifier_term(x, y, observed, num_data, num_labelled)
+
+
+def test_fit_gives_the_classifier_term_the_training_rows_and_labels():
+    # neither reached a PyroModule model before (tester DW): α's 0.1·N was 0.1·|B|, and
+    # N_l was the batch's own estimate
+    x, y = _two_halves()
+    data = load_data(x, labels=y).with_labelled_subset(count=10, seed=0)
+    model = _Recorded(16, num_classes=2, latent_dim=2, hidden_dims=(4,))
+    model.given = set()
+    config = TrainConfig(epochs=1, batch_size=16, progress=False, seed=0)
+    fit(model, model.make_guide(), data, get_estimator("enum"), config)
+    assert model.given == {(data.num_train, 10)}
 
 
 def test_the_command_line_fits_it_and_prints_the_accuracy(tmp_path, capsys):

@@ -6,6 +6,7 @@ import pyro.poutine as poutine
 import pytest
 import torch
 from pyro.infer.autoguide import AutoNormal
+from pyro.nn import PyroModule
 
 from pyro_vae.minibatch import (
     DataPlateSizeError,
@@ -76,6 +77,25 @@ def test_num_data_goes_only_to_callables_that_take_it():
     Minibatched(takes, "data", N)(torch.zeros(3), subsample=torch.arange(3))
     Minibatched(does_not, "data", N)(torch.zeros(3), subsample=torch.arange(3))
     assert seen == [N, "none"]
+
+
+class _TakesNumData(PyroModule):
+    def forward(self, x, num_data=None):
+        self.seen = num_data
+
+
+class _DoesNotTakeIt(torch.nn.Module):
+    def forward(self, x):
+        self.seen = "none"
+
+
+def test_a_module_is_read_by_its_forward():
+    # a module's own signature is (*args, **kwargs): no PyroModule model or guide was ever
+    # given num_data (tester DW: M2's α = 0.1·N came out 0.1·|B|)
+    takes, does_not = _TakesNumData(), _DoesNotTakeIt()
+    Minibatched(takes, "data", N)(torch.zeros(3), subsample=torch.arange(3))
+    Minibatched(does_not, "data", N)(torch.zeros(3), subsample=torch.arange(3))
+    assert (takes.seen, does_not.seen) == (N, "none")
 
 
 @pytest.mark.parametrize("rows", [ROWS, ROWS[:3], torch.arange(N)])
