@@ -246,7 +246,7 @@ def amortization_gap_command(args: argparse.Namespace) -> int:
     import pyro
 
     from pyro_vae.amortization import amortization_gap
-    from pyro_vae.guides import AmortizedFlow
+    from pyro_vae.guides import AmortizedFlow, AmortizedLowRankNormal
 
     run = writable_run(args.run)
     exp = load(run, args.device or "auto", args.allow_changed_data, args.allow_changed_code)
@@ -276,11 +276,16 @@ def amortization_gap_command(args: argparse.Namespace) -> int:
     key, extra, what = changed_block(exp, "amortization_gap")  # on changed inputs, its own
     kept = with_previous(run.read_metrics(), key)  # earlier results stay
     run.update_metrics(**{key: {**result, **extra}}, **({f"{key}_previous": kept} if kept else {}))
-    if args.family == "normal" and isinstance(exp.guide, AmortizedFlow):
+    if result["local_start"] == "moments":  # a flow's or a low-rank encoder's q (tester DV)
+        own = {AmortizedFlow: "flow", AmortizedLowRankNormal: "lowrank"}
+        own = next((f for t, f in own.items() if isinstance(exp.guide, t)), None)
         print(
-            f"note: the encoder is a flow and the per-{rows[:-1]} guides are Normal (--family "
-            "normal), so the gaps compare two families; --family flow compares like with like"
+            f"note: the encoder's q is not a diagonal Normal and the per-{rows[:-1]} guides "
+            f"are (--family {args.family}), so the gaps compare two families"
+            + (f"; --family {own} compares like with like" if own else "")
         )
+    if result["log_likelihood_proposal"] == "encoder":
+        print("note: log p(x) is the encoder's IWAE, the better proposal here")
     print(f"on {result['num_points']} test {rows} (nats per {rows[:-1]}):")
     print(f"  log p(x), IWAE K={args.iwae_samples}    {result['log_likelihood']:10.3f}")
     print(f"  ELBO, local guides            {result['elbo_local']:10.3f}")

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from pyro_vae.cli import main
 from pyro_vae.guides import AmortizedLowRankNormal
 from tests.pyro_vae.guides import amortized_checks as checks
 
@@ -65,8 +66,16 @@ def test_tensors_stay_on_the_inputs_device():
     checks.check_tensors_stay_on_the_inputs_device(AmortizedLowRankNormal)
 
 
-def test_the_cli_round_trip(tmp_path):
+def test_the_cli_round_trip(tmp_path, capsys):
     checks.check_the_cli_round_trip("pyro_vae.guides:AmortizedLowRankNormal", tmp_path)
+    # the default family (diagonal) cannot hold a low-rank q: said, and the family named
+    # (tester DV: only a flow encoder's run had the note)
+    capsys.readouterr()
+    gap = ["amortization-gap", str(tmp_path / "run"), "--points", "3", "--steps", "2"]
+    assert main([*gap, "--iwae-samples", "5"]) == 0
+    assert "compare two families; --family lowrank compares like with like" in (
+        capsys.readouterr().out
+    )
 
 
 def test_a_conv_encoder_gives_the_same_heads_and_records():
