@@ -207,8 +207,8 @@ def common_scale(
         values = {float(c) for c in scales}
         common = values.pop() / plate_scale if len(values) == 1 else 1.0
         return common if common != 0.0 else 1.0
-    if plate is None:
-        return 1.0  # a joint bound has one multiplier, and these scales are not one number
+    if plate is None:  # a joint bound has one multiplier: where every scale is one number
+        return _one_number(scales)  # (tester DY: a tensor of 1/B everywhere was taken as 1)
     per_site = [_datapoint_scale(site, rank, plate) for site in sites]
     if any(c is None for c in per_site):
         return 1.0
@@ -216,6 +216,21 @@ def common_scale(
     same = torch.stack([c.expand_as(first) == first for c in per_site]).all(0)
     common = torch.where(same & (first != 0), first / plate_scale, torch.ones_like(first))
     return common.reshape(1, -1)
+
+
+def _one_number(scales: list) -> float:
+    """The one value every scale in ``scales`` holds (tensors that hold one value
+    throughout, as ``poutine.scale(torch.full(...))`` makes), else 1.0; 1.0 for 0 too.
+    Reads tensor values: only reached where some scale is a tensor of several elements."""
+    values = set()
+    for c in scales:
+        c = torch.as_tensor(c)
+        low, high = float(c.min()), float(c.max())
+        if low != high:
+            return 1.0
+        values.add(low)
+    common = values.pop() if len(values) == 1 else 1.0
+    return common if common != 0.0 else 1.0
 
 
 def _datapoint_scale(site: dict, rank: int, plate: str) -> torch.Tensor | None:

@@ -18,6 +18,7 @@ marginal log p(x_n | u_s) per datapoint, and ``lp`` the marginal log p(x, u_s)
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from pathlib import Path
@@ -47,7 +48,7 @@ from pyro_vae.plates import (
     find_data_plate,
     refuse_self_subsampling,
 )
-from pyro_vae.pointwise import common_scale, masked_log_prob
+from pyro_vae.pointwise import common_scale, masked_log_prob, outside_plate
 from pyro_vae.site_masks import counted_elements, site_masks
 from pyro_vae.traces import PARTICLES, full_rank, sample_sites, stack_values
 
@@ -263,9 +264,7 @@ def to_inference_data(
         "lp": lp.cpu().numpy()[None],
         "log_q": log_density_per_draw(guide_tr, rank, num_samples).cpu().numpy()[None],
     }
-    # a scale c around model and guide alike weighs the objective: lp − log_q is c times
-    # the log-ratio that PSIS-LOO's weights take (tester DX: elpd 3.1 nats off at c = 1/N)
-    shared = float(common_scale((model_tr, guide_tr), rank, None, 1.0))
+    shared = _shared_scale((model_tr, guide_tr), rank, plate)
     return az.InferenceData(
         attrs=attrs,
         posterior=_dataset(groups["posterior"], attrs, True),
@@ -276,6 +275,24 @@ def to_inference_data(
             stats, attrs={**attrs, "common_scale": shared}, library=pyro
         ),
     )
+
+
+def _shared_scale(traces, rank: int, plate: str) -> float:
+    """The scale c every site of model and guide carries (1.0 where they carry none, or
+    differ between sites: a tempered likelihood stays in the ratios), by which lp − log_q
+    is c times the log-ratio PSIS-LOO's weights take (tester DX: elpd 3.1 nats off at
+    c = 1/N); NaN where each datapoint's sites share a scale of their own, not the same
+    for all (a weight per datapoint around model and guide: tester DY), which no one
+    number divides out of the joint lp − log_q."""
+    shared = float(common_scale(traces, rank, None, 1.0))
+    model_tr, guide_tr = traces
+    globals_ = outside_plate(model_tr, plate) + outside_plate(guide_tr, plate) if plate else []
+    if shared != 1.0 or not plate or globals_:
+        return shared
+    per_datapoint = common_scale(traces, rank, plate, 1.0)
+    if torch.is_tensor(per_datapoint) and per_datapoint.amin() != per_datapoint.amax():
+        return math.nan
+    return shared
 
 
 def save_inference_data(idata, path: str | os.PathLike) -> Path:

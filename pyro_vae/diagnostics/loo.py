@@ -25,6 +25,8 @@ stack, whose ``ELPDData`` ``az.compare`` of 0.23 does not take. The smoothing is
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy.special import logsumexp
 
@@ -53,8 +55,9 @@ def loo_approximate_posterior(idata, var_name: str | None = None, pointwise: boo
 
     Raises:
         ValueError: ``idata`` without ``log_likelihood`` or without ``lp`` and ``log_q``
-            in ``sample_stats``; a ``var_name`` it does not hold, or none where it holds
-            several; fewer than 2 draws.
+            in ``sample_stats``, or whose ``common_scale`` is NaN (a scale per
+            datapoint); a ``var_name`` it does not hold, or none where it holds several;
+            fewer than 2 draws.
     """
     log_lik = _log_likelihood(idata, var_name)  # [S, N]
     stats = getattr(idata, "sample_stats", None)
@@ -66,6 +69,13 @@ def loo_approximate_posterior(idata, var_name: str | None = None, pointwise: boo
         )
     # a poutine.scale(c) around model and guide: lp − log_q is c log r (tester DX)
     shared = float(stats.attrs.get("common_scale", 1.0))
+    if math.isnan(shared):
+        raise ValueError(
+            "idata: sample_stats' common_scale is NaN: model and guide carry a scale per "
+            "datapoint (a poutine.scale of a tensor around both), so lp − log_q is no one "
+            "multiple of log p(x, z_s) / q(z_s | x); run to_inference_data on the pair "
+            "without the weights"
+        )
     log_ratio = (stats["lp"].values - stats["log_q"].values).reshape(-1) / shared  # [S]
     samples, points = log_lik.shape
     if samples < 2:
