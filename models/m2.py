@@ -243,6 +243,9 @@ class M2(ConvertsTiedGuide, PyroModule):
     #: per-rank form under data-parallel training is untested, so that stays refused
     #: (pyro_vae.model_protocol)
     batch_terms = ("classifier",)
+    #: 2 since tester DW: the classifier term per labelled row, α = 0.1·N (1: the batch's
+    #: mean, α = 0.1·|B|); a run of revision 1 is not resumed (pyro_vae.model_protocol)
+    objective_revision = 2
 
     def __init__(
         self,

@@ -25,18 +25,23 @@ Nothing here is required: any Pyro model — a function, a bound method, a ``Pyr
                           ``y`` ``[M]``: ``[M, D]`` (a model that uses labels)
 ``label_metrics(guide,    test-set label metrics, e.g. ``{"test_accuracy": 0.9}``, added
 x, y)``                   to metrics.json beside the ELBO (a model that uses labels)
-``batch_terms``           a class attribute: the names of the model's factors outside the
-                          data plate made from the whole batch's rows (M2's classifier
-                          term, a mean over the batch's labelled rows): data-parallel
-                          training refuses them (each rank would make its own part's)
+``batch_terms``           a class attribute: the names of the model's training-only
+                          factors whose form under data-parallel training is not known
+                          to be a sum over the data plate's rows (M2's classifier term):
+                          data-parallel training refuses them
+``objective_revision``    a class attribute, an integer (1 where none): raised when the
+                          model's training objective changes, so that a run trained with
+                          the old one is not resumed with the new (M2's is 2: its
+                          classifier term was reweighted, tester DY)
 ``recordable = True``     a class attribute: the model has no Python branching on tensor
                           values, so its trace structure is fixed by the batch shape and a
                           run may record its step (:mod:`pyro_vae.estimators.compiled`);
                           a subclass inherits no declaration (it may add such a branch)
 ========================  =================================================================
 
-:func:`offered`, :func:`tied_guide`, :func:`uses_labels`, :func:`batch_terms` and
-:func:`declares_recordable` are the one place the package asks; the protocol classes state
+:func:`offered`, :func:`tied_guide`, :func:`uses_labels`, :func:`batch_terms`,
+:func:`objective_revision` and :func:`declares_recordable` are the one place the package
+asks; the protocol classes state
 the signatures for type checkers and readers.
 """
 
@@ -58,6 +63,7 @@ __all__ = [
     "ModelProtocol",
     "batch_terms",
     "declares_recordable",
+    "objective_revision",
     "offered",
     "tied_guide",
     "uses_labels",
@@ -166,6 +172,12 @@ def uses_labels(model: Any) -> str | None:
             "or None"
         )
     return value
+
+
+def objective_revision(model: Any) -> int:
+    """The model's ``objective_revision`` declaration, 1 where it has none; a bound
+    method's object is asked."""
+    return int(getattr(getattr(model, "__self__", model), "objective_revision", 1))
 
 
 def batch_terms(model: Any) -> tuple[str, ...]:

@@ -96,7 +96,7 @@ from pyro_vae.estimators.compiled import CaptureError, CompiledELBO, path_gradie
 from pyro_vae.evaluate import eval_mode
 from pyro_vae.fit_checkpoint import FitCheckpoint, Resumed
 from pyro_vae.interruptions import raise_if_stopped
-from pyro_vae.model_protocol import batch_terms, uses_labels
+from pyro_vae.model_protocol import batch_terms, objective_revision, uses_labels
 from pyro_vae.plates import DataPlateError, describe_plates
 from pyro_vae.pointwise import outside_plate, outside_plate_message
 from pyro_vae.precision import (
@@ -274,6 +274,7 @@ def _fit(
 ) -> FitResult:  # fmt: skip
     """:func:`fit`, ``run`` held."""
     terms = batch_terms(model)  # training-objective factors beyond the ELBO (M2's α term)
+    revision = objective_revision(model)
     model, guide, config = _beta_from_handlers(model, guide, config)
     config = _tensorboard_if_installed(config, resume)  # resumed without the package: off
     _refuse_bad_arguments(model, guide, elbo, run, resume, resume_state, config)
@@ -292,7 +293,7 @@ def _fit(
     precision = Precision(config.precision, resolve_device(config.device))
     svi = make_svi(pair.model, pair.guide, step_elbo, config.lr, warmup.handler, precision)
     checkpoint = FitCheckpoint(run if group.is_writer else None, pair.weights, svi, elbo, config)
-    start = _start(checkpoint, config.seed, resume, resume_state)
+    start = _start(checkpoint, config.seed, resume, resume_state, revision)
     group.broadcast_params()
     if on_ready is not None:
         on_ready()
@@ -301,7 +302,9 @@ def _fit(
         board = TensorBoardLog.for_fit(run, model, guide, data, pair, batches, start.step)
     step = TrainStep(svi, warmup, DivergenceGuard(pair.weights, run), start.step, board)
     with board or contextlib.nullcontext():  # closed however the fit ends
-        return _train_epochs(step, batches, pair, data, group, checkpoint, start, config, terms)
+        return _train_epochs(
+            step, batches, pair, data, group, checkpoint, start, config, (terms, revision)
+        )
 
 
 def _train_epochs(
@@ -313,15 +316,19 @@ def _train_epochs(
     checkpoint: FitCheckpoint,
     start: Resumed,
     config: TrainConfig,
-    terms: tuple[str, ...] = (),
+    declared: tuple = ((), 1),
 ) -> FitResult:
     """Step 3 of the module docstring, from where ``start`` left off to ``config.epochs``
     or early stopping: each epoch's steps, validation (averaged over the ``group`` of
     ranks), the record of the epoch and the checkpoint; then the best weights put back.
-    ``terms``: the model's ``batch_terms``, factors of its training objective only."""
+    ``declared``: the model's ``batch_terms``, factors of its training objective only,
+    and its ``objective_revision``."""
     result = _new_result(pair, start.history)
     free_bits, groups = _free_bits_of(getattr(step.svi, "elbo", None))
+    terms, revision = declared
     result.objective = _objective(config, free_bits, pair.handler_beta, terms, groups)
+    if revision != 1:  # runs of models that never revised theirs record nothing new
+        result.objective["model_objective_revision"] = revision
     guard, stopping = step.guard, EarlyStopping(config.patience, start.best)
     for epoch in range(start.epoch, config.epochs):
         if stopping.out_of_patience(epoch):
@@ -590,14 +597,28 @@ def _objective(
     }
 
 
-def _start(checkpoint: FitCheckpoint, seed: int, resume: bool, state: dict | None) -> Resumed:
+def _start(
+    checkpoint: FitCheckpoint, seed: int, resume: bool, state: dict | None, revision: int = 1
+) -> Resumed:
     """Where training starts: epoch 0 with every RNG seeded by ``seed``, or, resuming, the
-    checkpoint ``state`` (read from the run folder when not given) put back."""
+    checkpoint ``state`` (read from the run folder when not given) put back, refused where
+    it was trained with another revision of the model's objective than ``revision``."""
     if not resume:
         pyro.set_rng_seed(seed)
         return Resumed(epoch=0, step=0, best=None, history=[])
     if state is None:
         state = checkpoint.run.load_checkpoint(map_location=checkpoint.device)
+    objective = (state.get("fit_info") or {}).get("objective") or {}
+    trained = objective.get("model_objective_revision", 1)
+    if trained != revision:  # tester DY: an M2 run of the old α term resumed on the new one
+        where = checkpoint.run.path if checkpoint.run is not None else "the checkpoint"
+        raise RunFolderError(
+            f"run: {where} was trained with revision {trained} of the model's training "
+            f"objective, and this code's model trains revision {revision} "
+            "(objective_revision; M2's classifier term was reweighted in revision 2); a "
+            "resume would change the objective part way through the run, so it is "
+            "refused, and nothing was changed: start a new run"
+        )
     return checkpoint.restore(state)
 
 

@@ -25,6 +25,7 @@ from pyro.poutine.messenger import Messenger
 
 from models.m2 import M2, M2Guide
 from pyro_vae import TrainConfig, fit, load_data
+from pyro_vae.checkpoint import RunFolder, RunFolderError
 from pyro_vae.cli import main as cli_main
 from pyro_vae.convnets import ConvDecoder, ConvEncoder
 from pyro_vae.estimators import get as get_estimator
@@ -389,6 +390,37 @@ def test_fit_gives_the_classifier_term_the_training_rows_and_labels():
     config = TrainConfig(epochs=1, batch_size=16, progress=False, seed=0)
     fit(model, model.make_guide(), data, get_estimator("enum"), config)
     assert model.given == {(data.num_train, 10)}
+
+
+class _FirstRevision(M2):
+    """M2 as a run written before its objective's revision 2 recorded it."""
+
+    objective_revision = 1
+
+
+def test_a_run_of_the_old_objective_is_not_resumed_on_the_new(tmp_path):
+    # a run trained with the batch-mean α term resumed on the per-row one, no word, the
+    # objective switched part way (tester DY); same weights and options, other revision
+    x, y = _two_halves()
+    data = load_data(x, labels=y).with_labelled_subset(count=10, seed=0)
+    config = TrainConfig(epochs=1, batch_size=32, progress=False, seed=0)
+    run = RunFolder(tmp_path / "run")
+    torch.manual_seed(0)
+    old = _FirstRevision(16, num_classes=2, latent_dim=2, hidden_dims=(4,))
+    fit(old, old.make_guide(), data, get_estimator("enum"), config, run)
+    files = {f.name: f.read_bytes() for f in run.path.iterdir() if f.is_file()}
+    torch.manual_seed(0)
+    new = M2(16, num_classes=2, latent_dim=2, hidden_dims=(4,))
+    later = TrainConfig(epochs=2, batch_size=32, progress=False, seed=0)
+    with pytest.raises(RunFolderError, match=r"revision 1 of the model's training objective"):
+        fit(new, new.make_guide(), data, get_estimator("enum"), later, run, resume=True)
+    assert {f.name: f.read_bytes() for f in run.path.iterdir() if f.is_file()} == files
+    # the new revision's own run records it and resumes
+    run = RunFolder(tmp_path / "new")
+    fit(new, new.make_guide(), data, get_estimator("enum"), config, run)
+    fit(new, new.make_guide(), data, get_estimator("enum"), later, run, resume=True)
+    objective = json.loads(run.file("metrics.json").read_text())["objective"]
+    assert objective["model_objective_revision"] == 2
 
 
 def test_the_command_line_fits_it_and_prints_the_accuracy(tmp_path, capsys):
