@@ -194,6 +194,17 @@ def accepts_keyword(fn, name: str) -> bool:
     return name in params
 
 
+def requires_keyword(fn, name: str) -> bool:
+    """Whether ``fn`` (as :func:`accepts_keyword` reads it) names ``name`` with no
+    default: a call must give it."""
+    if not accepts_keyword(fn, name):
+        return False
+    if isinstance(fn, AutoGuide | _UnderActiveHandler):
+        return requires_keyword(fn.model, name)
+    fn = fn.forward if isinstance(fn, torch.nn.Module) else fn
+    return inspect.signature(fn).parameters[name].default is inspect.Parameter.empty
+
+
 class Minibatched:
     """``fn`` called on a minibatch of a dataset of ``num_data`` rows.
 

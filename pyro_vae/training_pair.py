@@ -50,7 +50,7 @@ from pyro_vae.data_source import TrainingBatches, ValidationSet
 from pyro_vae.evaluate import eval_mode, refuse_uncovered_sites
 from pyro_vae.interruptions import reraise_interruption
 from pyro_vae.likelihoods import check_observations
-from pyro_vae.minibatch import Minibatched, accepts_keyword, align_autoguide
+from pyro_vae.minibatch import Minibatched, align_autoguide, requires_keyword
 from pyro_vae.plates import (
     DataPlateError,
     batch_rows,
@@ -300,10 +300,12 @@ def warn_trained_in_eval_mode(roots: list, modes: list[tuple[torch.nn.Module, bo
 
 
 def _num_data_for(fn, num_data: int | None) -> dict:
-    """``{"num_data": num_data}`` where ``fn`` takes that keyword (as
-    :class:`~pyro_vae.minibatch.Minibatched` passes it), else ``{}``."""
+    """``{"num_data": num_data}`` where ``fn`` requires that keyword (no default), else
+    ``{}``: for the set-up's runs of one batch outside the minibatch handler. Given to a
+    ``pyro.plate("data", num_data or len(x))`` there, N against the batch's rows failed in
+    Pyro's words (tester DY: a PyroModule that trained before modules were given it)."""
     return (
-        {"num_data": num_data} if num_data is not None and accepts_keyword(fn, "num_data") else {}
+        {"num_data": num_data} if num_data is not None and requires_keyword(fn, "num_data") else {}
     )
 
 

@@ -6,6 +6,7 @@ import pyro.poutine as poutine
 import pytest
 import torch
 from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
+from pyro.nn import PyroModule, PyroParam
 
 from models.regression import BayesianRegression
 from models.vae import VAE
@@ -449,3 +450,33 @@ def test_a_local_guide_trains_in_minibatches_and_its_latent_size_is_checked():
     refusal = r"guide: LocalNormal holds 3 latent dimensions of 'z' per datapoint, but the model"
     with pytest.raises(ValueError, match=refusal):
         fit(model, wrong, data, get("trace"), config)
+
+
+class _PlateOfNumData(PyroModule):
+    """Sizes its own plate ``num_data or len(x)``, Pyro's way without subsample=: valid
+    under fit's minibatch handler, which gives the plate its rows."""
+
+    def __init__(self, site_of_x: bool):
+        super().__init__()
+        self.site_of_x, self.given = site_of_x, set()
+        self.loc = PyroParam(torch.zeros(3))
+
+    def forward(self, x, num_data=None):
+        if torch.is_grad_enabled():
+            self.given.add(num_data)
+        with pyro.plate("data", num_data or x.shape[0]):
+            if self.site_of_x:
+                z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 3), 1.0).to_event(1))
+                pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x)
+            else:
+                pyro.sample("z", dist.Normal(self.loc.expand(x.shape[0], 3), 1.0).to_event(1))
+
+
+def test_a_module_sizing_its_plate_by_num_data_trains_in_minibatches():
+    # modules were given num_data from this stop on, and the set-up's run of one batch
+    # outside the minibatch handler then failed in Pyro's words, "1455 vs 100" (tester DY)
+    x = torch.randn(40, 3, generator=torch.Generator().manual_seed(0))
+    model, guide = _PlateOfNumData(True), _PlateOfNumData(False)
+    config = TrainConfig(epochs=1, batch_size=10, progress=False, seed=0)
+    fit(model, guide, TensorData(x), get("trace"), config)
+    assert model.given == guide.given == {40}  # TensorData: every row trains
