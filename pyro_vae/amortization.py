@@ -282,8 +282,11 @@ def _local_guide(model, guide, x: torch.Tensor, family: str):
             h = guide.trunk(x)
             loc, scale = guide.loc_head(h), torch.exp(guide.log_scale_head(h))
             return LocalFlow(loc, scale, h, guide.flows, guide.site), False
-        if q is not None and hasattr(q, "loc") and hasattr(q, "scale"):
-            loc, scale = q.loc, q.scale
+        independent = isinstance(q, torch.distributions.Independent)
+        base = q.base_dist if independent else q
+        # a Laplace's or a Student-t's loc and scale are no Normal's (tester DY)
+        if isinstance(base, torch.distributions.Normal):
+            loc, scale = base.loc, base.scale
             # the site the encoder draws (tester O: "h" was fitted as "z", then refused)
             site = getattr(guide, "site", None)
             if not isinstance(site, str):

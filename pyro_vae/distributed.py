@@ -512,9 +512,10 @@ def refuse_batch_terms(model, world: int) -> None:
     declared = batch_terms(model)
     if world > 1 and declared:
         raise ValueError(
-            f"model: {', '.join(map(repr, declared))} is made from the whole batch's rows "
-            f"(the model's batch_terms), and on {world} ranks each would make its own "
-            "part's, which is not the single-process step; expected one process (the "
+            f"model: {', '.join(map(repr, declared))} is a training term the model declares "
+            "in batch_terms (made from the whole batch's rows, or not known to be a sum "
+            f"over the data plate's rows), and on {world} ranks each would make its own "
+            "part's, which need not be the single-process step; expected one process (the "
             "class declares the term, so options that leave it out, such as M2's alpha=0, "
             "are refused alike)"
         )  # tester CS

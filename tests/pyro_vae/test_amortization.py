@@ -306,3 +306,24 @@ def test_an_encoder_outside_the_local_family_is_named_and_scores_log_p():
     assert result["amortization_gap"] == pytest.approx(-1.963, abs=0.15)
     assert "cannot hold the encoder's q" in result["note"]
     assert "did not converge" not in result["note"]
+
+
+class LaplaceEncoder(ShrunkEncoder):
+    """q(z | x) a Laplace: a loc and a scale, but not a Normal's."""
+
+    site = "z"
+
+    def encode(self, x):
+        q = super().encode(x)
+        return dist.Laplace(q.loc, q.scale)
+
+
+def test_an_encoder_with_a_loc_and_scale_that_is_not_normal_is_outside_the_family():
+    # a Laplace's (loc, scale) were taken for the Normal it is not (tester DY): the local
+    # guides start from the moments of its draws, and the result says so
+    pyro.set_rng_seed(0)
+    x = dist.MultivariateNormal(B, torch.eye(3) * 2).sample((4,))
+    result = amortization_gap(model, LaplaceEncoder(), x, steps=5, iwae_samples=20)
+    assert result["local_start"] == "moments"
+    normal = amortization_gap(model, ShrunkEncoder(), x, steps=5, iwae_samples=20)
+    assert normal["local_start"] == "encoder" and normal["log_likelihood_proposal"] == "local"

@@ -1338,7 +1338,7 @@ def test_the_ranks_fit_nproc_starts_are_marked_as_launched(monkeypatch):
         # tester AB: refused on each rank after both started, two messages and the launcher's
         (
             ["--model", "models.m2:M2", "--estimator", "enum", "--labelled", "100"],
-            "model: 'classifier' is made from the whole batch's rows",
+            "model: 'classifier' is a training term the model declares in batch_terms",
         ),
     ],
 )

@@ -868,7 +868,7 @@ def test_a_term_made_from_the_batch_is_refused_on_several_ranks():
     class Declared(BatchMean):
         batch_terms = ("penalty",)
 
-    with pytest.raises(ValueError, match=r"'penalty' is made from the whole batch's rows"):
+    with pytest.raises(ValueError, match=r"'penalty' is a training term the model declares"):
         _refuse_terms_that_differ_by_rank(Declared().model, pair, batches, same)
     from models.m2 import M2
     from pyro_vae.model_protocol import batch_terms
