@@ -24,6 +24,7 @@ what was expected.
 from __future__ import annotations
 
 import codecs
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,12 @@ from typing import Any
 import numpy as np
 
 ARRAY_SUFFIXES = (".npy", ".npz")
+
+
+class UnreadArraysWarning(UserWarning):
+    """An ``.npz`` holds arrays other than ``x`` and ``y``, which are not read."""
+
+
 LABELS_SUFFIX = ".labels.npy"
 SHAPES = "[N, D], [N, H, W] or [N, C, H, W]"
 _CHANNELS = (1, 3, 4)  # grey, RGB, RGBA: the channel counts a layout is told by
@@ -158,6 +165,16 @@ def _read_npz(path: Path) -> ArrayImages:
             )
         x = _unreadable_as_value_error(path, lambda: archive["x"])
         y = _unreadable_as_value_error(path, lambda: archive.get("y"))
+        unread = sorted(set(archive.files) - {"x", "y"})
+    if unread:  # tester DZ: x_test and y_test, or labels under "labels", dropped unsaid
+        read = "'x' and 'y'" if y is not None else "'x'"
+        warnings.warn(
+            f"data: {path} holds {unread} beside {read}, "
+            "which are not read: the test and validation rows are drawn from 'x', and "
+            "labels are read from 'y' alone",
+            UnreadArraysWarning,
+            stacklevel=3,
+        )
     return from_array(x, y, f"data {path}['x']", (path,), labels_arg=f"data {path}['y']")
 
 

@@ -390,6 +390,13 @@ def _load_idx_directory(name: str, directory: Path) -> RawImages:
                 f"data: {_find_idx(directory, _IDX_FILES[key])} holds {what} pixels ({kind}); "
                 "expected unsigned integer intensities (MNIST's 0..255 unsigned bytes)"
             )
+    for key in ("train_labels", "test_labels"):  # a label of 2.7 was read as 2 (tester DZ)
+        kind = arrays[key].dtype
+        if kind.kind not in "uib":
+            raise IDXFormatError(
+                f"data: {files[key]} holds {kind} labels; expected integer class labels "
+                "(MNIST's unsigned bytes), as arrays and tables are"
+            )
     if arrays["train_images"].dtype != arrays["test_images"].dtype:  # scaled apart (tester CE)
         raise IDXFormatError(
             f"data: {files['train_images']} holds {arrays['train_images'].dtype} pixels and "

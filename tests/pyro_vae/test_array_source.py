@@ -2,7 +2,12 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_vae.array_source import check_images, from_dataset, read_array_file
+from pyro_vae.array_source import (
+    UnreadArraysWarning,
+    check_images,
+    from_dataset,
+    read_array_file,
+)
 from pyro_vae.data import Preprocessing, load_data
 
 IMAGES = np.random.default_rng(0).integers(0, 256, (30, 4, 4), dtype=np.uint8)
@@ -24,6 +29,17 @@ def test_an_npz_is_read_into_memory(tmp_path):
     np.savez(tmp_path / "bad.npz", images=IMAGES)
     with pytest.raises(ValueError, match=r"\['images'\]; expected the images under 'x'.*memory"):
         read_array_file(str(tmp_path / "bad.npz"))
+
+
+def test_arrays_of_an_npz_that_are_not_read_are_named(tmp_path):
+    # x_test and y_test beside x and y were dropped unsaid, the test rows drawn from x
+    # (tester DZ)
+    np.savez(tmp_path / "d.npz", x=IMAGES, y=np.zeros(30, np.int8), x_test=IMAGES[:5])
+    with pytest.warns(UnreadArraysWarning, match=r"holds \['x_test'\] beside 'x' and 'y'"):
+        read_array_file(str(tmp_path / "d.npz"))
+    np.savez(tmp_path / "l.npz", x=IMAGES, labels=np.zeros(30, np.int8))
+    with pytest.warns(UnreadArraysWarning, match=r"holds \['labels'\] beside 'x', which"):
+        assert not read_array_file(str(tmp_path / "l.npz")).labelled
 
 
 def test_integer_pixels_other_than_uint8_take_their_largest_value_as_full():

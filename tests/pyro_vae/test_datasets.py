@@ -154,6 +154,14 @@ def test_idx_files_of_two_pixel_types_or_of_zeros_alone_are_refused_in_words(tmp
         load_data(f"idx:{directory}", Preprocessing("gaussian"))
 
 
+def test_idx_labels_of_floats_are_refused_as_arrays_are(tmp_path):
+    # a float label file's 2.7 was read as class 2 and −0.9 as 0, no word (tester DZ)
+    directory = _write_idx_dataset(tmp_path / "floats", gz=False)
+    write_idx(directory / "train-labels-idx1-ubyte", np.full(30, 2.7, np.float32))
+    with pytest.raises(ValueError, match=r"train-labels-idx1-ubyte holds float32 labels"):
+        load_data(f"idx:{directory}")
+
+
 def test_a_table_is_named_by_the_kind_that_reads_it():
     from pyro_vae.datasets import names_a_table
 
