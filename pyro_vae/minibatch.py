@@ -178,31 +178,30 @@ def accepts_keyword(fn, name: str) -> bool:
     hands its arguments to the model, so it takes ``name`` when its model does. A torch
     module is read by its ``forward``.
     """
-    if isinstance(fn, AutoGuide):
-        return accepts_keyword(fn.model, name)
-    if isinstance(fn, _UnderActiveHandler):
-        return accepts_keyword(fn.model, name)
+    return _keyword(fn, name) is not None
+
+
+def requires_keyword(fn, name: str) -> bool:
+    """Whether ``fn`` (as :func:`accepts_keyword` reads it) names ``name`` with no
+    default: a call must give it."""
+    parameter = _keyword(fn, name)
+    return parameter is not None and parameter.default is inspect.Parameter.empty
+
+
+def _keyword(fn, name: str) -> inspect.Parameter | None:
+    """The parameter ``name`` of the callable whose signature ``fn``'s calls follow (an
+    autoguide's or a re-entering handler's model; a module's ``forward``), or None."""
+    while isinstance(fn, AutoGuide | _UnderActiveHandler):
+        fn = fn.model
     if isinstance(fn, torch.nn.Module):
         # a module's signature is its __call__'s, (*args, **kwargs); forward names its
         # keywords (tester DW: no PyroModule model or guide was ever given num_data, and
         # M2's α = 0.1·N came out 0.1·|B|)
         fn = fn.forward
     try:
-        params = inspect.signature(fn).parameters
+        return inspect.signature(fn).parameters.get(name)
     except (TypeError, ValueError):
-        return False
-    return name in params
-
-
-def requires_keyword(fn, name: str) -> bool:
-    """Whether ``fn`` (as :func:`accepts_keyword` reads it) names ``name`` with no
-    default: a call must give it."""
-    if not accepts_keyword(fn, name):
-        return False
-    if isinstance(fn, AutoGuide | _UnderActiveHandler):
-        return requires_keyword(fn.model, name)
-    fn = fn.forward if isinstance(fn, torch.nn.Module) else fn
-    return inspect.signature(fn).parameters[name].default is inspect.Parameter.empty
+        return None
 
 
 class Minibatched:
