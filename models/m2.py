@@ -239,10 +239,10 @@ class M2(ConvertsTiedGuide, PyroModule):
     """
 
     uses_labels = "partial"
-    #: the classifier term: a sum over the data plate's rows since tester DW, but its
-    #: per-rank form under data-parallel training is untested, so that stays refused
-    #: (pyro_vae.model_protocol)
-    batch_terms = ("classifier",)
+    #: the classifier term, of the training objective only (pyro_vae.model_protocol): a
+    #: term of each row of the data plate since tester DW, with N_l given by fit, so
+    #: data-parallel training takes it (the ranks' gradient is one process's: tested)
+    training_terms = ("classifier",)
     #: 2 since tester DW: the classifier term per labelled row, α = 0.1·N (1: the batch's
     #: mean, α = 0.1·|B|); a run of revision 1 is not resumed (pyro_vae.model_protocol)
     objective_revision = 2

@@ -13,7 +13,11 @@ A data source supplies
   observations to ``check`` (the likelihood's test, :func:`pyro_vae.likelihoods.
   check_observations`) in chunks;
 - ``validation_set(local_guide, check)``: its validation protocol, a
-  :class:`ValidationSet`.
+  :class:`ValidationSet`;
+- optionally ``keywords``: counts of the whole training set that a model or guide naming
+  them is given with each batch (a labelled source's ``num_labelled``,
+  :class:`pyro_vae.minibatch.Minibatched`); :class:`TrainingBatches` reads them, and
+  :class:`ShardedSource` passes its source's on, so every rank is given the whole set's.
 
 :class:`pyro_vae.data.DataSplits` (images, validated per datapoint on held-out rows) and
 :class:`pyro_vae.tensor_data.TensorData` (tensors for models with global latents,
@@ -100,6 +104,7 @@ class TrainingBatches:
 
     Attributes:
         data: the source; ``num_data``: N; ``steps_per_epoch``: batches per epoch.
+        keywords: the source's ``keywords`` (module docstring), ``{}`` where it has none.
         divisor: what turns a loss into the reported ELBO (N per datapoint, else 1).
         first_rows, first_batch: epoch 0's first ``(rows, args)``.
 
@@ -116,6 +121,7 @@ class TrainingBatches:
             )
         self.data, self.batch_size, self.seed, self.drop_last = data, batch_size, seed, drop_last
         self.num_data = data.num_train
+        self.keywords = dict(getattr(data, "keywords", None) or {})
         self.steps_per_epoch = data.steps_per_epoch(batch_size, drop_last)
         self.divisor = float(self.num_data) if data.per_datapoint else 1.0
         self.first_rows, self.first_batch = next(iter(self.of_epoch(0)))
@@ -164,6 +170,13 @@ class ShardedSource:
     @property
     def num_train(self) -> int:
         return self.data.num_train
+
+    @property
+    def keywords(self) -> dict:
+        """The wrapped source's whole-set counts (module docstring), the same on every
+        rank: a rank's part of the batch is scaled to the whole set's, not to its own
+        (M2's classifier term fell back to its part's count of labels without them)."""
+        return dict(getattr(self.data, "keywords", None) or {})
 
     def steps_per_epoch(self, batch_size: int, drop_last: bool = False) -> int:
         return self.data.steps_per_epoch(batch_size, drop_last)

@@ -25,10 +25,15 @@ Nothing here is required: any Pyro model — a function, a bound method, a ``Pyr
                           ``y`` ``[M]``: ``[M, D]`` (a model that uses labels)
 ``label_metrics(guide,    test-set label metrics, e.g. ``{"test_accuracy": 0.9}``, added
 x, y)``                   to metrics.json beside the ELBO (a model that uses labels)
-``batch_terms``           a class attribute: the names of the model's training-only
-                          factors whose form under data-parallel training is not known
-                          to be a sum over the data plate's rows (M2's classifier term):
-                          data-parallel training refuses them
+``training_terms``        a class attribute: the names of the model's factors of the
+                          training objective only (M2's classifier term): the fit's
+                          objective names them, and its train estimate is called the
+                          training objective, not the ELBO
+``batch_terms``           a class attribute: the names of training-only factors whose
+                          form under data-parallel training is not known to be a sum
+                          over the data plate's rows (made from the batch's rows as a
+                          whole): data-parallel training refuses them; they are training
+                          terms too
 ``objective_revision``    a class attribute, an integer (1 where none): raised when the
                           model's training objective changes, so that a run trained with
                           the old one is not resumed with the new (M2's is 2: its
@@ -39,10 +44,10 @@ x, y)``                   to metrics.json beside the ELBO (a model that uses lab
                           a subclass inherits no declaration (it may add such a branch)
 ========================  =================================================================
 
-:func:`offered`, :func:`tied_guide`, :func:`uses_labels`, :func:`batch_terms`,
-:func:`objective_revision` and :func:`declares_recordable` are the one place the package
-asks; the protocol classes state
-the signatures for type checkers and readers.
+:func:`offered`, :func:`tied_guide`, :func:`uses_labels`, :func:`training_terms`,
+:func:`batch_terms`, :func:`objective_revision` and :func:`declares_recordable` are the one
+place the package asks; the protocol classes state the signatures for type checkers and
+readers.
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ __all__ = [
     "objective_revision",
     "offered",
     "tied_guide",
+    "training_terms",
     "uses_labels",
 ]
 
@@ -184,6 +190,15 @@ def batch_terms(model: Any) -> tuple[str, ...]:
     """The model's ``batch_terms`` declaration (names of factors made from the whole
     batch's rows), or ``()``; a bound method's object is asked."""
     return tuple(getattr(getattr(model, "__self__", model), "batch_terms", ()) or ())
+
+
+def training_terms(model: Any) -> tuple[str, ...]:
+    """The names of the model's factors of the training objective only: its
+    ``training_terms``, then those of its ``batch_terms`` not among them, or ``()``; a
+    bound method's object is asked."""
+    owner = getattr(model, "__self__", model)
+    declared = tuple(getattr(owner, "training_terms", ()) or ())
+    return declared + tuple(t for t in batch_terms(model) if t not in declared)
 
 
 def declares_recordable(fn: Any) -> bool:

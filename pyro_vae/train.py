@@ -96,7 +96,7 @@ from pyro_vae.estimators.compiled import CaptureError, CompiledELBO, path_gradie
 from pyro_vae.evaluate import eval_mode
 from pyro_vae.fit_checkpoint import FitCheckpoint, Resumed
 from pyro_vae.interruptions import raise_if_stopped
-from pyro_vae.model_protocol import batch_terms, objective_revision, uses_labels
+from pyro_vae.model_protocol import objective_revision, training_terms, uses_labels
 from pyro_vae.plates import DataPlateError, describe_plates
 from pyro_vae.pointwise import outside_plate, outside_plate_message
 from pyro_vae.precision import (
@@ -273,7 +273,7 @@ def _fit(
     evaluated_per_datapoint,
 ) -> FitResult:  # fmt: skip
     """:func:`fit`, ``run`` held."""
-    terms = batch_terms(model)  # training-objective factors beyond the ELBO (M2's α term)
+    terms = training_terms(model)  # training-objective factors beyond the ELBO (M2's α)
     revision = objective_revision(model)
     model, guide, config = _beta_from_handlers(model, guide, config)
     config = _tensorboard_if_installed(config, resume)  # resumed without the package: off
@@ -321,7 +321,7 @@ def _train_epochs(
     """Step 3 of the module docstring, from where ``start`` left off to ``config.epochs``
     or early stopping: each epoch's steps, validation (averaged over the ``group`` of
     ranks), the record of the epoch and the checkpoint; then the best weights put back.
-    ``declared``: the model's ``batch_terms``, factors of its training objective only,
+    ``declared``: the model's ``training_terms``, factors of its training objective only,
     and its ``objective_revision``."""
     result = _new_result(pair, start.history)
     free_bits, groups = _free_bits_of(getattr(step.svi, "elbo", None))
@@ -577,7 +577,7 @@ def _objective(
 ) -> dict[str, Any]:
     """What training optimized, for metrics.json, and what the ELBOs reported measure.
     ``beta``: config.beta times ``handler_beta``, the β of handlers inside the pair;
-    ``terms``: the model's factors of the training objective only (its ``batch_terms``:
+    ``terms``: the model's factors of the training objective only (its ``training_terms``:
     tester BP, M2's "train ELBO" held its α term, −202 against a validation ELBO of −42
     at α = 10⁵, and was printed and kept as an ELBO); ``groups``: the free bits' groups,
     recorded where given (tester CN: two runs' objectives differed by them, unsaid)."""
@@ -836,10 +836,10 @@ def _refuse_terms_that_differ_by_rank(
     synchronized loss Σ_r (b_r/B)·L_r is the single-process loss on the whole batch only
     where each rank's terms outside the plate are the batch's (G_r = G,
     :mod:`pyro_vae.distributed`), as a global latent's prior and q are. A term made from
-    the batch's rows is not: M2's classifier term, α times the mean log q(y | x) over the
-    batch's labelled rows, was each rank's own half-batch's mean (0 where it held no label),
-    and the classifier trained at about 0.75 of its weight, silently (tester AA). A model
-    that declares such terms (its ``batch_terms``, as M2 does:
+    the batch's rows is not: M2's classifier term, when it was α times the mean log q(y | x)
+    over the batch's labelled rows, was each rank's own half-batch's mean (0 where it held
+    no label), and the classifier trained at about 0.75 of its weight, silently (tester AA;
+    it is a term of each row now). A model that declares such terms (its ``batch_terms``:
     :func:`pyro_vae.model_protocol.batch_terms`) is refused outright: a mean over a few
     labelled rows is often 0 on every rank's part of one batch. Otherwise each rank runs
     the pair once on its part of the first batch, on a forked random stream, each site

@@ -134,9 +134,9 @@ class TrainingPair:
                 "sites in pyro.plate(..., len(x))"
             )
         align_autoguide(guide, plate, dim, n)
-        keywords = getattr(source.data, "keywords", None)  # a labelled source's num_labelled
-        wrapped_model = Minibatched(model, plate, n, keywords)
-        wrapped_guide = Minibatched(guide, plate, n, keywords)
+        # a labelled source's num_labelled, the whole set's on every rank
+        wrapped_model = Minibatched(model, plate, n, source.keywords)
+        wrapped_guide = Minibatched(guide, plate, n, source.keywords)
         kwargs = {"subsample": rows} if plate is not None else {}
         weights = PairWeights(wrapped_model, wrapped_guide, args, kwargs, seed=config.seed)
         local = plate is not None and has_per_datapoint_parameters(

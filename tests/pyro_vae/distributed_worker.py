@@ -140,6 +140,29 @@ def gradients(rank: int, world: int) -> dict[str, torch.Tensor]:
     return {"loss": torch.tensor(loss), **{store.param_name(p): p.grad for p in params}}
 
 
+def m2_train(rank: int, world: int) -> dict[str, torch.Tensor]:
+    """M2's weights (model and guide) after 2 epochs of ``enum`` (global batch 8 of 32
+    rows, 4 of them labelled), noise aligned as for rank ``rank`` of ``world``. Its
+    classifier term is a term of each labelled row, with N_l given by fit (tester DW), so
+    the ranks' step is one process's, where each rank's own mean over its part's labelled
+    rows was not (tester AA)."""
+    from models.m2 import M2
+    from pyro_vae import load_data
+
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    x = torch.rand(ROWS, FEATURES, generator=torch.Generator().manual_seed(4)).round()
+    data = load_data(x.numpy(), labels=(torch.arange(ROWS) % 2).numpy(), val_fraction=0.0)
+    data = data.with_labelled_subset(count=4, seed=0)
+    model = M2(FEATURES, num_classes=2, latent_dim=LATENT, hidden_dims=(6,), alpha=5.0)
+    config = TrainConfig(epochs=2, batch_size=BATCH, lr=0.05, progress=False, val_samples=2)
+    guide = model.make_guide()
+    with aligned_noise(rank, world):
+        fit(model, guide, data, estimators.get("enum"), config)
+    weights = {f"model.{k}": v for k, v in model.state_dict().items()}
+    return {**weights, **{f"guide.{k}": v for k, v in guide.state_dict().items()}}
+
+
 class TwoEncoders(TinyVAE):
     """TinyVAE with a BatchNorm in its encoder, and a second such encoder that rank 1
     alone calls (``by_rank``): the ranks then call different networks."""
@@ -228,6 +251,7 @@ def main(out: Path) -> None:
         assert current().world == group.world > 1
         weights = {name: train(name, group.rank, group.world) for name in CASES}
         weights["gradients"] = gradients(group.rank, group.world)
+        weights["m2"] = m2_train(group.rank, group.world)
         weights["start"] = autoguide_start()
         weights["batchnorm"] = batchnorm_buffers()
         weights["batchnorm_by_rank"] = batchnorm_buffers(by_rank=True)

@@ -1335,11 +1335,6 @@ def test_the_ranks_fit_nproc_starts_are_marked_as_launched(monkeypatch):
         ),
         # tester AA: each rank decided on its half-batch, free bits at batch size B/2
         (["--free-bits", "0.5"], "free_bits: 0.5 decides per batch which latent sites"),
-        # tester AB: refused on each rank after both started, two messages and the launcher's
-        (
-            ["--model", "models.m2:M2", "--estimator", "enum", "--labelled", "100"],
-            "model: 'classifier' is a training term the model declares in batch_terms",
-        ),
     ],
 )
 def test_what_ranks_cannot_train_is_refused_before_any_process_starts(
@@ -1350,6 +1345,24 @@ def test_what_ranks_cannot_train_is_refused_before_any_process_starts(
     out = tmp_path / "r"
     assert main(["fit", "--nproc", "2", *flags, "--out", str(out)]) == 2
     err = capsys.readouterr().err
+    assert words in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_a_model_declaring_batch_terms_is_refused_before_any_process_starts(
+    monkeypatch, tmp_path, capsys
+):
+    # tester AB: refused on each rank after both started, two messages and the launcher's
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr("pyro_vae.cli.launch", lambda argv, n: pytest.fail("launched"))
+    (tmp_path / "batch_made.py").write_text(
+        "from models.vae import VAE\n\n\nclass BatchMade(VAE):\n    batch_terms = ('penalty',)\n"
+    )
+    out = tmp_path / "r"
+    spec = f"{tmp_path / 'batch_made.py'}:BatchMade"
+    assert main(["fit", "--nproc", "2", "--model", spec, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    words = "model: 'penalty' is a training term the model declares in batch_terms"
     assert words in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists()
 

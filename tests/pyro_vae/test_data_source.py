@@ -124,6 +124,21 @@ def test_sharded_batches_are_the_ranks_slices_of_the_same_global_batches():
         ShardedSource(TensorData(x), 2, 2)
 
 
+def test_every_rank_is_given_the_whole_set_s_count_of_labels():
+    """M2's classifier term divides by N_l, the training rows whose labels are observed:
+    a rank's source gave none, and the term fell back to its part's own count."""
+    from pyro_vae.labels import LabelledSource
+
+    data = load_data("digits", Preprocessing("bernoulli")).with_labelled_subset(count=30)
+    labelled = int(data.train_observed.sum())  # counted here, not by the source
+    assert labelled == 30
+    for rank in range(2):
+        shard = ShardedSource(LabelledSource(data), rank, 2)
+        assert shard.keywords == {"num_labelled": labelled}
+        assert TrainingBatches(shard, 64, seed=0).keywords == {"num_labelled": labelled}
+    assert TrainingBatches(ShardedSource(TensorData(torch.randn(5, 2)), 0, 2), 2, 0).keywords == {}
+
+
 def test_held_out_validation_is_split_and_the_others_are_not():
     data = load_data("digits", Preprocessing("bernoulli"))
     shards = [ShardedSource(data, rank, 2) for rank in range(2)]

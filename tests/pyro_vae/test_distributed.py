@@ -28,7 +28,14 @@ from pyro_vae.distributed import (
     evaluation_seed,
     session,
 )
-from tests.pyro_vae.distributed_worker import CASES, TinyVAE, autoguide_start, gradients, train
+from tests.pyro_vae.distributed_worker import (
+    CASES,
+    TinyVAE,
+    autoguide_start,
+    gradients,
+    m2_train,
+    train,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,6 +72,7 @@ def test_two_ranks_take_the_single_process_steps_and_resume_exactly(tmp_path, on
     ranks = _ranks(["-m", "tests.pyro_vae.distributed_worker", str(tmp_path)])
     expected = {name: train(name, rank=0, world=1) for name in CASES}  # meanwhile, here
     expected["gradients"] = gradients(rank=0, world=1)
+    expected["m2"] = m2_train(rank=0, world=1)  # M2's classifier term on two ranks (tester AA)
     # parameters made from the first batch (an AutoDelta's init_to_median, a pyro.param of
     # the data's mean) were made from rank 0's part of it, then broadcast: the same start
     # on every rank, but not one process's
@@ -75,7 +83,7 @@ def test_two_ranks_take_the_single_process_steps_and_resume_exactly(tmp_path, on
         assert got["start"].keys() == start.keys() >= {"shift", "AutoDelta.z"}
         for key, value in start.items():
             assert torch.equal(got["start"][key], value), key
-        for name in [*CASES, "gradients"]:
+        for name in [*CASES, "gradients", "m2"]:
             assert got[name].keys() == expected[name].keys()
             for key, value in expected[name].items():
                 torch.testing.assert_close(got[name][key], value, rtol=1e-5, atol=1e-6)

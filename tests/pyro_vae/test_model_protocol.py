@@ -53,6 +53,20 @@ def test_the_shipped_models_satisfy_the_parts_they_offer():
     assert isinstance(autoencoder, Encodes) and isinstance(autoencoder, Decodes)
 
 
+def test_training_terms_are_the_declared_ones_then_the_batch_terms():
+    from pyro_vae.model_protocol import batch_terms, training_terms
+
+    class Model:
+        training_terms = ("a",)
+        batch_terms = ("b", "a")
+
+        def model(self, x):
+            pass
+
+    assert training_terms(Model().model) == ("a", "b")  # a bound method's object is asked
+    assert batch_terms(Model) == ("b", "a") and training_terms(object()) == ()
+
+
 def test_a_recordable_declaration_belongs_to_the_class_that_makes_it():
     class UserVAE(VAE):  # may add a branch on a value: must declare again
         pass

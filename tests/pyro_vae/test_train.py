@@ -871,9 +871,11 @@ def test_a_term_made_from_the_batch_is_refused_on_several_ranks():
     with pytest.raises(ValueError, match=r"'penalty' is a training term the model declares"):
         _refuse_terms_that_differ_by_rank(Declared().model, pair, batches, same)
     from models.m2 import M2
-    from pyro_vae.model_protocol import batch_terms
+    from pyro_vae.model_protocol import batch_terms, training_terms
 
-    assert batch_terms(M2(x_dim=4, latent_dim=2, hidden_dims=(4,))) == ("classifier",)
+    m2 = M2(x_dim=4, latent_dim=2, hidden_dims=(4,))  # a term of each row: ranks take it
+    assert batch_terms(m2) == () and training_terms(m2) == ("classifier",)
+    assert training_terms(Declared().model) == ("penalty",)  # a batch term trains only
 
 
 def test_sites_outside_the_plate_draw_alike_on_parts_of_different_sizes():
