@@ -298,8 +298,11 @@ def _fit(
     if on_ready is not None:
         on_ready()
     board = None  # TensorBoard's event files (pyro_vae.tensorboard_log), from rank 0
-    if config.tensorboard and group.is_writer:
-        board = TensorBoardLog.for_fit(run, model, guide, data, pair, batches, start.step)
+    if config.tensorboard and group.is_writer:  # of the whole data, not rank 0's shard
+        # (tester EA: its ELBO terms were rank 0's half of the validation rows', and did
+        # not add up to the val_elbo logged beside them, the mean over the ranks)
+        whole_data = on_device(whole, resolve_device(config.device))
+        board = TensorBoardLog.for_fit(run, model, guide, whole_data, pair, batches, start.step)
     step = TrainStep(svi, warmup, DivergenceGuard(pair.weights, run), start.step, board)
     with board or contextlib.nullcontext():  # closed however the fit ends
         return _train_epochs(

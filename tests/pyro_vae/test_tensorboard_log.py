@@ -224,6 +224,51 @@ def test_only_rank_0_writes(digits, tmp_path, monkeypatch):
     assert not (tmp_path / "run" / "tensorboard").exists()
 
 
+DELTA_VAE = """
+import pyro, pyro.distributions as dist
+from torch import nn
+
+
+class DeltaVAE(nn.Module):
+    def __init__(self, x_dim=64, latent_dim=2):
+        super().__init__()
+        self.k, self.enc = latent_dim, nn.Linear(x_dim, latent_dim)
+        self.dec = nn.Linear(latent_dim, x_dim)
+
+    def model(self, x):
+        pyro.module("dec", self.dec)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0], self.k), 1.0).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=self.dec(z)).to_event(1), obs=x)
+
+    def guide(self, x):
+        pyro.module("enc", self.enc)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Delta(self.enc(x)).to_event(1))
+
+    def make_guide(self):
+        return self.guide
+"""
+
+
+@pytest.mark.slow
+def test_on_two_ranks_the_elbo_terms_are_the_whole_validation_set_s(tmp_path):
+    """Tester EA: on two ranks the ELBO's terms were rank 0's half of the validation rows',
+    and did not add up to the val_elbo logged beside them (the mean over the ranks). With
+    a point-mass guide the terms are exact: log-likelihood − KL is the ELBO, on the
+    digits' 162 validation rows (fewer than TERM_ROWS)."""
+    (tmp_path / "delta_vae.py").write_text(DELTA_VAE)
+    run = tmp_path / "run"
+    flags = ["--model", f"{tmp_path / 'delta_vae.py'}:DeltaVAE", "--data", "digits"]
+    flags += ["--epochs", "2", "--batch-size", "50", "--no-progress", "--ll-samples", "0"]
+    assert main(["fit", *flags, "--tensorboard", "--nproc", "2", "--out", str(run)]) == 0
+    events = _events(run)
+    terms = [events.Scalars(f"epoch/{t}") for t in ("log_likelihood", "kl", "val_elbo")]
+    assert len(terms[0]) == 2
+    for ll, kl, elbo in zip(*terms, strict=True):
+        assert ll.value - kl.value == pytest.approx(elbo.value, abs=1e-4)
+
+
 def test_the_cli_flag_goes_into_config_json_and_resume_turns_it_on(tmp_path, monkeypatch):
     monkeypatch.setattr("pyro_vae.cli.write_figures", lambda *args, **kwargs: ([], {}))
     fast = ["--latent-dim", "2", "--hidden", "16", "--no-progress", "--ll-samples", "5"]
