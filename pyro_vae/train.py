@@ -286,7 +286,7 @@ def _fit(
     first = _whole_first_batch(whole, group, config)
     pair = TrainingPair.set_up(model, guide, batches, config, first)
     _refuse_what_cannot_train(elbo, model, pair, batches, group, evaluated_per_datapoint)
-    elbo = _estimator_ready_to_train(elbo, pair, batches, config)
+    elbo = _estimator_ready_to_train(elbo, pair, batches, config, first)
     warmup = KLWarmup(config.kl_warmup_epochs, batches.steps_per_epoch, config.beta)
     modules = pair.weights.modules()
     step_elbo = SynchronizedELBO(elbo, group, modules) if group.world > 1 else elbo
@@ -738,12 +738,13 @@ def _log_epoch(record: dict[str, Any], config, plain: bool = True, kind=None) ->
 
 
 def _estimator_ready_to_train(
-    elbo: ELBO, pair: TrainingPair, batches: TrainingBatches, config
+    elbo: ELBO, pair: TrainingPair, batches: TrainingBatches, config, first=None
 ) -> ELBO:
     """``elbo`` as training runs it, once its refusals have passed: recorded
     (:class:`~pyro_vae.estimators.compiled.CompiledELBO`) with ``config.compile``, and with
     its plate nesting found before the first step. Its runs of model and guide are not
-    training steps: a BatchNorm's running statistics are put back after them."""
+    training steps: a BatchNorm's running statistics are put back after them. ``first``:
+    on several ranks, the whole first batch (:func:`_whole_first_batch`)."""
     with buffers_kept(pair.weights.modules()):
         with modules_run() as networks:
             model_trace, guide_trace = _first_traces(pair, batches)
@@ -756,7 +757,7 @@ def _estimator_ready_to_train(
             refuse_guide_only_latents(model_trace, guide_trace)
         _refuse_per_row_baselines_with_a_partial_batch(elbo, guide_trace, batches, config)
         _refuse_unenumerated_sites(elbo, model_trace, guide_trace)
-        _dry_loss(elbo, pair, batches)
+        _dry_loss(elbo, pair, batches, first)
         if config.compile:
             elbo = CompiledELBO(elbo, config.compile_backend)
             # recorded now, so a step that cannot be is refused before anything is written
@@ -899,11 +900,38 @@ class _SeededOutside(Messenger):
             torch.manual_seed(zlib.crc32(msg["name"].encode()))
 
 
-def _dry_loss(elbo: ELBO, pair: TrainingPair, batches: TrainingBatches) -> None:
+def _dry_loss(elbo: ELBO, pair: TrainingPair, batches: TrainingBatches, first=None) -> None:
     """One loss of ``elbo`` on the first batch, on a forked random stream: the estimator's
-    own refusals (a non-reparameterizable site for ``iwae``, ...) before the first step."""
+    own refusals (a non-reparameterizable site for ``iwae``, ...) before the first step.
+
+    ``first``: on several ranks, the whole first batch ``(args, rows)``. A plate refusal
+    of this rank's part that the whole batch passes is the ranks' doing, and says so: a
+    multi-sample bound with global latents, each step's batch the whole data, was told to
+    use the whole data in each step (tester EA), as it did; each rank's part of it is a
+    minibatch of the data."""
+    try:
+        _one_loss(elbo, pair, batches.first_batch, batches.first_rows)
+    except DataPlateError as error:
+        if first is None:
+            raise
+        try:
+            _one_loss(elbo, pair, *first)
+        except DataPlateError:
+            raise error from None
+        reason = str(error).split(" Use the whole data in each step", 1)[0]
+        raise DataPlateError(
+            f"{reason} Each step's batch of {len(first[1])} rows is the whole data here, "
+            f"which one process takes whole, but on {current().world} ranks each scores its "
+            "part of it as a minibatch; expected one process (no --nproc or torchrun) for "
+            "this bound, or a single-sample ELBO (trace, score, or enum for a discrete site)"
+        ) from None
+
+
+def _one_loss(elbo: ELBO, pair: TrainingPair, args: tuple, rows: torch.Tensor) -> None:
+    """``elbo``'s loss of the pair on ``args`` (rows ``rows``), on a forked random stream,
+    nothing recorded or stored."""
     with torch.random.fork_rng(devices=[]), torch.no_grad(), poutine.block():
-        elbo.loss(pair.model, pair.guide, *batches.first_batch, subsample=batches.first_rows)
+        elbo.loss(pair.model, pair.guide, *args, subsample=rows)
 
 
 def _keeps_one_baseline_per_batch_row(elbo: ELBO) -> bool:

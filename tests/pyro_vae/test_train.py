@@ -839,6 +839,43 @@ def _pair_and_batches(model, guide):
     return TrainingPair.set_up(model, guide, batches, TrainConfig(batch_size=10)), batches
 
 
+def test_a_bound_refused_only_for_the_ranks_split_says_so(monkeypatch):
+    """Tester EA: IWAE with a global latent, each step's batch the whole data, was refused
+    on two ranks with the advice to use the whole data in each step, as it did; each
+    rank's part of the batch is a minibatch of the data."""
+    from types import SimpleNamespace
+
+    from pyro_vae.data_source import ShardedSource, TrainingBatches
+    from pyro_vae.plates import DataPlateError
+    from pyro_vae.train import _dry_loss
+    from pyro_vae.training_pair import TrainingPair
+
+    def model(x):
+        b = pyro.sample("b", pyro.distributions.Normal(0.0, 3.0))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", pyro.distributions.Normal(b, 1.0), obs=x)
+
+    def guide(x):
+        pyro.sample("b", pyro.distributions.Normal(pyro.param("m", torch.tensor(0.0)), 1.0))
+
+    x = torch.randn(10)
+    whole = TrainingBatches(TensorData(x), 10, seed=0)
+    part = TrainingBatches(ShardedSource(TensorData(x), 0, 2), 10, seed=0)
+    first = (whole.first_batch, whole.first_rows)
+    pair = TrainingPair.set_up(model, guide, part, TrainConfig(batch_size=10), first)
+    iwae = get_estimator("iwae", num_particles=4)
+    _dry_loss(iwae, pair, whole)  # one process takes the whole data
+    monkeypatch.setattr("pyro_vae.train.current", lambda: SimpleNamespace(world=2))
+    split = r"\(scale 2\).* Each step's batch of 10 rows is the whole data here, .* on 2 ranks"
+    with pytest.raises(DataPlateError, match=split + r".*expected one process") as refused:
+        _dry_loss(iwae, pair, part, first)
+    assert "Use the whole data" not in str(refused.value)
+    minibatch = TrainingBatches(ShardedSource(TensorData(x), 0, 2), 4, seed=0)
+    first = (TrainingBatches(TensorData(x), 4, seed=0).first_batch, first[1][:4])
+    with pytest.raises(DataPlateError, match="Use the whole data in each step"):
+        _dry_loss(iwae, pair, minibatch, first)  # a minibatch in one process too
+
+
 def test_a_term_made_from_the_batch_is_refused_on_several_ranks():
     """Tester AA: M2's classifier term, a mean over the batch's labelled rows outside the
     data plate, was each rank's own part's on --nproc 2 (0 where it held no label), and the
