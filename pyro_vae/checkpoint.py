@@ -464,6 +464,13 @@ class RunFolder:
                     f"written: train it again, `pyro-vae fit --out {self.path} --restart` with "
                     "a smaller --lr (or --kl-warmup EPOCHS)"
                 )
+        if not any(self.file(n).exists() for n in (CONFIG, METRICS, CHECKPOINT, ".lock")):
+            # no fit ever started here (tester EC: a folder that was never a run was asked
+            # whether its training had been interrupted)
+            return (
+                f"it holds none of a run's files ({CONFIG}, {METRICS}, {CHECKPOINT}), so it "
+                "is not a run folder; expected the --out folder of a fit"
+            )
         return (
             "it is not a complete run folder (was training interrupted before its first "
             "epoch ended?)"

@@ -76,8 +76,13 @@ def test_pickled_objects_are_refused(tmp_path):
 def test_missing_corrupt_and_foreign_run_folders(tmp_path):
     with pytest.raises(RunFolderError, match="is not a directory"):
         RunFolder(tmp_path / "nope").read_config()
+    never = r"has no config.json; it holds none of a run's files .* so it is not a run folder"
+    with pytest.raises(RunFolderError, match=never):  # tester EC: asked if it was interrupted
+        RunFolder(tmp_path).read_config()
+    (tmp_path / ".lock").touch()  # a fit started here
     with pytest.raises(RunFolderError, match="has no config.json; it is not a complete run"):
         RunFolder(tmp_path).read_config()
+    (tmp_path / ".lock").unlink()
     (tmp_path / "metrics.json").write_text("{}")  # a fit from Python writes no config.json
     with pytest.raises(RunFolderError, match="written by pyro_vae.fit from Python"):
         RunFolder(tmp_path).read_config()
