@@ -15,7 +15,7 @@ from pyro_vae import estimators
 from pyro_vae.checkpoint import RunFolder, RunFolderError, flat_settings, processes_by_epoch
 from pyro_vae.cli_config import MODEL_DEFAULTS, MODEL_FLAGS, run_config_from_args
 from pyro_vae.distributed import Group, run_from_rank_0
-from pyro_vae.early_stopping import EarlyStopping
+from pyro_vae.early_stopping import EarlyStopping, last_validated
 from pyro_vae.run_config import RunConfig
 from pyro_vae.spec import load_object
 
@@ -278,12 +278,13 @@ def _refuse_nothing_to_train(
     stopped early, and replaced its test block)."""
     if state is None or epochs <= int(state["epoch"]):
         return
-    done = int(state["epoch"])
-    if EarlyStopping(patience, state.get("best")).out_of_patience(done):
-        wait = done - state["best"]["epoch"]
+    done, validated = int(state["epoch"]), last_validated(state["history"])
+    if EarlyStopping(patience, state.get("best"), validated).out_of_patience():
+        wait = validated - state["best"]["epoch"]
         raise ValueError(
-            f"resume: {run.path} is at epoch {done}, {wait} epochs past its best validation "
-            f"ELBO (epoch {state['best']['epoch']}), where --patience {patience} stops it, so "
+            f"resume: {run.path} is at epoch {done}, its last validation (epoch {validated}) "
+            f"{wait} epochs past its best validation ELBO (epoch {state['best']['epoch']}), "
+            f"where --patience {patience} stops it, so "
             f"--epochs {epochs} would train no epoch; give --patience above {wait} too to train "
             f"on (0: no early stopping), or score it again with `pyro-vae evaluate {run.path}` "
             "(nothing was changed)"

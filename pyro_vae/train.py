@@ -90,7 +90,7 @@ from pyro_vae.distributed import (
     refuse_torchrun_without_group,
 )
 from pyro_vae.divergence import DivergenceGuard, TrainingDiverged
-from pyro_vae.early_stopping import EarlyStopping
+from pyro_vae.early_stopping import EarlyStopping, last_validated
 from pyro_vae.estimators import names as estimator_names
 from pyro_vae.estimators.compiled import CaptureError, CompiledELBO, path_gradient_reason
 from pyro_vae.evaluate import eval_mode
@@ -332,9 +332,10 @@ def _train_epochs(
     result.objective = _objective(config, free_bits, pair.handler_beta, terms, groups)
     if revision != 1:  # runs of models that never revised theirs record nothing new
         result.objective["model_objective_revision"] = revision
-    guard, stopping = step.guard, EarlyStopping(config.patience, start.best)
+    validated = last_validated(start.history)
+    guard, stopping = step.guard, EarlyStopping(config.patience, start.best, validated)
     for epoch in range(start.epoch, config.epochs):
-        if stopping.out_of_patience(epoch):
+        if stopping.out_of_patience():
             result.stop_reason = "early_stopping"
             break
         group.seed_epoch(config.seed, epoch)

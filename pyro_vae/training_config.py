@@ -29,8 +29,10 @@ class TrainingConfig:
         batch_size: minibatch size.
         lr: Adam learning rate.
         seed: seeds Pyro/torch/numpy/random at the start, and the per-epoch shuffling.
-        patience: stop after this many epochs without a better validation ELBO
-            (``None``: never stop early).
+        patience: stop at the first validation this many epochs or more after the best
+            one, none better in between (``None``: never stop early; with
+            ``validate_every`` above 1, epochs not validated count only once a later
+            validation sees them).
         kl_warmup_epochs: epochs over which β rises linearly to ``beta`` (0: no warm-up).
         beta: the β of the β-VAE objective E_q[log p(x | z)] − β KL(q ‖ p) (Higgins et al.
             2017; :mod:`pyro_vae.annealing`) that training optimizes; 1 is the ELBO. With

@@ -200,6 +200,21 @@ def test_early_stopping_when_validation_stops_improving(digits):
     assert len(result.history) == 3 and result.best_epoch == 1
 
 
+def test_early_stopping_waits_for_a_validation_that_is_no_better(digits, tmp_path):
+    """Tester EB: validated every 3 epochs with a patience of 2, a fit stopped after epoch 5
+    on its one validation (epoch 3), and lost epochs 4 and 5, trained after its last
+    checkpoint. The validation objective never improves here (as above): the best is
+    epoch 3, the validation of epoch 6 is 3 epochs after it, no better, and stops the fit
+    there, checkpointed."""
+    pyro.set_rng_seed(0)
+    model = Autoencoder(digits.x_dim, latent_dim=3, hidden_dims=(16,), noise_std=0.0)
+    config = quiet(epochs=12, lr=1e-30, patience=2, validate_every=3)
+    result = fit(model, model.make_guide(), digits, Trace_ELBO(), config, run=tmp_path / "r")
+    assert result.stop_reason == "early_stopping" and result.best_epoch == 3
+    assert [r["epoch"] for r in result.history if "val_elbo" in r] == [3, 6]
+    assert len(result.history) == 6 and RunFolder(tmp_path / "r").load_checkpoint()["epoch"] == 6
+
+
 def test_bad_data_is_rejected_before_training(digits):
     model, guide = small_vae(digits)
     gaussian = load_data("digits", Preprocessing("gaussian"))
