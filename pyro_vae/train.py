@@ -513,19 +513,27 @@ def _refuse_the_folder(run: RunFolder, resume: bool, config) -> None:
             f"folder, or `pyro-vae fit --out {run.path} --restart` to clear it"
         )
     if resume and foreign:
-        recorded = run.read_config().get("train") or {}
-        settings = {"train": dataclasses.asdict(config)}
-        resumable = {*RESUMABLE_SETTINGS, "train.compile", "train.compile_backend"}
-        now, then = flat_settings(settings), flat_settings({"train": recorded})
-        # of the settings it records (an older run's may lack some)
-        differ = sorted(k for k in then if now.get(k) != then[k] and k not in resumable)
-        if differ:
-            said = ", ".join(f"{k[6:]}={now.get(k)!r} (recorded {then.get(k)!r})" for k in differ)
+        said = _changed_settings(config, run.read_config().get("train") or {})
+        if said:
             raise RunFolderError(
                 f"config: {said} differ from {run.file('config.json')}, the command line's "
-                "record of how this run trains; expected its settings, but for epochs, "
-                "patience, device, progress, tensorboard and compile"
+                f"record of how this run trains; expected its settings, {_RESUMABLE_SAID}"
             )
+
+
+_RESUMABLE_SAID = "but for epochs, patience, device, progress, tensorboard and compile"
+
+
+def _changed_settings(config, recorded: dict) -> str:
+    """The training settings of ``config`` that differ from ``recorded`` (a run's
+    ``TrainConfig`` as a dict) and that a resume may not change, said as
+    ``"lr=0.5 (recorded 0.001), ..."``, or ``""``; of the settings it records (an older
+    run's may lack some)."""
+    resumable = {*RESUMABLE_SETTINGS, "train.compile", "train.compile_backend"}
+    now = flat_settings({"train": dataclasses.asdict(config)})
+    then = flat_settings({"train": recorded})
+    differ = sorted(k for k in then if now.get(k) != then[k] and k not in resumable)
+    return ", ".join(f"{k[6:]}={now.get(k)!r} (recorded {then.get(k)!r})" for k in differ)
 
 
 def _refuse_bad_elbo(elbo) -> None:
@@ -623,7 +631,36 @@ def _start(
             "resume would change the objective part way through the run, so it is "
             "refused, and nothing was changed: start a new run"
         )
+    _refuse_changed_python_settings(checkpoint, state)
     return checkpoint.restore(state)
+
+
+def _refuse_changed_python_settings(checkpoint: FitCheckpoint, state: dict) -> None:
+    """Refuse a resume of a fit from Python (its checkpoint's ``config`` a ``TrainConfig``;
+    a command line's is checked against its config.json) with other training settings
+    than it was trained with, but for those a resume may change, or fewer ``epochs`` than
+    it has done (tester EB: a β of 3 trained on from epoch 3, and metrics.json then said
+    the whole run had β = 3; an lr of 0.5 trained on and diverged).
+
+    Raises:
+        RunFolderError: naming the settings, both values and the way out."""
+    recorded = state.get("config")
+    if not isinstance(recorded, dict) or "schema_version" in recorded:
+        return
+    config, where = checkpoint.settings, checkpoint.run.path if checkpoint.run else "its run"
+    said = _changed_settings(config, recorded)
+    if said:
+        raise RunFolderError(
+            f"config: {said} differ from the settings the checkpoint in {where} was trained "
+            f"with; a resume trains on as the run did, so expected its settings, "
+            f"{_RESUMABLE_SAID} (nothing was changed: start a new run for other settings)"
+        )
+    if config.epochs < int(state["epoch"]):
+        raise RunFolderError(
+            f"config: epochs={config.epochs}, but the run in {where} has done "
+            f"{state['epoch']}; expected epochs={state['epoch']} to load it as it is, or "
+            "more to train on (nothing was changed)"
+        )
 
 
 class TrainStep:

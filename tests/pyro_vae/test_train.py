@@ -1182,3 +1182,29 @@ def test_a_python_fit_refuses_a_command_line_s_config_json_it_would_not_match(di
     assert RunFolder(run).load_checkpoint()["epoch"] == 1
     fit(model, guide, digits, Trace_ELBO(), quiet(epochs=2, patience=None), run=run, resume=True)
     assert RunFolder(run).load_checkpoint()["epoch"] == 2
+
+
+def test_a_python_run_resumes_with_its_own_settings_only(digits, tmp_path):
+    """Tester EB: a fit from Python resumed with any other settings (β 3 from epoch 3 on,
+    and metrics.json then said β = 3 for the whole run; an lr of 0.5, which diverged), and
+    with fewer epochs than it had done. Refused, as the command line refuses them; epochs,
+    patience and progress may change."""
+    run = tmp_path / "py"
+    model, guide = small_vae(digits)
+    fit(model, guide, digits, Trace_ELBO(), quiet(epochs=2), run=run)
+    before = (run / "checkpoint.pt").read_bytes()
+    for changed, said in [
+        ({"beta": 3.0}, r"beta=3.0 \(recorded 1.0\)"),
+        ({"lr": 0.5, "seed": 9}, r"lr=0.5 \(recorded 0.001\), seed=9 \(recorded 0\)"),
+        ({"precision": "bf16"}, r"precision='bf16' \(recorded '32'\)"),
+    ]:
+        model, guide = small_vae(digits)
+        with pytest.raises(RunFolderError, match=rf"^config: {said} differ from the settings"):
+            fit(model, guide, digits, Trace_ELBO(), quiet(epochs=3, **changed), run=run,
+                resume=True)  # fmt: skip
+    with pytest.raises(RunFolderError, match=r"epochs=1, but the run in .* has done 2"):
+        fit(model, guide, digits, Trace_ELBO(), quiet(epochs=1), run=run, resume=True)
+    assert (run / "checkpoint.pt").read_bytes() == before  # nothing was changed
+    result = fit(model, guide, digits, Trace_ELBO(), quiet(epochs=3, patience=5), run=run,
+                 resume=True)  # fmt: skip
+    assert len(result.history) == 3
