@@ -10,6 +10,7 @@ this class.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -108,11 +109,19 @@ class TrainingConfig:
             self.device = str(self.device)
         check_device_name(self.device, "device")
         self.precision = check_precision(self.precision, "precision")
-        if not isinstance(self.tensorboard, bool):
-            raise ValueError(f"tensorboard: {self.tensorboard!r} is not True or False")
+        for name in ("tensorboard", "progress", "compile", "drop_last"):
+            # tester EB: drop_last="no" dropped the last batch, compile="off" compiled
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}: {getattr(self, name)!r} is not True or False")
         self.beta = check_beta(self.beta, "beta")
-        if not 0 <= self.kl_warmup_epochs < math.inf:  # tester CN: inf overflowed, nan was
-            # "negative"
+        warmup = self.kl_warmup_epochs  # tester EB: "5" failed in Python's words, True passed
+        if (
+            isinstance(warmup, bool)
+            or not isinstance(warmup, numbers.Real)
+            or not (
+                0 <= warmup < math.inf  # tester CN: inf overflowed, nan was "negative"
+            )
+        ):
             raise ValueError(
                 f"kl_warmup_epochs: {self.kl_warmup_epochs!r} is not a finite number of epochs >= 0"
             )

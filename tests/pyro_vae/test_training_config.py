@@ -41,6 +41,12 @@ def test_the_defaults_are_the_command_line_s():
         ),
         (lambda: TrainingConfig(kl_warmup_epochs=-1.0), ["kl_warmup_epochs: -1.0 is not"]),
         (lambda: TrainingConfig(tensorboard=1), ["tensorboard: 1", "True or False"]),
+        # tester EB: "no" dropped the last batch, "off" compiled, "5" failed in Python's words
+        (lambda: TrainingConfig(drop_last="no"), ["drop_last: 'no' is not True or False"]),
+        (lambda: TrainingConfig(compile="off"), ["compile: 'off' is not True or False"]),
+        (lambda: TrainingConfig(progress=None), ["progress: None is not True or False"]),
+        (lambda: TrainingConfig(kl_warmup_epochs="5"), ["kl_warmup_epochs: '5' is not a"]),
+        (lambda: TrainingConfig(kl_warmup_epochs=True), ["kl_warmup_epochs: True is not a"]),
     ],
 )
 def test_a_bad_value_is_refused_naming_field_value_and_expectation(make, words):
