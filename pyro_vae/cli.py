@@ -286,7 +286,17 @@ def _write_run_start(run: RunFolder, config: RunConfig, exp, state) -> None:
 def _after_divergence(run: RunFolder) -> str:
     """What to run after a divergence (tester BM: ``--resume`` repeats the same steps, with
     the run's settings and random stream, to the same NaN; ``--lr`` is refused there; only
-    ``--restart`` trains again with other settings, and nothing said so)."""
+    ``--restart`` trains again with other settings, and nothing said so). Where an epoch
+    was checkpointed, ``--restart`` is refused (a checkpoint is never overwritten), so a
+    new folder is the way (tester EB: the advice given was refused, and its refusal sent
+    the user back to ``--resume``)."""
+    if run.has_checkpoint:
+        return (
+            f" {run.path} keeps the checkpoint of its last good epoch (`pyro-vae evaluate "
+            f"{run.path}` scores it). To train again with other settings, start a new run: "
+            "pyro-vae fit --out <another folder> --lr <smaller> (or --kl-warmup EPOCHS) and "
+            "the run's other flags; --resume would repeat the same steps to the same loss"
+        )
     return (
         f" To train again with other settings: pyro-vae fit --out {run.path} --restart "
         "--lr <smaller> (or --kl-warmup EPOCHS); --resume would repeat the same steps to the "

@@ -411,6 +411,24 @@ def test_diverged_training_exits_1_and_says_why(tmp_path, capsys):
     assert main(argv) == 0  # the way out it names
 
 
+def test_a_divergence_after_a_checkpoint_names_a_way_that_is_not_refused(tmp_path, capsys):
+    """Tester EB: a divergence in epoch 2 advised `--out RUN --restart --lr <smaller>`,
+    which is refused beside epoch 1's checkpoint (and that refusal sent the user to
+    --resume, which cannot change --lr). The advice is a new folder there."""
+    boom = "                pyro.factor('boom', x.new_tensor(float('-inf')))\n"
+    run = tmp_path / "run"
+    argv = _fit_failing_model(tmp_path / "boom.py", boom, run)
+    (tmp_path / "boom.py").write_text("import pyro\n" + (tmp_path / "boom.py").read_text())
+    assert main([*argv, *FAST]) == 1
+    err = capsys.readouterr().err
+    assert "the training loss became" in err and "epoch 2" in err
+    assert f"{run} keeps the checkpoint of its last good epoch" in err
+    assert "pyro-vae fit --out <another folder> --lr <smaller>" in err
+    assert "--restart" not in err and RunFolder(run).load_checkpoint()["epoch"] == 1
+    new = tmp_path / "new"
+    assert main([*argv[:-1], str(new), "--lr", "1e-4", "--epochs", "1", *FAST]) == 0
+
+
 def _fit_failing_model(path, raises: str, run) -> list[str]:
     """The fit command of a VAE subclass written to ``path`` whose forward runs ``raises``
     (source lines) at its 14th training step (epoch 2 of 12 steps an epoch), or where
