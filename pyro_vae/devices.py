@@ -108,6 +108,14 @@ def to_device(value: Any, device: torch.device, non_blocking: bool = False) -> A
     return value
 
 
+def forked_streams(device: torch.device):
+    """A context in which draws take the CPU's random stream and ``device``'s (a GPU's)
+    and leave them as they were afterwards (``torch.random.fork_rng``)."""
+    if device.type == "cuda":
+        return torch.random.fork_rng(devices=[device], device_type="cuda")
+    return torch.random.fork_rng(devices=[])
+
+
 def move_modules(device: torch.device, *callables: Any) -> None:
     """Put the ``torch.nn.Module`` behind each callable (a module, or a bound method of
     one, as Pyro's examples pair ``model`` and ``guide``) on ``device``; plain functions

@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 
+from pyro_vae.devices import forked_streams
 from pyro_vae.evaluate import elbo_terms_per_datapoint
 from pyro_vae.image_grid import pictures
 from pyro_vae.interruptions import reraise_interruption
@@ -88,13 +89,6 @@ def require_tensorboard(arg: str = "tensorboard") -> None:
             f"{arg}: TensorBoard logging needs the tensorboard package, which is not "
             f"installed ({err}); install it with pip install 'pyro_vae[tensorboard]'"
         ) from None
-
-
-def _forked_rng(device: torch.device):
-    """The random streams of the CPU and of ``device`` (a GPU), restored afterwards."""
-    if device.type == "cuda":
-        return torch.random.fork_rng(devices=[device], device_type="cuda")
-    return torch.random.fork_rng(devices=[])
 
 
 class TensorBoardLog:
@@ -213,7 +207,7 @@ class TensorBoardLog:
                     _warn("close", err)
 
     def _terms(self) -> dict[str, float]:
-        with _forked_rng(self.term_rows.device):
+        with forked_streams(self.term_rows.device):
             terms = elbo_terms_per_datapoint(
                 self.model, self.guide, self.term_rows, data_plate=self.data_plate
             )
@@ -226,7 +220,7 @@ class TensorBoardLog:
         """``[2·IMAGE_COUNT, 1 or 3, H, W]`` in [0, 1] (grey or RGB, as
         :func:`pyro_vae.image_grid.pictures` draws them): the images, then their reconstructions
         (TensorBoard lays them out 8 to a row); ``None`` for a model without a mean image."""
-        with _forked_rng(self.images.device), torch.no_grad():
+        with forked_streams(self.images.device), torch.no_grad():
             try:
                 means = reconstruct(self.model, self.guide, self.images)
             except NoMeanImageError:

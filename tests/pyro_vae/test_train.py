@@ -284,6 +284,27 @@ def regression_problem():
     return TensorData(X, y)
 
 
+def test_a_run_ended_off_the_validation_schedule_resumes_as_if_it_had_not_stopped(digits, tmp_path):
+    """Tester EB: 5 epochs validated every 2 (and at the last), resumed to 8, trained
+    epochs 6 to 8 on other draws than 8 straight: the validation of epoch 5, which the
+    straight run never makes, drew from training's stream. Here 3 epochs resumed to 4."""
+    config = dict(batch_size=256, validate_every=2, patience=None, val_samples=2)
+
+    def run(epochs, folder, resume=False):
+        model, guide = small_vae(digits)
+        config_now = quiet(epochs=epochs, **config)
+        result = fit(model, guide, digits, Trace_ELBO(), config_now, folder, resume=resume)
+        return result, model
+
+    straight, straight_model = run(4, tmp_path / "a")
+    run(3, tmp_path / "b")
+    resumed, resumed_model = run(4, tmp_path / "b", resume=True)
+    assert [r["epoch"] for r in resumed.history if "val_elbo" in r] == [2, 3, 4]
+    assert [r["train_elbo"] for r in resumed.history] == [r["train_elbo"] for r in straight.history]
+    for key, value in straight_model.state_dict().items():
+        assert torch.equal(value, resumed_model.state_dict()[key]), key
+
+
 def test_global_latent_models_fit_on_tensor_data_and_resume_exactly(tmp_path):
     from pyro.infer.autoguide import AutoNormal
 
