@@ -15,10 +15,12 @@ With ``TrainConfig(tensorboard=True)`` :func:`pyro_vae.fit` writes, through
   ``epoch/seconds`` and, on the first :data:`TERM_ROWS` rows that validation uses, the
   ELBO's two terms ``epoch/log_likelihood`` = E_q[log p(x | z)] and ``epoch/kl`` =
   E_q[log q(z | x) − log p(z)] (:func:`pyro_vae.evaluate.elbo_terms_per_datapoint`, one
-  draw per row, nats per datapoint), for a model with a per-datapoint plate;
+  draw per row, nats per datapoint; a label model's with the labels validation gives,
+  terms of the bound it reports), for a model with a per-datapoint plate;
 - on validation epochs of image data: ``reconstructions``, :data:`IMAGE_COUNT` fixed
   validation images over their reconstructions E[x | z = E_q z]
-  (:func:`pyro_vae.predictive.reconstruct`), for a model that has a mean image.
+  (:func:`pyro_vae.predictive.reconstruct`), for a model that has a mean image and
+  takes x alone (a label model's would need the label).
 
 Every step is tagged with the optimizer steps done so far, a resumed fit's continuing from
 its checkpoint's: the writer opens with ``purge_step`` one past the checkpoint's step, so
@@ -98,8 +100,10 @@ class TensorBoardLog:
     Args:
         folder: where the event files go (a run folder's ``tensorboard/``).
         model, guide: the pair as given to the fit, for the ELBO's terms and the pictures.
-        rows: the rows validation uses (``[N, ...]``, on the run's device), or ``None``
-            (no terms, no pictures).
+        rows: the rows validation uses (``[N, ...]``, on the run's device), or the tuple
+            of the model's data arguments validation passes (a label model's ``(x, y,
+            observed)``: its terms are then of the bound validation reports, labels
+            given, and it has no pictures), or ``None`` (no terms, no pictures).
         data_plate: the model's per-datapoint plate (``None``: no terms).
         divisor: what turns a step's loss into the reported ELBO's units (N for ELBOs
             per datapoint, 1 for whole-data totals).
@@ -117,7 +121,7 @@ class TensorBoardLog:
         folder: str | Path,
         model,
         guide,
-        rows: torch.Tensor | None,
+        rows: torch.Tensor | tuple[torch.Tensor, ...] | None,
         data_plate: str | None,
         divisor: float,
         steps_per_epoch: int,
@@ -130,8 +134,14 @@ class TensorBoardLog:
         self.model, self.guide, self.data_plate = model, guide, data_plate
         self.divisor, self.steps_per_epoch, self.log_every = divisor, steps_per_epoch, log_every
         self.image_shape, self.pixel_max = image_shape, pixel_max
-        self.term_rows = None if rows is None else rows[:TERM_ROWS]
-        self.images = None if rows is None or image_shape is None else rows[:IMAGE_COUNT]
+        # a label model's terms take its labels too (tester ED: M2's, on x alone, were the
+        # bound on log p(x), log C from the val_elbo on log p(x, y) logged beside them)
+        args = None if rows is None else rows if isinstance(rows, tuple) else (rows,)
+        self.term_rows = None if args is None else tuple(a[:TERM_ROWS] for a in args)
+        # pictures of a model that takes x alone: a label model's reconstructions need the
+        # label (they failed with a warning at the first validation)
+        pictured = args is not None and len(args) == 1 and image_shape is not None
+        self.images = args[0][:IMAGE_COUNT] if pictured else None
         self.writer, self._warned = writer, set()
         if self.writer is None:
             self.writer = self._guarded("open", lambda: _summary_writer(folder, start_step + 1))
@@ -149,7 +159,7 @@ class TensorBoardLog:
             Path(run.path) / FOLDER,
             model,
             guide,
-            plan.args[0] if per_datapoint else None,
+            plan.args if per_datapoint else None,
             pair.plate,
             batches.divisor,
             batches.steps_per_epoch,
@@ -207,7 +217,7 @@ class TensorBoardLog:
                     _warn("close", err)
 
     def _terms(self) -> dict[str, float]:
-        with forked_streams(self.term_rows.device):
+        with forked_streams(self.term_rows[0].device):
             terms = elbo_terms_per_datapoint(
                 self.model, self.guide, self.term_rows, data_plate=self.data_plate
             )

@@ -269,6 +269,27 @@ def test_on_two_ranks_the_elbo_terms_are_the_whole_validation_set_s(tmp_path):
         assert ll.value - kl.value == pytest.approx(elbo.value, abs=1e-4)
 
 
+def test_a_label_model_s_elbo_terms_are_those_of_the_bound_it_validates(digits, tmp_path):
+    """Tester ED: M2's terms were computed on x alone, the bound on log p(x), log 10 nats
+    from the val_elbo on log p(x, y) logged beside them (−36.92 against −39.20). With
+    its labels they add up to it, to one draw's noise (0.06 nats here)."""
+    from models.m2 import M2
+    from pyro_vae.estimators import get
+
+    data = digits.with_labelled_subset(count=10)
+    pyro.set_rng_seed(0)
+    model = M2(data.x_dim, latent_dim=4, hidden_dims=(32,))
+    config = TrainConfig(**{**SETTINGS, "epochs": 2, "tensorboard": True})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TensorBoardWarning)  # no pictures of it, unsaid
+        fit(model, model.make_guide(), data, get("enum"), config, RunFolder(tmp_path / "m2"))
+    events = _events(tmp_path / "m2")
+    terms = [events.Scalars(f"epoch/{t}") for t in ("log_likelihood", "kl", "val_elbo")]
+    assert len(terms[0]) == 2
+    for ll, kl, elbo in zip(*terms, strict=True):  # log 10 = 2.3 apart before
+        assert ll.value - kl.value == pytest.approx(elbo.value, abs=0.5)
+
+
 def test_the_cli_flag_goes_into_config_json_and_resume_turns_it_on(tmp_path, monkeypatch):
     monkeypatch.setattr("pyro_vae.cli.write_figures", lambda *args, **kwargs: ([], {}))
     fast = ["--latent-dim", "2", "--hidden", "16", "--no-progress", "--ll-samples", "5"]
