@@ -335,6 +335,27 @@ def _in_use(path: Path, fd: int) -> RunInUseError:
     )
 
 
+def _live_holder(path: Path) -> str | None:
+    """The pid another live process holding ``path``'s lock wrote there, or ``None`` where
+    none holds it (or this process does, through the same file: its pid)."""
+    try:
+        fd = os.open(path / ".lock", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        if holder == str(os.getpid()):
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return holder or "unknown"
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 def _umask() -> int:
     current = os.umask(0)
     os.umask(current)
@@ -464,16 +485,33 @@ class RunFolder:
                     f"written: train it again, `pyro-vae fit --out {self.path} --restart` with "
                     "a smaller --lr (or --kl-warmup EPOCHS)"
                 )
-        if not any(self.file(n).exists() for n in (CONFIG, METRICS, CHECKPOINT, ".lock")):
-            # no fit ever started here (tester EC: a folder that was never a run was asked
-            # whether its training had been interrupted)
-            return (
-                f"it holds none of a run's files ({CONFIG}, {METRICS}, {CHECKPOINT}), so it "
-                "is not a run folder; expected the --out folder of a fit"
-            )
+        if not self.holds_run_files:
+            return self._why_no_run_files()
         return (
             "it is not a complete run folder (was training interrupted before its first "
             "epoch ended?)"
+        )
+
+    @property
+    def holds_run_files(self) -> bool:
+        """Whether the folder holds any of the files a fit writes (config.json, metrics.json,
+        checkpoint.pt)."""
+        return any(self.file(n).is_file() for n in (CONFIG, METRICS, CHECKPOINT))
+
+    def _why_no_run_files(self) -> str:
+        """Why a folder without a run's files has none (tester EC: one that was never a
+        run was asked whether its training had been interrupted; tester ED: so was one a
+        live fit was training into, and one this process had just locked to resume)."""
+        holder = None if self._claimed else _live_holder(self.path)
+        if holder is not None:
+            return (
+                f"a fit (pid {holder}) is training into it now and has not finished its "
+                "first epoch; try again once it has"
+            )
+        return (
+            f"it holds none of a run's files ({CONFIG}, {METRICS}, {CHECKPOINT}), so it is "
+            "not a run folder (a fit from Python stopped before its first epoch ended leaves "
+            "none either); expected the --out folder of a fit that finished an epoch"
         )
 
     def _read_json(self, name: str) -> dict[str, Any]:

@@ -123,6 +123,8 @@ def writable_run(path: str | Path) -> RunFolder:
     """
     run = RunFolder(path)
     if run.path.is_dir():
+        if not run.holds_run_files:  # refused before a lock file is written into it
+            run.read_config()  # (tester ED: a refused evaluate left .metrics.lock behind)
         check_writable(run.path)
         # a damaged metrics.json, refused before the work, not after it (tester CF:
         # diagnose wrote its seven files, then failed to add its block to metrics.json,

@@ -2,7 +2,10 @@ import json
 import math
 import os
 import random
+import subprocess
+import sys
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -67,6 +70,25 @@ class Arbitrary:
     pass
 
 
+def test_a_folder_a_live_fit_is_training_into_is_named_as_such(tmp_path):
+    """Tester ED: a folder whose fit had not finished its first epoch was asked whether
+    its training had been interrupted."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pyro_vae.checkpoint import RunFolder; "
+         "held = RunFolder(sys.argv[1]).claim(); print('held', flush=True); time.sleep(60)",
+         str(tmp_path)],
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2],
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        live = rf"a fit \(pid {holder.pid}\) is training into it now and has not finished"
+        with pytest.raises(RunFolderError, match=live):
+            RunFolder(tmp_path).read_config()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_pickled_objects_are_refused(tmp_path):
     torch.save({"format": FORMAT, "payload": Arbitrary()}, tmp_path / "checkpoint.pt")
     with pytest.raises(RunFolderError, match="pickle-free"):
@@ -79,9 +101,12 @@ def test_missing_corrupt_and_foreign_run_folders(tmp_path):
     never = r"has no config.json; it holds none of a run's files .* so it is not a run folder"
     with pytest.raises(RunFolderError, match=never):  # tester EC: asked if it was interrupted
         RunFolder(tmp_path).read_config()
-    (tmp_path / ".lock").touch()  # a fit started here
-    with pytest.raises(RunFolderError, match="has no config.json; it is not a complete run"):
+    (tmp_path / ".lock").touch()  # a lock no live process holds (tester ED)
+    with pytest.raises(RunFolderError, match=never):
         RunFolder(tmp_path).read_config()
+    with RunFolder(tmp_path).claim() as held:  # this process's own (a resume's): the same
+        with pytest.raises(RunFolderError, match=never):
+            held.run.read_config()
     (tmp_path / ".lock").unlink()
     (tmp_path / "metrics.json").write_text("{}")  # a fit from Python writes no config.json
     with pytest.raises(RunFolderError, match="written by pyro_vae.fit from Python"):

@@ -411,6 +411,19 @@ def test_diverged_training_exits_1_and_says_why(tmp_path, capsys):
     assert main(argv) == 0  # the way out it names
 
 
+def test_a_folder_that_was_never_a_run_is_named_so_and_left_as_it_was(tmp_path, capsys):
+    """Testers EC and ED: such a folder was asked whether its training had been
+    interrupted (by `fit --resume`, which had locked it itself), and `evaluate` and
+    `diagnose` left a .metrics.lock in it."""
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    for argv in (["fit", "--resume"], ["evaluate"], ["diagnose"], ["sample"]):
+        assert main([*argv, str(fresh)]) == 2, argv
+        err = capsys.readouterr().err
+        assert "holds none of a run's files" in err and "so it is not a run folder" in err, argv
+        assert list(fresh.iterdir()) == [], argv
+
+
 def test_a_divergence_after_a_checkpoint_names_a_way_that_is_not_refused(tmp_path, capsys):
     """Tester EB: a divergence in epoch 2 advised `--out RUN --restart --lr <smaller>`,
     which is refused beside epoch 1's checkpoint (and that refusal sent the user to
