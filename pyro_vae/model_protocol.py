@@ -189,16 +189,23 @@ def objective_revision(model: Any) -> int:
 def batch_terms(model: Any) -> tuple[str, ...]:
     """The model's ``batch_terms`` declaration (names of factors made from the whole
     batch's rows), or ``()``; a bound method's object is asked."""
-    return tuple(getattr(getattr(model, "__self__", model), "batch_terms", ()) or ())
+    return _names(getattr(getattr(model, "__self__", model), "batch_terms", ()))
 
 
 def training_terms(model: Any) -> tuple[str, ...]:
     """The names of the model's factors of the training objective only: its
     ``training_terms``, then those of its ``batch_terms`` not among them, or ``()``; a
     bound method's object is asked."""
-    owner = getattr(model, "__self__", model)
-    declared = tuple(getattr(owner, "training_terms", ()) or ())
+    declared = _names(getattr(getattr(model, "__self__", model), "training_terms", ()))
     return declared + tuple(t for t in batch_terms(model) if t not in declared)
+
+
+def _names(declared: Any) -> tuple[str, ...]:
+    """A declaration of factor names as a tuple; one name written as a string is one name
+    (tester ED: ``training_terms = "penalty"`` was read letter by letter)."""
+    if isinstance(declared, str):
+        return (declared,)
+    return tuple(declared or ())
 
 
 def declares_recordable(fn: Any) -> bool:

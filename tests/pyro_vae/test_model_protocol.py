@@ -66,6 +66,13 @@ def test_training_terms_are_the_declared_ones_then_the_batch_terms():
     assert training_terms(Model().model) == ("a", "b")  # a bound method's object is asked
     assert batch_terms(Model) == ("b", "a") and training_terms(object()) == ()
 
+    class OneName:
+        training_terms = "penalty"  # tester ED: read letter by letter
+        batch_terms = "classifier"
+
+    assert training_terms(OneName) == ("penalty", "classifier")
+    assert batch_terms(OneName) == ("classifier",)
+
 
 def test_a_recordable_declaration_belongs_to_the_class_that_makes_it():
     class UserVAE(VAE):  # may add a branch on a value: must declare again
