@@ -283,7 +283,7 @@ def _refuse_nothing_to_train(
         wait = validated - state["best"]["epoch"]
         raise ValueError(
             f"resume: {run.path} is at epoch {done}, its last validation (epoch {validated}) "
-            f"{wait} epochs past its best validation ELBO (epoch {state['best']['epoch']}), "
+            f"{wait} epochs after its best validation ELBO (epoch {state['best']['epoch']}), "
             f"where --patience {patience} stops it, so "
             f"--epochs {epochs} would train no epoch; give --patience above {wait} too to train "
             f"on (0: no early stopping), or score it again with `pyro-vae evaluate {run.path}` "
