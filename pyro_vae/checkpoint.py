@@ -328,28 +328,34 @@ def atomic_write(path: str | os.PathLike, write) -> None:
 
 def _in_use(path: Path, fd: int) -> RunInUseError:
     """The refusal of ``path``, held by the process whose pid its lock file ``fd`` holds."""
-    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+    return _in_use_by(path, _pid_in(fd))
+
+
+def _in_use_by(path: Path, holder: str) -> RunInUseError:
     return RunInUseError(
         f"run: {path} is in use by another pyro-vae process (pid {holder}); wait for it "
         "to finish or stop it, or choose another folder (nothing was written)"
     )
 
 
-def _live_holder(path: Path) -> str | None:
-    """The pid another live process holding ``path``'s lock wrote there, or ``None`` where
-    none holds it (or this process does, through the same file: its pid)."""
+def _pid_in(fd: int) -> str:
+    """The pid a lock file ``fd`` names (its holder writes it), or ``"unknown"``."""
+    return os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+
+
+def _lock_holder(path: Path) -> str | None:
+    """The pid of the live process holding ``path``'s lock (through another open file than
+    the one tried here: this process's own claim counts), or ``None`` where none holds it
+    or there is no lock file it may read."""
     try:
         fd = os.open(path / ".lock", os.O_RDONLY)
     except OSError:
         return None
     try:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-        if holder == str(os.getpid()):
-            return None
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            return holder or "unknown"
+            return _pid_in(fd)
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None
     finally:
@@ -502,8 +508,8 @@ class RunFolder:
         """Why a folder without a run's files has none (tester EC: one that was never a
         run was asked whether its training had been interrupted; tester ED: so was one a
         live fit was training into, and one this process had just locked to resume)."""
-        holder = None if self._claimed else _live_holder(self.path)
-        if holder is not None:
+        holder = None if self._claimed else _lock_holder(self.path)
+        if holder not in (None, str(os.getpid())):  # another process's, not this one's
             return (
                 f"a fit (pid {holder}) is training into it now and has not finished its "
                 "first epoch; try again once it has"
@@ -741,18 +747,9 @@ class RunFolder:
 
         Raises:
             RunInUseError: naming the holder's pid."""
-        try:
-            fd = os.open(self.path / ".lock", os.O_RDONLY)
-        except OSError:  # no lock file, or none this process may read: claim will tell
-            return
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise _in_use(self.path, fd) from None
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
+        holder = _lock_holder(self.path)  # no lock file, or none it may read: claim tells
+        if holder is not None:
+            raise _in_use_by(self.path, holder)
 
     def remove_stale_temporaries(self) -> list[Path]:
         """Delete the ``.*.tmp`` files and :func:`staging_folder` folders that killed

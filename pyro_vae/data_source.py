@@ -91,6 +91,11 @@ class DataSource(Protocol):
     ) -> ValidationSet | None: ...
 
 
+def source_keywords(data) -> dict:
+    """A data source's ``keywords`` (module docstring), ``{}`` where it has none."""
+    return dict(getattr(data, "keywords", None) or {})
+
+
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """The generator an epoch's shuffling (and dynamic binarization) draws from: seeded by
     ``(seed, epoch)`` alone, so any epoch's batches can be drawn again without the ones
@@ -121,7 +126,7 @@ class TrainingBatches:
             )
         self.data, self.batch_size, self.seed, self.drop_last = data, batch_size, seed, drop_last
         self.num_data = data.num_train
-        self.keywords = dict(getattr(data, "keywords", None) or {})
+        self.keywords = source_keywords(data)
         self.steps_per_epoch = data.steps_per_epoch(batch_size, drop_last)
         self.divisor = float(self.num_data) if data.per_datapoint else 1.0
         self.first_rows, self.first_batch = next(iter(self.of_epoch(0)))
@@ -176,7 +181,7 @@ class ShardedSource:
         """The wrapped source's whole-set counts (module docstring), the same on every
         rank: a rank's part of the batch is scaled to the whole set's, not to its own
         (M2's classifier term fell back to its part's count of labels without them)."""
-        return dict(getattr(self.data, "keywords", None) or {})
+        return source_keywords(self.data)
 
     def steps_per_epoch(self, batch_size: int, drop_last: bool = False) -> int:
         return self.data.steps_per_epoch(batch_size, drop_last)
