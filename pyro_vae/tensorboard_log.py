@@ -137,11 +137,13 @@ class TensorBoardLog:
         # a label model's terms take its labels too (tester ED: M2's, on x alone, were the
         # bound on log p(x), log C from the val_elbo on log p(x, y) logged beside them)
         args = None if rows is None else rows if isinstance(rows, tuple) else (rows,)
-        self.term_rows = None if args is None else tuple(a[:TERM_ROWS] for a in args)
+        # copies of the rows it keeps: views would hold a second copy of the whole
+        # validation set alive (on a GPU, beside the fit's own) for the whole fit
+        self.term_rows = None if args is None else tuple(a[:TERM_ROWS].clone() for a in args)
         # pictures of a model that takes x alone: a label model's reconstructions need the
         # label (they failed with a warning at the first validation)
         pictured = args is not None and len(args) == 1 and image_shape is not None
-        self.images = args[0][:IMAGE_COUNT] if pictured else None
+        self.images = self.term_rows[0][:IMAGE_COUNT] if pictured else None
         self.writer, self._warned = writer, set()
         if self.writer is None:
             self.writer = self._guarded("open", lambda: _summary_writer(folder, start_step + 1))
