@@ -960,7 +960,8 @@ def _dry_loss(elbo: ELBO, pair: TrainingPair, batches: TrainingBatches, first=No
     of this rank's part that the whole batch passes is the ranks' doing, and says so: a
     multi-sample bound with global latents, each step's batch the whole data, was told to
     use the whole data in each step (tester EA), as it did; each rank's part of it is a
-    minibatch of the data."""
+    minibatch of the data. A refusal of the whole batch too reports the step's scale, not
+    the rank's part's, and names one process besides the whole data."""
     try:
         _one_loss(elbo, pair, batches.first_batch, batches.first_rows)
     except DataPlateError as error:
@@ -968,8 +969,12 @@ def _dry_loss(elbo: ELBO, pair: TrainingPair, batches: TrainingBatches, first=No
             raise
         try:
             _one_loss(elbo, pair, *first)
-        except DataPlateError:
-            raise error from None
+        except DataPlateError as whole:  # the step's own scale, not the rank's (tester ED)
+            raise DataPlateError(
+                f"{whole}. On {current().world} ranks each also scores its part of a batch of "
+                "the whole data as a minibatch: for this bound, the whole data in each step "
+                "in one process (no --nproc or torchrun)"
+            ) from None
         reason = str(error).split(" Use the whole data in each step", 1)[0]
         raise DataPlateError(
             f"{reason} Each step's batch of {len(first[1])} rows is the whole data here, "

@@ -908,8 +908,11 @@ def test_a_bound_refused_only_for_the_ranks_split_says_so(monkeypatch):
     assert "Use the whole data" not in str(refused.value)
     minibatch = TrainingBatches(ShardedSource(TensorData(x), 0, 2), 4, seed=0)
     first = (TrainingBatches(TensorData(x), 4, seed=0).first_batch, first[1][:4])
-    with pytest.raises(DataPlateError, match="Use the whole data in each step"):
-        _dry_loss(iwae, pair, minibatch, first)  # a minibatch in one process too
+    # a minibatch in one process too: the step's scale, 10 rows over 4, not the rank's 5
+    # (tester ED), and the whole data advised in one process
+    one = r"\(scale 2\.5\).*Use the whole data in each step.* On 2 ranks .* in one process"
+    with pytest.raises(DataPlateError, match=one):
+        _dry_loss(iwae, pair, minibatch, first)
 
 
 def test_a_term_made_from_the_batch_is_refused_on_several_ranks():
