@@ -43,6 +43,7 @@ from pyro.infer import Trace_ELBO
 from pyro.infer.util import is_validation_enabled
 
 from pyro_vae.checks import check_count, check_learning_rate
+from pyro_vae.devices import forked_streams
 from pyro_vae.evaluate import (
     bare_pair,
     check_rows,
@@ -116,7 +117,7 @@ def amortization_gap(
         warnings.filterwarnings("ignore", message=".*was not registered in the param store")
         try:
             elbo = _fit_local(model, local, x, steps, lr, num_particles, progress)
-            with torch.random.fork_rng(devices=[]):  # the estimates below draw as before
+            with forked_streams():  # the estimates below draw as before
                 stationarity = _stationarity(elbo, model, local, x)
             amortized = elbo_per_datapoint(model, guide, x, elbo_samples)
             # the local guide only scores the batch it was fitted to: one batch of x
@@ -290,7 +291,7 @@ def _local_guide(model, guide, x: torch.Tensor, family: str):
             # the site the encoder draws (tester O: "h" was fitted as "z", then refused)
             site = getattr(guide, "site", None)
             if not isinstance(site, str):
-                with torch.random.fork_rng(devices=[]):
+                with forked_streams():
                     site, _ = latent_draws(model, guide, x, 1)
             return LocalNormal(loc, scale, site), False
         # start from the moments of the guide's draws
@@ -301,7 +302,7 @@ def _local_guide(model, guide, x: torch.Tensor, family: str):
 def _fit_local(model, local, x, steps: int, lr: float, num_particles: int, progress: bool):
     """Adam on the pathwise ELBO of ``local`` with the model frozen, step size annealed;
     returns that ELBO (its plate nesting found), for the convergence check."""
-    with torch.random.fork_rng(devices=[]):
+    with forked_streams():
         nesting = max_plate_nesting(model, local, x)  # Pyro would guess it, and log that
     elbo = Trace_ELBO(
         num_particles=num_particles, vectorize_particles=True, max_plate_nesting=nesting

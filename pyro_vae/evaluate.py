@@ -55,7 +55,7 @@ from pyro.infer import TraceEnum_ELBO
 
 from pyro_vae.annealing import unscaled, unwrap
 from pyro_vae.checks import check_count
-from pyro_vae.devices import resolve_device, to_device
+from pyro_vae.devices import forked_streams, resolve_device, to_device
 from pyro_vae.enumerated_sites import enumerated_runs, enumerated_sites, marginal_terms
 from pyro_vae.guides.fixed import as_guide
 from pyro_vae.interruptions import reraise_interruption
@@ -247,7 +247,7 @@ def _chunk(args: tuple, start: int, stop: int) -> tuple:
 def max_plate_nesting(model, guide, *args, **kwargs) -> int:
     """How many batch dimensions the model and guide use, read from one trace of each."""
     model, guide = bare_pair(model, guide)
-    with torch.no_grad(), torch.random.fork_rng(devices=[]), unscaled():
+    with torch.no_grad(), forked_streams(), unscaled():
         model_tr, guide_tr = run_pair(model, guide, args, kwargs)
     return plate_nesting(model_tr, guide_tr)
 
@@ -528,7 +528,7 @@ def prepare(
     check_guide_covers_model(model_tr, guide_tr)
     if multi_sample:
         refuse_inner_subsampling(model_tr, guide_tr, plate, what)
-    with torch.random.fork_rng(devices=[]), torch.no_grad(), eval_mode(model, guide):
+    with forked_streams(), torch.no_grad(), eval_mode(model, guide):
         _, again = run_pair(pair.model, pair.guide, probe, {"subsample": subsample})
     pair.point_masses = tuple(point_mass_latents(model_tr, guide_tr, again))
     pair.nesting = plate_nesting(model_tr, guide_tr)
@@ -542,7 +542,7 @@ def _prior_probe(model, probe: tuple, rows: int | None, what: str) -> poutine.Tr
     rows is refused as :func:`~pyro_vae.plates.refuse_self_subsampling` refuses."""
     declared = DeclaredSubsamples()
     try:
-        with torch.random.fork_rng(devices=[]), poutine.block(), declared:
+        with forked_streams(), poutine.block(), declared:
             return poutine.trace(model).get_trace(*probe)
     except ValueError as error:
         refusal = declared.refusal(rows, what)
@@ -592,7 +592,7 @@ def refuse_uncovered_sites(
     through (a caller about to refuse for another reason checks first whether the real
     cause is a data argument left out, whose site is then neither observed nor drawn)."""
     try:
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
+        with forked_streams(), torch.no_grad():
             model_tr, guide_tr = run_pair(model, guide, args, kwargs or {})
     except Exception as err:
         reraise_interruption(err)
@@ -948,7 +948,7 @@ def elbo_estimate(
     chunks = min(num_samples, num_chunks)
     sizes = [num_samples // chunks + (i < num_samples % chunks) for i in range(chunks)]
     with eval_mode(model, guide), poutine.block(), unscaled():
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
+        with forked_streams(), torch.no_grad():
             nesting = max_plate_nesting(model, guide, *args, **kwargs)
             model_tr, guide_tr = run_pair(model, guide, args, kwargs)
             # as the other evaluators (tester CW: a latent the guide left out was drawn

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from pyro_vae.annealing import unscaled
+from pyro_vae.devices import forked_streams
 from pyro_vae.evaluate import (
     PerDatapoint,
     bare_pair,
@@ -54,7 +55,7 @@ def latent_means(model, guide, x: torch.Tensor, num_samples: int = 100) -> torch
             try:
                 mean = q.mean
             except NotImplementedError:
-                with torch.random.fork_rng(devices=[]):
+                with forked_streams():
                     torch.manual_seed(0)
                     mean = q.sample((num_samples,)).mean(0)
             return mean.reshape(x.shape[0], -1)
@@ -84,7 +85,7 @@ def latent_draws_of(
     that go on to run that pair."""
     check_num("num_samples", num_samples)
     model, guide = bare_pair(model, guide)
-    with torch.random.fork_rng(devices=[]):
+    with forked_streams():
         torch.manual_seed(0)
         # every row in one run: probed so (a plate that declares subsample_size covers them)
         count = len(data[0])

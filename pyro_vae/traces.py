@@ -38,6 +38,7 @@ from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing
 from torch.nn.parameter import is_lazy
 
+from pyro_vae.devices import forked_streams
 from pyro_vae.draw_tracking import (
     LIBRARY_FRAMES,
     DrawTracker,
@@ -468,7 +469,7 @@ def point_mass_latents(model_trace: Trace, guide_trace: Trace, again: Trace) -> 
 
 def point_masses_of(model, guide, args: tuple, kwargs: dict) -> list[str]:
     """:func:`point_mass_latents` of two runs of the pair, outside the random streams."""
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
+    with forked_streams(), torch.no_grad():
         model_tr, guide_tr = run_pair(model, guide, args, kwargs)
         _, again = run_pair(model, guide, args, kwargs)
     return point_mass_latents(model_tr, guide_tr, again)
@@ -750,7 +751,7 @@ def check_vectorized_pair(
     Raises:
         ValueError: as :func:`check_vectorized`."""
     try:
-        with torch.random.fork_rng(devices=[]), torch.no_grad(), buffers_kept():
+        with forked_streams(), torch.no_grad(), buffers_kept():
             run = _pinned_vectorized_run(model, guide, args, kwargs, num_particles, rank)
     except Exception as err:  # noqa: BLE001 (drawn, not enumerated, it cannot run)
         reraise_interruption(err)
@@ -883,7 +884,7 @@ def check_vectorized(
     :mod:`pyro_vae.estimators.compiled`) they are left out of the recording. ``pinned``:
     ``model`` and ``guide`` draw the vectorized run's subsamples again
     (:class:`SharedSubsamples`), so a minibatch is checked too."""
-    with torch.random.fork_rng(devices=[]), disable_proxy_modes_tracing():
+    with forked_streams(), disable_proxy_modes_tracing():
         sides = [("model", model, model_tr), ("guide", guide, guide_tr)]
         lasts = [_last_particle(trace, rank, pinned) for _, _, trace in sides]
         for (_, fn, trace), last in zip(sides, lasts, strict=True):

@@ -819,7 +819,7 @@ def _estimator_ready_to_train(
             # Pyro's vectorized ELBOs guess their plate nesting from one run of model and
             # guide at their first call; do it here, outside the random stream, so a resumed
             # run draws exactly what an uninterrupted one would.
-            with torch.random.fork_rng(devices=[]):
+            with forked_streams():
                 rows = {"subsample": batches.first_rows}
                 guess_max_plate_nesting(elbo, pair.model, pair.guide, batches.first_batch, rows)
         return elbo
@@ -852,7 +852,7 @@ def _refuse_sites_outside_the_plate(
         return
     plate, args = pair.plate, batches.first_batch
     kwargs = {"subsample": batches.first_rows} if plate is not None else {}
-    with torch.random.fork_rng(devices=[]), torch.no_grad(), eval_mode(pair.model, pair.guide):
+    with forked_streams(), torch.no_grad(), eval_mode(pair.model, pair.guide):
         traces = run_pair(pair.model, pair.guide, args, kwargs)  # as evaluated: eval mode
     scored = ["its training-set validation" if pair.validation_kind == TRAINING_SET
               else "its held-out validation"] if per_datapoint else []  # fmt: skip
@@ -914,7 +914,7 @@ def _refuse_terms_that_differ_by_rank(
     # guide drawing its rows' z first, on parts of 5 and 4 rows, drew two different W)
     seeded = _SeededOutside(pair.plate)  # inside run_pair's block, which hides sites
     roots = pair.weights.modules()
-    with torch.random.fork_rng(devices=[]), torch.no_grad(), buffers_kept(roots):
+    with forked_streams(), torch.no_grad(), buffers_kept(roots):
         traces = run_pair(seeded(pair.model), seeded(pair.guide), args, kwargs)
         terms = {}
         for who, trace in zip(("model", "guide"), traces, strict=True):
@@ -987,7 +987,7 @@ def _dry_loss(elbo: ELBO, pair: TrainingPair, batches: TrainingBatches, first=No
 def _one_loss(elbo: ELBO, pair: TrainingPair, args: tuple, rows: torch.Tensor) -> None:
     """``elbo``'s loss of the pair on ``args`` (rows ``rows``), on a forked random stream,
     nothing recorded or stored."""
-    with torch.random.fork_rng(devices=[]), torch.no_grad(), poutine.block():
+    with forked_streams(), torch.no_grad(), poutine.block():
         elbo.loss(pair.model, pair.guide, *args, subsample=rows)
 
 
@@ -1014,7 +1014,7 @@ def _pyro_module_names() -> dict[int, str]:
 def _first_traces(pair: TrainingPair, batches: TrainingBatches):
     """Traces of the guide on the first batch and of the model replayed on it, on a forked
     random stream, for the refusals that read their sites before training."""
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
+    with forked_streams(), torch.no_grad():
         return run_pair(
             pair.model, pair.guide, batches.first_batch, {"subsample": batches.first_rows}
         )

@@ -47,6 +47,7 @@ from pyro.infer.autoguide import AutoGuide
 
 from pyro_vae.annealing import handlers_seen, unscaled
 from pyro_vae.data_source import TrainingBatches, ValidationSet
+from pyro_vae.devices import forked_streams
 from pyro_vae.evaluate import eval_mode, refuse_uncovered_sites
 from pyro_vae.interruptions import reraise_interruption
 from pyro_vae.likelihoods import check_observations
@@ -66,7 +67,7 @@ def _common_draws(seed: int, estimate: Callable[[], float]) -> float:
     """``estimate()`` on draws from a generator of its own, seeded the same at every
     validation: epochs are then compared on common random numbers, so the best epoch is
     the best weights rather than the luckiest draw, and training's stream is untouched."""
-    with torch.random.fork_rng(devices=[]):
+    with forked_streams():
         torch.manual_seed(seed)
         return estimate()
 
@@ -236,7 +237,7 @@ def per_datapoint_plate(
     of the model's run on ``args``, given ``num_data=N`` where it takes it, as every step
     gives it (tester AI: a guide sized by ``num_data`` failed here, before training, with
     "missing 1 required positional argument: 'num_data'")."""
-    with torch.random.fork_rng(devices=[]), torch.no_grad(), poutine.block():
+    with forked_streams(), torch.no_grad(), poutine.block():
         trace = poutine.trace(model).get_trace(*args, **_num_data_for(model, num_data))
     if guide is not None:
         refuse_a_guide_that_does_not_fit(trace, guide, args, num_data)
@@ -331,7 +332,7 @@ def refuse_a_guide_that_does_not_fit(
     store = pyro.get_param_store()
     saved = store.get_state()  # what the probe creates is taken back: weights start as before
     try:
-        with torch.random.fork_rng(devices=[]), torch.no_grad(), poutine.block():
+        with forked_streams(), torch.no_grad(), poutine.block():
             guide_trace = poutine.trace(guide).get_trace(*args, **_num_data_for(guide, num_data))
     except Exception as err:  # any failure of the guide on its own, named as the guide's
         latent = [n for n, s in sample_sites(model_trace).items() if not s["is_observed"]]
@@ -415,7 +416,7 @@ def has_per_datapoint_parameters(guide, weights: PairWeights, args, rows, num_da
 
 
 def _one_row_gradients(guide, params, args, rows) -> list:
-    with torch.random.fork_rng(devices=[]), poutine.block(), eval_mode(guide):
+    with forked_streams(), poutine.block(), eval_mode(guide):
         trace = poutine.trace(guide).get_trace(*(a[:1] for a in args), subsample=rows[:1])
         trace.compute_log_prob()
         terms = []
@@ -443,7 +444,7 @@ def beta_in_pair(model, guide, args: tuple, kwargs: dict, fit_beta: float = 1.0)
             and the same β (β on log p(z) but not on log q(z) trains no β-objective); or
             both that β and ``fit_beta`` are ≠ 1, naming both and their product.
     """
-    with torch.random.fork_rng(devices=[]), torch.no_grad(), poutine.block(), unscaled():
+    with forked_streams(), torch.no_grad(), poutine.block(), unscaled():
         with handlers_seen() as in_guide:
             guide_tr = poutine.trace(guide).get_trace(*args, **kwargs)
         with handlers_seen() as in_model:
@@ -471,7 +472,7 @@ def warn_on_scales(model, guide, args, rows, plate: str, num_data: int) -> None:
     """Warn about sites whose log-density scale is not N/|B| inside ``plate``, 1 outside.
     β handlers are left out (:func:`~pyro_vae.annealing.unscaled`): their scale is the
     training objective's by intent, and validation's numbers leave it out likewise."""
-    with torch.random.fork_rng(devices=[]), torch.no_grad(), unscaled():
+    with forked_streams(), torch.no_grad(), unscaled():
         model_tr, guide_tr = run_pair(model, guide, args, {"subsample": rows})
     factor = num_data / len(rows)
     odd = []

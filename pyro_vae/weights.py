@@ -29,6 +29,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.poutine.messenger import Messenger
 
+from pyro_vae.devices import forked_streams
 from pyro_vae.minibatch import Minibatched
 from pyro_vae.module_hooks import global_forward_pre_hook
 
@@ -122,7 +123,7 @@ def pair_modules(model, guide, args: tuple, kwargs: dict, seed: int = 0) -> tupl
     """``(model_module, guide_module)`` of a pair as :class:`PairWeights` finds them, on one
     run of the pair (guide, then model replayed on its draws) seeded with ``seed``, outside
     the global random stream and without gradients. Either may be ``None``."""
-    with torch.random.fork_rng(devices=[]), torch.no_grad(), poutine.block():
+    with forked_streams(), torch.no_grad(), poutine.block():
         pyro.set_rng_seed(seed)
         with called_modules() as in_guide:
             guide_tr = poutine.trace(guide).get_trace(*args, **kwargs)
@@ -146,7 +147,7 @@ class PairWeights:
     """
 
     def __init__(self, model, guide, args: tuple, kwargs: dict, seed: int = 0) -> None:
-        with torch.random.fork_rng(devices=[]), torch.no_grad(), poutine.block():
+        with forked_streams(), torch.no_grad(), poutine.block():
             pyro.set_rng_seed(seed)
             with poutine.trace(param_only=True) as capture:
                 with called_modules() as in_guide:

@@ -9,6 +9,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from pyro.util import check_if_enumerated
 
+from pyro_vae.devices import forked_streams
 from pyro_vae.estimators.plate_escapes import CheckedGuides, refuse_plate_escapes
 from pyro_vae.plates import batch_rows, find_data_plate, subsampled_data_plate
 from pyro_vae.pointwise import particle_rank
@@ -176,7 +177,7 @@ class SurrogateELBO(ELBO):
         # Guessing runs model and guide once; that draw must not shift the random stream,
         # or two runs that guess at different moments (a resumed one) would diverge, nor
         # move a BatchNorm's running statistics: it is not a training step.
-        with torch.random.fork_rng(devices=[]), buffers_kept():
+        with forked_streams(), buffers_kept():
             super()._guess_max_plate_nesting(model, guide, args, kwargs)
 
     def particle_traces(self, model, guide, args, kwargs):

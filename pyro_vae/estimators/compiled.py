@@ -78,6 +78,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 
 from pyro_vae import precision
+from pyro_vae.devices import forked_streams
 from pyro_vae.draw_tracking import VALUE_READS
 from pyro_vae.estimators.base import SurrogateELBO
 from pyro_vae.estimators.capabilities import Capabilities, capabilities_of
@@ -368,7 +369,7 @@ class CompiledELBO(SurrogateELBO):
         try:
             if owed:  # here, on a forked stream: inside the recording, its draws were
                 # recorded as the step's own, and each replay drew them again
-                with torch.random.fork_rng(devices=[]), buffers_kept():
+                with forked_streams(), buffers_kept():
                     guess_max_plate_nesting(self.elbo, model, guide, *pytree.tree_unflatten(
                         leaves, spec))  # fmt: skip
             return self._recorded(model, guide, one_step, tensors)
@@ -380,7 +381,7 @@ class CompiledELBO(SurrogateELBO):
         """:meth:`_record`'s recording of ``one_step`` on ``tensors``: on a forked random
         stream, with gradients, Pyro's validation off and every buffer put back."""
         with (
-            torch.random.fork_rng(devices=[]),
+            forked_streams(),
             # with gradients whatever the caller's mode: recorded under no_grad (SVI's
             # evaluate_loss first), the graph had no gradient path, and every later step
             # replayed it and left the parameters where they were (tester BT's F1)

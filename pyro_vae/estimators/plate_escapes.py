@@ -36,6 +36,7 @@ from pyro.ops.provenance import ProvenanceTensor, get_provenance
 from pyro.poutine.util import site_is_subsample
 from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing
 
+from pyro_vae.devices import forked_streams
 from pyro_vae.draw_tracking import DrawTracker, buffers_set_aside
 from pyro_vae.pyro_compat import provenance_parts
 from pyro_vae.traces import is_point_mass
@@ -136,7 +137,7 @@ def _quiet_run(guide):
     the guide's object holds, called or not: a Pyro BatchNorm transform)."""
     with (
         disable_proxy_modes_tracing(),  # left out of a step being recorded (compiled.py)
-        torch.random.fork_rng(devices=[]),
+        forked_streams(),
         torch.no_grad(),
         pyro.validation_enabled(False),
         buffers_set_aside([m for m in (module_of(guide),) if m is not None]),  # own modes

@@ -84,6 +84,7 @@ from pyro.poutine.messenger import Messenger
 from torch import nn
 
 from pyro_vae.checks import check_widths
+from pyro_vae.devices import forked_streams
 from pyro_vae.estimators.base import SurrogateELBO, argument_shapes, check_flag
 from pyro_vae.estimators.capabilities import Capabilities
 from pyro_vae.estimators.plate_escapes import CheckedGuides, possible_plate_escapes
@@ -386,7 +387,7 @@ class ScoreFunctionELBO(SurrogateELBO):
             # so creating it (or re-creating it on resume) does not shift later draws: drawn
             # on the CPU (the same weights on every device; no GPU stream is touched), then
             # moved to the features' device.
-            with torch.random.fork_rng(devices=[]):
+            with forked_streams():
                 torch.random.default_generator.manual_seed(0)
                 layers: list[nn.Module] = []
                 width = features.shape[1]

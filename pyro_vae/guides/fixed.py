@@ -16,6 +16,7 @@ import pyro
 import torch
 from pyro import poutine
 
+from pyro_vae.devices import forked_streams
 from pyro_vae.plate_frames import inside_plates, vectorized_frames
 
 
@@ -100,7 +101,7 @@ def _model_plates(model, args: tuple, kwargs: dict | None, sites) -> dict:
     store = pyro.get_param_store()
     before = set(store.keys())
     try:
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
+        with forked_streams(), torch.no_grad():
             trace = poutine.trace(model).get_trace(*args, **(kwargs or {}))
     finally:
         for name in set(store.keys()) - before:

@@ -119,6 +119,44 @@ def test_a_gpu_index_beyond_the_machine_s_is_refused(monkeypatch):
         resolve_device("cuda:2")
 
 
+def test_forked_streams_fork_every_cuda_stream_once_cuda_is_initialized(monkeypatch):
+    """Tester EE: a recording, a plate-nesting guess and a validation's seeded draws forked
+    only the CPU's stream (``fork_rng(devices=[])``), so on a GPU they moved the GPU's, and
+    a compiled or resumed run there differed from a straight one by 0.003 in its weights.
+    The device's generator is asked for through torch.random.fork_rng's own arguments."""
+    from pyro_vae.devices import forked_streams
+
+    asked = []
+    monkeypatch.setattr(
+        torch.random, "fork_rng", lambda devices, device_type="cuda": asked.append(
+            (list(devices), device_type)) or contextlib.nullcontext()
+    )  # fmt: skip
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    forked_streams()  # no GPU used yet: no GPU stream moved to put back
+    forked_streams(torch.device("cuda", 1))
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    forked_streams()
+    assert asked == [([], "cuda"), ([0, 1], "cuda"), ([0, 1], "cuda")]
+
+
+def test_only_forked_streams_forks_the_random_streams():
+    """The kind of tester EE's fault: every fork of the random streams in the package goes
+    through ``devices.forked_streams`` (CAVI computes on the CPU alone, and is exempt)."""
+    from pathlib import Path
+
+    import pyro_vae
+
+    root = Path(pyro_vae.__file__).parent
+    forks = [
+        str(path.relative_to(root))
+        for path in root.rglob("*.py")
+        if "fork_rng(" in path.read_text() and path.parent.name != "cavi"
+    ]
+    assert forks == ["devices.py"]
+
+
 def test_available_devices_start_with_the_cpu():
     assert available_devices()[0] == "cpu"
 
