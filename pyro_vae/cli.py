@@ -558,7 +558,9 @@ FOLLOWED_A_LOST_RANK = {"followed": False}
 _FIT_PROGRESS = {"begun": False, "checked": False, "trained": False}
 
 
-def _where_it_stopped(args: argparse.Namespace) -> str:
+def _where_it_stopped(args: argparse.Namespace, change: str = "") -> str:
+    """What the run folder holds after a stop, and the resume that continues it, with
+    ``change`` (``" --compile off"``) added where the stop needs it."""
     if args.command != "fit":
         return "its run folder is as it was: files are only ever replaced whole"
     run = RunFolder(args.resume or args.out)
@@ -577,7 +579,7 @@ def _where_it_stopped(args: argparse.Namespace) -> str:
         nproc = f" --nproc {processes}" if processes > 1 else ""
         return (
             f"{run.path} holds the checkpoint of epoch {epoch}; continue with "
-            f"`pyro-vae fit --resume {run.path}{nproc}{_epochs_not_recorded(args, run)}`"
+            f"`pyro-vae fit --resume {run.path}{nproc}{_epochs_not_recorded(args, run)}{change}`"
         )
     # no checkpoint yet: no epoch had finished, or the first one's write was cut off
     # (tester AX: "no epoch had finished" after epoch 1 had)
@@ -589,7 +591,7 @@ def _where_it_stopped(args: argparse.Namespace) -> str:
         again = f" --nproc {nproc}" if nproc > 1 else ""
         return (
             f"{none}; start it again from its own config.json with "
-            f"`pyro-vae fit --resume {run.path}{again}`"
+            f"`pyro-vae fit --resume {run.path}{again}{change}`"
         )
     return f"{none}; start it over with `pyro-vae fit --restart --out {run.path} ...`"
 
@@ -622,12 +624,12 @@ def _raised_in_user_code(err: BaseException) -> str:
     return ""
 
 
-def _where_it_stopped_after_checks(args: argparse.Namespace) -> str:
+def _where_it_stopped_after_checks(args: argparse.Namespace, change: str = "") -> str:
     """Where a fit that passed its checks stopped on an error: mid-training,
-    :func:`_where_it_stopped_readable`; after training, in the test-set evaluation, that
-    the folder holds the trained weights and how to score them."""
+    :func:`_where_it_stopped_readable` (its resume with ``change``); after training, in the
+    test-set evaluation, that the folder holds the trained weights and how to score them."""
     if not _FIT_PROGRESS["trained"]:
-        return _where_it_stopped_readable(args)
+        return _where_it_stopped_readable(args, change)
     run = args.resume or args.out
     return (  # (tester CR: advised to evaluate, which met the same error)
         f"training had finished, and {run} holds its weights; `pyro-vae evaluate {run}` "
@@ -635,10 +637,10 @@ def _where_it_stopped_after_checks(args: argparse.Namespace) -> str:
     )
 
 
-def _where_it_stopped_readable(args: argparse.Namespace) -> str:
+def _where_it_stopped_readable(args: argparse.Namespace, change: str = "") -> str:
     """:func:`_where_it_stopped`, or that the folder cannot be read either."""
     try:
-        return _where_it_stopped(args)
+        return _where_it_stopped(args, change)
     except OSError as err:
         return f"{args.resume or args.out} cannot be read either ({err.strerror})"
 
@@ -688,20 +690,26 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _compile_kept(args: argparse.Namespace) -> str:
-    """For a resume refused because its step cannot be recorded: the way out (tester BE:
-    ``--compile off`` was refused as a change to the run; tester BF: the ``--restart``
-    command advised next trained the defaults, its flags left to retype). A run with no
-    checkpoint yet takes ``--compile`` on its resume (:func:`pyro_vae.cli_resume.
-    resume_config`); one with a checkpoint keeps the step it recorded."""
+    """For a resume refused because its step cannot be recorded: the way out, a resume
+    with ``--compile off`` (tester BE: it was refused as a change to the run; tester BF:
+    the ``--restart`` command advised next trained the defaults, its flags left to
+    retype)."""
     if args.command != "fit" or not args.resume:
         return ""
-    run = RunFolder(args.resume)
-    if run.has_checkpoint:
-        return f"; a resume of {run.path} keeps its recorded step: start a new run with --out"
-    return (
-        f"; {run.path} holds no checkpoint yet, so its resume may change that: "
-        f"`pyro-vae fit --resume {run.path} --compile off`"
+    return f"; its resume may change that: `pyro-vae fit --resume {args.resume} --compile off`"
+
+
+def _without_torch_compile(err: BaseException) -> tuple[str, str]:
+    """For an error of ``torch.compile`` itself (``--compile inductor``: no working C++
+    compiler, a backend failure), the resume flag that steps without it and why, else
+    ``("", "")`` (tester EE: the resume advised met the same error)."""
+    if not type(err).__module__.startswith(("torch._inductor", "torch._dynamo")):
+        return "", ""
+    why = (
+        " (torch.compile failed; --compile on records the step without it, its weights "
+        "within float32 rounding of inductor's)"
     )
+    return " --compile on", why
 
 
 def _error() -> str:
@@ -771,7 +779,7 @@ def _run_command(handler, args: argparse.Namespace, argv: list[str]) -> int:
             return 2
         _tell(  # a later step's call signature (a last, smaller batch)
             f"{_error()}: {_one_line(err)} On the command line: --compile off. "
-            f"{_where_it_stopped(args)}"
+            f"{_where_it_stopped(args, ' --compile off')}"
         )
         return 1
     except KeyboardInterrupt:
@@ -792,7 +800,8 @@ def _run_command(handler, args: argparse.Namespace, argv: list[str]) -> int:
         # its traceback, for the model's own code, then what the folder holds (tester CR:
         # a model's RuntimeError at step 40 gave 116 lines and nothing of the checkpoint)
         traceback.print_exc()
-        _tell(f"{_error()}: {_one_line(err)}; {_where_it_stopped_after_checks(args)}")
+        change, why = _without_torch_compile(err)
+        _tell(f"{_error()}: {_one_line(err)}{why}; {_where_it_stopped_after_checks(args, change)}")
         return 1
 
 

@@ -29,6 +29,7 @@ _RESUMABLE = {
     "--device",
     "--nproc",
     "--tensorboard",
+    "--compile",
 }
 _DATA_FLAGS = (
     "image_size", "crop", "columns", "label_column", "labels_fraction", "labelled",
@@ -96,17 +97,18 @@ def resume_config(
     )
     if args.device is not None:  # run folders are device-independent
         training = replace(training, device=args.device)
-    return replace(config, training=_recompiled(training, args, given, state)), state
+    return replace(config, training=_recompiled(training, args, given)), state
 
 
-def _recompiled(training, args: argparse.Namespace, given: set[str], state) -> Any:
-    """``training`` with ``--compile`` as given where the run holds no checkpoint yet:
-    nothing was trained, so whether its steps are recorded may change (tester BE: a fit
-    whose step could not be recorded left its config.json saying ``compile: true``, and
-    the ``--compile off`` a resume needed was refused as a change to the run). ``auto``
-    keeps the run's own; a run with a checkpoint keeps its own (compared, and refused
-    where it differs, by :func:`_refuse_changed_settings`)."""
-    if state is not None or "--compile" not in given or args.compile == "auto":
+def _recompiled(training, args: argparse.Namespace, given: set[str]) -> Any:
+    """``training`` with ``--compile`` as given: how the steps run, as ``--device`` is
+    where. The recorded step's weights are the uncompiled step's bit for bit, and
+    inductor's within float32 rounding of them, so a resume may change it (tester BE: a
+    fit whose step could not be recorded left its config.json saying ``compile: true``,
+    and the ``--compile off`` a resume needed was refused; tester EE: an inductor run
+    could not be resumed on a machine without a C++ compiler, the ``--compile on`` it
+    needed refused as a change to the run). ``auto`` keeps the run's own."""
+    if "--compile" not in given or args.compile == "auto":
         return training
     backend = "inductor" if args.compile == "inductor" else None
     return replace(training, compile=args.compile != "off", compile_backend=backend)
@@ -154,10 +156,6 @@ def _refuse_changed_settings(
     changed = []
     for flag in fixed:
         for key in _settings_of(flag, args):
-            if key == "train.compile" and args.compile == "auto":
-                continue  # auto decides from the run's own model and estimator
-            if key.startswith("train.compile") and state is None:
-                continue  # nothing trained yet: how its steps run may change (_recompiled)
             if flag != "--model-opt" and not _model_takes(run_config, key):
                 _note_not_taken(flag, key, run_config)
                 continue

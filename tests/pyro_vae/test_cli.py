@@ -1479,10 +1479,58 @@ def test_a_resume_with_no_checkpoint_yet_may_stop_recording_its_steps(trained, t
     assert resumed["train"]["compile"] is False and resumed["train"]["seed"] == 3
     assert resumed["guide"] == config["guide"] and resumed["estimator"] == config["estimator"]
     assert RunFolder(run).load_checkpoint()["epoch"] == 1
+
+
+def test_a_resume_may_change_compile_and_trains_the_same_weights(trained, tmp_path):
+    """Tester EE: a --compile inductor run could not be resumed where no C++ compiler
+    works: the --compile on it needed was refused as a change to the run, though the
+    recorded step's weights are the uncompiled step's bit for bit (and inductor's within
+    float32 rounding). A resume takes --compile as it takes --device."""
+    own, changed = tmp_path / "own", tmp_path / "changed"
+    shutil.copytree(trained, own)
+    shutil.copytree(trained, changed)
     compiled = json.loads((trained / "config.json").read_text())["train"]["compile"]
     flag = "off" if compiled else "on"
-    assert main(["fit", "--resume", str(trained), "--compile", flag, "--epochs", "9"]) == 2
-    assert "--compile cannot change a run being resumed" in capsys.readouterr().err
+    assert main(["fit", "--resume", str(own), "--epochs", "4", "--no-progress"]) == 0
+    assert main(["fit", "--resume", str(changed), "--compile", flag, "--epochs", "4",
+                 "--no-progress"]) == 0  # fmt: skip
+    assert json.loads((changed / "config.json").read_text())["train"]["compile"] is not compiled
+    a, b = RunFolder(own).load_checkpoint(), RunFolder(changed).load_checkpoint()
+    assert a["epoch"] == b["epoch"] == 4
+    for name, weight in a["model"].items():
+        assert torch.equal(weight, b["model"][name]), name
+
+
+def test_a_failure_of_torch_compile_advises_a_resume_without_it(monkeypatch, capsys, tmp_path):
+    """Tester EE: a --compile inductor run whose resume found no working C++ compiler was
+    told to resume as it was, which met the same error; so was a recorded step that could
+    not record a later batch's shape, told --compile off beside a resume without it."""
+    import torch._inductor.exc
+
+    import pyro_vae.cli as cli
+    from pyro_vae.estimators.compiled import CaptureError
+
+    run = tmp_path / "r"
+    assert main(["fit", "--data", "digits", "--epochs", "1", "--out", str(run), *FAST]) == 0
+
+    def fail(args, given):  # inductor's own error, from a step after fit's checks
+        cli._FIT_PROGRESS.update(begun=True, checked=True)
+        raise torch._inductor.exc.InvalidCxxCompiler()
+
+    monkeypatch.setattr("pyro_vae.cli._fit", fail)
+    assert main(["fit", "--resume", str(run), "--epochs", "2"]) == 1
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert "No working C++ compiler" in err and "--compile on records the step" in err
+    assert err.endswith(f"`pyro-vae fit --resume {run} --epochs 2 --compile on`")
+
+    def cannot_record(args, given):  # a later batch's shape the recording refuses
+        cli._FIT_PROGRESS.update(begun=True, checked=True)
+        raise CaptureError("could not record one step of M and G\nreads a value")
+
+    monkeypatch.setattr("pyro_vae.cli._fit", cannot_record)
+    assert main(["fit", "--resume", str(run), "--epochs", "2", "--compile", "on"]) == 1
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.endswith(f"`pyro-vae fit --resume {run} --epochs 2 --compile off`")
 
 
 def test_a_step_that_cannot_be_recorded_is_refused_before_anything_is_written(tmp_path, capsys):
