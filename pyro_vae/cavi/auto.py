@@ -49,6 +49,7 @@ from pyro_vae.cavi.chains import find_chains
 from pyro_vae.cavi.conjugate_forms import probe_factors, probe_runner
 from pyro_vae.cavi.convergence import warn_sweeps_unconverged
 from pyro_vae.cavi.coordinate_updates import CoordinateUpdates
+from pyro_vae.cavi.cpu_default import on_the_cpu
 from pyro_vae.cavi.data_indexing import ReadAcrossPlate
 from pyro_vae.cavi.event_flattening import (
     flat_init,
@@ -279,6 +280,7 @@ class AutoCAVI(CoordinateUpdates, BaseEstimator):
         self.random_state = random_state
         self.overrelax = overrelax
 
+    @on_the_cpu
     def fit(self, *args, **kwargs) -> AutoCAVI:
         """Probe ``model(*args, **kwargs)`` (floating tensors cast to float64, NumPy arrays
         made tensors) and run CAVI. No autograd graph is built (a model's ``PyroParam``
@@ -1001,6 +1003,7 @@ class AutoCAVI(CoordinateUpdates, BaseEstimator):
         # the seed as an int: a NumPy integer too (torch's manual_seed takes only int)
         return tol, max_iter, auto_blocks, n_init, int(seed)
 
+    @on_the_cpu
     def variational_distributions(self) -> dict[str, torch.distributions.Distribution]:
         """The fitted factors q_j, keyed by latent site name (float64; batch shape = the
         site's plates, but for a site in ``plates_as_events_``, whose q has that plate's
@@ -1025,6 +1028,7 @@ class AutoCAVI(CoordinateUpdates, BaseEstimator):
         # predictions, its bound not (tester DL)
         return copy.deepcopy(out)
 
+    @on_the_cpu
     def variational_guide(self):
         """The fitted q as a Pyro guide ``guide(*args, **kwargs)`` (the arguments are
         ignored), joint where q is: a block draws its precision and then its mean given

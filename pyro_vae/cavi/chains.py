@@ -24,10 +24,10 @@ marginals and log Z, and H[q] = log Z − Σ_t E[u_t] − Σ_t E[ψ_t].
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 
+from pyro_vae.cavi.caller_warnings import warn_at_caller
 from pyro_vae.cavi.expectations import contract, sum_to
 from pyro_vae.cavi.exponential_families import NotConjugateError
 from pyro_vae.cavi.factor_form import Factor
@@ -61,13 +61,12 @@ def find_chains(latents: dict[str, Latent], factors: list[Factor]) -> list[tuple
         if c not in kept and latents[c].batch_shape and latents[p].batch_shape
     )  # fmt: skip
     if linked:
-        warnings.warn(
+        warn_at_caller(
             f"AutoCAVI: the Categorical sites {linked[:3]}{' …' if len(linked) > 3 else ''} "
             "read a plated predecessor that forward-backward cannot keep in one chain with "
             "them (through a data index, or in other plates or plate dims), so that link is "
             "fitted by mean field, a lower bound. Put every step of a sequence in the same "
             "plates, read at its own element",
-            stacklevel=3,
         )
     following = _longest_successor(list(latents), kept)
     continued = set(following.values())

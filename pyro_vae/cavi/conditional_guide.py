@@ -54,6 +54,7 @@ from pyro.poutine.util import site_is_subsample
 from sklearn.exceptions import ConvergenceWarning
 
 from pyro_vae.cavi.auto import AutoCAVI
+from pyro_vae.cavi.caller_warnings import warn_at_caller
 from pyro_vae.cavi.exponential_families import NotConjugateError
 
 #: Starts of each inner fit unless ``n_init`` is given (see the module docstring).
@@ -146,14 +147,13 @@ class ConditionalCAVIGuide:
         self.inner_fits_ += 1
         if not fit.converged_:
             self.unconverged_ += 1
-            warnings.warn(
+            warn_at_caller(
                 f"ConditionalCAVIGuide: an inner AutoCAVI fit stopped at max_iter="
                 f"{fit.max_iter} sweeps without converging ({self.unconverged_} of "
                 f"{self.inner_fits_} so far): q*(c | u) is not stationary there, so its ELBO "
                 "is lower and the gradient biased; raise max_iter, or leave strongly coupled "
                 "latents to SVI (svi_sites)",
                 RuntimeWarning,
-                stacklevel=2,
             )
         self._count_optima(fit)
         # its plates' own sites hidden: the guide over u may have made a plate of that name

@@ -11,9 +11,9 @@ that a user's filter for one filters all.
 
 from __future__ import annotations
 
-import warnings
-
 from sklearn.exceptions import ConvergenceWarning
+
+from pyro_vae.cavi.caller_warnings import warn_at_caller
 
 
 def warn_unconverged(name: str, bounds: list[float], max_iter: int, tol: float) -> None:
@@ -26,19 +26,17 @@ def warn_unconverged(name: str, bounds: list[float], max_iter: int, tol: float) 
         else "one iteration shows no change"
     )
     if tol == 0:  # no change is under it: nothing to say of a fixed point (tester AB)
-        warnings.warn(
+        warn_at_caller(
             f"{name}: ran all max_iter={max_iter} iterations, as tol=0 asks (converged means "
             f"a change under tol, which no change is); {change}",
             ConvergenceWarning,
-            stacklevel=3,
         )
         return
-    warnings.warn(
+    warn_at_caller(
         f"{name}: stopped at max_iter={max_iter} iterations without converging ({change}; "
         f"converged means a change under tol={tol:g}): q is not known to be a fixed point, "
         "and its bound may be short of one. Raise max_iter (or tol)",
         ConvergenceWarning,
-        stacklevel=3,
     )
 
 
@@ -48,39 +46,36 @@ def warn_sweeps_unconverged(bounds: list, max_iter: int, tol: float, overrelax: 
     of the fixed point's (crossed intercepts sharing a common level: 2.3 nats after 1,000
     sweeps, q(a) 60 posterior sds away, tester 12)."""
     if len(bounds) == 1:  # no change to read (tester 38's P3: "raised the bound by nan")
-        warnings.warn(
+        warn_at_caller(
             f"AutoCAVI: stopped at max_iter={max_iter} sweep, before convergence could be "
             f"seen (converged means a sweep changed the bound by less than tol={tol:g} "
             "nats, so it takes two sweeps at least): q is not known to be a fixed point, "
             "and its bound may be short of it. Raise max_iter",
             ConvergenceWarning,
-            stacklevel=3,
         )
         return
     last = bounds[-1] - bounds[-2]
     if tol == 0:  # no change is under it: nothing to say about a fixed point (tester Z)
-        warnings.warn(
+        warn_at_caller(
             f"AutoCAVI: ran all max_iter={max_iter} sweeps, as tol=0 asks (converged means a "
             f"sweep changed the bound by less than tol, which no change is); the last "
             f"changed it by {last:.3g} nats",
             ConvergenceWarning,
-            stacklevel=3,
         )
         return
     changes = [b - a for a, b in zip(bounds[-11:], bounds[-10:], strict=False)]
     if any(change < 0 for change in changes):  # no exact CAVI sweep lowers the bound
         size = max(abs(change) for change in changes)
-        warnings.warn(
+        warn_at_caller(
             f"AutoCAVI: stopped at max_iter={max_iter} sweeps without converging, the last "
             f"sweeps moving the bound up and down by up to {size:.3g} nats: no sweep lowers "
             "it but for float64 rounding, so the sweeps are at the floor rounding sets (the "
             "bound is large, or the data far from zero) and more will not help. Centre and "
             f"scale the data, or fit with tol above {size:.1g}",  # tester 15: counts near 10⁶
             ConvergenceWarning,
-            stacklevel=3,
         )
         return
-    warnings.warn(
+    warn_at_caller(
         f"AutoCAVI: stopped at max_iter={max_iter} sweeps without converging (the last sweep "
         f"raised the bound by {last:.3g} nats; converged means less than tol={tol:g} nats): "
         "q is not a fixed point and the bound is short of it. Raise max_iter"
@@ -88,5 +83,4 @@ def warn_sweeps_unconverged(bounds: list, max_iter: int, tol: float, overrelax: 
         "mean field crawls where latents are strongly coupled (crossed effects sharing a "
         "common level, a + b nearly unidentified: tighten one prior or center one of them)",
         ConvergenceWarning,
-        stacklevel=3,
     )

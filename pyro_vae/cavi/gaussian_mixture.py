@@ -25,7 +25,6 @@ not. Everything is vectorized in torch over points and components.
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import pyro.distributions as dist
@@ -42,7 +41,9 @@ from pyro_vae.cavi._checks import (
     positive_int,
     squares_finite,
 )
+from pyro_vae.cavi.caller_warnings import warn_at_caller
 from pyro_vae.cavi.convergence import warn_unconverged
+from pyro_vae.cavi.cpu_default import on_the_cpu
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -251,11 +252,10 @@ class BayesianGaussianMixture(BaseEstimator):
             centers = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], centers)
         distinct = int(labels.unique().numel())
         if distinct < k:  # scikit-learn's KMeans warns the same way
-            warnings.warn(
+            warn_at_caller(
                 f"Number of distinct clusters ({distinct}) found smaller than "
                 f"n_clusters ({k}). Possibly due to duplicate points in X.",
                 ConvergenceWarning,
-                stacklevel=3,
             )
         resp = torch.zeros(n, k, dtype=X.dtype)
         resp[torch.arange(n), labels] = 1.0
@@ -384,6 +384,7 @@ class BayesianGaussianMixture(BaseEstimator):
             - e_log_qmu_lambda
         )
 
+    @on_the_cpu
     def fit(self, X, y=None) -> BayesianGaussianMixture:
         """Fit by CAVI from ``n_init`` initializations; keep the one with the best ELBO."""
         X = self._check(X)
@@ -416,6 +417,7 @@ class BayesianGaussianMixture(BaseEstimator):
         self.precisions_ = torch.linalg.inv(self.covariances_)
         return self
 
+    @on_the_cpu
     def predict_proba(self, X) -> torch.Tensor:
         """q(z_n = k) for new points: the E-step responsibilities."""
         if not hasattr(self, "_w_inv"):
@@ -428,6 +430,7 @@ class BayesianGaussianMixture(BaseEstimator):
             raise ValueError(f"X: shape {tuple(X.shape)} is not [n_samples, {d}]")
         return torch.softmax(self._log_rho(finite("X", X)), dim=1)
 
+    @on_the_cpu
     def variational_distributions(self, X=None) -> dict:
         """The fitted factors keyed by the sites of ``models.gmm.GaussianMixtureModel`` with
         ``precision_parameterization="wishart"``: q(π) Dirichlet (``"weights"``), q(Λ_k)
@@ -458,6 +461,7 @@ class BayesianGaussianMixture(BaseEstimator):
             out["assignment"] = dist.Categorical(probs=self.predict_proba(X))
         return out
 
+    @on_the_cpu
     def predict(self, X) -> torch.Tensor:
         """The most responsible component of each point."""
         return self.predict_proba(X).argmax(1)

@@ -35,6 +35,7 @@ from pyro_vae.cavi._checks import (
     squares_finite,
 )
 from pyro_vae.cavi.convergence import warn_unconverged
+from pyro_vae.cavi.cpu_default import on_the_cpu
 from pyro_vae.cavi.fitted_guide import sample_chain
 
 
@@ -192,6 +193,7 @@ class FactorialHMM:
         if not torch.allclose(self.C, self.C.T) or torch.linalg.cholesky_ex(self.C).info != 0:
             raise ValueError("C: is not symmetric positive definite; expected a noise covariance")
 
+    @on_the_cpu
     def sample(self, t_len: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw states ``[T, M]`` and observations ``[T, D]`` from the model."""
         t_len = positive_int("t_len", t_len)
@@ -224,6 +226,7 @@ class FactorialHMM:
             raise ValueError(f"y: shape {tuple(y.shape)} has no time steps; expected T ≥ 1")
         return squares_finite("y", finite("y", y))  # (tester BR: 1e200 gave a bound of nan)
 
+    @on_the_cpu
     def log_likelihood_exact(self, y) -> float:
         """log p(Y) by forward on the K^M joint states (small models only)."""
         y = self._check(y)
@@ -282,6 +285,7 @@ class _FactorialMeanField(BaseEstimator):
         self.n_init = n_init
         self.random_state = random_state
 
+    @on_the_cpu
     def fit(self, y):
         """Fit q(S) to the observations ``y`` ``[T, D]`` from ``n_init`` random starts and
         keep the one with the highest bound."""
@@ -320,6 +324,7 @@ class _FactorialMeanField(BaseEstimator):
     def _check_model(self) -> None:
         pass
 
+    @on_the_cpu
     def variational_distributions(self) -> dict:
         """The fitted marginals q(s_t⁽ᵐ⁾) as ``{"s_{m}_{t}": Categorical}``, the sites of
         ``models.hmm.FactorialHMMModel``. Drawn independently they are q under naive mean
@@ -397,6 +402,7 @@ class StructuredMeanField(_FactorialMeanField):
                 break
         return mu, bounds, converged, pairwise
 
+    @on_the_cpu
     def variational_guide(self):
         """q(S) as a Pyro guide over ``models.hmm.FactorialHMMModel``'s sites: each chain
         drawn in order, s_0⁽ᵐ⁾ from its marginal and each s_t⁽ᵐ⁾ from q_m(s_t | s_{t−1}),

@@ -35,6 +35,7 @@ from pyro_vae.cavi._checks import (
     real,
 )
 from pyro_vae.cavi.convergence import warn_unconverged
+from pyro_vae.cavi.cpu_default import on_the_cpu
 
 MAX_EXACT_SPINS = 25
 
@@ -224,6 +225,7 @@ class IsingMeanField(BaseEstimator):
         # update's is not, so its state is tested directly.
         return self.update == "sequential" or fixed_point_residual(m, J, h, self.beta) < self.tol
 
+    @on_the_cpu
     def fit(self, J, h=None) -> IsingMeanField:
         """Fit the magnetizations for couplings ``J`` (n x n) and fields ``h`` (n,)."""
         self._validate()
@@ -258,6 +260,7 @@ class IsingMeanField(BaseEstimator):
             warn_unconverged("IsingMeanField", bounds[1:], self.max_iter, self.tol)
         return self
 
+    @on_the_cpu
     def variational_distributions(self, site: str = "spins") -> dict:
         """The fitted q(s) = Π_i q(s_i) as ``{site: Bernoulli((1 + m_i)/2).to_event(1)}`` over
         the bits b = (s + 1)/2 of ``models.ising.IsingModel`` (its site ``"spins"``), for

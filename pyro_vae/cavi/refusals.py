@@ -12,10 +12,10 @@ q is checked (:func:`unverifiable`), and its warning that rounding may still mov
 from __future__ import annotations
 
 import re
-import warnings
 
 import torch
 
+from pyro_vae.cavi.caller_warnings import warn_at_caller
 from pyro_vae.cavi.data_indexing import ReadAcrossPlate, reads_several
 from pyro_vae.cavi.exponential_families import (
     DISCRETE_FAMILIES,
@@ -390,7 +390,7 @@ def warn_imprecise(error: float, bound: float, rounds: int, unchecked=None) -> N
     own gradient could not check, {unit: its factor without an autograd graph}."""
     named = ", ".join(f"{n!r} (its factor {f!r} has no autograd graph)"
                       for n, f in (unchecked or {}).items())  # fmt: skip
-    warnings.warn(
+    warn_at_caller(
         f"AutoCAVI: after {rounds} probing rounds, float64 rounding in the factors may still "
         f"move the bound by about {error:.3g} nats (bound {bound:.6g}): the log-densities are "
         "large where q puts its mass. Centre and scale the data (or the prior) so that the "
@@ -402,7 +402,6 @@ def warn_imprecise(error: float, bound: float, rounds: int, unchecked=None) -> N
             else ""
         ),
         RuntimeWarning,
-        stacklevel=4,
     )
 
 

@@ -37,6 +37,7 @@ from pyro_vae.cavi._checks import (
     squares_finite,
 )
 from pyro_vae.cavi.convergence import warn_unconverged
+from pyro_vae.cavi.cpu_default import on_the_cpu
 
 
 def _as_data(X, y) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,6 +101,7 @@ class BayesianLinearRegression(BaseEstimator):
         positive_int("max_iter", self.max_iter)
         return tuple(positive(name, getattr(self, name)) for name in ("a0", "b0", "lambda0"))
 
+    @on_the_cpu
     def fit(self, X, y) -> BayesianLinearRegression:
         priors = self._validate()
         X, y = _as_data(X, y)
@@ -164,6 +166,7 @@ class BayesianLinearRegression(BaseEstimator):
         )
         return float(e_log_lik_and_prior + e_log_p_tau + entropy_w + entropy_tau)
 
+    @on_the_cpu
     def variational_distributions(
         self, weights: str = "weights", precision: str = "precision"
     ) -> dict[str, dist.Distribution]:
@@ -190,6 +193,7 @@ class BayesianLinearRegression(BaseEstimator):
             precision: dist.Gamma(shape, rate),
         }
 
+    @on_the_cpu
     def predict(self, X, return_std: bool = False):
         """E[y | X] under q; with ``return_std`` also the predictive sd of the noisy y."""
         if not hasattr(self, "coef_"):
