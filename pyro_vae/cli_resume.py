@@ -14,6 +14,7 @@ from typing import Any
 from pyro_vae import estimators
 from pyro_vae.checkpoint import RunFolder, RunFolderError, flat_settings, processes_by_epoch
 from pyro_vae.cli_config import MODEL_DEFAULTS, MODEL_FLAGS, run_config_from_args
+from pyro_vae.devices import available_devices, resolve_device
 from pyro_vae.distributed import Group, run_from_rank_0
 from pyro_vae.early_stopping import EarlyStopping, last_validated
 from pyro_vae.run_config import RunConfig
@@ -97,7 +98,24 @@ def resume_config(
     )
     if args.device is not None:  # run folders are device-independent
         training = replace(training, device=args.device)
+    else:
+        _refuse_a_recorded_device_missing_here(run, training.device)
     return replace(config, training=_recompiled(training, args, given)), state
+
+
+def _refuse_a_recorded_device_missing_here(run: RunFolder, device: str) -> None:
+    """A resume without ``--device`` of a run trained on a device this machine does not
+    have is refused naming the run's device and the flag that resumes it here (tester
+    EE: "--device: 'cuda' is not available", of a flag the user had not given)."""
+    try:
+        resolve_device(device)
+    except ValueError:
+        raise ValueError(
+            f"resume: the run in {run.path} trained on --device {device} (its config.json), "
+            f"which this machine does not have (it has {', '.join(available_devices())}); "
+            "expected --device cpu or auto with --resume to continue it here (nothing was "
+            "changed)"
+        ) from None
 
 
 def _recompiled(training, args: argparse.Namespace, given: set[str]) -> Any:

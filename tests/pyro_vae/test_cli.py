@@ -1501,6 +1501,27 @@ def test_a_resume_may_change_compile_and_trains_the_same_weights(trained, tmp_pa
         assert torch.equal(weight, b["model"][name]), name
 
 
+def test_a_resume_of_a_run_trained_on_a_missing_device_names_the_run_s_device(
+    trained, tmp_path, capsys, monkeypatch
+):
+    """Tester EE: a run trained with --device cuda, resumed on a machine without one, was
+    refused as "--device: 'cuda' is not available", a flag the resume had not been given."""
+    run = tmp_path / "gpu"
+    shutil.copytree(trained, run)
+    config = json.loads((run / "config.json").read_text())
+    config["train"]["device"] = "cuda"
+    (run / "config.json").write_text(json.dumps(config))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert main(["fit", "--resume", str(run), "--epochs", "4", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"the run in {run} trained on --device cuda (its config.json)" in err
+    assert "expected --device cpu or auto with --resume" in err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    assert main(["fit", "--resume", str(run), "--epochs", "4", "--device", "cpu",
+                 "--no-progress"]) == 0  # fmt: skip
+
+
 def test_a_failure_of_torch_compile_advises_a_resume_without_it(monkeypatch, capsys, tmp_path):
     """Tester EE: a --compile inductor run whose resume found no working C++ compiler was
     told to resume as it was, which met the same error; so was a recorded step that could
