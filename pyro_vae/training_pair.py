@@ -54,6 +54,7 @@ from pyro_vae.likelihoods import check_observations
 from pyro_vae.minibatch import Minibatched, align_autoguide, requires_keyword
 from pyro_vae.plates import (
     DataPlateError,
+    DeclaredSubsamples,
     batch_rows,
     describe_plates,
     find_data_plate,
@@ -124,7 +125,10 @@ class TrainingPair:
         check_dtypes(args, model, guide)
         observable = partial(check_observations, module_of(model) or model)
         source.data.check_training_data(observable)
-        plate, dim, plates = per_datapoint_plate(model, args, config.data_plate, guide, n)
+        minibatch_of = n if source.batch_size < n else None
+        plate, dim, plates = per_datapoint_plate(
+            model, args, config.data_plate, guide, n, minibatch_of
+        )
         if plate is None and source.batch_size < n:
             refuse_uncovered_sites(Minibatched(model, None, n), Minibatched(guide, None, n), args)
             raise DataPlateError(
@@ -231,14 +235,31 @@ class TrainingPair:
 
 
 def per_datapoint_plate(
-    model, args: tuple, name: str | None, guide=None, num_data: int | None = None
+    model,
+    args: tuple,
+    name: str | None,
+    guide=None,
+    num_data: int | None = None,
+    minibatch_of: int | None = None,
 ) -> tuple[str | None, int | None, str]:
     """(the per-datapoint plate, its dim, a description of the plates where there is none)
     of the model's run on ``args``, given ``num_data=N`` where it takes it, as every step
     gives it (tester AI: a guide sized by ``num_data`` failed here, before training, with
-    "missing 1 required positional argument: 'num_data'")."""
-    with forked_streams(), torch.no_grad(), poutine.block():
-        trace = poutine.trace(model).get_trace(*args, **_num_data_for(model, num_data))
+    "missing 1 required positional argument: 'num_data'").
+
+    ``minibatch_of``: N where ``args`` is a minibatch of N rows; a plate over the batch's
+    rows that subsamples them itself is then refused (:func:`_refuse_self_subsampling`).
+
+    Raises:
+        pyro_vae.plates.DataPlateError: that plate, naming it and the way out."""
+    declared = DeclaredSubsamples()
+    try:
+        with forked_streams(), torch.no_grad(), poutine.block(), declared:
+            trace = poutine.trace(model).get_trace(*args, **_num_data_for(model, num_data))
+    except ValueError as error:  # Pyro's own, of a subsample larger than the batch
+        _refuse_self_subsampling(declared, None, batch_rows(args), minibatch_of, error)
+        raise
+    _refuse_self_subsampling(declared, trace, batch_rows(args), minibatch_of)
     if guide is not None:
         refuse_a_guide_that_does_not_fit(trace, guide, args, num_data)
     plate = find_data_plate(trace, batch_rows(args), name, nameable=True)
@@ -246,6 +267,41 @@ def per_datapoint_plate(
         return None, None, describe_plates(trace)
     dims = [f.dim for s in sample_sites(trace).values() for f in frames_in(s, plate)]
     return plate, dims[0] if dims else None, ""
+
+
+def _refuse_self_subsampling(
+    declared: DeclaredSubsamples, trace, rows: int | None, n: int | None, error=None
+) -> None:
+    """Refuse a model whose plate over a minibatch's ``rows`` (of ``n``) declares a
+    ``subsample_size`` (Pyro's SVI tutorial's ``pyro.plate("data", len(x),
+    subsample_size=10) as i``, ``obs=x[i]``), around an observed site of ``trace`` (any,
+    for a run Pyro failed: ``trace`` None). fit hands it minibatches already, and gives
+    the plate the batch's rows among the N, which ``x[i]`` reads past (tester EG: an
+    IndexError inside the model at batch_size 10, Pyro's "did you use different
+    subsample_size in the model and guide?" at 8, of a guide with no plate, and at 50 a
+    refusal saying that the model had no plate of the batch's size)."""
+    if n is None or rows is None or rows >= n:
+        return
+    observed = None
+    if trace is not None:
+        observed = {f.name for site in sample_sites(trace).values() if site["is_observed"]
+                    for f in site["cond_indep_stack"]}  # fmt: skip
+    for plate, (size, subsample_size) in declared.declared.items():
+        if (
+            size != rows
+            or subsample_size is None
+            or (observed is not None and plate not in observed)
+        ):
+            continue
+        raise DataPlateError(
+            f"model: plate {plate!r} subsamples the batch's {rows} rows itself "
+            f"(pyro.plate(..., subsample_size={subsample_size})), and fit hands the model "
+            f"minibatches already, {rows} of the {n} rows (batch_size), scaled by N/|B|, "
+            f"giving the plate the batch's rows among the {n}, which the model's x[i] reads "
+            "past; expected the plate without subsample_size (fit's batch_size choosing the "
+            f"minibatch), or batch_size >= {n}, each step handing the model the whole data "
+            "to subsample"
+        ) from error
 
 
 def recorded_modes(roots: list[torch.nn.Module]) -> list[tuple[torch.nn.Module, bool]]:

@@ -13,6 +13,7 @@ from models.vae import VAE
 from pyro_vae import (
     TensorData,
     TrainConfig,
+    data_plate,
     elbo_estimate,
     elbo_per_datapoint,
     fit,
@@ -480,3 +481,49 @@ def test_a_module_sizing_its_plate_by_num_data_trains_in_minibatches():
     config = TrainConfig(epochs=1, batch_size=10, progress=False, seed=0)
     fit(model, guide, TensorData(x), get("trace"), config)
     assert model.given == guide.given == {40}  # TensorData: every row trains
+
+
+def _self_subsampling(x):
+    mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+    with pyro.plate("data", len(x), subsample_size=10) as i:  # Pyro's SVI tutorial's idiom
+        pyro.sample("x", dist.Normal(mu, 1.0), obs=x[i, 0])
+
+
+def _global_guide(x):
+    pyro.sample("mu", dist.Normal(pyro.param("m", torch.tensor(0.0)), 1.0))
+
+
+@pytest.mark.parametrize("batch_size", [10, 8, 50])
+def test_a_model_subsampling_its_own_minibatch_is_refused_naming_its_plate(batch_size):
+    """Tester EG: a model whose plate over the batch subsamples it itself failed in fit by
+    an IndexError inside the model (batch_size 10: the plate was given the batch's rows
+    among the 100), Pyro's "different subsample_size in the model and guide?" (8), or a
+    refusal saying the model had no plate of the batch's size (50)."""
+    pyro.clear_param_store()
+    x = torch.randn(100, 1)
+    config = TrainConfig(epochs=1, batch_size=batch_size, progress=False, patience=None)
+    expected = (
+        rf"plate 'data' subsamples the batch's {batch_size} rows itself \(pyro.plate\(\.\.\., "
+        rf"subsample_size=10\)\), and fit hands .* {batch_size} of the 100 rows .* "
+        r"expected the plate without subsample_size .* or batch_size >= 100"
+    )
+    with pytest.raises(DataPlateError, match=expected):
+        fit(_self_subsampling, _global_guide, TensorData(x), get("trace"), config)
+
+
+def test_a_model_subsampling_the_whole_data_or_declaring_n_trains():
+    """The same model given the whole data in each step subsamples it itself, as in plain
+    Pyro; ``data_plate(x, num_data)`` declares N with the batch's size, fit's own minibatch."""
+    pyro.clear_param_store()
+    x = torch.randn(100, 1)
+    whole = TrainConfig(epochs=1, batch_size=100, progress=False, patience=None)
+    fit(_self_subsampling, _global_guide, TensorData(x), get("trace"), whole)
+
+    def declared(x, num_data=None):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with data_plate(x, num_data):
+            pyro.sample("x", dist.Normal(mu, 1.0), obs=x[:, 0])
+
+    pyro.clear_param_store()
+    minibatch = TrainConfig(epochs=1, batch_size=10, progress=False, patience=None)
+    fit(declared, _global_guide, TensorData(x), get("trace"), minibatch)
