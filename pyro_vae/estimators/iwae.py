@@ -166,9 +166,12 @@ class IWAELBO(SurrogateELBO):
             return surrogate
         if not self.vectorize_particles:
             raise ValueError(
-                "gradient: 'dreg' needs vectorized particles, but this model's particles "
-                "had to be drawn one at a time (vectorize_particles=False); use "
-                "gradient='reparam' or make the model broadcast over a particle plate"
+                "gradient: 'dreg' needs vectorized particles, but the particles of this "
+                "model and guide are drawn one at a time (vectorize_particles=False, given "
+                "or fallen back to, with a VectorizationWarning naming what failed under "
+                "vectorized particles); use gradient='reparam', make model and guide "
+                "broadcast over a particle plate, or, where what failed decides nothing (an "
+                "assert on a draw), pass vectorize_particles=True"
             )
         per_datapoint = plate if weights_factor(model_trace, guide_trace, plate) else None
         common = scale / data_plate_scale(model_trace, per_datapoint)

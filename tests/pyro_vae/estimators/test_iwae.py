@@ -8,7 +8,7 @@ import pyro.poutine as poutine
 import pytest
 import torch
 
-from pyro_vae.estimators import IWAELBO
+from pyro_vae.estimators import IWAELBO, get
 from pyro_vae.evaluate import iwae_log_likelihood
 from pyro_vae.plates import data_plate
 from tests.pyro_vae.test_evaluate import (
@@ -538,3 +538,36 @@ def test_a_mask_of_the_distribution_weighs_dreg_s_paths_as_poutine_mask_does(pai
         grads[how] = [pyro.param(n).unconstrained().grad.clone() for n in ("loc", "scale")]
     for a, b in zip(grads["dist"], grads["poutine"], strict=True):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_dreg_refused_after_a_fallback_names_what_keeps_it_vectorized():
+    """Tester EG: a guide's ``assert`` on its draw sent the particles to the loop (with a
+    VectorizationWarning naming the read), and DReG's refusal then blamed the model's
+    broadcasting, not naming vectorize_particles=True, which keeps such a pair vectorized."""
+    import warnings
+
+    from pyro_vae.traces import VectorizationWarning
+
+    x = torch.randn(5)
+
+    def model(x):
+        with pyro.plate("data", 5):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", 5):
+            z = pyro.sample("z", dist.Normal(pyro.param("m", torch.zeros(5)), 1.0))
+        assert torch.isfinite(z).all()  # a read of the draw's value, deciding nothing
+
+    pyro.clear_param_store()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", VectorizationWarning)
+        with pytest.raises(ValueError, match=r"'dreg' needs vectorized particles.*"
+                           r"VectorizationWarning.*pass vectorize_particles=True"):  # fmt: skip
+            get("iwae", gradient="dreg", num_particles=4).loss_and_grads(model, guide, x)
+    pyro.set_rng_seed(0)
+    forced = get("iwae", gradient="dreg", num_particles=4, vectorize_particles=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", VectorizationWarning)
+        assert math.isfinite(forced.loss_and_grads(model, guide, x))
