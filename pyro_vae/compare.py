@@ -333,7 +333,7 @@ def compare_runs(runs: Sequence[str | os.PathLike]) -> Comparison:
     notes[:0] = _data_notes(frame, test_data, test_rows)
     notes.extend(_training_set_notes(frame))
     notes.extend(_standardized_notes(frame))
-    notes.extend(_unlike_bounds(frame, tests))
+    notes.extend(_unlike_bounds(frame, tests, test_data))
     validation = validations.pop() if len(validations) == 1 else "validation ELBO"
     return Comparison(frame, curves, validation, notes)
 
@@ -434,10 +434,15 @@ def _bound_of(test: dict[str, Any]) -> str:
     return "log p(x)"
 
 
-def _unlike_bounds(frame: pd.DataFrame, tests: dict[str, dict[str, Any]]) -> list[str]:
+def _unlike_bounds(
+    frame: pd.DataFrame, tests: dict[str, dict[str, Any]], test_data: dict[str, str]
+) -> list[str]:
     """Notes where evaluated runs' numbers measure different things: bounds on different
     quantities (tester B's F5: M2's log p(x, y) beside a VAE's log p(x) read as M2 1.2
-    nats worse), or log p(x) on different test rows."""
+    nats worse), naming the runs that are comparable with each other, the same quantity
+    on the same test data (``test_data``, each run's; tester EF: the note called every
+    run not comparable, two VAEs on the same data among them), or log p(x) on different
+    test rows."""
     notes = []
     evaluated = {label: test for label, test in tests.items() if test}
     bounds = {label: _bound_of(test) for label, test in evaluated.items()}
@@ -458,9 +463,19 @@ def _unlike_bounds(frame: pd.DataFrame, tests: dict[str, dict[str, Any]]) -> lis
             if "log p(x, y)" in bounds.values()
             else ""
         )
+        groups: dict[tuple[str, Any], list[str]] = {}
+        for label, bound in bounds.items():
+            groups.setdefault((bound, test_data.get(label)), []).append(label)
+        alike = [", ".join(g) for g in groups.values() if len(g) > 1]
+        within = (
+            f"; those comparable with each other (the same quantity on the same test data) "
+            f"are: {'; '.join(alike)}"
+            if alike
+            else ""
+        )
         notes.append(
             f"the runs' bounds are of different quantities ({which}), so their test_elbo, "
-            f"log_px and kl are not comparable{joint}{hint}"
+            f"log_px and kl are not comparable across them{within}{joint}{hint}"
         )
     for split in dict.fromkeys(frame["evaluated_on"].dropna()):  # each split's runs alike
         points = {

@@ -314,8 +314,17 @@ def test_bounds_on_other_quantities_or_other_test_rows_are_flagged(tmp_path):
         "bounds are of different quantities (vae: log p(x); m2: log p(x, y); cvae: log p(x | y))"
         in n
         and "m2: its metrics.json's test_elbo_unlabelled" in n
-        and "log_px and kl are not comparable" in n
+        and "log_px and kl are not comparable across them" in n
         and "log C for C uniform classes" in n  # M2's kl holds KL(δ_y ‖ p(y)) (tester DW)
+        and "comparable with each other" not in n  # no two of the same quantity
+        for n in notes
+    )
+    # tester EF: two VAEs on the same data beside a CVAE were all called not comparable
+    other = _run(tmp_path / "other", [1.0], [-90.5], TEST)
+    notes = compare_runs([vae, other, cvae]).notes
+    assert any(
+        "not comparable across them; those comparable with each other (the same quantity "
+        "on the same test data) are: vae, other" in n
         for n in notes
     )
     fewer = _run(tmp_path / "fewer", [1.0], [-90.0], {**TEST, "log_likelihood_points": 30})
