@@ -49,12 +49,26 @@ def _check_png_out(out: Path, own: str) -> None:
         raise ValueError(f"--out: {out} is not a .png file path; expected where to write the PNG")
     where = out.resolve()  # RUN/new/../elbo.png is RUN/elbo.png (tester J)
     in_run = (where.parent / CONFIG).is_file()
-    if in_run and where.exists() and not fnmatch.fnmatch(where.name, own):
+    if not in_run or fnmatch.fnmatch(where.name, own):
+        return
+    written = any(fnmatch.fnmatch(where.name, name) for name in RUN_FOLDER_FIGURES)
+    if where.exists() or written:  # one another command writes there later (tester EF)
         raise ValueError(
-            f"--out: {out} is {where}, a file of the run folder {where.parent}, which this "
-            f"command does not write ({own} are its own there); expected a new path, or one "
-            "of those"
+            f"--out: {out} is {where}, a{' figure' if written else ''} file of the run folder "
+            f"{where.parent}, which this command does not write ({own} are its own there)"
+            f"{'; fit, diagnose or grad-variance writes it there' if written else ''}; "
+            "expected a new path, or one of those"
         )
+
+
+#: The figures the commands write into a run folder under fixed names (fit's, diagnose's,
+#: grad-variance's, sample's): an ``--out`` of another command there, written before them,
+#: would be replaced by them.
+RUN_FOLDER_FIGURES = (
+    "elbo.png", "latent.png", "reconstructions.png", "samples.png", "traversal.png",
+    "interpolation.png", "conditional_samples.png", "khat.png", "khat_worst.png",
+    "posterior.png", "ppc.png", "gradient_variance*.png", "sample_seed*_*.png",
+)  # fmt: skip
 
 
 def sample_command(args: argparse.Namespace) -> int:

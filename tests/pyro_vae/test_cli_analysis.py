@@ -16,7 +16,7 @@ def test_a_figure_path_is_refused_where_it_would_replace_a_file_of_the_run(tmp_p
     (run / "sample_seed0_4.png").write_bytes(b"an earlier sample")
     with pytest.raises(ValueError, match=r"--out: .*config.json is not a \.png file path"):
         _check_png_out(run / "config.json", "sample_seed*_*.png")
-    with pytest.raises(ValueError, match="a file of the run folder .* which this command does"):
+    with pytest.raises(ValueError, match="file of the run folder .* which this command does"):
         _check_png_out(run / "new" / ".." / "elbo.png", "sample_seed*_*.png")
     with pytest.raises(ValueError, match="is not a .png file path"):
         _check_png_out(run, "sample_seed*_*.png")  # a folder
@@ -24,6 +24,40 @@ def test_a_figure_path_is_refused_where_it_would_replace_a_file_of_the_run(tmp_p
     _check_png_out(run / "new.png", "sample_seed*_*.png")  # a new file
     (tmp_path / "elbo.png").write_bytes(b"not a run's")
     _check_png_out(tmp_path / "elbo.png", "sample_seed*_*.png")  # no config.json beside it
+
+
+def test_a_figure_path_another_command_writes_into_the_run_later_is_refused(tmp_path):
+    """Tester EF: ``sample --out RUN/khat.png``, before any diagnose, wrote the samples
+    under the name diagnose then writes its k̂ figure over."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    for name in ("khat.png", "khat_worst.png", "gradient_variance_1.png", "posterior.png"):
+        with pytest.raises(ValueError, match="a figure file of the run folder .* diagnose or"):
+            _check_png_out(run / name, "sample_seed*_*.png")
+    _check_png_out(run / "gradient_variance_1.png", "gradient_variance*.png")  # its own
+    _check_png_out(run / "my_samples.png", "sample_seed*_*.png")
+
+
+def test_every_figure_name_the_package_writes_is_listed_as_a_run_folder_figure():
+    """The kind of tester EF's fault: a figure name written under a fixed name and missing
+    from RUN_FOLDER_FIGURES would be taken as an --out, to be replaced later."""
+    import fnmatch
+    import re
+
+    import pyro_vae
+    from pyro_vae.cli_analysis import RUN_FOLDER_FIGURES
+
+    root = Path(pyro_vae.__file__).parent
+    names = {
+        name
+        for path in root.rglob("*.py")
+        for name in re.findall(r'"([a-z_]+\.png)"', path.read_text())
+    }
+    assert "khat.png" in names and "elbo.png" in names
+    listed = {n for n in names if any(fnmatch.fnmatch(n, p) for p in RUN_FOLDER_FIGURES)}
+    unlisted = names - listed - {"comparison.png"}  # compare's, in its own folder
+    assert unlisted == set()
 
 
 def test_khat_is_printed_as_shares_and_an_enumerated_guide_as_exact_divergences(capsys):
