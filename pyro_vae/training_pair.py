@@ -51,7 +51,7 @@ from pyro_vae.devices import forked_streams
 from pyro_vae.evaluate import eval_mode, refuse_uncovered_sites
 from pyro_vae.interruptions import reraise_interruption
 from pyro_vae.likelihoods import check_observations
-from pyro_vae.minibatch import Minibatched, align_autoguide, requires_keyword
+from pyro_vae.minibatch import Minibatched, accepts_keyword, align_autoguide, requires_keyword
 from pyro_vae.plates import (
     DataPlateError,
     DeclaredSubsamples,
@@ -257,9 +257,9 @@ def per_datapoint_plate(
         with forked_streams(), torch.no_grad(), poutine.block(), declared:
             trace = poutine.trace(model).get_trace(*args, **_num_data_for(model, num_data))
     except ValueError as error:  # Pyro's own, of a subsample larger than the batch
-        _refuse_self_subsampling(declared, None, batch_rows(args), minibatch_of, error)
+        _refuse_self_subsampling(declared, None, batch_rows(args), minibatch_of, model, error)
         raise
-    _refuse_self_subsampling(declared, trace, batch_rows(args), minibatch_of)
+    _refuse_self_subsampling(declared, trace, batch_rows(args), minibatch_of, model)
     if guide is not None:
         refuse_a_guide_that_does_not_fit(trace, guide, args, num_data)
     plate = find_data_plate(trace, batch_rows(args), name, nameable=True)
@@ -270,7 +270,7 @@ def per_datapoint_plate(
 
 
 def _refuse_self_subsampling(
-    declared: DeclaredSubsamples, trace, rows: int | None, n: int | None, error=None
+    declared: DeclaredSubsamples, trace, rows: int | None, n: int | None, model, error=None
 ) -> None:
     """Refuse a model whose plate over a minibatch's ``rows`` (of ``n``) declares a
     ``subsample_size`` (Pyro's SVI tutorial's ``pyro.plate("data", len(x),
@@ -279,9 +279,13 @@ def _refuse_self_subsampling(
     the plate the batch's rows among the N, which ``x[i]`` reads past (tester EG: an
     IndexError inside the model at batch_size 10, Pyro's "did you use different
     subsample_size in the model and guide?" at 8, of a guide with no plate, and at 50 a
-    refusal saying that the model had no plate of the batch's size)."""
+    refusal saying that the model had no plate of the batch's size). A plate that draws
+    every row, in a model that takes ``num_data``, is ``pyro.plate("data", num_data or
+    len(x), subsample_size=len(x))``, of N rows in training, which gives it ``num_data``
+    (the set-up's run, without it, sees the batch's size), and is left alone."""
     if n is None or rows is None or rows >= n:
         return
+    every_row_of_n = accepts_keyword(model, "num_data")
     observed = None
     if trace is not None:
         observed = {f.name for site in sample_sites(trace).values() if site["is_observed"]
@@ -291,6 +295,7 @@ def _refuse_self_subsampling(
             size != rows
             or subsample_size is None
             or (observed is not None and plate not in observed)
+            or (every_row_of_n and subsample_size == size)
         ):
             continue
         raise DataPlateError(

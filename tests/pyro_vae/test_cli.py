@@ -1639,7 +1639,7 @@ def test_a_conv_vae_fits_evaluates_samples_and_resumes_as_a_conv_vae(tmp_path, c
     err = capsys.readouterr().err
     assert "--arch cannot change a run being resumed" in err
     # every flag that goes with --resume is named (tester U: --nproc was left out)
-    assert "only --device, --epochs, --no-progress, --nproc, --patience, --tensorboard may" in err
+    assert "only --compile, --device, --epochs, --no-progress, --nproc, --patience, " in err
 
 
 def test_an_mlp_run_keeps_no_arch_in_its_config(trained):
