@@ -35,6 +35,7 @@ import numpy as np
 import pyro.distributions as dist
 import torch
 from sklearn.base import BaseEstimator
+from sklearn.exceptions import NotFittedError
 
 from pyro_vae.cavi._checks import (
     check_on_cpu,
@@ -1017,7 +1018,7 @@ class AutoCAVI(CoordinateUpdates, BaseEstimator):
         standard placeholder (N(0, I), Gamma(1, 1), a uniform Categorical, …) that the
         bound leaves out."""
         if not hasattr(self, "_q"):
-            raise ValueError("AutoCAVI: not fitted yet; call fit(*args) first")
+            raise NotFittedError("AutoCAVI: not fitted yet; call fit(*args) first")
         out = {}
         for name, q in self._q.items():
             sites = self._latents[name].sites
@@ -1038,9 +1039,9 @@ class AutoCAVI(CoordinateUpdates, BaseEstimator):
         and :func:`~pyro_vae.diagnostics.psis_khat` take the fit itself and use this.
 
         Raises:
-            ValueError: not fitted yet."""
+            sklearn.exceptions.NotFittedError (a ValueError): not fitted yet."""
         if not hasattr(self, "_q"):
-            raise ValueError("AutoCAVI: not fitted yet; call fit(*args) first")
+            raise NotFittedError("AutoCAVI: not fitted yet; call fit(*args) first")
         plates = {
             site: tuple(f for f in self._first.nodes[site]["cond_indep_stack"] if f.vectorized)
             for latent in self._latents.values()

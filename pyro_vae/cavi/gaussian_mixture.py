@@ -30,7 +30,7 @@ import numpy as np
 import pyro.distributions as dist
 import torch
 from sklearn.base import BaseEstimator
-from sklearn.exceptions import ConvergenceWarning
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
 
 from pyro_vae.cavi._checks import (
     as_float64,
@@ -421,7 +421,7 @@ class BayesianGaussianMixture(BaseEstimator):
     def predict_proba(self, X) -> torch.Tensor:
         """q(z_n = k) for new points: the E-step responsibilities."""
         if not hasattr(self, "_w_inv"):
-            raise ValueError(
+            raise NotFittedError(
                 "BayesianGaussianMixture: not fitted yet; call fit(X) before predicting"
             )
         d = self.means_.shape[1]
@@ -440,7 +440,7 @@ class BayesianGaussianMixture(BaseEstimator):
         Λ_k lose the coupling of their joint Normal-Wishart factor.
         """
         if not hasattr(self, "_w_inv"):
-            raise ValueError(
+            raise NotFittedError(
                 "BayesianGaussianMixture: not fitted yet; call fit(X) before "
                 "variational_distributions()"
             )

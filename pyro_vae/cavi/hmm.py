@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import pyro.distributions as dist
 import torch
 from sklearn.base import BaseEstimator
+from sklearn.exceptions import NotFittedError
 
 from pyro_vae.cavi._checks import (
     as_float64,
@@ -331,7 +332,7 @@ class _FactorialMeanField(BaseEstimator):
         field; ``StructuredMeanField`` keeps each chain whole, and its
         ``variational_guide()`` (which the diagnostics use) draws the chains in order."""
         if not hasattr(self, "expectations_"):
-            raise ValueError(
+            raise NotFittedError(
                 f"{type(self).__name__}: not fitted yet; call fit(y) before "
                 "variational_distributions()"
             )
@@ -411,9 +412,9 @@ class StructuredMeanField(_FactorialMeanField):
         :func:`~pyro_vae.diagnostics.psis_khat` take the fit and use this.
 
         Raises:
-            ValueError: not fitted yet."""
+            sklearn.exceptions.NotFittedError (a ValueError): not fitted yet."""
         if not hasattr(self, "pairwise_"):
-            raise ValueError(
+            raise NotFittedError(
                 "StructuredMeanField: not fitted yet; call fit(y) before variational_guide()"
             )
         marginals, pairwise = self.expectations_, self.pairwise_

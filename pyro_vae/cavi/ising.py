@@ -25,6 +25,7 @@ import numpy as np
 import pyro.distributions as dist
 import torch
 from sklearn.base import BaseEstimator
+from sklearn.exceptions import NotFittedError
 
 from pyro_vae.cavi._checks import (
     as_float64,
@@ -266,7 +267,7 @@ class IsingMeanField(BaseEstimator):
         the bits b = (s + 1)/2 of ``models.ising.IsingModel`` (its site ``"spins"``), for
         :func:`pyro_vae.diagnostics.to_inference_data`."""
         if not hasattr(self, "magnetization_"):
-            raise ValueError(
+            raise NotFittedError(
                 "IsingMeanField: not fitted yet; call fit(J, h) before variational_distributions()"
             )
         probs = ((1 + self.magnetization_) / 2).clamp(0.0, 1.0)

@@ -27,6 +27,7 @@ import math
 import pyro.distributions as dist
 import torch
 from sklearn.base import BaseEstimator
+from sklearn.exceptions import NotFittedError
 
 from pyro_vae.cavi._checks import (
     as_float64,
@@ -178,7 +179,7 @@ class BayesianLinearRegression(BaseEstimator):
         (the defaults, the sites of ``models.regression.BayesianRegression``).
         """
         if not hasattr(self, "coef_"):
-            raise ValueError(
+            raise NotFittedError(
                 "BayesianLinearRegression: not fitted yet; call fit(X, y) before "
                 "variational_distributions()"
             )
@@ -197,7 +198,7 @@ class BayesianLinearRegression(BaseEstimator):
     def predict(self, X, return_std: bool = False):
         """E[y | X] under q; with ``return_std`` also the predictive sd of the noisy y."""
         if not hasattr(self, "coef_"):
-            raise ValueError("BayesianLinearRegression: not fitted yet; call fit(X, y) first")
+            raise NotFittedError("BayesianLinearRegression: not fitted yet; call fit(X, y) first")
         d = self.coef_.shape[0]
         X = as_float64("X", X)
         if X.dim() != 2 or X.shape[1] != d:

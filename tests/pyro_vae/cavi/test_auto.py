@@ -10,6 +10,7 @@ import pytest
 import torch
 from pyro import poutine
 from pyro.ops.indexing import Vindex
+from sklearn.exceptions import NotFittedError
 
 from models.regression import BayesianRegression
 from pyro_vae.cavi import AutoCAVI, BayesianLinearRegression, NotConjugateError
@@ -685,7 +686,7 @@ def test_bad_settings_are_refused_naming_the_argument():
         AutoCAVI(gamma_poisson, init={"lam": dist.Gamma(t(1.0), t(1.0))}).fit(y)
     with pytest.raises(ValueError, match=r"init\['rate'\]: Tensor is not a distribution"):
         AutoCAVI(gamma_poisson, init={"rate": t(1.0)}).fit(y)
-    with pytest.raises(ValueError, match="not fitted yet"):
+    with pytest.raises(NotFittedError, match="not fitted yet"):
         AutoCAVI(gamma_poisson).variational_distributions()
     with pytest.raises(ValueError, match=r"blocks: \('rate',\) is not a \(mean site, precision"):
         AutoCAVI(gamma_poisson, blocks=[("rate",)]).fit(y)

@@ -11,6 +11,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 from pyro.infer import Trace_ELBO
+from sklearn.exceptions import NotFittedError
 
 from pyro_vae.cavi import AutoCAVI
 from tests.pyro_vae.cavi.factors import group_slopes, group_slopes_evidence, plated_regression
@@ -114,7 +115,7 @@ def test_elements_absent_from_the_model_are_masked_out_of_log_q():
 
 
 def test_the_guide_of_an_unfitted_estimator_is_refused():
-    with pytest.raises(ValueError, match="not fitted yet"):
+    with pytest.raises(NotFittedError, match="not fitted yet"):
         AutoCAVI(chain).variational_guide()
 
 

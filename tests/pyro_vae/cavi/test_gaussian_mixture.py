@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from sklearn.exceptions import ConvergenceWarning
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.mixture import BayesianGaussianMixture as SklearnBGM
 from torch.distributions import Dirichlet, MultivariateNormal, Wishart
 
@@ -240,7 +240,7 @@ def test_bad_input_is_named(X, kwargs, message):
 
 
 def test_predicting_needs_a_fit_and_matching_points(separated):
-    with pytest.raises(ValueError, match="not fitted yet"):
+    with pytest.raises(NotFittedError, match="not fitted yet"):
         BayesianGaussianMixture(2).predict(separated)
     fit = BayesianGaussianMixture(2, random_state=0).fit(separated)
     with pytest.raises(ValueError, match=r"X: shape \(4, 3\) is not \[n_samples, 2\]"):
@@ -250,7 +250,7 @@ def test_predicting_needs_a_fit_and_matching_points(separated):
 
 
 def test_variational_distributions_are_the_fitted_factors_by_site(separated):
-    with pytest.raises(ValueError, match="not fitted yet"):
+    with pytest.raises(NotFittedError, match="not fitted yet"):
         BayesianGaussianMixture(3).variational_distributions()
     fit = BayesianGaussianMixture(3, random_state=0).fit(separated)
     q = fit.variational_distributions(separated[:5])

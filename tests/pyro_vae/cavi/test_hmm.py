@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from sklearn.exceptions import NotFittedError
 
 from pyro_vae.cavi import FactorialHMM, NaiveMeanField, StructuredMeanField, forward_backward
 
@@ -253,7 +254,7 @@ def test_bad_parameters_and_settings_are_named():
 def test_variational_distributions_are_the_fitted_marginals_by_site(family):
     model = random_fhmm(2, 3, 2, seed=0)
     y = sample(model, 5, seed=1)
-    with pytest.raises(ValueError, match="not fitted yet"):
+    with pytest.raises(NotFittedError, match="not fitted yet"):
         family(model).variational_distributions()
     fit = family(model, random_state=0).fit(y)
     q = fit.variational_distributions()
@@ -292,7 +293,7 @@ def test_the_structured_guide_draws_each_chain_in_order():
     assert fit.pairwise_.shape == (2, 4, 2, 2)
     weights = _log_weights(_float64_model(two), fit.variational_guide(), y, 300)
     assert abs(float(weights.mean()) - fit.lower_bound_) < 4 * float(weights.std()) / 300**0.5
-    with pytest.raises(ValueError, match="not fitted yet"):
+    with pytest.raises(NotFittedError, match="not fitted yet"):
         StructuredMeanField(two).variational_guide()
 
 

@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from sklearn.exceptions import NotFittedError
 
 from pyro_vae.cavi import IsingMeanField, grid_couplings, ising_log_partition_exact
 from pyro_vae.cavi.ising import fixed_point_residual
@@ -212,7 +213,7 @@ def test_numpy_integer_settings_are_accepted():
 
 def test_variational_distributions_give_the_magnetization_as_bits():
     J, h = grid_couplings(2, 2), torch.full((4,), 0.3)
-    with pytest.raises(ValueError, match="not fitted yet"):
+    with pytest.raises(NotFittedError, match="not fitted yet"):
         IsingMeanField().variational_distributions()
     fit = IsingMeanField(beta=0.5, random_state=0).fit(J, h)
     q = fit.variational_distributions()["spins"]

@@ -3,6 +3,7 @@ import math
 import mpmath
 import pytest
 import torch
+from sklearn.exceptions import NotFittedError
 from torch.distributions import Gamma, MultivariateNormal, Normal
 
 from pyro_vae.cavi import BayesianLinearRegression
@@ -142,7 +143,7 @@ def test_bad_input_is_named(data):
 
 def test_predicting_needs_a_fit_and_matching_rows(data):
     X, y = data
-    with pytest.raises(ValueError, match="not fitted yet"):
+    with pytest.raises(NotFittedError, match="not fitted yet"):
         BayesianLinearRegression().predict(X)
     fit = BayesianLinearRegression().fit(X, y)
     with pytest.raises(ValueError, match=r"X: shape \(5, 2\) is not \[N, 3\]"):
