@@ -52,6 +52,11 @@ RESUMABLE_SETTINGS = (
     "train.device",
     "train.tensorboard",
     "train.patience",
+    # how the steps run, not what they compute (a resume may change them; tester EH: a
+    # resume that changed them and stopped before its first checkpoint left config.json
+    # refused beside the checkpoint, by every resume)
+    "train.compile",
+    "train.compile_backend",
 )
 
 

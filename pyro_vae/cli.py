@@ -799,8 +799,9 @@ def _run_command(handler, args: argparse.Namespace, argv: list[str]) -> int:
             raise
         # its traceback, for the model's own code, then what the folder holds (tester CR:
         # a model's RuntimeError at step 40 gave 116 lines and nothing of the checkpoint)
-        traceback.print_exc()
         change, why = _without_torch_compile(err)
+        if not change:  # torch.compile's own: some 120 lines of its internals (tester EH)
+            traceback.print_exc()
         _tell(f"{_error()}: {_one_line(err)}{why}; {_where_it_stopped_after_checks(args, change)}")
         return 1
 

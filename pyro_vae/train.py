@@ -531,7 +531,7 @@ def _changed_settings(config, recorded: dict) -> str:
     ``TrainConfig`` as a dict) and that a resume may not change, said as
     ``"lr=0.5 (recorded 0.001), ..."``, or ``""``; of the settings it records (an older
     run's may lack some)."""
-    resumable = {*RESUMABLE_SETTINGS, "train.compile", "train.compile_backend"}
+    resumable = set(RESUMABLE_SETTINGS)
     now = flat_settings({"train": dataclasses.asdict(config)})
     then = flat_settings({"train": recorded})
     differ = sorted(k for k in then if now.get(k) != then[k] and k not in resumable)

@@ -1522,6 +1522,31 @@ def test_a_resume_of_a_run_trained_on_a_missing_device_names_the_run_s_device(
                  "--no-progress"]) == 0  # fmt: skip
 
 
+def test_a_resume_changing_compile_that_stops_before_a_checkpoint_resumes_as_advised(
+    trained, tmp_path, monkeypatch, capsys
+):
+    """Tester EH: a resume that changed --compile wrote it to config.json, and one stopped
+    before its first checkpoint (torch.compile failing, a SIGTERM) left config.json
+    beside a checkpoint trained otherwise; every resume was then refused as an edited
+    config.json, the advised one too."""
+    run = tmp_path / "r"
+    shutil.copytree(trained, run)
+    compiled = json.loads((run / "config.json").read_text())["train"]["compile"]
+    flag = "off" if compiled else "on"
+
+    def stopped(*args, **kwargs):  # the first resumed epoch fails
+        raise RuntimeError("a failure in the first resumed epoch")
+
+    monkeypatch.setattr("pyro_vae.train._train_epoch", stopped)
+    assert main(["fit", "--resume", str(run), "--compile", flag, "--epochs", "4"]) == 1
+    assert json.loads((run / "config.json").read_text())["train"]["compile"] is not compiled
+    assert RunFolder(run).load_checkpoint()["epoch"] == 3
+    advised = capsys.readouterr().err.splitlines()[-1].split("`")[-2].split()
+    monkeypatch.undo()
+    assert main([*advised[1:], "--no-progress"]) == 0  # the advised resume
+    assert RunFolder(run).load_checkpoint()["epoch"] == 4
+
+
 def test_a_failure_of_torch_compile_advises_a_resume_without_it(monkeypatch, capsys, tmp_path):
     """Tester EE: a --compile inductor run whose resume found no working C++ compiler was
     told to resume as it was, which met the same error; so was a recorded step that could
@@ -1540,7 +1565,9 @@ def test_a_failure_of_torch_compile_advises_a_resume_without_it(monkeypatch, cap
 
     monkeypatch.setattr("pyro_vae.cli._fit", fail)
     assert main(["fit", "--resume", str(run), "--epochs", "2"]) == 1
-    err = capsys.readouterr().err.splitlines()[-1]
+    lines = capsys.readouterr().err.splitlines()
+    assert "Traceback" not in "\n".join(lines)  # torch.compile's internals (tester EH)
+    err = lines[-1]
     assert "No working C++ compiler" in err and "--compile on records the step" in err
     assert err.endswith(f"`pyro-vae fit --resume {run} --epochs 2 --compile on`")
 
