@@ -35,6 +35,7 @@ change what training draws.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -257,9 +258,9 @@ def per_datapoint_plate(
         with forked_streams(), torch.no_grad(), poutine.block(), declared:
             trace = poutine.trace(model).get_trace(*args, **_num_data_for(model, num_data))
     except ValueError as error:  # Pyro's own, of a subsample larger than the batch
-        _refuse_self_subsampling(declared, None, batch_rows(args), minibatch_of, model, error)
+        _refuse_self_subsampling(declared, None, batch_rows(args), minibatch_of, model, name, error)
         raise
-    _refuse_self_subsampling(declared, trace, batch_rows(args), minibatch_of, model)
+    _refuse_self_subsampling(declared, trace, batch_rows(args), minibatch_of, model, name)
     if guide is not None:
         refuse_a_guide_that_does_not_fit(trace, guide, args, num_data)
     plate = find_data_plate(trace, batch_rows(args), name, nameable=True)
@@ -270,7 +271,13 @@ def per_datapoint_plate(
 
 
 def _refuse_self_subsampling(
-    declared: DeclaredSubsamples, trace, rows: int | None, n: int | None, model, error=None
+    declared: DeclaredSubsamples,
+    trace,
+    rows: int | None,
+    n: int | None,
+    model,
+    name: str | None,
+    error=None,
 ) -> None:
     """Refuse a model whose plate over a minibatch's ``rows`` (of ``n``) declares a
     ``subsample_size`` (Pyro's SVI tutorial's ``pyro.plate("data", len(x),
@@ -282,20 +289,26 @@ def _refuse_self_subsampling(
     refusal saying that the model had no plate of the batch's size). A plate that draws
     every row, in a model that takes ``num_data``, is ``pyro.plate("data", num_data or
     len(x), subsample_size=len(x))``, of N rows in training, which gives it ``num_data``
-    (the set-up's run, without it, sees the batch's size), and is left alone."""
+    (the set-up's run, without it, sees the batch's size), and is left alone; so is a
+    plate beside the data plate (``find_data_plate``, ``name`` the one given)."""
     if n is None or rows is None or rows >= n:
         return
     every_row_of_n = accepts_keyword(model, "num_data")
-    observed = None
+    observed, data_plate = None, None
     if trace is not None:
         observed = {f.name for site in sample_sites(trace).values() if site["is_observed"]
                     for f in site["cond_indep_stack"]}  # fmt: skip
+        with contextlib.suppress(DataPlateError):  # ambiguous: find_data_plate says so later
+            data_plate = find_data_plate(trace, rows, name, nameable=True)
     for plate, (size, subsample_size) in declared.declared.items():
         if (
             size != rows
             or subsample_size is None
             or (observed is not None and plate not in observed)
             or (every_row_of_n and subsample_size == size)
+            # another plate holds the batch's rows: this one is over features of as many
+            # (tester EH: a subsampled plate of 10 features at batch_size 10 was refused)
+            or data_plate not in (None, plate)
         ):
             continue
         raise DataPlateError(

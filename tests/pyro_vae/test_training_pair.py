@@ -527,3 +527,12 @@ def test_a_model_subsampling_the_whole_data_or_declaring_n_trains():
     pyro.clear_param_store()
     minibatch = TrainConfig(epochs=1, batch_size=10, progress=False, patience=None)
     fit(declared, _global_guide, TensorData(x), get("trace"), minibatch)
+
+    def features(x):  # tester EH: a subsampled plate of as many features as batch rows
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("feat", x.shape[1], subsample_size=3, dim=-1) as j:
+            with pyro.plate("data", x.shape[0], dim=-2):
+                pyro.sample("x", dist.Normal(mu, 1.0), obs=x[:, j])
+
+    pyro.clear_param_store()
+    fit(features, _global_guide, TensorData(torch.randn(100, 10)), get("trace"), minibatch)
