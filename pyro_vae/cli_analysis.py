@@ -53,11 +53,11 @@ def _check_png_out(out: Path, own: str) -> None:
         return
     written = any(fnmatch.fnmatch(where.name, name) for name in RUN_FOLDER_FIGURES)
     if where.exists() or written:  # one another command writes there later (tester EF)
+        later = "; another command (fit, sample, diagnose, grad-variance) writes it there"
         raise ValueError(
             f"--out: {out} is {where}, a{' figure' if written else ''} file of the run folder "
             f"{where.parent}, which this command does not write ({own} are its own there)"
-            f"{'; fit, diagnose or grad-variance writes it there' if written else ''}; "
-            "expected a new path, or one of those"
+            f"{later if written else ''}; expected a new path, or one of those"
         )
 
 

@@ -99,6 +99,7 @@ def _spin_states(n: int) -> torch.Tensor:
     return (2 * bits - 1).to(torch.float64)
 
 
+@on_the_cpu
 def ising_log_partition_exact(J, h=None, beta: float = 1.0) -> float:
     """log Z by summing over all 2ⁿ states, for n ≤ 25.
 

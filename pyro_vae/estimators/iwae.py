@@ -171,7 +171,8 @@ class IWAELBO(SurrogateELBO):
                 "or fallen back to, with a VectorizationWarning naming what failed under "
                 "vectorized particles); use gradient='reparam', make model and guide "
                 "broadcast over a particle plate, or, where what failed decides nothing (an "
-                "assert on a draw), pass vectorize_particles=True"
+                "assert on a draw), pass vectorize_particles=True (on the command line, "
+                "--estimator-opt vectorize_particles=true)"
             )
         per_datapoint = plate if weights_factor(model_trace, guide_trace, plate) else None
         common = scale / data_plate_scale(model_trace, per_datapoint)

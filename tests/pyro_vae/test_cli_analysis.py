@@ -33,7 +33,7 @@ def test_a_figure_path_another_command_writes_into_the_run_later_is_refused(tmp_
     run.mkdir()
     (run / "config.json").write_text("{}")
     for name in ("khat.png", "khat_worst.png", "gradient_variance_1.png", "posterior.png"):
-        with pytest.raises(ValueError, match="a figure file of the run folder .* diagnose or"):
+        with pytest.raises(ValueError, match="a figure file of the run folder .* another command"):
             _check_png_out(run / name, "sample_seed*_*.png")
     _check_png_out(run / "gradient_variance_1.png", "gradient_variance*.png")  # its own
     _check_png_out(run / "my_samples.png", "sample_seed*_*.png")

@@ -18,6 +18,7 @@ from pyro_vae.cavi import (
     NaiveMeanField,
     StructuredMeanField,
     grid_couplings,
+    ising_log_partition_exact,
 )
 from tests.pyro_vae.cavi.test_hmm import random_fhmm
 
@@ -57,6 +58,7 @@ def _fits(X, y, J, hmm, hmm_y) -> dict:
         means = {k: q.mean for k, q in estimator.variational_distributions().items()}
         answers[name] = (estimator.lower_bound_, means)
     answers["predict"] = BayesianLinearRegression().fit(X, y).predict(X)
+    answers["log Z"] = ising_log_partition_exact(J)  # tester EH
     answers["sample"] = hmm.sample(5, 1)[1]
     return answers
 
@@ -79,6 +81,7 @@ def test_every_estimator_fits_on_the_cpu_under_another_default_device():
                 mean, expected[name][1][site], rtol=0, atol=0, equal_nan=True
             )
     assert torch.equal(got["predict"], expected["predict"])
+    assert got["log Z"] == expected["log Z"]
     assert torch.equal(got["sample"], expected["sample"])
 
 
