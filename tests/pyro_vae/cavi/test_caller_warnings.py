@@ -6,22 +6,12 @@ from __future__ import annotations
 
 import warnings
 
-import pyro
-import pyro.distributions as dist
 import pytest
 import torch
 
 from pyro_vae.cavi import AutoCAVI, BayesianGaussianMixture, BayesianLinearRegression
 from pyro_vae.cavi.caller_warnings import warn_at_caller
-
-F64 = torch.float64
-
-
-def normal_gamma(y):
-    mu = pyro.sample("mu", dist.Normal(torch.tensor(0.0, dtype=F64), 10.0))
-    tau = pyro.sample("tau", dist.Gamma(torch.tensor(1.0, dtype=F64), 1.0))
-    with pyro.plate("n", y.shape[0]):
-        pyro.sample("y", dist.Normal(mu, tau.rsqrt()), obs=y)
+from tests.pyro_vae.cavi.test_cpu_default import F64, normal_gamma
 
 
 def _deep(depth: int) -> None:
