@@ -108,18 +108,17 @@ def to_device(value: Any, device: torch.device, non_blocking: bool = False) -> A
     return value
 
 
-def forked_streams(device: torch.device | None = None):
+def forked_streams():
     """A context in which draws take the CPU's random stream and every CUDA device's, and
     leave them as they were afterwards (``torch.random.fork_rng``). The CUDA streams are
-    forked once CUDA is initialized in this process (by ``device``, a GPU, or by any
-    tensor put on one before): a step's draws on a GPU take that GPU's stream, which
-    ``fork_rng(devices=[])`` left moved (tester EE: a recording, or a validation's seeded
-    draws, shifted the training draws on a GPU only, and a resumed or compiled run there
-    differed from a straight one). Where CUDA is not initialized, no draw before took a
-    CUDA stream, so there is none to put back. Each device's generator state is host-side
-    (a Philox seed and offset): forking it touches no GPU."""
-    cuda = device is not None and torch.device(device).type == "cuda"
-    if cuda or (torch.cuda.is_available() and torch.cuda.is_initialized()):
+    forked once CUDA is initialized in this process (by any tensor or module put on a
+    GPU): a step's draws on a GPU take that GPU's stream, which ``fork_rng(devices=[])``
+    left moved (tester EE: a recording, or a validation's seeded draws, shifted the
+    training draws on a GPU only, and a resumed or compiled run there differed from a
+    straight one). Where CUDA is not initialized, no draw before took a CUDA stream, so
+    there is none to put back. Each device's generator state is host-side (a Philox seed
+    and offset): forking it touches no GPU."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
         return torch.random.fork_rng(
             devices=list(range(torch.cuda.device_count())), device_type="cuda"
         )

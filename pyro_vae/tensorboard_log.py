@@ -219,7 +219,7 @@ class TensorBoardLog:
                     _warn("close", err)
 
     def _terms(self) -> dict[str, float]:
-        with forked_streams(self.term_rows[0].device):
+        with forked_streams():
             terms = elbo_terms_per_datapoint(
                 self.model, self.guide, self.term_rows, data_plate=self.data_plate
             )
@@ -232,7 +232,7 @@ class TensorBoardLog:
         """``[2·IMAGE_COUNT, 1 or 3, H, W]`` in [0, 1] (grey or RGB, as
         :func:`pyro_vae.image_grid.pictures` draws them): the images, then their reconstructions
         (TensorBoard lays them out 8 to a row); ``None`` for a model without a mean image."""
-        with forked_streams(self.images.device), torch.no_grad():
+        with forked_streams(), torch.no_grad():
             try:
                 means = reconstruct(self.model, self.guide, self.images)
             except NoMeanImageError:

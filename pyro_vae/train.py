@@ -753,7 +753,7 @@ def _validation_stream(epoch: int, config):
     epochs 6 to 8 on other draws than 8 straight, 0.01 nats apart)."""
     if (epoch + 1) % config.validate_every == 0:
         return contextlib.nullcontext()
-    return forked_streams(resolve_device(config.device))
+    return forked_streams()
 
 
 def _validation_due(epoch: int, config) -> bool:

@@ -135,10 +135,9 @@ def test_forked_streams_fork_every_cuda_stream_once_cuda_is_initialized(monkeypa
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
     forked_streams()  # no GPU used yet: no GPU stream moved to put back
-    forked_streams(torch.device("cuda", 1))
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
     forked_streams()
-    assert asked == [([], "cuda"), ([0, 1], "cuda"), ([0, 1], "cuda")]
+    assert asked == [([], "cuda"), ([0, 1], "cuda")]
 
 
 def test_only_forked_streams_forks_the_random_streams():
