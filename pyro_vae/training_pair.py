@@ -35,7 +35,6 @@ change what training draws.
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -258,12 +257,12 @@ def per_datapoint_plate(
         with forked_streams(), torch.no_grad(), poutine.block(), declared:
             trace = poutine.trace(model).get_trace(*args, **_num_data_for(model, num_data))
     except ValueError as error:  # Pyro's own, of a subsample larger than the batch
-        _refuse_self_subsampling(declared, None, batch_rows(args), minibatch_of, model, name, error)
+        _refuse_self_subsampling(declared, None, batch_rows(args), minibatch_of, model, None, error)
         raise
-    _refuse_self_subsampling(declared, trace, batch_rows(args), minibatch_of, model, name)
     if guide is not None:
         refuse_a_guide_that_does_not_fit(trace, guide, args, num_data)
     plate = find_data_plate(trace, batch_rows(args), name, nameable=True)
+    _refuse_self_subsampling(declared, trace, batch_rows(args), minibatch_of, model, plate)
     if plate is None:
         return None, None, describe_plates(trace)
     dims = [f.dim for s in sample_sites(trace).values() for f in frames_in(s, plate)]
@@ -276,7 +275,7 @@ def _refuse_self_subsampling(
     rows: int | None,
     n: int | None,
     model,
-    name: str | None,
+    data_plate: str | None,
     error=None,
 ) -> None:
     """Refuse a model whose plate over a minibatch's ``rows`` (of ``n``) declares a
@@ -290,16 +289,15 @@ def _refuse_self_subsampling(
     every row, in a model that takes ``num_data``, is ``pyro.plate("data", num_data or
     len(x), subsample_size=len(x))``, of N rows in training, which gives it ``num_data``
     (the set-up's run, without it, sees the batch's size), and is left alone; so is a
-    plate beside the data plate (``find_data_plate``, ``name`` the one given)."""
+    plate beside the run's ``data_plate`` (of :func:`find_data_plate`, which refuses an
+    ambiguous one first)."""
     if n is None or rows is None or rows >= n:
         return
     every_row_of_n = accepts_keyword(model, "num_data")
-    observed, data_plate = None, None
+    observed = None
     if trace is not None:
         observed = {f.name for site in sample_sites(trace).values() if site["is_observed"]
                     for f in site["cond_indep_stack"]}  # fmt: skip
-        with contextlib.suppress(DataPlateError):  # ambiguous: find_data_plate says so later
-            data_plate = find_data_plate(trace, rows, name, nameable=True)
     for plate, (size, subsample_size) in declared.declared.items():
         if (
             size != rows
