@@ -60,7 +60,12 @@ from pyro_vae.enumerated_sites import enumerated_runs, enumerated_sites, margina
 from pyro_vae.guides.fixed import as_guide
 from pyro_vae.interruptions import reraise_interruption
 from pyro_vae.mapped_rows import MappedRows
-from pyro_vae.minibatch import Minibatched, align_autoguide, fitted_rows
+from pyro_vae.minibatch import (
+    Minibatched,
+    align_autoguide,
+    fitted_rows,
+    refuse_reading_the_batch_by_plate,
+)
 from pyro_vae.module_hooks import global_forward_pre_hook
 from pyro_vae.moved import hand_over
 from pyro_vae.plates import (
@@ -501,17 +506,16 @@ def prepare(
     check_dtypes(probe, model, guide)
     num_data, rows = _rows_of(guide, count, rows, device)
     # the probes pass num_data=N where the functions take it, as every later run does
-    probe_model, probe_guide = (
-        Minibatched(model, None, num_data),
-        Minibatched(guide, None, num_data),
-    )
+    probe_model = Minibatched(model, None, num_data)
+    probe_guide = Minibatched(guide, None, num_data)
     with torch.no_grad(), eval_mode(model, guide):
         prior_tr = _prior_probe(probe_model, probe, num_rows, what)
-        refuse_self_subsampling(prior_tr, num_rows, what, count)
+        refuse_self_subsampling(prior_tr, num_rows, what)
         plate = find_data_plate(prior_tr, num_rows, data_plate, nameable=True)
         if plate is None:
             refuse_uncovered_sites(probe_model, probe_guide, probe)
         plate = require_data_plate(plate, num_rows, what)
+        _refuse_reading_chunks_by_plate(model, probe, plate, num_data, rows, what)
         dim = next(f.dim for s in sample_sites(prior_tr).values() for f in frames_in(s, plate))
         align_autoguide(guide, plate, dim, num_data)
         pair = PerDatapoint(
@@ -534,6 +538,17 @@ def prepare(
     pair.nesting = plate_nesting(model_tr, guide_tr)
     pair.enumerated = enumerated_sites(model_tr, guide_tr, plate, what)
     return pair
+
+
+def _refuse_reading_chunks_by_plate(
+    model, probe: tuple, plate: str, num_data: int, rows: torch.Tensor, what: str
+) -> None:
+    """Refuse a model that reads each chunk by ``plate``'s indices, which are the chunk's
+    ``rows`` among the ``num_data`` (:func:`~pyro_vae.minibatch.
+    refuse_reading_the_batch_by_plate`), run on the ``probe`` chunk with the last rows:
+    those furthest past a chunk's own positions."""
+    last = rows[len(rows) - batch_rows(probe) :]
+    refuse_reading_the_batch_by_plate(model, probe, plate, num_data, last, what)
 
 
 def _prior_probe(model, probe: tuple, rows: int | None, what: str) -> poutine.Trace:

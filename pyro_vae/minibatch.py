@@ -31,8 +31,9 @@ from pyro.infer.autoguide import AutoGuide
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
+from pyro_vae.devices import forked_streams
 from pyro_vae.plate_declaration import ACTIVE_SUBSAMPLES
-from pyro_vae.plates import batch_rows
+from pyro_vae.plates import DataPlateError, batch_rows
 from pyro_vae.pyro_compat import frame_with_full_size, set_autoguide_model
 
 _ACTIVE: list[DataPlateSubsample] = ACTIVE_SUBSAMPLES  # read by local guides, below
@@ -228,3 +229,64 @@ class Minibatched:
 
     def __repr__(self) -> str:
         return f"Minibatched({self.fn!r}, plate={self.plate!r}, num_data={self.num_data})"
+
+
+def refuse_reading_the_batch_by_plate(
+    model,
+    args: tuple,
+    plate: str,
+    num_data: int,
+    indices: torch.Tensor,
+    what: str,
+    keywords: dict | None = None,
+) -> None:
+    """Refuse a model that reads its batch by the per-datapoint plate's indices, where
+    ``what`` hands the model a part of ``num_data`` rows (``args``, B rows) and the plate
+    their rows among the N, ``indices`` ``[B]``: Pyro's idiom ``with pyro.plate("data",
+    len(x)) as i: ... obs=x[i]``, or the same plate with ``subsample=torch.arange(len(x))``
+    or ``subsample_size=len(x)``, reads x past its B rows with those (an IndexError inside
+    the model; tester EH's F4 and EJ's F2). Decided by two runs of the model under
+    :class:`DataPlateSubsample`, outside the random stream and without gradients: one
+    with ``indices``, one with the batch's own positions 0..B−1. Only a model that fails
+    with the first and runs with the second is refused: one that observes ``x`` itself
+    (``obs=x``) runs with both, and one that fails with both fails for another reason,
+    which the caller's own runs then raise.
+
+    Raises:
+        pyro_vae.plates.DataPlateError: naming the plate, the error the model raised with
+            ``indices`` and the way out."""
+    rows = batch_rows(args)
+    if rows is None or num_data <= rows:
+        return
+    own = torch.arange(rows, device=indices.device)
+    if torch.equal(indices, own):
+        return
+    wrapped = Minibatched(model, plate, num_data, keywords)
+    error = _error_of_run(wrapped, args, indices)
+    if error is None or isinstance(error, DataPlateSizeError):
+        return
+    if _error_of_run(wrapped, args, own) is not None:
+        return
+    first, last = int(indices.min()), int(indices.max())
+    raise DataPlateError(
+        f"model: for {what}, the model is handed {rows} of the {num_data} rows at a time "
+        f"and plate {plate!r} their rows among the {num_data} (here {first}..{last}) as its "
+        f"indices, for per-datapoint parameters; the model fails with them "
+        f"({type(error).__name__}: {error}) and runs with the batch's own positions "
+        f"0..{rows - 1}, so it reads the batch by the plate's indices (with pyro.plate("
+        f"{plate!r}, len(x)) as i: ... obs=x[i], or subsample= or subsample_size= over the "
+        "batch); expected obs=x, the batch's rows in the order given (or "
+        "pyro_vae.plates.data_plate(x, num_data) without indexing x by it), or all "
+        f"{num_data} rows at once (batch_size >= {num_data})"
+    ) from error
+
+
+def _error_of_run(wrapped: Minibatched, args: tuple, indices: torch.Tensor) -> Exception | None:
+    """The exception ``wrapped``'s run on ``args`` with the plate's ``indices`` raises, or
+    None: outside the random stream, without gradients, hidden from outer handlers."""
+    try:
+        with forked_streams(), torch.no_grad(), pyro.poutine.block():
+            wrapped(*args, subsample=indices)
+    except Exception as error:  # the model's own, whatever it is: the caller decides
+        return error
+    return None

@@ -150,27 +150,23 @@ def subsampled_data_plate(model_trace: Trace, rows: int | None) -> str | None:
     return DATA_PLATE if DATA_PLATE in candidates else None
 
 
-def refuse_self_subsampling(
-    model_trace: Trace, rows: int | None, what: str, total: int | None = None
-) -> None:
+def refuse_self_subsampling(model_trace: Trace, rows: int | None, what: str) -> None:
     """Refuse a model that subsamples the batch's rows itself (Pyro's ``pyro.plate(name,
     len(x), subsample_size=B)``) for ``what``, which scores every row of the batch and
     reports it by row: a run that picks its own rows scores others than those reported
     (tester D's F4: ``to_inference_data`` labelled rows 5, 4 and 2 as 0, 1 and 2). That is
-    a plate drawing fewer than the batch's ``rows`` (:func:`subsampled_data_plate`), or,
-    when the batch is a chunk of ``total`` rows, a per-datapoint plate (the rule of
-    :func:`find_data_plate`) that declares ``subsample_size`` at all (another plate of the
-    batch's size is left alone): with chunks of B rows or fewer its run draws every row, but
-    the evaluators give the plate each chunk's rows among the ``total`` and the model's
-    ``x[i]`` reads beyond the chunk (an IndexError), or Pyro refuses a chunk shorter than
-    B as a model and guide that disagree. ``total`` None: the batch is all there is.
+    a plate drawing fewer than the batch's ``rows`` (:func:`subsampled_data_plate`). A
+    plate that draws as many as the batch has, where the batch is a chunk of more rows,
+    is refused only if the model reads the batch by its indices, which a run with the
+    chunk's rows among them decides
+    (:func:`pyro_vae.minibatch.refuse_reading_the_batch_by_plate`; tester EJ: this refused
+    ``pyro.plate("data", num_data or len(x), subsample_size=len(x))`` with ``obs=x``,
+    which ``fit`` trains).
 
     Raises:
         DataPlateError: naming the plate, its subsample size and the rows, and the way
             out."""
     plate = subsampled_data_plate(model_trace, rows)
-    if plate is None and total is not None and rows is not None and rows < total:
-        plate = _declaring_data_plate(model_trace, rows)
     if plate is not None:
         raise self_subsampling_error(plate, _declared_size(model_trace, plate), rows, what)
 
@@ -185,22 +181,6 @@ def _declared_size(model_trace: Trace, plate: str) -> int:
             return declared
     sites = sample_sites(model_trace).values()
     return next(f.size for s in sites for f in s["cond_indep_stack"] if f.name == plate)
-
-
-def _declaring_data_plate(model_trace: Trace, rows: int) -> str | None:
-    """The per-datapoint plate (:func:`find_data_plate`'s rule) where it declares a
-    ``subsample_size`` (its subsample site records it), else None: another plate of the
-    batch's size (pixels, ``pyro.plate("pix", D, subsample_size=D)`` with D rows) is no
-    plate over the rows (tester J)."""
-    try:
-        plate = find_data_plate(model_trace, rows)
-    except DataPlateError:  # ambiguous: the evaluator says so, naming the plates
-        return None
-    node = model_trace.nodes.get(plate) if plate is not None else None
-    if node is not None and site_is_subsample(node):
-        if subsample_declaration(node["fn"])[1] is not None:
-            return plate
-    return None
 
 
 def self_subsampling_error(plate: str, declared: int | None, rows, what: str) -> DataPlateError:
@@ -229,6 +209,11 @@ class DeclaredSubsamples(Messenger):
     def _pyro_sample(self, msg) -> None:
         if site_is_subsample(msg):
             self.declared[msg["name"]] = subsample_declaration(msg["fn"])
+
+    def drawing(self, rows: int | None) -> list[str]:
+        """The plates that declared a ``subsample_size`` of ``rows``: each draws as many
+        rows as the batch has, by indices the model may read the batch by."""
+        return [plate for plate, (_, declared) in self.declared.items() if declared == rows]
 
     def refusal(self, rows: int | None, what: str) -> DataPlateError | None:
         """The :func:`refuse_self_subsampling` error for a plate over the batch's ``rows``

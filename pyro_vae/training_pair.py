@@ -51,7 +51,12 @@ from pyro_vae.devices import forked_streams
 from pyro_vae.evaluate import eval_mode, refuse_uncovered_sites
 from pyro_vae.interruptions import reraise_interruption
 from pyro_vae.likelihoods import check_observations
-from pyro_vae.minibatch import Minibatched, accepts_keyword, align_autoguide, requires_keyword
+from pyro_vae.minibatch import (
+    Minibatched,
+    align_autoguide,
+    refuse_reading_the_batch_by_plate,
+    requires_keyword,
+)
 from pyro_vae.plates import (
     DataPlateError,
     DeclaredSubsamples,
@@ -248,25 +253,41 @@ def per_datapoint_plate(
     "missing 1 required positional argument: 'num_data'").
 
     ``minibatch_of``: N where ``args`` is a minibatch of N rows; a plate over the batch's
-    rows that subsamples them itself is then refused (:func:`_refuse_self_subsampling`).
+    rows that subsamples them itself (:func:`_refuse_self_subsampling`), or a model that
+    reads the batch by the plate's indices
+    (:func:`~pyro_vae.minibatch.refuse_reading_the_batch_by_plate`), is then refused.
 
     Raises:
         pyro_vae.plates.DataPlateError: that plate, naming it and the way out."""
-    declared = DeclaredSubsamples()
+    declared, rows = DeclaredSubsamples(), batch_rows(args)
     try:
         with forked_streams(), torch.no_grad(), poutine.block(), declared:
             trace = poutine.trace(model).get_trace(*args, **_num_data_for(model, num_data))
-    except ValueError as error:  # Pyro's own, of a subsample larger than the batch
-        _refuse_self_subsampling(declared, None, batch_rows(args), minibatch_of, model, None, error)
+    except Exception as error:  # Pyro's own, of a subsample larger than the batch, or
+        # the model's x[i] with the rows a plate of N drew (tester EJ's F2)
+        _refuse_self_subsampling(declared, None, rows, minibatch_of, None, error)
+        for plate in declared.drawing(rows) if minibatch_of else ():
+            refuse_reading_the_batch_by_plate(
+                model, args, plate, minibatch_of, _last_rows(rows, minibatch_of), "fit"
+            )
         raise
     if guide is not None:
         refuse_a_guide_that_does_not_fit(trace, guide, args, num_data)
-    plate = find_data_plate(trace, batch_rows(args), name, nameable=True)
-    _refuse_self_subsampling(declared, trace, batch_rows(args), minibatch_of, model, plate)
+    plate = find_data_plate(trace, rows, name, nameable=True)
+    _refuse_self_subsampling(declared, trace, rows, minibatch_of, plate)
+    if plate is not None and minibatch_of:
+        indices = _last_rows(rows, minibatch_of)
+        refuse_reading_the_batch_by_plate(model, args, plate, minibatch_of, indices, "fit")
     if plate is None:
         return None, None, describe_plates(trace)
     dims = [f.dim for s in sample_sites(trace).values() for f in frames_in(s, plate)]
     return plate, dims[0] if dims else None, ""
+
+
+def _last_rows(rows: int, n: int) -> torch.Tensor:
+    """The last ``rows`` of ``n`` rows' indices, which the last full batch's plate gets:
+    those furthest past a batch of ``rows``."""
+    return torch.arange(n - rows, n)
 
 
 def _refuse_self_subsampling(
@@ -274,36 +295,33 @@ def _refuse_self_subsampling(
     trace,
     rows: int | None,
     n: int | None,
-    model,
     data_plate: str | None,
     error=None,
 ) -> None:
-    """Refuse a model whose plate over a minibatch's ``rows`` (of ``n``) declares a
-    ``subsample_size`` (Pyro's SVI tutorial's ``pyro.plate("data", len(x),
-    subsample_size=10) as i``, ``obs=x[i]``), around an observed site of ``trace`` (any,
-    for a run Pyro failed: ``trace`` None). fit hands it minibatches already, and gives
-    the plate the batch's rows among the N, which ``x[i]`` reads past (tester EG: an
+    """Refuse a model whose plate over a minibatch's ``rows`` (of ``n``), or over the
+    ``n``, draws a number of rows of its own (a ``subsample_size`` other than ``rows``:
+    Pyro's SVI tutorial's ``pyro.plate("data", len(x), subsample_size=10) as i``), around
+    an observed site of ``trace`` (any, for a run that failed: ``trace`` None). fit hands
+    it minibatches already and gives the plate the batch's rows among the N (tester EG: an
     IndexError inside the model at batch_size 10, Pyro's "did you use different
     subsample_size in the model and guide?" at 8, of a guide with no plate, and at 50 a
     refusal saying that the model had no plate of the batch's size). A plate that draws
-    every row, in a model that takes ``num_data``, is ``pyro.plate("data", num_data or
-    len(x), subsample_size=len(x))``, of N rows in training, which gives it ``num_data``
-    (the set-up's run, without it, sees the batch's size), and is left alone; so is a
-    plate beside the run's ``data_plate`` (of :func:`find_data_plate`, which refuses an
-    ambiguous one first)."""
+    as many rows as the batch has, ``pyro.plate("data", num_data or len(x),
+    subsample_size=len(x))``, is left to
+    :func:`~pyro_vae.minibatch.refuse_reading_the_batch_by_plate`, which runs the model
+    with the rows fit gives it; so is a plate beside the run's ``data_plate`` (of
+    :func:`find_data_plate`, which refuses an ambiguous one first)."""
     if n is None or rows is None or rows >= n:
         return
-    every_row_of_n = accepts_keyword(model, "num_data")
     observed = None
     if trace is not None:
         observed = {f.name for site in sample_sites(trace).values() if site["is_observed"]
                     for f in site["cond_indep_stack"]}  # fmt: skip
     for plate, (size, subsample_size) in declared.declared.items():
         if (
-            size != rows
-            or subsample_size is None
+            size not in (rows, n)
+            or subsample_size in (None, rows)
             or (observed is not None and plate not in observed)
-            or (every_row_of_n and subsample_size == size)
             # another plate holds the batch's rows: this one is over features of as many
             # (tester EH: a subsampled plate of 10 features at batch_size 10 was refused)
             or data_plate not in (None, plate)

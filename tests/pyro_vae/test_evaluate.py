@@ -26,7 +26,7 @@ from pyro_vae.evaluate import (
     log_importance_weights,
     max_plate_nesting,
 )
-from pyro_vae.plates import data_plate
+from pyro_vae.plates import DataPlateError, data_plate
 
 F64 = torch.float64
 
@@ -1056,3 +1056,43 @@ def test_elbo_estimate_checks_its_vectorized_particles_and_loops_a_branch_on_a_d
     with pytest.warns(VectorizationWarning, match="draw 'z' is read into Python"):
         elbo, se = elbo_estimate(model, guide, x, num_samples=1000, num_chunks=10)
     assert abs(elbo - exact) < 5 * se  # se ≈ 0.01 nats; the fault: 0.37 nats
+
+
+def _model_in_form(form):
+    """``model``'s generative process, its data plate written in ``form``."""
+
+    def written(x, num_data=None):
+        if form == "num_data, obs=x":  # draws each chunk's rows among the N, observes x
+            plate = pyro.plate("data", num_data or len(x), subsample_size=len(x))
+        else:
+            plate = pyro.plate("data", len(x))
+        with plate as i:
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).expand([len(x), 2]).to_event(1))
+            obs = x[i] if form == "as i" else x
+            pyro.sample("x", dist.Normal(z @ W.T + B, SIGMA).to_event(1), obs=obs)
+
+    return written
+
+
+def test_a_plate_drawing_each_chunk_of_n_rows_and_observing_x_is_scored_as_data_plate(x):
+    # tester EJ: refused in chunks as a self-subsampling plate, though fit trains it
+    guide = make_guide(0.8, 1.3)
+    scores = []
+    for each in (_model_in_form("num_data, obs=x"), model):
+        pyro.set_rng_seed(0)
+        scores.append(elbo_per_datapoint(each, guide, x, num_samples=3, batch_size=6))
+    assert torch.equal(scores[0], scores[1])
+
+
+def test_a_model_reading_its_chunk_by_the_plate_indices_is_refused_or_scored_in_one(x):
+    # in chunks of 6 of the 20 rows the plate's indices are the chunk's rows among the 20,
+    # and x[i] read past the chunk inside the model; in one chunk they are its positions
+    guide = make_guide(0.8, 1.3)
+    expected = r"plate 'data' their rows among the 20 \(here 14\.\.19\) .* \(batch_size >= 20\)"
+    with pytest.raises(DataPlateError, match=expected):
+        elbo_per_datapoint(_model_in_form("as i"), guide, x, batch_size=6)
+    scores = []
+    for each in (_model_in_form("as i"), model):
+        pyro.set_rng_seed(0)
+        scores.append(elbo_per_datapoint(each, guide, x, num_samples=3, batch_size=20))
+    assert torch.equal(scores[0], scores[1])

@@ -13,8 +13,9 @@ from pyro_vae.minibatch import (
     DataPlateSubsample,
     Minibatched,
     align_autoguide,
+    refuse_reading_the_batch_by_plate,
 )
-from pyro_vae.plates import data_plate
+from pyro_vae.plates import DataPlateError, data_plate
 
 N, ROWS = 40, torch.tensor([3, 17, 5, 39, 0, 22, 8, 11, 30, 2])
 
@@ -111,3 +112,58 @@ def test_an_autoguide_picks_the_rows_of_the_batch(rows):
         guide.locs.z.copy_(torch.arange(N, dtype=torch.float32))
     trace = poutine.trace(wrapped).get_trace(x[rows], subsample=rows)
     assert torch.equal(trace.nodes["z_unconstrained"]["fn"].mean, rows.float())
+
+
+def _reading_by_index(x):
+    """Pyro's idiom ``with pyro.plate("data", len(x)) as i: ... obs=x[i]``."""
+    with pyro.plate("data", len(x)) as i:
+        pyro.sample("x", dist.Normal(0.0, 1.0), obs=x[i])
+
+
+def _observing_the_batch(x):
+    with pyro.plate("data", len(x)):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))  # a draw: the probes take none aside
+        pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+
+def test_a_model_reading_its_batch_by_the_plate_indices_is_refused_naming_them():
+    # tester EH's F4 and EJ's F2: fit and the evaluators give the plate the batch's rows
+    # among the N, and such a model failed inside, by an IndexError on its own line
+    x = torch.linspace(-1.0, 1.0, 4)
+    with pytest.raises(DataPlateError) as caught:
+        refuse_reading_the_batch_by_plate(
+            _reading_by_index, (x,), "data", 10, torch.arange(6, 10), "fit"
+        )
+    message = str(caught.value)
+    assert "for fit, the model is handed 4 of the 10 rows at a time" in message
+    assert "plate 'data' their rows among the 10 (here 6..9)" in message
+    assert "IndexError: index 6 is out of bounds" in message
+    assert "expected obs=x" in message and "(batch_size >= 10)" in message
+    assert isinstance(caught.value.__cause__, IndexError)
+
+
+def test_a_model_observing_its_batch_or_failing_anyway_or_given_its_own_rows_is_not_refused():
+    x = torch.linspace(-1.0, 1.0, 4)
+    refuse_reading_the_batch_by_plate(
+        _observing_the_batch, (x,), "data", 10, torch.arange(6, 10), "fit"
+    )
+    # rows 0..3 of the N are the batch's own positions: x[i] reads the right rows
+    refuse_reading_the_batch_by_plate(_reading_by_index, (x,), "data", 4, torch.arange(4), "fit")
+    refuse_reading_the_batch_by_plate(_reading_by_index, (x,), "data", 10, torch.arange(4), "fit")
+
+    def broken(x):  # fails whatever the plate's indices: not the probe's to blame
+        with pyro.plate("data", len(x)) as i:
+            pyro.sample("x", dist.Normal(0.0, 1.0), obs=x[i] @ torch.ones(2))
+
+    refuse_reading_the_batch_by_plate(broken, (x,), "data", 10, torch.arange(6, 10), "fit")
+
+
+def test_the_probe_runs_leave_the_random_stream_where_it_was():
+    x = torch.linspace(-1.0, 1.0, 4)
+    pyro.set_rng_seed(0)
+    refuse_reading_the_batch_by_plate(
+        _observing_the_batch, (x,), "data", 10, torch.arange(6, 10), "fit"
+    )
+    after = torch.rand(3)
+    pyro.set_rng_seed(0)
+    assert torch.equal(after, torch.rand(3))

@@ -507,6 +507,12 @@ def test_a_model_subsampling_its_own_minibatch_is_refused_naming_its_plate(batch
         rf"subsample_size=10\)\), and fit hands .* {batch_size} of the 100 rows .* "
         r"expected the plate without subsample_size .* or batch_size >= 100"
     )
+    if batch_size == 10:  # the plate draws the batch's 10 rows: x[i] reads the rows fit gives
+        expected = (
+            r"for fit, the model is handed 10 of the 100 rows at a time and plate 'data' their "
+            r"rows among the 100 \(here 90\.\.99\) .*IndexError: index 90 .* reads the batch "
+            r"by the plate's indices .* or all 100 rows at once \(batch_size >= 100\)"
+        )
     with pytest.raises(DataPlateError, match=expected):
         fit(_self_subsampling, _global_guide, TensorData(x), get("trace"), config)
 
@@ -536,3 +542,53 @@ def test_a_model_subsampling_the_whole_data_or_declaring_n_trains():
 
     pyro.clear_param_store()
     fit(features, _global_guide, TensorData(torch.randn(100, 10)), get("trace"), minibatch)
+
+
+def _indexing_plate(form):
+    """A model and guide with a global mean, whose data plate is written in ``form``."""
+
+    def model(x, num_data=None):
+        mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+        if form == "plain":
+            with pyro.plate("data", len(x)):
+                pyro.sample("x", dist.Normal(mu, 1.0), obs=x[:, 0])
+            return
+        if form == "as i":
+            plate = pyro.plate("data", len(x))
+        elif form == "explicit":
+            plate = pyro.plate("data", len(x), subsample=torch.arange(len(x)))
+        else:  # "num_data": the plate draws as many rows as the batch has, of N
+            plate = pyro.plate("data", num_data or len(x), subsample_size=len(x))
+        with plate as i:
+            obs = x[:, 0] if form == "num_data, obs=x" else x[i, 0]
+            pyro.sample("x", dist.Normal(mu, 1.0), obs=obs)
+
+    return model
+
+
+@pytest.mark.parametrize("form", ["as i", "explicit", "num_data"])
+def test_a_model_reading_its_minibatch_by_the_plate_indices_is_refused_before_training(form):
+    """Tester EH's F4 (explicit indices) and EJ's F2 (``num_data`` with a subsample size
+    equal to the batch's) failed inside the model by an IndexError, and so did Pyro's plain
+    ``with pyro.plate("data", len(x)) as i: ... obs=x[i]``: fit gives the plate the batch's
+    rows among the N."""
+    pyro.clear_param_store()
+    x = torch.randn(40, 1, generator=torch.Generator().manual_seed(0))
+    config = TrainConfig(epochs=1, batch_size=10, progress=False, patience=None)
+    expected = r"model: for fit, .* plate 'data' their rows among the 40 \(here 30\.\.39\)"
+    with pytest.raises(DataPlateError, match=expected):
+        fit(_indexing_plate(form), _global_guide, TensorData(x), get("trace"), config)
+
+
+@pytest.mark.parametrize(("form", "batch_size"), [("num_data, obs=x", 10), ("as i", 40)])
+def test_a_plate_whose_indices_read_the_right_rows_trains_as_the_plain_plate(form, batch_size):
+    """A plate of N drawing the batch's 10 rows, observing x itself, and ``x[i]`` given
+    the whole data: the same weights as the plain ``obs=x`` model, bit for bit."""
+    x = torch.randn(40, 1, generator=torch.Generator().manual_seed(0))
+    config = TrainConfig(epochs=2, batch_size=batch_size, progress=False, patience=None, seed=0)
+    weights = []
+    for each in (form, "plain"):
+        pyro.clear_param_store()
+        fit(_indexing_plate(each), _global_guide, TensorData(x), get("trace"), config)
+        weights.append(pyro.param("m").detach().clone())
+    assert torch.equal(weights[0], weights[1])
