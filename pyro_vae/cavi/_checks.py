@@ -125,10 +125,18 @@ def log_probabilities(name: str, tensor: torch.Tensor) -> torch.Tensor:
 
 def as_float64(name: str, value) -> torch.Tensor:
     """``value`` (a tensor or anything NumPy reads as an array) as a float64 tensor, or
-    ``ValueError`` naming it if its entries are not real numbers."""
+    ``ValueError`` naming it if its entries are not real numbers, or it is a tensor on
+    another device than the CPU (the estimators' updates compute there: a GPU's tensor
+    met the CPU's draws in a device mix inside them)."""
     if isinstance(value, torch.Tensor):
         if value.is_complex():
             raise ValueError(f"{name}: dtype {value.dtype} is not real")
+        if value.device.type != "cpu":
+            raise ValueError(
+                f"{name}: a tensor of shape {tuple(value.shape)} is on {value.device}; the "
+                "CAVI estimators compute on the CPU in float64 (many small updates, which a "
+                f"GPU only slows with transfers): pass {name}.cpu()"
+            )
         return value.to(torch.float64)
     try:
         array = np.asarray(value)

@@ -76,8 +76,11 @@ def _check_beta(beta) -> float:
     return number
 
 
+@on_the_cpu
 def grid_couplings(rows: int, cols: int, coupling: float = 1.0) -> torch.Tensor:
-    """J of a rows x cols grid with nearest-neighbour coupling (free boundary)."""
+    """J ``[rows·cols, rows·cols]``, float64 on the CPU, of a rows x cols grid with
+    nearest-neighbour coupling (free boundary): the Ising estimators' input, made where
+    they compute whatever torch's default device is."""
     rows, cols = positive_int("rows", rows), positive_int("cols", cols)
     if real(coupling) is None or not math.isfinite(real(coupling)):
         raise ValueError(f"coupling: {coupling!r} is not a finite number")

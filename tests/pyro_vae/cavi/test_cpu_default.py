@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pyro
 import pyro.distributions as dist
+import pytest
 import torch
 
 from pyro_vae.cavi import (
@@ -83,6 +84,31 @@ def test_every_estimator_fits_on_the_cpu_under_another_default_device():
     assert torch.equal(got["predict"], expected["predict"])
     assert got["log Z"] == expected["log Z"]
     assert torch.equal(got["sample"], expected["sample"])
+
+
+def test_the_couplings_are_made_on_the_cpu_under_another_default_device():
+    expected = grid_couplings(2, 3, 0.5)
+    try:
+        torch.set_default_device("meta")
+        got = grid_couplings(2, 3, 0.5)
+    finally:
+        torch.set_default_device(None)
+    assert torch.equal(got, expected)  # (a meta tensor has no values to compare)
+
+
+def test_data_on_another_device_is_refused_naming_the_argument():
+    # a GPU's tensor met the estimators' CPU draws in a device mix (CI has no GPU: meta
+    # stands in for one, as not the CPU)
+    X, y = torch.zeros(4, 2, device="meta"), torch.zeros(4, device="meta")
+    cases = {
+        "X": lambda: BayesianLinearRegression().fit(X, torch.zeros(4)),
+        "y": lambda: BayesianLinearRegression().fit(torch.zeros(4, 2), y),
+        "J": lambda: IsingMeanField().fit(torch.zeros(3, 3, device="meta")),
+    }
+    for name, fit in cases.items():
+        words = f"{name}: a tensor of shape .* is on meta; .* pass {name}.cpu()"
+        with pytest.raises(ValueError, match=words):
+            fit()
 
 
 def test_the_default_device_is_left_as_it_was():
