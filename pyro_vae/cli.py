@@ -579,7 +579,7 @@ def _where_it_stopped(args: argparse.Namespace, change: str = "") -> str:
         nproc = f" --nproc {processes}" if processes > 1 else ""
         return (
             f"{run.path} holds the checkpoint of epoch {epoch}; continue with "
-            f"`pyro-vae fit --resume {run.path}{nproc}{_epochs_not_recorded(args, run)}{change}`"
+            f"`pyro-vae fit --resume {run.path}{nproc}{_resume_flags(args, run, change)}`"
         )
     # no checkpoint yet: no epoch had finished, or the first one's write was cut off
     # (tester AX: "no epoch had finished" after epoch 1 had)
@@ -591,9 +591,38 @@ def _where_it_stopped(args: argparse.Namespace, change: str = "") -> str:
         again = f" --nproc {nproc}" if nproc > 1 else ""
         return (
             f"{none}; start it again from its own config.json with "
-            f"`pyro-vae fit --resume {run.path}{again}{change}`"
+            f"`pyro-vae fit --resume {run.path}{again}{_resume_flags(args, run, change)}`"
         )
     return f"{none}; start it over with `pyro-vae fit --restart --out {run.path} ...`"
+
+
+#: The flags a resume may give that :func:`_resume_flags` repeats, with how each is typed.
+_REPEATED_ON_RESUME = {
+    "--patience": lambda a: f" --patience {a.patience}",
+    "--device": lambda a: f" --device {a.device}",
+    "--compile": lambda a: f" --compile {a.compile}",
+    "--tensorboard": lambda a: " --tensorboard",
+    "--no-progress": lambda a: " --no-progress",
+}
+
+
+def _resume_flags(args: argparse.Namespace, run: RunFolder, change: str = "") -> str:
+    """The flags of the resume that continues a stopped resume as it was asked: its
+    ``--epochs`` where config.json does not say so yet (:func:`_epochs_not_recorded`), the
+    other flags it was given that a resume may change, until fit's checks have passed and
+    config.json records them (tester EJ: a resume with ``--compile on --patience 5``
+    stopped in its set-up advised a resume without them, which went on with the run's
+    own), and ``change``, in place of a flag it replaces."""
+    if not args.resume:
+        return change
+    given = set() if _FIT_PROGRESS["checked"] else getattr(args, "given_flags", set())
+    replaced = {token for token in change.split() if token.startswith("--")}
+    repeated = "".join(
+        typed(args)
+        for flag, typed in _REPEATED_ON_RESUME.items()
+        if flag in given and flag not in replaced
+    )
+    return f"{_epochs_not_recorded(args, run)}{repeated}{change}"
 
 
 def _epochs_not_recorded(args: argparse.Namespace, run: RunFolder) -> str:
@@ -658,6 +687,7 @@ def main(argv: list[str] | None = None) -> int:
     # step) is a note for a Python session; in a command's output a stray line (tester H)
     logging.getLogger("pyro.infer.elbo").setLevel(logging.WARNING)
     given = given_flags(argv)
+    args.given_flags = given  # what a stop's advice repeats (_resume_flags)
     handler = {
         "fit": lambda a: _fit(a, given),
         "evaluate": evaluate_command,

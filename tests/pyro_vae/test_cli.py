@@ -2437,7 +2437,7 @@ def test_a_resume_stopped_before_its_config_is_written_advises_its_own_epochs(
     monkeypatch.setattr(cli, "fit", stopped_at_once)
     assert main(["fit", "--resume", str(run), "--epochs", "3", "--no-progress"]) == 130
     err = capsys.readouterr().err
-    assert f"continue with `pyro-vae fit --resume {run} --epochs 3`" in err, err
+    assert f"continue with `pyro-vae fit --resume {run} --epochs 3 --no-progress`" in err, err
 
     def stopped_once_ready(*args, on_ready=None, **kwargs):
         on_ready()  # config.json now says 3 epochs
@@ -2448,3 +2448,34 @@ def test_a_resume_stopped_before_its_config_is_written_advises_its_own_epochs(
     err = capsys.readouterr().err
     assert f"continue with `pyro-vae fit --resume {run}`" in err, err
     monkeypatch.setattr(cli, "fit", train)
+
+
+def test_a_resume_stopped_in_its_set_up_advises_the_flags_it_was_given(
+    tmp_path, capsys, monkeypatch
+):
+    """Tester EJ: a resume given ``--patience`` and ``--compile`` and stopped before fit's
+    checks had passed (config.json still the run's own) advised a resume without them,
+    which would go on with the run's patience and compile setting. A stop's own change
+    (``--compile on`` after torch.compile failed) replaces the one given."""
+    import pyro_vae.cli as cli
+    from pyro_vae.cli import _where_it_stopped, main
+
+    run = tmp_path / "run"
+    assert main(["fit", "--epochs", "1", "--out", str(run), *FAST]) == 0
+    capsys.readouterr()
+
+    def stopped_at_once(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "fit", stopped_at_once)
+    argv = ["fit", "--resume", str(run), "--patience", "5", "--compile", "off", "--no-progress"]
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    advice = f"`pyro-vae fit --resume {run} --patience 5 --compile off --no-progress`"
+    assert advice in err, err
+    args = cli.build_parser().parse_args(argv[:-1] + ["--compile", "inductor"])
+    args.given_flags = {"--patience", "--compile"}
+    monkeypatch.setitem(cli._FIT_PROGRESS, "begun", True)  # stopped after it began,
+    monkeypatch.setitem(cli._FIT_PROGRESS, "checked", False)  # before its checks passed
+    advice = f"`pyro-vae fit --resume {run} --patience 5 --compile on`"
+    assert advice in _where_it_stopped(args, " --compile on")
