@@ -359,7 +359,10 @@ class AutoCAVI(CoordinateUpdates, BaseEstimator):
         }  # fmt: skip
         if imprecise or self.numerical_error_ > 1e-6 * (1 + abs(bounds[-1])):
             unchecked = self._refuse_unstationary(args, kwargs, bounds, converged)
-            warn_imprecise(self.numerical_error_, bounds[-1], self.probe_rounds_, unchecked)
+            located = any("Normal" in latent.family.name for latent in self._latents.values())
+            warn_imprecise(
+                self.numerical_error_, bounds[-1], self.probe_rounds_, unchecked, located
+            )
         self.lower_bound_, self.lower_bounds_ = bounds[-1], bounds
         self.n_iter_, self.converged_ = len(bounds), converged
         if not converged:

@@ -385,16 +385,27 @@ def unverifiable(error: Exception, latents: dict) -> str:
     )
 
 
-def warn_imprecise(error: float, bound: float, rounds: int, unchecked=None) -> None:
+def warn_imprecise(
+    error: float, bound: float, rounds: int, unchecked=None, located: bool = True
+) -> None:
     """The rounding warning; ``unchecked``: the Normal units whose fixed point the model's
-    own gradient could not check, {unit: its factor without an autograd graph}."""
+    own gradient could not check, {unit: its factor without an autograd graph};
+    ``located``: whether a latent has a location that centring the data would move (a
+    Normal's mean): counts of order 10⁹ under Beta or Gamma latents have none (tester EI:
+    a Beta-Binomial was advised to centre its counts)."""
     named = ", ".join(f"{n!r} (its factor {f!r} has no autograd graph)"
                       for n, f in (unchecked or {}).items())  # fmt: skip
+    advice = (
+        "Centre and scale the data (or the prior) so that the latents are of order one"
+        if located
+        else "No latent here has a location to centre: the data's own size (counts, "
+        "exposures) sets the log-densities', and the rounding is "
+        f"{error / max(abs(bound), 1e-300):.2g} of the bound"
+    )
     warn_at_caller(
         f"AutoCAVI: after {rounds} probing rounds, float64 rounding in the factors may still "
         f"move the bound by about {error:.3g} nats (bound {bound:.6g}): the log-densities are "
-        "large where q puts its mass. Centre and scale the data (or the prior) so that the "
-        "latents are of order one"
+        f"large where q puts its mass. {advice}"
         + (
             f". The model's own gradient could not check q's means of {named}, which such "
             "rounding can hold away from the fixed point"

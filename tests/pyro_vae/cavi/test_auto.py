@@ -1490,8 +1490,12 @@ def test_conjugate_factors_of_huge_counts_warn_of_rounding_and_are_not_refused()
         p = pyro.sample("p", dist.Beta(k.new_tensor(1.0), 1.0))
         pyro.sample("k", dist.Binomial(n, probs=p), obs=k)
 
-    with pytest.warns(RuntimeWarning, match="float64 rounding"):
+    with pytest.warns(RuntimeWarning, match="float64 rounding") as caught:
         fit = AutoCAVI(model).fit(t(k))
+    # counts have no location to centre (tester EI: the warning advised centring them)
+    message = str(caught[0].message)
+    assert "Centre" not in message and "No latent here has a location to centre" in message
+    assert f"{fit.numerical_error_ / abs(fit.lower_bound_):.2g} of the bound" in message
     evidence = (
         math.lgamma(1 + k) + math.lgamma(1 + n - k) - math.lgamma(2 + n)
         + math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
