@@ -163,7 +163,9 @@ _TABLE = ("columns", "label_column")
 def _image_folder(name: str, image_size: tuple[int, int] | None, crop: bool) -> RawImages:
     path = _existing(name, name[7:], "directory")
     folder = read_image_folder(path, image_size, crop)
-    provenance = file_provenance(path, folder.files, folder.images.shape, folder.images.dtype)
+    provenance = file_provenance(
+        path, folder.files, folder.images.shape, folder.images.dtype, classes=folder.classes
+    )
     return _checked(
         RawImages(
             name,
@@ -184,7 +186,9 @@ def _table(name: str, columns: list[str] | None, label_column: str | None) -> Ra
     path = _existing(name, name[6:] if name.startswith("table:") else name, "file")
     table = read_table(path, columns, label_column)
     shape, dtype = table.features.shape, table.features.dtype
-    provenance = file_provenance(path, [path], shape, dtype, columns=table.columns)
+    provenance = file_provenance(
+        path, [path], shape, dtype, columns=table.columns, classes=table.classes
+    )
     return _checked(
         RawImages(
             name,

@@ -64,10 +64,13 @@ def file_provenance(
     shape: Sequence[int],
     dtype: Any,
     columns: Sequence[str] | None = None,
+    classes: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """The provenance of a dataset at ``path`` (a file or a directory) read from ``files``:
     ``{"path", "shape", "dtype", "checksum", "files"}`` (plain JSON), and a table's feature
-    ``columns`` in the order they were read, where given."""
+    ``columns`` in the order they were read, and the class names its labels index
+    (``classes``, a table's label names or an image folder's class folders), where
+    given."""
     root = Path(path).expanduser().resolve()
     resolved = [Path(f).expanduser().resolve() for f in files]
     out = {
@@ -79,6 +82,8 @@ def file_provenance(
     }
     if columns is not None:
         out["columns"] = [str(c) for c in columns]
+    if classes is not None:
+        out["classes"] = [str(c) for c in classes]
     return out
 
 

@@ -535,3 +535,40 @@ def test_a_pyro_autoguide_named_by_spec_is_given_only_the_options_it_names():
     )
     exp = build(config)
     assert isinstance(exp.guide, AutoIAFNormal) and exp.guide.model is not None
+
+
+def test_changed_data_read_their_labels_by_the_run_s_class_names(tmp_path):
+    """Tester EM: labels are indices into a table's class names sorted, and read with
+    --allow-changed-data a class gone (or renamed) moved the others', so a CVAE was scored
+    under another class's condition with no note. The classes are read by name now; a
+    class the run never trained is refused by name."""
+    import numpy as np
+    import pandas as pd
+
+    from pyro_vae.cli import main
+
+    rng = np.random.default_rng(0)
+    kinds = np.repeat(["alpha", "beta", "gamma"], 30)
+    offset = {"alpha": -10.0, "beta": 0.0, "gamma": 10.0}
+    table = pd.DataFrame(rng.normal(size=(90, 3)), columns=["f", "g", "h"]).assign(type=kinds)
+    table["f"] += [offset[k] for k in kinds]  # f tells each row's class
+    table.to_csv(tmp_path / "t.csv", index=False)
+    run = tmp_path / "run"
+    argv = ["fit", "--model", "models.cvae:CVAE", "--data", str(tmp_path / "t.csv"),
+            "--label-column", "type", "--likelihood", "normal", "--epochs", "1", "--out",
+            str(run), "--latent-dim", "2", "--hidden", "8", "--no-progress", "--ll-samples",
+            "0"]  # fmt: skip
+    assert main(argv) == 0
+    table[table.type != "alpha"].to_csv(tmp_path / "t.csv", index=False)
+    data = load(run, allow_changed_data=True).data
+    assert data.info["classes"] == ["alpha", "beta", "gamma"]
+    splits = ((data.train_x, data.train_y), (data.val_x, data.val_y), (data.test_x, data.test_y))
+    for x, y in splits:
+        # beta's f is standardized below gamma's: beta is still class 1, gamma class 2
+        assert set(y.tolist()) == {1, 2}
+        middle = (x[y == 1, 0].max() + x[y == 2, 0].min()) / 2
+        assert torch.equal(y, torch.where(x[:, 0] > middle, 2, 1))
+    table.assign(type=table.type.replace("alpha", "zeta")).to_csv(tmp_path / "t.csv", index=False)
+    message = r"now holds the classes \['zeta'\], where the run was trained on the classes"
+    with pytest.raises(ValueError, match=message):
+        load(run, allow_changed_data=True)
