@@ -50,6 +50,7 @@ from pyro_vae.convnets import (
     likelihood_decoder,
 )
 from pyro_vae.guides import AmortizedNormal
+from pyro_vae.labels import check_class_labels
 from pyro_vae.likelihoods import make_likelihood
 from pyro_vae.nn import layer_widths
 from pyro_vae.plates import data_plate
@@ -86,7 +87,9 @@ class Condition(nn.Module):
         """c(y) in ``like``'s dtype and device: ``[B, width]``."""
         if self.num_classes is not None:
             # a comparison, not one_hot, which reads y's largest value (so a step could not
-            # be recorded); a label outside 0..C-1 would give a row of zeros
+            # be recorded); a label outside 0..C-1 would give a row of zeros, so each is
+            # checked outside a recording
+            check_class_labels(y, self.num_classes)
             classes = torch.arange(self.num_classes, device=y.device)
             return (y[..., None] == classes).to(like)
         return y.to(like)

@@ -84,6 +84,7 @@ from pyro_vae.convnets import (
     likelihood_decoder,
 )
 from pyro_vae.evaluate import elbo_per_datapoint, eval_mode, iwae_log_likelihood
+from pyro_vae.labels import check_class_labels
 from pyro_vae.likelihoods import make_likelihood
 from pyro_vae.model_protocol import ConvertsTiedGuide
 from pyro_vae.nn import layer_widths, mlp
@@ -126,14 +127,9 @@ def check_labels(
             raise ValueError(
                 f"{name}: shape {tuple(value.shape)}; expected [{rows}], one per row of x"
             )
-    y, observed = y.long(), observed.bool()
-    seen = y[observed]
-    if seen.numel() and (int(seen.min()) < 0 or int(seen.max()) >= num_classes):
-        raise ValueError(
-            f"y: observed labels span {int(seen.min())}..{int(seen.max())}; expected classes "
-            f"0..{num_classes - 1}"
-        )
-    return y, observed
+    observed = observed.bool()
+    check_class_labels(y[observed], num_classes)  # before .long(), which reads 1.7 as 1
+    return y.long(), observed
 
 
 class M2Guide(PyroModule):

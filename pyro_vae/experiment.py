@@ -177,7 +177,7 @@ def build(
     extra = {k: v for k, v in options.items() if k not in STANDARD_MODEL_OPTIONS}
     _refuse_options_of_the_data(extra, standard, config.model.spec)
     extra = {k: v for k, v in extra.items() if k not in DATA_MODEL_OPTIONS or k not in standard}
-    made, received = _construct(config.model.spec, "model", standard, extra)
+    made, received = _construct_model(config, standard, extra, data)
     not_accepted = [k for k in STANDARD_MODEL_OPTIONS if k in options and k not in received]
     model, paired_guide = _model_and_guide(made)
     guide = _guide(config, model, paired_guide, standard)
@@ -412,6 +412,27 @@ def _note_untrained_classes(data: DataSplits, classes: int) -> None:
     empty = [names[c] for c in range(classes) if int(counts[c]) == 0]
     if empty:
         data.info["untrained_classes"] = {"classes": empty, "of": classes}
+
+
+def _construct_model(config: RunConfig, standard: dict, extra: dict, data) -> tuple[Any, dict]:
+    """:func:`_construct` of the model; its refusal of the ``num_classes`` it was offered
+    from the data's labels says where that number came from (tester EM: M2 on a label
+    column of one class said "num_classes: 1; expected an integer >= 2", a number the user
+    never gave)."""
+    try:
+        return _construct(config.model.spec, "model", standard, extra)
+    except ValueError as err:
+        offered = "num_classes" in standard and "num_classes" not in config.model.options
+        if not (offered and str(err).startswith("num_classes:")):
+            raise
+        count = standard["num_classes"]
+        names = data.info.get("classes")
+        held = f" ({', '.join(map(str, names))})" if names else ""
+        raise ValueError(
+            f"{err}: the labels of {config.data.name} hold {count} "
+            f"class{'es' if count != 1 else ''}{held}, which {config.model.spec} was offered "
+            "as num_classes; give it data with more classes"
+        ) from err
 
 
 def _construct(spec: str, arg: str, standard: dict, extra: dict) -> tuple[Any, dict]:

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from torch.fx.experimental.proxy_tensor import get_proxy_mode
 
 from pyro_vae.data_source import HELD_OUT, ObservationCheck, ValidationSet
 from pyro_vae.wrapped_source import WrappedSource
@@ -177,6 +178,42 @@ def for_model(mode: str | None, name: str, data: Any, num_classes: int | None = 
             "labels"
         )
     return LabelledSource(data)
+
+
+def check_class_labels(y: torch.Tensor, num_classes: int, name: str = "y") -> None:
+    """Refuse class labels ``y`` (``[B]``, any dtype) that are not whole numbers in
+    0..C−1, where a model reads them itself: the CVAE's condition, a comparison with each
+    class, read 7, −1 or 1.7 as no class at all (an all-zero condition) and M2's
+    ``y.long()`` read 1.7 as class 1, with no word, from Python (tester EM; the command
+    line checks a run's labels as it loads them, :func:`check_label_range`). One value
+    read per call (whether any label is bad); none while a step is being recorded
+    (``--compile``), which cannot read values, and whose replays run no Python: fit
+    checks every label of its data before the first step (:func:`for_model`).
+
+    Raises:
+        ValueError: naming ``name``, the labels' span or a label that is not whole, and
+            0..C−1."""
+    if y.numel() == 0 or _recording_a_step():
+        return
+    whole = y == y.round() if y.is_floating_point() else torch.ones_like(y, dtype=torch.bool)
+    if not bool((~whole | (y < 0) | (y >= num_classes)).any()):
+        return
+    if not bool(whole.all()):
+        odd = float(y[~whole].reshape(-1)[0])
+        raise ValueError(
+            f"{name}: a label {odd:.6g} is not a whole number; expected class labels "
+            f"0..{num_classes - 1}"
+        )
+    raise ValueError(
+        f"{name}: labels span {y.min().item():g}..{y.max().item():g}; expected classes "
+        f"0..{num_classes - 1} (num_classes={num_classes}: a label outside would be read as "
+        "no class)"
+    )
+
+
+def _recording_a_step() -> bool:
+    """Whether a step is being recorded (make_fx, ``--compile``) or compiled (Dynamo)."""
+    return torch.compiler.is_compiling() or get_proxy_mode() is not None
 
 
 def check_label_range(data, num_classes: int, name: str) -> None:

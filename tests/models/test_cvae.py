@@ -76,6 +76,41 @@ def test_generate_given_draws_one_image_per_label():
     assert images.shape == (3, 3) and ((images >= 0) & (images <= 1)).all()
 
 
+@pytest.mark.parametrize(
+    ("labels", "words"),
+    [
+        (torch.tensor([0, 7, 1]), r"y: labels span 0..7; expected classes 0..1"),
+        (torch.tensor([-1, 0, 1]), r"y: labels span -1..1"),
+        (torch.tensor([0.0, 1.7, 1.0]), r"y: a label 1.7 is not a whole number"),
+    ],
+)
+def test_labels_that_are_no_class_are_refused_by_model_guide_and_generate_given(labels, words):
+    """Tester EM: from Python, a label outside 0..C−1 or a fractional one became an
+    all-zero condition, and the ELBO and conditional samples came back as numbers."""
+    model, guide = _tiny()
+    x = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    for call in (lambda: model(x, labels), lambda: guide(x, labels),
+                 lambda: model.generate_given(labels)):  # fmt: skip
+        with pytest.raises(ValueError, match=words):
+            call()
+
+
+def test_a_recorded_step_of_labels_reads_no_value():
+    """The check steps aside while a step is recorded (a recording cannot read values):
+    the CVAE stays recordable, and its compiled loss is the uncompiled one."""
+    from pyro_vae.estimators import get
+    from pyro_vae.estimators.compiled import CompiledELBO
+
+    model, guide = _tiny()
+    x = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]])
+    args = (x, torch.tensor([0, 1]), torch.ones(2, dtype=torch.bool))
+    losses = []
+    for elbo in (get("trace"), CompiledELBO(get("trace"))):
+        pyro.set_rng_seed(0)
+        losses.append(elbo.loss(model, guide, *args))
+    assert losses[0] == losses[1]
+
+
 def test_a_float_condition_is_used_as_it_is():
     model = CVAE(x_dim=4, condition_dim=2, latent_dim=1, hidden_dims=(3,))
     c = model.condition(torch.tensor([[0.5, 1.0]]), torch.zeros(1, 4))

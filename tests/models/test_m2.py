@@ -334,7 +334,12 @@ def test_refuses_bad_options(options, message):
             (None, torch.ones(4, dtype=torch.bool)),
             "observed: 4 labels marked observed, but y is None",
         ),
-        ((torch.full((4,), 3), None), r"y: observed labels span 3..3; expected classes 0..2"),
+        ((torch.full((4,), 3), None), r"y: labels span 3..3; expected classes 0..2"),
+        # tester EM: .long() read 2.9 as class 2 and −0.5 as class 0
+        ((torch.full((4,), 2.9), None), r"y: a label 2.9 is not a whole number; expected"),
+        ((torch.full((4,), -0.5), None), r"y: a label -0.5 is not a whole number"),
+        # an unobserved row's label is not read
+        ((torch.tensor([0, 1, 7, 2]), torch.tensor([True, True, True, False])), r"span 0..7"),
     ],
 )
 def test_refuses_bad_labels(labels, message):

@@ -572,3 +572,23 @@ def test_changed_data_read_their_labels_by_the_run_s_class_names(tmp_path):
     message = r"now holds the classes \['zeta'\], where the run was trained on the classes"
     with pytest.raises(ValueError, match=message):
         load(run, allow_changed_data=True)
+
+
+def test_a_label_model_offered_too_few_classes_by_the_data_is_told_where_they_came_from(
+    tmp_path,
+):
+    """Tester EM: M2 on a label column of one class said "num_classes: 1; expected an
+    integer >= 2", a number the user never gave."""
+    import numpy as np
+    import pandas as pd
+
+    from pyro_vae.run_config import DataConfig
+
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame(rng.normal(size=(40, 3)), columns=["f", "g", "h"]).assign(type="one")
+    table.to_csv(tmp_path / "t.csv", index=False)
+    data = DataConfig(str(tmp_path / "t.csv"), likelihood="normal", label_column="type")
+    config = RunConfig(ModelConfig("models.m2:M2", SMALL), data=data)
+    words = r"num_classes: 1; expected an integer >= 2: the labels of .*t.csv hold 1 class \(one\)"
+    with pytest.raises(ValueError, match=words):
+        build(config)

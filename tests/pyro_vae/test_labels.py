@@ -221,3 +221,15 @@ def test_a_labelled_subset_for_a_model_without_labels_is_refused_by_its_argument
     assert "expected a model that declares uses_labels='partial'" in str(info.value)
     refuse_unused_subset("partial", "models.m2:M2", given)  # M2 reads them
     refuse_unused_subset(None, "models.vae:VAE", {"--labelled": None})  # none asked for
+
+
+def test_class_labels_are_checked_whole_and_within_the_classes():
+    from pyro_vae.labels import check_class_labels
+
+    check_class_labels(torch.tensor([0, 2, 1]), 3)
+    check_class_labels(torch.tensor([0.0, 2.0]), 3)  # whole numbers in a float tensor
+    check_class_labels(torch.tensor([], dtype=torch.long), 3)
+    with pytest.raises(ValueError, match=r"labels: labels span 0..3; expected classes 0..2"):
+        check_class_labels(torch.tensor([0, 3]), 3, "labels")
+    with pytest.raises(ValueError, match=r"y: a label 0.5 is not a whole number"):
+        check_class_labels(torch.tensor([1.0, 0.5]), 3)
