@@ -232,10 +232,8 @@ def _stacked_items(dataset: Any, arg: str) -> ArrayImages:
         raise ValueError(f"{arg}: the dataset has 0 items; expected at least 1")
     xs, ys = [], []
     for i in range(count):
-        item = dataset[i]
-        pair = isinstance(item, tuple | list)
-        if pair and len(item) != 2:
-            raise ValueError(f"{arg}: item {i} has {len(item)} parts; expected x or (x, y)")
+        item = _x_or_pair(dataset[i], i, arg)
+        pair = isinstance(item, tuple)
         if i and pair != (ys != []):
             raise ValueError(f"{arg}: item {i} is {'(x, y)' if pair else 'x'}, unlike item 0")
         x = np.asarray(item[0] if pair else item)
@@ -250,6 +248,26 @@ def _stacked_items(dataset: Any, arg: str) -> ArrayImages:
     x = np.stack(xs)
     y = np.stack(ys) if ys else None
     return from_array(x, y, arg, labels_arg=f"{arg} labels")
+
+
+def _x_or_pair(item: Any, i: int, arg: str) -> Any:
+    """A dataset's item as ``x`` or an ``(x, y)`` tuple: a 1-tuple ``(x,)`` is ``x``, as
+    ``TensorDataset(x)`` gives it (tester EK: refused as "1 parts").
+
+    Raises:
+        ValueError: an item of more than two parts, or a mapping (naming its keys)."""
+    if isinstance(item, dict):  # a HuggingFace-style {"x": ..., "y": ...} item
+        raise ValueError(
+            f"{arg}: item {i} is a dict with the keys {sorted(map(str, item))}; expected x "
+            "or (x, y) (a Dataset whose __getitem__ returns (item['x'], item['y']), say)"
+        )
+    if not isinstance(item, tuple | list):
+        return item
+    if len(item) == 1:
+        return item[0]
+    if len(item) != 2:
+        raise ValueError(f"{arg}: item {i} has {len(item)} parts; expected x, (x,) or (x, y)")
+    return tuple(item)
 
 
 def check_images(x: np.ndarray, arg: str) -> tuple[int, bool]:

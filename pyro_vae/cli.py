@@ -281,6 +281,13 @@ def _write_run_start(run: RunFolder, config: RunConfig, exp, state) -> None:
         more = "; config.json's data.provenance lists them all"
         shown = column_list(exp.data.info["columns"], plain=True, more=more)
         print(f"features: {shown}" + (f" (labels: {label})" if label else ""))
+        text = exp.data.info.get("text_columns")
+        if text:  # tester EK: left out unsaid, as an image folder's stray files are not
+            print(
+                f"note: the column(s) {column_list(text, plain=True)} hold text and are "
+                "left out of the features (--columns names the features; encode text as "
+                "numbers first to use it)"
+            )
 
 
 def _after_divergence(run: RunFolder) -> str:

@@ -408,12 +408,7 @@ def load_data(
             "test split); expected a fraction in (0, 1)"
         )
     rows = _split_rows(raw, val_fraction, test_fraction, split_seed)
-    if rows["train"][2].shape[0] < 2:
-        raise ValueError(
-            f"data: {raw.name!r} leaves {rows['train'][2].shape[0]} training {raw.unit} after "
-            f"the test and validation splits (test_fraction={test_fraction}, "
-            f"val_fraction={val_fraction}); expected at least 2"
-        )
+    _refuse_splits_too_small(raw, rows, val_fraction, test_fraction)
     info: dict[str, Any] = {
         "dataset": raw.name,
         "likelihood": preprocessing.likelihood,
@@ -449,6 +444,8 @@ def _source_notes(raw: RawImages) -> dict[str, Any]:
         notes["left_out"] = list(raw.left_out)
     if raw.colour_files:
         notes["colour_files"] = list(raw.colour_files)
+    if raw.text_columns:
+        notes["text_columns"] = list(raw.text_columns)
     if raw.max_value_from_data:
         notes["full_intensity"] = {"value": int(raw.max_value), "dtype": str(raw.train_x.dtype)}
     return notes
@@ -611,6 +608,25 @@ def _raw(name: Any, labels: Any, **options: Any) -> RawImages:
 
 Split = tuple[np.ndarray, np.ndarray, np.ndarray]
 """A split as an index set: the stored images, their labels, and the split's rows of them."""
+
+
+def _refuse_splits_too_small(
+    raw: RawImages, rows: dict[str, Split], val_fraction: float, test_fraction: float
+) -> None:
+    """Refuse splits that leave no test rows or fewer than 2 training rows, before any
+    work."""
+    if rows["test"][2].shape[0] == 0:  # an official test split of none (tester EK: an IDX
+        # folder's empty t10k file trained to the end, and no command could score the run)
+        raise ValueError(
+            f"data: {raw.name!r} has an official test split of 0 {raw.unit}; expected at "
+            f"least one test {raw.unit.rstrip('s')} to score the model on"
+        )
+    if rows["train"][2].shape[0] < 2:
+        raise ValueError(
+            f"data: {raw.name!r} leaves {rows['train'][2].shape[0]} training {raw.unit} after "
+            f"the test and validation splits (test_fraction={test_fraction}, "
+            f"val_fraction={val_fraction}); expected at least 2"
+        )
 
 
 def _split_rows(

@@ -74,6 +74,7 @@ class RawImages:
         left_out: an image folder's files that are not images of a class (not read).
         colour_files: an image folder's colour images where it mixes grey and colour
             (they made every image RGB).
+        text_columns: a table's columns of text, left out of its features.
         max_value_from_data: whether ``max_value`` is the data's largest value (integer
             pixels of a type other than ``uint8``, whose full intensity the type does not
             tell), which ``fit`` says in a note.
@@ -92,6 +93,7 @@ class RawImages:
     classes: tuple[str, ...] | None = None
     left_out: tuple[str, ...] = ()
     colour_files: tuple[str, ...] = ()
+    text_columns: tuple[str, ...] = ()
     max_value_from_data: bool = False
 
     @property
@@ -202,6 +204,7 @@ def _table(name: str, columns: list[str] | None, label_column: str | None) -> Ra
             provenance=provenance,
             columns=table.columns,
             classes=table.classes,
+            text_columns=table.text_columns,
         )
     )
 

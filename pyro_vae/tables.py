@@ -63,6 +63,8 @@ class Table:
         label_column: the label column's name, or ``None``.
         classes: the label values in the order of their indices, when they were not
             integers; ``None`` otherwise.
+        text_columns: the columns left out of the features because they hold text (only
+            where ``columns`` was not given).
     """
 
     features: np.ndarray
@@ -70,6 +72,7 @@ class Table:
     columns: tuple[str, ...]
     label_column: str | None
     classes: tuple[str, ...] | None
+    text_columns: tuple[str, ...] = ()
 
 
 def is_table_path(path: str) -> bool:
@@ -141,7 +144,9 @@ def read_table(
     features = frame[chosen].to_numpy(dtype=np.float64)
     _check_finite(features, chosen, path)
     labels, classes = _labels(frame, path, label_column)
-    return Table(features, labels, tuple(chosen), label_column, classes)
+    left = [c for c in names if c not in chosen + [label_column]]  # text, where not chosen
+    text = () if columns is not None else tuple(left)
+    return Table(features, labels, tuple(chosen), label_column, classes, text)
 
 
 def _read(path: Path, label_column: str | None = None):

@@ -137,6 +137,22 @@ def test_a_torch_dataset_of_pairs_or_images_becomes_arrays():
         from_dataset([(torch.zeros(4), 1), torch.zeros(4)])
 
 
+def test_a_torch_dataset_of_one_tensor_gives_unlabelled_images():
+    # tester EK: TensorDataset(x), PyTorch's idiom for unlabelled data, items (x,), was
+    # refused as "item 0 has 1 parts"
+    arrays = from_dataset(torch.utils.data.TensorDataset(torch.as_tensor(IMAGES)))
+    assert np.array_equal(arrays.x, IMAGES) and not arrays.labelled
+    with pytest.raises(ValueError, match=r"item 0 has 3 parts; expected x, \(x,\) or \(x, y\)"):
+        from_dataset([(torch.zeros(4), 0, 1)])
+
+
+def test_a_dataset_of_dict_items_is_refused_naming_their_keys():
+    # tester EK: {"x": ..., "y": ...} items were refused as "dtype object"
+    items = [{"x": torch.zeros(4), "y": 0}] * 3
+    with pytest.raises(ValueError, match=r"item 0 is a dict with the keys \['x', 'y'\]"):
+        from_dataset(items)
+
+
 def test_channels_first_colour_and_grey_arrays_are_taken_as_they_are():
     # [N, 3, 8, 3] is channels first with a width of 3: only a second axis that is not a
     # channel count marks an array as channels last

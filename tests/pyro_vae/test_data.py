@@ -312,6 +312,34 @@ def test_a_colour_idx_folder_gives_c_h_w_images_and_trains_from_the_command_line
     assert (out / "reconstructions.png").exists()
 
 
+def test_an_idx_folder_whose_test_file_is_empty_is_refused_before_any_work(tmp_path):
+    """Tester EK: an empty t10k file (written by hand, MNIST's format) trained to the end,
+    and then neither fit nor evaluate could score the run ("x: shape (0, 35) has no
+    rows")."""
+    import struct
+
+    from pyro_vae.cli import main
+
+    def write(path, array):  # magic 0 0 8 (unsigned bytes) ndim, then big-endian sizes
+        head = bytes([0, 0, 8, array.ndim]) + struct.pack(">" + "I" * array.ndim, *array.shape)
+        path.write_bytes(head + array.astype(np.uint8).tobytes())
+
+    rng = np.random.default_rng(0)
+    directory = tmp_path / "idx"
+    directory.mkdir()
+    write(directory / "train-images-idx3-ubyte", rng.integers(0, 256, (30, 5, 7)))
+    write(directory / "train-labels-idx1-ubyte", rng.integers(0, 3, 30))
+    write(directory / "t10k-images-idx3-ubyte", np.zeros((0, 5, 7)))
+    write(directory / "t10k-labels-idx1-ubyte", np.zeros((0,)))
+    words = r"has an official test split of 0 images; expected at least one test image"
+    with pytest.raises(ValueError, match=words):
+        load_data(f"idx:{directory}", Preprocessing("gaussian"))
+    out = tmp_path / "run"
+    argv = ["fit", "--data", f"idx:{directory}", "--likelihood", "gaussian", "--out", str(out)]
+    assert main([*argv, "--epochs", "1", "--no-progress"]) == 2
+    assert not out.exists()
+
+
 def _digits_as_uint8_0_to_16():
     from sklearn.datasets import load_digits
 

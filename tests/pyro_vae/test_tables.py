@@ -46,6 +46,18 @@ def test_default_columns_are_the_numeric_ones_and_string_labels_become_indices(t
     chosen = read_table(tmp_path / "t.csv", columns=["c", "a"], label_column="b")
     assert chosen.columns == ("c", "a") and chosen.classes is None
     assert chosen.labels.tolist() == df["b"].tolist()
+    assert table.text_columns == ("name",) and chosen.text_columns == ()
+
+
+def test_text_columns_left_out_of_the_features_are_noted(tmp_path, capsys):
+    # tester EK: left out unsaid, where an image folder's stray files are named
+    frame(rows=60).to_csv(tmp_path / "t.csv", index=False)
+    argv = ["fit", "--data", str(tmp_path / "t.csv"), "--likelihood", "normal"]
+    argv += ["--label-column", "kind", "--ll-samples", "0", "--out", str(tmp_path / "run")]
+    assert main([*argv, *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert "features: a, b, c (labels: kind)" in printed
+    assert "note: the column(s) name hold text and are left out of the features" in printed
 
 
 def test_parquet_reads_as_the_csv_does(tmp_path):
