@@ -69,7 +69,10 @@ class VampPrior(nn.Module):
     ``data_max``], as in the authors' implementation (a "pseudo-input layer" with a
     hardtanh); w_k starts uniform on [0, ``data_max``] per pixel (random images over the
     data's range; the authors draw w from a narrow Normal or from training images). A
-    pixel pushed outside the range stops receiving gradient there, as in theirs.
+    pixel pushed outside the range stops receiving gradient there, as in theirs. Data
+    without bounds (a table's standardized columns, ``data_max=None``) leave u_k = w_k
+    unclipped, starting N(0, 1) per column (tester EL: clipped to [0, 1], a third of a
+    standardized table's pseudo-input coordinates sat at 0, pushed below it).
 
     ``encoder`` is held, not owned: it is the guide the model is paired with, whose weights
     live (and are saved) with the guide; the pseudo-inputs live with the prior. Its
@@ -81,7 +84,8 @@ class VampPrior(nn.Module):
         encoder: the guide whose ``encode`` defines q(z | x).
         x_dim: number of input features D of the encoder.
         components: number of pseudo-inputs K.
-        data_max: largest data value (1 for binary or [0, 1] pixels, L − 1 for L levels).
+        data_max: largest data value (1 for binary or [0, 1] pixels, L − 1 for L levels),
+            or ``None`` for data on the whole real line (standardized columns).
 
     Raises:
         ValueError: a count is not a positive integer, ``data_max`` not positive, or the
@@ -92,11 +96,11 @@ class VampPrior(nn.Module):
     #: holding it records exactly, as ``tests/models/test_vae.py`` checks bit for bit.
     recordable = True
 
-    def __init__(self, encoder, x_dim: int, components: int = 50, data_max: float = 1.0):
+    def __init__(self, encoder, x_dim: int, components: int = 50, data_max: float | None = 1.0):
         super().__init__()
         check_count("x_dim", x_dim, 1)
         check_count("prior_components", components, 1)
-        if not data_max > 0:
+        if data_max is not None and not data_max > 0:
             raise ValueError(f"data_max: {data_max!r}; expected a positive number")
         if not callable(getattr(encoder, "encode", None)):
             raise ValueError(
@@ -106,8 +110,13 @@ class VampPrior(nn.Module):
         # Held outside torch's module registry: registering it would make the guide's
         # weights the model's too (saved twice, optimized twice, renamed in Pyro's store).
         self._held = (encoder,)
-        self.data_max = float(data_max)
-        self.pseudo_input_weights = nn.Parameter(torch.rand(components, x_dim) * self.data_max)
+        self.data_max = None if data_max is None else float(data_max)
+        start = (
+            torch.randn(components, x_dim)
+            if self.data_max is None
+            else torch.rand(components, x_dim) * self.data_max
+        )
+        self.pseudo_input_weights = nn.Parameter(start)
 
     @property
     def encoder(self):
@@ -116,7 +125,10 @@ class VampPrior(nn.Module):
 
     @property
     def pseudo_inputs(self) -> torch.Tensor:
-        """u_k = hardtanh(w_k) on [0, ``data_max``]: ``[K, x_dim]``, data units."""
+        """u_k = hardtanh(w_k) on [0, ``data_max``] (w_k itself for unbounded data):
+        ``[K, x_dim]``, data units."""
+        if self.data_max is None:
+            return self.pseudo_input_weights
         return self.pseudo_input_weights.clamp(0.0, self.data_max)
 
     def forward(self, batch_shape: tuple[int, ...] = ()) -> dist.MixtureSameFamily:

@@ -101,7 +101,10 @@ class VAE(ConvertsTiedGuide, LatentDecoderModel):
             self.learned_prior = GaussianMixturePrior(latent_dim, _or(prior_components, 10))
         elif prior == "vamp":
             self._tied = (self.make_guide(),)  # a tuple: the guide's weights stay its own
+            # the data's range: [0, 1] pixels, [0, L − 1] levels, or a table's standardized
+            # columns on the whole real line (tester EL: clipped to [0, 1])
             data_max = 1.0 if levels is None or likelihood != "categorical" else levels - 1.0
+            data_max = None if likelihood == "normal" else data_max
             k = _or(prior_components, 50)
             self.learned_prior = VampPrior(self._tied[0], x_dim, k, data_max)
 

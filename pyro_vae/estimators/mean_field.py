@@ -61,6 +61,12 @@ class MeanFieldELBO(RefusesMaskMismatches, TraceMeanField_ELBO):
         self.free_bits_groups = check_free_bits_groups(free_bits_groups, self.free_bits)
         super().__init__(*args, **kwargs)
 
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        """−ELBO (with ``free_bits``, −the free-bits objective), a float as Pyro's ``loss``
+        (tester EL: with ``free_bits`` it was a 0-dim tensor)."""
+        value = super().loss(model, guide, *args, **kwargs)
+        return float(value) if self.free_bits is not None else value
+
     def _differentiable_loss_particle(self, model_trace, guide_trace):
         _refuse_unreparameterized(guide_trace)
         _refuse_unmarked_guide_only_sites(model_trace, guide_trace)

@@ -68,6 +68,30 @@ def test_pseudo_inputs_start_inside_the_data_range_and_are_clipped_to_it():
     assert prior.pseudo_inputs[0, 0] == 0 and prior.pseudo_inputs[0, 1] == 16
 
 
+def test_pseudo_inputs_of_unbounded_data_are_not_clipped():
+    # tester EL: on a standardized table (--likelihood normal) they were clipped to [0, 1],
+    # and a third of their coordinates sat at 0, pushed below it
+    torch.manual_seed(0)
+    prior = VampPrior(AmortizedNormal(4, 2, (3,)), x_dim=4, components=200, data_max=None)
+    u = prior.pseudo_inputs
+    assert (u < 0).float().mean() > 0.4 and abs(u.std() - 1) < 0.1  # N(0, 1): 800 draws
+    with torch.no_grad():
+        prior.pseudo_input_weights[0, :2] = torch.tensor([-5.0, 7.0])
+    assert prior.pseudo_inputs[0, :2].tolist() == [-5.0, 7.0]
+
+
+def test_a_vae_on_standardized_columns_gives_its_vampprior_the_whole_line():
+    from models.vae import VAE
+
+    bounds = {}
+    for likelihood in ("normal", "gaussian", "bernoulli"):
+        model = VAE(4, latent_dim=2, hidden_dims=(3,), likelihood=likelihood, prior="vamp")
+        bounds[likelihood] = model.learned_prior.data_max
+    assert bounds == {"normal": None, "gaussian": 1.0, "bernoulli": 1.0}
+    model = VAE(4, 2, (3,), likelihood="categorical", levels=5, prior="vamp")
+    assert model.learned_prior.data_max == 4.0
+
+
 @pytest.mark.parametrize("make", [lambda: GaussianMixturePrior(2, 3), lambda: _vamp(3)])
 def test_samples_have_the_batch_and_event_shapes(make):
     torch.manual_seed(0)

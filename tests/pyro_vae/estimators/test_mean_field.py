@@ -47,6 +47,17 @@ def test_free_bits_zero_changes_nothing_since_a_closed_form_kl_is_never_negative
     torch.testing.assert_close(torch.autograd.grad(freed, m)[0], torch.autograd.grad(plain, m)[0])
 
 
+def test_loss_is_a_float_as_pyro_s_with_free_bits_too():
+    # tester EL: with free_bits, loss returned a 0-dim tensor (json.dumps failed on it)
+    model, guide, _ = pair()
+    x = torch.tensor([0.0, 1.0, 2.0])
+    for elbo in (MeanFieldELBO(), MeanFieldELBO(free_bits=0.5)):
+        pyro.set_rng_seed(0)
+        loss = elbo.loss(model, guide, x)
+        pyro.set_rng_seed(0)
+        assert type(loss) is float and loss == elbo.differentiable_loss(model, guide, x).item()
+
+
 def test_a_discrete_guide_site_is_refused_by_name_not_with_a_bare_not_implemented_error():
     def model():
         pyro.sample("y", dist.Categorical(torch.ones(3) / 3))
