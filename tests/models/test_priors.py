@@ -88,6 +88,10 @@ def test_a_vae_on_standardized_columns_gives_its_vampprior_the_whole_line():
         model = VAE(4, latent_dim=2, hidden_dims=(3,), likelihood=likelihood, prior="vamp")
         bounds[likelihood] = model.learned_prior.data_max
     assert bounds == {"normal": None, "gaussian": 1.0, "bernoulli": 1.0}
+    # a run trained with them clipped is not resumed unclipped
+    revisions = {p: VAE(4, 2, (3,), likelihood="normal", prior=p).objective_revision
+                 for p in ("vamp", "mog", "normal")}  # fmt: skip
+    assert revisions == {"vamp": 2, "mog": 1, "normal": 1}
     model = VAE(4, 2, (3,), likelihood="categorical", levels=5, prior="vamp")
     assert model.learned_prior.data_max == 4.0
 
