@@ -410,7 +410,9 @@ def _add_evaluate(sub) -> None:
         type=int,
         default=None,
         help="seed of the Monte Carlo draws, recorded in the test block (default: one fixed "
-        "stream, the same numbers every time); other seeds show the estimates' spread",
+        "stream, the same numbers every time at the same settings; another --ll-samples or "
+        "--ll-points moves the draws of every figure after it); other seeds show the "
+        "estimates' spread",
     )
     _add_allow_changed_data(e)
     _add_device(e)
