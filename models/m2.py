@@ -105,7 +105,10 @@ def check_labels(
     x: torch.Tensor, y: torch.Tensor | None, observed: torch.Tensor | None, num_classes: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(y, observed)`` as ``LongTensor [B]`` and ``BoolTensor [B]``: ``y=None`` means no
-    label observed, ``observed=None`` with ``y`` given means every label observed.
+    label observed, ``observed=None`` with ``y`` given means every label observed. An
+    unobserved row's label may be anything (−1, NaN): it is read as 0, a class the masked
+    sites never score (tester EN: −1 failed in the guide's scatter, "index -1 is out of
+    bounds").
 
     Raises:
         ValueError: ``y`` or ``observed`` is not one entry per row of ``x``, ``observed``
@@ -129,7 +132,7 @@ def check_labels(
             )
     observed = observed.bool()
     check_class_labels(y[observed], num_classes)  # before .long(), which reads 1.7 as 1
-    return y.long(), observed
+    return torch.where(observed, y, torch.zeros_like(y)).long(), observed
 
 
 class M2Guide(PyroModule):

@@ -17,6 +17,8 @@ without a registered ``kl_divergence``.
 
 from __future__ import annotations
 
+import math
+
 import pyro.distributions as dist
 import torch
 from torch import nn
@@ -117,6 +119,21 @@ class VampPrior(nn.Module):
             else torch.rand(components, x_dim) * self.data_max
         )
         self.pseudo_input_weights = nn.Parameter(start)
+        # the range u_k is clipped to, kept with the weights: a run saved before it was
+        # kept is read with the range it was trained with (_load_from_state_dict)
+        bounds = (-math.inf, math.inf) if self.data_max is None else (0.0, self.data_max)
+        self.register_buffer("data_range", torch.tensor(bounds))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        """Weights saved before the range was kept with them (tester EN): those of data
+        without bounds were trained clipped to [0, 1], as every VampPrior was then, and
+        are read so, in an evaluation and in a resume alike (as ``BatchNorm`` reads a
+        checkpoint without ``num_batches_tracked``)."""
+        key = prefix + "data_range"
+        if key not in state_dict:
+            bounded = bool(torch.isfinite(self.data_range).all())
+            state_dict[key] = self.data_range.clone() if bounded else torch.tensor([0.0, 1.0])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def encoder(self):
@@ -127,9 +144,8 @@ class VampPrior(nn.Module):
     def pseudo_inputs(self) -> torch.Tensor:
         """u_k = hardtanh(w_k) on [0, ``data_max``] (w_k itself for unbounded data):
         ``[K, x_dim]``, data units."""
-        if self.data_max is None:
-            return self.pseudo_input_weights
-        return self.pseudo_input_weights.clamp(0.0, self.data_max)
+        low, high = self.data_range
+        return self.pseudo_input_weights.clamp(low, high)
 
     def forward(self, batch_shape: tuple[int, ...] = ()) -> dist.MixtureSameFamily:
         """The mixture with batch shape ``batch_shape`` and event shape ``[latent_dim]``."""

@@ -109,14 +109,6 @@ class VAE(ConvertsTiedGuide, LatentDecoderModel):
             self.learned_prior = VampPrior(self._tied[0], x_dim, k, data_max)
 
     @property
-    def objective_revision(self) -> int:
-        """2 for a VampPrior on a table's standardized columns, whose pseudo-inputs were
-        clipped to [0, 1] before (tester EL): such a run is not resumed unclipped; 1 for
-        every other VAE (:func:`pyro_vae.model_protocol.objective_revision`)."""
-        vamp = self.prior_name == "vamp"
-        return 2 if vamp and self.learned_prior.data_max is None else 1
-
-    @property
     def tied_guide(self) -> AmortizedNormal | None:
         """The guide whose encoder the prior uses (``prior="vamp"``), else ``None``: the
         guide this model must be trained with for its prior to be the VampPrior."""

@@ -629,8 +629,7 @@ def _start(
         raise RunFolderError(
             f"run: {where} was trained with revision {trained} of the model's training "
             f"objective, and this code's model trains revision {revision} "
-            "(objective_revision: M2's classifier term was reweighted in its revision 2, "
-            "a VampPrior VAE's pseudo-inputs on standardized columns unclipped in its); a "
+            "(objective_revision; M2's classifier term was reweighted in revision 2); a "
             "resume would change the objective part way through the run, so it is "
             "refused, and nothing was changed: start a new run"
         )

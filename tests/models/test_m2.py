@@ -350,6 +350,21 @@ def test_refuses_bad_labels(labels, message):
             fn(x, *labels)
 
 
+def test_an_unobserved_row_s_label_may_be_anything():
+    """Tester EN: −1 (a common mark of an unlabelled row), 99 or NaN on an unobserved row
+    failed in the guide's scatter ("index -1 is out of bounds"); the row's label is never
+    scored, so the loss is that of any class there."""
+    model, guide = _pair()
+    x, y = _data(6)
+    observed = torch.tensor([True, True, True, False, False, False])
+    losses = []
+    for unseen in (torch.tensor([0, 1, 2]), torch.tensor([-1, 99, -1]),
+                   torch.tensor([float("nan")] * 3)):  # fmt: skip
+        labels = torch.cat([y[:3].to(unseen.dtype), unseen])
+        losses.append(_enum_loss(model, guide, x, labels, observed))
+    assert losses[0] == losses[1] == losses[2]
+
+
 def _two_halves(rows: int = 120, side: int = 4, seed: int = 0):
     """Binary ``side x side`` images whose class lights up the top or the bottom half."""
     rng = np.random.default_rng(seed)

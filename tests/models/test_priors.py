@@ -88,12 +88,28 @@ def test_a_vae_on_standardized_columns_gives_its_vampprior_the_whole_line():
         model = VAE(4, latent_dim=2, hidden_dims=(3,), likelihood=likelihood, prior="vamp")
         bounds[likelihood] = model.learned_prior.data_max
     assert bounds == {"normal": None, "gaussian": 1.0, "bernoulli": 1.0}
-    # a run trained with them clipped is not resumed unclipped
-    revisions = {p: VAE(4, 2, (3,), likelihood="normal", prior=p).objective_revision
-                 for p in ("vamp", "mog", "normal")}  # fmt: skip
-    assert revisions == {"vamp": 2, "mog": 1, "normal": 1}
     model = VAE(4, 2, (3,), likelihood="categorical", levels=5, prior="vamp")
     assert model.learned_prior.data_max == 4.0
+
+
+def test_weights_saved_before_the_range_was_kept_are_read_with_the_range_they_trained_with():
+    """Tester EN: a VampPrior table run trained clipped to [0, 1] was evaluated unclipped,
+    its prior another than it trained. Weights without ``data_range`` are read clipped to
+    [0, 1] where the data have no bounds, with their own range otherwise; weights with it
+    keep theirs."""
+    torch.manual_seed(0)
+    unbounded = VampPrior(AmortizedNormal(4, 2, (3,)), x_dim=4, components=3, data_max=None)
+    weights = torch.tensor([[-2.0, 0.5, 1.5, 0.2]] * 3)
+    old = {"pseudo_input_weights": weights}  # a checkpoint from before the range was kept
+    unbounded.load_state_dict(old)
+    assert torch.equal(unbounded.pseudo_inputs, weights.clamp(0.0, 1.0))
+    levels = VampPrior(AmortizedNormal(4, 2, (3,)), x_dim=4, components=3, data_max=4.0)
+    levels.load_state_dict({"pseudo_input_weights": weights * 3})
+    assert torch.equal(levels.pseudo_inputs, (weights * 3).clamp(0.0, 4.0))
+    fresh = VampPrior(AmortizedNormal(4, 2, (3,)), x_dim=4, components=3, data_max=None)
+    fresh.load_state_dict(VampPrior(AmortizedNormal(4, 2, (3,)), 4, 3, None).state_dict())
+    fresh.pseudo_input_weights.data.copy_(weights)
+    assert torch.equal(fresh.pseudo_inputs, weights)  # ±inf kept: not clipped
 
 
 @pytest.mark.parametrize("make", [lambda: GaussianMixturePrior(2, 3), lambda: _vamp(3)])
