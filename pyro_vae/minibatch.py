@@ -245,48 +245,74 @@ def refuse_reading_the_batch_by_plate(
     their rows among the N, ``indices`` ``[B]``: Pyro's idiom ``with pyro.plate("data",
     len(x)) as i: ... obs=x[i]``, or the same plate with ``subsample=torch.arange(len(x))``
     or ``subsample_size=len(x)``, reads x past its B rows with those (an IndexError inside
-    the model; tester EH's F4 and EJ's F2). Decided by two runs of the model under
-    :class:`DataPlateSubsample`, outside the random stream and without gradients: one
-    with ``indices``, one with the batch's own positions 0..B−1. Only a model that fails
-    with the first and runs with the second is refused: one that observes ``x`` itself
-    (``obs=x``) runs with both, and one that fails with both fails for another reason,
-    which the caller's own runs then raise.
+    the model; tester EH's F4 and EJ's F2), or other rows than the batch's where they lie
+    below B (an evaluator given ``rows=[2, 0, 1]``: tester EN, scored against the wrong
+    rows). Decided by two runs of the model under :class:`DataPlateSubsample`, outside the
+    random stream and without gradients: one with ``indices``, one with the batch's own
+    positions 0..B−1. A model that runs with the second and fails with the first, or
+    observes other values with it, is refused: one that observes ``x`` itself (``obs=x``)
+    observes the same with both, and one that fails with the batch's own positions fails
+    for another reason, which the caller's own runs then raise.
 
     Raises:
-        pyro_vae.plates.DataPlateError: naming the plate, the error the model raised with
+        pyro_vae.plates.DataPlateError: naming the plate, what the model did with
             ``indices`` and the way out."""
     rows = batch_rows(args)
-    if rows is None or num_data <= rows:
-        return
-    own = torch.arange(rows, device=indices.device)
-    if torch.equal(indices, own):
+    own = None if rows is None else torch.arange(rows, device=indices.device)
+    if own is None or torch.equal(indices, own):
         return
     wrapped = Minibatched(model, plate, num_data, keywords)
-    error = _error_of_run(wrapped, args, indices)
-    if error is None or isinstance(error, DataPlateSizeError):
+    error, seen = _observed_in_run(wrapped, args, indices)
+    if isinstance(error, DataPlateSizeError):
         return
-    if _error_of_run(wrapped, args, own) is not None:
+    failed, expected = _observed_in_run(wrapped, args, own)
+    if failed is not None:
         return
+    own_rows = f"the batch's own positions 0..{rows - 1}"
+    if error is not None:
+        happened = f"fails with them ({type(error).__name__}: {error}) and runs with {own_rows}"
+    else:
+        moved = [name for name, value in expected.items() if not _same(value, seen.get(name))]
+        if not moved:
+            return
+        happened = f"observes other values at {moved} with them than with {own_rows}"
     first, last = int(indices.min()), int(indices.max())
     raise DataPlateError(
         f"model: for {what}, the model is handed {rows} of the {num_data} rows at a time "
         f"and plate {plate!r} their rows among the {num_data} (here {first}..{last}) as its "
-        f"indices, for per-datapoint parameters; the model fails with them "
-        f"({type(error).__name__}: {error}) and runs with the batch's own positions "
-        f"0..{rows - 1}, so it reads the batch by the plate's indices (with pyro.plate("
-        f"{plate!r}, len(x)) as i: ... obs=x[i], or subsample= or subsample_size= over the "
-        "batch); expected obs=x, the batch's rows in the order given (or "
-        "pyro_vae.plates.data_plate(x, num_data) without indexing x by it), or all "
-        f"{num_data} rows at once (batch_size >= {num_data})"
+        f"indices, for per-datapoint parameters; the model {happened}, so it reads the "
+        "batch by the plate's indices "
+        f"(with pyro.plate({plate!r}, len(x)) as i: ... obs=x[i], or subsample= or "
+        "subsample_size= over the batch); expected obs=x, the batch's rows in the order "
+        "given (or pyro_vae.plates.data_plate(x, num_data) without indexing x by it)"
+        + (
+            f", or all {num_data} rows at once (batch_size >= {num_data})"
+            if num_data > rows
+            else ""
+        )  # fmt: skip
     ) from error
 
 
-def _error_of_run(wrapped: Minibatched, args: tuple, indices: torch.Tensor) -> Exception | None:
-    """The exception ``wrapped``'s run on ``args`` with the plate's ``indices`` raises, or
-    None: outside the random stream, without gradients, hidden from outer handlers."""
+def _observed_in_run(
+    wrapped: Minibatched, args: tuple, indices: torch.Tensor
+) -> tuple[Exception | None, dict[str, torch.Tensor]]:
+    """(the exception ``wrapped``'s run on ``args`` with the plate's ``indices`` raises,
+    or None; the values of its observed sites): outside the random stream, without
+    gradients, hidden from outer handlers."""
     try:
         with forked_streams(), torch.no_grad(), pyro.poutine.block():
-            wrapped(*args, subsample=indices)
+            trace = pyro.poutine.trace(wrapped).get_trace(*args, subsample=indices)
     except Exception as error:  # the model's own, whatever it is: the caller decides
-        return error
-    return None
+        return error, {}
+    return None, {
+        name: site["value"]
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and site["is_observed"] and torch.is_tensor(site["value"])
+    }
+
+
+def _same(a: torch.Tensor, b: torch.Tensor | None) -> bool:
+    """Whether ``b`` holds ``a``'s values, NaN where ``a`` has NaN (missing data)."""
+    if b is None or a.shape != b.shape:
+        return False
+    return bool(((a == b) | ((a != a) & (b != b))).all())

@@ -1096,3 +1096,6 @@ def test_a_model_reading_its_chunk_by_the_plate_indices_is_refused_or_scored_in_
         pyro.set_rng_seed(0)
         scores.append(elbo_per_datapoint(each, guide, x, num_samples=3, batch_size=20))
     assert torch.equal(scores[0], scores[1])
+    # tester EN: rows below the chunk's length were read in their order, the wrong rows
+    with pytest.raises(DataPlateError, match=r"observes other values at \['x'\] with them"):
+        elbo_per_datapoint(_model_in_form("as i"), guide, x[:3], rows=torch.tensor([2, 0, 1]))

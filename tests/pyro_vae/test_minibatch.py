@@ -158,6 +158,23 @@ def test_a_model_observing_its_batch_or_failing_anyway_or_given_its_own_rows_is_
     refuse_reading_the_batch_by_plate(broken, (x,), "data", 10, torch.arange(6, 10), "fit")
 
 
+def test_a_model_reading_other_rows_of_its_batch_by_the_indices_is_refused():
+    # tester EN: an evaluator given rows=[2, 0, 1] scored x[i] against the wrong rows, as
+    # no index lay past the batch
+    x = torch.linspace(-1.0, 1.0, 3)
+    with pytest.raises(DataPlateError) as caught:
+        refuse_reading_the_batch_by_plate(
+            _reading_by_index, (x,), "data", 3, torch.tensor([2, 0, 1]), "an evaluation"
+        )
+    message = str(caught.value)
+    assert "observes other values at ['x'] with them than with the batch's own" in message
+    assert "batch_size" not in message  # all rows at once would not help: they are all here
+    missing = torch.tensor([0.5, float("nan"), 1.0])  # NaN is NaN in both runs
+    refuse_reading_the_batch_by_plate(
+        _observing_the_batch, (missing,), "data", 3, torch.tensor([2, 0, 1]), "an evaluation"
+    )
+
+
 def test_the_probe_runs_leave_the_random_stream_where_it_was():
     x = torch.linspace(-1.0, 1.0, 4)
     pyro.set_rng_seed(0)
