@@ -268,7 +268,7 @@ def per_datapoint_plate(
         _refuse_self_subsampling(declared, None, rows, minibatch_of, None, error)
         for plate in declared.drawing(rows) if minibatch_of else ():
             refuse_reading_the_batch_by_plate(
-                model, args, plate, minibatch_of, _last_rows(rows, minibatch_of), "fit"
+                model, args, plate, minibatch_of, _last_rows(rows, minibatch_of, args), "fit"
             )
         raise
     if guide is not None:
@@ -276,7 +276,7 @@ def per_datapoint_plate(
     plate = find_data_plate(trace, rows, name, nameable=True)
     _refuse_self_subsampling(declared, trace, rows, minibatch_of, plate)
     if plate is not None and minibatch_of:
-        indices = _last_rows(rows, minibatch_of)
+        indices = _last_rows(rows, minibatch_of, args)
         refuse_reading_the_batch_by_plate(model, args, plate, minibatch_of, indices, "fit")
     if plate is None:
         return None, None, describe_plates(trace)
@@ -284,10 +284,12 @@ def per_datapoint_plate(
     return plate, dims[0] if dims else None, ""
 
 
-def _last_rows(rows: int, n: int) -> torch.Tensor:
+def _last_rows(rows: int, n: int, args: tuple) -> torch.Tensor:
     """The last ``rows`` of ``n`` rows' indices, which the last full batch's plate gets:
-    those furthest past a batch of ``rows``."""
-    return torch.arange(n - rows, n)
+    those furthest past a batch of ``rows``; on the device of the batch ``args``, where
+    fit gives the plate its rows (not torch's default device)."""
+    device = next((a.device for a in args if torch.is_tensor(a)), torch.device("cpu"))
+    return torch.arange(n - rows, n, device=device)
 
 
 def _refuse_self_subsampling(
