@@ -106,12 +106,12 @@ class _AutoguidePlates:
             h = active[-1]
             return [pyro.plate(self.plate, h.num_data, subsample=h.indices, dim=self.dim)]
         if batch_rows(args, kwargs) == self.num_data:
-            device = _device_of(args, kwargs)
+            device = device_of_arguments(args, kwargs)
             return [pyro.plate(self.plate, self.num_data, dim=self.dim, device=device)]
         return []
 
 
-def _device_of(args: tuple, kwargs: dict) -> torch.device | None:
+def device_of_arguments(args: tuple, kwargs: dict) -> torch.device | None:
     """The device of the first tensor among the model's arguments (``None``: none, Pyro's
     default), where the plate's row indices belong."""
     for value in (*args, *kwargs.values()):

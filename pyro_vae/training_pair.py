@@ -54,6 +54,7 @@ from pyro_vae.likelihoods import check_observations
 from pyro_vae.minibatch import (
     Minibatched,
     align_autoguide,
+    device_of_arguments,
     refuse_reading_the_batch_by_plate,
     requires_keyword,
 )
@@ -288,8 +289,7 @@ def _last_rows(rows: int, n: int, args: tuple) -> torch.Tensor:
     """The last ``rows`` of ``n`` rows' indices, which the last full batch's plate gets:
     those furthest past a batch of ``rows``; on the device of the batch ``args``, where
     fit gives the plate its rows (not torch's default device)."""
-    device = next((a.device for a in args if torch.is_tensor(a)), torch.device("cpu"))
-    return torch.arange(n - rows, n, device=device)
+    return torch.arange(n - rows, n, device=device_of_arguments(args, {}) or "cpu")
 
 
 def _refuse_self_subsampling(
