@@ -34,15 +34,35 @@ def positive(name: str, value) -> float:
     return number
 
 
-def check_seed(name: str, value) -> int | None:
-    """``value`` if it is a seed: an integer ≥ 0 (Python or NumPy; not a bool), or None
+def check_seed(name: str, value) -> None:
+    """None if ``value`` is a random state: an integer ≥ 0 (Python or NumPy; not a bool),
+    a ``numpy.random.RandomState`` or ``Generator``, or None; else ValueError naming it
     (tester BO: ``random_state=-3`` failed in NumPy with "expected non-negative integer",
-    naming neither the argument nor the value)."""
-    if value is None:
-        return None
+    naming neither the argument nor the value). Draws nothing: see :func:`seed_of`."""
+    if value is None or isinstance(value, _NUMPY_STREAMS):
+        return
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ValueError(f"{name}: {value!r} is not a seed; expected None or an integer ≥ 0")
-    return int(value)
+        raise ValueError(
+            f"{name}: {value!r} is not a seed; expected None, an integer ≥ 0, or a "
+            "numpy.random.RandomState or Generator"
+        )
+
+
+_NUMPY_STREAMS = (np.random.RandomState, np.random.Generator)
+
+
+def seed_of(name: str, value) -> int | None:
+    """The seed a fit uses for the random state ``value`` (checked by :func:`check_seed`):
+    an integer as it is, None as None, and for a NumPy ``RandomState`` or ``Generator`` an
+    integer in [0, 2³¹) drawn from it, so that its stream advances and successive fits
+    differ, as scikit-learn's ``check_random_state`` does (tester EP: a ``RandomState``
+    was refused as "not a seed")."""
+    check_seed(name, value)
+    if isinstance(value, np.random.RandomState):
+        return int(value.randint(2**31 - 1))
+    if isinstance(value, np.random.Generator):
+        return int(value.integers(2**31 - 1))
+    return None if value is None else int(value)
 
 
 _FLOAT64_MAX = torch.finfo(torch.float64).max

@@ -39,10 +39,10 @@ from sklearn.exceptions import NotFittedError
 
 from pyro_vae.cavi._checks import (
     check_on_cpu,
-    check_seed,
     float64_arguments,
     non_negative,
     positive_int,
+    seed_of,
     squares_finite_nested,
 )
 from pyro_vae.cavi.blocks import block_advice, find_blocks, regroup
@@ -162,7 +162,8 @@ class AutoCAVI(CoordinateUpdates, BaseEstimator):
         random_state: seed of the probe points and of that forward run (which also tracks,
             by provenance, the latents each factor reads). None: a seed drawn afresh at
             each fit from the operating system's entropy, as the hand-written classes
-            (and scikit-learn) take None; it is kept in ``seed_``, to fit again alike.
+            (and scikit-learn) take None; it is kept in ``seed_``, to fit again alike. A
+            NumPy ``RandomState`` or ``Generator``: a seed drawn from it at each fit.
         overrelax: after a sweep of crawling latents, try a step 2, 4, … (at most 2¹⁶)
             times as long along the sweep's change of the natural parameters, kept only
             where it raises the ELBO
@@ -989,7 +990,7 @@ class AutoCAVI(CoordinateUpdates, BaseEstimator):
         tol = non_negative("tol", self.tol)
         max_iter = positive_int("max_iter", self.max_iter)
         n_init = positive_int("n_init", self.n_init)
-        seed = check_seed("random_state", self.random_state)
+        seed = seed_of("random_state", self.random_state)
         if seed is None:  # fresh entropy, as NumPy's default_rng(None) and the classes'
             seed = int(np.random.default_rng().integers(2**31))
         if not isinstance(self.init, (dict, type(None))):

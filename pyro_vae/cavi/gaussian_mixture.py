@@ -39,6 +39,7 @@ from pyro_vae.cavi._checks import (
     non_negative,
     positive,
     positive_int,
+    seed_of,
     squares_finite,
 )
 from pyro_vae.cavi.caller_warnings import warn_at_caller
@@ -84,7 +85,8 @@ class BayesianGaussianMixture(BaseEstimator):
         mean_prior: m₀ (default the data mean).
         degrees_of_freedom_prior: ν₀ (default D).
         covariance_prior: W₀⁻¹ (default the data covariance).
-        random_state: seed.
+        random_state: seed: None (fresh entropy), an integer ≥ 0, or a NumPy
+            ``RandomState``/``Generator`` (a seed drawn from it at each fit, as scikit-learn).
 
     Attributes (after ``fit``): ``weights_``, ``means_``, ``covariances_`` (W_k⁻¹/ν_k, as
     in scikit-learn), ``precisions_``, ``weight_concentration_``, ``mean_precision_``,
@@ -389,9 +391,8 @@ class BayesianGaussianMixture(BaseEstimator):
         """Fit by CAVI from ``n_init`` initializations; keep the one with the best ELBO."""
         X = self._check(X)
         self._priors(X)
-        gen = torch.Generator().manual_seed(
-            int(np.random.default_rng(self.random_state).integers(2**31))
-        )
+        seed = seed_of("random_state", self.random_state)
+        gen = torch.Generator().manual_seed(int(np.random.default_rng(seed).integers(2**31)))
         best = None
         for _ in range(self.n_init):
             resp = self._initial_resp(X, gen)

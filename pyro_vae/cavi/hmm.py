@@ -28,11 +28,11 @@ from sklearn.exceptions import NotFittedError
 
 from pyro_vae.cavi._checks import (
     as_float64,
-    check_seed,
     finite,
     log_probabilities,
     non_negative,
     positive_int,
+    seed_of,
     squares_finite,
 )
 from pyro_vae.cavi.convergence import warn_unconverged
@@ -298,12 +298,12 @@ class _FactorialMeanField(BaseEstimator):
         non_negative("tol", self.tol)
         positive_int("max_iter", self.max_iter)
         positive_int("n_init", self.n_init)
-        check_seed("random_state", self.random_state)
+        seed = seed_of("random_state", self.random_state)
         self._check_model()
         y = self.model._check(y)
         m, k, _ = self.model.sizes
         # One stream for all starts, so the first is the same whatever n_init is.
-        seed = 0 if self.random_state is None else int(self.random_state)  # NumPy's too
+        seed = 0 if seed is None else seed
         gen = torch.Generator().manual_seed(seed)
         best = None
         for _ in range(self.n_init):
@@ -354,7 +354,8 @@ _SHARED_DOC = """
         max_iter: most sweeps per start.
         n_init: random starts (as in scikit-learn); the highest bound is kept. The bound has
             local maxima, and one start can stop several nats below the best.
-        random_state: seed of the initial expectations (``None`` is seed 0).
+        random_state: seed of the initial expectations (``None`` is seed 0), or a NumPy
+            ``RandomState``/``Generator`` (a seed drawn from it at each fit).
 
     Attributes (after ``fit(y)``): ``expectations_`` ⟨s_t⁽ᵐ⁾⟩ ``[T, M, K]`` (and, for
     ``StructuredMeanField``, ``pairwise_`` ⟨s_t⁽ᵐ⁾ s_{t+1}⁽ᵐ⁾ᵀ⟩ ``[M, T−1, K, K]``),

@@ -34,6 +34,7 @@ from pyro_vae.cavi._checks import (
     non_negative,
     positive_int,
     real,
+    seed_of,
 )
 from pyro_vae.cavi.convergence import warn_unconverged
 from pyro_vae.cavi.cpu_default import on_the_cpu
@@ -166,7 +167,8 @@ class IsingMeanField(BaseEstimator):
         tol: stop at a fixed point within this many nats (see ``converged_``).
         max_iter: most sweeps per initialization.
         n_init: random initializations; the best bound is kept.
-        random_state: seed of the initial magnetizations.
+        random_state: seed of the initial magnetizations: None (fresh entropy), an integer
+            ≥ 0, or a NumPy ``RandomState``/``Generator`` (a seed drawn from it at each fit).
 
     Attributes (after ``fit``):
         magnetization_: m, the mean-field E_q[s].
@@ -241,7 +243,7 @@ class IsingMeanField(BaseEstimator):
                 f"beta: {self.beta!r} times the couplings' and fields' total (½ Σ|J| + Σ|h|) "
                 "overflows float64; expected an inverse temperature at which the energy is finite"
             )
-        rng = np.random.default_rng(self.random_state)
+        rng = np.random.default_rng(seed_of("random_state", self.random_state))
         best = None
         for _ in range(self.n_init):
             m = torch.as_tensor(rng.uniform(-0.5, 0.5, J.shape[0]), dtype=torch.float64)

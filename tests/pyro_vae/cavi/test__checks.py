@@ -15,6 +15,7 @@ from pyro_vae.cavi._checks import (
     positive,
     positive_int,
     real,
+    seed_of,
 )
 
 
@@ -161,3 +162,18 @@ def test_as_float64_leaves_a_float64_tensor_as_it_is():
 def test_as_float64_refuses_what_is_not_real_numbers(value, message):
     with pytest.raises(ValueError, match=message):
         as_float64("X", value)
+
+
+def test_seed_of_draws_from_numpy_streams_as_scikit_learn_does():
+    """A NumPy RandomState or Generator is a random state, as scikit-learn's
+    check_random_state takes one (tester EP: refused as "not a seed"): the seed is the
+    stream's next draw below 2³¹ − 1, and the stream advances."""
+    stream = np.random.RandomState(7)
+    assert seed_of("random_state", stream) == np.random.RandomState(7).randint(2**31 - 1)
+    assert seed_of("random_state", stream) != seed_of("random_state", np.random.RandomState(7))
+    generator = np.random.default_rng(7)
+    assert seed_of("random_state", generator) == np.random.default_rng(7).integers(2**31 - 1)
+    assert seed_of("random_state", np.int64(3)) == 3
+    assert seed_of("random_state", None) is None
+    with pytest.raises(ValueError, match="random_state: 'a' is not a seed; expected None, an"):
+        seed_of("random_state", "a")

@@ -695,7 +695,7 @@ def test_bad_settings_are_refused_naming_the_argument():
     with pytest.raises(ValueError, match="markov_chains: 'False' is not True or False"):
         AutoCAVI(gamma_poisson, markov_chains="False").fit(y)
     for seed in ("a", -1, True):
-        message = rf"random_state: {seed!r} is not a seed; expected None or an integer ≥ 0"
+        message = rf"random_state: {seed!r} is not a seed; expected None, an integer ≥ 0, or a"
         with pytest.raises(ValueError, match=message):
             AutoCAVI(gamma_poisson, random_state=seed).fit(y)
     # a NumPy integer is a seed (it crashed in torch's manual_seed: tester AM's F7), the

@@ -229,7 +229,11 @@ def test_a_constant_feature_fits_as_in_scikit_learn():
         (np.eye(3), {"covariance_prior": np.eye(2)}, r"covariance_prior: shape \(2, 2\)"),
         # tester BO: NumPy's "expected non-negative integer", and "probability tensor
         # contains inf" part way through a fit of data near 1e160
-        (np.eye(3), {"random_state": -3}, "random_state: -3 is not a seed; expected None or"),
+        (
+            np.eye(3),
+            {"random_state": -3},
+            "random_state: -3 is not a seed; expected None, an integer",
+        ),
         (np.eye(3), {"random_state": 1.5}, "random_state: 1.5 is not a seed"),
         (np.eye(3) * 1e160, {}, "X: values up to 1e.160, whose squares summed over its 9"),
     ],
@@ -262,3 +266,15 @@ def test_variational_distributions_are_the_fitted_factors_by_site(separated):
     expected = fit._w_inv / (fit.mean_precision_ * (fit.degrees_of_freedom_ - 3))[:, None, None]
     assert torch.allclose(q["means"].variance, expected.diagonal(dim1=-2, dim2=-1))
     assert torch.allclose(q["assignment"].probs, fit.predict_proba(separated[:5]))
+
+
+def test_a_numpy_random_state_seeds_as_the_integer_it_draws(separated):
+    """scikit-learn's random_state convention (tester EP: a RandomState was refused): a
+    RandomState fits as the integer it draws next, and a second fit from the same
+    instance draws on."""
+    stream = np.random.RandomState(3)
+    drawn = np.random.RandomState(3).randint(2**31 - 1)
+    fit = BayesianGaussianMixture(3, init_params="random", random_state=stream).fit(separated)
+    same = BayesianGaussianMixture(3, init_params="random", random_state=drawn).fit(separated)
+    assert fit.lower_bounds_ == same.lower_bounds_
+    assert stream.randint(2**31 - 1) == np.random.RandomState(3).randint(2**31 - 1, size=2)[1]

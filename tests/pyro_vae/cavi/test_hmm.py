@@ -411,3 +411,15 @@ def test_a_numpy_integer_seed_is_the_same_seed_as_the_int():
     y = sample(model, 20, seed=10)
     by_numpy = StructuredMeanField(model, random_state=np.int64(1)).fit(y)
     assert by_numpy.lower_bound_ == StructuredMeanField(model, random_state=1).fit(y).lower_bound_
+
+
+def test_a_numpy_random_state_seeds_as_the_integer_it_draws():
+    """scikit-learn's random_state convention (tester EP): a Generator seeds the starts
+    as the integer it draws."""
+    model = random_fhmm(3, 2, 2, seed=0)
+    y = sample(model, 40, seed=10)
+    drawn = int(np.random.default_rng(4).integers(2**31 - 1))
+    for family in (StructuredMeanField, NaiveMeanField):
+        fit = family(model, n_init=2, random_state=np.random.default_rng(4)).fit(y)
+        same = family(model, n_init=2, random_state=drawn).fit(y)
+        assert fit.lower_bounds_ == same.lower_bounds_

@@ -219,3 +219,13 @@ def test_variational_distributions_give_the_magnetization_as_bits():
     q = fit.variational_distributions()["spins"]
     assert q.event_shape == (4,)
     assert torch.allclose(2 * q.mean - 1, fit.magnetization_.to(q.mean.dtype))  # s = 2b − 1
+
+
+def test_a_numpy_random_state_seeds_as_the_integer_it_draws():
+    """scikit-learn's random_state convention (tester EP): a RandomState seeds the
+    magnetizations as the integer it draws."""
+    J, h = grid_couplings(3, 3), torch.full((9,), 0.1, dtype=torch.float64)
+    drawn = int(np.random.RandomState(5).randint(2**31 - 1))
+    fit = IsingMeanField(beta=0.8, n_init=2, random_state=np.random.RandomState(5)).fit(J, h)
+    same = IsingMeanField(beta=0.8, n_init=2, random_state=drawn).fit(J, h)
+    assert fit.lower_bounds_ == same.lower_bounds_
