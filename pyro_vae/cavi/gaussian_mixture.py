@@ -418,9 +418,8 @@ class BayesianGaussianMixture(BaseEstimator):
         self.precisions_ = torch.linalg.inv(self.covariances_)
         return self
 
-    @on_the_cpu
-    def predict_proba(self, X) -> torch.Tensor:
-        """q(z_n = k) for new points: the E-step responsibilities."""
+    def _new_points(self, X) -> torch.Tensor:
+        """X as float64 [n_samples, D] of the fitted D, or NotFittedError / ValueError."""
         if not hasattr(self, "_w_inv"):
             raise NotFittedError(
                 "BayesianGaussianMixture: not fitted yet; call fit(X) before predicting"
@@ -429,7 +428,37 @@ class BayesianGaussianMixture(BaseEstimator):
         X = as_float64("X", X)
         if X.dim() != 2 or X.shape[1] != d:
             raise ValueError(f"X: shape {tuple(X.shape)} is not [n_samples, {d}]")
-        return torch.softmax(self._log_rho(finite("X", X)), dim=1)
+        return finite("X", X)
+
+    @on_the_cpu
+    def predict_proba(self, X) -> torch.Tensor:
+        """q(z_n = k) for new points: the E-step responsibilities."""
+        return torch.softmax(self._log_rho(self._new_points(X)), dim=1)
+
+    @on_the_cpu
+    def score_samples(self, X) -> torch.Tensor:
+        """log p(x | data) of each point, ``[n_samples]`` float64 in nats: the posterior
+        predictive density under q, Σ_k E_q[π_k] St(x | m_k, (1 + β_k) / ((ν_k + 1 − D) β_k)
+        · W_k⁻¹, ν_k + 1 − D), a mixture of multivariate Student-t's (Bishop 2006, eq.
+        10.81). Not scikit-learn's ``score_samples``, which puts q's point estimates into
+        one Gaussian mixture; this one integrates over q, the parameters' uncertainty
+        included. NotFittedError before ``fit``; ValueError for points of another width."""
+        X = self._new_points(X)
+        d = X.shape[1]
+        nu, beta = self.degrees_of_freedom_, self.mean_precision_
+        df = nu + 1 - d
+        spread = ((1 + beta) / (df * beta))[:, None, None] * self._w_inv
+        student = dist.MultivariateStudentT(
+            df, self.means_, torch.linalg.cholesky(spread), validate_args=False
+        )
+        log_weights = self.weight_concentration_.log() - self.weight_concentration_.sum().log()
+        return torch.logsumexp(student.log_prob(X.unsqueeze(1)) + log_weights, dim=1)
+
+    @on_the_cpu
+    def score(self, X, y=None) -> float:
+        """The mean of :meth:`score_samples` over X, in nats per point (scikit-learn's
+        ``score`` of a density model, for ``cross_val_score`` and ``GridSearchCV``)."""
+        return float(self.score_samples(X).mean())
 
     @on_the_cpu
     def variational_distributions(self, X=None) -> dict:

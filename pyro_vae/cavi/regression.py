@@ -26,8 +26,8 @@ import math
 
 import pyro.distributions as dist
 import torch
-from sklearn.base import BaseEstimator
-from sklearn.exceptions import NotFittedError
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.exceptions import DataConversionWarning, NotFittedError
 
 from pyro_vae.cavi._checks import (
     as_float64,
@@ -37,6 +37,7 @@ from pyro_vae.cavi._checks import (
     positive_int,
     squares_finite,
 )
+from pyro_vae.cavi.caller_warnings import warn_at_caller
 from pyro_vae.cavi.convergence import warn_unconverged
 from pyro_vae.cavi.cpu_default import on_the_cpu
 
@@ -49,6 +50,13 @@ def _as_data(X, y) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError(f"X: shape {tuple(X.shape)} has no rows; expected N ≥ 1 observations")
     if X.shape[1] == 0:
         raise ValueError(f"X: shape {tuple(X.shape)} has no columns; expected D ≥ 1 features")
+    if y.shape == (X.shape[0], 1):  # as scikit-learn's column_or_1d(y, warn=True) (tester EP)
+        warn_at_caller(
+            f"y: a column vector, shape {tuple(y.shape)}, was given where ({X.shape[0]},) "
+            "was expected; it is read as y.ravel()",
+            DataConversionWarning,
+        )
+        y = y.reshape(-1)
     if y.shape != (X.shape[0],):
         raise ValueError(
             f"y: shape {tuple(y.shape)} does not match X's {X.shape[0]} rows; "
@@ -57,7 +65,7 @@ def _as_data(X, y) -> tuple[torch.Tensor, torch.Tensor]:
     return squares_finite("X", finite("X", X)), squares_finite("y", finite("y", y))
 
 
-class BayesianLinearRegression(BaseEstimator):
+class BayesianLinearRegression(RegressorMixin, BaseEstimator):
     """Normal-Gamma Bayesian linear regression fitted by mean-field CAVI (scikit-learn style).
 
     Args:
@@ -80,6 +88,11 @@ class BayesianLinearRegression(BaseEstimator):
         log_evidence_: exact log p(y).
         posterior_mean_, posterior_shape_, posterior_rate_, posterior_precision_matrix_:
             the exact Normal-Gamma posterior (m, a, b, Λ).
+
+    ``score(X, y)`` is the R² of :meth:`predict` (scikit-learn's ``RegressorMixin``), so
+    ``cross_val_score`` and ``GridSearchCV`` take the estimator as it is. The model has no
+    intercept: centre y, or give X a column of ones. A y of shape (N, 1) is read as
+    ``y.ravel()`` with a ``DataConversionWarning``, as scikit-learn's regressors read it.
     """
 
     def __init__(

@@ -3,7 +3,8 @@ import math
 import mpmath
 import pytest
 import torch
-from sklearn.exceptions import NotFittedError
+from sklearn.exceptions import DataConversionWarning, NotFittedError
+from sklearn.model_selection import cross_val_score
 from torch.distributions import Gamma, MultivariateNormal, Normal
 
 from pyro_vae.cavi import BayesianLinearRegression
@@ -180,3 +181,19 @@ def test_log_evidence_far_from_zero_is_the_exact_student_t_density():
     y = y + torch.randn(8, generator=g, dtype=torch.float64)
     fit = BayesianLinearRegression(2.0, 1.0, 1e-4).fit(X, y)
     assert abs(fit.log_evidence_ - _student_t_log_density(y, X, 2.0, 1.0, 1e-4)) < 1e-8
+
+
+def test_score_is_r_squared_and_a_column_y_is_read_raveled(data):
+    """scikit-learn's regressor conventions (tester EP): score is R² = 1 − SS_res / SS_tot
+    of the predictions (computed here by hand), cross_val_score takes the estimator without
+    a scoring, and a y of shape (N, 1) fits as y with a DataConversionWarning."""
+    X, y = data
+    fit = BayesianLinearRegression().fit(X, y)
+    residual = float(((y - X @ fit.coef_) ** 2).sum())
+    total = float(((y - y.mean()) ** 2).sum())
+    assert fit.score(X, y) == pytest.approx(1 - residual / total, rel=1e-12)
+    scores = cross_val_score(BayesianLinearRegression(), X.numpy(), y.numpy(), cv=3)
+    assert scores.shape == (3,) and (scores > 0.5).all()
+    with pytest.warns(DataConversionWarning, match=r"y: a column vector, shape \(30, 1\)"):
+        column = BayesianLinearRegression().fit(X, y[:, None])
+    assert column.lower_bounds_ == fit.lower_bounds_
