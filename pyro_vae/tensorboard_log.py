@@ -4,7 +4,7 @@ With ``TrainConfig(tensorboard=True)`` :func:`pyro_vae.fit` writes, through
 ``torch.utils.tensorboard.SummaryWriter``, into ``RUN/tensorboard/`` (``tensorboard
 --logdir runs/`` then shows every run of a sweep side by side):
 
-- every :data:`LOG_EVERY` optimizer steps, and on the last step of each epoch:
+- every :data:`LOG_EVERY`-th optimizer step of the fit, and on the last step of each epoch:
   ``step/loss``, the step's minibatch estimate of the negative ELBO per datapoint (nats;
   the quantity whose running mean is ``train_elbo``, with its sign flipped, KL warm-up's
   β in it), or a total for data whose ELBO does not split into datapoints;
@@ -176,11 +176,15 @@ class TensorBoardLog:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def wants_step(self, batch: int) -> bool:
-        """Whether the step on batch ``batch`` (from 0) of an epoch is recorded."""
+    def wants_step(self, step: int, batch: int) -> bool:
+        """Whether optimizer step ``step`` (counted from 1 over the whole fit, a resumed
+        fit's from its checkpoint's), on batch ``batch`` (from 0) of its epoch, is
+        recorded: every :attr:`log_every`-th step of the fit and the last of each epoch
+        (tester EO: counted within each epoch, 12 steps an epoch logged 10, 12, 22, 24,
+        unevenly spaced, where the docs said every 10 steps)."""
         if self.writer is None:
             return False
-        return (batch + 1) % self.log_every == 0 or batch + 1 == self.steps_per_epoch
+        return step % self.log_every == 0 or batch + 1 == self.steps_per_epoch
 
     def step(self, step: int, loss: float, grad_norm: float | None, beta: float) -> None:
         """Record optimizer step ``step`` (counted from 1 over the whole fit): its

@@ -692,7 +692,7 @@ class TrainStep:
         """The loss of the step on batch ``batch`` (from 0) of epoch ``epoch`` (from 0):
         ``args``, the model's arguments, at training rows ``rows``."""
         raise_if_stopped()  # a SIGTERM that a handler swallowed (pyro_vae.interruptions)
-        recorded = self.board is not None and self.board.wants_step(batch)
+        recorded = self.board is not None and self.board.wants_step(self.count + 1, batch)
         if self.board is not None:
             self.svi.measure_grad_norm = recorded  # only then: it synchronizes the device
         self.warmup.at_step(self.count)

@@ -58,12 +58,11 @@ def _events(folder) -> EventAccumulator:
 
 
 def _steps_logged(steps_per_epoch: int, epochs: int) -> list[int]:
-    """The global steps (counted from 1) :data:`LOG_EVERY` apart and each epoch's last."""
-    steps = []
-    for epoch in range(epochs):
-        in_epoch = [b for b in range(1, steps_per_epoch + 1) if b % LOG_EVERY == 0]
-        steps += [epoch * steps_per_epoch + b for b in {*in_epoch, steps_per_epoch}]
-    return sorted(steps)
+    """The global steps (counted from 1) that are multiples of :data:`LOG_EVERY`, and each
+    epoch's last."""
+    total = steps_per_epoch * epochs
+    last = {epoch * steps_per_epoch for epoch in range(1, epochs + 1)}
+    return sorted({*range(LOG_EVERY, total + 1, LOG_EVERY), *last})
 
 
 @pytest.fixture(scope="module")
@@ -339,8 +338,11 @@ def _board(rows=None, plate="data", image_shape=None, writer=None, steps_per_epo
 
 
 def test_steps_every_log_every_and_the_last_of_an_epoch():
-    board = _board()
-    assert [b for b in range(25) if board.wants_step(b)] == [9, 19, 24]
+    """Every 10th step of the fit, counted over epochs (tester EO: counted within each
+    epoch, 12 steps an epoch logged 10, 12, 22, 24), and the last of each epoch."""
+    board = _board(steps_per_epoch=12)
+    steps = range(1, 37)
+    assert [s for s in steps if board.wants_step(s, (s - 1) % 12)] == [10, 12, 20, 24, 30, 36]
     board.step(10, 250.0, 3.0, 0.5)
     assert board.writer.scalars == {
         "step/loss": [(10, 2.5)],  # per datapoint: the loss over N = 100
@@ -348,7 +350,7 @@ def test_steps_every_log_every_and_the_last_of_an_epoch():
         "step/grad_norm": [(10, 3.0)],
     }
     board.close()
-    assert not board.wants_step(9)
+    assert not board.wants_step(10, 9)
 
 
 def test_data_without_rows_to_validate_on_log_no_terms_and_no_images():
@@ -377,6 +379,6 @@ def test_a_folder_that_cannot_be_written_warns_and_logs_nothing(tmp_path):
         board = TensorBoardLog(
             tmp_path / "tensorboard", model, model.make_guide(), None, None, 1.0, 5
         )
-    assert board.writer is None and not board.wants_step(4)
+    assert board.writer is None and not board.wants_step(5, 4)
     board.epoch(5, {"train_elbo": -1.0}, validated=True)
     board.close()
