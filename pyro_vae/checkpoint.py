@@ -26,6 +26,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from shlex import quote
 from typing import Any
 
 import numpy as np
@@ -469,12 +470,14 @@ class RunFolder:
         if name == CONFIG and self._checkpoint_config() is not None:
             # a run of the command line (tester BW: its deleted config.json was blamed on a
             # fit from Python, and the user sent there)
+            code = (
+                "from pyro_vae.checkpoint import RunFolder; "
+                f"RunFolder({str(self.path)!r}).restore_config()"
+            )
             return (
                 f"its {CHECKPOINT} holds the settings the run was trained with (as the "
                 "command line writes one), so config.json was deleted or moved: put it "
-                'back, or write it again from the checkpoint: python -c "from '
-                f"pyro_vae.checkpoint import RunFolder; RunFolder('{self.path}')"
-                '.restore_config()"'
+                f"back, or write it again from the checkpoint: python -c {quote(code)}"
             )
         if name == CONFIG and (self.has_checkpoint or self.file(METRICS).is_file()):
             return (
@@ -493,8 +496,9 @@ class RunFolder:
             if stop == "diverged":
                 return (
                     "its training diverged in its first epoch, before a checkpoint was "
-                    f"written: train it again, `pyro-vae fit --out {self.path} --restart` with "
-                    "a smaller --lr (or --kl-warmup EPOCHS)"
+                    "written: train it again, "
+                    f"`pyro-vae fit --out {quote(str(self.path))} --restart` with a smaller "
+                    "--lr (or --kl-warmup EPOCHS)"
                 )
         if not self.holds_run_files:
             return self._why_no_run_files()
@@ -620,9 +624,9 @@ class RunFolder:
             # tester: a damaged metrics.json blocked fit --resume, evaluate, sample and
             # compare with no next step, though the checkpoint holds the history
             fix = (
-                f"`pyro-vae fit --resume {self.path}` rebuilds its training history from "
-                f"{CHECKPOINT} (keeping the damaged file as {METRICS}.damaged); nothing "
-                "was changed"
+                f"`pyro-vae fit --resume {quote(str(self.path))}` rebuilds its training "
+                f"history from {CHECKPOINT} (keeping the damaged file as {METRICS}.damaged); "
+                "nothing was changed"
                 if self.has_checkpoint
                 else f"there is no {CHECKPOINT} to rebuild it from; start the run again"
             )

@@ -23,6 +23,7 @@ import time
 import traceback
 import warnings
 from dataclasses import replace
+from shlex import quote
 from typing import Any
 
 from pyro_vae.checkpoint import (
@@ -144,7 +145,7 @@ def _check_new_folder(run: RunFolder, restart: bool, clear: bool = True) -> None
         # (tester CO: the advice given was then refused)
         resumable = run.file("config.json").is_file()
         how = (
-            f"continue it with `pyro-vae fit --resume {run.path}` or choose"
+            f"continue it with `pyro-vae fit --resume {quote(str(run.path))}` or choose"
             if resumable
             else "it was fit from Python (no config.json), so resume it there; choose"
         )
@@ -156,8 +157,8 @@ def _check_new_folder(run: RunFolder, restart: bool, clear: bool = True) -> None
         raise RunFolderError(
             f"out: {run.path} holds a run that failed or was stopped before its first epoch "
             f"ended (a config.json, no checkpoint); start it over with `--restart`, continue it "
-            f"with `pyro-vae fit --resume {run.path}`, or choose another --out (nothing was "
-            "overwritten)"
+            f"with `pyro-vae fit --resume {quote(str(run.path))}`, or choose another --out "
+            "(nothing was overwritten)"
         )
     own = set(run.unfinished_outputs()) if ours else set()
     others = [p.name for p in run.path.iterdir() if not p.name.startswith(".") and p not in own]
@@ -300,12 +301,13 @@ def _after_divergence(run: RunFolder) -> str:
     if run.has_checkpoint:
         return (
             f" {run.path} keeps the checkpoint of its last good epoch (`pyro-vae evaluate "
-            f"{run.path}` scores it). To train again with other settings, start a new run: "
-            "pyro-vae fit --out <another folder> --lr <smaller> (or --kl-warmup EPOCHS) and "
-            "the run's other flags; --resume would repeat the same steps to the same loss"
+            f"{quote(str(run.path))}` scores it). To train again with other settings, start a "
+            "new run: pyro-vae fit --out <another folder> --lr <smaller> (or --kl-warmup "
+            "EPOCHS) and the run's other flags; --resume would repeat the same steps to the "
+            "same loss"
         )
     return (
-        f" To train again with other settings: pyro-vae fit --out {run.path} --restart "
+        f" To train again with other settings: pyro-vae fit --out {quote(str(run.path))} --restart "
         "--lr <smaller> (or --kl-warmup EPOCHS); --resume would repeat the same steps to the "
         "same loss"
     )
@@ -586,7 +588,8 @@ def _where_it_stopped(args: argparse.Namespace, change: str = "") -> str:
         nproc = f" --nproc {processes}" if processes > 1 else ""
         return (
             f"{run.path} holds the checkpoint of epoch {epoch}; continue with "
-            f"`pyro-vae fit --resume {run.path}{nproc}{_resume_flags(args, run, change)}`"
+            f"`pyro-vae fit --resume {quote(str(run.path))}{nproc}"
+            f"{_resume_flags(args, run, change)}`"
         )
     # no checkpoint yet: no epoch had finished, or the first one's write was cut off
     # (tester AX: "no epoch had finished" after epoch 1 had)
@@ -598,9 +601,10 @@ def _where_it_stopped(args: argparse.Namespace, change: str = "") -> str:
         again = f" --nproc {nproc}" if nproc > 1 else ""
         return (
             f"{none}; start it again from its own config.json with "
-            f"`pyro-vae fit --resume {run.path}{again}{_resume_flags(args, run, change)}`"
+            f"`pyro-vae fit --resume {quote(str(run.path))}{again}"
+            f"{_resume_flags(args, run, change)}`"
         )
-    return f"{none}; start it over with `pyro-vae fit --restart --out {run.path} ...`"
+    return f"{none}; start it over with `pyro-vae fit --restart --out {quote(str(run.path))} ...`"
 
 
 #: The flags a resume may give that :func:`_resume_flags` repeats, with how each is typed.
@@ -668,8 +672,9 @@ def _where_it_stopped_after_checks(args: argparse.Namespace, change: str = "") -
         return _where_it_stopped_readable(args, change)
     run = args.resume or args.out
     return (  # (tester CR: advised to evaluate, which met the same error)
-        f"training had finished, and {run} holds its weights; `pyro-vae evaluate {run}` "
-        "scores them once the model no longer raises this error"
+        f"training had finished, and {run} holds its weights; "
+        f"`pyro-vae evaluate {quote(str(run))}` scores them once the model no longer raises "
+        "this error"
     )
 
 
@@ -733,7 +738,8 @@ def _compile_kept(args: argparse.Namespace) -> str:
     retype)."""
     if args.command != "fit" or not args.resume:
         return ""
-    return f"; its resume may change that: `pyro-vae fit --resume {args.resume} --compile off`"
+    resume = quote(str(args.resume))
+    return f"; its resume may change that: `pyro-vae fit --resume {resume} --compile off`"
 
 
 def _without_torch_compile(err: BaseException) -> tuple[str, str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import inspect
 from dataclasses import replace
+from shlex import quote
 from typing import Any
 
 from pyro_vae import estimators
@@ -201,7 +202,8 @@ def _evaluation_hint(flags: list[str], args) -> str:
     if not set(flags) <= _EVALUATION_FLAGS:
         return ""
     given = " ".join(f"{flag} {getattr(args, flag[2:].replace('-', '_'))}" for flag in flags)
-    return f", or score the run's weights with them: pyro-vae evaluate {args.resume} {given}"
+    run = quote(str(args.resume))
+    return f", or score the run's weights with them: pyro-vae evaluate {run} {given}"
 
 
 #: The flags of the final evaluation, which ``evaluate`` takes too.
@@ -302,8 +304,8 @@ def _refuse_nothing_to_train(
             f"{wait} epochs after its best validation ELBO (epoch {state['best']['epoch']}), "
             f"where --patience {patience} stops it, so "
             f"--epochs {epochs} would train no epoch; give --patience above {wait} too to train "
-            f"on (0: no early stopping), or score it again with `pyro-vae evaluate {run.path}` "
-            "(nothing was changed)"
+            "on (0: no early stopping), or score it again with "
+            f"`pyro-vae evaluate {quote(str(run.path))}` (nothing was changed)"
         )
 
 

@@ -46,6 +46,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from shlex import quote
 from typing import Any
 
 import pandas as pd
@@ -315,7 +316,7 @@ def compare_runs(runs: Sequence[str | os.PathLike]) -> Comparison:
             # tester CF: a finished run's lost metrics.json read as "unfinished", 0 epochs
             notes.append(
                 f"{label}: no metrics.json, so no history or test numbers shown (its "
-                f"checkpoint holds them: `pyro-vae fit --resume {path}` rebuilds it)"
+                f"checkpoint holds them: `pyro-vae fit --resume {quote(str(path))}` rebuilds it)"
             )
         elif not metrics.get("test"):
             why = (  # tester CA: a run that diverged was called stopped or unfinished

@@ -57,6 +57,7 @@ import warnings
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from shlex import quote
 from typing import Any
 
 import pyro
@@ -512,7 +513,7 @@ def _refuse_the_folder(run: RunFolder, resume: bool, config) -> None:
         raise RunFolderError(
             f"run: {run.path} holds the config.json of a command-line fit that never finished "
             "an epoch, which would describe other weights than this fit's; expected another "
-            f"folder, or `pyro-vae fit --out {run.path} --restart` to clear it"
+            f"folder, or `pyro-vae fit --out {quote(str(run.path))} --restart` to clear it"
         )
     if resume and foreign:
         said = _changed_settings(config, run.read_config().get("train") or {})

@@ -3,6 +3,7 @@
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import sys
 import warnings
@@ -489,6 +490,22 @@ def test_a_models_error_mid_run_says_what_the_folder_holds_and_exits_1(
     assert "error: the model broke on the test set (raised in " in err
     assert f"; training had finished, and {run} " in err
     assert f"holds its weights; `pyro-vae evaluate {run}` scores them once the model" in err
+    assert RunFolder(run).load_checkpoint()["epoch"] == 3
+
+
+def test_the_advised_resume_works_pasted_into_a_shell_where_the_path_has_a_space(tmp_path, capsys):
+    """Tester EQ: the advice printed the run folder unquoted, so for "runs/my run" the
+    pasted `pyro-vae fit --resume runs/my run` failed ("unrecognized arguments: run").
+    Expected: the command, split as a POSIX shell splits it (shlex), names the folder, and
+    running it continues the run."""
+    raises = "                raise ValueError('the model broke at step 14')\n"
+    run = tmp_path / "my run's folder"
+    assert main([*_fit_failing_model(tmp_path / "flaky.py", raises, run), *FAST]) == 1
+    err = capsys.readouterr().err
+    command = err.rsplit("continue with `", 1)[1].split("`", 1)[0]
+    words = shlex.split(command)
+    assert words == ["pyro-vae", "fit", "--resume", str(run)], command
+    assert main([*words[1:], "--no-progress"]) == 0
     assert RunFolder(run).load_checkpoint()["epoch"] == 3
 
 
