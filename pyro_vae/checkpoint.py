@@ -24,7 +24,7 @@ import random
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from shlex import quote
 from typing import Any
@@ -775,23 +775,36 @@ class RunFolder:
             state = {**state, "config": self._config}
         atomic_write(self.file(CHECKPOINT), lambda f: torch.save({"format": FORMAT, **state}, f))
 
-    def refuse_edited_config(self, config: dict[str, Any], state: dict[str, Any]) -> None:
+    def refuse_edited_config(
+        self, config: dict[str, Any], state: dict[str, Any], migrate: Callable | None = None
+    ) -> None:
         """Refuse config.json (``config``, as read) where it differs from the config the
         checkpoint's weights were trained with (``state["config"]``), but for what a
         resume may change (:data:`RESUMABLE_SETTINGS`): an edited or swapped config.json
         was used silently, an evaluation scoring the weights on other data (tester L:
         ``threshold`` 0.5 → 0.3, a test ELBO 1.8 nats lower, no note). Either file may be
         the one that changed (tester BW: another run's checkpoint copied in was blamed on
-        config.json alone). A checkpoint without a config, or of another schema, is let
-        through.
+        config.json alone). ``migrate`` (:func:`pyro_vae.run_config.migrate`, which this
+        module cannot import) brings both to the current schema first, so a checkpoint
+        written under an older one is checked too (tester EQ: a schema-3 checkpoint beside
+        a schema-4 config.json, as a resume that stops before its first checkpoint leaves
+        one, let an edited threshold through); without it, configs of different schemas
+        are let through. A checkpoint without a config, with one of version 1 (another
+        layout), or one that does not migrate, is let through.
 
         Raises:
             RunFolderError: naming the first differing setting and both values.
         """
         recorded = state.get("config")
-        schema = recorded.get("schema_version") if isinstance(recorded, dict) else None
-        if schema is None or schema != config.get("schema_version"):
-            return  # a version-1 run's checkpoint, or one written before a schema change
+        if not isinstance(recorded, dict) or "schema_version" not in recorded:
+            return  # a version-1 run's checkpoint: none, or its settings in another layout
+        if migrate is not None:
+            try:
+                recorded, config = migrate(recorded), migrate(config)
+            except RunFolderError:
+                return
+        elif recorded.get("schema_version") != config.get("schema_version"):
+            return  # written before a schema change
         now = {k: v for k, v in config.items() if k != "format"}
         then = {k: v for k, v in recorded.items() if k != "format"}
         differ = differing_settings(now, then, RESUMABLE_SETTINGS.__contains__)
