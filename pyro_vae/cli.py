@@ -260,6 +260,8 @@ def _write_run_start(run: RunFolder, config: RunConfig, exp, state) -> None:
     )  # fmt: skip
     if state is not None:
         _set_aside_test_block(run, metrics)
+        if state.get("epoch", 0) < config.training.epochs:  # it trains on
+            _set_aside_analyses(run, metrics)
         if processes is not None and processes != world:  # tester L
             print(
                 f"note: {run.path} was trained on {processes} process(es) and resumes on "
@@ -388,6 +390,39 @@ def _set_aside_test_block(run: RunFolder, metrics: dict[str, Any]) -> None:
     if metrics.get("test") and "scored_weights_of_epoch" not in kept[-1]:  # an older block
         kept[-1] = {**kept[-1], "scored_weights_of_epoch": metrics.get("best_epoch")}
     run.update_metrics(test=None, stop_reason=None, test_previous=kept)
+
+
+#: metrics.json's blocks of the commands that study a run's weights after training
+ANALYSIS_BLOCKS = ("diagnostics", "amortization_gap", "gradient_variance")
+
+
+def _set_aside_analyses(run: RunFolder, metrics: dict[str, Any]) -> None:
+    """A resume that trains on sets each earlier analysis block (diagnose's,
+    amortization-gap's, grad-variance's) aside in ``<block>_previous``, marked with the
+    epoch whose weights it scored, as the test block is (tester EO: diagnose's block of
+    epoch 40 stayed beside the test block of epoch 45, unmarked); diagnose's files stay,
+    and a note says which weights they scored. ``metrics``: metrics.json as it is now."""
+    moved, scored = {}, metrics.get("best_epoch") or len(metrics.get("epochs") or [])
+    for key in ANALYSIS_BLOCKS:
+        block = metrics.get(key)
+        if block is None:
+            continue
+        if not isinstance(block, dict):  # grad-variance's rows, as older runs wrote them
+            block = {"rows": block}
+        block = {"scored_weights_of_epoch": scored, **block}
+        moved[key] = None
+        moved[f"{key}_previous"] = with_previous({**metrics, key: block}, key)
+    if not moved:
+        return
+    run.update_metrics(**moved)
+    if "diagnostics" in moved:
+        epoch = moved["diagnostics_previous"][-1]["scored_weights_of_epoch"]
+        print(
+            f"note: diagnose's files in {run.path} (khat.csv, diagnostics.nc, the figures) "
+            f"scored the weights of epoch {epoch}; their numbers are kept in metrics.json's "
+            f"diagnostics_previous, and `pyro-vae diagnose {quote(str(run.path))}` scores "
+            "the weights this resume trains"
+        )
 
 
 def _report(run: RunFolder, exp: Experiment, result, test: dict) -> None:

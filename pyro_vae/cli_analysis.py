@@ -240,7 +240,16 @@ def grad_variance_command(args: argparse.Namespace) -> int:
     if not rows:
         raise ValueError("estimators: none of them could run on this model and guide")
     path = plot_gradient_variance(rows, out)
-    run.update_metrics(**({key: rows} if what is None else {key: {"rows": rows, **extra}}))
+    scored = {"scored_weights_of_epoch": exp.weights_epoch, "seed": args.seed}
+    settings = {"batch_size": x.shape[0], "num_draws": args.num_draws}
+    metrics = run.read_metrics()
+    if isinstance(metrics.get(key), list):  # its rows alone, as older versions wrote them
+        metrics[key] = {"rows": metrics[key]}
+    kept = with_previous(metrics, key)  # earlier results stay
+    run.update_metrics(
+        **{key: {"rows": rows, **scored, **settings, **extra}},
+        **({f"{key}_previous": kept} if kept else {}),
+    )
     print(f"wrote {path}")
     if what is not None:
         figure = " and figure" if args.out is None else ""
@@ -289,7 +298,12 @@ def amortization_gap_command(args: argparse.Namespace) -> int:
     )
     key, extra, what = changed_block(exp, "amortization_gap")  # on changed inputs, its own
     kept = with_previous(run.read_metrics(), key)  # earlier results stay
-    run.update_metrics(**{key: {**result, **extra}}, **({f"{key}_previous": kept} if kept else {}))
+    # the weights and the settings that change the numbers (tester EO: neither --lr nor
+    # --seed was recorded, nor which epoch's weights were scored)
+    scored = {"scored_weights_of_epoch": exp.weights_epoch, "seed": args.seed, "lr": args.lr}
+    run.update_metrics(
+        **{key: {**result, **scored, **extra}}, **({f"{key}_previous": kept} if kept else {})
+    )
     if result["local_start"] == "moments":  # a flow's or a low-rank encoder's q (tester DV)
         own = {AmortizedFlow: "flow", AmortizedLowRankNormal: "lowrank"}
         own = next((f for t, f in own.items() if isinstance(exp.guide, t)), None)
@@ -394,7 +408,11 @@ def diagnose_command(args: argparse.Namespace) -> int:
         khat_points=khat_points,
     )
     block = {k: v for k, v in result.items() if k != "files"}
-    run.update_metrics(**{key: {**block, **extra}})
+    # which weights and draws (tester EO: a block of epoch 40 sat unmarked beside the test
+    # block of epoch 45, and --seed, which changes every k̂, was not recorded)
+    block.update(scored_weights_of_epoch=exp.weights_epoch, seed=args.seed)
+    kept = with_previous(run.read_metrics(), key)  # earlier results stay
+    run.update_metrics(**{key: {**block, **extra}}, **({f"{key}_previous": kept} if kept else {}))
     _print_khat(result, rows)
     print("wrote " + ", ".join(result["files"]))
     if what is not None:

@@ -652,8 +652,9 @@ def test_sbn_with_score_and_grad_variance(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "cannot run here: guide site 'z' (Bernoulli)" in out
     assert (run / "gradient_variance.png").stat().st_size > 1000
-    rows = json.loads((run / "metrics.json").read_text())["gradient_variance"]
-    assert {r["group"] for r in rows} == {"guide", "model"}
+    block = json.loads((run / "metrics.json").read_text())["gradient_variance"]
+    assert {r["group"] for r in block["rows"]} == {"guide", "model"}
+    assert block["scored_weights_of_epoch"] == 2 and block["seed"] == 0
     assert main(["grad-variance", str(run), "--estimators", "reinforce"]) == 2
 
 
@@ -677,6 +678,9 @@ def test_amortization_gap_from_a_run_folder(trained, capsys):
     assert "amortization gap" in out and "approximation gap" in out
     result = json.loads((trained / "metrics.json").read_text())["amortization_gap"]
     assert result["num_points"] == 6 and result["steps"] == 5 and result["family"] == "normal"
+    best = json.loads((trained / "metrics.json").read_text())["test"]["scored_weights_of_epoch"]
+    assert result["scored_weights_of_epoch"] == best  # the weights and draws (tester EO)
+    assert result["seed"] == 0 and result["lr"] == pytest.approx(0.01)
     # run again with other settings: the first result is kept beside the new (tester H)
     argv = ["amortization-gap", str(trained), "--points", "4", "--steps", "3"]
     assert main([*argv, "--iwae-samples", "10"]) == 0
@@ -688,6 +692,33 @@ def test_amortization_gap_from_a_run_folder(trained, capsys):
     capsys.readouterr()
     assert main(["amortization-gap", str(trained), "--points", "2", "--family", "flow"]) == 2
     assert "family" in capsys.readouterr().err
+
+
+def test_a_resume_that_trains_on_sets_earlier_analyses_aside_marked_with_their_epoch(
+    tmp_path, capsys
+):
+    """Tester EO: after `fit --resume` trained on, diagnose's block (and amortization-gap's)
+    of the old weights sat beside the new test block, unmarked. Expected: set aside in
+    `<block>_previous` with the epoch they scored, a note naming diagnose's files, and a
+    resume that trains nothing more leaves them as they are."""
+    run = tmp_path / "run"
+    assert main(["fit", "--data", "digits", "--epochs", "1", "--out", str(run), *FAST]) == 0
+    argv = ["diagnose", str(run), "--points", "5", "--samples", "100"]
+    assert main([*argv, "--idata-points", "2", "--idata-samples", "10", "--worst", "0"]) == 0
+    gap = ["amortization-gap", str(run), "--points", "2", "--steps", "2", "--iwae-samples", "5"]
+    assert main(gap) == 0
+    before = json.loads((run / "metrics.json").read_text())
+    assert before["diagnostics"]["scored_weights_of_epoch"] == 1
+    assert main(["fit", "--resume", str(run), "--no-progress"]) == 0  # nothing more to train
+    assert json.loads((run / "metrics.json").read_text())["diagnostics"] == before["diagnostics"]
+    capsys.readouterr()
+    assert main(["fit", "--resume", str(run), "--epochs", "2", "--no-progress"]) == 0
+    assert "note: diagnose's files in " in capsys.readouterr().out
+    after = json.loads((run / "metrics.json").read_text())
+    assert after["diagnostics"] is None and after["amortization_gap"] is None
+    assert after["diagnostics_previous"] == [before["diagnostics"]]
+    assert after["amortization_gap_previous"] == [before["amortization_gap"]]
+    assert after["test"]["scored_weights_of_epoch"] == 2
 
 
 def test_diagnose_writes_figures_tables_and_netcdf_that_arviz_reopens(trained, capsys):
@@ -714,8 +745,11 @@ def test_diagnose_writes_figures_tables_and_netcdf_that_arviz_reopens(trained, c
     assert idata.posterior["z"].shape == (1, 20, 8, 4)
     assert idata.posterior_predictive["x"].shape == (1, 20, 8, 64)
     assert idata.log_likelihood["x"].shape == (1, 20, 8)
-    diagnostics = json.loads((trained / "metrics.json").read_text())["diagnostics"]
+    metrics = json.loads((trained / "metrics.json").read_text())
+    diagnostics = metrics["diagnostics"]
     assert diagnostics["num_points"] == 40 and len(diagnostics["worst"]) == 4
+    assert diagnostics["scored_weights_of_epoch"] == metrics["test"]["scored_weights_of_epoch"]
+    assert diagnostics["seed"] == 0
     assert 0.0 <= diagnostics["share_above_0.7"] <= diagnostics["share_above_0.5"] <= 1.0
 
 
