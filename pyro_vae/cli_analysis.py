@@ -240,21 +240,28 @@ def grad_variance_command(args: argparse.Namespace) -> int:
     if not rows:
         raise ValueError("estimators: none of them could run on this model and guide")
     path = plot_gradient_variance(rows, out)
-    scored = {"scored_weights_of_epoch": exp.weights_epoch, "seed": args.seed}
-    settings = {"batch_size": x.shape[0], "num_draws": args.num_draws}
-    metrics = run.read_metrics()
-    if isinstance(metrics.get(key), list):  # its rows alone, as older versions wrote them
-        metrics[key] = {"rows": metrics[key]}
-    kept = with_previous(metrics, key)  # earlier results stay
-    run.update_metrics(
-        **{key: {"rows": rows, **scored, **settings, **extra}},
-        **({f"{key}_previous": kept} if kept else {}),
-    )
+    settings = {"seed": args.seed, "batch_size": x.shape[0], "num_draws": args.num_draws}
+    _record_gradient_variance(run, key, {"rows": rows, **settings, **extra}, exp.weights_epoch)
     print(f"wrote {path}")
     if what is not None:
         figure = " and figure" if args.out is None else ""
         print_changed_note(run, key, what, f"its gradient_variance block{figure}")
     return 0
+
+
+def _record_gradient_variance(run, key: str, block: dict, epoch: int | None) -> None:
+    """grad-variance's ``block`` into metrics.json's ``key``, marked with the ``epoch``
+    whose weights it scored (tester EO: nothing said which weights, or which seed), the
+    earlier block kept in ``<key>_previous`` (one of older versions, its rows alone, as
+    ``{"rows": ...}``)."""
+    metrics = run.read_metrics()
+    if isinstance(metrics.get(key), list):
+        metrics[key] = {"rows": metrics[key]}
+    kept = with_previous(metrics, key)  # earlier results stay
+    run.update_metrics(
+        **{key: {"scored_weights_of_epoch": epoch, **block}},
+        **({f"{key}_previous": kept} if kept else {}),
+    )
 
 
 def amortization_gap_command(args: argparse.Namespace) -> int:
