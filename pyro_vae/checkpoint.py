@@ -776,7 +776,7 @@ class RunFolder:
         atomic_write(self.file(CHECKPOINT), lambda f: torch.save({"format": FORMAT, **state}, f))
 
     def refuse_edited_config(
-        self, config: dict[str, Any], state: dict[str, Any], migrate: Callable | None = None
+        self, config: dict[str, Any], state: dict[str, Any], as_read: Callable | None = None
     ) -> None:
         """Refuse config.json (``config``, as read) where it differs from the config the
         checkpoint's weights were trained with (``state["config"]``), but for what a
@@ -784,13 +784,14 @@ class RunFolder:
         was used silently, an evaluation scoring the weights on other data (tester L:
         ``threshold`` 0.5 → 0.3, a test ELBO 1.8 nats lower, no note). Either file may be
         the one that changed (tester BW: another run's checkpoint copied in was blamed on
-        config.json alone). ``migrate`` (:func:`pyro_vae.run_config.migrate`, which this
-        module cannot import) brings both to the current schema first, so a checkpoint
-        written under an older one is checked too (tester EQ: a schema-3 checkpoint beside
-        a schema-4 config.json, as a resume that stops before its first checkpoint leaves
-        one, let an edited threshold through); without it, configs of different schemas
-        are let through. A checkpoint without a config, with one of version 1 (another
-        layout), or one that does not migrate, is let through.
+        config.json alone). ``as_read`` (:func:`pyro_vae.run_config.settings_as_read`,
+        which this module cannot import) brings both to the current schema first, every
+        key a file leaves out at its default, so a checkpoint written under an older one is
+        checked too (tester EQ: a schema-3 checkpoint beside a schema-4 config.json, as a
+        resume that stops before its first checkpoint leaves one, let an edited threshold
+        through); without it, configs of different schemas are let through. A checkpoint
+        without a config, with one of version 1 (another layout), or with either config
+        unreadable (refused where config.json is read), is let through.
 
         Raises:
             RunFolderError: naming the first differing setting and both values.
@@ -798,10 +799,10 @@ class RunFolder:
         recorded = state.get("config")
         if not isinstance(recorded, dict) or "schema_version" not in recorded:
             return  # a version-1 run's checkpoint: none, or its settings in another layout
-        if migrate is not None:
+        if as_read is not None:
             try:
-                recorded, config = migrate(recorded), migrate(config)
-            except RunFolderError:
+                recorded, config = as_read(recorded), as_read(config)
+            except (RunFolderError, ValueError):
                 return
         elif recorded.get("schema_version") != config.get("schema_version"):
             return  # written before a schema change

@@ -18,7 +18,7 @@ from pyro_vae.cli_config import MODEL_DEFAULTS, MODEL_FLAGS, run_config_from_arg
 from pyro_vae.devices import available_devices, resolve_device
 from pyro_vae.distributed import Group, run_from_rank_0
 from pyro_vae.early_stopping import EarlyStopping, last_validated
-from pyro_vae.run_config import RunConfig, migrate
+from pyro_vae.run_config import RunConfig, settings_as_read
 from pyro_vae.spec import load_object
 
 # The flags that can go with --resume whatever their value: everything else is the run's
@@ -318,7 +318,7 @@ def _read_run(run: RunFolder) -> tuple[dict[str, Any], dict[str, Any] | None]:
     RunConfig.from_json(written)  # a config this version cannot read: refused first
     state = run.load_checkpoint() if run.has_checkpoint else None
     if state is not None:
-        run.refuse_edited_config(written, state, migrate)
+        run.refuse_edited_config(written, state, settings_as_read)
         return written, state
     metrics = run.read_metrics()
     done = len(metrics.get("epochs", []))

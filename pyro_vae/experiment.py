@@ -64,7 +64,7 @@ from pyro_vae.provenance import (
     column_changes,
     data_changed,
 )
-from pyro_vae.run_config import STANDARD_MODEL_OPTIONS, RunConfig, migrate
+from pyro_vae.run_config import STANDARD_MODEL_OPTIONS, RunConfig, settings_as_read
 from pyro_vae.spec import (
     call_with_supported,
     executed_module,
@@ -599,7 +599,7 @@ def load(
     written = run.read_config()
     config = RunConfig.from_json(written)
     state = run.load_checkpoint(map_location=resolved)
-    run.refuse_edited_config(written, state, migrate)  # before the data are loaded
+    run.refuse_edited_config(written, state, settings_as_read)  # before the data are loaded
     config = replace(config, training=replace(config.training, device=str(resolved)))
     recorded = _recorded_standardization(run)
     experiment = build(config, allow_changed_data, allow_changed_code, None, recorded)

@@ -23,7 +23,7 @@ from pyro_vae.checkpoint import RunFolder, RunFolderError
 from pyro_vae.devices import move_modules, resolve_device
 from pyro_vae.experiment import Experiment, build, num_classes
 from pyro_vae.model_protocol import tied_guide, uses_labels
-from pyro_vae.run_config import RunConfig, migrate
+from pyro_vae.run_config import RunConfig, settings_as_read
 from pyro_vae.weights import PairWeights, WeightsMismatchError
 
 #: metrics.json's key for :func:`image_record`.
@@ -101,7 +101,7 @@ def load_for_prior(
     if record is None:
         return None
     state = run.load_checkpoint(map_location=resolved)
-    run.refuse_edited_config(written, state, migrate)
+    run.refuse_edited_config(written, state, settings_as_read)
     config = RunConfig.from_json(written)
     config = replace(config, training=replace(config.training, device=str(resolved)))
     exp = build(

@@ -449,6 +449,22 @@ MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
 }
 
 
+def settings_as_read(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` as this version reads it: migrated to :data:`SCHEMA_VERSION`, with every
+    key an older version's file leaves out filled with its default
+    (``RunConfig.from_json(config).to_json()``, its warnings kept quiet), so that two
+    configs of one run compare equal whichever version wrote each (tester ER: a schema-3
+    checkpoint's config, written before ``data.crop`` and ``train.beta`` existed, read as
+    "trained with None" beside the schema-4 config.json a resume had written).
+
+    Raises:
+        RunFolderError, ValueError: as :meth:`RunConfig.from_json`.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return RunConfig.from_json(config).to_json()
+
+
 def migrate(config: dict[str, Any]) -> dict[str, Any]:
     """``config`` brought to :data:`SCHEMA_VERSION`, one version step at a time (a new
     dict; the argument is not changed).

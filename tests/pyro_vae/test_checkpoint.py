@@ -466,20 +466,35 @@ def test_an_edited_config_beside_a_checkpoint_of_an_older_schema_is_refused(tmp_
     """Tester EQ: a checkpoint written under schema 3 beside a schema-4 config.json (a
     resume stopped before its first checkpoint rewrites config.json) was let through
     unchecked, and evaluate scored threshold-0.5 weights at an edited 0.3 (4.65 nats
-    lower, blamed on Monte Carlo draws). Both are compared after migrating: schema 3's
-    `score` with the neural control variate is schema 4's with normalize_variance on."""
-    from pyro_vae.run_config import migrate
+    lower, blamed on Monte Carlo draws). Both are compared as this version reads them:
+    schema 3's `score` with the neural control variate is schema 4's with
+    normalize_variance on, and keys an older file leaves out (`data.crop`, `train.beta`,
+    `train.precision`, added later) are at their defaults (tester ER: read as None, a valid
+    old run was refused for good)."""
+    from pyro_vae.run_config import (
+        DataConfig,
+        EstimatorConfig,
+        ModelConfig,
+        RunConfig,
+        settings_as_read,
+    )
 
     run = RunFolder(tmp_path)
-    estimator = {"name": "score", "options": {"control_variate": "neural"}}
-    trained = {"schema_version": 3, "estimator": estimator, "data": {"threshold": 0.5}}
-    written = {"format": "pyro_vae.run/1", **migrate(trained)}
+    estimator = EstimatorConfig("score", {"control_variate": "neural"})
+    current = RunConfig(ModelConfig("models.vae:VAE"), DataConfig(), estimator=estimator)
+    trained = {**current.to_json(), "schema_version": 3}  # as an older version wrote it
+    trained["estimator"] = {"name": "score", "options": {"control_variate": "neural"}}
+    trained["data"] = {k: v for k, v in trained["data"].items() if k != "crop"}
+    trained["train"] = {k: v for k, v in trained["train"].items() if k not in ("beta", "precision")}
+    written = {"format": "pyro_vae.run/1", **settings_as_read(trained)}  # a resume's rewrite
     assert written["estimator"]["options"]["normalize_variance"] is True  # as it trained
-    run.refuse_edited_config(written, {"config": trained}, migrate)
-    edited = {**written, "data": {"threshold": 0.3}}
+    assert written["data"]["crop"] is False and written["train"]["beta"] == 1.0
+    run.refuse_edited_config(written, {"config": trained}, settings_as_read)
+    edited = {**written, "data": {**written["data"], "threshold": 0.3}}
     with pytest.raises(RunFolderError, match=r"has data.threshold = 0.3, but the weights .* 0.5"):
-        run.refuse_edited_config(edited, {"config": trained}, migrate)
-    run.refuse_edited_config(edited, {"config": {"schema_version": "x"}}, migrate)  # unreadable
+        run.refuse_edited_config(edited, {"config": trained}, settings_as_read)
+    unreadable = {"config": {"schema_version": "x"}}  # refused where config.json is read
+    run.refuse_edited_config(edited, unreadable, settings_as_read)
 
 
 @pytest.mark.parametrize("code", ["EACCES", "EPERM", "EROFS", "EDQUOT"])

@@ -17,6 +17,7 @@ from pyro_vae import interruptions
 from pyro_vae.checkpoint import RunFolder, RunFolderError
 from pyro_vae.cli import _note_full_intensity, _note_image_folder, _tell, main
 from pyro_vae.cli_parser import build_parser
+from pyro_vae.run_config import settings_as_read
 from tests.pyro_vae.unprivileged import unprivileged
 
 FAST = ["--latent-dim", "4", "--hidden", "32", "--no-progress", "--ll-samples", "20"]
@@ -382,6 +383,30 @@ def test_bad_arguments_exit_2_with_a_message(tmp_path, capsys, argv, message):
     assert main([*argv, "--out", str(tmp_path / "r"), "--no-progress"]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
+
+
+def test_a_run_whose_checkpoint_config_is_of_an_older_schema_evaluates(trained, tmp_path):
+    """Tester ER: a checkpoint whose config an older version wrote (schema 3, before
+    `data.crop`, `train.beta` and `train.precision` existed) beside the schema-4
+    config.json a resume rewrites was refused for good by evaluate, sample and the printed
+    resume ("trained with None"); those keys are read at their defaults. An edit of a
+    setting it records is still refused."""
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    old = {**state["config"], "schema_version": 3}
+    old["data"] = {k: v for k, v in old["data"].items() if k != "crop"}
+    old["train"] = {k: v for k, v in old["train"].items() if k not in ("beta", "precision")}
+    torch.save({**state, "config": old}, run / "checkpoint.pt")
+    assert main(["evaluate", str(run), "--ll-samples", "5"]) == 0
+    config = json.loads((run / "config.json").read_text())
+    config["data"]["threshold"] = 0.3
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(RunFolderError, match=r"has data.threshold = 0.3, but the weights"):
+        RunFolder(run).refuse_edited_config(
+            config, RunFolder(run).load_checkpoint(), settings_as_read
+        )
+    assert main(["evaluate", str(run), "--ll-samples", "5"]) == 2
 
 
 def test_missing_or_corrupt_run_folders(tmp_path, capsys):
