@@ -27,6 +27,7 @@ import codecs
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from shlex import quote
 from typing import Any
 
 import numpy as np
@@ -126,7 +127,8 @@ def _why(path: Path, err: Exception) -> str:
         "it starts as neither a .npy nor an .npz file does; expected an array saved with "
         "np.save, or arrays with np.savez"
     )
-    return what + (f"; it holds text: a table? give it as --data table:{path}" if text else "")
+    table = quote(f"table:{path}")  # a shell word (tester ER: a path with a space split)
+    return what + (f"; it holds text: a table? give it as `--data {table}`" if text else "")
 
 
 def _one_array(path: Path, mmap_mode: str | None = None) -> np.ndarray:

@@ -38,6 +38,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from shlex import quote
 from typing import Any
 
 import numpy as np
@@ -187,7 +188,7 @@ def _array_hint(path: Path) -> str:
     kind = next((k for magic, k in kinds.items() if head.startswith(magic)), None)
     if kind is None:
         return ""
-    return f"; it is {kind}, not a table: give it as --data {path}, without 'table:'"
+    return f"; it is {kind}, not a table: give it as `--data {quote(str(path))}`, without 'table:'"
 
 
 HEADER_SAMPLE_LINES = 200

@@ -1,3 +1,5 @@
+import shlex
+
 import numpy as np
 import pytest
 import torch
@@ -183,13 +185,14 @@ def test_a_text_file_named_npy_is_said_to_be_text_not_pickled_data(tmp_path):
     """Tester CC: a CSV named .npy got numpy's "contains pickled (object) data ... load it
     unsafely" (numpy reads anything without its magic as a pickle). Expected: what the file
     is, and the table: prefix that reads it."""
-    path = tmp_path / "t.npy"
+    path = tmp_path / "my t.npy"  # the advised flag is a shell word (tester ER)
     path.write_text("a,b\n1,2\n3,4\n")
     with pytest.raises(ValueError) as raised:
         load_data(str(path))
     message = str(raised.value)
     assert "pickle" not in message
-    assert f"it holds text: a table? give it as --data table:{path}" in message
+    advised = message.split("give it as `", 1)[1].split("`")[0]
+    assert shlex.split(advised)[:2] == ["--data", f"table:{path}"]
     path.write_text("a" * 4095 + "é,1\n")  # a character cut by the bytes read: still text
     with pytest.raises(ValueError, match="it holds text: a table"):
         load_data(str(path))

@@ -1,6 +1,8 @@
 """The datasets as stored (pyro_vae.datasets): named sources, IDX folders, what is missing
 or malformed, and the word for rows; and the old import path of the names that moved there."""
 
+import shlex
+
 import numpy as np
 import pytest
 import torch
@@ -132,9 +134,15 @@ def test_a_prefix_names_the_kind_of_source_whatever_the_path_ends_in(tmp_path, p
         load_raw(f"{prefix}{tmp_path / 'x.npy'}")
     if prefix == "table:":  # and what it is (tester CE: the CSV decoding error alone)
         path = tmp_path / "x.npy"
-        assert f"it is a numpy .npy array, not a table: give it as --data {path}, " in str(
+        assert f"it is a numpy .npy array, not a table: give it as `--data {path}`, " in str(
             raised.value
         )
+        spaced = tmp_path / "my x.npy"  # the advised flag is a shell word (tester ER)
+        np.save(spaced, np.zeros((4, 3)))
+        with pytest.raises(ValueError) as raised:
+            load_raw(f"table:{spaced}")
+        advised = str(raised.value).split("give it as `", 1)[1].split("`")[0]
+        assert shlex.split(advised) == ["--data", str(spaced)]
         np.savez(tmp_path / "x.npz", x=np.zeros((4, 3)))
         with pytest.raises(ValueError, match=r"it is a zip archive \(an .npz\?\), not a table"):
             load_raw(f"table:{tmp_path / 'x.npz'}")
