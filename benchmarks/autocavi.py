@@ -52,6 +52,7 @@ import pyro.distributions as dist
 import torch
 from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO
 from pyro.infer.autoguide import AutoNormal
+from report_common import output_file
 from sklearn.cluster import KMeans
 
 from models.gmm import GaussianMixtureModel
@@ -179,7 +180,7 @@ def mixture_row(quick):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="few SVI steps (smoke run)")
-    parser.add_argument("--out", type=Path, default=HERE / "autocavi.md")
+    parser.add_argument("--out", type=output_file, default=HERE / "autocavi.md")
     args = parser.parse_args()
     torch.set_num_threads(1)
     load_before = os.getloadavg()[0]

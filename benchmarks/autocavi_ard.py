@@ -33,7 +33,7 @@ from pathlib import Path
 import pyro
 import pyro.distributions as dist
 import torch
-from report_common import machine_footer, write_report
+from report_common import machine_footer, output_file, write_report
 from sklearn.linear_model import ARDRegression
 
 import pyro_vae.cavi.kronecker_probe as kronecker_probe
@@ -157,7 +157,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dims", type=dims, default=[5, 10, 15, 20, 30, 40, 60])
     parser.add_argument("--dense-up-to", type=int, default=20)
-    parser.add_argument("--out", type=Path, default=HERE / "autocavi_ard.md")
+    parser.add_argument("--out", type=output_file, default=HERE / "autocavi_ard.md")
     args = parser.parse_args()
     torch.set_num_threads(1)
     loads, start = (f"{os.getloadavg()[0]:.2f}",), time.perf_counter()

@@ -38,7 +38,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro.ops.indexing import Vindex
-from report_common import fastest_of, write_report
+from report_common import fastest_of, output_file, write_report
 
 from pyro_vae.cavi import AutoCAVI
 from pyro_vae.cavi.hmm import forward_backward
@@ -152,7 +152,7 @@ def main() -> None:
                         help="KxT (one sequence) or KxTxN (N sequences in a plate), "
                              "comma-separated")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=HERE / "autocavi_bayesian_hmm.md")
+    parser.add_argument("--out", type=output_file, default=HERE / "autocavi_bayesian_hmm.md")
     args = parser.parse_args()
     torch.set_num_threads(1)
     load_before = os.getloadavg()[0]

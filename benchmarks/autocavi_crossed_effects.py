@@ -36,6 +36,7 @@ from pathlib import Path
 import pyro
 import pyro.distributions as dist
 import torch
+from report_common import output_file
 from sklearn.exceptions import ConvergenceWarning
 
 from pyro_vae.cavi import AutoCAVI
@@ -172,7 +173,7 @@ def main() -> None:
     parser.add_argument("--shapes", type=shapes, default=[(50, 40, 1), (200, 100, 1)])
     parser.add_argument("--tol", type=float, default=1e-8, help="each fit's (nats)")
     parser.add_argument("--max-iter", type=int, default=5000)
-    parser.add_argument("--out", type=Path, default=HERE / "autocavi_crossed_effects.md")
+    parser.add_argument("--out", type=output_file, default=HERE / "autocavi_crossed_effects.md")
     args = parser.parse_args()
     torch.set_num_threads(1)
     load_before = os.getloadavg()[0]

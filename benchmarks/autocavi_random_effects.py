@@ -29,7 +29,7 @@ import pyro
 import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
-from report_common import fastest_of
+from report_common import fastest_of, output_file
 
 from pyro_vae.cavi import AutoCAVI
 
@@ -144,7 +144,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=sizes, default=[1_000, 10_000, 100_000])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=HERE / "autocavi_random_effects.md")
+    parser.add_argument("--out", type=output_file, default=HERE / "autocavi_random_effects.md")
     args = parser.parse_args()
     torch.set_num_threads(1)
     load_before = os.getloadavg()[0]

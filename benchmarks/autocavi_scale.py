@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pyro
 import torch
+from report_common import output_file
 
 HERE = Path(__file__).parent
 K, D = 10, 5
@@ -91,7 +92,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--one", nargs=2, metavar=("METHOD", "N"), help=argparse.SUPPRESS)
     parser.add_argument("--sizes", type=data_size, nargs="+", default=[3000, 30000, 100000])
-    parser.add_argument("--out", type=Path, default=HERE / "autocavi_scale.md")
+    parser.add_argument("--out", type=output_file, default=HERE / "autocavi_scale.md")
     args = parser.parse_args()
     if args.one:
         print(json.dumps(one(args.one[0], int(args.one[1]))))

@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 import torch
+from report_common import output_file
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -142,7 +143,7 @@ def table(rows: list[dict], load_before, load_after) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, default=HERE / "buffer_broadcast.md")
+    parser.add_argument("--out", type=output_file, default=HERE / "buffer_broadcast.md")
     args = parser.parse_args()
     if args.worker is not None:
         worker(args.worker)

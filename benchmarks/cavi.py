@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import sklearn
 import torch
+from report_common import output_file
 from sklearn.mixture import BayesianGaussianMixture as SklearnBGM
 
 from pyro_vae.cavi import BayesianGaussianMixture
@@ -37,6 +38,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10**4, 10**5, 10**6])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=output_file, default=HERE / "cavi.md")
     args = parser.parse_args()
     settings = dict(n_components=5, tol=1e-3, max_iter=200, random_state=0)
     lines = [
@@ -71,7 +73,7 @@ def main() -> None:
             f"{sk.n_iter_} / {ours.n_iter_} | {gap:.1e} | {ours.lower_bound_ / n:.4f} |"
         )
         print(lines[-1], flush=True)
-    (HERE / "cavi.md").write_text("\n".join(lines) + "\n")
+    args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import pyro
 import torch
 from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
+from report_common import output_file
 from sklearn.cluster import KMeans
 
 from models.gmm import GaussianMixtureModel
@@ -228,7 +229,7 @@ def fmt(value, digits=3):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
-    parser.add_argument("--out", type=Path, default=HERE / "cavi_vs_svi.md")
+    parser.add_argument("--out", type=output_file, default=HERE / "cavi_vs_svi.md")
     args = parser.parse_args()
     torch.set_num_threads(1)
     pyro.set_rng_seed(0)

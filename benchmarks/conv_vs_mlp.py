@@ -38,6 +38,7 @@ from pathlib import Path
 
 import pyro
 import torch
+from report_common import output_file
 
 from models.vae import VAE
 from pyro_vae.data import Preprocessing, load_data
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--test-images", type=int, default=None, help="first N test images (smoke runs)"
     )
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="markdown file")
+    parser.add_argument("--output", type=output_file, default=DEFAULT_OUTPUT, help="markdown file")
     args = parser.parse_args(argv)
     channels = tuple(int(c) for c in args.channels.split(","))
     load_before = load_average()

@@ -37,7 +37,7 @@ from pathlib import Path
 import pyro
 import torch
 from pyro.infer import SVI, Trace_ELBO
-from report_common import load_average, machine_footer
+from report_common import load_average, machine_footer, output_file
 
 from models.cvae import CVAE
 from pyro_vae.data import Preprocessing, load_data
@@ -176,7 +176,7 @@ def table(result: dict, args, seconds: dict, loads: tuple[str, str], total: floa
         "by image; ± one standard error over the test images). The IWAE value is a lower "
         "bound on the CVAE's log p(x | y).",
         "",
-        "![samples](cvae_quadrant.png)",
+        f"![samples]({args.out.with_suffix('.png').name})",  # its own (tester ES)
         "",
         machine_footer(loads, total),
     ]
@@ -187,7 +187,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="the digits, tiny sizes (smoke test)")
     p.add_argument("--data", default="fashion-mnist")
-    p.add_argument("--out", type=Path, default=HERE / "cvae_quadrant.md")
+    p.add_argument("--out", type=output_file, default=HERE / "cvae_quadrant.md")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--hidden", type=int, nargs="+", default=[500, 500])
     p.add_argument("--latent-dim", type=int, default=20)

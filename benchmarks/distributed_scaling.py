@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import torch
+from report_common import output_file
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -150,7 +151,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--pixels", type=int, default=784, help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=PER_RANK_BATCH, help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, default=HERE / "distributed_scaling.md")
+    parser.add_argument("--out", type=output_file, default=HERE / "distributed_scaling.md")
     args = parser.parse_args()
     if args.worker is not None:
         worker(args.worker, args.compile, args.pixels, args.batch)

@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 
 import pyro
-from report_common import load_average, mean_and_se, run_footer
+from report_common import load_average, mean_and_se, output_file, run_footer
 
 from models.vae import VAE
 from pyro_vae import TrainConfig, fit, iwae_log_likelihood, load_data
@@ -174,7 +174,7 @@ def main(argv=None) -> None:
     parser.add_argument("--train-images", type=int, default=60000)
     parser.add_argument("--ll-samples", type=int, default=1000)
     parser.add_argument("--ll-points", type=int, default=1000)
-    parser.add_argument("--output", type=Path, default=HERE / "dreg_budget.md")
+    parser.add_argument("--output", type=output_file, default=HERE / "dreg_budget.md")
     parser.add_argument("--results", type=Path, default=None, help="JSON of finished runs")
     parser.add_argument("--resume", action="store_true", help="skip the runs in --results")
     args = parser.parse_args(argv)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pyro
 import torch
+from report_common import output_file
 
 from models.sbn import SBN
 from models.vae import VAE
@@ -148,12 +149,15 @@ def main() -> None:
     parser.add_argument("--fashion-epochs", type=int, default=10)
     parser.add_argument("--vae-epochs", type=int, default=100)
     parser.add_argument("--draws", type=int, default=200)
+    parser.add_argument(
+        "--out", type=output_file, default=HERE / "estimators.md", help="markdown (and .png)"
+    )
     args = parser.parse_args()
 
     digits = load_data("digits", Preprocessing("bernoulli"))
     model, guide, sbn_digits = train_sbn(digits, args.sbn_epochs)
     rows = variance_table(model, guide, digits, args.draws)
-    plot_gradient_variance(rows, HERE / "estimators.png")
+    plot_gradient_variance(rows, args.out.with_suffix(".png"))
     vae = vae_comparison(digits, args.vae_epochs)
     fashion = None
     if FASHION_MNIST_DIR.is_dir():
@@ -184,7 +188,7 @@ def main() -> None:
         )
     lines += [
         "",
-        "![variance and SNR](estimators.png)",
+        f"![variance and SNR]({args.out.with_suffix('.png').name})",
         "",
         "## Training",
         "",
@@ -210,7 +214,7 @@ def main() -> None:
         lines.append(
             f"| Gaussian VAE, digits, {label} ({seconds:.0f} s) | {marks(history)} | {test:.2f} |"
         )
-    (HERE / "estimators.md").write_text("\n".join(lines) + "\n")
+    args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

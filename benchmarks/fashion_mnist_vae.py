@@ -75,7 +75,7 @@ import torch
 import torch.nn.functional as F
 from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO
-from report_common import load_average
+from report_common import load_average, output_file
 from torch import nn
 from torch.distributions import Normal, kl_divergence
 from torch.utils.data import DataLoader, TensorDataset
@@ -513,7 +513,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=5, help="training epochs (default 5)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every contender")
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="markdown file")
+    parser.add_argument("--output", type=output_file, default=DEFAULT_OUTPUT, help="markdown file")
     args = parser.parse_args(argv)
     load_before = load_average()
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pyro.distributions as dist
 import torch
-from report_common import fastest_of, load_average, machine_footer, write_report
+from report_common import fastest_of, load_average, machine_footer, output_file, write_report
 
 from pyro_vae.cavi import hmm
 
@@ -86,7 +86,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default=SIZES, help="K x T x chains, comma-separated")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=HERE / "forward_backward.md")
+    parser.add_argument("--out", type=output_file, default=HERE / "forward_backward.md")
     args = parser.parse_args()
     torch.set_num_threads(1)
     sizes = [tuple(int(v) for v in size.split("x")) for size in args.sizes.split(",")]

@@ -48,6 +48,7 @@ from perf_common import (  # noqa: E402
     hand_loss,
 )
 from pyro.infer import SVI, Trace_ELBO  # noqa: E402
+from report_common import output_file  # noqa: E402
 
 from pyro_vae.data import Preprocessing, load_data  # noqa: E402
 from pyro_vae.datasets import FASHION_MNIST_DIR  # noqa: E402
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--num-train", type=int, default=None, help="first N images only")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=HERE / "gpu.md")
+    parser.add_argument("--out", type=output_file, default=HERE / "gpu.md")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():

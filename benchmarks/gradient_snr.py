@@ -39,7 +39,7 @@ from pathlib import Path
 
 import pyro
 import torch
-from report_common import load_average, run_footer
+from report_common import load_average, output_file, run_footer
 
 from models.vae import VAE
 from pyro_vae import TrainConfig, fit, load_data
@@ -167,7 +167,7 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--draws", type=int, default=100)
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 4, 16, 64, 256])
-    parser.add_argument("--output", type=Path, default=HERE / "gradient_snr.md")
+    parser.add_argument("--output", type=output_file, default=HERE / "gradient_snr.md")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     load_start = load_average(" ")

@@ -32,7 +32,7 @@ from pathlib import Path
 import pyro
 import torch
 from pyro.infer import Trace_ELBO
-from report_common import load_average, machine_footer, mean_and_se
+from report_common import load_average, machine_footer, mean_and_se, output_file
 
 from models.vae import VAE
 from pyro_vae import Preprocessing, TrainConfig, elbo_per_datapoint, fit, load_data
@@ -188,7 +188,7 @@ def split_table(split: dict, args) -> list[str]:
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes, for the smoke test")
-    p.add_argument("--out", type=Path, default=HERE / "inference_gap.md")
+    p.add_argument("--out", type=output_file, default=HERE / "inference_gap.md")
     p.add_argument("--latent-dim", type=int, default=20)
     p.add_argument("--hidden", type=int, nargs="+", default=[400])
     p.add_argument("--vae-epochs", type=int, default=60)

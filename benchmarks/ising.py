@@ -9,10 +9,12 @@ infinite square lattice), where correlations that mean field ignores are stronge
 
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
 
 import torch
+from report_common import output_file
 
 from pyro_vae.cavi import IsingMeanField, grid_couplings, ising_log_partition_exact
 
@@ -20,6 +22,9 @@ HERE = Path(__file__).parent
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=output_file, default=HERE / "ising.md")
+    args = parser.parse_args()
     lines = [
         "# Ising: mean-field bound vs. exact log Z",
         "",
@@ -48,7 +53,7 @@ def main() -> None:
         f"All {4 * 5 * 2} bounds are below the exact value; "
         f"{time.perf_counter() - started:.1f} s in all.",
     ]
-    (HERE / "ising.md").write_text("\n".join(lines) + "\n")
+    args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

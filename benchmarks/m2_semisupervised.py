@@ -69,7 +69,7 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.infer import SVI, TraceEnum_ELBO, config_enumerate
-from report_common import load_average, machine_footer
+from report_common import load_average, machine_footer, output_file
 from torch import nn
 
 from pyro_vae import fit
@@ -318,7 +318,7 @@ def table(results: dict, args, loads: tuple[str, str], seconds: float) -> str:
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny settings on digits (smoke test)")
-    p.add_argument("--out", type=Path, default=HERE / "m2_semisupervised.md")
+    p.add_argument("--out", type=output_file, default=HERE / "m2_semisupervised.md")
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--labelled", type=int, default=3000)
     p.add_argument("--epochs", type=int, default=10)

@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from report_common import output_file
 
 HERE = Path(__file__).resolve().parent
 MARGIN = 1 << 30  # free bytes left over after the array is written
@@ -182,7 +183,7 @@ def main() -> None:
     p.add_argument("--small-rows", type=int, default=50_000)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--max-batches", type=int, default=None)
-    p.add_argument("--out", type=Path, default=HERE / "memmap_epoch.md")
+    p.add_argument("--out", type=output_file, default=HERE / "memmap_epoch.md")
     p.add_argument("--child", choices=("mapped", "memory"), default=None)
     p.add_argument("--path", default=None)
     args = p.parse_args()

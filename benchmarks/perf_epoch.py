@@ -28,7 +28,6 @@ import argparse
 import json
 import tempfile
 import time
-from pathlib import Path
 
 import pyro
 import pyro.optim
@@ -48,6 +47,7 @@ from perf_common import (
     wrap,
 )
 from pyro.infer import SVI, Trace_ELBO
+from report_common import output_file
 from torch.utils.data import DataLoader, TensorDataset
 
 from pyro_vae.estimators import get
@@ -215,7 +215,7 @@ def evaluate(model, guide, test_x, eval_images: int, iwae_samples: int, seed: in
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--contender", choices=CONTENDERS, required=True)
-    parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument("--json", type=output_file, required=True)
     parser.add_argument("--data", default="fashion-mnist")
     parser.add_argument("--num-train", type=int, default=None)
     parser.add_argument("--epochs", type=int, default=5)

@@ -13,10 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 from cavi import data as mixture_data
 from perf_common import PeakRSS, set_threads
+from report_common import output_file
 
 from pyro_vae.cavi import BayesianGaussianMixture
 
@@ -75,7 +75,7 @@ def cavi_markdown(rows: list[dict]) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cavi", type=int, required=True, help="number of points")
-    parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument("--json", type=output_file, required=True)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     args.json.write_text(json.dumps(cavi_worker(args.cavi, args.threads)))

@@ -26,7 +26,6 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable, Collection
-from pathlib import Path
 
 import pyro
 import pyro.optim
@@ -43,6 +42,7 @@ from perf_common import (
     set_threads,
 )
 from pyro.infer import SVI, JitTrace_ELBO, Trace_ELBO
+from report_common import output_file
 
 from pyro_vae import estimators
 from pyro_vae.annealing import ScaleLatents
@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--only", action="append", default=None)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument("--json", type=output_file, required=True)
     args = parser.parse_args(argv)
     set_threads(args.threads)
     data = {"784-400-20": "fashion-mnist", "64-400-20": "digits"}[args.size]

@@ -39,7 +39,7 @@ from perf_common import (  # noqa: E402
     machine_lines,
     set_threads,
 )
-from report_common import load_average  # noqa: E402
+from report_common import load_average, output_file  # noqa: E402
 
 from pyro_vae.estimators import get  # noqa: E402
 from pyro_vae.evaluate import elbo_per_datapoint  # noqa: E402
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--uncompiled", action="store_true")
-    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--out", type=output_file, default=OUT)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pyro
 import torch
-from report_common import load_average, machine_footer, mean_and_se
+from report_common import load_average, machine_footer, mean_and_se, output_file
 
 from pyro_vae import fit
 from pyro_vae.experiment import build, evaluate_test_set
@@ -121,7 +121,7 @@ def table(results: dict, args, loads: tuple[str, str], seconds: float) -> str:
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes, for the smoke test")
-    p.add_argument("--out", type=Path, default=HERE / "priors.md")
+    p.add_argument("--out", type=output_file, default=HERE / "priors.md")
     p.add_argument("--latent-dim", type=int, default=20)
     p.add_argument("--hidden", type=int, nargs="+", default=[400])
     p.add_argument("--epochs", type=int, default=100)

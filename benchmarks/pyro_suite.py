@@ -67,6 +67,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from report_common import output_file
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -825,7 +826,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--out",
-        type=Path,
+        type=output_file,
         default=DEFAULT_OUT,
         help=f"the markdown report (default {DEFAULT_OUT.relative_to(REPO)})",
     )

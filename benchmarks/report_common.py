@@ -6,11 +6,13 @@ table was measured. The scripts import it as a sibling module (``benchmarks/`` i
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import platform
 import time
 from collections.abc import Iterable
+from pathlib import Path
 
 import pyro
 import torch
@@ -52,6 +54,23 @@ def machine_footer(loads: tuple[str, str], seconds: float) -> str:
         f"{pyro.__version__}; load average before {loads[0]}, after {loads[1]}; "
         f"{seconds:.0f} s in all."
     )
+
+
+def output_file(text: str) -> Path:
+    """argparse ``type`` of a flag naming a file a script writes: the path, refused when
+    the flag is read (argparse's error names the flag) where it is a folder or its folder
+    does not exist or cannot be written, so that minutes of measuring are not lost at the
+    last step (tester ES: ``performance.py --output`` into a missing folder failed after
+    every measurement, printing no table)."""
+    path = Path(text)
+    folder = path.parent
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; expected a file to write")
+    if not folder.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: its folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{text}: its folder {folder} cannot be written")
+    return path
 
 
 def write_report(path, lines: list[str]) -> None:

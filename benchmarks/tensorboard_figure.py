@@ -21,6 +21,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent)]  # pyro_vae and models beside it
 
 from matplotlib.figure import Figure  # noqa: E402
+from report_common import output_file  # noqa: E402
 
 OUT = HERE.parent / "docs" / "images" / "tensorboard-scalars.png"
 # (tags, title, y label, log scale): one panel each, in TensorBoard's groups
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, help="a run folder written with --tensorboard")
     parser.add_argument(
-        "--out", type=Path, help=f"the PNG (default: {OUT.name} in --run, else {OUT})"
+        "--out", type=output_file, help=f"the PNG (default: {OUT.name} in --run, else {OUT})"
     )
     args = parser.parse_args(argv)
     if args.out is None:  # tester CM: a user's run was drawn over the README's picture

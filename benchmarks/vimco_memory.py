@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from report_common import output_file
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -73,6 +75,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=1000)
     parser.add_argument("--n", type=int, default=128)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--out", type=output_file, default=HERE / "vimco_memory.md")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -112,7 +115,7 @@ def main() -> None:
         "|---|---:|---:|",
         *[f"| {r['kind']} | {r['peak_mb']:.0f} | {r['seconds']:.3f} |" for r in rows],
     ]
-    (HERE / "vimco_memory.md").write_text("\n".join(lines) + "\n")
+    args.out.write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

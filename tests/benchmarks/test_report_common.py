@@ -1,6 +1,8 @@
 """The benchmarks' shared report helpers against the standard library's statistics."""
 
+import argparse
 import math
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -15,6 +17,7 @@ try:
         load_average,
         machine_footer,
         mean_and_se,
+        output_file,
         run_footer,
         write_report,
     )
@@ -59,3 +62,22 @@ def test_fastest_of_returns_the_fastest_calls_result_after_a_first_call():
 
     result, seconds = fastest_of(call, 3)
     assert len(calls) == 4 and result in (2, 3, 4) and 0 <= seconds < 1.0
+
+
+def test_an_output_flag_is_refused_when_read_where_its_folder_is_missing(tmp_path):
+    """Tester ES: performance.py measured for minutes, then failed writing --output into a
+    missing folder, printing no table. The flag is refused by argparse, naming it, before
+    any measuring; and every benchmark's output flags are of this type."""
+    parser = argparse.ArgumentParser(prog="bench", exit_on_error=False)
+    parser.add_argument("--out", type=output_file)
+    assert parser.parse_args(["--out", str(tmp_path / "x.md")]).out == tmp_path / "x.md"
+    for bad, why in [(tmp_path / "missing" / "x.md", "does not exist"), (tmp_path, "a folder")]:
+        try:
+            parser.parse_args(["--out", str(bad)])
+        except argparse.ArgumentError as error:
+            assert "--out" in str(error) and why in str(error)
+        else:
+            raise AssertionError(f"{bad} was taken")
+    flag = re.compile(r'add_argument\(\s*"--(out|output|json|readme)", type=Path\b')
+    unchecked = [p.name for p in BENCHMARKS.glob("*.py") if flag.search(p.read_text())]
+    assert unchecked == []
