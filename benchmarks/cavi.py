@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import sklearn
 import torch
-from report_common import output_file
+from report_common import output_file, positive_int
 from sklearn.mixture import BayesianGaussianMixture as SklearnBGM
 
 from pyro_vae.cavi import BayesianGaussianMixture
@@ -36,8 +36,8 @@ def data(n: int, seed: int = 0) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10**4, 10**5, 10**6])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sizes", type=positive_int, nargs="+", default=[10**4, 10**5, 10**6])
+    parser.add_argument("--repeats", type=positive_int, default=3)
     parser.add_argument("--out", type=output_file, default=HERE / "cavi.md")
     args = parser.parse_args()
     settings = dict(n_components=5, tol=1e-3, max_iter=200, random_state=0)

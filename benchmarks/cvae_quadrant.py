@@ -37,7 +37,7 @@ from pathlib import Path
 import pyro
 import torch
 from pyro.infer import SVI, Trace_ELBO
-from report_common import load_average, machine_footer, output_file
+from report_common import load_average, machine_footer, output_file, quick_settings
 
 from models.cvae import CVAE
 from pyro_vae.data import Preprocessing, load_data
@@ -199,8 +199,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.argv = argv
     if args.quick:
-        args.data, args.epochs, args.hidden, args.latent_dim = "digits", 1, [32], 2
-        args.train_rows, args.ll_samples, args.ll_points = 512, 8, 32
+        quick = dict(data="digits", epochs=1, hidden=[32], latent_dim=2)
+        quick.update(train_rows=512, ll_samples=8, ll_points=32)
+        quick_settings(p, argv, args, quick)
     return args
 
 

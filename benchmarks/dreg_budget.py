@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 
 import pyro
-from report_common import load_average, mean_and_se, output_file, run_footer
+from report_common import load_average, mean_and_se, output_file, positive_int, run_footer
 
 from models.vae import VAE
 from pyro_vae import TrainConfig, fit, iwae_log_likelihood, load_data
@@ -170,7 +170,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--k", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=positive_int, default=3)
     parser.add_argument("--train-images", type=int, default=60000)
     parser.add_argument("--ll-samples", type=int, default=1000)
     parser.add_argument("--ll-points", type=int, default=1000)

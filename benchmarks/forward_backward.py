@@ -25,13 +25,34 @@ from pathlib import Path
 
 import pyro.distributions as dist
 import torch
-from report_common import fastest_of, load_average, machine_footer, output_file, write_report
+from report_common import (
+    fastest_of,
+    load_average,
+    machine_footer,
+    output_file,
+    positive_int,
+    write_report,
+)
 
 from pyro_vae.cavi import hmm
 
 HERE = Path(__file__).parent
 F64 = torch.float64
 SIZES = "2x1000x1,3x200x1,5x100x1,8x50x1,8x200x1,16x200x1,3x50x20,4x50x100"
+
+
+def sizes_list(text: str) -> list[tuple[int, int, int]]:
+    """``--sizes``: comma-separated KxTxC, each a positive integer (tester ES: ``2x3``
+    failed unpacking, naming no flag)."""
+    sizes = []
+    for size in text.split(","):
+        parts = size.split("x")
+        if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise argparse.ArgumentTypeError(
+                f"{size!r} is not K x T x chains, three positive integers joined by x"
+            )
+        sizes.append(tuple(int(p) for p in parts))
+    return sizes
 
 
 def problem(k: int, t: int, chains: int):
@@ -84,12 +105,14 @@ def row(k: int, t: int, chains: int, repeats: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", default=SIZES, help="K x T x chains, comma-separated")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--sizes", type=sizes_list, default=SIZES, help="K x T x chains, comma-separated"
+    )
+    parser.add_argument("--repeats", type=positive_int, default=5)
     parser.add_argument("--out", type=output_file, default=HERE / "forward_backward.md")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    sizes = [tuple(int(v) for v in size.split("x")) for size in args.sizes.split(",")]
+    sizes = sizes_list(args.sizes) if isinstance(args.sizes, str) else args.sizes
     loads, start = [load_average()], time.perf_counter()
     rows = [row(k, t, chains, args.repeats) for k, t, chains in sizes]
     loads.append(load_average())

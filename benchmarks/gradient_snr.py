@@ -39,7 +39,7 @@ from pathlib import Path
 
 import pyro
 import torch
-from report_common import load_average, output_file, run_footer
+from report_common import load_average, output_file, positive_int, run_footer
 
 from models.vae import VAE
 from pyro_vae import TrainConfig, fit, load_data
@@ -165,10 +165,14 @@ def main(argv=None) -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--train-images", type=int, default=60000)
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--draws", type=int, default=100)
+    parser.add_argument(
+        "--draws", type=positive_int, default=100, help="at least 2: a variance needs two"
+    )
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 4, 16, 64, 256])
     parser.add_argument("--output", type=output_file, default=HERE / "gradient_snr.md")
     args = parser.parse_args(argv)
+    if args.draws < 2:
+        parser.error(f"argument --draws: {args.draws} draw gives no variance; expected at least 2")
     started = time.perf_counter()
     load_start = load_average(" ")
     print(f"load average {load_start}", flush=True)

@@ -32,7 +32,7 @@ from pathlib import Path
 import pyro
 import torch
 from pyro.infer import Trace_ELBO
-from report_common import load_average, machine_footer, mean_and_se, output_file
+from report_common import load_average, machine_footer, mean_and_se, output_file, quick_settings
 
 from models.vae import VAE
 from pyro_vae import Preprocessing, TrainConfig, elbo_per_datapoint, fit, load_data
@@ -203,8 +203,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.argv = argv
     if args.quick:
-        args.latent_dim, args.hidden, args.vae_epochs, args.encoder_epochs = 3, [16], 1, 1
-        args.elbo_samples, args.iwae_samples, args.split_points, args.split_steps = 4, 8, 4, 3
+        quick = dict(latent_dim=3, hidden=[16], vae_epochs=1, encoder_epochs=1)
+        quick.update(elbo_samples=4, iwae_samples=8, split_points=4, split_steps=3)
+        quick_settings(p, argv, args, quick)
     return args
 
 

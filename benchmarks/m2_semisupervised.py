@@ -69,7 +69,7 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.infer import SVI, TraceEnum_ELBO, config_enumerate
-from report_common import load_average, machine_footer, output_file
+from report_common import load_average, machine_footer, output_file, quick_settings
 from torch import nn
 
 from pyro_vae import fit
@@ -335,8 +335,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.argv, args.classes = argv, 10
     if args.quick:
-        args.data, args.labelled, args.epochs, args.batch_size = "digits", 100, 1, 128
-        args.latent_dim, args.hidden, args.ll_samples, args.ll_points = 4, 16, 4, 50
+        quick = dict(data="digits", labelled=100, epochs=1, batch_size=128)
+        quick.update(latent_dim=4, hidden=16, ll_samples=4, ll_points=50)
+        quick_settings(p, argv, args, quick)
     return args
 
 

@@ -38,7 +38,7 @@ import perf_scaling
 import perf_step
 import torch
 from perf_common import fashion_available, load, machine_lines, set_threads
-from report_common import load_average, output_file
+from report_common import load_average, output_file, positive_int
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -361,7 +361,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for the smoke test")
     parser.add_argument("--output", type=output_file, default=HERE / "RESULTS.md")
     parser.add_argument("--readme", type=output_file, default=ROOT / "README.md")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=positive_int, default=2)
     parser.add_argument(
         "--in-process", action="store_true", help="no worker processes (smoke tests only)"
     )

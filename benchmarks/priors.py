@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pyro
 import torch
-from report_common import load_average, machine_footer, mean_and_se, output_file
+from report_common import load_average, machine_footer, mean_and_se, output_file, quick_settings
 
 from pyro_vae import fit
 from pyro_vae.experiment import build, evaluate_test_set
@@ -133,8 +133,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.argv = argv
     if args.quick:
-        args.latent_dim, args.hidden, args.epochs, args.seeds = 3, [16], 1, [0]
-        args.mog_components, args.vamp_components, args.ll_samples = 3, 4, 8
+        quick = dict(latent_dim=3, hidden=[16], epochs=1, seeds=[0])
+        quick.update(mog_components=3, vamp_components=4, ll_samples=8)
+        quick_settings(p, argv, args, quick)
     return args
 
 

@@ -73,6 +73,34 @@ def output_file(text: str) -> Path:
     return path
 
 
+def positive_int(text: str) -> int:
+    """argparse ``type`` of a count that must be at least 1 (argparse's error names the
+    flag: tester ES, ``--repeats 0`` ended in an UnboundLocalError and ``--threads 0`` in
+    torch's words)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return value
+
+
+def quick_settings(parser: argparse.ArgumentParser, argv: list[str], args, quick: dict) -> None:
+    """Set ``args``' attributes to ``quick``'s values (``--quick``'s tiny sizes) where
+    ``argv`` does not give their flag: a flag given beside ``--quick`` is taken (tester
+    ES: ``--quick --epochs 7 --seeds 5 6`` ran 1 epoch of seed 0, and its report's header
+    named the flags it had ignored)."""
+    given = set()
+    for action in parser._actions:  # argparse keeps no record of what was typed
+        for option in action.option_strings:
+            if any(word == option or word.startswith(option + "=") for word in argv):
+                given.add(action.dest)
+    for name, value in quick.items():
+        if name not in given:
+            setattr(args, name, value)
+
+
 def write_report(path, lines: list[str]) -> None:
     """Write ``lines`` (a Markdown report) to ``path`` as one text, and print it."""
     text = "\n".join(lines)

@@ -18,6 +18,8 @@ try:
         machine_footer,
         mean_and_se,
         output_file,
+        positive_int,
+        quick_settings,
         run_footer,
         write_report,
     )
@@ -81,3 +83,24 @@ def test_an_output_flag_is_refused_when_read_where_its_folder_is_missing(tmp_pat
     flag = re.compile(r'add_argument\(\s*"--(out|output|json|readme)", type=Path\b')
     unchecked = [p.name for p in BENCHMARKS.glob("*.py") if flag.search(p.read_text())]
     assert unchecked == []
+
+
+def test_quick_sizes_give_way_to_flags_given_beside_them():
+    """Tester ES: `--quick --epochs 7 --seeds 5 6` ran 1 epoch of seed 0, its report
+    naming the flags it ignored. A flag given (either spelling) is taken; the rest quick."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--epochs", type=positive_int, default=100)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--ll-samples", type=int, default=1000)
+    for argv in (["--quick", "--epochs", "7", "--seeds", "5", "6"], ["--quick", "--epochs=7"]):
+        args = parser.parse_args(argv)
+        quick_settings(parser, argv, args, {"epochs": 1, "seeds": [0], "ll_samples": 8})
+        assert args.epochs == 7 and args.ll_samples == 8
+        assert args.seeds == ([5, 6] if "--seeds" in argv else [0])
+    try:
+        positive_int("0")
+    except argparse.ArgumentTypeError as error:
+        assert "0 is not a positive integer" in str(error)
+    else:
+        raise AssertionError("0 was taken")
