@@ -51,7 +51,7 @@ from pyro_vae.cli_config import (
 )
 from pyro_vae.cli_evaluate import evaluate_command
 from pyro_vae.cli_parser import build_parser, check_counts, given_flags
-from pyro_vae.cli_report import print_test, rows_not_images, with_previous
+from pyro_vae.cli_report import analysis_block, print_test, rows_not_images, with_previous
 from pyro_vae.cli_resume import processes_by_epoch_record, recorded_processes, resume_config
 from pyro_vae.datasets import DatasetNotFoundError
 from pyro_vae.devices import resolve_device
@@ -404,11 +404,9 @@ def _set_aside_analyses(run: RunFolder, metrics: dict[str, Any]) -> None:
     and a note says which weights they scored. ``metrics``: metrics.json as it is now."""
     moved, scored = {}, metrics.get("best_epoch") or len(metrics.get("epochs") or [])
     for key in ANALYSIS_BLOCKS:
-        block = metrics.get(key)
+        block = analysis_block(metrics, key)
         if block is None:
             continue
-        if not isinstance(block, dict):  # grad-variance's rows, as older runs wrote them
-            block = {"rows": block}
         block = {"scored_weights_of_epoch": scored, **block}
         moved[key] = None
         moved[f"{key}_previous"] = with_previous({**metrics, key: block}, key)

@@ -18,8 +18,8 @@ from pyro_vae.checks import check_count
 from pyro_vae.cli_report import (
     changed_block,
     print_changed_note,
+    record_analysis,
     rows_not_images,
-    with_previous,
     writable_run,
 )
 from pyro_vae.datasets import names_a_table, row_unit
@@ -241,27 +241,12 @@ def grad_variance_command(args: argparse.Namespace) -> int:
         raise ValueError("estimators: none of them could run on this model and guide")
     path = plot_gradient_variance(rows, out)
     settings = {"seed": args.seed, "batch_size": x.shape[0], "num_draws": args.num_draws}
-    _record_gradient_variance(run, key, {"rows": rows, **settings, **extra}, exp.weights_epoch)
+    record_analysis(run, key, {"rows": rows, **settings, **extra}, exp.weights_epoch)
     print(f"wrote {path}")
     if what is not None:
         figure = " and figure" if args.out is None else ""
         print_changed_note(run, key, what, f"its gradient_variance block{figure}")
     return 0
-
-
-def _record_gradient_variance(run, key: str, block: dict, epoch: int | None) -> None:
-    """grad-variance's ``block`` into metrics.json's ``key``, marked with the ``epoch``
-    whose weights it scored (tester EO: nothing said which weights, or which seed), the
-    earlier block kept in ``<key>_previous`` (one of older versions, its rows alone, as
-    ``{"rows": ...}``)."""
-    metrics = run.read_metrics()
-    if isinstance(metrics.get(key), list):
-        metrics[key] = {"rows": metrics[key]}
-    kept = with_previous(metrics, key)  # earlier results stay
-    run.update_metrics(
-        **{key: {"scored_weights_of_epoch": epoch, **block}},
-        **({f"{key}_previous": kept} if kept else {}),
-    )
 
 
 def amortization_gap_command(args: argparse.Namespace) -> int:
@@ -304,13 +289,9 @@ def amortization_gap_command(args: argparse.Namespace) -> int:
         progress=True,
     )
     key, extra, what = changed_block(exp, "amortization_gap")  # on changed inputs, its own
-    kept = with_previous(run.read_metrics(), key)  # earlier results stay
-    # the weights and the settings that change the numbers (tester EO: neither --lr nor
-    # --seed was recorded, nor which epoch's weights were scored)
-    scored = {"scored_weights_of_epoch": exp.weights_epoch, "seed": args.seed, "lr": args.lr}
-    run.update_metrics(
-        **{key: {**result, **scored, **extra}}, **({f"{key}_previous": kept} if kept else {})
-    )
+    # the settings that change the numbers (tester EO: neither --lr nor --seed was recorded)
+    settings = {"seed": args.seed, "lr": args.lr}
+    record_analysis(run, key, {**result, **settings, **extra}, exp.weights_epoch)
     if result["local_start"] == "moments":  # a flow's or a low-rank encoder's q (tester DV)
         own = {AmortizedFlow: "flow", AmortizedLowRankNormal: "lowrank"}
         own = next((f for t, f in own.items() if isinstance(exp.guide, t)), None)
@@ -415,11 +396,9 @@ def diagnose_command(args: argparse.Namespace) -> int:
         khat_points=khat_points,
     )
     block = {k: v for k, v in result.items() if k != "files"}
-    # which weights and draws (tester EO: a block of epoch 40 sat unmarked beside the test
-    # block of epoch 45, and --seed, which changes every k̂, was not recorded)
-    block.update(scored_weights_of_epoch=exp.weights_epoch, seed=args.seed)
-    kept = with_previous(run.read_metrics(), key)  # earlier results stay
-    run.update_metrics(**{key: {**block, **extra}}, **({f"{key}_previous": kept} if kept else {}))
+    # (tester EO: a block of epoch 40 sat unmarked beside the test block of epoch 45, and
+    # --seed, which changes every k̂, was not recorded)
+    record_analysis(run, key, {**block, "seed": args.seed, **extra}, exp.weights_epoch)
     _print_khat(result, rows)
     print("wrote " + ", ".join(result["files"]))
     if what is not None:

@@ -104,6 +104,25 @@ def with_previous(metrics: dict, key: str) -> list:
     return [*kept, metrics[key]]
 
 
+def analysis_block(metrics: dict, key: str) -> dict | None:
+    """metrics.json's analysis block ``key`` as a dict (grad-variance's rows alone, as
+    versions before it recorded its weights wrote them, as ``{"rows": ...}``), or None."""
+    block = metrics.get(key)
+    return {"rows": block} if isinstance(block, list) else block
+
+
+def record_analysis(run, key: str, block: dict, epoch: int | None) -> None:
+    """An analysis command's ``block`` into metrics.json's ``key``, marked with the
+    ``epoch`` whose weights it scored (tester EO: nothing said which weights), the block
+    it replaces kept in ``<key>_previous`` (:func:`with_previous`)."""
+    metrics = run.read_metrics()
+    kept = with_previous({**metrics, key: analysis_block(metrics, key)}, key)
+    run.update_metrics(
+        **{key: {"scored_weights_of_epoch": epoch, **block}},
+        **({f"{key}_previous": kept} if kept else {}),
+    )
+
+
 def _untimed(block: Any) -> Any:
     """A metrics block without its wall time (``seconds``), to tell a repeat of it."""
     return {k: v for k, v in block.items() if k != "seconds"} if isinstance(block, dict) else block
