@@ -120,6 +120,17 @@ _SLOW_TESTS = {
             "sibling-plates-unequal",
         )
     ),
+    # SIGINT's variant stays: SIGHUP's handler is the same, and the terminal-closing test
+    # (test_a_fit_whose_terminal_closes_stops_keeping_its_checkpoint) stays
+    "tests/pyro_vae/test_cli.py::test_a_stopped_fit_says_where_it_stands_and_resumes"
+    "[SIGHUP-129-hung up]",
+    # the working-folder layout stays (the same comparison of the module an import loads);
+    # each of these starts two fresh interpreters
+    *(
+        f"tests/pyro_vae/test_provenance.py::test_the_module_an_import_loads_is_the_one_compared"
+        f"[{layout}]"
+        for layout in ("file-adds-a-folder", "file-adds-working-folder", "shadowed-stdlib")
+    ),
 }
 
 
