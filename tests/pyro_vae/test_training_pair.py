@@ -132,7 +132,7 @@ def test_a_data_argument_left_out_is_refused_before_training():
         fit(model, guide, TensorData(x), get("trace"), quiet(batch_size=4))
     with pytest.raises(ValueError, match=r"the sites \['y'\] are neither observed nor drawn"):
         elbo_per_datapoint(model, guide, x)  # not "no per-datapoint plate": y is missing
-    fit(model, guide, TensorData(x, torch.randn(8)), get("trace"), quiet(batch_size=4))
+    fit(model, guide, TensorData(x, torch.randn(8)), get("trace"), quiet(batch_size=4, epochs=2))
 
 
 def test_the_best_whole_data_epoch_is_chosen_on_common_random_numbers():

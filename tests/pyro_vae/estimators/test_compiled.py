@@ -963,11 +963,11 @@ def test_a_new_callable_never_replays_a_dead_ones_recording():
     x = torch.randn(5, 4, generator=torch.Generator().manual_seed(1))
     compiled = CompiledELBO(get("trace"))
     references = {}
-    for s in range(1, 11):  # the uncompiled losses first, so the compiled loop below
+    for s in range(1, 5):  # the uncompiled losses first, so the compiled loop below
         model = _ScaledModel(float(s))  # allocates nothing between freeing and making
         pyro.set_rng_seed(3)
         references[s] = get("trace").loss(model, _scaled_guide, x)
-    for s in range(1, 11):
+    for s in range(1, 5):
         gc.collect()
         model = _ScaledModel(float(s))  # often at the address the last one freed
         pyro.set_rng_seed(3)

@@ -109,11 +109,12 @@ def test_pyro_s_plate_rao_blackwellizing_elbos_refuse_such_a_guide(name):
 
 def test_score_scores_such_a_draw_by_the_whole_batch_and_is_unbiased():
     """Leave-one-out REINFORCE on ``reading_guide``: its mean gradient was 18.5 standard
-    errors from the exact one (3,000 draws of 3 particles); expected within 4."""
+    errors from the exact one (3,000 draws of 3 particles), and is 11.4 at these 500 draws
+    of 4 when the escaped plate is ignored; expected within 4."""
     torch.manual_seed(0)
     pyro.set_rng_seed(0)
     pyro.clear_param_store()
-    X64, draws = X.double(), 1500
+    X64, draws = X.double(), 500
     with torch.random.fork_rng(devices=[]):
         torch.set_default_dtype(torch.float64)
         try:
