@@ -34,7 +34,8 @@ class Autoencoder(PyroModule):
         x_dim: number of pixels D.
         latent_dim: size of the code z.
         hidden_dims: decoder hidden widths (the encoder uses them reversed).
-        likelihood: ``bernoulli``, ``gaussian`` or ``categorical``.
+        likelihood: one of :data:`pyro_vae.likelihoods.LIKELIHOODS` (``bernoulli``,
+            ``gaussian``, ``categorical``, ``normal``, ``continuous-bernoulli``).
         levels: pixel levels L for ``categorical``.
         noise_std: standard deviation s of the corruption z' = z + ε in training mode.
         activation: hidden nonlinearity (default: softplus for an MLP, ELU for

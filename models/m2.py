@@ -217,8 +217,9 @@ class M2(ConvertsTiedGuide, PyroModule):
         latent_dim: size of z (Kingma et al.: 50).
         hidden_dims: hidden widths of the decoder, the classifier and the z encoder
             (Kingma et al.: one layer of 500).
-        likelihood: ``bernoulli``, ``gaussian``, ``categorical`` or ``normal``
-            (:mod:`pyro_vae.likelihoods`). levels: pixel levels for ``categorical``.
+        likelihood: ``bernoulli``, ``gaussian``, ``categorical``, ``normal`` or
+            ``continuous-bernoulli`` (:mod:`pyro_vae.likelihoods`). levels: pixel levels
+            for ``categorical``.
         activation: hidden nonlinearity (default: softplus for an MLP, ELU for
             ``arch="conv"``; :func:`pyro_vae.convnets.default_activation`).
         arch: ``"mlp"``, or ``"conv"`` for convolutional networks (module docstring;

@@ -36,7 +36,8 @@ class VAE(ConvertsTiedGuide, LatentDecoderModel):
         x_dim: number of pixels D.
         latent_dim: size of z.
         hidden_dims: decoder hidden widths (the guide's encoder uses them reversed).
-        likelihood: ``bernoulli``, ``gaussian`` or ``categorical``.
+        likelihood: one of :data:`pyro_vae.likelihoods.LIKELIHOODS` (``bernoulli``,
+            ``gaussian``, ``categorical``, ``normal``, ``continuous-bernoulli``).
         levels: pixel levels L for ``categorical``.
         activation: hidden nonlinearity (default: softplus for an MLP, ELU for
             ``arch="conv"``; :func:`pyro_vae.convnets.default_activation`).

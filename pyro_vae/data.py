@@ -30,7 +30,7 @@ How pixels are represented follows the likelihood that will model them:
   *dynamic* binarization draws x ~ Bernoulli(intensity) afresh for every training batch
   (each epoch sees new binary images), with validation and test sets drawn once from a
   fixed seed. The two give log-likelihoods about 2 nats apart, so metrics record which.
-- ``gaussian``: intensities scaled to [0, 1].
+- ``gaussian``, ``continuous-bernoulli``: intensities scaled to [0, 1].
 - ``categorical``: integer levels 0..L-1 (the lecture's softmax likelihood over pixel
   values); digits' native 17 levels by default, 8 levels for 8-bit images.
 """
@@ -88,7 +88,7 @@ class Preprocessing:
     """How integer pixels become the observations ``x`` a likelihood models.
 
     Attributes:
-        likelihood: ``bernoulli``, ``gaussian`` or ``categorical``.
+        likelihood: one of :data:`pyro_vae.likelihoods.LIKELIHOODS`.
         binarize: ``static`` (threshold) or ``dynamic`` (fresh Bernoulli draw per batch);
             used by ``bernoulli`` only.
         threshold: intensity in (0, 1) above which a pixel is 1 under static binarization.

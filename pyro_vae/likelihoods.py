@@ -12,6 +12,12 @@ over a flattened image ``x`` (``[..., D]``, event dimension 1):
 - ``normal``: x_d ~ N(h_d, s_d^2), the Gaussian with an unbounded mean, for real-valued
   data such as standardized table columns (``gaussian``'s sigmoid mean cannot reach
   values outside (0, 1)); the scale as ``gaussian``'s.
+- ``continuous-bernoulli``: x_d ~ CB(sigmoid(h_d)), the continuous Bernoulli density on
+  [0, 1], p(x | λ) = C(λ) λ^x (1 − λ)^(1−x) with C(λ) = 2 artanh(1 − 2λ) / (1 − 2λ)
+  (Loaiza-Ganem & Cunningham 2019), for grey-level intensities without binarizing them:
+  the Bernoulli's log-probability on such pixels lacks log C(λ) and is no density on
+  [0, 1]. Torch's ``ContinuousBernoulli``; its mean is not λ but
+  λ / (2λ − 1) + 1 / (2 artanh(1 − 2λ)).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import torch.nn.functional as F
 
 from pyro_vae.pyro_compat import validate_sample, validates_args
 
-LIKELIHOODS = ("bernoulli", "gaussian", "categorical", "normal")
+LIKELIHOODS = ("bernoulli", "gaussian", "categorical", "normal", "continuous-bernoulli")
 
 
 class Likelihood:
@@ -145,6 +151,26 @@ class Normal(Gaussian):
         return h[..., : self.x_dim]
 
 
+class ContinuousBernoulli(Likelihood):
+    """CB(sigmoid(h_d)) per pixel, on intensities in [0, 1] (module docstring)."""
+
+    name = "continuous-bernoulli"
+
+    def distribution(self, h: torch.Tensor) -> dist.TorchDistribution:
+        return dist.ContinuousBernoulli(logits=h).to_event(1)
+
+    def mean(self, h: torch.Tensor) -> torch.Tensor:
+        return dist.ContinuousBernoulli(logits=h).mean
+
+    def check_data(self, x: torch.Tensor, arg: str = "x") -> None:
+        super().check_data(x, arg)
+        if not ((x >= 0) & (x <= 1)).all():
+            raise ValueError(
+                f"{arg}: continuous Bernoulli likelihood needs intensities in [0, 1], got "
+                f"values from {x.min().item():g} to {x.max().item():g}"
+            )
+
+
 class Categorical(Likelihood):
     name = "categorical"
 
@@ -192,6 +218,8 @@ def make_likelihood(name: str, x_dim: int, levels: int | None = None) -> Likelih
         return Gaussian(x_dim)
     if name == "normal":
         return Normal(x_dim)
+    if name == "continuous-bernoulli":
+        return ContinuousBernoulli(x_dim)
     if name == "categorical":
         if levels is None:
             raise ValueError("levels: categorical likelihood needs the number of pixel levels")

@@ -19,8 +19,8 @@ The whole table is read into memory.
 What the observations are follows the likelihood (:func:`table_observations`):
 ``normal`` standardizes each column, (x − mean) / std, with the mean and standard
 deviation (ddof 0) of the *training* split alone, so no statistic of the held-out rows
-leaks into training; ``bernoulli`` needs 0/1 columns and ``categorical`` non-negative
-integers, both used as they are.
+leaks into training; ``bernoulli`` needs 0/1 columns, ``continuous-bernoulli`` values in
+[0, 1] (proportions) and ``categorical`` non-negative integers, each used as they are.
 
 A model of standardized columns gives densities of the standardized values: in nats of
 x_std = (x − mean) / std. :func:`original_units` turns a row's log-density into one of
@@ -582,7 +582,8 @@ def table_observations(
     Raises:
         TableError: the gaussian likelihood (whose sigmoid mean cannot reach standardized
             values: use normal); a feature column constant on the training split (normal),
-            or not 0/1 (bernoulli), or not integers in 0..levels − 1 (categorical); named.
+            or not 0/1 (bernoulli), or outside [0, 1] (continuous-bernoulli), or not
+            integers in 0..levels − 1 (categorical); named.
     """
     info["columns"] = list(columns)  # the features, as `pyro-vae fit` prints them
     if likelihood == "gaussian":
@@ -598,13 +599,15 @@ def table_observations(
     every = np.concatenate(list(features.values()))
     if likelihood == "bernoulli":
         _check_support(every, columns, (every == 0) | (every == 1), "binary 0/1 values")
+    elif likelihood == "continuous-bernoulli":
+        _check_support(every, columns, (every >= 0) & (every <= 1), "values in [0, 1]")
     else:
         integer = (every == np.round(every)) & (every >= 0)
         _check_support(every, columns, integer, "non-negative integer levels")
         levels = _table_levels(every, levels)
         info["levels"] = levels
     obs = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in features.items()}
-    return obs, 1.0 if likelihood == "bernoulli" else float(levels - 1)
+    return obs, 1.0 if likelihood != "categorical" else float(levels - 1)
 
 
 # per-row log-densities of x: the generic bounds and M2's bounds with the label unobserved

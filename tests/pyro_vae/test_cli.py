@@ -326,6 +326,22 @@ def test_autoencoder_and_categorical_vae_through_the_same_command(tmp_path, caps
     assert json.loads((cat / "metrics.json").read_text())["data"]["levels"] == 17
 
 
+def test_a_continuous_bernoulli_vae_fits_the_grey_levels_and_samples(tmp_path, capsys):
+    # the intensities themselves are observed (no binarization recorded), scored as a
+    # density on [0, 1]^64; sample rebuilds the model with the run's likelihood
+    run = tmp_path / "cb"
+    flags = ["--likelihood", "continuous-bernoulli", "--epochs", "1", "--out", str(run)]
+    assert main(["fit", *flags, *FAST]) == 0
+    assert RunFolder(run).read_config()["data"]["likelihood"] == "continuous-bernoulli"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert "binarization" not in metrics["data"]
+    assert metrics["test"]["log_likelihood"] >= metrics["test"]["elbo"]
+    assert main(["sample", str(run), "--num", "4"]) == 0
+    assert (run / "sample_seed0_4.png").is_file()
+    assert main(["fit", *flags[:2], "--binarize", "dynamic", "--out", str(tmp_path / "b")]) == 2
+    assert "--binarize applies to --likelihood bernoulli" in capsys.readouterr().err
+
+
 def test_a_users_model_file_is_first_class(tmp_path):
     (tmp_path / "my_model.py").write_text(
         "from models.vae import VAE\n\n"

@@ -58,6 +58,9 @@ def test_gaussian_and_categorical_representations():
     assert cat.info["levels"] == 17 and cat.pixel_max == 16.0
     # digits' pixels are already integers 0..16: quantization keeps them exactly.
     torch.testing.assert_close(cat.train_x, gauss.train_x * 16)
+    # the continuous Bernoulli models the intensities themselves, not binarized
+    cb = load_data("digits", Preprocessing("continuous-bernoulli"))
+    torch.testing.assert_close(cb.train_x, gauss.train_x, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,8 @@ from pyro_vae.likelihoods import BernoulliImage, check_observations, make_likeli
 
 
 @pytest.mark.parametrize(
-    "name, levels", [("bernoulli", None), ("gaussian", None), ("categorical", 5)]
+    "name, levels",
+    [("bernoulli", None), ("gaussian", None), ("categorical", 5), ("continuous-bernoulli", None)],
 )
 def test_distribution_shapes_and_mean_in_range(name, levels):
     lik = make_likelihood(name, 6, levels)
@@ -44,6 +45,8 @@ def test_gaussian_scale_is_floored():
         ("gaussian", torch.zeros(2, 4), r"shape \(2, 4\).*\[N, 3\]"),
         ("categorical", torch.tensor([[0.0, 3.0, 1.0]]), "levels 0..2"),
         ("categorical", torch.tensor([[0.0, 1.5, 1.0]]), "integer levels"),
+        ("continuous-bernoulli", torch.tensor([[0.0, 1.25, 1.0]]), r"in \[0, 1\].* to 1.25"),
+        ("continuous-bernoulli", torch.tensor([[-0.5, 0.5, 1.0]]), r"from -0.5 to 1"),
     ],
 )
 def test_bad_data_is_named_and_explained(name, x, message):
@@ -112,3 +115,49 @@ def test_normal_is_the_gaussian_with_an_unbounded_mean():
     torch.testing.assert_close(lik.distribution(h).log_prob(x), expected.unsqueeze(0))
     torch.testing.assert_close(lik.mean(h), h[:, :2])
     assert lik.out_features == 4
+
+
+# λ = sigmoid(h) from near 0 to near 1, through torch's Taylor region around 1/2
+CB_LAMBDAS = (0.001, 0.2, 0.4995, 0.5, 0.5004, 0.75, 0.999)
+
+
+def _cb_log_density(x: float, lam: float) -> float:
+    """log C(λ) + x log λ + (1 − x) log(1 − λ), C(λ) = 2 artanh(1 − 2λ) / (1 − 2λ)
+    (Loaiza-Ganem & Cunningham 2019, eq. 7), C(1/2) = 2; written out in float64."""
+    import math
+
+    c = 2.0 if lam == 0.5 else 2 * math.atanh(1 - 2 * lam) / (1 - 2 * lam)
+    return math.log(c) + x * math.log(lam) + (1 - x) * math.log1p(-lam)
+
+
+def test_continuous_bernoulli_is_the_normalized_density_on_the_unit_interval():
+    """The likelihood's log-density is the paper's formula, integrates to 1 over [0, 1]
+    and has the mean it reports (scipy's quadrature); the Bernoulli's log-probability on
+    the same grey pixel is short of it by log C(λ). Tolerances: float64 throughout, but
+    torch takes a Taylor expansion of log C within 0.001 of λ = 1/2 (its error there is
+    below 1e-6)."""
+    import math
+
+    from scipy.integrate import quad
+
+    lik = make_likelihood("continuous-bernoulli", 1)
+    for lam in CB_LAMBDAS:
+        h = torch.tensor([[math.log(lam) - math.log1p(-lam)]], dtype=torch.float64)
+        d = lik.distribution(h)
+
+        def density(x, d=d):
+            return d.log_prob(torch.tensor([[x]], dtype=torch.float64)).exp().item()
+
+        for x in (0.0, 0.3, 0.9, 1.0):
+            got = d.log_prob(torch.tensor([[x]], dtype=torch.float64)).item()
+            assert got == pytest.approx(_cb_log_density(x, lam), abs=1e-6), (lam, x)
+        assert quad(density, 0, 1)[0] == pytest.approx(1.0, abs=1e-6), lam
+        mean = quad(lambda x: x * density(x), 0, 1)[0]
+        assert lik.mean(h).item() == pytest.approx(mean, abs=1e-6), lam
+    grey = torch.tensor([[0.3]], dtype=torch.float64)
+    h = torch.tensor([[1.0]], dtype=torch.float64)
+    gap = lik.distribution(h).log_prob(grey) + torch.nn.functional.binary_cross_entropy_with_logits(
+        h, grey, reduction="sum"
+    )
+    lam = 1 / (1 + math.exp(-1.0))
+    assert gap.item() == pytest.approx(math.log(2 * math.atanh(1 - 2 * lam) / (1 - 2 * lam)))

@@ -115,6 +115,14 @@ def test_bernoulli_and_categorical_need_their_support(tmp_path):
         load_data(str(tmp_path / "real.csv"), Preprocessing("bernoulli"))
     with pytest.raises(TableError, match=r"column 'a' holds .*non-negative integer"):
         load_data(str(tmp_path / "real.csv"), Preprocessing("categorical"))
+    with pytest.raises(TableError, match=r"column 'a' holds .*values in \[0, 1\]"):
+        load_data(str(tmp_path / "real.csv"), Preprocessing("continuous-bernoulli"))
+    proportions = pd.DataFrame({"p": rng.random(20), "q": rng.integers(0, 2, 20)})
+    proportions.to_csv(tmp_path / "proportions.csv", index=False)
+    cb = load_data(str(tmp_path / "proportions.csv"), Preprocessing("continuous-bernoulli"))
+    assert cb.pixel_max == 1.0
+    every = torch.cat([cb.train_x, cb.val_x, cb.test_x])
+    assert sorted(every[:, 0].tolist()) == pytest.approx(sorted(proportions["p"]), abs=1e-7)
     counts = load_data(
         str(tmp_path / "real.csv"), Preprocessing("categorical"), columns=["b"], label_column="kind"
     )
