@@ -114,10 +114,11 @@ def _keep_saved_estimates(previous: dict[str, Any], test: dict[str, Any]) -> lis
 
 
 def _redrawn(previous: dict, test: dict) -> str:
-    """'test ELBO -24.938 nats per image, where it was -24.946' where ``test`` gives other
+    """'test elbo -24.938, where it was -24.946; kl moved too' where ``test`` gives other
     numbers than the saved block ``previous`` at the same settings (other draws: fit scores
     with the random streams training left, evaluate with its own; tester P: evaluate
-    replaced the numbers fit had printed, silently); else ''."""
+    replaced the numbers fit had printed, silently): the ELBO (else the first that moved)
+    with its old value, and the names of the others that moved; else ''."""
     numbers = [
         key
         for key in sorted(set(previous) & set(test))
@@ -126,7 +127,9 @@ def _redrawn(previous: dict, test: dict) -> str:
     if not numbers:
         return ""
     key = "elbo" if "elbo" in numbers else numbers[0]
-    return f"test {key} {test[key]:.6g}, where it was {previous[key]:.6g}"
+    others = [name for name in numbers if name != key]
+    also = f"; {', '.join(others)} moved too" if others else ""
+    return f"test {key} {test[key]:.6g}, where it was {previous[key]:.6g}{also}"
 
 
 def _replaced_estimate(previous: dict, test: dict) -> str:

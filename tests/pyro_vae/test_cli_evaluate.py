@@ -13,14 +13,18 @@ def test_a_log_likelihood_of_other_draws_or_rows_is_named_with_the_one_it_replac
 
 
 def test_other_draws_at_the_same_settings_are_named_by_the_elbo_first():
-    saved = {"elbo": -24.946, "kl": 3.0, "seconds": 1.5, "active_units": 4}
-    again = {"elbo": -24.938, "kl": 3.1, "seconds": 2.5, "active_units": 4}
-    assert _redrawn(saved, again) == "test elbo -24.938, where it was -24.946"
+    # the others that moved are named too (the note named the first alone)
+    saved = {"elbo": -24.946, "kl": 3.0, "mse": 0.5, "seconds": 1.5, "active_units": 4}
+    again = {"elbo": -24.938, "kl": 3.1, "mse": 0.5, "seconds": 2.5, "active_units": 4}
+    assert _redrawn(saved, again) == "test elbo -24.938, where it was -24.946; kl moved too"
+    assert _redrawn(saved, {**again, "mse": 0.25}) == (
+        "test elbo -24.938, where it was -24.946; kl, mse moved too"
+    )
     # only the wall time differs: the same numbers
     assert _redrawn(saved, {**saved, "seconds": 9.0}) == ""
     # no ELBO among the numbers that differ: the first such key, sorted
     assert _redrawn({"kl": 3.0, "mse": 0.5}, {"kl": 2.0, "mse": 0.25}) == (
-        "test kl 2, where it was 3"
+        "test kl 2, where it was 3; mse moved too"
     )
 
 
