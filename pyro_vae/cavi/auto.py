@@ -50,7 +50,7 @@ from pyro_vae.cavi.chains import find_chains
 from pyro_vae.cavi.conjugate_forms import probe_factors, probe_runner
 from pyro_vae.cavi.convergence import warn_sweeps_unconverged
 from pyro_vae.cavi.coordinate_updates import CoordinateUpdates
-from pyro_vae.cavi.cpu_default import on_the_cpu
+from pyro_vae.cavi.cpu_default import in_float64, on_the_cpu
 from pyro_vae.cavi.data_indexing import ReadAcrossPlate
 from pyro_vae.cavi.event_flattening import (
     flat_init,
@@ -283,9 +283,11 @@ class AutoCAVI(CoordinateUpdates, BaseEstimator):
         self.overrelax = overrelax
 
     @on_the_cpu
+    @in_float64
     def fit(self, *args, **kwargs) -> AutoCAVI:
         """Probe ``model(*args, **kwargs)`` (floating tensors cast to float64, NumPy arrays
-        made tensors) and run CAVI. No autograd graph is built (a model's ``PyroParam``
+        made tensors, float64 torch's default dtype while it runs, so the model's own
+        constants are float64) and run CAVI. No autograd graph is built (a model's ``PyroParam``
         constants are read as values). A fit that raises (a refusal, an interrupt) leaves
         the estimator as the last fit left it: its q, bound and guide still agree (tester
         AP: a refused refit kept the earlier q beside the refused model's plates, and its

@@ -102,11 +102,11 @@ def _unmasked(fn):
 
 
 _FLOAT64_ADVICE = (
-    "AutoCAVI needs float64 throughout (call model.double() on a PyroModule, or build its "
-    "constants in float64: y.new_tensor(...) from float data, torch.tensor(..., "
-    "dtype=torch.float64) beside integer data such as counts; model.double() converts a "
-    "module's parameters, not the tensors a PyroSample prior was built from: build those "
-    "from float64 tensors, or after torch.set_default_dtype(torch.float64))"
+    "AutoCAVI needs float64 throughout; the constants a model makes as it runs are float64 "
+    "during the fit, so this one was made before it (call model.double() on a PyroModule, "
+    "or build the tensors it closes over in float64; model.double() converts a module's "
+    "parameters, not the tensors a PyroSample prior was built from: build those from "
+    "float64 tensors, or after torch.set_default_dtype(torch.float64))"
 )
 
 

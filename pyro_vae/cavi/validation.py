@@ -43,6 +43,11 @@ def check_observations(trace) -> None:
         if not (is_factor(site) and site["is_observed"]):
             continue
         fn, value = site["fn"], site["value"]
+        if not torch.is_tensor(value):  # a list failed in support.check (tester EV)
+            raise ValueError(
+                f"observed site {name!r}: its value is a {type(value).__name__}; expected a "
+                "tensor (torch.tensor(...), or a NumPy array passed to fit as an argument)"
+            )
         counted = _counted_values(site)
         if torch.is_tensor(value) and value.is_floating_point():
             for what, found in (("NaN", value.isnan()), ("infinite", value.isinf())):

@@ -834,12 +834,40 @@ def test_hierarchical_bound_is_above_a_long_mean_field_svi_run():
 
 
 def test_float32_models_are_refused_naming_the_site():
+    three, two = torch.tensor([3.0, 2.0], dtype=torch.float32)  # made before the fit
+
     def float32(y):
-        rate = pyro.sample("rate", dist.Gamma(torch.tensor(3.0), torch.tensor(2.0)))
+        rate = pyro.sample("rate", dist.Gamma(three, two))
         pyro.sample("y", dist.Poisson(rate), obs=y)
 
     with pytest.raises(ValueError, match=r"site 'rate' scores in torch.float32.*double\(\)"):
         AutoCAVI(float32).fit(t(1.0))
+    assert torch.get_default_dtype() == torch.float32  # put back after the refusal
+
+
+def test_a_model_written_with_python_floats_fits_under_the_float32_default():
+    """Tester EV: ``dist.Gamma(2., 1.)`` under torch's float32 default was refused as
+    scoring in float32, the first model most Pyro users write; the constants a model makes
+    as it runs are float64 during the fit. Gamma(2, 1)-Poisson on counts 1, 3, 2, 4, 0:
+    q(λ) = Gamma(2 + 10, 1 + 5), exact, so the bound is the negative binomial log evidence
+    (scipy), to float64 rounding."""
+    from scipy.special import gammaln
+
+    def gamma_poisson(k):
+        rate = pyro.sample("rate", dist.Gamma(2.0, 1.0))
+        with pyro.plate("data", len(k)):
+            pyro.sample("k", dist.Poisson(rate), obs=k)
+
+    k = torch.tensor([1, 3, 2, 4, 0])
+    assert torch.get_default_dtype() == torch.float32
+    fit = AutoCAVI(gamma_poisson).fit(k)
+    assert torch.get_default_dtype() == torch.float32
+    q = fit.variational_distributions()["rate"]
+    assert (q.concentration.item(), q.rate.item()) == pytest.approx((12.0, 6.0), rel=1e-12)
+    counts = k.numpy().astype(np.float64)
+    evidence = 2 * np.log(1.0) - gammaln(2.0) + gammaln(12.0) - 12 * np.log(6.0)
+    evidence -= gammaln(counts + 1).sum()  # a₀ log b₀ − log Γ(a₀) + log Γ(a_N) − a_N log b_N
+    assert fit.lower_bound_ == pytest.approx(float(evidence), rel=1e-12)
 
 
 def test_a_float32_pyro_sample_prior_in_a_doubled_module_is_told_what_double_misses():
@@ -867,9 +895,11 @@ def test_float32_parameters_the_data_promote_are_refused_naming_the_parameter():
     # 2.0 * s with an integer s is float32, and Normal makes its 0.7 float32 too; float64
     # data promote the log-density, so it scored in float64 from float32 parameters, and a
     # chain's bound came out 1.3e-7 nats off its enumerated log p(y)
+    two = torch.tensor(2.0, dtype=torch.float32)  # made before the fit
+
     def model(y):
         s = pyro.sample("s", dist.Categorical(t([0.5, 0.5])))
-        pyro.sample("y", dist.Normal(2.0 * s, 0.7), obs=y)
+        pyro.sample("y", dist.Normal(two * s, 0.7), obs=y)
 
     with pytest.raises(ValueError, match=r"site 'y' has its parameter 'loc' in torch.float32"):
         AutoCAVI(model).fit(t(0.3))

@@ -88,6 +88,17 @@ def test_an_infinite_observation_is_refused_as_data_not_blamed_on_the_model():
         AutoCAVI(normal_mean).fit(t([0.3, float("nan"), 0.8, 2.0]))
 
 
+def test_an_observation_given_as_a_list_is_refused_naming_the_site():
+    # tester EV: "unsupported operand type(s) for %: 'list' and 'int'" from the support check
+    def gamma_poisson(k):
+        rate = pyro.sample("rate", dist.Gamma(2.0, 1.0))
+        with pyro.plate("data", len(k)):
+            pyro.sample("k", dist.Poisson(rate), obs=k)
+
+    with pytest.raises(ValueError, match=r"observed site 'k': its value is a list; expected a"):
+        AutoCAVI(gamma_poisson).fit([1.0, 2.0, 3.0])
+
+
 def test_a_factor_scored_along_a_dim_left_of_its_plates_is_refused_by_name():
     """A mixture's components read as Vindex(mu)[..., z, :] with z of shape [N, 1] inside
     a feature plate: the loc is [N, 1, D], and broadcast against the [N, D] data each datum
