@@ -157,7 +157,7 @@ def main() -> None:
     digits = load_data("digits", Preprocessing("bernoulli"))
     model, guide, sbn_digits = train_sbn(digits, args.sbn_epochs)
     rows = variance_table(model, guide, digits, args.draws)
-    plot_gradient_variance(rows, args.out.with_suffix(".png"))
+    plot_gradient_variance(rows, args.out.with_suffix(".png"), num_draws=args.draws)
     vae = vae_comparison(digits, args.vae_epochs)
     fashion = None
     if FASHION_MNIST_DIR.is_dir():

@@ -239,7 +239,7 @@ def grad_variance_command(args: argparse.Namespace) -> int:
             )
     if not rows:
         raise ValueError("estimators: none of them could run on this model and guide")
-    path = plot_gradient_variance(rows, out)
+    path = plot_gradient_variance(rows, out, num_draws=args.num_draws)
     settings = {"seed": args.seed, "batch_size": x.shape[0], "num_draws": args.num_draws}
     record_analysis(run, key, {"rows": rows, **settings, **extra}, exp.weights_epoch)
     print(f"wrote {path}")

@@ -326,9 +326,12 @@ def _class_indices(
 
 
 def plot_gradient_variance(
-    rows: Sequence[dict[str, Any]], path: Path, group: str = "guide"
+    rows: Sequence[dict[str, Any]], path: Path, group: str = "guide", num_draws: int | None = None
 ) -> Path:
-    """Bar charts of one parameter group's gradient variance and SNR per estimator."""
+    """Bar charts of one parameter group's gradient variance (log scale) and SNR (linear:
+    an SNR below the draws' resolution reads as 0) per estimator; ``num_draws`` n, where
+    given, marks 1/√n, about the smallest SNR n draws resolve
+    (:mod:`pyro_vae.diagnostics.gradient_variance`)."""
     rows = [r for r in rows if r["group"] == group]
     labels = [r["estimator"] for r in rows]
     fig = Figure(figsize=(10, 0.45 * len(rows) + 1.6))
@@ -337,8 +340,10 @@ def plot_gradient_variance(
     left.set_xscale("log")
     left.set_xlabel(f"variance of the {group} gradient (trace of covariance)")
     right.barh(labels, [r["snr"] for r in rows], color="tab:blue")
-    right.set_xscale("log")
     right.set_xlabel("signal-to-noise ratio ‖E g‖ / √variance")
+    if num_draws:
+        right.axvline(num_draws**-0.5, color="grey", linestyle="--", linewidth=1)
+        right.set_xlabel(f"signal-to-noise ratio ‖E g‖ / √variance (dashed: 1/√{num_draws})")
     right.set_yticks(range(len(labels)), [""] * len(labels))
     for ax in (left, right):
         ax.invert_yaxis()
