@@ -340,6 +340,7 @@ class CompiledELBO(SurrogateELBO):
     def _record_and_keep(self, key, model, guide, leaves, spec) -> None:
         """Record the step (twice where the first recording created parameters) and keep
         it under ``key``, beside the recordings of the key's other module modes."""
+        self._settle(model, guide, leaves, spec)
         store = pyro.get_param_store()
         before = set(store.keys())
         recording = self._record(model, guide, leaves, spec)
@@ -352,6 +353,21 @@ class CompiledELBO(SurrogateELBO):
         # the recordings of callables that have died since (a wrapper made per step) go
         self._recordings = {k: v for k, v in self._recordings.items() if _alive(k)}
         self._recordings[key] = [*kept, recording]
+
+    def _settle(self, model, guide, leaves, spec) -> None:
+        """The wrapped estimator's one-time work for this model, guide and argument shapes
+        (this package's estimators check their vectorized particles, and ``score`` the plates
+        a guide's draws escape, once each, on forked random streams), done before recording:
+        recorded, its draws became the step's own and every replay drew them again, so a
+        compiled ``iwae``, ``vimco`` or ``score`` wrapped fresh drew other numbers than the
+        uncompiled one from its second step on (tester ET; ``fit`` was spared by its dry
+        loss before recording). One loss, on forked streams, without gradients, every
+        buffer put back."""
+        if not isinstance(self.elbo, SurrogateELBO):
+            return
+        args, kwargs = pytree.tree_unflatten(leaves, spec)
+        with forked_streams(), torch.no_grad(), buffers_kept(), poutine.block():
+            self.elbo.loss(model, guide, *args, **kwargs)
 
     def _record(self, model, guide, leaves, spec) -> _Recording:
         positions = [i for i, x in enumerate(leaves) if torch.is_tensor(x)]
