@@ -221,7 +221,7 @@ class ScoreFunctionELBO(SurrogateELBO):
             data_plate=data_plate,
         )
         if not (isinstance(decay, int | float) and 0.0 <= decay < 1.0):
-            raise ValueError(f"decay: {decay} is not in [0, 1)")
+            raise ValueError(f"decay: {decay!r} is not a number in [0, 1)")
         self.control_variate = control_variate
         self.decay = decay
         check_widths("baseline_hidden", baseline_hidden)

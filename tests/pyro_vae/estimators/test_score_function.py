@@ -90,7 +90,8 @@ def test_svi_trains_the_baseline_network_with_the_model(binary_batch):
         ({"control_variate": "vimco2"}, "control_variate: 'vimco2' is not one of"),
         ({"control_variate": "leave-one-out", "num_particles": 1}, "num_particles: 1 is too few"),
         ({"num_particles": 0}, "num_particles: 0"),
-        ({"decay": 1.0}, "decay: 1.0"),
+        ({"decay": 1.0}, r"decay: 1.0 is not a number in \[0, 1\)"),
+        ({"decay": "0.5"}, r"decay: '0.5' is not a number"),  # a string (tester ET)
         (
             {"control_variate": "neural", "normalize_variance": "False"},
             "normalize_variance: 'False' is not a boolean; expected true or false",
