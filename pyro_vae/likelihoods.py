@@ -22,6 +22,8 @@ over a flattened image ``x`` (``[..., D]``, event dimension 1):
 
 from __future__ import annotations
 
+import math
+
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
@@ -157,10 +159,10 @@ class ContinuousBernoulli(Likelihood):
     name = "continuous-bernoulli"
 
     def distribution(self, h: torch.Tensor) -> dist.TorchDistribution:
-        return dist.ContinuousBernoulli(logits=h).to_event(1)
+        return LogitContinuousBernoulli(logits=h).to_event(1)
 
     def mean(self, h: torch.Tensor) -> torch.Tensor:
-        return dist.ContinuousBernoulli(logits=h).mean
+        return LogitContinuousBernoulli(logits=h).mean
 
     def check_data(self, x: torch.Tensor, arg: str = "x") -> None:
         super().check_data(x, arg)
@@ -169,6 +171,49 @@ class ContinuousBernoulli(Likelihood):
                 f"{arg}: continuous Bernoulli likelihood needs intensities in [0, 1], got "
                 f"values from {x.min().item():g} to {x.max().item():g}"
             )
+
+
+class LogitContinuousBernoulli(dist.ContinuousBernoulli):
+    """Torch's ``ContinuousBernoulli`` with its log-density, mean and inverse CDF computed
+    from the logit h, not from λ = sigmoid(h): torch clamps λ to [ε, 1 − ε] before its
+    normalizer, so past |h| ≈ 16 in float32 (36 in float64) log C(λ) stopped growing while
+    the Bernoulli part went on, the density no longer integrated to 1 (0.53 at h = ±30),
+    the mean stuck at 0.0627 and 0.9373, and a digits VAE, 19% of whose logits were past
+    16, scored 2.6 nats per image too low (tester EW). With 2λ − 1 = tanh(h/2):
+    C = h / tanh(h/2), E[x] = 1/2 + 1/(2 tanh(h/2)) − 1/h, and F⁻¹(u) = log1p(u (exp(h) − 1))/h,
+    each with its Taylor series near h = 0."""
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        h, value = torch.broadcast_tensors(self.logits, value.to(self.logits.dtype))
+        return value * h - F.softplus(h) + _log_normalizer(h)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        h = self.logits
+        small = h.abs() < 0.1
+        safe = torch.where(small, torch.ones_like(h), h)
+        far = 0.5 + 0.5 / torch.tanh(safe / 2) - 1 / safe
+        return torch.where(small, 0.5 + h / 12 - h**3 / 720, far)
+
+    def icdf(self, value: torch.Tensor) -> torch.Tensor:
+        h = self.logits
+        small = h.abs() < 1e-3
+        safe = torch.where(small, torch.ones_like(h), h)
+        # log1p(u expm1(h)) for h < 0; h + log(u + (1 − u) e⁻ʰ) for h > 0 (no overflow)
+        below = torch.log1p(value * torch.expm1(torch.clamp(safe, max=0.0)))
+        above = safe + torch.log(value + (1 - value) * torch.exp(-torch.clamp(safe, min=0.0)))
+        far = torch.where(safe < 0, below, above) / safe
+        return torch.where(small, value + h * value * (1 - value) / 2, far)
+
+
+def _log_normalizer(h: torch.Tensor) -> torch.Tensor:
+    """log C = log(h / tanh(h/2)), log 2 + h²/12 − 7h⁴/1440 near 0 (its series)."""
+    small = h.abs() < 1e-3
+    safe = torch.where(small, torch.ones_like(h), h)
+    far = torch.log(safe.abs()) - torch.log(torch.tanh(safe.abs() / 2))
+    return torch.where(small, math.log(2.0) + h**2 / 12 - 7 * h**4 / 1440, far)
 
 
 class Categorical(Likelihood):
