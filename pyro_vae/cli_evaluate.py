@@ -65,6 +65,8 @@ def evaluate_command(args: argparse.Namespace) -> int:
             f"note: log p(x) is now {replaced}, in {block}; the block it replaced is kept in "
             f"{key}_previous"
         )
+    if replaced and redrawn:  # the figures drawn after log p(x) from the same stream
+        print(f"note: {redrawn}: other Monte Carlo draws than the saved {key} block's")
     elif redrawn:
         print(
             f"note: {redrawn}: other Monte Carlo draws than the saved {key} block's; "
@@ -86,7 +88,9 @@ def _write_test_block(run, key: str, test: dict, extra: dict, no_estimate: bool)
     kept, replaced, redrawn = [], "", ""
     if same:  # else results on other changed inputs: kept whole, compared with nothing
         kept = _keep_saved_estimates(previous, test) if no_estimate else []
-        replaced, redrawn = _replaced_estimate(previous, test), _redrawn(previous, test)
+        replaced = _replaced_estimate(previous, test)
+        # with log p(x) at other settings, the others that moved are named too (tester EW)
+        redrawn = _redrawn(previous, test, skip=_ESTIMATE_KEYS if replaced else ())
     blocks = {key: {**test, **extra}}
     if replaced or redrawn or (previous and not same):  # the blocks replaced stay beside it
         blocks[f"{key}_previous"] = with_previous(metrics, key)
@@ -113,16 +117,23 @@ def _keep_saved_estimates(previous: dict[str, Any], test: dict[str, Any]) -> lis
     return names + [k.replace("_", " ") for k in labelled if not k.endswith(("_K", "_points"))]
 
 
-def _redrawn(previous: dict, test: dict) -> str:
+_ESTIMATE_KEYS = ("log_likelihood", "log_likelihood_samples", "log_likelihood_points")
+
+
+def _redrawn(previous: dict, test: dict, skip=()) -> str:
     """'test elbo -24.938, where it was -24.946; kl moved too' where ``test`` gives other
     numbers than the saved block ``previous`` at the same settings (other draws: fit scores
     with the random streams training left, evaluate with its own; tester P: evaluate
     replaced the numbers fit had printed, silently): the ELBO (else the first that moved)
-    with its old value, and the names of the others that moved; else ''."""
+    with its old value, and the names of the others that moved; else ''. ``skip``: keys
+    left out (log p(x)'s, where :func:`_replaced_estimate` names it)."""
     numbers = [
         key
         for key in sorted(set(previous) & set(test))
-        if isinstance(test[key], float) and previous[key] != test[key] and key != "seconds"
+        if isinstance(test[key], float)
+        and previous[key] != test[key]
+        and key != "seconds"
+        and key not in skip
     ]
     if not numbers:
         return ""

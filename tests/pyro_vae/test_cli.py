@@ -63,6 +63,9 @@ def test_evaluate_and_sample_work_from_the_folder_alone(trained, capsys, tmp_pat
     previous = metrics["test_previous"][-1]
     assert (previous["log_likelihood_samples"], previous["log_likelihood_points"]) != (50, 30)
     assert "note: log p(x) is now K=50 over 30 rows, where it was K=" in out
+    # the figures drawn from the same stream moved too, and are named (tester EW)
+    redrawn = [line for line in out.splitlines() if line.startswith("note: test ")]
+    assert redrawn and "kl" in redrawn[0] and "other Monte Carlo draws" in redrawn[0]
     assert main(["evaluate", str(trained), "--ll-samples", "50", "--ll-points", "30"]) == 0
     assert "note: log p(x) is now" not in capsys.readouterr().out  # the same K and rows
     # another K: the block of K=50 joins the one before it (tester H: the fit's own was lost)

@@ -28,6 +28,16 @@ def test_other_draws_at_the_same_settings_are_named_by_the_elbo_first():
     )
 
 
+def test_the_figures_that_moved_beside_a_replaced_log_likelihood_are_named_too():
+    # tester EW: with another K the note named log p(x) alone; the KL had moved 23%
+    saved = {"elbo": -90.0, "kl": 0.0802, "log_likelihood": -85.0,
+             "log_likelihood_samples": 10, "log_likelihood_points": 180}  # fmt: skip
+    more = {**saved, "kl": 0.0986, "log_likelihood": -84.9, "log_likelihood_samples": 20}
+    assert _redrawn(saved, more, skip=("log_likelihood", "log_likelihood_samples")) == (
+        "test kl 0.0986, where it was 0.0802"
+    )
+
+
 def test_nan_results_on_changed_data_are_explained(tmp_path, monkeypatch, capsys):
     """Tester CR: a table shifted 500 of its sds scored a test ELBO of nan, unexplained.
     The networks' overflow is stood in for by an evaluation whose ELBO is NaN."""
