@@ -184,8 +184,8 @@ class LogitContinuousBernoulli(dist.ContinuousBernoulli):
     each with its Taylor series near h = 0."""
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        if self._validate_args:
-            self._validate_sample(value)
+        if validates_args(self):
+            validate_sample(self, value)
         h, value = torch.broadcast_tensors(self.logits, value.to(self.logits.dtype))
         return value * h - F.softplus(h) + _log_normalizer(h)
 
