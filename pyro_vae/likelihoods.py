@@ -16,7 +16,8 @@ over a flattened image ``x`` (``[..., D]``, event dimension 1):
   [0, 1], p(x | λ) = C(λ) λ^x (1 − λ)^(1−x) with C(λ) = 2 artanh(1 − 2λ) / (1 − 2λ)
   (Loaiza-Ganem & Cunningham 2019), for grey-level intensities without binarizing them:
   the Bernoulli's log-probability on such pixels lacks log C(λ) and is no density on
-  [0, 1]. Torch's ``ContinuousBernoulli``; its mean is not λ but
+  [0, 1]. Torch's ``ContinuousBernoulli``, its density, mean and draws computed from the
+  logit (:class:`LogitContinuousBernoulli`); its mean is not λ but
   λ / (2λ − 1) + 1 / (2 artanh(1 − 2λ)).
 """
 
@@ -192,15 +193,13 @@ class LogitContinuousBernoulli(dist.ContinuousBernoulli):
     @property
     def mean(self) -> torch.Tensor:
         h = self.logits
-        small = h.abs() < 0.1
-        safe = torch.where(small, torch.ones_like(h), h)
+        small, safe = _near_zero(h, 0.1)
         far = 0.5 + 0.5 / torch.tanh(safe / 2) - 1 / safe
         return torch.where(small, 0.5 + h / 12 - h**3 / 720, far)
 
     def icdf(self, value: torch.Tensor) -> torch.Tensor:
         h = self.logits
-        small = h.abs() < 1e-3
-        safe = torch.where(small, torch.ones_like(h), h)
+        small, safe = _near_zero(h, 1e-3)
         # log1p(u expm1(h)) for h < 0; h + log(u + (1 − u) e⁻ʰ) for h > 0 (no overflow)
         below = torch.log1p(value * torch.expm1(torch.clamp(safe, max=0.0)))
         above = safe + torch.log(value + (1 - value) * torch.exp(-torch.clamp(safe, min=0.0)))
@@ -208,10 +207,16 @@ class LogitContinuousBernoulli(dist.ContinuousBernoulli):
         return torch.where(small, value + h * value * (1 - value) / 2, far)
 
 
+def _near_zero(h: torch.Tensor, within: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(where |h| < ``within``, h with 1 there): the closed forms run on the second, whose
+    values there give way to the series, so neither they nor their gradients are 0/0."""
+    small = h.abs() < within
+    return small, torch.where(small, torch.ones_like(h), h)
+
+
 def _log_normalizer(h: torch.Tensor) -> torch.Tensor:
     """log C = log(h / tanh(h/2)), log 2 + h²/12 − 7h⁴/1440 near 0 (its series)."""
-    small = h.abs() < 1e-3
-    safe = torch.where(small, torch.ones_like(h), h)
+    small, safe = _near_zero(h, 1e-3)
     far = torch.log(safe.abs()) - torch.log(torch.tanh(safe.abs() / 2))
     return torch.where(small, math.log(2.0) + h**2 / 12 - 7 * h**4 / 1440, far)
 

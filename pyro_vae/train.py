@@ -573,14 +573,21 @@ def _new_result(pair: TrainingPair, history: list[dict[str, Any]]) -> FitResult:
     )
 
 
+def _layers(elbo):
+    """The estimator a step runs and each it wraps (a recording, the distributed
+    all-reduce), outermost first."""
+    while elbo is not None:
+        yield elbo
+        elbo = getattr(elbo, "elbo", None)
+
+
 def _free_bits_of(elbo) -> tuple[float | None, int | str | None]:
     """The ``free_bits`` and ``free_bits_groups`` of the estimator a step runs, under its
-    wrappers (a recording, the distributed all-reduce)."""
-    while elbo is not None:
-        free_bits = getattr(elbo, "free_bits", None)
+    wrappers (:func:`_layers`)."""
+    for layer in _layers(elbo):
+        free_bits = getattr(layer, "free_bits", None)
         if free_bits is not None:
-            return free_bits, getattr(elbo, "free_bits_groups", None)
-        elbo = getattr(elbo, "elbo", None)
+            return free_bits, getattr(layer, "free_bits_groups", None)
     return None, None
 
 
@@ -588,11 +595,10 @@ def _multi_sample_bound(elbo) -> str | None:
     """What a step's estimator (under its wrappers) estimates where that is not the ELBO:
     the IWAE bound of ``iwae`` and ``vimco`` at K > 1 (tester ET: recorded and printed as
     "the ELBO", 8.8 nats above the exact ELBO at K = 16); else None."""
-    while elbo is not None:
-        k = getattr(elbo, "num_particles", 1)
-        if getattr(elbo, "importance_weighted", False) and k > 1:
+    for layer in _layers(elbo):
+        k = getattr(layer, "num_particles", 1)
+        if getattr(layer, "importance_weighted", False) and k > 1:
             return f"the IWAE bound at K = {k} (importance weighted: at or above the ELBO)"
-        elbo = getattr(elbo, "elbo", None)
     return None
 
 
