@@ -104,7 +104,7 @@ def amortization_gap(
         check_count(arg, value, 1)
     if family not in FAMILIES:
         raise ValueError(f"family: {family!r} is not one of {', '.join(map(repr, FAMILIES))}")
-    check_learning_rate("lr", lr)  # tester CO: lr=0 returned numbers, the CLI refuses it
+    lr = check_learning_rate("lr", lr)  # tester CO: lr=0 returned numbers, the CLI refuses it
     check_rows(x, bare_pair(model, guide)[0])  # and x[0] was "loc, scale: shapes (2,)"
     local, from_moments = _local_guide(model, guide, x, family)
     owners = [m for m in pair_modules(model, guide, (x,), {}) if m is not None]

@@ -62,15 +62,31 @@ def _a_count_from(minimum: int) -> str:
     return f"an integer ≥ {minimum}"
 
 
-def check_learning_rate(name: str, value: Any) -> None:
-    """Refuse a learning rate that is not a finite number > 0.
+def as_real(value: Any) -> float | None:
+    """``value`` as a Python float if it is a real number, else ``None``.
+
+    Real numbers are Python and NumPy integers and floats and 0-d arrays or tensors of them
+    (``np.float32(0.5)``, ``torch.tensor(0.5)``: what a sweep over ``np.linspace`` or a
+    tensor hands over; tester EW's ``decay=np.float32(0.9)`` was refused as not a number).
+    ``bool`` (Python, NumPy or a bool tensor) is not a number here, nor is a string.
+    The float is what the caller stores, so config.json stays plain JSON."""
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+        value = value.item()  # a 0-d tensor or array: its Python scalar
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None  # np.bool_ is not numbers.Real; np.float32 and np.int64 are
+    return float(value)
+
+
+def check_learning_rate(name: str, value: Any) -> float:
+    """``value`` as a float if it is a finite number > 0 (:func:`as_real`).
 
     Raises:
         ValueError: naming ``name`` and the value.
     """
-    number = isinstance(value, int | float) and not isinstance(value, bool)
-    if not (number and math.isfinite(value) and value > 0):
+    number = as_real(value)
+    if number is None or not (math.isfinite(number) and number > 0):
         raise ValueError(f"{name}: {value!r} is not a positive learning rate")
+    return number
 
 
 def check_levels(name: str, value: Any) -> None:

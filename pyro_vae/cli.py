@@ -85,7 +85,7 @@ from pyro_vae.prior_model import image_record
 from pyro_vae.run_config import RunConfig
 from pyro_vae.spec import load_object
 from pyro_vae.tables import column_list, is_table_path, refuse_binarization
-from pyro_vae.train import TrainingDiverged, fit, trains_the_elbo
+from pyro_vae.train import TrainingDiverged, fit, training_estimate_name
 
 
 def _fit(args: argparse.Namespace, given: set[str]) -> int:
@@ -438,8 +438,8 @@ def _report(run: RunFolder, exp: Experiment, result, test: dict) -> None:
         **result.info(),
     )
     print_test(test, rows_not_images(exp.data))
-    plain = trains_the_elbo(result.objective)
-    figures, skipped = write_figures(exp, run, result.history, test, train_is_elbo=plain)
+    estimate = training_estimate_name(result.objective)
+    figures, skipped = write_figures(exp, run, result.history, test, train_estimate=estimate)
     print("figures: " + ", ".join(str(p) for p in figures))
     for why, names in _grouped(skipped).items():  # one line a reason (a table's four)
         print(f"skipped {', '.join(names)}: {why}")

@@ -45,7 +45,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from pyro_vae.checks import check_count
+from pyro_vae.checks import as_real, check_count
 from pyro_vae.data_source import (
     HELD_OUT,
     TRAINING_SET,
@@ -112,11 +112,12 @@ class Preprocessing:
             )
         # a number first: a string edited into config.json failed the comparison in a
         # traceback (tester BY)
-        number = isinstance(self.threshold, int | float) and not isinstance(self.threshold, bool)
-        if not (number and 0.0 < self.threshold < 1.0):
+        number = as_real(self.threshold)
+        if number is None or not 0.0 < number < 1.0:
             raise ValueError(
                 f"threshold: {self.threshold!r} is not a number in the open interval (0, 1)"
             )
+        object.__setattr__(self, "threshold", number)  # frozen: its plain float
         whole = isinstance(self.levels, int) and not isinstance(self.levels, bool)
         if self.levels is not None and not (whole and self.levels >= 2):
             raise ValueError(

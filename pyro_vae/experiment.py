@@ -944,12 +944,12 @@ def write_figures(
     history: list[dict[str, Any]],
     test: dict[str, Any],
     num_samples: int = 64,
-    train_is_elbo: bool = True,
+    train_estimate: str = "ELBO",
 ) -> tuple[list[Path], dict[str, str]]:
     """reconstructions.png, samples.png (generative models), elbo.png, latent.png, and
     traversal.png and interpolation.png (generative models with ``decode(z)``); for a
     model that uses labels, elbo.png and conditional_samples.png (one row per class).
-    ``train_is_elbo``: whether the training estimate is the ELBO (else "train objective").
+    ``train_estimate``: "ELBO", "IWAE bound" or "objective" (:mod:`pyro_vae.train`).
 
     Returns the paths written and, for each figure left out, why: a figure that needs
     what the model cannot give (a mean image, one latent code per image), or whose making
@@ -983,7 +983,7 @@ def write_figures(
             path,
             lines,
             ylabel,
-            "train" if train_is_elbo else "train objective",
+            "train" if train_estimate == "ELBO" else f"train {train_estimate}",
             "validation (training set)" if exp.local_guide else "validation",
         ),  # fmt: skip
         "latent.png": lambda path: plot_latent(

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch.fx.experimental.proxy_tensor import get_proxy_mode
 
+from pyro_vae.checks import as_real
 from pyro_vae.data_source import HELD_OUT, ObservationCheck, ValidationSet
 from pyro_vae.wrapped_source import WrappedSource
 
@@ -68,11 +69,12 @@ def labelled_subset(
     classes, sizes = torch.unique(y, return_counts=True)
     generator = torch.Generator().manual_seed(int(seed))
     if fraction is not None:
-        if isinstance(fraction, bool) or not isinstance(fraction, int | float):
+        number = as_real(fraction)
+        if number is None:
             raise ValueError(f"fraction: {fraction!r} is not a number in (0, 1]")
-        if not 0.0 < fraction <= 1.0:
+        if not 0.0 < number <= 1.0:
             raise ValueError(f"fraction: {fraction!r} is not in (0, 1]; expected 0 < f <= 1")
-        quotas = [max(1, round(fraction * int(s))) for s in sizes]
+        quotas = [max(1, round(number * int(s))) for s in sizes]
     else:
         quotas = _count_quotas(count, classes, sizes, n, generator)
     observed = torch.zeros(n, dtype=torch.bool)

@@ -47,6 +47,7 @@ from pyro.distributions.score_parts import ScoreParts
 from pyro.distributions.util import is_identically_zero, scale_and_mask
 from pyro.poutine import Trace
 
+from pyro_vae.checks import as_real
 from pyro_vae.latent_dims import (
     check_groups,
     closed_form_kl,
@@ -74,11 +75,12 @@ def check_beta(beta: object, name: str = "beta") -> float:
     Raises:
         ValueError: naming ``name``, the value and what was expected.
     """
-    if isinstance(beta, bool) or not isinstance(beta, int | float):
+    number = as_real(beta)
+    if number is None:
         raise ValueError(f"{name}: {beta!r} is not a number; expected a finite β > 0")
-    if not (math.isfinite(beta) and beta > 0):
+    if not (math.isfinite(number) and number > 0):
         raise ValueError(f"{name}: {beta!r} is not a finite β > 0 (1: the ELBO)")
-    return float(beta)
+    return number
 
 
 def check_free_bits(free_bits: object, name: str = "free_bits") -> float | None:
@@ -89,11 +91,12 @@ def check_free_bits(free_bits: object, name: str = "free_bits") -> float | None:
     """
     if free_bits is None:
         return None
-    if isinstance(free_bits, bool) or not isinstance(free_bits, int | float):
+    number = as_real(free_bits)
+    if number is None:
         raise ValueError(f"{name}: {free_bits!r} is not a number of nats; expected λ >= 0 or None")
-    if not (math.isfinite(free_bits) and free_bits >= 0):
+    if not (math.isfinite(number) and number >= 0):
         raise ValueError(f"{name}: {free_bits!r} is not a finite λ >= 0 (nats per latent group)")
-    return float(free_bits)
+    return number
 
 
 def check_free_bits_groups(

@@ -325,6 +325,25 @@ def _class_indices(
     ]
 
 
+def _snr_bars(ax: Any, snrs: Sequence[float], floor: float = 0.0) -> None:
+    """Horizontal SNR bars; an infinite SNR (a gradient of zero variance) is drawn hatched
+    out to the axis' end and labelled "∞", a nan (zero mean and variance) labelled "n/a":
+    both drew no bar, like an SNR of 0 (tester EW)."""
+    finite = [v for v in snrs if math.isfinite(v)]
+    end = 1.15 * max([*finite, floor]) or 1.0  # past the finite bars and the 1/√n line
+    for row, value in enumerate(snrs):
+        if math.isfinite(value):
+            ax.barh(row, value, color="tab:blue")
+        elif value == math.inf:
+            ax.barh(row, end, color="tab:blue", alpha=0.4, hatch="//")
+            ax.text(end, row, " ∞ (zero variance)", va="center", fontsize=8)
+        else:
+            ax.text(0, row, " n/a (zero mean and variance)", va="center", fontsize=8)
+    ax.set_ylim(-0.5, len(snrs) - 0.5)  # a row of text only still has its place
+    if len(finite) < len(snrs):
+        ax.set_xlim(0, 1.9 * end)  # room for the labels
+
+
 def plot_gradient_variance(
     rows: Sequence[dict[str, Any]], path: Path, group: str = "guide", num_draws: int | None = None
 ) -> Path:
@@ -339,7 +358,7 @@ def plot_gradient_variance(
     left.barh(labels, [r["variance"] for r in rows], color="tab:red")
     left.set_xscale("log")
     left.set_xlabel(f"variance of the {group} gradient (trace of covariance)")
-    right.barh(labels, [r["snr"] for r in rows], color="tab:blue")
+    _snr_bars(right, [r["snr"] for r in rows], num_draws**-0.5 if num_draws else 0.0)
     right.set_xlabel("signal-to-noise ratio ‖E g‖ / √variance")
     if num_draws:
         right.axvline(num_draws**-0.5, color="grey", linestyle="--", linewidth=1)

@@ -30,6 +30,7 @@ from pyro_vae import estimators
 from pyro_vae.checkpoint import RunFolderError
 from pyro_vae.checks import (  # noqa: F401 (re-exported: the run configuration's checks)
     MAX_LEVELS,
+    as_real,
     check_count,
     check_learning_rate,
     check_levels,
@@ -125,8 +126,10 @@ class DataConfig:
         self._check_labelled_subset()
         for name in ("val_fraction", "test_fraction"):
             value = getattr(self, name)
-            if not isinstance(value, int | float) or isinstance(value, bool):
+            number = as_real(value)
+            if number is None:
                 raise ValueError(f"{name}: {value!r} is not a fraction")
+            setattr(self, name, number)
         self.preprocessing()
 
     def _check_labelled_subset(self) -> None:
@@ -136,12 +139,11 @@ class DataConfig:
                 f"labels_fraction, labelled: {fraction!r} and {count!r} both given; expected "
                 "one of them (a share of the training labels, or their number)"
             )
-        if fraction is not None and (
-            isinstance(fraction, bool)
-            or not isinstance(fraction, int | float)
-            or not 0.0 < fraction <= 1.0
-        ):
-            raise ValueError(f"labels_fraction: {fraction!r} is not in (0, 1]")
+        if fraction is not None:
+            number = as_real(fraction)
+            if number is None or not 0.0 < number <= 1.0:
+                raise ValueError(f"labels_fraction: {fraction!r} is not in (0, 1]")
+            self.labels_fraction = number
         check_count("labelled", count, 1, " (the number of observed labels)", allow_none=True)
 
     def labelled_subset(self) -> dict[str, Any]:

@@ -351,7 +351,7 @@ def _train_epochs(
             stopping.offer(epoch + 1, record["val_elbo"], pair.weights)
         result.history.append(record)
         guard.epoch_completed()
-        _log_epoch(record, config, trains_the_elbo(result.objective), pair.validation_kind)
+        _log_epoch(record, config, training_estimate_name(result.objective), pair.validation_kind)
         if step.board is not None:
             step.board.epoch(step.count, record, due)
         if due:
@@ -598,7 +598,7 @@ def _multi_sample_bound(elbo) -> str | None:
     for layer in _layers(elbo):
         k = getattr(layer, "num_particles", 1)
         if getattr(layer, "importance_weighted", False) and k > 1:
-            return f"the IWAE bound at K = {k} (importance weighted: at or above the ELBO)"
+            return f"{_IWAE_BOUND}{k} (importance weighted: at or above the ELBO)"
     return None
 
 
@@ -789,29 +789,34 @@ def _validation_due(epoch: int, config) -> bool:
     return (epoch + 1) % config.validate_every == 0 or epoch + 1 == config.epochs
 
 
-def trains_the_elbo(objective: dict[str, Any]) -> bool:
-    """Whether a fit's ``objective`` (:func:`_objective`) says its training estimate is
-    the ELBO (else the training objective: β, warm-up, free bits, a model's terms)."""
-    return objective.get("train_elbo", _PLAIN) == _PLAIN
+def training_estimate_name(objective: dict[str, Any]) -> str:
+    """What a fit's ``objective`` (:func:`_objective`) says its training estimate is, for
+    the progress line and elbo.png: "ELBO", "IWAE bound" (``iwae`` and ``vimco`` at K > 1
+    with nothing else changed; tester EW: the line said "train objective" while
+    metrics.json named the bound) or "objective" (β, warm-up, free bits, a model's terms)."""
+    train = objective.get("train_elbo", _PLAIN)
+    if train == _PLAIN:
+        return "ELBO"
+    return "IWAE bound" if train.startswith(_IWAE_BOUND) else "objective"
 
 
 _PLAIN = "the ELBO"  # what _objective says of a training estimate that is the ELBO
+_IWAE_BOUND = "the IWAE bound at K = "  # ... of one that is an IWAE bound (then K)
 
 
-def _log_epoch(record: dict[str, Any], config, plain: bool = True, kind=None) -> None:
+def _log_epoch(record: dict[str, Any], config, estimate: str = "ELBO", kind=None) -> None:
     """With progress on, one line for about 20 epochs of a run and the last on a terminal
     (between progress bars), and for every epoch when stderr is a file (no bars there).
-    ``plain``: whether the training estimate is the ELBO (else it is called the training
-    objective, :func:`_objective`); ``kind``: the pair's ``validation_kind`` (a local
-    guide's is the training set's, and its line says so: tester CV)."""
+    ``estimate``: what the training estimate is (:func:`training_estimate_name`);
+    ``kind``: the pair's ``validation_kind`` (a local guide's is the training set's, and
+    its line says so: tester CV)."""
     epoch = record["epoch"]
     log_every = max(1, config.epochs // 20) if interactive() else 1
     if config.progress and (epoch % log_every == 0 or epoch == config.epochs):
         name = "val ELBO (training set)" if kind == TRAINING_SET else "val ELBO"
         val = f"  {name} {record['val_elbo']:.3f}" if "val_elbo" in record else ""
-        train = "train ELBO" if plain else "train objective"
         tqdm.write(
-            f"epoch {epoch:>3}/{config.epochs}  {train} "
+            f"epoch {epoch:>3}/{config.epochs}  train {estimate} "
             f"{record['train_elbo']:.3f}{val}  ({record['seconds']:.1f} s)"
         )
 

@@ -10,12 +10,11 @@ this class.
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 
 import torch
 
-from pyro_vae.checks import check_count, check_learning_rate, check_seed
+from pyro_vae.checks import as_real, check_count, check_learning_rate, check_seed
 from pyro_vae.devices import check_device_name
 from pyro_vae.objectives import check_beta
 from pyro_vae.precision import check_precision
@@ -104,7 +103,7 @@ class TrainingConfig:
         check_count("val_samples", self.val_samples, 1, allow_none=True)
         check_seed("seed", self.seed)
         check_count("patience", self.patience, 1, " (None: never stop early)", allow_none=True)
-        check_learning_rate("lr", self.lr)
+        self.lr = check_learning_rate("lr", self.lr)
         if isinstance(self.device, torch.device):
             self.device = str(self.device)
         check_device_name(self.device, "device")
@@ -114,17 +113,12 @@ class TrainingConfig:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}: {getattr(self, name)!r} is not True or False")
         self.beta = check_beta(self.beta, "beta")
-        warmup = self.kl_warmup_epochs  # tester EB: "5" failed in Python's words, True passed
-        if (
-            isinstance(warmup, bool)
-            or not isinstance(warmup, numbers.Real)
-            or not (
-                0 <= warmup < math.inf  # tester CN: inf overflowed, nan was "negative"
-            )
-        ):
+        warmup = as_real(self.kl_warmup_epochs)  # tester EB: "5" failed in Python's words
+        if warmup is None or not 0 <= warmup < math.inf:  # tester CN: inf overflowed
             raise ValueError(
                 f"kl_warmup_epochs: {self.kl_warmup_epochs!r} is not a finite number of epochs >= 0"
             )
+        self.kl_warmup_epochs = warmup
         if self.compile_backend is not None and not self.compile:
             raise ValueError(
                 f"compile_backend: {self.compile_backend!r} needs compile=True (the backend "

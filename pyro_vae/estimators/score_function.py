@@ -83,7 +83,7 @@ from pyro.infer.enum import get_importance_trace
 from pyro.poutine.messenger import Messenger
 from torch import nn
 
-from pyro_vae.checks import check_widths
+from pyro_vae.checks import as_real, check_widths
 from pyro_vae.devices import forked_streams
 from pyro_vae.estimators.base import SurrogateELBO, argument_shapes, check_flag
 from pyro_vae.estimators.capabilities import Capabilities
@@ -220,10 +220,11 @@ class ScoreFunctionELBO(SurrogateELBO):
             vectorize_particles=vectorize_particles,
             data_plate=data_plate,
         )
-        if not (isinstance(decay, int | float) and 0.0 <= decay < 1.0):
+        number = as_real(decay)
+        if number is None or not 0.0 <= number < 1.0:
             raise ValueError(f"decay: {decay!r} is not a number in [0, 1)")
         self.control_variate = control_variate
-        self.decay = decay
+        self.decay = number
         check_widths("baseline_hidden", baseline_hidden)
         check_flag("normalize_variance", normalize_variance)
         self.baseline_hidden = tuple(baseline_hidden)

@@ -28,7 +28,7 @@ import pyro.distributions as dist
 from pyro.distributions.transforms import ConditionalSplineAutoregressive
 from pyro.nn import ConditionalAutoRegressiveNN
 
-from pyro_vae.checks import check_count
+from pyro_vae.checks import as_real, check_count
 from pyro_vae.convnets import default_activation
 from pyro_vae.guides.amortized_flow import AmortizedFlow
 
@@ -75,9 +75,10 @@ class AmortizedSplineFlow(AmortizedFlow):
     ) -> None:
         activation = default_activation(arch, activation)
         check_count("count_bins", count_bins, 2, "; a spline needs at least two segments")
-        if isinstance(bound, bool) or not isinstance(bound, int | float) or not bound > 0:
+        number = as_real(bound)
+        if number is None or not number > 0:
             raise ValueError(f"bound: {bound!r} is not a positive number")
-        self.count_bins, self.bound = count_bins, float(bound)
+        self.count_bins, self.bound = count_bins, number
         super().__init__(
             x_dim,
             latent_dim,

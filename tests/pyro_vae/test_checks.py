@@ -2,8 +2,9 @@
 
 import numpy as np
 import pytest
+import torch
 
-from pyro_vae.checks import MAX_LEVELS, check_count, check_learning_rate, check_levels
+from pyro_vae.checks import MAX_LEVELS, as_real, check_count, check_learning_rate, check_levels
 
 
 def test_counts_are_refused_with_the_argument_the_value_and_the_reason():
@@ -26,6 +27,30 @@ def test_counts_are_refused_with_the_argument_the_value_and_the_reason():
 def test_a_learning_rate_must_be_a_finite_positive_number(lr):
     with pytest.raises(ValueError, match="lr: .* is not a positive learning rate"):
         check_learning_rate("lr", lr)
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (0.5, 0.5),
+        (3, 3.0),
+        (np.float32(0.25), 0.25),  # a sweep over np.linspace hands these over (tester EW)
+        (np.int64(2), 2.0),
+        (np.array(0.75), 0.75),
+        (torch.tensor(0.125), 0.125),
+        (torch.tensor(4), 4.0),
+    ],
+)
+def test_real_numbers_of_python_numpy_and_torch_become_python_floats(value, expected):
+    number = as_real(value)
+    assert type(number) is float and number == expected
+
+
+@pytest.mark.parametrize(
+    "value", [True, np.bool_(False), torch.tensor(True), "0.5", None, [0.5], torch.tensor([0.5])]
+)
+def test_booleans_strings_and_arrays_are_not_real_numbers(value):
+    assert as_real(value) is None
 
 
 def test_pixel_levels_lie_between_two_and_the_values_of_an_8_bit_image():

@@ -1,5 +1,6 @@
 """The run folder's figures: PNGs drawn on figures of their own, with no backend switch."""
 
+import math
 import os
 import subprocess
 import sys
@@ -7,9 +8,11 @@ import sys
 import numpy as np
 import pytest
 import torch
+from matplotlib.figure import Figure
 from PIL import Image
 
 from pyro_vae.plots import (
+    _snr_bars,
     check_grid_size,
     latent_figure,
     mosaic,
@@ -49,6 +52,19 @@ def test_each_figure_is_written_as_a_png(tmp_path):
     plot_gradient_variance(rows, tmp_path / "g.png", num_draws=200)
     for name in ("s", "e", "e1", "l1", "l2", "l3", "g"):
         assert min(_size(tmp_path / f"{name}.png")) > 100, name
+
+
+def test_an_infinite_snr_draws_a_labelled_bar_and_a_nan_a_label():
+    # tester EW: a gradient of zero variance (SNR inf) drew no bar, like an unresolved 0
+    ax = Figure().subplots()
+    _snr_bars(ax, [2.0, math.inf, math.nan, 0.0], floor=200**-0.5)
+    widths = [patch.get_width() for patch in ax.patches]
+    assert widths == [2.0, pytest.approx(1.15 * 2.0), 0.0]  # the finite bars, and ∞'s
+    texts = [t.get_text() for t in ax.texts]
+    assert texts == [" ∞ (zero variance)", " n/a (zero mean and variance)"]
+    ax = Figure().subplots()
+    _snr_bars(ax, [0.01, math.inf], floor=200**-0.5)  # past the 1/√n line, not the 0.01
+    assert ax.patches[1].get_width() == pytest.approx(1.15 * 200**-0.5)
 
 
 # Colours no grey level can be: each figure of colour images must show them as they are.

@@ -6,6 +6,7 @@ import warnings
 from dataclasses import asdict, fields
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pyro_vae.checkpoint import RunFolder, RunFolderError
@@ -354,3 +355,13 @@ def test_a_bad_value_edited_into_config_json_is_said_to_be_config_json_s():
     with pytest.raises(ValueError, match=r"^config\.json: in its 'data' section, threshold: 'x' "
                        r"is not a number in the open interval \(0, 1\)"):  # fmt: skip
         RunConfig.from_json(written)
+
+
+def test_numpy_fractions_and_threshold_are_stored_as_python_floats():
+    # tester EW's kind: a NumPy scalar was refused as "not a fraction"
+    data = DataConfig(
+        val_fraction=np.float32(0.25), threshold=np.float64(0.5), labels_fraction=np.float32(0.5)
+    )
+    stored = (data.val_fraction, data.preprocessing().threshold, data.labels_fraction)
+    assert stored == (0.25, 0.5, 0.5) and all(type(v) is float for v in stored)
+    json.dumps(asdict(data))

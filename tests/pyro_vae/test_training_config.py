@@ -1,6 +1,11 @@
 """The fit loop's settings: the command line's defaults, and bad values refused by name."""
 
+import dataclasses
+import json
+
+import numpy as np
 import pytest
+import torch
 
 from pyro_vae import TrainConfig
 from pyro_vae.training_config import TrainingConfig
@@ -60,3 +65,13 @@ def test_a_torch_device_is_taken_by_its_name():
     import torch
 
     assert TrainingConfig(device=torch.device("cpu")).device == "cpu"
+
+
+def test_numpy_and_tensor_numbers_are_stored_as_python_floats_for_config_json():
+    # tester EW: np.float32 and 0-d tensors were refused, or would not have been JSON
+    training = TrainingConfig(
+        lr=np.float32(0.5), beta=torch.tensor(2.0), kl_warmup_epochs=np.int64(3)
+    )
+    stored = (training.lr, training.beta, training.kl_warmup_epochs)
+    assert stored == (0.5, 2.0, 3.0) and all(type(v) is float for v in stored)
+    assert json.loads(json.dumps(dataclasses.asdict(training)))["beta"] == 2.0

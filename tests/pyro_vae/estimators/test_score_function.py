@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -105,6 +106,13 @@ def test_bad_options_are_explained(kwargs, message):
         ScoreFunctionELBO(**kwargs)
     with pytest.raises(ValueError, match=message):
         estimators.get("score", **kwargs)
+
+
+@pytest.mark.parametrize("decay", [np.float32(0.5), np.float64(0.5), torch.tensor(0.5)])
+def test_decay_takes_numpy_and_0d_tensor_numbers_as_python_floats(decay):
+    # tester EW: a NumPy float32 or 0-d tensor was refused as "not a number in [0, 1)"
+    estimator = estimators.get("score", decay=decay)
+    assert type(estimator.decay) is float and estimator.decay == 0.5
 
 
 def test_registry():
