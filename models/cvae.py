@@ -84,7 +84,11 @@ class Condition(nn.Module):
         self.width = num_classes if num_classes is not None else condition_dim
 
     def forward(self, y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """c(y) in ``like``'s dtype and device: ``[B, width]``."""
+        """c(y) in ``like``'s dtype and device: ``[B, width]``.
+
+        Raises:
+            ValueError: a float condition whose last dimension is not ``condition_dim``,
+                or of one dimension (``[B]`` for ``[B, 1]``); labels outside 0..C-1."""
         if self.num_classes is not None:
             # a comparison, not one_hot, which reads y's largest value (so a step could not
             # be recorded); a label outside 0..C-1 would give a row of zeros, so each is
@@ -92,6 +96,12 @@ class Condition(nn.Module):
             check_class_labels(y, self.num_classes)
             classes = torch.arange(self.num_classes, device=y.device)
             return (y[..., None] == classes).to(like)
+        if y.dim() < 2 or y.shape[-1] != self.width:  # shapes only: still recordable
+            # tester EZ: a [B] condition failed inside the decoder's matmul, unnamed
+            raise ValueError(
+                f"y: a condition of shape {tuple(y.shape)}; expected [B, {self.width}] "
+                f"(condition_dim={self.width}; one number per image is [B, 1])"
+            )
         return y.to(like)
 
 

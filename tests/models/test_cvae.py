@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pyro
@@ -118,6 +119,17 @@ def test_a_float_condition_is_used_as_it_is():
     guide = model.make_guide()
     x = torch.ones(5, 4)
     assert guide(x, torch.rand(5, 2)).shape == (5, 1)
+
+
+@pytest.mark.parametrize("shape", [(5,), (5, 3), (5, 1)])
+def test_a_float_condition_of_the_wrong_shape_is_refused_naming_y(shape):
+    # tester EZ: a [B] condition for condition_dim=1 failed in the decoder's matmul
+    model = CVAE(x_dim=4, condition_dim=2 if shape == (5, 1) else 1, latent_dim=1)
+    guide = model.make_guide()
+    width = model.condition.width
+    expected = re.escape(f"y: a condition of shape {shape}; expected [B, {width}]")
+    with pytest.raises(ValueError, match=expected):
+        elbo_per_datapoint(model, guide, (torch.ones(5, 4), torch.rand(shape)))
 
 
 @pytest.mark.parametrize(

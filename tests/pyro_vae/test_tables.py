@@ -564,6 +564,23 @@ def test_labels_written_alike_as_numbers_stay_apart_and_keep_their_names(tmp_pat
     assert read_table(path, label_column="y").classes == ("1", "1.000000000000000000e+00")
 
 
+def test_pandas_missing_value_words_are_class_names_in_a_label_column(tmp_path):
+    """Tester EZ: a severity column of None, Mild, Severe was refused as "a missing label"
+    (pandas reads None, NA, null, nan as NaN by default); an empty cell is still missing,
+    and the feature columns keep pandas' missing values (NA there is refused as NaN)."""
+    path = tmp_path / "t.csv"
+    path.write_text("y,a\nNone,0.1\nMild,0.2\nSevere,0.3\nNA,0.4\nnull,0.5\nNone,0.6\n")
+    table = read_table(path, label_column="y")
+    assert table.classes == ("Mild", "NA", "None", "Severe", "null")  # sorted text
+    assert table.labels.tolist() == [2, 0, 3, 1, 4, 2]
+    path.write_text("y,a\nNone,0.1\n,0.2\n")
+    with pytest.raises(TableError, match="missing label in data row 1 .counting from 0"):
+        read_table(path, label_column="y")
+    path.write_text("y,a\nNone,0.1\nMild,NA\n")
+    with pytest.raises(TableError, match="1 missing .NaN."):
+        read_table(path, label_column="y")
+
+
 def test_integer_labels_are_kept_exactly_above_two_to_the_53(tmp_path):
     """Tester AH: labels went through float64, so 2**53 + 1 and 2**53 were one class and
     2**63 − 1 became −2**63. Expected values: the integers written in the file."""
