@@ -120,6 +120,7 @@ class FitCheckpoint:
                 "estimator": self.elbo.state_dict() if hasattr(self.elbo, "state_dict") else None,
                 "estimator_params": estimator_params(self.weights, self.elbo),
                 "rng": capture_rng_state(),
+                "generators": {n: g.get_state() for n, g in self.weights.generators().items()},
                 "grad_scaler": None if self._scaler is None else self._scaler.state_dict(),
                 "history": history,
                 "processes_by_epoch": stretches,
@@ -139,7 +140,8 @@ class FitCheckpoint:
 
     def restore(self, state: dict[str, Any]) -> Resumed:
         """Put a checkpoint ``state`` (:meth:`RunFolder.load_checkpoint`) back: weights,
-        Adam's moments, the estimator's state and param-store entries, the RNG states, the
+        Adam's moments, the estimator's state and param-store entries, the RNG states (the
+        global ones and the pair's own generators: :meth:`PairWeights.generators`), the
         gradient scaler's scale and growth count (``16-mixed``; a checkpoint without one
         leaves the scaler at its initial scale);
         tensors saved on another device are put on :attr:`device` (weights and Adam's
@@ -159,6 +161,10 @@ class FitCheckpoint:
         if state.get("grad_scaler") is not None and self._scaler is not None:
             self._scaler.load_state_dict(state["grad_scaler"])
         restore_rng_state(state["rng"])
+        saved = state.get("generators", {})  # none in a checkpoint written before them
+        for name, generator in self.weights.generators().items():
+            if name in saved:
+                generator.set_state(saved[name].cpu())
         self._stretches = list(state.get("processes_by_epoch") or [])
         self._first_epoch = int(state["epoch"]) + 1
         self._note_other_process_count()

@@ -217,6 +217,23 @@ class PairWeights:
             if id(p) not in mine
         }
 
+    def generators(self) -> dict[str, torch.Generator]:
+        """The ``torch.Generator`` objects the pair's modules hold as attributes (a
+        dropout or noise layer seeded on its own), by ``model.`` or ``guide.`` and their
+        path: random state outside torch's global one that a resumed run must continue
+        (tester EX: rebuilt from its constructor's seed, it replayed the first epochs'
+        noise and the resumed weights left the straight run's). A generator held
+        elsewhere (a closure, a global) is not found."""
+        found: dict[str, torch.Generator] = {}
+        seen: set[int] = set()
+        for key, module in (("model", self.model_module), ("guide", self.guide_module)):
+            for path, sub in module.named_modules() if module is not None else ():
+                for attr, value in vars(sub).items():
+                    if isinstance(value, torch.Generator) and id(value) not in seen:
+                        seen.add(id(value))
+                        found[".".join(p for p in (key, path, attr) if p)] = value
+        return found
+
     def finite(self) -> bool:
         """Whether every parameter is finite."""
         return all(torch.isfinite(p).all() for p in self.parameters())
