@@ -42,6 +42,8 @@ class UnreadArraysWarning(UserWarning):
 LABELS_SUFFIX = ".labels.npy"
 SHAPES = "[N, D], [N, H, W] or [N, C, H, W]"
 _CHANNELS = (1, 3, 4)  # grey, RGB, RGBA: the channel counts a layout is told by
+#: What ``layout`` states of a 4-D array; ``None`` (the default) guesses from its shape.
+LAYOUTS = ("channels-first", "channels-last")
 _CHECK_BYTES = 64 * 2**20  # bytes of stored rows per chunk of the up-front scan
 
 
@@ -75,8 +77,9 @@ def labels_path(path: Path) -> Path:
     return path.with_name(path.name[: -len(".npy")] + LABELS_SUFFIX)
 
 
-def read_array_file(name: str) -> ArrayImages:
-    """Open ``name`` (a ``.npy`` file memory-mapped, an ``.npz`` file in memory) and check it.
+def read_array_file(name: str, layout: str | None = None) -> ArrayImages:
+    """Open ``name`` (a ``.npy`` file memory-mapped, an ``.npz`` file in memory) and check it;
+    ``layout``: what a 4-D array holds (:func:`from_array`).
 
     Raises:
         FileNotFoundError: ``name`` is not a file.
@@ -88,13 +91,14 @@ def read_array_file(name: str) -> ArrayImages:
             f"data: {name!r} is not a file; expected a .npy or .npz array ({SHAPES})"
         )
     if path.suffix.lower() == ".npz":
-        return _read_npz(path)
+        return _read_npz(path, layout)
     x = _one_array(path, mmap_mode="r")
     y, files = None, (path,)
     if labels_path(path).is_file():
         y = _one_array(labels_path(path))
         files = (path, labels_path(path))
-    return from_array(x, y, f"data {path}", files, labels_arg=f"labels {labels_path(path)}")
+    labels = f"labels {labels_path(path)}"
+    return from_array(x, y, f"data {path}", files, labels_arg=labels, layout=layout)
 
 
 def _unreadable_as_value_error(path: Path, read: Any) -> Any:
@@ -149,7 +153,7 @@ def _one_array(path: Path, mmap_mode: str | None = None) -> np.ndarray:
     return read
 
 
-def _read_npz(path: Path) -> ArrayImages:
+def _read_npz(path: Path, layout: str | None = None) -> ArrayImages:
     """An ``.npz``: numpy cannot memory-map zip members, so ``x`` and ``y`` are read whole."""
     archive = _unreadable_as_value_error(path, lambda: np.load(path, allow_pickle=False))
     if isinstance(archive, np.ndarray):  # a .npy under another name (a traceback, tester CC)
@@ -177,7 +181,8 @@ def _read_npz(path: Path) -> ArrayImages:
             UnreadArraysWarning,
             stacklevel=3,
         )
-    return from_array(x, y, f"data {path}['x']", (path,), labels_arg=f"data {path}['y']")
+    labels = f"data {path}['y']"
+    return from_array(x, y, f"data {path}['x']", (path,), labels_arg=labels, layout=layout)
 
 
 def from_array(
@@ -186,16 +191,25 @@ def from_array(
     arg: str = "data",
     files: tuple[Path, ...] = (),
     labels_arg: str = "labels",
+    layout: str | None = None,
 ) -> ArrayImages:
     """Check a numpy array of images (and labels) given from Python or read from a file.
+    ``layout`` (:data:`LAYOUTS`) states what a 4-D array holds: ``"channels-last"``
+    ``[N, H, W, C]`` is read as ``[N, C, H, W]`` (a view: a memory map stays one);
+    ``None`` reads ``[N, C, H, W]`` and refuses a shape that looks channels last or could
+    be either (:func:`check_images`).
 
     Raises:
         TypeError: ``x`` is not a numpy array.
-        ValueError: what :func:`check_images` and :func:`check_labels` refuse.
+        ValueError: what :func:`check_images` and :func:`check_labels` refuse; a
+            ``layout`` not in :data:`LAYOUTS` or given for an array that is not 4-D.
     """
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{arg}: a {type(x).__name__}; expected a numpy array ({SHAPES})")
-    max_value, integer = check_images(x, arg)
+    check_layout(layout, x, arg)
+    max_value, integer = check_images(x, arg, guess_layout=layout is None)
+    if layout == "channels-last":
+        x = np.moveaxis(x, -1, 1)
     labelled = y is not None
     y = (
         np.zeros(x.shape[0], dtype=np.int64)
@@ -272,10 +286,27 @@ def _x_or_pair(item: Any, i: int, arg: str) -> Any:
     return tuple(item)
 
 
-def check_images(x: np.ndarray, arg: str) -> tuple[int, bool]:
+def check_layout(layout: Any, x: np.ndarray | None = None, arg: str = "data") -> None:
+    """Refuse a ``layout`` not in :data:`LAYOUTS` (``None``: guess), or one given for an
+    array ``x`` that is not 4-D (only ``[N, C, H, W]`` and ``[N, H, W, C]`` differ by it).
+
+    Raises:
+        ValueError: naming ``layout``, the value and what was expected."""
+    if layout is not None and layout not in LAYOUTS:
+        raise ValueError(f"layout: {layout!r} is not one of {', '.join(LAYOUTS)} (or None)")
+    if layout is not None and x is not None and x.ndim != 4:
+        raise ValueError(
+            f"layout: {layout!r} given for {arg} of shape {x.shape}; it applies to 4-D "
+            "arrays of images only ([N, C, H, W] or [N, H, W, C])"
+        )
+
+
+def check_images(x: np.ndarray, arg: str, guess_layout: bool = True) -> tuple[int, bool]:
     """Refuse an array that is not images or vectors the likelihoods can model; return its
     full-intensity value and whether its pixels are integers. A memory map is scanned in
     chunks of about 64 MiB, so the check reads the file once without loading it.
+    ``guess_layout``: whether a 4-D array's layout is guessed from its shape (the caller
+    was not told it): one that looks channels last, or could be either, is refused.
 
     Raises:
         ValueError: naming ``arg``, what was found and what was expected.
@@ -295,19 +326,8 @@ def check_images(x: np.ndarray, arg: str) -> tuple[int, bool]:
             f"{arg}: shape {x.shape} has {x.shape[0]} rows of no values (a dimension of size "
             "0); expected at least one value per row"
         )
-    # channels last: a channel count last, none first, and the last two not a square
-    # image's (tester CC: [N, 2, 4, 4], two channels of 4x4, was refused as channels last)
-    if (
-        x.ndim == 4
-        and x.shape[-1] in _CHANNELS
-        and x.shape[1] not in _CHANNELS
-        and x.shape[2] != x.shape[3]
-    ):
-        raise ValueError(
-            f"{arg}: shape {x.shape} looks channels last, [N, H, W, C]; expected channels "
-            "first, [N, C, H, W] (np.moveaxis(x, -1, 1) makes it so); refused rather than "
-            "read as images of the wrong shape"
-        )
+    if guess_layout and x.ndim == 4:
+        _guess_layout(x, arg)
     rows = max(1, _CHECK_BYTES // max(1, x[0].nbytes))
     largest = 0
     for start in range(0, x.shape[0], rows):
@@ -337,6 +357,25 @@ def check_images(x: np.ndarray, arg: str) -> tuple[int, bool]:
     if kind == "b":
         return 1, True
     return (255 if x.dtype == np.uint8 else max(1, largest)), True
+
+
+def _guess_layout(x: np.ndarray, arg: str) -> None:
+    """Refuse a 4-D array whose shape looks channels last, or could be either layout:
+    a channel count last (tester CC: not where the last two are a square image's,
+    [N, 2, 4, 4]), and none first, or one first too (tester EX: [N, 4, 20, 3] was read
+    as four channels of 20x3, silently)."""
+    _, first, middle, last = x.shape
+    if last not in _CHANNELS or middle == last:
+        return
+    if first not in _CHANNELS:
+        why = "looks channels last, [N, H, W, C]"
+    else:
+        why = f"could be {first} channels of {middle}x{last} or {last} of {first}x{middle}"
+    raise ValueError(
+        f"{arg}: shape {x.shape} {why}; refused rather than read as images of the wrong "
+        "shape: say which with --layout channels-first or --layout channels-last "
+        "(layout= in load_data)"
+    )
 
 
 def check_labels(y: Any, count: int, arg: str) -> np.ndarray:

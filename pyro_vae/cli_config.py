@@ -97,6 +97,7 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         label_column=args.label_column,
         labels_fraction=args.labels_fraction,
         labelled=args.labelled,
+        layout=args.layout,
     )
     _refuse_contradicting_options(args)
     spec = _resolved(args.model)
@@ -188,12 +189,16 @@ def should_compile(args: argparse.Namespace, elbo, model, guide) -> bool:
     declare ``recordable = True`` (no branching on tensor values; the shipped ones do, a
     user's file opts in with the declaration or with ``--compile on``). ``model`` and
     ``guide`` are the built objects; the guide a model makes itself is covered by the
-    model's declaration.
+    model's declaration. Where ``auto`` does not record, a note says why (rank 0).
     """
     if args.compile != "auto":
         return args.compile in ("on", "inductor")
     made = None if args.guide is None else guide
-    return should_record(elbo, model, made, kl_warmup_epochs=args.kl_warmup) is None
+    reason = should_record(elbo, model, made, kl_warmup_epochs=args.kl_warmup)
+    if reason is not None and int(os.environ.get("RANK", "0") or 0) == 0:
+        # tester EY: the fallback was said nowhere but config.json's train.compile
+        print(f"note: --compile auto trains this run's steps unrecorded: {reason}")
+    return reason is None
 
 
 def _default(args: argparse.Namespace, key: str, own: dict[str, Any]) -> Any:

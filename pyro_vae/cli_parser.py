@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from pyro_vae import estimators
+from pyro_vae.array_source import LAYOUTS
 from pyro_vae.checks import check_seed
 from pyro_vae.convnets import ARCHITECTURES, DEFAULT_CHANNELS
 from pyro_vae.data import BINARIZATIONS
@@ -200,6 +201,13 @@ def _add_fit_data(f: argparse.ArgumentParser) -> None:
         "--crop",
         action="store_true",
         help="images:DIR with --image-size: keep the aspect ratio, cutting the centre",
+    )
+    f.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default=_DATA.layout,
+        help="PATH.npy/.npz of 4-D images: [N, C, H, W] (channels-first) or [N, H, W, C] "
+        "(channels-last); default: told by the shape, a shape that could be either refused",
     )
     f.add_argument(
         "--columns",

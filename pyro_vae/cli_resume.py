@@ -34,7 +34,7 @@ _RESUMABLE = {
     "--compile",
 }
 _DATA_FLAGS = (
-    "image_size", "crop", "columns", "label_column", "labels_fraction", "labelled",
+    "image_size", "crop", "columns", "label_column", "labels_fraction", "labelled", "layout",
     "likelihood", "binarize", "threshold", "levels", "val_fraction", "test_fraction",
 )  # fmt: skip
 _TRAINING_FLAGS = ("batch_size", "lr", "seed", "beta", "drop_last", "data_plate", "precision")

@@ -138,7 +138,7 @@ def _model(config: dict[str, Any]) -> str:
 #: What makes a run's data (its DataConfig but the training labels a model observes).
 _DATA_KEYS = (
     "likelihood", "binarize", "threshold", "levels", "val_fraction", "test_fraction",
-    "split_seed", "image_size", "crop", "columns", "label_column",
+    "split_seed", "image_size", "crop", "columns", "label_column", "layout",
 )  # fmt: skip
 
 

@@ -370,6 +370,7 @@ def load_data(
     columns: list[str] | None = None,
     label_column: str | None = None,
     standardization: dict[str, Any] | None = None,
+    layout: str | None = None,
 ) -> DataSplits:
     """Load ``name`` and split it into train / validation / test observations.
 
@@ -387,7 +388,9 @@ def load_data(
     and test draws made once, chunk by chunk). Every other source is gathered into tensors
     here; both give the same rows bit for bit.
 
-    ``image_size``, ``crop`` (image folders), ``columns``, ``label_column`` (tables) go to
+    ``image_size``, ``crop`` (image folders), ``columns``, ``label_column`` (tables) and
+    ``layout`` (a 4-D ``.npy``/``.npz``: ``"channels-first"`` or ``"channels-last"``;
+    ``None`` guesses, refusing a shape that could be either) go to
     :func:`~pyro_vae.datasets.load_raw`; a table's observations are :func:`pyro_vae.tables.
     table_observations`' (``standardization``: a run's own), its ``image_shape`` ``None``.
 
@@ -401,7 +404,7 @@ def load_data(
     for arg, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0.0 <= value < 1.0:
             raise ValueError(f"{arg}: {value} is not in [0, 1)")
-    options = {"image_size": image_size, "crop": crop, "columns": columns}
+    options = {"image_size": image_size, "crop": crop, "columns": columns, "layout": layout}
     raw = _raw(name, labels, **options, label_column=label_column)
     if raw.test_x is None and test_fraction == 0:
         raise ValueError(
@@ -592,13 +595,18 @@ def _stored_range(array: np.ndarray, index: np.ndarray) -> tuple[float, float]:
 
 def _raw(name: Any, labels: Any, **options: Any) -> RawImages:
     if not isinstance(name, str):
-        given = [arg for arg, value in options.items() if value not in (None, False)]
+        array = isinstance(name, np.ndarray)  # a 4-D array's layout applies to it
+        given = [
+            arg
+            for arg, value in options.items()
+            if value not in (None, False) and not (array and arg == "layout")
+        ]
         if given:
             raise ValueError(
-                f"{given[0]}: {options[given[0]]!r} applies to a named image folder or table, "
-                f"not to data given as a {type(name).__name__}"
+                f"{given[0]}: {options[given[0]]!r} applies to a named image folder, table "
+                f"or array file, not to data given as a {type(name).__name__}"
             )
-        return raw_from_python(name, labels)
+        return raw_from_python(name, labels, options["layout"])
     if labels is not None:
         raise TypeError(
             f"labels: given with the dataset {name!r}, which brings its own; labels go with a "

@@ -20,6 +20,7 @@ import torch
 
 from pyro_vae.array_source import (
     ArrayImages,
+    check_layout,
     from_array,
     from_dataset,
     is_array_path,
@@ -140,9 +141,9 @@ def _idx(name: str) -> RawImages:
     return _load_idx_directory(name, directory)
 
 
-def _array_file(name: str) -> RawImages:
+def _array_file(name: str, layout: str | None = None) -> RawImages:
     try:
-        arrays = read_array_file(name)
+        arrays = read_array_file(name, layout)
     except FileNotFoundError as err:
         raise DatasetNotFoundError(str(err)) from err
     return _from_arrays(name, arrays, file_provenance(Path(name), arrays.files, *_kind(arrays)))
@@ -238,12 +239,14 @@ SOURCES: list[DatasetKind] = [
         lambda n: is_array_path(n) and n.lower().endswith(".npy"),
         _array_file,
         _absolute(),
+        ("layout",),
     ),
     DatasetKind(
         "PATH.npz",
         lambda n: is_array_path(n) and n.lower().endswith(".npz"),
         _array_file,
         _absolute(),
+        ("layout",),
     ),
     DatasetKind(
         "PATH.csv",
@@ -293,13 +296,15 @@ def load_raw(
     crop: bool = False,
     columns: list[str] | None = None,
     label_column: str | None = None,
+    layout: str | None = None,
 ) -> RawImages:
     """Load a dataset by its ``--data`` string (:data:`SOURCES`): ``digits``,
     ``fashion-mnist``, ``idx:PATH``, ``PATH.npy`` (memory-mapped), ``PATH.npz``,
     ``images:DIR``, or a table ``PATH.csv`` / ``PATH.parquet`` / ``table:PATH``.
 
     ``image_size`` and ``crop`` apply to ``images:DIR`` only, ``columns`` and
-    ``label_column`` to tables only (:func:`pyro_vae.tables.read_table`).
+    ``label_column`` to tables only (:func:`pyro_vae.tables.read_table`), ``layout`` to
+    arrays only (:func:`pyro_vae.array_source.from_array`).
 
     Raises:
         ValueError: an unknown name, an option the source does not take, or data its
@@ -307,18 +312,22 @@ def load_raw(
         DatasetNotFoundError: a dataset or file that is not there.
     """
     check_image_size(image_size, crop)
+    check_layout(layout)
     kind = _source_of(name)
     given = {
         "image_size": image_size,
         "crop": crop or None,
         "columns": columns,
         "label_column": label_column,
+        "layout": layout,
     }
     for arg, value in given.items():
         if value is not None and arg not in kind.options:
             takes = (
                 "an image folder (images:DIR)"
                 if arg in ("image_size", "crop")
+                else "an array (PATH.npy or PATH.npz)"
+                if arg == "layout"
                 else ("a table (PATH.csv, PATH.parquet or table:PATH)")
             )
             raise ValueError(f"{arg}: {value!r} applies to {takes} only, not to data {name!r}")
@@ -326,9 +335,10 @@ def load_raw(
     return kind.load(name, **{arg: options[arg] for arg in kind.options})
 
 
-def raw_from_python(data: Any, labels: Any = None) -> RawImages:
+def raw_from_python(data: Any, labels: Any = None, layout: str | None = None) -> RawImages:
     """A numpy array (with optional ``labels``) or a map-style ``torch.utils.data.Dataset``
-    (items ``x`` or ``(x, y)``) as :class:`RawImages`, checked (:mod:`pyro_vae.array_source`).
+    (items ``x`` or ``(x, y)``) as :class:`RawImages`, checked (:mod:`pyro_vae.array_source`;
+    ``layout``: what a 4-D array holds, :func:`~pyro_vae.array_source.from_array`).
 
     Raises:
         TypeError: neither an array nor a dataset (a pandas or polars frame is refused:
@@ -336,7 +346,8 @@ def raw_from_python(data: Any, labels: Any = None) -> RawImages:
         ValueError: what :func:`pyro_vae.array_source.check_images` refuses.
     """
     if isinstance(data, np.ndarray):
-        return _from_arrays("array", from_array(data, labels, "data", labels_arg="labels"))
+        arrays = from_array(data, labels, "data", labels_arg="labels", layout=layout)
+        return _from_arrays("array", arrays)
     if isinstance(data, torch.Tensor):
         raise TypeError(
             "data: a torch.Tensor; expected a numpy array (data.numpy()) or a "

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from pyro_vae import estimators
+from pyro_vae.array_source import check_layout
 from pyro_vae.checkpoint import RunFolderError
 from pyro_vae.checks import (  # noqa: F401 (re-exported: the run configuration's checks)
     MAX_LEVELS,
@@ -74,12 +75,14 @@ class DataConfig:
             whether to keep the aspect ratio by cutting the centre.
         columns, label_column: a table's feature columns (``None``: every numeric column
             but the label) and its label column (``None``: no labels).
+        layout: what a 4-D array file holds (``"channels-first"``, ``"channels-last"``;
+            ``None``: guessed from its shape, :func:`pyro_vae.array_source.from_array`).
         labels_fraction, labelled: which training labels a model that uses labels
             observes (:meth:`pyro_vae.data.DataSplits.with_labelled_subset`, drawn with
             ``split_seed``): a share f in (0, 1] of each class, or N_l labels, equally
             many per class; both ``None``: every label. At most one is given.
 
-    These six and ``provenance`` came after schema 3's first release; a config.json
+    These seven and ``provenance`` came after schema 3's first release; a config.json
     without them reads as their defaults (``_ADDED_KEYS``).
     """
 
@@ -98,6 +101,7 @@ class DataConfig:
     label_column: str | None = None
     labels_fraction: float | None = None
     labelled: int | None = None
+    layout: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -121,6 +125,7 @@ class DataConfig:
             self.columns = list(self.columns)
         if self.label_column is not None and not isinstance(self.label_column, str):
             raise ValueError(f"label_column: {self.label_column!r}; expected a column name")
+        check_layout(self.layout)
         check_levels("levels", self.levels)
         check_count("split_seed", self.split_seed, 0)
         self._check_labelled_subset()
@@ -168,6 +173,7 @@ class DataConfig:
             "crop": self.crop,
             "columns": self.columns,
             "label_column": self.label_column,
+            **({"layout": self.layout} if self.layout is not None else {}),
         }
 
 
@@ -265,6 +271,7 @@ _ADDED_KEYS = {
         "label_column",
         "labels_fraction",
         "labelled",
+        "layout",
     }
 }
 

@@ -1,3 +1,4 @@
+import re
 import shlex
 
 import numpy as np
@@ -71,7 +72,9 @@ def test_integer_pixels_other_than_uint8_take_their_largest_value_as_full():
             ["[0, 255]", "expected intensities in [0, 1]", "real-valued features go in a table"],
         ),
         (IMAGES.astype(np.int32) - 1, ["negative pixel value -1"]),
-        (np.zeros((3, 8, 8, 3), np.uint8), ["looks channels last", "np.moveaxis(x, -1, 1)"]),
+        (np.zeros((3, 8, 8, 3), np.uint8), ["looks channels last", "--layout channels-last"]),
+        # tester EX: four channels of 20x3, or RGB of 4x20: it was read as the first
+        (np.zeros((3, 4, 20, 3), np.uint8), ["could be 4 channels of 20x3 or 3 of 4x20"]),
     ],
 )
 def test_bad_arrays_are_refused_before_any_work(x, words):
@@ -156,13 +159,56 @@ def test_a_dataset_of_dict_items_is_refused_naming_their_keys():
 
 
 def test_channels_first_colour_and_grey_arrays_are_taken_as_they_are():
-    # [N, 3, 8, 3] is channels first with a width of 3: only a second axis that is not a
-    # channel count marks an array as channels last
     # (pixels that vary: a training set all one value is refused, tester U)
     rng = np.random.default_rng(0)
-    for shape in ((6, 3, 8, 8), (6, 1, 8, 8), (6, 3, 8, 3)):
+    for shape in ((6, 3, 8, 8), (6, 1, 8, 8), (6, 5, 8, 8)):
         pixels = rng.integers(0, 256, shape, dtype=np.uint8)
         assert load_data(pixels).image_shape == shape[1:]
+    # [N, 3, 8, 3] could be either: taken as stated (tester EX: [N, 5, 16, 3], five
+    # channels of 16x3, was refused as channels last with no way to say otherwise)
+    for shape in ((6, 3, 8, 3), (6, 5, 16, 3)):
+        pixels = rng.integers(0, 256, shape, dtype=np.uint8)
+        with pytest.raises(ValueError, match="--layout channels-first"):
+            load_data(pixels)
+        assert load_data(pixels, layout="channels-first").image_shape == shape[1:]
+
+
+def test_a_channels_last_file_reads_as_its_channels_first_copy_bit_for_bit(tmp_path):
+    """Expected: the same array moved to [N, C, H, W] by numpy and read with the layout
+    told by its shape; for a memory-mapped .npy, an .npz and an array from Python."""
+    rng = np.random.default_rng(1)
+    last = rng.integers(0, 256, (40, 4, 20, 3), dtype=np.uint8)
+    np.save(tmp_path / "first.npy", np.ascontiguousarray(np.moveaxis(last, -1, 1)))
+    np.save(tmp_path / "last.npy", last)
+    np.savez(tmp_path / "last.npz", x=last)
+    want = load_data(str(tmp_path / "first.npy"), layout="channels-first")
+    assert want.image_shape == (3, 4, 20)
+    for got in (
+        load_data(str(tmp_path / "last.npy"), layout="channels-last"),
+        load_data(str(tmp_path / "last.npz"), layout="channels-last"),
+        load_data(last, layout="channels-last"),
+    ):
+        assert got.image_shape == (3, 4, 20)
+        for split in ("train_x", "val_x", "test_x"):
+            assert torch.equal(
+                torch.as_tensor(getattr(got, split)[:]), torch.as_tensor(getattr(want, split)[:])
+            )
+
+
+@pytest.mark.parametrize(
+    "name, layout, words",
+    [
+        ("digits", "channels-last", "layout: 'channels-last' applies to an array (PATH.npy"),
+        ("flat.npy", "channels-first", "given for data"),
+        ("last.npy", "NHWC", "layout: 'NHWC' is not one of channels-first, channels-last"),
+    ],
+)
+def test_a_layout_is_refused_where_it_does_not_apply(tmp_path, name, layout, words):
+    np.save(tmp_path / "flat.npy", IMAGES)  # [N, H, W]: no channels
+    np.save(tmp_path / "last.npy", np.zeros((3, 8, 8, 3), np.uint8))
+    path = name if name == "digits" else str(tmp_path / name)
+    with pytest.raises(ValueError, match=re.escape(words)):
+        load_data(path, layout=layout)
 
 
 def test_an_npz_that_reads_is_refused_for_what_it_holds_not_as_unreadable(tmp_path):

@@ -22,7 +22,7 @@ from pyro_vae.cli_parser import build_parser
         (["--compile", "inductor"], True),
     ],
 )
-def test_compile_is_automatic_for_shipped_models_and_stateless_estimators(argv, expected):
+def test_compile_is_automatic_for_shipped_models_and_stateless_estimators(argv, expected, capsys):
     class Model:  # a user's model: declares nothing
         def model(self, x):
             pass
@@ -32,6 +32,13 @@ def test_compile_is_automatic_for_shipped_models_and_stateless_estimators(argv, 
     model = VAE if args.model == "models.vae:VAE" else Model().model
     assert should_compile(args, config.estimator.build(), model, None) is expected
     assert config.training.compile_backend == ("inductor" if "inductor" in argv else None)
+    # tester EY: where auto does not record, a note says why; nothing where it was asked
+    noted = capsys.readouterr().out
+    if args.compile == "auto" and not expected:
+        assert noted.startswith("note: --compile auto trains this run's steps unrecorded: ")
+        assert ("recordable = True" in noted) == (args.model != "models.vae:VAE")
+    else:
+        assert noted == ""
 
 
 @pytest.mark.parametrize(
