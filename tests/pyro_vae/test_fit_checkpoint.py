@@ -12,6 +12,10 @@ from pyro_vae.train import TrainConfig
 class Weights:
     def __init__(self, names=("w",)):
         self.names, self.restored = names, None
+        self.generator = torch.Generator().manual_seed(3)  # a module's own (tester EX)
+
+    def generators(self):
+        return {"model.noise.generator": self.generator}
 
     def restore(self, state):
         self.restored = state["model"]
@@ -68,8 +72,10 @@ def test_a_saved_checkpoint_restores_everything_a_resumed_fit_needs(tmp_path):
     last = {"model": {"a": torch.ones(1)}, "guide": {}, "params": {}}
     best = {"epoch": 2, "val_elbo": -1.0, **last}
     history = [{"epoch": 1, "train_elbo": -2.0}, {"epoch": 2, "train_elbo": -1.5}]
+    torch.rand(4, generator=writer.weights.generator)  # the epochs' draws, before the save
     writer.save(3, 30, last, best, history, {"validation": "held-out"})
     expected_draw = torch.rand(3)
+    own_draw = torch.rand(3, generator=writer.weights.generator)
 
     assert run.read_metrics()["best_epoch"] == 2 and run.read_metrics()["validation"] == "held-out"
     state = run.load_checkpoint()
@@ -84,6 +90,7 @@ def test_a_saved_checkpoint_restores_everything_a_resumed_fit_needs(tmp_path):
     assert svi.optim.state == {"adam": 1} and estimator.averages == [1.0]
     assert torch.equal(pyro.param("__baseline_avg_z"), torch.ones(3))
     assert torch.equal(torch.rand(3), expected_draw)
+    assert torch.equal(torch.rand(3, generator=weights.generator), own_draw)  # not seed 3's
 
 
 def test_without_a_run_folder_nothing_is_written():
