@@ -220,6 +220,11 @@ _SLOW_TESTS = {
         for name in ("score-leave-one-out-K4", "iwae-dreg", "vimco", "iwae-stl")
         for case in ("beta-bernoulli", "local-weighted")
     ),
+    # test_train's test_the_objective_records_free_bits_groups and the resume tests of
+    # other estimator options stay; this one fits twice from the command line
+    "tests/pyro_vae/test_cli.py::test_free_bits_groups_go_into_config_json_and_survive_resume",
+    # test_tables' rows-not-images printout (a table) stays; this one fits an .npy of vectors
+    "tests/pyro_vae/test_cli.py::test_vectors_are_called_rows_not_images",
 }
 
 
