@@ -358,6 +358,12 @@ CLI = [
         ["fit", "--out", "{new}", "--data", "images:{img_sizes}", "--image-size", "0", "4"],
         ["image_size: [0, 4]"],
     ),
+    (
+        "fit-layout-digits",
+        None,
+        ["fit", "--out", "{new}", "--layout", "channels-last"],
+        ["layout: 'channels-last' applies to an array (PATH.npy or PATH.npz) only"],
+    ),
     ("fit-table-missing", None, ["fit", "--out", "{new}", "--data", "/no/t.csv"], ["not a file"]),
     ("fit-table-nan", None, ["fit", "--out", "{new}", "--data", "{csv_nan}"], ["column 'a'", "missing (NaN)"]),
     (
@@ -1200,6 +1206,8 @@ PY = [
     ("load-unknown", lambda: _load("cifar"), ValueError, ["unknown dataset 'cifar'"]),
     ("load-label-column-digits", lambda: _load("digits", label_column="y"), ValueError, ["label_column: 'y' applies to a table"]),
     ("load-crop-alone", lambda: _load("images:/x", crop=True), ValueError, ["crop: True needs image_size"]),
+    ("load-layout-digits", lambda: _load("digits", layout="channels-last"), ValueError, ["layout: 'channels-last' applies to an array"]),
+    ("load-layout-bad", lambda: _load("digits", layout="NHWC"), ValueError, ["layout: 'NHWC' is not one of channels-first, channels-last"]),
     ("load-image-size", lambda: _load("images:/x", image_size=(2, -1)), ValueError, ["image_size: (2, -1)"]),
     ("load-val-1", lambda: _load("digits", val_fraction=1.0), ValueError, ["val_fraction: 1.0"]),
     ("load-test-neg", lambda: _load("digits", test_fraction=-0.1), ValueError, ["test_fraction: -0.1"]),
