@@ -165,7 +165,9 @@ def _read(path: Path, label_column: str | None = None):
         _check_header(path, separator)
         frame = pd.read_csv(path, sep=separator)
         if label_column is not None and label_column in frame.columns:
-            frame[label_column] = _label_text(path, separator, label_column)
+            # by position: an index pandas inferred (R's row names, one field more than the
+            # header) is read as text here, and aligning by it lost every label (tester FA)
+            frame[label_column] = _label_text(path, separator, label_column).to_numpy()
         return frame
     except TableError:
         raise  # the header's own refusal, said as it is

@@ -581,6 +581,25 @@ def test_pandas_missing_value_words_are_class_names_in_a_label_column(tmp_path):
         read_table(path, label_column="y")
 
 
+@pytest.mark.parametrize(
+    "content",
+    [
+        '"a","b","sev"\n"1",1,2,"x"\n"2",3,4,"y"\n"3",5,6,"x"\n',
+        "a,b,sev\n0,1,2,x\n1,3,4,y\n2,5,6,x\n",
+    ],
+    ids=["r-row-names", "integer-row-names"],
+)
+def test_a_csv_with_row_names_keeps_its_labels(tmp_path, content):
+    """Tester FA: R's write.table writes one field more than the header (row names, which
+    pandas takes as the index); the label column re-read as text aligned by that index and
+    every label was lost. Expected: the file's labels and features."""
+    path = tmp_path / "r.csv"
+    path.write_text(content)
+    table = read_table(path, label_column="sev")
+    assert table.classes == ("x", "y") and table.labels.tolist() == [0, 1, 0]
+    assert table.features.tolist() == [[1, 2], [3, 4], [5, 6]]
+
+
 def test_integer_labels_are_kept_exactly_above_two_to_the_53(tmp_path):
     """Tester AH: labels went through float64, so 2**53 + 1 and 2**53 were one class and
     2**63 − 1 became −2**63. Expected values: the integers written in the file."""
