@@ -219,17 +219,18 @@ def from_array(
     return ArrayImages(x, y, labelled, max_value, integer, tuple(files))
 
 
-def from_dataset(dataset: Any, arg: str = "data") -> ArrayImages:
+def from_dataset(dataset: Any, arg: str = "data", layout: str | None = None) -> ArrayImages:
     """The items of a map-style ``torch.utils.data.Dataset`` (each ``x`` or ``(x, y)``)
-    stacked into arrays in memory and checked as :func:`from_array` checks them. A Python
-    list is such a dataset too, so its refusals say how to give rows instead.
+    stacked into arrays in memory and checked as :func:`from_array` checks them (with
+    ``layout``). A Python list is such a dataset too, so its refusals say how to give rows
+    instead.
 
     Raises:
         ValueError: no items, items of different shapes or kinds (the first named), or
             what :func:`from_array` refuses.
     """
     try:
-        return _stacked_items(dataset, arg)
+        return _stacked_items(dataset, arg, layout)
     except ValueError as err:
         if not isinstance(dataset, list | tuple):
             raise
@@ -241,7 +242,7 @@ def from_dataset(dataset: Any, arg: str = "data") -> ArrayImages:
         ) from err
 
 
-def _stacked_items(dataset: Any, arg: str) -> ArrayImages:
+def _stacked_items(dataset: Any, arg: str, layout: str | None) -> ArrayImages:
     """:func:`from_dataset`'s work: the items stacked and checked."""
     count = len(dataset)
     if count == 0:
@@ -263,7 +264,7 @@ def _stacked_items(dataset: Any, arg: str) -> ArrayImages:
             ys.append(np.asarray(item[1]))
     x = np.stack(xs)
     y = np.stack(ys) if ys else None
-    return from_array(x, y, arg, labels_arg=f"{arg} labels")
+    return from_array(x, y, arg, labels_arg=f"{arg} labels", layout=layout)
 
 
 def _x_or_pair(item: Any, i: int, arg: str) -> Any:

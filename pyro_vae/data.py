@@ -595,16 +595,13 @@ def _stored_range(array: np.ndarray, index: np.ndarray) -> tuple[float, float]:
 
 def _raw(name: Any, labels: Any, **options: Any) -> RawImages:
     if not isinstance(name, str):
-        array = isinstance(name, np.ndarray)  # a 4-D array's layout applies to it
-        given = [
-            arg
-            for arg, value in options.items()
-            if value not in (None, False) and not (array and arg == "layout")
-        ]
+        # a 4-D array's or dataset's layout applies to it (tester FA: a Dataset's refusal
+        # named layout=, which was then refused)
+        given = [a for a, v in options.items() if v not in (None, False) and a != "layout"]
         if given:
             raise ValueError(
-                f"{given[0]}: {options[given[0]]!r} applies to a named image folder, table "
-                f"or array file, not to data given as a {type(name).__name__}"
+                f"{given[0]}: {options[given[0]]!r} applies to a named image folder or "
+                f"table, not to data given as a {type(name).__name__}"
             )
         return raw_from_python(name, labels, options["layout"])
     if labels is not None:

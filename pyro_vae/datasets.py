@@ -370,7 +370,7 @@ def raw_from_python(data: Any, labels: Any = None, layout: str | None = None) ->
     if hasattr(data, "__getitem__") and hasattr(data, "__len__") and not isinstance(data, str):
         if labels is not None:
             raise TypeError("labels: given with a Dataset, whose items carry their own (x, y)")
-        return _from_arrays(f"dataset {type(data).__name__}", from_dataset(data, "data"))
+        return _from_arrays(f"dataset {type(data).__name__}", from_dataset(data, "data", layout))
     raise TypeError(
         f"data: a {type(data).__name__}; expected a dataset name or path "
         f"({', '.join(DATASET_NAMES)}), a numpy array or a torch.utils.data.Dataset"

@@ -344,14 +344,21 @@ class Group:
             dist.all_reduce(pair, op=dist.ReduceOp.MAX)
         return int(pair[0]) == -int(pair[1])
 
-    def seed_epoch(self, seed: int, epoch: int) -> None:
+    def seed_epoch(self, seed: int, epoch: int, generators: dict | None = None) -> None:
         """Seed this rank's random streams for epoch ``epoch`` (from 0) from ``(seed,
         epoch, rank)``: ranks draw different noise, and a resumed epoch draws what an
         uninterrupted run drew. The three are hashed to 32 bits by NumPy's ``SeedSequence``
         (``pyro.set_rng_seed`` also seeds NumPy's generator, which takes no more: a product
-        of them failed at every ``--seed`` from 2)."""
+        of them failed at every ``--seed`` from 2). ``generators``: the pair's own
+        (:meth:`pyro_vae.weights.PairWeights.generators`), each seeded likewise with its
+        place in name order as a spawn key (tester FA: the checkpoint held rank 0's state
+        alone, which a resume gave every rank, and a rank whose last batch was smaller had
+        drawn less: the resumed weights left the straight run's by 4.4e-4)."""
         if self.world > 1:
             pyro.set_rng_seed(epoch_seed(seed, epoch, self.rank))
+            for i, name in enumerate(sorted(generators or {})):
+                key = np.random.SeedSequence([int(seed), int(epoch), self.rank], spawn_key=(2, i))
+                generators[name].manual_seed(int(key.generate_state(1, np.uint64)[0] >> 1))
 
     def seed_evaluation(self, seed: int) -> None:
         """Seed this rank's random streams for the test set's evaluation after training

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from pyro_vae import estimators
-from pyro_vae.array_source import check_layout
+from pyro_vae.array_source import check_layout, is_array_path
 from pyro_vae.checkpoint import RunFolderError
 from pyro_vae.checks import (  # noqa: F401 (re-exported: the run configuration's checks)
     MAX_LEVELS,
@@ -51,9 +51,19 @@ def _check_spec(name: str, value: Any, optional: bool = False) -> None:
         raise ValueError(f"{name}: {value!r} is not an import spec ('module:attr')")
 
 
-def _check_options(name: str, value: Any) -> None:
+def _check_options(name: str, value: Any) -> dict[str, Any]:
+    """``value`` with each NumPy or 0-d tensor scalar as its Python number (``.item()``),
+    so config.json stays plain JSON (tester FA: ``decay=np.float32(0.9)`` failed
+    ``json.dumps``); the values are otherwise the constructor's to check.
+
+    Raises:
+        ValueError: ``value`` is not a mapping of names to values."""
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
         raise ValueError(f"{name}: {value!r} is not a mapping of option names to values")
+    return {
+        k: v.item() if getattr(v, "ndim", None) == 0 and hasattr(v, "item") else v
+        for k, v in value.items()
+    }
 
 
 @dataclass
@@ -111,6 +121,7 @@ class DataConfig:
                 f"provenance: {self.provenance!r} is not a mapping (path, shape, dtype, "
                 "checksum) or None"
             )
+        self.layout = self._layout_as_read()
         size = check_image_size(self.image_size, self.crop)
         self.image_size = None if size is None else list(size)
         if not isinstance(self.crop, bool):
@@ -125,7 +136,6 @@ class DataConfig:
             self.columns = list(self.columns)
         if self.label_column is not None and not isinstance(self.label_column, str):
             raise ValueError(f"label_column: {self.label_column!r}; expected a column name")
-        check_layout(self.layout)
         check_levels("levels", self.levels)
         check_count("split_seed", self.split_seed, 0)
         self._check_labelled_subset()
@@ -135,7 +145,19 @@ class DataConfig:
             if number is None:
                 raise ValueError(f"{name}: {value!r} is not a fraction")
             setattr(self, name, number)
-        self.preprocessing()
+        self.threshold = self.preprocessing().threshold  # a Python float (tester FA)
+
+    def _layout_as_read(self) -> str | None:
+        """``layout``, or where a run read a 4-D array file without one (its provenance
+        records the shape), ``"channels-first"``: how its shape was read then. So a new
+        run records it, and a run made before ``layout`` existed reloads as it was trained
+        (tester FA: a [N, 4, 20, 3] run, now refused as either layout, could no longer be
+        evaluated or resumed, and ``--layout channels-first`` was refused on resume)."""
+        check_layout(self.layout)
+        shape = (self.provenance or {}).get("shape")
+        if self.layout is None and is_array_path(self.name) and shape and len(shape) == 4:
+            return "channels-first"
+        return self.layout
 
     def _check_labelled_subset(self) -> None:
         fraction, count = self.labels_fraction, self.labelled
@@ -197,7 +219,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check_spec("model", self.spec)
-        _check_options("model_options", self.options)
+        self.options = _check_options("model_options", self.options)
 
 
 @dataclass
@@ -222,7 +244,7 @@ class EstimatorConfig:
             raise ValueError(
                 f"estimator: {self.name!r} is not one of {', '.join(estimators.names())}"
             )
-        _check_options("estimator options", self.options)
+        self.options = _check_options("estimator options", self.options)
 
     def build(self):
         """The estimator, a ``pyro.infer.ELBO``.

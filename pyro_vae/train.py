@@ -340,7 +340,7 @@ def _train_epochs(
         if stopping.out_of_patience():
             result.stop_reason = "early_stopping"
             break
-        group.seed_epoch(config.seed, epoch)
+        group.seed_epoch(config.seed, epoch, pair.weights.generators())
         record = _train_epoch(epoch, batches, step, pair, config)
         due = _validation_due(epoch, config)
         if due and pair.validate is not None:

@@ -22,6 +22,7 @@ amortized one would have to be re-implemented; the spline's conditional transfor
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import pyro.distributions as dist
@@ -76,8 +77,8 @@ class AmortizedSplineFlow(AmortizedFlow):
         activation = default_activation(arch, activation)
         check_count("count_bins", count_bins, 2, "; a spline needs at least two segments")
         number = as_real(bound)
-        if number is None or not number > 0:
-            raise ValueError(f"bound: {bound!r} is not a positive number")
+        if number is None or not 0 < number < math.inf:  # tester FA: inf failed a step in
+            raise ValueError(f"bound: {bound!r} is not a finite positive number")
         self.count_bins, self.bound = count_bins, number
         super().__init__(
             x_dim,

@@ -187,6 +187,8 @@ def test_a_channels_last_file_reads_as_its_channels_first_copy_bit_for_bit(tmp_p
         load_data(str(tmp_path / "last.npy"), layout="channels-last"),
         load_data(str(tmp_path / "last.npz"), layout="channels-last"),
         load_data(last, layout="channels-last"),
+        # tester FA: a Dataset's refusal named layout=, which was then refused
+        load_data(torch.utils.data.TensorDataset(torch.as_tensor(last)), layout="channels-last"),
     ):
         assert got.image_shape == (3, 4, 20)
         for split in ("train_x", "val_x", "test_x"):

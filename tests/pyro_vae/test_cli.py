@@ -2076,6 +2076,24 @@ def test_the_full_intensity_note_offers_float_pixels_only_where_the_source_reads
     assert "or as float intensities x / full in [0, 1]\n" in capsys.readouterr().out
 
 
+def test_a_run_made_before_layout_on_an_ambiguous_array_evaluates_and_resumes(tmp_path):
+    """Tester FA: a run on [N, 4, 20, 3] (read channels first before --layout existed)
+    was refused as either layout by evaluate and by fit --resume, with no way to say
+    which. Its config.json without the key stands for the run made then."""
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "x.npy", (rng.random((60, 4, 20, 3)) > 0.5).astype(np.uint8) * 255)
+    run = tmp_path / "r"
+    fit = ["fit", "--data", str(tmp_path / "x.npy"), "--out", str(run), "--epochs", "1"]
+    assert main([*fit, "--layout", "channels-first", *FAST, "--ll-samples", "0"]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["data"].pop("layout") == "channels-first"  # recorded; now as written then
+    (run / "config.json").write_text(json.dumps(config))
+    assert main(["evaluate", str(run), "--ll-samples", "0"]) == 0
+    resume = ["fit", "--resume", str(run), "--epochs", "2", "--no-progress"]
+    assert main([*resume, "--layout", "channels-first"]) == 0
+    assert main([*resume[:-2], "3", "--no-progress", "--layout", "channels-last"]) == 2
+
+
 def test_vectors_are_called_rows_not_images(tmp_path, capsys):
     # tester U: an .npy of [N, D] vectors was "test images", its error "per pixel"
     rng = np.random.default_rng(0)

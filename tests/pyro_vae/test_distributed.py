@@ -249,6 +249,29 @@ def test_each_rank_and_epoch_seeds_every_stream_for_any_seed_the_config_takes():
     assert epoch_seed(2, 3, 1) == epoch_seed(2, 3, 1)  # a resumed epoch draws the same
 
 
+def test_a_pair_s_own_generators_are_seeded_per_epoch_and_rank_on_several_processes():
+    """Tester FA: on two ranks the checkpoint held rank 0's generator alone, which a resume
+    gave every rank, and rank 1's had drawn less (a smaller last batch): the resumed
+    weights left the straight run's by 4.4e-4. Each epoch now seeds them from (seed,
+    epoch, rank, their place), as the global streams: what a resumed epoch draws is
+    whatever was drawn before it."""
+
+    def draws(rank, epoch, before=0, world=2):
+        generators = {"model.b": torch.Generator(), "guide.a": torch.Generator()}
+        for g in generators.values():
+            torch.rand(before, generator=g)  # where the epochs before left it
+        Group(rank=rank, world=world).seed_epoch(5, epoch, generators)
+        return [torch.rand(3, generator=generators[n]) for n in ("guide.a", "model.b")]
+
+    resumed, straight = draws(1, 4), draws(1, 4, before=17)
+    assert all(torch.equal(a, b) for a, b in zip(resumed, straight, strict=True))
+    assert not torch.equal(*resumed)  # two generators, two streams
+    for other in (draws(0, 4), draws(1, 5)):  # another rank, another epoch
+        assert not any(torch.equal(a, b) for a, b in zip(resumed, other, strict=True))
+    one = draws(0, 4, before=17, world=1)  # one process: its stream goes on (checkpointed)
+    assert not torch.equal(one[0], draws(0, 4, world=1)[0])
+
+
 def test_the_test_set_s_evaluation_draws_alike_whatever_the_stream_training_left():
     """Tester AV: each rank's stream went on from its own last epoch into the test set's
     evaluation, and a resume restores rank 0's on every rank, so on several processes a

@@ -3,11 +3,12 @@ and the run folders an earlier version wrote."""
 
 import json
 import warnings
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from pyro_vae.checkpoint import RunFolder, RunFolderError
 from pyro_vae.run_config import (
@@ -358,10 +359,34 @@ def test_a_bad_value_edited_into_config_json_is_said_to_be_config_json_s():
 
 
 def test_numpy_fractions_and_threshold_are_stored_as_python_floats():
-    # tester EW's kind: a NumPy scalar was refused as "not a fraction"
+    # tester EW's kind: a NumPy scalar was refused as "not a fraction"; tester FA: the
+    # threshold and an estimator's options kept theirs, and json.dumps failed
     data = DataConfig(
-        val_fraction=np.float32(0.25), threshold=np.float64(0.5), labels_fraction=np.float32(0.5)
+        val_fraction=np.float32(0.25), threshold=np.float32(0.5), labels_fraction=np.float32(0.5)
     )
-    stored = (data.val_fraction, data.preprocessing().threshold, data.labels_fraction)
+    stored = (data.val_fraction, data.threshold, data.labels_fraction)
     assert stored == (0.25, 0.5, 0.5) and all(type(v) is float for v in stored)
-    json.dumps(asdict(data))
+    estimator = EstimatorConfig("score", {"decay": np.float32(0.5), "num_particles": np.int64(2)})
+    assert estimator.options == {"decay": 0.5, "num_particles": 2}
+    assert [type(v) for v in estimator.options.values()] == [float, int]
+    config = RunConfig(model=ModelConfig("models.vae:VAE", {"latent_dim": torch.tensor(3)}))
+    config = replace(config, data=data, estimator=estimator)
+    assert json.loads(json.dumps(config.to_json()))["model_options"] == {"latent_dim": 3}
+
+
+@pytest.mark.parametrize(
+    "name, shape, layout, expected",
+    [
+        ("/d/x.npy", [10, 4, 20, 3], None, "channels-first"),  # read so before --layout
+        ("/d/x.npz", [10, 3, 8, 8], None, "channels-first"),
+        ("/d/x.npy", [10, 4, 20, 3], "channels-last", "channels-last"),
+        ("/d/x.npy", [10, 8, 8], None, None),  # no channels
+        ("images:/d", [10, 3, 8, 8], None, None),  # not an array file
+        ("/d/x.npy", None, None, None),  # a new run, before its data are read
+    ],
+)
+def test_a_run_s_4d_array_without_a_layout_reads_as_it_was_trained(name, shape, layout, expected):
+    # tester FA: a run on [N, 4, 20, 3], made before --layout and read channels first then,
+    # was refused as either layout on evaluate and resume, with no flag to say which
+    provenance = None if shape is None else {"shape": shape, "checksum": "c"}
+    assert DataConfig(name=name, provenance=provenance, layout=layout).layout == expected

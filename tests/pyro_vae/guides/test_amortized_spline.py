@@ -40,8 +40,9 @@ def test_draws_are_reparameterized():
     "options, message",
     [
         ({"count_bins": 1}, "count_bins: 1 is not an integer ≥ 2; a spline needs at least two"),
-        ({"bound": 0}, "bound: 0 is not a positive number"),
-        ({"bound": "3"}, "bound: '3' is not a positive number"),
+        ({"bound": 0}, "bound: 0 is not a finite positive number"),
+        ({"bound": float("inf")}, "bound: inf is not a finite positive number"),  # tester FA
+        ({"bound": "3"}, "bound: '3' is not a finite positive number"),
         ({"num_flows": 0}, "num_flows: 0 is not a positive integer"),
     ],
 )
