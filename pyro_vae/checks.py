@@ -62,6 +62,14 @@ def _a_count_from(minimum: int) -> str:
     return f"an integer ≥ {minimum}"
 
 
+def python_scalar(value: Any) -> Any:
+    """``value``'s Python scalar where it is a NumPy scalar or a 0-d array or tensor
+    (``.item()``); anything else as it is."""
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+        return value.item()
+    return value
+
+
 def as_real(value: Any) -> float | None:
     """``value`` as a Python float if it is a real number, else ``None``.
 
@@ -70,8 +78,7 @@ def as_real(value: Any) -> float | None:
     tensor hands over; tester EW's ``decay=np.float32(0.9)`` was refused as not a number).
     ``bool`` (Python, NumPy or a bool tensor) is not a number here, nor is a string.
     The float is what the caller stores, so config.json stays plain JSON."""
-    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
-        value = value.item()  # a 0-d tensor or array: its Python scalar
+    value = python_scalar(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return None  # np.bool_ is not numbers.Real; np.float32 and np.int64 are
     return float(value)

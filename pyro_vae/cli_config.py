@@ -180,6 +180,13 @@ def _estimator_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
+def _rank_zero() -> bool:
+    """Whether this process says the notes a fit command prints once: rank 0, or the one
+    process (tester BK: each rank of ``fit --nproc 2`` said them); read from torchrun's
+    ``RANK``, as the group is not yet formed when the run is configured."""
+    return int(os.environ.get("RANK", "0") or 0) == 0
+
+
 def should_compile(args: argparse.Namespace, elbo, model, guide) -> bool:
     """Whether ``fit`` records its training step: the one place it is decided.
 
@@ -195,7 +202,7 @@ def should_compile(args: argparse.Namespace, elbo, model, guide) -> bool:
         return args.compile in ("on", "inductor")
     made = None if args.guide is None else guide
     reason = should_record(elbo, model, made, kl_warmup_epochs=args.kl_warmup)
-    if reason is not None and int(os.environ.get("RANK", "0") or 0) == 0:
+    if reason is not None and _rank_zero():
         # tester EY: the fallback was said nowhere but config.json's train.compile
         print(f"note: --compile auto trains this run's steps unrecorded: {reason}")
     return reason is None
@@ -273,7 +280,7 @@ def _note_none_defaults(args: argparse.Namespace, spec: str, options: dict[str, 
     """Say which of a user's constructor defaults of None ("my own choice") the command's
     defaults replaced, where their flags were left out (tester Q: nothing was printed).
     The shipped models' None defaults are the command's, so they go unnoted."""
-    if spec.startswith("models.") or int(os.environ.get("RANK", "0") or 0) > 0:
+    if spec.startswith("models.") or not _rank_zero():
         return  # one rank says it (tester BK: said by each rank of fit --nproc 2)
     own = _constructor_defaults(spec)
     replaced = {

@@ -36,6 +36,7 @@ from pyro_vae.checks import (  # noqa: F401 (re-exported: the run configuration'
     check_learning_rate,
     check_levels,
     check_widths,
+    python_scalar,
 )
 from pyro_vae.data import Preprocessing
 from pyro_vae.image_folder import check_image_size
@@ -60,10 +61,7 @@ def _check_options(name: str, value: Any) -> dict[str, Any]:
         ValueError: ``value`` is not a mapping of names to values."""
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
         raise ValueError(f"{name}: {value!r} is not a mapping of option names to values")
-    return {
-        k: v.item() if getattr(v, "ndim", None) == 0 and hasattr(v, "item") else v
-        for k, v in value.items()
-    }
+    return {k: python_scalar(v) for k, v in value.items()}
 
 
 @dataclass
