@@ -83,7 +83,8 @@ def read_image_folder(
 
     Raises:
         ImageFolderError: an empty folder, no class folders, a class folder without
-            images, a file Pillow cannot read, 16-bit or floating-point pixels, or images
+            images, an image reached by two paths (links; both named), a file Pillow
+            cannot read, 16-bit or floating-point pixels, or images
             of different sizes without ``image_size`` (two files and their sizes named).
         ValueError: a bad ``image_size`` or ``crop`` without one.
     """
@@ -128,12 +129,43 @@ def check_image_size(image_size: object, crop: bool) -> tuple[int, int] | None:
 def _visible_files(folder: Path) -> list[Path]:
     """The files under ``folder``, nested folders and linked ones included (tester Q: a
     symlinked folder's images were skipped), hidden ones and those in hidden folders left
-    out, in sorted order."""
+    out, in sorted order. A folder is entered once, however many links lead to it: a link
+    to a folder above it (``ln -s . self``) is a loop, which ``os.walk`` follows until the
+    path is too long (tester FB: each image of the class read 41 times)."""
     found = []
+    entered = {os.path.realpath(folder)}
     for where, folders, names in os.walk(folder, followlinks=True):  # as torchvision does
-        folders[:] = sorted(f for f in folders if not f.startswith("."))
+        kept = []
+        for name in sorted(f for f in folders if not f.startswith(".")):
+            real = os.path.realpath(Path(where) / name)
+            if real not in entered:
+                entered.add(real)
+                kept.append(name)
+        folders[:] = kept
         found += [Path(where) / n for n in sorted(names) if not n.startswith(".")]
     return found
+
+
+def _read_once(files: list[Path], labels: list[int], classes: list[Path]) -> None:
+    """Refuse an image file reached by two paths (links): read twice, it would count twice
+    and could fall in both the training and the test split; under two classes, it would
+    have two labels (tester FB: a link to another class's folder)."""
+    first: dict[str, tuple[Path, int]] = {}
+    for path, label in zip(files, labels, strict=True):
+        real = os.path.realpath(path)
+        if real in first:
+            other, other_label = first[real]
+            where = (
+                f"both in class {classes[label].name!r}"
+                if label == other_label
+                else f"in classes {classes[other_label].name!r} and {classes[label].name!r}"
+            )
+            raise ImageFolderError(
+                f"data: {other} and {path} are the same file ({real}), {where}, through a "
+                "link; expected each image once (read twice, it would count twice and could "
+                "fall in both the training and the test split): remove one of the links"
+            )
+        first[real] = (path, label)
 
 
 def _listing(root: Path) -> tuple[list[Path], list[int], tuple[str, ...], list[Path]]:
@@ -167,6 +199,7 @@ def _listing(root: Path) -> tuple[list[Path], list[int], tuple[str, ...], list[P
             )
         files += images
         labels += [label] * len(images)
+    _read_once(files, labels, class_dirs)
     return files, labels, tuple(p.name for p in class_dirs), sorted(left_out)
 
 

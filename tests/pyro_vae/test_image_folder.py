@@ -203,6 +203,35 @@ def test_a_linked_folder_under_a_class_is_read_as_torchvision_reads_it(tmp_path)
     assert folder.labels.tolist().count(0) == 5
 
 
+def test_a_link_to_a_folder_above_is_entered_once(tmp_path):
+    # tester FB: os.walk follows such a loop until the path is too long; each of class a's
+    # images was read 41 times, outweighing class b 492 to 12 and landing in every split
+    saved = write_folder(tmp_path, classes=("a", "b"), per_class=3, mode="L")
+    (tmp_path / "a" / "self").symlink_to(tmp_path / "a")
+    (tmp_path / "b" / "sub").mkdir()
+    (tmp_path / "b" / "sub" / "up").symlink_to(tmp_path / "b")  # a loop one level down
+    folder = read_image_folder(tmp_path)
+    assert sorted(map(str, folder.files)) == sorted(map(str, saved))
+    assert folder.labels.tolist() == [0, 0, 0, 1, 1, 1]
+
+
+@pytest.mark.parametrize("target", ["b", "a"], ids=["other-class", "own-class"])
+def test_an_image_reached_by_two_links_is_refused_naming_both(tmp_path, target):
+    # tester FB: a link to another class's folder gave its images two labels, unsaid
+    write_folder(tmp_path / "data", classes=("a", "b"), per_class=2, mode="L")
+    write_folder(tmp_path / "elsewhere", classes=("c",), per_class=1, mode="L")
+    source = tmp_path / "data" / target
+    (tmp_path / "data" / "a" / "linked").symlink_to(source)
+    if target == "a":  # a link inside its own class to a file already read
+        (tmp_path / "data" / "a" / "linked").unlink()
+        (tmp_path / "data" / "a" / "copy.png").symlink_to(source / "0.png")
+    with pytest.raises(ImageFolderError) as refused:
+        read_image_folder(tmp_path / "data")
+    message = str(refused.value)
+    assert f"{source / '0.png'}" in message and "same file" in message
+    assert ("classes 'a' and 'b'" if target == "b" else "both in class 'a'") in message
+
+
 def test_a_palette_image_of_grey_pixels_is_grey_and_of_colour_pixels_colour(tmp_path):
     # tester U: grey PNGs saved with a palette (as GIFs always are) made the folder RGB
     grey = write_folder(tmp_path / "grey", mode="L", per_class=2)
