@@ -287,9 +287,9 @@ def _write_run_start(run: RunFolder, config: RunConfig, exp, state) -> None:
         text = exp.data.info.get("text_columns")
         if text:  # tester EK: left out unsaid, as an image folder's stray files are not
             print(
-                f"note: the column(s) {column_list(text, plain=True)} hold text and are "
-                "left out of the features (--columns names the features; encode text as "
-                "numbers first to use it)"
+                f"note: the column(s) {column_list(text, plain=True)} hold values that are "
+                "not numbers (text, dates, categories) and are left out of the features "
+                "(--columns names the features; encode them as numbers first to use them)"
             )
 
 

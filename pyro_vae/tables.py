@@ -115,7 +115,8 @@ def read_table(
             not given, a first column without a header holding 0..N−1 (pandas' index, which
             ``to_csv`` writes unless ``index=False``: a feature of row numbers); a
             non-numeric feature column; a missing (NaN) or infinite value (column, count and
-            first row named); non-integer numeric labels; Parquet without pyarrow or
+            first row named); an integer column whose distinct values float64 cannot
+            tell apart (beyond 2⁵³; two of them named); non-integer numeric labels; Parquet without pyarrow or
             fastparquet (the extra to install named).
     """
     import pandas as pd
@@ -144,10 +145,33 @@ def read_table(
             )
     features = frame[chosen].to_numpy(dtype=np.float64)
     _check_finite(features, chosen, path)
+    _check_integers_kept(frame, chosen, features, path)
     labels, classes = _labels(frame, path, label_column)
     left = [c for c in names if c not in chosen + [label_column]]  # text, where not chosen
     text = () if columns is not None else tuple(left)
     return Table(features, labels, tuple(chosen), label_column, classes, text)
+
+
+def _check_integers_kept(frame, chosen: list[str], features: np.ndarray, path: Path) -> None:
+    """Refuse an integer column whose distinct values float64 cannot tell apart: beyond
+    2⁵³ its spacing exceeds 1, and 60 integers from 2⁶² up all became 2⁶², then refused as
+    a constant column (tester FB)."""
+    for j, name in enumerate(chosen):
+        written = frame[name].to_numpy()
+        if written.dtype.kind not in "iu" or not len(written):
+            continue
+        distinct = np.unique(written)
+        read = distinct.astype(np.float64)
+        merged = np.flatnonzero(read[1:] == read[:-1])
+        if len(merged):
+            a, b = int(distinct[merged[0]]), int(distinct[merged[0] + 1])
+            raise TableError(
+                f"columns: {name!r} of {path} holds the integers {a} and {b}, which float64 "
+                f"reads as one number ({read[merged[0]]:.17g}: beyond 2**53 its values are "
+                "more than 1 apart), so distinct values would be modelled as equal; expected "
+                "values float64 tells apart: subtract an offset (such as the column's "
+                "minimum) or rescale the column in the file (or leave it out with --columns)"
+            )
 
 
 def _read(path: Path, label_column: str | None = None):

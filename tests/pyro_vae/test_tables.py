@@ -57,7 +57,7 @@ def test_text_columns_left_out_of_the_features_are_noted(tmp_path, capsys):
     assert main([*argv, *FAST]) == 0
     printed = capsys.readouterr().out
     assert "features: a, b, c (labels: kind)" in printed
-    assert "note: the column(s) name hold text and are left out of the features" in printed
+    assert "note: the column(s) name hold values that are not numbers (text, dates" in printed
 
 
 def test_parquet_reads_as_the_csv_does(tmp_path):
@@ -171,6 +171,25 @@ def test_a_constant_column_is_refused_for_the_normal_standardization(tmp_path):
         load_data(str(tmp_path / "t.csv"), Preprocessing("normal"))
     data = load_data(str(tmp_path / "t.csv"), Preprocessing("normal"), columns=["a"])
     assert data.x_dim == 1
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_integers_float64_cannot_tell_apart_are_refused_naming_two(tmp_path, suffix):
+    # tester FB: 60 distinct integers from 2**62 all read as 2**62, then "constant"
+    rng = np.random.default_rng(1)
+    table = pd.DataFrame({"f": rng.normal(size=60), "big": np.arange(60, dtype=np.int64) + 2**62})
+    path = tmp_path / f"t{suffix}"
+    table.to_csv(path, index=False) if suffix == ".csv" else table.to_parquet(path)
+    assert float(2**62) == float(2**62 + 1)  # what the refusal is about
+    with pytest.raises(TableError) as refused:
+        read_table(path)
+    message = str(refused.value)
+    assert f"'big' of {path} holds the integers {2**62} and {2**62 + 1}" in message
+    assert "float64 reads as one number" in message
+    # large integers float64 keeps apart (spaced wider than its spacing) are read, rounded
+    table["big"] = np.arange(60, dtype=np.int64) * 4096 + 2**62 + 1
+    table.to_csv(path, index=False) if suffix == ".csv" else table.to_parquet(path)
+    assert np.unique(read_table(path).features[:, 1]).size == 60
 
 
 def test_a_constant_column_whose_computed_std_is_not_zero_is_refused_too(tmp_path):
