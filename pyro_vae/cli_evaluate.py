@@ -65,14 +65,28 @@ def evaluate_command(args: argparse.Namespace) -> int:
             f"note: log p(x) is now {replaced}, in {block}; the block it replaced is kept in "
             f"{key}_previous"
         )
+    cause = f"other Monte Carlo draws than the saved {key} block's" + _unseen_edits(exp)
     if replaced and redrawn:  # the figures drawn after log p(x) from the same stream
-        print(f"note: {redrawn}: other Monte Carlo draws than the saved {key} block's")
+        print(f"note: {redrawn}: {cause}")
     elif redrawn:
         print(
-            f"note: {redrawn}: other Monte Carlo draws than the saved {key} block's; "
-            f"{block} now holds these, and the block it replaced is kept in {key}_previous"
+            f"note: {redrawn}: {cause}; {block} now holds these, and the block it replaced "
+            f"is kept in {key}_previous"
         )
     return 0
+
+
+def _unseen_edits(exp) -> str:
+    """Where the run's data record no checksum of their values (array and IDX files: see
+    :mod:`pyro_vae.provenance`), the other cause a moved number may have (tester FB: a
+    note put a table's edited values down to Monte Carlo draws alone)."""
+    provenance = exp.config.data.provenance or {}
+    if not provenance.get("checksum") or provenance.get("content"):
+        return ""
+    return (
+        ", or data edited in place (the checksum of an array file's names and sizes does "
+        "not see an edit that keeps them and the shape)"
+    )
 
 
 def _write_test_block(run, key: str, test: dict, extra: dict, no_estimate: bool) -> tuple:

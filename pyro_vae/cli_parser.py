@@ -372,8 +372,10 @@ def _add_allow_changed_data(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         ALLOW_FLAG,
         action="store_true",
-        help="go on when the data's checksum (file names and sizes) differs from the one "
-        "the run recorded in config.json",
+        help="go on when the data differ from those the run recorded in config.json: the "
+        "checksum of the files' names and sizes, the shape, a table's columns, or, for a "
+        "table or an image folder, the values read (an array or IDX file edited in place "
+        "at the same size is not noticed)",
     )
     parser.add_argument(
         CODE_FLAG,
@@ -454,10 +456,25 @@ def _add_amortization_gap(sub) -> None:
         help="ELBO of per-datapoint guides vs the encoder's, on test images (Cremer et al. 2018)",
     )
     a.add_argument("run", type=Path)
-    a.add_argument("--points", type=int, default=100, help="first test images to use")
-    a.add_argument("--steps", type=int, default=500)
-    a.add_argument("--lr", type=float, default=1e-2)
-    a.add_argument("--iwae-samples", type=int, default=1000)
+    a.add_argument(
+        "--points", type=int, default=100, help="first test images to use (default: 100)"
+    )
+    a.add_argument(
+        "--steps",
+        type=int,
+        default=500,
+        help="Adam steps of the per-image guides, step size annealed to 0 (default: 500)",
+    )
+    a.add_argument(
+        "--lr", type=float, default=1e-2, help="their first Adam step size (default: 0.01)"
+    )
+    a.add_argument(
+        "--iwae-samples",
+        type=int,
+        default=1000,
+        help="K of the IWAE estimate of log p(x), at least 2; its rise from K/2 to K is "
+        "reported, about its remaining bias (default: 1000)",
+    )
     a.add_argument(
         "--family",
         choices=("normal", "lowrank", "flow"),

@@ -161,6 +161,9 @@ def _data(config: dict[str, Any], keys: tuple[str, ...] = _DATA_KEYS) -> str:
     checksum = (data.get("provenance") or {}).get("checksum")
     if checksum:
         details.append(f"checksum={str(checksum).removeprefix('sha256:')[:12]}")
+    content = (data.get("provenance") or {}).get("content")
+    if content:  # the values read, where recorded (a table's, an image folder's)
+        details.append(f"content={str(content).removeprefix('sha256:')[:12]}")
     return f"{data.get('name', '?')}({', '.join(details)})"
 
 

@@ -167,7 +167,12 @@ def _image_folder(name: str, image_size: tuple[int, int] | None, crop: bool) -> 
     path = _existing(name, name[7:], "directory")
     folder = read_image_folder(path, image_size, crop)
     provenance = file_provenance(
-        path, folder.files, folder.images.shape, folder.images.dtype, classes=folder.classes
+        path,
+        folder.files,
+        folder.images.shape,
+        folder.images.dtype,
+        classes=folder.classes,
+        contents=(folder.images, folder.labels),
     )
     return _checked(
         RawImages(
@@ -190,7 +195,13 @@ def _table(name: str, columns: list[str] | None, label_column: str | None) -> Ra
     table = read_table(path, columns, label_column)
     shape, dtype = table.features.shape, table.features.dtype
     provenance = file_provenance(
-        path, [path], shape, dtype, columns=table.columns, classes=table.classes
+        path,
+        [path],
+        shape,
+        dtype,
+        columns=table.columns,
+        classes=table.classes,
+        contents=(table.features, table.labels),
     )
     return _checked(
         RawImages(

@@ -6,8 +6,12 @@ checksum of its files' names and sizes. Names and sizes, not contents: the check
 4 GB array costs one ``stat`` per file, not a read of 4 GB. It notices a file replaced by
 one of another size (more rows, other images, another dtype), added or removed files and
 renamed ones; a table's feature columns are recorded by name, in order, so a CSV whose
-columns were reordered or renamed in place is noticed too; any other edit in place that
-keeps every size and the shape is not.
+columns were reordered or renamed in place is noticed too. Data read whole into memory (a
+table, an image folder) also record a SHA-256 of the values read (``content``: the
+features and labels, or the pixels and labels), which costs one pass over memory already
+filled, so an edit in place that keeps every size is noticed there too (tester FB: a CSV's
+values shifted at the same size were scored as the run's data). In array and IDX files
+(memory-mapped, possibly larger than memory) such an edit is not noticed.
 
 Rebuilding a run (:func:`pyro_vae.experiment.load`: ``pyro-vae evaluate``, ``sample``,
 ``diagnose``, ``fit --resume``) compares the checksum with the data as they are now and
@@ -26,6 +30,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 ALLOW_FLAG = "--allow-changed-data"
 CODE_FLAG = "--allow-changed-code"
@@ -65,11 +71,13 @@ def file_provenance(
     dtype: Any,
     columns: Sequence[str] | None = None,
     classes: Sequence[str] | None = None,
+    contents: Sequence[np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """The provenance of a dataset at ``path`` (a file or a directory) read from ``files``:
     ``{"path", "shape", "dtype", "checksum", "files"}`` (plain JSON), and a table's feature
-    ``columns`` in the order they were read, and the class names its labels index
-    (``classes``, a table's label names or an image folder's class folders), where
+    ``columns`` in the order they were read, the class names its labels index
+    (``classes``, a table's label names or an image folder's class folders), and the
+    :func:`content_checksum` of the arrays read (``contents``, data read whole), where
     given."""
     root = Path(path).expanduser().resolve()
     resolved = [Path(f).expanduser().resolve() for f in files]
@@ -84,7 +92,20 @@ def file_provenance(
         out["columns"] = [str(c) for c in columns]
     if classes is not None:
         out["classes"] = [str(c) for c in classes]
+    if contents is not None:
+        out["content"] = content_checksum(contents)
     return out
+
+
+def content_checksum(arrays: Sequence[np.ndarray]) -> str:
+    """``sha256:`` and the hex digest of each array's dtype, shape and bytes (C order), in
+    turn: the values read, whatever the file's formatting."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(array.tobytes())
+    return "sha256:" + digest.hexdigest()
 
 
 def data_changed(recorded: dict[str, Any] | None, current: dict[str, Any] | None) -> bool:
@@ -101,14 +122,16 @@ def data_changed(recorded: dict[str, Any] | None, current: dict[str, Any] | None
     return not all(_agreement(recorded, current or {}))
 
 
-def _agreement(recorded: dict[str, Any], current: dict[str, Any]) -> tuple[bool, bool, bool]:
-    """Whether the checksums agree, the shapes (where recorded), and a table's columns
-    (where both record them)."""
+def _agreement(recorded: dict[str, Any], current: dict[str, Any]) -> tuple[bool, ...]:
+    """Whether the checksums agree, the shapes (where recorded), a table's columns and the
+    values read (where both record them)."""
     was, columns = recorded.get("columns"), current.get("columns")
+    content = recorded.get("content"), current.get("content")
     return (
         current.get("checksum") == recorded["checksum"],
         recorded.get("shape") is None or recorded.get("shape") == current.get("shape"),
         was is None or columns is None or was == columns,
+        None in content or content[0] == content[1],
     )
 
 
@@ -121,18 +144,24 @@ def check_unchanged(
     provenance, or data without files) or when ``allow``.
 
     Raises:
-        DataChangedError: the checksums, the shapes or a table's feature columns differ,
-            naming the path, both checksums, shapes and dtypes (or both column lists), and
-            how to go on anyway.
+        DataChangedError: the checksums, the shapes, a table's feature columns or the
+            values read differ, naming the path, both checksums, shapes and dtypes (or both
+            column lists, or both content checksums), and how to go on anyway.
     """
     if allow or not data_changed(recorded, current):
         return
     current = current or {}
     now = current.get("checksum")
-    same_files, shaped, _ = _agreement(recorded, current)
+    same_files, shaped, same_columns, _ = _agreement(recorded, current)
     was, columns = recorded.get("columns"), current.get("columns")
     changes = _file_changes(recorded.get("files"), current.get("files"))
-    if same_files and shaped:
+    if same_files and shaped and same_columns:
+        found = (
+            "its files keep their names, sizes and shape, but the values read from them "
+            f"changed (their content gives {current.get('content')}, where config.json "
+            f"recorded {recorded.get('content')}): they were edited in place"
+        )
+    elif same_files and shaped:
         found = (
             f"its file keeps its name, size and shape, but its feature columns are now "
             f"{columns} where config.json recorded {was}{column_changes(was, columns)}"

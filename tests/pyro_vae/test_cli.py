@@ -66,6 +66,7 @@ def test_evaluate_and_sample_work_from_the_folder_alone(trained, capsys, tmp_pat
     # the figures drawn from the same stream moved too, and are named (tester EW)
     redrawn = [line for line in out.splitlines() if line.startswith("note: test ")]
     assert redrawn and "kl" in redrawn[0] and "other Monte Carlo draws" in redrawn[0]
+    assert "edited in place" not in redrawn[0]  # digits have no files to edit
     assert main(["evaluate", str(trained), "--ll-samples", "50", "--ll-points", "30"]) == 0
     assert "note: log p(x) is now" not in capsys.readouterr().out  # the same K and rows
     # another K: the block of K=50 joins the one before it (tester H: the fit's own was lost)

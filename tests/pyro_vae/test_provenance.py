@@ -13,6 +13,7 @@ from pyro_vae.provenance import (
     check_unchanged,
     checksum,
     code_changes,
+    content_checksum,
     file_provenance,
     file_sha256,
 )
@@ -418,3 +419,55 @@ def test_a_table_whose_columns_were_reordered_in_place_is_read_by_name(tmp_path,
     assert metrics["test_on_changed_data"]["provenance"]["columns"] == ["a", "b", "c"]
     assert metrics["test_on_changed_data"]["provenance"]["shape"] == [65, 3]
     assert "test_on_changed_data" in capsys.readouterr().out
+
+
+def test_a_table_edited_in_place_at_the_same_size_is_refused_by_its_content(tmp_path, capsys):
+    """Tester FB: column a shifted by +4 in 40% of rows (5.xxx to 9.xxx: every size kept)
+    was scored as the run's data, into its own test block, with a note putting the change
+    down to Monte Carlo draws. A table's values read are now recorded (``content``)."""
+    rng = np.random.default_rng(0)
+    data = tmp_path / "t.csv"
+    values = rng.uniform(5, 6, (60, 3))
+    np.savetxt(data, values, fmt="%.3f", delimiter=",", header="a,b,c", comments="")
+    run = tmp_path / "run"
+    argv = ["fit", "--data", str(data), "--likelihood", "normal", "--out", str(run),
+            "--epochs", "1", "--batch-size", "16", *FAST]  # fmt: skip
+    assert main(argv) == 0
+    size, saved = data.stat().st_size, (run / "metrics.json").read_text()
+    values[::3, 0] += 4  # 5.xxx to 9.xxx: the same number of characters
+    np.savetxt(data, values, fmt="%.3f", delimiter=",", header="a,b,c", comments="")
+    assert data.stat().st_size == size
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--ll-samples", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "keep their names, sizes and shape, but the values read from them changed" in err
+    assert (run / "metrics.json").read_text() == saved  # nothing written
+    assert main(["evaluate", str(run), "--ll-samples", "0", "--allow-changed-data"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert json.loads(saved)["test"] == metrics["test"]  # the run's own block kept
+    recorded = json.loads((run / "config.json").read_text())["data"]["provenance"]["content"]
+    assert metrics["test_on_changed_data"]["provenance"]["content"] != recorded
+
+
+def test_the_content_checksum_is_of_the_values_not_of_their_formatting():
+    a = np.arange(6.0).reshape(2, 3)
+    same = content_checksum([a, np.zeros(2, np.int64)])
+    assert same == content_checksum([np.asfortranarray(a), np.zeros(2, np.int64)])
+    assert same != content_checksum([a.reshape(3, 2), np.zeros(2, np.int64)])
+    assert same != content_checksum([a.astype(np.float32), np.zeros(2, np.int64)])
+    b = a.copy()
+    b[1, 2] = np.nextafter(b[1, 2], 9)
+    assert same != content_checksum([b, np.zeros(2, np.int64)])
+
+
+def test_a_moved_number_on_an_array_run_names_an_edit_in_place_as_a_cause(tmp_path, capsys):
+    # tester FB: an edit in place was put down to Monte Carlo draws alone; an array file's
+    # checksum (names and sizes) cannot see one, so the note names it beside the draws
+    data, run = _run_on_an_array(tmp_path)
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--ll-samples", "0", "--seed", "3"]) == 0
+    moved = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note: test")]
+    assert moved and (
+        "other Monte Carlo draws than the saved test block's, or data edited in place (the "
+        "checksum of an array file's names and sizes" in moved[0]
+    )
