@@ -19,6 +19,7 @@ import torch
 
 from pyro_vae.annealing import ScaleLatents
 from pyro_vae.evaluate import (
+    _iwae_rows,
     elbo_estimate,
     elbo_per_datapoint,
     elbo_terms_per_datapoint,
@@ -1099,3 +1100,33 @@ def test_a_model_reading_its_chunk_by_the_plate_indices_is_refused_or_scored_in_
     # tester EN: rows below the chunk's length were read in their order, the wrong rows
     with pytest.raises(DataPlateError, match=r"observes other values at \['x'\] with them"):
         elbo_per_datapoint(_model_in_form("as i"), guide, x[:3], rows=torch.tensor([2, 0, 1]))
+
+
+class _KnownWeights:
+    """A stand-in for the pair: the log-weights it hands out are the next ``k`` rows of a
+    fixed ``[K, B]`` tensor, and a common scale."""
+
+    def __init__(self, log_w, scale):
+        self.log_w, self.scale, self.drawn = log_w, scale, 0
+
+    def importance_log_weights(self, args, start, k):
+        rows = self.log_w[self.drawn : self.drawn + k]
+        self.drawn += k
+        return rows, self.scale
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.25])
+@pytest.mark.parametrize(("num_samples", "per_chunk"), [(6, 4), (7, 2), (8, 8), (9, 1)])
+def test_the_halves_are_the_first_and_next_half_of_the_draws_whatever_the_chunks(
+    num_samples, per_chunk, scale
+):
+    log_w = torch.randn(num_samples, 3, dtype=F64) * 2
+    x = torch.zeros(3, 5)
+    pair = _KnownWeights(log_w, scale)
+    full, half = _iwae_rows(pair, (x,), 0, num_samples, per_chunk * x.numel(), halves=True)
+    h = num_samples // 2  # expected, from the draws themselves (an odd K's last left out)
+    first, second = (torch.logsumexp(part, 0) - math.log(h) for part in (log_w[:h], log_w[h:2 * h]))
+    assert torch.allclose(half, scale * (first + second) / 2, rtol=0, atol=1e-12)
+    expected = scale * (torch.logsumexp(log_w, 0) - math.log(num_samples))
+    assert torch.allclose(full, expected, rtol=0, atol=1e-12)
+    assert pair.drawn == num_samples
