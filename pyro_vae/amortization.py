@@ -85,28 +85,21 @@ def amortization_gap(
     ``"encoder"``; ``local_start``: ``"encoder"`` where the local guides start at the
     encoder's q, ``"moments"`` where ``family`` does not hold it),
     ``amortization_gap`` and ``approximation_gap``, each with its standard error over the
-    images (``*_se``; ``None`` for one image); ``log_likelihood_rise`` (with ``_se``): how
-    much the IWAE estimate rose from K/2 draws to K (the same draws), about what it still
-    lies below log p(x), since its bias falls as 1/K (Burda et al. 2015; the jackknife of
-    Nowozin 2018): log p(x) and the approximation gap are understated by about as much;
-    plus the settings used (``family`` among them), and a ``note`` when the amortization
-    gap is negative (:func:`negative_gap_note`), the local guides had not converged, their
-    ELBO gradient nonzero beyond Monte Carlo error (:func:`unconverged_note`), the IWAE
-    estimate was still rising (:func:`iwae_bias_note`) or the approximation gap is
-    negative (:func:`negative_approximation_note`).
+    images (``*_se``; ``None`` for one image); ``log_likelihood_rise`` (``_se``): the
+    IWAE estimate's rise from K/2 draws to K (the same draws), about what it still lies
+    below log p(x), its bias falling as 1/K (Nowozin 2018's jackknife); the settings used
+    (``family`` among them); a ``note`` where the amortization gap is negative
+    (:func:`negative_gap_note`), the local guides had not converged
+    (:func:`unconverged_note`), the IWAE estimate was still rising
+    (:func:`iwae_bias_note`) or the approximation gap is negative
+    (:func:`negative_approximation_note`).
 
     Raises:
         ValueError: a count is not a positive integer (``iwae_samples``: below 2);
-            ``family`` is not one of
-            :data:`FAMILIES`, or not the family of ``guide``; the local guides' optimization
-            diverged (``lr`` too large).
+            ``family`` is not one of :data:`FAMILIES`, or not the family of ``guide``; the
+            local guides' optimization diverged (``lr`` too large).
     """
-    for arg, value in (("steps", steps), ("num_particles", num_particles)):
-        check_count(arg, value, 1)
-    check_count("elbo_samples", elbo_samples, 1)
-    # at K = 1 the IWAE bound is an ELBO, and its rise from K/2 is not defined (tester FC:
-    # an approximation gap of -0.008 ± 0.070, a KL below 0, without a word)
-    check_count("iwae_samples", iwae_samples, 2, " (at K = 1 it is an ELBO, not log p(x))")
+    _check_counts(steps, num_particles, elbo_samples, iwae_samples)
     if family not in FAMILIES:
         raise ValueError(f"family: {family!r} is not one of {', '.join(map(repr, FAMILIES))}")
     lr = check_learning_rate("lr", lr)  # tester CO: lr=0 returned numbers, the CLI refuses it
@@ -148,6 +141,22 @@ def amortization_gap(
         "num_points": int(x.shape[0]),
         **{"steps": steps, "iwae_samples": iwae_samples, "family": family},
     }
+    return _with_notes(result, stationarity)
+
+
+def _check_counts(steps, num_particles, elbo_samples, iwae_samples) -> None:
+    for arg, value in (
+        ("steps", steps),
+        ("num_particles", num_particles),
+        ("elbo_samples", elbo_samples),
+    ):
+        check_count(arg, value, 1)
+    # at K = 1 the IWAE bound is an ELBO (tester FC: an approximation gap, a KL, of -0.008)
+    check_count("iwae_samples", iwae_samples, 2, " (at K = 1 it is an ELBO, not log p(x))")
+
+
+def _with_notes(result: dict, stationarity: tuple[float, int]) -> dict:
+    """``result`` with its ``note``, where any of the notes applies."""
     notes = [
         negative_gap_note(result),
         unconverged_note(*stationarity),
@@ -166,9 +175,7 @@ def _log_likelihood(model, guides, x, iwae_samples: int, from_moments: bool):
     estimates at K/2 from the same draws (:func:`~pyro_vae.evaluate.iwae_log_likelihood`'s
     ``halves``); and which proposal it was."""
     local, encoder = guides  # the local guide only scores the batch it was fitted to
-    log_p = iwae_log_likelihood(
-        model, local, x, iwae_samples, batch_size=x.shape[0], halves=True
-    )
+    log_p = iwae_log_likelihood(model, local, x, iwae_samples, batch_size=x.shape[0], halves=True)
     if from_moments:
         encoded = iwae_log_likelihood(model, encoder, x, iwae_samples, halves=True)
         if encoded[0].mean() > log_p[0].mean():

@@ -48,6 +48,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import numpy as np
 import pyro
 import pyro.poutine as poutine
 import torch
@@ -439,16 +440,25 @@ def check_rows(x, model) -> None:
     ``x`` that is not ``[N, ...]`` rows of ``x_dim`` values, N ≥ 1 (tester CJ: one image
     ``x[0]``, of shape [64], was scored as 64 rows; ``x[:0]`` raised a ZeroDivisionError,
     ``x[:, :63]`` PyTorch's "mat1 and mat2 shapes cannot be multiplied"; tester CO: the
-    same in ``elbo_estimate``, the latent summaries and ``amortization_gap``). Other
-    models, and ``x`` that is not a tensor, pass.
+    same in ``elbo_estimate``, the latent summaries and ``amortization_gap``; tester FC:
+    in ``to_inference_data``, ``psis_khat_per_datapoint`` and ``write_report``, and a
+    NumPy array failed inside ``linear``). A tensor of no rows is refused whatever the
+    model; other models, and ``x`` that is not a tensor or an array, pass.
 
     Raises:
-        ValueError: naming the shape and what was expected."""
-    x_dim = getattr(getattr(model, "__self__", model), "x_dim", None)
-    if not torch.is_tensor(x) or not isinstance(x_dim, int) or isinstance(x_dim, bool):
-        return
-    if x.dim() >= 1 and int(x.shape[0]) == 0:
+        ValueError: naming the shape (or the type) and what was expected."""
+    if torch.is_tensor(x) and x.dim() >= 1 and int(x.shape[0]) == 0:
         raise _no_rows(x)
+    x_dim = getattr(getattr(model, "__self__", model), "x_dim", None)
+    if not isinstance(x_dim, int) or isinstance(x_dim, bool):
+        return
+    if isinstance(x, np.ndarray):
+        raise ValueError(
+            f"x: a NumPy array of shape {x.shape}; expected a torch.Tensor [N, {x_dim}] "
+            "(torch.as_tensor(x, dtype=torch.float32))"
+        )
+    if not torch.is_tensor(x):
+        return
     width = math.prod(x.shape[1:])
     if width != x_dim:
         one = x.dim() == 1 and x.shape[0] == x_dim
@@ -854,8 +864,7 @@ def iwae_log_likelihood(
 
     ``halves`` (K ≥ 2): also the mean of the two estimates at K/2 from the same draws
     (the first ⌊K/2⌋ and the next ⌊K/2⌋), whose shortfall from the estimate at K is
-    about its remaining bias, which falls as 1/K (Nowozin 2018's jackknife); paired
-    draws make that difference far less noisy than two independent estimates' would.
+    about its remaining bias, falling as 1/K (Nowozin 2018's jackknife), paired draws.
 
     Returns:
         ``[N]``, nats per datapoint, on ``device``; with ``halves``, ``([N], [N])``.

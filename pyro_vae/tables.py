@@ -116,8 +116,8 @@ def read_table(
             ``to_csv`` writes unless ``index=False``: a feature of row numbers); a
             non-numeric feature column; a missing (NaN) or infinite value (column, count and
             first row named); an integer column whose distinct values float64 cannot
-            tell apart (beyond 2⁵³; two of them named); non-integer numeric labels; Parquet without pyarrow or
-            fastparquet (the extra to install named).
+            tell apart (beyond 2⁵³; two of them named); non-integer numeric labels;
+            Parquet without pyarrow or fastparquet (the extra to install named).
     """
     import pandas as pd
 
@@ -145,18 +145,18 @@ def read_table(
             )
     features = frame[chosen].to_numpy(dtype=np.float64)
     _check_finite(features, chosen, path)
-    _check_integers_kept(frame, chosen, features, path)
+    _check_integers_kept(frame, chosen, path)
     labels, classes = _labels(frame, path, label_column)
     left = [c for c in names if c not in chosen + [label_column]]  # text, where not chosen
     text = () if columns is not None else tuple(left)
     return Table(features, labels, tuple(chosen), label_column, classes, text)
 
 
-def _check_integers_kept(frame, chosen: list[str], features: np.ndarray, path: Path) -> None:
+def _check_integers_kept(frame, chosen: list[str], path: Path) -> None:
     """Refuse an integer column whose distinct values float64 cannot tell apart: beyond
     2⁵³ its spacing exceeds 1, and 60 integers from 2⁶² up all became 2⁶², then refused as
     a constant column (tester FB)."""
-    for j, name in enumerate(chosen):
+    for name in chosen:
         written = frame[name].to_numpy()
         if written.dtype.kind not in "iu" or not len(written):
             continue

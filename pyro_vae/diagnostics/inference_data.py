@@ -40,7 +40,7 @@ from pyro_vae.enumerated_sites import (
     summed_log_joint,
     summed_sites,
 )
-from pyro_vae.evaluate import check_finite
+from pyro_vae.evaluate import bare_pair, check_finite, check_rows
 from pyro_vae.guides.fixed import as_guide
 from pyro_vae.plates import (
     DataPlateError,
@@ -242,6 +242,8 @@ def to_inference_data(
             (:func:`pyro_vae.plates.refuse_self_subsampling`).
     """
     check_count("num_samples", num_samples, 2, "; expected at least 2 draws from the guide")
+    # x, the first argument, against the model's x_dim where it declares one (tester FC)
+    check_rows(args[0] if args else None, bare_pair(model, guide)[0])
     check_finite((*args, *kwargs.values()), "args")
     args, kwargs = to_given_device(args, kwargs, device)
     guide = as_guide(guide, model, args, kwargs)

@@ -52,7 +52,14 @@ from pyro_vae.enumerated_sites import (
     summed_log_joint,
     summed_sites,
 )
-from pyro_vae.evaluate import PerDatapoint, data_arguments, eval_mode, prepare
+from pyro_vae.evaluate import (
+    PerDatapoint,
+    bare_pair,
+    check_rows,
+    data_arguments,
+    eval_mode,
+    prepare,
+)
 from pyro_vae.guides.fixed import as_guide
 from pyro_vae.pointwise import (
     common_scale,
@@ -453,11 +460,10 @@ def psis_khat_per_datapoint(
 
     Needs every latent site inside the per-datapoint plate (an amortized or local guide;
     :func:`pyro_vae.plates.find_data_plate`). ``rows``: for a guide with free per-datapoint
-    parameters (``LocalNormal``, an autoguide over local latents), the rows of its data that
-    ``x`` holds (default: the first ``len(x)``), as :func:`pyro_vae.evaluate.prepare` takes
-    them. Datapoints and draws are taken in chunks of at most ``max_elements`` values of x.
-    Each site's per-datapoint log-density is added to the others in float64, so a
-    per-datapoint constant in log p leaves k̂ as it is, and the constant-ratio test
+    parameters (``LocalNormal``, an autoguide over local latents), the rows of its data
+    ``x`` holds (default: the first ``len(x)``). Chunks of ≤ ``max_elements`` values of x.
+    Each site's per-datapoint log-density is added to the others in float64 (a
+    per-datapoint constant in log p leaves k̂ as it is), and the constant-ratio test
     (k̂ = −inf) is against each datapoint's rounding error, 2 ε Σ|log-density terms| over
     the sites that vary between draws (:func:`pareto_khat`).
 
@@ -472,19 +478,20 @@ def psis_khat_per_datapoint(
     KL(q ‖ p(z | x_n)) and χ²(p(z | x_n) ‖ q). For K > S the ratios are drawn as usual;
     a datapoint whose draws repeat a ratio in the fitted tail gets NaN.
 
-    ``device`` (``None``: ``x``'s): where the pair computes, chunk by chunk. A site the model sums
-    out by enumeration is summed out of each ratio, p(x_n, u) = Σ_c p(x_n, z_n = c, u)
+    ``device`` (``None``: ``x``'s): where the pair computes, chunk by chunk. A site summed out
+    by enumeration is summed out of each ratio, p(x_n, u) = Σ_c p(x_n, z_n = c, u)
     (:mod:`pyro_vae.enumerated_sites`, as the per-datapoint evaluators do). A scale c of every
     site (``poutine.scale(c)`` on both) leaves k̂ and χ²; ``log_evidence`` and ``kl`` are c ×.
 
     Raises:
         ValueError: ``num_samples`` < 21 (``PSIS_MIN_SAMPLES``) or beyond the memory
-            (:func:`check_ratio_memory`); ``max_elements`` < 1; a ``device`` this machine
-            does not have; a latent site outside the per-datapoint plate; ``rows`` of the
-            wrong length or beyond the rows a local guide holds.
+            (:func:`check_ratio_memory`); ``max_elements`` < 1; no rows, or rows not of the
+            model's ``x_dim``; a ``device`` this machine does not have; a latent site
+            outside the data plate; ``rows`` of the wrong length or beyond the local guide's.
     """
     check_count("num_samples", num_samples, PSIS_MIN_SAMPLES, "; PSIS needs ≥ 5 tail draws")
     check_count("max_elements", max_elements, 1, "; expected a positive chunk size")
+    check_rows(x, bare_pair(model, guide)[0])  # (tester FC: x[:0] raised an IndexError)
     check_ratio_memory(num_samples, int(x.shape[0]))
     device = x.device if device is None else resolve_device(device, "device")
     # log w (or, enumerated, log p and log q) [K, B] and the rounding bound [B] per batch

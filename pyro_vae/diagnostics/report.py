@@ -26,7 +26,12 @@ from pyro_vae.checkpoint import atomic_path, remove_stale_staging_folders, stagi
 from pyro_vae.checks import check_count, check_memory
 from pyro_vae.diagnostics.arviz_compat import az, default_grid
 from pyro_vae.diagnostics.inference_data import save_inference_data, to_inference_data
-from pyro_vae.diagnostics.psis import PointwiseKhat, check_ratio_memory, psis_khat_per_datapoint
+from pyro_vae.diagnostics.psis import (
+    PointwiseKhat,
+    check_ratio_memory,
+    psis_khat_per_datapoint,
+    sample_size_threshold,
+)
 from pyro_vae.plots import plot_reconstructions, save_png
 from pyro_vae.predictive import reconstruct
 
@@ -39,6 +44,11 @@ def plot_khat(khat: PointwiseKhat, path: str | os.PathLike, title: str = "") -> 
     Returns ``path``, a PNG."""
     if khat.num_states:
         return _plot_chi2(khat, Path(path), title)
+    return save_png(khat_figure(khat, title), Path(path))
+
+
+def khat_figure(khat: PointwiseKhat, title: str = "") -> Figure:
+    """:func:`plot_khat`'s figure of drawn ratios' k̂ (not of enumerated states)."""
     applicable = ~np.isnan(khat.khat)
     k = khat.khat[applicable]
     finite = k[np.isfinite(k)]
@@ -46,17 +56,27 @@ def plot_khat(khat: PointwiseKhat, path: str | os.PathLike, title: str = "") -> 
     shown = np.where(np.isfinite(k), k, floor)
     fig = Figure(figsize=(10, 3.6))
     left, right = fig.subplots(1, 2, width_ratios=(3, 2))
-    left.scatter(np.flatnonzero(applicable), shown, s=4, alpha=0.6, linewidths=0)
+    size = 4 if k.size > 500 else 14 if k.size > 50 else 30  # (tester FC: s=4 for 1 point)
+    left.scatter(np.flatnonzero(applicable), shown, s=size, alpha=0.6, linewidths=0)
+    left.xaxis.set_major_locator(MaxNLocator(integer=True))  # datapoints, not 2.5
     left.set_xlabel("datapoint")
     left.set_ylabel("k̂")
     right.hist(shown, bins=50, color="C0", alpha=0.8)
     right.set_xlabel("k̂")
     right.set_ylabel("datapoints")
-    for value, style in ((0.5, "--"), (0.7, "-")):
+    # the fixed 0.5 and 0.7, and below 0.7 the threshold of these S draws, which the
+    # command prints (tester FC: the figure drew only 0.5 and 0.7 for S = 21, whose is 0.24)
+    threshold = sample_size_threshold(khat.num_samples)
+    lines = [(0.5, "--", "k̂ = 0.5"), (0.7, "-", "k̂ = 0.7")]
+    if threshold < 0.7:
+        lines.append((threshold, ":", f"k̂ = {threshold:.2f}, the threshold for these S"))
+    for value, style, label in lines:
         left.axhline(value, color="C3", linestyle=style, linewidth=1)
-        right.axvline(value, color="C3", linestyle=style, linewidth=1, label=f"k̂ = {value}")
+        right.axvline(value, color="C3", linestyle=style, linewidth=1, label=label)
     right.legend(fontsize=8)
-    above = [f"{100 * khat.share_above(t):.1f}% above {t}" for t in (0.5, 0.7)]
+    cuts = [(0.5, "0.5"), (0.7, "0.7")]
+    cuts = cuts if threshold >= 0.7 else [(threshold, f"{threshold:.2f}"), *cuts]
+    above = [f"{100 * khat.share_above(t):.1f}% above {label}" for t, label in cuts]
     shares = ", ".join(above)
     fig.suptitle(
         (title or f"PSIS k̂ per datapoint, S = {khat.num_samples} draws") + f": {shares}",
@@ -69,7 +89,7 @@ def plot_khat(khat: PointwiseKhat, path: str | os.PathLike, title: str = "") -> 
         notes.append(f"{int((~applicable).sum())} with k̂ not applicable (discrete q) left out")
     if notes:
         left.set_title("; ".join(notes))
-    return save_png(fig, Path(path))
+    return fig
 
 
 def _plot_chi2(khat: PointwiseKhat, path: Path, title: str) -> Path:

@@ -1013,16 +1013,25 @@ def test_elbo_estimate_reads_a_mask_inside_a_transformed_prior():
         (lambda x: x[:0], r"x: shape \(0, 64\) has no rows"),  # a ZeroDivisionError
         (lambda x: x[:, :63], r"x: shape \(5, 63\), rows of 63 values; the model takes "
          r"x_dim=64"),  # PyTorch's "mat1 and mat2 shapes cannot be multiplied"
+        # tester FC: torch's "linear(): argument 'input' must be Tensor"
+        (lambda x: x.numpy(), r"x: (a NumPy array of shape \(5, 64\); expected a "
+         r"torch.Tensor \[N, 64\]|expected a tensor .* got ndarray)"),
     ],
 )  # fmt: skip
 def test_rows_the_model_does_not_take_are_refused_by_shape(rows, refusal):
     from models.vae import VAE
+    from pyro_vae.diagnostics import psis_khat_per_datapoint, to_inference_data
 
     pyro.set_rng_seed(0)
     vae = VAE(64, latent_dim=2, hidden_dims=(8,))
     x = torch.rand(5, 64).round()
-    # tester CO: elbo_estimate scored x[0] as 64 rows too
-    for evaluator in (elbo_per_datapoint, iwae_log_likelihood, elbo_estimate):
+    # tester CO: elbo_estimate scored x[0] as 64 rows too; tester FC: the diagnostics raised
+    # an IndexError, a ZeroDivisionError or torch's matmul error
+    diagnostics = (
+        lambda m, g, x: to_inference_data(m, g, x, num_samples=10),
+        lambda m, g, x: psis_khat_per_datapoint(m, g, x, 21),
+    )
+    for evaluator in (elbo_per_datapoint, iwae_log_likelihood, elbo_estimate, *diagnostics):
         with pytest.raises(ValueError, match=refusal):
             evaluator(vae, vae.make_guide(), rows(x))
     assert elbo_per_datapoint(vae, vae.make_guide(), x[None, 0]).shape == (1,)
@@ -1125,7 +1134,9 @@ def test_the_halves_are_the_first_and_next_half_of_the_draws_whatever_the_chunks
     pair = _KnownWeights(log_w, scale)
     full, half = _iwae_rows(pair, (x,), 0, num_samples, per_chunk * x.numel(), halves=True)
     h = num_samples // 2  # expected, from the draws themselves (an odd K's last left out)
-    first, second = (torch.logsumexp(part, 0) - math.log(h) for part in (log_w[:h], log_w[h:2 * h]))
+    first, second = (
+        torch.logsumexp(part, 0) - math.log(h) for part in (log_w[:h], log_w[h : 2 * h])
+    )
     assert torch.allclose(half, scale * (first + second) / 2, rtol=0, atol=1e-12)
     expected = scale * (torch.logsumexp(log_w, 0) - math.log(num_samples))
     assert torch.allclose(full, expected, rtol=0, atol=1e-12)

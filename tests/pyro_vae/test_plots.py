@@ -140,6 +140,26 @@ def test_the_report_leaves_no_pyplot_figure_open(tmp_path):
     assert plt.get_fignums() == before
 
 
+@pytest.mark.parametrize(("draws", "threshold"), [(21, 1 - 1 / math.log10(21)), (5000, None)])
+def test_the_khat_figure_draws_the_threshold_of_its_draws_below_0_7(draws, threshold):
+    # tester FC: for S = 21 the command printed the share above 0.24, the figure showed
+    # only 0.5 and 0.7 (Vehtari et al. 2024's min(1 − 1/log10 S, 0.7), computed here)
+    from pyro_vae.diagnostics.psis import PointwiseKhat
+    from pyro_vae.diagnostics.report import khat_figure
+
+    khat = np.array([0.1, 0.3, 0.6, 0.8])
+    fig = khat_figure(PointwiseKhat(khat, draws))
+    left = fig.axes[0]
+    drawn = sorted(round(float(line.get_ydata()[0]), 6) for line in left.get_lines())
+    title = fig._suptitle.get_text()
+    if threshold is None:
+        assert drawn == [0.5, 0.7] and "above 0.5" in title and "above 0.24" not in title
+    else:
+        assert drawn == [round(threshold, 6), 0.5, 0.7]
+        assert f"{100 * (khat > threshold).mean():.1f}% above {threshold:.2f}" in title
+    assert all(tick == int(tick) for tick in left.get_xticks())  # datapoints are whole
+
+
 @pytest.mark.parametrize("n, shape", [(3, (28, 28)), (24, (8, 8)), (24, (3, 32, 32))])
 def test_reconstruction_labels_and_title_overlap_no_image(n, shape):
     # Measured where matplotlib draws them: every text's box against every image's box.
