@@ -316,9 +316,10 @@ def amortization_gap_command(args: argparse.Namespace) -> int:
             f"{result['amortization_gap_se']:.3f})"
         )
     rise, rise_se = result["log_likelihood_rise"], result["log_likelihood_rise_se"]
+    half = args.iwae_samples // 2
     print(
         f"  (log p(x) rose {rise:.3f}{'' if rise_se is None else f' ± {rise_se:.3f}'} from "
-        f"K={args.iwae_samples // 2} to K={args.iwae_samples}: about its remaining bias)"
+        f"K={half} to K={2 * half}: its remaining bias is at least about that)"
     )
     if "note" in result:
         print(f"note: {result['note']}")

@@ -84,8 +84,8 @@ def _unseen_edits(exp) -> str:
     if not provenance.get("checksum") or provenance.get("content"):
         return ""
     return (
-        ", or data edited in place (the checksum of an array file's names and sizes does "
-        "not see an edit that keeps them and the shape)"
+        ", or data edited in place (this run recorded a checksum of its files' names and "
+        "sizes, not of their values, and an edit that keeps them and the shape passes it)"
     )
 
 

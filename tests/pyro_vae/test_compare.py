@@ -445,3 +445,20 @@ def test_the_validation_curves_epoch_axis_has_integer_ticks(tmp_path, monkeypatc
     runs = [_run(tmp_path / name, [1.0] * epochs, [-100.0] * epochs, TEST) for name in "ab"]
     write_comparison(compare_runs(runs), tmp_path / "out")
     assert_integer_epoch_ticks(drawn[0].axes[0])
+
+
+def test_the_values_read_tell_runs_apart_only_where_both_runs_recorded_them(tmp_path):
+    # tester FD: a run from before content checksums and a new run on the same file were
+    # "different data"; two runs whose recorded values differ are, whatever their names
+    # and sizes
+    provenance = {"path": "/d/t.npy", "shape": [60, 3], "dtype": "float64", "checksum": "sha256:ab"}
+    old = _run(tmp_path / "old", [1.0], [-9.0], TEST, data_name="/d/t.npy",
+               data={"provenance": provenance})  # fmt: skip
+    runs = [
+        _run(tmp_path / name, [1.0], [-9.0], TEST, data_name="/d/t.npy",
+             data={"provenance": {**provenance, "content": f"sha256:{digest}"}})
+        for name, digest in (("a", "cd"), ("b", "ef"))
+    ]  # fmt: skip
+    assert compare_runs([runs[0], old]).notes == []
+    (note,) = compare_runs(runs).notes
+    assert note.startswith("the runs use different data") and "content=ef" in note

@@ -1126,18 +1126,20 @@ class _KnownWeights:
 
 @pytest.mark.parametrize("scale", [1.0, 0.25])
 @pytest.mark.parametrize(("num_samples", "per_chunk"), [(6, 4), (7, 2), (8, 8), (9, 1)])
-def test_the_halves_are_the_first_and_next_half_of_the_draws_whatever_the_chunks(
+def test_the_rise_is_from_the_halves_of_the_first_2h_draws_whatever_the_chunks(
     num_samples, per_chunk, scale
 ):
     log_w = torch.randn(num_samples, 3, dtype=F64) * 2
     x = torch.zeros(3, 5)
     pair = _KnownWeights(log_w, scale)
-    full, half = _iwae_rows(pair, (x,), 0, num_samples, per_chunk * x.numel(), halves=True)
+    full, rise = _iwae_rows(pair, (x,), 0, num_samples, per_chunk * x.numel(), rise=True)
     h = num_samples // 2  # expected, from the draws themselves (an odd K's last left out)
     first, second = (
         torch.logsumexp(part, 0) - math.log(h) for part in (log_w[:h], log_w[h : 2 * h])
     )
-    assert torch.allclose(half, scale * (first + second) / 2, rtol=0, atol=1e-12)
+    doubled = torch.logsumexp(log_w[: 2 * h], 0) - math.log(2 * h)
+    assert torch.allclose(rise, scale * (doubled - (first + second) / 2), rtol=0, atol=1e-12)
+    assert (rise >= 0).all()  # Jensen: the estimate from 2h draws is at least their halves'
     expected = scale * (torch.logsumexp(log_w, 0) - math.log(num_samples))
     assert torch.allclose(full, expected, rtol=0, atol=1e-12)
     assert pair.drawn == num_samples

@@ -468,6 +468,6 @@ def test_a_moved_number_on_an_array_run_names_an_edit_in_place_as_a_cause(tmp_pa
     assert main(["evaluate", str(run), "--ll-samples", "0", "--seed", "3"]) == 0
     moved = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note: test")]
     assert moved and (
-        "other Monte Carlo draws than the saved test block's, or data edited in place (the "
-        "checksum of an array file's names and sizes" in moved[0]
+        "other Monte Carlo draws than the saved test block's, or data edited in place (this "
+        "run recorded a checksum of its files' names and sizes, not of their values" in moved[0]
     )
