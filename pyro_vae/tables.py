@@ -641,12 +641,12 @@ def table_observations(
         return _standardized(features, columns, info), 1.0
     every = np.concatenate(list(features.values()))
     if likelihood == "bernoulli":
-        _check_support(every, columns, (every == 0) | (every == 1), "binary 0/1 values")
+        _check_support(every, columns, (every == 0) | (every == 1), "binary 0/1 values", likelihood)
     elif likelihood == "continuous-bernoulli":
-        _check_support(every, columns, (every >= 0) & (every <= 1), "values in [0, 1]")
+        _check_support(every, columns, (every >= 0) & (every <= 1), "values in [0, 1]", likelihood)
     else:
         integer = (every == np.round(every)) & (every >= 0)
-        _check_support(every, columns, integer, "non-negative integer levels")
+        _check_support(every, columns, integer, "non-negative integer levels", likelihood)
         levels = _table_levels(every, levels)
         info["levels"] = levels
     obs = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in features.items()}
@@ -789,15 +789,19 @@ def _standardized_as_recorded(
     return out
 
 
-def _check_support(every: np.ndarray, columns, ok: np.ndarray, expected: str) -> None:
+def _check_support(
+    every: np.ndarray, columns, ok: np.ndarray, expected: str, likelihood: str
+) -> None:
     if ok.all():
         return
     column = int(np.flatnonzero((~ok).any(0))[0])
     value = every[~ok[:, column], column][0]
+    default = " (fit's default)" if likelihood == "bernoulli" else ""
     raise TableError(
-        f"likelihood: column {columns[column]!r} holds {value:g}; this likelihood needs "
-        f"{expected} in every feature column (use the normal likelihood for real values)"
-    )
+        f"likelihood: {likelihood!r}{default} needs {expected} in every feature column, "
+        f"but column {columns[column]!r} holds {value:g}; for real values use the normal "
+        "likelihood (--likelihood normal), which standardizes each column"
+    )  # (tester FB: the likelihood went unnamed, the default one too)
 
 
 def _table_levels(every: np.ndarray, levels: int | None) -> int:

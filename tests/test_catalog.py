@@ -400,7 +400,7 @@ CLI = [
         "fit-table-bernoulli",
         None,
         ["fit", "--out", "{new}", "--data", "{csv_ok}", "--label-column", "y"],
-        ["column 'a' holds", "binary 0/1"],
+        ["'bernoulli' (fit's default) needs binary 0/1", "column 'a' holds"],
     ),
     # --- fit: the labelled subset, and models that use labels --------------------------
     *[
