@@ -89,11 +89,9 @@ def amortization_gap(
     IWAE estimate's rise from ⌊K/2⌋ draws to 2⌊K/2⌋ (the same draws), a lower estimate of
     what it still lies below log p(x) (Nowozin 2018's jackknife; :func:`iwae_bias_note`);
     the settings used (``family`` among them); a ``note`` where the amortization gap is
-    negative
-    (:func:`negative_gap_note`), the local guides had not converged
-    (:func:`unconverged_note`), the IWAE estimate was still rising
-    (:func:`iwae_bias_note`) or the approximation gap is negative
-    (:func:`negative_approximation_note`).
+    negative (:func:`negative_gap_note`), the local guides had not converged
+    (:func:`unconverged_note`), the IWAE estimate was still rising (:func:`iwae_bias_note`)
+    or the approximation gap is negative (:func:`negative_approximation_note`).
 
     Raises:
         ValueError: a count is not a positive integer (``iwae_samples``: below 2);
