@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from pyro_vae.cli_analysis import _check_png_out, _print_khat
+from pyro_vae.cli_analysis import _check_png_out, _print_gaps, _print_khat
 
 
 def test_a_figure_path_is_refused_where_it_would_replace_a_file_of_the_run(tmp_path):
@@ -212,3 +212,22 @@ def test_grad_variance_runs_a_model_without_num_data_at_fit_s_minibatch_scale(tm
     trace = poutine.trace(model).get_trace(x, **kwargs)
     assert x.shape[0] == 20 and len(kwargs["subsample"]) == 20
     assert trace.nodes["obs"]["scale"] == num_data / 20
+
+
+@pytest.mark.parametrize("standardized", [True, False])
+def test_the_gaps_of_a_normal_table_say_their_units(standardized, capsys):
+    # tester FC: a table's log p(x) printed as "nats per row", 4 nats from fit's figure in
+    # the file's units, with no word on which
+    result = {
+        "num_points": 3, "log_likelihood": -19.154, "elbo_local": -19.2,
+        "elbo_amortized": -19.5, "approximation_gap": 0.046, "amortization_gap": 0.3,
+        "amortization_gap_se": 0.01, "approximation_gap_se": 0.02,
+        "log_likelihood_rise": 0.001, "log_likelihood_rise_se": 0.0005,
+    }  # fmt: skip
+    _print_gaps(result, 1001, "rows", standardized)
+    out = capsys.readouterr().out
+    said = "(nats per row of the standardized columns)" in out and "the gaps" in out
+    assert said == standardized
+    assert "from K=500 to K=1000" in out  # the first 2h of an odd K's draws
+    widths = {line.index("-19") for line in out.splitlines() if "-19." in line}
+    assert len(widths) == 1  # log p(x)'s row in the ELBOs' column
