@@ -67,16 +67,14 @@ def khat_figure(khat: PointwiseKhat, title: str = "") -> Figure:
     # the fixed 0.5 and 0.7, and below 0.7 the threshold of these S draws, which the
     # command prints (tester FC: the figure drew only 0.5 and 0.7 for S = 21, whose is 0.24)
     threshold = sample_size_threshold(khat.num_samples)
-    lines = [(0.5, "--", "k̂ = 0.5"), (0.7, "-", "k̂ = 0.7")]
+    cuts = [(0.5, "0.5", "--", ""), (0.7, "0.7", "-", "")]
     if threshold < 0.7:
-        lines.append((threshold, ":", f"k̂ = {threshold:.2f}, the threshold for these S"))
-    for value, style, label in lines:
+        cuts.insert(0, (threshold, f"{threshold:.2f}", ":", ", the threshold for these S"))
+    for value, text, style, why in cuts:
         left.axhline(value, color="C3", linestyle=style, linewidth=1)
-        right.axvline(value, color="C3", linestyle=style, linewidth=1, label=label)
+        right.axvline(value, color="C3", linestyle=style, linewidth=1, label=f"k̂ = {text}{why}")
     right.legend(fontsize=8)
-    cuts = [(0.5, "0.5"), (0.7, "0.7")]
-    cuts = cuts if threshold >= 0.7 else [(threshold, f"{threshold:.2f}"), *cuts]
-    above = [f"{100 * khat.share_above(t):.1f}% above {label}" for t, label in cuts]
+    above = [f"{100 * khat.share_above(t):.1f}% above {text}" for t, text, _, _ in cuts]
     shares = ", ".join(above)
     fig.suptitle(
         (title or f"PSIS k̂ per datapoint, S = {khat.num_samples} draws") + f": {shares}",
