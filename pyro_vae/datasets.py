@@ -322,7 +322,6 @@ def load_raw(
             loader refuses (named).
         DatasetNotFoundError: a dataset or file that is not there.
     """
-    check_image_size(image_size, crop)
     check_layout(layout)
     kind = _source_of(name)
     given = {
@@ -342,6 +341,7 @@ def load_raw(
                 else ("a table (PATH.csv, PATH.parquet or table:PATH)")
             )
             raise ValueError(f"{arg}: {value!r} applies to {takes} only, not to data {name!r}")
+    check_image_size(image_size, crop)  # after: crop on a table is told it takes none
     options = {**given, "crop": crop}
     return kind.load(name, **{arg: options[arg] for arg in kind.options})
 

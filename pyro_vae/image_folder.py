@@ -113,7 +113,10 @@ def check_image_size(image_size: object, crop: bool) -> tuple[int, int] | None:
     """
     if image_size is None:
         if crop:
-            raise ValueError("crop: True needs image_size, the (height, width) to crop to")
+            raise ValueError(
+                "crop: True needs image_size, the (height, width) to crop an image folder's "
+                "images to (crop and image_size apply to images:DIR only)"
+            )
         return None
     if (
         not isinstance(image_size, list | tuple)

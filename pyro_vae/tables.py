@@ -137,10 +137,11 @@ def read_table(
     chosen = _feature_columns(frame, path, columns, label_column)
     for name in chosen:
         if not pd.api.types.is_numeric_dtype(frame[name]):
+            _refuse_huge_integers(frame[name], name, path, chosen=True)
             row, value = _first_non_number(frame[name])
             raise TableError(
                 f"columns: {name!r} of {path} holds {frame[name].dtype} values such as "
-                f"{value!r} (data row {row}, 0-based, header not counted); expected numeric "
+                f"{value!r} ({_row_words(path, row)}); expected numeric "
                 "feature columns (leave it out of --columns, or encode it as numbers first)"
             )
     features = frame[chosen].to_numpy(dtype=np.float64)
@@ -179,7 +180,7 @@ def _read(path: Path, label_column: str | None = None):
     written alike as numbers stay apart (``007`` and ``7``: :func:`_labels`)."""
     import pandas as pd
 
-    parquet = path.name.lower().endswith((".parquet", ".pq"))
+    parquet = _is_parquet(path)
     if parquet:
         _require_parquet_engine()
     try:
@@ -428,6 +429,18 @@ def column_list(names: list[str], plain: bool = False, more: str = "", shown: in
     return f"{text} ({len(names):,} columns{more})" if cut else text
 
 
+def _is_parquet(path: Path) -> bool:
+    return path.name.lower().endswith((".parquet", ".pq"))
+
+
+def _row_words(path: Path, row: int) -> str:
+    """Where a cell is, in a refusal: a CSV's rows counted after its header line; a Parquet
+    file has none (tester FB: "header not counted" of a Parquet file)."""
+    if _is_parquet(path):
+        return f"row {row}, 0-based"
+    return f"data row {row}, 0-based, header not counted"
+
+
 def _first_non_number(values) -> tuple[int, Any]:
     """(data row, value) of the first cell of a column that does not read as a number
     (pandas' ``to_numeric``); the first cell where every one does."""
@@ -437,6 +450,30 @@ def _first_non_number(values) -> tuple[int, Any]:
     bad = np.flatnonzero((parsed.isna() & values.notna()).to_numpy())
     row = int(bad[0]) if len(bad) else 0
     return row, values.iloc[row]
+
+
+def _refuse_huge_integers(values, name: str, path: Path, chosen: bool = False) -> None:
+    """Refuse a column holding integers beyond 64 bits (``123456789012345678901234``),
+    which pandas reads as text, naming the first (tester FB: called "numbers written with
+    a comma")."""
+    import pandas as pd
+
+    text = values[values.notna()].astype(str).str.strip()
+    whole = text.str.fullmatch(r"[+-]?\d+")
+    huge = whole & (pd.to_numeric(text.where(whole), errors="coerce").abs() >= 2.0**63)
+    if huge.any():
+        row = int(np.flatnonzero(values.index.isin(huge[huge].index))[0])
+        raise TableError(
+            f"columns: {name!r} of {path} holds integers beyond 64 bits, such as "
+            f"{values.iloc[row]!r} ({_row_words(path, row)}), which pandas reads as text, so "
+            "it is not read as numeric; write them as floats (such as 1.5e+25) if their "
+            "float64 rounding will do, or "
+            + (
+                "leave it out of --columns"
+                if chosen
+                else "name the features with --columns to leave it out"
+            )
+        )
 
 
 def _refuse_mostly_numeric(frame, path: Path, others: list[str]) -> None:
@@ -458,20 +495,22 @@ def _refuse_mostly_numeric(frame, path: Path, others: list[str]) -> None:
         commas = pd.to_numeric(
             present.astype(str).str.strip().str.replace(",", ".", regex=False), errors="coerce"
         )
+        _refuse_huge_integers(values, name, path)
         if parsed.notna().mean() >= 0.5 and parsed.isna().any():
             row, value = _first_non_number(values)
             raise TableError(
                 f"columns: {name!r} of {path} is numbers but for {int(parsed.isna().sum())} "
-                f"cells such as {value!r} (data row {row}, 0-based, header not counted), so "
+                f"cells such as {value!r} ({_row_words(path, row)}), so "
                 "it is not read as numeric and would be left out of the features; fix those "
                 "cells (a decimal comma is not converted), or name the features with "
                 "--columns to leave it out"
             )
-        if commas.notna().mean() >= 0.5:  # a decimal comma (or thousands separator) column
+        written = present.astype(str).str.contains(",", regex=False).any()
+        if written and commas.notna().mean() >= 0.5:  # a decimal comma (or thousands) column
             row, value = _first_non_number(values)
             raise TableError(
                 f"columns: {name!r} of {path} holds numbers written with a comma, such as "
-                f"{value!r} (data row {row}, 0-based, header not counted), which are not "
+                f"{value!r} ({_row_words(path, row)}), which are not "
                 "converted (a decimal comma and a thousands separator read alike), so it "
                 "would be left out of the features; write them with a decimal point, or name "
                 "the features with --columns to leave it out"
@@ -485,8 +524,8 @@ def _check_finite(features: np.ndarray, columns: list[str], path: Path) -> None:
         rows = np.flatnonzero(bad[:, column])
         raise TableError(
             f"data: column {columns[column]!r} of {path} has {len(rows)} missing (NaN) or "
-            f"infinite values, the first in data row {int(rows[0])} (0-based, header not "
-            "counted); expected complete numeric data: drop or impute those rows first"
+            f"infinite values, the first in {_row_words(path, int(rows[0]))}; expected complete "
+            "numeric data: drop or impute those rows first"
         )
 
 
@@ -527,8 +566,8 @@ def _labels(frame, path: Path, label_column: str | None) -> tuple[np.ndarray, tu
     if values.isna().any():
         row = int(np.flatnonzero(values.isna().to_numpy())[0])
         raise TableError(
-            f"label_column: {label_column!r} of {path} has a missing label in data row {row} "
-            "(counting from 0 after the header); expected a label in every row"
+            f"label_column: {label_column!r} of {path} has a missing label in "
+            f"{_row_words(path, row)}; expected a label in every row"
         )
     numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
     text = values.astype(str)

@@ -147,6 +147,12 @@ def test_bernoulli_and_categorical_need_their_support(tmp_path):
         ('a,b\n1,2.5\n3,"1,5"\n', {"columns": ["b"]}, ["'1,5' (data row 1", "numeric"]),
         ("n;w\n3;1,52\n5;0,98\n2;1,10\n", {}, ["columns: 'w'", "with a comma, such as '1,52'"]),
         ("a,b\n1,2\n,4\n3,5\n", {}, ["column 'a'", "1 missing (NaN)", "data row 1"]),
+        # integers beyond 64 bits, which pandas reads as text: named so, not as commas
+        # (tester FB), by default or named in columns
+        ("a,b\n1,123456789012345678901234567\n2,4\n", {}, ["columns: 'b'", "beyond 64 bits",
+         "such as 123456789012345678901234567 (data row 0", "name the features with"]),
+        ("a,b\n1,2\n2,-99999999999999999999\n", {"columns": ["a", "b"]},
+         ["beyond 64 bits", "(data row 1", "leave it out of --columns"]),
         ("a,b\n1,inf\n3,4\n", {}, ["column 'b'", "infinite"]),
         ("a,y\n1,0.5\n3,1\n", {"label_column": "y"}, ["label_column: 'y'", "non-integer"]),
         ("a,y\n1,\n3,1\n", {"label_column": "y"}, ["missing label in data row 0"]),
@@ -155,7 +161,8 @@ def test_bernoulli_and_categorical_need_their_support(tmp_path):
     ],
     ids=[
         "empty", "no-rows", "no-label", "no-column", "not-numeric", "one-bad-cell",
-        "one-bad-cell-named", "decimal-commas", "nan", "inf",
+        "one-bad-cell-named", "decimal-commas", "nan", "huge-integers", "huge-integers-named",
+        "inf",
         "float-labels", "missing-label", "no-features", "label-as-feature",
     ],
 )  # fmt: skip
@@ -165,6 +172,33 @@ def test_a_bad_table_is_refused_naming_the_column(tmp_path, content, kwargs, wor
         read_table(tmp_path / "t.csv", **kwargs)
     for word in words:
         assert word in str(raised.value)
+
+
+def test_a_parquet_file_has_no_header_to_count_in_its_refusals(tmp_path):
+    """Parquet rows are counted from 0 with no header line (tester FB: "header not counted"
+    of a Parquet file); the CSV of the same frame says its header is not counted."""
+    frame = pd.DataFrame({"a": [1.0, 2.0, np.nan], "y": [0, 1, 1]})
+    frame.to_parquet(tmp_path / "t.parquet")
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(TableError) as parquet:
+        read_table(tmp_path / "t.parquet")
+    assert "the first in row 2, 0-based;" in str(parquet.value)
+    assert "header" not in str(parquet.value)
+    with pytest.raises(TableError, match="the first in data row 2, 0-based, header not counted"):
+        read_table(tmp_path / "t.csv")
+
+
+def test_a_text_column_of_numbers_without_commas_is_not_called_comma_numbers(tmp_path):
+    """The decimal-comma refusal needs a comma in the cells: a column that reads as numbers
+    only once commas are replaced names them; one of plain numbers pandas kept as text for
+    another reason is not said to be written with commas (tester FB)."""
+    (tmp_path / "t.csv").write_text('a,b\n1,"1,5"\n2,"2,5"\n')
+    with pytest.raises(TableError, match="with a comma, such as '1,5'"):
+        read_table(tmp_path / "t.csv")
+    (tmp_path / "t.csv").write_text("a,b\n1,18446744073709551616\n2,3\n")  # 2**64
+    with pytest.raises(TableError) as raised:
+        read_table(tmp_path / "t.csv")
+    assert "beyond 64 bits" in str(raised.value) and "comma" not in str(raised.value)
 
 
 def test_a_constant_column_is_refused_for_the_normal_standardization(tmp_path):
@@ -250,6 +284,10 @@ def test_image_and_table_options_are_refused_for_the_other_sources(tmp_path):
     frame().to_csv(tmp_path / "t.csv", index=False)
     with pytest.raises(ValueError, match=r"image_size: \(2, 2\) applies to an image folder"):
         load_data(str(tmp_path / "t.csv"), image_size=(2, 2))
+    # crop alone on a table: told it takes no crop, not that crop needs an image_size
+    # (tester FB); on an image folder crop alone still needs a size
+    with pytest.raises(ValueError, match=r"crop: True applies to an image folder"):
+        load_data(str(tmp_path / "t.csv"), crop=True)
 
 
 def test_a_table_trains_from_python_and_the_command_line(tmp_path, capsys):
@@ -595,7 +633,7 @@ def test_pandas_missing_value_words_are_class_names_in_a_label_column(tmp_path):
     assert table.classes == ("Mild", "NA", "None", "Severe", "null")  # sorted text
     assert table.labels.tolist() == [2, 0, 3, 1, 4, 2]
     path.write_text("y,a\nNone,0.1\n,0.2\n")
-    with pytest.raises(TableError, match="missing label in data row 1 .counting from 0"):
+    with pytest.raises(TableError, match="missing label in data row 1, 0-based, header not"):
         read_table(path, label_column="y")
     path.write_text("y,a\nNone,0.1\nMild,NA\n")
     with pytest.raises(TableError, match="1 missing .NaN."):
