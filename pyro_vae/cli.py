@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import logging
 import os
+import re
 import signal
 import sys
 import sysconfig
@@ -50,7 +51,7 @@ from pyro_vae.cli_config import (
     should_compile,
 )
 from pyro_vae.cli_evaluate import evaluate_command
-from pyro_vae.cli_parser import build_parser, check_counts, given_flags
+from pyro_vae.cli_parser import build_parser, check_counts, command_flags, given_flags
 from pyro_vae.cli_report import analysis_block, print_test, rows_not_images, with_previous
 from pyro_vae.cli_resume import processes_by_epoch_record, recorded_processes, resume_config
 from pyro_vae.datasets import DatasetNotFoundError
@@ -463,10 +464,25 @@ def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
 _FLAGS_FOR_FIELDS = {"GuideConfig(spec=...)": "--guide SPEC"}
 
 
-def _flag_for(err: BaseException) -> str:
-    """ "; on the command line: FLAG" where ``err``'s message names a run configuration's
-    field that a flag sets (:data:`_FLAGS_FOR_FIELDS`), else ""."""
-    flags = [flag for field, flag in _FLAGS_FOR_FIELDS.items() if field in str(err)]
+def _flag_for(err: BaseException, command: str) -> str:
+    """ "; on the command line: FLAG, ..." where ``err``'s message names a run
+    configuration's field that a flag sets (:data:`_FLAGS_FOR_FIELDS`), or an argument of
+    the library by its Python name that is a flag of ``command`` (``lr: 100.0 is too
+    large`` from ``--lr``, ``needs image_size``; tester FC and FB: the flag was left for the
+    user to guess), the flags the message already names left out; else ""."""
+    message = str(err)
+    flags = [flag for field, flag in _FLAGS_FOR_FIELDS.items() if field in message]
+    options = command_flags(command)
+    leading = re.match(r"([a-z][a-z0-9_]*): ", message)
+    named = re.findall(r"(?<![-\w])[a-z][a-z0-9]*(?:_[a-z0-9]+)+\b", message)  # snake_case
+    for name in ([leading.group(1)] if leading else []) + named:
+        flag = options.get(name)
+        if (
+            flag
+            and flag not in [f.split()[0] for f in flags]
+            and not re.search(rf"{flag}(?![-\w])", message)
+        ):
+            flags.append(flag)
     return f"; on the command line: {', '.join(flags)}" if flags else ""
 
 
@@ -840,7 +856,7 @@ def _run_command(handler, args: argparse.Namespace, argv: list[str]) -> int:
             where = f"{_raised_in_user_code(err)}; {_where_it_stopped_after_checks(args)}"
             _tell(f"{_error()}: {_one_line(err)}{where}")
             return 1
-        _tell(f"{_error()}: {_one_line(err)}{_flag_for(err)}")
+        _tell(f"{_error()}: {_one_line(err)}{_flag_for(err, args.command)}")
         return 2
     except RankLost as err:
         _tell(f"{_error()}: {err}; {_where_it_stopped(args)}")

@@ -543,6 +543,19 @@ def _add_compare(sub) -> None:
     )
 
 
+def command_flags(command: str) -> dict[str, str]:
+    """{destination: flag} of ``command``'s options (``{"image_size": "--image-size"}``):
+    how a refusal worded for Python callers (an argument's name) is typed on the command
+    line."""
+    parser = build_parser()
+    choices = next(a.choices for a in parser._actions if a.dest == "command")
+    return {
+        action.dest: max(action.option_strings, key=len)
+        for action in choices[command]._actions
+        if action.option_strings and action.dest != "help"
+    }
+
+
 def given_flags(argv: list[str]) -> set[str]:
     """The ``--flags`` typed after the command in ``argv`` (``--epochs=3`` as ``--epochs``):
     what a resume may not change, and which defaults the user left alone."""

@@ -15,8 +15,8 @@ import torch
 
 from pyro_vae import interruptions
 from pyro_vae.checkpoint import RunFolder, RunFolderError
-from pyro_vae.cli import _note_full_intensity, _note_image_folder, _tell, main
-from pyro_vae.cli_parser import build_parser
+from pyro_vae.cli import _flag_for, _note_full_intensity, _note_image_folder, _tell, main
+from pyro_vae.cli_parser import build_parser, command_flags
 from pyro_vae.run_config import settings_as_read
 from tests.pyro_vae.unprivileged import unprivileged
 
@@ -397,12 +397,42 @@ def test_a_users_model_file_is_first_class(tmp_path):
             "(GuideConfig(spec=...)), e.g. pyro_vae.guides:AmortizedNormal; on the command "
             "line: --guide SPEC\n",
         ),
+        # testers FB and FC: a refusal worded with the library's argument names is told
+        # with the flags that set them; a flag the message names already is not repeated
+        (
+            ["fit", "--data", "digits", "--crop"],
+            "(crop and image_size apply to images:DIR only); on the command line: --crop, "
+            "--image-size\n",
+        ),
+        (
+            ["fit", "--data", "digits", "--layout", "channels-last"],
+            "not to data 'digits'; on the command line: --layout\n",
+        ),
+        (["fit", "--lr", "-1"], "error: --lr: -1.0 is not a positive learning rate\n"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_message(tmp_path, capsys, argv, message):
     assert main([*argv, "--out", str(tmp_path / "r"), "--no-progress"]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
+
+
+def test_a_library_refusal_names_the_flags_of_its_arguments():
+    """The flags come from the command's own parser: ``lr`` is amortization-gap's ``--lr``
+    (tester FC: its divergence named ``lr`` alone), words that are no flag of the command
+    (``image_size`` of evaluate) or that are ordinary words (``data`` inside a sentence)
+    are left alone."""
+    diverged = ValueError("lr: 100.0 is too large: the local guides' optimization diverged")
+    assert _flag_for(diverged, "amortization-gap") == "; on the command line: --lr"
+    assert _flag_for(diverged, "evaluate") == ""  # evaluate has no --lr
+    crop = ValueError("crop: True needs image_size, the (height, width)")
+    assert _flag_for(crop, "fit") == "; on the command line: --crop, --image-size"
+    assert _flag_for(crop, "sample") == ""
+    assert _flag_for(ValueError("the data: ll_points is 3"), "fit") == (
+        "; on the command line: --ll-points"
+    )
+    assert _flag_for(ValueError("--ll-points 3 and ll_points"), "fit") == ""
+    assert command_flags("diagnose")["idata_points"] == "--idata-points"
 
 
 def test_a_run_whose_checkpoint_config_is_of_an_older_schema_evaluates(trained, tmp_path):
