@@ -421,11 +421,27 @@ def diagnose_command(args: argparse.Namespace) -> int:
     record_analysis(run, key, {**block, "seed": args.seed, **extra}, exp.weights_epoch)
     _print_khat(result, rows)
     print("wrote " + ", ".join(result["files"]))
+    _note_fewer_rows(args, len(exp.data.test_x), rows)
     if what is not None:
         print_changed_note(run, key, what, "its diagnostics block and report files")
     for name, why in result.get("skipped", {}).items():
         print(f"skipped {name}: {why}")
     return 0
+
+
+def _note_fewer_rows(args: argparse.Namespace, available: int, rows: str) -> None:
+    """A note for each of ``--points`` and ``--idata-points`` asked for more test rows
+    than there are: all of them were used (tester FC: diagnostics.nc held 180 rows of the
+    500 asked for, with no word)."""
+    for flag, asked, what in [
+        ("--points", args.points, "k̂"),
+        ("--idata-points", args.idata_points, "diagnostics.nc"),
+    ]:
+        if asked > available:
+            print(
+                f"note: {flag} {asked} is more than the {available} test {rows}; {what} "
+                f"covers all {available}"
+            )
 
 
 def _print_khat(result: dict[str, Any], rows: str = "images") -> None:

@@ -844,6 +844,26 @@ def test_diagnose_takes_more_rows_into_diagnostics_nc_than_into_khat(trained, ca
     assert np.array_equal(idata.observed_data["x"].values, rows)
 
 
+def test_diagnose_says_when_a_flag_asks_for_more_rows_than_the_test_set(trained, capsys):
+    """Tester FC: --idata-points above the test set wrote all its rows with no word; each
+    flag that asks for more now gets a note, and the file holds every test row."""
+    from pyro_vae.experiment import load
+
+    available = len(load(trained).data.test_x)
+    argv = ["diagnose", str(trained), "--points", "3", "--samples", "30", "--worst", "0"]
+    argv += ["--idata-points", str(available + 50), "--idata-samples", "2"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert (
+        f"note: --idata-points {available + 50} is more than the {available} test images; "
+        f"diagnostics.nc covers all {available}"
+    ) in out
+    assert "note: --points" not in out
+    import arviz as az
+
+    assert az.from_netcdf(trained / "diagnostics.nc").log_likelihood["x"].shape[2] == available
+
+
 def test_diagnose_refuses_bad_counts_and_other_versions(trained, tmp_path, capsys):
     assert main(["diagnose", str(trained), "--points", "5", "--samples", "1"]) == 2
     assert "--samples: 1 is not an integer ≥ 21" in capsys.readouterr().err
