@@ -120,7 +120,9 @@ def stopped_log_prob(site: dict) -> torch.Tensor:
     distribution with its tensors detached, scored at its value (whose graph is kept). A
     point mass (``Delta``) is left whole: its ``log_density`` (an autoguide's log-Jacobian
     of the constraining transform at an earlier draw) is a function of that draw's path,
-    not of φ directly, and detaching it cut the path.
+    not of φ directly, and detaching it cut the path. So is an observed site (a guide's
+    ``pyro.factor``): only a draw's score ∇_φ log q(z) has mean zero under q, and the
+    factor's own gradient is part of the ELBO's.
 
     A site stacked from looped particles (:func:`pyro_vae.traces.stack_particles`) is
     scored with each particle's own distribution (``site["fns"]``) and stacked likewise.
@@ -129,7 +131,9 @@ def stopped_log_prob(site: dict) -> torch.Tensor:
         The site's batch-shaped log-density (particles first when stacked).
     """
     value = site["value"]
-    if is_point_mass(site["fn"]):  # its log_density (a log-Jacobian) keeps its path
+    if is_point_mass(site["fn"]) or site.get("is_observed"):  # its log_density (a log-Jacobian)
+        # keeps its path; an observed site (pyro.factor in a guide) is no draw whose score
+        # has mean zero: its whole gradient stays (tester FE: cut, a wrong gradient)
         log_q = site.get("unscaled_log_prob")
         return site["fn"].log_prob(value) if log_q is None else log_q
     if "fns" not in site:

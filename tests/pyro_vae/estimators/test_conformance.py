@@ -93,6 +93,25 @@ def coin_elbo(params):
     return prior + lik + Beta(alpha, beta).entropy()
 
 
+# --- A factor in the guide: Normal-Normal's guide with pyro.factor(..., has_rsample=True)
+# (a reparameterized draw's Jacobian, say), its log subtracted from the ELBO as Pyro's
+# Trace_ELBO subtracts it; on the parameters and on z (E_q[z²] = m² + s²). Tester FE: score
+# and vimco scored it as if it were a draw's log q, and left out its own gradient (score's
+# d(−ELBO)/da read 1.35 where it is 7.3).
+def guide_factor_guide(reparam):
+    def guide(x):
+        m, t = pyro.param("m", torch.tensor(0.3)), pyro.param("t", torch.tensor(-0.2))
+        z = pyro.sample("z", _maybe_score(dist.Normal(m, t.exp()), reparam))
+        pyro.factor("jacobian", 3.0 * m**2 + 2.0 * t + 0.2 * z**2, has_rsample=True)
+
+    return guide
+
+
+def guide_factor_elbo(params):
+    m, t = params["m"], params["t"]
+    return normal_elbo(params) - (3.0 * m**2 + 2.0 * t + 0.2 * (m**2 + (2 * t).exp()))
+
+
 # --- Local latents, subsampled: z_n ~ N(0, 1), x_n ~ N(z_n, 1); q(z_n) = N(m_n, exp(t_n)).
 # Weighted (``beta``, ``keep``): each z_n's terms scaled by β (β-VAE, KL warm-up,
 # poutine.scale) and masked off where ``keep`` is False (its draw still sets x_n's mean).
@@ -182,6 +201,7 @@ CASES = {
     "local-weighted": local_case(BETA_LOCAL, KEEP_LOCAL),
     "sibling-plates-equal": sibling_case(3, torch.tensor([1.2, 0.4, 2.0])),
     "sibling-plates-unequal": sibling_case(5, torch.linspace(-1.0, 1.5, 6)),
+    "guide-factor": (normal_model, guide_factor_guide, guide_factor_elbo, X_NORMAL),
 }
 
 # Per registry name, the settings it is held to: (options, vectorized particles per run P,
