@@ -414,6 +414,7 @@ def diagnose_command(args: argparse.Namespace) -> int:
         image_shape=exp.data.image_shape,
         pixel_max=exp.data.pixel_max,
         khat_points=khat_points,
+        standardization=exp.data.info.get("standardization"),
     )
     block = {k: v for k, v in result.items() if k != "files"}
     # (tester EO: a block of epoch 40 sat unmarked beside the test block of epoch 45, and
@@ -422,6 +423,13 @@ def diagnose_command(args: argparse.Namespace) -> int:
     _print_khat(result, rows)
     print("wrote " + ", ".join(result["files"]))
     _note_fewer_rows(args, len(exp.data.test_x), rows)
+    if "standardization" in exp.data.info:
+        print(
+            "note: diagnostics.nc's x (observed and predicted), its log_likelihood and "
+            "ppc.png are of the table's standardized columns, (value - mean) / std, as the "
+            "model saw them (k̂ is the same in the file's units); the observed_data "
+            "attributes x_mean and x_std give those units back"
+        )
     if what is not None:
         print_changed_note(run, key, what, "its diagnostics block and report files")
     for name, why in result.get("skipped", {}).items():

@@ -315,6 +315,7 @@ def write_report(
     image_shape: tuple[int, ...] | None = None,
     pixel_max: float = 1.0,
     khat_points: int | None = None,
+    standardization: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Diagnose an amortized fit on inputs ``x``; write the files into ``out_dir``.
 
@@ -327,7 +328,11 @@ def write_report(
     χ²), diagnostics.nc (:func:`pyro_vae.diagnostics.inference_data.to_inference_data` of
     the first ``idata_points`` rows, ``idata_samples`` draws), summary.csv, posterior.png
     and ppc.png (:func:`write_summaries`). ``image_shape`` (H, W) and ``pixel_max`` (the
-    value drawn as white) say how to draw a row of ``x`` as an image.
+    value drawn as white) say how to draw a row of ``x`` as an image. ``standardization``
+    (a table's, ``{"columns", "mean", "std", "from"}``: ``x`` holds ``(value - mean) /
+    std``) is written into diagnostics.nc's ``observed_data`` and ``posterior_predictive``
+    attributes (:func:`standardized_attrs`), so the file says its ``x`` is not in the
+    table's units and how to get them back.
 
     The files are written into a staging folder ``out_dir/.diagnose-*.tmp`` and moved into
     ``out_dir`` only once all of them are made, so a report that fails part way (an
@@ -360,7 +365,7 @@ def write_report(
     with staging_folder(out, _STAGING) as staging:
         result = _write_into(
             staging, model, guide, (scored, x[:idata_points]), num_samples, idata_samples,
-            num_worst, image_shape, pixel_max,
+            num_worst, image_shape, pixel_max, standardization,
         )  # fmt: skip
         for name in _REPORT_FILES:
             made = staging / name
@@ -372,6 +377,22 @@ def write_report(
     return result
 
 
+def standardized_attrs(standardization: dict[str, Any]) -> dict[str, Any]:
+    """netCDF attributes saying a table's ``x`` is standardized, and by what: ``x_units``
+    (a sentence), ``x_columns`` (the column names, comma-separated), ``x_mean`` and
+    ``x_std`` (float64 arrays, one value a column, of the split named in ``x_units``), so
+    that ``x * x_std + x_mean`` is in the file's units."""
+    return {
+        "x_units": (
+            "standardized: (value - x_mean) / x_std per column, x_mean and x_std of the "
+            f"{standardization.get('from', 'train split')}"
+        ),
+        "x_columns": ", ".join(str(c) for c in standardization["columns"]),
+        "x_mean": np.asarray(standardization["mean"], dtype=np.float64),
+        "x_std": np.asarray(standardization["std"], dtype=np.float64),
+    }
+
+
 _STAGING = "diagnose"  # the staging folders' prefix: RUN/.diagnose-*.tmp
 
 # every file a report may write: those this one does not make are the last one's
@@ -381,7 +402,7 @@ _REPORT_FILES = ("khat.csv", "khat.png", "khat_worst.png", "diagnostics.nc", "su
 
 def _write_into(
     out: Path, model, guide, rows, num_samples, idata_samples, num_worst, image_shape,
-    pixel_max,
+    pixel_max, standardization=None,
 ) -> dict[str, Any]:  # fmt: skip
     """:func:`write_report`'s files, written into ``out`` (its staging folder); ``rows``:
     the rows scored by k̂ and those in diagnostics.nc."""
@@ -401,6 +422,9 @@ def _write_into(
         else:
             files.append(png)
     idata = to_inference_data(model, guide, idata_x, num_samples=idata_samples)
+    if standardization is not None:  # (tester FC: standardized values, nothing said)
+        for group in (idata.observed_data, idata.posterior_predictive):
+            group.attrs.update(standardized_attrs(standardization))
     files.append(save_inference_data(idata, out / "diagnostics.nc"))
     files += write_summaries(idata, out)
     result = {**khat.summary(num_worst), "files": [str(f) for f in files]}

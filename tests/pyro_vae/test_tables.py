@@ -315,6 +315,20 @@ def test_a_table_trains_from_python_and_the_command_line(tmp_path, capsys):
     assert main(["evaluate", str(out), "--ll-samples", "3"]) == 0
     assert "per column" in capsys.readouterr().out
     assert main(["sample", str(out)]) == 2  # a table's rows are no images to draw
+    # diagnose: diagnostics.nc says its x is standardized, and x * x_std + x_mean gives
+    # rows of the file back (tester FC: standardized values, nothing said)
+    import arviz as az
+
+    argv = ["diagnose", str(out), "--points", "3", "--samples", "30", "--idata-samples", "2"]
+    assert main(argv) == 0
+    assert "attributes x_mean and x_std give those units back" in capsys.readouterr().out
+    observed = az.from_netcdf(out / "diagnostics.nc").observed_data
+    assert observed.attrs["x_columns"] == "a, c"
+    assert "standardized" in observed.attrs["x_units"]
+    back = observed["x"].values * observed.attrs["x_std"] + observed.attrs["x_mean"]
+    table = pd.read_csv(tmp_path / "t.csv")[["a", "c"]].to_numpy()
+    nearest = np.abs(back[:, None, :] - table[None]).max(-1).min(-1)  # each row's match
+    assert nearest.max() < 1e-5 * (1 + np.abs(table).max())  # float32 rounding
 
 
 def test_a_wide_tables_features_line_names_the_first_and_last_and_counts_them(tmp_path, capsys):
