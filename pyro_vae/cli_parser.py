@@ -518,9 +518,22 @@ def _add_grad_variance(sub) -> None:
         help="comma-separated NAME[:key=value...], e.g. "
         "score:control_variate=leave-one-out:num_particles=4",
     )
-    v.add_argument("--num-draws", type=int, default=100)
-    v.add_argument("--batch-size", type=int, default=128)
-    v.add_argument("--seed", type=int, default=0)
+    v.add_argument(
+        "--num-draws",
+        type=int,
+        default=100,
+        help="gradient draws per estimator, each on the same batch (default: 100)",
+    )
+    v.add_argument(
+        "--batch-size",
+        type=int,
+        default=128,
+        help="training images in the one batch the gradients are of (default: 128; at "
+        "most the training set)",
+    )
+    v.add_argument(
+        "--seed", type=int, default=0, help="seed of the batch and the draws (default: 0)"
+    )
     v.add_argument(
         "--out", type=Path, default=None, help="PNG path (default RUN/gradient_variance.png)"
     )

@@ -1177,7 +1177,7 @@ PY = [
     ("fit-wrong-width", lambda: _fit(model=_vae(10)[0], guide=_vae(10)[1]), ValueError, ["does not match the model", "[N, 10]"]),
     # estimators
     ("get-unknown", lambda: _get("elbo"), ValueError, ["estimator: 'elbo' is not one of"]),
-    ("get-bad-option", lambda: _get("iwae", k=3), ValueError, ["not valid for 'iwae'"]),
+    ("get-bad-option", lambda: _get("iwae", k=3), ValueError, ["not valid for 'iwae'", "['k'] not among its options (num_particles"]),
     *[
         (f"get-particles-{v}", lambda v=v: _get("trace", num_particles=v), ValueError, ["num_particles"])
         for v in [0, -2, 1.5, "5", True]

@@ -231,3 +231,22 @@ def test_the_gaps_of_a_normal_table_say_their_units(standardized, capsys):
     assert "from K=500 to K=1000" in out  # the first 2h of an odd K's draws
     widths = {line.index("-19") for line in out.splitlines() if "-19." in line}
     assert len(widths) == 1  # log p(x)'s row in the ELBOs' column
+
+
+def test_grad_variance_aligns_its_table_to_the_longest_estimator(tmp_path, capsys):
+    """Tester FE: a spec longer than 48 characters pushed its row's columns right of the
+    header's. Every row's group starts where the header's does."""
+    from pyro_vae.cli import main
+
+    run, _ = fit_on_npy(tmp_path)
+    long = "score:control_variate=leave-one-out:num_particles=4"
+    capsys.readouterr()
+    argv = ["grad-variance", str(run), "--estimators", f"trace,{long}", "--num-draws", "3"]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if line.startswith("estimator "))
+    rows = [line for line in lines if line.startswith(("trace ", long + " "))]
+    assert len(rows) >= 2 and any(row.startswith(long) for row in rows)
+    column = header.index("group")
+    assert column == len(long) + 1
+    assert all(row[column - 1] == " " and row[column] != " " for row in rows)

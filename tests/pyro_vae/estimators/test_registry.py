@@ -1,5 +1,6 @@
 """The registry: every estimator by name, each with the capabilities it declares."""
 
+import inspect
 import warnings
 
 import pytest
@@ -91,3 +92,25 @@ def test_a_boolean_option_refuses_a_string(name, flag):
     with pytest.raises(ValueError, match=rf"{flag}: 'False' is not a boolean; expected true or"):
         estimators.get(name, **{flag: "False"})
     assert estimators.get(name, **{flag: False}) is not None
+
+
+def test_an_unknown_option_is_refused_naming_the_options_taken():
+    """Tester FE: ``iwae:k=3`` was answered with Python's TypeError text. The options
+    listed are the constructor's own, and Pyro's ELBO's where it passes them on."""
+    with pytest.raises(ValueError) as raised:
+        estimators.get("iwae", k=3)
+    assert "['k'] not among its options (num_particles, " in str(raised.value)
+    assert "gradient" in str(raised.value) and "TypeError" not in str(raised.value)
+    assert {"control_variate", "num_particles", "vectorize_particles"} <= set(
+        estimators.accepted_options("score")
+    )
+    assert "retain_graph" in estimators.accepted_options("trace")  # Pyro's Trace_ELBO's
+    for name in estimators.names():  # every option listed is taken, at its default
+        defaults = {}
+        for cls in type(estimators.get(name)).__mro__:
+            if "__init__" in vars(cls):
+                for p in inspect.signature(cls.__init__).parameters.values():
+                    defaults.setdefault(p.name, p.default)
+        for option in estimators.accepted_options(name):
+            if defaults[option] is not inspect.Parameter.empty and option != "max_iarange_nesting":
+                estimators.get(name, **{option: defaults[option]})
