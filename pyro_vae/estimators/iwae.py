@@ -60,6 +60,7 @@ from pyro_vae.estimators.path_gradients import (
     base_name,
     check_gradient,
     refuse_dependent_sites,
+    refuse_unreparameterized_factor,
     stopped_guide_trace,
 )
 from pyro_vae.pointwise import (
@@ -130,6 +131,7 @@ class IWAELBO(SurrogateELBO):
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         model_trace, guide_trace, rank = self.particle_traces(model, guide, args, kwargs)
         for name, site in sample_sites(guide_trace).items():
+            refuse_unreparameterized_factor(name, site, "the iwae estimator")
             if not site["fn"].has_rsample and not site["is_observed"]:  # obs=y: no draw
                 raise ValueError(
                     f"guide site {name!r} ({base_name(site['fn'])}) is not reparameterizable; "

@@ -31,6 +31,7 @@ from torch.distributions import kl_divergence
 
 from pyro_vae.estimators.base import RefusesMaskMismatches
 from pyro_vae.estimators.capabilities import Capabilities
+from pyro_vae.estimators.path_gradients import refuse_unreparameterized_factor
 from pyro_vae.latent_dims import point_mass_log_density
 from pyro_vae.objectives import check_free_bits, check_free_bits_groups, free_bits_traces
 
@@ -207,6 +208,8 @@ def _refuse_unreparameterized(guide_trace) -> None:
         ValueError: a latent site of the guide has no reparameterized sampler.
     """
     for name, site in guide_trace.nodes.items():
+        if site["type"] == "sample":
+            refuse_unreparameterized_factor(name, site, "the analytic-kl estimator")
         if site["type"] == "sample" and not site["is_observed"] and not site["fn"].has_rsample:
             raise ValueError(
                 f"guide site {name!r} ({type(site['fn']).__name__}) is not reparameterizable; "

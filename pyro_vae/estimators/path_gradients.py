@@ -24,6 +24,7 @@ parameters and bias the gradient, so such guides are refused
 from __future__ import annotations
 
 import torch
+from pyro.distributions import Unit
 from pyro.distributions.util import detach, scale_and_mask
 from pyro.poutine import Trace
 
@@ -61,6 +62,27 @@ def base_name(fn) -> str:
     return type(fn).__name__
 
 
+def refuse_unreparameterized_factor(name: str, site: dict, estimator: str) -> None:
+    """Refuse a guide's ``pyro.factor(..., has_rsample=False)``, which Pyro's docs give to
+    a factor that arose from draws without a path (discrete ones): a pathwise-only
+    ``estimator`` would leave out its score (after tester FE: it was taken as pathwise,
+    silently). Pyro itself refuses a guide factor that does not say.
+
+    Raises:
+        ValueError: naming the site and the two ways out."""
+    fn = site["fn"]
+    while hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    if site.get("is_observed") and isinstance(fn, Unit) and not site["fn"].has_rsample:
+        raise ValueError(
+            f"guide site {name!r} is a pyro.factor with has_rsample=False, which Pyro "
+            f"gives a factor that arose from draws without a path (discrete ones); {estimator} "
+            "keeps pathwise gradients only, which would leave out its score. Give "
+            "has_rsample=True where it arose from reparameterized draws (a Jacobian), or "
+            "use the score or vimco estimator"
+        )
+
+
 def refuse_unreparameterized(guide_trace: Trace, estimator: str, gradient: str) -> None:
     """Raise unless every latent site of the guide is reparameterizable (an observed one
     is no draw: tester CW, a guide that observes a label was refused).
@@ -69,6 +91,7 @@ def refuse_unreparameterized(guide_trace: Trace, estimator: str, gradient: str) 
         ValueError: naming the first site that is not and its distribution.
     """
     for name, site in sample_sites(guide_trace).items():
+        refuse_unreparameterized_factor(name, site, f"{estimator} with gradient={gradient!r}")
         # an observed guide site (a label the guide conditions on, obs=y) is no draw
         if not site["fn"].has_rsample and not site["is_observed"]:
             raise ValueError(

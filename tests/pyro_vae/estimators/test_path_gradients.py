@@ -1,5 +1,7 @@
 """log q with the guide's parameters detached, for any distribution a guide site holds."""
 
+import math
+
 import pyro
 import pyro.distributions as dist
 import pyro.distributions.transforms as T
@@ -7,6 +9,7 @@ import pyro.poutine as poutine
 import pytest
 import torch
 
+from pyro_vae import estimators
 from pyro_vae.estimators.path_gradients import (
     check_gradient,
     refuse_dependent_sites,
@@ -182,3 +185,29 @@ def test_a_guide_that_observes_a_label_is_no_draw_to_refuse():
         means.append((statistics.mean(draws), statistics.stdev(draws) / 300**0.5))
     (a, se_a), (b, se_b) = means
     assert abs(a - b) < 4 * math.hypot(se_a, se_b)
+
+
+@pytest.mark.parametrize(
+    "name, options",
+    [("iwae", {}), ("iwae", {"gradient": "dreg", "num_particles": 2}),
+     ("trace", {"gradient": "stl"}), ("analytic-kl", {})],
+)  # fmt: skip
+def test_a_pathwise_estimator_refuses_a_guide_factor_without_a_path(name, options):
+    """A guide's pyro.factor(..., has_rsample=False) stands for draws without a path
+    (Pyro's docs): the pathwise-only estimators refuse it by name (after tester FE); with
+    has_rsample=True they take it."""
+
+    def model():
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Normal(z, 1.0), obs=torch.tensor(0.7))
+
+    def guide(has_rsample):
+        a = pyro.param("a", torch.tensor(1.0))
+        pyro.sample("z", dist.Normal(a, 1.0))
+        pyro.factor("penalty", 3 * a**2, has_rsample=has_rsample)
+
+    pyro.clear_param_store()
+    estimator = estimators.get(name, **options)
+    with pytest.raises(ValueError, match="guide site 'penalty' is a pyro.factor with has_rsa"):
+        estimator.loss_and_grads(model, lambda: guide(False))
+    assert math.isfinite(estimator.loss_and_grads(model, lambda: guide(True)))
