@@ -344,6 +344,24 @@ def _snr_bars(ax: Any, snrs: Sequence[float], floor: float = 0.0) -> None:
         ax.set_xlim(0, 1.9 * end)  # room for the labels
 
 
+def _variance_bars(ax, variances: Sequence[float]) -> None:
+    """Variances as bars on a log scale; a variance of exactly 0 (a group the estimator
+    leaves unmoved, or a gradient the same in every draw), which a log scale cannot draw,
+    labelled "0" at the axis' start, and a nan "n/a" (such a row was blank, as the SNR
+    panel's infinite one was: tester EW)."""
+    positive = [v for v in variances if math.isfinite(v) and v > 0]
+    low, high = (min(positive), max(positive)) if positive else (1.0, 1.0)
+    ax.set_xscale("log")
+    ax.set_xlim(low / 10, high * 10)
+    for row, value in enumerate(variances):
+        if math.isfinite(value) and value > 0:
+            ax.barh(row, value, color="tab:red")
+        else:
+            words = " 0 (the same gradient every draw)" if value == 0 else " n/a"
+            ax.text(low / 10, row, words, va="center", fontsize=8)
+    ax.set_ylim(-0.5, len(variances) - 0.5)
+
+
 def plot_gradient_variance(
     rows: Sequence[dict[str, Any]], path: Path, group: str = "guide", num_draws: int | None = None
 ) -> Path:
@@ -355,14 +373,14 @@ def plot_gradient_variance(
     labels = [r["estimator"] for r in rows]
     fig = Figure(figsize=(10, 0.45 * len(rows) + 1.6))
     left, right = fig.subplots(1, 2)
-    left.barh(labels, [r["variance"] for r in rows], color="tab:red")
-    left.set_xscale("log")
+    _variance_bars(left, [r["variance"] for r in rows])
     left.set_xlabel(f"variance of the {group} gradient (trace of covariance)")
     _snr_bars(right, [r["snr"] for r in rows], num_draws**-0.5 if num_draws else 0.0)
     right.set_xlabel("signal-to-noise ratio ‖E g‖ / √variance")
     if num_draws:
         right.axvline(num_draws**-0.5, color="grey", linestyle="--", linewidth=1)
         right.set_xlabel(f"signal-to-noise ratio ‖E g‖ / √variance (dashed: 1/√{num_draws})")
+    left.set_yticks(range(len(labels)), labels)
     right.set_yticks(range(len(labels)), [""] * len(labels))
     for ax in (left, right):
         ax.invert_yaxis()

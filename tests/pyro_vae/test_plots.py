@@ -13,6 +13,7 @@ from PIL import Image
 
 from pyro_vae.plots import (
     _snr_bars,
+    _variance_bars,
     check_grid_size,
     latent_figure,
     mosaic,
@@ -65,6 +66,19 @@ def test_an_infinite_snr_draws_a_labelled_bar_and_a_nan_a_label():
     ax = Figure().subplots()
     _snr_bars(ax, [0.01, math.inf], floor=200**-0.5)  # past the 1/√n line, not the 0.01
     assert ax.patches[1].get_width() == pytest.approx(1.15 * 200**-0.5)
+
+
+def test_a_zero_variance_is_labelled_on_the_log_panel():
+    """A variance of exactly 0 has no place on a log axis: its row says "0" where a bar
+    would start; the positive ones are bars and set the axis' range."""
+    ax = Figure().subplots()
+    _variance_bars(ax, [4.0, 0.0, 0.25, math.nan])
+    assert [patch.get_width() for patch in ax.patches] == [4.0, 0.25]
+    assert [t.get_text() for t in ax.texts] == [" 0 (the same gradient every draw)", " n/a"]
+    assert ax.get_xlim() == pytest.approx((0.025, 40.0))
+    ax = Figure().subplots()
+    _variance_bars(ax, [0.0])  # none to draw: still a row, no warning of a log of 0
+    assert ax.texts[0].get_text().startswith(" 0")
 
 
 # Colours no grey level can be: each figure of colour images must show them as they are.
