@@ -464,12 +464,13 @@ def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
 _FLAGS_FOR_FIELDS = {"GuideConfig(spec=...)": "--guide SPEC"}
 
 
-def _flag_for(err: BaseException, command: str) -> str:
+def _flag_for(err: BaseException, command: str, given: frozenset[str] = frozenset()) -> str:
     """ "; on the command line: FLAG, ..." where ``err``'s message names a run
     configuration's field that a flag sets (:data:`_FLAGS_FOR_FIELDS`), or an argument of
     the library by its Python name that is a flag of ``command`` (``lr: 100.0 is too
     large`` from ``--lr``, ``needs image_size``; tester FC and FB: the flag was left for the
-    user to guess), the flags the message already names left out; else ""."""
+    user to guess), leaving out the flags the message names already and those ``given``
+    on the command line (``resume: ...`` after ``--resume``); else ""."""
     message = str(err)
     flags = [flag for field, flag in _FLAGS_FOR_FIELDS.items() if field in message]
     options = command_flags(command)
@@ -481,6 +482,7 @@ def _flag_for(err: BaseException, command: str) -> str:
             flag
             and flag not in [f.split()[0] for f in flags]
             and not re.search(rf"{flag}(?![-\w])", message)
+            and flag not in given
         ):
             flags.append(flag)
     return f"; on the command line: {', '.join(flags)}" if flags else ""
@@ -856,7 +858,8 @@ def _run_command(handler, args: argparse.Namespace, argv: list[str]) -> int:
             where = f"{_raised_in_user_code(err)}; {_where_it_stopped_after_checks(args)}"
             _tell(f"{_error()}: {_one_line(err)}{where}")
             return 1
-        _tell(f"{_error()}: {_one_line(err)}{_flag_for(err, args.command)}")
+        given = frozenset(getattr(args, "given_flags", ()))
+        _tell(f"{_error()}: {_one_line(err)}{_flag_for(err, args.command, given)}")
         return 2
     except RankLost as err:
         _tell(f"{_error()}: {err}; {_where_it_stopped(args)}")

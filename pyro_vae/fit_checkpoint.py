@@ -21,7 +21,9 @@ import pyro
 import torch
 
 from pyro_vae.checkpoint import (
+    CHECKPOINT,
     RunFolder,
+    RunFolderError,
     capture_rng_state,
     processes_by_epoch,
     restore_rng_state,
@@ -138,6 +140,41 @@ class FitCheckpoint:
             **info,
         )
 
+    def _refuse_non_finite(self, state: dict[str, Any]) -> None:
+        """Refuse a checkpoint whose state a resume continues from (the weights, Adam's
+        moments) holds NaN or infinite values (or a negative second moment): its file was
+        damaged on disk, or written from a diverged step, and a resume from it diverged at
+        its first step, then advised a smaller learning rate and kept failing (tester FF:
+        64 bytes flipped in a real checkpoint.pt; torch's reader checks no CRC).
+
+        Raises:
+            RunFolderError: naming the entries (a few), before any step."""
+        bad = [] if self.weights.finite() else [
+            entry for key in ("model", "guide", "params")
+            for entry in non_finite_entries(state.get(key, {}), key)
+        ] or ["the weights"]  # fmt: skip
+        bad += non_finite_entries(state.get("optim", {}), "optim")
+        if not bad:
+            return
+        where = self.run.file(CHECKPOINT) if self.run is not None else "the checkpoint"
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        best = state.get("best")
+        kept = (
+            f"its best weights (epoch {best.get('epoch')}) are kept, for evaluate and sample; "
+            if isinstance(best, dict)
+            and not any(
+                non_finite_entries(best.get(k, {}), k) for k in ("model", "guide", "params")
+            )
+            else ""
+        )
+        raise RunFolderError(
+            f"resume: {where} holds NaN or infinite values in the state a resume continues "
+            f"from ({shown}): the file was damaged (its bytes changed on disk) or written "
+            f"from a diverged step, and training on from it diverges at once. Nothing was "
+            f"changed; {kept}to train again from the start, use fit --restart (Python: "
+            "resume=False)"
+        )
+
     def restore(self, state: dict[str, Any]) -> Resumed:
         """Put a checkpoint ``state`` (:meth:`RunFolder.load_checkpoint`) back: weights,
         Adam's moments, the estimator's state and param-store entries, the RNG states (the
@@ -154,6 +191,7 @@ class FitCheckpoint:
         """
         self.weights.restore(state)
         self.svi.optim.set_state(state["optim"])
+        self._refuse_non_finite(state)
         if state.get("estimator") is not None and hasattr(self.elbo, "load_state_dict"):
             self.elbo.load_state_dict(to_device(state["estimator"], self.device))
         for name, value in state.get("estimator_params", {}).items():
@@ -169,6 +207,21 @@ class FitCheckpoint:
         self._first_epoch = int(state["epoch"]) + 1
         self._note_other_process_count()
         return Resumed(state["epoch"], state["step"], state["best"], list(state["history"]))
+
+
+def non_finite_entries(tree: Any, name: str) -> list[str]:
+    """The names (``name``, then the keys down to it) of the floating-point tensors in a
+    nested state ``tree`` (dicts, lists, tuples) with a NaN or infinite value, or with a
+    negative one under a key ending in ``exp_avg_sq`` (Adam's second moments, whose square
+    root each step takes)."""
+    if isinstance(tree, dict):
+        return [e for k, v in tree.items() for e in non_finite_entries(v, f"{name}/{k}")]
+    if isinstance(tree, list | tuple):
+        return [e for i, v in enumerate(tree) for e in non_finite_entries(v, f"{name}/{i}")]
+    if not torch.is_tensor(tree) or not tree.is_floating_point():
+        return []
+    negative = name.endswith("exp_avg_sq") and bool((tree < 0).any())
+    return [name] if negative or not bool(tree.isfinite().all()) else []
 
 
 def estimator_params(weights: PairWeights, elbo) -> dict[str, torch.Tensor]:

@@ -401,12 +401,11 @@ def test_a_users_model_file_is_first_class(tmp_path):
         # with the flags that set them; a flag the message names already is not repeated
         (
             ["fit", "--data", "digits", "--crop"],
-            "(crop and image_size apply to images:DIR only); on the command line: --crop, "
-            "--image-size\n",
+            "(crop and image_size apply to images:DIR only); on the command line: --image-size\n",
         ),
         (
             ["fit", "--data", "digits", "--layout", "channels-last"],
-            "not to data 'digits'; on the command line: --layout\n",
+            "not to data 'digits'\n",  # --layout typed: not pointed out again
         ),
         (["fit", "--lr", "-1"], "error: --lr: -1.0 is not a positive learning rate\n"),
     ],
@@ -432,6 +431,9 @@ def test_a_library_refusal_names_the_flags_of_its_arguments():
         "; on the command line: --ll-points"
     )
     assert _flag_for(ValueError("--ll-points 3 and ll_points"), "fit") == ""
+    typed = frozenset({"--resume", "--crop"})  # the flags typed are not pointed out again
+    assert _flag_for(ValueError("resume: run/ is damaged"), "fit", typed) == ""
+    assert _flag_for(crop, "fit", typed) == "; on the command line: --image-size"
     assert command_flags("diagnose")["idata_points"] == "--idata-points"
 
 
@@ -842,6 +844,35 @@ def test_diagnose_takes_more_rows_into_diagnostics_nc_than_into_khat(trained, ca
     assert idata.log_likelihood["x"].shape == (1, 20, 8)
     rows = load(trained).data.test_x[:8].numpy()  # the run's first 8 test rows
     assert np.array_equal(idata.observed_data["x"].values, rows)
+
+
+@pytest.mark.parametrize("where", ["weight", "adam-moment", "adam-second-moment"])
+def test_a_resume_refuses_a_checkpoint_whose_state_is_not_finite(trained, tmp_path, capsys, where):
+    """Tester FF: a checkpoint with a NaN weight or Adam moment (bytes flipped on disk,
+    which torch's reader does not notice) resumed, diverged at its first step, marked the
+    run "diverged" and advised a smaller learning rate, again at every resume. Refused now
+    before any work, exit 2, the folder byte for byte as it was, its best weights named
+    as kept."""
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    moments = next(iter(state["optim"].values()))["state"][0]
+    if where == "weight":
+        next(iter(state["model"].values())).view(-1)[0] = float("nan")
+    elif where == "adam-moment":
+        moments["exp_avg"].view(-1)[-1] = float("inf")
+    else:
+        moments["exp_avg_sq"].view(-1)[0] = -1.0
+    torch.save(state, run / "checkpoint.pt")
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    capsys.readouterr()
+    assert main(["fit", "--resume", str(run), "--epochs", "4", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "holds NaN or infinite values in the state a resume continues from (" in err
+    assert "its best weights (epoch 3) are kept" in err and "--restart" in err
+    assert "smaller learning rate" not in err and err.count("\n") == 1
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    assert main(["evaluate", str(run), "--ll-samples", "0"]) == 0  # the best weights serve
 
 
 def test_diagnose_says_when_a_flag_asks_for_more_rows_than_the_test_set(trained, capsys):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pyro_vae.checkpoint import RunFolder
-from pyro_vae.fit_checkpoint import FitCheckpoint, Resumed, estimator_params
+from pyro_vae.fit_checkpoint import FitCheckpoint, Resumed, estimator_params, non_finite_entries
 from pyro_vae.train import TrainConfig
 
 
@@ -19,6 +19,9 @@ class Weights:
 
     def restore(self, state):
         self.restored = state["model"]
+
+    def finite(self):
+        return all(v.isfinite().all() for v in self.restored.values())
 
     def others(self):
         store = dict(pyro.get_param_store().named_parameters())
@@ -182,3 +185,22 @@ def _restore_rng():
     state = torch.get_rng_state()
     yield
     torch.set_rng_state(state)
+
+
+def test_non_finite_entries_names_each_nan_inf_and_negative_second_moment():
+    """What a resume refuses (tester FF): NaN or ±inf in any floating tensor of the state,
+    and a negative Adam second moment (its square root is taken each step); integer
+    tensors (a step count) and numbers are no weights."""
+    nan, inf = float("nan"), float("inf")
+    state = {
+        "w": torch.tensor([1.0, nan]),
+        "ok": torch.ones(2),
+        "adam": {"state": {0: {"step": torch.tensor(3), "exp_avg": torch.tensor([inf]),
+                               "exp_avg_sq": torch.tensor([0.0, -1e-30])}}},
+        "groups": [{"lr": 0.01, "betas": (0.9, 0.999)}],
+        "sizes": [torch.tensor([2, 3]), torch.tensor([-inf])],
+    }  # fmt: skip
+    assert non_finite_entries(state, "s") == [
+        "s/w", "s/adam/state/0/exp_avg", "s/adam/state/0/exp_avg_sq", "s/sizes/1",
+    ]  # fmt: skip
+    assert non_finite_entries({"exp_avg": torch.tensor([-1.0])}, "o") == []  # a first moment
