@@ -364,9 +364,11 @@ def _guess_layout(x: np.ndarray, arg: str) -> None:
     """Refuse a 4-D array whose shape looks channels last, or could be either layout:
     a channel count last (tester CC: not where the last two are a square image's,
     [N, 2, 4, 4]), and none first, or one first too (tester EX: [N, 4, 20, 3] was read
-    as four channels of 20x3, silently)."""
+    as four channels of 20x3, silently), or where all three are one channel count
+    ([N, 4, 4, 4]: four channels of 4x4 either way round, read channels first silently)."""
     _, first, middle, last = x.shape
-    if last not in _CHANNELS or middle == last:
+    cube = first == middle == last and last > 1  # the two layouts differ by a transpose
+    if last not in _CHANNELS or (middle == last and not cube):
         return
     if first not in _CHANNELS:
         why = "looks channels last, [N, H, W, C]"

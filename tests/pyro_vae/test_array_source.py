@@ -75,6 +75,8 @@ def test_integer_pixels_other_than_uint8_take_their_largest_value_as_full():
         (np.zeros((3, 8, 8, 3), np.uint8), ["looks channels last", "--layout channels-last"]),
         # tester EX: four channels of 20x3, or RGB of 4x20: it was read as the first
         (np.zeros((3, 4, 20, 3), np.uint8), ["could be 4 channels of 20x3 or 3 of 4x20"]),
+        # four channels of 4x4 either way round: it was read channels first, unsaid
+        (np.zeros((3, 4, 4, 4), np.uint8), ["could be 4 channels of 4x4 or 4 of 4x4"]),
     ],
 )
 def test_bad_arrays_are_refused_before_any_work(x, words):
@@ -91,6 +93,10 @@ def test_square_images_of_any_channel_count_first_are_read_channels_first():
     assert load_data(x).image_shape == (2, 4, 4)
     with pytest.raises(ValueError, match="looks channels last"):  # [N, H, W, C], not square
         load_data(np.zeros((30, 2, 4, 3), np.uint8))
+    x = np.random.default_rng(0).integers(0, 256, (30, 3, 3, 3), dtype=np.uint8)
+    assert load_data(x, layout="channels-last").image_shape == (3, 3, 3)  # told: read
+    ones = np.random.default_rng(0).integers(0, 256, (30, 1, 1, 1), dtype=np.uint8)
+    assert load_data(ones).image_shape == (1, 1, 1)  # both layouts the same
 
 
 def test_bad_labels_and_bad_python_objects_are_refused():
