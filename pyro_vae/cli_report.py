@@ -26,31 +26,33 @@ def print_test(test: dict[str, Any], table: bool = False) -> None:
     standardized, then also in the file's units, or vectors')."""
     unit = "row" if table else "image"
     standardized = " of the standardized columns" if "units" in test else ""
+    say = print
     if test.get("evaluated_on") == EVALUATED_ON_TRAINING_SET:
         print(
             "note: the guide has free per-datapoint parameters, so it has no posterior for "
             f"test {unit}s; these are the training {unit}s' metrics"
         )
+        say = _print_as_training  # (tester FG: the training rows' metrics were "test")
     # a model that uses labels: its bounds are of log p(x | y) (CVAE) or log p(x, y) (M2)
     given = {"conditioned": " | y", "joint": ", y"}.get(test.get("labels_in_bound"), "")
     if not given and test.get("conditioned_on_labels"):  # metrics.json written before
         given = " | y"
     for key, value in test.items():
         if key == "elbo":
-            print(f"test ELBO{given:<17}{value:10.3f} nats per {unit}{standardized}")
+            say(f"test ELBO{given:<17}{value:10.3f} nats per {unit}{standardized}")
         elif key == "reconstruction_mse_original_units":
             scale = "per column, file's units squared (error² × training std_j²)"
-            print(f"reconstruction MSE        {value:10.6g} {scale}")
+            say(f"reconstruction MSE        {value:10.6g} {scale}")
         elif key in ("elbo_original_units", "log_likelihood_original_units"):
             what = f"ELBO{given}" if key == "elbo_original_units" else f"log p(x{given}) (IWAE)"
-            print(f"test {what:<20} {value:10.3f} nats per row in the file's units")
+            say(f"test {what:<20} {value:10.3f} nats per row in the file's units")
         elif key.endswith("_original_units"):  # a model's own log-density of x
             what = key.removesuffix("_original_units").replace("_", " ")
-            print(f"{what:<25} {value:10.3f} nats per row in the file's units")
+            say(f"{what:<25} {value:10.3f} nats per row in the file's units")
         elif key == "reconstruction_log_likelihood":
-            print(f"test log Pr(x | z)        {value:10.3f} nats per {unit} (autoencoder)")
+            say(f"test log Pr(x | z)        {value:10.3f} nats per {unit} (autoencoder)")
         elif key == "log_likelihood":
-            print(
+            say(
                 f"{'test log p(x' + given + ') (IWAE)':<26}{value:10.3f} nats per {unit}"
                 f"{standardized} "
                 f"(K={test['log_likelihood_samples']}, {test['log_likelihood_points']} {unit}s)"
@@ -59,22 +61,36 @@ def print_test(test: dict[str, Any], table: bool = False) -> None:
             kl = {" | y": "test KL(q(z | x, y) ‖ p(z))", ", y": "test KL(q(y, z | x) ‖ p(y, z))"}
             kl = kl.get(given, "test KL(q(z | x) ‖ p(z))")
             # E_q[log q − log p] from the ELBO's draws: near 0 it can come out negative
-            print(f"{kl:<26}{value:10.3f} nats per {unit} (Monte Carlo estimate)")
+            say(f"{kl:<26}{value:10.3f} nats per {unit} (Monte Carlo estimate)")
         elif key == "reconstruction_mse":
             scale = "per pixel, [0, 1] scale"
             if table:
                 scale = "per column, as observed"
                 if "reconstruction_mse_original_units" in test:
                     scale = "per column, standardized (mean over columns and rows)"
-            print(f"reconstruction MSE        {value:10.4f} {scale}")
+            say(f"reconstruction MSE        {value:10.4f} {scale}")
         elif key == "active_units":
-            print(f"active latent units       {value:>5} of {test['latent_dim']}")
+            say(f"active latent units       {value:>5} of {test['latent_dim']}")
         elif key in test.get("label_metrics", ()):
             number = f"{value:>10}" if isinstance(value, int) else f"{value:10.4f}"
-            print(f"{key.replace('_', ' '):<26}{number}{_label_metric_unit(key, value, unit)}")
+            say(f"{key.replace('_', ' '):<26}{number}{_label_metric_unit(key, value, unit)}")
         elif key == "skipped":
             for metric, why in value.items():
-                print(f"skipped {metric}: {why}")
+                say(f"skipped {metric}: {why}")
+
+
+def _print_as_training(line: str) -> None:
+    print(_as_training(line))
+
+
+def _as_training(line: str) -> str:
+    """A metric's ``line`` said of the training rows: its leading "test " read "train ",
+    the padding after its name one space shorter, so its number stays in its column."""
+    if not line.startswith("test "):
+        return line
+    line = "train " + line.removeprefix("test ")
+    gap = line.find("  ")
+    return line if gap < 0 else line[:gap] + line[gap + 1 :]
 
 
 def _label_metric_unit(key: str, value, unit: str) -> str:

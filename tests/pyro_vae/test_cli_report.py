@@ -1,5 +1,6 @@
 """A run's test metrics as the commands print and keep them."""
 
+from pyro_vae.checkpoint import EVALUATED_ON_TRAINING_SET
 from pyro_vae.cli_report import print_test, rows_not_images, with_previous
 
 
@@ -58,3 +59,20 @@ def test_rows_are_rows_and_images_are_images():
 
     assert rows_not_images(Data((6,))) and rows_not_images(Data(None))  # vectors, a table
     assert not rows_not_images(Data((1, 8, 8)))
+
+
+def test_a_guide_scored_on_its_training_rows_prints_train_not_test(capsys):
+    """Tester FG: AutoNormal over local latents is scored on the training rows (it has no
+    q for others), and its lines still said "test ELBO" under the note saying so. They
+    say "train" now, each number in the column the test lines put it in."""
+    metrics = {"elbo": -20.0, "log_likelihood": -19.5, "log_likelihood_samples": 8,
+               "log_likelihood_points": 4, "kl": 1.25}  # fmt: skip
+    print_test(metrics)
+    test = capsys.readouterr().out.splitlines()
+    print_test({**metrics, "evaluated_on": EVALUATED_ON_TRAINING_SET})
+    note, *train = capsys.readouterr().out.splitlines()
+    assert "these are the training images' metrics" in note
+    assert [line.split()[0] for line in train] == ["train", "train", "train"]
+    assert not any("test" in line for line in train)
+    for before, after in zip(test, train, strict=True):  # the numbers in the same column
+        assert before.index("nats") == after.index("nats")
