@@ -372,6 +372,8 @@ def _guess_layout(x: np.ndarray, arg: str) -> None:
         return
     if first not in _CHANNELS:
         why = "looks channels last, [N, H, W, C]"
+    elif cube:  # (tester FH: "3 channels of 3x3 or 3 of 3x3")
+        why = f"is {last} channels of {last}x{last} images either way round, channels first or last"
     else:
         why = f"could be {first} channels of {middle}x{last} or {last} of {first}x{middle}"
     raise ValueError(

@@ -465,26 +465,24 @@ _FLAGS_FOR_FIELDS = {"GuideConfig(spec=...)": "--guide SPEC"}
 
 
 def _flag_for(err: BaseException, command: str, given: frozenset[str] = frozenset()) -> str:
-    """ "; on the command line: FLAG, ..." where ``err``'s message names a run
-    configuration's field that a flag sets (:data:`_FLAGS_FOR_FIELDS`), or an argument of
-    the library by its Python name that is a flag of ``command`` (``lr: 100.0 is too
-    large`` from ``--lr``, ``needs image_size``; tester FC and FB: the flag was left for the
-    user to guess), leaving out the flags the message names already and those ``given``
-    on the command line (``resume: ...`` after ``--resume``); else ""."""
+    """ "; on the command line: FLAG" where ``err``'s message names a run configuration's
+    field that a flag sets (:data:`_FLAGS_FOR_FIELDS`), or opens with the Python name of
+    an argument of the library that is a flag of ``command`` (``lr: 100.0 is too large``
+    from ``--lr``, ``label_column: ...``; testers FB, FC: the flag was left to guess),
+    unless the message names that flag already or it was ``given`` on the command line.
+    Only the argument the refusal is about: other names in it (a list of an estimator's
+    options, ``batch_size`` among them) are no flags of the command (tester FH); else ""."""
     message = str(err)
     flags = [flag for field, flag in _FLAGS_FOR_FIELDS.items() if field in message]
-    options = command_flags(command)
     leading = re.match(r"([a-z][a-z0-9_]*): ", message)
-    named = re.findall(r"(?<![-\w])[a-z][a-z0-9]*(?:_[a-z0-9]+)+\b", message)  # snake_case
-    for name in ([leading.group(1)] if leading else []) + named:
-        flag = options.get(name)
-        if (
-            flag
-            and flag not in [f.split()[0] for f in flags]
-            and not re.search(rf"{flag}(?![-\w])", message)
-            and flag not in given
-        ):
-            flags.append(flag)
+    flag = command_flags(command).get(leading.group(1)) if leading else None
+    if (
+        flag
+        and flag not in [f.split()[0] for f in flags]
+        and not re.search(rf"{flag}(?![-\w])", message)
+        and flag not in given
+    ):
+        flags.append(flag)
     return f"; on the command line: {', '.join(flags)}" if flags else ""
 
 

@@ -141,38 +141,47 @@ class FitCheckpoint:
         )
 
     def _refuse_non_finite(self, state: dict[str, Any]) -> None:
-        """Refuse a checkpoint whose state a resume continues from (the weights, Adam's
-        moments) holds NaN or infinite values (or a negative second moment): its file was
-        damaged on disk, or written from a diverged step, and a resume from it diverged at
-        its first step, then advised a smaller learning rate and kept failing (tester FF:
-        64 bytes flipped in a real checkpoint.pt; torch's reader checks no CRC).
+        """Refuse a checkpoint whose weights (its last or its best: parameters, not buffers)
+        or Adam's moments hold NaN or infinite values, or a negative second moment, before
+        anything is put back: its file was damaged on disk, or written from a diverged
+        step, and a resume from it diverged at its first step, then advised a smaller
+        learning rate and kept failing (tester FF: 64 bytes flipped in a real
+        checkpoint.pt; torch's reader checks no CRC). Checked on the state as read, so a
+        refused resume leaves the modules as they were (tester FH: a Python resume was
+        refused after the damaged weights were loaded into them).
 
         Raises:
             RunFolderError: naming the entries (a few), before any step."""
-        bad = [] if self.weights.finite() else [
-            entry for key in ("model", "guide", "params")
-            for entry in non_finite_entries(state.get(key, {}), key)
-        ] or ["the weights"]  # fmt: skip
-        bad += non_finite_entries(state.get("optim", {}), "optim")
-        if not bad:
+        keys = self.weights.parameter_keys()
+
+        def damaged(weights: Any, prefix: str) -> list[str]:
+            if not isinstance(weights, dict):
+                return []
+            found = non_finite_entries(weights.get("params", {}), f"{prefix}params")
+            for key in ("model", "guide"):
+                own = {n: t for n, t in (weights.get(key) or {}).items() if n in keys[key]}
+                found += non_finite_entries(own, f"{prefix}{key}")
+            return found
+
+        last = damaged(state, "") + non_finite_entries(state.get("optim", {}), "optim")
+        best = damaged(state.get("best"), "best/")
+        if not last and not best:
             return
+        bad = last + best
         where = self.run.file(CHECKPOINT) if self.run is not None else "the checkpoint"
         shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
-        best = state.get("best")
+        epoch = (state.get("best") or {}).get("epoch")
         kept = (
-            f"its best weights (epoch {best.get('epoch')}) are kept, for evaluate and sample; "
-            if isinstance(best, dict)
-            and not any(
-                non_finite_entries(best.get(k, {}), k) for k in ("model", "guide", "params")
-            )
+            f"its best weights (epoch {epoch}) are sound, for evaluate and sample; "
+            if state.get("best") and not best
             else ""
         )
         raise RunFolderError(
-            f"resume: {where} holds NaN or infinite values in the state a resume continues "
-            f"from ({shown}): the file was damaged (its bytes changed on disk) or written "
-            f"from a diverged step, and training on from it diverges at once. Nothing was "
-            f"changed; {kept}to train again from the start, use fit --restart (Python: "
-            "resume=False)"
+            f"resume: {where} holds values no trained state has (NaN, infinite, or a "
+            f"negative Adam second moment) in {shown}: the file was damaged (its bytes "
+            "changed on disk) or written from a diverged step, and training on from it "
+            f"goes wrong at once. Nothing was changed; {kept}to train again from the start, "
+            "use fit --restart (Python: resume=False)"
         )
 
     def restore(self, state: dict[str, Any]) -> Resumed:
@@ -189,9 +198,9 @@ class FitCheckpoint:
         Raises:
             pyro_vae.weights.WeightsMismatchError: the saved weights do not fit the pair.
         """
+        self._refuse_non_finite(state)
         self.weights.restore(state)
         self.svi.optim.set_state(state["optim"])
-        self._refuse_non_finite(state)
         if state.get("estimator") is not None and hasattr(self.elbo, "load_state_dict"):
             self.elbo.load_state_dict(to_device(state["estimator"], self.device))
         for name, value in state.get("estimator_params", {}).items():

@@ -22,7 +22,7 @@ from pyro.poutine import Trace
 
 from pyro_vae.plates import DataPlateError, frames_in
 from pyro_vae.site_masks import sampling_log_prob
-from pyro_vae.traces import full_rank, is_point_mass, sample_sites
+from pyro_vae.traces import full_rank, is_point_mass, observed_without_score, sample_sites
 
 
 def data_plate_scale(trace: Trace, plate: str | None) -> float:
@@ -292,10 +292,10 @@ def sampling_log_density(
     over it, :func:`weights_factor`), as :func:`importance_log_densities` sums them."""
     raw = Trace()
     for name, site in sample_sites(guide_trace).items():
-        if is_point_mass(site["fn"]) or (site["is_observed"] and site["fn"].has_rsample):
-            continue  # a point mass, or a reparameterized observed site (a guide's
-            # pyro.factor(..., has_rsample=True): tester FE), has no score; its term's
-            # gradient is pathwise, in log w (has_rsample=False: scored, as Pyro does)
+        if is_point_mass(site["fn"]) or observed_without_score(site):
+            continue  # a point mass, or an observed site (obs=, a guide's pyro.factor(...,
+            # has_rsample=True): testers FE, FH), has no score; its term's gradient is
+            # pathwise, in log w (a factor with has_rsample=False: scored, as Pyro does)
         # Pyro's unscaled_log_prob is fn.log_prob(value), before poutine's scale and mask;
         # a trace stacked from looped particles holds each particle's own (``fn`` is only
         # the first's: scoring every draw by it biased VIMCO's looped gradient, tester D's

@@ -120,6 +120,14 @@ class DataConfig:
                 "checksum) or None"
             )
         self.layout = self._layout_as_read()
+        for arg in ("crop", "image_size"):  # before crop's own check: it needs no size here
+            value = getattr(self, arg)
+            value = tuple(value) if isinstance(value, list) else value  # as typed: (H, W)
+            if value not in (None, False) and not self.name.startswith("images:"):
+                raise ValueError(  # (tester FH: told to add --image-size, then refused it)
+                    f"{arg}: {value!r} applies to an image folder (images:DIR) only, not to "
+                    f"data {self.name!r}"
+                )
         size = check_image_size(self.image_size, self.crop)
         self.image_size = None if size is None else list(size)
         if not isinstance(self.crop, bool):

@@ -124,7 +124,8 @@ def read_table(
     path = Path(path)
     frame = _read(path, label_column)
     if frame.shape[0] == 0 or frame.shape[1] == 0:
-        raise TableError(f"data: {path} has no rows; expected a header and at least one row")
+        expected = "at least one row" if _is_parquet(path) else "a header and at least one row"
+        raise TableError(f"data: {path} has no rows; expected {expected}")
     names = [str(c) for c in frame.columns]
     frame.columns = names
     if label_column is not None and label_column not in names:

@@ -82,6 +82,28 @@ def is_point_mass(fn) -> bool:
     return isinstance(fn, dist.Delta)
 
 
+def drawn_factor(site: dict) -> bool:
+    """Whether ``site`` is a ``pyro.factor(..., has_rsample=False)``: a factor that Pyro's
+    docs give to a term from draws made without a path (discrete ones), which a
+    score-function estimator scores as it scores such a draw's log q."""
+    fn = site["fn"]
+    while hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    return (
+        bool(site.get("is_observed")) and isinstance(fn, dist.Unit) and not site["fn"].has_rsample
+    )
+
+
+def observed_without_score(site: dict) -> bool:
+    """Whether ``site`` is a guide's observed sample site whose term's gradient is pathwise
+    and which has no score: any ``obs=`` (a label the guide conditions on: nothing was drawn,
+    whatever its distribution; tester FH: an observed Categorical's was scored, its mean
+    gradient 0 under leave-one-out where it is softmax(v) − onehot(y)) and a
+    ``pyro.factor(..., has_rsample=True)`` (a reparameterized draw's Jacobian; tester FE),
+    but not :func:`drawn_factor`."""
+    return bool(site.get("is_observed")) and not drawn_factor(site)
+
+
 def refuse_unscored_guide_sites(model_trace: Trace, guide_trace: Trace) -> None:
     """Refuse guide draws that log p(x, z) − log q(z) cannot score as a bound (tester T):
     a latent the model does not have beside a model latent the guide draws from a density

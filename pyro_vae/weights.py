@@ -169,6 +169,14 @@ class PairWeights:
         owned = {id(p): p for m in self.modules() for p in m.parameters()}
         return list(owned.values()) + [store[n] for n in self.names]
 
+    def parameter_keys(self) -> dict[str, set[str]]:
+        """{"model": …, "guide": …}: the keys of each module's state_dict that are
+        parameters, not buffers (a buffer may hold inf by design: a mask, a bound)."""
+        return {
+            key: {n for n, _ in module.named_parameters()} if module is not None else set()
+            for key, module in (("model", self.model_module), ("guide", self.guide_module))
+        }
+
     def snapshot(self) -> dict[str, dict[str, torch.Tensor]]:
         """Copies of the weights: ``{"model": state_dict, "guide": state_dict, "params": …}``."""
         store = dict(pyro.get_param_store().named_parameters())

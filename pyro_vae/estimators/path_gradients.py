@@ -24,11 +24,10 @@ parameters and bias the gradient, so such guides are refused
 from __future__ import annotations
 
 import torch
-from pyro.distributions import Unit
 from pyro.distributions.util import detach, scale_and_mask
 from pyro.poutine import Trace
 
-from pyro_vae.traces import is_point_mass, sample_sites, stack_values
+from pyro_vae.traces import drawn_factor, is_point_mass, sample_sites, stack_values
 
 # The choices of ``gradient``: what the pathwise gradient of log q keeps.
 GRADIENTS = {
@@ -70,10 +69,7 @@ def refuse_unreparameterized_factor(name: str, site: dict, estimator: str) -> No
 
     Raises:
         ValueError: naming the site and the two ways out."""
-    fn = site["fn"]
-    while hasattr(fn, "base_dist"):
-        fn = fn.base_dist
-    if site.get("is_observed") and isinstance(fn, Unit) and not site["fn"].has_rsample:
+    if drawn_factor(site):
         raise ValueError(
             f"guide site {name!r} is a pyro.factor with has_rsample=False, which Pyro "
             f"gives a factor that arose from draws without a path (discrete ones); {estimator} "

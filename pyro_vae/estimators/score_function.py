@@ -97,7 +97,7 @@ from pyro_vae.objectives import (
 )
 from pyro_vae.plates import batch_rows, frames_in, require_data_plate
 from pyro_vae.site_masks import sampling_log_prob
-from pyro_vae.traces import full_rank, is_point_mass
+from pyro_vae.traces import full_rank, is_point_mass, observed_without_score
 
 CONTROL_VARIATES = ("none", "ema", "leave-one-out", "neural")
 _STATEFUL_CONTROL_VARIATES = ("ema", "neural")  # a moving average; NVIL's network and moments
@@ -142,12 +142,11 @@ def _rao_blackwellized_signal(
 
 
 def _pathwise_observed(site: dict) -> bool:
-    """Whether ``site`` is an observed sample site of a reparameterized distribution
-    (in a guide: ``pyro.factor(..., has_rsample=True)``, an ``obs=`` of a Normal), whose
-    term's gradient is pathwise and which has no score; a guide's ``pyro.factor(...,
-    has_rsample=False)`` stands for log q of draws made without a path (discrete ones) and
-    is scored, as Pyro's ``score_parts`` score it."""
-    return site["type"] == "sample" and bool(site.get("is_observed") and site["fn"].has_rsample)
+    """Whether ``site`` is a sample site of :func:`~pyro_vae.traces.observed_without_score`:
+    an ``obs=`` or a ``pyro.factor(..., has_rsample=True)`` in the guide, no score, its
+    gradient pathwise; a guide's ``pyro.factor(..., has_rsample=False)`` is scored, as
+    Pyro's ``score_parts`` score it."""
+    return site["type"] == "sample" and observed_without_score(site)
 
 
 def _tensor(value, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -320,10 +319,10 @@ class ScoreFunctionELBO(SurrogateELBO):
             ]
         surrogate = _tensor(model_trace.log_prob_sum(), elbo.device)
         if self.free_bits is None:
-            # a guide's reparameterized observed sites (pyro.factor(..., has_rsample=True):
-            # a reparameterized draw's Jacobian, say) have no score; their terms' gradient is
-            # pathwise, as in Pyro's Trace_ELBO (tester FE: scored, d(-ELBO)/da read 1.35
-            # where it is 7.3). has_rsample=False ones are scored, as Pyro scores them
+            # a guide's observed sites (obs=, pyro.factor(..., has_rsample=True)) have no
+            # score; their terms' gradient is pathwise (tester FE: scored, d(-ELBO)/da read
+            # 1.35 where it is 7.3; FH: an observed Categorical's read 0). A factor with
+            # has_rsample=False is scored, as Pyro scores it
             pathwise = [s["log_prob"].sum() for s in guide_trace.nodes.values()
                         if _pathwise_observed(s)]  # fmt: skip
             surrogate = surrogate - _tensor(sum(pathwise), elbo.device)
@@ -341,7 +340,7 @@ class ScoreFunctionELBO(SurrogateELBO):
         data = (self.subsamples, args, kwargs)  # what the neural baseline reads its rows from
         for name, site in guide_trace.nodes.items():
             if site["type"] != "sample" or is_point_mass(site["fn"]) or _pathwise_observed(site):
-                continue  # a point mass or a reparameterized observed site: no score
+                continue  # a point mass or an observed site (not a drawn factor): no score
             signal = _rao_blackwellized_signal(site, costs, rank, escaped.get(name, frozenset()))
             signal = signal.detach()
             advantage, extra_loss = self._centre(name, site, signal, rank, plate, data)

@@ -76,7 +76,7 @@ def test_integer_pixels_other_than_uint8_take_their_largest_value_as_full():
         # tester EX: four channels of 20x3, or RGB of 4x20: it was read as the first
         (np.zeros((3, 4, 20, 3), np.uint8), ["could be 4 channels of 20x3 or 3 of 4x20"]),
         # four channels of 4x4 either way round: it was read channels first, unsaid
-        (np.zeros((3, 4, 4, 4), np.uint8), ["could be 4 channels of 4x4 or 4 of 4x4"]),
+        (np.zeros((3, 4, 4, 4), np.uint8), ["is 4 channels of 4x4 images either way round"]),
     ],
 )
 def test_bad_arrays_are_refused_before_any_work(x, words):

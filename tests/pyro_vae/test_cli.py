@@ -401,7 +401,7 @@ def test_a_users_model_file_is_first_class(tmp_path):
         # with the flags that set them; a flag the message names already is not repeated
         (
             ["fit", "--data", "digits", "--crop"],
-            "(crop and image_size apply to images:DIR only); on the command line: --image-size\n",
+            "crop: True applies to an image folder (images:DIR) only, not to data 'digits'\n",
         ),
         (
             ["fit", "--data", "digits", "--layout", "channels-last"],
@@ -418,22 +418,26 @@ def test_bad_arguments_exit_2_with_a_message(tmp_path, capsys, argv, message):
 
 def test_a_library_refusal_names_the_flags_of_its_arguments():
     """The flags come from the command's own parser: ``lr`` is amortization-gap's ``--lr``
-    (tester FC: its divergence named ``lr`` alone), words that are no flag of the command
-    (``image_size`` of evaluate) or that are ordinary words (``data`` inside a sentence)
-    are left alone."""
+    (tester FC: its divergence named ``lr`` alone); only the argument a refusal opens
+    with, and not where it is no flag of the command (``lr`` of evaluate)."""
     diverged = ValueError("lr: 100.0 is too large: the local guides' optimization diverged")
     assert _flag_for(diverged, "amortization-gap") == "; on the command line: --lr"
     assert _flag_for(diverged, "evaluate") == ""  # evaluate has no --lr
     crop = ValueError("crop: True needs image_size, the (height, width)")
-    assert _flag_for(crop, "fit") == "; on the command line: --crop, --image-size"
+    assert _flag_for(crop, "fit") == "; on the command line: --crop"
     assert _flag_for(crop, "sample") == ""
-    assert _flag_for(ValueError("the data: ll_points is 3"), "fit") == (
-        "; on the command line: --ll-points"
-    )
-    assert _flag_for(ValueError("--ll-points 3 and ll_points"), "fit") == ""
+    label = ValueError("label_column: 'y' is not a column")
+    assert _flag_for(label, "fit") == "; on the command line: --label-column"
+    assert _flag_for(ValueError("ll_points: 3 and --ll-points"), "fit") == ""
     typed = frozenset({"--resume", "--crop"})  # the flags typed are not pointed out again
     assert _flag_for(ValueError("resume: run/ is damaged"), "fit", typed) == ""
-    assert _flag_for(crop, "fit", typed) == "; on the command line: --image-size"
+    assert _flag_for(crop, "fit", typed) == ""
+    # tester FH: an estimator's options listed in a refusal were taken for fit's flags
+    options = ValueError(
+        "estimator options {'batch_size': 3} are not valid for 'score': ['batch_size'] not "
+        "among its options (num_particles, data_plate)"
+    )
+    assert _flag_for(options, "fit") == "" and _flag_for(options, "grad-variance") == ""
     assert command_flags("diagnose")["idata_points"] == "--idata-points"
 
 
@@ -868,8 +872,8 @@ def test_a_resume_refuses_a_checkpoint_whose_state_is_not_finite(trained, tmp_pa
     capsys.readouterr()
     assert main(["fit", "--resume", str(run), "--epochs", "4", "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert "holds NaN or infinite values in the state a resume continues from (" in err
-    assert "its best weights (epoch 3) are kept" in err and "--restart" in err
+    assert "holds values no trained state has (NaN, infinite, or a negative Adam" in err
+    assert "its best weights (epoch 3) are sound" in err and "--restart" in err
     assert "smaller learning rate" not in err and err.count("\n") == 1
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
     assert main(["evaluate", str(run), "--ll-samples", "0"]) == 0  # the best weights serve

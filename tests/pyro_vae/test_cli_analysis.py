@@ -250,3 +250,20 @@ def test_grad_variance_aligns_its_table_to_the_longest_estimator(tmp_path, capsy
     column = header.index("group")
     assert column == len(long) + 1
     assert all(row[column - 1] == " " and row[column] != " " for row in rows)
+
+
+def test_diagnose_notes_only_the_row_counts_the_user_asked_for(capsys):
+    """Tester FH: the default --points 1000 was noted on every test set under 1,000 rows,
+    though nobody asked for it; a typed count above the test set still is."""
+    import argparse
+
+    from pyro_vae.cli_analysis import _note_fewer_rows
+
+    defaults = argparse.Namespace(points=1000, idata_points=100, given_flags=set())
+    _note_fewer_rows(defaults, 50, "rows")
+    assert capsys.readouterr().out == ""
+    typed = argparse.Namespace(points=1000, idata_points=100, given_flags={"--idata-points"})
+    _note_fewer_rows(typed, 50, "rows")
+    assert capsys.readouterr().out == (
+        "note: --idata-points 100 is more than the 50 test rows; diagnostics.nc covers all 50\n"
+    )

@@ -4,7 +4,7 @@ import pyro
 import pytest
 import torch
 
-from pyro_vae.checkpoint import RunFolder
+from pyro_vae.checkpoint import RunFolder, RunFolderError
 from pyro_vae.fit_checkpoint import FitCheckpoint, Resumed, estimator_params, non_finite_entries
 from pyro_vae.train import TrainConfig
 
@@ -20,8 +20,8 @@ class Weights:
     def restore(self, state):
         self.restored = state["model"]
 
-    def finite(self):
-        return all(v.isfinite().all() for v in self.restored.values())
+    def parameter_keys(self):
+        return {"model": {"a", "w"}, "guide": set()}
 
     def others(self):
         store = dict(pyro.get_param_store().named_parameters())
@@ -204,3 +204,31 @@ def test_non_finite_entries_names_each_nan_inf_and_negative_second_moment():
         "s/w", "s/adam/state/0/exp_avg", "s/adam/state/0/exp_avg_sq", "s/sizes/1",
     ]  # fmt: skip
     assert non_finite_entries({"exp_avg": torch.tensor([-1.0])}, "o") == []  # a first moment
+
+
+@pytest.mark.parametrize(
+    "damage, named",
+    [("last", "model/a"), ("best", "best/model/a"), ("adam", "optim/adam/exp_avg")],
+)
+def test_a_damaged_state_is_refused_before_anything_is_put_back(tmp_path, damage, named):
+    """Tester FH: the refusal came after the damaged weights were loaded into the modules
+    (a Python resume, refused, left them NaN); and damaged best weights went unnoticed (a
+    run that did not beat them ended on them). A buffer may hold inf by design: not
+    refused."""
+    run = RunFolder(tmp_path / "run")
+
+    def good():
+        return {"model": {"a": torch.ones(1), "clip": torch.tensor(float("inf"))},
+                "guide": {}, "params": {}}  # fmt: skip
+
+    state = {"epoch": 3, "step": 30, **good(), "best": {"epoch": 2, **good()}, "history": [],
+             "optim": {"adam": {"exp_avg": torch.zeros(2)}}, "rng": None}  # fmt: skip
+    where = {"last": state["model"], "best": state["best"]["model"]}
+    if damage == "adam":
+        state["optim"]["adam"]["exp_avg"][0] = float("nan")
+    else:
+        where[damage]["a"] = torch.tensor([float("nan")])
+    weights, svi = Weights(), SVI()
+    with pytest.raises(RunFolderError, match=f"holds values no trained state has .* in {named}"):
+        FitCheckpoint(run, weights, svi, Estimator(), TrainConfig()).restore(state)
+    assert weights.restored is None and svi.optim.state == {"adam": 1}  # nothing put back

@@ -285,8 +285,10 @@ def test_a_data_section_without_the_source_options_loads_with_their_defaults():
 @pytest.mark.parametrize(
     ("kwargs", "words"),
     [
-        ({"image_size": [0, 3]}, "image_size: [0, 3]"),
-        ({"crop": True}, "crop: True needs image_size"),
+        ({"name": "images:/x", "image_size": [0, 3]}, "image_size: [0, 3]"),
+        ({"image_size": [2, 3]}, "image_size: (2, 3) applies to an image folder"),
+        ({"crop": True}, "crop: True applies to an image folder (images:DIR) only"),
+        ({"name": "images:/x", "crop": True}, "crop: True needs image_size"),
         ({"columns": "a"}, "columns: 'a'"),
         ({"columns": []}, "columns: []"),
         ({"label_column": 3}, "label_column: 3"),
