@@ -153,8 +153,9 @@ def test_runs_with_other_data_settings_are_not_comparable_whatever_else_differs(
     # tester J's F5: a binarization threshold of 0.3 against 0.5, with another
     # --val-fraction too, was noted as "on the same test rows"; the threshold (and a
     # folder's image size, a table's columns) were no part of what compare read as the data
-    a = _run(tmp_path / "a", [1.0], [-100.0], TEST)
-    b = _run(tmp_path / "b", [1.0], [-99.0], TEST, data={**other, "val_fraction": 0.3})
+    name = "images:/x" if "image_size" in other else "digits"  # a size is a folder's
+    a = _run(tmp_path / "a", [1.0], [-100.0], TEST, data_name=name)
+    b = _run(tmp_path / "b", [1.0], [-99.0], TEST, name, data={**other, "val_fraction": 0.3})
     (note,) = compare_runs([a, b]).notes
     assert note.startswith("the runs use different data") and "not comparable" in note
 
