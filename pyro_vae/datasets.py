@@ -331,8 +331,23 @@ def load_raw(
         "label_column": label_column,
         "layout": layout,
     }
+    refuse_options_not_taken(name, given)
+    check_image_size(image_size, crop)  # after: crop on a table is told it takes none
+    options = {**given, "crop": crop}
+    return kind.load(name, **{arg: options[arg] for arg in kind.options})
+
+
+def refuse_options_not_taken(name: str, given: dict[str, Any]) -> None:
+    """Refuse each source option in ``given`` ({argument: value}, None or False where not
+    given) that the source ``name`` does not take (:data:`SOURCES`): ``image_size`` and
+    ``crop`` are an image folder's, ``layout`` an array's, ``columns`` and
+    ``label_column`` a table's. A name of no known kind takes none.
+
+    Raises:
+        ValueError: naming the argument, its value and the source it applies to."""
+    taken = next((kind.options for kind in SOURCES if kind.matches(name)), ())
     for arg, value in given.items():
-        if value is not None and arg not in kind.options:
+        if value is not None and value is not False and arg not in taken:
             takes = (
                 "an image folder (images:DIR)"
                 if arg in ("image_size", "crop")
@@ -341,9 +356,6 @@ def load_raw(
                 else ("a table (PATH.csv, PATH.parquet or table:PATH)")
             )
             raise ValueError(f"{arg}: {value!r} applies to {takes} only, not to data {name!r}")
-    check_image_size(image_size, crop)  # after: crop on a table is told it takes none
-    options = {**given, "crop": crop}
-    return kind.load(name, **{arg: options[arg] for arg in kind.options})
 
 
 def raw_from_python(data: Any, labels: Any = None, layout: str | None = None) -> RawImages:

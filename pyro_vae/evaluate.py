@@ -87,6 +87,7 @@ from pyro_vae.pointwise import (
 from pyro_vae.progress import bar as progress_bar
 from pyro_vae.traces import (
     PointMassWarning,
+    base_distribution,
     check_vectorized_pair,
     particle_traces,
     plate_nesting,
@@ -670,9 +671,7 @@ def _kind(fn) -> str:
 
 
 def _family(fn) -> str:
-    while hasattr(fn, "base_dist"):
-        fn = fn.base_dist
-    return type(fn).__name__
+    return type(base_distribution(fn)).__name__
 
 
 def log_importance_weights(

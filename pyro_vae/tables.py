@@ -453,13 +453,14 @@ def _first_non_number(values) -> tuple[int, Any]:
     return row, values.iloc[row]
 
 
-def _refuse_huge_integers(values, name: str, path: Path, chosen: bool = False) -> None:
+def _refuse_huge_integers(values, name: str, path: Path, chosen: bool = False, text=None) -> None:
     """Refuse a column holding integers beyond 64 bits (``123456789012345678901234``),
     which pandas reads as text, naming the first (tester FB: called "numbers written with
-    a comma")."""
+    a comma"). ``text``: its present cells as stripped strings, where made already."""
     import pandas as pd
 
-    text = values[values.notna()].astype(str).str.strip()
+    if text is None:
+        text = values[values.notna()].astype(str).str.strip()
     whole = text.str.fullmatch(r"[+-]?\d+")
     huge = whole & (pd.to_numeric(text.where(whole), errors="coerce").abs() >= 2.0**63)
     if huge.any():
@@ -493,10 +494,9 @@ def _refuse_mostly_numeric(frame, path: Path, others: list[str]) -> None:
         if not len(present):
             continue
         parsed = pd.to_numeric(present, errors="coerce")
-        commas = pd.to_numeric(
-            present.astype(str).str.strip().str.replace(",", ".", regex=False), errors="coerce"
-        )
-        _refuse_huge_integers(values, name, path)
+        text = present.astype(str).str.strip()
+        commas = pd.to_numeric(text.str.replace(",", ".", regex=False), errors="coerce")
+        _refuse_huge_integers(values, name, path, text=text)
         if parsed.notna().mean() >= 0.5 and parsed.isna().any():
             row, value = _first_non_number(values)
             raise TableError(
@@ -506,7 +506,7 @@ def _refuse_mostly_numeric(frame, path: Path, others: list[str]) -> None:
                 "cells (a decimal comma is not converted), or name the features with "
                 "--columns to leave it out"
             )
-        written = present.astype(str).str.contains(",", regex=False).any()
+        written = text.str.contains(",", regex=False).any()
         if written and commas.notna().mean() >= 0.5:  # a decimal comma (or thousands) column
             row, value = _first_non_number(values)
             raise TableError(

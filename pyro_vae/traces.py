@@ -77,21 +77,22 @@ def is_point_mass(fn) -> bool:
     score (∇ log q of a point mass is not a density's), so a score-function estimator gives
     it its pathwise gradient, and a stop-gradient on log q leaves its ``log_density`` (an
     autoguide's log-Jacobian, a function of an earlier draw) its path (tester M)."""
+    return isinstance(base_distribution(fn), dist.Delta)
+
+
+def base_distribution(fn):
+    """``fn`` under its wrappers (``Independent``, ``expand``, ``MaskedDistribution``)."""
     while hasattr(fn, "base_dist"):
         fn = fn.base_dist
-    return isinstance(fn, dist.Delta)
+    return fn
 
 
 def drawn_factor(site: dict) -> bool:
     """Whether ``site`` is a ``pyro.factor(..., has_rsample=False)``: a factor that Pyro's
     docs give to a term from draws made without a path (discrete ones), which a
     score-function estimator scores as it scores such a draw's log q."""
-    fn = site["fn"]
-    while hasattr(fn, "base_dist"):
-        fn = fn.base_dist
-    return (
-        bool(site.get("is_observed")) and isinstance(fn, dist.Unit) and not site["fn"].has_rsample
-    )
+    unit = isinstance(base_distribution(site["fn"]), dist.Unit)
+    return bool(site.get("is_observed")) and unit and not site["fn"].has_rsample
 
 
 def observed_without_score(site: dict) -> bool:
@@ -192,20 +193,13 @@ def _same_scale(site: dict, other: dict) -> bool:
         return False
 
 
-def _point_mass(fn):
-    """The ``Delta`` inside ``fn`` (under ``.to_event``, ``.mask``)."""
-    while hasattr(fn, "base_dist"):
-        fn = fn.base_dist
-    return fn
-
-
 def _mass_log_density(mass: dict):
     """A point mass's log-density at its value, every particle's: its unscaled log_prob
     where computed (a stacked trace keeps one particle's distribution, and every
     particle's log_prob), else its ``log_density``."""
     if "unscaled_log_prob" in mass:
         return mass["unscaled_log_prob"]
-    return _point_mass(mass["fn"]).log_density
+    return base_distribution(mass["fn"]).log_density
 
 
 def _carries(u: torch.Tensor, mass: dict, model_node: dict) -> bool:
@@ -430,8 +424,7 @@ def _refuse_auxiliary_images_of_masked_latents(model_trace, guide_sites: dict, o
 def _is_image_of_auxiliary(fn) -> bool:
     """A ``Delta`` (under its wrappers) carrying a tensor ``log_density``: an autoguide's
     value of a model latent, made from its auxiliary draw (a MAP point's is the number 0)."""
-    while hasattr(fn, "base_dist"):
-        fn = fn.base_dist
+    fn = base_distribution(fn)
     return isinstance(fn, dist.Delta) and torch.is_tensor(fn.log_density)
 
 

@@ -27,7 +27,13 @@ import torch
 from pyro.distributions.util import detach, scale_and_mask
 from pyro.poutine import Trace
 
-from pyro_vae.traces import drawn_factor, is_point_mass, sample_sites, stack_values
+from pyro_vae.traces import (
+    base_distribution,
+    drawn_factor,
+    is_point_mass,
+    sample_sites,
+    stack_values,
+)
 
 # The choices of ``gradient``: what the pathwise gradient of log q keeps.
 GRADIENTS = {
@@ -56,9 +62,7 @@ def check_gradient(gradient: object, allowed: tuple[str, ...], estimator: str) -
 
 def base_name(fn) -> str:
     """The class name of ``fn`` under its wrappers (``Independent``, ``MaskedDistribution``)."""
-    while hasattr(fn, "base_dist"):
-        fn = fn.base_dist
-    return type(fn).__name__
+    return type(base_distribution(fn)).__name__
 
 
 def refuse_unreparameterized_factor(name: str, site: dict, estimator: str) -> None:

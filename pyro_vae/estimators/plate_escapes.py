@@ -39,7 +39,7 @@ from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing
 from pyro_vae.devices import forked_streams
 from pyro_vae.draw_tracking import DrawTracker, buffers_set_aside
 from pyro_vae.pyro_compat import provenance_parts
-from pyro_vae.traces import is_point_mass
+from pyro_vae.traces import base_distribution, is_point_mass
 from pyro_vae.weights import module_of
 
 
@@ -156,9 +156,7 @@ def _parents(trace, tracker: DrawTracker) -> dict[str, tuple[frozenset, frozense
             continue
         value = site["value"]
         plain = provenance_parts(value)[0] if isinstance(value, ProvenanceTensor) else value
-        fn = site["fn"]
-        while hasattr(fn, "base_dist"):
-            fn = fn.base_dist
+        fn = base_distribution(site["fn"])
         if isinstance(fn, dist.Delta):
             read = get_provenance(fn.v) | get_provenance(fn.log_density)
         else:

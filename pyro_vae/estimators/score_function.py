@@ -141,14 +141,6 @@ def _rao_blackwellized_signal(
     return total if total is not None else torch.zeros((1,) * rank, device=site["value"].device)
 
 
-def _pathwise_observed(site: dict) -> bool:
-    """Whether ``site`` is a sample site of :func:`~pyro_vae.traces.observed_without_score`:
-    an ``obs=`` or a ``pyro.factor(..., has_rsample=True)`` in the guide, no score, its
-    gradient pathwise; a guide's ``pyro.factor(..., has_rsample=False)`` is scored, as
-    Pyro's ``score_parts`` score it."""
-    return site["type"] == "sample" and observed_without_score(site)
-
-
 def _tensor(value, device: torch.device | str = "cpu") -> torch.Tensor:
     """``value`` as it is when it is a tensor (``torch.as_tensor`` would move it to the
     default device); a number (the sum over no sites) as a tensor on ``device``."""
@@ -324,7 +316,7 @@ class ScoreFunctionELBO(SurrogateELBO):
             # 1.35 where it is 7.3; FH: an observed Categorical's read 0). A factor with
             # has_rsample=False is scored, as Pyro scores it
             pathwise = [s["log_prob"].sum() for s in guide_trace.nodes.values()
-                        if _pathwise_observed(s)]  # fmt: skip
+                        if s["type"] == "sample" and observed_without_score(s)]  # fmt: skip
             surrogate = surrogate - _tensor(sum(pathwise), elbo.device)
         else:
             # the kept groups' direct term −∇_φ log q(z): its mean is zero only where no
@@ -339,7 +331,11 @@ class ScoreFunctionELBO(SurrogateELBO):
         plate = self.bound_plate(model_trace, args, kwargs) if neural else None
         data = (self.subsamples, args, kwargs)  # what the neural baseline reads its rows from
         for name, site in guide_trace.nodes.items():
-            if site["type"] != "sample" or is_point_mass(site["fn"]) or _pathwise_observed(site):
+            if (
+                site["type"] != "sample"
+                or is_point_mass(site["fn"])
+                or observed_without_score(site)
+            ):
                 continue  # a point mass or an observed site (not a drawn factor): no score
             signal = _rao_blackwellized_signal(site, costs, rank, escaped.get(name, frozenset()))
             signal = signal.detach()
