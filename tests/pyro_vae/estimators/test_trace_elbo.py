@@ -1,5 +1,8 @@
 """``trace``: Pyro's Trace_ELBO, bit for bit by default, with sticking the landing on request."""
 
+import math
+import statistics
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -75,3 +78,57 @@ def test_bad_gradients_and_score_function_sites_are_refused():
     model, make_guide, _, x = CASES["beta-bernoulli"]
     with pytest.raises(ValueError, match="guide site 'p' \\(Beta\\) is not reparameterizable"):
         TraceELBO(gradient="stl").loss_and_grads(model, make_guide(False), x)
+
+
+def _bernoulli_model():
+    t = pyro.sample("t", dist.Bernoulli(torch.tensor(0.3, dtype=torch.float64)))
+    pyro.sample("x", dist.Normal(2.0 * t, 1.0), obs=torch.tensor(0.7, dtype=torch.float64))
+
+
+def _guide_with_a_scored_factor():
+    v = pyro.param("v", torch.tensor(0.2, dtype=torch.float64))
+    t = pyro.sample("t", dist.Bernoulli(logits=v))
+    pyro.factor("penalty", 3.0 * t, has_rsample=False)
+
+
+def _exact_gradient() -> float:
+    """d(−ELBO)/dv by enumerating t ∈ {0, 1}, the factor a term of log q (Pyro's reading)."""
+    v = torch.tensor(0.2, dtype=torch.float64, requires_grad=True)
+    elbo = 0.0
+    for t in torch.tensor([0.0, 1.0], dtype=torch.float64):
+        log_q = dist.Bernoulli(logits=v).log_prob(t)
+        log_p = dist.Bernoulli(torch.tensor(0.3, dtype=torch.float64)).log_prob(t) + dist.Normal(
+            2.0 * t, 1.0
+        ).log_prob(torch.tensor(0.7, dtype=torch.float64))
+        elbo = elbo + log_q.exp() * (log_p - log_q - 3.0 * t)
+    elbo.backward()
+    return -float(v.grad)
+
+
+def test_a_guide_factor_without_a_path_is_refused_by_trace():
+    """Pyro's Trace_ELBO leaves a guide's has_rsample=False factor out of its learning
+    signal: d(−ELBO)/dv read 0.42 ± 0.02 where enumeration gives 1.15 (tester FH). The
+    trace estimator refuses it by name, before any step."""
+    pyro.clear_param_store()
+    with pytest.raises(ValueError, match="guide site 'penalty' is a pyro.factor with has_rsa"):
+        estimators.get("trace").loss_and_grads(_bernoulli_model, _guide_with_a_scored_factor)
+
+
+@pytest.mark.filterwarnings("ignore:TraceEnum_ELBO found no sample sites")
+@pytest.mark.parametrize("name", ["score", "tracegraph", "enum"])
+def test_the_estimators_trace_points_to_count_the_factor(name):
+    """The estimators the refusal names are unbiased on it: the mean of 300 gradients is
+    within 4 standard errors (about 0.36) of the enumerated 1.150; trace's bias was 0.73."""
+    exact = _exact_gradient()
+    # by hand: dELBO/dv = σ(v)σ(−v)(g₁ − g₀ − v), g_t = log p(t) + log p(x | t) − 3t, so
+    # g₁ − g₀ = log(3/7) + (0.7² − 1.3²)/2 − 3
+    q1 = 1 / (1 + math.exp(-0.2))
+    assert exact == pytest.approx(-q1 * (1 - q1) * (math.log(3 / 7) - 0.6 - 3 - 0.2), abs=1e-12)
+    pyro.set_rng_seed(0)
+    estimator, grads = estimators.get(name), []
+    for _ in range(300):
+        pyro.clear_param_store()
+        estimator.loss_and_grads(_bernoulli_model, _guide_with_a_scored_factor)
+        grads.append(float(pyro.param("v").grad))
+    mean, se = statistics.mean(grads), statistics.stdev(grads) / len(grads) ** 0.5
+    assert abs(mean - exact) < 4 * se
