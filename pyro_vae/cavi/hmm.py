@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import pyro.distributions as dist
 import torch
 from sklearn.base import BaseEstimator
@@ -278,7 +279,7 @@ class _FactorialMeanField(BaseEstimator):
         tol: float = 1e-8,
         max_iter: int = 500,
         n_init: int = 1,
-        random_state: int | None = None,
+        random_state: int | None = 0,
     ) -> None:
         self.model = model
         self.tol = tol
@@ -302,8 +303,9 @@ class _FactorialMeanField(BaseEstimator):
         self._check_model()
         y = self.model._check(y)
         m, k, _ = self.model.sizes
-        # One stream for all starts, so the first is the same whatever n_init is.
-        seed = 0 if seed is None else seed
+        # One stream for all starts, so the first is the same whatever n_init is; None
+        # is fresh entropy, as in scikit-learn (it was seed 0)
+        seed = int(np.random.default_rng().integers(2**31)) if seed is None else seed
         gen = torch.Generator().manual_seed(seed)
         best = None
         for _ in range(self.n_init):
@@ -354,8 +356,10 @@ _SHARED_DOC = """
         max_iter: most sweeps per start.
         n_init: random starts (as in scikit-learn); the highest bound is kept. The bound has
             local maxima, and one start can stop several nats below the best.
-        random_state: seed of the initial expectations (``None`` is seed 0), or a NumPy
-            ``RandomState``/``Generator`` (a seed drawn from it at each fit).
+        random_state: seed of the initial expectations (default 0, so that a default
+            fit gives the same numbers each time), ``None`` for fresh entropy (as in
+            scikit-learn), or a NumPy ``RandomState``/``Generator`` (a seed drawn from it
+            at each fit).
 
     Attributes (after ``fit(y)``): ``expectations_`` ⟨s_t⁽ᵐ⁾⟩ ``[T, M, K]`` (and, for
     ``StructuredMeanField``, ``pairwise_`` ⟨s_t⁽ᵐ⁾ s_{t+1}⁽ᵐ⁾ᵀ⟩ ``[M, T−1, K, K]``),

@@ -423,3 +423,14 @@ def test_a_numpy_random_state_seeds_as_the_integer_it_draws():
         fit = family(model, n_init=2, random_state=np.random.default_rng(4)).fit(y)
         same = family(model, n_init=2, random_state=drawn).fit(y)
         assert fit.lower_bounds_ == same.lower_bounds_
+
+
+def test_random_state_none_is_fresh_entropy_and_the_default_a_fixed_seed():
+    """As in scikit-learn, ``random_state=None`` draws fresh starts (it was seed 0, so
+    every "random" restart by hand repeated the first); the default, 0, repeats itself."""
+    model = random_fhmm(3, 2, 2, seed=0)
+    y = sample(model, 40, seed=10)
+    default = [NaiveMeanField(model).fit(y).lower_bounds_ for _ in range(2)]
+    assert default[0] == default[1] == NaiveMeanField(model, random_state=0).fit(y).lower_bounds_
+    fresh = [NaiveMeanField(model, random_state=None).fit(y).lower_bounds_[0] for _ in range(2)]
+    assert fresh[0] != fresh[1]  # equal starts from 2³¹ seeds: probability about 5e-10
