@@ -34,6 +34,15 @@ def data(n: int, seed: int = 0) -> np.ndarray:
     return CENTERS[labels] + rng.normal(size=(n, 2)) * np.array([1.0, 0.6])
 
 
+def _sklearn_threads() -> str:
+    """The BLAS and OpenMP thread pools scikit-learn's NumPy runs on, from threadpoolctl
+    (a scikit-learn dependency): the speed-up is only fair at equal threads."""
+    from threadpoolctl import threadpool_info
+
+    pools = {f"{p['user_api']} {p['num_threads']}" for p in threadpool_info()}
+    return "threads: " + ", ".join(sorted(pools)) if pools else "no thread pools found"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=positive_int, nargs="+", default=[10**4, 10**5, 10**6])
@@ -45,7 +54,8 @@ def main() -> None:
         "# Bayesian Gaussian mixture: CAVI in pyro_vae vs. scikit-learn",
         "",
         f"Written by `python benchmarks/cavi.py` on {platform.platform()}, "
-        f"{torch.get_num_threads()} torch threads; scikit-learn {sklearn.__version__}, "
+        f"{torch.get_num_threads()} torch threads; scikit-learn {sklearn.__version__} "
+        f"({_sklearn_threads()}), "
         f"torch {torch.__version__}. 2-D, K = 5, tol 1e-3, median of {args.repeats}.",
         "",
         "| points | scikit-learn s | pyro_vae s | speed-up | iterations (sk / ours) "
