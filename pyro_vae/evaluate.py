@@ -443,13 +443,22 @@ def check_rows(x, model) -> None:
     ``x[:, :63]`` PyTorch's "mat1 and mat2 shapes cannot be multiplied"; tester CO: the
     same in ``elbo_estimate``, the latent summaries and ``amortization_gap``; tester FC:
     in ``to_inference_data``, ``psis_khat_per_datapoint`` and ``write_report``, and a
-    NumPy array failed inside ``linear``). A tensor of no rows is refused whatever the
-    model; other models, and ``x`` that is not a tensor or an array, pass.
+    NumPy array failed inside ``linear``). A tensor of no rows, or with NaN or infinite
+    entries (tester FJ: ``amortization_gap`` fitted the local guides to NaN and failed in
+    Pyro's constraint check on the encoder's loc), is refused whatever the model; other
+    models, and ``x`` that is not a tensor or an array, pass.
 
     Raises:
-        ValueError: naming the shape (or the type) and what was expected."""
+        ValueError: naming the shape (or the type, or the entries) and what was expected."""
     if torch.is_tensor(x) and x.dim() >= 1 and int(x.shape[0]) == 0:
         raise _no_rows(x)
+    if torch.is_tensor(x) and x.is_floating_point() and not torch.isfinite(x).all():
+        bad = ~torch.isfinite(x).reshape(x.shape[0], -1) if x.dim() else ~torch.isfinite(x)
+        first = int(bad.any(-1).nonzero()[0]) if x.dim() else 0
+        raise ValueError(
+            f"x: {int(bad.sum())} of its {x.numel()} entries are NaN or infinite (the first "
+            f"in row {first}); expected finite values"
+        )
     x_dim = getattr(getattr(model, "__self__", model), "x_dim", None)
     if not isinstance(x_dim, int) or isinstance(x_dim, bool):
         return

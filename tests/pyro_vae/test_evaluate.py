@@ -1016,11 +1016,18 @@ def test_elbo_estimate_reads_a_mask_inside_a_transformed_prior():
         # tester FC: torch's "linear(): argument 'input' must be Tensor"
         (lambda x: x.numpy(), r"x: (a NumPy array of shape \(5, 64\); expected a "
          r"torch.Tensor \[N, 64\]|expected a tensor .* got ndarray)"),
+        # tester FJ: amortization_gap failed in Pyro's check of the encoder's loc
+        (lambda x: x.index_put((torch.tensor([3, 3]), torch.tensor([0, 9])),
+                               torch.tensor([math.nan, math.inf])),
+         r"x: (2 of its 320 entries are NaN or infinite \(the first in row 3\); expected "
+         r"finite values|data argument 0 has 2 NaN or infinite entries)"),
     ],
 )  # fmt: skip
 def test_rows_the_model_does_not_take_are_refused_by_shape(rows, refusal):
     from models.vae import VAE
+    from pyro_vae.amortization import amortization_gap
     from pyro_vae.diagnostics import psis_khat_per_datapoint, to_inference_data
+    from pyro_vae.latent_summaries import latent_means, reconstruction_error
 
     pyro.set_rng_seed(0)
     vae = VAE(64, latent_dim=2, hidden_dims=(8,))
@@ -1030,6 +1037,9 @@ def test_rows_the_model_does_not_take_are_refused_by_shape(rows, refusal):
     diagnostics = (
         lambda m, g, x: to_inference_data(m, g, x, num_samples=10),
         lambda m, g, x: psis_khat_per_datapoint(m, g, x, 21),
+        lambda m, g, x: amortization_gap(m, g, x, steps=1),
+        latent_means,
+        reconstruction_error,
     )
     for evaluator in (elbo_per_datapoint, iwae_log_likelihood, elbo_estimate, *diagnostics):
         with pytest.raises(ValueError, match=refusal):
