@@ -121,13 +121,25 @@ class GaussianMixtureModel(PyroModule):
         self.register_buffer("prior_precision_tril", chol)
 
     @classmethod
-    def from_data(cls, X, n_components: int, **priors) -> GaussianMixtureModel:
+    def from_data(cls, X, n_components: int, dtype=None, **priors) -> GaussianMixtureModel:
         """The model with scikit-learn's defaults for the priors not given: α₀ = 1/K, β₀ = 1,
-        m₀ = mean of X, ν₀ = D, W₀⁻¹ = covariance of X; in float64 for float64 ``X`` (the
-        priors computed and kept in float64: ``.double()`` on a float32 model cannot restore
-        the digits of a mean near 10⁴), float32 otherwise."""
+        m₀ = mean of X, ν₀ = D, W₀⁻¹ = covariance of X; in ``dtype`` (``torch.float32`` or
+        ``torch.float64``), by default float64 for float64 ``X`` (the priors computed and
+        kept in float64: ``.double()`` on a float32 model cannot restore the digits of a
+        mean near 10⁴), float32 otherwise.
+
+        Raises:
+            ValueError: ``dtype`` is neither (tester FJ: it was Python's "got multiple
+                values for keyword argument 'dtype'"); ``n_components`` < 1; ``X`` not
+                2-D, or with no more points than dims and no ``covariance_prior``."""
         X = torch.as_tensor(X)
-        dtype = torch.float64 if X.dtype == torch.float64 else torch.float32
+        if dtype is None:
+            dtype = torch.float64 if X.dtype == torch.float64 else torch.float32
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(
+                f"dtype: {dtype!r} is not torch.float32 or torch.float64; expected one of them "
+                "(default: float64 for float64 X, else float32)"
+            )
         X = X.to(dtype)
         if not (isinstance(n_components, int) and n_components >= 1):
             raise ValueError(f"n_components: {n_components!r} is not a positive integer")

@@ -62,8 +62,15 @@ def check_couplings(J, h=None) -> tuple[torch.Tensor, torch.Tensor]:
     # split evenly, as every method here then reads the same J (tester Z: the exact log Z
     # summed the upper block's cross term, and allclose let J₁₂ − J₂₁ = 0.01 through)
     J = (J + J.T) / 2
-    if torch.diagonal(J).abs().max() > 0:
-        raise ValueError("J: the diagonal is not zero; self-couplings are constant for ±1 spins")
+    diagonal = torch.diagonal(J)
+    if diagonal.abs().max() > 0:
+        i = int(diagonal.abs().argmax())
+        count = int((diagonal != 0).sum())
+        raise ValueError(
+            f"J: the diagonal is not zero ({count} of {n} entries; J[{i}, {i}] = "
+            f"{float(diagonal[i]):.6g}); expected zeros, as self-couplings are constant for "
+            "±1 spins (s_i² = 1): move them out of J"
+        )
     h = torch.zeros(n, dtype=torch.float64) if h is None else finite("h", as_float64("h", h))
     if h.shape != (n,):
         raise ValueError(f"h: shape {tuple(h.shape)} does not match {n} spins; expected ({n},)")

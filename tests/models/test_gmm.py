@@ -300,3 +300,21 @@ def test_from_data_keeps_float64_data_in_float64():
     assert model.mean_prior.dtype == torch.float64
     assert torch.equal(model.mean_prior, X.mean(0))
     assert GaussianMixtureModel.from_data(X.float(), 2).mean_prior.dtype == torch.float32
+
+
+def test_from_data_takes_a_dtype():
+    """``dtype=`` was passed on twice (tester FJ: Python's "got multiple values for keyword
+    argument 'dtype'"): float64 priors from float32 data are the float64 data's priors."""
+    x = torch.randn(40, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    wide = GaussianMixtureModel.from_data(x.float(), 2, dtype=torch.float64)
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(
+            wide.state_dict().values(),
+            GaussianMixtureModel.from_data(x.float().double(), 2).state_dict().values(),
+            strict=True,
+        )
+    )
+    assert next(iter(wide.state_dict().values())).dtype == torch.float64
+    with pytest.raises(ValueError, match="dtype: torch.int64 is not torch.float32 or torch.f"):
+        GaussianMixtureModel.from_data(x, 2, dtype=torch.int64)
