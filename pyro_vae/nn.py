@@ -56,7 +56,7 @@ def mlp(
         raise ValueError(f"activation: {activation!r} is not one of {', '.join(ACTIVATIONS)}")
     for width in hidden:
         if int(width) < 1:
-            raise ValueError(f"hidden: layer width {width} is not a positive integer")
+            raise ValueError(f"hidden_dims: layer width {width} is not a positive integer")
     layers: list[nn.Module] = []
     width = in_features
     for h in hidden:

@@ -30,7 +30,7 @@ from torch import nn
 
 from pyro_vae.checks import check_count, check_widths
 from pyro_vae.convnets import default_activation
-from pyro_vae.guides.gaussian_encoder import add_gaussian_encoder
+from pyro_vae.guides.gaussian_encoder import add_gaussian_encoder, check_sizes
 from pyro_vae.plate_declaration import data_plate
 
 
@@ -85,6 +85,7 @@ class AmortizedFlow(PyroModule):
         image_shape: tuple[int, ...] | None = None,
         channels: Sequence[int] | None = None,
     ) -> None:
+        check_sizes(x_dim, latent_dim)  # before the default flow widths read latent_dim
         activation = default_activation(arch, activation)
         check_count("num_flows", num_flows, 1, "; AmortizedNormal is the guide without flows")
         flow_hidden_dims = (10 * latent_dim,) if flow_hidden_dims is None else flow_hidden_dims

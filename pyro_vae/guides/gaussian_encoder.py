@@ -10,7 +10,19 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from pyro_vae.checks import check_count
 from pyro_vae.convnets import encoder_trunk
+
+
+def check_sizes(x_dim, latent_dim) -> None:
+    """Refuse an ``x_dim`` or ``latent_dim`` that is not a positive integer, before any
+    default is derived from them (tester FI: ``latent_dim=0`` built a guide that drew an
+    empty z, or, in a flow, was refused as ``flow_hidden_dims: 0``, an argument not given).
+
+    Raises:
+        ValueError: naming the argument and the value."""
+    check_count("x_dim", x_dim, 1)
+    check_count("latent_dim", latent_dim, 1)
 
 
 def add_gaussian_encoder(
@@ -32,9 +44,10 @@ def add_gaussian_encoder(
     weight names stay). Returns the trunk's output width, for further heads.
 
     Raises:
-        ValueError: :func:`~pyro_vae.convnets.encoder_trunk`'s (an unknown ``arch``, bad
-            widths, a missing or wrong ``image_shape`` for ``"conv"``).
+        ValueError: :func:`check_sizes`'; :func:`~pyro_vae.convnets.encoder_trunk`'s (an
+            unknown ``arch``, bad widths, a missing or wrong ``image_shape`` for ``"conv"``).
     """
+    check_sizes(x_dim, latent_dim)
     guide.x_dim, guide.latent_dim, guide.site = x_dim, latent_dim, site
     guide.trunk, width = encoder_trunk(x_dim, hidden_dims, activation, arch, image_shape, channels)
     guide.loc_head = nn.Linear(width, latent_dim)

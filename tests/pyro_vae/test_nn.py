@@ -63,7 +63,7 @@ def test_an_unknown_activation_is_refused_with_the_choices():
 def test_a_non_positive_width_is_refused(width):
     with pytest.raises(ValueError) as info:
         mlp(2, (3, width))
-    assert str(info.value) == f"hidden: layer width {width} is not a positive integer"
+    assert str(info.value) == f"hidden_dims: layer width {width} is not a positive integer"
 
 
 class _Strict(nn.Module):

@@ -6,7 +6,12 @@ import torch
 from torch import nn
 
 from pyro_vae.convnets import encoder_trunk
-from pyro_vae.guides import AmortizedIAF, AmortizedLowRankNormal, AmortizedNormal
+from pyro_vae.guides import (
+    AmortizedIAF,
+    AmortizedLowRankNormal,
+    AmortizedNormal,
+    AmortizedSplineFlow,
+)
 from pyro_vae.guides.gaussian_encoder import add_gaussian_encoder
 
 
@@ -37,3 +42,20 @@ def test_the_encoder_is_the_trunk_and_two_heads_built_by_hand(arch, options):
 def test_every_amortized_gaussian_guide_stores_the_shared_names(guide_class):
     names = set(guide_class(6, 2, (4,)).state_dict())
     assert {"loc_head.weight", "log_scale_head.weight", "trunk.0.weight"} <= names
+
+
+@pytest.mark.parametrize(
+    "guide_class", [AmortizedNormal, AmortizedLowRankNormal, AmortizedIAF, AmortizedSplineFlow]
+)
+@pytest.mark.parametrize(
+    "sizes, refusal",
+    [((64, 0), "latent_dim: 0 is not a positive integer"),
+     ((64, 2.5), "latent_dim: 2.5 is not a positive integer"),
+     ((0, 2), "x_dim: 0 is not a positive integer")],
+)  # fmt: skip
+def test_every_amortized_gaussian_guide_refuses_sizes_by_name(guide_class, sizes, refusal):
+    """Tester FI: ``latent_dim=0`` built AmortizedNormal and AmortizedLowRankNormal guides
+    that drew an empty z, and the flows blamed ``flow_hidden_dims: 0``, never given (its
+    default is 10·latent_dim); 2.5 failed in torch's ``empty()``."""
+    with pytest.raises(ValueError, match=f"^{refusal}"):
+        guide_class(*sizes, hidden_dims=(16,))
