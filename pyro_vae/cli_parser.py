@@ -137,7 +137,12 @@ def _add_fit_model(f: argparse.ArgumentParser) -> None:
         help="import spec 'module:attr' or 'file.py:attr' (default %(default)s)",
     )
     f.add_argument(
-        "--guide", default=None, help="import spec of the guide (default: the model's make_guide())"
+        "--guide",
+        default=None,
+        help="import spec of the guide (default: the model's make_guide()); a class is "
+        "given those of the model's x_dim, latent_dim, hidden widths and activation it takes; "
+        "for its own options (num_flows, rank, ...) subclass it in a file and name that "
+        "(README: Choosing a guide)",
     )
     f.add_argument(
         "--latent-dim", type=int, default=None, help="default: the model constructor's own, else 20"

@@ -454,14 +454,16 @@ class Group:
         if full < self.world:  # every batch: --drop-last cannot help
             what = f"{rows} rows of data" if rows < batch_size else f"batch_size {batch_size}"
             raise ValueError(
-                f"batch_size: a batch of {full} rows cannot be split over {self.world} ranks "
+                f"batch_size: a batch of {full} row{'s' * (full != 1)} cannot be split over "
+                f"{self.world} ranks "
                 f"({what}); expected batch_size >= {self.world} on at least {self.world} rows, "
                 "or fewer processes"
             )
         last = 0 if drop_last else rows % batch_size
         if 0 < last < self.world:
             raise ValueError(
-                f"batch_size: the last batch of an epoch, {last} rows ({rows} rows in batches "
+                f"batch_size: the last batch of an epoch, {last} row{'s' * (last != 1)} "
+                f"({rows} rows in batches "
                 f"of {batch_size}), cannot be split over {self.world} ranks; expected at "
                 "least one row per rank (--drop-last, drop_last=True from Python, drops it; "
                 "a run being resumed keeps its own batches: resume it on fewer processes)"

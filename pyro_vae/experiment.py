@@ -520,8 +520,15 @@ def _guide(config: RunConfig, model, paired_guide, standard: dict) -> Any:
             options = {k: v for k, v in options.items() if k in named}
         try:
             return call_with_supported(obj, options, {})
-        except TypeError as err:
-            raise ValueError(f"guide: {spec} could not be constructed: {err}") from err
+        except TypeError as err:  # what it takes and what is passed (tester FI: LocalNormal's
+            # "missing 'loc' and 'scale'" gave no way out)
+            passed = ", ".join(sorted(options))
+            raise ValueError(
+                f"guide: {spec} could not be constructed: {err}; a guide class is given those "
+                f"of {passed} its constructor takes, so its other arguments need defaults: "
+                "subclass it in a file with them set (README, Choosing a guide), or name a "
+                "guide of the table there"
+            ) from err
     if paired_guide is not None:
         return paired_guide
     make_guide = offered(model, "make_guide")

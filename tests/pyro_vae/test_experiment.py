@@ -592,3 +592,17 @@ def test_a_label_model_offered_too_few_classes_by_the_data_is_told_where_they_ca
     words = r"num_classes: 1; expected an integer >= 2: the labels of .*t.csv hold 1 class \(one\)"
     with pytest.raises(ValueError, match=words):
         build(config)
+
+
+def test_a_guide_class_with_arguments_of_its_own_says_how_to_give_them():
+    """Tester FI: LocalNormal named by spec failed with Python's "missing 2 required
+    positional arguments: 'loc' and 'scale'" alone; the refusal now lists what a guide
+    class is given and the way out (a subclass setting the rest)."""
+    config = RunConfig(
+        ModelConfig("models.vae:VAE", SMALL), guide=GuideConfig("pyro_vae.guides:LocalNormal")
+    )
+    with pytest.raises(ValueError) as info:
+        build(config)
+    message = str(info.value)
+    assert "missing 2 required positional arguments: 'loc' and 'scale'" in message
+    assert "latent_dim" in message and "x_dim" in message and "subclass it" in message
