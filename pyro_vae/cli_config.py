@@ -110,7 +110,7 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
     return RunConfig(
         model=ModelConfig(spec, {**options, **dict(args.model_opt)}),
         data=data,
-        guide=GuideConfig(_resolved(args.guide)),
+        guide=GuideConfig(_resolved(args.guide), dict(args.guide_opt)),
         estimator=EstimatorConfig(args.estimator, _estimator_options(args)),
         training=training,
         evaluation=EvaluationConfig(args.ll_samples, args.ll_points or None),
@@ -127,7 +127,12 @@ def _refuse_contradicting_options(args: argparse.Namespace) -> None:
 
     Raises:
         ValueError: naming the flag, the key and both values."""
-    for flag, pairs in (("--model-opt", args.model_opt), ("--estimator-opt", args.estimator_opt)):
+    given = (
+        ("--model-opt", args.model_opt),
+        ("--guide-opt", args.guide_opt),
+        ("--estimator-opt", args.estimator_opt),
+    )
+    for flag, pairs in given:
         seen: dict[str, Any] = {}
         for key, value in pairs:
             if key in seen and seen[key] != value:

@@ -141,8 +141,7 @@ def _add_fit_model(f: argparse.ArgumentParser) -> None:
         default=None,
         help="import spec of the guide (default: the model's make_guide()); a class is "
         "given those of the model's x_dim, latent_dim, hidden widths and activation it takes; "
-        "for its own options (num_flows, rank, ...) subclass it in a file and name that "
-        "(README: Choosing a guide)",
+        "its own options (num_flows, rank, ...) are --guide-opt's",
     )
     f.add_argument(
         "--latent-dim", type=int, default=None, help="default: the model constructor's own, else 20"
@@ -182,6 +181,16 @@ def _add_fit_model(f: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="another model constructor argument (JSON value)",
+    )
+    f.add_argument(
+        "--guide-opt",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="with --guide: an argument of the guide class's own (JSON value), e.g. "
+        "num_flows=4 for AmortizedIAF, rank=4 for AmortizedLowRankNormal; over the "
+        "standard ones (hidden_dims=[64] gives the encoder its own widths)",
     )
 
 

@@ -39,8 +39,9 @@ _DATA_FLAGS = (
 )  # fmt: skip
 _TRAINING_FLAGS = ("batch_size", "lr", "seed", "beta", "drop_last", "data_plate", "precision")
 # The config.json settings (flat_settings keys) each of the run's own flags decides, to
-# compare a resume's flag with the run's value; --model-opt and --estimator-opt decide those
-# of the keys they give. A flag not listed is refused on a resume whatever its value.
+# compare a resume's flag with the run's value; --model-opt, --guide-opt and --estimator-opt
+# decide those of the keys they give. A flag not listed is refused on a resume whatever its
+# value.
 _FLAG_SETTINGS: dict[str, tuple[str, ...]] = {
     "--model": ("model",),
     "--guide": ("guide",),
@@ -142,7 +143,8 @@ def _resumed_patience(config: RunConfig, args: argparse.Namespace, given: set[st
 
 def _refuse_unknown_resume_flags(given: set[str]) -> None:
     """Refuse a flag a resume can neither change nor compare with the run's value."""
-    unknown = sorted(given - _RESUMABLE - set(_FLAG_SETTINGS) - {"--model-opt", "--estimator-opt"})
+    options = {"--model-opt", "--guide-opt", "--estimator-opt"}
+    unknown = sorted(given - _RESUMABLE - set(_FLAG_SETTINGS) - options)
     if unknown:
         raise ValueError(
             f"resume: {', '.join(unknown)} cannot change a run being resumed, which continues "
@@ -278,8 +280,12 @@ def _parameter_default(owner, name: str) -> Any:
 
 def _settings_of(flag: str, args: argparse.Namespace) -> list[str]:
     """The config.json settings (``flat_settings`` keys) ``flag`` decides."""
-    if flag in ("--model-opt", "--estimator-opt"):
-        section = {"--model-opt": ["model_options"], "--estimator-opt": ["estimator", "options"]}
+    if flag in ("--model-opt", "--guide-opt", "--estimator-opt"):
+        section = {
+            "--model-opt": ["model_options"],
+            "--guide-opt": ["guide_options"],
+            "--estimator-opt": ["estimator", "options"],
+        }
         options = {key: 0 for key, _ in getattr(args, flag[2:].replace("-", "_"))}
         for name in reversed(section[flag]):
             options = {name: options}

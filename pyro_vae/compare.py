@@ -24,7 +24,8 @@ Columns, in nats per datapoint where they are densities:
 - ``active_units``: of ``latent_dim`` (Burda et al. 2015, §5.2);
 - ``s_per_epoch``: the median wall-clock seconds of an epoch (the median, because the
   first epoch also records the compiled step);
-- ``model``, ``guide`` (``model's own`` when the run used the model's ``make_guide``),
+- ``model``, ``guide`` (``model's own`` when the run used the model's ``make_guide``;
+  its own options, ``--guide-opt``, in brackets),
   ``estimator`` with its options, ``precision`` (``--precision``), ``data``, ``epochs``
   run and ``best_epoch``. The printed table (:func:`format_table`) leaves out the long
   ``model`` and ``data`` columns and ``log_px_points``; the CSV has them all.
@@ -128,6 +129,14 @@ def _estimator(config: dict[str, Any]) -> str:
         objective["kl_warmup_epochs"] = train["kl_warmup_epochs"]
     options = _options({**(estimator.get("options") or {}), **objective})
     return f"{estimator.get('name', '?')}({options})" if options else estimator.get("name", "?")
+
+
+def _guide(config: dict[str, Any]) -> str:
+    """The guide's spec with its own options (``--guide-opt``): IAF runs of 2 and 4 flows
+    must not read alike."""
+    options = _options(config.get("guide_options") or {})
+    spec = config.get("guide") or "model's own"
+    return f"{spec}({options})" if options else spec
 
 
 def _model(config: dict[str, Any]) -> str:
@@ -244,7 +253,7 @@ def _row(label: str, config: dict[str, Any], metrics: dict[str, Any]) -> dict[st
         "epochs": len(epochs),
         "best_epoch": _count(metrics, "best_epoch"),
         "estimator": _estimator(config),
-        "guide": (config.get("guide") or "model's own") if config else "?",
+        "guide": _guide(config) if config else "?",
         "precision": (config.get("train") or {}).get("precision", "32") if config else "?",
         "model": _model(config),
         "data": _data(config),

@@ -504,13 +504,24 @@ def _model_and_guide(made: Any) -> tuple[Any, Any]:
 
 
 def _guide(config: RunConfig, model, paired_guide, standard: dict) -> Any:
+    if config.guide.options and not config.guide.spec:
+        raise ValueError(
+            f"guide options: {config.guide.options} were given, but no guide is named, so "
+            "nothing takes them; name the guide class (--guide, GuideConfig(spec=...)), e.g. "
+            "pyro_vae.guides:AmortizedIAF"
+        )
     tied = tied_guide(model)
     if tied is not None:
         return _tied(config, tied)
     if config.guide.spec:
-        spec = config.guide.spec
+        spec, own = config.guide.spec, dict(config.guide.options)
         obj = load_object(spec, "guide")
         if not inspect.isclass(obj):
+            if own:
+                raise ValueError(
+                    f"guide options: {own} were given, but {spec} is not a class, so nothing "
+                    "takes them; a function is used as the guide as it is"
+                )
             return obj
         options = {**standard, "hidden_dims": tuple(standard.get("hidden_dims", ()))[::-1]}
         options["model"] = model
@@ -518,16 +529,19 @@ def _guide(config: RunConfig, model, paired_guide, standard: dict) -> Any:
             # not options (tester DH: "multiple values for keyword argument 'hidden_dims'")
             named = inspect.signature(obj).parameters
             options = {k: v for k, v in options.items() if k in named}
+        _refuse_options_not_taken(obj, spec, own)
+        options = {k: v for k, v in options.items() if k not in own}  # the guide's own win
         try:
-            return call_with_supported(obj, options, {})
+            return call_with_supported(obj, options, own)
         except TypeError as err:  # what it takes and what is passed (tester FI: LocalNormal's
             # "missing 'loc' and 'scale'" gave no way out)
             passed = ", ".join(sorted(options))
             raise ValueError(
                 f"guide: {spec} could not be constructed: {err}; a guide class is given those "
-                f"of {passed} its constructor takes, so its other arguments need defaults: "
-                "subclass it in a file with them set (README, Choosing a guide), or name a "
-                "guide of the table there"
+                f"of {passed} its constructor takes, so give its other arguments with "
+                "--guide-opt KEY=VALUE (JSON values; GuideConfig(spec, options) from Python) "
+                "or subclass it in a file with them set, or name a guide of the table in the "
+                "README's Choosing a guide"
             ) from err
     if paired_guide is not None:
         return paired_guide
@@ -541,6 +555,26 @@ def _guide(config: RunConfig, model, paired_guide, standard: dict) -> Any:
     )
 
 
+def _refuse_options_not_taken(cls, spec: str, options: dict) -> None:
+    """Refuse guide options ``cls``'s constructor does not name (and takes no
+    ``**kwargs``), listing those it does, before anything is built.
+
+    Raises:
+        ValueError: naming the options and the guide's parameters."""
+    try:
+        parameters = inspect.signature(cls).parameters
+    except (TypeError, ValueError):  # no signature to read: the constructor says
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    unknown = sorted(set(options) - set(parameters))
+    if unknown:
+        raise ValueError(
+            f"guide options: {unknown} are not arguments of {spec}; expected some of "
+            f"{', '.join(parameters)}"
+        )
+
+
 def _tied(config: RunConfig, tied) -> Any:
     """The guide a model's prior is made of (a VampPrior's encoder): the run's guide, also
     when ``--guide`` names its class; another guide would leave the prior a mixture of an
@@ -552,6 +586,12 @@ def _tied(config: RunConfig, tied) -> Any:
             f"guide: {spec}, but model {config.model.spec} makes its prior from its own "
             f"guide's encoder ({cls.__module__}:{cls.__name__}; e.g. prior='vamp'), so a "
             "different guide would change the prior; leave the guide out or name that class"
+        )
+    if config.guide.options:  # the prior's encoder was built with the model
+        raise ValueError(
+            f"guide options: {config.guide.options} were given, but model "
+            f"{config.model.spec} builds its guide with its prior (e.g. prior='vamp'), so they "
+            "would not reach it; give the encoder's settings as model options (--model-opt)"
         )
     return tied
 

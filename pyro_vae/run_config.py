@@ -227,12 +227,22 @@ class ModelConfig:
 
 @dataclass
 class GuideConfig:
-    """The guide's import spec; ``None``: the model's ``make_guide()`` or ``guide`` method."""
+    """The guide's import spec (``None``: the model's ``make_guide()`` or ``guide``
+    method) and ``options``, arguments of the named guide class's own (``num_flows``,
+    ``rank``), over the run's standard ones (``--guide-opt`` on the command line).
+
+    Options with no ``spec`` are refused when the run is built
+    (:func:`pyro_vae.experiment.build`): nothing would take them.
+
+    Raises:
+        ValueError: a bad spec; ``options`` not a mapping of names."""
 
     spec: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check_spec("guide", self.spec, optional=True)
+        self.options = _check_options("guide options", self.options)
 
 
 @dataclass
@@ -283,8 +293,9 @@ _SECTIONS = {
     "evaluation": EvaluationConfig,
 }
 _TOP = {"format", "schema_version", "model", "model_options", "guide", *_SECTIONS}
-# Top-level keys added after schema 3's first release: a config.json may leave them out.
-_ADDED_TOP = {"code"}
+# Top-level keys added after schema 3's first release: a config.json may leave them out
+# (guide_options is written only where a run has some).
+_ADDED_TOP = {"code", "guide_options"}
 # Keys added to a section after its schema version, with defaults: a config.json written
 # before them leaves them out (no schema step needed), and they take the default.
 _ADDED_KEYS = {
@@ -348,6 +359,8 @@ class RunConfig:
             "train": asdict(self.training),
             "evaluation": asdict(self.evaluation),
         }
+        if self.guide.options:
+            out["guide_options"] = dict(self.guide.options)
         if self.code is not None:
             out["code"] = self.code
         return out
@@ -367,6 +380,8 @@ class RunConfig:
             raise RunFolderError(
                 "config: 'model' must be an import spec and 'model_options' an object"
             )
+        if not isinstance(config.get("guide_options", {}), dict):
+            raise RunFolderError("config: 'guide_options' must be an object")
         data, estimator, training, evaluation = (
             _section(name, kind, config[name]) for name, kind in _SECTIONS.items()
         )
@@ -382,7 +397,7 @@ class RunConfig:
         return cls(
             model=ModelConfig(config["model"], dict(config["model_options"])),
             data=data,
-            guide=GuideConfig(config["guide"]),
+            guide=GuideConfig(config["guide"], dict(config.get("guide_options", {}))),
             estimator=estimator,
             training=training,
             evaluation=evaluation,

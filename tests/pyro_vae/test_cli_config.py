@@ -167,3 +167,17 @@ def test_what_a_model_file_draws_at_import_follows_the_seed(tmp_path, monkeypatc
         run_config_from_args(build_parser().parse_args(argv))
         torch.manual_seed(seed)
         assert torch.equal(executed_module(path.resolve()).W, torch.randn(3))
+
+
+def test_guide_opt_is_recorded_and_given_twice_is_refused():
+    """``--guide-opt KEY=VALUE`` (JSON values) goes to the run's guide options; a key given
+    twice with two values is refused, as for ``--model-opt``."""
+    parse = build_parser().parse_args
+    guide = ["--guide", "pyro_vae.guides:AmortizedIAF"]
+    args = parse(["fit", "--out", "r", *guide, "--guide-opt", "num_flows=3",
+                  "--guide-opt", "flow_hidden_dims=[40]"])  # fmt: skip
+    assert run_config_from_args(args).guide.options == {"num_flows": 3, "flow_hidden_dims": [40]}
+    args = parse(["fit", "--out", "r", *guide, "--guide-opt", "num_flows=2",
+                  "--guide-opt", "num_flows=3"])  # fmt: skip
+    with pytest.raises(ValueError, match="--guide-opt: num_flows is given twice, as 2 and 3"):
+        run_config_from_args(args)

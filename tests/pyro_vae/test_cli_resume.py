@@ -31,13 +31,16 @@ def test_a_flag_a_resume_can_neither_change_nor_compare_is_refused_by_name():
     with pytest.raises(ValueError, match="resume: --restart cannot change a run being resumed"):
         _refuse_unknown_resume_flags({"--resume", "--epochs", "--restart"})
     _refuse_unknown_resume_flags({"--resume", "--epochs", "--lr", "--model-opt"})  # compared
+    _refuse_unknown_resume_flags({"--resume", "--guide-opt"})  # compared too
 
 
 def test_an_option_flag_decides_the_settings_of_the_keys_it_gives():
     args = build_parser().parse_args(
-        ["fit", "--resume", "r", "--model-opt", "latent_dim=4", "--estimator-opt", "cv=ema"]
-    )
+        ["fit", "--resume", "r", "--model-opt", "latent_dim=4", "--estimator-opt", "cv=ema",
+         "--guide-opt", "num_flows=3"]
+    )  # fmt: skip
     assert _settings_of("--model-opt", args) == ["model_options.latent_dim"]
+    assert _settings_of("--guide-opt", args) == ["guide_options.num_flows"]
     assert _settings_of("--estimator-opt", args) == ["estimator.options.cv"]
     assert _settings_of("--compile", args) == ["train.compile", "train.compile_backend"]
 

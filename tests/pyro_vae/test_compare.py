@@ -463,3 +463,20 @@ def test_the_values_read_tell_runs_apart_only_where_both_runs_recorded_them(tmp_
     assert compare_runs([runs[0], old]).notes == []
     (note,) = compare_runs(runs).notes
     assert note.startswith("the runs use different data") and "content=ef" in note
+
+
+def test_a_guide_s_own_options_are_named_beside_it(tmp_path):
+    """``--guide-opt``: IAF runs of 2 and 4 flows must not read alike."""
+    runs = []
+    for name, guide in (("own", {}), ("iaf", {"guide": "pyro_vae.guides:AmortizedIAF"}),
+                        ("iaf4", {"guide": "pyro_vae.guides:AmortizedIAF",
+                                  "guide_options": {"num_flows": 4}})):  # fmt: skip
+        path = _run(tmp_path / name, [1.0], [-90.0], TEST)
+        config = json.loads((path / "config.json").read_text())
+        (path / "config.json").write_text(json.dumps({**config, **guide}))
+        runs.append(path)
+    assert list(compare_runs(runs).table["guide"]) == [
+        "model's own",
+        "pyro_vae.guides:AmortizedIAF",
+        "pyro_vae.guides:AmortizedIAF(num_flows=4)",
+    ]

@@ -605,4 +605,25 @@ def test_a_guide_class_with_arguments_of_its_own_says_how_to_give_them():
         build(config)
     message = str(info.value)
     assert "missing 2 required positional arguments: 'loc' and 'scale'" in message
-    assert "latent_dim" in message and "x_dim" in message and "subclass it" in message
+    assert "latent_dim" in message and "x_dim" in message and "--guide-opt KEY=VALUE" in message
+
+
+def test_guide_options_reach_the_guide_over_the_standard_ones_and_others_are_refused():
+    """``GuideConfig(spec, options)`` (``--guide-opt``): the guide's own arguments, which win
+    over the standard ones (an encoder of its own widths); an argument the class does not
+    name is refused listing those it does, and options with no guide class to take them
+    are refused, each before anything is built."""
+    iaf = "pyro_vae.guides:AmortizedIAF"
+    own = {"num_flows": 3, "flow_hidden_dims": [24], "hidden_dims": [12]}
+    exp = build(RunConfig(ModelConfig("models.vae:VAE", SMALL), guide=GuideConfig(iaf, own)))
+    assert exp.guide.num_flows == 3 and exp.guide.flow_hidden_dims == (24,)
+    assert exp.guide.trunk[0].out_features == 12  # not the model's widths reversed
+    refusals = [
+        (GuideConfig(iaf, {"nflows": 3}), r"guide options: \['nflows'\] are not arguments of "
+         r"pyro_vae.guides:AmortizedIAF; expected some of x_dim, latent_dim, .*num_flows"),
+        (GuideConfig(None, {"num_flows": 3}), "no guide is named, so nothing takes them"),
+        (GuideConfig(f"{__name__}:no_guide_model", {"num_flows": 3}), "is not a class"),
+    ]  # fmt: skip
+    for guide, refusal in refusals:
+        with pytest.raises(ValueError, match=refusal):
+            build(RunConfig(ModelConfig("models.vae:VAE", SMALL), guide=guide))

@@ -392,3 +392,19 @@ def test_a_run_s_4d_array_without_a_layout_reads_as_it_was_trained(name, shape, 
     # was refused as either layout on evaluate and resume, with no flag to say which
     provenance = None if shape is None else {"shape": shape, "checksum": "c"}
     assert DataConfig(name=name, provenance=provenance, layout=layout).layout == expected
+
+
+def test_guide_options_round_trip_and_a_config_without_them_still_loads():
+    """``--guide-opt`` (tester FI: a guide's own options could not be given from the command
+    line): recorded as ``guide_options`` only where a run has some, so config.json files
+    written before them, and runs without them, read and write as they did."""
+    config = replace(small(), guide=GuideConfig("pyro_vae.guides:AmortizedIAF", {"num_flows": 3}))
+    written = config.to_json()
+    assert written["guide_options"] == {"num_flows": 3}
+    assert RunConfig.from_json(json.loads(json.dumps(written))) == config
+    assert "guide_options" not in small().to_json()
+    assert RunConfig.from_json(small().to_json()).guide.options == {}
+    with pytest.raises(ValueError, match="guide options: .* is not a mapping of option names"):
+        GuideConfig("pyro_vae.guides:AmortizedIAF", [("num_flows", 3)])
+    with pytest.raises(RunFolderError, match="'guide_options' must be an object"):
+        RunConfig.from_json({**written, "guide_options": [3]})
