@@ -63,7 +63,7 @@ from typing import Any
 import pyro
 import pyro.poutine as poutine
 import torch
-from pyro.infer import ELBO, TraceEnum_ELBO, TraceGraph_ELBO, TraceTMC_ELBO
+from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, TraceTMC_ELBO
 from pyro.poutine.messenger import Messenger
 from tqdm.auto import tqdm
 
@@ -94,6 +94,7 @@ from pyro_vae.divergence import DivergenceGuard, TrainingDiverged
 from pyro_vae.early_stopping import EarlyStopping, last_validated
 from pyro_vae.estimators import names as estimator_names
 from pyro_vae.estimators.compiled import CaptureError, CompiledELBO, path_gradient_reason
+from pyro_vae.estimators.trace_elbo import refuse_scored_guide_factors
 from pyro_vae.evaluate import eval_mode
 from pyro_vae.fit_checkpoint import FitCheckpoint, Resumed
 from pyro_vae.interruptions import raise_if_stopped
@@ -836,6 +837,9 @@ def _estimator_ready_to_train(
         named = own_parameters(networks, _pyro_module_names())
         refuse_float64_parameters(config.precision, named)
         refuse_unscorable_draws(model_trace, guide_trace)  # whatever the ELBO, Pyro's too
+        if isinstance(elbo, Trace_ELBO):  # Pyro's own too, and TraceMeanField_ELBO (tester
+            # FK: fit trained Pyro's Trace_ELBO on a factor its learning signal leaves out)
+            refuse_scored_guide_factors(guide_trace)
         if pair.validates_per_datapoint:  # its evaluators refuse a guide-only latent, so
             # refused now (tester CJ: after the first epoch, the folder left behind)
             refuse_guide_only_latents(model_trace, guide_trace)

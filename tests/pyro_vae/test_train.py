@@ -1310,3 +1310,28 @@ def test_a_python_run_resumes_with_its_own_settings_only(digits, tmp_path):
     result = fit(model, guide, digits, Trace_ELBO(), quiet(epochs=3, patience=5), run=run,
                  resume=True)  # fmt: skip
     assert len(result.history) == 3
+
+
+def test_pyros_own_trace_elbo_is_refused_a_drawn_guide_factor_before_any_step():
+    """Tester FK: the refusal lived in the registry's trace only, so fit trained Pyro's own
+    Trace_ELBO on a has_rsample=False factor its learning signal leaves out (z = −11 from
+    the enumerated gradient), then failed after training with another message."""
+    import pyro.distributions as dist
+
+    x = torch.tensor([1.5, 0.2, 0.9, 1.1])
+
+    def model(x):
+        t = pyro.sample("t", dist.Bernoulli(0.4))
+        with pyro.plate("data", 4):
+            pyro.sample("x", dist.Normal(2 * t, 1.0), obs=x)
+
+    def guide(x):
+        v = pyro.param("v", torch.tensor(0.2))
+        t = pyro.sample("t", dist.Bernoulli(logits=v))
+        pyro.factor("f", 0.8 * t, has_rsample=False)
+
+    pyro.clear_param_store()
+    config = TrainConfig(progress=False, epochs=2, batch_size=4, lr=0.1)
+    with pytest.raises(ValueError, match="guide site 'f' is a pyro.factor with has_rsample=Fal"):
+        fit(model, guide, TensorData(x), Trace_ELBO(), config)
+    assert float(pyro.param("v")) == pytest.approx(0.2)
