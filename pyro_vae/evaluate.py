@@ -219,11 +219,27 @@ def rescaled(nats: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
 
 
 def check_finite(args: tuple, arg: str = "x") -> None:
-    """Refuse NaN or infinite entries in any floating tensor among ``args``, naming them."""
+    """Refuse NaN or infinite entries in any floating tensor among ``args``, naming them
+    as :func:`refuse_non_finite` does (``{arg}``, or ``{arg}[i]`` among several)."""
     for i, a in enumerate(args):
-        if torch.is_tensor(a) and a.is_floating_point() and not torch.isfinite(a).all():
-            bad = int((~torch.isfinite(a)).sum())
-            raise ValueError(f"{arg}: data argument {i} has {bad} NaN or infinite entries")
+        refuse_non_finite(arg if len(args) == 1 else f"{arg}[{i}]", a)
+
+
+def refuse_non_finite(name: str, x) -> None:
+    """Refuse a floating tensor ``x`` with NaN or infinite entries: the count, and the row
+    of the first (one wording for every evaluator: tester FK found two).
+
+    Raises:
+        ValueError: ``"{name}: {count} of its {numel} entries are NaN or infinite (the
+            first in row {row}); expected finite values"``."""
+    if not (torch.is_tensor(x) and x.is_floating_point()) or bool(torch.isfinite(x).all()):
+        return
+    bad = ~torch.isfinite(x).reshape(x.shape[0], -1) if x.dim() else ~torch.isfinite(x)
+    first = int(bad.any(-1).nonzero()[0]) if x.dim() else 0
+    raise ValueError(
+        f"{name}: {int(bad.sum())} of its {x.numel()} entries are NaN or infinite (the first "
+        f"in row {first}); expected finite values"
+    )
 
 
 def data_arguments(x) -> tuple[torch.Tensor, ...]:
@@ -452,13 +468,7 @@ def check_rows(x, model) -> None:
         ValueError: naming the shape (or the type, or the entries) and what was expected."""
     if torch.is_tensor(x) and x.dim() >= 1 and int(x.shape[0]) == 0:
         raise _no_rows(x)
-    if torch.is_tensor(x) and x.is_floating_point() and not torch.isfinite(x).all():
-        bad = ~torch.isfinite(x).reshape(x.shape[0], -1) if x.dim() else ~torch.isfinite(x)
-        first = int(bad.any(-1).nonzero()[0]) if x.dim() else 0
-        raise ValueError(
-            f"x: {int(bad.sum())} of its {x.numel()} entries are NaN or infinite (the first "
-            f"in row {first}); expected finite values"
-        )
+    refuse_non_finite("x", x)
     x_dim = getattr(getattr(model, "__self__", model), "x_dim", None)
     if not isinstance(x_dim, int) or isinstance(x_dim, bool):
         return

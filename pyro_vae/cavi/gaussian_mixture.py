@@ -520,13 +520,18 @@ class BayesianGaussianMixture(BaseEstimator):
         scale = torch.linalg.inv(self._w_inv)
 
         def guide(*args, **kwargs) -> None:
-            pyro.sample("weights", dist.Dirichlet(concentration))
+            # in the data's floating dtype, the model's (tester FK: float32 X met float64
+            # draws in the model's Wishart)
+            floats = [a for a in args if torch.is_tensor(a) and a.is_floating_point()]
+            dtype = floats[0].dtype if floats else torch.float64
+            pyro.sample("weights", dist.Dirichlet(concentration.to(dtype)))
             with pyro.plate("components", means.shape[0], dim=-1):
-                precision = pyro.sample("precisions", dist.Wishart(nu, covariance_matrix=scale))
+                wishart = dist.Wishart(nu.to(dtype), covariance_matrix=scale.to(dtype))
+                precision = pyro.sample("precisions", wishart)
                 pyro.sample(
                     "means",
                     dist.MultivariateNormal(
-                        means, precision_matrix=beta[:, None, None] * precision
+                        means.to(dtype), precision_matrix=beta.to(dtype)[:, None, None] * precision
                     ),
                 )
 

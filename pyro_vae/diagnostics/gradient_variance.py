@@ -33,6 +33,7 @@ import torch
 from pyro.infer import ELBO
 
 from pyro_vae.diagnostics.draws import to_given_device
+from pyro_vae.evaluate import check_finite
 from pyro_vae.progress import bar as progress_bar
 
 
@@ -84,6 +85,7 @@ def gradient_variance(
     _check_estimator(model, guide, estimator)
     if not isinstance(num_draws, int) or num_draws < 2:
         raise ValueError(f"num_draws: {num_draws!r} is too few; a variance needs at least 2")
+    check_finite((*args, *kwargs.values()), "args")  # tester FK: Pyro's constraint error
     args, kwargs = to_given_device(args, kwargs, device)
     store = pyro.get_param_store()
     estimator.loss_and_grads(model, guide, *args, **kwargs)

@@ -55,6 +55,7 @@ from pyro_vae.enumerated_sites import (
 from pyro_vae.evaluate import (
     PerDatapoint,
     bare_pair,
+    check_finite,
     check_rows,
     data_arguments,
     eval_mode,
@@ -328,6 +329,7 @@ def psis_khat(
             outside the data plate depends on.
     """
     check_count("num_samples", num_samples, PSIS_MIN_SAMPLES, "; PSIS needs ≥ 5 tail draws")
+    check_finite((*args, *kwargs.values()), "args")  # tester FK: Pyro's constraint error
     args, kwargs = to_given_device(args, kwargs, device)
     guide = as_guide(guide, model, args, kwargs)
     _refuse_point_masses(point_masses_of(model, guide, args, kwargs))

@@ -19,7 +19,7 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 
-from pyro_vae.checks import check_count
+from pyro_vae.guides.gaussian_encoder import check_sizes
 from pyro_vae.nn import layer_widths, mlp
 from pyro_vae.plate_declaration import data_plate
 
@@ -56,7 +56,7 @@ class AmortizedBernoulli(_AmortizedDiscrete):
         baseline: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(name="guide")
-        check_count("latent_dim", latent_dim, 1)  # tester CN: 0 drew an empty z
+        check_sizes(x_dim, latent_dim)  # tester CN: latent_dim 0 drew an empty z; FK: x_dim 0
         self.x_dim, self.latent_dim, self.site = x_dim, latent_dim, site
         self.baseline = dict(baseline or {})
         self.net = mlp(x_dim, layer_widths(hidden_dims), latent_dim, activation)
@@ -84,7 +84,7 @@ class AmortizedCategorical(_AmortizedDiscrete):
         baseline: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(name="guide")
-        check_count("latent_dim", latent_dim, 1)  # tester CN: 0 failed in a reshape
+        check_sizes(x_dim, latent_dim)  # tester CN: latent_dim 0 failed in a reshape
         if num_categories < 2:
             raise ValueError(f"num_categories: {num_categories} is fewer than 2")
         self.x_dim, self.latent_dim, self.site = x_dim, latent_dim, site

@@ -1,6 +1,7 @@
 import math
 
 import numpy as np
+import pyro
 import pytest
 import torch
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
@@ -350,3 +351,22 @@ def test_the_variational_guide_is_the_joint_normal_wishart_q():
     # where q(θ) and q(z) still differ from each other's update by some 1e-6 (measured:
     # values within 6e-6 nats of the bound, 4e-8 relative); off the joint q, whole nats
     assert max(abs(v - fit.lower_bound_) for v in values) < 1e-7 * abs(fit.lower_bound_)
+
+
+@pytest.mark.filterwarnings("ignore:Singular sample detected")  # torch's Wishart, redrawn
+def test_the_variational_guide_draws_in_the_data_s_dtype():
+    """Tester FK: float32 X (a float32 model from ``from_data``) met the fit's float64 draws
+    in the model's Wishart ("Expected b and A to have the same dtype"). The float32 and
+    float64 estimates of the same bound agree within their Monte Carlo error."""
+    from models.gmm import GaussianMixtureModel
+    from pyro_vae import elbo_estimate
+
+    X = torch.tensor([[0.0, 0.1], [0.3, -0.2], [3.0, 2.9], [3.2, 3.4], [1.4, 1.0]])
+    fit = BayesianGaussianMixture(n_components=2, random_state=0).fit(X)
+    estimates = []
+    for x in (X, X.double()):
+        model = GaussianMixtureModel.from_data(x, 2, precision_parameterization="wishart")
+        pyro.set_rng_seed(0)
+        estimates.append(elbo_estimate(model, fit, x, num_samples=2000))
+    (single, se_single), (double, se_double) = estimates
+    assert abs(single - double) < 4 * math.hypot(se_single, se_double)

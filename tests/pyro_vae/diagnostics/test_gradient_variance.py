@@ -81,3 +81,15 @@ def test_an_estimator_out_of_place_is_named_before_any_draw():
     with pytest.raises(TypeError, match=r"estimator: 'trace' \(the third argument\)"):
         gradient_variance(model, guide, "trace", torch.tensor(1.0))
     assert not pyro.get_param_store().keys()  # refused before any run
+
+
+def test_non_finite_data_are_refused_by_count_and_row():
+    """Tester FK: NaN in the data failed in Pyro's constraint check on the encoder's loc."""
+    from models.vae import VAE
+    from pyro_vae import estimators
+
+    vae = VAE(8, latent_dim=2, hidden_dims=(8,))
+    x = torch.rand(5, 8, generator=torch.Generator().manual_seed(0)).round()
+    x[2, 3] = float("nan")
+    with pytest.raises(ValueError, match=r"args: 1 of its 40 entries are NaN or infinite"):
+        gradient_variance(vae, vae.make_guide(), estimators.get("trace"), x, num_draws=3)

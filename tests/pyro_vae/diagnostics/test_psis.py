@@ -468,3 +468,15 @@ def test_the_summary_reports_the_share_above_the_sample_size_threshold():
     assert summary["share_above_threshold"] == 0.75  # 3 of the 4 defined k̂
     assert summary["share_above_0.7"] == 0.0
     assert PointwiseKhat(np.zeros(3), 10**4).summary()["khat_threshold"] == 0.7
+
+
+def test_psis_khat_refuses_non_finite_data_by_count_and_row():
+    """Tester FK: NaN in the data failed in Pyro's constraint check on the encoder's loc."""
+    from models.vae import VAE
+
+    vae = VAE(8, latent_dim=2, hidden_dims=(8,))
+    x = torch.rand(5, 8, generator=torch.Generator().manual_seed(0)).round()
+    x[2, 3] = float("inf")
+    with pytest.raises(ValueError, match=r"args: 1 of its 40 entries are NaN or infinite \(the "
+                       r"first in row 2\); expected finite values"):  # fmt: skip
+        psis_khat(vae, vae.make_guide(), x, num_samples=30)

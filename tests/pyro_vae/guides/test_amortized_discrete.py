@@ -29,3 +29,16 @@ def test_no_latent_dimensions_are_refused():
     for make in (lambda: AmortizedBernoulli(2, 0), lambda: AmortizedCategorical(2, 0, 3)):
         with pytest.raises(ValueError, match="latent_dim: 0 is not a positive integer"):
             make()
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda x_dim: AmortizedBernoulli(x_dim, 2),
+     lambda x_dim: AmortizedCategorical(x_dim, 2, num_categories=3)],
+)  # fmt: skip
+@pytest.mark.parametrize("x_dim", [0, 4.0, "4"])
+def test_x_dim_that_is_not_a_positive_integer_is_refused_by_name(make, x_dim):
+    """Tester FK: x_dim 0 built guides drawing from rows of nothing, and "4" or 4.0 failed
+    inside torch's Linear."""
+    with pytest.raises(ValueError, match=f"^x_dim: {x_dim!r} is not a positive integer"):
+        make(x_dim)
