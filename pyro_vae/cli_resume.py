@@ -215,7 +215,8 @@ _EVALUATION_FLAGS = {"--ll-samples", "--ll-points"}
 def _effective(key: str, value: Any, config: RunConfig, plate: str | None) -> Any:
     """Setting ``key``'s ``value`` (a ``flat_settings`` key of ``config``'s) as the run uses
     it: left unset (``None``), a model option is its constructor's default (else the
-    command's), an estimator option the estimator's default, the data plate the one the run
+    command's), a guide option its class's, an estimator option the estimator's default,
+    the data plate the one the run
     found (``plate``); a list option's single width (``hidden_dims=16``) is ``[16]``, and a
     tuple a list."""
     section, _, name = key.partition(".")
@@ -225,9 +226,16 @@ def _effective(key: str, value: Any, config: RunConfig, plate: str | None) -> An
     elif value is None and key.startswith("estimator.options."):
         option = key.removeprefix("estimator.options.")
         value = _parameter_default(lambda: type(estimators.get(config.estimator.name)), option)
+    elif value is None and section == "guide_options" and config.guide.spec:
+        # the guide class's default (tester FL: num_flows=2 repeated was refused as a change)
+        value = _parameter_default(lambda: load_object(config.guide.spec, "guide"), name)
     elif value is None and key == "train.data_plate":
         value = plate
-    if section == "model_options" and name in ("hidden_dims", "channels"):
+    if section in ("model_options", "guide_options") and name in (
+        "hidden_dims",
+        "channels",
+        "flow_hidden_dims",
+    ):
         value = [value] if isinstance(value, int) else value
     return list(value) if isinstance(value, tuple) else value
 

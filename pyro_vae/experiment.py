@@ -555,12 +555,24 @@ def _guide(config: RunConfig, model, paired_guide, standard: dict) -> Any:
     )
 
 
+#: Guide arguments the run sets from its model and data, which ``--guide-opt`` may not
+#: (tester FL: ``model=null`` failed in Pyro, ``x_dim=10`` in an image-shape check).
+_SET_BY_THE_RUN = ("model", "x_dim", "image_shape", "likelihood", "levels")
+
+
 def _refuse_options_not_taken(cls, spec: str, options: dict) -> None:
     """Refuse guide options ``cls``'s constructor does not name (and takes no
-    ``**kwargs``), listing those it does, before anything is built.
+    ``**kwargs``), listing those it does, and those the run sets from its model and data,
+    before anything is built.
 
     Raises:
         ValueError: naming the options and the guide's parameters."""
+    fixed = sorted(set(options) & set(_SET_BY_THE_RUN))
+    if fixed:
+        raise ValueError(
+            f"guide options: {fixed} are set by the run from its model and data; expected "
+            "the guide's own arguments (num_flows, rank, its encoder's hidden_dims, ...)"
+        )
     try:
         parameters = inspect.signature(cls).parameters
     except (TypeError, ValueError):  # no signature to read: the constructor says

@@ -320,7 +320,8 @@ def refuse_parameter_dependent_drawn_factors(guide_trace: Trace) -> None:
         if drawn_factor(site) and value is not None and value.requires_grad:
             raise ValueError(
                 f"guide site {name!r} is a pyro.factor with has_rsample=False whose value "
-                "depends on parameters: its gradient has no one meaning (as part of log q of "
+                "depends on parameters (directly or through a reparameterized draw): its "
+                "gradient has no one meaning (as part of log q of "
                 "draws without a path, or as a term of the ELBO, the estimators disagree); "
                 "write it from the draws alone, fold it into the draw's own distribution, or "
                 "give has_rsample=True where it arose from reparameterized draws (a Jacobian)"

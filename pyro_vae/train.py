@@ -121,9 +121,12 @@ from pyro_vae.tensorboard_log import (
 )
 from pyro_vae.traces import (
     buffers_kept,
+    drawn_factor,
     refuse_guide_only_latents,
+    refuse_parameter_dependent_drawn_factors,
     refuse_unscorable_draws,
     run_pair,
+    sample_sites,
 )
 from pyro_vae.training_config import TrainingConfig as TrainConfig
 from pyro_vae.training_pair import TrainingPair
@@ -840,6 +843,7 @@ def _estimator_ready_to_train(
         if isinstance(elbo, Trace_ELBO):  # Pyro's own too, and TraceMeanField_ELBO (tester
             # FK: fit trained Pyro's Trace_ELBO on a factor its learning signal leaves out)
             refuse_scored_guide_factors(guide_trace)
+        _refuse_parameter_dependent_drawn_factors(pair, batches, guide_trace)
         if pair.validates_per_datapoint:  # its evaluators refuse a guide-only latent, so
             # refused now (tester CJ: after the first epoch, the folder left behind)
             refuse_guide_only_latents(model_trace, guide_trace)
@@ -1045,6 +1049,20 @@ def _pyro_module_names() -> dict[int, str]:
         for n, p in pyro.get_param_store().named_parameters()
         if user_param_name(n) != n
     }
+
+
+def _refuse_parameter_dependent_drawn_factors(pair, batches, guide_trace) -> None:
+    """:func:`~pyro_vae.traces.refuse_parameter_dependent_drawn_factors` for any ELBO,
+    Pyro's own included, on a run of the guide with gradients (the first traces have none,
+    so what a factor reads cannot be seen there: tester FL, Pyro's TraceGraph_ELBO,
+    TraceEnum_ELBO and RenyiELBO trained on such a factor). Only a guide with a
+    ``has_rsample=False`` factor is run again."""
+    if not any(drawn_factor(site) for site in sample_sites(guide_trace).values()):
+        return
+    with forked_streams(), torch.enable_grad(), poutine.block():
+        kwargs = {"subsample": batches.first_rows}
+        traced = poutine.trace(pair.guide).get_trace(*batches.first_batch, **kwargs)
+    refuse_parameter_dependent_drawn_factors(traced)
 
 
 def _first_traces(pair: TrainingPair, batches: TrainingBatches):

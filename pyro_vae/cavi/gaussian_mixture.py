@@ -522,7 +522,8 @@ class BayesianGaussianMixture(BaseEstimator):
         def guide(*args, **kwargs) -> None:
             # in the data's floating dtype, the model's (tester FK: float32 X met float64
             # draws in the model's Wishart)
-            floats = [a for a in args if torch.is_tensor(a) and a.is_floating_point()]
+            given = [*args, *kwargs.values()]  # (tester FL: x=X by keyword was missed)
+            floats = [a for a in given if torch.is_tensor(a) and a.is_floating_point()]
             dtype = floats[0].dtype if floats else torch.float64
             pyro.sample("weights", dist.Dirichlet(concentration.to(dtype)))
             with pyro.plate("components", means.shape[0], dim=-1):

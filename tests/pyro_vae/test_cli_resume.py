@@ -9,7 +9,7 @@ from pyro_vae.cli_resume import (
     _settings_of,
     processes_by_epoch_record,
 )
-from pyro_vae.run_config import ModelConfig, RunConfig
+from pyro_vae.run_config import GuideConfig, ModelConfig, RunConfig
 
 
 def test_metrics_record_the_processes_of_each_stretch_of_epochs():
@@ -62,6 +62,11 @@ def test_settings_are_compared_as_the_run_uses_them(tmp_path):
     assert _effective("model_options.channels", (8, 4), own, None) == [8, 4]
     assert _effective("train.data_plate", None, own, "data") == "data"  # the plate found
     assert _effective("train.lr", 0.5, own, "data") == 0.5
+    # a guide option left unset is its class's default (tester FL: --guide-opt num_flows=2
+    # on a run of the IAF's default 2 flows was refused as a change from None)
+    iaf = RunConfig(ModelConfig(f"{source}:Own"), guide=GuideConfig("pyro_vae.guides:AmortizedIAF"))
+    assert _effective("guide_options.num_flows", None, iaf, None) == 2
+    assert _effective("guide_options.flow_hidden_dims", 12, iaf, None) == [12]
 
 
 def test_a_standard_flag_the_model_does_not_take_is_noted_on_resume_as_on_a_new_run(

@@ -622,6 +622,7 @@ def test_guide_options_reach_the_guide_over_the_standard_ones_and_others_are_ref
         (GuideConfig(iaf, {"nflows": 3}), r"guide options: \['nflows'\] are not arguments of "
          r"pyro_vae.guides:AmortizedIAF; expected some of x_dim, latent_dim, .*num_flows"),
         (GuideConfig(None, {"num_flows": 3}), "no guide is named, so nothing takes them"),
+        (GuideConfig(iaf, {"x_dim": 10}), r"\['x_dim'\] are set by the run from its model"),
         (GuideConfig(f"{__name__}:no_guide_model", {"num_flows": 3}), "is not a class"),
     ]  # fmt: skip
     for guide, refusal in refusals:

@@ -1335,3 +1335,34 @@ def test_pyros_own_trace_elbo_is_refused_a_drawn_guide_factor_before_any_step():
     with pytest.raises(ValueError, match="guide site 'f' is a pyro.factor with has_rsample=Fal"):
         fit(model, guide, TensorData(x), Trace_ELBO(), config)
     assert float(pyro.param("v")) == pytest.approx(0.2)
+
+
+@pytest.mark.filterwarnings("ignore:TraceEnum_ELBO found no sample sites")
+@pytest.mark.parametrize("pyros", ["TraceGraph_ELBO", "TraceEnum_ELBO", "RenyiELBO"])
+def test_pyros_own_estimators_are_refused_a_drawn_factor_that_reads_a_parameter(pyros, tmp_path):
+    """Tester FL: fit's first traces are taken without gradients, where no factor reads a
+    parameter, so Pyro's own TraceGraph_ELBO, TraceEnum_ELBO and RenyiELBO trained on one
+    (whose gradient the estimators read two ways) and wrote a run folder."""
+    import pyro.distributions as dist
+    import pyro.infer
+
+    x = torch.randn(8, generator=torch.Generator().manual_seed(0))
+
+    def model(x):
+        with pyro.plate("data", 8):
+            b = pyro.sample("b", dist.Bernoulli(0.5))
+            pyro.sample("x", dist.Normal(b, 1.0), obs=x)
+
+    def guide(x):
+        v = pyro.param("v", torch.tensor(0.3))
+        with pyro.plate("data", 8):
+            b = pyro.sample("b", dist.Bernoulli(0.4))
+            pyro.factor("f", v * b, has_rsample=False)
+
+    pyro.clear_param_store()
+    options = {"max_plate_nesting": 1} if pyros == "TraceEnum_ELBO" else {}
+    elbo = getattr(pyro.infer, pyros)(**options)
+    config = TrainConfig(progress=False, epochs=1, batch_size=8)
+    with pytest.raises(ValueError, match="pyro.factor with has_rsample=False whose value depen"):
+        fit(model, guide, TensorData(x), elbo, config, run=tmp_path / "run")
+    assert not (tmp_path / "run").exists()

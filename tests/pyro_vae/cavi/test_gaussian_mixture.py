@@ -370,3 +370,6 @@ def test_the_variational_guide_draws_in_the_data_s_dtype():
         estimates.append(elbo_estimate(model, fit, x, num_samples=2000))
     (single, se_single), (double, se_double) = estimates
     assert abs(single - double) < 4 * math.hypot(se_single, se_double)
+    pyro.set_rng_seed(0)  # x by keyword too (tester FL: only positional data were read)
+    model = GaussianMixtureModel.from_data(X, 2, precision_parameterization="wishart")
+    assert elbo_estimate(model, fit, x=X, num_samples=2000) == (single, se_single)
