@@ -442,10 +442,11 @@ def _refuse_fitted_estimator(guide, what: str) -> None:
 
 def _check_rows(x, model) -> None:
     """Refuse data with no rows (of any model), and rows the model does not take
-    (:func:`check_rows`)."""
+    (:func:`check_rows`); their entries were checked by :func:`data_arguments`, which every
+    caller's data came through, so they are not read again."""
     if int(x.shape[0]) == 0:
         raise _no_rows(x)
-    check_rows(x, model)
+    _refuse_rows_not_taken(x, model)
 
 
 def _no_rows(x) -> ValueError:
@@ -469,6 +470,11 @@ def check_rows(x, model) -> None:
     if torch.is_tensor(x) and x.dim() >= 1 and int(x.shape[0]) == 0:
         raise _no_rows(x)
     refuse_non_finite("x", x)
+    _refuse_rows_not_taken(x, model)
+
+
+def _refuse_rows_not_taken(x, model) -> None:
+    """:func:`check_rows`' refusal of rows that are not of the model's ``x_dim``."""
     x_dim = getattr(getattr(model, "__self__", model), "x_dim", None)
     if not isinstance(x_dim, int) or isinstance(x_dim, bool):
         return
