@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from pyro_vae.checks import check_widths
-from pyro_vae.nn import ACTIVATIONS, FoldLeadingDims, mlp
+from pyro_vae.nn import ACTIVATIONS, FoldLeadingDims, layer_widths, mlp
 
 ARCHITECTURES = ("mlp", "conv")
 DEFAULT_CHANNELS = (32, 64, 128)
@@ -128,6 +128,7 @@ class ConvEncoder(nn.Module):
     ) -> None:
         super().__init__()
         channels = _check(channels, activation)
+        hidden_dims = layer_widths(hidden_dims)
         c, h, w = image_chw(image_shape)
         last = feature_sizes((h, w), channels)[-1]
         layers: list[nn.Module] = []
@@ -179,6 +180,7 @@ class ConvDecoder(nn.Module):
     ) -> None:
         super().__init__()
         channels = _check(channels, activation)
+        hidden_dims = layer_widths(hidden_dims)
         check_widths("latent_dim", [latent_dim])
         check_widths("params_per_pixel", [params_per_pixel])
         if parameter_axis not in PARAMETER_AXES:
@@ -289,6 +291,9 @@ def encoder_trunk(
         ValueError: :func:`check_architecture`'s, and the networks' own.
     """
     check_architecture(arch, x_dim, image_shape, channels)
+    # one integer is one layer, as the models take it (tester FL: --guide-opt hidden_dims=16
+    # failed as "object of type 'int' has no len()", blamed on the guide's construction)
+    hidden_dims = layer_widths(hidden_dims)
     activation = default_activation(arch, activation)
     if arch == "conv":
         channels = DEFAULT_CHANNELS if channels is None else channels

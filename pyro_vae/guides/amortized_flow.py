@@ -28,9 +28,10 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
-from pyro_vae.checks import check_count, check_widths
+from pyro_vae.checks import check_count
 from pyro_vae.convnets import default_activation
 from pyro_vae.guides.gaussian_encoder import add_gaussian_encoder, check_sizes
+from pyro_vae.nn import layer_widths
 from pyro_vae.plate_declaration import data_plate
 
 
@@ -89,7 +90,7 @@ class AmortizedFlow(PyroModule):
         activation = default_activation(arch, activation)
         check_count("num_flows", num_flows, 1, "; AmortizedNormal is the guide without flows")
         flow_hidden_dims = (10 * latent_dim,) if flow_hidden_dims is None else flow_hidden_dims
-        check_widths("flow_hidden_dims", flow_hidden_dims)
+        flow_hidden_dims = layer_widths(flow_hidden_dims, "flow_hidden_dims")  # 16 is (16,)
         if not flow_hidden_dims or min(flow_hidden_dims) < latent_dim:
             raise ValueError(
                 f"flow_hidden_dims: {tuple(flow_hidden_dims)}; expected at least one width, each ≥ "

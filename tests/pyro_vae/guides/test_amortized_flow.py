@@ -71,14 +71,20 @@ def test_a_bad_num_flows_is_refused_naming_it(num_flows):
     [
         ((2,), "flow_hidden_dims: (2,); expected at least one width, each ≥ latent_dim = 3"),
         ((), "flow_hidden_dims: (); expected at least one width, each ≥ latent_dim = 3"),
-        ((8, 0), "flow_hidden_dims: 0 is not a positive layer width"),
-        (8, "flow_hidden_dims: 8 is not a list of layer widths"),
+        ((8, 0), "flow_hidden_dims: width 0 in (8, 0) is not a positive integer"),
+        ("8", "flow_hidden_dims: '8' is not a layer width or a list of them"),
     ],
 )
 def test_bad_flow_widths_are_refused_naming_them(widths, message):
     with pytest.raises(ValueError) as info:
         AmortizedIAF(6, 3, (8,), flow_hidden_dims=widths)
     assert str(info.value).startswith(message)
+
+
+def test_one_flow_width_is_one_layer():
+    """As ``hidden_dims`` and the models' widths take it (``--guide-opt flow_hidden_dims=8``)."""
+    guide = AmortizedIAF(6, 3, (8,), flow_hidden_dims=8)
+    assert guide.flow_hidden_dims == (8,) and guide.flows[0].nn.hidden_dims == [8]
 
 
 def test_flow_widths_default_to_ten_per_latent_coordinate():

@@ -59,3 +59,31 @@ def test_every_amortized_gaussian_guide_refuses_sizes_by_name(guide_class, sizes
     default is 10·latent_dim); 2.5 failed in torch's ``empty()``."""
     with pytest.raises(ValueError, match=f"^{refusal}"):
         guide_class(*sizes, hidden_dims=(16,))
+
+
+@pytest.mark.parametrize(
+    "guide_class", [AmortizedNormal, AmortizedLowRankNormal, AmortizedIAF, AmortizedSplineFlow]
+)
+@pytest.mark.parametrize(
+    "options", [{}, {"arch": "conv", "image_shape": (8, 8), "channels": (4,)}], ids=["mlp", "conv"]
+)
+def test_one_integer_width_is_the_one_layer_list_the_models_take(guide_class, options):
+    """Tester FL: ``--guide-opt hidden_dims=16`` failed as "object of type 'int' has no
+    len()", blamed on the guide's construction, where the models (``layer_widths``) take
+    16 as one layer of 16; the flows' ``flow_hidden_dims`` likewise. The expected modules
+    are those the one-element lists build under the same seed."""
+    flows = {"flow_hidden_dims": 12} if guide_class in (AmortizedIAF, AmortizedSplineFlow) else {}
+    torch.manual_seed(0)
+    ours = guide_class(64, 3, hidden_dims=16, **flows, **options).state_dict()
+    listed = {k: [v] for k, v in flows.items()}
+    torch.manual_seed(0)
+    by_list = guide_class(64, 3, hidden_dims=[16], **listed, **options).state_dict()
+    assert list(ours) == list(by_list)
+    assert all(torch.equal(ours[k], by_list[k]) for k in ours)
+    assert ours["loc_head.weight"].shape == (3, 16)
+
+
+@pytest.mark.parametrize("bad", ["16", 0, 1.5, {"a": 1}])
+def test_widths_that_are_no_layer_widths_are_refused_by_name(bad):
+    with pytest.raises(ValueError, match="^hidden_dims: "):
+        AmortizedNormal(64, 3, hidden_dims=bad)
