@@ -449,38 +449,40 @@ def _check_rows(x, model) -> None:
     _refuse_rows_not_taken(x, model)
 
 
-def _no_rows(x) -> ValueError:
-    return ValueError(f"x: shape {tuple(x.shape)} has no rows; expected at least one datapoint")
+def _no_rows(x, name: str = "x") -> ValueError:
+    return ValueError(
+        f"{name}: shape {tuple(x.shape)} has no rows; expected at least one datapoint"
+    )
 
 
-def check_rows(x, model) -> None:
-    """Where ``model`` (or the module of its bound method) declares ``x_dim``, refuse
-    ``x`` that is not ``[N, ...]`` rows of ``x_dim`` values, N ≥ 1 (tester CJ: one image
-    ``x[0]``, of shape [64], was scored as 64 rows; ``x[:0]`` raised a ZeroDivisionError,
-    ``x[:, :63]`` PyTorch's "mat1 and mat2 shapes cannot be multiplied"; tester CO: the
-    same in ``elbo_estimate``, the latent summaries and ``amortization_gap``; tester FC:
-    in ``to_inference_data``, ``psis_khat_per_datapoint`` and ``write_report``, and a
-    NumPy array failed inside ``linear``). A tensor of no rows, or with NaN or infinite
-    entries (tester FJ: ``amortization_gap`` fitted the local guides to NaN and failed in
-    Pyro's constraint check on the encoder's loc), is refused whatever the model; other
-    models, and ``x`` that is not a tensor or an array, pass.
+def check_rows(x, model, name: str = "x") -> None:
+    """Where ``model`` (or the module of its bound method) declares ``x_dim``, refuse ``x`` (named
+    ``name`` in the errors) that is not ``[N, ...]`` rows of ``x_dim`` values, N ≥ 1 (tester
+    CJ: one image ``x[0]``, of shape [64], was scored as 64 rows; ``x[:0]`` raised a
+    ZeroDivisionError, ``x[:, :63]`` PyTorch's "mat1 and mat2 shapes cannot be multiplied";
+    tester CO: the same in ``elbo_estimate``, the latent summaries and ``amortization_gap``;
+    tester FC: in ``to_inference_data``, ``psis_khat_per_datapoint`` and ``write_report``,
+    and a NumPy array failed inside ``linear``). A tensor of no rows, or with NaN or
+    infinite entries (tester FJ: ``amortization_gap`` fitted the local guides to NaN and
+    failed in Pyro's constraint check on the encoder's loc), is refused whatever the model;
+    other models, and ``x`` that is not a tensor or an array, pass.
 
     Raises:
         ValueError: naming the shape (or the type, or the entries) and what was expected."""
     if torch.is_tensor(x) and x.dim() >= 1 and int(x.shape[0]) == 0:
-        raise _no_rows(x)
-    refuse_non_finite("x", x)
-    _refuse_rows_not_taken(x, model)
+        raise _no_rows(x, name)
+    refuse_non_finite(name, x)
+    _refuse_rows_not_taken(x, model, name)
 
 
-def _refuse_rows_not_taken(x, model) -> None:
+def _refuse_rows_not_taken(x, model, name: str = "x") -> None:
     """:func:`check_rows`' refusal of rows that are not of the model's ``x_dim``."""
     x_dim = getattr(getattr(model, "__self__", model), "x_dim", None)
     if not isinstance(x_dim, int) or isinstance(x_dim, bool):
         return
     if isinstance(x, np.ndarray):
         raise ValueError(
-            f"x: a NumPy array of shape {x.shape}; expected a torch.Tensor [N, {x_dim}] "
+            f"{name}: a NumPy array of shape {x.shape}; expected a torch.Tensor [N, {x_dim}] "
             "(torch.as_tensor(x, dtype=torch.float32))"
         )
     if not torch.is_tensor(x):
@@ -489,9 +491,9 @@ def _refuse_rows_not_taken(x, model) -> None:
     if width != x_dim:
         one = x.dim() == 1 and x.shape[0] == x_dim
         raise ValueError(
-            f"x: shape {tuple(x.shape)}, rows of {width} value{'s' * (width != 1)}; the model "
+            f"{name}: shape {tuple(x.shape)}, rows of {width} value{'s' * (width != 1)}; the model "
             f"takes x_dim={x_dim}, expected [N, {x_dim}]"
-            + (f" (one datapoint is x[None], of shape [1, {x_dim}])" if one else "")
+            + (f" (one datapoint is {name}[None], of shape [1, {x_dim}])" if one else "")
         )
 
 

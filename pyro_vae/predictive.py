@@ -20,7 +20,7 @@ from __future__ import annotations
 import pyro.poutine as poutine
 import torch
 
-from pyro_vae.evaluate import data_arguments, eval_mode
+from pyro_vae.evaluate import bare_pair, check_rows, data_arguments, eval_mode
 from pyro_vae.latent_summaries import latent_draws_of, latent_means
 from pyro_vae.model_protocol import offered
 from pyro_vae.traces import sample_sites
@@ -183,9 +183,14 @@ def latent_interpolation(
 
     Raises:
         NoMeanImageError: the model offers no ``decode``.
-        ValueError: ``x_start`` and ``x_end`` hold different numbers of rows.
+        ValueError: ``x_start`` and ``x_end`` hold different numbers of rows, or either
+            holds rows the model does not take (:func:`pyro_vae.evaluate.check_rows`,
+            naming which).
     """
     decode = _decoder(model)
+    bare_model = bare_pair(model, guide)[0]  # as latent_means checks its rows
+    check_rows(x_start, bare_model, "x_start")  # by name (tester FJ: NaN in x_end was "x")
+    check_rows(x_end, bare_model, "x_end")
     if x_start.shape[0] != x_end.shape[0]:
         raise ValueError(
             f"x_end: {x_end.shape[0]} rows; expected as many as x_start's {x_start.shape[0]}"

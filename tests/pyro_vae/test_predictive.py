@@ -204,3 +204,13 @@ def test_traversal_and_interpolation_need_decode_and_matching_rows():
         latent_interpolation(DecodingModel(), EncoderGuide(), X[:2], X[:1])
     with pytest.raises(ValueError, match="x: 1 rows"):
         latent_traversal(DecodingModel(), EncoderGuide(), X[:1])
+
+
+@pytest.mark.parametrize("which", ["x_start", "x_end"])
+def test_an_interpolation_names_the_endpoint_whose_rows_are_refused(which):
+    """Tester FJ: a NaN in ``x_end`` was refused as ``x``, an argument it does not have."""
+    bad = X[2:].clone()
+    bad[1, 0] = float("nan")
+    ends = {"x_start": X[:2], "x_end": X[:2]} | {which: bad}
+    with pytest.raises(ValueError, match=f"^{which}: 1 of its .* entries are NaN or infinite"):
+        latent_interpolation(DecodingModel(), EncoderGuide(), ends["x_start"], ends["x_end"])
