@@ -20,6 +20,7 @@ import pyro
 import torch
 from pyro.infer import ELBO
 from pyro.infer.autoguide import AutoGuide
+from pyro.infer.autoguide import initialization as autoguide_initialization
 
 from pyro_vae.checkpoint import EVALUATED_ON_TRAINING_SET, RunFolder, RunFolderError
 from pyro_vae.data import DataSplits, load_data
@@ -530,6 +531,7 @@ def _guide(config: RunConfig, model, paired_guide, standard: dict) -> Any:
             named = inspect.signature(obj).parameters
             options = {k: v for k, v in options.items() if k in named}
         _refuse_options_not_taken(obj, spec, own)
+        own = _with_init_strategy(obj, own)
         options = {k: v for k, v in options.items() if k not in own}  # the guide's own win
         try:
             return call_with_supported(obj, options, own)
@@ -558,6 +560,34 @@ def _guide(config: RunConfig, model, paired_guide, standard: dict) -> Any:
 #: Guide arguments the run sets from its model and data, which ``--guide-opt`` may not
 #: (tester FL: ``model=null`` failed in Pyro, ``x_dim=10`` in an image-shape check).
 _SET_BY_THE_RUN = ("model", "x_dim", "image_shape", "likelihood", "levels")
+
+
+#: Pyro's initialization strategies an autoguide's ``init_loc_fn`` may name in a run's
+#: JSON options (``pyro.infer.autoguide.initialization``): those that take no arguments.
+INIT_STRATEGIES = ("init_to_feasible", "init_to_mean", "init_to_median", "init_to_sample",
+                   "init_to_uniform")  # fmt: skip
+
+
+def _with_init_strategy(cls, options: dict) -> dict:
+    """``options`` with a Pyro autoguide's ``init_loc_fn`` given by name (JSON holds no
+    function) made the strategy it names: one of :data:`INIT_STRATEGIES`, or an import spec
+    ``module:attr`` of a function (tester FL: ``--guide-opt init_loc_fn='"init_to_mean"'``
+    failed at the first step in Pyro, "'str' object is not callable").
+
+    Raises:
+        ValueError: a name that is neither, or a value that is no function."""
+    value = options.get("init_loc_fn")
+    if not (inspect.isclass(cls) and issubclass(cls, AutoGuide)) or value is None:
+        return options
+    if isinstance(value, str) and value in INIT_STRATEGIES:
+        return {**options, "init_loc_fn": getattr(autoguide_initialization, value)}
+    if isinstance(value, str) and ":" in value:
+        return {**options, "init_loc_fn": load_object(value, "guide options: init_loc_fn")}
+    raise ValueError(
+        f"guide options: init_loc_fn {value!r}; expected the name of one of Pyro's "
+        f"initialization strategies ({', '.join(INIT_STRATEGIES)}) or an import spec "
+        "'package.module:function'"
+    )
 
 
 def _refuse_options_not_taken(cls, spec: str, options: dict) -> None:

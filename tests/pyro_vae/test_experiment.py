@@ -537,6 +537,36 @@ def test_a_pyro_autoguide_named_by_spec_is_given_only_the_options_it_names():
     assert isinstance(exp.guide, AutoIAFNormal) and exp.guide.model is not None
 
 
+@pytest.mark.parametrize(
+    "given, expected",
+    [("init_to_mean", "init_to_mean"),
+     ("pyro.infer.autoguide.initialization:init_to_median", "init_to_median")],
+)  # fmt: skip
+def test_an_autoguide_s_init_strategy_is_given_by_name(given, expected):
+    """Tester FL: JSON holds no function, and ``--guide-opt init_loc_fn='"init_to_mean"'``
+    failed at the first step in Pyro ("'str' object is not callable"); the name is Pyro's
+    strategy now, and one that is no strategy is refused before anything is built."""
+    from pyro.infer.autoguide import AutoNormal, initialization
+
+    config = RunConfig(
+        ModelConfig("models.vae:VAE", SMALL),
+        guide=GuideConfig("pyro.infer.autoguide:AutoNormal", {"init_loc_fn": given}),
+    )
+    guide = build(config).guide
+    assert isinstance(guide, AutoNormal)
+    assert guide.init_loc_fn is getattr(initialization, expected)
+
+
+@pytest.mark.parametrize("given", ["init_to_bogus", 3])
+def test_an_init_strategy_that_is_none_is_refused_by_name(given):
+    config = RunConfig(
+        ModelConfig("models.vae:VAE", SMALL),
+        guide=GuideConfig("pyro.infer.autoguide:AutoNormal", {"init_loc_fn": given}),
+    )
+    with pytest.raises(ValueError, match=f"^guide options: init_loc_fn {given!r}; expected"):
+        build(config)
+
+
 def test_changed_data_read_their_labels_by_the_run_s_class_names(tmp_path):
     """Tester EM: labels are indices into a table's class names sorted, and read with
     --allow-changed-data a class gone (or renamed) moved the others', so a CVAE was scored
