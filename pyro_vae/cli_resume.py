@@ -229,6 +229,7 @@ def _effective(key: str, value: Any, config: RunConfig, plate: str | None) -> An
     elif value is None and section == "guide_options" and config.guide.spec:
         # the guide class's default (tester FL: num_flows=2 repeated was refused as a change)
         value = _parameter_default(lambda: load_object(config.guide.spec, "guide"), name)
+        value = _derived_default(config, name) if value is None else value
     elif value is None and key == "train.data_plate":
         value = plate
     if section in ("model_options", "guide_options") and name in (
@@ -238,6 +239,18 @@ def _effective(key: str, value: Any, config: RunConfig, plate: str | None) -> An
     ):
         value = [value] if isinstance(value, int) else value
     return list(value) if isinstance(value, tuple) else value
+
+
+def _derived_default(config: RunConfig, name: str) -> Any:
+    """A guide option whose default is made from the latent size (a flow's
+    ``flow_hidden_dims``, 10·latent_dim: ``default_<name>(latent_dim)`` on the class), for
+    the run's recorded ``latent_dim``; else None (tester FL: the flows' widths given as the
+    run had them were refused as a change from "None (its default, None)")."""
+    derive = getattr(load_object(config.guide.spec, "guide"), f"default_{name}", None)
+    latent_dim = config.model.options.get("latent_dim")
+    if not callable(derive) or not isinstance(latent_dim, int) or isinstance(latent_dim, bool):
+        return None
+    return derive(latent_dim)
 
 
 def _model_takes(config: RunConfig, key: str) -> bool:

@@ -73,6 +73,12 @@ class AmortizedFlow(PyroModule):
     #: is not recorded by ``--compile auto`` (:func:`~pyro_vae.estimators.compiled.should_record`).
     path_gradients_recordable = False
 
+    @staticmethod
+    def default_flow_hidden_dims(latent_dim: int) -> tuple[int, ...]:
+        """``flow_hidden_dims`` left unset: one layer of 10·``latent_dim`` (what a resume
+        compares a given value with)."""
+        return (10 * latent_dim,)
+
     def __init__(
         self,
         x_dim: int,
@@ -89,7 +95,8 @@ class AmortizedFlow(PyroModule):
         check_sizes(x_dim, latent_dim)  # before the default flow widths read latent_dim
         activation = default_activation(arch, activation)
         check_count("num_flows", num_flows, 1, "; AmortizedNormal is the guide without flows")
-        flow_hidden_dims = (10 * latent_dim,) if flow_hidden_dims is None else flow_hidden_dims
+        if flow_hidden_dims is None:
+            flow_hidden_dims = self.default_flow_hidden_dims(latent_dim)
         flow_hidden_dims = layer_widths(flow_hidden_dims, "flow_hidden_dims")  # 16 is (16,)
         if not flow_hidden_dims or min(flow_hidden_dims) < latent_dim:
             raise ValueError(

@@ -1,5 +1,7 @@
 """What ``fit --resume`` may change, and the processes each stretch of epochs trained on."""
 
+from dataclasses import replace
+
 import pytest
 
 from pyro_vae.cli_parser import build_parser
@@ -9,6 +11,7 @@ from pyro_vae.cli_resume import (
     _settings_of,
     processes_by_epoch_record,
 )
+from pyro_vae.guides import AmortizedIAF
 from pyro_vae.run_config import GuideConfig, ModelConfig, RunConfig
 
 
@@ -67,6 +70,11 @@ def test_settings_are_compared_as_the_run_uses_them(tmp_path):
     iaf = RunConfig(ModelConfig(f"{source}:Own"), guide=GuideConfig("pyro_vae.guides:AmortizedIAF"))
     assert _effective("guide_options.num_flows", None, iaf, None) == 2
     assert _effective("guide_options.flow_hidden_dims", 12, iaf, None) == [12]
+    # one made from the run's latent size (tester FL: flow_hidden_dims=[200] on a run of
+    # latent_dim 20, whose flows have 10·20 = 200, was refused as a change from None)
+    sized = replace(iaf, model=ModelConfig(f"{source}:Own", {"latent_dim": 7}))
+    assert _effective("guide_options.flow_hidden_dims", None, sized, None) == [70]
+    assert AmortizedIAF(5, 7).flow_hidden_dims == (70,)  # what the guide builds
 
 
 def test_a_standard_flag_the_model_does_not_take_is_noted_on_resume_as_on_a_new_run(
