@@ -334,19 +334,46 @@ def num_classes(data: DataSplits) -> int:
     Raises:
         ValueError: no label of any split is 0 or more (every one is no class: labels of
             −1 only were refused as "num_classes: 0 is not a positive integer", which
-            named neither the labels nor the way out)."""
+            named neither the labels nor the way out); or the largest label makes more
+            than :data:`MOST_SPARSE_CLASSES` classes and over :data:`SPARSE_FACTOR` times
+            as many as the labels' distinct values (tester FM: one label of 10¹⁰, an ID
+            or a typo, failed allocating 80 GB in a traceback; one of 10⁶ built a one-hot
+            input a million wide without a word)."""
     if "classes" in data.info:
         return len(data.info["classes"])
-    labels = [y for y in (data.train_y, data.val_y, data.test_y) if y.numel()]
-    largest = max((int(y.max()) for y in labels), default=-1)
+    splits = {"training": data.train_y, "validation": data.val_y, "test": data.test_y}
+    labels = {name: y.reshape(-1) for name, y in splits.items() if y.numel()}
+    largest = max((int(y.max()) for y in labels.values()), default=-1)
     if largest < 0:
-        count = sum(int(y.numel()) for y in labels)
+        count = sum(int(y.numel()) for y in labels.values())
         raise ValueError(
             f"labels: all {count} labels of the data are below 0, which is no class; a "
             "model that uses labels needs labels 0..C-1 (an .npz 'y', PATH.labels.npy, a "
             "table's label column, an image folder's class folders)"
         )
+    _refuse_sparse_labels(labels, largest)
     return largest + 1
+
+
+#: Classes (the largest label plus one) a label model may take without question; beyond,
+#: at most :data:`SPARSE_FACTOR` times the labels' distinct values.
+MOST_SPARSE_CLASSES = 1000
+SPARSE_FACTOR = 10
+
+
+def _refuse_sparse_labels(labels: dict[str, torch.Tensor], largest: int) -> None:
+    """:func:`num_classes`' refusal of a largest label far beyond the labels' values."""
+    distinct = torch.unique(torch.cat([y[y >= 0] for y in labels.values()])).numel()
+    if largest + 1 <= MOST_SPARSE_CLASSES or largest + 1 <= SPARSE_FACTOR * distinct:
+        return
+    split = next(name for name, y in labels.items() if int(y.max()) == largest)
+    raise ValueError(
+        f"labels: a label of {largest} (in the {split} split) makes {largest + 1} classes, "
+        f"but the labels hold {distinct} distinct values; a model that uses labels one-hot "
+        "encodes classes 0..C-1, so expected labels numbered 0..C-1 (relabel them, e.g. "
+        "numpy.unique(y, return_inverse=True)[1]; a table's label column of names is "
+        "numbered so), or a stray value (an ID, a typo) removed"
+    )
 
 
 #: The model options the data set, and where they come from.

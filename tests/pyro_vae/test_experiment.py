@@ -335,6 +335,33 @@ def test_labels_that_are_all_below_0_are_refused_as_labels_not_as_a_class_count(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["unlabelled.npz"]
 
 
+@pytest.mark.parametrize(
+    "stray, refused", [(10**10, True), (1_000_000, True), (1000, True), (999, False)]
+)
+def test_a_label_far_beyond_the_labels_values_is_refused_before_any_model(tmp_path, stray, refused):
+    """Tester FM: one label of 10¹⁰ in labels 0..9 (an ID, a typo) failed allocating 80 GB
+    in a traceback; one of 10⁶ built a one-hot input a million wide without a word. The
+    classes are the largest label plus one: 1,000 classes (labels up to 999) are taken
+    whatever the labels hold, more only up to 10 times their distinct values (here 10)."""
+    import numpy as np
+
+    from pyro_vae.run_config import DataConfig
+
+    rng = np.random.default_rng(0)
+    y = np.arange(60, dtype="int64") % 10
+    y[7] = stray
+    path = tmp_path / "stray.npz"
+    np.savez(path, x=rng.random((60, 4)).astype("float32"), y=y)
+    config = RunConfig(ModelConfig("models.cvae:CVAE", SMALL), data=DataConfig(str(path)))
+    if not refused:
+        assert build(config).model_arguments["num_classes"] == 1000
+        return
+    expected = f"labels: a label of {stray} .* makes {stray + 1} classes, but the labels hold 11"
+    with pytest.raises(ValueError, match=expected):
+        build(config)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stray.npz"]
+
+
 def test_build_draws_the_labelled_subset_and_names_its_config_fields():
     from pyro_vae.run_config import DataConfig
 
