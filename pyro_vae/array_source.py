@@ -120,8 +120,18 @@ def _why(path: Path, err: Exception) -> str:
             head = f.read(4096)
     except OSError:
         return str(err)
-    if head.startswith((b"\x93NUMPY", b"PK\x03\x04")):
+    if not head:  # tester FM: a 0-byte file was said to hold text
+        return "it is empty (0 bytes); expected an array saved with np.save"
+    if head.startswith(b"\x93NUMPY"):
+        if "object" in str(err).lower():  # tester FM: numpy's reason alone, no way out
+            return (
+                f"{str(err).rstrip('.')}; expected an array of numbers: save it with a "
+                "numeric dtype, e.g. "
+                "np.save(path, x.astype(np.float32))"
+            )
         return str(err)  # numpy's own format, damaged: numpy's words say how
+    if head.startswith(b"PK\x03\x04"):
+        return str(err)
     try:  # incrementally: a character cut at the 4096th byte is no decoding error
         codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
         text = b"\x00" not in head

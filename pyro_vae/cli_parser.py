@@ -428,7 +428,9 @@ def _add_evaluate(sub) -> None:
     e = sub.add_parser("evaluate", help="test metrics of a run folder", allow_abbrev=False)
     e.add_argument("run", type=Path)
     e.add_argument("--ll-samples", type=int, default=None, help="default: the run's setting")
-    e.add_argument("--ll-points", type=int, default=None, help="default: the run's setting")
+    e.add_argument(
+        "--ll-points", type=int, default=None, help="default: the run's setting (0: all)"
+    )
     e.add_argument(
         "--seed",
         type=int,

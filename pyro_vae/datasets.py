@@ -279,7 +279,11 @@ def _source_of(name: str) -> DatasetKind:
     for kind in SOURCES:
         if isinstance(name, str) and kind.matches(name):
             return kind
-    raise ValueError(f"data: unknown dataset {name!r}; expected one of {', '.join(DATASET_NAMES)}")
+    folder = isinstance(name, str) and Path(name).expanduser().is_dir()
+    hint = f" (a folder of images is given as images:{name})" if folder else ""
+    raise ValueError(
+        f"data: unknown dataset {name!r}{hint}; expected one of {', '.join(DATASET_NAMES)}"
+    )
 
 
 def names_a_table(name: str) -> bool:

@@ -257,6 +257,25 @@ def test_a_text_file_named_npy_is_said_to_be_text_not_pickled_data(tmp_path):
     assert "neither a .npy" not in str(raised.value)
 
 
+def test_an_empty_file_and_an_object_array_are_refused_for_what_they_are(tmp_path):
+    """Tester FM: a 0-byte .npy was said to hold text (a table?), and an object array got
+    numpy's reason alone, with nothing expected."""
+    (tmp_path / "empty.npy").write_bytes(b"")
+    with pytest.raises(
+        ValueError,
+        match=r"empty.npy is not a readable numpy file \(it is "
+        r"empty \(0 bytes\); expected an array saved with np.save\)$",
+    ):
+        load_data(str(tmp_path / "empty.npy"))
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}, None], dtype=object))
+    with pytest.raises(
+        ValueError,
+        match=r"objects.npy is not a readable numpy file \(.*"
+        r"objects in dtype; expected an array of numbers",
+    ):
+        load_data(str(tmp_path / "objects.npy"))
+
+
 def test_an_array_file_under_the_other_suffix_is_refused_naming_it(tmp_path):
     """Tester CC: an .npz archive named .npy raised a TypeError traceback ("a NpzFile;
     expected a numpy array"), and a .npy named .npz "'numpy.ndarray' object does not

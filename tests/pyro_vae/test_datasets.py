@@ -36,6 +36,10 @@ def test_idx_directory_and_categorical_levels(tmp_path):
 
 
 def test_missing_and_unknown_datasets_say_what_to_do(tmp_path, monkeypatch):
+    folder = tmp_path / "pictures"  # tester FM: a folder given without images:
+    folder.mkdir()
+    with pytest.raises(ValueError, match=f"a folder of images is given as images:{folder}"):
+        load_data(str(folder))
     with pytest.raises(ValueError, match="unknown dataset 'mnist'.*digits, fashion-mnist"):
         load_data("mnist")
     with pytest.raises(DatasetNotFoundError, match="not a directory"):
