@@ -53,7 +53,12 @@ from pyro_vae.cli_config import (
 from pyro_vae.cli_evaluate import evaluate_command
 from pyro_vae.cli_parser import build_parser, check_counts, command_flags, given_flags
 from pyro_vae.cli_report import analysis_block, print_test, rows_not_images, with_previous
-from pyro_vae.cli_resume import processes_by_epoch_record, recorded_processes, resume_config
+from pyro_vae.cli_resume import (
+    changeable_on_resume,
+    processes_by_epoch_record,
+    recorded_processes,
+    resume_config,
+)
 from pyro_vae.datasets import DatasetNotFoundError
 from pyro_vae.devices import resolve_device
 from pyro_vae.distributed import (
@@ -464,14 +469,18 @@ def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
 _FLAGS_FOR_FIELDS = {"GuideConfig(spec=...)": "--guide SPEC"}
 
 
-def _flag_for(err: BaseException, command: str, given: frozenset[str] = frozenset()) -> str:
+def _flag_for(
+    err: BaseException, command: str, given: frozenset[str] = frozenset(), resuming: bool = False
+) -> str:
     """ "; on the command line: FLAG" where ``err``'s message names a run configuration's
     field that a flag sets (:data:`_FLAGS_FOR_FIELDS`), or opens with the Python name of
     an argument of the library that is a flag of ``command`` (``lr: 100.0 is too large``
     from ``--lr``, ``label_column: ...``; testers FB, FC: the flag was left to guess),
     unless the message names that flag already or it was ``given`` on the command line.
     Only the argument the refusal is about: other names in it (a list of an estimator's
-    options, ``batch_size`` among them) are no flags of the command (tester FH); else ""."""
+    options, ``batch_size`` among them) are no flags of the command (tester FH); nor, on a
+    resume (``resuming``), a flag the resume may not change (tester FM: a run whose data
+    folder was gone was pointed to --data); else ""."""
     message = str(err)
     flags = [flag for field, flag in _FLAGS_FOR_FIELDS.items() if field in message]
     leading = re.match(r"([a-z][a-z0-9_]*): ", message)
@@ -481,6 +490,7 @@ def _flag_for(err: BaseException, command: str, given: frozenset[str] = frozense
         and flag not in [f.split()[0] for f in flags]
         and not re.search(rf"{flag}(?![-\w])", message)
         and flag not in given
+        and (not resuming or changeable_on_resume(flag))
     ):
         flags.append(flag)
     return f"; on the command line: {', '.join(flags)}" if flags else ""
@@ -857,7 +867,8 @@ def _run_command(handler, args: argparse.Namespace, argv: list[str]) -> int:
             _tell(f"{_error()}: {_one_line(err)}{where}")
             return 1
         given = frozenset(getattr(args, "given_flags", ()))
-        _tell(f"{_error()}: {_one_line(err)}{_flag_for(err, args.command, given)}")
+        resuming = args.command == "fit" and getattr(args, "resume", None) is not None
+        _tell(f"{_error()}: {_one_line(err)}{_flag_for(err, args.command, given, resuming)}")
         return 2
     except RankLost as err:
         _tell(f"{_error()}: {err}; {_where_it_stopped(args)}")

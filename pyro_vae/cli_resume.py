@@ -33,6 +33,13 @@ _RESUMABLE = {
     "--tensorboard",
     "--compile",
 }
+
+
+def changeable_on_resume(flag: str) -> bool:
+    """Whether ``flag`` may go with ``fit --resume`` to change the run."""
+    return flag in _RESUMABLE
+
+
 _DATA_FLAGS = (
     "image_size", "crop", "columns", "label_column", "labels_fraction", "labelled", "layout",
     "likelihood", "binarize", "threshold", "levels", "val_fraction", "test_fraction",

@@ -432,6 +432,13 @@ def test_a_library_refusal_names_the_flags_of_its_arguments():
     typed = frozenset({"--resume", "--crop"})  # the flags typed are not pointed out again
     assert _flag_for(ValueError("resume: run/ is damaged"), "fit", typed) == ""
     assert _flag_for(crop, "fit", typed) == ""
+    # tester FM: a resume whose data folder was gone was pointed to --data, which a resume
+    # may not change; a flag it may change is still named
+    gone = ValueError("data: images folder /tmp/x is gone")
+    assert _flag_for(gone, "fit") == "; on the command line: --data"
+    assert _flag_for(gone, "fit", resuming=True) == ""
+    device = ValueError("device: 'cuda' is not available")
+    assert _flag_for(device, "fit", resuming=True) == "; on the command line: --device"
     # tester FH: an estimator's options listed in a refusal were taken for fit's flags
     options = ValueError(
         "estimator options {'batch_size': 3} are not valid for 'score': ['batch_size'] not "
