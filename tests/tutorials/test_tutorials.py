@@ -114,6 +114,15 @@ def test_select_by_number_or_name():
         run.select(["99"])
 
 
+@pytest.mark.parametrize("given", [["--fast"], ["--out", "elsewhere"]])
+def test_check_refuses_the_flags_of_a_run(given, capsys):
+    """Tester FM: ``--check --fast`` was taken, and did nothing."""
+    with pytest.raises(SystemExit) as stop:
+        run.main(["--check", *given])
+    assert stop.value.code == 2
+    assert f"{given[0]} runs the tutorials, and --check runs none" in capsys.readouterr().err
+
+
 def test_readme_links_every_tutorial():
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Tutorials", 1)[1].split("\n## ", 1)[0]
