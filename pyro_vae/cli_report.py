@@ -73,7 +73,9 @@ def print_test(test: dict[str, Any], table: bool = False) -> None:
             say(f"active latent units       {value:>5} of {test['latent_dim']}")
         elif key in test.get("label_metrics", ()):
             number = f"{value:>10}" if isinstance(value, int) else f"{value:10.4f}"
-            say(f"{key.replace('_', ' '):<26}{number}{_label_metric_unit(key, value, unit)}")
+            per = _label_metric_unit(key, value, unit)
+            per += standardized if per.startswith(" nats") else ""  # as the ELBO's (tester FM)
+            say(f"{key.replace('_', ' '):<26}{number}{per}")
         elif key == "skipped":
             for metric, why in value.items():
                 say(f"skipped {metric}: {why}")

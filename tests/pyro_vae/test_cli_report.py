@@ -41,6 +41,23 @@ def test_a_label_model_s_original_units_lines_keep_what_the_bound_is_of(capsys):
         assert lines[1].startswith(f"test ELBO{given} ") and "file's units" in lines[1]
 
 
+def test_a_label_model_s_nats_on_a_standardized_table_say_so_as_the_elbo_does(capsys):
+    """Tester FM: M2's unlabelled bounds said "nats per row" where the ELBO's line said
+    "nats per row of the standardized columns", of the same table."""
+    metrics = ["test_accuracy", "test_elbo_unlabelled", "test_log_px_unlabelled_points"]
+    print_test(
+        {"elbo": -2.0, "units": "standardized columns", "test_accuracy": 0.5,
+         "test_elbo_unlabelled": -3.0, "test_log_px_unlabelled_points": 40,
+         "label_metrics": metrics},
+        table=True,
+    )  # fmt: skip
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("nats per row of the standardized columns")
+    assert lines[1].endswith("(share correct)")
+    assert lines[2].endswith("-3.0000 nats per row of the standardized columns")
+    assert lines[3].split()[-1] == "40"
+
+
 def test_a_replaced_block_is_kept_once_after_those_kept_before():
     first, second = {"elbo": -3.0, "seconds": 1.0}, {"elbo": -2.0, "seconds": 1.0}
     assert with_previous({}, "test") == []  # nothing to keep
